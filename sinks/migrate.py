@@ -1,0 +1,144 @@
+"""Versioned SQL migrations that work on plain PostgreSQL and use TimescaleDB when it exists.
+
+Files in `sinks/migrations/`: `NNNN_name.sql` always runs; `NNNN_name.timescale.sql` runs only when
+the `timescaledb` extension can be created (detected, never required), and is applied later by the
+same runner if TimescaleDB appears after the fact. Each file runs once, in its own transaction,
+recorded with a checksum in `schema_migrations`; editing an applied file is an error rather than a
+silent divergence. A session advisory lock keeps two runners (two sinks starting) from racing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+import psycopg
+
+MIGRATIONS_PACKAGE = "sinks"
+MIGRATIONS_DIR = "migrations"
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(\.timescale)?\.sql$")
+_LOCK_KEY = 0x7A9EF10
+
+
+class MigrationError(Exception):
+    """A migration could not be applied or the recorded history disagrees with the files."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    timescale: bool
+    sql: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.version:04d}_{self.name}{'.timescale' if self.timescale else ''}"
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    applied: list[str]
+    already: list[str]
+    skipped_timescale: list[str]
+    timescale: bool
+
+    @property
+    def pending(self) -> int:
+        return len(self.applied)
+
+
+def load_migrations() -> list[Migration]:
+    folder = resources.files(MIGRATIONS_PACKAGE).joinpath(MIGRATIONS_DIR)
+    out = []
+    for entry in folder.iterdir():
+        m = _FILE_RE.match(entry.name)
+        if not m:
+            if entry.name.endswith(".sql"):
+                raise MigrationError(f"migration file name {entry.name!r} does not match NNNN_name[.timescale].sql")
+            continue
+        out.append(Migration(int(m.group(1)), m.group(2), bool(m.group(3)), entry.read_text()))
+    out.sort(key=lambda mig: (mig.version, mig.timescale))
+    keys = [mig.key for mig in out]
+    if len(set(keys)) != len(keys):
+        raise MigrationError("duplicate migration files")
+    return out
+
+
+_HISTORY_DDL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    key        text PRIMARY KEY,
+    version    integer NOT NULL,
+    checksum   text NOT NULL,
+    timescale  boolean NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def timescale_available(conn: psycopg.Connection) -> bool:
+    """True when TimescaleDB is installed, or installable and loadable, in this database."""
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+        return True
+    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone():
+        return False
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        return True
+    except psycopg.Error:
+        # listed but not loadable (e.g. missing shared_preload_libraries): plain PostgreSQL it is
+        return False
+
+
+def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None) -> MigrationReport:
+    migrations = load_migrations()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(_HISTORY_DDL)
+            ts = timescale_available(conn)
+            done = dict(conn.execute("SELECT key, checksum FROM schema_migrations").fetchall())
+            applied, already, skipped = [], [], []
+            for mig in migrations:
+                if mig.key in done:
+                    if done[mig.key] != mig.checksum:
+                        raise MigrationError(
+                            f"migration {mig.key} was changed after it was applied; add a new migration instead")
+                    already.append(mig.key)
+                    continue
+                if mig.timescale and not ts:
+                    skipped.append(mig.key)
+                    continue
+                log(f"applying {mig.key}")
+                try:
+                    with conn.transaction():
+                        conn.execute(mig.sql)
+                        conn.execute(
+                            "INSERT INTO schema_migrations (key, version, checksum, timescale) VALUES (%s,%s,%s,%s)",
+                            (mig.key, mig.version, mig.checksum, mig.timescale))
+                except psycopg.Error as exc:
+                    raise MigrationError(f"migration {mig.key} failed: {str(exc).strip().splitlines()[0]}") from exc
+                applied.append(mig.key)
+            return MigrationReport(applied, already, skipped, ts)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def pending_migrations(conninfo: str) -> list[str]:
+    """Migration keys not yet applied (TimescaleDB-only files count only when it is available)."""
+    migrations = load_migrations()
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as conn:
+        has_table = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0]
+        done = set()
+        if has_table:
+            done = {r[0] for r in conn.execute("SELECT key FROM schema_migrations").fetchall()}
+        ts = bool(conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone())
+    return [m.key for m in migrations if m.key not in done and (ts or not m.timescale)]

@@ -1,0 +1,1 @@
+"""Faust stream apps and the pure engine core they drive (bars, features, signals)."""

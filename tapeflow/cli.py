@@ -1,0 +1,312 @@
+"""The `tapeflow` command: one entry point for the stack, topics, database and (later) the services.
+
+Every user-facing failure is a one-line `error: ...` with a non-zero exit code, never a traceback:
+configuration and stack problems are expected events, not bugs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import orjson
+import typer
+
+from tapeflow import __version__
+from tapeflow.paths import StackPaths
+from tapeflow.settings import ConfigError, Settings, load_settings
+from tapeflow.stack.process import StackError
+
+app = typer.Typer(
+    name="tapeflow",
+    help="Kafka-based order-flow pipeline for crypto derivatives: run the stack, inspect topics, manage the database.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Inspect and create Kafka topics (schema-aware: records are decoded from Avro).",
+                         no_args_is_help=True)
+db_app = typer.Typer(help="Database tasks.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(db_app, name="db")
+
+
+class _State:
+    config_file: Path | None = None
+    _settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_file)
+        return self._settings
+
+    def paths(self) -> StackPaths:
+        return StackPaths(self.settings().home)
+
+
+state = _State()
+
+
+def echo(msg: str) -> None:
+    typer.echo(msg)
+    sys.stdout.flush()
+
+
+def fail(msg: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+@app.callback()
+def main_options(
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML settings file (same keys as the TAPEFLOW_* variables, lower case).",
+        envvar="TAPEFLOW_CONFIG", show_envvar=True),
+) -> None:
+    """Settings come from TAPEFLOW_* environment variables, a .env file and an optional YAML file."""
+    state.config_file = config
+    state._settings = None
+
+
+# --- stack ---------------------------------------------------------------------------------------
+@app.command()
+def up(
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and return once healthy."),
+) -> None:
+    """Start the embedded stack (broker, PostgreSQL, migrations, topics) and supervise it."""
+    from tapeflow.stack.supervisor import run_foreground, start_detached
+
+    settings, paths = state.settings(), state.paths()
+    runner = start_detached if detach else run_foreground
+    raise typer.Exit(runner(settings, paths, echo))
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `up` started in this TAPEFLOW_HOME (SIGTERM, then SIGKILL after a timeout)."""
+    from tapeflow.stack.supervisor import stop_stack
+
+    raise typer.Exit(stop_stack(state.settings(), state.paths(), echo))
+
+
+@app.command()
+def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Health, address, pid and uptime of each component; exit code 0 only when all are healthy."""
+    from tapeflow.stack.supervisor import stack_status
+
+    settings = state.settings()
+    components = stack_status(settings, state.paths())
+    healthy = all(c.healthy for c in components)
+    if json_out:
+        typer.echo(orjson.dumps({"healthy": healthy, "components": [c.as_dict() for c in components],
+                                 "config": settings.masked()}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        echo(f"{'COMPONENT':<11}{'HEALTH':<10}{'STATE':<10}{'ADDRESS':<22}{'PID':<8}{'UPTIME':<9}DETAIL")
+        for c in components:
+            echo(f"{c.name:<11}{'ok' if c.healthy else 'FAIL':<10}{c.state:<10}{c.address or '-':<22}"
+                 f"{c.pid or '-':<8}{_fmt_uptime(c.uptime_s):<9}{c.detail}")
+        echo("")
+        echo("config (secrets masked):")
+        for k, v in settings.masked().items():
+            echo(f"  {k}: {v}")
+    raise typer.Exit(0 if healthy else 1)
+
+
+def _fmt_uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+@app.command()
+def logs(
+    component: Optional[str] = typer.Argument(None, help="supervisor, broker, database, ... (default: all)."),
+    lines: int = typer.Option(40, "--lines", "-n", min=0, help="How many trailing lines per log."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl-C to stop)."),
+) -> None:
+    """Show the logs of the stack's components (files under TAPEFLOW_HOME/logs)."""
+    logs_dir = state.paths().logs_dir
+    files = sorted(logs_dir.glob("*.log")) if logs_dir.exists() else []
+    if component:
+        files = [f for f in files if f.stem == component]
+        if not files:
+            known = ", ".join(f.stem for f in sorted(logs_dir.glob("*.log"))) if logs_dir.exists() else "none"
+            raise fail(f"no log for {component!r} in {logs_dir} (available: {known or 'none'})")
+    if not files:
+        raise fail(f"no logs in {logs_dir}: has `tapeflow up` run with this TAPEFLOW_HOME?")
+    offsets = {}
+    for f in files:
+        content = f.read_bytes().decode(errors="replace").splitlines()
+        prefix = f"[{f.stem}] " if len(files) > 1 else ""
+        for line in content[-lines:] if lines else []:
+            echo(prefix + line)
+        offsets[f] = f.stat().st_size
+    while follow:
+        time.sleep(0.5)
+        for f in files:
+            size = f.stat().st_size
+            if size > offsets[f]:
+                with open(f, "rb") as fh:
+                    fh.seek(offsets[f])
+                    chunk = fh.read().decode(errors="replace")
+                offsets[f] = size
+                prefix = f"[{f.stem}] " if len(files) > 1 else ""
+                for line in chunk.splitlines():
+                    echo(prefix + line)
+
+
+@app.command()
+def version() -> None:
+    """Print the tapeflow version."""
+    echo(f"tapeflow {__version__} (Python {sys.version.split()[0]})")
+
+
+# --- topics --------------------------------------------------------------------------------------
+def _bootstrap() -> str:
+    from tapeflow.endpoints import resolve_broker
+
+    return resolve_broker(state.settings(), state.paths())
+
+
+@topics_app.command("list")
+def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Topics on the broker with partitions and record counts; catalogue topics are marked."""
+    from schemas.catalogue import all_topics
+    from tapeflow.kafka_client import describe_topics, admin_client
+
+    settings = state.settings()
+    bootstrap = _bootstrap()
+    names = sorted(t for t in admin_client(bootstrap).list_topics(timeout=10).topics if not t.startswith("__"))
+    catalogue = {settings.topic(t.name): t for t in all_topics()}
+    rows = describe_topics(bootstrap, names)
+    for r in rows:
+        r["catalogue"] = r["topic"] in catalogue
+    if json_out:
+        for r in rows:
+            typer.echo(orjson.dumps(r).decode())
+        return
+    echo(f"{'TOPIC':<32}{'PARTS':>6}{'RECORDS':>12}  CATALOGUE")
+    for r in rows:
+        echo(f"{r['topic']:<32}{len(r.get('partitions', [])):>6}{r.get('messages', 0):>12}  "
+             f"{'yes' if r['catalogue'] else 'no'}")
+    missing = sorted(set(catalogue) - set(names))
+    if missing:
+        echo(f"\n{len(missing)} catalogue topic(s) missing: {', '.join(missing)} (run `tapeflow topics create`)")
+
+
+@topics_app.command("describe")
+def topics_describe(
+    topics: list[str] = typer.Argument(None, help="Topic names (default: every catalogue topic)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Partitions, offsets, configuration and catalogue entry (key, schema, retention) of topics."""
+    from schemas.catalogue import all_topics
+    from tapeflow.kafka_client import describe_topics
+
+    settings = state.settings()
+    catalogue = {settings.topic(t.name): t for t in all_topics()}
+    names = topics or sorted(catalogue)
+    rows = describe_topics(_bootstrap(), names)
+    for r in rows:
+        spec = catalogue.get(r["topic"])
+        r["catalogue"] = None if spec is None else {
+            "key": spec.key, "partitions": spec.partitions, "cleanup_policy": spec.cleanup_policy,
+            "retention_ms": spec.retention_ms, "value_schema": spec.value_schema, "description": spec.description}
+    if json_out:
+        for r in rows:
+            typer.echo(orjson.dumps(r).decode())
+        raise typer.Exit(0 if all(r["exists"] for r in rows) else 1)
+    for r in rows:
+        echo(f"{r['topic']}")
+        if not r["exists"]:
+            echo("  does not exist")
+            continue
+        if r["catalogue"]:
+            c = r["catalogue"]
+            echo(f"  {c['description']}")
+            echo(f"  key {c['key']}, value schema {c['value_schema']}, cleanup {c['cleanup_policy']}, "
+                 f"retention {c['retention_ms']} ms")
+        echo(f"  config {r['config']}")
+        for p in r["partitions"]:
+            echo(f"  partition {p['partition']}: leader {p['leader']}, offsets {p['low']}..{p['high']}")
+    raise typer.Exit(0 if all(r["exists"] for r in rows) else 1)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every catalogue topic that is missing (idempotent; existing topics are left alone)."""
+    from tapeflow.kafka_client import ensure_topics
+
+    results = ensure_topics(_bootstrap(), prefix=state.settings().topic_prefix)
+    for r in results:
+        echo(f"{r.name:<32}{r.action}{': ' + r.detail if r.detail else ''}")
+    created = sum(r.action == "created" for r in results)
+    echo(f"{created} created, {len(results) - created} already present")
+    raise typer.Exit(1 if any(r.action == "mismatch" for r in results) else 0)
+
+
+@topics_app.command("tail")
+def topics_tail(
+    topic: str = typer.Argument(..., help="Topic to read (catalogue name; the prefix is applied)."),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
+    max_records: Optional[int] = typer.Option(None, "--max", min=1, help="Stop after N records."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
+                                            help="Stop after S seconds without a new record."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Only records for this symbol."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Print decoded records of a topic (kcat-like, schema-aware)."""
+    from tapeflow.topic_tail import tail
+
+    settings = state.settings()
+    name = topic if topic.startswith(settings.topic_prefix) else settings.topic(topic)
+    count = tail(_bootstrap(), name, settings.schema_registry_url, from_beginning=from_beginning,
+                 max_records=max_records, idle_timeout=timeout, symbol=symbol, json_out=json_out, out=echo)
+    if not json_out:
+        typer.echo(f"-- {count} record(s)", err=True)
+
+
+# --- database ------------------------------------------------------------------------------------
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations (plain PostgreSQL always; TimescaleDB parts when the extension exists)."""
+    from sinks.migrate import migrate
+    from tapeflow.endpoints import resolve_database
+
+    endpoints = resolve_database(state.settings(), state.paths())
+    report = migrate(endpoints.owner, log=echo)
+    flavour = "TimescaleDB" if report.timescale else "plain PostgreSQL"
+    echo(f"{len(report.applied)} applied, {len(report.already)} already applied, "
+         f"{len(report.skipped_timescale)} TimescaleDB-only skipped ({flavour})")
+
+
+def main() -> None:
+    """Console entry point: maps expected failures to one-line errors."""
+    import psycopg
+    from confluent_kafka import KafkaException
+
+    from sinks.migrate import MigrationError
+
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except (ConfigError, StackError, MigrationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        typer.echo(f"error: broker: {getattr(err, 'str', lambda: str(err))()}", err=True)
+        sys.exit(1)
+    except psycopg.Error as exc:
+        typer.echo(f"error: database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Kafka plumbing shared by the CLI and services: client configs, health probe, idempotent topic creation.
+
+Client configs carry low session/rebalance timeouts because every consumer-group join waits for the
+rebalance timeout; on a dev broker the defaults turn each join into a 20-30 s pause.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from schemas.catalogue import TopicSpec, all_topics, topic_configs
+from tapeflow.stack.service import Health
+
+# Fast group joins on a single-node dev/test broker; production deployments override via env.
+FAST_GROUP_CONFIG = {
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 1000,
+    "max.poll.interval.ms": 30000,
+}
+
+
+_QUIET = logging.getLogger("tapeflow.librdkafka")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    # librdkafka logs every refused connection to stderr; a health probe expects refusals, so the
+    # client logs go to a silent logger and the probe reports the outcome itself.
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, "logger": _QUIET})
+
+
+def producer_config(bootstrap: str, **extra) -> dict:
+    """Idempotent producer: acks=all + enable.idempotence, so retries never duplicate or reorder."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 5,
+        **extra,
+    }
+
+
+def consumer_config(bootstrap: str, group_id: str | None = None, **extra) -> dict:
+    cfg = {
+        "bootstrap.servers": bootstrap,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        **FAST_GROUP_CONFIG,
+        **extra,
+    }
+    # librdkafka insists on a group.id even for assign()-only consumers that never commit.
+    cfg["group.id"] = group_id or "tapeflow-cli-no-commit"
+    return cfg
+
+
+def broker_health(bootstrap: str, timeout: float = 3.0) -> Health:
+    try:
+        md = admin_client(bootstrap).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return Health(False, f"no metadata from {bootstrap}: {exc.args[0].str() if exc.args else exc}")
+    return Health(True, f"{len(md.brokers)} broker(s), {len(md.topics)} topic(s)")
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    name: str
+    action: str  # created | exists | mismatch
+    detail: str = ""
+
+
+def ensure_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] | None = None,
+                  timeout: float = 15.0) -> list[TopicResult]:
+    """Create every catalogue topic that is missing; existing topics are checked, never altered.
+
+    Idempotent: running it twice creates nothing the second time. A partition-count mismatch is
+    reported (Kafka cannot shrink partitions, and growing them would re-key existing data).
+    """
+    specs = list(specs if specs is not None else all_topics())
+    admin = admin_client(bootstrap)
+    existing = admin.list_topics(timeout=timeout).topics
+    results: list[TopicResult] = []
+    to_create: list[tuple[TopicSpec, NewTopic]] = []
+    for spec in specs:
+        name = prefix + spec.name
+        if name in existing:
+            have = len(existing[name].partitions)
+            if have != spec.partitions:
+                results.append(TopicResult(name, "mismatch", f"{have} partitions, catalogue says {spec.partitions}"))
+            else:
+                results.append(TopicResult(name, "exists"))
+            continue
+        to_create.append((spec, NewTopic(name, num_partitions=spec.partitions, replication_factor=-1,
+                                         config=topic_configs(spec))))
+    if to_create:
+        futures = admin.create_topics([nt for _, nt in to_create], operation_timeout=timeout)
+        for spec, nt in to_create:
+            try:
+                futures[nt.topic].result(timeout)
+                results.append(TopicResult(nt.topic, "created"))
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # raced with another creator
+                    results.append(TopicResult(nt.topic, "exists"))
+                else:
+                    raise
+    return results
+
+
+def describe_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> list[dict]:
+    """Partitions, leaders, low/high watermarks and configs of `names` (as plain dicts)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    admin = admin_client(bootstrap)
+    md = admin.list_topics(timeout=timeout)
+    consumer = Consumer(consumer_config(bootstrap))
+    out = []
+    try:
+        for name in names:
+            tmd = md.topics.get(name)
+            if tmd is None or tmd.error is not None:
+                out.append({"topic": name, "exists": False})
+                continue
+            parts = []
+            for pid in sorted(tmd.partitions):
+                low, high = consumer.get_watermark_offsets(TopicPartition(name, pid), timeout=timeout)
+                parts.append({"partition": pid, "leader": tmd.partitions[pid].leader, "low": low, "high": high})
+            configs = {}
+            try:
+                res = admin.describe_configs([ConfigResource("topic", name)])
+                for _, fut in res.items():
+                    configs = {k: v.value for k, v in fut.result(timeout).items()
+                               if k in ("cleanup.policy", "retention.ms", "compression.type")}
+            except KafkaException:
+                configs = {}
+            out.append({"topic": name, "exists": True, "partitions": parts,
+                        "messages": sum(p["high"] - p["low"] for p in parts), "config": configs})
+    finally:
+        consumer.close()
+    return out

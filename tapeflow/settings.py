@@ -1,0 +1,217 @@
+"""One settings object for every tapeflow process.
+
+Sources, highest priority first: explicit overrides (CLI flags), environment variables `TAPEFLOW_*`,
+a `.env` file in the working directory, a YAML file (`TAPEFLOW_CONFIG` or `--config`), defaults.
+Validation happens once, at start, so a typo fails in one line instead of deep inside a consumer.
+Secrets are `SecretStr` (or `*_FILE` paths) so they never reach a log line or `tapeflow status`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
+
+# Binance USD-M perpetuals and quarterlies: BASE + USDT/USDC, optional _YYMMDD delivery suffix.
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}(USDT|USDC)(_\d{6})?$")
+_HOSTPORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a one-line message meant for the user (no traceback)."""
+
+
+def default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tapeflow"
+
+
+class Settings(BaseSettings):
+    """Validated configuration shared by the CLI, the stack supervisor and every service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TAPEFLOW_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(default_factory=default_home, description="All state: pid files, logs, data.")
+    broker: str | None = Field(
+        default=None,
+        description="External Kafka bootstrap servers host:port[,host:port]; unset = embedded Tansu.",
+    )
+    broker_port: int = Field(default=0, ge=0, le=65535, description="Embedded broker port; 0 = pick a free one.")
+    database_url: SecretStr | None = Field(
+        default=None, description="External PostgreSQL/TimescaleDB URL; unset = embedded PostgreSQL."
+    )
+    database_port: int = Field(default=0, ge=0, le=65535, description="Embedded PostgreSQL port; 0 = free one.")
+    database_name: str = Field(default="tapeflow", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    schema_registry_url: str | None = Field(
+        default=None, description="Confluent-compatible Schema Registry; unset = file registry in the repo."
+    )
+    topic_prefix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix for every topic (shared clusters, tests)."
+    )
+    exchange: Literal["binance"] = "binance"
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+    startup_timeout_s: float = Field(default=60.0, gt=0)
+    stop_timeout_s: float = Field(default=10.0, gt=0)
+    binance_api_key: SecretStr | None = None
+    binance_api_secret: SecretStr | None = None
+
+    # --- sources -------------------------------------------------------------------------------
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        yaml_path = os.environ.get("TAPEFLOW_CONFIG")
+        if yaml_path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    # --- validators ----------------------------------------------------------------------------
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().absolute()
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_hostports(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        for part in v.split(","):
+            part = part.strip()
+            if not _HOSTPORT_RE.match(part) or not 0 < int(part.rsplit(":", 1)[1]) < 65536:
+                raise ValueError(f"expected host:port[,host:port], got {v!r}")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value():
+            return None
+        if not re.match(r"^postgres(ql)?://", v.get_secret_value()):
+            raise ValueError("must start with postgresql:// (value hidden)")
+        return v
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_scheme(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"expected an http(s):// URL, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s for s in re.split(r"[,\s]+", v) if s]
+        return v
+
+    @field_validator("symbols")
+    @classmethod
+    def _known_symbols(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one symbol is required")
+        out = []
+        for s in v:
+            up = s.strip().upper()
+            if not _SYMBOL_RE.match(up):
+                raise ValueError(f"unknown symbol {s!r}: expected a Binance USD-M symbol such as BTCUSDT")
+            if up not in out:
+                out.append(up)
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        """`TAPEFLOW_<NAME>_FILE=/path` reads a secret from a file (Docker/K8s secrets style)."""
+        if not isinstance(data, dict):
+            return data
+        for name in ("database_url", "binance_api_key", "binance_api_secret"):
+            path = os.environ.get(f"TAPEFLOW_{name.upper()}_FILE")
+            if path and not data.get(name):
+                try:
+                    data[name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ValueError(f"TAPEFLOW_{name.upper()}_FILE: cannot read {path}: {exc.strerror}") from None
+        return data
+
+    # --- derived -------------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        """The physical topic name for a catalogue topic (applies `topic_prefix`)."""
+        return f"{self.topic_prefix}{name}"
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as a dict safe to print: secrets replaced, passwords in URLs hidden."""
+        out: dict[str, Any] = {}
+        for key, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                raw = value.get_secret_value()
+                value = mask_url(raw) if key.endswith("_url") else "********"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[key] = value
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide the password part of a URL (`postgresql://user:***@host/db`)."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings, turning any problem into a one-line `ConfigError`."""
+    if config_file is not None:
+        if not config_file.is_file() or not os.access(config_file, os.R_OK):
+            raise ConfigError(f"config file {config_file} is not a readable file")
+        os.environ["TAPEFLOW_CONFIG"] = str(config_file)
+    else:
+        env_file = os.environ.get("TAPEFLOW_CONFIG")
+        if env_file and (not Path(env_file).is_file() or not os.access(env_file, os.R_OK)):
+            raise ConfigError(f"TAPEFLOW_CONFIG={env_file} is not a readable file")
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc)) from None
+    except Exception as exc:  # YAML syntax errors, unreadable .env, ...
+        raise ConfigError(f"invalid configuration: {exc}".splitlines()[0]) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        where = f"{loc} (TAPEFLOW_{loc.split('.')[0].upper()})" if loc != "config" else loc
+        parts.append(f"{where}: {msg}")
+    return "invalid configuration: " + "; ".join(parts)

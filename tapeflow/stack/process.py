@@ -1,0 +1,148 @@
+"""Process bookkeeping for supervised services: state files, liveness, ports, termination.
+
+A pid alone is not an identity (pids are reused), so a state file records the process start time
+too and a process only counts as ours when both match; anything else is a stale file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+
+class StackError(Exception):
+    """A stack problem with a one-line message for the user."""
+
+
+@dataclass
+class ProcessRecord:
+    """What `up` writes for each running service; `status`/`down` read it back."""
+
+    name: str
+    pid: int
+    create_time: float
+    address: str
+    started_at: float
+    log: str
+    extra: dict = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "ProcessRecord | None":
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise StackError(f"state file {path} is corrupt ({exc}); remove it and retry") from None
+
+    def is_alive(self) -> bool:
+        return pid_matches(self.pid, self.create_time)
+
+
+def pid_matches(pid: int, create_time: float) -> bool:
+    """True when `pid` is running and is the very process that was started at `create_time`."""
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - create_time) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def process_create_time(pid: int) -> float:
+    return psutil.Process(pid).create_time()
+
+
+def terminate(pid: int, create_time: float, timeout: float, sig: int = signal.SIGTERM) -> str:
+    """Stop a process politely: `sig` (SIGTERM), wait up to `timeout`, then SIGKILL.
+
+    Returns "terminated", "killed" or "gone". When the process leads its own process group (services
+    are started in their own session) the whole group is signalled, so children such as PostgreSQL
+    backends go too; a process sharing someone else's group (a foreground supervisor started from
+    a shell) is signalled alone, never its shell.
+    """
+    if not pid_matches(pid, create_time):
+        return "gone"
+    _signal(pid, sig)
+    if _wait_gone(pid, create_time, timeout):
+        return "terminated"
+    _signal(pid, signal.SIGKILL)
+    _wait_gone(pid, create_time, 5.0)
+    return "killed"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int, create_time: float, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:  # reap if it is our child, so it does not linger as a zombie
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not pid_matches(pid, create_time):
+            return True
+        time.sleep(0.05)
+    return not pid_matches(pid, create_time)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, what: str, setting: str) -> None:
+    """Fail with a clear message when a configured port is taken (instead of a cryptic bind error)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                owner = _port_owner(port)
+                raise StackError(
+                    f"{what} port {host}:{port} is already in use{owner}; "
+                    f"free it or set {setting} to another port (0 picks a free one)"
+                ) from None
+            raise
+
+
+def _port_owner(port: int) -> str:
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        pass
+    return ""
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False

@@ -1,0 +1,73 @@
+"""What the supervisor needs to know about one service: how to start it and how to tell it is healthy."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+import signal
+from dataclasses import dataclass
+
+from tapeflow.paths import StackPaths
+from tapeflow.settings import Settings
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A ready-to-spawn command; `user` drops privileges (PostgreSQL refuses to run as root)."""
+
+    argv: list[str]
+    address: str
+    env: dict[str, str] | None = None
+    user: str | None = None
+    cwd: str | None = None
+
+    def credentials(self) -> dict:
+        """subprocess kwargs that fully become `user`: uid, primary gid and no inherited root groups.
+
+        Dropping only the uid would keep gid 0, and group bits of root-owned directories would then
+        deny access that the "other" bits allow.
+        """
+        return as_user_kwargs(self.user)
+
+
+def as_user_kwargs(user: str | None) -> dict:
+    if user is None:
+        return {}
+    import pwd
+
+    ent = pwd.getpwnam(user)
+    return {"user": ent.pw_uid, "group": ent.pw_gid, "extra_groups": []}
+
+
+class Service(ABC):
+    """A long-running process of the embedded stack (broker, database, and later the apps)."""
+
+    name: str
+    #: set when the user points tapeflow at an existing instance: health-checked, never started.
+    external: bool = False
+    #: the signal that asks for a clean, prompt shutdown (PostgreSQL: SIGINT = "fast" shutdown,
+    #: because SIGTERM waits for every client to disconnect).
+    stop_signal: int = signal.SIGTERM
+
+    def __init__(self, settings: Settings, paths: StackPaths) -> None:
+        self.settings = settings
+        self.paths = paths
+
+    @abstractmethod
+    def prepare(self) -> Launch:
+        """One-time setup (binaries, data directories, ports) and the command to run."""
+
+    @abstractmethod
+    def health(self, address: str) -> Health:
+        """Cheap readiness probe against a running instance at `address`."""
+
+    def after_start(self, address: str) -> None:
+        """Hook run once the service is healthy (e.g. create roles)."""
+
+    def external_address(self) -> str | None:
+        return None

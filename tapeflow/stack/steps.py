@@ -1,0 +1,87 @@
+"""One-shot setup steps run after the services are healthy: database migrations and topic creation.
+
+Both are idempotent, so they run on every `up` (and again after the service they depend on restarts).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import psycopg
+
+from schemas.catalogue import all_topics
+from sinks.migrate import MigrationError, migrate, pending_migrations
+from tapeflow.endpoints import embedded_endpoints
+from tapeflow.kafka_client import admin_client, ensure_topics
+from tapeflow.paths import StackPaths
+from tapeflow.settings import Settings
+from tapeflow.stack.process import StackError
+from tapeflow.stack.service import Health
+
+
+class SetupStep(ABC):
+    name: str
+    depends_on: tuple[str, ...]
+
+    def __init__(self, settings: Settings, paths: StackPaths) -> None:
+        self.settings, self.paths = settings, paths
+
+    @abstractmethod
+    def run(self, addresses: dict[str, str], say: Callable[[str], None]) -> str:
+        """Do the work; return a one-line summary."""
+
+    @abstractmethod
+    def health(self, addresses: dict[str, str]) -> Health:
+        """Is the result of the step in place?"""
+
+
+class MigrationsStep(SetupStep):
+    name = "migrations"
+    depends_on = ("database",)
+
+    def owner_conninfo(self, addresses: dict[str, str]) -> str:
+        if self.settings.database_url is not None:
+            return self.settings.database_url.get_secret_value()
+        return embedded_endpoints(self.settings, self.paths, addresses["database"]).owner
+
+    def run(self, addresses, say) -> str:
+        try:
+            report = migrate(self.owner_conninfo(addresses), log=lambda m: None)
+        except (MigrationError, psycopg.Error) as exc:
+            raise StackError(f"migrations: {exc}") from None
+        flavour = "TimescaleDB" if report.timescale else "plain PostgreSQL"
+        skipped = f", {len(report.skipped_timescale)} TimescaleDB-only skipped" if report.skipped_timescale else ""
+        return f"{len(report.applied)} applied, {len(report.already)} already applied{skipped} ({flavour})"
+
+    def health(self, addresses) -> Health:
+        try:
+            pending = pending_migrations(self.owner_conninfo(addresses))
+        except psycopg.Error as exc:
+            return Health(False, str(exc).strip().splitlines()[0])
+        if pending:
+            return Health(False, f"{len(pending)} pending: {', '.join(pending)} (run `tapeflow db migrate`)")
+        return Health(True, "all migrations applied")
+
+
+class TopicsStep(SetupStep):
+    name = "topics"
+    depends_on = ("broker",)
+
+    def run(self, addresses, say) -> str:
+        results = ensure_topics(addresses["broker"], prefix=self.settings.topic_prefix)
+        created = sum(r.action == "created" for r in results)
+        for r in results:
+            if r.action == "mismatch":
+                say(f"topics     warning: {r.name}: {r.detail}")
+        return f"{created} created, {len(results) - created} already present"
+
+    def health(self, addresses) -> Health:
+        try:
+            existing = admin_client(addresses["broker"]).list_topics(timeout=3).topics
+        except Exception as exc:  # confluent raises KafkaException; any failure means unhealthy
+            return Health(False, str(exc))
+        missing = [self.settings.topic(t.name) for t in all_topics() if self.settings.topic(t.name) not in existing]
+        if missing:
+            return Health(False, f"{len(missing)} missing: {', '.join(missing[:5])} (run `tapeflow topics create`)")
+        return Health(True, f"{len(all_topics())} catalogue topics present")

