@@ -132,6 +132,23 @@ def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None) -> Migr
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
 
+def set_role_passwords(conninfo: str, passwords: dict[str, str]) -> list[str]:
+    """Give the tapeflow roles LOGIN with the given passwords (external servers; needs CREATEROLE).
+
+    Kept out of the SQL files on purpose: migrations are committed, passwords never are.
+    """
+    from psycopg import sql
+
+    done = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for role, password in passwords.items():
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                raise MigrationError(f"role {role} does not exist (run the migrations first)")
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+            done.append(role)
+    return done
+
+
 def pending_migrations(conninfo: str) -> list[str]:
     """Migration keys not yet applied (TimescaleDB-only files count only when it is available)."""
     migrations = load_migrations()

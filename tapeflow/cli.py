@@ -277,9 +277,13 @@ def db_migrate() -> None:
     """Apply pending migrations (plain PostgreSQL always; TimescaleDB parts when the extension exists)."""
     from sinks.migrate import migrate
     from tapeflow.endpoints import resolve_database
+    from tapeflow.stack.steps import provision_external_roles
 
-    endpoints = resolve_database(state.settings(), state.paths())
+    settings = state.settings()
+    endpoints = resolve_database(settings, state.paths())
     report = migrate(endpoints.owner, log=echo)
+    for role in provision_external_roles(settings):
+        echo(f"role {role}: LOGIN password set")
     flavour = "TimescaleDB" if report.timescale else "plain PostgreSQL"
     echo(f"{len(report.applied)} applied, {len(report.already)} already applied, "
          f"{len(report.skipped_timescale)} TimescaleDB-only skipped ({flavour})")

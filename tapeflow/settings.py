@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     startup_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
+    writer_password: SecretStr | None = Field(
+        default=None, description="External database: LOGIN password given to tapeflow_writer by `db migrate`.")
+    readonly_password: SecretStr | None = Field(
+        default=None, description="External database: LOGIN password given to tapeflow_readonly (Grafana).")
     binance_api_key: SecretStr | None = None
     binance_api_secret: SecretStr | None = None
 
@@ -154,7 +158,7 @@ class Settings(BaseSettings):
         """`TAPEFLOW_<NAME>_FILE=/path` reads a secret from a file (Docker/K8s secrets style)."""
         if not isinstance(data, dict):
             return data
-        for name in ("database_url", "binance_api_key", "binance_api_secret"):
+        for name in ("database_url", "writer_password", "readonly_password", "binance_api_key", "binance_api_secret"):
             path = os.environ.get(f"TAPEFLOW_{name.upper()}_FILE")
             if path and not data.get(name):
                 try:

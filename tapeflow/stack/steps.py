@@ -11,7 +11,7 @@ from typing import Callable
 import psycopg
 
 from schemas.catalogue import all_topics
-from sinks.migrate import MigrationError, migrate, pending_migrations
+from sinks.migrate import MigrationError, migrate, pending_migrations, set_role_passwords
 from tapeflow.endpoints import embedded_endpoints
 from tapeflow.kafka_client import admin_client, ensure_topics
 from tapeflow.paths import StackPaths
@@ -36,6 +36,16 @@ class SetupStep(ABC):
         """Is the result of the step in place?"""
 
 
+def provision_external_roles(settings: Settings) -> list[str]:
+    """On an external database, give the roles the passwords from TAPEFLOW_{WRITER,READONLY}_PASSWORD."""
+    if settings.database_url is None:
+        return []  # the embedded stack provisions its own roles with generated passwords
+    wanted = {role: secret.get_secret_value() for role, secret in
+              (("tapeflow_writer", settings.writer_password), ("tapeflow_readonly", settings.readonly_password))
+              if secret is not None}
+    return set_role_passwords(settings.database_url.get_secret_value(), wanted) if wanted else []
+
+
 class MigrationsStep(SetupStep):
     name = "migrations"
     depends_on = ("database",)
@@ -50,7 +60,10 @@ class MigrationsStep(SetupStep):
             report = migrate(self.owner_conninfo(addresses), log=lambda m: None)
         except (MigrationError, psycopg.Error) as exc:
             raise StackError(f"migrations: {exc}") from None
+        roles = provision_external_roles(self.settings)
         flavour = "TimescaleDB" if report.timescale else "plain PostgreSQL"
+        if roles:
+            flavour += f"; LOGIN set for {', '.join(roles)}"
         skipped = f", {len(report.skipped_timescale)} TimescaleDB-only skipped" if report.skipped_timescale else ""
         return f"{len(report.applied)} applied, {len(report.already)} already applied{skipped} ({flavour})"
 
