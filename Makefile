@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (bootstrap, then the whole stack in the foreground)
 # and `make test` (bootstrap, then the whole test suite). Both install what the machine lacks.
-.PHONY: run test bootstrap bench clean
+.PHONY: run test bootstrap clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,9 +14,6 @@ run: bootstrap
 # pytest exits 5 when it collected no test: make treats that as a failure, as it should.
 test: bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
-
-bench: bootstrap
-	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) .pytest_cache

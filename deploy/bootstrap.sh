@@ -40,7 +40,7 @@ fi
 PY=${PYTHON:-}
 if [[ -z $PY ]]; then
   for cand in python3.13 python3.12 python3.11 python3; do
-    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       PY=$cand; break
     fi
   done
@@ -56,8 +56,13 @@ stamp=.venv/.tapeflow-bootstrap
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   log "installing Python dependencies into .venv (first run takes a minute)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  piplog=.venv/bootstrap-pip.log
+  if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
+         && .venv/bin/python -m pip install --disable-pip-version-check -e '.[test]'; } >"$piplog" 2>&1; then
+    tail -n 40 "$piplog" >&2
+    log "pip install failed (full log: $piplog)"
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 log "ready"

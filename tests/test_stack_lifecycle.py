@@ -161,3 +161,24 @@ def test_supervisor_restarts_a_crashed_service(home):
         pytest.fail("broker was not restarted to a healthy stack within 20 s:\n" + cli(home, "logs", "supervisor").stdout)
     log = cli(home, "logs", "supervisor").stdout
     assert "restarting" in log and "topics" in log  # topics re-created on the fresh in-memory broker
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env["TAPEFLOW_HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "up"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        lines.append(line)
+        if "stack healthy in" in line or time.monotonic() > deadline:
+            break
+    assert any("stack healthy in" in ln for ln in lines), "".join(lines)
+    pids = recorded_pids(home)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, rest
+    assert "database   terminated" in rest and "broker     terminated" in rest
+    for pid in pids.values():
+        assert not alive(pid)

@@ -161,8 +161,9 @@ class EmbeddedPostgres(Service):
             pwfile.unlink(missing_ok=True)
         if res.returncode != 0:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-            last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise StackError(f"initdb failed: {last[0]}")
+            lines = (res.stderr or res.stdout).strip().splitlines()
+            errors = [ln for ln in lines if "error" in ln.lower() and "removing" not in ln] or lines[-1:] or ["no output"]
+            raise StackError(f"initdb failed: {errors[0].strip()}")
 
     def admin_conninfo(self, address: str, dbname: str = "postgres") -> str:
         host, port = address.rsplit(":", 1)
