@@ -112,3 +112,12 @@ def database(pg_server) -> str:
 def topic_prefix() -> str:
     """A unique prefix so each test has its own topics on the shared broker."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+RECORDING_DIR = os.path.join(os.path.dirname(__file__), "data", "binance_futures_ws")
+
+
+@pytest.fixture(scope="session")
+def recording_dir() -> str:
+    """The real Binance USD-M recording (see tests/data/README.md)."""
+    return RECORDING_DIR

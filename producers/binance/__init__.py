@@ -1,0 +1,1 @@
+"""Binance USD-M futures: frame parsing, order-book synchronisation, and the producer that wires them to Kafka."""
