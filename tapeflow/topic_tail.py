@@ -51,6 +51,10 @@ def tail(bootstrap: str, topic: str, registry_url: str | None, *, from_beginning
             raise StackError(f"topic {topic!r} does not exist (see `tapeflow topics list`)")
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         consumer.assign([TopicPartition(topic, p, start) for p in sorted(md.partitions)])
+        # Without --from-beginning only records produced from now on are shown. The timestamp check
+        # backs up OFFSET_END on Tansu, whose high watermark counts record batches, not records, so
+        # "the end" it reports can lie inside older data.
+        not_before_ms = None if from_beginning else int(time.time() * 1000)
         count = 0
         last = time.monotonic()
         while max_records is None or count < max_records:
@@ -64,11 +68,13 @@ def tail(bootstrap: str, topic: str, registry_url: str | None, *, from_beginning
                     continue
                 raise StackError(f"reading {topic}: {msg.error().str()}")
             last = time.monotonic()
+            ts_type, ts = msg.timestamp()
+            if not_before_ms is not None and ts < not_before_ms:
+                continue
             value, error = decode_value(serde, msg.value())
             key = msg.key().decode(errors="replace") if msg.key() is not None else None
             if symbol and not _matches_symbol(symbol, key, value):
                 continue
-            ts_type, ts = msg.timestamp()
             record = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                       "timestamp": ts, "key": key, "value": value}
             if error:

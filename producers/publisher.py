@@ -1,0 +1,86 @@
+"""Avro records to Kafka with an idempotent producer: acks=all, enable.idempotence, nothing ignored.
+
+librdkafka already retries transient failures internally (idempotence keeps that free of duplicates
+and reordering). A delivery that still fails is counted and produced again, up to a bound; a record
+that keeps failing marks the publisher unhealthy rather than vanishing. A full local queue blocks
+(back-pressure) instead of dropping. Frames that cannot be normalised or encoded go to the
+dead-letter topic with their raw bytes and the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, Producer
+
+from producers.metrics import ProducerMetrics
+from schemas.catalogue import dlq_topic
+from schemas.serde import AvroSerde
+from tapeflow.kafka_client import producer_config
+
+log = structlog.get_logger("producer.publisher")
+
+MAX_REDELIVERIES = 5
+
+
+class Publisher:
+    def __init__(self, bootstrap: str, serde: AvroSerde, metrics: ProducerMetrics, topic_prefix: str = "",
+                 **producer_overrides: Any) -> None:
+        self.serde = serde
+        self.metrics = metrics
+        self.prefix = topic_prefix
+        self._producer = Producer(producer_config(bootstrap, **producer_overrides))
+        self.failed: list[tuple[str, bytes | None, str]] = []  # (topic, key, error) given up after retries
+        self.delivered = 0
+
+    def publish(self, topic: str, key: str, record: dict, receive_time_ms: int | None = None) -> None:
+        """Encode `record` for catalogue topic `topic` and produce it keyed by `key`."""
+        value = self.serde.encode(topic, record)
+        self._produce(self.prefix + topic, key.encode(), value, receive_time_ms, 0)
+
+    def dead_letter(self, source: str, stream: str, raw: bytes, error: str, stage: str,
+                    key: bytes | None = None) -> None:
+        """Send an unusable input to `dlq.<source>` with its raw bytes and why (the producer keeps going)."""
+        topic = dlq_topic(source)
+        record = {"source_topic": self.prefix + source, "partition": None, "offset": None, "key": key,
+                  "value": raw, "error": error[:2000], "stage": stage, "event_time": int(time.time() * 1000)}
+        self.metrics.dlq.labels(stream).inc()
+        self._produce(self.prefix + topic, key, self.serde.encode(topic, record), None, 0)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, receive_time_ms: int | None,
+                 attempt: int) -> None:
+        def on_delivery(err: KafkaError | None, msg) -> None:
+            if err is None:
+                self.delivered += 1
+                self.metrics.messages_out.labels(topic).inc()
+                if receive_time_ms is not None:
+                    self.metrics.produce_latency.observe(max(0.0, time.time() - receive_time_ms / 1000))
+                return
+            self.metrics.delivery_errors.labels(topic).inc()
+            if attempt + 1 < MAX_REDELIVERIES and err.retriable() or attempt + 1 < MAX_REDELIVERIES and not err.fatal():
+                log.warning("delivery failed, producing again", topic=topic, error=err.str(), attempt=attempt + 1)
+                self._produce(topic, key, value, receive_time_ms, attempt + 1)
+            else:
+                log.error("delivery failed for good", topic=topic, error=err.str(), attempts=attempt + 1)
+                self.failed.append((topic, key, err.str()))
+
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:  # local queue full: serve callbacks until there is room (back-pressure)
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for every outstanding record; returns how many are still undelivered."""
+        return self._producer.flush(timeout)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.failed
