@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
-        yaml_path = os.environ.get("TAPEFLOW_CONFIG")
+        yaml_path = _CONFIG_FILE_OVERRIDE or os.environ.get("TAPEFLOW_CONFIG")
         if yaml_path:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         sources.append(file_secret_settings)
@@ -167,6 +167,13 @@ class Settings(BaseSettings):
                     raise ValueError(f"TAPEFLOW_{name.upper()}_FILE: cannot read {path}: {exc.strerror}") from None
         return data
 
+    _config_file: str | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> str | None:
+        """The YAML file these settings were read from, if any."""
+        return self._config_file
+
     # --- derived -------------------------------------------------------------------------------
     def topic(self, name: str) -> str:
         """The physical topic name for a catalogue topic (applies `topic_prefix`)."""
@@ -190,22 +197,31 @@ def mask_url(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+_CONFIG_FILE_OVERRIDE: str | None = None
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Load and validate settings, turning any problem into a one-line `ConfigError`."""
-    if config_file is not None:
-        if not config_file.is_file() or not os.access(config_file, os.R_OK):
-            raise ConfigError(f"config file {config_file} is not a readable file")
-        os.environ["TAPEFLOW_CONFIG"] = str(config_file)
-    else:
-        env_file = os.environ.get("TAPEFLOW_CONFIG")
-        if env_file and (not Path(env_file).is_file() or not os.access(env_file, os.R_OK)):
-            raise ConfigError(f"TAPEFLOW_CONFIG={env_file} is not a readable file")
+    """Load and validate settings, turning any problem into a one-line `ConfigError`.
+
+    The YAML path is handed to the settings sources for this one construction only (no global
+    environment change); `Settings.config_file` remembers it so child processes can be given it.
+    """
+    global _CONFIG_FILE_OVERRIDE
+    path = str(config_file) if config_file is not None else os.environ.get("TAPEFLOW_CONFIG")
+    if path and (not Path(path).is_file() or not os.access(path, os.R_OK)):
+        where = "config file" if config_file is not None else "TAPEFLOW_CONFIG="
+        raise ConfigError(f"{where}{' ' if config_file is not None else ''}{path} is not a readable file")
+    _CONFIG_FILE_OVERRIDE = path
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_first_error(exc)) from None
     except Exception as exc:  # YAML syntax errors, unreadable .env, ...
         raise ConfigError(f"invalid configuration: {exc}".splitlines()[0]) from None
+    finally:
+        _CONFIG_FILE_OVERRIDE = None
+    settings._config_file = path
+    return settings
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -66,7 +66,7 @@ def kafka_bootstrap(session_home) -> str:
         with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    settings = Settings(home=session_home.home)
+    settings = Settings(home=session_home.home, broker=None, database_url=None, broker_port=0, database_port=0)
     sup = Supervisor(settings, session_home, say=lambda m: None, services=[TansuBroker(settings, session_home)],
                      steps=[])
     sup.start_all()
@@ -85,7 +85,7 @@ def pg_server(session_home) -> PgServer:
                                password="postgres", dbname="postgres") as pg:
             yield PgServer(pg.get_container_host_ip(), int(pg.get_exposed_port(5432)), "postgres", "postgres", True)
         return
-    settings = Settings(home=session_home.home)
+    settings = Settings(home=session_home.home, broker=None, database_url=None, broker_port=0, database_port=0)
     service = EmbeddedPostgres(settings, session_home)
     service.extra_options = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
     sup = Supervisor(settings, session_home, say=lambda m: None, services=[service], steps=[])

@@ -119,3 +119,15 @@ def test_status_never_prints_secrets(tmp_path):
         assert res.returncode == 1  # nothing is reachable, so not healthy
         assert SECRET not in res.stdout + res.stderr
         assert "********" in res.stdout  # the secret is shown as masked, not omitted silently
+
+
+def test_config_flag_is_used_and_does_not_leak_into_the_environment(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("broker: 127.0.0.1:1\nsymbols: [ETHUSDT]\n")
+    res = run_cli("--config", str(cfg), "status", "--json", cwd=tmp_path)
+    import json
+
+    config = json.loads(res.stdout)["config"]
+    assert config["broker"] == "127.0.0.1:1" and config["symbols"] == ["ETHUSDT"]
+    load_settings(cfg)
+    assert "TAPEFLOW_CONFIG" not in os.environ and load_settings().broker is None

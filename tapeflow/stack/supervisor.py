@@ -277,7 +277,7 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
         start = log.tell()
         proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "up"], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "TAPEFLOW_HOME": str(paths.home)})
+                                env=child_env(settings, paths))
     deadline = time.monotonic() + settings.startup_timeout_s + 15
     while time.monotonic() < deadline:
         code = proc.poll()
@@ -294,6 +294,14 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
         time.sleep(0.1)
     say(f"the stack did not become healthy in time; see {log_path}")
     return 1
+
+
+def child_env(settings: Settings, paths: StackPaths) -> dict[str, str]:
+    """Environment for processes we spawn: same settings sources, including a `--config` file."""
+    env = {**os.environ, "TAPEFLOW_HOME": str(paths.home)}
+    if settings.config_file:
+        env["TAPEFLOW_CONFIG"] = os.path.abspath(settings.config_file)
+    return env
 
 
 def _read_from(path, offset: int) -> str:

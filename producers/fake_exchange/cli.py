@@ -1,0 +1,82 @@
+"""Command line of the fake exchange (``python -m producers.fake_exchange``, ``tapeflow fake-exchange``).
+
+Runs a fake Binance USD-M exchange until interrupted.
+
+Examples::
+
+    python -m producers.fake_exchange --recording data/binance_futures_ws --speed 10
+    python -m producers.fake_exchange --synthetic-seed 7 --synthetic-symbols BTCUSDT,ETHUSDT \\
+        --synthetic-duration 600 --speed max --fault garbage_every=100 --fault skip_frames=3
+
+It prints one JSON line with the bound ``ws_url`` and ``rest_url`` (ports 0 pick free ports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from .config import FakeExchangeConfig
+from .exchange import run
+from .faults import FaultSettings, parse_fault_assignments
+from .synthetic import SyntheticSpec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m producers.fake_exchange", description="Run a fake Binance USD-M exchange."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recording", help="recording directory (ws_frames.txt, rest_responses.txt, ...)")
+    source.add_argument("--synthetic-seed", type=int, help="generate a synthetic session with this seed")
+    parser.add_argument("--synthetic-symbols", default="BTCUSDT", help="comma-separated symbols (synthetic)")
+    parser.add_argument("--synthetic-duration", type=float, default=300.0, help="seconds (synthetic)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ws-port", type=int, default=0)
+    parser.add_argument("--rest-port", type=int, default=0)
+    parser.add_argument("--speed", default="1", help="1 = real time, 10 = ten times faster, max = no sleeping")
+    parser.add_argument(
+        "--start",
+        default="first_subscriber",
+        choices=["first_subscriber", "immediate", "manual"],
+        help="when the replay starts (manual: POST /_control/start)",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"fault switch, repeatable; keys: {', '.join(FaultSettings.model_fields)}",
+    )
+    parser.add_argument("--aggtrades-visibility", default="all", choices=["all", "replayed"])
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
+    args = build_parser().parse_args(argv)
+    synthetic = None
+    if args.synthetic_seed is not None:
+        synthetic = SyntheticSpec(
+            seed=args.synthetic_seed,
+            symbols=tuple(s.strip().upper() for s in args.synthetic_symbols.split(",") if s.strip()),
+            duration_s=args.synthetic_duration,
+        )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return FakeExchangeConfig(
+        recording=args.recording,
+        synthetic=synthetic,
+        host=args.host,
+        ws_port=args.ws_port,
+        rest_port=args.rest_port,
+        speed=args.speed,
+        start=args.start,
+        faults=FaultSettings.model_validate(parse_fault_assignments(args.fault)),
+        aggtrades_visibility=args.aggtrades_visibility,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and serve until SIGINT/SIGTERM."""
+    run(config_from_args(argv))

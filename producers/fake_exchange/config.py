@@ -1,0 +1,68 @@
+"""Configuration of one fake exchange (validated; the CLI and ``tapeflow fake-exchange`` build it).
+
+A session comes from exactly one of: ``recording`` (a directory), ``synthetic`` (generator
+parameters) or ``session`` (a :class:`~.recording.Recording` built in code, e.g. by a test).
+``speed`` is a positive multiplier of real time or ``"max"`` (stored as ``None``: no sleeping).
+Ports 0 pick free ports; the bound ones are reported by :class:`~.exchange.FakeExchange`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from .faults import FaultSettings
+from .recording import Recording, load_recording
+from .synthetic import SyntheticSpec, generate_session
+
+StartMode = Literal["first_subscriber", "immediate", "manual"]
+
+
+class FakeExchangeConfig(BaseModel):
+    """Everything :func:`~.exchange.serve` needs."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    recording: Path | None = None
+    synthetic: SyntheticSpec | None = None
+    session: Recording | None = Field(default=None, exclude=True)
+    host: str = "127.0.0.1"
+    ws_port: int = Field(default=0, ge=0, le=65535)
+    rest_port: int = Field(default=0, ge=0, le=65535)
+    speed: float | None = 1.0
+    start: StartMode = "first_subscriber"
+    faults: FaultSettings = Field(default_factory=FaultSettings)
+    aggtrades_visibility: Literal["all", "replayed"] = "all"
+    weight_limit_1m: int = Field(default=2400, ge=1)
+    ping_interval_s: float | None = 20.0
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _parse_speed(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "max"):
+            return None
+        speed = float(value)
+        if speed <= 0:
+            raise ValueError("speed must be positive or 'max'")
+        return speed
+
+    @field_serializer("speed")
+    def _dump_speed(self, speed: float | None) -> float | str:
+        return "max" if speed is None else speed
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FakeExchangeConfig:
+        sources = [s for s in (self.recording, self.synthetic, self.session) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of recording, synthetic or session")
+        return self
+
+    def load_session(self) -> Recording:
+        if self.session is not None:
+            return self.session
+        if self.recording is not None:
+            return load_recording(self.recording)
+        assert self.synthetic is not None
+        return generate_session(self.synthetic)

@@ -1,0 +1,82 @@
+"""Replays a session's frames in recording order, on the recording's own clock scaled by a speed.
+
+Frame ``i`` is due at ``start + (t_i - t_0) / speed`` on the injected monotonic clock. Scheduling
+against the start (not against the previous frame) keeps the replay from drifting when sleeps
+overshoot. ``speed=None`` ("max") never sleeps but yields to the event loop after every frame so
+connections keep sending while the replay runs.
+
+Each frame first updates the market view (it happened at the exchange), then either falls to the
+skip fault or is queued on every connection subscribed to its stream. When the last frame is out and
+all connections have drained, ``state.finished`` is set and the connections stay open, idle.
+A connected client that stops reading therefore holds ``finished`` back, as it would hold back a
+real feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from .recording import RecordedFrame
+from .state import ExchangeState
+
+Sleep = Callable[[float], Awaitable[object]]
+
+
+def due_offsets(frames: tuple[RecordedFrame, ...] | list[RecordedFrame], speed: float | None) -> list[float]:
+    """Seconds after replay start at which each frame is due (all zero at max speed)."""
+    if not frames or speed is None:
+        return [0.0] * len(frames)
+    t0 = frames[0].receive_time
+    return [max(0.0, (f.receive_time - t0) / speed) for f in frames]
+
+
+def dispatch(state: ExchangeState, frame: RecordedFrame) -> None:
+    """Make one frame happen: update the market view, then skip it or queue it for subscribers."""
+    state.market.observe(frame)
+    if state.faults.should_skip(frame.stream):
+        state.frames_skipped[frame.stream] += 1
+    else:
+        for conn in state.connections:
+            if conn.wants(frame.stream):
+                conn.enqueue_frame(frame)
+    state.position = frame.index + 1
+
+
+class ReplayEngine:
+    """Drives :func:`dispatch` over the recording once the start is requested."""
+
+    def __init__(
+        self,
+        state: ExchangeState,
+        speed: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be positive (or None for max)")
+        self.state = state
+        self.speed = speed
+        self._clock = clock
+        self._sleep = sleep
+
+    async def run(self) -> None:
+        state = self.state
+        await state.start_requested.wait()
+        frames = state.recording.frames
+        offsets = due_offsets(frames, self.speed)
+        start = self._clock()
+        state.started_at = start
+        for frame, offset in zip(frames, offsets, strict=True):
+            if self.speed is None:
+                await self._sleep(0)
+            else:
+                wait = start + offset - self._clock()
+                if wait > 0:
+                    await self._sleep(wait)
+            dispatch(state, frame)
+        await state.wait_drained()
+        state.finished_at = self._clock()
+        state.finished.set()

@@ -1,0 +1,271 @@
+"""Binance USD-M (plus spot bookTicker and Coinbase ticker) REST endpoints on aiohttp.
+
+Recorded bodies are served verbatim where the session has them (exchangeInfo, the depth snapshot
+while it is current); everything else comes from the replay state (:mod:`.depth_book`,
+:mod:`.agg_trades`) or is generated (:mod:`.generated_bodies`). Bad input gets Binance's error body
+(``{"code":-1121,"msg":"Invalid symbol."}``, HTTP 400); every Binance answer carries
+``X-MBX-USED-WEIGHT-1M``; the fault switches can replace any answer with 418/429/5xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import generated_bodies as gen
+from .state import ExchangeState
+from .weights import MinuteWeightCounter, is_binance_path, request_weight
+
+DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+AGG_TRADES_MAX = 1000
+HOUR_MS = 3_600_000
+STATE_KEY = web.AppKey("fake_exchange_state", ExchangeState)
+WEIGHTS_KEY = web.AppKey("fake_exchange_weights", MinuteWeightCounter)
+WEIGHT_LIMIT_KEY = web.AppKey("fake_exchange_weight_limit", int)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BinanceError(Exception):
+    """An input error answered with Binance's ``{"code", "msg"}`` body."""
+
+    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.status = code, msg, status
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def error_body(code: int, msg: str) -> dict[str, Any]:
+    return {"code": code, "msg": msg}
+
+
+# -- parameter helpers --------------------------------------------------------------------------
+def int_param(request: web.Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        msg = f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
+        raise BinanceError(-1100, msg) from None
+
+
+def required(request: web.Request, name: str) -> str:
+    value = request.query.get(name, "")
+    if not value:
+        raise BinanceError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+    return value
+
+
+def symbol_param(request: web.Request) -> str:
+    symbol = required(request, "symbol")
+    if symbol not in request.app[STATE_KEY].symbols:
+        raise BinanceError(-1121, "Invalid symbol.")
+    return symbol
+
+
+def invalid(name: str) -> BinanceError:
+    return BinanceError(-1130, f"Data sent for parameter '{name}' is not valid.")
+
+
+def period_param(request: web.Request) -> int:
+    period = required(request, "period")
+    if period not in gen.PERIODS_MS:
+        raise invalid("period")
+    return gen.PERIODS_MS[period]
+
+
+def series_stamps(request: web.Request, period_ms: int) -> list[int]:
+    limit = int_param(request, "limit", 30) or 30
+    if not 1 <= limit <= 500:
+        raise invalid("limit")
+    state = request.app[STATE_KEY]
+    return gen.period_stamps(
+        period_ms, state.now_ms(), int_param(request, "startTime"), int_param(request, "endTime"), limit
+    )
+
+
+# -- middleware ---------------------------------------------------------------------------------
+@web.middleware
+async def exchange_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Faults, weight accounting and Binance error bodies around every non-control endpoint."""
+    if request.path.startswith("/_control"):
+        return await handler(request)
+    state = request.app[STATE_KEY]
+    state.rest_requests += 1
+    headers: dict[str, str] = {}
+    used = 0
+    binance = is_binance_path(request.path)
+    if binance:
+        used = request.app[WEIGHTS_KEY].add(request_weight(request.path, request.query))
+        headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+    fault = state.faults.rest_fault(request.remote or "127.0.0.1")
+    if fault is not None:
+        if fault.retry_after_s is not None:
+            headers["Retry-After"] = str(fault.retry_after_s)
+        return json_response(error_body(fault.code, fault.msg), fault.status, headers)
+    if binance and used > request.app[WEIGHT_LIMIT_KEY]:
+        headers["Retry-After"] = str(request.app[WEIGHTS_KEY].seconds_to_reset())
+        msg = (
+            f"Too many requests; current limit of IP({request.remote}) is {request.app[WEIGHT_LIMIT_KEY]} "
+            "requests per minute. Please use the websocket for live updates to avoid polling the API."
+        )
+        return json_response(error_body(-1003, msg), 429, headers)
+    try:
+        response = await handler(request)
+    except BinanceError as exc:
+        response = json_response(error_body(exc.code, exc.msg), exc.status)
+    response.headers.update(headers)
+    return response
+
+
+# -- Binance USD-M ------------------------------------------------------------------------------
+async def depth(request: web.Request) -> web.Response:
+    symbol = symbol_param(request)
+    limit = int_param(request, "limit", 500)
+    if limit not in DEPTH_LIMITS:
+        raise invalid("limit")
+    state = request.app[STATE_KEY]
+    snapshot = state.depth_snapshot(symbol)
+    if snapshot is None:
+        now = state.now_ms()
+        return json_response({"lastUpdateId": 0, "E": now, "T": now, "bids": [], "asks": []})
+    return json_response(snapshot.to_body(limit))
+
+
+async def agg_trades(request: web.Request) -> web.Response:
+    symbol = symbol_param(request)
+    limit = min(int_param(request, "limit", 500) or 500, AGG_TRADES_MAX)
+    if limit < 1:
+        raise invalid("limit")
+    start, end = int_param(request, "startTime"), int_param(request, "endTime")
+    if start is not None and end is not None and end - start > HOUR_MS:
+        raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
+    state = request.app[STATE_KEY]
+    rows = state.agg_trades.query(
+        symbol,
+        from_id=int_param(request, "fromId"),
+        start_time=start,
+        end_time=end,
+        limit=limit,
+        visible_before=state.agg_trades_visible_before(),
+    )
+    return json_response(rows)
+
+
+async def exchange_info(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    recorded = state.recording.exchange_info
+    if recorded is not None:
+        return json_response(recorded)
+    symbols = list(state.recording.symbols)
+    return json_response(gen.exchange_info(symbols, state.market.price_decimals, state.now_ms()))
+
+
+async def server_time(request: web.Request) -> web.Response:
+    return json_response({"serverTime": request.app[STATE_KEY].now_ms()})
+
+
+async def ping(request: web.Request) -> web.Response:
+    return json_response({})
+
+
+async def premium_index(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    now = state.now_ms()
+
+    def one(symbol: str) -> dict[str, Any]:
+        return gen.premium_index(symbol, state.market.price(symbol), state.market.mark.get(symbol), now)
+
+    if request.query.get("symbol"):
+        return json_response(one(symbol_param(request)))
+    return json_response([one(s) for s in state.recording.symbols])
+
+
+async def open_interest(request: web.Request) -> web.Response:
+    symbol = symbol_param(request)
+    state = request.app[STATE_KEY]
+    return json_response(gen.open_interest(symbol, state.market.price(symbol), state.now_ms()))
+
+
+async def funding_rate(request: web.Request) -> web.Response:
+    symbol = symbol_param(request)
+    limit = int_param(request, "limit", 100) or 100
+    if not 1 <= limit <= 1000:
+        raise invalid("limit")
+    state = request.app[STATE_KEY]
+    stamps = gen.period_stamps(
+        gen.FUNDING_INTERVAL_MS, state.now_ms(), int_param(request, "startTime"), int_param(request, "endTime"), limit
+    )
+    return json_response(gen.funding_rate_history(symbol, state.market.price(symbol), stamps))
+
+
+async def open_interest_hist(request: web.Request) -> web.Response:
+    symbol, period = symbol_param(request), period_param(request)
+    state = request.app[STATE_KEY]
+    return json_response(gen.open_interest_hist(symbol, state.market.price(symbol), series_stamps(request, period)))
+
+
+def ratio_handler(kind: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        symbol, period = symbol_param(request), period_param(request)
+        return json_response(gen.long_short_ratio(symbol, kind, series_stamps(request, period)))
+
+    return handler
+
+
+async def taker_ratio(request: web.Request) -> web.Response:
+    symbol, period = symbol_param(request), period_param(request)
+    state = request.app[STATE_KEY]
+    return json_response(gen.taker_long_short_ratio(symbol, state.market.price(symbol), series_stamps(request, period)))
+
+
+# -- Binance spot and Coinbase ------------------------------------------------------------------
+async def spot_book_ticker(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    now = state.now_ms()
+
+    def one(symbol: str) -> dict[str, Any]:
+        return gen.spot_book_ticker(symbol, state.market.price(symbol), state.market.decimals(symbol), now)
+
+    if request.query.get("symbol"):
+        return json_response(one(symbol_param(request)))
+    return json_response([one(s) for s in state.recording.symbols])
+
+
+async def coinbase_ticker(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    product = request.match_info["product_id"]
+    base, _, quote = product.partition("-")
+    symbol = next((f"{base}{q}" for q in ("USDT", "USDC", "BUSD") if f"{base}{q}" in state.symbols), None)
+    if quote not in ("USD", "USDT", "USDC") or symbol is None:
+        return json_response({"message": "NotFound"}, 404)
+    return json_response(
+        gen.coinbase_ticker(product, state.market.price(symbol), state.market.decimals(symbol), state.now_ms())
+    )
+
+
+def add_market_routes(app: web.Application) -> None:
+    app.router.add_get("/fapi/v1/depth", depth)
+    app.router.add_get("/fapi/v1/aggTrades", agg_trades)
+    app.router.add_get("/fapi/v1/exchangeInfo", exchange_info)
+    app.router.add_get("/fapi/v1/time", server_time)
+    app.router.add_get("/fapi/v1/ping", ping)
+    app.router.add_get("/fapi/v1/premiumIndex", premium_index)
+    app.router.add_get("/fapi/v1/openInterest", open_interest)
+    app.router.add_get("/fapi/v1/fundingRate", funding_rate)
+    app.router.add_get("/futures/data/openInterestHist", open_interest_hist)
+    app.router.add_get("/futures/data/globalLongShortAccountRatio", ratio_handler("global-account"))
+    app.router.add_get("/futures/data/topLongShortPositionRatio", ratio_handler("top-position"))
+    app.router.add_get("/futures/data/topLongShortAccountRatio", ratio_handler("top-account"))
+    app.router.add_get("/futures/data/takerlongshortRatio", taker_ratio)
+    app.router.add_get("/api/v3/ticker/bookTicker", spot_book_ticker)
+    app.router.add_get("/products/{product_id}/ticker", coinbase_ticker)

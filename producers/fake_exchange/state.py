@@ -1,0 +1,114 @@
+"""The fake exchange's shared state: what the replay has reached and what has been sent.
+
+The replay engine advances ``position``; websocket connections count what they send; REST handlers
+read ``position`` to answer "as of now" (book snapshots, optionally aggTrades); the control API
+reports everything. Keeping it in one plain object (no I/O) lets each of those parts stay small and
+be tested alone. Only the event-loop thread touches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .agg_trades import AggTradeIndex
+from .depth_book import BookSnapshot, DepthTimeline, build_timelines
+from .faults import FaultSettings, FaultState
+from .market_state import MarketView
+from .recording import Recording
+
+if TYPE_CHECKING:
+    from .ws_server import StreamConnection
+
+
+class ExchangeState:
+    """Replay progress, per-stream counters, connections and fault switches of one fake exchange."""
+
+    def __init__(
+        self,
+        recording: Recording,
+        faults: FaultSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        aggtrades_visibility: str = "all",
+    ) -> None:
+        self.recording = recording
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.aggtrades_visibility = aggtrades_visibility
+        self.symbols = set(recording.symbols)
+        self.timelines: dict[str, DepthTimeline] = build_timelines(recording)
+        self.agg_trades = AggTradeIndex(recording)
+        self.market = MarketView(recording)
+        self.faults = FaultState(faults, clock=clock, wall_clock=wall_clock)
+        self.connections: set[StreamConnection] = set()
+        self.position = 0
+        self.start_requested = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.frames_sent: Counter[str] = Counter()
+        self.frames_skipped: Counter[str] = Counter()
+        self.garbage_sent = 0
+        self.drops = 0
+        self.connections_total = 0
+        self.rest_requests = 0
+        self.urls: dict[str, str] = {}
+        self.background: set[asyncio.Task[Any]] = set()
+
+    # -- replay progress ---------------------------------------------------------------------------
+    def request_start(self) -> None:
+        self.start_requested.set()
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
+
+    def now_ms(self) -> int:
+        return int(self.wall_clock() * 1000)
+
+    def depth_snapshot(self, symbol: str) -> BookSnapshot | None:
+        timeline = self.timelines.get(symbol)
+        return timeline.snapshot_at(self.position) if timeline else None
+
+    def agg_trades_visible_before(self) -> int | None:
+        return self.position if self.aggtrades_visibility == "replayed" else None
+
+    async def wait_drained(self) -> None:
+        """Return once every open connection has sent everything queued for it."""
+        while True:
+            pending = [c for c in self.connections if not c.idle.is_set()]
+            if not pending:
+                return
+            waiters = [asyncio.create_task(c.idle.wait()) for c in pending]
+            try:
+                await asyncio.wait(waiters)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "source": self.recording.source,
+            "symbols": list(self.recording.symbols),
+            "streams": list(self.recording.streams),
+            "started": self.started,
+            "finished": self.finished.is_set(),
+            "position": self.position,
+            "frames_total": len(self.recording.frames),
+            "frames_sent": dict(self.frames_sent),
+            "frames_sent_total": sum(self.frames_sent.values()),
+            "frames_skipped": dict(self.frames_skipped),
+            "garbage_sent": self.garbage_sent,
+            "drops": self.drops,
+            "connections": [c.describe() for c in sorted(self.connections, key=lambda c: c.conn_id)],
+            "connections_total": self.connections_total,
+            "rest_requests": self.rest_requests,
+            "faults": self.faults.snapshot().model_dump(),
+            **self.urls,
+        }
