@@ -10,13 +10,12 @@ dead-letter topic with their raw bytes and the reason.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 from confluent_kafka import KafkaError, Producer
 
 from producers.metrics import ProducerMetrics
-from schemas.catalogue import dlq_topic
 from schemas.serde import AvroSerde
 from tapeflow.kafka_client import producer_config
 
@@ -35,33 +34,43 @@ class Publisher:
         self.failed: list[tuple[str, bytes | None, str]] = []  # (topic, key, error) given up after retries
         self.delivered = 0
 
-    def publish(self, topic: str, key: str, record: dict, receive_time_ms: int | None = None) -> None:
-        """Encode `record` for catalogue topic `topic` and produce it keyed by `key`."""
-        value = self.serde.encode(topic, record)
-        self._produce(self.prefix + topic, key.encode(), value, receive_time_ms, 0)
+    def publish(self, topic: str, key: str, record: dict, receive_time_ms: int | None = None,
+                on_delivered: Callable[[], None] | None = None) -> None:
+        """Encode `record` for catalogue topic `topic` and produce it keyed by `key`.
 
-    def dead_letter(self, source: str, stream: str, raw: bytes, error: str, stage: str,
+        `on_delivered` runs once the broker acknowledged the record (used for checkpoints).
+        """
+        value = self.serde.encode(topic, record)
+        self._produce(self.prefix + topic, key.encode(), value, receive_time_ms, 0, on_delivered)
+
+    def dead_letter(self, dlq: str, source: str, stream: str, raw: bytes, error: str, stage: str,
                     key: bytes | None = None) -> None:
-        """Send an unusable input to `dlq.<source>` with its raw bytes and why (the producer keeps going)."""
-        topic = dlq_topic(source)
-        record = {"source_topic": self.prefix + source, "partition": None, "offset": None, "key": key,
+        """Send an unusable input to the dead-letter topic `dlq` with its raw bytes and why.
+
+        `source` says where it came from or was going (a topic, or `ws:<stream>` for a frame that
+        never became a record); the producer keeps going either way.
+        """
+        topic = dlq
+        record = {"source_topic": source, "partition": None, "offset": None, "key": key,
                   "value": raw, "error": error[:2000], "stage": stage, "event_time": int(time.time() * 1000)}
         self.metrics.dlq.labels(stream).inc()
         self._produce(self.prefix + topic, key, self.serde.encode(topic, record), None, 0)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, receive_time_ms: int | None,
-                 attempt: int) -> None:
+                 attempt: int, on_delivered: Callable[[], None] | None = None) -> None:
         def on_delivery(err: KafkaError | None, msg) -> None:
             if err is None:
                 self.delivered += 1
+                if on_delivered is not None:
+                    on_delivered()
                 self.metrics.messages_out.labels(topic).inc()
                 if receive_time_ms is not None:
                     self.metrics.produce_latency.observe(max(0.0, time.time() - receive_time_ms / 1000))
                 return
             self.metrics.delivery_errors.labels(topic).inc()
-            if attempt + 1 < MAX_REDELIVERIES and err.retriable() or attempt + 1 < MAX_REDELIVERIES and not err.fatal():
+            if attempt + 1 < MAX_REDELIVERIES and not err.fatal():
                 log.warning("delivery failed, producing again", topic=topic, error=err.str(), attempt=attempt + 1)
-                self._produce(topic, key, value, receive_time_ms, attempt + 1)
+                self._produce(topic, key, value, receive_time_ms, attempt + 1, on_delivered)
             else:
                 log.error("delivery failed for good", topic=topic, error=err.str(), attempts=attempt + 1)
                 self.failed.append((topic, key, err.str()))

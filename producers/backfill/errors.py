@@ -1,0 +1,15 @@
+"""Backfill failures the user must act on, each a one-line message naming the day, file or URL.
+
+A missing day (HTTP 404, no file in the directory) is not an error: it is reported in the summary
+and the run goes on. Everything here stops the run; the checkpoint keeps what was already delivered.
+"""
+
+from __future__ import annotations
+
+
+class BackfillError(Exception):
+    """A backfill cannot go on: bad arguments, an unreadable archive, a failed download or delivery."""
+
+
+class ChecksumMismatchError(BackfillError):
+    """An archive whose SHA-256 differs from its `.CHECKSUM` file (corrupt or tampered download)."""

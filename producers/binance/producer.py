@@ -1,0 +1,347 @@
+"""The Binance USD-M producer: one combined stream per process, normalised records to the md.* topics.
+
+Wiring only; the decisions live in small pure pieces: `parse` (frame → record), `AggTradeSequencer`
+(agg-id continuity, REST gap fills), `OrderBookSync` (verified depth, top-N snapshots with OBI).
+Gaps in trades are filled from REST before newer trades are published; a gap that cannot be filled
+in time is published on `md.gaps` and counted. The last delivered agg id per symbol is checkpointed
+so a restarted producer fills the hole its own downtime left (or reports it when it is too large).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from producers.binance.book_sync import DepthDiff, OrderBookSync, order_book_imbalance
+from producers.binance.parse import (
+    EXCHANGE,
+    FrameError,
+    depth_diff_record,
+    parse_agg_trade,
+    parse_depth_diff,
+    parse_depth_snapshot,
+    parse_force_order,
+    parse_mark_price,
+    parse_rest_agg_trade,
+    stream_kind,
+)
+from producers.binance.rest import RestClient, RestRejected, RestUnavailable
+from producers.binance.trade_sequencer import AggTradeSequencer, Gap
+from producers.binance.ws_stream import CombinedStream, StreamConfig, sleep_or_stop
+from producers.metrics import ProducerMetrics
+from producers.publisher import Publisher
+from schemas.errors import SchemaValidationError
+
+log = structlog.get_logger("producer.binance")
+
+DLQ_TOPIC = "dlq.md"
+LIVE_WS = "wss://fstream.binance.com"
+LIVE_REST = "https://fapi.binance.com"
+
+
+@dataclass
+class ProducerConfig:
+    symbols: list[str]
+    ws_base_url: str = LIVE_WS
+    rest_base_url: str = LIVE_REST
+    book_depth: int = 20
+    book_interval_ms: int = 250  # 0: publish md.book after every verified update
+    gap_fill_timeout_s: float = 60.0
+    max_resume_gap_ids: int = 500_000
+    checkpoint_path: Path | None = None
+    replay_control_url: str | None = None  # fake exchange: end the run when its replay has finished
+    stream_config: dict[str, Any] = field(default_factory=dict)
+
+    def streams(self) -> list[str]:
+        out = []
+        for sym in self.symbols:
+            s = sym.lower()
+            out += [f"{s}@aggTrade", f"{s}@depth@100ms", f"{s}@markPrice@1s"]
+        out.append("!forceOrder@arr")
+        return out
+
+
+@dataclass
+class ProducerStatus:
+    state: str = "starting"  # starting | connected | unreachable | replay-finished | stopped
+    detail: str = ""
+    since: float = field(default_factory=time.time)
+
+    def set(self, state: str, detail: str = "") -> None:
+        self.state, self.detail, self.since = state, detail, time.time()
+
+
+class BinanceProducer:
+    def __init__(self, config: ProducerConfig, publisher: Publisher, metrics: ProducerMetrics) -> None:
+        self.config = config
+        self.publisher = publisher
+        self.metrics = metrics
+        self.status = ProducerStatus()
+        self.books = {s: OrderBookSync(s) for s in config.symbols}
+        self.sequencers = {s: AggTradeSequencer(s) for s in config.symbols}
+        self.delivered_agg_id: dict[str, int] = {}
+        self._last_mark_time: dict[str, int] = {}
+        self._recent_liquidations: dict[tuple, None] = {}
+        self._book_published_u: dict[str, int] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._rest: RestClient | None = None
+        self._stop: asyncio.Event | None = None
+        self._load_checkpoint()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> str:
+        """Run until `stop` (or the end of a replay); returns why it ended."""
+        self._stop = stop
+        async with aiohttp.ClientSession() as session:
+            self._rest = RestClient(session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s)
+            stream = CombinedStream(StreamConfig(self.config.ws_base_url, self.config.streams(),
+                                                 **self.config.stream_config),
+                                    self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect)
+            workers = [asyncio.create_task(stream.run(stop), name="ws"),
+                       asyncio.create_task(self._book_snapshots(stop), name="book"),
+                       asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
+            ended = "stopped"
+            if self.config.replay_control_url:
+                workers.append(asyncio.create_task(self._watch_replay(session, stop), name="replay"))
+            await stop.wait()
+            if self.status.state == "replay-finished":
+                ended = "replay-finished"
+            for t in workers + list(self._tasks.values()):
+                t.cancel()
+            await asyncio.gather(*workers, *self._tasks.values(), return_exceptions=True)
+        await asyncio.to_thread(self.publisher.flush, 30.0)
+        self._save_checkpoint()
+        if ended != "replay-finished":
+            self.status.set("stopped")
+        return ended
+
+    # --- frames -----------------------------------------------------------------------------------
+    def on_frame(self, stream: str, data: dict, received: int, raw: bytes) -> None:
+        kind = stream_kind(stream)
+        self.metrics.saw_event(kind)
+        try:
+            if kind == "aggTrade":
+                self._on_trade(parse_agg_trade(data, received))
+            elif kind == "depth":
+                self._on_depth(parse_depth_diff(data, received))
+            elif kind == "markPrice":
+                self._on_mark(parse_mark_price(data, received))
+            elif kind == "forceOrder":
+                self._on_liquidation(parse_force_order(data, received))
+            else:
+                raise FrameError(f"unexpected stream {stream!r}")
+        except (FrameError, SchemaValidationError) as exc:
+            self._bad_frame(raw, str(exc), stream=kind)
+
+    def _bad_frame(self, raw: bytes, reason: str, stream: str = "unknown") -> None:
+        log.warning("dead-lettering frame", stream=stream, reason=reason)
+        self.publisher.dead_letter(DLQ_TOPIC, f"ws:{stream}", stream, raw, reason, stage="normalise")
+
+    def _key(self, symbol: str) -> str:
+        return f"{EXCHANGE}:{symbol}"
+
+    def _on_trade(self, trade: dict) -> None:
+        sym = trade["symbol"]
+        seq = self.sequencers.get(sym)
+        if seq is None:
+            raise FrameError(f"trade for unsubscribed symbol {sym}")
+        before = seq.counters.gaps_detected
+        self._publish_trades(sym, seq.offer(trade))
+        if seq.counters.gaps_detected > before:
+            self.metrics.gaps_detected.labels(sym).inc(seq.counters.gaps_detected - before)
+        if seq.gap is not None:
+            self._ensure_task(f"fill:{sym}", self._fill_gap(sym))
+
+    def _publish_trades(self, sym: str, trades: list[dict]) -> None:
+        for t in trades:
+            agg_id = t["agg_id"]
+
+            def delivered(_agg_id=agg_id, _sym=sym) -> None:
+                if _agg_id > self.delivered_agg_id.get(_sym, -1):
+                    self.delivered_agg_id[_sym] = _agg_id
+
+            self.publisher.publish("md.trades", self._key(sym), t, t["receive_time"], on_delivered=delivered)
+
+    def _on_depth(self, diff: DepthDiff) -> None:
+        book = self.books.get(diff.symbol)
+        if book is None:
+            raise FrameError(f"depth for unsubscribed symbol {diff.symbol}")
+        self._apply_book_result(book, book.on_diff(diff))
+        if book.needs_snapshot:
+            self._ensure_task(f"snapshot:{book.symbol}", self._fetch_snapshot(book))
+
+    def _apply_book_result(self, book: OrderBookSync, result) -> None:
+        for d in result.applied:
+            self.publisher.publish("md.depth", self._key(book.symbol), depth_diff_record(d), d.receive_time)
+        if result.applied and self.config.book_interval_ms == 0 and book.is_live:
+            self.publish_book(book)  # cadence 0: a top-N snapshot after every verified update
+        if result.resync_reason:
+            reason = result.resync_reason.split(" ")[0]
+            self.metrics.book_resyncs.labels(book.symbol, reason).inc()
+            log.warning("order book resync", symbol=book.symbol, reason=result.resync_reason)
+
+    def _on_mark(self, rec: dict) -> None:
+        sym = rec["symbol"]
+        if rec["event_time"] <= self._last_mark_time.get(sym, -1):
+            return  # duplicate from a reconnect overlap
+        self._last_mark_time[sym] = rec["event_time"]
+        self.publisher.publish("md.mark", self._key(sym), rec, rec["receive_time"])
+
+    def _on_liquidation(self, rec: dict) -> None:
+        ident = (rec["symbol"], rec["trade_time"], rec["side"], rec["qty"], rec["avg_price"])
+        if ident in self._recent_liquidations:
+            return
+        self._recent_liquidations[ident] = None
+        if len(self._recent_liquidations) > 10_000:
+            for k in list(self._recent_liquidations)[:5_000]:
+                del self._recent_liquidations[k]
+        self.publisher.publish("md.liquidations", self._key(rec["symbol"]), rec, rec["receive_time"])
+
+    # --- REST-backed repairs ------------------------------------------------------------------------
+    def _ensure_task(self, name: str, coro) -> None:
+        task = self._tasks.get(name)
+        if task is not None and not task.done():
+            coro.close()
+            return
+        self._tasks[name] = asyncio.create_task(coro, name=name)
+
+    async def _fill_gap(self, sym: str) -> None:
+        seq = self.sequencers[sym]
+        assert self._rest is not None
+        url = f"{self.config.rest_base_url}/fapi/v1/aggTrades"
+        deadline = time.monotonic() + self.config.gap_fill_timeout_s
+        while seq.gap is not None:
+            gap = seq.gap
+            if gap.to_id - gap.from_id + 1 > self.config.max_resume_gap_ids:
+                self._give_up(sym, gap, "gap larger than max_resume_gap_ids; use `tapeflow backfill binance-vision`")
+                continue
+            try:
+                rows, received = await self._rest.get_json(url, {"symbol": sym, "fromId": gap.from_id, "limit": 1000})
+                trades = [parse_rest_agg_trade(r, sym, received) for r in rows]
+            except (RestUnavailable, RestRejected, FrameError) as exc:
+                self._give_up(sym, gap, f"REST fill failed: {exc}")
+                continue
+            before = seq.counters.gaps_filled
+            self._publish_trades(sym, seq.offer_many(trades))
+            if seq.counters.gaps_filled > before:
+                self.metrics.gaps_filled.labels(sym).inc(seq.counters.gaps_filled - before)
+            if seq.gap == gap and not trades:
+                if time.monotonic() > deadline:
+                    self._give_up(sym, gap, f"REST has no trades from id {gap.from_id} after "
+                                            f"{self.config.gap_fill_timeout_s:.0f}s")
+                    continue
+                await asyncio.sleep(0.5)  # the REST view can lag the stream by a moment
+
+    def _give_up(self, sym: str, gap: Gap, reason: str) -> None:
+        seq = self.sequencers[sym]
+        gap, released = seq.give_up(gap)
+        self.metrics.gaps_unfilled.labels(sym).inc()
+        log.error("aggTrade gap not fillable", symbol=sym, from_id=gap.from_id, to_id=gap.to_id, reason=reason)
+        self.publisher.publish("md.gaps", self._key(sym), {
+            "exchange": EXCHANGE, "symbol": sym, "stream": "aggTrade", "from_id": gap.from_id, "to_id": gap.to_id,
+            "detected_time": int(time.time() * 1000), "reason": reason[:500]})
+        self._publish_trades(sym, released)
+
+    async def _fetch_snapshot(self, book: OrderBookSync) -> None:
+        assert self._rest is not None
+        url = f"{self.config.rest_base_url}/fapi/v1/depth"
+        await asyncio.sleep(0.05)  # let a few diffs buffer first, as Binance's procedure expects
+        while book.needs_snapshot:
+            try:
+                body, received = await self._rest.get_json(url, {"symbol": book.symbol, "limit": 1000})
+                snap = parse_depth_snapshot(body, book.symbol, received)
+            except (RestUnavailable, RestRejected, FrameError) as exc:
+                log.warning("depth snapshot failed, retrying", symbol=book.symbol, error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            self._apply_book_result(book, book.on_snapshot(snap))
+            if book.needs_snapshot:
+                await asyncio.sleep(0.25)
+
+    # --- periodic work -------------------------------------------------------------------------------
+    async def _book_snapshots(self, stop: asyncio.Event) -> None:
+        if self.config.book_interval_ms == 0:
+            return  # published on every update instead
+        interval = self.config.book_interval_ms / 1000
+        while not await sleep_or_stop(stop, interval):
+            for sym, book in self.books.items():
+                if not book.is_live or self._book_published_u.get(sym) == book.last_update_id:
+                    continue
+                self.publish_book(book)
+
+    def publish_book(self, book: OrderBookSync) -> None:
+        bids, asks = book.top(self.config.book_depth)
+        self._book_published_u[book.symbol] = book.last_update_id
+        now = int(time.time() * 1000)
+        self.publisher.publish("md.book", self._key(book.symbol), {
+            "exchange": EXCHANGE, "symbol": book.symbol, "last_update_id": book.last_update_id,
+            "event_time": book.last_event_time, "receive_time": now,
+            "bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks],
+            "obi_10": order_book_imbalance(bids, asks, 10)}, now)
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        while not await sleep_or_stop(stop, 1.0):
+            self.publisher.poll(0)
+            self.metrics.refresh_freshness()
+            self._save_checkpoint()
+
+    async def _watch_replay(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        url = f"{self.config.replay_control_url.rstrip('/')}/_control/status"
+        while not await sleep_or_stop(stop, 0.5):
+            try:
+                async with session.get(url) as resp:
+                    body = await resp.json()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                continue
+            busy = any(not t.done() for t in self._tasks.values())
+            if body.get("finished") and not busy:
+                await asyncio.sleep(0.5)  # frames already sent may still be in our socket buffer
+                await asyncio.to_thread(self.publisher.flush, 30.0)
+                self.status.set("replay-finished", f"replayed {body.get('frames_sent', '?')} frames")
+                log.info("replay finished", frames=body.get("frames_sent"))
+                stop.set()
+                return
+
+    # --- status and checkpoint -----------------------------------------------------------------------
+    def _on_ws_status(self, state: str, detail: str) -> None:
+        self.status.set(state, detail)
+
+    def _on_reconnect(self, reason: str) -> None:
+        self.metrics.reconnects.labels(reason).inc()
+
+    def _load_checkpoint(self) -> None:
+        path = self.config.checkpoint_path
+        if path is None or not path.exists():
+            return
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable checkpoint", path=str(path), error=str(exc))
+            return
+        for sym, last in saved.get("last_agg_id", {}).items():
+            if sym in self.sequencers:
+                self.sequencers[sym].last_id = int(last)
+                self.delivered_agg_id[sym] = int(last)
+
+    def _save_checkpoint(self) -> None:
+        path = self.config.checkpoint_path
+        if path is None or not self.delivered_agg_id:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"last_agg_id": self.delivered_agg_id, "saved_at": time.time()}))
+        os.replace(tmp, path)
+
+    def health(self) -> dict:
+        return {"status": self.status.state, "detail": self.status.detail,
+                "books_live": sum(b.is_live for b in self.books.values()), "symbols": len(self.books),
+                "publisher_healthy": self.publisher.healthy,
+                "gaps_open": sum(s.gap is not None for s in self.sequencers.values())}

@@ -1,0 +1,59 @@
+"""`tapeflow produce`: run the Binance producer as a process (signals, metrics/health port, flush on exit).
+
+Exit codes: 0 after a clean stop or the end of a replay, 1 when records could not be delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import structlog
+
+from producers.binance.producer import LIVE_REST, LIVE_WS, BinanceProducer, ProducerConfig
+from producers.metrics import ProducerMetrics
+from producers.publisher import Publisher
+from schemas.registry import registry_from_url
+from schemas.serde import AvroSerde
+from tapeflow.endpoints import resolve_broker
+from tapeflow.paths import StackPaths
+from tapeflow.service_http import build_app, serve
+from tapeflow.settings import Settings
+
+log = structlog.get_logger("producer")
+
+
+@dataclass
+class ProduceOptions:
+    ws_base_url: str = LIVE_WS
+    rest_base_url: str = LIVE_REST
+    replay_control_url: str | None = None
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
+
+async def run_producer(settings: Settings, options: ProduceOptions) -> int:
+    paths = StackPaths(settings.home)
+    bootstrap = resolve_broker(settings, paths)
+    metrics = ProducerMetrics()
+    publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
+                          topic_prefix=settings.topic_prefix)
+    config = ProducerConfig(symbols=list(settings.symbols), ws_base_url=options.ws_base_url,
+                            rest_base_url=options.rest_base_url, replay_control_url=options.replay_control_url,
+                            checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json")
+    producer = BinanceProducer(config, publisher, metrics)
+    runner, port = await serve(build_app(metrics.registry, producer.health,
+                                         frozenset({"connected", "replay-finished"})),
+                               options.metrics_host, options.metrics_port)
+    log.info("producer started", symbols=config.symbols, ws=options.ws_base_url, metrics_port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        ended = await producer.run(stop)
+    finally:
+        await runner.cleanup()
+    log.info("producer stopped", reason=ended, delivered=publisher.delivered, undelivered=len(publisher.failed))
+    return 0 if publisher.healthy else 1
