@@ -57,9 +57,10 @@ async def run_producer(bootstrap, prefix, fake_cfg, *, symbols, during=None, che
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
     cfg = ProducerConfig(symbols=symbols, ws_base_url=fake.ws_url, rest_base_url=fake.rest_url,
+                         spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url,
                          replay_control_url=fake.rest_url, gap_fill_timeout_s=gap_fill_timeout_s,
                          checkpoint_path=checkpoint,
-                         book_interval_ms=book_interval_ms)
+                         book_interval_ms=book_interval_ms, poll_stagger_s=0.0)
     producer = BinanceProducer(cfg, publisher, metrics)
     stop = asyncio.Event()
     try:
@@ -121,6 +122,12 @@ async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
     assert compared == 50
     assert sample(metrics, "tapeflow_producer_book_resyncs_total") == 0
 
+    # the REST pollers ran against the same fake exchange
+    indicators = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.indicators", idle_s=1)]
+    for sym in symbols:
+        kinds = {i["kind"] for i in indicators if i["symbol"] == sym}
+        assert {"open_interest", "funding_rate", "spot_perp_divergence", "long_short_account_ratio"} <= kinds, sym
+
 
 async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothing(kafka_bootstrap, topic_prefix,
                                                                                    tmp_path):
@@ -167,6 +174,8 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
     assert dlq and all(d["error"] and d["value"] for d in dlq)
     assert sample(metrics, "tapeflow_producer_dlq_messages_total") == len(dlq)
 
+    indicators = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.indicators", idle_s=1)]
+    assert {"coinbase_premium", "spot_perp_divergence"} <= {i["kind"] for i in indicators if i["symbol"] == "BTCUSDT"}
     liqs = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.liquidations", idle_s=1)]
     raw_liq = [f.payload["o"] for f in session.frames if f.event == "forceOrder"]
     assert liqs and all(l["liquidated_side"] == ("SHORT" if l["side"] == "BUY" else "LONG") for l in liqs)

@@ -125,6 +125,22 @@ def run_backfill(*, bootstrap: str, topic_prefix: str, home: Path, symbol: str, 
 
 
 @dataclass
+class _DayProgress:
+    """Where the current day stands: what was read, and the last agg id handed to the producer."""
+
+    resume_after: int | None
+    last_published: int | None
+    result: DayResult
+    rows: int = 0
+    already: int = 0
+    reader: AggTradeCsvReader | None = None
+
+    @property
+    def line(self) -> int:
+        return self.reader.line if self.reader is not None else 0
+
+
+@dataclass
 class _DayPublisher:
     """Publishes one day's archive; holds what stays the same from day to day."""
 
@@ -138,77 +154,100 @@ class _DayPublisher:
     reorder_window: int
 
     def publish(self, archive: DayArchive, chain_last: int | None) -> DayResult:
-        day, summary = archive.day, self.summary
-        key = f"{EXCHANGE}:{self.symbol}".encode()
-        resume_after = self.checkpoint.resume_after(day)
+        resume_after = self.checkpoint.resume_after(archive.day)
+        state = _DayProgress(resume_after, resume_after, DayResult())
         continuity = ArchiveContinuity(self.symbol, self.reorder_window)
         continuity.continue_after(resume_after if resume_after is not None else chain_last)
-        result = DayResult()
+        bad_before = self.summary.bad_rows
+        try:
+            self._stream(archive, continuity, state)
+            self.publisher.confirm_delivery()
+        except BaseException:
+            # An unreadable archive, a delivery failure or Ctrl-C: keep what the broker confirmed,
+            # so the re-run resumes exactly there (a crash without this falls back to the last
+            # periodic checkpoint: at-least-once).
+            self._checkpoint_confirmed(archive.day, state)
+            raise
+        c = continuity.counters
+        result = state.result
+        result.last_agg_id = state.last_published
+        result.duplicates, result.late, result.gaps, result.missing_ids = c.duplicates, c.late, c.gaps, c.missing_ids
+        result.bad_rows = self.summary.bad_rows - bad_before
+        self.checkpoint.record_complete(archive.day, result)
+        self._add_to_summary(archive, state, continuity)
+        return result
+
+    def _stream(self, archive: DayArchive, continuity: ArchiveContinuity, state: _DayProgress) -> None:
+        day, result, resume_after = archive.day, state.result, state.resume_after
+        key = f"{EXCHANGE}:{self.symbol}".encode()
         publish_trade = self.publisher.publish_trade
         receive_time = self.clock()
-        bad_before = summary.bad_rows
+        unconfirmed = 0
+
+        dead_lettered_up_to = self.checkpoint.resume_line(day)
 
         def on_bad(bad: BadRow) -> None:
-            summary.add_bad_row(bad)
-            self.publisher.dead_letter_row(bad, key, receive_time)
+            self.summary.add_bad_row(bad)
+            if bad.line > dead_lettered_up_to:
+                self.publisher.dead_letter_row(bad, key, receive_time)
 
-        last_published: int | None = resume_after
-        unconfirmed = 0
-        rows = already = 0
-        reader: AggTradeCsvReader | None = None
+        def publish(released: list[dict]) -> None:
+            for t in released:
+                publish_trade(key, t)
+            if result.first_agg_id is None:
+                result.first_agg_id = released[0]["agg_id"]
+            state.last_published = released[-1]["agg_id"]
+            result.rows_published += len(released)
+
         try:
             with open_archive(archive.path) as (raw, size):
                 self.bar.start_day(day, size)
-                reader = AggTradeCsvReader(raw, source=archive.path.name, symbol=self.symbol,
-                                           receive_time=receive_time, on_bad=on_bad)
+                reader = state.reader = AggTradeCsvReader(raw, source=archive.path.name, symbol=self.symbol,
+                                                          receive_time=receive_time, on_bad=on_bad)
+                rows = 0
                 for trade in reader:
                     rows += 1
                     if resume_after is not None and trade["agg_id"] <= resume_after:
-                        already += 1
+                        state.already += 1
                         continue
                     released = continuity.offer(trade)
                     if released:
-                        for t in released:
-                            publish_trade(key, t)
-                        if result.first_agg_id is None:
-                            result.first_agg_id = released[0]["agg_id"]
-                        last_published = released[-1]["agg_id"]
-                        result.rows_published += len(released)
+                        publish(released)
                         unconfirmed += len(released)
                         if unconfirmed >= self.checkpoint_every:
                             self.publisher.confirm_delivery()
-                            self.checkpoint.record_progress(day, last_published)
+                            self.checkpoint.record_progress(day, state.last_published, reader.line)
                             unconfirmed = 0
                     if rows % _PROGRESS_EVERY == 0:
+                        state.rows = rows
                         self.bar.update_day(raw.tell(), rows)
+                state.rows = rows
                 released = continuity.drain()
-                for t in released:
-                    publish_trade(key, t)
                 if released:
-                    if result.first_agg_id is None:
-                        result.first_agg_id = released[0]["agg_id"]
-                    last_published = released[-1]["agg_id"]
-                    result.rows_published += len(released)
+                    publish(released)
                 self.bar.update_day(size, rows)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:  # e.g. CRC error or truncation mid-stream
-            raise BackfillError(f"{archive.path.name}: archive unreadable after line "
-                                f"{reader.line if reader else 0}: {exc}") from None
-        self.publisher.confirm_delivery()
-        c = continuity.counters
-        result.last_agg_id = last_published
-        result.duplicates, result.late, result.gaps, result.missing_ids = c.duplicates, c.late, c.gaps, c.missing_ids
-        result.bad_rows = summary.bad_rows - bad_before
-        self.checkpoint.record_complete(day, result)
+        except (zipfile.BadZipFile, EOFError, OSError, UnicodeError) as exc:  # CRC error, truncation mid-stream
+            raise BackfillError(f"{archive.path.name}: archive unreadable after line {state.line}: {exc}") from None
 
-        summary.days_done.append(day.isoformat())
-        if resume_after is not None:
-            summary.days_resumed.append(day.isoformat())
-        summary.rows_read += rows
-        summary.rows_already_published += already
-        summary.rows_published += result.rows_published
+    def _checkpoint_confirmed(self, day: date, state: _DayProgress) -> None:
+        if state.last_published is None or state.last_published == state.resume_after:
+            return
+        try:
+            if self.publisher.flush(30) == 0 and self.publisher.healthy:
+                self.checkpoint.record_progress(day, state.last_published, state.line)
+        except Exception as exc:  # never mask the original error
+            log.warning("could not checkpoint after the failure", day=day.isoformat(), error=str(exc))
+
+    def _add_to_summary(self, archive: DayArchive, state: _DayProgress, continuity: ArchiveContinuity) -> None:
+        summary, day, c = self.summary, archive.day.isoformat(), continuity.counters
+        summary.days_done.append(day)
+        if state.resume_after is not None:
+            summary.days_resumed.append(day)
+        summary.rows_read += state.rows
+        summary.rows_already_published += state.already
+        summary.rows_published += state.result.rows_published
         summary.duplicates += c.duplicates
         summary.late += c.late
         summary.add_gaps(c.gaps, c.missing_ids, c.gap_ranges)
-        log.info("day published", day=day.isoformat(), origin=archive.origin, rows=result.rows_published,
-                 duplicates=c.duplicates, gaps=c.gaps, bad_rows=result.bad_rows)
-        return result
+        log.info("day published", day=day, origin=archive.origin, rows=state.result.rows_published,
+                 duplicates=c.duplicates, gaps=c.gaps, bad_rows=state.result.bad_rows)

@@ -8,6 +8,10 @@ atomically (write + rename), so it never claims more than the broker acknowledge
 
 Delivery is therefore at-least-once: after a crash, the trades produced since the last checkpoint
 (at most one checkpoint interval) are produced again; consumers already drop repeated agg ids.
+On an orderly failure (unreadable archive, delivery error, Ctrl-C) the backfill flushes and
+checkpoints what was confirmed, so that re-run repeats nothing. Bad rows of a resumed day are
+counted again in the new run's summary (they are still in the file) but dead-lettered only once:
+`line` says how far the previous run got.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Checkpoint:
     completed: dict[str, DayResult] = field(default_factory=dict)  # ISO day -> result
     partial_day: str | None = None
     partial_last_agg_id: int | None = None
+    partial_line: int = 0  # archive lines read when partial_last_agg_id was confirmed
 
     @staticmethod
     def file_for(home: Path, symbol: str, topic: str) -> Path:
@@ -63,7 +68,8 @@ class Checkpoint:
                                  f"version {data.get('version')}")
             completed = {day: DayResult(**result) for day, result in data["completed"].items()}
             partial = data.get("partial") or {}
-            return cls(path, symbol, topic, completed, partial.get("day"), partial.get("last_agg_id"))
+            return cls(path, symbol, topic, completed, partial.get("day"), partial.get("last_agg_id"),
+                       partial.get("line", 0))
         except (ValueError, KeyError, TypeError) as exc:
             raise BackfillError(f"checkpoint {path} is unreadable ({exc}); move it away to start over") from None
 
@@ -77,14 +83,19 @@ class Checkpoint:
         """Last agg id delivered for a partially published `day`, else None."""
         return self.partial_last_agg_id if self.partial_day == day.isoformat() else None
 
-    def record_progress(self, day: date, last_agg_id: int) -> None:
-        self.partial_day, self.partial_last_agg_id = day.isoformat(), last_agg_id
+    def resume_line(self, day: date) -> int:
+        """Archive lines of a partially published `day` already handled (bad rows there were dead-lettered)."""
+        return self.partial_line if self.partial_day == day.isoformat() else 0
+
+    def record_progress(self, day: date, last_agg_id: int, line: int) -> None:
+        self.partial_day, self.partial_last_agg_id, self.partial_line = day.isoformat(), last_agg_id, line
         self.save()
 
     def record_complete(self, day: date, result: DayResult) -> None:
         self.completed[day.isoformat()] = result
         if self.partial_day == day.isoformat():
             self.partial_day = self.partial_last_agg_id = None
+            self.partial_line = 0
         self.save()
 
     def save(self) -> None:
@@ -93,7 +104,8 @@ class Checkpoint:
             "version": VERSION, "symbol": self.symbol, "topic": self.topic,
             "completed": {day: asdict(r) for day, r in sorted(self.completed.items())},
             "partial": None if self.partial_day is None else {"day": self.partial_day,
-                                                               "last_agg_id": self.partial_last_agg_id},
+                                                               "last_agg_id": self.partial_last_agg_id,
+                                                               "line": self.partial_line},
         }
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))

@@ -33,6 +33,7 @@ from producers.binance.parse import (
     parse_rest_agg_trade,
     stream_kind,
 )
+from producers.binance.pollers import IndicatorPoller
 from producers.binance.rest import RestClient, RestRejected, RestUnavailable
 from producers.binance.trade_sequencer import AggTradeSequencer, Gap
 from producers.binance.ws_stream import CombinedStream, StreamConfig, sleep_or_stop
@@ -57,6 +58,10 @@ class ProducerConfig:
     gap_fill_timeout_s: float = 60.0
     max_resume_gap_ids: int = 500_000
     checkpoint_path: Path | None = None
+    spot_base_url: str = "https://api.binance.com"
+    coinbase_base_url: str = "https://api.exchange.coinbase.com"
+    poll_interval_s: float = 300.0  # md.indicators REST pollers; 0 disables them
+    poll_stagger_s: float = 0.2  # spacing between poller requests (REST weight friendliness)
     replay_control_url: str | None = None  # fake exchange: end the run when its replay has finished
     stream_config: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +116,14 @@ class BinanceProducer:
             ended = "stopped"
             if self.config.replay_control_url:
                 workers.append(asyncio.create_task(self._watch_replay(session, stop), name="replay"))
+            if self.config.poll_interval_s > 0:
+                # its own client: a Coinbase 429 must not pause Binance gap fills
+                poller = IndicatorPoller(
+                    RestClient(session, self.metrics, give_up_after_s=30.0), symbols=self.config.symbols,
+                    publish=self.publisher.publish, metrics=self.metrics, futures_url=self.config.rest_base_url,
+                    spot_url=self.config.spot_base_url, coinbase_url=self.config.coinbase_base_url,
+                    interval_s=self.config.poll_interval_s, stagger_s=self.config.poll_stagger_s)
+                workers.append(asyncio.create_task(poller.run(stop), name="pollers"))
             await stop.wait()
             if self.status.state == "replay-finished":
                 ended = "replay-finished"
