@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 bootstrap:
 	@bash deploy/bootstrap.sh
 
+# SOURCE=replay:DIR runs offline from a recording (e.g. SOURCE=replay:tests/data/binance_futures_ws)
 run: bootstrap
-	$(VENV)/bin/tapeflow up
+	$(VENV)/bin/tapeflow up $(if $(SOURCE),--source $(SOURCE))
 
 # pytest exits 5 when it collected no test: make treats that as a failure, as it should.
 test: bootstrap

@@ -28,6 +28,8 @@ log = structlog.get_logger("producer")
 class ProduceOptions:
     ws_base_url: str = LIVE_WS
     rest_base_url: str = LIVE_REST
+    spot_base_url: str = "https://api.binance.com"
+    coinbase_base_url: str = "https://api.exchange.coinbase.com"
     replay_control_url: str | None = None
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
@@ -41,6 +43,7 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
                           topic_prefix=settings.topic_prefix)
     config = ProducerConfig(symbols=list(settings.symbols), ws_base_url=options.ws_base_url,
                             rest_base_url=options.rest_base_url, replay_control_url=options.replay_control_url,
+                            spot_base_url=options.spot_base_url, coinbase_base_url=options.coinbase_base_url,
                             checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json")
     producer = BinanceProducer(config, publisher, metrics)
     runner, port = await serve(build_app(metrics.registry, producer.health,
@@ -56,4 +59,6 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     finally:
         await runner.cleanup()
     log.info("producer stopped", reason=ended, delivered=publisher.delivered, undelivered=len(publisher.failed))
+    # the last line of the log is what `tapeflow status` shows for a finished replay
+    print(f"{ended}: {publisher.delivered} records delivered, {len(publisher.failed)} undelivered", flush=True)
     return 0 if publisher.healthy else 1

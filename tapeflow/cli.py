@@ -37,9 +37,12 @@ class _State:
     config_file: Path | None = None
     _settings: Settings | None = None
 
+    def __init__(self) -> None:
+        self.overrides: dict[str, object] = {}
+
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(self.config_file)
+            self._settings = load_settings(self.config_file, **self.overrides)
         return self._settings
 
     def paths(self) -> StackPaths:
@@ -74,10 +77,16 @@ def main_options(
 @app.command()
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and return once healthy."),
+    source: Optional[str] = typer.Option(
+        None, "--source", help="Market data: `live` (Binance) or `replay:DIR` (a recording, offline). "
+        "Default: TAPEFLOW_SOURCE or live."),
+    replay_speed: Optional[str] = typer.Option(None, "--replay-speed", help="With replay: 1, 10, ... or max."),
 ) -> None:
-    """Start the embedded stack (broker, PostgreSQL, migrations, topics) and supervise it."""
+    """Start the stack (broker, PostgreSQL, migrations, topics, producer) and supervise it."""
     from tapeflow.stack.supervisor import run_foreground, start_detached
 
+    state.overrides.update({k: v for k, v in (("source", source), ("replay_speed", replay_speed)) if v})
+    state._settings = None
     settings, paths = state.settings(), state.paths()
     runner = start_detached if detach else run_foreground
     raise typer.Exit(runner(settings, paths, echo))
@@ -103,9 +112,9 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
         typer.echo(orjson.dumps({"healthy": healthy, "components": [c.as_dict() for c in components],
                                  "config": settings.masked()}, option=orjson.OPT_INDENT_2).decode())
     else:
-        echo(f"{'COMPONENT':<11}{'HEALTH':<10}{'STATE':<10}{'ADDRESS':<22}{'PID':<8}{'UPTIME':<9}DETAIL")
+        echo(f"{'COMPONENT':<15}{'HEALTH':<8}{'STATE':<10}{'ADDRESS':<22}{'PID':<8}{'UPTIME':<9}DETAIL")
         for c in components:
-            echo(f"{c.name:<11}{'ok' if c.healthy else 'FAIL':<10}{c.state:<10}{c.address or '-':<22}"
+            echo(f"{c.name:<15}{'ok' if c.healthy else 'FAIL':<8}{c.state:<10}{c.address or '-':<22}"
                  f"{c.pid or '-':<8}{_fmt_uptime(c.uptime_s):<9}{c.detail}")
         echo("")
         echo("config (secrets masked):")
@@ -164,6 +173,54 @@ def logs(
 def version() -> None:
     """Print the tapeflow version."""
     echo(f"tapeflow {__version__} (Python {sys.version.split()[0]})")
+
+
+# --- market data ----------------------------------------------------------------------------------
+@app.command()
+def produce(
+    ws_url: str = typer.Option("wss://fstream.binance.com", "--ws-url", help="Binance USD-M websocket base URL."),
+    rest_url: str = typer.Option("https://fapi.binance.com", "--rest-url", help="Binance USD-M REST base URL."),
+    spot_url: str = typer.Option("https://api.binance.com", "--spot-url", help="Binance spot REST (divergence)."),
+    coinbase_url: str = typer.Option("https://api.exchange.coinbase.com", "--coinbase-url",
+                                     help="Coinbase REST (premium)."),
+    replay_control_url: Optional[str] = typer.Option(
+        None, "--replay-control-url", help="Fake exchange control URL: stop cleanly when its replay ends."),
+    symbols_from_recording: bool = typer.Option(
+        False, "--symbols-from-recording", help="Use the symbols of the TAPEFLOW_SOURCE=replay:DIR recording."),
+    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
+                                     help="Port of /metrics and /health (0 = a free one, logged)."),
+) -> None:
+    """Run the Binance USD-M producer: aggTrade, depth, markPrice, forceOrder and REST indicators to md.*."""
+    import asyncio
+
+    from producers.service import ProduceOptions, run_producer
+    from tapeflow.logs import configure_logging
+
+    settings = state.settings()
+    configure_logging(settings)
+    if symbols_from_recording:
+        if settings.replay_dir is None:
+            raise fail("--symbols-from-recording needs TAPEFLOW_SOURCE=replay:DIR", 2)
+        from producers.fake_exchange.recording import load_recording
+
+        state._settings = settings.model_copy(update={"symbols": list(load_recording(settings.replay_dir).symbols)})
+        settings = state._settings
+    options = ProduceOptions(ws_base_url=ws_url, rest_base_url=rest_url, spot_base_url=spot_url,
+                             coinbase_base_url=coinbase_url, replay_control_url=replay_control_url,
+                             metrics_port=metrics_port, metrics_host=settings.metrics_host)
+    raise typer.Exit(asyncio.run(run_producer(settings, options)))
+
+
+@app.command("fake-exchange", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def fake_exchange(ctx: typer.Context) -> None:
+    """Run the local fake Binance exchange (websocket + REST) replaying a recording or a synthetic session.
+
+    Options are those of `python -m producers.fake_exchange --help`: --recording DIR | --synthetic-seed N,
+    --speed 1|10|max, --ws-port, --rest-port, --fault KEY=VALUE (repeatable), ...
+    """
+    from producers.fake_exchange.cli import main as fake_main
+
+    fake_main(list(ctx.args) or ["--help"])
 
 
 # --- topics --------------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         default="", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix for every topic (shared clusters, tests)."
     )
     exchange: Literal["binance"] = "binance"
+    source: str = Field(
+        default="live", description="Market data: `live` (the exchange) or `replay:DIR` (a recording, offline).")
+    replay_speed: str = Field(default="1", description="Replay speed: 1 (real time), 10, ... or max.")
+    metrics_host: str = Field(default="127.0.0.1", description="Where service /metrics and /health listen.")
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
@@ -130,6 +134,35 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError(f"expected an http(s):// URL, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v == "live":
+            return v
+        if not v.startswith("replay:"):
+            raise ValueError(f"expected `live` or `replay:DIR`, got {v!r}")
+        directory = Path(v.removeprefix("replay:")).expanduser()
+        if not (directory / "ws_frames.txt").is_file():
+            raise ValueError(f"{directory} is not a recording directory (no ws_frames.txt)")
+        return f"replay:{directory.absolute()}"
+
+    @field_validator("replay_speed")
+    @classmethod
+    def _speed(cls, v: str) -> str:
+        v = str(v).strip().lower()
+        if v == "max":
+            return v
+        try:
+            if float(v) > 0:
+                return v
+        except ValueError:
+            pass
+        raise ValueError(f"expected a positive number or `max`, got {v!r}")
+
+    @property
+    def replay_dir(self) -> Path | None:
+        return Path(self.source.removeprefix("replay:")) if self.source.startswith("replay:") else None
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -38,9 +38,9 @@ from producers.backfill.sources import (
     VisionDownloader,
 )
 from producers.backfill.summary import BackfillSummary
-from producers.backfill.topic_publisher import (
+from producers.backfill.trade_producer import (
     TRADES,
-    TradeTopicPublisher,
+    TradeTopicProducer,
     ensure_destination,
     trade_topic_spec,
 )
@@ -90,11 +90,11 @@ def run_backfill(*, bootstrap: str, topic_prefix: str, home: Path, symbol: str, 
     summary = BackfillSummary(symbol, topic_prefix + topic, start.isoformat(), end.isoformat(),
                               checkpoint=str(checkpoint.path))
     ensure_destination(bootstrap, topic_prefix, topic)
-    publisher = TradeTopicPublisher(bootstrap, AvroSerde(registry_from_url(registry_url)), ProducerMetrics(),
+    producer = TradeTopicProducer(bootstrap, AvroSerde(registry_from_url(registry_url)), ProducerMetrics(),
                                     topic_prefix, topic,
                                     **(BACKFILL_PRODUCER_OVERRIDES | (producer_overrides or {})))
     bar = make_progress(progress, len(days))
-    day_run = _DayPublisher(symbol, publisher, checkpoint, summary, bar, clock, checkpoint_every, reorder_window)
+    day_run = _DayPublisher(symbol, producer, checkpoint, summary, bar, clock, checkpoint_every, reorder_window)
     started = time.monotonic()
     # the chain starts at the day before the range if an earlier run completed it
     before = checkpoint.result(days[0] - timedelta(days=1))
@@ -120,7 +120,7 @@ def run_backfill(*, bootstrap: str, topic_prefix: str, home: Path, symbol: str, 
     finally:
         bar.close()
         summary.seconds = time.monotonic() - started
-        publisher.flush(10)  # best effort on the error path; the checkpoint only counts confirmed rows
+        producer.flush(10)  # best effort on the error path; the checkpoint only counts confirmed rows
     return summary
 
 
@@ -145,7 +145,7 @@ class _DayPublisher:
     """Publishes one day's archive; holds what stays the same from day to day."""
 
     symbol: str
-    publisher: TradeTopicPublisher
+    producer: TradeTopicProducer
     checkpoint: Checkpoint
     summary: BackfillSummary
     bar: BackfillProgress
@@ -161,7 +161,7 @@ class _DayPublisher:
         bad_before = self.summary.bad_rows
         try:
             self._stream(archive, continuity, state)
-            self.publisher.confirm_delivery()
+            self.producer.confirm_delivery()
         except BaseException:
             # An unreadable archive, a delivery failure or Ctrl-C: keep what the broker confirmed,
             # so the re-run resumes exactly there (a crash without this falls back to the last
@@ -180,7 +180,7 @@ class _DayPublisher:
     def _stream(self, archive: DayArchive, continuity: ArchiveContinuity, state: _DayProgress) -> None:
         day, result, resume_after = archive.day, state.result, state.resume_after
         key = f"{EXCHANGE}:{self.symbol}".encode()
-        publish_trade = self.publisher.publish_trade
+        publish_trade = self.producer.publish_trade
         receive_time = self.clock()
         unconfirmed = 0
 
@@ -189,7 +189,7 @@ class _DayPublisher:
         def on_bad(bad: BadRow) -> None:
             self.summary.add_bad_row(bad)
             if bad.line > dead_lettered_up_to:
-                self.publisher.dead_letter_row(bad, key, receive_time)
+                self.producer.dead_letter_row(bad, key, receive_time)
 
         def publish(released: list[dict]) -> None:
             for t in released:
@@ -215,7 +215,7 @@ class _DayPublisher:
                         publish(released)
                         unconfirmed += len(released)
                         if unconfirmed >= self.checkpoint_every:
-                            self.publisher.confirm_delivery()
+                            self.producer.confirm_delivery()
                             self.checkpoint.record_progress(day, state.last_published, reader.line)
                             unconfirmed = 0
                     if rows % _PROGRESS_EVERY == 0:
@@ -233,7 +233,7 @@ class _DayPublisher:
         if state.last_published is None or state.last_published == state.resume_after:
             return
         try:
-            if self.publisher.flush(30) == 0 and self.publisher.healthy:
+            if self.producer.flush(30) == 0 and self.producer.healthy:
                 self.checkpoint.record_progress(day, state.last_published, state.line)
         except Exception as exc:  # never mask the original error
             log.warning("could not checkpoint after the failure", day=day.isoformat(), error=str(exc))

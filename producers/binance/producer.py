@@ -325,6 +325,8 @@ class BinanceProducer:
 
     # --- status and checkpoint -----------------------------------------------------------------------
     def _on_ws_status(self, state: str, detail: str) -> None:
+        if state == "connected":
+            detail = f"connected: {len(self.config.streams())} streams, {len(self.config.symbols)} symbols"
         self.status.set(state, detail)
 
     def _on_reconnect(self, reason: str) -> None:

@@ -62,9 +62,20 @@ class Service(ABC):
     def prepare(self) -> Launch:
         """One-time setup (binaries, data directories, ports) and the command to run."""
 
+    #: a service that ends by itself when its work is done (a replay): exit code 0 is "finished".
+    finite: bool = False
+
     @abstractmethod
     def health(self, address: str) -> Health:
-        """Cheap readiness probe against a running instance at `address`."""
+        """Cheap health probe against a running instance at `address`."""
+
+    def ready(self, address: str) -> Health:
+        """What startup waits for; by default the same as health (an app may be up but degraded)."""
+        return self.health(address)
+
+    def health_url(self, address: str) -> str | None:
+        """HTTP health endpoint, recorded so `status` can probe the service from another shell."""
+        return None
 
     def after_start(self, address: str) -> None:
         """Hook run once the service is healthy (e.g. create roles)."""

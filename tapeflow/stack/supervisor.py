@@ -21,6 +21,7 @@ from typing import Callable, TextIO
 
 from tapeflow.paths import StackPaths
 from tapeflow.settings import Settings
+from tapeflow.stack.app_services import app_services, http_json
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.process import (
@@ -38,9 +39,13 @@ RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW_S before the 
 RESTART_WINDOW_S = 300.0
 
 
+def infra_services(settings: Settings, paths: StackPaths) -> list[Service]:
+    return [TansuBroker(settings, paths), EmbeddedPostgres(settings, paths)]
+
+
 def default_services(settings: Settings, paths: StackPaths) -> list[Service]:
     """The services `up` runs. Later components register here; nothing is a placeholder."""
-    return [TansuBroker(settings, paths), EmbeddedPostgres(settings, paths)]
+    return infra_services(settings, paths) + app_services(settings, paths)
 
 
 def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
@@ -98,21 +103,19 @@ class Supervisor:
         me.save(self.paths.state_file("supervisor"))
 
     def _clear_stale_records(self) -> None:
-        for name in ["supervisor"] + [s.name for s in self.services]:
-            path = self.paths.state_file(name)
+        for path in sorted(self.paths.run_dir.glob("*.json")):
             rec = ProcessRecord.load(path)
             if rec is None:
                 continue
+            name = rec.name
             if rec.is_alive() and name != "supervisor":
                 # an orphan of a supervisor that was SIGKILLed: we hold the lock, so it is ours to stop
                 self.say(f"{name}: stopping orphaned pid {rec.pid} left by a previous run")
-                terminate(rec.pid, rec.create_time, self.settings.stop_timeout_s, self._service(name).stop_signal)
-            elif not rec.is_alive():
+                terminate(rec.pid, rec.create_time, self.settings.stop_timeout_s,
+                          rec.extra.get("stop_signal", int(signal.SIGTERM)))
+            elif not rec.is_alive() and not rec.extra.get("finished"):
                 self.say(f"{name}: removing stale pid file (pid {rec.pid} is not running)")
             path.unlink(missing_ok=True)
-
-    def _service(self, name: str) -> Service:
-        return next(s for s in self.services if s.name == name)
 
     def release(self) -> None:
         self.paths.state_file("supervisor").unlink(missing_ok=True)
@@ -124,11 +127,17 @@ class Supervisor:
     def start_all(self) -> float:
         """Start every service and run every step; returns seconds to a healthy stack."""
         t0 = time.monotonic()
+        # steps run once the services they depend on are up and before anything that publishes:
+        # a producer writing to a topic that does not exist yet would auto-create it wrongly
+        pending = list(self.steps)
         for service in self.services:
             if self.stop_requested.is_set():
                 raise StackError("interrupted during startup")
+            for step in [s for s in pending if set(s.depends_on) <= set(self.addresses)]:
+                self._run_step(step)
+                pending.remove(step)
             self._start_service(service)
-        for step in self.steps:
+        for step in pending:
             self._run_step(step)
         return time.monotonic() - t0
 
@@ -149,12 +158,13 @@ class Supervisor:
         try:
             proc = subprocess.Popen(launch.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=launch.cwd, **launch.credentials(),
-                                    env={**os.environ, **(launch.env or {})})
+                                    env={**child_env(self.settings, self.paths), **(launch.env or {})})
         except OSError as exc:
             log.close()
             raise StackError(f"{service.name}: cannot start {launch.argv[0]}: {exc.strerror}") from None
         record = ProcessRecord(service.name, proc.pid, process_create_time(proc.pid), launch.address, time.time(),
-                               str(log_path))
+                               str(log_path), extra={"stop_signal": int(service.stop_signal), "finite": service.finite,
+                                                     "health_url": service.health_url(launch.address)})
         record.save(self.paths.state_file(service.name))
         self.running[service.name] = _Running(service, proc, record, log)
         self.addresses[service.name] = launch.address
@@ -170,7 +180,7 @@ class Supervisor:
             if proc.poll() is not None:
                 raise StackError(f"{service.name} exited with code {proc.returncode} during startup: "
                                  f"{_last_line(log_path)} (log: {log_path})")
-            health = service.health(address)
+            health = service.ready(address)
             if health.ok:
                 return health
             time.sleep(0.1)
@@ -189,6 +199,9 @@ class Supervisor:
             for name, run in list(self.running.items()):
                 code = run.proc.poll()
                 if code is None:
+                    continue
+                if code == 0 and run.service.finite:
+                    self._finished(name, run)
                     continue
                 now = time.monotonic()
                 run.restarts = [t for t in run.restarts if now - t < RESTART_WINDOW_S] + [now]
@@ -213,6 +226,15 @@ class Supervisor:
                     return 1
         return 0
 
+    def _finished(self, name: str, run: _Running) -> None:
+        """A finite service (a replay) completed: keep its record as 'finished', never restart it."""
+        del self.running[name]
+        run.log.close()
+        run.record.extra.update(finished=True, exit_code=0, finished_at=time.time(),
+                                detail=_last_line(run.record.log))
+        run.record.save(self.paths.state_file(name))
+        self.say(f"{name:<10} finished: {run.record.extra['detail']}")
+
     # --- stop --------------------------------------------------------------------------------------
     def stop_all(self) -> None:
         for name in reversed(list(self.running)):
@@ -223,6 +245,21 @@ class Supervisor:
             run.log.close()
             self.paths.state_file(name).unlink(missing_ok=True)
             self.say(f"{name:<10} {result}")
+
+
+def _app_status(rec: ProcessRecord, now: float) -> ComponentStatus:
+    if rec.extra.get("finished"):
+        return ComponentStatus(rec.name, True, "finished", rec.address, None, None,
+                               f"finished: {rec.extra.get('detail', '')}")
+    if not rec.is_alive():
+        return ComponentStatus(rec.name, False, "stale", rec.address, rec.pid, None,
+                               f"pid {rec.pid} is not running (stale pid file)")
+    url = rec.extra.get("health_url")
+    code, body = http_json(url) if url else (0, {"error": "no health endpoint"})
+    detail = body.get("detail") or body.get("status") or body.get("error") or f"HTTP {code}"
+    if "finished" in body:  # the fake exchange's replay status
+        detail = "replay finished" if body["finished"] else "replaying"
+    return ComponentStatus(rec.name, code == 200, "running", rec.address, rec.pid, now - rec.started_at, detail)
 
 
 def _last_line(log_path) -> str:
@@ -298,7 +335,8 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
 
 def child_env(settings: Settings, paths: StackPaths) -> dict[str, str]:
     """Environment for processes we spawn: same settings sources, including a `--config` file."""
-    env = {**os.environ, "TAPEFLOW_HOME": str(paths.home)}
+    env = {**os.environ, "TAPEFLOW_HOME": str(paths.home), "TAPEFLOW_SOURCE": settings.source,
+           "TAPEFLOW_REPLAY_SPEED": settings.replay_speed}
     if settings.config_file:
         env["TAPEFLOW_CONFIG"] = os.path.abspath(settings.config_file)
     return env
@@ -322,17 +360,17 @@ def stop_stack(settings: Settings, paths: StackPaths, say: Say = print) -> int:
         else:
             say(f"supervisor: removing stale pid file (pid {sup.pid} is not running)")
         paths.state_file("supervisor").unlink(missing_ok=True)
-    for service in default_services(settings, paths):
-        path = paths.state_file(service.name)
+    for path in sorted(paths.run_dir.glob("*.json")) if paths.run_dir.exists() else []:
         rec = ProcessRecord.load(path)
-        if rec is None:
+        if rec is None or rec.name == "supervisor":
             continue
         if rec.is_alive():
-            result = terminate(rec.pid, rec.create_time, settings.stop_timeout_s, service.stop_signal)
-            say(f"{service.name} pid {rec.pid}: {result}")
+            sig = rec.extra.get("stop_signal", int(signal.SIGTERM))
+            result = terminate(rec.pid, rec.create_time, settings.stop_timeout_s, sig)
+            say(f"{rec.name} pid {rec.pid}: {result}")
             stopped += 1
-        else:
-            say(f"{service.name}: removing stale pid file (pid {rec.pid} is not running)")
+        elif not rec.extra.get("finished"):
+            say(f"{rec.name}: removing stale pid file (pid {rec.pid} is not running)")
         path.unlink(missing_ok=True)
     if not stopped:
         say(f"nothing running in {paths.home}")
@@ -349,7 +387,7 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
                                None, sup.pid if sup else None, now - sup.started_at if sup_alive else None,
                                "" if sup_alive else "not running (start with `tapeflow up`)"))
     addresses: dict[str, str] = {}
-    for service in default_services(settings, paths):
+    for service in infra_services(settings, paths):
         if service.external:
             address = service.external_address() or "?"
             health = service.health(address)
@@ -366,6 +404,12 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
         addresses[service.name] = rec.address
         out.append(ComponentStatus(service.name, health.ok, "running", rec.address, rec.pid,
                                    now - rec.started_at, health.detail))
+    infra = {s.name for s in infra_services(settings, paths)}
+    for path in sorted(paths.run_dir.glob("*.json")) if paths.run_dir.exists() else []:
+        rec = ProcessRecord.load(path)
+        if rec is None or rec.name in infra or rec.name == "supervisor":
+            continue
+        out.append(_app_status(rec, now))
     for step in default_steps(settings, paths):
         if not all(dep in addresses for dep in step.depends_on):
             out.append(ComponentStatus(step.name, False, "pending", None, None, None,

@@ -1,0 +1,103 @@
+"""tapeflow's own processes as supervised services (producer; fake exchange for offline replays).
+
+Each runs as `python -m tapeflow <command>` with its own HTTP port for `/health` and `/metrics`, so
+the supervisor, `status` and Prometheus see them the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+
+import orjson
+
+from tapeflow.stack.process import free_port
+from tapeflow.stack.service import Health, Launch, Service
+
+HOST = "127.0.0.1"
+
+
+def http_json(url: str, timeout: float = 2.0) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, orjson.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, orjson.loads(exc.read() or b"{}")
+        except orjson.JSONDecodeError:
+            return exc.code, {}
+    except (OSError, orjson.JSONDecodeError) as exc:
+        return 0, {"error": str(exc)}
+
+
+class HttpHealthService(Service):
+    """A service whose readiness is 'its HTTP port answers' and whose health is `GET /health` == 200."""
+
+    def health_url(self, address: str) -> str:
+        return f"http://{address}/health"
+
+    def ready(self, address: str) -> Health:
+        code, body = http_json(self.health_url(address))
+        return Health(code != 0, body.get("detail") or body.get("status") or body.get("error", ""))
+
+    def health(self, address: str) -> Health:
+        code, body = http_json(self.health_url(address))
+        detail = body.get("detail") or body.get("status") or body.get("error") or f"HTTP {code}"
+        return Health(code == 200, detail)
+
+
+class FakeExchangeService(HttpHealthService):
+    """The local fake Binance exchange replaying a recording (`--source replay:DIR`)."""
+
+    name = "fake-exchange"
+
+    def __init__(self, settings, paths) -> None:
+        super().__init__(settings, paths)
+        self.ws_port = free_port(HOST)
+        self.rest_port = free_port(HOST)
+
+    def prepare(self) -> Launch:
+        return Launch(argv=[sys.executable, "-m", "tapeflow", "fake-exchange", "--recording", str(self.settings.replay_dir),
+                            "--ws-port", str(self.ws_port), "--rest-port", str(self.rest_port),
+                            "--speed", self.settings.replay_speed],
+                      address=f"{HOST}:{self.rest_port}")
+
+    def health_url(self, address: str) -> str:
+        return f"http://{address}/_control/status"
+
+    def health(self, address: str) -> Health:
+        code, body = http_json(self.health_url(address))
+        if code != 200:
+            return Health(False, body.get("error", f"HTTP {code}"))
+        sent = sum((body.get("frames_sent") or {}).values()) if isinstance(body.get("frames_sent"), dict) else "?"
+        state = "replay finished" if body.get("finished") else "replaying"
+        return Health(True, f"{state}, {sent} frames sent")
+
+
+class ProducerService(HttpHealthService):
+    """The Binance producer; in replay mode it ends by itself when the recording does."""
+
+    name = "producer"
+
+    def __init__(self, settings, paths, fake: FakeExchangeService | None = None) -> None:
+        super().__init__(settings, paths)
+        self.fake = fake
+        self.finite = fake is not None  # a replay ends; exit 0 then means done, not crashed
+
+    def prepare(self) -> Launch:
+        port = free_port(HOST)
+        argv = [sys.executable, "-m", "tapeflow", "produce", "--metrics-port", str(port)]
+        if self.fake is not None:
+            ws = f"ws://{HOST}:{self.fake.ws_port}"
+            rest = f"http://{HOST}:{self.fake.rest_port}"
+            argv += ["--ws-url", ws, "--rest-url", rest, "--spot-url", rest, "--coinbase-url", rest,
+                     "--replay-control-url", rest, "--symbols-from-recording"]
+        return Launch(argv=argv, address=f"{HOST}:{port}")
+
+
+def app_services(settings, paths) -> list[Service]:
+    if settings.replay_dir is not None:
+        fake = FakeExchangeService(settings, paths)
+        return [fake, ProducerService(settings, paths, fake)]
+    return [ProducerService(settings, paths)]
