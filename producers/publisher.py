@@ -22,6 +22,7 @@ from tapeflow.kafka_client import producer_config
 log = structlog.get_logger("producer.publisher")
 
 MAX_REDELIVERIES = 5
+POLL_EVERY = 256  # serve delivery callbacks every N produces, not after each one (hot path)
 
 
 class Publisher:
@@ -33,6 +34,10 @@ class Publisher:
         self._producer = Producer(producer_config(bootstrap, **producer_overrides))
         self.failed: list[tuple[str, bytes | None, str]] = []  # (topic, key, error) given up after retries
         self.delivered = 0
+        self._since_poll = 0
+        self._retry: list[tuple] = []  # failed deliveries waiting to be produced again
+        self._out: dict[str, Any] = {}  # topic -> labelled counter child (labels() lookups are not free)
+        self._latency = metrics.produce_latency
 
     def publish(self, topic: str, key: str, record: dict, receive_time_ms: int | None = None,
                 on_delivered: Callable[[], None] | None = None) -> None:
@@ -63,14 +68,19 @@ class Publisher:
                 self.delivered += 1
                 if on_delivered is not None:
                     on_delivered()
-                self.metrics.messages_out.labels(topic).inc()
+                counter = self._out.get(topic)
+                if counter is None:
+                    counter = self._out[topic] = self.metrics.messages_out.labels(topic)
+                counter.inc()
                 if receive_time_ms is not None:
-                    self.metrics.produce_latency.observe(max(0.0, time.time() - receive_time_ms / 1000))
+                    self._latency.observe(max(0.0, time.time() - receive_time_ms / 1000))
                 return
             self.metrics.delivery_errors.labels(topic).inc()
             if attempt + 1 < MAX_REDELIVERIES and not err.fatal():
+                # never produce from inside a delivery callback (librdkafka's call state forbids it):
+                # queue it and produce again from the next poll/flush
                 log.warning("delivery failed, producing again", topic=topic, error=err.str(), attempt=attempt + 1)
-                self._produce(topic, key, value, receive_time_ms, attempt + 1, on_delivered)
+                self._retry.append((topic, key, value, receive_time_ms, attempt + 1, on_delivered))
             else:
                 log.error("delivery failed for good", topic=topic, error=err.str(), attempts=attempt + 1)
                 self.failed.append((topic, key, err.str()))
@@ -81,14 +91,28 @@ class Publisher:
                 break
             except BufferError:  # local queue full: serve callbacks until there is room (back-pressure)
                 self._producer.poll(0.05)
-        self._producer.poll(0)
+        self._since_poll += 1
+        if self._since_poll >= POLL_EVERY:
+            self.poll(0)
+
+    def _drain_retries(self) -> None:
+        while self._retry:
+            self._produce(*self._retry.pop(0))
 
     def poll(self, timeout: float = 0.0) -> int:
-        return self._producer.poll(timeout)
+        self._since_poll = 0
+        served = self._producer.poll(timeout)
+        self._drain_retries()
+        return served
 
     def flush(self, timeout: float = 30.0) -> int:
-        """Wait for every outstanding record; returns how many are still undelivered."""
-        return self._producer.flush(timeout)
+        """Wait for every outstanding record (re-producing failed ones); returns how many remain."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+            if not self._retry or time.monotonic() >= deadline:
+                return remaining + len(self._retry)
+            self._drain_retries()
 
     @property
     def healthy(self) -> bool:

@@ -16,7 +16,10 @@ counted again in the new run's summary (they are still in the file) but dead-let
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -30,7 +33,11 @@ VERSION = 1
 
 @dataclass
 class DayResult:
-    """Counts of one completed day, as kept in the checkpoint."""
+    """Counts of one completed day, as kept in the checkpoint.
+
+    For a day finished by a resumed run, the counts (and first_agg_id) are those of the run that
+    finished it; rows before the resume point were counted by the run that published them.
+    """
 
     rows_published: int = 0
     first_agg_id: int | None = None
@@ -55,6 +62,23 @@ class Checkpoint:
     @staticmethod
     def file_for(home: Path, symbol: str, topic: str) -> Path:
         return home / "backfill" / "checkpoints" / f"binance-vision-{topic}-{symbol}.json"
+
+    @classmethod
+    @contextmanager
+    def locked(cls, home: Path, symbol: str, topic: str) -> Iterator[Checkpoint]:
+        """The checkpoint, held exclusively: two backfills of one (symbol, topic) would overwrite each other."""
+        path = cls.file_for(home, symbol, topic)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BackfillError(f"another backfill of {symbol} into {topic} is running "
+                                    f"(lock {lock.name})") from None
+            try:
+                yield cls.load(home, symbol, topic)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @classmethod
     def load(cls, home: Path, symbol: str, topic: str) -> Checkpoint:

@@ -6,9 +6,16 @@ and the run goes on. Everything here stops the run; the checkpoint keeps what wa
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BackfillError(Exception):
-    """A backfill cannot go on: bad arguments, an unreadable archive, a failed download or delivery."""
+    """A backfill cannot go on: bad arguments, an unreadable archive, a failed download or delivery.
+
+    `summary` (a BackfillSummary) is set when the run had started: what it did before stopping.
+    """
+
+    summary: Any = None
 
 
 class ChecksumMismatchError(BackfillError):
