@@ -223,6 +223,38 @@ def fake_exchange(ctx: typer.Context) -> None:
     fake_main(list(ctx.args) or ["--help"])
 
 
+backfill_app = typer.Typer(help="Load historical market data into the topics.", no_args_is_help=True)
+app.add_typer(backfill_app, name="backfill")
+
+
+@backfill_app.command("binance-vision")
+def backfill_binance_vision(
+    symbol: str = typer.Option(..., "--symbol", help="Binance USD-M symbol, e.g. BTCUSDT."),
+    from_day: str = typer.Option(..., "--from", help="First day (YYYY-MM-DD, UTC)."),
+    to_day: str = typer.Option(..., "--to", help="Last day, included (YYYY-MM-DD, UTC)."),
+    directory: Optional[Path] = typer.Option(
+        None, "--dir", help="Read <SYMBOL>-aggTrades-<day>.zip|.csv from here instead of downloading."),
+    topic: str = typer.Option("md.trades", "--topic", help="Target topic (md.trades or a replay topic name)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Publish Binance Vision daily aggTrades (downloaded with checksum, or local) in agg-id order; resumable."""
+    from producers.backfill.binance_vision import run_backfill
+    from producers.backfill.days import parse_day
+    from producers.backfill.errors import BackfillError
+    from producers.backfill.summary import format_summary
+
+    settings = state.settings()
+    try:
+        summary = run_backfill(bootstrap=_bootstrap(), topic_prefix=settings.topic_prefix, home=settings.home,
+                               symbol=symbol.upper(), start=parse_day(from_day, "--from"),
+                               end=parse_day(to_day, "--to"), directory=directory, topic=topic,
+                               progress=not no_progress, registry_url=settings.schema_registry_url)
+    except BackfillError as exc:
+        raise fail(str(exc))
+    echo(summary.to_json() if json_out else format_summary(summary))
+
+
 # --- topics --------------------------------------------------------------------------------------
 def _bootstrap() -> str:
     from tapeflow.endpoints import resolve_broker
