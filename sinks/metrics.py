@@ -1,0 +1,34 @@
+"""Prometheus metrics of a sink process (`tapeflow_sink_<what>_<unit>`; names used by deploy/prometheus/alerts.yml)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class SinkMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rows = Counter("tapeflow_sink_rows_written_total", "New rows committed per table", ["table"], registry=r)
+        self.records = Counter("tapeflow_sink_records_total", "Records consumed (new or re-delivered)", registry=r)
+        self.batch_size = Histogram("tapeflow_sink_batch_records", "Records per committed batch",
+                                    buckets=(1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000), registry=r)
+        self.commit_latency = Histogram("tapeflow_sink_commit_seconds", "COPY + insert + commit time per batch",
+                                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.dlq = Counter("tapeflow_sink_dlq_messages_total", "Records sent to dlq.<topic>", ["topic"], registry=r)
+        self.errors = Counter("tapeflow_sink_errors_total", "Records that failed to decode or map", registry=r)
+        self.db_retries = Counter("tapeflow_sink_db_retries_total", "Batch retries while the database was down",
+                                  registry=r)
+        self.lag = Gauge("tapeflow_sink_consumer_lag_messages", "High watermark minus committed offset",
+                         ["topic", "partition"], registry=r)
+        self.last_event_time = Gauge("tapeflow_sink_last_committed_event_time_seconds",
+                                     "Newest event time committed per table (freshness)", ["table"], registry=r)
+
+    def observe_batch(self, records: int, commit_s: float, written: dict[str, int], max_time_ms: dict[str, int]) -> None:
+        self.records.inc(records)
+        self.batch_size.observe(records)
+        self.commit_latency.observe(commit_s)
+        for table, n in written.items():
+            self.rows.labels(table).inc(max(0, n))
+        for table, t in max_time_ms.items():
+            self.last_event_time.labels(table).set(t / 1000)
