@@ -1,0 +1,198 @@
+"""Normalised engine inputs: a columnar trade batch and the small per-symbol market records.
+
+Why columnar trades: the hot path updates state with a few numpy calls per batch instead of touching a
+Python object per trade. The other inputs (book, mark, liquidation, indicator) arrive at most a few
+times per second per symbol, so they are small frozen dataclasses. ``*_from_record`` adapters read the
+Avro records of schemas/avro (trade, book_snapshot, mark_price, liquidation, market_indicator) so
+Faust agents and the replay runner feed the engine the same way.
+
+Times: ``time_ms`` is the event time that orders an input and decides which evaluation first sees it.
+For REST-polled indicators that is the receive time (when the value became known: the data point's
+own ``event_time`` may be minutes older, and using it would let a replay see the value earlier than the
+live system did); the data point's time is kept as ``value_time_ms`` for staleness checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TradeBatch:
+    """Trades of one (exchange, symbol), in arrival order, as parallel numpy columns."""
+
+    exchange: str
+    symbol: str
+    agg_id: np.ndarray  # int64
+    time_ms: np.ndarray  # int64, trade (match) time
+    price: np.ndarray  # float64
+    qty: np.ndarray  # float64, base currency
+    taker_sell: np.ndarray  # bool: True when the aggressor sold (Binance m = buyer is maker)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        exchange: str,
+        symbol: str,
+        agg_id: Iterable[int] | np.ndarray,
+        time_ms: Iterable[int] | np.ndarray,
+        price: Iterable[float] | np.ndarray,
+        qty: Iterable[float] | np.ndarray,
+        taker_sell: Iterable[bool] | np.ndarray,
+    ) -> TradeBatch:
+        columns = (
+            np.asarray(agg_id, dtype=np.int64),
+            np.asarray(time_ms, dtype=np.int64),
+            np.asarray(price, dtype=np.float64),
+            np.asarray(qty, dtype=np.float64),
+            np.asarray(taker_sell, dtype=bool),
+        )
+        if len({len(c) for c in columns}) != 1:
+            raise ValueError("TradeBatch columns must have the same length")
+        return cls(exchange, symbol, *columns)
+
+    @classmethod
+    def empty(cls, exchange: str, symbol: str) -> TradeBatch:
+        return cls.from_arrays(exchange, symbol, [], [], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.agg_id)
+
+    def take(self, index: np.ndarray | slice) -> TradeBatch:
+        return TradeBatch(
+            self.exchange,
+            self.symbol,
+            self.agg_id[index],
+            self.time_ms[index],
+            self.price[index],
+            self.qty[index],
+            self.taker_sell[index],
+        )
+
+    @staticmethod
+    def concat(batches: list[TradeBatch]) -> TradeBatch:
+        if not batches:
+            raise ValueError("nothing to concatenate")
+        first = batches[0]
+        if len(batches) == 1:
+            return first
+        return TradeBatch(
+            first.exchange,
+            first.symbol,
+            np.concatenate([b.agg_id for b in batches]),
+            np.concatenate([b.time_ms for b in batches]),
+            np.concatenate([b.price for b in batches]),
+            np.concatenate([b.qty for b in batches]),
+            np.concatenate([b.taker_sell for b in batches]),
+        )
+
+
+def trade_batches_from_records(records: Iterable[Mapping[str, Any]]) -> list[TradeBatch]:
+    """Group ``md.trades`` records (schemas/avro/trade.avsc) into one batch per (exchange, symbol)."""
+    columns: dict[tuple[str, str], list[list[Any]]] = {}
+    for record in records:
+        key = (record["exchange"], record["symbol"])
+        cols = columns.setdefault(key, [[], [], [], [], []])
+        cols[0].append(record["agg_id"])
+        cols[1].append(record["trade_time"])
+        cols[2].append(record["price"])
+        cols[3].append(record["qty"])
+        cols[4].append(record["taker_side"] == "SELL")
+    return [TradeBatch.from_arrays(ex, sym, *cols) for (ex, sym), cols in columns.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class BookUpdate:
+    """Order-book imbalance of the top 10 levels, from ``md.book``."""
+
+    exchange: str
+    symbol: str
+    time_ms: int
+    obi: float
+
+
+@dataclass(frozen=True, slots=True)
+class MarkUpdate:
+    """Mark price and funding, from ``md.mark``."""
+
+    exchange: str
+    symbol: str
+    time_ms: int
+    mark_price: float
+    index_price: float
+    funding_rate: float
+    next_funding_time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationEvent:
+    """One forced liquidation: which position side was liquidated and its USD value."""
+
+    exchange: str
+    symbol: str
+    time_ms: int
+    liquidated_side: str  # "LONG" or "SHORT"
+    usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class IndicatorUpdate:
+    """One polled indicator value (open interest, long/short ratios, premium, divergence)."""
+
+    exchange: str
+    symbol: str
+    time_ms: int  # when the value became known (receive time)
+    kind: str
+    value: float
+    value_time_ms: int  # time the data point refers to
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+
+MarketEvent = BookUpdate | MarkUpdate | LiquidationEvent | IndicatorUpdate
+
+
+def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[float, float]], depth: int = 10) -> float | None:
+    """(bid_qty - ask_qty) / (bid_qty + ask_qty) over the top ``depth`` levels; None for an empty book."""
+    bid_qty = sum(q for _, q in list(bids)[:depth])
+    ask_qty = sum(q for _, q in list(asks)[:depth])
+    total = bid_qty + ask_qty
+    return (bid_qty - ask_qty) / total if total > 0 else None
+
+
+def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
+    return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]))
+
+
+def mark_from_record(record: Mapping[str, Any]) -> MarkUpdate:
+    return MarkUpdate(
+        record["exchange"],
+        record["symbol"],
+        int(record["event_time"]),
+        float(record["mark_price"]),
+        float(record["index_price"]),
+        float(record["funding_rate"]),
+        int(record["next_funding_time"]),
+    )
+
+
+def liquidation_from_record(record: Mapping[str, Any]) -> LiquidationEvent:
+    side = record.get("liquidated_side") or ("SHORT" if record["side"] == "BUY" else "LONG")
+    return LiquidationEvent(
+        record["exchange"], record["symbol"], int(record["trade_time"]), side, float(record["usd_value"])
+    )
+
+
+def indicator_from_record(record: Mapping[str, Any]) -> IndicatorUpdate:
+    return IndicatorUpdate(
+        record["exchange"],
+        record["symbol"],
+        int(record["receive_time"]),
+        record["kind"],
+        float(record["value"]),
+        int(record["event_time"]),
+        dict(record.get("extra") or {}),
+    )

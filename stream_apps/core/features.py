@@ -1,0 +1,108 @@
+"""``Features``: an immutable snapshot of one symbol's indicators at one evaluation time.
+
+Why immutable: the old engine built one mutable snapshot per tick and shared it across strategies,
+and building it had side effects (CVD slope memory, ATR history), so a second caller saw zeroed
+slope/acceleration. Here a snapshot is a frozen value computed by a pure read of the state; every
+strategy reads the same value and none can change what another sees. ``None`` means "not available"
+(no data yet, or the source is stale); scoring turns that into a zero score with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+from .durations import format_duration_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """Indicator values of one symbol at ``time_ms`` (computed from data before ``time_ms``)."""
+
+    exchange: str
+    symbol: str
+    time_ms: int
+    last_price: float | None
+    last_trade_ms: int | None
+    coverage_start_ms: int | None
+    cvd: tuple[tuple[int, float], ...]  # (window_ms, taker buy - taker sell qty)
+    cvd_slope: tuple[tuple[int, float], ...]  # (window_ms, CVD(t) - CVD(t - step))
+    cvd_accel: tuple[tuple[int, float], ...]  # (window_ms, slope(t) - slope(t - step))
+    vwap_30m: float | None
+    volume_30m: float
+    atr: float | None
+    atr_percentile: float
+    atr_bars: int
+    p95_qty: float
+    p99_qty: float
+    qty_samples: int
+    large_buy_qty_15m: float
+    large_sell_qty_15m: float
+    whale_buy_usd_15m: float
+    whale_sell_usd_15m: float
+    whale_ratio_15m: float
+    obi: float | None = None
+    mark_price: float | None = None
+    index_price: float | None = None
+    funding_rate: float | None = None
+    open_interest: float | None = None
+    oi_change: float | None = None
+    long_short_ratio: float | None = None
+    top_trader_long_share: float | None = None
+    taker_buy_sell_ratio: float | None = None
+    coinbase_premium: float | None = None
+    spot_perp_divergence: float | None = None
+    liq_long_usd_5m: float = 0.0
+    liq_short_usd_5m: float = 0.0
+
+    # -- accessors ----------------------------------------------------------------------------
+    def cvd_at(self, window_ms: int) -> float:
+        return _lookup(self.cvd, window_ms, "cvd")
+
+    def slope_at(self, window_ms: int) -> float:
+        return _lookup(self.cvd_slope, window_ms, "cvd_slope")
+
+    def accel_at(self, window_ms: int) -> float:
+        return _lookup(self.cvd_accel, window_ms, "cvd_accel")
+
+    @property
+    def atr_price_ratio(self) -> float | None:
+        if self.atr is None or not self.last_price:
+            return None
+        return self.atr / self.last_price
+
+    @property
+    def large_net_qty_15m(self) -> float:
+        return self.large_buy_qty_15m - self.large_sell_qty_15m
+
+    def covers(self, window_ms: int) -> bool:
+        """True when uninterrupted trade data covers ``[time_ms - window_ms, time_ms)``."""
+        return self.coverage_start_ms is not None and self.coverage_start_ms <= self.time_ms - window_ms
+
+    def inputs(self) -> dict[str, float]:
+        """Every available number by name (the ``inputs`` map of a feature record)."""
+        out = {name: float(value) for name in _SCALAR_INPUTS if (value := getattr(self, name)) is not None}
+        for prefix, pairs in (("cvd", self.cvd), ("cvd_slope", self.cvd_slope), ("cvd_accel", self.cvd_accel)):
+            for window_ms, value in pairs:
+                out[f"{prefix}_{_duration_name(window_ms)}"] = float(value)
+        ratio = self.atr_price_ratio
+        if ratio is not None:
+            out["atr_price_ratio"] = ratio
+        return out
+
+
+_SCALAR_INPUTS = tuple(
+    f.name for f in fields(Features) if f.name not in ("exchange", "symbol", "time_ms", "cvd", "cvd_slope", "cvd_accel")
+)
+
+
+@lru_cache(maxsize=256)
+def _duration_name(window_ms: int) -> str:
+    return format_duration_ms(window_ms)
+
+
+def _lookup(pairs: tuple[tuple[int, float], ...], window_ms: int, name: str) -> float:
+    for key, value in pairs:
+        if key == window_ms:
+            return value
+    raise KeyError(f"{name} for window {window_ms} ms was not computed in this snapshot")

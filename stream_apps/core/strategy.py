@@ -1,0 +1,262 @@
+"""Strategy files (YAML or JSON): validated pydantic models and a stable ``config_hash``.
+
+Why: the old system kept strategies as unvalidated JSON, then as DB rows whose column types silently
+turned 0.002 into 0, with ``or`` fallbacks hiding it; every trade was supposed to carry
+``strategy_version`` and ``config_hash`` but never did. Here a file is validated before the engine
+sees it (unknown keys, wrong types and contradictory values are rejected with the field path and the
+reason), and ``config_hash`` is the sha256 of the canonical JSON of the *validated* model, so key order,
+whitespace, YAML vs JSON, and "30m" vs 1800000 do not change it, while any change of meaning does.
+
+Units: durations are strings like "30m" (or integer milliseconds) and are stored in ms; weights are
+the maximum points of a layer (see ``scoring``); thresholds are score points; gate values, premium,
+divergence and funding are fractions (0.003 = 0.3 %); exits are in R with 1R = ``sl_atr_mult`` x ATR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from .durations import parse_duration_ms
+
+Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
+SECOND_RING_LIMIT_MS = 3_600_000  # fast CVD windows need slope/acceleration from second buckets
+DAY_MS = 86_400_000
+
+
+class StrategyConfigError(ValueError):
+    """A strategy file that cannot be used; the message names the file, the field and the reason."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PerSymbol(_Model):
+    """A value per symbol with an optional default for symbols not listed."""
+
+    default: float | None = None
+    symbols: dict[str, float] = Field(default_factory=dict)
+
+    def value_for(self, symbol: str) -> float | None:
+        return self.symbols.get(symbol, self.default)
+
+
+class Windows(_Model):
+    cvd_fast: Duration = Field(description="fast CVD window, e.g. 30m")
+    cvd_mid: Duration = Field(description="mid CVD window, e.g. 4h")
+
+    @model_validator(mode="after")
+    def _check(self) -> Windows:
+        for name, value in (("cvd_fast", self.cvd_fast), ("cvd_mid", self.cvd_mid)):
+            if value % 1000:
+                raise ValueError(f"{name} must be a whole number of seconds")
+        if self.cvd_fast > SECOND_RING_LIMIT_MS:
+            raise ValueError("cvd_fast must be at most 1h (its slope and acceleration use second buckets)")
+        if self.cvd_mid > DAY_MS:
+            raise ValueError("cvd_mid must be at most 24h")
+        if self.cvd_fast >= self.cvd_mid:
+            raise ValueError("cvd_fast must be shorter than cvd_mid")
+        return self
+
+
+class Weights(_Model):
+    """Maximum points of each layer; 0 switches a layer off."""
+
+    direction: float = Field(ge=0, le=100)
+    crowding: float = Field(ge=0, le=100)
+    environment: float = Field(ge=0, le=100)
+    confirmation: float = Field(default=0, ge=0, le=100)
+    auxiliary: float = Field(ge=0, le=100)
+    funding: float = Field(default=0, ge=0, le=100, description="v52: +/- this many points")
+    liquidation: float = Field(default=0, ge=0, le=100)
+
+    def max_score(self) -> float:
+        return sum(self.model_dump().values())
+
+
+class Thresholds(_Model):
+    entry: float = Field(gt=0, description="score for a standard signal (1.0R)")
+    heavy: float = Field(gt=0, description="score for a heavy signal (1.5R)")
+    flip: float = Field(gt=0, description="a reverse signal at or above this closes the open position")
+
+    @model_validator(mode="after")
+    def _check(self) -> Thresholds:
+        if self.heavy < self.entry:
+            raise ValueError(f"heavy ({self.heavy}) must be >= entry ({self.entry})")
+        if self.flip < self.entry:
+            raise ValueError(f"flip ({self.flip}) must be >= entry ({self.entry}): a flip is also a signal")
+        return self
+
+
+class Rules(_Model):
+    """Thresholds inside the layers (DESIGN §4 values as defaults). Raw points are fixed in ``scoring``."""
+
+    long_short_long_levels: tuple[float, float, float] = (1.0, 0.7, 0.5)  # LONG scores 7/10/15 below these
+    long_short_short_levels: tuple[float, float, float] = (1.0, 1.5, 2.0)  # SHORT scores 7/10/15 above these
+    top_trader_high: float = Field(default=0.55, gt=0, lt=1)
+    top_trader_low: float = Field(default=0.45, gt=0, lt=1)
+    oi_strong_change: float = Field(default=0.03, gt=0)
+    premium_band: float = Field(default=0.0005, gt=0)
+    funding_extreme: float = Field(default=0.001, gt=0)
+    funding_moderate: float = Field(default=0.0003, gt=0)
+    liquidation_ratio_long: float = Field(default=2.0, gt=0)
+    liquidation_ratio_short: float = Field(default=0.5, gt=0)
+    liquidation_min_usd: PerSymbol = PerSymbol(
+        default=100_000, symbols={"BTCUSDT": 500_000, "ETHUSDT": 200_000}
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Rules:
+        a, b, c = self.long_short_long_levels
+        if not a > b > c > 0:
+            raise ValueError("long_short_long_levels must be strictly decreasing and positive, e.g. [1.0, 0.7, 0.5]")
+        a, b, c = self.long_short_short_levels
+        if not 0 < a < b < c:
+            raise ValueError("long_short_short_levels must be strictly increasing and positive, e.g. [1.0, 1.5, 2.0]")
+        if self.top_trader_low >= self.top_trader_high:
+            raise ValueError("top_trader_low must be below top_trader_high")
+        if self.funding_moderate >= self.funding_extreme:
+            raise ValueError("funding_moderate must be below funding_extreme")
+        return self
+
+
+class Gates(_Model):
+    """Vetoes (score 0 with the gate's name). A gate without a value for a symbol does not apply to it."""
+
+    min_atr_price: PerSymbol | None = None  # veto when ATR / price is below this fraction
+    obi_against: PerSymbol | None = None  # veto when OBI is beyond -x (LONG) or +x (SHORT)
+    spot_perp_divergence: PerSymbol | None = None  # veto when divergence is beyond -x (LONG) / +x (SHORT)
+    whale_against: PerSymbol | None = None  # veto when whale flow ratio is beyond -x (LONG) / +x (SHORT)
+    on_missing_input: Literal["veto", "pass"] = "veto"
+
+
+class Exits(_Model):
+    sl_atr_mult: float = Field(gt=0, description="1R = sl_atr_mult * ATR (5m)")
+    tp1_r: float = Field(gt=0)
+    tp2_r: float = Field(gt=0)
+    timeout_min: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Exits:
+        if self.tp2_r <= self.tp1_r:
+            raise ValueError(f"tp2_r ({self.tp2_r}) must be greater than tp1_r ({self.tp1_r})")
+        return self
+
+
+class TierMultipliers(_Model):
+    standard: float = Field(default=1.0, gt=0)
+    heavy: float = Field(default=1.5, gt=0)
+
+
+class Sizing(_Model):
+    risk_pct: float = Field(default=2.0, gt=0, le=100, description="percent of balance risked per 1R")
+    tier_multipliers: TierMultipliers = TierMultipliers()
+
+
+class StrategyConfig(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
+    version: str = Field(min_length=1, max_length=32)
+    description: str = ""
+    symbols: list[str] = Field(default_factory=list, description="empty = every symbol")
+    windows: Windows
+    warmup: Duration = Field(default=DAY_MS, description="data that must cover the past before any signal")
+    weights: Weights
+    thresholds: Thresholds
+    cooldown: Duration = Field(default=600_000)
+    rules: Rules = Rules()
+    gates: Gates = Gates()
+    exits: Exits
+    sizing: Sizing = Sizing()
+
+
+    @model_validator(mode="after")
+    def _check(self) -> StrategyConfig:
+        if self.thresholds.entry > self.weights.max_score():
+            raise ValueError(
+                f"thresholds.entry ({self.thresholds.entry}) can never be reached: the weights add up to "
+                f"{self.weights.max_score()}"
+            )
+        if self.warmup > DAY_MS + 3_600_000:
+            raise ValueError("warmup must be at most 25h (the longest window the state keeps)")
+        return self
+
+    @cached_property
+    def config_hash(self) -> str:
+        """sha256 hex of the canonical JSON (sorted keys, no whitespace) of the validated model."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def applies_to(self, symbol: str) -> bool:
+        return not self.symbols or symbol in self.symbols
+
+
+def _format_errors(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{location}: {message}")
+    return "; ".join(parts)
+
+
+def parse_strategy(data: Any, source: str = "<strategy>") -> StrategyConfig:
+    """Validate already-parsed data; raise StrategyConfigError naming the field and the reason."""
+    if not isinstance(data, dict):
+        raise StrategyConfigError(f"{source}: a strategy file must contain a mapping at the top level")
+    try:
+        return StrategyConfig.model_validate(data)
+    except ValidationError as error:
+        raise StrategyConfigError(f"{source}: {_format_errors(error)}") from None
+
+
+def load_strategy(path: str | Path) -> StrategyConfig:
+    """Load one ``.yaml``/``.yml``/``.json`` strategy file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise StrategyConfigError(f"{path}: cannot read: {error}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise StrategyConfigError(f"{path}: unknown strategy file type (use .yaml, .yml or .json)")
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise StrategyConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {error}") from None
+    return parse_strategy(data, str(path))
+
+
+def load_strategies(directory: str | Path) -> list[StrategyConfig]:
+    """Every strategy file of a directory, sorted by name; names must be unique."""
+    configs = [
+        load_strategy(path)
+        for path in sorted(Path(directory).iterdir())
+        if path.suffix.lower() in (".yaml", ".yml", ".json")
+    ]
+    seen: dict[str, str] = {}
+    for config in configs:
+        if config.name in seen:
+            raise StrategyConfigError(f"{directory}: strategy name {config.name!r} is defined twice")
+        seen[config.name] = config.version
+    return sorted(configs, key=lambda c: c.name)
+
+
+def default_strategy_dir() -> Path:
+    """``stream_apps/strategies`` (the shipped v51_baseline, v52_8signals and v53)."""
+    return Path(__file__).resolve().parent.parent / "strategies"
