@@ -247,7 +247,13 @@ class Supervisor:
             self.say(f"{name:<10} {result}")
 
 
-def _app_status(rec: ProcessRecord, now: float) -> ComponentStatus:
+def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
+    if not rec.extra.get("finished") and rec.extra.get("finite") and not rec.is_alive() and path is not None:
+        # a finite service that just exited: the supervisor records the outcome within a poll interval
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not rec.extra.get("finished"):
+            time.sleep(0.1)
+            rec = ProcessRecord.load(path) or rec
     if rec.extra.get("finished"):
         return ComponentStatus(rec.name, True, "finished", rec.address, None, None,
                                f"finished: {rec.extra.get('detail', '')}")
@@ -409,7 +415,7 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
         rec = ProcessRecord.load(path)
         if rec is None or rec.name in infra or rec.name == "supervisor":
             continue
-        out.append(_app_status(rec, now))
+        out.append(_app_status(rec, now, path))
     for step in default_steps(settings, paths):
         if not all(dep in addresses for dep in step.depends_on):
             out.append(ComponentStatus(step.name, False, "pending", None, None, None,
