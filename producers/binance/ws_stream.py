@@ -61,59 +61,45 @@ class CombinedStream:
 
     async def run(self, stop: asyncio.Event) -> None:
         attempt = 0
-        current: asyncio.Task | None = None
+        retiring: asyncio.Task | None = None  # the old connection during a rotation
         while not stop.is_set():
             first_frame = asyncio.Event()
             task = asyncio.create_task(self._connection(first_frame, stop))
-            rotate_at = time.monotonic() + self.config.max_age_s
-            # wait for the first frame of the new connection (or its failure)
-            waiter = asyncio.create_task(first_frame.wait())
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({task, waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if current is not None:  # rotation: the new connection delivers, retire the old one
-                current.cancel()
-                await asyncio.gather(current, return_exceptions=True)
-                current = None
-            if stop.is_set():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            outcome = await _first_of(stop, task, event=first_frame)
+            if retiring is not None:  # the replacement delivers (or failed): retire the old one now
+                await _cancel(retiring)
+                retiring = None
+            if outcome == "stop":
+                await _cancel(task)
                 return
-            if task in done:
-                reason = _task_reason(task)
-                self.connected.clear()
-                self.on_reconnect(reason)
+            if outcome == "failed":
+                self._lost(task)
                 attempt += 1
                 delay = random.uniform(0, min(self.config.backoff_max_s,
                                               self.config.backoff_initial_s * 2 ** min(attempt, 10)))
-                log.debug("reconnecting", reason=reason, delay_s=round(delay, 2))
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    pass
+                if await sleep_or_stop(stop, delay):
+                    return
                 continue
             attempt = 0
             self.connected.set()
             self._offline_reported = False
             self.on_status("connected", self.config.url)
-            # live: wait until the connection dies, stop is requested, or it is time to rotate
-            stopper = asyncio.create_task(stop.wait())
-            timeout = max(0.0, rotate_at - time.monotonic())
-            done, _ = await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if stop.is_set():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            outcome = await _first_of(stop, task, timeout=self.config.max_age_s)
+            if outcome == "stop":
+                await _cancel(task)
                 return
-            if task in done:
-                reason = _task_reason(task)
-                self.connected.clear()
-                self.on_reconnect(reason)
+            if outcome == "failed":
+                self._lost(task)
                 continue
             log.info("rotating connection before the 24 h limit", age_s=self.config.max_age_s)
             self.on_reconnect("rotation")
-            current = task  # keep it running until the replacement delivers
+            retiring = task  # keeps delivering until the replacement's first frame
+
+    def _lost(self, task: asyncio.Task) -> None:
+        reason = _task_reason(task)
+        self.connected.clear()
+        self.on_reconnect(reason)
+        log.debug("connection lost", reason=reason)
 
     async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
         cfg = self.config
@@ -158,6 +144,28 @@ class CombinedStream:
                 "tapeflow up --source replay:DIR. Retrying with backoff.")
         log.error("exchange unreachable", detail=text, hint="tapeflow up --source replay:DIR")
         self.on_status("unreachable", hint)
+
+
+async def _first_of(stop: asyncio.Event, task: asyncio.Task, *, event: asyncio.Event | None = None,
+                    timeout: float | None = None) -> str:
+    """Wait for whichever comes first: "stop", "failed" (the task ended), "ready" (`event`) or "timeout"."""
+    waiters = {asyncio.create_task(stop.wait()): "stop", task: "failed"}
+    if event is not None:
+        waiters[asyncio.create_task(event.wait())] = "ready"
+    done, _ = await asyncio.wait(set(waiters), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for w, name in waiters.items():
+        if w is not task:
+            w.cancel()
+    if stop.is_set():
+        return "stop"
+    if task in done:
+        return "failed"
+    return "ready" if done else "timeout"
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _task_reason(task: asyncio.Task) -> str:
