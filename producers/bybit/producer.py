@@ -1,0 +1,285 @@
+"""The Bybit v5 linear producer: one public websocket per process, normalised records to the md.* topics.
+
+Same shape, topics, schemas, `Publisher` and `ProducerMetrics` as the Binance producer, keyed
+`bybit:<SYMBOL>`. Wiring only; the decisions live in small pure pieces: `parse` (message → record),
+`TradeNumbering` (consecutive agg ids, possible holes after a reconnect published on `md.gaps`),
+`BybitBookSync` (verified book from snapshot + `u`-chained deltas) and `TickerState` (merged ticker
+deltas → `md.mark` and open interest on `md.indicators` when they change).
+
+Differences from Binance that are Bybit's, not choices: there is no REST gap fill for trades (Bybit's
+trade ids are not consecutive, so a hole cannot be asked for by id); a broken book is recovered by
+re-subscribing its topic (Bybit answers with a fresh snapshot), not by a REST snapshot; open interest
+and funding arrive on the websocket, so no REST poller is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from producers.binance.book_sync import DepthDiff, order_book_imbalance
+from producers.binance.producer import DLQ_TOPIC, ProducerStatus
+from producers.binance.trade_sequencer import Gap
+from producers.binance.ws_stream import sleep_or_stop
+from producers.bybit.book_sync import BybitBookSync
+from producers.bybit.parse import (
+    EXCHANGE,
+    FrameError,
+    TradePrint,
+    bybit_depth_record,
+    parse_all_liquidation,
+    parse_orderbook,
+    parse_public_trades,
+    split_topic,
+    ticker_fields,
+)
+from producers.bybit.ticker_state import TickerState
+from producers.bybit.trade_numbering import TradeNumbering
+from producers.bybit.ws_stream import BybitStream, BybitStreamConfig
+from producers.metrics import ProducerMetrics
+from producers.publisher import Publisher
+from schemas.errors import SchemaValidationError
+
+log = structlog.get_logger("producer.bybit")
+
+LIVE_WS = "wss://stream.bybit.com/v5/public/linear"
+
+
+@dataclass
+class BybitProducerConfig:
+    """What one Bybit producer process streams and where from (the lead's CLI/settings build it)."""
+
+    symbols: list[str]
+    ws_url: str = LIVE_WS  # the category URL: .../v5/public/linear
+    orderbook_depth: int = 50  # orderbook.<depth>.<SYMBOL> topic (1, 50, 200, 1000 on linear)
+    book_depth: int = 20  # levels per side in md.book
+    book_interval_ms: int = 250  # 0: publish md.book after every verified update
+    resubscribe_timeout_s: float = 5.0  # re-subscribe again if no snapshot came within this time
+    replay_control_url: str | None = None  # fake exchange: end the run when its replay has finished
+    stream_config: dict[str, Any] = field(default_factory=dict)  # BybitStreamConfig overrides
+
+    def orderbook_topic(self, symbol: str) -> str:
+        return f"orderbook.{self.orderbook_depth}.{symbol}"
+
+    def topics(self) -> list[str]:
+        out = []
+        for sym in self.symbols:
+            out += [f"publicTrade.{sym}", self.orderbook_topic(sym), f"allLiquidation.{sym}", f"tickers.{sym}"]
+        return out
+
+
+class BybitProducer:
+    """One websocket's messages → md.* records, keyed `bybit:<SYMBOL>`; same entry points as `BinanceProducer`.
+
+    `run(stop)` returns "stopped" or "replay-finished"; `health()` feeds `/health`; `status` is the
+    shared `ProducerStatus` (connected / unreachable / replay-finished / stopped).
+    """
+
+    def __init__(self, config: BybitProducerConfig, publisher: Publisher, metrics: ProducerMetrics) -> None:
+        self.config = config
+        self.publisher = publisher
+        self.metrics = metrics
+        self.status = ProducerStatus()
+        self.books = {s: BybitBookSync(s) for s in config.symbols}
+        self.numbering = {s: TradeNumbering(s) for s in config.symbols}
+        self.tickers = {s: TickerState(s) for s in config.symbols}
+        self.stream = BybitStream(BybitStreamConfig(config.ws_url, config.topics(), **config.stream_config),
+                                  self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect)
+        self._book_updates: dict[str, int] = dict.fromkeys(config.symbols, 0)  # verified updates applied
+        self._book_published: dict[str, int] = {}  # _book_updates at the last md.book
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._stop: asyncio.Event | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> str:
+        """Run until `stop` (or the end of a replay); returns why it ended."""
+        self._stop = stop
+        workers = [asyncio.create_task(self.stream.run(stop), name="ws"),
+                   asyncio.create_task(self._book_snapshots(stop), name="book"),
+                   asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
+        if self.config.replay_control_url:
+            workers.append(asyncio.create_task(self._watch_replay(stop), name="replay"))
+        await stop.wait()
+        # the stream ends by itself on `stop` (closing its connection); cancelling it from outside
+        # would orphan the connection task
+        await asyncio.wait(workers[:1], timeout=5.0)
+        for t in workers + list(self._tasks.values()):
+            t.cancel()
+        await asyncio.gather(*workers, *self._tasks.values(), return_exceptions=True)
+        await asyncio.to_thread(self.publisher.flush, 30.0)
+        if self.status.state == "replay-finished":
+            return "replay-finished"
+        self.status.set("stopped")
+        return "stopped"
+
+    # --- messages -------------------------------------------------------------------------------
+    def on_frame(self, topic: str, msg: dict, received: int, raw: bytes) -> None:
+        kind = "unknown"
+        try:
+            kind, symbol = split_topic(topic)
+            self.metrics.saw_event(kind)
+            if symbol not in self.books:
+                raise FrameError(f"{topic}: symbol not subscribed")
+            if kind == "publicTrade":
+                self._on_trades(parse_public_trades(msg, received))
+            elif kind == "orderbook":
+                self._on_book(parse_orderbook(msg, received))
+            elif kind == "allLiquidation":
+                for rec in parse_all_liquidation(msg, received):
+                    self.publisher.publish("md.liquidations", self._key(rec["symbol"]), rec, received)
+            elif kind == "tickers":
+                self._on_ticker(msg, received)
+            else:
+                raise FrameError(f"unexpected topic {topic!r}")
+        except (FrameError, SchemaValidationError) as exc:
+            self._bad_frame(raw, str(exc), stream=kind)
+
+    def _bad_frame(self, raw: bytes, reason: str, stream: str = "unknown") -> None:
+        log.warning("dead-lettering frame", stream=stream, reason=reason)
+        self.publisher.dead_letter(DLQ_TOPIC, f"ws:bybit:{stream}", stream, raw, reason, stage="normalise")
+
+    def _key(self, symbol: str) -> str:
+        return f"{EXCHANGE}:{symbol}"
+
+    def _numbering(self, symbol: str) -> TradeNumbering:
+        numbering = self.numbering.get(symbol)
+        if numbering is None:
+            raise FrameError(f"trade for unsubscribed symbol {symbol}")
+        return numbering
+
+    def _on_trades(self, prints: list[TradePrint]) -> None:
+        for p in prints:
+            numbering = self._numbering(p.symbol)
+            since = numbering.last_trade_time
+            record, gap = numbering.number(p)
+            if gap is not None:
+                self._publish_gap(gap, f"connection lost: Bybit does not replay publicTrade, trades between "
+                                       f"{since} and {p.trade_time} (ms) may be missing")
+            if record is not None:
+                self.publisher.publish("md.trades", self._key(p.symbol), record, p.receive_time)
+
+    def _publish_gap(self, gap: Gap, reason: str) -> None:
+        self.metrics.gaps_detected.labels(gap.symbol).inc()
+        self.metrics.gaps_unfilled.labels(gap.symbol).inc()
+        log.warning("possible trade gap", symbol=gap.symbol, from_id=gap.from_id, to_id=gap.to_id, reason=reason)
+        self.publisher.publish("md.gaps", self._key(gap.symbol), {
+            "exchange": EXCHANGE, "symbol": gap.symbol, "stream": "md.trades", "from_id": gap.from_id,
+            "to_id": gap.to_id, "detected_time": int(time.time() * 1000), "reason": reason[:500]})
+
+    def _on_book(self, diff: DepthDiff) -> None:
+        book = self.books.get(diff.symbol)
+        if book is None:
+            raise FrameError(f"orderbook for unsubscribed symbol {diff.symbol}")
+        restarts = book.restarts
+        result = book.on_diff(diff)
+        for d in result.applied:
+            self.publisher.publish("md.depth", self._key(book.symbol), bybit_depth_record(d), d.receive_time)
+        self._book_updates[book.symbol] += len(result.applied)
+        if result.applied and self.config.book_interval_ms == 0 and book.is_live:
+            self.publish_book(book)
+        if book.restarts > restarts:
+            self.metrics.book_resyncs.labels(book.symbol, "restart").inc()
+            log.warning("bybit order book service restarted (u=1): book replaced", symbol=book.symbol)
+        if result.resync_reason:
+            self.metrics.book_resyncs.labels(book.symbol, result.resync_reason.split(" ")[0]).inc()
+            log.warning("order book resync", symbol=book.symbol, reason=result.resync_reason)
+            self._ensure_task(f"resubscribe:{book.symbol}", self._resubscribe(book))
+
+    def _on_ticker(self, msg: dict, received: int) -> None:
+        kind, symbol, ts, fields = ticker_fields(msg)
+        state = self.tickers.get(symbol)
+        if state is None:
+            raise FrameError(f"ticker for unsubscribed symbol {symbol}")
+        mark, open_interest = state.on_message(kind, ts, fields, received)
+        if mark is not None:
+            self.publisher.publish("md.mark", self._key(symbol), mark, received)
+        if open_interest is not None:
+            self.publisher.publish("md.indicators", self._key(symbol), open_interest, received)
+
+    # --- book recovery --------------------------------------------------------------------------
+    def _ensure_task(self, name: str, coro) -> None:
+        task = self._tasks.get(name)
+        if task is not None and not task.done():
+            coro.close()
+            return
+        self._tasks[name] = asyncio.create_task(coro, name=name)
+
+    async def _resubscribe(self, book: BybitBookSync) -> None:
+        """Re-subscribe the book's topic until a snapshot makes it live again."""
+        assert self._stop is not None
+        topic = self.config.orderbook_topic(book.symbol)
+        while book.needs_snapshot and not self._stop.is_set():
+            if await self.stream.resubscribe([topic]):
+                log.info("re-subscribed for a fresh snapshot", topic=topic)
+            deadline = time.monotonic() + self.config.resubscribe_timeout_s
+            while book.needs_snapshot and time.monotonic() < deadline:
+                if await sleep_or_stop(self._stop, 0.05):
+                    return
+
+    # --- periodic work --------------------------------------------------------------------------
+    async def _book_snapshots(self, stop: asyncio.Event) -> None:
+        if self.config.book_interval_ms == 0:
+            return  # published on every update instead
+        interval = self.config.book_interval_ms / 1000
+        while not await sleep_or_stop(stop, interval):
+            for sym, book in self.books.items():
+                if book.is_live and self._book_published.get(sym) != self._book_updates[sym]:
+                    self.publish_book(book)
+
+    def publish_book(self, book: BybitBookSync) -> None:
+        bids, asks = book.top(self.config.book_depth)
+        self._book_published[book.symbol] = self._book_updates[book.symbol]
+        now = int(time.time() * 1000)
+        self.publisher.publish("md.book", self._key(book.symbol), {
+            "exchange": EXCHANGE, "symbol": book.symbol, "last_update_id": book.last_update_id,
+            "event_time": book.last_event_time, "receive_time": now,
+            "bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks],
+            "obi_10": order_book_imbalance(bids, asks, 10)}, now)
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        while not await sleep_or_stop(stop, 1.0):
+            self.publisher.poll(0)
+            self.metrics.refresh_freshness()
+
+    async def _watch_replay(self, stop: asyncio.Event) -> None:
+        """Fake exchange only: stop once its replay has finished and everything sent was handled."""
+        url = f"{self.config.replay_control_url.rstrip('/')}/_control/status"
+        async with aiohttp.ClientSession() as session:
+            while not await sleep_or_stop(stop, 0.5):
+                try:
+                    async with session.get(url) as resp:
+                        body = await resp.json()
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    continue
+                if body.get("finished"):
+                    await asyncio.sleep(0.5)  # frames already sent may still be in our socket buffer
+                    self.status.set("replay-finished", f"replayed {body.get('frames_sent_total', '?')} frames")
+                    log.info("replay finished", frames=body.get("frames_sent_total"))
+                    stop.set()
+                    return
+
+    # --- status ---------------------------------------------------------------------------------
+    def _on_ws_status(self, state: str, detail: str) -> None:
+        if state == "connected":
+            detail = f"connected: {len(self.config.topics())} topics, {len(self.config.symbols)} symbols"
+        self.status.set(state, detail)
+
+    def _on_reconnect(self, reason: str) -> None:
+        self.metrics.reconnects.labels(reason).inc()
+        if reason == "rotation":
+            return  # the old connection keeps delivering until the new one does: nothing is lost
+        for numbering in self.numbering.values():
+            numbering.connection_lost()
+        for book in self.books.values():
+            book.invalidate()
+
+    def health(self) -> dict:
+        return {"status": self.status.state, "detail": self.status.detail,
+                "books_live": sum(b.is_live for b in self.books.values()), "symbols": len(self.books),
+                "publisher_healthy": self.publisher.healthy,
+                "possible_trade_gaps": sum(n.counters.gaps for n in self.numbering.values())}

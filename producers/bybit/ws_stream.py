@@ -1,0 +1,133 @@
+"""A resilient Bybit v5 public websocket: subscribe after connecting, JSON heartbeats, re-subscribe on demand.
+
+Reconnects (exponential backoff with full jitter), proactive rotation and the "no network" report are
+the Binance `CombinedStream`'s and are inherited unchanged; what differs is Bybit's protocol:
+- one URL per category (`wss://stream.bybit.com/v5/public/linear`) and topics chosen afterwards with
+  `{"op":"subscribe","args":[...]}` (sent in chunks of `SUBSCRIBE_CHUNK` topics), answered by
+  `{"success":true,"op":"subscribe",...}`;
+- the heartbeat is a JSON `{"op":"ping"}` every 20 s (Bybit drops idle connections), answered with a
+  pong message; together with the read timeout it catches a silently dead connection;
+- every market message is `{"topic","type","ts","data"}` and goes to `on_frame(topic, message, ...)`;
+  control messages (acks, pongs) are consumed here, a rejected subscription is logged and dead-lettered
+  (it means a topic will never deliver), anything else is dead-lettered as malformed;
+- `resubscribe(topics)` sends unsubscribe + subscribe on the live connection: Bybit answers a
+  subscription to `orderbook.*` with a fresh snapshot, which is how a broken book is recovered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import orjson
+import structlog
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from producers.binance.ws_stream import CombinedStream, StreamConfig
+
+log = structlog.get_logger("producer.bybit.ws")
+
+SUBSCRIBE_CHUNK = 10  # topics per subscribe request (Bybit caps args per request)
+
+
+@dataclass
+class BybitStreamConfig(StreamConfig):
+    """`base_url` is the full category URL; `streams` are Bybit topics (`publicTrade.BTCUSDT`, ...)."""
+
+    max_age_s: float = 24 * 3600.0  # Bybit documents no forced cut; rotate daily all the same
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+
+def _op(op: str, args: list[str] | None = None) -> bytes:
+    return orjson.dumps({"op": op, "args": args} if args is not None else {"op": op})
+
+
+class BybitStream(CombinedStream):
+    """Delivers `(topic, message, receive_time_ms, raw)` for every market message until `stop` is set."""
+
+    config: BybitStreamConfig
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._ws: ClientConnection | None = None
+        self.pongs = 0
+
+    async def resubscribe(self, topics: list[str]) -> bool:
+        """Unsubscribe and subscribe `topics` again on the live connection; False when there is none."""
+        ws = self._ws
+        if ws is None:
+            return False
+        try:
+            await ws.send(_op("unsubscribe", topics))
+            await ws.send(_op("subscribe", topics))
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
+        cfg = self.config
+        try:
+            # websockets' own pings are off: Bybit's heartbeat is the JSON ping below
+            async with websockets.connect(cfg.url, ping_interval=None, max_size=2**24, open_timeout=10,
+                                          close_timeout=2) as ws:
+                self.connections += 1
+                topics = list(cfg.streams)
+                for i in range(0, len(topics), SUBSCRIBE_CHUNK):
+                    await ws.send(_op("subscribe", topics[i:i + SUBSCRIBE_CHUNK]))
+                self._ws = ws
+                heartbeat = asyncio.create_task(self._heartbeat(ws), name="bybit-ping")
+                try:
+                    while not stop.is_set():
+                        raw = await asyncio.wait_for(ws.recv(decode=False), timeout=cfg.read_timeout_s)
+                        first_frame.set()
+                        self._dispatch(raw, int(time.time() * 1000))
+                finally:
+                    heartbeat.cancel()
+                    if self._ws is ws:
+                        self._ws = None
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            if not first_frame.is_set():
+                self._report_offline(exc)
+            raise
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.config.ping_interval_s)
+            try:
+                await ws.send(_op("ping"))
+            except ConnectionClosed:
+                return
+
+    def _dispatch(self, raw: bytes, received: int) -> None:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            self.on_bad_frame(raw, f"not JSON: {exc}")
+            return
+        if not isinstance(msg, dict):
+            self.on_bad_frame(raw, "unexpected frame shape (not a JSON object)")
+            return
+        topic = msg.get("topic")
+        if isinstance(topic, str):
+            try:
+                self.on_frame(topic, msg, received, raw)
+            except Exception as exc:  # one bad frame must never take the connection down
+                log.exception("frame handler failed", topic=topic)
+                self.on_bad_frame(raw, f"handler error: {type(exc).__name__}: {exc}")
+            return
+        op = msg.get("op")
+        if op in ("ping", "pong") or msg.get("ret_msg") == "pong":
+            self.pongs += 1
+        elif op in ("subscribe", "unsubscribe") and msg.get("success") is True:
+            pass
+        elif op in ("subscribe", "unsubscribe"):
+            log.error("bybit rejected a subscription", ret_msg=msg.get("ret_msg"))
+            self.on_bad_frame(raw, f"{op} rejected: {msg.get('ret_msg')}")
+        else:
+            self.on_bad_frame(raw, "unexpected frame shape (no topic, not a control message)")
