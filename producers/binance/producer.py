@@ -259,7 +259,7 @@ class BinanceProducer:
         self.metrics.gaps_unfilled.labels(sym).inc()
         log.error("aggTrade gap not fillable", symbol=sym, from_id=gap.from_id, to_id=gap.to_id, reason=reason)
         self.publisher.publish("md.gaps", self._key(sym), {
-            "exchange": EXCHANGE, "symbol": sym, "stream": "aggTrade", "from_id": gap.from_id, "to_id": gap.to_id,
+            "exchange": EXCHANGE, "symbol": sym, "stream": "md.trades", "from_id": gap.from_id, "to_id": gap.to_id,
             "detected_time": int(time.time() * 1000), "reason": reason[:500]})
         self._publish_trades(sym, released)
 

@@ -60,11 +60,22 @@ class CombinedStream:
         self.connections = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Keep a connection delivering until `stop`; cancelling this coroutine closes them all."""
+        self._open: set[asyncio.Task] = set()
+        try:
+            await self._run(stop)
+        finally:
+            for task in list(self._open):
+                await _cancel(task)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         attempt = 0
         retiring: asyncio.Task | None = None  # the old connection during a rotation
         while not stop.is_set():
             first_frame = asyncio.Event()
             task = asyncio.create_task(self._connection(first_frame, stop))
+            self._open.add(task)
+            task.add_done_callback(self._open.discard)
             outcome = await _first_of(stop, task, event=first_frame)
             if retiring is not None:  # the replacement delivers (or failed): retire the old one now
                 await _cancel(retiring)
