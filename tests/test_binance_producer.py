@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+
 
 from producers.binance.producer import BinanceProducer, ProducerConfig
 from producers.fake_exchange.config import FakeExchangeConfig
@@ -23,31 +22,9 @@ from producers.metrics import ProducerMetrics
 from producers.publisher import Publisher
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import consumer_config, ensure_topics
+from tapeflow.kafka_client import ensure_topics
 
 pytestmark = pytest.mark.integration
-
-
-def read_topic(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[dict]:
-    """Every record of `topic`, decoded (reads until idle: Tansu watermarks count batches)."""
-    serde = AvroSerde(FileSchemaRegistry())
-    c = Consumer(consumer_config(bootstrap))
-    md = c.list_topics(topic, timeout=10).topics[topic]
-    c.assign([TopicPartition(topic, p, -2) for p in md.partitions])
-    out = []
-    quiet = 0.0
-    while quiet < idle_s:
-        m = c.poll(0.25)
-        if m is None:
-            quiet += 0.25
-            continue
-        quiet = 0.0
-        if m.error():
-            continue
-        out.append({"key": m.key().decode() if m.key() else None, "partition": m.partition(), "offset": m.offset(),
-                    "value": serde.decode(m.value())})
-    c.close()
-    return out
 
 
 async def run_producer(bootstrap, prefix, fake_cfg, *, symbols, during=None, checkpoint=None, book_interval_ms=250,
@@ -84,7 +61,7 @@ def sample(metrics: ProducerMetrics, name: str, **labels) -> float:
 
 
 async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(kafka_bootstrap, topic_prefix,
-                                                                               recording_dir):
+                                                                               recording_dir, read_topic):
     rec = load_recording(recording_dir)
     symbols = list(rec.symbols)
     producer, metrics, ended, publisher = await run_producer(
@@ -130,7 +107,7 @@ async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
 
 
 async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothing(kafka_bootstrap, topic_prefix,
-                                                                                   tmp_path):
+                                                                                   tmp_path, read_topic):
     spec = SyntheticSpec(seed=7, symbols=("BTCUSDT", "ETHUSDT"), duration_s=20, trades_per_s=20,
                          liquidations_per_min=30)
     session = generate_session(spec)
@@ -187,7 +164,7 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
         else max(p["a"] for p in agg if p["s"] == "BTCUSDT")
 
 
-async def test_unfillable_gap_is_published_on_md_gaps(kafka_bootstrap, topic_prefix, tmp_path):
+async def test_unfillable_gap_is_published_on_md_gaps(kafka_bootstrap, topic_prefix, tmp_path, read_topic):
     spec = SyntheticSpec(seed=3, symbols=("BTCUSDT",), duration_s=5, trades_per_s=20)
     session = generate_session(spec)
     first = min(f.payload["a"] for f in session.frames if f.event == "aggTrade")

@@ -209,3 +209,15 @@ def test_offline_replay_runs_the_pipeline_and_ends_cleanly(home):
     frames = [line for line in (RECORDING / "ws_frames.txt").read_text().splitlines() if "@aggTrade" in line]
     assert len(agg) == len(frames) - 1  # minus the URL line, which names every stream
     assert len({(t["symbol"], t["agg_id"]) for t in agg}) == len(agg)
+
+    # ...and the sink copied them into the database, where the audit finds them complete
+    sushi = sum(1 for t in agg if t["symbol"] == "SUSHIUSDT")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        res = cli(home, "db", "audit", "--symbol", "SUSHIUSDT", "--from", "2021-07-22", "--to", "2021-07-24", "--json")
+        report = json.loads(res.stdout)
+        if report["trades"]["rows"] == sushi:
+            break
+        time.sleep(1)
+    assert res.returncode == 0 and report["ok"], report["problems"]
+    assert report["trades"]["rows"] == sushi and report["trades"]["gaps"] == []

@@ -96,8 +96,20 @@ class ProducerService(HttpHealthService):
         return Launch(argv=argv, address=f"{HOST}:{port}")
 
 
+class SinkService(HttpHealthService):
+    """Every topic into the database (runs before the producer so nothing waits in the topics long)."""
+
+    name = "sink"
+
+    def prepare(self) -> Launch:
+        port = free_port(HOST)
+        return Launch(argv=[sys.executable, "-m", "tapeflow", "sink", "--metrics-port", str(port)],
+                      address=f"{HOST}:{port}")
+
+
 def app_services(settings, paths) -> list[Service]:
+    sink = SinkService(settings, paths)
     if settings.replay_dir is not None:
         fake = FakeExchangeService(settings, paths)
-        return [fake, ProducerService(settings, paths, fake)]
-    return [ProducerService(settings, paths)]
+        return [sink, fake, ProducerService(settings, paths, fake)]
+    return [sink, ProducerService(settings, paths)]

@@ -1,0 +1,58 @@
+"""`tapeflow sink`: run the topic → table sink as a process (metrics/health port, clean stop on SIGTERM).
+
+The consumer loop is blocking (confluent-kafka, psycopg), so it runs in a worker thread while the
+event loop serves `/metrics` and `/health`; SIGINT/SIGTERM finish the current batch and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import structlog
+
+from schemas.catalogue import all_topics
+from schemas.registry import registry_from_url
+from schemas.serde import AvroSerde
+from sinks.consumer import SinkConfig, TopicSink
+from sinks.metrics import SinkMetrics
+from sinks.tables import sinkable_topics
+from tapeflow.endpoints import resolve_broker, resolve_database
+from tapeflow.paths import StackPaths
+from tapeflow.service_http import build_app, serve
+from tapeflow.settings import Settings
+
+log = structlog.get_logger("sink")
+
+
+def default_topics() -> list[str]:
+    """Every catalogue topic that has a table (DLQ topics land in pipeline_errors via their own rows)."""
+    return [t.name for t in all_topics() if t.name in sinkable_topics()]
+
+
+async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: int, metrics_host: str) -> int:
+    paths = StackPaths(settings.home)
+    config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix)
+    metrics = SinkMetrics()
+    sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
+                     AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)
+    started = time.time()
+
+    def health() -> dict:
+        ok = sink.committed_batches > 0 or time.time() - started < 60 or bool(sink.assignment)
+        return {"status": "running" if ok else "idle", "detail": f"{sink.committed_batches} batches committed, "
+                f"{len(sink.assignment)} partitions assigned"}
+
+    runner, port = await serve(build_app(metrics.registry, health, frozenset({"running", "idle"})),
+                               metrics_host, metrics_port)
+    log.info("sink started", topics=config.topics, metrics_port=port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(sink, "stop_requested", True))
+    try:
+        await asyncio.to_thread(sink.run)
+    finally:
+        await runner.cleanup()
+    log.info("sink stopped", batches=sink.committed_batches)
+    return 0

@@ -1,0 +1,198 @@
+"""The sink through a real broker into a real PostgreSQL: each record exactly once per natural key.
+
+Covers re-delivery of whole batches, a crash between the database commit and the offset commit,
+a database outage in the middle of the stream, and malformed records (DLQ + pipeline_errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
+from sinks.consumer import SinkConfig, TopicSink
+from sinks.migrate import migrate
+from tapeflow.kafka_client import ensure_topics, producer_config
+from tapeflow.paths import StackPaths
+from tapeflow.settings import Settings
+from tapeflow.stack.postgres import EmbeddedPostgres
+from tapeflow.stack.supervisor import Supervisor
+
+pytestmark = pytest.mark.integration
+
+SERDE = AvroSerde(FileSchemaRegistry())
+T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+
+
+def trade(i: int, symbol: str = "BTCUSDT") -> dict:
+    return {"exchange": "binance", "symbol": symbol, "agg_id": 10_000 + i, "price": 42_000.0 + (i % 97) * 0.1,
+            "qty": 0.001 * (1 + i % 13), "first_trade_id": 50_000 + 2 * i, "last_trade_id": 50_001 + 2 * i,
+            "event_time": T0 + i * 10, "trade_time": T0 + i * 10, "receive_time": T0 + i * 10 + 3,
+            "taker_side": "SELL" if i % 3 else "BUY"}
+
+
+def produce(bootstrap: str, topic: str, records: list[dict], raw: list[bytes] = ()) -> None:
+    p = Producer(producer_config(bootstrap))
+    for r in records:
+        p.produce(topic, key=f"binance:{r['symbol']}".encode(), value=SERDE.encode("md.trades", r))
+    for value in raw:
+        p.produce(topic, key=b"binance:BTCUSDT", value=value)
+    assert p.flush(15) == 0
+
+
+def checksum(rows) -> str:
+    h = hashlib.sha256()
+    for r in sorted(rows):
+        h.update(repr(r).encode())
+    return h.hexdigest()
+
+
+def table_rows(conninfo: str) -> list[tuple]:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute("SELECT exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, "
+                            "(extract(epoch from trade_time) * 1000)::bigint, taker_side FROM trades").fetchall()
+
+
+def expected_rows(records: list[dict]) -> list[tuple]:
+    return [(r["exchange"], r["symbol"], r["agg_id"], r["price"], r["qty"], r["first_trade_id"],
+             r["last_trade_id"], r["trade_time"], r["taker_side"]) for r in records]
+
+
+def run_sink_until(sink: TopicSink, done, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    thread = threading.Thread(target=sink.run, kwargs={"should_stop": lambda: done() or time.monotonic() > deadline})
+    thread.start()
+    thread.join(timeout + 30)
+    assert not thread.is_alive()
+
+
+def count(conninfo: str, table: str = "trades") -> int:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+@pytest.fixture
+def db(database):
+    migrate(database)
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("SELECT tapeflow_ensure_partitions('trades', '2023-12-31'::timestamptz, '2024-01-03'::timestamptz)")
+    return database
+
+
+def make_sink(bootstrap, prefix, conninfo, **kw) -> TopicSink:
+    cfg = SinkConfig(topics=["md.trades"], topic_prefix=prefix, group_id=f"{prefix}sink", batch_rows=500,
+                     batch_ms=100, max_backoff_s=1.0, **kw)
+    return TopicSink(cfg, bootstrap, conninfo, SERDE)
+
+
+def test_same_batch_delivered_twice_lands_once(kafka_bootstrap, topic_prefix, db):
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    records = [trade(i) for i in range(2_000)]
+    produce(kafka_bootstrap, topic_prefix + "md.trades", records + records[:700])  # 700 duplicates
+    sink = make_sink(kafka_bootstrap, topic_prefix, db)
+    run_sink_until(sink, lambda: sink.metrics.records._value.get() >= 2_700)
+    rows = table_rows(db)
+    assert len(rows) == 2_000 and checksum(rows) == checksum(expected_rows(records))
+
+
+def test_crash_between_db_commit_and_offset_commit(kafka_bootstrap, topic_prefix, db):
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    records = [trade(i) for i in range(1_500)]
+    produce(kafka_bootstrap, topic_prefix + "md.trades", records)
+
+    class Crash(Exception):
+        pass
+
+    crashing = make_sink(kafka_bootstrap, topic_prefix, db)
+
+    def die(batch):
+        raise Crash("killed after the database commit, before the offset commit")
+
+    crashing._commit_offsets = die
+    with pytest.raises(Crash):
+        crashing.run()
+    first = count(db)
+    assert 0 < first <= 1_500  # the first batch is in the table, its offsets are not committed
+
+    sink = make_sink(kafka_bootstrap, topic_prefix, db)  # same group: resumes from the committed offsets
+    run_sink_until(sink, lambda: count(db) >= 1_500 and sink.metrics.records._value.get() >= 1_500)
+    rows = table_rows(db)
+    assert len(rows) == 1_500 and checksum(rows) == checksum(expected_rows(records))
+    assert sink.metrics.records._value.get() >= 1_500  # the crashed batch was delivered again
+
+
+def test_malformed_records_go_to_the_dlq_and_pipeline_errors(kafka_bootstrap, topic_prefix, db, read_topic):
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    records = [trade(i) for i in range(300)]
+    produce(kafka_bootstrap, topic_prefix + "md.trades", records, raw=[b"garbage", b"\x00\x00\x00\x00\x01\xff"])
+    sink = make_sink(kafka_bootstrap, topic_prefix, db)
+    run_sink_until(sink, lambda: sink.metrics.records._value.get() >= 302)
+    assert count(db) == 300
+    with psycopg.connect(db) as conn:
+        errors = conn.execute("SELECT source_topic, raw_value, error, stage FROM pipeline_errors").fetchall()
+    assert sorted(e[1] for e in errors) == sorted([b"garbage", b"\x00\x00\x00\x00\x01\xff"])
+    assert all(e[0] == topic_prefix + "md.trades" and e[3] == "sink" and e[2] for e in errors)
+    dlq = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "dlq.md", idle_s=1)]
+    assert sorted(d["value"] for d in dlq) == sorted([b"garbage", b"\x00\x00\x00\x00\x01\xff"])
+
+
+def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_prefix, tmp_path):
+    """A dedicated PostgreSQL that the test stops for 30 s while records keep arriving."""
+    home = tmp_path / "pg"
+    paths = StackPaths(home)
+    paths.ensure()
+    from tapeflow.stack.process import free_port
+
+    # a fixed port: the sink's connection string must stay valid across the restart
+    settings = Settings(home=home, broker=None, database_url=None, database_port=free_port())
+    service = EmbeddedPostgres(settings, paths)
+    service.extra_options = {"fsync": "off"}
+    sup = Supervisor(settings, paths, say=lambda m: None, services=[service], steps=[])
+    sup.start_all()
+    address = sup.addresses["database"]
+    conninfo = service.admin_conninfo(address, "tapeflow")
+    migrate(conninfo)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT tapeflow_ensure_partitions('trades', '2023-12-31'::timestamptz, '2024-01-03'::timestamptz)")
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    records = [trade(i) for i in range(6_000)]
+    sink = make_sink(kafka_bootstrap, topic_prefix, conninfo)
+    thread = threading.Thread(target=sink.run, kwargs={"should_stop": lambda: sink.stop_requested})
+    try:
+        produce(kafka_bootstrap, topic_prefix + "md.trades", records[:2_000])
+        thread.start()
+        deadline = time.monotonic() + 30
+        while count(conninfo) < 2_000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert count(conninfo) == 2_000
+        sup.stop_all()  # the database goes away...
+        produce(kafka_bootstrap, topic_prefix + "md.trades", records[2_000:4_000])
+        time.sleep(30)  # ...for 30 s, while records keep arriving
+        sup.start_all()
+        produce(kafka_bootstrap, topic_prefix + "md.trades", records[4_000:])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if count(conninfo) >= 6_000:
+                    break
+            except psycopg.OperationalError:
+                pass
+            time.sleep(0.5)
+    finally:
+        sink.stop_requested = True
+        thread.join(60)
+        sup.stop_all()
+        sup.start_all()
+    try:
+        rows = table_rows(conninfo)
+        assert len(rows) == 6_000 and checksum(rows) == checksum(expected_rows(records))
+        assert sink.metrics.db_retries._value.get() >= 1
+    finally:
+        sup.stop_all()
