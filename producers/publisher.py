@@ -23,6 +23,7 @@ log = structlog.get_logger("producer.publisher")
 
 MAX_REDELIVERIES = 5
 POLL_EVERY = 256  # serve delivery callbacks every N produces, not after each one (hot path)
+LATENCY_SAMPLE = 16  # observe receive->ack latency for 1 record in N: a distribution needs no census
 
 
 class Publisher:
@@ -37,7 +38,9 @@ class Publisher:
         self._since_poll = 0
         self._retry: list[tuple] = []  # failed deliveries waiting to be produced again
         self._out: dict[str, Any] = {}  # topic -> labelled counter child (labels() lookups are not free)
+        self._acked: dict[str, int] = {}  # deliveries not yet added to the Prometheus counter
         self._latency = metrics.produce_latency
+        self._sample = 0
 
     def publish(self, topic: str, key: str, record: dict, receive_time_ms: int | None = None,
                 on_delivered: Callable[[], None] | None = None) -> None:
@@ -61,29 +64,49 @@ class Publisher:
         self.metrics.dlq.labels(stream).inc()
         self._produce(self.prefix + topic, key, self.serde.encode(topic, record), None, 0)
 
+    def _acked_one(self, topic: str) -> None:
+        self.delivered += 1
+        self._acked[topic] = self._acked.get(topic, 0) + 1
+
+    def _failed_one(self, err: KafkaError, topic: str, key: bytes | None, value: bytes,
+                    receive_time_ms: int | None, attempt: int, on_delivered: Callable[[], None] | None) -> None:
+        self.metrics.delivery_errors.labels(topic).inc()
+        if attempt + 1 < MAX_REDELIVERIES and not err.fatal():
+            # never produce from inside a delivery callback (librdkafka's call state forbids it):
+            # queue it and produce again from the next poll/flush
+            log.warning("delivery failed, producing again", topic=topic, error=err.str(), attempt=attempt + 1)
+            self._retry.append((topic, key, value, receive_time_ms, attempt + 1, on_delivered))
+        else:
+            log.error("delivery failed for good", topic=topic, error=err.str(), attempts=attempt + 1)
+            self.failed.append((topic, key, err.str()))
+
+    def _plain_delivery(self, err: KafkaError | None, msg) -> None:
+        """The common case's callback: one shared bound method, no per-record closure."""
+        if err is None:
+            self._acked_one(msg.topic())
+        else:
+            self._failed_one(err, msg.topic(), msg.key(), msg.value(), None, 0, None)
+
     def _produce(self, topic: str, key: bytes | None, value: bytes, receive_time_ms: int | None,
                  attempt: int, on_delivered: Callable[[], None] | None = None) -> None:
-        def on_delivery(err: KafkaError | None, msg) -> None:
-            if err is None:
-                self.delivered += 1
+        if receive_time_ms is not None:
+            self._sample += 1
+            if self._sample < LATENCY_SAMPLE:
+                receive_time_ms = None  # not this one's latency
+            else:
+                self._sample = 0
+        if attempt == 0 and on_delivered is None and receive_time_ms is None:
+            on_delivery = self._plain_delivery
+        else:
+            def on_delivery(err: KafkaError | None, msg) -> None:
+                if err is not None:
+                    self._failed_one(err, topic, key, value, receive_time_ms, attempt, on_delivered)
+                    return
+                self._acked_one(topic)
                 if on_delivered is not None:
                     on_delivered()
-                counter = self._out.get(topic)
-                if counter is None:
-                    counter = self._out[topic] = self.metrics.messages_out.labels(topic)
-                counter.inc()
                 if receive_time_ms is not None:
                     self._latency.observe(max(0.0, time.time() - receive_time_ms / 1000))
-                return
-            self.metrics.delivery_errors.labels(topic).inc()
-            if attempt + 1 < MAX_REDELIVERIES and not err.fatal():
-                # never produce from inside a delivery callback (librdkafka's call state forbids it):
-                # queue it and produce again from the next poll/flush
-                log.warning("delivery failed, producing again", topic=topic, error=err.str(), attempt=attempt + 1)
-                self._retry.append((topic, key, value, receive_time_ms, attempt + 1, on_delivered))
-            else:
-                log.error("delivery failed for good", topic=topic, error=err.str(), attempts=attempt + 1)
-                self.failed.append((topic, key, err.str()))
 
         while True:
             try:
@@ -103,13 +126,23 @@ class Publisher:
         self._since_poll = 0
         served = self._producer.poll(timeout)
         self._drain_retries()
+        self._publish_counts()
         return served
+
+    def _publish_counts(self) -> None:
+        for topic, n in self._acked.items():
+            counter = self._out.get(topic)
+            if counter is None:
+                counter = self._out[topic] = self.metrics.messages_out.labels(topic)
+            counter.inc(n)
+        self._acked.clear()
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for every outstanding record (re-producing failed ones); returns how many remain."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+            self._publish_counts()
             if not self._retry or time.monotonic() >= deadline:
                 return remaining + len(self._retry)
             self._drain_retries()

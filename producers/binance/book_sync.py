@@ -86,8 +86,12 @@ class OrderBookSync:
             return SyncResult()
         return self._try_first(diff)
 
-    def on_snapshot(self, snap: DepthSnapshot) -> SyncResult:
-        """Install a REST snapshot and replay the buffered diffs that follow it."""
+    def on_snapshot(self, snap: DepthSnapshot, after_each=None) -> SyncResult:
+        """Install a REST snapshot and replay the buffered diffs that follow it.
+
+        `after_each(diff)` runs after each replayed diff is applied, while the book is in that state
+        (a caller that publishes a snapshot per update needs the intermediate states too).
+        """
         self.bids = {p: q for p, q in snap.bids if q > 0}
         self.asks = {p: q for p, q in snap.asks if q > 0}
         self.last_update_id = snap.last_update_id
@@ -100,6 +104,8 @@ class OrderBookSync:
             result.applied.extend(step.applied)
             if step.resync_reason:
                 return SyncResult(result.applied, step.resync_reason)
+            if step.applied and after_each is not None:
+                after_each(diff)
         return result
 
     # --- internals -----------------------------------------------------------------------------------

@@ -191,10 +191,10 @@ class BinanceProducer:
         if book.needs_snapshot:
             self._ensure_task(f"snapshot:{book.symbol}", self._fetch_snapshot(book))
 
-    def _apply_book_result(self, book: OrderBookSync, result) -> None:
+    def _apply_book_result(self, book: OrderBookSync, result, books_published: bool = False) -> None:
         for d in result.applied:
             self.publisher.publish("md.depth", self._key(book.symbol), depth_diff_record(d), d.receive_time)
-        if result.applied and self.config.book_interval_ms == 0 and book.is_live:
+        if result.applied and self.config.book_interval_ms == 0 and book.is_live and not books_published:
             self.publish_book(book)  # cadence 0: a top-N snapshot after every verified update
         if result.resync_reason:
             reason = result.resync_reason.split(" ")[0]
@@ -275,7 +275,9 @@ class BinanceProducer:
                 log.warning("depth snapshot failed, retrying", symbol=book.symbol, error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
-            self._apply_book_result(book, book.on_snapshot(snap))
+            per_update = self.config.book_interval_ms == 0
+            result = book.on_snapshot(snap, after_each=(lambda _d: self.publish_book(book)) if per_update else None)
+            self._apply_book_result(book, result, books_published=per_update)
             if book.needs_snapshot:
                 await asyncio.sleep(0.25)
 

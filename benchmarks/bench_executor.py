@@ -1,0 +1,182 @@
+"""Executor latency and throughput in paper mode.
+
+1. signal -> order through the broker: the executor service runs in-process against an embedded Tansu
+   broker (its own Kafka consumer and publisher, as in `tapeflow execute --mode paper`); md.trades keep
+   market data fresh while signals arrive one at a time. Two latencies per signal:
+   - `executor`: Kafka timestamp of the entry order intent (PENDING_NEW, stamped when the executor
+     produced it) minus the signal's Kafka timestamp (stamped when this script produced it): transport
+     to the executor, consume, decode, risk checks, sizing, intent produced. Millisecond resolution.
+   - `end to end`: wall clock from producing the signal to this script receiving the order record
+     (adds the executor's publisher linger of 5 ms and one more consumer fetch).
+2. pure core: the `Executor` with the paper broker and an in-memory sink, no Kafka: decisions per
+   second (signal -> entry intent) and trade ticks per second with open positions evaluating exits.
+
+Run: .venv/bin/python -m benchmarks.bench_executor [--signals 500] [--rate 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from execution.config import ExecutorConfig, RiskLimits
+from execution.executor import Executor, ListSink
+from execution.paper_broker import PaperBroker
+from execution.service import ExecuteOptions, run_executor
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
+from tapeflow.kafka_client import consumer_config, ensure_topics, producer_config
+from tapeflow.paths import StackPaths
+from tapeflow.settings import Settings
+from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.supervisor import Supervisor
+
+SERDE = AvroSerde(FileSchemaRegistry())
+KEY = b"binance:BTCUSDT"
+PREFIX = "bench."
+
+
+def signal(i: int, t: int) -> dict:
+    return {"signal_id": f"bench_{i}:h:binance:BTCUSDT:{t}:LONG", "strategy": f"bench_{i}", "strategy_version": "1",
+            "config_hash": "h", "exchange": "binance", "symbol": "BTCUSDT", "eval_time": t, "direction": "LONG",
+            "tier": "standard", "score": 80.0, "factors": {}, "price": 100.0, "atr": 1.0, "risk_distance": 1.5,
+            "sl_price": 98.5, "tp1_price": 101.5, "tp2_price": 103.0, "sl_r": 1.0, "tp1_r": 1.0, "tp2_r": 2.0,
+            "is_flip": False}
+
+
+def trade(i: int, t: int, price: float = 100.0) -> dict:
+    return {"exchange": "binance", "symbol": "BTCUSDT", "agg_id": i, "price": price, "qty": 0.01,
+            "first_trade_id": i, "last_trade_id": i, "event_time": t, "trade_time": t, "receive_time": t,
+            "taker_side": "BUY"}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def bench_through_broker(n_signals: int, rate: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = StackPaths(Path(tmp))
+        paths.ensure()
+        settings = Settings(home=Path(tmp), broker=None)
+        sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths)], steps=[])
+        sup.start_all()
+        try:
+            bootstrap = sup.addresses["broker"]
+            ensure_topics(bootstrap, prefix=PREFIX)
+            config_file = Path(tmp) / "executor.yaml"
+            config_file.write_text("risk:\n  max_open_positions: 1000000\n")
+            stop = threading.Event()
+            run_settings = Settings(home=Path(tmp), broker=bootstrap, topic_prefix=PREFIX)
+            options = ExecuteOptions(config_path=config_file, start_from="latest", stop=stop, restore_idle_s=0.3)
+            runner = threading.Thread(target=lambda: asyncio.run(run_executor(run_settings, "paper", options)))
+            runner.start()
+
+            producer = Producer(producer_config(bootstrap, **{"linger.ms": 0}))
+            feeding = threading.Event()
+            feeding.set()
+
+            def feed_trades() -> None:  # 50 trades/s keep the market data fresh
+                i = 0
+                while feeding.is_set():
+                    i += 1
+                    producer.produce(PREFIX + "md.trades", key=KEY,
+                                     value=SERDE.encode("md.trades", trade(i, int(time.time() * 1000))))
+                    producer.poll(0)
+                    time.sleep(0.02)
+
+            feeder = threading.Thread(target=feed_trades, daemon=True)
+            feeder.start()
+            watcher = Consumer(consumer_config(bootstrap, "bench-watch"))
+            md = watcher.list_topics(PREFIX + "orders", timeout=10).topics[PREFIX + "orders"]
+            watcher.assign([TopicPartition(PREFIX + "orders", p, OFFSET_BEGINNING) for p in md.partitions])
+            time.sleep(8)  # group join + restore; "latest" means signals before that would be skipped
+
+            sent: dict[str, tuple[float, int]] = {}
+            executor_ms: list[float] = []
+            e2e_ms: list[float] = []
+            warmup = 20
+            for i in range(n_signals + warmup):
+                now = int(time.time() * 1000)
+                rec = signal(i, now)
+                t_send = time.perf_counter()
+                producer.produce(PREFIX + "signals", key=KEY, value=SERDE.encode("signals", rec), timestamp=now)
+                producer.poll(0)
+                sent[rec["signal_id"]] = (t_send, now)
+                deadline = time.perf_counter() + 5
+                got = False
+                while time.perf_counter() < deadline and not got:
+                    msg = watcher.poll(0.001)
+                    if msg is None or msg.error():
+                        continue
+                    order = SERDE.decode(msg.value())
+                    if order["state"] != "PENDING_NEW" or order["signal_id"] not in sent:
+                        continue
+                    t0, ts0 = sent[order["signal_id"]]
+                    if i >= warmup:
+                        e2e_ms.append((time.perf_counter() - t0) * 1000)
+                        executor_ms.append(msg.timestamp()[1] - ts0)
+                    got = order["signal_id"] == rec["signal_id"]
+                time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t_send)))
+            feeding.clear()
+            feeder.join(5)
+            producer.flush(10)
+            stop.set()
+            runner.join(30)
+            watcher.close()
+        finally:
+            sup.stop_all()
+    print(f"signal -> order through the broker (paper, Tansu), {len(e2e_ms)} signals at {rate:g}/s:")
+    for name, values in (("executor (Kafka timestamps)", executor_ms), ("end to end (wall clock)", e2e_ms)):
+        if not values:
+            print(f"  {name}: no orders seen")
+            continue
+        print(f"  {name:30s} p50 {pct(values, 50):7.1f} ms   p99 {pct(values, 99):7.1f} ms   "
+              f"max {max(values):7.1f} ms   mean {statistics.fmean(values):6.1f} ms")
+
+
+def bench_core(n_signals: int, n_ticks: int) -> None:
+    cfg = ExecutorConfig(risk=RiskLimits(max_open_positions=10**9), timeout_min=10**6)
+    sink = ListSink()
+    ex = Executor(cfg, "paper", PaperBroker(cfg.fees, cfg.paper), sink, 1_700_000_000_000)
+    t = 1_700_000_000_000
+    ex.on_trade(trade(0, t), t)
+    t0 = time.perf_counter()
+    for i in range(n_signals):
+        ex.on_signal(signal(i, t), t)
+    decide = time.perf_counter() - t0
+    ex.on_trade(trade(1, t + 1), t + 1)  # every entry fills: n_signals open positions
+    assert len(ex.positions) == n_signals
+    sink.records.clear()
+    t0 = time.perf_counter()
+    for i in range(n_ticks):
+        ex.on_trade(trade(2 + i, t + 2 + i, 100.0 + (i % 7) * 0.01), t + 2 + i)  # inside every position's levels
+    ticks = time.perf_counter() - t0
+    print(f"pure core: {n_signals / decide:,.0f} signal decisions/s (signal -> entry intent, "
+          f"{decide / n_signals * 1e6:.1f} µs each)")
+    print(f"pure core: {n_ticks / ticks:,.0f} trade ticks/s with {n_signals} open positions on the symbol "
+          f"({n_ticks * n_signals / ticks:,.0f} position evaluations/s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--signals", type=int, default=500)
+    ap.add_argument("--rate", type=float, default=20.0, help="signals per second through the broker")
+    ap.add_argument("--skip-broker", action="store_true")
+    args = ap.parse_args()
+    bench_core(2_000, 20_000)
+    bench_core(10, 200_000)
+    if not args.skip_broker:
+        bench_through_broker(args.signals, args.rate)
+
+
+if __name__ == "__main__":
+    main()
