@@ -33,6 +33,8 @@ class ProduceOptions:
     replay_control_url: str | None = None
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    exchange: str = "binance"
+    bybit_ws_url: str | None = None
 
 
 async def run_producer(settings: Settings, options: ProduceOptions) -> int:
@@ -41,15 +43,25 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
                           topic_prefix=settings.topic_prefix)
-    config = ProducerConfig(symbols=list(settings.symbols), ws_base_url=options.ws_base_url,
-                            rest_base_url=options.rest_base_url, replay_control_url=options.replay_control_url,
-                            spot_base_url=options.spot_base_url, coinbase_base_url=options.coinbase_base_url,
-                            checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json")
-    producer = BinanceProducer(config, publisher, metrics)
+    if options.exchange == "bybit":
+        from producers.bybit.producer import LIVE_WS as BYBIT_WS
+        from producers.bybit.producer import BybitProducer, BybitProducerConfig
+
+        producer = BybitProducer(BybitProducerConfig(symbols=list(settings.symbols),
+                                                     ws_url=options.bybit_ws_url or BYBIT_WS,
+                                                     replay_control_url=options.replay_control_url),
+                                 publisher, metrics)
+    else:
+        config = ProducerConfig(
+            symbols=list(settings.symbols), ws_base_url=options.ws_base_url, rest_base_url=options.rest_base_url,
+            replay_control_url=options.replay_control_url, spot_base_url=options.spot_base_url,
+            coinbase_base_url=options.coinbase_base_url,
+            checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json")
+        producer = BinanceProducer(config, publisher, metrics)
     runner, port = await serve(build_app(metrics.registry, producer.health,
                                          frozenset({"connected", "replay-finished"})),
                                options.metrics_host, options.metrics_port)
-    log.info("producer started", symbols=config.symbols, ws=options.ws_base_url, metrics_port=port)
+    log.info("producer started", exchange=options.exchange, symbols=list(settings.symbols), metrics_port=port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

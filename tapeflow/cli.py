@@ -178,6 +178,9 @@ def version() -> None:
 # --- market data ----------------------------------------------------------------------------------
 @app.command()
 def produce(
+    exchange: str = typer.Option("binance", "--exchange", help="binance (USD-M futures) or bybit (v5 linear)."),
+    bybit_ws_url: Optional[str] = typer.Option(
+        None, "--bybit-ws-url", help="Bybit v5 public linear websocket URL (default: wss://stream.bybit.com/v5/public/linear)."),
     ws_url: str = typer.Option("wss://fstream.binance.com", "--ws-url", help="Binance USD-M websocket base URL."),
     rest_url: str = typer.Option("https://fapi.binance.com", "--rest-url", help="Binance USD-M REST base URL."),
     spot_url: str = typer.Option("https://api.binance.com", "--spot-url", help="Binance spot REST (divergence)."),
@@ -190,7 +193,8 @@ def produce(
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
 ) -> None:
-    """Run the Binance USD-M producer: aggTrade, depth, markPrice, forceOrder and REST indicators to md.*."""
+    """Run an exchange producer into the md.* topics (Binance: aggTrade, depth, markPrice, forceOrder, REST
+    indicators; Bybit: publicTrade, orderbook.50, allLiquidation, tickers)."""
     import asyncio
 
     from producers.service import ProduceOptions, run_producer
@@ -205,7 +209,9 @@ def produce(
 
         state._settings = settings.model_copy(update={"symbols": list(load_recording(settings.replay_dir).symbols)})
         settings = state._settings
-    options = ProduceOptions(ws_base_url=ws_url, rest_base_url=rest_url, spot_base_url=spot_url,
+    if exchange not in ("binance", "bybit"):
+        raise fail(f"unknown exchange {exchange!r}: expected binance or bybit", 2)
+    options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, ws_base_url=ws_url, rest_base_url=rest_url, spot_base_url=spot_url,
                              coinbase_base_url=coinbase_url, replay_control_url=replay_control_url,
                              metrics_port=metrics_port, metrics_host=settings.metrics_host)
     raise typer.Exit(asyncio.run(run_producer(settings, options)))

@@ -266,3 +266,29 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
     assert liquidations and all(r["usd_value"] == pytest.approx(r["price"] * r["qty"]) for r in liquidations)
     assert {m["symbol"] for m in records["md.mark"]} == set(SYMBOLS)
     assert {i["symbol"] for i in records["md.indicators"]} == set(SYMBOLS)
+
+
+async def test_cli_produce_exchange_bybit_runs_against_the_fake(kafka_bootstrap, topic_prefix, read_topic, tmp_path):
+    """`tapeflow produce --exchange bybit` as a user runs it, pointed at the fake Bybit server."""
+    import os
+    import sys
+
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    fake = await serve_bybit(BybitSyntheticSpec(seed=5, symbols=("BTCUSDT",), duration_s=4), speed=10.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env.update(TAPEFLOW_BROKER=kafka_bootstrap, TAPEFLOW_TOPIC_PREFIX=topic_prefix, TAPEFLOW_HOME=str(tmp_path),
+               TAPEFLOW_SYMBOLS="BTCUSDT")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tapeflow", "produce", "--exchange", "bybit", "--bybit-ws-url", fake.linear_url,
+            "--replay-control-url", fake.rest_url, env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        await fake.stop()
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"replay-finished" in out
+    trades = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades", idle_s=1)]
+    assert trades and all(t["exchange"] == "bybit" and t["symbol"] == "BTCUSDT" for t in trades)
+    ids = [t["agg_id"] for t in trades]
+    assert ids == sorted(set(ids))
