@@ -261,6 +261,52 @@ def backfill_binance_vision(
     echo(summary.to_json() if json_out else format_summary(summary))
 
 
+# --- execution ----------------------------------------------------------------------------------
+@app.command()
+def execute(
+    mode: str = typer.Option("paper", "--mode", help="paper (default), testnet or live. Live needs "
+                             "TAPEFLOW_LIVE_TRADING=I_UNDERSTAND and Binance keys in the environment."),
+    config: Optional[Path] = typer.Option(None, "--executor-config",
+                                          help="Executor settings (YAML/JSON): balance, risk %, fees, risk guard."),
+    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
+                                     help="Port of /metrics and /health (0 = a free one, logged)."),
+) -> None:
+    """Turn signals into orders: position manager, risk guard and the paper broker (or an exchange when keyed)."""
+    import asyncio
+
+    from execution.service import ExecuteOptions, run_executor
+    from tapeflow.logs import configure_logging
+
+    if mode not in ("paper", "testnet", "live"):
+        raise fail(f"unknown mode {mode!r}: expected paper, testnet or live", 2)
+    settings = state.settings()
+    configure_logging(settings)
+    options = ExecuteOptions(config_path=config, metrics_port=metrics_port, metrics_host=settings.metrics_host)
+    raise typer.Exit(asyncio.run(run_executor(settings, mode, options)))
+
+
+@app.command("kill-switch")
+def kill_switch(
+    state_: str = typer.Argument(..., metavar="on|off", help="on: cancel open orders and block entries; off: resume."),
+    flatten: bool = typer.Option(False, "--flatten", help="With on: also close open positions at market."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Only this mode (paper, testnet, live); default all."),
+) -> None:
+    """Block (or unblock) new entries for the executors; the decision is published on risk.events."""
+    from execution.kill_switch import MODES, run_kill_switch
+    from tapeflow.logs import configure_logging
+
+    if state_ not in ("on", "off"):
+        raise fail(f"expected on or off, got {state_!r}", 2)
+    if mode is not None and mode not in MODES:
+        raise fail(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}", 2)
+    settings = state.settings()
+    configure_logging(settings)
+    code = run_kill_switch(settings, state_ == "on", flatten=flatten, modes=[mode] if mode else MODES)
+    if code == 0:
+        echo(f"kill switch {state_} published for {mode or ', '.join(MODES)}")
+    raise typer.Exit(code)
+
+
 # --- topics --------------------------------------------------------------------------------------
 def _bootstrap() -> str:
     from tapeflow.endpoints import resolve_broker

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -51,10 +52,16 @@ class PgServer:
 
 
 @pytest.fixture(scope="session")
-def session_home(tmp_path_factory) -> StackPaths:
-    paths = StackPaths(tmp_path_factory.mktemp("tapeflow-home"))
+def session_home() -> StackPaths:
+    """Outside pytest's basetemp on purpose: pytest prunes old basetemp directories, and a second
+    pytest run on the same machine would delete a live PostgreSQL data directory from under us."""
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="tapeflow-test-home-")
+    paths = StackPaths(Path(home))
     paths.ensure()
-    return paths
+    yield paths
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

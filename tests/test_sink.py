@@ -67,7 +67,8 @@ def expected_rows(records: list[dict]) -> list[tuple]:
 
 def run_sink_until(sink: TopicSink, done, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    thread = threading.Thread(target=sink.run, kwargs={"should_stop": lambda: done() or time.monotonic() > deadline})
+    thread = threading.Thread(target=sink.run, daemon=True,
+                              kwargs={"should_stop": lambda: done() or time.monotonic() > deadline})
     thread.start()
     thread.join(timeout + 30)
     assert not thread.is_alive()
@@ -164,7 +165,7 @@ def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_p
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     records = [trade(i) for i in range(6_000)]
     sink = make_sink(kafka_bootstrap, topic_prefix, conninfo)
-    thread = threading.Thread(target=sink.run, kwargs={"should_stop": lambda: sink.stop_requested})
+    thread = threading.Thread(target=sink.run, daemon=True, kwargs={"should_stop": lambda: sink.stop_requested})
     try:
         produce(kafka_bootstrap, topic_prefix + "md.trades", records[:2_000])
         thread.start()

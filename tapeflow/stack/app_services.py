@@ -32,14 +32,10 @@ def http_json(url: str, timeout: float = 2.0) -> tuple[int, dict]:
 
 
 class HttpHealthService(Service):
-    """A service whose readiness is 'its HTTP port answers' and whose health is `GET /health` == 200."""
+    """A service whose health is `GET /health` == 200; `up` waits for it (see ProducerService)."""
 
     def health_url(self, address: str) -> str:
         return f"http://{address}/health"
-
-    def ready(self, address: str) -> Health:
-        code, body = http_json(self.health_url(address))
-        return Health(code != 0, body.get("detail") or body.get("status") or body.get("error", ""))
 
     def health(self, address: str) -> Health:
         code, body = http_json(self.health_url(address))
@@ -85,6 +81,12 @@ class ProducerService(HttpHealthService):
         self.fake = fake
         self.finite = fake is not None  # a replay ends; exit 0 then means done, not crashed
 
+    def ready(self, address: str) -> Health:
+        """Up once its endpoint answers: without network a live producer is up but never healthy,
+        and `up` must still come up and let `status` say why (unreachable, with the hint)."""
+        code, body = http_json(self.health_url(address))
+        return Health(code != 0, body.get("detail") or body.get("status") or body.get("error", ""))
+
     def prepare(self) -> Launch:
         port = free_port(HOST)
         argv = [sys.executable, "-m", "tapeflow", "produce", "--metrics-port", str(port)]
@@ -107,9 +109,20 @@ class SinkService(HttpHealthService):
                       address=f"{HOST}:{port}")
 
 
+class ExecutorService(HttpHealthService):
+    """The paper executor: every signal is paper-traded by default (live trading is never started here)."""
+
+    name = "executor"
+
+    def prepare(self) -> Launch:
+        port = free_port(HOST)
+        return Launch(argv=[sys.executable, "-m", "tapeflow", "execute", "--mode", "paper", "--metrics-port", str(port)],
+                      address=f"{HOST}:{port}")
+
+
 def app_services(settings, paths) -> list[Service]:
-    sink = SinkService(settings, paths)
+    consumers = [SinkService(settings, paths), ExecutorService(settings, paths)]
     if settings.replay_dir is not None:
         fake = FakeExchangeService(settings, paths)
-        return [sink, fake, ProducerService(settings, paths, fake)]
-    return [sink, ProducerService(settings, paths)]
+        return consumers + [fake, ProducerService(settings, paths, fake)]
+    return consumers + [ProducerService(settings, paths)]

@@ -1,0 +1,44 @@
+"""Deterministic client order ids and position ids derived from the signal id.
+
+Why: the same signal must never produce two orders, also across restarts and re-deliveries. Deriving
+the id from (signal id, leg, attempt) means a re-processed signal produces the same id, which the
+executor recognises from its own `orders` topic and an exchange rejects as a duplicate of an open order.
+
+Format: `tf` + 20 base32 characters of BLAKE2b-96(signal id) + `-` + leg code [+ attempt], at most 27
+characters, within Binance's `newClientOrderId` rule `^[.A-Z:/a-z0-9_-]{1,36}$`. 96 bits make a
+collision between two signals negligible (birthday bound ~2^48 signals). Signal ids themselves are
+too long (strategy:config_hash:exchange:symbol:time:direction) and carry characters Binance refuses.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+BINANCE_CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+
+# One code per order role; `entry_fallback` is the market order sent after a maker entry timed out.
+LEG_CODES = {"entry": "en", "entry_fallback": "ef", "tp1": "t1", "tp2": "t2", "sl": "sl", "exit": "ex"}
+
+
+def signal_digest(signal_id: str) -> str:
+    if not signal_id:
+        raise ValueError("signal id must not be empty")
+    digest = hashlib.blake2b(signal_id.encode(), digest_size=12).digest()
+    return base64.b32encode(digest).decode().rstrip("=").lower()
+
+
+def client_order_id(signal_id: str, leg: str, attempt: int = 0) -> str:
+    """Order id of `leg` for the position opened by `signal_id`; `attempt` > 0 after a rejected try."""
+    code = LEG_CODES.get(leg)
+    if code is None:
+        raise ValueError(f"unknown leg {leg!r}; expected one of {sorted(LEG_CODES)}")
+    if not 0 <= attempt < 1000:
+        raise ValueError("attempt must be in 0..999")
+    return f"tf{signal_digest(signal_id)}-{code}{attempt if attempt else ''}"
+
+
+def position_id(signal_id: str) -> str:
+    """Id of the position opened by `signal_id` (same digest, so orders and position line up)."""
+    return f"pos-{signal_digest(signal_id)}"

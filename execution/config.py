@@ -1,0 +1,116 @@
+"""Executor configuration: sizing, fees, paper fill model, exits, entry policy and risk limits.
+
+Why its own file (YAML or JSON, `--executor-config FILE`) rather than more `TAPEFLOW_*` settings: these
+are trading parameters that users tune and review like strategy files, and the whole model is echoed
+in the log at start so the operator confirms what will trade. Unknown keys are rejected (a typo such as
+`daly_loss_limit_r` must not silently fall back to a default). Defaults come from DESIGN §5 and the old
+system: 10,000 USDT paper balance, 2 % risk per 1R, tiers standard 1.0 / heavy 1.5, taker 0.05 % and
+maker 0.02 % per side, timeout 240 min, daily loss -5R, pause after 5 losses for 60 min, stale data 30 s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stream_apps.core.exits import MAKER_FEE, TAKER_FEE
+
+
+class ExecutorConfigError(ValueError):
+    """An executor config file that cannot be used (message names the field)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Fees(_Model):
+    """Commission per fill as a fraction of notional, by liquidity."""
+
+    taker: float = Field(default=TAKER_FEE, ge=0, lt=0.01)
+    maker: float = Field(default=MAKER_FEE, ge=-0.001, lt=0.01)  # negative = rebate
+
+
+class PaperFills(_Model):
+    """How the paper broker fills orders.
+
+    Market orders fill at the first trade after submission, moved against us by `slippage_bps`.
+    Limit orders fill at their price when the tape crosses it. Queue position is unknowable from
+    aggregated trades, so it is an explicit assumption: `through` (default, conservative) assumes we
+    sit at the back of the queue and fill only when a trade prints strictly beyond our price;
+    `touch` assumes the front and fills on a trade at our price. Fills are never partial.
+    """
+
+    slippage_bps: float = Field(default=0.0, ge=0, le=500)
+    limit_queue: Literal["through", "touch"] = "through"
+
+
+class EntryPolicy(_Model):
+    """`taker`: market entry. `maker_first`: post-only limit at the touch (best bid for LONG, best ask
+    for SHORT), cancelled after `maker_timeout_ms`, then a market order for the whole size if the mid
+    moved at most `fallback_slippage_cap_bps` from the signal price, otherwise no trade."""
+
+    kind: Literal["taker", "maker_first"] = "taker"
+    maker_timeout_ms: int = Field(default=4000, gt=0)
+    fallback_slippage_cap_bps: float = Field(default=10.0, ge=0)
+
+
+class RiskLimits(_Model):
+    daily_loss_limit_r: float = Field(default=5.0, gt=0, description="flatten and stop for the UTC day")
+    max_consecutive_losses: int = Field(default=5, ge=1)
+    pause_min: int = Field(default=60, gt=0)
+    stale_market_data_s: float = Field(default=30.0, gt=0)
+    max_open_positions: int = Field(default=12, ge=1, description="over all strategies and symbols")
+    max_signal_age_s: float = Field(default=60.0, gt=0, description="older signals are not traded")
+
+
+class ExecutorConfig(_Model):
+    balance: float = Field(default=10_000.0, gt=0, description="account balance in quote currency")
+    risk_pct: float = Field(default=2.0, gt=0, le=100, description="percent of balance per 1R")
+    tier_multipliers: dict[str, float] = Field(default_factory=lambda: {"standard": 1.0, "heavy": 1.5})
+    fees: Fees = Fees()
+    paper: PaperFills = PaperFills()
+    entry: EntryPolicy = EntryPolicy()
+    timeout_min: int = Field(default=240, gt=0)
+    timeout_min_by_strategy: dict[str, int] = Field(default_factory=dict)
+    breakeven_offset_r: float = Field(default=0.0, ge=0, lt=1,
+                                      description="after TP1 the stop moves to entry + this many R")
+    risk: RiskLimits = RiskLimits()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExecutorConfig:
+        for tier in ("standard", "heavy"):
+            if self.tier_multipliers.get(tier, 0) <= 0:
+                raise ValueError(f"tier_multipliers.{tier} must be a positive number")
+        for name, minutes in self.timeout_min_by_strategy.items():
+            if minutes <= 0:
+                raise ValueError(f"timeout_min_by_strategy.{name} must be positive")
+        return self
+
+    @property
+    def base_r_usd(self) -> float:
+        """1R of the account at tier multiplier 1 (10,000 x 2 % = 200 by default)."""
+        return self.balance * self.risk_pct / 100
+
+    def timeout_ms(self, strategy: str) -> int:
+        return self.timeout_min_by_strategy.get(strategy, self.timeout_min) * 60_000
+
+
+def load_executor_config(path: Path | str | None) -> ExecutorConfig:
+    """The config in `path` (YAML or JSON), or the defaults when `path` is None."""
+    if path is None:
+        return ExecutorConfig()
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExecutorConfigError(f"{path}: {exc}".splitlines()[0]) from None
+    try:
+        return ExecutorConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        msg = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise ExecutorConfigError(f"{path}: {where}: {msg}") from None

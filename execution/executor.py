@@ -1,0 +1,448 @@
+"""The executor's decision loop: signals, trades, book tops, kill-switch records and clock ticks in;
+order, fill, position and risk records out. Pure: no Kafka, no wall clock (every call takes `now_ms`).
+
+Per signal (strategy x exchange x symbol is a slot holding at most one position):
+1. parse (invalid -> block `invalid_signal`); already seen -> block `duplicate_signal`; older than
+   max_signal_age -> block `stale_signal`;
+2. an open position or entry in the slot: same direction, or opposite without `is_flip` -> block
+   `position_open`; opposite with `is_flip` -> close it (`signal_flip`) and go on;
+3. risk guard (kill switch, daily loss, pause, venue, outputs, stale data, max open positions);
+4. size (tier R) and send the entry: the order intent (PENDING_NEW) is emitted before the broker sees
+   the order, and outside paper mode the sink's `barrier()` makes it durable first.
+Every decision is emitted to risk.events with its reason, signal decisions under the scope
+`strategy:<name>:<exchange>:<symbol>` (the slot), market-data transitions under `symbol:...`. Per trade: the broker fills what the trade
+reaches, then every open position of the symbol evaluates its exits on the trade. Per clock tick: pause
+end, UTC day change, stale data and venue transitions, maker-entry timeouts.
+
+Idempotency: client order ids derive from the signal id (`client_ids`), and the executor remembers the
+signals it has handled for as long as they are young enough to be traded (older ones are refused as
+stale anyway), so a re-delivered signal never opens a second position. After a restart `restore`
+rebuilds open positions from the positions topic, handled signals from the orders and positions
+topics, and the guard from risk.events: the output topics are the state (see `execution.service`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from execution.broker import (
+    TERMINAL_STATES,
+    Broker,
+    Execution,
+    OrderRequest,
+    OrderUpdate,
+)
+from execution.client_ids import client_order_id, position_id
+from execution.config import ExecutorConfig
+from execution.domain import (
+    BookTop,
+    InvalidSignal,
+    Signal,
+    TradeTick,
+    exit_side,
+    market_key,
+)
+from execution.entries import (
+    PendingEntry,
+    fallback_order,
+    fallback_slippage_bps,
+    first_entry_order,
+)
+from execution.position_manager import ExitIntent, Position
+from execution.records import fill_record, order_record, position_record
+from execution.risk_guard import (
+    KILL_SWITCH,
+    RiskDecision,
+    RiskGuard,
+    risk_key,
+    slot_scope,
+    symbol_scope,
+)
+from execution.sizing import SizingError, position_size, r_usd_for_tier
+
+log = structlog.get_logger("executor")
+
+ORDERS, FILLS, POSITIONS, RISK = "orders", "fills", "positions", "risk.events"
+
+
+class OutputSink(Protocol):
+    """Where records go (the service: the Kafka publisher; tests: a list)."""
+
+    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None: ...
+
+    def barrier(self) -> None:
+        """Return once everything emitted so far is durable (acknowledged by the broker)."""
+        ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+
+class ListSink:
+    """Collects records in memory; what the unit tests and the pure benchmark use."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.barriers = 0
+        self.healthy = True
+
+    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
+        self.records.append((topic, key, record))
+
+    def barrier(self) -> None:
+        self.barriers += 1
+
+    def of(self, topic: str) -> list[dict[str, Any]]:
+        return [r for t, _, r in self.records if t == topic]
+
+
+class _OrderInfo:
+    __slots__ = ("leg", "position_id", "reason", "reference", "request", "signal_id")
+
+    def __init__(self, request: OrderRequest, leg: str, signal_id: str | None, position_id: str | None,
+                 reference: float | None, reason: str | None) -> None:
+        self.request, self.leg, self.signal_id, self.position_id = request, leg, signal_id, position_id
+        self.reference, self.reason = reference, reason
+
+
+class Executor:
+    def __init__(self, config: ExecutorConfig, mode: str, broker: Broker, sink: OutputSink, now_ms: int) -> None:
+        self.config = config
+        self.mode = mode
+        self.broker = broker
+        self.sink = sink
+        self.guard = RiskGuard.fresh(config.risk, mode, now_ms)
+        self.positions: dict[str, Position] = {}  # open positions by id
+        self.by_market: dict[str, set[str]] = defaultdict(set)  # market key -> open position ids
+        self.slot_position: dict[tuple[str, str, str], str] = {}
+        self.entries: dict[str, PendingEntry] = {}  # by position id
+        self.slot_entry: dict[tuple[str, str, str], str] = {}
+        self.orders: dict[str, _OrderInfo] = {}  # open orders by client order id
+        self.seen_signals: dict[str, int] = {}  # signal id -> eval time (pruned once too old to trade)
+        self.data_time: dict[str, int] = {}  # market key -> newest trade/book event time
+        self.trade_time: dict[str, int] = {}  # market key -> newest trade time (exit orders' not-before)
+        self.last_price: dict[str, float] = {}
+        self.books: dict[str, BookTop] = {}
+        self.owner_ok = True  # False when another executor may own some of our partitions (service sets it)
+
+    # ================================================================ inputs
+    def on_signal(self, record: Mapping[str, Any], now_ms: int) -> RiskDecision:
+        """Decide on one signal; returns the decision (also emitted)."""
+        try:
+            sig = Signal.from_record(record)
+        except (InvalidSignal, KeyError, TypeError, ValueError) as exc:
+            scope = slot_scope(str(record.get("strategy")), str(record.get("exchange")), str(record.get("symbol")))
+            log.warning("invalid signal", signal_id=record.get("signal_id"), error=str(exc))
+            return self._decide(RiskDecision("block", scope, "invalid_signal", now_ms))
+        scope = slot_scope(sig.strategy, sig.exchange, sig.symbol)
+        if sig.signal_id in self.seen_signals:
+            return self._decide(RiskDecision("block", scope, "duplicate_signal", now_ms))
+        self.seen_signals[sig.signal_id] = sig.eval_time
+        if now_ms - sig.eval_time > self.config.risk.max_signal_age_s * 1000:
+            return self._decide(RiskDecision("block", scope, "stale_signal", now_ms))
+
+        flipping = 0
+        held = self.positions.get(self.slot_position.get(sig.slot, ""))
+        entering = self.entries.get(self.slot_entry.get(sig.slot, ""))
+        for other in (held, entering):
+            if other is None:
+                continue
+            other_direction = other.direction if isinstance(other, Position) else other.signal.direction
+            if other_direction == sig.direction or not sig.is_flip:
+                return self._decide(RiskDecision("block", scope, "position_open", now_ms))
+        if held is not None:
+            self._close(held, "signal_flip", now_ms)
+            flipping += 1
+        if entering is not None:
+            self._cancel_entry(entering, "signal_flip", now_ms)
+
+        decision = self.guard.check_entry(
+            now_ms=now_ms, scope=scope, market_data_age_ms=self._data_age(sig.key, now_ms),
+            venue_up=self.broker.healthy, output_up=self.sink.healthy, sole_writer=self.owner_ok,
+            open_positions=len(self.positions) + len(self.entries) - flipping)
+        if not decision.allowed:
+            return self._decide(decision)
+        try:
+            size = position_size(r_usd_for_tier(self.config, sig.tier, sig.risk_multiplier), sig.risk_distance)
+        except SizingError as exc:
+            log.warning("no size", signal_id=sig.signal_id, error=str(exc))
+            return self._decide(RiskDecision("block", scope, "sizing", now_ms))
+        self._decide(decision)
+        pid = position_id(sig.signal_id)
+        request = first_entry_order(sig, client_order_id(sig.signal_id, "entry"), size.qty, self.config.entry,
+                                    self.books.get(sig.key))
+        entry = PendingEntry(sig, pid, size, request, "entry", now_ms)
+        self.entries[pid] = entry
+        self.slot_entry[sig.slot] = pid
+        self._send(request, "entry", sig.signal_id, pid, sig.price, None, now_ms)
+        return decision
+
+    def on_trade(self, record: Mapping[str, Any], now_ms: int) -> None:
+        tick = TradeTick.from_record(record)
+        key = tick.key
+        if tick.trade_time > self.data_time.get(key, -1):
+            self.data_time[key] = tick.trade_time
+        if tick.trade_time >= self.trade_time.get(key, -1):
+            self.trade_time[key] = tick.trade_time
+            self.last_price[key] = tick.price
+        self._route(self.broker.on_trade(tick), now_ms)
+        for pid in list(self.by_market.get(key, ())):
+            pos = self.positions.get(pid)
+            if pos is None:
+                continue
+            intent = pos.on_trade(tick.price, tick.trade_time)
+            if intent is not None:
+                self._send_exit(pos, intent, now_ms)
+
+    def on_book(self, record: Mapping[str, Any], now_ms: int) -> None:
+        book = BookTop.from_record(record)
+        if book.event_time > self.data_time.get(book.key, -1):
+            self.data_time[book.key] = book.event_time
+        self.books[book.key] = book
+        self.broker.on_book(book)
+
+    def on_risk_record(self, record: Mapping[str, Any], now_ms: int) -> None:
+        """Obey kill-switch records for our mode (other risk.events, including our own, are ignored)."""
+        if record.get("scope") != KILL_SWITCH or record.get("mode") != self.mode:
+            return
+        on = record["decision"] in ("halt", "flatten", "block")
+        flatten = record["decision"] == "flatten"
+        for decision in self.guard.set_kill_switch(on, flatten, now_ms):
+            self._decide(decision)
+        if on:
+            for entry in list(self.entries.values()):
+                self._cancel_entry(entry, KILL_SWITCH, now_ms)
+        if flatten:
+            self._flatten(KILL_SWITCH, now_ms)
+
+    def on_clock(self, now_ms: int) -> None:
+        for decision in self.guard.tick(now_ms):
+            self._decide(decision)
+        venue = self.guard.venue(self.broker.healthy, now_ms)
+        if venue is not None:
+            self._decide(venue)
+        for key in list(self.data_time):
+            exchange, symbol = key.split(":", 1)
+            change = self.guard.market_data(key, symbol_scope(exchange, symbol), self._data_age(key, now_ms), now_ms)
+            if change is not None:
+                self._decide(change)
+        self._route(self.broker.poll(now_ms), now_ms)
+        for entry in list(self.entries.values()):
+            if entry.maker_timed_out(self.config.entry, now_ms):
+                self._route(self.broker.cancel(entry.request.client_order_id, now_ms, "maker_timeout"), now_ms)
+        horizon = now_ms - 2 * int(self.config.risk.max_signal_age_s * 1000)
+        if self.seen_signals and len(self.seen_signals) > 1024:
+            for sid in [s for s, t in self.seen_signals.items() if t < horizon]:
+                del self.seen_signals[sid]
+
+    # ================================================================ restore
+    def restore(self, positions: Iterable[Mapping[str, Any]], orders: Iterable[Mapping[str, Any]],
+                risk: Iterable[Mapping[str, Any]], now_ms: int) -> dict[str, int]:
+        """Rebuild state from the executor's own output topics (records of every mode may be passed)."""
+        self.guard = RiskGuard.restore(self.config.risk, self.mode, risk, now_ms)
+        last_order: dict[str, Mapping[str, Any]] = {}
+        intent_reason: dict[str, str | None] = {}  # exit orders carry their exit reason on the intent
+        for rec in orders:
+            if rec["mode"] != self.mode:
+                continue
+            last_order[rec["client_order_id"]] = rec
+            if rec["state"] == "PENDING_NEW":
+                intent_reason[rec["client_order_id"]] = rec.get("reason")
+            if rec["leg"] == "entry" and rec.get("signal_id"):
+                self.seen_signals.setdefault(rec["signal_id"], int(rec["event_time"]))
+        events: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+        for rec in positions:
+            if rec["mode"] == self.mode:
+                events[rec["position_id"]][rec["event"]] = rec
+                self.seen_signals.setdefault(rec["signal_id"], int(rec["event_time"]))
+        for evs in events.values():
+            if "closed" in evs or "opened" not in evs:
+                continue
+            opened = evs["opened"]
+            pos = Position.restore(opened, evs.get("tp1"), timeout_ms=self.config.timeout_ms(opened["strategy"]),
+                                   breakeven_offset_r=self.config.breakeven_offset_r)
+            self._register(pos)
+        cancelled = resumed = 0
+        for cid, rec in last_order.items():
+            if rec["state"] in TERMINAL_STATES:
+                continue
+            req = OrderRequest(cid, rec["exchange"], rec["symbol"], rec["side"], rec["type"], float(rec["qty"]),
+                               price=rec.get("price"), reduce_only=bool(rec.get("reduce_only")),
+                               not_before_ms=int(rec["event_time"]))
+            pos = self.positions.get(rec.get("position_id") or "")
+            if rec["leg"] == "entry" or pos is None or self.mode != "paper":
+                # an entry cut short by the restart is dropped (its signal is old by now); exits of
+                # other modes are the reconciler's job
+                self._emit_order(req, rec["leg"], rec.get("signal_id"), rec.get("position_id"), "CANCELED",
+                                 now_ms, None, "executor_restart")
+                cancelled += 1
+                continue
+            leg = rec["leg"]
+            reason = {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg) \
+                or intent_reason.get(cid) or "timeout"
+            reference = {"tp1": pos.plan.tp1, "tp2": pos.plan.tp2, "sl": pos.stop}.get(leg)
+            intent = ExitIntent(rec["leg"], reason, req.qty, reference, req.not_before_ms)
+            pos.exit_sent(intent, cid)
+            self.orders[cid] = _OrderInfo(req, rec["leg"], pos.signal_id, pos.position_id, reference, reason)
+            self.broker.submit(req, now_ms)  # the paper book died with the old process: re-enter it silently
+            resumed += 1
+        if self.guard.state.kill_switch_flatten:
+            self._flatten(KILL_SWITCH, now_ms)
+        return {"positions": len(self.positions), "orders_resumed": resumed, "orders_cancelled": cancelled}
+
+    # ================================================================ internals
+    def _data_age(self, key: str, now_ms: int) -> float | None:
+        t = self.data_time.get(key)
+        return None if t is None else now_ms - t
+
+    def _decide(self, decision: RiskDecision) -> RiskDecision:
+        self.sink.emit(RISK, risk_key(self.mode, decision.scope), self.guard.to_record(decision))
+        return decision
+
+    def _register(self, pos: Position) -> None:
+        self.positions[pos.position_id] = pos
+        self.by_market[market_key(pos.exchange, pos.symbol)].add(pos.position_id)
+        self.slot_position[pos.slot] = pos.position_id
+
+    def _unregister(self, pos: Position) -> None:
+        self.positions.pop(pos.position_id, None)
+        self.by_market[market_key(pos.exchange, pos.symbol)].discard(pos.position_id)
+        if self.slot_position.get(pos.slot) == pos.position_id:
+            del self.slot_position[pos.slot]
+
+    def _emit_order(self, req: OrderRequest, leg: str, signal_id: str | None, pid: str | None, state: str,
+                    event_time: int, update: OrderUpdate | None, reason: str | None) -> None:
+        self.sink.emit(ORDERS, market_key(req.exchange, req.symbol),
+                       order_record(req, mode=self.mode, leg=leg, state=state, event_time=event_time,
+                                    signal_id=signal_id, position_id=pid, update=update, reason=reason))
+
+    def _send(self, req: OrderRequest, leg: str, signal_id: str | None, pid: str | None, reference: float | None,
+              reason: str | None, now_ms: int) -> None:
+        """Record the intent, then hand the order to the broker."""
+        self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
+        self._emit_order(req, leg, signal_id, pid, "PENDING_NEW", now_ms, None, reason)
+        if self.mode != "paper":
+            self.sink.barrier()
+        self._route(self.broker.submit(req, now_ms), now_ms)
+
+    def _send_exit(self, pos: Position, intent: ExitIntent, now_ms: int) -> None:
+        cid = client_order_id(pos.signal_id, intent.leg, pos.next_attempt(intent.leg))
+        req = OrderRequest(cid, pos.exchange, pos.symbol, exit_side(pos.direction), "MARKET", intent.qty,
+                           reduce_only=True, not_before_ms=intent.trigger_time)
+        pos.exit_sent(intent, cid)
+        self._send(req, intent.leg, pos.signal_id, pos.position_id, intent.reference, intent.reason, now_ms)
+
+    def _close(self, pos: Position, reason: str, now_ms: int) -> None:
+        """Close at market; the order can fill from the newest trade time of the symbol on."""
+        market_time = self.trade_time.get(market_key(pos.exchange, pos.symbol), pos.last_event_time)
+        intent = pos.request_close(reason, market_time)
+        if intent is not None:
+            self._send_exit(pos, intent, now_ms)
+
+    def _flatten(self, reason: str, now_ms: int) -> None:
+        for entry in list(self.entries.values()):
+            self._cancel_entry(entry, reason, now_ms)
+        for pos in list(self.positions.values()):
+            self._close(pos, reason, now_ms)
+
+    def _cancel_entry(self, entry: PendingEntry, reason: str, now_ms: int) -> None:
+        events = self.broker.cancel(entry.request.client_order_id, now_ms, reason)
+        self._route(events, now_ms)
+        self._drop_entry(entry)
+
+    def _drop_entry(self, entry: PendingEntry) -> None:
+        self.entries.pop(entry.position_id, None)
+        if self.slot_entry.get(entry.signal.slot) == entry.position_id:
+            del self.slot_entry[entry.signal.slot]
+
+    def _route(self, events: list, now_ms: int) -> None:
+        for ev in events:
+            info = self.orders.get(ev.client_order_id)
+            if info is None:
+                log.warning("broker event for an unknown order", client_order_id=ev.client_order_id)
+                continue
+            req = info.request
+            if isinstance(ev, Execution):
+                self.sink.emit(FILLS, market_key(req.exchange, req.symbol),
+                               fill_record(ev, exchange=req.exchange, symbol=req.symbol, mode=self.mode,
+                                           reference_price=info.reference))
+                if info.leg.startswith("entry"):
+                    entry = self.entries.get(info.position_id or "")
+                    if entry is not None:
+                        entry.fills.append(ev)
+                else:
+                    pos = self.positions.get(info.position_id or "")
+                    if pos is not None:
+                        pos.on_execution(ev)
+                continue
+            self._emit_order(req, info.leg, info.signal_id, info.position_id, ev.state, ev.event_time, ev, None)
+            if ev.state in TERMINAL_STATES:
+                del self.orders[ev.client_order_id]
+            if info.leg.startswith("entry"):
+                self._entry_update(info, ev, now_ms)
+            else:
+                self._exit_update(info, ev, now_ms)
+
+    def _entry_update(self, info: _OrderInfo, ev: OrderUpdate, now_ms: int) -> None:
+        entry = self.entries.get(info.position_id or "")
+        if entry is None or entry.request.client_order_id != ev.client_order_id:
+            return
+        if ev.state == "FILLED":
+            self._drop_entry(entry)
+            pos = Position.open(position_id=entry.position_id, signal=entry.signal, mode=self.mode,
+                                fills=entry.fills, r_usd=entry.size.r_usd,
+                                timeout_ms=self.config.timeout_ms(entry.signal.strategy),
+                                breakeven_offset_r=self.config.breakeven_offset_r)
+            self._register(pos)
+            self.sink.emit(POSITIONS, market_key(pos.exchange, pos.symbol), position_record(pos, "opened", pos.opened_at))
+            return
+        if ev.state not in TERMINAL_STATES:
+            return
+        if entry.maker and ev.reason == "maker_timeout" and not entry.fills:
+            self._fallback(entry, now_ms)
+            return
+        self._drop_entry(entry)
+
+    def _fallback(self, entry: PendingEntry, now_ms: int) -> None:
+        sig = entry.signal
+        scope = slot_scope(sig.strategy, sig.exchange, sig.symbol)
+        book = self.books.get(sig.key)
+        market = (book.mid if book is not None else None) or self.last_price.get(sig.key)
+        if market is None or fallback_slippage_bps(sig, market) > self.config.entry.fallback_slippage_cap_bps:
+            self._drop_entry(entry)
+            self._decide(RiskDecision("block", scope, "slippage_cap", now_ms))
+            return
+        decision = self.guard.check_entry(
+            now_ms=now_ms, scope=scope, market_data_age_ms=self._data_age(sig.key, now_ms),
+            venue_up=self.broker.healthy, output_up=self.sink.healthy, sole_writer=self.owner_ok,
+            open_positions=len(self.positions) + len(self.entries) - 1)
+        if not decision.allowed:
+            self._drop_entry(entry)
+            self._decide(decision)
+            return
+        request = fallback_order(entry, client_order_id(sig.signal_id, "entry_fallback"),
+                                 self.trade_time.get(sig.key, sig.eval_time))
+        entry.request, entry.leg, entry.submitted_ms = request, "entry_fallback", now_ms
+        self._send(request, "entry_fallback", sig.signal_id, entry.position_id, sig.price, None, now_ms)
+
+    def _exit_update(self, info: _OrderInfo, ev: OrderUpdate, now_ms: int) -> None:
+        pos = self.positions.get(info.position_id or "")
+        if pos is None:
+            return
+        kinds, follow = pos.on_order_update(ev)
+        key = market_key(pos.exchange, pos.symbol)
+        for kind in kinds:
+            self.sink.emit(POSITIONS, key, position_record(pos, kind, ev.event_time))
+        if pos.closed:
+            self._unregister(pos)
+            weight = pos.r_usd / self.config.base_r_usd
+            for decision in self.guard.record_close(pos.result.net_r * weight, ev.event_time, now_ms):
+                self._decide(decision)
+                if decision.decision == "flatten" and decision.reason == "daily_loss_limit":
+                    self._flatten("risk_flatten", now_ms)
+        elif follow is not None:
+            self._send_exit(pos, follow, now_ms)

@@ -1,0 +1,138 @@
+"""Paper broker: fills orders against the live trade tape, with a stated fee, slippage and queue model.
+
+Model (all configurable in `PaperFills` / `Fees`):
+- MARKET: fills completely at the first trade of its symbol processed after submission whose trade
+  time is not before `not_before_ms` (the signal's evaluation time or the exit's trigger trade, so
+  the trade that caused a decision never fills it: the order reaches the market after it). The fill
+  price is that trade's price moved against us by `slippage_bps`; taker fee.
+- LIMIT: fills completely at its own price (maker fee, no slippage) on the first such trade that
+  crosses it: `through` = strictly beyond the price (we queue behind everyone at our level),
+  `touch` = at the price or beyond. A post-only limit that would take liquidity on arrival (buy at or
+  above the best ask, sell at or below the best bid; last trade price when no book) is rejected.
+- No partial fills, no latency beyond "next trade", no market impact beyond `slippage_bps`.
+Order ids are deterministic (`P` + client order id; trade ids `p:<agg_id>:<client order id>`), so a
+re-processed trade yields the same fill keys and sinks stay idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from execution.broker import BrokerEvent, Execution, OrderRequest, OrderUpdate
+from execution.config import Fees, PaperFills
+from execution.domain import BookTop, TradeTick, market_key, quote_asset
+
+
+@dataclass(slots=True)
+class _Resting:
+    request: OrderRequest
+    exchange_order_id: str
+
+
+class PaperBroker:
+    """In-process broker for `--mode paper`; implements `execution.broker.Broker`."""
+
+    mode = "paper"
+
+    def __init__(self, fees: Fees, fills: PaperFills) -> None:
+        self.fees = fees
+        self.fills = fills
+        self._open: dict[str, dict[str, _Resting]] = {}  # market key -> client id -> order (insertion order)
+        self._index: dict[str, str] = {}  # client id -> market key
+        self._books: dict[str, BookTop] = {}
+        self._last_price: dict[str, float] = {}
+
+    @property
+    def healthy(self) -> bool:
+        return True  # nothing to reach
+
+    def is_open(self, client_order_id: str) -> bool:
+        return client_order_id in self._index
+
+    def open_orders(self) -> list[OrderRequest]:
+        return [r.request for book in self._open.values() for r in book.values()]
+
+    # --- orders ---------------------------------------------------------------------------------------
+    def submit(self, request: OrderRequest, now_ms: int) -> list[BrokerEvent]:
+        eid = "P" + request.client_order_id
+
+        def reject(reason: str) -> list[BrokerEvent]:
+            return [OrderUpdate(request.client_order_id, "REJECTED", 0.0, None, eid, now_ms, reason)]
+
+        if request.client_order_id in self._index:
+            return reject("duplicate client_order_id")
+        if not request.qty > 0:
+            return reject("qty must be positive")
+        if request.type == "LIMIT":
+            if request.price is None or not request.price > 0:
+                return reject("limit order needs a positive price")
+            if request.post_only and self._would_take(request):
+                return reject("post_only_would_take")
+        elif request.type != "MARKET":
+            return reject(f"order type {request.type} not supported by the paper broker")
+        key = market_key(request.exchange, request.symbol)
+        self._open.setdefault(key, {})[request.client_order_id] = _Resting(request, eid)
+        self._index[request.client_order_id] = key
+        return [OrderUpdate(request.client_order_id, "NEW", 0.0, None, eid, now_ms)]
+
+    def cancel(self, client_order_id: str, now_ms: int, reason: str) -> list[BrokerEvent]:
+        key = self._index.pop(client_order_id, None)
+        if key is None:
+            return []
+        resting = self._open[key].pop(client_order_id)
+        return [OrderUpdate(client_order_id, "CANCELED", 0.0, None, resting.exchange_order_id, now_ms, reason)]
+
+    def poll(self, now_ms: int) -> list[BrokerEvent]:
+        return []
+
+    # --- market data ------------------------------------------------------------------------------------
+    def on_book(self, book: BookTop) -> None:
+        self._books[book.key] = book
+
+    def on_trade(self, trade: TradeTick) -> list[BrokerEvent]:
+        key = trade.key
+        self._last_price[key] = trade.price
+        resting = self._open.get(key)
+        if not resting:
+            return []
+        events: list[BrokerEvent] = []
+        for cid in list(resting):
+            order = resting[cid]
+            req = order.request
+            if trade.trade_time < req.not_before_ms:
+                continue
+            if req.type == "MARKET":
+                slip = self.fills.slippage_bps / 10_000
+                price = trade.price * (1 + slip) if req.side == "BUY" else trade.price * (1 - slip)
+                events += self._fill(order, trade, price, "taker", self.fees.taker)
+            elif self._crosses(req, trade.price):
+                events += self._fill(order, trade, req.price, "maker", self.fees.maker)
+        return events
+
+    # --- helpers ----------------------------------------------------------------------------------------
+    def _crosses(self, req: OrderRequest, price: float) -> bool:
+        if self.fills.limit_queue == "through":
+            return price < req.price if req.side == "BUY" else price > req.price
+        return price <= req.price if req.side == "BUY" else price >= req.price
+
+    def _would_take(self, req: OrderRequest) -> bool:
+        key = market_key(req.exchange, req.symbol)
+        book = self._books.get(key)
+        if req.side == "BUY":
+            opposite = book.best_ask if book else self._last_price.get(key)
+            return opposite is not None and req.price >= opposite
+        opposite = book.best_bid if book else self._last_price.get(key)
+        return opposite is not None and req.price <= opposite
+
+    def _fill(self, order: _Resting, trade: TradeTick, price: float, liquidity: str, rate: float) -> list[BrokerEvent]:
+        req = order.request
+        del self._open[trade.key][req.client_order_id]
+        del self._index[req.client_order_id]
+        fee = rate * price * req.qty
+        # the price before modelled costs: the trade for a market order, the limit itself for a maker fill
+        market_price = trade.price if req.type == "MARKET" else price
+        execution = Execution(req.client_order_id, order.exchange_order_id, f"p:{trade.agg_id}:{req.client_order_id}",
+                              req.side, price, req.qty, fee, quote_asset(req.symbol), liquidity, market_price,
+                              trade.trade_time)
+        update = OrderUpdate(req.client_order_id, "FILLED", req.qty, price, order.exchange_order_id, trade.trade_time)
+        return [execution, update]

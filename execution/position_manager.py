@@ -1,0 +1,272 @@
+"""One open position as a state machine driven by trade ticks and by the fills of its own exit orders.
+
+Why this shape: the old system had two processes (signal engine for flips, paper monitor for TP/SL)
+updating the same `paper_trades` row, and they raced (P0-4); a flip after TP1 also forgot the banked
+half. Here a position is a plain object owned by exactly one executor, which feeds it every trade of
+its symbol and every fill of its orders in sequence, so there is one writer and no locking.
+
+Lifecycle (levels in R around the entry, 1R = the signal's risk distance):
+
+    open --TP1 crossed--> [tp1 order] --filled--> tp1 (half closed, stop -> entry + be_offset R)
+    open --SL crossed--> [sl order] --filled--> closed "sl"
+    tp1 --stop crossed--> closed "sl_be";  tp1 --TP2 crossed--> closed "tp"
+    open|tp1 --age >= timeout (trade time)--> closed "timeout"
+    open|tp1 --close(reason)--> closed "signal_flip" | "risk_flatten" | "kill_switch"
+
+Exits are evaluated on every trade tick against the levels; a crossed level becomes a market order
+(`ExitIntent`) that the broker fills at a later trade. While an exit order is in flight no other exit
+is evaluated; a close requested meanwhile runs once it completes. A rejected exit is re-armed and the
+next tick evaluates again (with a new client order id). Levels are anchored at the entry's market
+price (the signal's R multiples applied to where the position really opened), using the engine's
+`ExitPlan`. P&L: `execution.pnl`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from execution.broker import Execution, OrderUpdate
+from execution.domain import Signal, direction_sign
+from execution.pnl import (
+    MARKET_REASONS,
+    TP1_FRACTION,
+    PnlBreakdown,
+    fee_r,
+    gross_pnl_r,
+    price_move_r,
+    slippage_r,
+)
+from stream_apps.core.exits import ExitPlan, plan_exits
+from stream_apps.core.strategy import Exits
+
+ExitLeg = Literal["tp1", "tp2", "sl", "exit"]
+Phase = Literal["open", "tp1", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExitIntent:
+    """A crossed level or a requested close: send a reduce-only market order for `qty`."""
+
+    leg: ExitLeg
+    reason: str  # "tp1" for the partial, else the exit reason of the close
+    qty: float
+    reference: float | None  # the level for tp1/tp2/sl legs; None for market exits
+    trigger_time: int
+
+
+@dataclass(slots=True)
+class _PendingExit:
+    intent: ExitIntent
+    client_order_id: str
+    filled_qty: float = 0.0
+    notional: float = 0.0  # sum of qty x fill price
+    market_notional: float = 0.0  # sum of qty x market price
+    fees_r: float = 0.0
+    slippage_r: float = 0.0
+
+
+def plan_from_signal(signal: Signal, entry: float, timeout_ms: int) -> ExitPlan:
+    """The signal's SL/TP1/TP2 (in R) re-anchored at the actual entry price.
+
+    `plan_exits` computes R as sl_atr_mult x atr; passing atr = R and sl_atr_mult = 1 keeps R exact.
+    """
+    exits = Exits(sl_atr_mult=1.0, tp1_r=signal.tp1_r, tp2_r=signal.tp2_r, timeout_min=max(1, timeout_ms // 60_000))
+    plan = plan_exits(signal.direction, entry, signal.risk_distance, exits)
+    return replace(plan, atr=signal.atr, timeout_ms=timeout_ms)
+
+
+@dataclass(slots=True)
+class Position:
+    position_id: str
+    signal_id: str
+    strategy: str
+    strategy_version: str
+    config_hash: str
+    exchange: str
+    symbol: str
+    mode: str
+    tier: str
+    plan: ExitPlan
+    qty_initial: float
+    r_usd: float
+    opened_at: int
+    breakeven_offset_r: float = 0.0
+    qty_open: float = 0.0
+    stop: float = 0.0
+    phase: Phase = "open"
+    fees_r: float = 0.0
+    slippage_r: float = 0.0
+    last_event_time: int = 0
+    tp1_done: bool = False
+    exit_reason: str | None = None
+    exit_price: float | None = None  # average fill price of the last exit leg
+    result: PnlBreakdown | None = None
+    pending: _PendingExit | None = None
+    deferred_close: str | None = None
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    # --- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, *, position_id: str, signal: Signal, mode: str, fills: list[Execution], r_usd: float,
+             timeout_ms: int, breakeven_offset_r: float = 0.0) -> Position:
+        """A position from its entry fills; levels anchored at their (qty-weighted) market price."""
+        qty = sum(f.qty for f in fills)
+        if not fills or qty <= 0:
+            raise ValueError("a position needs at least one entry fill")
+        anchor = sum(f.qty * f.market_price for f in fills) / qty
+        plan = plan_from_signal(signal, anchor, timeout_ms)
+        pos = cls(position_id, signal.signal_id, signal.strategy, signal.strategy_version, signal.config_hash,
+                  signal.exchange, signal.symbol, mode, signal.tier, plan, qty, r_usd,
+                  opened_at=max(f.event_time for f in fills), breakeven_offset_r=breakeven_offset_r,
+                  qty_open=qty, stop=plan.sl)
+        pos.last_event_time = pos.opened_at
+        for f in fills:
+            pos.fees_r += fee_r(f.fee, r_usd)
+            pos.slippage_r += slippage_r(plan.direction, opening=True, reference=f.market_price, price=f.price,
+                                         fraction=f.qty / qty, risk_distance=plan.risk_distance)
+        return pos
+
+    @classmethod
+    def restore(cls, opened: Mapping[str, Any], tp1: Mapping[str, Any] | None, *, timeout_ms: int,
+                breakeven_offset_r: float = 0.0) -> Position:
+        """Rebuild an open position from its `opened` (and `tp1`) events on the positions topic.
+
+        R is recovered as r_usd / initial qty (r_usd is by construction qty x R), the R multiples of
+        the levels from the prices; after TP1 the break-even offset is the one the stop was moved by,
+        before it the configured one.
+        """
+        qty0 = float(opened["qty"])
+        r_usd = float(opened["r_usd"])
+        R = r_usd / qty0
+        direction = opened["direction"]
+        sign = direction_sign(direction)
+        entry = float(opened["entry_price"])
+        tp1_r = sign * (float(opened["tp1_price"]) - entry) / R
+        tp2_r = sign * (float(opened["tp2_price"]) - entry) / R
+        sl_r = -sign * (float(opened["sl_price"]) - entry) / R
+        plan = ExitPlan(direction=direction, entry=entry, atr=0.0, risk_distance=R, sl=float(opened["sl_price"]),
+                        tp1=float(opened["tp1_price"]), tp2=float(opened["tp2_price"]), tp1_r=tp1_r, tp2_r=tp2_r,
+                        timeout_ms=timeout_ms, risk_multiplier=1.0, sl_r=sl_r)
+        last = tp1 or opened
+        pos = cls(opened["position_id"], opened["signal_id"], opened["strategy"], opened["strategy_version"],
+                  opened["config_hash"], opened["exchange"], opened["symbol"], opened["mode"], opened["tier"], plan,
+                  qty0, r_usd, opened_at=int(opened["event_time"]), qty_open=float(last["qty"]),
+                  stop=float(last["sl_price"]), fees_r=float(last["fees_r"]), slippage_r=float(last["slippage_r"]),
+                  last_event_time=int(last["event_time"]), breakeven_offset_r=breakeven_offset_r)
+        if tp1 is not None:
+            pos.phase = "tp1"
+            pos.tp1_done = True
+            pos.breakeven_offset_r = sign * (pos.stop - entry) / R
+        return pos
+
+    # --- queries ------------------------------------------------------------------------------------------
+    @property
+    def direction(self) -> str:
+        return self.plan.direction
+
+    @property
+    def entry(self) -> float:
+        return self.plan.entry
+
+    @property
+    def closed(self) -> bool:
+        return self.phase == "closed"
+
+    @property
+    def slot(self) -> tuple[str, str, str]:
+        return (self.strategy, self.exchange, self.symbol)
+
+    @property
+    def pending_client_order_id(self) -> str | None:
+        return self.pending.client_order_id if self.pending else None
+
+    def next_attempt(self, leg: str) -> int:
+        return self.attempts.get(leg, 0)
+
+    # --- inputs -------------------------------------------------------------------------------------------
+    def on_trade(self, price: float, trade_time: int) -> ExitIntent | None:
+        """Evaluate SL, TP1, TP2 and timeout on one trade; returns the exit to send, if any."""
+        if self.phase == "closed" or self.pending is not None or trade_time < self.last_event_time:
+            return None
+        sign = direction_sign(self.direction)
+        if sign * (price - self.stop) <= 0:
+            return ExitIntent("sl", "sl_be" if self.phase == "tp1" else "sl", self.qty_open, self.stop, trade_time)
+        if self.phase == "open" and sign * (price - self.plan.tp1) >= 0:
+            return ExitIntent("tp1", "tp1", self.qty_initial * TP1_FRACTION, self.plan.tp1, trade_time)
+        if self.phase == "tp1" and sign * (price - self.plan.tp2) >= 0:
+            return ExitIntent("tp2", "tp", self.qty_open, self.plan.tp2, trade_time)
+        if trade_time - self.opened_at >= self.plan.timeout_ms:
+            return ExitIntent("exit", "timeout", self.qty_open, None, trade_time)
+        return None
+
+    def request_close(self, reason: str, now_ms: int) -> ExitIntent | None:
+        """Close the rest at market for `reason` (signal_flip, risk_flatten, kill_switch)."""
+        if reason not in MARKET_REASONS:
+            raise ValueError(f"{reason!r} is not a market exit reason")
+        if self.phase == "closed":
+            return None
+        if self.pending is not None:
+            if self.pending.intent.leg == "tp1":
+                self.deferred_close = self.deferred_close or reason  # after the half is out, close the rest
+            return None
+        return ExitIntent("exit", reason, self.qty_open, None, now_ms)
+
+    def exit_sent(self, intent: ExitIntent, client_order_id: str) -> None:
+        self.pending = _PendingExit(intent, client_order_id)
+
+    def on_execution(self, ex: Execution) -> None:
+        p = self.pending
+        if p is None or ex.client_order_id != p.client_order_id:
+            raise ValueError(f"{ex.client_order_id} is not the pending exit of {self.position_id}")
+        reference = p.intent.reference if p.intent.reference is not None else ex.market_price
+        p.filled_qty += ex.qty
+        p.notional += ex.qty * ex.price
+        p.market_notional += ex.qty * ex.market_price
+        p.fees_r += fee_r(ex.fee, self.r_usd)
+        p.slippage_r += slippage_r(self.direction, opening=False, reference=reference, price=ex.price,
+                                   fraction=ex.qty / self.qty_initial, risk_distance=self.plan.risk_distance)
+
+    def on_order_update(self, update: OrderUpdate) -> tuple[list[str], ExitIntent | None]:
+        """Apply a state change of the pending exit order.
+
+        Returns the position events it caused ("tp1" or "closed") and an exit to send next (a close
+        deferred behind TP1), if any. Exits are assumed to fill completely (the paper broker does); an
+        exit that dies part-filled keeps its costs, reduces the open quantity and is re-armed.
+        """
+        p = self.pending
+        if p is None or update.client_order_id != p.client_order_id:
+            return [], None
+        if update.state not in ("FILLED", "CANCELED", "REJECTED", "EXPIRED"):
+            return [], None
+        self.pending = None
+        self.fees_r += p.fees_r
+        self.slippage_r += p.slippage_r
+        self.qty_open -= p.filled_qty
+        if p.filled_qty:
+            self.last_event_time = max(self.last_event_time, update.event_time)
+            self.exit_price = p.notional / p.filled_qty
+        if update.state != "FILLED":
+            self.attempts[p.intent.leg] = self.attempts.get(p.intent.leg, 0) + 1
+            return [], None
+        sign = direction_sign(self.direction)
+        if p.intent.leg == "tp1":
+            self.phase = "tp1"
+            self.tp1_done = True
+            self.stop = self.entry + sign * self.breakeven_offset_r * self.plan.risk_distance
+            follow = None
+            if self.deferred_close:
+                follow = ExitIntent("exit", self.deferred_close, self.qty_open, None, update.event_time)
+                self.deferred_close = None
+            return ["tp1"], follow
+        self.qty_open = 0.0
+        move = None
+        if p.intent.reason in MARKET_REASONS:
+            move = price_move_r(self.direction, self.entry, p.market_notional / p.filled_qty, self.plan.risk_distance)
+        gross = gross_pnl_r(p.intent.reason, self.plan.tp1_r, self.plan.tp2_r, tp1_hit=self.tp1_done,
+                            exit_move_r=move, sl_r=self.plan.sl_r, breakeven_offset_r=self.breakeven_offset_r)
+        self.phase = "closed"
+        self.exit_reason = p.intent.reason
+        self.result = PnlBreakdown(gross, self.fees_r, self.slippage_r)
+        return ["closed"], None

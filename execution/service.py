@@ -1,0 +1,314 @@
+"""`tapeflow execute --mode paper|testnet|live`: the executor as a process (Kafka in and out, metrics,
+health, restore on start).
+
+Inputs: `signals`, `md.trades`, `md.book` through one consumer group (`tapeflow-executor-<mode>`) with
+the range assignor, so partition i of all three lands on the same member (they are co-partitioned by
+`exchange:symbol`), and `risk.events` through a second, group-less consumer that follows kill-switch
+records. Outputs: orders, fills, positions, risk.events through the idempotent `Publisher`.
+
+State persistence (the design choice): the executor's own output topics are its state. On every
+partition assignment it reads `positions` and `orders` (the assigned partitions) and all of
+`risk.events` to the end and rebuilds open positions, the signals already handled and the risk guard
+(`Executor.restore`); no separate state topic or file can disagree with what was published. Input
+offsets are committed only after the outputs they caused are acknowledged (`Publisher.flush`), so a
+crash re-delivers inputs rather than losing them, and re-delivered signals are recognised as
+duplicates. The risk guard's counters and the daily guard survive restarts through the compacted
+`risk.events` (keys `<mode>:<scope>`).
+
+One writer: the guard's limits (daily loss, max open positions) are account-wide, so one executor per
+mode is expected. If the group gives this process only some of the signal partitions (a second
+executor joined), it keeps managing its positions but blocks new entries (`not_sole_writer`) and
+reports itself degraded.
+
+Exit codes: 0 clean stop; 1 failure while running (undeliverable records, unreadable state); 2 refused
+to start (live/testnet safety checks, no broker for the mode, bad config, no Kafka).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal as os_signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from execution.config import ExecutorConfig, ExecutorConfigError, load_executor_config
+from execution.executor import Executor
+from execution.metrics import ExecutorMetrics
+from execution.safety import (
+    BrokerUnavailable,
+    LiveTradingRefused,
+    build_broker,
+    check_mode_allowed,
+    startup_echo,
+)
+from execution.state_reader import read_to_end
+from producers.metrics import ProducerMetrics
+from producers.publisher import Publisher
+from schemas.catalogue import dlq_topic
+from schemas.catalogue import topic as topic_spec
+from schemas.registry import registry_from_url
+from schemas.serde import AvroSerde
+from tapeflow.kafka_client import consumer_config, ensure_topics
+from tapeflow.service_http import build_app, serve
+from tapeflow.settings import Settings
+
+log = structlog.get_logger("executor")
+
+INPUTS = ("signals", "md.trades", "md.book")
+OUTPUTS = ("orders", "fills", "positions", "risk.events")
+
+
+@dataclass
+class ExecuteOptions:
+    config_path: Path | None = None  # executor config (YAML/JSON); None = defaults
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    start_from: str = "latest"  # a new consumer group starts at the end of the inputs ("earliest" for tests)
+    group_id: str | None = None  # default: <topic_prefix>tapeflow-executor-<mode>
+    clock_interval_ms: int = 100  # pause ends, day change, stale data, maker timeouts
+    commit_interval_ms: int = 1000
+    restore_idle_s: float = 0.5
+    stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
+
+
+class KafkaSink:
+    """The executor's `OutputSink` on the Kafka publisher; also feeds metrics and echoes the first order."""
+
+    def __init__(self, publisher: Publisher, metrics: ExecutorMetrics, mode: str) -> None:
+        self.publisher = publisher
+        self.metrics = metrics
+        self.mode = mode
+        self.first_order_logged = False
+
+    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
+        self.publisher.publish(topic, key, record)
+        self.metrics.observe_record(topic, record)
+        if topic == "orders" and record["state"] == "PENDING_NEW" and not self.first_order_logged:
+            self.first_order_logged = True
+            log.warning("first order of this run", mode=self.mode, client_order_id=record["client_order_id"],
+                        symbol=record["symbol"], side=record["side"], type=record["type"], qty=record["qty"],
+                        price=record["price"], leg=record["leg"])
+
+    def barrier(self) -> None:
+        remaining = self.publisher.flush(10)
+        if remaining or not self.publisher.healthy:
+            # fail closed: an order whose intent is not recorded must not be sent
+            raise RuntimeError(f"order intent not durable ({remaining} records undelivered); refusing to send")
+
+    @property
+    def healthy(self) -> bool:
+        return self.publisher.healthy
+
+
+class ExecutorService:
+    def __init__(self, settings: Settings, mode: str, config: ExecutorConfig, bootstrap: str, serde: AvroSerde,
+                 options: ExecuteOptions, clock: Callable[[], int] | None = None) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.config = config
+        self.bootstrap = bootstrap
+        self.serde = serde
+        self.options = options
+        self.clock = clock or (lambda: int(time.time() * 1000))
+        self.prefix = settings.topic_prefix
+        self.metrics = ExecutorMetrics()
+        self.publisher = Publisher(bootstrap, serde, ProducerMetrics(self.metrics.registry), topic_prefix=self.prefix)
+        self.sink = KafkaSink(self.publisher, self.metrics, mode)
+        self.executor: Executor | None = None
+        self.status = "starting"
+        self.restores = 0
+        self._names = {self.prefix + name: name for name in INPUTS}
+        self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
+        self._consumer: Consumer | None = None
+        self._risk: Consumer | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self._consumer = Consumer(consumer_config(
+            self.bootstrap, self._group, **{"enable.auto.offset.store": False,
+                                            "auto.offset.reset": self.options.start_from,
+                                            "partition.assignment.strategy": "range"}))
+        self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower"))
+        self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke)
+        next_clock = next_commit = 0
+        try:
+            while not stop.is_set():
+                for msg in self._consumer.consume(num_messages=500, timeout=0.02):
+                    if msg.error():
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consume error", error=msg.error().str())
+                        continue
+                    if self.executor is not None:
+                        self._handle(self.executor, msg)
+                        self._consumer.store_offsets(msg)
+                ex = self.executor
+                if ex is None:
+                    continue
+                for msg in self._risk.consume(num_messages=100, timeout=0):
+                    if msg.error():
+                        continue
+                    try:
+                        record = self.serde.decode(msg.value())
+                    except Exception as exc:
+                        log.warning("undecodable risk.events record ignored", offset=msg.offset(), error=str(exc))
+                        continue
+                    ex.on_risk_record(record, self.clock())
+                now = self.clock()
+                if now >= next_clock:
+                    next_clock = now + self.options.clock_interval_ms
+                    ex.on_clock(now)
+                    self._refresh_gauges(ex, now)
+                self.publisher.poll(0)
+                if now >= next_commit:
+                    next_commit = now + self.options.commit_interval_ms
+                    self._commit()
+        finally:
+            self.status = "stopping"
+            self._commit()
+            self._consumer.close()
+            self._risk.close()
+            self.status = "stopped"
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        signals = sorted(p.partition for p in partitions if p.topic == self.prefix + "signals")
+        t0 = time.monotonic()
+        idle = self.options.restore_idle_s
+        state = read_to_end(self.bootstrap, {self.prefix + "positions": signals, self.prefix + "orders": signals,
+                                             self.prefix + "risk.events": None}, self.serde, idle_s=idle)
+        positions, orders, risk = (state[self.prefix + name] for name in ("positions", "orders", "risk.events"))
+        now = self.clock()
+        executor = Executor(self.config, self.mode, build_broker(self.mode, self.config), self.sink, now)
+        summary = executor.restore(positions.records, orders.records, risk.records, now)
+        total = len(consumer.list_topics(self.prefix + "signals", timeout=10).topics[self.prefix + "signals"].partitions)
+        executor.owner_ok = signals == list(range(total))
+        self._risk.assign([TopicPartition(self.prefix + "risk.events", p, off) for p, off in risk.next_offsets.items()])
+        self.executor = executor
+        self.restores += 1
+        self.status = "running" if executor.owner_ok else "degraded"
+        log.info("executor state restored", partitions=signals, seconds=round(time.monotonic() - t0, 3),
+                 risk_state=executor.guard.state_name(now), daily_pnl_r=executor.guard.state.daily_pnl_r,
+                 sole_writer=executor.owner_ok, **summary)
+        if not executor.owner_ok:
+            log.error("another executor shares the input partitions: new entries blocked", assigned=signals,
+                      partitions=total)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit()
+        self.executor = None
+        self.status = "rebalancing"
+
+    def _handle(self, ex: Executor, msg) -> None:
+        name = self._names[msg.topic()]
+        self.metrics.messages_in.labels(name).inc()
+        try:
+            record = self.serde.decode(msg.value())
+        except Exception as exc:  # not ours to fix: keep the bytes and the reason, go on
+            self.metrics.decode_errors.labels(name).inc()
+            self.publisher.dead_letter(dlq_topic(name), msg.topic(), name, msg.value() or b"", f"{exc}", "decode",
+                                       key=msg.key())
+            return
+        now = self.clock()
+        if name == "md.trades":
+            ex.on_trade(record, now)
+        elif name == "md.book":
+            ex.on_book(record, now)
+        else:
+            decision = ex.on_signal(record, now)
+            if decision.allowed:
+                produced_ms = msg.timestamp()[1]
+                self.metrics.signal_to_order.observe(max(0.0, time.time() - produced_ms / 1000))
+
+    def _commit(self) -> None:
+        """Commit consumed input offsets once every output they caused is acknowledged."""
+        if self._consumer is None:
+            return
+        remaining = self.publisher.flush(10)
+        if remaining or not self.publisher.healthy:
+            log.error("outputs not delivered; input offsets not committed", undelivered=remaining,
+                      failed=len(self.publisher.failed))
+            return
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset commit failed", error=exc.args[0].str())
+
+    def _refresh_gauges(self, ex: Executor, now: int) -> None:
+        self.metrics.open_positions.set(len(ex.positions))
+        for key, t in ex.data_time.items():
+            self.metrics.data_age.labels(key).set(max(0.0, (now - t) / 1000))
+        if not self.publisher.healthy and self.status == "running":
+            self.status = "degraded"
+
+    def health(self) -> dict[str, Any]:
+        ex = self.executor
+        now = self.clock()
+        return {"status": self.status, "mode": self.mode,
+                "open_positions": len(ex.positions) if ex else 0,
+                "risk_state": ex.guard.state_name(now) if ex else None,
+                "sole_writer": ex.owner_ok if ex else False,
+                "outputs_healthy": self.publisher.healthy}
+
+
+async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | None = None, *,
+                       environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of `tapeflow execute`; returns the process exit code."""
+    from tapeflow.endpoints import resolve_broker
+    from tapeflow.paths import StackPaths
+    from tapeflow.stack.process import StackError
+
+    options = options or ExecuteOptions()
+    environ = os.environ if environ is None else environ
+    try:
+        config = load_executor_config(options.config_path)
+    except ExecutorConfigError as exc:
+        log.error("executor config refused", error=str(exc))
+        return 2
+    log.info("executor configuration (confirm before trading)", **startup_echo(settings, mode, config))
+    try:
+        check_mode_allowed(mode, settings, environ)
+        build_broker(mode, config)
+    except (LiveTradingRefused, BrokerUnavailable) as exc:
+        log.error("executor refused to start", mode=mode, reason=str(exc))
+        return 2
+    try:
+        bootstrap = resolve_broker(settings, StackPaths(settings.home))
+        ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec(n) for n in INPUTS + OUTPUTS]
+                      + [topic_spec(dlq_topic(n)) for n in ("signals", "md.trades")])
+    except (StackError, KafkaException) as exc:
+        log.error("no Kafka", error=str(exc))
+        return 2
+    service = ExecutorService(settings, mode, config, bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)),
+                              options)
+    runner, port = await serve(build_app(service.metrics.registry, service.health, frozenset({"running"})),
+                               options.metrics_host, options.metrics_port)
+    log.info("executor started", mode=mode, metrics_port=port, group=service._group)
+    stop = options.stop or threading.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (os_signal.SIGINT, os_signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests, embedding)
+            pass
+    code = 0
+    try:
+        await asyncio.to_thread(service.run, stop)
+    except Exception:
+        log.exception("executor failed")
+        code = 1
+    finally:
+        await runner.cleanup()
+    if not service.publisher.healthy:
+        code = 1
+    log.info("executor stopped", code=code, delivered=service.publisher.delivered,
+             undelivered=len(service.publisher.failed))
+    return code

@@ -1,0 +1,78 @@
+"""Read partitions of a topic from the beginning to their end, for restoring executor state.
+
+"The end" needs care on the embedded broker: Tansu's high watermark counts record batches, not
+records, so end-of-partition can be reported before the last record. We therefore wait for
+end-of-partition on every partition and then for `idle_s` without any record. A record that cannot
+be decoded is an error, not a skip: state restored from a partial history could reopen a position or
+forget a halt, so the executor refuses to start (fail closed).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from schemas.serde import AvroSerde
+from tapeflow.kafka_client import consumer_config
+
+
+class StateReadError(RuntimeError):
+    """A state topic could not be read completely."""
+
+
+@dataclass
+class TopicSnapshot:
+    records: list[dict[str, Any]]
+    next_offsets: dict[int, int]  # partition -> offset after the last record read
+
+
+def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: AvroSerde, *,
+                idle_s: float = 0.5, timeout_s: float = 60.0) -> dict[str, TopicSnapshot]:
+    """Every record of the given partitions (None = all) of each topic, in offset order per partition.
+
+    One consumer reads all topics at once, so the idle wait is paid once.
+    """
+    consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-state-{uuid.uuid4().hex[:8]}",
+                                        **{"enable.partition.eof": True}))
+    try:
+        assignment: list[TopicPartition] = []
+        out: dict[str, TopicSnapshot] = {}
+        for topic, partitions in topics.items():
+            md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if md is None or md.error is not None:
+                raise StateReadError(f"cannot read {topic}: {md.error if md else 'no such topic'}")
+            parts = sorted(md.partitions) if partitions is None else sorted(partitions)
+            assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
+            out[topic] = TopicSnapshot([], {p: 0 for p in parts})
+        consumer.assign(assignment)
+        at_end: set[tuple[str, int]] = set()
+        deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now > deadline:
+                raise StateReadError(f"{', '.join(topics)}: not at the end after {timeout_s:.0f} s")
+            if len(at_end) == len(assignment) and now - last >= idle_s:
+                return out
+            msg = consumer.poll(0.05)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add((msg.topic(), msg.partition()))
+                    continue
+                raise StateReadError(f"{msg.topic()}: {msg.error().str()}")
+            last = time.monotonic()
+            snap = out[msg.topic()]
+            try:
+                snap.records.append(serde.decode(msg.value()))
+            except Exception as exc:
+                raise StateReadError(f"{msg.topic()}[{msg.partition()}]@{msg.offset()} cannot be decoded: {exc}") \
+                    from exc
+            snap.next_offsets[msg.partition()] = msg.offset() + 1
+    finally:
+        consumer.close()
