@@ -115,6 +115,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 def check_port_free(host: str, port: int, what: str, setting: str) -> None:
     """Fail with a clear message when a configured port is taken (instead of a cryptic bind error)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # like the servers themselves: connections of a just-stopped server lingering in TIME_WAIT
+        # must not count as "in use", only a live listener does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
