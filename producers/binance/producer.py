@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from producers.binance.book_sync import DepthDiff, OrderBookSync, order_book_imbalance
+from producers.binance.book_sync import DepthDiff, OrderBookSync
 from producers.binance.parse import (
     EXCHANGE,
     FrameError,
@@ -37,6 +37,7 @@ from producers.binance.pollers import IndicatorPoller
 from producers.binance.rest import RestClient, RestRejected, RestUnavailable
 from producers.binance.trade_sequencer import AggTradeSequencer, Gap
 from producers.binance.ws_stream import CombinedStream, StreamConfig, sleep_or_stop
+from producers.common import RepairTasks, book_snapshot_record, watch_replay
 from producers.metrics import ProducerMetrics
 from producers.publisher import Publisher
 from schemas.errors import SchemaValidationError
@@ -96,7 +97,7 @@ class BinanceProducer:
         self._last_mark_time: dict[str, int] = {}
         self._recent_liquidations: dict[tuple, None] = {}
         self._book_published_u: dict[str, int] = {}
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._repairs = RepairTasks()
         self._rest: RestClient | None = None
         self._stop: asyncio.Event | None = None
         self._load_checkpoint()
@@ -115,7 +116,8 @@ class BinanceProducer:
                        asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
             ended = "stopped"
             if self.config.replay_control_url:
-                workers.append(asyncio.create_task(self._watch_replay(session, stop), name="replay"))
+                workers.append(asyncio.create_task(watch_replay(
+                    self.config.replay_control_url, stop, self._repairs.busy, self._replay_finished), name="replay"))
             if self.config.poll_interval_s > 0:
                 # its own client: a Coinbase 429 must not pause Binance gap fills
                 poller = IndicatorPoller(
@@ -127,9 +129,10 @@ class BinanceProducer:
             await stop.wait()
             if self.status.state == "replay-finished":
                 ended = "replay-finished"
-            for t in workers + list(self._tasks.values()):
+            for t in workers:
                 t.cancel()
-            await asyncio.gather(*workers, *self._tasks.values(), return_exceptions=True)
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self._repairs.cancel_all()
         await asyncio.to_thread(self.publisher.flush, 30.0)
         self._save_checkpoint()
         if ended != "replay-finished":
@@ -171,7 +174,7 @@ class BinanceProducer:
         if seq.counters.gaps_detected > before:
             self.metrics.gaps_detected.labels(sym).inc(seq.counters.gaps_detected - before)
         if seq.gap is not None:
-            self._ensure_task(f"fill:{sym}", self._fill_gap(sym))
+            self._repairs.ensure(f"fill:{sym}", self._fill_gap(sym))
 
     def _publish_trades(self, sym: str, trades: list[dict]) -> None:
         for t in trades:
@@ -189,7 +192,7 @@ class BinanceProducer:
             raise FrameError(f"depth for unsubscribed symbol {diff.symbol}")
         self._apply_book_result(book, book.on_diff(diff))
         if book.needs_snapshot:
-            self._ensure_task(f"snapshot:{book.symbol}", self._fetch_snapshot(book))
+            self._repairs.ensure(f"snapshot:{book.symbol}", self._fetch_snapshot(book))
 
     def _apply_book_result(self, book: OrderBookSync, result, books_published: bool = False) -> None:
         for d in result.applied:
@@ -219,13 +222,6 @@ class BinanceProducer:
         self.publisher.publish("md.liquidations", self._key(rec["symbol"]), rec, rec["receive_time"])
 
     # --- REST-backed repairs ------------------------------------------------------------------------
-    def _ensure_task(self, name: str, coro) -> None:
-        task = self._tasks.get(name)
-        if task is not None and not task.done():
-            coro.close()
-            return
-        self._tasks[name] = asyncio.create_task(coro, name=name)
-
     async def _fill_gap(self, sym: str) -> None:
         seq = self.sequencers[sym]
         assert self._rest is not None
@@ -293,14 +289,9 @@ class BinanceProducer:
                 self.publish_book(book)
 
     def publish_book(self, book: OrderBookSync) -> None:
-        bids, asks = book.top(self.config.book_depth)
         self._book_published_u[book.symbol] = book.last_update_id
-        now = int(time.time() * 1000)
-        self.publisher.publish("md.book", self._key(book.symbol), {
-            "exchange": EXCHANGE, "symbol": book.symbol, "last_update_id": book.last_update_id,
-            "event_time": book.last_event_time, "receive_time": now,
-            "bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks],
-            "obi_10": order_book_imbalance(bids, asks, 10)}, now)
+        record = book_snapshot_record(EXCHANGE, book, self.config.book_depth)
+        self.publisher.publish("md.book", self._key(book.symbol), record, record["receive_time"])
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         while not await sleep_or_stop(stop, 1.0):
@@ -308,22 +299,9 @@ class BinanceProducer:
             self.metrics.refresh_freshness()
             self._save_checkpoint()
 
-    async def _watch_replay(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        url = f"{self.config.replay_control_url.rstrip('/')}/_control/status"
-        while not await sleep_or_stop(stop, 0.5):
-            try:
-                async with session.get(url) as resp:
-                    body = await resp.json()
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-                continue
-            busy = any(not t.done() for t in self._tasks.values())
-            if body.get("finished") and not busy:
-                await asyncio.sleep(0.5)  # frames already sent may still be in our socket buffer
-                await asyncio.to_thread(self.publisher.flush, 30.0)
-                self.status.set("replay-finished", f"replayed {body.get('frames_sent', '?')} frames")
-                log.info("replay finished", frames=body.get("frames_sent"))
-                stop.set()
-                return
+    def _replay_finished(self, fake_status: dict) -> None:
+        # run() flushes the publisher once the workers have stopped, before it reports the end
+        self.status.set("replay-finished", f"replayed {fake_status.get('frames_sent', '?')} frames")
 
     # --- status and checkpoint -----------------------------------------------------------------------
     def _on_ws_status(self, state: str, detail: str) -> None:

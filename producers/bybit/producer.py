@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import structlog
 
-from producers.binance.book_sync import DepthDiff, order_book_imbalance
+from producers.binance.book_sync import DepthDiff
 from producers.binance.producer import DLQ_TOPIC, ProducerStatus
 from producers.binance.trade_sequencer import Gap
 from producers.binance.ws_stream import sleep_or_stop
@@ -41,6 +40,7 @@ from producers.bybit.parse import (
 from producers.bybit.ticker_state import TickerState
 from producers.bybit.trade_numbering import TradeNumbering
 from producers.bybit.ws_stream import BybitStream, BybitStreamConfig
+from producers.common import RepairTasks, book_snapshot_record, watch_replay
 from producers.metrics import ProducerMetrics
 from producers.publisher import Publisher
 from schemas.errors import SchemaValidationError
@@ -92,7 +92,7 @@ class BybitProducer:
                                   self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect)
         self._book_updates: dict[str, int] = dict.fromkeys(config.symbols, 0)  # verified updates applied
         self._book_published: dict[str, int] = {}  # _book_updates at the last md.book
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._repairs = RepairTasks()
         self._stop: asyncio.Event | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -103,14 +103,17 @@ class BybitProducer:
                    asyncio.create_task(self._book_snapshots(stop), name="book"),
                    asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
         if self.config.replay_control_url:
-            workers.append(asyncio.create_task(self._watch_replay(stop), name="replay"))
+            # a Bybit resubscription is not a blocking repair: the replay may end while a book waits
+            workers.append(asyncio.create_task(watch_replay(
+                self.config.replay_control_url, stop, lambda: False, self._replay_finished), name="replay"))
         await stop.wait()
         # the stream ends by itself on `stop` (closing its connection); cancelling it from outside
         # would orphan the connection task
         await asyncio.wait(workers[:1], timeout=5.0)
-        for t in workers + list(self._tasks.values()):
+        for t in workers:
             t.cancel()
-        await asyncio.gather(*workers, *self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*workers, return_exceptions=True)
+        await self._repairs.cancel_all()
         await asyncio.to_thread(self.publisher.flush, 30.0)
         if self.status.state == "replay-finished":
             return "replay-finished"
@@ -188,7 +191,7 @@ class BybitProducer:
         if result.resync_reason:
             self.metrics.book_resyncs.labels(book.symbol, result.resync_reason.split(" ")[0]).inc()
             log.warning("order book resync", symbol=book.symbol, reason=result.resync_reason)
-            self._ensure_task(f"resubscribe:{book.symbol}", self._resubscribe(book))
+            self._repairs.ensure(f"resubscribe:{book.symbol}", self._resubscribe(book))
 
     def _on_ticker(self, msg: dict, received: int) -> None:
         kind, symbol, ts, fields = ticker_fields(msg)
@@ -202,13 +205,6 @@ class BybitProducer:
             self.publisher.publish("md.indicators", self._key(symbol), open_interest, received)
 
     # --- book recovery --------------------------------------------------------------------------
-    def _ensure_task(self, name: str, coro) -> None:
-        task = self._tasks.get(name)
-        if task is not None and not task.done():
-            coro.close()
-            return
-        self._tasks[name] = asyncio.create_task(coro, name=name)
-
     async def _resubscribe(self, book: BybitBookSync) -> None:
         """Re-subscribe the book's topic until a snapshot makes it live again."""
         assert self._stop is not None
@@ -232,36 +228,17 @@ class BybitProducer:
                     self.publish_book(book)
 
     def publish_book(self, book: BybitBookSync) -> None:
-        bids, asks = book.top(self.config.book_depth)
         self._book_published[book.symbol] = self._book_updates[book.symbol]
-        now = int(time.time() * 1000)
-        self.publisher.publish("md.book", self._key(book.symbol), {
-            "exchange": EXCHANGE, "symbol": book.symbol, "last_update_id": book.last_update_id,
-            "event_time": book.last_event_time, "receive_time": now,
-            "bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks],
-            "obi_10": order_book_imbalance(bids, asks, 10)}, now)
+        record = book_snapshot_record(EXCHANGE, book, self.config.book_depth)
+        self.publisher.publish("md.book", self._key(book.symbol), record, record["receive_time"])
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         while not await sleep_or_stop(stop, 1.0):
             self.publisher.poll(0)
             self.metrics.refresh_freshness()
 
-    async def _watch_replay(self, stop: asyncio.Event) -> None:
-        """Fake exchange only: stop once its replay has finished and everything sent was handled."""
-        url = f"{self.config.replay_control_url.rstrip('/')}/_control/status"
-        async with aiohttp.ClientSession() as session:
-            while not await sleep_or_stop(stop, 0.5):
-                try:
-                    async with session.get(url) as resp:
-                        body = await resp.json()
-                except (aiohttp.ClientError, TimeoutError, ValueError):
-                    continue
-                if body.get("finished"):
-                    await asyncio.sleep(0.5)  # frames already sent may still be in our socket buffer
-                    self.status.set("replay-finished", f"replayed {body.get('frames_sent_total', '?')} frames")
-                    log.info("replay finished", frames=body.get("frames_sent_total"))
-                    stop.set()
-                    return
+    def _replay_finished(self, fake_status: dict) -> None:
+        self.status.set("replay-finished", f"replayed {fake_status.get('frames_sent_total', '?')} frames")
 
     # --- status ---------------------------------------------------------------------------------
     def _on_ws_status(self, state: str, detail: str) -> None:
