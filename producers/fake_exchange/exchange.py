@@ -27,6 +27,7 @@ from websockets.asyncio.server import serve as ws_serve
 from .config import FakeExchangeConfig
 from .control_api import add_control_routes
 from .faults import FaultSettings
+from .orders import add_order_routes
 from .recording import Recording
 from .replay import ReplayEngine
 from .rest_api import STATE_KEY, WEIGHT_LIMIT_KEY, WEIGHTS_KEY, add_market_routes, exchange_middleware
@@ -138,6 +139,7 @@ class FakeExchange:
         app[WEIGHT_LIMIT_KEY] = config.weight_limit_1m
         add_market_routes(app)
         add_control_routes(app)
+        add_order_routes(app)  # signed order API + user-data stream (producers/fake_exchange/orders)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         rest_sock = _bound_socket(config.host, config.rest_port)

@@ -1,0 +1,162 @@
+"""Reconciliation: the exchange's positions and open orders against the executor's state.
+
+Why: the executor's state is what it published; the exchange's is what happened. They part when a
+process dies between sending and recording, when someone trades by hand, or when a stream event is
+lost. On start and every 5 minutes (`Reconciler.due`) the two are compared and every difference is
+reported (`ReconcileReport.findings`, for risk.events and the log) and handled by policy:
+- `adopt`: leave it on the exchange and remember it (reported once as adopted, then known); an
+  adopted orphan order is followed by the broker so its fills are reported;
+- `flatten`: cancel orphan orders and close orphan positions with a reduce-only MARKET order whose
+  client id is derived from (symbol, amount, run time), so a retried run cannot double the close.
+Positions we hold that the exchange does not have (`missing_position`) and size differences are only
+reported: closing or re-opening them is a trading decision, not a repair.
+
+`compare` is pure (amounts in, findings out); `Reconciler.run` does the I/O through the broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+
+from execution.binance_signing import BinanceApiError
+from execution.broker import BrokerEvent, OrderRequest
+
+log = structlog.get_logger("reconcile")
+
+Policy = Literal["adopt", "flatten"]
+FindingKind = Literal["orphan_position", "orphan_order", "missing_position", "size_mismatch"]
+RECONCILE_INTERVAL_MS = 5 * 60_000
+QTY_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: FindingKind
+    symbol: str
+    detail: str
+    exchange_amount: float = 0.0  # signed position amount on the exchange (positions)
+    our_amount: float = 0.0
+    client_order_id: str | None = None  # orders
+    action: str = "reported"
+
+    def with_action(self, action: str) -> Finding:
+        return Finding(self.kind, self.symbol, self.detail, self.exchange_amount, self.our_amount,
+                       self.client_order_id, action)
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    run_ms: int
+    policy: Policy
+    findings: list[Finding] = field(default_factory=list)
+    events: list[BrokerEvent] = field(default_factory=list)  # broker events of the repair orders
+    error: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings and self.error is None
+
+
+def compare(exchange_positions: Mapping[str, float], exchange_orders: Iterable[Mapping[str, Any]],
+            our_positions: Mapping[str, float], our_orders: Iterable[str],
+            known: Iterable[str] = ()) -> list[Finding]:
+    """Differences between the exchange and us. Amounts are signed (long > 0); `known` = adopted keys
+    (`position:<symbol>` / `order:<client id>`) that are not reported again."""
+    known = set(known)
+    ours = set(our_orders)
+    findings: list[Finding] = []
+    for symbol in sorted(set(exchange_positions) | set(our_positions)):
+        theirs, mine = exchange_positions.get(symbol, 0.0), our_positions.get(symbol, 0.0)
+        if abs(theirs - mine) <= QTY_EPS:
+            continue
+        if abs(mine) <= QTY_EPS:
+            if f"position:{symbol}" not in known:
+                findings.append(Finding("orphan_position", symbol, f"exchange holds {theirs}, we hold nothing",
+                                        theirs, mine))
+        elif abs(theirs) <= QTY_EPS:
+            findings.append(Finding("missing_position", symbol, f"we hold {mine}, the exchange holds nothing",
+                                    theirs, mine))
+        else:
+            findings.append(Finding("size_mismatch", symbol, f"exchange {theirs} vs ours {mine}", theirs, mine))
+    for order in exchange_orders:
+        cid = order["clientOrderId"]
+        if cid not in ours and f"order:{cid}" not in known:
+            findings.append(Finding("orphan_order", order["symbol"],
+                                    f"{order['side']} {order['type']} {order['origQty']} @ {order['price']} "
+                                    f"not ours", client_order_id=cid))
+    return findings
+
+
+def flatten_client_id(symbol: str, amount: float, run_ms: int) -> str:
+    digest = hashlib.blake2b(f"{symbol}:{amount}:{run_ms}".encode(), digest_size=9).hexdigest()
+    return f"tfrc{digest}"
+
+
+class Reconciler:
+    """Runs `compare` against a `BinanceBroker` and applies the orphan policy."""
+
+    def __init__(self, broker: Any, policy: Policy = "flatten", interval_ms: int = RECONCILE_INTERVAL_MS,
+                 exchange: str = "binance") -> None:
+        if policy not in ("adopt", "flatten"):
+            raise ValueError(f"policy must be adopt or flatten, got {policy!r}")
+        self.broker = broker
+        self.policy = policy
+        self.interval_ms = interval_ms
+        self.exchange = exchange
+        self.known: set[str] = set()
+        self.last_run_ms: int | None = None
+
+    def due(self, now_ms: int) -> bool:
+        return self.last_run_ms is None or now_ms - self.last_run_ms >= self.interval_ms
+
+    def run(self, our_positions: Mapping[str, float], our_orders: Iterable[str], now_ms: int) -> ReconcileReport:
+        self.last_run_ms = now_ms
+        report = ReconcileReport(now_ms, self.policy)
+        try:
+            positions = self.broker.positions()
+            orders = self.broker.open_orders()
+        except BinanceApiError as exc:
+            report.error = f"exchange state unavailable: {exc}"
+            log.error("reconciliation failed", error=report.error)
+            return report
+        for finding in compare(positions, orders, our_positions, our_orders, self.known):
+            report.findings.append(self._apply(finding, orders, report, now_ms))
+        for f in report.findings:
+            log.warning("reconciliation finding", kind=f.kind, symbol=f.symbol, detail=f.detail, action=f.action)
+        return report
+
+    def _apply(self, finding: Finding, orders: list[Mapping[str, Any]], report: ReconcileReport,
+               now_ms: int) -> Finding:
+        if finding.kind == "orphan_order":
+            order = next(o for o in orders if o["clientOrderId"] == finding.client_order_id)
+            if self.policy == "adopt":
+                self.known.add(f"order:{finding.client_order_id}")
+                self.broker.track(OrderRequest(order["clientOrderId"], self.exchange, order["symbol"], order["side"],
+                                               "LIMIT" if order["type"] == "LIMIT" else "MARKET",
+                                               float(order["origQty"]), float(order["price"]) or None,
+                                               reduce_only=bool(order.get("reduceOnly"))), str(order["orderId"]))
+                return finding.with_action("adopted")
+            try:
+                self.broker.rest.signed("DELETE", "/fapi/v1/order", {"symbol": order["symbol"],
+                                                                     "origClientOrderId": order["clientOrderId"]})
+            except BinanceApiError as exc:
+                return finding.with_action(f"cancel failed: {exc}")
+            return finding.with_action("cancelled")
+        if finding.kind == "orphan_position":
+            if self.policy == "adopt":
+                self.known.add(f"position:{finding.symbol}")
+                return finding.with_action("adopted")
+            amount = finding.exchange_amount
+            cid = flatten_client_id(finding.symbol, amount, now_ms)
+            request = OrderRequest(cid, self.exchange, finding.symbol, "SELL" if amount > 0 else "BUY", "MARKET",
+                                   abs(amount), reduce_only=True)
+            events = self.broker.submit(request, now_ms)
+            report.events.extend(events)
+            rejected = [e for e in events if getattr(e, "state", None) == "REJECTED"]
+            return finding.with_action(f"flatten rejected: {rejected[0].reason}" if rejected else f"flatten sent {cid}")
+        return finding
