@@ -1,0 +1,225 @@
+"""``EngineWorker``: the Faust app that drives the engine core from the ``md.*`` topics.
+
+Topology (one worker process; start more with the same ``app_id`` to share the partitions):
+
+    md.trades, md.book, md.mark, md.liquidations, md.indicators   (6 partitions, key exchange:symbol)
+        │ bulk delivery per fetch (bulk_consumer) ─► EngineProcessor (decode, align, engine per symbol)
+        ├─► bars.1m, features, signals          same partition as the input, event-time timestamps
+        ├─► table ``engine-state`` (changelog)  one snapshot per symbol, at most every snapshot_interval_s
+        └─► acks ─► Faust commits offsets        only for inputs a written snapshot contains
+
+State lives in a plain keyed Faust table (``exchange:symbol`` → compressed engine snapshot), not in
+windowed tables: the engine's own bucketed windows are the aggregation, and Faust's windowed tables
+have open recovery and expiry bugs. Snapshots are written straight to the changelog partition the
+symbol's input comes from (with ``exactly_once``, inside that partition's transaction), so the table
+is co-partitioned with the inputs whichever partitioner the producers used.
+
+Exactly-once: ``processing_guarantee="exactly_once"`` switches Faust to one transactional producer per
+input partition; outputs, snapshots and offsets then commit atomically. The baseline is
+at-least-once with idempotent outputs (deterministic ids and contents), which is what makes
+redelivery harmless on a broker without transactions too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from schemas.catalogue import SYMBOL_PARTITIONS
+from schemas.registry import registry_from_url
+from schemas.serde import AvroSerde
+from stream_apps.core.engine import EngineParams
+from stream_apps.core.strategy import StrategyConfig, load_strategy
+
+from .bulk_consumer import BulkConsumer, BulkTransport
+from .config import INPUT_TOPICS, STATE_TABLE, EngineAppConfig
+from .metrics import EngineAppMetrics
+from .outputs import OutputEncoder, OutRecord
+from .processor import Effects, EngineProcessor
+
+log = logging.getLogger("tapeflow.engine")
+TICK_S = 0.25
+
+
+class _EngineFaustApp(faust.App):
+    """A Faust app whose consumer delivers the engine inputs in bulk (see ``bulk_consumer``)."""
+
+    def _new_transport(self) -> Any:
+        return BulkTransport(self.conf.broker_consumer, self)
+
+
+def _broker_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+class EngineWorker:
+    """One engine worker: the Faust app, the processor, and the order in which effects reach Kafka."""
+
+    def __init__(self, config: EngineAppConfig, strategies: Sequence[StrategyConfig] | None = None,
+                 metrics: EngineAppMetrics | None = None) -> None:
+        self.config = config
+        self.strategies = list(strategies) if strategies is not None else [load_strategy(p) for p in config.strategy_files]
+        self.metrics = metrics or EngineAppMetrics()
+        self.serde = AvroSerde(registry_from_url(config.schema_registry_url))
+        self.input_topics = tuple(config.topic(name) for name in INPUT_TOPICS)
+        self.app = _EngineFaustApp(
+            config.app_id,
+            broker=_broker_urls(config.bootstrap),
+            store="memory://",
+            datadir=str(config.datadir),
+            processing_guarantee=config.processing_guarantee,
+            broker_session_timeout=config.broker_session_timeout_s,
+            broker_heartbeat_interval=config.broker_heartbeat_interval_s,
+            broker_rebalance_timeout=config.broker_rebalance_timeout_s,
+            broker_max_poll_interval=config.broker_max_poll_interval_s,
+            broker_commit_interval=config.commit_interval_s,
+            consumer_max_fetch_size=config.max_fetch_bytes,
+            consumer_auto_offset_reset="earliest",
+            topic_allow_declare=True,
+            topic_partitions=SYMBOL_PARTITIONS,
+            table_standby_replicas=0,
+            stream_wait_empty=True,
+            web_enabled=False,
+            worker_redirect_stdouts=False,
+        )
+        # bytes in, bytes out: Faust then reads and writes the changelog with the "raw" codec
+        self.table = self.app.Table(STATE_TABLE, partitions=SYMBOL_PARTITIONS, key_type=bytes, value_type=bytes,
+                                    help="engine state per exchange:symbol")
+        self.inputs = self.app.topic(*self.input_topics, key_serializer="raw", value_serializer="raw")
+        self.processor = EngineProcessor(
+            self.strategies,
+            EngineParams(eval_interval_ms=config.eval_interval_ms, allowed_lateness_ms=config.allowed_lateness_ms),
+            self.serde,
+            OutputEncoder(self.serde, config.topic_prefix, config.signal_max_age_ms),
+            self.metrics,
+            self._load_snapshot,
+            topic_prefix=config.topic_prefix,
+            snapshot_interval_s=config.snapshot_interval_s,
+            max_hold_s=config.max_hold_s,
+        )
+        self._lock = asyncio.Lock()
+        self._ticker: asyncio.Task | None = None
+        self.started_at: float | None = None
+        self.batches = 0
+        self.crashed: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        consumer = self.app.consumer
+        assert isinstance(consumer, BulkConsumer)
+        consumer.bulk_topics = frozenset(self.input_topics)
+        consumer.bulk_handler = self
+        self.app.topics.add(self.inputs)  # subscribe (there is no agent to do it)
+        self.app.in_worker = True  # what faust.Worker sets; exactly_once depends on it
+        await self.app.start()
+        self.started_at = time.monotonic()
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+        await self.app.stop()
+
+    def health(self) -> dict[str, Any]:
+        if self.crashed is not None or self.app.crash_reason is not None:
+            return {"status": "crashed", "detail": repr(self.crashed or self.app.crash_reason)}
+        if self.started_at is None:
+            return {"status": "starting", "detail": "joining the group"}
+        assigned = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics})
+        state = "rebalancing" if self.app.rebalancing else "running"
+        return {"status": state, "detail": f"partitions {assigned}, {len(self.processor.owned)} symbols, "
+                f"{self.batches} batches"}
+
+    # -- bulk handler (called by BulkConsumer) -------------------------------------------------
+    async def on_records(self, records: Mapping[TP, Sequence[Any]]) -> None:
+        began = time.perf_counter()
+        consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
+        async with self._lock:
+            if not consumer.flow_active or self.app.rebalancing:
+                # fetched before a rebalance began and waited for the lock while ``flush`` forgot
+                # every symbol: processing it now would rebuild state for partitions this worker
+                # may no longer own (and a later flush would write that stale state back). The
+                # records are read again from the committed offsets once the new assignment starts.
+                log.info("dropped a fetch that arrived during a rebalance (%d partitions)", len(records))
+                return
+            assigned = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
+            await consumer.refresh_positions(assigned)
+            effects = self.processor.on_records({(tp.topic, tp.partition): batch for tp, batch in records.items()},
+                                                self._caught_up)
+            await self._apply(effects)
+            for tp in assigned:
+                lag = consumer.lag(tp)
+                if lag is not None:
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.batches += 1
+        self.metrics.batch_seconds.observe(time.perf_counter() - began)
+
+    async def flush(self) -> None:
+        """Before a rebalance commits or at shutdown: persist every symbol, then forget them all
+        (eager rebalancing revokes every partition; what comes back is restored from the table)."""
+        async with self._lock:
+            await self._apply(self.processor.flush())
+            self.processor.forget_all()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
+            if not consumer.flow_active or self.app.rebalancing:
+                continue
+            try:
+                async with self._lock:
+                    if consumer.flow_active and not self.app.rebalancing:
+                        await self._apply(self.processor.tick(self._caught_up))
+            except Exception as exc:  # noqa: BLE001 - surfaced through /health and the log
+                log.exception("engine tick failed")
+                self.crashed = exc
+                await self.app.crash(exc)
+                return
+
+    # -- effects, in their safe order ----------------------------------------------------------
+    def _caught_up(self, topic: str, partition: int) -> bool:
+        return self.app.consumer.caught_up(TP(topic, partition))  # type: ignore[attr-defined]
+
+    def _load_snapshot(self, key: str) -> bytes | None:
+        return self.table.data.get(key.encode())
+
+    async def _apply(self, effects: Effects) -> None:
+        if not effects:
+            return
+        for record in effects.outputs:
+            await self._send(record)
+        changelog = self.table.changelog_topic.get_topic_name()
+        for partition, key, blob in effects.snapshots:
+            raw_key = key.encode()
+            self.table.data[raw_key] = blob
+            # one snapshot per produce request, so each is its own record batch: Tansu answers
+            # ListOffsets(latest) with the last *batch's* base offset + 1, and Faust's recovery stops
+            # at that offset, so a second snapshot batched behind the first would not be restored
+            await self._send(OutRecord(changelog, partition, raw_key, blob, None, partition), wait=True)
+        consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
+        for (topic, partition), offsets in effects.acks.items():
+            consumer.ack_offsets(TP(topic, partition), offsets)
+
+    async def _send(self, record: OutRecord, wait: bool = False) -> None:
+        timestamp = record.timestamp_ms / 1000.0 if record.timestamp_ms is not None else None
+        if self.app.in_transaction:
+            source = record.source_partition if record.source_partition is not None else record.partition
+            group = self.app.assignor.group_for_topic(self.input_topics[0])
+            producer = self.app.consumer.transactions.producer  # type: ignore[attr-defined]
+            send = producer.send_and_wait if wait else producer.send
+            await send(record.topic, record.key, record.value, record.partition, timestamp, None,
+                       transactional_id=f"{self.app.conf.id}-{group}-{source}")
+        else:
+            send = self.app.producer.send_and_wait if wait else self.app.producer.send
+            await send(record.topic, record.key, record.value, record.partition, timestamp, None)

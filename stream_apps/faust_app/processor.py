@@ -1,0 +1,261 @@
+"""``EngineProcessor``: one fetched batch of ``md.*`` records in, the Kafka effects of processing it out.
+
+Why Kafka-free: the rules that make the worker correct — de-duplicate redelivered input by offset,
+hold inputs for event-time alignment, run each symbol's engine, persist its state at most every
+``snapshot_interval_s``, acknowledge an input only once a persisted state contains it — are plain
+bookkeeping. Kept apart from Faust they are unit-tested without a broker, and the Faust layer
+(``app``) only performs the returned ``Effects`` in their safe order: outputs, then state snapshots,
+then acknowledgements. Faust flushes the producer before it commits acknowledged offsets (or commits
+them in the same transaction with ``exactly_once``), so a committed offset always has its outputs and
+a state that includes it on the broker; a crash in between replays input that the restored state
+either already holds (skipped by offset) or has not seen (applied once).
+
+Per key and input topic three offsets matter: ``seen`` (accepted into the aligner or the engine),
+``applied`` (inside the engine state) and ``durable`` (inside the last snapshot written). A record at
+or below ``seen`` is a redelivery and is skipped; if it is also at or below ``durable`` it is
+acknowledged at once, otherwise with the next snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from schemas.serde import AvroSerde
+from stream_apps.core.engine import EngineParams
+from stream_apps.core.strategy import StrategyConfig
+
+from .alignment import EVERYTHING, EventTimeAligner
+from .config import INPUT_TOPICS
+from .inputs import RawRecord, decode_partition
+from .keyed_engine import KeyedEngine
+from .metrics import EngineAppMetrics
+from .outputs import OutputEncoder, OutRecord
+
+log = logging.getLogger("tapeflow.engine")
+CaughtUp = Callable[[str, int], bool]  # (full topic, partition) -> read to the end?
+
+
+@dataclass
+class Effects:
+    """What to do on Kafka, in this order: produce ``outputs``, write ``snapshots`` (partition, key,
+    state) to the table, then acknowledge ``acks`` ((full topic, partition) -> offsets)."""
+
+    outputs: list[OutRecord] = field(default_factory=list)
+    snapshots: list[tuple[int, str, bytes]] = field(default_factory=list)
+    acks: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+    def ack(self, topic: str, partition: int, offsets: Sequence[int]) -> None:
+        if offsets:
+            self.acks.setdefault((topic, partition), []).extend(offsets)
+
+    def __bool__(self) -> bool:
+        return bool(self.outputs or self.snapshots or self.acks)
+
+
+@dataclass
+class _Owned:
+    """A key this worker owns: its engine and the offset bookkeeping described in the module doc."""
+
+    engine: KeyedEngine
+    partition: int
+    seen: dict[str, int]
+    durable: dict[str, int]
+    unsnapshotted: dict[str, list[int]] = field(default_factory=dict)
+    last_snapshot: float = 0.0
+    holding_since: float | None = None
+
+
+class EngineProcessor:
+    def __init__(
+        self,
+        strategies: Sequence[StrategyConfig],
+        params: EngineParams,
+        serde: AvroSerde,
+        encoder: OutputEncoder,
+        metrics: EngineAppMetrics,
+        load_snapshot: Callable[[str], bytes | None],
+        *,
+        topic_prefix: str = "",
+        snapshot_interval_s: float = 5.0,
+        max_hold_s: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.strategies = list(strategies)
+        self.params = params
+        self.serde = serde
+        self.encoder = encoder
+        self.metrics = metrics
+        self.load_snapshot = load_snapshot
+        self.prefix = topic_prefix
+        self.snapshot_interval_s = snapshot_interval_s
+        self.max_hold_s = max_hold_s
+        self.monotonic = monotonic
+        self.wall_clock_ms = wall_clock_ms
+        self.aligner = EventTimeAligner(INPUT_TOPICS)
+        self.owned: dict[str, _Owned] = {}
+        self._catalogue = {topic_prefix + name: name for name in INPUT_TOPICS}
+        self._last_delivery: dict[tuple[str, int], float] = {}  # (catalogue topic, partition) -> monotonic
+
+    # ------------------------------------------------------------------------------------------
+    def on_records(self, records: Mapping[tuple[str, int], Sequence[RawRecord]], caught_up: CaughtUp) -> Effects:
+        """Decode, de-duplicate and align one fetch, run the engines it unblocks, snapshot what is due."""
+        effects = Effects()
+        touched: set[str] = set()
+        for (topic, partition), batch in records.items():
+            name = self._catalogue.get(topic)
+            if name is None or not batch:
+                continue
+            self._last_delivery[(name, partition)] = self.monotonic()
+            self.metrics.records_in.labels(name).inc(len(batch))
+            decoded = decode_partition(self.serde, name, topic, partition, batch)
+            for dead in decoded.dead:
+                effects.outputs.append(self.encoder.dead_letter(dead))
+                effects.ack(topic, partition, [dead.offset])
+            if decoded.dead:
+                self.metrics.dead_letters.labels(name).inc(len(decoded.dead))
+            for key, rows in decoded.trades.items():
+                owned = self._owned(key, partition)
+                fresh = rows.offsets > owned.seen.get(name, -1)
+                if not fresh.all():
+                    self._skip(owned, topic, name, rows.offsets[~fresh].tolist(), effects)
+                    rows = rows.take(fresh)
+                if len(rows):
+                    owned.seen[name] = int(rows.offsets[-1])
+                    self.aligner.add_trades(key, rows)
+                    touched.add(key)
+            for key, items in decoded.events.items():
+                owned = self._owned(key, partition)
+                last = owned.seen.get(name, -1)
+                fresh_items = [item for item in items if item[0] > last]
+                if len(fresh_items) < len(items):
+                    self._skip(owned, topic, name, [o for o, _ in items if o <= last], effects)
+                if fresh_items:
+                    owned.seen[name] = fresh_items[-1][0]
+                    self.aligner.add_events(key, name, fresh_items)
+                    touched.add(key)
+        # a topic catching up can unblock keys that received nothing in this fetch
+        for key in self.owned:
+            if key in touched or self.aligner.held(key):
+                self._release(key, caught_up, effects, force=False)
+        self._snapshot_due(effects, force=False)
+        self.metrics.held.set(sum(self.aligner.held(k) for k in self.owned))
+        return effects
+
+    def tick(self, caught_up: CaughtUp) -> Effects:
+        """Timer: release inputs held back by partitions that stopped delivering, write due snapshots.
+
+        A partition that is not caught up but has delivered nothing for ``max_hold_s`` (a high
+        watermark that counts records nobody can read, a stuck fetch) would otherwise hold its keys
+        forever; their inputs are then released as they are, and the event is counted."""
+        effects = Effects()
+        now = self.monotonic()
+        for key, owned in self.owned.items():
+            if not self.aligner.held(key):
+                continue
+            self._release(key, caught_up, effects, force=False)
+            if not self.aligner.held(key) or owned.holding_since is None:
+                continue
+            blocking = [name for name in INPUT_TOPICS if not caught_up(self.prefix + name, owned.partition)]
+            stalled = all(now - self._last_delivery.get((name, owned.partition), owned.holding_since)
+                          >= self.max_hold_s for name in blocking)
+            if now - owned.holding_since >= self.max_hold_s and stalled:
+                self.metrics.forced_releases.inc()
+                self._release(key, caught_up, effects, force=True)
+        self._snapshot_due(effects, force=False)
+        self.metrics.held.set(sum(self.aligner.held(k) for k in self.owned))
+        return effects
+
+    def flush(self) -> Effects:
+        """Snapshot every key with unsaved input (before a rebalance commit or at shutdown)."""
+        effects = Effects()
+        self._snapshot_due(effects, force=True)
+        return effects
+
+    def forget_all(self) -> None:
+        """Drop every engine and held input (partitions revoked; the table has their state)."""
+        for key in self.owned:
+            self.aligner.drop(key)
+        self.owned.clear()
+        self.metrics.symbols.set(0)
+
+    # ------------------------------------------------------------------------------------------
+    def _owned(self, key: str, partition: int) -> _Owned:
+        owned = self.owned.get(key)
+        if owned is None:
+            blob = self.load_snapshot(key)
+            if blob is None:
+                engine = KeyedEngine.new(key, self.strategies, self.params)
+            else:
+                engine = KeyedEngine.restore(blob, self.strategies, self.params)
+                self.metrics.restores.inc()
+                log.info("restored %s (partition %d) at clock %s, offsets %s", key, partition,
+                         engine.engine.clock_ms, engine.applied)
+            owned = self.owned[key] = _Owned(engine, partition, dict(engine.applied), dict(engine.applied),
+                                             last_snapshot=self.monotonic())
+            self.metrics.symbols.set(len(self.owned))
+        return owned
+
+    def _skip(self, owned: _Owned, topic: str, name: str, offsets: list[int], effects: Effects) -> None:
+        self.metrics.duplicates.labels(name).inc(len(offsets))
+        durable = owned.durable.get(name, -1)
+        applied = owned.engine.applied.get(name, -1)
+        effects.ack(topic, owned.partition, [o for o in offsets if o <= durable])
+        pending = [o for o in offsets if durable < o <= applied]
+        if pending:
+            owned.unsnapshotted.setdefault(name, []).extend(pending)
+        # offsets above ``applied`` are held in the aligner: acknowledged once released and saved
+
+    def _release(self, key: str, caught_up: CaughtUp, effects: Effects, force: bool) -> None:
+        owned = self.owned[key]
+        if force:
+            watermark = EVERYTHING
+        else:
+            partition = owned.partition
+            watermark = self.aligner.watermark(key, lambda name: caught_up(self.prefix + name, partition))
+        released = self.aligner.release(key, watermark)
+        now = self.monotonic()
+        if released:
+            out = owned.engine.process(released.trades.batch() if released.trades is not None else None,
+                                       released.events, released.offsets)
+            for name, offsets in released.offsets.items():
+                owned.unsnapshotted.setdefault(name, []).extend(offsets)
+            if out.bars or out.features or out.signals:
+                records, published = self.encoder.encode(out, owned.partition)
+                effects.outputs.extend(records)
+                if len(published) < len(out.signals):
+                    self.metrics.signals_suppressed.inc(len(out.signals) - len(published))
+                self.metrics.observe_output(out, self.wall_clock_ms(), published)
+        if self.aligner.held(key):
+            if released or owned.holding_since is None:
+                owned.holding_since = now
+        else:
+            owned.holding_since = None
+
+    def _snapshot_due(self, effects: Effects, force: bool) -> None:
+        now = self.monotonic()
+        for key, owned in self.owned.items():
+            if not owned.unsnapshotted:
+                continue
+            if not force and now - owned.last_snapshot < self.snapshot_interval_s:
+                continue
+            began = time.perf_counter()
+            blob = owned.engine.snapshot()
+            self.metrics.snapshot_seconds.observe(time.perf_counter() - began)
+            self.metrics.snapshot_bytes.labels(key).set(len(blob))
+            self.metrics.snapshots.inc()
+            effects.snapshots.append((owned.partition, key, blob))
+            if force:
+                log.info("saved %s (partition %d) at clock %s, offsets %s", key, owned.partition,
+                         owned.engine.engine.clock_ms, owned.engine.applied)
+            for name, offsets in owned.unsnapshotted.items():
+                effects.ack(self.prefix + name, owned.partition, offsets)
+            owned.unsnapshotted = {}
+            owned.durable = dict(owned.engine.applied)
+            owned.last_snapshot = now
+            for state in owned.engine.engine.states.values():
+                for counter, value in vars(state.counters).items():
+                    self.metrics.state_counters.labels(key, counter).set(value)

@@ -1,0 +1,87 @@
+"""Run one engine worker until SIGINT/SIGTERM: topics ensured, Faust app started, ``/metrics`` and
+``/health`` served, state flushed and offsets committed on the way out.
+
+``python -m stream_apps.faust_app --config FILE.json`` (an ``EngineAppConfig`` as JSON) is the
+process entry the tests, benchmarks and compose use; ``tapeflow engine`` goes through
+``stream_apps.service.run_engine``. The worker prints one ``engine worker ready ...`` line with its
+metrics port once the app has started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from schemas.catalogue import TOPICS
+from tapeflow.kafka_client import ensure_topics
+from tapeflow.service_http import build_app, serve
+
+from .app import EngineWorker
+from .config import DEAD_LETTER_TOPIC, INPUT_TOPICS, OUTPUT_TOPICS, EngineAppConfig
+from .metrics import EngineAppMetrics
+
+log = logging.getLogger("tapeflow.engine")
+HEALTHY = frozenset({"running", "rebalancing"})
+
+
+def ensure_engine_topics(config: EngineAppConfig) -> None:
+    """The catalogue topics the worker reads and writes (Faust creates its own changelog)."""
+    from schemas.catalogue import DLQ_TOPICS
+
+    specs = [TOPICS[name] for name in (*INPUT_TOPICS, *OUTPUT_TOPICS)] + [DLQ_TOPICS[DEAD_LETTER_TOPIC]]
+    ensure_topics(config.bootstrap, prefix=config.topic_prefix, specs=specs)
+
+
+async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None = None,
+                     stop: asyncio.Event | None = None) -> int:
+    """Run until ``stop`` is set (or SIGINT/SIGTERM); returns 0, or 1 when the app crashed."""
+    await asyncio.to_thread(ensure_engine_topics, config)
+    worker = EngineWorker(config, metrics=metrics)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = None
+    port = None
+    if config.metrics_port is not None:
+        runner, port = await serve(build_app(worker.metrics.registry, worker.health, HEALTHY),
+                                   config.metrics_host, config.metrics_port)
+    await worker.start()
+    print(f"engine worker ready app_id={config.app_id} metrics_port={port}", flush=True)
+    crashed = asyncio.ensure_future(_wait_crash(worker))
+    try:
+        await asyncio.wait([asyncio.ensure_future(stop.wait()), crashed], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        crashed.cancel()
+        await worker.stop()
+        if runner is not None:
+            await runner.cleanup()
+    failed = worker.app.crash_reason is not None or worker.crashed is not None
+    print(f"engine worker stopped batches={worker.batches} crashed={failed}", flush=True)
+    return 1 if failed else 0
+
+
+async def _wait_crash(worker: EngineWorker) -> None:
+    while worker.app.crash_reason is None and worker.crashed is None:
+        await asyncio.sleep(0.5)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if level != "DEBUG":  # Faust and aiokafka narrate every rebalance step at INFO
+        for name in ("faust", "aiokafka", "mode"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stream_apps.faust_app", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, required=True, help="EngineAppConfig as a JSON file")
+    args = parser.parse_args(argv)
+    config = EngineAppConfig.model_validate_json(args.config.read_text())
+    configure_logging(config.log_level)
+    return asyncio.run(run_worker(config))
