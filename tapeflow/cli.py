@@ -261,6 +261,37 @@ def backfill_binance_vision(
     echo(summary.to_json() if json_out else format_summary(summary))
 
 
+# --- engine -------------------------------------------------------------------------------------
+@app.command()
+def engine(
+    strategy: Optional[list[Path]] = typer.Option(
+        None, "--strategy", help="Strategy file (YAML/JSON), repeatable (A/B). Default: the shipped ones."),
+    exactly_once: bool = typer.Option(False, "--exactly-once", help="Faust exactly_once processing (real Kafka)."),
+    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
+                                     help="Port of /metrics and /health (0 = a free one, logged)."),
+) -> None:
+    """Run the signal engine (Faust): md.* in, bars.1m / features / signals out, state in Faust tables."""
+    import asyncio
+
+    from stream_apps.faust_app.config import EngineAppConfig
+    from stream_apps.faust_app.worker import configure_logging as configure_engine_logging
+    from stream_apps.faust_app.worker import run_worker
+
+    settings = state.settings()
+    extra = {"strategy_files": list(strategy)} if strategy else {}
+    for path in strategy or []:
+        if not path.is_file():
+            raise fail(f"strategy file {path} does not exist", 2)
+    config = EngineAppConfig(
+        bootstrap=_bootstrap(), topic_prefix=settings.topic_prefix, schema_registry_url=settings.schema_registry_url,
+        datadir=settings.home / "engine" / (settings.topic_prefix or "default"), metrics_host=settings.metrics_host,
+        metrics_port=metrics_port, processing_guarantee="exactly_once" if exactly_once else "at_least_once",
+        log_level=settings.log_level, **extra)
+    config.datadir.mkdir(parents=True, exist_ok=True)
+    configure_engine_logging(config.log_level)
+    raise typer.Exit(asyncio.run(run_worker(config)))
+
+
 # --- execution ----------------------------------------------------------------------------------
 @app.command()
 def execute(
