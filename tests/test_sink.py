@@ -144,9 +144,12 @@ def test_malformed_records_go_to_the_dlq_and_pipeline_errors(kafka_bootstrap, to
     assert sorted(d["value"] for d in dlq) == sorted([b"garbage", b"\x00\x00\x00\x00\x01\xff"])
 
 
-def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_prefix, tmp_path):
+def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_prefix):
     """A dedicated PostgreSQL that the test stops for 30 s while records keep arriving."""
-    home = tmp_path / "pg"
+    import tempfile
+
+    # outside pytest's basetemp (see the `home` fixture of test_stack_lifecycle.py)
+    home = Path(tempfile.mkdtemp(prefix="tapeflow-sink-pg-")) / "pg"
     paths = StackPaths(home)
     paths.ensure()
     from tapeflow.stack.process import free_port

@@ -44,12 +44,18 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def home(tmp_path):
-    h = tmp_path / "home"
+def home():
+    # outside pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 0700 when another pytest
+    # starts, and the unprivileged PostgreSQL user then loses its way to the data directory
+    import shutil
+    import tempfile
+
+    h = Path(tempfile.mkdtemp(prefix="tapeflow-lifecycle-")) / "home"
     yield h
     cli(h, "down")  # never leave a stack behind, whatever the test did
     for pid in recorded_pids(h).values() if (h / "run").exists() else []:
         assert not alive(pid)
+    shutil.rmtree(h.parent, ignore_errors=True)
 
 
 def test_up_status_down_lifecycle(home):

@@ -89,14 +89,17 @@ class OrderBookSync:
     def on_snapshot(self, snap: DepthSnapshot, after_each=None) -> SyncResult:
         """Install a REST snapshot and replay the buffered diffs that follow it.
 
-        `after_each(diff)` runs after each replayed diff is applied, while the book is in that state
-        (a caller that publishes a snapshot per update needs the intermediate states too).
+        `after_each(diff)` runs once the snapshot is installed (with None) and after each replayed diff
+        is applied, while the book is in that state (a caller that publishes a book per update needs
+        every state: an exchange snapshot can already contain updates the stream delivered earlier).
         """
         self.bids = {p: q for p, q in snap.bids if q > 0}
         self.asks = {p: q for p, q in snap.asks if q > 0}
         self.last_update_id = snap.last_update_id
         self.last_event_time = snap.event_time
         self._snapshot_id = snap.last_update_id
+        if after_each is not None:
+            after_each(None)
         buffered, self._buffer = self._buffer, []
         result = SyncResult()
         for diff in buffered:

@@ -272,7 +272,12 @@ class BinanceProducer:
                 await asyncio.sleep(1.0)
                 continue
             per_update = self.config.book_interval_ms == 0
-            result = book.on_snapshot(snap, after_each=(lambda _d: self.publish_book(book)) if per_update else None)
+            states: list[dict] = []  # per-update cadence: every state the snapshot replay goes through
+            result = book.on_snapshot(snap, after_each=(lambda _d: states.append(
+                book_snapshot_record(EXCHANGE, book, self.config.book_depth))) if per_update else None)
+            if result.resync_reason is None:  # publish only states of a replay that verified
+                for record in states:
+                    self.publisher.publish("md.book", self._key(book.symbol), record, record["receive_time"])
             self._apply_book_result(book, result, books_published=per_update)
             if book.needs_snapshot:
                 await asyncio.sleep(0.25)

