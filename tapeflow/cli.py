@@ -269,27 +269,39 @@ def engine(
     exactly_once: bool = typer.Option(False, "--exactly-once", help="Faust exactly_once processing (real Kafka)."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
+    eval_interval_ms: int = typer.Option(15_000, "--eval-interval-ms", min=1_000, max=60_000,
+                                         help="Evaluate at least this often per symbol (also on every closed "
+                                              "1-second bucket with new trades)."),
+    prime_hours: float = typer.Option(25.0, "--prime-hours", min=0.0,
+                                      help="A new engine group starts this many hours back in md.* so the 24 h "
+                                           "windows fill from history (0 = no priming: read everything retained)."),
+    signal_max_age_s: Optional[float] = typer.Option(
+        None, "--signal-max-age-s", min=0.0,
+        help="Keep signals evaluated more than this long ago (wall clock) off `signals`; features are still "
+             "written. Default: 60 s for a live source, unlimited for replay:DIR."),
 ) -> None:
-    """Run the signal engine (Faust): md.* in, bars.1m / features / signals out, state in Faust tables."""
+    """Run the signal engine (Faust): md.* in, bars.1m / features / signals out, state in Faust tables.
+
+    Start it more than once to share the partitions between workers (same settings, same group)."""
     import asyncio
 
-    from stream_apps.faust_app.config import EngineAppConfig
     from stream_apps.faust_app.worker import configure_logging as configure_engine_logging
-    from stream_apps.faust_app.worker import run_worker
+    from stream_apps.service import run_engine
 
     settings = state.settings()
-    extra = {"strategy_files": list(strategy)} if strategy else {}
     for path in strategy or []:
         if not path.is_file():
             raise fail(f"strategy file {path} does not exist", 2)
-    config = EngineAppConfig(
-        bootstrap=_bootstrap(), topic_prefix=settings.topic_prefix, schema_registry_url=settings.schema_registry_url,
-        datadir=settings.home / "engine" / (settings.topic_prefix or "default"), metrics_host=settings.metrics_host,
-        metrics_port=metrics_port, processing_guarantee="exactly_once" if exactly_once else "at_least_once",
-        log_level=settings.log_level, **extra)
-    config.datadir.mkdir(parents=True, exist_ok=True)
-    configure_engine_logging(config.log_level)
-    raise typer.Exit(asyncio.run(run_worker(config)))
+    if signal_max_age_s is None and settings.replay_dir is None:
+        signal_max_age_s = 60.0
+    configure_engine_logging(settings.log_level)
+    code = asyncio.run(run_engine(
+        settings, metrics_port=metrics_port, strategies=list(strategy) if strategy else None,
+        processing_guarantee="exactly_once" if exactly_once else "at_least_once",
+        eval_interval_ms=eval_interval_ms,
+        signal_max_age_ms=None if signal_max_age_s is None else int(signal_max_age_s * 1000),
+        prime_history_ms=int(prime_hours * 3_600_000) if prime_hours > 0 else None))
+    raise typer.Exit(code)
 
 
 # --- execution ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def app_services() -> dict:
 
 
 def test_the_pipeline_services_are_in_compose():
-    assert {"producer", "sink", "executor"} <= set(app_services())
+    assert {"producer", "engine", "sink", "executor"} <= set(app_services())
 
 
 def test_every_tapeflow_command_in_compose_exists_with_its_options():

@@ -45,6 +45,20 @@ from .processor import Effects, EngineProcessor
 
 log = logging.getLogger("tapeflow.engine")
 TICK_S = 0.25
+STEP_RECORDS = 5_000  # per partition: bounds the event-loop time one step of a large fetch takes
+
+
+def fetch_steps(records: Mapping[TP, Sequence[Any]], size: int) -> list[dict[tuple[str, int], Sequence[Any]]]:
+    """Cut a fetch into steps of at most ``size`` records per partition, each partition in offset order
+    (step i holds every partition's i-th slice), so the engine's work between two yields to the event
+    loop stays bounded when a worker catches up on hours of input."""
+    steps: list[dict[tuple[str, int], Sequence[Any]]] = []
+    for tp, batch in records.items():
+        for i, start in enumerate(range(0, len(batch), size)):
+            if i == len(steps):
+                steps.append({})
+            steps[i][(tp.topic, tp.partition)] = batch[start:start + size]
+    return steps
 
 
 class _EngineFaustApp(faust.App):
@@ -141,22 +155,29 @@ class EngineWorker:
                 f"{self.batches} batches"}
 
     # -- bulk handler (called by BulkConsumer) -------------------------------------------------
-    async def on_records(self, records: Mapping[TP, Sequence[Any]]) -> None:
+    async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
         began = time.perf_counter()
         consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
         async with self._lock:
-            if not consumer.flow_active or self.app.rebalancing:
+            if not consumer.flow_active or self.app.consumer_generation_id != generation:
                 # fetched before a rebalance began and waited for the lock while ``flush`` forgot
                 # every symbol: processing it now would rebuild state for partitions this worker
                 # may no longer own (and a later flush would write that stale state back). The
-                # records are read again from the committed offsets once the new assignment starts.
+                # new assignment seeks to the committed offsets, so the records are read again.
                 log.info("dropped a fetch that arrived during a rebalance (%d partitions)", len(records))
                 return
             assigned = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
-            await consumer.refresh_positions(assigned)
-            effects = self.processor.on_records({(tp.topic, tp.partition): batch for tp, batch in records.items()},
-                                                self._caught_up)
-            await self._apply(effects)
+            await consumer.resolve_start_offsets(assigned)
+            steps = fetch_steps(records, STEP_RECORDS)
+            for i, step in enumerate(steps):
+                if i and (not consumer.flow_active or self.app.consumer_generation_id != generation):
+                    break  # a rebalance began: what is left is read again after the new assignment
+                later = {tp for following in steps[i + 1:] for tp in following}
+                effects = self.processor.on_records(
+                    step, lambda topic, partition: (topic, partition) not in later and self._caught_up(topic, partition))
+                await self._apply(effects)
+                if i + 1 < len(steps):
+                    await asyncio.sleep(0)  # a catch-up fetch is large: let /health, timers and commits run
             for tp in assigned:
                 lag = consumer.lag(tp)
                 if lag is not None:
@@ -175,11 +196,11 @@ class EngineWorker:
         while True:
             await asyncio.sleep(TICK_S)
             consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
-            if not consumer.flow_active or self.app.rebalancing:
+            if not consumer.flow_active:
                 continue
             try:
                 async with self._lock:
-                    if consumer.flow_active and not self.app.rebalancing:
+                    if consumer.flow_active:
                         await self._apply(self.processor.tick(self._caught_up))
             except Exception as exc:  # noqa: BLE001 - surfaced through /health and the log
                 log.exception("engine tick failed")

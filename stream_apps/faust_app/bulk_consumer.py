@@ -38,7 +38,7 @@ from mode.utils.futures import notify
 
 
 class BulkHandler(Protocol):
-    async def on_records(self, records: Mapping[TP, Sequence[Any]]) -> None: ...
+    async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None: ...
 
     async def flush(self) -> None: ...
 
@@ -50,8 +50,8 @@ class BulkConsumer(aiokafka_driver.Consumer):
     bulk_handler: BulkHandler | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._next_offset: dict[TP, int] = {}  # tp -> offset after the last record read
-        self._positions: dict[TP, tuple[int, int]] = {}  # tp -> (highwater then, position) when nothing read
+        self._next_offset: dict[TP, int] = {}  # tp -> offset after the last record delivered
+        self._start_offset: dict[TP, int] = {}  # tp -> where reading (re)started at the last seek
         super().__init__(*args, **kwargs)
 
     # -- what the handler may ask -------------------------------------------------------------
@@ -62,7 +62,9 @@ class BulkConsumer(aiokafka_driver.Consumer):
         with ack_lock:
             committed = self._committed_offset[tp]
             index = self._acked_index[tp]
-            fresh = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+            # a set: one offset listed twice would sit twice in ``_acked`` and stall Faust's commit
+            # (it commits the first run of consecutive offsets, and a repeat ends the run)
+            fresh = sorted({o for o in offsets if (committed is None or o >= committed) and o not in index})
             if fresh:
                 index.update(fresh)
                 self._acked[tp].extend(fresh)
@@ -70,40 +72,35 @@ class BulkConsumer(aiokafka_driver.Consumer):
         notify(self._waiting_for_ack)
 
     def caught_up(self, tp: TP) -> bool:
-        """True when this worker has read ``tp`` up to the end the broker last reported."""
+        """True when every record below the high watermark of ``tp``'s last fetch has been delivered.
+
+        Deliberately not the fetch position: the fetcher thread may hold records it has fetched
+        but not yet delivered, and calling those "read" would release younger inputs first."""
         highwater = self.highwater(tp)
         if highwater is None:
             return False
-        next_offset = self._next_offset.get(tp)
-        if next_offset is None:
-            cached = self._positions.get(tp)
-            if cached is None or cached[0] != highwater:
-                return False  # unknown: refreshed by refresh_positions before the next batch
-            next_offset = cached[1]
-        return next_offset >= highwater
+        next_offset = self._next_offset.get(tp, self._start_offset.get(tp))
+        return next_offset is not None and next_offset >= highwater
 
-    async def refresh_positions(self, tps: Sequence[TP]) -> None:
-        """Positions of partitions nothing was read from yet (an empty partition is caught up)."""
-        for tp in tps:
-            if tp in self._next_offset:
-                continue
-            highwater = self.highwater(tp)
-            cached = self._positions.get(tp)
-            if highwater is None or (cached is not None and cached[0] == highwater):
-                continue
-            try:
-                position = await self.position(tp)
-            except Exception:  # noqa: BLE001 - not assigned (any more): nothing to cache
-                continue
-            if position is not None:
-                self._positions[tp] = (highwater, position)
+    async def resolve_start_offsets(self, tps: Sequence[TP]) -> None:
+        """Partitions that restarted without a committed offset start at their log start."""
+        missing = [tp for tp in tps if tp not in self._next_offset and tp not in self._start_offset]
+        if missing:
+            earliest = await self.earliest_offsets(*missing)
+            for tp, offset in earliest.items():
+                if offset is not None:
+                    self._start_offset.setdefault(tp, offset)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        # aiokafka seeks only to offsets > 0; the others (re)start at the log start (earliest)
+        self._next_offset.clear()
+        self._start_offset = {tp: offset for tp, offset in committed.items() if offset and offset > 0}
+        return committed
 
     def lag(self, tp: TP) -> int | None:
         highwater = self.highwater(tp)
-        next_offset = self._next_offset.get(tp)
-        if next_offset is None:
-            cached = self._positions.get(tp)
-            next_offset = cached[1] if cached else None
+        next_offset = self._next_offset.get(tp, self._start_offset.get(tp))
         if highwater is None or next_offset is None:
             return None
         return max(highwater - next_offset, 0)
@@ -115,7 +112,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
         if self.bulk_handler is not None:
             await self.bulk_handler.flush()
         self._next_offset.clear()
-        self._positions.clear()
+        self._start_offset.clear()
         await super().wait_empty()
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised end to end
@@ -134,8 +131,6 @@ class BulkConsumer(aiokafka_driver.Consumer):
                     continue
                 if not self.flow_active:
                     # a rebalance began while fetching: like Faust's getmany, drop and re-seek
-                    self._next_offset.clear()
-                    self._positions.clear()
                     await self.perform_seek()
                     continue
                 bulk: dict[TP, list[Any]] = {}
@@ -152,7 +147,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
                     else:
                         await self._deliver_one_by_one(callback, tp, batch)
                 if bulk and self.app.consumer_generation_id == generation and self.flow_active:
-                    await self.bulk_handler.on_records(bulk)
+                    await self.bulk_handler.on_records(bulk, generation)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -163,18 +158,21 @@ class BulkConsumer(aiokafka_driver.Consumer):
             raise
 
     async def _track_offsets(self, tp: TP, batch: list[Any]) -> list[Any]:
-        """Drop records already read (a re-fetch), record gaps (compaction, control records)."""
+        """Drop records already read (a re-fetch), record gaps (compaction, control records).
+
+        ``Consumer._add_gap`` includes its upper bound, so a gap ends one below the next record
+        (that record is acknowledged by the handler; counted twice it would stall the commit)."""
         read = self._read_offset[tp]
         if read is not None:
             batch = [r for r in batch if r.offset >= read]
             if not batch:
                 return batch
             if batch[0].offset > read + 1 and self.app.topics.acks_enabled_for(tp.topic):
-                await self._add_gap(tp, read + 1, batch[0].offset)
+                await self._add_gap(tp, read + 1, batch[0].offset - 1)
         previous = batch[0].offset
         for record in batch[1:]:
             if record.offset > previous + 1:
-                await self._add_gap(tp, previous + 1, record.offset)
+                await self._add_gap(tp, previous + 1, record.offset - 1)
             previous = record.offset
         self._read_offset[tp] = previous
         self._next_offset[tp] = previous + 1

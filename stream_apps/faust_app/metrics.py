@@ -25,7 +25,7 @@ class EngineAppMetrics:
         self.duplicates = Counter("tapeflow_engine_redelivered_records_total",
                                   "Input records skipped because the state already holds them", ["topic"],
                                   registry=r)
-        self.dead_letters = Counter("tapeflow_engine_dead_letters_total", "Undecodable input records sent to dlq.md",
+        self.dead_letters = Counter("tapeflow_engine_dlq_messages_total", "Undecodable input records sent to dlq.md",
                                     ["topic"], registry=r)
         self.batch_seconds = Histogram("tapeflow_engine_batch_seconds", "Processing time of one fetched batch",
                                        buckets=_BATCH_BUCKETS, registry=r)
@@ -43,7 +43,7 @@ class EngineAppMetrics:
         self.gate_vetoes = Counter("tapeflow_engine_gate_vetoes_total", "Evaluations vetoed by a gate",
                                    ["strategy", "gate"], registry=r)
         self.bars = Counter("tapeflow_engine_bars_total", "Closed 1-minute bars published", registry=r)
-        self.lag = Gauge("tapeflow_engine_consumer_lag_records", "High watermark minus next offset to read",
+        self.lag = Gauge("tapeflow_engine_consumer_lag_messages", "High watermark minus next offset to read",
                          ["topic", "partition"], registry=r)
         self.held = Gauge("tapeflow_engine_held_inputs", "Inputs held back for event-time alignment", registry=r)
         self.forced_releases = Counter("tapeflow_engine_forced_releases_total",

@@ -202,12 +202,9 @@ class EngineProcessor:
     def _skip(self, owned: _Owned, topic: str, name: str, offsets: list[int], effects: Effects) -> None:
         self.metrics.duplicates.labels(name).inc(len(offsets))
         durable = owned.durable.get(name, -1)
-        applied = owned.engine.applied.get(name, -1)
         effects.ack(topic, owned.partition, [o for o in offsets if o <= durable])
-        pending = [o for o in offsets if durable < o <= applied]
-        if pending:
-            owned.unsnapshotted.setdefault(name, []).extend(pending)
-        # offsets above ``applied`` are held in the aligner: acknowledged once released and saved
+        # offsets in (durable, applied] were listed in ``unsnapshotted`` when first released and are
+        # acknowledged with the next snapshot; those above ``applied`` are still held in the aligner
 
     def _release(self, key: str, caught_up: CaughtUp, effects: Effects, force: bool) -> None:
         owned = self.owned[key]

@@ -70,12 +70,17 @@ async def _wait_crash(worker: EngineWorker) -> None:
         await asyncio.sleep(0.5)
 
 
+def quiet_library_loggers(level: str) -> None:
+    """Faust, mode and aiokafka narrate every rebalance step at INFO: keep them at WARNING unless DEBUG."""
+    if level != "DEBUG":
+        for name in ("faust", "aiokafka", "mode"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if level != "DEBUG":  # Faust and aiokafka narrate every rebalance step at INFO
-        for name in ("faust", "aiokafka", "mode"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_library_loggers(level)
 
 
 def main(argv: list[str] | None = None) -> int:

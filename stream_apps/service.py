@@ -1,0 +1,95 @@
+"""`tapeflow engine`: run one engine worker (Faust) as a process — the CLI's entry point.
+
+Builds the worker's ``EngineAppConfig`` from the shared ``Settings`` (broker, topic prefix, schema
+registry, metrics host) plus the engine's own options, primes a brand-new consumer group from the
+last 25 h of input (see ``faust_app.priming``), and runs until SIGINT/SIGTERM. Start it more than
+once with the same settings to share the partitions between workers.
+
+Exit codes: 0 after a clean stop, 1 when the worker crashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from stream_apps.faust_app.config import INPUT_TOPICS, EngineAppConfig, shipped_strategy_files
+from stream_apps.faust_app.priming import prime_group_offsets
+from stream_apps.faust_app.worker import ensure_engine_topics, quiet_library_loggers, run_worker
+from tapeflow.endpoints import resolve_broker
+from tapeflow.paths import StackPaths
+from tapeflow.settings import Settings
+
+log = structlog.get_logger("engine")
+
+PRIME_HISTORY_MS = 25 * 3_600_000
+
+
+def engine_config(
+    settings: Settings,
+    *,
+    metrics_port: int | None,
+    strategies: list[Path] | None = None,
+    metrics_host: str | None = None,
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once",
+    eval_interval_ms: int = 15_000,
+    allowed_lateness_ms: int = 0,
+    signal_max_age_ms: int | None = None,
+    app_id: str | None = None,
+) -> EngineAppConfig:
+    paths = StackPaths(settings.home)
+    group = app_id or f"{settings.topic_prefix}tapeflow-engine"
+    return EngineAppConfig(
+        bootstrap=resolve_broker(settings, paths),
+        app_id=group,
+        topic_prefix=settings.topic_prefix,
+        strategy_files=strategies or shipped_strategy_files(),
+        schema_registry_url=settings.schema_registry_url,
+        datadir=paths.home / "engine" / group,
+        eval_interval_ms=eval_interval_ms,
+        allowed_lateness_ms=allowed_lateness_ms,
+        processing_guarantee=processing_guarantee,
+        signal_max_age_ms=signal_max_age_ms,
+        metrics_host=metrics_host or settings.metrics_host,
+        metrics_port=metrics_port,
+        log_level=settings.log_level,
+    )
+
+
+async def run_engine(
+    settings: Settings,
+    *,
+    metrics_port: int | None,
+    strategies: list[Path] | None = None,
+    metrics_host: str | None = None,
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once",
+    eval_interval_ms: int = 15_000,
+    allowed_lateness_ms: int = 0,
+    signal_max_age_ms: int | None = None,
+    prime_history_ms: int | None = PRIME_HISTORY_MS,
+    app_id: str | None = None,
+) -> int:
+    """Run one worker until SIGINT/SIGTERM. ``signal_max_age_ms`` keeps signals evaluated more than
+    that long ago (wall clock; e.g. while priming) off ``signals`` — leave it None when replaying
+    recorded sessions, whose event times are in the past. ``prime_history_ms`` None disables priming."""
+    config = engine_config(settings, metrics_port=metrics_port, strategies=strategies, metrics_host=metrics_host,
+                           processing_guarantee=processing_guarantee, eval_interval_ms=eval_interval_ms,
+                           allowed_lateness_ms=allowed_lateness_ms, signal_max_age_ms=signal_max_age_ms,
+                           app_id=app_id)
+    config.datadir.mkdir(parents=True, exist_ok=True)
+    quiet_library_loggers(config.log_level)
+    await asyncio.to_thread(ensure_engine_topics, config)
+    if prime_history_ms is not None:
+        primed = await asyncio.to_thread(prime_group_offsets, config.bootstrap, config.app_id,
+                                         [config.topic(t) for t in INPUT_TOPICS],
+                                         int(time.time() * 1000) - prime_history_ms)
+        if primed:
+            log.info("new engine group primed from history", group=config.app_id, partitions=len(primed),
+                     hours=prime_history_ms / 3_600_000)
+    log.info("engine starting", group=config.app_id, strategies=[p.name for p in config.strategy_files],
+             guarantee=config.processing_guarantee)
+    return await run_worker(config)
