@@ -18,6 +18,14 @@ Implements `execution.broker.Broker`:
   cancel are reported before CANCELED; without it the state comes from the REST answer + `userTrades`.
 - Events are de-duplicated (executions by trade id, updates by (state, filled qty)), so REST answers,
   queries and the stream may all report the same thing.
+- Restarts: `resume` follows an order a previous run sent (its intent is on the orders topic): it is
+  looked up by client id and whatever the exchange knows (state, every fill) is reported; it is never
+  sent again. Not found means the previous run died before sending it: REJECTED.
+- Reachability (`healthy`, which the risk guard reads): the user-data stream must be connected, no
+  order may be in unknown state, and the last REST answer must not have been a 5xx/timeout (or a
+  failed reconciliation, `mark_unreachable`). While down, `poll` probes `GET /fapi/v1/time` every
+  `probe_interval_s`, so recovery does not wait for the next order. After the stream reconnects,
+  events sent meanwhile are lost: every open order is looked up by client id again.
 Beyond the protocol: `amend` (PUT, price/qty of an open LIMIT), `place_stop` (reduce-only STOP_MARKET:
 a stop the exchange holds even when the executor is down; the executor's own stop exit is a
 reduce-only MARKET, so SL is always taker), `positions`/`open_orders` for the reconciler.
@@ -94,6 +102,7 @@ class UserDataStream:
         self.reconnect_s = reconnect_s
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.connected = threading.Event()
+        self.connections = 0  # successful connects so far (a second one means events may have been missed)
         self._stop = threading.Event()
         self._ws = None
         self._thread = threading.Thread(target=self._run, name="binance-user-stream", daemon=True)
@@ -115,6 +124,7 @@ class UserDataStream:
             try:
                 with ws_connect(self.url, open_timeout=5, close_timeout=1) as ws:
                     self._ws = ws
+                    self.connections += 1
                     self.connected.set()
                     for raw in ws:
                         self.events.put(orjson.loads(raw))
@@ -132,13 +142,16 @@ class BinanceBroker:
 
     def __init__(self, mode: str, rest: SignedRestClient, filters: dict[str, SymbolFilters], *,
                  stream: UserDataStream | None = None, exchange: str = "binance", settle_timeout_s: float = 2.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 probe_interval_s: float = 5.0, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.mode = mode
         self.rest = rest
         self.filters = filters
         self.stream = stream
         self.exchange = exchange
         self.settle_timeout_s = settle_timeout_s
+        self.probe_interval_s = probe_interval_s
+        self._next_probe = 0.0
+        self._stream_connections = 0  # connects of the stream already accounted for
         self._monotonic = monotonic
         self._orders: dict[str, _Tracked] = {}
         self._buffer: list[BrokerEvent] = []
@@ -152,18 +165,31 @@ class BinanceBroker:
     @classmethod
     def connect(cls, mode: str, rest_url: str, ws_url: str, api_key: SecretStr, api_secret: SecretStr,
                 **kwargs: Any) -> BinanceBroker:
-        """Sync the clock, load the filters, open the user-data stream (`ws_url` + `/ws/<listenKey>`)."""
+        """Sync the clock, load the filters, open the user-data stream (`ws_url` + `/ws/<listenKey>`).
+
+        Raises (`BinanceApiError`, `ConnectionError`) with nothing left running when any step fails."""
         rest = SignedRestClient(rest_url, api_key, api_secret, timeout_s=kwargs.pop("timeout_s", 5.0))
-        rest.sync_time()
-        filters = parse_exchange_info(rest.request("GET", "/fapi/v1/exchangeInfo"))
-        broker = cls(mode, rest, filters, **kwargs)
-        broker._listen_key = rest.keyed("POST", "/fapi/v1/listenKey")["listenKey"]
-        broker._listen_key_at = rest.now_ms()
-        broker.stream = UserDataStream(f"{ws_url.rstrip('/')}/ws/{broker._listen_key}")
-        broker.stream.start()
+        stream_timeout_s = kwargs.pop("stream_timeout_s", 5.0)
+        broker: BinanceBroker | None = None
+        try:
+            rest.sync_time()
+            filters = parse_exchange_info(rest.request("GET", "/fapi/v1/exchangeInfo"))
+            broker = cls(mode, rest, filters, **kwargs)
+            broker._listen_key = rest.keyed("POST", "/fapi/v1/listenKey")["listenKey"]
+            broker._listen_key_at = rest.now_ms()
+            broker.stream = UserDataStream(f"{ws_url.rstrip('/')}/ws/{broker._listen_key}")
+            broker.stream.start(stream_timeout_s)
+        except BaseException:
+            if broker is not None:
+                broker.close()
+            else:
+                rest.close()
+            raise
+        broker._stream_connections = broker.stream.connections
         return broker
 
     def close(self) -> None:
+        """Stop the user-data stream and drop the REST connection (idempotent)."""
         if self.stream is not None:
             self.stream.stop()
         self.rest.close()
@@ -217,6 +243,15 @@ class BinanceBroker:
 
     def poll(self, now_ms: int) -> list[BrokerEvent]:
         self._drain()
+        if self._rest_down:
+            self._probe()
+        if self.stream is not None and self.stream.connections > self._stream_connections:
+            self._stream_connections = self.stream.connections
+            missed = [t for t in self._orders.values() if not t.terminal]
+            if missed:
+                log.warning("user-data stream reconnected: looking up open orders by client id", orders=len(missed))
+            for tracked in missed:
+                tracked.unknown = True  # recovered just below
         for tracked in [t for t in self._orders.values() if t.unknown]:
             self._recover(tracked, now_ms)
         if self._listen_key and now_ms - self._listen_key_at >= LISTEN_KEY_KEEPALIVE_MS:
@@ -228,6 +263,20 @@ class BinanceBroker:
         return self._take()
 
     # ================================================================ beyond the protocol
+    def resume(self, request: OrderRequest, now_ms: int) -> list[BrokerEvent]:
+        """Follow an order a previous run sent: look it up by client id, report its state and every fill
+        the exchange knows; never send it. Not found (the run died before sending): REJECTED."""
+        tracked = self._orders.get(request.client_order_id)
+        if tracked is None:
+            tracked = self._orders[request.client_order_id] = _Tracked(request)
+        if not tracked.terminal:
+            self._recover(tracked, now_ms)
+        return self._take()
+
+    def mark_unreachable(self) -> None:
+        """Someone else found the exchange unreachable (reconciliation): unhealthy until a probe answers."""
+        self._rest_down = True
+
     def amend(self, client_order_id: str, now_ms: int, *, price: float, qty: float | None = None) -> list[BrokerEvent]:
         """Move an open LIMIT order (PUT /fapi/v1/order); AmendRejected when the exchange refuses."""
         tracked = self._orders.get(client_order_id)
@@ -453,6 +502,19 @@ class BinanceBroker:
 
     def _note(self, exc: BinanceApiError) -> None:
         self._rest_down = exc.kind is ErrorKind.UNKNOWN_STATE
+
+    def _probe(self) -> None:
+        """While marked down: `GET /fapi/v1/time` at most every `probe_interval_s`; an answer clears it."""
+        now = self._monotonic()
+        if now < self._next_probe:
+            return
+        self._next_probe = now + self.probe_interval_s
+        try:
+            self.rest.request("GET", "/fapi/v1/time")
+        except BinanceApiError:
+            return
+        self._rest_down = False
+        log.info("exchange reachable again")
 
     def _take(self) -> list[BrokerEvent]:
         events, self._buffer = self._buffer, []

@@ -1,11 +1,14 @@
-"""Executor configuration: sizing, fees, paper fill model, exits, entry policy and risk limits.
+"""Executor configuration: sizing, fees, paper fill model, exits, entry policy, risk limits, and for
+`--mode testnet|live` the exchange endpoints and the reconciliation policy.
 
 Why its own file (YAML or JSON, `--executor-config FILE`) rather than more `TAPEFLOW_*` settings: these
 are trading parameters that users tune and review like strategy files, and the whole model is echoed
 in the log at start so the operator confirms what will trade. Unknown keys are rejected (a typo such as
 `daly_loss_limit_r` must not silently fall back to a default). Defaults come from DESIGN §5 and the old
 system: 10,000 USDT paper balance, 2 % risk per 1R, tiers standard 1.0 / heavy 1.5, taker 0.05 % and
-maker 0.02 % per side, timeout 240 min, daily loss -5R, pause after 5 losses for 60 min, stale data 30 s.
+maker 0.02 % per side, timeout 240 min, daily loss -5R, pause after 5 losses for 60 min, stale data 30 s,
+reconciliation every 5 min. Exchange keys are never part of this file: they are secrets and come from
+the settings (`TAPEFLOW_BINANCE_API_KEY`/`_SECRET` or their `*_FILE`).
 """
 
 from __future__ import annotations
@@ -67,6 +70,44 @@ class RiskLimits(_Model):
     max_signal_age_s: float = Field(default=60.0, gt=0, description="older signals are not traded")
 
 
+# Binance USD-M endpoints per mode (REST base, websocket base; the user-data stream is `<ws>/ws/<listenKey>`).
+DEFAULT_ENDPOINTS: dict[str, tuple[str, str]] = {
+    "testnet": ("https://testnet.binancefuture.com", "wss://stream.binancefuture.com"),
+    "live": ("https://fapi.binance.com", "wss://fstream.binance.com"),
+}
+
+
+class ExchangeVenue(_Model):
+    """Where testnet/live orders go and how long to wait for the exchange.
+
+    `rest_url`/`ws_url` unset = Binance's endpoints for the mode (`DEFAULT_ENDPOINTS`); set them to
+    point the executor at the fake exchange or a proxy. A slow answer is never taken as "not sent":
+    after `request_timeout_s` the order is looked up by its client id (`execution.binance_broker`).
+    """
+
+    rest_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+")
+    ws_url: str | None = Field(default=None, pattern=r"^wss?://[^/\s]+")
+    request_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300,
+                                     description="start-up: clock sync, exchangeInfo, user-data stream")
+    probe_interval_s: float = Field(default=5.0, gt=0,
+                                    description="while the exchange is unreachable, how often to check it again")
+
+
+class Reconciliation(_Model):
+    """Exchange positions and open orders against the executor's state (`execution.reconcile`).
+
+    Runs after the state is restored on start, then every `interval_s`; after a failed run (exchange
+    unreachable) again after `retry_s`, with new entries blocked until a run succeeds. Orphans (on the
+    exchange, not ours): `flatten` cancels orphan orders and closes orphan positions with a reduce-only
+    market order; `adopt` leaves them and reports them once. Either way every finding is published.
+    """
+
+    orphans: Literal["adopt", "flatten"] = "flatten"
+    interval_s: float = Field(default=300.0, gt=0)
+    retry_s: float = Field(default=10.0, gt=0)
+
+
 class ExecutorConfig(_Model):
     balance: float = Field(default=10_000.0, gt=0, description="account balance in quote currency")
     risk_pct: float = Field(default=2.0, gt=0, le=100, description="percent of balance per 1R")
@@ -79,6 +120,8 @@ class ExecutorConfig(_Model):
     breakeven_offset_r: float = Field(default=0.0, ge=0, lt=1,
                                       description="after TP1 the stop moves to entry + this many R")
     risk: RiskLimits = RiskLimits()
+    exchange: ExchangeVenue = ExchangeVenue()
+    reconcile: Reconciliation = Reconciliation()
 
     @model_validator(mode="after")
     def _check(self) -> ExecutorConfig:

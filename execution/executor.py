@@ -19,12 +19,21 @@ signals it has handled for as long as they are young enough to be traded (older 
 stale anyway), so a re-delivered signal never opens a second position. After a restart `restore`
 rebuilds open positions from the positions topic, handled signals from the orders and positions
 topics, and the guard from risk.events: the output topics are the state (see `execution.service`).
+Orders the previous run left unfinished are, in paper mode, re-entered in the new paper book (exits)
+or dropped (entries); in exchange modes they are looked up by client id (`broker.resume`) and never
+sent again: fills the dead run did not record are reported now, an entry that filled opens its
+position (the signal is read back for its exit plan), one still resting is cancelled.
+
+Exchange modes also reconcile (`reconcile`, driven by the service): the exchange's positions and open
+orders against ours, every finding published to risk.events (scope `reconcile:<exchange>:<symbol>`,
+reason `<finding>:<outcome>`, e.g. `orphan_position:flatten_sent`); until a run succeeds new entries
+are blocked as if the exchange were down (fail closed).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -43,6 +52,7 @@ from execution.domain import (
     InvalidSignal,
     Signal,
     TradeTick,
+    direction_sign,
     exit_side,
     market_key,
 )
@@ -53,6 +63,7 @@ from execution.entries import (
     first_entry_order,
 )
 from execution.position_manager import ExitIntent, Position
+from execution.reconcile import Reconciler, ReconcileReport
 from execution.records import fill_record, order_record, position_record
 from execution.risk_guard import (
     KILL_SWITCH,
@@ -67,6 +78,10 @@ from execution.sizing import SizingError, position_size, r_usd_for_tier
 log = structlog.get_logger("executor")
 
 ORDERS, FILLS, POSITIONS, RISK = "orders", "fills", "positions", "risk.events"
+RECONCILE_FLATTEN = "reconcile_flatten"
+# risk.events decision per reconciliation outcome (reason: `<finding kind>:<outcome>`)
+_OUTCOME_DECISION = {"adopted": "allow", "reported": "allow", "flatten_sent": "flatten", "cancelled": "flatten",
+                     "flatten_rejected": "block", "cancel_failed": "block"}
 
 
 class OutputSink(Protocol):
@@ -128,6 +143,7 @@ class Executor:
         self.last_price: dict[str, float] = {}
         self.books: dict[str, BookTop] = {}
         self.owner_ok = True  # False when another executor may own some of our partitions (service sets it)
+        self.reconcile_ok = True  # False after a failed reconciliation: entries blocked until one succeeds
 
     # ================================================================ inputs
     def on_signal(self, record: Mapping[str, Any], now_ms: int) -> RiskDecision:
@@ -162,7 +178,7 @@ class Executor:
 
         decision = self.guard.check_entry(
             now_ms=now_ms, scope=scope, market_data_age_ms=self._data_age(sig.key, now_ms),
-            venue_up=self.broker.healthy, output_up=self.sink.healthy, sole_writer=self.owner_ok,
+            venue_up=self.venue_up, output_up=self.sink.healthy, sole_writer=self.owner_ok,
             open_positions=len(self.positions) + len(self.entries) - flipping)
         if not decision.allowed:
             return self._decide(decision)
@@ -222,7 +238,7 @@ class Executor:
     def on_clock(self, now_ms: int) -> None:
         for decision in self.guard.tick(now_ms):
             self._decide(decision)
-        venue = self.guard.venue(self.broker.healthy, now_ms)
+        venue = self.guard.venue(self.venue_up, now_ms)
         if venue is not None:
             self._decide(venue)
         for key in list(self.data_time):
@@ -241,8 +257,12 @@ class Executor:
 
     # ================================================================ restore
     def restore(self, positions: Iterable[Mapping[str, Any]], orders: Iterable[Mapping[str, Any]],
-                risk: Iterable[Mapping[str, Any]], now_ms: int) -> dict[str, int]:
-        """Rebuild state from the executor's own output topics (records of every mode may be passed)."""
+                risk: Iterable[Mapping[str, Any]], now_ms: int, *,
+                signals: Callable[[set[str]], Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, int]:
+        """Rebuild state from the executor's own output topics (records of every mode may be passed).
+
+        `signals(ids)` returns the signal records of those ids that can still be found; exchange modes
+        ask for the signals of unfinished entry orders, to give a late-found fill its exit plan."""
         self.guard = RiskGuard.restore(self.config.risk, self.mode, risk, now_ms)
         last_order: dict[str, Mapping[str, Any]] = {}
         intent_reason: dict[str, str | None] = {}  # exit orders carry their exit reason on the intent
@@ -267,13 +287,20 @@ class Executor:
                                    breakeven_offset_r=self.config.breakeven_offset_r)
             self._register(pos)
         cancelled = resumed = 0
-        for cid, rec in last_order.items():
-            if rec["state"] in TERMINAL_STATES:
-                continue
+        unfinished = {cid: rec for cid, rec in last_order.items() if rec["state"] not in TERMINAL_STATES}
+        resume = getattr(self.broker, "resume", None) if self.mode != "paper" else None
+        wanted = {rec["signal_id"] for rec in unfinished.values() if rec["leg"] == "entry" and rec.get("signal_id")}
+        found = dict(signals(wanted)) if resume is not None and wanted and signals is not None else {}
+        for cid, rec in unfinished.items():
             req = OrderRequest(cid, rec["exchange"], rec["symbol"], rec["side"], rec["type"], float(rec["qty"]),
                                price=rec.get("price"), reduce_only=bool(rec.get("reduce_only")),
                                not_before_ms=int(rec["event_time"]))
             pos = self.positions.get(rec.get("position_id") or "")
+            if resume is not None:
+                self._resume_order(req, rec, pos, intent_reason.get(cid), found.get(rec.get("signal_id") or ""),
+                                   now_ms)
+                resumed += 1
+                continue
             if rec["leg"] == "entry" or pos is None or self.mode != "paper":
                 # an entry cut short by the restart is dropped (its signal is old by now); exits of
                 # other modes are the reconciler's job
@@ -294,7 +321,92 @@ class Executor:
             self._flatten(KILL_SWITCH, now_ms)
         return {"positions": len(self.positions), "orders_resumed": resumed, "orders_cancelled": cancelled}
 
+    # ================================================================ reconciliation
+    def reconcile(self, reconciler: Reconciler, now_ms: int) -> ReconcileReport:
+        """Compare the exchange with our positions and open orders, repair per policy, publish findings.
+
+        Our side: open positions plus what pending entries already filled, signed and summed per symbol
+        (the exchange nets them: one-way mode). Stream events are routed first, and symbols with one of
+        our orders in flight are left for the next run (see `execution.reconcile`)."""
+        self._route(self.broker.poll(now_ms), now_ms)
+        exchange = reconciler.exchange
+        ours: dict[str, float] = defaultdict(float)
+        for pos in self.positions.values():
+            if pos.exchange == exchange:
+                ours[pos.symbol] += direction_sign(pos.direction) * pos.qty_open
+        for entry in self.entries.values():
+            sig = entry.signal
+            if sig.exchange == exchange and entry.fills:
+                ours[sig.symbol] += direction_sign(sig.direction) * sum(f.qty for f in entry.fills)
+        in_flight = {info.request.symbol for info in self.orders.values() if info.request.exchange == exchange}
+        report = reconciler.run(dict(ours), set(self.orders), now_ms, in_flight=in_flight, submit=self._repair)
+        if report.error is not None:
+            mark = getattr(self.broker, "mark_unreachable", None)
+            if mark is not None:
+                mark()
+            if self.reconcile_ok:  # published when it starts failing; retries only log (execution.reconcile)
+                self._decide(RiskDecision("block", f"reconcile:{exchange}", "reconcile_failed", now_ms))
+        for f in report.findings:
+            scope = f"reconcile:{exchange}:{f.symbol}" + (f":{f.client_order_id}" if f.client_order_id else "")
+            self._decide(RiskDecision(_OUTCOME_DECISION.get(f.outcome, "block"), scope, f"{f.kind}:{f.outcome}",
+                                      now_ms))
+        if report.ok and not self.reconcile_ok:
+            self._decide(RiskDecision("resume", f"reconcile:{exchange}", "reconcile_ok", now_ms))
+        self.reconcile_ok = report.ok
+        return report
+
+    def _repair(self, req: OrderRequest, now_ms: int) -> list:
+        """A reconciliation order, sent like ours: intent on the orders topic first, then its events."""
+        return self._send(req, "exit", None, None, None, RECONCILE_FLATTEN, now_ms)
+
+    @property
+    def venue_up(self) -> bool:
+        """The exchange is reachable and the last reconciliation succeeded (the guard's `exchange_down`)."""
+        return self.broker.healthy and self.reconcile_ok
+
     # ================================================================ internals
+    def _resume_order(self, req: OrderRequest, rec: Mapping[str, Any], pos: Position | None, reason: str | None,
+                      signal: Mapping[str, Any] | None, now_ms: int) -> None:
+        """Exchange modes after a restart: follow an order the previous run sent; never send it again."""
+        cid, leg = req.client_order_id, rec["leg"]
+        sid, pid = rec.get("signal_id"), rec.get("position_id")
+        entry: PendingEntry | None = None
+        reference: float | None = None
+        if leg == "entry":
+            leg = "entry_fallback" if sid and cid == client_order_id(sid, "entry_fallback") else "entry"
+            entry = self._restored_entry(req, leg, signal, pid)
+            reference = entry.signal.price if entry is not None else None
+        elif pos is not None:
+            reason = {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg) or reason \
+                or "timeout"
+            reference = {"tp1": pos.plan.tp1, "tp2": pos.plan.tp2, "sl": pos.stop}.get(leg)
+            pos.exit_sent(ExitIntent(leg, reason, req.qty, reference, req.not_before_ms), cid)
+        self.orders[cid] = _OrderInfo(req, leg, sid, pid, reference, reason)
+        self._route(self.broker.resume(req, now_ms), now_ms)
+        if leg.startswith("entry") and self.broker.is_open(cid):  # resting for a signal that is old by now
+            if entry is not None:
+                self._cancel_entry(entry, "executor_restart", now_ms)
+            else:
+                self._route(self.broker.cancel(cid, now_ms, "executor_restart"), now_ms)
+
+    def _restored_entry(self, req: OrderRequest, leg: str, signal: Mapping[str, Any] | None,
+                        pid: str | None) -> PendingEntry | None:
+        """The pending entry of an unfinished entry order, if its signal can still be read."""
+        if signal is None:
+            log.warning("signal of an unfinished entry not found: a fill will be left to reconciliation",
+                        client_order_id=req.client_order_id)
+            return None
+        try:
+            sig = Signal.from_record(signal)
+            size = position_size(r_usd_for_tier(self.config, sig.tier, sig.risk_multiplier), sig.risk_distance)
+        except (InvalidSignal, SizingError, KeyError, TypeError, ValueError) as exc:
+            log.warning("unfinished entry cannot be rebuilt", client_order_id=req.client_order_id, error=str(exc))
+            return None
+        entry = PendingEntry(sig, pid or position_id(sig.signal_id), size, req, leg, req.not_before_ms)
+        self.entries[entry.position_id] = entry
+        self.slot_entry[sig.slot] = entry.position_id
+        return entry
+
     def _data_age(self, key: str, now_ms: int) -> float | None:
         t = self.data_time.get(key)
         return None if t is None else now_ms - t
@@ -321,13 +433,15 @@ class Executor:
                                     signal_id=signal_id, position_id=pid, update=update, reason=reason))
 
     def _send(self, req: OrderRequest, leg: str, signal_id: str | None, pid: str | None, reference: float | None,
-              reason: str | None, now_ms: int) -> None:
-        """Record the intent, then hand the order to the broker."""
+              reason: str | None, now_ms: int) -> list:
+        """Record the intent, then hand the order to the broker; returns the broker's events (routed)."""
         self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
         self._emit_order(req, leg, signal_id, pid, "PENDING_NEW", now_ms, None, reason)
         if self.mode != "paper":
             self.sink.barrier()
-        self._route(self.broker.submit(req, now_ms), now_ms)
+        events = self.broker.submit(req, now_ms)
+        self._route(events, now_ms)
+        return events
 
     def _send_exit(self, pos: Position, intent: ExitIntent, now_ms: int) -> None:
         cid = client_order_id(pos.signal_id, intent.leg, pos.next_attempt(intent.leg))
@@ -393,12 +507,7 @@ class Executor:
             return
         if ev.state == "FILLED":
             self._drop_entry(entry)
-            pos = Position.open(position_id=entry.position_id, signal=entry.signal, mode=self.mode,
-                                fills=entry.fills, r_usd=entry.size.r_usd,
-                                timeout_ms=self.config.timeout_ms(entry.signal.strategy),
-                                breakeven_offset_r=self.config.breakeven_offset_r)
-            self._register(pos)
-            self.sink.emit(POSITIONS, market_key(pos.exchange, pos.symbol), position_record(pos, "opened", pos.opened_at))
+            self._open(entry)
             return
         if ev.state not in TERMINAL_STATES:
             return
@@ -406,6 +515,21 @@ class Executor:
             self._fallback(entry, now_ms)
             return
         self._drop_entry(entry)
+        if entry.fills:  # ended part-filled (cancelled, expired): what we hold is a position to manage
+            self._open(entry)
+
+    def _open(self, entry: PendingEntry) -> None:
+        """Open the position of an entry from its fills. r_usd is the risk actually taken: the sized 1R
+        scaled by filled / sized quantity when they differ (lot-step rounding, a partial fill)."""
+        filled = sum(f.qty for f in entry.fills)
+        r_usd = entry.size.r_usd
+        if abs(filled - entry.size.qty) > 1e-12 * entry.size.qty:
+            r_usd = entry.size.r_usd * filled / entry.size.qty
+        pos = Position.open(position_id=entry.position_id, signal=entry.signal, mode=self.mode, fills=entry.fills,
+                            r_usd=r_usd, timeout_ms=self.config.timeout_ms(entry.signal.strategy),
+                            breakeven_offset_r=self.config.breakeven_offset_r)
+        self._register(pos)
+        self.sink.emit(POSITIONS, market_key(pos.exchange, pos.symbol), position_record(pos, "opened", pos.opened_at))
 
     def _fallback(self, entry: PendingEntry, now_ms: int) -> None:
         sig = entry.signal
@@ -418,7 +542,7 @@ class Executor:
             return
         decision = self.guard.check_entry(
             now_ms=now_ms, scope=scope, market_data_age_ms=self._data_age(sig.key, now_ms),
-            venue_up=self.broker.healthy, output_up=self.sink.healthy, sole_writer=self.owner_ok,
+            venue_up=self.venue_up, output_up=self.sink.healthy, sole_writer=self.owner_ok,
             open_positions=len(self.positions) + len(self.entries) - 1)
         if not decision.allowed:
             self._drop_entry(entry)

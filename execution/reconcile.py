@@ -9,7 +9,11 @@ reported (`ReconcileReport.findings`, for risk.events and the log) and handled b
 - `flatten`: cancel orphan orders and close orphan positions with a reduce-only MARKET order whose
   client id is derived from (symbol, amount, run time), so a retried run cannot double the close.
 Positions we hold that the exchange does not have (`missing_position`) and size differences are only
-reported: closing or re-opening them is a trading decision, not a repair.
+reported: closing or re-opening them is a trading decision, not a repair. Symbols with one of our
+orders in flight (`in_flight`) are not compared this run: a fill the exchange already counts but our
+stream has not delivered yet would look like an orphan, and flattening it would close our own trade.
+After a failed run (exchange state unavailable, or a repair refused) the next one is due after
+`retry_ms`, not a full interval: the executor blocks entries until a run succeeds.
 
 `compare` is pure (amounts in, findings out); `Reconciler.run` does the I/O through the broker.
 """
@@ -17,7 +21,7 @@ reported: closing or re-opening them is a trading decision, not a repair.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +35,7 @@ log = structlog.get_logger("reconcile")
 Policy = Literal["adopt", "flatten"]
 FindingKind = Literal["orphan_position", "orphan_order", "missing_position", "size_mismatch"]
 RECONCILE_INTERVAL_MS = 5 * 60_000
+FAILED_OUTCOMES = frozenset({"flatten_rejected", "cancel_failed"})  # a repair that did not happen
 QTY_EPS = 1e-9
 
 
@@ -43,6 +48,12 @@ class Finding:
     our_amount: float = 0.0
     client_order_id: str | None = None  # orders
     action: str = "reported"
+
+    @property
+    def outcome(self) -> str:
+        """The action as a short code without amounts or ids (`adopted`, `flatten_sent`, `cancel_failed`...),
+        fit for a risk event's reason and a metrics label."""
+        return "_".join(self.action.split(":", 1)[0].split()[:2])
 
     def with_action(self, action: str) -> Finding:
         return Finding(self.kind, self.symbol, self.detail, self.exchange_amount, self.our_amount,
@@ -61,16 +72,23 @@ class ReconcileReport:
     def clean(self) -> bool:
         return not self.findings and self.error is None
 
+    @property
+    def ok(self) -> bool:
+        """The exchange answered and every repair the policy asked for was sent (findings may remain)."""
+        return self.error is None and not any(f.outcome in FAILED_OUTCOMES for f in self.findings)
+
 
 def compare(exchange_positions: Mapping[str, float], exchange_orders: Iterable[Mapping[str, Any]],
             our_positions: Mapping[str, float], our_orders: Iterable[str],
-            known: Iterable[str] = ()) -> list[Finding]:
+            known: Iterable[str] = (), in_flight: Iterable[str] = ()) -> list[Finding]:
     """Differences between the exchange and us. Amounts are signed (long > 0); `known` = adopted keys
-    (`position:<symbol>` / `order:<client id>`) that are not reported again."""
+    (`position:<symbol>` / `order:<client id>`) that are not reported again; positions of `in_flight`
+    symbols are not compared."""
     known = set(known)
     ours = set(our_orders)
+    skip = set(in_flight)
     findings: list[Finding] = []
-    for symbol in sorted(set(exchange_positions) | set(our_positions)):
+    for symbol in sorted((set(exchange_positions) | set(our_positions)) - skip):
         theirs, mine = exchange_positions.get(symbol, 0.0), our_positions.get(symbol, 0.0)
         if abs(theirs - mine) <= QTY_EPS:
             continue
@@ -101,20 +119,27 @@ class Reconciler:
     """Runs `compare` against a `BinanceBroker` and applies the orphan policy."""
 
     def __init__(self, broker: Any, policy: Policy = "flatten", interval_ms: int = RECONCILE_INTERVAL_MS,
-                 exchange: str = "binance") -> None:
+                 exchange: str = "binance", retry_ms: int | None = None) -> None:
         if policy not in ("adopt", "flatten"):
             raise ValueError(f"policy must be adopt or flatten, got {policy!r}")
         self.broker = broker
         self.policy = policy
         self.interval_ms = interval_ms
+        self.retry_ms = interval_ms if retry_ms is None else retry_ms
         self.exchange = exchange
         self.known: set[str] = set()
         self.last_run_ms: int | None = None
+        self.last_failed = False
 
     def due(self, now_ms: int) -> bool:
-        return self.last_run_ms is None or now_ms - self.last_run_ms >= self.interval_ms
+        wait = self.retry_ms if self.last_failed else self.interval_ms
+        return self.last_run_ms is None or now_ms - self.last_run_ms >= wait
 
-    def run(self, our_positions: Mapping[str, float], our_orders: Iterable[str], now_ms: int) -> ReconcileReport:
+    def run(self, our_positions: Mapping[str, float], our_orders: Iterable[str], now_ms: int, *,
+            in_flight: Iterable[str] = (),
+            submit: Callable[[OrderRequest, int], list[BrokerEvent]] | None = None) -> ReconcileReport:
+        """Compare and repair. `submit` sends a flatten order (default `broker.submit`; the executor passes
+        one that records the intent on the orders topic first)."""
         self.last_run_ms = now_ms
         report = ReconcileReport(now_ms, self.policy)
         try:
@@ -122,16 +147,20 @@ class Reconciler:
             orders = self.broker.open_orders()
         except BinanceApiError as exc:
             report.error = f"exchange state unavailable: {exc}"
+            self.last_failed = True
             log.error("reconciliation failed", error=report.error)
             return report
-        for finding in compare(positions, orders, our_positions, our_orders, self.known):
-            report.findings.append(self._apply(finding, orders, report, now_ms))
+        self.last_failed = False
+        submit = submit or self.broker.submit
+        for finding in compare(positions, orders, our_positions, our_orders, self.known, in_flight):
+            report.findings.append(self._apply(finding, orders, report, now_ms, submit))
+        self.last_failed = not report.ok
         for f in report.findings:
             log.warning("reconciliation finding", kind=f.kind, symbol=f.symbol, detail=f.detail, action=f.action)
         return report
 
     def _apply(self, finding: Finding, orders: list[Mapping[str, Any]], report: ReconcileReport,
-               now_ms: int) -> Finding:
+               now_ms: int, submit: Callable[[OrderRequest, int], list[BrokerEvent]]) -> Finding:
         if finding.kind == "orphan_order":
             order = next(o for o in orders if o["clientOrderId"] == finding.client_order_id)
             if self.policy == "adopt":
@@ -155,7 +184,7 @@ class Reconciler:
             cid = flatten_client_id(finding.symbol, amount, now_ms)
             request = OrderRequest(cid, self.exchange, finding.symbol, "SELL" if amount > 0 else "BUY", "MARKET",
                                    abs(amount), reduce_only=True)
-            events = self.broker.submit(request, now_ms)
+            events = submit(request, now_ms)
             report.events.extend(events)
             rejected = [e for e in events if getattr(e, "state", None) == "REJECTED"]
             return finding.with_action(f"flatten rejected: {rejected[0].reason}" if rejected else f"flatten sent {cid}")

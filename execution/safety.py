@@ -1,4 +1,5 @@
-"""Start-up safety for exchange modes: explicit opt-in, keys present, secrets never printed.
+"""Start-up safety for exchange modes: explicit opt-in, keys present, the right endpoints, secrets never
+printed; and the broker each mode trades through.
 
 Why: `--mode live` places real orders. It refuses to start unless the operator set
 TAPEFLOW_LIVE_TRADING=I_UNDERSTAND (a deliberate, greppable act, not a default or a flag one can
@@ -6,16 +7,23 @@ copy from shell history by accident) and both Binance keys are configured. Testn
 rule, so the first live start is never the first time the checks run. Keys stay `SecretStr`: the echo
 of the configuration says only whether they are present.
 
-Only the paper broker exists today: after the checks pass, testnet and live stop with a clear
-`BrokerUnavailable` instead of pretending to trade.
+After the checks pass, paper trades through the in-process `PaperBroker`; testnet and live connect a
+`BinanceBroker` (clock sync, exchange filters, user-data stream) to Binance USD-M: testnet
+https://testnet.binancefuture.com + wss://stream.binancefuture.com, live https://fapi.binance.com +
+wss://fstream.binance.com, unless the executor config's `exchange.rest_url`/`ws_url` point elsewhere
+(the fake exchange in tests). A testnet run pointed at the live hosts, or the reverse, is refused: every
+record carries the mode, and a "testnet" label on real trades would lie. An exchange that cannot be
+reached at start stops the executor with `BrokerUnavailable`, before any order could be sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
-from execution.config import ExecutorConfig
+from execution.broker import Broker
+from execution.config import DEFAULT_ENDPOINTS, ExecutorConfig
 from execution.domain import MODES
 from execution.paper_broker import PaperBroker
 from tapeflow.settings import Settings
@@ -25,11 +33,12 @@ LIVE_OPT_IN_VALUE = "I_UNDERSTAND"
 
 
 class LiveTradingRefused(Exception):
-    """The mode may not start: missing opt-in or keys (the message says which, never a key)."""
+    """The mode may not start: missing opt-in or keys, or endpoints of the other mode (the message says
+    which, never a key)."""
 
 
 class BrokerUnavailable(Exception):
-    """No broker implementation for the requested mode."""
+    """No broker for the requested mode: the exchange could not be reached or refused the session."""
 
 
 def _present(secret: Any) -> bool:
@@ -52,17 +61,57 @@ def check_mode_allowed(mode: str, settings: Settings, environ: Mapping[str, str]
         raise LiveTradingRefused(f"--mode {mode} needs exchange keys: set {' and '.join(missing)} (or *_FILE)")
 
 
-def build_broker(mode: str, config: ExecutorConfig) -> PaperBroker:
+def exchange_endpoints(mode: str, config: ExecutorConfig, settings: Settings | None = None) -> tuple[str, str]:
+    """(REST base, websocket base) for an exchange mode: settings, then executor config, then Binance's.
+
+    `Settings.binance_rest_url`/`binance_ws_url` (TAPEFLOW_BINANCE_REST_URL/_WS_URL) win, then the
+    executor config's `exchange` section.
+    """
+    if mode not in DEFAULT_ENDPOINTS:
+        raise ValueError(f"no exchange endpoints for mode {mode!r}")
+    rest, ws = DEFAULT_ENDPOINTS[mode]
+    rest = (settings.binance_rest_url if settings else None) or config.exchange.rest_url or rest
+    ws = (settings.binance_ws_url if settings else None) or config.exchange.ws_url or ws
+    return rest.rstrip("/"), ws.rstrip("/")
+
+
+def check_endpoints(mode: str, rest_url: str, ws_url: str) -> None:
+    """Refuse endpoints that belong to the other exchange mode (testnet keys on live hosts or back)."""
+    other = "live" if mode == "testnet" else "testnet"
+    hosts = {urlsplit(u).hostname for u in DEFAULT_ENDPOINTS[other]}
+    for url in (rest_url, ws_url):
+        if urlsplit(url).hostname in hosts:
+            raise LiveTradingRefused(f"--mode {mode} refused: {url} is the Binance {other} endpoint")
+
+
+def build_broker(mode: str, config: ExecutorConfig, settings: Settings | None = None) -> Broker:
+    """The broker for `mode`: a fresh `PaperBroker`, or a connected `BinanceBroker` (the caller closes it).
+
+    Exchange modes need `settings` with the keys (run `check_mode_allowed` first)."""
     if mode == "paper":
         return PaperBroker(config.fees, config.paper)
-    raise BrokerUnavailable(
-        f"Binance broker not available yet: --mode {mode} passed the safety checks, but this version can only "
-        "paper trade (use --mode paper)")
+    from execution.binance_broker import (
+        BinanceBroker,  # websockets client: only exchange modes need it
+    )
+    from execution.binance_signing import BinanceApiError
+
+    if settings is None or not (_present(settings.binance_api_key) and _present(settings.binance_api_secret)):
+        raise LiveTradingRefused(f"--mode {mode} needs exchange keys (TAPEFLOW_BINANCE_API_KEY and _SECRET)")
+    rest_url, ws_url = exchange_endpoints(mode, config, settings)
+    check_endpoints(mode, rest_url, ws_url)
+    venue = config.exchange
+    try:
+        return BinanceBroker.connect(mode, rest_url, ws_url, settings.binance_api_key, settings.binance_api_secret,
+                                     timeout_s=venue.request_timeout_s, stream_timeout_s=venue.connect_timeout_s,
+                                     probe_interval_s=venue.probe_interval_s)
+    except (BinanceApiError, OSError, KeyError, TypeError, ValueError) as exc:
+        # unreachable, keys refused, no user-data stream, an answer that is not Binance's: never half-connected
+        raise BrokerUnavailable(f"cannot reach the exchange at {rest_url} / {ws_url}: {exc}") from None
 
 
 def startup_echo(settings: Settings, mode: str, config: ExecutorConfig) -> dict[str, Any]:
     """What the log shows at start for the operator to confirm: no secret values, only their presence."""
-    return {
+    echo: dict[str, Any] = {
         "mode": mode,
         "broker": settings.broker or "embedded",
         "topic_prefix": settings.topic_prefix,
@@ -71,3 +120,7 @@ def startup_echo(settings: Settings, mode: str, config: ExecutorConfig) -> dict[
         "binance_api_secret": "present" if _present(settings.binance_api_secret) else "absent",
         "executor": config.model_dump(),
     }
+    if mode in DEFAULT_ENDPOINTS:
+        echo["exchange_rest_url"], echo["exchange_ws_url"] = exchange_endpoints(mode, config, settings)
+        echo["orphan_policy"] = config.reconcile.orphans
+    return echo

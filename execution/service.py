@@ -15,13 +15,22 @@ crash re-delivers inputs rather than losing them, and re-delivered signals are r
 duplicates. The risk guard's counters and the daily guard survive restarts through the compacted
 `risk.events` (keys `<mode>:<scope>`).
 
+Exchange modes (`--mode testnet|live`, after the checks of `execution.safety`): one `BinanceBroker` is
+connected at start (clock sync, exchange filters, user-data stream), before Kafka is touched, shared by
+the executors of successive partition assignments and closed on stop. On every assignment, after the
+state is restored (orders the previous run left unfinished are looked up by client id, never re-sent;
+the signals of unfinished entries are read back from `signals` for their exit plans), the exchange is
+reconciled with that state (`Executor.reconcile`) before any input is consumed, then every
+`reconcile.interval_s` (default 5 min). Findings and failures go to risk.events; an exchange that does
+not answer blocks new entries (`exchange_down`) until it does and a reconciliation succeeds.
+
 One writer: the guard's limits (daily loss, max open positions) are account-wide, so one executor per
 mode is expected. If the group gives this process only some of the signal partitions (a second
 executor joined), it keeps managing its positions but blocks new entries (`not_sole_writer`) and
 reports itself degraded.
 
 Exit codes: 0 clean stop; 1 failure while running (undeliverable records, unreadable state); 2 refused
-to start (live/testnet safety checks, no broker for the mode, bad config, no Kafka).
+to start (live/testnet safety checks, exchange unreachable at start, bad config, no Kafka).
 """
 
 from __future__ import annotations
@@ -39,9 +48,11 @@ from typing import Any
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from execution.broker import Broker
 from execution.config import ExecutorConfig, ExecutorConfigError, load_executor_config
 from execution.executor import Executor
 from execution.metrics import ExecutorMetrics
+from execution.reconcile import Reconciler
 from execution.safety import (
     BrokerUnavailable,
     LiveTradingRefused,
@@ -49,7 +60,7 @@ from execution.safety import (
     check_mode_allowed,
     startup_echo,
 )
-from execution.state_reader import read_to_end
+from execution.state_reader import StateReadError, read_to_end
 from producers.metrics import ProducerMetrics
 from producers.publisher import Publisher
 from schemas.catalogue import dlq_topic
@@ -110,7 +121,9 @@ class KafkaSink:
 
 class ExecutorService:
     def __init__(self, settings: Settings, mode: str, config: ExecutorConfig, bootstrap: str, serde: AvroSerde,
-                 options: ExecuteOptions, clock: Callable[[], int] | None = None) -> None:
+                 options: ExecuteOptions, clock: Callable[[], int] | None = None,
+                 broker: Broker | None = None) -> None:
+        """`broker`: the connected exchange broker of testnet/live (None: a fresh paper broker per assignment)."""
         self.settings = settings
         self.mode = mode
         self.config = config
@@ -129,6 +142,11 @@ class ExecutorService:
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
         self._risk: Consumer | None = None
+        self._reconciled_once = False
+        self.broker = broker
+        self.reconciler = None if broker is None else Reconciler(
+            broker, config.reconcile.orphans, int(config.reconcile.interval_s * 1000),
+            retry_ms=int(config.reconcile.retry_s * 1000))
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -166,6 +184,8 @@ class ExecutorService:
                 if now >= next_clock:
                     next_clock = now + self.options.clock_interval_ms
                     ex.on_clock(now)
+                    if self.reconciler is not None and self.reconciler.due(now):
+                        self._reconcile(ex, now)
                     self._refresh_gauges(ex, now)
                 self.publisher.poll(0)
                 if now >= next_commit:
@@ -186,20 +206,43 @@ class ExecutorService:
                                              self.prefix + "risk.events": None}, self.serde, idle_s=idle)
         positions, orders, risk = (state[self.prefix + name] for name in ("positions", "orders", "risk.events"))
         now = self.clock()
-        executor = Executor(self.config, self.mode, build_broker(self.mode, self.config), self.sink, now)
-        summary = executor.restore(positions.records, orders.records, risk.records, now)
+        broker = self.broker if self.broker is not None else build_broker(self.mode, self.config)
+        executor = Executor(self.config, self.mode, broker, self.sink, now)
+        summary = executor.restore(positions.records, orders.records, risk.records, now,
+                                   signals=lambda ids: self._read_signals(signals, ids))
         total = len(consumer.list_topics(self.prefix + "signals", timeout=10).topics[self.prefix + "signals"].partitions)
         executor.owner_ok = signals == list(range(total))
         self._risk.assign([TopicPartition(self.prefix + "risk.events", p, off) for p, off in risk.next_offsets.items()])
-        self.executor = executor
-        self.restores += 1
-        self.status = "running" if executor.owner_ok else "degraded"
         log.info("executor state restored", partitions=signals, seconds=round(time.monotonic() - t0, 3),
                  risk_state=executor.guard.state_name(now), daily_pnl_r=executor.guard.state.daily_pnl_r,
                  sole_writer=executor.owner_ok, **summary)
         if not executor.owner_ok:
             log.error("another executor shares the input partitions: new entries blocked", assigned=signals,
                       partitions=total)
+        if self.reconciler is not None:  # reconcile first, then trade
+            self._reconcile(executor, self.clock())
+        self.executor = executor
+        self.restores += 1
+        self.status = "running" if executor.owner_ok else "degraded"
+
+    def _reconcile(self, ex: Executor, now: int) -> None:
+        report = ex.reconcile(self.reconciler, now)
+        if report.error is not None:
+            log.error("reconciliation failed: new entries blocked", error=report.error)
+        elif report.findings or not self._reconciled_once:  # the first run and every run that found something
+            log.info("reconciliation done", policy=report.policy, findings=len(report.findings),
+                     outcomes=sorted({f"{f.kind}:{f.outcome}" for f in report.findings}))
+            self._reconciled_once = True
+
+    def _read_signals(self, partitions: list[int], ids: set[str]) -> dict[str, dict[str, Any]]:
+        """The signal records of `ids` still on the assigned `signals` partitions (for unfinished entries)."""
+        try:
+            snap = read_to_end(self.bootstrap, {self.prefix + "signals": partitions}, self.serde,
+                               idle_s=self.options.restore_idle_s)
+        except StateReadError as exc:
+            log.error("signals of unfinished entries not readable", error=str(exc))
+            return {}
+        return {r["signal_id"]: r for r in snap[self.prefix + "signals"].records if r.get("signal_id") in ids}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit()
@@ -256,16 +299,13 @@ class ExecutorService:
                 "open_positions": len(ex.positions) if ex else 0,
                 "risk_state": ex.guard.state_name(now) if ex else None,
                 "sole_writer": ex.owner_ok if ex else False,
+                "exchange_up": ex.venue_up if ex else False,
                 "outputs_healthy": self.publisher.healthy}
 
 
 async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | None = None, *,
                        environ: Mapping[str, str] | None = None) -> int:
     """Entry point of `tapeflow execute`; returns the process exit code."""
-    from tapeflow.endpoints import resolve_broker
-    from tapeflow.paths import StackPaths
-    from tapeflow.stack.process import StackError
-
     options = options or ExecuteOptions()
     environ = os.environ if environ is None else environ
     try:
@@ -274,12 +314,29 @@ async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | 
         log.error("executor config refused", error=str(exc))
         return 2
     log.info("executor configuration (confirm before trading)", **startup_echo(settings, mode, config))
+    exchange: Any = None  # the connected BinanceBroker of testnet/live
     try:
         check_mode_allowed(mode, settings, environ)
-        build_broker(mode, config)
+        if mode != "paper":
+            exchange = await asyncio.to_thread(build_broker, mode, config, settings)
+            log.info("exchange connected", mode=mode, symbols_listed=len(exchange.filters))
     except (LiveTradingRefused, BrokerUnavailable) as exc:
         log.error("executor refused to start", mode=mode, reason=str(exc))
         return 2
+    try:
+        return await _run_service(settings, mode, config, options, exchange)
+    finally:
+        if exchange is not None:
+            exchange.close()
+            log.info("exchange disconnected", mode=mode)
+
+
+async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, options: ExecuteOptions,
+                       exchange: Any) -> int:
+    from tapeflow.endpoints import resolve_broker
+    from tapeflow.paths import StackPaths
+    from tapeflow.stack.process import StackError
+
     try:
         bootstrap = resolve_broker(settings, StackPaths(settings.home))
         ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec(n) for n in INPUTS + OUTPUTS]
@@ -288,7 +345,7 @@ async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | 
         log.error("no Kafka", error=str(exc))
         return 2
     service = ExecutorService(settings, mode, config, bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)),
-                              options)
+                              options, broker=exchange)
     runner, port = await serve(build_app(service.metrics.registry, service.health, frozenset({"running"})),
                                options.metrics_host, options.metrics_port)
     log.info("executor started", mode=mode, metrics_port=port, group=service._group)

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         default=None, description="External database: LOGIN password given to tapeflow_readonly (Grafana).")
     binance_api_key: SecretStr | None = None
     binance_api_secret: SecretStr | None = None
+    binance_rest_url: str | None = Field(
+        default=None, description="Binance USD-M REST base for `execute --mode testnet|live` (default: the mode's).")
+    binance_ws_url: str | None = Field(
+        default=None, description="Binance USD-M websocket base for the user-data stream (default: the mode's).")
 
     # --- sources -------------------------------------------------------------------------------
     @classmethod
