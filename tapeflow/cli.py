@@ -275,6 +275,11 @@ def engine(
     prime_hours: float = typer.Option(25.0, "--prime-hours", min=0.0,
                                       help="A new engine group starts this many hours back in md.* so the 24 h "
                                            "windows fill from history (0 = no priming: read everything retained)."),
+    allowed_lateness_ms: int = typer.Option(
+        0, "--allowed-lateness-ms", min=0, max=600_000,
+        help="Hold evaluation this long in event time so inputs from other topics that arrive a little "
+             "out of order are not late (a replay faster than real time compresses event time: `up` uses "
+             "250 ms x speed)."),
     signal_max_age_s: Optional[float] = typer.Option(
         None, "--signal-max-age-s", min=0.0,
         help="Keep signals evaluated more than this long ago (wall clock) off `signals`; features are still "
@@ -298,7 +303,7 @@ def engine(
     code = asyncio.run(run_engine(
         settings, metrics_port=metrics_port, strategies=list(strategy) if strategy else None,
         processing_guarantee="exactly_once" if exactly_once else "at_least_once",
-        eval_interval_ms=eval_interval_ms,
+        eval_interval_ms=eval_interval_ms, allowed_lateness_ms=allowed_lateness_ms,
         signal_max_age_ms=None if signal_max_age_s is None else int(signal_max_age_s * 1000),
         prime_history_ms=int(prime_hours * 3_600_000) if prime_hours > 0 else None))
     raise typer.Exit(code)

@@ -446,3 +446,15 @@ async def test_two_pollers_share_one_error_counter(make_poller):
     second, _, _ = make_poller(metrics=metrics)
     assert first.poll_errors is second.poll_errors
     assert errors(metrics, "premiumIndex") == 0.0  # exported before any failure
+
+
+async def test_exchange_clock_stamps_receive_times_on_the_exchange_clock(make_poller):
+    """Replays: the fake exchange's clock is frozen at NOW (years before ours); with exchange_clock
+    the records carry receive times on that clock, local clock minus the measured drift."""
+    poller, published, _ = make_poller(exchange_clock=True)
+    await poller.run_once()
+    receive_times = [r["receive_time"] for _, _, r, _ in published.records]
+    assert receive_times and all(NOW_MS <= t < NOW_MS + 5_000 for t in receive_times)
+    plain, published_plain, _ = make_poller()
+    await plain.run_once()
+    assert all(r["receive_time"] > NOW_MS + 86_400_000 for _, _, r, _ in published_plain.records)

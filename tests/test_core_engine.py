@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -230,3 +231,61 @@ def test_records_match_the_avro_schemas(reference, kind, schema_file):
     for record in records[:500]:
         assert list(record) == field_names
         fastavro.validation.validate(record, schema, raise_errors=True)
+
+
+def test_periodic_evaluations_stop_an_idle_limit_after_the_newest_input():
+    """A silence longer than ``idle_eval_limit_ms`` (a feed outage, or sources disagreeing on the
+    year) is skipped, not evaluated every 15 s: hand-counted points for a 2-minute limit."""
+    engine = Engine([FAST], EngineParams(idle_eval_limit_ms=2 * MIN))
+    first = TradeBatch.from_arrays("binance", "BTCUSDT", [1], [T + 200], [100.0], [1.0], [False])
+    years_later = T + 5 * 365 * 86_400_000
+    second = TradeBatch.from_arrays("binance", "BTCUSDT", [2], [years_later + 200], [101.0], [1.0], [False])
+    out = engine.process([first], now_ms=T + 1_000)
+    out.extend(engine.process([second], now_ms=years_later + 40_000))
+    # T+1 s (closed second), then every 15 s while the trade at T+0.2 s is at most 2 min old
+    # (T+15 s .. T+120 s: 8 points), then the next trade's closed second and T' + 15/30 s
+    expected = [T + 1_000] + [T + k * 15_000 for k in range(1, 9)] + [years_later + 1_000, years_later + 15_000,
+                                                                       years_later + 30_000]
+    assert [f["eval_time"] for f in out.features] == expected
+
+
+def test_idle_limit_keeps_output_independent_of_batching():
+    stream = _stream(minutes=12, seed=4)
+    gap = 3 * 3_600_000  # the second half arrives 3 h later: longer than the 1 h default limit
+    shifted = []
+    for kind, payload in stream[len(stream) // 2:]:
+        if kind == "trade":
+            payload = TradeBatch.from_arrays(payload.exchange, payload.symbol, payload.agg_id, payload.time_ms + gap,
+                                             payload.price, payload.qty, payload.taker_sell)
+        else:
+            payload = dataclasses.replace(payload, time_ms=payload.time_ms + gap)
+        shifted.append((kind, payload))
+    gapped = stream[: len(stream) // 2] + shifted
+    whole = _run(Engine([FAST]), gapped, len(gapped))
+    assert _run(Engine([FAST]), gapped, 1).features == whole.features
+    times = sorted({f["eval_time"] for f in whole.features})
+    silences = [b - a for a, b in zip(times, times[1:])]
+    assert max(silences) > gap - 3_600_000  # the silence was skipped, not evaluated through
+
+
+def test_a_rest_input_stamped_ahead_of_trades_in_flight_does_not_make_them_late():
+    """Open interest stamped "now" by the REST server arrives before the websocket delivers the last
+    few hundred ms of trades; it moves the clock only to its time minus ``event_clock_delay_ms``."""
+    def trade(agg_id, at, qty):
+        return TradeBatch.from_arrays("binance", "BTCUSDT", [agg_id], [at], [100.0], [qty], [False])
+
+    engine = Engine([FAST])
+    assert engine.process([trade(1, T + 200, 1.0)]).features == []
+    oi = IndicatorUpdate("binance", "BTCUSDT", T + 1_300, "open_interest", 1e6, T + 1_300)
+    assert engine.process(events=[oi]).features == []  # clock T + 300 ms: second 0 still open
+    assert engine.process([trade(2, T + 900, 2.0)]).features == []
+    out = engine.process([trade(3, T + 1_100, 4.0)])
+    assert [f["eval_time"] for f in out.features] == [T + 1_000]
+    assert out.features[0]["inputs"]["cvd_5m"] == 3.0  # both trades of second 0, none late
+    assert engine.states[("binance", "BTCUSDT")].counters.late == 0
+    # with no delay the same input order makes the second trade late
+    strict = Engine([FAST], EngineParams(event_clock_delay_ms=0))
+    strict.process([trade(1, T + 200, 1.0)])
+    strict.process(events=[oi])
+    strict.process([trade(2, T + 900, 2.0)])
+    assert strict.states[("binance", "BTCUSDT")].counters.late == 1

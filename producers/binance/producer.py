@@ -124,7 +124,8 @@ class BinanceProducer:
                     RestClient(session, self.metrics, give_up_after_s=30.0), symbols=self.config.symbols,
                     publish=self.publisher.publish, metrics=self.metrics, futures_url=self.config.rest_base_url,
                     spot_url=self.config.spot_base_url, coinbase_url=self.config.coinbase_base_url,
-                    interval_s=self.config.poll_interval_s, stagger_s=self.config.poll_stagger_s)
+                    interval_s=self.config.poll_interval_s, stagger_s=self.config.poll_stagger_s,
+                    exchange_clock=self.config.replay_control_url is not None)
                 workers.append(asyncio.create_task(poller.run(stop), name="pollers"))
             await stop.wait()
             if self.status.state == "replay-finished":

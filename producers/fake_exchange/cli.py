@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"fault switch, repeatable; keys: {', '.join(FaultSettings.model_fields)}",
     )
     parser.add_argument("--aggtrades-visibility", default="all", choices=["all", "replayed"])
+    parser.add_argument("--rest-clock", default="wall", choices=["wall", "recording"],
+                        help="time in REST answers (open interest, funding, Coinbase, serverTime): the wall clock, "
+                             "or the recorded time of the frame the replay has reached (consistent with the "
+                             "recorded websocket event times)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -74,6 +78,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
         start=args.start,
         faults=FaultSettings.model_validate(parse_fault_assignments(args.fault)),
         aggtrades_visibility=args.aggtrades_visibility,
+        rest_clock=args.rest_clock,
     )
 
 

@@ -35,6 +35,9 @@ class FakeExchangeConfig(BaseModel):
     start: StartMode = "first_subscriber"
     faults: FaultSettings = Field(default_factory=FaultSettings)
     aggtrades_visibility: Literal["all", "replayed"] = "all"
+    # "recording": REST answers carry the replay's recorded time, so generated indicators do not
+    # land years after the recorded trades (the engine would see every trade as late)
+    rest_clock: Literal["wall", "recording"] = "wall"
     weight_limit_1m: int = Field(default=2400, ge=1)
     ping_interval_s: float | None = 20.0
 

@@ -67,6 +67,7 @@ class FakeExchange:
             clock=clock,
             wall_clock=wall_clock,
             aggtrades_visibility=config.aggtrades_visibility,
+            rest_clock=config.rest_clock,
         )
         self.replay = ReplayEngine(self.state, config.speed, clock=clock)
         self.ws_port = 0

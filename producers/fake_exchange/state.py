@@ -35,11 +35,13 @@ class ExchangeState:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         aggtrades_visibility: str = "all",
+        rest_clock: str = "wall",
     ) -> None:
         self.recording = recording
         self.clock = clock
         self.wall_clock = wall_clock
         self.aggtrades_visibility = aggtrades_visibility
+        self.rest_clock = rest_clock
         self.symbols = set(recording.symbols)
         self.timelines: dict[str, DepthTimeline] = build_timelines(recording)
         self.agg_trades = AggTradeIndex(recording)
@@ -69,6 +71,11 @@ class ExchangeState:
         return self.started_at is not None
 
     def now_ms(self) -> int:
+        """"Now" for REST answers: the wall clock, or with ``rest_clock="recording"`` the recorded
+        receive time of the last frame replayed (the first frame's before the replay starts)."""
+        frames = self.recording.frames
+        if self.rest_clock == "recording" and frames:
+            return int(frames[max(min(self.position, len(frames)) - 1, 0)].receive_time * 1000)
         return int(self.wall_clock() * 1000)
 
     def depth_snapshot(self, symbol: str) -> BookSnapshot | None:

@@ -6,12 +6,22 @@ batched. The engine therefore works on event time only and evaluates at fixed po
 
 - at the end of every second in which a symbol had new trades (``t`` = the next whole second), and
 - every ``eval_interval_ms`` (default 15 s, aligned to multiples of it) for every symbol that has
-  traded, so features and signals keep coming in a quiet market.
+  traded, so features and signals keep coming in a quiet market — but only while the newest input
+  at or before the point is at most ``idle_eval_limit_ms`` (default 1 h) old. Across a longer
+  silence (a feed outage, a replay whose sources disagree on the year) the engine skips ahead to
+  the next input instead of evaluating every 15 s through the gap: an input jumping five years
+  would otherwise cost ten million evaluations. The rule depends on the input only, so output
+  stays independent of batching.
 
 An evaluation at ``t`` sees exactly the trades with time < ``t``: incoming events are buffered and
 applied in time order (trades sorted by time, then agg id) just before the evaluation they precede.
-The engine clock is the newest event time (or the caller's ``now_ms``) minus ``allowed_lateness_ms``;
-an evaluation point runs once the clock reaches it. A trade older than the last evaluation point
+The engine clock is the newest trade time, the newest other input's time minus
+``event_clock_delay_ms`` (default 1 s), or the caller's ``now_ms``, whichever is latest, minus
+``allowed_lateness_ms``; an evaluation point runs once the clock reaches it. The delay exists because
+inputs come from different sources: an open-interest answer stamped "now" by the exchange's REST
+server arrives while the trades of the last few hundred milliseconds are still in flight on the
+websocket, and without the delay it would seal the second those trades belong to (they would be
+late). A trade still seals its second at once, so signal latency is unchanged while trades flow. A trade older than the last evaluation point
 processed is late: it is counted in its symbol's ``counters.late`` and ignored. Events with an
 implausible time (before 2010, after 2100, or more than ``max_future_ms`` ahead of ``now_ms``) are
 counted as rejected, so one corrupt timestamp cannot push the clock ahead by years (the state then
@@ -61,12 +71,18 @@ class EngineParams:
     eval_interval_ms: int = 15_000
     allowed_lateness_ms: int = 0
     max_future_ms: int = 60_000  # with ``now_ms`` given, events further ahead of it are rejected
+    idle_eval_limit_ms: int = 3_600_000  # periodic evaluations stop this long after the newest input
+    event_clock_delay_ms: int = 1_000  # a non-trade input moves the clock to its time minus this
 
     def __post_init__(self) -> None:
         if self.eval_interval_ms <= 0 or self.eval_interval_ms % 1000:
             raise ValueError("eval_interval_ms must be a positive whole number of seconds")
         if self.allowed_lateness_ms < 0:
             raise ValueError("allowed_lateness_ms cannot be negative")
+        if self.event_clock_delay_ms < 0:
+            raise ValueError("event_clock_delay_ms cannot be negative")
+        if self.idle_eval_limit_ms < self.eval_interval_ms:
+            raise ValueError("idle_eval_limit_ms must be at least eval_interval_ms")
 
 
 @dataclass
@@ -107,6 +123,7 @@ class Engine:
         self.books: dict[str, CooldownBook] = {cfg.name: CooldownBook() for cfg in self.strategies}
         self.clock_ms: int | None = None
         self.sealed_ms: int | None = None  # last evaluation point processed
+        self.applied_input_ms: int | None = None  # newest event time among inputs already applied
         self._pending_trades: dict[Key, TradeBatch] = {}
         self._pending_events: list[MarketEvent] = []
         self._event_times: list[int] = []
@@ -160,7 +177,8 @@ class Engine:
                 self.state(event.exchange, event.symbol).counters.rejected += 1
                 continue
             self._pending_events.append(event)
-            newest = event.time_ms if newest is None else max(newest, event.time_ms)
+            reach = event.time_ms - self.params.event_clock_delay_ms
+            newest = reach if newest is None else max(newest, reach)
 
         out = EngineOutput()
         lateness = self.params.allowed_lateness_ms
@@ -195,14 +213,34 @@ class Engine:
             points.update(int(p) for p in ends[(ends > low) & (ends <= high)])
         interval = self.params.eval_interval_ms
         if self.states or self._pending_trades:
-            first = (low // interval + 1) * interval
-            points.update(range(first, high + 1, interval))
+            for start, end in self._active_spans():
+                begin, stop = max(low, start), min(high, end)
+                if stop > begin:
+                    points.update(range((begin // interval + 1) * interval, stop + 1, interval))
         return sorted(points)
+
+    def _active_spans(self) -> list[tuple[int, int]]:
+        """Merged ``[t, t + idle_eval_limit_ms]`` over the times of every input at hand (applied
+        ones are represented by the newest): where periodic evaluation points may fall."""
+        parts = [np.asarray(self._event_times, dtype=np.int64)]
+        parts += [batch.time_ms for batch in self._pending_trades.values()]
+        if self.applied_input_ms is not None:
+            parts.append(np.asarray([self.applied_input_ms], dtype=np.int64))
+        times = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        limit = self.params.idle_eval_limit_ms
+        spans: list[tuple[int, int]] = []
+        if len(times) == 0:
+            return spans
+        breaks = np.flatnonzero(np.diff(times) > limit)  # a silence longer than the limit ends a span
+        starts = np.concatenate(([0], breaks + 1))
+        ends = np.concatenate((breaks, [len(times) - 1]))
+        return [(int(times[a]), int(times[b]) + limit) for a, b in zip(starts, ends)]
 
     def _evaluate_at(self, point: int, out: EngineOutput) -> None:
         cut = bisect_left(self._event_times, point, lo=self._event_cursor)
         for event in self._pending_events[self._event_cursor : cut]:
             self.state(event.exchange, event.symbol).apply_event(event)
+            self._note_applied(event.time_ms)
         self._event_cursor = cut
         due: set[Key] = set()
         for key in sorted(self._pending_trades):
@@ -212,6 +250,7 @@ class Engine:
                 continue
             state = self.state(*key)
             accepted_before = state.counters.accepted
+            self._note_applied(int(batch.time_ms[cut - 1]))
             bars = state.apply_trades(batch.take(slice(0, cut)))
             out.bars.extend(bar.to_record(*key) for bar in bars)
             if state.counters.accepted > accepted_before:
@@ -225,6 +264,10 @@ class Engine:
         for key in sorted(due):
             self._evaluate_symbol(key, point, out)
         self.sealed_ms = point
+
+    def _note_applied(self, time_ms: int) -> None:
+        if self.applied_input_ms is None or time_ms > self.applied_input_ms:
+            self.applied_input_ms = time_ms
 
     def _evaluate_symbol(self, key: Key, point: int, out: EngineOutput) -> None:
         state = self.states[key]
@@ -248,6 +291,7 @@ class Engine:
             "strategies": {cfg.name: cfg.config_hash for cfg in self.strategies},
             "clock_ms": self.clock_ms,
             "sealed_ms": self.sealed_ms,
+            "applied_input_ms": self.applied_input_ms,
             "states": [state.to_dict() for _, state in sorted(self.states.items())],
             "books": {name: book.to_dict() for name, book in sorted(self.books.items())},
             "pending_trades": [
@@ -277,6 +321,7 @@ class Engine:
         engine = cls(strategies, EngineParams(**data["params"]), state_params)
         engine.clock_ms = data["clock_ms"]
         engine.sealed_ms = data["sealed_ms"]
+        engine.applied_input_ms = data.get("applied_input_ms")  # absent in snapshots before it existed
         for state_data in data["states"]:
             state = SymbolState.from_dict(state_data)
             engine.states[(state.exchange, state.symbol)] = state

@@ -1,4 +1,5 @@
-"""tapeflow's own processes as supervised services (producer; fake exchange for offline replays).
+"""tapeflow's own processes as supervised services: sink, engine, executor, producer (and the fake
+exchange for offline replays).
 
 Each runs as `python -m tapeflow <command>` with its own HTTP port for `/health` and `/metrics`, so
 the supervisor, `status` and Prometheus see them the same way.
@@ -56,7 +57,7 @@ class FakeExchangeService(HttpHealthService):
     def prepare(self) -> Launch:
         return Launch(argv=[sys.executable, "-m", "tapeflow", "fake-exchange", "--recording", str(self.settings.replay_dir),
                             "--ws-port", str(self.ws_port), "--rest-port", str(self.rest_port),
-                            "--speed", self.settings.replay_speed],
+                            "--speed", self.settings.replay_speed, "--rest-clock", "recording"],
                       address=f"{HOST}:{self.rest_port}")
 
     def health_url(self, address: str) -> str:
@@ -120,8 +121,38 @@ class ExecutorService(HttpHealthService):
                       address=f"{HOST}:{port}")
 
 
+class EngineService(HttpHealthService):
+    """The signal engine (one Faust worker): md.* in, bars.1m / features / signals out.
+
+    Up once its endpoint answers: joining the consumer group and restoring state from the changelog
+    take a few seconds more, and `status` shows "starting" or "rebalancing" until it runs."""
+
+    name = "engine"
+
+    def ready(self, address: str) -> Health:
+        code, body = http_json(self.health_url(address))
+        return Health(code != 0, body.get("detail") or body.get("status") or body.get("error", ""))
+
+    def prepare(self) -> Launch:
+        port = free_port(HOST)
+        argv = [sys.executable, "-m", "tapeflow", "engine", "--metrics-port", str(port)]
+        if self.settings.replay_dir is not None:
+            argv += ["--allowed-lateness-ms", str(replay_lateness_ms(self.settings.replay_speed))]
+        return Launch(argv=argv, address=f"{HOST}:{port}")
+
+
+def replay_lateness_ms(speed: str) -> int:
+    """Event-time lateness for a replay at ``speed``: topics are read in separate fetches, so one
+    can run ~250 ms (wall) ahead of another; a 10x replay turns that into 2.5 s of event time.
+    ``max`` has no wall-clock relation at all: 5 s, best effort (the last seconds of a recording
+    are only evaluated once that much later input arrives, so more would hide them)."""
+    if speed.strip().lower() == "max":
+        return 5_000
+    return min(round(250 * max(float(speed), 1.0)), 60_000)
+
+
 def app_services(settings, paths) -> list[Service]:
-    consumers = [SinkService(settings, paths), ExecutorService(settings, paths)]
+    consumers = [SinkService(settings, paths), EngineService(settings, paths), ExecutorService(settings, paths)]
     if settings.replay_dir is not None:
         fake = FakeExchangeService(settings, paths)
         return consumers + [fake, ProducerService(settings, paths, fake)]
