@@ -1,0 +1,179 @@
+"""Engine worker throughput end to end through the broker (issue "Signal engine" benchmark (b)).
+
+Target (DESIGN §7): ≥ 50,000 trades/s per worker through the broker.
+
+What runs: a generated session with all five ``md.*`` inputs (4 symbols; book every 250 ms, mark every
+second, indicators every 5 min, liquidations) is produced to the broker first; then one worker —
+the same ``EngineWorker`` the service runs, in this process — consumes it, evaluates the shipped
+strategies (v51, v52, v53) at the normal cadence (every closed second with trades, every 15 s),
+publishes ``bars.1m``/``features``/``signals`` and snapshots its state to the table. The clock runs
+from the worker's first fetched batch until every produced input record has been processed, so
+group join and recovery are excluded. Trades/s = trades / that time; records/s counts all inputs.
+
+Trade density matters: evaluations cost far more than trades, and there is at most one per symbol
+per second of event time, so a session with more trades per second of event time is cheaper per
+trade. ``--rates`` runs several densities (trades per second of event time per symbol).
+
+``--mode stream`` measures stock Faust instead: one agent over md.trades with
+``stream.noack_take(5000, within=0.05)`` that only Avro-decodes and acks — the per-record ceiling of
+Faust's event path, which is why the worker delivers fetches in bulk (see ``bulk_consumer``).
+
+Run: ``.venv/bin/python -m benchmarks.bench_engine_app [--rates 50,200,500] [--minutes 10]
+[--mode bulk|stream] [--bootstrap HOST:PORT]`` (default: an embedded Tansu started for the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
+from stream_apps.faust_app.app import EngineWorker
+from stream_apps.faust_app.config import EngineAppConfig
+from stream_apps.faust_app.session import SessionProducer, synthetic_session
+from stream_apps.faust_app.worker import ensure_engine_topics, quiet_library_loggers
+
+SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6))
+
+
+@contextlib.contextmanager
+def broker(bootstrap: str | None, home: Path):
+    if bootstrap:
+        yield bootstrap
+        return
+    from tapeflow.paths import StackPaths
+    from tapeflow.settings import Settings
+    from tapeflow.stack.broker import TansuBroker
+    from tapeflow.stack.supervisor import Supervisor
+
+    paths = StackPaths(home)
+    paths.ensure()
+    settings = Settings(home=home, broker=None, database_url=None, broker_port=0, database_port=0)
+    sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths)], steps=[])
+    sup.start_all()
+    try:
+        yield sup.addresses["broker"]
+    finally:
+        sup.stop_all()
+
+
+def produce(bootstrap: str, prefix: str, minutes: int, rate: float) -> tuple[int, int]:
+    session = synthetic_session(SYMBOLS, duration_ms=minutes * 60_000, trades_per_s=rate, book_every_ms=250,
+                                mark_every_ms=1_000, seed=5)
+    SessionProducer(bootstrap, AvroSerde(FileSchemaRegistry()), prefix).produce_all(session)
+    return sum(1 for r in session if r.topic == "md.trades"), len(session)
+
+
+async def run_bulk(config: EngineAppConfig, total_records: int, timeout_s: float) -> tuple[float, float, int]:
+    worker = EngineWorker(config)
+    first: list[float] = []
+    original = worker.on_records
+
+    async def timed(records, generation):  # first-batch timestamp, then the real handler
+        if not first:
+            first.append(time.perf_counter())
+        await original(records, generation)
+
+    worker.on_records = timed  # type: ignore[method-assign]
+    await worker.start()
+    registry = worker.metrics.registry
+    deadline = time.monotonic() + timeout_s
+    cpu0 = time.process_time()
+    try:
+        while time.monotonic() < deadline:
+            done = sum(registry.get_sample_value("tapeflow_engine_input_records_total", {"topic": t}) or 0
+                       for t in ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators"))
+            if done >= total_records:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError(f"worker processed {done:,.0f} of {total_records:,} records in {timeout_s} s")
+        # the last batch counts its records before its engine work: wait for that batch to finish
+        batches = registry.get_sample_value("tapeflow_engine_batch_seconds_count")
+        while worker.batches < batches:
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - first[0]
+        cpu = time.process_time() - cpu0
+        rss = psutil.Process().memory_info().rss
+    finally:
+        await worker.stop()
+    return elapsed, cpu, rss
+
+
+async def run_stream(config: EngineAppConfig, total_trades: int, timeout_s: float) -> tuple[float, float, int]:
+    """Stock Faust: an agent over md.trades, noack_take + Avro decode + ack, nothing else."""
+    import faust
+
+    serde = AvroSerde(FileSchemaRegistry())
+    app = faust.App(config.app_id + "-stream", broker=f"kafka://{config.bootstrap}", store="memory://",
+                    datadir=str(config.datadir), broker_session_timeout=6, broker_heartbeat_interval=1,
+                    broker_rebalance_timeout=6, topic_allow_declare=True, web_enabled=False,
+                    consumer_auto_offset_reset="earliest")
+    topic = app.topic(config.topic("md.trades"), key_serializer="raw", value_serializer="raw")
+    state = {"n": 0, "first": 0.0, "done": asyncio.Event()}
+
+    @app.agent(topic)
+    async def agent(stream):
+        async for events in stream.noack_take(5000, within=0.05):
+            if not state["first"]:
+                state["first"] = time.perf_counter()
+            for event in events:
+                serde.decode(event.value)
+            for event in events:
+                await stream.ack(event)
+            state["n"] += len(events)
+            if state["n"] >= total_trades:
+                state["done"].set()
+
+    app.in_worker = True
+    await app.start()
+    cpu0 = time.process_time()
+    try:
+        await asyncio.wait_for(state["done"].wait(), timeout_s)
+        elapsed = time.perf_counter() - state["first"]
+        return elapsed, time.process_time() - cpu0, psutil.Process().memory_info().rss
+    finally:
+        await app.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rates", default="50,200,500", help="trades per second of event time per symbol")
+    ap.add_argument("--minutes", type=int, default=10, help="event time of each session")
+    ap.add_argument("--mode", choices=("bulk", "stream"), default="bulk")
+    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
+    ap.add_argument("--timeout", type=float, default=900.0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    quiet_library_loggers("WARNING")
+    print(f"mode={args.mode}  symbols={len(SYMBOLS)}  session={args.minutes} min  load={os.getloadavg()[0]:.2f}")
+    print(f"{'trades/s/sym':>12} {'trades':>10} {'records':>10} {'seconds':>8} {'trades/s':>10} {'records/s':>10} "
+          f"{'CPU s':>7} {'RSS MiB':>8}")
+    with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bootstrap:
+        for rate in (float(r) for r in args.rates.split(",")):
+            prefix = f"bench{uuid.uuid4().hex[:6]}."
+            config = EngineAppConfig(bootstrap=bootstrap, app_id=prefix + "engine", topic_prefix=prefix,
+                                     datadir=Path(tmp) / prefix, metrics_port=None, log_level="WARNING")
+            ensure_engine_topics(config)
+            trades, records = produce(bootstrap, prefix, args.minutes, rate)
+            if args.mode == "bulk":
+                elapsed, cpu, rss = asyncio.run(run_bulk(config, records, args.timeout))
+            else:
+                elapsed, cpu, rss = asyncio.run(run_stream(config, trades, args.timeout))
+                records = trades
+            print(f"{rate:>12,.0f} {trades:>10,} {records:>10,} {elapsed:>8.2f} {trades / elapsed:>10,.0f} "
+                  f"{records / elapsed:>10,.0f} {cpu:>7.1f} {rss / 2**20:>8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
