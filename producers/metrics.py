@@ -35,22 +35,25 @@ class ProducerMetrics:
         self.rest_backoffs = Counter("tapeflow_producer_rest_backoffs_total", "REST 429/418/5xx back-offs",
                                      ["status"], registry=r)
         self.last_event_age = Gauge("tapeflow_producer_last_event_age_seconds",
-                                    "Seconds since the last event per stream (freshness)", ["stream"], registry=r)
+                                    "Seconds since the last event per exchange, symbol and stream (freshness)",
+                                    ["exchange", "symbol", "stream"], registry=r)
         self.clock_drift = Gauge("tapeflow_producer_clock_drift_seconds",
                                  "Local clock minus exchange server time", registry=r)
         self.produce_latency = Histogram(
             "tapeflow_producer_produce_latency_seconds", "Receive-to-Kafka-acknowledgement latency",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
-        self._last_event: dict[str, float] = {}
+        self._last_event: dict[tuple[str, str, str], float] = {}
 
-    def saw_event(self, stream: str) -> None:
+    def saw_event(self, stream: str, exchange: str = "", symbol: str = "") -> None:
+        """One frame of ``stream`` (a kind: aggTrade, depth, ...); freshness is kept per exchange and
+        symbol too, which is what the stale-data alert and the risk guard care about."""
         self.messages_in.labels(stream).inc()
-        self._last_event[stream] = time.time()
+        self._last_event[(exchange, symbol, stream)] = time.time()
 
     def refresh_freshness(self) -> None:
         now = time.time()
-        for stream, t in self._last_event.items():
-            self.last_event_age.labels(stream).set(now - t)
+        for (exchange, symbol, stream), t in self._last_event.items():
+            self.last_event_age.labels(exchange, symbol, stream).set(now - t)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the /metrics endpoint; returns the bound port (0 = pick a free one)."""

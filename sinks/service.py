@@ -33,7 +33,10 @@ def default_topics() -> list[str]:
 
 async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: int, metrics_host: str) -> int:
     paths = StackPaths(settings.home)
-    config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix)
+    # the group carries the prefix like the engine's and executor's: sinks of two prefixes on one
+    # cluster must not share (and split) one group
+    config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix,
+                        group_id=f"{settings.topic_prefix}tapeflow-sink")
     metrics = SinkMetrics()
     sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
                      AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)

@@ -98,6 +98,11 @@ async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
         compared += 1
     assert compared == 50
     assert sample(metrics, "tapeflow_producer_book_resyncs_total") == 0
+    # freshness per exchange, symbol and stream (what the stale-data alert groups by)
+    metrics.refresh_freshness()
+    for sym in symbols:
+        assert sample(metrics, "tapeflow_producer_last_event_age_seconds", exchange="binance", symbol=sym,
+                      stream="aggTrade") > 0, sym
 
     # the REST pollers ran against the same fake exchange
     indicators = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.indicators", idle_s=1)]

@@ -289,3 +289,22 @@ def test_a_rest_input_stamped_ahead_of_trades_in_flight_does_not_make_them_late(
     strict.process(events=[oi])
     strict.process([trade(2, T + 900, 2.0)])
     assert strict.states[("binance", "BTCUSDT")].counters.late == 1
+
+
+def test_a_late_trade_is_counted_and_does_not_restart_the_warm_up():
+    """Dropped as late, its agg id still continues the sequence: the next on-time trade is not a gap."""
+    def trade(agg_id, at):
+        return TradeBatch.from_arrays("binance", "BTCUSDT", [agg_id], [at], [100.0], [1.0], [False])
+
+    engine = Engine([FAST])
+    engine.process([trade(i, T + i * 100) for i in range(1, 11)])  # ids 1..10 up to T + 1 s
+    engine.process(events=[MarkUpdate("binance", "BTCUSDT", T + 4_000, 100.0, 100.0, 0.0, T + 8 * 3_600_000)])
+    assert engine.sealed_ms == T + 2_000  # the mark moved the clock to T + 3 s: seconds 0 and 1 evaluated
+    engine.process([trade(11, T + 1_500)])  # late: second 1 was evaluated already
+    engine.process([trade(12, T + 3_100), trade(13, T + 4_200)])
+    state = engine.states[("binance", "BTCUSDT")]
+    assert (state.counters.late, state.counters.gaps, state.counters.accepted) == (1, 0, 11)  # 13 is pending
+    assert state.coverage_start_ms == T + 100  # warm-up coverage kept from the first trade
+    # a real hole is still a gap
+    engine.process([trade(15, T + 5_300), trade(16, T + 6_500)])
+    assert state.counters.gaps == 1 and state.coverage_start_ms == T + 5_300

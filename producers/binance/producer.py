@@ -143,7 +143,7 @@ class BinanceProducer:
     # --- frames -----------------------------------------------------------------------------------
     def on_frame(self, stream: str, data: dict, received: int, raw: bytes) -> None:
         kind = stream_kind(stream)
-        self.metrics.saw_event(kind)
+        self.metrics.saw_event(kind, "binance", stream.partition("@")[0].upper())
         try:
             if kind == "aggTrade":
                 self._on_trade(parse_agg_trade(data, received))

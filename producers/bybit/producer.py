@@ -125,7 +125,7 @@ class BybitProducer:
         kind = "unknown"
         try:
             kind, symbol = split_topic(topic)
-            self.metrics.saw_event(kind)
+            self.metrics.saw_event(kind, "bybit", symbol)
             if symbol not in self.books:
                 raise FrameError(f"{topic}: symbol not subscribed")
             if kind == "publicTrade":

@@ -164,7 +164,7 @@ class Engine:
             if self.sealed_ms is not None:
                 late = batch.time_ms < self.sealed_ms
                 if np.any(late):
-                    self.state(*key).counters.late += int(late.sum())
+                    self.state(*key).skip_late(batch.agg_id[late])
                     batch = batch.take(~late)
                     if len(batch) == 0:
                         continue

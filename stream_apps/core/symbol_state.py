@@ -123,6 +123,19 @@ class SymbolState:
             return self._apply_accepted(ids, times, prices, qtys, qty_units, sells)
         return self._apply_general(ids, times, prices, qtys, qty_units, sells)
 
+    def skip_late(self, ids: np.ndarray) -> None:
+        """Trades the engine dropped as late (their second was already evaluated): counted, and the
+        ids that continue this symbol's sequence taken as seen, so the next on-time trade does not
+        look like a hole in the agg ids (which would restart the warm-up: 24 h for the shipped
+        strategies). A real hole before or among them still shows at the next trade."""
+        self.counters.late += len(ids)
+        if self.last_agg_id < 0:
+            return
+        for agg_id in np.unique(ids[ids > self.last_agg_id]):
+            if agg_id != self.last_agg_id + 1:
+                break
+            self.last_agg_id = int(agg_id)
+
     def _is_clean(self, ids, times, prices, qtys, qty_units) -> bool:
         n = len(ids)
         first_id, first_time = int(ids[0]), int(times[0])

@@ -1,0 +1,383 @@
+"""The whole pipeline as users run it, one process per service: generated market data → fake exchange →
+producer → engine → paper executor → sink, through the real broker into the real PostgreSQL.
+
+What users rely on: the trades Grafana shows (the ``positions`` table and the ``trades_closed`` view)
+are exactly what the paper executor published on ``positions`` — same position ids, exit reasons,
+entry/exit prices and P&L in R, nothing lost and nothing twice — and so are the orders and fills
+behind them; every position traces back to a signal the engine published and the sink stored, its
+client order ids derive from that signal id, and every fill was priced from a trade the producer
+published.
+
+Market data is the fake exchange's synthetic session (``--synthetic-seed``), replayed at a fixed
+multiple of real time so the engine's signals reach the executor while the session's trades are
+still flowing (the paper broker fills on the trades that follow a signal; a replay at ``max`` speed
+would be over before the first signal). The generator stamps its sessions with a fixed 2023 epoch, so
+the services' wall-clock guards (the engine's signal age, the executor's signal age and stale-data
+limits) are widened here, as for any replay of the past; every exit is decided on event time.
+
+The engine is given 3 s (wall clock) of allowed lateness between its input topics: a trade that
+arrives after its second was evaluated is dropped as late (counted; its agg id still continues the
+sequence, so the warm-up is not restarted), and at 60x a busy 2-core machine can put one topic's fetch
+a second or more of wall time behind another's.
+
+The strategy is a test strategy (10-minute warm-up, direction layer only, 2-minute cooldown) with
+tight exits (1R = 0.5 x ATR, TP1 0.5R, TP2 1R, 3-minute timeout) so that a 25-minute session closes
+positions by stop-loss, take-profit or timeout (usually 9-11 of them). Nothing here asserts on timing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+import yaml
+from test_engine_app import committed_offsets
+
+from sinks.migrate import migrate
+from tapeflow.kafka_client import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+SEED = 7
+SESSION_S = 1500  # 25 minutes of event time: 10 of warm-up, then signals and their exits
+SPEED = 60  # one minute of event time per second
+LATENESS_MS = 180_000  # 3 s of wall time at this speed (see the module docstring)
+FAR_PAST_S = 1e9  # "older than ~31 years": the generated session is from 2023, the guards use the wall clock
+
+STRATEGY = {
+    "name": "e2e_test", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
+    "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
+    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "2m",
+    "exits": {"sl_atr_mult": 0.5, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 3},
+}
+EXECUTOR_CONFIG = {
+    "timeout_min": 3,
+    "risk": {"max_signal_age_s": FAR_PAST_S, "stale_market_data_s": FAR_PAST_S,
+             # a losing streak of a random walk must not pause the paper account mid-test
+             "daily_loss_limit_r": 1000, "max_consecutive_losses": 1000},
+}
+SINK_TOPICS = ("md.trades", "signals", "orders", "fills", "positions")
+LEG_CODES = {"entry": "en", "tp1": "t1", "tp2": "t2", "sl": "sl", "exit": "ex"}
+EXIT_REASONS = {"sl", "sl_be", "tp", "timeout", "signal_flip"}
+
+
+# --- processes -------------------------------------------------------------------------------------
+class Service:
+    """One `python -m tapeflow ...` process with its log file; killed by the test's cleanup if still alive."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        with open(self.log_path, "w") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "tapeflow", *args], cwd=workdir, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, chars: int = 4000) -> str:
+        return f"--- {self.name} (exit {self.proc.poll()}):\n{self.log()[-chars:]}"
+
+    def wait_for_line(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log())
+            if match:
+                return match
+            assert self.proc.poll() is None, f"{self.name} exited early\n{self.tail()}"
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name}: no line matching {pattern!r} within {timeout} s\n{self.tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a clean stop flushes outputs and commits offsets) and the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} did not stop within {timeout} s\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def wait_healthy(service: Service, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_status(f"http://127.0.0.1:{port}/health") == 200:
+            return
+        assert service.proc.poll() is None, f"{service.name} exited early\n{service.tail()}"
+        time.sleep(0.2)
+    raise AssertionError(f"{service.name} not healthy within {timeout} s\n{service.tail()}")
+
+
+def scrape(port: int, prefix: str) -> str:
+    """The lines of a service's /metrics starting with `prefix` (for failure messages)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return "\n".join(line for line in response.read().decode().splitlines() if line.startswith(prefix))
+
+
+def database_url(conninfo: str) -> str:
+    """TAPEFLOW_DATABASE_URL (a postgresql:// URL) for the fixture's key=value conninfo."""
+    p = psycopg.conninfo.conninfo_to_dict(conninfo)
+    return (f"postgresql://{quote(p['user'], safe='')}:{quote(p.get('password') or '', safe='')}"
+            f"@{p['host']}:{p['port']}/{p['dbname']}")
+
+
+# --- topics and consumer groups --------------------------------------------------------------------
+def record_counts(records: list[dict]) -> dict[int, int]:
+    """Per partition, the offset after its last record (= what a consumer that read everything commits)."""
+    ends: dict[int, int] = {}
+    for r in records:
+        ends[r["partition"]] = max(ends.get(r["partition"], 0), r["offset"] + 1)
+    return ends
+
+
+def wait_consumed(bootstrap: str, group: str, ends: dict[str, dict[int, int]], services: list[Service],
+                  timeout: float) -> None:
+    """Until `group` has committed every topic in `ends` up to those offsets (it processed everything)."""
+    deadline = time.monotonic() + timeout
+    behind: dict[str, tuple] = {}
+    while time.monotonic() < deadline:
+        behind = {}
+        for topic, want in ends.items():
+            have = committed_offsets(bootstrap, group, topic)
+            if any(have.get(p, 0) < end for p, end in want.items()):
+                behind[topic] = (have, want)
+        if not behind:
+            return
+        for s in services:
+            assert s.proc.poll() is None, f"{s.name} died\n{s.tail()}"
+        time.sleep(0.5)
+    logs = "\n".join(s.tail() for s in services)
+    raise AssertionError(f"group {group} did not consume everything within {timeout} s: {behind}\n{logs}")
+
+
+# --- independent reference for the id scheme (execution/client_ids.py documents the format) -------------
+def digest(signal_id: str) -> str:
+    raw = hashlib.blake2b(signal_id.encode(), digest_size=12).digest()
+    return base64.b32encode(raw).decode().rstrip("=").lower()
+
+
+def rows(conninfo: str, query: str) -> list[dict]:
+    with psycopg.connect(conninfo, row_factory=psycopg.rows.dict_row) as conn:
+        return conn.execute(query).fetchall()
+
+
+def ms(ts) -> int:
+    return round(ts.timestamp() * 1000)
+
+
+def num(value) -> float | None:
+    """numeric columns come back as Decimal (15 significant digits of the published double)."""
+    return None if value is None else float(value)
+
+
+# --- the test ------------------------------------------------------------------------------------------
+@pytest.fixture
+def home():
+    # outside pytest's basetemp (see tests/test_stack_lifecycle.py): pytest prunes it under running tests
+    path = Path(tempfile.mkdtemp(prefix="tapeflow-e2e-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kafka_bootstrap, database,
+                                                                             topic_prefix, read_topic, home):
+    migrate(database)
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    strategy_file = home / "e2e_test.yaml"
+    strategy_file.write_text(yaml.safe_dump(STRATEGY))
+    executor_file = home / "executor.yaml"
+    executor_file.write_text(yaml.safe_dump(EXECUTOR_CONFIG))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env.update({"TAPEFLOW_HOME": str(home / "home"), "TAPEFLOW_BROKER": kafka_bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_DATABASE_URL": database_url(database),
+                "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS), "PYTHONUNBUFFERED": "1"})
+    services: list[Service] = []
+
+    def start(name: str, *args: str) -> Service:
+        service = Service(name, list(args), env, home)
+        services.append(service)
+        return service
+
+    def topic(name: str) -> list[dict]:
+        return read_topic(kafka_bootstrap, topic_prefix + name, idle_s=1.0)
+
+    try:
+        # consumers first; the executor starts at the end of its inputs, so it must own them before data flows
+        sink = start("sink", "sink", "--topics", ",".join(SINK_TOPICS), "--metrics-port", "0")
+        engine = start("engine", "engine", "--strategy", str(strategy_file), "--metrics-port", "0",
+                       "--allowed-lateness-ms", str(LATENESS_MS), "--prime-hours", "0",
+                       "--signal-max-age-s", str(FAR_PAST_S))
+        executor = start("executor", "execute", "--mode", "paper", "--executor-config", str(executor_file),
+                         "--metrics-port", "0")
+        port = int(executor.wait_for_line(r"executor started.*metrics_port=(\d+)", 90).group(1))
+        wait_healthy(executor, port, 90)  # "running" once its input partitions are assigned
+        engine_port = int(engine.wait_for_line(r"engine worker ready .*metrics_port=(\d+)", 90).group(1))
+
+        fake = start("fake-exchange", "fake-exchange", "--synthetic-seed", str(SEED),
+                     "--synthetic-symbols", ",".join(SYMBOLS), "--synthetic-duration", str(SESSION_S),
+                     "--speed", str(SPEED), "--rest-clock", "recording")
+        urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 90).group(0))
+        rest = urls["rest_url"]
+        producer = start("producer", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url", rest,
+                         "--coinbase-url", rest, "--replay-control-url", rest, "--metrics-port", "0")
+        try:
+            assert producer.proc.wait(SESSION_S / SPEED + 90) == 0, producer.tail()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the replay did not finish\n{producer.tail()}\n{fake.tail()}") from None
+        assert "replay-finished" in producer.log(), producer.tail()
+        assert fake.stop() == 0, fake.tail()
+
+        # drain in pipeline order: engine, then executor, then sink; each stops cleanly once it is done
+        trades_end = record_counts(topic("md.trades"))
+        wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-engine", {topic_prefix + "md.trades": trades_end},
+                      [engine, executor, sink], 90)
+        engine_counters = scrape(engine_port, "tapeflow_engine_state_counter")  # late trades, gaps (diagnosis)
+        assert engine.stop() == 0, engine.tail()
+        signals_end = record_counts(topic("signals"))
+        wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-executor-paper",
+                      {topic_prefix + "md.trades": trades_end, topic_prefix + "signals": signals_end},
+                      [executor, sink], 60)
+        assert executor.stop() == 0, executor.tail()
+        published = {name: topic(name) for name in SINK_TOPICS}
+        wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-sink",
+                      {topic_prefix + name: record_counts(recs) for name, recs in published.items()}, [sink], 60)
+        assert sink.stop() == 0, sink.tail()
+    finally:
+        for service in services:
+            service.kill()
+
+    values = {name: [r["value"] for r in recs] for name, recs in published.items()}
+    signals, orders, fills, positions = (values[n] for n in ("signals", "orders", "fills", "positions"))
+    closed = [p for p in positions if p["event"] == "closed"]
+    print(f"{len(values['md.trades'])} trades, {len(signals)} signals, {len(orders)} order events, "
+          f"{len(fills)} fills, {len(closed)} closed: {Counter(p['exit_reason'] for p in closed)}")
+
+    # --- the executor traded the engine's signals ----------------------------------------------------
+    assert len(closed) >= 3, f"only {len(closed)} positions closed; engine counters:\n{engine_counters}"
+    assert all(p["mode"] == "paper" for p in positions)
+    position_events = Counter((p["position_id"], p["event"]) for p in positions)
+    assert max(position_events.values()) == 1, "a lifecycle event published twice"
+    signal_by_id = {s["signal_id"]: s for s in signals}
+    assert len(signal_by_id) == len(signals), "a signal published twice"
+    for p in positions:
+        s = signal_by_id.get(p["signal_id"])
+        assert s is not None, f"position {p['position_id']} has no signal on `signals`"
+        assert (p["strategy"], p["strategy_version"], p["config_hash"], p["symbol"], p["direction"]) == \
+            (s["strategy"], s["strategy_version"], s["config_hash"], s["symbol"], s["direction"])
+        assert p["position_id"] == "pos-" + digest(p["signal_id"])
+    for o in orders:
+        assert o["signal_id"] in signal_by_id and o["position_id"] == "pos-" + digest(o["signal_id"])
+        assert o["client_order_id"] == f"tf{digest(o['signal_id'])}-{LEG_CODES[o['leg']]}", o
+
+    # the closing numbers follow from the fills (one entry fill, then the exit fills of the position)
+    fills_by_order = {}
+    for f in fills:
+        assert f["client_order_id"] not in fills_by_order, "an order filled twice"
+        fills_by_order[f["client_order_id"]] = f
+    tp1_r, tp2_r = STRATEGY["exits"]["tp1_r"], STRATEGY["exits"]["tp2_r"]
+    for p in closed:
+        entry_fill = fills_by_order[f"tf{digest(p['signal_id'])}-en"]
+        assert p["entry_price"] == pytest.approx(entry_fill["price"], rel=1e-12)  # a qty-weighted average
+        assert p["exit_reason"] in EXIT_REASONS
+        # DESIGN §5, by hand: sl -1, sl_be 0.5 tp1_r, tp 0.5 tp1_r + 0.5 tp2_r (before fees and slippage)
+        expected_gross = {"sl": -1.0, "sl_be": 0.5 * tp1_r, "tp": 0.5 * tp1_r + 0.5 * tp2_r}.get(p["exit_reason"])
+        if expected_gross is not None:
+            assert p["pnl_r_gross"] == pytest.approx(expected_gross), p
+        assert p["pnl_r_net"] < p["pnl_r_gross"]  # taker/maker fees are always paid
+
+    # --- the database holds exactly what was published ------------------------------------------------
+    db_positions = rows(database, "SELECT * FROM positions")
+    assert len(db_positions) == len(positions)
+    db_by_key = {(r["position_id"], r["event"]): r for r in db_positions}
+    for p in positions:
+        r = db_by_key[(p["position_id"], p["event"])]
+        assert (r["signal_id"], r["mode"], r["strategy"], r["config_hash"], r["symbol"], r["direction"], r["tier"],
+                r["exit_reason"], r["entry_price"], r["exit_price"], r["qty"], r["sl_price"], ms(r["event_time"])) == \
+            (p["signal_id"], p["mode"], p["strategy"], p["config_hash"], p["symbol"], p["direction"], p["tier"],
+             p["exit_reason"], p["entry_price"], p["exit_price"], p["qty"], p["sl_price"], p["event_time"])
+        for column in ("pnl_r_gross", "pnl_r_net", "fees_r", "slippage_r", "r_usd"):
+            want = p[column]
+            assert num(r[column]) == (None if want is None else pytest.approx(want, rel=1e-12, abs=1e-12)), column
+
+    view = rows(database, "SELECT * FROM trades_closed")
+    trades_closed = {r["position_id"]: r for r in view}
+    assert len(view) == len(closed) and set(trades_closed) == {p["position_id"] for p in closed}
+    opened_at = {p["position_id"]: p["event_time"] for p in positions if p["event"] == "opened"}
+    for p in closed:
+        t = trades_closed[p["position_id"]]
+        assert (t["signal_id"], t["exit_reason"], t["entry_price"], t["exit_price"]) == \
+            (p["signal_id"], p["exit_reason"], p["entry_price"], p["exit_price"])
+        assert num(t["pnl_r_gross"]) == pytest.approx(p["pnl_r_gross"], rel=1e-12)
+        assert num(t["pnl_r_net"]) == pytest.approx(p["pnl_r_net"], rel=1e-12)
+        assert ms(t["entry_time"]) == opened_at[p["position_id"]] and ms(t["exit_time"]) == p["event_time"]
+
+    order_keys = Counter((o["mode"], o["client_order_id"], o["state"], o["filled_qty"]) for o in orders)
+    assert max(order_keys.values()) == 1, "an order transition published twice"
+    db_orders = {(r["mode"], r["client_order_id"], r["state"], r["filled_qty"]): r
+                 for r in rows(database, "SELECT * FROM orders")}
+    assert set(db_orders) == set(order_keys)
+    for o in orders:
+        r = db_orders[(o["mode"], o["client_order_id"], o["state"], o["filled_qty"])]
+        assert (r["signal_id"], r["position_id"], r["leg"], r["side"], r["type"], r["price"], r["qty"],
+                r["avg_fill_price"], ms(r["event_time"])) == \
+            (o["signal_id"], o["position_id"], o["leg"], o["side"], o["type"], o["price"], o["qty"],
+             o["avg_fill_price"], o["event_time"])
+
+    db_fills = {(r["client_order_id"], r["trade_id"]): r for r in rows(database, "SELECT * FROM fills")}
+    assert set(db_fills) == {(f["client_order_id"], f["trade_id"]) for f in fills} and len(db_fills) == len(fills)
+    db_trades = {(r["symbol"], r["agg_id"]): r["price"] for r in rows(database, "SELECT symbol, agg_id, price FROM trades")}
+    assert len(db_trades) == len(values["md.trades"])
+    for f in fills:
+        r = db_fills[(f["client_order_id"], f["trade_id"])]
+        assert (r["price"], r["qty"], r["side"], r["liquidity"], ms(r["event_time"])) == \
+            (f["price"], f["qty"], f["side"], f["liquidity"], f["event_time"])
+        assert num(r["fee"]) == pytest.approx(f["fee"], rel=1e-12)
+        # priced from a market trade the producer published (paper trade ids: p:<agg_id>:<client order id>)
+        agg_id = int(f["trade_id"].split(":")[1])
+        market = db_trades[(f["symbol"], agg_id)]
+        if f["liquidity"] == "taker":  # no slippage configured: the trade's own price
+            assert f["price"] == market
+        else:  # a resting limit fills at its price when a trade prints through it
+            assert market < f["price"] if f["side"] == "BUY" else market > f["price"]
+
+    db_signals = {r["signal_id"]: r for r in rows(database, "SELECT * FROM signals")}
+    assert set(db_signals) == set(signal_by_id)
+    for sid, s in signal_by_id.items():
+        r = db_signals[sid]
+        assert (r["strategy"], r["config_hash"], r["symbol"], r["direction"], r["tier"], r["price"],
+                r["risk_distance"], ms(r["eval_time"])) == \
+            (s["strategy"], s["config_hash"], s["symbol"], s["direction"], s["tier"], s["price"], s["risk_distance"],
+             s["eval_time"])
+    assert {p["signal_id"] for p in positions} <= set(db_signals)
