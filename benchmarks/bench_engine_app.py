@@ -153,17 +153,21 @@ def main() -> None:
     ap.add_argument("--mode", choices=("bulk", "stream"), default="bulk")
     ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
     ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
+                    help="the worker's fetch wait (Faust's own: 1500)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     quiet_library_loggers("WARNING")
-    print(f"mode={args.mode}  symbols={len(SYMBOLS)}  session={args.minutes} min  load={os.getloadavg()[0]:.2f}")
+    print(f"mode={args.mode}  symbols={len(SYMBOLS)}  session={args.minutes} min  "
+          f"fetch wait={args.fetch_max_wait_ms} ms  load={os.getloadavg()[0]:.2f}")
     print(f"{'trades/s/sym':>12} {'trades':>10} {'records':>10} {'seconds':>8} {'trades/s':>10} {'records/s':>10} "
           f"{'CPU s':>7} {'RSS MiB':>8}")
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bootstrap:
         for rate in (float(r) for r in args.rates.split(",")):
             prefix = f"bench{uuid.uuid4().hex[:6]}."
             config = EngineAppConfig(bootstrap=bootstrap, app_id=prefix + "engine", topic_prefix=prefix,
-                                     datadir=Path(tmp) / prefix, metrics_port=None, log_level="WARNING")
+                                     datadir=Path(tmp) / prefix, metrics_port=None, log_level="WARNING",
+                                     fetch_max_wait_ms=args.fetch_max_wait_ms)
             ensure_engine_topics(config)
             trades, records = produce(bootstrap, prefix, args.minutes, rate)
             if args.mode == "bulk":

@@ -145,12 +145,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="measured duration")
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds not counted at the start")
     ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
+                    help="the worker's fetch wait (Faust's own: 1500)")
     args = ap.parse_args()
     serde = AvroSerde(FileSchemaRegistry())
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bootstrap:
         prefix = f"lat{uuid.uuid4().hex[:6]}."
         config = EngineAppConfig(bootstrap=bootstrap, app_id=prefix + "engine", topic_prefix=prefix,
-                                 datadir=Path(tmp) / "faust", metrics_port=0, log_level="WARNING")
+                                 datadir=Path(tmp) / "faust", metrics_port=0, log_level="WARNING",
+                                 fetch_max_wait_ms=args.fetch_max_wait_ms)
         ensure_engine_topics(config)
         config_path = Path(tmp) / "engine.json"
         config_path.write_text(config.model_dump_json())

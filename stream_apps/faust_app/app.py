@@ -128,6 +128,7 @@ class EngineWorker:
         consumer = self.app.consumer
         assert isinstance(consumer, BulkConsumer)
         consumer.bulk_topics = frozenset(self.input_topics)
+        consumer.fetch_max_wait_ms = self.config.fetch_max_wait_ms
         consumer.bulk_handler = self
         self.app.topics.add(self.inputs)  # subscribe (there is no agent to do it)
         self.app.in_worker = True  # what faust.Worker sets; exactly_once depends on it
