@@ -104,6 +104,7 @@ class SinkService(HttpHealthService):
     """Every topic into the database (runs before the producer so nothing waits in the topics long)."""
 
     name = "sink"
+    concurrent = True
 
     def prepare(self) -> Launch:
         port = free_port(HOST)
@@ -115,6 +116,7 @@ class ExecutorService(HttpHealthService):
     """The paper executor: every signal is paper-traded by default (live trading is never started here)."""
 
     name = "executor"
+    concurrent = True
 
     def prepare(self) -> Launch:
         port = free_port(HOST)
@@ -142,6 +144,7 @@ class EngineService(HttpHealthService):
     take a few seconds more, and `status` shows "starting" or "rebalancing" until it runs."""
 
     name = "engine"
+    concurrent = True
 
     def ready(self, address: str) -> Health:
         code, body = http_json(self.health_url(address))

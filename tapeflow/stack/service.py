@@ -64,6 +64,9 @@ class Service(ABC):
 
     #: a service that ends by itself when its work is done (a replay): exit code 0 is "finished".
     finite: bool = False
+    #: nothing after it needs it ready (a consumer): the next service starts while it comes up, and
+    #: `up` waits for it before the next service that is not concurrent.
+    concurrent: bool = False
 
     @abstractmethod
     def health(self, address: str) -> Health:

@@ -129,19 +129,33 @@ class Supervisor:
         t0 = time.monotonic()
         # steps run once the services they depend on are up and before anything that publishes:
         # a producer writing to a topic that does not exist yet would auto-create it wrongly
+        # consecutive concurrent services (consumers) come up side by side: their group joins overlap
         pending = list(self.steps)
+        coming_up: list[tuple[Service, float]] = []
         for service in self.services:
             if self.stop_requested.is_set():
                 raise StackError("interrupted during startup")
+            if not service.concurrent:
+                self._wait_all(coming_up)
             for step in [s for s in pending if set(s.depends_on) <= set(self.addresses)]:
                 self._run_step(step)
                 pending.remove(step)
-            self._start_service(service)
+            started = time.monotonic()
+            if self._start_service(service, wait=not service.concurrent):
+                coming_up.append((service, started))
+        self._wait_all(coming_up)
         for step in pending:
             self._run_step(step)
         return time.monotonic() - t0
 
-    def _start_service(self, service: Service) -> None:
+    def _wait_all(self, coming_up: list[tuple[Service, float]]) -> None:
+        for service, started in coming_up:
+            self._finish_start(service, started)
+        coming_up.clear()
+
+    def _start_service(self, service: Service, wait: bool = True) -> bool:
+        """Launch ``service``; with ``wait`` also wait until it is ready. True when it was launched
+        and still has to be waited for (``_finish_start``)."""
         if service.external:
             address = service.external_address() or "?"
             health = service.health(address)
@@ -149,7 +163,7 @@ class Supervisor:
                 raise StackError(f"{service.name}: external {address} is not reachable: {health.detail}")
             self.addresses[service.name] = address
             self.say(f"{service.name:<10} external {address}: {health.detail}")
-            return
+            return False
         t0 = time.monotonic()
         launch = service.prepare()
         log_path = self.paths.log_file(service.name)
@@ -168,10 +182,18 @@ class Supervisor:
         record.save(self.paths.state_file(service.name))
         self.running[service.name] = _Running(service, proc, record, log)
         self.addresses[service.name] = launch.address
-        health = self._wait_healthy(service, proc, launch.address, log_path)
-        service.after_start(launch.address)
-        self.say(f"{service.name:<10} pid {proc.pid} on {launch.address}: {health.detail} "
-                 f"({time.monotonic() - t0:.1f}s)")
+        if not wait:
+            return True
+        self._finish_start(service, t0)
+        return False
+
+    def _finish_start(self, service: Service, started: float) -> None:
+        run = self.running[service.name]
+        address = self.addresses[service.name]
+        health = self._wait_healthy(service, run.proc, address, run.record.log)
+        service.after_start(address)
+        self.say(f"{service.name:<10} pid {run.proc.pid} on {address}: {health.detail} "
+                 f"({time.monotonic() - started:.1f}s)")
 
     def _wait_healthy(self, service: Service, proc: subprocess.Popen, address: str, log_path) -> Health:
         deadline = time.monotonic() + self.settings.startup_timeout_s
