@@ -203,8 +203,19 @@ def wait_for_features(bootstrap, prefix, serde, count: int, timeout: float = 120
         for w in workers:
             assert w.proc.poll() is None or w.proc.returncode == 0, f"{w.name} died:\n{w.log()[-3000:]}"
         time.sleep(0.5)
-    logs = "\n".join(f"--- {w.name}:\n{w.log()[-4000:]}" for w in workers)
+    logs = "\n".join(f"--- {w.name}:\n{w.log()[-4000:]}\n{worker_state(w)}" for w in workers)
     raise AssertionError(f"only {len(ids)} of {count} evaluations after {timeout} s\n{logs}")
+
+
+def worker_state(worker) -> str:
+    """The worker's own view when a wait fails: held inputs, lag, forced releases, per-key counters."""
+    try:
+        text = worker.get("/metrics")[1]
+    except OSError as exc:
+        return f"(no metrics: {exc})"
+    wanted = ("held_inputs", "consumer_lag", "forced_releases_total", "engine_symbols", "state_counter",
+              "input_records_total", "restores_total")
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#") and any(w in line for w in wanted))
 
 
 def committed_offsets(bootstrap, group: str, topic: str) -> dict[int, int]:
