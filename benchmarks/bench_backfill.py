@@ -13,7 +13,6 @@ during the full backfill shows whether the day is streamed (it should not scale 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import resource
 import tempfile
 import time
@@ -22,6 +21,7 @@ import zipfile
 from datetime import date
 from pathlib import Path
 
+from benchmarks.embedded_broker import broker
 from producers.backfill import run_backfill
 from producers.backfill.agg_trades_csv import AggTradeCsvReader, open_archive
 from producers.backfill.continuity import ArchiveContinuity
@@ -73,27 +73,6 @@ def parse_and_encode(path: Path) -> None:
         for trade in AggTradeCsvReader(raw, source=path.name, symbol="BTCUSDT", receive_time=0, on_bad=print):
             for t in cont.offer(trade):
                 encode("md.trades", t)
-
-
-@contextlib.contextmanager
-def broker(bootstrap: str | None, home: Path):
-    if bootstrap:
-        yield bootstrap
-        return
-    from tapeflow.paths import StackPaths
-    from tapeflow.settings import Settings
-    from tapeflow.stack.broker import TansuBroker
-    from tapeflow.stack.supervisor import Supervisor
-
-    paths = StackPaths(home)
-    paths.ensure()
-    settings = Settings(home=home, broker=None, database_url=None, broker_port=0, database_port=0)
-    sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths)], steps=[])
-    sup.start_all()
-    try:
-        yield sup.addresses["broker"]
-    finally:
-        sup.stop_all()
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.embedded_broker import broker
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from stream_apps.faust_app.app import EngineWorker
@@ -44,27 +44,6 @@ from stream_apps.faust_app.session import SessionProducer, synthetic_session
 from stream_apps.faust_app.worker import ensure_engine_topics, quiet_library_loggers
 
 SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6))
-
-
-@contextlib.contextmanager
-def broker(bootstrap: str | None, home: Path):
-    if bootstrap:
-        yield bootstrap
-        return
-    from tapeflow.paths import StackPaths
-    from tapeflow.settings import Settings
-    from tapeflow.stack.broker import TansuBroker
-    from tapeflow.stack.supervisor import Supervisor
-
-    paths = StackPaths(home)
-    paths.ensure()
-    settings = Settings(home=home, broker=None, database_url=None, broker_port=0, database_port=0)
-    sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths)], steps=[])
-    sup.start_all()
-    try:
-        yield sup.addresses["broker"]
-    finally:
-        sup.stop_all()
 
 
 def produce(bootstrap: str, prefix: str, minutes: int, rate: float) -> tuple[int, int]:

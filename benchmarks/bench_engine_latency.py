@@ -39,7 +39,8 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.bench_engine_app import SYMBOLS, broker
+from benchmarks.bench_engine_app import SYMBOLS
+from benchmarks.embedded_broker import broker
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from stream_apps.core.events import obi_from_levels

@@ -13,13 +13,21 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
-from stream_apps.faust_app.config import INPUT_TOPICS, EngineAppConfig, shipped_strategy_files
+from stream_apps.faust_app.config import (
+    INPUT_TOPICS,
+    EngineAppConfig,
+    shipped_strategy_files,
+)
 from stream_apps.faust_app.priming import prime_group_offsets
-from stream_apps.faust_app.worker import ensure_engine_topics, quiet_library_loggers, run_worker
+from stream_apps.faust_app.worker import (
+    ensure_engine_topics,
+    quiet_library_loggers,
+    run_worker,
+)
 from tapeflow.endpoints import resolve_broker
 from tapeflow.paths import StackPaths
 from tapeflow.settings import Settings
@@ -60,26 +68,12 @@ def engine_config(
     )
 
 
-async def run_engine(
-    settings: Settings,
-    *,
-    metrics_port: int | None,
-    strategies: list[Path] | None = None,
-    metrics_host: str | None = None,
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once",
-    eval_interval_ms: int = 15_000,
-    allowed_lateness_ms: int = 0,
-    signal_max_age_ms: int | None = None,
-    prime_history_ms: int | None = PRIME_HISTORY_MS,
-    app_id: str | None = None,
-) -> int:
-    """Run one worker until SIGINT/SIGTERM. ``signal_max_age_ms`` keeps signals evaluated more than
-    that long ago (wall clock; e.g. while priming) off ``signals`` — leave it None when replaying
-    recorded sessions, whose event times are in the past. ``prime_history_ms`` None disables priming."""
-    config = engine_config(settings, metrics_port=metrics_port, strategies=strategies, metrics_host=metrics_host,
-                           processing_guarantee=processing_guarantee, eval_interval_ms=eval_interval_ms,
-                           allowed_lateness_ms=allowed_lateness_ms, signal_max_age_ms=signal_max_age_ms,
-                           app_id=app_id)
+async def run_engine(settings: Settings, *, prime_history_ms: int | None = PRIME_HISTORY_MS, **options: Any) -> int:
+    """Run one worker until SIGINT/SIGTERM; ``options`` are ``engine_config``'s. ``signal_max_age_ms``
+    keeps signals evaluated more than that long ago (wall clock; e.g. while priming) off ``signals`` —
+    leave it None when replaying recorded sessions, whose event times are in the past.
+    ``prime_history_ms`` None disables priming."""
+    config = engine_config(settings, **options)
     config.datadir.mkdir(parents=True, exist_ok=True)
     quiet_library_loggers(config.log_level)
     await asyncio.to_thread(ensure_engine_topics, config)
