@@ -37,6 +37,10 @@ SYM = "BTCUSDT"
 
 
 class FakeOnThread:
+    """The fake exchange on an event-loop thread of its own (the broker under test is blocking)."""
+
+    control_timeout_s = 5.0
+
     def __init__(self) -> None:
         session = build_recording([], [parse_rest_line(DATA.read_text().splitlines()[0])])
         self.loop = asyncio.new_event_loop()
@@ -51,11 +55,11 @@ class FakeOnThread:
         req = urllib.request.Request(f"{self.rest_url}/_control/orders/{path}",
                                      data=None if body is None else orjson.dumps(body),
                                      method="GET" if body is None else "POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=self.control_timeout_s) as resp:
             return orjson.loads(resp.read())
 
-    def market(self, **kw):
-        return self.control("market", {"symbol": SYM, **kw})
+    def market(self, symbol: str = SYM, **kw):
+        return self.control("market", {"symbol": symbol, **kw})
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)

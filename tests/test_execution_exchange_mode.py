@@ -28,10 +28,10 @@ import urllib.request
 from decimal import Decimal as D
 from pathlib import Path
 
-import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from structlog.testing import capture_logs
+from test_binance_broker import FakeOnThread
 from test_execution_service import Feed, Watcher, free_port
 from test_execution_support import T0, book_record, signal_record
 
@@ -44,45 +44,28 @@ from execution.paper_broker import PaperBroker
 from execution.reconcile import Finding, Reconciler, compare
 from execution.safety import LIVE_OPT_IN_ENV, LIVE_OPT_IN_VALUE
 from execution.service import ExecuteOptions, run_executor
-from producers.fake_exchange import FakeExchange, FakeExchangeConfig
 from producers.fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET, VENUE_KEY
-from producers.fake_exchange.recording import build_recording, parse_rest_line
 from producers.publisher import Publisher
 from tapeflow.kafka_client import consumer_config, ensure_topics
 from tapeflow.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).parent / "data" / "binance_futures_ws" / "session_config_and_rest.txt"
 SYM = "BTCUSDT"
 OPT_IN = {LIVE_OPT_IN_ENV: LIVE_OPT_IN_VALUE}
 GROUP = "tapeflow-executor-testnet"
 
 
-class FakeVenue:
-    """The fake exchange on an event-loop thread of its own (the broker under test is blocking)."""
+class FakeVenue(FakeOnThread):
+    """``FakeOnThread`` plus what the executor tests need: request history and a shutdown that
+    closes the user-data streams first."""
+
+    control_timeout_s = 10.0
 
     def __init__(self) -> None:
-        session = build_recording([], [parse_rest_line(DATA.read_text().splitlines()[0])])
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        config = FakeExchangeConfig(session=session, speed="max", start="manual", weight_limit_1m=1_000_000)
-        self.fake = asyncio.run_coroutine_threadsafe(FakeExchange(config).start(), self.loop).result(10)
-        self.rest_url = self.fake.rest_url
-        self.ws_url = self.rest_url.replace("http://", "ws://")  # the user-data stream is on the REST app
+        super().__init__()
         self.venue = self.fake._runner.app[VENUE_KEY]
         self.stopped = False
-
-    def control(self, path: str, body: dict | None = None):
-        req = urllib.request.Request(f"{self.rest_url}/_control/orders/{path}",
-                                     data=None if body is None else orjson.dumps(body),
-                                     method="GET" if body is None else "POST")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return orjson.loads(resp.read())
-
-    def market(self, symbol: str = SYM, **kw):
-        return self.control("market", {"symbol": symbol, **kw})
 
     def requests_for(self, cid: str) -> list[str]:
         return [method for method, c in self.control("state")["order_requests"] if c == cid]
@@ -163,7 +146,7 @@ def wait_running(port: int, timeout: float = 60.0, proc: subprocess.Popen | None
                 if body["status"] == "running":
                     return body
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+            pass  # not serving yet: poll again
         time.sleep(0.1)
     raise AssertionError(f"executor not running within {timeout}s")
 
