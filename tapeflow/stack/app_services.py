@@ -8,9 +8,9 @@ the supervisor, `status` and Prometheus see them the same way.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import orjson
 
@@ -34,10 +34,19 @@ def http_json(url: str, timeout: float = 2.0) -> tuple[int, dict]:
 
 
 class HttpHealthService(Service):
-    """A service whose health is `GET /health` == 200; `up` waits for it (see ProducerService)."""
+    """A service whose health is `GET /health` == 200; `up` waits for it, or with
+    `ready_when_answering` only for the endpoint to answer (any status)."""
+
+    ready_when_answering = False
 
     def health_url(self, address: str) -> str:
         return f"http://{address}/health"
+
+    def ready(self, address: str) -> Health:
+        if not self.ready_when_answering:
+            return self.health(address)
+        code, body = http_json(self.health_url(address))
+        return Health(code != 0, body.get("detail") or body.get("status") or body.get("error", ""))
 
     def health(self, address: str) -> Health:
         code, body = http_json(self.health_url(address))
@@ -83,11 +92,9 @@ class ProducerService(HttpHealthService):
         self.fake = fake
         self.finite = fake is not None  # a replay ends; exit 0 then means done, not crashed
 
-    def ready(self, address: str) -> Health:
-        """Up once its endpoint answers: without network a live producer is up but never healthy,
-        and `up` must still come up and let `status` say why (unreachable, with the hint)."""
-        code, body = http_json(self.health_url(address))
-        return Health(code != 0, body.get("detail") or body.get("status") or body.get("error", ""))
+    # up once its endpoint answers: without network a live producer is up but never healthy, and
+    # `up` must still come up and let `status` say why (unreachable, with the hint)
+    ready_when_answering = True
 
     def prepare(self) -> Launch:
         port = free_port(HOST)
@@ -145,10 +152,7 @@ class EngineService(HttpHealthService):
 
     name = "engine"
     concurrent = True
-
-    def ready(self, address: str) -> Health:
-        code, body = http_json(self.health_url(address))
-        return Health(code != 0, body.get("detail") or body.get("status") or body.get("error", ""))
+    ready_when_answering = True
 
     def prepare(self) -> Launch:
         port = free_port(HOST)
