@@ -342,9 +342,13 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     cannot tell when a partition is caught up (its high watermark counts record batches, not
     records), so the event-time aligner holds little and the skew is whatever the fetches make it.
     45 s (0.75 s of wall time here) was not enough in 2 of 2 full-suite runs (34 late trades);
-    120 s is 2 s of wall time. The reference applies the same lateness."""
+    120 s is 2 s of wall time. The reference applies the same lateness. A forced release (a partition
+    that delivered nothing for ``max_hold_s`` releases everything held) is the lossy escape hatch for a
+    stuck partition, and exact parity cannot survive one: a full-suite run on a loaded machine went
+    5 s without a delivery and made 74 trades late. The hold here is 60 s, and none may happen."""
     lateness = 120_000
-    config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness)
+    config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness,
+                         max_hold_s=60.0)
     ensure_engine_topics(config)
     session = synthetic_session(
         [("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6)],
@@ -397,6 +401,7 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     assert sorted(owned(two)) == [0, 1, 2, 3, 4, 5]
     wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[two])
     assert two.metric("tapeflow_engine_restores_total") >= 2  # `one`'s symbols, from its last save
+    assert two.metric("tapeflow_engine_forced_releases_total") == 0
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde)
     assert two.stop() == 0
     assert_matches_reference(outputs, want)  # includes: every repeated id is the identical record
