@@ -308,3 +308,19 @@ def test_a_late_trade_is_counted_and_does_not_restart_the_warm_up():
     # a real hole is still a gap
     engine.process([trade(15, T + 5_300), trade(16, T + 6_500)])
     assert state.counters.gaps == 1 and state.coverage_start_ms == T + 5_300
+
+
+def test_an_input_arriving_first_does_not_seal_the_seconds_before_it():
+    """A worker's first fetch may hold only a liquidation 13 s into the session (its topic was read
+    first). Nothing has been evaluated yet, so the trades before it are not late: the output equals
+    the same input given in time order. (Sealing at the first input made 34 trades late.)"""
+    trades = synthetic_trades("BTCUSDT", start_ms=T, duration_ms=2 * MIN, rate_per_s=3.0, price0=30_000.0, seed=5)
+    liquidation = LiquidationEvent("binance", "BTCUSDT", T + 13_420, "LONG", 150_000.0)
+    params = EngineParams(allowed_lateness_ms=30_000)
+    in_order = Engine([FAST], params).process([trades], [liquidation])
+    engine = Engine([FAST], params)
+    first = engine.process(events=[liquidation])
+    rest = engine.process([trades])
+    assert engine.states[("binance", "BTCUSDT")].counters.late == 0
+    assert first.features == [] and rest.features == in_order.features and rest.bars == in_order.bars
+    assert in_order.features[0]["eval_time"] == T + 1_000  # the first second of trades is evaluated

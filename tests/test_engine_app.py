@@ -341,11 +341,12 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     topics produced concurrently: 30 s of event time per produced chunk, and on Tansu the worker
     cannot tell when a partition is caught up (its high watermark counts record batches, not
     records), so the event-time aligner holds little and the skew is whatever the fetches make it.
-    45 s (0.75 s of wall time here) was not enough in 2 of 2 full-suite runs (34 late trades);
-    120 s is 2 s of wall time. The reference applies the same lateness. A forced release (a partition
-    that delivered nothing for ``max_hold_s`` releases everything held) is the lossy escape hatch for a
-    stuck partition, and exact parity cannot survive one: a full-suite run on a loaded machine went
-    5 s without a delivery and made 74 trades late. The hold here is 60 s, and none may happen."""
+    This test found an engine bug: a key whose first fetch held only a liquidation 13 s into the
+    session sealed those 13 s and dropped 31-41 trades per symbol as late (fails without the fix in
+    ``Engine.process``; unit test ``test_an_input_arriving_first_does_not_seal_the_seconds_before_it``).
+    A forced release (a partition that delivered nothing for ``max_hold_s`` releases everything
+    held) is the lossy escape hatch for a stuck partition and exact parity cannot survive one, so
+    the hold here is 60 s and none may happen."""
     lateness = 120_000
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness,
                          max_hold_s=60.0)

@@ -187,24 +187,27 @@ class Engine:
             self.clock_ms = max(reached) if self.clock_ms is None else max(self.clock_ms, *reached)
         if self.clock_ms is None:
             return out
-        if self.sealed_ms is None:
+        low = self.sealed_ms
+        if low is None:
+            # nothing is sealed before the first evaluation: an input that happens to arrive first
+            # (a liquidation 13 s into the session) must not make the trades before it late
             starts = [int(b.time_ms[0]) for b in self._pending_trades.values()] + [e.time_ms for e in self._pending_events]
             if not starts:
                 return out
-            self.sealed_ms = min(starts) // 1000 * 1000
+            low = min(starts) // 1000 * 1000
         # events in time order (stable: equal times keep arrival order), consumed with a cursor so a
         # long replay call stays linear in the number of events
         self._pending_events.sort(key=lambda e: e.time_ms)
         self._event_times = [e.time_ms for e in self._pending_events]
         self._event_cursor = 0
-        for point in self._evaluation_points():
+        for point in self._evaluation_points(low):
             self._evaluate_at(point, out)
         del self._pending_events[: self._event_cursor]
         return out
 
-    def _evaluation_points(self) -> list[int]:
-        assert self.clock_ms is not None and self.sealed_ms is not None
-        low, high = self.sealed_ms, self.clock_ms
+    def _evaluation_points(self, low: int) -> list[int]:
+        assert self.clock_ms is not None
+        high = self.clock_ms
         if high <= low:
             return []
         points: set[int] = set()
