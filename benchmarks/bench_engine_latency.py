@@ -13,7 +13,9 @@ evaluation time. The engine evaluates second ``t`` as soon as the first input at
 arrives, and at these rates that input was received (published) within about a millisecond of
 ``t``; so the figure is producer receive → broker → worker (decode, align, evaluate three
 strategies, encode) → broker → consumer, with the consumer's own fetch wait included (an upper bound
-of the publish time). Signals are published by the same step, right after their evaluation's
+of the publish time). The same consumer also reads ``md.trades`` (publication → consumed: one broker
+crossing with no worker in it), the baseline printed next to it, measured in the same run under the
+same load; the features figure crosses the broker twice. Signals are published by the same step, right after their evaluation's
 features; the shipped strategies need 24 h of warm-up, so features carry the measurement. The
 first ``--warmup`` seconds are not counted (group join, first snapshots).
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -33,6 +36,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,23 +115,36 @@ class LiveFeed(threading.Thread):
         self.producer.flush()
 
 
-def collect_latencies(bootstrap: str, topic: str, serde: AvroSerde, until: float, count_from_ms: int) -> list[float]:
+def collect_latencies(bootstrap: str, prefix: str, until: float, count_from_ms: int) -> tuple[list[float], list[float]]:
+    """Receive time minus evaluation time of every ``features`` record, and (the baseline, in the same
+    run and under the same load) receive time minus publication time of every ``md.trades`` record:
+    one broker crossing with no worker in it. Runs in its own process: sharing the feed's GIL made
+    this reader fall seconds behind on 5,000 records/s and measure itself."""
+    serde = AvroSerde(FileSchemaRegistry())
     consumer = Consumer(consumer_config(bootstrap, **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}))
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, -2) for p in partitions])
-    out = []
+    assignment = []
+    for topic in (prefix + "features", prefix + "md.trades"):
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        assignment += [TopicPartition(topic, p, -2) for p in partitions]
+    consumer.assign(assignment)
+    features, crossing = [], []
     try:
         while time.monotonic() < until:
-            message = consumer.poll(0.05)
-            if message is None or message.error():
-                continue
-            received = time.time() * 1000
-            evaluation = serde.decode(message.value())["eval_time"]
-            if evaluation >= count_from_ms:
-                out.append(received - evaluation)
+            for message in consumer.consume(1000, 0.05):
+                if message.error():
+                    continue
+                received = time.time() * 1000
+                if message.topic().endswith("md.trades"):
+                    published = message.timestamp()[1]  # librdkafka's CreateTime: the produce() call
+                    if published >= count_from_ms:
+                        crossing.append(received - published)
+                    continue
+                evaluation = serde.decode(message.value())["eval_time"]
+                if evaluation >= count_from_ms:
+                    features.append(received - evaluation)
     finally:
         consumer.close()
-    return out
+    return features, crossing
 
 
 def worker_histogram(port: int) -> dict[float, float]:
@@ -174,9 +191,11 @@ def main() -> None:
             producer = SessionProducer(bootstrap, serde, prefix, **{"linger.ms": 5})
             feed = LiveFeed(producer, args.rate, args.warmup + args.seconds)
             count_from = now_ms() + int(args.warmup * 1000)
-            feed.start()
-            latencies = collect_latencies(bootstrap, prefix + "features", serde,
-                                          time.monotonic() + args.warmup + args.seconds + 2.0, count_from)
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                reader = pool.submit(collect_latencies, bootstrap, prefix,
+                                     time.monotonic() + args.warmup + args.seconds + 5.0, count_from)
+                feed.start()
+                latencies, crossing = reader.result()
             feed.stop_event.set()
             feed.join(30)
             histogram = worker_histogram(port)
@@ -188,10 +207,14 @@ def main() -> None:
     produced_rate = feed.trades / (args.warmup + args.seconds)
     print(f"load={os.getloadavg()[0]:.2f}  trades published: {feed.trades:,} ({produced_rate:,.0f}/s)  "
           f"evaluations measured: {len(lat):,}  worker CPU: {cpu:.1f} s")
-    if len(lat):
-        p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-        print(f"receive -> features published and consumed (ms): p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}  "
-              f"max {lat.max():.1f}")
+    base = np.asarray(crossing)
+    for label, values in (("receive -> features published and consumed", lat),
+                          ("baseline, one broker crossing: md.trades publish -> consumed", base)):
+        if len(values):
+            p50, p90, p99 = np.percentile(values, [50, 90, 99])
+            print(f"{label} (ms): p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}  max {values.max():.1f}")
+    if len(lat) and len(base):
+        print(f"features p99 / one-crossing p99: {np.percentile(lat, 99) / np.percentile(base, 99):.2f}")
     total = max(histogram.values()) if histogram else 0
     within = {le: n / total for le, n in sorted(histogram.items())} if total else {}
     print("worker's own evaluation-lag histogram (share published within): "
