@@ -69,6 +69,7 @@ from execution.exchange_filters import (
 log = structlog.get_logger("binance_broker")
 
 LISTEN_KEY_KEEPALIVE_MS = 30 * 60_000
+LISTEN_KEY_UNKNOWN = -1125  # "This listenKey does not exist." (expired: 60 min without a keepalive)
 
 
 class AmendRejected(Exception):
@@ -142,7 +143,8 @@ class BinanceBroker:
 
     def __init__(self, mode: str, rest: SignedRestClient, filters: dict[str, SymbolFilters], *,
                  stream: UserDataStream | None = None, exchange: str = "binance", settle_timeout_s: float = 2.0,
-                 probe_interval_s: float = 5.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 probe_interval_s: float = 5.0, stream_check_after_s: float = 10.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.mode = mode
         self.rest = rest
         self.filters = filters
@@ -159,6 +161,12 @@ class BinanceBroker:
         self._rest_down = False
         self._listen_key: str | None = None
         self._listen_key_at = 0
+        self._ws_base: str | None = None  # where a renewed listen key's stream is opened
+        self._renew_stream = False  # the listen key expired: open a new one at the next poll
+        self._next_renewal = 0.0  # monotonic time of the next attempt after a failed renewal
+        self._stream_down_since: float | None = None
+        self.stream_check_after_s = stream_check_after_s
+        self.stream_renewals = 0
         self.account_positions: dict[str, float] = {}  # from ACCOUNT_UPDATE
         self.foreign_events = 0  # stream events of orders this broker does not track
 
@@ -175,18 +183,28 @@ class BinanceBroker:
             rest.sync_time()
             filters = parse_exchange_info(rest.request("GET", "/fapi/v1/exchangeInfo"))
             broker = cls(mode, rest, filters, **kwargs)
-            broker._listen_key = rest.keyed("POST", "/fapi/v1/listenKey")["listenKey"]
-            broker._listen_key_at = rest.now_ms()
-            broker.stream = UserDataStream(f"{ws_url.rstrip('/')}/ws/{broker._listen_key}")
-            broker.stream.start(stream_timeout_s)
+            broker._ws_base = ws_url.rstrip("/")
+            broker._open_stream(stream_timeout_s)
         except BaseException:
             if broker is not None:
                 broker.close()
             else:
                 rest.close()
             raise
-        broker._stream_connections = broker.stream.connections
         return broker
+
+    def _open_stream(self, timeout_s: float = 5.0) -> None:
+        """A new listen key and its user-data stream (at start, and when the old key expired)."""
+        self._listen_key = self.rest.keyed("POST", "/fapi/v1/listenKey")["listenKey"]
+        self._listen_key_at = self.rest.now_ms()
+        self.stream = UserDataStream(f"{self._ws_base}/ws/{self._listen_key}")
+        try:
+            self.stream.start(timeout_s)
+        except ConnectionError:
+            self.stream.stop()  # no thread left retrying in the background
+            raise
+        self._stream_connections = self.stream.connections
+        self._stream_down_since = None
 
     def close(self) -> None:
         """Stop the user-data stream and drop the REST connection (idempotent)."""
@@ -252,15 +270,53 @@ class BinanceBroker:
                 log.warning("user-data stream reconnected: looking up open orders by client id", orders=len(missed))
             for tracked in missed:
                 tracked.unknown = True  # recovered just below
+        self._keep_stream_alive(now_ms)
         for tracked in [t for t in self._orders.values() if t.unknown]:
             self._recover(tracked, now_ms)
-        if self._listen_key and now_ms - self._listen_key_at >= LISTEN_KEY_KEEPALIVE_MS:
+        return self._take()
+
+    def _keep_stream_alive(self, now_ms: int) -> None:
+        """Extend the listen key every 30 min; replace it once it expired.
+
+        Binance drops a key after 60 min without a keepalive (an outage longer than that, a suspended
+        host) and says so with a ``listenKeyExpired`` event, or, if that was missed, with -1125 to the
+        keepalive. The stream thread cannot reconnect with a dead key, so a stream down for
+        ``stream_check_after_s`` triggers a keepalive at once instead of waiting out the 30 min. After
+        a renewal every open order is looked up by client id: its events may have been missed."""
+        if self._listen_key is None or self.stream is None:
+            return
+        if self.stream.connected.is_set():
+            self._stream_down_since = None
+        elif self._stream_down_since is None:
+            self._stream_down_since = self._monotonic()
+        stream_stuck = (self._stream_down_since is not None
+                        and self._monotonic() - self._stream_down_since >= self.stream_check_after_s)
+        if not self._renew_stream and (stream_stuck or now_ms - self._listen_key_at >= LISTEN_KEY_KEEPALIVE_MS):
             try:
                 self.rest.keyed("PUT", "/fapi/v1/listenKey")
                 self._listen_key_at = now_ms
+                if stream_stuck:
+                    self._stream_down_since = self._monotonic()  # the key is fine: check again later
             except BinanceApiError as exc:
                 self._note(exc)
-        return self._take()
+                self._renew_stream = exc.code == LISTEN_KEY_UNKNOWN
+        if not self._renew_stream or self._monotonic() < self._next_renewal:
+            return
+        log.warning("user-data listen key expired: opening a new one")
+        self.stream.stop()
+        try:
+            self._open_stream()
+        except (BinanceApiError, ConnectionError) as exc:
+            if isinstance(exc, BinanceApiError):
+                self._note(exc)
+            log.warning("user-data stream not renewed yet", error=type(exc).__name__)
+            self._next_renewal = self._monotonic() + self.probe_interval_s
+            return
+        self._renew_stream = False
+        self.stream_renewals += 1
+        for tracked in self._orders.values():
+            if not tracked.terminal:
+                tracked.unknown = True
 
     # ================================================================ beyond the protocol
     def resume(self, request: OrderRequest, now_ms: int) -> list[BrokerEvent]:
@@ -459,6 +515,9 @@ class BinanceBroker:
 
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("e")
+        if kind == "listenKeyExpired":
+            self._renew_stream = True
+            return
         if kind == "ACCOUNT_UPDATE":
             for p in event.get("a", {}).get("P", []):
                 self.account_positions[p["s"]] = float(p["pa"])

@@ -225,6 +225,28 @@ def test_restart_after_sending_finds_the_order_by_client_id(fake, connect):
     assert fake.control("state")["placements"] == {"rs-en": 1}
 
 
+@pytest.mark.parametrize("silent", [False, True], ids=["expiry-event", "silent-expiry"])
+def test_an_expired_listen_key_is_replaced_and_a_fill_missed_meanwhile_is_found(fake, connect, silent):
+    """A listen key dies after 60 min without a keepalive (a long outage, a suspended host). The broker
+    opens a new key and stream whether Binance said so (``listenKeyExpired``) or not (the stream stays
+    down and the keepalive answers -1125), and looks its open orders up by client id: a fill that
+    happened while no stream was open is reported, once."""
+    broker = connect(stream_check_after_s=0.3)
+    assert states(broker.submit(req("lk-1", qty=0.01, price=49990.0, post_only=True), now())) == ["NEW"]
+    assert fake.control("expire_listen_keys", {"silent": silent})["expired"] == 1
+    deadline = time.monotonic() + 5
+    while broker.stream.connected.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not broker.healthy  # no stream: entries are blocked until it is back
+    fake.market(price=49989.0, qty=1.0)  # fills while nobody listens
+    events = poll_until(broker, lambda ev: "FILLED" in states(ev), timeout=10.0)
+    fills = [e for e in events if isinstance(e, Execution)]
+    assert [f.qty for f in fills] == [pytest.approx(0.01)] and fills[0].liquidity == "maker"
+    assert broker.stream_renewals == 1 and broker.healthy
+    assert fake.control("state")["streams"] == 1  # the new key's stream is open
+    assert poll_until(broker, lambda ev: True) == [] and not broker.is_open("lk-1")  # reported once
+
+
 def test_clock_outside_recv_window_is_resynced_and_retried(fake, connect):
     broker = connect()
     broker.rest.time_offset_ms = -60_000

@@ -235,6 +235,8 @@ async def listen_key(request: web.Request) -> web.Response:
         key = secrets.token_hex(16)
         venue.listen_keys.add(key)
         return json_response({"listenKey": key})
+    if not venue.listen_keys:  # keepalive of an expired key, as Binance answers it
+        return json_response({"code": -1125, "msg": "This listenKey does not exist."}, 400)
     return json_response({})
 
 
@@ -303,6 +305,22 @@ async def control_orphan(request: web.Request) -> web.Response:
     return json_response(result)
 
 
+async def control_expire_listen_keys(request: web.Request) -> web.Response:
+    """Expire every listen key and close its streams, with Binance's ``listenKeyExpired`` event first
+    unless ``{"silent": true}`` (an expiry the client never hears about)."""
+    venue = request.app[VENUE_KEY]
+    body = await _json(request)
+    now = venue.state.now_ms()
+    for ws in list(venue.sockets):
+        if not body.get("silent"):
+            await ws.send_str(orjson.dumps({"e": "listenKeyExpired", "E": now}).decode())
+        await ws.close()
+    venue.sockets.clear()
+    expired = len(venue.listen_keys)
+    venue.listen_keys.clear()
+    return json_response({"expired": expired})
+
+
 async def control_config(request: web.Request) -> web.Response:
     engine = request.app[VENUE_KEY].engine
     body = await _json(request)
@@ -365,6 +383,7 @@ def add_order_routes(app: web.Application) -> OrderVenue:
     r.add_post("/_control/orders/faults", control_faults)
     r.add_post("/_control/orders/orphan", control_orphan)
     r.add_post("/_control/orders/config", control_config)
+    r.add_post("/_control/orders/expire_listen_keys", control_expire_listen_keys)
     r.add_get("/_control/orders/state", control_state)
     app.cleanup_ctx.append(_follow_replay)
     return venue
