@@ -133,7 +133,7 @@ class ExecutorService:
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.prefix = settings.topic_prefix
         self.metrics = ExecutorMetrics()
-        self.publisher = Publisher(bootstrap, serde, ProducerMetrics(self.metrics.registry), topic_prefix=self.prefix)
+        self.publisher = Publisher(bootstrap, serde, ProducerMetrics(self.metrics.registry, prefix="tapeflow_executor_publish"), topic_prefix=self.prefix)
         self.sink = KafkaSink(self.publisher, self.metrics, mode)
         self.executor: Executor | None = None
         self.status = "starting"

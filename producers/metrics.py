@@ -12,35 +12,38 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 
 class ProducerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """``prefix`` names the process publishing: the executor also publishes through ``Publisher`` and
+    registers these as ``tapeflow_executor_publish_*`` so they are not mistaken for a producer's."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "tapeflow_producer") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages_in = Counter("tapeflow_producer_messages_in_total", "Frames/rows received", ["stream"], registry=r)
-        self.messages_out = Counter("tapeflow_producer_messages_out_total", "Records delivered to Kafka", ["topic"],
+        self.messages_in = Counter(f"{prefix}_messages_in_total", "Frames/rows received", ["stream"], registry=r)
+        self.messages_out = Counter(f"{prefix}_messages_out_total", "Records delivered to Kafka", ["topic"],
                                     registry=r)
-        self.delivery_errors = Counter("tapeflow_producer_delivery_errors_total",
+        self.delivery_errors = Counter(f"{prefix}_delivery_errors_total",
                                        "Kafka delivery failures (each is retried)", ["topic"], registry=r)
-        self.gaps_detected = Counter("tapeflow_producer_gaps_detected_total", "aggTrade holes seen", ["symbol"],
+        self.gaps_detected = Counter(f"{prefix}_gaps_detected_total", "aggTrade holes seen", ["symbol"],
                                      registry=r)
-        self.gaps_filled = Counter("tapeflow_producer_gaps_filled_total", "aggTrade holes filled from REST",
+        self.gaps_filled = Counter(f"{prefix}_gaps_filled_total", "aggTrade holes filled from REST",
                                    ["symbol"], registry=r)
-        self.gaps_unfilled = Counter("tapeflow_producer_gaps_unfilled_total",
+        self.gaps_unfilled = Counter(f"{prefix}_gaps_unfilled_total",
                                      "aggTrade holes given up and published on md.gaps", ["symbol"], registry=r)
-        self.book_resyncs = Counter("tapeflow_producer_book_resyncs_total", "Order-book resynchronisations",
+        self.book_resyncs = Counter(f"{prefix}_book_resyncs_total", "Order-book resynchronisations",
                                     ["symbol", "reason"], registry=r)
-        self.reconnects = Counter("tapeflow_producer_reconnects_total", "Websocket reconnects", ["reason"],
+        self.reconnects = Counter(f"{prefix}_reconnects_total", "Websocket reconnects", ["reason"],
                                   registry=r)
-        self.dlq = Counter("tapeflow_producer_dlq_messages_total", "Frames sent to the dead-letter topic",
+        self.dlq = Counter(f"{prefix}_dlq_messages_total", "Frames sent to the dead-letter topic",
                            ["stream"], registry=r)
-        self.rest_backoffs = Counter("tapeflow_producer_rest_backoffs_total", "REST 429/418/5xx back-offs",
+        self.rest_backoffs = Counter(f"{prefix}_rest_backoffs_total", "REST 429/418/5xx back-offs",
                                      ["status"], registry=r)
-        self.last_event_age = Gauge("tapeflow_producer_last_event_age_seconds",
+        self.last_event_age = Gauge(f"{prefix}_last_event_age_seconds",
                                     "Seconds since the last event per exchange, symbol and stream (freshness)",
                                     ["exchange", "symbol", "stream"], registry=r)
-        self.clock_drift = Gauge("tapeflow_producer_clock_drift_seconds",
+        self.clock_drift = Gauge(f"{prefix}_clock_drift_seconds",
                                  "Local clock minus exchange server time", registry=r)
         self.produce_latency = Histogram(
-            "tapeflow_producer_produce_latency_seconds", "Receive-to-Kafka-acknowledgement latency",
+            f"{prefix}_produce_latency_seconds", "Receive-to-Kafka-acknowledgement latency",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
         self._last_event: dict[tuple[str, str, str], float] = {}
 

@@ -233,5 +233,15 @@ def test_kill_switch_blocks_entries_and_survives_a_restart(env, kafka_bootstrap)
     assert 'tapeflow_executor_risk_decisions_total{decision="block",reason="kill_switch"} 1.0' in metrics
     assert 'tapeflow_executor_orders_total{leg="entry",state="NEW"} 1.0' in metrics
     assert "tapeflow_executor_signal_to_order_seconds_count 1.0" in metrics
+    # what it published is counted as the executor's, not as a producer's (the stale-data alert reads
+    # those); acknowledged records are counted at the publisher's next poll
+    assert "tapeflow_producer_" not in metrics
+    deadline = time.monotonic() + 30
+    counted = f'tapeflow_executor_publish_messages_out_total{{topic="{settings.topic_prefix}orders"}}'
+    while counted not in metrics:
+        assert time.monotonic() < deadline, "published orders never counted"
+        time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ex.port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
     assert ex.close() == 0
     assert not [o for o in w.seen["orders"] if o["signal_id"] in (s2["signal_id"],)]
