@@ -80,7 +80,7 @@ log = structlog.get_logger("executor")
 ORDERS, FILLS, POSITIONS, RISK = "orders", "fills", "positions", "risk.events"
 RECONCILE_FLATTEN = "reconcile_flatten"
 # risk.events decision per reconciliation outcome (reason: `<finding kind>:<outcome>`)
-_OUTCOME_DECISION = {"adopted": "allow", "reported": "allow", "flatten_sent": "flatten", "cancelled": "flatten",
+_OUTCOME_DECISION = {"adopted": "allow", "adoption_ended": "allow", "reported": "allow", "flatten_sent": "flatten", "cancelled": "flatten",
                      "flatten_rejected": "block", "cancel_failed": "block"}
 
 

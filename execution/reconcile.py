@@ -5,7 +5,10 @@ process dies between sending and recording, when someone trades by hand, or when
 lost. On start and every 5 minutes (`Reconciler.due`) the two are compared and every difference is
 reported (`ReconcileReport.findings`, for risk.events and the log) and handled by policy:
 - `adopt`: leave it on the exchange and remember it (reported once as adopted, then known); an
-  adopted orphan order is followed by the broker so its fills are reported;
+  adopted orphan order is followed by the broker so its fills are reported. An adopted position is
+  remembered with its amount, so our own trades on the same symbol are compared on top of it (the
+  exchange nets both into one position). If someone changes or closes it, that is reported once and
+  the new amount is adopted (or the adoption ends);
 - `flatten`: cancel orphan orders and close orphan positions with a reduce-only MARKET order whose
   client id is derived from (symbol, amount, run time), so a retried run cannot double the close.
 Positions we hold that the exchange does not have (`missing_position`) and size differences are only
@@ -80,22 +83,26 @@ class ReconcileReport:
 
 def compare(exchange_positions: Mapping[str, float], exchange_orders: Iterable[Mapping[str, Any]],
             our_positions: Mapping[str, float], our_orders: Iterable[str],
-            known: Iterable[str] = (), in_flight: Iterable[str] = ()) -> list[Finding]:
-    """Differences between the exchange and us. Amounts are signed (long > 0); `known` = adopted keys
-    (`position:<symbol>` / `order:<client id>`) that are not reported again; positions of `in_flight`
-    symbols are not compared."""
+            known: Iterable[str] = (), in_flight: Iterable[str] = (),
+            adopted: Mapping[str, float] | None = None) -> list[Finding]:
+    """Differences between the exchange and us. Amounts are signed (long > 0); `known` = adopted orders
+    (`order:<client id>`) that are not reported again; `adopted` = adopted position amounts by symbol,
+    expected on the exchange on top of ours; positions of `in_flight` symbols are not compared."""
     known = set(known)
+    adopted = adopted or {}
     ours = set(our_orders)
     skip = set(in_flight)
     findings: list[Finding] = []
-    for symbol in sorted((set(exchange_positions) | set(our_positions)) - skip):
+    for symbol in sorted((set(exchange_positions) | set(our_positions) | set(adopted)) - skip):
         theirs, mine = exchange_positions.get(symbol, 0.0), our_positions.get(symbol, 0.0)
-        if abs(theirs - mine) <= QTY_EPS:
+        if abs(theirs - mine - adopted.get(symbol, 0.0)) <= QTY_EPS:
             continue
-        if abs(mine) <= QTY_EPS:
-            if f"position:{symbol}" not in known:
-                findings.append(Finding("orphan_position", symbol, f"exchange holds {theirs}, we hold nothing",
-                                        theirs, mine))
+        if symbol in adopted:
+            findings.append(Finding("size_mismatch", symbol, f"exchange {theirs} vs ours {mine} + adopted "
+                                    f"{adopted[symbol]}: the adopted position changed", theirs, mine))
+        elif abs(mine) <= QTY_EPS:
+            findings.append(Finding("orphan_position", symbol, f"exchange holds {theirs}, we hold nothing",
+                                    theirs, mine))
         elif abs(theirs) <= QTY_EPS:
             findings.append(Finding("missing_position", symbol, f"we hold {mine}, the exchange holds nothing",
                                     theirs, mine))
@@ -127,7 +134,8 @@ class Reconciler:
         self.interval_ms = interval_ms
         self.retry_ms = interval_ms if retry_ms is None else retry_ms
         self.exchange = exchange
-        self.known: set[str] = set()
+        self.known: set[str] = set()  # adopted orders: `order:<client id>`
+        self.adopted: dict[str, float] = {}  # adopted position amount by symbol (signed)
         self.last_run_ms: int | None = None
         self.last_failed = False
 
@@ -152,7 +160,7 @@ class Reconciler:
             return report
         self.last_failed = False
         submit = submit or self.broker.submit
-        for finding in compare(positions, orders, our_positions, our_orders, self.known, in_flight):
+        for finding in compare(positions, orders, our_positions, our_orders, self.known, in_flight, self.adopted):
             report.findings.append(self._apply(finding, orders, report, now_ms, submit))
         self.last_failed = not report.ok
         for f in report.findings:
@@ -176,9 +184,17 @@ class Reconciler:
             except BinanceApiError as exc:
                 return finding.with_action(f"cancel failed: {exc}")
             return finding.with_action("cancelled")
+        if finding.kind == "size_mismatch" and finding.symbol in self.adopted:
+            # changed or closed by whoever owns it: follow the exchange from now on
+            rest = finding.exchange_amount - finding.our_amount
+            if abs(rest) <= QTY_EPS:
+                del self.adopted[finding.symbol]
+                return finding.with_action("adoption ended")
+            self.adopted[finding.symbol] = rest
+            return finding.with_action("adopted")  # the new amount: exchange minus ours, in the detail
         if finding.kind == "orphan_position":
             if self.policy == "adopt":
-                self.known.add(f"position:{finding.symbol}")
+                self.adopted[finding.symbol] = finding.exchange_amount
                 return finding.with_action("adopted")
             amount = finding.exchange_amount
             cid = flatten_client_id(finding.symbol, amount, now_ms)

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from execution.binance_signing import ErrorKind, classify, sign, signed_query
 from execution.exchange_filters import FilterViolation, parse_exchange_info, plain
-from execution.reconcile import compare
+from execution.reconcile import Reconciler, compare
 
 DATA = Path(__file__).parent / "data" / "binance_futures_ws" / "session_config_and_rest.txt"
 
@@ -106,4 +106,40 @@ def test_compare_reports_every_kind_of_difference():
     kinds = {(f.kind, f.symbol) for f in findings}
     assert kinds == {("orphan_position", "BTCUSDT"), ("size_mismatch", "ETHUSDT"), ("missing_position", "XRPUSDT"),
                      ("orphan_order", "BTCUSDT")}
-    assert compare({"BTCUSDT": 0.5}, [], {}, [], known={"position:BTCUSDT"}) == []
+    assert compare({"BTCUSDT": 0.5}, [], {}, [], adopted={"BTCUSDT": 0.5}) == []
+
+
+def test_an_adopted_position_is_compared_under_our_own_trades_and_followed_when_it_changes():
+    """The exchange nets an adopted orphan and our own position on one symbol into one amount: no
+    mismatch is reported for it. When its owner changes or closes it, that is reported once and the
+    adoption follows (new amount, or ended)."""
+    class Exchange:
+        def __init__(self):
+            self.amounts = {"BTCUSDT": 0.5}
+
+        def positions(self):
+            return dict(self.amounts)
+
+        def open_orders(self):
+            return []
+
+        def submit(self, request, now_ms):
+            raise AssertionError(f"adopt sends nothing: {request}")
+
+    exchange = Exchange()
+    reconciler = Reconciler(exchange, policy="adopt")
+    [adopted] = reconciler.run({}, [], 1).findings
+    assert (adopted.kind, adopted.outcome) == ("orphan_position", "adopted")
+    exchange.amounts["BTCUSDT"] = 0.5 + 0.02  # our own long of 0.02 opened on top
+    assert reconciler.run({"BTCUSDT": 0.02}, [], 2).clean
+    assert reconciler.run({"BTCUSDT": 0.02}, [], 3).clean  # and not on later runs either
+    exchange.amounts["BTCUSDT"] = 0.2 + 0.02  # its owner sold 0.3 of it
+    [changed] = reconciler.run({"BTCUSDT": 0.02}, [], 4).findings
+    assert (changed.kind, changed.outcome) == ("size_mismatch", "adopted")
+    assert reconciler.adopted == {"BTCUSDT": pytest.approx(0.2)}
+    assert reconciler.run({"BTCUSDT": 0.02}, [], 5).clean
+    exchange.amounts["BTCUSDT"] = 0.02  # closed by its owner
+    [ended] = reconciler.run({"BTCUSDT": 0.02}, [], 6).findings
+    assert ended.outcome == "adoption_ended" and reconciler.adopted == {}
+    exchange.amounts["BTCUSDT"] = 0.0  # our position closed too
+    assert reconciler.run({}, [], 7).clean
