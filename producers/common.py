@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Coroutine, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -69,7 +70,7 @@ async def watch_replay(control_url: str, stop: asyncio.Event, busy: Callable[[],
             try:
                 async with session.get(url) as resp:
                     body = await resp.json()
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            except (TimeoutError, aiohttp.ClientError, ValueError):
                 continue
             if body.get("finished") and not busy():
                 await asyncio.sleep(0.5)  # frames already sent may still be in our socket buffer

@@ -10,7 +10,8 @@ dead-letter topic with their raw bytes and the reason.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, Producer

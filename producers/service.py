@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from producers.binance.producer import LIVE_REST, LIVE_WS, BinanceProducer, ProducerConfig
+from producers.binance.producer import (
+    LIVE_REST,
+    LIVE_WS,
+    BinanceProducer,
+    ProducerConfig,
+)
 from producers.metrics import ProducerMetrics
 from producers.publisher import Publisher
 from schemas.registry import registry_from_url

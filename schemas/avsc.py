@@ -10,7 +10,7 @@ readers; tapeflow's own code reads and writes plain ints.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ def avsc_stems() -> list[str]:
     return sorted(p.stem for p in AVRO_DIR.glob("*.avsc"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_text(stem: str) -> str:
     return avsc_path(stem).read_text(encoding="utf-8")
 

@@ -20,9 +20,10 @@ Keys are UTF-8 strings (not Avro); `symbol_key` builds the common one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 from schemas.errors import UnknownTopicError
 

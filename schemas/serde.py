@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
@@ -31,7 +32,11 @@ from fastavro.validation import ValidationError, validate
 
 from schemas.avsc import load_avsc, strip_logical_types
 from schemas.catalogue import topic as topic_spec
-from schemas.errors import IncompatibleSchemaError, SchemaValidationError, WireFormatError
+from schemas.errors import (
+    IncompatibleSchemaError,
+    SchemaValidationError,
+    WireFormatError,
+)
 from schemas.registry import SchemaRegistry
 
 MAGIC_BYTE = 0

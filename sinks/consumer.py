@@ -13,9 +13,9 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 import psycopg
 import structlog
@@ -106,7 +106,7 @@ class TopicSink:
 
     def maintain(self) -> None:
         """Partitions ahead (and plain-PostgreSQL retention): at start and hourly, never per flush."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         try:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                 created = ensure_partitions_ahead(conn, now)
@@ -292,4 +292,4 @@ class TopicSink:
 
 
 def _ms_to_dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

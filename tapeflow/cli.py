@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
-from typing import Optional
 
 import orjson
 import typer
@@ -64,7 +64,7 @@ def fail(msg: str, code: int = 1) -> typer.Exit:
 
 @app.callback()
 def main_options(
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", "-c", help="YAML settings file (same keys as the TAPEFLOW_* variables, lower case).",
         envvar="TAPEFLOW_CONFIG", show_envvar=True),
 ) -> None:
@@ -77,10 +77,10 @@ def main_options(
 @app.command()
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and return once healthy."),
-    source: Optional[str] = typer.Option(
+    source: str | None = typer.Option(
         None, "--source", help="Market data: `live` (Binance) or `replay:DIR` (a recording, offline). "
         "Default: TAPEFLOW_SOURCE or live."),
-    replay_speed: Optional[str] = typer.Option(None, "--replay-speed", help="With replay: 1, 10, ... or max."),
+    replay_speed: str | None = typer.Option(None, "--replay-speed", help="With replay: 1, 10, ... or max."),
 ) -> None:
     """Start the stack (broker, PostgreSQL, migrations, topics, producer) and supervise it."""
     from tapeflow.stack.supervisor import run_foreground, start_detached
@@ -134,7 +134,7 @@ def _fmt_uptime(seconds: float | None) -> str:
 
 @app.command()
 def logs(
-    component: Optional[str] = typer.Argument(None, help="supervisor, broker, database, ... (default: all)."),
+    component: str | None = typer.Argument(None, help="supervisor, broker, database, ... (default: all)."),
     lines: int = typer.Option(40, "--lines", "-n", min=0, help="How many trailing lines per log."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl-C to stop)."),
 ) -> None:
@@ -179,14 +179,14 @@ def version() -> None:
 @app.command()
 def produce(
     exchange: str = typer.Option("binance", "--exchange", help="binance (USD-M futures) or bybit (v5 linear)."),
-    bybit_ws_url: Optional[str] = typer.Option(
+    bybit_ws_url: str | None = typer.Option(
         None, "--bybit-ws-url", help="Bybit v5 public linear websocket URL (default: wss://stream.bybit.com/v5/public/linear)."),
     ws_url: str = typer.Option("wss://fstream.binance.com", "--ws-url", help="Binance USD-M websocket base URL."),
     rest_url: str = typer.Option("https://fapi.binance.com", "--rest-url", help="Binance USD-M REST base URL."),
     spot_url: str = typer.Option("https://api.binance.com", "--spot-url", help="Binance spot REST (divergence)."),
     coinbase_url: str = typer.Option("https://api.exchange.coinbase.com", "--coinbase-url",
                                      help="Coinbase REST (premium)."),
-    replay_control_url: Optional[str] = typer.Option(
+    replay_control_url: str | None = typer.Option(
         None, "--replay-control-url", help="Fake exchange control URL: stop cleanly when its replay ends."),
     symbols_from_recording: bool = typer.Option(
         False, "--symbols-from-recording", help="Use the symbols of the TAPEFLOW_SOURCE=replay:DIR recording."),
@@ -238,7 +238,7 @@ def backfill_binance_vision(
     symbol: str = typer.Option(..., "--symbol", help="Binance USD-M symbol, e.g. BTCUSDT."),
     from_day: str = typer.Option(..., "--from", help="First day (YYYY-MM-DD, UTC)."),
     to_day: str = typer.Option(..., "--to", help="Last day, included (YYYY-MM-DD, UTC)."),
-    directory: Optional[Path] = typer.Option(
+    directory: Path | None = typer.Option(
         None, "--dir", help="Read <SYMBOL>-aggTrades-<day>.zip|.csv from here instead of downloading."),
     topic: str = typer.Option("md.trades", "--topic", help="Target topic (md.trades or a replay topic name)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
@@ -264,7 +264,7 @@ def backfill_binance_vision(
 # --- engine -------------------------------------------------------------------------------------
 @app.command()
 def engine(
-    strategy: Optional[list[Path]] = typer.Option(
+    strategy: list[Path] | None = typer.Option(
         None, "--strategy", help="Strategy file (YAML/JSON), repeatable (A/B). Default: the shipped ones."),
     exactly_once: bool = typer.Option(False, "--exactly-once", help="Faust exactly_once processing (real Kafka)."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
@@ -280,7 +280,7 @@ def engine(
         help="Hold evaluation this long in event time so inputs from other topics that arrive a little "
              "out of order are not late (a replay faster than real time compresses event time: `up` uses "
              "250 ms x speed)."),
-    signal_max_age_s: Optional[float] = typer.Option(
+    signal_max_age_s: float | None = typer.Option(
         None, "--signal-max-age-s", min=0.0,
         help="Keep signals evaluated more than this long ago (wall clock) off `signals`; features are still "
              "written. Default: 60 s for a live source, unlimited for replay:DIR."),
@@ -290,7 +290,9 @@ def engine(
     Start it more than once to share the partitions between workers (same settings, same group)."""
     import asyncio
 
-    from stream_apps.faust_app.worker import configure_logging as configure_engine_logging
+    from stream_apps.faust_app.worker import (
+        configure_logging as configure_engine_logging,
+    )
     from stream_apps.service import run_engine
 
     settings = state.settings()
@@ -314,7 +316,7 @@ def engine(
 def execute(
     mode: str = typer.Option("paper", "--mode", help="paper (default), testnet or live. Live needs "
                              "TAPEFLOW_LIVE_TRADING=I_UNDERSTAND and Binance keys in the environment."),
-    config: Optional[Path] = typer.Option(None, "--executor-config",
+    config: Path | None = typer.Option(None, "--executor-config",
                                           help="Executor settings (YAML/JSON): balance, risk %, fees, risk guard."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
@@ -337,7 +339,7 @@ def execute(
 def kill_switch(
     state_: str = typer.Argument(..., metavar="on|off", help="on: cancel open orders and block entries; off: resume."),
     flatten: bool = typer.Option(False, "--flatten", help="With on: also close open positions at market."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="Only this mode (paper, testnet, live); default all."),
+    mode: str | None = typer.Option(None, "--mode", help="Only this mode (paper, testnet, live); default all."),
 ) -> None:
     """Block (or unblock) new entries for the executors; the decision is published on risk.events."""
     from execution.kill_switch import MODES, run_kill_switch
@@ -366,7 +368,7 @@ def _bootstrap() -> str:
 def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Topics on the broker with partitions and record counts; catalogue topics are marked."""
     from schemas.catalogue import all_topics
-    from tapeflow.kafka_client import describe_topics, admin_client
+    from tapeflow.kafka_client import admin_client, describe_topics
 
     settings = state.settings()
     bootstrap = _bootstrap()
@@ -443,10 +445,10 @@ def topics_create() -> None:
 def topics_tail(
     topic: str = typer.Argument(..., help="Topic to read (catalogue name; the prefix is applied)."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
-    max_records: Optional[int] = typer.Option(None, "--max", min=1, help="Stop after N records."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
+    max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after N records."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.1,
                                             help="Stop after S seconds without a new record."),
-    symbol: Optional[str] = typer.Option(None, "--symbol", help="Only records for this symbol."),
+    symbol: str | None = typer.Option(None, "--symbol", help="Only records for this symbol."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """Print decoded records of a topic (kcat-like, schema-aware)."""
@@ -490,7 +492,7 @@ def db_audit(
 
     Exit code 0 when the range is clean, 1 when it found problems (gaps, duplicates, ...).
     """
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import psycopg
 
@@ -502,7 +504,7 @@ def db_audit(
             t = datetime.fromisoformat(text)
         except ValueError:
             raise fail(f"{flag} {text!r} is not an ISO date/time (e.g. 2024-01-01 or 2024-01-01T12:00)", 2)
-        return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
     start, end = parse(from_time, "--from"), parse(to_time, "--to")
     if end <= start:
@@ -519,7 +521,7 @@ def db_audit(
 
 @app.command()
 def sink(
-    topics: Optional[str] = typer.Option(None, "--topics", help="Comma-separated catalogue topics (default: all)."),
+    topics: str | None = typer.Option(None, "--topics", help="Comma-separated catalogue topics (default: all)."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
 ) -> None:

@@ -13,7 +13,12 @@ import psycopg
 
 from tapeflow.paths import StackPaths
 from tapeflow.settings import Settings
-from tapeflow.stack.postgres import READONLY_ROLE, SUPERUSER, WRITER_ROLE, read_or_create_secret
+from tapeflow.stack.postgres import (
+    READONLY_ROLE,
+    SUPERUSER,
+    WRITER_ROLE,
+    read_or_create_secret,
+)
 from tapeflow.stack.process import ProcessRecord, StackError
 
 

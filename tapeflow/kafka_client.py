@@ -7,8 +7,8 @@ rebalance timeout; on a dev broker the defaults turn each join into a 20-30 s pa
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic

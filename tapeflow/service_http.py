@@ -6,7 +6,7 @@ the same way. `/health` answers 200 when the component says it is healthy and 50
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    TopicPartition,
+)
 
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import threading
 import zipfile
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -20,7 +20,7 @@ HEADER = "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time
 
 
 def day_start_ms(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
 
 def _fields(agg_id: int, day: date) -> tuple[int, int, int, int, int, bool]:

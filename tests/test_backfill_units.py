@@ -13,7 +13,14 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from test_backfill_support import HEADER, ArchiveServer, csv_row, expected_record, stem, write_zip
+from test_backfill_support import (
+    HEADER,
+    ArchiveServer,
+    csv_row,
+    expected_record,
+    stem,
+    write_zip,
+)
 
 from producers.backfill import BackfillError, ChecksumMismatchError, run_backfill
 from producers.backfill.agg_trades_csv import AggTradeCsvReader, BadRow, open_archive

@@ -5,7 +5,12 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from producers.binance.book_sync import DepthDiff, DepthSnapshot, OrderBookSync, order_book_imbalance
+from producers.binance.book_sync import (
+    DepthDiff,
+    DepthSnapshot,
+    OrderBookSync,
+    order_book_imbalance,
+)
 from producers.binance.parse import parse_depth_diff, parse_depth_snapshot
 from producers.fake_exchange.recording import load_recording
 

@@ -12,7 +12,6 @@ import json
 
 import pytest
 
-
 from producers.binance.producer import BinanceProducer, ProducerConfig
 from producers.fake_exchange.config import FakeExchangeConfig
 from producers.fake_exchange.exchange import serve

@@ -15,7 +15,11 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from producers.fake_exchange.bybit import BybitSyntheticSpec, generate_bybit_session, serve_bybit
+from producers.fake_exchange.bybit import (
+    BybitSyntheticSpec,
+    generate_bybit_session,
+    serve_bybit,
+)
 
 pytestmark = pytest.mark.timeout(30)
 BOOK = "orderbook.50.BTCUSDT"

@@ -17,7 +17,11 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from producers.bybit.producer import BybitProducer, BybitProducerConfig
-from producers.fake_exchange.bybit import BybitSyntheticSpec, generate_bybit_session, serve_bybit
+from producers.fake_exchange.bybit import (
+    BybitSyntheticSpec,
+    generate_bybit_session,
+    serve_bybit,
+)
 from producers.metrics import ProducerMetrics
 from producers.publisher import Publisher
 from schemas.registry import FileSchemaRegistry

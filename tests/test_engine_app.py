@@ -31,7 +31,12 @@ from schemas.serde import AvroSerde
 from stream_apps.core.engine import Engine, EngineParams
 from stream_apps.core.strategy import load_strategy
 from stream_apps.faust_app.config import EngineAppConfig
-from stream_apps.faust_app.session import SessionProducer, engine_inputs, read_topic, synthetic_session
+from stream_apps.faust_app.session import (
+    SessionProducer,
+    engine_inputs,
+    read_topic,
+    synthetic_session,
+)
 from stream_apps.faust_app.worker import ensure_engine_topics
 from tapeflow.kafka_client import consumer_config
 

@@ -21,7 +21,12 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from producers.fake_exchange import FakeExchange, FakeExchangeConfig, generate_session, serve
+from producers.fake_exchange import (
+    FakeExchange,
+    FakeExchangeConfig,
+    generate_session,
+    serve,
+)
 
 DATA = Path("/work/shared/data/binance_futures_ws")
 REPO = Path(__file__).resolve().parents[1]

@@ -21,8 +21,16 @@ from producers.fake_exchange.agg_trades import AggTradeIndex
 from producers.fake_exchange.cli import config_from_args
 from producers.fake_exchange.config import FakeExchangeConfig
 from producers.fake_exchange.depth_book import build_timelines
-from producers.fake_exchange.faults import FaultSettings, FaultState, parse_fault_assignments
-from producers.fake_exchange.generated_bodies import long_short_ratio, open_interest_hist, period_stamps
+from producers.fake_exchange.faults import (
+    FaultSettings,
+    FaultState,
+    parse_fault_assignments,
+)
+from producers.fake_exchange.generated_bodies import (
+    long_short_ratio,
+    open_interest_hist,
+    period_stamps,
+)
 from producers.fake_exchange.recording import RecordingError, parse_ws_lines
 from producers.fake_exchange.replay import ReplayEngine, due_offsets
 from producers.fake_exchange.state import ExchangeState

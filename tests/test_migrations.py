@@ -5,7 +5,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from sinks.migrate import MigrationError, load_migrations, migrate, pending_migrations, set_role_passwords
+from sinks.migrate import (
+    MigrationError,
+    load_migrations,
+    migrate,
+    pending_migrations,
+    set_role_passwords,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -4,9 +4,7 @@ errors, and schema evolution on read."""
 
 from __future__ import annotations
 
-import copy
 import io
-import json
 import struct
 
 import pytest

@@ -6,8 +6,8 @@ Binance's archives are cut per UTC day, so a day is the unit of download, checkp
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import date, timedelta
-from typing import Iterator
 
 from producers.backfill.errors import BackfillError
 

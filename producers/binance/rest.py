@@ -73,7 +73,7 @@ class RestClient:
                     if 400 <= resp.status < 500:
                         raise RestRejected(f"{url} {params or ''}: {last_error}")
                     self.metrics.rest_backoffs.labels(str(resp.status)).inc()
-            except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+            except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             attempt += 1
             delay = min(self.max_backoff_s, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)

@@ -16,8 +16,8 @@ import asyncio
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import orjson
 import structlog
@@ -123,7 +123,7 @@ class CombinedStream:
                     received = int(time.time() * 1000)
                     first_frame.set()
                     self._dispatch(raw, received)
-        except (OSError, socket.gaierror, InvalidHandshake, InvalidURI, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, socket.gaierror, InvalidHandshake, InvalidURI) as exc:
             if not first_frame.is_set():
                 self._report_offline(exc)
             raise
@@ -197,6 +197,6 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
 

@@ -20,7 +20,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from producers.binance.book_sync import DepthDiff, DepthSnapshot, OrderBookSync, SyncResult, SyncState
+from producers.binance.book_sync import (
+    DepthDiff,
+    DepthSnapshot,
+    OrderBookSync,
+    SyncResult,
+    SyncState,
+)
 
 
 class BybitBookSync(OrderBookSync):

@@ -30,7 +30,13 @@ from .faults import FaultSettings
 from .orders import add_order_routes
 from .recording import Recording
 from .replay import ReplayEngine
-from .rest_api import STATE_KEY, WEIGHT_LIMIT_KEY, WEIGHTS_KEY, add_market_routes, exchange_middleware
+from .rest_api import (
+    STATE_KEY,
+    WEIGHT_LIMIT_KEY,
+    WEIGHTS_KEY,
+    add_market_routes,
+    exchange_middleware,
+)
 from .state import ExchangeState
 from .weights import MinuteWeightCounter
 from .ws_server import StreamServerHandlers, cancel_background, drop_connections

@@ -27,7 +27,12 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from .depth_book import BookSnapshot
-from .stream_names import infer_stream, normalise_stream, streams_from_url, symbol_of_stream
+from .stream_names import (
+    infer_stream,
+    normalise_stream,
+    streams_from_url,
+    symbol_of_stream,
+)
 
 _FRAME_LINE = re.compile(r"^(\d+(?:\.\d+)?): (.*)$", re.DOTALL)
 _ENVELOPE_PREFIX = '{"stream":"'

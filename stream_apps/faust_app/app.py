@@ -203,7 +203,7 @@ class EngineWorker:
                 async with self._lock:
                     if consumer.flow_active:
                         await self._apply(self.processor.tick(self._caught_up))
-            except Exception as exc:  # noqa: BLE001 - surfaced through /health and the log
+            except Exception as exc:
                 log.exception("engine tick failed")
                 self.crashed = exc
                 await self.app.crash(exc)

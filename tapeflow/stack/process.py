@@ -40,7 +40,7 @@ class ProcessRecord:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "ProcessRecord | None":
+    def load(cls, path: Path) -> ProcessRecord | None:
         try:
             return cls(**json.loads(path.read_text()))
         except FileNotFoundError:

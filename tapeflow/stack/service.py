@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import signal
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from tapeflow.paths import StackPaths

@@ -6,12 +6,17 @@ Both are idempotent, so they run on every `up` (and again after the service they
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import psycopg
 
 from schemas.catalogue import all_topics
-from sinks.migrate import MigrationError, migrate, pending_migrations, set_role_passwords
+from sinks.migrate import (
+    MigrationError,
+    migrate,
+    pending_migrations,
+    set_role_passwords,
+)
 from tapeflow.endpoints import embedded_endpoints
 from tapeflow.kafka_client import admin_client, ensure_topics
 from tapeflow.paths import StackPaths
