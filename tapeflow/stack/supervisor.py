@@ -285,6 +285,14 @@ def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
                                f"pid {rec.pid} is not running (stale pid file)")
     url = rec.extra.get("health_url")
     code, body = http_json(url) if url else (0, {"error": "no health endpoint"})
+    if code != 200 and rec.extra.get("finite") and path is not None:
+        # a finite service (the producer of a replay) closes its endpoint first when it ends: give
+        # it the time to exit, then report what the supervisor records (finished, or a crash)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and rec.is_alive():
+            time.sleep(0.1)
+        if not rec.is_alive():
+            return _app_status(rec, now, path)
     detail = body.get("detail") or body.get("status") or body.get("error") or f"HTTP {code}"
     if "finished" in body:  # the fake exchange's replay status
         detail = "replay finished" if body["finished"] else "replaying"
