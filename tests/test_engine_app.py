@@ -351,7 +351,9 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     ``Engine.process``; unit test ``test_an_input_arriving_first_does_not_seal_the_seconds_before_it``).
     A forced release (a partition that delivered nothing for ``max_hold_s`` releases everything
     held) is the lossy escape hatch for a stuck partition and exact parity cannot survive one, so
-    the hold here is 60 s and none may happen."""
+    the hold here is 60 s and none may happen. The feed pauses at minute 7 until `two` has started:
+    on a loaded machine `two` once took 23 s to start, the whole session had been fed and processed
+    by then, and `two` had nothing left to restore."""
     lateness = 120_000
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness,
                          max_hold_s=60.0)
@@ -362,14 +364,20 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     want = reference(session, strategy_files, lateness)
     producer = SessionProducer(kafka_bootstrap, serde, topic_prefix, **{"batch.num.messages": 200})
     done = threading.Event()
+    pause_at = session[0].time_ms + 7 * MIN
+    resume = threading.Event()
 
-    def produce_paced():  # 30 s of event time per 0.5 s of wall time
+    def produce_paced():  # 30 s of event time per 0.5 s of wall time; waits at `pause_at` for `resume`
         start = session[0].time_ms
         chunk: list = []
+        paused = False
         for record in session:
-            if record.time_ms >= start + 30_000:
+            if record.time_ms >= start + 30_000 or (not paused and record.time_ms >= pause_at):
                 producer.produce_all(chunk)
                 chunk, start = [], record.time_ms
+                if not paused and record.time_ms >= pause_at:
+                    paused = True
+                    resume.wait(180)
                 time.sleep(0.5)
             chunk.append(record)
         producer.produce_all(chunk)
@@ -386,6 +394,7 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     two = Worker(config.model_copy(update={"datadir": tmp_path / "faust-two"}), tmp_path, "two")
     workers.append(two)
     two.wait_ready()
+    resume.set()  # `two` joins while input flows
 
     def owned(worker):
         detail = json.loads(worker.get("/health")[1])["detail"]

@@ -164,6 +164,8 @@ class EngineProcessor:
                           >= self.max_hold_s for name in blocking)
             if now - owned.holding_since >= self.max_hold_s and stalled:
                 self.metrics.forced_releases.inc()
+                log.warning("forced release of %s (partition %d): %d inputs held %.0f s behind %s", key,
+                            owned.partition, self.aligner.held(key), now - owned.holding_since, blocking)
                 self._release(key, caught_up, effects, force=True)
         self._snapshot_due(effects, force=False)
         self.metrics.held.set(sum(self.aligner.held(k) for k in self.owned))
