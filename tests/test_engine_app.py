@@ -353,7 +353,8 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     held) is the lossy escape hatch for a stuck partition and exact parity cannot survive one, so
     the hold here is 60 s and none may happen. The feed pauses at minute 7 until `two` has started:
     on a loaded machine `two` once took 23 s to start, the whole session had been fed and processed
-    by then, and `two` had nothing left to restore."""
+    by then, and `two` had nothing left to restore. `one` is killed once it has evaluated something
+    after the hand-over, so `two` really has unsaved work of `one`'s to redo."""
     lateness = 120_000
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness,
                          max_hold_s=60.0)
@@ -405,8 +406,15 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
         time.sleep(0.5)
     split = (owned(one), owned(two))
     assert split[0] and split[1] and not set(split[0]) & set(split[1]), split
+    # kill `one` only once it has evaluated (and not saved) something since the hand-over: on a
+    # loaded machine a fixed 2 s once passed with nothing done, and there was nothing to redo
+    evaluated = one.metric("tapeflow_engine_evaluations_total")
+    deadline = time.monotonic() + 60
+    while one.metric("tapeflow_engine_evaluations_total") <= evaluated:
+        assert time.monotonic() < deadline, f"`one` (partitions {owned(one)}) evaluated nothing after the hand-over"
+        time.sleep(0.2)
+    time.sleep(1.0)  # let its producer send those outputs
     before_kill = len(distinct("features", read_topic(kafka_bootstrap, topic_prefix + "features", serde, idle_s=0.5)))
-    time.sleep(2.0)
     one.kill()
     feeder.join(120)
     assert done.is_set()
