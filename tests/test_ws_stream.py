@@ -17,7 +17,8 @@ async def test_rotation_overlaps_connections_so_no_frame_is_lost():
     seen: list[int] = []
     reconnects: list[str] = []
     stop = asyncio.Event()
-    cfg = StreamConfig(fake.ws_url, ["btcusdt@aggTrade"], max_age_s=0.7)
+    # 0.4 s: about 5 rotations in the 3 s session (0.7 s once gave only 1 on a loaded machine)
+    cfg = StreamConfig(fake.ws_url, ["btcusdt@aggTrade"], max_age_s=0.4)
     stream = CombinedStream(cfg, lambda s, d, r, raw: seen.append(d["a"]), lambda raw, why: None,
                             lambda state, detail: None, reconnects.append)
     task = asyncio.create_task(stream.run(stop))
