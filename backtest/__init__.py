@@ -1,0 +1,1 @@
+"""Backtests: history through the same engine core and execution model as the live pipeline."""
