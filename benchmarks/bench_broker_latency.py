@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks.embedded_broker import broker
 from stream_apps.faust_app.config import EngineAppConfig
-from tapeflow.kafka_client import consumer_config, producer_config
+from tapeflow_runtime.kafka_client import consumer_config, producer_config
 
 
 def publish(bootstrap: str, topic: str, rate: float, seconds: float, size: int, partitions: int) -> None:

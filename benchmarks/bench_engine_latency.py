@@ -51,7 +51,7 @@ from stream_apps.core.events import obi_from_levels
 from stream_apps.faust_app.config import EngineAppConfig
 from stream_apps.faust_app.session import SessionProducer, SessionRecord
 from stream_apps.faust_app.worker import ensure_engine_topics
-from tapeflow.kafka_client import consumer_config
+from tapeflow_runtime.kafka_client import consumer_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -32,11 +32,15 @@ from execution.paper_broker import PaperBroker
 from execution.service import ExecuteOptions, run_executor
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import consumer_config, ensure_topics, producer_config
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.supervisor import Supervisor
+from tapeflow_runtime.kafka_client import (
+    consumer_config,
+    ensure_topics,
+    producer_config,
+)
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
 
 SERDE = AvroSerde(FileSchemaRegistry())
 KEY = b"binance:BTCUSDT"

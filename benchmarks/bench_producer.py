@@ -18,14 +18,14 @@ import orjson
 from producers.binance.parse import parse_agg_trade
 from producers.binance.trade_sequencer import AggTradeSequencer
 from producers.metrics import ProducerMetrics
-from producers.publisher import Publisher
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import ensure_topics
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.supervisor import Supervisor
+from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.publisher import Publisher
+from tapeflow_runtime.settings import Settings
 
 
 def frames(n: int) -> list[bytes]:

@@ -23,12 +23,12 @@ from schemas.serde import AvroSerde
 from sinks.consumer import SinkConfig, TopicSink
 from sinks.migrate import migrate
 from sinks.tables import TRADES, write_rows
-from tapeflow.kafka_client import ensure_topics, producer_config
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.supervisor import Supervisor
+from tapeflow_runtime.kafka_client import ensure_topics, producer_config
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
 
 T0 = 1_704_067_200_000
 

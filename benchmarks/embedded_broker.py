@@ -17,10 +17,10 @@ def broker(bootstrap: str | None, home: Path) -> Iterator[str]:
     if bootstrap:
         yield bootstrap
         return
-    from tapeflow.paths import StackPaths
-    from tapeflow.settings import Settings
     from tapeflow.stack.broker import TansuBroker
     from tapeflow.stack.supervisor import Supervisor
+    from tapeflow_runtime.paths import StackPaths
+    from tapeflow_runtime.settings import Settings
 
     paths = StackPaths(home)
     paths.ensure()

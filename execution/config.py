@@ -20,9 +20,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stream_apps.core.exits import MAKER_FEE, TAKER_FEE
+from tapeflow_runtime.errors import TapeflowError
 
 
-class ExecutorConfigError(ValueError):
+class ExecutorConfigError(TapeflowError, ValueError):
     """An executor config file that cannot be used (message names the field)."""
 
 

@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, Producer
 from execution.domain import MODES
 from execution.risk_guard import KILL_SWITCH, risk_key
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import producer_config
+from tapeflow_runtime.kafka_client import producer_config
 
 log = structlog.get_logger("kill_switch")
 
@@ -66,10 +66,10 @@ def run_kill_switch(settings, on: bool, *, flatten: bool = False, modes: Iterabl
     """Entry point of `tapeflow kill-switch`; returns the exit code (0 delivered, 1 not, 2 bad use)."""
     from schemas.catalogue import topic as topic_spec
     from schemas.registry import registry_from_url
-    from tapeflow.endpoints import resolve_broker
-    from tapeflow.kafka_client import ensure_topics
-    from tapeflow.paths import StackPaths
-    from tapeflow.stack.process import StackError
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.kafka_client import ensure_topics
+    from tapeflow_runtime.paths import StackPaths
 
     modes = list(modes)
     try:
@@ -83,7 +83,7 @@ def run_kill_switch(settings, on: bool, *, flatten: bool = False, modes: Iterabl
         records = publish_kill_switch(bootstrap, settings.topic_prefix,
                                       AvroSerde(registry_from_url(settings.schema_registry_url)), on,
                                       modes=modes, flatten=flatten)
-    except (StackError, KillSwitchNotDelivered) as exc:
+    except (TapeflowError, KillSwitchNotDelivered) as exc:
         log.error("kill switch NOT set", error=str(exc))
         return 1
     for rec in records:

@@ -26,7 +26,7 @@ from execution.broker import Broker
 from execution.config import DEFAULT_ENDPOINTS, ExecutorConfig
 from execution.domain import MODES
 from execution.paper_broker import PaperBroker
-from tapeflow.settings import Settings
+from tapeflow_runtime.settings import Settings
 
 LIVE_OPT_IN_ENV = "TAPEFLOW_LIVE_TRADING"
 LIVE_OPT_IN_VALUE = "I_UNDERSTAND"

@@ -61,15 +61,14 @@ from execution.safety import (
     startup_echo,
 )
 from execution.state_reader import StateReadError, read_to_end
-from producers.metrics import ProducerMetrics
-from producers.publisher import Publisher
 from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import consumer_config, ensure_topics
-from tapeflow.service_http import build_app, serve
-from tapeflow.settings import Settings
+from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.publisher import Publisher, PublishMetrics
+from tapeflow_runtime.service_http import build_app, serve
+from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("executor")
 
@@ -133,7 +132,7 @@ class ExecutorService:
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.prefix = settings.topic_prefix
         self.metrics = ExecutorMetrics()
-        self.publisher = Publisher(bootstrap, serde, ProducerMetrics(self.metrics.registry, prefix="tapeflow_executor_publish"), topic_prefix=self.prefix)
+        self.publisher = Publisher(bootstrap, serde, PublishMetrics(self.metrics.registry, prefix="tapeflow_executor_publish"), topic_prefix=self.prefix)
         self.sink = KafkaSink(self.publisher, self.metrics, mode)
         self.executor: Executor | None = None
         self.status = "starting"
@@ -333,15 +332,15 @@ async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | 
 
 async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, options: ExecuteOptions,
                        exchange: Any) -> int:
-    from tapeflow.endpoints import resolve_broker
-    from tapeflow.paths import StackPaths
-    from tapeflow.stack.process import StackError
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
 
     try:
         bootstrap = resolve_broker(settings, StackPaths(settings.home))
         ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec(n) for n in INPUTS + OUTPUTS]
                       + [topic_spec(dlq_topic(n)) for n in ("signals", "md.trades")])
-    except (StackError, KafkaException) as exc:
+    except (TapeflowError, KafkaException) as exc:
         log.error("no Kafka", error=str(exc))
         return 2
     service = ExecutorService(settings, mode, config, bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)),

@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import consumer_config
+from tapeflow_runtime.kafka_client import consumer_config
 
 
 class StateReadError(RuntimeError):

@@ -12,23 +12,19 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     start_http_server,
 )
 
+from tapeflow_runtime.publisher import PublishMetrics
 
-class ProducerMetrics:
-    """``prefix`` names the process publishing: the executor also publishes through ``Publisher`` and
-    registers these as ``tapeflow_executor_publish_*`` so they are not mistaken for a producer's."""
+
+class ProducerMetrics(PublishMetrics):
+    """The publisher's delivery metrics plus what only a market-data producer measures."""
 
     def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "tapeflow_producer") -> None:
-        self.registry = registry or CollectorRegistry()
+        super().__init__(registry, prefix)
         r = self.registry
         self.messages_in = Counter(f"{prefix}_messages_in_total", "Frames/rows received", ["stream"], registry=r)
-        self.messages_out = Counter(f"{prefix}_messages_out_total", "Records delivered to Kafka", ["topic"],
-                                    registry=r)
-        self.delivery_errors = Counter(f"{prefix}_delivery_errors_total",
-                                       "Kafka delivery failures (each is retried)", ["topic"], registry=r)
         self.gaps_detected = Counter(f"{prefix}_gaps_detected_total", "aggTrade holes seen", ["symbol"],
                                      registry=r)
         self.gaps_filled = Counter(f"{prefix}_gaps_filled_total", "aggTrade holes filled from REST",
@@ -39,8 +35,6 @@ class ProducerMetrics:
                                     ["symbol", "reason"], registry=r)
         self.reconnects = Counter(f"{prefix}_reconnects_total", "Websocket reconnects", ["reason"],
                                   registry=r)
-        self.dlq = Counter(f"{prefix}_dlq_messages_total", "Frames sent to the dead-letter topic",
-                           ["stream"], registry=r)
         self.rest_backoffs = Counter(f"{prefix}_rest_backoffs_total", "REST 429/418/5xx back-offs",
                                      ["status"], registry=r)
         self.last_event_age = Gauge(f"{prefix}_last_event_age_seconds",
@@ -48,9 +42,6 @@ class ProducerMetrics:
                                     ["exchange", "symbol", "stream"], registry=r)
         self.clock_drift = Gauge(f"{prefix}_clock_drift_seconds",
                                  "Local clock minus exchange server time", registry=r)
-        self.produce_latency = Histogram(
-            f"{prefix}_produce_latency_seconds", "Receive-to-Kafka-acknowledgement latency",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
         self._last_event: dict[tuple[str, str, str], float] = {}
 
     def saw_event(self, stream: str, exchange: str = "", symbol: str = "") -> None:

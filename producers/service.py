@@ -18,13 +18,13 @@ from producers.binance.producer import (
     ProducerConfig,
 )
 from producers.metrics import ProducerMetrics
-from producers.publisher import Publisher
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from tapeflow.endpoints import resolve_broker
-from tapeflow.paths import StackPaths
-from tapeflow.service_http import build_app, serve
-from tapeflow.settings import Settings
+from tapeflow_runtime.endpoints import resolve_broker
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.publisher import Publisher
+from tapeflow_runtime.service_http import build_app, serve
+from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("producer")
 

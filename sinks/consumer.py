@@ -33,7 +33,7 @@ from sinks.partitions import (
     period_start,
 )
 from sinks.tables import PIPELINE_ERRORS, TableSpec, table_for_topic, write_rows
-from tapeflow.kafka_client import consumer_config, producer_config
+from tapeflow_runtime.kafka_client import consumer_config, producer_config
 
 log = structlog.get_logger("sink")
 

@@ -17,13 +17,15 @@ from importlib import resources
 
 import psycopg
 
+from tapeflow_runtime.errors import TapeflowError
+
 MIGRATIONS_PACKAGE = "sinks"
 MIGRATIONS_DIR = "migrations"
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+?)(\.timescale)?\.sql$")
 _LOCK_KEY = 0x7A9EF10
 
 
-class MigrationError(Exception):
+class MigrationError(TapeflowError):
     """A migration could not be applied or the recorded history disagrees with the files."""
 
 

@@ -18,10 +18,10 @@ from schemas.serde import AvroSerde
 from sinks.consumer import SinkConfig, TopicSink
 from sinks.metrics import SinkMetrics
 from sinks.tables import sinkable_topics
-from tapeflow.endpoints import resolve_broker, resolve_database
-from tapeflow.paths import StackPaths
-from tapeflow.service_http import build_app, serve
-from tapeflow.settings import Settings
+from tapeflow_runtime.endpoints import resolve_broker, resolve_database
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.service_http import build_app, serve
+from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("sink")
 

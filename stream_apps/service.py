@@ -28,9 +28,9 @@ from stream_apps.faust_app.worker import (
     quiet_library_loggers,
     run_worker,
 )
-from tapeflow.endpoints import resolve_broker
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
+from tapeflow_runtime.endpoints import resolve_broker
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("engine")
 

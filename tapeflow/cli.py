@@ -15,9 +15,9 @@ import orjson
 import typer
 
 from tapeflow import __version__
-from tapeflow.paths import StackPaths
-from tapeflow.settings import ConfigError, Settings, load_settings
-from tapeflow.stack.process import StackError
+from tapeflow_runtime.errors import TapeflowError
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import ConfigError, Settings, load_settings
 
 app = typer.Typer(
     name="tapeflow",
@@ -198,7 +198,7 @@ def produce(
     import asyncio
 
     from producers.service import ProduceOptions, run_producer
-    from tapeflow.logs import configure_logging
+    from tapeflow_runtime.logs import configure_logging
 
     settings = state.settings()
     configure_logging(settings)
@@ -325,7 +325,7 @@ def execute(
     import asyncio
 
     from execution.service import ExecuteOptions, run_executor
-    from tapeflow.logs import configure_logging
+    from tapeflow_runtime.logs import configure_logging
 
     if mode not in ("paper", "testnet", "live"):
         raise fail(f"unknown mode {mode!r}: expected paper, testnet or live", 2)
@@ -343,7 +343,7 @@ def kill_switch(
 ) -> None:
     """Block (or unblock) new entries for the executors; the decision is published on risk.events."""
     from execution.kill_switch import MODES, run_kill_switch
-    from tapeflow.logs import configure_logging
+    from tapeflow_runtime.logs import configure_logging
 
     if state_ not in ("on", "off"):
         raise fail(f"expected on or off, got {state_!r}", 2)
@@ -359,7 +359,7 @@ def kill_switch(
 
 # --- topics --------------------------------------------------------------------------------------
 def _bootstrap() -> str:
-    from tapeflow.endpoints import resolve_broker
+    from tapeflow_runtime.endpoints import resolve_broker
 
     return resolve_broker(state.settings(), state.paths())
 
@@ -368,7 +368,7 @@ def _bootstrap() -> str:
 def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Topics on the broker with partitions and record counts; catalogue topics are marked."""
     from schemas.catalogue import all_topics
-    from tapeflow.kafka_client import admin_client, describe_topics
+    from tapeflow_runtime.kafka_client import admin_client, describe_topics
 
     settings = state.settings()
     bootstrap = _bootstrap()
@@ -397,7 +397,7 @@ def topics_describe(
 ) -> None:
     """Partitions, offsets, configuration and catalogue entry (key, schema, retention) of topics."""
     from schemas.catalogue import all_topics
-    from tapeflow.kafka_client import describe_topics
+    from tapeflow_runtime.kafka_client import describe_topics
 
     settings = state.settings()
     catalogue = {settings.topic(t.name): t for t in all_topics()}
@@ -431,7 +431,7 @@ def topics_describe(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every catalogue topic that is missing (idempotent; existing topics are left alone)."""
-    from tapeflow.kafka_client import ensure_topics
+    from tapeflow_runtime.kafka_client import ensure_topics
 
     results = ensure_topics(_bootstrap(), prefix=state.settings().topic_prefix)
     for r in results:
@@ -467,8 +467,8 @@ def topics_tail(
 def db_migrate() -> None:
     """Apply pending migrations (plain PostgreSQL always; TimescaleDB parts when the extension exists)."""
     from sinks.migrate import migrate
-    from tapeflow.endpoints import resolve_database
     from tapeflow.stack.steps import provision_external_roles
+    from tapeflow_runtime.endpoints import resolve_database
 
     settings = state.settings()
     endpoints = resolve_database(settings, state.paths())
@@ -497,7 +497,7 @@ def db_audit(
     import psycopg
 
     from sinks.audit import audit, render
-    from tapeflow.endpoints import resolve_database
+    from tapeflow_runtime.endpoints import resolve_database
 
     def parse(text: str, flag: str) -> datetime:
         try:
@@ -530,7 +530,7 @@ def sink(
 
     from sinks.service import run_sink
     from sinks.tables import sinkable_topics
-    from tapeflow.logs import configure_logging
+    from tapeflow_runtime.logs import configure_logging
 
     settings = state.settings()
     configure_logging(settings)
@@ -546,13 +546,11 @@ def main() -> None:
     import psycopg
     from confluent_kafka import KafkaException
 
-    from sinks.migrate import MigrationError
-
     try:
         app(standalone_mode=True)
     except SystemExit:
         raise
-    except (ConfigError, StackError, MigrationError) as exc:
+    except TapeflowError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
     except KafkaException as exc:

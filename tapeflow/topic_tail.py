@@ -21,8 +21,8 @@ from confluent_kafka import (
 
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import consumer_config
 from tapeflow.stack.process import StackError
+from tapeflow_runtime.kafka_client import consumer_config
 
 
 def _default(obj):

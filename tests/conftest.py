@@ -19,11 +19,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.supervisor import Supervisor
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
 
 
 def docker_available() -> bool:
@@ -136,7 +136,7 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[dict]:
 
     from schemas.registry import FileSchemaRegistry
     from schemas.serde import AvroSerde
-    from tapeflow.kafka_client import consumer_config
+    from tapeflow_runtime.kafka_client import consumer_config
 
     serde = AvroSerde(FileSchemaRegistry())
     c = Consumer(consumer_config(bootstrap))

@@ -35,7 +35,7 @@ from producers.backfill import (
 from producers.backfill.checkpoint import Checkpoint
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import admin_client, consumer_config
+from tapeflow_runtime.kafka_client import admin_client, consumer_config
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from producers.fake_exchange.exchange import serve
 from producers.fake_exchange.recording import load_recording
 from producers.fake_exchange.synthetic import SyntheticSpec, generate_session
 from producers.metrics import ProducerMetrics
-from producers.publisher import Publisher
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import ensure_topics
+from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.publisher import Publisher
 
 pytestmark = pytest.mark.integration
 

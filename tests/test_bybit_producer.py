@@ -23,10 +23,10 @@ from producers.fake_exchange.bybit import (
     serve_bybit,
 )
 from producers.metrics import ProducerMetrics
-from producers.publisher import Publisher
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.publisher import Publisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]

@@ -38,7 +38,7 @@ from stream_apps.faust_app.session import (
     synthetic_session,
 )
 from stream_apps.faust_app.worker import ensure_engine_topics
-from tapeflow.kafka_client import consumer_config
+from tapeflow_runtime.kafka_client import consumer_config
 
 pytestmark = pytest.mark.integration
 
@@ -438,7 +438,7 @@ def test_a_new_group_is_primed_from_the_last_25_hours_and_a_known_group_is_left_
 
     from schemas.catalogue import TOPICS
     from stream_apps.faust_app.priming import prime_group_offsets
-    from tapeflow.kafka_client import ensure_topics, producer_config
+    from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
     ensure_topics(kafka_bootstrap, prefix=topic_prefix, specs=[TOPICS["md.trades"]])
     topic = topic_prefix + "md.trades"
@@ -461,7 +461,7 @@ def test_a_new_group_is_primed_from_the_last_25_hours_and_a_known_group_is_left_
 
 def test_service_config_follows_the_shared_settings(tmp_path):
     from stream_apps.service import engine_config
-    from tapeflow.settings import Settings
+    from tapeflow_runtime.settings import Settings
 
     settings = Settings(home=tmp_path, broker="10.0.0.5:9092", topic_prefix="lab.", metrics_host="0.0.0.0",
                         schema_registry_url="http://registry:8081", database_url=None)

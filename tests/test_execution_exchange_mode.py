@@ -45,9 +45,9 @@ from execution.reconcile import Finding, Reconciler, compare
 from execution.safety import LIVE_OPT_IN_ENV, LIVE_OPT_IN_VALUE
 from execution.service import ExecuteOptions, run_executor
 from producers.fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET, VENUE_KEY
-from producers.publisher import Publisher
-from tapeflow.kafka_client import consumer_config, ensure_topics
-from tapeflow.settings import Settings
+from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.publisher import Publisher
+from tapeflow_runtime.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 REPO = Path(__file__).resolve().parent.parent
@@ -262,9 +262,9 @@ RUNNER = """
 import asyncio, sys
 from pathlib import Path
 from execution.service import ExecuteOptions, run_executor
-from producers.publisher import Publisher
-from tapeflow.logs import configure_logging
-from tapeflow.settings import Settings
+from tapeflow_runtime.publisher import Publisher
+from tapeflow_runtime.logs import configure_logging
+from tapeflow_runtime.settings import Settings
 settings = Settings()
 configure_logging(settings)
 options = ExecuteOptions(config_path=Path(sys.argv[1]), start_from="earliest", restore_idle_s=0.3,

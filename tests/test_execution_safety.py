@@ -23,7 +23,7 @@ from execution.safety import (
     startup_echo,
 )
 from execution.service import ExecuteOptions, run_executor
-from tapeflow.settings import Settings
+from tapeflow_runtime.settings import Settings
 
 KEY = "kEy-4f9c2b7d1e8a6f30-secret-value"
 SECRET = "sEcReT-9a8b7c6d5e4f3a2b1c0d-value"

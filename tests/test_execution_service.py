@@ -26,8 +26,12 @@ from test_execution_support import SERDE, signal_record, trade_record
 from execution.kill_switch import publish_kill_switch
 from execution.service import ExecuteOptions, run_executor
 from schemas.catalogue import symbol_key
-from tapeflow.kafka_client import consumer_config, ensure_topics, producer_config
-from tapeflow.settings import Settings
+from tapeflow_runtime.kafka_client import (
+    consumer_config,
+    ensure_topics,
+    producer_config,
+)
+from tapeflow_runtime.settings import Settings
 
 pytestmark = pytest.mark.integration
 KEY = symbol_key("binance", "BTCUSDT")

@@ -50,7 +50,7 @@ import yaml
 from test_engine_app import committed_offsets
 
 from sinks.migrate import migrate
-from tapeflow.kafka_client import ensure_topics
+from tapeflow_runtime.kafka_client import ensure_topics
 
 pytestmark = pytest.mark.integration
 

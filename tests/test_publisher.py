@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from producers.metrics import ProducerMetrics
-from producers.publisher import MAX_REDELIVERIES, Publisher
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import ensure_topics
+from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.publisher import MAX_REDELIVERIES, Publisher
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tapeflow.settings import ConfigError, load_settings, mask_url
+from tapeflow_runtime.settings import ConfigError, load_settings, mask_url
 
 SECRET = "s3cr3t-Pa55word"
 

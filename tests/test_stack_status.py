@@ -10,8 +10,8 @@ import time
 
 import psutil
 
-from tapeflow.stack.process import ProcessRecord
 from tapeflow.stack.supervisor import _app_status
+from tapeflow_runtime.process_records import ProcessRecord
 
 
 def closed_port() -> int:

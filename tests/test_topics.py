@@ -6,7 +6,7 @@ import pytest
 from confluent_kafka.admin import ConfigResource, NewTopic
 
 from schemas.catalogue import all_topics
-from tapeflow.kafka_client import admin_client, describe_topics, ensure_topics
+from tapeflow_runtime.kafka_client import admin_client, describe_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 

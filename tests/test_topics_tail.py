@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import ensure_topics, producer_config
+from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
 pytestmark = pytest.mark.integration
 

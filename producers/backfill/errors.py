@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tapeflow_runtime.errors import TapeflowError
 
-class BackfillError(Exception):
+
+class BackfillError(TapeflowError):
     """A backfill cannot go on: bad arguments, an unreadable archive, a failed download or delivery.
 
     `summary` (a BackfillSummary) is set when the run had started: what it did before stopping.

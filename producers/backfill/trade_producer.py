@@ -5,13 +5,13 @@ md.trades' registered schema (same subject, same id: any md.trades consumer can 
 produced under the topic's own name. Topics are created like `tapeflow topics create` does, from
 md.trades' spec (6 partitions, 7-day retention) for a replay topic: the broker never auto-creates.
 
-Why not `producers.publisher.Publisher`: it resolves the schema from the destination topic (a
+Why not `tapeflow_runtime.publisher.Publisher`: it resolves the schema from the destination topic (a
 replay topic has none in the catalogue), and it is built for live streams: a delivery that fails
 for good is produced again, after later records, and every record gets its own Python delivery
 callback and metric update. A backfill needs the opposite trade-offs: strict agg-id order (a
 failure stops the run; the checkpoint keeps the last confirmed position and the re-run resumes
 there) and throughput over millions of rows. So this is a thin wrapper around the same idempotent
-producer config (`tapeflow.kafka_client.producer_config`): librdkafka reports only failures
+producer config (`tapeflow_runtime.kafka_client.producer_config`): librdkafka reports only failures
 (`delivery.report.only.error`), the queue is served every few hundred records, and a full queue
 blocks (back-pressure) rather than dropping. Delivery is confirmed by `confirm_delivery` (a flush),
 which is what the checkpoint waits for.
@@ -32,7 +32,7 @@ from producers.metrics import ProducerMetrics
 from schemas.catalogue import DLQ_MD, TOPICS, TopicSpec, dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import ensure_topics, producer_config
+from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
 log = structlog.get_logger("producer.backfill")
 

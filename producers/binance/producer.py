@@ -39,8 +39,8 @@ from producers.binance.trade_sequencer import AggTradeSequencer, Gap
 from producers.binance.ws_stream import CombinedStream, StreamConfig, sleep_or_stop
 from producers.common import RepairTasks, book_snapshot_record, watch_replay
 from producers.metrics import ProducerMetrics
-from producers.publisher import Publisher
 from schemas.errors import SchemaValidationError
+from tapeflow_runtime.publisher import Publisher
 
 log = structlog.get_logger("producer.binance")
 

@@ -42,8 +42,8 @@ from producers.bybit.trade_numbering import TradeNumbering
 from producers.bybit.ws_stream import BybitStream, BybitStreamConfig
 from producers.common import RepairTasks, book_snapshot_record, watch_replay
 from producers.metrics import ProducerMetrics
-from producers.publisher import Publisher
 from schemas.errors import SchemaValidationError
+from tapeflow_runtime.publisher import Publisher
 
 log = structlog.get_logger("producer.bybit")
 

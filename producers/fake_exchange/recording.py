@@ -26,6 +26,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from tapeflow_runtime.errors import TapeflowError
+
 from .depth_book import BookSnapshot
 from .stream_names import (
     infer_stream,
@@ -39,7 +41,7 @@ _ENVELOPE_PREFIX = '{"stream":"'
 _ENVELOPE_DATA = '","data":'
 
 
-class RecordingError(ValueError):
+class RecordingError(TapeflowError, ValueError):
     """A recording file does not follow the documented line format."""
 
 

@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from tapeflow_runtime.errors import TapeflowError
+
 from .durations import parse_duration_ms
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
@@ -37,7 +39,7 @@ SECOND_RING_LIMIT_MS = 3_600_000  # fast CVD windows need slope/acceleration fro
 DAY_MS = 86_400_000
 
 
-class StrategyConfigError(ValueError):
+class StrategyConfigError(TapeflowError, ValueError):
     """A strategy file that cannot be used; the message names the file, the field and the reason."""
 
 

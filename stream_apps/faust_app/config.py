@@ -5,7 +5,7 @@ start the same worker; a single validated model (pydantic, unknown keys rejected
 settings from drifting, and ``model_dump_json`` / ``model_validate_json`` carry it across a process
 boundary unchanged.
 
-Group timeouts default low (like ``tapeflow.kafka_client.FAST_GROUP_CONFIG``) because every
+Group timeouts default low (like ``tapeflow_runtime.kafka_client.FAST_GROUP_CONFIG``) because every
 consumer-group join waits for the rebalance timeout; on a production cluster raise them.
 """
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, TopicPartition
 
-from tapeflow.kafka_client import consumer_config
+from tapeflow_runtime.kafka_client import consumer_config
 
 
 def prime_group_offsets(bootstrap: str, group: str, topics: Iterable[str], since_ms: int,

@@ -29,7 +29,7 @@ from stream_apps.core.events import (
     obi_from_levels,
 )
 from stream_apps.core.synthetic import synthetic_trades
-from tapeflow.kafka_client import producer_config
+from tapeflow_runtime.kafka_client import producer_config
 
 DEFAULT_SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0))
 
@@ -198,7 +198,7 @@ def read_topic(bootstrap: str, topic: str, serde: AvroSerde, idle_s: float = 2.0
     where the end is)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from tapeflow.kafka_client import consumer_config
+    from tapeflow_runtime.kafka_client import consumer_config
 
     consumer = Consumer(consumer_config(bootstrap, **{"isolation.level": isolation_level}))
     try:

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from schemas.catalogue import TOPICS
-from tapeflow.kafka_client import ensure_topics
-from tapeflow.service_http import build_app, serve
+from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.service_http import build_app, serve
 
 from .app import EngineWorker
 from .config import DEAD_LETTER_TOPIC, INPUT_TOPICS, OUTPUT_TOPICS, EngineAppConfig

@@ -15,7 +15,8 @@ from pathlib import Path
 import orjson
 
 from tapeflow.stack.process import free_port
-from tapeflow.stack.service import Health, Launch, Service
+from tapeflow.stack.service import Launch, Service
+from tapeflow_runtime.health import Health
 
 HOST = "127.0.0.1"
 

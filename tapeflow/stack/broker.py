@@ -11,9 +11,10 @@ import os
 import shutil
 from pathlib import Path
 
-from tapeflow.kafka_client import broker_health
 from tapeflow.stack.process import StackError, check_port_free, free_port
-from tapeflow.stack.service import Health, Launch, Service
+from tapeflow.stack.service import Launch, Service
+from tapeflow_runtime.health import Health
+from tapeflow_runtime.kafka_client import broker_health
 
 HOST = "127.0.0.1"
 

@@ -14,7 +14,6 @@ import importlib.util
 import os
 import pwd
 import re
-import secrets
 import shutil
 import signal
 import stat
@@ -25,12 +24,12 @@ import psycopg
 from psycopg import sql
 
 from tapeflow.stack.process import StackError, check_port_free, free_port
-from tapeflow.stack.service import Health, Launch, Service, as_user_kwargs
+from tapeflow.stack.service import Launch, Service, as_user_kwargs
+from tapeflow_runtime.endpoints import READONLY_ROLE, SUPERUSER, WRITER_ROLE
+from tapeflow_runtime.files import read_or_create_secret
+from tapeflow_runtime.health import Health
 
 HOST = "127.0.0.1"
-SUPERUSER = "postgres"
-WRITER_ROLE = "tapeflow_writer"
-READONLY_ROLE = "tapeflow_readonly"
 PG_SYSTEM_USER = "postgres"
 
 
@@ -89,16 +88,6 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
-def read_or_create_secret(path: Path) -> str:
-    if path.exists():
-        return path.read_text().strip()
-    value = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    return value
-
-
 class EmbeddedPostgres(Service):
     name = "database"
     stop_signal = signal.SIGINT
@@ -109,7 +98,7 @@ class EmbeddedPostgres(Service):
         self.extra_options: dict[str, str] = {}
 
     def external_address(self) -> str | None:
-        from tapeflow.settings import mask_url
+        from tapeflow_runtime.settings import mask_url
 
         return mask_url(self.settings.database_url.get_secret_value()) if self.settings.database_url else None
 

@@ -1,68 +1,22 @@
-"""Process bookkeeping for supervised services: state files, liveness, ports, termination.
-
-A pid alone is not an identity (pids are reused), so a state file records the process start time
-too and a process only counts as ours when both match; anything else is a stale file.
-"""
+"""Process control for supervised services: termination, ports. (State files and liveness are the
+runtime's `tapeflow_runtime.process_records`, because services read them too.)"""
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import socket
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import psutil
 
+from tapeflow_runtime.errors import TapeflowError
+from tapeflow_runtime.process_records import pid_matches
 
-class StackError(Exception):
+
+class StackError(TapeflowError):
     """A stack problem with a one-line message for the user."""
-
-
-@dataclass
-class ProcessRecord:
-    """What `up` writes for each running service; `status`/`down` read it back."""
-
-    name: str
-    pid: int
-    create_time: float
-    address: str
-    started_at: float
-    log: str
-    extra: dict = field(default_factory=dict)
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: Path) -> ProcessRecord | None:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except FileNotFoundError:
-            return None
-        except (ValueError, TypeError) as exc:
-            raise StackError(f"state file {path} is corrupt ({exc}); remove it and retry") from None
-
-    def is_alive(self) -> bool:
-        return pid_matches(self.pid, self.create_time)
-
-
-def pid_matches(pid: int, create_time: float) -> bool:
-    """True when `pid` is running and is the very process that was started at `create_time`."""
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - create_time) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def process_create_time(pid: int) -> float:
-    return psutil.Process(pid).create_time()
 
 
 def terminate(pid: int, create_time: float, timeout: float, sig: int = signal.SIGTERM) -> str:

@@ -6,14 +6,9 @@ import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
-
-
-@dataclass(frozen=True)
-class Health:
-    ok: bool
-    detail: str
+from tapeflow_runtime.health import Health
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
 
 
 @dataclass(frozen=True)

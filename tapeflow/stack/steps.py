@@ -17,12 +17,12 @@ from sinks.migrate import (
     pending_migrations,
     set_role_passwords,
 )
-from tapeflow.endpoints import embedded_endpoints
-from tapeflow.kafka_client import admin_client, ensure_topics
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
 from tapeflow.stack.process import StackError
-from tapeflow.stack.service import Health
+from tapeflow_runtime.endpoints import embedded_endpoints
+from tapeflow_runtime.health import Health
+from tapeflow_runtime.kafka_client import admin_client, ensure_topics
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
 
 
 class SetupStep(ABC):

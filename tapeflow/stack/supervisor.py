@@ -20,19 +20,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
 from tapeflow.stack.app_services import app_services, http_json
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.postgres import EmbeddedPostgres
-from tapeflow.stack.process import (
-    ProcessRecord,
-    StackError,
-    process_create_time,
-    terminate,
-)
-from tapeflow.stack.service import Health, Service
+from tapeflow.stack.process import StackError, terminate
+from tapeflow.stack.service import Service
 from tapeflow.stack.steps import MigrationsStep, SetupStep, TopicsStep
+from tapeflow_runtime.errors import TapeflowError
+from tapeflow_runtime.health import Health
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.process_records import ProcessRecord, process_create_time
+from tapeflow_runtime.settings import Settings
 
 Say = Callable[[str], None]
 
@@ -244,7 +242,7 @@ class Supervisor:
                     for step in self.steps:
                         if name in step.depends_on:
                             self._run_step(step)
-                except StackError as exc:
+                except TapeflowError as exc:
                     self.say(f"{name}: restart failed: {exc}")
                     return 1
         return 0
@@ -325,7 +323,7 @@ def run_foreground(settings: Settings, paths: StackPaths, say: Say = print) -> i
             elapsed = sup.start_all()
             say(f"stack healthy in {elapsed:.1f}s (home {paths.home}); `tapeflow status` to inspect, "
                 "Ctrl-C or `tapeflow down` to stop")
-        except StackError as exc:
+        except TapeflowError as exc:
             say(f"error: {exc}")
             code = 1
         if code == 0:

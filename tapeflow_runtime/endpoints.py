@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import psycopg
 
-from tapeflow.paths import StackPaths
-from tapeflow.settings import Settings
-from tapeflow.stack.postgres import (
-    READONLY_ROLE,
-    SUPERUSER,
-    WRITER_ROLE,
-    read_or_create_secret,
-)
-from tapeflow.stack.process import ProcessRecord, StackError
+from tapeflow_runtime.errors import EndpointError
+from tapeflow_runtime.files import read_or_create_secret
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.process_records import ProcessRecord
+from tapeflow_runtime.settings import Settings
+
+SUPERUSER = "postgres"
+WRITER_ROLE = "tapeflow_writer"
+READONLY_ROLE = "tapeflow_readonly"
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def resolve_database(settings: Settings, paths: StackPaths) -> DatabaseEndpoints
         return DatabaseEndpoints(owner=url, writer=url, readonly=None, embedded=False)
     rec = ProcessRecord.load(paths.state_file("database"))
     if rec is None or not rec.is_alive():
-        raise StackError(
+        raise EndpointError(
             f"no database: the embedded stack in {paths.home} is not running (start it with `tapeflow up`) "
             "and TAPEFLOW_DATABASE_URL is unset"
         )
@@ -60,7 +60,7 @@ def resolve_broker(settings: Settings, paths: StackPaths) -> str:
         return settings.broker
     rec = ProcessRecord.load(paths.state_file("broker"))
     if rec is None or not rec.is_alive():
-        raise StackError(
+        raise EndpointError(
             f"no broker: the embedded stack in {paths.home} is not running (start it with `tapeflow up`) "
             "and TAPEFLOW_BROKER is unset"
         )

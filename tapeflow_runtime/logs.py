@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from tapeflow.settings import Settings
+from tapeflow_runtime.settings import Settings
 
 
 def configure_logging(settings: Settings) -> None:

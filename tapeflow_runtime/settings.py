@@ -29,6 +29,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tapeflow_runtime.errors import TapeflowError
+
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
 
 # Binance USD-M perpetuals and quarterlies: BASE + USDT/USDC, optional _YYMMDD delivery suffix.
@@ -36,7 +38,7 @@ _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}(USDT|USDC)(_\d{6})?$")
 _HOSTPORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 
-class ConfigError(Exception):
+class ConfigError(TapeflowError):
     """A configuration problem, with a one-line message meant for the user (no traceback)."""
 
 

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas.catalogue import TopicSpec, all_topics, topic_configs
-from tapeflow.stack.service import Health
+from tapeflow_runtime.health import Health
 
 # Fast group joins on a single-node dev/test broker; production deployments override via env.
 FAST_GROUP_CONFIG = {

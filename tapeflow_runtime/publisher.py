@@ -15,10 +15,10 @@ from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, Producer
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from producers.metrics import ProducerMetrics
 from schemas.serde import AvroSerde
-from tapeflow.kafka_client import producer_config
+from tapeflow_runtime.kafka_client import producer_config
 
 log = structlog.get_logger("producer.publisher")
 
@@ -27,8 +27,30 @@ POLL_EVERY = 256  # serve delivery callbacks every N produces, not after each on
 LATENCY_SAMPLE = 16  # observe receive->ack latency for 1 record in N: a distribution needs no census
 
 
+class PublishMetrics:
+    """Delivery metrics of one publishing process, `<prefix>_*`: what the `Publisher` itself counts.
+
+    A producer registers them as `tapeflow_producer_*` (its `ProducerMetrics` adds gaps, resyncs and
+    freshness); the executor as `tapeflow_executor_publish_*`, so it registers nothing it never uses.
+    A private registry per instance keeps tests (several publishers in one interpreter) independent.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "tapeflow_producer") -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages_out = Counter(f"{prefix}_messages_out_total", "Records delivered to Kafka", ["topic"],
+                                    registry=r)
+        self.delivery_errors = Counter(f"{prefix}_delivery_errors_total",
+                                       "Kafka delivery failures (each is retried)", ["topic"], registry=r)
+        self.dlq = Counter(f"{prefix}_dlq_messages_total", "Frames sent to the dead-letter topic",
+                           ["stream"], registry=r)
+        self.produce_latency = Histogram(
+            f"{prefix}_produce_latency_seconds", "Receive-to-Kafka-acknowledgement latency",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+
+
 class Publisher:
-    def __init__(self, bootstrap: str, serde: AvroSerde, metrics: ProducerMetrics, topic_prefix: str = "",
+    def __init__(self, bootstrap: str, serde: AvroSerde, metrics: PublishMetrics, topic_prefix: str = "",
                  **producer_overrides: Any) -> None:
         self.serde = serde
         self.metrics = metrics
