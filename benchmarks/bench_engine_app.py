@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import tempfile
 import time
@@ -41,7 +40,8 @@ from schemas.serde import AvroSerde
 from stream_apps.faust_app.app import EngineWorker
 from stream_apps.faust_app.config import EngineAppConfig
 from stream_apps.faust_app.session import SessionProducer, synthetic_session
-from stream_apps.faust_app.worker import ensure_engine_topics, quiet_library_loggers
+from stream_apps.faust_app.worker import ensure_engine_topics
+from tapeflow_runtime.logs import configure_logging
 
 SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6))
 
@@ -135,8 +135,7 @@ def main() -> None:
     ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
                     help="the worker's fetch wait (Faust's own: 1500)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    quiet_library_loggers("WARNING")
+    configure_logging("WARNING")
     print(f"mode={args.mode}  symbols={len(SYMBOLS)}  session={args.minutes} min  "
           f"fetch wait={args.fetch_max_wait_ms} ms  load={os.getloadavg()[0]:.2f}")
     print(f"{'trades/s/sym':>12} {'trades':>10} {'records':>10} {'seconds':>8} {'trades/s':>10} {'records/s':>10} "

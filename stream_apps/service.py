@@ -23,12 +23,9 @@ from stream_apps.faust_app.config import (
     shipped_strategy_files,
 )
 from stream_apps.faust_app.priming import prime_group_offsets
-from stream_apps.faust_app.worker import (
-    ensure_engine_topics,
-    quiet_library_loggers,
-    run_worker,
-)
+from stream_apps.faust_app.worker import ensure_engine_topics, run_worker
 from tapeflow_runtime.endpoints import resolve_broker
+from tapeflow_runtime.logs import quiet_library_loggers
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
 

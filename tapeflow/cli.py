@@ -201,11 +201,11 @@ def produce(
     from tapeflow_runtime.logs import configure_logging
 
     settings = state.settings()
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     if symbols_from_recording:
         if settings.replay_dir is None:
             raise fail("--symbols-from-recording needs TAPEFLOW_SOURCE=replay:DIR", 2)
-        from producers.fake_exchange.recording import load_recording
+        from fake_exchange.recording import load_recording
 
         state._settings = settings.model_copy(update={"symbols": list(load_recording(settings.replay_dir).symbols)})
         settings = state._settings
@@ -221,10 +221,10 @@ def produce(
 def fake_exchange(ctx: typer.Context) -> None:
     """Run the local fake Binance exchange (websocket + REST) replaying a recording or a synthetic session.
 
-    Options are those of `python -m producers.fake_exchange --help`: --recording DIR | --synthetic-seed N,
+    Options are those of `python -m fake_exchange --help`: --recording DIR | --synthetic-seed N,
     --speed 1|10|max, --ws-port, --rest-port, --fault KEY=VALUE (repeatable), ...
     """
-    from producers.fake_exchange.cli import main as fake_main
+    from fake_exchange.cli import main as fake_main
 
     fake_main(list(ctx.args) or ["--help"])
 
@@ -290,10 +290,8 @@ def engine(
     Start it more than once to share the partitions between workers (same settings, same group)."""
     import asyncio
 
-    from stream_apps.faust_app.worker import (
-        configure_logging as configure_engine_logging,
-    )
     from stream_apps.service import run_engine
+    from tapeflow_runtime.logs import configure_logging
 
     settings = state.settings()
     for path in strategy or []:
@@ -301,7 +299,7 @@ def engine(
             raise fail(f"strategy file {path} does not exist", 2)
     if signal_max_age_s is None and settings.replay_dir is None:
         signal_max_age_s = 60.0
-    configure_engine_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     code = asyncio.run(run_engine(
         settings, metrics_port=metrics_port, strategies=list(strategy) if strategy else None,
         processing_guarantee="exactly_once" if exactly_once else "at_least_once",
@@ -330,7 +328,7 @@ def execute(
     if mode not in ("paper", "testnet", "live"):
         raise fail(f"unknown mode {mode!r}: expected paper, testnet or live", 2)
     settings = state.settings()
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     options = ExecuteOptions(config_path=config, metrics_port=metrics_port, metrics_host=settings.metrics_host)
     raise typer.Exit(asyncio.run(run_executor(settings, mode, options)))
 
@@ -350,7 +348,7 @@ def kill_switch(
     if mode is not None and mode not in MODES:
         raise fail(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}", 2)
     settings = state.settings()
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     code = run_kill_switch(settings, state_ == "on", flatten=flatten, modes=[mode] if mode else MODES)
     if code == 0:
         echo(f"kill switch {state_} published for {mode or ', '.join(MODES)}")
@@ -533,7 +531,7 @@ def sink(
     from tapeflow_runtime.logs import configure_logging
 
     settings = state.settings()
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     chosen = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
     unknown = sorted(set(chosen or []) - set(sinkable_topics()))
     if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from fake_exchange.recording import load_recording
 from producers.binance.book_sync import (
     DepthDiff,
     DepthSnapshot,
@@ -12,7 +13,6 @@ from producers.binance.book_sync import (
     order_book_imbalance,
 )
 from producers.binance.parse import parse_depth_diff, parse_depth_snapshot
-from producers.fake_exchange.recording import load_recording
 
 
 def replay_books(recording_dir):

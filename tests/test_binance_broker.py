@@ -26,9 +26,9 @@ from execution.config import EntryPolicy, ExecutorConfig
 from execution.exchange_filters import SymbolFilters
 from execution.executor import Executor, ListSink
 from execution.reconcile import Reconciler
-from producers.fake_exchange import FakeExchange, FakeExchangeConfig
-from producers.fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
-from producers.fake_exchange.recording import build_recording, parse_rest_line
+from fake_exchange import FakeExchange, FakeExchangeConfig
+from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
+from fake_exchange.recording import build_recording, parse_rest_line
 from tests.test_execution_support import book_record, signal_record, trade_record
 
 pytestmark = pytest.mark.timeout(60)

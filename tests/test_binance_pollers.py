@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from fake_exchange import FakeExchange, FakeExchangeConfig, generate_session
 from producers.binance.indicator_parse import (
     IndicatorParseError,
     PricePoint,
@@ -31,7 +32,6 @@ from producers.binance.indicator_parse import (
 )
 from producers.binance.pollers import IndicatorPoller
 from producers.binance.rest import RestClient
-from producers.fake_exchange import FakeExchange, FakeExchangeConfig, generate_session
 from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde

@@ -12,11 +12,11 @@ import json
 
 import pytest
 
+from fake_exchange.config import FakeExchangeConfig
+from fake_exchange.exchange import serve
+from fake_exchange.recording import load_recording
+from fake_exchange.synthetic import SyntheticSpec, generate_session
 from producers.binance.producer import BinanceProducer, ProducerConfig
-from producers.fake_exchange.config import FakeExchangeConfig
-from producers.fake_exchange.exchange import serve
-from producers.fake_exchange.recording import load_recording
-from producers.fake_exchange.synthetic import SyntheticSpec, generate_session
 from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde

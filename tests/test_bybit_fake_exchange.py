@@ -15,7 +15,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from producers.fake_exchange.bybit import (
+from fake_exchange.bybit import (
     BybitSyntheticSpec,
     generate_bybit_session,
     serve_bybit,

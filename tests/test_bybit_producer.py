@@ -16,12 +16,12 @@ from decimal import Decimal
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from producers.bybit.producer import BybitProducer, BybitProducerConfig
-from producers.fake_exchange.bybit import (
+from fake_exchange.bybit import (
     BybitSyntheticSpec,
     generate_bybit_session,
     serve_bybit,
 )
+from producers.bybit.producer import BybitProducer, BybitProducerConfig
 from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde

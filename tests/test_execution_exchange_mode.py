@@ -44,7 +44,7 @@ from execution.paper_broker import PaperBroker
 from execution.reconcile import Finding, Reconciler, compare
 from execution.safety import LIVE_OPT_IN_ENV, LIVE_OPT_IN_VALUE
 from execution.service import ExecuteOptions, run_executor
-from producers.fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET, VENUE_KEY
+from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET, VENUE_KEY
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
 from tapeflow_runtime.publisher import Publisher
 from tapeflow_runtime.settings import Settings
@@ -266,7 +266,7 @@ from tapeflow_runtime.publisher import Publisher
 from tapeflow_runtime.logs import configure_logging
 from tapeflow_runtime.settings import Settings
 settings = Settings()
-configure_logging(settings)
+configure_logging(settings.log_level, settings.log_format)
 options = ExecuteOptions(config_path=Path(sys.argv[1]), start_from="earliest", restore_idle_s=0.3,
                          metrics_port=int(sys.argv[2]))
 sys.exit(asyncio.run(run_executor(settings, "testnet", options)))

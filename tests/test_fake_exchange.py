@@ -21,7 +21,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from producers.fake_exchange import (
+from fake_exchange import (
     FakeExchange,
     FakeExchangeConfig,
     generate_session,
@@ -526,7 +526,7 @@ async def test_module_entry_point_serves_and_exits_on_sigterm(http):
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "producers.fake_exchange",
+        "fake_exchange",
         "--recording",
         str(DATA),
         "--speed",

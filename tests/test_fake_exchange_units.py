@@ -16,26 +16,26 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from producers.fake_exchange import generate_session, load_recording
-from producers.fake_exchange.agg_trades import AggTradeIndex
-from producers.fake_exchange.cli import config_from_args
-from producers.fake_exchange.config import FakeExchangeConfig
-from producers.fake_exchange.depth_book import build_timelines
-from producers.fake_exchange.faults import (
+from fake_exchange import generate_session, load_recording
+from fake_exchange.agg_trades import AggTradeIndex
+from fake_exchange.cli import config_from_args
+from fake_exchange.config import FakeExchangeConfig
+from fake_exchange.depth_book import build_timelines
+from fake_exchange.faults import (
     FaultSettings,
     FaultState,
     parse_fault_assignments,
 )
-from producers.fake_exchange.generated_bodies import (
+from fake_exchange.generated_bodies import (
     long_short_ratio,
     open_interest_hist,
     period_stamps,
 )
-from producers.fake_exchange.recording import RecordingError, parse_ws_lines
-from producers.fake_exchange.replay import ReplayEngine, due_offsets
-from producers.fake_exchange.state import ExchangeState
-from producers.fake_exchange.synthetic import format_fixed
-from producers.fake_exchange.weights import MinuteWeightCounter, request_weight
+from fake_exchange.recording import RecordingError, parse_ws_lines
+from fake_exchange.replay import ReplayEngine, due_offsets
+from fake_exchange.state import ExchangeState
+from fake_exchange.synthetic import format_fixed
+from fake_exchange.weights import MinuteWeightCounter, request_weight
 
 DATA = Path("/work/shared/data/binance_futures_ws")
 

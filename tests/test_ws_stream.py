@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from fake_exchange.config import FakeExchangeConfig
+from fake_exchange.exchange import serve
+from fake_exchange.synthetic import SyntheticSpec, generate_session
 from producers.binance.ws_stream import CombinedStream, StreamConfig
-from producers.fake_exchange.config import FakeExchangeConfig
-from producers.fake_exchange.exchange import serve
-from producers.fake_exchange.synthetic import SyntheticSpec, generate_session
 
 
 async def test_rotation_overlaps_connections_so_no_frame_is_lost():

@@ -23,12 +23,12 @@ redelivery harmless on a broker without transactions too.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
+import structlog
 from faust.types import TP
 
 from schemas.catalogue import SYMBOL_PARTITIONS
@@ -43,7 +43,7 @@ from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
 from .processor import Effects, EngineProcessor
 
-log = logging.getLogger("tapeflow.engine")
+log = structlog.get_logger("engine")
 TICK_S = 0.25
 STEP_RECORDS = 5_000  # per partition: bounds the event-loop time one step of a large fetch takes
 

@@ -18,10 +18,11 @@ acknowledged at once, otherwise with the next snapshot.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import structlog
 
 from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
@@ -34,7 +35,7 @@ from .keyed_engine import KeyedEngine
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
 
-log = logging.getLogger("tapeflow.engine")
+log = structlog.get_logger("engine")
 CaughtUp = Callable[[str, int], bool]  # (full topic, partition) -> read to the end?
 
 

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
-import sys
 from pathlib import Path
+
+import structlog
 
 from schemas.catalogue import TOPICS
 from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.logs import configure_logging
 from tapeflow_runtime.service_http import build_app, serve
 
 from .app import EngineWorker
 from .config import DEAD_LETTER_TOPIC, INPUT_TOPICS, OUTPUT_TOPICS, EngineAppConfig
 from .metrics import EngineAppMetrics
 
-log = logging.getLogger("tapeflow.engine")
+log = structlog.get_logger("engine")
 HEALTHY = frozenset({"running", "rebalancing"})
 
 
@@ -68,19 +69,6 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
 async def _wait_crash(worker: EngineWorker) -> None:
     while worker.app.crash_reason is None and worker.crashed is None:
         await asyncio.sleep(0.5)
-
-
-def quiet_library_loggers(level: str) -> None:
-    """Faust, mode and aiokafka narrate every rebalance step at INFO: keep them at WARNING unless DEBUG."""
-    if level != "DEBUG":
-        for name in ("faust", "aiokafka", "mode"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    quiet_library_loggers(level)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,11 @@
-"""Command line of the fake exchange (``python -m producers.fake_exchange``, ``tapeflow fake-exchange``).
+"""Command line of the fake exchange (``python -m fake_exchange``, ``tapeflow fake-exchange``).
 
 Runs a fake Binance USD-M exchange until interrupted.
 
 Examples::
 
-    python -m producers.fake_exchange --recording data/binance_futures_ws --speed 10
-    python -m producers.fake_exchange --synthetic-seed 7 --synthetic-symbols BTCUSDT,ETHUSDT \\
+    python -m fake_exchange --recording data/binance_futures_ws --speed 10
+    python -m fake_exchange --synthetic-seed 7 --synthetic-symbols BTCUSDT,ETHUSDT \\
         --synthetic-duration 600 --speed max --fault garbage_every=100 --fault skip_frames=3
 
 It prints one JSON line with the bound ``ws_url`` and ``rest_url`` (ports 0 pick free ports).
@@ -14,8 +14,9 @@ It prints one JSON line with the bound ``ws_url`` and ``rest_url`` (ports 0 pick
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
+
+from tapeflow_runtime.logs import configure_logging
 
 from .config import FakeExchangeConfig
 from .exchange import run
@@ -25,7 +26,7 @@ from .synthetic import SyntheticSpec
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m producers.fake_exchange", description="Run a fake Binance USD-M exchange."
+        prog="python -m fake_exchange", description="Run a fake Binance USD-M exchange."
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--recording", help="recording directory (ws_frames.txt, rest_responses.txt, ...)")
@@ -67,7 +68,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
             symbols=tuple(s.strip().upper() for s in args.synthetic_symbols.split(",") if s.strip()),
             duration_s=args.synthetic_duration,
         )
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level.upper())
     return FakeExchangeConfig(
         recording=args.recording,
         synthetic=synthetic,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import socket
 import sys
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from websockets.asyncio.server import Server
 from websockets.asyncio.server import serve as ws_serve
@@ -41,7 +41,7 @@ from .state import ExchangeState
 from .weights import MinuteWeightCounter
 from .ws_server import StreamServerHandlers, cancel_background, drop_connections
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
@@ -146,7 +146,7 @@ class FakeExchange:
         app[WEIGHT_LIMIT_KEY] = config.weight_limit_1m
         add_market_routes(app)
         add_control_routes(app)
-        add_order_routes(app)  # signed order API + user-data stream (producers/fake_exchange/orders)
+        add_order_routes(app)  # signed order API + user-data stream (fake_exchange/orders)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         rest_sock = _bound_socket(config.host, config.rest_port)

@@ -7,7 +7,7 @@ indicators, spot and Coinbase tickers) and injects faults on demand (dropped con
 frames, garbage frames, latency, 418/429/5xx). Everything binds to loopback.
 
 Entry points: ``await serve(config)`` in code, ``run(config)`` blocking, and
-``python -m producers.fake_exchange --recording DIR``.
+``python -m fake_exchange --recording DIR``.
 """
 
 from .config import FakeExchangeConfig

@@ -12,16 +12,32 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .agg_trades import AggTradeIndex
 from .depth_book import BookSnapshot, DepthTimeline, build_timelines
-from .faults import FaultSettings, FaultState
+from .faults import DropMode, FaultSettings, FaultState
 from .market_state import MarketView
-from .recording import Recording
+from .recording import RecordedFrame, Recording
 
-if TYPE_CHECKING:
-    from .ws_server import StreamConnection
+
+class Subscriber(Protocol):
+    """What the state, the replay and the control API need of one client connection.
+
+    The websocket server's connection implements it; declaring it here keeps the state free of any
+    import of the server (which imports the state), so the two are not a circle.
+    """
+
+    conn_id: int
+    idle: asyncio.Event
+
+    def wants(self, stream: str) -> bool: ...
+
+    def enqueue_frame(self, frame: RecordedFrame) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def drop(self, mode: DropMode) -> None: ...
 
 
 class ExchangeState:
@@ -47,7 +63,7 @@ class ExchangeState:
         self.agg_trades = AggTradeIndex(recording)
         self.market = MarketView(recording)
         self.faults = FaultState(faults, clock=clock, wall_clock=wall_clock)
-        self.connections: set[StreamConnection] = set()
+        self.connections: set[Subscriber] = set()
         self.position = 0
         self.start_requested = asyncio.Event()
         self.finished = asyncio.Event()

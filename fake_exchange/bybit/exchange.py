@@ -1,9 +1,9 @@
 """Lifecycle of one fake Bybit exchange: the Binance fake's machinery with Bybit's websocket in front.
 
-Reused as they are: :class:`~producers.fake_exchange.exchange.FakeExchange` (addresses, status, fault
-switches, drops, ``stop()``/``async with``), :class:`~producers.fake_exchange.state.ExchangeState` and
-:class:`~producers.fake_exchange.replay.ReplayEngine` (frames replayed on the session's clock scaled
-by ``speed``, the skip fault, ``finished``), :class:`~producers.fake_exchange.faults.FaultSettings` and
+Reused as they are: :class:`~fake_exchange.exchange.FakeExchange` (addresses, status, fault
+switches, drops, ``stop()``/``async with``), :class:`~fake_exchange.state.ExchangeState` and
+:class:`~fake_exchange.replay.ReplayEngine` (frames replayed on the session's clock scaled
+by ``speed``, the skip fault, ``finished``), :class:`~fake_exchange.faults.FaultSettings` and
 the HTTP control API (``GET /_control/status``, ``POST /_control/faults``, ``POST /_control/start``).
 What differs: the websocket speaks Bybit v5 (:mod:`.ws_server`) and the replayed state is Bybit's
 (:class:`~.market.BybitMarket`, which answers subscriptions with snapshots). There are no market REST
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from websockets.asyncio.server import serve as ws_serve
 
@@ -33,7 +33,7 @@ from .market import BybitMarket
 from .synthetic import BybitSession, BybitSyntheticSpec, generate_bybit_session
 from .ws_server import LINEAR_PATH, BybitHandlers
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class FakeBybitExchange(FakeExchange):

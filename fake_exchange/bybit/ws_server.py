@@ -9,7 +9,7 @@ or ``tickers.<SYM>`` is followed by a snapshot of the exchange's state at that m
 Bybit's error answers.
 
 Per-connection queueing, the skip/garbage/delay/drop faults and drops are the Binance fake's
-:class:`~producers.fake_exchange.ws_server.StreamConnection`; only the garbage is Bybit-shaped here
+:class:`~fake_exchange.ws_server.StreamConnection`; only the garbage is Bybit-shaped here
 (non-JSON text, JSON of an unknown shape, a known topic with a hollow payload).
 """
 

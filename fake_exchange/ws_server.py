@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -32,7 +32,7 @@ from .recording import RecordedFrame
 from .state import ExchangeState
 from .stream_names import normalise_stream
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 _ids = itertools.count(1)
 
 

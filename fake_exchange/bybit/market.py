@@ -5,7 +5,7 @@ deltas. So the fake keeps the book (levels, ``u``, cross sequence) and the merge
 advanced by every replayed frame, including the ones a skip fault withheld (they happened at the
 exchange). A client that re-subscribes after missing deltas therefore gets a snapshot whose ``u`` the
 following deltas continue, exactly as on the real venue. It takes the place of the Binance fake's
-:class:`~producers.fake_exchange.market_state.MarketView` in the shared :class:`ExchangeState`, whose
+:class:`~fake_exchange.market_state.MarketView` in the shared :class:`ExchangeState`, whose
 replay calls :meth:`observe` for every frame. Pure and deterministic: no clock, no I/O.
 """
 

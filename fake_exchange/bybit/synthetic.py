@@ -1,7 +1,7 @@
 """Deterministic synthetic Bybit v5 linear sessions (the messages a real subscriber would receive).
 
 The market itself (a book that never crosses, trades at the touch, mark/index/funding, liquidations)
-is the Binance generator's (:mod:`producers.fake_exchange.synthetic`); this module translates that
+is the Binance generator's (:mod:`fake_exchange.synthetic`); this module translates that
 session into Bybit's messages, so both fakes describe the same kind of market and the market model
 exists once. Given a seed, :func:`generate_bybit_session` returns the same :class:`BybitSession`:
 

@@ -1,0 +1,5 @@
+"""``python -m fake_exchange``: see :mod:`.cli`."""
+
+from .cli import main
+
+main()
