@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 
+from producers.base.sequencer import AggTradeSequencer
 from producers.binance.parse import parse_agg_trade
-from producers.binance.trade_sequencer import AggTradeSequencer
 from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde

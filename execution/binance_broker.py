@@ -58,13 +58,14 @@ from execution.broker import (
     OrderRequest,
     OrderUpdate,
 )
-from execution.domain import BookTop, TradeTick, market_key
+from execution.domain import BookTop, TradeTick
 from execution.exchange_filters import (
     FilterViolation,
     SymbolFilters,
     parse_exchange_info,
     plain,
 )
+from schemas.catalogue import market_key
 
 log = structlog.get_logger("binance_broker")
 

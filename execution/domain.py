@@ -18,6 +18,8 @@ Tier = Literal["standard", "heavy"]
 TradingMode = Literal["paper", "testnet", "live"]
 MODES: tuple[TradingMode, ...] = ("paper", "testnet", "live")
 
+from schemas.catalogue import market_key
+
 
 class InvalidSignal(ValueError):
     """A signal the executor cannot trade (inconsistent exit plan, unknown direction...)."""
@@ -38,11 +40,6 @@ def entry_side(direction: str) -> Side:
 
 def exit_side(direction: str) -> Side:
     return "SELL" if direction_sign(direction) > 0 else "BUY"
-
-
-def market_key(exchange: str, symbol: str) -> str:
-    """The `exchange:symbol` string every symbol-keyed topic uses as its key."""
-    return f"{exchange}:{symbol}"
 
 
 def quote_asset(symbol: str) -> str:

@@ -54,7 +54,6 @@ from execution.domain import (
     TradeTick,
     direction_sign,
     exit_side,
-    market_key,
 )
 from execution.entries import (
     PendingEntry,
@@ -74,6 +73,7 @@ from execution.risk_guard import (
     symbol_scope,
 )
 from execution.sizing import SizingError, position_size, r_usd_for_tier
+from schemas.catalogue import market_key
 
 log = structlog.get_logger("executor")
 

@@ -137,6 +137,11 @@ def topic_configs(spec: TopicSpec) -> dict[str, str]:
     return configs
 
 
+def market_key(exchange: str, symbol: str) -> str:
+    """The `exchange:symbol` key, e.g. "binance:BTCUSDT": the one key of market data, state and signals."""
+    return f"{exchange}:{symbol}"
+
+
 def symbol_key(exchange: str, symbol: str) -> bytes:
     """The `exchange:symbol` key as UTF-8 bytes, e.g. b"binance:BTCUSDT"."""
-    return f"{exchange}:{symbol}".encode()
+    return market_key(exchange, symbol).encode()

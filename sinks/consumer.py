@@ -22,6 +22,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from schemas.catalogue import dlq_topic
+from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
 from sinks.metrics import SinkMetrics
 from sinks.partitions import (
@@ -259,8 +260,8 @@ class TopicSink:
 
     @staticmethod
     def _dead_letter_record(msg: Message, reason: str) -> dict:
-        return {"source_topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "key": msg.key(),
-                "value": msg.value() or b"", "error": reason, "stage": "sink", "event_time": int(time.time() * 1000)}
+        return dead_letter_record(source_topic=msg.topic(), value=msg.value() or b"", error=reason, stage="sink",
+                                  key=msg.key(), partition=msg.partition(), offset=msg.offset())
 
     def _write(self, batch: Batch) -> dict[str, int]:
         """Every table of the batch in one transaction: all of it lands, or none of it."""

@@ -17,6 +17,7 @@ import structlog
 from confluent_kafka import KafkaError, Producer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import producer_config
 
@@ -81,11 +82,9 @@ class Publisher:
         `source` says where it came from or was going (a topic, or `ws:<stream>` for a frame that
         never became a record); the producer keeps going either way.
         """
-        topic = dlq
-        record = {"source_topic": source, "partition": None, "offset": None, "key": key,
-                  "value": raw, "error": error[:2000], "stage": stage, "event_time": int(time.time() * 1000)}
+        record = dead_letter_record(source_topic=source, value=raw, error=error, stage=stage, key=key)
         self.metrics.dlq.labels(stream).inc()
-        self._produce(self.prefix + topic, key, self.serde.encode(topic, record), None, 0)
+        self._produce(self.prefix + dlq, key, self.serde.encode(dlq, record), None, 0)
 
     def _acked_one(self, topic: str) -> None:
         self.delivered += 1

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from fake_exchange.recording import load_recording
-from producers.binance.book_sync import (
+from producers.base.book import (
     DepthDiff,
     DepthSnapshot,
     OrderBookSync,

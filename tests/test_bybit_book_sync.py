@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from producers.binance.book_sync import DepthDiff, DepthSnapshot, order_book_imbalance
+from producers.base.book import DepthDiff, DepthSnapshot, order_book_imbalance
 from producers.bybit.book_sync import BybitBookSync
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from producers.binance.book_sync import DepthDiff
+from producers.base.book import DepthDiff
 from producers.bybit.parse import (
     FrameError,
     TradePrint,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producers.binance.trade_sequencer import Gap
+from producers.base.sequencer import Gap
 from producers.bybit.parse import TradePrint
 from producers.bybit.ticker_state import TickerState
 from producers.bybit.trade_numbering import TradeNumbering

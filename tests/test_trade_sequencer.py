@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producers.binance.trade_sequencer import AggTradeSequencer, Gap
+from producers.base.sequencer import AggTradeSequencer, Gap
 
 
 def t(i: int) -> dict:

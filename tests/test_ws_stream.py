@@ -8,7 +8,8 @@ import socket
 from fake_exchange.config import FakeExchangeConfig
 from fake_exchange.exchange import serve
 from fake_exchange.synthetic import SyntheticSpec, generate_session
-from producers.binance.ws_stream import CombinedStream, StreamConfig
+from producers.base.stream import CombinedStream
+from producers.binance.ws_stream import BinanceStreamConfig
 
 
 async def test_rotation_overlaps_connections_so_no_frame_is_lost():
@@ -18,7 +19,7 @@ async def test_rotation_overlaps_connections_so_no_frame_is_lost():
     reconnects: list[str] = []
     stop = asyncio.Event()
     # 0.4 s: about 5 rotations in the 3 s session (0.7 s once gave only 1 on a loaded machine)
-    cfg = StreamConfig(fake.ws_url, ["btcusdt@aggTrade"], max_age_s=0.4)
+    cfg = BinanceStreamConfig(fake.ws_url, ["btcusdt@aggTrade"], max_age_s=0.4)
     stream = CombinedStream(cfg, lambda s, d, r, raw: seen.append(d["a"]), lambda raw, why: None,
                             lambda state, detail: None, reconnects.append)
     task = asyncio.create_task(stream.run(stop))
@@ -41,7 +42,7 @@ async def test_unreachable_exchange_is_reported_once_with_the_offline_hint():
     statuses: list[tuple[str, str]] = []
     reconnects: list[str] = []
     stop = asyncio.Event()
-    cfg = StreamConfig(f"ws://127.0.0.1:{port}", ["btcusdt@aggTrade"], backoff_initial_s=0.01, backoff_max_s=0.05)
+    cfg = BinanceStreamConfig(f"ws://127.0.0.1:{port}", ["btcusdt@aggTrade"], backoff_initial_s=0.01, backoff_max_s=0.05)
     stream = CombinedStream(cfg, lambda *a: None, lambda raw, why: None,
                             lambda state, detail: statuses.append((state, detail)), reconnects.append)
     task = asyncio.create_task(stream.run(stop))

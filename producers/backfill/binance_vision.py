@@ -48,6 +48,7 @@ from producers.backfill.trade_producer import (
 from producers.backfill.vision_files import DEFAULT_BASE_URL
 from producers.binance.parse import EXCHANGE
 from producers.metrics import ProducerMetrics
+from schemas.catalogue import symbol_key
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 
@@ -189,7 +190,7 @@ class _DayPublisher:
 
     def _stream(self, archive: DayArchive, continuity: ArchiveContinuity, state: _DayProgress) -> None:
         day, result, resume_after = archive.day, state.result, state.resume_after
-        key = f"{EXCHANGE}:{self.symbol}".encode()
+        key = symbol_key(EXCHANGE, self.symbol)
         publish_trade = self.producer.publish_trade
         receive_time = self.clock()
         unconfirmed = 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from producers.binance.trade_sequencer import AggTradeSequencer, Gap
+from producers.base.sequencer import AggTradeSequencer, Gap
 
 DEFAULT_REORDER_WINDOW = 1_000
 

@@ -31,6 +31,7 @@ from producers.backfill.errors import BackfillError
 from producers.metrics import ProducerMetrics
 from schemas.catalogue import DLQ_MD, TOPICS, TopicSpec, dlq_topic
 from schemas.catalogue import topic as topic_spec
+from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
@@ -88,8 +89,8 @@ class TradeTopicProducer:
         self.produced += 1
 
     def dead_letter_row(self, bad: BadRow, key: bytes, now_ms: int) -> None:
-        record = {"source_topic": self.topic, "partition": None, "offset": None, "key": key,
-                  "value": bad.text.encode(), "error": str(bad)[:2000], "stage": DLQ_STAGE, "event_time": now_ms}
+        record = dead_letter_record(source_topic=self.topic, value=bad.text.encode(), error=str(bad),
+                                    stage=DLQ_STAGE, key=key, event_time_ms=now_ms)
         self.metrics.dlq.labels("backfill").inc()
         self._produce(self._dlq, key, self.serde.encode(DLQ_MD, record))
         self.dead_lettered += 1

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from producers.binance.book_sync import DepthDiff, DepthSnapshot
+from producers.base.book import DepthDiff, DepthSnapshot, diff_record
+from producers.base.frames import FrameError
 
 EXCHANGE = "binance"
-
-
-class FrameError(ValueError):
-    """A frame that cannot be normalised (missing field, wrong type, unknown event)."""
 
 
 def _levels(raw: Any) -> tuple[tuple[float, float], ...]:
@@ -100,18 +97,8 @@ def parse_depth_snapshot(d: dict, symbol: str, receive_time: int) -> DepthSnapsh
 
 
 def depth_diff_record(diff: DepthDiff) -> dict:
-    return {
-        "exchange": EXCHANGE,
-        "symbol": diff.symbol,
-        "first_update_id": diff.first_update_id,
-        "final_update_id": diff.final_update_id,
-        "prev_final_update_id": diff.prev_final_update_id,
-        "event_time": diff.event_time,
-        "transaction_time": diff.transaction_time,
-        "receive_time": diff.receive_time,
-        "bids": [{"price": p, "qty": q} for p, q in diff.bids],
-        "asks": [{"price": p, "qty": q} for p, q in diff.asks],
-    }
+    """`md.depth` record of a verified Binance diff."""
+    return diff_record(EXCHANGE, diff)
 
 
 def parse_force_order(d: dict, receive_time: int) -> dict:

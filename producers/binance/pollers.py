@@ -49,8 +49,10 @@ from producers.binance.indicator_parse import (
     spot_mid_price,
     spot_perp_divergence,
 )
+from producers.binance.parse import EXCHANGE
 from producers.binance.rest import RestClient, RestRejected, RestUnavailable
 from producers.metrics import ProducerMetrics
+from schemas.catalogue import market_key
 
 log = structlog.get_logger("producer.pollers")
 
@@ -294,7 +296,7 @@ class IndicatorPoller:
     def _publish(self, symbol: str, records: Iterable[dict] | None, *, series: bool = False) -> None:
         for record in records or ():
             try:
-                self.publish(TOPIC, f"binance:{symbol}", record, record["receive_time"])
+                self.publish(TOPIC, market_key(EXCHANGE, symbol), record, record["receive_time"])
             except Exception:  # the publisher's failure must not end the polling
                 self.poll_errors.labels("unexpected").inc()
                 log.exception("indicator publish failed", symbol=symbol, kind=record["kind"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,10 @@ from typing import Any
 import aiohttp
 import structlog
 
-from producers.binance.book_sync import DepthDiff, OrderBookSync
+from producers.base.book import DepthDiff, OrderBookSync
+from producers.base.sequencer import AggTradeSequencer, Gap
+from producers.base.stream import CombinedStream
+from producers.base.venue import VenueProducer, book_snapshot_record, watch_replay
 from producers.binance.parse import (
     EXCHANGE,
     FrameError,
@@ -35,16 +37,14 @@ from producers.binance.parse import (
 )
 from producers.binance.pollers import IndicatorPoller
 from producers.binance.rest import RestClient, RestRejected, RestUnavailable
-from producers.binance.trade_sequencer import AggTradeSequencer, Gap
-from producers.binance.ws_stream import CombinedStream, StreamConfig, sleep_or_stop
-from producers.common import RepairTasks, book_snapshot_record, watch_replay
+from producers.binance.ws_stream import BinanceStreamConfig
 from producers.metrics import ProducerMetrics
 from schemas.errors import SchemaValidationError
+from tapeflow_runtime.files import atomic_write_text
 from tapeflow_runtime.publisher import Publisher
 
 log = structlog.get_logger("producer.binance")
 
-DLQ_TOPIC = "dlq.md"
 LIVE_WS = "wss://fstream.binance.com"
 LIVE_REST = "https://fapi.binance.com"
 
@@ -75,31 +75,19 @@ class ProducerConfig:
         return out
 
 
-@dataclass
-class ProducerStatus:
-    state: str = "starting"  # starting | connected | unreachable | replay-finished | stopped
-    detail: str = ""
-    since: float = field(default_factory=time.time)
+class BinanceProducer(VenueProducer):
+    exchange = EXCHANGE
+    dlq_source = "ws:"
 
-    def set(self, state: str, detail: str = "") -> None:
-        self.state, self.detail, self.since = state, detail, time.time()
-
-
-class BinanceProducer:
     def __init__(self, config: ProducerConfig, publisher: Publisher, metrics: ProducerMetrics) -> None:
+        super().__init__(publisher, metrics, book_depth=config.book_depth, book_interval_ms=config.book_interval_ms)
         self.config = config
-        self.publisher = publisher
-        self.metrics = metrics
-        self.status = ProducerStatus()
-        self.books = {s: OrderBookSync(s) for s in config.symbols}
+        self.books: dict[str, OrderBookSync] = {s: OrderBookSync(s) for s in config.symbols}
         self.sequencers = {s: AggTradeSequencer(s) for s in config.symbols}
         self.delivered_agg_id: dict[str, int] = {}
         self._last_mark_time: dict[str, int] = {}
         self._recent_liquidations: dict[tuple, None] = {}
-        self._book_published_u: dict[str, int] = {}
-        self._repairs = RepairTasks()
         self._rest: RestClient | None = None
-        self._stop: asyncio.Event | None = None
         self._load_checkpoint()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -108,7 +96,7 @@ class BinanceProducer:
         self._stop = stop
         async with aiohttp.ClientSession() as session:
             self._rest = RestClient(session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s)
-            stream = CombinedStream(StreamConfig(self.config.ws_base_url, self.config.streams(),
+            stream = CombinedStream(BinanceStreamConfig(self.config.ws_base_url, self.config.streams(),
                                                  **self.config.stream_config),
                                     self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect)
             workers = [asyncio.create_task(stream.run(stop), name="ws"),
@@ -158,13 +146,6 @@ class BinanceProducer:
         except (FrameError, SchemaValidationError) as exc:
             self._bad_frame(raw, str(exc), stream=kind)
 
-    def _bad_frame(self, raw: bytes, reason: str, stream: str = "unknown") -> None:
-        log.warning("dead-lettering frame", stream=stream, reason=reason)
-        self.publisher.dead_letter(DLQ_TOPIC, f"ws:{stream}", stream, raw, reason, stage="normalise")
-
-    def _key(self, symbol: str) -> str:
-        return f"{EXCHANGE}:{symbol}"
-
     def _on_trade(self, trade: dict) -> None:
         sym = trade["symbol"]
         seq = self.sequencers.get(sym)
@@ -201,9 +182,7 @@ class BinanceProducer:
         if result.applied and self.config.book_interval_ms == 0 and book.is_live and not books_published:
             self.publish_book(book)  # cadence 0: a top-N snapshot after every verified update
         if result.resync_reason:
-            reason = result.resync_reason.split(" ")[0]
-            self.metrics.book_resyncs.labels(book.symbol, reason).inc()
-            log.warning("order book resync", symbol=book.symbol, reason=result.resync_reason)
+            self._count_resync(book.symbol, result.resync_reason)
 
     def _on_mark(self, rec: dict) -> None:
         sym = rec["symbol"]
@@ -255,9 +234,7 @@ class BinanceProducer:
         gap, released = seq.give_up(gap)
         self.metrics.gaps_unfilled.labels(sym).inc()
         log.error("aggTrade gap not fillable", symbol=sym, from_id=gap.from_id, to_id=gap.to_id, reason=reason)
-        self.publisher.publish("md.gaps", self._key(sym), {
-            "exchange": EXCHANGE, "symbol": sym, "stream": "md.trades", "from_id": gap.from_id, "to_id": gap.to_id,
-            "detected_time": int(time.time() * 1000), "reason": reason[:500]})
+        self._publish_gap(sym, gap.from_id, gap.to_id, reason)
         self._publish_trades(sym, released)
 
     async def _fetch_snapshot(self, book: OrderBookSync) -> None:
@@ -283,41 +260,20 @@ class BinanceProducer:
             if book.needs_snapshot:
                 await asyncio.sleep(0.25)
 
-    # --- periodic work -------------------------------------------------------------------------------
-    async def _book_snapshots(self, stop: asyncio.Event) -> None:
-        if self.config.book_interval_ms == 0:
-            return  # published on every update instead
-        interval = self.config.book_interval_ms / 1000
-        while not await sleep_or_stop(stop, interval):
-            for sym, book in self.books.items():
-                if not book.is_live or self._book_published_u.get(sym) == book.last_update_id:
-                    continue
-                self.publish_book(book)
+    # --- VenueProducer hooks ---------------------------------------------------------------------------
+    def _book_version(self, symbol: str) -> int:
+        return self.books[symbol].last_update_id
 
-    def publish_book(self, book: OrderBookSync) -> None:
-        self._book_published_u[book.symbol] = book.last_update_id
-        record = book_snapshot_record(EXCHANGE, book, self.config.book_depth)
-        self.publisher.publish("md.book", self._key(book.symbol), record, record["receive_time"])
+    def _every_second(self) -> None:
+        self._save_checkpoint()
 
-    async def _housekeeping(self, stop: asyncio.Event) -> None:
-        while not await sleep_or_stop(stop, 1.0):
-            self.publisher.poll(0)
-            self.metrics.refresh_freshness()
-            self._save_checkpoint()
+    def _connected_detail(self) -> str:
+        return f"connected: {len(self.config.streams())} streams, {len(self.config.symbols)} symbols"
 
-    def _replay_finished(self, fake_status: dict) -> None:
-        # run() flushes the publisher once the workers have stopped, before it reports the end
-        self.status.set("replay-finished", f"replayed {fake_status.get('frames_sent', '?')} frames")
+    def _health_extra(self) -> dict:
+        return {"gaps_open": sum(s.gap is not None for s in self.sequencers.values())}
 
-    # --- status and checkpoint -----------------------------------------------------------------------
-    def _on_ws_status(self, state: str, detail: str) -> None:
-        if state == "connected":
-            detail = f"connected: {len(self.config.streams())} streams, {len(self.config.symbols)} symbols"
-        self.status.set(state, detail)
-
-    def _on_reconnect(self, reason: str) -> None:
-        self.metrics.reconnects.labels(reason).inc()
-
+    # --- checkpoint ----------------------------------------------------------------------------------
     def _load_checkpoint(self) -> None:
         path = self.config.checkpoint_path
         if path is None or not path.exists():
@@ -337,12 +293,4 @@ class BinanceProducer:
         if path is None or not self.delivered_agg_id:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"last_agg_id": self.delivered_agg_id, "saved_at": time.time()}))
-        os.replace(tmp, path)
-
-    def health(self) -> dict:
-        return {"status": self.status.state, "detail": self.status.detail,
-                "books_live": sum(b.is_live for b in self.books.values()), "symbols": len(self.books),
-                "publisher_healthy": self.publisher.healthy,
-                "gaps_open": sum(s.gap is not None for s in self.sequencers.values())}
+        atomic_write_text(path, json.dumps({"last_agg_id": self.delivered_agg_id, "saved_at": time.time()}))

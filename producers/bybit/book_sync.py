@@ -9,7 +9,7 @@ exactly one per message. The rules (Bybit v5 "Orderbook" docs):
    producer obtains by re-subscribing the topic (Bybit sends no snapshot otherwise).
 
 What is the same as Binance (level updates, the crossed-book check that turns a bad update into a
-break, top-N views, state and counters) is inherited from `producers.binance.book_sync.OrderBookSync`;
+break, top-N views, state and counters) is inherited from `producers.base.book.OrderBookSync`;
 only the chaining differs, so that is all this class overrides. Nothing unverified is ever emitted:
 deltas while waiting for a snapshot are dropped, and a crossed book after any update is a break.
 A snapshot is emitted as a `DepthDiff` with `prev_final_update_id = None`: a full book, so a consumer
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from producers.binance.book_sync import (
+from producers.base.book import (
     DepthDiff,
     DepthSnapshot,
     OrderBookSync,

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from producers.binance.book_sync import DepthDiff
-from producers.binance.parse import FrameError, depth_diff_record
+from producers.base.book import DepthDiff, diff_record
+from producers.base.frames import FrameError
 
 EXCHANGE = "bybit"
 TAKER_SIDES = {"Buy": "BUY", "Sell": "SELL"}
@@ -166,8 +166,8 @@ def parse_orderbook(msg: Any, receive_time: int) -> DepthDiff:
 
 
 def bybit_depth_record(diff: DepthDiff) -> dict:
-    """`md.depth` record of a verified Bybit update (the Binance mapping with exchange = bybit)."""
-    return {**depth_diff_record(diff), "exchange": EXCHANGE}
+    """`md.depth` record of a verified Bybit update."""
+    return diff_record(EXCHANGE, diff)
 
 
 @_normalising("allLiquidation")

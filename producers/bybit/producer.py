@@ -21,10 +21,10 @@ from typing import Any
 
 import structlog
 
-from producers.binance.book_sync import DepthDiff
-from producers.binance.producer import DLQ_TOPIC, ProducerStatus
-from producers.binance.trade_sequencer import Gap
-from producers.binance.ws_stream import sleep_or_stop
+from producers.base.book import DepthDiff
+from producers.base.sequencer import Gap
+from producers.base.stream import sleep_or_stop
+from producers.base.venue import VenueProducer, watch_replay
 from producers.bybit.book_sync import BybitBookSync
 from producers.bybit.parse import (
     EXCHANGE,
@@ -40,7 +40,6 @@ from producers.bybit.parse import (
 from producers.bybit.ticker_state import TickerState
 from producers.bybit.trade_numbering import TradeNumbering
 from producers.bybit.ws_stream import BybitStream, BybitStreamConfig
-from producers.common import RepairTasks, book_snapshot_record, watch_replay
 from producers.metrics import ProducerMetrics
 from schemas.errors import SchemaValidationError
 from tapeflow_runtime.publisher import Publisher
@@ -73,27 +72,25 @@ class BybitProducerConfig:
         return out
 
 
-class BybitProducer:
+class BybitProducer(VenueProducer):
     """One websocket's messages → md.* records, keyed `bybit:<SYMBOL>`; same entry points as `BinanceProducer`.
 
     `run(stop)` returns "stopped" or "replay-finished"; `health()` feeds `/health`; `status` is the
     shared `ProducerStatus` (connected / unreachable / replay-finished / stopped).
     """
 
+    exchange = EXCHANGE
+    dlq_source = "ws:bybit:"
+
     def __init__(self, config: BybitProducerConfig, publisher: Publisher, metrics: ProducerMetrics) -> None:
+        super().__init__(publisher, metrics, book_depth=config.book_depth, book_interval_ms=config.book_interval_ms)
         self.config = config
-        self.publisher = publisher
-        self.metrics = metrics
-        self.status = ProducerStatus()
-        self.books = {s: BybitBookSync(s) for s in config.symbols}
+        self.books: dict[str, BybitBookSync] = {s: BybitBookSync(s) for s in config.symbols}
         self.numbering = {s: TradeNumbering(s) for s in config.symbols}
         self.tickers = {s: TickerState(s) for s in config.symbols}
         self.stream = BybitStream(BybitStreamConfig(config.ws_url, config.topics(), **config.stream_config),
                                   self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect)
         self._book_updates: dict[str, int] = dict.fromkeys(config.symbols, 0)  # verified updates applied
-        self._book_published: dict[str, int] = {}  # _book_updates at the last md.book
-        self._repairs = RepairTasks()
-        self._stop: asyncio.Event | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> str:
@@ -142,13 +139,6 @@ class BybitProducer:
         except (FrameError, SchemaValidationError) as exc:
             self._bad_frame(raw, str(exc), stream=kind)
 
-    def _bad_frame(self, raw: bytes, reason: str, stream: str = "unknown") -> None:
-        log.warning("dead-lettering frame", stream=stream, reason=reason)
-        self.publisher.dead_letter(DLQ_TOPIC, f"ws:bybit:{stream}", stream, raw, reason, stage="normalise")
-
-    def _key(self, symbol: str) -> str:
-        return f"{EXCHANGE}:{symbol}"
-
     def _numbering(self, symbol: str) -> TradeNumbering:
         numbering = self.numbering.get(symbol)
         if numbering is None:
@@ -161,18 +151,16 @@ class BybitProducer:
             since = numbering.last_trade_time
             record, gap = numbering.number(p)
             if gap is not None:
-                self._publish_gap(gap, f"connection lost: Bybit does not replay publicTrade, trades between "
+                self._publish_possible_gap(gap, f"connection lost: Bybit does not replay publicTrade, trades between "
                                        f"{since} and {p.trade_time} (ms) may be missing")
             if record is not None:
                 self.publisher.publish("md.trades", self._key(p.symbol), record, p.receive_time)
 
-    def _publish_gap(self, gap: Gap, reason: str) -> None:
+    def _publish_possible_gap(self, gap: Gap, reason: str) -> None:
         self.metrics.gaps_detected.labels(gap.symbol).inc()
         self.metrics.gaps_unfilled.labels(gap.symbol).inc()
         log.warning("possible trade gap", symbol=gap.symbol, from_id=gap.from_id, to_id=gap.to_id, reason=reason)
-        self.publisher.publish("md.gaps", self._key(gap.symbol), {
-            "exchange": EXCHANGE, "symbol": gap.symbol, "stream": "md.trades", "from_id": gap.from_id,
-            "to_id": gap.to_id, "detected_time": int(time.time() * 1000), "reason": reason[:500]})
+        self._publish_gap(gap.symbol, gap.from_id, gap.to_id, reason)
 
     def _on_book(self, diff: DepthDiff) -> None:
         book = self.books.get(diff.symbol)
@@ -189,8 +177,7 @@ class BybitProducer:
             self.metrics.book_resyncs.labels(book.symbol, "restart").inc()
             log.warning("bybit order book service restarted (u=1): book replaced", symbol=book.symbol)
         if result.resync_reason:
-            self.metrics.book_resyncs.labels(book.symbol, result.resync_reason.split(" ")[0]).inc()
-            log.warning("order book resync", symbol=book.symbol, reason=result.resync_reason)
+            self._count_resync(book.symbol, result.resync_reason)
             self._repairs.ensure(f"resubscribe:{book.symbol}", self._resubscribe(book))
 
     def _on_ticker(self, msg: dict, received: int) -> None:
@@ -217,46 +204,21 @@ class BybitProducer:
                 if await sleep_or_stop(self._stop, 0.05):
                     return
 
-    # --- periodic work --------------------------------------------------------------------------
-    async def _book_snapshots(self, stop: asyncio.Event) -> None:
-        if self.config.book_interval_ms == 0:
-            return  # published on every update instead
-        interval = self.config.book_interval_ms / 1000
-        while not await sleep_or_stop(stop, interval):
-            for sym, book in self.books.items():
-                if book.is_live and self._book_published.get(sym) != self._book_updates[sym]:
-                    self.publish_book(book)
+    # --- VenueProducer hooks ---------------------------------------------------------------------------
+    def _book_version(self, symbol: str) -> int:
+        return self._book_updates[symbol]
 
-    def publish_book(self, book: BybitBookSync) -> None:
-        self._book_published[book.symbol] = self._book_updates[book.symbol]
-        record = book_snapshot_record(EXCHANGE, book, self.config.book_depth)
-        self.publisher.publish("md.book", self._key(book.symbol), record, record["receive_time"])
+    def _connected_detail(self) -> str:
+        return f"connected: {len(self.config.topics())} topics, {len(self.config.symbols)} symbols"
 
-    async def _housekeeping(self, stop: asyncio.Event) -> None:
-        while not await sleep_or_stop(stop, 1.0):
-            self.publisher.poll(0)
-            self.metrics.refresh_freshness()
-
-    def _replay_finished(self, fake_status: dict) -> None:
-        self.status.set("replay-finished", f"replayed {fake_status.get('frames_sent_total', '?')} frames")
-
-    # --- status ---------------------------------------------------------------------------------
-    def _on_ws_status(self, state: str, detail: str) -> None:
-        if state == "connected":
-            detail = f"connected: {len(self.config.topics())} topics, {len(self.config.symbols)} symbols"
-        self.status.set(state, detail)
+    def _health_extra(self) -> dict:
+        return {"possible_trade_gaps": sum(n.counters.gaps for n in self.numbering.values())}
 
     def _on_reconnect(self, reason: str) -> None:
-        self.metrics.reconnects.labels(reason).inc()
+        super()._on_reconnect(reason)
         if reason == "rotation":
             return  # the old connection keeps delivering until the new one does: nothing is lost
         for numbering in self.numbering.values():
             numbering.connection_lost()
         for book in self.books.values():
             book.invalidate()
-
-    def health(self) -> dict:
-        return {"status": self.status.state, "detail": self.status.detail,
-                "books_live": sum(b.is_live for b in self.books.values()), "symbols": len(self.books),
-                "publisher_healthy": self.publisher.healthy,
-                "possible_trade_gaps": sum(n.counters.gaps for n in self.numbering.values())}

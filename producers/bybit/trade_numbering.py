@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from producers.binance.trade_sequencer import Gap
+from producers.base.sequencer import Gap
 from producers.bybit.parse import TradePrint
 
 IDS_PER_MS = 1000  # epoch base = first trade time (ms) * IDS_PER_MS

@@ -26,7 +26,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from producers.binance.ws_stream import CombinedStream, StreamConfig
+from producers.base.stream import CombinedStream, StreamConfig
 
 log = structlog.get_logger("producer.bybit.ws")
 
@@ -38,10 +38,6 @@ class BybitStreamConfig(StreamConfig):
     """`base_url` is the full category URL; `streams` are Bybit topics (`publicTrade.BTCUSDT`, ...)."""
 
     max_age_s: float = 24 * 3600.0  # Bybit documents no forced cut; rotate daily all the same
-
-    @property
-    def url(self) -> str:
-        return self.base_url
 
 
 def _op(op: str, args: list[str] | None = None) -> bytes:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.catalogue import market_key
+
 
 def _key(exchange: str, symbol: str, direction: str) -> str:
     return f"{exchange}:{symbol}:{direction}"
@@ -28,11 +30,11 @@ class CooldownBook:
         return last is not None and now_ms - last < cooldown_ms
 
     def previous_signal(self, exchange: str, symbol: str) -> tuple[str, int] | None:
-        return self.last_signal.get(f"{exchange}:{symbol}")
+        return self.last_signal.get(market_key(exchange, symbol))
 
     def record(self, exchange: str, symbol: str, direction: str, now_ms: int) -> None:
         self.last_fired_ms[_key(exchange, symbol, direction)] = int(now_ms)
-        self.last_signal[f"{exchange}:{symbol}"] = (direction, int(now_ms))
+        self.last_signal[market_key(exchange, symbol)] = (direction, int(now_ms))
 
     def to_dict(self) -> dict[str, Any]:
         return {

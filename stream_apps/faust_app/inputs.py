@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from schemas.catalogue import market_key
 from schemas.serde import AvroSerde
 from stream_apps.core.events import (
     MarketEvent,
@@ -101,7 +102,7 @@ class DecodedPartition:
 
 
 def symbol_key(exchange: str, symbol: str) -> str:
-    return f"{exchange}:{symbol}"
+    return market_key(exchange, symbol)
 
 
 def decode_partition(serde: AvroSerde, catalogue_topic: str, topic: str, partition: int,

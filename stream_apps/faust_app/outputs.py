@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineOutput
 
@@ -69,8 +70,8 @@ class OutputEncoder:
         return [s for s in signals if s["eval_time"] >= oldest]
 
     def dead_letter(self, dead: DeadInput, stage: str = "engine:decode") -> OutRecord:
-        record = {"source_topic": dead.topic, "partition": dead.partition, "offset": dead.offset, "key": dead.key,
-                  "value": dead.value, "error": dead.error[:2000], "stage": stage,
-                  "event_time": self.wall_clock_ms()}
+        record = dead_letter_record(source_topic=dead.topic, value=dead.value, error=dead.error, stage=stage,
+                                    key=dead.key, partition=dead.partition, offset=dead.offset,
+                                    event_time_ms=self.wall_clock_ms())
         return OutRecord(self.prefix + "dlq.md", 0, dead.key or b"", self.serde.encode("dlq.md", record),
                          None, dead.partition)

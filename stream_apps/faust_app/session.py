@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Producer
 
+from schemas.catalogue import market_key
 from schemas.serde import AvroSerde
 from stream_apps.core.events import (
     TradeBatch,
@@ -43,7 +44,7 @@ class SessionRecord:
 
 
 def trade_records(batch: TradeBatch, receive_delay_ms: int = 20) -> list[SessionRecord]:
-    key = f"{batch.exchange}:{batch.symbol}"
+    key = market_key(batch.exchange, batch.symbol)
     out = []
     for agg_id, t, price, qty, sell in zip(batch.agg_id.tolist(), batch.time_ms.tolist(), batch.price.tolist(),
                                            batch.qty.tolist(), batch.taker_sell.tolist()):
@@ -71,7 +72,7 @@ def synthetic_session(
     rng = np.random.default_rng(seed)
     records: list[SessionRecord] = []
     for i, (symbol, price0) in enumerate(symbols):
-        key = f"{exchange}:{symbol}"
+        key = market_key(exchange, symbol)
         trades = synthetic_trades(symbol, exchange=exchange, start_ms=start_ms, duration_ms=duration_ms,
                                   rate_per_s=trades_per_s, price0=price0, seed=seed + i)
         records += trade_records(trades)

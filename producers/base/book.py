@@ -1,4 +1,7 @@
-"""Binance USD-M local order book: the documented diff-depth synchronisation, as a pure state machine.
+"""A chain-verified local order book, as a pure state machine, shared by every venue.
+
+The base rules are Binance USD-M's documented diff-depth synchronisation; other venues subclass
+`OrderBookSync` for their own snapshot/delta rules (`producers.bybit.book_sync`).
 
 Procedure (Binance "How to manage a local order book correctly", USD-M futures):
 1. buffer `@depth` diffs from the stream, 2. fetch a REST snapshot (`lastUpdateId` = L),
@@ -181,3 +184,19 @@ def order_book_imbalance(bids: list[tuple[float, float]], asks: list[tuple[float
     b = sum(q for _, q in bids[:levels])
     a = sum(q for _, q in asks[:levels])
     return (b - a) / (b + a) if b + a > 0 else 0.0
+
+
+def diff_record(exchange: str, diff: DepthDiff) -> dict:
+    """The `md.depth` record of a verified update (a snapshot has `prev_final_update_id` None)."""
+    return {
+        "exchange": exchange,
+        "symbol": diff.symbol,
+        "first_update_id": diff.first_update_id,
+        "final_update_id": diff.final_update_id,
+        "prev_final_update_id": diff.prev_final_update_id,
+        "event_time": diff.event_time,
+        "transaction_time": diff.transaction_time,
+        "receive_time": diff.receive_time,
+        "bids": [{"price": p, "qty": q} for p, q in diff.bids],
+        "asks": [{"price": p, "qty": q} for p, q in diff.asks],
+    }

@@ -1,0 +1,204 @@
+"""A resilient websocket market-data connection, shared by every venue: reconnects, read timeouts, rotation.
+
+- Reconnect with exponential backoff and full jitter, so many producers do not reconnect in step.
+- websockets answers the server's pings and sends its own (`ping_interval`); a read timeout catches
+  a silently dead TCP connection that pings alone would notice late.
+- Binance cuts every connection after 24 h: the connection is rotated before that (`max_age_s`)
+  by opening the new one first and closing the old one only once the new one delivers, so nothing
+  is missed; the overlap produces duplicates that the consumers of this stream drop by id.
+- "No network" (DNS failure, connection refused on a machine without internet) is reported once,
+  clearly, with the offline alternative, then retried quietly with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+import structlog
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+log = structlog.get_logger("producer.ws")
+
+OnFrame = Callable[[str, dict, int, bytes], None]
+OnStatus = Callable[[str, str], None]
+
+
+@dataclass
+class StreamConfig:
+    """Where to connect and how patiently; a venue subclass says how `streams` become the URL."""
+
+    base_url: str  # e.g. wss://fstream.binance.com or ws://127.0.0.1:PORT
+    streams: list[str]
+    ping_interval_s: float = 20.0
+    read_timeout_s: float = 30.0
+    max_age_s: float = 23.5 * 3600
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+
+class CombinedStream:
+    """Delivers `(stream, data, receive_time_ms, raw)` for every frame until `stop` is set."""
+
+    def __init__(self, config: StreamConfig, on_frame: OnFrame, on_bad_frame: Callable[[bytes, str], None],
+                 on_status: OnStatus, on_reconnect: Callable[[str], None]) -> None:
+        self.config = config
+        self.on_frame = on_frame
+        self.on_bad_frame = on_bad_frame
+        self.on_status = on_status
+        self.on_reconnect = on_reconnect
+        self.connected = asyncio.Event()
+        self._offline_reported = False
+        self.connections = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a connection delivering until `stop`; cancelling this coroutine closes them all."""
+        self._open: set[asyncio.Task] = set()
+        try:
+            await self._run(stop)
+        finally:
+            for task in list(self._open):
+                await _cancel(task)
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        retiring: asyncio.Task | None = None  # the old connection during a rotation
+        while not stop.is_set():
+            first_frame = asyncio.Event()
+            task = asyncio.create_task(self._connection(first_frame, stop))
+            self._open.add(task)
+            task.add_done_callback(self._open.discard)
+            outcome = await _first_of(stop, task, event=first_frame)
+            if retiring is not None:  # the replacement delivers (or failed): retire the old one now
+                await _cancel(retiring)
+                retiring = None
+            if outcome == "stop":
+                await _cancel(task)
+                return
+            if outcome == "failed":
+                self._lost(task)
+                attempt += 1
+                delay = random.uniform(0, min(self.config.backoff_max_s,
+                                              self.config.backoff_initial_s * 2 ** min(attempt, 10)))
+                if await sleep_or_stop(stop, delay):
+                    return
+                continue
+            attempt = 0
+            self.connected.set()
+            self._offline_reported = False
+            self.on_status("connected", self.config.url)
+            outcome = await _first_of(stop, task, timeout=self.config.max_age_s)
+            if outcome == "stop":
+                await _cancel(task)
+                return
+            if outcome == "failed":
+                self._lost(task)
+                continue
+            log.info("rotating connection before the 24 h limit", age_s=self.config.max_age_s)
+            self.on_reconnect("rotation")
+            retiring = task  # keeps delivering until the replacement's first frame
+
+    def _lost(self, task: asyncio.Task) -> None:
+        reason = _task_reason(task)
+        self.connected.clear()
+        self.on_reconnect(reason)
+        log.debug("connection lost", reason=reason)
+
+    async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
+        cfg = self.config
+        try:
+            async with websockets.connect(cfg.url, ping_interval=cfg.ping_interval_s, ping_timeout=cfg.ping_interval_s,
+                                          max_size=2**24, open_timeout=10, close_timeout=2) as ws:
+                self.connections += 1
+                while not stop.is_set():
+                    raw = await asyncio.wait_for(ws.recv(decode=False), timeout=cfg.read_timeout_s)
+                    received = int(time.time() * 1000)
+                    first_frame.set()
+                    self._dispatch(raw, received)
+        except (TimeoutError, OSError, socket.gaierror, InvalidHandshake, InvalidURI) as exc:
+            if not first_frame.is_set():
+                self._report_offline(exc)
+            raise
+
+    def _dispatch(self, raw: bytes, received: int) -> None:
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            self.on_bad_frame(raw, f"not JSON: {exc}")
+            return
+        if not isinstance(msg, dict) or "stream" not in msg or not isinstance(msg.get("data"), dict):
+            if isinstance(msg, dict) and "result" in msg and "id" in msg:
+                return  # a SUBSCRIBE acknowledgement
+            self.on_bad_frame(raw, "unexpected frame shape (no stream/data envelope)")
+            return
+        try:
+            self.on_frame(msg["stream"], msg["data"], received, raw)
+        except Exception as exc:  # one bad frame must never take the connection down
+            log.exception("frame handler failed", stream=msg["stream"])
+            self.on_bad_frame(raw, f"handler error: {type(exc).__name__}: {exc}")
+
+    def _report_offline(self, exc: BaseException) -> None:
+        if self._offline_reported:
+            return
+        self._offline_reported = True
+        text = f"{type(exc).__name__}: {exc}"
+        hint = ("cannot reach the exchange websocket at " + self.config.base_url + f" ({text}). "
+                "If this machine has no internet access, run offline from a recording: "
+                "tapeflow up --source replay:DIR. Retrying with backoff.")
+        log.error("exchange unreachable", detail=text, hint="tapeflow up --source replay:DIR")
+        self.on_status("unreachable", hint)
+
+
+async def _first_of(stop: asyncio.Event, task: asyncio.Task, *, event: asyncio.Event | None = None,
+                    timeout: float | None = None) -> str:
+    """Wait for whichever comes first: "stop", "failed" (the task ended), "ready" (`event`) or "timeout"."""
+    waiters = {asyncio.create_task(stop.wait()): "stop", task: "failed"}
+    if event is not None:
+        waiters[asyncio.create_task(event.wait())] = "ready"
+    done, _ = await asyncio.wait(set(waiters), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for w, name in waiters.items():
+        if w is not task:
+            w.cancel()
+    if stop.is_set():
+        return "stop"
+    if task in done:
+        return "failed"
+    return "ready" if done else "timeout"
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _task_reason(task: asyncio.Task) -> str:
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    if exc is None:
+        return "closed"
+    if isinstance(exc, ConnectionClosed):
+        return "closed by server"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "read timeout"
+    return type(exc).__name__
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True when `stop` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        return True
+    except TimeoutError:
+        return False
+

@@ -1,0 +1,194 @@
+"""What every exchange producer shares: status, keys, dead letters, gaps, book snapshots, housekeeping,
+health, one-at-a-time repair tasks and the end-of-replay handshake (`VenueProducer`).
+
+A venue (`producers/binance`, `producers/bybit`) subclasses `VenueProducer` and keeps only what differs:
+parsing, continuity, book rules and its repairs. A fix to, say, the end-of-replay handshake lands in
+every producer at once; venues import this base and the runtime, never each other (as cryptofeed's
+exchanges build on its `feed.py`, or NautilusTrader's adapters on its common data client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import aiohttp
+import structlog
+
+from producers.base.book import order_book_imbalance
+from producers.base.stream import sleep_or_stop
+from producers.metrics import ProducerMetrics
+from schemas.catalogue import market_key
+from tapeflow_runtime.publisher import Publisher
+
+log = structlog.get_logger("producer")
+
+DLQ_TOPIC = "dlq.md"
+
+
+@dataclass
+class ProducerStatus:
+    state: str = "starting"  # starting | connected | unreachable | replay-finished | stopped
+    detail: str = ""
+    since: float = field(default_factory=time.time)
+
+    def set(self, state: str, detail: str = "") -> None:
+        self.state, self.detail, self.since = state, detail, time.time()
+
+
+class RepairTasks:
+    """Named background tasks (a gap fill per symbol, a snapshot per book): at most one of each at a time."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task] = {}
+
+    def ensure(self, name: str, coro: Coroutine) -> None:
+        task = self.tasks.get(name)
+        if task is not None and not task.done():
+            coro.close()  # already running: the running one will see the new state
+            return
+        self.tasks[name] = asyncio.create_task(coro, name=name)
+
+    def busy(self) -> bool:
+        return any(not t.done() for t in self.tasks.values())
+
+    async def cancel_all(self) -> None:
+        for t in self.tasks.values():
+            t.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+class TopBook(Protocol):
+    symbol: str
+    last_update_id: int
+    last_event_time: int
+
+    def top(self, depth: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]: ...
+
+
+def book_snapshot_record(exchange: str, book: TopBook, depth: int, now_ms: int | None = None) -> dict:
+    """An md.book record: the verified book's top `depth` levels and OBI over 10 levels."""
+    bids, asks = book.top(depth)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return {"exchange": exchange, "symbol": book.symbol, "last_update_id": book.last_update_id,
+            "event_time": book.last_event_time, "receive_time": now,
+            "bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks],
+            "obi_10": order_book_imbalance(bids, asks, 10)}
+
+
+async def watch_replay(control_url: str, stop: asyncio.Event, busy: Callable[[], bool],
+                       finished: Callable[[dict], None]) -> None:
+    """Fake exchange only: once its replay has finished and no repair is running, call `finished`
+    (with the fake's status) and set `stop`, so a replay ends the producer cleanly."""
+    url = f"{control_url.rstrip('/')}/_control/status"
+    async with aiohttp.ClientSession() as session:
+        while not await sleep_or_stop(stop, 0.5):
+            try:
+                async with session.get(url) as resp:
+                    body = await resp.json()
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                continue
+            if body.get("finished") and not busy():
+                await asyncio.sleep(0.5)  # frames already sent may still be in our socket buffer
+                finished(body)
+                log.info("replay finished", frames=body.get("frames_sent_total", body.get("frames_sent")))
+                stop.set()
+                return
+
+
+class VenueProducer:
+    """The shared half of an exchange producer; a venue sets `exchange` and fills in the hooks.
+
+    Subclasses provide `books` (symbol -> a live/verified book with `top()`), `on_frame`, `run` and
+    the `_connected_detail`, `_book_version`, `_health_extra` hooks.
+    """
+
+    exchange: ClassVar[str]
+    dlq_source: ClassVar[str]  # `source_topic` prefix of dead-lettered frames, e.g. "ws:" or "ws:bybit:"
+
+    def __init__(self, publisher: Publisher, metrics: ProducerMetrics, *, book_depth: int,
+                 book_interval_ms: int) -> None:
+        self.publisher = publisher
+        self.metrics = metrics
+        self.status = ProducerStatus()
+        self.books: Mapping[str, Any] = {}
+        self.book_depth = book_depth
+        self.book_interval_ms = book_interval_ms
+        self._book_published: dict[str, Any] = {}  # symbol -> _book_version at its last md.book
+        self._repairs = RepairTasks()
+        self._stop: asyncio.Event | None = None
+
+    # --- records --------------------------------------------------------------------------------
+    def _key(self, symbol: str) -> str:
+        return market_key(self.exchange, symbol)
+
+    def _bad_frame(self, raw: bytes, reason: str, stream: str = "unknown") -> None:
+        log.warning("dead-lettering frame", exchange=self.exchange, stream=stream, reason=reason)
+        self.publisher.dead_letter(DLQ_TOPIC, f"{self.dlq_source}{stream}", stream, raw, reason, stage="normalise")
+
+    def _publish_gap(self, symbol: str, from_id: int, to_id: int, reason: str) -> None:
+        """A hole in `md.trades` that will not be filled, on `md.gaps` for the sink and the audit."""
+        self.publisher.publish("md.gaps", self._key(symbol), {
+            "exchange": self.exchange, "symbol": symbol, "stream": "md.trades", "from_id": from_id,
+            "to_id": to_id, "detected_time": int(time.time() * 1000), "reason": reason[:500]})
+
+    def _count_resync(self, symbol: str, reason: str) -> None:
+        self.metrics.book_resyncs.labels(symbol, reason.split(" ")[0]).inc()
+        log.warning("order book resync", exchange=self.exchange, symbol=symbol, reason=reason)
+
+    # --- md.book ----------------------------------------------------------------------------------
+    def _book_version(self, symbol: str) -> Any:
+        """What changes whenever the book does (a venue's update id or a count of applied updates)."""
+        raise NotImplementedError
+
+    def publish_book(self, book: TopBook) -> None:
+        self._book_published[book.symbol] = self._book_version(book.symbol)
+        record = book_snapshot_record(self.exchange, book, self.book_depth)
+        self.publisher.publish("md.book", self._key(book.symbol), record, record["receive_time"])
+
+    async def _book_snapshots(self, stop: asyncio.Event) -> None:
+        """Top-N snapshots of every live book that changed, every `book_interval_ms` (0: on each update)."""
+        if self.book_interval_ms == 0:
+            return  # published on every update instead
+        interval = self.book_interval_ms / 1000
+        while not await sleep_or_stop(stop, interval):
+            for sym, book in self.books.items():
+                if book.is_live and self._book_published.get(sym) != self._book_version(sym):
+                    self.publish_book(book)
+
+    # --- periodic work and status -------------------------------------------------------------------
+    def _every_second(self) -> None:
+        """Housekeeping a venue adds (e.g. a checkpoint)."""
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        while not await sleep_or_stop(stop, 1.0):
+            self.publisher.poll(0)
+            self.metrics.refresh_freshness()
+            self._every_second()
+
+    def _connected_detail(self) -> str:
+        raise NotImplementedError
+
+    def _on_ws_status(self, state: str, detail: str) -> None:
+        if state == "connected":
+            detail = self._connected_detail()
+        self.status.set(state, detail)
+
+    def _on_reconnect(self, reason: str) -> None:
+        self.metrics.reconnects.labels(reason).inc()
+
+    def _replay_finished(self, fake_status: dict) -> None:
+        # run() flushes the publisher once the workers have stopped, before it reports the end
+        frames = fake_status.get("frames_sent_total", fake_status.get("frames_sent", "?"))
+        self.status.set("replay-finished", f"replayed {frames} frames")
+
+    def _health_extra(self) -> dict:
+        return {}
+
+    def health(self) -> dict:
+        return {"status": self.status.state, "detail": self.status.detail,
+                "books_live": sum(b.is_live for b in self.books.values()), "symbols": len(self.books),
+                "publisher_healthy": self.publisher.healthy, **self._health_extra()}
