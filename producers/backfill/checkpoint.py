@@ -17,7 +17,6 @@ counted again in the new run's summary (they are still in the file) but dead-let
 from __future__ import annotations
 
 import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 import orjson
 
 from producers.backfill.errors import BackfillError
+from tapeflow_runtime.files import atomic_write_bytes
 
 VERSION = 1
 
@@ -131,6 +131,4 @@ class Checkpoint:
                                                                "last_agg_id": self.partial_last_agg_id,
                                                                "line": self.partial_line},
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))

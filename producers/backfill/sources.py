@@ -36,6 +36,7 @@ from producers.backfill.vision_files import (
     parse_checksum,
     verify_checksum,
 )
+from tapeflow_runtime.files import atomic_write_text
 
 log = structlog.get_logger("producer.backfill")
 
@@ -128,7 +129,7 @@ class VisionDownloader:
             raise ChecksumMismatchError(f"{target.name}: downloaded SHA-256 {actual} does not match its "
                                         f"{CHECKSUM_SUFFIX} ({expected}); from {url}")
         os.replace(part, target)
-        _write_atomic(checksum_file, checksum_text)
+        atomic_write_text(checksum_file, checksum_text)
         return DayArchive(day, target, "download")
 
     # --- HTTP -----------------------------------------------------------------------------------
@@ -169,8 +170,3 @@ class VisionDownloader:
                 self.sleep(delay)
         raise BackfillError(f"GET {url} failed after {self.attempts} attempts: {error}")
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
