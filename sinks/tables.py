@@ -20,7 +20,7 @@ columns numeric, and binary COPY does not convert float8 to numeric): use `stagi
 The converters are written out per topic rather than generated from the schemas: they are the
 sink's inner loop (one call per record at hundreds of thousands of records a second), and an
 explicit tuple expression is both the fastest form in CPython and the easiest to review against the
-table definition. tests/test_db_schema_tables.py checks every converter against its .avsc and its table.
+table definition. tests/sinks/test_db_schema_tables.py checks every converter against its .avsc and its table.
 """
 
 from __future__ import annotations

@@ -47,10 +47,10 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import yaml
-from test_engine_app import committed_offsets
 
 from sinks.migrate import migrate
 from tapeflow_runtime.kafka_client import ensure_topics
+from tests.support.kafka import committed_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -205,7 +205,7 @@ def num(value) -> float | None:
 # --- the test ------------------------------------------------------------------------------------------
 @pytest.fixture
 def home():
-    # outside pytest's basetemp (see tests/test_stack_lifecycle.py): pytest prunes it under running tests
+    # outside pytest's basetemp (see tests/tapeflow/stack/test_stack_lifecycle.py): pytest prunes it under running tests
     path = Path(tempfile.mkdtemp(prefix="tapeflow-e2e-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)

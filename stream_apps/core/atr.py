@@ -3,7 +3,7 @@
 DESIGN §4: TR = max(H-L, |H-C_prev|, |L-C_prev|) (the first bar has no previous close, so TR = H-L);
 Wilder smoothing ATR = (ATR_prev * (n-1) + TR) / n, seeded with the first TR (``ta`` seeds with the
 mean of the first n TRs instead; after the seed both follow the same recursion, so the difference
-decays as ((n-1)/n)**k — see tests/test_core_bars_atr.py).
+decays as ((n-1)/n)**k — see tests/stream_apps/core/test_core_bars_atr.py).
 
 ATR percentile = 100 * count(h <= ATR) / len(h) over the ATR values of the last ``history_len`` bars
 (288 five-minute bars = 24 h), one value appended per closed bar; 50 while fewer than ``min_history``

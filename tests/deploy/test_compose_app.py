@@ -1,0 +1,45 @@
+"""tapeflow's own compose services: every command they run exists, and the image contains every package."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+from tests.support.paths import REPO
+
+ROOT = REPO
+
+
+def app_services() -> dict:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return {n: s for n, s in services.items() if str(s.get("image", "")).startswith("tapeflow:")}
+
+
+def test_the_pipeline_services_are_in_compose():
+    assert {"producer", "engine", "sink", "executor"} <= set(app_services())
+
+
+def test_every_tapeflow_command_in_compose_exists_with_its_options():
+    for name, service in app_services().items():
+        script = service["command"][-1]
+        for part in script.split("&&"):
+            argv = shlex.split(part.replace("exec ", ""))
+            assert argv[0] == "tapeflow", (name, part)
+            # `--help` after the options: click validates every option given before it
+            res = subprocess.run([sys.executable, "-m", "tapeflow", *argv[1:], "--help"], capture_output=True,
+                                 text=True, timeout=60)
+            assert res.returncode == 0, f"{name}: {part!r}: {res.stderr}"
+        port = re.search(r"--metrics-port (\d+)", script).group(1)
+        assert port in " ".join(service["healthcheck"]["test"]), f"{name}: healthcheck probes another port"
+
+
+def test_image_contains_every_python_package():
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    for pattern in packages:
+        assert pattern.rstrip("*") in copied, f"Dockerfile does not COPY {pattern}"

