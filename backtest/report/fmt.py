@@ -99,7 +99,7 @@ def value(v: object, kind: str) -> str:
     return str(v)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
 
 
 def md(text: object) -> str:

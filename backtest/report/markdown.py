@@ -54,7 +54,7 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
                         [[fmt.md(s["name"]), fmt.md(s["version"]), f"`{fmt.md(s['config_hash'])}`"]
                          + [fmt.value(s["summary"][k], kind) for k, _h, kind in cols] for s in doc["strategies"]])
         lines.append("")
-    lines += [f"Definitions: {'; '.join(f'**{k}**: {v}' for k, v in doc['definitions'].items())}.", ""]
+    lines += [f"Definitions: {'; '.join(f'**{fmt.md(k)}**: {fmt.md(v)}' for k, v in doc['definitions'].items())}.", ""]
     if png_name:
         lines += [f"![Equity and drawdown in R]({png_name})", ""]
 

@@ -36,6 +36,7 @@
   }
 
   var charts = [];
+  window.reportCharts = charts;  /* for the browser's console and the report tests */
   var syncing = false;
   function makeChart(el, key, title, height) {
     var series = [{ label: "time (UTC)", value: "{YYYY}-{MM}-{DD} {HH}:{mm}" }];
