@@ -60,24 +60,28 @@ class DevTools:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stderr], daemon=True).start()
-        deadline = time.monotonic() + 30
-        url = None
-        while url is None:
-            try:
-                m = re.search(r"DevTools listening on (ws://\S+)", lines.get(timeout=max(deadline - time.monotonic(), 0)))
-            except queue.Empty:
-                self.__exit__(None, None, None)
-                raise RuntimeError("chromium did not open its DevTools endpoint") from None
-            url = m.group(1) if m else None
         self._stack = contextlib.ExitStack()
-        self.ws = self._stack.enter_context(connect(url, max_size=None, open_timeout=10))
-        target = self.call("Target.createTarget", session=False, url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", session=False, targetId=target, flatten=True)["sessionId"]
+        try:
+            deadline = time.monotonic() + 30
+            url = None
+            while url is None:
+                try:
+                    line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    raise RuntimeError("chromium did not open its DevTools endpoint") from None
+                m = re.search(r"DevTools listening on (ws://\S+)", line)
+                url = m.group(1) if m else None
+            self.ws = self._stack.enter_context(connect(url, max_size=None, open_timeout=10))
+            target = self.call("Target.createTarget", session=False, url="about:blank")["targetId"]
+            self.session = self.call("Target.attachToTarget", session=False, targetId=target,
+                                     flatten=True)["sessionId"]
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        if hasattr(self, "_stack"):
-            self._stack.close()
+        self._stack.close()
         self.proc.terminate()
         try:
             self.proc.wait(10)

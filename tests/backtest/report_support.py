@@ -115,7 +115,8 @@ def make_run(seed: int = 7, *, strategies: tuple[str, ...] = ("v53", "v54_tight"
     return RunResult(
         run_id=run_id, source="synthetic:7", exchange="binance", symbols=list(symbols), from_ms=T0, to_ms=to_ms,
         strategies=[StrategyInfo(s, "1.0", hashes[s], {"name": s, "entry": 75}) for s in strategies],
-        trades=[replace(t, config_hash=hashes[t.strategy]) for t in out], initial_balance=10_000.0, started_at_ms=T0 + 30 * DAY, finished_at_ms=T0 + 30 * DAY + 84_500,
+        trades=[replace(t, config_hash=hashes[t.strategy]) for t in out], initial_balance=10_000.0,
+        started_at_ms=T0 + 30 * DAY, finished_at_ms=T0 + 30 * DAY + 84_500,
         partial=partial, events_processed=4_812_331, trades_processed=4_700_102, evaluations=evals * len(symbols),
         signals=len(out) + 11, coverage=coverage,
         missing=[f"2024-03-02 {symbols[-1]} metrics: no file (404)", f"2024-03-02 {symbols[0]} bookDepth: no file"],

@@ -177,7 +177,8 @@ def test_html_tables_hold_every_trade_and_breakdown_row():
 
 
 def test_empty_run_renders(tmp_path):
-    run = replace(make_result([], strategies=["v53"]), coverage=[CoverageRow("direction", "BTCUSDT", "aggTrades", 0, 0)])
+    run = replace(make_result([], strategies=["v53"]),
+                  coverage=[CoverageRow("direction", "BTCUSDT", "aggTrades", 0, 0)])
     paths = write_report(run, tmp_path)
     doc = orjson.loads(paths["json"].read_bytes())
     assert doc["strategies"][0]["summary"]["trades"] == 0 and doc["trades"] == []

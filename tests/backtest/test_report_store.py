@@ -61,11 +61,11 @@ def test_store_and_read_back_one_row_per_strategy(db):
             # the jsonb report holds this strategy's breakdowns only, and the run's coverage
             assert {r["strategy"] for r in row["report"]["breakdowns"]["symbol"]} == {s["name"]}
             assert len(row["report"]["coverage"]) == len(run.coverage)
-        trades = conn.execute("SELECT run_id, position_id, entry_time, funding_r, pnl_r_net, pnl_usd_net, r_usd "
+        trades = conn.execute("SELECT run_id, position_id, entry_time, funding_r, pnl_r_net, pnl_usd_net "
                               "FROM backtest_trades").fetchall()
         assert len(trades) == len(run.trades)
         by_id = {t.position_id: t for t in run.trades}
-        for run_id, pid, entry_time, funding_r, net, usd, r_usd in trades:
+        for run_id, pid, entry_time, funding_r, net, usd in trades:
             t = by_id[pid]
             assert run_id == f"{run.run_id}:{t.strategy}"
             assert entry_time == datetime.fromtimestamp(t.entry_time / 1000, UTC)
