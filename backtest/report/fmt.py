@@ -12,16 +12,14 @@ NA = "—"
 
 # (key, header, kind); kind "cost_r"/"cost_usd" print like "r"/"usd" but are never coloured as gains/losses
 Column = tuple[str, str, str]
+COSTS_R: list[Column] = [("fees_r", "fees R", "cost_r"), ("slippage_r", "slippage R", "cost_r"),
+                         ("funding_r", "funding R", "cost_r")]
+_HEAD: list[Column] = [("trades", "trades", "int"), ("win_rate", "win rate", "pct"), ("net_r", "net R", "r"),
+                       ("gross_r", "gross R", "r"), *COSTS_R]
+_PF: Column = ("profit_factor", "profit factor", "ratio")
+_EXPECTANCY: Column = ("expectancy_r", "expectancy R", "r")
 STRATEGY_COLUMNS: list[Column] = [
-    ("trades", "trades", "int"),
-    ("win_rate", "win rate", "pct"),
-    ("net_r", "net R", "r"),
-    ("gross_r", "gross R", "r"),
-    ("fees_r", "fees R", "cost_r"),
-    ("slippage_r", "slippage R", "cost_r"),
-    ("funding_r", "funding R", "cost_r"),
-    ("profit_factor", "profit factor", "ratio"),
-    ("expectancy_r", "expectancy R", "r"),
+    *_HEAD, _PF, _EXPECTANCY,
     ("avg_win_r", "avg win R", "r"),
     ("avg_loss_r", "avg loss R", "r"),
     ("max_drawdown_r", "max DD R", "cost_r"),
@@ -36,19 +34,8 @@ USD_COLUMNS: list[Column] = [
     ("funding_usd", "funding USDT", "cost_usd"),
     ("final_balance", "final balance USDT", "balance"),
 ]
-BREAKDOWN_COLUMNS: list[Column] = [
-    ("trades", "trades", "int"),
-    ("win_rate", "win rate", "pct"),
-    ("net_r", "net R", "r"),
-    ("gross_r", "gross R", "r"),
-    ("fees_r", "fees R", "cost_r"),
-    ("slippage_r", "slippage R", "cost_r"),
-    ("funding_r", "funding R", "cost_r"),
-    ("net_usd", "net USDT", "usd"),
-    ("profit_factor", "profit factor", "ratio"),
-    ("expectancy_r", "expectancy R", "r"),
-]
-TRADE_COLUMNS: list[tuple[str, str, str]] = [
+BREAKDOWN_COLUMNS: list[Column] = [*_HEAD, USD_COLUMNS[0], _PF, _EXPECTANCY]
+TRADE_COLUMNS: list[Column] = [
     ("strategy", "strategy", "text"),
     ("symbol", "symbol", "text"),
     ("direction", "dir", "text"),
@@ -60,9 +47,7 @@ TRADE_COLUMNS: list[tuple[str, str, str]] = [
     ("exit_price", "exit", "price"),
     ("exit_reason", "exit reason", "text"),
     ("pnl_r_gross", "gross R", "r"),
-    ("fees_r", "fees R", "cost_r"),
-    ("slippage_r", "slippage R", "cost_r"),
-    ("funding_r", "funding R", "cost_r"),
+    *COSTS_R,
     ("pnl_r_net", "net R", "r"),
     ("pnl_usd_net", "net USDT", "usd"),
 ]
@@ -81,11 +66,11 @@ def value(v: object, kind: str) -> str:
     if kind == "pct":
         return f"{100 * float(v):.1f}%"
     if kind == "r":
-        return f"{float(v):+.3f}"
+        return f"{round(float(v), 3) + 0.0:+.3f}"  # + 0.0: never print -0.000
     if kind == "cost_r":
-        return f"{float(v):.3f}"
+        return f"{round(float(v), 3) + 0.0:.3f}"
     if kind in ("usd", "cost_usd", "balance"):
-        return f"{float(v):,.2f}"
+        return f"{round(float(v), 2) + 0.0:,.2f}"
     if kind == "ratio":
         return f"{float(v):.2f}"
     if kind == "score":
@@ -94,8 +79,8 @@ def value(v: object, kind: str) -> str:
         return f"{float(v):.8g}"
     if kind == "share":
         return f"{100 * float(v):.1f}%"
-    if kind == "time":
-        return str(v).replace("T", " ").replace(".000Z", "Z")
+    if kind == "time":  # ISO 8601 UTC to the second (the JSON keeps milliseconds)
+        return str(v).replace("T", " ")[:19]
     return str(v)
 
 

@@ -6,6 +6,7 @@ more than the headline numbers (a steady bleed and a single crash can share a ne
 
 from __future__ import annotations
 
+import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,9 @@ def render(doc: dict[str, Any], path: Path) -> Path:
             ax_dd.fill_between(t, c["drawdown_r"] + c["drawdown_r"][-1:], step="post", alpha=0.15,
                                color=line.get_color())
         title = _plain(f"Backtest {run['run_id']}: {', '.join(run['symbols'])}, {run['from'][:10]} → {run['to'][:10]}")
+        title = textwrap.fill(title, 110)
         if run["partial"]:
-            title = f"PARTIAL RUN (interrupted at {run['end'][:16].replace('T', ' ')} UTC) — " + title
+            title = f"PARTIAL RUN (interrupted at {run['end'][:16].replace('T', ' ')} UTC)\n" + title
         ax_eq.set_title(title, color="#b00020" if run["partial"] else "black", fontsize=11)
         ax_eq.set_ylabel("equity, net R")
         ax_eq.axhline(0, color="#888", linewidth=0.8)

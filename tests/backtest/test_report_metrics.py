@@ -116,3 +116,12 @@ def test_breakdowns_keep_strategies_apart_and_sort_bands_numerically():
     assert set(by_reason) == {("a", "tp"), ("a", "sl"), ("b", "sl")}
     assert by_reason[("a", "sl")].trades == 2 and by_reason[("a", "sl")].gross_r == -2.0
     assert by_reason[("a", "tp")].gross_r == 1.5  # 0.5 x 1 + 0.5 x 2
+
+
+def test_cell_formatting_never_prints_negative_zero():
+    from backtest.report import fmt
+
+    assert fmt.value(-0.0, "cost_r") == "0.000" and fmt.value(-1e-17, "r") == "+0.000"
+    assert fmt.value(-0.004, "usd") == "0.00" and fmt.value(-1234.5, "usd") == "-1,234.50"
+    assert fmt.value(None, "ratio") == "—" and fmt.value(0.4321, "pct") == "43.2%"
+    assert fmt.value("2024-03-01T02:29:59.942Z", "time") == "2024-03-01 02:29:59"
