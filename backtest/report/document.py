@@ -32,7 +32,8 @@ _TRADE_FIELDS = tuple(f.name for f in fields(BacktestTrade))
 def trade_row(t: BacktestTrade) -> dict[str, Any]:
     # the fields read directly: dataclasses.asdict deep-copies and was most of the report's time
     d = {name: getattr(t, name) for name in _TRADE_FIELDS}
-    d.update(pnl_usd_net=t.pnl_usd_net, entry_iso=iso(t.entry_time), exit_iso=iso(t.exit_time), duration_min=(t.exit_time - t.entry_time) / 60_000,
+    d.update(pnl_usd_net=t.pnl_usd_net, entry_iso=iso(t.entry_time), exit_iso=iso(t.exit_time),
+             duration_min=(t.exit_time - t.entry_time) / 60_000,
              gross_usd=t.pnl_r_gross * t.r_usd, fees_usd=t.fees_r * t.r_usd, slippage_usd=t.slippage_r * t.r_usd,
              funding_usd=t.funding_r * t.r_usd, utc_hour=metrics.utc_hour(t), score_band=metrics.score_band(t))
     return d
