@@ -102,3 +102,9 @@ class RunResult:
     missing: list[str] = field(default_factory=list)  # missing days/files, human-readable
     bad_rows: list[str] = field(default_factory=list)  # "file:line: reason"
     params: dict[str, Any] = field(default_factory=dict)  # execution model parameters (fees, slippage, ...)
+    processed_to_ms: int | None = None  # event time the run reached (a partial run stops before to_ms)
+
+    @property
+    def end_ms(self) -> int:
+        """End of the time the results cover: where an interrupted run stopped, else the range's end."""
+        return min(self.processed_to_ms, self.to_ms) if self.processed_to_ms is not None else self.to_ms

