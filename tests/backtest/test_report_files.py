@@ -10,13 +10,22 @@ from dataclasses import replace
 
 import orjson
 import pytest
-from report_support import DAY, HOSTILE_STRATEGY, HOSTILE_SYMBOL, HOUR, T0, make_result, make_run, make_trade
 
 from backtest import metrics
 from backtest.model import CoverageRow
 from backtest.report import FILES, document, write_report
 from backtest.report import html as html_report
 from backtest.report import markdown as md_report
+from tests.support.backtest_runs import (
+    DAY,
+    HOSTILE_STRATEGY,
+    HOSTILE_SYMBOL,
+    HOUR,
+    T0,
+    make_result,
+    make_run,
+    make_trade,
+)
 
 
 def test_document_numbers_match_the_metrics_per_strategy():

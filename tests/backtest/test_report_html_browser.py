@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from chromium_support import CHROMIUM, DevTools, dump_dom, screenshot
-from report_support import HOSTILE_STRATEGY, make_run
 
 from backtest.report import document, fmt, write_report
+from tests.support.backtest_runs import HOSTILE_STRATEGY, make_run
+from tests.support.chromium import CHROMIUM, DevTools, dump_dom, screenshot
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (deploy/bootstrap.sh "
                                                           "installs it as root: apt-get install chromium)")

@@ -6,9 +6,9 @@ import math
 from dataclasses import replace
 
 import pytest
-from report_support import DAY, HOUR, T0, make_trade
 
 from backtest import metrics
+from tests.support.backtest_runs import DAY, HOUR, T0, make_trade
 
 
 def _t(net: float, gross: float, fees: float, slip: float, funding: float, *, r_usd: float = 200.0,

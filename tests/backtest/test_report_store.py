@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from report_support import DAY, HOUR, T0, make_run
 
 from backtest.report import document, store_run
 from sinks.migrate import migrate
+from tests.support.backtest_runs import DAY, HOUR, T0, make_run
 
 pytestmark = pytest.mark.integration
 
