@@ -131,20 +131,34 @@ class CombinedStream:
             raise
 
     def _dispatch(self, raw: bytes, received: int) -> None:
+        """Binance's combined-stream envelope `{"stream": ..., "data": {...}}`; a venue overrides it."""
+        msg = self._decode(raw)
+        if msg is None:
+            return
+        if "stream" not in msg or not isinstance(msg.get("data"), dict):
+            if "result" in msg and "id" in msg:
+                return  # a SUBSCRIBE acknowledgement
+            self.on_bad_frame(raw, "unexpected frame shape (no stream/data envelope)")
+            return
+        self._deliver(msg["stream"], msg["data"], received, raw)
+
+    def _decode(self, raw: bytes) -> dict | None:
+        """The frame as a JSON object, or None after dead-lettering it."""
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             self.on_bad_frame(raw, f"not JSON: {exc}")
-            return
-        if not isinstance(msg, dict) or "stream" not in msg or not isinstance(msg.get("data"), dict):
-            if isinstance(msg, dict) and "result" in msg and "id" in msg:
-                return  # a SUBSCRIBE acknowledgement
-            self.on_bad_frame(raw, "unexpected frame shape (no stream/data envelope)")
-            return
+            return None
+        if not isinstance(msg, dict):
+            self.on_bad_frame(raw, "unexpected frame shape (not a JSON object)")
+            return None
+        return msg
+
+    def _deliver(self, stream: str, data: dict, received: int, raw: bytes) -> None:
         try:
-            self.on_frame(msg["stream"], msg["data"], received, raw)
+            self.on_frame(stream, data, received, raw)
         except Exception as exc:  # one bad frame must never take the connection down
-            log.exception("frame handler failed", stream=msg["stream"])
+            log.exception("frame handler failed", stream=stream)
             self.on_bad_frame(raw, f"handler error: {type(exc).__name__}: {exc}")
 
     def _report_offline(self, exc: BaseException) -> None:

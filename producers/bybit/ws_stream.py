@@ -101,21 +101,12 @@ class BybitStream(CombinedStream):
                 return
 
     def _dispatch(self, raw: bytes, received: int) -> None:
-        try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            self.on_bad_frame(raw, f"not JSON: {exc}")
-            return
-        if not isinstance(msg, dict):
-            self.on_bad_frame(raw, "unexpected frame shape (not a JSON object)")
+        msg = self._decode(raw)
+        if msg is None:
             return
         topic = msg.get("topic")
         if isinstance(topic, str):
-            try:
-                self.on_frame(topic, msg, received, raw)
-            except Exception as exc:  # one bad frame must never take the connection down
-                log.exception("frame handler failed", topic=topic)
-                self.on_bad_frame(raw, f"handler error: {type(exc).__name__}: {exc}")
+            self._deliver(topic, msg, received, raw)
             return
         op = msg.get("op")
         if op in ("ping", "pong") or msg.get("ret_msg") == "pong":
