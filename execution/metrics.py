@@ -38,6 +38,8 @@ class ExecutorMetrics:
             "tapeflow_executor_signal_to_order_seconds",
             "Signal produced (Kafka timestamp) to entry order intent emitted",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
+        self.lag = Gauge("tapeflow_executor_consumer_lag_messages", "High watermark minus committed offset "
+                         "of the executor's input partitions", ["group", "topic", "partition"], registry=r)
         self.data_age = Gauge("tapeflow_executor_market_data_age_seconds", "Age of the newest trade or book "
                               "record per market", ["market"], registry=r)
 
@@ -52,4 +54,7 @@ class ExecutorMetrics:
                 self.pnl_r.inc(record["pnl_r_net"])
         elif topic == "risk.events":
             self.decisions.labels(record["decision"], record["reason"]).inc()
-            self.risk_state.set(_STATE_VALUE.get(record["state"], 2))
+            self.set_risk_state(record["state"])
+
+    def set_risk_state(self, state: str) -> None:
+        self.risk_state.set(_STATE_VALUE.get(state, 2))

@@ -65,7 +65,7 @@ from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
 from tapeflow_runtime.service_http import build_app, serve
 from tapeflow_runtime.settings import Settings
@@ -140,6 +140,7 @@ class ExecutorService:
         self._names = {self.prefix + name: name for name in INPUTS}
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
+        self._lag = LagProbe(self.metrics.lag, self._group)
         self._risk: Consumer | None = None
         self._reconciled_once = False
         self.broker = broker
@@ -186,6 +187,7 @@ class ExecutorService:
                     if self.reconciler is not None and self.reconciler.due(now):
                         self._reconcile(ex, now)
                     self._refresh_gauges(ex, now)
+                    self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic())
                 self.publisher.poll(0)
                 if now >= next_commit:
                     next_commit = now + self.options.commit_interval_ms
@@ -255,7 +257,7 @@ class ExecutorService:
             record = self.serde.decode(msg.value())
         except Exception as exc:  # not ours to fix: keep the bytes and the reason, go on
             self.metrics.decode_errors.labels(name).inc()
-            self.publisher.dead_letter(dlq_topic(name), msg.topic(), name, msg.value() or b"", f"{exc}", "decode",
+            self.publisher.dead_letter(dlq_topic(name), msg.topic(), msg.value() or b"", f"{exc}", "decode",
                                        key=msg.key())
             return
         now = self.clock()
@@ -286,6 +288,7 @@ class ExecutorService:
 
     def _refresh_gauges(self, ex: Executor, now: int) -> None:
         self.metrics.open_positions.set(len(ex.positions))
+        self.metrics.set_risk_state(ex.guard.state_name(now))  # also after a restart that restored a halt
         for key, t in ex.data_time.items():
             self.metrics.data_age.labels(key).set(max(0.0, (now - t) / 1000))
         if not self.publisher.healthy and self.status == "running":

@@ -34,7 +34,7 @@ from sinks.partitions import (
     period_start,
 )
 from sinks.tables import PIPELINE_ERRORS, TableSpec, table_for_topic, write_rows
-from tapeflow_runtime.kafka_client import consumer_config, producer_config
+from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
 
 log = structlog.get_logger("sink")
 
@@ -88,6 +88,9 @@ class TopicSink:
         self.assignment: list[TopicPartition] = []
         self.stop_requested = False
         self.committed_batches = 0
+        self.database_down = False  # a batch is waiting for the database (what /health reports)
+        self.metrics.expect_tables(sorted(self._by_table))
+        self._lag = LagProbe(self.metrics.lag, config.group_id)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def _make_consumer(self) -> Consumer:
@@ -132,6 +135,7 @@ class TopicSink:
                 self._fill(self._pending)
                 if self._pending.count:
                     self._flush(self._pending)
+                self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic())
                 if time.monotonic() >= next_maintenance:
                     self.maintain()
                     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
@@ -170,15 +174,17 @@ class TopicSink:
         spec = self.specs[topic]
         batch.offsets[(topic, msg.partition())] = msg.offset() + 1
         batch.count += 1
+        kind = "decode"
         try:
             record = self.serde.decode(msg.value())
+            kind = "map"
             row = spec.to_row(record)
         except Exception as exc:  # any record we cannot decode or map: dead-letter it, keep the batch
             reason = f"{type(exc).__name__}: {exc}"[:2000]
             dead = self._dead_letter_record(msg, reason)
             batch.dlq.append((topic, msg.key(), dead))
             batch.rows[PIPELINE_ERRORS.table].append(PIPELINE_ERRORS.to_row(dead))
-            self.metrics.errors.inc()
+            self.metrics.errors.labels(spec.table, kind).inc()
             return
         batch.rows[spec.table].append(row)
         t = record.get(spec.time_field) if spec.time_field else None
@@ -197,8 +203,13 @@ class TopicSink:
                 t0 = time.perf_counter()
                 written = self._write(batch)
                 break
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                for table in batch.rows:
+                    self.metrics.errors.labels(table, "database").inc()
+                if not isinstance(exc, psycopg.OperationalError):
+                    raise
                 self._drop_connection()
+                self.database_down = True
                 attempt += 1
                 delay = min(self.config.max_backoff_s, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)
                 log.warning("database unavailable, retrying the batch", error=str(exc).splitlines()[0],
@@ -210,6 +221,8 @@ class TopicSink:
                 end = time.monotonic() + delay
                 while time.monotonic() < end:  # keep the group membership alive while we wait
                     self._consumer.poll(0.1)
+                    self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic())
+        self.database_down = False
         if paused and self.assignment:
             self._consumer.resume(self.assignment)
         commit_s = time.perf_counter() - t0
@@ -278,7 +291,7 @@ class TopicSink:
             name = self.catalogue_name[topic]
             dlq = dlq_topic(name)
             self._dlq_producer.produce(self.config.topic_prefix + dlq, key=key, value=self.serde.encode(dlq, dead))
-            self.metrics.dlq.labels(name).inc()
+            self.metrics.dlq.labels(dlq, dead["stage"]).inc()
         if batch.dlq:
             self._dlq_producer.flush(10)
 

@@ -1,8 +1,15 @@
-"""Prometheus metrics of a sink process (`tapeflow_sink_<what>_<unit>`; names used by deploy/prometheus/alerts.yml)."""
+"""Prometheus metrics of a sink process (`tapeflow_sink_<what>_<unit>`; names used by deploy/prometheus/alerts.yml).
+
+Labels are what the alert rules group by: errors per table and kind, dead letters per DLQ topic and
+reason, lag per consumer group and partition. The error counters of every table the sink writes are
+created at 0 (`expect_tables`), so `increase()` sees the first error.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+ERROR_KINDS = ("decode", "map", "database")
 
 
 class SinkMetrics:
@@ -15,14 +22,22 @@ class SinkMetrics:
                                     buckets=(1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000), registry=r)
         self.commit_latency = Histogram("tapeflow_sink_commit_seconds", "COPY + insert + commit time per batch",
                                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
-        self.dlq = Counter("tapeflow_sink_dlq_messages_total", "Records sent to dlq.<topic>", ["topic"], registry=r)
-        self.errors = Counter("tapeflow_sink_errors_total", "Records that failed to decode or map", registry=r)
+        self.dlq = Counter("tapeflow_sink_dlq_messages_total", "Records sent to a dead-letter topic (dlq.<topic>)",
+                           ["topic", "reason"], registry=r)
+        self.errors = Counter("tapeflow_sink_errors_total", "Records that failed to decode or map, and failed "
+                              "batch writes (kind=database, per table of the batch, retried or not)",
+                              ["table", "kind"], registry=r)
         self.db_retries = Counter("tapeflow_sink_db_retries_total", "Batch retries while the database was down",
                                   registry=r)
         self.lag = Gauge("tapeflow_sink_consumer_lag_messages", "High watermark minus committed offset",
-                         ["topic", "partition"], registry=r)
+                         ["group", "topic", "partition"], registry=r)
         self.last_event_time = Gauge("tapeflow_sink_last_committed_event_time_seconds",
                                      "Newest event time committed per table (freshness)", ["table"], registry=r)
+
+    def expect_tables(self, tables: list[str]) -> None:
+        for table in tables:
+            for kind in ERROR_KINDS:
+                self.errors.labels(table, kind)
 
     def observe_batch(self, records: int, commit_s: float, written: dict[str, int], max_time_ms: dict[str, int]) -> None:
         self.records.inc(records)

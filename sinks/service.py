@@ -44,7 +44,8 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
 
     def health() -> dict:
         ok = sink.committed_batches > 0 or time.time() - started < 60 or bool(sink.assignment)
-        return {"status": "running" if ok else "idle", "detail": f"{sink.committed_batches} batches committed, "
+        status = "database-down" if sink.database_down else ("running" if ok else "idle")
+        return {"status": status, "detail": f"{sink.committed_batches} batches committed, "
                 f"{len(sink.assignment)} partitions assigned"}
 
     runner, port = await serve(build_app(metrics.registry, health, frozenset({"running", "idle"})),

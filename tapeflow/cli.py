@@ -333,6 +333,26 @@ def execute(
     raise typer.Exit(asyncio.run(run_executor(settings, mode, options)))
 
 
+@app.command()
+def notify(
+    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
+                                     help="Port of /metrics and /health (0 = a free one, logged)."),
+) -> None:
+    """Send signals, fills, closed positions and risk events to Telegram, Discord or a webhook.
+
+    Channels are on when their secrets are set: TAPEFLOW_TELEGRAM_BOT_TOKEN + TAPEFLOW_TELEGRAM_CHAT_ID,
+    TAPEFLOW_DISCORD_WEBHOOK_URL, TAPEFLOW_NOTIFY_WEBHOOK_URL (or *_FILE). At most
+    TAPEFLOW_NOTIFY_RATE_PER_MINUTE messages per channel; the rest is summarised."""
+    import asyncio
+
+    from tapeflow_runtime.logs import configure_logging
+    from tapeflow_notify.service import run_notifier
+
+    settings = state.settings()
+    configure_logging(settings)
+    raise typer.Exit(asyncio.run(run_notifier(settings, metrics_port, settings.metrics_host)))
+
+
 @app.command("kill-switch")
 def kill_switch(
     state_: str = typer.Argument(..., metavar="on|off", help="on: cancel open orders and block entries; off: resume."),
@@ -393,19 +413,25 @@ def topics_describe(
     topics: list[str] = typer.Argument(None, help="Topic names (default: every catalogue topic)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Partitions, offsets, configuration and catalogue entry (key, schema, retention) of topics."""
+    """Partitions, offsets, configuration, catalogue entry (key, schema, retention) and the consumer
+    groups reading each topic with their lag."""
     from schemas.catalogue import all_topics
+    from tapeflow.topic_groups import groups_lag
     from tapeflow_runtime.kafka_client import describe_topics
 
     settings = state.settings()
     catalogue = {settings.topic(t.name): t for t in all_topics()}
     names = topics or sorted(catalogue)
-    rows = describe_topics(_bootstrap(), names)
+    bootstrap = _bootstrap()
+    rows = describe_topics(bootstrap, names)
+    groups = groups_lag(bootstrap, prefix=settings.topic_prefix)
     for r in rows:
         spec = catalogue.get(r["topic"])
         r["catalogue"] = None if spec is None else {
             "key": spec.key, "partitions": spec.partitions, "cleanup_policy": spec.cleanup_policy,
             "retention_ms": spec.retention_ms, "value_schema": spec.value_schema, "description": spec.description}
+        readers = [g.on_topic(r["topic"]) for g in groups]
+        r["groups"] = [g.as_dict() for g in readers if g.partitions]
     if json_out:
         for r in rows:
             typer.echo(orjson.dumps(r).decode())
@@ -423,7 +449,34 @@ def topics_describe(
         echo(f"  config {r['config']}")
         for p in r["partitions"]:
             echo(f"  partition {p['partition']}: leader {p['leader']}, offsets {p['low']}..{p['high']}")
+        for g in r["groups"]:
+            lags = ", ".join(f"{p['partition']}:{p['lag']}" for p in g["partitions"])
+            echo(f"  group {g['group']} ({g['state']}, {g['members']} members): lag {g['total_lag']} ({lags})")
+        if not r["groups"]:
+            echo("  no consumer group has committed offsets here")
     raise typer.Exit(0 if all(r["exists"] for r in rows) else 1)
+
+
+@topics_app.command("lag")
+def topics_lag(
+    group: str | None = typer.Argument(None, help="Consumer group (default: every group of this topic prefix)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per group."),
+) -> None:
+    """Consumer lag per partition and in total: end offset minus the group's committed offset.
+
+    Read from the broker's admin API: it never joins the group. On the embedded broker (Tansu) the
+    end offset counts record batches, so the lag there is a lower bound."""
+    from tapeflow.topic_groups import groups_lag, render
+
+    groups = groups_lag(_bootstrap(), group, prefix=state.settings().topic_prefix)
+    if json_out:
+        for g in groups:
+            typer.echo(orjson.dumps(g.as_dict()).decode())
+        return
+    if not groups:
+        echo("no consumer groups")
+        return
+    render(groups, echo)
 
 
 @topics_app.command("create")
@@ -443,19 +496,32 @@ def topics_create() -> None:
 def topics_tail(
     topic: str = typer.Argument(..., help="Topic to read (catalogue name; the prefix is applied)."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
+    from_time: str | None = typer.Option(
+        None, "--from", help="Start at the first record at or after this time: a duration back from now "
+        "(10m, 2h, 1d) or ISO-8601 (2024-01-01T12:00:00Z; no zone = UTC)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep waiting for new records after the end "
+                                "(always so when starting from the end, the default)."),
     max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after N records."),
     timeout: float | None = typer.Option(None, "--timeout", min=0.1,
                                             help="Stop after S seconds without a new record."),
     symbol: str | None = typer.Option(None, "--symbol", help="Only records for this symbol."),
+    key: str | None = typer.Option(None, "--key", help="Only records with exactly this key (e.g. binance:BTCUSDT)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """Print decoded records of a topic (kcat-like, schema-aware)."""
-    from tapeflow.topic_tail import tail
+    """Print decoded records of a topic (kcat-like, schema-aware).
 
+    Starts at the end (new records only, following) unless --from-beginning or --from is given;
+    those stop at the end of the topic unless --follow."""
+    from tapeflow.topic_tail import parse_start_time, tail
+
+    if from_beginning and from_time is not None:
+        raise fail("--from-beginning and --from exclude each other", 2)
     settings = state.settings()
+    from_ms = None if from_time is None else parse_start_time(from_time, int(time.time() * 1000))
     name = topic if topic.startswith(settings.topic_prefix) else settings.topic(topic)
     count = tail(_bootstrap(), name, settings.schema_registry_url, from_beginning=from_beginning,
-                 max_records=max_records, idle_timeout=timeout, symbol=symbol, json_out=json_out, out=echo)
+                 max_records=max_records, idle_timeout=timeout, symbol=symbol, json_out=json_out, out=echo,
+                 from_ms=from_ms, key=key, follow=follow)
     if not json_out:
         typer.echo(f"-- {count} record(s)", err=True)
 

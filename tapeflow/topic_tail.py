@@ -1,7 +1,9 @@
 """`tapeflow topics tail`: read a topic without joining a consumer group and print decoded records.
 
 Partitions are assigned directly (no group, no commits), so tailing never disturbs the offsets of
-the services and never waits for a rebalance.
+the services and never waits for a rebalance. It starts at the end, at the oldest record, or at a
+time (`--from 10m` or an ISO-8601 time: the broker's offsets-by-timestamp lookup, then a timestamp
+check per record), and filters by symbol or by exact key.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import orjson
 from confluent_kafka import (
@@ -21,6 +24,7 @@ from confluent_kafka import (
 
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
+from stream_apps.core.durations import parse_duration_ms
 from tapeflow.stack.process import StackError
 from tapeflow_runtime.kafka_client import consumer_config
 
@@ -46,21 +50,62 @@ def decode_value(serde: AvroSerde, raw: bytes | None) -> tuple[object, str | Non
         return text, f"undecodable: {exc}"
 
 
+def parse_start_time(text: str, now_ms: int) -> int:
+    """``--from``: a duration back from now (``10m``, ``2h``, ``90s``, ``1d``) or an ISO-8601 time
+    (``2024-01-01T12:00``, ``...Z`` or an offset; a time without a zone is UTC) -> epoch ms."""
+    try:
+        return now_ms - parse_duration_ms(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise StackError(f"--from {text!r} is neither a duration (10m, 2h, 1d) nor an ISO-8601 time "
+                         "(2024-01-01T12:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def start_offsets(consumer: Consumer, topic: str, partitions: list[int], from_ms: int | None,
+                  from_beginning: bool) -> list[TopicPartition]:
+    """Where each partition starts: its oldest record, the first record at or after ``from_ms``
+    (the broker's offsets-by-timestamp lookup), or its end."""
+    if from_beginning:
+        return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
+    if from_ms is None:
+        return [TopicPartition(topic, p, OFFSET_END) for p in partitions]
+    found = consumer.offsets_for_times([TopicPartition(topic, p, from_ms) for p in partitions], timeout=10)
+    # -1: no record that new in this partition, so it starts at its end
+    return [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found]
+
+
 def tail(bootstrap: str, topic: str, registry_url: str | None, *, from_beginning: bool,
          max_records: int | None, idle_timeout: float | None, symbol: str | None, json_out: bool,
-         out: Callable[[str], None]) -> int:
+         out: Callable[[str], None], from_ms: int | None = None, key: str | None = None,
+         follow: bool = False) -> int:
+    """Print the records of ``topic`` and return how many were printed.
+
+    Starting from the oldest record or from a time, it stops once every partition has been read to
+    its end, unless ``follow``; starting from the end (the default) always follows. ``max_records``
+    and ``idle_timeout`` (seconds without a record) stop it in any case.
+    """
     serde = AvroSerde(registry_from_url(registry_url))
-    consumer = Consumer(consumer_config(bootstrap))
+    consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True}))
     try:
         md = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None or not md.partitions:
             raise StackError(f"topic {topic!r} does not exist (see `tapeflow topics list`)")
-        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        consumer.assign([TopicPartition(topic, p, start) for p in sorted(md.partitions)])
-        # Without --from-beginning only records produced from now on are shown. The timestamp check
-        # backs up OFFSET_END on Tansu, whose high watermark counts record batches, not records, so
-        # "the end" it reports can lie inside older data.
-        not_before_ms = None if from_beginning else int(time.time() * 1000)
+        partitions = sorted(md.partitions)
+        consumer.assign(start_offsets(consumer, topic, partitions, from_ms, from_beginning))
+        follow = follow or (from_ms is None and not from_beginning)
+        # Records older than the start are skipped by their timestamp too. Without --from-beginning
+        # or --from only records produced from now on are shown; that check backs up OFFSET_END on
+        # Tansu, whose high watermark counts record batches, not records, so "the end" it reports
+        # can lie inside older data. Tansu also answers every offsets-by-timestamp lookup with 0, so
+        # with --from the timestamp check is what finds the start there.
+        not_before_ms = None if from_beginning else (from_ms if from_ms is not None else int(time.time() * 1000))
+        at_end: set[int] = set()
         count = 0
         last = time.monotonic()
         while max_records is None or count < max_records:
@@ -71,24 +116,30 @@ def tail(bootstrap: str, topic: str, registry_url: str | None, *, from_beginning
                 continue
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    if not follow and len(at_end) == len(partitions):
+                        break
                     continue
                 raise StackError(f"reading {topic}: {msg.error().str()}")
             last = time.monotonic()
+            at_end.discard(msg.partition())
             ts_type, ts = msg.timestamp()
             if not_before_ms is not None and ts < not_before_ms:
                 continue
+            record_key = msg.key().decode(errors="replace") if msg.key() is not None else None
+            if key is not None and record_key != key:
+                continue
             value, error = decode_value(serde, msg.value())
-            key = msg.key().decode(errors="replace") if msg.key() is not None else None
-            if symbol and not _matches_symbol(symbol, key, value):
+            if symbol and not _matches_symbol(symbol, record_key, value):
                 continue
             record = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                      "timestamp": ts, "key": key, "value": value}
+                      "timestamp": ts, "key": record_key, "value": value}
             if error:
                 record["error"] = error
             if json_out:
                 out(orjson.dumps(record, default=_default).decode())
             else:
-                out(f"{msg.topic()}[{msg.partition()}]@{msg.offset()} key={key} ts={ts}")
+                out(f"{msg.topic()}[{msg.partition()}]@{msg.offset()} key={record_key} ts={ts}")
                 out("  " + orjson.dumps(value, default=_default, option=orjson.OPT_INDENT_2).decode()
                     .replace("\n", "\n  "))
             count += 1

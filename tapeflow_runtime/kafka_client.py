@@ -154,3 +154,46 @@ def describe_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> 
     finally:
         consumer.close()
     return out
+
+
+class LagProbe:
+    """Keeps a ``*_consumer_lag_messages{group, topic, partition}`` gauge of a confluent-kafka consumer.
+
+    lag = high watermark - the group's committed offset (the low watermark before the first commit:
+    everything retained is unread). Refreshed at most every ``interval_s`` from the consumer's own
+    loop; one OffsetFetch per refresh, and the watermarks librdkafka caches from its fetch responses
+    (asked from the broker only for a partition not fetched yet). Partitions no longer assigned lose
+    their series, so a rebalance leaves no stale lag behind. Tansu's high watermark counts batches,
+    so there the gauge is a lower bound (never below 0).
+    """
+
+    def __init__(self, gauge, group: str, interval_s: float = 5.0, timeout_s: float = 5.0) -> None:
+        self.gauge = gauge
+        self.group = group
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._next = 0.0
+        self._shown: set[tuple[str, int]] = set()
+
+    def maybe_refresh(self, consumer, assignment, now: float) -> None:
+        if now < self._next:
+            return
+        self._next = now + self.interval_s
+        from confluent_kafka import TopicPartition
+
+        current = {(tp.topic, tp.partition) for tp in assignment}
+        for topic, partition in self._shown - current:
+            self.gauge.remove(self.group, topic, str(partition))
+        self._shown = current
+        if not current:
+            return
+        try:
+            committed = consumer.committed([TopicPartition(t, p) for t, p in sorted(current)], timeout=self.timeout_s)
+            for tp in committed:
+                low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+                if high < 0:
+                    low, high = consumer.get_watermark_offsets(tp, timeout=self.timeout_s)
+                done = tp.offset if tp.offset >= 0 else low
+                self.gauge.labels(self.group, tp.topic, str(tp.partition)).set(max(0, high - done))
+        except KafkaException as exc:  # a broker hiccup: keep the last values, try again next interval
+            _QUIET.debug("lag probe failed: %s", exc)

@@ -43,8 +43,9 @@ class PublishMetrics:
                                     registry=r)
         self.delivery_errors = Counter(f"{prefix}_delivery_errors_total",
                                        "Kafka delivery failures (each is retried)", ["topic"], registry=r)
-        self.dlq = Counter(f"{prefix}_dlq_messages_total", "Frames sent to the dead-letter topic",
-                           ["stream"], registry=r)
+        # topic = the dead-letter topic written to, reason = the stage that gave up (normalise, decode, ...)
+        self.dlq = Counter(f"{prefix}_dlq_messages_total", "Frames sent to a dead-letter topic",
+                           ["topic", "reason"], registry=r)
         self.produce_latency = Histogram(
             f"{prefix}_produce_latency_seconds", "Receive-to-Kafka-acknowledgement latency",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
@@ -75,7 +76,7 @@ class Publisher:
         value = self.serde.encode(topic, record)
         self._produce(self.prefix + topic, key.encode(), value, receive_time_ms, 0, on_delivered)
 
-    def dead_letter(self, dlq: str, source: str, stream: str, raw: bytes, error: str, stage: str,
+    def dead_letter(self, dlq: str, source: str, raw: bytes, error: str, stage: str,
                     key: bytes | None = None) -> None:
         """Send an unusable input to the dead-letter topic `dlq` with its raw bytes and why.
 
@@ -83,7 +84,7 @@ class Publisher:
         never became a record); the producer keeps going either way.
         """
         record = dead_letter_record(source_topic=source, value=raw, error=error, stage=stage, key=key)
-        self.metrics.dlq.labels(stream).inc()
+        self.metrics.dlq.labels(dlq, stage).inc()
         self._produce(self.prefix + dlq, key, self.serde.encode(dlq, record), None, 0)
 
     def _acked_one(self, topic: str) -> None:

@@ -95,6 +95,18 @@ class Settings(BaseSettings):
         default=None, description="Binance USD-M REST base for `execute --mode testnet|live` (default: the mode's).")
     binance_ws_url: str | None = Field(
         default=None, description="Binance USD-M websocket base for the user-data stream (default: the mode's).")
+    # `tapeflow notify`: each channel is on when its secret is set (tapeflow_notify/channels.py)
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = Field(default=None, description="Chat the Telegram bot writes to.")
+    telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://[^/\s]+",
+                                  description="Telegram Bot API base (a proxy, or a local server in tests).")
+    discord_webhook_url: SecretStr | None = None
+    notify_webhook_url: SecretStr | None = Field(default=None, description="Generic webhook: JSON POST per event.")
+    notify_rate_per_minute: int = Field(default=20, ge=1, le=600,
+                                        description="Messages per minute per channel; the rest is summarised.")
+    notify_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["signals", "fills", "positions", "risk.events"],
+        description="Topics whose events are notified (comma-separated).")
 
     # --- sources -------------------------------------------------------------------------------
     @classmethod
@@ -177,6 +189,27 @@ class Settings(BaseSettings):
     def replay_dir(self) -> Path | None:
         return Path(self.source.removeprefix("replay:")) if self.source.startswith("replay:") else None
 
+    @field_validator("telegram_bot_token", "telegram_chat_id", "discord_webhook_url", "notify_webhook_url",
+                     mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        """docker-compose passes an unset channel as an empty variable: that means off, not ''."""
+        return None if v == "" else v
+
+    @field_validator("notify_events", mode="before")
+    @classmethod
+    def _split_events(cls, v: Any) -> Any:
+        return [s for s in re.split(r"[,\s]+", v) if s] if isinstance(v, str) else v
+
+    @field_validator("notify_events")
+    @classmethod
+    def _known_events(cls, v: list[str]) -> list[str]:
+        known = ("signals", "fills", "positions", "risk.events")
+        unknown = [e for e in v if e not in known]
+        if unknown:
+            raise ValueError(f"unknown event topic(s) {', '.join(unknown)}: expected some of {', '.join(known)}")
+        return v
+
     @field_validator("symbols", mode="before")
     @classmethod
     def _split_symbols(cls, v: Any) -> Any:
@@ -204,7 +237,8 @@ class Settings(BaseSettings):
         """`TAPEFLOW_<NAME>_FILE=/path` reads a secret from a file (Docker/K8s secrets style)."""
         if not isinstance(data, dict):
             return data
-        for name in ("database_url", "writer_password", "readonly_password", "binance_api_key", "binance_api_secret"):
+        for name in ("database_url", "writer_password", "readonly_password", "binance_api_key", "binance_api_secret",
+                     "telegram_bot_token", "discord_webhook_url", "notify_webhook_url"):
             path = os.environ.get(f"TAPEFLOW_{name.upper()}_FILE")
             if path and not data.get(name):
                 try:
@@ -231,7 +265,8 @@ class Settings(BaseSettings):
         for key, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 raw = value.get_secret_value()
-                value = mask_url(raw) if key.endswith("_url") else "********"
+                # a database URL keeps its host visible; webhook URLs carry their token in the path
+                value = mask_url(raw) if key == "database_url" else "********"
             elif isinstance(value, Path):
                 value = str(value)
             out[key] = value

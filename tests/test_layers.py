@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a package may import its own modules and any package of a lower layer):
 
-    schemas → tapeflow_runtime → producers | sinks | stream_apps | fake_exchange → execution → backtest → tapeflow
+    schemas → tapeflow_runtime → producers | sinks | stream_apps | fake_exchange | tapeflow_notify → execution → backtest → tapeflow
 
 Also: the packages of one layer do not import each other; a venue (`producers/binance`,
 `producers/bybit`) never imports another venue, and the neutral base never imports a venue; no
@@ -20,7 +20,7 @@ from tests.support.paths import REPO
 LAYERS: dict[str, int] = {
     "schemas": 0,
     "tapeflow_runtime": 1,
-    "producers": 2, "sinks": 2, "stream_apps": 2, "fake_exchange": 2,
+    "producers": 2, "sinks": 2, "stream_apps": 2, "fake_exchange": 2, "tapeflow_notify": 2,
     "execution": 3,
     "backtest": 4,
     "tapeflow": 5,

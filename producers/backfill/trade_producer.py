@@ -91,7 +91,7 @@ class TradeTopicProducer:
     def dead_letter_row(self, bad: BadRow, key: bytes, now_ms: int) -> None:
         record = dead_letter_record(source_topic=self.topic, value=bad.text.encode(), error=str(bad),
                                     stage=DLQ_STAGE, key=key, event_time_ms=now_ms)
-        self.metrics.dlq.labels("backfill").inc()
+        self.metrics.dlq.labels(DLQ_MD, DLQ_STAGE).inc()
         self._produce(self._dlq, key, self.serde.encode(DLQ_MD, record))
         self.dead_lettered += 1
 

@@ -127,7 +127,7 @@ class VenueProducer:
 
     def _bad_frame(self, raw: bytes, reason: str, stream: str = "unknown") -> None:
         log.warning("dead-lettering frame", exchange=self.exchange, stream=stream, reason=reason)
-        self.publisher.dead_letter(DLQ_TOPIC, f"{self.dlq_source}{stream}", stream, raw, reason, stage="normalise")
+        self.publisher.dead_letter(DLQ_TOPIC, f"{self.dlq_source}{stream}", raw, reason, stage="normalise")
 
     def _publish_gap(self, symbol: str, from_id: int, to_id: int, reason: str) -> None:
         """A hole in `md.trades` that will not be filled, on `md.gaps` for the sink and the audit."""

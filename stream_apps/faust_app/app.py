@@ -182,7 +182,7 @@ class EngineWorker:
             for tp in assigned:
                 lag = consumer.lag(tp)
                 if lag is not None:
-                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+                    self.metrics.lag.labels(self.app.conf.id, tp.topic, str(tp.partition)).set(lag)
         self.batches += 1
         self.metrics.batch_seconds.observe(time.perf_counter() - began)
 

@@ -25,8 +25,9 @@ class EngineAppMetrics:
         self.duplicates = Counter("tapeflow_engine_redelivered_records_total",
                                   "Input records skipped because the state already holds them", ["topic"],
                                   registry=r)
+        # topic = the dead-letter topic (dlq.md), reason = the stage (as the producer's and sink's counters)
         self.dead_letters = Counter("tapeflow_engine_dlq_messages_total", "Undecodable input records sent to dlq.md",
-                                    ["topic"], registry=r)
+                                    ["topic", "reason"], registry=r)
         self.batch_seconds = Histogram("tapeflow_engine_batch_seconds", "Processing time of one fetched batch",
                                        buckets=_BATCH_BUCKETS, registry=r)
         self.evaluation_lag = Histogram(
@@ -42,9 +43,15 @@ class EngineAppMetrics:
                                           registry=r)
         self.gate_vetoes = Counter("tapeflow_engine_gate_vetoes_total", "Evaluations vetoed by a gate",
                                    ["strategy", "gate"], registry=r)
+        # wall clock of the newest evaluation (the start until the first): the "no evaluation for N
+        # minutes" alert needs a series before anything was evaluated, which a labelled counter lacks
+        self.last_evaluation = Gauge("tapeflow_engine_last_evaluation_time_seconds",
+                                     "Unix time of the newest strategy evaluation (process start before the first)",
+                                     registry=r)
+        self.last_evaluation.set_to_current_time()
         self.bars = Counter("tapeflow_engine_bars_total", "Closed 1-minute bars published", registry=r)
         self.lag = Gauge("tapeflow_engine_consumer_lag_messages", "High watermark minus next offset to read",
-                         ["topic", "partition"], registry=r)
+                         ["group", "topic", "partition"], registry=r)
         self.held = Gauge("tapeflow_engine_held_inputs", "Inputs held back for event-time alignment", registry=r)
         self.forced_releases = Counter("tapeflow_engine_forced_releases_total",
                                        "Alignment holds released after max_hold_s without progress", registry=r)
@@ -67,6 +74,8 @@ class EngineAppMetrics:
         for (strategy, tier, direction), n in Tally(
                 (s["strategy"], s["tier"], s["direction"]) for s in published_signals).items():
             self.signals.labels(strategy, tier, direction).inc(n)
+        if out.features:
+            self.last_evaluation.set(now_ms / 1000)
         for eval_time in {f["eval_time"] for f in out.features}:
             self.evaluation_lag.observe(max(0.0, (now_ms - eval_time) / 1000))
         if out.bars:

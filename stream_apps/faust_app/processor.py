@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from schemas.catalogue import DLQ_MD
 from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig
@@ -117,7 +118,7 @@ class EngineProcessor:
                 effects.outputs.append(self.encoder.dead_letter(dead))
                 effects.ack(topic, partition, [dead.offset])
             if decoded.dead:
-                self.metrics.dead_letters.labels(name).inc(len(decoded.dead))
+                self.metrics.dead_letters.labels(DLQ_MD, "engine:decode").inc(len(decoded.dead))
             for key, rows in decoded.trades.items():
                 owned = self._owned(key, partition)
                 fresh = rows.offsets > owned.seen.get(name, -1)

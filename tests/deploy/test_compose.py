@@ -37,16 +37,19 @@ ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 
 INFRASTRUCTURE_SERVICES = {"kafka", "schema-registry", "timescaledb", "prometheus", "grafana"}
-# Metrics ports of the tapeflow processes (added as compose services by later issues).
+# Metrics ports of the tapeflow processes, one compose service each.
 APP_SCRAPE_TARGETS = {
     "producer": "producer:9101",
     "engine": "engine:9102",
     "sink": "sink:9103",
     "executor": "executor:9104",
+    "notifier": "notifier:9105",
 }
-# DESIGN.md: tapeflow_<component>_<what>_<unit>; counters end in _total (Prometheus convention).
+ONE_SHOT = {"init"}  # runs to completion; the others wait for it (service_completed_successfully)
+# DESIGN.md: tapeflow_<component>_<what>_<unit>; counters end in _total (Prometheus convention); an
+# enumeration gauge (0 active, 1 paused, 2 halted) has no unit and ends in _state.
 METRIC_NAME = re.compile(
-    r"tapeflow_(producer|engine|sink|executor)_[a-z][a-z0-9_]*_(seconds|messages|bytes|rows|ratio|total)"
+    r"tapeflow_(producer|engine|sink|executor)_[a-z][a-z0-9_]*_(seconds|messages|bytes|rows|ratio|total|state)"
 )
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}; `$$` escapes.
 COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -217,6 +220,8 @@ def test_infrastructure_services_are_defined(services: dict[str, dict[str, Any]]
 
 def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
+        if name in ONE_SHOT:
+            continue
         check = service.get("healthcheck")
         assert check, f"{name} has no healthcheck"
         assert not check.get("disable"), f"{name} disables its healthcheck"
@@ -233,7 +238,39 @@ def test_dependencies_wait_for_healthy_services(services: dict[str, dict[str, An
         assert isinstance(depends, dict), f"{name}: depends_on without conditions starts too early"
         for target, spec in depends.items():
             assert target in services, f"{name} depends on unknown service {target}"
-            assert spec.get("condition") == "service_healthy", f"{name} -> {target}: {spec}"
+            wanted = "service_completed_successfully" if target in ONE_SHOT else "service_healthy"
+            assert spec.get("condition") == wanted, f"{name} -> {target}: {spec}"
+
+
+def _command(service: dict[str, Any]) -> str:
+    command = service.get("command") or []
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def test_topics_and_migrations_run_once_before_every_tapeflow_service(services: dict[str, dict[str, Any]]) -> None:
+    init = services["init"]
+    assert init["restart"] == "no"
+    assert re.search(r"tapeflow topics create\b.*&&\s*tapeflow db migrate\b", _command(init))
+    assert set(init["depends_on"]) == {"kafka", "timescaledb"}
+    apps = {n: s for n, s in services.items() if s["image"].startswith("tapeflow:") and n not in ONE_SHOT}
+    assert {"producer", "engine", "sink", "executor", "notifier"} == set(apps)
+    for name, service in apps.items():
+        assert service["depends_on"]["init"] == {"condition": "service_completed_successfully"}, name
+        assert "topics create" not in _command(service) and "db migrate" not in _command(service), name
+
+
+def test_notifier_secrets_exist_only_in_the_env_file(raw: dict[str, Any]) -> None:
+    """No default for a token or webhook URL (an empty one turns the channel off), .env is git-ignored,
+    and the notifier only starts on request (it refuses to start without a channel)."""
+    notifier = raw["services"]["notifier"]
+    assert notifier["profiles"] == ["notify"]
+    secrets = {k: v for k, v in _env(notifier).items()
+               if k.endswith(("_TOKEN", "_WEBHOOK_URL"))}
+    assert set(secrets) == {"TAPEFLOW_TELEGRAM_BOT_TOKEN", "TAPEFLOW_DISCORD_WEBHOOK_URL", "TAPEFLOW_NOTIFY_WEBHOOK_URL"}
+    for key, value in secrets.items():
+        assert value == f"${{{key}:-}}", f"{key} must come from .env with an empty default, got {value!r}"
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO, capture_output=True)
+    assert ignored.returncode == 0, ".env must be git-ignored"
 
 
 def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:
@@ -394,6 +431,12 @@ def test_promtool_accepts_the_alert_rules() -> None:
         [_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_promtool_case() -> None:
+    cases = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+    tested = {t["alertname"] for case in cases for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+    assert {rule["alert"] for rule in _alert_rules()} <= tested, "an alert with no case in which it fires"
 
 
 def test_alerts_fire_exactly_at_their_thresholds() -> None:

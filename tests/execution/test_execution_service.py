@@ -147,7 +147,10 @@ def test_kill_switch_blocks_entries_and_survives_a_restart(env, kafka_bootstrap)
     assert "tapeflow_producer_" not in metrics
     deadline = time.monotonic() + 30
     counted = f'tapeflow_executor_publish_messages_out_total{{topic="{settings.topic_prefix}orders"}}'
-    while counted not in metrics:
+    # consumer lag per group and input partition (everything consumed and committed: 0)
+    lag = (f'tapeflow_executor_consumer_lag_messages{{group="{settings.topic_prefix}tapeflow-executor-paper",'
+           f'partition="0",topic="{settings.topic_prefix}signals"}} 0.0')
+    while counted not in metrics or lag not in metrics:
         assert time.monotonic() < deadline, "published orders never counted"
         time.sleep(0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{ex.port}/metrics", timeout=5) as resp:

@@ -142,6 +142,11 @@ def test_malformed_records_go_to_the_dlq_and_pipeline_errors(kafka_bootstrap, to
     assert all(e[0] == topic_prefix + "md.trades" and e[3] == "sink" and e[2] for e in errors)
     dlq = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "dlq.md", idle_s=1)]
     assert sorted(d["value"] for d in dlq) == sorted([b"garbage", b"\x00\x00\x00\x00\x01\xff"])
+    # what the alert rules read: errors per table and kind, dead letters per DLQ topic and reason
+    sample = sink.metrics.registry.get_sample_value
+    assert sample("tapeflow_sink_errors_total", {"table": "trades", "kind": "decode"}) == 2
+    assert sample("tapeflow_sink_errors_total", {"table": "trades", "kind": "database"}) == 0  # present at 0
+    assert sample("tapeflow_sink_dlq_messages_total", {"topic": "dlq.md", "reason": "sink"}) == 2
 
 
 def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_prefix):
@@ -178,7 +183,14 @@ def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_p
         assert count(conninfo) == 2_000
         sup.stop_all()  # the database goes away...
         produce(kafka_bootstrap, topic_prefix + "md.trades", records[2_000:4_000])
-        time.sleep(30)  # ...for 30 s, while records keep arriving
+        down_since = time.monotonic()
+        lag = 0.0
+        while time.monotonic() - down_since < 20 and lag == 0:  # the lag gauge shows the backlog meanwhile
+            time.sleep(0.5)
+            lag = sum(s.value for m in sink.metrics.registry.collect() for s in m.samples
+                      if s.name == "tapeflow_sink_consumer_lag_messages"
+                      and s.labels["group"] == sink.config.group_id)
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_since)))  # ...for 30 s, while records keep arriving
         sup.start_all()
         produce(kafka_bootstrap, topic_prefix + "md.trades", records[4_000:])
         deadline = time.monotonic() + 60
@@ -198,5 +210,8 @@ def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_p
         rows = table_rows(conninfo)
         assert len(rows) == 6_000 and checksum(rows) == checksum(expected_rows(records))
         assert sink.metrics.db_retries._value.get() >= 1
+        assert sink.metrics.registry.get_sample_value("tapeflow_sink_errors_total",
+                                                      {"table": "trades", "kind": "database"}) >= 1
+        assert lag > 0, "the lag gauge did not grow while the database was down"
     finally:
         sup.stop_all()

@@ -153,7 +153,7 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
 
     dlq = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "dlq.md", idle_s=1)]
     assert dlq and all(d["error"] and d["value"] for d in dlq)
-    assert sample(metrics, "tapeflow_producer_dlq_messages_total") == len(dlq)
+    assert sample(metrics, "tapeflow_producer_dlq_messages_total", topic="dlq.md", reason="normalise") == len(dlq)
 
     indicators = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.indicators", idle_s=1)]
     assert {"coinbase_premium", "spot_perp_divergence"} <= {i["kind"] for i in indicators if i["symbol"] == "BTCUSDT"}

@@ -1,0 +1,289 @@
+"""The image's wheel, built the way the Dockerfile builds it, runs every compose service.
+
+Why: the Docker image installs tapeflow's wheel, not the source tree, so a file missing from the
+wheel (the strategy YAMLs once were) crash-loops a container while every test run from the checkout
+passes. There is no Docker engine here, so this test does what the image does:
+
+1. copies the files of the Dockerfile's build stage (its COPY lines, minus .dockerignore) into an empty
+   directory and runs the stage's own `pip wheel` command there (with `--no-build-isolation`: the
+   build backend comes from this environment instead of being downloaded);
+2. installs the wheel without its dependencies into a new virtualenv that cannot see the checkout,
+   and gives it exactly the wheel's declared dependencies (and theirs), linked from this environment,
+   so an import of an undeclared package fails as it would in the image;
+3. runs each tapeflow service of docker-compose.yml with the command compose gives it (init first),
+   from that virtualenv, against the session's real broker and database, until its /health answers
+   200, and runs the compose healthcheck command itself against it.
+
+The producer is pointed at the local fake exchange (from the same wheel) instead of Binance, and every
+metrics port is a free one; nothing else differs from compose.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from tapeflow.stack.process import free_port
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+NOTIFY_URL = "http://127.0.0.1:9/unused"  # the notifier only needs a configured channel to run
+
+
+# --- 1. the build stage ----------------------------------------------------------------------------------
+def build_stage() -> tuple[list[tuple[list[str], str]], str, str]:
+    """(COPY sources/destination pairs, WORKDIR, the `pip wheel` RUN command) of the Dockerfile's first stage."""
+
+    lines = (REPO / "Dockerfile").read_text().split("\nFROM ", 2)[1].splitlines()
+    copies, workdir, run = [], "/", ""
+    for line in lines:
+        word, _, rest = line.partition(" ")
+        if word == "WORKDIR":
+            workdir = rest.strip()
+        elif word == "COPY":
+            *sources, dest = shlex.split(rest)
+            copies.append((sources, dest))
+        elif word == "RUN" and "pip wheel" in rest:
+            run = rest.strip()
+    assert copies and run, "the Dockerfile's build stage has no COPY or no `pip wheel`"
+    return copies, workdir, run
+
+
+def docker_ignored(relative: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(relative, p.removeprefix("**/"))
+               or any(fnmatch.fnmatch(part, p.removeprefix("**/")) for part in Path(relative).parts)
+               for p in patterns)
+
+
+def build_wheel(workdir: Path) -> Path:
+    copies, _, run = build_stage()
+    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip()
+                and not p.startswith("#")]
+    context = workdir / "context"  # stands for the stage's WORKDIR; COPY destinations are relative to it
+    for sources, dest in copies:
+        target = context / dest
+        for source in sources:
+            path = REPO / source
+            if path.is_dir():
+                for file in path.rglob("*"):
+                    rel = file.relative_to(REPO).as_posix()
+                    if file.is_file() and not docker_ignored(rel, patterns):
+                        out = target / file.relative_to(path)
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(file, out)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target / path.name)
+    argv = shlex.split(run)
+    i = argv.index("pip")
+    dist = workdir / "dist"
+    argv = [sys.executable, "-m", *argv[i:], "--no-build-isolation"]
+    argv[argv.index("--wheel-dir") + 1] = str(dist)
+    res = subprocess.run(argv, cwd=context, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (wheel,) = dist.glob("tapeflow-*.whl")
+    return wheel
+
+
+# --- 2. a clean virtualenv with only the declared dependencies --------------------------------------------
+def dependency_closure(requirements: list[str]) -> list[md.Distribution]:
+    """The installed distributions that `requirements` need, transitively (markers evaluated, no extras
+    beyond the ones asked for)."""
+    seen: dict[str, md.Distribution] = {}
+    todo = [(Requirement(r), None) for r in requirements]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra or ""}):
+            continue
+        dist = md.distribution(req.name)
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        wanted_extras = set(req.extras)
+        if key in seen and not wanted_extras:
+            continue
+        seen[key] = dist
+        for sub in dist.requires or []:
+            sub_req = Requirement(sub)
+            if sub_req.marker is None or sub_req.marker.evaluate({"extra": ""}):
+                todo.append((sub_req, None))
+            for e in wanted_extras:
+                if sub_req.marker is not None and sub_req.marker.evaluate({"extra": e}):
+                    todo.append((sub_req, e))
+    return list(seen.values())
+
+
+def make_venv(workdir: Path, wheel: Path) -> Path:
+    venv = workdir / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                          "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        requires = [line.split(":", 1)[1].strip() for line in zf.read(meta).decode().splitlines()
+                    if line.startswith("Requires-Dist:")]
+    requires = [r for r in requires if "extra ==" not in r]
+    # the declared dependencies, linked (not copied) from this environment into one directory that a
+    # .pth file adds to the clean virtualenv's path; nothing else of this environment is visible
+    deps = workdir / "deps"
+    deps.mkdir()
+    site = Path(sysconfig.get_paths()["purelib"])
+    for dist in dependency_closure(requires):
+        for file in dist.files or []:
+            top = file.parts[0]
+            if top in ("..", "__pycache__") or top.endswith(".pth") or (deps / top).exists():
+                continue
+            source = site / top
+            if source.exists():
+                (deps / top).symlink_to(source)
+    clean_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    (Path(clean_site) / "declared_dependencies.pth").write_text(f"{deps}\n")
+    return venv
+
+
+# --- 3. the compose services ---------------------------------------------------------------------------
+def tapeflow_services() -> dict[str, dict]:
+    return {n: s for n, s in COMPOSE.items() if str(s.get("image", "")).startswith("tapeflow:")}
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def database_url(conninfo: str) -> str:
+    p = psycopg.conninfo.conninfo_to_dict(conninfo)
+    return (f"postgresql://{quote(p['user'], safe='')}:{quote(p.get('password') or '', safe='')}"
+            f"@{p['host']}:{p['port']}/{p['dbname']}")
+
+
+@pytest.fixture
+def workdir():
+    path = Path(tempfile.mkdtemp(prefix="tapeflow-wheel-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstrap, database, topic_prefix):
+    wheel = build_wheel(workdir)
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    # every source package and every data file the code reads is in the wheel
+    for package in sorted(p.parent.name for p in REPO.glob("*/__init__.py")
+                          if p.parent.name not in ("tests", "benchmarks")):
+        assert f"{package}/__init__.py" in names, f"package {package} is not in the wheel"
+    for pattern in ("stream_apps/strategies/*.yaml", "sinks/migrations/*.sql", "schemas/avro/*.avsc"):
+        shipped = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob(pattern))
+        assert shipped and set(shipped) <= names, f"missing from the wheel: {sorted(set(shipped) - names)}"
+
+    venv = make_venv(workdir, wheel)
+    bin_dir = venv / "bin"
+    run_dir = workdir / "run"  # not the checkout: nothing is importable from the working directory
+    run_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAPEFLOW_", "PYTHON", "VIRTUAL_ENV"))}
+    env.update({"PATH": f"{bin_dir}:{env['PATH']}", "TAPEFLOW_HOME": str(workdir / "home"),
+                "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
+                "TAPEFLOW_DATABASE_URL": database_url(database), "TAPEFLOW_SYMBOLS": "BTCUSDT,ETHUSDT",
+                "TAPEFLOW_METRICS_HOST": "127.0.0.1", "TAPEFLOW_NOTIFY_WEBHOOK_URL": NOTIFY_URL,
+                "PYTHONNOUSERSITE": "1"})
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import stream_apps, tapeflow_notify, numpy; "
+                            "print(stream_apps.__file__); print(numpy.__file__)"],
+                           cwd=run_dir, env=env, capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr
+    ours, numpy_file = where.stdout.split()
+    assert ours.startswith(str(venv)), f"tapeflow imported from {ours}, not from the wheel"
+    assert numpy_file.startswith(str(workdir / "deps")), numpy_file
+
+    services = tapeflow_services()
+    procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(name: str, argv: list[str]) -> tuple[subprocess.Popen, Path]:
+        log_path = workdir / f"{name}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(argv, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append((name, proc, log_path))
+        return proc, log_path
+
+    try:
+        # init: compose's own command line, to completion
+        init = services.pop("init")
+        res = subprocess.run(init["command"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"init failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        assert "applied" in res.stdout and "created" in res.stdout
+        with psycopg.connect(database) as conn:
+            assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 0  # the tables exist
+
+        fake, fake_log = start("fake-exchange", [str(bin_dir / "tapeflow"), "fake-exchange", "--synthetic-seed", "3",
+                                                 "--synthetic-symbols", "BTCUSDT,ETHUSDT", "--synthetic-duration",
+                                                 "3600", "--speed", "1"])
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r'\{"ws_url".*\}', fake_log.read_text())):
+            assert time.monotonic() < deadline and fake.poll() is None, fake_log.read_text()
+            time.sleep(0.2)
+        urls = json.loads(found.group(0))
+        ws_url, rest_url = urls["ws_url"], urls["rest_url"]
+
+        ports = {}
+        for name, service in services.items():
+            argv = list(service["command"])
+            port = free_port()
+            argv[argv.index("--metrics-port") + 1] = str(port)
+            if name == "producer":  # the local fake exchange instead of Binance
+                argv += ["--ws-url", ws_url, "--rest-url", rest_url, "--spot-url", rest_url, "--coinbase-url", rest_url]
+            ports[name] = (port, service)
+            start(name, argv)
+        for name, (port, service) in ports.items():
+            proc, log_path = next((p, lp) for n, p, lp in procs if n == name)
+            deadline = time.monotonic() + 180
+            while http_status(f"http://127.0.0.1:{port}/health") != 200:
+                assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+                assert time.monotonic() < deadline, f"{name} not healthy:\n{log_path.read_text()[-4000:]}"
+                time.sleep(0.5)
+            # compose's healthcheck command, with this run's port, from the clean virtualenv
+            check = service["healthcheck"]["test"][1:]
+            check = [bin_dir / "python" if a == "python" else a.replace(re.search(r"localhost:(\d+)", a).group(0),
+                                                                         f"127.0.0.1:{port}")
+                     if "localhost:" in a else a for a in check]
+            res = subprocess.run([str(a) for a in check], cwd=run_dir, env=env, capture_output=True, text=True,
+                                 timeout=30)
+            assert res.returncode == 0, f"{name}: compose healthcheck failed: {res.stderr}"
+        assert set(ports) == {"producer", "engine", "sink", "executor", "notifier"}
+    finally:
+        for _, proc, _ in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc, _ in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
