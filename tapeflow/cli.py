@@ -349,7 +349,7 @@ def notify(
     from tapeflow_notify.service import run_notifier
 
     settings = state.settings()
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     raise typer.Exit(asyncio.run(run_notifier(settings, metrics_port, settings.metrics_host)))
 
 
