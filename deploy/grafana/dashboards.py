@@ -1,0 +1,482 @@
+"""tapeflow's Grafana dashboards as code: Market, Signals, Trading, Pipeline health.
+
+Run `python deploy/grafana/dashboards.py` after changing a panel: it writes the provisioned JSON
+(deploy/grafana/dashboards/*.json) and docs/dashboards.md from the definitions below; `--check` only
+compares (tests/deploy/test_dashboards.py fails when the files are stale). Every SQL panel runs in a
+test against the real schema on plain PostgreSQL and on TimescaleDB with Grafana's macros
+substituted, and every PromQL expression is parsed by promtool and checked, name and labels, against
+a scrape of the running services. See grafana_model.py for why the model is hand-written.
+
+SQL conventions: Grafana macros only ($__timeFilter, $__timeGroupAlias, $__timeFrom/$__timeTo,
+$__interval); single-value variables are quoted in the SQL ('$symbol'), multi-value ones are not
+(IN ($strategy)); queries that Grafana reads as time series return a `time` column first and either
+one column per series or a `metric` column naming the series. The same SQL works on both engines:
+the roll-ups (bars_5m, cvd_1m, ...) have the same columns on both, and nothing uses TimescaleDB-only
+functions such as first()/last().
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grafana_model import (  # noqa: E402 - the model sits beside this script, outside any package
+    Annotation,
+    Dashboard,
+    Panel,
+    PromQL,
+    Sql,
+    Threshold,
+    Variable,
+    render,
+)
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+OUT_DIR = HERE / "dashboards"
+DOCS = REPO / "docs" / "dashboards.md"
+
+# --- variables -------------------------------------------------------------------------------------------
+EXCHANGE = Variable("exchange", "Exchange", "SELECT DISTINCT exchange FROM mark_prices "
+                    "WHERE event_time > now() - INTERVAL '7 days' ORDER BY 1", default="binance")
+SYMBOL = Variable("symbol", "Symbol", "SELECT DISTINCT symbol FROM bars_1m WHERE exchange = '$exchange' "
+                  "AND open_time > now() - INTERVAL '7 days' ORDER BY 1", default="BTCUSDT")
+SYMBOLS = Variable("symbols", "Symbols", "SELECT DISTINCT symbol FROM features "
+                   "WHERE eval_time > now() - INTERVAL '7 days' ORDER BY 1", multi=True)
+STRATEGY = Variable("strategy", "Strategy", "SELECT DISTINCT strategy FROM features "
+                    "WHERE eval_time > now() - INTERVAL '30 days' "
+                    "UNION SELECT DISTINCT strategy FROM positions UNION SELECT DISTINCT strategy FROM backtest_runs "
+                    "ORDER BY 1", multi=True)
+MODE = Variable("mode", "Mode", "SELECT DISTINCT mode FROM positions UNION SELECT 'paper' ORDER BY 1",
+                multi=True, default="paper")
+
+# --- Market ---------------------------------------------------------------------------------------------
+MARKET = Dashboard(
+    uid="tapeflow-market", title="tapeflow · Market",
+    description="Price, order flow, book imbalance, funding, positioning and liquidations per symbol.",
+    variables=(EXCHANGE, SYMBOL),
+    annotations=(Annotation("Liquidations of 100k USD and more", """
+SELECT trade_time AS "time", liquidated_side || ' liquidated: ' || to_char(usd_value, 'FM999,999,999') ||
+       ' USD at ' || avg_price AS text, symbol AS tags
+FROM liquidations
+WHERE exchange = '$exchange' AND symbol = '$symbol' AND usd_value >= 100000 AND $__timeFilter(trade_time)
+ORDER BY 1"""),),
+    panels=(
+        Panel("Price and liquidations", "timeseries", width=24, height=9, unit="none",
+              question="Where did price go, and where were longs or shorts forced out?",
+              points=("LONG liquidated", "SHORT liquidated"),
+              queries=(Sql("""
+SELECT $__timeGroupAlias(open_time, $__interval), (array_agg(close ORDER BY open_time DESC))[1] AS "close"
+FROM bars_1m
+WHERE exchange = '$exchange' AND symbol = '$symbol' AND $__timeFilter(open_time)
+GROUP BY 1 ORDER BY 1"""), Sql("""
+SELECT trade_time AS "time", liquidated_side || ' liquidated' AS metric, avg_price AS value
+FROM liquidations
+WHERE exchange = '$exchange' AND symbol = '$symbol' AND $__timeFilter(trade_time)
+ORDER BY 1"""))),
+        Panel("CVD fast (30m) and mid (4h)", "timeseries", unit="none",
+              question="Do the fast and mid cumulative volume deltas agree on a direction (the v5x direction "
+                       "layer's resonance)?",
+              queries=(Sql("""
+SELECT "time", cvd_30m AS "CVD 30m", cvd_4h AS "CVD 4h"
+FROM (
+    SELECT open_time AS "time",
+           sum(delta_qty) OVER (ORDER BY open_time RANGE BETWEEN INTERVAL '29 minutes' PRECEDING AND CURRENT ROW)
+               AS cvd_30m,
+           sum(delta_qty) OVER (ORDER BY open_time RANGE BETWEEN INTERVAL '239 minutes' PRECEDING AND CURRENT ROW)
+               AS cvd_4h
+    FROM cvd_1m
+    WHERE exchange = '$exchange' AND symbol = '$symbol'
+      AND open_time BETWEEN $__timeFrom()::timestamptz - INTERVAL '4 hours' AND $__timeTo()::timestamptz
+) w
+WHERE $__timeFilter("time")
+ORDER BY 1"""),)),
+        Panel("Order-book imbalance (top 10 levels)", "timeseries", unit="percentunit", decimals=2,
+              question="Is resting liquidity leaning to bids (> 0) or asks (< 0)?",
+              thresholds=(Threshold(0.3, "orange", "v53's OBI gate for BTC vetoes a SHORT above +0.30 "
+                                                   "(and a LONG below -0.30)"),),
+              queries=(Sql("""
+SELECT $__timeGroupAlias(event_time, $__interval), avg(obi_10) AS "OBI"
+FROM depth_snapshots
+WHERE exchange = '$exchange' AND symbol = '$symbol' AND $__timeFilter(event_time)
+GROUP BY 1 ORDER BY 1"""),)),
+        Panel("Funding rate across symbols", "status-history", unit="percent", decimals=4,
+              question="Which symbols pay extreme funding, and since when?",
+              thresholds=(Threshold(0.03, "yellow", "moderate (v52 funding layer: +5 against the crowd)"),
+                          Threshold(0.1, "red", "extreme (v52: -5 with the crowd)")),
+              queries=(Sql("""
+SELECT $__timeGroupAlias(event_time, '1h'), symbol AS metric, avg(funding_rate) * 100 AS value
+FROM mark_prices
+WHERE exchange = '$exchange' AND $__timeFilter(event_time)
+GROUP BY 1, 2 ORDER BY 1"""),)),
+        Panel("Open interest", "timeseries", unit="none",
+              question="Is money entering (OI up) or leaving the market?",
+              queries=(Sql("""
+SELECT $__timeGroupAlias(event_time, $__interval), avg(value) AS "open interest"
+FROM market_indicators
+WHERE exchange = '$exchange' AND symbol = '$symbol' AND kind = 'open_interest' AND $__timeFilter(event_time)
+GROUP BY 1 ORDER BY 1"""),)),
+        Panel("Long/short ratios", "timeseries", unit="none", decimals=2,
+              question="How crowded is each side (accounts, top traders' positions, taker flow)?",
+              thresholds=(Threshold(1.0, "yellow", "more longs than shorts"),),
+              queries=(Sql("""
+SELECT $__timeGroupAlias(event_time, $__interval), kind AS metric, avg(value) AS value
+FROM market_indicators
+WHERE exchange = '$exchange' AND symbol = '$symbol'
+  AND kind IN ('long_short_account_ratio', 'top_trader_position_ratio', 'taker_buy_sell_ratio')
+  AND $__timeFilter(event_time)
+GROUP BY 1, 2 ORDER BY 1"""),)),
+        Panel("Volume by taker side", "barchart", width=24, unit="none", stack=True,
+              question="Who is aggressive: takers buying or takers selling?",
+              queries=(Sql("""
+SELECT $__timeGroupAlias(open_time, $__interval), sum(buy_volume) AS "taker buy", -sum(sell_volume) AS "taker sell"
+FROM bars_1m
+WHERE exchange = '$exchange' AND symbol = '$symbol' AND $__timeFilter(open_time)
+GROUP BY 1 ORDER BY 1"""),)),
+    ))
+
+# --- Signals ---------------------------------------------------------------------------------------------
+SIGNALS = Dashboard(
+    uid="tapeflow-signals", title="tapeflow · Signals",
+    description="What the engine evaluated and signalled: scores by layer, gate vetoes, latest inputs.",
+    variables=(SYMBOLS, STRATEGY),
+    panels=(
+        Panel("Signal scores", "timeseries", width=24, unit="none", decimals=1,
+              question="When did which strategy signal, in which direction and tier, with what score?",
+              points=(), options={"legend": {"displayMode": "table", "placement": "right", "showLegend": True}},
+              thresholds=(Threshold(75, "yellow", "entry threshold: standard tier (1.0R)"),
+                          Threshold(85, "red", "heavy threshold: heavy tier (1.5R)")),
+              queries=(Sql("""
+SELECT eval_time AS "time", strategy || ' ' || direction || ' ' || tier AS metric, score AS value
+FROM signals
+WHERE $__timeFilter(eval_time) AND symbol IN ($symbols) AND strategy IN ($strategy)
+ORDER BY 1"""),)),
+        Panel("Signal timeline", "table", width=24, height=9,
+              question="Which signals fired, with their exit plan and provenance?",
+              queries=(Sql("""
+SELECT eval_time AS "time", strategy, strategy_version, symbol, direction, tier, round(score::numeric, 1) AS score,
+       price, sl_price, tp1_price, tp2_price, is_flip, config_hash
+FROM signals
+WHERE $__timeFilter(eval_time) AND symbol IN ($symbols) AND strategy IN ($strategy)
+ORDER BY eval_time DESC
+LIMIT 500""", fmt="table"),)),
+        Panel("Score by layer", "timeseries", unit="none", decimals=1,
+              question="Which layers carry the score (direction, crowding, environment, ...)?",
+              queries=(Sql("""
+SELECT $__timeGroupAlias(eval_time, $__interval), l.key AS metric, avg(l.value::double precision) AS value
+FROM features f, jsonb_each_text(f.layer_scores) l
+WHERE $__timeFilter(f.eval_time) AND f.symbol IN ($symbols) AND f.strategy IN ($strategy)
+GROUP BY 1, 2 ORDER BY 1"""),)),
+        Panel("Gate vetoes by reason", "barchart", unit="none", stack=True,
+              question="Which gates veto otherwise valid signals, and how often?",
+              queries=(Sql("""
+SELECT $__timeGroupAlias(eval_time, $__interval), gate AS metric, count(*) AS value
+FROM features
+WHERE gate IS NOT NULL AND $__timeFilter(eval_time) AND symbol IN ($symbols) AND strategy IN ($strategy)
+GROUP BY 1, 2 ORDER BY 1"""),)),
+        Panel("Why no signal", "table", width=8,
+              question="What blocks evaluations most: no direction, warm-up, gates, tier, cooldown?",
+              queries=(Sql("""
+SELECT coalesce(block_reason, 'signal') AS outcome, count(*) AS evaluations
+FROM features
+WHERE $__timeFilter(eval_time) AND symbol IN ($symbols) AND strategy IN ($strategy)
+GROUP BY 1 ORDER BY 2 DESC""", fmt="table"),)),
+        Panel("Latest features per symbol", "table", width=16,
+              question="What does the engine see right now for each symbol and strategy?",
+              queries=(Sql("""
+SELECT DISTINCT ON (symbol, strategy)
+       symbol, strategy, eval_time AS "evaluated", round(score::numeric, 1) AS score, direction, gate, block_reason,
+       (inputs->>'cvd_fast')::double precision AS cvd_fast, (inputs->>'cvd_mid')::double precision AS cvd_mid,
+       (inputs->>'obi')::double precision AS obi, (inputs->>'funding_rate')::double precision AS funding_rate,
+       (inputs->>'oi_change')::double precision AS oi_change,
+       (inputs->>'long_short_ratio')::double precision AS long_short_ratio,
+       (inputs->>'atr_price_ratio')::double precision AS atr_price_ratio
+FROM features
+WHERE $__timeFilter(eval_time) AND symbol IN ($symbols) AND strategy IN ($strategy)
+ORDER BY symbol, strategy, eval_time DESC""", fmt="table"),)),
+    ))
+
+# --- Trading ---------------------------------------------------------------------------------------------
+_CLOSED = "FROM trades_closed WHERE mode IN ($mode) AND strategy IN ($strategy) AND $__timeFilter(exit_time)"
+TRADING = Dashboard(
+    uid="tapeflow-trading", title="tapeflow · Trading",
+    description="Paper and live results in R: equity, win rate, profit factor, drawdown, positions, exits, "
+                "costs, and backtest runs side by side.",
+    variables=(STRATEGY, MODE), time_from="now-7d", refresh="1m",
+    panels=(
+        Panel("Equity in R", "timeseries", width=24, height=9, unit="none", decimals=2,
+              question="How has each strategy's account grown in R, per mode (paper, testnet, live)?",
+              queries=(Sql(f"""
+SELECT exit_time AS "time", strategy || ' · ' || mode AS metric,
+       sum(pnl_r_net) OVER (PARTITION BY strategy, mode ORDER BY exit_time, position_id) AS value
+{_CLOSED}
+ORDER BY 1"""),)),
+        Panel("Win rate", "stat", width=6, height=5, unit="percentunit", decimals=1,
+              question="Which share of closed trades made money after fees (net pnl_r > 0)?",
+              thresholds=(Threshold(0.4, "yellow", "below 40 % the R multiples must carry the result"),
+                          Threshold(0.5, "blue", "above half")),
+              queries=(Sql(f"""
+SELECT count(*) FILTER (WHERE pnl_r_net > 0)::double precision / nullif(count(*), 0) AS "win rate"
+{_CLOSED}""", fmt="table"),)),
+        Panel("Profit factor", "stat", width=6, height=5, unit="none", decimals=2,
+              question="How many R were won for every R lost?",
+              thresholds=(Threshold(1.0, "yellow", "break-even: below 1 the strategy loses money"),
+                          Threshold(1.5, "blue", "robust")),
+              queries=(Sql(f"""
+SELECT sum(pnl_r_net) FILTER (WHERE pnl_r_net > 0) / nullif(-sum(pnl_r_net) FILTER (WHERE pnl_r_net < 0), 0)
+       AS "profit factor"
+{_CLOSED}""", fmt="table"),)),
+        Panel("Max drawdown", "stat", width=6, height=5, unit="none", decimals=2,
+              question="What was the deepest fall of the equity curve from its peak, in R?",
+              thresholds=(Threshold(5, "orange", "the daily loss limit of the risk guard (-5R)"),
+                          Threshold(10, "red", "twice the daily limit")),
+              queries=(Sql(f"""
+SELECT coalesce(max(peak - equity), 0) AS "max drawdown R"
+FROM (
+    SELECT equity, greatest(0, max(equity) OVER (ORDER BY exit_time, position_id)) AS peak
+    FROM (SELECT exit_time, position_id, sum(pnl_r_net) OVER (ORDER BY exit_time, position_id) AS equity
+          {_CLOSED}) e
+) d""", fmt="table"),)),
+        Panel("Open positions", "stat", width=6, height=5, unit="none",
+              question="How many positions are open now?",
+              thresholds=(Threshold(12, "red", "the risk guard's default maximum of open positions"),),
+              queries=(Sql("""
+SELECT count(*) AS "open positions"
+FROM positions o
+WHERE o.event = 'opened' AND o.mode IN ($mode) AND o.strategy IN ($strategy)
+  AND NOT EXISTS (SELECT 1 FROM positions c WHERE c.mode = o.mode AND c.position_id = o.position_id
+                  AND c.event = 'closed')""", fmt="table"),)),
+        Panel("Results by strategy", "table", width=24, height=6,
+              question="Trades, win rate, net R, profit factor, drawdown and costs of each strategy and mode.",
+              queries=(Sql(f"""
+SELECT strategy, mode, count(*) AS trades,
+       round(100.0 * count(*) FILTER (WHERE pnl_r_net > 0) / count(*), 1) AS "win rate %",
+       round(sum(pnl_r_net), 2) AS "net R",
+       round(sum(pnl_r_net) FILTER (WHERE pnl_r_net > 0) / nullif(-sum(pnl_r_net) FILTER (WHERE pnl_r_net < 0), 0), 2)
+           AS "profit factor",
+       round(max(greatest(peak, 0) - equity), 2) AS "max DD R",
+       round(sum(fees_r), 2) AS "fees R", round(sum(slippage_r), 2) AS "slippage R"
+FROM (
+    SELECT *, max(equity) OVER (PARTITION BY strategy, mode ORDER BY exit_time, position_id) AS peak
+    FROM (SELECT strategy, mode, exit_time, position_id, pnl_r_net, fees_r, slippage_r,
+                 sum(pnl_r_net) OVER (PARTITION BY strategy, mode ORDER BY exit_time, position_id) AS equity
+          {_CLOSED}) e
+) d
+GROUP BY strategy, mode ORDER BY strategy, mode""", fmt="table"),)),
+        Panel("Open positions (detail)", "table", width=24, height=6,
+              question="Which positions are open, since when, with which stop and targets?",
+              queries=(Sql("""
+SELECT o.event_time AS opened, o.mode, o.strategy, o.symbol, o.direction, o.tier, o.entry_price, o.qty,
+       o.sl_price, o.tp1_price, o.tp2_price, t.position_id IS NOT NULL AS tp1_hit
+FROM positions o
+LEFT JOIN positions t ON t.mode = o.mode AND t.position_id = o.position_id AND t.event = 'tp1'
+WHERE o.event = 'opened' AND o.mode IN ($mode) AND o.strategy IN ($strategy)
+  AND NOT EXISTS (SELECT 1 FROM positions c WHERE c.mode = o.mode AND c.position_id = o.position_id
+                  AND c.event = 'closed')
+ORDER BY o.event_time DESC""", fmt="table"),)),
+        Panel("Closed trades by exit reason", "table", width=12,
+              question="How do trades end (sl, sl_be, tp, timeout, signal_flip), and what does each exit earn?",
+              queries=(Sql(f"""
+SELECT exit_reason, count(*) AS trades, round(sum(pnl_r_net), 2) AS "net R", round(avg(pnl_r_net), 3) AS "avg R"
+{_CLOSED}
+GROUP BY 1 ORDER BY 2 DESC""", fmt="table"),)),
+        Panel("Fees and slippage in R", "barchart", width=12, unit="none", decimals=3, stack=True,
+              question="What do trading costs take out of each hour's results, in R? (Funding payments are not "
+                       "modelled by the executor yet, so they are not in pnl_r.)",
+              queries=(Sql(f"""
+SELECT $__timeGroupAlias(exit_time, '1h'), sum(fees_r) AS "fees R", sum(slippage_r) AS "slippage R"
+{_CLOSED}
+GROUP BY 1 ORDER BY 1"""),)),
+        Panel("Risk guard decisions", "table", width=24, height=6,
+              question="When did the risk guard pause, halt, flatten or resume, and why?",
+              queries=(Sql("""
+SELECT event_time AS "time", mode, scope, decision, state, reason, daily_pnl_r, consecutive_losses, paused_until
+FROM risk_events
+WHERE mode IN ($mode) AND decision NOT IN ('allow') AND scope NOT LIKE 'strategy:%' AND $__timeFilter(event_time)
+ORDER BY event_time DESC
+LIMIT 200""", fmt="table"),)),
+        Panel("Backtest runs side by side", "table", width=24, height=8,
+              question="How do backtests of the selected strategies compare (same metrics as live)?",
+              queries=(Sql("""
+SELECT started_at, run_id, strategy, strategy_version, config_hash, source, array_to_string(symbols, ',') AS symbols,
+       from_time, to_time, status, trades, round((win_rate * 100)::numeric, 1) AS "win rate %", net_r AS "net R",
+       round(profit_factor::numeric, 2) AS "profit factor", max_drawdown_r AS "max DD R",
+       round(sharpe::numeric, 2) AS sharpe, fees_r AS "fees R"
+FROM backtest_runs
+WHERE parent_run_id IS NULL AND strategy IN ($strategy) AND $__timeFilter(started_at)
+ORDER BY started_at DESC
+LIMIT 100""", fmt="table"),)),
+    ))
+
+# --- Pipeline health (Prometheus, plus the database's own records of gaps and dead letters) ---------------
+_LAG = '{__name__=~"tapeflow_(engine|sink|executor)_consumer_lag_messages"}'
+_DLQ = '{__name__=~"tapeflow_(producer|engine|sink|executor_publish)_dlq_messages_total"}'
+PIPELINE = Dashboard(
+    uid="tapeflow-pipeline", title="tapeflow · Pipeline health",
+    description="Is every service up, fresh and keeping up? Rates, lag, freshness, gaps, dead letters, "
+                "resyncs and latencies (the numbers the alert rules watch).",
+    time_from="now-3h", refresh="15s",
+    panels=(
+        Panel("Services up", "stat", width=24, height=4, unit="none",
+              question="Can Prometheus scrape every tapeflow service (1 = up)?",
+              thresholds=(Threshold(1, "green", "up"),),
+              options={"colorMode": "background"},
+              queries=(PromQL('up{job=~"producer|engine|sink|executor|notifier"}', legend="{{job}}",
+                              instant=True),)),
+        Panel("Records published per second", "timeseries", unit="ops",
+              question="How many records does each topic receive per second?",
+              queries=(PromQL("sum by (topic) (rate(tapeflow_producer_messages_out_total[$__rate_interval]))",
+                              legend="{{topic}}"),
+                       PromQL("sum by (topic) (rate(tapeflow_executor_publish_messages_out_total[$__rate_interval]))",
+                              legend="executor {{topic}}"))),
+        Panel("Records consumed and rows written per second", "timeseries", unit="ops",
+              question="Do the engine and the sink keep up with what is published?",
+              queries=(PromQL("sum by (topic) (rate(tapeflow_engine_input_records_total[$__rate_interval]))",
+                              legend="engine {{topic}}"),
+                       PromQL("sum by (table) (rate(tapeflow_sink_rows_written_total[$__rate_interval]))",
+                              legend="sink {{table}}"))),
+        Panel("Consumer lag", "timeseries", unit="none",
+              question="How far behind its topics is each consumer group?",
+              thresholds=(Threshold(10000, "red", "TapeflowConsumerLagHigh after 2 minutes"),),
+              queries=(PromQL(f"sum by (job, group, topic) ({_LAG})", legend="{{group}} {{topic}}"),)),
+        Panel("Market-data freshness", "timeseries", unit="s",
+              question="How old is the newest event of each feed (exchange, symbol, stream)?",
+              thresholds=(Threshold(30, "red", "TapeflowMarketDataStale: the risk guard refuses new orders"),),
+              queries=(PromQL("max by (exchange, symbol, stream) (tapeflow_producer_last_event_age_seconds)",
+                              legend="{{symbol}} {{stream}}"),)),
+        Panel("Database freshness", "timeseries", unit="s",
+              question="How old is the newest row the sink committed, per table?",
+              thresholds=(Threshold(60, "orange", "a minute behind the stream"),),
+              queries=(PromQL("time() - max by (table) (tapeflow_sink_last_committed_event_time_seconds)",
+                              legend="{{table}}"),)),
+        Panel("Trade gaps", "barchart", unit="none",
+              question="How many aggTrade holes were found, filled from REST, or given up (published on md.gaps)?",
+              thresholds=(Threshold(1, "red", "any unfilled gap: the audit will report it"),),
+              queries=(PromQL("sum by (symbol) (increase(tapeflow_producer_gaps_filled_total[$__interval]))",
+                              legend="filled {{symbol}}"),
+                       PromQL("sum by (symbol) (increase(tapeflow_producer_gaps_unfilled_total[$__interval]))",
+                              legend="unfilled {{symbol}}"))),
+        Panel("Known gaps (md.gaps)", "table",
+              question="Which id ranges could not be filled, and why?",
+              queries=(Sql("""
+SELECT detected_time AS "time", exchange, symbol, stream, from_id, to_id, to_id - from_id + 1 AS ids, reason
+FROM data_gaps
+WHERE $__timeFilter(detected_time)
+ORDER BY detected_time DESC
+LIMIT 200""", fmt="table"),)),
+        Panel("Dead letters per second", "timeseries", unit="ops",
+              question="Which component dead-letters what, and why?",
+              thresholds=(Threshold(0.0001, "red", "TapeflowDeadLettersGrowing: any dead letter"),),
+              queries=(PromQL(f"sum by (job, topic, reason) (rate({_DLQ}[$__rate_interval]))",
+                              legend="{{job}} {{topic}} {{reason}}"),)),
+        Panel("Dead letters (pipeline_errors)", "table",
+              question="What exactly failed, where, and with which error?",
+              queries=(Sql("""
+SELECT event_time AS "time", stage, source_topic, source_partition, source_offset, left(error, 200) AS error
+FROM pipeline_errors
+WHERE $__timeFilter(event_time)
+ORDER BY event_time DESC
+LIMIT 200""", fmt="table"),)),
+        Panel("Order-book resyncs (10 min)", "timeseries", unit="none",
+              question="How often is each book rebuilt from a snapshot, and why?",
+              thresholds=(Threshold(5, "red", "TapeflowBookResyncStorm: more than 5 in 10 minutes"),),
+              queries=(PromQL("sum by (symbol, reason) (increase(tapeflow_producer_book_resyncs_total[10m]))",
+                              legend="{{symbol}} {{reason}}"),)),
+        Panel("Sink errors (5 min)", "timeseries", unit="none",
+              question="Does the sink fail to decode, map or write anything?",
+              thresholds=(Threshold(1, "red", "TapeflowSinkErrors"),),
+              queries=(PromQL("sum by (table, kind) (increase(tapeflow_sink_errors_total[5m]))",
+                              legend="{{table}} {{kind}}"),)),
+        Panel("Latencies (p99)", "timeseries", width=24, unit="s",
+              question="How long does a record take at each hop: receive to broker ack, evaluation to publication, "
+                       "batch commit, signal to order?",
+              thresholds=(Threshold(0.2, "orange", "the receive-to-signal p99 target (DESIGN.md §7)"),),
+              queries=(
+                  PromQL("histogram_quantile(0.99, sum by (le) (rate(tapeflow_producer_produce_latency_seconds_bucket"
+                         "[$__rate_interval])))", legend="producer receive→ack"),
+                  PromQL("histogram_quantile(0.99, sum by (le) (rate(tapeflow_engine_evaluation_lag_seconds_bucket"
+                         "[$__rate_interval])))", legend="engine evaluation→publish"),
+                  PromQL("histogram_quantile(0.99, sum by (le) (rate(tapeflow_sink_commit_seconds_bucket"
+                         "[$__rate_interval])))", legend="sink batch commit"),
+                  PromQL("histogram_quantile(0.99, sum by (le) (rate(tapeflow_executor_signal_to_order_seconds_bucket"
+                         "[$__rate_interval])))", legend="executor signal→order"))),
+        Panel("Time since the last evaluation", "stat", width=8, height=5, unit="s",
+              question="Is the engine evaluating (every symbol at least every 15 s while data flows)?",
+              thresholds=(Threshold(60, "orange", "several evaluation intervals missed"),
+                          Threshold(600, "red", "TapeflowNoSignalEvaluation")),
+              queries=(PromQL("time() - max by (instance) (tapeflow_engine_last_evaluation_time_seconds)",
+                              legend="{{instance}}", instant=True),)),
+        Panel("Risk guard state", "stat", width=8, height=5, unit="none",
+              question="Is the risk guard letting entries through (0 active, 1 paused, 2 halted)?",
+              thresholds=(Threshold(1, "orange", "paused after a losing streak"),
+                          Threshold(2, "red", "halted: daily loss limit or kill switch")),
+              queries=(PromQL("max by (instance) (tapeflow_executor_risk_state)", legend="{{instance}}",
+                              instant=True),)),
+        Panel("Notifications failed (1 h)", "stat", width=8, height=5, unit="none",
+              question="Do the alerts to people arrive (Telegram, Discord, webhook)?",
+              thresholds=(Threshold(1, "red", "a channel refused or could not be reached"),),
+              queries=(PromQL("sum by (channel) (increase(tapeflow_notify_failures_total[1h]))",
+                              legend="{{channel}}", instant=True),)),
+    ))
+
+DASHBOARDS = (MARKET, SIGNALS, TRADING, PIPELINE)
+
+
+# --- files ------------------------------------------------------------------------------------------------
+def dashboard_files() -> dict[Path, str]:
+    out = {OUT_DIR / f"{d.uid.removeprefix('tapeflow-')}.json": json.dumps(render(d), indent=2, ensure_ascii=False)
+           + "\n" for d in DASHBOARDS}
+    out[DOCS] = docs()
+    return out
+
+
+def docs() -> str:
+    lines = ["# Grafana dashboards", "",
+             "Generated by `python deploy/grafana/dashboards.py` from the definitions in that file; do not edit "
+             "by hand (a test compares). After `docker compose up`, Grafana (http://localhost:3000) shows them in "
+             "the **tapeflow** folder. SQL panels read TimescaleDB as `tapeflow_readonly`; PromQL panels read "
+             "the stack's Prometheus. Every SQL query runs in the test suite on plain PostgreSQL and on "
+             "TimescaleDB; every PromQL expression is parsed by promtool and its metric names and labels are "
+             "checked against a scrape of the running services.", ""]
+    for d in DASHBOARDS:
+        lines += [f"## {d.title.split('· ', 1)[1]} (`{d.uid}`)", "", d.description, ""]
+        if d.variables:
+            lines += ["Variables: " + ", ".join(f"`${v.name}` ({v.label.lower()}{', several' if v.multi else ''})"
+                                                for v in d.variables) + ".", ""]
+        for a in d.annotations:
+            lines += [f"Annotation **{a.name}**:", "", "```sql", a.sql.strip(), "```", ""]
+        for p in d.panels:
+            lines += [f"### {p.title}", "", f"*Question:* {p.question}", ""]
+            for q in p.queries:
+                lang = "sql" if isinstance(q, Sql) else "promql"
+                lines += [f"```{lang}", (q.sql if isinstance(q, Sql) else q.expr).strip(), "```", ""]
+            if p.thresholds:
+                lines += ["*Thresholds:* " + "; ".join(f"{t.value:g} ({t.color}): {t.meaning}"
+                                                      for t in p.thresholds) + ".", ""]
+            else:
+                lines += ["*Thresholds:* none (a reading, not a judgement).", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a file is stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in dashboard_files().items():
+        if not path.exists() or path.read_text() != text:
+            stale.append(path)
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    for path in stale:
+        print(f"{'stale' if args.check else 'wrote'} {path.relative_to(REPO)}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
