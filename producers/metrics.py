@@ -44,6 +44,13 @@ class ProducerMetrics(PublishMetrics):
                                  "Local clock minus exchange server time", registry=r)
         self._last_event: dict[tuple[str, str, str], float] = {}
 
+    def expect_symbols(self, symbols: list[str]) -> None:
+        """The gap counters of every configured symbol exist from the start at 0, so `increase()` and
+        the dashboards see the first gap, and a symbol without gaps reads 0 rather than nothing."""
+        for symbol in symbols:
+            for counter in (self.gaps_detected, self.gaps_filled, self.gaps_unfilled):
+                counter.labels(symbol)
+
     def saw_event(self, stream: str, exchange: str = "", symbol: str = "") -> None:
         """One frame of ``stream`` (a kind: aggTrade, depth, ...); freshness is kept per exchange and
         symbol too, which is what the stale-data alert and the risk guard care about."""

@@ -46,6 +46,7 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     paths = StackPaths(settings.home)
     bootstrap = resolve_broker(settings, paths)
     metrics = ProducerMetrics()
+    metrics.expect_symbols(list(settings.symbols))
     publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
                           topic_prefix=settings.topic_prefix)
     if options.exchange == "bybit":

@@ -32,12 +32,8 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -45,6 +41,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from tapeflow.stack.process import free_port
+from tests.support.services import Service, database_url, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -170,22 +167,6 @@ def tapeflow_services() -> dict[str, dict]:
     return {n: s for n, s in COMPOSE.items() if str(s.get("image", "")).startswith("tapeflow:")}
 
 
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return 0
-
-
-def database_url(conninfo: str) -> str:
-    p = psycopg.conninfo.conninfo_to_dict(conninfo)
-    return (f"postgresql://{quote(p['user'], safe='')}:{quote(p.get('password') or '', safe='')}"
-            f"@{p['host']}:{p['port']}/{p['dbname']}")
-
-
 @pytest.fixture
 def workdir():
     path = Path(tempfile.mkdtemp(prefix="tapeflow-wheel-"))
@@ -224,14 +205,13 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
     assert numpy_file.startswith(str(workdir / "deps")), numpy_file
 
     services = tapeflow_services()
-    procs: list[tuple[str, subprocess.Popen, Path]] = []
+    running: list[Service] = []
 
-    def start(name: str, argv: list[str]) -> tuple[subprocess.Popen, Path]:
-        log_path = workdir / f"{name}.log"
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(argv, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append((name, proc, log_path))
-        return proc, log_path
+    def start(name: str, argv: list[str]) -> Service:
+        assert argv[0] == "tapeflow", argv
+        service = Service(name, argv[1:], env, workdir, command=(str(bin_dir / "tapeflow"),), cwd=run_dir)
+        running.append(service)
+        return service
 
     try:
         # init: compose's own command line, to completion
@@ -242,14 +222,9 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
         with psycopg.connect(database) as conn:
             assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 0  # the tables exist
 
-        fake, fake_log = start("fake-exchange", [str(bin_dir / "tapeflow"), "fake-exchange", "--synthetic-seed", "3",
-                                                 "--synthetic-symbols", "BTCUSDT,ETHUSDT", "--synthetic-duration",
-                                                 "3600", "--speed", "1"])
-        deadline = time.monotonic() + 60
-        while not (found := re.search(r'\{"ws_url".*\}', fake_log.read_text())):
-            assert time.monotonic() < deadline and fake.poll() is None, fake_log.read_text()
-            time.sleep(0.2)
-        urls = json.loads(found.group(0))
+        fake = start("fake-exchange", ["tapeflow", "fake-exchange", "--synthetic-seed", "3", "--synthetic-symbols",
+                                       "BTCUSDT,ETHUSDT", "--synthetic-duration", "3600", "--speed", "1"])
+        urls = json.loads(fake.wait_for_line(r'\{"ws_url".*\}', 60).group(0))
         ws_url, rest_url = urls["ws_url"], urls["rest_url"]
 
         ports = {}
@@ -259,15 +234,9 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
             argv[argv.index("--metrics-port") + 1] = str(port)
             if name == "producer":  # the local fake exchange instead of Binance
                 argv += ["--ws-url", ws_url, "--rest-url", rest_url, "--spot-url", rest_url, "--coinbase-url", rest_url]
-            ports[name] = (port, service)
-            start(name, argv)
-        for name, (port, service) in ports.items():
-            proc, log_path = next((p, lp) for n, p, lp in procs if n == name)
-            deadline = time.monotonic() + 180
-            while http_status(f"http://127.0.0.1:{port}/health") != 200:
-                assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{log_path.read_text()[-4000:]}"
-                assert time.monotonic() < deadline, f"{name} not healthy:\n{log_path.read_text()[-4000:]}"
-                time.sleep(0.5)
+            ports[name] = (port, service, start(name, argv))
+        for name, (port, service, process) in ports.items():
+            wait_healthy(process, port, 180)
             # compose's healthcheck command, with this run's port, from the clean virtualenv
             check = service["healthcheck"]["test"][1:]
             check = [bin_dir / "python" if a == "python" else a.replace(re.search(r"localhost:(\d+)", a).group(0),
@@ -278,12 +247,11 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
             assert res.returncode == 0, f"{name}: compose healthcheck failed: {res.stderr}"
         assert set(ports) == {"producer", "engine", "sink", "executor", "notifier"}
     finally:
-        for _, proc, _ in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc, _ in procs:
+        for service in running:
+            if service.proc.poll() is None:
+                service.proc.send_signal(signal.SIGTERM)
+        for service in running:
             try:
-                proc.wait(30)
+                service.proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+                service.kill()

@@ -30,6 +30,7 @@ from tapeflow_notify.channels import channels_from
 from tapeflow_notify.dispatch import Dispatcher, TokenBucket
 from tapeflow_notify.messages import note_for
 from tapeflow_notify.metrics import NotifyMetrics
+from tests.support.services import http_status
 
 TOKEN = "123456:SECRET-bot-token-do-not-log"
 HOOK_SECRET = "hook-secret-xyz"
@@ -331,13 +332,3 @@ def test_notify_without_a_channel_refuses_to_start(tmp_path):
                          timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("error: no notification channel configured")
     assert "Traceback" not in res.stderr
-
-
-def http_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return 0

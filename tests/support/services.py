@@ -1,0 +1,100 @@
+"""tapeflow's own processes in tests: start one with its log file, wait for /health, read /metrics.
+
+Shared by the widest tests (the whole pipeline, the image's wheel, the metrics contract), which run
+each service as users do: one `tapeflow <command>` process per service.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+
+
+class Service:
+    """One `python -m tapeflow ...` process with its log file; killed by the test's cleanup if still alive."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path,
+                 command: tuple[str, ...] = (sys.executable, "-m", "tapeflow"), cwd: Path | None = None) -> None:
+        """`command`: how tapeflow is invoked (another virtualenv's `tapeflow` script, for instance)."""
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        with open(self.log_path, "w") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([*command, *args], cwd=cwd or workdir, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, chars: int = 4000) -> str:
+        return f"--- {self.name} (exit {self.proc.poll()}):\n{self.log()[-chars:]}"
+
+    def wait_for_line(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log())
+            if match:
+                return match
+            assert self.proc.poll() is None, f"{self.name} exited early\n{self.tail()}"
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name}: no line matching {pattern!r} within {timeout} s\n{self.tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a clean stop flushes outputs and commits offsets) and the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} did not stop within {timeout} s\n{self.tail()}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def wait_healthy(service: Service, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_status(f"http://127.0.0.1:{port}/health") == 200:
+            return
+        assert service.proc.poll() is None, f"{service.name} exited early\n{service.tail()}"
+        time.sleep(0.2)
+    raise AssertionError(f"{service.name} not healthy within {timeout} s\n{service.tail()}")
+
+
+def scrape(port: int, prefix: str) -> str:
+    """The lines of a service's /metrics starting with `prefix` (for failure messages)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return "\n".join(line for line in response.read().decode().splitlines() if line.startswith(prefix))
+
+
+def database_url(conninfo: str) -> str:
+    """TAPEFLOW_DATABASE_URL (a postgresql:// URL) for the fixture's key=value conninfo."""
+    p = psycopg.conninfo.conninfo_to_dict(conninfo)
+    return (f"postgresql://{quote(p['user'], safe='')}:{quote(p.get('password') or '', safe='')}"
+            f"@{p['host']}:{p['port']}/{p['dbname']}")
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
