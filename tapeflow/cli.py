@@ -82,7 +82,9 @@ def up(
         "Default: TAPEFLOW_SOURCE or live."),
     replay_speed: str | None = typer.Option(None, "--replay-speed", help="With replay: 1, 10, ... or max."),
 ) -> None:
-    """Start the stack (broker, PostgreSQL, migrations, topics, producer) and supervise it."""
+    """Start the stack and supervise it: broker, PostgreSQL, migrations, topics, then the sink, the signal
+    engine and the paper executor, then the producer (with --source replay:DIR, a local fake exchange
+    replaying the recording feeds it). A crashed service is restarted with backoff."""
     from tapeflow.stack.supervisor import run_foreground, start_detached
 
     state.overrides.update({k: v for k, v in (("source", source), ("replay_speed", replay_speed)) if v})
@@ -278,8 +280,8 @@ def engine(
     allowed_lateness_ms: int = typer.Option(
         0, "--allowed-lateness-ms", min=0, max=600_000,
         help="Hold evaluation this long in event time so inputs from other topics that arrive a little "
-             "out of order are not late (a replay faster than real time compresses event time: `up` uses "
-             "250 ms x speed)."),
+             "out of order are not late (a replay faster than real time compresses event time: `up` gives "
+             "a replay 1 s x speed, at most 60 s, and 5 s at max speed)."),
     signal_max_age_s: float | None = typer.Option(
         None, "--signal-max-age-s", min=0.0,
         help="Keep signals evaluated more than this long ago (wall clock) off `signals`; features are still "
