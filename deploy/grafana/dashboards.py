@@ -313,6 +313,10 @@ LIMIT 100""", fmt="table"),)),
     ))
 
 # --- Pipeline health (Prometheus, plus the database's own records of gaps and dead letters) ---------------
+def p99(histogram: str, legend: str) -> PromQL:
+    return PromQL(f"histogram_quantile(0.99, sum by (le) (rate({histogram}_bucket[$__rate_interval])))", legend=legend)
+
+
 _LAG = '{__name__=~"tapeflow_(engine|sink|executor)_consumer_lag_messages"}'
 _DLQ = '{__name__=~"tapeflow_(producer|engine|sink|executor_publish)_dlq_messages_total"}'
 PIPELINE = Dashboard(
@@ -395,15 +399,10 @@ LIMIT 200""", fmt="table"),)),
               question="How long does a record take at each hop: receive to broker ack, evaluation to publication, "
                        "batch commit, signal to order?",
               thresholds=(Threshold(0.2, "orange", "the receive-to-signal p99 target (DESIGN.md §7)"),),
-              queries=(
-                  PromQL("histogram_quantile(0.99, sum by (le) (rate(tapeflow_producer_produce_latency_seconds_bucket"
-                         "[$__rate_interval])))", legend="producer receive→ack"),
-                  PromQL("histogram_quantile(0.99, sum by (le) (rate(tapeflow_engine_evaluation_lag_seconds_bucket"
-                         "[$__rate_interval])))", legend="engine evaluation→publish"),
-                  PromQL("histogram_quantile(0.99, sum by (le) (rate(tapeflow_sink_commit_seconds_bucket"
-                         "[$__rate_interval])))", legend="sink batch commit"),
-                  PromQL("histogram_quantile(0.99, sum by (le) (rate(tapeflow_executor_signal_to_order_seconds_bucket"
-                         "[$__rate_interval])))", legend="executor signal→order"))),
+              queries=(p99("tapeflow_producer_produce_latency_seconds", "producer receive→ack"),
+                       p99("tapeflow_engine_evaluation_lag_seconds", "engine evaluation→publish"),
+                       p99("tapeflow_sink_commit_seconds", "sink batch commit"),
+                       p99("tapeflow_executor_signal_to_order_seconds", "executor signal→order"))),
         Panel("Time since the last evaluation", "stat", width=8, height=5, unit="s",
               question="Is the engine evaluating (every symbol at least every 15 s while data flows)?",
               thresholds=(Threshold(60, "orange", "several evaluation intervals missed"),
