@@ -2,7 +2,7 @@
 #
 # Two stages: the first builds tapeflow's wheel from the sources, the second installs only that wheel,
 # so the image runs exactly what the wheel contains (package data included) and nothing from the
-# source tree. tests/test_wheel_services.py builds the wheel from the same COPY lines with the same
+# source tree. tests/deploy/test_wheel_services.py builds the wheel from the same COPY lines with the same
 # `pip wheel` command, installs it into a clean virtualenv and starts every service from it.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
