@@ -46,7 +46,8 @@ def note_for(topic: str, record: dict[str, Any]) -> Note | None:
         if record["event"] != "closed":
             return None
         return Note(kind, f"closed {record['mode']} {record['direction']} {record['symbol']} {record['strategy']}: "
-                          f"{record['exit_reason']}, net {_r(record['pnl_r_net'])} (gross {_r(record['pnl_r_gross'])}), "
+                          f"{record['exit_reason']}, net {_r(record['pnl_r_net'])} "
+                          f"(gross {_r(record['pnl_r_gross'])}), "
                           f"entry {_num(record['entry_price'])} -> exit {_num(record['exit_price'])}", record)
     if kind == "risk":
         if record["decision"] == "allow" or record["scope"].startswith("strategy:"):

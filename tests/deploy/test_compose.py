@@ -266,7 +266,8 @@ def test_notifier_secrets_exist_only_in_the_env_file(raw: dict[str, Any]) -> Non
     assert notifier["profiles"] == ["notify"]
     secrets = {k: v for k, v in _env(notifier).items()
                if k.endswith(("_TOKEN", "_WEBHOOK_URL"))}
-    assert set(secrets) == {"TAPEFLOW_TELEGRAM_BOT_TOKEN", "TAPEFLOW_DISCORD_WEBHOOK_URL", "TAPEFLOW_NOTIFY_WEBHOOK_URL"}
+    assert set(secrets) == {"TAPEFLOW_TELEGRAM_BOT_TOKEN", "TAPEFLOW_DISCORD_WEBHOOK_URL",
+                            "TAPEFLOW_NOTIFY_WEBHOOK_URL"}
     for key, value in secrets.items():
         assert value == f"${{{key}:-}}", f"{key} must come from .env with an empty default, got {value!r}"
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO, capture_output=True)
