@@ -1,0 +1,198 @@
+"""The features table at live cadence for 20 symbols: does the sink keep up, are symbol-day queries fast?
+
+Run: .venv/bin/python -m benchmarks.bench_features [--symbols 20] [--seconds 600] [--day-symbols 2]
+
+Live cadence: every closed second with trades, each of 3 strategies writes one row per symbol, so 20
+symbols make 60 rows/s (about 5.2M rows a day). Part 1 produces `--seconds` of that to the
+features topic and times the real sink (record-by-record path: the records carry maps, which the
+columnar path does not take) until every row is committed; ratio to the live rate.
+
+Part 2 fills the table with `--day-symbols` whole symbol-days (259,200 rows each) plus the other
+symbols' rows of one hour, then times the queries a backtest or a report runs for one symbol and
+one day (median of 5, warm) and names the plan (the (exchange, symbol, eval_time) index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import Producer
+from psycopg.types.json import Jsonb
+
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
+from sinks.consumer import SinkConfig, TopicSink
+from sinks.migrate import migrate
+from sinks.tables import FEATURES, write_rows
+from tapeflow_runtime.kafka_client import ensure_topics, producer_config
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
+from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.postgres import EmbeddedPostgres
+from tapeflow.stack.supervisor import Supervisor
+
+DAY0 = datetime(2026, 3, 2, tzinfo=UTC)
+STRATEGIES = ("v51", "v52", "v53")
+INPUT_NAMES = [f"in_{k:02d}" for k in range(40)]  # the engine's inputs map has ~40 numbers
+LAYERS = ("direction", "crowding", "environment", "confirmation", "auxiliary", "funding", "liquidation")
+
+
+def symbols(n: int) -> list[str]:
+    return [f"SYM{k:02d}USDT" for k in range(n)]
+
+
+def feature(symbol: str, strategy: str, t_ms: int, rng: random.Random) -> dict:
+    scores = {name: float(rng.randint(-3, 3)) for name in LAYERS}
+    return {"evaluation_id": f"{strategy}:abc123:binance:{symbol}:{t_ms}", "strategy": strategy,
+            "strategy_version": "1", "config_hash": "abc123", "exchange": "binance", "symbol": symbol,
+            "eval_time": t_ms, "inputs": {k: rng.gauss(0, 1) * 1000 for k in INPUT_NAMES},
+            "layer_scores": scores, "score": sum(scores.values()), "direction": rng.choice((None, "LONG", "SHORT")),
+            "gate": None, "block_reason": rng.choice(("below_entry", "cooldown", None))}
+
+
+def sink_at_cadence(bootstrap: str, conninfo: str, n_symbols: int, seconds: int) -> tuple[int, float]:
+    serde = AvroSerde(FileSchemaRegistry())
+    rng = random.Random(5)
+    t0 = int(DAY0.timestamp() * 1000)
+    p = Producer(producer_config(bootstrap, **{"queue.buffering.max.messages": 2_000_000}))
+    n = 0
+    for s in range(seconds):
+        for sym in symbols(n_symbols):
+            for strategy in STRATEGIES:
+                p.produce("bench.features", key=f"binance:{sym}".encode(),
+                          value=serde.encode("features", feature(sym, strategy, t0 + 1000 * s, rng)))
+                n += 1
+        p.poll(0)
+    p.flush(120)
+    sink = TopicSink(SinkConfig(topics=["features"], topic_prefix="bench.", group_id="bench.features-sink"),
+                     bootstrap, conninfo, serde)
+    done = threading.Event()
+    thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set})
+    thread.start()
+    while not sink.assignment:
+        time.sleep(0.005)
+    t = time.perf_counter()
+    while sink.metrics.records._value.get() < n and time.perf_counter() - t < 600:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t
+    done.set()
+    thread.join(60)
+    return n, elapsed
+
+
+def fill_symbol_days(conninfo: str, n_symbols: int, day_symbols: int) -> int:
+    rng = random.Random(9)
+    rows, total = [], 0
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT tapeflow_ensure_partitions('features', %s, %s)", (DAY0, DAY0 + timedelta(days=2)))
+
+        def flush():
+            nonlocal rows, total
+            with conn.transaction():
+                total += write_rows(conn, FEATURES, rows)
+            rows = []
+
+        for idx, sym in enumerate(symbols(n_symbols)):
+            seconds = 86_400 if idx < day_symbols else 3_600
+            for s in range(seconds):
+                ts = DAY0 + timedelta(seconds=s)
+                inputs = Jsonb({k: rng.gauss(0, 1) * 1000 for k in INPUT_NAMES})
+                for strategy in STRATEGIES:
+                    scores = {name: float(rng.randint(-3, 3)) for name in LAYERS}
+                    rows.append((f"{strategy}:abc123:binance:{sym}:{int(ts.timestamp() * 1000)}", strategy, "1",
+                                 "abc123", "binance", sym, ts, inputs, Jsonb(scores), float(sum(scores.values())),
+                                 None, None, "below_entry"))
+                if len(rows) >= 30_000:
+                    flush()
+        if rows:
+            flush()
+        conn.execute("VACUUM ANALYZE features")
+    return total
+
+
+QUERIES = {
+    "symbol-day rows (eval_time, strategy, score, direction, gate, block_reason)":
+        "SELECT eval_time, strategy, score, direction, gate, block_reason FROM features "
+        "WHERE exchange = 'binance' AND symbol = %s AND eval_time >= %s AND eval_time < %s",
+    "symbol-day per strategy (count, avg score, signals)":
+        "SELECT strategy, count(*), avg(score), count(*) FILTER (WHERE block_reason IS NULL) FROM features "
+        "WHERE exchange = 'binance' AND symbol = %s AND eval_time >= %s AND eval_time < %s GROUP BY strategy",
+    "symbol-day one input series (inputs->>'in_00')":
+        "SELECT eval_time, (inputs->>'in_00')::float8 FROM features "
+        "WHERE exchange = 'binance' AND symbol = %s AND strategy = 'v53' AND eval_time >= %s AND eval_time < %s",
+    "symbol-hour rows":
+        "SELECT eval_time, strategy, score FROM features "
+        "WHERE exchange = 'binance' AND symbol = %s AND eval_time >= %s AND eval_time < %s",
+}
+
+
+def time_queries(conninfo: str, symbol: str) -> list[tuple[str, int, float, str]]:
+    out = []
+    with psycopg.connect(conninfo) as conn:
+        for name, q in QUERIES.items():
+            span = timedelta(hours=1) if "hour" in name else timedelta(days=1)
+            args = (symbol, DAY0, DAY0 + span)
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + q, args).fetchall())
+            access = "index " + plan.split(" using ")[1].split()[0] if " using " in plan else plan.splitlines()[0]
+            times, n = [], 0
+            for _ in range(6):
+                t = time.perf_counter()
+                n = len(conn.execute(q, args).fetchall())
+                times.append(time.perf_counter() - t)
+            out.append((name, n, statistics.median(times[1:]), access))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--symbols", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=600)
+    ap.add_argument("--day-symbols", type=int, default=2)
+    args = ap.parse_args()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = StackPaths(Path(tmp))
+        paths.ensure()
+        settings = Settings(home=Path(tmp), broker=None, database_url=None)
+        pg = EmbeddedPostgres(settings, paths)
+        sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths), pg], steps=[])
+        sup.start_all()
+        try:
+            bootstrap = sup.addresses["broker"]
+            conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
+            migrate(conninfo)
+            ensure_topics(bootstrap, prefix="bench.")
+            n, elapsed = sink_at_cadence(bootstrap, conninfo, args.symbols, args.seconds)
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                conn.execute("TRUNCATE features")
+            t = time.perf_counter()
+            total = fill_symbol_days(conninfo, args.symbols, args.day_symbols)
+            fill_s = time.perf_counter() - t
+            with psycopg.connect(conninfo) as conn:
+                size = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+                                    "WHERE inhparent = 'features'::regclass").fetchone()[0]
+            results = time_queries(conninfo, symbols(1)[0])
+        finally:
+            sup.stop_all()
+    live = args.symbols * len(STRATEGIES)
+    rate = n / elapsed
+    print(f"sink, features topic: {n:,} rows ({args.seconds} s of {args.symbols} symbols x {len(STRATEGIES)} "
+          f"strategies) in {elapsed:.2f} s = {rate:,.0f} rows/s; live cadence {live} rows/s: ratio {rate / live:,.0f}x")
+    print(f"table for queries: {total:,} rows ({args.day_symbols} whole symbol-days + {args.symbols - args.day_symbols} "
+          f"symbols x 1 h), {int(size) / 2**20:,.0f} MiB, written at {total / fill_s:,.0f} rows/s")
+    for name, rows, seconds, access in results:
+        print(f"  {name:<72} {rows:>8,} rows {seconds * 1000:>8.1f} ms  ({access})")
+    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (2 cores)")
+
+
+if __name__ == "__main__":
+    main()
