@@ -18,27 +18,20 @@ import argparse
 import os
 import random
 import statistics
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 from confluent_kafka import Producer
 from psycopg.types.json import Jsonb
 
+from benchmarks.embedded_stack import embedded_stack
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.consumer import SinkConfig, TopicSink
-from sinks.migrate import migrate
 from sinks.tables import FEATURES, write_rows
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
-from tapeflow_runtime.paths import StackPaths
-from tapeflow_runtime.settings import Settings
-from tapeflow.stack.broker import TansuBroker
-from tapeflow.stack.postgres import EmbeddedPostgres
-from tapeflow.stack.supervisor import Supervisor
 
 DAY0 = datetime(2026, 3, 2, tzinfo=UTC)
 STRATEGIES = ("v51", "v52", "v53")
@@ -159,30 +152,18 @@ def main() -> None:
     ap.add_argument("--day-symbols", type=int, default=2)
     args = ap.parse_args()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = StackPaths(Path(tmp))
-        paths.ensure()
-        settings = Settings(home=Path(tmp), broker=None, database_url=None)
-        pg = EmbeddedPostgres(settings, paths)
-        sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths), pg], steps=[])
-        sup.start_all()
-        try:
-            bootstrap = sup.addresses["broker"]
-            conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
-            migrate(conninfo)
-            ensure_topics(bootstrap, prefix="bench.")
-            n, elapsed = sink_at_cadence(bootstrap, conninfo, args.symbols, args.seconds)
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                conn.execute("TRUNCATE features")
-            t = time.perf_counter()
-            total = fill_symbol_days(conninfo, args.symbols, args.day_symbols)
-            fill_s = time.perf_counter() - t
-            with psycopg.connect(conninfo) as conn:
-                size = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
-                                    "WHERE inhparent = 'features'::regclass").fetchone()[0]
-            results = time_queries(conninfo, symbols(1)[0])
-        finally:
-            sup.stop_all()
+    with embedded_stack() as (bootstrap, conninfo):
+        ensure_topics(bootstrap, prefix="bench.")
+        n, elapsed = sink_at_cadence(bootstrap, conninfo, args.symbols, args.seconds)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("TRUNCATE features")
+        t = time.perf_counter()
+        total = fill_symbol_days(conninfo, args.symbols, args.day_symbols)
+        fill_s = time.perf_counter() - t
+        with psycopg.connect(conninfo) as conn:
+            size = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+                                "WHERE inhparent = 'features'::regclass").fetchone()[0]
+        results = time_queries(conninfo, symbols(1)[0])
     live = args.symbols * len(STRATEGIES)
     rate = n / elapsed
     print(f"sink, features topic: {n:,} rows ({args.seconds} s of {args.symbols} symbols x {len(STRATEGIES)} "

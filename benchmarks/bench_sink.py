@@ -17,26 +17,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 from confluent_kafka import Producer
 
+from benchmarks.embedded_stack import embedded_stack
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.columnar import ColumnarCodec, copy_payload
 from sinks.consumer import SinkConfig, TopicSink
-from sinks.migrate import migrate
 from sinks.tables import TRADES, direct_copy_sql
-from tapeflow.stack.broker import TansuBroker
-from tapeflow.stack.postgres import EmbeddedPostgres
-from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
-from tapeflow_runtime.paths import StackPaths
-from tapeflow_runtime.settings import Settings
 
 T0 = 1_704_067_200_000
 TARGET = 300_000
@@ -93,41 +86,29 @@ def main() -> None:
     for v in values[:200_000]:
         serde.decode(v)
     fastavro_decode = min(args.rows, 200_000) / (time.perf_counter() - t)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = StackPaths(Path(tmp))
-        paths.ensure()
-        settings = Settings(home=Path(tmp), broker=None, database_url=None)
-        pg = EmbeddedPostgres(settings, paths)
-        sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths), pg], steps=[])
-        sup.start_all()
-        try:
-            bootstrap = sup.addresses["broker"]
-            conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
-            migrate(conninfo)
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                conn.execute("SELECT tapeflow_ensure_partitions('trades', '2024-01-01', '2024-01-02')")
-            # baseline: plain binary COPY of the same rows, batches of --batch, one connection
-            per = max(1, args.batch // 10_000)
-            payloads = [copy_payload([p.data for p in parts[i:i + per]]) for i in range(0, len(parts), per)]
-            with psycopg.connect(conninfo) as conn:
-                t = time.perf_counter()
-                for payload in payloads:
-                    with conn.transaction(), conn.cursor().copy(direct_copy_sql(TRADES)) as cp:
-                        cp.write(payload)
-                copy_rate = args.rows / (time.perf_counter() - t)
-                conn.execute("TRUNCATE trades")
-                conn.commit()
-            ensure_topics(bootstrap, prefix="bench.")
-            p = Producer(producer_config(bootstrap, **{"queue.buffering.max.messages": 2_000_000}))
-            for r, v in zip(recs, values):
-                p.produce("bench.md.trades", key=f"binance:{r['symbol']}".encode(), value=v)
-                p.poll(0)
-            p.flush(120)
-            fast = run_sink(bootstrap, conninfo, serde, "bench.", args.rows, args.batch, True)
-            slow = run_sink(bootstrap, conninfo, serde, "bench.", args.rows, args.batch, False) \
-                if args.record_path else None
-        finally:
-            sup.stop_all()
+    with embedded_stack() as (bootstrap, conninfo):
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("SELECT tapeflow_ensure_partitions('trades', '2024-01-01', '2024-01-02')")
+        # baseline: plain binary COPY of the same rows, batches of --batch, one connection
+        per = max(1, args.batch // 10_000)
+        payloads = [copy_payload([p.data for p in parts[i:i + per]]) for i in range(0, len(parts), per)]
+        with psycopg.connect(conninfo) as conn:
+            t = time.perf_counter()
+            for payload in payloads:
+                with conn.transaction(), conn.cursor().copy(direct_copy_sql(TRADES)) as cp:
+                    cp.write(payload)
+            copy_rate = args.rows / (time.perf_counter() - t)
+            conn.execute("TRUNCATE trades")
+            conn.commit()
+        ensure_topics(bootstrap, prefix="bench.")
+        p = Producer(producer_config(bootstrap, **{"queue.buffering.max.messages": 2_000_000}))
+        for r, v in zip(recs, values):
+            p.produce("bench.md.trades", key=f"binance:{r['symbol']}".encode(), value=v)
+            p.poll(0)
+        p.flush(120)
+        fast = run_sink(bootstrap, conninfo, serde, "bench.", args.rows, args.batch, True)
+        slow = run_sink(bootstrap, conninfo, serde, "bench.", args.rows, args.batch, False) \
+            if args.record_path else None
     load_after = os.getloadavg()
     elapsed, join_s, n = fast
     rate = n / elapsed

@@ -17,18 +17,12 @@ from __future__ import annotations
 
 import argparse
 import random
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 
-from sinks.migrate import migrate
+from benchmarks.embedded_stack import embedded_stack
 from sinks.tables import TABLES, write_rows
-from tapeflow_runtime.paths import StackPaths
-from tapeflow_runtime.settings import Settings
-from tapeflow.stack.postgres import EmbeddedPostgres
-from tapeflow.stack.supervisor import Supervisor
 
 DAY0 = datetime(2026, 3, 2, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -167,20 +161,9 @@ def main() -> None:
     tables = args.tables.split(",")
     samples = {t: gen_rows(t, min(args.sample, ROWS_PER_DAY[t][0]), rng) for t in tables}
     plain: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = StackPaths(Path(tmp))
-        paths.ensure()
-        settings = Settings(home=Path(tmp), broker=None, database_url=None)
-        pg = EmbeddedPostgres(settings, paths)
-        sup = Supervisor(settings, paths, say=lambda m: None, services=[pg], steps=[])
-        sup.start_all()
-        try:
-            conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
-            migrate(conninfo)
-            for t in tables:
-                plain[t] = plain_bytes_per_row(conninfo, t, samples[t])
-        finally:
-            sup.stop_all()
+    with embedded_stack(with_broker=False) as (_, conninfo):
+        for t in tables:
+            plain[t] = plain_bytes_per_row(conninfo, t, samples[t])
     compressed: dict[str, tuple[float, float]] = {}
     why = available()
     if why is None:

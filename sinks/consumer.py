@@ -43,9 +43,27 @@ from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
 from sinks.columnar import DAY_MS, ColumnarCodec, ColumnarError, copy_payload
 from sinks.metrics import SinkMetrics
-from sinks.partitions import PLANS, add_periods, ensure_partitions, ensure_partitions_ahead, period_start
-from sinks.retention import RetentionPolicy, apply_retention, protect_since, record_writes, resolve_policies
-from sinks.tables import PIPELINE_ERRORS, TableSpec, copy_binary, table_for_topic, write_rows
+from sinks.partitions import (
+    PLANS,
+    add_periods,
+    ensure_partitions,
+    ensure_partitions_ahead,
+    period_start,
+)
+from sinks.retention import (
+    RetentionPolicy,
+    apply_retention,
+    protect_since,
+    record_writes,
+    resolve_policies,
+)
+from sinks.tables import (
+    PIPELINE_ERRORS,
+    TableSpec,
+    copy_binary,
+    table_for_topic,
+    write_rows,
+)
 from tapeflow_runtime.kafka_client import consumer_config, producer_config
 
 log = structlog.get_logger("sink")

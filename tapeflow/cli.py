@@ -83,9 +83,8 @@ def up(
     replay_speed: str | None = typer.Option(None, "--replay-speed", help="With replay: 1, 10, ... or max."),
 ) -> None:
     """Start the stack (broker, PostgreSQL, migrations, topics, producer) and supervise it."""
-    from tapeflow.stack.supervisor import run_foreground, start_detached
-
     from sinks.retention import resolve_policies
+    from tapeflow.stack.supervisor import run_foreground, start_detached
 
     state.overrides.update({k: v for k, v in (("source", source), ("replay_speed", replay_speed)) if v})
     state._settings = None
@@ -468,7 +467,10 @@ def topics_tail(
 def db_migrate() -> None:
     """Apply pending migrations (plain PostgreSQL always; TimescaleDB parts when the extension exists)."""
     from sinks.migrate import migrate
-    from tapeflow.stack.steps import apply_configured_compression, provision_external_roles
+    from tapeflow.stack.steps import (
+        apply_configured_compression,
+        provision_external_roles,
+    )
     from tapeflow_runtime.endpoints import resolve_database
 
     settings = state.settings()

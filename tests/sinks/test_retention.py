@@ -26,7 +26,6 @@ from typer.testing import CliRunner
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from sinks.migrate import migrate
 from sinks.partitions import PLANS, ensure_partitions
 from sinks.retention import (
     DEFAULTS,
@@ -40,7 +39,12 @@ from sinks.retention import (
 )
 from tapeflow.cli import app
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
-from tapeflow_runtime.settings import ConfigError, TableRetention, load_settings, parse_duration
+from tapeflow_runtime.settings import (
+    ConfigError,
+    TableRetention,
+    load_settings,
+    parse_duration,
+)
 
 SERDE = AvroSerde(FileSchemaRegistry())
 DAY = timedelta(days=1)
@@ -89,11 +93,8 @@ def test_bad_retention_settings_fail_in_one_line(tmp_path, monkeypatch):
 # --- plain PostgreSQL --------------------------------------------------------------------------------
 
 @pytest.fixture
-def db(database, pg_server) -> str:
-    if pg_server.timescale_image:
-        pytest.skip("plain-PostgreSQL partitions (TimescaleDB is covered by its own test)")
-    migrate(database)
-    return database
+def db(plain_db) -> str:
+    return plain_db  # TimescaleDB: tests/sinks/test_retention_timescale.py
 
 
 def _partitions(conn, table: str) -> list[str]:

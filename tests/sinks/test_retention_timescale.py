@@ -13,7 +13,13 @@ import psycopg
 import pytest
 
 from benchmarks.pglite_timescale import available, migrate_pglite, pglite_timescale
-from sinks.retention import apply_compression, drop_expired, record_writes, resolve_policies, retention_report
+from sinks.retention import (
+    apply_compression,
+    drop_expired,
+    record_writes,
+    resolve_policies,
+    retention_report,
+)
 from tapeflow_runtime.settings import TableRetention
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(available() is not None, reason=str(available()))]

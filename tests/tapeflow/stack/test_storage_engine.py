@@ -21,9 +21,13 @@ import psycopg
 import pytest
 
 from sinks.extensions import ExtensionState, extension_state, preload_hint
-from sinks.migrate import load_migrations, locked_layout, migrate, pending_migrations, storage_engine
-from tapeflow_runtime.paths import StackPaths
-from tapeflow_runtime.settings import Settings
+from sinks.migrate import (
+    load_migrations,
+    locked_layout,
+    migrate,
+    pending_migrations,
+    storage_engine,
+)
 from tapeflow.stack.postgres import (
     CONF_FILE,
     EmbeddedPostgres,
@@ -33,6 +37,8 @@ from tapeflow.stack.postgres import (
     server_dirs,
 )
 from tapeflow.stack.supervisor import Supervisor
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
 
 
 def _has_pg_cron(bindir: Path) -> bool:
