@@ -88,7 +88,8 @@ def probe_create(conninfo: str, name: str) -> tuple[bool, BaseException | None, 
             conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name)))
             return True, None, False
         except psycopg.Error as exc:
-            return False, exc, conn.closed or conn.broken
+            # a FATAL arrives either as the error itself or as the socket closing: both end the session
+            return False, exc, conn.closed or conn.broken or isinstance(exc, psycopg.OperationalError)
         finally:
             if not conn.closed:
                 try:
