@@ -233,3 +233,18 @@ def test_the_first_migration_run_locks_the_layout():
     assert locked_layout(migrations, {"0001_roles_and_privileges": "x", "0002_partitioning": "x"}) is None
     assert locked_layout(migrations, {"0003_market_data": "x"}) == "plain"
     assert locked_layout(migrations, {"0003_market_data": "x", "0003_market_data.timescale": "x"}) == "timescaledb"
+
+
+@pytest.mark.integration
+def test_status_names_the_storage_engine(database, tmp_path):
+    """`tapeflow status` prints the migrations step's health: it names the engine in use."""
+    from tapeflow.stack.steps import MigrationsStep
+
+    d = psycopg.conninfo.conninfo_to_dict(database)
+    url = f"postgresql://{d['user']}:{d['password']}@{d['host']}:{d['port']}/{d['dbname']}"
+    settings = Settings(home=tmp_path, database_url=url)
+    step = MigrationsStep(settings, StackPaths(tmp_path))
+    assert not step.health({}).ok  # nothing applied yet
+    migrate(database)
+    health = step.health({})
+    assert health.ok and health.detail == "all migrations applied; storage: plain PostgreSQL (time partitions)"
