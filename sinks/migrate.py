@@ -1,8 +1,11 @@
 """Versioned SQL migrations that work on plain PostgreSQL and use TimescaleDB when it exists.
 
 Files in `sinks/migrations/`: `NNNN_name.sql` always runs; `NNNN_name.timescale.sql` runs only when
-the `timescaledb` extension can be created (detected, never required), and is applied later by the
-same runner if TimescaleDB appears after the fact. Each file runs once, in its own transaction,
+the `timescaledb` extension is usable (detected from the catalogue without ever risking the
+runner's connection, see sinks.extensions; never required). The first run decides the layout: a
+database migrated with plain partitions keeps them even if TimescaleDB appears later (a notice
+says so), because a partitioned table cannot become a hypertable. An extension that is installed
+but not preloaded gives one line saying how to enable it, and the plain layout. Each file runs once, in its own transaction,
 recorded with a checksum in `schema_migrations`; editing an applied file is an error rather than a
 silent divergence. A session advisory lock keeps two runners (two sinks starting) from racing.
 """
@@ -17,6 +20,7 @@ from importlib import resources
 
 import psycopg
 
+from sinks.extensions import create_extension, extension_state, preload_hint
 from tapeflow_runtime.errors import TapeflowError
 
 MIGRATIONS_PACKAGE = "sinks"
@@ -51,6 +55,11 @@ class MigrationReport:
     already: list[str]
     skipped_timescale: list[str]
     timescale: bool
+    notice: str = ""  # one line for the user, e.g. TimescaleDB installed but not preloaded
+
+    @property
+    def engine(self) -> str:
+        return "TimescaleDB" if self.timescale else "plain PostgreSQL"
 
     @property
     def pending(self) -> int:
@@ -85,29 +94,66 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-def timescale_available(conn: psycopg.Connection) -> bool:
-    """True when TimescaleDB is installed, or installable and loadable, in this database."""
-    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
-        return True
-    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone():
-        return False
-    try:
-        with conn.transaction():
-            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        return True
-    except psycopg.Error:
-        # listed but not loadable (e.g. missing shared_preload_libraries): plain PostgreSQL it is
-        return False
+ENGINE_EXTENSION = "timescaledb"
 
 
-def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None) -> MigrationReport:
+def _applied(conn: psycopg.Connection) -> dict[str, str]:
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+        return {}
+    return dict(conn.execute("SELECT key, checksum FROM schema_migrations").fetchall())
+
+
+def locked_layout(migrations: list[Migration], done: dict[str, str]) -> str | None:
+    """The storage layout the applied migrations already chose, or None while nothing decided it.
+
+    'plain' when a file with a TimescaleDB twin ran without it (its tables are partitioned now, and a
+    partitioned table cannot become a hypertable); 'timescaledb' when any twin ran.
+    """
+    twins = {m.version for m in migrations if m.timescale}
+    if any(m.timescale and m.key in done for m in migrations):
+        return "timescaledb"
+    if any(not m.timescale and m.version in twins and m.key in done for m in migrations):
+        return "plain"
+    return None
+
+
+def choose_engine(conninfo: str, migrations: list[Migration], done: dict[str, str],
+                  extension: str = ENGINE_EXTENSION) -> tuple[bool, str]:
+    """(use TimescaleDB, one-line notice or ""): creates the extension when it is usable and wanted.
+
+    Never tries CREATE EXTENSION on a server that would answer with a FATAL (see sinks.extensions).
+    """
+    layout = locked_layout(migrations, done)
+    state = extension_state(conninfo, extension)
+    if layout == "plain":
+        if state.usable:
+            return False, (f"{extension} is available but this database was migrated with plain PostgreSQL "
+                           f"partitions; keeping them (a new database would use {extension})")
+        return False, ""
+    if state.state == "installed":
+        return True, ""
+    if state.state == "available":
+        state = create_extension(conninfo, extension)
+        if state.state == "installed":
+            return True, ""
+    if layout == "timescaledb":
+        raise MigrationError(f"this database uses {extension} but the extension is not usable: "
+                             f"{preload_hint(state) or state.detail}")
+    return False, preload_hint(state)
+
+
+def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None,
+            engine_extension: str = ENGINE_EXTENSION) -> MigrationReport:
+    """Apply pending migrations; `engine_extension` is the extension the `.timescale.sql` files need."""
     migrations = load_migrations()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(_HISTORY_DDL)
-            ts = timescale_available(conn)
-            done = dict(conn.execute("SELECT key, checksum FROM schema_migrations").fetchall())
+            done = _applied(conn)
+            ts, notice = choose_engine(conninfo, migrations, done, engine_extension)
+            if notice:
+                log(notice)
             applied, already, skipped = [], [], []
             for mig in migrations:
                 if mig.key in done:
@@ -129,9 +175,10 @@ def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None) -> Migr
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {mig.key} failed: {str(exc).strip().splitlines()[0]}") from exc
                 applied.append(mig.key)
-            return MigrationReport(applied, already, skipped, ts)
+            return MigrationReport(applied, already, skipped, ts, notice)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
 
 def set_role_passwords(conninfo: str, passwords: dict[str, str]) -> list[str]:
@@ -159,5 +206,22 @@ def pending_migrations(conninfo: str) -> list[str]:
         done = set()
         if has_table:
             done = {r[0] for r in conn.execute("SELECT key FROM schema_migrations").fetchall()}
-        ts = bool(conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone())
+        layout = locked_layout(migrations, dict.fromkeys(done, ""))
+        ts = layout == "timescaledb" or (layout is None and bool(conn.execute(
+            "SELECT 1 FROM pg_extension WHERE extname = %s", (ENGINE_EXTENSION,)).fetchone()))
     return [m.key for m in migrations if m.key not in done and (ts or not m.timescale)]
+
+
+def storage_engine(conninfo: str) -> str:
+    """What stores the data, for `tapeflow status`: 'TimescaleDB 2.x (hypertables)' or 'plain PostgreSQL ...'."""
+    migrations = load_migrations()
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as conn:
+        done = _applied(conn)
+        layout = locked_layout(migrations, done)
+        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = %s",
+                               (ENGINE_EXTENSION,)).fetchone()
+    if layout == "timescaledb":
+        return f"TimescaleDB {version[0] if version else '?'} (hypertables, compression)"
+    if layout == "plain":
+        return "plain PostgreSQL (time partitions)"
+    return "not migrated yet"

@@ -13,9 +13,9 @@ function, because the sink's role does not own the tables); period boundaries ar
 days or months, computed there. On TimescaleDB the same tables are hypertables, which create their
 chunks themselves, so every function here returns without doing anything.
 
-`PLANS` mirrors what the migrations register (time column, granularity) plus the operating policy
-(periods made ahead, retention); tests check the two agree, and that retention matches the
-TimescaleDB retention policies.
+`PLANS` mirrors what the migrations register (time column, granularity) plus how many periods are
+made ahead; tests check the two agree. Retention (what is dropped, and the guard that never drops
+what was just written) is sinks/retention.py.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class PartitionPlan:
     time_column: str
     granularity: Granularity
     premake: int  # periods created ahead of the current one
-    retention: timedelta | None  # partitions ending before now - retention are dropped; None keeps all
 
     @property
     def default_partition(self) -> str:
@@ -58,14 +57,14 @@ class PartitionPlan:
 
 
 PLANS: Mapping[str, PartitionPlan] = MappingProxyType({p.table: p for p in (
-    PartitionPlan("trades", "trade_time", "day", 3, timedelta(days=90)),
-    PartitionPlan("depth_updates", "event_time", "day", 3, timedelta(days=7)),
-    PartitionPlan("depth_snapshots", "event_time", "day", 3, timedelta(days=30)),
-    PartitionPlan("liquidations", "trade_time", "month", 1, None),
-    PartitionPlan("mark_prices", "event_time", "month", 1, timedelta(days=365)),
-    PartitionPlan("market_indicators", "event_time", "month", 1, None),
-    PartitionPlan("bars_1m", "open_time", "month", 1, None),
-    PartitionPlan("features", "eval_time", "month", 1, None),
+    PartitionPlan("trades", "trade_time", "day", 3),
+    PartitionPlan("depth_updates", "event_time", "day", 3),
+    PartitionPlan("depth_snapshots", "event_time", "day", 3),
+    PartitionPlan("liquidations", "trade_time", "month", 1),
+    PartitionPlan("mark_prices", "event_time", "month", 1),
+    PartitionPlan("market_indicators", "event_time", "month", 1),
+    PartitionPlan("bars_1m", "open_time", "month", 1),
+    PartitionPlan("features", "eval_time", "month", 1),
 )})
 
 
@@ -145,21 +144,6 @@ def ensure_partitions_ahead(conn: psycopg.Connection, now: datetime,
                             tables: tuple[str, ...] | None = None) -> dict[str, list[str]]:
     """What the sink runs at start and hourly: each table's `window(now)`; returns what was created."""
     return {t: ensure_partitions(conn, t, *partition_plan(t).window(now)) for t in (tables or tuple(PLANS))}
-
-
-def drop_expired_partitions(conn: psycopg.Connection, table: str, now: datetime) -> list[str]:
-    """Drop partitions of `table` that end at or before now - retention (plain PostgreSQL retention).
-
-    Whole partitions only, so at most one period more than the retention is kept. [] when the table
-    keeps everything or is a hypertable (TimescaleDB runs its own retention policies).
-    """
-    plan = partition_plan(table)
-    if plan.retention is None or not is_partitioned(conn, table):
-        return []
-    with conn.transaction():
-        rows = conn.execute("SELECT * FROM tapeflow_drop_partitions_before(%s, %s)",
-                            (table, _utc(now) - plan.retention)).fetchall()
-    return [r[0] for r in rows]
 
 
 @dataclass(frozen=True)

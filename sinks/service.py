@@ -17,6 +17,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from sinks.consumer import SinkConfig, TopicSink
 from sinks.metrics import SinkMetrics
+from sinks.retention import resolve_policies
 from sinks.tables import sinkable_topics
 from tapeflow_runtime.endpoints import resolve_broker, resolve_database
 from tapeflow_runtime.paths import StackPaths
@@ -36,7 +37,8 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
     # the group carries the prefix like the engine's and executor's: sinks of two prefixes on one
     # cluster must not share (and split) one group
     config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix,
-                        group_id=f"{settings.topic_prefix}tapeflow-sink")
+                        group_id=f"{settings.topic_prefix}tapeflow-sink",
+                        retention=resolve_policies(settings.retention))
     metrics = SinkMetrics()
     sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
                      AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)

@@ -85,11 +85,13 @@ def up(
     """Start the stack and supervise it: broker, PostgreSQL, migrations, topics, then the sink, the signal
     engine and the paper executor, then the producer (with --source replay:DIR, a local fake exchange
     replaying the recording feeds it). A crashed service is restarted with backoff."""
+    from sinks.retention import resolve_policies
     from tapeflow.stack.supervisor import run_foreground, start_detached
 
     state.overrides.update({k: v for k, v in (("source", source), ("replay_speed", replay_speed)) if v})
     state._settings = None
     settings, paths = state.settings(), state.paths()
+    resolve_policies(settings.retention)  # a retention typo fails here, in one line, before anything starts
     runner = start_detached if detach else run_foreground
     raise typer.Exit(runner(settings, paths, echo))
 
@@ -347,8 +349,8 @@ def notify(
     TAPEFLOW_NOTIFY_RATE_PER_MINUTE messages per channel; the rest is summarised."""
     import asyncio
 
-    from tapeflow_runtime.logs import configure_logging
     from tapeflow_notify.service import run_notifier
+    from tapeflow_runtime.logs import configure_logging
 
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -533,17 +535,82 @@ def topics_tail(
 def db_migrate() -> None:
     """Apply pending migrations (plain PostgreSQL always; TimescaleDB parts when the extension exists)."""
     from sinks.migrate import migrate
-    from tapeflow.stack.steps import provision_external_roles
+    from tapeflow.stack.steps import (
+        apply_configured_compression,
+        provision_external_roles,
+    )
     from tapeflow_runtime.endpoints import resolve_database
 
     settings = state.settings()
     endpoints = resolve_database(settings, state.paths())
     report = migrate(endpoints.owner, log=echo)
+    for table, what in apply_configured_compression(settings, endpoints.owner).items():
+        echo(f"{table}: {what}")
     for role in provision_external_roles(settings):
         echo(f"role {role}: LOGIN password set")
-    flavour = "TimescaleDB" if report.timescale else "plain PostgreSQL"
     echo(f"{len(report.applied)} applied, {len(report.already)} already applied, "
-         f"{len(report.skipped_timescale)} TimescaleDB-only skipped ({flavour})")
+         f"{len(report.skipped_timescale)} TimescaleDB-only skipped ({report.engine})")
+
+
+@db_app.command("retention")
+def db_retention(
+    apply: bool = typer.Option(False, "--apply", help="Apply now: compression policies (TimescaleDB) and "
+                               "drops of what expired (days written in the last 24 h are kept)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Per-table retention and compression: the configuration (`retention:` setting) and the database now.
+
+    Defaults keep trades, bars, liquidations, mark prices, indicators and features forever (compressed
+    on TimescaleDB); only raw depth diffs (7d) and book snapshots (30d) expire. The sink applies
+    retention at start and hourly and never drops a partition or chunk it wrote since it started.
+    """
+    from datetime import datetime
+
+    import psycopg
+
+    from sinks.retention import (
+        PROTECT_AT_LEAST,
+        apply_compression,
+        apply_retention,
+        resolve_policies,
+        retention_report,
+    )
+    from tapeflow_runtime.endpoints import resolve_database
+
+    settings = state.settings()
+    policies = resolve_policies(settings.retention)
+    endpoints = resolve_database(settings, state.paths())
+    now = datetime.now(UTC)
+    applied: dict[str, object] = {}
+    if apply:
+        with psycopg.connect(endpoints.owner, autocommit=True) as conn:
+            applied["compression"] = apply_compression(conn, policies)
+            applied["dropped"] = {t: v for t, v in apply_retention(conn, policies, now, now - PROTECT_AT_LEAST).items()
+                                  if v}
+    with psycopg.connect(endpoints.owner, autocommit=True) as conn:
+        report = retention_report(conn, policies, now)
+    if json_out:
+        typer.echo(orjson.dumps({"tables": [r.as_dict() for r in report], **applied}, default=str,
+                                option=orjson.OPT_INDENT_2).decode())
+        return
+    engine = report[0].engine if report else "plain"
+    pieces = "CHUNKS(COMPRESSED)" if engine == "timescaledb" else "PARTITIONS"
+    echo(f"storage: {'TimescaleDB (hypertables)' if engine == 'timescaledb' else 'plain PostgreSQL (partitions)'}")
+    echo(f"{'TABLE':<19}{'KEEP':<9}{'COMPRESS':<10}{'SET BY':<12}{pieces:<20}{'OLDEST':<12}{'EXPIRED':<9}PROTECTED")
+    for r in report:
+        count = f"{r.pieces}({r.compressed})" if r.compressed is not None else str(r.pieces)
+        compress = r.compress_after
+        if r.compression_job is not None and r.compression_job != r.compress_after:
+            compress += f" (job: {r.compression_job}, run `tapeflow db retention --apply`)"
+        echo(f"{r.table:<19}{r.keep:<9}{compress:<10}{r.source:<12}{count:<20}"
+             f"{r.oldest.date().isoformat() if r.oldest else '-':<12}{len(r.expired):<9}{len(r.protected)}")
+    if apply:
+        for table, what in applied["compression"].items():
+            echo(f"{table}: {what}")
+        for table, names in applied["dropped"].items():
+            echo(f"{table}: dropped {len(names)} ({names[0]} .. {names[-1]})")
+        if not applied["compression"] and not applied["dropped"]:
+            echo("nothing to apply")
 
 
 @db_app.command("audit")

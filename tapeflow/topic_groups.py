@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from tapeflow_runtime.kafka_client import admin_client
 from tapeflow.stack.process import StackError
+from tapeflow_runtime.kafka_client import admin_client
 
 TIMEOUT_S = 10.0
 

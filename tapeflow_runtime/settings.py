@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -40,6 +43,43 @@ _HOSTPORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
 class ConfigError(TapeflowError):
     """A configuration problem, with a one-line message meant for the user (no traceback)."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w|y)\s*$")
+_UNIT = {"m": timedelta(minutes=1), "min": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
+         "w": timedelta(weeks=1), "y": timedelta(days=365)}
+FOREVER = ("forever", "never", "none", "off")
+
+
+def parse_duration(text: str | int) -> timedelta | None:
+    """'90d', '12h', '30m', '2w', '1y' (or a number of days) -> timedelta; 'forever'/'never' -> None."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = f"{text}d"
+    if not isinstance(text, str):
+        raise ValueError(f"expected a duration such as 90d, 12h or forever, got {text!r}")
+    if text.strip().lower() in FOREVER:
+        return None
+    m = _DURATION_RE.match(text.lower())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"expected a duration such as 90d, 12h, 2w, 1y or forever, got {text!r}")
+    return int(m.group(1)) * _UNIT[m.group(2)]
+
+
+class TableRetention(BaseModel):
+    """One table's storage policy; unset fields keep tapeflow's default (sinks/retention.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    keep: str | None = Field(default=None, description="How long rows are kept: 90d, 12h, 2w, 1y or forever.")
+    compress_after: str | None = Field(
+        default=None, description="TimescaleDB: compress chunks older than this (1d, 7d, ...) or never.")
+
+    @field_validator("keep", "compress_after", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        parse_duration(v)
+        return str(v).strip().lower() if not isinstance(v, int) else f"{v}d"
 
 
 def default_home() -> Path:
@@ -89,6 +129,10 @@ class Settings(BaseSettings):
         default=None, description="External database: LOGIN password given to tapeflow_writer by `db migrate`.")
     readonly_password: SecretStr | None = Field(
         default=None, description="External database: LOGIN password given to tapeflow_readonly (Grafana).")
+    retention: dict[str, TableRetention] = Field(
+        default_factory=dict,
+        description="Per-table retention/compression, e.g. {trades: {keep: 90d, compress_after: 1d}}; "
+                    "unset tables keep the defaults (only raw depth expires).")
     binance_api_key: SecretStr | None = None
     binance_api_secret: SecretStr | None = None
     binance_rest_url: str | None = Field(

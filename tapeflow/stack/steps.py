@@ -16,7 +16,9 @@ from sinks.migrate import (
     migrate,
     pending_migrations,
     set_role_passwords,
+    storage_engine,
 )
+from sinks.retention import apply_compression, resolve_policies
 from tapeflow.stack.process import StackError
 from tapeflow_runtime.endpoints import embedded_endpoints
 from tapeflow_runtime.health import Health
@@ -39,6 +41,12 @@ class SetupStep(ABC):
     @abstractmethod
     def health(self, addresses: dict[str, str]) -> Health:
         """Is the result of the step in place?"""
+
+
+def apply_configured_compression(settings: Settings, owner_conninfo: str) -> dict[str, str]:
+    """TimescaleDB: the compression jobs follow the `retention:` settings (needs the owner's rights)."""
+    with psycopg.connect(owner_conninfo, autocommit=True, connect_timeout=5) as conn:
+        return apply_compression(conn, resolve_policies(settings.retention))
 
 
 def provision_external_roles(settings: Settings) -> list[str]:
@@ -65,21 +73,30 @@ class MigrationsStep(SetupStep):
             report = migrate(self.owner_conninfo(addresses), log=lambda m: None)
         except (MigrationError, psycopg.Error) as exc:
             raise StackError(f"migrations: {exc}") from None
+        if report.notice:
+            say(f"migrations notice: {report.notice}")
+        try:
+            compression = apply_configured_compression(self.settings, self.owner_conninfo(addresses))
+        except psycopg.Error as exc:
+            raise StackError(f"migrations: applying the compression settings: {exc}") from None
         roles = provision_external_roles(self.settings)
-        flavour = "TimescaleDB" if report.timescale else "plain PostgreSQL"
+        flavour = report.engine
         if roles:
             flavour += f"; LOGIN set for {', '.join(roles)}"
         skipped = f", {len(report.skipped_timescale)} TimescaleDB-only skipped" if report.skipped_timescale else ""
+        if compression:
+            flavour += f"; compression policy changed for {', '.join(compression)}"
         return f"{len(report.applied)} applied, {len(report.already)} already applied{skipped} ({flavour})"
 
     def health(self, addresses) -> Health:
         try:
             pending = pending_migrations(self.owner_conninfo(addresses))
+            engine = storage_engine(self.owner_conninfo(addresses))
         except psycopg.Error as exc:
             return Health(False, str(exc).strip().splitlines()[0])
         if pending:
             return Health(False, f"{len(pending)} pending: {', '.join(pending)} (run `tapeflow db migrate`)")
-        return Health(True, "all migrations applied")
+        return Health(True, f"all migrations applied; storage: {engine}")
 
 
 class TopicsStep(SetupStep):

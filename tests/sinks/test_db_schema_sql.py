@@ -4,13 +4,12 @@ Why: CI has no TimescaleDB, so the `.timescale.sql` files never execute there. P
 real grammar catches syntax errors, including inside DO blocks and plpgsql function bodies (whose
 embedded statements libpg_query parses too), and the AST lets us check that the TimescaleDB branch
 agrees with the plain one: same roll-up columns, hypertables on the partitioned tables' time
-columns, compression keys covering each primary key, retention equal to sinks/partitions.py PLANS.
+columns, compression keys covering each primary key, no retention job left (sinks/retention.py drops).
 """
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import pytest
 
@@ -167,12 +166,6 @@ def _views(stmts) -> dict[str, list[str]]:
     return out
 
 
-def _days(interval: str) -> timedelta:
-    n, unit = interval.split()
-    assert unit in ("day", "days"), interval
-    return timedelta(days=int(n))
-
-
 # --- tests --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("migration", MIGRATIONS, ids=[m.key for m in MIGRATIONS])
@@ -255,14 +248,17 @@ def test_compression_keys_cover_each_primary_key():
         assert compressed == hypertables
 
 
-def test_retention_policies_match_the_plans():
-    retention, compression = {}, {}
+def test_retention_is_not_left_to_timescaledb_jobs():
+    """0003 created retention jobs (they drop by data time, unguarded); 0006 removes them all, and
+    every hypertable starts with a compression job (the configuration adjusts the intervals)."""
+    retention_added, compression = {}, {}
     for m in MIGRATIONS:
         if m.timescale:
             stmts = validate_sql(m.sql)
-            retention.update({pos[0]: _days(pos[1]) for pos, _ in _function_calls(stmts, "add_retention_policy")})
+            retention_added.update({pos[0]: m.version for pos, _ in _function_calls(stmts, "add_retention_policy")})
             compression.update({pos[0]: pos[1] for pos, _ in _function_calls(stmts, "add_compression_policy")})
-    assert retention == {t: p.retention for t, p in PLANS.items() if p.retention is not None}
+    removers = [m.version for m in MIGRATIONS if m.timescale and "remove_retention_policy(" in m.sql]
+    assert retention_added and removers and min(removers) > max(retention_added.values())
     assert set(compression) == set(PLANS)
     assert compression["trades"] == "1 day"
 

@@ -75,8 +75,7 @@ def test_timescale_branch_runs_on_timescaledb(tmp_path):
     assert {h["hypertable_name"]: h["compression_enabled"] for h in out["hypertables"]} == {t: True for t in PLANS}
     assert {c["view_name"]: c["materialized_only"] for c in out["caggs"]} == {
         "bars_5m": False, "bars_1h": False, "cvd_1m": False}
-    assert {r["hypertable_name"]: r["drop_after"] for r in out["retention"]} == {
-        t: f"{p.retention.days} days" for t, p in PLANS.items() if p.retention is not None}
+    assert out["retention"] == []  # 0006 removed the jobs: sinks/retention.py drops, guarded
     # cvd_1m from raw trades (real-time part of the aggregate): 00:00 buy 2 sell 3; 00:01 buy 1.5
     assert out["cvd"] == [{"m": "00:00", "buy_qty": 2, "sell_qty": 3, "delta_qty": -1, "trade_count": 2},
                           {"m": "00:01", "buy_qty": 1.5, "sell_qty": 0, "delta_qty": 1.5, "trade_count": 1}]

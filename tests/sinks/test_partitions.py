@@ -8,20 +8,20 @@ from datetime import UTC, datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from sinks.migrate import migrate
 from sinks.partitions import (
     PLANS,
     add_periods,
     adopt_default_rows,
     count_periods,
     default_partition_rows,
-    drop_expired_partitions,
     ensure_partitions,
     ensure_partitions_ahead,
     partition_plan,
     period_start,
 )
+from sinks.retention import drop_expired, resolve_policies
 from sinks.tables import TRADES, write_rows
+from tapeflow_runtime.settings import TableRetention
 
 LAST_MS_OF_JANUARY = datetime(2024, 1, 31, 23, 59, 59, 999000, tzinfo=UTC)
 FIRST_OF_FEBRUARY = datetime(2024, 2, 1, tzinfo=UTC)
@@ -65,11 +65,8 @@ def test_naive_datetimes_are_refused():
 # --- against PostgreSQL -----------------------------------------------------------------------------
 
 @pytest.fixture
-def db(database, pg_server) -> str:
-    if pg_server.timescale_image:
-        pytest.skip("TimescaleDB server: the tables are hypertables (see test_noop_without_partitioned_tables)")
-    migrate(database)
-    return database
+def db(plain_db) -> str:
+    return plain_db  # TimescaleDB servers skip: see test_noop_without_partitioned_tables
 
 
 def _trade(agg_id: int, when: datetime) -> dict:
@@ -167,14 +164,15 @@ def test_the_writer_role_can_ensure_but_not_create_tables(db):
 
 def test_retention_drops_only_partitions_that_ended_before_the_cutoff(db):
     now = datetime(2024, 6, 15, 10, tzinfo=UTC)
+    policies = resolve_policies()
     with psycopg.connect(db) as conn:
         ensure_partitions(conn, "depth_updates", datetime(2024, 6, 5, tzinfo=UTC), now)
-        dropped = drop_expired_partitions(conn, "depth_updates", now)  # 7 days: cutoff 06-08T10:00
+        dropped = drop_expired(conn, policies["depth_updates"], now, now)  # 7 days: cutoff 06-08T10:00
         assert dropped == [f"depth_updates_p202406{d:02d}" for d in range(5, 8)]
         left = {r[0] for r in conn.execute("SELECT partition_name FROM tapeflow_partitions "
                                            "WHERE table_name = 'depth_updates'").fetchall()}
         assert "depth_updates_p20240608" in left and "depth_updates_default" in left
-        assert drop_expired_partitions(conn, "bars_1m", now) == []  # kept forever
+        assert drop_expired(conn, policies["bars_1m"], now, now) == []  # kept forever
 
 
 def test_noop_without_partitioned_tables(database):
@@ -182,6 +180,7 @@ def test_noop_without_partitioned_tables(database):
     with psycopg.connect(database) as conn:
         conn.execute("CREATE TABLE trades (trade_time timestamptz)")
         assert ensure_partitions(conn, "trades", LAST_MS_OF_JANUARY, FIRST_OF_FEBRUARY) == []
-        assert drop_expired_partitions(conn, "trades", FIRST_OF_FEBRUARY) == []
+        assert drop_expired(conn, resolve_policies({"trades": TableRetention(keep="1d")})["trades"],
+                            FIRST_OF_FEBRUARY, FIRST_OF_FEBRUARY, "plain") == []
         assert default_partition_rows(conn) == []
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'trades_p%'").fetchone()[0] == 0

@@ -1,0 +1,157 @@
+"""The sink's fast path (a fetch decoded into columns, binary COPY) stores exactly what the
+record-by-record path stores, refuses anything it cannot prove it decoded right, and stays
+idempotent on natural keys."""
+
+from __future__ import annotations
+
+import random
+
+import psycopg
+import pytest
+
+from schemas.avsc import strip_logical_types
+from schemas.catalogue import topic as topic_spec
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
+from sinks.columnar import COLUMNAR, ColumnarCodec, ColumnarError, copy_payload
+from sinks.migrate import migrate
+from sinks.tables import TABLES, TOPIC_TABLES, copy_binary, write_rows
+
+SERDE = AvroSerde(FileSchemaRegistry())
+TOPIC_OF = {spec.table: topic for topic, spec in TOPIC_TABLES.items()}
+
+
+def random_record(schema: dict, rng: random.Random, i: int) -> dict:
+    """A record with awkward but valid values: big and negative longs, unicode, every enum symbol."""
+    out = {}
+    for f in strip_logical_types(schema)["fields"]:
+        t, name = f["type"], f["name"]
+        if isinstance(t, list):
+            if rng.random() < 0.3:
+                out[name] = None
+                continue
+            t = [b for b in t if b != "null"][0]
+        kind = t["type"] if isinstance(t, dict) else t
+        if kind == "enum":
+            out[name] = t["symbols"][i % len(t["symbols"])]
+        elif kind == "string":
+            out[name] = rng.choice(["binance", "bybit", "BTCUSDT", "1000PEPEUSDT", "Ω-test", ""]) + str(i % 7)
+        elif kind == "double":
+            out[name] = rng.choice([0.0, -0.0, 1e-12, 123456.789, -42.5, 2.0 ** 60, rng.uniform(-1e6, 1e6)])
+        elif kind in ("long", "int"):
+            if name.endswith("_time"):  # epoch ms between 1990 and 2090
+                out[name] = rng.randint(631_152_000_000, 3_786_912_000_000)
+            elif name in ("agg_id",):
+                out[name] = i  # the natural key: unique per row
+            else:
+                out[name] = rng.choice([0, -1, 63, 64, -65, 2 ** 31 - 1, -(2 ** 62), 2 ** 62, rng.randint(-10 ** 9, 10 ** 9)])
+                if kind == "int":
+                    out[name] = max(-(2 ** 31), min(2 ** 31 - 1, out[name]))
+        elif kind == "boolean":
+            out[name] = bool(i % 2)
+    return out
+
+
+def _unique_records(table: str, n: int, seed: int) -> list[dict]:
+    schema = SERDE.registry.schema_for(SERDE.schema_id(TOPIC_OF[table]))
+    spec = TABLES[table]
+    rng = random.Random(seed)
+    seen, out, i = set(), [], 0
+    while len(out) < n:
+        r = random_record(schema, rng, i)
+        i += 1
+        key = tuple(r[c] for c in spec.natural_key)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def _dump(conninfo: str, table: str) -> list[tuple]:
+    with psycopg.connect(conninfo) as conn:
+        cols = ", ".join(TABLES[table].columns)
+        return sorted(conn.execute(f"SELECT {cols} FROM {table}").fetchall(), key=repr)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("table", sorted(COLUMNAR))
+def test_columnar_rows_equal_record_by_record_rows(database, table):
+    migrate(database)
+    spec = TABLES[table]
+    records = _unique_records(table, 1_500, seed=len(table))
+    values = [SERDE.encode(TOPIC_OF[table], r) for r in records]
+    codec = ColumnarCodec.for_topic(spec, SERDE, TOPIC_OF[table])
+    assert codec is not None
+    with psycopg.connect(database) as conn:
+        assert write_rows(conn, spec, [spec.to_row(SERDE.decode(v)) for v in values]) == len(values)
+        conn.commit()
+    by_record = _dump(database, table)
+    with psycopg.connect(database) as conn:
+        conn.execute(f"TRUNCATE {table}")
+        parts = [codec.encode(values[i:i + 400]) for i in range(0, len(values), 400)]
+        assert copy_binary(conn, spec, copy_payload([p.data for p in parts]), len(values)) == len(values)
+        conn.commit()
+    assert _dump(database, table) == by_record
+    times = [r[spec.time_column] for r in records]
+    assert min(p.min_ms for p in parts) == min(times) and max(p.max_ms for p in parts) == max(times)
+    assert set().union(*(p.days for p in parts)) == {t // 86_400_000 for t in times}
+
+
+@pytest.mark.integration
+def test_a_redelivered_payload_is_absorbed_by_the_natural_key(database):
+    migrate(database)
+    spec = TABLES["trades"]
+    values = [SERDE.encode("md.trades", r) for r in _unique_records("trades", 300, seed=7)]
+    codec = ColumnarCodec.for_topic(spec, SERDE, "md.trades")
+    first = copy_payload([codec.encode(values[:200]).data])
+    overlapping = copy_payload([codec.encode(values[100:]).data])  # 100 already stored, 100 new
+    with psycopg.connect(database) as conn:
+        assert copy_binary(conn, spec, first, 200) == 200
+        assert copy_binary(conn, spec, overlapping, 200) == 100
+        conn.commit()
+        assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 300
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("table", sorted(COLUMNAR))
+def test_direct_copy_tables_have_the_copy_types(database, table):
+    """Binary COPY straight into the table needs its column types to be the staging types."""
+    migrate(database)
+    spec = TABLES[table]
+    with psycopg.connect(database) as conn:
+        types = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                                  "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                                  (table,)).fetchall())
+    names = {"text": "text", "int8": "bigint", "int4": "integer", "float8": "double precision",
+             "timestamptz": "timestamp with time zone", "bool": "boolean"}
+    assert {c: types[c] for c in spec.columns} == {c: names[t] for c, t in zip(spec.columns, spec.copy_types)}
+
+
+def _trade_values(n: int = 5) -> list[bytes]:
+    return [SERDE.encode("md.trades", r) for r in _unique_records("trades", n, seed=3)]
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda v: v[:4] + [v[4] + b"\x01"],                      # a trailing byte on the last record
+    lambda v: v[:2] + [v[2] + b"\x01"] + v[3:],              # ... on a middle one
+    lambda v: v[:4] + [v[4][:-1]],                           # truncated
+    lambda v: v[:2] + [b""] + v[3:],                         # empty value
+    lambda v: v[:2] + [b"garbage"] + v[3:],                  # not Avro at all
+    lambda v: v[:4] + [v[4][:-1] + b"\x08"],                 # enum index out of range
+    lambda v: v[:4] + [b"\x00\x00\x00\x00\x63" + v[4][5:]],  # another schema id
+    lambda v: v[:4] + [v[4][:5] + v[4][6:] + v[4][5:6]],     # bytes moved around
+], ids=["trailing-last", "trailing-middle", "truncated", "empty", "garbage", "enum", "schema-id", "shuffled"])
+def test_anything_not_provably_right_leaves_the_fast_path(corrupt):
+    codec = ColumnarCodec.for_topic(TABLES["trades"], SERDE, "md.trades")
+    good = _trade_values()
+    assert codec.decode_frame(good).height == 5
+    with pytest.raises(ColumnarError):
+        codec.decode_frame(corrupt(list(good)))
+
+
+def test_only_flat_one_to_one_tables_take_the_fast_path():
+    assert ColumnarCodec.for_topic(TABLES["features"], SERDE, "features") is None
+    assert ColumnarCodec.for_topic(TABLES["depth_updates"], SERDE, "md.depth") is None
+    for table in COLUMNAR:
+        assert ColumnarCodec.for_topic(TABLES[table], SERDE, TOPIC_OF[table]) is not None, table
+        assert topic_spec(TOPIC_OF[table]).name == TOPIC_OF[table]
