@@ -1,8 +1,8 @@
 """`tapeflow execute --mode paper|testnet|live`: the executor as a process (Kafka in and out, metrics,
 health, restore on start).
 
-Inputs: `signals`, `md.trades`, `md.book` through one consumer group (`tapeflow-executor-<mode>`) with
-the range assignor, so partition i of all three lands on the same member (they are co-partitioned by
+Inputs: `signals`, `md.trades`, `md.book` and `md.mark` (funding) through one consumer group
+(`tapeflow-executor-<mode>`) with the range assignor, so partition i of all four lands on the same member (they are co-partitioned by
 `exchange:symbol`), and `risk.events` through a second, group-less consumer that follows kill-switch
 records. Outputs: orders, fills, positions, risk.events through the idempotent `Publisher`.
 
@@ -72,7 +72,7 @@ from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("executor")
 
-INPUTS = ("signals", "md.trades", "md.book")
+INPUTS = ("signals", "md.trades", "md.book", "md.mark")
 OUTPUTS = ("orders", "fills", "positions", "risk.events")
 
 
@@ -263,6 +263,8 @@ class ExecutorService:
             ex.on_trade(record, now)
         elif name == "md.book":
             ex.on_book(record, now)
+        elif name == "md.mark":
+            ex.on_mark(record, now)
         else:
             decision = ex.on_signal(record, now)
             if decision.allowed:
