@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import typer
 
+from backtest.cli import register as register_backtest
 from tapeflow import __version__
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
@@ -259,6 +260,10 @@ def backfill_binance_vision(
     except BackfillError as exc:
         raise fail(str(exc))
     echo(summary.to_json() if json_out else format_summary(summary))
+
+
+# --- backtest -----------------------------------------------------------------------------------
+register_backtest(app, lambda: state.settings())
 
 
 # --- engine -------------------------------------------------------------------------------------
