@@ -4,7 +4,7 @@ Flow: validate strategies, symbols, range and source (each failure one ``error:`
 bad arguments, 1 for "nothing to test"), run ``BacktestRunner`` with a progress bar (event time,
 ETA, trades/s) on stderr, write ``result.json`` and the report (``backtest.result_io``), print a short
 summary and where the report is. Ctrl-C stops at the next slice and still writes everything, marked
-partial; a second Ctrl-C aborts at once.
+partial (exit code 130); a second Ctrl-C aborts at once without a report.
 
 Times: ``--from``/``--to`` are UTC dates (``2024-01-01``) or times (``2024-01-01T12:00``); a date
 given to ``--to`` includes that whole day, a time is the exclusive end.
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from backtest.model import RunResult
     from tapeflow.settings import Settings
 
+INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C (its report is written, marked partial)
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 DEMO_HOURS = 30  # the shipped strategies warm up for 24 h of data first
 DEMO_START = datetime(2024, 3, 1, tzinfo=UTC)
@@ -68,8 +69,9 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         strategy: list[Path] = typer.Option(
             [], "--strategy", "-s", help="Strategy file (YAML/JSON); repeat for A/B. Default: the shipped ones."),
         symbols: str | None = typer.Option(None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."),
-        from_: str | None = typer.Option(None, "--from", help="Start, UTC date or time (2024-01-01[T00:00])."),
-        to: str | None = typer.Option(None, "--to", help="End, UTC; a date includes that day."),
+        from_: str | None = typer.Option(
+            None, "--from", help="Start, UTC date or time (2024-01-01[T00:00]); a recording: default its start."),
+        to: str | None = typer.Option(None, "--to", help="End, UTC; a date includes that day. A recording: its end."),
         source: str = typer.Option(
             "vision", "--source",
             help="vision[:DIR] | synthetic[:SEED] | recording:DIR | db | topics (md.* by time from the broker)."),
@@ -136,10 +138,12 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         from_ms, to_ms = start, start + DEMO_HOURS * 3_600_000
         symbol_list = list(DEMO_SYMBOLS) if symbols is None else symbols.split(",")
     else:
-        if from_ is None or to is None:
-            raise CliError("--from and --to are required (or --demo for an offline example)")
-        from_ms, to_ms = parse_time(from_, "--from"), parse_time(to, "--to", end=True)
-        symbol_list = symbols.split(",") if symbols else list(settings().symbols)
+        from_ms = parse_time(from_, "--from") if from_ is not None else None
+        to_ms = parse_time(to, "--to", end=True) if to is not None else None
+        if symbols:
+            symbol_list = symbols.split(",")
+        else:  # a recording's own symbols, else the configured ones
+            symbol_list = None if source.startswith("recording:") else list(settings().symbols)
 
     options: dict[str, Any] = {"vision_url": vision_url}
     if demo:
@@ -158,6 +162,9 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         raise CliError(str(exc)) from None
 
     runner = BacktestRunner(strategies, config, account="shared" if account == "shared" else "per_strategy")
+    from_ms, to_ms = src.from_ms, src.to_ms
+    typer.echo(f"backtest: {src.name}, {','.join(src.symbols)}, {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC, "
+               f"{', '.join(names)} (Ctrl-C writes a partial report)", err=True)
     result = run_with_progress(runner, src, progress)
     if result.trades_processed == 0:
         where = f"; {len(result.missing)} missing, first: {result.missing[0]}" if result.missing else ""
@@ -166,7 +173,7 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
     out_dir = out or settings().home / "backtests" / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     written = write_outputs(result, out_dir, tuple(formats.split(",")) if formats else None)
     print_summary(result, written)
-    return 0
+    return INTERRUPTED if result.partial else 0
 
 
 def _bootstrap(settings: Settings) -> str:

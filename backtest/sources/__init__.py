@@ -39,17 +39,28 @@ def check_symbols(symbols: list[str]) -> list[str]:
     return out
 
 
-def open_source(spec: str, symbols: list[str], from_ms: int, to_ms: int, **options: Any) -> Source:
-    """The source named by ``spec`` for ``symbols`` over ``[from_ms, to_ms)``.
+def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms: int | None,
+                **options: Any) -> Source:
+    """The source named by ``spec`` for ``symbols`` over ``[from_ms, to_ms)`` (a recording may leave
+    symbols and range unset: all of it).
 
     ``options``: ``slice_ms``; ``trades_per_s`` (synthetic); ``cache_dir``, ``vision_url`` (vision); ``database_url`` (db);
     ``bootstrap``, ``topic_prefix``, ``registry_url`` (topics).
     """
-    if to_ms <= from_ms:
-        raise SourceError("--to must be after --from")
-    symbols = check_symbols(symbols)
     kind, _, arg = spec.partition(":")
     slice_ms = options.get("slice_ms", 60_000)
+    if from_ms is not None and to_ms is not None and to_ms <= from_ms:
+        raise SourceError("--to must be after --from")
+    if kind == "recording":
+        from backtest.sources.recording import RecordingSource
+
+        if not arg:
+            raise SourceError("--source recording:DIR needs the recording directory")
+        return RecordingSource(Path(arg), check_symbols(symbols) if symbols else None, from_ms, to_ms,
+                               slice_ms=slice_ms)
+    if from_ms is None or to_ms is None:
+        raise SourceError("--from and --to are required (or --demo for an offline example)")
+    symbols = check_symbols(symbols or [])
     if kind == "synthetic":
         from backtest.sources.synthetic import SyntheticSource
 
@@ -59,12 +70,6 @@ def open_source(spec: str, symbols: list[str], from_ms: int, to_ms: int, **optio
             raise SourceError(f"--source synthetic:SEED needs an integer seed, got {arg!r}") from None
         return SyntheticSource(symbols, from_ms, to_ms, seed, trades_per_s=options.get("trades_per_s"),
                                slice_ms=slice_ms)
-    if kind == "recording":
-        from backtest.sources.recording import RecordingSource
-
-        if not arg:
-            raise SourceError("--source recording:DIR needs the recording directory")
-        return RecordingSource(Path(arg), symbols, from_ms, to_ms, slice_ms=slice_ms)
     if kind == "vision":
         from backtest.sources.vision import VisionSource
 
