@@ -24,7 +24,7 @@ import typer
 
 if TYPE_CHECKING:
     from backtest.model import RunResult
-    from tapeflow.settings import Settings
+    from tapeflow_runtime.settings import Settings
 
 INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C (its report is written, marked partial)
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -50,7 +50,7 @@ def parse_time(text: str, option: str, *, end: bool = False) -> int:
             day = date.fromisoformat(text)
             moment = datetime(day.year, day.month, day.day, tzinfo=UTC) + (timedelta(days=1) if end else timedelta())
         else:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = datetime.fromisoformat(text)
             moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         raise CliError(f"{option} {text!r}: expected a UTC date (2024-01-01) or time (2024-01-01T12:00)") from None
@@ -111,7 +111,12 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
     from backtest.runner import BacktestRunner
     from backtest.sources import SourceError, open_source
     from execution.config import ExecutorConfigError, load_executor_config
-    from stream_apps.core.strategy import StrategyConfigError, default_strategy_dir, load_strategies, load_strategy
+    from stream_apps.core.strategy import (
+        StrategyConfigError,
+        default_strategy_dir,
+        load_strategies,
+        load_strategy,
+    )
 
     try:
         strategies = [load_strategy(p) for p in strategy_files] if strategy_files else load_strategies(default_strategy_dir())
@@ -126,6 +131,13 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         raise CliError(f"bad executor config: {exc}") from None
     if account not in ("per-strategy", "shared"):
         raise CliError(f"--account {account!r}: use per-strategy or shared")
+    report_formats = tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None
+    if report_formats is not None:
+        from backtest.report import FORMATS
+
+        unknown = [f for f in report_formats if f not in FORMATS]
+        if unknown or not report_formats:
+            raise CliError(f"--format {formats!r}: choose from {', '.join(FORMATS)}")
 
     if verify:
         from backtest.verify import verify_command
@@ -171,39 +183,61 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         raise CliError(f"no market data for {','.join(src.symbols)} from {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC "
                        f"in {src.name}{where}", 1)
     out_dir = out or settings().home / "backtests" / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
-    written = write_outputs(result, out_dir, tuple(formats.split(",")) if formats else None)
-    print_summary(result, written)
+    written = write_outputs(result, out_dir, report_formats)
+    print_summary(result, written, store(result, settings))
     return INTERRUPTED if result.partial else 0
 
 
 def _bootstrap(settings: Settings) -> str:
-    from tapeflow.endpoints import resolve_broker
-    from tapeflow.paths import StackPaths
-    from tapeflow.stack.process import StackError
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
 
     try:
         return resolve_broker(settings, StackPaths(settings.home))
-    except StackError as exc:
+    except TapeflowError as exc:
         raise CliError(str(exc), 1) from None
 
 
 def _database_url(settings: Settings) -> str:
-    from tapeflow.endpoints import resolve_database
-    from tapeflow.paths import StackPaths
-    from tapeflow.stack.process import StackError
+    from tapeflow_runtime.endpoints import resolve_database
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
 
     try:
         endpoints = resolve_database(settings, StackPaths(settings.home))
-    except StackError as exc:
+    except TapeflowError as exc:
         raise CliError(str(exc), 1) from None
     return endpoints.readonly or endpoints.owner
+
+
+def store(result: RunResult, settings: Callable[[], Settings]) -> str:
+    """Store the run in ``backtest_runs``/``backtest_trades`` when a database is configured (external,
+    or the embedded stack running); what happened, for the summary. Never fails the run."""
+    import psycopg
+
+    from backtest.report import store_run
+    from tapeflow_runtime.endpoints import resolve_database
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
+
+    try:
+        s = settings()
+        endpoints = resolve_database(s, StackPaths(s.home))
+    except TapeflowError:
+        return "not stored (no database: TAPEFLOW_DATABASE_URL unset and no stack running)"
+    try:
+        store_run(result, endpoints.writer)
+    except psycopg.Error as exc:
+        return f"not stored: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+    return f"stored as run {result.run_id} in backtest_runs/backtest_trades"
 
 
 def run_with_progress(runner: Any, src: Any, progress: bool) -> RunResult:
     """Run with the Ctrl-C rule of the module docstring and a progress bar when stderr is a terminal."""
     stop = {"requested": False}
 
-    def on_sigint(signum, frame) -> None:  # noqa: ARG001
+    def on_sigint(signum, frame) -> None:
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
@@ -227,7 +261,14 @@ class _Bar:
 
     def __init__(self, src: Any) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
@@ -254,7 +295,7 @@ class _Bar:
             stats=f"{p.trades:,} trades, {p.signals} signals, {p.closed} closed")
 
 
-def print_summary(result: RunResult, written: dict[str, Path]) -> None:
+def print_summary(result: RunResult, written: dict[str, Path], stored: str = "") -> None:
     from collections import defaultdict
 
     seconds = max((result.finished_at_ms - result.started_at_ms) / 1000, 1e-9)
@@ -276,6 +317,8 @@ def print_summary(result: RunResult, written: dict[str, Path]) -> None:
         typer.echo(f"  missing: {len(result.missing)} (e.g. {result.missing[0]})")
     if result.bad_rows:
         typer.echo(f"  bad rows: {result.params.get('bad_row_count', len(result.bad_rows))} (e.g. {result.bad_rows[0]})")
+    if stored:
+        typer.echo(f"  database: {stored}")
     typer.echo("report:")
     for kind, path in written.items():
         typer.echo(f"  {kind}: {path}")

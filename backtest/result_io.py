@@ -1,9 +1,9 @@
-"""``RunResult`` to and from plain JSON (``result.json``), and handing a result to the report writer.
+"""``RunResult`` to and from plain JSON (``result.json``), next to the report.
 
-Why here: the report package (``backtest.report``: metrics, Markdown, PNG, HTML, the database rows)
-is built separately; until it is importable the CLI still leaves the run's full result on disk, and
-``--verify-against-topics`` and the tests read runs back from it. orjson: fast, and it writes the
-floats exactly (shortest round-trip form).
+Why both: the report (``backtest.report``: metrics, Markdown, PNG, HTML) is for people; ``result.json``
+is the run itself (every trade with every cost column, coverage, missing inputs, parameters), for
+scripts, for comparing runs and for reading a run back (``read_result_json``). orjson: fast, and it
+writes floats exactly (shortest round-trip form).
 """
 
 from __future__ import annotations
@@ -50,12 +50,9 @@ def read_result_json(path: Path) -> RunResult:
 
 
 def write_outputs(result: RunResult, out_dir: Path, formats: tuple[str, ...] | None = None) -> dict[str, Path]:
-    """The report (``backtest.report.write_report``) when that package is installed, always ``result.json``."""
+    """``result.json`` and the report (``backtest.report.write_report``; all its formats by default)."""
+    from backtest.report import FORMATS, write_report
+
     written = {"result": write_result_json(result, out_dir)}
-    try:
-        from backtest.report import write_report  # type: ignore[import-not-found]
-    except ImportError:
-        return written
-    kwargs = {"formats": formats} if formats else {}
-    written.update(write_report(result, out_dir, **kwargs))
+    written.update(write_report(result, out_dir, formats or FORMATS))
     return written

@@ -188,6 +188,7 @@ class BacktestRunner:
         self._late_signals: list[Record] = []  # signals for times the executor has passed
         self._future_signals: list[Record] = []  # signals past the slice the executor is on
         self._executor_ms = -1  # event time up to which the executor has been fed
+        self.processed_to_ms: int | None = None  # end of the last slice fed
         self._coverage = _Coverage()
         self._layer_use = self._layers_in_use()
         self._source_inputs: set[str] = set()
@@ -221,6 +222,7 @@ class BacktestRunner:
         """Engine over ``piece``; then the executor over the slice before it."""
         if not self._books:
             self._accounts(piece.start_ms)
+        self.processed_to_ms = piece.end_ms
         self._engine_slice(piece)
         self._pending.append(piece)
         if len(self._pending) > 1:
@@ -418,7 +420,8 @@ class BacktestRunner:
             finished_at_ms=int(time.time() * 1000), partial=partial, events_processed=self.events_processed,
             trades_processed=self.trades_processed, evaluations=self.evaluations, signals=len(self.signals),
             coverage=self.coverage_rows(source.report.notes), missing=list(source.report.missing),
-            bad_rows=list(source.report.bad_rows), params=params)
+            bad_rows=list(source.report.bad_rows), params=params,
+            processed_to_ms=self.processed_to_ms if partial else source.to_ms)
 
 
 def _tick(batch, i: int) -> TradeTick:

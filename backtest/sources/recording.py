@@ -1,29 +1,40 @@
-"""``--source recording:DIR``: a Binance USD-M websocket recording (the fake exchange's format), turned
+"""``--source recording:DIR``: a Binance USD-M websocket recording (the fake exchange's directory
+format: ``ws_frames.txt`` and ``rest_responses.txt``, e.g. ``tests/data/binance_futures_ws``), turned
 into the records the Binance producer would have published from it.
 
 The frames go through the producer's own pieces, in receive order: ``producers.binance.parse`` for
 every stream, ``AggTradeSequencer`` for agg-id order and duplicates, ``OrderBookSync`` with the
-depth snapshot the fake exchange would serve at that point (``DepthTimeline``), and
-``book_snapshot_record`` for ``md.book``. What the producer decides by wall clock is emulated on the
-recording's receive clock: a top-20 book is published every 250 ms when it changed (the producer's
-timer), a REST depth snapshot is taken at the first diff (the producer asks for one then), and an
-agg-id hole is given up at once (the live producer would ask REST ``aggTrades``, which a recording
-does not hold). md.indicators are REST-polled live, so a recording has none: the report says so.
+recording's REST depth snapshot, and ``book_snapshot_record`` for ``md.book``. What the producer
+decides by wall clock is emulated on the recording's receive clock: a top-20 book is published every
+250 ms when it changed (the producer's timer), the depth snapshot is applied at the first diff (the
+producer asks for one then), and an agg-id hole is given up at once (the live producer would ask
+REST ``aggTrades``, which a recording does not hold). md.indicators are REST-polled live, so a
+recording has none: the report says so. ``--from``/``--to`` default to the recording's span.
 
-``--from``/``--to`` default to the recording's span.
+Why the file format is read here and not with ``fake_exchange.recording``: the fake exchange is a
+test tool no service may import (tests/test_layers.py); the two lines of format below are all the
+backtest needs of it (frames are dispatched on their event type ``e``, as the producer's streams):
+
+    ws_frames.txt:       "<ws url> <-> <time>" once, then "<receive unix time>: <frame JSON>"
+    rest_responses.txt:  "<URL> -> <receive unix time>: <body JSON>"  (depth snapshots are used)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
 from backtest.inputs import MarketSlice, Record, SourceReport
 from backtest.sources import SourceError
 from backtest.sources.records import RecordSource
-from producers.binance.book_sync import OrderBookSync
+from producers.base.book import OrderBookSync
+from producers.base.sequencer import AggTradeSequencer
+from producers.base.venue import book_snapshot_record
 from producers.binance.parse import (
     EXCHANGE,
     FrameError,
@@ -32,25 +43,87 @@ from producers.binance.parse import (
     parse_depth_snapshot,
     parse_force_order,
     parse_mark_price,
-    stream_kind,
 )
-from producers.binance.trade_sequencer import AggTradeSequencer
-from producers.common import book_snapshot_record
-from producers.fake_exchange.depth_book import build_timelines
-from producers.fake_exchange.recording import Recording, RecordingError, load_recording
 
 BOOK_INTERVAL_MS = 250  # producers.binance.producer.ProducerConfig.book_interval_ms
 BOOK_DEPTH = 20
 INDICATOR_NOTE = "REST-polled by the live producer; a websocket recording does not hold it"
 INDICATOR_KINDS = ("open_interest_hist", "long_short_account_ratio", "top_trader_position_ratio",
                    "taker_buy_sell_ratio", "coinbase_premium", "spot_perp_divergence")
+EVENTS = {"aggTrade": "trades", "depthUpdate": "book", "markPriceUpdate": "mark", "forceOrder": "liquidations"}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    index: int
+    receive_ms: int
+    payload: dict[str, Any]
+
+    @property
+    def event(self) -> str | None:
+        return self.payload.get("e")
+
+    @property
+    def symbol(self) -> str | None:
+        inner = self.payload.get("o")
+        return (inner.get("s") if isinstance(inner, dict) else self.payload.get("s")) or None
+
+
+@dataclass
+class Recording:
+    frames: list[Frame]
+    snapshots: dict[str, tuple[int, dict[str, Any]]]  # symbol -> (receive ms, first /fapi/v1/depth body)
+    bad: list[str]
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(dict.fromkeys(f.symbol.upper() for f in self.frames if f.symbol and f.event in EVENTS))
+
+
+def read_recording(directory: Path) -> Recording:
+    ws = directory / "ws_frames.txt"
+    if not ws.is_file():
+        raise SourceError(f"recording {directory}: no ws_frames.txt")
+    frames: list[Frame] = []
+    bad: list[str] = []
+    with ws.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            when, sep, text = line.rstrip("\r\n").partition(": ")
+            if not sep or not when.replace(".", "", 1).isdigit():
+                if lineno > 1 and line.strip():
+                    bad.append(f"ws_frames.txt:{lineno}: expected '<time>: <frame>'")
+                continue
+            try:
+                obj = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                bad.append(f"ws_frames.txt:{lineno}: not JSON: {text[:80]!r}")
+                continue
+            payload = obj.get("data") if isinstance(obj, dict) and "stream" in obj else obj
+            if isinstance(payload, dict):
+                frames.append(Frame(len(frames), round(float(when) * 1000), payload))
+    snapshots: dict[str, tuple[int, dict[str, Any]]] = {}
+    for name in ("rest_responses.txt", "session_config_and_rest.txt"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            url, sep, rest = line.partition(" -> ")
+            when, sep2, body = rest.partition(": ")
+            parts = urlsplit(url.strip())
+            if not (sep and sep2) or parts.path != "/fapi/v1/depth":
+                continue
+            symbol = dict(parse_qsl(parts.query)).get("symbol", "").upper()
+            received = round(float(when) * 1000)
+            if symbol and (symbol not in snapshots or received < snapshots[symbol][0]):
+                snapshots[symbol] = (received, orjson.loads(body))
+    return Recording(frames, snapshots, bad)
 
 
 def recording_span(recording: Recording) -> tuple[int, int]:
     """[first, last + 1 s) of the frames' receive times, in ms."""
     if not recording.frames:
         return 0, 0
-    return int(recording.frames[0].receive_time * 1000), int(recording.frames[-1].receive_time * 1000) + 1000
+    return recording.frames[0].receive_ms, recording.frames[-1].receive_ms + 1000
 
 
 class RecordingSource:
@@ -59,10 +132,10 @@ class RecordingSource:
     def __init__(self, directory: Path, symbols: list[str] | None, from_ms: int | None, to_ms: int | None, *,
                  slice_ms: int = 60_000) -> None:
         try:
-            self.recording = load_recording(directory)
-        except (RecordingError, OSError) as exc:
+            self.recording = read_recording(directory)
+        except (OSError, UnicodeError, ValueError) as exc:
             raise SourceError(f"recording {directory}: {exc}") from None
-        available = list(self.recording.symbols)
+        available = self.recording.symbols
         chosen = symbols or available
         unknown = [s for s in chosen if s not in available]
         if unknown:
@@ -75,19 +148,14 @@ class RecordingSource:
         self.to_ms = end if to_ms is None else to_ms
         self.slice_ms = slice_ms
         self.report = SourceReport()
-        for kind in INDICATOR_KINDS:
+        for bad in self.recording.bad:
+            self.report.add_bad_row(bad)
+        for kind in (*INDICATOR_KINDS, "oi_change", "long_short_ratio", "top_trader_long_share"):
             self.report.notes[kind] = INDICATOR_NOTE
-        self.report.notes["oi_change"] = self.report.notes["long_short_ratio"] = \
-            self.report.notes["top_trader_long_share"] = INDICATOR_NOTE
         self._records: dict[str, list[Record]] | None = None
 
     def inputs(self) -> set[str]:
-        kinds = {stream_kind(s) for s in self.recording.streams}
-        found = {"trades"} if "aggTrade" in kinds else set()
-        found |= {"book"} if "depth" in kinds else set()
-        found |= {"mark"} if "markPrice" in kinds else set()
-        found |= {"liquidations"} if "forceOrder" in kinds else set()
-        return found
+        return {EVENTS[e] for e in {f.event for f in self.recording.frames} if e in EVENTS}
 
     def records(self) -> dict[str, list[Record]]:
         if self._records is None:
@@ -109,9 +177,9 @@ class _Producer:
         self.recording = recording
         self.symbols = symbols
         self.report = report
-        self.timelines = build_timelines(recording)
         self.books = {s: OrderBookSync(s) for s in symbols}
         self.sequencers = {s: AggTradeSequencer(s) for s in symbols}
+        self.snapshot_used: set[str] = set()
         self.published_u: dict[str, int] = {}
         self.last_mark: dict[str, int] = {}
         self.liquidations_seen: set[tuple] = set()
@@ -121,7 +189,7 @@ class _Producer:
     def run(self) -> dict[str, list[Record]]:
         next_tick: int | None = None
         for frame in self.recording.frames:
-            received = round(frame.receive_time * 1000)
+            received = frame.receive_ms
             if next_tick is None:
                 next_tick = (received // BOOK_INTERVAL_MS + 1) * BOOK_INTERVAL_MS
             while received >= next_tick:
@@ -130,20 +198,23 @@ class _Producer:
             try:
                 self._frame(frame, received)
             except FrameError as exc:
-                self.report.add_bad_row(f"ws_frames.txt frame {frame.index} ({frame.stream}): {exc}")
+                self.report.add_bad_row(f"ws_frames.txt frame {frame.index} ({frame.event}): {exc}")
         for sym, seq in sorted(self.sequencers.items()):
             if seq.counters.ids_given_up:
                 self.report.missing.append(f"{sym}: {seq.counters.ids_given_up} agg ids missing from the recording "
                                            f"({seq.counters.gaps_given_up} holes)")
+        for sym, book in sorted(self.books.items()):
+            if book.resyncs or (sym not in self.snapshot_used and any(f.event == "depthUpdate" for f in self.recording.frames)):
+                self.report.notes[f"book:{sym}"] = ("the recording's depth snapshot does not continue its diffs "
+                                                    "(or there is none): no md.book from the point it broke")
         if self.ignored:
             self.report.notes["ignored_streams"] = (f"{', '.join(sorted(self.ignored))}: not streams the producer "
                                                     "subscribes to")
         return self.out
 
-    def _frame(self, frame, received: int) -> None:
-        kind = stream_kind(frame.stream)
-        data = frame.payload
-        if kind == "aggTrade":
+    def _frame(self, frame: Frame, received: int) -> None:
+        event, data = frame.event, frame.payload
+        if event == "aggTrade":
             trade = parse_agg_trade(data, received)
             seq = self.sequencers.get(trade["symbol"])
             if seq is None:
@@ -153,35 +224,34 @@ class _Producer:
             if gap is not None:  # no REST history in a recording: give the hole up at once
                 released += seq.give_up(gap)[1]
             self.out["trades"] += released
-        elif kind == "depth":
+        elif event == "depthUpdate":
             diff = parse_depth_diff(data, received)
             book = self.books.get(diff.symbol)
             if book is None:
                 return
             book.on_diff(diff)
-            if book.needs_snapshot:
-                self._snapshot(book, frame.index + 1, received)
-        elif kind == "markPrice":
+            if book.needs_snapshot and diff.symbol not in self.snapshot_used:
+                self._snapshot(book, received)
+        elif event == "markPriceUpdate":
             rec = parse_mark_price(data, received)
             if rec["symbol"] in self.symbols and rec["event_time"] > self.last_mark.get(rec["symbol"], -1):
                 self.last_mark[rec["symbol"]] = rec["event_time"]
                 self.out["marks"].append(rec)
-        elif kind == "forceOrder":
+        elif event == "forceOrder":
             rec = parse_force_order(data, received)
             ident = (rec["symbol"], rec["trade_time"], rec["side"], rec["qty"], rec["avg_price"])
             if rec["symbol"] in self.symbols and ident not in self.liquidations_seen:
                 self.liquidations_seen.add(ident)
                 self.out["liquidations"].append(rec)
-        else:
-            self.ignored.add(kind)
+        elif event:
+            self.ignored.add(event)
 
-    def _snapshot(self, book: OrderBookSync, position: int, received: int) -> None:
-        timeline = self.timelines.get(book.symbol)
-        snap = timeline.snapshot_at(position) if timeline is not None else None
-        if snap is None:
+    def _snapshot(self, book: OrderBookSync, received: int) -> None:
+        found = self.recording.snapshots.get(book.symbol)
+        if found is None:
             return
-        body = orjson.loads(snap.to_body(1000))
-        book.on_snapshot(parse_depth_snapshot(body, book.symbol, received))
+        self.snapshot_used.add(book.symbol)
+        book.on_snapshot(parse_depth_snapshot(found[1], book.symbol, received))
 
     def _publish_books(self, now_ms: int) -> None:
         for sym in sorted(self.books):

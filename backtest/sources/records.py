@@ -12,7 +12,15 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from backtest.inputs import RECORD_KINDS, Block, MarketSlice, Record, SliceCutter, SourceReport, sort_records
+from backtest.inputs import (
+    RECORD_KINDS,
+    Block,
+    MarketSlice,
+    Record,
+    SliceCutter,
+    SourceReport,
+    sort_records,
+)
 from stream_apps.core.events import TradeBatch, trade_batches_from_records
 
 

@@ -159,7 +159,7 @@ class SymbolGenerator:
         whales = rng.random(n) < 0.02
         qty[whales] *= 1.0 + rng.pareto(1.3, int(whales.sum()))
         qty = np.maximum(np.round(qty / self.lot) * self.lot, self.lot)
-        lot_decimals = max(0, -int(math.floor(math.log10(self.lot) + 1e-9)))
+        lot_decimals = max(0, -math.floor(math.log10(self.lot) + 1e-9))
         qty = np.round(qty, lot_decimals)
         ids = np.arange(self.next_agg_id, self.next_agg_id + n, dtype=np.int64)
         self.next_agg_id += n

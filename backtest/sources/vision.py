@@ -44,13 +44,27 @@ from pathlib import Path
 
 import numpy as np
 
-from backtest.inputs import ENGINE_TIME, RECORD_KINDS, Block, MarketSlice, Record, SliceCutter, SourceReport, sort_records
+from backtest.inputs import (
+    ENGINE_TIME,
+    RECORD_KINDS,
+    Block,
+    MarketSlice,
+    Record,
+    SliceCutter,
+    SourceReport,
+    sort_records,
+)
 from backtest.sources import SourceError
 from producers.backfill.agg_trades_csv import AggTradeCsvReader, open_archive
 from producers.backfill.errors import BackfillError
 from producers.backfill.sources import VisionDownloader
-from producers.backfill.vision_files import CHECKSUM_SUFFIX, DEFAULT_BASE_URL, parse_checksum, verify_checksum
-from producers.binance.book_sync import order_book_imbalance
+from producers.backfill.vision_files import (
+    CHECKSUM_SUFFIX,
+    DEFAULT_BASE_URL,
+    parse_checksum,
+    verify_checksum,
+)
+from producers.base.book import order_book_imbalance
 from stream_apps.core.events import TradeBatch
 
 EXCHANGE = "binance"
@@ -81,7 +95,7 @@ NOTES = {
 
 
 def relative_path(kind: str, symbol: str, day: date) -> str:
-    template, daily = FILES[kind]
+    template, _daily = FILES[kind]
     return template.format(S=symbol, D=day.isoformat(), M=f"{day.year:04d}-{day.month:02d}")
 
 

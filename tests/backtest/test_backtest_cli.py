@@ -21,7 +21,7 @@ def tapeflow(*args: str, home: Path, timeout: float = 120) -> subprocess.Complet
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update(TAPEFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "tapeflow", "backtest", *args], capture_output=True, text=True,
-                          env=env, cwd=home, timeout=timeout)
+                          env=env, cwd=home, timeout=timeout, check=False)
 
 
 def one_error(proc: subprocess.CompletedProcess) -> str:

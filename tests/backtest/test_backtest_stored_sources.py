@@ -14,13 +14,13 @@ from backtest.sources.database import DatabaseSource
 from backtest.sources.synthetic import SyntheticSource
 from backtest.sources.topics import TopicSource
 from producers.metrics import ProducerMetrics
-from producers.publisher import Publisher
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.migrate import migrate
 from sinks.tables import table_for_topic, write_rows
 from stream_apps.core.strategy import parse_strategy
-from tapeflow.kafka_client import ensure_topics
+from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.publisher import Publisher
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -78,9 +79,9 @@ def build_archive(root: Path) -> None:
 
 
 class CountingHandler(SimpleHTTPRequestHandler):
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         CountingHandler.requests.append(self.path)
         super().do_GET()
 

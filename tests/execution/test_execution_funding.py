@@ -7,11 +7,11 @@ risk distance 2.0 => qty 100; fees 0.05 % taker per side.
 from __future__ import annotations
 
 import pytest
-from test_execution_support import EXCHANGE, SYMBOL, T0, Harness
 
 from execution.config import ExecutorConfig, PaperFills
 from execution.domain import BookTop
 from execution.paper_broker import book_impact
+from tests.support.execution import EXCHANGE, SYMBOL, T0, Harness
 
 S = 1000
 H8 = 8 * 3600 * 1000
