@@ -390,6 +390,10 @@ class BacktestRunner:
         return [CoverageRow(layer, symbol, name, evaluations, present, notes.get(name, ""))
                 for (layer, symbol, name), (evaluations, present) in sorted(self._coverage.counts.items())]
 
+    def position_events(self) -> list[Record]:
+        """Every positions record the executors emitted (opened, tp1, closed), in emission order per account."""
+        return [ev for b in self._books.values() for ev in b.sink.positions]
+
     # ------------------------------------------------------------------------------------------ result
     def result(self, source: Source, started_ms: int, partial: bool) -> RunResult:
         trades = sorted((t for b in self._books.values() for t in b.sink.trades), key=lambda t: (t.exit_time, t.position_id))

@@ -21,7 +21,7 @@ backtest needs of it (frames are dispatched on their event type ``e``, as the pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from backtest.inputs import MarketSlice, Record, SourceReport
+from backtest.inputs import Block, MarketSlice, Record, SourceReport
 from backtest.sources import SourceError
 from backtest.sources.records import RecordSource
 from producers.base.book import OrderBookSync
@@ -260,3 +260,90 @@ class _Producer:
                 continue
             self.published_u[sym] = book.last_update_id
             self.out["books"].append(book_snapshot_record(EXCHANGE, book, BOOK_DEPTH, now_ms=now_ms))
+
+
+# ------------------------------------------------------------------------------------------------
+# writing: a generated session as a recording the fake exchange can replay (parity tests, demos)
+# ------------------------------------------------------------------------------------------------
+def write_recording(blocks: Iterable[Block], directory: Path, latency_ms: int = 20) -> Path:
+    """Write ``blocks`` (e.g. ``SyntheticSource.blocks()``) as ``ws_frames.txt`` + ``rest_responses.txt``.
+
+    Trades, mark prices and liquidations become the frames they were parsed from (numbers written
+    with ``repr``, so they parse back to the same floats); consecutive book snapshots become
+    ``depthUpdate`` diffs chained by update id, and each symbol's first book the REST depth snapshot
+    the producer syncs from. Frames are received ``latency_ms`` after their event time.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    frames: list[tuple[int, int, str]] = []  # (receive ms, sequence, line text)
+    books: dict[str, dict[str, dict[float, float]]] = {}
+    last_u: dict[str, int] = {}
+    chained: set[str] = set()
+    snapshots: dict[str, tuple[int, dict[str, Any]]] = {}
+    symbols: dict[str, None] = {}
+
+    def frame(stream: str, event_ms: int, payload: dict[str, Any]) -> None:
+        text = orjson.dumps({"stream": stream, "data": payload}).decode()
+        frames.append((event_ms + latency_ms, len(frames), text))
+
+    for block in blocks:
+        for batch in block.trades.values():
+            sym = batch.symbol
+            symbols.setdefault(sym, None)
+            stream = f"{sym.lower()}@aggTrade"
+            for a, t, p, q, sell in zip(batch.agg_id.tolist(), batch.time_ms.tolist(), batch.price.tolist(),
+                                        batch.qty.tolist(), batch.taker_sell.tolist()):
+                frame(stream, t, {"e": "aggTrade", "E": t + 2, "a": a, "s": sym, "p": _num(p), "q": _num(q),
+                                  "f": a, "l": a, "T": t, "m": sell})
+        for m in block.records.get("marks", []):
+            frame(f"{m['symbol'].lower()}@markPrice@1s", m["event_time"],
+                  {"e": "markPriceUpdate", "E": m["event_time"], "s": m["symbol"], "p": _num(m["mark_price"]),
+                   "i": _num(m["index_price"]), "P": _num(m["index_price"]), "r": _num(m["funding_rate"]),
+                   "T": m["next_funding_time"]})
+        for liq in block.records.get("liquidations", []):
+            qty = _num(liq["qty"])
+            frame("!forceOrder@arr", liq["event_time"],
+                  {"e": "forceOrder", "E": liq["event_time"],
+                   "o": {"s": liq["symbol"], "S": liq["side"], "o": "LIMIT", "f": "IOC", "q": qty,
+                         "p": _num(liq["price"]), "ap": _num(liq["avg_price"]), "X": "FILLED", "l": qty, "z": qty,
+                         "T": liq["trade_time"]}})
+        for b in block.records.get("books", []):
+            sym, t = b["symbol"], b["event_time"]
+            state = {"bids": {lv["price"]: lv["qty"] for lv in b["bids"]},
+                     "asks": {lv["price"]: lv["qty"] for lv in b["asks"]}}
+            if sym not in books:
+                last_u[sym] = 1_000_000
+                snapshots[sym] = (t + latency_ms, {
+                    "lastUpdateId": last_u[sym], "E": t, "T": t - 5,
+                    "bids": [[_num(p), _num(q)] for p, q in state["bids"].items()],
+                    "asks": [[_num(p), _num(q)] for p, q in state["asks"].items()]})
+            else:
+                diff = {side: [[_num(p), _num(q)] for p, q in state[side].items() if books[sym][side].get(p) != q]
+                        + [[_num(p), "0"] for p in books[sym][side] if p not in state[side]]
+                        for side in ("bids", "asks")}
+                if sym in chained:
+                    first, pu = last_u[sym] + 1, last_u[sym]
+                else:  # the first diff straddles the snapshot's id (Binance's sync rule)
+                    first, pu = last_u[sym], last_u[sym] - 1
+                    chained.add(sym)
+                last_u[sym] = first + 2
+                frame(f"{sym.lower()}@depth@100ms", t, {"e": "depthUpdate", "E": t, "T": t - 5, "s": sym, "U": first,
+                                                        "u": last_u[sym], "pu": pu, "b": diff["bids"], "a": diff["asks"]})
+            books[sym] = state
+    frames.sort()
+    streams = sorted({orjson.loads(text)["stream"] for _, _, text in frames[:10_000]} |
+                     {f"{s.lower()}@{k}" for s in symbols for k in ("aggTrade", "depth@100ms", "markPrice@1s")})
+    start = frames[0][0] / 1000 if frames else 0.0
+    with (directory / "ws_frames.txt").open("w", encoding="utf-8") as out:
+        out.write(f"wss://fstream.binance.com/stream?streams={'/'.join(streams)} <-> {start:.6f}\n")
+        for received, _, text in frames:
+            out.write(f"{received / 1000:.6f}: {text}\n")
+    with (directory / "rest_responses.txt").open("w", encoding="utf-8") as out:
+        for sym, (received, body) in snapshots.items():
+            out.write(f"https://fapi.binance.com/fapi/v1/depth?symbol={sym}&limit=1000 -> {received / 1000:.6f}: "
+                      f"{orjson.dumps(body).decode()}\n")
+    return directory
+
+
+def _num(value: float) -> str:
+    """A number as Binance writes it: a string that parses back to the same float."""
+    return repr(float(value))

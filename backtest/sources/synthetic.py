@@ -158,9 +158,7 @@ class SymbolGenerator:
         qty = self.median_qty * rng.lognormal(0.0, 0.9, n)
         whales = rng.random(n) < 0.02
         qty[whales] *= 1.0 + rng.pareto(1.3, int(whales.sum()))
-        qty = np.maximum(np.round(qty / self.lot) * self.lot, self.lot)
-        lot_decimals = max(0, -math.floor(math.log10(self.lot) + 1e-9))
-        qty = np.round(qty, lot_decimals)
+        qty = self._lots(qty)
         ids = np.arange(self.next_agg_id, self.next_agg_id + n, dtype=np.int64)
         self.next_agg_id += n
         trades = TradeBatch.from_arrays(EXCHANGE, self.symbol, ids, times, price, qty, taker_sell)
@@ -172,6 +170,11 @@ class SymbolGenerator:
             "indicators": self._indicators(start_ms, times, price, qty, taker_sell, mid_ticks),
         }
         return trades, records
+
+    def _lots(self, qty: np.ndarray) -> np.ndarray:
+        """Quantities on the lot grid (at least one lot), as clean decimals."""
+        decimals = max(0, -math.floor(math.log10(self.lot) + 1e-9))
+        return np.round(np.maximum(np.round(qty / self.lot), 1) * self.lot, decimals)
 
     # -- other inputs -----------------------------------------------------------------------------
     def _funding_rate(self, funding_time: int) -> float:
@@ -193,7 +196,8 @@ class SymbolGenerator:
             next_funding = (t // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS
             mark = round(float(mid_ticks[s]) * self.tick + self.tick / 2, 8)
             out.append({"exchange": EXCHANGE, "symbol": self.symbol, "mark_price": mark,
-                        "index_price": round(mark * (1 + noise[s]), 8), "funding_rate": self._funding_rate(next_funding),
+                        "index_price": round(mark * (1 + float(noise[s])), 8),
+                        "funding_rate": self._funding_rate(next_funding),
                         "next_funding_time": next_funding, "event_time": t, "receive_time": t + 15})
         return out
 
@@ -206,7 +210,7 @@ class SymbolGenerator:
             sizes = self.median_qty * 4 * self.rng.lognormal(0.0, 0.6, (2, BOOK_LEVELS))
             sizes[0] *= 1 + lean
             sizes[1] *= 1 - lean
-            sizes = np.maximum(np.round(sizes / self.lot) * self.lot, self.lot)
+            sizes = self._lots(sizes)
             bid = int(mid_ticks[s])
             bids = [{"price": self._price(bid - i), "qty": float(sizes[0, i])} for i in range(BOOK_LEVELS)]
             asks = [{"price": self._price(bid + 1 + i), "qty": float(sizes[1, i])} for i in range(BOOK_LEVELS)]
@@ -228,7 +232,7 @@ class SymbolGenerator:
             touch = int(mid_ticks[s]) + (0 if down else 1)
             avg = self._price(touch)
             usd = float(self.rng.lognormal(math.log(20_000), 1.3))
-            qty = max(round(usd / avg / self.lot) * self.lot, self.lot)
+            qty = float(self._lots(np.array([usd / avg]))[0])
             t = (sec_start + int(s)) * 1000 + int(self.rng.integers(0, 1000))
             out.append({"exchange": EXCHANGE, "symbol": self.symbol, "side": side,
                         "liquidated_side": "LONG" if side == "SELL" else "SHORT", "price": avg, "avg_price": avg,
