@@ -41,7 +41,11 @@ class Fees(_Model):
 class PaperFills(_Model):
     """How the paper broker fills orders.
 
-    Market orders fill at the first trade after submission, moved against us by `slippage_bps`.
+    Market orders fill at the first trade after submission, moved against us by `slippage_bps`; with
+    `slippage_model: book` and an md.book snapshot at most `book_max_age_ms` older than that trade,
+    also by what the order would have paid crossing that book: half the spread plus the walk of its
+    quantity through the snapshot's levels on the other side (the part beyond the levels shown at the
+    last one). Without a fresh book the fixed model applies.
     Limit orders fill at their price when the tape crosses it. Queue position is unknowable from
     aggregated trades, so it is an explicit assumption: `through` (default, conservative) assumes we
     sit at the back of the queue and fill only when a trade prints strictly beyond our price;
@@ -49,6 +53,8 @@ class PaperFills(_Model):
     """
 
     slippage_bps: float = Field(default=0.0, ge=0, le=500)
+    slippage_model: Literal["fixed", "book"] = "fixed"
+    book_max_age_ms: int = Field(default=5_000, gt=0)
     limit_queue: Literal["through", "touch"] = "through"
 
 

@@ -72,15 +72,21 @@ class TradeTick:
                    int(rec["trade_time"]), rec["taker_side"])
 
 
+Levels = tuple[tuple[float, float], ...]  # (price, qty), best first
+
+
 @dataclass(frozen=True, slots=True)
 class BookTop:
-    """Best bid and ask of one md.book snapshot (maker entry prices, mid for the slippage cap)."""
+    """Best bid and ask of one md.book snapshot (maker entry prices, mid for the slippage cap), and
+    the snapshot's levels (the paper broker's book-based slippage walks them)."""
 
     exchange: str
     symbol: str
     best_bid: float | None
     best_ask: float | None
     event_time: int
+    bids: Levels = ()
+    asks: Levels = ()
 
     @property
     def key(self) -> str:
@@ -94,9 +100,32 @@ class BookTop:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> BookTop:
-        bids, asks = rec["bids"], rec["asks"]
-        return cls(rec["exchange"], rec["symbol"], float(bids[0]["price"]) if bids else None,
-                   float(asks[0]["price"]) if asks else None, int(rec["event_time"]))
+        bids = tuple((float(level["price"]), float(level["qty"])) for level in rec["bids"])
+        asks = tuple((float(level["price"]), float(level["qty"])) for level in rec["asks"])
+        return cls(rec["exchange"], rec["symbol"], bids[0][0] if bids else None, asks[0][0] if asks else None,
+                   int(rec["event_time"]), bids, asks)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkTick:
+    """One md.mark record, reduced to what funding needs: the mark price and the funding rate that the
+    settlement at `next_funding_time` will charge (Binance's estimate until then; positive = longs pay)."""
+
+    exchange: str
+    symbol: str
+    mark_price: float
+    funding_rate: float
+    next_funding_time: int
+    event_time: int
+
+    @property
+    def key(self) -> str:
+        return market_key(self.exchange, self.symbol)
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> MarkTick:
+        return cls(rec["exchange"], rec["symbol"], float(rec["mark_price"]), float(rec["funding_rate"]),
+                   int(rec["next_funding_time"]), int(rec["event_time"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,10 @@
 """The executor's decision loop: signals, trades, book tops, kill-switch records and clock ticks in;
 order, fill, position and risk records out. Pure: no Kafka, no wall clock (every call takes `now_ms`).
 
+Inputs are records of signals, md.trades, md.book and md.mark; the streaming service (`execution.service`)
+and the backtest runner (`backtest.runner`) drive the same object, so exits, fills, costs and funding
+have one implementation.
+
 Per signal (strategy x exchange x symbol is a slot holding at most one position):
 1. parse (invalid -> block `invalid_signal`); already seen -> block `duplicate_signal`; older than
    max_signal_age -> block `stale_signal`;
@@ -13,6 +17,12 @@ Every decision is emitted to risk.events with its reason, signal decisions under
 `strategy:<name>:<exchange>:<symbol>` (the slot), market-data transitions under `symbol:...`. Per trade: the broker fills what the trade
 reaches, then every open position of the symbol evaluates its exits on the trade. Per clock tick: pause
 end, UTC day change, stale data and venue transitions, maker-entry timeouts.
+
+Funding: every md.mark record names the next funding time of its symbol and the rate it will charge
+(Binance's estimate, final at the settlement). The first trade or mark record of the symbol at or
+after that time settles it with the newest rate and mark price seen before it: every open position
+opened before the funding time pays qty x mark x rate (longs pay a positive rate, shorts a negative
+one), accumulated as the position's funding_r (`Position.pay_funding`).
 
 Idempotency: client order ids derive from the signal id (`client_ids`), and the executor remembers the
 signals it has handled for as long as they are young enough to be traded (older ones are refused as
@@ -50,6 +60,7 @@ from execution.config import ExecutorConfig
 from execution.domain import (
     BookTop,
     InvalidSignal,
+    MarkTick,
     Signal,
     TradeTick,
     direction_sign,
@@ -124,6 +135,15 @@ class _OrderInfo:
         self.reference, self.reason = reference, reason
 
 
+class _FundingDue:
+    """The next funding settlement of a symbol: when, at which rate, and the newest mark price before it."""
+
+    __slots__ = ("mark_price", "rate", "time")
+
+    def __init__(self, time: int, rate: float, mark_price: float) -> None:
+        self.time, self.rate, self.mark_price = time, rate, mark_price
+
+
 class Executor:
     def __init__(self, config: ExecutorConfig, mode: str, broker: Broker, sink: OutputSink, now_ms: int) -> None:
         self.config = config
@@ -142,6 +162,8 @@ class Executor:
         self.trade_time: dict[str, int] = {}  # market key -> newest trade time (exit orders' not-before)
         self.last_price: dict[str, float] = {}
         self.books: dict[str, BookTop] = {}
+        self.mark_time: dict[str, int] = {}  # market key -> newest mark event time
+        self.funding_due: dict[str, _FundingDue] = {}  # market key -> its next funding settlement
         self.owner_ok = True  # False when another executor may own some of our partitions (service sets it)
         self.reconcile_ok = True  # False after a failed reconciliation: entries blocked until one succeeds
 
@@ -198,8 +220,13 @@ class Executor:
         return decision
 
     def on_trade(self, record: Mapping[str, Any], now_ms: int) -> None:
-        tick = TradeTick.from_record(record)
+        self.on_trade_tick(TradeTick.from_record(record), now_ms)
+
+    def on_trade_tick(self, tick: TradeTick, now_ms: int) -> None:
         key = tick.key
+        due = self.funding_due.get(key)
+        if due is not None and tick.trade_time >= due.time:
+            self._settle_funding(key, due)
         if tick.trade_time > self.data_time.get(key, -1):
             self.data_time[key] = tick.trade_time
         if tick.trade_time >= self.trade_time.get(key, -1):
@@ -220,6 +247,25 @@ class Executor:
             self.data_time[book.key] = book.event_time
         self.books[book.key] = book
         self.broker.on_book(book)
+
+    def on_mark(self, record: Mapping[str, Any], now_ms: int) -> None:
+        """Track the next funding settlement of the symbol, settling the previous one once it is due."""
+        mark = MarkTick.from_record(record)
+        key = mark.key
+        if mark.event_time < self.mark_time.get(key, -1):
+            return  # older than what we have: it cannot tell us anything newer about funding
+        self.mark_time[key] = mark.event_time
+        due = self.funding_due.get(key)
+        if due is not None and mark.event_time >= due.time:
+            self._settle_funding(key, due)
+        if mark.event_time < mark.next_funding_time:
+            self.funding_due[key] = _FundingDue(mark.next_funding_time, mark.funding_rate, mark.mark_price)
+
+    def busy(self, key: str) -> bool:
+        """Whether anything of ours (an open position, an entry being worked) trades on market `key`:
+        otherwise a trade only updates the market's last price and times, so a caller that feeds the
+        trades of a quiet market may pass only its newest one (the backtest runner does)."""
+        return bool(self.by_market.get(key)) or any(e.signal.key == key for e in self.entries.values())
 
     def on_risk_record(self, record: Mapping[str, Any], now_ms: int) -> None:
         """Obey kill-switch records for our mode (other risk.events, including our own, are ignored)."""
@@ -406,6 +452,13 @@ class Executor:
         self.entries[entry.position_id] = entry
         self.slot_entry[sig.slot] = entry.position_id
         return entry
+
+    def _settle_funding(self, key: str, due: _FundingDue) -> None:
+        del self.funding_due[key]
+        for pid in self.by_market.get(key, ()):
+            pos = self.positions.get(pid)
+            if pos is not None:
+                pos.pay_funding(due.time, due.mark_price, due.rate)
 
     def _data_age(self, key: str, now_ms: int) -> float | None:
         t = self.data_time.get(key)

@@ -4,7 +4,8 @@ Model (all configurable in `PaperFills` / `Fees`):
 - MARKET: fills completely at the first trade of its symbol processed after submission whose trade
   time is not before `not_before_ms` (the signal's evaluation time or the exit's trigger trade, so
   the trade that caused a decision never fills it: the order reaches the market after it). The fill
-  price is that trade's price moved against us by `slippage_bps`; taker fee.
+  price is that trade's price moved against us by `slippage_bps`, and with `slippage_model: book`
+  and a fresh md.book snapshot also by the cost of crossing it (`book_impact`); taker fee.
 - LIMIT: fills completely at its own price (maker fee, no slippage) on the first such trade that
   crosses it: `through` = strictly beyond the price (we queue behind everyone at our level),
   `touch` = at the price or beyond. A post-only limit that would take liquidity on arrival (buy at or
@@ -102,12 +103,22 @@ class PaperBroker:
             if trade.trade_time < req.not_before_ms:
                 continue
             if req.type == "MARKET":
-                slip = self.fills.slippage_bps / 10_000
-                price = trade.price * (1 + slip) if req.side == "BUY" else trade.price * (1 - slip)
-                events += self._fill(order, trade, price, "taker", self.fees.taker)
+                events += self._fill(order, trade, self.market_fill_price(req, trade), "taker", self.fees.taker)
             elif self._crosses(req, trade.price):
                 events += self._fill(order, trade, req.price, "maker", self.fees.maker)
         return events
+
+    def market_fill_price(self, req: OrderRequest, trade: TradeTick) -> float:
+        """The trade price moved against the order by the modelled slippage (see the module docstring)."""
+        slip = self.fills.slippage_bps / 10_000
+        impact = 0.0
+        if self.fills.slippage_model == "book":
+            book = self._books.get(trade.key)
+            if book is not None and 0 <= trade.trade_time - book.event_time <= self.fills.book_max_age_ms:
+                impact = book_impact(book, req.side, req.qty)
+        if req.side == "BUY":
+            return trade.price * (1 + slip) + impact
+        return trade.price * (1 - slip) - impact
 
     # --- helpers ----------------------------------------------------------------------------------------
     def _crosses(self, req: OrderRequest, price: float) -> bool:
@@ -136,3 +147,24 @@ class PaperBroker:
                               trade.trade_time)
         update = OrderUpdate(req.client_order_id, "FILLED", req.qty, price, order.exchange_order_id, trade.trade_time)
         return [execution, update]
+
+
+def book_impact(book: BookTop, side: str, qty: float) -> float:
+    """What crossing `book` with a market order of `qty` costs per unit beyond the mid (>= 0): the
+    VWAP of walking the other side's levels minus the mid (buy) or the mid minus it (sell); a quantity
+    beyond the levels shown takes the last level's price. 0 without both sides."""
+    levels = book.asks if side == "BUY" else book.bids
+    if book.best_bid is None or book.best_ask is None or not levels or qty <= 0:
+        return 0.0
+    mid = (book.best_bid + book.best_ask) / 2
+    left, cost = qty, 0.0
+    for price, size in levels:
+        take = min(left, size)
+        cost += take * price
+        left -= take
+        if left <= 0:
+            break
+    if left > 0:
+        cost += left * levels[-1][0]
+    vwap = cost / qty
+    return max(0.0, vwap - mid if side == "BUY" else mid - vwap)

@@ -15,8 +15,12 @@ Costs are measured per fill and expressed in R, so the definitions hold for pape
   reference is the market price it executed against (paper: the trade before modelled slippage;
   live: the fill itself), for TP/SL legs the level (a stop that fills beyond its level through a gap
   pays the difference here, not in gross), for market exits the market price of the exit.
-So net = gross - fees_r - slippage_r equals the cash P&L of the fills divided by r_usd, which the
-tests check against an independent cash computation. Win rate counts net pnl_r > 0.
+- funding_r = funding paid at every funding settlement the position was open for, / r_usd: a
+  settlement charges qty x mark price x rate, paid by longs when the rate is positive and by shorts
+  when it is negative (received otherwise, so funding_r < 0 is income).
+So net = gross - fees_r - slippage_r - funding_r equals the cash P&L of the fills and funding
+divided by r_usd, which the tests check against an independent cash computation. Win rate counts
+net pnl_r > 0.
 
 This builds on `stream_apps.core.exits` (the engine's ExitPlan and its level-based `pnl_r` used by
 the backtest); for fills exactly at the levels both give the same net pnl_r (tested).
@@ -69,6 +73,12 @@ def fee_r(fee_quote: float, r_usd: float) -> float:
     return fee_quote / r_usd
 
 
+def funding_payment(direction: str, qty: float, mark_price: float, rate: float) -> float:
+    """Quote currency a position of `qty` pays at one funding settlement (< 0 = it receives):
+    notional at the mark price x rate, longs pay when the rate is positive, shorts when negative."""
+    return direction_sign(direction) * qty * mark_price * rate
+
+
 def slippage_r(direction: str, *, opening: bool, reference: float, price: float, fraction: float,
                risk_distance: float) -> float:
     """Cost in R of filling `fraction` of the position at `price` instead of `reference` (> 0 = worse).
@@ -84,10 +94,11 @@ class PnlBreakdown:
     gross_r: float
     fees_r: float
     slippage_r: float
+    funding_r: float = 0.0  # > 0 = paid
 
     @property
     def net_r(self) -> float:
-        return self.gross_r - self.fees_r - self.slippage_r
+        return self.gross_r - self.fees_r - self.slippage_r - self.funding_r
 
 
 def is_win(net_r: float) -> bool:

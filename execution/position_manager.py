@@ -19,6 +19,12 @@ is evaluated; a close requested meanwhile runs once it completes. A rejected exi
 next tick evaluates again (with a new client order id). Levels are anchored at the entry's market
 price (the signal's R multiples applied to where the position really opened), using the engine's
 `ExitPlan`. P&L: `execution.pnl`.
+
+Funding: the executor calls `pay_funding` at every funding settlement of the symbol (the first trade
+or mark record at or after the funding time); a position opened before that time and not yet closed
+pays (or receives) qty_open x mark price x rate, accumulated in R as `funding_r` and carried on every
+position event. After an executor restart, funding paid since the position's last event is not
+known (the events are the state; see `restore`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from execution.pnl import (
     TP1_FRACTION,
     PnlBreakdown,
     fee_r,
+    funding_payment,
     gross_pnl_r,
     price_move_r,
     slippage_r,
@@ -98,6 +105,7 @@ class Position:
     phase: Phase = "open"
     fees_r: float = 0.0
     slippage_r: float = 0.0
+    funding_r: float = 0.0  # > 0 = paid
     last_event_time: int = 0
     tp1_done: bool = False
     exit_reason: str | None = None
@@ -154,7 +162,8 @@ class Position:
                   opened["config_hash"], opened["exchange"], opened["symbol"], opened["mode"], opened["tier"], plan,
                   qty0, r_usd, opened_at=int(opened["event_time"]), qty_open=float(last["qty"]),
                   stop=float(last["sl_price"]), fees_r=float(last["fees_r"]), slippage_r=float(last["slippage_r"]),
-                  last_event_time=int(last["event_time"]), breakeven_offset_r=breakeven_offset_r)
+                  funding_r=float(last.get("funding_r") or 0.0), last_event_time=int(last["event_time"]),
+                  breakeven_offset_r=breakeven_offset_r)
         if tp1 is not None:
             pos.phase = "tp1"
             pos.tp1_done = True
@@ -186,6 +195,15 @@ class Position:
         return self.attempts.get(leg, 0)
 
     # --- inputs -------------------------------------------------------------------------------------------
+    def pay_funding(self, funding_time: int, mark_price: float, rate: float) -> float:
+        """Settle one funding time: the quote currency paid (< 0 received); 0 unless the position was
+        open at `funding_time` (opened before it, not closed)."""
+        if self.phase == "closed" or self.opened_at >= funding_time or self.qty_open <= 0:
+            return 0.0
+        paid = funding_payment(self.direction, self.qty_open, mark_price, rate)
+        self.funding_r += paid / self.r_usd
+        return paid
+
     def on_trade(self, price: float, trade_time: int) -> ExitIntent | None:
         """Evaluate SL, TP1, TP2 and timeout on one trade; returns the exit to send, if any."""
         if self.phase == "closed" or self.pending is not None or trade_time < self.last_event_time:
@@ -268,5 +286,5 @@ class Position:
                             exit_move_r=move, sl_r=self.plan.sl_r, breakeven_offset_r=self.breakeven_offset_r)
         self.phase = "closed"
         self.exit_reason = p.intent.reason
-        self.result = PnlBreakdown(gross, self.fees_r, self.slippage_r)
+        self.result = PnlBreakdown(gross, self.fees_r, self.slippage_r, self.funding_r)
         return ["closed"], None

@@ -85,5 +85,6 @@ def position_record(pos: Position, kind: str, event_time: int) -> dict[str, Any]
         "pnl_r_net": pos.result.net_r if closed and pos.result else None,
         "fees_r": pos.fees_r,
         "slippage_r": pos.slippage_r,
+        "funding_r": pos.funding_r,
         "event_time": event_time,
     }

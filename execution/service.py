@@ -1,10 +1,15 @@
 """`tapeflow execute --mode paper|testnet|live`: the executor as a process (Kafka in and out, metrics,
 health, restore on start).
 
-Inputs: `signals`, `md.trades`, `md.book` through one consumer group (`tapeflow-executor-<mode>`) with
-the range assignor, so partition i of all three lands on the same member (they are co-partitioned by
+Inputs: `signals`, `md.trades`, `md.book` and `md.mark` (funding) through one consumer group
+(`tapeflow-executor-<mode>`) with the range assignor, so partition i of all four lands on the same member (they are co-partitioned by
 `exchange:symbol`), and `risk.events` through a second, group-less consumer that follows kill-switch
 records. Outputs: orders, fills, positions, risk.events through the idempotent `Publisher`.
+
+Input order: inputs are processed in event-time order per partition (`execution.input_order`): when
+the executor is behind (a restart, a replay already in the broker) a signal is handled before the
+trades after its evaluation time, so fills are those of the backtest; live, every topic is at its end
+and inputs are handled as they arrive.
 
 State persistence (the design choice): the executor's own output topics are its state. On every
 partition assignment it reads `positions` and `orders` (the assigned partitions) and all of
@@ -51,6 +56,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from execution.broker import Broker
 from execution.config import ExecutorConfig, ExecutorConfigError, load_executor_config
 from execution.executor import Executor
+from execution.input_order import TIME_FIELD, InputAligner
 from execution.metrics import ExecutorMetrics
 from execution.reconcile import Reconciler
 from execution.safety import (
@@ -72,7 +78,7 @@ from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("executor")
 
-INPUTS = ("signals", "md.trades", "md.book")
+INPUTS = ("signals", "md.trades", "md.book", "md.mark")
 OUTPUTS = ("orders", "fills", "positions", "risk.events")
 
 
@@ -84,6 +90,7 @@ class ExecuteOptions:
     start_from: str = "latest"  # a new consumer group starts at the end of the inputs ("earliest" for tests)
     group_id: str | None = None  # default: <topic_prefix>tapeflow-executor-<mode>
     clock_interval_ms: int = 100  # pause ends, day change, stale data, maker timeouts
+    max_hold_s: float = 2.0  # inputs held for event-time order are released after this long without news
     commit_interval_ms: int = 1000
     restore_idle_s: float = 0.5
     stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
@@ -138,6 +145,8 @@ class ExecutorService:
         self.status = "starting"
         self.restores = 0
         self._names = {self.prefix + name: name for name in INPUTS}
+        self.aligner = InputAligner(INPUTS)
+        self._holding: dict[int, float] = {}  # partition -> since when its inputs wait for another topic
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self._group)
@@ -153,7 +162,8 @@ class ExecutorService:
         self._consumer = Consumer(consumer_config(
             self.bootstrap, self._group, **{"enable.auto.offset.store": False,
                                             "auto.offset.reset": self.options.start_from,
-                                            "partition.assignment.strategy": "range"}))
+                                            "partition.assignment.strategy": "range",
+                                            "enable.partition.eof": True}))
         self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower"))
         self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
@@ -162,15 +172,17 @@ class ExecutorService:
             while not stop.is_set():
                 for msg in self._consumer.consume(num_messages=500, timeout=0.02):
                     if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                            self.aligner.at_end(self._names[msg.topic()], msg.partition())
+                        else:
                             log.warning("consume error", error=msg.error().str())
                         continue
                     if self.executor is not None:
-                        self._handle(self.executor, msg)
-                        self._consumer.store_offsets(msg)
+                        self._hold(msg)
                 ex = self.executor
                 if ex is None:
                     continue
+                self._release(ex)
                 for msg in self._risk.consume(num_messages=100, timeout=0):
                     if msg.error():
                         continue
@@ -247,17 +259,45 @@ class ExecutorService:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit()
+        self.aligner.drop([(self._names[tp.topic], tp.partition) for tp in partitions if tp.topic in self._names])
+        for tp in partitions:
+            self._holding.pop(tp.partition, None)
         self.executor = None
         self.status = "rebalancing"
 
-    def _handle(self, ex: Executor, msg) -> None:
+    def _hold(self, msg) -> None:
+        """Decode an input and hand it to the aligner (`execution.input_order`); an undecodable one is
+        dead-lettered when its turn comes, so offsets are still stored in order."""
         name = self._names[msg.topic()]
         self.metrics.messages_in.labels(name).inc()
         try:
             record = self.serde.decode(msg.value())
+            when = int(record[TIME_FIELD[name]])
         except Exception as exc:  # not ours to fix: keep the bytes and the reason, go on
+            record, when = exc, self.aligner.newest(name, msg.partition())
+        self.aligner.add(name, msg.partition(), when, msg.offset(), (record, msg))
+
+    def _release(self, ex: Executor) -> None:
+        """Process the inputs the aligner releases; a partition held `max_hold_s` without news goes as is."""
+        now = time.monotonic()
+        for partition in sorted(self.aligner.partitions()):
+            released = self.aligner.release(partition)
+            if released:
+                self._holding.pop(partition, None)
+            elif now - self._holding.setdefault(partition, now) >= self.options.max_hold_s:
+                log.warning("inputs released without event-time order", partition=partition,
+                            held=self.aligner.held(partition))
+                released = self.aligner.release(partition, force=True)
+                self._holding.pop(partition, None)
+            for held in released:
+                record, msg = held.item
+                self._handle(ex, held.topic, record, msg)
+                self._consumer.store_offsets(msg)
+
+    def _handle(self, ex: Executor, name: str, record: dict | Exception, msg) -> None:
+        if isinstance(record, Exception):
             self.metrics.decode_errors.labels(name).inc()
-            self.publisher.dead_letter(dlq_topic(name), msg.topic(), msg.value() or b"", f"{exc}", "decode",
+            self.publisher.dead_letter(dlq_topic(name), msg.topic(), msg.value() or b"", f"{record}", "decode",
                                        key=msg.key())
             return
         now = self.clock()
@@ -265,6 +305,8 @@ class ExecutorService:
             ex.on_trade(record, now)
         elif name == "md.book":
             ex.on_book(record, now)
+        elif name == "md.mark":
+            ex.on_mark(record, now)
         else:
             decision = ex.on_signal(record, now)
             if decision.allowed:

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    TopicPartition,
+)
 
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import consumer_config
@@ -31,10 +38,13 @@ class TopicSnapshot:
 
 
 def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: AvroSerde, *,
-                idle_s: float = 0.5, timeout_s: float = 60.0) -> dict[str, TopicSnapshot]:
+                idle_s: float = 0.5, timeout_s: float = 60.0, start_ms: int | None = None,
+                on_record: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, TopicSnapshot]:
     """Every record of the given partitions (None = all) of each topic, in offset order per partition.
 
-    One consumer reads all topics at once, so the idle wait is paid once.
+    One consumer reads all topics at once, so the idle wait is paid once. `start_ms`: start at the
+    first record with a timestamp at or after it instead of the beginning. `on_record(topic, record)`:
+    hand each record over instead of keeping it (large reads: the backtest's topic source).
     """
     consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-state-{uuid.uuid4().hex[:8]}",
                                         **{"enable.partition.eof": True}))
@@ -46,8 +56,11 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
             if md is None or md.error is not None:
                 raise StateReadError(f"cannot read {topic}: {md.error if md else 'no such topic'}")
             parts = sorted(md.partitions) if partitions is None else sorted(partitions)
-            assignment += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts]
+            assignment += [TopicPartition(topic, p, OFFSET_BEGINNING if start_ms is None else start_ms) for p in parts]
             out[topic] = TopicSnapshot([], {p: 0 for p in parts})
+        if start_ms is not None:  # timestamps to offsets (-1 = after the end: nothing that new)
+            assignment = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                          for tp in consumer.offsets_for_times(assignment, timeout=10)]
         consumer.assign(assignment)
         at_end: set[tuple[str, int]] = set()
         deadline = time.monotonic() + timeout_s
@@ -69,7 +82,11 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
             last = time.monotonic()
             snap = out[msg.topic()]
             try:
-                snap.records.append(serde.decode(msg.value()))
+                record = serde.decode(msg.value())
+                if on_record is None:
+                    snap.records.append(record)
+                else:
+                    on_record(msg.topic(), record)
             except Exception as exc:
                 raise StateReadError(f"{msg.topic()}[{msg.partition()}]@{msg.offset()} cannot be decoded: {exc}") \
                     from exc

@@ -252,7 +252,7 @@ def position_event_row(r: Record) -> Row:
             r["exchange"], r["symbol"], r["mode"], r["event"], r["direction"], r["tier"], r["entry_price"],
             r["qty"], r["r_usd"], r["sl_price"], r["tp1_price"], r["tp2_price"], r.get("exit_price"),
             r.get("exit_reason"), r.get("pnl_r_gross"), r.get("pnl_r_net"), r.get("fees_r", 0.0),
-            r.get("slippage_r", 0.0), ms_to_datetime(r["event_time"]))
+            r.get("slippage_r", 0.0), ms_to_datetime(r["event_time"]), r.get("funding_r", 0.0))
 
 
 def risk_event_row(r: Record) -> Row:
@@ -349,7 +349,7 @@ POSITIONS = _spec("positions", [
     ("exchange", _T), ("symbol", _T), ("mode", _T), ("event", _T), ("direction", _T), ("tier", _T),
     ("entry_price", _F8), ("qty", _F8), ("r_usd", _F8), ("sl_price", _F8), ("tp1_price", _F8), ("tp2_price", _F8),
     ("exit_price", _F8), ("exit_reason", _T), ("pnl_r_gross", _F8), ("pnl_r_net", _F8), ("fees_r", _F8),
-    ("slippage_r", _F8), ("event_time", _TS),
+    ("slippage_r", _F8), ("event_time", _TS), ("funding_r", _F8),  # added by 0006: after event_time
 ], ("mode", "position_id", "event"), "event_time", position_event_row)
 
 RISK_EVENTS = _spec("risk_events", [

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import typer
 
+from backtest.cli import register as register_backtest
 from tapeflow import __version__
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
@@ -265,6 +266,10 @@ def backfill_binance_vision(
     echo(summary.to_json() if json_out else format_summary(summary))
 
 
+# --- backtest -----------------------------------------------------------------------------------
+register_backtest(app, lambda: state.settings())
+
+
 # --- engine -------------------------------------------------------------------------------------
 @app.command()
 def engine(
@@ -322,6 +327,9 @@ def execute(
                                           help="Executor settings (YAML/JSON): balance, risk %, fees, risk guard."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
+    from_beginning: bool = typer.Option(False, "--from-beginning",
+                                        help="A new consumer group starts at the beginning of its inputs, not "
+                                             "their end (trade a replay already in the broker)."),
 ) -> None:
     """Turn signals into orders: position manager, risk guard and the paper broker (or an exchange when keyed)."""
     import asyncio
@@ -333,7 +341,8 @@ def execute(
         raise fail(f"unknown mode {mode!r}: expected paper, testnet or live", 2)
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
-    options = ExecuteOptions(config_path=config, metrics_port=metrics_port, metrics_host=settings.metrics_host)
+    options = ExecuteOptions(config_path=config, metrics_port=metrics_port, metrics_host=settings.metrics_host,
+                             start_from="earliest" if from_beginning else "latest")
     raise typer.Exit(asyncio.run(run_executor(settings, mode, options)))
 
 

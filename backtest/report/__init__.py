@@ -43,7 +43,9 @@ def write_report(result: RunResult, out_dir: Path,
 
             path.write_text(markdown.render(doc, FILES["png"] if "png" in wanted else None), encoding="utf-8")
         elif fmt == "png":
-            from backtest.report import png  # matplotlib is imported only when a picture is wanted
+            from backtest.report import (
+                png,  # matplotlib is imported only when a picture is wanted
+            )
 
             png.render(doc, path)
         else:

@@ -15,8 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: never pick an interactive backend
 
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
 
 
 def _plain(text: str) -> str:

@@ -107,12 +107,17 @@ class VisionDownloader:
 
     def fetch(self, symbol: str, day: date) -> DayArchive | None:
         url = archive_url(self.base_url, symbol, day)
-        target = self.cache_dir / symbol / f"{archive_stem(symbol, day)}.zip"
+        got = self.fetch_url(url, self.cache_dir / symbol / f"{archive_stem(symbol, day)}.zip")
+        return DayArchive(day, got[0], got[1]) if got is not None else None
+
+    def fetch_url(self, url: str, target: Path) -> tuple[Path, str] | None:
+        """Any archive published with a `.CHECKSUM` beside it (aggTrades, metrics, klines...), cached at
+        `target`: (path, "cache" | "download"), or None when the server has no such file."""
         checksum_file = target.with_name(target.name + CHECKSUM_SUFFIX)
         if target.is_file() and checksum_file.is_file():
             try:
                 verify_checksum(target, parse_checksum(checksum_file.read_text(), target.name))
-                return DayArchive(day, target, "cache")
+                return target, "cache"
             except BackfillError as exc:
                 log.warning("cached archive failed verification, downloading again", file=str(target), error=str(exc))
         checksum_text = self._get_text(url + CHECKSUM_SUFFIX)
@@ -130,7 +135,7 @@ class VisionDownloader:
                                         f"{CHECKSUM_SUFFIX} ({expected}); from {url}")
         os.replace(part, target)
         atomic_write_text(checksum_file, checksum_text)
-        return DayArchive(day, target, "download")
+        return target, "download"
 
     # --- HTTP -----------------------------------------------------------------------------------
     def _get_text(self, url: str) -> str | None:

@@ -126,7 +126,7 @@ BTC_POSITION_CLOSED = {
     "config_hash": CONFIG_HASH, "exchange": "binance", "symbol": "BTCUSDT", "mode": "paper", "event": "closed",
     "direction": "LONG", "tier": "heavy", "entry_price": 67012.4, "qty": 0.0, "r_usd": 300.0,
     "sl_price": 67012.4, "tp1_price": 67254.5, "tp2_price": 67496.6, "exit_price": 67012.4,
-    "exit_reason": "sl_be", "pnl_r_gross": 0.5, "pnl_r_net": 0.221, "fees_r": 0.2768, "slippage_r": 0.0022,
+    "exit_reason": "sl_be", "pnl_r_gross": 0.5, "pnl_r_net": 0.221, "fees_r": 0.2768, "slippage_r": 0.0022, "funding_r": 0.0,
     "event_time": 1718001912007,
 }
 RISK_PAUSE = {

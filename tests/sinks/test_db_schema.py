@@ -101,7 +101,7 @@ def test_money_is_numeric_market_values_are_double_and_times_are_timestamptz(db)
     with psycopg.connect(db) as conn:
         assert _types(conn, "fills")["fee"] == "numeric"
         positions = _types(conn, "positions")
-        for col in ("r_usd", "pnl_r_gross", "pnl_r_net", "fees_r", "slippage_r"):
+        for col in ("r_usd", "pnl_r_gross", "pnl_r_net", "fees_r", "slippage_r", "funding_r"):
             assert positions[col] == "numeric", col
         assert positions["entry_price"] == "double precision"
         assert _types(conn, "risk_events")["daily_pnl_r"] == "numeric"

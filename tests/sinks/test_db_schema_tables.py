@@ -91,7 +91,7 @@ SAMPLES: dict[str, dict] = {
                   "symbol": "BTCUSDT", "mode": "paper", "event": "closed", "direction": "LONG", "tier": "heavy",
                   "entry_price": 42582.1, "qty": 0.0, "r_usd": 300.0, "sl_price": 42582.1, "tp1_price": 42651.29,
                   "tp2_price": 42720.48, "exit_price": 42720.48, "exit_reason": "tp", "pnl_r_gross": 1.125,
-                  "pnl_r_net": 1.0827, "fees_r": 0.0423, "slippage_r": 0.0, "event_time": T + 3_600_000},
+                  "pnl_r_net": 1.0827, "fees_r": 0.0423, "slippage_r": 0.0, "funding_r": 0.0, "event_time": T + 3_600_000},
     "risk.events": {"scope": "strategy:v53", "mode": "paper", "decision": "pause", "state": "paused",
                     "reason": "consecutive_losses", "daily_pnl_r": -3.1, "consecutive_losses": 5,
                     "paused_until": T + 3_600_000, "event_time": T},
@@ -102,7 +102,8 @@ SAMPLES: dict[str, dict] = {
 
 # columns whose table type is numeric (money): expected value is the Decimal of the literal
 NUMERIC = {("fills", "fee"), ("positions", "r_usd"), ("positions", "pnl_r_gross"), ("positions", "pnl_r_net"),
-           ("positions", "fees_r"), ("positions", "slippage_r"), ("risk_events", "daily_pnl_r")}
+           ("positions", "fees_r"), ("positions", "slippage_r"), ("positions", "funding_r"),
+           ("risk_events", "daily_pnl_r")}
 RENAMED = {"source_partition": "partition", "source_offset": "offset", "raw_key": "key", "raw_value": "value"}
 
 

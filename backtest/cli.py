@@ -1,0 +1,379 @@
+"""``tapeflow backtest``: the command's logic (the ``tapeflow`` CLI only registers it, see ``register``).
+
+Flow: validate strategies, symbols, range and source (each failure one ``error:`` line, exit 2 for
+bad arguments, 1 for "nothing to test"), run ``BacktestRunner`` with a progress bar (event time,
+ETA, trades/s) on stderr, write ``result.json`` and the report (``backtest.result_io``), print a short
+summary and where the report is. Ctrl-C stops at the next slice and still writes everything, marked
+partial (exit code 130); a second Ctrl-C aborts at once without a report.
+
+Times: ``--from``/``--to`` are UTC dates (``2024-01-01``) or times (``2024-01-01T12:00``); a date
+given to ``--to`` includes that whole day, a time is the exclusive end.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from backtest.model import RunResult
+    from execution.config import ExecutorConfig
+    from stream_apps.core.strategy import StrategyConfig
+    from tapeflow_runtime.settings import Settings
+
+INTERRUPTED = 130  # exit code of a run stopped by Ctrl-C (its report is written, marked partial)
+DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+DEMO_HOURS = 30  # the shipped strategies warm up for 24 h of data first
+DEMO_START = datetime(2024, 3, 1, tzinfo=UTC)
+DEMO_SEED = 7
+# quieter than the synthetic defaults (30 and 20 trades/s): the engine evaluates every second that has
+# trades, and the demo must finish in about a minute on a laptop (benchmarks/RESULTS.md has the speeds)
+DEMO_RATES = {"BTCUSDT": 0.5, "ETHUSDT": 0.4}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_time(text: str, option: str, *, end: bool = False) -> int:
+    """Epoch ms of a UTC date or date-time; an end date means the end of that day."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC) + (timedelta(days=1) if end else timedelta())
+        else:
+            moment = datetime.fromisoformat(text)
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except ValueError:
+        raise CliError(f"{option} {text!r}: expected a UTC date (2024-01-01) or time (2024-01-01T12:00)") from None
+    return int(moment.timestamp() * 1000)
+
+
+def fmt_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
+    """Add ``backtest`` to the ``tapeflow`` app; ``settings`` loads the stack settings when needed."""
+
+    @app.command("backtest")
+    def backtest(
+        strategy: list[Path] = typer.Option(
+            [], "--strategy", "-s", help="Strategy file (YAML/JSON); repeat for A/B. Default: the shipped ones."),
+        symbols: str | None = typer.Option(None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."),
+        from_: str | None = typer.Option(
+            None, "--from", help="Start, UTC date or time (2024-01-01[T00:00]); a recording: default its start."),
+        to: str | None = typer.Option(None, "--to", help="End, UTC; a date includes that day. A recording: its end."),
+        source: str = typer.Option(
+            "vision", "--source",
+            help="vision[:DIR] | synthetic[:SEED] | recording:DIR | db | topics (md.* by time from the broker)."),
+        out: Path | None = typer.Option(None, "--out", help="Report directory. Default: TAPEFLOW_HOME/backtests/<time>."),
+        executor_config: Path | None = typer.Option(
+            None, "--executor-config", help="Executor settings (fees, slippage model, risk limits) as for `execute`."),
+        account: str = typer.Option(
+            "per-strategy", "--account",
+            help="per-strategy: each strategy trades its own paper account; shared: one account (as one stack)."),
+        formats: str | None = typer.Option(None, "--format", help="Report formats, e.g. json,md,png,html (default all)."),
+        vision_url: str | None = typer.Option(None, "--vision-url", help="Binance Vision base URL (a mirror)."),
+        cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Download cache. Default: TAPEFLOW_HOME/vision."),
+        demo: bool = typer.Option(False, "--demo", help=f"Offline demo: {DEMO_HOURS} h of synthetic "
+                                  f"{'/'.join(DEMO_SYMBOLS)}, shipped strategies."),
+        verify_against_topics: bool = typer.Option(
+            False, "--verify-against-topics",
+            help="Backtest md.* from the broker and compare signals and positions with what the stack published."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    ) -> None:
+        """Run strategies over history through the live engine and paper executor; write a report."""
+        try:
+            code = run_command(
+                settings, strategy_files=strategy, symbols=symbols, from_=from_, to=to, source=source, out=out,
+                executor_config=executor_config, account=account, formats=formats, vision_url=vision_url,
+                cache_dir=cache_dir, demo=demo, verify=verify_against_topics, progress=not no_progress)
+        except CliError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.code) from None
+        raise typer.Exit(code)
+
+
+def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path], symbols: str | None,
+                from_: str | None, to: str | None, source: str, out: Path | None, executor_config: Path | None,
+                account: str, formats: str | None, vision_url: str | None, cache_dir: Path | None, demo: bool,
+                verify: bool, progress: bool) -> int:
+    from backtest.result_io import write_outputs
+    from backtest.runner import BacktestRunner
+    from backtest.sources import SourceError, open_source
+    from execution.config import ExecutorConfigError, load_executor_config
+    from stream_apps.core.strategy import (
+        StrategyConfigError,
+        default_strategy_dir,
+        load_strategies,
+        load_strategy,
+    )
+
+    try:
+        strategies = [load_strategy(p) for p in strategy_files] if strategy_files else load_strategies(default_strategy_dir())
+    except StrategyConfigError as exc:
+        raise CliError(f"bad strategy file: {exc}") from None
+    names = [s.name for s in strategies]
+    if len(set(names)) != len(names):
+        raise CliError(f"strategy names must be unique for an A/B run, got {', '.join(names)}")
+    try:
+        config = load_executor_config(executor_config)
+    except ExecutorConfigError as exc:
+        raise CliError(f"bad executor config: {exc}") from None
+    if account not in ("per-strategy", "shared"):
+        raise CliError(f"--account {account!r}: use per-strategy or shared")
+    report_formats = tuple(f.strip() for f in formats.split(",") if f.strip()) if formats else None
+    if report_formats is not None:
+        from backtest.report import FORMATS
+
+        unknown = [f for f in report_formats if f not in FORMATS]
+        if unknown or not report_formats:
+            raise CliError(f"--format {formats!r}: choose from {', '.join(FORMATS)}")
+
+    if verify:
+        return verify_command(settings(), strategies, config, symbols=symbols, from_=from_, to=to, out=out,
+                              progress=progress)
+    if demo:
+        source = f"synthetic:{DEMO_SEED}"
+        start = int(DEMO_START.timestamp() * 1000)
+        from_ms, to_ms = start, start + DEMO_HOURS * 3_600_000
+        symbol_list = list(DEMO_SYMBOLS) if symbols is None else symbols.split(",")
+    else:
+        from_ms = parse_time(from_, "--from") if from_ is not None else None
+        to_ms = parse_time(to, "--to", end=True) if to is not None else None
+        if symbols:
+            symbol_list = symbols.split(",")
+        else:  # a recording's own symbols, else the configured ones
+            symbol_list = None if source.startswith("recording:") else list(settings().symbols)
+
+    options: dict[str, Any] = {"vision_url": vision_url}
+    if demo:
+        options["trades_per_s"] = DEMO_RATES
+    kind = source.partition(":")[0]
+    if kind == "vision":
+        options["cache_dir"] = cache_dir or settings().home / "vision"
+    elif kind == "db":
+        options["database_url"] = _database_url(settings())
+    elif kind == "topics":
+        s = settings()
+        options.update(bootstrap=_bootstrap(s), topic_prefix=s.topic_prefix, registry_url=s.schema_registry_url)
+    try:
+        src = open_source(source, symbol_list, from_ms, to_ms, **options)
+    except SourceError as exc:
+        raise CliError(str(exc)) from None
+
+    runner = BacktestRunner(strategies, config, account="shared" if account == "shared" else "per_strategy")
+    from_ms, to_ms = src.from_ms, src.to_ms
+    typer.echo(f"backtest: {src.name}, {','.join(src.symbols)}, {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC, "
+               f"{', '.join(names)} (Ctrl-C writes a partial report)", err=True)
+    result = run_with_progress(runner, src, progress)
+    if result.trades_processed == 0:
+        where = f"; {len(result.missing)} missing, first: {result.missing[0]}" if result.missing else ""
+        raise CliError(f"no market data for {','.join(src.symbols)} from {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC "
+                       f"in {src.name}{where}", 1)
+    out_dir = out or settings().home / "backtests" / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+    written = write_outputs(result, out_dir, report_formats)
+    print_summary(result, written, store(result, settings))
+    return INTERRUPTED if result.partial else 0
+
+
+def _bootstrap(settings: Settings) -> str:
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
+
+    try:
+        return resolve_broker(settings, StackPaths(settings.home))
+    except TapeflowError as exc:
+        raise CliError(str(exc), 1) from None
+
+
+def _database_url(settings: Settings) -> str:
+    from tapeflow_runtime.endpoints import resolve_database
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
+
+    try:
+        endpoints = resolve_database(settings, StackPaths(settings.home))
+    except TapeflowError as exc:
+        raise CliError(str(exc), 1) from None
+    return endpoints.readonly or endpoints.owner
+
+
+def store(result: RunResult, settings: Callable[[], Settings]) -> str:
+    """Store the run in ``backtest_runs``/``backtest_trades`` when a database is configured (external,
+    or the embedded stack running); what happened, for the summary. Never fails the run."""
+    import psycopg
+
+    from backtest.report import store_run
+    from tapeflow_runtime.endpoints import resolve_database
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
+
+    try:
+        s = settings()
+        endpoints = resolve_database(s, StackPaths(s.home))
+    except TapeflowError:
+        return "not stored (no database: TAPEFLOW_DATABASE_URL unset and no stack running)"
+    try:
+        store_run(result, endpoints.writer)
+    except psycopg.Error as exc:
+        return f"not stored: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+    return f"stored as run {result.run_id} in backtest_runs/backtest_trades"
+
+
+def run_with_progress(runner: Any, src: Any, progress: bool) -> RunResult:
+    """Run with the Ctrl-C rule of the module docstring and a progress bar when stderr is a terminal."""
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame) -> None:
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        sys.stderr.write("\ninterrupted: finishing the current slice and writing a partial report "
+                         "(Ctrl-C again to abort)\n")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        if progress and sys.stderr.isatty():
+            with _Bar(src) as bar:
+                return runner.run(src, progress=bar.update, stop=lambda: stop["requested"])
+        return runner.run(src, stop=lambda: stop["requested"])
+    except KeyboardInterrupt:
+        raise CliError("aborted; no report written", 130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Bar:
+    """rich progress over event time, with ETA, trades/s, signals and closed trades (stderr)."""
+
+    def __init__(self, src: Any) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[stats]}"), console=Console(stderr=True), transient=False)
+        self.from_ms, self.to_ms = src.from_ms, src.to_ms
+        self.started = time.monotonic()
+        self.task = self.progress.add_task(f"backtest {src.name}", total=(self.to_ms - self.from_ms) / 1000,
+                                           rate="", stats="")
+
+    def __enter__(self) -> _Bar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, p: Any) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        self.progress.update(
+            self.task, completed=(p.event_time_ms - self.from_ms) / 1000,
+            description=f"backtest {fmt_ms(p.event_time_ms)}",
+            rate=f"{p.trades / elapsed:,.0f} trades/s",
+            stats=f"{p.trades:,} trades, {p.signals} signals, {p.closed} closed")
+
+
+def print_summary(result: RunResult, written: dict[str, Path], stored: str = "") -> None:
+    from collections import defaultdict
+
+    seconds = max((result.finished_at_ms - result.started_at_ms) / 1000, 1e-9)
+    status = "PARTIAL (interrupted)" if result.partial else "complete"
+    typer.echo(f"backtest {status}: {result.source}, {','.join(result.symbols)}, "
+               f"{fmt_ms(result.from_ms)} to {fmt_ms(result.to_ms)} UTC")
+    typer.echo(f"  {result.trades_processed:,} trades and {result.events_processed - result.trades_processed:,} other "
+               f"inputs in {seconds:.1f} s ({result.trades_processed / seconds:,.0f} trades/s), "
+               f"{result.evaluations:,} evaluations, {result.signals} signals")
+    by_strategy: dict[str, list[float]] = defaultdict(list)
+    for t in result.trades:
+        by_strategy[t.strategy].append(t.pnl_r_net)
+    for info in result.strategies:
+        nets = by_strategy.get(info.name, [])
+        wins = sum(1 for r in nets if r > 0)
+        rate = f", win rate {wins / len(nets):.0%}" if nets else ""
+        typer.echo(f"  {info.name} {info.version}: {len(nets)} trades, net {sum(nets):+.2f}R{rate}")
+    if result.missing:
+        typer.echo(f"  missing: {len(result.missing)} (e.g. {result.missing[0]})")
+    if result.bad_rows:
+        typer.echo(f"  bad rows: {result.params.get('bad_row_count', len(result.bad_rows))} (e.g. {result.bad_rows[0]})")
+    if stored:
+        typer.echo(f"  database: {stored}")
+    typer.echo("report:")
+    for kind, path in written.items():
+        typer.echo(f"  {kind}: {path}")
+
+
+def verify_command(settings: Settings, strategies: list[StrategyConfig], config: ExecutorConfig, *,
+                   symbols: str | None, from_: str | None, to: str | None, out: Path | None, progress: bool) -> int:
+    from backtest.result_io import write_outputs
+    from backtest.runner import BacktestRunner
+    from backtest.sources import SourceError, check_symbols
+    from backtest.sources.topics import TopicSource
+    from backtest.verify import WARMUP_MS, compare
+    from execution.state_reader import StateReadError, read_to_end
+    from schemas.registry import registry_from_url
+    from schemas.serde import AvroSerde
+
+    if from_ is None or to is None:
+        raise CliError("--verify-against-topics needs --from and --to (the range to compare)")
+    from_ms, to_ms = parse_time(from_, "--from"), parse_time(to, "--to", end=True)
+    if to_ms <= from_ms:
+        raise CliError("--to must be after --from")
+    try:
+        symbol_list = check_symbols(symbols.split(",") if symbols else list(settings.symbols))
+    except SourceError as exc:
+        raise CliError(str(exc)) from None
+    bootstrap = _bootstrap(settings)
+    prefix = settings.topic_prefix
+    source = TopicSource(bootstrap, symbol_list, from_ms - WARMUP_MS, to_ms, topic_prefix=prefix,
+                         registry_url=settings.schema_registry_url)
+    runner = BacktestRunner(strategies, config, account="shared")
+    typer.echo(f"verify: md.* of {','.join(symbol_list)} from {fmt_ms(source.from_ms)} (25 h of warm-up) to "
+               f"{fmt_ms(to_ms)} UTC, comparing {fmt_ms(from_ms)} to {fmt_ms(to_ms)}", err=True)
+    try:
+        result = run_with_progress(runner, source, progress)
+        stack = read_to_end(bootstrap, {prefix + "signals": None, prefix + "positions": None, prefix + "risk.events": None},
+                            AvroSerde(registry_from_url(settings.schema_registry_url)), idle_s=1.0, timeout_s=600)
+    except (SourceError, StateReadError) as exc:
+        raise CliError(str(exc), 1) from None
+    if result.trades_processed == 0:
+        raise CliError(f"no md.trades records for {','.join(symbol_list)} in the broker in that range", 1)
+    comparison = compare(stack[prefix + "signals"].records, stack[prefix + "positions"].records, runner.signals,
+                         runner.position_events(), [(s.name, s.config_hash) for s in strategies], symbol_list,
+                         from_ms, to_ms, stack[prefix + "risk.events"].records)
+    if out is not None:
+        for kind, path in write_outputs(result, out).items():
+            typer.echo(f"report {kind}: {path}")
+    typer.echo(f"signals compared: {comparison.signals_compared}, positions compared: {comparison.positions_compared}")
+    for key, count in sorted(comparison.not_compared.items()):
+        typer.echo(f"  not compared: {count} signals of {key} (pass its strategy file to compare them)")
+    if comparison.identical:
+        typer.echo("identical: the backtest reproduces every signal and position the stack published")
+        return 0
+    typer.echo(f"{len(comparison.differences)} differences:")
+    for line in comparison.differences[:50]:
+        typer.echo(f"  {line}")
+    if len(comparison.differences) > 50:
+        typer.echo(f"  ... and {len(comparison.differences) - 50} more")
+    return 1

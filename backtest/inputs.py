@@ -1,0 +1,145 @@
+"""What a backtest source delivers: market inputs cut into event-time slices, as the producers publish them.
+
+Why one shape for every source (synthetic, recording, Binance Vision, database, topics): the runner
+must not know where data came from, and the records must be exactly what the live pipeline's
+consumers receive, so the engine and the executor are fed through the same adapters as live
+(``stream_apps.core.events.*_from_record`` for the engine, ``Executor.on_*`` for execution). Trades
+are columnar (``TradeBatch``, one per ``exchange:symbol``) because they are most of the volume; the
+other inputs are the Avro-shaped records of ``md.book``, ``md.mark``, ``md.liquidations`` and
+``md.indicators``.
+
+A slice holds every input whose *engine time* lies in ``[start_ms, end_ms)`` (the time the engine
+orders it by: trade time, book/mark event time, liquidation trade time, indicator receive time; see
+``stream_apps.core.events``), each kind in time order. ``SliceCutter`` turns day- or hour-sized
+blocks of time-ordered inputs into such slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from stream_apps.core.events import TradeBatch
+
+Record = dict[str, Any]
+RECORD_KINDS = ("books", "marks", "liquidations", "indicators")
+# the field each record kind is ordered by in the engine (stream_apps.core.events.*_from_record)
+ENGINE_TIME = {"books": "event_time", "marks": "event_time", "liquidations": "trade_time",
+               "indicators": "receive_time"}
+
+
+def market_key(exchange: str, symbol: str) -> str:
+    return f"{exchange}:{symbol}"
+
+
+@dataclass
+class MarketSlice:
+    start_ms: int
+    end_ms: int
+    trades: dict[str, TradeBatch] = field(default_factory=dict)
+    books: list[Record] = field(default_factory=list)
+    marks: list[Record] = field(default_factory=list)
+    liquidations: list[Record] = field(default_factory=list)
+    indicators: list[Record] = field(default_factory=list)
+
+    @property
+    def trade_count(self) -> int:
+        return sum(len(b) for b in self.trades.values())
+
+    @property
+    def record_count(self) -> int:
+        return len(self.books) + len(self.marks) + len(self.liquidations) + len(self.indicators)
+
+    def keys(self) -> set[str]:
+        keys = set(self.trades)
+        for kind in RECORD_KINDS:
+            keys.update(market_key(r["exchange"], r["symbol"]) for r in getattr(self, kind))
+        return keys
+
+
+@dataclass
+class SourceReport:
+    """What a source could not deliver: listed in the run result, never fatal."""
+
+    missing: list[str] = field(default_factory=list)  # "BTCUSDT 2024-01-02 aggTrades: no file at <url>"
+    bad_rows: list[str] = field(default_factory=list)  # "<file>:<line>: <reason>"
+    notes: dict[str, str] = field(default_factory=dict)  # input -> how it is approximated or why it is absent
+    bad_row_count: int = 0
+
+    def add_bad_row(self, text: str, limit: int = 1000) -> None:
+        self.bad_row_count += 1
+        if len(self.bad_rows) < limit:
+            self.bad_rows.append(text)
+
+
+class Source(Protocol):
+    """A backtest input source (see ``backtest.sources``)."""
+
+    name: str  # e.g. "synthetic:7", "vision:/data", "db"
+    exchange: str
+    symbols: list[str]
+    from_ms: int
+    to_ms: int
+    report: SourceReport
+
+    def inputs(self) -> set[str]:
+        """The inputs this source can deliver at all: "trades", "book", "mark", "liquidations" and
+        indicator kinds (``open_interest_hist``, ``coinbase_premium``...)."""
+        ...
+
+    def slices(self) -> Iterator[MarketSlice]:
+        """Inputs in ``[from_ms, to_ms)`` as consecutive slices in time order."""
+        ...
+
+
+@dataclass
+class Block:
+    """A time-ordered block of inputs covering ``[start_ms, end_ms)`` (e.g. one day of one source)."""
+
+    start_ms: int
+    end_ms: int
+    trades: dict[str, TradeBatch] = field(default_factory=dict)
+    records: dict[str, list[Record]] = field(default_factory=dict)  # kind -> records in engine-time order
+
+
+class SliceCutter:
+    """Cuts consecutive ``Block``s into slices of ``slice_ms`` aligned to multiples of it, clipped to
+    ``[from_ms, to_ms)``. Blocks must come in time order and not overlap."""
+
+    def __init__(self, from_ms: int, to_ms: int, slice_ms: int = 60_000) -> None:
+        if slice_ms <= 0 or slice_ms % 1000:
+            raise ValueError("slice_ms must be a positive whole number of seconds")
+        self.from_ms, self.to_ms, self.slice_ms = from_ms, to_ms, slice_ms
+
+    def cut(self, blocks: Iterable[Block]) -> Iterator[MarketSlice]:
+        for block in blocks:
+            start, end = max(block.start_ms, self.from_ms), min(block.end_ms, self.to_ms)
+            if end <= start:
+                continue
+            trades = {k: b.take(slice(*np.searchsorted(b.time_ms, [start, end], side="left")))
+                      for k, b in block.trades.items()}
+            times = {kind: np.fromiter((r[ENGINE_TIME[kind]] for r in recs), dtype=np.int64, count=len(recs))
+                     for kind, recs in block.records.items()}
+            edge = start
+            while edge < end:
+                stop = min((edge // self.slice_ms + 1) * self.slice_ms, end)
+                piece = MarketSlice(edge, stop)
+                for key, batch in trades.items():
+                    lo, hi = np.searchsorted(batch.time_ms, [edge, stop], side="left")
+                    if hi > lo:
+                        piece.trades[key] = batch.take(slice(lo, hi))
+                for kind, recs in block.records.items():
+                    lo, hi = np.searchsorted(times[kind], [edge, stop], side="left")
+                    if hi > lo:
+                        setattr(piece, kind, recs[lo:hi])
+                yield piece
+                edge = stop
+
+
+def sort_records(records: list[Record], kind: str) -> list[Record]:
+    """Records of one kind in engine-time order (stable: equal times keep their order)."""
+    field_name = ENGINE_TIME[kind]
+    return sorted(records, key=lambda r: r[field_name])

@@ -1,0 +1,433 @@
+"""The backtest runner: history through the live pipeline's engine core and executor, in event-time order.
+
+Nothing here decides a signal, an exit, a fill or a cost: the runner only orders the inputs and hands
+them to the objects the live services run.
+
+- Engine: one ``stream_apps.core.engine.Engine`` per ``exchange:symbol`` with every strategy, fed like
+  the live worker feeds its per-key engines (``KeyedEngine``: ``Engine.process(trades, events)``
+  without a caller clock, inputs in event-time order); so cadence, clock and warm-up are the live ones.
+- Execution: ``execution.executor.Executor`` with the ``PaperBroker`` and the executor config (fees,
+  slippage model, risk guard, funding), fed signals, trades, book and mark records with ``now_ms`` =
+  event time. One executor per strategy (``account="per_strategy"``, the default: in an A/B run one
+  strategy's losses never pause another) or one for all (``"shared"``, as a stack running the
+  strategies together trades them).
+
+Order seen by the executor (deterministic, independent of slicing): by event time; at equal times a
+signal, then mark and book records, then trades. A signal evaluated at ``T`` (from trades before
+``T``) therefore reaches the executor before any trade at or after ``T``, and its market entry fills
+at the first trade at or after ``T`` (the paper broker's ``not_before_ms``): zero latency between
+the evaluation and the order. To guarantee that across symbols, the executor runs one slice behind
+the engine; a signal the engine produces later than that (a symbol silent for more than a slice) is
+handed over when it is produced, with ``now_ms`` = that later time, so the executor's signal-age
+rule sees it as late, as the live executor would.
+
+Speed: a trade changes the executor's state only for a market where it has a position or an entry
+order (``Executor.busy``); for any other market only the newest trade before the next signal, mark
+or book record is passed (the executor keeps the last price and time), which is what makes a run
+over millions of trades affordable without a second execution model. ``on_clock`` is called with
+event time at most once per second of event time (pause ends, UTC day roll, maker timeouts).
+
+Coverage (``RunResult.coverage``): for every layer a strategy uses (weight > 0) and every gate it
+configures, per symbol, how many of its evaluations had the input present (the engine's feature
+``inputs`` hold only available values); liquidations are present when the source has them at all.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from backtest.inputs import MarketSlice, Record, Source
+from backtest.model import BacktestTrade, CoverageRow, RunResult, StrategyInfo
+from execution.config import ExecutorConfig
+from execution.domain import TradeTick
+from execution.executor import Executor
+from execution.paper_broker import PaperBroker
+from stream_apps.core.engine import Engine, EngineParams
+from stream_apps.core.events import (
+    book_from_record,
+    indicator_from_record,
+    liquidation_from_record,
+    mark_from_record,
+)
+from stream_apps.core.strategy import StrategyConfig
+
+Account = Literal["per_strategy", "shared"]
+MODE = "paper"
+
+# layer -> inputs (feature ``inputs`` names) whose presence the layer needs; "trades" and
+# "liquidations" are special: trades are what every evaluation is made of, liquidations are sums
+# that read 0 without data, so they are present when the source delivers them at all
+LAYER_INPUTS: Mapping[str, tuple[str, ...]] = {
+    "direction": ("trades",),
+    "crowding": ("long_short_ratio", "top_trader_long_share"),
+    "environment": ("oi_change",),
+    "confirmation": ("vwap_30m",),
+    "auxiliary": ("coinbase_premium",),
+    "funding": ("funding_rate",),
+    "liquidation": ("liquidations",),
+}
+GATE_INPUTS: Mapping[str, str] = {"min_atr_price": "atr_price_ratio", "obi_against": "obi",
+                                  "spot_perp_divergence": "spot_perp_divergence", "whale_against": "whale_ratio_15m"}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands (passed to the progress callback after every slice)."""
+
+    event_time_ms: int
+    from_ms: int
+    to_ms: int
+    trades: int
+    events: int
+    evaluations: int
+    signals: int
+    closed: int
+
+
+@dataclass
+class _Control:
+    """A non-trade executor input, ordered by (time, rank, seq)."""
+
+    time: int
+    rank: int  # 0 signal, 1 mark, 2 book
+    seq: int
+    record: Record
+    key: str
+
+
+class BacktestSink:
+    """The executor's ``OutputSink`` in a backtest: closed positions become ``BacktestTrade`` rows, the
+    rest is counted (a long run must not keep every order record)."""
+
+    healthy = True
+
+    def __init__(self, signal_scores: Mapping[str, float]) -> None:
+        self.signal_scores = signal_scores
+        self.trades: list[BacktestTrade] = []
+        self.opened: dict[str, Record] = {}
+        self.tp1: set[str] = set()
+        self.counts: Counter[str] = Counter()
+        self.decisions: Counter[str] = Counter()  # risk.events reasons of blocked/paused entries
+        self.positions: list[Record] = []  # every position event (for --verify-against-topics)
+
+    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
+        self.counts[topic] += 1
+        if topic == "risk.events":
+            if record["decision"] != "allow":
+                self.decisions[record["reason"]] += 1
+            return
+        if topic != "positions":
+            return
+        self.positions.append(record)
+        pid, event = record["position_id"], record["event"]
+        if event == "opened":
+            self.opened[pid] = record
+        elif event == "tp1":
+            self.tp1.add(pid)
+        elif event == "closed":
+            self.trades.append(self._trade(self.opened.pop(pid), record, pid in self.tp1))
+            self.tp1.discard(pid)
+
+    def barrier(self) -> None:
+        """Nothing to make durable: paper mode never calls it."""
+
+    def _trade(self, opened: Record, closed: Record, tp1_hit: bool) -> BacktestTrade:
+        return BacktestTrade(
+            position_id=closed["position_id"], signal_id=closed["signal_id"], strategy=closed["strategy"],
+            strategy_version=closed["strategy_version"], config_hash=closed["config_hash"],
+            exchange=closed["exchange"], symbol=closed["symbol"], direction=closed["direction"], tier=closed["tier"],
+            score=float(self.signal_scores.get(closed["signal_id"], float("nan"))),
+            entry_time=int(opened["event_time"]), exit_time=int(closed["event_time"]),
+            entry_price=float(opened["entry_price"]), exit_price=float(closed["exit_price"]),
+            sl_price=float(opened["sl_price"]), tp1_price=float(opened["tp1_price"]),
+            tp2_price=float(opened["tp2_price"]), risk_distance=abs(float(opened["entry_price"]) - float(opened["sl_price"])),
+            exit_reason=closed["exit_reason"], tp1_hit=tp1_hit, r_usd=float(closed["r_usd"]),
+            pnl_r_gross=float(closed["pnl_r_gross"]), fees_r=float(closed["fees_r"]),
+            slippage_r=float(closed["slippage_r"]), funding_r=float(closed.get("funding_r") or 0.0),
+            pnl_r_net=float(closed["pnl_r_net"]))
+
+
+@dataclass
+class _Book:
+    """One executor (paper account) and what it produced."""
+
+    executor: Executor
+    sink: BacktestSink
+    clock_ms: int = -1
+
+
+@dataclass
+class _Coverage:
+    counts: dict[tuple[str, str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    blocked: Counter[str] = field(default_factory=Counter)
+
+
+class BacktestRunner:
+    """Runs strategies over a source; see the module docstring. One runner = one run."""
+
+    def __init__(self, strategies: Sequence[StrategyConfig], executor_config: ExecutorConfig | None = None, *,
+                 account: Account = "per_strategy", engine_params: EngineParams | None = None) -> None:
+        if not strategies:
+            raise ValueError("a backtest needs at least one strategy")
+        self.strategies = list(strategies)
+        self.config = executor_config or ExecutorConfig()
+        self.account = account
+        self.engine_params = engine_params or EngineParams()
+        self.engines: dict[str, Engine] = {}
+        self.signal_scores: dict[str, float] = {}
+        self.signals: list[Record] = []  # every signal the engine emitted (ids, scores, tiers)
+        self._books: dict[str, _Book] = {}
+        self._pending: list[MarketSlice] = []  # slices the engine has done and the executor has not
+        self._late_signals: list[Record] = []  # signals for times the executor has passed
+        self._future_signals: list[Record] = []  # signals past the slice the executor is on
+        self._executor_ms = -1  # event time up to which the executor has been fed
+        self.processed_to_ms: int | None = None  # end of the last slice fed
+        self._coverage = _Coverage()
+        self._layer_use = self._layers_in_use()
+        self._source_inputs: set[str] = set()
+        self.trades_processed = 0
+        self.events_processed = 0
+        self.evaluations = 0
+
+    # ------------------------------------------------------------------------------------------
+    def run(self, source: Source, *, progress: Callable[[Progress], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> RunResult:
+        """Every slice of ``source`` through engine and executor; ``stop()`` true between slices ends the
+        run early, and the result is marked partial."""
+        started = int(time.time() * 1000)
+        self._source_inputs = source.inputs()
+        partial = False
+        for piece in source.slices():
+            if stop is not None and stop():
+                partial = True
+                break
+            self.feed(piece)
+            if progress is not None:
+                progress(self.progress(piece.end_ms, source))
+        self.finish()
+        return self.result(source, started, partial)
+
+    def progress(self, event_time_ms: int, source: Source) -> Progress:
+        return Progress(event_time_ms, source.from_ms, source.to_ms, self.trades_processed, self.events_processed,
+                        self.evaluations, len(self.signals), sum(len(b.sink.trades) for b in self._books.values()))
+
+    def feed(self, piece: MarketSlice) -> None:
+        """Engine over ``piece``; then the executor over the slice before it."""
+        if not self._books:
+            self._accounts(piece.start_ms)
+        self.processed_to_ms = piece.end_ms
+        self._engine_slice(piece)
+        self._pending.append(piece)
+        if len(self._pending) > 1:
+            self._executor_slice(self._pending.pop(0))
+
+    def finish(self) -> None:
+        """Feed the executor what is still pending (end of data or of an interrupted run)."""
+        while self._pending:
+            self._executor_slice(self._pending.pop(0))
+        for sig in sorted(self._future_signals, key=lambda s: s["eval_time"]):
+            self._signal(sig, max(sig["eval_time"], self._executor_ms))
+        self._future_signals = []
+
+    # ------------------------------------------------------------------------------------------ engine
+    def _engine_slice(self, piece: MarketSlice) -> None:
+        events: dict[str, list] = defaultdict(list)
+        for kind, adapt in (("books", book_from_record), ("marks", mark_from_record),
+                            ("liquidations", liquidation_from_record), ("indicators", indicator_from_record)):
+            for record in getattr(piece, kind):
+                events[f"{record['exchange']}:{record['symbol']}"].append(adapt(record))
+        self.trades_processed += piece.trade_count
+        self.events_processed += piece.trade_count + piece.record_count
+        for key in sorted(set(piece.trades) | set(events)):
+            engine = self.engines.get(key)
+            if engine is None:
+                engine = self.engines[key] = Engine(self.strategies, self.engine_params)
+            batch = piece.trades.get(key)
+            out = engine.process([batch] if batch is not None else (), events.get(key, ()))
+            self.evaluations += len(out.features)
+            self._count_coverage(out.features)
+            for sig in out.signals:
+                self.signals.append(sig)
+                self.signal_scores[sig["signal_id"]] = sig["score"]
+                if sig["eval_time"] < self._executor_ms:
+                    self._late_signals.append(sig)
+                else:
+                    self._future_signals.append(sig)
+
+    # ------------------------------------------------------------------------------------------ executor
+    def _accounts(self, now_ms: int) -> list[_Book]:
+        names = ["*"] if self.account == "shared" else [cfg.name for cfg in self.strategies]
+        for name in names:
+            if name not in self._books:
+                sink = BacktestSink(self.signal_scores)
+                broker = PaperBroker(self.config.fees, self.config.paper)
+                self._books[name] = _Book(Executor(self.config, MODE, broker, sink, now_ms), sink)
+        return list(self._books.values())
+
+    def _book_for(self, strategy: str) -> _Book:
+        return self._books["*" if self.account == "shared" else strategy]
+
+    def _executor_slice(self, piece: MarketSlice) -> None:
+        end = piece.end_ms
+        for sig in self._late_signals:  # produced after the executor passed their time: handed over now
+            self._signal(sig, max(sig["eval_time"], self._executor_ms))
+        self._late_signals = []
+        due = [s for s in self._future_signals if s["eval_time"] < end]
+        self._future_signals = [s for s in self._future_signals if s["eval_time"] >= end]
+        controls: list[_Control] = []
+        seq = 0
+        for rank, records, time_field in ((0, due, "eval_time"), (1, piece.marks, "event_time"),
+                                          (2, piece.books, "event_time")):
+            for rec in records:
+                controls.append(_Control(int(rec[time_field]), rank, seq, rec, f"{rec['exchange']}:{rec['symbol']}"))
+                seq += 1
+        controls.sort(key=lambda c: (c.time, c.rank, c.seq))
+        cursors = {key: 0 for key in piece.trades}
+        for control in controls:
+            self._trades_before(piece, cursors, control.time)
+            now = max(control.time, self._executor_ms)
+            self._tick_clocks(now)
+            if control.rank == 0:
+                self._signal(control.record, now)
+            elif control.rank == 1:
+                for book in self._books.values():
+                    book.executor.on_mark(control.record, now)
+            else:
+                for book in self._books.values():
+                    book.executor.on_book(control.record, now)
+            self._executor_ms = max(self._executor_ms, control.time)
+        self._trades_before(piece, cursors, end)
+        self._executor_ms = max(self._executor_ms, end - 1)
+
+    def _signal(self, record: Record, now: int) -> None:
+        book = self._book_for(record["strategy"])
+        book.executor.on_signal(record, now)
+
+    def _tick_clocks(self, now: int) -> None:
+        for book in self._books.values():
+            if now >= book.clock_ms + 1000:
+                book.clock_ms = now
+                book.executor.on_clock(now)
+
+    def _trades_before(self, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
+        """Every trade of ``piece`` before ``until`` not fed yet: one by one, in time order across
+        symbols, for the markets an executor is busy on; only the newest for the others."""
+        books = list(self._books.values())
+        busy_parts = []
+        for key in sorted(cursors):
+            batch = piece.trades[key]
+            lo = cursors[key]
+            hi = int(np.searchsorted(batch.time_ms, until, side="left"))
+            if hi <= lo:
+                continue
+            cursors[key] = hi
+            if any(book.executor.busy(key) for book in books):
+                busy_parts.append((key, batch, lo, hi))
+            else:
+                tick = _tick(batch, hi - 1)
+                now = max(tick.trade_time, self._executor_ms)
+                for book in books:
+                    book.executor.on_trade_tick(tick, now)
+        if not busy_parts:
+            return
+        if len(busy_parts) == 1:
+            key, batch, lo, hi = busy_parts[0]
+            order = [(batch, i) for i in range(lo, hi)]
+        else:
+            times = np.concatenate([b.time_ms[lo:hi] for _, b, lo, hi in busy_parts])
+            owner = np.concatenate([np.full(hi - lo, n) for n, (_, _, lo, hi) in enumerate(busy_parts)])
+            index = np.concatenate([np.arange(lo, hi) for _, _, lo, hi in busy_parts])
+            merged = np.lexsort((owner, times))  # time order; equal times: symbols in key order
+            order = [(busy_parts[owner[m]][1], int(index[m])) for m in merged]
+        last: dict[str, TradeTick] = {}
+        for batch, i in order:
+            tick = _tick(batch, i)
+            now = max(tick.trade_time, self._executor_ms)
+            self._tick_clocks(now)
+            key = tick.key
+            for book in books:
+                if book.executor.busy(key):
+                    book.executor.on_trade_tick(tick, now)
+            last[key] = tick
+        for key, tick in last.items():  # accounts that were idle on the market still learn its last price
+            for book in books:
+                if not book.executor.busy(key):
+                    book.executor.on_trade_tick(tick, max(tick.trade_time, self._executor_ms))
+
+    # ------------------------------------------------------------------------------------------ coverage
+    def _layers_in_use(self) -> dict[str, list[tuple[str, str]]]:
+        """strategy -> [(layer or gate, input)] it depends on."""
+        use: dict[str, list[tuple[str, str]]] = {}
+        for cfg in self.strategies:
+            pairs = [(layer, name) for layer, names in LAYER_INPUTS.items()
+                     if getattr(cfg.weights, layer) > 0 for name in names]
+            pairs += [(f"gate:{gate}", name) for gate, name in GATE_INPUTS.items()
+                      if getattr(cfg.gates, gate) is not None]
+            use[cfg.name] = pairs
+        return use
+
+    def _count_coverage(self, features: list[Record]) -> None:
+        counts, blocked = self._coverage.counts, self._coverage.blocked
+        has_liquidations = "liquidations" in self._source_inputs
+        for f in features:
+            symbol, inputs = f["symbol"], f["inputs"]
+            if f["block_reason"]:
+                blocked[f"{f['strategy']}:{f['block_reason']}"] += 1
+            for layer, name in self._layer_use[f["strategy"]]:
+                row = counts[(layer, symbol, name)]
+                row[0] += 1
+                if name == "trades" or (name == "liquidations" and has_liquidations) or name in inputs:
+                    row[1] += 1
+
+    def coverage_rows(self, notes: Mapping[str, str]) -> list[CoverageRow]:
+        return [CoverageRow(layer, symbol, name, evaluations, present, notes.get(name, ""))
+                for (layer, symbol, name), (evaluations, present) in sorted(self._coverage.counts.items())]
+
+    def position_events(self) -> list[Record]:
+        """Every positions record the executors emitted (opened, tp1, closed), in emission order per account."""
+        return [ev for b in self._books.values() for ev in b.sink.positions]
+
+    # ------------------------------------------------------------------------------------------ result
+    def result(self, source: Source, started_ms: int, partial: bool) -> RunResult:
+        trades = sorted((t for b in self._books.values() for t in b.sink.trades), key=lambda t: (t.exit_time, t.position_id))
+        open_positions = [
+            {"position_id": pos.position_id, "signal_id": pos.signal_id, "strategy": pos.strategy,
+             "symbol": pos.symbol, "direction": pos.direction, "entry_time": pos.opened_at, "entry_price": pos.entry}
+            for b in self._books.values() for pos in b.executor.positions.values()]
+        decisions: Counter[str] = Counter()
+        for b in self._books.values():
+            decisions.update(b.sink.decisions)
+        params = {
+            "executor": self.config.model_dump(mode="json", exclude={"exchange", "reconcile"}),
+            "engine": {"eval_interval_ms": self.engine_params.eval_interval_ms,
+                       "allowed_lateness_ms": self.engine_params.allowed_lateness_ms},
+            "account": self.account,
+            "mode": MODE,
+            "open_positions_at_end": open_positions,
+            "blocked_evaluations": dict(sorted(self._coverage.blocked.items())),
+            "risk_decisions": dict(sorted(decisions.items())),
+            "source_notes": dict(source.report.notes),
+            "bad_row_count": source.report.bad_row_count,
+        }
+        return RunResult(
+            run_id=str(uuid.uuid4()), source=source.name, exchange=source.exchange, symbols=list(source.symbols),
+            from_ms=source.from_ms, to_ms=source.to_ms,
+            strategies=[StrategyInfo(c.name, c.version, c.config_hash, c.model_dump(mode="json")) for c in self.strategies],
+            trades=trades, initial_balance=self.config.balance, started_at_ms=started_ms,
+            finished_at_ms=int(time.time() * 1000), partial=partial, events_processed=self.events_processed,
+            trades_processed=self.trades_processed, evaluations=self.evaluations, signals=len(self.signals),
+            coverage=self.coverage_rows(source.report.notes), missing=list(source.report.missing),
+            bad_rows=list(source.report.bad_rows), params=params,
+            processed_to_ms=self.processed_to_ms if partial else source.to_ms)
+
+
+def _tick(batch, i: int) -> TradeTick:
+    return TradeTick(batch.exchange, batch.symbol, int(batch.agg_id[i]), float(batch.price[i]), float(batch.qty[i]),
+                     int(batch.time_ms[i]), "SELL" if batch.taker_sell[i] else "BUY")

@@ -1,0 +1,121 @@
+"""``tapeflow backtest --verify-against-topics``: backtest what a stack consumed and compare with what it
+published.
+
+The run reads ``md.*`` from the broker (``TopicSource``: the very records the stack's engine and
+executor consumed) from ``warmup_ms`` (25 h, the engine's priming) before ``--from`` on, runs the
+strategies in one shared paper account (as one stack trades them) and compares, for signals
+evaluated and positions opened in ``[--from, --to)``:
+
+- signals by id: direction, tier, score, price, risk distance (same inputs, same engine: equal);
+- positions by id: entry time and price, stop and targets, exit time, price and reason, and pnl_r
+  gross, fees, slippage, funding and net.
+
+Numbers are compared exactly: both sides run the same code on the same inputs. Differences are
+listed one per line; the stack's reasons for signals it did not trade are looked up in risk.events
+(e.g. ``stale_signal`` when its executor saw the signal too late). Only the stack's signals whose
+strategy and config hash are among the strategy files given are compared (the others are counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
+
+WARMUP_MS = 25 * 3_600_000
+SIGNAL_FIELDS = ("strategy", "config_hash", "symbol", "eval_time", "direction", "tier", "score", "price",
+                 "risk_distance")
+OPENED_FIELDS = ("signal_id", "direction", "tier", "entry_price", "qty", "r_usd", "sl_price", "tp1_price",
+                 "tp2_price", "event_time")
+CLOSED_FIELDS = ("exit_price", "exit_reason", "pnl_r_gross", "pnl_r_net", "fees_r", "slippage_r", "funding_r",
+                 "event_time")
+
+
+@dataclass
+class Comparison:
+    signals_compared: int = 0
+    positions_compared: int = 0
+    differences: list[str] = field(default_factory=list)
+    not_compared: dict[str, int] = field(default_factory=dict)  # "strategy:config_hash" -> signals
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+
+def _diff(kind: str, ident: str, stack: Mapping[str, Any], backtest: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    out = []
+    for name in names:
+        a, b = stack.get(name), backtest.get(name)
+        if a != b:
+            out.append(f"{kind} {ident}: {name} stack={a!r} backtest={b!r}")
+    return out
+
+
+def compare(stack_signals: list[dict], stack_positions: list[dict], backtest_signals: list[dict],
+            backtest_positions: list[dict], strategies: Iterable[tuple[str, str]], symbols: Iterable[str],
+            from_ms: int, to_ms: int, stack_risk: list[dict] = ()) -> Comparison:
+    """Signals evaluated and positions opened in ``[from_ms, to_ms)`` for ``symbols``; see the module doc."""
+    known = set(strategies)
+    wanted = set(symbols)
+    result = Comparison()
+
+    def in_range(sig: Mapping[str, Any]) -> bool:
+        return sig["symbol"] in wanted and from_ms <= sig["eval_time"] < to_ms
+
+    stack_sig: dict[str, dict] = {}
+    for sig in stack_signals:
+        if not in_range(sig):
+            continue
+        if (sig["strategy"], sig["config_hash"]) not in known:
+            key = f"{sig['strategy']}:{sig['config_hash'][:12]}"
+            result.not_compared[key] = result.not_compared.get(key, 0) + 1
+            continue
+        stack_sig[sig["signal_id"]] = sig
+    test_sig = {s["signal_id"]: s for s in backtest_signals if in_range(s)}
+    for sid in sorted(stack_sig.keys() | test_sig.keys()):
+        if sid not in test_sig:
+            result.differences.append(f"signal {sid}: only in the stack")
+        elif sid not in stack_sig:
+            result.differences.append(f"signal {sid}: only in the backtest")
+        else:
+            result.signals_compared += 1
+            result.differences += _diff("signal", sid, stack_sig[sid], test_sig[sid], SIGNAL_FIELDS)
+
+    blocked = {}
+    for rec in stack_risk:
+        if rec.get("decision") == "block" and str(rec.get("scope", "")).startswith("strategy:"):
+            blocked.setdefault((rec["scope"], rec["event_time"]), rec["reason"])
+
+    def lifecycle(events: Iterable[dict], signals: Mapping[str, dict]) -> dict[str, dict[str, dict]]:
+        out: dict[str, dict[str, dict]] = {}
+        for ev in events:
+            if ev.get("mode", "paper") == "paper" and ev["signal_id"] in signals:
+                out.setdefault(ev["position_id"], {})[ev["event"]] = ev
+        return out
+
+    stack_pos = lifecycle(stack_positions, stack_sig)
+    test_pos = lifecycle(backtest_positions, test_sig)
+    for pid in sorted(stack_pos.keys() | test_pos.keys()):
+        a, b = stack_pos.get(pid), test_pos.get(pid)
+        if a is None or b is None:
+            where = "backtest" if a is None else "stack"
+            events = b if a is None else a
+            sid = next(iter(events.values()))["signal_id"]
+            sig = test_sig.get(sid) or stack_sig.get(sid) or {}
+            scope = f"strategy:{sig.get('strategy')}:{sig.get('exchange')}:{sig.get('symbol')}"
+            reason = next((r for (s, t), r in blocked.items() if s == scope and t >= sig.get("eval_time", 0)), None)
+            why = f" (the stack's executor: {reason})" if a is None and reason else ""
+            result.differences.append(f"position {pid} of {sid}: only in the {where}{why}")
+            continue
+        result.positions_compared += 1
+        if set(a) != set(b):
+            result.differences.append(f"position {pid}: events stack={sorted(a)} backtest={sorted(b)}")
+        for event, names in (("opened", OPENED_FIELDS), ("tp1", ("event_time", "exit_price", "qty", "sl_price")),
+                             ("closed", CLOSED_FIELDS)):
+            if event in a and event in b:
+                result.differences += _diff(f"position {event}", pid, a[event], b[event], names)
+    return result

@@ -1,0 +1,209 @@
+"""Parity, proven: the same multi-hour session through the streaming pipeline (fake exchange → producer →
+engine → paper executor, one `python -m tapeflow` process each, real broker) and through the backtest
+gives identical signals (ids, scores, tiers) and positions (entries, exits, exit reasons, pnl_r with
+fees, slippage and funding).
+
+The session: 4 hours of three symbols from the synthetic generator (`backtest.sources.synthetic`,
+seed 5), crossing the 08:00 funding time, written as a websocket recording
+(`backtest.sources.recording.write_recording`) that the fake exchange replays at 120x. Two strategies
+run side by side in one paper account, as in a stack: `ws_only` scores only what the websocket streams
+carry (trades, mark/funding, liquidations); `all_inputs` also the REST-polled indicators (crowding,
+open interest, Coinbase premium) and an OBI gate (md.book). Together they close positions by every
+exit reason (checked).
+
+Order of the streaming run: the replay is published first, then the engine reads it, then the
+executor trades the engine's signals. Each stage reads data already in the broker, so its inputs are
+ordered by event time (the engine's and the executor's aligners) and the run is deterministic. Run
+concurrently, the executor sees a signal when it arrives, after the trades that followed its
+evaluation (see the final assertion's message and the README's parity section).
+
+Comparisons:
+1. `tapeflow backtest --verify-against-topics` (backtest over the md.* the stack consumed) finds every
+   signal and position identical, for both strategies; the test also compares them itself.
+2. `--source recording:DIR` (the recording read through the producer's parsers, no broker) gives the
+   identical `ws_only` signals and positions, and the same trades, marks and liquidations as md.*.
+   `all_inputs` is not compared there: the live producer polls indicators and samples the book on its
+   wall clock, so which values exist at which event time depends on the replay's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backtest.runner import BacktestRunner
+from backtest.sources.recording import RecordingSource, write_recording
+from backtest.sources.synthetic import SyntheticSource
+from execution.config import ExecutorConfig
+from stream_apps.core.strategy import parse_strategy
+from tapeflow_runtime.kafka_client import ensure_topics
+from tests.test_pipeline_end_to_end import Service, record_counts, wait_consumed
+
+pytestmark = pytest.mark.integration
+
+H = 3_600_000
+START = 1_704_088_800_000  # 2024-01-01 06:00 UTC; the 08:00 funding time falls inside
+END = START + 4 * H
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+RATES = {"BTCUSDT": 3.0, "ETHUSDT": 2.5, "SOLUSDT": 2.0}
+SEED = 5
+SPEED = 120
+FAR = 1e9  # the session is from 2024: the services' wall-clock age limits must not apply
+STRATEGIES = [
+    {"name": "ws_only", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "20m"}, "warmup": "30m",
+     "weights": {"direction": 55, "crowding": 0, "environment": 0, "confirmation": 15, "auxiliary": 0,
+                 "funding": 5, "liquidation": 5},
+     "thresholds": {"entry": 55, "heavy": 70, "flip": 55}, "cooldown": "3m",
+     "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.6, "tp2_r": 1.2, "timeout_min": 20}},
+    {"name": "all_inputs", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "30m",
+     "weights": {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 5},
+     "thresholds": {"entry": 65, "heavy": 80, "flip": 70}, "cooldown": "5m",
+     "gates": {"obi_against": {"default": 0.5}, "on_missing_input": "pass"},
+     "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30}},
+]
+EXECUTOR = {"timeout_min": 30, "timeout_min_by_strategy": {"ws_only": 20}, "paper": {"slippage_bps": 1.0},
+            "risk": {"max_signal_age_s": FAR, "stale_market_data_s": FAR, "daily_loss_limit_r": 1000,
+                     "max_consecutive_losses": 1000, "max_open_positions": 100}}
+EXIT_REASONS = {"sl", "sl_be", "tp", "timeout", "signal_flip"}
+
+
+@pytest.fixture
+def home():
+    path = Path(tempfile.mkdtemp(prefix="tapeflow-parity-"))  # outside pytest's basetemp, as the e2e test
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def session() -> SyntheticSource:
+    return SyntheticSource(list(SYMBOLS), START, END, seed=SEED, trades_per_s=RATES)
+
+
+def signal_view(signals: list[dict]) -> dict[str, tuple]:
+    return {s["signal_id"]: (s["strategy"], s["symbol"], s["eval_time"], s["direction"], s["tier"], s["score"],
+                             s["price"], s["risk_distance"], s["is_flip"]) for s in signals}
+
+
+def position_view(events: list[dict]) -> dict[tuple[str, str], tuple]:
+    return {(e["position_id"], e["event"]): (e["signal_id"], e["event_time"], e["entry_price"], e["qty"], e["sl_price"],
+                                             e["tp1_price"], e["tp2_price"], e["exit_price"], e["exit_reason"],
+                                             e["pnl_r_gross"], e["fees_r"], e["slippage_r"], e["funding_r"],
+                                             e["pnl_r_net"])
+            for e in events}
+
+
+def only(view: dict, strategy: str, signal_of) -> dict:
+    return {k: v for k, v in view.items() if signal_of(k, v).startswith(f"{strategy}:")}
+
+
+def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, read_topic, home):
+    recording = write_recording(session().blocks(), home / "recording")
+    files = []
+    for spec in STRATEGIES:
+        path = home / f"{spec['name']}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        files.append(path)
+    executor_file = home / "executor.yaml"
+    executor_file.write_text(yaml.safe_dump(EXECUTOR))
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env.update({"TAPEFLOW_HOME": str(home / "home"), "TAPEFLOW_BROKER": kafka_bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS), "PYTHONUNBUFFERED": "1"})
+    services: list[Service] = []
+
+    def start(name: str, *args: str) -> Service:
+        services.append(Service(name, list(args), env, home))
+        return services[-1]
+
+    def topic(name: str) -> list[dict]:
+        return read_topic(kafka_bootstrap, topic_prefix + name, idle_s=1.5)
+
+    try:
+        # 1. the replay into md.*
+        fake = start("fake-exchange", "fake-exchange", "--recording", str(recording), "--speed", str(SPEED),
+                     "--rest-clock", "recording")
+        urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 90).group(0))
+        rest = urls["rest_url"]
+        producer = start("producer", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url", rest,
+                         "--coinbase-url", rest, "--replay-control-url", rest, "--metrics-port", "0")
+        assert producer.proc.wait(4 * 3600 / SPEED + 120) == 0, producer.tail()
+        assert "replay-finished" in producer.log(), producer.tail()
+        assert fake.stop() == 0, fake.tail()
+        md = {name: topic(name) for name in ("md.trades", "md.mark", "md.liquidations", "md.book", "md.indicators")}
+
+        # 2. the engine reads all of it (a new group primed from far back: the beginning)
+        strategy_args = [a for f in files for a in ("--strategy", str(f))]
+        engine = start("engine", "engine", *strategy_args, "--metrics-port", "0", "--prime-hours", "100000",
+                       "--signal-max-age-s", str(FAR))
+        wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-engine",
+                      {topic_prefix + name: record_counts(md[name]) for name in md}, [engine], 600)
+        assert engine.stop() == 0, engine.tail()
+        signals_published = topic("signals")
+
+        # 3. the paper executor trades them from the beginning of its inputs
+        executor = start("executor", "execute", "--mode", "paper", "--executor-config", str(executor_file),
+                         "--metrics-port", "0", "--from-beginning")
+        wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-executor-paper",
+                      {topic_prefix + "signals": record_counts(signals_published),
+                       topic_prefix + "md.trades": record_counts(md["md.trades"]),
+                       topic_prefix + "md.mark": record_counts(md["md.mark"])}, [executor], 600)
+        assert executor.stop() == 0, executor.tail()
+        assert "inputs released without event-time order" not in executor.log(), executor.tail()
+    finally:
+        for service in services:
+            service.kill()
+
+    stack_signals = [r["value"] for r in signals_published]
+    stack_positions = [r["value"] for r in topic("positions")]
+    closed = [p for p in stack_positions if p["event"] == "closed"]
+    reasons = Counter((p["strategy"], p["exit_reason"]) for p in closed)
+    print(f"{len(md['md.trades'])} trades, {len(stack_signals)} signals, {len(closed)} closed: {dict(reasons)}")
+    for name in ("ws_only", "all_inputs"):
+        assert {r for s, r in reasons if s == name} == EXIT_REASONS, f"{name}: not every exit reason: {reasons}"
+    assert any(p["funding_r"] != 0 for p in closed), "no position paid funding"
+
+    # --- 1. over the md.* the stack consumed: the command, then the test's own comparison -----------
+    verify = subprocess.run(
+        [sys.executable, "-m", "tapeflow", "backtest", "--verify-against-topics", *strategy_args, "--executor-config",
+         str(executor_file), "--symbols", ",".join(SYMBOLS), "--from", "2024-01-01T06:00", "--to", "2024-01-01T10:00",
+         "--no-progress"], capture_output=True, text=True, env=env, cwd=home, timeout=900, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "identical: the backtest reproduces every signal and position the stack published" in verify.stdout
+    assert f"signals compared: {len(stack_signals)}, positions compared: " in verify.stdout
+
+    from backtest.sources.topics import TopicSource
+
+    strategies = [parse_strategy(s) for s in STRATEGIES]
+    config = ExecutorConfig.model_validate(EXECUTOR)
+    runner = BacktestRunner(strategies, config, account="shared")
+    runner.run(TopicSource(kafka_bootstrap, list(SYMBOLS), START, END, topic_prefix=topic_prefix))
+    assert signal_view(runner.signals) == signal_view(stack_signals)
+    assert position_view(runner.position_events()) == position_view(stack_positions)
+
+    # --- 2. the recording itself, through the producer's parsers ---------------------------------
+    source = RecordingSource(recording, list(SYMBOLS), START, END)
+    records = source.records()
+
+    def trades(recs):
+        return sorted((r["symbol"], r["agg_id"], r["trade_time"], r["price"], r["qty"], r["taker_side"]) for r in recs)
+
+    assert trades(records["trades"]) == trades(r["value"] for r in md["md.trades"])
+    for kind, name, fields in (("marks", "md.mark", ("symbol", "event_time", "mark_price", "funding_rate",
+                                                      "next_funding_time")),
+                               ("liquidations", "md.liquidations", ("symbol", "trade_time", "side", "usd_value"))):
+        assert sorted(tuple(r[f] for f in fields) for r in records[kind]) == \
+            sorted(tuple(r["value"][f] for f in fields) for r in md[name])
+    ws_only = BacktestRunner([strategies[0]], config, account="shared")
+    ws_only.run(source)
+    signal_of = {s["signal_id"]: s for s in stack_signals}
+    assert signal_view(ws_only.signals) == only(signal_view(stack_signals), "ws_only", lambda k, v: k)
+    assert position_view(ws_only.position_events()) == \
+        only(position_view(stack_positions), "ws_only", lambda k, v: signal_of[v[0]]["signal_id"])
