@@ -59,6 +59,8 @@ class Publisher:
         self._producer = Producer(producer_config(bootstrap, **producer_overrides))
         self.failed: list[tuple[str, bytes | None, str]] = []  # (topic, key, error) given up after retries
         self.delivered = 0
+        self.delivered_by_topic: dict[str, int] = {}  # topic (as produced, prefix included) -> records acked
+        self.dead_lettered = 0
         self._since_poll = 0
         self._retry: list[tuple] = []  # failed deliveries waiting to be produced again
         self._out: dict[str, Any] = {}  # topic -> labelled counter child (labels() lookups are not free)
@@ -84,6 +86,7 @@ class Publisher:
         """
         record = dead_letter_record(source_topic=source, value=raw, error=error, stage=stage, key=key)
         self.metrics.dlq.labels(stream).inc()
+        self.dead_lettered += 1
         self._produce(self.prefix + dlq, key, self.serde.encode(dlq, record), None, 0)
 
     def _acked_one(self, topic: str) -> None:
@@ -153,6 +156,7 @@ class Publisher:
 
     def _publish_counts(self) -> None:
         for topic, n in self._acked.items():
+            self.delivered_by_topic[topic] = self.delivered_by_topic.get(topic, 0) + n
             counter = self._out.get(topic)
             if counter is None:
                 counter = self._out[topic] = self.metrics.messages_out.labels(topic)

@@ -1,5 +1,13 @@
 """What every exchange producer shares: status, keys, dead letters, gaps, book snapshots, housekeeping,
-health, one-at-a-time repair tasks and the end-of-replay handshake (`VenueProducer`).
+health, one-at-a-time repair tasks, the end of a replay and its summary (`VenueProducer`).
+
+End of a replay. The fake exchange's end-of-replay marker (`producers.base.stream`) says how many
+messages it sent on the connection; once the producer has read that many, every frame has been read
+and processed (frames are handled synchronously, in order). The producer then waits for its repairs
+(gap fills, book snapshots) and ends; `run` flushes the publisher before it reports. The summary
+counts what really happened: frames in, records delivered per topic, duplicates, dead letters, gaps,
+undelivered. A venue whose stream has no marker yet (Bybit) still ends on `watch_replay`, which
+polls the fake's status.
 
 A venue (`producers/binance`, `producers/bybit`) subclasses `VenueProducer` and keeps only what differs:
 parsing, continuity, book rules and its repairs. A fix to, say, the end-of-replay handshake lands in
@@ -120,6 +128,9 @@ class VenueProducer:
         self._book_published: dict[str, Any] = {}  # symbol -> _book_version at its last md.book
         self._repairs = RepairTasks()
         self._stop: asyncio.Event | None = None
+        self.replay_end: dict | None = None  # the fake's end-of-replay marker, with what we received
+        self.stream: Any = None  # the venue's CombinedStream (its `messages_in` is the summary's frames in)
+        self.undelivered = 0  # set by run() after the final flush
 
     # --- records --------------------------------------------------------------------------------
     def _key(self, symbol: str) -> str:
@@ -184,6 +195,40 @@ class VenueProducer:
         # run() flushes the publisher once the workers have stopped, before it reports the end
         frames = fake_status.get("frames_sent_total", fake_status.get("frames_sent", "?"))
         self.status.set("replay-finished", f"replayed {frames} frames")
+
+    def _on_replay_end(self, marker: dict, received: int) -> None:
+        """The fake's end-of-replay marker arrived after `received` messages on this connection."""
+        sent = marker.get("messages")
+        self.replay_end = {**marker, "received": received}
+        if sent != received:  # a transport loss the replay cannot repair: said loudly, never hidden
+            log.error("replay connection lost messages", sent=sent, received=received)
+        self._repairs.ensure("replay-end", self._end_replay_when_repaired(marker))
+
+    async def _end_replay_when_repaired(self, marker: dict) -> None:
+        while any(not t.done() for name, t in self._repairs.tasks.items() if name != "replay-end"):
+            await asyncio.sleep(0.02)  # a gap fill or book snapshot still publishing
+        self._replay_finished({"frames_sent_total": marker.get("frames_sent_total")})
+        log.info("replay finished", frames_sent=marker.get("frames_sent_total"),
+                 received=(self.replay_end or {}).get("received"))
+        if self._stop is not None:
+            self._stop.set()
+
+    def _continuity_counts(self) -> dict[str, int]:
+        """Venue counters for the summary (duplicates dropped, gaps unfilled)."""
+        return {}
+
+    def summary(self, ended: str, frames_in: int, undelivered: int) -> str:
+        """One line, the last of the log (`tapeflow status` shows it): what the run really did."""
+        prefix = self.publisher.prefix
+        by_topic = sorted((t[len(prefix):] if t.startswith(prefix) else t, n)
+                          for t, n in self.publisher.delivered_by_topic.items())
+        sent = (self.replay_end or {}).get("frames_sent_total")
+        frames = f"{frames_in} frames in" + (f" ({sent} sent by the fake exchange)" if sent is not None else "")
+        topics = ", ".join(f"{t} {n}" for t, n in by_topic)
+        counts = {"duplicates dropped": 0, "gaps unfilled": 0, **self._continuity_counts(),
+                  "dead letters": self.publisher.dead_lettered, "undelivered": undelivered}
+        return (f"{ended}: {frames}, {self.publisher.delivered} records delivered ({topics}), "
+                + ", ".join(f"{n} {label}" for label, n in counts.items()))
 
     def _health_extra(self) -> dict:
         return {}

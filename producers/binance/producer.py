@@ -22,7 +22,7 @@ import structlog
 from producers.base.book import DepthDiff, OrderBookSync
 from producers.base.sequencer import AggTradeSequencer, Gap
 from producers.base.stream import CombinedStream
-from producers.base.venue import VenueProducer, book_snapshot_record, watch_replay
+from producers.base.venue import VenueProducer, book_snapshot_record
 from producers.binance.parse import (
     EXCHANGE,
     FrameError,
@@ -63,7 +63,7 @@ class ProducerConfig:
     coinbase_base_url: str = "https://api.exchange.coinbase.com"
     poll_interval_s: float = 300.0  # md.indicators REST pollers; 0 disables them
     poll_stagger_s: float = 0.2  # spacing between poller requests (REST weight friendliness)
-    replay_control_url: str | None = None  # fake exchange: end the run when its replay has finished
+    replay_control_url: str | None = None  # fake exchange: a replay (ends with the fake's end-of-replay marker)
     stream_config: dict[str, Any] = field(default_factory=dict)
 
     def streams(self) -> list[str]:
@@ -96,16 +96,15 @@ class BinanceProducer(VenueProducer):
         self._stop = stop
         async with aiohttp.ClientSession() as session:
             self._rest = RestClient(session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s)
-            stream = CombinedStream(BinanceStreamConfig(self.config.ws_base_url, self.config.streams(),
-                                                 **self.config.stream_config),
-                                    self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect)
+            replaying = self.config.replay_control_url is not None
+            self.stream = stream = CombinedStream(
+                BinanceStreamConfig(self.config.ws_base_url, self.config.streams(), replay_end=replaying,
+                                    **self.config.stream_config),
+                self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect, self._on_replay_end)
             workers = [asyncio.create_task(stream.run(stop), name="ws"),
                        asyncio.create_task(self._book_snapshots(stop), name="book"),
                        asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
             ended = "stopped"
-            if self.config.replay_control_url:
-                workers.append(asyncio.create_task(watch_replay(
-                    self.config.replay_control_url, stop, self._repairs.busy, self._replay_finished), name="replay"))
             if self.config.poll_interval_s > 0:
                 # its own client: a Coinbase 429 must not pause Binance gap fills
                 poller = IndicatorPoller(
@@ -122,7 +121,7 @@ class BinanceProducer(VenueProducer):
                 t.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self._repairs.cancel_all()
-        await asyncio.to_thread(self.publisher.flush, 30.0)
+        self.undelivered = await asyncio.to_thread(self.publisher.flush, 30.0) + len(self.publisher.failed)
         self._save_checkpoint()
         if ended != "replay-finished":
             self.status.set("stopped")
@@ -272,6 +271,10 @@ class BinanceProducer(VenueProducer):
 
     def _health_extra(self) -> dict:
         return {"gaps_open": sum(s.gap is not None for s in self.sequencers.values())}
+
+    def _continuity_counts(self) -> dict[str, int]:
+        return {"duplicates dropped": sum(s.counters.duplicates for s in self.sequencers.values()),
+                "gaps unfilled": sum(s.counters.gaps_given_up for s in self.sequencers.values())}
 
     # --- checkpoint ----------------------------------------------------------------------------------
     def _load_checkpoint(self) -> None:

@@ -111,7 +111,7 @@ class BybitProducer(VenueProducer):
             t.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await self._repairs.cancel_all()
-        await asyncio.to_thread(self.publisher.flush, 30.0)
+        self.undelivered = await asyncio.to_thread(self.publisher.flush, 30.0) + len(self.publisher.failed)
         if self.status.state == "replay-finished":
             return "replay-finished"
         self.status.set("stopped")

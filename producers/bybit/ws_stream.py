@@ -82,6 +82,7 @@ class BybitStream(CombinedStream):
                     while not stop.is_set():
                         raw = await asyncio.wait_for(ws.recv(decode=False), timeout=cfg.read_timeout_s)
                         first_frame.set()
+                        self.messages_in += 1
                         self._dispatch(raw, int(time.time() * 1000))
                 finally:
                     heartbeat.cancel()
