@@ -20,7 +20,7 @@ import asyncio
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -59,9 +59,12 @@ class CombinedStream:
 
     def __init__(self, config: StreamConfig, on_frame: OnFrame, on_bad_frame: Callable[[bytes, str], None],
                  on_status: OnStatus, on_reconnect: Callable[[str], None],
-                 on_replay_end: OnReplayEnd | None = None) -> None:
+                 on_replay_end: OnReplayEnd | None = None,
+                 hold: Callable[[], Awaitable[None] | None] | None = None) -> None:
+        """`hold()` before each frame: an awaitable means "not yet" (a replay's lockstep repairs)."""
         self.config = config
         self.on_replay_end = on_replay_end
+        self.hold = hold
         self.messages_in = 0  # every message read, on every connection (the end marker excluded)
         self.on_frame = on_frame
         self.on_bad_frame = on_bad_frame
@@ -139,6 +142,8 @@ class CombinedStream:
                         continue
                     read_here += 1
                     self.messages_in += 1
+                    if self.hold is not None and (pending := self.hold()) is not None:
+                        await pending
                     self._dispatch(raw, received)
         except (TimeoutError, OSError, socket.gaierror, InvalidHandshake, InvalidURI) as exc:
             if not first_frame.is_set():

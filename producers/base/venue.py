@@ -145,9 +145,12 @@ class VenueProducer:
             return  # published on every update instead
         interval = self.book_interval_ms / 1000
         while not await sleep_or_stop(stop, interval):
-            for sym, book in self.books.items():
-                if book.is_live and self._book_published.get(sym) != self._book_version(sym):
-                    self.publish_book(book)
+            self._publish_changed_books()
+
+    def _publish_changed_books(self) -> None:
+        for sym, book in self.books.items():
+            if book.is_live and self._book_published.get(sym) != self._book_version(sym):
+                self.publish_book(book)
 
     # --- periodic work and status -------------------------------------------------------------------
     def _every_second(self) -> None:

@@ -16,9 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.catalogue import ENGINE_INPUTS
 from stream_apps.core.strategy import default_strategy_dir
 
-INPUT_TOPICS = ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
+INPUT_TOPICS = ENGINE_INPUTS
 OUTPUT_TOPICS = ("bars.1m", "features", "signals")
 DEAD_LETTER_TOPIC = "dlq.md"
 STATE_TABLE = "engine-state"

@@ -77,4 +77,4 @@ def test_max_speed_replay_of_a_multi_hour_recording_loses_no_trade(kafka_bootstr
     assert counts["duplicates dropped"] == counts["undelivered"] == counts["dead letters"] == 0, summary
     assert counts["records delivered"] == len(trades) + sum(
         len(read_topic(kafka_bootstrap, topic_prefix + t, idle_s=1.0))
-        for t in ("md.depth", "md.book", "md.mark", "md.liquidations", "md.indicators")), summary
+        for t in ("md.depth", "md.book", "md.mark", "md.liquidations", "md.indicators", "md.progress")), summary
