@@ -36,6 +36,7 @@ def service_env(bootstrap: str, prefix: str, home) -> dict[str, str]:
     return env
 
 
+@pytest.mark.timeout(1200)
 def test_max_speed_replay_of_a_multi_hour_recording_loses_no_trade(kafka_bootstrap, topic_prefix, read_topic,
                                                                   tmp_path):
     session = generate_session(seed=SEED, symbols=SYMBOLS, duration_s=SESSION_S)

@@ -28,6 +28,7 @@ from stream_apps.faust_app.metrics import EngineAppMetrics
 from stream_apps.faust_app.outputs import OutputEncoder
 from stream_apps.faust_app.processor import Effects, EngineProcessor
 from stream_apps.faust_app.session import engine_inputs, synthetic_session
+from tests.support.engine_reference import direct_engine_outputs
 
 T0 = 1_700_006_400_000
 MIN = 60_000
@@ -75,17 +76,7 @@ def session():
 def reference(session):
     """One direct engine call over everything, restricted per symbol to the evaluation points its
     own inputs reach (a per-symbol worker cannot evaluate past its symbol's newest input)."""
-    out = Engine(STRATEGIES).process(*engine_inputs(session))
-    newest = defaultdict(int)
-    for r in session:
-        newest[r.key] = max(newest[r.key], r.time_ms)
-
-    def reached(record, field):
-        return record[field] <= newest[f"{record['exchange']}:{record['symbol']}"]
-
-    return {"bars.1m": [b for b in out.bars if reached(b, "close_time")],
-            "features": [f for f in out.features if reached(f, "eval_time")],
-            "signals": [s for s in out.signals if reached(s, "eval_time")]}
+    return direct_engine_outputs(session, STRATEGIES)
 
 
 @pytest.fixture(scope="module")
