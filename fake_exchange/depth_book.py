@@ -17,7 +17,7 @@ Pure and deterministic: no clock, no I/O.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,7 @@ class DepthTimeline:
         self.base = base
         self.diffs = diffs
         self._frame_indexes = [d.frame_index for d in diffs]
+        self._event_times = [d.event_time for d in diffs]  # ascending: a symbol's diffs are in u order
         self._applied = -1
         self._bids: dict[str, str] = {}
         self._asks: dict[str, str] = {}
@@ -130,6 +131,16 @@ class DepthTimeline:
         if n == 0:
             return None
         return self.book_after(min(j, n - 1))
+
+    def snapshot_as_of(self, event_time_ms: int) -> BookSnapshot | None:
+        """The book as of an event time (a replaying client's clock, ``X-Tapeflow-As-Of``): the base
+        with every diff up to the last one whose event time is at or before it. A client that has
+        buffered the diffs up to its clock receives that diff again or next; it straddles
+        ``lastUpdateId``, so the sync goes on exactly where the client is, at any replay speed."""
+        j = bisect_right(self._event_times, event_time_ms) - 1
+        if j < 0:
+            return self.base if self.base is not None or not self.diffs else self.book_after(0)
+        return self.book_after(j)
 
     def book_after(self, j: int) -> BookSnapshot:
         """Base book with every synced diff up to and including diff ``j`` applied."""

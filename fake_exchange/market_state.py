@@ -5,10 +5,15 @@ Coinbase tickers) are generated around a reference price. Taking that price from
 replayed keeps the generated bodies coherent with the websocket data a producer just saw (a Coinbase
 premium computed against a price from another era would be meaningless). Before the replay reaches a
 symbol's first trade the view is seeded with the first value of each kind in the session.
+
+``at(event_time_ms)`` is the same view as of an event time instead of the replay position: what a
+replaying client names with ``X-Tapeflow-As-Of``, so its REST answers do not depend on how far ahead
+of it the replay has run (at ``max`` speed the replay can be minutes of event time ahead).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any
 
 from .recording import RecordedFrame, Recording
@@ -32,8 +37,44 @@ class MarketView:
             if book.bids and book.asks:
                 self._snapshot_mid[symbol] = (float(book.bids[0][0]) + float(book.asks[0][0])) / 2
                 self.price_decimals.setdefault(symbol, decimals_of(book.bids[0][0]))
+        # per kind and symbol, (event times, values) in replay order, for ``at``
+        self._timeline: dict[str, dict[str, tuple[list[int], list[Any]]]] = {"trade_price": {}, "mark": {}, "touch": {}}
         for frame in recording.frames:
             self._observe(frame, seed=True)
+            self._record(frame)
+        self._seed_trade_price = dict(self.trade_price)  # the first value of each kind (before any frame)
+        self._seed_mark = dict(self.mark)
+        self._seed_touch = dict(self.touch)
+
+    def _record(self, frame: RecordedFrame) -> None:
+        data = frame.payload
+        if not isinstance(data, dict) or not isinstance(data.get("E"), int):
+            return
+        kind = {"aggTrade": "trade_price", "markPriceUpdate": "mark", "bookTicker": "touch"}.get(data.get("e"))
+        if kind is None:
+            return
+        times, values = self._timeline[kind].setdefault(str(data.get("s", "")).upper(), ([], []))
+        if times and data["E"] < times[-1]:
+            return  # out of order: the view keeps moving forward in event time
+        times.append(data["E"])
+        values.append(str(data["p"]) if kind == "trade_price" else data)
+
+    def at(self, event_time_ms: int) -> MarketView:
+        """The view as of an event time: each value is the last one at or before it (else the seed)."""
+        view = MarketView.__new__(MarketView)
+        view.price_decimals = self.price_decimals
+        view._snapshot_mid = self._snapshot_mid
+        view._timeline = self._timeline
+        view._seed_trade_price, view._seed_mark, view._seed_touch = \
+            self._seed_trade_price, self._seed_mark, self._seed_touch
+        for kind in ("trade_price", "mark", "touch"):
+            seeded = dict(getattr(self, "_seed_" + kind))
+            for symbol, (times, values) in self._timeline[kind].items():
+                i = bisect_right(times, event_time_ms) - 1
+                if i >= 0:
+                    seeded[symbol] = values[i]
+            setattr(view, kind, seeded)
+        return view
 
     def observe(self, frame: RecordedFrame) -> None:
         """Advance the view with one replayed frame."""

@@ -7,7 +7,9 @@ connections keep sending while the replay runs.
 
 Each frame first updates the market view (it happened at the exchange), then either falls to the
 skip fault or is queued on every connection subscribed to its stream. When the last frame is out and
-all connections have drained, ``state.finished`` is set and the connections stay open, idle.
+all connections have drained, each connection that asked for it gets the end-of-replay marker
+(:mod:`.ws_server`), and once that has gone out too ``state.finished`` is set and the connections
+stay open, idle.
 A connected client that stops reading therefore holds ``finished`` back, as it would hold back a
 real feed.
 """
@@ -77,6 +79,9 @@ class ReplayEngine:
                 if wait > 0:
                     await self._sleep(wait)
             dispatch(state, frame)
+        await state.wait_drained()
+        for conn in list(state.connections):
+            conn.end_replay()
         await state.wait_drained()
         state.finished_at = self._clock()
         state.finished.set()

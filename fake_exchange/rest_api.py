@@ -5,6 +5,12 @@ while it is current); everything else comes from the replay state (:mod:`.depth_
 :mod:`.agg_trades`) or is generated (:mod:`.generated_bodies`). Bad input gets Binance's error body
 (``{"code":-1121,"msg":"Invalid symbol."}``, HTTP 400); every Binance answer carries
 ``X-MBX-USED-WEIGHT-1M``; the fault switches can replace any answer with 418/429/5xx.
+
+``X-Tapeflow-As-Of: <epoch ms>`` (a fake-only header; Binance ignores unknown headers) answers as of
+that event time instead of the replay position: "now", the prices behind generated bodies and the
+depth snapshot. A replaying producer sends its own clock (the newest event time it has processed), so
+what it gets back depends only on the recording and the frames it has read, never on how far ahead
+the replay runs at ``max`` speed; that is what makes a replay's output identical at every speed.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from . import generated_bodies as gen
+from .market_state import MarketView
 from .state import ExchangeState
 from .weights import MinuteWeightCounter, is_binance_path, request_weight
 
@@ -27,6 +34,28 @@ WEIGHTS_KEY = web.AppKey("fake_exchange_weights", MinuteWeightCounter)
 WEIGHT_LIMIT_KEY = web.AppKey("fake_exchange_weight_limit", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AS_OF_HEADER = "X-Tapeflow-As-Of"
+
+
+def as_of(request: web.Request) -> int | None:
+    raw = request.headers.get(AS_OF_HEADER)
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        raise BinanceError(-1100, f"Illegal characters found in header '{AS_OF_HEADER}'.") from None
+
+
+def now_ms(request: web.Request) -> int:
+    """"Now" for this request: the client's as-of time, else the fake's clock."""
+    moment = as_of(request)
+    return moment if moment is not None else request.app[STATE_KEY].now_ms()
+
+
+def market(request: web.Request) -> MarketView:
+    """Prices as of this request's as-of time, else as far as the replay has got."""
+    view = request.app[STATE_KEY].market
+    moment = as_of(request)
+    return view if moment is None else view.at(moment)
 
 
 class BinanceError(Exception):
@@ -87,9 +116,8 @@ def series_stamps(request: web.Request, period_ms: int) -> list[int]:
     limit = int_param(request, "limit", 30) or 30
     if not 1 <= limit <= 500:
         raise invalid("limit")
-    state = request.app[STATE_KEY]
     return gen.period_stamps(
-        period_ms, state.now_ms(), int_param(request, "startTime"), int_param(request, "endTime"), limit
+        period_ms, now_ms(request), int_param(request, "startTime"), int_param(request, "endTime"), limit
     )
 
 
@@ -134,9 +162,9 @@ async def depth(request: web.Request) -> web.Response:
     if limit not in DEPTH_LIMITS:
         raise invalid("limit")
     state = request.app[STATE_KEY]
-    snapshot = state.depth_snapshot(symbol)
+    snapshot = state.depth_snapshot(symbol, as_of(request))
     if snapshot is None:
-        now = state.now_ms()
+        now = now_ms(request)
         return json_response({"lastUpdateId": 0, "E": now, "T": now, "bids": [], "asks": []})
     return json_response(snapshot.to_body(limit))
 
@@ -167,11 +195,11 @@ async def exchange_info(request: web.Request) -> web.Response:
     if recorded is not None:
         return json_response(recorded)
     symbols = list(state.recording.symbols)
-    return json_response(gen.exchange_info(symbols, state.market.price_decimals, state.now_ms()))
+    return json_response(gen.exchange_info(symbols, state.market.price_decimals, now_ms(request)))
 
 
 async def server_time(request: web.Request) -> web.Response:
-    return json_response({"serverTime": request.app[STATE_KEY].now_ms()})
+    return json_response({"serverTime": now_ms(request)})
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -180,10 +208,10 @@ async def ping(request: web.Request) -> web.Response:
 
 async def premium_index(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    now = state.now_ms()
+    now, view = now_ms(request), market(request)
 
     def one(symbol: str) -> dict[str, Any]:
-        return gen.premium_index(symbol, state.market.price(symbol), state.market.mark.get(symbol), now)
+        return gen.premium_index(symbol, view.price(symbol), view.mark.get(symbol), now)
 
     if request.query.get("symbol"):
         return json_response(one(symbol_param(request)))
@@ -192,8 +220,7 @@ async def premium_index(request: web.Request) -> web.Response:
 
 async def open_interest(request: web.Request) -> web.Response:
     symbol = symbol_param(request)
-    state = request.app[STATE_KEY]
-    return json_response(gen.open_interest(symbol, state.market.price(symbol), state.now_ms()))
+    return json_response(gen.open_interest(symbol, market(request).price(symbol), now_ms(request)))
 
 
 async def funding_rate(request: web.Request) -> web.Response:
@@ -201,17 +228,15 @@ async def funding_rate(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 100) or 100
     if not 1 <= limit <= 1000:
         raise invalid("limit")
-    state = request.app[STATE_KEY]
     stamps = gen.period_stamps(
-        gen.FUNDING_INTERVAL_MS, state.now_ms(), int_param(request, "startTime"), int_param(request, "endTime"), limit
+        gen.FUNDING_INTERVAL_MS, now_ms(request), int_param(request, "startTime"), int_param(request, "endTime"), limit
     )
-    return json_response(gen.funding_rate_history(symbol, state.market.price(symbol), stamps))
+    return json_response(gen.funding_rate_history(symbol, market(request).price(symbol), stamps))
 
 
 async def open_interest_hist(request: web.Request) -> web.Response:
     symbol, period = symbol_param(request), period_param(request)
-    state = request.app[STATE_KEY]
-    return json_response(gen.open_interest_hist(symbol, state.market.price(symbol), series_stamps(request, period)))
+    return json_response(gen.open_interest_hist(symbol, market(request).price(symbol), series_stamps(request, period)))
 
 
 def ratio_handler(kind: str) -> Handler:
@@ -224,17 +249,17 @@ def ratio_handler(kind: str) -> Handler:
 
 async def taker_ratio(request: web.Request) -> web.Response:
     symbol, period = symbol_param(request), period_param(request)
-    state = request.app[STATE_KEY]
-    return json_response(gen.taker_long_short_ratio(symbol, state.market.price(symbol), series_stamps(request, period)))
+    return json_response(
+        gen.taker_long_short_ratio(symbol, market(request).price(symbol), series_stamps(request, period)))
 
 
 # -- Binance spot and Coinbase ------------------------------------------------------------------
 async def spot_book_ticker(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    now = state.now_ms()
+    now, view = now_ms(request), market(request)
 
     def one(symbol: str) -> dict[str, Any]:
-        return gen.spot_book_ticker(symbol, state.market.price(symbol), state.market.decimals(symbol), now)
+        return gen.spot_book_ticker(symbol, view.price(symbol), view.decimals(symbol), now)
 
     if request.query.get("symbol"):
         return json_response(one(symbol_param(request)))
@@ -248,9 +273,8 @@ async def coinbase_ticker(request: web.Request) -> web.Response:
     symbol = next((f"{base}{q}" for q in ("USDT", "USDC", "BUSD") if f"{base}{q}" in state.symbols), None)
     if quote not in ("USD", "USDT", "USDC") or symbol is None:
         return json_response({"message": "NotFound"}, 404)
-    return json_response(
-        gen.coinbase_ticker(product, state.market.price(symbol), state.market.decimals(symbol), state.now_ms())
-    )
+    view = market(request)
+    return json_response(gen.coinbase_ticker(product, view.price(symbol), view.decimals(symbol), now_ms(request)))
 
 
 def add_market_routes(app: web.Application) -> None:

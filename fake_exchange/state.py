@@ -35,6 +35,8 @@ class Subscriber(Protocol):
 
     def enqueue_frame(self, frame: RecordedFrame) -> None: ...
 
+    def end_replay(self) -> None: ...
+
     def describe(self) -> dict[str, Any]: ...
 
     def drop(self, mode: DropMode) -> None: ...
@@ -94,9 +96,12 @@ class ExchangeState:
             return int(frames[max(min(self.position, len(frames)) - 1, 0)].receive_time * 1000)
         return int(self.wall_clock() * 1000)
 
-    def depth_snapshot(self, symbol: str) -> BookSnapshot | None:
+    def depth_snapshot(self, symbol: str, as_of_ms: int | None = None) -> BookSnapshot | None:
+        """The book now (the replay position), or as of an event time a replaying client names."""
         timeline = self.timelines.get(symbol)
-        return timeline.snapshot_at(self.position) if timeline else None
+        if timeline is None:
+            return None
+        return timeline.snapshot_at(self.position) if as_of_ms is None else timeline.snapshot_as_of(as_of_ms)
 
     def agg_trades_visible_before(self) -> int | None:
         return self.position if self.aggtrades_visibility == "replayed" else None

@@ -9,6 +9,12 @@ frames it enabled. Ping/pong is the websockets library's keepalive.
 Each connection owns an unbounded queue and one sender task: the replay never blocks on a slow
 client, per-connection faults (garbage, latency) are applied where the frame leaves, and ``idle``
 tells the replay when everything queued has gone out.
+
+End of replay (a fake-only extension, never sent unless asked for): a client that adds
+``replayEnd=true`` to its URL gets one last message once the replay has sent everything,
+``{"stream":"tapeflow@replayEnd","data":{"e":"replayEnd","messages":N,...}}``, where ``N`` counts every
+message this connection sent before it (frames, garbage, replies). A client that has read ``N``
+messages before the marker has read all of them; nothing is still in a socket buffer.
 """
 
 from __future__ import annotations
@@ -34,6 +40,16 @@ from .stream_names import normalise_stream
 
 log = structlog.get_logger(__name__)
 _ids = itertools.count(1)
+_END_MARKER = "<end of replay>"  # queue sentinel, compared by identity
+
+
+REPLAY_END_STREAM = "tapeflow@replayEnd"
+REPLAY_END_PARAM = "replayEnd"
+
+
+def wants_replay_end(path: str) -> bool:
+    """Did the client ask for the end-of-replay marker (``?replayEnd=true``)?"""
+    return parse_qs(urlsplit(path).query).get(REPLAY_END_PARAM, [""])[-1].lower() in ("1", "true")
 
 
 def parse_path(path: str) -> tuple[bool, list[str]] | None:
@@ -59,6 +75,9 @@ class StreamConnection:
         self.path = ws.request.path if ws.request else ""
         self.streams: set[str] = set(streams)
         self.frames_sent = 0
+        self.messages_sent = 0  # everything sent: frames, garbage, replies (the end marker's count)
+        self.wants_end_marker = wants_replay_end(self.path)
+        self.end_marker_queued = False
         self.idle = asyncio.Event()
         self.idle.set()
         self._queue: asyncio.Queue[tuple[float, RecordedFrame | str]] = asyncio.Queue()
@@ -74,6 +93,21 @@ class StreamConnection:
     def enqueue_text(self, text: str) -> None:
         self.idle.clear()
         self._queue.put_nowait((self.state.clock(), text))
+
+    def end_replay(self) -> None:
+        """Queue the end-of-replay marker (once, and only for a client that asked for it)."""
+        if not self.wants_end_marker or self.end_marker_queued:
+            return
+        self.end_marker_queued = True
+        self.idle.clear()
+        self._queue.put_nowait((self.state.clock(), _END_MARKER))
+
+    def end_marker_text(self) -> str:
+        state = self.state
+        data = {"e": "replayEnd", "messages": self.messages_sent, "frames": self.frames_sent,
+                "frames_total": len(state.recording.frames), "frames_sent_total": sum(state.frames_sent.values()),
+                "frames_skipped_total": sum(state.frames_skipped.values())}
+        return orjson.dumps({"stream": REPLAY_END_STREAM, "data": data}).decode()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -92,8 +126,11 @@ class StreamConnection:
                 queued_at, item = await self._queue.get()
                 if isinstance(item, RecordedFrame):
                     await self._send_frame(queued_at, item)
+                elif item is _END_MARKER:
+                    await self.ws.send(self.end_marker_text())
                 else:
                     await self.ws.send(item)
+                    self.messages_sent += 1
                 if self._queue.empty():
                     self.idle.set()
         except ConnectionClosed:
@@ -108,9 +145,11 @@ class StreamConnection:
             await asyncio.sleep(delay)
         await self.ws.send(frame.combined_text() if self.combined else frame.data)
         self.frames_sent += 1
+        self.messages_sent += 1
         state.frames_sent[frame.stream] += 1
         if state.faults.garbage_due(self.frames_sent):
             await self.ws.send(self._garbage(frame))
+            self.messages_sent += 1
             state.garbage_sent += 1
         if state.faults.frame_sent():
             drop_connections(state, state.faults.settings.drop_mode)
@@ -213,6 +252,8 @@ class StreamServerHandlers:
         state.connections_total += 1
         if streams and self.auto_start:
             state.request_start()
+        if state.finished.is_set():
+            conn.end_replay()  # connected after the end: nothing more will come
         sender = asyncio.create_task(conn.run_sender(), name=f"fake-exchange-sender-{conn.conn_id}")
         try:
             async for message in ws:

@@ -76,7 +76,8 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
         ended = await producer.run(stop)
     finally:
         await runner.cleanup()
-    log.info("producer stopped", reason=ended, delivered=publisher.delivered, undelivered=len(publisher.failed))
+    log.info("producer stopped", reason=ended, delivered=publisher.delivered, undelivered=producer.undelivered)
     # the last line of the log is what `tapeflow status` shows for a finished replay
-    print(f"{ended}: {publisher.delivered} records delivered, {len(publisher.failed)} undelivered", flush=True)
+    frames_in = producer.stream.messages_in if producer.stream is not None else 0
+    print(producer.summary(ended, frames_in, producer.undelivered), flush=True)
     return 0 if publisher.healthy else 1

@@ -82,6 +82,8 @@ _PRIMARY: tuple[TopicSpec, ...] = (
     _symbol_topic("md.liquidations", 7, "liquidation", "Forced liquidation orders."),
     _symbol_topic("md.mark", 7, "mark_price", "Mark/index price and funding rate."),
     _symbol_topic("md.indicators", 7, "market_indicator", "Polled indicators: OI, long/short ratios, premiums."),
+    _symbol_topic("md.progress", 7, "progress_marker",
+                  "Progress markers of replays and warm starts: per key, md.* complete up to an event time."),
     TopicSpec("md.gaps", "exchange:symbol", 1, "delete", 30 * DAY_MS, "data_gap",
               "Market-data holes that could not be filled."),
     _symbol_topic("bars.1m", 30, "bar", "Closed 1-minute OHLCV bars with taker buy/sell volume."),
@@ -95,6 +97,15 @@ _PRIMARY: tuple[TopicSpec, ...] = (
 )
 
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in _PRIMARY})
+
+# The engine's inputs and the field each is ordered by in event time (trade time for trades and
+# liquidations, exchange event time for book and mark, receive time for polled indicators). Progress
+# markers (md.progress) speak about exactly these topics.
+ENGINE_INPUT_TIME: Mapping[str, str] = MappingProxyType({
+    "md.trades": "trade_time", "md.book": "event_time", "md.mark": "event_time",
+    "md.liquidations": "trade_time", "md.indicators": "receive_time"})
+ENGINE_INPUTS: tuple[str, ...] = tuple(ENGINE_INPUT_TIME)
+PROGRESS_TOPIC = "md.progress"
 
 
 def _dlq_spec(name: str, sources: str) -> TopicSpec:

@@ -19,6 +19,7 @@ import structlog
 
 from stream_apps.faust_app.config import (
     INPUT_TOPICS,
+    PROGRESS_TOPIC,
     EngineAppConfig,
     shipped_strategy_files,
 )
@@ -45,6 +46,7 @@ def engine_config(
     allowed_lateness_ms: int = 0,
     signal_max_age_ms: int | None = None,
     app_id: str | None = None,
+    wait_for_progress: bool = False,
 ) -> EngineAppConfig:
     paths = StackPaths(settings.home)
     group = app_id or f"{settings.topic_prefix}tapeflow-engine"
@@ -59,6 +61,7 @@ def engine_config(
         allowed_lateness_ms=allowed_lateness_ms,
         processing_guarantee=processing_guarantee,
         signal_max_age_ms=signal_max_age_ms,
+        wait_for_progress=wait_for_progress,
         metrics_host=metrics_host or settings.metrics_host,
         metrics_port=metrics_port,
         log_level=settings.log_level,
@@ -69,18 +72,22 @@ async def run_engine(settings: Settings, *, prime_history_ms: int | None = PRIME
     """Run one worker until SIGINT/SIGTERM; ``options`` are ``engine_config``'s. ``signal_max_age_ms``
     keeps signals evaluated more than that long ago (wall clock; e.g. while priming) off ``signals`` —
     leave it None when replaying recorded sessions, whose event times are in the past.
-    ``prime_history_ms`` None disables priming."""
+    ``prime_history_ms`` None disables priming. ``wait_for_progress`` (a replay, a warm start) holds
+    every key until its source's md.progress markers release it, but only for a new group: a
+    restarted group resumes from its own offsets and state."""
     config = engine_config(settings, **options)
     config.datadir.mkdir(parents=True, exist_ok=True)
     quiet_library_loggers(config.log_level)
     await asyncio.to_thread(ensure_engine_topics, config)
     if prime_history_ms is not None:
         primed = await asyncio.to_thread(prime_group_offsets, config.bootstrap, config.app_id,
-                                         [config.topic(t) for t in INPUT_TOPICS],
+                                         [config.topic(t) for t in (*INPUT_TOPICS, PROGRESS_TOPIC)],
                                          int(time.time() * 1000) - prime_history_ms)
         if primed:
             log.info("new engine group primed from history", group=config.app_id, partitions=len(primed),
                      hours=prime_history_ms / 3_600_000)
+        elif config.wait_for_progress:
+            config = config.model_copy(update={"wait_for_progress": False})  # not new: resume, do not wait
     log.info("engine starting", group=config.app_id, strategies=[p.name for p in config.strategy_files],
              guarantee=config.processing_guarantee)
     return await run_worker(config)

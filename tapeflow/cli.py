@@ -287,8 +287,12 @@ def engine(
     allowed_lateness_ms: int = typer.Option(
         0, "--allowed-lateness-ms", min=0, max=600_000,
         help="Hold evaluation this long in event time so inputs from other topics that arrive a little "
-             "out of order are not late (a replay faster than real time compresses event time: `up` gives "
-             "a replay 1 s x speed, at most 60 s, and 5 s at max speed)."),
+             "out of order are not late. Replays need none: their progress markers order the inputs."),
+    wait_for_progress: bool | None = typer.Option(
+        None, "--wait-for-progress/--no-wait-for-progress",
+        help="A new group holds every symbol until md.progress markers (a replay's producer, `tapeflow replay`, "
+             "the warm start) release it, so its output does not depend on how the topics' fetches "
+             "interleave. Default: on for a replay:DIR source or an --input-prefix namespace."),
     signal_max_age_s: float | None = typer.Option(
         None, "--signal-max-age-s", min=0.0,
         help="Keep signals evaluated more than this long ago (wall clock) off `signals`; features are still "
@@ -308,11 +312,14 @@ def engine(
             raise fail(f"strategy file {path} does not exist", 2)
     if signal_max_age_s is None and settings.replay_dir is None:
         signal_max_age_s = 60.0
+    if wait_for_progress is None:
+        wait_for_progress = settings.replay_dir is not None
     configure_logging(settings.log_level, settings.log_format)
     code = asyncio.run(run_engine(
         settings, metrics_port=metrics_port, strategies=list(strategy) if strategy else None,
         processing_guarantee="exactly_once" if exactly_once else "at_least_once",
         eval_interval_ms=eval_interval_ms, allowed_lateness_ms=allowed_lateness_ms,
+        wait_for_progress=wait_for_progress,
         signal_max_age_ms=None if signal_max_age_s is None else int(signal_max_age_s * 1000),
         prime_history_ms=int(prime_hours * 3_600_000) if prime_hours > 0 else None))
     raise typer.Exit(code)

@@ -10,7 +10,7 @@ dead-letter topic with their raw bytes and the reason.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -60,12 +60,28 @@ class Publisher:
         self._producer = Producer(producer_config(bootstrap, **producer_overrides))
         self.failed: list[tuple[str, bytes | None, str]] = []  # (topic, key, error) given up after retries
         self.delivered = 0
+        self.delivered_by_topic: dict[str, int] = {}  # topic (as produced, prefix included) -> records acked
+        self.dead_lettered = 0
         self._since_poll = 0
         self._retry: list[tuple] = []  # failed deliveries waiting to be produced again
         self._out: dict[str, Any] = {}  # topic -> labelled counter child (labels() lookups are not free)
         self._acked: dict[str, int] = {}  # deliveries not yet added to the Prometheus counter
         self._latency = metrics.produce_latency
         self._sample = 0
+        # per (topic, key) delivery counts of the topics `track` names (progress markers need them)
+        self._tracked: frozenset[str] = frozenset()
+        self.produced_count: dict[tuple[str, bytes | None], int] = {}
+        self.acked_count: dict[tuple[str, bytes | None], int] = {}
+        self.acked_offset: dict[tuple[str, bytes | None], int] = {}
+        self.on_tracked_ack: Callable[[str, bytes | None, int, int], None] | None = None
+        self.on_publish: Callable[[str, str, dict], None] | None = None  # sees each record before it is sent
+
+    def track(self, topics: Iterable[str]) -> None:
+        """Count records produced and acknowledged per (topic, key) for these catalogue topics, with the
+        offset of the last acknowledged one (`on_tracked_ack(topic, key, count, offset)` after each).
+        Per partition the broker acknowledges in produce order, so "the n-th record of this key" and
+        its offset are known exactly; `tapeflow_runtime.progress` builds its markers from that."""
+        self._tracked = frozenset(self.prefix + t for t in topics)
 
     def publish(self, topic: str, key: str, record: dict, receive_time_ms: int | None = None,
                 on_delivered: Callable[[], None] | None = None) -> None:
@@ -73,6 +89,8 @@ class Publisher:
 
         `on_delivered` runs once the broker acknowledged the record (used for checkpoints).
         """
+        if self.on_publish is not None:
+            self.on_publish(topic, key, record)
         value = self.serde.encode(topic, record)
         self._produce(self.prefix + topic, key.encode(), value, receive_time_ms, 0, on_delivered)
 
@@ -85,6 +103,7 @@ class Publisher:
         """
         record = dead_letter_record(source_topic=source, value=raw, error=error, stage=stage, key=key)
         self.metrics.dlq.labels(dlq, stage).inc()
+        self.dead_lettered += 1
         self._produce(self.prefix + dlq, key, self.serde.encode(dlq, record), None, 0)
 
     def _acked_one(self, topic: str) -> None:
@@ -107,6 +126,8 @@ class Publisher:
         """The common case's callback: one shared bound method, no per-record closure."""
         if err is None:
             self._acked_one(msg.topic())
+            if self._tracked and msg.topic() in self._tracked:
+                self._tracked_ack(msg)
         else:
             self._failed_one(err, msg.topic(), msg.key(), msg.value(), None, 0, None)
 
@@ -126,11 +147,16 @@ class Publisher:
                     self._failed_one(err, topic, key, value, receive_time_ms, attempt, on_delivered)
                     return
                 self._acked_one(topic)
+                if self._tracked and topic in self._tracked:
+                    self._tracked_ack(msg)
                 if on_delivered is not None:
                     on_delivered()
                 if receive_time_ms is not None:
                     self._latency.observe(max(0.0, time.time() - receive_time_ms / 1000))
 
+        if attempt == 0 and self._tracked and topic in self._tracked:
+            k = (topic, key)
+            self.produced_count[k] = self.produced_count.get(k, 0) + 1
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
@@ -140,6 +166,13 @@ class Publisher:
         self._since_poll += 1
         if self._since_poll >= POLL_EVERY:
             self.poll(0)
+
+    def _tracked_ack(self, msg) -> None:
+        k = (msg.topic(), msg.key())
+        count = self.acked_count[k] = self.acked_count.get(k, 0) + 1
+        self.acked_offset[k] = msg.offset()
+        if self.on_tracked_ack is not None:
+            self.on_tracked_ack(k[0], k[1], count, msg.offset())
 
     def _drain_retries(self) -> None:
         while self._retry:
@@ -154,6 +187,7 @@ class Publisher:
 
     def _publish_counts(self) -> None:
         for topic, n in self._acked.items():
+            self.delivered_by_topic[topic] = self.delivered_by_topic.get(topic, 0) + n
             counter = self._out.get(topic)
             if counter is None:
                 counter = self._out[topic] = self.metrics.messages_out.labels(topic)

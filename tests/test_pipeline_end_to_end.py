@@ -34,7 +34,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -44,8 +43,14 @@ import yaml
 
 from sinks.migrate import migrate
 from tapeflow_runtime.kafka_client import ensure_topics
-from tests.support.kafka import committed_offsets
-from tests.support.services import Service, database_url, scrape, wait_healthy
+from tests.support.services import (
+    Service,
+    database_url,
+    record_counts,
+    scrape,
+    wait_consumed,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,36 +76,6 @@ EXECUTOR_CONFIG = {
 SINK_TOPICS = ("md.trades", "signals", "orders", "fills", "positions")
 LEG_CODES = {"entry": "en", "tp1": "t1", "tp2": "t2", "sl": "sl", "exit": "ex"}
 EXIT_REASONS = {"sl", "sl_be", "tp", "timeout", "signal_flip"}
-
-
-# --- processes -------------------------------------------------------------------------------------
-# --- topics and consumer groups --------------------------------------------------------------------
-def record_counts(records: list[dict]) -> dict[int, int]:
-    """Per partition, the offset after its last record (= what a consumer that read everything commits)."""
-    ends: dict[int, int] = {}
-    for r in records:
-        ends[r["partition"]] = max(ends.get(r["partition"], 0), r["offset"] + 1)
-    return ends
-
-
-def wait_consumed(bootstrap: str, group: str, ends: dict[str, dict[int, int]], services: list[Service],
-                  timeout: float) -> None:
-    """Until `group` has committed every topic in `ends` up to those offsets (it processed everything)."""
-    deadline = time.monotonic() + timeout
-    behind: dict[str, tuple] = {}
-    while time.monotonic() < deadline:
-        behind = {}
-        for topic, want in ends.items():
-            have = committed_offsets(bootstrap, group, topic)
-            if any(have.get(p, 0) < end for p, end in want.items()):
-                behind[topic] = (have, want)
-        if not behind:
-            return
-        for s in services:
-            assert s.proc.poll() is None, f"{s.name} died\n{s.tail()}"
-        time.sleep(0.5)
-    logs = "\n".join(s.tail() for s in services)
-    raise AssertionError(f"group {group} did not consume everything within {timeout} s: {behind}\n{logs}")
 
 
 # --- independent reference for the id scheme (execution/client_ids.py documents the format) -------------

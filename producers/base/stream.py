@@ -8,6 +8,10 @@
   is missed; the overlap produces duplicates that the consumers of this stream drop by id.
 - "No network" (DNS failure, connection refused on a machine without internet) is reported once,
   clearly, with the offline alternative, then retried quietly with backoff.
+- A replay from the fake exchange (`replay_end`): the fake's last message on a connection is an
+  end-of-replay marker carrying how many messages it sent before it (`fake_exchange.ws_server`). It
+  goes to `on_replay_end(marker, received)` with the count this connection read, never to `on_frame`:
+  with both counts the producer knows it has read everything, rather than guessing from a timer.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -28,6 +32,8 @@ log = structlog.get_logger("producer.ws")
 
 OnFrame = Callable[[str, dict, int, bytes], None]
 OnStatus = Callable[[str, str], None]
+OnReplayEnd = Callable[[dict, int], None]
+REPLAY_END_PREFIX = b'{"stream":"tapeflow@replayEnd"'  # the fake exchange's end-of-replay marker
 
 
 @dataclass
@@ -41,6 +47,7 @@ class StreamConfig:
     max_age_s: float = 23.5 * 3600
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    replay_end: bool = False  # ask the fake exchange for its end-of-replay marker
 
     @property
     def url(self) -> str:
@@ -51,8 +58,14 @@ class CombinedStream:
     """Delivers `(stream, data, receive_time_ms, raw)` for every frame until `stop` is set."""
 
     def __init__(self, config: StreamConfig, on_frame: OnFrame, on_bad_frame: Callable[[bytes, str], None],
-                 on_status: OnStatus, on_reconnect: Callable[[str], None]) -> None:
+                 on_status: OnStatus, on_reconnect: Callable[[str], None],
+                 on_replay_end: OnReplayEnd | None = None,
+                 hold: Callable[[], Awaitable[None] | None] | None = None) -> None:
+        """`hold()` before each frame: an awaitable means "not yet" (a replay's lockstep repairs)."""
         self.config = config
+        self.on_replay_end = on_replay_end
+        self.hold = hold
+        self.messages_in = 0  # every message read, on every connection (the end marker excluded)
         self.on_frame = on_frame
         self.on_bad_frame = on_bad_frame
         self.on_status = on_status
@@ -120,10 +133,17 @@ class CombinedStream:
             async with websockets.connect(cfg.url, ping_interval=cfg.ping_interval_s, ping_timeout=cfg.ping_interval_s,
                                           max_size=2**24, open_timeout=10, close_timeout=2) as ws:
                 self.connections += 1
+                read_here = 0
                 while not stop.is_set():
                     raw = await asyncio.wait_for(ws.recv(decode=False), timeout=cfg.read_timeout_s)
                     received = int(time.time() * 1000)
                     first_frame.set()
+                    if cfg.replay_end and raw.startswith(REPLAY_END_PREFIX) and self._replay_ended(raw, read_here):
+                        continue
+                    read_here += 1
+                    self.messages_in += 1
+                    if self.hold is not None and (pending := self.hold()) is not None:
+                        await pending
                     self._dispatch(raw, received)
         except (TimeoutError, OSError, socket.gaierror, InvalidHandshake, InvalidURI) as exc:
             if not first_frame.is_set():
@@ -141,6 +161,16 @@ class CombinedStream:
             self.on_bad_frame(raw, "unexpected frame shape (no stream/data envelope)")
             return
         self._deliver(msg["stream"], msg["data"], received, raw)
+
+    def _replay_ended(self, raw: bytes, read_here: int) -> bool:
+        """The fake's end-of-replay marker: hand it over with this connection's count (True when it was one)."""
+        try:
+            marker = orjson.loads(raw)["data"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return False
+        if self.on_replay_end is not None:
+            self.on_replay_end(marker, read_here)
+        return True
 
     def _decode(self, raw: bytes) -> dict | None:
         """The frame as a JSON object, or None after dead-lettering it."""

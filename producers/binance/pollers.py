@@ -129,11 +129,16 @@ class IndicatorPoller:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         exchange_clock: bool = False,
+        as_of: Callable[[], int] | None = None,
     ) -> None:
         """``exchange_clock``: stamp receive times on the exchange's clock (local minus the drift
         measured each tick) instead of the local one. For replays of a recorded session, whose
         exchange clock is years behind ours: the engine orders indicators by receive time, and a
-        2026 receive time next to 2021 trades would make every later trade late."""
+        2026 receive time next to 2021 trades would make every later trade late.
+
+        ``as_of``: a replay's clock (the newest event time the producer has processed). Every answer
+        is then stamped with it, requests go out without stagger and the drift check is skipped: the
+        tick's records depend on the recording alone, not on wall-clock timing."""
         if interval_s <= 0 or stagger_s < 0 or not 1 <= history_limit <= 500:
             raise ValueError("need interval_s > 0, stagger_s >= 0 and 1 <= history_limit <= 500")
         self.rest = rest
@@ -151,6 +156,9 @@ class IndicatorPoller:
         self._sleep = sleep
         self._clock = clock
         self.exchange_clock = exchange_clock
+        self.as_of = as_of
+        if as_of is not None:
+            self.stagger_s = 0.0
         self.poll_errors = poll_errors_counter(metrics.registry)
         self.last_clock_drift_s: float | None = None
         self.published = 0
@@ -176,7 +184,8 @@ class IndicatorPoller:
         self._requests_in_tick = 0
         before = self.published
         try:
-            await self._measure_clock_drift()
+            if self.as_of is None:
+                await self._measure_clock_drift()
             for symbol in self.symbols:
                 await self._poll_symbol(symbol)
         except _Stopped:
@@ -212,7 +221,9 @@ class IndicatorPoller:
         except (RestUnavailable, RestRejected) as exc:
             self._failed(endpoint, exc)
             return None
-        if self.exchange_clock and self.last_clock_drift_s is not None:
+        if self.as_of is not None:
+            received = self.as_of()
+        elif self.exchange_clock and self.last_clock_drift_s is not None:
             received = round(received - self.last_clock_drift_s * 1000)
         return body, received
 

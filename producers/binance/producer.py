@@ -20,9 +20,10 @@ import aiohttp
 import structlog
 
 from producers.base.book import DepthDiff, OrderBookSync
+from producers.base.replay import ReplayClock, wait_idle
 from producers.base.sequencer import AggTradeSequencer, Gap
 from producers.base.stream import CombinedStream
-from producers.base.venue import VenueProducer, book_snapshot_record, watch_replay
+from producers.base.venue import VenueProducer, book_snapshot_record
 from producers.binance.parse import (
     EXCHANGE,
     FrameError,
@@ -63,7 +64,11 @@ class ProducerConfig:
     coinbase_base_url: str = "https://api.exchange.coinbase.com"
     poll_interval_s: float = 300.0  # md.indicators REST pollers; 0 disables them
     poll_stagger_s: float = 0.2  # spacing between poller requests (REST weight friendliness)
-    replay_control_url: str | None = None  # fake exchange: end the run when its replay has finished
+    replay_control_url: str | None = None  # fake exchange: a replay (ends with the fake's end-of-replay marker)
+    # with replay_control_url: run on the recording's clock (ReplayClock) so the output is the same at any
+    # speed; False keeps the live timers (tests of live behaviour against the fake exchange)
+    replay_clock: bool = True
+    replay_disorder_ms: int = 2_000  # a replay's progress watermark trails its clock by this (ReplayClock)
     stream_config: dict[str, Any] = field(default_factory=dict)
 
     def streams(self) -> list[str]:
@@ -88,33 +93,46 @@ class BinanceProducer(VenueProducer):
         self._last_mark_time: dict[str, int] = {}
         self._recent_liquidations: dict[tuple, None] = {}
         self._rest: RestClient | None = None
+        self.poller: IndicatorPoller | None = None
+        self.replay: ReplayClock | None = None
+        if config.replay_control_url is not None and config.replay_clock:
+            self.replay = ReplayClock(publisher, [self._key(s) for s in config.symbols],
+                                      book_interval_ms=config.book_interval_ms,
+                                      poll_interval_ms=round(config.poll_interval_s * 1000),
+                                      disorder_ms=config.replay_disorder_ms)
         self._load_checkpoint()
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> str:
         """Run until `stop` (or the end of a replay); returns why it ended."""
         self._stop = stop
+        replay = self.replay
+        headers = replay.headers if replay is not None else None
         async with aiohttp.ClientSession() as session:
-            self._rest = RestClient(session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s)
-            stream = CombinedStream(BinanceStreamConfig(self.config.ws_base_url, self.config.streams(),
-                                                 **self.config.stream_config),
-                                    self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect)
+            self._rest = RestClient(session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s,
+                                    headers=headers)
+            self.stream = stream = CombinedStream(
+                BinanceStreamConfig(self.config.ws_base_url, self.config.streams(),
+                                    replay_end=self.config.replay_control_url is not None,
+                                    **self.config.stream_config),
+                self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect, self._on_replay_end,
+                hold=self._hold if replay is not None else None)
             workers = [asyncio.create_task(stream.run(stop), name="ws"),
-                       asyncio.create_task(self._book_snapshots(stop), name="book"),
                        asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
+            if replay is None:  # a replay publishes books on its own clock (ReplayClock)
+                workers.append(asyncio.create_task(self._book_snapshots(stop), name="book"))
             ended = "stopped"
-            if self.config.replay_control_url:
-                workers.append(asyncio.create_task(watch_replay(
-                    self.config.replay_control_url, stop, self._repairs.busy, self._replay_finished), name="replay"))
             if self.config.poll_interval_s > 0:
                 # its own client: a Coinbase 429 must not pause Binance gap fills
-                poller = IndicatorPoller(
-                    RestClient(session, self.metrics, give_up_after_s=30.0), symbols=self.config.symbols,
-                    publish=self.publisher.publish, metrics=self.metrics, futures_url=self.config.rest_base_url,
-                    spot_url=self.config.spot_base_url, coinbase_url=self.config.coinbase_base_url,
-                    interval_s=self.config.poll_interval_s, stagger_s=self.config.poll_stagger_s,
+                self.poller = IndicatorPoller(
+                    RestClient(session, self.metrics, give_up_after_s=30.0, headers=headers),
+                    symbols=self.config.symbols, publish=self.publisher.publish, metrics=self.metrics,
+                    futures_url=self.config.rest_base_url, spot_url=self.config.spot_base_url,
+                    coinbase_url=self.config.coinbase_base_url, interval_s=self.config.poll_interval_s,
+                    stagger_s=self.config.poll_stagger_s, as_of=replay.as_of if replay is not None else None,
                     exchange_clock=self.config.replay_control_url is not None)
-                workers.append(asyncio.create_task(poller.run(stop), name="pollers"))
+                if replay is None:  # a replay polls on its own clock, lockstep (ReplayClock)
+                    workers.append(asyncio.create_task(self.poller.run(stop), name="pollers"))
             await stop.wait()
             if self.status.state == "replay-finished":
                 ended = "replay-finished"
@@ -122,7 +140,9 @@ class BinanceProducer(VenueProducer):
                 t.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self._repairs.cancel_all()
-        await asyncio.to_thread(self.publisher.flush, 30.0)
+        self.undelivered = await asyncio.to_thread(self.publisher.flush, 30.0) + len(self.publisher.failed)
+        if replay is not None:  # the engine stops waiting for this replay's markers
+            await asyncio.to_thread(replay.finish)
         self._save_checkpoint()
         if ended != "replay-finished":
             self.status.set("stopped")
@@ -145,6 +165,17 @@ class BinanceProducer(VenueProducer):
                 raise FrameError(f"unexpected stream {stream!r}")
         except (FrameError, SchemaValidationError) as exc:
             self._bad_frame(raw, str(exc), stream=kind)
+        if self.replay is not None:
+            self.replay.advance(data.get("E"), self._publish_changed_books, self._poll_now)
+
+    # --- replay: the recording's clock, lockstep repairs ----------------------------------------------
+    def _hold(self):
+        """Before the next frame of a replay: wait while a repair or poll runs (lockstep)."""
+        return wait_idle(self._repairs.tasks) if self._repairs.busy() else None
+
+    def _poll_now(self) -> None:
+        if self.poller is not None:
+            self._repairs.ensure("poll", self.poller.run_once())
 
     def _on_trade(self, trade: dict) -> None:
         sym = trade["symbol"]
@@ -240,7 +271,8 @@ class BinanceProducer(VenueProducer):
     async def _fetch_snapshot(self, book: OrderBookSync) -> None:
         assert self._rest is not None
         url = f"{self.config.rest_base_url}/fapi/v1/depth"
-        await asyncio.sleep(0.05)  # let a few diffs buffer first, as Binance's procedure expects
+        if self.replay is None:  # (a replay asks for the book as of its clock: nothing to wait for)
+            await asyncio.sleep(0.05)  # let a few diffs buffer first, as Binance's procedure expects
         while book.needs_snapshot:
             try:
                 body, received = await self._rest.get_json(url, {"symbol": book.symbol, "limit": 1000})
@@ -272,6 +304,10 @@ class BinanceProducer(VenueProducer):
 
     def _health_extra(self) -> dict:
         return {"gaps_open": sum(s.gap is not None for s in self.sequencers.values())}
+
+    def _continuity_counts(self) -> dict[str, int]:
+        return {"duplicates dropped": sum(s.counters.duplicates for s in self.sequencers.values()),
+                "gaps unfilled": sum(s.counters.gaps_given_up for s in self.sequencers.values())}
 
     # --- checkpoint ----------------------------------------------------------------------------------
     def _load_checkpoint(self) -> None:

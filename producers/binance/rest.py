@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -36,8 +37,11 @@ class RestRejected(Exception):
 
 class RestClient:
     def __init__(self, session: aiohttp.ClientSession, metrics: ProducerMetrics, *,
-                 give_up_after_s: float = 60.0, max_backoff_s: float = 30.0, timeout_s: float = 10.0) -> None:
+                 give_up_after_s: float = 60.0, max_backoff_s: float = 30.0, timeout_s: float = 10.0,
+                 headers: Callable[[], dict[str, str]] | None = None) -> None:
+        """`headers`: extra headers per request (a replay names its clock to the fake exchange)."""
         self.session = session
+        self.headers = headers
         self.metrics = metrics
         self.give_up_after_s = give_up_after_s
         self.max_backoff_s = max_backoff_s
@@ -57,7 +61,8 @@ class RestClient:
                     raise RestUnavailable(f"{url}: rate limited for {wait:.0f}s more ({last_error})")
                 await asyncio.sleep(wait)
             try:
-                async with self.session.get(url, params=params, timeout=self.timeout) as resp:
+                headers = self.headers() if self.headers is not None else None
+                async with self.session.get(url, params=params, timeout=self.timeout, headers=headers) as resp:
                     body = await resp.read()
                     received = int(time.time() * 1000)
                     self._track_weight(resp.headers)

@@ -15,4 +15,5 @@ from producers.base.stream import StreamConfig
 class BinanceStreamConfig(StreamConfig):
     @property
     def url(self) -> str:
-        return f"{self.base_url.rstrip('/')}/stream?streams={'/'.join(self.streams)}"
+        url = f"{self.base_url.rstrip('/')}/stream?streams={'/'.join(self.streams)}"
+        return url + "&replayEnd=true" if self.replay_end else url

@@ -24,7 +24,7 @@ import structlog
 from producers.base.book import DepthDiff
 from producers.base.sequencer import Gap
 from producers.base.stream import sleep_or_stop
-from producers.base.venue import VenueProducer, watch_replay
+from producers.base.venue import VenueProducer
 from producers.bybit.book_sync import BybitBookSync
 from producers.bybit.parse import (
     EXCHANGE,
@@ -59,7 +59,7 @@ class BybitProducerConfig:
     book_depth: int = 20  # levels per side in md.book
     book_interval_ms: int = 250  # 0: publish md.book after every verified update
     resubscribe_timeout_s: float = 5.0  # re-subscribe again if no snapshot came within this time
-    replay_control_url: str | None = None  # fake exchange: end the run when its replay has finished
+    replay_control_url: str | None = None  # fake exchange: a replay (ends with the fake's end-of-replay marker)
     stream_config: dict[str, Any] = field(default_factory=dict)  # BybitStreamConfig overrides
 
     def orderbook_topic(self, symbol: str) -> str:
@@ -88,8 +88,11 @@ class BybitProducer(VenueProducer):
         self.books: dict[str, BybitBookSync] = {s: BybitBookSync(s) for s in config.symbols}
         self.numbering = {s: TradeNumbering(s) for s in config.symbols}
         self.tickers = {s: TickerState(s) for s in config.symbols}
-        self.stream = BybitStream(BybitStreamConfig(config.ws_url, config.topics(), **config.stream_config),
-                                  self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect)
+        self.stream = BybitStream(BybitStreamConfig(config.ws_url, config.topics(),
+                                                    replay_end=config.replay_control_url is not None,
+                                                    **config.stream_config),
+                                  self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect,
+                                  self._on_replay_end)
         self._book_updates: dict[str, int] = dict.fromkeys(config.symbols, 0)  # verified updates applied
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -99,10 +102,6 @@ class BybitProducer(VenueProducer):
         workers = [asyncio.create_task(self.stream.run(stop), name="ws"),
                    asyncio.create_task(self._book_snapshots(stop), name="book"),
                    asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
-        if self.config.replay_control_url:
-            # a Bybit resubscription is not a blocking repair: the replay may end while a book waits
-            workers.append(asyncio.create_task(watch_replay(
-                self.config.replay_control_url, stop, lambda: False, self._replay_finished), name="replay"))
         await stop.wait()
         # the stream ends by itself on `stop` (closing its connection); cancelling it from outside
         # would orphan the connection task
@@ -111,7 +110,7 @@ class BybitProducer(VenueProducer):
             t.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await self._repairs.cancel_all()
-        await asyncio.to_thread(self.publisher.flush, 30.0)
+        self.undelivered = await asyncio.to_thread(self.publisher.flush, 30.0) + len(self.publisher.failed)
         if self.status.state == "replay-finished":
             return "replay-finished"
         self.status.set("stopped")
@@ -210,6 +209,9 @@ class BybitProducer(VenueProducer):
 
     def _connected_detail(self) -> str:
         return f"connected: {len(self.config.topics())} topics, {len(self.config.symbols)} symbols"
+
+    def _repair_delays_end(self, name: str) -> bool:
+        return False  # a resubscription waits for a snapshot that a finished replay never sends
 
     def _health_extra(self) -> dict:
         return {"possible_trade_gaps": sum(n.counters.gaps for n in self.numbering.values())}

@@ -26,7 +26,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from producers.base.stream import CombinedStream, StreamConfig
+from producers.base.stream import REPLAY_END_PREFIX, CombinedStream, StreamConfig
 
 log = structlog.get_logger("producer.bybit.ws")
 
@@ -38,6 +38,10 @@ class BybitStreamConfig(StreamConfig):
     """`base_url` is the full category URL; `streams` are Bybit topics (`publicTrade.BTCUSDT`, ...)."""
 
     max_age_s: float = 24 * 3600.0  # Bybit documents no forced cut; rotate daily all the same
+
+    @property
+    def url(self) -> str:
+        return self.base_url + ("?replayEnd=true" if self.replay_end else "")
 
 
 def _op(op: str, args: list[str] | None = None) -> bytes:
@@ -78,10 +82,15 @@ class BybitStream(CombinedStream):
                     await ws.send(_op("subscribe", topics[i:i + SUBSCRIBE_CHUNK]))
                 self._ws = ws
                 heartbeat = asyncio.create_task(self._heartbeat(ws), name="bybit-ping")
+                read_here = 0
                 try:
                     while not stop.is_set():
                         raw = await asyncio.wait_for(ws.recv(decode=False), timeout=cfg.read_timeout_s)
                         first_frame.set()
+                        if cfg.replay_end and raw.startswith(REPLAY_END_PREFIX) and self._replay_ended(raw, read_here):
+                            continue
+                        read_here += 1
+                        self.messages_in += 1
                         self._dispatch(raw, int(time.time() * 1000))
                 finally:
                     heartbeat.cancel()

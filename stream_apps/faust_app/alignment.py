@@ -15,13 +15,19 @@ prefix in offset order, so "the highest offset applied" describes exactly what t
 steady state — nothing is held at all. With the data already in the broker (replays, tests), the
 engine therefore sees the same time-ordered input however the fetches interleave.
 
+Progress markers (``md.progress``) replace that rule for a key whose source publishes them: a
+marker (watermark W, offsets O) promises that every record of the key with event time <= W is at or
+below O in its topic. ``release(key, W, bounds=O)`` then hands over exactly the records the marker
+covers (each topic's prefix with time <= W and offset <= O), nothing that merely happens to have
+been fetched already, so the engine's input no longer depends on fetch interleaving.
+
 The aligner is pure (no Kafka): the worker tells it which topics are caught up.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,16 +113,22 @@ class EventTimeAligner:
             mark = min(mark, seen)
         return mark
 
-    def release(self, key: str, watermark: int) -> Released:
-        """Every held input of ``key`` with event time <= ``watermark`` (prefixes in offset order)."""
+    def release(self, key: str, watermark: int, bounds: Mapping[str, int] | None = None) -> Released:
+        """Every held input of ``key`` with event time <= ``watermark`` (prefixes in offset order);
+        with ``bounds`` (topic -> highest offset, a progress marker's) only records at or below them
+        (a topic not in ``bounds`` releases nothing)."""
         out = Released()
         inputs = self._keys.get(key)
         if inputs is None or watermark == NOTHING:
             return out
         parts: list[TradeRows] = []
+        trade_bound = None if bounds is None else bounds.get(TRADES, -1)
         while inputs.trades:
             rows = inputs.trades[0]
-            beyond = np.flatnonzero(rows.time_ms > watermark)
+            over = rows.time_ms > watermark
+            if trade_bound is not None:
+                over |= rows.offsets > trade_bound
+            beyond = np.flatnonzero(over)
             if len(beyond) == 0:
                 parts.append(inputs.trades.popleft())
                 continue
@@ -129,7 +141,8 @@ class EventTimeAligner:
             out.offsets[TRADES] = out.trades.offsets.tolist()
         for topic, queue in inputs.events.items():
             offsets = []
-            while queue and queue[0][0] <= watermark:
+            bound = EVERYTHING if bounds is None else bounds.get(topic, -1)
+            while queue and queue[0][0] <= watermark and queue[0][1] <= bound:
                 _, offset, event = queue.popleft()
                 out.events.append(event)
                 offsets.append(offset)

@@ -38,7 +38,7 @@ from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig, load_strategy
 
 from .bulk_consumer import BulkConsumer, BulkTransport
-from .config import INPUT_TOPICS, STATE_TABLE, EngineAppConfig
+from .config import INPUT_TOPICS, PROGRESS_TOPIC, STATE_TABLE, EngineAppConfig
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
 from .processor import Effects, EngineProcessor
@@ -82,6 +82,7 @@ class EngineWorker:
         self.metrics = metrics or EngineAppMetrics()
         self.serde = AvroSerde(registry_from_url(config.schema_registry_url))
         self.input_topics = tuple(config.topic(name) for name in INPUT_TOPICS)
+        self.read_topics = (*self.input_topics, config.topic(PROGRESS_TOPIC))  # inputs and their progress markers
         self.app = _EngineFaustApp(
             config.app_id,
             broker=_broker_urls(config.bootstrap),
@@ -105,7 +106,7 @@ class EngineWorker:
         # bytes in, bytes out: Faust then reads and writes the changelog with the "raw" codec
         self.table = self.app.Table(STATE_TABLE, partitions=SYMBOL_PARTITIONS, key_type=bytes, value_type=bytes,
                                     help="engine state per exchange:symbol")
-        self.inputs = self.app.topic(*self.input_topics, key_serializer="raw", value_serializer="raw")
+        self.inputs = self.app.topic(*self.read_topics, key_serializer="raw", value_serializer="raw")
         self.processor = EngineProcessor(
             self.strategies,
             EngineParams(eval_interval_ms=config.eval_interval_ms, allowed_lateness_ms=config.allowed_lateness_ms),
@@ -116,6 +117,9 @@ class EngineWorker:
             topic_prefix=config.topic_prefix,
             snapshot_interval_s=config.snapshot_interval_s,
             max_hold_s=config.max_hold_s,
+            wait_for_progress=config.wait_for_progress,
+            progress_timeout_s=config.progress_timeout_s,
+            start_offset=self._start_offset,
         )
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task | None = None
@@ -127,7 +131,7 @@ class EngineWorker:
     async def start(self) -> None:
         consumer = self.app.consumer
         assert isinstance(consumer, BulkConsumer)
-        consumer.bulk_topics = frozenset(self.input_topics)
+        consumer.bulk_topics = frozenset(self.read_topics)
         consumer.fetch_max_wait_ms = self.config.fetch_max_wait_ms
         consumer.bulk_handler = self
         self.app.topics.add(self.inputs)  # subscribe (there is no agent to do it)
@@ -152,8 +156,10 @@ class EngineWorker:
             return {"status": "starting", "detail": "joining the group"}
         assigned = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics})
         state = "rebalancing" if self.app.rebalancing else "running"
+        waiting = self.processor.progress.waiting()
+        progress = f", {len(waiting)} symbols released by progress markers" if waiting else ""
         return {"status": state, "detail": f"partitions {assigned}, {len(self.processor.owned)} symbols, "
-                f"{self.batches} batches"}
+                f"{self.batches} batches{progress}"}
 
     # -- bulk handler (called by BulkConsumer) -------------------------------------------------
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
@@ -212,6 +218,9 @@ class EngineWorker:
     # -- effects, in their safe order ----------------------------------------------------------
     def _caught_up(self, topic: str, partition: int) -> bool:
         return self.app.consumer.caught_up(TP(topic, partition))  # type: ignore[attr-defined]
+
+    def _start_offset(self, topic: str, partition: int) -> int | None:
+        return self.app.consumer._start_offset.get(TP(topic, partition))  # type: ignore[attr-defined]
 
     def _load_snapshot(self, key: str) -> bytes | None:
         return self.table.data.get(key.encode())

@@ -16,9 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC
 from stream_apps.core.strategy import default_strategy_dir
 
-INPUT_TOPICS = ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
+INPUT_TOPICS = ENGINE_INPUTS
 OUTPUT_TOPICS = ("bars.1m", "features", "signals")
 DEAD_LETTER_TOPIC = "dlq.md"
 STATE_TABLE = "engine-state"
@@ -52,6 +53,12 @@ class EngineAppConfig(BaseModel):
     max_hold_s: float = Field(
         default=5.0, gt=0, description="release inputs held for event-time alignment after this long without "
         "progress on the topic that holds them back")
+    wait_for_progress: bool = Field(
+        default=False, description="hold every key's inputs until md.progress markers release them (a new group "
+        "reading a replay or a warm start); a key also waits once a marker for it arrives")
+    progress_timeout_s: float = Field(
+        default=60.0, gt=0, description="a key waiting for markers whose source sent none this long is released "
+        "by the caught-up rule")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     signal_max_age_ms: int | None = Field(
         default=None, gt=0, description="do not publish signals whose eval_time is older than this (wall clock); "

@@ -55,6 +55,11 @@ class EngineAppMetrics:
         self.held = Gauge("tapeflow_engine_held_inputs", "Inputs held back for event-time alignment", registry=r)
         self.forced_releases = Counter("tapeflow_engine_forced_releases_total",
                                        "Alignment holds released after max_hold_s without progress", registry=r)
+        self.progress_markers = Counter("tapeflow_engine_progress_markers_total",
+                                        "md.progress markers applied (inputs released marker by marker)", registry=r)
+        self.progress_timeouts = Counter("tapeflow_engine_progress_timeouts_total",
+                                         "Keys whose progress source went quiet and were released without markers",
+                                         registry=r)
         self.snapshots = Counter("tapeflow_engine_snapshots_total", "Engine states written to the table", registry=r)
         self.snapshot_bytes = Gauge("tapeflow_engine_snapshot_bytes", "Size of the last snapshot", ["key"],
                                     registry=r)

@@ -10,6 +10,10 @@ them in the same transaction with ``exactly_once``), so a committed offset alway
 a state that includes it on the broker; a crash in between replays input that the restored state
 either already holds (skipped by offset) or has not seen (applied once).
 
+Progress markers (``md.progress``, see ``progress``): a key whose source publishes them is released
+marker by marker instead of by the caught-up rule, each marker once every partition it names has been
+read up to its offsets; markers are acknowledged as soon as they are read.
+
 Per key and input topic three offsets matter: ``seen`` (accepted into the aligner or the engine),
 ``applied`` (inside the engine state) and ``durable`` (inside the last snapshot written). A record at
 or below ``seen`` is a redelivery and is skipped; if it is also at or below ``durable`` it is
@@ -29,15 +33,17 @@ from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig
 
-from .alignment import EVERYTHING, EventTimeAligner
-from .config import INPUT_TOPICS
+from .alignment import EVERYTHING, EventTimeAligner, Released
+from .config import INPUT_TOPICS, PROGRESS_TOPIC
 from .inputs import RawRecord, decode_partition
+from .progress import Marker, ProgressBook, marker_from_record
 from .keyed_engine import KeyedEngine
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
 
 log = structlog.get_logger("engine")
 CaughtUp = Callable[[str, int], bool]  # (full topic, partition) -> read to the end?
+StartOffset = Callable[[str, int], int | None]  # (full topic, partition) -> where this assignment began
 
 
 @dataclass
@@ -85,6 +91,9 @@ class EngineProcessor:
         max_hold_s: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        wait_for_progress: bool = False,
+        progress_timeout_s: float = 60.0,
+        start_offset: StartOffset = lambda topic, partition: None,
     ) -> None:
         self.strategies = list(strategies)
         self.params = params
@@ -101,6 +110,10 @@ class EngineProcessor:
         self.owned: dict[str, _Owned] = {}
         self._catalogue = {topic_prefix + name: name for name in INPUT_TOPICS}
         self._last_delivery: dict[tuple[str, int], float] = {}  # (catalogue topic, partition) -> monotonic
+        self.progress_topic = topic_prefix + PROGRESS_TOPIC
+        self.progress = ProgressBook(wait_for_progress, progress_timeout_s, monotonic)
+        self.start_offset = start_offset
+        self._read_to: dict[tuple[str, int], int] = {}  # (catalogue topic, partition) -> highest offset read
 
     # ------------------------------------------------------------------------------------------
     def on_records(self, records: Mapping[tuple[str, int], Sequence[RawRecord]], caught_up: CaughtUp) -> Effects:
@@ -112,6 +125,7 @@ class EngineProcessor:
             if name is None or not batch:
                 continue
             self._last_delivery[(name, partition)] = self.monotonic()
+            self._read_to[(name, partition)] = max(self._read_to.get((name, partition), -1), batch[-1].offset)
             self.metrics.records_in.labels(name).inc(len(batch))
             decoded = decode_partition(self.serde, name, topic, partition, batch)
             for dead in decoded.dead:
@@ -139,6 +153,9 @@ class EngineProcessor:
                     owned.seen[name] = fresh_items[-1][0]
                     self.aligner.add_events(key, name, fresh_items)
                     touched.add(key)
+        for (topic, partition), batch in records.items():
+            if topic == self.progress_topic and batch:
+                touched.update(self._read_markers(topic, partition, batch, effects))
         # a topic catching up can unblock keys that received nothing in this fetch
         for key in self.owned:
             if key in touched or self.aligner.held(key):
@@ -158,6 +175,13 @@ class EngineProcessor:
         for key, owned in self.owned.items():
             if not self.aligner.held(key):
                 continue
+            if self.progress.marked(key):
+                if self.progress.timed_out(key):
+                    self.metrics.progress_timeouts.inc()
+                    log.warning("no progress marker for %s in %.0f s: its source went quiet; releasing its "
+                                "inputs by the caught-up rule", key, self.progress.timeout_s)
+                else:
+                    continue  # its source's markers decide; forced release would break their order
             self._release(key, caught_up, effects, force=False)
             if not self.aligner.held(key) or owned.holding_since is None:
                 continue
@@ -184,6 +208,8 @@ class EngineProcessor:
         for key in self.owned:
             self.aligner.drop(key)
         self.owned.clear()
+        self.progress.forget()
+        self._read_to.clear()
         self.metrics.symbols.set(0)
 
     # ------------------------------------------------------------------------------------------
@@ -210,14 +236,51 @@ class EngineProcessor:
         # offsets in (durable, applied] were listed in ``unsnapshotted`` when first released and are
         # acknowledged with the next snapshot; those above ``applied`` are still held in the aligner
 
+    def _read_markers(self, topic: str, partition: int, batch: Sequence[RawRecord], effects: Effects) -> set[str]:
+        """Queue the markers of one md.progress batch (acknowledged at once); returns their keys."""
+        keys = set()
+        for record in batch:
+            try:
+                key, marker = marker_from_record(self.serde.decode(record.value))
+            except Exception as exc:  # noqa: BLE001 - an unreadable marker is dropped, loudly
+                log.error("unreadable progress marker at %s[%d]@%d: %s", topic, partition, record.offset, exc)
+                continue
+            self._owned(key, partition)
+            self.progress.add(key, marker)
+            keys.add(key)
+        self.metrics.records_in.labels(PROGRESS_TOPIC).inc(len(batch))
+        effects.ack(topic, partition, [r.offset for r in batch])
+        return keys
+
+    def _covered(self, marker: Marker, partition: int) -> bool:
+        for name, bound in marker.bounds.items():
+            if self._read_to.get((name, partition), -1) >= bound:
+                continue
+            start = self.start_offset(self.prefix + name, partition)
+            if start is None or start <= bound:
+                return False
+        return True
+
     def _release(self, key: str, caught_up: CaughtUp, effects: Effects, force: bool) -> None:
         owned = self.owned[key]
+        if not force and self.progress.marked(key):
+            # marker by marker, each as one step of the engine: the same steps at any speed
+            while (marker := self.progress.next_covered(key, lambda m: self._covered(m, owned.partition))):
+                self.metrics.progress_markers.inc()
+                watermark = EVERYTHING if marker.final else marker.watermark
+                self._process(key, owned, self.aligner.release(key, watermark, marker.bounds), effects)
+                if not self.progress.marked(key):  # its source's final marker: the unmarked rule from here
+                    break
+            else:
+                return
         if force:
             watermark = EVERYTHING
         else:
             partition = owned.partition
             watermark = self.aligner.watermark(key, lambda name: caught_up(self.prefix + name, partition))
-        released = self.aligner.release(key, watermark)
+        self._process(key, owned, self.aligner.release(key, watermark), effects)
+
+    def _process(self, key: str, owned: _Owned, released: Released, effects: Effects) -> None:
         now = self.monotonic()
         if released:
             out = owned.engine.process(released.trades.batch() if released.trades is not None else None,

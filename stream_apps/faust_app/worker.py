@@ -22,7 +22,7 @@ from tapeflow_runtime.logs import configure_logging
 from tapeflow_runtime.service_http import build_app, serve
 
 from .app import EngineWorker
-from .config import DEAD_LETTER_TOPIC, INPUT_TOPICS, OUTPUT_TOPICS, EngineAppConfig
+from .config import DEAD_LETTER_TOPIC, INPUT_TOPICS, OUTPUT_TOPICS, PROGRESS_TOPIC, EngineAppConfig
 from .metrics import EngineAppMetrics
 
 log = structlog.get_logger("engine")
@@ -33,7 +33,7 @@ def ensure_engine_topics(config: EngineAppConfig) -> None:
     """The catalogue topics the worker reads and writes (Faust creates its own changelog)."""
     from schemas.catalogue import DLQ_TOPICS
 
-    specs = [TOPICS[name] for name in (*INPUT_TOPICS, *OUTPUT_TOPICS)] + [DLQ_TOPICS[DEAD_LETTER_TOPIC]]
+    specs = [TOPICS[name] for name in (*INPUT_TOPICS, PROGRESS_TOPIC, *OUTPUT_TOPICS)] + [DLQ_TOPICS[DEAD_LETTER_TOPIC]]
     ensure_topics(config.bootstrap, prefix=config.topic_prefix, specs=specs)
 
 

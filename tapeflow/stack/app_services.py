@@ -158,20 +158,9 @@ class EngineService(HttpHealthService):
     def prepare(self) -> Launch:
         port = free_port(HOST)
         argv = [sys.executable, "-m", "tapeflow", "engine", "--metrics-port", str(port)]
-        if self.settings.replay_dir is not None:
-            argv += ["--allowed-lateness-ms", str(replay_lateness_ms(self.settings.replay_speed))]
+        # a replay needs no lateness allowance: the replay's producer publishes progress markers and the
+        # engine (`--wait-for-progress`, the default for a replay source) releases its inputs by them
         return Launch(argv=argv, address=f"{HOST}:{port}")
-
-
-def replay_lateness_ms(speed: str) -> int:
-    """Event-time lateness for a replay at ``speed``: topics are read in separate fetches, so one
-    can run up to about a second (wall) ahead of another; a 10x replay turns that into 10 s of
-    event time (measured: 250 ms x 60 left 502 late trades in a 25-minute session).
-    ``max`` has no wall-clock relation at all: 5 s, best effort (the last seconds of a recording
-    are only evaluated once that much later input arrives, so more would hide them)."""
-    if speed.strip().lower() == "max":
-        return 5_000
-    return min(round(1_000 * max(float(speed), 1.0)), 60_000)
 
 
 def app_services(settings, paths) -> list[Service]:

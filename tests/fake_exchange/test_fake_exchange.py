@@ -413,6 +413,33 @@ async def test_skip_creates_an_agg_id_gap_that_rest_fills(make_exchange, http):
     assert status["frames_skipped"] == {stream: 3}
 
 
+async def test_end_of_replay_marker_counts_every_message_sent_and_only_when_asked(make_exchange):
+    exchange = await make_exchange(faults={"garbage_every": 10}, start="manual")
+    stream = "sushiusdt@aggTrade"
+    expected = [text for s, text, _ in FRAMES if s == stream]
+    url = exchange.stream_url([stream])
+    async with websockets.connect(url + "&replayEnd=true", max_queue=None) as asking, \
+            websockets.connect(url, max_queue=None) as plain:
+        await asyncio.sleep(0.1)  # both connected before the replay starts
+        await asking.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1}))  # a reply is a message too
+        await asyncio.sleep(0.1)
+        exchange.start_replay()
+        await exchange.wait_finished(10)
+        got = await recv_n(asking, 1 + len(expected) + len(expected) // 10 + 1)
+        await assert_quiet(asking, 0.2)
+        plain_got = await recv_n(plain, len(expected) + len(expected) // 10)
+        await assert_quiet(plain, 0.2)  # a client that did not ask gets no marker
+    marker = json.loads(got[-1])
+    assert marker["stream"] == "tapeflow@replayEnd" and marker["data"]["e"] == "replayEnd"
+    assert marker["data"]["messages"] == len(got) - 1  # the reply, every frame and every garbage frame
+    assert marker["data"]["frames"] == len(expected)
+    assert all("tapeflow@replayEnd" not in m for m in plain_got)
+    # a client connecting after the end gets the marker at once, with nothing before it
+    async with websockets.connect(url + "&replayEnd=true", max_queue=None) as late:
+        late_marker = json.loads(await asyncio.wait_for(late.recv(), 5))
+    assert late_marker["data"]["messages"] == 0 and late_marker["data"]["frames_sent_total"] == 2 * len(expected)
+
+
 async def test_garbage_frames_arrive_between_real_ones(make_exchange):
     exchange = await make_exchange(faults={"garbage_every": 10})
     stream = "sushiusdt@aggTrade"

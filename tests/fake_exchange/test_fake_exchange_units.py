@@ -304,11 +304,16 @@ async def test_replay_schedule_scales_gaps_by_speed():
         def enqueue_frame(self, frame):
             dispatched.append((frame.index, clock.now))
 
+        def end_replay(self):
+            ended.append(len(dispatched))
+
+    ended: list[int] = []
     Recorder.idle.set()
     state.connections.add(Recorder())
     state.request_start()
     await ReplayEngine(state, 10.0, clock=clock, sleep=clock.sleep).run()
     assert [i for i, _ in dispatched] == list(range(len(rec.frames)))
+    assert ended == [len(rec.frames)]  # the end-of-replay marker once, after the last frame
     t0 = rec.frames[0].receive_time
     for (_, at), frame in zip(dispatched, rec.frames, strict=True):
         assert at - 100.0 == pytest.approx((frame.receive_time - t0) / 10, abs=1e-9)

@@ -83,6 +83,10 @@ BTC_GAP = {
     "exchange": "binance", "symbol": "BTCUSDT", "stream": "md.trades", "from_id": 2270511835,
     "to_id": 2270511902, "detected_time": 1718000030000, "reason": "rest_backfill_exhausted",
 }
+BTC_PROGRESS = {
+    "exchange": "binance", "symbol": "BTCUSDT", "source": "producer-replay", "watermark_ms": 1718000028000,
+    "offsets": {"md.trades": 41250, "md.book": 9120, "md.mark": 310}, "final": False, "sequence": 27,
+}
 BTC_BAR = {
     "exchange": "binance", "symbol": "BTCUSDT", "open_time": 1717999980000, "close_time": 1718000040000,
     "open": 67001.1, "high": 67019.9, "low": 66995.0, "close": 67012.4, "volume": 48.213,
@@ -148,7 +152,7 @@ DEAD_CONSUMED = {
 SAMPLES: dict[str, list[dict]] = {
     "md.trades": [CTK_TRADE, BTC_TRADE], "md.depth": [SUSHI_DIFF], "md.book": [SUSHI_BOOK],
     "md.liquidations": [BTC_LIQUIDATION], "md.mark": [BTC_MARK], "md.indicators": [BTC_LS_RATIO],
-    "md.gaps": [BTC_GAP], "bars.1m": [BTC_BAR], "features": [BTC_FEATURES], "signals": [BTC_SIGNAL],
+    "md.gaps": [BTC_GAP], "md.progress": [BTC_PROGRESS], "bars.1m": [BTC_BAR], "features": [BTC_FEATURES], "signals": [BTC_SIGNAL],
     "orders": [BTC_ORDER], "fills": [BTC_FILL], "positions": [BTC_POSITION_CLOSED], "risk.events": [RISK_PAUSE],
 }
 for _dlq in DLQ_TOPICS:

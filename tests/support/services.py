@@ -1,7 +1,8 @@
-"""tapeflow's own processes in tests: start one with its log file, wait for /health, read /metrics.
+"""tapeflow's own processes in tests: start one with its log file, wait for /health, read /metrics, and
+wait on what a consumer group has committed.
 
-Shared by the widest tests (the whole pipeline, the image's wheel, the metrics contract), which run
-each service as users do: one `tapeflow <command>` process per service.
+Shared by the widest tests (the whole pipeline, the replays, the image's wheel, the metrics contract),
+which run each service as users do: one `tapeflow <command>` process per service.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
+
+from tests.support.kafka import committed_offsets
 
 
 class Service:
@@ -98,3 +101,34 @@ def database_url(conninfo: str) -> str:
 def metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return response.read().decode()
+
+
+# --- topics and consumer groups --------------------------------------------------------------------
+def record_counts(records: list[dict]) -> dict[int, int]:
+    """Per partition, the offset after its last record (= what a consumer that read everything commits)."""
+    ends: dict[int, int] = {}
+    for r in records:
+        ends[r["partition"]] = max(ends.get(r["partition"], 0), r["offset"] + 1)
+    return ends
+
+
+def wait_consumed(bootstrap: str, group: str, ends: dict[str, dict[int, int]], services: list[Service],
+                  timeout: float) -> None:
+    """Until `group` has committed every topic in `ends` up to those offsets (it processed everything)."""
+    deadline = time.monotonic() + timeout
+    behind: dict[str, tuple] = {}
+    while time.monotonic() < deadline:
+        behind = {}
+        for topic, want in ends.items():
+            have = committed_offsets(bootstrap, group, topic)
+            if any(have.get(p, 0) < end for p, end in want.items()):
+                behind[topic] = (have, want)
+        if not behind:
+            return
+        for s in services:
+            assert s.proc.poll() is None, f"{s.name} died\n{s.tail()}"
+        time.sleep(0.5)
+    logs = "\n".join(s.tail() for s in services)
+    raise AssertionError(f"group {group} did not consume everything within {timeout} s: {behind}\n{logs}")
+
+

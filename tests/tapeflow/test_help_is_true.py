@@ -1,14 +1,13 @@
-"""`--help` says what the code does: `up` names every component it starts, `engine` the lateness `up` gives
-a replay. Both texts once drifted from the code (up listed five of its nine components; engine said
-250 ms x speed while up used 1 s x speed)."""
+"""`--help` says what the code does: `up` names every component it starts, `engine` what orders a replay's
+inputs. Both texts once drifted from the code (up listed five of its nine components; engine said
+250 ms x speed of lateness while up used 1 s x speed; replays now need none: progress markers)."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
-from tapeflow.stack.app_services import replay_lateness_ms
+from tapeflow.stack.app_services import EngineService
 from tapeflow.stack.supervisor import default_services, default_steps
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
@@ -37,10 +36,11 @@ def test_up_help_names_every_component_up_starts(tmp_path):
         assert SPOKEN.get(name, name) in text, f"`up --help` does not mention {name}: {text}"
 
 
-def test_engine_help_states_the_lateness_up_gives_a_replay():
+def test_engine_help_says_replays_are_ordered_by_progress_markers_not_lateness(tmp_path):
     text = help_text("engine")
-    said = re.search(r"`up` gives a replay (\d+) s x speed, at most (\d+) s, and (\d+) s at max speed", text)
-    assert said, text
-    per_speed, cap, at_max = (int(g) * 1000 for g in said.groups())
-    assert replay_lateness_ms("1") == per_speed and replay_lateness_ms("10") == 10 * per_speed
-    assert replay_lateness_ms("1000") == cap and replay_lateness_ms("max") == at_max
+    assert "Replays need none: their progress markers order the inputs." in text, text
+    assert "--wait-for-progress" in text and "Default: on for a replay:DIR source" in text, text
+    # and `up` really starts a replay's engine without a lateness allowance
+    settings = Settings(home=tmp_path, source=f"replay:{RECORDING}")
+    argv = EngineService(settings, StackPaths(tmp_path)).prepare().argv
+    assert "--allowed-lateness-ms" not in argv, argv

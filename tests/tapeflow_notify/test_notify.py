@@ -24,12 +24,12 @@ from confluent_kafka import Producer
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import ensure_topics
-from tapeflow_runtime.settings import Settings
 from tapeflow_notify.channels import channels_from
 from tapeflow_notify.dispatch import Dispatcher, TokenBucket
 from tapeflow_notify.messages import note_for
 from tapeflow_notify.metrics import NotifyMetrics
+from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.settings import Settings
 from tests.support.services import http_status
 
 TOKEN = "123456:SECRET-bot-token-do-not-log"

@@ -36,7 +36,8 @@ async def run_producer(bootstrap, prefix, fake_cfg, *, symbols, during=None, che
                          spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url,
                          replay_control_url=fake.rest_url, gap_fill_timeout_s=gap_fill_timeout_s,
                          checkpoint_path=checkpoint,
-                         book_interval_ms=book_interval_ms, poll_stagger_s=0.0)
+                         book_interval_ms=book_interval_ms, poll_stagger_s=0.0,
+                         replay_clock=False)  # the live timers: these tests exercise live behaviour
     producer = BinanceProducer(cfg, publisher, metrics)
     stop = asyncio.Event()
     try:

@@ -28,6 +28,7 @@ from stream_apps.faust_app.metrics import EngineAppMetrics
 from stream_apps.faust_app.outputs import OutputEncoder
 from stream_apps.faust_app.processor import Effects, EngineProcessor
 from stream_apps.faust_app.session import engine_inputs, synthetic_session
+from tests.support.engine_reference import direct_engine_outputs
 
 T0 = 1_700_006_400_000
 MIN = 60_000
@@ -75,17 +76,7 @@ def session():
 def reference(session):
     """One direct engine call over everything, restricted per symbol to the evaluation points its
     own inputs reach (a per-symbol worker cannot evaluate past its symbol's newest input)."""
-    out = Engine(STRATEGIES).process(*engine_inputs(session))
-    newest = defaultdict(int)
-    for r in session:
-        newest[r.key] = max(newest[r.key], r.time_ms)
-
-    def reached(record, field):
-        return record[field] <= newest[f"{record['exchange']}:{record['symbol']}"]
-
-    return {"bars.1m": [b for b in out.bars if reached(b, "close_time")],
-            "features": [f for f in out.features if reached(f, "eval_time")],
-            "signals": [s for s in out.signals if reached(s, "eval_time")]}
+    return direct_engine_outputs(session, STRATEGIES)
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +383,135 @@ def test_input_redelivered_before_its_snapshot_is_acked_exactly_once(serde, part
     applied = sum(len(o) for o in saved.acks.values())
     held = sum(processor.aligner.held(k) for k in processor.owned)
     assert applied == sum(broker.position.values()) - held
+
+
+# --- progress markers: a source still writing ----------------------------------------------------
+def published_with_markers(session, serde, seed, *, disorder_ms=1_500, lag_ms=2_000, markers=True):
+    """The session as a source publishes it while a worker reads: trades in time order, the other
+    inputs up to ``disorder_ms`` of event time later than their time says (a book snapshot taken on a
+    timer, an indicator answered by REST) but each topic of a key in its own time order (as every
+    producer publishes), and every second of the source's clock one md.progress marker per key
+    (watermark = clock - ``lag_ms``), then final markers. Returns the writes in publication order:
+    ((topic, partition), FakeRecord)."""
+    rng = random.Random(seed)
+    due: dict[tuple[str, str], int] = {}
+    position = []
+    for r in sorted(session, key=lambda r: r.time_ms):
+        delay = 0 if r.topic == "md.trades" else rng.randint(0, disorder_ms)
+        due[(r.key, r.topic)] = max(due.get((r.key, r.topic), 0), r.time_ms + delay)
+        position.append((due[(r.key, r.topic)], len(position), r))
+    order = [r for _, _, r in sorted(position, key=lambda p: p[:2])]
+    logs: dict[tuple[str, int], int] = defaultdict(int)
+    last: dict[tuple[str, str], int] = {}
+    writes, clock, sequence = [], None, defaultdict(int)
+
+    def write(topic, key, value):
+        tp = (topic, PARTITION[key])
+        writes.append((tp, FakeRecord(logs[tp], key.encode(), serde.encode(topic, value))))
+        logs[tp] += 1
+        return logs[tp] - 1
+
+    def mark(key, watermark, final=False):
+        exchange, symbol = key.split(":")
+        offsets = {t: o for (k, t), o in last.items() if k == key}
+        write("md.progress", key, {"exchange": exchange, "symbol": symbol, "source": "test", "offsets": offsets,
+                                   "watermark_ms": watermark, "final": final, "sequence": sequence[key]})
+        sequence[key] += 1
+
+    for r in order:
+        last[(r.key, r.topic)] = write(r.topic, r.key, r.value)
+        if clock is None or r.time_ms // 1000 > clock // 1000:
+            clock = r.time_ms if clock is None else max(clock, r.time_ms)
+            if markers:
+                for key in PARTITION:
+                    mark(key, clock - lag_ms)
+        clock = max(clock, r.time_ms)
+    if markers:
+        for key in PARTITION:
+            mark(key, 2**63 - 1, final=True)
+    return writes
+
+
+class GrowingBroker(FakeBroker):
+    """The source writes while the worker reads: each fetch first reveals a random number of new
+    writes; "caught up" means read to the end of what is written so far (all a consumer can know)."""
+
+    def __init__(self, writes, seed, reveal_max=30):
+        self.writes, self.revealed, self.reveal_max = writes, 0, reveal_max
+        super().__init__({}, seed)
+        self.logs, self.position = defaultdict(list), defaultdict(int)
+
+    def fetch(self, max_records):
+        step = self.rng.randint(1, self.reveal_max)
+        for tp, record in self.writes[self.revealed:self.revealed + step]:
+            self.logs[tp].append(record)
+            self.position.setdefault(tp, 0)
+        self.revealed += step
+        return super().fetch(max_records)
+
+    def done(self):
+        return self.revealed >= len(self.writes) and super().done()
+
+
+def run_growing(serde, writes, seed, **kw):
+    clock, effects = Clock(), []
+    processor = make_processor(serde, clock, **kw)
+    broker = GrowingBroker(writes, seed)
+    while not broker.done():
+        effects.append(processor.on_records(broker.fetch(500), broker.caught_up))
+        clock.now += 0.1
+        effects.append(processor.tick(broker.caught_up))
+    return decode_outputs(serde, effects), processor
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_progress_markers_give_the_direct_engine_output_while_the_source_is_still_writing(serde, session,
+                                                                                          reference, seed):
+    got, processor = run_growing(serde, published_with_markers(session, serde, seed), seed, wait_for_progress=True)
+    assert_same(got, reference)
+    assert processor.metrics.progress_timeouts._value.get() == 0
+    assert processor.progress.waiting() == {}  # the final markers ended the wait
+
+
+def test_without_markers_a_source_still_writing_changes_the_result(serde, session, reference):
+    """The guard against a vacuous marker test: the same writes without markers, released by the
+    caught-up rule (the consumer is "caught up" whenever it has read what is written so far)."""
+    results = [run_growing(serde, published_with_markers(session, serde, seed, markers=False), seed)[0]
+               for seed in (1, 2, 3)]
+    assert any(by_id(got["features"], "eval_time") != by_id(reference["features"], "eval_time") for got in results)
+
+
+def test_a_marker_waits_for_every_partition_it_names_or_a_start_past_it(serde):
+    from stream_apps.faust_app.progress import Marker
+
+    clock = Clock()
+    starts = {}
+    processor = make_processor(serde, clock, wait_for_progress=True,
+                               start_offset=lambda topic, partition: starts.get((topic, partition)))
+    marker = Marker("test", 1_000, {"md.trades": 10, "md.book": 3}, False, 0)
+    processor._read_to[("md.trades", 2)] = 10
+    assert not processor._covered(marker, 2)  # md.book read to nowhere yet
+    starts[("md.book", 2)] = 3
+    assert not processor._covered(marker, 2)  # started at 3: the record at 3 is still to come
+    starts[("md.book", 2)] = 4
+    assert processor._covered(marker, 2)  # started past it (primed or restored): nothing to wait for
+    processor._read_to[("md.trades", 2)] = 9
+    assert not processor._covered(marker, 2)
+
+
+def test_a_marked_key_whose_source_goes_quiet_is_released_after_the_timeout(serde, session):
+    writes = [w for w in published_with_markers(session, serde, 1) if w[0][0] != "md.progress"][:500]
+    clock = Clock()
+    processor = make_processor(serde, clock, wait_for_progress=True, progress_timeout_s=30.0)
+    logs = defaultdict(list)
+    for tp, record in writes:
+        logs[tp].append(record)
+    effects = [processor.on_records(dict(logs), lambda topic, partition: True)]
+    assert not decode_outputs(serde, effects) and processor.aligner.held("binance:BTCUSDT") > 0
+    clock.now += 29.0
+    effects.append(processor.tick(lambda topic, partition: True))
+    assert not decode_outputs(serde, effects)  # still waiting for its markers
+    clock.now += 2.0
+    effects.append(processor.tick(lambda topic, partition: True))
+    assert decode_outputs(serde, effects)["features"]  # released by the caught-up rule, counted
+    assert processor.metrics.progress_timeouts._value.get() == 2  # both keys
