@@ -9,10 +9,7 @@ strategy reads the same value and none can change what another sees. ``None`` me
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from functools import lru_cache
-
-from .durations import format_duration_ms
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,25 +77,11 @@ class Features:
         return self.coverage_start_ms is not None and self.coverage_start_ms <= self.time_ms - window_ms
 
     def inputs(self) -> dict[str, float]:
-        """Every available number by name (the ``inputs`` map of a feature record)."""
-        out = {name: float(value) for name in _SCALAR_INPUTS if (value := getattr(self, name)) is not None}
-        for prefix, pairs in (("cvd", self.cvd), ("cvd_slope", self.cvd_slope), ("cvd_accel", self.cvd_accel)):
-            for window_ms, value in pairs:
-                out[f"{prefix}_{_duration_name(window_ms)}"] = float(value)
-        ratio = self.atr_price_ratio
-        if ratio is not None:
-            out["atr_price_ratio"] = ratio
-        return out
+        """Every available number by name (the ``inputs`` map of a feature record); computed by
+        ``FeatureFrame.input_rows``, the one implementation the engine's columnar path uses too."""
+        from .frame import FeatureFrame  # the frame module builds on this one
 
-
-_SCALAR_INPUTS = tuple(
-    f.name for f in fields(Features) if f.name not in ("exchange", "symbol", "time_ms", "cvd", "cvd_slope", "cvd_accel")
-)
-
-
-@lru_cache(maxsize=256)
-def _duration_name(window_ms: int) -> str:
-    return format_duration_ms(window_ms)
+        return FeatureFrame.from_features([self]).input_rows()[0]
 
 
 def _lookup(pairs: tuple[tuple[int, float], ...], window_ms: int, name: str) -> float:
