@@ -143,12 +143,16 @@ def exact_ratio(numerator: np.ndarray, denominator: int | np.ndarray) -> np.ndar
     XRP volume in 1e-8 units can pass it) and are divided as Python ints, so no number depends on the
     path that computed it.
     """
-    numerator = np.asarray(numerator, dtype=np.int64)
-    den = np.broadcast_to(np.asarray(denominator, dtype=np.int64), numerator.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = numerator / den
-    big = (np.abs(numerator) >= 2**53) | (np.abs(den) >= 2**53)
-    if big.any():
-        for i in np.flatnonzero(big):
-            out[i] = int(numerator[i]) / int(den[i])
+    out = numerator / denominator
+    if isinstance(denominator, int):
+        if len(numerator) and max(int(numerator.max()), -int(numerator.min())) >= _EXACT:
+            for i in np.flatnonzero(np.abs(numerator) >= _EXACT).tolist():
+                out[i] = int(numerator[i]) / denominator
+        return out
+    big = (np.abs(numerator) >= _EXACT) | (np.abs(denominator) >= _EXACT)
+    for i in np.flatnonzero(big).tolist():
+        out[i] = int(numerator[i]) / int(denominator[i])
     return out
+
+
+_EXACT = 2**53

@@ -98,7 +98,7 @@ class MarketRecords:
         self.book: BookUpdate | None = None
         self.mark: MarkUpdate | None = None
         self.indicators: dict[str, LatestValue] = {}
-        self.liquidations = BucketRing(SECOND_MS, params.liq_buckets, _LIQ_FIELDS)
+        self.liquidations = BucketRing(SECOND_MS, params.ring_sizes[2], _LIQ_FIELDS)
 
     # -- updates -----------------------------------------------------------------------------
     def apply_book(self, update: BookUpdate) -> None:

@@ -111,8 +111,9 @@ class SymbolState:
         self.p95 = p.p95_floor
         self.p99 = p.p99_floor
         self.qty_samples = 0
-        self.seconds = BucketRing(SECOND_MS, p.second_buckets, _SECOND_FIELDS)
-        self.minutes = BucketRing(MINUTE_MS, p.minute_buckets, _MINUTE_FIELDS)
+        second_buckets, minute_buckets, _ = p.ring_sizes
+        self.seconds = BucketRing(SECOND_MS, second_buckets, _SECOND_FIELDS)
+        self.minutes = BucketRing(MINUTE_MS, minute_buckets, _MINUTE_FIELDS)
         self.qty_hist = HourlyQuantileWindow(p.qty_window_hours)
         self.bars_1m = BarBuilder(MINUTE_MS)
         self.bars_atr = BarBuilder(p.atr_bar_ms)
@@ -142,6 +143,15 @@ class SymbolState:
             self.counters.accepted += n
             return self._apply_accepted(ids, times, prices, qtys, qty_units, sells)
         return self._apply_general(ids, times, prices, qtys, qty_units, sells)
+
+    def is_clean(self, batch: TradeBatch) -> bool:
+        """Would ``apply_trades`` accept every trade of ``batch`` (the common case: consecutive ids
+        continuing this symbol's, time order, valid prices and quantities)?"""
+        if len(batch) == 0:
+            return True
+        if not np.isfinite(batch.qty).all():
+            return False
+        return self._is_clean(batch.agg_id, batch.time_ms, batch.price, batch.qty, qty_to_units(batch.qty))
 
     def skip_late(self, ids: np.ndarray) -> None:
         """Trades the engine dropped as late (their second was already evaluated): counted, and the
@@ -348,22 +358,26 @@ class SymbolState:
     # ------------------------------------------------------------------------------------------
     # many evaluation times at once (the engine's columnar path)
     # ------------------------------------------------------------------------------------------
-    def segment_limit_ms(self, cvd_windows_ms: Iterable[int], slope_windows_ms: Iterable[int]) -> int:
+    @staticmethod
+    def segment_limit_ms(params: StateParams, cvd_windows_ms: Iterable[int], slope_windows_ms: Iterable[int]) -> int:
         """Longest span (first to last evaluation time) that ``apply_segment`` + ``snapshot_frame`` can
         answer: the rings must still hold the oldest bucket the first time reads after the trades up to
         the last time are in (``StateParams.replay_margin_s`` widens this for replays)."""
-        p = self.params
+        p = params
+        second_buckets, minute_buckets, liq_buckets = p.ring_sizes
         windows = set(cvd_windows_ms) | set(slope_windows_ms)
         second_windows = [w for w in windows if w <= p.second_window_limit_ms]
         reach_s = max([*second_windows, p.vwap_window_ms, p.large_window_ms, p.whale_window_ms]) // SECOND_MS
         reach_s += 2 * p.slope_step_ms // SECOND_MS + 2
         minute_windows = [w // MINUTE_MS for w in windows if w > p.second_window_limit_ms]
         limits = [
-            (self.seconds.n_buckets - reach_s - 1) * SECOND_MS,
-            (self.market.liquidations.n_buckets - p.liq_window_ms // SECOND_MS - 2) * SECOND_MS,
+            (second_buckets - reach_s - 1) * SECOND_MS,
+            (liq_buckets - p.liq_window_ms // SECOND_MS - 2) * SECOND_MS,
         ]
         if minute_windows:
-            limits.append((self.minutes.n_buckets - max(minute_windows) - 2) * MINUTE_MS)
+            # whole minutes before the current one are read from the minute ring (the current one from
+            # seconds), so the last time's minute may be up to ``buckets - window`` minutes ahead
+            limits.append((minute_buckets - max(minute_windows)) * MINUTE_MS)
         return max(min(limits), 0)
 
     def apply_segment(self, batch: TradeBatch | None, times: np.ndarray) -> tuple[SegmentLog, list[Bar]]:
