@@ -45,6 +45,7 @@ import numpy as np
 
 from .cooldown import CooldownBook
 from .decision import decide_frame
+from .frame import distinct_sorted
 from .events import (
     BookBatch,
     BookUpdate,
@@ -251,8 +252,8 @@ class Engine:
                 return out
             low = min(starts) // 1000 * 1000
         points = self._evaluation_points(low)
-        if points:
-            self._run(np.asarray(points, dtype=np.int64), out)
+        if len(points):
+            self._run(points, out)
         return out
 
     def _buffer_events(self, events: Iterable[MarketEvent | BookBatch | MarkBatch], lowest: int,
@@ -314,22 +315,24 @@ class Engine:
                   for items in self._pending_other.values()]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
-    def _evaluation_points(self, low: int) -> list[int]:
+    def _evaluation_points(self, low: int) -> np.ndarray:
         assert self.clock_ms is not None
         high = self.clock_ms
         if high <= low:
-            return []
-        points: set[int] = set()
+            return np.empty(0, dtype=np.int64)
+        parts = []
         for batch in self._pending_trades.values():
-            ends = (np.unique(batch.time_ms // 1000) + 1) * 1000
-            points.update(int(p) for p in ends[(ends > low) & (ends <= high)])
+            ends = (distinct_sorted(batch.time_ms // 1000) + 1) * 1000  # pending trades are time-ordered
+            parts.append(ends[(ends > low) & (ends <= high)])
         interval = self.params.eval_interval_ms
         if self.states or self._pending_trades:
             for start, end in self._active_spans():
                 begin, stop = max(low, start), min(high, end)
                 if stop > begin:
-                    points.update(range((begin // interval + 1) * interval, stop + 1, interval))
-        return sorted(points)
+                    parts.append(np.arange((begin // interval + 1) * interval, stop + 1, interval, dtype=np.int64))
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        return distinct_sorted(np.sort(np.concatenate(parts), kind="stable"))
 
     def _active_spans(self) -> list[tuple[int, int]]:
         """Merged ``[t, t + idle_eval_limit_ms]`` over the times of every input at hand (applied
@@ -338,7 +341,7 @@ class Engine:
         parts += [batch.time_ms for batch in self._pending_trades.values()]
         if self.applied_input_ms is not None:
             parts.append(np.asarray([self.applied_input_ms], dtype=np.int64))
-        times = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        times = np.sort(np.concatenate(parts), kind="stable") if parts else np.empty(0, dtype=np.int64)  # sorted runs: merged in linear time
         limit = self.params.idle_eval_limit_ms
         spans: list[tuple[int, int]] = []
         if len(times) == 0:

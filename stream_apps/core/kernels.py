@@ -131,3 +131,118 @@ def score_rows(fast, mid, accel, large_net, ls_ratio, top_share, oi_change, vwap
                         gate = g + 1
                         break
             gate_out[k, i] = gate
+
+
+# ------------------------------------------------------------------------------------------------
+# trade-size quantiles (see ``quantiles``): the hourly histogram window and the per-minute P95/P99
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def bin_midpoint(index, sub_buckets, min_exponent):  # pragma: no cover - compiled
+    exponent, sub = index // sub_buckets, index % sub_buckets
+    return math.ldexp(1.0 + (sub + 0.5) / sub_buckets, exponent + min_exponent)
+
+
+@njit(cache=True)
+def window_quantiles(rows, total, ids, hour, window_hours, qs, sub_buckets, min_exponent, out):  # pragma: no cover
+    """The ``qs`` quantiles (numpy ``method="lower"``: rank floor((n-1)q), as bin midpoints) of the
+    histogram window ending in ``hour`` into ``out``; returns n (0: no value, ``out`` untouched).
+    ``qs`` ascending."""
+    n_bins = total.shape[0]
+    counts = total.copy()
+    for slot in range(ids.shape[0]):
+        if ids[slot] >= 0 and ids[slot] < hour - window_hours:  # an hour that left the window
+            for b in range(n_bins):
+                counts[b] -= rows[slot, b]
+    n = 0
+    for b in range(n_bins):
+        n += counts[b]
+    if n == 0:
+        return 0
+    k = 0
+    rank = math.floor((n - 1) * qs[0])
+    cumulative = 0
+    for b in range(n_bins):
+        cumulative += counts[b]
+        while k < qs.shape[0] and cumulative > rank:
+            out[k] = bin_midpoint(b, sub_buckets, min_exponent)
+            k += 1
+            if k < qs.shape[0]:
+                rank = math.floor((n - 1) * qs[k])
+        if k == qs.shape[0]:
+            break
+    return n
+
+
+@njit(cache=True)
+def _thresholds(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent,
+                out):  # pragma: no cover - compiled
+    """P95/P99 at ``hour`` with the floors (``SymbolState._thresholds_at``) into out = (p95, p99, n)."""
+    qs = np.array([0.95, 0.99])
+    values = np.zeros(2)
+    n = window_quantiles(rows, total, ids, hour, window_hours, qs, sub_buckets, min_exponent, values)
+    out[2] = n
+    if n < min_samples or n == 0:
+        out[0], out[1] = floors[0], floors[1]
+    else:
+        out[0], out[1] = max(values[0], floors[0]), max(values[1], floors[1])
+
+
+@njit(cache=True)
+def thresholds_at(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets,
+                  min_exponent):  # pragma: no cover - compiled
+    out = np.zeros(3)
+    _thresholds(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent, out)
+    return out
+
+
+@njit(cache=True)
+def apply_minutes(qtys, bins, starts, minutes, rows, total, ids, head, window_hours, floors, min_samples,
+                  sub_buckets, min_exponent, state, wanted, wanted_out, minute_out, large):  # pragma: no cover
+    """The per-minute loop of ``SymbolState._apply_accepted`` for trades grouped by minute (``starts``):
+    P95/P99 frozen at each new minute from the trades before it, "large" = qty above that P99, then
+    the minute's sizes counted into its hour. ``state`` = [threshold minute, p95, p99, samples] is
+    updated; ``minute_out[g]`` gets the thresholds computed for group g (NaN when the minute was
+    already frozen); ``wanted`` minutes (ascending) get theirs from the histogram as it is just
+    before the first trade minute after them (``wanted_out``, NaN rows for those left for later).
+    Returns the histogram's new head hour."""
+    n_groups = starts.shape[0]
+    n = qtys.shape[0]
+    n_slots = ids.shape[0]
+    w = 0
+    tmp = np.zeros(3)
+    for g in range(n_groups):
+        start = starts[g]
+        end = starts[g + 1] if g + 1 < n_groups else n
+        minute = minutes[g]
+        hour_of_minute = (minute * 60_000) // 3_600_000
+        if minute != int(state[0]):
+            while w < wanted.shape[0] and wanted[w] < minute:
+                if wanted[w] == int(state[0]):
+                    wanted_out[w, 0], wanted_out[w, 1], wanted_out[w, 2] = state[1], state[2], state[3]
+                else:
+                    _thresholds(rows, total, ids, (wanted[w] * 60_000) // 3_600_000, window_hours, floors,
+                                min_samples, sub_buckets, min_exponent, tmp)
+                    wanted_out[w, 0], wanted_out[w, 1], wanted_out[w, 2] = tmp[0], tmp[1], tmp[2]
+                w += 1
+            _thresholds(rows, total, ids, hour_of_minute, window_hours, floors, min_samples, sub_buckets,
+                        min_exponent, tmp)
+            state[0], state[1], state[2], state[3] = minute, tmp[0], tmp[1], tmp[2]
+            minute_out[g, 0], minute_out[g, 1], minute_out[g, 2] = tmp[0], tmp[1], tmp[2]
+        p99 = state[2]
+        for i in range(start, end):
+            large[i] = qtys[i] > p99
+        # the minute's sizes into its hour's histogram (``HourlyQuantileWindow.add``)
+        if hour_of_minute <= head - n_slots:
+            continue  # older than the window
+        slot = hour_of_minute % n_slots
+        if ids[slot] != hour_of_minute:
+            for b in range(total.shape[0]):
+                total[b] -= rows[slot, b]
+                rows[slot, b] = 0
+            ids[slot] = hour_of_minute
+        for i in range(start, end):
+            rows[slot, bins[i]] += 1
+            total[bins[i]] += 1
+        if hour_of_minute > head:
+            head = hour_of_minute
+    return head

@@ -162,14 +162,14 @@ class MarketRecords:
                 self.apply_liquidation(event)
                 continue
             if not timeline.indicator_versions:
-                timeline.indicator_versions.append(self._copy_indicators())
-            self.apply_indicator(event)
-            timeline.indicator_times.append(event.time_ms)
-            timeline.indicator_versions.append(self._copy_indicators())
+                timeline.indicator_versions.append(dict(self.indicators))
+            self.apply_indicator(event)  # replaces entries, never changes one: a shallow copy is a version
+            if timeline.indicator_times and timeline.indicator_times[-1] == event.time_ms:
+                timeline.indicator_versions[-1] = dict(self.indicators)  # same time: one version
+            else:
+                timeline.indicator_times.append(event.time_ms)
+                timeline.indicator_versions.append(dict(self.indicators))
         return timeline
-
-    def _copy_indicators(self) -> dict[str, LatestValue]:
-        return {kind: replace(latest, extra=dict(latest.extra)) for kind, latest in self.indicators.items()}
 
     def apply_liquidation(self, event: LiquidationEvent) -> None:
         if not (np.isfinite(event.usd) and event.usd > 0 and event.liquidated_side in ("LONG", "SHORT")):
@@ -193,7 +193,8 @@ class MarketRecords:
                 update.value, update.value_time_ms, extra, current.value, current.value_time_ms
             )
         elif update.value_time_ms == current.value_time_ms:  # the same data point polled again
-            current.value, current.extra = update.value, extra
+            # a new object, never a change in place: a segment's timeline keeps the earlier one
+            self.indicators[update.kind] = replace(current, value=update.value, extra=extra)
         else:
             self.counters.stale_records += 1
 

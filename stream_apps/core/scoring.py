@@ -38,7 +38,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .features import Features
-from .frame import FeatureFrame
+from .frame import FeatureFrame, distinct_sorted
 from .kernels import score_rows
 from .strategy import PerSymbol, StrategyConfig
 
@@ -202,8 +202,10 @@ def score_frame(frame: FeatureFrame, cfg: StrategyConfig) -> ScoreFrame:
 def _round6(values: np.ndarray) -> np.ndarray:
     """Python's ``round(x, 6)`` (correctly rounded in decimal, unlike ``np.round``) of every value; a
     score takes few distinct values, so each is rounded once."""
-    unique, inverse = np.unique(values, return_inverse=True)
-    return np.array([round(u, 6) for u in unique.tolist()], dtype=np.float64)[inverse.reshape(values.shape)]
+    flat = values.ravel()
+    unique = distinct_sorted(np.sort(flat))
+    rounded = np.array([round(u, 6) for u in unique.tolist()], dtype=np.float64)
+    return rounded[np.searchsorted(unique, flat)].reshape(values.shape)
 
 
 def _gate_value(setting: PerSymbol | None, symbol: str) -> float | None:

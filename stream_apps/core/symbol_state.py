@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -50,10 +49,11 @@ from .events import (
     TradeBatch,
 )
 from .features import Features
-from .frame import SCALAR_FIELDS, FeatureFrame, exact_ratio
+from .frame import SCALAR_FIELDS, FeatureFrame, distinct_sorted, exact_ratio
 from .market_records import MarketRecords, MarketTimeline
 from .params import MINUTE_MS, SECOND_MS, Counters, StateParams
-from .quantiles import HOUR_MS, HourlyQuantileWindow, bin_index
+from .kernels import apply_minutes, thresholds_at
+from .quantiles import HOUR_MS, MIN_EXPONENT, SUB_BUCKETS, HourlyQuantileWindow, bin_index
 from .ring import BucketRing
 from .units import NOTIONAL_SCALE, QTY_SCALE, notional_to_units, qty_to_units
 
@@ -235,24 +235,10 @@ class SymbolState:
         quote = prices * qtys
         quote_units = notional_to_units(quote)
 
-        # large trades: P99 frozen per minute, then the minute's sizes enter the histogram
+        # large trades: P99 frozen per minute, then the minute's sizes enter the histogram (compiled loop)
         minutes = times // MINUTE_MS
         m_starts = np.concatenate(([0], np.flatnonzero(minutes[1:] != minutes[:-1]) + 1))
-        bins = bin_index(qtys)
-        bounds = m_starts.tolist() + [n]
-        large = np.empty(n, dtype=bool)
-        log = self._log
-        for start, end in pairwise(bounds):
-            minute = int(minutes[start])
-            if minute != self.threshold_minute:
-                if log is not None:
-                    self._log_thresholds_before(minute)
-                self.p95, self.p99, self.qty_samples = self._thresholds_at(minute * MINUTE_MS)
-                self.threshold_minute = minute
-                if log is not None:
-                    log.thresholds[minute] = (self.p95, self.p99, self.qty_samples)
-            np.greater(qtys[start:end], self.p99, out=large[start:end])
-            self.qty_hist.add(minute * MINUTE_MS // HOUR_MS, bins[start:end])
+        large = self._minute_thresholds(qtys, bin_index(qtys), m_starts, minutes[m_starts])
 
         rows = np.empty((n, 8), dtype=np.int64)
         buy_units = np.multiply(qty_units, ~sells, out=rows[:, 0])
@@ -285,12 +271,38 @@ class SymbolState:
         self.head_second = max(self.head_second, int(seconds[-1]))
         return closed
 
+    def _minute_thresholds(self, qtys: np.ndarray, bins: np.ndarray, starts: np.ndarray,
+                           minute_numbers: np.ndarray) -> np.ndarray:
+        """Per minute group: freeze P95/P99 at the minute's first trade (from the trades before it),
+        flag the trades above P99 as large, count the sizes into the hourly histogram; with a segment
+        log, also the thresholds of the wanted minutes and of every minute frozen."""
+        p, hist, log = self.params, self.qty_hist, self._log
+        wanted = np.asarray(log.wanted if log is not None else [], dtype=np.int64)
+        wanted_out = np.full((len(wanted), 3), np.nan)
+        minute_out = np.full((len(starts), 3), np.nan)
+        state = np.array([self.threshold_minute, self.p95, self.p99, self.qty_samples], dtype=np.float64)
+        large = np.empty(len(qtys), dtype=bool)
+        hist.head = int(apply_minutes(
+            qtys, bins, starts, minute_numbers, hist._rows, hist._total, hist._ids, hist.head, hist.window_hours,
+            np.array([p.p95_floor, p.p99_floor]), p.min_quantile_samples, SUB_BUCKETS, MIN_EXPONENT, state, wanted,
+            wanted_out, minute_out, large))
+        self.threshold_minute, self.p95, self.p99, self.qty_samples = int(state[0]), state[1], state[2], int(state[3])
+        if log is not None:
+            done = ~np.isnan(wanted_out[:, 0])
+            for minute, (p95, p99, n) in zip(wanted[done].tolist(), wanted_out[done].tolist()):
+                log.thresholds.setdefault(minute, (p95, p99, int(n)))
+            del log.wanted[: int(done.sum())]
+            computed = ~np.isnan(minute_out[:, 0])
+            for minute, (p95, p99, n) in zip(minute_numbers[computed].tolist(), minute_out[computed].tolist()):
+                log.thresholds[minute] = (p95, p99, int(n))
+        return large
+
     def _thresholds_at(self, time_ms: int) -> tuple[float, float, int]:
-        p = self.params
-        (q95, q99), n = self.qty_hist.quantiles_at(time_ms // HOUR_MS, (0.95, 0.99))
-        if n < p.min_quantile_samples or q95 is None or q99 is None:
-            return p.p95_floor, p.p99_floor, n
-        return max(q95, p.p95_floor), max(q99, p.p99_floor), n
+        p, hist = self.params, self.qty_hist
+        p95, p99, n = thresholds_at(hist._rows, hist._total, hist._ids, time_ms // HOUR_MS, hist.window_hours,
+                                    np.array([p.p95_floor, p.p99_floor]), p.min_quantile_samples, SUB_BUCKETS,
+                                    MIN_EXPONENT).tolist()
+        return p95, p99, int(n)
 
     # ------------------------------------------------------------------------------------------
     # other market records (see ``market_records``)
@@ -387,7 +399,7 @@ class SymbolState:
         the trades closed (the engine places each at the evaluation that would have emitted it)."""
         log = SegmentLog(self.last_price, self.last_trade_ms, self.atr.value, self.atr.percentile(), self.atr.bars,
                          self.threshold_minute, (self.p95, self.p99, self.qty_samples),
-                         np.unique(times // MINUTE_MS).tolist())
+                         distinct_sorted(times // MINUTE_MS).tolist())
         self._log = log
         try:
             closed: list[Bar] = []
