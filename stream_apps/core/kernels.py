@@ -246,3 +246,35 @@ def apply_minutes(qtys, bins, starts, minutes, rows, total, ids, head, window_ho
         if hour_of_minute > head:
             head = hour_of_minute
     return head
+
+
+# ------------------------------------------------------------------------------------------------
+# window sums over a bucket ring (see ``ring``)
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def ring_window_sums(values, head, starts, ends):  # pragma: no cover - compiled
+    """Sums of every field over buckets ``[starts[k], ends[k])`` of a ring (``values``: fields x slots,
+    bucket b in slot b % slots, holding buckets head - slots + 1 .. head; others read as 0). One
+    prefix sum over the span the windows cover, then two lookups per window."""
+    n_fields, n_slots = values.shape
+    out = np.zeros((starts.shape[0], n_fields), dtype=np.int64)
+    if starts.shape[0] == 0:
+        return out
+    lo = min(starts.min(), ends.min())
+    hi = max(starts.max(), ends.max())
+    first = max(lo, head - n_slots + 1)
+    last = min(hi - 1, head)
+    prefix = np.zeros((hi - lo + 1, n_fields), dtype=np.int64)
+    for b in range(lo, hi):
+        row = b - lo
+        if first <= b <= last:
+            slot = b % n_slots
+            for f in range(n_fields):
+                prefix[row + 1, f] = prefix[row, f] + values[f, slot]
+        else:
+            for f in range(n_fields):
+                prefix[row + 1, f] = prefix[row, f]
+    for k in range(starts.shape[0]):
+        for f in range(n_fields):
+            out[k, f] = prefix[ends[k] - lo, f] - prefix[starts[k] - lo, f]
+    return out

@@ -52,7 +52,7 @@ from .features import Features
 from .frame import SCALAR_FIELDS, FeatureFrame, distinct_sorted, exact_ratio
 from .market_records import MarketRecords, MarketTimeline
 from .params import MINUTE_MS, SECOND_MS, Counters, StateParams
-from .kernels import apply_minutes, thresholds_at
+from .kernels import apply_minutes, ring_window_sums, thresholds_at
 from .quantiles import HOUR_MS, MIN_EXPONENT, SUB_BUCKETS, HourlyQuantileWindow, bin_index
 from .ring import BucketRing
 from .units import NOTIONAL_SCALE, QTY_SCALE, notional_to_units, qty_to_units
@@ -461,53 +461,61 @@ class SymbolState:
         step = p.slope_step_ms
         values: dict[str, np.ndarray] = {}
 
-        # window sums: every second-bucket window of every time from one prefix-sum block
+        # window sums: every window of every time from one prefix sum per ring (compiled)
         def ends(lag: int) -> np.ndarray:
             return (times - lag * step - 1) // SECOND_MS + 1  # first bucket at or after the window's end
 
         end0 = ends(0)
+        specs: list[tuple[np.ndarray, int]] = []  # (end buckets, window buckets), n rows each
         second_windows = [w for w in windows if w <= p.second_window_limit_ms]
-        reach = max([*second_windows, p.vwap_window_ms, p.large_window_ms, p.whale_window_ms]) // SECOND_MS
-        lo = int(ends(2).min()) - reach if slope_windows else int(end0.min()) - reach
-        lo = min(lo, int(end0.min()) - reach)
-        hi = int(end0.max())
-        prefix = self.seconds.prefix(lo, hi)
-
-        def window(field: int, end: np.ndarray, window_ms: int) -> np.ndarray:
-            return prefix[end - lo, field] - prefix[end - window_ms // SECOND_MS - lo, field]
-
+        for w in second_windows:
+            specs.append((end0, w // SECOND_MS))
+        lagged = {lag: ends(lag) for lag in (1, 2)} if slope_windows else {}
+        for w in slope_windows:
+            specs += [(lagged[1], w // SECOND_MS), (lagged[2], w // SECOND_MS)]
+        specs += [(end0, p.vwap_window_ms // SECOND_MS), (end0, p.large_window_ms // SECOND_MS),
+                  (end0, p.whale_window_ms // SECOND_MS)]
         minute_windows = [w for w in windows if w > p.second_window_limit_ms]
         if minute_windows:
             hi_minute = (times - 1) // MINUTE_MS  # the minute holding t - 1 ms: in the window up to t
-            m_lo = int(hi_minute.min()) - max(minute_windows) // MINUTE_MS + 1
-            m_prefix = self.minutes.prefix(m_lo, int(hi_minute.max()))
-            partial_start = hi_minute * (MINUTE_MS // SECOND_MS)  # seconds of the current minute before t
+            partial_start = hi_minute * (MINUTE_MS // SECOND_MS)  # its seconds before t: from the second ring
+            specs.append((end0, -1))
+        starts = np.concatenate([e - w if w >= 0 else partial_start for e, w in specs])
+        sums = ring_window_sums(self.seconds._values, self.seconds.head, starts,
+                                np.concatenate([e for e, _ in specs])).reshape(len(specs), n, -1)
+        at = dict(zip([("cvd", w) for w in second_windows] + [(lag, w) for w in slope_windows for lag in (1, 2)]
+                      + ["vwap", "large", "whale", "partial"], sums))
+        cvd_now: dict[int, np.ndarray] = {w: at[("cvd", w)][:, 0] - at[("cvd", w)][:, 1] for w in second_windows}
+        if minute_windows:
+            m_ends = np.concatenate([hi_minute] * len(minute_windows))
+            m_starts = np.concatenate([hi_minute - w // MINUTE_MS + 1 for w in minute_windows])
+            full = ring_window_sums(self.minutes._values, self.minutes.head, m_starts, m_ends)
+            full = full.reshape(len(minute_windows), n, -1)  # whole minutes before the current one
+            part = at["partial"]
+            for k, w in enumerate(minute_windows):
+                cvd_now[w] = (full[k, :, 0] + part[:, 0]) - (full[k, :, 1] + part[:, 1])
+        cvd_now = {w: cvd_now[w] for w in windows}
+        lag_cvd = {(lag, w): at[(lag, w)][:, 0] - at[(lag, w)][:, 1] for w in slope_windows for lag in (1, 2)}
 
-        def cvd_units(lag: int, window_ms: int) -> np.ndarray:
-            if window_ms <= p.second_window_limit_ms:
-                end = end0 if lag == 0 else ends(lag)
-                return window(0, end, window_ms) - window(1, end, window_ms)
-            full_lo = hi_minute - window_ms // MINUTE_MS + 1 - m_lo
-            full = m_prefix[hi_minute - m_lo] - m_prefix[full_lo]  # whole minutes before the current one
-            part = prefix[end0 - lo] - prefix[partial_start - lo]
-            return (full[:, 0] + part[:, 0]) - (full[:, 1] + part[:, 1])
-
-        cvd_now = {w: cvd_units(0, w) for w in windows}
-        cvd = {w: exact_ratio(units, QTY_SCALE) for w, units in cvd_now.items()}
-        slopes, accels = {}, {}
+        vwap_sums, large_sums, whale_sums = at["vwap"], at["large"], at["whale"]
+        volume_units = vwap_sums[:, 0] + vwap_sums[:, 1]
+        qty_columns = [*cvd_now.values()]
         for w in slope_windows:
-            c0, c1, c2 = cvd_now[w], cvd_units(1, w), cvd_units(2, w)
-            slopes[w] = exact_ratio(c0 - c1, QTY_SCALE)
-            accels[w] = exact_ratio((c0 - c1) - (c1 - c2), QTY_SCALE)
-
-        buy, sell, quote = (window(f, end0, p.vwap_window_ms) for f in range(3))
-        volume_units = buy + sell
+            c0, c1, c2 = cvd_now[w], lag_cvd[(1, w)], lag_cvd[(2, w)]
+            qty_columns += [c0 - c1, (c0 - c1) - (c1 - c2)]
+        qty_columns += [volume_units, large_sums[:, 4], large_sums[:, 5]]
+        qty_values = exact_ratio(np.concatenate(qty_columns), QTY_SCALE).reshape(len(qty_columns), n)
+        notional_values = exact_ratio(np.concatenate((vwap_sums[:, 2], whale_sums[:, 6], whale_sums[:, 7])),
+                                      NOTIONAL_SCALE).reshape(3, n)
+        cvd = dict(zip(windows, qty_values[: len(windows)]))
+        slopes = {w: qty_values[len(windows) + 2 * k] for k, w in enumerate(slope_windows)}
+        accels = {w: qty_values[len(windows) + 2 * k + 1] for k, w in enumerate(slope_windows)}
+        volume, large_buy_qty, large_sell_qty = qty_values[-3:]
         traded = volume_units != 0
         vwap = np.full(n, np.nan)
         if traded.any():
-            vwap[traded] = exact_ratio(quote[traded], NOTIONAL_SCALE) / exact_ratio(volume_units[traded], QTY_SCALE)
-        large_buy, large_sell = window(4, end0, p.large_window_ms), window(5, end0, p.large_window_ms)
-        whale_buy, whale_sell = window(6, end0, p.whale_window_ms), window(7, end0, p.whale_window_ms)
+            vwap[traded] = notional_values[0][traded] / volume[traded]
+        whale_buy, whale_sell = whale_sums[:, 6], whale_sums[:, 7]
         whale_total = whale_buy + whale_sell
         whale_ratio = np.zeros(n)
         flowing = whale_total != 0
@@ -552,15 +560,14 @@ class SymbolState:
         values["coverage_start_ms"] = np.full(n, np.nan if self.coverage_start_ms is None else
                                               float(self.coverage_start_ms))
         values["vwap_30m"] = vwap
-        values["volume_30m"] = exact_ratio(volume_units, QTY_SCALE)
+        values["volume_30m"] = volume
         values["atr"] = atr_value
         values["atr_percentile"] = atr_pct
         values["atr_bars"] = atr_bars
         values["p95_qty"], values["p99_qty"], values["qty_samples"] = quantiles.T.copy()
-        values["large_buy_qty_15m"] = exact_ratio(large_buy, QTY_SCALE)
-        values["large_sell_qty_15m"] = exact_ratio(large_sell, QTY_SCALE)
-        values["whale_buy_usd_15m"] = exact_ratio(whale_buy, NOTIONAL_SCALE)
-        values["whale_sell_usd_15m"] = exact_ratio(whale_sell, NOTIONAL_SCALE)
+        values["large_buy_qty_15m"] = large_buy_qty
+        values["large_sell_qty_15m"] = large_sell_qty
+        values["whale_buy_usd_15m"], values["whale_sell_usd_15m"] = notional_values[1], notional_values[2]
         values["whale_ratio_15m"] = whale_ratio
         values.update(self.market.values_many(times, timeline))
         return FeatureFrame(self.exchange, self.symbol, times, {name: values[name] for name in SCALAR_FIELDS},
