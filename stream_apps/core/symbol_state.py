@@ -286,7 +286,8 @@ class SymbolState:
             qtys, bins, starts, minute_numbers, hist._rows, hist._total, hist._ids, hist.head, hist.window_hours,
             np.array([p.p95_floor, p.p99_floor]), p.min_quantile_samples, SUB_BUCKETS, MIN_EXPONENT, state, wanted,
             wanted_out, minute_out, large))
-        self.threshold_minute, self.p95, self.p99, self.qty_samples = int(state[0]), state[1], state[2], int(state[3])
+        self.threshold_minute, self.p95, self.p99, self.qty_samples = (int(state[0]), float(state[1]), float(state[2]),
+                                                                       int(state[3]))
         if log is not None:
             done = ~np.isnan(wanted_out[:, 0])
             for minute, (p95, p99, n) in zip(wanted[done].tolist(), wanted_out[done].tolist()):
