@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.session import HOUR_MS, START_MS, generate_session, hourly, seconds_for_trades
+from backtest.research.session import HOUR_MS, START_MS, generate_session, hourly, seconds_for_trades
 from stream_apps.core.engine import Engine, EngineOutput
 from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import default_strategy_dir, load_strategies
@@ -162,9 +162,11 @@ def main() -> None:
 
     result, _ = run_new(sessions, StateParams.for_replay)
     rate = result["trades"] / result["seconds"]
+    cpu_rate = result["trades"] / result["cpu_seconds"]
     evals_per_s = result["feature_records"] / len(load_strategies(default_strategy_dir())) / result["seconds"]
     print(f"engine (replay rings, ~1 h segments): {result['trades']:,} trades in {result['seconds']:.2f} s "
-          f"(cpu {result['cpu_seconds']:.2f} s) = {rate:,.0f} trades/s = {rate / TARGET:.2f}x the 3 M target; "
+          f"(cpu {result['cpu_seconds']:.2f} s) = {rate:,.0f} trades/s = {rate / TARGET:.2f}x the 3 M target "
+          f"({cpu_rate:,.0f} per CPU second = {cpu_rate / TARGET:.2f}x; load {os.getloadavg()[0]:.1f}); "
           f"{result['feature_records']:,} feature records ({evals_per_s:,.0f} symbol evaluations/s), "
           f"{result['signals']:,} signals, {result['bars']:,} bars; peak RSS {peak_rss_mib():,.0f} MiB")
     if args.live_params:

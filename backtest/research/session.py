@@ -1,9 +1,11 @@
-"""A generated, realistic multi-symbol session for the research benchmarks, as engine input columns.
+"""A generated, realistic multi-symbol session as engine input columns (research runs and benchmarks).
 
-Why here and not the backtest's ``synthetic`` source: the speed benchmark must hand the engine
-exactly what a replay hands it (columnar trades, book and mark batches, the few liquidation and
-indicator events) without timing a record-by-record source, and it must fit ten million trades in
-memory quickly (a few seconds, all numpy). It follows the same recipe as that source:
+Why its own generator and not the backtest's record source: research and the speed benchmark hand the
+engine exactly what a replay hands it (columnar trades, book and mark batches, the few liquidation
+and indicator events) without a record per trade, and must produce months of trades quickly (all
+numpy, a day of one symbol in a fraction of a second) and day by day (bounded memory). The recipe is
+the one of the backtest's ``synthetic`` source (issue 12); when that source lands the two should
+share one generator. The recipe:
 
 - bursty arrivals: per-second Poisson counts whose rate follows a per-minute AR(1) log-activity times
   occasional bursts (x3-x10, decaying over minutes); default rates BTC 30, ETH 20, SOL 10, XRP 8
@@ -56,12 +58,36 @@ def _rng(seed: int, symbol: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(digest, "big")])
 
 
+class SymbolGenerator:
+    """One symbol's market, generated a span at a time; price, ids and open interest carry over, so
+    consecutive spans form one continuous session (the same seed gives the same days)."""
+
+    def __init__(self, symbol: str, seed: int = 0, rate: float | None = None) -> None:
+        self.symbol = symbol
+        self.seed = seed
+        self.base_rate = rate if rate is not None else RATES.get(symbol, 10.0)
+        self.price0 = PRICES.get(symbol, 50.0)
+        self.decimals = min(8, max(0, 5 - math.floor(math.log10(self.price0))))
+        self.tick = 10.0 ** -self.decimals
+        self.log_price = math.log(self.price0)
+        self.next_id = int(_rng(seed, symbol).integers(1_000_000, 900_000_000))
+        self.open_interest = 2e8 / self.price0
+        self.spans = 0
+
+    def span(self, start_ms: int, seconds: int) -> SymbolSession:
+        rng = np.random.default_rng([self.seed, self.spans, *_rng(self.seed, self.symbol).integers(0, 2**31, 2)])
+        self.spans += 1
+        session = _generate(self, rng, start_ms, seconds)
+        return session
+
+
 def generate_symbol(symbol: str, start_ms: int, seconds: int, seed: int = 0, rate: float | None = None) -> SymbolSession:
-    rng = _rng(seed, symbol)
-    base_rate = rate if rate is not None else RATES.get(symbol, 10.0)
-    price0 = PRICES.get(symbol, 50.0)
-    decimals = min(8, max(0, 5 - math.floor(math.log10(price0))))
-    tick = 10.0 ** -decimals
+    return SymbolGenerator(symbol, seed, rate).span(start_ms, seconds)
+
+
+def _generate(gen: SymbolGenerator, rng: np.random.Generator, start_ms: int, seconds: int) -> SymbolSession:
+    symbol, base_rate, tick, decimals = gen.symbol, gen.base_rate, gen.tick, gen.decimals
+    price0 = gen.price0
     minutes = -(-seconds // 60)
 
     # activity (AR(1) per minute) and bursts
@@ -88,7 +114,8 @@ def generate_symbol(symbol: str, start_ms: int, seconds: int, seed: int = 0, rat
         s += length
     sigma = 0.00012 * np.sqrt(rate_s / base_rate)
     returns = regime * 2.8e-6 + sigma * rng.normal(0.0, 1.0, seconds)
-    mids = math.log(price0) + np.cumsum(returns)
+    mids = gen.log_price + np.cumsum(returns)
+    gen.log_price = float(mids[-1])
     mid_ticks = np.round(np.exp(mids) / tick).astype(np.int64)
 
     # trades
@@ -107,7 +134,8 @@ def generate_symbol(symbol: str, start_ms: int, seconds: int, seed: int = 0, rat
     qty[whales] *= 1.0 + rng.pareto(1.3, int(whales.sum()))
     lot = 0.001 if price0 >= 1000 else 10.0 ** -max(0, min(3, decimals - 2))
     qty = np.round(np.maximum(np.round(qty / lot), 1) * lot, 8)
-    first_id = int(rng.integers(1_000_000, 900_000_000))
+    first_id = gen.next_id
+    gen.next_id += n
     trades = TradeBatch.from_arrays(EXCHANGE, symbol, np.arange(first_id, first_id + n), times, price, qty, taker_sell)
 
     # mark every second, book every 2 s
@@ -130,7 +158,7 @@ def generate_symbol(symbol: str, start_ms: int, seconds: int, seed: int = 0, rat
         for s in sharp.tolist()
     ]
     # 5-minute metrics, known 30-90 s after their period
-    open_interest = 2e8 / price0
+    open_interest = gen.open_interest
     buy_qty = np.bincount(sec_of // 300, weights=qty * ~taker_sell, minlength=seconds // 300 + 1)
     sell_qty = np.bincount(sec_of // 300, weights=qty * taker_sell, minlength=seconds // 300 + 1)
     for period in range(seconds // 300):
@@ -152,6 +180,7 @@ def generate_symbol(symbol: str, start_ms: int, seconds: int, seed: int = 0, rat
             if kind == "top_trader_position_ratio":
                 extra = {"long_account": value / (1.0 + value)}
             others.append(IndicatorUpdate(EXCHANGE, symbol, known, kind, float(value), at, extra))
+    gen.open_interest = open_interest
     others.sort(key=lambda e: e.time_ms)
     return SymbolSession(symbol, trades, books, marks, others)
 
