@@ -24,6 +24,7 @@ from .cooldown import CooldownBook
 from .exits import ExitPlan, plan_exits
 from .features import Features
 from .frame import FeatureFrame
+from .kernels import NONE_TIME, cooldown_rows
 from .scoring import (
     BLOCK_REASONS,
     COOLDOWN,
@@ -57,8 +58,9 @@ class DecisionFrame:
 
 
 def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, book: CooldownBook) -> DecisionFrame:
-    """Warm-up, missing ATR (array operations over every row), then cooldown and flips row by row in
-    time order for the few rows the scorer let through; updates ``book`` like ``decide`` does."""
+    """Warm-up, missing ATR (array operations over every row), then cooldown and flips in time order
+    over the rows the scorer let through (a compiled loop: a low entry threshold lets through most
+    rows, nearly all of them in cooldown); updates ``book`` like ``decide`` does."""
     block = scores.block.copy()
     block[~frame.covers(cfg.warmup)] = WARMUP
     candidates = (block == 0) & (scores.sign != 0) & (scores.tier != 0)
@@ -68,24 +70,22 @@ def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, b
     block[no_atr] = MISSING_ATR
     plans: dict[int, ExitPlan] = {}
     flips: dict[int, bool] = {}
+    rows = np.flatnonzero(candidates & ~no_atr)
+    if len(rows) == 0:
+        return DecisionFrame(block, plans, flips)
     ex, sym = frame.exchange, frame.symbol
-    timeout_ms = cfg.exits.timeout_min * 60_000
-    for i in np.flatnonzero(candidates & ~no_atr).tolist():
+    state = book.symbol_state(ex, sym, NONE_TIME)
+    fired = np.zeros(len(frame), dtype=np.bool_)
+    flip = np.zeros(len(frame), dtype=np.bool_)
+    cooldown_rows(frame.time_ms, scores.sign, scores.score, rows, cfg.cooldown, float(cfg.thresholds.flip),
+                  cfg.exits.timeout_min * 60_000, state, fired, flip)
+    book.set_symbol_state(ex, sym, state, NONE_TIME)
+    block[rows[~fired[rows]]] = COOLDOWN
+    for i in np.flatnonzero(fired).tolist():
         direction = DIRECTIONS[int(scores.sign[i])]
-        now = int(frame.time_ms[i])
-        if book.in_cooldown(ex, sym, direction, now, cfg.cooldown):
-            block[i] = COOLDOWN
-            continue
-        previous = book.previous_signal(ex, sym)
-        flips[i] = bool(
-            scores.score[i] >= cfg.thresholds.flip
-            and previous is not None
-            and previous[0] != direction
-            and now - previous[1] <= timeout_ms
-        )
+        flips[i] = bool(flip[i])
         multiplier = getattr(cfg.sizing.tier_multipliers, TIERS[int(scores.tier[i])])
         plans[i] = plan_exits(direction, float(price[i]), float(atr[i]), cfg.exits, multiplier)
-        book.record(ex, sym, direction, now)
     return DecisionFrame(block, plans, flips)
 
 

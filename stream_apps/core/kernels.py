@@ -278,3 +278,34 @@ def ring_window_sums(values, head, starts, ends):  # pragma: no cover - compiled
         for f in range(n_fields):
             out[k, f] = prefix[ends[k] - lo, f] - prefix[starts[k] - lo, f]
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# cooldown and flips (see ``decision``)
+# ------------------------------------------------------------------------------------------------
+NONE_TIME = -(2**62)  # "never fired"
+
+
+@njit(cache=True)
+def cooldown_rows(times, signs, scores, candidates, cooldown_ms, flip_threshold, timeout_ms, state, fired,
+                  flips):  # pragma: no cover - compiled
+    """The candidate rows (time order) that fire: not within ``cooldown_ms`` of the same direction's
+    last signal on this symbol; a firing row is a flip when its score reaches ``flip_threshold`` and
+    the previous signal on the symbol was the other direction at most ``timeout_ms`` earlier.
+    ``state`` = [last LONG time, last SHORT time, previous direction (0 none), previous time] is
+    read and updated (``CooldownBook``'s entries for this symbol)."""
+    for j in range(candidates.shape[0]):
+        i = candidates[j]
+        now = times[i]
+        sign = signs[i]
+        last = state[0] if sign > 0 else state[1]
+        if last != NONE_TIME and now - last < cooldown_ms:
+            continue
+        fired[i] = True
+        flips[i] = scores[i] >= flip_threshold and state[2] != 0 and state[2] != sign and now - state[3] <= timeout_ms
+        if sign > 0:
+            state[0] = now
+        else:
+            state[1] = now
+        state[2] = sign
+        state[3] = now

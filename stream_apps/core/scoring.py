@@ -38,7 +38,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .features import Features
-from .frame import FeatureFrame, distinct_sorted
+from .frame import FeatureFrame
 from .kernels import score_rows
 from .strategy import PerSymbol, StrategyConfig
 
@@ -200,12 +200,20 @@ def score_frame(frame: FeatureFrame, cfg: StrategyConfig) -> ScoreFrame:
 
 
 def _round6(values: np.ndarray) -> np.ndarray:
-    """Python's ``round(x, 6)`` (correctly rounded in decimal, unlike ``np.round``) of every value; a
-    score takes few distinct values, so each is rounded once."""
-    flat = values.ravel()
-    unique = distinct_sorted(np.sort(flat))
-    rounded = np.array([round(u, 6) for u in unique.tolist()], dtype=np.float64)
-    return rounded[np.searchsorted(unique, flat)].reshape(values.shape)
+    """Python's ``round(x, 6)`` of every value.
+
+    numpy's ``rint(x * 1e6) / 1e6`` is the same number unless ``x * 1e6`` lies within rounding error
+    of a half (the division by the exact 1e6 is correctly rounded, as Python's decimal rounding is);
+    those few values are rounded by Python itself.
+    """
+    scaled = values * 1e6
+    out = np.rint(scaled) / 1e6
+    near_half = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6
+    if near_half.any():
+        flat_out, flat_in = out.reshape(-1), values.reshape(-1)
+        for i in np.flatnonzero(near_half.reshape(-1)).tolist():
+            flat_out[i] = round(float(flat_in[i]), 6)
+    return out
 
 
 def _gate_value(setting: PerSymbol | None, symbol: str) -> float | None:
