@@ -5,7 +5,7 @@ on the stored features with the engine's own ``score_frames``/``decide_frame`` (
 symbol, the machine's cores in parallel) -> research trades (``simulate``) -> the objective on the
 trades of the range (purged: decided and closed inside it). The report carries the number of trials,
 the deflated Sharpe ratio of the winner given that number, the probability of backtest overfitting
-(CSCV over the trials' daily net R) and, when a hold-out was kept, the winner's result on it.
+(CSCV over the trials' hourly net R) and, when a hold-out was kept, the winner's result on it.
 
 ``walk_forward`` runs a search on each training window only and reports the chosen configuration's
 out-of-sample result on the following test window (see ``windows``); the hold-out at the end is
@@ -114,14 +114,20 @@ def evaluate(store: FeatureStore, configs: Sequence[StrategyConfig], from_ms: in
 # ------------------------------------------------------------------------------------------------
 # objective and metrics
 # ------------------------------------------------------------------------------------------------
-def daily_series(trades: Trades, from_ms: int, to_ms: int) -> np.ndarray:
-    """Net R realised per UTC day (by exit time) over every day of the range, zero days included."""
-    first, last = utc_day(from_ms), utc_day(to_ms - 1)
+def period_series(trades: Trades, from_ms: int, to_ms: int, period_ms: int = DAY_MS) -> np.ndarray:
+    """Net R realised per period (UTC days by default; by exit time) over the range, zero periods
+    included."""
+    first, last = from_ms // period_ms, (to_ms - 1) // period_ms
     out = np.zeros(last - first + 1)
     if len(trades):
-        days = trades.exit_ms // DAY_MS - first
-        np.add.at(out, days, trades.pnl_r)
+        np.add.at(out, trades.exit_ms // period_ms - first, trades.pnl_r)
     return out
+
+
+def daily_series(trades: Trades, from_ms: int, to_ms: int) -> np.ndarray:
+    """Net R realised per UTC day (by exit time) over every day of the range, zero days included."""
+    assert utc_day(from_ms) == from_ms // DAY_MS
+    return period_series(trades, from_ms, to_ms, DAY_MS)
 
 
 @dataclass(frozen=True)
@@ -241,22 +247,27 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
     return SearchReport(objective, sampler, from_ms, to_ms, done, best, *_guards(done, best, from_ms, to_ms))
 
 
+GUARD_PERIOD_MS = 3_600_000  # hourly net R: a month gives 720 periods, enough for 16 CSCV blocks
+
+
 def _guards(trials: list[Trial], best: Trial, from_ms: int, to_ms: int) -> tuple[float | None, float | None]:
-    """DSR of the winner (daily net R) given every trial's daily Sharpe ratio; PBO by CSCV."""
-    daily = np.column_stack([daily_series(t.trades, from_ms, to_ms) for t in trials])
-    sharpes = [return_moments(daily[:, k]).sharpe for k in range(daily.shape[1])] if len(daily) > 1 else []
+    """DSR of the winner given every trial's Sharpe ratio, and PBO by CSCV, both on hourly net R
+    (per-hour Sharpe ratios; a search range of days has too few days for either)."""
+    series = np.column_stack([period_series(t.trades, from_ms, to_ms, GUARD_PERIOD_MS) for t in trials])
+    periods = len(series)
     dsr = None
-    if len(daily) > 2 and np.std(daily[:, best.number]) > 0:
-        m = return_moments(daily[:, best.number])
+    if periods > 2 and np.std(series[:, best.number]) > 0:
+        sharpes = [return_moments(series[:, k]).sharpe for k in range(series.shape[1])]
+        m = return_moments(series[:, best.number])
         variance = float(np.var(sharpes, ddof=1)) if len(sharpes) > 1 else 0.0
         try:
             dsr = deflated_sharpe_ratio(m.sharpe, len(trials), variance, m.n, m.skew, m.kurtosis)
-        except ValueError:
+        except ValueError:  # moments that give no variance of the Sharpe ratio
             dsr = None
     pbo = None
-    blocks = min(16, (len(daily) // 2) * 2)
+    blocks = min(16, periods // 2) // 2 * 2  # at least 2 periods per block
     if len(trials) >= 2 and blocks >= 2:
-        pbo = probability_of_backtest_overfitting(daily, blocks=blocks).pbo
+        pbo = probability_of_backtest_overfitting(series, blocks=blocks).pbo
     return dsr, pbo
 
 
