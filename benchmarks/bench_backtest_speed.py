@@ -95,7 +95,8 @@ _BASELINE_SCRIPT = textwrap.dedent('''
         for t, books, marks, others in slices:
             batch = TradeBatch.from_arrays("binance", symbol, *t)
             events = [BookUpdate("binance", symbol, int(a), float(b)) for a, b in zip(*books)]
-            events += [MarkUpdate("binance", symbol, int(a), float(b), float(c), float(d), int(e)) for a, b, c, d, e in zip(*marks)]
+            events += [MarkUpdate("binance", symbol, int(a), float(b), float(c), float(d), int(e))
+                       for a, b, c, d, e in zip(*marks)]
             events += others
             events.sort(key=lambda e: e.time_ms)
             out = engine.process([batch], events)
@@ -172,7 +173,8 @@ def main() -> None:
     if args.live_params:
         live, _ = run_new(sessions, StateParams.for_symbol)
         live_rate = live["trades"] / live["seconds"]
-        print(f"engine (live rings, ~1.5 min segments): {live_rate:,.0f} trades/s = {live_rate / TARGET:.2f}x the target")
+        print(f"engine (live rings, ~1.5 min segments): {live_rate:,.0f} trades/s = "
+              f"{live_rate / TARGET:.2f}x the target")
 
     if args.baseline_hours > 0:
         base = run_baseline(sessions, args.baseline_hours, args.baseline_ref)
@@ -183,8 +185,10 @@ def main() -> None:
         new_digest = digest(merged.features, merged.signals)
         base_rate = base["trades"] / base["seconds"]
         prefix_rate = prefix["trades"] / prefix["seconds"]
-        same = "identical" if new_digest == base["digest"] and base["feature_records"] == len(merged.features) else "DIFFERENT"
-        print(f"baseline engine {args.baseline_ref} on the first {args.baseline_hours:g} h: {base['trades']:,} trades in "
+        equal = new_digest == base["digest"] and base["feature_records"] == len(merged.features)
+        same = "identical" if equal else "DIFFERENT"
+        print(f"baseline engine {args.baseline_ref} on the first {args.baseline_hours:g} h: {base['trades']:,} "
+              f"trades in "
               f"{base['seconds']:.2f} s = {base_rate:,.0f} trades/s; new engine on the same prefix {prefix_rate:,.0f} "
               f"trades/s ({prefix_rate / base_rate:.1f}x); full-session rate / baseline rate = {rate / base_rate:.1f}x")
         print(f"output on the prefix: {same} ({len(merged.features):,} feature records, {len(merged.signals)} signals; "

@@ -212,6 +212,7 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
     """``trials`` candidates on [from_ms, to_ms) (see the module docstring); batches of ``batch``."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     done: list[Trial] = []
     bar = tqdm(total=trials, desc=f"{name} ({sampler})", unit="config", disable=not show_progress, leave=False)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)) \
@@ -219,7 +220,6 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
     grid_params = list(grid(base, trials)) if sampler == "grid" else []
     if sampler not in ("tpe", "grid"):
         raise ValueError("sampler must be tpe or grid")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     while len(done) < trials:
         size = min(batch, trials - len(done))
         asked, params = [], []
@@ -232,7 +232,8 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
             params = grid_params[len(done): len(done) + size]
             if not params:
                 break
-        candidates = [Candidate(p, build(base, p, f"{base.name}_{name}_{len(done) + k:03d}")) for k, p in enumerate(params)]
+        candidates = [Candidate(p, build(base, p, f"{base.name}_{name}_{len(done) + k:03d}"))
+                      for k, p in enumerate(params)]
         all_trades = evaluate(store, [c.config for c in candidates], from_ms, to_ms, workers)
         for k, (candidate, trades) in enumerate(zip(candidates, all_trades)):
             trades = in_range(trades, from_ms, to_ms)

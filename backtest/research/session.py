@@ -81,7 +81,8 @@ class SymbolGenerator:
         return session
 
 
-def generate_symbol(symbol: str, start_ms: int, seconds: int, seed: int = 0, rate: float | None = None) -> SymbolSession:
+def generate_symbol(symbol: str, start_ms: int, seconds: int, seed: int = 0,
+                    rate: float | None = None) -> SymbolSession:
     return SymbolGenerator(symbol, seed, rate).span(start_ms, seconds)
 
 

@@ -9,7 +9,12 @@ strategy reads the same value and none can change what another sees. ``None`` me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+from .durations import format_duration_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +82,46 @@ class Features:
         return self.coverage_start_ms is not None and self.coverage_start_ms <= self.time_ms - window_ms
 
     def inputs(self) -> dict[str, float]:
-        """Every available number by name (the ``inputs`` map of a feature record); computed by
-        ``FeatureFrame.input_rows``, the one implementation the engine's columnar path uses too."""
-        from .frame import FeatureFrame  # the frame module builds on this one
+        """Every available number by name (the ``inputs`` map of a feature record)."""
+        ratio = self.atr_price_ratio
+        scalars = {name: [math.nan if (v := getattr(self, name)) is None else float(v)] for name in SCALAR_FIELDS}
+        return input_rows(scalars, {w: [v] for w, v in self.cvd}, {w: [v] for w, v in self.cvd_slope},
+                          {w: [v] for w, v in self.cvd_accel}, [math.nan if ratio is None else ratio], 1)[0]
 
-        return FeatureFrame.from_features([self]).input_rows()[0]
+
+_NAMED = ("exchange", "symbol", "time_ms", "cvd", "cvd_slope", "cvd_accel")
+SCALAR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Features) if f.name not in _NAMED)
+_ALWAYS = frozenset({"volume_30m", "atr_percentile", "atr_bars", "p95_qty", "p99_qty", "qty_samples",
+                     "large_buy_qty_15m", "large_sell_qty_15m", "whale_buy_usd_15m", "whale_sell_usd_15m",
+                     "whale_ratio_15m", "liq_long_usd_5m", "liq_short_usd_5m"})  # never None
+
+
+@lru_cache(maxsize=256)
+def duration_name(window_ms: int) -> str:
+    return format_duration_ms(window_ms)
+
+
+def input_rows(scalars: Mapping[str, Sequence[float]], cvd: Mapping[int, Sequence[float]],
+               slope: Mapping[int, Sequence[float]], accel: Mapping[int, Sequence[float]],
+               atr_price_ratio: Sequence[float], n: int) -> list[dict[str, float]]:
+    """The ``inputs`` map of ``n`` snapshots given as columns (NaN = not available): the scalar
+    fields in declaration order, then ``cvd_<w>``, ``cvd_slope_<w>``, ``cvd_accel_<w>`` per window,
+    then ``atr_price_ratio``. ``Features.inputs`` and ``FeatureFrame.input_rows`` both use it."""
+    columns: list[tuple[str, Sequence[float], bool]] = [(name, scalars[name], name not in _ALWAYS)
+                                                        for name in SCALAR_FIELDS]
+    for prefix, pairs in (("cvd", cvd), ("cvd_slope", slope), ("cvd_accel", accel)):
+        for window_ms, column in pairs.items():
+            columns.append((f"{prefix}_{duration_name(window_ms)}", column, False))
+    columns.append(("atr_price_ratio", atr_price_ratio, True))
+    out: list[dict[str, float]] = []
+    for i in range(n):
+        row: dict[str, float] = {}
+        for name, column, optional in columns:
+            value = column[i]
+            if not optional or value == value:  # NaN: not available
+                row[name] = value
+        out.append(row)
+    return out
 
 
 def _lookup(pairs: tuple[tuple[int, float], ...], window_ms: int, name: str) -> float:

@@ -7,8 +7,8 @@ frame for all the evaluation times of a segment at once (``SymbolState.snapshot_
 per strategy with array operations (``scoring.score_frame``) and keeps feature records as columns
 (``records.FeatureTable``) that become dicts only where a consumer wants dicts (the Faust worker's
 Avro encoder). ``Features`` (one row) stays the value that tests and the single-snapshot API use; a
-frame converts to and from it, and ``Features.inputs()`` is computed here, so there is one
-implementation of every number.
+frame converts to and from it, and both build the ``inputs`` map with ``features.input_rows``, so
+there is one implementation of every number.
 
 Encoding: every scalar field of ``Features`` is a float64 column; ``NaN`` means ``None`` (not
 available). Values that are present are finite (inputs are validated when applied), so NaN is free to
@@ -17,26 +17,15 @@ mean "missing". Integer fields (times, counts) are exact in float64 (below 2**53
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .durations import format_duration_ms
-from .features import Features
+from .features import SCALAR_FIELDS, Features, duration_name, input_rows
 
-_NAMED = ("exchange", "symbol", "time_ms", "cvd", "cvd_slope", "cvd_accel")
-SCALAR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Features) if f.name not in _NAMED)
+__all__ = ["SCALAR_FIELDS", "FeatureFrame", "distinct_sorted", "duration_name", "exact_ratio"]
 _INT_FIELDS = frozenset({"last_trade_ms", "coverage_start_ms", "atr_bars", "qty_samples"})
-_NOT_NONE = frozenset({"volume_30m", "atr_percentile", "atr_bars", "p95_qty", "p99_qty", "qty_samples",
-                       "large_buy_qty_15m", "large_sell_qty_15m", "whale_buy_usd_15m", "whale_sell_usd_15m",
-                       "whale_ratio_15m", "liq_long_usd_5m", "liq_short_usd_5m"})
-
-
-@lru_cache(maxsize=256)
-def duration_name(window_ms: int) -> str:
-    return format_duration_ms(window_ms)
 
 
 @dataclass(slots=True)
@@ -117,22 +106,12 @@ class FeatureFrame:
         """``Features.inputs()`` of the rows ``index`` (all by default): every available number by name."""
         if index is None:
             index = np.arange(len(self))
-        columns: list[tuple[str, list[float], bool]] = []
-        for name in SCALAR_FIELDS:
-            columns.append((name, self.values[name][index].tolist(), name not in _NOT_NONE))
-        for prefix, pairs in (("cvd", self.cvd), ("cvd_slope", self.cvd_slope), ("cvd_accel", self.cvd_accel)):
-            for window_ms, column in pairs.items():
-                columns.append((f"{prefix}_{duration_name(window_ms)}", column[index].tolist(), False))
-        columns.append(("atr_price_ratio", self.atr_price_ratio[index].tolist(), True))
-        out: list[dict[str, float]] = []
-        for i in range(len(index)):
-            row: dict[str, float] = {}
-            for name, column, optional in columns:
-                value = column[i]
-                if not optional or value == value:
-                    row[name] = value
-            out.append(row)
-        return out
+
+        def lists(columns: dict) -> dict:
+            return {key: column[index].tolist() for key, column in columns.items()}
+
+        return input_rows(lists(self.values), lists(self.cvd), lists(self.cvd_slope), lists(self.cvd_accel),
+                          self.atr_price_ratio[index].tolist(), len(index))
 
 
 def distinct_sorted(values: np.ndarray) -> np.ndarray:
