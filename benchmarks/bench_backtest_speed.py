@@ -105,9 +105,9 @@ _BASELINE_SCRIPT = textwrap.dedent('''
             signals += len(out.signals)
             outs.append(out)
     elapsed = time.perf_counter() - began
-    for out in outs:
-        for item in out.features + out.signals:
-            h.update(json.dumps(item, sort_keys=True).encode())
+    every = [f for out in outs for f in out.features] + [s for out in outs for s in out.signals]
+    for item in every:  # the same order as digest(): every feature record, then every signal
+        h.update(json.dumps(item, sort_keys=True).encode())
     print(json.dumps({"trades": trades, "feature_records": features, "signals": signals, "seconds": elapsed,
                       "digest": h.hexdigest()[:16]}))
 ''')
