@@ -690,6 +690,12 @@ def sink(
     raise typer.Exit(asyncio.run(run_sink(settings, chosen, metrics_port, settings.metrics_host)))
 
 
+# --- research -------------------------------------------------------------------------------------
+from backtest.research.cli import register as _register_research  # noqa: E402  (the command's logic lives there)
+
+_register_research(app)
+
+
 def main() -> None:
     """Console entry point: maps expected failures to one-line errors."""
     import psycopg

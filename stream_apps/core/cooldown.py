@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from schemas.catalogue import market_key
 
 
@@ -35,6 +37,23 @@ class CooldownBook:
     def record(self, exchange: str, symbol: str, direction: str, now_ms: int) -> None:
         self.last_fired_ms[_key(exchange, symbol, direction)] = int(now_ms)
         self.last_signal[market_key(exchange, symbol)] = (direction, int(now_ms))
+
+    def symbol_state(self, exchange: str, symbol: str, never: int) -> np.ndarray:
+        """This symbol's entries as [last LONG, last SHORT, previous direction (+1/-1, 0 none), previous
+        time] (``never`` for a missing time), the form ``kernels.cooldown_rows`` reads and updates."""
+        long_ = self.last_fired_ms.get(_key(exchange, symbol, "LONG"), never)
+        short = self.last_fired_ms.get(_key(exchange, symbol, "SHORT"), never)
+        previous = self.last_signal.get(market_key(exchange, symbol))
+        direction = 0 if previous is None else (1 if previous[0] == "LONG" else -1)
+        return np.array([long_, short, direction, never if previous is None else previous[1]], dtype=np.int64)
+
+    def set_symbol_state(self, exchange: str, symbol: str, state: np.ndarray, never: int) -> None:
+        long_, short, direction, when = (int(v) for v in state)
+        for name, value in (("LONG", long_), ("SHORT", short)):
+            if value != never:
+                self.last_fired_ms[_key(exchange, symbol, name)] = value
+        if direction:
+            self.last_signal[market_key(exchange, symbol)] = ("LONG" if direction > 0 else "SHORT", when)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -9,16 +9,35 @@ exits can be placed), then ``cooldown`` (same strategy, symbol and direction fir
 A signal is a flip when its score reaches ``thresholds.flip`` and the strategy's previous signal on the
 symbol was the other direction and not older than ``exits.timeout_min`` (a position from it may still
 be open; the executor closes it with exit reason ``signal_flip``).
+
+``decide_frame`` decides every row of a scored ``FeatureFrame`` (the engine's columnar path); ``decide``
+is the same function on one row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from .cooldown import CooldownBook
 from .exits import ExitPlan, plan_exits
 from .features import Features
-from .scoring import Evaluation, with_block
+from .frame import FeatureFrame
+from .kernels import NONE_TIME, cooldown_rows
+from .scoring import (
+    BLOCK_REASONS,
+    COOLDOWN,
+    DIRECTIONS,
+    LONG,
+    MISSING_ATR,
+    SHORT,
+    TIERS,
+    WARMUP,
+    Evaluation,
+    ScoreFrame,
+    with_block,
+)
 from .strategy import StrategyConfig
 
 
@@ -28,24 +47,61 @@ class Decision:
     plan: ExitPlan | None  # set only when a signal is emitted
 
 
+@dataclass(slots=True)
+class DecisionFrame:
+    """``decide`` for every row of a scored frame: the final block reason codes (``BLOCK_REASONS``)
+    and, for the rows that emit a signal, the exit plan and whether it is a flip."""
+
+    block: np.ndarray  # int8
+    plans: dict[int, ExitPlan]  # row -> plan, rows in time order
+    flips: dict[int, bool]
+
+
+def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, book: CooldownBook) -> DecisionFrame:
+    """Warm-up, missing ATR (array operations over every row), then cooldown and flips in time order
+    over the rows the scorer let through (a compiled loop: a low entry threshold lets through most
+    rows, nearly all of them in cooldown); updates ``book`` like ``decide`` does."""
+    block = scores.block.copy()
+    block[~frame.covers(cfg.warmup)] = WARMUP
+    candidates = (block == 0) & (scores.sign != 0) & (scores.tier != 0)
+    atr, price = frame.values["atr"], frame.values["last_price"]
+    with np.errstate(invalid="ignore"):
+        no_atr = candidates & (np.isnan(atr) | ~(atr > 0) | np.isnan(price) | (price == 0))
+    block[no_atr] = MISSING_ATR
+    plans: dict[int, ExitPlan] = {}
+    flips: dict[int, bool] = {}
+    rows = np.flatnonzero(candidates & ~no_atr)
+    if len(rows) == 0:
+        return DecisionFrame(block, plans, flips)
+    ex, sym = frame.exchange, frame.symbol
+    state = book.symbol_state(ex, sym, NONE_TIME)
+    fired = np.zeros(len(frame), dtype=np.bool_)
+    flip = np.zeros(len(frame), dtype=np.bool_)
+    cooldown_rows(frame.time_ms, scores.sign, scores.score, rows, cfg.cooldown, float(cfg.thresholds.flip),
+                  cfg.exits.timeout_min * 60_000, state, fired, flip)
+    book.set_symbol_state(ex, sym, state, NONE_TIME)
+    block[rows[~fired[rows]]] = COOLDOWN
+    for i in np.flatnonzero(fired).tolist():
+        direction = DIRECTIONS[int(scores.sign[i])]
+        flips[i] = bool(flip[i])
+        multiplier = getattr(cfg.sizing.tier_multipliers, TIERS[int(scores.tier[i])])
+        plans[i] = plan_exits(direction, float(price[i]), float(atr[i]), cfg.exits, multiplier)
+    return DecisionFrame(block, plans, flips)
+
+
 def decide(evaluation: Evaluation, features: Features, cfg: StrategyConfig, book: CooldownBook) -> Decision:
-    if not features.covers(cfg.warmup):
-        return Decision(with_block(evaluation, "warmup"), None)
-    if evaluation.block_reason is not None or evaluation.direction is None or evaluation.tier is None:
-        return Decision(evaluation, None)
-    if features.atr is None or features.atr <= 0 or not features.last_price:
-        return Decision(with_block(evaluation, "missing_atr"), None)
-    ex, sym, direction, now = features.exchange, features.symbol, evaluation.direction, evaluation.time_ms
-    if book.in_cooldown(ex, sym, direction, now, cfg.cooldown):
-        return Decision(with_block(evaluation, "cooldown"), None)
-    previous = book.previous_signal(ex, sym)
-    is_flip = (
-        evaluation.score >= cfg.thresholds.flip
-        and previous is not None
-        and previous[0] != direction
-        and now - previous[1] <= cfg.exits.timeout_min * 60_000
+    """``decide_frame`` on one row: the evaluation with its final block reason, and the exit plan."""
+    frame = FeatureFrame.from_features([features])
+    scores = ScoreFrame(
+        np.array([1 if evaluation.direction == LONG else -1 if evaluation.direction == SHORT else 0], dtype=np.int8),
+        {}, np.array([evaluation.raw_score]), np.array([evaluation.score]),
+        np.array([TIERS.index(evaluation.tier)], dtype=np.int8), np.zeros(1, dtype=np.int8),
+        np.array([BLOCK_REASONS.index(evaluation.block_reason)], dtype=np.int8),
     )
-    multiplier = getattr(cfg.sizing.tier_multipliers, evaluation.tier)
-    plan = plan_exits(direction, features.last_price, features.atr, cfg.exits, multiplier)
-    book.record(ex, sym, direction, now)
-    return Decision(replace(evaluation, is_flip=is_flip), plan)
+    decided = decide_frame(frame, scores, cfg, book)
+    reason = BLOCK_REASONS[int(decided.block[0])]
+    if reason != evaluation.block_reason:
+        return Decision(with_block(evaluation, reason), None)
+    if 0 not in decided.plans:
+        return Decision(evaluation, None)
+    return Decision(replace(evaluation, is_flip=decided.flips[0]), decided.plans[0])

@@ -38,24 +38,29 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .cooldown import CooldownBook
-from .decision import decide
+from .decision import decide_frame
+from .frame import distinct_sorted
 from .events import (
+    BookBatch,
     BookUpdate,
     IndicatorUpdate,
     LiquidationEvent,
+    MarkBatch,
     MarketEvent,
     MarkUpdate,
     TradeBatch,
+    concat_columns,
 )
+from .market_records import MarketTimeline
 from .params import StateParams
-from .records import feature_record, signal_record
-from .scoring import score
+from .records import FeatureBlock, FeatureTable, signal_record
+from .scoring import evaluation_at, score_frames
 from .strategy import StrategyConfig
 from .symbol_state import STANDARD_CVD_WINDOWS_MS, SymbolState
 
@@ -85,16 +90,56 @@ class EngineParams:
             raise ValueError("idle_eval_limit_ms must be at least eval_interval_ms")
 
 
-@dataclass
 class EngineOutput:
-    bars: list[dict[str, Any]] = field(default_factory=list)
-    features: list[dict[str, Any]] = field(default_factory=list)
-    signals: list[dict[str, Any]] = field(default_factory=list)
+    """Bars, feature records and signals of one or more ``process`` calls.
+
+    Feature records are kept as columns (``FeatureTable``s: one row per strategy x symbol x
+    evaluation); ``features`` turns them into dicts on first access (the edge where a consumer wants
+    dicts: the Faust worker's encoder, tests). ``evaluations`` counts them without that.
+    """
+
+    def __init__(self, bars: list[dict[str, Any]] | None = None, features: list[dict[str, Any]] | None = None,
+                 signals: list[dict[str, Any]] | None = None) -> None:
+        self.bars: list[dict[str, Any]] = bars if bars is not None else []
+        self.signals: list[dict[str, Any]] = signals if signals is not None else []
+        self._parts: list[list[dict[str, Any]] | FeatureTable] = [features] if features else []
+        self._features: list[dict[str, Any]] | None = None
+
+    @property
+    def features(self) -> list[dict[str, Any]]:
+        if self._features is None:
+            records: list[dict[str, Any]] = []
+            for part in self._parts:
+                records += part if isinstance(part, list) else part.records()
+            self._parts = [records] if records else []
+            self._features = records
+        return self._features
+
+    @property
+    def tables(self) -> list[FeatureTable]:
+        """The columnar feature records (research code reads these; empty once ``features`` was read)."""
+        return [part for part in self._parts if isinstance(part, FeatureTable)]
+
+    @property
+    def evaluations(self) -> int:
+        """Number of feature records (strategy x symbol x evaluation)."""
+        return sum(len(part) for part in self._parts)
+
+    def add_table(self, table: FeatureTable) -> None:
+        if len(table):
+            self._parts.append(table)
+            self._features = None
 
     def extend(self, other: EngineOutput) -> None:
         self.bars += other.bars
-        self.features += other.features
         self.signals += other.signals
+        self._parts += other._parts
+        self._features = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EngineOutput):
+            return NotImplemented
+        return (self.bars, self.features, self.signals) == (other.bars, other.features, other.signals)
 
 
 def _sorted(batch: TradeBatch) -> TradeBatch:
@@ -102,6 +147,17 @@ def _sorted(batch: TradeBatch) -> TradeBatch:
     if len(batch) < 2 or (np.all(times[1:] >= times[:-1]) and np.all((times[1:] > times[:-1]) | (ids[1:] >= ids[:-1]))):
         return batch
     return batch.take(np.lexsort((ids, times)))
+
+
+def _by_time(batch):
+    """A column batch in time order (stable: equal times keep arrival order)."""
+    times = batch.time_ms
+    if len(times) < 2 or np.all(times[1:] >= times[:-1]):
+        return batch
+    return batch.take(np.argsort(times, kind="stable"))
+
+
+_NEVER = np.iinfo(np.int64).max
 
 
 class Engine:
@@ -125,13 +181,14 @@ class Engine:
         self.sealed_ms: int | None = None  # last evaluation point processed
         self.applied_input_ms: int | None = None  # newest event time among inputs already applied
         self._pending_trades: dict[Key, TradeBatch] = {}
-        self._pending_events: list[MarketEvent] = []
-        self._event_times: list[int] = []
-        self._event_cursor = 0
+        self._pending_books: dict[Key, BookBatch] = {}
+        self._pending_marks: dict[Key, MarkBatch] = {}
+        self._pending_other: dict[Key, list[LiquidationEvent | IndicatorUpdate]] = {}
         self._cvd_windows = tuple(
             sorted(set(STANDARD_CVD_WINDOWS_MS) | {w for c in self.strategies for w in (c.windows.cvd_fast, c.windows.cvd_mid)})
         )
         self._slope_windows = tuple(sorted({1_800_000} | {c.windows.cvd_fast for c in self.strategies}))
+        self._limits: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------
     def state(self, exchange: str, symbol: str) -> SymbolState:
@@ -143,7 +200,7 @@ class Engine:
     def process(
         self,
         trades: Iterable[TradeBatch] = (),
-        events: Iterable[MarketEvent] = (),
+        events: Iterable[MarketEvent | BookBatch | MarkBatch] = (),
         now_ms: int | None = None,
     ) -> EngineOutput:
         """Buffer the input, then run every evaluation point the clock has reached."""
@@ -172,12 +229,8 @@ class Engine:
             self._pending_trades[key] = _sorted(batch if pending is None else TradeBatch.concat([pending, batch]))
             batch_newest = int(batch.time_ms.max())
             newest = batch_newest if newest is None else max(newest, batch_newest)
-        for event in events:
-            if not lowest <= event.time_ms < highest:
-                self.state(event.exchange, event.symbol).counters.rejected += 1
-                continue
-            self._pending_events.append(event)
-            reach = event.time_ms - self.params.event_clock_delay_ms
+        reach = self._buffer_events(events, lowest, highest)
+        if reach is not None:
             newest = reach if newest is None else max(newest, reach)
 
         out = EngineOutput()
@@ -191,45 +244,104 @@ class Engine:
         if low is None:
             # nothing is sealed before the first evaluation: an input that happens to arrive first
             # (a liquidation 13 s into the session) must not make the trades before it late
-            starts = [int(b.time_ms[0]) for b in self._pending_trades.values()] + [e.time_ms for e in self._pending_events]
+            starts = [int(b.time_ms[0]) for b in self._pending_trades.values()]
+            event_times = self._event_times()
+            if len(event_times):
+                starts.append(int(event_times.min()))
             if not starts:
                 return out
             low = min(starts) // 1000 * 1000
-        # events in time order (stable: equal times keep arrival order), consumed with a cursor so a
-        # long replay call stays linear in the number of events
-        self._pending_events.sort(key=lambda e: e.time_ms)
-        self._event_times = [e.time_ms for e in self._pending_events]
-        self._event_cursor = 0
-        for point in self._evaluation_points(low):
-            self._evaluate_at(point, out)
-        del self._pending_events[: self._event_cursor]
+        points = self._evaluation_points(low)
+        if len(points):
+            self._run(points, out)
         return out
 
-    def _evaluation_points(self, low: int) -> list[int]:
+    def _buffer_events(self, events: Iterable[MarketEvent | BookBatch | MarkBatch], lowest: int,
+                       highest: int) -> int | None:
+        """Add events to the pending inputs (books and marks as columns); return the newest clock reach."""
+        books: dict[Key, list] = {}
+        marks: dict[Key, list] = {}
+        others: dict[Key, list] = {}
+        newest: int | None = None
+        delay = self.params.event_clock_delay_ms
+        for event in events:
+            key = (event.exchange, event.symbol)
+            if isinstance(event, BookBatch | MarkBatch):
+                ok = (event.time_ms >= lowest) & (event.time_ms < highest)
+                if not ok.all():
+                    self.state(*key).counters.rejected += int((~ok).sum())
+                    event = event.take(ok)
+                if len(event) == 0:
+                    continue
+                (books if isinstance(event, BookBatch) else marks).setdefault(key, []).append(event)
+                reach = int(event.time_ms.max()) - delay
+            else:
+                if not lowest <= event.time_ms < highest:
+                    self.state(*key).counters.rejected += 1
+                    continue
+                if isinstance(event, BookUpdate):
+                    books.setdefault(key, []).append(event)
+                elif isinstance(event, MarkUpdate):
+                    marks.setdefault(key, []).append(event)
+                else:
+                    others.setdefault(key, []).append(event)
+                reach = event.time_ms - delay
+            newest = reach if newest is None else max(newest, reach)
+        for pieces, pending, column_type in ((books, self._pending_books, BookBatch),
+                                             (marks, self._pending_marks, MarkBatch)):
+            for key, items in pieces.items():
+                parts = [pending[key]] if key in pending else []
+                run: list = []
+                for item in items:  # consecutive single updates become one batch, arrival order kept
+                    if isinstance(item, column_type):
+                        if run:
+                            parts.append(column_type.from_updates(run))
+                            run = []
+                        parts.append(item)
+                    else:
+                        run.append(item)
+                if run:
+                    parts.append(column_type.from_updates(run))
+                pending[key] = _by_time(concat_columns(parts))
+        for key, items in others.items():
+            merged = self._pending_other.get(key, []) + items
+            merged.sort(key=lambda e: e.time_ms)  # stable: equal times keep arrival order
+            self._pending_other[key] = merged
+        return newest
+
+    def _event_times(self) -> np.ndarray:
+        parts = [b.time_ms for b in self._pending_books.values()] + [m.time_ms for m in self._pending_marks.values()]
+        parts += [np.fromiter((e.time_ms for e in items), dtype=np.int64, count=len(items))
+                  for items in self._pending_other.values()]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def _evaluation_points(self, low: int) -> np.ndarray:
         assert self.clock_ms is not None
         high = self.clock_ms
         if high <= low:
-            return []
-        points: set[int] = set()
+            return np.empty(0, dtype=np.int64)
+        parts = []
         for batch in self._pending_trades.values():
-            ends = (np.unique(batch.time_ms // 1000) + 1) * 1000
-            points.update(int(p) for p in ends[(ends > low) & (ends <= high)])
+            ends = (distinct_sorted(batch.time_ms // 1000) + 1) * 1000  # pending trades are time-ordered
+            parts.append(ends[(ends > low) & (ends <= high)])
         interval = self.params.eval_interval_ms
         if self.states or self._pending_trades:
             for start, end in self._active_spans():
                 begin, stop = max(low, start), min(high, end)
                 if stop > begin:
-                    points.update(range((begin // interval + 1) * interval, stop + 1, interval))
-        return sorted(points)
+                    parts.append(np.arange((begin // interval + 1) * interval, stop + 1, interval, dtype=np.int64))
+        if not parts:
+            return np.empty(0, dtype=np.int64)
+        return distinct_sorted(np.sort(np.concatenate(parts), kind="stable"))
 
     def _active_spans(self) -> list[tuple[int, int]]:
         """Merged ``[t, t + idle_eval_limit_ms]`` over the times of every input at hand (applied
         ones are represented by the newest): where periodic evaluation points may fall."""
-        parts = [np.asarray(self._event_times, dtype=np.int64)]
+        parts = [self._event_times()]
         parts += [batch.time_ms for batch in self._pending_trades.values()]
         if self.applied_input_ms is not None:
             parts.append(np.asarray([self.applied_input_ms], dtype=np.int64))
-        times = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        times = np.sort(np.concatenate(parts), kind="stable") if parts else np.empty(0, dtype=np.int64)  # sorted runs: merged in linear time
         limit = self.params.idle_eval_limit_ms
         spans: list[tuple[int, int]] = []
         if len(times) == 0:
@@ -239,54 +351,178 @@ class Engine:
         ends = np.concatenate((breaks, [len(times) - 1]))
         return [(int(times[a]), int(times[b]) + limit) for a, b in zip(starts, ends)]
 
-    def _evaluate_at(self, point: int, out: EngineOutput) -> None:
-        cut = bisect_left(self._event_times, point, lo=self._event_cursor)
-        for event in self._pending_events[self._event_cursor : cut]:
-            self.state(event.exchange, event.symbol).apply_event(event)
-            self._note_applied(event.time_ms)
-        self._event_cursor = cut
-        due: set[Key] = set()
-        for key in sorted(self._pending_trades):
-            batch = self._pending_trades[key]
-            cut = int(np.searchsorted(batch.time_ms, point, side="left"))
-            if cut == 0:
+    # ------------------------------------------------------------------------------------------
+    # evaluation: segments of points at once
+    # ------------------------------------------------------------------------------------------
+    def _segment_limit(self) -> int:
+        keys = set(self.states) | set(self._pending_trades)
+        limits = []
+        for _, symbol in keys:
+            if symbol not in self._limits:
+                params = self.states[(_, symbol)].params if (_, symbol) in self.states else self._state_params(symbol)
+                self._limits[symbol] = SymbolState.segment_limit_ms(params, self._cvd_windows, self._slope_windows)
+            limits.append(self._limits[symbol])
+        return min(limits) if limits else 0
+
+    def _run(self, points: np.ndarray, out: EngineOutput) -> None:
+        """Every evaluation point, a segment at a time.
+
+        A segment is a run of points no longer than the rings allow (``SymbolState.segment_limit_ms``)
+        whose trades are all clean (consecutive ids, in time order, valid); its trades and other
+        inputs are applied at once and every point of it is read, scored and decided with array
+        operations, with the same result as one point at a time (the rules are in
+        ``_evaluate_segment``). A segment with anything unusual (a gap, a duplicate, a bad price) is
+        a single point: the state's own bookkeeping then decides what counts, as it always did.
+        """
+        limit = self._segment_limit()
+        table = FeatureTable()
+        i, n = 0, len(points)
+        while i < n:
+            j = max(int(np.searchsorted(points, points[i] + limit, side="right")), i + 1)
+            if j - i > 1 and not self._clean_before(int(points[j - 1])):
+                j = i + 1
+            self._evaluate_segment(points[i:j], out, table)
+            i = j
+        out.add_table(table)
+
+    def _clean_before(self, end: int) -> bool:
+        for key, batch in self._pending_trades.items():
+            cut = int(np.searchsorted(batch.time_ms, end, side="left"))
+            if cut and not self.state(*key).is_clean(batch.take(slice(0, cut))):
+                return False
+        return True
+
+    def _evaluate_segment(self, segment: np.ndarray, out: EngineOutput, table: FeatureTable) -> None:
+        """Evaluate the points of ``segment`` (ascending); output as if one point at a time.
+
+        One point at a time, the engine would at each point ``p``: apply every input before ``p``,
+        then for each symbol with new accepted trades (and, on the 15-s grid, each symbol that ever
+        traded) close what ended by ``p`` (``advance_to``) and read, score and decide. Here, per
+        symbol: the segment's other inputs are applied with a timeline of what each point saw; its
+        trades are applied at once with a log (ATR updates with their bars' close times, the P95/P99
+        of each minute, the trades themselves); the symbol is advanced to its last due point; then the
+        due points are read from buckets that end before each point (later trades lie in later
+        buckets) and from the logs. A 1-minute bar is emitted at the first due point at or after its
+        close if its closing trade comes at or after that point (there ``advance_to`` closed it),
+        otherwise at the first point after its closing trade; outputs are ordered by point, then
+        symbol (bars closed by trades before those closed by ``advance_to``), then strategy.
+        """
+        end = int(segment[-1])
+        single = len(segment) == 1
+        interval = self.params.eval_interval_ms
+        periodic = segment % interval == 0
+        keys = set(self._pending_trades) | set(self.states) | set(self._pending_books) | set(self._pending_marks)
+        keys |= set(self._pending_other)
+        bars: list[tuple[int, int, Key, int, dict[str, Any]]] = []
+        signals: list[tuple[int, Key, int, dict[str, Any]]] = []
+        for key in sorted(keys):
+            timeline = self._apply_events(key, end)
+            batch = self._pending_trades.get(key)
+            if batch is not None:
+                cut = int(np.searchsorted(batch.time_ms, end, side="left"))
+                if cut == len(batch):
+                    del self._pending_trades[key]
+                elif cut:
+                    self._pending_trades[key] = batch.take(slice(cut, None))
+                batch = batch.take(slice(0, cut)) if cut else None
+            state = self.states.get(key)
+            if state is None and batch is None:
                 continue
             state = self.state(*key)
+            traded_before = state.last_trade_ms is not None
             accepted_before = state.counters.accepted
-            self._note_applied(int(batch.time_ms[cut - 1]))
-            bars = state.apply_trades(batch.take(slice(0, cut)))
-            out.bars.extend(bar.to_record(*key) for bar in bars)
-            if state.counters.accepted > accepted_before:
-                due.add(key)
-            if cut == len(batch):
-                del self._pending_trades[key]
+            if batch is not None:
+                self._note_applied(int(batch.time_ms[-1]))
+                counts = np.searchsorted(batch.time_ms, segment, side="left")
+                due = np.diff(counts, prepend=0) > 0  # new trades since the previous point
+                ever = traded_before | (counts > 0)
             else:
-                self._pending_trades[key] = batch.take(slice(cut, None))
-        if point % self.params.eval_interval_ms == 0:
-            due.update(key for key, state in self.states.items() if state.last_trade_ms is not None)
-        for key in sorted(due):
-            self._evaluate_symbol(key, point, out)
-        self.sealed_ms = point
+                due = np.zeros(len(segment), dtype=bool)
+                ever = np.full(len(segment), traded_before)
+            if single and batch is not None:
+                wanted = segment  # a single point: its minute is wanted whether or not it is due
+            else:
+                wanted = segment[due | (periodic & ever)]
+            log, closed = state.apply_segment(batch, wanted)
+            if single:  # the state's own count of accepted trades decides (gaps, duplicates...)
+                due = np.array([state.counters.accepted > accepted_before])
+                ever = np.array([state.last_trade_ms is not None])
+            due |= periodic & ever
+            due_points = segment[due]
+            advanced = state.advance_segment(int(due_points[-1]), log) if len(due_points) else []
+            for seq, bar in enumerate(closed + advanced):
+                closing = _NEVER
+                if seq < len(closed):
+                    closing = int(batch.time_ms[np.searchsorted(batch.time_ms, bar.close_time, side="left")])
+                k = int(np.searchsorted(due_points, bar.close_time, side="left"))
+                if k < len(due_points) and due_points[k] <= closing:
+                    bars.append((int(due_points[k]), 1, key, seq, bar.to_record(*key)))
+                else:
+                    point = int(segment[np.searchsorted(segment, closing, side="right")])
+                    bars.append((point, 0, key, seq, bar.to_record(*key)))
+            if not len(due_points):
+                continue
+            strategies = [(rank, cfg) for rank, cfg in enumerate(self.strategies) if cfg.applies_to(key[1])]
+            if not strategies:
+                continue
+            frame = state.snapshot_frame(due_points, self._cvd_windows, self._slope_windows, log, timeline)
+            for (rank, cfg), scores in zip(strategies, score_frames(frame, [cfg for _, cfg in strategies])):
+                decided = decide_frame(frame, scores, cfg, self.books[cfg.name])
+                table.add(FeatureBlock(frame, cfg, scores, decided.block), key, rank)
+                for row, plan in decided.plans.items():
+                    evaluation = replace(evaluation_at(frame, scores, cfg, row), is_flip=decided.flips[row])
+                    signals.append((int(frame.time_ms[row]), key, rank, signal_record(evaluation, plan)))
+        bars.sort(key=lambda item: item[:4])
+        out.bars.extend(item[4] for item in bars)
+        signals.sort(key=lambda item: item[:3])
+        out.signals.extend(item[3] for item in signals)
+        self.sealed_ms = end
+
+    def _apply_events(self, key: Key, end: int) -> MarketTimeline | None:
+        """Apply the key's pending books, marks, liquidations and indicators before ``end``."""
+        parts = []
+        for pending in (self._pending_books, self._pending_marks):
+            batch = pending.get(key)
+            if batch is None:
+                parts.append(None)
+                continue
+            cut = int(np.searchsorted(batch.time_ms, end, side="left"))
+            if cut == len(batch):
+                del pending[key]
+            elif cut:
+                pending[key] = batch.take(slice(cut, None))
+            parts.append(batch.take(slice(0, cut)) if cut else None)
+            if cut:
+                self._note_applied(int(batch.time_ms[cut - 1]))
+        others: list[LiquidationEvent | IndicatorUpdate] = []
+        items = self._pending_other.get(key)
+        if items:
+            cut = bisect_left([e.time_ms for e in items], end)
+            others = items[:cut]
+            if cut == len(items):
+                del self._pending_other[key]
+            else:
+                self._pending_other[key] = items[cut:]
+            if others:
+                self._note_applied(max(e.time_ms for e in others))
+        if parts[0] is None and parts[1] is None and not others:
+            return None
+        return self.state(*key).market.apply_segment(parts[0], parts[1], others)
 
     def _note_applied(self, time_ms: int) -> None:
         if self.applied_input_ms is None or time_ms > self.applied_input_ms:
             self.applied_input_ms = time_ms
 
-    def _evaluate_symbol(self, key: Key, point: int, out: EngineOutput) -> None:
-        state = self.states[key]
-        out.bars.extend(bar.to_record(*key) for bar in state.advance_to(point))
-        strategies = [cfg for cfg in self.strategies if cfg.applies_to(key[1])]
-        if not strategies:
-            return
-        features = state.snapshot(point, self._cvd_windows, self._slope_windows)
-        base_inputs = features.inputs()
-        for cfg in strategies:
-            decision = decide(score(features, cfg, base_inputs), features, cfg, self.books[cfg.name])
-            out.features.append(feature_record(decision.evaluation))
-            if decision.plan is not None:
-                out.signals.append(signal_record(decision.evaluation, decision.plan))
-
     # ------------------------------------------------------------------------------------------
+    def _pending_event_list(self) -> list[MarketEvent]:
+        events: list[MarketEvent] = []
+        for batch in list(self._pending_books.values()) + list(self._pending_marks.values()):
+            events += batch.updates()
+        for items in self._pending_other.values():
+            events += items
+        events.sort(key=lambda e: e.time_ms)
+        return events
+
     def to_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly where this engine stopped (plain data)."""
         return {
@@ -309,7 +545,7 @@ class Engine:
                 }
                 for _, b in sorted(self._pending_trades.items())
             ],
-            "pending_events": [{"type": type(e).__name__, **asdict(e)} for e in self._pending_events],
+            "pending_events": [{"type": type(e).__name__, **asdict(e)} for e in self._pending_event_list()],
         }
 
     @classmethod
@@ -335,7 +571,9 @@ class Engine:
             engine._pending_trades[(b["exchange"], b["symbol"])] = TradeBatch.from_arrays(
                 b["exchange"], b["symbol"], b["agg_id"], b["time_ms"], b["price"], b["qty"], b["taker_sell"]
             )
+        events = []
         for e in data["pending_events"]:
             fields = {k: v for k, v in e.items() if k != "type"}
-            engine._pending_events.append(_EVENT_TYPES[e["type"]](**fields))
+            events.append(_EVENT_TYPES[e["type"]](**fields))
+        engine._buffer_events(events, *PLAUSIBLE_TIME_MS)
         return engine

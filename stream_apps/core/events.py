@@ -155,6 +155,88 @@ class IndicatorUpdate:
 MarketEvent = BookUpdate | MarkUpdate | LiquidationEvent | IndicatorUpdate
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class BookBatch:
+    """Book updates of one (exchange, symbol) as columns: the frequent input (several per second live,
+    one every 2 s in a generated session) arrives in bulk in a replay, where one Python object per
+    update would cost more than the trades themselves. The engine keeps pending books in this form."""
+
+    exchange: str
+    symbol: str
+    time_ms: np.ndarray  # int64
+    obi: np.ndarray  # float64
+
+    @classmethod
+    def from_arrays(cls, exchange: str, symbol: str, time_ms, obi) -> BookBatch:
+        return cls(exchange, symbol, np.asarray(time_ms, dtype=np.int64), np.asarray(obi, dtype=np.float64))
+
+    @classmethod
+    def from_updates(cls, updates: list[BookUpdate]) -> BookBatch:
+        first = updates[0]
+        return cls.from_arrays(first.exchange, first.symbol, [u.time_ms for u in updates], [u.obi for u in updates])
+
+    def __len__(self) -> int:
+        return len(self.time_ms)
+
+    def take(self, index: np.ndarray | slice) -> BookBatch:
+        return BookBatch(self.exchange, self.symbol, self.time_ms[index], self.obi[index])
+
+    def updates(self) -> list[BookUpdate]:
+        return [BookUpdate(self.exchange, self.symbol, t, o) for t, o in zip(self.time_ms.tolist(), self.obi.tolist())]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MarkBatch:
+    """Mark-price updates of one (exchange, symbol) as columns (see ``BookBatch``)."""
+
+    exchange: str
+    symbol: str
+    time_ms: np.ndarray  # int64
+    mark_price: np.ndarray  # float64
+    index_price: np.ndarray  # float64
+    funding_rate: np.ndarray  # float64
+    next_funding_time_ms: np.ndarray  # int64
+
+    @classmethod
+    def from_arrays(cls, exchange: str, symbol: str, time_ms, mark_price, index_price, funding_rate,
+                    next_funding_time_ms) -> MarkBatch:
+        f64 = np.float64
+        return cls(exchange, symbol, np.asarray(time_ms, dtype=np.int64), np.asarray(mark_price, dtype=f64),
+                   np.asarray(index_price, dtype=f64), np.asarray(funding_rate, dtype=f64),
+                   np.asarray(next_funding_time_ms, dtype=np.int64))
+
+    @classmethod
+    def from_updates(cls, updates: list[MarkUpdate]) -> MarkBatch:
+        first = updates[0]
+        return cls.from_arrays(first.exchange, first.symbol, [u.time_ms for u in updates],
+                               [u.mark_price for u in updates], [u.index_price for u in updates],
+                               [u.funding_rate for u in updates], [u.next_funding_time_ms for u in updates])
+
+    def __len__(self) -> int:
+        return len(self.time_ms)
+
+    def take(self, index: np.ndarray | slice) -> MarkBatch:
+        return MarkBatch(self.exchange, self.symbol, self.time_ms[index], self.mark_price[index],
+                         self.index_price[index], self.funding_rate[index], self.next_funding_time_ms[index])
+
+    def updates(self) -> list[MarkUpdate]:
+        return [MarkUpdate(self.exchange, self.symbol, *row) for row in zip(
+            self.time_ms.tolist(), self.mark_price.tolist(), self.index_price.tolist(), self.funding_rate.tolist(),
+            self.next_funding_time_ms.tolist())]
+
+
+ColumnarEvents = BookBatch | MarkBatch
+
+
+def concat_columns(batches: list) -> BookBatch | MarkBatch:
+    """One batch of the same kind and key from several (in order)."""
+    first = batches[0]
+    if len(batches) == 1:
+        return first
+    names = [f for f in first.__slots__ if f not in ("exchange", "symbol")]
+    return type(first)(first.exchange, first.symbol, *(np.concatenate([getattr(b, n) for b in batches]) for n in names))
+
+
 def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[float, float]], depth: int = 10) -> float | None:
     """(bid_qty - ask_qty) / (bid_qty + ask_qty) over the top ``depth`` levels; None for an empty book."""
     bid_qty = sum(q for _, q in list(bids)[:depth])

@@ -9,6 +9,8 @@ strategy reads the same value and none can change what another sees. ``None`` me
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
@@ -81,24 +83,45 @@ class Features:
 
     def inputs(self) -> dict[str, float]:
         """Every available number by name (the ``inputs`` map of a feature record)."""
-        out = {name: float(value) for name in _SCALAR_INPUTS if (value := getattr(self, name)) is not None}
-        for prefix, pairs in (("cvd", self.cvd), ("cvd_slope", self.cvd_slope), ("cvd_accel", self.cvd_accel)):
-            for window_ms, value in pairs:
-                out[f"{prefix}_{_duration_name(window_ms)}"] = float(value)
         ratio = self.atr_price_ratio
-        if ratio is not None:
-            out["atr_price_ratio"] = ratio
-        return out
+        scalars = {name: [math.nan if (v := getattr(self, name)) is None else float(v)] for name in SCALAR_FIELDS}
+        return input_rows(scalars, {w: [v] for w, v in self.cvd}, {w: [v] for w, v in self.cvd_slope},
+                          {w: [v] for w, v in self.cvd_accel}, [math.nan if ratio is None else ratio], 1)[0]
 
 
-_SCALAR_INPUTS = tuple(
-    f.name for f in fields(Features) if f.name not in ("exchange", "symbol", "time_ms", "cvd", "cvd_slope", "cvd_accel")
-)
+_NAMED = ("exchange", "symbol", "time_ms", "cvd", "cvd_slope", "cvd_accel")
+SCALAR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Features) if f.name not in _NAMED)
+_ALWAYS = frozenset({"volume_30m", "atr_percentile", "atr_bars", "p95_qty", "p99_qty", "qty_samples",
+                     "large_buy_qty_15m", "large_sell_qty_15m", "whale_buy_usd_15m", "whale_sell_usd_15m",
+                     "whale_ratio_15m", "liq_long_usd_5m", "liq_short_usd_5m"})  # never None
 
 
 @lru_cache(maxsize=256)
-def _duration_name(window_ms: int) -> str:
+def duration_name(window_ms: int) -> str:
     return format_duration_ms(window_ms)
+
+
+def input_rows(scalars: Mapping[str, Sequence[float]], cvd: Mapping[int, Sequence[float]],
+               slope: Mapping[int, Sequence[float]], accel: Mapping[int, Sequence[float]],
+               atr_price_ratio: Sequence[float], n: int) -> list[dict[str, float]]:
+    """The ``inputs`` map of ``n`` snapshots given as columns (NaN = not available): the scalar
+    fields in declaration order, then ``cvd_<w>``, ``cvd_slope_<w>``, ``cvd_accel_<w>`` per window,
+    then ``atr_price_ratio``. ``Features.inputs`` and ``FeatureFrame.input_rows`` both use it."""
+    columns: list[tuple[str, Sequence[float], bool]] = [(name, scalars[name], name not in _ALWAYS)
+                                                        for name in SCALAR_FIELDS]
+    for prefix, pairs in (("cvd", cvd), ("cvd_slope", slope), ("cvd_accel", accel)):
+        for window_ms, column in pairs.items():
+            columns.append((f"{prefix}_{duration_name(window_ms)}", column, False))
+    columns.append(("atr_price_ratio", atr_price_ratio, True))
+    out: list[dict[str, float]] = []
+    for i in range(n):
+        row: dict[str, float] = {}
+        for name, column, optional in columns:
+            value = column[i]
+            if not optional or value == value:  # NaN: not available
+                row[name] = value
+        out.append(row)
+    return out
 
 
 def _lookup(pairs: tuple[tuple[int, float], ...], window_ms: int, name: str) -> float:

@@ -6,6 +6,12 @@ go stale: a value older than its ``*_max_age_ms`` reads as ``None`` ("not availa
 turns into a zero score with a reason and gates into a veto. Liquidations are summed per second in a
 10-minute ring by the side that was liquidated, so a late record still lands in its own second.
 
+Many evaluation times at once (the engine's columnar path): ``apply_segment`` applies the inputs of
+a segment of evaluation times in time order and returns a ``MarketTimeline`` that tells which book,
+mark and indicator values each time saw (an input applies to the evaluations after its time), and
+``values_many`` reads every time with array operations. ``values_at`` (one time) is ``values_many``
+of one row, so both paths compute the same numbers.
+
 Open-interest change is computed between consecutive data points of the same kind (the old engine
 compared tick against tick, so a 5-minute value looked unchanged on every tick but one), and only
 when the two points are at most ``oi_change_max_span_ms`` apart.
@@ -13,18 +19,43 @@ when the two points are at most ``oi_change_max_span_ms`` apart.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from .events import BookUpdate, IndicatorUpdate, LiquidationEvent, MarkUpdate
+from .events import BookBatch, BookUpdate, IndicatorUpdate, LiquidationEvent, MarkBatch, MarkUpdate
+from .frame import exact_ratio
 from .params import SECOND_MS, Counters, StateParams
 from .ring import BucketRing
 from .units import NOTIONAL_SCALE, notional_to_units
 
 OPEN_INTEREST_KINDS = ("open_interest_hist", "open_interest")  # preference order
 _LIQ_FIELDS = ("long_usd", "short_usd")
+
+
+_NO_TIMES = np.empty(0, dtype=np.int64)
+_NO_VALUES = np.empty(0, dtype=np.float64)
+_NO_MARKS = np.empty((0, 3), dtype=np.float64)
+
+
+def _latest(times: np.ndarray, update_times: np.ndarray, update_values: np.ndarray, before: Any,
+            fields_of) -> tuple[np.ndarray, np.ndarray]:
+    """Per time: the values and time of the newest update strictly before it, else of ``before``
+    (time -inf and NaN values when there is none)."""
+    width = update_values.shape[1]
+    if before is not None:
+        base_values, base_time = np.asarray(fields_of(before), dtype=np.float64), before.time_ms
+    else:
+        base_values, base_time = np.full(width, np.nan), np.iinfo(np.int64).min // 2
+    index = np.searchsorted(update_times, times, side="left") - 1
+    values = np.tile(base_values, (len(times), 1))
+    when = np.full(len(times), base_time, dtype=np.int64)
+    has = index >= 0
+    if has.any():
+        values[has] = update_values[index[has]]
+        when[has] = update_times[index[has]]
+    return values, when
 
 
 @dataclass
@@ -38,6 +69,26 @@ class LatestValue:
     prev_value_time_ms: int | None = None
 
 
+MARKET_FIELDS = ("obi", "mark_price", "index_price", "funding_rate", "open_interest", "oi_change",
+                 "long_short_ratio", "top_trader_long_share", "taker_buy_sell_ratio", "coinbase_premium",
+                 "spot_perp_divergence", "liq_long_usd_5m", "liq_short_usd_5m")
+
+
+@dataclass
+class MarketTimeline:
+    """What a segment's evaluations saw: the book, mark and indicators before the segment, the book
+    and mark updates it accepted (time-ordered), and the indicators after each indicator update."""
+
+    book_time: np.ndarray  # accepted updates of the segment
+    book_obi: np.ndarray
+    mark_time: np.ndarray
+    mark_values: np.ndarray  # (n, 3): mark, index, funding
+    pre_book: BookUpdate | None
+    pre_mark: MarkUpdate | None
+    indicator_times: list[int] = field(default_factory=list)  # time of each indicator update applied
+    indicator_versions: list[dict[str, LatestValue]] = field(default_factory=list)  # before, then after each
+
+
 class MarketRecords:
     """Book, mark, indicator and liquidation inputs of one symbol (counters shared with its state)."""
 
@@ -47,7 +98,7 @@ class MarketRecords:
         self.book: BookUpdate | None = None
         self.mark: MarkUpdate | None = None
         self.indicators: dict[str, LatestValue] = {}
-        self.liquidations = BucketRing(SECOND_MS, params.liq_buckets, _LIQ_FIELDS)
+        self.liquidations = BucketRing(SECOND_MS, params.ring_sizes[2], _LIQ_FIELDS)
 
     # -- updates -----------------------------------------------------------------------------
     def apply_book(self, update: BookUpdate) -> None:
@@ -65,6 +116,60 @@ class MarketRecords:
             self.mark = update
         else:
             self.counters.stale_records += 1
+
+    def _accept_columns(self, times: np.ndarray, valid: np.ndarray, current_time: int | None) -> np.ndarray:
+        """Which of time-ordered updates are applied, one after the other, by the newest-wins rule:
+        a valid one at or after the current value's time (equal times: the later one wins)."""
+        accepted = valid if current_time is None else valid & (times >= current_time)
+        self.counters.rejected += int((~valid).sum())
+        self.counters.stale_records += int((valid & ~accepted).sum())
+        return accepted
+
+    def apply_books(self, batch: BookBatch) -> BookBatch:
+        """Apply time-ordered book updates (as ``apply_book`` one by one); return the accepted ones."""
+        with np.errstate(invalid="ignore"):
+            valid = np.isfinite(batch.obi) & (np.abs(batch.obi) <= 1.0)
+        accepted = batch.take(self._accept_columns(batch.time_ms, valid, self.book.time_ms if self.book else None))
+        if len(accepted):
+            self.book = BookUpdate(batch.exchange, batch.symbol, int(accepted.time_ms[-1]), float(accepted.obi[-1]))
+        return accepted
+
+    def apply_marks(self, batch: MarkBatch) -> MarkBatch:
+        """Apply time-ordered mark updates (as ``apply_mark`` one by one); return the accepted ones."""
+        with np.errstate(invalid="ignore"):
+            valid = np.isfinite(batch.mark_price) & (batch.mark_price > 0) & np.isfinite(batch.funding_rate)
+        accepted = batch.take(self._accept_columns(batch.time_ms, valid, self.mark.time_ms if self.mark else None))
+        if len(accepted):
+            self.mark = accepted.take(slice(-1, None)).updates()[0]
+        return accepted
+
+    def apply_segment(self, books: BookBatch | None, marks: MarkBatch | None,
+                      others: list[LiquidationEvent | IndicatorUpdate]) -> MarketTimeline:
+        """Apply a segment's inputs (each kind in time order) and say what every time in it saw."""
+        pre_book, pre_mark = self.book, self.mark
+        accepted_books = self.apply_books(books) if books is not None and len(books) else None
+        accepted_marks = self.apply_marks(marks) if marks is not None and len(marks) else None
+        timeline = MarketTimeline(
+            accepted_books.time_ms if accepted_books is not None else _NO_TIMES,
+            accepted_books.obi if accepted_books is not None else _NO_VALUES,
+            accepted_marks.time_ms if accepted_marks is not None else _NO_TIMES,
+            np.column_stack((accepted_marks.mark_price, accepted_marks.index_price, accepted_marks.funding_rate))
+            if accepted_marks is not None else _NO_MARKS,
+            pre_book, pre_mark,
+        )
+        for event in others:
+            if isinstance(event, LiquidationEvent):
+                self.apply_liquidation(event)
+                continue
+            if not timeline.indicator_versions:
+                timeline.indicator_versions.append(dict(self.indicators))
+            self.apply_indicator(event)  # replaces entries, never changes one: a shallow copy is a version
+            if timeline.indicator_times and timeline.indicator_times[-1] == event.time_ms:
+                timeline.indicator_versions[-1] = dict(self.indicators)  # same time: one version
+            else:
+                timeline.indicator_times.append(event.time_ms)
+                timeline.indicator_versions.append(dict(self.indicators))
+        return timeline
 
     def apply_liquidation(self, event: LiquidationEvent) -> None:
         if not (np.isfinite(event.usd) and event.usd > 0 and event.liquidated_side in ("LONG", "SHORT")):
@@ -88,69 +193,100 @@ class MarketRecords:
                 update.value, update.value_time_ms, extra, current.value, current.value_time_ms
             )
         elif update.value_time_ms == current.value_time_ms:  # the same data point polled again
-            current.value, current.extra = update.value, extra
+            # a new object, never a change in place: a segment's timeline keeps the earlier one
+            self.indicators[update.kind] = replace(current, value=update.value, extra=extra)
         else:
             self.counters.stale_records += 1
 
     # -- reads -------------------------------------------------------------------------------
     def values_at(self, now_ms: int) -> dict[str, float | None]:
         """Feature values at ``now_ms`` (``None`` where missing or stale)."""
+        values = self.values_many(np.array([now_ms], dtype=np.int64))
+        return {name: (None if (v := float(values[name][0])) != v else v) for name in MARKET_FIELDS}
+
+    def values_many(self, times: np.ndarray, timeline: MarketTimeline | None = None) -> dict[str, np.ndarray]:
+        """Feature values at every one of ``times`` (sorted), NaN where missing or stale.
+
+        Without a timeline the current records answer every time; with one (``apply_segment``) each
+        time sees the updates before it. Liquidation sums are read from the ring as it is: a
+        liquidation at or after a time lies outside that time's window anyway.
+        """
         p = self.params
-        book = self.book if self.book and self.book.time_ms >= now_ms - p.book_max_age_ms else None
-        mark = self.mark if self.mark and self.mark.time_ms >= now_ms - p.mark_max_age_ms else None
-        open_interest, oi_change = self._open_interest(now_ms)
-        hi = (now_ms - 1) // SECOND_MS
-        liq_long, liq_short = self.liquidations.window_sum(hi - p.liq_window_ms // SECOND_MS + 1, hi).tolist()
-        return {
-            "obi": book.obi if book else None,
-            "mark_price": mark.mark_price if mark else None,
-            "index_price": mark.index_price if mark else None,
-            "funding_rate": mark.funding_rate if mark else None,
-            "open_interest": open_interest,
-            "oi_change": oi_change,
-            "long_short_ratio": self._value("long_short_account_ratio", now_ms),
-            "top_trader_long_share": self._top_trader_long_share(now_ms),
-            "taker_buy_sell_ratio": self._value("taker_buy_sell_ratio", now_ms),
-            "coinbase_premium": self._value("coinbase_premium", now_ms),
-            "spot_perp_divergence": self._value("spot_perp_divergence", now_ms),
-            "liq_long_usd_5m": liq_long / NOTIONAL_SCALE,
-            "liq_short_usd_5m": liq_short / NOTIONAL_SCALE,
-        }
+        n = len(times)
+        out: dict[str, np.ndarray] = {}
+        if timeline is None:
+            timeline = MarketTimeline(_NO_TIMES, _NO_VALUES, _NO_TIMES, _NO_MARKS, self.book, self.mark)
 
-    def _fresh(self, kind: str, now_ms: int) -> LatestValue | None:
-        latest = self.indicators.get(kind)
-        if latest is None or latest.value_time_ms < now_ms - self.params.indicator_max_age_ms:
-            return None
-        return latest
+        # book and mark: the newest accepted update before each time, else the one before the segment
+        obi, book_time = _latest(times, timeline.book_time, timeline.book_obi[:, None], timeline.pre_book,
+                                 lambda b: (b.obi,))
+        fresh = book_time >= times - p.book_max_age_ms
+        out["obi"] = np.where(fresh, obi[:, 0], np.nan)
+        marks, mark_time = _latest(times, timeline.mark_time, timeline.mark_values, timeline.pre_mark,
+                                   lambda m: (m.mark_price, m.index_price, m.funding_rate))
+        fresh = mark_time >= times - p.mark_max_age_ms
+        for k, name in enumerate(("mark_price", "index_price", "funding_rate")):
+            out[name] = np.where(fresh, marks[:, k], np.nan)
 
-    def _value(self, kind: str, now_ms: int) -> float | None:
-        latest = self._fresh(kind, now_ms)
-        return latest.value if latest else None
+        # indicators: one version per indicator update of the segment
+        for name in ("open_interest", "oi_change", "long_short_ratio", "top_trader_long_share",
+                     "taker_buy_sell_ratio", "coinbase_premium", "spot_perp_divergence"):
+            out[name] = np.full(n, np.nan)
+        if timeline.indicator_versions:
+            version = np.searchsorted(np.asarray(timeline.indicator_times, dtype=np.int64), times, side="left")
+            for v in np.unique(version).tolist():
+                rows = np.flatnonzero(version == v)
+                self._indicator_values(timeline.indicator_versions[v], times[rows], rows, out)
+        else:
+            self._indicator_values(self.indicators, times, np.arange(n), out)
 
-    def _top_trader_long_share(self, now_ms: int) -> float | None:
-        latest = self._fresh("top_trader_position_ratio", now_ms)
-        if latest is None:
-            return None
-        if "long_account" in latest.extra:
-            return latest.extra["long_account"]
-        ratio = latest.value  # long/short ratio: long share = r / (1 + r)
-        return ratio / (1.0 + ratio) if ratio > 0 else None
+        hi = (times - 1) // SECOND_MS
+        start = hi - p.liq_window_ms // SECOND_MS + 1
+        sums = self.liquidations.window_sums(start, hi + 1)
+        out["liq_long_usd_5m"] = exact_ratio(sums[:, 0], NOTIONAL_SCALE)
+        out["liq_short_usd_5m"] = exact_ratio(sums[:, 1], NOTIONAL_SCALE)
+        return out
 
-    def _open_interest(self, now_ms: int) -> tuple[float | None, float | None]:
-        for kind in OPEN_INTEREST_KINDS:
-            latest = self._fresh(kind, now_ms)
+    def _indicator_values(self, indicators: dict[str, LatestValue], times: np.ndarray, rows: np.ndarray,
+                          out: dict[str, np.ndarray]) -> None:
+        limit = times - self.params.indicator_max_age_ms
+
+        def fresh(kind: str) -> tuple[LatestValue | None, np.ndarray]:
+            latest = indicators.get(kind)
             if latest is None:
+                return None, np.zeros(len(times), dtype=bool)
+            return latest, latest.value_time_ms >= limit
+
+        chosen = np.zeros(len(times), dtype=bool)
+        for kind in OPEN_INTEREST_KINDS:  # the first fresh kind in preference order
+            latest, mask = fresh(kind)
+            use = mask & ~chosen
+            if latest is None or not use.any():
                 continue
-            change = None
+            out["open_interest"][rows[use]] = latest.value
             if (
                 latest.prev_value is not None
                 and latest.prev_value > 0
                 and latest.prev_value_time_ms is not None
                 and latest.value_time_ms - latest.prev_value_time_ms <= self.params.oi_change_max_span_ms
             ):
-                change = (latest.value - latest.prev_value) / latest.prev_value
-            return latest.value, change
-        return None, None
+                out["oi_change"][rows[use]] = (latest.value - latest.prev_value) / latest.prev_value
+            chosen |= mask
+        for name, kind in (("long_short_ratio", "long_short_account_ratio"), ("taker_buy_sell_ratio",
+                           "taker_buy_sell_ratio"), ("coinbase_premium", "coinbase_premium"),
+                           ("spot_perp_divergence", "spot_perp_divergence")):
+            latest, mask = fresh(kind)
+            if latest is not None:
+                out[name][rows[mask]] = latest.value
+        latest, mask = fresh("top_trader_position_ratio")
+        if latest is not None:
+            if "long_account" in latest.extra:
+                share: float | None = latest.extra["long_account"]
+            else:
+                ratio = latest.value  # long/short ratio: long share = r / (1 + r)
+                share = ratio / (1.0 + ratio) if ratio > 0 else None
+            if share is not None:
+                out["top_trader_long_share"][rows[mask]] = share
 
     # -- plain-data form ---------------------------------------------------------------------
     @property

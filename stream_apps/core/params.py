@@ -39,12 +39,27 @@ class StateParams:
     mark_max_age_ms: int = 60_000
     indicator_max_age_ms: int = 900_000
     oi_change_max_span_ms: int = 900_000
+    # extra buckets in the second/minute/liquidation rings so the engine can evaluate longer segments
+    # at once (a replay sets about an hour); changes no number: windows are read the same way
+    replay_margin_s: int = 0
 
     @classmethod
     def for_symbol(cls, symbol: str, **overrides: Any) -> StateParams:
         """DESIGN §4 floors: BTC P95/P99 at least 5/10, every other symbol 50/100 (base units)."""
         floors = {"p95_floor": 5.0, "p99_floor": 10.0} if symbol.upper().startswith("BTC") else {}
         return cls(**{**floors, **overrides})
+
+    @classmethod
+    def for_replay(cls, symbol: str, **overrides: Any) -> StateParams:
+        """``for_symbol`` with rings an hour longer: a replay engine evaluates up to an hour of
+        evaluation times per segment (see ``Engine``); the numbers are those of ``for_symbol``."""
+        return cls.for_symbol(symbol, **{"replay_margin_s": 3_600, **overrides})
+
+    @property
+    def ring_sizes(self) -> tuple[int, int, int]:
+        """Allocated (second, minute, liquidation) buckets."""
+        margin = self.replay_margin_s
+        return self.second_buckets + margin, self.minute_buckets + -(-margin // 60), self.liq_buckets + margin
 
     @property
     def second_window_limit_ms(self) -> int:

@@ -10,7 +10,8 @@ bucketing is identical whatever the batch shape (no logarithm whose vectorised a
 round differently).
 
 The 24-hour window is kept as one histogram per hour: the current hour plus the 24 previous whole
-hours (the window therefore spans between 24 h and 25 h). Memory: 25 x N_BINS int32 counters.
+hours (the window therefore spans between 24 h and 25 h). Memory: 25 x N_BINS int32 counters. Quantiles are read by a compiled scan (``kernels.window_quantiles``:
+one pass over the bins for P95 and P99 together, once per minute of trades).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from .kernels import window_quantiles
 
 SUB_BITS = 6
 SUB_BUCKETS = 1 << SUB_BITS
@@ -46,13 +49,12 @@ def bin_value(index: int) -> float:
 
 def quantile_from_counts(counts: np.ndarray, q: float) -> tuple[float | None, int]:
     """Estimate of the ``q`` quantile (numpy ``method="lower"``: rank floor((n-1)q)) and n."""
-    cumulative = np.cumsum(counts, dtype=np.int64)
-    n = int(cumulative[-1]) if len(cumulative) else 0
-    if n == 0:
-        return None, 0
-    rank = int(np.floor((n - 1) * q))
-    index = int(np.searchsorted(cumulative, rank, side="right"))
-    return bin_value(index), n
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.zeros(1)
+    no_hours = np.full(1, -1, dtype=np.int64)
+    n = window_quantiles(np.zeros((1, len(counts)), dtype=np.int32), counts, no_hours, 0, 0,
+                         np.array([q], dtype=np.float64), SUB_BUCKETS, MIN_EXPONENT, out)
+    return (float(out[0]) if n else None), int(n)
 
 
 class HourlyQuantileWindow:
@@ -90,9 +92,11 @@ class HourlyQuantileWindow:
         return self._total - self._rows[stale].sum(axis=0, dtype=np.int64)
 
     def quantiles_at(self, hour: int, qs: Sequence[float]) -> tuple[list[float | None], int]:
-        counts = self.counts_at(hour)
-        results = [quantile_from_counts(counts, q) for q in qs]
-        return [value for value, _ in results], results[0][1] if results else 0
+        """The ``qs`` quantiles (ascending) of the window ending in ``hour``, and the sample count."""
+        out = np.zeros(len(qs))
+        n = window_quantiles(self._rows, self._total, self._ids, hour, self.window_hours,
+                             np.asarray(qs, dtype=np.float64), SUB_BUCKETS, MIN_EXPONENT, out)
+        return ([float(v) for v in out] if n else [None] * len(qs)), int(n)
 
     @property
     def capacity_cells(self) -> int:

@@ -121,6 +121,35 @@ class BucketRing:
             out[buckets - lo] = self._values[:, buckets % self.n_buckets].T
         return out
 
+    def window_sums(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Sums of every field over buckets ``[starts[i], ends[i])`` for many windows at once: shape
+        (len(starts), fields). One copy of the buckets they span and one cumulative sum, then two
+        lookups per window (absent buckets are 0, as in ``window_sum``)."""
+        starts = np.asarray(starts, dtype=np.int64)
+        ends = np.asarray(ends, dtype=np.int64)
+        if len(starts) == 0:
+            return np.zeros((0, len(self.fields)), dtype=np.int64)
+        lo, hi = int(min(starts.min(), ends.min())), int(max(starts.max(), ends.max()))
+        prefix = self.prefix(lo, hi)
+        return prefix[ends - lo] - prefix[starts - lo]
+
+    def prefix(self, lo: int, hi: int) -> np.ndarray:
+        """Cumulative sums over buckets ``lo..hi-1``: row ``k`` holds the sums of buckets ``lo..lo+k-1``
+        (row 0 is zero), so the sum over ``[a, b)`` is ``prefix[b - lo] - prefix[a - lo]``."""
+        out = np.zeros((max(hi - lo, 0) + 1, len(self.fields)), dtype=np.int64)
+        first, last = max(lo, self.head - self.n_buckets + 1), min(hi - 1, self.head)
+        if last >= first:
+            a, b = first % self.n_buckets, last % self.n_buckets + 1
+            rows = out[first - lo + 1 : last - lo + 2]
+            if a < b:
+                rows[:] = self._values[:, a:b].T
+            else:
+                split = self.n_buckets - a
+                rows[:split] = self._values[:, a:].T
+                rows[split:] = self._values[:, :b].T
+            np.cumsum(out[first - lo + 1 :], axis=0, out=out[first - lo + 1 :])
+        return out
+
     def live_buckets(self) -> int:
         """Buckets with any non-zero value (a size metric; at most ``n_buckets``)."""
         return int(np.count_nonzero(np.any(self._values != 0, axis=0)))

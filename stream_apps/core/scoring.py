@@ -21,18 +21,25 @@ Points. Each layer computes DESIGN's raw points and is scaled to its configured 
   against the crowd +5.
 - liquidation (raw max 5, v52): +5 when the 5-min short/long liquidated USD ratio is >= 2 (LONG) or
   <= 0.5 (SHORT) and the total is at least the per-symbol floor.
-A missing input scores 0 and adds a ``missing:<input>`` note. Gates (v53) run in the order min_atr,
+A missing input scores 0 and adds a ``missing:<input>`` note.
+Columns: ``score_frames`` scores every row of a ``FeatureFrame`` (many evaluation times of a symbol)
+for several strategies in one compiled loop (``kernels``); ``score`` is the same function on one row,
+so there is one implementation. Gates (v53) run in the order min_atr,
 obi, spot_perp_divergence, whale_flow; the first that fires sets ``gate`` and the score to 0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import numpy as np
+
 from .features import Features
+from .frame import FeatureFrame
+from .kernels import score_rows
 from .strategy import PerSymbol, StrategyConfig
 
 LONG, SHORT = "LONG", "SHORT"
@@ -46,6 +53,7 @@ RAW_MAX = {
     "liquidation": 5.0,
 }
 LAYER_ORDER = tuple(RAW_MAX)
+RAW_MAX_ARRAY = np.array(list(RAW_MAX.values()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,202 +91,189 @@ class Evaluation:
         return f"{self.evaluation_id}:{self.direction}"
 
 
-def _sign(direction: str) -> int:
-    return 1 if direction == LONG else -1
+DIRECTIONS = {1: LONG, -1: SHORT, 0: None}
+GATES = ("min_atr", "obi", "spot_perp_divergence", "whale_flow")  # checked in this order
+BLOCK_REASONS = (None, "no_direction", "gate", "below_entry", "warmup", "missing_atr", "cooldown")
+NO_DIRECTION, GATE, BELOW_ENTRY, WARMUP, MISSING_ATR, COOLDOWN = range(1, 7)
+TIERS = (None, "standard", "heavy")
 
 
-def _scaled(weight: float, raw: float, layer: str) -> float:
-    return weight * raw / RAW_MAX[layer]
+@dataclass(slots=True)
+class ScoreFrame:
+    """One strategy's verdicts on every row of a ``FeatureFrame``, as columns (codes index the tuples
+    above: ``gate`` 0 = none, else ``GATES[gate - 1]``)."""
+
+    sign: np.ndarray  # int8: 1 LONG, -1 SHORT, 0 no direction
+    layers: dict[str, np.ndarray]  # the layers with weight > 0, in LAYER_ORDER
+    raw_score: np.ndarray
+    score: np.ndarray  # after gates (0 when vetoed or without direction)
+    tier: np.ndarray  # int8 index into TIERS
+    gate: np.ndarray  # int8
+    block: np.ndarray  # int8 index into BLOCK_REASONS
 
 
-def direction_of(fast_cvd: float, mid_cvd: float) -> str | None:
-    if fast_cvd > 0 and mid_cvd > 0:
-        return LONG
-    if fast_cvd < 0 and mid_cvd < 0:
-        return SHORT
-    return None
+@dataclass(frozen=True)
+class _Params:
+    """Strategy parameters as the arrays ``kernels.score_rows`` reads (one row per strategy)."""
+
+    weights: np.ndarray
+    ls_long: np.ndarray
+    ls_short: np.ndarray
+    rules: np.ndarray
+    gates: np.ndarray
+    veto_missing: np.ndarray
+    entry: np.ndarray
+    heavy: np.ndarray
 
 
-def direction_raw(f: Features, cfg: StrategyConfig, direction: str) -> float:
-    sign = _sign(direction)
-    net_large = f.large_net_qty_15m * sign
-    p99_flow = 20.0 if net_large > 0 else 10.0 if net_large == 0 else 0.0
-    accel = f.accel_at(cfg.windows.cvd_fast) * sign
-    return 30.0 + p99_flow + (5.0 if accel > 0 else 0.0)
+_PARAMS: dict[tuple[tuple[str, ...], str], _Params] = {}
 
 
-def crowding_raw(f: Features, cfg: StrategyConfig, direction: str, notes: list[str]) -> float:
-    rules = cfg.rules
-    raw = 0.0
-    ratio = f.long_short_ratio
-    if ratio is None:
-        notes.append("missing:long_short_ratio")
-    elif direction == LONG:
-        one, mid, low = rules.long_short_long_levels
-        raw += 15.0 if ratio < low else 10.0 if ratio < mid else 7.0 if ratio < one else 0.0
-    else:
-        one, mid, high = rules.long_short_short_levels
-        raw += 15.0 if ratio > high else 10.0 if ratio > mid else 7.0 if ratio > one else 0.0
-    share = f.top_trader_long_share
-    if share is None:
-        notes.append("missing:top_trader_long_share")
-    else:
-        aligned_high = share >= rules.top_trader_high if direction == LONG else share <= rules.top_trader_low
-        aligned_low = share <= rules.top_trader_low if direction == LONG else share >= rules.top_trader_high
-        raw += 10.0 if aligned_high else 0.0 if aligned_low else 5.0
-    return raw
+def _params(cfgs: Sequence[StrategyConfig], symbol: str) -> _Params:
+    key = (tuple(c.config_hash for c in cfgs), symbol)
+    cached = _PARAMS.get(key)
+    if cached is not None:
+        return cached
+    nan = float("nan")
+
+    def gate(setting: PerSymbol | None) -> float:
+        value = _gate_value(setting, symbol)
+        return nan if value is None else value
+
+    params = _Params(
+        weights=np.array([[getattr(c.weights, name) for name in LAYER_ORDER] for c in cfgs], dtype=np.float64),
+        ls_long=np.array([c.rules.long_short_long_levels for c in cfgs], dtype=np.float64),
+        ls_short=np.array([c.rules.long_short_short_levels for c in cfgs], dtype=np.float64),
+        rules=np.array([[c.rules.top_trader_high, c.rules.top_trader_low, c.rules.oi_strong_change,
+                         c.rules.premium_band, c.rules.funding_extreme, c.rules.funding_moderate,
+                         c.rules.liquidation_ratio_long, c.rules.liquidation_ratio_short,
+                         c.rules.liquidation_min_usd.value_for(symbol) or 0.0] for c in cfgs], dtype=np.float64),
+        gates=np.array([[gate(c.gates.min_atr_price), gate(c.gates.obi_against), gate(c.gates.spot_perp_divergence),
+                         gate(c.gates.whale_against)] for c in cfgs], dtype=np.float64),
+        veto_missing=np.array([c.gates.on_missing_input == "veto" for c in cfgs]),
+        entry=np.array([[c.thresholds.entry] for c in cfgs], dtype=np.float64),
+        heavy=np.array([[c.thresholds.heavy] for c in cfgs], dtype=np.float64),
+    )
+    if len(_PARAMS) > 1024:
+        _PARAMS.clear()
+    _PARAMS[key] = params
+    return params
 
 
-def environment_raw(f: Features, cfg: StrategyConfig, notes: list[str]) -> float:
-    change = f.oi_change
-    if change is None:
-        notes.append("missing:oi_change")
-        return 0.0
-    return 15.0 if change >= cfg.rules.oi_strong_change else 10.0 if change > 0 else 5.0
+def score_frames(frame: FeatureFrame, cfgs: Sequence[StrategyConfig]) -> list[ScoreFrame]:
+    """Direction, layer points, gates and tier of every strategy on every row of ``frame`` (pure).
+
+    The rules run in one compiled loop over strategies x rows (``kernels.score_rows``); the layer sum
+    is then rounded to 6 decimals as Python's ``round`` does and compared with the thresholds. The
+    one-row ``score`` is this function, so there is one implementation of the rules.
+    """
+    params = _params(cfgs, frame.symbol)
+    v = frame.values
+    n, count = len(frame), len(cfgs)
+    fast = np.array([frame.cvd[c.windows.cvd_fast] for c in cfgs]).reshape(count, n)
+    mid = np.array([frame.cvd[c.windows.cvd_mid] for c in cfgs]).reshape(count, n)
+    accel = np.array([frame.cvd_accel[c.windows.cvd_fast] for c in cfgs]).reshape(count, n)
+    sign = np.empty((count, n), dtype=np.int8)
+    layers = np.empty((count, len(LAYER_ORDER), n))
+    total = np.empty((count, n))
+    gate = np.empty((count, n), dtype=np.int8)
+    score_rows(fast, mid, accel, frame.large_net_qty_15m, v["long_short_ratio"], v["top_trader_long_share"],
+               v["oi_change"], v["vwap_30m"], v["last_price"], v["coinbase_premium"], v["funding_rate"],
+               v["liq_long_usd_5m"], v["liq_short_usd_5m"], frame.atr_price_ratio, v["obi"],
+               v["spot_perp_divergence"], v["whale_ratio_15m"], params.weights, RAW_MAX_ARRAY, params.ls_long,
+               params.ls_short, params.rules, params.gates, params.veto_missing, sign, layers, total, gate)
+    raw_score = _round6(total)
+    block = np.where(sign == 0, NO_DIRECTION, np.where(gate > 0, GATE, 0)).astype(np.int8)
+    final = np.where(block == 0, raw_score, 0.0)
+    tier = np.where(final >= params.heavy, 2, np.where(final >= params.entry, 1, 0)).astype(np.int8)
+    tier[block != 0] = 0
+    block[(block == 0) & (tier == 0)] = BELOW_ENTRY
+    out = []
+    for k, cfg in enumerate(cfgs):
+        used = {name: layers[k, j] for j, name in enumerate(LAYER_ORDER) if params.weights[k, j] > 0}
+        out.append(ScoreFrame(sign[k], used, raw_score[k], final[k], tier[k], gate[k], block[k]))
+    return out
 
 
-def confirmation_raw(f: Features, direction: str, notes: list[str]) -> float:
-    if f.vwap_30m is None or f.last_price is None:
-        notes.append("missing:vwap_30m")
-        return 0.0
-    sign = _sign(direction)
-    price_agrees = (f.last_price - f.vwap_30m) * sign >= 0
-    large_not_against = f.large_net_qty_15m * sign >= 0
-    return 15.0 if price_agrees and large_not_against else 0.0
+def score_frame(frame: FeatureFrame, cfg: StrategyConfig) -> ScoreFrame:
+    return score_frames(frame, [cfg])[0]
 
 
-def auxiliary_raw(f: Features, cfg: StrategyConfig, direction: str, notes: list[str]) -> float:
-    premium = f.coinbase_premium
-    if premium is None:
-        notes.append("missing:coinbase_premium")
-        return 0.0
-    band = cfg.rules.premium_band
-    if premium * _sign(direction) > band:
-        return 5.0
-    return 2.0 if abs(premium) <= band else 0.0
+def _round6(values: np.ndarray) -> np.ndarray:
+    """Python's ``round(x, 6)`` of every value.
 
-
-def funding_raw(f: Features, cfg: StrategyConfig, direction: str, notes: list[str]) -> float:
-    rate = f.funding_rate
-    if rate is None:
-        notes.append("missing:funding_rate")
-        return 0.0
-    with_crowd = rate * _sign(direction) > 0  # longs pay when rate > 0: a LONG goes with the crowd
-    if abs(rate) >= cfg.rules.funding_extreme:
-        return -5.0 if with_crowd else 5.0
-    if abs(rate) >= cfg.rules.funding_moderate and not with_crowd:
-        return 5.0
-    return 0.0
-
-
-def liquidation_raw(f: Features, cfg: StrategyConfig, direction: str, notes: list[str]) -> float:
-    long_usd, short_usd = f.liq_long_usd_5m, f.liq_short_usd_5m
-    floor = cfg.rules.liquidation_min_usd.value_for(f.symbol) or 0.0
-    total = long_usd + short_usd
-    if total <= 0 or total < floor:
-        return 0.0
-    ratio = short_usd / long_usd if long_usd > 0 else math.inf
-    if direction == LONG and ratio >= cfg.rules.liquidation_ratio_long:
-        return 5.0
-    if direction == SHORT and ratio <= cfg.rules.liquidation_ratio_short:
-        return 5.0
-    return 0.0
+    numpy's ``rint(x * 1e6) / 1e6`` is the same number unless ``x * 1e6`` lies within rounding error
+    of a half (the division by the exact 1e6 is correctly rounded, as Python's decimal rounding is);
+    those few values are rounded by Python itself.
+    """
+    scaled = values * 1e6
+    out = np.rint(scaled) / 1e6
+    near_half = np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6
+    if near_half.any():
+        flat_out, flat_in = out.reshape(-1), values.reshape(-1)
+        for i in np.flatnonzero(near_half.reshape(-1)).tolist():
+            flat_out[i] = round(float(flat_in[i]), 6)
+    return out
 
 
 def _gate_value(setting: PerSymbol | None, symbol: str) -> float | None:
     return setting.value_for(symbol) if setting is not None else None
 
 
-def check_gates(f: Features, cfg: StrategyConfig, direction: str) -> str | None:
-    """Name of the first gate that vetoes the signal, or None."""
-    gates, sign, symbol = cfg.gates, _sign(direction), f.symbol
-    veto_missing = gates.on_missing_input == "veto"
-
-    min_atr = _gate_value(gates.min_atr_price, symbol)
-    if min_atr is not None:
-        ratio = f.atr_price_ratio
-        if (ratio is None and veto_missing) or (ratio is not None and ratio < min_atr):
-            return "min_atr"
-    checks = (
-        ("obi", _gate_value(gates.obi_against, symbol), f.obi),
-        ("spot_perp_divergence", _gate_value(gates.spot_perp_divergence, symbol), f.spot_perp_divergence),
-        ("whale_flow", _gate_value(gates.whale_against, symbol), f.whale_ratio_15m),
-    )
-    for name, threshold, value in checks:
-        if threshold is None:
-            continue
-        if value is None:
-            if veto_missing:
-                return name
-            continue
-        if value * sign < -threshold:  # against the signal beyond the threshold
-            return name
-    return None
+def strategy_input_columns(frame: FeatureFrame, cfg: StrategyConfig) -> list[tuple[str, np.ndarray]]:
+    """The inputs a strategy adds to the snapshot's own (``inputs`` of its feature records)."""
+    return [
+        ("cvd_fast", frame.cvd[cfg.windows.cvd_fast]),
+        ("cvd_mid", frame.cvd[cfg.windows.cvd_mid]),
+        ("cvd_fast_slope", frame.cvd_slope[cfg.windows.cvd_fast]),
+        ("cvd_fast_accel", frame.cvd_accel[cfg.windows.cvd_fast]),
+        ("large_net_qty_15m", frame.large_net_qty_15m),
+    ]
 
 
-def strategy_inputs(f: Features, cfg: StrategyConfig, base: Mapping[str, float] | None = None) -> dict[str, float]:
-    inputs = dict(base) if base is not None else f.inputs()
-    inputs["cvd_fast"] = f.cvd_at(cfg.windows.cvd_fast)
-    inputs["cvd_mid"] = f.cvd_at(cfg.windows.cvd_mid)
-    inputs["cvd_fast_slope"] = f.slope_at(cfg.windows.cvd_fast)
-    inputs["cvd_fast_accel"] = f.accel_at(cfg.windows.cvd_fast)
-    inputs["large_net_qty_15m"] = f.large_net_qty_15m
-    return inputs
-
-
-def score(f: Features, cfg: StrategyConfig, base_inputs: Mapping[str, float] | None = None) -> Evaluation:
-    """Direction, layer points, gates and tier for one strategy on one snapshot (pure).
-
-    ``base_inputs`` may pass ``f.inputs()`` computed once for all strategies of a snapshot.
-    """
-    notes: list[str] = []
-    direction = direction_of(f.cvd_at(cfg.windows.cvd_fast), f.cvd_at(cfg.windows.cvd_mid))
-    weights = cfg.weights
-    layers: dict[str, float] = {}
-    gate: str | None = None
-    if direction is None:
-        layers = {name: 0.0 for name in LAYER_ORDER if getattr(weights, name) > 0}
-        block: str | None = "no_direction"
-    else:
-        raw = {
-            "direction": direction_raw(f, cfg, direction),
-            "crowding": crowding_raw(f, cfg, direction, notes),
-            "environment": environment_raw(f, cfg, notes),
-            "confirmation": confirmation_raw(f, direction, notes) if weights.confirmation > 0 else 0.0,
-            "auxiliary": auxiliary_raw(f, cfg, direction, notes),
-            "funding": funding_raw(f, cfg, direction, notes) if weights.funding > 0 else 0.0,
-            "liquidation": liquidation_raw(f, cfg, direction, notes) if weights.liquidation > 0 else 0.0,
-        }
-        layers = {name: _scaled(getattr(weights, name), raw[name], name) for name in LAYER_ORDER if getattr(weights, name) > 0}
-        gate = check_gates(f, cfg, direction)
-        block = "gate" if gate else None
-    raw_score = round(sum(layers.values()), 6)
-    final = raw_score if block is None else 0.0
-    tier: str | None = None
-    if block is None:
-        if final >= cfg.thresholds.heavy:
-            tier = "heavy"
-        elif final >= cfg.thresholds.entry:
-            tier = "standard"
-        else:
-            block = "below_entry"
+def evaluation_at(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, i: int,
+                  base_inputs: Mapping[str, float] | None = None) -> Evaluation:
+    """Row ``i`` of a scored frame as an ``Evaluation`` (the object the one-row API returns)."""
+    direction = DIRECTIONS[int(scores.sign[i])]
+    notes: tuple[str, ...] = ()
+    if direction is not None:  # inputs a layer needed and did not have (confirmation/funding only when used)
+        v, weights = frame.values, cfg.weights
+        needed = {"long_short_ratio": v["long_short_ratio"][i], "top_trader_long_share": v["top_trader_long_share"][i],
+                  "oi_change": v["oi_change"][i]}
+        if weights.confirmation > 0:
+            needed["vwap_30m"] = v["vwap_30m"][i] + v["last_price"][i]
+        needed["coinbase_premium"] = v["coinbase_premium"][i]
+        if weights.funding > 0:
+            needed["funding_rate"] = v["funding_rate"][i]
+        notes = tuple(f"missing:{name}" for name, value in needed.items() if math.isnan(value))
+    inputs = dict(base_inputs) if base_inputs is not None else frame.input_rows(np.array([i]))[0]
+    for name, column in strategy_input_columns(frame, cfg):
+        inputs[name] = float(column[i])
+    gate = int(scores.gate[i])
     return Evaluation(
         strategy=cfg.name,
         strategy_version=cfg.version,
         config_hash=cfg.config_hash,
-        exchange=f.exchange,
-        symbol=f.symbol,
-        time_ms=f.time_ms,
+        exchange=frame.exchange,
+        symbol=frame.symbol,
+        time_ms=int(frame.time_ms[i]),
         direction=direction,
-        score=final,
-        raw_score=raw_score,
-        layer_scores=MappingProxyType(layers),
-        tier=tier,
-        gate=gate,
-        block_reason=block,
-        notes=tuple(notes),
-        inputs=MappingProxyType(strategy_inputs(f, cfg, base_inputs)),
+        score=float(scores.score[i]),
+        raw_score=float(scores.raw_score[i]),
+        layer_scores=MappingProxyType({name: float(column[i]) for name, column in scores.layers.items()}),
+        tier=TIERS[int(scores.tier[i])],
+        gate=GATES[gate - 1] if gate else None,
+        block_reason=BLOCK_REASONS[int(scores.block[i])],
+        notes=notes,
+        inputs=MappingProxyType(inputs),
     )
+
+
+def score(f: Features, cfg: StrategyConfig, base_inputs: Mapping[str, float] | None = None) -> Evaluation:
+    """Direction, layer points, gates and tier for one strategy on one snapshot (pure): ``score_frame``
+    on a one-row frame. ``base_inputs`` may pass ``f.inputs()`` computed once for all strategies."""
+    frame = FeatureFrame.from_features([f])
+    return evaluation_at(frame, score_frame(frame, cfg), cfg, 0, base_inputs)
 
 
 def with_block(e: Evaluation, reason: str) -> Evaluation:

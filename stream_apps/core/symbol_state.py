@@ -34,8 +34,7 @@ start at the next minute boundary), the P95/P99 window hour buckets (see ``quant
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
-from itertools import pairwise
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,13 +49,15 @@ from .events import (
     TradeBatch,
 )
 from .features import Features
-from .market_records import MarketRecords
+from .frame import SCALAR_FIELDS, FeatureFrame, distinct_sorted, exact_ratio
+from .market_records import MarketRecords, MarketTimeline
 from .params import MINUTE_MS, SECOND_MS, Counters, StateParams
-from .quantiles import HOUR_MS, HourlyQuantileWindow, bin_index
+from .kernels import apply_minutes, ring_window_sums, thresholds_at
+from .quantiles import HOUR_MS, MIN_EXPONENT, SUB_BUCKETS, HourlyQuantileWindow, bin_index
 from .ring import BucketRing
 from .units import NOTIONAL_SCALE, QTY_SCALE, notional_to_units, qty_to_units
 
-__all__ = ["STANDARD_CVD_WINDOWS_MS", "Counters", "StateParams", "SymbolState"]
+__all__ = ["STANDARD_CVD_WINDOWS_MS", "Counters", "SegmentLog", "StateParams", "SymbolState"]
 
 STANDARD_CVD_WINDOWS_MS = (300_000, 900_000, 1_800_000, 3_600_000, 14_400_000, 86_400_000)
 _SECOND_FIELDS = (
@@ -70,6 +71,24 @@ _SECOND_FIELDS = (
     "whale_sell_quote",
 )
 _MINUTE_FIELDS = ("buy_qty", "sell_qty", "quote", "trades")
+
+
+@dataclass
+class SegmentLog:
+    """What ``apply_segment`` saw, so the segment's evaluation times can be read afterwards."""
+
+    pre_last_price: float | None
+    pre_last_trade_ms: int | None
+    pre_atr: float | None
+    pre_atr_percentile: float
+    pre_atr_bars: int
+    pre_threshold_minute: int
+    pre_thresholds: tuple[float, float, int]
+    wanted: list[int]  # minutes whose P95/P99 the evaluation times need, ascending
+    trade_times: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    trade_prices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    atr: list[tuple[int, float | None, float, int]] = field(default_factory=list)  # (bar close, value, pct, bars)
+    thresholds: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # minute -> (p95, p99, n)
 
 
 class SymbolState:
@@ -92,13 +111,15 @@ class SymbolState:
         self.p95 = p.p95_floor
         self.p99 = p.p99_floor
         self.qty_samples = 0
-        self.seconds = BucketRing(SECOND_MS, p.second_buckets, _SECOND_FIELDS)
-        self.minutes = BucketRing(MINUTE_MS, p.minute_buckets, _MINUTE_FIELDS)
+        second_buckets, minute_buckets, _ = p.ring_sizes
+        self.seconds = BucketRing(SECOND_MS, second_buckets, _SECOND_FIELDS)
+        self.minutes = BucketRing(MINUTE_MS, minute_buckets, _MINUTE_FIELDS)
         self.qty_hist = HourlyQuantileWindow(p.qty_window_hours)
         self.bars_1m = BarBuilder(MINUTE_MS)
         self.bars_atr = BarBuilder(p.atr_bar_ms)
         self.atr = WilderATR(p.atr_period, p.atr_history, p.atr_min_history)
         self.market = MarketRecords(p, self.counters)
+        self._log: SegmentLog | None = None  # set while ``apply_segment`` runs
 
     # ------------------------------------------------------------------------------------------
     # trades
@@ -122,6 +143,15 @@ class SymbolState:
             self.counters.accepted += n
             return self._apply_accepted(ids, times, prices, qtys, qty_units, sells)
         return self._apply_general(ids, times, prices, qtys, qty_units, sells)
+
+    def is_clean(self, batch: TradeBatch) -> bool:
+        """Would ``apply_trades`` accept every trade of ``batch`` (the common case: consecutive ids
+        continuing this symbol's, time order, valid prices and quantities)?"""
+        if len(batch) == 0:
+            return True
+        if not np.isfinite(batch.qty).all():
+            return False
+        return self._is_clean(batch.agg_id, batch.time_ms, batch.price, batch.qty, qty_to_units(batch.qty))
 
     def skip_late(self, ids: np.ndarray) -> None:
         """Trades the engine dropped as late (their second was already evaluated): counted, and the
@@ -205,19 +235,10 @@ class SymbolState:
         quote = prices * qtys
         quote_units = notional_to_units(quote)
 
-        # large trades: P99 frozen per minute, then the minute's sizes enter the histogram
+        # large trades: P99 frozen per minute, then the minute's sizes enter the histogram (compiled loop)
         minutes = times // MINUTE_MS
         m_starts = np.concatenate(([0], np.flatnonzero(minutes[1:] != minutes[:-1]) + 1))
-        bins = bin_index(qtys)
-        bounds = m_starts.tolist() + [n]
-        large = np.empty(n, dtype=bool)
-        for start, end in pairwise(bounds):
-            minute = int(minutes[start])
-            if minute != self.threshold_minute:
-                self.p95, self.p99, self.qty_samples = self._thresholds_at(minute * MINUTE_MS)
-                self.threshold_minute = minute
-            np.greater(qtys[start:end], self.p99, out=large[start:end])
-            self.qty_hist.add(minute * MINUTE_MS // HOUR_MS, bins[start:end])
+        large = self._minute_thresholds(qtys, bin_index(qtys), m_starts, minutes[m_starts])
 
         rows = np.empty((n, 8), dtype=np.int64)
         buy_units = np.multiply(qty_units, ~sells, out=rows[:, 0])
@@ -240,7 +261,7 @@ class SymbolState:
         segments = segments_from_groups(MINUTE_MS, minute_numbers, m_starts, prices, per_minute, ids)
         closed = self.bars_1m.apply(segments)
         for bar in self.bars_atr.apply(segments):
-            self.atr.update(bar)
+            self._update_atr(bar)
 
         self.last_price = float(prices[-1])
         last_time = int(times.max())
@@ -250,12 +271,39 @@ class SymbolState:
         self.head_second = max(self.head_second, int(seconds[-1]))
         return closed
 
+    def _minute_thresholds(self, qtys: np.ndarray, bins: np.ndarray, starts: np.ndarray,
+                           minute_numbers: np.ndarray) -> np.ndarray:
+        """Per minute group: freeze P95/P99 at the minute's first trade (from the trades before it),
+        flag the trades above P99 as large, count the sizes into the hourly histogram; with a segment
+        log, also the thresholds of the wanted minutes and of every minute frozen."""
+        p, hist, log = self.params, self.qty_hist, self._log
+        wanted = np.asarray(log.wanted if log is not None else [], dtype=np.int64)
+        wanted_out = np.full((len(wanted), 3), np.nan)
+        minute_out = np.full((len(starts), 3), np.nan)
+        state = np.array([self.threshold_minute, self.p95, self.p99, self.qty_samples], dtype=np.float64)
+        large = np.empty(len(qtys), dtype=bool)
+        hist.head = int(apply_minutes(
+            qtys, bins, starts, minute_numbers, hist._rows, hist._total, hist._ids, hist.head, hist.window_hours,
+            np.array([p.p95_floor, p.p99_floor]), p.min_quantile_samples, SUB_BUCKETS, MIN_EXPONENT, state, wanted,
+            wanted_out, minute_out, large))
+        self.threshold_minute, self.p95, self.p99, self.qty_samples = (int(state[0]), float(state[1]), float(state[2]),
+                                                                       int(state[3]))
+        if log is not None:
+            done = ~np.isnan(wanted_out[:, 0])
+            for minute, (p95, p99, n) in zip(wanted[done].tolist(), wanted_out[done].tolist()):
+                log.thresholds.setdefault(minute, (p95, p99, int(n)))
+            del log.wanted[: int(done.sum())]
+            computed = ~np.isnan(minute_out[:, 0])
+            for minute, (p95, p99, n) in zip(minute_numbers[computed].tolist(), minute_out[computed].tolist()):
+                log.thresholds[minute] = (p95, p99, int(n))
+        return large
+
     def _thresholds_at(self, time_ms: int) -> tuple[float, float, int]:
-        p = self.params
-        (q95, q99), n = self.qty_hist.quantiles_at(time_ms // HOUR_MS, (0.95, 0.99))
-        if n < p.min_quantile_samples or q95 is None or q99 is None:
-            return p.p95_floor, p.p99_floor, n
-        return max(q95, p.p95_floor), max(q99, p.p99_floor), n
+        p, hist = self.params, self.qty_hist
+        p95, p99, n = thresholds_at(hist._rows, hist._total, hist._ids, time_ms // HOUR_MS, hist.window_hours,
+                                    np.array([p.p95_floor, p.p99_floor]), p.min_quantile_samples, SUB_BUCKETS,
+                                    MIN_EXPONENT).tolist()
+        return p95, p99, int(n)
 
     # ------------------------------------------------------------------------------------------
     # other market records (see ``market_records``)
@@ -291,8 +339,13 @@ class SymbolState:
         """Close everything that ended by ``now_ms``; later trades before ``now_ms`` become late."""
         self.sealed_ms = max(self.sealed_ms, int(now_ms))
         for bar in self.bars_atr.close_until(now_ms):
-            self.atr.update(bar)
+            self._update_atr(bar)
         return self.bars_1m.close_until(now_ms)
+
+    def _update_atr(self, bar: Bar) -> None:
+        self.atr.update(bar)
+        if self._log is not None:
+            self._log.atr.append((bar.close_time, self.atr.value, self.atr.percentile(), self.atr.bars))
 
     def is_warm(self, now_ms: int, required_window_ms: int) -> bool:
         """True only when uninterrupted trades cover ``[now - window, now)`` (not a timer)."""
@@ -307,11 +360,97 @@ class SymbolState:
         cvd_windows_ms: Iterable[int] = STANDARD_CVD_WINDOWS_MS,
         slope_windows_ms: Iterable[int] = (1_800_000,),
     ) -> Features:
-        p = self.params
+        """The features at ``now_ms`` from the state as it is (one row of ``snapshot_frame``)."""
         if self.last_trade_ms is not None and self.last_trade_ms >= now_ms:
             raise ValueError(f"snapshot at {now_ms} is not after the last applied trade ({self.last_trade_ms})")
         if self.bars_atr.open_bar is not None and self.bars_atr.open_bar.close_time <= now_ms:
             raise ValueError(f"call advance_to({now_ms}) before snapshot({now_ms})")
+        frame = self.snapshot_frame(np.array([now_ms], dtype=np.int64), cvd_windows_ms, slope_windows_ms)
+        return frame.row(0)
+
+    # ------------------------------------------------------------------------------------------
+    # many evaluation times at once (the engine's columnar path)
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def segment_limit_ms(params: StateParams, cvd_windows_ms: Iterable[int], slope_windows_ms: Iterable[int]) -> int:
+        """Longest span (first to last evaluation time) that ``apply_segment`` + ``snapshot_frame`` can
+        answer: the rings must still hold the oldest bucket the first time reads after the trades up to
+        the last time are in (``StateParams.replay_margin_s`` widens this for replays)."""
+        p = params
+        second_buckets, minute_buckets, liq_buckets = p.ring_sizes
+        windows = set(cvd_windows_ms) | set(slope_windows_ms)
+        second_windows = [w for w in windows if w <= p.second_window_limit_ms]
+        reach_s = max([*second_windows, p.vwap_window_ms, p.large_window_ms, p.whale_window_ms]) // SECOND_MS
+        reach_s += 2 * p.slope_step_ms // SECOND_MS + 2
+        minute_windows = [w // MINUTE_MS for w in windows if w > p.second_window_limit_ms]
+        limits = [
+            (second_buckets - reach_s - 1) * SECOND_MS,
+            (liq_buckets - p.liq_window_ms // SECOND_MS - 2) * SECOND_MS,
+        ]
+        if minute_windows:
+            # whole minutes before the current one are read from the minute ring (the current one from
+            # seconds), so the last time's minute may be up to ``buckets - window`` minutes ahead
+            limits.append((minute_buckets - max(minute_windows)) * MINUTE_MS)
+        return max(min(limits), 0)
+
+    def apply_segment(self, batch: TradeBatch | None, times: np.ndarray) -> tuple[SegmentLog, list[Bar]]:
+        """Apply the trades of a segment of evaluation ``times`` at once and log what the times need
+        to be read afterwards (``snapshot_frame``): the trades, every ATR update with the close time of
+        its bar, and the P95/P99 of each minute of ``times``. Returns the log and the 1-minute bars
+        the trades closed (the engine places each at the evaluation that would have emitted it)."""
+        log = SegmentLog(self.last_price, self.last_trade_ms, self.atr.value, self.atr.percentile(), self.atr.bars,
+                         self.threshold_minute, (self.p95, self.p99, self.qty_samples),
+                         distinct_sorted(times // MINUTE_MS).tolist())
+        self._log = log
+        try:
+            closed: list[Bar] = []
+            if batch is not None and len(batch):
+                log.trade_times, log.trade_prices = batch.time_ms, batch.price
+                closed = self.apply_trades(batch)
+            self._log_thresholds_before(None)
+        finally:
+            self._log = None
+        return log, closed
+
+    def _log_thresholds_before(self, minute: int | None) -> None:
+        """P95/P99 of the requested minutes before ``minute`` (None: all the rest) from the histogram as
+        it is now: it holds every trade before them (a minute's own thresholds are frozen at its first
+        trade, from the trades before it; a minute already frozen keeps its frozen values)."""
+        log = self._log
+        assert log is not None
+        while log.wanted and (minute is None or log.wanted[0] < minute):
+            wanted = log.wanted.pop(0)
+            if wanted == self.threshold_minute:
+                log.thresholds[wanted] = (self.p95, self.p99, self.qty_samples)
+            elif wanted not in log.thresholds:
+                log.thresholds[wanted] = self._thresholds_at(wanted * MINUTE_MS)
+
+    def advance_segment(self, now_ms: int, log: SegmentLog) -> list[Bar]:
+        """``advance_to`` at the end of a segment, its ATR updates added to the segment's log."""
+        self._log = log
+        try:
+            return self.advance_to(now_ms)
+        finally:
+            self._log = None
+
+    def snapshot_frame(
+        self,
+        times: np.ndarray,
+        cvd_windows_ms: Iterable[int] = STANDARD_CVD_WINDOWS_MS,
+        slope_windows_ms: Iterable[int] = (1_800_000,),
+        log: SegmentLog | None = None,
+        timeline: MarketTimeline | None = None,
+    ) -> FeatureFrame:
+        """Features at every one of ``times`` (sorted), as columns (pure read).
+
+        Without ``log`` the state as it is answers every time (``snapshot``). With the log of
+        ``apply_segment`` (and ``advance_segment``, and the ``MarketTimeline`` of the segment's other
+        inputs) each time sees only the trades and inputs before it: window
+        sums are read from buckets that end before the time, and everything else comes from the logs.
+        """
+        p = self.params
+        times = np.asarray(times, dtype=np.int64)
+        n = len(times)
         windows = sorted(set(cvd_windows_ms) | set(slope_windows_ms))
         for w in windows:
             if w % SECOND_MS or w <= 0 or w > p.minute_window_limit_ms:
@@ -320,86 +459,120 @@ class SymbolState:
         for w in slope_windows:
             if w > p.second_window_limit_ms:
                 raise ValueError(f"slope window {w} ms exceeds the second ring ({p.second_window_limit_ms} ms)")
-
         step = p.slope_step_ms
+        values: dict[str, np.ndarray] = {}
 
-        # every second-ring window this snapshot needs, as [start, end) bucket ranges
-        def buckets(end_ms: int, window_ms: int) -> tuple[int, int]:
-            end = (end_ms - 1) // SECOND_MS + 1  # first bucket at or after end_ms
-            return end - window_ms // SECOND_MS, end
+        # window sums: every window of every time from one prefix sum per ring (compiled)
+        def ends(lag: int) -> np.ndarray:
+            return (times - lag * step - 1) // SECOND_MS + 1  # first bucket at or after the window's end
 
+        end0 = ends(0)
+        specs: list[tuple[np.ndarray, int]] = []  # (end buckets, window buckets), n rows each
         second_windows = [w for w in windows if w <= p.second_window_limit_ms]
-        ranges = {("cvd", 0, w): buckets(now_ms, w) for w in second_windows}
+        for w in second_windows:
+            specs.append((end0, w // SECOND_MS))
+        lagged = {lag: ends(lag) for lag in (1, 2)} if slope_windows else {}
         for w in slope_windows:
-            ranges[("cvd", 1, w)] = buckets(now_ms - step, w)
-            ranges[("cvd", 2, w)] = buckets(now_ms - 2 * step, w)
-        ranges[("vwap",)] = buckets(now_ms, p.vwap_window_ms)
-        ranges[("large",)] = buckets(now_ms, p.large_window_ms)
-        ranges[("whale",)] = buckets(now_ms, p.whale_window_ms)
-        bounds = sorted({b for pair in ranges.values() for b in pair})
-        position = {b: i for i, b in enumerate(bounds)}
-        segments = self.seconds.interval_sums(bounds)
-        prefix = np.zeros((segments.shape[0], len(bounds)), dtype=np.int64)
-        np.cumsum(segments, axis=1, out=prefix[:, 1:])
-        prefix_rows = prefix.tolist()
+            specs += [(lagged[1], w // SECOND_MS), (lagged[2], w // SECOND_MS)]
+        specs += [(end0, p.vwap_window_ms // SECOND_MS), (end0, p.large_window_ms // SECOND_MS),
+                  (end0, p.whale_window_ms // SECOND_MS)]
+        minute_windows = [w for w in windows if w > p.second_window_limit_ms]
+        if minute_windows:
+            hi_minute = (times - 1) // MINUTE_MS  # the minute holding t - 1 ms: in the window up to t
+            partial_start = hi_minute * (MINUTE_MS // SECOND_MS)  # its seconds before t: from the second ring
+            specs.append((end0, -1))
+        starts = np.concatenate([e - w if w >= 0 else partial_start for e, w in specs])
+        sums = ring_window_sums(self.seconds._values, self.seconds.head, starts,
+                                np.concatenate([e for e, _ in specs])).reshape(len(specs), n, -1)
+        at = dict(zip([("cvd", w) for w in second_windows] + [(lag, w) for w in slope_windows for lag in (1, 2)]
+                      + ["vwap", "large", "whale", "partial"], sums))
+        cvd_now: dict[int, np.ndarray] = {w: at[("cvd", w)][:, 0] - at[("cvd", w)][:, 1] for w in second_windows}
+        if minute_windows:
+            m_ends = np.concatenate([hi_minute] * len(minute_windows))
+            m_starts = np.concatenate([hi_minute - w // MINUTE_MS + 1 for w in minute_windows])
+            full = ring_window_sums(self.minutes._values, self.minutes.head, m_starts, m_ends)
+            full = full.reshape(len(minute_windows), n, -1)  # whole minutes before the current one
+            part = at["partial"]
+            for k, w in enumerate(minute_windows):
+                cvd_now[w] = (full[k, :, 0] + part[:, 0]) - (full[k, :, 1] + part[:, 1])
+        cvd_now = {w: cvd_now[w] for w in windows}
+        lag_cvd = {(lag, w): at[(lag, w)][:, 0] - at[(lag, w)][:, 1] for w in slope_windows for lag in (1, 2)}
 
-        def window(key: tuple, field: int) -> int:
-            start, end = ranges[key]
-            row = prefix_rows[field]
-            return row[position[end]] - row[position[start]]
-
-        def cvd_units(lag: int, window_ms: int) -> int:
-            if window_ms <= p.second_window_limit_ms:
-                return window(("cvd", lag, window_ms), 0) - window(("cvd", lag, window_ms), 1)
-            hi = (now_ms - 1) // MINUTE_MS
-            buy, sell = self.minutes.window_sum(hi - window_ms // MINUTE_MS + 1, hi, 0, 2).tolist()
-            return buy - sell
-
-        cvd_now = {w: cvd_units(0, w) for w in windows}
-        cvd = tuple((w, units / QTY_SCALE) for w, units in cvd_now.items())
-        slopes, accels = [], []
+        vwap_sums, large_sums, whale_sums = at["vwap"], at["large"], at["whale"]
+        volume_units = vwap_sums[:, 0] + vwap_sums[:, 1]
+        qty_columns = [*cvd_now.values()]
         for w in slope_windows:
-            c0, c1, c2 = cvd_now[w], cvd_units(1, w), cvd_units(2, w)
-            slopes.append((w, (c0 - c1) / QTY_SCALE))
-            accels.append((w, ((c0 - c1) - (c1 - c2)) / QTY_SCALE))
+            c0, c1, c2 = cvd_now[w], lag_cvd[(1, w)], lag_cvd[(2, w)]
+            qty_columns += [c0 - c1, (c0 - c1) - (c1 - c2)]
+        qty_columns += [volume_units, large_sums[:, 4], large_sums[:, 5]]
+        qty_values = exact_ratio(np.concatenate(qty_columns), QTY_SCALE).reshape(len(qty_columns), n)
+        notional_values = exact_ratio(np.concatenate((vwap_sums[:, 2], whale_sums[:, 6], whale_sums[:, 7])),
+                                      NOTIONAL_SCALE).reshape(3, n)
+        cvd = dict(zip(windows, qty_values[: len(windows)]))
+        slopes = {w: qty_values[len(windows) + 2 * k] for k, w in enumerate(slope_windows)}
+        accels = {w: qty_values[len(windows) + 2 * k + 1] for k, w in enumerate(slope_windows)}
+        volume, large_buy_qty, large_sell_qty = qty_values[-3:]
+        traded = volume_units != 0
+        vwap = np.full(n, np.nan)
+        if traded.any():
+            vwap[traded] = notional_values[0][traded] / volume[traded]
+        whale_buy, whale_sell = whale_sums[:, 6], whale_sums[:, 7]
+        whale_total = whale_buy + whale_sell
+        whale_ratio = np.zeros(n)
+        flowing = whale_total != 0
+        if flowing.any():
+            whale_ratio[flowing] = exact_ratio((whale_buy - whale_sell)[flowing], whale_total[flowing])
 
-        buy, sell, quote = (window(("vwap",), f) for f in range(3))
-        volume_units = buy + sell
-        vwap = (quote / NOTIONAL_SCALE) / (volume_units / QTY_SCALE) if volume_units else None
-        large_buy, large_sell = window(("large",), 4), window(("large",), 5)
-        whale_buy, whale_sell = window(("whale",), 6), window(("whale",), 7)
-        whale_ratio = (whale_buy - whale_sell) / (whale_buy + whale_sell) if whale_buy + whale_sell else 0.0
-        minute = now_ms // MINUTE_MS
-        if minute == self.threshold_minute:
-            p95, p99, samples = self.p95, self.p99, self.qty_samples
+        # last trade, ATR and size quantiles: from the segment's logs, else the state
+        last_price = np.full(n, np.nan if self.last_price is None else self.last_price)
+        last_trade = np.full(n, np.nan if self.last_trade_ms is None else float(self.last_trade_ms))
+        atr_value = np.full(n, np.nan if self.atr.value is None else self.atr.value)
+        atr_pct = np.full(n, self.atr.percentile())
+        atr_bars = np.full(n, float(self.atr.bars))
+        if log is not None:
+            last_price[:] = np.nan if log.pre_last_price is None else log.pre_last_price
+            last_trade[:] = np.nan if log.pre_last_trade_ms is None else float(log.pre_last_trade_ms)
+            if len(log.trade_times):
+                index = np.searchsorted(log.trade_times, times, side="left") - 1
+                has = index >= 0
+                last_price[has] = log.trade_prices[index[has]]
+                last_trade[has] = log.trade_times[index[has]]
+            atr_value[:] = np.nan if log.pre_atr is None else log.pre_atr
+            atr_pct[:], atr_bars[:] = log.pre_atr_percentile, float(log.pre_atr_bars)
+            entries = log.atr
+            if entries:
+                close_times = np.array([e[0] for e in entries], dtype=np.int64)
+                index = np.searchsorted(close_times, times, side="right") - 1
+                has = index >= 0
+                table = np.array([[np.nan if e[1] is None else e[1], e[2], e[3]] for e in entries])
+                atr_value[has], atr_pct[has], atr_bars[has] = table[index[has]].T
+            minutes = (times // MINUTE_MS).tolist()
+            quantiles = np.array([log.thresholds[m] for m in minutes], dtype=np.float64).reshape(n, 3)
         else:
-            p95, p99, samples = self._thresholds_at(now_ms)
+            minute_values: dict[int, tuple[float, float, int]] = {}
+            for m in set((times // MINUTE_MS).tolist()):
+                minute_values[m] = ((self.p95, self.p99, self.qty_samples) if m == self.threshold_minute
+                                    else self._thresholds_at(m * MINUTE_MS))
+            quantiles = np.array([minute_values[m] for m in (times // MINUTE_MS).tolist()],
+                                 dtype=np.float64).reshape(n, 3)
 
-        return Features(
-            exchange=self.exchange,
-            symbol=self.symbol,
-            time_ms=int(now_ms),
-            last_price=self.last_price,
-            last_trade_ms=self.last_trade_ms,
-            coverage_start_ms=self.coverage_start_ms,
-            cvd=cvd,
-            cvd_slope=tuple(slopes),
-            cvd_accel=tuple(accels),
-            vwap_30m=vwap,
-            volume_30m=volume_units / QTY_SCALE,
-            atr=self.atr.value,
-            atr_percentile=self.atr.percentile(),
-            atr_bars=self.atr.bars,
-            p95_qty=p95,
-            p99_qty=p99,
-            qty_samples=samples,
-            large_buy_qty_15m=large_buy / QTY_SCALE,
-            large_sell_qty_15m=large_sell / QTY_SCALE,
-            whale_buy_usd_15m=whale_buy / NOTIONAL_SCALE,
-            whale_sell_usd_15m=whale_sell / NOTIONAL_SCALE,
-            whale_ratio_15m=whale_ratio,
-            **self.market.values_at(now_ms),
-        )
+        values["last_price"] = last_price
+        values["last_trade_ms"] = last_trade
+        values["coverage_start_ms"] = np.full(n, np.nan if self.coverage_start_ms is None else
+                                              float(self.coverage_start_ms))
+        values["vwap_30m"] = vwap
+        values["volume_30m"] = volume
+        values["atr"] = atr_value
+        values["atr_percentile"] = atr_pct
+        values["atr_bars"] = atr_bars
+        values["p95_qty"], values["p99_qty"], values["qty_samples"] = quantiles.T.copy()
+        values["large_buy_qty_15m"] = large_buy_qty
+        values["large_sell_qty_15m"] = large_sell_qty
+        values["whale_buy_usd_15m"], values["whale_sell_usd_15m"] = notional_values[1], notional_values[2]
+        values["whale_ratio_15m"] = whale_ratio
+        values.update(self.market.values_many(times, timeline))
+        return FeatureFrame(self.exchange, self.symbol, times, {name: values[name] for name in SCALAR_FIELDS},
+                            cvd, slopes, accels)
 
     # ------------------------------------------------------------------------------------------
     # size and plain-data form

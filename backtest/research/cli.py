@@ -1,0 +1,247 @@
+"""``tapeflow research``: search, walk-forward and labels (the ``tapeflow`` CLI only registers them).
+
+Every command builds (or reuses) the feature store of its inputs first: one engine pass per symbol,
+in parallel (``store``). Sources: ``synthetic[:SEED]`` (a generated session, offline; the backtest
+runner's sources join when it lands). Times are UTC dates; ``--to`` includes that day. Failures
+are one ``error:`` line (exit 2 for a bad argument).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import typer
+
+from stream_apps.core.strategy import StrategyConfig, default_strategy_dir, load_strategy
+from tapeflow_runtime.errors import TapeflowError
+
+DEFAULT_SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT"
+
+
+class ResearchError(TapeflowError):
+    """A research command that cannot run as asked (the message says why)."""
+
+
+def parse_day(text: str, option: str, *, end: bool = False) -> int:
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise ResearchError(f"{option} {text!r}: expected a UTC date like 2024-01-01") from None
+    moment = datetime(day.year, day.month, day.day, tzinfo=UTC) + (timedelta(days=1) if end else timedelta())
+    return int(moment.timestamp() * 1000)
+
+
+def fmt_day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _base(strategy: Path | None) -> StrategyConfig:
+    return load_strategy(strategy if strategy is not None else default_strategy_dir() / "v53.yaml")
+
+
+def _store(out: Path, store_dir: Path | None, source: str, symbols: str, from_ms: int, to_ms: int,
+           base: StrategyConfig, workers: int | None, progress: bool):
+    from .store import StoreSpec, build_store
+
+    if not source.startswith("synthetic"):
+        raise ResearchError(f"--source {source!r}: research reads synthetic[:SEED] for now")
+    seed = source.split(":", 1)[1] if ":" in source else "0"
+    if not seed.isdigit():
+        raise ResearchError(f"--source {source!r}: the seed must be a whole number")
+    names = tuple(s.strip().upper() for s in symbols.split(",") if s.strip())
+    if not names:
+        raise ResearchError("--symbols: at least one symbol")
+    if to_ms - from_ms < 2 * 86_400_000:
+        raise ResearchError("the range must cover at least two days (the strategies warm up on the first)")
+    spec = StoreSpec(f"synthetic:{seed}", names, from_ms, to_ms, base.windows.cvd_fast, base.windows.cvd_mid)
+    began = time.perf_counter()
+    store = build_store(store_dir or out / "store", spec, base, workers, show_progress=progress)
+    typer.echo(f"features: {store.manifest['trades']:,} trades, {len(names)} symbols "
+               f"({time.perf_counter() - began:.0f} s; store {store.directory})", err=True)
+    return store
+
+
+def _result_line(label: str, result) -> str:
+    if result is None:
+        return f"{label}: -"
+    pf = "-" if result.profit_factor is None else f"{result.profit_factor:.2f}"
+    sharpe = "-" if result.sharpe_per_day is None else f"{result.sharpe_per_day:.2f}"
+    return (f"{label}: {result.trades} trades, net {result.net_r:+.2f}R, PF {pf}, Sharpe/day {sharpe}, "
+            f"max DD {result.max_drawdown_r:.2f}R")
+
+
+def register(app: typer.Typer) -> None:
+    research = typer.Typer(help="Research at machine speed: parameter search, walk-forward, labels.",
+                           no_args_is_help=True)
+    app.add_typer(research, name="research")
+
+    common = {
+        "strategy": typer.Option(None, "--strategy", help="Base strategy file (default: the shipped v53)."),
+        "symbols": typer.Option(DEFAULT_SYMBOLS, "--symbols", help="Comma-separated symbols."),
+        "source": typer.Option("synthetic:7", "--source", help="synthetic[:SEED] (a generated session)."),
+        "out": typer.Option(Path("research-out"), "--out", help="Directory for strategies, report and store."),
+        "store": typer.Option(None, "--store", help="Feature store directory (reused for the same inputs)."),
+        "workers": typer.Option(None, "--workers", min=1, help="Processes (default: the machine's cores)."),
+        "no_progress": typer.Option(False, "--no-progress", help="No progress bars."),
+        "sampler": typer.Option("tpe", "--sampler", help="tpe (optuna) or grid."),
+        "objective": typer.Option("net_r", "--objective", help="net_r, sharpe or pf."),
+        "min_trades": typer.Option(20, "--min-trades", min=1, help="Fewer trades score -inf."),
+        "batch": typer.Option(25, "--batch", min=1, help="Candidates scored together (TPE asks a batch)."),
+        "seed": typer.Option(0, "--seed", help="Sampler seed."),
+    }
+
+    @research.command("search")
+    def search_command(
+        from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
+        to_day: str = typer.Option(..., "--to", help="Last day, included."),
+        strategy: Path | None = common["strategy"],
+        symbols: str = common["symbols"],
+        source: str = common["source"],
+        trials: int = typer.Option(100, "--trials", min=2, help="Configurations to try."),
+        sampler: str = common["sampler"],
+        objective: str = common["objective"],
+        min_trades: int = common["min_trades"],
+        batch: int = common["batch"],
+        holdout: str = typer.Option("0", "--holdout", help="Duration cut off the end, touched once (e.g. 7d)."),
+        seed: int = common["seed"],
+        out: Path = common["out"],
+        store_dir: Path | None = common["store"],
+        workers: int | None = common["workers"],
+        no_progress: bool = common["no_progress"],
+    ) -> None:
+        """Search layer weights, thresholds, gates and exits of a base strategy; write the winner."""
+        from stream_apps.core.durations import parse_duration_ms
+
+        from .search import evaluate, in_range, result_of, search, write_report, write_strategy
+
+        base = _base(strategy)
+        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
+        held_ms = 0 if holdout.strip() == "0" else _duration(holdout, "--holdout", parse_duration_ms)
+        store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, not no_progress)
+        end = to_ms - held_ms
+        began = time.perf_counter()
+        report = search(store, base, trials=trials, from_ms=from_ms, to_ms=end, sampler=sampler, objective=objective,
+                        min_trades=min_trades, batch=batch, seed=seed, workers=workers, show_progress=not no_progress)
+        if held_ms:
+            [trades] = evaluate(store, [report.best.candidate.config], end, to_ms, workers)
+            report.holdout, report.holdout_range = result_of(in_range(trades, end, to_ms), end, to_ms), (end, to_ms)
+        path, config_hash = write_strategy(report.best.candidate.config, out / "strategies")
+        summary = report.summary() | {"strategy_file": str(path), "seconds": time.perf_counter() - began}
+        report_path = write_report(out, summary)
+        typer.echo(f"search: {len(report.trials)} trials ({sampler}, objective {objective}) on "
+                   f"{fmt_day(from_ms)} .. {fmt_day(end)} in {summary['seconds']:.0f} s")
+        typer.echo(_result_line(f"best {report.best.candidate.config.name}", report.best.result))
+        typer.echo(f"deflated Sharpe ratio of the winner given {len(report.trials)} trials: "
+                   f"{'-' if report.dsr is None else f'{report.dsr:.3f}'}; "
+                   f"PBO (CSCV): {'-' if report.pbo is None else f'{report.pbo:.2f}'}")
+        if report.holdout is not None:
+            typer.echo(_result_line(f"hold-out {fmt_day(end)} .. {fmt_day(to_ms)}", report.holdout))
+        typer.echo(f"strategy: {path} (config_hash {config_hash})")
+        typer.echo(f"report: {report_path}")
+        typer.echo(f"run it live: tapeflow engine --strategy {path}")
+
+    @research.command("walk-forward")
+    def walk_forward_command(
+        windows: str = typer.Option("train=30d,test=7d,step=7d", "--windows",
+                                    help="train=,test=,step=[,embargo=][,holdout=] durations."),
+        from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
+        to_day: str = typer.Option(..., "--to", help="Last day, included."),
+        strategy: Path | None = common["strategy"],
+        symbols: str = common["symbols"],
+        source: str = common["source"],
+        trials: int = typer.Option(50, "--trials", min=2, help="Configurations per training window."),
+        sampler: str = common["sampler"],
+        objective: str = common["objective"],
+        min_trades: int = common["min_trades"],
+        batch: int = common["batch"],
+        seed: int = common["seed"],
+        out: Path = common["out"],
+        store_dir: Path | None = common["store"],
+        workers: int | None = common["workers"],
+        no_progress: bool = common["no_progress"],
+    ) -> None:
+        """Rolling windows: search on each training window only, score the choice out of sample."""
+        from .search import walk_forward, write_report, write_strategy
+        from .windows import parse_walk_forward
+
+        base = _base(strategy)
+        try:
+            spec = parse_walk_forward(windows, default_embargo_ms=max(base.exits.timeout_min, 480) * 60_000)
+        except ValueError as error:
+            raise ResearchError(str(error)) from None
+        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
+        store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, not no_progress)
+        try:
+            results, last, held = walk_forward(store, base, spec, trials=trials, sampler=sampler, objective=objective,
+                                               min_trades=min_trades, batch=batch, seed=seed, workers=workers,
+                                               show_progress=not no_progress)
+        except ValueError as error:
+            raise ResearchError(str(error)) from None
+        rows = []
+        for r in results:
+            w = r.window
+            typer.echo(f"window {w.index}: train {fmt_day(w.train_start)} .. {fmt_day(w.train_end)} -> "
+                       f"{r.search.best.candidate.config.name} (DSR "
+                       f"{'-' if r.search.dsr is None else f'{r.search.dsr:.2f}'}, PBO "
+                       f"{'-' if r.search.pbo is None else f'{r.search.pbo:.2f}'})")
+            typer.echo("  " + _result_line(f"test {fmt_day(w.test_start)} .. {fmt_day(w.test_end)}", r.test))
+            rows.append({"window": w.__dict__, "search": r.search.summary(), "test": r.test.as_dict()})
+        oos = sum(r.test.net_r for r in results)
+        typer.echo(f"out of sample: {sum(r.test.trades for r in results)} trades, net {oos:+.2f}R over "
+                   f"{len(results)} windows ({spec})")
+        payload = {"windows": rows, "spec": str(spec)}
+        if last is not None:
+            path, config_hash = write_strategy(last.best.candidate.config, out / "strategies")
+            payload["strategy_file"] = str(path)
+            if held is not None:
+                typer.echo(_result_line("hold-out (last window's choice, touched once)", held))
+                payload["holdout"] = held.as_dict()
+            typer.echo(f"strategy (last window's choice): {path} (config_hash {config_hash})")
+        report = write_report(out, payload)
+        typer.echo(f"report: {report}")
+
+    @research.command("labels")
+    def labels_command(
+        from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
+        to_day: str = typer.Option(..., "--to", help="Last day, included."),
+        strategy: list[Path] | None = typer.Option(None, "--strategy", help="Strategy files (default: shipped)."),
+        symbols: str = common["symbols"],
+        source: str = common["source"],
+        output: Path = typer.Option(Path("research-out/labels.parquet"), "--output", help="Parquet file to write."),
+        database: str | None = typer.Option(None, "--database", help="Also upsert into feature_labels here "
+                                                                     "(a PostgreSQL conninfo)."),
+    ) -> None:
+        """Every evaluation's features with y_binary_60m and forward returns: Parquet (and feature_labels)."""
+        from stream_apps.core.engine import Engine
+        from stream_apps.core.params import StateParams
+        from stream_apps.core.strategy import load_strategies
+
+        from .dataset import ResearchTable
+        from .labels import PricePath
+        from .session import SymbolGenerator, hourly
+
+        strategies = [load_strategy(p) for p in strategy] if strategy else load_strategies(default_strategy_dir())
+        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
+        seed = int(source.split(":", 1)[1]) if ":" in source else 0
+        table = ResearchTable()
+        for symbol in (s.strip().upper() for s in symbols.split(",") if s.strip()):
+            session = SymbolGenerator(symbol, seed).span(from_ms, (to_ms - from_ms) // 1000)
+            engine = Engine(strategies, state_params=StateParams.for_replay)
+            path = PricePath.from_trades(session.trades.time_ms, session.trades.price, to_ms)
+            for batch, events in hourly(session):
+                table.add_tables(engine.process([batch], events).tables, {("binance", symbol): path})
+        written = table.write_parquet(output)
+        typer.echo(f"labels: {len(table):,} evaluations -> {written}")
+        if database:
+            typer.echo(f"feature_labels: {table.store(database):,} rows")
+        typer.echo(json.dumps({"rows": len(table), "file": str(written)}))
+
+
+def _duration(text: str, option: str, parse) -> int:
+    try:
+        return parse(text.strip())
+    except ValueError as error:
+        raise ResearchError(f"{option}: {error}") from None

@@ -1,0 +1,339 @@
+"""Parameter search and walk-forward over a feature store, with overfitting guards.
+
+Flow of ``search``: candidates (grid or optuna TPE, in batches) -> every candidate scored and decided
+on the stored features with the engine's own ``score_frames``/``decide_frame`` (one process per
+symbol, the machine's cores in parallel) -> research trades (``simulate``) -> the objective on the
+trades of the range (purged: decided and closed inside it). The report carries the number of trials,
+the deflated Sharpe ratio of the winner given that number, the probability of backtest overfitting
+(CSCV over the trials' hourly net R) and, when a hold-out was kept, the winner's result on it.
+
+``walk_forward`` runs a search on each training window only and reports the chosen configuration's
+out-of-sample result on the following test window (see ``windows``); the hold-out at the end is
+touched once, by the configuration chosen on the last training window.
+
+Objectives: ``net_r`` (sum of net R), ``sharpe`` (mean / std of daily net R, zero days included, as
+the backtest report computes it), ``pf`` (profit factor); a candidate with fewer than
+``min_trades`` trades scores -inf. The chosen configurations are written as strategy files (YAML,
+validated, with their ``config_hash``) ready for ``tapeflow engine --strategy``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+import yaml
+from tqdm import tqdm
+
+from backtest.metrics import max_drawdown, profit_factor, sharpe, utc_day
+from stream_apps.core.cooldown import CooldownBook
+from stream_apps.core.decision import decide_frame
+from stream_apps.core.scoring import score_frames
+from stream_apps.core.strategy import StrategyConfig, load_strategy
+
+from .overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting, return_moments
+from .simulate import Signals, Trades, simulate
+from .space import Candidate, build, grid, suggest
+from .store import DAY_MS, FeatureStore
+from .windows import Window, rolling_windows
+
+OBJECTIVES = ("net_r", "sharpe", "pf")
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation of candidates on the store
+# ------------------------------------------------------------------------------------------------
+def _symbol_trades(args: tuple[str, str, list[StrategyConfig], int, int]) -> tuple[str, list[Trades]]:
+    """Worker: one symbol's research trades of every candidate over [from_ms, to_ms)."""
+    directory, symbol, configs, from_ms, to_ms = args
+    store = FeatureStore(directory)
+    active = [c for c in configs if c.applies_to(symbol)]
+    books = [CooldownBook() for _ in active]
+    found: list[dict[str, list]] = [{"t": [], "s": [], "a": [], "f": [], "m": [], "sc": []} for _ in active]
+    for frame in store.frames(symbol):
+        keep = (frame.time_ms >= from_ms) & (frame.time_ms < to_ms)
+        if not keep.any() or not active:
+            continue
+        if not keep.all():
+            frame = frame.take(np.flatnonzero(keep))
+        for i, (cfg, scores) in enumerate(zip(active, score_frames(frame, active))):
+            decided = decide_frame(frame, scores, cfg, books[i])
+            for row, plan in decided.plans.items():
+                f = found[i]
+                f["t"].append(int(frame.time_ms[row]))
+                f["s"].append(1 if plan.direction == "LONG" else -1)
+                f["a"].append(plan.atr)
+                f["f"].append(decided.flips[row])
+                f["m"].append(plan.risk_multiplier)
+                f["sc"].append(float(scores.score[row]))
+    bars = store.bars(symbol)
+    out = []
+    by_hash = {cfg.config_hash: i for i, cfg in enumerate(active)}
+    for cfg in configs:
+        i = by_hash.get(cfg.config_hash)
+        if i is None:
+            out.append(Trades.empty())
+            continue
+        f = found[i]
+        signals = Signals(np.asarray(f["t"], dtype=np.int64), np.asarray(f["s"], dtype=np.int8),
+                          np.asarray(f["a"], dtype=np.float64), np.asarray(f["f"], dtype=bool),
+                          np.asarray(f["m"], dtype=np.float64), np.asarray(f["sc"], dtype=np.float64))
+        out.append(simulate(signals, cfg, bars, symbol))
+    return symbol, out
+
+
+def evaluate(store: FeatureStore, configs: Sequence[StrategyConfig], from_ms: int, to_ms: int,
+             workers: int | None = None, progress: Callable[[str], None] | None = None) -> list[Trades]:
+    """Research trades of every candidate (all symbols) whose signals fall in [from_ms, to_ms)."""
+    symbols = list(store.spec.symbols)
+    tasks = [(str(store.directory), s, list(configs), from_ms, to_ms) for s in symbols]
+    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    per_symbol: dict[str, list[Trades]] = {}
+    if workers <= 1:
+        results = map(_symbol_trades, tasks)
+        for symbol, trades in results:
+            per_symbol[symbol] = trades
+            if progress:
+                progress(symbol)
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for symbol, trades in pool.imap_unordered(_symbol_trades, tasks):
+                per_symbol[symbol] = trades
+                if progress:
+                    progress(symbol)
+    return [Trades.concat([per_symbol[s][k] for s in symbols]) for k in range(len(configs))]
+
+
+# ------------------------------------------------------------------------------------------------
+# objective and metrics
+# ------------------------------------------------------------------------------------------------
+def period_series(trades: Trades, from_ms: int, to_ms: int, period_ms: int = DAY_MS) -> np.ndarray:
+    """Net R realised per period (UTC days by default; by exit time) over the range, zero periods
+    included."""
+    first, last = from_ms // period_ms, (to_ms - 1) // period_ms
+    out = np.zeros(last - first + 1)
+    if len(trades):
+        np.add.at(out, trades.exit_ms // period_ms - first, trades.pnl_r)
+    return out
+
+
+def daily_series(trades: Trades, from_ms: int, to_ms: int) -> np.ndarray:
+    """Net R realised per UTC day (by exit time) over every day of the range, zero days included."""
+    assert utc_day(from_ms) == from_ms // DAY_MS
+    return period_series(trades, from_ms, to_ms, DAY_MS)
+
+
+@dataclass(frozen=True)
+class Result:
+    trades: int
+    net_r: float
+    sharpe_per_day: float | None
+    profit_factor: float | None
+    max_drawdown_r: float
+    win_rate: float | None
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def result_of(trades: Trades, from_ms: int, to_ms: int) -> Result:
+    pnls = trades.pnl_r.tolist()
+    s = sharpe(daily_series(trades, from_ms, to_ms).tolist())
+    return Result(len(trades), float(sum(pnls)), s.per_day, profit_factor(pnls), max_drawdown(pnls),
+                  (sum(1 for p in pnls if p > 0) / len(pnls)) if pnls else None)
+
+
+def objective_value(result: Result, objective: str, min_trades: int) -> float:
+    if result.trades < min_trades:
+        return -math.inf
+    if objective == "net_r":
+        return result.net_r
+    if objective == "sharpe":
+        return result.sharpe_per_day if result.sharpe_per_day is not None else -math.inf
+    if objective == "pf":
+        if result.profit_factor is None:
+            return math.inf if result.net_r > 0 else -math.inf
+        return result.profit_factor
+    raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+
+
+def in_range(trades: Trades, start: int, end: int) -> Trades:
+    """Purged: trades decided at or after ``start`` and closed before ``end``."""
+    return trades.select((trades.entry_ms >= start) & (trades.exit_ms < end))
+
+
+# ------------------------------------------------------------------------------------------------
+# search
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Trial:
+    number: int
+    candidate: Candidate
+    result: Result
+    value: float
+    trades: Trades = field(repr=False)
+
+
+@dataclass
+class SearchReport:
+    objective: str
+    sampler: str
+    from_ms: int
+    to_ms: int
+    trials: list[Trial]
+    best: Trial
+    dsr: float | None
+    pbo: float | None
+    holdout: Result | None = None
+    holdout_range: tuple[int, int] | None = None
+
+    def summary(self) -> dict:
+        return {
+            "objective": self.objective, "sampler": self.sampler, "range": [self.from_ms, self.to_ms],
+            "trials": len(self.trials), "best": {
+                "name": self.best.candidate.config.name, "config_hash": self.best.candidate.config.config_hash,
+                "params": self.best.candidate.params, "result": self.best.result.as_dict(), "value": self.best.value},
+            "deflated_sharpe_ratio": self.dsr, "pbo": self.pbo,
+            "holdout": None if self.holdout is None else {"range": list(self.holdout_range or ()),
+                                                          "result": self.holdout.as_dict()},
+        }
+
+
+def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: int, to_ms: int,
+           sampler: str = "tpe", objective: str = "net_r", min_trades: int = 20, batch: int = 25, seed: int = 0,
+           workers: int | None = None, name: str = "search", show_progress: bool = True) -> SearchReport:
+    """``trials`` candidates on [from_ms, to_ms) (see the module docstring); batches of ``batch``."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    done: list[Trial] = []
+    bar = tqdm(total=trials, desc=f"{name} ({sampler})", unit="config", disable=not show_progress, leave=False)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)) \
+        if sampler == "tpe" else None
+    grid_params = list(grid(base, trials)) if sampler == "grid" else []
+    if sampler not in ("tpe", "grid"):
+        raise ValueError("sampler must be tpe or grid")
+    while len(done) < trials:
+        size = min(batch, trials - len(done))
+        asked, params = [], []
+        if study is not None:
+            for _ in range(size):
+                trial = study.ask()
+                asked.append(trial)
+                params.append(suggest(trial, base))
+        else:
+            params = grid_params[len(done): len(done) + size]
+            if not params:
+                break
+        candidates = [Candidate(p, build(base, p, f"{base.name}_{name}_{len(done) + k:03d}"))
+                      for k, p in enumerate(params)]
+        all_trades = evaluate(store, [c.config for c in candidates], from_ms, to_ms, workers)
+        for k, (candidate, trades) in enumerate(zip(candidates, all_trades)):
+            trades = in_range(trades, from_ms, to_ms)
+            result = result_of(trades, from_ms, to_ms)
+            value = objective_value(result, objective, min_trades)
+            done.append(Trial(len(done), candidate, result, value, trades))
+            if study is not None:
+                study.tell(asked[k], value if math.isfinite(value) else -1e9)
+        bar.update(len(candidates))
+    bar.close()
+    best = max(done, key=lambda t: (t.value, -t.number))
+    return SearchReport(objective, sampler, from_ms, to_ms, done, best, *_guards(done, best, from_ms, to_ms))
+
+
+GUARD_PERIOD_MS = 3_600_000  # hourly net R: a month gives 720 periods, enough for 16 CSCV blocks
+
+
+def _guards(trials: list[Trial], best: Trial, from_ms: int, to_ms: int) -> tuple[float | None, float | None]:
+    """DSR of the winner given every trial's Sharpe ratio, and PBO by CSCV, both on hourly net R
+    (per-hour Sharpe ratios; a search range of days has too few days for either)."""
+    series = np.column_stack([period_series(t.trades, from_ms, to_ms, GUARD_PERIOD_MS) for t in trials])
+    periods = len(series)
+    dsr = None
+    if periods > 2 and np.std(series[:, best.number]) > 0:
+        sharpes = [return_moments(series[:, k]).sharpe for k in range(series.shape[1])]
+        m = return_moments(series[:, best.number])
+        variance = float(np.var(sharpes, ddof=1)) if len(sharpes) > 1 else 0.0
+        try:
+            dsr = deflated_sharpe_ratio(m.sharpe, len(trials), variance, m.n, m.skew, m.kurtosis)
+        except ValueError:  # moments that give no variance of the Sharpe ratio
+            dsr = None
+    pbo = None
+    blocks = min(16, periods // 2) // 2 * 2  # at least 2 periods per block
+    if len(trials) >= 2 and blocks >= 2:
+        pbo = probability_of_backtest_overfitting(series, blocks=blocks).pbo
+    return dsr, pbo
+
+
+# ------------------------------------------------------------------------------------------------
+# walk-forward
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class WindowResult:
+    window: Window
+    search: SearchReport
+    test: Result
+
+
+def choose(window: Window, trades_by_candidate: Sequence[Trades], objective: str, min_trades: int) -> int:
+    """Index of the candidate that is best on the window's training range only (purged)."""
+    values = [objective_value(result_of(in_range(t, window.train_start, window.train_end), window.train_start,
+                                        window.train_end), objective, min_trades) for t in trades_by_candidate]
+    return max(range(len(values)), key=lambda k: (values[k], -k))
+
+
+def walk_forward(store: FeatureStore, base: StrategyConfig, spec, *, trials: int, sampler: str = "tpe",
+                 objective: str = "net_r", min_trades: int = 20, batch: int = 25, seed: int = 0,
+                 workers: int | None = None, show_progress: bool = True
+                 ) -> tuple[list[WindowResult], SearchReport | None, Result | None]:
+    """A search per training window, its winner tested on the window's test range; then the last
+    winner once on the hold-out. Returns the windows, the last search and the hold-out result."""
+    windows, holdout = rolling_windows(spec, store.spec.from_ms, store.spec.to_ms)
+    out = []
+    for window in tqdm(windows, desc="walk-forward", unit="window", disable=not show_progress):
+        report = search(store, base, trials=trials, from_ms=window.train_start, to_ms=window.train_end,
+                        sampler=sampler, objective=objective, min_trades=min_trades, batch=batch,
+                        seed=seed + window.index, workers=workers, name=f"w{window.index}",
+                        show_progress=show_progress)
+        chosen = report.best.candidate.config
+        [trades] = evaluate(store, [chosen], window.test_start, window.test_end, workers)
+        out.append(WindowResult(window, report, result_of(in_range(trades, window.test_start, window.test_end),
+                                                          window.test_start, window.test_end)))
+    last = out[-1].search if out else None
+    held = None
+    if holdout is not None and last is not None:
+        [trades] = evaluate(store, [last.best.candidate.config], *holdout, workers)
+        held = result_of(in_range(trades, *holdout), *holdout)
+        last.holdout, last.holdout_range = held, holdout
+    return out, last, held
+
+
+# ------------------------------------------------------------------------------------------------
+# output
+# ------------------------------------------------------------------------------------------------
+def write_strategy(config: StrategyConfig, directory: str | Path) -> tuple[Path, str]:
+    """The configuration as a strategy file; reloading it must give the same ``config_hash``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{config.name}.yaml"
+    header = f"# {config.description}\n# config_hash: {config.config_hash}\n"
+    path.write_text(header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    loaded = load_strategy(path)
+    if loaded.config_hash != config.config_hash:
+        raise RuntimeError(f"{path}: written strategy reloads with another config_hash")
+    return path, config.config_hash
+
+
+def write_report(directory: str | Path, payload: dict) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "research.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,311 @@
+"""Compiled loops of the engine core (numba): the layer points and gates of every strategy on every row.
+
+Why numba: the scoring rules are a cascade of comparisons per row and strategy. As numpy array
+operations they cost about a hundred calls per strategy whatever the number of rows, which for the
+live worker (one or two evaluation times per call) was slower than the plain Python it replaced; as
+Python they cost about 40 µs per row and strategy, which bounded a replay at a few thousand
+evaluations per second. One compiled loop is fast at both sizes (a few µs per call, well under a
+microsecond per row and strategy) and reads like the rules it implements (``scoring``'s docstring).
+numba is the well-kept, widely used JIT for numeric Python (LLVM, numpy arrays in, IEEE-754 float
+arithmetic as CPython's, so each number equals what the Python expression gives); ``cache=True``
+keeps the machine code beside the module, so only the first start of a fresh checkout compiles
+(about a second).
+
+Layout: rows of one symbol's ``FeatureFrame`` x strategies. Strategy parameters arrive as arrays
+(one row per strategy; NaN = "not set" for a gate), the symbol's per-symbol values already chosen;
+layers in ``scoring.LAYER_ORDER``; ``rules`` columns: top-trader high/low, OI strong change, premium
+band, funding extreme/moderate, liquidation ratio long/short, liquidation USD floor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def score_rows(fast, mid, accel, large_net, ls_ratio, top_share, oi_change, vwap, price, premium, funding,
+               liq_long, liq_short, atr_ratio, obi, spot_perp, whale, weights, raw_max, ls_long, ls_short, rules,
+               gates, veto_missing, sign_out, layers_out, total_out, gate_out):  # pragma: no cover - compiled
+    n_strategies, n = fast.shape
+    raw = np.zeros(7)
+    for k in range(n_strategies):
+        top_high, top_low, oi_strong = rules[k, 0], rules[k, 1], rules[k, 2]
+        band, f_extreme, f_moderate = rules[k, 3], rules[k, 4], rules[k, 5]
+        liq_ratio_long, liq_ratio_short, liq_floor = rules[k, 6], rules[k, 7], rules[k, 8]
+        for i in range(n):
+            f, m = fast[k, i], mid[k, i]
+            sign = 1 if (f > 0 and m > 0) else (-1 if (f < 0 and m < 0) else 0)
+            sign_out[k, i] = sign
+            gate_out[k, i] = 0
+            if sign == 0:  # no direction: every layer 0, no gate
+                for layer in range(7):
+                    layers_out[k, layer, i] = 0.0
+                total_out[k, i] = 0.0
+                continue
+            s = float(sign)
+            # direction: resonance 30, P99 flow 20/10/0, acceleration +5
+            along = large_net[i] * s
+            p99_flow = 20.0 if along > 0 else (10.0 if along == 0 else 0.0)
+            raw[0] = 30.0 + p99_flow + (5.0 if accel[k, i] * s > 0 else 0.0)
+            # crowding, contrarian
+            crowd = 0.0
+            ratio = ls_ratio[i]
+            if not math.isnan(ratio):
+                if sign > 0:
+                    one, level_mid, low = ls_long[k, 0], ls_long[k, 1], ls_long[k, 2]
+                    crowd += 15.0 if ratio < low else (10.0 if ratio < level_mid else (7.0 if ratio < one else 0.0))
+                else:
+                    one, level_mid, high = ls_short[k, 0], ls_short[k, 1], ls_short[k, 2]
+                    crowd += 15.0 if ratio > high else (10.0 if ratio > level_mid else (7.0 if ratio > one else 0.0))
+            share = top_share[i]
+            if not math.isnan(share):
+                if sign > 0:
+                    aligned_high, aligned_low = share >= top_high, share <= top_low
+                else:
+                    aligned_high, aligned_low = share <= top_low, share >= top_high
+                crowd += 10.0 if aligned_high else (0.0 if aligned_low else 5.0)
+            raw[1] = crowd
+            # environment: open-interest change
+            change = oi_change[i]
+            raw[2] = 0.0 if math.isnan(change) else (15.0 if change >= oi_strong else (10.0 if change > 0 else 5.0))
+            # confirmation: price on the signal's side of VWAP and large flow not against it
+            raw[3] = 0.0
+            if weights[k, 3] > 0 and not math.isnan(vwap[i]) and not math.isnan(price[i]):
+                if (price[i] - vwap[i]) * s >= 0 and large_net[i] * s >= 0:
+                    raw[3] = 15.0
+            # auxiliary: Coinbase premium
+            raw[4] = 0.0
+            p = premium[i]
+            if not math.isnan(p):
+                if p * s > band:
+                    raw[4] = 5.0
+                elif abs(p) <= band:
+                    raw[4] = 2.0
+            # funding: with the crowd at an extreme -5, against +5
+            raw[5] = 0.0
+            rate = funding[i]
+            if weights[k, 5] > 0 and not math.isnan(rate):
+                with_crowd = rate * s > 0
+                if abs(rate) >= f_extreme:
+                    raw[5] = -5.0 if with_crowd else 5.0
+                elif abs(rate) >= f_moderate and not with_crowd:
+                    raw[5] = 5.0
+            # liquidations: the short/long liquidated ratio above a USD floor
+            raw[6] = 0.0
+            if weights[k, 6] > 0:
+                total_usd = liq_long[i] + liq_short[i]
+                if not (total_usd <= 0 or total_usd < liq_floor):
+                    liq_ratio = liq_short[i] / liq_long[i] if liq_long[i] > 0 else math.inf
+                    if (sign > 0 and liq_ratio >= liq_ratio_long) or (sign < 0 and liq_ratio <= liq_ratio_short):
+                        raw[6] = 5.0
+            total = 0.0
+            for layer in range(7):
+                w = weights[k, layer]
+                points = w * raw[layer] / raw_max[layer] if w > 0 else 0.0
+                layers_out[k, layer, i] = points
+                if w > 0:
+                    total += points
+            total_out[k, i] = total
+            # gates in order: min ATR, OBI, spot-perp divergence, whale flow
+            gate = 0
+            threshold = gates[k, 0]
+            if not math.isnan(threshold):
+                value = atr_ratio[i]
+                if (math.isnan(value) and veto_missing[k]) or (not math.isnan(value) and value < threshold):
+                    gate = 1
+            if gate == 0:
+                for g in range(1, 4):
+                    threshold = gates[k, g]
+                    if math.isnan(threshold):
+                        continue
+                    value = obi[i] if g == 1 else (spot_perp[i] if g == 2 else whale[i])
+                    if math.isnan(value):
+                        if veto_missing[k]:
+                            gate = g + 1
+                            break
+                        continue
+                    if value * s < -threshold:
+                        gate = g + 1
+                        break
+            gate_out[k, i] = gate
+
+
+# ------------------------------------------------------------------------------------------------
+# trade-size quantiles (see ``quantiles``): the hourly histogram window and the per-minute P95/P99
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def bin_midpoint(index, sub_buckets, min_exponent):  # pragma: no cover - compiled
+    exponent, sub = index // sub_buckets, index % sub_buckets
+    return math.ldexp(1.0 + (sub + 0.5) / sub_buckets, exponent + min_exponent)
+
+
+@njit(cache=True)
+def window_quantiles(rows, total, ids, hour, window_hours, qs, sub_buckets, min_exponent, out):  # pragma: no cover
+    """The ``qs`` quantiles (numpy ``method="lower"``: rank floor((n-1)q), as bin midpoints) of the
+    histogram window ending in ``hour`` into ``out``; returns n (0: no value, ``out`` untouched).
+    ``qs`` ascending."""
+    n_bins = total.shape[0]
+    counts = total.copy()
+    for slot in range(ids.shape[0]):
+        if ids[slot] >= 0 and ids[slot] < hour - window_hours:  # an hour that left the window
+            for b in range(n_bins):
+                counts[b] -= rows[slot, b]
+    n = 0
+    for b in range(n_bins):
+        n += counts[b]
+    if n == 0:
+        return 0
+    k = 0
+    rank = math.floor((n - 1) * qs[0])
+    cumulative = 0
+    for b in range(n_bins):
+        cumulative += counts[b]
+        while k < qs.shape[0] and cumulative > rank:
+            out[k] = bin_midpoint(b, sub_buckets, min_exponent)
+            k += 1
+            if k < qs.shape[0]:
+                rank = math.floor((n - 1) * qs[k])
+        if k == qs.shape[0]:
+            break
+    return n
+
+
+@njit(cache=True)
+def _thresholds(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent,
+                out):  # pragma: no cover - compiled
+    """P95/P99 at ``hour`` with the floors (``SymbolState._thresholds_at``) into out = (p95, p99, n)."""
+    qs = np.array([0.95, 0.99])
+    values = np.zeros(2)
+    n = window_quantiles(rows, total, ids, hour, window_hours, qs, sub_buckets, min_exponent, values)
+    out[2] = n
+    if n < min_samples or n == 0:
+        out[0], out[1] = floors[0], floors[1]
+    else:
+        out[0], out[1] = max(values[0], floors[0]), max(values[1], floors[1])
+
+
+@njit(cache=True)
+def thresholds_at(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets,
+                  min_exponent):  # pragma: no cover - compiled
+    out = np.zeros(3)
+    _thresholds(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent, out)
+    return out
+
+
+@njit(cache=True)
+def apply_minutes(qtys, bins, starts, minutes, rows, total, ids, head, window_hours, floors, min_samples,
+                  sub_buckets, min_exponent, state, wanted, wanted_out, minute_out, large):  # pragma: no cover
+    """The per-minute loop of ``SymbolState._apply_accepted`` for trades grouped by minute (``starts``):
+    P95/P99 frozen at each new minute from the trades before it, "large" = qty above that P99, then
+    the minute's sizes counted into its hour. ``state`` = [threshold minute, p95, p99, samples] is
+    updated; ``minute_out[g]`` gets the thresholds computed for group g (NaN when the minute was
+    already frozen); ``wanted`` minutes (ascending) get theirs from the histogram as it is just
+    before the first trade minute after them (``wanted_out``, NaN rows for those left for later).
+    Returns the histogram's new head hour."""
+    n_groups = starts.shape[0]
+    n = qtys.shape[0]
+    n_slots = ids.shape[0]
+    w = 0
+    tmp = np.zeros(3)
+    for g in range(n_groups):
+        start = starts[g]
+        end = starts[g + 1] if g + 1 < n_groups else n
+        minute = minutes[g]
+        hour_of_minute = (minute * 60_000) // 3_600_000
+        if minute != int(state[0]):
+            while w < wanted.shape[0] and wanted[w] < minute:
+                if wanted[w] == int(state[0]):
+                    wanted_out[w, 0], wanted_out[w, 1], wanted_out[w, 2] = state[1], state[2], state[3]
+                else:
+                    _thresholds(rows, total, ids, (wanted[w] * 60_000) // 3_600_000, window_hours, floors,
+                                min_samples, sub_buckets, min_exponent, tmp)
+                    wanted_out[w, 0], wanted_out[w, 1], wanted_out[w, 2] = tmp[0], tmp[1], tmp[2]
+                w += 1
+            _thresholds(rows, total, ids, hour_of_minute, window_hours, floors, min_samples, sub_buckets,
+                        min_exponent, tmp)
+            state[0], state[1], state[2], state[3] = minute, tmp[0], tmp[1], tmp[2]
+            minute_out[g, 0], minute_out[g, 1], minute_out[g, 2] = tmp[0], tmp[1], tmp[2]
+        p99 = state[2]
+        for i in range(start, end):
+            large[i] = qtys[i] > p99
+        # the minute's sizes into its hour's histogram (``HourlyQuantileWindow.add``)
+        if hour_of_minute <= head - n_slots:
+            continue  # older than the window
+        slot = hour_of_minute % n_slots
+        if ids[slot] != hour_of_minute:
+            for b in range(total.shape[0]):
+                total[b] -= rows[slot, b]
+                rows[slot, b] = 0
+            ids[slot] = hour_of_minute
+        for i in range(start, end):
+            rows[slot, bins[i]] += 1
+            total[bins[i]] += 1
+        if hour_of_minute > head:
+            head = hour_of_minute
+    return head
+
+
+# ------------------------------------------------------------------------------------------------
+# window sums over a bucket ring (see ``ring``)
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def ring_window_sums(values, head, starts, ends):  # pragma: no cover - compiled
+    """Sums of every field over buckets ``[starts[k], ends[k])`` of a ring (``values``: fields x slots,
+    bucket b in slot b % slots, holding buckets head - slots + 1 .. head; others read as 0). One
+    prefix sum over the span the windows cover, then two lookups per window."""
+    n_fields, n_slots = values.shape
+    out = np.zeros((starts.shape[0], n_fields), dtype=np.int64)
+    if starts.shape[0] == 0:
+        return out
+    lo = min(starts.min(), ends.min())
+    hi = max(starts.max(), ends.max())
+    first = max(lo, head - n_slots + 1)
+    last = min(hi - 1, head)
+    prefix = np.zeros((hi - lo + 1, n_fields), dtype=np.int64)
+    for b in range(lo, hi):
+        row = b - lo
+        if first <= b <= last:
+            slot = b % n_slots
+            for f in range(n_fields):
+                prefix[row + 1, f] = prefix[row, f] + values[f, slot]
+        else:
+            for f in range(n_fields):
+                prefix[row + 1, f] = prefix[row, f]
+    for k in range(starts.shape[0]):
+        for f in range(n_fields):
+            out[k, f] = prefix[ends[k] - lo, f] - prefix[starts[k] - lo, f]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# cooldown and flips (see ``decision``)
+# ------------------------------------------------------------------------------------------------
+NONE_TIME = -(2**62)  # "never fired"
+
+
+@njit(cache=True)
+def cooldown_rows(times, signs, scores, candidates, cooldown_ms, flip_threshold, timeout_ms, state, fired,
+                  flips):  # pragma: no cover - compiled
+    """The candidate rows (time order) that fire: not within ``cooldown_ms`` of the same direction's
+    last signal on this symbol; a firing row is a flip when its score reaches ``flip_threshold`` and
+    the previous signal on the symbol was the other direction at most ``timeout_ms`` earlier.
+    ``state`` = [last LONG time, last SHORT time, previous direction (0 none), previous time] is
+    read and updated (``CooldownBook``'s entries for this symbol)."""
+    for j in range(candidates.shape[0]):
+        i = candidates[j]
+        now = times[i]
+        sign = signs[i]
+        last = state[0] if sign > 0 else state[1]
+        if last != NONE_TIME and now - last < cooldown_ms:
+            continue
+        fired[i] = True
+        flips[i] = scores[i] >= flip_threshold and state[2] != 0 and state[2] != sign and now - state[3] <= timeout_ms
+        if sign > 0:
+            state[0] = now
+        else:
+            state[1] = now
+        state[2] = sign
+        state[3] = now

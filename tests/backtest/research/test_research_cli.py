@@ -1,0 +1,46 @@
+"""`tapeflow research`: a small search end to end (strategy file with its hash, report, one-line errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from stream_apps.core.strategy import load_strategy
+
+
+def tapeflow(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=cwd)
+
+
+def test_search_writes_a_strategy_ready_for_the_engine(tmp_path):
+    res = tapeflow("research", "search", "--from", "2024-01-01", "--to", "2024-01-02", "--symbols", "XRPUSDT",
+                   "--trials", "4", "--batch", "2", "--min-trades", "1", "--sampler", "grid", "--holdout", "6h",
+                   "--workers", "1", "--no-progress", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    strategy_line = next(line for line in lines if line.startswith("strategy: "))
+    path = strategy_line.split(" ")[1]
+    config_hash = strategy_line.split("config_hash ")[1].rstrip(")")
+    assert load_strategy(path).config_hash == config_hash
+    assert any(line.startswith("hold-out ") for line in lines)
+    assert f"run it live: tapeflow engine --strategy {path}" in lines
+    report = json.loads((tmp_path / "out" / "research.json").read_text())
+    assert report["trials"] == 4 and report["best"]["config_hash"] == config_hash
+    assert {"deflated_sharpe_ratio", "pbo", "holdout"} <= set(report)
+
+
+def test_bad_arguments_are_one_error_line(tmp_path):
+    for args, message in (
+        (("walk-forward", "--windows", "train=30d", "--from", "2024-01-01", "--to", "2024-01-05"), "test=DURATION"),
+        (("search", "--from", "2024-13-01", "--to", "2024-01-05"), "--from '2024-13-01'"),
+        (("search", "--from", "2024-01-01", "--to", "2024-01-01"), "at least two days"),
+        (("search", "--from", "2024-01-01", "--to", "2024-01-05", "--source", "vision"), "synthetic"),
+    ):
+        res = tapeflow("research", *args, "--no-progress", "--out", str(tmp_path / "o"), cwd=tmp_path)
+        assert res.returncode != 0
+        assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: "), res.stderr
+        assert message in res.stderr
