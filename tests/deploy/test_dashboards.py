@@ -29,8 +29,17 @@ dashboards = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(dashboards)
 model = __import__("grafana_model")  # the generator put deploy/grafana on sys.path
 
-NOW = datetime.now(UTC).replace(second=0, microsecond=0)
-TIME_FROM, TIME_TO = NOW - timedelta(hours=6), NOW + timedelta(minutes=5)
+
+
+def time_range() -> tuple[datetime, datetime]:
+    """The dashboard's range as Grafana sends it when the query runs: the last 6 h (and 5 min ahead).
+
+    Taken when a query is expanded, not at import: the seed is written `now() - ...` when the test runs,
+    which in a full suite is many minutes after collection."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    return now - timedelta(hours=6), now + timedelta(minutes=5)
+
+
 INTERVAL_S = 60  # $__interval of a 6 h range on a wide panel
 VALUES = {"exchange": ["binance"], "symbol": ["BTCUSDT"], "symbols": ["BTCUSDT", "ETHUSDT"],
           "strategy": ["v53", "v52_8signals"], "mode": ["paper"]}
@@ -139,9 +148,10 @@ def expand(sql: str, variables: dict[str, model.Variable], timescale: bool) -> s
 
     out = re.sub(r"\$__timeGroupAlias\(([^,]+),([^)]+)\)", lambda m: group(m[1].strip(), m[2]) + ' AS "time"', sql)
     out = re.sub(r"\$__timeGroup\(([^,]+),([^)]+)\)", lambda m: group(m[1].strip(), m[2]), out)
+    time_from, time_to = time_range()
     out = re.sub(r"\$__timeFilter\(([^)]+)\)",
-                 lambda m: f"{m[1].strip()} BETWEEN {_quote(TIME_FROM)} AND {_quote(TIME_TO)}", out)
-    out = out.replace("$__timeFrom()", _quote(TIME_FROM)).replace("$__timeTo()", _quote(TIME_TO))
+                 lambda m: f"{m[1].strip()} BETWEEN {_quote(time_from)} AND {_quote(time_to)}", out)
+    out = out.replace("$__timeFrom()", _quote(time_from)).replace("$__timeTo()", _quote(time_to))
     out = out.replace("$__interval", f"{INTERVAL_S}s")
     for name in sorted(variables, key=len, reverse=True):  # $symbols before $symbol
         values = VALUES[name]
