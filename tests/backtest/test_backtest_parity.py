@@ -48,7 +48,8 @@ from stream_apps.core.strategy import parse_strategy
 from tapeflow_runtime.kafka_client import ensure_topics
 from tests.test_pipeline_end_to_end import Service, record_counts, wait_consumed
 
-pytestmark = pytest.mark.integration
+# a multi-hour session through four processes, then the backtest: minutes on a loaded 2-core machine
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 H = 3_600_000
 START = 1_704_088_800_000  # 2024-01-01 06:00 UTC; the 08:00 funding time falls inside
