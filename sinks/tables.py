@@ -349,7 +349,7 @@ POSITIONS = _spec("positions", [
     ("exchange", _T), ("symbol", _T), ("mode", _T), ("event", _T), ("direction", _T), ("tier", _T),
     ("entry_price", _F8), ("qty", _F8), ("r_usd", _F8), ("sl_price", _F8), ("tp1_price", _F8), ("tp2_price", _F8),
     ("exit_price", _F8), ("exit_reason", _T), ("pnl_r_gross", _F8), ("pnl_r_net", _F8), ("fees_r", _F8),
-    ("slippage_r", _F8), ("event_time", _TS), ("funding_r", _F8),  # added by 0007: after event_time
+    ("slippage_r", _F8), ("event_time", _TS), ("funding_r", _F8),  # added by 0006: after event_time
 ], ("mode", "position_id", "event"), "event_time", position_event_row)
 
 RISK_EVENTS = _spec("risk_events", [

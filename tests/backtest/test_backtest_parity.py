@@ -55,7 +55,7 @@ from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.publisher import Publisher
-from tests.test_pipeline_end_to_end import Service, record_counts, wait_consumed
+from tests.support.services import Service, record_counts, wait_consumed
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +174,8 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
         # 2. the engine reads all of it (a new group primed from far back: the beginning)
         strategy_args = [a for f in files for a in ("--strategy", str(f))]
         engine = start("engine", "engine", *strategy_args, "--metrics-port", "0", "--prime-hours", "100000",
-                       "--signal-max-age-s", str(FAR), env={"TAPEFLOW_TOPIC_PREFIX": stage})
+                       "--signal-max-age-s", str(FAR), "--no-wait-for-progress",  # the copy has no md.progress
+                       env={"TAPEFLOW_TOPIC_PREFIX": stage})
         wait_consumed(kafka_bootstrap, stage + "tapeflow-engine",
                       {stage + name: record_counts(topic(name, stage, len(md[name]))) for name in md}, [engine], 600)
         assert engine.stop() == 0, engine.tail()
