@@ -14,8 +14,13 @@ does not hold anything. Released inputs come out in event-time order, and at equ
 first, then mark, then book, then trades: the order the backtest runner feeds
 (``backtest.runner``), so a replay of data already in the broker trades exactly as the backtest.
 Within one topic-partition inputs leave in offset order (a prefix of what was read), so storing the
-offset of each released record keeps the commit safe. A partition whose holding topic delivers
-nothing for ``max_hold_s`` (an end never reported) is released as it is (``release(force=...)``).
+offset of each released record keeps the commit safe. A partition whose holding topics deliver
+nothing for ``max_hold_s`` and have nothing left to read (an end never reported) is released as it
+is (``release(force=...)``).
+
+The consumer delivers all partitions through one queue, so a topic far ahead (an hour of md.trades
+read at once) can bury the very records that would release it: the service pauses a topic-partition
+holding more than ``PAUSE_AT`` inputs until it is drained below ``RESUME_AT``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+PAUSE_AT, RESUME_AT = 20_000, 5_000
 RANK = {"signals": 0, "md.mark": 1, "md.book": 2, "md.trades": 3}
 TIME_FIELD = {"signals": "eval_time", "md.mark": "event_time", "md.book": "event_time", "md.trades": "trade_time"}
 
@@ -63,6 +69,23 @@ class InputAligner:
 
     def held(self, partition: int | None = None) -> int:
         return sum(len(q) for (_, p), q in self._queues.items() if partition is None or p == partition)
+
+    def held_by_topic(self) -> dict[tuple[str, int], int]:
+        """Held inputs per (topic, partition): the service pauses a topic that runs far ahead."""
+        return {tp: len(q) for tp, q in self._queues.items() if q}
+
+    def blocking(self, partition: int) -> list[str]:
+        """The topics of ``partition`` that are not at their end (they bound its watermark)."""
+        return [t for t in self.topics if (t, partition) not in self._at_end]
+
+    def describe(self, partition: int) -> dict[str, str]:
+        """Per topic of ``partition``: at its end, or its newest time and held count (for the log)."""
+        out = {}
+        for topic in self.topics:
+            tp = (topic, partition)
+            held = len(self._queues.get(tp, ()))
+            out[topic] = "at end" if tp in self._at_end else f"newest={self._newest.get(tp)} held={held}"
+        return out
 
     def partitions(self) -> set[int]:
         return {p for (_, p), q in self._queues.items() if q}

@@ -56,7 +56,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from execution.broker import Broker
 from execution.config import ExecutorConfig, ExecutorConfigError, load_executor_config
 from execution.executor import Executor
-from execution.input_order import TIME_FIELD, InputAligner
+from execution.input_order import PAUSE_AT, RESUME_AT, TIME_FIELD, InputAligner
 from execution.metrics import ExecutorMetrics
 from execution.reconcile import Reconciler
 from execution.safety import (
@@ -90,7 +90,7 @@ class ExecuteOptions:
     start_from: str = "latest"  # a new consumer group starts at the end of the inputs ("earliest" for tests)
     group_id: str | None = None  # default: <topic_prefix>tapeflow-executor-<mode>
     clock_interval_ms: int = 100  # pause ends, day change, stale data, maker timeouts
-    max_hold_s: float = 2.0  # inputs held for event-time order are released after this long without news
+    max_hold_s: float = 5.0  # inputs held for event-time order are released after this long without news
     commit_interval_ms: int = 1000
     restore_idle_s: float = 0.5
     stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
@@ -147,6 +147,8 @@ class ExecutorService:
         self._names = {self.prefix + name: name for name in INPUTS}
         self.aligner = InputAligner(INPUTS)
         self._holding: dict[int, float] = {}  # partition -> since when its inputs wait for another topic
+        self._paused: set[tuple[str, int]] = set()  # (topic, partition) paused for running ahead
+        self._reported: dict[int, float] = {}  # partition -> when its holding was last logged
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self._group)
@@ -262,6 +264,7 @@ class ExecutorService:
         self.aligner.drop([(self._names[tp.topic], tp.partition) for tp in partitions if tp.topic in self._names])
         for tp in partitions:
             self._holding.pop(tp.partition, None)
+            self._paused.discard((self._names.get(tp.topic, tp.topic), tp.partition))
         self.executor = None
         self.status = "rebalancing"
 
@@ -276,23 +279,57 @@ class ExecutorService:
         except Exception as exc:  # not ours to fix: keep the bytes and the reason, go on
             record, when = exc, self.aligner.newest(name, msg.partition())
         self.aligner.add(name, msg.partition(), when, msg.offset(), (record, msg))
+        self._holding.pop(msg.partition(), None)  # news: the partition's wait starts again
 
     def _release(self, ex: Executor) -> None:
-        """Process the inputs the aligner releases; a partition held `max_hold_s` without news goes as is."""
+        """Process the inputs the aligner releases; a partition that holds inputs, gets no new record for
+        `max_hold_s` and whose holding topics have nothing left to read (an end never reported) is released
+        as it is."""
         now = time.monotonic()
         for partition in sorted(self.aligner.partitions()):
             released = self.aligner.release(partition)
             if released:
                 self._holding.pop(partition, None)
-            elif now - self._holding.setdefault(partition, now) >= self.options.max_hold_s:
+                self._reported.pop(partition, None)
+            elif now - self._holding.setdefault(partition, now) >= self.options.max_hold_s \
+                    and not self._catching_up(partition):
                 log.warning("inputs released without event-time order", partition=partition,
-                            held=self.aligner.held(partition))
+                            held=self.aligner.held(partition), topics=self.aligner.describe(partition))
                 released = self.aligner.release(partition, force=True)
                 self._holding.pop(partition, None)
             for held in released:
                 record, msg = held.item
                 self._handle(ex, held.topic, record, msg)
                 self._consumer.store_offsets(msg)
+        self._flow_control()
+
+    def _catching_up(self, partition: int) -> bool:
+        """Whether a topic that holds `partition` back has records left to read (its position is below the
+        high watermark of the last fetch): then its news is only queued behind other partitions'."""
+        behind = {}
+        for topic in self.aligner.blocking(partition):
+            tp = TopicPartition(self.prefix + topic, partition)
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            position = self._consumer.position([tp])[0].offset
+            if high >= 0 and 0 <= position < high:
+                behind[topic] = f"{position}/{high}"
+        now = time.monotonic()
+        if behind and now - self._reported.setdefault(partition, now) >= 10:  # say why, every 10 s
+            self._reported[partition] = now + 10
+            log.info("inputs held for event-time order", partition=partition, held=self.aligner.held(partition),
+                     topics=self.aligner.describe(partition), reading=behind, paused=sorted(self._paused))
+        return bool(behind)
+
+    def _flow_control(self) -> None:
+        """Pause topic-partitions far ahead of the others (see `execution.input_order`), resume them once drained."""
+        held = self.aligner.held_by_topic()
+        for tp in [tp for tp in self._paused if held.get(tp, 0) < RESUME_AT]:
+            self._consumer.resume([TopicPartition(self.prefix + tp[0], tp[1])])
+            self._paused.discard(tp)
+        for tp, count in held.items():
+            if count > PAUSE_AT and tp not in self._paused:
+                self._consumer.pause([TopicPartition(self.prefix + tp[0], tp[1])])
+                self._paused.add(tp)
 
     def _handle(self, ex: Executor, name: str, record: dict | Exception, msg) -> None:
         if isinstance(record, Exception):
