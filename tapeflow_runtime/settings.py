@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(
         default="", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix for every topic (shared clusters, tests)."
     )
+    namespace: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_-]*$",
+        description="Rehearsal namespace (`--input-prefix NAME`): topic_prefix already ends in `NAME.`; "
+                    "services read history `tapeflow replay` copied there, never live topics.")
     exchange: Literal["binance"] = "binance"
     source: str = Field(
         default="live", description="Market data: `live` (the exchange) or `replay:DIR` (a recording, offline).")

@@ -129,7 +129,7 @@ class ExecutorService(HttpHealthService):
     def prepare(self) -> Launch:
         port = free_port(HOST)
         argv = [sys.executable, "-m", "tapeflow", "execute", "--mode", "paper", "--metrics-port", str(port)]
-        if self.settings.replay_dir is not None:
+        if self.settings.replay_dir is not None or self.settings.namespace:
             argv += ["--executor-config", str(self.replay_config())]
         return Launch(argv=argv, address=f"{HOST}:{port}")
 
@@ -165,6 +165,8 @@ class EngineService(HttpHealthService):
 
 def app_services(settings, paths) -> list[Service]:
     consumers = [SinkService(settings, paths), EngineService(settings, paths), ExecutorService(settings, paths)]
+    if settings.namespace:  # a rehearsal: `tapeflow replay --to-prefix` supplies the data, no producer
+        return consumers
     if settings.replay_dir is not None:
         fake = FakeExchangeService(settings, paths)
         return consumers + [fake, ProducerService(settings, paths, fake)]
