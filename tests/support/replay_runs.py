@@ -101,3 +101,16 @@ def assert_same(a: dict[str, list[dict]], b: dict[str, list[dict]], label: str) 
         assert len(a[topic]) == len(b[topic]), f"{label}: {topic} {len(a[topic])} vs {len(b[topic])} records"
         for x, y in zip(a[topic], b[topic], strict=True):
             assert x == y, f"{label}: first difference in {topic}:\n{x}\n{y}"
+
+
+def backtest_signals(kafka_bootstrap: str, prefix: str, inputs: dict[str, list[dict]]) -> list[dict]:
+    """`tapeflow backtest --source topics` over what the replay published (the backtest's own runner and
+    source, in one shared paper account as a stack trades): every signal its engine emitted."""
+    from backtest.runner import BacktestRunner
+    from backtest.sources.topics import TopicSource
+    from stream_apps.core.strategy import parse_strategy
+
+    times = [t["trade_time"] for t in inputs["md.trades"]]
+    runner = BacktestRunner([parse_strategy(STRATEGY)], account="shared")
+    runner.run(TopicSource(kafka_bootstrap, list(SYMBOLS), min(times), max(times) + 1, topic_prefix=prefix))
+    return canonical({"signals": list(runner.signals)})["signals"]
