@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time in REST answers (open interest, funding, Coinbase, serverTime): the wall clock, "
                              "or the recorded time of the frame the replay has reached (consistent with the "
                              "recorded websocket event times)")
+    parser.add_argument("--history-s", type=float, default=0.0,
+                        help="the websocket replay starts this many seconds into the session; earlier data is "
+                             "history served only by REST and the Vision archives (a warm start's)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -80,6 +83,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
         faults=FaultSettings.model_validate(parse_fault_assignments(args.fault)),
         aggtrades_visibility=args.aggtrades_visibility,
         rest_clock=args.rest_clock,
+        history_s=args.history_s,
     )
 
 

@@ -36,6 +36,12 @@ def request_weight(path: str, params: Mapping[str, str]) -> int:
         return 1 if params.get("symbol") else 10
     if path.startswith("/futures/data/"):
         return 0
+    if path == "/fapi/v1/markPriceKlines":  # by limit, as Binance meters klines
+        try:
+            limit = int(params.get("limit", "500"))
+        except ValueError:
+            return 5
+        return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
     return _FIXED.get(path, 1)
 
 
