@@ -12,7 +12,7 @@ What it does, per run:
    ordered: a record is released once every partition still being read has reached `slack_ms` past
    it (a bounded-disorder merge, `slack_ms` = 5 s by default); one arriving later than that is
    still copied and counted (`late`).
-4. Every second of event time each key gets an `md.progress` marker: everything of the key up to
+4. Every 5 seconds of event time each key gets an `md.progress` marker: everything of the key up to
    the merge's watermark has been copied, at or below these offsets. An engine reading the namespace
    (`--input-prefix NAME`) releases its inputs marker by marker, so it computes exactly what it
    would on the same records in event-time order, whatever the speed. Final markers end the run.
@@ -43,7 +43,7 @@ from tapeflow_runtime.publisher import Publisher, PublishMetrics
 log = structlog.get_logger("replay")
 
 SOURCE = "topic-replay"
-MARKER_INTERVAL_MS = 1_000
+MARKER_INTERVAL_MS = 5_000
 TIME_FIELDS = {**ENGINE_INPUT_TIME, "md.depth": "event_time", "md.gaps": "detected_time"}
 
 

@@ -202,6 +202,13 @@ def produce(
         False, "--symbols-from-recording", help="Use the symbols of the TAPEFLOW_SOURCE=replay:DIR recording."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
+    warm_start_hours: float | None = typer.Option(
+        None, "--warm-start-hours", min=0.0, max=72.0,
+        help="Binance: before streaming, publish this many hours of history into md.* (Vision archives, REST "
+             "aggTrades, OI/ratio/funding/mark history, or the database when it holds them). Default: "
+             "TAPEFLOW_WARM_START_HOURS (25) live, 0 with --replay-control-url."),
+    vision_url: str = typer.Option("https://data.binance.vision", "--vision-url",
+                                   help="Binance Vision base URL (or a mirror) for the warm start's archives."),
 ) -> None:
     """Run an exchange producer into the md.* topics (Binance: aggTrade, depth, markPrice, forceOrder, REST
     indicators; Bybit: publicTrade, orderbook.50, allLiquidation, tickers)."""
@@ -221,9 +228,14 @@ def produce(
         settings = state._settings
     if exchange not in ("binance", "bybit"):
         raise fail(f"unknown exchange {exchange!r}: expected binance or bybit", 2)
-    options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, ws_base_url=ws_url, rest_base_url=rest_url, spot_base_url=spot_url,
-                             coinbase_base_url=coinbase_url, replay_control_url=replay_control_url,
-                             metrics_port=metrics_port, metrics_host=settings.metrics_host)
+    if warm_start_hours is None:
+        warm_start_hours = 0.0 if replay_control_url else settings.warm_start_hours
+    options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, ws_base_url=ws_url, rest_base_url=rest_url,
+                             spot_base_url=spot_url, coinbase_base_url=coinbase_url,
+                             replay_control_url=replay_control_url, metrics_port=metrics_port,
+                             metrics_host=settings.metrics_host,
+                             warm_start_hours=warm_start_hours if exchange == "binance" else 0.0,
+                             vision_url=vision_url)
     raise typer.Exit(asyncio.run(run_producer(settings, options)))
 
 

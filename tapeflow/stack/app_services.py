@@ -159,7 +159,10 @@ class EngineService(HttpHealthService):
         port = free_port(HOST)
         argv = [sys.executable, "-m", "tapeflow", "engine", "--metrics-port", str(port)]
         # a replay needs no lateness allowance: the replay's producer publishes progress markers and the
-        # engine (`--wait-for-progress`, the default for a replay source) releases its inputs by them
+        # engine (`--wait-for-progress`, the default for a replay source) releases its inputs by them;
+        # live, a new group waits for the producer's warm start the same way (its history comes first)
+        if self.settings.replay_dir is None and not self.settings.namespace and self.settings.warm_start_hours > 0:
+            argv.append("--wait-for-progress")
         return Launch(argv=argv, address=f"{HOST}:{port}")
 
 

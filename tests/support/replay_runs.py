@@ -38,10 +38,10 @@ def service_env(kafka_bootstrap: str, prefix: str, workdir: Path) -> dict[str, s
     return env
 
 
-def start_engine(env: dict[str, str], workdir: Path, *extra: str) -> Service:
+def start_engine(env: dict[str, str], workdir: Path, *extra: str, strategy: dict | None = None) -> Service:
     """`tapeflow engine` with the test strategy, waiting for progress markers, ready to read."""
     strategy_file = workdir / "strategy.yaml"
-    strategy_file.write_text(yaml.safe_dump(STRATEGY))
+    strategy_file.write_text(yaml.safe_dump(strategy or STRATEGY))
     engine = Service("engine", ["engine", "--strategy", str(strategy_file), "--metrics-port", "0", "--prime-hours",
                                 "0", "--wait-for-progress", "--signal-max-age-s", str(FAR_PAST_S), *extra],
                      env, workdir)
@@ -62,19 +62,20 @@ def read_outputs(kafka_bootstrap: str, prefix: str, read_topic) -> dict[str, lis
     return canonical({t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, idle_s=1.0)] for t in OUTPUTS})
 
 
-def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed: int, duration_s: int,
-           speed: str) -> tuple[dict[str, list[dict]], dict[str, list[dict]], str]:
+def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed: int, duration_s: float,
+           speed: str, fake_args: tuple[str, ...] = (), strategy: dict | None = None,
+           ) -> tuple[dict[str, list[dict]], dict[str, list[dict]], str]:
     """One replay through the three processes; (engine outputs, md.* inputs, producer summary)."""
     ensure_topics(kafka_bootstrap, prefix=prefix)
     workdir.mkdir(parents=True, exist_ok=True)
     env = service_env(kafka_bootstrap, prefix, workdir)
     services: list[Service] = []
     try:
-        engine = start_engine(env, workdir)
+        engine = start_engine(env, workdir, strategy=strategy)
         services.append(engine)
         fake = Service("fake-exchange", ["fake-exchange", "--synthetic-seed", str(seed), "--synthetic-symbols",
                                          ",".join(SYMBOLS), "--synthetic-duration", str(duration_s), "--speed",
-                                         speed, "--rest-clock", "recording"], env, workdir)
+                                         speed, "--rest-clock", "recording", *fake_args], env, workdir)
         services.append(fake)
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 120).group(0))
         rest = urls["rest_url"]
