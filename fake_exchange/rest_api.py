@@ -133,7 +133,11 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
     used = 0
     binance = is_binance_path(request.path)
     if binance:
-        used = request.app[WEIGHTS_KEY].add(request_weight(request.path, request.query))
+        try:
+            moment = as_of(request)
+        except BinanceError as exc:
+            return json_response(error_body(exc.code, exc.msg), exc.status)
+        used = request.app[WEIGHTS_KEY].add(request_weight(request.path, request.query), moment)
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
     fault = state.faults.rest_fault(request.remote or "127.0.0.1")
     if fault is not None:

@@ -96,7 +96,9 @@ class SymbolPriming:
         if self.phase in ("rest", "database"):
             return f"{self.symbol} {self.phase} {self.trades:,} trades"
         if self.phase == "done":
-            return f"{self.symbol} done ({self.source}: {self.trades:,} trades, {self.records:,} other records)"
+            days = f" ({self.days_done}/{self.days_total} days)" if self.days_total else ""
+            return (f"{self.symbol} done ({self.source}{days}: {self.trades:,} trades, "
+                    f"{self.records:,} other records)")
         if self.phase == "failed":
             return f"{self.symbol} FAILED: {self.error}"
         return f"{self.symbol} {self.phase}"
