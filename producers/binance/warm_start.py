@@ -202,7 +202,7 @@ class WarmStart:
             pending = []
             self.publisher.poll(0)
 
-        async for trade in (self._database_trades(trades) if trades is not None
+        async for trade in (self._database_trades(symbol, trades, now_ms, state) if trades is not None
                             else self._exchange_trades(symbol, since_ms, now_ms, state)):
             if last_id is not None and trade["agg_id"] <= last_id:
                 continue  # an overlap between an archive and REST
@@ -353,8 +353,12 @@ class WarmStart:
         series.sort(key=lambda r: r[1])
         return out, _Series(series)
 
-    async def _database_trades(self, trades: list[dict]):
+    async def _database_trades(self, symbol: str, trades: list[dict], now_ms: int, state: SymbolPriming):
+        """The stored trades, then REST from the last stored id on (the database lags the exchange)."""
         for trade in trades:
+            yield trade
+        state.source = "database+rest"
+        async for trade in self._rest_trades(symbol, trades[-1]["agg_id"], trades[-1]["trade_time"], now_ms):
             yield trade
 
 

@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -137,3 +138,52 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
         assert want or topic == "signals", topic
         for a, b in zip(got, want, strict=True):
             assert a == b, f"{topic} differs:\nwarm start {a}\nreference  {b}"
+
+
+@pytest.mark.timeout(1200)
+def test_warm_start_primes_from_the_database_when_it_holds_the_window(kafka_bootstrap, database, read_topic,
+                                                                      tmp_path):
+    """The sink already stored the 25 h (a stack whose broker lost its data): the warm start publishes
+    them from the database, and asks the exchange only for what came after."""
+    import psycopg
+
+    from sinks.migrate import migrate
+    from tests.support.services import database_url
+
+    session = generate_session(SyntheticSpec(seed=SEED, symbols=SYMBOLS, duration_s=HISTORY_S + 120, **SPEC))
+    live_index = history_end(session.frames, HISTORY_S)
+    history = [f.payload for f in session.frames[:live_index] if f.event == "aggTrade"]
+    stored = history[:-40]  # the database lags the exchange by a few trades: REST supplies the rest
+    migrate(database)
+    with psycopg.connect(database) as conn, conn.cursor() as cur:
+        with cur.copy("COPY trades (exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, event_time, "
+                      "trade_time, receive_time, taker_side) FROM STDIN") as copy:
+            for t in stored:
+                at = datetime.fromtimestamp(t["T"] / 1000, tz=UTC)
+                copy.write_row(("binance", t["s"], t["a"], float(t["p"]), float(t["q"]), t["f"], t["l"], at, at, at,
+                                "SELL" if t["m"] else "BUY"))
+    prefix = f"wd{os.getpid()}{tmp_path.name[-6:]}."
+    ensure_topics(kafka_bootstrap, prefix=prefix)
+    env = service_env(kafka_bootstrap, prefix, tmp_path) | {"TAPEFLOW_DATABASE_URL": database_url(database)}
+    services: list[Service] = []
+    try:
+        fake = Service("fake-exchange", ["fake-exchange", "--synthetic-seed", str(SEED), "--synthetic-symbols",
+                                         ",".join(SYMBOLS), "--synthetic-duration", str(HISTORY_S + 120), *FAKE_ARGS,
+                                         "--history-s", str(HISTORY_S), "--speed", "max", "--rest-clock",
+                                         "recording", "--aggtrades-visibility", "replayed"], env, tmp_path)
+        services.append(fake)
+        urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 300).group(0))
+        rest = urls["rest_url"]
+        producer = Service("producer", ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
+                                        rest, "--coinbase-url", rest, "--replay-control-url", rest, "--vision-url",
+                                        rest, "--warm-start-hours", "25", "--metrics-port", "0"], env, tmp_path)
+        services.append(producer)
+        assert producer.proc.wait(600) == 0, producer.tail()
+        log = producer.log()
+    finally:
+        for s in services:
+            s.kill()
+    assert log.count("done (database+rest") == 2, log[-3000:]
+    trades = [(t["value"]["symbol"], t["value"]["agg_id"]) for t in read_topic(kafka_bootstrap, prefix + "md.trades")]
+    assert len(trades) == len(set(trades))
+    assert {(t["s"], t["a"]) for t in history} <= set(trades)  # the database's, then REST's from its last id on
