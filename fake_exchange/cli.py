@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--synthetic-seed", type=int, help="generate a synthetic session with this seed")
     parser.add_argument("--synthetic-symbols", default="BTCUSDT", help="comma-separated symbols (synthetic)")
     parser.add_argument("--synthetic-duration", type=float, default=300.0, help="seconds (synthetic)")
+    parser.add_argument("--synthetic-trades-per-s", type=float, default=5.0, help="per symbol (synthetic)")
+    parser.add_argument("--synthetic-depth-interval-ms", type=int, default=100,
+                        help="a depth diff per symbol this often (synthetic; the stream keeps Binance's name)")
+    parser.add_argument("--synthetic-mark-interval-s", type=int, default=1,
+                        help="a mark price per symbol this often (synthetic; the stream keeps Binance's name)")
+    parser.add_argument("--synthetic-no-book-ticker", action="store_true", help="no bookTicker frames (synthetic)")
+    parser.add_argument("--synthetic-start", type=float, default=1_700_000_000.0,
+                        help="session start, epoch seconds (synthetic)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ws-port", type=int, default=0)
     parser.add_argument("--rest-port", type=int, default=0)
@@ -55,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time in REST answers (open interest, funding, Coinbase, serverTime): the wall clock, "
                              "or the recorded time of the frame the replay has reached (consistent with the "
                              "recorded websocket event times)")
+    parser.add_argument("--history-s", type=float, default=0.0,
+                        help="the websocket replay starts this many seconds into the session; earlier data is "
+                             "history served only by REST and the Vision archives (a warm start's)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -67,6 +78,12 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
             seed=args.synthetic_seed,
             symbols=tuple(s.strip().upper() for s in args.synthetic_symbols.split(",") if s.strip()),
             duration_s=args.synthetic_duration,
+            trades_per_s=args.synthetic_trades_per_s,
+            depth_interval_ms=args.synthetic_depth_interval_ms,
+            mark_interval_s=args.synthetic_mark_interval_s,
+            book_ticker=not args.synthetic_no_book_ticker,
+            start_time=args.synthetic_start,
+            binance_stream_names=True,
         )
     configure_logging(args.log_level.upper())
     return FakeExchangeConfig(
@@ -80,6 +97,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
         faults=FaultSettings.model_validate(parse_fault_assignments(args.fault)),
         aggtrades_visibility=args.aggtrades_visibility,
         rest_clock=args.rest_clock,
+        history_s=args.history_s,
     )
 
 

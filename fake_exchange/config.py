@@ -46,6 +46,9 @@ class FakeExchangeConfig(BaseModel):
     # land years after the recorded trades (the engine would see every trade as late)
     rest_clock: Literal["wall", "recording"] = "wall"
     weight_limit_1m: int = Field(default=2400, ge=1)
+    # warm starts: the websocket replay begins this many seconds into the session; everything before
+    # is history that only REST and the Vision files serve (as for a producer starting now)
+    history_s: float = Field(default=0.0, ge=0)
     ping_interval_s: float | None = 20.0
 
     @field_validator("speed", mode="before")

@@ -38,6 +38,7 @@ from .rest_api import (
     exchange_middleware,
 )
 from .state import ExchangeState
+from .vision import add_vision_routes
 from .weights import MinuteWeightCounter
 from .ws_server import StreamServerHandlers, cancel_background, drop_connections
 
@@ -75,7 +76,7 @@ class FakeExchange:
             aggtrades_visibility=config.aggtrades_visibility,
             rest_clock=config.rest_clock,
         )
-        self.replay = ReplayEngine(self.state, config.speed, clock=clock)
+        self.replay = ReplayEngine(self.state, config.speed, clock=clock, history_s=config.history_s)
         self.ws_port = 0
         self.rest_port = 0
         self._ws_server: Server | None = None
@@ -147,6 +148,7 @@ class FakeExchange:
         add_market_routes(app)
         add_control_routes(app)
         add_order_routes(app)  # signed order API + user-data stream (fake_exchange/orders)
+        add_vision_routes(app)  # daily aggTrades archives (a warm start's history)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         rest_sock = _bound_socket(config.host, config.rest_port)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import bisect_left
 from datetime import UTC, datetime
 from typing import Any
 
@@ -145,6 +146,29 @@ def funding_rate_history(symbol: str, price: float, stamps: list[int]) -> list[d
         }
         for ts in stamps
     ]
+
+
+def klines(stamps: list[int], interval_ms: int, times: list[int], prices: list[float],
+           fallback: float) -> list[list[Any]]:
+    """Binance kline rows (open time, OHLC as strings, close time, zero volumes) of a price series
+    sampled at ``times``; an interval with no sample repeats the previous close (``fallback`` first)."""
+    rows: list[list[Any]] = []
+    i = bisect_left(times, stamps[0]) if stamps else 0
+    last = prices[i - 1] if i > 0 else fallback
+    for start in stamps:
+        end = start + interval_ms
+        while i < len(times) and times[i] < start:  # gaps between requested stamps
+            last = prices[i]
+            i += 1
+        inside = []
+        while i < len(times) and times[i] < end:
+            inside.append(prices[i])
+            i += 1
+        open_, high, low, close = (inside[0], max(inside), min(inside), inside[-1]) if inside else (last,) * 4
+        last = close
+        rows.append([start, fmt(open_, 8), fmt(high, 8), fmt(low, 8), fmt(close, 8), "0", end - 1, "0", 0, "0",
+                     "0", "0"])
+    return rows
 
 
 def spot_book_ticker(symbol: str, price: float, decimals: int, now_ms: int) -> dict[str, Any]:

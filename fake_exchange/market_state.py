@@ -59,6 +59,11 @@ class MarketView:
         times.append(data["E"])
         values.append(str(data["p"]) if kind == "trade_price" else data)
 
+    def mark_series(self, symbol: str) -> tuple[list[int], list[float]]:
+        """Event times and mark prices of every mark update of ``symbol`` in the session."""
+        times, values = self._timeline["mark"].get(symbol, ([], []))
+        return times, [float(v["p"]) for v in values]
+
     def at(self, event_time_ms: int) -> MarketView:
         """The view as of an event time: each value is the last one at or before it (else the seed)."""
         view = MarketView.__new__(MarketView)

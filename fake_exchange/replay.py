@@ -5,6 +5,11 @@ against the start (not against the previous frame) keeps the replay from driftin
 overshoot. ``speed=None`` ("max") never sleeps but yields to the event loop after every frame so
 connections keep sending while the replay runs.
 
+With ``history_s`` the frames of the session's first ``history_s`` seconds are not sent: they happened
+before the replay (the market view and the replay position move past them at once), and only REST
+(``aggTrades``, the history endpoints) and the Vision files serve them: what a producer starting
+"now" finds. The replay's clock starts at the first frame after them.
+
 Each frame first updates the market view (it happened at the exchange), then either falls to the
 skip fault or is queued on every connection subscribed to its stream. When the last frame is out and
 all connections have drained, each connection that asked for it gets the end-of-replay marker
@@ -46,6 +51,14 @@ def dispatch(state: ExchangeState, frame: RecordedFrame) -> None:
     state.position = frame.index + 1
 
 
+def history_end(frames: tuple[RecordedFrame, ...] | list[RecordedFrame], history_s: float) -> int:
+    """Index of the first frame received ``history_s`` seconds or more after the session's first."""
+    if not frames or history_s <= 0:
+        return 0
+    cut = frames[0].receive_time + history_s
+    return next((i for i, f in enumerate(frames) if f.receive_time >= cut), len(frames))
+
+
 class ReplayEngine:
     """Drives :func:`dispatch` over the recording once the start is requested."""
 
@@ -56,6 +69,7 @@ class ReplayEngine:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        history_s: float = 0.0,
     ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (or None for max)")
@@ -63,11 +77,15 @@ class ReplayEngine:
         self.speed = speed
         self._clock = clock
         self._sleep = sleep
+        self.first = history_end(state.recording.frames, history_s)
+        for frame in state.recording.frames[: self.first]:  # history: it happened before "now"
+            state.market.observe(frame)
+        state.position = self.first
 
     async def run(self) -> None:
         state = self.state
         await state.start_requested.wait()
-        frames = state.recording.frames
+        frames = state.recording.frames[self.first:]
         offsets = due_offsets(frames, self.speed)
         start = self._clock()
         state.started_at = start

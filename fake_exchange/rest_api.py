@@ -133,7 +133,11 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
     used = 0
     binance = is_binance_path(request.path)
     if binance:
-        used = request.app[WEIGHTS_KEY].add(request_weight(request.path, request.query))
+        try:
+            moment = as_of(request)
+        except BinanceError as exc:
+            return json_response(error_body(exc.code, exc.msg), exc.status)
+        used = request.app[WEIGHTS_KEY].add(request_weight(request.path, request.query), moment)
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
     fault = state.faults.rest_fault(request.remote or "127.0.0.1")
     if fault is not None:
@@ -231,12 +235,21 @@ async def funding_rate(request: web.Request) -> web.Response:
     stamps = gen.period_stamps(
         gen.FUNDING_INTERVAL_MS, now_ms(request), int_param(request, "startTime"), int_param(request, "endTime"), limit
     )
-    return json_response(gen.funding_rate_history(symbol, market(request).price(symbol), stamps))
+    return json_response([row for ts in stamps
+                          for row in gen.funding_rate_history(symbol, price_at(request, symbol, ts), [ts])])
+
+
+def price_at(request: web.Request, symbol: str, ts: int) -> float:
+    """The reference price at ``ts``: a history row's value depends on its own time, never on when it is
+    asked for (a warm start's history equals what a live poller got at the time)."""
+    return request.app[STATE_KEY].market.at(ts).price(symbol)
 
 
 async def open_interest_hist(request: web.Request) -> web.Response:
     symbol, period = symbol_param(request), period_param(request)
-    return json_response(gen.open_interest_hist(symbol, market(request).price(symbol), series_stamps(request, period)))
+    rows = [row for ts in series_stamps(request, period)
+            for row in gen.open_interest_hist(symbol, price_at(request, symbol, ts), [ts])]
+    return json_response(rows)
 
 
 def ratio_handler(kind: str) -> Handler:
@@ -249,8 +262,30 @@ def ratio_handler(kind: str) -> Handler:
 
 async def taker_ratio(request: web.Request) -> web.Response:
     symbol, period = symbol_param(request), period_param(request)
-    return json_response(
-        gen.taker_long_short_ratio(symbol, market(request).price(symbol), series_stamps(request, period)))
+    rows = [row for ts in series_stamps(request, period)
+            for row in gen.taker_long_short_ratio(symbol, price_at(request, symbol, ts), [ts])]
+    return json_response(rows)
+
+
+KLINE_INTERVALS_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+                      "1h": 3_600_000}
+
+
+async def mark_price_klines(request: web.Request) -> web.Response:
+    """``/fapi/v1/markPriceKlines``: OHLC of the session's mark price per interval (the warm start's
+    mark history); an interval without a mark update repeats the previous close."""
+    symbol = symbol_param(request)
+    interval = KLINE_INTERVALS_MS.get(required(request, "interval"))
+    if interval is None:
+        raise invalid("interval")
+    limit = int_param(request, "limit", 500) or 500
+    if not 1 <= limit <= 1500:
+        raise invalid("limit")
+    state = request.app[STATE_KEY]
+    stamps = gen.period_stamps(interval, now_ms(request), int_param(request, "startTime"),
+                               int_param(request, "endTime"), limit)
+    times, prices = state.market.mark_series(symbol)
+    return json_response(gen.klines(stamps, interval, times, prices, state.market.price(symbol)))
 
 
 # -- Binance spot and Coinbase ------------------------------------------------------------------
@@ -286,6 +321,7 @@ def add_market_routes(app: web.Application) -> None:
     app.router.add_get("/fapi/v1/premiumIndex", premium_index)
     app.router.add_get("/fapi/v1/openInterest", open_interest)
     app.router.add_get("/fapi/v1/fundingRate", funding_rate)
+    app.router.add_get("/fapi/v1/markPriceKlines", mark_price_klines)
     app.router.add_get("/futures/data/openInterestHist", open_interest_hist)
     app.router.add_get("/futures/data/globalLongShortAccountRatio", ratio_handler("global-account"))
     app.router.add_get("/futures/data/topLongShortPositionRatio", ratio_handler("top-position"))

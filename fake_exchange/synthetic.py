@@ -47,6 +47,9 @@ class SyntheticSpec(BaseModel):
     liquidations_per_min: float = Field(default=3.0, ge=0)
     book_levels: int = Field(default=20, ge=2)
     book_ticker: bool = True
+    # keep Binance's usual stream names (<sym>@depth@100ms, <sym>@markPrice@1s) whatever the intervals: a
+    # long session with sparse depth and marks that a producer subscribing to the usual streams receives
+    binance_stream_names: bool = False
 
 
 def format_fixed(units: int, decimals: int) -> str:
@@ -91,8 +94,9 @@ class _Generator:
         self.last_receive: dict[str, float] = {}
         self.books: dict[str, BookSnapshot] = {}
         self.start_ms = int(spec.start_time * 1000)
-        self.depth_kind = "depth@100ms" if spec.depth_interval_ms == 100 else "depth"
-        self.mark_kind = "markPrice@1s" if spec.mark_interval_s == 1 else "markPrice"
+        usual = spec.binance_stream_names
+        self.depth_kind = "depth@100ms" if spec.depth_interval_ms == 100 or usual else "depth"
+        self.mark_kind = "markPrice@1s" if spec.mark_interval_s == 1 or usual else "markPrice"
 
     # -- helpers ---------------------------------------------------------------------------------
     def qty(self, low: int = 1, high: int = 5000) -> int:

@@ -17,6 +17,7 @@ from producers.binance.producer import (
     BinanceProducer,
     ProducerConfig,
 )
+from producers.binance.warm_start import WarmStartConfig, trades_in_topics
 from producers.metrics import ProducerMetrics
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
@@ -40,6 +41,8 @@ class ProduceOptions:
     metrics_host: str = "127.0.0.1"
     exchange: str = "binance"
     bybit_ws_url: str | None = None
+    warm_start_hours: float = 0.0  # Binance: prime md.* with this many hours of history first (0: off)
+    vision_url: str = "https://data.binance.vision"
 
 
 async def run_producer(settings: Settings, options: ProduceOptions) -> int:
@@ -58,14 +61,20 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
                                                      replay_control_url=options.replay_control_url),
                                  publisher, metrics)
     else:
+        warm = None
+        history_in_topics = None
+        if options.warm_start_hours > 0:
+            warm = WarmStartConfig(hours=options.warm_start_hours, vision_url=options.vision_url,
+                                   cache_dir=paths.home / "vision", database_url=_readonly_database(settings, paths))
+            history_in_topics = trades_in_topics(bootstrap, settings.topic_prefix, publisher.serde)
         config = ProducerConfig(
             symbols=list(settings.symbols), ws_base_url=options.ws_base_url, rest_base_url=options.rest_base_url,
             replay_control_url=options.replay_control_url, spot_base_url=options.spot_base_url,
-            coinbase_base_url=options.coinbase_base_url,
+            coinbase_base_url=options.coinbase_base_url, warm_start=warm, history_in_topics=history_in_topics,
             checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json")
         producer = BinanceProducer(config, publisher, metrics)
     runner, port = await serve(build_app(metrics.registry, producer.health,
-                                         frozenset({"connected", "replay-finished"})),
+                                         frozenset({"connected", "replay-finished", "priming"})),
                                options.metrics_host, options.metrics_port)
     log.info("producer started", exchange=options.exchange, symbols=list(settings.symbols), metrics_port=port)
     stop = asyncio.Event()
@@ -81,3 +90,14 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     frames_in = producer.stream.messages_in if producer.stream is not None else 0
     print(producer.summary(ended, frames_in, producer.undelivered), flush=True)
     return 0 if publisher.healthy else 1
+
+
+def _readonly_database(settings: Settings, paths: StackPaths) -> str | None:
+    """Where a warm start may find stored history: the stack's database (read-only role), if there is one."""
+    from tapeflow_runtime.endpoints import EndpointError, resolve_database
+
+    try:
+        endpoints = resolve_database(settings, paths)
+    except EndpointError:  # no database configured or running: the exchange is the source
+        return None
+    return endpoints.readonly or endpoints.owner

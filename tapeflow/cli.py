@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import typer
 
 from backtest.cli import register as register_backtest
+from schemas.catalogue import ENGINE_INPUTS
 from tapeflow import __version__
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
@@ -82,6 +83,9 @@ def up(
         None, "--source", help="Market data: `live` (Binance) or `replay:DIR` (a recording, offline). "
         "Default: TAPEFLOW_SOURCE or live."),
     replay_speed: str | None = typer.Option(None, "--replay-speed", help="With replay: 1, 10, ... or max."),
+    input_prefix: str | None = typer.Option(
+        None, "--input-prefix", help="Rehearsal: run sink, engine and executor on the namespace NAME that "
+        "`tapeflow replay --to-prefix NAME` fills (no producer; point TAPEFLOW_BROKER at the broker holding it)."),
 ) -> None:
     """Start the stack and supervise it: broker, PostgreSQL, migrations, topics, then the sink, the signal
     engine and the paper executor, then the producer (with --source replay:DIR, a local fake exchange
@@ -91,6 +95,7 @@ def up(
 
     state.overrides.update({k: v for k, v in (("source", source), ("replay_speed", replay_speed)) if v})
     state._settings = None
+    _use_namespace(input_prefix)
     settings, paths = state.settings(), state.paths()
     resolve_policies(settings.retention)  # a retention typo fails here, in one line, before anything starts
     runner = start_detached if detach else run_foreground
@@ -197,6 +202,13 @@ def produce(
         False, "--symbols-from-recording", help="Use the symbols of the TAPEFLOW_SOURCE=replay:DIR recording."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
+    warm_start_hours: float | None = typer.Option(
+        None, "--warm-start-hours", min=0.0, max=72.0,
+        help="Binance: before streaming, publish this many hours of history into md.* (Vision archives, REST "
+             "aggTrades, OI/ratio/funding/mark history, or the database when it holds them). Default: "
+             "TAPEFLOW_WARM_START_HOURS (25) live, 0 with --replay-control-url."),
+    vision_url: str = typer.Option("https://data.binance.vision", "--vision-url",
+                                   help="Binance Vision base URL (or a mirror) for the warm start's archives."),
 ) -> None:
     """Run an exchange producer into the md.* topics (Binance: aggTrade, depth, markPrice, forceOrder, REST
     indicators; Bybit: publicTrade, orderbook.50, allLiquidation, tickers)."""
@@ -216,9 +228,14 @@ def produce(
         settings = state._settings
     if exchange not in ("binance", "bybit"):
         raise fail(f"unknown exchange {exchange!r}: expected binance or bybit", 2)
-    options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, ws_base_url=ws_url, rest_base_url=rest_url, spot_base_url=spot_url,
-                             coinbase_base_url=coinbase_url, replay_control_url=replay_control_url,
-                             metrics_port=metrics_port, metrics_host=settings.metrics_host)
+    if warm_start_hours is None:
+        warm_start_hours = 0.0 if replay_control_url else settings.warm_start_hours
+    options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, ws_base_url=ws_url, rest_base_url=rest_url,
+                             spot_base_url=spot_url, coinbase_base_url=coinbase_url,
+                             replay_control_url=replay_control_url, metrics_port=metrics_port,
+                             metrics_host=settings.metrics_host,
+                             warm_start_hours=warm_start_hours if exchange == "binance" else 0.0,
+                             vision_url=vision_url)
     raise typer.Exit(asyncio.run(run_producer(settings, options)))
 
 
@@ -268,6 +285,66 @@ def backfill_binance_vision(
 
 # --- backtest -----------------------------------------------------------------------------------
 register_backtest(app, lambda: state.settings())
+@app.command()
+def replay(
+    to_prefix: str = typer.Option(..., "--to-prefix", help="Namespace NAME: copies go to <prefix>NAME.<topic>."),
+    from_time: str = typer.Option(..., "--from", help="Start (ISO date/time, UTC, or epoch ms), by record timestamp."),
+    to_time: str = typer.Option(..., "--to", help="End, excluded (ISO date/time, UTC, or epoch ms)."),
+    topics: str = typer.Option(",".join(ENGINE_INPUTS), "--topics",
+                               help="Comma-separated md.* topics (default: the engine's inputs)."),
+    speed: str = typer.Option("max", "--speed", help="1x (as it happened), 10x, ... or max."),
+    symbols: str | None = typer.Option(None, "--symbols", help="Only these symbols (comma-separated)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Copy a time range of md.* topics into a namespace in event-time order, with progress markers, so
+    `engine|execute|sink|up --input-prefix NAME` rehearse on it; records keep their bytes and event times."""
+    import dataclasses
+    import re
+
+    from producers.topic_replay import ReplayError, TopicReplay
+    from schemas.registry import registry_from_url
+    from schemas.serde import AvroSerde
+    from tapeflow_runtime.logs import configure_logging
+
+    settings = state.settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", to_prefix):
+        raise fail(f"--to-prefix {to_prefix!r}: letters, digits, '_' and '-' only", 2)
+    factor = speed.strip().lower()
+    try:
+        pace = None if factor == "max" else float(factor.removesuffix("x"))
+        if pace is not None and pace <= 0:
+            raise ValueError
+    except ValueError:
+        raise fail(f"--speed {speed!r}: expected 1x, 10x, ... or max", 2)
+    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to")
+    show = not no_progress and sys.stderr.isatty()
+    last_shown = [0.0]
+
+    def progress(summary) -> None:
+        if show and time.monotonic() - last_shown[0] >= 0.5 and summary.last_event_ms is not None:
+            last_shown[0] = time.monotonic()
+            done = (summary.last_event_ms - summary.from_ms) / max(summary.to_ms - summary.from_ms, 1)
+            sys.stderr.write(f"\rreplay {min(max(done, 0.0), 1.0):6.1%}  {summary.records:,} records  "
+                             f"at {datetime.fromtimestamp(summary.last_event_ms / 1000, tz=UTC):%Y-%m-%d %H:%M:%S}")
+            sys.stderr.flush()
+
+    try:
+        job = TopicReplay(_bootstrap(), AvroSerde(registry_from_url(settings.schema_registry_url)),
+                          source_prefix=settings.topic_prefix, target_prefix=f"{settings.topic_prefix}{to_prefix}.",
+                          topics=topics.split(","), from_ms=int(start.timestamp() * 1000),
+                          to_ms=int(end.timestamp() * 1000), speed=pace,
+                          symbols=symbols.split(",") if symbols else None, on_progress=progress)
+        summary = job.run()
+    except ReplayError as exc:
+        raise fail(str(exc), 2)
+    if show:
+        sys.stderr.write("\n")
+    echo(orjson.dumps(dataclasses.asdict(summary)).decode() if json_out else summary.line())
+    if summary.records == 0:
+        raise fail("nothing in that range: check --from/--to (record timestamps, UTC) and --topics")
+    raise typer.Exit(0 if summary.undelivered == 0 else 1)
 
 
 # --- engine -------------------------------------------------------------------------------------
@@ -296,7 +373,10 @@ def engine(
     signal_max_age_s: float | None = typer.Option(
         None, "--signal-max-age-s", min=0.0,
         help="Keep signals evaluated more than this long ago (wall clock) off `signals`; features are still "
-             "written. Default: 60 s for a live source, unlimited for replay:DIR."),
+             "written. Default: 60 s for a live source, unlimited for replay:DIR or --input-prefix."),
+    input_prefix: str | None = typer.Option(
+        None, "--input-prefix", help="Read md.* from, and write outputs to, the namespace NAME that "
+        "`tapeflow replay --to-prefix NAME` fills (never the live topics)."),
 ) -> None:
     """Run the signal engine (Faust): md.* in, bars.1m / features / signals out, state in Faust tables.
 
@@ -306,14 +386,16 @@ def engine(
     from stream_apps.service import run_engine
     from tapeflow_runtime.logs import configure_logging
 
+    _use_namespace(input_prefix)
     settings = state.settings()
     for path in strategy or []:
         if not path.is_file():
             raise fail(f"strategy file {path} does not exist", 2)
-    if signal_max_age_s is None and settings.replay_dir is None:
+    rehearsal = settings.replay_dir is not None or bool(settings.namespace)
+    if signal_max_age_s is None and not rehearsal:
         signal_max_age_s = 60.0
     if wait_for_progress is None:
-        wait_for_progress = settings.replay_dir is not None
+        wait_for_progress = rehearsal
     configure_logging(settings.log_level, settings.log_format)
     code = asyncio.run(run_engine(
         settings, metrics_port=metrics_port, strategies=list(strategy) if strategy else None,
@@ -337,6 +419,9 @@ def execute(
     from_beginning: bool = typer.Option(False, "--from-beginning",
                                         help="A new consumer group starts at the beginning of its inputs, not "
                                              "their end (trade a replay already in the broker)."),
+    input_prefix: str | None = typer.Option(
+        None, "--input-prefix", help="Trade the signals of the namespace NAME (`tapeflow replay --to-prefix "
+        "NAME`), writing orders/fills/positions there too; paper only; starts at the namespace's beginning."),
 ) -> None:
     """Turn signals into orders: position manager, risk guard and the paper broker (or an exchange when keyed)."""
     import asyncio
@@ -346,10 +431,13 @@ def execute(
 
     if mode not in ("paper", "testnet", "live"):
         raise fail(f"unknown mode {mode!r}: expected paper, testnet or live", 2)
+    if input_prefix and mode != "paper":
+        raise fail("--input-prefix rehearses on replayed history: paper mode only", 2)
+    _use_namespace(input_prefix)
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
     options = ExecuteOptions(config_path=config, metrics_port=metrics_port, metrics_host=settings.metrics_host,
-                             start_from="earliest" if from_beginning else "latest")
+                             start_from="earliest" if from_beginning or settings.namespace else "latest")
     raise typer.Exit(asyncio.run(run_executor(settings, mode, options)))
 
 
@@ -393,6 +481,33 @@ def kill_switch(
     if code == 0:
         echo(f"kill switch {state_} published for {mode or ', '.join(MODES)}")
     raise typer.Exit(code)
+
+
+def _parse_time(text: str, flag: str) -> datetime:
+    """An ISO date/time (UTC unless it says otherwise) or epoch milliseconds."""
+    if text.strip().isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(f"{flag} {text!r} is not an ISO date/time (e.g. 2024-01-01 or 2024-01-01T12:00) "
+                   "or epoch milliseconds", 2)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def _use_namespace(name: str | None) -> None:
+    """`--input-prefix NAME`: every topic (inputs, outputs, consumer groups) moves to `<prefix>NAME.`,
+    where `tapeflow replay --to-prefix NAME` copied the history; nothing is read from or written to the
+    live topics."""
+    if not name:
+        return
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise fail(f"--input-prefix {name!r}: letters, digits, '_' and '-' only", 2)
+    base = state.settings().topic_prefix
+    state.overrides.update(topic_prefix=f"{base}{name}.", namespace=name)
+    state._settings = None
 
 
 # --- topics --------------------------------------------------------------------------------------
@@ -641,21 +756,12 @@ def db_audit(
 
     Exit code 0 when the range is clean, 1 when it found problems (gaps, duplicates, ...).
     """
-    from datetime import datetime
-
     import psycopg
 
     from sinks.audit import audit, render
     from tapeflow_runtime.endpoints import resolve_database
 
-    def parse(text: str, flag: str) -> datetime:
-        try:
-            t = datetime.fromisoformat(text)
-        except ValueError:
-            raise fail(f"{flag} {text!r} is not an ISO date/time (e.g. 2024-01-01 or 2024-01-01T12:00)", 2)
-        return t.replace(tzinfo=UTC) if t.tzinfo is None else t
-
-    start, end = parse(from_time, "--from"), parse(to_time, "--to")
+    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to")
     if end <= start:
         raise fail(f"--to {to_time} is not after --from {from_time}", 2)
     endpoints = resolve_database(state.settings(), state.paths())
@@ -673,6 +779,9 @@ def sink(
     topics: str | None = typer.Option(None, "--topics", help="Comma-separated catalogue topics (default: all)."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
+    input_prefix: str | None = typer.Option(
+        None, "--input-prefix", help="Store the namespace NAME's topics (`tapeflow replay --to-prefix NAME`); "
+        "rows go to the configured database, so point TAPEFLOW_DATABASE_URL at a rehearsal database."),
 ) -> None:
     """Copy topics into PostgreSQL/TimescaleDB: batched COPY, idempotent on natural keys, offsets after commit."""
     import asyncio
@@ -681,6 +790,7 @@ def sink(
     from sinks.tables import sinkable_topics
     from tapeflow_runtime.logs import configure_logging
 
+    _use_namespace(input_prefix)
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
     chosen = [t.strip() for t in topics.split(",") if t.strip()] if topics else None

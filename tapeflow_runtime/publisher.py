@@ -94,6 +94,11 @@ class Publisher:
         value = self.serde.encode(topic, record)
         self._produce(self.prefix + topic, key.encode(), value, receive_time_ms, 0, on_delivered)
 
+    def publish_encoded(self, topic: str, key: bytes | None, value: bytes, timestamp_ms: int = 0) -> None:
+        """Produce an already encoded record of catalogue topic `topic` (a copy), keeping its original
+        timestamp (`timestamp_ms`; 0 = now), so a later search by timestamp finds it where it was."""
+        self._produce(self.prefix + topic, key, value, None, 0, timestamp_ms=timestamp_ms)
+
     def dead_letter(self, dlq: str, source: str, raw: bytes, error: str, stage: str,
                     key: bytes | None = None) -> None:
         """Send an unusable input to the dead-letter topic `dlq` with its raw bytes and why.
@@ -111,13 +116,14 @@ class Publisher:
         self._acked[topic] = self._acked.get(topic, 0) + 1
 
     def _failed_one(self, err: KafkaError, topic: str, key: bytes | None, value: bytes,
-                    receive_time_ms: int | None, attempt: int, on_delivered: Callable[[], None] | None) -> None:
+                    receive_time_ms: int | None, attempt: int, on_delivered: Callable[[], None] | None,
+                    timestamp_ms: int = 0) -> None:
         self.metrics.delivery_errors.labels(topic).inc()
         if attempt + 1 < MAX_REDELIVERIES and not err.fatal():
             # never produce from inside a delivery callback (librdkafka's call state forbids it):
             # queue it and produce again from the next poll/flush
             log.warning("delivery failed, producing again", topic=topic, error=err.str(), attempt=attempt + 1)
-            self._retry.append((topic, key, value, receive_time_ms, attempt + 1, on_delivered))
+            self._retry.append((topic, key, value, receive_time_ms, attempt + 1, on_delivered, timestamp_ms))
         else:
             log.error("delivery failed for good", topic=topic, error=err.str(), attempts=attempt + 1)
             self.failed.append((topic, key, err.str()))
@@ -132,19 +138,19 @@ class Publisher:
             self._failed_one(err, msg.topic(), msg.key(), msg.value(), None, 0, None)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, receive_time_ms: int | None,
-                 attempt: int, on_delivered: Callable[[], None] | None = None) -> None:
+                 attempt: int, on_delivered: Callable[[], None] | None = None, timestamp_ms: int = 0) -> None:
         if receive_time_ms is not None:
             self._sample += 1
             if self._sample < LATENCY_SAMPLE:
                 receive_time_ms = None  # not this one's latency
             else:
                 self._sample = 0
-        if attempt == 0 and on_delivered is None and receive_time_ms is None:
+        if attempt == 0 and on_delivered is None and receive_time_ms is None and not timestamp_ms:
             on_delivery = self._plain_delivery
         else:
             def on_delivery(err: KafkaError | None, msg) -> None:
                 if err is not None:
-                    self._failed_one(err, topic, key, value, receive_time_ms, attempt, on_delivered)
+                    self._failed_one(err, topic, key, value, receive_time_ms, attempt, on_delivered, timestamp_ms)
                     return
                 self._acked_one(topic)
                 if self._tracked and topic in self._tracked:
@@ -159,7 +165,7 @@ class Publisher:
             self.produced_count[k] = self.produced_count.get(k, 0) + 1
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery, timestamp=timestamp_ms)
                 break
             except BufferError:  # local queue full: serve callbacks until there is room (back-pressure)
                 self._producer.poll(0.05)

@@ -115,10 +115,17 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(
         default="", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix for every topic (shared clusters, tests)."
     )
+    namespace: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_-]*$",
+        description="Rehearsal namespace (`--input-prefix NAME`): topic_prefix already ends in `NAME.`; "
+                    "services read history `tapeflow replay` copied there, never live topics.")
     exchange: Literal["binance"] = "binance"
     source: str = Field(
         default="live", description="Market data: `live` (the exchange) or `replay:DIR` (a recording, offline).")
     replay_speed: str = Field(default="1", description="Replay speed: 1 (real time), 10, ... or max.")
+    warm_start_hours: float = Field(
+        default=25.0, ge=0, le=72, description="A live producer first primes md.* with this many hours of history "
+        "(Binance Vision, REST, or the database) so a new engine group has its 24 h windows at once; 0 = off.")
     metrics_host: str = Field(default="127.0.0.1", description="Where service /metrics and /health listen.")
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -12,7 +12,7 @@ replay (`ReplayClock`):
 - repairs and polls are lockstep: the stream reads no further frame while one runs (`hold`), and
   REST requests name the clock (`X-Tapeflow-As-Of`), so the fake exchange answers as of the frame
   the producer is at, however far ahead its replay has run;
-- every second of event time each key gets a progress marker (`tapeflow_runtime.progress`) with
+- every 5 seconds of event time each key gets a progress marker (`tapeflow_runtime.progress`) with
   watermark = clock − `disorder_ms`: the exchange's own disorder (a trade stamped a little before a
   depth update that was sent earlier) is bounded by that; a record published at or below a
   watermark already promised is counted (`violations`), never dropped.
@@ -36,20 +36,21 @@ from tapeflow_runtime.publisher import Publisher
 log = structlog.get_logger("producer.replay")
 
 AS_OF_HEADER = "X-Tapeflow-As-Of"
-MARKER_INTERVAL_MS = 1_000
+MARKER_INTERVAL_MS = 5_000  # each marker is one engine step: fewer, larger steps cost less
 
 
 class ReplayClock:
     """Event-time clock, due-work ticks and progress markers of one replaying producer."""
 
     def __init__(self, publisher: Publisher, keys: Iterable[str], *, book_interval_ms: int, poll_interval_ms: int,
-                 disorder_ms: int = 2_000, source: str = "producer-replay") -> None:
+                 disorder_ms: int = 2_000, source: str = "producer-replay",
+                 markers: ProgressMarkers | None = None) -> None:
         self.keys = list(keys)
         self.book_interval_ms = book_interval_ms
         self.poll_interval_ms = poll_interval_ms
         self.disorder_ms = disorder_ms
         self.clock_ms: int | None = None
-        self.markers = ProgressMarkers(publisher, source, ENGINE_INPUTS)
+        self.markers = markers or ProgressMarkers(publisher, source, ENGINE_INPUTS)  # shared with a warm start
         self.violations = 0
         self._promised: dict[str, int] = {}  # key -> watermark of its last marker
         self._ticks: dict[str, int] = {}

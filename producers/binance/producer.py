@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,13 @@ from producers.binance.parse import (
 )
 from producers.binance.pollers import IndicatorPoller
 from producers.binance.rest import RestClient, RestRejected, RestUnavailable
+from producers.binance.warm_start import WarmStart, WarmStartConfig
 from producers.binance.ws_stream import BinanceStreamConfig
 from producers.metrics import ProducerMetrics
+from schemas.catalogue import ENGINE_INPUTS
 from schemas.errors import SchemaValidationError
 from tapeflow_runtime.files import atomic_write_text
+from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher
 
 log = structlog.get_logger("producer.binance")
@@ -69,6 +73,9 @@ class ProducerConfig:
     # speed; False keeps the live timers (tests of live behaviour against the fake exchange)
     replay_clock: bool = True
     replay_disorder_ms: int = 2_000  # a replay's progress watermark trails its clock by this (ReplayClock)
+    warm_start: WarmStartConfig | None = None  # prime md.* with the last hours before streaming (warm_start)
+    # (symbol, since ms) -> md.trades already holds the symbol from then on (a warm start has nothing to do)
+    history_in_topics: Callable[[str, int], bool] | None = None
     stream_config: dict[str, Any] = field(default_factory=dict)
 
     def streams(self) -> list[str]:
@@ -95,11 +102,18 @@ class BinanceProducer(VenueProducer):
         self._rest: RestClient | None = None
         self.poller: IndicatorPoller | None = None
         self.replay: ReplayClock | None = None
-        if config.replay_control_url is not None and config.replay_clock:
+        self.warm_start: WarmStart | None = None
+        replaying = config.replay_control_url is not None and config.replay_clock
+        markers = None
+        if replaying or config.warm_start is not None:  # one marker sequence per key, warm start then replay
+            markers = ProgressMarkers(publisher, "warm-start" if config.warm_start else "producer-replay",
+                                      ENGINE_INPUTS)
+        if replaying:
             self.replay = ReplayClock(publisher, [self._key(s) for s in config.symbols],
                                       book_interval_ms=config.book_interval_ms,
                                       poll_interval_ms=round(config.poll_interval_s * 1000),
-                                      disorder_ms=config.replay_disorder_ms)
+                                      disorder_ms=config.replay_disorder_ms, markers=markers)
+        self._markers = markers
         self._load_checkpoint()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -111,6 +125,10 @@ class BinanceProducer(VenueProducer):
         async with aiohttp.ClientSession() as session:
             self._rest = RestClient(session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s,
                                     headers=headers)
+            if self.config.warm_start is not None and self._markers is not None:
+                await self._warm_start(session, self._markers)
+                if stop.is_set():
+                    return "stopped"
             self.stream = stream = CombinedStream(
                 BinanceStreamConfig(self.config.ws_base_url, self.config.streams(),
                                     replay_end=self.config.replay_control_url is not None,
@@ -167,6 +185,27 @@ class BinanceProducer(VenueProducer):
             self._bad_frame(raw, str(exc), stream=kind)
         if self.replay is not None:
             self.replay.advance(data.get("E"), self._publish_changed_books, self._poll_now)
+
+    # --- warm start ------------------------------------------------------------------------------------
+    async def _warm_start(self, session: aiohttp.ClientSession, markers: ProgressMarkers) -> None:
+        """History first (`warm_start`); the live stream then continues each symbol from its last agg id."""
+        assert self.config.warm_start is not None
+        rest = RestClient(session, self.metrics, give_up_after_s=120.0)
+        self.warm_start = WarmStart(self.config.warm_start, rest, self.config.rest_base_url, self.publisher,
+                                    markers, self.config.symbols,
+                                    in_topics=self.config.history_in_topics or (lambda symbol, since: False))
+        self.status.set("priming", self.warm_start.describe())
+        task = asyncio.create_task(self.warm_start.run(final_markers=self.replay is None))
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            self.status.set("priming", self.warm_start.describe())
+        for symbol, agg_id in task.result().items():
+            seq = self.sequencers[symbol]
+            if seq.last_id is None or agg_id > seq.last_id:
+                seq.last_id = agg_id
+                self.delivered_agg_id[symbol] = agg_id
+        self._save_checkpoint()
+        self.status.set("starting", self.warm_start.describe())
 
     # --- replay: the recording's clock, lockstep repairs ----------------------------------------------
     def _hold(self):
@@ -300,7 +339,8 @@ class BinanceProducer(VenueProducer):
         self._save_checkpoint()
 
     def _connected_detail(self) -> str:
-        return f"connected: {len(self.config.streams())} streams, {len(self.config.symbols)} symbols"
+        primed = f"; {self.warm_start.describe()}" if self.warm_start is not None else ""
+        return f"connected: {len(self.config.streams())} streams, {len(self.config.symbols)} symbols{primed}"
 
     def _health_extra(self) -> dict:
         return {"gaps_open": sum(s.gap is not None for s in self.sequencers.values())}

@@ -36,10 +36,12 @@ class SnapshotError(ValueError):
 class KeyedEngine:
     """An ``Engine`` that only ever sees one key's inputs, and the offsets it has applied."""
 
-    def __init__(self, key: str, engine: Engine, applied: dict[str, int] | None = None) -> None:
+    def __init__(self, key: str, engine: Engine, applied: dict[str, int] | None = None,
+                 progress_finished: bool = False) -> None:
         self.key = key
         self.engine = engine
         self.applied: dict[str, int] = dict(applied or {})  # catalogue topic -> highest offset applied
+        self.progress_finished = progress_finished  # the key's progress source sent its final marker
 
     @classmethod
     def new(cls, key: str, strategies: Sequence[StrategyConfig], params: EngineParams) -> KeyedEngine:
@@ -59,7 +61,7 @@ class KeyedEngine:
     # ------------------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         data: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "key": self.key, "applied": self.applied,
-                                "engine": self.engine.to_dict()}
+                                "progress_finished": self.progress_finished, "engine": self.engine.to_dict()}
         return zlib.compress(orjson.dumps(data), 1)
 
     @classmethod
@@ -74,4 +76,5 @@ class KeyedEngine:
             raise SnapshotError(f"engine snapshot format {data.get('format')!r}, expected {SNAPSHOT_FORMAT}")
         engine = Engine.from_dict(data["engine"], strategies)
         engine.params = params
-        return cls(data["key"], engine, {k: int(v) for k, v in data["applied"].items()})
+        return cls(data["key"], engine, {k: int(v) for k, v in data["applied"].items()},
+                   bool(data.get("progress_finished", False)))

@@ -11,8 +11,8 @@ its own offsets and its state comes back from the table's changelog instead.
 Kafka's record timestamps are the producers' create times (wall clock at publication), so "the last
 25 h" means records published in the last 25 h, whatever event time they describe; they grow with
 the offset in a partition (one producer per partition writes in order), which the search below
-relies on. The broker's ``offsets_for_times`` answer is checked against the records themselves and
-replaced by a binary search over record timestamps when wrong: Tansu answers 0 for every query.
+relies on. The offsets come from ``tapeflow_runtime.offsets`` (the broker's ``offsets_for_times``
+answer checked against the records: Tansu answers 0 for every query).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, TopicPartition
 
 from tapeflow_runtime.kafka_client import consumer_config
+from tapeflow_runtime.offsets import offsets_at_or_after
 
 
 def prime_group_offsets(bootstrap: str, group: str, topics: Iterable[str], since_ms: int,
@@ -38,59 +39,9 @@ def prime_group_offsets(bootstrap: str, group: str, topics: Iterable[str], since
         fresh = [TopicPartition(tp.topic, tp.partition, since_ms) for tp in committed if tp.offset < 0]
         if not fresh:
             return {}
-        answers = consumer.offsets_for_times(fresh, timeout=timeout)
-        reader = Consumer(consumer_config(bootstrap))
-        try:
-            to_commit = [TopicPartition(tp.topic, tp.partition,
-                                        _first_at_or_after(reader, tp, since_ms, tp.offset, timeout))
-                         for tp in answers]
-        finally:
-            reader.close()
+        starts = offsets_at_or_after(bootstrap, [(tp.topic, tp.partition) for tp in fresh], since_ms, timeout)
+        to_commit = [TopicPartition(topic, partition, offset) for (topic, partition), offset in starts.items()]
         consumer.commit(offsets=to_commit, asynchronous=False)
         return {(tp.topic, tp.partition): tp.offset for tp in to_commit}
     finally:
         consumer.close()
-
-
-def _first_at_or_after(reader: Consumer, tp: TopicPartition, since_ms: int, answer: int, timeout: float) -> int:
-    low, high = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
-    if high <= low:
-        return high
-    if answer < 0:  # the broker says: nothing that recent
-        answer = high
-    if low <= answer <= high and _is_first(reader, tp, since_ms, answer, low, timeout):
-        return answer
-    while low < high:  # first offset whose timestamp is >= since_ms (timestamps grow with offsets)
-        middle = (low + high) // 2
-        stamp = _timestamp_at(reader, tp, middle, timeout)
-        if stamp is None or stamp >= since_ms:
-            high = middle
-        else:
-            low = middle + 1
-    return low
-
-
-def _is_first(reader: Consumer, tp: TopicPartition, since_ms: int, offset: int, low: int, timeout: float) -> bool:
-    at = _timestamp_at(reader, tp, offset, timeout)
-    if at is not None and at < since_ms:
-        return False
-    if offset == low:
-        return True
-    before = _timestamp_at(reader, tp, offset - 1, timeout)
-    return before is not None and before < since_ms
-
-
-def _timestamp_at(reader: Consumer, tp: TopicPartition, offset: int, timeout: float) -> int | None:
-    """Timestamp of the record at ``offset`` (None: no record there, e.g. at or past the end)."""
-    reader.assign([TopicPartition(tp.topic, tp.partition, offset)])
-    deadline_polls = max(int(timeout / 0.2), 1)
-    for _ in range(deadline_polls):
-        message = reader.poll(0.2)
-        if message is None:
-            if _ > 5:  # a second of nothing: the offset is past the end
-                return None
-            continue
-        if message.error() or message.offset() < offset:
-            continue
-        return message.timestamp()[1] if message.offset() == offset else None
-    return None

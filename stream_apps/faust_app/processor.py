@@ -12,7 +12,10 @@ either already holds (skipped by offset) or has not seen (applied once).
 
 Progress markers (``md.progress``, see ``progress``): a key whose source publishes them is released
 marker by marker instead of by the caught-up rule, each marker once every partition it names has been
-read up to its offsets; markers are acknowledged as soon as they are read.
+read up to its offsets. A marker counts as an input of its key: acknowledged with the snapshot that
+holds its effect, skipped when redelivered, so a restart re-reads exactly the markers it has not
+applied. At most ``MARKERS_PER_STEP`` markers of a key are applied per call (the rest on the next
+fetch or tick, in the same order), so a fetch of thousands of markers does not block the worker.
 
 Per key and input topic three offsets matter: ``seen`` (accepted into the aligner or the engine),
 ``applied`` (inside the engine state) and ``durable`` (inside the last snapshot written). A record at
@@ -44,6 +47,7 @@ from .outputs import OutputEncoder, OutRecord
 log = structlog.get_logger("engine")
 CaughtUp = Callable[[str, int], bool]  # (full topic, partition) -> read to the end?
 StartOffset = Callable[[str, int], int | None]  # (full topic, partition) -> where this assignment began
+MARKERS_PER_STEP = 200
 
 
 @dataclass
@@ -173,15 +177,16 @@ class EngineProcessor:
         effects = Effects()
         now = self.monotonic()
         for key, owned in self.owned.items():
+            if self.progress.marked(key):
+                if self.progress.queued(key):
+                    self._release(key, caught_up, effects, force=False)  # markers left from the last step
+                if not self.aligner.held(key) or not self.progress.timed_out(key):
+                    continue  # its source's markers decide; forced release would break their order
+                self.metrics.progress_timeouts.inc()
+                log.warning("no progress marker for %s in %.0f s: its source went quiet; releasing its "
+                            "inputs by the caught-up rule", key, self.progress.timeout_s)
             if not self.aligner.held(key):
                 continue
-            if self.progress.marked(key):
-                if self.progress.timed_out(key):
-                    self.metrics.progress_timeouts.inc()
-                    log.warning("no progress marker for %s in %.0f s: its source went quiet; releasing its "
-                                "inputs by the caught-up rule", key, self.progress.timeout_s)
-                else:
-                    continue  # its source's markers decide; forced release would break their order
             self._release(key, caught_up, effects, force=False)
             if not self.aligner.held(key) or owned.holding_since is None:
                 continue
@@ -226,6 +231,7 @@ class EngineProcessor:
                          engine.engine.clock_ms, engine.applied)
             owned = self.owned[key] = _Owned(engine, partition, dict(engine.applied), dict(engine.applied),
                                              last_snapshot=self.monotonic())
+            self.progress.restored(key, engine.progress_finished)
             self.metrics.symbols.set(len(self.owned))
         return owned
 
@@ -237,19 +243,24 @@ class EngineProcessor:
         # acknowledged with the next snapshot; those above ``applied`` are still held in the aligner
 
     def _read_markers(self, topic: str, partition: int, batch: Sequence[RawRecord], effects: Effects) -> set[str]:
-        """Queue the markers of one md.progress batch (acknowledged at once); returns their keys."""
+        """Queue the markers of one md.progress batch; returns their keys. A marker already applied (a
+        redelivery) is skipped like any input; the others are acknowledged once applied and snapshotted."""
         keys = set()
         for record in batch:
             try:
-                key, marker = marker_from_record(self.serde.decode(record.value))
+                key, marker = marker_from_record(self.serde.decode(record.value), record.offset)
             except Exception as exc:  # noqa: BLE001 - an unreadable marker is dropped, loudly
                 log.error("unreadable progress marker at %s[%d]@%d: %s", topic, partition, record.offset, exc)
+                effects.ack(topic, partition, [record.offset])
                 continue
-            self._owned(key, partition)
+            owned = self._owned(key, partition)
+            if record.offset <= owned.seen.get(PROGRESS_TOPIC, -1):
+                self._skip(owned, topic, PROGRESS_TOPIC, [record.offset], effects)
+                continue
+            owned.seen[PROGRESS_TOPIC] = record.offset
             self.progress.add(key, marker)
             keys.add(key)
         self.metrics.records_in.labels(PROGRESS_TOPIC).inc(len(batch))
-        effects.ack(topic, partition, [r.offset for r in batch])
         return keys
 
     def _covered(self, marker: Marker, partition: int) -> bool:
@@ -265,14 +276,20 @@ class EngineProcessor:
         owned = self.owned[key]
         if not force and self.progress.marked(key):
             # marker by marker, each as one step of the engine: the same steps at any speed
-            while (marker := self.progress.next_covered(key, lambda m: self._covered(m, owned.partition))):
+            for _ in range(MARKERS_PER_STEP):
+                marker = self.progress.next_covered(key, lambda m: self._covered(m, owned.partition))
+                if marker is None:
+                    return
                 self.metrics.progress_markers.inc()
                 watermark = EVERYTHING if marker.final else marker.watermark
-                self._process(key, owned, self.aligner.release(key, watermark, marker.bounds), effects)
+                released = self.aligner.release(key, watermark, marker.bounds)
+                released.offsets[PROGRESS_TOPIC] = [marker.offset]  # acknowledged with the snapshot
+                owned.engine.progress_finished = marker.final
+                self._process(key, owned, released, effects)
                 if not self.progress.marked(key):  # its source's final marker: the unmarked rule from here
                     break
             else:
-                return
+                return  # the rest of the key's markers on the next fetch or tick
         if force:
             watermark = EVERYTHING
         else:
@@ -282,7 +299,7 @@ class EngineProcessor:
 
     def _process(self, key: str, owned: _Owned, released: Released, effects: Effects) -> None:
         now = self.monotonic()
-        if released:
+        if released or released.offsets:
             out = owned.engine.process(released.trades.batch() if released.trades is not None else None,
                                        released.events, released.offsets)
             for name, offsets in released.offsets.items():

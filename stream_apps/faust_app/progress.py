@@ -32,14 +32,15 @@ class Marker:
     bounds: dict[str, int]  # catalogue topic -> highest offset the marker covers
     final: bool
     sequence: int
+    offset: int = -1  # where it is in md.progress (acknowledged with the snapshot that holds its effect)
 
 
-def marker_from_record(record: Mapping[str, Any]) -> tuple[str, Marker]:
+def marker_from_record(record: Mapping[str, Any], offset: int = -1) -> tuple[str, Marker]:
     """(exchange:symbol, Marker) of a decoded md.progress record."""
     key = f"{record['exchange']}:{record['symbol']}"
     return key, Marker(str(record["source"]), int(record["watermark_ms"]),
                        {str(t): int(o) for t, o in record["offsets"].items()}, bool(record["final"]),
-                       int(record["sequence"]))
+                       int(record["sequence"]), offset)
 
 
 @dataclass
@@ -65,6 +66,11 @@ class ProgressBook:
         if state is None:
             state = self._keys[key] = KeyProgress(self.wait_for_progress, self.monotonic())
         return state
+
+    def restored(self, key: str, finished: bool) -> None:
+        """A key restored from a snapshot whose source had already sent its final marker: nothing to wait for."""
+        if finished:
+            self._state(key).marked = False
 
     def marked(self, key: str) -> bool:
         return self._state(key).marked
@@ -96,6 +102,10 @@ class ProgressBook:
         state.queue.clear()
         self.timeouts += 1
         return True
+
+    def queued(self, key: str) -> int:
+        state = self._keys.get(key)
+        return len(state.queue) if state is not None else 0
 
     def waiting(self) -> dict[str, int]:
         """Marked keys and how many markers each has queued (for /health)."""

@@ -129,7 +129,7 @@ class ExecutorService(HttpHealthService):
     def prepare(self) -> Launch:
         port = free_port(HOST)
         argv = [sys.executable, "-m", "tapeflow", "execute", "--mode", "paper", "--metrics-port", str(port)]
-        if self.settings.replay_dir is not None:
+        if self.settings.replay_dir is not None or self.settings.namespace:
             argv += ["--executor-config", str(self.replay_config())]
         return Launch(argv=argv, address=f"{HOST}:{port}")
 
@@ -159,12 +159,17 @@ class EngineService(HttpHealthService):
         port = free_port(HOST)
         argv = [sys.executable, "-m", "tapeflow", "engine", "--metrics-port", str(port)]
         # a replay needs no lateness allowance: the replay's producer publishes progress markers and the
-        # engine (`--wait-for-progress`, the default for a replay source) releases its inputs by them
+        # engine (`--wait-for-progress`, the default for a replay source) releases its inputs by them;
+        # live, a new group waits for the producer's warm start the same way (its history comes first)
+        if self.settings.replay_dir is None and not self.settings.namespace and self.settings.warm_start_hours > 0:
+            argv.append("--wait-for-progress")
         return Launch(argv=argv, address=f"{HOST}:{port}")
 
 
 def app_services(settings, paths) -> list[Service]:
     consumers = [SinkService(settings, paths), EngineService(settings, paths), ExecutorService(settings, paths)]
+    if settings.namespace:  # a rehearsal: `tapeflow replay --to-prefix` supplies the data, no producer
+        return consumers
     if settings.replay_dir is not None:
         fake = FakeExchangeService(settings, paths)
         return consumers + [fake, ProducerService(settings, paths, fake)]

@@ -371,7 +371,8 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
 def child_env(settings: Settings, paths: StackPaths) -> dict[str, str]:
     """Environment for processes we spawn: same settings sources, including a `--config` file."""
     env = {**os.environ, "TAPEFLOW_HOME": str(paths.home), "TAPEFLOW_SOURCE": settings.source,
-           "TAPEFLOW_REPLAY_SPEED": settings.replay_speed}
+           "TAPEFLOW_REPLAY_SPEED": settings.replay_speed, "TAPEFLOW_TOPIC_PREFIX": settings.topic_prefix,
+           "TAPEFLOW_NAMESPACE": settings.namespace}
     if settings.config_file:
         env["TAPEFLOW_CONFIG"] = os.path.abspath(settings.config_file)
     return env

@@ -578,3 +578,79 @@ async def test_module_entry_point_serves_and_exits_on_sigterm(http):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# -- history for warm starts: Vision archives, REST history, as-of answers ---------------------------
+async def test_history_is_served_by_vision_and_rest_but_not_replayed(make_exchange, http):
+    import hashlib
+    import io
+    import zipfile
+
+    session = generate_session(seed=4, symbols=("BTCUSDT",), duration_s=2 * 86_400 + 600, trades_per_s=0.02,
+                               depth_interval_ms=60_000, start_time=1_699_920_000.0)  # 2023-11-14 00:00 UTC
+    trades = [f.payload for f in session.frames if f.event == "aggTrade"]
+    history_s = 2 * 86_400 + 300  # the replay begins on day 3, five minutes in
+    exchange = await make_exchange(session=session, start="manual", history_s=history_s,
+                                   aggtrades_visibility="replayed", rest_clock="recording")
+    base = f"{exchange.rest_url}/data/futures/um/daily/aggTrades/BTCUSDT/"
+    day1 = [t for t in trades if t["T"] < 1_699_920_000_000 + 86_400_000]
+    async with http.get(base + "BTCUSDT-aggTrades-2023-11-14.zip") as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    async with http.get(base + "BTCUSDT-aggTrades-2023-11-14.zip.CHECKSUM") as resp:
+        digest, name = (await resp.text()).split()
+    assert digest == hashlib.sha256(body).hexdigest() and name == "BTCUSDT-aggTrades-2023-11-14.zip"
+    rows = zipfile.ZipFile(io.BytesIO(body)).read("BTCUSDT-aggTrades-2023-11-14.csv").decode().splitlines()
+    assert rows[0] == "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [t["a"] for t in day1]
+    async with http.get(base + "BTCUSDT-aggTrades-2023-11-16.zip") as resp:
+        assert resp.status == 404  # today: not published before the day is over
+    # REST pages the history up to "now" (the replay's start), nothing after it
+    status, _, page = await get_json(http, f"{exchange.rest_url}/fapi/v1/aggTrades", symbol="BTCUSDT",
+                                     fromId=day1[-1]["a"] + 1, limit=1000)
+    cut = session.frames[0].receive_time + history_s
+    seen = [f.payload["a"] for f in session.frames if f.event == "aggTrade" and f.receive_time < cut]
+    assert status == 200 and [r["a"] for r in page] == seen[len(day1):][:1000]
+    status, _, tail = await get_json(http, f"{exchange.rest_url}/fapi/v1/aggTrades", symbol="BTCUSDT",
+                                     fromId=seen[-1], limit=1000)
+    assert [r["a"] for r in tail] == [seen[-1]]  # the next trade is not visible before it is replayed
+    # the history endpoints end at "now" too, and their rows do not depend on when they are asked
+    now = int(session.frames[next(i for i, f in enumerate(session.frames) if f.receive_time >= cut) - 1]
+              .receive_time * 1000)
+    status, _, hist = await get_json(http, f"{exchange.rest_url}/futures/data/openInterestHist", symbol="BTCUSDT",
+                                     period="5m", startTime=now - 3_600_000, limit=500)
+    assert status == 200 and len(hist) == 12 and hist[-1]["timestamp"] <= now
+    status, _, klines = await get_json(http, f"{exchange.rest_url}/fapi/v1/markPriceKlines", symbol="BTCUSDT",
+                                       interval="1m", startTime=now - 600_000, limit=1500)
+    marks = [f.payload for f in session.frames if f.event == "markPriceUpdate"]
+    assert status == 200 and len(klines) == 10 and klines[-1][0] <= now
+    first = next(m for m in marks if m["E"] >= klines[0][0])
+    assert klines[0][1] == first["p"]  # the open is the interval's first mark price
+    exchange.start_replay()
+    await exchange.wait_finished(30)
+    status, _, later = await get_json(http, f"{exchange.rest_url}/futures/data/openInterestHist", symbol="BTCUSDT",
+                                      period="5m", startTime=now - 3_600_000, limit=12)
+    assert later == hist
+
+
+async def test_rest_answers_as_of_a_clients_clock(make_exchange, http):
+    session = generate_session(seed=6, symbols=("BTCUSDT",), duration_s=120)
+    mid = session.frames[len(session.frames) // 2]
+    as_of = {"X-Tapeflow-As-Of": str(mid.payload["E"])}
+    exchange = await make_exchange(session=session, start="manual")
+
+    async def ask(path, **params):
+        async with http.get(f"{exchange.rest_url}{path}", params=params, headers=as_of) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    before = [await ask("/fapi/v1/depth", symbol="BTCUSDT", limit=1000), await ask("/fapi/v1/premiumIndex",
+              symbol="BTCUSDT"), await ask("/fapi/v1/time")]
+    exchange.start_replay()
+    await exchange.wait_finished(30)
+    after = [await ask("/fapi/v1/depth", symbol="BTCUSDT", limit=1000), await ask("/fapi/v1/premiumIndex",
+             symbol="BTCUSDT"), await ask("/fapi/v1/time")]
+    assert before == after  # the same answers before and after the replay ran past that time
+    depth = before[0][1]
+    diffs = [f.payload for f in session.frames if f.event == "depthUpdate" and f.payload["E"] <= mid.payload["E"]]
+    assert depth["lastUpdateId"] == diffs[-1]["u"]  # the book after the last diff at or before the clock
+    assert before[2][1]["serverTime"] == mid.payload["E"]

@@ -1,0 +1,251 @@
+"""`tapeflow replay`: copy a time range of `md.*` topics into a namespace, in event-time order, with
+progress markers, at 1x, 10x or full speed, for rehearsals on real history.
+
+What it does, per run:
+1. For every partition of the chosen topics, the first offset whose record timestamp is at or after
+   `--from` (`tapeflow_runtime.offsets`: Kafka's answer checked against the records, Tansu-proof).
+2. One consumer reads all of them from there; a partition is done at its first record stamped at or
+   after `--to`, or at its end.
+3. The records are merged by event time (the field the engine orders each topic by) and produced
+   unchanged (same key, same bytes, same record timestamp, so the event times inside are kept) into
+   `<prefix><NAME>.<topic>`. A partition mixes keys and sources, so its times are only nearly
+   ordered: a record is released once every partition still being read has reached `slack_ms` past
+   it (a bounded-disorder merge, `slack_ms` = 5 s by default); one arriving later than that is
+   still copied and counted (`late`).
+4. Every 5 seconds of event time each key gets an `md.progress` marker: everything of the key up to
+   the merge's watermark has been copied, at or below these offsets. An engine reading the namespace
+   (`--input-prefix NAME`) releases its inputs marker by marker, so it computes exactly what it
+   would on the same records in event-time order, whatever the speed. Final markers end the run.
+5. `speed` paces the copy on event time (1x: as it happened; `None`: as fast as possible).
+
+Memory stays bounded: a partition running more than `max_ahead_ms` of event time ahead of the
+merge is paused until the others catch up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from schemas.catalogue import ENGINE_INPUT_TIME, ENGINE_INPUTS, TOPICS
+from schemas.serde import AvroSerde
+from tapeflow_runtime.errors import TapeflowError
+from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.offsets import offsets_at_or_after
+from tapeflow_runtime.progress import ProgressMarkers
+from tapeflow_runtime.publisher import Publisher, PublishMetrics
+
+log = structlog.get_logger("replay")
+
+SOURCE = "topic-replay"
+MARKER_INTERVAL_MS = 5_000
+TIME_FIELDS = {**ENGINE_INPUT_TIME, "md.depth": "event_time", "md.gaps": "detected_time"}
+
+
+class ReplayError(TapeflowError):
+    """A replay that cannot run (unknown topic, empty range, bad namespace)."""
+
+
+@dataclass
+class ReplaySummary:
+    from_ms: int
+    to_ms: int
+    copied: dict[str, int] = field(default_factory=dict)  # catalogue topic -> records copied
+    skipped_symbols: int = 0
+    late: int = 0
+    markers: int = 0
+    first_event_ms: int | None = None
+    last_event_ms: int | None = None
+    elapsed_s: float = 0.0
+    undelivered: int = 0
+
+    @property
+    def records(self) -> int:
+        return sum(self.copied.values())
+
+    def line(self) -> str:
+        rate = self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        topics = ", ".join(f"{t} {n}" for t, n in sorted(self.copied.items()))
+        return (f"replayed {self.records} records ({topics}) in {self.elapsed_s:.1f} s ({rate:,.0f} records/s), "
+                f"{self.markers} progress markers, {self.late} late, {self.undelivered} undelivered")
+
+
+@dataclass(order=True)
+class _Item:
+    time_ms: int
+    order: int  # topic order, then offset: a stable order for equal times
+    offset: int
+    topic: str = field(compare=False)
+    key: bytes | None = field(compare=False)
+    value: bytes = field(compare=False)
+    timestamp_ms: int = field(compare=False)
+
+
+def validate_topics(topics: Iterable[str]) -> list[str]:
+    chosen = [t.strip() for t in topics if t.strip()]
+    unknown = [t for t in chosen if t not in TIME_FIELDS or t not in TOPICS]
+    if unknown or not chosen:
+        raise ReplayError(f"cannot replay {', '.join(unknown) or 'no topic'}: choose from {', '.join(TIME_FIELDS)}")
+    return list(dict.fromkeys(chosen))
+
+
+class TopicReplay:
+    """One copy of `[from_ms, to_ms)` of `topics` from `source_prefix` into `target_prefix`."""
+
+    def __init__(self, bootstrap: str, serde: AvroSerde, *, source_prefix: str, target_prefix: str,
+                 topics: Iterable[str], from_ms: int, to_ms: int, speed: float | None = None,
+                 symbols: Iterable[str] | None = None, slack_ms: int = 5_000, max_ahead_ms: int = 600_000,
+                 idle_s: float = 3.0, on_progress: Callable[[ReplaySummary], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep, pace_clock: Callable[[], float] = time.monotonic) -> None:
+        if to_ms <= from_ms:
+            raise ReplayError("--to must be after --from")
+        if source_prefix == target_prefix:
+            raise ReplayError("the target namespace is the source itself: a replay never writes into live topics")
+        self.bootstrap, self.serde = bootstrap, serde
+        self.source_prefix, self.target_prefix = source_prefix, target_prefix
+        self.topics = validate_topics(topics)
+        self.from_ms, self.to_ms, self.speed = from_ms, to_ms, speed
+        self.symbols = {s.upper() for s in symbols} if symbols else None
+        self.slack_ms, self.max_ahead_ms, self.idle_s = slack_ms, max_ahead_ms, idle_s
+        self.on_progress = on_progress
+        self.sleep, self.pace_clock = sleep, pace_clock  # pacing only (injectable); waits use time.monotonic
+        self.summary = ReplaySummary(from_ms, to_ms)
+        self._order = {t: i for i, t in enumerate(self.topics)}
+
+    # ------------------------------------------------------------------------------------------
+    def run(self) -> ReplaySummary:
+        began = time.monotonic()
+        ensure_topics(self.bootstrap, prefix=self.target_prefix,
+                      specs=[TOPICS[t] for t in (*self.topics, "md.progress")])
+        publisher = Publisher(self.bootstrap, self.serde, PublishMetrics(prefix="tapeflow_replay"),
+                              topic_prefix=self.target_prefix)
+        markers = ProgressMarkers(publisher, SOURCE, [t for t in self.topics if t in ENGINE_INPUTS])
+        consumer = Consumer(consumer_config(self.bootstrap, **{"enable.partition.eof": True}))
+        try:
+            starts = self._start_offsets(consumer)
+            self._copy(consumer, starts, publisher, markers)
+        finally:
+            consumer.close()
+        keys = sorted({k.decode() for (_, k) in publisher.produced_count if k})
+        unpublished = markers.finish(keys)
+        self.summary.markers = markers.published
+        self.summary.undelivered = publisher.flush(30.0) + len(publisher.failed) + unpublished
+        self.summary.elapsed_s = time.monotonic() - began
+        return self.summary
+
+    def _start_offsets(self, consumer: Consumer) -> dict[tuple[str, int], int]:
+        partitions = []
+        for topic in self.topics:
+            full = self.source_prefix + topic
+            metadata = consumer.list_topics(full, timeout=15).topics.get(full)
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                raise ReplayError(f"topic {full} does not exist on {self.bootstrap}")
+            partitions += [(full, p) for p in sorted(metadata.partitions)]
+        return offsets_at_or_after(self.bootstrap, partitions, self.from_ms)
+
+    def _copy(self, consumer: Consumer, starts: dict[tuple[str, int], int], publisher: Publisher,
+              markers: ProgressMarkers) -> None:
+        catalogue = {self.source_prefix + t: t for t in self.topics}
+        consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        newest: dict[tuple[str, int], int] = {}  # partition -> newest event time read
+        done: set[tuple[str, int]] = set()
+        paused: set[tuple[str, int]] = set()
+        heap: list[_Item] = []
+        emitted_ms: int | None = None  # watermark the copy has reached (markers promise up to it)
+        marker_tick: int | None = None
+        pace_origin: tuple[float, int] | None = None
+        quiet_since = time.monotonic()
+        while len(done) < len(starts):
+            messages = consumer.consume(2_000, 0.2)
+            if not messages:
+                if time.monotonic() - quiet_since >= self.idle_s:  # nothing more is coming: the ends are reached
+                    done.update(starts)
+                continue
+            quiet_since = time.monotonic()
+            for m in messages:
+                tp = (m.topic(), m.partition())
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        done.add(tp)
+                        continue
+                    raise ReplayError(f"reading {tp[0]}[{tp[1]}]: {m.error().str()}")
+                if tp in done:
+                    continue
+                stamp = m.timestamp()[1]
+                if stamp >= self.to_ms:
+                    done.add(tp)
+                    continue
+                topic = catalogue[m.topic()]
+                record = self.serde.decode(m.value())
+                if self.symbols is not None and record.get("symbol") not in self.symbols:
+                    self.summary.skipped_symbols += 1
+                    continue
+                event_ms = int(record[TIME_FIELDS[topic]])
+                newest[tp] = max(newest.get(tp, event_ms), event_ms)
+                heapq.heappush(heap, _Item(event_ms, self._order[topic], m.offset(), topic, m.key(), m.value(), stamp))
+            # every record at or below the watermark can no longer be preceded by one still unread
+            open_parts = [tp for tp in starts if tp not in done]
+            if any(tp not in newest for tp in open_parts):
+                watermark = None  # a partition still being read has delivered nothing yet
+            else:
+                watermark = min((newest[tp] for tp in open_parts), default=None)
+                watermark = None if watermark is None else watermark - self.slack_ms
+            if not open_parts:
+                watermark = 2**63 - 1
+            while heap and watermark is not None and heap[0].time_ms <= watermark:
+                item = heapq.heappop(heap)
+                pace_origin = self._pace(item.time_ms, pace_origin)
+                if emitted_ms is not None and item.time_ms < emitted_ms:  # read after later ones went out
+                    self.summary.late += 1
+                publisher.publish_encoded(item.topic, item.key, item.value, item.timestamp_ms)
+                self._count(item)
+                emitted_ms = item.time_ms if emitted_ms is None else max(emitted_ms, item.time_ms)
+                tick = emitted_ms // MARKER_INTERVAL_MS
+                if marker_tick != tick:
+                    marker_tick = tick
+                    for key in sorted({k.decode() for (_, k) in publisher.produced_count if k}):
+                        markers.mark(key, emitted_ms - 1)
+                if markers.has_ready:
+                    markers.publish_ready()
+            self._balance(consumer, newest, done, paused, watermark)
+            if self.on_progress is not None:
+                self.on_progress(self.summary)
+        for item in sorted(heap):  # whatever the last partitions left
+            pace_origin = self._pace(item.time_ms, pace_origin)
+            publisher.publish_encoded(item.topic, item.key, item.value, item.timestamp_ms)
+            self._count(item)
+
+    def _count(self, item: _Item) -> None:
+        s = self.summary
+        s.copied[item.topic] = s.copied.get(item.topic, 0) + 1
+        s.first_event_ms = item.time_ms if s.first_event_ms is None else min(s.first_event_ms, item.time_ms)
+        s.last_event_ms = item.time_ms if s.last_event_ms is None else max(s.last_event_ms, item.time_ms)
+
+    def _pace(self, event_ms: int, origin: tuple[float, int] | None) -> tuple[float, int]:
+        """At 1x/10x: wait until `event_ms` is due on the wall clock (relative to the first record)."""
+        if origin is None:
+            return self.pace_clock(), event_ms
+        if self.speed is not None:
+            due = origin[0] + (event_ms - origin[1]) / 1000 / self.speed
+            wait = due - self.pace_clock()
+            if wait > 0:
+                self.sleep(wait)
+        return origin
+
+    def _balance(self, consumer: Consumer, newest: dict, done: set, paused: set, watermark: int | None) -> None:
+        """Pause partitions far ahead of the merge (bounded memory), resume them when it catches up."""
+        if watermark is None:
+            return
+        ahead = {tp for tp, t in newest.items() if tp not in done and t - watermark > self.max_ahead_ms}
+        pause, resume = ahead - paused, paused - ahead
+        if pause:
+            consumer.pause([TopicPartition(t, p) for t, p in pause])
+        if resume:
+            consumer.resume([TopicPartition(t, p) for t, p in resume])
+        paused.clear()
+        paused.update(ahead)

@@ -1,0 +1,117 @@
+"""A generated session replayed through tapeflow's own processes (fake exchange, producer, engine), and
+the comparison of engine outputs: what the replay tests share.
+
+`replay` runs `tapeflow fake-exchange`, `tapeflow produce --replay-control-url` and `tapeflow engine
+--wait-for-progress` (started first, so it reads while the producer writes) in one topic namespace
+and returns the engine's outputs in a canonical order, the `md.*` inputs and the producer's summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tapeflow_runtime.kafka_client import ensure_topics
+from tests.support.engine_reference import canonical
+from tests.support.services import Service, record_counts, wait_consumed
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT")
+FAR_PAST_S = 1e9  # generated sessions are from 2023; the engine's wall-clock signal age must not filter them
+STRATEGY = {
+    "name": "replay_parity", "version": "1", "windows": {"cvd_fast": "1m", "cvd_mid": "5m"}, "warmup": "2m",
+    "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
+    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "1m",
+    "exits": {"sl_atr_mult": 0.5, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 3},
+}
+OUTPUTS = ("bars.1m", "features", "signals")
+INPUTS = ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
+
+
+def service_env(kafka_bootstrap: str, prefix: str, workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env.update({"TAPEFLOW_HOME": str(workdir / "home"), "TAPEFLOW_BROKER": kafka_bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": prefix, "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS), "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def start_engine(env: dict[str, str], workdir: Path, *extra: str, strategy: dict | None = None) -> Service:
+    """`tapeflow engine` with the test strategy, waiting for progress markers, ready to read."""
+    strategy_file = workdir / "strategy.yaml"
+    strategy_file.write_text(yaml.safe_dump(strategy or STRATEGY))
+    engine = Service("engine", ["engine", "--strategy", str(strategy_file), "--metrics-port", "0", "--prime-hours",
+                                "0", "--wait-for-progress", "--signal-max-age-s", str(FAR_PAST_S), *extra],
+                     env, workdir)
+    engine.wait_for_line(r"engine worker ready", 120)
+    return engine
+
+
+def drain_engine(engine: Service, kafka_bootstrap: str, prefix: str, read_topic) -> None:
+    """Until the engine (group of namespace `prefix`) has committed every trade, then stop it cleanly."""
+    trades = read_topic(kafka_bootstrap, prefix + "md.trades", idle_s=1.0)
+    wait_consumed(kafka_bootstrap, prefix + "tapeflow-engine", {prefix + "md.trades": record_counts(trades)},
+                  [engine], 600)
+    assert engine.stop() == 0, engine.tail()
+    assert "no progress marker for" not in engine.log(), engine.tail()
+
+
+def read_outputs(kafka_bootstrap: str, prefix: str, read_topic) -> dict[str, list[dict]]:
+    return canonical({t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, idle_s=1.0)] for t in OUTPUTS})
+
+
+def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed: int, duration_s: float,
+           speed: str, fake_args: tuple[str, ...] = (), strategy: dict | None = None,
+           ) -> tuple[dict[str, list[dict]], dict[str, list[dict]], str]:
+    """One replay through the three processes; (engine outputs, md.* inputs, producer summary)."""
+    ensure_topics(kafka_bootstrap, prefix=prefix)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = service_env(kafka_bootstrap, prefix, workdir)
+    services: list[Service] = []
+    try:
+        engine = start_engine(env, workdir, strategy=strategy)
+        services.append(engine)
+        fake = Service("fake-exchange", ["fake-exchange", "--synthetic-seed", str(seed), "--synthetic-symbols",
+                                         ",".join(SYMBOLS), "--synthetic-duration", str(duration_s), "--speed",
+                                         speed, "--rest-clock", "recording", *fake_args], env, workdir)
+        services.append(fake)
+        urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 120).group(0))
+        rest = urls["rest_url"]
+        producer = Service("producer", ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
+                                        rest, "--coinbase-url", rest, "--replay-control-url", rest, "--metrics-port",
+                                        "0"], env, workdir)
+        services.append(producer)
+        wall = duration_s / (1.0 if speed == "max" else float(speed))
+        try:
+            assert producer.proc.wait(wall + 600) == 0, producer.tail()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the replay did not finish\n{producer.tail()}\n{fake.tail()}") from None
+        summary = producer.wait_for_line(r"replay-finished: .*", 5).group(0)
+        inputs = {t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, idle_s=1.0)] for t in INPUTS}
+        drain_engine(engine, kafka_bootstrap, prefix, read_topic)
+    finally:
+        for s in services:
+            s.kill()
+    return read_outputs(kafka_bootstrap, prefix, read_topic), inputs, summary
+
+
+def assert_same(a: dict[str, list[dict]], b: dict[str, list[dict]], label: str) -> None:
+    for topic in OUTPUTS:
+        assert len(a[topic]) == len(b[topic]), f"{label}: {topic} {len(a[topic])} vs {len(b[topic])} records"
+        for x, y in zip(a[topic], b[topic], strict=True):
+            assert x == y, f"{label}: first difference in {topic}:\n{x}\n{y}"
+
+
+def backtest_signals(kafka_bootstrap: str, prefix: str, inputs: dict[str, list[dict]]) -> list[dict]:
+    """`tapeflow backtest --source topics` over what the replay published (the backtest's own runner and
+    source, in one shared paper account as a stack trades): every signal its engine emitted."""
+    from backtest.runner import BacktestRunner
+    from backtest.sources.topics import TopicSource
+    from stream_apps.core.strategy import parse_strategy
+
+    times = [t["trade_time"] for t in inputs["md.trades"]]
+    runner = BacktestRunner([parse_strategy(STRATEGY)], account="shared")
+    runner.run(TopicSource(kafka_bootstrap, list(SYMBOLS), min(times), max(times) + 1, topic_prefix=prefix))
+    return canonical({"signals": list(runner.signals)})["signals"]

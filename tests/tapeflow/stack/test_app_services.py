@@ -1,0 +1,40 @@
+"""Which of tapeflow's own services `up` starts, and with what, for a live, a replay and a rehearsal stack."""
+
+from __future__ import annotations
+
+from tapeflow.cli import _use_namespace, state
+from tapeflow.stack.app_services import app_services
+from tapeflow.stack.supervisor import child_env
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
+from tests.support.paths import RECORDING
+
+
+def launches(settings: Settings, tmp_path) -> dict[str, list[str]]:
+    paths = StackPaths(tmp_path)
+    return {s.name: s.prepare().argv for s in app_services(settings, paths)}
+
+
+def test_a_replay_stack_gives_the_engine_no_lateness_guess(tmp_path):
+    argv = launches(Settings(home=tmp_path, source=f"replay:{RECORDING}", replay_speed="max"), tmp_path)
+    assert set(argv) == {"sink", "engine", "executor", "fake-exchange", "producer"}
+    assert "--allowed-lateness-ms" not in argv["engine"]  # progress markers order a replay's inputs
+    assert "--replay-control-url" in argv["producer"]
+
+
+def test_a_rehearsal_stack_runs_the_consumers_on_the_namespace_without_a_producer(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAPEFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("TAPEFLOW_TOPIC_PREFIX", "team1.")
+    state._settings, state.overrides = None, {}
+    try:
+        _use_namespace("rehearsal")
+        settings = state.settings()
+    finally:
+        state._settings, state.overrides = None, {}
+    assert settings.topic_prefix == "team1.rehearsal." and settings.namespace == "rehearsal"
+    assert settings.topic("md.trades") == "team1.rehearsal.md.trades"
+    argv = launches(settings, tmp_path)
+    assert set(argv) == {"sink", "engine", "executor"}
+    assert "--executor-config" in argv["executor"]  # the replay risk settings: history is older than 60 s
+    env = child_env(settings, StackPaths(tmp_path))  # the services see the namespace, not the live topics
+    assert env["TAPEFLOW_TOPIC_PREFIX"] == "team1.rehearsal." and env["TAPEFLOW_NAMESPACE"] == "rehearsal"
