@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import structlog
 
-from stream_apps.core.kernels import warm_up
+from stream_apps.core.warmup import warm_up
 from stream_apps.faust_app.config import (
     INPUT_TOPICS,
     PROGRESS_TOPIC,

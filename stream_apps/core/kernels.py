@@ -310,15 +310,3 @@ def cooldown_rows(times, signs, scores, candidates, cooldown_ms, flip_threshold,
         state[2] = sign
         state[3] = now
 
-
-def warm_up() -> None:
-    """Compile (or load from the on-disk cache) every kernel now, on tiny inputs: a service calls
-    this before it starts consuming, so the first evaluation does not block its event loop for the
-    seconds a fresh checkout needs to compile."""
-    from .engine import Engine  # the engine calls every kernel on its first evaluation
-    from .strategy import default_strategy_dir, load_strategies
-    from .synthetic import synthetic_trades
-
-    engine = Engine(load_strategies(default_strategy_dir()))
-    trades = synthetic_trades("BTCUSDT", start_ms=1_700_000_000_000, duration_ms=120_000, rate_per_s=2.0)
-    engine.process([trades], now_ms=1_700_000_130_000)
