@@ -92,8 +92,16 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
             False, "--verify-against-topics",
             help="Backtest md.* from the broker and compare signals and positions with what the stack published."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        walk_forward: str | None = typer.Option(
+            None, "--walk-forward", help="train=30d,test=7d,step=7d[,embargo=..][,holdout=..]: a parameter search "
+            "of the (first) strategy on each training window, scored on the next test window "
+            "(`tapeflow research walk-forward`; --trials per window)."),
+        trials: int = typer.Option(50, "--trials", min=2, help="With --walk-forward: configurations per window."),
     ) -> None:
         """Run strategies over history through the live engine and paper executor; write a report."""
+        if walk_forward is not None:
+            _walk_forward(walk_forward, strategy, symbols, from_, to, source, out, trials, not no_progress, settings)
+            return
         try:
             code = run_command(
                 settings, strategy_files=strategy, symbols=symbols, from_=from_, to=to, source=source, out=out,
@@ -103,6 +111,22 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.code) from None
         raise typer.Exit(code)
+
+
+def _walk_forward(spec: str, strategy_files: list[Path], symbols: str | None, from_: str | None, to: str | None,
+                  source: str, out: Path | None, trials: int, progress: bool, settings: Callable[[], Settings]) -> None:
+    """``--walk-forward``: the research command's logic (``backtest.research.cli.run_walk_forward``)."""
+    from backtest.research.cli import run_walk_forward
+    from stream_apps.core.strategy import default_strategy_dir, load_strategy
+
+    if from_ is None or to is None:
+        raise CliError("--walk-forward needs --from and --to")
+    base = load_strategy(strategy_files[0] if strategy_files else default_strategy_dir() / "v53.yaml")
+    out_dir = out or settings().home / "research" / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_walk_forward(spec, parse_time(from_, "--from"), parse_time(to, "--to", end=True), base,
+                     symbols=symbols or ",".join(settings().symbols), source=source, trials=trials, sampler="tpe",
+                     objective="net_r", min_trades=20, batch=25, seed=0, out=out_dir, store_dir=None, workers=None,
+                     progress=progress)
 
 
 def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path], symbols: str | None,

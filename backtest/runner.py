@@ -56,6 +56,9 @@ from stream_apps.core.events import (
     liquidation_from_record,
     mark_from_record,
 )
+from stream_apps.core.params import StateParams
+from stream_apps.core.records import FeatureTable
+from stream_apps.core.scoring import BLOCK_REASONS
 from stream_apps.core.strategy import StrategyConfig
 
 Account = Literal["per_strategy", "shared"]
@@ -248,11 +251,12 @@ class BacktestRunner:
         for key in sorted(set(piece.trades) | set(events)):
             engine = self.engines.get(key)
             if engine is None:
-                engine = self.engines[key] = Engine(self.strategies, self.engine_params)
+                engine = self.engines[key] = Engine(self.strategies, self.engine_params,
+                                                    state_params=StateParams.for_replay)
             batch = piece.trades.get(key)
             out = engine.process([batch] if batch is not None else (), events.get(key, ()))
-            self.evaluations += len(out.features)
-            self._count_coverage(out.features)
+            self.evaluations += out.evaluations
+            self._count_coverage(out.tables)
             for sig in out.signals:
                 self.signals.append(sig)
                 self.signal_scores[sig["signal_id"]] = sig["score"]
@@ -373,18 +377,27 @@ class BacktestRunner:
             use[cfg.name] = pairs
         return use
 
-    def _count_coverage(self, features: list[Record]) -> None:
+    def _count_coverage(self, tables: list[FeatureTable]) -> None:
+        """Coverage from the engine's columnar feature records (no dict per record): an input is
+        present in a record when its column is not NaN there (the records' ``inputs`` map leaves out
+        exactly those)."""
         counts, blocked = self._coverage.counts, self._coverage.blocked
         has_liquidations = "liquidations" in self._source_inputs
-        for f in features:
-            symbol, inputs = f["symbol"], f["inputs"]
-            if f["block_reason"]:
-                blocked[f"{f['strategy']}:{f['block_reason']}"] += 1
-            for layer, name in self._layer_use[f["strategy"]]:
-                row = counts[(layer, symbol, name)]
-                row[0] += 1
-                if name == "trades" or (name == "liquidations" and has_liquidations) or name in inputs:
-                    row[1] += 1
+        for table in tables:
+            for block in table.blocks:
+                name_of, symbol, n = block.strategy.name, block.frame.symbol, len(block)
+                reasons = np.bincount(block.block, minlength=len(BLOCK_REASONS))
+                for code in np.flatnonzero(reasons[1:]) + 1:
+                    blocked[f"{name_of}:{BLOCK_REASONS[code]}"] += int(reasons[code])
+                for layer, name in self._layer_use[name_of]:
+                    row = counts[(layer, symbol, name)]
+                    row[0] += n
+                    if name == "trades" or (name == "liquidations" and has_liquidations):
+                        row[1] += n
+                    else:
+                        column = (block.frame.atr_price_ratio if name == "atr_price_ratio"
+                                  else block.frame.values.get(name))
+                        row[1] += int(np.count_nonzero(~np.isnan(column))) if column is not None else 0
 
     def coverage_rows(self, notes: Mapping[str, str]) -> list[CoverageRow]:
         return [CoverageRow(layer, symbol, name, evaluations, present, notes.get(name, ""))

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backtest.research.session import HOUR_MS, START_MS, generate_session, hourly, seconds_for_trades
+from benchmarks.session import HOUR_MS, START_MS, generate_session, hourly, seconds_for_trades
 from stream_apps.core.engine import Engine, EngineOutput
 from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import default_strategy_dir, load_strategies

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import structlog
 
+from stream_apps.core.warmup import warm_up
 from stream_apps.faust_app.config import (
     INPUT_TOPICS,
     PROGRESS_TOPIC,
@@ -88,6 +89,8 @@ async def run_engine(settings: Settings, *, prime_history_ms: int | None = PRIME
                      hours=prime_history_ms / 3_600_000)
         elif config.wait_for_progress:
             config = config.model_copy(update={"wait_for_progress": False})  # not new: resume, do not wait
+    began = time.monotonic()
+    await asyncio.to_thread(warm_up)  # compiled kernels ready before the worker joins its group
     log.info("engine starting", group=config.app_id, strategies=[p.name for p in config.strategy_files],
-             guarantee=config.processing_guarantee)
+             guarantee=config.processing_guarantee, kernels_ready_s=round(time.monotonic() - began, 2))
     return await run_worker(config)

@@ -1,9 +1,9 @@
 """``tapeflow research``: search, walk-forward and labels (the ``tapeflow`` CLI only registers them).
 
 Every command builds (or reuses) the feature store of its inputs first: one engine pass per symbol,
-in parallel (``store``). Sources: ``synthetic[:SEED]`` (a generated session, offline; the backtest
-runner's sources join when it lands). Times are UTC dates; ``--to`` includes that day. Failures
-are one ``error:`` line (exit 2 for a bad argument).
+in parallel (``store``), reading the backtest's sources (``synthetic[:SEED]`` offline, ``vision``,
+``recording:DIR``). Times are UTC dates; ``--to`` includes that day. Failures are one ``error:``
+line. ``tapeflow backtest --walk-forward SPEC`` calls ``run_walk_forward``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from stream_apps.core.strategy import StrategyConfig, default_strategy_dir, load_strategy
@@ -42,23 +43,39 @@ def _base(strategy: Path | None) -> StrategyConfig:
     return load_strategy(strategy if strategy is not None else default_strategy_dir() / "v53.yaml")
 
 
+def source_options(source: str) -> dict:
+    """``open_source`` options for the sources research reads (db and topics need the stack's
+    settings and are left to ``tapeflow backtest``)."""
+    kind = source.partition(":")[0]
+    if kind in ("synthetic", "recording"):
+        return {}
+    if kind == "vision":
+        from tapeflow_runtime.settings import load_settings
+
+        return {"cache_dir": load_settings().home / "vision"}
+    raise ResearchError(f"--source {source!r}: research reads synthetic[:SEED], vision[:DIR] or recording:DIR")
+
+
 def _store(out: Path, store_dir: Path | None, source: str, symbols: str, from_ms: int, to_ms: int,
            base: StrategyConfig, workers: int | None, progress: bool):
+    from backtest.sources import SourceError
+
     from .store import StoreSpec, build_store
 
-    if not source.startswith("synthetic"):
-        raise ResearchError(f"--source {source!r}: research reads synthetic[:SEED] for now")
-    seed = source.split(":", 1)[1] if ":" in source else "0"
-    if not seed.isdigit():
-        raise ResearchError(f"--source {source!r}: the seed must be a whole number")
+    options = source_options(source)
     names = tuple(s.strip().upper() for s in symbols.split(",") if s.strip())
     if not names:
         raise ResearchError("--symbols: at least one symbol")
     if to_ms - from_ms < 2 * 86_400_000:
         raise ResearchError("the range must cover at least two days (the strategies warm up on the first)")
-    spec = StoreSpec(f"synthetic:{seed}", names, from_ms, to_ms, base.windows.cvd_fast, base.windows.cvd_mid)
+    spec = StoreSpec(source, names, from_ms, to_ms, base.windows.cvd_fast, base.windows.cvd_mid)
     began = time.perf_counter()
-    store = build_store(store_dir or out / "store", spec, base, workers, show_progress=progress)
+    try:
+        store = build_store(store_dir or out / "store", spec, base, workers, show_progress=progress, options=options)
+    except SourceError as error:
+        raise ResearchError(str(error)) from None
+    if store.manifest["trades"] == 0:
+        raise ResearchError(f"no trades for {','.join(names)} from {fmt_day(from_ms)} to {fmt_day(to_ms)} in {source}")
     typer.echo(f"features: {store.manifest['trades']:,} trades, {len(names)} symbols "
                f"({time.perf_counter() - began:.0f} s; store {store.directory})", err=True)
     return store
@@ -81,7 +98,8 @@ def register(app: typer.Typer) -> None:
     common = {
         "strategy": typer.Option(None, "--strategy", help="Base strategy file (default: the shipped v53)."),
         "symbols": typer.Option(DEFAULT_SYMBOLS, "--symbols", help="Comma-separated symbols."),
-        "source": typer.Option("synthetic:7", "--source", help="synthetic[:SEED] (a generated session)."),
+        "source": typer.Option("synthetic:7", "--source",
+                               help="synthetic[:SEED] (generated, offline), vision[:DIR] or recording:DIR."),
         "out": typer.Option(Path("research-out"), "--out", help="Directory for strategies, report and store."),
         "store": typer.Option(None, "--store", help="Feature store directory (reused for the same inputs)."),
         "workers": typer.Option(None, "--workers", min=1, help="Processes (default: the machine's cores)."),
@@ -164,44 +182,10 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = common["no_progress"],
     ) -> None:
         """Rolling windows: search on each training window only, score the choice out of sample."""
-        from .search import walk_forward, write_report, write_strategy
-        from .windows import parse_walk_forward
-
-        base = _base(strategy)
-        try:
-            spec = parse_walk_forward(windows, default_embargo_ms=max(base.exits.timeout_min, 480) * 60_000)
-        except ValueError as error:
-            raise ResearchError(str(error)) from None
-        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
-        store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, not no_progress)
-        try:
-            results, last, held = walk_forward(store, base, spec, trials=trials, sampler=sampler, objective=objective,
-                                               min_trades=min_trades, batch=batch, seed=seed, workers=workers,
-                                               show_progress=not no_progress)
-        except ValueError as error:
-            raise ResearchError(str(error)) from None
-        rows = []
-        for r in results:
-            w = r.window
-            typer.echo(f"window {w.index}: train {fmt_day(w.train_start)} .. {fmt_day(w.train_end)} -> "
-                       f"{r.search.best.candidate.config.name} (DSR "
-                       f"{'-' if r.search.dsr is None else f'{r.search.dsr:.2f}'}, PBO "
-                       f"{'-' if r.search.pbo is None else f'{r.search.pbo:.2f}'})")
-            typer.echo("  " + _result_line(f"test {fmt_day(w.test_start)} .. {fmt_day(w.test_end)}", r.test))
-            rows.append({"window": w.__dict__, "search": r.search.summary(), "test": r.test.as_dict()})
-        oos = sum(r.test.net_r for r in results)
-        typer.echo(f"out of sample: {sum(r.test.trades for r in results)} trades, net {oos:+.2f}R over "
-                   f"{len(results)} windows ({spec})")
-        payload = {"windows": rows, "spec": str(spec)}
-        if last is not None:
-            path, config_hash = write_strategy(last.best.candidate.config, out / "strategies")
-            payload["strategy_file"] = str(path)
-            if held is not None:
-                typer.echo(_result_line("hold-out (last window's choice, touched once)", held))
-                payload["holdout"] = held.as_dict()
-            typer.echo(f"strategy (last window's choice): {path} (config_hash {config_hash})")
-        report = write_report(out, payload)
-        typer.echo(f"report: {report}")
+        run_walk_forward(windows, parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True), _base(strategy),
+                         symbols=symbols, source=source, trials=trials, sampler=sampler, objective=objective,
+                         min_trades=min_trades, batch=batch, seed=seed, out=out, store_dir=store_dir, workers=workers,
+                         progress=not no_progress)
 
     @research.command("labels")
     def labels_command(
@@ -215,29 +199,86 @@ def register(app: typer.Typer) -> None:
                                                                      "(a PostgreSQL conninfo)."),
     ) -> None:
         """Every evaluation's features with y_binary_60m and forward returns: Parquet (and feature_labels)."""
+        from backtest.sources import open_source
         from stream_apps.core.engine import Engine
+        from stream_apps.core.events import (
+            book_from_record,
+            indicator_from_record,
+            liquidation_from_record,
+            mark_from_record,
+        )
         from stream_apps.core.params import StateParams
         from stream_apps.core.strategy import load_strategies
 
         from .dataset import ResearchTable
         from .labels import PricePath
-        from .session import SymbolGenerator, hourly
 
         strategies = [load_strategy(p) for p in strategy] if strategy else load_strategies(default_strategy_dir())
         from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
-        seed = int(source.split(":", 1)[1]) if ":" in source else 0
+        options = source_options(source)
+        adapters = (("books", book_from_record), ("marks", mark_from_record),
+                    ("liquidations", liquidation_from_record), ("indicators", indicator_from_record))
         table = ResearchTable()
         for symbol in (s.strip().upper() for s in symbols.split(",") if s.strip()):
-            session = SymbolGenerator(symbol, seed).span(from_ms, (to_ms - from_ms) // 1000)
             engine = Engine(strategies, state_params=StateParams.for_replay)
-            path = PricePath.from_trades(session.trades.time_ms, session.trades.price, to_ms)
-            for batch, events in hourly(session):
-                table.add_tables(engine.process([batch], events).tables, {("binance", symbol): path})
+            tables, times, prices = [], [], []
+            for piece in open_source(source, [symbol], from_ms, to_ms, slice_ms=3_600_000, **options).slices():
+                events = [adapt(r) for kind, adapt in adapters for r in getattr(piece, kind)]
+                batch = next(iter(piece.trades.values()), None)
+                if batch is not None:
+                    times.append(batch.time_ms)
+                    prices.append(batch.price)
+                tables += engine.process([batch] if batch is not None else (), events).tables
+            if not times:
+                continue
+            path = PricePath.from_trades(np.concatenate(times), np.concatenate(prices), to_ms)
+            table.add_tables(tables, {(t.blocks[0].frame.exchange, symbol): path for t in tables if t.blocks})
         written = table.write_parquet(output)
         typer.echo(f"labels: {len(table):,} evaluations -> {written}")
         if database:
             typer.echo(f"feature_labels: {table.store(database):,} rows")
         typer.echo(json.dumps({"rows": len(table), "file": str(written)}))
+
+
+def run_walk_forward(windows: str, from_ms: int, to_ms: int, base: StrategyConfig, *, symbols: str, source: str,
+                     trials: int, sampler: str, objective: str, min_trades: int, batch: int, seed: int, out: Path,
+                     store_dir: Path | None, workers: int | None, progress: bool) -> None:
+    """``tapeflow research walk-forward`` and ``tapeflow backtest --walk-forward``."""
+    from .search import walk_forward, write_report, write_strategy
+    from .windows import parse_walk_forward
+
+    try:
+        spec = parse_walk_forward(windows, default_embargo_ms=max(base.exits.timeout_min, 480) * 60_000)
+    except ValueError as error:
+        raise ResearchError(str(error)) from None
+    store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, progress)
+    try:
+        results, last, held = walk_forward(store, base, spec, trials=trials, sampler=sampler, objective=objective,
+                                           min_trades=min_trades, batch=batch, seed=seed, workers=workers,
+                                           show_progress=progress)
+    except ValueError as error:
+        raise ResearchError(str(error)) from None
+    rows = []
+    for r in results:
+        w = r.window
+        typer.echo(f"window {w.index}: train {fmt_day(w.train_start)} .. {fmt_day(w.train_end)} -> "
+                   f"{r.search.best.candidate.config.name} (DSR "
+                   f"{'-' if r.search.dsr is None else f'{r.search.dsr:.2f}'}, PBO "
+                   f"{'-' if r.search.pbo is None else f'{r.search.pbo:.2f}'})")
+        typer.echo("  " + _result_line(f"test {fmt_day(w.test_start)} .. {fmt_day(w.test_end)}", r.test))
+        rows.append({"window": w.__dict__, "search": r.search.summary(), "test": r.test.as_dict()})
+    oos = sum(r.test.net_r for r in results)
+    typer.echo(f"out of sample: {sum(r.test.trades for r in results)} trades, net {oos:+.2f}R over "
+               f"{len(results)} windows ({spec})")
+    payload = {"windows": rows, "spec": str(spec)}
+    if last is not None:
+        path, config_hash = write_strategy(last.best.candidate.config, out / "strategies")
+        payload["strategy_file"] = str(path)
+        if held is not None:
+            typer.echo(_result_line("hold-out (last window's choice, touched once)", held))
+            payload["holdout"] = held.as_dict()
+        typer.echo(f"strategy (last window's choice): {path} (config_hash {config_hash})")
+    typer.echo(f"report: {write_report(out, payload)}")
 
 
 def _duration(text: str, option: str, parse) -> int:

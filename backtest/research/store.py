@@ -30,14 +30,13 @@ from stream_apps.core.frame import SCALAR_FIELDS, FeatureFrame
 from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import StrategyConfig
 
-from .session import SymbolGenerator, hourly
 
 DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)
 class StoreSpec:
-    source: str  # "synthetic:<seed>"
+    source: str  # a ``tapeflow backtest --source`` spec: synthetic[:SEED], vision[:DIR], db, topics, recording:DIR
     symbols: tuple[str, ...]
     from_ms: int
     to_ms: int
@@ -107,34 +106,61 @@ def probe_strategy(base: StrategyConfig) -> StrategyConfig:
 
 
 def build_symbol(directory: Path, spec: StoreSpec, symbol: str, base: StrategyConfig,
-                 progress: Callable[[int], None] | None = None) -> int:
-    """Run the engine over one symbol's history and write its days; returns trades processed."""
-    seed = int(spec.source.split(":", 1)[1]) if ":" in spec.source else 0
-    generator = SymbolGenerator(symbol, seed)
+                 options: dict | None = None, progress: Callable[[int], None] | None = None) -> int:
+    """Run the engine over one symbol's history from the backtest source ``spec.source`` (any of
+    ``tapeflow backtest --source``: synthetic, vision, db, topics, recording) and write its days;
+    returns the trades processed. Inputs reach the engine as in the backtest runner."""
+    from backtest.sources import open_source
+    from stream_apps.core.events import (
+        book_from_record,
+        indicator_from_record,
+        liquidation_from_record,
+        mark_from_record,
+    )
+
+    source = open_source(spec.source, [symbol], spec.from_ms, spec.to_ms, slice_ms=3_600_000, **(options or {}))
     engine = Engine([probe_strategy(base)], state_params=StateParams.for_replay)
     folder = directory / symbol
     folder.mkdir(parents=True, exist_ok=True)
-    trades = 0
-    pending: list[FeatureFrame] = []
-    for day in range(spec.from_ms, spec.to_ms, DAY_MS):
-        seconds = min(DAY_MS, spec.to_ms - day) // 1000
-        session = generator.span(day, seconds)
-        columns: dict[str, list[np.ndarray]] = {}
-        for batch, events in hourly(session):
-            out = engine.process([batch], events)
-            trades += len(batch)
-            for table in out.tables:
-                pending += [block.frame for block in table.blocks]
-        day_frames = [f for f in pending if f.time_ms[0] < day + DAY_MS]
-        pending = [f for f in pending if f.time_ms[0] >= day + DAY_MS]
-        for frame in day_frames:
-            _append(columns, frame)
-        data = {name: np.concatenate(parts) for name, parts in columns.items()}
-        data.update(second_bars(session.trades.time_ms, session.trades.price, day // 1000, seconds))
-        np.savez(folder / f"{_day_name(day)}.npz", **data)
-        if progress is not None:
-            progress(len(session.trades))
-    return trades
+    total = 0
+    frames: list[FeatureFrame] = []
+    day_trades: list[tuple[np.ndarray, np.ndarray]] = []
+    day = spec.from_ms // DAY_MS * DAY_MS
+
+    def flush(until: int) -> None:
+        """Write every whole day before ``until`` (frames of a day may arrive with the next one)."""
+        nonlocal day, frames, day_trades
+        while day + DAY_MS <= until or (until >= spec.to_ms and day < spec.to_ms):
+            end = min(day + DAY_MS, spec.to_ms)
+            columns: dict[str, list[np.ndarray]] = {}
+            for frame in [f for f in frames if f.time_ms[0] < end]:
+                _append(columns, frame)
+            frames = [f for f in frames if f.time_ms[0] >= end]
+            times = np.concatenate([t for t, _ in day_trades]) if day_trades else np.empty(0, dtype=np.int64)
+            prices = np.concatenate([p for _, p in day_trades]) if day_trades else np.empty(0)
+            inside = times < end
+            data = {name: np.concatenate(parts) for name, parts in columns.items()}
+            data.update(second_bars(times[inside], prices[inside], day // 1000, (end - day) // 1000))
+            day_trades = [(times[~inside], prices[~inside])] if (~inside).any() else []
+            np.savez(folder / f"{_day_name(day)}.npz", **data)
+            day = end
+
+    adapters = (("books", book_from_record), ("marks", mark_from_record),
+                ("liquidations", liquidation_from_record), ("indicators", indicator_from_record))
+    for piece in source.slices():
+        events = [adapt(record) for kind, adapt in adapters for record in getattr(piece, kind)]
+        batch = next(iter(piece.trades.values()), None)
+        out = engine.process([batch] if batch is not None else (), events)
+        if batch is not None and len(batch):
+            total += len(batch)
+            day_trades.append((batch.time_ms, batch.price))
+        for table in out.tables:
+            frames += [block.frame for block in table.blocks]
+        flush(piece.start_ms)
+        if progress is not None and batch is not None:
+            progress(len(batch))
+    flush(spec.to_ms)
+    return total
 
 
 def _append(columns: dict[str, list[np.ndarray]], frame: FeatureFrame) -> None:
@@ -196,15 +222,15 @@ def _windows(columns: dict[str, np.ndarray], prefix: str, part: slice) -> dict[i
     return dict(sorted(out.items()))
 
 
-def _build_task(args: tuple[str, StoreSpec, str, StrategyConfig]) -> tuple[str, int]:
-    directory, spec, symbol, base = args
-    return symbol, build_symbol(Path(directory), spec, symbol, base)
+def _build_task(args: tuple[str, StoreSpec, str, StrategyConfig, dict]) -> tuple[str, int]:
+    directory, spec, symbol, base, options = args
+    return symbol, build_symbol(Path(directory), spec, symbol, base, options)
 
 
 def build_store(directory: str | Path, spec: StoreSpec, base: StrategyConfig, workers: int | None = None,
-                show_progress: bool = True) -> FeatureStore:
+                show_progress: bool = True, options: dict | None = None) -> FeatureStore:
     """Compute the store (one process per symbol, up to ``workers`` at a time) unless ``directory``
-    already holds one for the same inputs."""
+    already holds one for the same inputs; ``options`` go to ``backtest.sources.open_source``."""
     import multiprocessing
     import os
     import shutil
@@ -218,7 +244,7 @@ def build_store(directory: str | Path, spec: StoreSpec, base: StrategyConfig, wo
         for symbol in spec.symbols:
             shutil.rmtree(directory / symbol, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
-    tasks = [(str(directory), spec, symbol, base) for symbol in spec.symbols]
+    tasks = [(str(directory), spec, symbol, base, options or {}) for symbol in spec.symbols]
     workers = min(workers or os.cpu_count() or 1, len(tasks))
     total = 0
     with tqdm(total=len(tasks), desc="features", unit="symbol", disable=not show_progress) as bar:

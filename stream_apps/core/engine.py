@@ -371,26 +371,37 @@ class Engine:
         whose trades are all clean (consecutive ids, in time order, valid); its trades and other
         inputs are applied at once and every point of it is read, scored and decided with array
         operations, with the same result as one point at a time (the rules are in
-        ``_evaluate_segment``). A segment with anything unusual (a gap, a duplicate, a bad price) is
-        a single point: the state's own bookkeeping then decides what counts, as it always did.
+        ``_evaluate_segment``). A segment ends at the last point before a trade with anything unusual
+        (a gap, a duplicate, a bad price); the point that applies that trade runs alone, so the
+        state's own bookkeeping decides what counts, as it always did.
         """
         limit = self._segment_limit()
         table = FeatureTable()
         i, n = 0, len(points)
         while i < n:
             j = max(int(np.searchsorted(points, points[i] + limit, side="right")), i + 1)
-            if j - i > 1 and not self._clean_before(int(points[j - 1])):
-                j = i + 1
+            if j - i > 1:
+                # stop before the first trade the clean path would not take (its point runs alone)
+                unclean = self._first_unclean_before(int(points[j - 1]))
+                if unclean is not None:
+                    j = max(int(np.searchsorted(points, unclean, side="right")), i + 1)
             self._evaluate_segment(points[i:j], out, table)
             i = j
         out.add_table(table)
 
-    def _clean_before(self, end: int) -> bool:
+    def _first_unclean_before(self, end: int) -> int | None:
+        """Time of the earliest pending trade before ``end`` that its state would not take on the
+        clean path (a gap, a duplicate, a bad value), or None."""
+        first: int | None = None
         for key, batch in self._pending_trades.items():
             cut = int(np.searchsorted(batch.time_ms, end, side="left"))
-            if cut and not self.state(*key).is_clean(batch.take(slice(0, cut))):
-                return False
-        return True
+            if not cut:
+                continue
+            good = self.state(*key).clean_prefix(batch.take(slice(0, cut)))
+            if good < cut:
+                t = int(batch.time_ms[good])
+                first = t if first is None else min(first, t)
+        return first
 
     def _evaluate_segment(self, segment: np.ndarray, out: EngineOutput, table: FeatureTable) -> None:
         """Evaluate the points of ``segment`` (ascending); output as if one point at a time.

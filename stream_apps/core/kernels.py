@@ -309,3 +309,4 @@ def cooldown_rows(times, signs, scores, candidates, cooldown_ms, flip_threshold,
             state[1] = now
         state[2] = sign
         state[3] = now
+

@@ -144,6 +144,33 @@ class SymbolState:
             return self._apply_accepted(ids, times, prices, qtys, qty_units, sells)
         return self._apply_general(ids, times, prices, qtys, qty_units, sells)
 
+    def clean_prefix(self, batch: TradeBatch) -> int:
+        """How many leading trades of ``batch`` ``apply_trades`` would take on its clean path (ids
+        consecutive and continuing this symbol's, time order, not late, valid price and quantity)."""
+        n = len(batch)
+        if n == 0:
+            return 0
+        ids, times, prices, qtys = batch.agg_id, batch.time_ms, batch.price, batch.qty
+        if n <= 64 or not np.isfinite(qtys).all():  # small or odd: the exact rule, then bisect the bad spot
+            if self.is_clean(batch):
+                return n
+            lo, hi = 0, n  # largest clean prefix (cleanliness of a prefix is monotone)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self.is_clean(batch.take(slice(0, mid))):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            return lo
+        with np.errstate(invalid="ignore"):
+            ok = (prices > 0) & np.isfinite(prices) & (qty_to_units(qtys) > 0)
+        ok[1:] &= (ids[1:] - ids[:-1] == 1) & (times[1:] >= times[:-1])
+        first_ok = (ids[0] >= 0 and (self.last_agg_id < 0 or ids[0] == self.last_agg_id + 1)
+                    and times[0] >= self.sealed_ms and times[0] // SECOND_MS >= self.head_second)
+        ok[0] &= bool(first_ok)
+        bad = np.flatnonzero(~ok)
+        return int(bad[0]) if len(bad) else n
+
     def is_clean(self, batch: TradeBatch) -> bool:
         """Would ``apply_trades`` accept every trade of ``batch`` (the common case: consecutive ids
         continuing this symbol's, time order, valid prices and quantities)?"""

@@ -33,12 +33,23 @@ def test_search_writes_a_strategy_ready_for_the_engine(tmp_path):
     assert {"deflated_sharpe_ratio", "pbo", "holdout"} <= set(report)
 
 
+def test_backtest_walk_forward_runs_the_research_walk_forward(tmp_path):
+    res = tapeflow("backtest", "--walk-forward", "train=1d,test=6h,embargo=1h", "--from", "2024-01-01", "--to",
+                   "2024-01-02", "--symbols", "XRPUSDT", "--source", "synthetic:3", "--trials", "3", "--no-progress",
+                   "--out", str(tmp_path / "wf"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "window 0: train 2024-01-01 00:00 .. 2024-01-02 00:00" in res.stdout
+    assert "out of sample:" in res.stdout
+    report = json.loads((tmp_path / "wf" / "research.json").read_text())
+    assert report["spec"] == "train=1d,test=6h,step=6h,embargo=1h" and len(report["windows"]) >= 1
+
+
 def test_bad_arguments_are_one_error_line(tmp_path):
     for args, message in (
         (("walk-forward", "--windows", "train=30d", "--from", "2024-01-01", "--to", "2024-01-05"), "test=DURATION"),
         (("search", "--from", "2024-13-01", "--to", "2024-01-05"), "--from '2024-13-01'"),
         (("search", "--from", "2024-01-01", "--to", "2024-01-01"), "at least two days"),
-        (("search", "--from", "2024-01-01", "--to", "2024-01-05", "--source", "vision"), "synthetic"),
+        (("search", "--from", "2024-01-01", "--to", "2024-01-05", "--source", "db"), "synthetic[:SEED]"),
     ):
         res = tapeflow("research", *args, "--no-progress", "--out", str(tmp_path / "o"), cwd=tmp_path)
         assert res.returncode != 0

@@ -267,3 +267,30 @@ def test_memory_is_bounded_after_24h_of_trades_at_a_high_rate():
     now = T + 26 * H
     state.advance_to(now)
     assert state.snapshot(now).qty_samples > 0
+
+
+@pytest.mark.parametrize("defect", ["none", "gap", "duplicate", "time_back", "bad_price", "zero_qty", "late"])
+def test_clean_prefix_is_the_longest_prefix_apply_trades_takes_cleanly(defect):
+    """The engine cuts its segments at the first trade the clean path would not take."""
+    state = SymbolState("binance", "BTCUSDT")
+    state.apply_trades(synthetic_trades("BTCUSDT", start_ms=T, duration_ms=60_000, rate_per_s=5.0, seed=2))
+    nxt = synthetic_trades("BTCUSDT", start_ms=T + 61_000, duration_ms=60_000, rate_per_s=5.0, seed=3,
+                           first_agg_id=state.last_agg_id + 1)
+    ids, times, prices, qtys = nxt.agg_id.copy(), nxt.time_ms.copy(), nxt.price.copy(), nxt.qty.copy()
+    k = 150
+    if defect == "gap":
+        ids[k:] += 5
+    elif defect == "duplicate":
+        ids[k:] -= 1
+    elif defect == "time_back":
+        times[k] = times[k - 1] - 10
+    elif defect == "bad_price":
+        prices[k] = -1.0
+    elif defect == "zero_qty":
+        qtys[k] = 0.0
+    elif defect == "late":
+        times[0] = T - 5_000
+    batch = TradeBatch.from_arrays("binance", "BTCUSDT", ids, times, prices, qtys, nxt.taker_sell)
+    longest = max(m for m in range(len(batch) + 1) if state.is_clean(batch.take(slice(0, m))))
+    assert state.clean_prefix(batch) == longest
+    assert longest == {"none": len(batch), "late": 0}.get(defect, k)

@@ -1,11 +1,9 @@
-"""A generated, realistic multi-symbol session as engine input columns (research runs and benchmarks).
+"""A generated, realistic multi-symbol session as engine input columns, for the replay speed benchmark.
 
-Why its own generator and not the backtest's record source: research and the speed benchmark hand the
+Why its own generator and not the backtest's ``synthetic`` source: the speed benchmark hands the
 engine exactly what a replay hands it (columnar trades, book and mark batches, the few liquidation
-and indicator events) without a record per trade, and must produce months of trades quickly (all
-numpy, a day of one symbol in a fraction of a second) and day by day (bounded memory). The recipe is
-the one of the backtest's ``synthetic`` source (issue 12); when that source lands the two should
-share one generator. The recipe:
+and indicator events) without timing the making of a record per input, and must produce ten million
+trades in seconds (all numpy). Research runs read the backtest's sources. The recipe:
 
 - bursty arrivals: per-second Poisson counts whose rate follows a per-minute AR(1) log-activity times
   occasional bursts (x3-x10, decaying over minutes); default rates BTC 30, ETH 20, SOL 10, XRP 8
