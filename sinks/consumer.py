@@ -7,12 +7,24 @@ key is retried through staging with `ON CONFLICT DO NOTHING`, sinks.tables.copy_
 that fail to decode or map go to `dlq.<topic>` and `pipeline_errors` (in the same transaction as the
 batch) and the batch goes on.
 
-Throughput (≥ 300k trades/s per process): the consumer thread fetches and decodes batch N+1 while
-the writer thread writes batch N (one batch queued at most, so memory stays bounded). Flat topics
+Throughput (≥ 300k trades/s per process): the consumer thread fetches and decodes the next batch
+while `SinkConfig.writers` writer threads (default 2), each with its own database connection and
+so its own PostgreSQL backend, write the previous ones in parallel, each batch in its own
+transaction (one batch queued beyond those being written, so memory stays bounded). One backend
+ingesting `trades` (heap, primary-key btree, BRIN, WAL) was the limit with one writer. Flat topics
 such as md.trades are decoded a whole fetch at a time straight into columns and encoded as binary
-COPY (sinks.columnar); other topics go record by record (fastavro, a tuple per row). The writer
-hands each committed batch back; the consumer thread sends its dead letters and commits its
-offsets, in order (one writer, FIFO).
+COPY (sinks.columnar); other topics go record by record (fastavro, a tuple per row).
+
+Offsets with parallel writers: batches are numbered as they are handed over; the writers hand
+committed batches back in whatever order their transactions finish, and the consumer thread
+sends dead letters and commits offsets only for the unbroken prefix of committed batches (a
+watermark). A partition's offsets grow with the batch number, so an offset is committed only once
+every batch holding an earlier record of that partition is in the database: a batch that is not
+committed (database down, writer gave up at stop) holds back every later batch's offsets. Two
+writers storing the same natural key at once (a re-delivered record) is settled by PostgreSQL:
+the second waits for the first's commit, then takes the ON CONFLICT DO NOTHING path; a deadlock
+between them is retried. Every write is DO NOTHING on natural keys, so the order in which parallel
+transactions commit never changes what is stored.
 
 When the database is down the writer retries with backoff; the consumer thread, finding the queue
 full, pauses its partitions (back-pressure: nothing more is fetched, the group keeps it) and polls
@@ -83,6 +95,7 @@ class SinkConfig:
     max_backoff_s: float = 10.0
     retention: dict[str, RetentionPolicy] = field(default_factory=resolve_policies)
     columnar: bool = True  # decode flat topics a fetch at a time (sinks.columnar)
+    writers: int = 2  # writer threads, each with its own connection (parallel PostgreSQL backends)
 
 
 @dataclass
@@ -98,6 +111,7 @@ class Batch:
     count: int = 0
     written: dict[str, int] = field(default_factory=dict)
     commit_s: float = 0.0
+    seq: tuple[int, int] = (0, -1)  # (assignment epoch, number): set when handed to the writers
 
     def clear(self) -> None:
         """Empty in place (a rebalance took the partitions: whoever holds this batch sees it empty)."""
@@ -141,13 +155,21 @@ class TopicSink:
         self._covered: dict[str, set[datetime]] = {}  # partition periods known to exist, per table
         self._covered_stale = False
         self._recorded: dict[tuple[str, int], float] = {}  # (table, day) -> when recorded (monotonic)
-        self._conn: psycopg.Connection | None = None
+        if config.writers < 1:
+            raise ValueError(f"writers must be at least 1, not {config.writers}")
+        self._conns: list[psycopg.Connection | None] = [None] * config.writers  # one per writer thread
+        self._cache_lock = threading.Lock()  # _covered, _covered_stale and _recorded, shared by the writers
         self._consumer: Consumer | None = None
         self._dlq_producer: Producer | None = None
         self._todo: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         self._done: queue.Queue[Batch] = queue.Queue()
-        self._writer: threading.Thread | None = None
+        self._writers: list[threading.Thread] = []
         self._writer_error: BaseException | None = None
+        # the offset watermark (consumer thread only): batches are numbered per assignment epoch
+        self._epoch = 0
+        self._next_seq = 0  # number of the next batch handed to the writers
+        self._next_commit = 0  # lowest number whose offsets are not committed yet
+        self._finished: dict[int, Batch] = {}  # committed in the database, waiting for earlier batches
         self._pending = Batch()
         self.assignment: list[TopicPartition] = []
         self.stop_requested = False
@@ -169,14 +191,18 @@ class TopicSink:
         log.info("partitions assigned", count=len(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
-        # uncommitted batches will be re-delivered to the new owner; they are idempotent, so drop ours
-        # (the one being written finishes; committing its offsets then is harmless either way)
+        # uncommitted batches will be re-delivered to the new owner; they are idempotent, so drop ours.
+        # Those being written finish, but a new epoch starts: their offsets are never committed (the
+        # re-delivered copies are), and the watermark starts afresh for the next assignment.
         self._pending.clear()
         while True:
             try:
                 self._todo.get_nowait()
             except queue.Empty:
                 break
+        self._epoch += 1
+        self._next_seq = self._next_commit = 0
+        self._finished.clear()
         self.assignment = []
 
     def maintain(self) -> None:
@@ -186,7 +212,8 @@ class TopicSink:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                 created = ensure_partitions_ahead(conn, now)
                 dropped = apply_retention(conn, self.config.retention, now, protect_since(self.started_at, now))
-            self._covered_stale = True  # re-learn after drops
+            with self._cache_lock:
+                self._covered_stale = True  # re-learn after drops
         except psycopg.Error as exc:  # the batch path retries on its own; maintenance tries again next hour
             log.warning("partition maintenance failed", error=str(exc).splitlines()[0])
             return
@@ -201,8 +228,10 @@ class TopicSink:
         self._consumer = self._make_consumer()
         self._dlq_producer = Producer(producer_config(self.bootstrap))
         self._pending = Batch()
-        self._writer = threading.Thread(target=self._write_loop, name="sink-writer", daemon=True)
-        self._writer.start()
+        self._writers = [threading.Thread(target=self._write_loop, args=(slot,), name=f"sink-writer-{slot}",
+                                          daemon=True) for slot in range(self.config.writers)]
+        for writer in self._writers:
+            writer.start()
         self.maintain()
         next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
         try:
@@ -224,17 +253,19 @@ class TopicSink:
         try:
             if self._pending.count and self.assignment:
                 self._submit(self._pending, give_up_after=30.0)
-            if self._writer.is_alive():
-                self._todo.put(None)  # after what is queued: the writer finishes it (or gives up if the DB is down)
-                self._writer.join()
+            for writer in self._writers:  # after what is queued: the writers finish it (or give up if the DB is down)
+                if writer.is_alive():
+                    self._todo.put(None)
+            for writer in self._writers:
+                writer.join()
             self._collect()
         except Exception:  # shutting down: what is not committed is re-delivered next time
             log.exception("final flush failed; the batch will be re-delivered")
         finally:
             self._consumer.close()
             self._dlq_producer.flush(10)
-            if self._conn is not None:
-                self._conn.close()
+            for slot in range(len(self._conns)):
+                self._drop_connection(slot)
         if self._writer_error is not None:
             raise self._writer_error
 
@@ -309,14 +340,16 @@ class TopicSink:
         paused: list[TopicPartition] = []
         try:
             while True:
+                batch.seq = (self._epoch, self._next_seq)  # the epoch may change during the wait
                 try:
                     self._todo.put(batch, timeout=0.05)
+                    self._next_seq += 1
                     return
                 except queue.Full:
                     pass
                 self._collect()
-                if not self._writer.is_alive():
-                    raise self._writer_error or RuntimeError("the sink's writer thread ended")
+                if not all(writer.is_alive() for writer in self._writers):
+                    raise self._writer_error or RuntimeError("a writer thread of the sink ended")
                 if give_up_after is not None and time.monotonic() - waited_since > give_up_after:
                     return
                 if not paused and self.assignment and time.monotonic() - waited_since > PAUSE_AFTER_S:
@@ -334,18 +367,32 @@ class TopicSink:
                 self._consumer.resume([tp for tp in paused if tp in self.assignment] or self.assignment)
 
     def _collect(self) -> None:
-        """Batches the writer committed: dead letters out, offsets committed (consumer thread, in order)."""
+        """Batches the writers committed: dead letters out, then offsets up to the watermark (consumer thread).
+
+        Only the unbroken prefix of committed batches (by number, in this epoch) is released, and
+        its offsets are committed in one call after its dead letters are out; a batch of an earlier
+        epoch (before a rebalance) is in the database but its offsets are left to the re-delivery.
+        """
         if self._writer_error is not None:
             raise self._writer_error
         while True:
             try:
                 batch = self._done.get_nowait()
             except queue.Empty:
-                return
-            self._send_dlq(batch)
-            self._commit_offsets(batch)
+                break
             self.metrics.observe_batch(batch.count, batch.commit_s, batch.written, batch.max_time)
             self.committed_batches += 1
+            epoch, number = batch.seq
+            if epoch == self._epoch:
+                self._finished[number] = batch
+        ready: list[Batch] = []
+        while self._next_commit in self._finished:
+            ready.append(self._finished.pop(self._next_commit))
+            self._next_commit += 1
+        if ready:
+            for batch in ready:
+                self._send_dlq(batch)
+            self._commit_offsets(ready)
 
     @staticmethod
     def _dead_letter_record(msg: Message, reason: str) -> dict:
@@ -361,45 +408,54 @@ class TopicSink:
         if batch.dlq:
             self._dlq_producer.flush(10)
 
-    def _commit_offsets(self, batch: Batch) -> None:
-        if not batch.offsets:
+    def _commit_offsets(self, batches: list[Batch]) -> None:
+        """Commit the offsets of `batches` (consecutive, all in the database): the newest per partition."""
+        newest: dict[tuple[str, int], int] = {}
+        for batch in batches:
+            newest.update(batch.offsets)  # later batches hold later offsets of a partition
+        if not newest:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()]
+        offsets = [TopicPartition(t, p, o) for (t, p), o in newest.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # e.g. a rebalance took the partitions: rows are in, re-delivery is harmless
             log.warning("offset commit failed; the batch may be re-delivered (idempotent)", error=str(exc))
 
     # --- write (writer thread) -------------------------------------------------------------------------
-    def _write_loop(self) -> None:
+    def _write_loop(self, slot: int) -> None:
         try:
             while True:
                 batch = self._todo.get()
                 if batch is None:
                     return
                 try:
-                    self._flush(batch)
-                except _Stopped:
+                    self._flush(batch, slot)
+                except _Stopped:  # never handed back: the watermark holds every later batch's offsets
                     continue
                 self._done.put(batch)
         except BaseException as exc:  # re-raised in the consumer thread: the process fails as before
             self._writer_error = exc
 
-    def _flush(self, batch: Batch) -> None:
+    def _flush(self, batch: Batch, slot: int = 0) -> None:
         attempt = 0
         while True:
             try:
                 t0 = time.perf_counter()
-                batch.written = self._write(batch)
+                batch.written = self._write(batch, slot)
                 batch.commit_s = time.perf_counter() - t0
                 self.database_down = False
                 return
+            except psycopg.errors.DeadlockDetected as exc:
+                # two writers storing the same keys in a different order (re-delivered records): the
+                # transaction was rolled back whole, so writing it again is safe; the database is up
+                log.info("deadlock between sink writers, writing the batch again", error=str(exc).splitlines()[0])
+                continue
             except psycopg.Error as exc:
                 for table in {*batch.rows, *batch.copies}:
                     self.metrics.errors.labels(table, "database").inc()
                 if not isinstance(exc, psycopg.OperationalError):
                     raise
-                self._drop_connection()
+                self._drop_connection(slot)
                 self.database_down = True
                 attempt += 1
                 delay = min(self.config.max_backoff_s, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)
@@ -412,29 +468,36 @@ class TopicSink:
                         raise _Stopped() from None
                     time.sleep(0.05)
 
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.conninfo, connect_timeout=5)
-        return self._conn
+    def _connection(self, slot: int) -> psycopg.Connection:
+        conn = self._conns[slot]
+        if conn is None or conn.closed:
+            conn = self._conns[slot] = psycopg.connect(self.conninfo, connect_timeout=5)
+        return conn
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
+    def _drop_connection(self, slot: int) -> None:
+        conn, self._conns[slot] = self._conns[slot], None
+        if conn is not None:
             try:
-                self._conn.close()
+                conn.close()
             except Exception:
                 pass
-            self._conn = None
 
-    def _cover(self, conn: psycopg.Connection, batch: Batch) -> None:
+    def _cover(self, conn: psycopg.Connection, batch: Batch) -> dict[str, list[datetime]]:
         """Make partitions for data outside the maintained window (a replay or backfill of old days).
 
         Partition periods already known to exist are cached, so live data costs a set lookup per
-        table and batch; only a batch reaching into a new period touches the catalog.
+        table and batch; only a batch reaching into a new period touches the catalog. Returns the
+        periods this transaction ensured: they join the cache (`_learn_covered`) only once it has
+        committed, so another writer never skips a partition that is not visible to it yet (its
+        rows would land in the DEFAULT partition); it calls the function too, which waits for ours.
         """
-        if self._covered_stale:
-            self._covered.clear()
-            self._covered_stale = False
-        for table, lo in batch.min_time.items():
+        with self._cache_lock:
+            if self._covered_stale:
+                self._covered.clear()
+                self._covered_stale = False
+            known = {table: set(periods) for table, periods in self._covered.items()}
+        ensured: dict[str, list[datetime]] = {}
+        for table, lo in sorted(batch.min_time.items()):
             plan = PLANS.get(table)
             if plan is None:
                 continue
@@ -444,7 +507,7 @@ class TopicSink:
             while p <= last:
                 periods.append(p)
                 p = add_periods(plan.granularity, p, 1)
-            covered = self._covered.setdefault(table, set())
+            covered = known.get(table, set())
             if all(p in covered for p in periods):
                 continue
             try:
@@ -452,36 +515,49 @@ class TopicSink:
             except ValueError as exc:  # a wild timestamp: leave those rows to the DEFAULT partition
                 log.warning("not creating partitions", table=table, reason=str(exc))
                 continue
-            covered.update(periods)
+            ensured[table] = periods
+        return ensured
+
+    def _learn_covered(self, ensured: dict[str, list[datetime]]) -> None:
+        with self._cache_lock:
+            if not self._covered_stale:
+                for table, periods in ensured.items():
+                    self._covered.setdefault(table, set()).update(periods)
 
     def _record_writes(self, conn: psycopg.Connection, batch: Batch) -> list[tuple[str, int]]:
-        """Remember the days written (retention never drops them soon after); what was recorded."""
+        """Remember the days written (retention never drops them soon after); what was recorded.
+
+        Tables in name order: two writers upserting the same (table, day) rows lock them in one order.
+        """
         now = time.monotonic()
         recorded = []
-        for table, days in batch.days.items():
+        for table, days in sorted(batch.days.items()):
             if table not in PLANS:
                 continue
-            due = [d for d in days if now - self._recorded.get((table, d), -1e18) > RECORD_WRITES_EVERY_S]
+            with self._cache_lock:
+                due = [d for d in days if now - self._recorded.get((table, d), -1e18) > RECORD_WRITES_EVERY_S]
             if due:
                 record_writes(conn, table, [_day(d) for d in due])
                 recorded += [(table, d) for d in due]
         return recorded
 
-    def _write(self, batch: Batch) -> dict[str, int]:
+    def _write(self, batch: Batch, slot: int = 0) -> dict[str, int]:
         """Every table of the batch in one transaction: all of it lands, or none of it."""
-        conn = self._connection()
+        conn = self._connection(slot)
         written: dict[str, int] = defaultdict(int)
         with conn.transaction():
-            self._cover(conn, batch)
+            ensured = self._cover(conn, batch)
             for table, parts in batch.copies.items():
                 written[table] += copy_binary(conn, self._by_table[table], copy_payload(parts),
                                               batch.copy_rows[table])
             for table, rows in batch.rows.items():
                 written[table] += write_rows(conn, self._by_table[table], rows)
             recorded = self._record_writes(conn, batch)
+        self._learn_covered(ensured)  # only once the transaction committed
         now = time.monotonic()
-        for key in recorded:  # only once the transaction committed
-            self._recorded[key] = now
+        with self._cache_lock:
+            for key in recorded:
+                self._recorded[key] = now
         return dict(written)
 
 
