@@ -83,6 +83,11 @@ log = structlog.get_logger("sink")
 MAINTENANCE_INTERVAL_S = 3600.0
 RECORD_WRITES_EVERY_S = 600.0  # a (table, day) written again is re-recorded at most this often
 PAUSE_AFTER_S = 0.5  # the writer busy this long with a full queue: pause the partitions
+# librdkafka fetches ahead until this many records wait locally (default 100,000); more keeps the
+# fetch pipeline to the broker busy while the consumer thread decodes: consuming md.trades from the
+# embedded Tansu went from ~130k to 270k-400k records/s (benchmarks/RESULTS.md). Memory stays capped
+# by queued.max.messages.kbytes (64 MiB by default).
+PREFETCH_CONFIG = {"queued.min.messages": 500_000}
 
 
 @dataclass
@@ -182,7 +187,7 @@ class TopicSink:
     # --- lifecycle -------------------------------------------------------------------------------------
     def _make_consumer(self) -> Consumer:
         consumer = Consumer(consumer_config(self.bootstrap, self.config.group_id,
-                                            **{"enable.auto.offset.store": False}))
+                                            **{"enable.auto.offset.store": False, **PREFETCH_CONFIG}))
         consumer.subscribe(list(self.specs), on_assign=self._on_assign, on_revoke=self._on_revoke)
         return consumer
 
