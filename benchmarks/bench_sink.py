@@ -1,6 +1,7 @@
 """Sink throughput: md.trades records in a topic → committed rows in PostgreSQL, one process.
 
 Run: .venv/bin/python -m benchmarks.bench_sink [--rows 1000000] [--batch 50000] [--writers 2] [--record-path]
+     [--hypertable-rows 50000]
 Target (DESIGN.md §7, issues 5 and 11): ≥ 300,000 rows/s per process for trades. Embedded Tansu and
 an embedded PostgreSQL (default durability settings) on this machine. The records are produced
 first; the clock runs from the moment the group assigned the partitions until the sink reports
@@ -14,6 +15,14 @@ or decoding), once from one connection and once from as many connections as the 
 N-connection baseline is the honest one: both use the same number of PostgreSQL backends. Also
 prints decode-only rates (fast path and fastavro) and the load average before and after, because
 the machine may be shared.
+
+The TimescaleDB path: TimescaleDB cannot be installed here; the PGlite build `make bootstrap` puts
+in `.cache/pglite-timescale` (TimescaleDB 2.23 in WebAssembly, one connection, no COPY FROM STDIN)
+can only time INSERTs. `--hypertable-rows N` inserts N of the same rows, the way the sink's
+statements do (multi-row INSERT ... ON CONFLICT DO NOTHING, in 50k-row transactions), into the
+migrated `trades` hypertable and into a plain table `LIKE trades INCLUDING ALL` (same primary key
+and BRIN) on the same PGlite, alternately, and prints the ratio hypertable / plain: what routing
+rows into chunks costs, not an absolute rate of a real TimescaleDB server.
 """
 
 from __future__ import annotations
@@ -70,6 +79,43 @@ def plain_copy(conninfo: str, payloads: list[bytes], rows: int, connections: int
     return rate
 
 
+def hypertable_vs_plain(rows: list[tuple], rounds: int = 2) -> tuple[float, float]:
+    """(hypertable rows/s, plain table rows/s) of the same INSERTs on one PGlite with TimescaleDB."""
+    from benchmarks.pglite_timescale import migrate_pglite, pglite_timescale
+
+    per = 600 // len(TRADES.columns)  # pglite-socket drops larger messages
+
+    def insert(table: str, n: int) -> str:
+        row = "(" + ", ".join(["%s"] * len(TRADES.columns)) + ")"
+        return (f"INSERT INTO {table} ({', '.join(TRADES.columns)}) VALUES {', '.join([row] * n)} "
+                "ON CONFLICT DO NOTHING")
+
+    with pglite_timescale() as ts:
+        migrate_pglite(ts)
+        with psycopg.connect(ts, autocommit=True) as conn:
+            kind = conn.execute("SELECT count(*) FROM timescaledb_information.hypertables "
+                                "WHERE hypertable_name = 'trades'").fetchone()[0]
+            if kind != 1:
+                raise SystemExit("trades is not a hypertable on PGlite")
+            conn.execute("CREATE TABLE trades_plain (LIKE trades INCLUDING ALL)")
+            times: dict[str, float] = {"trades": 0.0, "trades_plain": 0.0}
+            for _ in range(rounds):
+                for table in times:
+                    t = time.perf_counter()
+                    for lo in range(0, len(rows), 50_000):
+                        with conn.transaction():
+                            for i in range(lo, min(lo + 50_000, len(rows)), per):
+                                chunk = rows[i:i + per]
+                                conn.execute(insert(table, len(chunk)), [v for r in chunk for v in r])
+                    times[table] += time.perf_counter() - t
+                    stored = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                    if stored != len(rows):
+                        raise SystemExit(f"{table} on PGlite holds {stored:,} rows, not {len(rows):,}")
+                    conn.execute(f"TRUNCATE {table}")
+    n = rounds * len(rows)
+    return n / times["trades"], n / times["trades_plain"]
+
+
 def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: int, batch: int,
              columnar: bool, writers: int) -> tuple[float, float, int]:
     group = f"{prefix}sink-{'columnar' if columnar else 'records'}"  # each run reads the topic from the start
@@ -102,6 +148,8 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=SinkConfig.writers,
                     help="the sink's writer threads (= connections of the N-connection COPY baseline)")
     ap.add_argument("--record-path", action="store_true", help="also run the record-by-record path (slow)")
+    ap.add_argument("--hypertable-rows", type=int, default=0,
+                    help="also time INSERTs into a hypertable vs a plain table on PGlite-TimescaleDB (rows)")
     args = ap.parse_args()
     load_before = os.getloadavg()
     serde = AvroSerde(FileSchemaRegistry())
@@ -132,6 +180,8 @@ def main() -> None:
         fast = run_sink(bootstrap, conninfo, serde, "bench.", args.rows, args.batch, True, args.writers)
         slow = run_sink(bootstrap, conninfo, serde, "bench.", args.rows, args.batch, False, args.writers) \
             if args.record_path else None
+    hyper = hypertable_vs_plain([TRADES.to_row(r) for r in recs[:args.hypertable_rows]]) \
+        if args.hypertable_rows else None
     load_after = os.getloadavg()
     elapsed, join_s, n = fast
     rate = n / elapsed
@@ -147,6 +197,9 @@ def main() -> None:
           f"in parallel)")
     print(f"fast-path decode:     {fast_decode:>10,.0f} rows/s   (polars Avro -> pgpq COPY bytes, one thread)")
     print(f"fastavro decode:      {fastavro_decode:>10,.0f} rows/s")
+    if hyper:
+        print(f"PGlite-TimescaleDB INSERT ({args.hypertable_rows:,} rows x 2): hypertable {hyper[0]:,.0f} rows/s, "
+              f"plain table {hyper[1]:,.0f} rows/s, ratio hypertable/plain {hyper[0] / hyper[1]:.2f}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores)")
 
 

@@ -258,9 +258,15 @@ class TopicSink:
         try:
             if self._pending.count and self.assignment:
                 self._submit(self._pending, give_up_after=30.0)
-            for writer in self._writers:  # after what is queued: the writers finish it (or give up if the DB is down)
-                if writer.is_alive():
-                    self._todo.put(None)
+            # one end marker per writer, after what is queued: the writers finish it (or give up if the
+            # DB is down). Any writer may take any marker, so count markers, not the writers still alive
+            markers = len(self._writers)
+            while markers and any(writer.is_alive() for writer in self._writers):
+                try:
+                    self._todo.put(None, timeout=0.1)
+                    markers -= 1
+                except queue.Full:
+                    pass
             for writer in self._writers:
                 writer.join()
             self._collect()

@@ -38,7 +38,7 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
     # cluster must not share (and split) one group
     config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix,
                         group_id=f"{settings.topic_prefix}tapeflow-sink",
-                        retention=resolve_policies(settings.retention))
+                        retention=resolve_policies(settings.retention), writers=settings.sink_writers)
     metrics = SinkMetrics()
     sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
                      AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)

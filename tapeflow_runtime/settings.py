@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+    sink_writers: int = Field(default=2, ge=1, le=16,
+                              description="Sink writer threads, each with its own database connection.")
     startup_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
     writer_password: SecretStr | None = Field(
