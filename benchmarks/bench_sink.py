@@ -16,6 +16,11 @@ N-connection baseline is the honest one: both use the same number of PostgreSQL 
 prints decode-only rates (fast path and fastavro) and the load average before and after, because
 the machine may be shared.
 
+CPU per million rows (user + system seconds of the sink's own process, the broker, and every
+PostgreSQL process including exited backends) is printed for the sink run and the plain-COPY
+runs: unlike rows/s it does not depend on how much of the machine other work takes, and
+cores / (CPU seconds per row) is the most the pipeline could do on this machine alone.
+
 The TimescaleDB path: TimescaleDB cannot be installed here; the PGlite build `make bootstrap` puts
 in `.cache/pglite-timescale` (TimescaleDB 2.23 in WebAssembly, one connection, no COPY FROM STDIN)
 can only time INSERTs. `--hypertable-rows N` inserts N of the same rows, the way the sink's
@@ -29,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import threading
 import time
 
+import psutil
 import psycopg
 from confluent_kafka import Producer
 
@@ -55,8 +62,33 @@ def records(n: int) -> list[dict]:
              "receive_time": T0 + i + 3, "taker_side": "SELL" if i % 3 else "BUY"} for i in range(n)]
 
 
-def plain_copy(conninfo: str, payloads: list[bytes], rows: int, connections: int) -> float:
-    """Rows/s of binary-COPYing `payloads` into trades, one transaction each, over `connections`."""
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far: this process, the broker, PostgreSQL (the stack's processes are our children).
+
+    A PostgreSQL backend that exited was reaped by the postmaster, so its time is in the
+    postmaster's children times; the live backends and helpers count their own.
+    """
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"sink": me.ru_utime + me.ru_stime, "broker": 0.0, "postgres": 0.0}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            name = child.name()
+        except psutil.Error:
+            continue
+        kind = "postgres" if "postgres" in name else "broker"
+        out[kind] += t.user + t.system + (t.children_user + t.children_system if kind == "postgres" else 0.0)
+    return out
+
+
+def cpu_delta(before: dict[str, float], rows: int) -> dict[str, float]:
+    """CPU seconds per million rows since `before`."""
+    after = cpu_seconds()
+    return {k: (after[k] - before[k]) * 1_000_000 / rows for k in before}
+
+
+def plain_copy(conninfo: str, payloads: list[bytes], rows: int, connections: int) -> tuple[float, dict]:
+    """(rows/s, CPU s per 1M rows) of binary-COPYing `payloads` into trades, a transaction each, over `connections`."""
     def work(k: int) -> None:
         with psycopg.connect(conninfo) as conn:
             for payload in payloads[k::connections]:
@@ -64,19 +96,22 @@ def plain_copy(conninfo: str, payloads: list[bytes], rows: int, connections: int
                     cp.write(payload)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(connections)]
+    cpu = cpu_seconds()
     t = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     rate = rows / (time.perf_counter() - t)
+    time.sleep(0.5)  # the backends exit and are reaped: their time moves to the postmaster
+    cpu = cpu_delta(cpu, rows)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         stored = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
         conn.execute("TRUNCATE trades")
         conn.execute("CHECKPOINT")  # each measurement starts without the previous one's dirty pages
     if stored != rows:
         raise SystemExit(f"plain COPY stored {stored:,} rows, not {rows:,}")
-    return rate
+    return rate, cpu
 
 
 def hypertable_vs_plain(rows: list[tuple], rounds: int = 2) -> tuple[float, float]:
@@ -117,12 +152,13 @@ def hypertable_vs_plain(rows: list[tuple], rounds: int = 2) -> tuple[float, floa
 
 
 def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: int, batch: int,
-             columnar: bool, writers: int) -> tuple[float, float, int]:
+             columnar: bool, writers: int) -> tuple[float, float, int, dict]:
     group = f"{prefix}sink-{'columnar' if columnar else 'records'}"  # each run reads the topic from the start
     sink = TopicSink(SinkConfig(topics=["md.trades"], topic_prefix=prefix, group_id=group,
                                 batch_rows=batch, columnar=columnar, writers=writers), bootstrap, conninfo, serde)
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set})
+    cpu = cpu_seconds()
     t_start = time.perf_counter()
     thread.start()
     while not sink.assignment and time.perf_counter() - t_start < 60:
@@ -134,11 +170,13 @@ def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: in
     elapsed = time.perf_counter() - t
     done.set()
     thread.join(120)
+    time.sleep(0.5)
+    cpu = cpu_delta(cpu, n)  # includes the group join and the shutdown: a little on the high side
     with psycopg.connect(conninfo, autocommit=True) as conn:
         committed = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
         conn.execute("TRUNCATE trades")
         conn.execute("CHECKPOINT")
-    return elapsed, join_s, committed
+    return elapsed, join_s, committed, cpu
 
 
 def main() -> None:
@@ -169,8 +207,9 @@ def main() -> None:
         # baselines: plain binary COPY of the same rows, batches of --batch, 1 and --writers connections
         per = max(1, args.batch // 10_000)
         payloads = [copy_payload([p.data for p in parts[i:i + per]]) for i in range(0, len(parts), per)]
-        copy_rate = plain_copy(conninfo, payloads, args.rows, 1)
-        copy_rate_n = plain_copy(conninfo, payloads, args.rows, args.writers) if args.writers > 1 else copy_rate
+        copy_rate, copy_cpu = plain_copy(conninfo, payloads, args.rows, 1)
+        copy_rate_n, copy_cpu_n = plain_copy(conninfo, payloads, args.rows, args.writers) \
+            if args.writers > 1 else (copy_rate, copy_cpu)
         ensure_topics(bootstrap, prefix="bench.")
         p = Producer(producer_config(bootstrap, **{"queue.buffering.max.messages": 2_000_000}))
         for r, v in zip(recs, values):
@@ -183,7 +222,7 @@ def main() -> None:
     hyper = hypertable_vs_plain([TRADES.to_row(r) for r in recs[:args.hypertable_rows]]) \
         if args.hypertable_rows else None
     load_after = os.getloadavg()
-    elapsed, join_s, n = fast
+    elapsed, join_s, n, sink_cpu = fast
     rate = n / elapsed
     print(f"rows committed: {n:,} of {args.rows:,} in {elapsed:.2f} s after a {join_s:.2f} s group join "
           f"(batch {args.batch:,}, {args.writers} writer(s))")
@@ -197,6 +236,18 @@ def main() -> None:
           f"in parallel)")
     print(f"fast-path decode:     {fast_decode:>10,.0f} rows/s   (polars Avro -> pgpq COPY bytes, one thread)")
     print(f"fastavro decode:      {fastavro_decode:>10,.0f} rows/s")
+    cores = os.cpu_count() or 1
+
+    def cpu_line(label: str, cpu: dict) -> str:
+        total = sum(cpu.values())
+        return (f"CPU per 1M rows, {label}: sink process {cpu['sink']:.2f} s, broker {cpu['broker']:.2f} s, "
+                f"PostgreSQL {cpu['postgres']:.2f} s; total {total:.2f} s -> at most "
+                f"{cores * 1_000_000 / total:,.0f} rows/s on {cores} cores with nothing else running")
+
+    print(cpu_line("sink end to end", sink_cpu))
+    print(cpu_line("plain COPY, 1 conn", copy_cpu))
+    if args.writers > 1:
+        print(cpu_line(f"plain COPY, {args.writers} conn", copy_cpu_n))
     if hyper:
         print(f"PGlite-TimescaleDB INSERT ({args.hypertable_rows:,} rows x 2): hypertable {hyper[0]:,.0f} rows/s, "
               f"plain table {hyper[1]:,.0f} rows/s, ratio hypertable/plain {hyper[0] / hyper[1]:.2f}")
