@@ -42,6 +42,7 @@ def test_defaults():
     ({"TAPEFLOW_DATABASE_URL": "mysql://u:p@h/db"}, "TAPEFLOW_DATABASE_URL"),
     ({"TAPEFLOW_SCHEMA_REGISTRY_URL": "registry:8081"}, "TAPEFLOW_SCHEMA_REGISTRY_URL"),
     ({"TAPEFLOW_LOG_LEVEL": "LOUD"}, "TAPEFLOW_LOG_LEVEL"),
+    ({"TAPEFLOW_SINK_WRITERS": "0"}, "TAPEFLOW_SINK_WRITERS"),
 ])
 def test_invalid_values_name_the_setting(monkeypatch, env, needle):
     for k, v in env.items():
@@ -50,6 +51,12 @@ def test_invalid_values_name_the_setting(monkeypatch, env, needle):
         load_settings()
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_sink_writers_default_and_override(monkeypatch):
+    assert load_settings().sink_writers == 2
+    monkeypatch.setenv("TAPEFLOW_SINK_WRITERS", "4")
+    assert load_settings().sink_writers == 4
 
 
 def test_symbols_are_normalised_and_deduplicated(monkeypatch):
