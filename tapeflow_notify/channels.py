@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tapeflow_runtime.settings import Settings
 from tapeflow_notify.messages import Note
+from tapeflow_runtime.settings import Settings
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 

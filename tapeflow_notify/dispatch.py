@@ -116,6 +116,8 @@ class ChannelSender:
                 self.consecutive_failures = 0
                 self.delivered += 1
                 self.metrics.sent.labels(name, note.kind).inc()
+            finally:
+                self.queue.task_done()  # drain() waits for this, not for an empty queue: one may be in flight
 
 
 class Dispatcher:
@@ -145,10 +147,11 @@ class Dispatcher:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def drain(self, timeout_s: float) -> None:
-        """At shutdown: give queued messages a moment to go out."""
-        deadline = time.monotonic() + timeout_s
-        while any(not s.queue.empty() for s in self.senders) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        """At shutdown: give queued messages, and the one each sender is delivering, a moment to go out."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.queue.join() for s in self.senders)), timeout_s)
+        except asyncio.TimeoutError:
+            pass
 
     def health(self) -> dict:
         channels = {s.channel.name: {"delivered": s.delivered, "queued": s.queue.qsize(), "held": sum(s.held.values()),

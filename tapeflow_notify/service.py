@@ -24,15 +24,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
+from tapeflow_notify.channels import channels_from
+from tapeflow_notify.dispatch import Dispatcher
+from tapeflow_notify.messages import note_for
+from tapeflow_notify.metrics import NotifyMetrics
 from tapeflow_runtime.endpoints import resolve_broker
 from tapeflow_runtime.kafka_client import consumer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.service_http import build_app, serve
 from tapeflow_runtime.settings import ConfigError, Settings
-from tapeflow_notify.channels import channels_from
-from tapeflow_notify.dispatch import Dispatcher
-from tapeflow_notify.messages import note_for
-from tapeflow_notify.metrics import NotifyMetrics
 
 log = structlog.get_logger("notify")
 
