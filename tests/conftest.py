@@ -130,8 +130,9 @@ def recording_dir() -> str:
     return RECORDING_DIR
 
 
-def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[dict]:
-    """Every record of `topic`, decoded. Reads until idle: Tansu's high watermark counts batches."""
+def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = False) -> list[dict]:
+    """Every record of `topic`, decoded (with `raw`: the value's bytes and the record timestamp instead).
+    Reads until idle: Tansu's high watermark counts batches."""
     from confluent_kafka import Consumer, TopicPartition
 
     from schemas.registry import FileSchemaRegistry
@@ -152,6 +153,10 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[dict]:
         quiet = 0.0
         if m.error():
             continue
+        if raw:
+            out.append({"key": m.key(), "partition": m.partition(), "offset": m.offset(), "value": m.value(),
+                        "timestamp": m.timestamp()[1]})
+            continue
         out.append({"key": m.key().decode() if m.key() else None, "partition": m.partition(), "offset": m.offset(),
                     "value": serde.decode(m.value())})
     c.close()
@@ -160,5 +165,5 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def read_topic():
-    """`read_topic(bootstrap, topic, idle_s=2.0)` -> decoded records of the whole topic."""
+    """`read_topic(bootstrap, topic, idle_s=2.0, raw=False)` -> decoded (or raw) records of the whole topic."""
     return _read_topic

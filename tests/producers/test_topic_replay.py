@@ -14,12 +14,10 @@ import subprocess
 import sys
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from producers.topic_replay import TopicReplay
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import consumer_config
 from tests.support.replay_runs import (
     OUTPUTS,
     assert_same,
@@ -35,21 +33,10 @@ pytestmark = pytest.mark.integration
 INPUTS = ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
 
 
-def raw_records(bootstrap: str, topic: str, idle_s: float = 1.0) -> list[tuple[int, bytes, bytes, int]]:
-    """(partition, key, value bytes, timestamp) of every record, in offset order per partition."""
-    c = Consumer(consumer_config(bootstrap))
-    c.assign([TopicPartition(topic, p, -2) for p in c.list_topics(topic, timeout=10).topics[topic].partitions])
-    out, quiet = [], 0.0
-    while quiet < idle_s:
-        m = c.poll(0.25)
-        if m is None:
-            quiet += 0.25
-            continue
-        quiet = 0.0
-        if not m.error():
-            out.append((m.partition(), m.key(), m.value(), m.timestamp()[1]))
-    c.close()
-    return out
+def raw_records(read_topic, bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes, int]]:
+    """(partition, key, value bytes, timestamp) of every record."""
+    return [(r["partition"], r["key"], r["value"], r["timestamp"])
+            for r in read_topic(bootstrap, topic, idle_s=1.0, raw=True)]
 
 
 def cli(env, *args: str) -> subprocess.CompletedProcess:
@@ -63,7 +50,7 @@ def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafk
     original, _, _ = replay(kafka_bootstrap, topic_prefix, read_topic, tmp_path / "original", seed=31,
                             duration_s=240, speed="max")
     assert original["signals"], "the original run must have signals to reproduce"
-    live = {t: raw_records(kafka_bootstrap, topic_prefix + t) for t in INPUTS}
+    live = {t: raw_records(read_topic, kafka_bootstrap, topic_prefix + t) for t in INPUTS}
     stamps = sorted(ts for records in live.values() for *_, ts in records)
     env = service_env(kafka_bootstrap, topic_prefix, tmp_path / "rehearsal")
     (tmp_path / "rehearsal").mkdir()
@@ -72,7 +59,7 @@ def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafk
               "--speed", "max", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     namespace = topic_prefix + "rehearsal."
-    copies = {t: raw_records(kafka_bootstrap, namespace + t) for t in INPUTS}
+    copies = {t: raw_records(read_topic, kafka_bootstrap, namespace + t) for t in INPUTS}
     for t in INPUTS:  # every record once, same partition, key, bytes and timestamp (hence event times)
         assert sorted(copies[t]) == sorted(live[t]), t
 
@@ -84,7 +71,7 @@ def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafk
     assert_same(read_outputs(kafka_bootstrap, namespace, read_topic), original, "rehearsal vs original")
     assert read_outputs(kafka_bootstrap, topic_prefix, read_topic) == original  # the live outputs untouched
     for t in OUTPUTS:
-        assert len(raw_records(kafka_bootstrap, topic_prefix + t)) == len(original[t]), t
+        assert len(raw_records(read_topic, kafka_bootstrap, topic_prefix + t)) == len(original[t]), t
 
     # a sub-range: exactly the records stamped inside it
     middle = stamps[len(stamps) // 2]
@@ -94,8 +81,8 @@ def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafk
     serde = AvroSerde(FileSchemaRegistry())
     for t in ("md.trades", "md.mark"):
         want = sorted(r for r in live[t] if r[3] >= middle and serde.decode(r[2])["symbol"] == "BTCUSDT")
-        assert sorted(raw_records(kafka_bootstrap, topic_prefix + "half." + t)) == want, t
-    assert raw_records(kafka_bootstrap, topic_prefix + "half.md.book") == []
+        assert sorted(raw_records(read_topic, kafka_bootstrap, topic_prefix + "half." + t)) == want, t
+    assert raw_records(read_topic, kafka_bootstrap, topic_prefix + "half.md.book") == []
 
     # into the live topics themselves, or an unknown topic: refused with one line
     res = cli(env, "replay", "--to-prefix", "bad name", "--from", str(middle), "--to", str(stamps[-1]))
