@@ -13,7 +13,9 @@ emulates the producer on the recording's receive clock and has no REST indicator
 generated answers exist only in a replay), so its book and indicator inputs differ by construction.
 
 The strategy is a test strategy (1m/5m CVD, 2-minute warm-up, direction layer only) so a 4-minute
-session has signals; the two-hour session checks a long replay at max against 60x.
+session has signals; the two-hour session checks a long replay at max against 60x (a 1x replay of it
+would take two hours), the engine core and the backtest. Every run's md.trades holds exactly the
+session's agg ids, each once.
 """
 
 from __future__ import annotations
@@ -23,8 +25,19 @@ import os
 import pytest
 
 from stream_apps.core.strategy import parse_strategy
-from tests.support.engine_reference import canonical, direct_engine_outputs, session_records
-from tests.support.replay_runs import STRATEGY, SYMBOLS, assert_same, backtest_signals, replay
+from tests.support.engine_reference import (
+    canonical,
+    direct_engine_outputs,
+    session_records,
+)
+from tests.support.replay_runs import (
+    STRATEGY,
+    SYMBOLS,
+    assert_every_trade_once,
+    assert_same,
+    backtest_signals,
+    replay,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +51,8 @@ def test_replay_output_is_identical_at_1x_60x_and_max(kafka_bootstrap, read_topi
     outputs, inputs, summary = runs["max"]
     print(f"\nmax: {summary}\n" + ", ".join(f"{t} {len(v)}" for t, v in outputs.items()))
     assert len(outputs["bars.1m"]) >= 6 and len(outputs["features"]) > 300 and outputs["signals"], outputs["signals"]
+    for speed in ("max", "60", "1"):
+        assert_every_trade_once(21, 240, runs[speed][1]["md.trades"])
     for speed in ("60", "1"):
         assert_same(runs[speed][0], outputs, f"{speed}x vs max")
         # the same trades in the same order per symbol (receive_time is the producer's wall clock)
@@ -60,6 +75,8 @@ def test_a_two_hour_replay_at_max_equals_60x(kafka_bootstrap, read_topic, tmp_pa
     outputs, inputs, summary = runs["max"]
     print(f"\nmax: {summary}\n" + ", ".join(f"{t} {len(v)}" for t, v in outputs.items()))
     assert len(outputs["bars.1m"]) >= 2 * 119 and outputs["signals"]
+    for speed in ("max", "60"):  # the exact agg-id set of the session: nothing lost at max, nothing twice
+        assert_every_trade_once(22, 2 * 3600, runs[speed][1]["md.trades"])
     assert_same(runs["60"][0], outputs, "60x vs max")
     reference = canonical(direct_engine_outputs(session_records(inputs), [parse_strategy(STRATEGY)]))
     assert_same(outputs, reference, "streaming vs engine core")

@@ -31,6 +31,25 @@ OUTPUTS = ("bars.1m", "features", "signals")
 INPUTS = ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
 
 
+def synthetic_args(seed: int, duration_s: float, fake_args: tuple[str, ...] = ()) -> list[str]:
+    """`tapeflow fake-exchange` arguments of the generated session `replay` serves."""
+    return ["--synthetic-seed", str(seed), "--synthetic-symbols", ",".join(SYMBOLS), "--synthetic-duration",
+            str(duration_s), *fake_args]
+
+
+def assert_every_trade_once(seed: int, duration_s: float, trades: list[dict], fake_args: tuple[str, ...] = ()) -> None:
+    """No trade lost, none twice: the (symbol, agg id)s on md.trades are exactly the session's (the fake
+    exchange's own generator, from the same arguments)."""
+    from fake_exchange.cli import config_from_args
+
+    session = config_from_args(synthetic_args(seed, duration_s, fake_args)).load_session()
+    recorded = {(f.payload["s"], f.payload["a"]) for f in session.frames if f.event == "aggTrade"}
+    published = [(t["symbol"], t["agg_id"]) for t in trades]
+    assert len(published) == len(set(published)), f"{len(published) - len(set(published))} trades published twice"
+    missing, extra = recorded - set(published), set(published) - recorded
+    assert not missing and not extra, f"{len(missing)} of {len(recorded)} trades missing, {len(extra)} not recorded"
+
+
 def service_env(kafka_bootstrap: str, prefix: str, workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update({"TAPEFLOW_HOME": str(workdir / "home"), "TAPEFLOW_BROKER": kafka_bootstrap,
@@ -73,9 +92,8 @@ def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed
     try:
         engine = start_engine(env, workdir, strategy=strategy)
         services.append(engine)
-        fake = Service("fake-exchange", ["fake-exchange", "--synthetic-seed", str(seed), "--synthetic-symbols",
-                                         ",".join(SYMBOLS), "--synthetic-duration", str(duration_s), "--speed",
-                                         speed, "--rest-clock", "recording", *fake_args], env, workdir)
+        fake = Service("fake-exchange", ["fake-exchange", *synthetic_args(seed, duration_s, fake_args), "--speed",
+                                         speed, "--rest-clock", "recording"], env, workdir)
         services.append(fake)
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 120).group(0))
         rest = urls["rest_url"]
