@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=51)
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
+    print("load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+          + f" on {os.cpu_count()} CPUs (a shared machine)")
     symbols = tuple(args.symbols.split(","))
     duration = HISTORY_S + args.live_min * 60
     spec = dict(trades_per_s=args.trades_per_s, depth_interval_ms=5_000, mark_interval_s=5, book_ticker=False,
@@ -157,6 +159,7 @@ def main() -> None:
     if "first signal after the live start" not in marks:
         print(f"no signal in the {args.live_min:g} live minutes")
     print(detail.group(0) if detail else "(no warm start summary)")
+    print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -294,7 +294,8 @@ def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
     detail = body.get("detail") or body.get("status") or body.get("error") or f"HTTP {code}"
     if "finished" in body:  # the fake exchange's replay status
         detail = "replay finished" if body["finished"] else "replaying"
-    return ComponentStatus(rec.name, code == 200, "running", rec.address, rec.pid, now - rec.started_at, detail)
+    state = "priming" if body.get("status") == "priming" else "running"  # a producer's warm start
+    return ComponentStatus(rec.name, code == 200, state, rec.address, rec.pid, now - rec.started_at, detail)
 
 
 def _last_line(log_path) -> str:

@@ -14,7 +14,8 @@ on. The first minutes differ by construction and are not compared: liquidations 
 history (5-minute window), and the point indicators (Coinbase premium, spot-perp divergence) are
 polled at the live start instead of at the previous 5-minute boundary.
 
-Measured and printed (not asserted): wall time from the producer's start to the end of the warm
+`tapeflow status` is sampled while the producer primes: it shows the producer as `priming` with each
+symbol's progress. Measured and printed (not asserted): wall time from the producer's start to the end of the warm
 start, to the first evaluation after the live start with the 24-hour warm-up complete, and to the
 first signal after the live start.
 """
@@ -23,16 +24,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import psutil
 import pytest
 
 from fake_exchange.replay import history_end
 from fake_exchange.synthetic import SyntheticSpec, generate_session
+from tapeflow.stack.supervisor import ComponentStatus, _app_status
 from tapeflow_runtime.kafka_client import ensure_topics
-from tests.support.replay_runs import SYMBOLS, drain_engine, read_outputs, replay, service_env, start_engine
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.process_records import ProcessRecord
+from tests.support.replay_runs import (
+    SYMBOLS,
+    drain_engine,
+    read_outputs,
+    replay,
+    service_env,
+    start_engine,
+)
 from tests.support.services import Service
 
 pytestmark = pytest.mark.integration
@@ -52,6 +66,28 @@ STRATEGY = {
     "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30},
 }
 SETTLE_MS = 10 * 60_000
+
+
+def watch_status_while_priming(producer: Service, env: dict[str, str]) -> list[ComponentStatus]:
+    """The producer's row of `tapeflow status` (`_app_status`, what the command prints for it), sampled
+    every 0.1 s until its warm start has finished; the producer registered in the home's run directory
+    as `tapeflow up` registers it. (The command itself takes seconds to start; priming here takes ~5 s.)"""
+    port = int(producer.wait_for_line(r"producer started.*metrics_port=(\d+)", 120).group(1))
+    address = f"127.0.0.1:{port}"
+    paths = StackPaths(Path(env["TAPEFLOW_HOME"]))
+    paths.ensure()
+    record = ProcessRecord("producer", producer.proc.pid, psutil.Process(producer.proc.pid).create_time(), address,
+                           time.time(), str(producer.log_path), {"finite": False,
+                                                                 "health_url": f"http://{address}/health"})
+    record.save(paths.state_file("producer"))
+    rows: list[ComponentStatus] = []
+    while True:
+        finished = "warm start finished" in producer.log()
+        rows.append(_app_status(record, time.time(), paths.state_file("producer")))
+        if finished or producer.proc.poll() is not None:
+            time.sleep(1.0)  # and once it streams live
+            return [*rows, _app_status(record, time.time(), paths.state_file("producer"))]
+        time.sleep(0.1)
 
 
 def first_record(read_topic, bootstrap: str, topic: str, accept) -> dict | None:
@@ -96,6 +132,7 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
                                         rest, "--coinbase-url", rest, "--replay-control-url", rest, "--vision-url",
                                         rest, "--warm-start-hours", "25", "--metrics-port", "0"], env, workdir)
         services.append(producer)
+        statuses = watch_status_while_priming(producer, env)
         producer.wait_for_line(r"warm start finished", 900)
         timings["warm start finished"] = time.monotonic() - began
         deadline = time.monotonic() + 900
@@ -129,7 +166,20 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
     assert len(trades) == len(set(trades)) and history_trades <= set(trades)
     assert "first warm evaluation" in timings  # the 24-hour warm-up was complete at the live start
 
+    # `tapeflow status` showed the producer priming, with per-symbol progress through the archive days
+    priming = [c for c in statuses if c.state == "priming"]
+    assert priming, statuses
+    assert all(c.healthy and c.detail.startswith("warm start") for c in priming), priming
+    assert any(re.search(r"(BTCUSDT|ETHUSDT) vision [0-2]/2 days, [\d,]+ trades", c.detail) for c in priming), \
+        [c.detail for c in priming]
+    assert statuses[-1].state == "running", statuses[-1]
+
     warm = read_outputs(kafka_bootstrap, prefix, read_topic)
+    for sym in SYMBOLS:  # the first evaluation after the live start: as valid, as timed as the reference's
+        first = [next(f for f in run["features"] if f["symbol"] == sym and f["eval_time"] >= live_ms)
+                 for run in (warm, reference)]
+        assert first[0]["block_reason"] != "warmup" and first[1]["block_reason"] != "warmup", first
+        assert first[0]["eval_time"] == first[1]["eval_time"], first
     cut = live_ms + SETTLE_MS
     for topic, field in (("features", "eval_time"), ("signals", "eval_time"), ("bars.1m", "open_time")):
         got = [r for r in warm[topic] if r[field] >= cut]
