@@ -133,6 +133,14 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
                                         rest, "--warm-start-hours", "25", "--metrics-port", "0"], env, workdir)
         services.append(producer)
         statuses = watch_status_while_priming(producer, env)
+        print("\nstatus while priming: " + " | ".join(dict.fromkeys(c.detail for c in statuses)))
+        # `tapeflow status` showed the producer priming, with per-symbol progress through the archive days
+        priming = [c for c in statuses if c.state == "priming"]
+        assert priming, statuses
+        assert all(c.healthy and c.detail.startswith("warm start") for c in priming), priming
+        assert any(re.search(r"(BTCUSDT|ETHUSDT) vision [0-2]/2 days, [\d,]+ trades", c.detail) for c in priming), \
+            [c.detail for c in priming]
+        assert statuses[-1].state == "running", statuses[-1]
         producer.wait_for_line(r"warm start finished", 900)
         timings["warm start finished"] = time.monotonic() - began
         deadline = time.monotonic() + 900
@@ -165,14 +173,6 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
     trades = [(t["value"]["symbol"], t["value"]["agg_id"]) for t in read_topic(kafka_bootstrap, prefix + "md.trades")]
     assert len(trades) == len(set(trades)) and history_trades <= set(trades)
     assert "first warm evaluation" in timings  # the 24-hour warm-up was complete at the live start
-
-    # `tapeflow status` showed the producer priming, with per-symbol progress through the archive days
-    priming = [c for c in statuses if c.state == "priming"]
-    assert priming, statuses
-    assert all(c.healthy and c.detail.startswith("warm start") for c in priming), priming
-    assert any(re.search(r"(BTCUSDT|ETHUSDT) vision [0-2]/2 days, [\d,]+ trades", c.detail) for c in priming), \
-        [c.detail for c in priming]
-    assert statuses[-1].state == "running", statuses[-1]
 
     warm = read_outputs(kafka_bootstrap, prefix, read_topic)
     for sym in SYMBOLS:  # the first evaluation after the live start: as valid, as timed as the reference's
