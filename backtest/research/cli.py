@@ -278,7 +278,7 @@ def run_walk_forward(windows: str, from_ms: int, to_ms: int, base: StrategyConfi
             typer.echo(_result_line("hold-out (last window's choice, touched once)", held))
             payload["holdout"] = held.as_dict()
         typer.echo(f"strategy (last window's choice): {path} (config_hash {config_hash})")
-    typer.echo(f"report: {write_report(out, payload)}")
+    typer.echo(f"report: {write_report(out, payload, 'walk-forward.json')}")
 
 
 def _duration(text: str, option: str, parse) -> int:

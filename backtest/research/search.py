@@ -331,9 +331,11 @@ def write_strategy(config: StrategyConfig, directory: str | Path) -> tuple[Path,
     return path, config.config_hash
 
 
-def write_report(directory: str | Path, payload: dict) -> Path:
+def write_report(directory: str | Path, payload: dict, name: str = "research.json") -> Path:
+    """The report as JSON in ``directory`` (a search writes ``research.json``, a walk-forward
+    ``walk-forward.json``, so both can share one ``--out`` without one replacing the other)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "research.json"
+    path = directory / name
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path

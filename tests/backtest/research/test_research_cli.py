@@ -40,7 +40,7 @@ def test_backtest_walk_forward_runs_the_research_walk_forward(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "window 0: train 2024-01-01 00:00 .. 2024-01-02 00:00" in res.stdout
     assert "out of sample:" in res.stdout
-    report = json.loads((tmp_path / "wf" / "research.json").read_text())
+    report = json.loads((tmp_path / "wf" / "walk-forward.json").read_text())
     assert report["spec"] == "train=1d,test=6h,step=6h,embargo=1h" and len(report["windows"]) >= 1
 
 
