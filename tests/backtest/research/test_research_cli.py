@@ -31,6 +31,15 @@ def test_search_writes_a_strategy_ready_for_the_engine(tmp_path):
     report = json.loads((tmp_path / "out" / "research.json").read_text())
     assert report["trials"] == 4 and report["best"]["config_hash"] == config_hash
     assert {"deflated_sharpe_ratio", "pbo", "holdout"} <= set(report)
+    # the executor takes timeouts from its own config: a chosen timeout other than its 240 is named
+    minutes = load_strategy(path).exits.timeout_min
+    hint = [line for line in lines if line.startswith("executor: ")]
+    if minutes == 240:
+        assert report["executor_config"] is None and not hint
+    else:
+        name = load_strategy(path).name
+        assert report["executor_config"] == {"timeout_min_by_strategy": {name: minutes}}
+        assert hint and f"timeout_min_by_strategy: {{{name}: {minutes}}}" in hint[0]
 
 
 def test_backtest_walk_forward_runs_the_research_walk_forward(tmp_path):
@@ -40,7 +49,7 @@ def test_backtest_walk_forward_runs_the_research_walk_forward(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "window 0: train 2024-01-01 00:00 .. 2024-01-02 00:00" in res.stdout
     assert "out of sample:" in res.stdout
-    report = json.loads((tmp_path / "wf" / "research.json").read_text())
+    report = json.loads((tmp_path / "wf" / "walk-forward.json").read_text())
     assert report["spec"] == "train=1d,test=6h,step=6h,embargo=1h" and len(report["windows"]) >= 1
 
 
