@@ -21,12 +21,14 @@ the producer wrote at replay pace answered fetches with pauses of many seconds (
 43,200 records in 308 s in one run, all of them in 48 s in another), so reading the originals made
 the stages' run times unpredictable (measured 2026-11-23; Apache Kafka was not tried).
 
-Run time: 562 s on the 2-core machine at load 6-8 (2026-11-23: replay ~2.5 min, engine ~2 min,
-executor 43 s for 135,618 trades, 43,200 marks, 21,597 books and 277 signals, the rest reading topics
-and the two backtests). Two stage failures seen under load and fixed in the services, not here: the
+Run time on the 2-core machine (2026-11-23): 406 s at load 10 (the last run, everything below fixed),
+562 s at load 6-8; the executor stage takes about 40 s for 135,618 trades, 43,200 marks, 21,597
+books and 277 signals. Three stage failures seen under load and fixed in the services, not here: the
 executor released a partition's signals before its trades when those had not been fetched yet
-(`execution.service._catching_up`), and the engine left its group while catching up and stayed
-"rebalancing" (`EngineAppConfig.broker_max_poll_interval_s`).
+(`execution.service._catching_up`); the engine left its group while catching up and stayed
+"rebalancing" (`EngineAppConfig.broker_max_poll_interval_s`); the engine counted the time it spent
+on one large fetch as a partition's silence and force-released a key out of event-time order, so
+signal scores differed (`EngineProcessor.stall_clock`).
 
 Comparisons:
 1. `tapeflow backtest --verify-against-topics` (backtest over the md.* the stack consumed) finds every
