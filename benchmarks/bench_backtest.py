@@ -121,7 +121,7 @@ def full_run(hours: float, strategies):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=30.0, help="session length (100 trades/s over 4 symbols)")
-    parser.add_argument("--quick", action="store_true", help="2 hours instead (a smoke run, ~0.7 M trades, "
+    parser.add_argument("--quick", action="store_true", help="2 hours instead (a smoke run, ~0.9 M trades, "
                         "all warm-up: no signals)")
     args = parser.parse_args()
     hours = 2.0 if args.quick else args.hours
