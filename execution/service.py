@@ -149,6 +149,8 @@ class ExecutorService:
         self._holding: dict[int, float] = {}  # partition -> since when its inputs wait for another topic
         self._paused: set[tuple[str, int]] = set()  # (topic, partition) paused for running ahead
         self._reported: dict[int, float] = {}  # partition -> when its holding was last logged
+        self._checked: dict[int, tuple[float, bool]] = {}  # partition -> (when, whether it was catching up)
+        self._start: dict[tuple[str, int], int] = {}  # topic-partition not read yet -> the offset it starts at
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self._group)
@@ -264,6 +266,8 @@ class ExecutorService:
         self.aligner.drop([(self._names[tp.topic], tp.partition) for tp in partitions if tp.topic in self._names])
         for tp in partitions:
             self._holding.pop(tp.partition, None)
+            self._checked.pop(tp.partition, None)
+            self._start.pop((tp.topic, tp.partition), None)
             self._paused.discard((self._names.get(tp.topic, tp.topic), tp.partition))
         self.executor = None
         self.status = "rebalancing"
@@ -304,21 +308,58 @@ class ExecutorService:
         self._flow_control()
 
     def _catching_up(self, partition: int) -> bool:
-        """Whether a topic that holds `partition` back has records left to read (its position is below the
-        high watermark of the last fetch): then its news is only queued behind other partitions'."""
+        """Whether a topic that holds `partition` back has records left to read (its next offset is below
+        the high watermark): then its news is only queued behind other partitions'. A topic-partition the
+        consumer has not delivered anything from yet has no position: its next offset is the group's
+        committed offset, else where `start_from` puts it (a replay read from the beginning buries one
+        partition's trades behind another's for seconds on a loaded machine; releasing then would trade
+        its signals before their trades). Checked at most once a second per partition (it may ask the
+        broker)."""
+        now = time.monotonic()
+        checked = self._checked.get(partition)
+        if checked is not None and now - checked[0] < 1.0:
+            return checked[1]
         behind = {}
         for topic in self.aligner.blocking(partition):
             tp = TopicPartition(self.prefix + topic, partition)
-            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            position = self._consumer.position([tp])[0].offset
-            if high >= 0 and 0 <= position < high:
+            position = self._next_offset(tp)
+            _, high = self._watermarks(tp)
+            if high < 0 or position < 0 or position < high:  # unknown counts as behind: wait for the fetch
                 behind[topic] = f"{position}/{high}"
-        now = time.monotonic()
         if behind and now - self._reported.setdefault(partition, now) >= 10:  # say why, every 10 s
             self._reported[partition] = now + 10
             log.info("inputs held for event-time order", partition=partition, held=self.aligner.held(partition),
                      topics=self.aligner.describe(partition), reading=behind, paused=sorted(self._paused))
+        self._checked[partition] = (now, bool(behind))
         return bool(behind)
+
+    def _next_offset(self, tp: TopicPartition) -> int:
+        """The next offset the consumer reads from `tp` (negative when the broker does not say)."""
+        position = self._consumer.position([tp])[0].offset
+        if position >= 0:
+            return position
+        key = (tp.topic, tp.partition)
+        if key not in self._start:
+            try:
+                committed = self._consumer.committed([tp], timeout=5)[0].offset
+            except KafkaException:
+                return -1
+            if committed >= 0:
+                self._start[key] = committed
+            else:
+                low, high = self._watermarks(tp)
+                self._start[key] = low if self.options.start_from == "earliest" else high
+        return self._start[key]
+
+    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        """(low, high) of `tp`: those of the last fetch, else asked from the broker ((-1, -1) if it does not answer)."""
+        low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and low >= 0:
+            return low, high
+        try:
+            return self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        except KafkaException:
+            return -1, -1
 
     def _flow_control(self) -> None:
         """Pause topic-partitions far ahead of the others (see `execution.input_order`), resume them once drained."""

@@ -176,15 +176,16 @@ class EngineWorker:
             assigned = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
             await consumer.resolve_start_offsets(assigned)
             steps = fetch_steps(records, STEP_RECORDS)
-            for i, step in enumerate(steps):
-                if i and (not consumer.flow_active or self.app.consumer_generation_id != generation):
-                    break  # a rebalance began: what is left is read again after the new assignment
-                later = {tp for following in steps[i + 1:] for tp in following}
-                effects = self.processor.on_records(
-                    step, lambda topic, partition: (topic, partition) not in later and self._caught_up(topic, partition))
-                await self._apply(effects)
-                if i + 1 < len(steps):
-                    await asyncio.sleep(0)  # a catch-up fetch is large: let /health, timers and commits run
+            with self.processor.handling():  # no partition can deliver meanwhile: not silence
+                for i, step in enumerate(steps):
+                    if i and (not consumer.flow_active or self.app.consumer_generation_id != generation):
+                        break  # a rebalance began: what is left is read again after the new assignment
+                    later = {tp for following in steps[i + 1:] for tp in following}
+                    effects = self.processor.on_records(
+                        step, lambda topic, partition: (topic, partition) not in later and self._caught_up(topic, partition))
+                    await self._apply(effects)
+                    if i + 1 < len(steps):
+                        await asyncio.sleep(0)  # a catch-up fetch is large: let /health, timers and commits run
             for tp in assigned:
                 lag = consumer.lag(tp)
                 if lag is not None:

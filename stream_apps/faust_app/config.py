@@ -69,7 +69,11 @@ class EngineAppConfig(BaseModel):
     broker_session_timeout_s: float = Field(default=6.0, gt=0)
     broker_heartbeat_interval_s: float = Field(default=1.0, gt=0)
     broker_rebalance_timeout_s: float = Field(default=6.0, gt=0)
-    broker_max_poll_interval_s: float = Field(default=30.0, gt=0)
+    # Kafka's default. One fetch is handled before the next is asked for, and a new group catching up
+    # on hours of md.* on a loaded machine took more than 30 s for one: aiokafka then left the group and,
+    # since it does not rejoin while its fetcher is idle and Faust does not fetch while rebalancing,
+    # the worker stayed "rebalancing" for good (parity test, 2026-11-23). This is no join wait.
+    broker_max_poll_interval_s: float = Field(default=300.0, gt=0)
     max_fetch_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="per partition and fetch")
     fetch_max_wait_ms: int = Field(
         default=20, gt=0, le=1500,

@@ -558,3 +558,28 @@ def test_a_crash_while_the_source_writes_resumes_marker_by_marker(serde, session
     run(second, FakeBroker(dict(logs), 6, start={tp: committed[tp] for tp in logs}), serde, clock, 300, apply)
     assert_same(without_repeats(decode_outputs(serde, outputs)), reference)
     assert second.metrics.progress_timeouts._value.get() == 0
+
+
+def test_time_spent_handling_a_fetch_is_not_a_partitions_silence(serde, partitions):
+    """A key held behind md.mark (not caught up, nothing delivered yet) is force-released only after
+    `max_hold_s` of real silence: while the worker handles a large fetch no partition can deliver, so
+    that time does not count (the parity test's engine once force-released SOLUSDT after a long fetch)."""
+    clock = Clock()
+    processor = make_processor(serde, clock, max_hold_s=5.0)
+    p = PARTITION["binance:BTCUSDT"]
+    not_mark = lambda topic, partition: topic != "md.mark"  # noqa: E731 - md.mark still has records to read
+    processor.on_records({("md.trades", p): partitions[("md.trades", p)][:300]}, not_mark)
+    held = processor.aligner.held("binance:BTCUSDT")
+    assert held > 0
+    with processor.handling():  # a long fetch of other partitions (nothing of md.mark in it)
+        clock.now += 30.0
+    processor.tick(not_mark)
+    assert processor.aligner.held("binance:BTCUSDT") == held
+    assert processor.metrics.forced_releases._value.get() == 0
+    clock.now += 4.0
+    processor.tick(not_mark)
+    assert processor.metrics.forced_releases._value.get() == 0
+    clock.now += 1.5  # 5.5 s of silence outside fetch handling: md.mark is stuck
+    processor.tick(not_mark)
+    assert processor.metrics.forced_releases._value.get() == 1
+    assert processor.aligner.held("binance:BTCUSDT") == 0

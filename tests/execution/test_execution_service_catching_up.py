@@ -1,0 +1,78 @@
+"""When the executor service may release a partition's held inputs without event-time order, against a real
+broker: only when the topics holding it back have nothing left to read.
+
+Seen in the replay test (tests/backtest/test_backtest_executor_replay.py) on a loaded machine: a
+partition's signals, marks and books were all read and its trades not fetched yet (queued behind
+another partition's), so md.trades had no consumer position; that counted as "nothing left to read"
+and 16,236 inputs were released before the trades they belong after. A topic-partition not read yet
+starts at the group's committed offset, else where `start_from` puts it; it is behind when that is
+below the high watermark.
+"""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from execution.config import ExecutorConfig
+from execution.service import INPUTS, ExecuteOptions, ExecutorService
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
+from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+TRADES_P, EMPTY_P = 0, 1  # md.trades partition 0 holds records, partition 1 none
+
+
+def held_service(bootstrap: str, prefix: str, tmp_path, start_from: str, partition: int) -> ExecutorService:
+    """A service whose consumer is assigned every input of `partition` and has read nothing; its aligner
+    holds one signal there, with signals, md.book and md.mark at their end (md.trades holds it back)."""
+    service = ExecutorService(Settings(home=tmp_path, broker=bootstrap, topic_prefix=prefix), "paper",
+                              ExecutorConfig(), bootstrap, AvroSerde(FileSchemaRegistry()),
+                              ExecuteOptions(start_from=start_from))
+    consumer = Consumer(consumer_config(bootstrap, f"{prefix}catching-up-{start_from}-{partition}",
+                                        **{"auto.offset.reset": start_from}))
+    consumer.assign([TopicPartition(prefix + name, partition) for name in INPUTS])
+    service._consumer = consumer
+    service.aligner.add("signals", partition, 1_000, 0, None)
+    for name in ("signals", "md.book", "md.mark"):
+        service.aligner.at_end(name, partition)
+    assert service.aligner.blocking(partition) == ["md.trades"]
+    assert consumer.position([TopicPartition(prefix + "md.trades", partition)])[0].offset < 0  # nothing read
+    return service
+
+
+@pytest.fixture
+def trades_in_partition_0(kafka_bootstrap, topic_prefix):
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(3):
+        producer.produce(topic_prefix + "md.trades", value=b"x%d" % i, key=b"binance:BTCUSDT", partition=TRADES_P)
+    assert producer.flush(10) == 0
+
+
+def test_trades_not_fetched_yet_hold_the_partition(kafka_bootstrap, topic_prefix, tmp_path, trades_in_partition_0):
+    service = held_service(kafka_bootstrap, topic_prefix, tmp_path, "earliest", TRADES_P)
+    try:
+        assert service._catching_up(TRADES_P)  # 3 records from offset 0 to read: its news is coming
+    finally:
+        service._consumer.close()
+
+
+def test_an_empty_topic_partition_does_not_hold(kafka_bootstrap, topic_prefix, tmp_path, trades_in_partition_0):
+    service = held_service(kafka_bootstrap, topic_prefix, tmp_path, "earliest", EMPTY_P)
+    try:
+        assert not service._catching_up(EMPTY_P)
+    finally:
+        service._consumer.close()
+
+
+def test_a_group_starting_at_the_end_does_not_wait_for_old_trades(kafka_bootstrap, topic_prefix, tmp_path,
+                                                                  trades_in_partition_0):
+    service = held_service(kafka_bootstrap, topic_prefix, tmp_path, "latest", TRADES_P)
+    try:
+        assert not service._catching_up(TRADES_P)  # live: it reads from the end, nothing is coming
+    finally:
+        service._consumer.close()
