@@ -194,7 +194,9 @@ def scraped(kafka_bootstrap, pg_server) -> dict[str, set[str]]:
         rest = urls["rest_url"]
         ports["producer"] = free_port()
         producer = start("producer", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url", rest,
-                         "--coinbase-url", rest, "--metrics-port", str(ports["producer"]))
+                         "--coinbase-url", rest, "--metrics-port", str(ports["producer"]),
+                         # no warm start: it would ask the real Binance Vision (unreachable) before streaming
+                         "--warm-start-hours", "0")
         for name, port in ports.items():
             wait_healthy(next(s for s in services if s.name == name), port, 120)
 
