@@ -340,9 +340,10 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     ``Engine.process``; unit test ``test_an_input_arriving_first_does_not_seal_the_seconds_before_it``).
     A forced release (a partition that delivered nothing for ``max_hold_s`` releases everything
     held) is the lossy escape hatch for a stuck partition and exact parity cannot survive one, so
-    the hold here is 60 s and none may happen. The feed pauses at minute 7 until `two` has started:
-    on a loaded machine `two` once took 23 s to start, the whole session had been fed and processed
-    by then, and `two` had nothing left to restore. `one` is killed once it has evaluated something
+    the hold here is 60 s and none may happen. The feed pauses at minute 7 until the hand-over is
+    done: on a loaded machine `two` once took 23 s to start, the whole session had been fed and
+    processed by then, and `two` had nothing left to restore; in CI (1 h suite) the split came after
+    the feed had ended, and `one` had nothing left to evaluate after it. `one` is killed once it has evaluated something
     after the hand-over, so `two` really has unsaved work of `one`'s to redo."""
     lateness = 120_000
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness,
@@ -384,7 +385,6 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     two = Worker(config.model_copy(update={"datadir": tmp_path / "faust-two"}), tmp_path, "two")
     workers.append(two)
     two.wait_ready()
-    resume.set()  # `two` joins while input flows
 
     def owned(worker):
         detail = json.loads(worker.get("/health")[1])["detail"]
@@ -395,6 +395,7 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
         time.sleep(0.5)
     split = (owned(one), owned(two))
     assert split[0] and split[1] and not set(split[0]) & set(split[1]), split
+    resume.set()  # the rest of the session flows to both workers after the hand-over
     # kill `one` only once it has evaluated (and not saved) something since the hand-over: on a
     # loaded machine a fixed 2 s once passed with nothing done, and there was nothing to redo
     evaluated = one.metric("tapeflow_engine_evaluations_total")
