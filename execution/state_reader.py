@@ -24,7 +24,7 @@ from confluent_kafka import (
 )
 
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import consumer_config
+from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
 
 
 class StateReadError(RuntimeError):
@@ -47,7 +47,7 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
     hand each record over instead of keeping it (large reads: the backtest's topic source).
     """
     consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-state-{uuid.uuid4().hex[:8]}",
-                                        **{"enable.partition.eof": True}))
+                                        **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
     try:
         assignment: list[TopicPartition] = []
         out: dict[str, TopicSnapshot] = {}

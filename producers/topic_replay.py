@@ -35,7 +35,11 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from schemas.catalogue import ENGINE_INPUT_TIME, ENGINE_INPUTS, TOPICS
 from schemas.serde import AvroSerde
 from tapeflow_runtime.errors import TapeflowError
-from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.kafka_client import (
+    HISTORY_FETCH_CONFIG,
+    consumer_config,
+    ensure_topics,
+)
 from tapeflow_runtime.offsets import offsets_at_or_after
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
@@ -125,7 +129,7 @@ class TopicReplay:
         publisher = Publisher(self.bootstrap, self.serde, PublishMetrics(prefix="tapeflow_replay"),
                               topic_prefix=self.target_prefix)
         markers = ProgressMarkers(publisher, SOURCE, [t for t in self.topics if t in ENGINE_INPUTS])
-        consumer = Consumer(consumer_config(self.bootstrap, **{"enable.partition.eof": True}))
+        consumer = Consumer(consumer_config(self.bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
         try:
             starts = self._start_offsets(consumer)
             self._copy(consumer, starts, publisher, markers)

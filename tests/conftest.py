@@ -137,10 +137,10 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = Fal
 
     from schemas.registry import FileSchemaRegistry
     from schemas.serde import AvroSerde
-    from tapeflow_runtime.kafka_client import consumer_config
+    from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
 
     serde = AvroSerde(FileSchemaRegistry())
-    c = Consumer(consumer_config(bootstrap))
+    c = Consumer(consumer_config(bootstrap, **HISTORY_FETCH_CONFIG))
     md = c.list_topics(topic, timeout=10).topics[topic]
     c.assign([TopicPartition(topic, p, -2) for p in md.partitions])
     out = []

@@ -393,12 +393,12 @@ def trades_in_topics(bootstrap: str, topic_prefix: str, serde: Any,
     trade stamped at or after then is within a minute of it)? Then a warm start has nothing to do."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    from tapeflow_runtime.kafka_client import consumer_config
+    from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
     from tapeflow_runtime.offsets import offsets_at_or_after
 
     def check(symbol: str, since_ms: int) -> bool:
         topic, key = topic_prefix + "md.trades", market_key(EXCHANGE, symbol).encode()
-        consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True}))
+        consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
         try:
             metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
             if metadata is None or not metadata.partitions:

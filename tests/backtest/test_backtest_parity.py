@@ -18,8 +18,9 @@ concurrently, the executor sees a signal when it arrives, after the trades that 
 evaluation (README, "Parity"). Engine and executor read a copy of md.* (the same records, keys and
 timestamps, written by one producer in large batches): on the embedded broker (Tansu), the topics
 the producer wrote at replay pace answered fetches with pauses of many seconds (md.mark: 14,766 of
-43,200 records in 308 s in one run, all of them in 48 s in another), so reading the originals made
-the stages' run times unpredictable (measured 2026-11-23; Apache Kafka was not tried).
+43,200 records in 308 s in one run, all of them in 48 s in another). The cause, found later: Tansu
+answers empty when assembling a fetch takes longer than its max wait, and the cost grows with the
+partition's batch count (``tapeflow_runtime.kafka_client.HISTORY_FETCH_CONFIG``).
 
 Run time on the 2-core machine (2026-11-23): 406 s at load 10 (the last run, everything below fixed),
 562 s at load 6-8; the executor stage takes about 40 s for 135,618 trades, 43,200 marks, 21,597
@@ -147,12 +148,11 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
 
     def topic(name: str, prefix: str, expected: int | None = None) -> list[dict]:
         """Every record of a topic: until `expected` records when known (read again while short), else
-        until 20 s of silence. On Tansu, topics written at replay pace answer fetches with pauses of
-        many seconds: those are read with 20 s of patience (5 s made a read of md.trades start over
-        and over); the copies, written in large batches, with 5 s."""
+        until 5 s of silence. (Reading md.trades once took 249 s: on Tansu a fetch that needs longer
+        than its max wait to assemble comes back empty; `read_topic` now waits as history readers do,
+        `HISTORY_FETCH_CONFIG`, and reads it in about 5 s.)"""
         began = time.monotonic()
-        idle = 5.0 if expected is not None and prefix == stage else 20.0
-        records = read_topic(kafka_bootstrap, prefix + name, idle_s=idle)
+        records = read_topic(kafka_bootstrap, prefix + name, idle_s=5.0)
         while expected is not None and len(records) < expected and time.monotonic() - began < 900:
             records = read_topic(kafka_bootstrap, prefix + name, idle_s=idle)
         print(f"read {len(records)} records of {prefix + name} in {time.monotonic() - began:.1f} s")
