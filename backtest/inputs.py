@@ -29,6 +29,12 @@ RECORD_KINDS = ("books", "marks", "liquidations", "indicators")
 # the field each record kind is ordered by in the engine (stream_apps.core.events.*_from_record)
 ENGINE_TIME = {"books": "event_time", "marks": "event_time", "liquidations": "trade_time",
                "indicators": "receive_time"}
+# Slices of an hour: every source holds at least an hour in memory (synthetic and database: an hour,
+# Vision: a day, recordings and topics: the whole range), and results do not depend on the slice size
+# (``backtest.runner``; tests/backtest/test_backtest_feed.py), while the engine's per-call costs fall
+# with fewer, larger batches (benchmarks/RESULTS.md, "Backtest runner throughput"). Smaller slices only
+# make progress reports and Ctrl-C finer.
+DEFAULT_SLICE_MS = 3_600_000
 
 
 def market_key(exchange: str, symbol: str) -> str:
@@ -109,7 +115,7 @@ class SliceCutter:
     """Cuts consecutive ``Block``s into slices of ``slice_ms`` aligned to multiples of it, clipped to
     ``[from_ms, to_ms)``. Blocks must come in time order and not overlap."""
 
-    def __init__(self, from_ms: int, to_ms: int, slice_ms: int = 60_000) -> None:
+    def __init__(self, from_ms: int, to_ms: int, slice_ms: int = DEFAULT_SLICE_MS) -> None:
         if slice_ms <= 0 or slice_ms % 1000:
             raise ValueError("slice_ms must be a positive whole number of seconds")
         self.from_ms, self.to_ms, self.slice_ms = from_ms, to_ms, slice_ms

@@ -62,6 +62,7 @@ from stream_apps.core.scoring import BLOCK_REASONS
 from stream_apps.core.strategy import StrategyConfig
 
 Account = Literal["per_strategy", "shared"]
+Feed = Literal["sparse", "dense"]
 MODE = "paper"
 
 # layer -> inputs (feature ``inputs`` names) whose presence the layer needs; "trades" and
@@ -176,9 +177,14 @@ class BacktestRunner:
     """Runs strategies over a source; see the module docstring. One runner = one run."""
 
     def __init__(self, strategies: Sequence[StrategyConfig], executor_config: ExecutorConfig | None = None, *,
-                 account: Account = "per_strategy", engine_params: EngineParams | None = None) -> None:
+                 account: Account = "per_strategy", engine_params: EngineParams | None = None,
+                 feed: Feed = "sparse") -> None:
         if not strategies:
             raise ValueError("a backtest needs at least one strategy")
+        if feed not in ("sparse", "dense"):
+            raise ValueError(f"feed must be 'sparse' or 'dense', got {feed!r}")
+        self.feed_mode = feed
+        self._held: dict[tuple[int, str], Record] = {}  # sparse: (rank, key) -> newest mark/book of an idle market
         self.strategies = list(strategies)
         self.config = executor_config or ExecutorConfig()
         self.account = account
@@ -278,7 +284,8 @@ class BacktestRunner:
     def _book_for(self, strategy: str) -> _Book:
         return self._books["*" if self.account == "shared" else strategy]
 
-    def _executor_slice(self, piece: MarketSlice) -> None:
+    def _controls(self, piece: MarketSlice) -> list[_Control]:
+        """Late signals handed over; the slice's due signals, marks and books in executor order."""
         end = piece.end_ms
         for sig in self._late_signals:  # produced after the executor passed their time: handed over now
             self._signal(sig, max(sig["eval_time"], self._executor_ms))
@@ -293,6 +300,14 @@ class BacktestRunner:
                 controls.append(_Control(int(rec[time_field]), rank, seq, rec, f"{rec['exchange']}:{rec['symbol']}"))
                 seq += 1
         controls.sort(key=lambda c: (c.time, c.rank, c.seq))
+        return controls
+
+    def _executor_slice(self, piece: MarketSlice) -> None:
+        if self.feed_mode == "sparse":
+            self._executor_slice_sparse(piece)
+            return
+        end = piece.end_ms
+        controls = self._controls(piece)
         cursors = {key: 0 for key in piece.trades}
         for control in controls:
             self._trades_before(piece, cursors, control.time)
@@ -310,6 +325,94 @@ class BacktestRunner:
         self._trades_before(piece, cursors, end)
         self._executor_ms = max(self._executor_ms, end - 1)
 
+    def _executor_slice_sparse(self, piece: MarketSlice) -> None:
+        """The slice with the same executor state at every point that matters as ``dense`` (module
+        docstring, "Speed"): marks and books of idle markets are held, newest per kind and market, and
+        delivered with the market's newest trade before a signal, a clock tick that may act, a record of
+        the market that is not held, and the slice's end (so nothing is held between slices)."""
+        end = piece.end_ms
+        controls = self._controls(piece)
+        cursors = {key: 0 for key in piece.trades}
+        books = list(self._books.values())
+        first = books[0].executor
+        unknown = [key for key in piece.trades if key not in first.data_time]  # flushed until delivered once
+        for control in controls:
+            t, key = control.time, control.key
+            self._trades_before(piece, cursors, t)
+            if unknown:
+                for k in list(unknown):
+                    self._flush_key(piece, cursors, k, t)
+                    if k in first.data_time:
+                        unknown.remove(k)
+            now = max(t, self._executor_ms)
+            self._tick_sparse(now, piece, cursors, t)
+            if control.rank == 0:
+                self._flush(piece, cursors, t)
+                self._signal(control.record, now)
+            elif (key in first.data_time and not any(b.executor.busy(key) for b in books)
+                  and (control.rank == 2 or t < control.record["next_funding_time"])):
+                # an idle market: the record only updates latest values (a mark at or after its own
+                # funding time is not held: whether it sets the next funding depends on what came before)
+                self._held[(control.rank, key)] = control.record
+            else:
+                self._flush_key(piece, cursors, key, t)
+                for book in books:
+                    if control.rank == 1:
+                        book.executor.on_mark(control.record, now)
+                    else:
+                        book.executor.on_book(control.record, now)
+            self._executor_ms = max(self._executor_ms, t)
+        self._trades_before(piece, cursors, end)
+        self._flush(piece, cursors, end)
+        self._executor_ms = max(self._executor_ms, end - 1)
+
+    def _flush(self, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
+        for key in sorted(set(cursors) | {k for _, k in self._held}):
+            self._flush_key(piece, cursors, key, until)
+
+    def _flush_key(self, piece: MarketSlice, cursors: dict[str, int], key: str, until: int) -> None:
+        """Sparse feed: what is held of ``key`` and its newest trade before ``until`` not fed yet, in
+        executor order (time; at equal times mark, book, trade), to every account. The key is idle (no
+        account busy on it): a busy market's trades are fed by ``_trades_before``, which moves its cursor."""
+        items: list[tuple[int, int, Any]] = []
+        for rank in (1, 2):
+            rec = self._held.pop((rank, key), None)
+            if rec is not None:
+                items.append((int(rec["event_time"]), rank, rec))
+        batch = piece.trades.get(key)
+        if batch is not None:
+            hi = int(np.searchsorted(batch.time_ms, until, side="left"))
+            if hi > cursors[key]:
+                cursors[key] = hi
+                tick = _tick(batch, hi - 1)
+                items.append((tick.trade_time, 3, tick))
+        if not items:
+            return
+        items.sort(key=lambda item: item[:2])
+        for time_ms, rank, item in items:
+            for book in self._books.values():
+                if rank == 1:
+                    book.executor.on_mark(item, max(time_ms, self._executor_ms))
+                elif rank == 2:
+                    book.executor.on_book(item, max(time_ms, self._executor_ms))
+                else:
+                    book.executor.on_trade_tick(item, max(time_ms, self._executor_ms))
+
+    def _tick_sparse(self, now: int, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
+        """The dense feed's clock ticks (at most once per second of event time, at the same points), but
+        ``on_clock`` only where some account's may act (``Executor.clock_quiet``), after the held data."""
+        due = [book for book in self._books.values() if now >= book.clock_ms + 1000]
+        if not due:
+            return
+        if all(book.executor.clock_quiet(now) for book in due):
+            for book in due:
+                book.clock_ms = now
+            return
+        self._flush(piece, cursors, until)
+        for book in due:
+            book.clock_ms = now
+            book.executor.on_clock(now)
+
     def _signal(self, record: Record, now: int) -> None:
         book = self._book_for(record["strategy"])
         book.executor.on_signal(record, now)
@@ -322,12 +425,18 @@ class BacktestRunner:
 
     def _trades_before(self, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
         """Every trade of ``piece`` before ``until`` not fed yet: one by one, in time order across
-        symbols, for the markets an executor is busy on; only the newest for the others."""
+        symbols, for the markets an executor is busy on; only the newest for the others (sparse feed:
+        none for the others, ``_flush_key`` feeds their newest when it matters)."""
         books = list(self._books.values())
+        sparse = self.feed_mode == "sparse"
+        if sparse and not any(book.executor.positions or book.executor.entries for book in books):
+            return
         busy_parts = []
         for key in sorted(cursors):
             batch = piece.trades[key]
             lo = cursors[key]
+            if sparse and not any(book.executor.busy(key) for book in books):
+                continue
             hi = int(np.searchsorted(batch.time_ms, until, side="left"))
             if hi <= lo:
                 continue
@@ -354,7 +463,10 @@ class BacktestRunner:
         for batch, i in order:
             tick = _tick(batch, i)
             now = max(tick.trade_time, self._executor_ms)
-            self._tick_clocks(now)
+            if sparse:
+                self._tick_sparse(now, piece, cursors, until)
+            else:
+                self._tick_clocks(now)
             key = tick.key
             for book in books:
                 if book.executor.busy(key):

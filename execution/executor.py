@@ -301,6 +301,20 @@ class Executor:
             for sid in [s for s, t in self.seen_signals.items() if t < horizon]:
                 del self.seen_signals[sid]
 
+    def clock_quiet(self, now_ms: int) -> bool:
+        """Whether ``on_clock(now_ms)`` would change nothing (no decision, order or state): paper mode (its
+        broker's ``poll`` is empty), no order or entry in flight, no pruning due, no UTC day change or
+        pause end, and every market flagged fresh that is still fresh. Market data only ever makes a
+        market fresher, so the answer stays true if data newer than this executor has seen exists: a
+        caller that defers the data of idle markets (the backtest runner) may skip such ticks, as long
+        as it delivers that data before any tick it does not skip."""
+        if self.mode != "paper" or self.orders or self.entries or len(self.seen_signals) > 1024:
+            return False
+        guard = self.guard
+        if not guard.tick_quiet(now_ms) or not guard.venue_quiet(self.venue_up):
+            return False
+        return all(guard.market_data_quiet(key, now_ms - t) for key, t in self.data_time.items())
+
     # ================================================================ restore
     def restore(self, positions: Iterable[Mapping[str, Any]], orders: Iterable[Mapping[str, Any]],
                 risk: Iterable[Mapping[str, Any]], now_ms: int, *,

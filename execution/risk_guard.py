@@ -157,6 +157,11 @@ class RiskGuard:
             out.append(RiskDecision("resume", GLOBAL, "pause_over", now_ms))
         return out
 
+    def tick_quiet(self, now_ms: int) -> bool:
+        """Whether ``tick(now_ms)`` would change nothing: the UTC day is the guard's and no pause ends."""
+        return utc_day(now_ms) <= self.state.day and (self.state.paused_until is None
+                                                       or now_ms < self.state.paused_until)
+
     def _roll_day(self, t_ms: int) -> list[RiskDecision]:
         day = utc_day(t_ms)
         if day <= self.state.day:
@@ -190,6 +195,14 @@ class RiskGuard:
             return RiskDecision("resume", scope, "market_data_fresh", now_ms)
         return None
 
+    def market_data_quiet(self, key: str, age_ms: float | None) -> bool:
+        """Whether ``market_data`` would change nothing because the key is flagged fresh and is still
+        fresh at ``age_ms``. Also true for any younger age: a caller that has not passed the newest data
+        of a market yet (so ``age_ms`` is too old) may rely on it. A key flagged stale or never flagged
+        is never quiet (newer data could change it)."""
+        return self._stale.get(key) is False and age_ms is not None \
+            and not age_ms > self.limits.stale_market_data_s * 1000
+
     def venue(self, up: bool, now_ms: int) -> RiskDecision | None:
         before, self._venue_up = self._venue_up, up
         if before and not up:
@@ -197,6 +210,10 @@ class RiskGuard:
         if up and not before:
             return RiskDecision("resume", GLOBAL, "exchange_up", now_ms)
         return None
+
+    def venue_quiet(self, up: bool) -> bool:
+        """Whether ``venue(up)`` would change nothing."""
+        return up == self._venue_up
 
     # --- the stream ---------------------------------------------------------------------------------------
     def to_record(self, decision: RiskDecision) -> dict[str, Any]:

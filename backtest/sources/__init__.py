@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from backtest.inputs import Source
+from backtest.inputs import DEFAULT_SLICE_MS, Source
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}(USDT|USDC|BUSD)$")
 
@@ -48,7 +48,7 @@ def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms
     ``bootstrap``, ``topic_prefix``, ``registry_url`` (topics).
     """
     kind, _, arg = spec.partition(":")
-    slice_ms = options.get("slice_ms", 60_000)
+    slice_ms = options.get("slice_ms", DEFAULT_SLICE_MS)
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise SourceError("--to must be after --from")
     if kind == "recording":

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from backtest.inputs import Block, MarketSlice, Record, SliceCutter, SourceReport
+from backtest.inputs import DEFAULT_SLICE_MS, Block, MarketSlice, Record, SliceCutter, SourceReport
 from backtest.sources import SourceError
 from stream_apps.core.events import TradeBatch
 
@@ -51,7 +51,7 @@ def _dt(ms: int) -> datetime:
 class DatabaseSource:
     exchange = "binance"
 
-    def __init__(self, conninfo: str, symbols: list[str], from_ms: int, to_ms: int, *, slice_ms: int = 60_000,
+    def __init__(self, conninfo: str, symbols: list[str], from_ms: int, to_ms: int, *, slice_ms: int = DEFAULT_SLICE_MS,
                  exchange: str = "binance") -> None:
         self.conninfo = conninfo
         self.symbols = list(symbols)

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from backtest.inputs import Block, MarketSlice, Record, SourceReport
+from backtest.inputs import DEFAULT_SLICE_MS, Block, MarketSlice, Record, SourceReport
 from backtest.sources import SourceError
 from backtest.sources.records import RecordSource
 from producers.base.book import OrderBookSync
@@ -130,7 +130,7 @@ class RecordingSource:
     exchange = EXCHANGE
 
     def __init__(self, directory: Path, symbols: list[str] | None, from_ms: int | None, to_ms: int | None, *,
-                 slice_ms: int = 60_000) -> None:
+                 slice_ms: int = DEFAULT_SLICE_MS) -> None:
         try:
             self.recording = read_recording(directory)
         except (OSError, UnicodeError, ValueError) as exc:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from backtest.inputs import (
+    DEFAULT_SLICE_MS,
     RECORD_KINDS,
     Block,
     MarketSlice,
@@ -39,7 +40,8 @@ class RecordSource:
     def __init__(self, name: str, exchange: str, symbols: list[str], from_ms: int, to_ms: int, *,
                  trades: Iterable[Record] = (), books: Iterable[Record] = (), marks: Iterable[Record] = (),
                  liquidations: Iterable[Record] = (), indicators: Iterable[Record] = (),
-                 inputs: set[str] | None = None, report: SourceReport | None = None, slice_ms: int = 60_000) -> None:
+                 inputs: set[str] | None = None, report: SourceReport | None = None,
+                 slice_ms: int = DEFAULT_SLICE_MS) -> None:
         self.name, self.exchange, self.symbols = name, exchange, list(symbols)
         self.from_ms, self.to_ms = from_ms, to_ms
         self.report = report or SourceReport()

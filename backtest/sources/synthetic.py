@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backtest.inputs import (
+    DEFAULT_SLICE_MS,
     ENGINE_TIME,
     RECORD_KINDS,
     Block,
@@ -295,7 +296,7 @@ class SyntheticSource:
     exchange = EXCHANGE
 
     def __init__(self, symbols: list[str], from_ms: int, to_ms: int, seed: int = 0, *,
-                 trades_per_s: dict[str, float] | float | None = None, slice_ms: int = 60_000) -> None:
+                 trades_per_s: dict[str, float] | float | None = None, slice_ms: int = DEFAULT_SLICE_MS) -> None:
         self.symbols = [s.upper() for s in symbols]
         self.seed = seed
         self.name = f"synthetic:{seed}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from backtest.inputs import ENGINE_TIME, MarketSlice, Record, SourceReport
+from backtest.inputs import DEFAULT_SLICE_MS, ENGINE_TIME, MarketSlice, Record, SourceReport
 from backtest.sources import SourceError
 from backtest.sources.records import RecordSource
 from execution.state_reader import StateReadError, read_to_end
@@ -32,7 +32,7 @@ class TopicSource:
     exchange = "binance"
 
     def __init__(self, bootstrap: str, symbols: list[str], from_ms: int, to_ms: int, *, topic_prefix: str = "",
-                 registry_url: str | None = None, slice_ms: int = 60_000, lead_ms: int = 60_000,
+                 registry_url: str | None = None, slice_ms: int = DEFAULT_SLICE_MS, lead_ms: int = 60_000,
                  exchange: str = "binance", idle_s: float = 1.0, timeout_s: float = 600.0) -> None:
         self.bootstrap, self.prefix = bootstrap, topic_prefix
         self.symbols = list(symbols)

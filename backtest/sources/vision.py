@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from backtest.inputs import (
+    DEFAULT_SLICE_MS,
     ENGINE_TIME,
     RECORD_KINDS,
     Block,
@@ -165,7 +166,7 @@ class VisionSource:
     exchange = EXCHANGE
 
     def __init__(self, symbols: list[str], from_ms: int, to_ms: int, *, directory: Path | None = None,
-                 cache_dir: Path | None = None, base_url: str | None = None, slice_ms: int = 60_000,
+                 cache_dir: Path | None = None, base_url: str | None = None, slice_ms: int = DEFAULT_SLICE_MS,
                  indicator_delay_ms: int = INDICATOR_DELAY_MS) -> None:
         self.symbols = list(symbols)
         self.from_ms, self.to_ms = from_ms, to_ms
