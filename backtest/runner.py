@@ -34,6 +34,7 @@ configures, per symbol, how many of its evaluations had the input present (the e
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -185,6 +186,9 @@ class BacktestRunner:
             raise ValueError(f"feed must be 'sparse' or 'dense', got {feed!r}")
         self.feed_mode = feed
         self._held: dict[tuple[int, str], Record] = {}  # sparse: (rank, key) -> newest mark/book of an idle market
+        self._skipped: dict[str, tuple[Any, int]] = {}  # sparse: key -> newest busy trade not fed (batch, index)
+        self._last: dict[str, TradeTick] = {}
+        self._bands_dirty = True
         self.strategies = list(strategies)
         self.config = executor_config or ExecutorConfig()
         self.account = account
@@ -408,10 +412,12 @@ class BacktestRunner:
             for book in due:
                 book.clock_ms = now
             return
+        self._feed_skipped()
         self._flush(piece, cursors, until)
         for book in due:
             book.clock_ms = now
             book.executor.on_clock(now)
+        self._bands_dirty = True
 
     def _signal(self, record: Record, now: int) -> None:
         book = self._book_for(record["strategy"])
@@ -450,7 +456,9 @@ class BacktestRunner:
                     book.executor.on_trade_tick(tick, now)
         if not busy_parts:
             return
-        if len(busy_parts) == 1:
+        if sparse:
+            order = []
+        elif len(busy_parts) == 1:
             key, batch, lo, hi = busy_parts[0]
             order = [(batch, i) for i in range(lo, hi)]
         else:
@@ -460,13 +468,13 @@ class BacktestRunner:
             merged = np.lexsort((owner, times))  # time order; equal times: symbols in key order
             order = [(busy_parts[owner[m]][1], int(index[m])) for m in merged]
         last: dict[str, TradeTick] = {}
+        if sparse:
+            self._busy_trades_sparse(piece, cursors, until, busy_parts, last)
+            order = []
         for batch, i in order:
             tick = _tick(batch, i)
             now = max(tick.trade_time, self._executor_ms)
-            if sparse:
-                self._tick_sparse(now, piece, cursors, until)
-            else:
-                self._tick_clocks(now)
+            self._tick_clocks(now)
             key = tick.key
             for book in books:
                 if book.executor.busy(key):
@@ -476,6 +484,71 @@ class BacktestRunner:
             for book in books:
                 if not book.executor.busy(key):
                     book.executor.on_trade_tick(tick, max(tick.trade_time, self._executor_ms))
+
+    def _busy_trades_sparse(self, piece: MarketSlice, cursors: dict[str, int], until: int,
+                            parts: list[tuple[str, Any, int, int]], last: dict[str, TradeTick]) -> None:
+        """Sparse feed of busy markets' trades (time order across symbols, equal times in key order):
+        a trade inside every busy account's ``Executor.quiet_trades`` band of its market is skipped,
+        remembering the newest; the newest skipped ones are fed before anything else is (a trade outside
+        a band, a clock tick that may act) and at the end, so every account sees what the dense feed
+        shows it wherever it decides something."""
+        books = list(self._books.values())
+        cols = [(key, batch, batch.time_ms[lo:hi].tolist(), batch.price[lo:hi].tolist(), lo)
+                for key, batch, lo, hi in parts]
+        if len(parts) == 1:
+            seq = [(0, j) for j in range(parts[0][3] - parts[0][2])]
+        else:
+            times = np.concatenate([b.time_ms[lo:hi] for _, b, lo, hi in parts])
+            owner = np.concatenate([np.full(hi - lo, n) for n, (_, _, lo, hi) in enumerate(parts)])
+            local = np.concatenate([np.arange(hi - lo) for _, _, lo, hi in parts])
+            merged = np.lexsort((owner, times))
+            seq = list(zip(owner[merged].tolist(), local[merged].tolist(), strict=True))
+        self._skipped = skipped = {}
+        self._last = last
+        bands: dict[str, tuple[float, float, float] | None] = {}
+        self._bands_dirty = True
+        for n, j in seq:
+            key, batch, times, prices, lo = cols[n]
+            t = times[j]
+            now = t if t > self._executor_ms else self._executor_ms
+            self._tick_sparse(now, piece, cursors, until)
+            if self._bands_dirty:
+                bands = {k: self._band(k) for k, *_ in cols}
+                self._bands_dirty = False
+            band = bands[key]
+            if band is not None and band[0] < prices[j] < band[1] and t < band[2]:
+                skipped[key] = (batch, lo + j)
+                continue
+            self._feed_skipped()
+            self._feed_busy(_tick(batch, lo + j))
+        self._feed_skipped()
+
+    def _band(self, key: str) -> tuple[float, float, float] | None:
+        """The intersection of the quiet bands of the accounts busy on ``key`` (None: every trade)."""
+        low, high, until = -math.inf, math.inf, math.inf
+        for book in self._books.values():
+            if book.executor.busy(key):
+                band = book.executor.quiet_trades(key)
+                if band is None:
+                    return None
+                low, high, until = max(low, band[0]), min(high, band[1]), min(until, band[2])
+        return low, high, until
+
+    def _feed_busy(self, tick: TradeTick) -> None:
+        now = max(tick.trade_time, self._executor_ms)
+        key = tick.key
+        for book in self._books.values():
+            if book.executor.busy(key):
+                book.executor.on_trade_tick(tick, now)
+        self._last[tick.key] = tick
+        self._bands_dirty = True
+
+    def _feed_skipped(self) -> None:
+        if self._skipped:
+            held = list(self._skipped.values())
+            self._skipped.clear()
+            for batch, i in held:
+                self._feed_busy(_tick(batch, i))
 
     # ------------------------------------------------------------------------------------------ coverage
     def _layers_in_use(self) -> dict[str, list[tuple[str, str]]]:

@@ -42,6 +42,7 @@ are blocked as if the exchange were down (fail closed).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -266,6 +267,24 @@ class Executor:
         otherwise a trade only updates the market's last price and times, so a caller that feeds the
         trades of a quiet market may pass only its newest one (the backtest runner does)."""
         return bool(self.by_market.get(key)) or any(e.signal.key == key for e in self.entries.values())
+
+    def quiet_trades(self, key: str) -> tuple[float, float, float] | None:
+        """``(low, high, until)``: a trade of market ``key`` with ``low < price < high`` and trade time
+        before ``until`` changes nothing but the market's latest price and times (no exit crossed, no
+        funding due: ``Position.quiet_band`` of every position, the funding time); None when every
+        trade may matter (an entry or an order on the market). The backtest runner feeds only the
+        others and the newest one."""
+        if any(e.signal.key == key for e in self.entries.values()) or any(
+                market_key(i.request.exchange, i.request.symbol) == key for i in self.orders.values()):
+            return None
+        due = self.funding_due.get(key)
+        low, high, until = -math.inf, math.inf, (due.time if due is not None else math.inf)
+        for pid in self.by_market.get(key, ()):
+            pos = self.positions.get(pid)
+            if pos is not None:
+                lo, hi, end = pos.quiet_band()
+                low, high, until = max(low, lo), min(high, hi), min(until, end)
+        return low, high, until
 
     def on_risk_record(self, record: Mapping[str, Any], now_ms: int) -> None:
         """Obey kill-switch records for our mode (other risk.events, including our own, are ignored)."""

@@ -29,6 +29,7 @@ known (the events are the state; see `restore`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -203,6 +204,19 @@ class Position:
         paid = funding_payment(self.direction, self.qty_open, mark_price, rate)
         self.funding_r += paid / self.r_usd
         return paid
+
+    def quiet_band(self) -> tuple[float, float, float]:
+        """``(low, high, until)``: ``on_trade(price, t)`` returns None for every ``low < price < high``
+        and ``t < until`` (stop and the phase's take-profit not crossed, timeout not reached; no
+        limits when closed or with an exit in flight). A caller feeding many trades may pass only
+        those outside it, plus the newest one (the backtest runner's sparse feed)."""
+        if self.phase == "closed" or self.pending is not None:
+            return -math.inf, math.inf, math.inf
+        target = self.plan.tp1 if self.phase == "open" else self.plan.tp2
+        until = self.opened_at + self.plan.timeout_ms
+        if direction_sign(self.direction) > 0:
+            return self.stop, target, until
+        return target, self.stop, until
 
     def on_trade(self, price: float, trade_time: int) -> ExitIntent | None:
         """Evaluate SL, TP1, TP2 and timeout on one trade; returns the exit to send, if any."""
