@@ -19,13 +19,33 @@ at the first trade at or after ``T`` (the paper broker's ``not_before_ms``): zer
 the evaluation and the order. To guarantee that across symbols, the executor runs one slice behind
 the engine; a signal the engine produces later than that (a symbol silent for more than a slice) is
 handed over when it is produced, with ``now_ms`` = that later time, so the executor's signal-age
-rule sees it as late, as the live executor would.
+rule sees it as late, as the live executor would. Sources cut hour-long slices
+(``backtest.inputs.DEFAULT_SLICE_MS``): the engine runs far faster on big batches, and
+tests/backtest/test_backtest_feed.py shows minute and hour slices give the same run.
 
-Speed: a trade changes the executor's state only for a market where it has a position or an entry
-order (``Executor.busy``); for any other market only the newest trade before the next signal, mark
-or book record is passed (the executor keeps the last price and time), which is what makes a run
-over millions of trades affordable without a second execution model. ``on_clock`` is called with
-event time at most once per second of event time (pause ends, UTC day roll, maker timeouts).
+Speed, without a second execution model (``feed="sparse"``, the default): a record that changes
+nothing but "latest value" state of the executor (last price and times, book, next funding) need not
+be passed when it happens, only before the next point where that state is read. Which records those
+are is said by the execution code itself, and only the skipping is the runner's:
+
+- trades: a market no account is busy on (``Executor.busy``: no position, no entry) gets only its
+  newest trade; on a busy market, a trade inside every busy account's ``Executor.quiet_trades`` band
+  (``Position.quiet_band`` of each position: stop, the phase's take-profit, the timeout; the funding
+  time; no band while an entry or order is on the market) is skipped, the newest skipped one kept;
+- marks and books of a market no account is busy on are held, the newest per kind and market (a
+  mark at or after its own funding time is never held);
+- the clock ticks at the points the dense feed ticks at (at most once per second of event time, on
+  records and busy trades), but ``on_clock`` runs only where some account's may act
+  (``Executor.clock_quiet``: a pause ending, a UTC day change, a market going stale or fresh, an
+  entry in flight). Deferred data only makes markets look older, so a tick judged quiet is quiet.
+
+Everything held or skipped is passed, newest first per market and in executor order, before a
+signal, a tick that may act, a trade outside a band, a record of the market that is not held, and at
+the end of each slice; so at every point where an account decides something it has exactly the
+state the dense feed gives it. ``feed="dense"`` passes every mark, book and busy trade and ticks every
+second (the runner before issue 14); tests/backtest/test_backtest_feed.py runs both on sessions with
+pauses, daily-loss flattens, a UTC midnight, funding, staleness transitions, maker entries and a
+shared account, and requires every record every account emits to be identical.
 
 Coverage (``RunResult.coverage``): for every layer a strategy uses (weight > 0) and every gate it
 configures, per symbol, how many of its evaluations had the input present (the engine's feature
@@ -96,15 +116,9 @@ class Progress:
     closed: int
 
 
-@dataclass
-class _Control:
-    """A non-trade executor input, ordered by (time, rank, seq)."""
-
-    time: int
-    rank: int  # 0 signal, 1 mark, 2 book
-    seq: int
-    record: Record
-    key: str
+# a non-trade executor input: (time, rank, seq, record, market key), ordered by (time, rank, seq);
+# rank 0 signal, 1 mark, 2 book (plain tuples: a run has hundreds of thousands)
+_Control = tuple[int, int, int, Record, str]
 
 
 class BacktestSink:
@@ -189,6 +203,7 @@ class BacktestRunner:
         self._skipped: dict[str, tuple[Any, int]] = {}  # sparse: key -> newest busy trade not fed (batch, index)
         self._last: dict[str, TradeTick] = {}
         self._bands_dirty = True
+        self._next_tick = -1  # sparse: no account's clock is due before this event time
         self.strategies = list(strategies)
         self.config = executor_config or ExecutorConfig()
         self.account = account
@@ -301,9 +316,9 @@ class BacktestRunner:
         for rank, records, time_field in ((0, due, "eval_time"), (1, piece.marks, "event_time"),
                                           (2, piece.books, "event_time")):
             for rec in records:
-                controls.append(_Control(int(rec[time_field]), rank, seq, rec, f"{rec['exchange']}:{rec['symbol']}"))
+                controls.append((int(rec[time_field]), rank, seq, rec, f"{rec['exchange']}:{rec['symbol']}"))
                 seq += 1
-        controls.sort(key=lambda c: (c.time, c.rank, c.seq))
+        controls.sort()  # seq is unique: records are never compared
         return controls
 
     def _executor_slice(self, piece: MarketSlice) -> None:
@@ -313,19 +328,19 @@ class BacktestRunner:
         end = piece.end_ms
         controls = self._controls(piece)
         cursors = {key: 0 for key in piece.trades}
-        for control in controls:
-            self._trades_before(piece, cursors, control.time)
-            now = max(control.time, self._executor_ms)
+        for t, rank, _, record, _ in controls:
+            self._trades_before(piece, cursors, t)
+            now = max(t, self._executor_ms)
             self._tick_clocks(now)
-            if control.rank == 0:
-                self._signal(control.record, now)
-            elif control.rank == 1:
+            if rank == 0:
+                self._signal(record, now)
+            elif rank == 1:
                 for book in self._books.values():
-                    book.executor.on_mark(control.record, now)
+                    book.executor.on_mark(record, now)
             else:
                 for book in self._books.values():
-                    book.executor.on_book(control.record, now)
-            self._executor_ms = max(self._executor_ms, control.time)
+                    book.executor.on_book(record, now)
+            self._executor_ms = max(self._executor_ms, t)
         self._trades_before(piece, cursors, end)
         self._executor_ms = max(self._executor_ms, end - 1)
 
@@ -340,31 +355,35 @@ class BacktestRunner:
         books = list(self._books.values())
         first = books[0].executor
         unknown = [key for key in piece.trades if key not in first.data_time]  # flushed until delivered once
-        for control in controls:
-            t, key = control.time, control.key
-            self._trades_before(piece, cursors, t)
+        executors = [book.executor for book in books]
+        for t, rank, _, record, key in controls:
+            anything_busy = any(ex.positions or ex.entries for ex in executors)
+            if anything_busy:
+                self._trades_before(piece, cursors, t)
             if unknown:
                 for k in list(unknown):
                     self._flush_key(piece, cursors, k, t)
                     if k in first.data_time:
                         unknown.remove(k)
             now = max(t, self._executor_ms)
-            self._tick_sparse(now, piece, cursors, t)
-            if control.rank == 0:
+            if now >= self._next_tick:
+                self._tick_sparse(now, piece, cursors, t)
+                anything_busy = any(ex.positions or ex.entries for ex in executors)
+            if rank == 0:
                 self._flush(piece, cursors, t)
-                self._signal(control.record, now)
-            elif (key in first.data_time and not any(b.executor.busy(key) for b in books)
-                  and (control.rank == 2 or t < control.record["next_funding_time"])):
+                self._signal(record, now)
+            elif (key in first.data_time and (rank == 2 or t < record["next_funding_time"])
+                  and not (anything_busy and any(ex.busy(key) for ex in executors))):
                 # an idle market: the record only updates latest values (a mark at or after its own
                 # funding time is not held: whether it sets the next funding depends on what came before)
-                self._held[(control.rank, key)] = control.record
+                self._held[(rank, key)] = record
             else:
                 self._flush_key(piece, cursors, key, t)
-                for book in books:
-                    if control.rank == 1:
-                        book.executor.on_mark(control.record, now)
+                for ex in executors:
+                    if rank == 1:
+                        ex.on_mark(record, now)
                     else:
-                        book.executor.on_book(control.record, now)
+                        ex.on_book(record, now)
             self._executor_ms = max(self._executor_ms, t)
         self._trades_before(piece, cursors, end)
         self._flush(piece, cursors, end)
@@ -411,13 +430,14 @@ class BacktestRunner:
         if all(book.executor.clock_quiet(now) for book in due):
             for book in due:
                 book.clock_ms = now
-            return
-        self._feed_skipped()
-        self._flush(piece, cursors, until)
-        for book in due:
-            book.clock_ms = now
-            book.executor.on_clock(now)
-        self._bands_dirty = True
+        else:
+            self._feed_skipped()
+            self._flush(piece, cursors, until)
+            for book in due:
+                book.clock_ms = now
+                book.executor.on_clock(now)
+            self._bands_dirty = True
+        self._next_tick = min(book.clock_ms for book in self._books.values()) + 1000
 
     def _signal(self, record: Record, now: int) -> None:
         book = self._book_for(record["strategy"])
@@ -511,7 +531,8 @@ class BacktestRunner:
             key, batch, times, prices, lo = cols[n]
             t = times[j]
             now = t if t > self._executor_ms else self._executor_ms
-            self._tick_sparse(now, piece, cursors, until)
+            if now >= self._next_tick:
+                self._tick_sparse(now, piece, cursors, until)
             if self._bands_dirty:
                 bands = {k: self._band(k) for k, *_ in cols}
                 self._bands_dirty = False
