@@ -359,6 +359,14 @@ class BacktestRunner:
         for t, rank, _, record, key in controls:
             anything_busy = any(ex.positions or ex.entries for ex in executors)
             if anything_busy:
+                if (rank and t < self._next_tick and key in first.data_time
+                        and (rank == 2 or t < record["next_funding_time"])
+                        and not any(ex.busy(key) for ex in executors)):
+                    # held, and no clock is due: busy markets' trades before it cannot tick either
+                    # (they are older), so they wait for the next record that is not held, fed with
+                    # their own times (the executor's time is left where it is)
+                    self._held[(rank, key)] = record
+                    continue
                 self._trades_before(piece, cursors, t)
             if unknown:
                 for k in list(unknown):
