@@ -37,7 +37,9 @@ are is said by the execution code itself, and only the skipping is the runner's:
 - the clock ticks at the points the dense feed ticks at (at most once per second of event time, on
   records and busy trades), but ``on_clock`` runs only where some account's may act
   (``Executor.clock_quiet``: a pause ending, a UTC day change, a market going stale or fresh, an
-  entry in flight). Deferred data only makes markets look older, so a tick judged quiet is quiet.
+  entry in flight). Deferred data only makes markets look older, so a tick judged quiet is quiet;
+- a held record on which no clock is due does not stop the feed: busy markets' trades before it
+  (older, so they cannot tick either) wait for the next record that is not held.
 
 Everything held or skipped is passed, newest first per market and in executor order, before a
 signal, a tick that may act, a trade outside a band, a record of the market that is not held, and at
