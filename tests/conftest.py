@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,8 @@ def recording_dir() -> str:
 
 def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = False) -> list[dict]:
     """Every record of `topic`, decoded (with `raw`: the value's bytes and the record timestamp instead).
-    Reads until idle: Tansu's high watermark counts batches."""
+    Reads until idle: Tansu's high watermark counts batches. Fetches as history readers do
+    (``HISTORY_FETCH_CONFIG``), so the idle clock starts with the first record or after a grace."""
     from confluent_kafka import Consumer, TopicPartition
 
     from schemas.registry import FileSchemaRegistry
@@ -145,10 +147,12 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = Fal
     c.assign([TopicPartition(topic, p, -2) for p in md.partitions])
     out = []
     quiet = 0.0
+    grace = time.monotonic() + 2.0  # the first answer of a 500 ms fetch wait may take that long
     while quiet < idle_s:
         m = c.poll(0.25)
         if m is None:
-            quiet += 0.25
+            if out or time.monotonic() > grace:
+                quiet += 0.25
             continue
         quiet = 0.0
         if m.error():

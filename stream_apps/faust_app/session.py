@@ -199,9 +199,9 @@ def read_topic(bootstrap: str, topic: str, serde: AvroSerde, idle_s: float = 2.0
     where the end is)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
+    from tapeflow_runtime.kafka_client import consumer_config
 
-    consumer = Consumer(consumer_config(bootstrap, **{"isolation.level": isolation_level, **HISTORY_FETCH_CONFIG}))
+    consumer = Consumer(consumer_config(bootstrap, **{"isolation.level": isolation_level}))
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         consumer.assign([TopicPartition(topic, p, -2) for p in metadata.partitions])
