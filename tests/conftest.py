@@ -148,6 +148,7 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = Fal
     out = []
     quiet = 0.0
     grace = time.monotonic() + 2.0  # the first answer of a 500 ms fetch wait may take that long
+    idle_s = max(idle_s, 2.0)  # and so may a later one on a loaded machine: never end a read on one gap
     while quiet < idle_s:
         m = c.poll(0.25)
         if m is None:
