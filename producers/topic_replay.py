@@ -5,7 +5,12 @@ What it does, per run:
 1. For every partition of the chosen topics, the first offset whose record timestamp is at or after
    `--from` (`tapeflow_runtime.offsets`: Kafka's answer checked against the records, Tansu-proof).
 2. One consumer reads all of them from there; a partition is done at its first record stamped at or
-   after `--to`, or at its end.
+   after `--to` (then paused: nothing after the range is read), or at its end (the end the broker
+   reports in its fetch answers: Tansu's `ListOffsets` end counts the last batch as one record).
+   A record stamped before `--from` after the start offset is skipped (counted), so the copy holds
+   exactly the records stamped inside the range. The end is never
+   guessed from a silence: a broker that stops answering before the ends are reached fails the
+   replay (`stall_s`) instead of ending it short.
 3. The records are merged by event time (the field the engine orders each topic by) and produced
    unchanged (same key, same bytes, same record timestamp, so the event times inside are kept) into
    `<prefix><NAME>.<topic>`. A partition mixes keys and sources, so its times are only nearly
@@ -61,6 +66,7 @@ class ReplaySummary:
     to_ms: int
     copied: dict[str, int] = field(default_factory=dict)  # catalogue topic -> records copied
     skipped_symbols: int = 0
+    skipped_before: int = 0  # stamped before --from although at or after the start offset
     late: int = 0
     markers: int = 0
     first_event_ms: int | None = None
@@ -76,7 +82,8 @@ class ReplaySummary:
         rate = self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
         topics = ", ".join(f"{t} {n}" for t, n in sorted(self.copied.items()))
         return (f"replayed {self.records} records ({topics}) in {self.elapsed_s:.1f} s ({rate:,.0f} records/s), "
-                f"{self.markers} progress markers, {self.late} late, {self.undelivered} undelivered")
+                f"{self.markers} progress markers, {self.late} late, {self.undelivered} undelivered"
+                + (f", {self.skipped_before} stamped before --from skipped" if self.skipped_before else ""))
 
 
 @dataclass(order=True)
@@ -104,7 +111,7 @@ class TopicReplay:
     def __init__(self, bootstrap: str, serde: AvroSerde, *, source_prefix: str, target_prefix: str,
                  topics: Iterable[str], from_ms: int, to_ms: int, speed: float | None = None,
                  symbols: Iterable[str] | None = None, slack_ms: int = 5_000, max_ahead_ms: int = 600_000,
-                 idle_s: float = 3.0, on_progress: Callable[[ReplaySummary], None] | None = None,
+                 stall_s: float = 120.0, on_progress: Callable[[ReplaySummary], None] | None = None,
                  sleep: Callable[[float], None] = time.sleep, pace_clock: Callable[[], float] = time.monotonic) -> None:
         if to_ms <= from_ms:
             raise ReplayError("--to must be after --from")
@@ -115,7 +122,7 @@ class TopicReplay:
         self.topics = validate_topics(topics)
         self.from_ms, self.to_ms, self.speed = from_ms, to_ms, speed
         self.symbols = {s.upper() for s in symbols} if symbols else None
-        self.slack_ms, self.max_ahead_ms, self.idle_s = slack_ms, max_ahead_ms, idle_s
+        self.slack_ms, self.max_ahead_ms, self.stall_s = slack_ms, max_ahead_ms, stall_s
         self.on_progress = on_progress
         self.sleep, self.pace_clock = sleep, pace_clock  # pacing only (injectable); waits use time.monotonic
         self.summary = ReplaySummary(from_ms, to_ms)
@@ -167,8 +174,10 @@ class TopicReplay:
         while len(done) < len(starts):
             messages = consumer.consume(2_000, 0.2)
             if not messages:
-                if time.monotonic() - quiet_since >= self.idle_s:  # nothing more is coming: the ends are reached
-                    done.update(starts)
+                if time.monotonic() - quiet_since >= self.stall_s:
+                    short = sorted(f"{t}[{p}]" for t, p in set(starts) - done)
+                    raise ReplayError(f"the broker delivered nothing for {self.stall_s:.0f} s before the end of "
+                                      f"{', '.join(short)}: the copy is incomplete")
                 continue
             quiet_since = time.monotonic()
             for m in messages:
@@ -183,6 +192,10 @@ class TopicReplay:
                 stamp = m.timestamp()[1]
                 if stamp >= self.to_ms:
                     done.add(tp)
+                    consumer.pause([TopicPartition(*tp)])
+                    continue
+                if stamp < self.from_ms:
+                    self.summary.skipped_before += 1
                     continue
                 topic = catalogue[m.topic()]
                 record = self.serde.decode(m.value())

@@ -8,16 +8,31 @@ search relies on timestamps growing with the offset in a partition, which holds 
 at publication by one producer per partition (the producers' create time), and for copies that keep
 the original timestamps (`tapeflow replay`).
 
+Records are read with the history fetch wait (``HISTORY_FETCH_CONFIG``): with the live 10 ms wait,
+Tansu answers a fetch on a partition of tens of thousands of batches with nothing, and a lookup that
+took that silence for "past the end" sent the search to offset 0 (a `tapeflow replay` of a sub-range
+then started at the beginning). "Past the end" is now decided by the high watermark alone, and a
+broker that does not answer within the timeout is an error, never a guess. Tansu's high watermark
+(`ListOffsets`) is the last batch's base offset + 1, so the search never looks inside the last
+batch: a time inside it is answered with an offset at most one batch early, which every caller
+tolerates (priming reads a little more history; `tapeflow replay` skips records stamped too early).
+
 Used by the engine's warm-up (`stream_apps.faust_app.priming`) and by `tapeflow replay`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from confluent_kafka import Consumer, TopicPartition
 
-from tapeflow_runtime.kafka_client import consumer_config
+from tapeflow_runtime.errors import TapeflowError
+from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
+
+
+class OffsetLookupError(TapeflowError):
+    """The broker did not deliver a record that its watermarks say exists."""
 
 
 def offsets_at_or_after(bootstrap: str, partitions: Iterable[tuple[str, int]], since_ms: int,
@@ -26,7 +41,7 @@ def offsets_at_or_after(bootstrap: str, partitions: Iterable[tuple[str, int]], s
     wanted = [TopicPartition(t, p, since_ms) for t, p in partitions]
     if not wanted:
         return {}
-    reader = Consumer(consumer_config(bootstrap))
+    reader = Consumer(consumer_config(bootstrap, **HISTORY_FETCH_CONFIG))
     try:
         answers = reader.offsets_for_times(wanted, timeout=timeout)
         return {(tp.topic, tp.partition): first_offset_at_or_after(reader, tp, since_ms, tp.offset, timeout)
@@ -43,11 +58,11 @@ def first_offset_at_or_after(reader: Consumer, tp: TopicPartition, since_ms: int
         return high
     if answer < 0:  # the broker says: nothing that recent
         answer = high
-    if low <= answer <= high and _is_first(reader, tp, since_ms, answer, low, timeout):
+    if low <= answer <= high and _is_first(reader, tp, since_ms, answer, low, high, timeout):
         return answer
     while low < high:  # first offset whose timestamp is >= since_ms (timestamps grow with offsets)
         middle = (low + high) // 2
-        stamp = timestamp_at(reader, tp, middle, timeout)
+        stamp = timestamp_at(reader, tp, middle, timeout, end=high)
         if stamp is None or stamp >= since_ms:
             high = middle
         else:
@@ -55,27 +70,33 @@ def first_offset_at_or_after(reader: Consumer, tp: TopicPartition, since_ms: int
     return low
 
 
-def _is_first(reader: Consumer, tp: TopicPartition, since_ms: int, offset: int, low: int, timeout: float) -> bool:
-    at = timestamp_at(reader, tp, offset, timeout)
+def _is_first(reader: Consumer, tp: TopicPartition, since_ms: int, offset: int, low: int, high: int,
+              timeout: float) -> bool:
+    at = timestamp_at(reader, tp, offset, timeout, end=high)
     if at is not None and at < since_ms:
         return False
     if offset == low:
         return True
-    before = timestamp_at(reader, tp, offset - 1, timeout)
+    before = timestamp_at(reader, tp, offset - 1, timeout, end=high)
     return before is not None and before < since_ms
 
 
-def timestamp_at(reader: Consumer, tp: TopicPartition, offset: int, timeout: float) -> int | None:
-    """Timestamp of the record at ``offset`` (None: no record there, e.g. at or past the end)."""
+def timestamp_at(reader: Consumer, tp: TopicPartition, offset: int, timeout: float,
+                 end: int | None = None) -> int | None:
+    """Timestamp of the first record at or after ``offset`` (None at or past ``end``, the high watermark:
+    looked up when not given). A control record (a transaction marker) takes an offset but is never
+    delivered: the next record stands for it. Raises `OffsetLookupError` when the broker delivers
+    nothing within ``timeout`` s although the watermark says a record is there."""
+    if end is None:
+        _, end = reader.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
+    if offset >= end:
+        return None
     reader.assign([TopicPartition(tp.topic, tp.partition, offset)])
-    deadline_polls = max(int(timeout / 0.2), 1)
-    for _ in range(deadline_polls):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         message = reader.poll(0.2)
-        if message is None:
-            if _ > 5:  # a second of nothing: the offset is past the end
-                return None
+        if message is None or message.error() or message.offset() < offset:
             continue
-        if message.error() or message.offset() < offset:
-            continue
-        return message.timestamp()[1] if message.offset() == offset else None
-    return None
+        return message.timestamp()[1]
+    raise OffsetLookupError(f"{tp.topic}[{tp.partition}]: no record delivered at offset {offset} within "
+                            f"{timeout:.0f} s although the partition ends at {end}")

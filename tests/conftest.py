@@ -131,33 +131,45 @@ def recording_dir() -> str:
     return RECORDING_DIR
 
 
-def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = False) -> list[dict]:
+def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = False,
+                timeout_s: float = 600.0) -> list[dict]:
     """Every record of `topic`, decoded (with `raw`: the value's bytes and the record timestamp instead).
-    Reads until idle: Tansu's high watermark counts batches. Fetches as history readers do
-    (``HISTORY_FETCH_CONFIG``), so the idle clock starts with the first record or after a grace."""
-    from confluent_kafka import Consumer, TopicPartition
+
+    Reads until every partition has reported its end (partition EOF, from the high watermark of the
+    broker's fetch answers; Tansu's `ListOffsets` end counts the last batch as one record, so it
+    cannot be used) and then nothing more arrived for `idle_s` (a writer may still be running). A
+    silence before the ends never ends the read: on a loaded machine one 500 ms history fetch
+    (``HISTORY_FETCH_CONFIG``) from Tansu can come back empty after seconds, and an idle-only read
+    then returned a topic short. 20 s of silence short of the ends also ends it; `timeout_s` bounds
+    the whole read."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     from schemas.registry import FileSchemaRegistry
     from schemas.serde import AvroSerde
     from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
 
     serde = AvroSerde(FileSchemaRegistry())
-    c = Consumer(consumer_config(bootstrap, **HISTORY_FETCH_CONFIG))
+    c = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
     md = c.list_topics(topic, timeout=10).topics[topic]
     c.assign([TopicPartition(topic, p, -2) for p in md.partitions])
     out = []
+    at_end: set[int] = set()
     quiet = 0.0
-    grace = time.monotonic() + 2.0  # the first answer of a 500 ms fetch wait may take that long
-    idle_s = max(idle_s, 2.0)  # and so may a later one on a loaded machine: never end a read on one gap
-    while quiet < idle_s:
+    idle_s = max(idle_s, 2.0)  # callers that read while a writer runs relied on this floor
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         m = c.poll(0.25)
         if m is None:
-            if out or time.monotonic() > grace:
-                quiet += 0.25
+            quiet += 0.25
+            if quiet >= idle_s and (len(at_end) == len(md.partitions) or quiet >= 20.0):
+                break
+            continue
+        if m.error():
+            if m.error().code() == KafkaError._PARTITION_EOF:
+                at_end.add(m.partition())
             continue
         quiet = 0.0
-        if m.error():
-            continue
+        at_end.discard(m.partition())
         if raw:
             out.append({"key": m.key(), "partition": m.partition(), "offset": m.offset(), "value": m.value(),
                         "timestamp": m.timestamp()[1]})

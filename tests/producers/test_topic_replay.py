@@ -10,6 +10,7 @@ records stamped inside it. Pacing (`--speed`) is checked on an injected clock.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -58,6 +59,9 @@ def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafk
     res = cli(env, "replay", "--to-prefix", "rehearsal", "--from", str(stamps[0]), "--to", str(stamps[-1] + 1),
               "--speed", "max", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["copied"] == {t: len(live[t]) for t in INPUTS if live[t]}, "the replay's own count"
+    assert summary["undelivered"] == 0 and summary["skipped_before"] == 0
     namespace = topic_prefix + "rehearsal."
     copies = {t: raw_records(read_topic, kafka_bootstrap, namespace + t) for t in INPUTS}
     for t in INPUTS:  # every record once, same partition, key, bytes and timestamp (hence event times)
@@ -76,11 +80,12 @@ def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafk
     # a sub-range: exactly the records stamped inside it
     middle = stamps[len(stamps) // 2]
     res = cli(env, "replay", "--to-prefix", "half", "--from", str(middle), "--to", str(stamps[-1] + 1),
-              "--topics", "md.trades,md.mark", "--symbols", "BTCUSDT")
+              "--topics", "md.trades,md.mark", "--symbols", "BTCUSDT", "--json")
     assert res.returncode == 0, res.stdout + res.stderr
     serde = AvroSerde(FileSchemaRegistry())
     for t in ("md.trades", "md.mark"):
         want = sorted(r for r in live[t] if r[3] >= middle and serde.decode(r[2])["symbol"] == "BTCUSDT")
+        assert json.loads(res.stdout)["copied"][t] == len(want), f"{t}: the replay's own count"
         assert sorted(raw_records(read_topic, kafka_bootstrap, topic_prefix + "half." + t)) == want, t
     assert raw_records(read_topic, kafka_bootstrap, topic_prefix + "half.md.book") == []
 
@@ -113,3 +118,30 @@ def test_replay_paces_on_event_time(kafka_bootstrap, topic_prefix, read_topic, t
     span_s = (summary.last_event_ms - summary.first_event_ms) / 1000
     assert summary.copied["md.trades"] == sum(1 for r in session if r.topic == "md.trades")
     assert span_s > 100 and now[0] == pytest.approx(span_s / 10, rel=0.02)
+
+
+def test_replay_copies_exactly_the_records_stamped_in_the_range(kafka_bootstrap, topic_prefix, read_topic):
+    """Record timestamps in a partition are only nearly ordered (several keys, several writers): the
+    start offset found by timestamp may be followed by a record stamped before `--from`, and the
+    copy must skip it; the partition ends at its end offset, not at a silence."""
+    from confluent_kafka import Producer
+
+    from stream_apps.faust_app.session import synthetic_session
+    from tapeflow_runtime.kafka_client import ensure_topics, producer_config
+
+    serde = AvroSerde(FileSchemaRegistry())
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    trades = [r for r in synthetic_session(duration_ms=60_000, trades_per_s=1.0, seed=9) if r.topic == "md.trades"]
+    trades = [r for r in trades if r.key == trades[0].key][:6]
+    stamps = [1_000, 3_000, 2_000, 4_000, 1_500, 5_000]  # out of order, as two writers would leave them
+    producer = Producer(producer_config(kafka_bootstrap, **{"linger.ms": 0}))
+    for record, stamp in zip(trades, stamps, strict=True):
+        value = serde.encode("md.trades", record.value)
+        producer.produce(topic_prefix + "md.trades", key=record.key.encode(), value=value, partition=0, timestamp=stamp)
+        producer.flush(10)
+    job = TopicReplay(kafka_bootstrap, serde, source_prefix=topic_prefix, target_prefix=topic_prefix + "range.",
+                      topics=["md.trades"], from_ms=2_000, to_ms=4_500, stall_s=60)
+    summary = job.run()
+    copied = sorted(ts for *_, ts in raw_records(read_topic, kafka_bootstrap, topic_prefix + "range.md.trades"))
+    assert copied == [2_000, 3_000, 4_000]
+    assert summary.copied == {"md.trades": 3} and summary.skipped_before == 1 and summary.undelivered == 0
