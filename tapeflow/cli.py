@@ -21,6 +21,8 @@ from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import ConfigError, Settings, load_settings
 
+BINANCE_REST_URL = "https://fapi.binance.com"
+
 app = typer.Typer(
     name="tapeflow",
     help="Kafka-based order-flow pipeline for crypto derivatives: run the stack, inspect topics, manage the database.",
@@ -192,7 +194,7 @@ def produce(
     bybit_ws_url: str | None = typer.Option(
         None, "--bybit-ws-url", help="Bybit v5 public linear websocket URL (default: wss://stream.bybit.com/v5/public/linear)."),
     ws_url: str = typer.Option("wss://fstream.binance.com", "--ws-url", help="Binance USD-M websocket base URL."),
-    rest_url: str = typer.Option("https://fapi.binance.com", "--rest-url", help="Binance USD-M REST base URL."),
+    rest_url: str = typer.Option(BINANCE_REST_URL, "--rest-url", help="Binance USD-M REST base URL."),
     spot_url: str = typer.Option("https://api.binance.com", "--spot-url", help="Binance spot REST (divergence)."),
     coinbase_url: str = typer.Option("https://api.exchange.coinbase.com", "--coinbase-url",
                                      help="Coinbase REST (premium)."),
@@ -207,8 +209,10 @@ def produce(
         help="Binance: before streaming, publish this many hours of history into md.* (Vision archives, REST "
              "aggTrades, OI/ratio/funding/mark history, or the database when it holds them). Default: "
              "TAPEFLOW_WARM_START_HOURS (25) live, 0 with --replay-control-url."),
-    vision_url: str = typer.Option("https://data.binance.vision", "--vision-url",
-                                   help="Binance Vision base URL (or a mirror) for the warm start's archives."),
+    vision_url: str | None = typer.Option(
+        None, "--vision-url", help="Binance Vision base URL (or a mirror) for the warm start's archives. Default: "
+                                   "https://data.binance.vision, or --rest-url when that is not Binance's (the local "
+                                   "fake exchange serves both)."),
 ) -> None:
     """Run an exchange producer into the md.* topics (Binance: aggTrade, depth, markPrice, forceOrder, REST
     indicators; Bybit: publicTrade, orderbook.50, allLiquidation, tickers)."""
@@ -230,6 +234,8 @@ def produce(
         raise fail(f"unknown exchange {exchange!r}: expected binance or bybit", 2)
     if warm_start_hours is None:
         warm_start_hours = 0.0 if replay_control_url else settings.warm_start_hours
+    if vision_url is None:
+        vision_url = "https://data.binance.vision" if rest_url == BINANCE_REST_URL else rest_url
     options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, ws_base_url=ws_url, rest_base_url=rest_url,
                              spot_base_url=spot_url, coinbase_base_url=coinbase_url,
                              replay_control_url=replay_control_url, metrics_port=metrics_port,

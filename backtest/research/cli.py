@@ -201,6 +201,7 @@ def register(app: typer.Typer) -> None:
                                                                      "(a PostgreSQL conninfo)."),
     ) -> None:
         """Every evaluation's features with y_binary_60m and forward returns: Parquet (and feature_labels)."""
+        from backtest.inputs import DEFAULT_SLICE_MS
         from backtest.sources import open_source
         from stream_apps.core.engine import Engine
         from stream_apps.core.events import (
@@ -224,7 +225,7 @@ def register(app: typer.Typer) -> None:
         for symbol in (s.strip().upper() for s in symbols.split(",") if s.strip()):
             engine = Engine(strategies, state_params=StateParams.for_replay)
             tables, times, prices = [], [], []
-            for piece in open_source(source, [symbol], from_ms, to_ms, slice_ms=3_600_000, **options).slices():
+            for piece in open_source(source, [symbol], from_ms, to_ms, slice_ms=DEFAULT_SLICE_MS, **options).slices():
                 events = [adapt(r) for kind, adapt in adapters for r in getattr(piece, kind)]
                 batch = next(iter(piece.trades.values()), None)
                 if batch is not None:

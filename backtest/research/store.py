@@ -110,6 +110,7 @@ def build_symbol(directory: Path, spec: StoreSpec, symbol: str, base: StrategyCo
     """Run the engine over one symbol's history from the backtest source ``spec.source`` (any of
     ``tapeflow backtest --source``: synthetic, vision, db, topics, recording) and write its days;
     returns the trades processed. Inputs reach the engine as in the backtest runner."""
+    from backtest.inputs import DEFAULT_SLICE_MS
     from backtest.sources import open_source
     from stream_apps.core.events import (
         book_from_record,
@@ -118,7 +119,7 @@ def build_symbol(directory: Path, spec: StoreSpec, symbol: str, base: StrategyCo
         mark_from_record,
     )
 
-    source = open_source(spec.source, [symbol], spec.from_ms, spec.to_ms, slice_ms=3_600_000, **(options or {}))
+    source = open_source(spec.source, [symbol], spec.from_ms, spec.to_ms, slice_ms=DEFAULT_SLICE_MS, **(options or {}))
     engine = Engine([probe_strategy(base)], state_params=StateParams.for_replay)
     folder = directory / symbol
     folder.mkdir(parents=True, exist_ok=True)

@@ -128,9 +128,10 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 300).group(0))
         rest = urls["rest_url"]
         began = time.monotonic()
+        # no --vision-url: it follows --rest-url when that is not Binance's (the fake serves the archives)
         producer = Service("producer", ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
-                                        rest, "--coinbase-url", rest, "--replay-control-url", rest, "--vision-url",
-                                        rest, "--warm-start-hours", "25", "--metrics-port", "0"], env, workdir)
+                                        rest, "--coinbase-url", rest, "--replay-control-url", rest,
+                                        "--warm-start-hours", "25", "--metrics-port", "0"], env, workdir)
         services.append(producer)
         statuses = watch_status_while_priming(producer, env)
         print("\nstatus while priming: " + " | ".join(dict.fromkeys(c.detail for c in statuses)))
