@@ -74,10 +74,10 @@ from execution.executor import Executor
 from execution.paper_broker import PaperBroker
 from stream_apps.core.engine import Engine, EngineParams
 from stream_apps.core.events import (
-    book_from_record,
+    book_batches_from_records,
     indicator_from_record,
     liquidation_from_record,
-    mark_from_record,
+    mark_batches_from_records,
 )
 from stream_apps.core.params import StateParams
 from stream_apps.core.records import FeatureTable
@@ -269,8 +269,11 @@ class BacktestRunner:
     # ------------------------------------------------------------------------------------------ engine
     def _engine_slice(self, piece: MarketSlice) -> None:
         events: dict[str, list] = defaultdict(list)
-        for kind, adapt in (("books", book_from_record), ("marks", mark_from_record),
-                            ("liquidations", liquidation_from_record), ("indicators", indicator_from_record)):
+        # books and marks as columns (the engine's own pending form; the same values as one
+        # ``*_from_record`` object each, see benchmarks/RESULTS.md), the few others as events
+        for batch in (*book_batches_from_records(piece.books), *mark_batches_from_records(piece.marks)):
+            events[f"{batch.exchange}:{batch.symbol}"].append(batch)
+        for kind, adapt in (("liquidations", liquidation_from_record), ("indicators", indicator_from_record)):
             for record in getattr(piece, kind):
                 events[f"{record['exchange']}:{record['symbol']}"].append(adapt(record))
         self.trades_processed += piece.trade_count
