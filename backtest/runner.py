@@ -62,23 +62,18 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from backtest.inputs import MarketSlice, Record, Source
+from backtest.inputs import MarketSlice, Record, Source, market_key
 from backtest.model import BacktestTrade, CoverageRow, RunResult, StrategyInfo
 from execution.config import ExecutorConfig
 from execution.domain import TradeTick
 from execution.executor import Executor
 from execution.paper_broker import PaperBroker
 from stream_apps.core.engine import Engine, EngineParams
-from stream_apps.core.events import (
-    book_batches_from_records,
-    indicator_from_record,
-    liquidation_from_record,
-    mark_batches_from_records,
-)
+from stream_apps.core.events import indicator_from_record, liquidation_from_record
 from stream_apps.core.params import StateParams
 from stream_apps.core.records import FeatureTable
 from stream_apps.core.scoring import BLOCK_REASONS
@@ -118,9 +113,16 @@ class Progress:
     closed: int
 
 
-# a non-trade executor input: (time, rank, seq, record, market key), ordered by (time, rank, seq);
-# rank 0 signal, 1 mark, 2 book (plain tuples: a run has hundreds of thousands)
-_Control = tuple[int, int, int, Record, str]
+class _Controls(NamedTuple):
+    """The non-trade executor inputs of a slice, ordered by time, rank and arrival, as parallel
+    lists (a run has hundreds of thousands: no object each). Rank 0 signal, 1 mark, 2 book; holdable:
+    a book, or a mark before its own funding time."""
+
+    times: list[int]
+    ranks: list[int]
+    holdable: list[bool]
+    records: list[Record]
+    keys: list[str]
 
 
 class BacktestSink:
@@ -182,6 +184,27 @@ class _Book:
     executor: Executor
     sink: BacktestSink
     clock_ms: int = -1
+    # the executor's answers, asked again only when ``Executor.changes`` (and for the clock, the
+    # markets it knows) moved: busy markets, and from when until when its clock is quiet
+    busy: set[str] = field(default_factory=set)
+    busy_stamp: int = -1
+    quiet: tuple[int, int, float] = (-1, -1, -math.inf)  # (changes, markets known, until)
+    quiet_from: float = math.inf
+
+    def busy_markets(self) -> set[str]:
+        ex = self.executor
+        if self.busy_stamp != ex.changes:
+            self.busy, self.busy_stamp = ex.busy_markets(), ex.changes
+        return self.busy
+
+    def clock_quiet(self, now: int) -> bool:
+        """``Executor.clock_quiet(now)``, from ``Executor.clock_quiet_until`` while nothing changed."""
+        ex = self.executor
+        changes, known, until = self.quiet
+        if changes != ex.changes or known != len(ex.data_time) or not self.quiet_from <= now < until:
+            until = ex.clock_quiet_until(now)
+            self.quiet, self.quiet_from = (ex.changes, len(ex.data_time), until), now
+        return now < until
 
 
 @dataclass
@@ -205,6 +228,8 @@ class BacktestRunner:
         self._skipped: dict[str, tuple[Any, int]] = {}  # sparse: key -> newest busy trade not fed (batch, index)
         self._last: dict[str, TradeTick] = {}
         self._bands_dirty = True
+        self._busy_stamp: tuple[int, ...] = ()
+        self._busy_all: set[str] = set()
         self._next_tick = -1  # sparse: no account's clock is due before this event time
         self.strategies = list(strategies)
         self.config = executor_config or ExecutorConfig()
@@ -271,8 +296,9 @@ class BacktestRunner:
         events: dict[str, list] = defaultdict(list)
         # books and marks as columns (the engine's own pending form; the same values as one
         # ``*_from_record`` object each, see benchmarks/RESULTS.md), the few others as events
-        for batch in (*book_batches_from_records(piece.books), *mark_batches_from_records(piece.marks)):
-            events[f"{batch.exchange}:{batch.symbol}"].append(batch)
+        for kind in ("books", "marks"):
+            for cols in piece.columns(kind):
+                events[cols.key].append(cols.batch)
         for kind, adapt in (("liquidations", liquidation_from_record), ("indicators", indicator_from_record)):
             for record in getattr(piece, kind):
                 events[f"{record['exchange']}:{record['symbol']}"].append(adapt(record))
@@ -308,7 +334,7 @@ class BacktestRunner:
     def _book_for(self, strategy: str) -> _Book:
         return self._books["*" if self.account == "shared" else strategy]
 
-    def _controls(self, piece: MarketSlice) -> list[_Control]:
+    def _controls(self, piece: MarketSlice) -> _Controls:
         """Late signals handed over; the slice's due signals, marks and books in executor order."""
         end = piece.end_ms
         for sig in self._late_signals:  # produced after the executor passed their time: handed over now
@@ -316,15 +342,32 @@ class BacktestRunner:
         self._late_signals = []
         due = [s for s in self._future_signals if s["eval_time"] < end]
         self._future_signals = [s for s in self._future_signals if s["eval_time"] >= end]
-        controls: list[_Control] = []
-        seq = 0
-        for rank, records, time_field in ((0, due, "eval_time"), (1, piece.marks, "event_time"),
-                                          (2, piece.books, "event_time")):
-            for rec in records:
-                controls.append((int(rec[time_field]), rank, seq, rec, f"{rec['exchange']}:{rec['symbol']}"))
-                seq += 1
-        controls.sort()  # seq is unique: records are never compared
-        return controls
+        # (time, rank, seq) as columns, seq the position in signals + marks + books; "held" says
+        # whether the record may be held (a book, or a mark before its own funding time)
+        names = sorted({market_key(s["exchange"], s["symbol"]) for s in due}
+                       | {c.key for kind in ("marks", "books") for c in piece.columns(kind)})
+        code = {key: n for n, key in enumerate(names)}
+        times = [np.array([s["eval_time"] for s in due], dtype=np.int64)]
+        seqs = [np.arange(len(due), dtype=np.int64)]
+        ranks = [np.zeros(len(due), dtype=np.int64)]
+        keys = [np.array([code[market_key(s["exchange"], s["symbol"])] for s in due], dtype=np.int64)]
+        held = [np.zeros(len(due), dtype=bool)]
+        offset = len(due)
+        for rank, kind in ((1, "marks"), (2, "books")):
+            for cols in piece.columns(kind):
+                times.append(cols.batch.time_ms)
+                seqs.append(cols.index + offset)
+                ranks.append(np.full(len(cols.index), rank, dtype=np.int64))
+                keys.append(np.full(len(cols.index), code[cols.key], dtype=np.int64))
+                held.append(cols.batch.time_ms < cols.batch.next_funding_time_ms if rank == 1
+                            else np.ones(len(cols.index), dtype=bool))
+            offset += len(getattr(piece, kind))
+        time_col, seq_col, rank_col = np.concatenate(times), np.concatenate(seqs), np.concatenate(ranks)
+        order = np.lexsort((seq_col, rank_col, time_col))
+        records = due + piece.marks + piece.books
+        return _Controls(time_col[order].tolist(), rank_col[order].tolist(), np.concatenate(held)[order].tolist(),
+                         [records[i] for i in seq_col[order].tolist()],
+                         [names[k] for k in np.concatenate(keys)[order].tolist()])
 
     def _executor_slice(self, piece: MarketSlice) -> None:
         if self.feed_mode == "sparse":
@@ -333,7 +376,7 @@ class BacktestRunner:
         end = piece.end_ms
         controls = self._controls(piece)
         cursors = {key: 0 for key in piece.trades}
-        for t, rank, _, record, _ in controls:
+        for t, rank, record in zip(controls.times, controls.ranks, controls.records, strict=True):
             self._trades_before(piece, cursors, t)
             now = max(t, self._executor_ms)
             self._tick_clocks(now)
@@ -361,12 +404,18 @@ class BacktestRunner:
         first = books[0].executor
         unknown = [key for key in piece.trades if key not in first.data_time]  # flushed until delivered once
         executors = [book.executor for book in books]
-        for t, rank, _, record, key in controls:
-            anything_busy = any(ex.positions or ex.entries for ex in executors)
-            if anything_busy:
-                if (rank and t < self._next_tick and key in first.data_time
-                        and (rank == 2 or t < record["next_funding_time"])
-                        and not any(ex.busy(key) for ex in executors)):
+        times, ranks, holdables, records, keys = controls
+        n, count = 0, len(times)
+        while n < count:
+            busy = self._busy()
+            if not unknown and not busy:
+                n = self._idle_run(controls, n, books)
+                if n == count:
+                    break
+            t, rank, holdable, record, key = times[n], ranks[n], holdables[n], records[n], keys[n]
+            n += 1
+            if busy:
+                if (holdable and t < self._next_tick and key in first.data_time and key not in busy):
                     # held, and no clock is due: busy markets' trades before it cannot tick either
                     # (they are older), so they wait for the next record that is not held, fed with
                     # their own times (the executor's time is left where it is)
@@ -381,12 +430,10 @@ class BacktestRunner:
             now = max(t, self._executor_ms)
             if now >= self._next_tick:
                 self._tick_sparse(now, piece, cursors, t)
-                anything_busy = any(ex.positions or ex.entries for ex in executors)
             if rank == 0:
                 self._flush(piece, cursors, t)
                 self._signal(record, now)
-            elif (key in first.data_time and (rank == 2 or t < record["next_funding_time"])
-                  and not (anything_busy and any(ex.busy(key) for ex in executors))):
+            elif holdable and key in first.data_time and key not in self._busy():
                 # an idle market: the record only updates latest values (a mark at or after its own
                 # funding time is not held: whether it sets the next funding depends on what came before)
                 self._held[(rank, key)] = record
@@ -401,6 +448,36 @@ class BacktestRunner:
         self._trades_before(piece, cursors, end)
         self._flush(piece, cursors, end)
         self._executor_ms = max(self._executor_ms, end - 1)
+
+    def _idle_run(self, controls: _Controls, n: int, books: list[_Book]) -> int:
+        """The sparse feed's loop over controls while no account is busy and every market is known,
+        reduced to what it does there: hold each mark and book (newest per kind and market) and let
+        the clock tick where every due account's clock is quiet. Stops (returning the index) at the
+        first control that needs more: a signal, a mark at or after its funding time, a market not
+        known yet, a tick that may act; the caller's loop takes that control as before."""
+        held, data_time = self._held, books[0].executor.data_time
+        executor_ms, next_tick = self._executor_ms, self._next_tick
+        times, ranks, holdables, records, keys = controls
+        count = len(times)
+        while n < count:
+            key = keys[n]
+            if not holdables[n] or key not in data_time:
+                break
+            t = times[n]
+            now = t if t > executor_ms else executor_ms
+            if now >= next_tick:
+                due = [book for book in books if now >= book.clock_ms + 1000]
+                if not all(book.clock_quiet(now) for book in due):
+                    break
+                for book in due:
+                    book.clock_ms = now
+                next_tick = min(book.clock_ms for book in books) + 1000
+            held[(ranks[n], key)] = records[n]
+            if t > executor_ms:
+                executor_ms = t
+            n += 1
+        self._executor_ms, self._next_tick = executor_ms, next_tick
+        return n
 
     def _flush(self, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
         for key in sorted(set(cursors) | {k for _, k in self._held}):
@@ -440,7 +517,7 @@ class BacktestRunner:
         due = [book for book in self._books.values() if now >= book.clock_ms + 1000]
         if not due:
             return
-        if all(book.executor.clock_quiet(now) for book in due):
+        if all(book.clock_quiet(now) for book in due):
             for book in due:
                 book.clock_ms = now
         else:
@@ -451,6 +528,14 @@ class BacktestRunner:
                 book.executor.on_clock(now)
             self._bands_dirty = True
         self._next_tick = min(book.clock_ms for book in self._books.values()) + 1000
+
+    def _busy(self) -> set[str]:
+        """The markets some account is busy on (``Executor.busy``)."""
+        stamp = tuple(book.executor.changes for book in self._books.values())
+        if stamp != self._busy_stamp:
+            self._busy_stamp = stamp
+            self._busy_all = set().union(*(book.busy_markets() for book in self._books.values()))
+        return self._busy_all
 
     def _signal(self, record: Record, now: int) -> None:
         book = self._book_for(record["strategy"])
@@ -468,19 +553,20 @@ class BacktestRunner:
         none for the others, ``_flush_key`` feeds their newest when it matters)."""
         books = list(self._books.values())
         sparse = self.feed_mode == "sparse"
-        if sparse and not any(book.executor.positions or book.executor.entries for book in books):
+        busy = self._busy()
+        if sparse and not busy:
             return
         busy_parts = []
         for key in sorted(cursors):
             batch = piece.trades[key]
             lo = cursors[key]
-            if sparse and not any(book.executor.busy(key) for book in books):
+            if sparse and key not in self._busy():
                 continue
             hi = int(np.searchsorted(batch.time_ms, until, side="left"))
             if hi <= lo:
                 continue
             cursors[key] = hi
-            if any(book.executor.busy(key) for book in books):
+            if key in self._busy():
                 busy_parts.append((key, batch, lo, hi))
             else:
                 tick = _tick(batch, hi - 1)
@@ -510,12 +596,12 @@ class BacktestRunner:
             self._tick_clocks(now)
             key = tick.key
             for book in books:
-                if book.executor.busy(key):
+                if key in book.busy_markets():
                     book.executor.on_trade_tick(tick, now)
             last[key] = tick
         for key, tick in last.items():  # accounts that were idle on the market still learn its last price
             for book in books:
-                if not book.executor.busy(key):
+                if key not in book.busy_markets():
                     book.executor.on_trade_tick(tick, max(tick.trade_time, self._executor_ms))
 
     def _busy_trades_sparse(self, piece: MarketSlice, cursors: dict[str, int], until: int,
@@ -561,7 +647,7 @@ class BacktestRunner:
         """The intersection of the quiet bands of the accounts busy on ``key`` (None: every trade)."""
         low, high, until = -math.inf, math.inf, math.inf
         for book in self._books.values():
-            if book.executor.busy(key):
+            if key in book.busy_markets():
                 band = book.executor.quiet_trades(key)
                 if band is None:
                     return None
@@ -572,7 +658,7 @@ class BacktestRunner:
         now = max(tick.trade_time, self._executor_ms)
         key = tick.key
         for book in self._books.values():
-            if book.executor.busy(key):
+            if key in book.busy_markets():
                 book.executor.on_trade_tick(tick, now)
         self._last[tick.key] = tick
         self._bands_dirty = True

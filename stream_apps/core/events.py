@@ -245,33 +245,6 @@ def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[fl
     return (bid_qty - ask_qty) / total if total > 0 else None
 
 
-def _group(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for record in records:
-        key = (record["exchange"], record["symbol"])
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = []
-        group.append(record)
-    return groups
-
-
-def book_batches_from_records(records: Iterable[Mapping[str, Any]]) -> list[BookBatch]:
-    """``md.book`` records as one ``BookBatch`` per (exchange, symbol), record order kept: the same
-    values ``book_from_record`` reads, without an object per record (a replay's bulk path)."""
-    return [BookBatch.from_arrays(ex, sym, [r["event_time"] for r in group], [r["obi_10"] for r in group])
-            for (ex, sym), group in _group(records).items()]
-
-
-def mark_batches_from_records(records: Iterable[Mapping[str, Any]]) -> list[MarkBatch]:
-    """``md.mark`` records as one ``MarkBatch`` per (exchange, symbol), record order kept (as
-    ``mark_from_record``, in bulk)."""
-    return [MarkBatch.from_arrays(ex, sym, [r["event_time"] for r in group], [r["mark_price"] for r in group],
-                                  [r["index_price"] for r in group], [r["funding_rate"] for r in group],
-                                  [r["next_funding_time"] for r in group])
-            for (ex, sym), group in _group(records).items()]
-
-
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
     return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]))
 
