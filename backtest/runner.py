@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 import time
+from operator import attrgetter
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,7 @@ from stream_apps.core.scoring import BLOCK_REASONS
 from stream_apps.core.strategy import StrategyConfig
 
 Account = Literal["per_strategy", "shared"]
+_CHANGES = attrgetter("changes")
 Feed = Literal["sparse", "dense"]
 MODE = "paper"
 
@@ -228,7 +230,8 @@ class BacktestRunner:
         self._skipped: dict[str, tuple[Any, int]] = {}  # sparse: key -> newest busy trade not fed (batch, index)
         self._last: dict[str, TradeTick] = {}
         self._bands_dirty = True
-        self._busy_stamp: tuple[int, ...] = ()
+        self._busy_stamp = -1
+        self._executors: list[Executor] = []
         self._busy_all: set[str] = set()
         self._next_tick = -1  # sparse: no account's clock is due before this event time
         self.strategies = list(strategies)
@@ -329,6 +332,7 @@ class BacktestRunner:
                 sink = BacktestSink(self.signal_scores)
                 broker = PaperBroker(self.config.fees, self.config.paper)
                 self._books[name] = _Book(Executor(self.config, MODE, broker, sink, now_ms), sink)
+        self._executors = [book.executor for book in self._books.values()]
         return list(self._books.values())
 
     def _book_for(self, strategy: str) -> _Book:
@@ -494,7 +498,7 @@ class BacktestRunner:
                 items.append((int(rec["event_time"]), rank, rec))
         batch = piece.trades.get(key)
         if batch is not None:
-            hi = int(np.searchsorted(batch.time_ms, until, side="left"))
+            hi = int(batch.time_ms.searchsorted(until))
             if hi > cursors[key]:
                 cursors[key] = hi
                 tick = _tick(batch, hi - 1)
@@ -531,7 +535,7 @@ class BacktestRunner:
 
     def _busy(self) -> set[str]:
         """The markets some account is busy on (``Executor.busy``)."""
-        stamp = tuple(book.executor.changes for book in self._books.values())
+        stamp = sum(map(_CHANGES, self._executors))  # each only grows: the sum moves when one does
         if stamp != self._busy_stamp:
             self._busy_stamp = stamp
             self._busy_all = set().union(*(book.busy_markets() for book in self._books.values()))
@@ -562,7 +566,7 @@ class BacktestRunner:
             lo = cursors[key]
             if sparse and key not in self._busy():
                 continue
-            hi = int(np.searchsorted(batch.time_ms, until, side="left"))
+            hi = int(batch.time_ms.searchsorted(until))
             if hi <= lo:
                 continue
             cursors[key] = hi
@@ -610,38 +614,90 @@ class BacktestRunner:
         a trade inside every busy account's ``Executor.quiet_trades`` band of its market is skipped,
         remembering the newest; the newest skipped ones are fed before anything else is (a trade outside
         a band, a clock tick that may act) and at the end, so every account sees what the dense feed
-        shows it wherever it decides something."""
-        books = list(self._books.values())
-        cols = [(key, batch, batch.time_ms[lo:hi].tolist(), batch.price[lo:hi].tolist(), lo)
-                for key, batch, lo, hi in parts]
+        shows it wherever it decides something.
+
+        After a skipped trade, the run of trades that would be skipped too (inside their market's band,
+        before the next clock tick; bands and the tick only move where a trade is fed or a tick is due)
+        is found with numpy and only its newest trade per market remembered, in the order the
+        one-by-one loop would have remembered them; the trade that ends the run goes through the loop."""
         if len(parts) == 1:
-            seq = [(0, j) for j in range(parts[0][3] - parts[0][2])]
+            _, batch, lo, hi = parts[0]
+            times, prices = batch.time_ms[lo:hi], batch.price[lo:hi]
+            owner, local = np.zeros(hi - lo, dtype=np.int64), np.arange(hi - lo)
         else:
             times = np.concatenate([b.time_ms[lo:hi] for _, b, lo, hi in parts])
             owner = np.concatenate([np.full(hi - lo, n) for n, (_, _, lo, hi) in enumerate(parts)])
             local = np.concatenate([np.arange(hi - lo) for _, _, lo, hi in parts])
             merged = np.lexsort((owner, times))
-            seq = list(zip(owner[merged].tolist(), local[merged].tolist(), strict=True))
+            times, prices = times[merged], np.concatenate([b.price[lo:hi] for _, b, lo, hi in parts])[merged]
+            owner, local = owner[merged], local[merged]
+        time_list, price_list, owner_list, local_list = times.tolist(), prices.tolist(), owner.tolist(), local.tolist()
         self._skipped = skipped = {}
         self._last = last
         bands: dict[str, tuple[float, float, float] | None] = {}
+        limits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._bands_dirty = True
-        for n, j in seq:
-            key, batch, times, prices, lo = cols[n]
-            t = times[j]
+        count, pos = len(time_list), 0
+        while pos < count:
+            key, batch, lo, _ = parts[owner_list[pos]]
+            j = local_list[pos]
+            t = time_list[pos]
             now = t if t > self._executor_ms else self._executor_ms
             if now >= self._next_tick:
                 self._tick_sparse(now, piece, cursors, until)
             if self._bands_dirty:
-                bands = {k: self._band(k) for k, *_ in cols}
+                bands = {k: self._band(k) for k, *_ in parts}
+                limits = None
                 self._bands_dirty = False
             band = bands[key]
-            if band is not None and band[0] < prices[j] < band[1] and t < band[2]:
+            pos += 1
+            if band is not None and band[0] < price_list[pos - 1] < band[1] and t < band[2]:
                 skipped[key] = (batch, lo + j)
+                if pos < count and self._executor_ms < self._next_tick:
+                    if limits is None:  # per part: (low, high, until); no band: nothing is inside
+                        rows = [bands[k] or (math.inf, -math.inf, -math.inf) for k, *_ in parts]
+                        limits = (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                                  np.array([r[2] for r in rows]))
+                    pos = self._skip_run(parts, times, prices, owner, local, limits, pos, skipped)
                 continue
             self._feed_skipped()
             self._feed_busy(_tick(batch, lo + j))
         self._feed_skipped()
+
+    def _skip_run(self, parts: list[tuple[str, Any, int, int]], times: np.ndarray, prices: np.ndarray,
+                  owner: np.ndarray, local: np.ndarray, limits: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  pos: int, skipped: dict[str, tuple[Any, int]]) -> int:
+        """From ``pos``: the trades inside their market's band and before the next tick, in windows
+        growing 4x; each market's newest of them is remembered (first-seen order, as the loop would);
+        returns the position of the first trade that is not such a trade."""
+        low, high, until = limits
+        next_tick, count, width = self._next_tick, len(times), 64
+        while pos < count:
+            stop = min(count, pos + width)
+            o, t, p = owner[pos:stop], times[pos:stop], prices[pos:stop]
+            if len(parts) == 1:
+                inside = (low[0] < p) & (p < high[0]) & (t < until[0]) & (t < next_tick)
+            else:
+                inside = (low[o] < p) & (p < high[o]) & (t < until[o]) & (t < next_tick)
+            run = len(inside) if inside.all() else int(inside.argmin())
+            if run:
+                if len(parts) == 1:
+                    seen = [(0, 0, run - 1)]
+                else:
+                    seen = []
+                    for n in range(len(parts)):
+                        at = np.flatnonzero(o[:run] == n)
+                        if len(at):
+                            seen.append((int(at[0]), n, int(at[-1])))
+                    seen.sort()
+                for _, n, newest in seen:
+                    key, batch, lo, _ = parts[n]
+                    skipped[key] = (batch, lo + int(local[pos + newest]))
+            pos += run
+            if run < len(inside):
+                return pos
+            width *= 4
+        return pos
 
     def _band(self, key: str) -> tuple[float, float, float] | None:
         """The intersection of the quiet bands of the accounts busy on ``key`` (None: every trade)."""
