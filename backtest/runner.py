@@ -70,7 +70,7 @@ import numpy as np
 from backtest.inputs import MarketSlice, Record, Source, market_key
 from backtest.model import BacktestTrade, CoverageRow, RunResult, StrategyInfo
 from execution.config import ExecutorConfig
-from execution.domain import TradeTick
+from execution.domain import BookTop, MarkTick, TradeTick
 from execution.executor import Executor
 from execution.paper_broker import PaperBroker
 from stream_apps.core.engine import Engine, EngineParams
@@ -387,11 +387,13 @@ class BacktestRunner:
             if rank == 0:
                 self._signal(record, now)
             elif rank == 1:
+                mark = MarkTick.from_record(record)
                 for book in self._books.values():
-                    book.executor.on_mark(record, now)
+                    book.executor.on_mark_tick(mark, now)
             else:
+                top = BookTop.from_record(record)
                 for book in self._books.values():
-                    book.executor.on_book(record, now)
+                    book.executor.on_book_top(top, now)
             self._executor_ms = max(self._executor_ms, t)
         self._trades_before(piece, cursors, end)
         self._executor_ms = max(self._executor_ms, end - 1)
@@ -443,11 +445,14 @@ class BacktestRunner:
                 self._held[(rank, key)] = record
             else:
                 self._flush_key(piece, cursors, key, t)
-                for ex in executors:
-                    if rank == 1:
-                        ex.on_mark(record, now)
-                    else:
-                        ex.on_book(record, now)
+                if rank == 1:
+                    mark = MarkTick.from_record(record)
+                    for ex in executors:
+                        ex.on_mark_tick(mark, now)
+                else:
+                    top = BookTop.from_record(record)
+                    for ex in executors:
+                        ex.on_book_top(top, now)
             self._executor_ms = max(self._executor_ms, t)
         self._trades_before(piece, cursors, end)
         self._flush(piece, cursors, end)
@@ -507,13 +512,18 @@ class BacktestRunner:
             return
         items.sort(key=lambda item: item[:2])
         for time_ms, rank, item in items:
-            for book in self._books.values():
-                if rank == 1:
-                    book.executor.on_mark(item, max(time_ms, self._executor_ms))
-                elif rank == 2:
-                    book.executor.on_book(item, max(time_ms, self._executor_ms))
-                else:
-                    book.executor.on_trade_tick(item, max(time_ms, self._executor_ms))
+            now = max(time_ms, self._executor_ms)
+            if rank == 1:
+                mark = MarkTick.from_record(item)
+                for book in self._books.values():
+                    book.executor.on_mark_tick(mark, now)
+            elif rank == 2:
+                top = BookTop.from_record(item)
+                for book in self._books.values():
+                    book.executor.on_book_top(top, now)
+            else:
+                for book in self._books.values():
+                    book.executor.on_trade_tick(item, now)
 
     def _tick_sparse(self, now: int, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
         """The dense feed's clock ticks (at most once per second of event time, at the same points), but
@@ -623,7 +633,7 @@ class BacktestRunner:
         if len(parts) == 1:
             _, batch, lo, hi = parts[0]
             times, prices = batch.time_ms[lo:hi], batch.price[lo:hi]
-            owner, local = np.zeros(hi - lo, dtype=np.int64), np.arange(hi - lo)
+            owner, local = _zeros(hi - lo), _arange(hi - lo)
         else:
             times = np.concatenate([b.time_ms[lo:hi] for _, b, lo, hi in parts])
             owner = np.concatenate([np.full(hi - lo, n) for n, (_, _, lo, hi) in enumerate(parts)])
@@ -631,7 +641,8 @@ class BacktestRunner:
             merged = np.lexsort((owner, times))
             times, prices = times[merged], np.concatenate([b.price[lo:hi] for _, b, lo, hi in parts])[merged]
             owner, local = owner[merged], local[merged]
-        time_list, price_list, owner_list, local_list = times.tolist(), prices.tolist(), owner.tolist(), local.tolist()
+        time_list, price_list = times.tolist(), prices.tolist()
+        owner_list, local_list = owner.tolist(), local.tolist()
         self._skipped = skipped = {}
         self._last = last
         bands: dict[str, tuple[float, float, float] | None] = {}
@@ -653,7 +664,7 @@ class BacktestRunner:
             pos += 1
             if band is not None and band[0] < price_list[pos - 1] < band[1] and t < band[2]:
                 skipped[key] = (batch, lo + j)
-                if pos < count and self._executor_ms < self._next_tick:
+                if pos + _SCALAR_RUN < count and self._executor_ms < self._next_tick:
                     if limits is None:  # per part: (low, high, until); no band: nothing is inside
                         rows = [bands[k] or (math.inf, -math.inf, -math.inf) for k, *_ in parts]
                         limits = (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
@@ -800,6 +811,17 @@ class BacktestRunner:
             coverage=self.coverage_rows(source.report.notes), missing=list(source.report.missing),
             bad_rows=list(source.report.bad_rows), params=params,
             processed_to_ms=self.processed_to_ms if partial else source.to_ms)
+
+
+_SCALAR_RUN = 32  # a shorter run of trades left is skipped one by one (numpy costs more than it saves)
+
+
+def _zeros(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.int64)
+
+
+def _arange(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)
 
 
 def _tick(batch, i: int) -> TradeTick:

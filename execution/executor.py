@@ -248,7 +248,10 @@ class Executor:
                 self._send_exit(pos, intent, now_ms)
 
     def on_book(self, record: Mapping[str, Any], now_ms: int) -> None:
-        book = BookTop.from_record(record)
+        self.on_book_top(BookTop.from_record(record), now_ms)
+
+    def on_book_top(self, book: BookTop, now_ms: int) -> None:
+        """``on_book`` of a parsed record (a caller feeding one record to several executors parses once)."""
         if book.event_time > self.data_time.get(book.key, -1):
             self.data_time[book.key] = book.event_time
         self.books[book.key] = book
@@ -256,7 +259,10 @@ class Executor:
 
     def on_mark(self, record: Mapping[str, Any], now_ms: int) -> None:
         """Track the next funding settlement of the symbol, settling the previous one once it is due."""
-        mark = MarkTick.from_record(record)
+        self.on_mark_tick(MarkTick.from_record(record), now_ms)
+
+    def on_mark_tick(self, mark: MarkTick, now_ms: int) -> None:
+        """``on_mark`` of a parsed record."""
         key = mark.key
         if mark.event_time < self.mark_time.get(key, -1):
             return  # older than what we have: it cannot tell us anything newer about funding
