@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stream_apps.core.events import BookBatch, MarkBatch, TradeBatch
+from stream_apps.core.events import (
+    BookBatch,
+    MarkBatch,
+    TradeBatch,
+    indicator_from_record,
+    liquidation_from_record,
+)
 
 Record = dict[str, Any]
 RECORD_KINDS = ("books", "marks", "liquidations", "indicators")
@@ -61,6 +67,18 @@ class MarketSlice:
     liquidations: list[Record] = field(default_factory=list)
     indicators: list[Record] = field(default_factory=list)
     _columns: dict[str, list[RecordColumns]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def engine_events(self) -> dict[str, list]:
+        """Per market key, the engine's inputs besides trades (``Engine.process``'s events): books and
+        marks as columns, the few liquidations and indicators as one event each."""
+        events: dict[str, list] = {}
+        for kind in ("books", "marks"):
+            for cols in self.columns(kind):
+                events.setdefault(cols.key, []).append(cols.batch)
+        for kind, adapt in (("liquidations", liquidation_from_record), ("indicators", indicator_from_record)):
+            for record in getattr(self, kind):
+                events.setdefault(market_key(record["exchange"], record["symbol"]), []).append(adapt(record))
+        return events
 
     def columns(self, kind: str) -> list[RecordColumns]:
         """``books`` or ``marks`` as columns per market, in record order (made once per slice: the

@@ -41,6 +41,14 @@ are is said by the execution code itself, and only the skipping is the runner's:
 - a held record on which no clock is due does not stop the feed: busy markets' trades before it
   (older, so they cannot tick either) wait for the next record that is not held.
 
+How that loop stays off Python per record (results unchanged; the same tests): the slice's marks
+and books are ordered as columns (``MarketSlice.columns``, also what the engine is fed; a record
+becomes an executor object only where it is passed); while no account is busy, a tight run over them
+only holds records and advances quiet clocks (``_idle_run``); the executor's answers (``busy_markets``,
+``clock_quiet_until``: how long its clock stays quiet if nothing is passed) are asked again only when
+``Executor.changes`` moved; a run of busy trades inside their bands before the next tick is found
+with numpy, its newest per market remembered; a book or mark passed to several accounts is parsed once.
+
 Everything held or skipped is passed, newest first per market and in executor order, before a
 signal, a tick that may act, a trade outside a band, a record of the market that is not held, and at
 the end of each slice; so at every point where an account decides something it has exactly the
@@ -74,7 +82,6 @@ from execution.domain import BookTop, MarkTick, TradeTick
 from execution.executor import Executor
 from execution.paper_broker import PaperBroker
 from stream_apps.core.engine import Engine, EngineParams
-from stream_apps.core.events import indicator_from_record, liquidation_from_record
 from stream_apps.core.params import StateParams
 from stream_apps.core.records import FeatureTable
 from stream_apps.core.scoring import BLOCK_REASONS
@@ -296,15 +303,9 @@ class BacktestRunner:
 
     # ------------------------------------------------------------------------------------------ engine
     def _engine_slice(self, piece: MarketSlice) -> None:
-        events: dict[str, list] = defaultdict(list)
         # books and marks as columns (the engine's own pending form; the same values as one
         # ``*_from_record`` object each, see benchmarks/RESULTS.md), the few others as events
-        for kind in ("books", "marks"):
-            for cols in piece.columns(kind):
-                events[cols.key].append(cols.batch)
-        for kind, adapt in (("liquidations", liquidation_from_record), ("indicators", indicator_from_record)):
-            for record in getattr(piece, kind):
-                events[f"{record['exchange']}:{record['symbol']}"].append(adapt(record))
+        events = piece.engine_events()
         self.trades_processed += piece.trade_count
         self.events_processed += piece.trade_count + piece.record_count
         for key in sorted(set(piece.trades) | set(events)):

@@ -33,7 +33,6 @@ from backtest.inputs import MarketSlice
 from backtest.runner import BacktestRunner
 from backtest.sources.synthetic import SyntheticSource
 from stream_apps.core.engine import Engine
-from stream_apps.core.events import indicator_from_record, liquidation_from_record
 from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import default_strategy_dir, load_strategies
 from stream_apps.core.warmup import warm_up
@@ -89,17 +88,10 @@ class TimedSource:
 def engine_only(hours: float, strategies) -> tuple[int, TimedSource, Timer]:
     engines: dict[str, Engine] = {}
     evaluations = 0
-    adapters = (("liquidations", liquidation_from_record), ("indicators", indicator_from_record))
     src = TimedSource(source(hours))
     with Timer() as timer:
         for piece in src.slices():
-            events: dict[str, list] = {}
-            for kind in ("books", "marks"):  # as columns, as the runner feeds them
-                for cols in piece.columns(kind):
-                    events.setdefault(cols.key, []).append(cols.batch)
-            for kind, adapt in adapters:
-                for r in getattr(piece, kind):
-                    events.setdefault(f"{r['exchange']}:{r['symbol']}", []).append(adapt(r))
+            events = piece.engine_events()  # as the runner feeds them
             for key in sorted(set(piece.trades) | set(events)):
                 engine = engines.get(key)
                 if engine is None:  # as the runner builds them
