@@ -52,10 +52,14 @@ with numpy, its newest per market remembered; a book or mark passed to several a
 Everything held or skipped is passed, newest first per market and in executor order, before a
 signal, a tick that may act, a trade outside a band, a record of the market that is not held, and at
 the end of each slice; so at every point where an account decides something it has exactly the
-state the dense feed gives it. ``feed="dense"`` passes every mark, book and busy trade and ticks every
+state the dense feed gives it. One exception: the newest skipped trade of a busy market is not passed
+to the accounts busy on it before a mark or book of a busy market (it waits for the next of the other
+points): such a trade changes only that market's last price and trade times, which neither record
+reads (a book only raises the market's data time, a mark sets or settles funding, which a trade inside
+the band cannot reach); accounts idle on the market still get it there, as in the dense feed. ``feed="dense"`` passes every mark, book and busy trade and ticks every
 second (the runner before issue 14); tests/backtest/test_backtest_feed.py runs both on sessions with
-pauses, daily-loss flattens, a UTC midnight, funding, staleness transitions, maker entries and a
-shared account, and requires every record every account emits to be identical.
+pauses, daily-loss flattens, a UTC midnight, funding, staleness transitions (also of accounts idle on
+a busy market), maker entries and a shared account, and requires every record every account emits to be identical.
 
 Coverage (``RunResult.coverage``): for every layer a strategy uses (weight > 0) and every gate it
 configures, per symbol, how many of its evaluations had the input present (the engine's feature
@@ -438,6 +442,7 @@ class BacktestRunner:
             if now >= self._next_tick:
                 self._tick_sparse(now, piece, cursors, t)
             if rank == 0:
+                self._feed_skipped()
                 self._flush(piece, cursors, t)
                 self._signal(record, now)
             elif holdable and key in first.data_time and key not in self._busy():
@@ -456,6 +461,7 @@ class BacktestRunner:
                         ex.on_book_top(top, now)
             self._executor_ms = max(self._executor_ms, t)
         self._trades_before(piece, cursors, end)
+        self._feed_skipped()
         self._flush(piece, cursors, end)
         self._executor_ms = max(self._executor_ms, end - 1)
 
@@ -605,6 +611,10 @@ class BacktestRunner:
         if sparse:
             self._busy_trades_sparse(piece, cursors, until, busy_parts, last)
             order = []
+            # the newest trade of each market with trades here, fed or skipped (a skipped one left
+            # is newer than any fed: feeding one feeds the skipped first)
+            last = {key: _tick(*self._skipped[key]) if key in self._skipped else last[key]
+                    for key, *_ in busy_parts if key in self._skipped or key in last}
         for batch, i in order:
             tick = _tick(batch, i)
             now = max(tick.trade_time, self._executor_ms)
@@ -644,7 +654,7 @@ class BacktestRunner:
             owner, local = owner[merged], local[merged]
         time_list, price_list = times.tolist(), prices.tolist()
         owner_list, local_list = owner.tolist(), local.tolist()
-        self._skipped = skipped = {}
+        skipped = self._skipped
         self._last = last
         bands: dict[str, tuple[float, float, float] | None] = {}
         limits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -674,7 +684,6 @@ class BacktestRunner:
                 continue
             self._feed_skipped()
             self._feed_busy(_tick(batch, lo + j))
-        self._feed_skipped()
 
     def _skip_run(self, parts: list[tuple[str, Any, int, int]], times: np.ndarray, prices: np.ndarray,
                   owner: np.ndarray, local: np.ndarray, limits: tuple[np.ndarray, np.ndarray, np.ndarray],
