@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stream_apps.core.events import TradeBatch
+from stream_apps.core.events import (
+    BookBatch,
+    MarkBatch,
+    TradeBatch,
+    indicator_from_record,
+    liquidation_from_record,
+)
 
 Record = dict[str, Any]
 RECORD_KINDS = ("books", "marks", "liquidations", "indicators")
@@ -41,6 +47,16 @@ def market_key(exchange: str, symbol: str) -> str:
     return f"{exchange}:{symbol}"
 
 
+@dataclass(frozen=True, eq=False)
+class RecordColumns:
+    """One market's books or marks of a slice as columns (``BookBatch``/``MarkBatch``: the values
+    ``book_from_record``/``mark_from_record`` read), with each record's position in the slice's list."""
+
+    key: str
+    index: np.ndarray  # int64, ascending
+    batch: BookBatch | MarkBatch
+
+
 @dataclass
 class MarketSlice:
     start_ms: int
@@ -50,6 +66,48 @@ class MarketSlice:
     marks: list[Record] = field(default_factory=list)
     liquidations: list[Record] = field(default_factory=list)
     indicators: list[Record] = field(default_factory=list)
+    _columns: dict[str, list[RecordColumns]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def engine_events(self) -> dict[str, list]:
+        """Per market key, the engine's inputs besides trades (``Engine.process``'s events): books and
+        marks as columns, the few liquidations and indicators as one event each."""
+        events: dict[str, list] = {}
+        for kind in ("books", "marks"):
+            for cols in self.columns(kind):
+                events.setdefault(cols.key, []).append(cols.batch)
+        for kind, adapt in (("liquidations", liquidation_from_record), ("indicators", indicator_from_record)):
+            for record in getattr(self, kind):
+                events.setdefault(market_key(record["exchange"], record["symbol"]), []).append(adapt(record))
+        return events
+
+    def columns(self, kind: str) -> list[RecordColumns]:
+        """``books`` or ``marks`` as columns per market, in record order (made once per slice: the
+        engine takes them as they are, the runner orders the executor's inputs with them; a record
+        becomes an object only where the executor is handed it)."""
+        done = self._columns.get(kind)
+        if done is None:
+            groups: dict[tuple[str, str], list[int]] = {}
+            records = getattr(self, kind)
+            for i, r in enumerate(records):
+                group = groups.get((r["exchange"], r["symbol"]))
+                if group is None:
+                    group = groups[(r["exchange"], r["symbol"])] = []
+                group.append(i)
+            done = self._columns[kind] = []
+            for (exchange, symbol), index in groups.items():
+                rows = [records[i] for i in index]
+                if kind == "books":
+                    batch: BookBatch | MarkBatch = BookBatch.from_arrays(
+                        exchange, symbol, [r["event_time"] for r in rows], [r["obi_10"] for r in rows])
+                elif kind == "marks":
+                    batch = MarkBatch.from_arrays(
+                        exchange, symbol, [r["event_time"] for r in rows], [r["mark_price"] for r in rows],
+                        [r["index_price"] for r in rows], [r["funding_rate"] for r in rows],
+                        [r["next_funding_time"] for r in rows])
+                else:
+                    raise ValueError(f"no columns for {kind!r}")
+                done.append(RecordColumns(market_key(exchange, symbol), np.asarray(index, dtype=np.int64), batch))
+        return done
 
     @property
     def trade_count(self) -> int:

@@ -41,13 +41,25 @@ are is said by the execution code itself, and only the skipping is the runner's:
 - a held record on which no clock is due does not stop the feed: busy markets' trades before it
   (older, so they cannot tick either) wait for the next record that is not held.
 
+How that loop stays off Python per record (results unchanged; the same tests): the slice's marks
+and books are ordered as columns (``MarketSlice.columns``, also what the engine is fed; a record
+becomes an executor object only where it is passed); while no account is busy, a tight run over them
+only holds records and advances quiet clocks (``_idle_run``); the executor's answers (``busy_markets``,
+``clock_quiet_until``: how long its clock stays quiet if nothing is passed) are asked again only when
+``Executor.changes`` moved; a run of busy trades inside their bands before the next tick is found
+with numpy, its newest per market remembered; a book or mark passed to several accounts is parsed once.
+
 Everything held or skipped is passed, newest first per market and in executor order, before a
 signal, a tick that may act, a trade outside a band, a record of the market that is not held, and at
 the end of each slice; so at every point where an account decides something it has exactly the
-state the dense feed gives it. ``feed="dense"`` passes every mark, book and busy trade and ticks every
+state the dense feed gives it. One exception: the newest skipped trade of a busy market is not passed
+to the accounts busy on it before a mark or book of a busy market (it waits for the next of the other
+points): such a trade changes only that market's last price and trade times, which neither record
+reads (a book only raises the market's data time, a mark sets or settles funding, which a trade inside
+the band cannot reach); accounts idle on the market still get it there, as in the dense feed. ``feed="dense"`` passes every mark, book and busy trade and ticks every
 second (the runner before issue 14); tests/backtest/test_backtest_feed.py runs both on sessions with
-pauses, daily-loss flattens, a UTC midnight, funding, staleness transitions, maker entries and a
-shared account, and requires every record every account emits to be identical.
+pauses, daily-loss flattens, a UTC midnight, funding, staleness transitions (also of accounts idle on
+a busy market), maker entries and a shared account, and requires every record every account emits to be identical.
 
 Coverage (``RunResult.coverage``): for every layer a strategy uses (weight > 0) and every gate it
 configures, per symbol, how many of its evaluations had the input present (the engine's feature
@@ -58,33 +70,29 @@ from __future__ import annotations
 
 import math
 import time
+from operator import attrgetter
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from backtest.inputs import MarketSlice, Record, Source
+from backtest.inputs import MarketSlice, Record, Source, market_key
 from backtest.model import BacktestTrade, CoverageRow, RunResult, StrategyInfo
 from execution.config import ExecutorConfig
-from execution.domain import TradeTick
+from execution.domain import BookTop, MarkTick, TradeTick
 from execution.executor import Executor
 from execution.paper_broker import PaperBroker
 from stream_apps.core.engine import Engine, EngineParams
-from stream_apps.core.events import (
-    book_from_record,
-    indicator_from_record,
-    liquidation_from_record,
-    mark_from_record,
-)
 from stream_apps.core.params import StateParams
 from stream_apps.core.records import FeatureTable
 from stream_apps.core.scoring import BLOCK_REASONS
 from stream_apps.core.strategy import StrategyConfig
 
 Account = Literal["per_strategy", "shared"]
+_CHANGES = attrgetter("changes")
 Feed = Literal["sparse", "dense"]
 MODE = "paper"
 
@@ -118,9 +126,16 @@ class Progress:
     closed: int
 
 
-# a non-trade executor input: (time, rank, seq, record, market key), ordered by (time, rank, seq);
-# rank 0 signal, 1 mark, 2 book (plain tuples: a run has hundreds of thousands)
-_Control = tuple[int, int, int, Record, str]
+class _Controls(NamedTuple):
+    """The non-trade executor inputs of a slice, ordered by time, rank and arrival, as parallel
+    lists (a run has hundreds of thousands: no object each). Rank 0 signal, 1 mark, 2 book; holdable:
+    a book, or a mark before its own funding time."""
+
+    times: list[int]
+    ranks: list[int]
+    holdable: list[bool]
+    records: list[Record]
+    keys: list[str]
 
 
 class BacktestSink:
@@ -182,6 +197,27 @@ class _Book:
     executor: Executor
     sink: BacktestSink
     clock_ms: int = -1
+    # the executor's answers, asked again only when ``Executor.changes`` (and for the clock, the
+    # markets it knows) moved: busy markets, and from when until when its clock is quiet
+    busy: set[str] = field(default_factory=set)
+    busy_stamp: int = -1
+    quiet: tuple[int, int, float] = (-1, -1, -math.inf)  # (changes, markets known, until)
+    quiet_from: float = math.inf
+
+    def busy_markets(self) -> set[str]:
+        ex = self.executor
+        if self.busy_stamp != ex.changes:
+            self.busy, self.busy_stamp = ex.busy_markets(), ex.changes
+        return self.busy
+
+    def clock_quiet(self, now: int) -> bool:
+        """``Executor.clock_quiet(now)``, from ``Executor.clock_quiet_until`` while nothing changed."""
+        ex = self.executor
+        changes, known, until = self.quiet
+        if changes != ex.changes or known != len(ex.data_time) or not self.quiet_from <= now < until:
+            until = ex.clock_quiet_until(now)
+            self.quiet, self.quiet_from = (ex.changes, len(ex.data_time), until), now
+        return now < until
 
 
 @dataclass
@@ -205,6 +241,9 @@ class BacktestRunner:
         self._skipped: dict[str, tuple[Any, int]] = {}  # sparse: key -> newest busy trade not fed (batch, index)
         self._last: dict[str, TradeTick] = {}
         self._bands_dirty = True
+        self._busy_stamp = -1
+        self._executors: list[Executor] = []
+        self._busy_all: set[str] = set()
         self._next_tick = -1  # sparse: no account's clock is due before this event time
         self.strategies = list(strategies)
         self.config = executor_config or ExecutorConfig()
@@ -268,11 +307,9 @@ class BacktestRunner:
 
     # ------------------------------------------------------------------------------------------ engine
     def _engine_slice(self, piece: MarketSlice) -> None:
-        events: dict[str, list] = defaultdict(list)
-        for kind, adapt in (("books", book_from_record), ("marks", mark_from_record),
-                            ("liquidations", liquidation_from_record), ("indicators", indicator_from_record)):
-            for record in getattr(piece, kind):
-                events[f"{record['exchange']}:{record['symbol']}"].append(adapt(record))
+        # books and marks as columns (the engine's own pending form; the same values as one
+        # ``*_from_record`` object each, see benchmarks/RESULTS.md), the few others as events
+        events = piece.engine_events()
         self.trades_processed += piece.trade_count
         self.events_processed += piece.trade_count + piece.record_count
         for key in sorted(set(piece.trades) | set(events)):
@@ -300,12 +337,13 @@ class BacktestRunner:
                 sink = BacktestSink(self.signal_scores)
                 broker = PaperBroker(self.config.fees, self.config.paper)
                 self._books[name] = _Book(Executor(self.config, MODE, broker, sink, now_ms), sink)
+        self._executors = [book.executor for book in self._books.values()]
         return list(self._books.values())
 
     def _book_for(self, strategy: str) -> _Book:
         return self._books["*" if self.account == "shared" else strategy]
 
-    def _controls(self, piece: MarketSlice) -> list[_Control]:
+    def _controls(self, piece: MarketSlice) -> _Controls:
         """Late signals handed over; the slice's due signals, marks and books in executor order."""
         end = piece.end_ms
         for sig in self._late_signals:  # produced after the executor passed their time: handed over now
@@ -313,15 +351,32 @@ class BacktestRunner:
         self._late_signals = []
         due = [s for s in self._future_signals if s["eval_time"] < end]
         self._future_signals = [s for s in self._future_signals if s["eval_time"] >= end]
-        controls: list[_Control] = []
-        seq = 0
-        for rank, records, time_field in ((0, due, "eval_time"), (1, piece.marks, "event_time"),
-                                          (2, piece.books, "event_time")):
-            for rec in records:
-                controls.append((int(rec[time_field]), rank, seq, rec, f"{rec['exchange']}:{rec['symbol']}"))
-                seq += 1
-        controls.sort()  # seq is unique: records are never compared
-        return controls
+        # (time, rank, seq) as columns, seq the position in signals + marks + books; "held" says
+        # whether the record may be held (a book, or a mark before its own funding time)
+        names = sorted({market_key(s["exchange"], s["symbol"]) for s in due}
+                       | {c.key for kind in ("marks", "books") for c in piece.columns(kind)})
+        code = {key: n for n, key in enumerate(names)}
+        times = [np.array([s["eval_time"] for s in due], dtype=np.int64)]
+        seqs = [np.arange(len(due), dtype=np.int64)]
+        ranks = [np.zeros(len(due), dtype=np.int64)]
+        keys = [np.array([code[market_key(s["exchange"], s["symbol"])] for s in due], dtype=np.int64)]
+        held = [np.zeros(len(due), dtype=bool)]
+        offset = len(due)
+        for rank, kind in ((1, "marks"), (2, "books")):
+            for cols in piece.columns(kind):
+                times.append(cols.batch.time_ms)
+                seqs.append(cols.index + offset)
+                ranks.append(np.full(len(cols.index), rank, dtype=np.int64))
+                keys.append(np.full(len(cols.index), code[cols.key], dtype=np.int64))
+                held.append(cols.batch.time_ms < cols.batch.next_funding_time_ms if rank == 1
+                            else np.ones(len(cols.index), dtype=bool))
+            offset += len(getattr(piece, kind))
+        time_col, seq_col, rank_col = np.concatenate(times), np.concatenate(seqs), np.concatenate(ranks)
+        order = np.lexsort((seq_col, rank_col, time_col))
+        records = due + piece.marks + piece.books
+        return _Controls(time_col[order].tolist(), rank_col[order].tolist(), np.concatenate(held)[order].tolist(),
+                         [records[i] for i in seq_col[order].tolist()],
+                         [names[k] for k in np.concatenate(keys)[order].tolist()])
 
     def _executor_slice(self, piece: MarketSlice) -> None:
         if self.feed_mode == "sparse":
@@ -330,18 +385,20 @@ class BacktestRunner:
         end = piece.end_ms
         controls = self._controls(piece)
         cursors = {key: 0 for key in piece.trades}
-        for t, rank, _, record, _ in controls:
+        for t, rank, record in zip(controls.times, controls.ranks, controls.records, strict=True):
             self._trades_before(piece, cursors, t)
             now = max(t, self._executor_ms)
             self._tick_clocks(now)
             if rank == 0:
                 self._signal(record, now)
             elif rank == 1:
+                mark = MarkTick.from_record(record)
                 for book in self._books.values():
-                    book.executor.on_mark(record, now)
+                    book.executor.on_mark_tick(mark, now)
             else:
+                top = BookTop.from_record(record)
                 for book in self._books.values():
-                    book.executor.on_book(record, now)
+                    book.executor.on_book_top(top, now)
             self._executor_ms = max(self._executor_ms, t)
         self._trades_before(piece, cursors, end)
         self._executor_ms = max(self._executor_ms, end - 1)
@@ -358,12 +415,18 @@ class BacktestRunner:
         first = books[0].executor
         unknown = [key for key in piece.trades if key not in first.data_time]  # flushed until delivered once
         executors = [book.executor for book in books]
-        for t, rank, _, record, key in controls:
-            anything_busy = any(ex.positions or ex.entries for ex in executors)
-            if anything_busy:
-                if (rank and t < self._next_tick and key in first.data_time
-                        and (rank == 2 or t < record["next_funding_time"])
-                        and not any(ex.busy(key) for ex in executors)):
+        times, ranks, holdables, records, keys = controls
+        n, count = 0, len(times)
+        while n < count:
+            busy = self._busy()
+            if not unknown and not busy:
+                n = self._idle_run(controls, n, books)
+                if n == count:
+                    break
+            t, rank, holdable, record, key = times[n], ranks[n], holdables[n], records[n], keys[n]
+            n += 1
+            if busy:
+                if (holdable and t < self._next_tick and key in first.data_time and key not in busy):
                     # held, and no clock is due: busy markets' trades before it cannot tick either
                     # (they are older), so they wait for the next record that is not held, fed with
                     # their own times (the executor's time is left where it is)
@@ -378,26 +441,59 @@ class BacktestRunner:
             now = max(t, self._executor_ms)
             if now >= self._next_tick:
                 self._tick_sparse(now, piece, cursors, t)
-                anything_busy = any(ex.positions or ex.entries for ex in executors)
             if rank == 0:
+                self._feed_skipped()
                 self._flush(piece, cursors, t)
                 self._signal(record, now)
-            elif (key in first.data_time and (rank == 2 or t < record["next_funding_time"])
-                  and not (anything_busy and any(ex.busy(key) for ex in executors))):
+            elif holdable and key in first.data_time and key not in self._busy():
                 # an idle market: the record only updates latest values (a mark at or after its own
                 # funding time is not held: whether it sets the next funding depends on what came before)
                 self._held[(rank, key)] = record
             else:
                 self._flush_key(piece, cursors, key, t)
-                for ex in executors:
-                    if rank == 1:
-                        ex.on_mark(record, now)
-                    else:
-                        ex.on_book(record, now)
+                if rank == 1:
+                    mark = MarkTick.from_record(record)
+                    for ex in executors:
+                        ex.on_mark_tick(mark, now)
+                else:
+                    top = BookTop.from_record(record)
+                    for ex in executors:
+                        ex.on_book_top(top, now)
             self._executor_ms = max(self._executor_ms, t)
         self._trades_before(piece, cursors, end)
+        self._feed_skipped()
         self._flush(piece, cursors, end)
         self._executor_ms = max(self._executor_ms, end - 1)
+
+    def _idle_run(self, controls: _Controls, n: int, books: list[_Book]) -> int:
+        """The sparse feed's loop over controls while no account is busy and every market is known,
+        reduced to what it does there: hold each mark and book (newest per kind and market) and let
+        the clock tick where every due account's clock is quiet. Stops (returning the index) at the
+        first control that needs more: a signal, a mark at or after its funding time, a market not
+        known yet, a tick that may act; the caller's loop takes that control as before."""
+        held, data_time = self._held, books[0].executor.data_time
+        executor_ms, next_tick = self._executor_ms, self._next_tick
+        times, ranks, holdables, records, keys = controls
+        count = len(times)
+        while n < count:
+            key = keys[n]
+            if not holdables[n] or key not in data_time:
+                break
+            t = times[n]
+            now = t if t > executor_ms else executor_ms
+            if now >= next_tick:
+                due = [book for book in books if now >= book.clock_ms + 1000]
+                if not all(book.clock_quiet(now) for book in due):
+                    break
+                for book in due:
+                    book.clock_ms = now
+                next_tick = min(book.clock_ms for book in books) + 1000
+            held[(ranks[n], key)] = records[n]
+            if t > executor_ms:
+                executor_ms = t
+            n += 1
+        self._executor_ms, self._next_tick = executor_ms, next_tick
+        return n
 
     def _flush(self, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
         for key in sorted(set(cursors) | {k for _, k in self._held}):
@@ -414,7 +510,7 @@ class BacktestRunner:
                 items.append((int(rec["event_time"]), rank, rec))
         batch = piece.trades.get(key)
         if batch is not None:
-            hi = int(np.searchsorted(batch.time_ms, until, side="left"))
+            hi = int(batch.time_ms.searchsorted(until))
             if hi > cursors[key]:
                 cursors[key] = hi
                 tick = _tick(batch, hi - 1)
@@ -423,13 +519,18 @@ class BacktestRunner:
             return
         items.sort(key=lambda item: item[:2])
         for time_ms, rank, item in items:
-            for book in self._books.values():
-                if rank == 1:
-                    book.executor.on_mark(item, max(time_ms, self._executor_ms))
-                elif rank == 2:
-                    book.executor.on_book(item, max(time_ms, self._executor_ms))
-                else:
-                    book.executor.on_trade_tick(item, max(time_ms, self._executor_ms))
+            now = max(time_ms, self._executor_ms)
+            if rank == 1:
+                mark = MarkTick.from_record(item)
+                for book in self._books.values():
+                    book.executor.on_mark_tick(mark, now)
+            elif rank == 2:
+                top = BookTop.from_record(item)
+                for book in self._books.values():
+                    book.executor.on_book_top(top, now)
+            else:
+                for book in self._books.values():
+                    book.executor.on_trade_tick(item, now)
 
     def _tick_sparse(self, now: int, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
         """The dense feed's clock ticks (at most once per second of event time, at the same points), but
@@ -437,7 +538,7 @@ class BacktestRunner:
         due = [book for book in self._books.values() if now >= book.clock_ms + 1000]
         if not due:
             return
-        if all(book.executor.clock_quiet(now) for book in due):
+        if all(book.clock_quiet(now) for book in due):
             for book in due:
                 book.clock_ms = now
         else:
@@ -448,6 +549,14 @@ class BacktestRunner:
                 book.executor.on_clock(now)
             self._bands_dirty = True
         self._next_tick = min(book.clock_ms for book in self._books.values()) + 1000
+
+    def _busy(self) -> set[str]:
+        """The markets some account is busy on (``Executor.busy``)."""
+        stamp = sum(map(_CHANGES, self._executors))  # each only grows: the sum moves when one does
+        if stamp != self._busy_stamp:
+            self._busy_stamp = stamp
+            self._busy_all = set().union(*(book.busy_markets() for book in self._books.values()))
+        return self._busy_all
 
     def _signal(self, record: Record, now: int) -> None:
         book = self._book_for(record["strategy"])
@@ -465,19 +574,20 @@ class BacktestRunner:
         none for the others, ``_flush_key`` feeds their newest when it matters)."""
         books = list(self._books.values())
         sparse = self.feed_mode == "sparse"
-        if sparse and not any(book.executor.positions or book.executor.entries for book in books):
+        busy = self._busy()
+        if sparse and not busy:
             return
         busy_parts = []
         for key in sorted(cursors):
             batch = piece.trades[key]
             lo = cursors[key]
-            if sparse and not any(book.executor.busy(key) for book in books):
+            if sparse and key not in self._busy():
                 continue
-            hi = int(np.searchsorted(batch.time_ms, until, side="left"))
+            hi = int(batch.time_ms.searchsorted(until))
             if hi <= lo:
                 continue
             cursors[key] = hi
-            if any(book.executor.busy(key) for book in books):
+            if key in self._busy():
                 busy_parts.append((key, batch, lo, hi))
             else:
                 tick = _tick(batch, hi - 1)
@@ -501,18 +611,22 @@ class BacktestRunner:
         if sparse:
             self._busy_trades_sparse(piece, cursors, until, busy_parts, last)
             order = []
+            # the newest trade of each market with trades here, fed or skipped (a skipped one left
+            # is newer than any fed: feeding one feeds the skipped first)
+            last = {key: _tick(*self._skipped[key]) if key in self._skipped else last[key]
+                    for key, *_ in busy_parts if key in self._skipped or key in last}
         for batch, i in order:
             tick = _tick(batch, i)
             now = max(tick.trade_time, self._executor_ms)
             self._tick_clocks(now)
             key = tick.key
             for book in books:
-                if book.executor.busy(key):
+                if key in book.busy_markets():
                     book.executor.on_trade_tick(tick, now)
             last[key] = tick
         for key, tick in last.items():  # accounts that were idle on the market still learn its last price
             for book in books:
-                if not book.executor.busy(key):
+                if key not in book.busy_markets():
                     book.executor.on_trade_tick(tick, max(tick.trade_time, self._executor_ms))
 
     def _busy_trades_sparse(self, piece: MarketSlice, cursors: dict[str, int], until: int,
@@ -521,44 +635,96 @@ class BacktestRunner:
         a trade inside every busy account's ``Executor.quiet_trades`` band of its market is skipped,
         remembering the newest; the newest skipped ones are fed before anything else is (a trade outside
         a band, a clock tick that may act) and at the end, so every account sees what the dense feed
-        shows it wherever it decides something."""
-        books = list(self._books.values())
-        cols = [(key, batch, batch.time_ms[lo:hi].tolist(), batch.price[lo:hi].tolist(), lo)
-                for key, batch, lo, hi in parts]
+        shows it wherever it decides something.
+
+        After a skipped trade, the run of trades that would be skipped too (inside their market's band,
+        before the next clock tick; bands and the tick only move where a trade is fed or a tick is due)
+        is found with numpy and only its newest trade per market remembered, in the order the
+        one-by-one loop would have remembered them; the trade that ends the run goes through the loop."""
         if len(parts) == 1:
-            seq = [(0, j) for j in range(parts[0][3] - parts[0][2])]
+            _, batch, lo, hi = parts[0]
+            times, prices = batch.time_ms[lo:hi], batch.price[lo:hi]
+            owner, local = _zeros(hi - lo), _arange(hi - lo)
         else:
             times = np.concatenate([b.time_ms[lo:hi] for _, b, lo, hi in parts])
             owner = np.concatenate([np.full(hi - lo, n) for n, (_, _, lo, hi) in enumerate(parts)])
             local = np.concatenate([np.arange(hi - lo) for _, _, lo, hi in parts])
             merged = np.lexsort((owner, times))
-            seq = list(zip(owner[merged].tolist(), local[merged].tolist(), strict=True))
-        self._skipped = skipped = {}
+            times, prices = times[merged], np.concatenate([b.price[lo:hi] for _, b, lo, hi in parts])[merged]
+            owner, local = owner[merged], local[merged]
+        time_list, price_list = times.tolist(), prices.tolist()
+        owner_list, local_list = owner.tolist(), local.tolist()
+        skipped = self._skipped
         self._last = last
         bands: dict[str, tuple[float, float, float] | None] = {}
+        limits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._bands_dirty = True
-        for n, j in seq:
-            key, batch, times, prices, lo = cols[n]
-            t = times[j]
+        count, pos = len(time_list), 0
+        while pos < count:
+            key, batch, lo, _ = parts[owner_list[pos]]
+            j = local_list[pos]
+            t = time_list[pos]
             now = t if t > self._executor_ms else self._executor_ms
             if now >= self._next_tick:
                 self._tick_sparse(now, piece, cursors, until)
             if self._bands_dirty:
-                bands = {k: self._band(k) for k, *_ in cols}
+                bands = {k: self._band(k) for k, *_ in parts}
+                limits = None
                 self._bands_dirty = False
             band = bands[key]
-            if band is not None and band[0] < prices[j] < band[1] and t < band[2]:
+            pos += 1
+            if band is not None and band[0] < price_list[pos - 1] < band[1] and t < band[2]:
                 skipped[key] = (batch, lo + j)
+                if pos + _SCALAR_RUN < count and self._executor_ms < self._next_tick:
+                    if limits is None:  # per part: (low, high, until); no band: nothing is inside
+                        rows = [bands[k] or (math.inf, -math.inf, -math.inf) for k, *_ in parts]
+                        limits = (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                                  np.array([r[2] for r in rows]))
+                    pos = self._skip_run(parts, times, prices, owner, local, limits, pos, skipped)
                 continue
             self._feed_skipped()
             self._feed_busy(_tick(batch, lo + j))
-        self._feed_skipped()
+
+    def _skip_run(self, parts: list[tuple[str, Any, int, int]], times: np.ndarray, prices: np.ndarray,
+                  owner: np.ndarray, local: np.ndarray, limits: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  pos: int, skipped: dict[str, tuple[Any, int]]) -> int:
+        """From ``pos``: the trades inside their market's band and before the next tick, in windows
+        growing 4x; each market's newest of them is remembered (first-seen order, as the loop would);
+        returns the position of the first trade that is not such a trade."""
+        low, high, until = limits
+        next_tick, count, width = self._next_tick, len(times), 64
+        while pos < count:
+            stop = min(count, pos + width)
+            o, t, p = owner[pos:stop], times[pos:stop], prices[pos:stop]
+            if len(parts) == 1:
+                inside = (low[0] < p) & (p < high[0]) & (t < until[0]) & (t < next_tick)
+            else:
+                inside = (low[o] < p) & (p < high[o]) & (t < until[o]) & (t < next_tick)
+            run = len(inside) if inside.all() else int(inside.argmin())
+            if run:
+                if len(parts) == 1:
+                    seen = [(0, 0, run - 1)]
+                else:
+                    seen = []
+                    for n in range(len(parts)):
+                        at = np.flatnonzero(o[:run] == n)
+                        if len(at):
+                            seen.append((int(at[0]), n, int(at[-1])))
+                    seen.sort()
+                for _, n, newest in seen:
+                    key, batch, lo, _ = parts[n]
+                    skipped[key] = (batch, lo + int(local[pos + newest]))
+            pos += run
+            if run < len(inside):
+                return pos
+            width *= 4
+        return pos
 
     def _band(self, key: str) -> tuple[float, float, float] | None:
         """The intersection of the quiet bands of the accounts busy on ``key`` (None: every trade)."""
         low, high, until = -math.inf, math.inf, math.inf
         for book in self._books.values():
-            if book.executor.busy(key):
+            if key in book.busy_markets():
                 band = book.executor.quiet_trades(key)
                 if band is None:
                     return None
@@ -569,7 +735,7 @@ class BacktestRunner:
         now = max(tick.trade_time, self._executor_ms)
         key = tick.key
         for book in self._books.values():
-            if book.executor.busy(key):
+            if key in book.busy_markets():
                 book.executor.on_trade_tick(tick, now)
         self._last[tick.key] = tick
         self._bands_dirty = True
@@ -655,6 +821,17 @@ class BacktestRunner:
             coverage=self.coverage_rows(source.report.notes), missing=list(source.report.missing),
             bad_rows=list(source.report.bad_rows), params=params,
             processed_to_ms=self.processed_to_ms if partial else source.to_ms)
+
+
+_SCALAR_RUN = 32  # a shorter run of trades left is skipped one by one (numpy costs more than it saves)
+
+
+def _zeros(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.int64)
+
+
+def _arange(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64)
 
 
 def _tick(batch, i: int) -> TradeTick:

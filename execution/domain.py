@@ -100,8 +100,8 @@ class BookTop:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> BookTop:
-        bids = tuple((float(level["price"]), float(level["qty"])) for level in rec["bids"])
-        asks = tuple((float(level["price"]), float(level["qty"])) for level in rec["asks"])
+        bids = tuple([(float(level["price"]), float(level["qty"])) for level in rec["bids"]])
+        asks = tuple([(float(level["price"]), float(level["qty"])) for level in rec["asks"]])
         return cls(rec["exchange"], rec["symbol"], bids[0][0] if bids else None, asks[0][0] if asks else None,
                    int(rec["event_time"]), bids, asks)
 

@@ -167,10 +167,15 @@ class Executor:
         self.funding_due: dict[str, _FundingDue] = {}  # market key -> its next funding settlement
         self.owner_ok = True  # False when another executor may own some of our partitions (service sets it)
         self.reconcile_ok = True  # False after a failed reconciliation: entries blocked until one succeeds
+        # bumped by every change of positions, entries, orders or the guard (and by every signal, clock
+        # tick and kill-switch record): a caller caching ``busy_markets`` or ``clock_quiet_until`` asks
+        # again only when it moved (the backtest runner)
+        self.changes = 0
 
     # ================================================================ inputs
     def on_signal(self, record: Mapping[str, Any], now_ms: int) -> RiskDecision:
         """Decide on one signal; returns the decision (also emitted)."""
+        self.changes += 1
         try:
             sig = Signal.from_record(record)
         except (InvalidSignal, KeyError, TypeError, ValueError) as exc:
@@ -243,7 +248,10 @@ class Executor:
                 self._send_exit(pos, intent, now_ms)
 
     def on_book(self, record: Mapping[str, Any], now_ms: int) -> None:
-        book = BookTop.from_record(record)
+        self.on_book_top(BookTop.from_record(record), now_ms)
+
+    def on_book_top(self, book: BookTop, now_ms: int) -> None:
+        """``on_book`` of a parsed record (a caller feeding one record to several executors parses once)."""
         if book.event_time > self.data_time.get(book.key, -1):
             self.data_time[book.key] = book.event_time
         self.books[book.key] = book
@@ -251,7 +259,10 @@ class Executor:
 
     def on_mark(self, record: Mapping[str, Any], now_ms: int) -> None:
         """Track the next funding settlement of the symbol, settling the previous one once it is due."""
-        mark = MarkTick.from_record(record)
+        self.on_mark_tick(MarkTick.from_record(record), now_ms)
+
+    def on_mark_tick(self, mark: MarkTick, now_ms: int) -> None:
+        """``on_mark`` of a parsed record."""
         key = mark.key
         if mark.event_time < self.mark_time.get(key, -1):
             return  # older than what we have: it cannot tell us anything newer about funding
@@ -267,6 +278,11 @@ class Executor:
         otherwise a trade only updates the market's last price and times, so a caller that feeds the
         trades of a quiet market may pass only its newest one (the backtest runner does)."""
         return bool(self.by_market.get(key)) or any(e.signal.key == key for e in self.entries.values())
+
+    def busy_markets(self) -> set[str]:
+        """Every market ``busy`` is true of (the same answer for many keys at once; it changes only
+        with ``changes``)."""
+        return {key for key, ids in self.by_market.items() if ids} | {e.signal.key for e in self.entries.values()}
 
     def quiet_trades(self, key: str) -> tuple[float, float, float] | None:
         """``(low, high, until)``: a trade of market ``key`` with ``low < price < high`` and trade time
@@ -288,6 +304,7 @@ class Executor:
 
     def on_risk_record(self, record: Mapping[str, Any], now_ms: int) -> None:
         """Obey kill-switch records for our mode (other risk.events, including our own, are ignored)."""
+        self.changes += 1
         if record.get("scope") != KILL_SWITCH or record.get("mode") != self.mode:
             return
         on = record["decision"] in ("halt", "flatten", "block")
@@ -301,6 +318,7 @@ class Executor:
             self._flatten(KILL_SWITCH, now_ms)
 
     def on_clock(self, now_ms: int) -> None:
+        self.changes += 1
         for decision in self.guard.tick(now_ms):
             self._decide(decision)
         venue = self.guard.venue(self.venue_up, now_ms)
@@ -334,6 +352,20 @@ class Executor:
             return False
         return all(guard.market_data_quiet(key, now_ms - t) for key, t in self.data_time.items())
 
+    def clock_quiet_until(self, now_ms: int) -> float:
+        """The end of the time from ``now_ms`` on in which ``clock_quiet`` stays true as long as nothing
+        is passed to the executor (``now_ms`` itself when it is not quiet now): the next UTC day, the
+        pause's end, the first market whose newest data turns stale. Newer data only moves the end
+        later, so the answer holds until ``changes`` moves or a market is first seen (a caller may
+        cache it; the backtest runner asks once per change instead of on every tick)."""
+        if not self.clock_quiet(now_ms):
+            return now_ms
+        until = self.guard.tick_quiet_until()
+        stale_ms = self.config.risk.stale_market_data_s * 1000
+        for t in self.data_time.values():  # quiet while now - t <= stale_ms (now a whole ms)
+            until = min(until, math.floor(t + stale_ms) + 1)
+        return until
+
     # ================================================================ restore
     def restore(self, positions: Iterable[Mapping[str, Any]], orders: Iterable[Mapping[str, Any]],
                 risk: Iterable[Mapping[str, Any]], now_ms: int, *,
@@ -342,6 +374,7 @@ class Executor:
 
         `signals(ids)` returns the signal records of those ids that can still be found; exchange modes
         ask for the signals of unfinished entry orders, to give a late-found fill its exit plan."""
+        self.changes += 1
         self.guard = RiskGuard.restore(self.config.risk, self.mode, risk, now_ms)
         last_order: dict[str, Mapping[str, Any]] = {}
         intent_reason: dict[str, str | None] = {}  # exit orders carry their exit reason on the intent
@@ -482,6 +515,7 @@ class Executor:
             log.warning("unfinished entry cannot be rebuilt", client_order_id=req.client_order_id, error=str(exc))
             return None
         entry = PendingEntry(sig, pid or position_id(sig.signal_id), size, req, leg, req.not_before_ms)
+        self.changes += 1
         self.entries[entry.position_id] = entry
         self.slot_entry[sig.slot] = entry.position_id
         return entry
@@ -502,11 +536,13 @@ class Executor:
         return decision
 
     def _register(self, pos: Position) -> None:
+        self.changes += 1
         self.positions[pos.position_id] = pos
         self.by_market[market_key(pos.exchange, pos.symbol)].add(pos.position_id)
         self.slot_position[pos.slot] = pos.position_id
 
     def _unregister(self, pos: Position) -> None:
+        self.changes += 1
         self.positions.pop(pos.position_id, None)
         self.by_market[market_key(pos.exchange, pos.symbol)].discard(pos.position_id)
         if self.slot_position.get(pos.slot) == pos.position_id:
@@ -521,6 +557,7 @@ class Executor:
     def _send(self, req: OrderRequest, leg: str, signal_id: str | None, pid: str | None, reference: float | None,
               reason: str | None, now_ms: int) -> list:
         """Record the intent, then hand the order to the broker; returns the broker's events (routed)."""
+        self.changes += 1
         self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
         self._emit_order(req, leg, signal_id, pid, "PENDING_NEW", now_ms, None, reason)
         if self.mode != "paper":
@@ -555,11 +592,14 @@ class Executor:
         self._drop_entry(entry)
 
     def _drop_entry(self, entry: PendingEntry) -> None:
+        self.changes += 1
         self.entries.pop(entry.position_id, None)
         if self.slot_entry.get(entry.signal.slot) == entry.position_id:
             del self.slot_entry[entry.signal.slot]
 
     def _route(self, events: list, now_ms: int) -> None:
+        if events:
+            self.changes += 1
         for ev in events:
             info = self.orders.get(ev.client_order_id)
             if info is None:

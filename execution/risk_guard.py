@@ -162,6 +162,12 @@ class RiskGuard:
         return utc_day(now_ms) <= self.state.day and (self.state.paused_until is None
                                                        or now_ms < self.state.paused_until)
 
+    def tick_quiet_until(self) -> float:
+        """The end of the time in which ``tick_quiet`` is true (for a time it is true at): the next UTC
+        day or the pause's end."""
+        until = (self.state.day + 1) * DAY_MS
+        return until if self.state.paused_until is None else min(until, self.state.paused_until)
+
     def _roll_day(self, t_ms: int) -> list[RiskDecision]:
         day = utc_day(t_ms)
         if day <= self.state.day:

@@ -140,6 +140,22 @@ def test_sparse_feed_equals_dense_with_stale_data_maker_entries_and_a_shared_acc
     assert cancels["maker_timeout"] > 0, cancels
 
 
+def test_sparse_feed_equals_dense_for_accounts_idle_on_a_busy_market_with_stale_data(recorded):
+    """One account per strategy, a 1 s staleness limit and the thinned session: while one account is
+    busy on a market, the others are idle on it and its newest trade is their only fresh data there
+    (the sparse feed passes the busy accounts a skipped trade only where one of them decides, but the
+    idle ones learn the newest trade at every record, as in the dense feed), so their stale/fresh
+    transitions show when they learn it."""
+    config = PER_STRATEGY.model_copy(update={"risk": PER_STRATEGY.risk.model_copy(
+        update={"stale_market_data_s": 1.0})})
+    dense = run(config, "dense", thinned=True)
+    same_run(dense, run(config, "sparse", thinned=True))
+    _, result, outputs = dense
+    seen = reasons(outputs)
+    assert seen["stale_market_data"] > 100 and seen["market_data_fresh"] > 100, seen
+    assert len(result.trades) >= 5
+
+
 def test_minute_and_hour_slices_give_the_same_run(recorded):
     same_run(run(PER_STRATEGY, "sparse", slice_ms=60_000), run(PER_STRATEGY, "sparse"))
 

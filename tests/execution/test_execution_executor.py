@@ -235,3 +235,25 @@ def test_unreachable_exchange_blocks_entries_and_recovers():
     assert [(r["decision"], r["reason"]) for r in h.risk() if r["scope"] == "global"] == [
         ("block", "exchange_down"), ("resume", "exchange_up")]
     assert h.signal(strategy="b", eval_time=T0 + 1).allowed
+
+
+@pytest.mark.parametrize("stale_s", [30, 2 * 86_400])
+def test_clock_quiet_until_ends_where_clock_quiet_first_turns_false(stale_s):
+    """The backtest runner skips ticks before ``clock_quiet_until`` without asking ``clock_quiet``:
+    the two must agree to the millisecond (staleness of the newest data, the UTC day change)."""
+    day = 86_400_000
+    h = Harness(ExecutorConfig(risk=RiskLimits(stale_market_data_s=stale_s)))  # a trade at T0 - 1 s
+    assert h.ex.clock_quiet_until(T0) == T0  # the market was never flagged fresh: a tick may act
+    h.clock(T0)
+    until = h.ex.clock_quiet_until(T0)
+    expected = T0 - S + stale_s * 1000 + 1 if stale_s == 30 else (T0 // day + 1) * day
+    assert until == expected
+    assert all(h.ex.clock_quiet(t) for t in range(T0, until, max(1, (until - T0) // 1000)))
+    assert h.ex.clock_quiet(until - 1) and not h.ex.clock_quiet(until)
+    changes = h.ex.changes
+    h.trade(100.0, T0 + S)  # newer data only moves the end later
+    assert h.ex.changes == changes and h.ex.clock_quiet_until(T0 + S) >= until
+    assert h.ex.busy_markets() == set()
+    h.signal(eval_time=T0 + 2 * S)
+    assert h.ex.changes > changes and h.ex.busy_markets() == {"binance:BTCUSDT"}
+    assert h.ex.clock_quiet_until(T0 + 2 * S) == T0 + 2 * S  # an entry in flight
