@@ -212,12 +212,17 @@ class _Book:
 
     def clock_quiet(self, now: int) -> bool:
         """``Executor.clock_quiet(now)``, from ``Executor.clock_quiet_until`` while nothing changed."""
+        return now < self.quiet_until(now)
+
+    def quiet_until(self, now: int) -> float:
+        """``Executor.clock_quiet_until(now)``, remembered while nothing changed and ``now`` is inside it
+        (``now`` itself when the clock may act now)."""
         ex = self.executor
         changes, known, until = self.quiet
         if changes != ex.changes or known != len(ex.data_time) or not self.quiet_from <= now < until:
             until = ex.clock_quiet_until(now)
             self.quiet, self.quiet_from = (ex.changes, len(ex.data_time), until), now
-        return now < until
+        return until
 
 
 @dataclass
@@ -241,6 +246,13 @@ class BacktestRunner:
         self._skipped: dict[str, tuple[Any, int]] = {}  # sparse: key -> newest busy trade not fed (batch, index)
         self._last: dict[str, TradeTick] = {}
         self._bands_dirty = True
+        self._band_stamp = -1  # the executors' changes the band memo is for (a mark passed or held for
+        # another funding time forgets its market's band: funding times end the bands)
+        self._band_memo: dict[str, tuple[float, float, float] | None] = {}
+        self._band_version = 0  # moves whenever the memo forgets something
+        self._quiet_to: float | None = None  # busy trades before this time are all inside their bands
+        self._quiet_bands: dict[str, tuple[float, float, float] | None] = {}  # ... these bands
+        self._quiet_version = -1  # the band memo's version they were last checked against
         self._busy_stamp = -1
         self._executors: list[Executor] = []
         self._busy_all: set[str] = set()
@@ -426,11 +438,14 @@ class BacktestRunner:
             t, rank, holdable, record, key = times[n], ranks[n], holdables[n], records[n], keys[n]
             n += 1
             if busy:
-                if (holdable and t < self._next_tick and key in first.data_time and key not in busy):
+                if (holdable and key in first.data_time and self._may_hold(rank, key, t, busy)
+                        and self._quiet_before(piece, cursors, t, busy)
+                        and (max(t, self._executor_ms) < self._next_tick
+                             or self._quiet_ticks(piece, cursors, t, busy, books))):
                     # held, and no clock is due: busy markets' trades before it cannot tick either
                     # (they are older), so they wait for the next record that is not held, fed with
                     # their own times (the executor's time is left where it is)
-                    self._held[(rank, key)] = record
+                    self._hold(rank, key, record)
                     continue
                 self._trades_before(piece, cursors, t)
             if unknown:
@@ -445,13 +460,15 @@ class BacktestRunner:
                 self._feed_skipped()
                 self._flush(piece, cursors, t)
                 self._signal(record, now)
-            elif holdable and key in first.data_time and key not in self._busy():
-                # an idle market: the record only updates latest values (a mark at or after its own
-                # funding time is not held: whether it sets the next funding depends on what came before)
-                self._held[(rank, key)] = record
+            elif holdable and key in first.data_time and self._may_hold(rank, key, t, self._busy()):
+                # the record only updates latest values (a mark at or after its own funding time is not
+                # held: whether it sets the next funding depends on what came before; on a busy market
+                # see ``_may_hold``)
+                self._hold(rank, key, record)
             else:
                 self._flush_key(piece, cursors, key, t)
                 if rank == 1:
+                    self._forget_band(key)
                     mark = MarkTick.from_record(record)
                     for ex in executors:
                         ex.on_mark_tick(mark, now)
@@ -474,7 +491,7 @@ class BacktestRunner:
         held, data_time = self._held, books[0].executor.data_time
         executor_ms, next_tick = self._executor_ms, self._next_tick
         times, ranks, holdables, records, keys = controls
-        count = len(times)
+        count, quiet_to = len(times), -math.inf
         while n < count:
             key = keys[n]
             if not holdables[n] or key not in data_time:
@@ -482,11 +499,13 @@ class BacktestRunner:
             t = times[n]
             now = t if t > executor_ms else executor_ms
             if now >= next_tick:
-                due = [book for book in books if now >= book.clock_ms + 1000]
-                if not all(book.clock_quiet(now) for book in due):
-                    break
-                for book in due:
-                    book.clock_ms = now
+                if now >= quiet_to:  # nothing is passed in this loop: the accounts' quiet ends stay put
+                    quiet_to = min(book.quiet_until(now) for book in books)
+                    if now >= quiet_to:
+                        break
+                for book in books:
+                    if now >= book.clock_ms + 1000:
+                        book.clock_ms = now
                 next_tick = min(book.clock_ms for book in books) + 1000
             held[(ranks[n], key)] = records[n]
             if t > executor_ms:
@@ -521,6 +540,7 @@ class BacktestRunner:
         for time_ms, rank, item in items:
             now = max(time_ms, self._executor_ms)
             if rank == 1:
+                self._forget_band(key)
                 mark = MarkTick.from_record(item)
                 for book in self._books.values():
                     book.executor.on_mark_tick(mark, now)
@@ -546,8 +566,9 @@ class BacktestRunner:
             self._flush(piece, cursors, until)
             for book in due:
                 book.clock_ms = now
-                book.executor.on_clock(now)
-            self._bands_dirty = True
+                if not book.clock_quiet(now):  # asked again with the data passed: most such ticks only
+                    book.executor.on_clock(now)  # saw held data looking old, and are quiet now
+                    self._bands_dirty = True
         self._next_tick = min(book.clock_ms for book in self._books.values()) + 1000
 
     def _busy(self) -> set[str]:
@@ -683,6 +704,7 @@ class BacktestRunner:
                     pos = self._skip_run(parts, times, prices, owner, local, limits, pos, skipped)
                 continue
             self._feed_skipped()
+            self._pass_held(key)
             self._feed_busy(_tick(batch, lo + j))
 
     def _skip_run(self, parts: list[tuple[str, Any, int, int]], times: np.ndarray, prices: np.ndarray,
@@ -720,9 +742,143 @@ class BacktestRunner:
             width *= 4
         return pos
 
+    def _may_hold(self, rank: int, key: str, t: int, busy: set[str]) -> bool:
+        """Whether a holdable mark or book of ``key`` at ``t`` may be held. Always on a market no account is
+        busy on. On a busy market only while its trades have a quiet band (no entry or order there: a
+        fill reads the book), and a mark only before the band's end, which is at or before the funding
+        time the executor knows and the one a held mark would set (``_band``): a mark that would settle
+        funding is passed at its place, and a held one is passed before the first trade at or after
+        its funding time (``_pass_held`` before every busy trade that is fed). Held records change only
+        latest values that trades inside the band do not read, so passing them late, before the next
+        point that reads them, gives every account the state the dense feed gives it there."""
+        if key not in busy:
+            return True
+        band = self._band_of(key)
+        return band is not None and (rank == 2 or t < band[2])
+
+    def _band_of(self, key: str) -> tuple[float, float, float] | None:
+        """``_band(key)``, remembered while no executor changed (positions, entries, orders) and no mark
+        of the market was passed or held for another funding time. Funding settled by a trade only
+        widens a band, so a remembered one is never wider than the true one."""
+        self._band_check()
+        memo = self._band_memo
+        if key not in memo:
+            memo[key] = self._band(key)
+        return memo[key]
+
+    def _band_check(self) -> None:
+        stamp = sum(map(_CHANGES, self._executors))
+        if stamp != self._band_stamp:
+            self._band_stamp, self._band_memo = stamp, {}
+            self._band_version += 1
+
+    def _forget_band(self, key: str) -> None:
+        """Forget the market's band (its funding time may move); what was found with it (``_quiet_before``)
+        is checked again."""
+        if key in self._band_memo:
+            del self._band_memo[key]
+            self._band_version += 1
+
+    def _quiet_ticks(self, piece: MarketSlice, cursors: dict[str, int], t: int, busy: set[str],
+                     books: list[_Book]) -> bool:
+        """The clock ticks the dense feed makes up to a record at ``t`` whose busy trades before it are all
+        inside their bands (``_quiet_before``): each at the first event at or after the next tick time
+        (a busy trade not fed yet before ``t``, else the record); as long as every due account's clock is
+        quiet there, the tick only moves its time, which is done here without feeding the trades (they
+        are skipped later, as they would be now). False at the first tick that is not quiet (its time
+        not taken): the caller then feeds the record as usual, which ticks there."""
+        last = max(t, self._executor_ms)
+        next_tick = self._next_tick
+        while next_tick <= last:
+            now = last
+            for key in busy:
+                batch = piece.trades.get(key)
+                if batch is None:
+                    continue
+                times = batch.time_ms
+                i = max(cursors[key], int(times.searchsorted(next_tick)))
+                if i < len(times) and times[i] < t:
+                    now = min(now, max(int(times[i]), self._executor_ms))
+            due = [book for book in books if now >= book.clock_ms + 1000]
+            if not all(book.clock_quiet(now) for book in due):
+                return False
+            for book in due:
+                book.clock_ms = now
+            next_tick = self._next_tick = min(book.clock_ms for book in books) + 1000
+        return True
+
+    def _hold(self, rank: int, key: str, record: Record) -> None:
+        """Hold a mark or book (newest per kind and market); a held mark for another funding time than
+        the one held before forgets the market's band (``_band`` ends at it)."""
+        if rank == 1:
+            before = self._held.get((1, key))
+            if before is None or before["next_funding_time"] != record["next_funding_time"]:
+                self._forget_band(key)
+        self._held[(rank, key)] = record
+
+    def _quiet_before(self, piece: MarketSlice, cursors: dict[str, int], t: int, busy: set[str]) -> bool:
+        """Whether every busy market's trades not fed yet before ``t`` lie inside its band, so that
+        ``_trades_before(t)`` would only skip them (the caller also requires that no clock is due before
+        ``t``): then a record at ``t`` may be held before them, since they change nothing it reads. The
+        answer comes from the time of the first such trade outside a band (numpy over the rest of the
+        slice), remembered with the bands it was found for; a trade fed since (``_feed_busy``) forgets it
+        (skipped ones only move the cursors up to it)."""
+        self._band_check()
+        if self._quiet_to is not None and self._quiet_version == self._band_version:
+            return t <= self._quiet_to
+        self._quiet_version = self._band_version
+        bands = {key: self._band_of(key) for key in busy}
+        if self._quiet_to is None or bands != self._quiet_bands:
+            self._quiet_bands = bands
+            first = math.inf
+            for key in busy:
+                batch = piece.trades.get(key)
+                if batch is None:
+                    continue
+                lo = cursors[key]
+                if lo >= len(batch):
+                    continue
+                band = self._band_of(key)
+                times = batch.time_ms[lo:]
+                if band is None:
+                    first = min(first, int(times[0]))
+                    continue
+                prices = batch.price[lo:]
+                outside = (prices <= band[0]) | (prices >= band[1]) | (times >= band[2])
+                at = int(outside.argmax())
+                if outside[at]:
+                    first = min(first, int(times[at]))
+            self._quiet_to = first
+        return t <= self._quiet_to
+
+    def _pass_held(self, key: str) -> None:
+        """Pass what is held of ``key`` (mark before book at equal times) to every account."""
+        held = self._held
+        if (1, key) not in held and (2, key) not in held:
+            return
+        items = [(int(rec["event_time"]), rank, rec) for rank in (1, 2)
+                 if (rec := held.pop((rank, key), None)) is not None]
+        items.sort(key=lambda item: item[:2])
+        for time_ms, rank, rec in items:
+            now = max(time_ms, self._executor_ms)
+            if rank == 1:
+                self._forget_band(key)
+                mark = MarkTick.from_record(rec)
+                for ex in self._executors:
+                    ex.on_mark_tick(mark, now)
+            else:
+                top = BookTop.from_record(rec)
+                for ex in self._executors:
+                    ex.on_book_top(top, now)
+        self._bands_dirty = True
+
     def _band(self, key: str) -> tuple[float, float, float] | None:
-        """The intersection of the quiet bands of the accounts busy on ``key`` (None: every trade)."""
+        """The intersection of the quiet bands of the accounts busy on ``key`` (None: every trade), ending
+        at the latest at the funding time a held mark of ``key`` would set."""
         low, high, until = -math.inf, math.inf, math.inf
+        mark = self._held.get((1, key))
+        if mark is not None:
+            until = int(mark["next_funding_time"])
         for book in self._books.values():
             if key in book.busy_markets():
                 band = book.executor.quiet_trades(key)
@@ -739,6 +895,7 @@ class BacktestRunner:
                 book.executor.on_trade_tick(tick, now)
         self._last[tick.key] = tick
         self._bands_dirty = True
+        self._quiet_to = None
 
     def _feed_skipped(self) -> None:
         if self._skipped:

@@ -76,10 +76,41 @@ class Thinned:
             yield piece
 
 
+class FrequentFunding:
+    """The synthetic session with a funding time every ``every_ms`` (each mark names the next one) and,
+    thinned, a mark every 10 s: positions live across many funding times, so marks of busy markets are
+    held across them (a held mark's funding time ends its market's band), settle funding that a trade
+    has not, or come after one a trade settled (funding times fall between marks, so trades settle
+    most of them). Funding times closer together than the executor's
+    staleness limit (where the sparse feed passes everything held anyway) need the band's end."""
+
+    def __init__(self, inner, thinned: bool, every_ms: int) -> None:
+        self.inner, self.thinned, self.every = inner, thinned, every_ms
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def slices(self):
+        for piece in self.inner.slices():
+            marks = []
+            for m in piece.marks:
+                if self.thinned and m["event_time"] % 10_000:
+                    continue
+                t = m["event_time"]
+                n = (t - 500) // self.every  # funding times at 500 ms past a mark: trades settle them
+                marks.append({**m, "next_funding_time": (n + 1) * self.every + 500,
+                              "funding_rate": 0.0005 * (1 + n % 3) * (-1) ** n})
+            piece.marks = marks
+            yield piece
+
+
 def run(config: ExecutorConfig, feed: str, *, account: str = "per_strategy", slice_ms: int = 3_600_000,
-        seed: int = 5, thinned: bool = False):
+        seed: int = 5, thinned: bool = False, funding_every_ms: int = 0):
     source = SyntheticSource(list(RATES), START, END, seed=seed, trades_per_s=RATES, slice_ms=slice_ms)
-    source = Thinned(source) if thinned else source
+    if funding_every_ms:
+        source = FrequentFunding(source, thinned, funding_every_ms)
+    elif thinned:
+        source = Thinned(source)
     runner = BacktestRunner([parse_strategy(s) for s in STRATEGIES], config, account=account, feed=feed)
     result = runner.run(source)
     outputs = {name: book.sink.__dict__.get("records", []) for name, book in runner._books.items()}
@@ -154,6 +185,19 @@ def test_sparse_feed_equals_dense_for_accounts_idle_on_a_busy_market_with_stale_
     seen = reasons(outputs)
     assert seen["stale_market_data"] > 100 and seen["market_data_fresh"] > 100, seen
     assert len(result.trades) >= 5
+
+
+@pytest.mark.parametrize(("thinned", "every_ms"), [(False, 7_000), (True, 60_000)],
+                         ids=["mark_every_second_funding_every_7s", "mark_every_10s_funding_every_minute"])
+def test_sparse_feed_equals_dense_with_frequent_funding_times(recorded, thinned, every_ms):
+    """Marks of busy markets are held (as of issue 14's last step): with a funding time every few
+    seconds or every minute, every position pays funding many times, so a held mark must never hide a
+    funding time (passed before the first trade at or after it) nor be replaced by a mark for a later one."""
+    dense = run(PER_STRATEGY, "dense", funding_every_ms=every_ms, thinned=thinned)
+    same_run(dense, run(PER_STRATEGY, "sparse", funding_every_ms=every_ms, thinned=thinned))
+    _, result, _ = dense
+    paid = [t for t in result.trades if t.funding_r != 0]
+    assert len(result.trades) >= 15 and len(paid) >= len(result.trades) // 2, (len(result.trades), len(paid))
 
 
 def test_minute_and_hour_slices_give_the_same_run(recorded):
