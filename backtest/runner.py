@@ -32,14 +32,21 @@ are is said by the execution code itself, and only the skipping is the runner's:
   newest trade; on a busy market, a trade inside every busy account's ``Executor.quiet_trades`` band
   (``Position.quiet_band`` of each position: stop, the phase's take-profit, the timeout; the funding
   time; no band while an entry or order is on the market) is skipped, the newest skipped one kept;
-- marks and books of a market no account is busy on are held, the newest per kind and market (a
-  mark at or after its own funding time is never held);
+- marks and books are held, the newest per kind and market (a mark at or after its own funding time
+  is never held); on a market some account is busy on only while its trades have a quiet band, a
+  mark only before the band's end (which is at or before the funding time the executor knows and the
+  one a held mark would set), and only where every busy trade before the record lies inside its band
+  (``_quiet_before``): such a record is held before those trades, which are skipped later, as they
+  would be now; a busy market's held records are passed before any of its trades that is fed;
 - the clock ticks at the points the dense feed ticks at (at most once per second of event time, on
   records and busy trades), but ``on_clock`` runs only where some account's may act
   (``Executor.clock_quiet``: a pause ending, a UTC day change, a market going stale or fresh, an
   entry in flight). Deferred data only makes markets look older, so a tick judged quiet is quiet;
-- a held record on which no clock is due does not stop the feed: busy markets' trades before it
-  (older, so they cannot tick either) wait for the next record that is not held.
+- a held record does not stop the feed: busy markets' trades before it wait for the next record that
+  is not held; the clock ticks they and the record would make (at the first event at or after each
+  tick time) are made without them where every due account's clock is quiet there (``_quiet_ticks``),
+  since such a tick only moves the account's clock time; a tick that may act stops the hold. A tick
+  that may act only because held data made a market look old is asked again once the data is passed.
 
 How that loop stays off Python per record (results unchanged; the same tests): the slice's marks
 and books are ordered as columns (``MarketSlice.columns``, also what the engine is fed; a record
@@ -59,7 +66,8 @@ reads (a book only raises the market's data time, a mark sets or settles funding
 the band cannot reach); accounts idle on the market still get it there, as in the dense feed. ``feed="dense"`` passes every mark, book and busy trade and ticks every
 second (the runner before issue 14); tests/backtest/test_backtest_feed.py runs both on sessions with
 pauses, daily-loss flattens, a UTC midnight, funding, staleness transitions (also of accounts idle on
-a busy market), maker entries and a shared account, and requires every record every account emits to be identical.
+a busy market), maker entries, a shared account and funding times every few seconds (held marks of
+busy markets across them), and requires every record every account emits to be identical.
 
 Coverage (``RunResult.coverage``): for every layer a strategy uses (weight > 0) and every gate it
 configures, per symbol, how many of its evaluations had the input present (the engine's feature
