@@ -294,3 +294,34 @@ def test_clean_prefix_is_the_longest_prefix_apply_trades_takes_cleanly(defect):
     longest = max(m for m in range(len(batch) + 1) if state.is_clean(batch.take(slice(0, m))))
     assert state.clean_prefix(batch) == longest
     assert longest == {"none": len(batch), "late": 0}.get(defect, k)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_liquidations_applied_at_once_leave_what_one_at_a_time_leaves(seed):
+    """``MarketRecords.apply_liquidations`` (the engine's segment path) against ``apply_liquidation``
+    in turn: the same ring and the same counters, with invalid events, events out of order, older
+    than the ring, and a batch longer than the ring (early events overwritten by later ones)."""
+    rng = np.random.default_rng(seed)
+    one, batch = _state(), _state()
+    for market in (one.market, batch.market):  # a ring that already holds something
+        market.apply_liquidation(LiquidationEvent("binance", "BTCUSDT", T, "SHORT", 5_000.0))
+    n_buckets = one.market.liquidations.n_buckets
+    span = 3 * n_buckets * S
+    times = np.sort(T + rng.integers(-n_buckets * S, span, 80))
+    times[rng.integers(0, 80, 10)] -= rng.integers(0, 2 * n_buckets * S, 10)  # some out of order
+    for k in (41, 57, 73):  # and some older than the ring already is when they come
+        times[k] = times[k - 1] - (n_buckets + 5 + k) * S
+    events = []
+    for k, t in enumerate(times.tolist()):
+        side = ("LONG", "SHORT", "BOTH")[int(rng.integers(0, 3))] if k % 7 else "LONG"
+        usd = (float("nan"), -5.0, float(rng.uniform(1e3, 1e6)))[int(rng.integers(0, 3))] if k % 5 == 0 \
+            else float(rng.uniform(1e3, 1e6))
+        events.append(LiquidationEvent("binance", "BTCUSDT", int(t), side, usd))
+    for event in events:
+        one.market.apply_liquidation(event)
+    batch.market.apply_liquidations(events)
+    ring_a, ring_b = one.market.liquidations, batch.market.liquidations
+    assert ring_a.head == ring_b.head
+    assert np.array_equal(ring_a._values, ring_b._values)
+    assert one.counters.rejected == batch.counters.rejected > 0
+    assert one.counters.liquidations_dropped == batch.counters.liquidations_dropped > 0
