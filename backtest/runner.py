@@ -86,6 +86,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from numba import njit
 
 from backtest.inputs import MarketSlice, Record, Source, market_key
 from backtest.model import BacktestTrade, CoverageRow, RunResult, StrategyInfo
@@ -144,6 +145,18 @@ class _Controls(NamedTuple):
     holdable: list[bool]
     records: list[Record]
     keys: list[str]
+    columns: _ControlColumns
+
+
+class _ControlColumns(NamedTuple):
+    """The same controls as arrays, for the idle run (``_idle_run``): times, holdable, each control's
+    market as a number (an index into ``names``) and its (rank, market) slot as one number."""
+
+    times: np.ndarray
+    holdable: np.ndarray
+    market: np.ndarray
+    slot: np.ndarray
+    names: list[str]
 
 
 class BacktestSink:
@@ -394,9 +407,11 @@ class BacktestRunner:
         time_col, seq_col, rank_col = np.concatenate(times), np.concatenate(seqs), np.concatenate(ranks)
         order = np.lexsort((seq_col, rank_col, time_col))
         records = due + piece.marks + piece.books
-        return _Controls(time_col[order].tolist(), rank_col[order].tolist(), np.concatenate(held)[order].tolist(),
-                         [records[i] for i in seq_col[order].tolist()],
-                         [names[k] for k in np.concatenate(keys)[order].tolist()])
+        time_col, rank_col, held_col = time_col[order], rank_col[order], np.concatenate(held)[order]
+        key_col = np.concatenate(keys)[order]
+        arrays = _ControlColumns(time_col, held_col, key_col, rank_col * max(len(names), 1) + key_col, names)
+        return _Controls(time_col.tolist(), rank_col.tolist(), held_col.tolist(),
+                         [records[i] for i in seq_col[order].tolist()], [names[k] for k in key_col.tolist()], arrays)
 
     def _executor_slice(self, piece: MarketSlice) -> None:
         if self.feed_mode == "sparse":
@@ -435,7 +450,7 @@ class BacktestRunner:
         first = books[0].executor
         unknown = [key for key in piece.trades if key not in first.data_time]  # flushed until delivered once
         executors = [book.executor for book in books]
-        times, ranks, holdables, records, keys = controls
+        times, ranks, holdables, records, keys, _ = controls
         n, count = 0, len(times)
         while n < count:
             busy = self._busy()
@@ -495,11 +510,39 @@ class BacktestRunner:
         reduced to what it does there: hold each mark and book (newest per kind and market) and let
         the clock tick where every due account's clock is quiet. Stops (returning the index) at the
         first control that needs more: a signal, a mark at or after its funding time, a market not
-        known yet, a tick that may act; the caller's loop takes that control as before."""
+        known yet, a tick that may act; the caller's loop takes that control as before.
+
+        Nothing is passed to an account here, so each account's quiet end stays put: the run is found
+        by ``_quiet_tick_run`` (compiled; a tick is due at the first control at or after the previous
+        tick + 1 s) and only its newest record per kind and market is held."""
+        cols = controls.columns
+        if len({book.clock_ms for book in books}) != 1:  # accounts made together tick together
+            return self._idle_run_loop(controls, n, books)
+        data_time = books[0].executor.data_time
+        known = np.fromiter((name in data_time for name in cols.names), dtype=bool, count=len(cols.names))
+        ok = cols.holdable & known[cols.market] if len(cols.names) else cols.holdable
+        now = max(int(cols.times[n]), self._executor_ms) if n < len(cols.times) else self._executor_ms
+        quiet_to = min(book.quiet_until(now) for book in books)  # now itself when a tick now may act
+        stop, last_tick, executor_ms = _quiet_tick_run(cols.times, ok, n, self._executor_ms, self._next_tick,
+                                                       float(quiet_to))
+        if stop > n:
+            _, newest = np.unique(cols.slot[n:stop][::-1], return_index=True)
+            held, records, ranks, keys = self._held, controls.records, controls.ranks, controls.keys
+            for i in (stop - 1 - newest).tolist():
+                held[(ranks[i], keys[i])] = records[i]
+        if last_tick >= 0:
+            for book in books:
+                book.clock_ms = last_tick
+            self._next_tick = last_tick + 1000
+        self._executor_ms = executor_ms
+        return stop
+
+    def _idle_run_loop(self, controls: _Controls, n: int, books: list[_Book]) -> int:
+        """``_idle_run`` one control at a time (for accounts whose clocks differ)."""
         held, data_time = self._held, books[0].executor.data_time
         executor_ms, next_tick = self._executor_ms, self._next_tick
-        times, ranks, holdables, records, keys = controls
-        count, quiet_to = len(times), -math.inf
+        times, ranks, holdables, records, keys, _ = controls
+        count = len(times)
         while n < count:
             key = keys[n]
             if not holdables[n] or key not in data_time:
@@ -507,13 +550,11 @@ class BacktestRunner:
             t = times[n]
             now = t if t > executor_ms else executor_ms
             if now >= next_tick:
-                if now >= quiet_to:  # nothing is passed in this loop: the accounts' quiet ends stay put
-                    quiet_to = min(book.quiet_until(now) for book in books)
-                    if now >= quiet_to:
-                        break
-                for book in books:
-                    if now >= book.clock_ms + 1000:
-                        book.clock_ms = now
+                due = [book for book in books if now >= book.clock_ms + 1000]
+                if not all(book.clock_quiet(now) for book in due):
+                    break
+                for book in due:
+                    book.clock_ms = now
                 next_tick = min(book.clock_ms for book in books) + 1000
             held[(ranks[n], key)] = records[n]
             if t > executor_ms:
@@ -989,6 +1030,31 @@ class BacktestRunner:
 
 
 _SCALAR_RUN = 32  # a shorter run of trades left is skipped one by one (numpy costs more than it saves)
+
+
+@njit(cache=True)
+def _quiet_tick_run(times, ok, start, executor_ms, next_tick, quiet_to):  # pragma: no cover - compiled
+    """From ``start``: the index of the first control that is not ``ok`` (not holdable, or its market not
+    known) or at which a clock tick is due (its time, or the executor's if later, at or after
+    ``next_tick``) at or after ``quiet_to``; the time of the last tick made before it (-1: none), each
+    at least a second after the one before; and the executor time there."""
+    n = len(times)
+    i = start
+    last_tick = -1
+    while i < n:
+        if not ok[i]:
+            break
+        t = times[i]
+        now = t if t > executor_ms else executor_ms
+        if now >= next_tick:
+            if now >= quiet_to:
+                break
+            last_tick = now
+            next_tick = now + 1000
+        if t > executor_ms:
+            executor_ms = t
+        i += 1
+    return i, last_tick, executor_ms
 
 
 def _zeros(n: int) -> np.ndarray:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from backtest.runner import BacktestRunner, BacktestSink
+from backtest.runner import BacktestRunner, BacktestSink, _quiet_tick_run
 from backtest.sources.records import RecordSource
 from backtest.sources.synthetic import SyntheticSource
 from execution.config import ExecutorConfig
@@ -232,3 +233,21 @@ def trade(symbol: str, agg_id: int, t: int, price: float) -> dict:
     return {"exchange": "binance", "symbol": symbol, "agg_id": agg_id, "price": price, "qty": 1.0,
             "first_trade_id": agg_id, "last_trade_id": agg_id, "event_time": t, "trade_time": t,
             "receive_time": t + 5, "taker_side": "BUY"}
+
+
+def test_the_idle_run_ticks_a_second_after_the_last_tick_and_stops_where_a_tick_may_act():
+    """``_quiet_tick_run`` (the compiled idle loop) by hand: a tick at the first control at or after the
+    last tick + 1000 ms (999 ms later is not due), the executor time as the latest control time (or
+    the executor's, if later), and a stop at a control that may not be held or at a due tick at or
+    after the accounts' quiet end, before taking it."""
+    times = np.array([5_000, 5_999, 6_000, 6_400, 6_999, 7_000, 9_500, 9_600], dtype=np.int64)
+    ok = np.ones(len(times), dtype=bool)
+    # last tick at 5_000: due again at 6_000, then 7_000, then 9_500 (the first control at or after 8_000)
+    assert _quiet_tick_run(times, ok, 1, 5_000, 6_000, np.inf) == (8, 9_500, 9_600)
+    # the quiet end at 9_000: the tick due at 9_500 may act, so the run stops there, before it
+    assert _quiet_tick_run(times, ok, 1, 5_000, 6_000, 9_000.0) == (6, 7_000, 7_000)
+    # a control that may not be held stops the run before it, whatever the clock
+    ok[3] = False
+    assert _quiet_tick_run(times, ok, 0, 4_000, 5_000, np.inf) == (3, 6_000, 6_000)
+    # the executor ahead of the controls: ticks and executor time at its time
+    assert _quiet_tick_run(times, np.ones(len(times), dtype=bool), 0, 8_000, 6_000, np.inf) == (8, 9_500, 9_600)
