@@ -571,11 +571,7 @@ class BacktestRunner:
         """Sparse feed: what is held of ``key`` and its newest trade before ``until`` not fed yet, in
         executor order (time; at equal times mark, book, trade), to every account. The key is idle (no
         account busy on it): a busy market's trades are fed by ``_trades_before``, which moves its cursor."""
-        items: list[tuple[int, int, Any]] = []
-        for rank in (1, 2):
-            rec = self._held.pop((rank, key), None)
-            if rec is not None:
-                items.append((int(rec["event_time"]), rank, rec))
+        items = self._held_items(key)
         batch = piece.trades.get(key)
         if batch is not None:
             hi = int(batch.time_ms.searchsorted(until))
@@ -583,23 +579,34 @@ class BacktestRunner:
                 cursors[key] = hi
                 tick = _tick(batch, hi - 1)
                 items.append((tick.trade_time, 3, tick))
-        if not items:
-            return
+        if items:
+            self._pass_items(key, items)
+
+    def _held_items(self, key: str) -> list[tuple[int, int, Any]]:
+        """What is held of ``key``, taken out, as (time, rank, record)."""
+        held = self._held
+        if (1, key) not in held and (2, key) not in held:
+            return []
+        return [(int(rec["event_time"]), rank, rec) for rank in (1, 2)
+                if (rec := held.pop((rank, key), None)) is not None]
+
+    def _pass_items(self, key: str, items: list[tuple[int, int, Any]]) -> None:
+        """Marks (rank 1), books (2) and a trade (3) of ``key`` to every account, in executor order."""
         items.sort(key=lambda item: item[:2])
         for time_ms, rank, item in items:
             now = max(time_ms, self._executor_ms)
             if rank == 1:
                 self._forget_band(key)
                 mark = MarkTick.from_record(item)
-                for book in self._books.values():
-                    book.executor.on_mark_tick(mark, now)
+                for ex in self._executors:
+                    ex.on_mark_tick(mark, now)
             elif rank == 2:
                 top = BookTop.from_record(item)
-                for book in self._books.values():
-                    book.executor.on_book_top(top, now)
+                for ex in self._executors:
+                    ex.on_book_top(top, now)
             else:
-                for book in self._books.values():
-                    book.executor.on_trade_tick(item, now)
+                for ex in self._executors:
+                    ex.on_trade_tick(item, now)
 
     def _tick_sparse(self, now: int, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
         """The dense feed's clock ticks (at most once per second of event time, at the same points), but
@@ -902,24 +909,10 @@ class BacktestRunner:
 
     def _pass_held(self, key: str) -> None:
         """Pass what is held of ``key`` (mark before book at equal times) to every account."""
-        held = self._held
-        if (1, key) not in held and (2, key) not in held:
-            return
-        items = [(int(rec["event_time"]), rank, rec) for rank in (1, 2)
-                 if (rec := held.pop((rank, key), None)) is not None]
-        items.sort(key=lambda item: item[:2])
-        for time_ms, rank, rec in items:
-            now = max(time_ms, self._executor_ms)
-            if rank == 1:
-                self._forget_band(key)
-                mark = MarkTick.from_record(rec)
-                for ex in self._executors:
-                    ex.on_mark_tick(mark, now)
-            else:
-                top = BookTop.from_record(rec)
-                for ex in self._executors:
-                    ex.on_book_top(top, now)
-        self._bands_dirty = True
+        items = self._held_items(key)
+        if items:
+            self._pass_items(key, items)
+            self._bands_dirty = True
 
     def _band(self, key: str) -> tuple[float, float, float] | None:
         """The intersection of the quiet bands of the accounts busy on ``key`` (None: every trade), ending
