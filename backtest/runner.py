@@ -1025,6 +1025,11 @@ class BacktestRunner:
 _SCALAR_RUN = 32  # a shorter run of trades left is skipped one by one (numpy costs more than it saves)
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the runner's kernel, so a timed run does not include it."""
+    _quiet_tick_run(np.zeros(1, dtype=np.int64), np.ones(1, dtype=bool), 0, 0, 0, math.inf)
+
+
 @njit(cache=True)
 def _quiet_tick_run(times, ok, start, executor_ms, next_tick, quiet_to):  # pragma: no cover - compiled
     """From ``start``: the index of the first control that is not ``ok`` (not holdable, or its market not
