@@ -135,6 +135,7 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
                 verify: bool, progress: bool) -> int:
     from backtest.result_io import write_outputs
     from backtest.runner import BacktestRunner
+    from tapeflow_runtime.batch import batch_gc
     from backtest.sources import SourceError, open_source
     from execution.config import ExecutorConfigError, load_executor_config
     from stream_apps.core.strategy import (
@@ -201,7 +202,8 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
     from_ms, to_ms = src.from_ms, src.to_ms
     typer.echo(f"backtest: {src.name}, {','.join(src.symbols)}, {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC, "
                f"{', '.join(names)} (Ctrl-C writes a partial report)", err=True)
-    result = run_with_progress(runner, src, progress)
+    with batch_gc():
+        result = run_with_progress(runner, src, progress)
     if result.trades_processed == 0:
         where = f"; {len(result.missing)} missing, first: {result.missing[0]}" if result.missing else ""
         raise CliError(f"no market data for {','.join(src.symbols)} from {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC "

@@ -29,6 +29,7 @@ from stream_apps.core.engine import Engine
 from stream_apps.core.frame import SCALAR_FIELDS, FeatureFrame
 from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import StrategyConfig
+from tapeflow_runtime.batch import batch_gc
 
 
 DAY_MS = 86_400_000
@@ -225,7 +226,8 @@ def _windows(columns: dict[str, np.ndarray], prefix: str, part: slice) -> dict[i
 
 def _build_task(args: tuple[str, StoreSpec, str, StrategyConfig, dict]) -> tuple[str, int]:
     directory, spec, symbol, base, options = args
-    return symbol, build_symbol(Path(directory), spec, symbol, base, options)
+    with batch_gc():
+        return symbol, build_symbol(Path(directory), spec, symbol, base, options)
 
 
 def build_store(directory: str | Path, spec: StoreSpec, base: StrategyConfig, workers: int | None = None,
