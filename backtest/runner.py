@@ -446,6 +446,7 @@ class BacktestRunner:
         end = piece.end_ms
         controls = self._controls(piece)
         cursors = {key: 0 for key in piece.trades}
+        self._quiet_to = None  # found over the previous slice's trades
         books = list(self._books.values())
         first = books[0].executor
         unknown = [key for key in piece.trades if key not in first.data_time]  # flushed until delivered once
@@ -877,8 +878,8 @@ class BacktestRunner:
         ``_trades_before(t)`` would only skip them (the caller also requires that no clock is due before
         ``t``): then a record at ``t`` may be held before them, since they change nothing it reads. The
         answer comes from the time of the first such trade outside a band (numpy over the rest of the
-        slice), remembered with the bands it was found for; a trade fed since (``_feed_busy``) forgets it
-        (skipped ones only move the cursors up to it)."""
+        slice), remembered with the bands it was found for; a trade fed since (``_feed_busy``) and a new
+        slice forget it (skipped trades only move the cursors up to it)."""
         self._band_check()
         if self._quiet_to is not None and self._quiet_version == self._band_version:
             return t <= self._quiet_to
