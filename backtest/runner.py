@@ -517,8 +517,9 @@ class BacktestRunner:
         by ``_quiet_tick_run`` (compiled; a tick is due at the first control at or after the previous
         tick + 1 s) and only its newest record per kind and market is held."""
         cols = controls.columns
-        if len({book.clock_ms for book in books}) != 1:  # accounts made together tick together
-            return self._idle_run_loop(controls, n, books)
+        # the accounts are made together (``_accounts``) and every tick moves each due one, so their
+        # clocks are equal: a tick due for one is due for all
+        assert len({book.clock_ms for book in books}) == 1, "accounts' clocks differ"
         data_time = books[0].executor.data_time
         known = np.fromiter((name in data_time for name in cols.names), dtype=bool, count=len(cols.names))
         ok = cols.holdable & known[cols.market] if len(cols.names) else cols.holdable
@@ -537,32 +538,6 @@ class BacktestRunner:
             self._next_tick = last_tick + 1000
         self._executor_ms = executor_ms
         return stop
-
-    def _idle_run_loop(self, controls: _Controls, n: int, books: list[_Book]) -> int:
-        """``_idle_run`` one control at a time (for accounts whose clocks differ)."""
-        held, data_time = self._held, books[0].executor.data_time
-        executor_ms, next_tick = self._executor_ms, self._next_tick
-        times, ranks, holdables, records, keys, _ = controls
-        count = len(times)
-        while n < count:
-            key = keys[n]
-            if not holdables[n] or key not in data_time:
-                break
-            t = times[n]
-            now = t if t > executor_ms else executor_ms
-            if now >= next_tick:
-                due = [book for book in books if now >= book.clock_ms + 1000]
-                if not all(book.clock_quiet(now) for book in due):
-                    break
-                for book in due:
-                    book.clock_ms = now
-                next_tick = min(book.clock_ms for book in books) + 1000
-            held[(ranks[n], key)] = records[n]
-            if t > executor_ms:
-                executor_ms = t
-            n += 1
-        self._executor_ms, self._next_tick = executor_ms, next_tick
-        return n
 
     def _flush(self, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
         for key in sorted(set(cursors) | {k for _, k in self._held}):
