@@ -174,20 +174,14 @@ class MarketRecords:
         return timeline
 
     def apply_liquidation(self, event: LiquidationEvent) -> None:
-        if not (np.isfinite(event.usd) and event.usd > 0 and event.liquidated_side in ("LONG", "SHORT")):
-            self.counters.rejected += 1
-            return
-        units = int(notional_to_units(np.array([event.usd]))[0])
-        row = [units, 0] if event.liquidated_side == "LONG" else [0, units]
-        dropped = self.liquidations.add(np.array([event.time_ms // SECOND_MS]), np.array([row]))
-        self.counters.liquidations_dropped += dropped
+        self.apply_liquidations([event])
 
     def apply_liquidations(self, events: list[LiquidationEvent]) -> None:
-        """``apply_liquidation`` of each event in turn, as array operations: the same ring and counters.
-        One at a time, an event is dropped when its bucket already left the ring (at or before the
-        newest bucket written before it, minus the ring size); one kept there but older than the ring
-        allows after the later events is overwritten by them, which adding the batch at once (the
-        ring then drops it) leaves the same."""
+        """Each event in turn, as array operations (``apply_liquidation`` is this on one event): an
+        invalid one is rejected; one whose bucket already left the ring (at or before the newest bucket
+        written before it, minus the ring size) is counted as dropped; one kept there but older than
+        the ring allows after the later events is overwritten by them, which adding the batch at once
+        (the ring then drops it) leaves the same."""
         n = len(events)
         usd = np.fromiter((e.usd for e in events), dtype=np.float64, count=n)
         long = np.fromiter((e.liquidated_side == "LONG" for e in events), dtype=bool, count=n)

@@ -298,9 +298,10 @@ def test_clean_prefix_is_the_longest_prefix_apply_trades_takes_cleanly(defect):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_liquidations_applied_at_once_leave_what_one_at_a_time_leaves(seed):
-    """``MarketRecords.apply_liquidations`` (the engine's segment path) against ``apply_liquidation``
-    in turn: the same ring and the same counters, with invalid events, events out of order, older
-    than the ring, and a batch longer than the ring (early events overwritten by later ones)."""
+    """``MarketRecords.apply_liquidations`` on a segment's events at once (the engine's path) against
+    ``apply_liquidation`` on each in turn (a batch of one, where the ring's newest bucket comes from
+    the calls before): the same ring and the same counters, with invalid events, events out of order,
+    older than the ring, and a batch longer than the ring (early events overwritten by later ones)."""
     rng = np.random.default_rng(seed)
     one, batch = _state(), _state()
     for market in (one.market, batch.market):  # a ring that already holds something
