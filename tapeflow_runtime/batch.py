@@ -4,7 +4,7 @@ Why: a batch run keeps an hour or more of inputs alive (hundreds of thousands of
 creates millions of short-lived containers (a book record's level dicts, executor objects). CPython's
 default thresholds, (700, 10, 10), run a collection of the youngest generation every 700 container
 allocations and promote survivors, so the collector keeps walking the live inputs: on the synthetic
-source it took about a third of the time spent generating records (`benchmarks/RESULTS.md`). Nothing a
+source it took about 28 % of the time spent generating records (`benchmarks/RESULTS.md`). Nothing a
 run allocates depends on early cycle collection; raising the first threshold makes collections rarer
 (each still runs, so memory held by cycles is still freed, later). Only batch commands use this, for
 the length of the run; long-running services keep the interpreter's defaults.
