@@ -358,7 +358,7 @@ def replay(
 def engine(
     strategy: list[Path] | None = typer.Option(
         None, "--strategy", help="Strategy file (YAML/JSON), repeatable (A/B). Default: the shipped ones."),
-    exactly_once: bool = typer.Option(False, "--exactly-once", help="Faust exactly_once processing (real Kafka)."),
+    exactly_once: bool = typer.Option(False, "--exactly-once", help="Faust exactly_once processing (Kafka; refused on the embedded Tansu broker)."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
     eval_interval_ms: int = typer.Option(15_000, "--eval-interval-ms", min=1_000, max=60_000,

@@ -25,18 +25,9 @@ from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support.docker import USE_DOCKER
 
 
-def docker_available() -> bool:
-    if os.environ.get("TAPEFLOW_TEST_NO_DOCKER") or not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-USE_DOCKER = docker_available()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ is co-partitioned with the inputs whichever partitioner the producers used.
 Exactly-once: ``processing_guarantee="exactly_once"`` switches Faust to one transactional producer per
 input partition; outputs, snapshots and offsets then commit atomically. The baseline is
 at-least-once with idempotent outputs (deterministic ids and contents), which is what makes
-redelivery harmless on a broker without transactions too.
+redelivery harmless on a broker without transactions too. Faust's producers (aiokafka) open a
+transaction with InitProducerId v0, which the embedded Tansu broker (0.6) refuses; the worker asks
+the broker once before joining and stops with ``TransactionsUnavailable`` instead of crashing later.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Any
 
 import faust
 import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from schemas.catalogue import SYMBOL_PARTITIONS
@@ -36,6 +40,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig, load_strategy
+from tapeflow_runtime.errors import TapeflowError
 
 from .bulk_consumer import BulkConsumer, BulkTransport
 from .config import INPUT_TOPICS, PROGRESS_TOPIC, STATE_TABLE, EngineAppConfig
@@ -59,6 +64,28 @@ def fetch_steps(records: Mapping[TP, Sequence[Any]], size: int) -> list[dict[tup
                 steps.append({})
             steps[i][(tp.topic, tp.partition)] = batch[start:start + size]
     return steps
+
+
+class TransactionsUnavailable(TapeflowError):
+    """``exactly_once`` was asked for and the broker refuses the transactional producer Faust uses."""
+
+
+async def require_transactions(bootstrap: str, transactional_id: str) -> None:
+    """Open (and close) one transactional producer as Faust's would: InitProducerId is where a broker
+    that cannot serve aiokafka's transactions says so (Tansu 0.6 answers UNKNOWN_SERVER_ERROR to v0).
+    Asking before the worker joins its group turns a crash in the middle of a rebalance into one
+    clear refusal. The probe's id is its own (``...-preflight``), so it fences no worker."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
+                                enable_idempotence=True, acks="all")
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        raise TransactionsUnavailable(
+            f"processing_guarantee=exactly_once needs a broker that accepts Faust's transactional "
+            f"producers; {bootstrap} refused one ({exc!r}), as the embedded Tansu broker always does. "
+            f"Run at-least-once (the default: outputs are idempotent) or point the engine at Kafka") from exc
+    finally:
+        await producer.stop()
 
 
 class _EngineFaustApp(faust.App):
@@ -103,6 +130,10 @@ class EngineWorker:
             web_enabled=False,
             worker_redirect_stdouts=False,
         )
+        # What faust.Worker sets, and before anything reads ``in_transaction``: Faust caches that
+        # property (and the consumer copies it when it is created), so set later it stays False and
+        # ``exactly_once`` silently runs at-least-once.
+        self.app.in_worker = True
         # bytes in, bytes out: Faust then reads and writes the changelog with the "raw" codec
         self.table = self.app.Table(STATE_TABLE, partitions=SYMBOL_PARTITIONS, key_type=bytes, value_type=bytes,
                                     help="engine state per exchange:symbol")
@@ -129,13 +160,14 @@ class EngineWorker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.app.in_transaction:
+            await require_transactions(self.config.bootstrap, f"{self.app.conf.id}-preflight")
         consumer = self.app.consumer
         assert isinstance(consumer, BulkConsumer)
         consumer.bulk_topics = frozenset(self.read_topics)
         consumer.fetch_max_wait_ms = self.config.fetch_max_wait_ms
         consumer.bulk_handler = self
         self.app.topics.add(self.inputs)  # subscribe (there is no agent to do it)
-        self.app.in_worker = True  # what faust.Worker sets; exactly_once depends on it
         await self.app.start()
         self.started_at = time.monotonic()
         self._ticker = asyncio.create_task(self._tick_forever())

@@ -21,7 +21,7 @@ offsets, producer flush before commit, transactions) is untouched. Before a reba
 commits, ``wait_empty`` first lets the handler flush (snapshot state, ack what it covers).
 
 This leans on faust-streaming internals (``_drain_messages``, ``_wait_next_records``, ``_acked``);
-tested against 0.15.3. The integration tests (restart, redelivery, rebalance, exactly-once) exercise
+tested against 0.15.3. The integration tests (restart, redelivery, rebalance; exactly-once against Kafka) exercise
 every path here.
 """
 

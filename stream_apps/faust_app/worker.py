@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from schemas.catalogue import TOPICS
+from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.logs import configure_logging
 from tapeflow_runtime.service_http import build_app, serve
@@ -51,7 +52,12 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
     if config.metrics_port is not None:
         runner, port = await serve(build_app(worker.metrics.registry, worker.health, HEALTHY),
                                    config.metrics_host, config.metrics_port)
-    await worker.start()
+    try:
+        await worker.start()
+    except BaseException:
+        if runner is not None:
+            await runner.cleanup()
+        raise
     print(f"engine worker ready app_id={config.app_id} metrics_port={port}", flush=True)
     crashed = asyncio.ensure_future(_wait_crash(worker))
     try:
@@ -77,4 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = EngineAppConfig.model_validate_json(args.config.read_text())
     configure_logging(config.log_level)
-    return asyncio.run(run_worker(config))
+    try:
+        return asyncio.run(run_worker(config))
+    except TapeflowError as exc:
+        print(f"engine worker refused: {exc}", flush=True)
+        return 2

@@ -37,6 +37,7 @@ from stream_apps.faust_app.session import (
     synthetic_session,
 )
 from stream_apps.faust_app.worker import ensure_engine_topics
+from tests.support.docker import USE_DOCKER
 from tests.support.kafka import committed_offsets
 from tests.support.paths import REPO
 
@@ -263,19 +264,22 @@ def test_signals_equal_the_engine_core_called_directly(kafka_bootstrap, topic_pr
     assert worker.stop() == 0
 
 
-def test_exactly_once_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_path,
-                                                          strategy_files, serde, workers):
-    """With ``processing_guarantee=exactly_once``: A stops cleanly after the first part of the
-    session; B starts when the second part is on the broker, restores both symbols from A's
-    snapshots (windows, warm-up, cooldown books) and reads only what A committed past. Read with
-    ``read_committed``, their outputs together are what the engine produces directly, so no signal
-    re-fires inside a cooldown and none is lost across the restart.
+@pytest.mark.parametrize("guarantee", [
+    "at_least_once",
+    pytest.param("exactly_once", marks=pytest.mark.skipif(
+        not USE_DOCKER, reason="needs Kafka: Tansu refuses aiokafka's transactional producer "
+                               "(test_exactly_once_on_a_broker_without_transactions_is_refused)")),
+])
+def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde,
+                                             workers, guarantee):
+    """A stops cleanly after the first part of the session; B starts when the second part is on the
+    broker, restores both symbols from A's snapshots (windows, warm-up, cooldown books) and reads
+    only what A committed past. Their outputs together are what the engine produces directly, so no
+    signal re-fires inside a cooldown and none is lost across the restart.
 
-    On Tansu this shows that the mode runs and that its transactions carry outputs, snapshots and
-    offsets; that an aborted transaction stays invisible needs a broker that enforces it (Kafka):
-    Tansu showed an aborted record to a read_committed consumer."""
-    config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files,
-                         processing_guarantee="exactly_once")
+    With ``exactly_once`` (Kafka only) outputs, snapshots and offsets commit in one transaction per
+    input partition and are read with ``read_committed``."""
+    config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, processing_guarantee=guarantee)
     ensure_engine_topics(config)
     session = synthetic_session(duration_ms=26 * MIN, trades_per_s=4.0, seed=22)
     cut = session[0].time_ms + 16 * MIN
@@ -292,8 +296,12 @@ def test_exactly_once_restart_restores_state_and_cooldown(kafka_bootstrap, topic
     assert a.stop() == 0  # stopping saves every symbol and commits what the saved state holds
     trades_first = Counter(p for _, p, _, _ in read_topic(kafka_bootstrap, topic_prefix + "md.trades", serde,
                                                            idle_s=1.0))
-    # A's offsets were committed inside its transactions: B will not read the first part again
-    assert committed_offsets(kafka_bootstrap, config.app_id, topic_prefix + "md.trades") == dict(trades_first)
+    # A committed what its saved state holds (inside its transactions with exactly_once): B will not
+    # read the first part again
+    committed_first = committed_offsets(kafka_bootstrap, config.app_id, topic_prefix + "md.trades")
+    assert committed_first == dict(trades_first), a.log()[-4000:]
+    if guarantee == "exactly_once":
+        assert "transactional producer" in a.log()  # Faust's own line when it starts them
 
     producer.produce_all(second)
     want = reference(session, strategy_files)
@@ -308,7 +316,7 @@ def test_exactly_once_restart_restores_state_and_cooldown(kafka_bootstrap, topic
     committed = committed_offsets(kafka_bootstrap, config.app_id, topic_prefix + "md.trades")
     produced = Counter(partition for _, partition, _, _ in read_topic(kafka_bootstrap, topic_prefix + "md.trades",
                                                                        serde, idle_s=1.0))
-    assert committed == dict(produced)  # every trade consumed, its offset committed in a transaction
+    assert committed == dict(produced), b.log()[-4000:]  # every trade consumed and its offset committed
 
     # the cooldown held across the restart: a strategy never fired the same direction within it
     cooldown_ms = {body["name"]: int(body["cooldown"][:-1]) * MIN for body in STRATEGY_FILES.values()}
@@ -323,6 +331,26 @@ def test_exactly_once_restart_restores_state_and_cooldown(kafka_bootstrap, topic
     blocked = [f for f in distinct("features", outputs["features"]).values()
                if f["block_reason"] == "cooldown" and cut <= f["eval_time"] <= cut + 3 * MIN]
     assert blocked  # evaluated after the restart and held back by a cooldown that A's signals started
+
+
+@pytest.mark.skipif(USE_DOCKER, reason="Kafka serves transactions: the restart test runs exactly_once there")
+def test_exactly_once_on_a_broker_without_transactions_is_refused(kafka_bootstrap, topic_prefix, tmp_path,
+                                                                  strategy_files, serde, workers):
+    """Tansu answers aiokafka's InitProducerId (v0) with UNKNOWN_SERVER_ERROR, so Faust cannot open a
+    transaction on it. Asked for ``exactly_once`` there, the worker says so and exits 2 before joining
+    its group: no output written, no offset committed, nothing silently run at-least-once instead."""
+    config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, processing_guarantee="exactly_once")
+    ensure_engine_topics(config)
+    session = synthetic_session(duration_ms=12 * MIN, trades_per_s=2.0, seed=5)
+    SessionProducer(kafka_bootstrap, serde, topic_prefix).produce_all(session)
+    worker = Worker(config, tmp_path, "eos")
+    workers.append(worker)
+    assert worker.proc.wait(90) == 2, worker.log()[-3000:]
+    refusal = [line for line in worker.log().splitlines() if line.startswith("engine worker refused:")]
+    assert refusal and "exactly_once" in refusal[0] and kafka_bootstrap in refusal[0], worker.log()[-3000:]
+    assert "engine worker ready" not in worker.log()
+    assert read_topic(kafka_bootstrap, topic_prefix + "features", serde, idle_s=1.0) == []
+    assert committed_offsets(kafka_bootstrap, config.app_id, topic_prefix + "md.trades") == {}
 
 
 def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topic_prefix, tmp_path,

@@ -356,6 +356,18 @@ def test_config_round_trips_as_json_and_rejects_nonsense(tmp_path):
         EngineAppConfig(bootstrap="x:1", datadir=tmp_path, processing_guarantee="maybe")
 
 
+@pytest.mark.parametrize("guarantee, transactional", [("exactly_once", True), ("at_least_once", False)])
+def test_the_configured_guarantee_reaches_faust_and_its_consumer(tmp_path, guarantee, transactional):
+    """Faust caches ``in_transaction`` and its consumer copies it when created: a worker that set
+    ``in_worker`` only at start ran ``exactly_once`` as at-least-once without a word (found when the
+    exactly-once test was traced: no transactional request ever reached the broker)."""
+    from stream_apps.faust_app.app import EngineWorker
+
+    worker = EngineWorker(EngineAppConfig(bootstrap="127.0.0.1:9", datadir=tmp_path, processing_guarantee=guarantee))
+    assert worker.app.in_transaction is transactional
+    assert worker.app.consumer.in_transaction is transactional
+
+
 def test_a_large_fetch_is_cut_into_bounded_steps_in_offset_order():
     from faust.types import TP
 

@@ -1,0 +1,19 @@
+"""Whether the real-component fixtures run in Docker (Kafka, TimescaleDB) or embedded (Tansu, PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+
+def docker_available() -> bool:
+    if os.environ.get("TAPEFLOW_TEST_NO_DOCKER") or not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+USE_DOCKER = docker_available()  # Kafka in Docker serves transactions; the embedded Tansu does not
