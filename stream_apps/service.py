@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import structlog
 
-from stream_apps.core.warmup import warm_up
 from stream_apps.faust_app.config import (
     INPUT_TOPICS,
     PROGRESS_TOPIC,
@@ -89,8 +88,6 @@ async def run_engine(settings: Settings, *, prime_history_ms: int | None = PRIME
                      hours=prime_history_ms / 3_600_000)
         elif config.wait_for_progress:
             config = config.model_copy(update={"wait_for_progress": False})  # not new: resume, do not wait
-    began = time.monotonic()
-    await asyncio.to_thread(warm_up)  # compiled kernels ready before the worker joins its group
     log.info("engine starting", group=config.app_id, strategies=[p.name for p in config.strategy_files],
-             guarantee=config.processing_guarantee, kernels_ready_s=round(time.monotonic() - began, 2))
-    return await run_worker(config)
+             guarantee=config.processing_guarantee)
+    return await run_worker(config)  # compiles the kernels before it joins its group

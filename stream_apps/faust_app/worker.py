@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import time
 from pathlib import Path
 
 import structlog
 
 from schemas.catalogue import TOPICS
+from stream_apps.core.warmup import warm_up
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.logs import configure_logging
@@ -42,6 +44,11 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
                      stop: asyncio.Event | None = None) -> int:
     """Run until ``stop`` is set (or SIGINT/SIGTERM); returns 0, or 1 when the app crashed."""
     await asyncio.to_thread(ensure_engine_topics, config)
+    began = time.monotonic()
+    # numba compiles a kernel at its first call (seconds in a fresh checkout): done here, before the
+    # group join, not in the first fetch of a member whose session is already running
+    await asyncio.to_thread(warm_up)
+    log.info("engine kernels ready", seconds=round(time.monotonic() - began, 2))
     worker = EngineWorker(config, metrics=metrics)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
