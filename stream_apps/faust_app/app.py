@@ -40,7 +40,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig, load_strategy
-from tapeflow_runtime.errors import TapeflowError
+from tapeflow_runtime.settings import ConfigError
 
 from .bulk_consumer import BulkConsumer, BulkTransport
 from .config import INPUT_TOPICS, PROGRESS_TOPIC, STATE_TABLE, EngineAppConfig
@@ -66,8 +66,9 @@ def fetch_steps(records: Mapping[TP, Sequence[Any]], size: int) -> list[dict[tup
     return steps
 
 
-class TransactionsUnavailable(TapeflowError):
-    """``exactly_once`` was asked for and the broker refuses the transactional producer Faust uses."""
+class TransactionsUnavailable(ConfigError):
+    """``exactly_once`` was asked for and the broker refuses the transactional producer Faust uses
+    (a configuration that cannot run: the CLI exits 2, as for other configuration errors)."""
 
 
 async def require_transactions(bootstrap: str, transactional_id: str) -> None:
