@@ -72,6 +72,7 @@ from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics
+from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
 from tapeflow_runtime.service_http import build_app, serve
 from tapeflow_runtime.settings import Settings
@@ -341,8 +342,8 @@ class ExecutorService:
         key = (tp.topic, tp.partition)
         if key not in self._start:
             try:
-                committed = self._consumer.committed([tp], timeout=5)[0].offset
-            except KafkaException:
+                committed = committed_offsets(self._consumer, [tp], 5)[0].offset
+            except (KafkaException, CommittedOffsetError):  # not "none committed": ask again next time
                 return -1
             if committed >= 0:
                 self._start[key] = committed

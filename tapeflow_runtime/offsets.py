@@ -18,6 +18,9 @@ batch: a time inside it is answered with an offset at most one batch early, whic
 tolerates (priming reads a little more history; `tapeflow replay` skips records stamped too early).
 
 Used by the engine's warm-up (`stream_apps.faust_app.priming`) and by `tapeflow replay`.
+
+`committed_offsets` reads a group's committed offsets and refuses an answer the broker gave with an
+error: librdkafka reports such a partition with offset -1001, the same value as "nothing committed".
 """
 
 from __future__ import annotations
@@ -33,6 +36,21 @@ from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
 
 class OffsetLookupError(TapeflowError):
     """The broker did not deliver a record that its watermarks say exists."""
+
+
+class CommittedOffsetError(TapeflowError):
+    """The broker answered a committed-offset request for some partitions with an error."""
+
+
+def committed_offsets(consumer: Consumer, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+    """``consumer.committed`` (its group's offsets; -1001 where none is committed), raising
+    ``CommittedOffsetError`` when a partition came back with an error instead of an offset: read as
+    "none committed", it would send a known group back to the start (or to a primed offset)."""
+    answer = consumer.committed(partitions, timeout=timeout)
+    errors = {(tp.topic, tp.partition): tp.error for tp in answer if tp.error is not None}
+    if errors:
+        raise CommittedOffsetError(f"the broker did not say which offsets are committed: {errors}")
+    return answer
 
 
 def offsets_at_or_after(bootstrap: str, partitions: Iterable[tuple[str, int]], since_ms: int,

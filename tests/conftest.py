@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
 from tests.support.docker import USE_DOCKER
-
-
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, TopicPartition
 
 from tapeflow_runtime.kafka_client import consumer_config
-from tapeflow_runtime.offsets import offsets_at_or_after
+from tapeflow_runtime.offsets import committed_offsets, offsets_at_or_after
 
 
 def prime_group_offsets(bootstrap: str, group: str, topics: Iterable[str], since_ms: int,
@@ -35,7 +35,7 @@ def prime_group_offsets(bootstrap: str, group: str, topics: Iterable[str], since
         for topic in topics:
             metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
             partitions += [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
-        committed = consumer.committed(partitions, timeout=timeout)
+        committed = committed_offsets(consumer, partitions, timeout)  # an error is not "none committed"
         fresh = [TopicPartition(tp.topic, tp.partition, since_ms) for tp in committed if tp.offset < 0]
         if not fresh:
             return {}

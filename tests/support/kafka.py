@@ -7,27 +7,26 @@ import time
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from tapeflow_runtime.kafka_client import consumer_config
+from tapeflow_runtime.offsets import CommittedOffsetError
+from tapeflow_runtime.offsets import committed_offsets as committed_or_raise
 
 
 def committed_offsets(bootstrap, group: str, topic: str, timeout: float = 30.0) -> dict[int, int]:
     """The group's committed offset per partition of ``topic`` (partitions without one are left out).
 
-    A partition the broker answered with an error (coordinator busy, request timed out) is asked
-    again until ``timeout``, then raises: dropping it would read as "nothing committed"."""
+    An answer with errors (coordinator busy, request timed out) is asked again until ``timeout``,
+    then raises: dropping those partitions would read as "nothing committed"."""
     consumer = Consumer(consumer_config(bootstrap, group_id=group))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         deadline = time.monotonic() + timeout
         while True:
             try:
-                answer = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-                errors = {tp.partition: tp.error for tp in answer if tp.error is not None}
-            except KafkaException as exc:
-                answer, errors = [], {-1: exc}
-            if not errors:
+                answer = committed_or_raise(consumer, [TopicPartition(topic, p) for p in partitions], 10)
                 return {tp.partition: tp.offset for tp in answer if tp.offset >= 0}
-            if time.monotonic() > deadline:
-                raise AssertionError(f"committed offsets of {group} on {topic}: broker errors {errors}")
+            except (CommittedOffsetError, KafkaException) as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"committed offsets of {group} on {topic}: {exc}") from exc
             time.sleep(0.5)
     finally:
         consumer.close()
