@@ -32,6 +32,7 @@ from benchmarks.embedded_stack import embedded_stack
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.consumer import SinkConfig, TopicSink
+from sinks.partitions import ensure_partitions
 from sinks.tables import FEATURES, write_rows
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
@@ -88,7 +89,7 @@ def fill_interleaved(conninfo: str, n_symbols: int, hours: float) -> int:
     rng = random.Random(9)
     rows, total = [], 0
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT tapeflow_ensure_partitions('features', %s, %s)", (DAY0, DAY0 + timedelta(days=2)))
+        ensure_partitions(conn, "features", DAY0, DAY0 + timedelta(days=2))  # hypertables: nothing to do
 
         def flush():
             nonlocal rows, total

@@ -1,7 +1,7 @@
 """Sink throughput: md.trades records in a topic → committed rows in PostgreSQL, one process.
 
 Run: .venv/bin/python -m benchmarks.bench_sink [--rows 1000000] [--batch 50000] [--writers 2] [--record-path]
-     [--hypertable-rows 50000]
+     [--layout all|plain|timescaledb] [--hypertable-rows 50000]
 Target (DESIGN.md §7, issues 5 and 11): ≥ 300,000 rows/s per process for trades. Embedded Tansu and
 an embedded PostgreSQL (default durability settings) on this machine. The records are produced
 first; the clock runs from the moment the group assigned the partitions until the sink reports
@@ -21,13 +21,19 @@ PostgreSQL process including exited backends) is printed for the sink run and th
 runs: unlike rows/s it does not depend on how much of the machine other work takes, and
 cores / (CPU seconds per row) is the most the pipeline could do on this machine alone.
 
-The TimescaleDB path: TimescaleDB cannot be installed here; the PGlite build `make bootstrap` puts
-in `.cache/pglite-timescale` (TimescaleDB 2.23 in WebAssembly, one connection, no COPY FROM STDIN)
-can only time INSERTs. `--hypertable-rows N` inserts N of the same rows, the way the sink's
-statements do (multi-row INSERT ... ON CONFLICT DO NOTHING, in 50k-row transactions), into the
-migrated `trades` hypertable and into a plain table `LIKE trades INCLUDING ALL` (same primary key
-and BRIN) on the same PGlite, alternately, and prints the ratio hypertable / plain: what routing
-rows into chunks costs, not an absolute rate of a real TimescaleDB server.
+Both storage layouts: the measurements run on every layout this machine's PostgreSQL can give, each
+in its own database of the same server: plain PostgreSQL time partitions always, and TimescaleDB
+hypertables where the embedded cluster preloads TimescaleDB (`--layout` picks one). Each layout gets
+its own COPY baselines, so the sink's ratio to binary COPY with the same connections is printed per
+layout. Where TimescaleDB is not installed only the plain layout is measured (and said so).
+
+`--hypertable-rows N` (optional, independent of the server): the PGlite build `make bootstrap` puts
+in `.cache/pglite-timescale` (TimescaleDB in WebAssembly, one connection, no COPY FROM STDIN) can
+only time INSERTs. It inserts N of the same rows, the way the sink's statements do (multi-row
+INSERT ... ON CONFLICT DO NOTHING, in 50k-row transactions), into the migrated `trades` hypertable
+and into a plain table `LIKE trades INCLUDING ALL` (same primary key and BRIN) on the same PGlite,
+alternately, and prints the ratio hypertable / plain: what routing rows into chunks costs, not an
+absolute rate of a real TimescaleDB server.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import os
 import resource
 import threading
 import time
+from datetime import UTC, datetime
 
 import psutil
 import psycopg
@@ -47,6 +54,7 @@ from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.columnar import ColumnarCodec, copy_payload
 from sinks.consumer import SinkConfig, TopicSink
+from sinks.partitions import ensure_partitions
 from sinks.tables import TRADES, direct_copy_sql
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
@@ -151,9 +159,35 @@ def hypertable_vs_plain(rows: list[tuple], rounds: int = 2) -> tuple[float, floa
     return n / times["trades"], n / times["trades_plain"]
 
 
+LAYOUT_NAMES = {"plain": "plain PostgreSQL (time partitions)", "timescaledb": "TimescaleDB (hypertables)"}
+
+
+def layout_databases(conninfo: str, wanted: str) -> dict[str, str]:
+    """{layout: conninfo of a database migrated with it}: the embedded stack's own database has the
+    server's default layout; the plain one gets a database of its own where that is TimescaleDB."""
+    from psycopg import sql
+
+    from sinks.migrate import migrate
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        default = "timescaledb" if conn.execute(
+            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() else "plain"
+    if wanted == "timescaledb" and default != "timescaledb":
+        raise SystemExit("--layout timescaledb: this machine's PostgreSQL does not preload TimescaleDB")
+    out = {default: conninfo}
+    if default == "timescaledb" and wanted in ("all", "plain"):
+        plain = psycopg.conninfo.make_conninfo(conninfo, dbname="tapeflow_plain")
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("tapeflow_plain")))
+        migrate(plain, engine_extension=None)  # time partitions on the same server
+        out["plain"] = plain
+    return {k: v for k, v in out.items() if wanted in ("all", k)}
+
+
 def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: int, batch: int,
-             columnar: bool, writers: int) -> tuple[float, float, int, dict]:
-    group = f"{prefix}sink-{'columnar' if columnar else 'records'}"  # each run reads the topic from the start
+             columnar: bool, writers: int, layout: str) -> tuple[float, float, int, dict]:
+    # each run reads the topic from the start
+    group = f"{prefix}sink-{layout}-{'columnar' if columnar else 'records'}"
     sink = TopicSink(SinkConfig(topics=["md.trades"], topic_prefix=prefix, group_id=group,
                                 batch_rows=batch, columnar=columnar, writers=writers), bootstrap, conninfo, serde)
     done = threading.Event()
@@ -185,6 +219,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50_000)
     ap.add_argument("--writers", type=int, default=SinkConfig.writers,
                     help="the sink's writer threads (= connections of the N-connection COPY baseline)")
+    ap.add_argument("--layout", choices=("all", *LAYOUT_NAMES), default="all",
+                    help="storage layout(s) to measure; all = plain, and TimescaleDB where the server has it")
     ap.add_argument("--record-path", action="store_true", help="also run the record-by-record path (slow)")
     ap.add_argument("--hypertable-rows", type=int, default=0,
                     help="also time INSERTs into a hypertable vs a plain table on PGlite-TimescaleDB (rows)")
@@ -201,41 +237,30 @@ def main() -> None:
     for v in values[:200_000]:
         serde.decode(v)
     fastavro_decode = min(args.rows, 200_000) / (time.perf_counter() - t)
+    results: dict[str, dict] = {}
     with embedded_stack() as (bootstrap, conninfo):
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute("SELECT tapeflow_ensure_partitions('trades', '2024-01-01', '2024-01-02')")
-        # baselines: plain binary COPY of the same rows, batches of --batch, 1 and --writers connections
-        per = max(1, args.batch // 10_000)
-        payloads = [copy_payload([p.data for p in parts[i:i + per]]) for i in range(0, len(parts), per)]
-        copy_rate, copy_cpu = plain_copy(conninfo, payloads, args.rows, 1)
-        copy_rate_n, copy_cpu_n = plain_copy(conninfo, payloads, args.rows, args.writers) \
-            if args.writers > 1 else (copy_rate, copy_cpu)
+        databases = layout_databases(conninfo, args.layout)
         ensure_topics(bootstrap, prefix="bench.")
         p = Producer(producer_config(bootstrap, **{"queue.buffering.max.messages": 2_000_000}))
         for r, v in zip(recs, values):
             p.produce("bench.md.trades", key=f"binance:{r['symbol']}".encode(), value=v)
             p.poll(0)
         p.flush(120)
-        fast = run_sink(bootstrap, conninfo, serde, "bench.", args.rows, args.batch, True, args.writers)
-        slow = run_sink(bootstrap, conninfo, serde, "bench.", args.rows, args.batch, False, args.writers) \
-            if args.record_path else None
+        # baselines: binary COPY of the same rows, batches of --batch, 1 and --writers connections
+        per = max(1, args.batch // 10_000)
+        payloads = [copy_payload([p.data for p in parts[i:i + per]]) for i in range(0, len(parts), per)]
+        for layout, db in databases.items():
+            with psycopg.connect(db, autocommit=True) as conn:  # partitions for the rows (hypertables: nothing)
+                ensure_partitions(conn, "trades", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))
+            copy_1 = plain_copy(db, payloads, args.rows, 1)
+            copy_n = plain_copy(db, payloads, args.rows, args.writers) if args.writers > 1 else copy_1
+            fast = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, True, args.writers, layout)
+            slow = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, False, args.writers, layout) \
+                if args.record_path else None
+            results[layout] = {"copy_1": copy_1, "copy_n": copy_n, "fast": fast, "slow": slow}
     hyper = hypertable_vs_plain([TRADES.to_row(r) for r in recs[:args.hypertable_rows]]) \
         if args.hypertable_rows else None
     load_after = os.getloadavg()
-    elapsed, join_s, n, sink_cpu = fast
-    rate = n / elapsed
-    print(f"rows committed: {n:,} of {args.rows:,} in {elapsed:.2f} s after a {join_s:.2f} s group join "
-          f"(batch {args.batch:,}, {args.writers} writer(s))")
-    print(f"sink end to end:      {rate:>10,.0f} rows/s   ratio to target 300k: {rate / TARGET:.2f}   "
-          f"to plain COPY: {rate / copy_rate:.2f} (1 conn), {rate / copy_rate_n:.2f} ({args.writers} conn)")
-    if slow:
-        print(f"record-by-record:     {slow[2] / slow[0]:>10,.0f} rows/s   (same pipeline, fastavro + tuples)")
-    print(f"plain binary COPY:    {copy_rate:>10,.0f} rows/s   (baseline: encoded rows straight into the table, "
-          f"1 connection)")
-    print(f"plain COPY, {args.writers} conn:  {copy_rate_n:>10,.0f} rows/s   (the same over {args.writers} connections "
-          f"in parallel)")
-    print(f"fast-path decode:     {fast_decode:>10,.0f} rows/s   (polars Avro -> pgpq COPY bytes, one thread)")
-    print(f"fastavro decode:      {fastavro_decode:>10,.0f} rows/s")
     cores = os.cpu_count() or 1
 
     def cpu_line(label: str, cpu: dict) -> str:
@@ -244,10 +269,30 @@ def main() -> None:
                 f"PostgreSQL {cpu['postgres']:.2f} s; total {total:.2f} s -> at most "
                 f"{cores * 1_000_000 / total:,.0f} rows/s on {cores} cores with nothing else running")
 
-    print(cpu_line("sink end to end", sink_cpu))
-    print(cpu_line("plain COPY, 1 conn", copy_cpu))
-    if args.writers > 1:
-        print(cpu_line(f"plain COPY, {args.writers} conn", copy_cpu_n))
+    if args.layout == "all" and "timescaledb" not in results:
+        print("layout timescaledb: not measured (this machine's PostgreSQL does not preload TimescaleDB)")
+    for layout, res in results.items():
+        (copy_rate, copy_cpu), (copy_rate_n, copy_cpu_n) = res["copy_1"], res["copy_n"]
+        elapsed, join_s, n, sink_cpu = res["fast"]
+        rate = n / elapsed
+        print(f"== layout {LAYOUT_NAMES[layout]}")
+        print(f"rows committed: {n:,} of {args.rows:,} in {elapsed:.2f} s after a {join_s:.2f} s group join "
+              f"(batch {args.batch:,}, {args.writers} writer(s))")
+        print(f"sink end to end:      {rate:>10,.0f} rows/s   ratio to target 300k: {rate / TARGET:.2f}   "
+              f"to plain COPY: {rate / copy_rate:.2f} (1 conn), {rate / copy_rate_n:.2f} ({args.writers} conn)")
+        if res["slow"]:
+            slow = res["slow"]
+            print(f"record-by-record:     {slow[2] / slow[0]:>10,.0f} rows/s   (same pipeline, fastavro + tuples)")
+        print(f"plain binary COPY:    {copy_rate:>10,.0f} rows/s   (baseline: encoded rows straight into the table, "
+              f"1 connection)")
+        print(f"plain COPY, {args.writers} conn:  {copy_rate_n:>10,.0f} rows/s   (the same over {args.writers} "
+              f"connections in parallel)")
+        print(cpu_line("sink end to end", sink_cpu))
+        print(cpu_line("plain COPY, 1 conn", copy_cpu))
+        if args.writers > 1:
+            print(cpu_line(f"plain COPY, {args.writers} conn", copy_cpu_n))
+    print(f"fast-path decode:     {fast_decode:>10,.0f} rows/s   (polars Avro -> pgpq COPY bytes, one thread)")
+    print(f"fastavro decode:      {fastavro_decode:>10,.0f} rows/s")
     if hyper:
         print(f"PGlite-TimescaleDB INSERT ({args.hypertable_rows:,} rows x 2): hypertable {hyper[0]:,.0f} rows/s, "
               f"plain table {hyper[1]:,.0f} rows/s, ratio hypertable/plain {hyper[0] / hyper[1]:.2f}")

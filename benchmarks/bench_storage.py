@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from benchmarks.embedded_stack import embedded_stack
+from sinks.partitions import ensure_partitions
 from sinks.tables import TABLES, write_rows
 
 DAY0 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -112,7 +113,7 @@ def gen_rows(table: str, n: int, rng: random.Random) -> list[tuple]:
 
 def plain_bytes_per_row(conninfo: str, table: str, rows: list[tuple]) -> float:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT tapeflow_ensure_partitions(%s, %s, %s)", (table, DAY0, DAY0 + timedelta(days=2)))
+        ensure_partitions(conn, table, DAY0, DAY0 + timedelta(days=2))
         for i in range(0, len(rows), 20_000):
             with conn.transaction():
                 write_rows(conn, TABLES[table], rows[i:i + 20_000])
@@ -161,7 +162,7 @@ def main() -> None:
     tables = args.tables.split(",")
     samples = {t: gen_rows(t, min(args.sample, ROWS_PER_DAY[t][0]), rng) for t in tables}
     plain: dict[str, float] = {}
-    with embedded_stack(with_broker=False) as (_, conninfo):
+    with embedded_stack(with_broker=False, engine_extension=None) as (_, conninfo):  # plain on any server
         for t in tables:
             plain[t] = plain_bytes_per_row(conninfo, t, samples[t])
     compressed: dict[str, tuple[float, float]] = {}

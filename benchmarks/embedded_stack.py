@@ -13,8 +13,13 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def embedded_stack(with_broker: bool = True) -> Iterator[tuple[str | None, str]]:
-    """Yield (broker bootstrap or None, superuser conninfo of the migrated `tapeflow` database)."""
+def embedded_stack(with_broker: bool = True, engine_extension: str | None = "timescaledb"
+                   ) -> Iterator[tuple[str | None, str]]:
+    """Yield (broker bootstrap or None, superuser conninfo of the migrated `tapeflow` database).
+
+    The database gets the server's layout (hypertables where this machine's PostgreSQL has
+    TimescaleDB); `engine_extension=None` asks for plain time partitions on any server.
+    """
     from sinks.migrate import migrate
     from tapeflow.stack.broker import TansuBroker
     from tapeflow.stack.postgres import EmbeddedPostgres
@@ -32,7 +37,7 @@ def embedded_stack(with_broker: bool = True) -> Iterator[tuple[str | None, str]]
         sup.start_all()
         try:
             conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
-            migrate(conninfo)
+            migrate(conninfo, engine_extension=engine_extension)
             yield sup.addresses.get("broker"), conninfo
         finally:
             sup.stop_all()

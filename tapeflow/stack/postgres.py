@@ -41,6 +41,8 @@ PG_SYSTEM_USER = "postgres"
 #: libraries the embedded cluster preloads when the binaries have them (extension name = library name)
 PRELOAD_CANDIDATES = ("timescaledb",)
 CONF_FILE = "tapeflow.conf"
+#: max_locks_per_transaction with TimescaleDB (PostgreSQL's default: 64)
+TIMESCALEDB_MAX_LOCKS = 512
 _INCLUDE_LINE = f"include_if_exists = '{CONF_FILE}'"
 
 
@@ -79,6 +81,10 @@ def render_conf(preload: list[str], extra: dict[str, str] | None = None) -> str:
         lines.append(f"shared_preload_libraries = '{','.join(preload)}'")
     if "timescaledb" in preload:
         lines.append("timescaledb.telemetry_level = off")
+        # a transaction locks every chunk (and its indexes) it writes into: a batch spanning many
+        # days, or a backfill, exhausts the default 64 ("out of shared memory"); TimescaleDB's own
+        # tuning tool raises it the same way (about 13 MB of shared memory at 100 connections)
+        lines.append(f"max_locks_per_transaction = {TIMESCALEDB_MAX_LOCKS}")
     for key, value in (extra or {}).items():
         lines.append(f"{key} = '{value}'")
     return "\n".join(lines) + "\n"

@@ -144,7 +144,9 @@ def make_venv(workdir: Path, wheel: Path) -> Path:
                     if line.startswith("Requires-Dist:")]
     requires = [r for r in requires if "extra ==" not in r]
     # the declared dependencies, linked (not copied) from this environment into one directory that a
-    # .pth file adds to the clean virtualenv's path; nothing else of this environment is visible
+    # .pth file adds to the clean virtualenv's path; nothing else of this environment is visible. The
+    # links are only read: the services run with PYTHONDONTWRITEBYTECODE, so no bytecode is written
+    # through them into this environment's site-packages
     deps = workdir / "deps"
     deps.mkdir()
     site = Path(sysconfig.get_paths()["purelib"])
@@ -195,7 +197,7 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
                 "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
                 "TAPEFLOW_DATABASE_URL": database_url(database), "TAPEFLOW_SYMBOLS": "BTCUSDT,ETHUSDT",
                 "TAPEFLOW_METRICS_HOST": "127.0.0.1", "TAPEFLOW_NOTIFY_WEBHOOK_URL": NOTIFY_URL,
-                "PYTHONNOUSERSITE": "1"})
+                "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"})
     where = subprocess.run([str(bin_dir / "python"), "-c", "import stream_apps, tapeflow_notify, numpy; "
                             "print(stream_apps.__file__); print(numpy.__file__)"],
                            cwd=run_dir, env=env, capture_output=True, text=True, timeout=120)

@@ -1,7 +1,8 @@
 """The sink schema on a real PostgreSQL: tables, partitions, keys, types, privileges and roll-up views.
 
-On the plain-PostgreSQL branch (CI) every table is checked end to end; on a TimescaleDB server
-(conftest's docker path) the same assertions hold except where noted (hypertables, no partitions).
+On the plain-PostgreSQL branch every table is checked end to end; on a TimescaleDB server (the
+Docker image, or a machine whose PostgreSQL has TimescaleDB) the same assertions hold except where
+noted (hypertables, no partitions).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from sinks.migrate import migrate
 from sinks.partitions import PLANS, partition_plan
 from sinks.tables import TABLES
+from tests.support.storage import table_layout
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +44,7 @@ def test_migrating_twice_creates_every_table_once_with_current_partitions(databa
         kinds = _relkinds(conn)
         assert TABLE_NAMES <= set(kinds), TABLE_NAMES - set(kinds)
         assert VIEW_NAMES <= set(kinds), VIEW_NAMES - set(kinds)
-        if pg_server.timescale_image:
+        if pg_server.timescaledb:
             assert all(kinds[t] == "r" for t in PLANS)  # hypertables are ordinary tables with chunks
             return
         assert {t for t in TABLE_NAMES if kinds[t] == "p"} == set(PLANS)
@@ -60,10 +62,11 @@ def test_migrating_twice_creates_every_table_once_with_current_partitions(databa
 
 
 def test_registry_matches_the_python_plans(db, pg_server):
-    if pg_server.timescale_image:
-        pytest.skip("TimescaleDB: nothing is partitioned, the registry is empty by design")
     with psycopg.connect(db) as conn:
         rows = conn.execute("SELECT table_name, time_column, granularity FROM tapeflow_partitioning").fetchall()
+    if pg_server.timescaledb:  # nothing is partitioned, the registry is empty by design
+        assert rows == [] and all(table_layout(db, t) == "hypertable" for t in PLANS)
+        return
     assert {r[0]: (r[1], r[2]) for r in rows} == {t: (p.time_column, p.granularity) for t, p in PLANS.items()}
 
 
@@ -143,7 +146,22 @@ def _bar(minute: datetime, o, h, lo, c, buy, sell, trades, first):
             vol * c, c, trades, first, first + trades - 1)
 
 
+#: the trades of each bar below, (taker side, qty) in agg_id order: they add up to the bar's buy and
+#: sell volume and trade count
+_BAR_TRADES = [
+    [("BUY", 1.0), ("SELL", 1.0), ("SELL", 1.0)],
+    [("BUY", 2.0), ("SELL", 0.5)],
+    [("BUY", 1.0), ("BUY", 0.5), ("SELL", 1.0), ("SELL", 0.5)],
+    [("BUY", 1.0), ("BUY", 1.0), ("BUY", 1.0), ("SELL", 0.5), ("SELL", 0.5)],
+    [("BUY", 0.5), ("SELL", 1.0), ("SELL", 1.0), ("SELL", 1.0), ("SELL", 0.5), ("SELL", 0.5)],
+    [("BUY", 1.0), ("SELL", 1.0)],
+]
+
+
 def test_rollup_views_aggregate_bars_by_hand_computed_values(db):
+    """Same answers on both layouts. cvd_1m sums bars_1m's buy/sell volume on plain PostgreSQL and the
+    raw trades on TimescaleDB (a continuous aggregate of `trades`, migration 0003): the bars and the
+    trades stored here agree, as the sink's do."""
     t0 = datetime(2024, 3, 4, 9, 58, tzinfo=UTC)  # 09:58, 09:59 | 10:00 .. 10:04 | 10:05
     bars = [
         _bar(t0, 100, 101, 99, 100.5, 1.0, 2.0, 3, 1),
@@ -153,9 +171,17 @@ def test_rollup_views_aggregate_bars_by_hand_computed_values(db):
         _bar(t0 + timedelta(minutes=6), 103, 103.5, 98, 99, 0.5, 4.0, 6, 15),
         _bar(t0 + timedelta(minutes=7), 99, 100, 97, 98, 1.0, 1.0, 2, 21),
     ]
+    trades = []
+    for bar, sides in zip(bars, _BAR_TRADES, strict=True):
+        assert len(sides) == bar[13] and sum(q for s, q in sides if s == "BUY") == bar[9]
+        for k, (side, qty) in enumerate(sides):
+            when = bar[2] + timedelta(seconds=k)
+            trades.append(("binance", "BTCUSDT", bar[14] + k, bar[7], qty, bar[14] + k, bar[14] + k, when, when,
+                           when, side))
     with psycopg.connect(db) as conn:
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO bars_1m VALUES (" + ", ".join(["%s"] * 16) + ")", bars)
+            cur.executemany("INSERT INTO trades VALUES (" + ", ".join(["%s"] * 11) + ")", trades)
         five = conn.execute("SELECT open_time, open, high, low, close, volume, buy_volume, sell_volume, "
                             "trade_count, first_agg_id, last_agg_id, bar_count FROM bars_5m "
                             "WHERE symbol = 'BTCUSDT' ORDER BY open_time").fetchall()

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.integration
 
 def test_migrations_apply_once_and_are_idempotent(database, pg_server):
     first = migrate(database)
-    expected = [m.key for m in load_migrations() if pg_server.timescale_image or not m.timescale]
+    expected = [m.key for m in load_migrations() if pg_server.timescaledb or not m.timescale]
     assert first.applied == expected
-    assert first.timescale is pg_server.timescale_image
+    assert first.timescale is pg_server.timescaledb
     assert pending_migrations(database) == []
 
     second = migrate(database)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import psycopg
 import pytest
 
+from sinks.migrate import migrate
 from sinks.partitions import (
     PLANS,
     add_periods,
@@ -22,6 +23,7 @@ from sinks.partitions import (
 from sinks.retention import drop_expired, resolve_policies
 from sinks.tables import TRADES, write_rows
 from tapeflow_runtime.settings import TableRetention
+from tests.support.storage import expected_layout, table_layout
 
 LAST_MS_OF_JANUARY = datetime(2024, 1, 31, 23, 59, 59, 999000, tzinfo=UTC)
 FIRST_OF_FEBRUARY = datetime(2024, 2, 1, tzinfo=UTC)
@@ -66,7 +68,7 @@ def test_naive_datetimes_are_refused():
 
 @pytest.fixture
 def db(plain_db) -> str:
-    return plain_db  # TimescaleDB servers skip: see test_noop_without_partitioned_tables
+    return plain_db  # plain partitions on any server; hypertables: test_the_servers_layout_needs_no_partitions
 
 
 def _trade(agg_id: int, when: datetime) -> dict:
@@ -184,3 +186,24 @@ def test_noop_without_partitioned_tables(database):
                             FIRST_OF_FEBRUARY, FIRST_OF_FEBRUARY, "plain") == []
         assert default_partition_rows(conn) == []
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'trades_p%'").fetchone()[0] == 0
+
+
+def test_the_servers_layout_needs_no_partitions_on_hypertables(database, pg_server):
+    """What this machine's server gives by default: with TimescaleDB, hypertables that take rows of
+    any time without a partition being made (every function here does nothing); without it, time
+    partitions that `ensure_partitions` makes and the rows then land in."""
+    migrate(database)
+    layout = table_layout(database, "trades")
+    assert layout == expected_layout(pg_server.timescaledb)
+    with psycopg.connect(database) as conn:
+        made = ensure_partitions(conn, "trades", LAST_MS_OF_JANUARY, FIRST_OF_FEBRUARY)
+        write_rows(conn, TRADES, [TRADES.to_row(_trade(1, LAST_MS_OF_JANUARY)),
+                                  TRADES.to_row(_trade(2, FIRST_OF_FEBRUARY))])
+        conn.commit()
+        rows = default_partition_rows(conn)
+        assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 2
+    if layout == "hypertable":
+        assert made == [] and rows == []
+    else:
+        assert made == ["trades_p20240131", "trades_p20240201"]
+        assert [(r.table, r.rows) for r in rows if r.rows] == []

@@ -94,7 +94,7 @@ def test_bad_retention_settings_fail_in_one_line(tmp_path, monkeypatch):
 
 @pytest.fixture
 def db(plain_db) -> str:
-    return plain_db  # TimescaleDB: tests/sinks/test_retention_timescale.py
+    return plain_db  # plain partitions on any server; TimescaleDB: tests/sinks/test_retention_timescale.py
 
 
 def _partitions(conn, table: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from pathlib import Path
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -18,12 +18,12 @@ from confluent_kafka import Producer
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.consumer import SinkConfig, TopicSink
-from sinks.migrate import migrate
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support.storage import expected_layout, migrate_for_rows, table_layout
 
 pytestmark = pytest.mark.integration
 
@@ -79,11 +79,15 @@ def count(conninfo: str, table: str = "trades") -> int:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
+#: the time range of the trades these tests write
+TRADES_RANGE = {"trades": (datetime(2023, 12, 31, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC))}
+
+
 @pytest.fixture
-def db(database):
-    migrate(database)
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("SELECT tapeflow_ensure_partitions('trades', '2023-12-31'::timestamptz, '2024-01-03'::timestamptz)")
+def db(database, pg_server):
+    """Migrated with the server's layout: hypertables with TimescaleDB, time partitions without."""
+    migrate_for_rows(database, TRADES_RANGE)
+    assert table_layout(database, "trades") == expected_layout(pg_server.timescaledb)
     return database
 
 
@@ -149,12 +153,10 @@ def test_malformed_records_go_to_the_dlq_and_pipeline_errors(kafka_bootstrap, to
     assert sample("tapeflow_sink_dlq_messages_total", {"topic": "dlq.md", "reason": "sink"}) == 2
 
 
-def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_prefix):
-    """A dedicated PostgreSQL that the test stops for 30 s while records keep arriving."""
-    import tempfile
-
-    # outside pytest's basetemp (see the `home` fixture of test_stack_lifecycle.py)
-    home = Path(tempfile.mkdtemp(prefix="tapeflow-sink-pg-")) / "pg"
+def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_prefix, server_tmp_path):
+    """A dedicated PostgreSQL that the test stops for 30 s while records keep arriving (either layout:
+    whatever this machine's PostgreSQL gives)."""
+    home = server_tmp_path / "pg"
     paths = StackPaths(home)
     paths.ensure()
     from tapeflow.stack.process import free_port
@@ -167,9 +169,8 @@ def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_p
     sup.start_all()
     address = sup.addresses["database"]
     conninfo = service.admin_conninfo(address, "tapeflow")
-    migrate(conninfo)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT tapeflow_ensure_partitions('trades', '2023-12-31'::timestamptz, '2024-01-03'::timestamptz)")
+    migrate_for_rows(conninfo, TRADES_RANGE)
+    assert table_layout(conninfo, "trades") == expected_layout("timescaledb" in service.preloaded)
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     records = [trade(i) for i in range(6_000)]
     sink = make_sink(kafka_bootstrap, topic_prefix, conninfo)

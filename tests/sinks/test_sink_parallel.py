@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 from sinks.consumer import Batch, SinkConfig, TopicSink
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
 from tests.sinks.test_sink import SERDE, checksum, expected_rows, make_sink, produce, table_rows, trade
+from tests.support.storage import expected_layout, migrate_for_rows, table_layout
 
 TOPIC = "md.trades"
 
@@ -95,12 +97,10 @@ def _offsets_of(bootstrap: str, topic: str, partition: int, n: int) -> dict[int,
 
 
 @pytest.mark.integration
-def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(kafka_bootstrap, topic_prefix, database):
-    from sinks.migrate import migrate
-
-    migrate(database)
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("SELECT tapeflow_ensure_partitions('trades', '2023-12-31'::timestamptz, '2024-01-03'::timestamptz)")
+def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(kafka_bootstrap, topic_prefix, database,
+                                                                       pg_server):
+    migrate_for_rows(database, {"trades": (datetime(2023, 12, 31, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC))})
+    assert table_layout(database, "trades") == expected_layout(pg_server.timescaledb)
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     topic = topic_prefix + TOPIC
     records = [trade(i) for i in range(6_000)]  # one symbol: one partition, one order of offsets
@@ -116,6 +116,14 @@ def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(kafka_boo
     def die(batches):
         raise Crash("killed after the database commit, before the offset commit")
 
+    # the chunk of the records' day exists before the blocker's transaction: on TimescaleDB the
+    # transaction that creates a chunk holds every other writer of that chunk until it ends
+    with psycopg.connect(database) as conn:
+        conn.execute("INSERT INTO trades VALUES (%s, %s, -1, 1, 1, 0, 0, now(), to_timestamp(%s / 1000.0), now(), "
+                     "'BUY')", (held["exchange"], held["symbol"], held["trade_time"]))
+        conn.commit()
+        conn.execute("DELETE FROM trades WHERE agg_id = -1")
+        conn.commit()
     # an open transaction of the test holds the record's natural key: its batch waits in PostgreSQL
     blocker = psycopg.connect(database)
     blocker.execute("INSERT INTO trades (exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, "

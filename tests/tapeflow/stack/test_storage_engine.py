@@ -2,18 +2,21 @@
 
 - the embedded cluster finds preloadable extensions in its binaries' directories and writes them
   into its own config (a temp directory layout stands in for a TimescaleDB install; the real
-  `postgresql-15-cron` package is preloaded for real);
+  `postgresql-15-cron` package is preloaded for real, and so is TimescaleDB where this machine's
+  PostgreSQL has it);
 - an extension that needs preloading but is not preloaded is detected without hurting the caller:
   pg_cron answers CREATE EXTENSION with an ERROR, and a mirrored PostgreSQL installation carries an
   extension whose creation kills the backend (a FATAL that closes the connection, as TimescaleDB
   does); the migrations carry on with the plain layout and say so in one line.
+
+The mirrored installation is a copy (never links: a write through a link to a system file is a write
+to the system), without TimescaleDB's own files, so it is the same on machines with and without it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from tapeflow.stack.postgres import (
 from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support.storage import expected_layout, table_layout
 
 
 def _has_pg_cron(bindir: Path) -> bool:
@@ -47,6 +51,13 @@ def _has_pg_cron(bindir: Path) -> bool:
 
 
 SYSTEM_BIN = Path("/usr/lib/postgresql/15/bin")
+SYSTEM_LIB, SYSTEM_SHARE = Path("/usr/lib/postgresql/15/lib"), Path("/usr/share/postgresql/15")
+
+
+def _system_has_timescaledb() -> bool:
+    """Asked of the machine, not of the code under test: TimescaleDB's control file and library."""
+    return (SYSTEM_SHARE / "extension" / "timescaledb.control").is_file() and (SYSTEM_LIB / "timescaledb.so").is_file()
+
 needs_pg_cron = pytest.mark.skipif(not _has_pg_cron(SYSTEM_BIN),
                                    reason="needs Debian's postgresql-15-cron (deploy/bootstrap.sh installs it)")
 
@@ -87,8 +98,9 @@ def test_the_config_preloads_what_was_found_and_turns_telemetry_off():
     conf = render_conf(["timescaledb"], {"cron.database_name": "tapeflow"})
     assert "shared_preload_libraries = 'timescaledb'" in conf.splitlines()
     assert "timescaledb.telemetry_level = off" in conf.splitlines()
+    assert "max_locks_per_transaction = 512" in conf.splitlines()  # chunks are locked one by one
     assert "cron.database_name = 'tapeflow'" in conf.splitlines()
-    assert "shared_preload_libraries" not in render_conf([])
+    assert "shared_preload_libraries" not in render_conf([]) and "max_locks" not in render_conf(["pg_cron"])
 
 
 # --- the real embedded cluster with a real extension that needs preloading ---------------------------
@@ -116,20 +128,28 @@ def _start(home: Path, *, preload: tuple[str, ...], extra: dict[str, str] | None
 
 @pytest.mark.integration
 @needs_pg_cron
-def test_embedded_cluster_preloads_an_installed_extension_through_its_own_config(tmp_path):
+def test_embedded_cluster_preloads_an_installed_extension_through_its_own_config(server_tmp_path):
     if find_postgres_bindir() != SYSTEM_BIN:
         pytest.skip("the stack does not use the system PostgreSQL 15 here")
-    home = tmp_path / "home"
+    home = server_tmp_path / "home"
+    timescaledb = _system_has_timescaledb()
+    expected = ["pg_cron", "timescaledb"] if timescaledb else ["pg_cron"]
     sup, pg = _start(home, preload=("pg_cron", "timescaledb"), extra={"cron.database_name": "tapeflow"})
     try:
-        assert pg.preloaded == ["pg_cron"]  # timescaledb is not installed on this machine
+        assert pg.preloaded == expected  # what this machine's PostgreSQL 15 has
         conf = (pg.data_dir / CONF_FILE).read_text()
-        assert "shared_preload_libraries = 'pg_cron'" in conf
+        assert f"shared_preload_libraries = '{','.join(expected)}'" in conf
+        assert ("timescaledb.telemetry_level = off" in conf) is timescaledb
         assert "include_if_exists = 'tapeflow.conf'" in (pg.data_dir / "postgresql.conf").read_text()
         conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
         with psycopg.connect(conninfo) as conn:
-            assert conn.execute("SHOW shared_preload_libraries").fetchone()[0] == "pg_cron"
+            assert conn.execute("SHOW shared_preload_libraries").fetchone()[0] == ",".join(expected)
         assert extension_state(conninfo, "pg_cron").state == "available"
+        # the migrations take what the server has: hypertables with TimescaleDB, partitions without
+        report = migrate(conninfo)
+        assert report.timescale is timescaledb and report.notice == ""
+        assert table_layout(conninfo, "trades") == expected_layout(timescaledb)
+        assert storage_engine(conninfo).startswith("TimescaleDB" if timescaledb else "plain PostgreSQL")
     finally:
         sup.stop_all()
     # a restart rewrites the file and keeps one include line
@@ -164,39 +184,40 @@ def test_an_extension_that_needs_preloading_does_not_crash_the_migrations(databa
 def _mirror_postgres(root: Path, extension_files: dict[str, str]) -> Path:
     """A copy of the system PostgreSQL 15 under `root` with extra files in its extension directory.
 
-    PostgreSQL finds its share and lib directories relative to its own executable, so copying the
-    programs and linking everything else gives an installation whose extension directory we own.
+    PostgreSQL finds its share and lib directories relative to its own executable, so a copy of the
+    programs, libraries and share directory gives an installation whose extension directory we own.
+    Everything is copied, nothing linked: the extra files are written into the copy, and a link
+    would have let them (or the server) write to the system's files. TimescaleDB's files are left
+    out, so the mirror is the same whether or not this machine has it. `root` must be traversable by
+    the server's user (`server_tmp_path` is).
     """
-    real_bin, real_lib, real_share = SYSTEM_BIN, Path("/usr/lib/postgresql/15/lib"), Path("/usr/share/postgresql/15")
     bindir, libdir = root / "usr/lib/postgresql/15/bin", root / "usr/lib/postgresql/15/lib"
     share = root / "usr/share/postgresql/15"
-    for d in (bindir, libdir, share / "extension"):
-        d.mkdir(parents=True, exist_ok=True)
+    bindir.mkdir(parents=True)
     for name in ("postgres", "initdb", "pg_config"):
-        shutil.copy2(real_bin / name, bindir / name)
-    for f in real_lib.iterdir():
-        (libdir / f.name).symlink_to(f)
-    for f in real_share.iterdir():
-        if f.name != "extension":
-            (share / f.name).symlink_to(f)
-    for f in (real_share / "extension").iterdir():
-        (share / "extension" / f.name).symlink_to(f)
+        shutil.copy2(SYSTEM_BIN / name, bindir / name)
+    not_timescaledb = shutil.ignore_patterns("timescaledb*", "*timescaledb*")
+    shutil.copytree(SYSTEM_LIB, libdir, symlinks=True, ignore=not_timescaledb)
+    shutil.copytree(SYSTEM_SHARE, share, symlinks=True, ignore=not_timescaledb)
+    for path in (libdir, share):  # a link inside would still point at the system: make every one a file
+        for link in [p for p in path.rglob("*") if p.is_symlink()]:
+            target = link.resolve()
+            link.unlink()
+            if target.is_file():
+                shutil.copy2(target, link)
     for name, text in extension_files.items():
         (share / "extension" / name).write_text(text)
-    for dirpath, _dirs, _files in os.walk(root):
+    for dirpath, _dirs, _files in os.walk(root):  # our own copy: the server's user may read it
         os.chmod(dirpath, 0o755)
-    p = root
-    while p != p.parent:  # the server may run as the postgres user: let it reach the copy
-        p.chmod(p.stat().st_mode | stat.S_IXOTH)
-        p = p.parent
     return bindir
 
 
 @pytest.mark.integration
 @pytest.mark.skipif(not (SYSTEM_BIN / "postgres").is_file(), reason="needs the system PostgreSQL 15")
-def test_a_fatal_that_closes_the_connection_is_reported_not_raised(tmp_path):
+def test_a_fatal_that_closes_the_connection_is_reported_not_raised(server_tmp_path):
     """The TimescaleDB failure mode: CREATE EXTENSION ends the backend. The probe's own connection
     dies; the migration runner's does not, and the stack gets the plain layout and one line."""
+    tmp_path = server_tmp_path
     bindir = _mirror_postgres(tmp_path / "pgroot", {
         "fatal_probe.control": "default_version = '1.0'\nrelocatable = true\n",
         "fatal_probe--1.0.sql": "SELECT pg_terminate_backend(pg_backend_pid());\n",
@@ -236,7 +257,7 @@ def test_the_first_migration_run_locks_the_layout():
 
 
 @pytest.mark.integration
-def test_status_names_the_storage_engine(database, tmp_path):
+def test_status_names_the_storage_engine(database, pg_server, tmp_path):
     """`tapeflow status` prints the migrations step's health: it names the engine in use."""
     from tapeflow.stack.steps import MigrationsStep
 
@@ -247,4 +268,10 @@ def test_status_names_the_storage_engine(database, tmp_path):
     assert not step.health({}).ok  # nothing applied yet
     migrate(database)
     health = step.health({})
-    assert health.ok and health.detail == "all migrations applied; storage: plain PostgreSQL (time partitions)"
+    assert health.ok
+    if pg_server.timescaledb:
+        with psycopg.connect(database) as conn:
+            version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]
+        assert health.detail == f"all migrations applied; storage: TimescaleDB {version} (hypertables, compression)"
+    else:
+        assert health.detail == "all migrations applied; storage: plain PostgreSQL (time partitions)"
