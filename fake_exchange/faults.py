@@ -17,7 +17,8 @@ Websocket faults:
 
 REST faults (control endpoints exempt): ``rest_418_count`` and ``rest_429_count`` (with
 ``Retry-After: retry_after_s``) for the next N requests, and ``rest_fail_for_s`` seconds of
-``rest_fail_status`` (default 503) answers.
+``rest_fail_status`` (default 503) answers; ``vision_delay_ms``: every Vision archive (and checksum)
+answer leaves that much later (a slow download link).
 
 The clock is injected so the failure window is testable without sleeping.
 """
@@ -50,6 +51,7 @@ class FaultSettings(BaseModel):
     retry_after_s: int = Field(default=1, ge=0)
     rest_fail_for_s: float = Field(default=0.0, ge=0.0)
     rest_fail_status: int = Field(default=503, ge=400, le=599)
+    vision_delay_ms: float = Field(default=0.0, ge=0.0)
 
 
 def parse_fault_assignments(items: list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ trades is a 404. Archives are built on first request and cached.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -61,6 +62,8 @@ async def vision_file(request: web.Request) -> web.Response:
         trades = [t.body for t in state.agg_trades.all(match["symbol"]) if start <= t.time < start + DAY_MS]
         cache[zip_name] = archive_bytes(trades, zip_name.removesuffix(".zip") + ".csv") if trades else None
     body = cache[zip_name]
+    if delay := state.faults.settings.vision_delay_ms:  # a slow download link (fault switch)
+        await asyncio.sleep(delay / 1000)
     if body is None:
         raise web.HTTPNotFound()
     if match["checksum"]:

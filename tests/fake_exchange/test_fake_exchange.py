@@ -633,6 +633,33 @@ async def test_history_is_served_by_vision_and_rest_but_not_replayed(make_exchan
     assert later == hist
 
 
+async def test_a_slow_vision_link_delays_every_archive_answer_and_changes_no_byte(make_exchange, http):
+    """`vision_delay_ms` (a slow download link): each archive and checksum answer leaves that much
+    later, with the same bytes; switched off, answers come at once again."""
+    import time as _time
+
+    session = generate_session(seed=4, symbols=("BTCUSDT",), duration_s=86_400 + 600, trades_per_s=0.01,
+                               depth_interval_ms=60_000, start_time=1_699_920_000.0)
+    exchange = await make_exchange(session=session, start="manual", history_s=86_400 + 300,
+                                   aggtrades_visibility="replayed", rest_clock="recording")
+    url = f"{exchange.rest_url}/data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2023-11-14.zip"
+
+    async def timed(suffix: str = "") -> tuple[float, bytes]:
+        began = _time.monotonic()
+        async with http.get(url + suffix) as resp:
+            assert resp.status == 200
+            return _time.monotonic() - began, await resp.read()
+
+    _, body = await timed()
+    exchange.set_faults(vision_delay_ms=400)
+    slow, slow_body = await timed()
+    slow_sum, digest = await timed(".CHECKSUM")
+    assert slow >= 0.4 and slow_sum >= 0.4 and slow_body == body and digest.split()[0].decode() == \
+        __import__("hashlib").sha256(body).hexdigest()
+    assert exchange.set_faults(vision_delay_ms=0).vision_delay_ms == 0
+    assert (await timed())[1] == body
+
+
 async def test_rest_answers_as_of_a_clients_clock(make_exchange, http):
     session = generate_session(seed=6, symbols=("BTCUSDT",), duration_s=120)
     mid = session.frames[len(session.frames) // 2]

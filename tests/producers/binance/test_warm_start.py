@@ -123,7 +123,11 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
         fake = Service("fake-exchange", ["fake-exchange", "--synthetic-seed", str(SEED), "--synthetic-symbols",
                                          ",".join(SYMBOLS), "--synthetic-duration", str(DURATION_S), *FAKE_ARGS,
                                          "--history-s", str(HISTORY_S), "--speed", "10", "--rest-clock",
-                                         "recording", "--aggtrades-visibility", "replayed"], env, workdir)
+                                         "recording", "--aggtrades-visibility", "replayed",
+                                         # each archive answered 1.5 s late (a slow link): the vision
+                                         # phase lasts seconds, so the status sampled below sees it
+                                         # however loaded the machine is
+                                         "--fault", "vision_delay_ms=1500"], env, workdir)
         services.append(fake)
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 300).group(0))
         rest = urls["rest_url"]
