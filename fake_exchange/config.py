@@ -49,7 +49,11 @@ class FakeExchangeConfig(BaseModel):
     # warm starts: the websocket replay begins this many seconds into the session; everything before
     # is history that only REST and the Vision files serve (as for a producer starting now)
     history_s: float = Field(default=0.0, ge=0)
-    ping_interval_s: float | None = 20.0
+    # Binance's keepalive: a ping every 3 minutes, the connection closed if no pong comes within 10
+    # (a client reads the ping only after every frame queued before it, so a short timeout would cut
+    # a client that is merely behind)
+    ping_interval_s: float | None = 180.0
+    ping_timeout_s: float | None = 600.0
 
     @field_validator("speed", mode="before")
     @classmethod

@@ -136,6 +136,7 @@ class FakeExchange:
             process_request=handlers.process_request,
             compression=None,
             ping_interval=config.ping_interval_s,
+            ping_timeout=config.ping_timeout_s,
             close_timeout=2,  # a client that stopped reading must not stall stop() for long
             max_queue=None,
         )

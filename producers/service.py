@@ -89,7 +89,8 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     # the last line of the log is what `tapeflow status` shows for a finished replay
     frames_in = producer.stream.messages_in if producer.stream is not None else 0
     print(producer.summary(ended, frames_in, producer.undelivered), flush=True)
-    return 0 if publisher.healthy else 1
+    # an incomplete replay (frames lost in transport) is a failure, whatever was delivered
+    return 0 if publisher.healthy and not producer.replay_incomplete else 1
 
 
 def _readonly_database(settings: Settings, paths: StackPaths) -> str | None:

@@ -54,7 +54,8 @@ class FakeBybitExchange(FakeExchange):
         handlers = BybitHandlers(self.state, self.market, auto_start=config.start == "first_subscriber")
         ws_sock = _bound_socket(config.host, config.ws_port)
         self._ws_server = await ws_serve(handlers.handle, sock=ws_sock, process_request=handlers.process_request,
-                                         compression=None, ping_interval=config.ping_interval_s, close_timeout=2,
+                                         compression=None, ping_interval=config.ping_interval_s,
+                                         ping_timeout=config.ping_timeout_s, close_timeout=2,
                                          max_queue=None)
         self.ws_port = ws_sock.getsockname()[1]
         app = web.Application()

@@ -1,8 +1,12 @@
 """A resilient websocket market-data connection, shared by every venue: reconnects, read timeouts, rotation.
 
 - Reconnect with exponential backoff and full jitter, so many producers do not reconnect in step.
-- websockets answers the server's pings and sends its own (`ping_interval`); a read timeout catches
-  a silently dead TCP connection that pings alone would notice late.
+- websockets answers the server's pings and sends its own (`ping_interval`, which keeps idle NAT
+  entries open), but never closes a connection for a late pong: on a busy stream the pong waits in
+  the socket behind every frame not yet read, so a producer that is merely behind (a loaded machine,
+  a replay at max speed) would drop a live connection and lose what was in flight (seen: a 2-hour
+  replay cut after 40 s, 43,551 frames lost). Any frame proves the link alive; a read timeout
+  (`read_timeout_s` without one) catches a silently dead TCP connection.
 - Binance cuts every connection after 24 h: the connection is rotated before that (`max_age_s`)
   by opening the new one first and closing the old one only once the new one delivers, so nothing
   is missed; the overlap produces duplicates that the consumers of this stream drop by id.
@@ -130,7 +134,7 @@ class CombinedStream:
     async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
         cfg = self.config
         try:
-            async with websockets.connect(cfg.url, ping_interval=cfg.ping_interval_s, ping_timeout=cfg.ping_interval_s,
+            async with websockets.connect(cfg.url, ping_interval=cfg.ping_interval_s, ping_timeout=None,
                                           max_size=2**24, open_timeout=10, close_timeout=2) as ws:
                 self.connections += 1
                 read_here = 0

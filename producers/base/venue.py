@@ -110,6 +110,10 @@ class VenueProducer:
         self.replay_end: dict | None = None  # the fake's end-of-replay marker, with what we received
         self.stream: Any = None  # the venue's CombinedStream (its `messages_in` is the summary's frames in)
         self.undelivered = 0  # set by run() after the final flush
+        # what a replay lost in transport (a connection lost mid-replay, messages unread at its end):
+        # frames the exchange sent that never reached us cannot be repaired from a recording's stream,
+        # so the run says so (summary, status, exit code) instead of reporting a clean replay
+        self.replay_losses: list[str] = []
 
     # --- records --------------------------------------------------------------------------------
     def _key(self, symbol: str) -> str:
@@ -172,10 +176,24 @@ class VenueProducer:
 
     def _on_reconnect(self, reason: str) -> None:
         self.metrics.reconnects.labels(reason).inc()
+        stream = self.stream
+        replaying = stream is not None and getattr(stream.config, "replay_end", False)
+        if replaying and reason != "rotation" and stream.messages_in > 0 and self.replay_end is None:
+            # frames queued for the lost connection (and those sent while none was open) are gone
+            self.replay_losses.append(f"connection lost mid-replay after {stream.messages_in} messages ({reason})")
+            log.error("replay connection lost: frames in flight are lost", reason=reason,
+                      messages_in=stream.messages_in)
+
+    @property
+    def replay_incomplete(self) -> bool:
+        return bool(self.replay_losses)
 
     def _replay_finished(self, fake_status: dict) -> None:
         # run() flushes the publisher once the workers have stopped, before it reports the end
         frames = fake_status.get("frames_sent_total", fake_status.get("frames_sent", "?"))
+        if self.replay_losses:  # finished, but not whole: never shown as a clean replay
+            self.status.set("replay-finished", f"INCOMPLETE replay of {frames} frames: {'; '.join(self.replay_losses)}")
+            return
         self.status.set("replay-finished", f"replayed {frames} frames")
 
     def _on_replay_end(self, marker: dict, received: int) -> None:
@@ -184,6 +202,8 @@ class VenueProducer:
         self.replay_end = {**marker, "received": received}
         if sent != received:  # a transport loss the replay cannot repair: said loudly, never hidden
             log.error("replay connection lost messages", sent=sent, received=received)
+            self.replay_losses.append(f"{sent - received if isinstance(sent, int) else '?'} messages of the last "
+                                      f"connection unread")
         self._repairs.ensure("replay-end", self._end_replay_when_repaired(marker))
 
     def _repair_delays_end(self, name: str) -> bool:
@@ -214,8 +234,11 @@ class VenueProducer:
         topics = ", ".join(f"{t} {n}" for t, n in by_topic)
         counts = {"duplicates dropped": 0, "gaps unfilled": 0, **self._continuity_counts(),
                   "dead letters": self.publisher.dead_lettered, "undelivered": undelivered}
-        return (f"{ended}: {frames}, {self.publisher.delivered} records delivered ({topics}), "
+        line = (f"{ended}: {frames}, {self.publisher.delivered} records delivered ({topics}), "
                 + ", ".join(f"{n} {label}" for label, n in counts.items()))
+        if self.replay_losses:
+            line += f"; INCOMPLETE: {'; '.join(self.replay_losses)}"
+        return line
 
     def _health_extra(self) -> dict:
         return {}

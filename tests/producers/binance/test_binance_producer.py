@@ -138,6 +138,11 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
     producer, metrics, ended, publisher = await run_producer(
         kafka_bootstrap, topic_prefix, cfg, symbols=["BTCUSDT", "ETHUSDT"], during=during, checkpoint=checkpoint)
     assert ended == "replay-finished"
+    # the trades are repaired from REST, but whatever else was in flight on the aborted connection is
+    # gone: the replay says so (summary, status; `tapeflow produce` exits 1) instead of looking clean
+    assert producer.replay_incomplete and "connection lost mid-replay" in producer.replay_losses[0]
+    assert "INCOMPLETE: connection lost mid-replay" in producer.summary(ended, 0, 0)
+    assert producer.status.detail.startswith("INCOMPLETE replay")
 
     trades = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades")]
     for sym in ("BTCUSDT", "ETHUSDT"):
