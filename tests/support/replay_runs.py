@@ -133,3 +133,31 @@ def backtest_signals(kafka_bootstrap: str, prefix: str, inputs: dict[str, list[d
     runner = BacktestRunner([parse_strategy(STRATEGY)], account="shared")
     runner.run(TopicSource(kafka_bootstrap, list(SYMBOLS), min(times), max(times) + 1, topic_prefix=prefix))
     return canonical({"signals": list(runner.signals)})["signals"]
+
+
+#: the paper executor's settings for replayed sessions: generated data is years old, and a losing
+#: streak of a random walk must not pause the account mid-run
+EXECUTOR_CONFIG = {
+    "timeout_min": 3,
+    "risk": {"max_signal_age_s": FAR_PAST_S, "stale_market_data_s": FAR_PAST_S,
+             "daily_loss_limit_r": 1000, "max_consecutive_losses": 1000},
+}
+
+
+def paper_positions(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path) -> list[dict]:
+    """`tapeflow execute --mode paper --from-beginning` over a finished replay's topics (the executor
+    behind its inputs: it takes them in event-time order, as the backtest does); its `positions`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "executor.yaml"
+    config.write_text(yaml.safe_dump(EXECUTOR_CONFIG))
+    env = service_env(kafka_bootstrap, prefix, workdir)
+    executor = Service("executor", ["execute", "--mode", "paper", "--from-beginning", "--executor-config",
+                                    str(config), "--metrics-port", "0"], env, workdir)
+    try:
+        ends = {prefix + t: record_counts(read_topic(kafka_bootstrap, prefix + t, idle_s=1.0))
+                for t in ("signals", "md.trades")}
+        wait_consumed(kafka_bootstrap, prefix + "tapeflow-executor-paper", ends, [executor], 600)
+        assert executor.stop() == 0, executor.tail()
+    finally:
+        executor.kill()
+    return [r["value"] for r in read_topic(kafka_bootstrap, prefix + "positions", idle_s=1.0)]

@@ -1,0 +1,40 @@
+"""A deliberately loaded machine for tests that claim "the same output whatever the timing".
+
+`cpu_hog()` keeps every core busy for the duration of a `with` block: Debian's `stress-ng` where it is
+installed (`--cpu N`, what a user would reach for), otherwise N busy Python processes. Either way the
+hog processes are children of the test, started in their own process group and killed on exit, even
+when the block raises. Tests must not assert on timing under it: the hog exists to shake out output
+that depends on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+_BUSY = "import os\nos.nice(0)\nwhile True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def cpu_hog(workers: int | None = None) -> Iterator[list[int]]:
+    """Busy-loop `workers` processes (default: one per core) for the block; yields their pids."""
+    n = workers or os.cpu_count() or 2
+    stress = shutil.which("stress-ng")
+    if stress:
+        procs = [subprocess.Popen([stress, "--cpu", str(n), "--cpu-method", "matrixprod", "--quiet"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    else:
+        procs = [subprocess.Popen([sys.executable, "-c", _BUSY], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(n)]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
