@@ -40,10 +40,30 @@ _USER_DIRS = {"XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config", "XDG_DATA_
 _user_dirs_root: str | None = None
 
 
+def _configure_structlog_without_caching() -> None:
+    """In-process tests never cache loggers. `configure_logging` (which code that tests run in-process
+    calls) asks structlog to cache each logger on first use; a cached logger keeps the processors and
+    the output stream of that moment (often the capture of an earlier test), so a later test that
+    configures structlog itself or uses `capture_logs()` saw nothing of that logger. Which test ran
+    first in a pytest-xdist worker then decided whether the executor's refusal lines were seen (two
+    execution tests failed so). Processes the tests start configure logging as users get it."""
+    import structlog
+
+    configure = structlog.configure
+
+    def no_cache(*args, **kwargs):
+        kwargs["cache_logger_on_first_use"] = False
+        return configure(*args, **kwargs)
+
+    structlog.configure = no_cache
+
+
 def pytest_configure(config) -> None:
     """Before any test (and any subprocess a test starts): user-level directories in a temp dir."""
     global _user_dirs_root
     import tempfile
+
+    _configure_structlog_without_caching()
 
     _user_dirs_root = tempfile.mkdtemp(prefix="tapeflow-test-user-dirs-")
     for var, sub in _USER_DIRS.items():
