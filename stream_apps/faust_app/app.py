@@ -44,6 +44,7 @@ from tapeflow_runtime.settings import ConfigError
 
 from .bulk_consumer import BulkConsumer, BulkTransport
 from .config import INPUT_TOPICS, PROGRESS_TOPIC, STATE_TABLE, EngineAppConfig
+from .effects_runner import EffectsRunner
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
 from .processor import Effects, EngineProcessor
@@ -154,6 +155,7 @@ class EngineWorker:
             start_offset=self._start_offset,
         )
         self._lock = asyncio.Lock()
+        self._effects = EffectsRunner(self._perform)
         self._ticker: asyncio.Task | None = None
         self.started_at: float | None = None
         self.batches = 0
@@ -260,8 +262,11 @@ class EngineWorker:
         return self.table.data.get(key.encode())
 
     async def _apply(self, effects: Effects) -> None:
-        if not effects:
-            return
+        """Perform ``effects`` after every earlier set, to the end even if this caller is cancelled
+        (``EffectsRunner``: a stop cancels the timer task, a rebalance the fetch loop)."""
+        await self._effects.run(effects)
+
+    async def _perform(self, effects: Effects) -> None:
         for record in effects.outputs:
             await self._send(record)
         changelog = self.table.changelog_topic.get_topic_name()
