@@ -210,6 +210,10 @@ class TopicSink:
         self._finished.clear()
         self.assignment = []
 
+    def starving(self) -> str | None:
+        """Why an assigned partition is not received (its end offset moves, our commits do not), or None."""
+        return self._lag.starving()
+
     def maintain(self) -> None:
         """Partitions ahead and retention: at start and hourly, never per flush."""
         now = datetime.now(UTC)
@@ -497,10 +501,13 @@ class TopicSink:
         """Make partitions for data outside the maintained window (a replay or backfill of old days).
 
         Partition periods already known to exist are cached, so live data costs a set lookup per
-        table and batch; only a batch reaching into a new period touches the catalog. Returns the
-        periods this transaction ensured: they join the cache (`_learn_covered`) only once it has
-        committed, so another writer never skips a partition that is not visible to it yet (its
-        rows would land in the DEFAULT partition); it calls the function too, which waits for ours.
+        table and batch; only a batch reaching into a new period touches the catalog. Each table's
+        partitions are made and committed in a transaction of their own, before the batch's write:
+        creating one locks its parent ACCESS EXCLUSIVE, and holding that lock while waiting for the
+        next table's deadlocked with any reader of both tables in the other order (seen in the suite:
+        a count of trades, then of depth_updates, while the sink made old days of depth_updates, then
+        of trades; PostgreSQL aborted the reader). Returns the periods ensured, now visible to every
+        writer (`_learn_covered`).
         """
         with self._cache_lock:
             if self._covered_stale:
@@ -522,7 +529,8 @@ class TopicSink:
             if all(p in covered for p in periods):
                 continue
             try:
-                ensure_partitions(conn, table, first, last)
+                with conn.transaction():  # this table only: its parent's lock ends here
+                    ensure_partitions(conn, table, first, last)
             except ValueError as exc:  # a wild timestamp: leave those rows to the DEFAULT partition
                 log.warning("not creating partitions", table=table, reason=str(exc))
                 continue
@@ -556,15 +564,14 @@ class TopicSink:
         """Every table of the batch in one transaction: all of it lands, or none of it."""
         conn = self._connection(slot)
         written: dict[str, int] = defaultdict(int)
+        self._learn_covered(self._cover(conn, batch))
         with conn.transaction():
-            ensured = self._cover(conn, batch)
             for table, parts in batch.copies.items():
                 written[table] += copy_binary(conn, self._by_table[table], copy_payload(parts),
                                               batch.copy_rows[table])
             for table, rows in batch.rows.items():
                 written[table] += write_rows(conn, self._by_table[table], rows)
             recorded = self._record_writes(conn, batch)
-        self._learn_covered(ensured)  # only once the transaction committed
         now = time.monotonic()
         with self._cache_lock:
             for key in recorded:

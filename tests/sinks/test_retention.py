@@ -237,3 +237,44 @@ def test_an_old_backfill_survives_a_sink_restart_and_its_maintenance(kafka_boots
         assert conn.execute("SELECT * FROM tapeflow_droppable_partitions('depth_updates', %s, %s)",
                             (now - 7 * DAY, now + DAY)).fetchall() == [("depth_updates_p20260101",)]
     assert _counts(db) == (20_000, 4_000)
+
+
+def _lock_waiter(conn, exclude_pid: int) -> int | None:
+    row = conn.execute("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s "
+                       "AND datname = current_database()", (exclude_pid,)).fetchone()
+    return row[0] if row else None
+
+
+@pytest.mark.integration
+def test_a_reader_of_two_tables_is_never_deadlocked_by_the_sink_making_old_partitions(kafka_bootstrap, topic_prefix,
+                                                                                      db, tmp_path):
+    """The sink makes each table's partitions in a transaction of its own: while it waits for one
+    parent's lock it holds no other's. It once made them inside the batch's write transaction
+    (depth_updates, then trades), and a reader counting trades, then depth_updates, in one
+    transaction deadlocked with it; PostgreSQL aborted the reader (a suite run, 2026-11-25)."""
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    env = {**os.environ, "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_DATABASE_URL": _url(db),
+           "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_HOME": str(tmp_path / "home")}
+    env.pop("TAPEFLOW_RETENTION", None)
+    _produce(kafka_bootstrap, topic_prefix, [_trade(i) for i in range(3_000)], [_depth(i) for i in range(600)])
+    with psycopg.connect(db) as reader, psycopg.connect(db, autocommit=True) as watcher:
+        reader_pid = reader.info.backend_pid
+        assert reader.execute("SELECT count(*) FROM trades").fetchone()[0] == 0  # trades locked until commit
+        sink = _start_sink(env)
+        try:
+            deadline = time.monotonic() + 90
+            while (waiter := _lock_waiter(watcher, reader_pid)) is None:  # the sink, held up by the reader
+                assert sink.poll() is None, sink.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the sink never waited for the reader's lock"
+                time.sleep(0.05)
+            held = watcher.execute(
+                "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE l.pid = %s AND l.granted AND l.mode = 'AccessExclusiveLock'", (waiter,)).fetchall()
+            assert not [name for name, _ in held if name.startswith("depth_updates")], held
+            # the second table of the reader's transaction: a deadlock before the fix
+            assert reader.execute("SELECT count(*) FROM depth_updates").fetchone()[0] >= 0
+            reader.commit()
+            _wait(lambda: _counts(db) == (3_000, 600), 90, sink)
+        finally:
+            sink.terminate()
+            sink.wait(30)
