@@ -154,7 +154,7 @@ class ExecutorService:
         self._start: dict[tuple[str, int], int] = {}  # topic-partition not read yet -> the offset it starts at
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
-        self._lag = LagProbe(self.metrics.lag, self._group)
+        self._lag = LagProbe(self.metrics.lag, self._group, starvation_window_s=settings.starvation_window_s)
         self._risk: Consumer | None = None
         self._reconciled_once = False
         self.broker = broker
@@ -204,7 +204,8 @@ class ExecutorService:
                     if self.reconciler is not None and self.reconciler.due(now):
                         self._reconcile(ex, now)
                     self._refresh_gauges(ex, now)
-                    self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic())
+                    self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic(),
+                                           paused=[(self.prefix + t, p) for t, p in self._paused])
                 self.publisher.poll(0)
                 if now >= next_commit:
                     next_commit = now + self.options.commit_interval_ms
@@ -418,7 +419,11 @@ class ExecutorService:
     def health(self) -> dict[str, Any]:
         ex = self.executor
         now = self.clock()
-        return {"status": self.status, "mode": self.mode,
+        starving = self._lag.starving()
+        body: dict[str, Any] = {"status": "degraded" if starving and self.status == "running" else self.status}
+        if starving:
+            body["detail"] = f"degraded: {starving}"
+        return {**body, "mode": self.mode,
                 "open_positions": len(ex.positions) if ex else 0,
                 "risk_state": ex.guard.state_name(now) if ex else None,
                 "sole_writer": ex.owner_ok if ex else False,

@@ -101,6 +101,7 @@ class SinkConfig:
     retention: dict[str, RetentionPolicy] = field(default_factory=resolve_policies)
     columnar: bool = True  # decode flat topics a fetch at a time (sinks.columnar)
     writers: int = 2  # writer threads, each with its own connection (parallel PostgreSQL backends)
+    starvation_window_s: float = 60.0  # end offset moving, commits not, this long: degraded (LagProbe)
 
 
 @dataclass
@@ -182,7 +183,7 @@ class TopicSink:
         self.started_at = datetime.now(UTC)
         self.database_down = False  # a batch is waiting for the database (what /health reports)
         self.metrics.expect_tables(sorted(self._by_table))
-        self._lag = LagProbe(self.metrics.lag, config.group_id)
+        self._lag = LagProbe(self.metrics.lag, config.group_id, starvation_window_s=config.starvation_window_s)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def _make_consumer(self) -> Consumer:

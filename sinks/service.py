@@ -38,7 +38,8 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
     # cluster must not share (and split) one group
     config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix,
                         group_id=f"{settings.topic_prefix}tapeflow-sink",
-                        retention=resolve_policies(settings.retention), writers=settings.sink_writers)
+                        retention=resolve_policies(settings.retention), writers=settings.sink_writers,
+                        starvation_window_s=settings.starvation_window_s)
     metrics = SinkMetrics()
     sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
                      AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)
@@ -46,9 +47,11 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
 
     def health() -> dict:
         ok = sink.committed_batches > 0 or time.time() - started < 60 or bool(sink.assignment)
-        status = "database-down" if sink.database_down else ("running" if ok else "idle")
-        return {"status": status, "detail": f"{sink.committed_batches} batches committed, "
-                f"{len(sink.assignment)} partitions assigned"}
+        starving = sink.starving()
+        status = ("database-down" if sink.database_down else "degraded" if starving
+                  else "running" if ok else "idle")
+        detail = f"{sink.committed_batches} batches committed, {len(sink.assignment)} partitions assigned"
+        return {"status": status, "detail": f"degraded: {starving}; {detail}" if starving else detail}
 
     runner, port = await serve(build_app(metrics.registry, health, frozenset({"running", "idle"})),
                                metrics_host, metrics_port)

@@ -65,6 +65,7 @@ def engine_config(
         metrics_host=metrics_host or settings.metrics_host,
         metrics_port=metrics_port,
         log_level=settings.log_level,
+        starvation_window_s=settings.starvation_window_s,
     )
 
 

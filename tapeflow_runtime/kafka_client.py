@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas.catalogue import TopicSpec, all_topics, topic_configs
 from tapeflow_runtime.health import Health
+from tapeflow_runtime.starvation import StarvationWatch
 
 # Fast group joins on a single-node dev/test broker; production deployments override via env.
 FAST_GROUP_CONFIG = {
@@ -165,25 +166,37 @@ def describe_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> 
 
 
 class LagProbe:
-    """Keeps a ``*_consumer_lag_messages{group, topic, partition}`` gauge of a confluent-kafka consumer.
+    """Keeps a ``*_consumer_lag_messages{group, topic, partition}`` gauge of a confluent-kafka consumer,
+    and tells whether its partitions receive records it does not (``starving``).
 
-    lag = high watermark - the group's committed offset (the low watermark before the first commit:
+    lag = end offset - the group's committed offset (the low watermark before the first commit:
     everything retained is unread). Refreshed at most every ``interval_s`` from the consumer's own
-    loop; one OffsetFetch per refresh, and the watermarks librdkafka caches from its fetch responses
-    (asked from the broker only for a partition not fetched yet). Partitions no longer assigned lose
-    their series, so a rebalance leaves no stale lag behind. Tansu's high watermark counts batches,
-    so there the gauge is a lower bound (never below 0).
+    loop: one OffsetFetch and one ListOffsets(latest) for all assigned partitions per refresh. The
+    end offsets are asked from the broker, not taken from librdkafka's cache: the cache is filled by
+    fetch responses, and a consumer the broker starves (Tansu past ~20,000 batches in a partition
+    answers its fetches with nothing) never learns that the end moved. The samples feed a
+    ``StarvationWatch``: a partition whose end offset moves while the committed offset does not for
+    ``starvation_window_s`` makes ``starving()`` name it. Partitions no longer assigned lose their
+    series, so a rebalance leaves no stale lag behind. Tansu's high watermark counts batches, so there
+    the gauge is a lower bound (never below 0).
     """
 
-    def __init__(self, gauge, group: str, interval_s: float = 5.0, timeout_s: float = 5.0) -> None:
+    def __init__(self, gauge, group: str, interval_s: float = 5.0, timeout_s: float = 5.0,
+                 starvation_window_s: float = 60.0) -> None:
         self.gauge = gauge
         self.group = group
-        self.interval_s = interval_s
+        self.interval_s = min(interval_s, starvation_window_s / 3)  # at least 3 samples per window
         self.timeout_s = timeout_s
+        self.watch = StarvationWatch(starvation_window_s)
         self._next = 0.0
         self._shown: set[tuple[str, int]] = set()
 
-    def maybe_refresh(self, consumer, assignment, now: float) -> None:
+    def starving(self) -> str | None:
+        """``None`` while every assigned partition is received; else why not (one line)."""
+        return self.watch.reason()
+
+    def maybe_refresh(self, consumer, assignment, now: float, paused: Iterable[tuple[str, int]] = ()) -> None:
+        """``paused``: (topic, partition) the consumer paused itself; not read on purpose, not starving."""
         if now < self._next:
             return
         self._next = now + self.interval_s
@@ -194,14 +207,30 @@ class LagProbe:
             self.gauge.remove(self.group, topic, str(partition))
         self._shown = current
         if not current:
+            self.watch.observe(now, {})
             return
         try:
-            committed = consumer.committed([TopicPartition(t, p) for t, p in sorted(current)], timeout=self.timeout_s)
+            wanted = [TopicPartition(t, p) for t, p in sorted(current)]
+            committed = consumer.committed(wanted, timeout=self.timeout_s)
+            # offsets_for_times with the logical offset OFFSET_END (-1) as the "time": one
+            # ListOffsets(latest) request for every partition, answered by the broker
+            ends = {(tp.topic, tp.partition): tp.offset
+                    for tp in consumer.offsets_for_times([TopicPartition(t, p, -1) for t, p in sorted(current)],
+                                                         timeout=self.timeout_s) if tp.error is None}
+            samples: dict[str, tuple[int | None, int | None]] = {}
+            skip = set(paused)
             for tp in committed:
-                low, high = consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-                if high < 0:
-                    low, high = consumer.get_watermark_offsets(tp, timeout=self.timeout_s)
-                done = tp.offset if tp.offset >= 0 else low
-                self.gauge.labels(self.group, tp.topic, str(tp.partition)).set(max(0, high - done))
+                high = ends.get((tp.topic, tp.partition), -1)
+                done = tp.offset
+                if done < 0:  # nothing committed yet: everything from the log start is unread
+                    done = (consumer.get_watermark_offsets(tp, cached=True) or (-1, -1))[0]
+                    if done < 0:
+                        done = consumer.get_watermark_offsets(tp, timeout=self.timeout_s)[0]
+                if high >= 0:
+                    self.gauge.labels(self.group, tp.topic, str(tp.partition)).set(max(0, high - max(done, 0)))
+                if (tp.topic, tp.partition) in skip:
+                    continue
+                samples[f"{tp.topic}[{tp.partition}]"] = (done if done >= 0 else None, high if high >= 0 else None)
+            self.watch.observe(now, samples)
         except KafkaException as exc:  # a broker hiccup: keep the last values, try again next interval
             _QUIET.debug("lag probe failed: %s", exc)

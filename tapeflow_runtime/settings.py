@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     sink_writers: int = Field(default=2, ge=1, le=16,
                               description="Sink writer threads, each with its own database connection.")
+    starvation_window_s: float = Field(
+        default=60.0, gt=0, description="A consumer (sink, engine, executor) whose partition's end offset moves "
+        "while its position stays put this long reports itself degraded.")
     startup_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
     writer_password: SecretStr | None = Field(

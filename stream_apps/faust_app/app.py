@@ -41,6 +41,7 @@ from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig, load_strategy
 from tapeflow_runtime.settings import ConfigError
+from tapeflow_runtime.starvation import StarvationWatch
 
 from .bulk_consumer import BulkConsumer, BulkTransport
 from .config import INPUT_TOPICS, PROGRESS_TOPIC, STATE_TABLE, EngineAppConfig
@@ -51,6 +52,7 @@ from .processor import Effects, EngineProcessor
 
 log = structlog.get_logger("engine")
 TICK_S = 0.25
+STARVATION_SAMPLE_S = 5.0
 STEP_RECORDS = 5_000  # per partition: bounds the event-loop time one step of a large fetch takes
 
 
@@ -157,6 +159,8 @@ class EngineWorker:
         self._lock = asyncio.Lock()
         self._effects = EffectsRunner(self._perform)
         self._ticker: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
+        self.starvation = StarvationWatch(config.starvation_window_s)
         self.started_at: float | None = None
         self.batches = 0
         self.crashed: BaseException | None = None
@@ -174,14 +178,16 @@ class EngineWorker:
         await self.app.start()
         self.started_at = time.monotonic()
         self._ticker = asyncio.create_task(self._tick_forever())
+        self._watcher = asyncio.create_task(self._watch_inputs_forever())
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
+        for task in (self._watcher, self._ticker):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         await self.app.stop()
 
     def health(self) -> dict[str, Any]:
@@ -191,6 +197,9 @@ class EngineWorker:
             return {"status": "starting", "detail": "joining the group"}
         assigned = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics})
         state = "rebalancing" if self.app.rebalancing else "running"
+        starving = self.starvation.reason()
+        if starving and state == "running":
+            return {"status": "degraded", "detail": f"degraded: {starving}"}
         waiting = self.processor.progress.waiting()
         progress = f", {len(waiting)} symbols released by progress markers" if waiting else ""
         return {"status": state, "detail": f"partitions {assigned}, {len(self.processor.owned)} symbols, "
@@ -250,6 +259,25 @@ class EngineWorker:
                 self.crashed = exc
                 await self.app.crash(exc)
                 return
+
+    async def _watch_inputs_forever(self) -> None:
+        """Every ``STARVATION_SAMPLE_S``: each input partition's read position against its end offset asked
+        from the broker (``StarvationWatch``); ``health`` says ``degraded`` for one that receives records
+        this worker does not read (Tansu past ~20,000 batches in a partition answers fetches with nothing)."""
+        consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
+        while True:
+            await asyncio.sleep(STARVATION_SAMPLE_S)
+            if not consumer.flow_active or self.app.rebalancing:
+                self.starvation.observe(time.monotonic(), {})  # positions restart with the new assignment
+                continue
+            partitions = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
+            try:
+                ends = await consumer.highwaters(*partitions) if partitions else {}
+            except Exception as exc:  # noqa: BLE001 - a broker hiccup: sample again next time
+                log.debug("end offsets unavailable: %r", exc)
+                continue
+            self.starvation.observe(time.monotonic(), {
+                f"{tp.topic}[{tp.partition}]": (consumer.read_position(tp), ends.get(tp)) for tp in partitions})
 
     # -- effects, in their safe order ----------------------------------------------------------
     def _caught_up(self, topic: str, partition: int) -> bool:

@@ -105,6 +105,10 @@ class BulkConsumer(aiokafka_driver.Consumer):
         self._start_offset = {tp: offset for tp, offset in committed.items() if offset and offset > 0}
         return committed
 
+    def read_position(self, tp: TP) -> int | None:
+        """The offset after the last record delivered (where reading restarted, before the first)."""
+        return self._next_offset.get(tp, self._start_offset.get(tp))
+
     def lag(self, tp: TP) -> int | None:
         highwater = self.highwater(tp)
         next_offset = self._next_offset.get(tp, self._start_offset.get(tp))

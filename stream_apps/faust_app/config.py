@@ -66,6 +66,9 @@ class EngineAppConfig(BaseModel):
 
     # Faust / consumer group
     commit_interval_s: float = Field(default=1.0, gt=0)
+    starvation_window_s: float = Field(
+        default=60.0, gt=0, description="an input partition whose end offset moves while this worker reads "
+        "nothing from it for this long makes /health say degraded")
     broker_session_timeout_s: float = Field(default=6.0, gt=0)
     broker_heartbeat_interval_s: float = Field(default=1.0, gt=0)
     broker_rebalance_timeout_s: float = Field(default=6.0, gt=0)

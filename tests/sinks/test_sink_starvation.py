@@ -1,0 +1,90 @@
+"""A sink the broker starves says so: ``/health`` answers 503 ``degraded`` with the partition and why.
+
+On the embedded broker (Tansu 0.6.0) a consumer with the live 10 ms fetch wait receives nothing from a
+partition of ~20,000+ record batches; the sink used to keep saying ``running`` while it stored
+nothing (issue 21: 28,216 of 56,756 trades stored, ``tapeflow status`` said ok). Here the partition
+holds 30,000 single-record batches (what a live producer writes at one trade per batch) and keeps
+receiving one more every half second, while the sink's committed offset cannot move.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+
+from tapeflow.stack.app_services import http_json
+from tapeflow.stack.process import free_port
+from tapeflow_runtime.kafka_client import ensure_topics
+from tests.sinks.test_sink import SERDE, TRADES_RANGE, trade
+from tests.support.kafka import single_record_batches
+from tests.support.storage import migrate_for_rows
+
+pytestmark = pytest.mark.integration
+
+BATCHES = 30_000
+
+
+def _url(conninfo: str) -> str:
+    d = psycopg.conninfo.conninfo_to_dict(conninfo)
+    return f"postgresql://{d['user']}:{d['password']}@{d['host']}:{d['port']}/{d['dbname']}"
+
+
+@pytest.mark.timeout(300)
+def test_a_starving_sink_reports_degraded_with_the_partition(kafka_bootstrap, topic_prefix, database, tmp_path):
+    migrate_for_rows(database, TRADES_RANGE)
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    topic = topic_prefix + "md.trades"
+    single_record_batches(kafka_bootstrap, topic, [SERDE.encode("md.trades", trade(i)) for i in range(BATCHES)], 0)
+    port = free_port()
+    env = {**os.environ, "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_DATABASE_URL": _url(database),
+           "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_HOME": str(tmp_path / "home"),
+           "TAPEFLOW_STARVATION_WINDOW_S": "6"}
+    sink = subprocess.Popen([sys.executable, "-m", "tapeflow", "sink", "--topics", "md.trades",
+                             "--metrics-port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    stop = threading.Event()
+
+    def trickle():  # the exchange keeps trading: the partition's end offset moves
+        i = BATCHES
+        while not stop.wait(0.5):
+            single_record_batches(kafka_bootstrap, topic, [SERDE.encode("md.trades", trade(i))], 0)
+            i += 1
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    seen = []
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert sink.poll() is None, sink.stderr.read().decode()[-2000:]
+            code, body = http_json(f"http://127.0.0.1:{port}/health")
+            if code:
+                seen.append(body.get("status"))
+            if body.get("status") == "degraded":
+                break
+            assert time.monotonic() < deadline, f"never degraded; statuses seen {sorted(set(seen))}"
+            time.sleep(0.5)
+        assert code == 503
+        detail = body["detail"]
+        match = re.match(rf"degraded: {re.escape(topic)}\[0\] not receiving: position ([\d,]+) for \d+ s "
+                         r"while the end offset moved [\d,]+ -> ([\d,]+);", detail)
+        assert match and "more partitions" not in detail, detail
+        position, end = (int(g.replace(",", "")) for g in match.groups())
+        assert position < BATCHES < end, detail
+        assert "running" in seen or "idle" in seen  # healthy first, until the window had passed
+        with psycopg.connect(database) as conn:
+            stored = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+        assert stored < BATCHES  # it really is not receiving: what the status now says
+        print(f"\n{detail} ({stored} of {BATCHES} stored)")
+    finally:
+        stop.set()
+        feeder.join(10)
+        sink.terminate()
+        sink.wait(30)
