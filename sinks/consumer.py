@@ -102,6 +102,11 @@ class SinkConfig:
     columnar: bool = True  # decode flat topics a fetch at a time (sinks.columnar)
     writers: int = 2  # writer threads, each with its own connection (parallel PostgreSQL backends)
     starvation_window_s: float = 60.0  # end offset moving, commits not, this long: degraded (LagProbe)
+    # the history readers' wait: on Tansu a fetch that takes longer than its wait to assemble is answered
+    # empty, and its cost grows with the partition's batches; with the live 10 ms a sink received nothing
+    # past ~20,000 batches, with 500 ms it still did at 320,000 (benchmarks/RESULTS.md, bench_tansu_fetch).
+    # Apache Kafka answers as soon as data is there, so the wait costs nothing while data flows.
+    fetch_wait_ms: int = 500
 
 
 @dataclass
@@ -188,7 +193,8 @@ class TopicSink:
     # --- lifecycle -------------------------------------------------------------------------------------
     def _make_consumer(self) -> Consumer:
         consumer = Consumer(consumer_config(self.bootstrap, self.config.group_id,
-                                            **{"enable.auto.offset.store": False, **PREFETCH_CONFIG}))
+                                            **{"enable.auto.offset.store": False, **PREFETCH_CONFIG,
+                                               "fetch.wait.max.ms": self.config.fetch_wait_ms}))
         consumer.subscribe(list(self.specs), on_assign=self._on_assign, on_revoke=self._on_revoke)
         return consumer
 

@@ -39,7 +39,8 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
     config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix,
                         group_id=f"{settings.topic_prefix}tapeflow-sink",
                         retention=resolve_policies(settings.retention), writers=settings.sink_writers,
-                        starvation_window_s=settings.starvation_window_s)
+                        starvation_window_s=settings.starvation_window_s,
+                        fetch_wait_ms=settings.sink_fetch_wait_ms)
     metrics = SinkMetrics()
     sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
                      AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)

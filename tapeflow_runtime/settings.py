@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     sink_writers: int = Field(default=2, ge=1, le=16,
                               description="Sink writer threads, each with its own database connection.")
+    sink_fetch_wait_ms: int = Field(
+        default=500, ge=1, le=5_000, description="The sink's fetch wait: long enough for the embedded broker "
+        "to assemble a fetch from a partition of many record batches (10 ms starves past ~20,000).")
     starvation_window_s: float = Field(
         default=60.0, gt=0, description="A consumer (sink, engine, executor) whose partition's end offset moves "
         "while its position stays put this long reports itself degraded.")

@@ -45,7 +45,7 @@ def test_a_starving_sink_reports_degraded_with_the_partition(kafka_bootstrap, to
     port = free_port()
     env = {**os.environ, "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_DATABASE_URL": _url(database),
            "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_HOME": str(tmp_path / "home"),
-           "TAPEFLOW_STARVATION_WINDOW_S": "6"}
+           "TAPEFLOW_STARVATION_WINDOW_S": "6", "TAPEFLOW_SINK_FETCH_WAIT_MS": "10"}  # the live wait
     sink = subprocess.Popen([sys.executable, "-m", "tapeflow", "sink", "--topics", "md.trades",
                              "--metrics-port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -88,3 +88,30 @@ def test_a_starving_sink_reports_degraded_with_the_partition(kafka_bootstrap, to
         feeder.join(10)
         sink.terminate()
         sink.wait(30)
+
+
+@pytest.mark.timeout(300)
+def test_with_its_default_fetch_wait_the_sink_stores_a_partition_of_many_batches(kafka_bootstrap, topic_prefix,
+                                                                                  database):
+    """The same partition of 30,000 single-record batches with the sink's default 500 ms fetch wait (the
+    history readers'): Tansu assembles those fetches in time, every trade is stored once, and the
+    sink never reports starving."""
+    from sinks.consumer import SinkConfig, TopicSink
+    from tests.sinks.test_sink import count, run_sink_until
+
+    migrate_for_rows(database, TRADES_RANGE)
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    single_record_batches(kafka_bootstrap, topic_prefix + "md.trades",
+                          [SERDE.encode("md.trades", trade(i)) for i in range(BATCHES)], 0)
+    sink = TopicSink(SinkConfig(topics=["md.trades"], topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink",
+                                starvation_window_s=6.0), kafka_bootstrap, database, SERDE)
+    assert sink.config.fetch_wait_ms == 500
+    verdicts = []
+
+    def stored_all() -> bool:
+        verdicts.append(sink.starving())
+        return sink.metrics.records._value.get() >= BATCHES
+
+    run_sink_until(sink, stored_all, timeout=150)
+    assert count(database) == BATCHES
+    assert not any(verdicts), [v for v in verdicts if v]
