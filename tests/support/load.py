@@ -1,6 +1,7 @@
 """A deliberately loaded machine for tests that claim "the same output whatever the timing".
 
-`cpu_hog()` keeps every core busy for the duration of a `with` block: Debian's `stress-ng` where it is
+`cpu_hog()` keeps every core busy for the duration of a `with` block (inside the parallel suite, where
+the other workers load the cores already, it adds one busy process): Debian's `stress-ng` where it is
 installed (`--cpu N`, what a user would reach for), otherwise N busy Python processes. Either way the
 hog processes are children of the test, started in their own process group and killed on exit, even
 when the block raises. Tests must not assert on timing under it: the hog exists to shake out output
@@ -20,10 +21,19 @@ from collections.abc import Iterator
 _BUSY = "import os\nos.nice(0)\nwhile True:\n    pass\n"
 
 
+def default_hog_workers() -> int:
+    """One busy process per core; inside the parallel suite (pytest-xdist) one, as the suite's other
+    workers already keep every core busy (load average 4-8 on 2 cores during `make test`): a hog per
+    core there only took CPU from the other workers' tests and lengthened the suite."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return 1
+    return os.cpu_count() or 2
+
+
 @contextlib.contextmanager
 def cpu_hog(workers: int | None = None) -> Iterator[list[int]]:
-    """Busy-loop `workers` processes (default: one per core) for the block; yields their pids."""
-    n = workers or os.cpu_count() or 2
+    """Busy-loop `workers` processes (default: `default_hog_workers()`) for the block; yields their pids."""
+    n = workers or default_hog_workers()
     stress = shutil.which("stress-ng")
     if stress:
         procs = [subprocess.Popen([stress, "--cpu", str(n), "--cpu-method", "matrixprod", "--quiet"],
