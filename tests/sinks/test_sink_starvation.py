@@ -36,7 +36,7 @@ def _url(conninfo: str) -> str:
     return f"postgresql://{d['user']}:{d['password']}@{d['host']}:{d['port']}/{d['dbname']}"
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_a_starving_sink_reports_degraded_with_the_partition(kafka_bootstrap, topic_prefix, database, tmp_path):
     migrate_for_rows(database, TRADES_RANGE)
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
@@ -90,7 +90,7 @@ def test_a_starving_sink_reports_degraded_with_the_partition(kafka_bootstrap, to
         sink.wait(30)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_with_its_default_fetch_wait_the_sink_stores_a_partition_of_many_batches(kafka_bootstrap, topic_prefix,
                                                                                   database):
     """The same partition of 30,000 single-record batches with the sink's default 500 ms fetch wait (the
