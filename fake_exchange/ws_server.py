@@ -81,7 +81,6 @@ class StreamConnection:
         self.idle = asyncio.Event()
         self.idle.set()
         self._queue: asyncio.Queue[tuple[float, RecordedFrame | str]] = asyncio.Queue()
-        self._garbage_kind = 0
 
     def wants(self, stream: str) -> bool:
         return stream in self.streams
@@ -155,8 +154,12 @@ class StreamConnection:
             drop_connections(state, state.faults.settings.drop_mode)
 
     def _garbage(self, frame: RecordedFrame) -> str:
-        """Rotate through: non-JSON text, JSON of an unknown shape, a known stream with a hollow payload."""
-        kind, self._garbage_kind = self._garbage_kind, (self._garbage_kind + 1) % 3
+        """Rotate through: non-JSON text, JSON of an unknown shape, a known stream with a hollow payload.
+
+        The rotation is the exchange's, not the connection's: per connection it restarted at "not JSON"
+        after every reconnect, and a client dropped early never saw the third kind (a producer test
+        failed so on a loaded machine)."""
+        kind = self.state.garbage_sent % 3
         if kind == 0:
             return "}{ this frame is not JSON"
         if kind == 1:

@@ -46,7 +46,7 @@ class BybitConnection(StreamConnection):
         return f"fake-{self.conn_id}"
 
     def _garbage(self, frame: RecordedFrame) -> str:
-        kind, self._garbage_kind = self._garbage_kind, (self._garbage_kind + 1) % 3
+        kind = self.state.garbage_sent % 3  # the exchange's rotation, across reconnects (see the Binance fake)
         if kind == 0:
             return "}{ this frame is not JSON"
         if kind == 1:

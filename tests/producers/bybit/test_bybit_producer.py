@@ -224,7 +224,7 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
         fake.drop_connections()
 
     producer, metrics, ended, publisher, fake = await run_producer(
-        kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 53}, speed=8.0)
+        kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 31}, speed=8.0)
     assert ended == "replay-finished" and publisher.healthy
     records = read_topics(kafka_bootstrap, topic_prefix)
 
