@@ -210,12 +210,12 @@ class LagProbe:
             self.watch.observe(now, {})
             return
         try:
-            wanted = [TopicPartition(t, p) for t, p in sorted(current)]
-            committed = consumer.committed(wanted, timeout=self.timeout_s)
+            parts = sorted(current)
+            committed = consumer.committed([TopicPartition(t, p) for t, p in parts], timeout=self.timeout_s)
             # offsets_for_times with the logical offset OFFSET_END (-1) as the "time": one
             # ListOffsets(latest) request for every partition, answered by the broker
             ends = {(tp.topic, tp.partition): tp.offset
-                    for tp in consumer.offsets_for_times([TopicPartition(t, p, -1) for t, p in sorted(current)],
+                    for tp in consumer.offsets_for_times([TopicPartition(t, p, -1) for t, p in parts],
                                                          timeout=self.timeout_s) if tp.error is None}
             samples: dict[str, tuple[int | None, int | None]] = {}
             skip = set(paused)

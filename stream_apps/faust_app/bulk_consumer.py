@@ -86,7 +86,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
         highwater = self.highwater(tp)
         if highwater is None:
             return False
-        next_offset = self._next_offset.get(tp, self._start_offset.get(tp))
+        next_offset = self.read_position(tp)
         return next_offset is not None and next_offset >= highwater
 
     async def resolve_start_offsets(self, tps: Sequence[TP]) -> None:
@@ -111,7 +111,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
 
     def lag(self, tp: TP) -> int | None:
         highwater = self.highwater(tp)
-        next_offset = self._next_offset.get(tp, self._start_offset.get(tp))
+        next_offset = self.read_position(tp)
         if highwater is None or next_offset is None:
             return None
         return max(highwater - next_offset, 0)
