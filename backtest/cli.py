@@ -357,7 +357,7 @@ def verify_command(settings: Settings, strategies: list[StrategyConfig], config:
     from backtest.sources import SourceError, check_symbols
     from backtest.sources.topics import TopicSource
     from backtest.verify import WARMUP_MS, compare
-    from execution.state_reader import StateReadError, read_to_end
+    from tapeflow_runtime.topic_reader import StateReadError, read_to_end
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
 

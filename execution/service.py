@@ -66,7 +66,7 @@ from execution.safety import (
     check_mode_allowed,
     startup_echo,
 )
-from execution.state_reader import StateReadError, read_to_end
+from tapeflow_runtime.topic_reader import StateReadError, read_to_end
 from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     starvation_window_s: float = Field(
         default=60.0, gt=0, description="A consumer (sink, engine, executor) whose partition's end offset moves "
         "while its position stays put this long reports itself degraded.")
+    epoch_max_batches: int = Field(
+        default=10_000, ge=0, description="Embedded broker: roll every topic over to a new epoch before any "
+        "partition holds this many record batches (Tansu answers nothing past ~20,000; see README); 0 = never.")
+    epoch_check_s: float = Field(default=10.0, gt=0, description="How often the supervisor counts batches.")
+    epochs_file: Path | None = Field(
+        default=None, description="Set by the supervisor for its producer: the epochs file it follows.")
     startup_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
     writer_password: SecretStr | None = Field(

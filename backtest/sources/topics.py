@@ -19,7 +19,7 @@ from typing import Any
 from backtest.inputs import DEFAULT_SLICE_MS, ENGINE_TIME, MarketSlice, Record, SourceReport
 from backtest.sources import SourceError
 from backtest.sources.records import RecordSource
-from execution.state_reader import StateReadError, read_to_end
+from tapeflow_runtime.topic_reader import StateReadError, read_to_end
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 

@@ -246,4 +246,5 @@ class VenueProducer:
     def health(self) -> dict:
         return {"status": self.status.state, "detail": self.status.detail,
                 "books_live": sum(b.is_live for b in self.books.values()), "symbols": len(self.books),
-                "publisher_healthy": self.publisher.healthy, **self._health_extra()}
+                "publisher_healthy": self.publisher.healthy, "topic_prefix": self.publisher.prefix,
+                **self._health_extra()}

@@ -100,7 +100,14 @@ class BulkConsumer(aiokafka_driver.Consumer):
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
-        # aiokafka seeks only to offsets > 0; the others (re)start at the log start (earliest)
+        # aiokafka seeks only to offsets > 0 and leaves a partition committed at 0 wherever its reset
+        # put it: measured on Tansu, a new group (a topic epoch's, primed at 0) with records waiting
+        # read them from the END first, then from 0 after a later seek; Faust recorded the skipped
+        # head as a gap and its commit then advanced one offset per commit (acked offsets doubled).
+        # Seeking those partitions to 0 explicitly makes "committed 0" mean "from the start".
+        for tp, offset in committed.items():
+            if offset == 0:
+                await self.seek(tp, 0)
         self._next_offset.clear()
         self._start_offset = {tp: offset for tp, offset in committed.items() if offset and offset > 0}
         return committed

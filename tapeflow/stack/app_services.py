@@ -105,33 +105,58 @@ class ProducerService(HttpHealthService):
             rest = f"http://{HOST}:{self.fake.rest_port}"
             argv += ["--ws-url", ws, "--rest-url", rest, "--spot-url", rest, "--coinbase-url", rest,
                      "--replay-control-url", rest, "--symbols-from-recording"]
-        return Launch(argv=argv, address=f"{HOST}:{port}")
+        return Launch(argv=argv, address=f"{HOST}:{port}", env=self.epochs_env())
+
+    def epochs_env(self) -> dict[str, str] | None:
+        """On the embedded broker the producer follows the stack's topic epochs (`tapeflow_runtime.epochs`)."""
+        from tapeflow_runtime.epochs import EPOCHS_FILE, rollover_enabled
+
+        if not rollover_enabled(self.settings):
+            return None
+        return {"TAPEFLOW_EPOCHS_FILE": str(self.paths.home / EPOCHS_FILE)}
 
 
-class SinkService(HttpHealthService):
+class EpochConsumer(HttpHealthService):
+    """A consumer of one topic epoch (``tapeflow_runtime.epochs``): its topics and its group carry the
+    epoch's prefix, given to the process as its TAPEFLOW_TOPIC_PREFIX. During a rollover the old
+    epoch's instance is renamed (``sink-e3``) and drains while the new one runs as ``sink``."""
+
+    concurrent = True
+
+    def __init__(self, settings, paths, prefix: str | None = None) -> None:
+        super().__init__(settings, paths)
+        self.prefix = settings.topic_prefix if prefix is None else prefix
+
+    def launch(self, argv: list[str]) -> Launch:
+        port = free_port(HOST)
+        return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}",
+                      env={"TAPEFLOW_TOPIC_PREFIX": self.prefix})
+
+
+class SinkService(EpochConsumer):
     """Every topic into the database (runs before the producer so nothing waits in the topics long)."""
 
     name = "sink"
-    concurrent = True
 
     def prepare(self) -> Launch:
-        port = free_port(HOST)
-        return Launch(argv=[sys.executable, "-m", "tapeflow", "sink", "--metrics-port", str(port)],
-                      address=f"{HOST}:{port}")
+        return self.launch([sys.executable, "-m", "tapeflow", "sink"])
 
 
-class ExecutorService(HttpHealthService):
+class ExecutorService(EpochConsumer):
     """The paper executor: every signal is paper-traded by default (live trading is never started here)."""
 
     name = "executor"
-    concurrent = True
+    mode = "paper"
 
     def prepare(self) -> Launch:
-        port = free_port(HOST)
-        argv = [sys.executable, "-m", "tapeflow", "execute", "--mode", "paper", "--metrics-port", str(port)]
+        argv = [sys.executable, "-m", "tapeflow", "execute", "--mode", self.mode]
         if self.settings.replay_dir is not None or self.settings.namespace:
             argv += ["--executor-config", str(self.replay_config())]
-        return Launch(argv=argv, address=f"{HOST}:{port}")
+        return self.launch(argv)
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.prefix}tapeflow-executor-{self.mode}"
 
     def replay_config(self) -> Path:
         """Paper settings for a replay: a recording's signals and prices are years old on the wall
@@ -145,29 +170,37 @@ class ExecutorService(HttpHealthService):
         return path
 
 
-class EngineService(HttpHealthService):
+class EngineService(EpochConsumer):
     """The signal engine (one Faust worker): md.* in, bars.1m / features / signals out.
 
     Up once its endpoint answers: joining the consumer group and restoring state from the changelog
     take a few seconds more, and `status` shows "starting" or "rebalancing" until it runs."""
 
     name = "engine"
-    concurrent = True
     ready_when_answering = True
 
     def prepare(self) -> Launch:
-        port = free_port(HOST)
-        argv = [sys.executable, "-m", "tapeflow", "engine", "--metrics-port", str(port)]
+        argv = [sys.executable, "-m", "tapeflow", "engine"]
         # a replay needs no lateness allowance: the replay's producer publishes progress markers and the
         # engine (`--wait-for-progress`, the default for a replay source) releases its inputs by them;
         # live, a new group waits for the producer's warm start the same way (its history comes first)
         if self.settings.replay_dir is None and not self.settings.namespace and self.settings.warm_start_hours > 0:
             argv.append("--wait-for-progress")
-        return Launch(argv=argv, address=f"{HOST}:{port}")
+        return self.launch(argv)
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.prefix}tapeflow-engine"
 
 
-def app_services(settings, paths) -> list[Service]:
-    consumers = [SinkService(settings, paths), EngineService(settings, paths), ExecutorService(settings, paths)]
+def consumer_services(settings, paths, prefix: str | None = None) -> list[EpochConsumer]:
+    """The consumers of one topic epoch (``prefix``; default the stack's own prefix, epoch 0)."""
+    return [SinkService(settings, paths, prefix), EngineService(settings, paths, prefix),
+            ExecutorService(settings, paths, prefix)]
+
+
+def app_services(settings, paths, prefix: str | None = None) -> list[Service]:
+    consumers: list[Service] = list(consumer_services(settings, paths, prefix))
     if settings.namespace:  # a rehearsal: `tapeflow replay --to-prefix` supplies the data, no producer
         return consumers
     if settings.replay_dir is not None:

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
-from tapeflow.stack.app_services import app_services, http_json
+from tapeflow.stack.app_services import EngineService, ExecutorService, SinkService, app_services, http_json
 from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.epochs import EpochRoller, rollover_enabled
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.process import StackError, terminate
 from tapeflow.stack.service import Service
@@ -42,9 +43,12 @@ def infra_services(settings: Settings, paths: StackPaths) -> list[Service]:
     return [TansuBroker(settings, paths), EmbeddedPostgres(settings, paths)]
 
 
-def default_services(settings: Settings, paths: StackPaths) -> list[Service]:
-    """The services `up` runs. Later components register here; nothing is a placeholder."""
-    return infra_services(settings, paths) + app_services(settings, paths)
+def default_services(settings: Settings, paths: StackPaths, prefix: str | None = None) -> list[Service]:
+    """The services `up` runs, the consumers on the topic epoch of ``prefix`` (default: the stack's)."""
+    return infra_services(settings, paths) + app_services(settings, paths, prefix)
+
+
+EPOCH_CONSUMERS = {"sink": SinkService, "engine": EngineService, "executor": ExecutorService}
 
 
 def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
@@ -75,7 +79,12 @@ class Supervisor:
     def __init__(self, settings: Settings, paths: StackPaths, say: Say = print,
                  services: list[Service] | None = None, steps: list[SetupStep] | None = None) -> None:
         self.settings, self.paths, self.say = settings, paths, say
-        self.services = services if services is not None else default_services(settings, paths)
+        self.roller = EpochRoller(self, say) if rollover_enabled(settings) else None
+        prefix = None
+        if self.roller is not None:  # a rollover left unfinished is closed at start (`at_start`)
+            state = self.roller.state
+            prefix = self.roller.prefix(state.next_epoch if state.rolling else state.epoch)
+        self.services = services if services is not None else default_services(settings, paths, prefix)
         self.steps = steps if steps is not None else default_steps(settings, paths)
         self.running: dict[str, _Running] = {}
         self.addresses: dict[str, str] = {}
@@ -126,6 +135,8 @@ class Supervisor:
     def start_all(self) -> float:
         """Start every service and run every step; returns seconds to a healthy stack."""
         t0 = time.monotonic()
+        if self.roller is not None:
+            self.roller.at_start()
         # steps run once the services they depend on are up and before anything that publishes:
         # a producer writing to a topic that does not exist yet would auto-create it wrongly
         # consecutive concurrent services (consumers) come up side by side: their group joins overlap
@@ -208,6 +219,36 @@ class Supervisor:
         raise StackError(f"{service.name} not healthy after {self.settings.startup_timeout_s:.0f}s: "
                          f"{health.detail} (log: {log_path})")
 
+    # --- services of one topic epoch (the rollover, `tapeflow.stack.epochs`) -----------------------------
+    def start_epoch_consumer(self, name: str, prefix: str) -> None:
+        """Start the sink, engine or executor on the topic epoch of ``prefix`` as ``name``."""
+        service = EPOCH_CONSUMERS[name](self.settings, self.paths, prefix)
+        t0 = time.monotonic()
+        self._start_service(service, wait=True)
+        self.say(f"epochs     started {name} on {prefix or 'the plain topic names'} ({time.monotonic() - t0:.1f}s)")
+
+    def stop_service(self, name: str) -> None:
+        """Stop ``name`` for good (not restarted): its clean stop flushes and commits."""
+        run = self.running.pop(name, None)
+        if run is None:
+            return
+        t0 = time.monotonic()
+        result = terminate(run.proc.pid, run.record.create_time, self.settings.stop_timeout_s, run.service.stop_signal)
+        run.proc.poll()
+        run.log.close()
+        self.paths.state_file(name).unlink(missing_ok=True)
+        self.say(f"epochs     {name} {result} ({time.monotonic() - t0:.1f}s)")
+
+    def rename_service(self, old: str, new: str) -> None:
+        """Keep ``old`` running under the name ``new`` (its restarts too), freeing ``old`` for a successor."""
+        run = self.running.pop(old)
+        run.service.name = new
+        run.record.name = new
+        run.record.save(self.paths.state_file(new))
+        self.paths.state_file(old).unlink(missing_ok=True)
+        self.running[new] = run
+        self.addresses[new] = self.addresses.pop(old, run.record.address)
+
     def _run_step(self, step: SetupStep) -> None:
         t0 = time.monotonic()
         summary = step.run(self.addresses, self.say)
@@ -217,6 +258,9 @@ class Supervisor:
     def supervise(self, poll_s: float = 0.5) -> int:
         """Block until asked to stop; restart services that die. Returns the process exit code."""
         while not self.stop_requested.wait(poll_s):
+            broker = self.running.get("broker")
+            if self.roller is not None and broker is not None and broker.proc.poll() is None:
+                self.roller.tick()  # never while the broker is down: its restart comes first
             for name, run in list(self.running.items()):
                 code = run.proc.poll()
                 if code is None:

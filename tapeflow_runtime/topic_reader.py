@@ -1,4 +1,5 @@
-"""Read partitions of a topic from the beginning to their end, for restoring executor state.
+"""Read partitions of topics from the beginning to their end: executor state, the backtest's topic
+source, the state a topic-epoch rollover carries (`serde=None`: raw records).
 
 "The end" needs care on the embedded broker: Tansu's high watermark counts record batches, not
 records, so end-of-partition can be reported before the last record. We therefore wait for
@@ -37,7 +38,18 @@ class TopicSnapshot:
     next_offsets: dict[int, int]  # partition -> offset after the last record read
 
 
-def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: AvroSerde, *,
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as stored (``read_to_end`` with ``serde=None``): copied, never decoded."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: AvroSerde | None, *,
                 idle_s: float = 0.5, timeout_s: float = 60.0, start_ms: int | None = None,
                 on_record: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, TopicSnapshot]:
     """Every record of the given partitions (None = all) of each topic, in offset order per partition.
@@ -82,7 +94,8 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
             last = time.monotonic()
             snap = out[msg.topic()]
             try:
-                record = serde.decode(msg.value())
+                record = serde.decode(msg.value()) if serde is not None else RawRecord(
+                    msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])
                 if on_record is None:
                     snap.records.append(record)
                 else:

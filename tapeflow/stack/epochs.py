@@ -1,0 +1,323 @@
+"""The supervisor's topic-epoch rollover on the embedded broker (``tapeflow_runtime.epochs`` says why).
+
+Every ``epoch_check_s`` the supervisor counts the record batches of every partition of the current
+epoch (one ListOffsets request; Tansu's end offset counts batches). When one reaches
+``epoch_max_batches`` it rolls over from epoch N to N+1, one step at a time, each saved in
+``epochs.json`` before it runs and logged with its duration:
+
+1. ``open``: create the N+1 topics and start a sink on them (the N sink keeps running as ``sink-eN``).
+2. ``switch``: tell the producers (``epochs.json``); each flushes N and writes every later record to
+   N+1. Done when every running producer reports the N+1 prefix: N's md.* topics are final.
+3. ``engine``: wait until the N engine group has committed N's md.* to their ends (its snapshots
+   hold every input then), stop it. Its signals are final.
+4. ``executor``: the same for the N executor (signals, md.trades, md.book, md.mark), then carry both
+   states into N+1 (``stream_apps.faust_app.carry``, ``execution.carry``) and start the N+1 engine and
+   executor. Features pause from the stop in step 3 to here (the log says how long).
+5. ``sink``: wait until ``sink-eN`` has committed every N topic to its end, stop it.
+6. ``delete``: delete N's topics (Tansu frees their memory), make N+1 current.
+
+Nothing is lost or doubled: producers switch at a record boundary; each consumer moves on only once
+its group committed the old topics to their true ends (read, not taken from a batch-counting end
+offset); the state carried is what those commits cover; the sinks' writes are idempotent. A component
+killed in the middle is restarted by the supervisor in its own epoch and the step waits for it. A
+supervisor killed in the middle takes the memory-only broker with it: the next ``up`` starts a fresh
+broker on the next epoch (the database holds what was stored; producers warm-start the rest).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+
+from execution.carry import carry_executor_state, commit_start
+from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC, all_topics
+from sinks.service import default_topics
+from stream_apps.faust_app.carry import carry_engine_state
+from tapeflow.stack.app_services import EpochConsumer, http_json
+from tapeflow_runtime.epochs import EPOCHS_FILE, STEPS, EpochState, epoch_prefix, rollover_enabled
+from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, admin_client, consumer_config, ensure_topics
+
+EXECUTOR_INPUTS = ("signals", "md.trades", "md.book", "md.mark")
+#: the executor's inputs a rollover waits for unconditionally (they make its orders, fills and exits);
+#: md.book and md.mark (paper prices, funding) are waited for up to EXECUTOR_QUOTES_WAIT_S: a new
+#: executor group started with a backlog was seen to leave them unread (-1 committed) for minutes
+EXECUTOR_REQUIRED = ("signals", "md.trades")
+EXECUTOR_QUOTES_WAIT_S = 30.0
+REPORT_EVERY_S = 30.0
+
+
+def latest_offsets(bootstrap: str, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """End offsets of ``tps`` in one ListOffsets request (on Tansu: record batches, not records)."""
+    wanted = [TopicPartition(t, p, -1) for t, p in tps]
+    if not wanted:
+        return {}
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in consumer.offsets_for_times(wanted, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def true_ends(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
+    """The offset after the last *record* of each partition. Tansu's end offset is the last batch's
+    base offset + 1, so the last batch is read and its records counted (a batch of five records at
+    base 100 ends at 105, not 101)."""
+    latest = latest_offsets(bootstrap, tps)
+    ends = dict(latest)
+    todo = {tp: off for tp, off in latest.items() if off > 0}
+    if not todo:
+        return ends
+    consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
+    try:
+        consumer.assign([TopicPartition(t, p, off - 1) for (t, p), off in todo.items()])
+        deadline = time.monotonic() + timeout_s
+        while todo and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            tp = (msg.topic(), msg.partition())
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF and tp in todo:
+                    todo.pop(tp)
+                continue
+            ends[tp] = max(ends[tp], msg.offset() + 1)
+        if todo:
+            raise TimeoutError(f"end of {sorted(todo)[:3]}... not read in {timeout_s:.0f} s")
+    finally:
+        consumer.close()
+    return ends
+
+
+def committed(bootstrap: str, group: str, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The group's committed offsets (-1: none)."""
+    wanted = [TopicPartition(t, p) for t, p in tps]
+    if not wanted:
+        return {}
+    consumer = Consumer(consumer_config(bootstrap, group))
+    try:
+        got = consumer.committed(wanted, timeout=10)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 and tp.offset != OFFSET_END else -1 for tp in got}
+
+
+class EpochRoller:
+    """Drives one stack's rollovers from the supervisor's loop (``tick``); see the module doc."""
+
+    def __init__(self, sup: Any, say: Callable[[str], None]) -> None:
+        """``sup``: the ``Supervisor`` (its services, addresses and start/stop/rename; not imported here:
+        the supervisor imports this module)."""
+        self.sup = sup
+        self.settings = sup.settings
+        self.say = say
+        self.path = sup.paths.home / EPOCHS_FILE
+        self.state = EpochState.load(self.path)
+        self.base = self.settings.topic_prefix
+        self._next_count = 0.0
+        self._step_began = time.monotonic()
+        self._rollover_began = time.monotonic()
+        self._next_report = 0.0
+        self._ends: dict[tuple[str, int], int] | None = None
+        self._stopped_engine_at: float | None = None
+        self.max_seen = 0
+
+    # -- names ---------------------------------------------------------------------------------------
+    def prefix(self, epoch: int | None = None) -> str:
+        return epoch_prefix(self.base, self.state.epoch if epoch is None else epoch)
+
+    def epoch_topics(self, epoch: int, existing: Iterable[str]) -> list[str]:
+        """Every topic of ``epoch``: the catalogue's and the engine's (changelog, assignor) under its prefix.
+        Epoch 0 has no prefix of its own, so only names tapeflow makes are matched, never another
+        epoch's or a rehearsal namespace's."""
+        prefix = self.prefix(epoch)
+        names = {prefix + t.name for t in all_topics()}
+        return sorted(t for t in existing if t in names or t.startswith(prefix + "tapeflow-"))
+
+    def at_start(self) -> int:
+        """Called before the stack starts: the broker is new (memory only), so a rollover the last
+        supervisor left unfinished is closed (its topics are gone) and the stack starts on the next
+        epoch. Returns the epoch the services start on."""
+        if self.state.rolling:
+            self.say(f"epochs     the last run stopped in the rollover to epoch {self.state.next_epoch} "
+                     f"(step {self.state.step}); the broker starts empty, continuing on epoch {self.state.next_epoch}")
+            self.state = EpochState(epoch=self.state.next_epoch, rollovers=self.state.rollovers + 1)
+            self.state.save(self.path)
+        return self.state.epoch
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        bootstrap = self.sup.addresses.get("broker")
+        if bootstrap is None:
+            return
+        try:
+            if not self.state.rolling:
+                self._maybe_begin(bootstrap)
+            else:
+                step = self.state.step
+                if getattr(self, f"_step_{step}")(bootstrap):
+                    self._advance()
+        except Exception as exc:  # noqa: BLE001 - a broker hiccup: the step is retried next tick
+            self.say(f"epochs     step {self.state.step or 'count'} failed, retrying: {exc!r}")
+            self._next_count = time.monotonic() + self.settings.epoch_check_s
+
+    def _maybe_begin(self, bootstrap: str) -> None:
+        now = time.monotonic()
+        if now < self._next_count:
+            return
+        self._next_count = now + self.settings.epoch_check_s
+        existing = admin_client(bootstrap).list_topics(timeout=2).topics
+        tps = [(t, p) for t in self.epoch_topics(self.state.epoch, existing) for p in existing[t].partitions]
+        counts = latest_offsets(bootstrap, tps)
+        self.max_seen = max(counts.values(), default=0)
+        if self.max_seen < self.settings.epoch_max_batches:
+            return
+        if self._producer_priming():
+            return  # a warm start's markers span its whole history: roll once it is live
+        busiest = max(counts, key=counts.get)
+        self.say(f"epochs     {busiest[0]}[{busiest[1]}] holds {self.max_seen} record batches "
+                 f"(limit {self.settings.epoch_max_batches}): rolling over to epoch {self.state.next_epoch}")
+        self.state.step = STEPS[0]
+        self.state.started_at = time.time()
+        self.state.save(self.path)
+        self._rollover_began = self._step_began = now
+
+    def _advance(self) -> None:
+        step = self.state.step
+        took = time.monotonic() - self._step_began
+        self.say(f"epochs     {step} done ({took:.1f}s)")
+        index = STEPS.index(step) + 1
+        if index == len(STEPS):
+            total = time.monotonic() - self._rollover_began
+            self.state = EpochState(epoch=self.state.next_epoch, rollovers=self.state.rollovers + 1)
+            self.say(f"epochs     now on epoch {self.state.epoch} (rollover took {total:.1f}s)")
+        else:
+            self.state.step = STEPS[index]
+        self.state.save(self.path)
+        self._step_began = time.monotonic()
+        self._ends = None
+
+    def _report(self, what: str) -> None:
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + REPORT_EVERY_S
+            self.say(f"epochs     {self.state.step}: {what} ({now - self._step_began:.0f}s so far)")
+
+    # -- steps (each returns True when done; called again on the next tick otherwise) ----------------------
+    def _step_open(self, bootstrap: str) -> bool:
+        new = self.prefix(self.state.next_epoch)
+        ensure_topics(bootstrap, prefix=new)
+        if not self._running_on("sink", new):
+            self._retire("sink")
+            self.sup.start_epoch_consumer("sink", new)
+        return True
+
+    def _step_switch(self, bootstrap: str) -> bool:
+        new = self.prefix(self.state.next_epoch)
+        for name, run in self.sup.running.items():
+            if not name.startswith("producer"):
+                continue
+            code, body = http_json(f"http://{run.record.address}/health")
+            if body.get("topic_prefix") != new:
+                self._report(f"waiting for {name} to write to {new or 'the plain names'}")
+                return False
+        return True
+
+    def _step_engine(self, bootstrap: str) -> bool:
+        old = self.prefix()
+        engine = self._retire("engine")
+        group = f"{old}tapeflow-engine" if engine is None else engine.app_id
+        if not self._drained(bootstrap, group, [old + t for t in (*ENGINE_INPUTS, PROGRESS_TOPIC)], "engine"):
+            return False
+        self.sup.stop_service(f"engine-e{self.state.epoch}")
+        self._stopped_engine_at = time.monotonic()
+        return True
+
+    def _step_executor(self, bootstrap: str) -> bool:
+        old, new = self.prefix(), self.prefix(self.state.next_epoch)
+        executor = self._retire("executor")
+        group = f"{old}tapeflow-executor-paper" if executor is None else executor.group_id
+        if not self._drained(bootstrap, group, [old + t for t in EXECUTOR_REQUIRED], "executor"):
+            return False
+        quotes = [old + t for t in EXECUTOR_INPUTS if t not in EXECUTOR_REQUIRED]
+        if not self._drained(bootstrap, group, quotes, "executor"):
+            if time.monotonic() - self._step_began < EXECUTOR_QUOTES_WAIT_S:
+                return False
+            self.say(f"epochs     executor-e{self.state.epoch}: md.book/md.mark not read to their end in "
+                     f"{EXECUTOR_QUOTES_WAIT_S:.0f}s; moving on (they are stored by the sink either way)")
+        self.sup.stop_service(f"executor-e{self.state.epoch}")
+        carried = carry_engine_state(bootstrap, f"{old}tapeflow-engine", f"{new}tapeflow-engine")
+        ends = carry_executor_state(bootstrap, old, new)
+        commit_start(bootstrap, f"{new}tapeflow-executor-paper", new + "signals", ends["signals"])
+        copied = sum(sum(v.values()) for v in ends.values())
+        self.say(f"epochs     carried the engine state of {carried} keys and {copied} executor records")
+        for name in ("engine", "executor"):
+            if not self._running_on(name, new):
+                self.sup.start_epoch_consumer(name, new)
+        if self._stopped_engine_at is not None:
+            self.say(f"epochs     features paused {time.monotonic() - self._stopped_engine_at:.1f}s "
+                     f"(engine stopped -> new engine started)")
+        return True
+
+    def _step_sink(self, bootstrap: str) -> bool:
+        old = self.prefix()
+        if not self._drained(bootstrap, f"{old}tapeflow-sink", [old + t for t in default_topics()], f"sink-e{self.state.epoch}"):
+            return False
+        self.sup.stop_service(f"sink-e{self.state.epoch}")
+        return True
+
+    def _step_delete(self, bootstrap: str) -> bool:
+        admin = admin_client(bootstrap)
+        doomed = self.epoch_topics(self.state.epoch, admin.list_topics(timeout=10).topics)
+        if doomed:
+            for topic, future in admin.delete_topics(doomed, operation_timeout=30).items():
+                try:
+                    future.result(timeout=60)
+                except Exception as exc:  # noqa: BLE001 - deleted already (a resumed step) is fine
+                    if "UNKNOWN_TOPIC" not in str(exc):
+                        raise
+        self.say(f"epochs     deleted {len(doomed)} topics of epoch {self.state.epoch}")
+        return True
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _drained(self, bootstrap: str, group: str, topics: list[str], who: str) -> bool:
+        """Has ``group`` committed every partition of ``topics`` to its true end? (The old epoch's
+        topics are final from the switch on, so their ends are read once per step.)"""
+        existing = admin_client(bootstrap).list_topics(timeout=10).topics
+        tps = [(t, p) for t in topics if t in existing for p in existing[t].partitions]
+        if self._ends is None or any(tp not in self._ends for tp in tps):
+            self._ends = {**(self._ends or {}), **true_ends(bootstrap, [tp for tp in tps if tp not in (self._ends or {})])}
+        ends = {tp: self._ends[tp] for tp in tps if self._ends.get(tp, 0) > 0}
+        done = committed(bootstrap, group, ends)
+        behind = {tp: (done.get(tp, -1), end) for tp, end in ends.items() if done.get(tp, -1) < end}
+        if behind:
+            sample = ", ".join(f"{t}[{p}] {c}/{e}" for (t, p), (c, e) in sorted(behind.items())[:3])
+            self._report(f"waiting for {who} to commit {len(behind)} partitions to their end: {sample}")
+            return False
+        return True
+
+    def _running_on(self, name: str, prefix: str) -> bool:
+        run = self.sup.running.get(name)
+        return run is not None and isinstance(run.service, EpochConsumer) and run.service.prefix == prefix
+
+    def _producer_priming(self) -> bool:
+        for name, run in self.sup.running.items():
+            if name.startswith("producer"):
+                _code, body = http_json(f"http://{run.record.address}/health")
+                if body.get("status") == "priming":
+                    return True
+        return False
+
+    def _retire(self, name: str) -> EpochConsumer | None:
+        """Rename the current epoch's ``name`` to ``name-eN`` (it drains; a restart keeps its epoch)."""
+        retired = f"{name}-e{self.state.epoch}"
+        run = self.sup.running.get(retired)
+        if run is not None:
+            return run.service  # type: ignore[return-value]
+        run = self.sup.running.get(name)
+        if run is None or not isinstance(run.service, EpochConsumer) or run.service.prefix != self.prefix():
+            return None
+        self.sup.rename_service(name, retired)
+        return run.service  # type: ignore[return-value]

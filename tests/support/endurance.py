@@ -1,0 +1,149 @@
+"""The embedded stack fed *live* by the fake exchange, for the topic-epoch rollover test and
+``benchmarks/bench_endurance.py``: the same supervisor, services and setup steps as `tapeflow up`,
+only the exchange is the local fake playing a synthetic session in real time (no replay control, so
+the producer runs as against Binance: one record batch per trade or two at these rates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from fake_exchange.synthetic import SyntheticSpec, generate_session
+from tapeflow.stack.app_services import HOST, FakeExchangeService, ProducerService
+from tapeflow.stack.postgres import EmbeddedPostgres
+from tapeflow.stack.service import Launch
+from tapeflow.stack.supervisor import Supervisor, default_services, default_steps
+from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
+
+
+class SyntheticExchange(FakeExchangeService):
+    """The fake exchange playing a synthetic session at real-time speed, starting now."""
+
+    def __init__(self, settings, paths, spec: SyntheticSpec) -> None:
+        super().__init__(settings, paths)
+        self.spec = spec
+
+    def prepare(self) -> Launch:
+        s = self.spec
+        return Launch(argv=[sys.executable, "-m", "fake_exchange", "--synthetic-seed", str(s.seed),
+                            "--synthetic-symbols", ",".join(s.symbols), "--synthetic-duration", str(s.duration_s),
+                            "--synthetic-trades-per-s", str(s.trades_per_s),
+                            "--synthetic-start", str(s.start_time), "--ws-port", str(self.ws_port),
+                            "--rest-port", str(self.rest_port), "--speed", "1", "--log-level", "WARNING"],
+                      address=f"{HOST}:{self.rest_port}")
+
+
+class LiveProducer(ProducerService):
+    """The producer in live mode against the fake exchange (it never hears of the session's end)."""
+
+    def __init__(self, settings, paths, fake: SyntheticExchange) -> None:
+        super().__init__(settings, paths, None)
+        self.exchange = fake
+
+    def prepare(self) -> Launch:
+        launch = super().prepare()
+        ws, rest = f"ws://{HOST}:{self.exchange.ws_port}", f"http://{HOST}:{self.exchange.rest_port}"
+        return Launch(argv=[*launch.argv, "--ws-url", ws, "--rest-url", rest, "--spot-url", rest,
+                            "--coinbase-url", rest], address=launch.address, env=launch.env)
+
+
+@dataclass
+class RunningStack:
+    sup: Supervisor
+    spec: SyntheticSpec
+    conninfo: str
+    log: list[str]
+
+    @property
+    def bootstrap(self) -> str:
+        return self.sup.addresses["broker"]
+
+    def epochs(self) -> EpochState:
+        return EpochState.load(self.sup.paths.home / EPOCHS_FILE)
+
+    def query(self, sql: str, *args) -> list[tuple]:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def trades_stored(self, symbol: str) -> tuple[int, int, int | None, int | None]:
+        """(rows, distinct agg ids, min agg id, max agg id) of ``symbol`` in the database."""
+        return self.query("SELECT count(*), count(DISTINCT agg_id), min(agg_id), max(agg_id) FROM trades "
+                          "WHERE symbol = %s", symbol)[0]
+
+    def service_pid(self, name: str) -> int | None:
+        run = self.sup.running.get(name)
+        return run.proc.pid if run is not None else None
+
+
+def expected_trades(spec: SyntheticSpec) -> dict[str, tuple[int, int, int]]:
+    """Per symbol, the session's aggTrades as (count, first agg id, last agg id); ids are consecutive."""
+    import orjson
+
+    out: dict[str, tuple[int, int, int]] = {}
+    for frame in generate_session(spec).frames:
+        if "@aggTrade" in frame.stream:
+            data = orjson.loads(frame.data)
+            agg = (data.get("data") or data)["a"]
+            sym = frame.stream.split("@")[0].upper()
+            n, first, _ = out.get(sym, (0, agg, agg))
+            out[sym] = (n + 1, first, agg)
+    return out
+
+
+@contextlib.contextmanager
+def live_stack(home: Path, spec: SyntheticSpec, *, max_batches: int, check_s: float = 1.0,
+               env: dict[str, str] | None = None) -> Iterator[RunningStack]:
+    """Start the stack (broker, database, sink, engine, executor, fake exchange, live producer) under
+    ``home`` with the rollover at ``max_batches``; supervise it on a thread until the block ends."""
+    saved = {k: os.environ.get(k) for k in ("TAPEFLOW_SYMBOLS", "TAPEFLOW_WARM_START_HOURS", *(env or {}))}
+    os.environ.update({"TAPEFLOW_SYMBOLS": ",".join(spec.symbols), "TAPEFLOW_WARM_START_HOURS": "0", **(env or {})})
+    log: list[str] = []
+
+    def say(line: str) -> None:
+        log.append(f"{time.monotonic():.1f} {line}")
+
+    try:
+        paths = StackPaths(home)
+        paths.ensure()
+        settings = Settings(home=home, broker=None, database_url=None, symbols=list(spec.symbols),
+                            warm_start_hours=0, epoch_max_batches=max_batches, epoch_check_s=check_s)
+        fake = SyntheticExchange(settings, paths, spec)
+        probe = Supervisor(settings, paths, say=say)  # the services `up` would run, on the right epoch
+        services = [s for s in probe.services if s.name not in ("producer", "fake-exchange")]
+        services += [fake, LiveProducer(settings, paths, fake)]
+        sup = Supervisor(settings, paths, say=say, services=services, steps=default_steps(settings, paths))
+        sup.acquire_lock()
+        thread = None
+        try:
+            sup.start_all()
+            pg = next(s for s in sup.services if isinstance(s, EmbeddedPostgres))
+            conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
+            thread = threading.Thread(target=sup.supervise, kwargs={"poll_s": 0.25}, daemon=True)
+            thread.start()
+            yield RunningStack(sup, spec, conninfo, log)
+        finally:
+            sup.stop_requested.set()
+            if thread is not None:
+                thread.join(120)
+            sup.stop_all()
+            sup.release()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+__all__ = ["LiveProducer", "RunningStack", "SyntheticExchange", "default_services", "expected_trades", "live_stack"]
