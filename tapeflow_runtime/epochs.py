@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
@@ -56,7 +56,6 @@ class EpochState:
     epoch: int = 0
     step: str | None = None  # a rollover to epoch + 1 is at this step (None: no rollover)
     started_at: float | None = None  # wall clock of the rollover's start
-    ends: dict[str, int] = field(default_factory=dict)  # "topic[p]" -> sealed end offset of the old epoch
     rollovers: int = 0  # completed rollovers since the file was created
 
     @property
@@ -85,7 +84,6 @@ class EpochState:
         if step is not None and step not in STEPS:
             raise ValueError(f"{path}: unknown rollover step {step!r}")
         return cls(epoch=int(data.get("epoch", 0)), step=step, started_at=data.get("started_at"),
-                   ends={k: int(v) for k, v in (data.get("ends") or {}).items()},
                    rollovers=int(data.get("rollovers", 0)))
 
     def save(self, path: Path) -> None:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas.catalogue import TopicSpec, all_topics, topic_configs
@@ -77,6 +77,18 @@ def consumer_config(bootstrap: str, group_id: str | None = None, **extra) -> dic
     # librdkafka insists on a group.id even for assign()-only consumers that never commit.
     cfg["group.id"] = group_id or "tapeflow-cli-no-commit"
     return cfg
+
+
+def end_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> end offset, asked of the broker (never librdkafka's cache, which only fetch
+    answers fill): ``offsets_for_times`` with the logical offset OFFSET_END (-1) as the "time" is one
+    ListOffsets(latest) request for every partition. On Tansu the answer counts record batches.
+    Partitions the broker answered with an error are left out."""
+    wanted = [TopicPartition(t, p, -1) for t, p in partitions]
+    if not wanted:
+        return {}
+    return {(tp.topic, tp.partition): tp.offset
+            for tp in consumer.offsets_for_times(wanted, timeout=timeout) if tp.error is None}
 
 
 def broker_health(bootstrap: str, timeout: float = 3.0) -> Health:
@@ -200,8 +212,6 @@ class LagProbe:
         if now < self._next:
             return
         self._next = now + self.interval_s
-        from confluent_kafka import TopicPartition
-
         current = {(tp.topic, tp.partition) for tp in assignment}
         for topic, partition in self._shown - current:
             self.gauge.remove(self.group, topic, str(partition))
@@ -212,11 +222,7 @@ class LagProbe:
         try:
             parts = sorted(current)
             committed = consumer.committed([TopicPartition(t, p) for t, p in parts], timeout=self.timeout_s)
-            # offsets_for_times with the logical offset OFFSET_END (-1) as the "time": one
-            # ListOffsets(latest) request for every partition, answered by the broker
-            ends = {(tp.topic, tp.partition): tp.offset
-                    for tp in consumer.offsets_for_times([TopicPartition(t, p, -1) for t, p in parts],
-                                                         timeout=self.timeout_s) if tp.error is None}
+            ends = end_offsets(consumer, parts, self.timeout_s)
             samples: dict[str, tuple[int | None, int | None]] = {}
             skip = set(paused)
             for tp in committed:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from execution.carry import carry_executor_state, commit_start
 from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC, all_topics
@@ -38,7 +38,14 @@ from sinks.service import default_topics
 from stream_apps.faust_app.carry import carry_engine_state
 from tapeflow.stack.app_services import EpochConsumer, http_json
 from tapeflow_runtime.epochs import EPOCHS_FILE, STEPS, EpochState, epoch_prefix, rollover_enabled
-from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, admin_client, consumer_config, ensure_topics
+from tapeflow_runtime.kafka_client import (
+    HISTORY_FETCH_CONFIG,
+    admin_client,
+    consumer_config,
+    end_offsets,
+    ensure_topics,
+)
+from tapeflow_runtime.offsets import committed_offsets
 
 EXECUTOR_INPUTS = ("signals", "md.trades", "md.book", "md.mark")
 #: the executor's inputs a rollover waits for unconditionally (they make its orders, fills and exits);
@@ -50,15 +57,18 @@ REPORT_EVERY_S = 30.0
 
 
 def latest_offsets(bootstrap: str, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    """End offsets of ``tps`` in one ListOffsets request (on Tansu: record batches, not records)."""
-    wanted = [TopicPartition(t, p, -1) for t, p in tps]
-    if not wanted:
-        return {}
+    """End offsets of ``tps`` in one ListOffsets request (on Tansu: record batches, not records).
+    A partition the broker did not answer is an error (the step is retried), never "empty"."""
+    tps = list(tps)
     consumer = Consumer(consumer_config(bootstrap))
     try:
-        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in consumer.offsets_for_times(wanted, timeout=10)}
+        ends = end_offsets(consumer, tps, 10)
     finally:
         consumer.close()
+    missing = [tp for tp in tps if tp not in ends]
+    if missing:
+        raise RuntimeError(f"no end offset for {missing[:3]}")
+    return {tp: max(offset, 0) for tp, offset in ends.items()}
 
 
 def true_ends(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
@@ -92,16 +102,17 @@ def true_ends(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float =
 
 
 def committed(bootstrap: str, group: str, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    """The group's committed offsets (-1: none)."""
+    """The group's committed offsets (-1: none); a partition the broker answered with an error raises
+    (``committed_offsets``): read as "none" it would only stall the step, as a wrong number it could not."""
     wanted = [TopicPartition(t, p) for t, p in tps]
     if not wanted:
         return {}
     consumer = Consumer(consumer_config(bootstrap, group))
     try:
-        got = consumer.committed(wanted, timeout=10)
+        got = committed_offsets(consumer, wanted, 10)
     finally:
         consumer.close()
-    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 and tp.offset != OFFSET_END else -1 for tp in got}
+    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in got}
 
 
 class EpochRoller:
@@ -216,10 +227,7 @@ class EpochRoller:
 
     def _step_switch(self, bootstrap: str) -> bool:
         new = self.prefix(self.state.next_epoch)
-        for name, run in self.sup.running.items():
-            if not name.startswith("producer"):
-                continue
-            code, body = http_json(f"http://{run.record.address}/health")
+        for name, body in self._producers():
             if body.get("topic_prefix") != new:
                 self._report(f"waiting for {name} to write to {new or 'the plain names'}")
                 return False
@@ -302,13 +310,13 @@ class EpochRoller:
         run = self.sup.running.get(name)
         return run is not None and isinstance(run.service, EpochConsumer) and run.service.prefix == prefix
 
+    def _producers(self) -> list[tuple[str, dict]]:
+        """(name, /health body) of every running producer."""
+        return [(name, http_json(f"http://{run.record.address}/health")[1])
+                for name, run in self.sup.running.items() if name.startswith("producer")]
+
     def _producer_priming(self) -> bool:
-        for name, run in self.sup.running.items():
-            if name.startswith("producer"):
-                _code, body = http_json(f"http://{run.record.address}/health")
-                if body.get("status") == "priming":
-                    return True
-        return False
+        return any(body.get("status") == "priming" for _name, body in self._producers())
 
     def _retire(self, name: str) -> EpochConsumer | None:
         """Rename the current epoch's ``name`` to ``name-eN`` (it drains; a restart keeps its epoch)."""

@@ -21,7 +21,7 @@ from fake_exchange.synthetic import SyntheticSpec, generate_session
 from tapeflow.stack.app_services import HOST, FakeExchangeService, ProducerService
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.service import Launch
-from tapeflow.stack.supervisor import Supervisor, default_services, default_steps
+from tapeflow.stack.supervisor import Supervisor, default_steps
 from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
@@ -145,5 +145,3 @@ def live_stack(home: Path, spec: SyntheticSpec, *, max_batches: int, check_s: fl
             else:
                 os.environ[k] = v
 
-
-__all__ = ["LiveProducer", "RunningStack", "SyntheticExchange", "default_services", "expected_trades", "live_stack"]
