@@ -87,6 +87,7 @@ class ProducerService(HttpHealthService):
     """The Binance producer; in replay mode it ends by itself when the recording does."""
 
     name = "producer"
+    uses_broker = True
 
     def __init__(self, settings, paths, fake: FakeExchangeService | None = None) -> None:
         super().__init__(settings, paths)
@@ -122,6 +123,7 @@ class EpochConsumer(HttpHealthService):
     epoch's instance is renamed (``sink-e3``) and drains while the new one runs as ``sink``."""
 
     concurrent = True
+    uses_broker = True
 
     def __init__(self, settings, paths, prefix: str | None = None) -> None:
         super().__init__(settings, paths)

@@ -59,17 +59,26 @@ class TansuBroker(Service):
     def __init__(self, settings, paths) -> None:
         super().__init__(settings, paths)
         self.external = settings.broker is not None
+        self._port = 0
 
     def external_address(self) -> str | None:
         return self.settings.broker
 
     def prepare(self) -> Launch:
         binary = locate_tansu(self.paths.bin_dir)
+        # a restart keeps the port it had: tools a user pointed at the broker (kcat, a notebook) go on
         port = self.settings.broker_port
         if port:
             check_port_free(HOST, port, "broker", "TAPEFLOW_BROKER_PORT")
+        elif self._port:
+            try:
+                check_port_free(HOST, self._port, "broker", "TAPEFLOW_BROKER_PORT")
+                port = self._port
+            except StackError:  # taken meanwhile: the clients are restarted with the new address anyway
+                port = free_port(HOST)
         else:
             port = free_port(HOST)
+        self._port = port
         url = f"tcp://{HOST}:{port}"
         return Launch(
             argv=[binary, "broker", "--listener-url", url, "--advertised-listener-url", url,

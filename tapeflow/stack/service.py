@@ -62,6 +62,9 @@ class Service(ABC):
     #: nothing after it needs it ready (a consumer): the next service starts while it comes up, and
     #: `up` waits for it before the next service that is not concurrent.
     concurrent: bool = False
+    #: a client of the stack's broker: restarted when the embedded broker restarts (its memory storage
+    #: starts empty, so group memberships, positions and producer connections are all stale)
+    uses_broker: bool = False
 
     @abstractmethod
     def health(self, address: str) -> Health:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
@@ -262,6 +263,8 @@ class Supervisor:
             if self.roller is not None and broker is not None and broker.proc.poll() is None:
                 self.roller.tick()  # never while the broker is down: its restart comes first
             for name, run in list(self.running.items()):
+                if self.running.get(name) is not run:  # stopped on the way (a broker's clients)
+                    continue
                 code = run.proc.poll()
                 if code is None:
                     continue
@@ -275,6 +278,7 @@ class Supervisor:
                     return 1
                 delay = min(2 ** (len(run.restarts) - 1), 30)
                 self.say(f"{name} exited with code {code}: {_last_line(run.record.log)}; restarting in {delay}s")
+                clients = self._stop_broker_clients() if name == "broker" else []
                 if self.stop_requested.wait(delay):
                     break
                 run.log.close()
@@ -286,10 +290,50 @@ class Supervisor:
                     for step in self.steps:
                         if name in step.depends_on:
                             self._run_step(step)
+                    if clients:
+                        self._start_broker_clients(clients)
                 except TapeflowError as exc:
                     self.say(f"{name}: restart failed: {exc}")
                     return 1
         return 0
+
+    def _stop_broker_clients(self) -> list[tuple[str, _Running]]:
+        """The embedded broker died and comes back empty (memory storage: topics, offsets and groups are
+        gone). Its clients are stopped first, at once (each may wait ``stop_timeout_s``): a client left
+        running would reconnect to the new broker with a lost group generation or position (a consumer
+        stuck "rebalancing"; a member the new engine's start-up commit is refused for). A clean stop
+        still writes what the sink had fetched; what the lost broker held beyond that is lost with it.
+        The database keeps everything stored before."""
+        clients = sorted(((n, r) for n, r in self.running.items() if r.service.uses_broker),
+                         key=lambda item: not item[1].service.concurrent)  # consumers first, as at `up`
+        if not clients:
+            return []
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(len(clients)) as pool:
+            list(pool.map(lambda item: terminate(item[1].proc.pid, item[1].record.create_time,
+                                                 self.settings.stop_timeout_s, item[1].service.stop_signal),
+                          clients))
+        for name, run in clients:
+            run.proc.poll()
+            run.log.close()
+            del self.running[name]
+        self.say(f"broker     lost its memory storage: stopped {', '.join(n for n, _ in clients)} "
+                 f"({time.monotonic() - t0:.1f}s)")
+        return clients
+
+    def _start_broker_clients(self, clients: list[tuple[str, _Running]]) -> None:
+        """Start the clients ``_stop_broker_clients`` stopped, on the restarted broker's new topics."""
+        t0 = time.monotonic()
+        coming_up: list[tuple[Service, float]] = []
+        for name, run in clients:
+            if not run.service.concurrent:
+                self._wait_all(coming_up)
+            if self._start_service(run.service, wait=not run.service.concurrent):
+                coming_up.append((run.service, time.monotonic()))
+            self.running[name].restarts = run.restarts
+        self._wait_all(coming_up)
+        self.say(f"broker     came back empty: restarted {', '.join(n for n, _ in clients)} on it "
+                 f"({time.monotonic() - t0:.1f}s)")
 
     def _finished(self, name: str, run: _Running) -> None:
         """A finite service (a replay) completed: keep its record as 'finished', never restart it."""
