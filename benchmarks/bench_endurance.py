@@ -8,11 +8,21 @@ session in real time, one record batch per trade or two). Reports, for the run:
 * record batches written to the busiest md.trades partition over all epochs (the target of issue 21
   is 1.7 M, a day of live BTCUSDT) and the rollovers it took;
 * features: evaluations stored and the largest hole between two of one strategy, in event time;
+* evaluation latency p50/p99 per sample and for the first vs last fifth of the run: the engine's
+  ``tapeflow_engine_evaluation_lag_seconds`` (wall time at publication minus the evaluation's event
+  time), scraped from every engine instance; the exchange plays the session at its own receive times
+  (``--start session_time``), so event time is wall time and this is receive->features latency plus the
+  exchange->producer delay (also printed: median receive_time - event_time of the stored trades);
+  interpolated inside the histogram's buckets (0.1, 0.2, 0.5, 1, 2.5 s ...);
 * RSS of the broker and of every service, sampled every ``--sample-s``: first vs last fifth of the run
   (bounded means last <= 1.2 x first);
 * every rollover step logged by the supervisor, with its duration.
 
-    .venv/bin/python -m benchmarks.bench_endurance --minutes 10 --trades-per-s 300 --max-batches 10000
+The trade stream is BTC-like by default (``--burstiness 1``: log-normal rate clustering, the busiest
+1 % of seconds about 6x the mean; ``fake_exchange.synthetic``). The first/last fifth stands for the
+issue's first/last hour of a day compressed into the run.
+
+    .venv/bin/python -m benchmarks.bench_endurance --minutes 100 --trades-per-s 300 --max-batches 10000
 
 Baseline: issue 21's measurement on the stack without epochs (the sink stopped after 28,216 of 56,756
 trades, ~20,000 batches in a partition).
@@ -25,9 +35,11 @@ import re
 import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from fake_exchange.synthetic import SyntheticSpec
 from tests.support.endurance import expected_trades, live_stack
@@ -46,23 +58,90 @@ def rss_mb(pid: int | None) -> float:
         return 0.0
 
 
+LAG = "tapeflow_engine_evaluation_lag_seconds"
+
+
+class LagScraper:
+    """Per sample, the evaluation-lag histogram observations added since the last one, over every
+    engine instance (an instance restarted or started for a new epoch starts from zero)."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, dict[float, float]] = {}
+
+    def scrape(self, stack) -> dict[float, float]:
+        added: dict[float, float] = {}
+        for name, run in list(stack.sup.running.items()):
+            if not name.startswith("engine"):
+                continue
+            try:
+                with urllib.request.urlopen(f"http://{stack.sup.addresses[name]}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except (OSError, KeyError):
+                continue
+            now = {float(sample.labels["le"]): sample.value
+                   for family in text_string_to_metric_families(text) if family.name == LAG
+                   for sample in family.samples if sample.name == LAG + "_bucket"}
+            before = self.last.get(run.proc.pid, {})
+            if any(now.get(le, 0) < n for le, n in before.items()):
+                before = {}
+            for le, n in now.items():
+                added[le] = added.get(le, 0) + n - before.get(le, 0)
+            self.last[run.proc.pid] = now
+        return added
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """``q`` of cumulative histogram ``buckets`` (le -> count), linear inside the bucket."""
+    total = buckets.get(float("inf"), 0)
+    if total <= 0:
+        return None
+    want, low, below = q * total, 0.0, 0.0
+    for le in sorted(buckets):
+        if buckets[le] >= want:
+            if le == float("inf"):
+                return low
+            return low + (le - low) * (want - below) / max(buckets[le] - below, 1e-9)
+        low, below = le, buckets[le]
+    return low
+
+
+def merged(parts: list[dict[float, float]]) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for part in parts:
+        for le, n in part.items():
+            out[le] = out.get(le, 0) + n
+    return out
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}s"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="session length (real time)")
     ap.add_argument("--trades-per-s", type=float, default=300.0)
     ap.add_argument("--max-batches", type=int, default=10_000, help="rollover threshold (the default's)")
     ap.add_argument("--sample-s", type=float, default=10.0)
+    ap.add_argument("--burstiness", type=float, default=1.0, help="0 = constant-rate Poisson, 1 = BTC-like")
     args = ap.parse_args()
 
     spec = SyntheticSpec(seed=17, symbols=(SYMBOL,), duration_s=args.minutes * 60, trades_per_s=args.trades_per_s,
-                         start_time=time.time() + 30)
-    count, first, last = expected_trades(spec)[SYMBOL]
-    print(f"session: {count} trades of {SYMBOL} over {args.minutes:.0f} min at {args.trades_per_s:.0f}/s; "
-          f"rollover at {args.max_batches} batches", flush=True)
+                         burstiness=args.burstiness)
+    t = time.monotonic()
+    count, first, last = expected_trades(spec)[SYMBOL]  # independent of the start time
+    generate_s = time.monotonic() - t
+    # the fake exchange generates it again, then the stack starts: the session begins after both
+    spec = spec.model_copy(update={"start_time": time.time() + 2 * generate_s + 60})
+    print(f"session: {count} trades of {SYMBOL} over {args.minutes:.0f} min ({count / spec.duration_s:.0f}/s, "
+          f"burstiness {args.burstiness}); rollover at {args.max_batches} batches", flush=True)
     home = Path(tempfile.mkdtemp(prefix="tapeflow-endurance-")) / "home"
     samples: list[tuple[float, dict[str, float]]] = []
+    lags: list[tuple[float, dict[float, float]]] = []
+    scraper = LagScraper()
     batches = 0
-    with live_stack(home, spec, max_batches=args.max_batches) as stack:
+    with live_stack(home, spec, max_batches=args.max_batches, start="session_time",
+                    startup_timeout_s=max(60.0, 3 * generate_s + 60)) as stack:
         t0 = time.monotonic()
         end = spec.start_time + spec.duration_s
         printed = 0
@@ -73,9 +152,13 @@ def main() -> None:
             for line in stack.log[printed:]:
                 print(line, flush=True)
             printed = len(stack.log)
+            if time.time() >= spec.start_time:
+                lags.append((time.monotonic() - t0, scraper.scrape(stack)))
             state = stack.epochs()
             rows = stack.trades_stored(SYMBOL)[0]
+            lag = lags[-1][1] if lags else {}
             print(f"{time.monotonic() - t0:6.0f}s epoch {state.epoch} step {state.step} rows {rows}/{count} "
+                  f"lag p50 {fmt(quantile(lag, 0.5))} p99 {fmt(quantile(lag, 0.99))} "
                   f"rss {samples[-1][1]}", flush=True)
             if time.time() > end + 10 and not state.rolling and rows >= count:
                 break
@@ -86,6 +169,8 @@ def main() -> None:
         features = [r[0] for r in stack.query(
             "SELECT eval_time FROM features WHERE symbol = %s AND strategy = (SELECT min(strategy) FROM features) "
             "ORDER BY eval_time", SYMBOL)]
+        delay = stack.query("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM receive_time - "
+                            "event_time)) FROM trades WHERE symbol = %s", SYMBOL)[0][0]
         log = list(stack.log)
         state = stack.epochs()
     for line in log:
@@ -107,6 +192,16 @@ def main() -> None:
           f"({batches / TARGET_BATCHES:.3f} of the 1.7 M target)")
     print(f"features: {len(features)} evaluations; largest hole {max(gaps, default=0):.0f}s of event time; "
           f"pauses at rollovers: median {statistics.median(pauses) if pauses else 0:.1f}s, max {max(pauses, default=0):.1f}s")
+    lfifth = max(1, len(lags) // 5)
+    head, tail, whole = merged([b for _, b in lags[:lfifth]]), merged([b for _, b in lags[-lfifth:]]), merged([b for _, b in lags])
+    print(f"evaluation latency (publication - event time): whole run p50 {fmt(quantile(whole, 0.5))} "
+          f"p99 {fmt(quantile(whole, 0.99))}; first fifth p50 {fmt(quantile(head, 0.5))} p99 {fmt(quantile(head, 0.99))}; "
+          f"last fifth p50 {fmt(quantile(tail, 0.5))} p99 {fmt(quantile(tail, 0.99))}; "
+          f"{whole.get(float('inf'), 0):.0f} evaluation times; exchange->producer median {delay or 0:.3f}s")
+    tenth = max(1, len(lags) // 10)
+    over_time = [(lags[i][0], merged([b for _, b in lags[i:i + tenth]])) for i in range(0, len(lags), tenth)]
+    print("latency over time: " + ", ".join(f"{t / 60:.0f}min p50 {fmt(quantile(b, 0.5))} p99 {fmt(quantile(b, 0.99))}"
+                                            for t, b in over_time))
     for step, took in steps.items():
         print(f"step {step:<9} n={len(took)} median {statistics.median(took):.1f}s max {max(took):.1f}s")
     for name in samples[0][1]:

@@ -9,7 +9,7 @@ from it exactly as after a restart: the same open positions, the same signals re
 the same risk-guard state.
 
 The copied ``signals`` are history, not input: the new executor group starts after them
-(``commit_start``), so no old signal is evaluated again. Each record is its own batch (flushed one
+(``tapeflow_runtime.offsets.commit_group_start``), so no old signal is evaluated again. Each record is its own batch (flushed one
 by one) so that on the embedded broker end offsets count records, which the executor's restore and
 input ordering rely on.
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from tapeflow_runtime.kafka_client import consumer_config, producer_config
+from tapeflow_runtime.kafka_client import producer_config
 from tapeflow_runtime.topic_reader import read_to_end
 
 STATE_TOPICS: tuple[str, ...] = ("positions", "orders", "fills", "risk.events", "signals")
@@ -57,16 +57,3 @@ def carry_executor_state(bootstrap: str, from_prefix: str, to_prefix: str,
                 raise RuntimeError(f"carrying executor state into {to_prefix + name}: not acknowledged")
             ends[name][record.partition] = delivered[0] + 1
     return ends
-
-
-def commit_start(bootstrap: str, group_id: str, topic: str, offsets: dict[int, int]) -> None:
-    """Commit ``offsets`` (partition -> next offset) for ``group_id`` before any member joins it: the
-    new epoch's executor starts reading its ``signals`` after the carried ones."""
-    wanted = [TopicPartition(topic, p, o) for p, o in sorted(offsets.items()) if o > 0]
-    if not wanted:
-        return
-    consumer = Consumer(consumer_config(bootstrap, group_id))
-    try:
-        consumer.commit(offsets=wanted, asynchronous=False)
-    finally:
-        consumer.close()

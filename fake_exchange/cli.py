@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-symbols", default="BTCUSDT", help="comma-separated symbols (synthetic)")
     parser.add_argument("--synthetic-duration", type=float, default=300.0, help="seconds (synthetic)")
     parser.add_argument("--synthetic-trades-per-s", type=float, default=5.0, help="per symbol (synthetic)")
+    parser.add_argument("--synthetic-burstiness", type=float, default=0.0,
+                        help="std of the log trade intensity (synthetic; 0 = constant-rate Poisson, 1 = BTC-like bursts)")
     parser.add_argument("--synthetic-depth-interval-ms", type=int, default=100,
                         help="a depth diff per symbol this often (synthetic; the stream keeps Binance's name)")
     parser.add_argument("--synthetic-mark-interval-s", type=int, default=1,
@@ -48,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--start",
         default="first_subscriber",
-        choices=["first_subscriber", "immediate", "manual"],
-        help="when the replay starts (manual: POST /_control/start)",
+        choices=["first_subscriber", "immediate", "manual", "session_time"],
+        help="when the replay starts (manual: POST /_control/start; session_time: each frame at its own "
+             "receive time on the wall clock, as live)",
     )
     parser.add_argument(
         "--fault",
@@ -79,6 +82,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
             symbols=tuple(s.strip().upper() for s in args.synthetic_symbols.split(",") if s.strip()),
             duration_s=args.synthetic_duration,
             trades_per_s=args.synthetic_trades_per_s,
+            burstiness=args.synthetic_burstiness,
             depth_interval_ms=args.synthetic_depth_interval_ms,
             mark_interval_s=args.synthetic_mark_interval_s,
             book_ticker=not args.synthetic_no_book_ticker,

@@ -24,7 +24,9 @@ from .faults import FaultSettings
 from .recording import Recording, load_recording
 from .synthetic import SyntheticSpec, generate_session
 
-StartMode = Literal["first_subscriber", "immediate", "manual"]
+# session_time: at once, each frame when the wall clock reaches its receive time (a synthetic session
+# dated from now plays as live, its event times the wall clock's)
+StartMode = Literal["first_subscriber", "immediate", "manual", "session_time"]
 
 
 class FakeExchangeConfig(BaseModel):

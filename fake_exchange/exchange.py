@@ -76,7 +76,8 @@ class FakeExchange:
             aggtrades_visibility=config.aggtrades_visibility,
             rest_clock=config.rest_clock,
         )
-        self.replay = ReplayEngine(self.state, config.speed, clock=clock, history_s=config.history_s)
+        self.replay = ReplayEngine(self.state, config.speed, clock=clock, history_s=config.history_s,
+                                   at_session_time=config.start == "session_time")
         self.ws_port = 0
         self.rest_port = 0
         self._ws_server: Server | None = None
@@ -159,7 +160,7 @@ class FakeExchange:
         self.state.urls = {"ws_url": self.ws_url, "rest_url": self.rest_url}
         self._replay_task = asyncio.create_task(self.replay.run(), name="fake-exchange-replay")
         self._replay_task.add_done_callback(self._replay_done)
-        if config.start == "immediate":
+        if config.start in ("immediate", "session_time"):
             self.state.request_start()
         log.info("fake exchange serving %s on %s and %s", self.recording.source, self.ws_url, self.rest_url)
         return self

@@ -70,9 +70,13 @@ class ReplayEngine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         history_s: float = 0.0,
+        at_session_time: bool = False,
     ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (or None for max)")
+        if at_session_time and speed != 1:
+            raise ValueError("a replay at session time plays at speed 1")
+        self.at_session_time = at_session_time
         self.state = state
         self.speed = speed
         self._clock = clock
@@ -87,6 +91,8 @@ class ReplayEngine:
         await state.start_requested.wait()
         frames = state.recording.frames[self.first:]
         offsets = due_offsets(frames, self.speed)
+        if self.at_session_time and frames:  # the first frame when the wall clock says so (late: now)
+            await self._sleep(max(0.0, frames[0].receive_time - state.wall_clock()))
         start = self._clock()
         state.started_at = start
         for frame, offset in zip(frames, offsets, strict=True):

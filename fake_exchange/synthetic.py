@@ -43,6 +43,11 @@ class SyntheticSpec(BaseModel):
     start_time: float = 1_700_000_000.0
     depth_interval_ms: int = Field(default=100, ge=10)
     trades_per_s: float = Field(default=5.0, ge=0)
+    # BTC-like clustering: the trade rate is ``trades_per_s`` times a log-normal intensity whose log follows
+    # an AR(1) with this standard deviation (0 = a constant-rate Poisson stream; 1 puts the busiest 1 % of
+    # seconds at about 6x the mean rate, as aggTrade counts of BTCUSDT do), remembering ``burst_memory_s``
+    burstiness: float = Field(default=0.0, ge=0, le=3)
+    burst_memory_s: float = Field(default=10.0, gt=0)
     mark_interval_s: int = Field(default=1, ge=1)
     liquidations_per_min: float = Field(default=3.0, ge=0)
     book_levels: int = Field(default=20, ge=2)
@@ -77,6 +82,7 @@ class _SymbolState:
     last_u: int = 0
     next_agg_id: int = 0
     next_trade_id: int = 0
+    log_intensity: float = 0.0
 
     def price(self, tick: int) -> str:
         return format_fixed(tick, self.decimals)
@@ -89,6 +95,8 @@ class _Generator:
     def __init__(self, spec: SyntheticSpec) -> None:
         self.spec = spec
         self.rng = random.Random(spec.seed)
+        # its own stream, so a session without bursts draws exactly what it always drew
+        self.burst_rng = random.Random(f"burst:{spec.seed}")
         self.update_id = 1_000_000_000 + self.rng.randrange(1_000_000)
         self.events: list[tuple[float, int, str, dict[str, Any]]] = []
         self.last_receive: dict[str, float] = {}
@@ -132,9 +140,18 @@ class _Generator:
     def levels(self, st: _SymbolState, side: dict[int, int], reverse: bool) -> tuple[tuple[str, str], ...]:
         return tuple((st.price(t), format_fixed(side[t], QTY_DECIMALS)) for t in sorted(side, reverse=reverse))
 
+    def intensity(self, st: _SymbolState, window_ms: int) -> float:
+        """This window's rate multiplier (mean 1): exp of a stationary AR(1) of std ``burstiness``."""
+        sigma = self.spec.burstiness
+        if sigma == 0:
+            return 1.0
+        phi = math.exp(-window_ms / 1000 / self.spec.burst_memory_s)
+        st.log_intensity = phi * st.log_intensity + math.sqrt(1 - phi * phi) * sigma * self.burst_rng.gauss(0, 1)
+        return math.exp(st.log_intensity - sigma * sigma / 2)
+
     # -- event kinds -----------------------------------------------------------------------------
     def trades(self, st: _SymbolState, window_start: int, window_ms: int) -> None:
-        expected = self.spec.trades_per_s * window_ms / 1000
+        expected = self.spec.trades_per_s * window_ms / 1000 * self.intensity(st, window_ms)
         count = _poisson(self.rng, expected)
         times = sorted(window_start + self.rng.randint(1, window_ms) for _ in range(count))
         for trade_ms in times:
@@ -292,9 +309,12 @@ class _Generator:
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
-    """Knuth's Poisson sampler; means here are small (a few trades per 100 ms)."""
+    """Knuth's Poisson sampler for the small means of a 100 ms window; past 100 (a burst at thousands of
+    trades per second) the normal approximation, which Knuth's product would underflow towards."""
     if mean <= 0:
         return 0
+    if mean > 100:
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
     limit, k, product = math.exp(-mean), 0, rng.random()
     while product > limit:
         k += 1

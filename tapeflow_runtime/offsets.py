@@ -26,7 +26,7 @@ error: librdkafka reports such a partition with offset -1001, the same value as 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -51,6 +51,32 @@ def committed_offsets(consumer: Consumer, partitions: list[TopicPartition], time
     if errors:
         raise CommittedOffsetError(f"the broker did not say which offsets are committed: {errors}")
     return answer
+
+
+def commit_group_start(bootstrap: str, group_id: str, topics: Iterable[str],
+                       after: Mapping[str, Mapping[int, int]] | None = None, timeout: float = 15.0) -> int:
+    """Commit where a group no member has joined yet starts on every partition of ``topics``: after the
+    records ``after`` names (topic -> partition -> next offset), else at 0 (a new topic epoch whose
+    history is carried, not re-read: no warm-up priming, and no partition left without a committed
+    offset to be reset to wherever). A partition the group has committed already keeps its offset, so
+    a rollover step run again after a crash never rewinds a group that has started. Returns the
+    partitions committed."""
+    after = after or {}
+    consumer = Consumer(consumer_config(bootstrap, group_id=group_id))
+    try:
+        partitions = []
+        for topic in topics:
+            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            if metadata.error is not None:
+                raise TapeflowError(f"cannot list the partitions of {topic}: {metadata.error}")
+            partitions += [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+        wanted = [TopicPartition(tp.topic, tp.partition, max(0, after.get(tp.topic, {}).get(tp.partition, 0)))
+                  for tp in committed_offsets(consumer, partitions, timeout) if tp.offset < 0]
+        if wanted:
+            consumer.commit(offsets=wanted, asynchronous=False)
+        return len(wanted)
+    finally:
+        consumer.close()
 
 
 def offsets_at_or_after(bootstrap: str, partitions: Iterable[tuple[str, int]], since_ms: int,

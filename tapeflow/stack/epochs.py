@@ -32,7 +32,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from execution.carry import carry_executor_state, commit_start
+from execution.carry import carry_executor_state
 from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC, all_topics
 from sinks.service import default_topics
 from stream_apps.faust_app.carry import carry_engine_state
@@ -45,7 +45,7 @@ from tapeflow_runtime.kafka_client import (
     end_offsets,
     ensure_topics,
 )
-from tapeflow_runtime.offsets import committed_offsets
+from tapeflow_runtime.offsets import commit_group_start, committed_offsets
 
 EXECUTOR_INPUTS = ("signals", "md.trades", "md.book", "md.mark")
 #: the executor's inputs a rollover waits for unconditionally (they make its orders, fills and exits);
@@ -258,12 +258,15 @@ class EpochRoller:
         self.sup.stop_service(f"executor-e{self.state.epoch}")
         carried = carry_engine_state(bootstrap, f"{old}tapeflow-engine", f"{new}tapeflow-engine")
         ends = carry_executor_state(bootstrap, old, new)
-        commit_start(bootstrap, f"{new}tapeflow-executor-paper", new + "signals", ends["signals"])
+        # both new groups start at the epoch's beginning (their history is carried, not re-read: a new
+        # engine group would otherwise spend ~15 s priming 25 h from offsets Tansu cannot look up by
+        # time), the executor's after the carried signals
+        commit_group_start(bootstrap, f"{new}tapeflow-engine", [new + t for t in (*ENGINE_INPUTS, PROGRESS_TOPIC)])
+        commit_group_start(bootstrap, f"{new}tapeflow-executor-paper", [new + t for t in EXECUTOR_INPUTS],
+                           {new + "signals": ends["signals"]})
         copied = sum(sum(v.values()) for v in ends.values())
         self.say(f"epochs     carried the engine state of {carried} keys and {copied} executor records")
-        for name in ("engine", "executor"):
-            if not self._running_on(name, new):
-                self.sup.start_epoch_consumer(name, new)
+        self.sup.start_epoch_consumers([n for n in ("engine", "executor") if not self._running_on(n, new)], new)
         if self._stopped_engine_at is not None:
             self.say(f"epochs     features paused {time.monotonic() - self._stopped_engine_at:.1f}s "
                      f"(engine stopped -> new engine started)")

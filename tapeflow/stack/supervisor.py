@@ -223,10 +223,19 @@ class Supervisor:
     # --- services of one topic epoch (the rollover, `tapeflow.stack.epochs`) -----------------------------
     def start_epoch_consumer(self, name: str, prefix: str) -> None:
         """Start the sink, engine or executor on the topic epoch of ``prefix`` as ``name``."""
-        service = EPOCH_CONSUMERS[name](self.settings, self.paths, prefix)
+        self.start_epoch_consumers([name], prefix)
+
+    def start_epoch_consumers(self, names: list[str], prefix: str) -> None:
+        """Start several of them side by side (as `up` does: their group joins overlap)."""
         t0 = time.monotonic()
-        self._start_service(service, wait=True)
-        self.say(f"epochs     started {name} on {prefix or 'the plain topic names'} ({time.monotonic() - t0:.1f}s)")
+        services = [EPOCH_CONSUMERS[name](self.settings, self.paths, prefix) for name in names]
+        launched = [service for service in services if self._start_service(service, wait=False)]
+        for service in launched:
+            run, address = self.running[service.name], self.addresses[service.name]
+            self._wait_healthy(service, run.proc, address, run.record.log)
+            service.after_start(address)
+            self.say(f"epochs     started {service.name} on {prefix or 'the plain topic names'} "
+                     f"({time.monotonic() - t0:.1f}s)")
 
     def stop_service(self, name: str) -> None:
         """Stop ``name`` for good (not restarted): its clean stop flushes and commits."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
-from execution.carry import STATE_TOPICS, carry_executor_state, commit_start
+from execution.carry import STATE_TOPICS, carry_executor_state
+from tapeflow_runtime.offsets import commit_group_start
 from tapeflow.stack.epochs import committed
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
@@ -40,6 +41,9 @@ def test_state_topics_are_copied_in_order_once_even_when_the_copy_is_resumed(kaf
     assert [r["timestamp"] for r in orders if r["partition"] == 1] == [1_000 + i for i in range(1, 20, 2)]
 
     group = new + "tapeflow-executor-paper"
-    commit_start(kafka_bootstrap, group, new + "signals", ends["signals"])
-    assert committed(kafka_bootstrap, group, [(new + "signals", 3), (new + "signals", 0)]) == {
-        (new + "signals", 3): 20, (new + "signals", 0): -1}
+    commit_group_start(kafka_bootstrap, group, [new + "signals", new + "orders"], {new + "signals": ends["signals"]})
+    assert committed(kafka_bootstrap, group, [(new + "signals", 3), (new + "signals", 0), (new + "orders", 1)]) == {
+        (new + "signals", 3): 20, (new + "signals", 0): 0, (new + "orders", 1): 0}
+    # run again (a rollover resumed after a crash) once the group has moved on: nothing is rewound
+    commit_group_start(kafka_bootstrap, group, [new + "signals"], {new + "signals": {3: 5}})
+    assert committed(kafka_bootstrap, group, [(new + "signals", 3)]) == {(new + "signals", 3): 20}

@@ -196,6 +196,40 @@ def test_synthetic_chains_are_consistent():
         assert (t["b"], t["a"]) == book_at_u[(t["s"], t["u"])]
 
 
+def _trades_per_second(rec) -> list[int]:
+    counts = defaultdict(int)
+    for frame in rec.frames:
+        if frame.payload["e"] == "aggTrade":
+            counts[frame.payload["T"] // 1000] += 1
+    first, last = min(counts), max(counts)
+    return [counts.get(sec, 0) for sec in range(first, last + 1)]
+
+
+def test_synthetic_bursts_keep_the_mean_rate_and_cluster_the_seconds():
+    """burstiness=1: about the same trades overall, but the busiest seconds several times the mean and
+    busy seconds following busy seconds (autocorrelated), where the Poisson stream has neither."""
+    import statistics
+
+    kwargs = dict(seed=3, symbols=("BTCUSDT",), duration_s=3600, trades_per_s=10, book_ticker=False)
+    calm = _trades_per_second(generate_session(**kwargs))
+    bursty = _trades_per_second(generate_session(**kwargs, burstiness=1.0))
+
+    def p99_over_mean(xs):
+        return sorted(xs)[int(len(xs) * 0.99)] / statistics.mean(xs)
+
+    def lag1(xs):
+        m = statistics.mean(xs)
+        return sum((a - m) * (b - m) for a, b in zip(xs, xs[1:])) / sum((a - m) ** 2 for a in xs)
+
+    # a mean over ~360 memory spans of a log-normal of std 1.3: within 30 %
+    assert abs(statistics.mean(bursty) / statistics.mean(calm) - 1) < 0.3
+    assert p99_over_mean(calm) < 2.2 and p99_over_mean(bursty) > 4
+    assert abs(lag1(calm)) < 0.1 and lag1(bursty) > 0.6
+    # the bursts draw from their own stream: everything but the trade counts starts out the same
+    again = generate_session(**kwargs, burstiness=0.0)
+    assert _trades_per_second(again) == calm
+
+
 def test_format_fixed():
     assert format_fixed(12345, 2) == "123.45"
     assert format_fixed(5, 3) == "0.005"
@@ -319,6 +353,39 @@ async def test_replay_schedule_scales_gaps_by_speed():
         assert at - 100.0 == pytest.approx((frame.receive_time - t0) / 10, abs=1e-9)
     assert sum(clock.sleeps) == pytest.approx(rec.duration_s / 10)
     assert state.finished.is_set() and state.position == len(rec.frames)
+
+
+@pytest.mark.parametrize("wall_at_start", [-5.0, 3.0])
+async def test_replay_at_session_time_plays_each_frame_when_the_wall_clock_reaches_it(wall_at_start):
+    """5 s before the session (relative to its first frame): the first frame 5 s later, then each at
+    its own receive time; 3 s late: everything from the start, as at speed 1 (never in a burst)."""
+    rec = generate_session(seed=1, duration_s=2, trades_per_s=0, liquidations_per_min=0, start_time=1_700_000_000)
+    clock = FakeClock()
+    first = rec.frames[0].receive_time
+    state = ExchangeState(rec, clock=clock, wall_clock=lambda: first + wall_at_start + clock.now - 100.0)
+    dispatched: list[float] = []
+
+    class Recorder:
+        conn_id = 1
+        idle = asyncio.Event()
+
+        def wants(self, stream):
+            return True
+
+        def enqueue_frame(self, frame):
+            dispatched.append(state.wall_clock() - frame.receive_time)
+
+        def end_replay(self):
+            pass
+
+    Recorder.idle.set()
+    state.connections.add(Recorder())
+    state.request_start()
+    await ReplayEngine(state, 1.0, clock=clock, sleep=clock.sleep, at_session_time=True).run()
+    assert len(dispatched) == len(rec.frames)
+    assert dispatched == pytest.approx([max(0.0, wall_at_start)] * len(rec.frames), abs=1e-6)
+    with pytest.raises(ValueError, match="speed 1"):
+        ReplayEngine(state, 10.0, at_session_time=True)
 
 
 async def test_replay_at_max_speed_never_sleeps_and_skip_fault_withholds():

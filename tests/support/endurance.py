@@ -30,17 +30,18 @@ from tapeflow_runtime.settings import Settings
 class SyntheticExchange(FakeExchangeService):
     """The fake exchange playing a synthetic session at real-time speed, starting now."""
 
-    def __init__(self, settings, paths, spec: SyntheticSpec) -> None:
+    def __init__(self, settings, paths, spec: SyntheticSpec, start: str = "first_subscriber") -> None:
         super().__init__(settings, paths)
-        self.spec = spec
+        self.spec, self.start = spec, start
 
     def prepare(self) -> Launch:
         s = self.spec
         return Launch(argv=[sys.executable, "-m", "fake_exchange", "--synthetic-seed", str(s.seed),
                             "--synthetic-symbols", ",".join(s.symbols), "--synthetic-duration", str(s.duration_s),
-                            "--synthetic-trades-per-s", str(s.trades_per_s),
+                            "--synthetic-trades-per-s", str(s.trades_per_s), "--synthetic-burstiness", str(s.burstiness),
                             "--synthetic-start", str(s.start_time), "--ws-port", str(self.ws_port),
-                            "--rest-port", str(self.rest_port), "--speed", "1", "--log-level", "WARNING"],
+                            "--rest-port", str(self.rest_port), "--speed", "1", "--start", self.start,
+                            "--log-level", "WARNING"],
                       address=f"{HOST}:{self.rest_port}")
 
 
@@ -103,9 +104,11 @@ def expected_trades(spec: SyntheticSpec) -> dict[str, tuple[int, int, int]]:
 
 @contextlib.contextmanager
 def live_stack(home: Path, spec: SyntheticSpec, *, max_batches: int, check_s: float = 1.0,
-               env: dict[str, str] | None = None) -> Iterator[RunningStack]:
+               env: dict[str, str] | None = None, start: str = "first_subscriber",
+               startup_timeout_s: float = 60.0) -> Iterator[RunningStack]:
     """Start the stack (broker, database, sink, engine, executor, fake exchange, live producer) under
-    ``home`` with the rollover at ``max_batches``; supervise it on a thread until the block ends."""
+    ``home`` with the rollover at ``max_batches``; supervise it on a thread until the block ends.
+    ``start="session_time"`` plays each frame at its own receive time (event times = the wall clock's)."""
     saved = {k: os.environ.get(k) for k in ("TAPEFLOW_SYMBOLS", "TAPEFLOW_WARM_START_HOURS", *(env or {}))}
     os.environ.update({"TAPEFLOW_SYMBOLS": ",".join(spec.symbols), "TAPEFLOW_WARM_START_HOURS": "0", **(env or {})})
     log: list[str] = []
@@ -117,8 +120,9 @@ def live_stack(home: Path, spec: SyntheticSpec, *, max_batches: int, check_s: fl
         paths = StackPaths(home)
         paths.ensure()
         settings = Settings(home=home, broker=None, database_url=None, symbols=list(spec.symbols),
-                            warm_start_hours=0, epoch_max_batches=max_batches, epoch_check_s=check_s)
-        fake = SyntheticExchange(settings, paths, spec)
+                            warm_start_hours=0, epoch_max_batches=max_batches, epoch_check_s=check_s,
+                            startup_timeout_s=startup_timeout_s)
+        fake = SyntheticExchange(settings, paths, spec, start)
         probe = Supervisor(settings, paths, say=say)  # the services `up` would run, on the right epoch
         services = [s for s in probe.services if s.name not in ("producer", "fake-exchange")]
         services += [fake, LiveProducer(settings, paths, fake)]
