@@ -56,7 +56,7 @@ from backtest.inputs import (
     sort_records,
 )
 from backtest.sources import SourceError
-from producers.backfill.agg_trades_csv import AggTradeCsvReader, open_archive
+from producers.backfill.agg_trades_csv import AggTradeCsvReader, open_archive, read_agg_trade_columns
 from producers.backfill.errors import BackfillError
 from producers.backfill.sources import VisionDownloader
 from producers.backfill.vision_files import (
@@ -242,8 +242,19 @@ class VisionSource:
         path = self._fetch("aggTrades", symbol, day, required=True)
         if path is None:
             return None
-        cols = (array("q"), array("q"), array("d"), array("d"), array("b"))
-        ids, times, prices, qtys, sells = cols
+        with open_archive(path) as (raw, _):
+            cols = read_agg_trade_columns(raw)  # pyarrow, no Python per row
+        if cols is not None:
+            batch = TradeBatch.from_arrays(EXCHANGE, symbol, cols.agg_id, cols.time_ms, cols.price, cols.qty,
+                                           cols.taker_sell)
+        else:
+            batch = self._trades_by_row(path, symbol)
+        order = np.lexsort((batch.agg_id, batch.time_ms))
+        return batch.take(order)
+
+    def _trades_by_row(self, path: Path, symbol: str) -> TradeBatch:
+        """A file with bad rows: the backfill's row reader, which names each one in the report."""
+        ids, times, prices, qtys, sells = array("q"), array("q"), array("d"), array("d"), array("b")
         with open_archive(path) as (raw, _):
             reader = AggTradeCsvReader(raw, source=path.name, symbol=symbol, receive_time=0,
                                        on_bad=lambda bad: self.report.add_bad_row(str(bad)))
@@ -253,11 +264,9 @@ class VisionSource:
                 prices.append(t["price"])
                 qtys.append(t["qty"])
                 sells.append(t["taker_side"] == "SELL")
-        batch = TradeBatch.from_arrays(EXCHANGE, symbol, np.frombuffer(ids, dtype=np.int64),
-                                       np.frombuffer(times, dtype=np.int64), np.frombuffer(prices),
-                                       np.frombuffer(qtys), np.frombuffer(sells, dtype=np.int8).astype(bool))
-        order = np.lexsort((batch.agg_id, batch.time_ms))
-        return batch.take(order)
+        return TradeBatch.from_arrays(EXCHANGE, symbol, np.frombuffer(ids, dtype=np.int64),
+                                      np.frombuffer(times, dtype=np.int64), np.frombuffer(prices),
+                                      np.frombuffer(qtys), np.frombuffer(sells, dtype=np.int8).astype(bool))
 
     def _metrics(self, symbol: str, day: date) -> list[Record]:
         path = self._fetch("metrics", symbol, day)

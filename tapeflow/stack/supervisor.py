@@ -28,6 +28,7 @@ from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.process import StackError, terminate
 from tapeflow.stack.service import Service
 from tapeflow.stack.steps import MigrationsStep, SetupStep, TopicsStep
+from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, epoch_prefix
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.paths import StackPaths
@@ -60,7 +61,7 @@ def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
 class ComponentStatus:
     name: str
     healthy: bool
-    state: str  # running | external | stopped | stale | done | pending | failed
+    state: str  # running | external | stopped | stale | done | pending | failed | steady | rolling (epochs)
     address: str | None
     pid: int | None
     uptime_s: float | None
@@ -365,6 +366,20 @@ class Supervisor:
             self.say(f"{name:<10} {result}")
 
 
+def _epochs_status(settings: Settings, paths: StackPaths, now: float) -> ComponentStatus:
+    """The topic epoch the stack is on and the rollover in progress (`tapeflow.stack.epochs`)."""
+    try:
+        state = EpochState.load(paths.home / EPOCHS_FILE)
+    except (OSError, ValueError) as exc:
+        return ComponentStatus("epochs", False, "unreadable", None, None, None, str(exc))
+    prefix = epoch_prefix(settings.topic_prefix, state.epoch) or "plain topic names"
+    detail = f"epoch {state.epoch} ({prefix}), {state.rollovers} rollover(s) done, at {settings.epoch_max_batches} batches"
+    if state.rolling:
+        since = f" for {now - state.started_at:.0f}s" if state.started_at else ""
+        detail += f"; rolling over to epoch {state.next_epoch}: step {state.step}{since}"
+    return ComponentStatus("epochs", True, "rolling" if state.rolling else "steady", None, None, None, detail)
+
+
 def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
     if not rec.extra.get("finished") and rec.extra.get("finite") and not rec.is_alive() and path is not None:
         # a finite service that just exited: the supervisor records the outcome within a poll interval
@@ -538,6 +553,8 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
         addresses[service.name] = rec.address
         out.append(ComponentStatus(service.name, health.ok, "running", rec.address, rec.pid,
                                    now - rec.started_at, health.detail))
+    if rollover_enabled(settings):
+        out.append(_epochs_status(settings, paths, now))
     infra = {s.name for s in infra_services(settings, paths)}
     for path in sorted(paths.run_dir.glob("*.json")) if paths.run_dir.exists() else []:
         rec = ProcessRecord.load(path)

@@ -13,9 +13,11 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producers.backfill import BackfillError, ChecksumMismatchError, run_backfill
-from producers.backfill.agg_trades_csv import AggTradeCsvReader, BadRow, open_archive
+from producers.backfill.agg_trades_csv import AggTradeCsvReader, BadRow, open_archive, read_agg_trade_columns
 from producers.backfill.checkpoint import Checkpoint, DayResult
 from producers.backfill.continuity import ArchiveContinuity
 from producers.backfill.days import day_range, normalise_symbol, parse_day
@@ -145,6 +147,48 @@ def test_bad_rows_are_reported_with_line_numbers_and_reasons():
     assert "'maybe' is not true/false" in bad[2].reason
     assert bad[0].text == lines[2] and str(bad[0]).startswith("f.csv:3: ")
     assert reader.line == 11
+
+
+def columns_as_records(cols, symbol="BTCUSDT"):
+    return [{"exchange": "binance", "symbol": symbol, "agg_id": int(a), "price": float(p), "qty": float(q),
+             "first_trade_id": int(f), "last_trade_id": int(la), "event_time": int(t), "trade_time": int(t),
+             "receive_time": RT, "taker_side": "SELL" if s else "BUY"}
+            for a, p, q, f, la, t, s in zip(cols.agg_id, cols.price, cols.qty, cols.first_trade_id,
+                                            cols.last_trade_id, cols.time_ms, cols.taker_sell, strict=True)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(
+    st.integers(0, 2**62), st.decimals(min_value="0.00000001", max_value="99999999", places=8, allow_nan=False),
+    st.floats(min_value=1e-8, max_value=1e9, allow_nan=False, allow_infinity=False), st.integers(0, 2**40),
+    st.integers(0, 1000), st.integers(1, 2**50), st.sampled_from(["true", "false", "True", "False", "TRUE", "FALSE"])),
+    min_size=1, max_size=60), header=st.booleans())
+def test_the_columnar_reader_equals_the_row_reader_field_by_field(rows, header):
+    lines = [HEADER] if header else []
+    lines += [f"{a},{p},{q!r},{f},{f + d},{t},{m}" for a, p, q, f, d, t, m in rows]
+    expected, bad, _ = parse(lines)
+    assert bad == []
+    cols = read_agg_trade_columns(io.BytesIO("\n".join(lines).encode()))
+    assert cols is not None and columns_as_records(cols) == expected
+
+
+def test_the_columnar_reader_finds_columns_by_name_and_leaves_every_unclean_file_to_the_row_reader():
+    """Any row the row reader rejects sends the whole file to the row reader, which names the bad rows."""
+    header = "\ufeffprice,agg_trade_id,extra,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
+    lines = [header, "42000.10,1,x,0.005,10,12,1704067200123,False", "", "42000.2,2,y,1,13,13,1704067200124,true"]
+    cols = read_agg_trade_columns(io.BytesIO("\n".join(lines).encode()))
+    assert cols is not None and columns_as_records(cols) == parse(lines)[0]
+    good = csv_row(1, DAY)
+    for bad in ["2,abc,0.005,10,10,1704067200123,true", "3,42000.1,0.005,10,10,1704067200123",
+                "4,42000.1,0.005,10,10,1704067200123,maybe", "5,-1,0.005,10,10,1704067200123,true",
+                "6,nan,0.005,10,10,1704067200123,true", "6,inf,0.005,10,10,1704067200123,true",
+                "7,42000.1,0.005,12,10,1704067200123,true", "8,42000.1,0,10,10,1704067200123,true",
+                "9,42000.1,0.005,10,10,0,true", "-1,42000.1,0.005,10,10,1704067200123,true",
+                "10,42000.1,0.005,10,10,1704067200123,1",
+                "12,42000.1,0.005,10,10,1704067200123,true,extra"]:
+        for lines in ([HEADER, good, bad], [good, bad], [bad, good]):
+            assert read_agg_trade_columns(io.BytesIO("\n".join(lines).encode())) is None, (lines, bad)
+    assert read_agg_trade_columns(io.BytesIO(b"")) is None
 
 
 def test_open_archive_reads_a_zip_member_and_rejects_odd_archives(tmp_path):

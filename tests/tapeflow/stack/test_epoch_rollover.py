@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fake_exchange.synthetic import SyntheticSpec
+from tapeflow.stack.supervisor import stack_status
 from tapeflow_runtime.kafka_client import admin_client
 from tests.support.endurance import expected_trades, live_stack
 
@@ -34,6 +35,10 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 1.0):
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+def epochs_status(stack):
+    return next(c for c in stack_status(stack.sup.settings, stack.sup.paths) if c.name == "epochs")
+
+
 def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills():
     spec = SyntheticSpec(seed=21, symbols=(SYMBOL,), duration_s=60.0, trades_per_s=300.0,
                          start_time=time.time() + 25)
@@ -42,6 +47,7 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills():
     with live_stack(home, spec, max_batches=3_000) as stack:
         # the first rollover: once its drain step runs, kill the draining engine and the old sink
         wait_for(lambda: stack.epochs().step == "engine", 120, "the first rollover's engine step", 0.1)
+        rolling = epochs_status(stack)
         killed = []
         for name in ("engine-e0", "sink-e0"):
             pid = stack.service_pid(name)
@@ -57,6 +63,7 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills():
         wait_for(done, spec.duration_s + 400, "every trade stored and no rollover in progress")
         rows, distinct, low, high = stack.trades_stored(SYMBOL)
         state = stack.epochs()
+        steady = epochs_status(stack)
         log = "\n".join(stack.log)
         topics = admin_client(stack.bootstrap).list_topics(timeout=10).topics
         features = [r[0] for r in stack.query(
@@ -64,6 +71,10 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills():
             "(SELECT min(strategy) FROM features) ORDER BY eval_time", SYMBOL)]
 
     assert (rows, distinct, low, high) == (count, count, first, last), log
+    # `tapeflow status` shows the epoch and the rollover in progress
+    assert rolling.healthy and rolling.state == "rolling" and "rolling over to epoch 1: step engine" in rolling.detail
+    assert steady.state == "steady" and f"epoch {state.epoch} (e{state.epoch}.)" in steady.detail
+    assert f"{state.rollovers} rollover(s) done" in steady.detail
     assert state.rollovers >= 2, log
     assert f"{', '.join(killed)}" and "exited with code" in log  # the supervisor restarted what was killed
     for step in ("open", "switch", "engine", "executor", "sink", "delete"):
