@@ -78,6 +78,25 @@ class BulkConsumer(aiokafka_driver.Consumer):
                 self._n_acked += len(fresh)
         notify(self._waiting_for_ack)
 
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's next commit offset of ``tp`` (``Consumer._new_offset``), with acked offsets counted once.
+
+        Faust adds a gap's offsets to the acked list without looking at what is there: an offset
+        recorded as a gap and then delivered and acked anyway (a fetch that started past the head, then
+        the head) sits in the list twice, each commit then takes only the first run of consecutive
+        offsets up to the repeat, and the group's commit crawled forward one offset per commit while
+        every record had been processed (measured: a new topic epoch's engine, 313 of 10,382 after
+        5 minutes, the rollover waiting on it). Hand-written because the fix is inside Faust's method."""
+        acked = self._acked[tp]
+        offset, rest = next_commit(acked, self._gap[tp], self._committed_offset[tp])
+        if offset is not None:
+            done = set(acked) - set(rest)
+            acked[:] = rest
+            self._acked_index[tp].difference_update(done)
+        else:
+            acked[:] = rest
+        return offset
+
     def caught_up(self, tp: TP) -> bool:
         """True when every record below the high watermark of ``tp``'s last fetch has been delivered.
 
@@ -213,6 +232,30 @@ class BulkConsumer(aiokafka_driver.Consumer):
                 await self._add_gap(tp, read + 1, record.offset)
             await self.wait_first(callback(self._to_message(tp, record)), self.suspend_flow.wait())
             self._read_offset[tp] = record.offset
+
+
+def next_commit(acked: Sequence[int], gap: Any, committed: int | None) -> tuple[int | None, list[int]]:
+    """(the offset to commit or None, the acked offsets left) for a partition: the gap intervals up to
+    the highest acked offset count as acked (and are chopped off ``gap``, an ``IntervalTree``), every
+    offset once; the commit is the end of the first run of consecutive offsets, unless the run starts
+    more than one past ``committed`` (a head not processed yet: no commit)."""
+    if not acked:
+        return None, list(acked)
+    offsets = set(acked)
+    if gap:
+        max_offset = max(offsets)
+        filled = [o for iv in sorted(gap.overlap(0, max_offset), key=lambda iv: iv.begin)
+                  for o in range(iv.begin, iv.end)]
+        if filled:
+            gap.chop(0, max(filled[-1], max_offset + 1))
+            offsets.update(filled)
+    ordered = sorted(offsets)
+    if committed and ordered[0] - committed > 1:
+        return None, ordered
+    end = 1
+    while end < len(ordered) and ordered[end] == ordered[end - 1] + 1:
+        end += 1
+    return ordered[end - 1] + 1, ordered[end:]
 
 
 class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):

@@ -595,3 +595,26 @@ def test_time_spent_handling_a_fetch_is_not_a_partitions_silence(serde, partitio
     processor.tick(not_mark)
     assert processor.metrics.forced_releases._value.get() == 1
     assert processor.aligner.held("binance:BTCUSDT") == 0
+
+
+def test_next_commit_counts_an_offset_both_gapped_and_acked_once():
+    """Offsets 10-19 recorded as a gap (a fetch that started past them) and then delivered and acked
+    anyway: Faust's own bookkeeping lists them twice and its commit crawled one offset at a time; here
+    the whole run commits at once."""
+    from intervaltree import IntervalTree
+
+    from stream_apps.faust_app.bulk_consumer import next_commit
+
+    gap = IntervalTree()
+    gap[10:20] = True
+    acked = list(range(0, 30))
+    assert next_commit(acked, gap, 0) == (30, [])
+    assert not gap  # chopped up to the acked end
+
+    # the ordinary cases, as Faust: the first consecutive run; a head not acked yet holds the commit
+    assert next_commit([5, 6, 7, 9, 10], IntervalTree(), 4) == (8, [9, 10])
+    assert next_commit([7, 8], IntervalTree(), 4) == (None, [7, 8])
+    assert next_commit([], IntervalTree(), 4) == (None, [])
+    gap = IntervalTree()
+    gap[8:9] = True  # a compacted offset between two acked runs
+    assert next_commit([5, 6, 7, 9, 10], gap, 4) == (11, [])
