@@ -7,8 +7,11 @@ in the log at start so the operator confirms what will trade. Unknown keys are r
 `daly_loss_limit_r` must not silently fall back to a default). Defaults come from DESIGN §5 and the old
 system: 10,000 USDT paper balance, 2 % risk per 1R, tiers standard 1.0 / heavy 1.5, taker 0.05 % and
 maker 0.02 % per side, timeout 240 min, daily loss -5R, pause after 5 losses for 60 min, stale data 30 s,
-reconciliation every 5 min. Exchange keys are never part of this file: they are secrets and come from
-the settings (`TAPEFLOW_BINANCE_API_KEY`/`_SECRET` or their `*_FILE`).
+reconciliation every 5 min. The timeout is only a default: a signal carries its strategy's
+`exits.timeout_min` (`timeout_ms`) and that is what its position runs with; `timeout_min` and
+`timeout_min_by_strategy` apply to signals without one (written before signals carried it).
+Exchange keys are never part of this file: they are secrets and come from the settings
+(`TAPEFLOW_BINANCE_API_KEY`/`_SECRET` or their `*_FILE`).
 """
 
 from __future__ import annotations
@@ -122,8 +125,11 @@ class ExecutorConfig(_Model):
     fees: Fees = Fees()
     paper: PaperFills = PaperFills()
     entry: EntryPolicy = EntryPolicy()
-    timeout_min: int = Field(default=240, gt=0)
-    timeout_min_by_strategy: dict[str, int] = Field(default_factory=dict)
+    timeout_min: int = Field(default=240, gt=0,
+                             description="default position timeout for signals that carry none (signals "
+                                         "carry their strategy's exits.timeout_min as timeout_ms)")
+    timeout_min_by_strategy: dict[str, int] = Field(
+        default_factory=dict, description="per-strategy default timeout for signals that carry none")
     breakeven_offset_r: float = Field(default=0.0, ge=0, lt=1,
                                       description="after TP1 the stop moves to entry + this many R")
     risk: RiskLimits = RiskLimits()
@@ -145,7 +151,11 @@ class ExecutorConfig(_Model):
         """1R of the account at tier multiplier 1 (10,000 x 2 % = 200 by default)."""
         return self.balance * self.risk_pct / 100
 
-    def timeout_ms(self, strategy: str) -> int:
+    def timeout_ms(self, strategy: str, signal_timeout_ms: int | None = None) -> int:
+        """A position's timeout: its signal's (the strategy's ``exits.timeout_min``) when the signal
+        carries one, else this configuration's default for the strategy."""
+        if signal_timeout_ms is not None:
+            return signal_timeout_ms
         return self.timeout_min_by_strategy.get(strategy, self.timeout_min) * 60_000
 
 

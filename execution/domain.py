@@ -150,6 +150,7 @@ class Signal:
     tp2_r: float
     is_flip: bool
     risk_multiplier: float | None = None  # the strategy's multiplier for this tier (factors["risk_multiplier"])
+    timeout_ms: int | None = None  # the strategy's exits.timeout_min in ms; None: the executor's own setting
 
     @property
     def key(self) -> str:
@@ -166,6 +167,7 @@ class Signal:
 
         1R is the stop distance by definition (DESIGN §5), so sl_r must be 1: a signal with another
         stop multiple would make "sl = -1R" false and is refused rather than silently re-scaled.
+        ``timeout_ms`` is optional: signals written before the field existed carry none (None).
         """
         sig = cls(
             signal_id=rec["signal_id"], strategy=rec["strategy"], strategy_version=rec["strategy_version"],
@@ -175,6 +177,7 @@ class Signal:
             sl_r=float(rec["sl_r"]), tp1_r=float(rec["tp1_r"]), tp2_r=float(rec["tp2_r"]),
             is_flip=bool(rec.get("is_flip", False)),
             risk_multiplier=(rec.get("factors") or {}).get("risk_multiplier"),
+            timeout_ms=None if rec.get("timeout_ms") is None else int(rec["timeout_ms"]),
         )
         if sig.direction not in ("LONG", "SHORT"):
             raise InvalidSignal(f"direction {sig.direction!r}")
@@ -186,4 +189,6 @@ class Signal:
             raise InvalidSignal(f"need 0 < tp1_r < tp2_r, got {sig.tp1_r} and {sig.tp2_r}")
         if sig.risk_multiplier is not None and not 0 < sig.risk_multiplier <= 10:
             raise InvalidSignal(f"risk_multiplier {sig.risk_multiplier} outside (0, 10]")
+        if sig.timeout_ms is not None and sig.timeout_ms <= 0:
+            raise InvalidSignal(f"timeout_ms must be positive, got {sig.timeout_ms}")
         return sig

@@ -18,6 +18,12 @@ Every decision is emitted to risk.events with its reason, signal decisions under
 reaches, then every open position of the symbol evaluates its exits on the trade. Per clock tick: pause
 end, UTC day change, stale data and venue transitions, maker-entry timeouts.
 
+Timeouts: a position closes at market once it has been open for its signal's `timeout_ms` (the
+strategy's `exits.timeout_min`, so research, backtest and live trading run the same timeout); the
+executor's `timeout_min` / `timeout_min_by_strategy` only stand in for signals that carry none
+(written before the field existed). The timeout travels on the position's events, so a restart
+restores it.
+
 Funding: every md.mark record names the next funding time of its symbol and the rate it will charge
 (Binance's estimate, final at the settlement). The first trade or mark record of the symbol at or
 after that time settles it with the newest rate and mark price seen before it: every open position
@@ -395,7 +401,9 @@ class Executor:
             if "closed" in evs or "opened" not in evs:
                 continue
             opened = evs["opened"]
-            pos = Position.restore(opened, evs.get("tp1"), timeout_ms=self.config.timeout_ms(opened["strategy"]),
+            # the timeout it was opened with (events from before positions carried it: the setting)
+            timeout_ms = opened.get("timeout_ms") or self.config.timeout_ms(opened["strategy"])
+            pos = Position.restore(opened, evs.get("tp1"), timeout_ms=int(timeout_ms),
                                    breakeven_offset_r=self.config.breakeven_offset_r)
             self._register(pos)
         cancelled = resumed = 0
@@ -651,8 +659,9 @@ class Executor:
         r_usd = entry.size.r_usd
         if abs(filled - entry.size.qty) > 1e-12 * entry.size.qty:
             r_usd = entry.size.r_usd * filled / entry.size.qty
-        pos = Position.open(position_id=entry.position_id, signal=entry.signal, mode=self.mode, fills=entry.fills,
-                            r_usd=r_usd, timeout_ms=self.config.timeout_ms(entry.signal.strategy),
+        sig = entry.signal
+        pos = Position.open(position_id=entry.position_id, signal=sig, mode=self.mode, fills=entry.fills,
+                            r_usd=r_usd, timeout_ms=self.config.timeout_ms(sig.strategy, sig.timeout_ms),
                             breakeven_offset_r=self.config.breakeven_offset_r)
         self._register(pos)
         self.sink.emit(POSITIONS, market_key(pos.exchange, pos.symbol), position_record(pos, "opened", pos.opened_at))

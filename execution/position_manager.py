@@ -144,7 +144,8 @@ class Position:
 
         R is recovered as r_usd / initial qty (r_usd is by construction qty x R), the R multiples of
         the levels from the prices; after TP1 the break-even offset is the one the stop was moved by,
-        before it the configured one.
+        before it the configured one. ``timeout_ms`` is the caller's: the executor passes the one the
+        opened event carries (the signal's), or its own setting for events from before they carried it.
         """
         qty0 = float(opened["qty"])
         r_usd = float(opened["r_usd"])

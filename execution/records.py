@@ -87,4 +87,5 @@ def position_record(pos: Position, kind: str, event_time: int) -> dict[str, Any]
         "slippage_r": pos.slippage_r,
         "funding_r": pos.funding_r,
         "event_time": event_time,
+        "timeout_ms": pos.plan.timeout_ms,  # what a restarted executor restores the position with
     }

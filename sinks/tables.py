@@ -231,7 +231,7 @@ def signal_row(r: Record) -> Row:
     return (r["signal_id"], r["strategy"], r["strategy_version"], r["config_hash"], r["exchange"], r["symbol"],
             ms_to_datetime(r["eval_time"]), r["direction"], r["tier"], r["score"], _jsonb(r["factors"]),
             r["price"], r["atr"], r["risk_distance"], r["sl_price"], r["tp1_price"], r["tp2_price"],
-            r["sl_r"], r["tp1_r"], r["tp2_r"], r.get("is_flip", False))
+            r["sl_r"], r["tp1_r"], r["tp2_r"], r.get("is_flip", False), r.get("timeout_ms"))
 
 
 def order_event_row(r: Record) -> Row:
@@ -252,7 +252,8 @@ def position_event_row(r: Record) -> Row:
             r["exchange"], r["symbol"], r["mode"], r["event"], r["direction"], r["tier"], r["entry_price"],
             r["qty"], r["r_usd"], r["sl_price"], r["tp1_price"], r["tp2_price"], r.get("exit_price"),
             r.get("exit_reason"), r.get("pnl_r_gross"), r.get("pnl_r_net"), r.get("fees_r", 0.0),
-            r.get("slippage_r", 0.0), ms_to_datetime(r["event_time"]), r.get("funding_r", 0.0))
+            r.get("slippage_r", 0.0), ms_to_datetime(r["event_time"]), r.get("funding_r", 0.0),
+            r.get("timeout_ms"))
 
 
 def risk_event_row(r: Record) -> Row:
@@ -329,6 +330,7 @@ SIGNALS = _spec("signals", [
     ("symbol", _T), ("eval_time", _TS), ("direction", _T), ("tier", _T), ("score", _F8), ("factors", _JSONB),
     ("price", _F8), ("atr", _F8), ("risk_distance", _F8), ("sl_price", _F8), ("tp1_price", _F8),
     ("tp2_price", _F8), ("sl_r", _F8), ("tp1_r", _F8), ("tp2_r", _F8), ("is_flip", _B),
+    ("timeout_ms", _I8),  # added by 0012
 ], ("signal_id",), "eval_time", signal_row)
 
 ORDERS = _spec("orders", [
@@ -350,6 +352,7 @@ POSITIONS = _spec("positions", [
     ("entry_price", _F8), ("qty", _F8), ("r_usd", _F8), ("sl_price", _F8), ("tp1_price", _F8), ("tp2_price", _F8),
     ("exit_price", _F8), ("exit_reason", _T), ("pnl_r_gross", _F8), ("pnl_r_net", _F8), ("fees_r", _F8),
     ("slippage_r", _F8), ("event_time", _TS), ("funding_r", _F8),  # added by 0006: after event_time
+    ("timeout_ms", _I8),  # added by 0012
 ], ("mode", "position_id", "event"), "event_time", position_event_row)
 
 RISK_EVENTS = _spec("risk_events", [

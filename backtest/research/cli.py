@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
         """Search layer weights, thresholds, gates and exits of a base strategy; write the winner."""
         from stream_apps.core.durations import parse_duration_ms
 
-        from .search import evaluate, executor_timeout, in_range, result_of, search, write_report, write_strategy
+        from .search import evaluate, in_range, result_of, search, write_report, write_strategy
 
         base = _base(strategy)
         from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
@@ -147,8 +147,7 @@ def register(app: typer.Typer) -> None:
             [trades] = evaluate(store, [report.best.candidate.config], end, to_ms, workers)
             report.holdout, report.holdout_range = result_of(in_range(trades, end, to_ms), end, to_ms), (end, to_ms)
         path, config_hash = write_strategy(report.best.candidate.config, out / "strategies")
-        summary = report.summary() | {"strategy_file": str(path), "seconds": time.perf_counter() - began,
-                                      "executor_config": executor_timeout(report.best.candidate.config)}
+        summary = report.summary() | {"strategy_file": str(path), "seconds": time.perf_counter() - began}
         report_path = write_report(out, summary)
         typer.echo(f"search: {len(report.trials)} trials ({sampler}, objective {objective}) on "
                    f"{fmt_day(from_ms)} .. {fmt_day(end)} in {summary['seconds']:.0f} s")
@@ -161,7 +160,6 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"strategy: {path} (config_hash {config_hash})")
         typer.echo(f"report: {report_path}")
         typer.echo(f"run it live: tapeflow engine --strategy {path}")
-        _echo_executor_hint(summary["executor_config"])
 
     @research.command("walk-forward")
     def walk_forward_command(
@@ -247,7 +245,7 @@ def run_walk_forward(windows: str, from_ms: int, to_ms: int, base: StrategyConfi
                      trials: int, sampler: str, objective: str, min_trades: int, batch: int, seed: int, out: Path,
                      store_dir: Path | None, workers: int | None, progress: bool) -> None:
     """``tapeflow research walk-forward`` and ``tapeflow backtest --walk-forward``."""
-    from .search import executor_timeout, walk_forward, write_report, write_strategy
+    from .search import walk_forward, write_report, write_strategy
     from .windows import parse_walk_forward
 
     try:
@@ -277,21 +275,11 @@ def run_walk_forward(windows: str, from_ms: int, to_ms: int, base: StrategyConfi
     if last is not None:
         path, config_hash = write_strategy(last.best.candidate.config, out / "strategies")
         payload["strategy_file"] = str(path)
-        payload["executor_config"] = executor_timeout(last.best.candidate.config)
         if held is not None:
             typer.echo(_result_line("hold-out (last window's choice, touched once)", held))
             payload["holdout"] = held.as_dict()
         typer.echo(f"strategy (last window's choice): {path} (config_hash {config_hash})")
-        _echo_executor_hint(payload["executor_config"])
     typer.echo(f"report: {write_report(out, payload, 'walk-forward.json')}")
-
-
-def _echo_executor_hint(setting: dict | None) -> None:
-    """The executor takes timeouts from its own configuration: say what runs the choice as scored."""
-    if setting:
-        [(name, minutes)] = setting["timeout_min_by_strategy"].items()
-        typer.echo(f"executor: scored with a {minutes} min timeout, but the executor takes its own (timeout_min, "
-                   f"240 by default): add `timeout_min_by_strategy: {{{name}: {minutes}}}` to --executor-config")
 
 
 def _duration(text: str, option: str, parse) -> int:

@@ -331,18 +331,6 @@ def write_strategy(config: StrategyConfig, directory: str | Path) -> tuple[Path,
     return path, config.config_hash
 
 
-def executor_timeout(config: StrategyConfig) -> dict[str, dict[str, int]] | None:
-    """The executor setting that runs ``config``'s timeout as the search scored it, or None when the
-    executor's default already does. The executor (and so ``tapeflow backtest`` and live trading) takes
-    a position's timeout from its own configuration (``timeout_min``, ``timeout_min_by_strategy``),
-    not from the strategy file, whose ``exits.timeout_min`` only the research fills read."""
-    from execution.config import ExecutorConfig
-
-    if config.exits.timeout_min == ExecutorConfig().timeout_min:
-        return None
-    return {"timeout_min_by_strategy": {config.name: int(config.exits.timeout_min)}}
-
-
 def write_report(directory: str | Path, payload: dict, name: str = "research.json") -> Path:
     """The report as JSON in ``directory`` (a search writes ``research.json``, a walk-forward
     ``walk-forward.json``, so both can share one ``--out`` without one replacing the other)."""

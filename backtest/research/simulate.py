@@ -19,9 +19,9 @@ What differs (documented in the report): prices are per-second bars, replayed as
 level exits fill at the level (the executor fills at the next trade and books the difference as
 slippage); no risk guard (daily loss stop, pauses, position limits) and no funding; a signal while a
 position is open (not a flip) is not taken; positions still open at the end are left out. The timeout
-is the strategy's ``exits.timeout_min``; the executor takes its own (``timeout_min``,
-``timeout_min_by_strategy``), so the research names the setting that runs a chosen timeout
-(``search.executor_timeout``). ``tests/backtest/research/test_simulate.py`` drives the executor with
+is the strategy's ``exits.timeout_min``, as in the executor: the strategy's signals carry it
+(``timeout_ms``) and the executor runs their positions with it, live and in ``tapeflow backtest``.
+``tests/backtest/research/test_simulate.py`` drives the executor with
 the paper broker on a hand-built path where both are exact and checks that entries, exit reasons and
 P&L agree, and that a gap through a level differs by exactly the executor's slippage.
 """

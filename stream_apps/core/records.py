@@ -141,7 +141,8 @@ class FeatureTable:
 
 
 def signal_record(evaluation: Evaluation, plan: ExitPlan) -> dict[str, Any]:
-    """One ``signals`` record (Signal) with the exit plan and provenance."""
+    """One ``signals`` record (Signal) with the exit plan (levels, R multiples and the strategy's
+    timeout) and provenance."""
     factors = dict(evaluation.layer_scores)
     factors.update({name: evaluation.inputs[name] for name in _SIGNAL_FACTOR_INPUTS if name in evaluation.inputs})
     factors["risk_multiplier"] = plan.risk_multiplier
@@ -167,4 +168,5 @@ def signal_record(evaluation: Evaluation, plan: ExitPlan) -> dict[str, Any]:
         "tp1_r": plan.tp1_r,
         "tp2_r": plan.tp2_r,
         "is_flip": evaluation.is_flip,
+        "timeout_ms": plan.timeout_ms,  # the strategy's exits.timeout_min: the executor applies it
     }

@@ -24,17 +24,20 @@ import pytest
 from backtest.runner import BacktestRunner
 from backtest.sources.records import RecordSource
 from execution.config import ExecutorConfig, PaperFills
-from stream_apps.core.strategy import parse_strategy
+from stream_apps.core.strategy import StrategyConfig, parse_strategy
 
 S = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 SEC = 1000
 EX, SYM = "binance", "ETHUSDT"
-STRATEGY = parse_strategy({
+SPEC = {
     "name": "hand", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "10m"}, "warmup": "10m",
     "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
     "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "60m",
     "exits": {"sl_atr_mult": 1.0, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 240},
-})
+}
+STRATEGY = parse_strategy(SPEC)
+# the same strategy with its own 5-minute timeout (exits.timeout_min), which its signals carry
+STRATEGY_5MIN = parse_strategy({**SPEC, "exits": {**SPEC["exits"], "timeout_min": 5}})
 SLIP = 0.0002  # 2 bps
 FEE = 0.0005
 R_USD = 200.0
@@ -58,21 +61,22 @@ def market(after: dict[int, float], until: int, default: float = 103.0) -> list[
     return trades
 
 
-def run(trades: list[dict], *, marks: list[dict] = (), config: ExecutorConfig | None = None):
+def run(trades: list[dict], *, marks: list[dict] = (), config: ExecutorConfig | None = None,
+        strategy: StrategyConfig = STRATEGY):
     config = config or ExecutorConfig(paper=PaperFills(slippage_bps=2.0))
     end = trades[-1]["trade_time"] + SEC
     source = RecordSource("hand", EX, [SYM], S, end, trades=trades, marks=list(marks))
-    return BacktestRunner([STRATEGY], config).run(source)
+    return BacktestRunner([strategy], config).run(source)
 
 
 def fee_r(*notionals: float) -> float:
     return FEE * sum(notionals) / R_USD
 
 
-def check_signal(result) -> None:
+def check_signal(result, strategy: StrategyConfig = STRATEGY) -> None:
     assert result.signals == 1
     (t,) = result.trades
-    assert t.signal_id == f"hand:{STRATEGY.config_hash}:{EX}:{SYM}:{S + 600 * SEC}:LONG"
+    assert t.signal_id == f"hand:{strategy.config_hash}:{EX}:{SYM}:{S + 600 * SEC}:LONG"
     assert (t.direction, t.tier, t.score) == ("LONG", "standard", 40.0)
     assert t.entry_time == S + 600 * SEC
     assert t.r_usd == R_USD
@@ -130,17 +134,34 @@ def test_take_profit_after_tp1():
                                          - FEE * (QTY * entry_fill + 50 * tp1_fill + 50 * tp2_fill)) / R_USD)
 
 
-def test_timeout_closes_at_market_after_the_executor_timeout():
-    config = ExecutorConfig(paper=PaperFills(slippage_bps=2.0), timeout_min=5)
+def test_timeout_closes_at_market_after_the_strategys_timeout():
+    config = ExecutorConfig(paper=PaperFills(slippage_bps=2.0), timeout_min=240)  # the default: not what runs
     # opened at 600 s; the first trade 300 s later (k=90, 900 s) times it out; k=91 fills at 103
-    result = run(market({60: 102.0, 61: 103.0}, 91), config=config)
-    check_signal(result)
+    result = run(market({60: 102.0, 61: 103.0}, 91), config=config, strategy=STRATEGY_5MIN)
+    check_signal(result, STRATEGY_5MIN)
     (t,) = result.trades
     entry_fill, exit_fill = 102.0 * (1 + SLIP), 103.0 * (1 - SLIP)
     assert (t.exit_reason, t.tp1_hit, t.exit_time) == ("timeout", False, S + 910 * SEC)
     assert t.pnl_r_gross == pytest.approx((103.0 - 102.0) / 2)  # (exit market price - entry) / R
     assert t.slippage_r == pytest.approx((entry_fill - 102.0) / 2 + (103.0 - exit_fill) / 2)
     assert t.pnl_r_net == pytest.approx((QTY * exit_fill - QTY * entry_fill - FEE * QTY * (entry_fill + exit_fill)) / R_USD)
+
+
+def test_the_executors_timeout_setting_does_not_override_the_strategys():
+    config = ExecutorConfig(paper=PaperFills(slippage_bps=2.0), timeout_min=5)  # a default for signals without one
+    first = f"hand:{STRATEGY.config_hash}:{EX}:{SYM}:{S + 600 * SEC}:LONG"
+    # the strategy's 240 minutes run: still open 2 hours after the entry at 600 s (later signals of the
+    # slot, one per 60-minute cooldown, are refused: position_open)
+    result = run(market({60: 102.0, 61: 103.0}, 60 + 720), config=config)
+    assert result.trades == []
+    [still_open] = result.params["open_positions_at_end"]
+    assert (still_open["signal_id"], still_open["entry_time"]) == (first, S + 600 * SEC)
+    # 240 minutes after the entry (k = 60 + 1440) it times out; k = 1501 fills at 103
+    result = run(market({60: 102.0, 61: 103.0}, 60 + 1441), config=config)
+    (t,) = result.trades
+    assert (t.signal_id, t.entry_time) == (first, S + 600 * SEC)
+    assert (t.exit_reason, t.exit_time) == ("timeout", S + (600 + 240 * 60 + 10) * SEC)
+    assert t.exit_price == pytest.approx(103.0 * (1 - SLIP))
 
 
 def test_slicing_does_not_change_the_result():

@@ -110,7 +110,7 @@ BTC_SIGNAL = {
     "exchange": "binance", "symbol": "BTCUSDT", "eval_time": EVAL_TIME, "direction": "LONG", "tier": "heavy",
     "score": 87.0, "factors": {"direction": 55.0, "crowding": 20.0, "environment": 10.0, "auxiliary": 2.0},
     "price": 67012.4, "atr": 161.4, "risk_distance": 242.1, "sl_price": 66770.3, "tp1_price": 67254.5,
-    "tp2_price": 67496.6, "sl_r": 1.0, "tp1_r": 1.0, "tp2_r": 2.0, "is_flip": False,
+    "tp2_price": 67496.6, "sl_r": 1.0, "tp1_r": 1.0, "tp2_r": 2.0, "is_flip": False, "timeout_ms": 14_400_000,
 }
 BTC_ORDER = {
     "client_order_id": "tf-7c1d0a9e-entry", "signal_id": SIGNAL_ID, "position_id": "pos-7c1d0a9e",
@@ -131,7 +131,7 @@ BTC_POSITION_CLOSED = {
     "direction": "LONG", "tier": "heavy", "entry_price": 67012.4, "qty": 0.0, "r_usd": 300.0,
     "sl_price": 67012.4, "tp1_price": 67254.5, "tp2_price": 67496.6, "exit_price": 67012.4,
     "exit_reason": "sl_be", "pnl_r_gross": 0.5, "pnl_r_net": 0.221, "fees_r": 0.2768, "slippage_r": 0.0022, "funding_r": 0.0,
-    "event_time": 1718001912007,
+    "event_time": 1718001912007, "timeout_ms": 14_400_000,
 }
 RISK_PAUSE = {
     "scope": "global", "mode": "paper", "decision": "pause", "state": "paused", "reason": "consecutive_losses",
@@ -497,3 +497,17 @@ def test_decode_with_incompatible_reader_schema(serde):
     reader["fields"].append({"name": "source", "type": "string", "doc": "no default"})
     with pytest.raises(IncompatibleSchemaError):
         serde.decode(serde.encode("md.trades", BTC_TRADE), reader_schema=reader)
+
+
+@pytest.mark.parametrize("topic, sample", [("signals", BTC_SIGNAL), ("positions", BTC_POSITION_CLOSED)])
+def test_records_written_before_timeout_ms_read_it_as_null(topic, sample):
+    """Signals and position events still in the topics from before they carried the strategy's timeout:
+    the current schema reads them with timeout_ms null (the executor then applies its own setting)."""
+    registry = FileSchemaRegistry()
+    previous = [v for v in registry.versions(f"{topic}-value")
+                if "timeout_ms" not in {f["name"] for f in v["schema"]["fields"]}][-1]
+    old = {k: v for k, v in sample.items() if k != "timeout_ms"}
+    buf = io.BytesIO()
+    schemaless_writer(buf, parse_schema(strip_logical_types(previous["schema"])), old)
+    data = frame_header(previous["id"]) + buf.getvalue()
+    assert AvroSerde(registry).decode(data, topic=topic) == {**old, "timeout_ms": None}

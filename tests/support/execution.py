@@ -22,7 +22,10 @@ EXCHANGE, SYMBOL = "binance", "BTCUSDT"
 
 def signal_record(*, direction: str = "LONG", price: float = 100.0, risk: float = 2.0, tp1_r: float = 1.0,
                   tp2_r: float = 2.0, tier: str = "standard", strategy: str = "v53", eval_time: int = T0,
-                  symbol: str = SYMBOL, is_flip: bool = False, signal_id: str | None = None) -> dict[str, Any]:
+                  symbol: str = SYMBOL, is_flip: bool = False, signal_id: str | None = None,
+                  timeout_ms: int | None = None) -> dict[str, Any]:
+    """A signal record; `timeout_ms` None is what a signal written before signals carried their
+    strategy's timeout decodes to (the executor then applies its own setting)."""
     sign = 1 if direction == "LONG" else -1
     sid = signal_id or f"{strategy}:abc123:{EXCHANGE}:{symbol}:{eval_time}:{direction}"
     return {"signal_id": sid, "strategy": strategy, "strategy_version": "1.0", "config_hash": "abc123",
@@ -30,7 +33,7 @@ def signal_record(*, direction: str = "LONG", price: float = 100.0, risk: float 
             "score": 80.0, "factors": {"direction": 40.0}, "price": price, "atr": risk / 1.5,
             "risk_distance": risk, "sl_price": price - sign * risk, "tp1_price": price + sign * tp1_r * risk,
             "tp2_price": price + sign * tp2_r * risk, "sl_r": 1.0, "tp1_r": tp1_r, "tp2_r": tp2_r,
-            "is_flip": is_flip}
+            "is_flip": is_flip, "timeout_ms": timeout_ms}
 
 
 _AGG = [1000]

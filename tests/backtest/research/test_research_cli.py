@@ -31,15 +31,9 @@ def test_search_writes_a_strategy_ready_for_the_engine(tmp_path):
     report = json.loads((tmp_path / "out" / "research.json").read_text())
     assert report["trials"] == 4 and report["best"]["config_hash"] == config_hash
     assert {"deflated_sharpe_ratio", "pbo", "holdout"} <= set(report)
-    # the executor takes timeouts from its own config: a chosen timeout other than its 240 is named
-    minutes = load_strategy(path).exits.timeout_min
-    hint = [line for line in lines if line.startswith("executor: ")]
-    if minutes == 240:
-        assert report["executor_config"] is None and not hint
-    else:
-        name = load_strategy(path).name
-        assert report["executor_config"] == {"timeout_min_by_strategy": {name: minutes}}
-        assert hint and f"timeout_min_by_strategy: {{{name}: {minutes}}}" in hint[0]
+    # the chosen exits.timeout_min travels in the strategy's signals and the executor runs it: no
+    # executor setting to copy any more
+    assert "executor_config" not in report and not [line for line in lines if line.startswith("executor: ")]
 
 
 def test_backtest_walk_forward_runs_the_research_walk_forward(tmp_path):

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backtest.research.search import executor_timeout
 from backtest.research.simulate import REASONS, Signals, simulate
 from backtest.research.store import SecondBars, second_bars
 from stream_apps.core.exits import CostModel, plan_exits, pnl_r
-from stream_apps.core.strategy import default_strategy_dir, load_strategy, parse_strategy
+from stream_apps.core.strategy import parse_strategy
 
 T = 1_700_006_400_000
 CFG = parse_strategy({
@@ -101,9 +100,10 @@ def test_a_position_closed_before_the_next_signal_frees_the_symbol():
 RELAXED = {"paper": {"slippage_bps": 0.0},
            "risk": {"max_signal_age_s": 1e9, "stale_market_data_s": 1e9, "daily_loss_limit_r": 1000,
                     "max_consecutive_losses": 1000, "max_open_positions": 100}}
-# the executor takes timeouts from its own configuration: the research says which setting runs the
-# strategy's timeout (``executor_timeout``), and with it the two models agree
-EXECUTOR = RELAXED | executor_timeout(CFG)
+# the executor's own timeout stays at its default (240 min): the strategy's 10 minutes travel in its
+# signals (``timeout_ms``, as the engine writes them) and the executor runs them, as the screen does
+EXECUTOR = RELAXED
+STRATEGY_TIMEOUT_MS = CFG.exits.timeout_min * 60_000
 # A hand-built path where both models are exact: every level is crossed by a trade AT the level and
 # the next trade (where the executor's market exit fills) is at the same price half a second later;
 # signals, entries and timeouts fall on whole seconds. (seconds after T, price)
@@ -123,9 +123,9 @@ SIGNALS = [  # (seconds after T, sign, is_flip)
 ]
 
 
-def _executor_trades(config: dict = EXECUTOR) -> list[dict]:
-    """The executor with the paper broker, fed like the backtest runner feeds it: signals before the
-    trades at their time, trades one by one, ``now`` = event time."""
+def _executor_trades(config: dict = EXECUTOR, timeout_ms: int | None = STRATEGY_TIMEOUT_MS) -> list[dict]:
+    """The executor with the paper broker, fed like the backtest runner feeds it: signals (carrying
+    ``timeout_ms``) before the trades at their time, trades one by one, ``now`` = event time."""
     from execution.config import ExecutorConfig
     from tests.support.execution import Harness
 
@@ -137,7 +137,7 @@ def _executor_trades(config: dict = EXECUTOR) -> list[dict]:
             _, sign, flip = SIGNALS[k]
             price = next(p for s, p in PATH if T + int(s * 1000) >= t)
             h.signal(direction="LONG" if sign > 0 else "SHORT", price=price, risk=1.0, tp1_r=1.0, tp2_r=2.0,
-                     strategy="sim", eval_time=t, is_flip=flip, signal_id=f"sim:{t}")
+                     strategy="sim", eval_time=t, is_flip=flip, signal_id=f"sim:{t}", timeout_ms=timeout_ms)
         else:
             h.trade(PATH[k][1], t)
     opened = {p["position_id"]: p for p in h.positions("opened")}
@@ -164,12 +164,17 @@ def test_the_screen_agrees_with_the_executors_position_model_where_both_are_exac
         assert e["slippage_r"] == pytest.approx(0.0, abs=1e-12) and e["funding_r"] == 0.0
 
 
-def test_the_research_names_the_executor_setting_of_a_timeout_the_executor_would_not_apply():
-    assert executor_timeout(CFG) == {"timeout_min_by_strategy": {"sim": 10}}
-    assert executor_timeout(load_strategy(default_strategy_dir() / "v53.yaml")) is None  # 240 = the default
-    # without it the executor keeps its 240 min: the 10-minute timeout of the screen does not happen
-    reasons = [e["exit_reason"] for e in _executor_trades(RELAXED)]
+def test_the_executor_runs_the_strategys_timeout_its_own_setting_only_for_signals_without_one():
+    timed_out = [e for e in _executor_trades() if e["exit_reason"] == "timeout"]
+    # the LONG entered at 60 s closes on the first trade 10 minutes later (660 s), filled half a second on
+    assert [(e["entry_ms"], e["event_time"], e["timeout_ms"]) for e in timed_out] == [
+        (T + 60_000, T + 660_500, STRATEGY_TIMEOUT_MS)]
+    # signals from before they carried the timeout: the executor's 240 min, no timeout on this path
+    reasons = [e["exit_reason"] for e in _executor_trades(timeout_ms=None)]
     assert "timeout" not in reasons and reasons[:3] == ["tp", "sl", "sl_be"]
+    # ... or its per-strategy setting for them: set to the strategy's 10 minutes, the same trades
+    per_strategy = RELAXED | {"timeout_min_by_strategy": {"sim": 10}}
+    assert _executor_trades(per_strategy, timeout_ms=None) == _executor_trades()
 
 
 def test_where_they_differ_it_is_the_documented_difference_a_level_exit_at_the_level_not_the_next_trade():

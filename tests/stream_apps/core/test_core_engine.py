@@ -94,6 +94,8 @@ def test_reference_run_exercises_signals_gates_and_bars(reference):
     assert {s["strategy"] for s in reference.signals} == {"fast_test"}
     assert Counter(b["symbol"] for b in reference.bars) == {"BTCUSDT": 39, "ETHUSDT": 39}
     assert all(s["eval_time"] >= T + 10 * MIN for s in reference.signals)  # 10-min warm-up of fast_test
+    # every signal carries its strategy's timeout (exits.timeout_min 60): the executor runs it
+    assert {s["timeout_ms"] for s in reference.signals} == {FAST.exits.timeout_min * MIN} == {60 * MIN}
 
 
 @pytest.mark.parametrize("batch_size", [1, 7])
