@@ -188,6 +188,7 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
     kind = source.partition(":")[0]
     if kind == "vision":
         options["cache_dir"] = cache_dir or settings().home / "vision"
+        options["column_cache"] = settings().home / "cache" / "columns"  # parsed aggTrades (tapeflow cache)
     elif kind == "db":
         options["database_url"] = _database_url(settings())
     elif kind == "topics":

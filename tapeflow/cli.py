@@ -806,6 +806,37 @@ def sink(
     raise typer.Exit(asyncio.run(run_sink(settings, chosen, metrics_port, settings.metrics_host)))
 
 
+# --- cache ----------------------------------------------------------------------------------------
+cache_app = typer.Typer(help="The local columnar cache of parsed aggTrades files (TAPEFLOW_HOME/cache/columns).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _column_cache():
+    from backtest.sources.column_cache import ColumnCache
+
+    return ColumnCache(state.settings().home / "cache" / "columns")
+
+
+@cache_app.command("ls")
+def cache_ls() -> None:
+    """List the cached files: source file, rows, size."""
+    cache = _column_cache()
+    entries = cache.entries()
+    for e in entries:
+        rows = f"{e.rows:,}" if e.rows >= 0 else "unreadable"
+        echo(f"{e.source:<48} {rows:>12} rows {e.size_bytes / 2**20:9.1f} MiB")
+    echo(f"{len(entries)} file(s), {sum(e.size_bytes for e in entries) / 2**20:.1f} MiB in {cache.root}")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Remove every cached file (the next backtest parses its files again)."""
+    cache = _column_cache()
+    files, size = cache.clear()
+    echo(f"removed {files} file(s), {size / 2**20:.1f} MiB from {cache.root}")
+
+
 # --- research -------------------------------------------------------------------------------------
 from backtest.research.cli import register as _register_research  # noqa: E402  (the command's logic lives there)
 

@@ -52,7 +52,8 @@ def source_options(source: str) -> dict:
     if kind == "vision":
         from tapeflow_runtime.settings import load_settings
 
-        return {"cache_dir": load_settings().home / "vision"}
+        home = load_settings().home
+        return {"cache_dir": home / "vision", "column_cache": home / "cache" / "columns"}
     raise ResearchError(f"--source {source!r}: research reads synthetic[:SEED], vision[:DIR] or recording:DIR")
 
 

@@ -44,7 +44,7 @@ def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms
     """The source named by ``spec`` for ``symbols`` over ``[from_ms, to_ms)`` (a recording may leave
     symbols and range unset: all of it).
 
-    ``options``: ``slice_ms``; ``trades_per_s`` (synthetic); ``cache_dir``, ``vision_url`` (vision); ``database_url`` (db);
+    ``options``: ``slice_ms``; ``trades_per_s`` (synthetic); ``cache_dir``, ``vision_url``, ``column_cache`` (vision); ``database_url`` (db);
     ``bootstrap``, ``topic_prefix``, ``registry_url`` (topics).
     """
     kind, _, arg = spec.partition(":")
@@ -71,10 +71,12 @@ def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms
         return SyntheticSource(symbols, from_ms, to_ms, seed, trades_per_s=options.get("trades_per_s"),
                                slice_ms=slice_ms)
     if kind == "vision":
+        from backtest.sources.column_cache import ColumnCache
         from backtest.sources.vision import VisionSource
 
         return VisionSource(symbols, from_ms, to_ms, directory=Path(arg) if arg else None,
-                            cache_dir=options.get("cache_dir"), base_url=options.get("vision_url"), slice_ms=slice_ms)
+                            cache_dir=options.get("cache_dir"), base_url=options.get("vision_url"), slice_ms=slice_ms,
+                            column_cache=ColumnCache(options["column_cache"]) if options.get("column_cache") else None)
     if kind == "db":
         from backtest.sources.database import DatabaseSource
 

@@ -56,6 +56,7 @@ from backtest.inputs import (
     sort_records,
 )
 from backtest.sources import SourceError
+from backtest.sources.column_cache import ColumnCache
 from producers.backfill.agg_trades_csv import AggTradeCsvReader, open_archive, read_agg_trade_columns
 from producers.backfill.errors import BackfillError
 from producers.backfill.sources import VisionDownloader
@@ -167,8 +168,9 @@ class VisionSource:
 
     def __init__(self, symbols: list[str], from_ms: int, to_ms: int, *, directory: Path | None = None,
                  cache_dir: Path | None = None, base_url: str | None = None, slice_ms: int = DEFAULT_SLICE_MS,
-                 indicator_delay_ms: int = INDICATOR_DELAY_MS) -> None:
+                 indicator_delay_ms: int = INDICATOR_DELAY_MS, column_cache: ColumnCache | None = None) -> None:
         self.symbols = list(symbols)
+        self.column_cache = column_cache  # parsed aggTrades files (``column_cache``); None: parse every time
         self.from_ms, self.to_ms = from_ms, to_ms
         self.name = f"vision:{directory}" if directory is not None else "vision"
         self.files = VisionFiles(directory, cache_dir, base_url)
@@ -242,8 +244,12 @@ class VisionSource:
         path = self._fetch("aggTrades", symbol, day, required=True)
         if path is None:
             return None
-        with open_archive(path) as (raw, _):
-            cols = read_agg_trade_columns(raw)  # pyarrow, no Python per row
+        cols = self.column_cache.get(path) if self.column_cache is not None else None
+        if cols is None:
+            with open_archive(path) as (raw, _):
+                cols = read_agg_trade_columns(raw)  # pyarrow, no Python per row
+            if cols is not None and self.column_cache is not None:
+                self.column_cache.put(path, cols)
         if cols is not None:
             batch = TradeBatch.from_arrays(EXCHANGE, symbol, cols.agg_id, cols.time_ms, cols.price, cols.qty,
                                            cols.taker_sell)

@@ -206,3 +206,58 @@ def test_the_columnar_reader_gives_the_same_run_as_the_row_reader(tmp_path, monk
     assert calls and columnar["trades_processed"] == 20_000 and columnar["bad_rows"] == []
     monkeypatch.setattr(vision, "read_agg_trade_columns", lambda raw: None)  # every file by row
     assert run() == columnar
+
+
+def test_the_column_cache_serves_later_runs_and_follows_file_changes(tmp_path, monkeypatch):
+    """First run: parsed and cached. Second: from the cache (the parser is not called). The file
+    replaced: parsed again, the stale entry gone. A file with a bad row is never cached (each run's
+    report must name its bad rows). `tapeflow cache ls|clear` list and empty it."""
+    import os
+    import subprocess
+    import sys
+
+    import backtest.sources.vision as vision
+    from backtest.sources.column_cache import ColumnCache
+
+    root = tmp_path / "mirror"
+    build_archive(root)  # its aggTrades file has a bad row
+    rel = f"futures/um/daily/aggTrades/{SYM}/{SYM}-aggTrades-2024-01-01.zip"
+    home = tmp_path / "home"
+    cache = ColumnCache(home / "cache" / "columns")
+    calls = []
+    real = vision.read_agg_trade_columns
+    monkeypatch.setattr(vision, "read_agg_trade_columns", lambda raw: calls.append(1) or real(raw))
+
+    def trades():
+        source = VisionSource([SYM], D1, D1 + 24 * H, directory=root, column_cache=cache)
+        return [(t.agg_id.tolist(), t.price.tolist(), t.qty.tolist(), t.time_ms.tolist(), t.taker_sell.tolist())
+                for block in source.blocks() for t in block.trades.values()], source.report.bad_rows
+
+    first, bad = trades()
+    assert len(first[0][0]) == 1440 and bad and cache.entries() == []  # a bad row: row reader, not cached
+
+    def write(n: int, price: float) -> None:
+        write_zip(root, rel, [f"{100 + i},{price + i / 10},0.25,{1000 + i},{1000 + i},{D1 + i * 60_000 + 7},"
+                              f"{'true' if i % 3 else 'false'}" for i in range(n)])
+
+    write(500, 41_000.0)
+    calls.clear()
+    parsed, bad = trades()
+    assert calls == [1] and not bad and len(parsed[0][0]) == 500 and parsed[0][1][1] == 41_000.1
+    assert [e.rows for e in cache.entries()] == [500]
+    monkeypatch.setattr(vision, "read_agg_trade_columns", lambda raw: pytest.fail("parsed although cached"))
+    assert trades() == (parsed, [])
+
+    time_ns = (root / "data" / rel).stat().st_mtime_ns
+    write(700, 40_000.0)
+    os.utime(root / "data" / rel, ns=(time_ns + 10**9, time_ns + 10**9))
+    monkeypatch.setattr(vision, "read_agg_trade_columns", lambda raw: calls.append(2) or real(raw))
+    changed, _ = trades()
+    assert calls[-1] == 2 and len(changed[0][0]) == 700 and changed[0][1][0] == 40_000.0
+    assert [e.rows for e in cache.entries()] == [700]  # the stale entry is gone
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")} | {"TAPEFLOW_HOME": str(home)}
+    ls = subprocess.run([sys.executable, "-m", "tapeflow", "cache", "ls"], capture_output=True, text=True, env=env)
+    assert ls.returncode == 0 and f"{SYM}-aggTrades-2024-01-01.zip" in ls.stdout and "700 rows" in ls.stdout
+    clear = subprocess.run([sys.executable, "-m", "tapeflow", "cache", "clear"], capture_output=True, text=True, env=env)
+    assert clear.returncode == 0 and "removed 1 file(s)" in clear.stdout and cache.entries() == []

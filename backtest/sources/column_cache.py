@@ -1,0 +1,113 @@
+"""A local columnar cache of parsed aggTrades files: Arrow IPC under ``TAPEFLOW_HOME/cache/columns``.
+
+The first read of a Vision aggTrades archive parses its CSV (``read_agg_trade_columns``) and writes the
+columns here; later runs and research map the cached file into memory instead of decompressing and
+parsing again. An entry is keyed by the source file's name, size, modification time and, where the
+archive has one, its ``.CHECKSUM`` text: a file that changes (re-downloaded, replaced in a mirror) gets
+a new key, and the stale entry of the same name is removed when the new one is written. Only clean
+files are cached: a file with bad rows goes through the row reader on every run, so each run's report
+names its bad rows.
+
+Why Arrow IPC and not Parquet: the file is read back memory-mapped with no decoding (the columns are
+the buffers), which is what makes a warm run cheap; compression would trade disk for CPU on every read.
+
+``tapeflow cache ls`` lists the entries, ``tapeflow cache clear`` removes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from producers.backfill.agg_trades_csv import AggTradeColumns
+from producers.backfill.vision_files import CHECKSUM_SUFFIX
+
+SUFFIX = ".arrow"
+FIELDS = ("agg_id", "price", "qty", "first_trade_id", "last_trade_id", "time_ms", "taker_sell")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    source: str  # the source file's name
+    rows: int
+    size_bytes: int
+
+
+class ColumnCache:
+    """Parsed aggTrades columns per source file, in ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def key(self, source: Path) -> str:
+        st = source.stat()
+        checksum = source.with_name(source.name + CHECKSUM_SUFFIX)
+        stamp = checksum.read_text(errors="replace").strip() if checksum.is_file() else ""
+        return hashlib.sha256(f"{source.name}\0{st.st_size}\0{st.st_mtime_ns}\0{stamp}".encode()).hexdigest()[:24]
+
+    def _path(self, source: Path) -> Path:
+        return self.root / f"{source.name}.{self.key(source)}{SUFFIX}"
+
+    def get(self, source: Path) -> AggTradeColumns | None:
+        """The cached columns of ``source``, memory-mapped; None when not cached (or unreadable)."""
+        import pyarrow as pa
+
+        path = self._path(source)
+        if not path.is_file():
+            return None
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+            columns = {name: table.column(name).to_numpy() for name in FIELDS}
+        except (pa.ArrowException, OSError, KeyError):
+            path.unlink(missing_ok=True)  # a torn or foreign file: parse again
+            return None
+        columns["taker_sell"] = columns["taker_sell"].astype(bool)
+        return AggTradeColumns(**columns)
+
+    def put(self, source: Path, cols: AggTradeColumns) -> Path:
+        """Write ``cols`` for ``source`` (atomically) and drop older entries of the same file name."""
+        import pyarrow as pa
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(source)
+        table = pa.table({name: np.asarray(getattr(cols, name)) for name in FIELDS})
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=SUFFIX)
+        os.close(fd)
+        try:
+            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        for old in self.root.glob(f"{source.name}.*{SUFFIX}"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        return path
+
+    def entries(self) -> list[CacheEntry]:
+        import pyarrow as pa
+
+        out = []
+        for path in sorted(self.root.glob(f"*{SUFFIX}")) if self.root.is_dir() else []:
+            try:
+                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+                rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            except (pa.ArrowException, OSError):
+                rows = -1
+            out.append(CacheEntry(path, path.name.rsplit(".", 2)[0], rows, path.stat().st_size))
+        return out
+
+    def clear(self) -> tuple[int, int]:
+        """Remove every entry; returns (files, bytes) removed."""
+        files = size = 0
+        for entry in self.entries():
+            size += entry.size_bytes
+            entry.path.unlink(missing_ok=True)
+            files += 1
+        return files, size
