@@ -322,28 +322,28 @@ class FakeClock:
         self.now += seconds
 
 
+class Recorder:
+    """A subscriber that wants every stream and hands each frame (and the end of the replay) to callbacks."""
+
+    conn_id = 1
+
+    def __init__(self, on_frame, on_end=lambda: None) -> None:
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.enqueue_frame, self.end_replay = on_frame, on_end
+
+    def wants(self, stream):
+        return True
+
+
 async def test_replay_schedule_scales_gaps_by_speed():
     rec = generate_session(seed=1, duration_s=2, trades_per_s=0, liquidations_per_min=0)
     clock = FakeClock()
     state = ExchangeState(rec, clock=clock)
     dispatched: list[tuple[int, float]] = []
-
-    class Recorder:
-        conn_id = 1
-        idle = asyncio.Event()
-
-        def wants(self, stream):
-            return True
-
-        def enqueue_frame(self, frame):
-            dispatched.append((frame.index, clock.now))
-
-        def end_replay(self):
-            ended.append(len(dispatched))
-
     ended: list[int] = []
-    Recorder.idle.set()
-    state.connections.add(Recorder())
+    state.connections.add(Recorder(lambda frame: dispatched.append((frame.index, clock.now)),
+                                   lambda: ended.append(len(dispatched))))
     state.request_start()
     await ReplayEngine(state, 10.0, clock=clock, sleep=clock.sleep).run()
     assert [i for i, _ in dispatched] == list(range(len(rec.frames)))
@@ -364,22 +364,7 @@ async def test_replay_at_session_time_plays_each_frame_when_the_wall_clock_reach
     first = rec.frames[0].receive_time
     state = ExchangeState(rec, clock=clock, wall_clock=lambda: first + wall_at_start + clock.now - 100.0)
     dispatched: list[float] = []
-
-    class Recorder:
-        conn_id = 1
-        idle = asyncio.Event()
-
-        def wants(self, stream):
-            return True
-
-        def enqueue_frame(self, frame):
-            dispatched.append(state.wall_clock() - frame.receive_time)
-
-        def end_replay(self):
-            pass
-
-    Recorder.idle.set()
-    state.connections.add(Recorder())
+    state.connections.add(Recorder(lambda frame: dispatched.append(state.wall_clock() - frame.receive_time)))
     state.request_start()
     await ReplayEngine(state, 1.0, clock=clock, sleep=clock.sleep, at_session_time=True).run()
     assert len(dispatched) == len(rec.frames)
