@@ -81,6 +81,9 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills():
         assert f"epochs     {step} done" in log
     # the old epochs' topics are gone; the current one's are there
     assert "md.trades" not in topics and f"e{state.epoch}.md.trades" in topics
+    # and so are their consumer groups (committed offsets are broker memory too)
+    for epoch in range(state.epoch):
+        assert f"deleted 25 topics and 3 consumer groups of epoch {epoch}" in log, log
     # features flowed through every rollover: no hole of more than 60 s of event time, up to the end
     assert features, "no features stored"
     gaps = [(b - a).total_seconds() for a, b in zip(features, features[1:])]
