@@ -82,6 +82,35 @@ def _store(out: Path, store_dir: Path | None, source: str, symbols: str, from_ms
     return store
 
 
+def study_storage(storage: str | None) -> tuple[str | None, str]:
+    """Where the study lives: ``(storage, description)``. ``--storage URL`` (an optuna RDB URL,
+    ``postgresql://...`` or a conninfo), ``memory``, or by default the stack's PostgreSQL when one runs
+    (``TAPEFLOW_DATABASE_URL`` or the embedded database of ``TAPEFLOW_HOME`` as the writer role; optuna's
+    tables in the schema ``optuna`` of migration 0013), else memory."""
+    if storage is not None and storage.strip().lower() == "memory":
+        return None, "in memory (this process only)"
+    if storage is not None:
+        from .study import sqlalchemy_url
+
+        url = sqlalchemy_url(storage)
+        return storage, url.split("://", 1)[0] + "://" + url.rsplit("@", 1)[-1] if "@" in url else url
+    from tapeflow_runtime.endpoints import resolve_database
+    from tapeflow_runtime.errors import EndpointError
+    from tapeflow_runtime.paths import StackPaths
+    from tapeflow_runtime.settings import load_settings
+
+    settings = load_settings()
+    try:
+        endpoints = resolve_database(settings, StackPaths(settings.home))
+    except EndpointError:
+        return None, "in memory (no stack running; --storage URL shares a study between workers)"
+    import psycopg
+
+    params = psycopg.conninfo.conninfo_to_dict(endpoints.writer)
+    where = f"{params.get('host', '?')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+    return endpoints.writer, f"the stack's PostgreSQL ({where}, schema optuna)"
+
+
 def _result_line(label: str, result) -> str:
     if result is None:
         return f"{label}: -"
@@ -110,6 +139,12 @@ def register(app: typer.Typer) -> None:
         "min_trades": typer.Option(20, "--min-trades", min=1, help="Fewer trades score -inf."),
         "batch": typer.Option(25, "--batch", min=1, help="Candidates scored together (TPE asks a batch)."),
         "seed": typer.Option(0, "--seed", help="Sampler seed."),
+        "storage": typer.Option(None, "--storage",
+                                help="Optuna storage shared by every worker of the study: an RDB URL "
+                                     "(postgresql://user:pass@host/db, sqlite:///file.db) or 'memory'. "
+                                     "Default: the stack's PostgreSQL when one runs, else memory."),
+        "study": typer.Option(None, "--study", help="Study name (default: derived from the inputs, so workers "
+                                                    "started with the same options join one study)."),
     }
 
     @research.command("search")
@@ -130,20 +165,30 @@ def register(app: typer.Typer) -> None:
         store_dir: Path | None = common["store"],
         workers: int | None = common["workers"],
         no_progress: bool = common["no_progress"],
+        storage: str | None = common["storage"],
+        study: str | None = common["study"],
     ) -> None:
-        """Search layer weights, thresholds, gates and exits of a base strategy; write the winner."""
+        """Search layer weights, thresholds, gates and exits of a base strategy; write the winner.
+        Run it on several machines with the same options and --storage to share the trials."""
         from stream_apps.core.durations import parse_duration_ms
 
         from .search import evaluate, in_range, result_of, search, write_report, write_strategy
+        from .study import StudyError
 
         base = _base(strategy)
+        url, where = study_storage(storage)
         from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
         held_ms = 0 if holdout.strip() == "0" else _duration(holdout, "--holdout", parse_duration_ms)
         store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, not no_progress)
         end = to_ms - held_ms
         began = time.perf_counter()
-        report = search(store, base, trials=trials, from_ms=from_ms, to_ms=end, sampler=sampler, objective=objective,
-                        min_trades=min_trades, batch=batch, seed=seed, workers=workers, show_progress=not no_progress)
+        typer.echo(f"study: {where}", err=True)
+        try:
+            report = search(store, base, trials=trials, from_ms=from_ms, to_ms=end, sampler=sampler,
+                            objective=objective, min_trades=min_trades, batch=batch, seed=seed, workers=workers,
+                            show_progress=not no_progress, storage=url, study_name=study)
+        except (StudyError, ValueError) as error:
+            raise ResearchError(str(error)) from None
         if held_ms:
             [trades] = evaluate(store, [report.best.candidate.config], end, to_ms, workers)
             report.holdout, report.holdout_range = result_of(in_range(trades, end, to_ms), end, to_ms), (end, to_ms)
@@ -152,6 +197,9 @@ def register(app: typer.Typer) -> None:
         report_path = write_report(out, summary)
         typer.echo(f"search: {len(report.trials)} trials ({sampler}, objective {objective}) on "
                    f"{fmt_day(from_ms)} .. {fmt_day(end)} in {summary['seconds']:.0f} s")
+        if report.study is not None:
+            typer.echo(f"study {report.study}: {report.evaluated_here} of its {len(report.trials)} trials "
+                       f"evaluated by this worker")
         typer.echo(_result_line(f"best {report.best.candidate.config.name}", report.best.result))
         typer.echo(f"deflated Sharpe ratio of the winner given {len(report.trials)} trials: "
                    f"{'-' if report.dsr is None else f'{report.dsr:.3f}'}; "
@@ -181,12 +229,14 @@ def register(app: typer.Typer) -> None:
         store_dir: Path | None = common["store"],
         workers: int | None = common["workers"],
         no_progress: bool = common["no_progress"],
+        storage: str | None = common["storage"],
+        study: str | None = common["study"],
     ) -> None:
         """Rolling windows: search on each training window only, score the choice out of sample."""
         run_walk_forward(windows, parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True), _base(strategy),
                          symbols=symbols, source=source, trials=trials, sampler=sampler, objective=objective,
                          min_trades=min_trades, batch=batch, seed=seed, out=out, store_dir=store_dir, workers=workers,
-                         progress=not no_progress)
+                         progress=not no_progress, storage=storage, study=study)
 
     @research.command("labels")
     def labels_command(
@@ -244,21 +294,25 @@ def register(app: typer.Typer) -> None:
 
 def run_walk_forward(windows: str, from_ms: int, to_ms: int, base: StrategyConfig, *, symbols: str, source: str,
                      trials: int, sampler: str, objective: str, min_trades: int, batch: int, seed: int, out: Path,
-                     store_dir: Path | None, workers: int | None, progress: bool) -> None:
+                     store_dir: Path | None, workers: int | None, progress: bool, storage: str | None = "memory",
+                     study: str | None = None) -> None:
     """``tapeflow research walk-forward`` and ``tapeflow backtest --walk-forward``."""
     from .search import walk_forward, write_report, write_strategy
+    from .study import StudyError
     from .windows import parse_walk_forward
 
     try:
         spec = parse_walk_forward(windows, default_embargo_ms=max(base.exits.timeout_min, 480) * 60_000)
     except ValueError as error:
         raise ResearchError(str(error)) from None
+    url, where = study_storage(storage)
     store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, progress)
+    typer.echo(f"study: {where}", err=True)
     try:
         results, last, held = walk_forward(store, base, spec, trials=trials, sampler=sampler, objective=objective,
                                            min_trades=min_trades, batch=batch, seed=seed, workers=workers,
-                                           show_progress=progress)
-    except ValueError as error:
+                                           show_progress=progress, storage=url, study_name=study)
+    except (StudyError, ValueError) as error:
         raise ResearchError(str(error)) from None
     rows = []
     for r in results:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import optuna
 import yaml
 from tqdm import tqdm
 
@@ -42,9 +41,11 @@ from .overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitt
 from .simulate import Signals, Trades, simulate
 from .space import Candidate, build, grid, suggest
 from .store import DAY_MS, FeatureStore
+from .study import Claim, SharedStudy, inputs_key, open_storage, run_study
 from .windows import Window, rolling_windows
 
 OBJECTIVES = ("net_r", "sharpe", "pf")
+GUARD_PERIOD_MS = 3_600_000  # hourly net R: a month gives 720 periods, enough for 16 CSCV blocks
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,11 +175,12 @@ def in_range(trades: Trades, start: int, end: int) -> Trades:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class Trial:
-    number: int
+    number: int  # the slot: the same candidate under the same name whoever evaluated it
     candidate: Candidate
     result: Result
     value: float
-    trades: Trades = field(repr=False)
+    series: np.ndarray = field(repr=False)  # hourly net R over the range (the guards' input)
+    trades: Trades | None = field(default=None, repr=False)  # this process's trials only
 
 
 @dataclass
@@ -193,11 +195,13 @@ class SearchReport:
     pbo: float | None
     holdout: Result | None = None
     holdout_range: tuple[int, int] | None = None
+    study: str | None = None
+    evaluated_here: int = 0
 
     def summary(self) -> dict:
         return {
             "objective": self.objective, "sampler": self.sampler, "range": [self.from_ms, self.to_ms],
-            "trials": len(self.trials), "best": {
+            "trials": len(self.trials), "study": self.study, "evaluated_here": self.evaluated_here, "best": {
                 "name": self.best.candidate.config.name, "config_hash": self.best.candidate.config.config_hash,
                 "params": self.best.candidate.params, "result": self.best.result.as_dict(), "value": self.best.value},
             "deflated_sharpe_ratio": self.dsr, "pbo": self.pbo,
@@ -206,60 +210,87 @@ class SearchReport:
         }
 
 
+def study_inputs(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: int, to_ms: int, sampler: str,
+                 objective: str, min_trades: int, seed: int) -> dict:
+    """What every worker of one study must share: a worker with other inputs is refused."""
+    spec = store.spec
+    return {"base": base.config_hash, "source": spec.source, "symbols": list(spec.symbols), "range": [from_ms, to_ms],
+            "trials": trials, "sampler": sampler, "objective": objective, "min_trades": min_trades, "seed": seed}
+
+
 def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: int, to_ms: int,
            sampler: str = "tpe", objective: str = "net_r", min_trades: int = 20, batch: int = 25, seed: int = 0,
-           workers: int | None = None, name: str = "search", show_progress: bool = True) -> SearchReport:
-    """``trials`` candidates on [from_ms, to_ms) (see the module docstring); batches of ``batch``."""
+           workers: int | None = None, name: str = "search", show_progress: bool = True,
+           storage: str | None = None, study_name: str | None = None) -> SearchReport:
+    """``trials`` candidates on [from_ms, to_ms) (see the module docstring); batches of ``batch``.
+
+    ``storage`` (an optuna RDB URL or a PostgreSQL conninfo) shares the study with every other process
+    searching the same ``study_name`` there (``backtest.research.study``): they split the trials and each
+    reports the whole study. Without it the study lives in this process."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    done: list[Trial] = []
-    bar = tqdm(total=trials, desc=f"{name} ({sampler})", unit="config", disable=not show_progress, leave=False)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)) \
-        if sampler == "tpe" else None
-    grid_params = list(grid(base, trials)) if sampler == "grid" else []
     if sampler not in ("tpe", "grid"):
         raise ValueError("sampler must be tpe or grid")
-    while len(done) < trials:
-        size = min(batch, trials - len(done))
-        asked, params = [], []
-        if study is not None:
-            for _ in range(size):
-                trial = study.ask()
-                asked.append(trial)
-                params.append(suggest(trial, base))
-        else:
-            params = grid_params[len(done): len(done) + size]
-            if not params:
-                break
-        candidates = [Candidate(p, build(base, p, f"{base.name}_{name}_{len(done) + k:03d}"))
-                      for k, p in enumerate(params)]
+    grid_params = list(grid(base, trials)) if sampler == "grid" else []
+    budget = len(grid_params) if sampler == "grid" else trials
+    inputs = study_inputs(store, base, trials=trials, from_ms=from_ms, to_ms=to_ms, sampler=sampler,
+                          objective=objective, min_trades=min_trades, seed=seed)
+    study_name = study_name or f"{base.name}-{name}-{inputs_key(inputs)}"
+    shared = SharedStudy(open_storage(storage), study_name, sampler, seed, inputs)
+    mine: dict[int, Trial] = {}
+    bar = tqdm(total=budget, desc=f"{name} ({sampler})", unit="config", disable=not show_progress, leave=False)
+
+    def evaluate_batch(claims: list[Claim]) -> None:
+        params = [suggest(c.trial, base) if sampler == "tpe" else grid_params[c.slot] for c in claims]
+        candidates = [Candidate(p, build(base, p, f"{base.name}_{name}_{c.slot:03d}")) for c, p in zip(claims, params)]
         all_trades = evaluate(store, [c.config for c in candidates], from_ms, to_ms, workers)
-        for k, (candidate, trades) in enumerate(zip(candidates, all_trades)):
+        for claim, candidate, trades in zip(claims, candidates, all_trades):
             trades = in_range(trades, from_ms, to_ms)
             result = result_of(trades, from_ms, to_ms)
             value = objective_value(result, objective, min_trades)
-            done.append(Trial(len(done), candidate, result, value, trades))
-            if study is not None:
-                study.tell(asked[k], value if math.isfinite(value) else -1e9)
-        bar.update(len(candidates))
-    bar.close()
+            series = period_series(trades, from_ms, to_ms, GUARD_PERIOD_MS)
+            mine[claim.slot] = Trial(claim.slot, candidate, result, value, series, trades)
+            shared.tell(claim, value if math.isfinite(value) else -1e9,
+                        {"params": candidate.params, "result": result.as_dict(),
+                         "objective": value if math.isfinite(value) else None, "series": series.tolist()})
+        bar.update(len(claims))
+
+    def waiting(others: int) -> None:
+        bar.set_postfix_str(f"waiting for {others} trial(s) of other workers")
+
+    try:
+        run_study(shared, budget, batch, evaluate_batch, waiting)
+        done = [mine.get(t.user_attrs["slot"]) or _stored_trial(t, base, name) for t in shared.complete()]
+    finally:
+        bar.close()
+        shared.close()
+    if not done:
+        raise ValueError("the search has no complete trial")
     best = max(done, key=lambda t: (t.value, -t.number))
-    return SearchReport(objective, sampler, from_ms, to_ms, done, best, *_guards(done, best, from_ms, to_ms))
+    return SearchReport(objective, sampler, from_ms, to_ms, done, best, *_guards(done, best),
+                        study=study_name if storage is not None else None, evaluated_here=len(mine))
 
 
-GUARD_PERIOD_MS = 3_600_000  # hourly net R: a month gives 720 periods, enough for 16 CSCV blocks
+def _stored_trial(trial, base: StrategyConfig, name: str) -> Trial:
+    """A trial another worker evaluated, from its user attributes."""
+    attrs = trial.user_attrs
+    slot = attrs["slot"]
+    value = attrs["objective"]
+    candidate = Candidate(attrs["params"], build(base, attrs["params"], f"{base.name}_{name}_{slot:03d}"))
+    return Trial(slot, candidate, Result(**attrs["result"]), -math.inf if value is None else value,
+                 np.asarray(attrs["series"], dtype=np.float64))
 
 
-def _guards(trials: list[Trial], best: Trial, from_ms: int, to_ms: int) -> tuple[float | None, float | None]:
+def _guards(trials: list[Trial], best: Trial) -> tuple[float | None, float | None]:
     """DSR of the winner given every trial's Sharpe ratio, and PBO by CSCV, both on hourly net R
     (per-hour Sharpe ratios; a search range of days has too few days for either)."""
-    series = np.column_stack([period_series(t.trades, from_ms, to_ms, GUARD_PERIOD_MS) for t in trials])
+    series = np.column_stack([t.series for t in trials])
+    best_column = trials.index(best)
     periods = len(series)
     dsr = None
-    if periods > 2 and np.std(series[:, best.number]) > 0:
+    if periods > 2 and np.std(series[:, best_column]) > 0:
         sharpes = [return_moments(series[:, k]).sharpe for k in range(series.shape[1])]
-        m = return_moments(series[:, best.number])
+        m = return_moments(series[:, best_column])
         variance = float(np.var(sharpes, ddof=1)) if len(sharpes) > 1 else 0.0
         try:
             dsr = deflated_sharpe_ratio(m.sharpe, len(trials), variance, m.n, m.skew, m.kurtosis)
@@ -291,17 +322,20 @@ def choose(window: Window, trades_by_candidate: Sequence[Trades], objective: str
 
 def walk_forward(store: FeatureStore, base: StrategyConfig, spec, *, trials: int, sampler: str = "tpe",
                  objective: str = "net_r", min_trades: int = 20, batch: int = 25, seed: int = 0,
-                 workers: int | None = None, show_progress: bool = True
+                 workers: int | None = None, show_progress: bool = True, storage: str | None = None,
+                 study_name: str | None = None
                  ) -> tuple[list[WindowResult], SearchReport | None, Result | None]:
     """A search per training window, its winner tested on the window's test range; then the last
-    winner once on the hold-out. Returns the windows, the last search and the hold-out result."""
+    winner once on the hold-out. Returns the windows, the last search and the hold-out result.
+    With ``storage`` each window's search is a shared study (``STUDY-wN``)."""
     windows, holdout = rolling_windows(spec, store.spec.from_ms, store.spec.to_ms)
     out = []
     for window in tqdm(windows, desc="walk-forward", unit="window", disable=not show_progress):
         report = search(store, base, trials=trials, from_ms=window.train_start, to_ms=window.train_end,
                         sampler=sampler, objective=objective, min_trades=min_trades, batch=batch,
                         seed=seed + window.index, workers=workers, name=f"w{window.index}",
-                        show_progress=show_progress)
+                        show_progress=show_progress, storage=storage,
+                        study_name=f"{study_name}-w{window.index}" if study_name else None)
         chosen = report.best.candidate.config
         [trades] = evaluate(store, [chosen], window.test_start, window.test_end, workers)
         out.append(WindowResult(window, report, result_of(in_range(trades, window.test_start, window.test_end),

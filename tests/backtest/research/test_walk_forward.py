@@ -74,7 +74,9 @@ def test_the_training_choice_does_not_change_when_only_the_future_does(store, ba
     spec = parse_walk_forward("train=1d,test=12h")
     train_end = T0 + DAY_MS
     tampered = _tampered_copy(store, tmp_path / "tampered", train_end)
-    kwargs = dict(trials=6, sampler="tpe", objective="net_r", min_trades=1, batch=3, seed=5, workers=1,
+    # seed 2: its six start-up candidates trade in training (the check below needs results to compare;
+    # with seed 5 all six drew entry thresholds this short session never reaches)
+    kwargs = dict(trials=6, sampler="tpe", objective="net_r", min_trades=1, batch=3, seed=2, workers=1,
                   show_progress=False)
     honest, _, _ = walk_forward(store, base, spec, **kwargs)
     planted, _, _ = walk_forward(tampered, base, spec, **kwargs)
