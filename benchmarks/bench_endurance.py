@@ -14,8 +14,8 @@ session in real time, one record batch per trade or two). Reports, for the run:
   (``--start session_time``), so event time is wall time and this is receive->features latency plus the
   exchange->producer delay (also printed: median receive_time - event_time of the stored trades);
   interpolated inside the histogram's buckets (0.1, 0.2, 0.5, 1, 2.5 s ...);
-* RSS of the broker and of every service, sampled every ``--sample-s``: first vs last fifth of the run
-  (bounded means last <= 1.2 x first);
+* memory (PSS: shared pages counted once) of the broker and of every service with its children, sampled
+  every ``--sample-s``: first vs last fifth of the run (bounded means last <= 1.2 x first);
 * every rollover step logged by the supervisor, with its duration.
 
 The trade stream is BTC-like by default (``--burstiness 1``: log-normal rate clustering, the busiest
@@ -48,14 +48,24 @@ SYMBOL = "BTCUSDT"
 TARGET_BATCHES = 1_700_000
 
 
-def rss_mb(pid: int | None) -> float:
+def pss_mb(pid: int | None) -> float:
+    """Proportional set size of a process and its children, MB. Not RSS: PostgreSQL's backends each map
+    the same shared buffers, and summing their RSS counts those pages once per backend (the 55-minute run
+    reported the database at 1.99x first->last fifth that way); PSS counts every page once in total."""
     if pid is None:
         return 0.0
     try:
         proc = psutil.Process(pid)
-        return (proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))) / 2**20
+        procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
         return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return total / 2**20
 
 
 LAG = "tapeflow_engine_evaluation_lag_seconds"
@@ -148,7 +158,7 @@ def main() -> None:
         while True:
             time.sleep(args.sample_s)
             names = ("broker", "database", "sink", "engine", "executor", "producer")
-            samples.append((time.monotonic() - t0, {n: rss_mb(stack.service_pid(n)) for n in names}))
+            samples.append((time.monotonic() - t0, {n: pss_mb(stack.service_pid(n)) for n in names}))
             for line in stack.log[printed:]:
                 print(line, flush=True)
             printed = len(stack.log)
@@ -159,7 +169,7 @@ def main() -> None:
             lag = lags[-1][1] if lags else {}
             print(f"{time.monotonic() - t0:6.0f}s epoch {state.epoch} step {state.step} rows {rows}/{count} "
                   f"lag p50 {fmt(quantile(lag, 0.5))} p99 {fmt(quantile(lag, 0.99))} "
-                  f"rss {samples[-1][1]}", flush=True)
+                  f"pss {samples[-1][1]}", flush=True)
             if time.time() > end + 10 and not state.rolling and rows >= count:
                 break
             if time.time() > end + 600:
@@ -207,7 +217,7 @@ def main() -> None:
     for name in samples[0][1]:
         head = statistics.mean(s[1][name] for s in samples[:fifth])
         tail = statistics.mean(s[1][name] for s in samples[-fifth:])
-        print(f"rss {name:<9} first fifth {head:7.1f} MB, last fifth {tail:7.1f} MB, ratio {tail / head if head else 0:.2f}")
+        print(f"pss {name:<9} first fifth {head:7.1f} MB, last fifth {tail:7.1f} MB, ratio {tail / head if head else 0:.2f}")
 
 
 if __name__ == "__main__":
