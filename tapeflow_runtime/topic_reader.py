@@ -28,6 +28,10 @@ from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
 
 
+#: messages taken from librdkafka's queue per call (one call per message cost a Python round trip each)
+CONSUME_BATCH = 10_000
+
+
 class StateReadError(RuntimeError):
     """A state topic could not be read completely."""
 
@@ -51,15 +55,18 @@ class RawRecord:
 
 def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: AvroSerde | None, *,
                 idle_s: float = 0.5, timeout_s: float = 60.0, start_ms: int | None = None,
-                on_record: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, TopicSnapshot]:
+                on_record: Callable[[str, dict[str, Any]], None] | None = None,
+                raw_topics: frozenset[str] = frozenset()) -> dict[str, TopicSnapshot]:
     """Every record of the given partitions (None = all) of each topic, in offset order per partition.
 
     One consumer reads all topics at once, so the idle wait is paid once. `start_ms`: start at the
     first record with a timestamp at or after it instead of the beginning. `on_record(topic, record)`:
     hand each record over instead of keeping it (large reads: the backtest's topic source).
+    `raw_topics`: topics whose records are handed over as ``RawRecord`` even with a serde (a caller
+    that decodes them many at a time).
     """
     consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-state-{uuid.uuid4().hex[:8]}",
-                                        **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
+                                        **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG, "max.partition.fetch.bytes": 16 << 20}))
     try:
         assignment: list[TopicPartition] = []
         out: dict[str, TopicSnapshot] = {}
@@ -83,26 +90,24 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
                 raise StateReadError(f"{', '.join(topics)}: not at the end after {timeout_s:.0f} s")
             if len(at_end) == len(assignment) and now - last >= idle_s:
                 return out
-            msg = consumer.poll(0.05)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add((msg.topic(), msg.partition()))
-                    continue
-                raise StateReadError(f"{msg.topic()}: {msg.error().str()}")
-            last = time.monotonic()
-            snap = out[msg.topic()]
-            try:
-                record = serde.decode(msg.value()) if serde is not None else RawRecord(
-                    msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])
-                if on_record is None:
-                    snap.records.append(record)
-                else:
-                    on_record(msg.topic(), record)
-            except Exception as exc:
-                raise StateReadError(f"{msg.topic()}[{msg.partition()}]@{msg.offset()} cannot be decoded: {exc}") \
-                    from exc
-            snap.next_offsets[msg.partition()] = msg.offset() + 1
+            for msg in consumer.consume(CONSUME_BATCH, 0.05):
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add((msg.topic(), msg.partition()))
+                        continue
+                    raise StateReadError(f"{msg.topic()}: {msg.error().str()}")
+                last = time.monotonic()
+                topic = msg.topic()
+                try:
+                    record = serde.decode(msg.value()) if serde is not None and topic not in raw_topics else RawRecord(
+                        msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])
+                    if on_record is None:
+                        out[topic].records.append(record)
+                    else:
+                        on_record(topic, record)
+                except Exception as exc:
+                    raise StateReadError(f"{topic}[{msg.partition()}]@{msg.offset()} cannot be decoded: {exc}") \
+                        from exc
+                out[topic].next_offsets[msg.partition()] = msg.offset() + 1
     finally:
         consumer.close()

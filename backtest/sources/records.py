@@ -41,12 +41,13 @@ class RecordSource:
                  trades: Iterable[Record] = (), books: Iterable[Record] = (), marks: Iterable[Record] = (),
                  liquidations: Iterable[Record] = (), indicators: Iterable[Record] = (),
                  inputs: set[str] | None = None, report: SourceReport | None = None,
-                 slice_ms: int = DEFAULT_SLICE_MS) -> None:
+                 slice_ms: int = DEFAULT_SLICE_MS, trade_batches: dict[str, TradeBatch] | None = None) -> None:
         self.name, self.exchange, self.symbols = name, exchange, list(symbols)
         self.from_ms, self.to_ms = from_ms, to_ms
         self.report = report or SourceReport()
         self.slice_ms = slice_ms
         self._trades = list(trades)
+        self._trade_batches = trade_batches  # already columnar, in (trade time, agg id) order
         self._records = {"books": list(books), "marks": list(marks), "liquidations": list(liquidations),
                          "indicators": list(indicators)}
         self._inputs = inputs
@@ -54,7 +55,7 @@ class RecordSource:
     def inputs(self) -> set[str]:
         if self._inputs is not None:
             return set(self._inputs)
-        found = {"trades"} if self._trades else set()
+        found = {"trades"} if self._trades or self._trade_batches else set()
         names = {"books": "book", "marks": "mark", "liquidations": "liquidations"}
         for kind, recs in self._records.items():
             if kind == "indicators":
@@ -64,6 +65,7 @@ class RecordSource:
         return found
 
     def slices(self) -> Iterator[MarketSlice]:
-        block = Block(self.from_ms, self.to_ms, trade_block(self._trades),
+        trades = trade_block(self._trades) if self._trade_batches is None else self._trade_batches
+        block = Block(self.from_ms, self.to_ms, trades,
                       {kind: sort_records(self._records[kind], kind) for kind in RECORD_KINDS})
         return SliceCutter(self.from_ms, self.to_ms, self.slice_ms).cut([block])

@@ -9,6 +9,13 @@ days a stack keeps, not for years (use ``vision`` or ``db`` for those).
 
 Record timestamps are receive times, engine times are not (a trade's is its trade time), hence
 ``lead_ms``: records received up to a minute after their event time are still found.
+
+md.trades, the bulk, is not decoded record by record: its values are kept as bytes and decoded
+``DECODE_CHUNK`` at a time by the sink's columnar decoder (``sinks.columnar``: polars' Avro reader,
+every record's size checked against its Kafka value, so a malformed record cannot shift its
+neighbours) straight into the engine's trade columns. A chunk the decoder refuses (another schema
+id, a malformed record) is decoded record by record, where a record that cannot be decoded is an
+error as before. Measured: ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -16,16 +23,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+import polars as pl
+
 from backtest.inputs import DEFAULT_SLICE_MS, ENGINE_TIME, MarketSlice, Record, SourceReport
 from backtest.sources import SourceError
-from backtest.sources.records import RecordSource
-from tapeflow_runtime.topic_reader import StateReadError, read_to_end
+from backtest.sources.records import RecordSource, trade_block
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
+from sinks.columnar import ColumnarCodec, ColumnarError
+from sinks.tables import table_for_topic
+from stream_apps.core.events import TradeBatch
+from tapeflow_runtime.topic_reader import RawRecord, StateReadError, read_to_end
 
 TOPICS = {"md.trades": "trades", "md.book": "books", "md.mark": "marks", "md.liquidations": "liquidations",
           "md.indicators": "indicators"}
 TIME = dict(ENGINE_TIME, trades="trade_time")
+DECODE_CHUNK = 200_000
 
 
 class TopicSource:
@@ -44,6 +58,7 @@ class TopicSource:
         self.idle_s, self.timeout_s = idle_s, timeout_s
         self.serde = AvroSerde(registry_from_url(registry_url))
         self._records: dict[str, list[Record]] | None = None
+        self._trade_batches: dict[str, TradeBatch] = {}
 
     def inputs(self) -> set[str]:
         found = {"trades", "book", "mark", "liquidations"}  # the producer always streams these
@@ -52,16 +67,26 @@ class TopicSource:
         return found
 
     def records(self) -> dict[str, list[Record]]:
+        """The records of every kind but trades (``trade_batches``), read on first use."""
         if self._records is None:
-            self._records = self._read()
+            self._records, self._trade_batches = self._read()
         return self._records
 
-    def _read(self) -> dict[str, list[Record]]:
-        out: dict[str, list[Record]] = {kind: [] for kind in TOPICS.values()}
+    def trade_batches(self) -> dict[str, TradeBatch]:
+        self.records()
+        return self._trade_batches
+
+    def _read(self) -> tuple[dict[str, list[Record]], dict[str, TradeBatch]]:
+        out: dict[str, list[Record]] = {kind: [] for kind in TOPICS.values() if kind != "trades"}
         wanted = set(self.symbols)
         kinds = {self.prefix + topic: kind for topic, kind in TOPICS.items()}
+        trades_topic = self.prefix + "md.trades"
+        raw: list[bytes] = []
 
-        def keep(topic: str, record: dict[str, Any]) -> None:
+        def keep(topic: str, record: dict[str, Any] | RawRecord) -> None:
+            if topic == trades_topic:
+                raw.append(record.value)
+                return
             kind = kinds[topic]
             if record.get("exchange") == self.exchange and record.get("symbol") in wanted \
                     and self.from_ms <= record[TIME[kind]] < self.to_ms:
@@ -69,18 +94,69 @@ class TopicSource:
 
         try:
             read_to_end(self.bootstrap, {topic: None for topic in kinds}, self.serde, idle_s=self.idle_s,
-                        timeout_s=self.timeout_s, start_ms=self.from_ms - self.lead_ms, on_record=keep)
+                        timeout_s=self.timeout_s, start_ms=self.from_ms - self.lead_ms, on_record=keep,
+                        raw_topics=frozenset({trades_topic}))
+            batches = self._trades(raw)
         except StateReadError as exc:
             raise SourceError(f"topics: {exc}") from None
-        seen = {r["symbol"] for r in out["trades"]}
+        seen = {batch.symbol for batch in batches.values()}
         for symbol in self.symbols:
             if symbol not in seen:
                 self.report.missing.append(f"{symbol}: no md.trades records in the range")
+        return out, batches
+
+    def _trades(self, values: list[bytes]) -> dict[str, TradeBatch]:
+        """md.trades values as one (trade time, agg id)-ordered batch per asked ``exchange:symbol``."""
+        codec = ColumnarCodec.for_topic(table_for_topic("md.trades"), self.serde, "md.trades")
+        frames = []
+        for start in range(0, len(values), DECODE_CHUNK):
+            chunk = values[start:start + DECODE_CHUNK]
+            try:
+                if codec is None:
+                    raise ColumnarError("no columnar decoder for md.trades")
+                df = codec.decode_frame(chunk).select(
+                    "exchange", "symbol", "agg_id", "trade_time", "price", "qty",
+                    (pl.col("taker_side").cast(pl.String) == "SELL").alias("sell"))
+            except ColumnarError:
+                df = self._decode_each(chunk, start)
+            frames.append(df.filter((pl.col("exchange") == self.exchange) & pl.col("symbol").is_in(self.symbols)
+                                    & (pl.col("trade_time") >= self.from_ms) & (pl.col("trade_time") < self.to_ms)))
+        if not frames:
+            return {}
+        trades = pl.concat(frames).sort(["symbol", "trade_time", "agg_id"])
+        out = {}
+        for (symbol,), part in trades.group_by(["symbol"], maintain_order=True):
+            out[f"{self.exchange}:{symbol}"] = TradeBatch.from_arrays(
+                self.exchange, symbol, part["agg_id"].to_numpy(), part["trade_time"].to_numpy().astype(np.int64),
+                part["price"].to_numpy(), part["qty"].to_numpy(), part["sell"].to_numpy())
         return out
+
+    def _decode_each(self, values: list[bytes], first: int) -> pl.DataFrame:
+        """A chunk record by record (one the columnar decoder refused); an undecodable record is an error."""
+        rows = []
+        for k, value in enumerate(values):
+            try:
+                rows.append(self.serde.decode(value))
+            except Exception as exc:
+                raise StateReadError(f"{self.prefix}md.trades: record {first + k} of the range cannot be decoded: "
+                                     f"{exc}") from exc
+        batches = trade_block(r for r in rows)
+        columns = {"exchange": [], "symbol": [], "agg_id": [], "trade_time": [], "price": [], "qty": [], "sell": []}
+        for batch in batches.values():
+            n = len(batch.agg_id)
+            columns["exchange"] += [batch.exchange] * n
+            columns["symbol"] += [batch.symbol] * n
+            for name, column in (("agg_id", batch.agg_id), ("trade_time", batch.time_ms), ("price", batch.price),
+                                 ("qty", batch.qty), ("sell", batch.taker_sell)):
+                columns[name] += column.tolist()
+        return pl.DataFrame(columns, schema={"exchange": pl.String, "symbol": pl.String, "agg_id": pl.Int64,
+                                             "trade_time": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
+                                             "sell": pl.Boolean})
 
     def slices(self) -> Iterator[MarketSlice]:
         recs = self.records()
-        inner = RecordSource(self.name, self.exchange, self.symbols, self.from_ms, self.to_ms, trades=recs["trades"],
-                             books=recs["books"], marks=recs["marks"], liquidations=recs["liquidations"],
-                             indicators=recs["indicators"], report=self.report, slice_ms=self.slice_ms)
+        inner = RecordSource(self.name, self.exchange, self.symbols, self.from_ms, self.to_ms,
+                             trade_batches=self.trade_batches(), books=recs["books"], marks=recs["marks"],
+                             liquidations=recs["liquidations"], indicators=recs["indicators"], report=self.report,
+                             slice_ms=self.slice_ms)
         return inner.slices()

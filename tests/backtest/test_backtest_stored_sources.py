@@ -151,3 +151,50 @@ def test_the_binary_copy_trade_reader_gives_the_row_readers_columns(database):
             assert sum(len(b.agg_id) for b in new.values()) == (0 if fallback is None else len(fallback["agg_id"]))
             if fallback is not None:
                 assert np.concatenate([b.time_ms for b in new.values()]).tolist() == fallback["time_ms"].tolist()
+
+
+def test_the_topics_sources_columnar_trade_decoding_equals_record_by_record():
+    """md.trades values decoded many at a time (the sink's columnar decoder) give the batches the
+    record-by-record decoder gives, also when a chunk has to fall back to it (a record written with
+    another schema id), filtered to the asked symbols, exchange and range and in (time, agg id) order."""
+    import numpy as np
+
+    import backtest.sources.topics as topics_module
+    from backtest.sources.records import trade_block
+
+    serde = AvroSerde(FileSchemaRegistry())
+    records = []
+    for block in session().blocks():
+        for batch in block.trades.values():
+            records += trade_records(batch)
+    records += [dict(records[0], exchange="bybit"), dict(records[1], symbol="SOLUSDT"),
+                dict(records[2], trade_time=END + 1, agg_id=10**9)]
+    rng = np.random.default_rng(5)
+    shuffled = [records[i] for i in rng.permutation(len(records))]  # partitions interleave symbols
+    values = [serde.encode("md.trades", r) for r in shuffled]
+    wanted = [r for r in records if r["exchange"] == "binance" and r["symbol"] in SYMBOLS
+              and START <= r["trade_time"] < END]
+    reference = trade_block(wanted)
+    source = TopicSource("127.0.0.1:1", SYMBOLS, START, END)
+    odd = bytearray(values[7])
+    odd[1:5] = (999).to_bytes(4, "big")  # another schema id: that chunk is decoded record by record
+    decoded_one_by_one = []
+    plain_decode = source.serde.decode
+
+    def decode(value):
+        decoded_one_by_one.append(value)
+        return plain_decode(values[7] if value == bytes(odd) else value)
+
+    source.serde.decode = decode
+    for label, given in (("columnar", values), ("fallback", values[:7] + [bytes(odd)] + values[8:])):
+        topics_module.DECODE_CHUNK = 1000
+        try:
+            got = source._trades(given)
+        finally:
+            topics_module.DECODE_CHUNK = 200_000
+        assert sorted(got) == sorted(reference), label
+        for key, batch in reference.items():
+            for column in ("agg_id", "time_ms", "price", "qty", "taker_sell"):
+                assert getattr(got[key], column).tolist() == getattr(batch, column).tolist(), (label, key, column)
+        # the columnar run decoded nothing one by one; the fallback only its first chunk of 1000
+        assert len(decoded_one_by_one) == (0 if label == "columnar" else 1000), label
