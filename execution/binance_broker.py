@@ -148,6 +148,7 @@ class BinanceBroker:
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.mode = mode
         self.rest = rest
+        self.accepted_key_problems: list[str] = []  # live: risky permissions the operator accepted (safety.py)
         self.filters = filters
         self.stream = stream
         self.exchange = exchange

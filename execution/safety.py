@@ -14,10 +14,19 @@ wss://fstream.binance.com, unless the executor config's `exchange.rest_url`/`ws_
 (the fake exchange in tests). A testnet run pointed at the live hosts, or the reverse, is refused: every
 record carries the mode, and a "testnet" label on real trades would lie. An exchange that cannot be
 reached at start stops the executor with `BrokerUnavailable`, before any order could be sent.
+
+Live mode then asks Binance what the key may do (`GET /sapi/v1/account/apiRestrictions` on the spot
+API, `TAPEFLOW_BINANCE_SPOT_REST_URL`, signed with the futures clock offset just synced) and refuses a
+key that can withdraw, transfer between accounts, make universal transfers, or has no IP restriction:
+a trading bot needs none of that, and a leaked key that can withdraw empties the account. The
+operator may accept such a key explicitly (`TAPEFLOW_ALLOW_UNRESTRICTED_KEY=I_UNDERSTAND`; the
+executor then logs every permission it accepted). Fail closed: when the permissions cannot be read,
+live mode does not start. Testnet has no such endpoint and is not checked.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +39,14 @@ from tapeflow_runtime.settings import Settings
 
 LIVE_OPT_IN_ENV = "TAPEFLOW_LIVE_TRADING"
 LIVE_OPT_IN_VALUE = "I_UNDERSTAND"
+KEY_OVERRIDE_ENV = "TAPEFLOW_ALLOW_UNRESTRICTED_KEY"
+KEY_OVERRIDE_VALUE = "I_UNDERSTAND"
+SPOT_REST_URL = "https://api.binance.com"
+API_RESTRICTIONS_PATH = "/sapi/v1/account/apiRestrictions"
+#: permissions a trading key must not have: (field, what it means) - and ipRestrict must be true
+RISKY_PERMISSIONS = (("enableWithdrawals", "can withdraw"),
+                     ("enableInternalTransfer", "can transfer between accounts"),
+                     ("permitsUniversalTransfer", "can make universal transfers"))
 
 
 class LiveTradingRefused(Exception):
@@ -84,10 +101,52 @@ def check_endpoints(mode: str, rest_url: str, ws_url: str) -> None:
             raise LiveTradingRefused(f"--mode {mode} refused: {url} is the Binance {other} endpoint")
 
 
-def build_broker(mode: str, config: ExecutorConfig, settings: Settings | None = None) -> Broker:
+def key_problems(restrictions: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a trading key, from Binance's apiRestrictions answer (empty: nothing)."""
+    problems = [what for field, what in RISKY_PERMISSIONS if restrictions.get(field) is not False]
+    if restrictions.get("ipRestrict") is not True:
+        problems.append("has no IP restriction")
+    if restrictions.get("enableFutures") is not True:
+        problems.append("cannot trade futures")
+    return problems
+
+
+def check_key_permissions(settings: Settings, environ: Mapping[str, str], time_offset_ms: int,
+                          timeout_s: float = 5.0) -> list[str]:
+    """Live mode's key check (module docstring). Returns the problems the operator accepted ([] for a
+    clean key); raises `LiveTradingRefused` for a risky key without the override, or when the
+    permissions cannot be read. A key that cannot trade futures is refused even with the override."""
+    from execution.binance_signing import BinanceApiError, SignedRestClient
+
+    url = (settings.binance_spot_rest_url or SPOT_REST_URL).rstrip("/")
+    rest = SignedRestClient(url, settings.binance_api_key, settings.binance_api_secret, timeout_s=timeout_s)
+    rest.time_offset_ms = time_offset_ms
+    try:
+        answer = rest.signed("GET", API_RESTRICTIONS_PATH)
+    except (BinanceApiError, OSError, ValueError) as exc:
+        raise LiveTradingRefused(f"--mode live refused: cannot read the key's permissions at {url}"
+                                 f"{API_RESTRICTIONS_PATH}: {exc}") from None
+    finally:
+        rest.close()
+    if not isinstance(answer, Mapping):
+        raise LiveTradingRefused(f"--mode live refused: {url}{API_RESTRICTIONS_PATH} answered {type(answer).__name__}, "
+                                 "not the key's permissions")
+    problems = key_problems(answer)
+    if "cannot trade futures" in problems:
+        raise LiveTradingRefused("--mode live refused: the API key cannot trade futures (enable Futures for it)")
+    if problems and environ.get(KEY_OVERRIDE_ENV) != KEY_OVERRIDE_VALUE:
+        raise LiveTradingRefused(
+            f"--mode live refused: the API key {', '.join(problems)}; give it only Reading and Futures with an "
+            f"IP restriction, or accept the risk with {KEY_OVERRIDE_ENV}={KEY_OVERRIDE_VALUE}")
+    return problems
+
+
+def build_broker(mode: str, config: ExecutorConfig, settings: Settings | None = None,
+                 environ: Mapping[str, str] | None = None) -> Broker:
     """The broker for `mode`: a fresh `PaperBroker`, or a connected `BinanceBroker` (the caller closes it).
 
-    Exchange modes need `settings` with the keys (run `check_mode_allowed` first)."""
+    Exchange modes need `settings` with the keys (run `check_mode_allowed` first); live mode also checks
+    the key's permissions (`check_key_permissions`, with `environ`, default the process's)."""
     if mode == "paper":
         return PaperBroker(config.fees, config.paper)
     from execution.binance_broker import (
@@ -101,12 +160,21 @@ def build_broker(mode: str, config: ExecutorConfig, settings: Settings | None = 
     check_endpoints(mode, rest_url, ws_url)
     venue = config.exchange
     try:
-        return BinanceBroker.connect(mode, rest_url, ws_url, settings.binance_api_key, settings.binance_api_secret,
-                                     timeout_s=venue.request_timeout_s, stream_timeout_s=venue.connect_timeout_s,
-                                     probe_interval_s=venue.probe_interval_s)
+        broker = BinanceBroker.connect(mode, rest_url, ws_url, settings.binance_api_key, settings.binance_api_secret,
+                                       timeout_s=venue.request_timeout_s, stream_timeout_s=venue.connect_timeout_s,
+                                       probe_interval_s=venue.probe_interval_s)
     except (BinanceApiError, OSError, KeyError, TypeError, ValueError) as exc:
         # unreachable, keys refused, no user-data stream, an answer that is not Binance's: never half-connected
         raise BrokerUnavailable(f"cannot reach the exchange at {rest_url} / {ws_url}: {exc}") from None
+    if mode == "live":
+        try:
+            broker.accepted_key_problems = check_key_permissions(
+                settings, os.environ if environ is None else environ, broker.rest.time_offset_ms,
+                venue.request_timeout_s)
+        except BaseException:
+            broker.close()
+            raise
+    return broker
 
 
 def startup_echo(settings: Settings, mode: str, config: ExecutorConfig) -> dict[str, Any]:

@@ -446,8 +446,11 @@ async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | 
     try:
         check_mode_allowed(mode, settings, environ)
         if mode != "paper":
-            exchange = await asyncio.to_thread(build_broker, mode, config, settings)
+            exchange = await asyncio.to_thread(build_broker, mode, config, settings, environ)
             log.info("exchange connected", mode=mode, symbols_listed=len(exchange.filters))
+            if getattr(exchange, "accepted_key_problems", None):
+                log.warning("live trading with a key that " + "; ".join(exchange.accepted_key_problems),
+                            accepted_by="TAPEFLOW_ALLOW_UNRESTRICTED_KEY")
     except (LiveTradingRefused, BrokerUnavailable) as exc:
         log.error("executor refused to start", mode=mode, reason=str(exc))
         return 2

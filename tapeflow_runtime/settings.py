@@ -160,6 +160,9 @@ class Settings(BaseSettings):
         default=None, description="Binance USD-M REST base for `execute --mode testnet|live` (default: the mode's).")
     binance_ws_url: str | None = Field(
         default=None, description="Binance USD-M websocket base for the user-data stream (default: the mode's).")
+    binance_spot_rest_url: str | None = Field(
+        default=None, description="Binance spot REST base where `execute --mode live` checks the key's permissions "
+                                  "(GET /sapi/v1/account/apiRestrictions; default https://api.binance.com).")
     # `tapeflow notify`: each channel is on when its secret is set (tapeflow_notify/channels.py)
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: str | None = Field(default=None, description="Chat the Telegram bot writes to.")

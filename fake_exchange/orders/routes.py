@@ -17,7 +17,9 @@ Control (`/_control/orders/...`, not signed):
   act and then answer 503 (`error_after`), or act and answer only after `delay_s` (`timeout_after`);
 - `POST orphan` `{"symbol", "position_amt", "entry_price"}` and/or `{"order": {...order params}}`: state
   the broker did not create;
-- `POST config` `{"queue": "through"|"touch", "cap_by_trade_qty": bool}`;
+- `POST config` `{"queue": "through"|"touch", "cap_by_trade_qty": bool, "api_restrictions": {...}}`
+  (the last merged into what `GET /sapi/v1/account/apiRestrictions` answers: by default a key that can
+  trade futures, cannot withdraw or transfer, and is IP-restricted);
 - `GET state`: open orders, positions, placements per client id, requests seen.
 """
 
@@ -57,6 +59,12 @@ class OrderVenue:
         self.delay_s = 2.0
         self.order_requests: list[tuple[str, str]] = []  # (method, client id) of every authenticated order request
         self.replayed = 0
+        #: GET /sapi/v1/account/apiRestrictions (Binance's spot API, signed): the key's permissions
+        self.api_restrictions: dict[str, Any] = {
+            "ipRestrict": True, "createTime": 1_700_000_000_000, "enableReading": True, "enableFutures": True,
+            "enableWithdrawals": False, "enableInternalTransfer": False, "permitsUniversalTransfer": False,
+            "enableSpotAndMarginTrading": False, "enableMargin": False, "enableVanillaOptions": False,
+            "enablePortfolioMarginTrading": False, "enableFixApiTrade": False, "enableFixReadOnly": False}
 
     async def publish(self) -> None:
         """Send the engine's new user-data events to every connected stream, in order."""
@@ -322,11 +330,20 @@ async def control_expire_listen_keys(request: web.Request) -> web.Response:
 
 
 async def control_config(request: web.Request) -> web.Response:
-    engine = request.app[VENUE_KEY].engine
+    venue = request.app[VENUE_KEY]
+    engine = venue.engine
     body = await _json(request)
     engine.queue = body.get("queue", engine.queue)
     engine.cap_by_trade_qty = bool(body.get("cap_by_trade_qty", engine.cap_by_trade_qty))
-    return json_response({"queue": engine.queue, "cap_by_trade_qty": engine.cap_by_trade_qty})
+    venue.api_restrictions.update(body.get("api_restrictions", {}))
+    return json_response({"queue": engine.queue, "cap_by_trade_qty": engine.cap_by_trade_qty,
+                          "api_restrictions": venue.api_restrictions})
+
+
+@guarded
+async def api_restrictions(request: web.Request) -> web.Response:
+    authenticate(request)
+    return json_response(request.app[VENUE_KEY].api_restrictions)
 
 
 async def control_state(request: web.Request) -> web.Response:
@@ -377,6 +394,7 @@ def add_order_routes(app: web.Application) -> OrderVenue:
     r.add_get("/fapi/v2/balance", balance)
     r.add_get("/fapi/v1/userTrades", user_trades)
     r.add_post("/fapi/v1/listenKey", listen_key)
+    r.add_get("/sapi/v1/account/apiRestrictions", api_restrictions)
     r.add_put("/fapi/v1/listenKey", listen_key)
     r.add_get("/ws/{listen_key}", user_stream)
     r.add_post("/_control/orders/market", control_market)
