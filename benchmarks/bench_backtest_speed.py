@@ -20,10 +20,10 @@ Run: ``.venv/bin/python -m benchmarks.bench_backtest_speed [--trades 10000000] [
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
-import pickle
 import resource
 import subprocess
 import sys
@@ -80,11 +80,20 @@ def digest(features: list[dict], signals: list[dict]) -> str:
 
 
 _BASELINE_SCRIPT = textwrap.dedent('''
-    import hashlib, json, pickle, sys, time
+    import hashlib, json, sys, time
+    import numpy as np
+    import stream_apps.core.events as ev
     from stream_apps.core.engine import Engine
     from stream_apps.core.events import BookUpdate, MarkUpdate, TradeBatch
     from stream_apps.core.strategy import default_strategy_dir, load_strategies
-    data = pickle.load(open(sys.argv[1], "rb"))
+    arrays = np.load(sys.argv[1] + ".npz")
+    data = []
+    for s, (symbol, slices) in enumerate(json.load(open(sys.argv[1] + ".json"))):
+        data.append((symbol, [(tuple(arrays[f"{s}_{k}_t{j}"] for j in range(5)),
+                               tuple(arrays[f"{s}_{k}_b{j}"] for j in range(2)),
+                               tuple(arrays[f"{s}_{k}_m{j}"] for j in range(5)),
+                               [getattr(ev, name)(**fields) for name, fields in others])
+                              for k, others in enumerate(slices)]))
     strategies = load_strategies(default_strategy_dir())
     trades = features = signals = 0
     h = hashlib.sha256()
@@ -131,9 +140,18 @@ def run_baseline(sessions, hours: float, ref: str) -> dict:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "stream_apps", "schemas", "tapeflow_runtime"],
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        path = Path(tmp) / "input.pkl"
-        with path.open("wb") as fh:
-            pickle.dump(data, fh)
+        # numpy arrays and JSON, never pickle (no code-executing codec anywhere, benchmarks included)
+        path = Path(tmp) / "input"
+        arrays, index = {}, []
+        for s, (symbol, slices) in enumerate(data):
+            for k, (t, books, marks, _others) in enumerate(slices):
+                for group, columns in (("t", t), ("b", books), ("m", marks)):
+                    for j, column in enumerate(columns):
+                        arrays[f"{s}_{k}_{group}{j}"] = np.asarray(column)
+            index.append([symbol, [[[type(e).__name__, dataclasses.asdict(e)] for e in others]
+                                   for _t, _b, _m, others in slices]])
+        np.savez(f"{path}.npz", **arrays)
+        Path(f"{path}.json").write_text(json.dumps(index))
         script = Path(tmp) / "baseline.py"
         script.write_text(_BASELINE_SCRIPT)
         env = {**os.environ, "PYTHONPATH": tmp}
