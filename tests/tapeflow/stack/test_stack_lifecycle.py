@@ -96,6 +96,7 @@ def test_up_status_down_lifecycle(home):
     assert set(pids) >= {"supervisor", "broker", "database"}
     # PostgreSQL children (backends, checkpointer, ...) must go too
     children = [p.pid for p in psutil.Process(pids["database"]).children(recursive=True)]
+    assert_least_exposure(home, pids)
 
     down = cli(home, "down")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -107,6 +108,48 @@ def test_up_status_down_lifecycle(home):
     assert after.returncode == 1
     nothing = cli(home, "down")
     assert nothing.returncode == 0 and "nothing running" in nothing.stdout
+
+
+def assert_least_exposure(home: Path, pids: dict[str, int]) -> None:
+    """Issue 23's defaults of a running stack: every listening socket of every process it started is on
+    loopback, the generated secrets are readable by their owner only, and the database roles the
+    services use can do no more than their job (no superuser, no role or database creation; the
+    read-only role cannot write)."""
+    import psycopg
+
+    listening = []
+    for name, pid in pids.items():
+        try:  # a replay's producer and fake exchange may have finished
+            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in procs:
+            try:
+                conns = proc.net_connections(kind="inet")
+            except psutil.NoSuchProcess:
+                continue
+            listening += [(name, proc.pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    assert {name for name, *_ in listening} >= {"broker", "database", "sink", "engine", "executor"}, listening
+    assert [entry for entry in listening if entry[2] not in ("127.0.0.1", "::1")] == []
+    secrets = home / "secrets"
+    assert oct(secrets.stat().st_mode & 0o777) == "0o700"
+    files = list(secrets.iterdir())
+    assert files and all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files), [
+        (f.name, oct(f.stat().st_mode & 0o777)) for f in files]
+    address = json.loads((home / "run" / "database.json").read_text())["address"]
+    host, port = address.rsplit(":", 1)
+    owner = psycopg.conninfo.make_conninfo(host=host, port=port, user="postgres", dbname="tapeflow",
+                                           password=(secrets / "postgres-postgres").read_text().strip())
+    with psycopg.connect(owner) as conn:
+        roles = dict(conn.execute("SELECT rolname, (rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication "
+                                  "OR rolbypassrls) FROM pg_roles WHERE rolname LIKE 'tapeflow_%'").fetchall())
+    assert roles == {"tapeflow_writer": False, "tapeflow_readonly": False}
+    readonly = psycopg.conninfo.make_conninfo(host=host, port=port, user="tapeflow_readonly", dbname="tapeflow",
+                                              password=(secrets / "postgres-tapeflow_readonly").read_text().strip())
+    with psycopg.connect(readonly) as conn:
+        conn.execute("SELECT count(*) FROM trades")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM trades")
 
 
 def test_port_conflict_is_reported_clearly(home):
