@@ -94,9 +94,9 @@ class _SymbolState:
 class _Generator:
     def __init__(self, spec: SyntheticSpec) -> None:
         self.spec = spec
-        self.rng = random.Random(spec.seed)
+        self.rng = random.Random(spec.seed)  # nosec B311 # generated market data, seeded on purpose (not a secret)
         # its own stream, so a session without bursts draws exactly what it always drew
-        self.burst_rng = random.Random(f"burst:{spec.seed}")
+        self.burst_rng = random.Random(f"burst:{spec.seed}")  # nosec B311 # generated market data, seeded on purpose (not a secret)
         self.update_id = 1_000_000_000 + self.rng.randrange(1_000_000)
         self.events: list[tuple[float, int, str, dict[str, Any]]] = []
         self.last_receive: dict[str, float] = {}

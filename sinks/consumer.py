@@ -480,7 +480,7 @@ class TopicSink:
                 self._drop_connection(slot)
                 self.database_down = True
                 attempt += 1
-                delay = min(self.config.max_backoff_s, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                delay = min(self.config.max_backoff_s, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
                 log.warning("database unavailable, retrying the batch", error=str(exc).splitlines()[0],
                             retry_in_s=round(delay, 2), attempt=attempt)
                 self.metrics.db_retries.inc()
@@ -501,7 +501,7 @@ class TopicSink:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:
+            except Exception:  # nosec B110 # closing a consumer that is already failing: the error that matters was logged
                 pass
 
     def _cover(self, conn: psycopg.Connection, batch: Batch) -> dict[str, list[datetime]]:

@@ -104,7 +104,7 @@ def drop_expired(conn: psycopg.Connection, policy: RetentionPolicy, now: datetim
         return []
     fn = "tapeflow_drop_chunks_before" if layout == "timescaledb" else "tapeflow_drop_partitions_before"
     with conn.transaction():
-        rows = conn.execute(f"SELECT * FROM {fn}(%s, %s, %s)", (policy.table, cutoff, guard)).fetchall()
+        rows = conn.execute(f"SELECT * FROM {fn}(%s, %s, %s)", (policy.table, cutoff, guard)).fetchall()  # nosec B608 # fn is one of two fixed function names; every value is bound
     return [r[0] for r in rows]
 
 

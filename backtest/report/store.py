@@ -49,7 +49,7 @@ _TRADE_COLUMNS = (
 
 
 def _insert(table: str, columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"  # nosec B608 # table and column names are this module's constants; values are bound
 
 
 def _strategy_report(doc: dict[str, Any], strategy: dict[str, Any]) -> dict[str, Any]:

@@ -212,7 +212,7 @@ class SharedStudy:
             for trial_id in ids:
                 try:
                     self.storage.record_heartbeat(trial_id)
-                except Exception:  # a lost connection: the pool reconnects on the next beat
+                except Exception:  # nosec B110 # a lost connection: the pool reconnects on the next beat
                     pass
 
     def close(self) -> None:

@@ -95,7 +95,7 @@ class _Symbol:
 class _Translator:
     def __init__(self, spec: BybitSyntheticSpec) -> None:
         self.spec = spec
-        self.rng = random.Random(spec.seed)
+        self.rng = random.Random(spec.seed)  # nosec B311 # generated market data, seeded on purpose (not a secret)
         self.market = generate_session(spec.market())
         self.start_ms = int(spec.start_time * 1000)
         self.frames: list[RecordedFrame] = []

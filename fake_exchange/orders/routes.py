@@ -41,7 +41,7 @@ from ..state import ExchangeState
 from .engine import AccountEngine, OrderError, SymbolRules
 
 TEST_API_KEY = "fake-test-api-key-0123456789"
-TEST_API_SECRET = "fake-test-api-secret-9876543210"
+TEST_API_SECRET = "fake-test-api-secret-9876543210"  # nosec B105 # the fake exchange's published test key, not a credential
 
 
 class OrderVenue:

@@ -159,7 +159,7 @@ class VisionDownloader:
         for attempt in range(self.attempts):
             try:
                 request = urllib.request.Request(url, headers={"User-Agent": "tapeflow-backfill"})
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # nosec B310 # the configured Vision base URL (https by default; file: only if the operator sets it)
                     return consume(resp)
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:

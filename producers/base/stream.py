@@ -105,7 +105,7 @@ class CombinedStream:
             if outcome == "failed":
                 self._lost(task)
                 attempt += 1
-                delay = random.uniform(0, min(self.config.backoff_max_s,
+                delay = random.uniform(0, min(self.config.backoff_max_s,  # nosec B311 # reconnect jitter, not a secret
                                               self.config.backoff_initial_s * 2 ** min(attempt, 10)))
                 if await sleep_or_stop(stop, delay):
                     return

@@ -81,7 +81,7 @@ class RestClient:
             except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             attempt += 1
-            delay = min(self.max_backoff_s, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
+            delay = min(self.max_backoff_s, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
             if time.monotonic() + delay > deadline:
                 raise RestUnavailable(f"{url}: {last_error}")
             await asyncio.sleep(delay)

@@ -24,7 +24,7 @@ import re
 import shutil
 import signal
 import stat
-import subprocess
+import subprocess  # nosec B404 # the supervisor runs PostgreSQL's own programs with fixed argument lists
 from pathlib import Path
 
 import psycopg
@@ -51,7 +51,7 @@ def server_dirs(bindir: Path) -> tuple[Path, Path]:
     pg_config = bindir / "pg_config"
     if pg_config.is_file() and os.access(pg_config, os.X_OK):
         try:
-            out = subprocess.run([str(pg_config), "--pkglibdir", "--sharedir"], capture_output=True, text=True,
+            out = subprocess.run([str(pg_config), "--pkglibdir", "--sharedir"], capture_output=True, text=True,  # nosec B603 # a fixed argument list, no shell
                                  timeout=10, check=True).stdout.split()
             if len(out) == 2:
                 return Path(out[0]), Path(out[1])
@@ -126,7 +126,7 @@ def _run_as_user() -> str | None:
     try:
         pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",  # nosec B603 B607 # useradd from the system PATH with a fixed argument list, as root only
                         PG_SYSTEM_USER], check=True, capture_output=True)
     return PG_SYSTEM_USER
 
@@ -217,7 +217,7 @@ class EmbeddedPostgres(Service):
         self.data_dir.chmod(0o700)
         pwfile.chmod(0o600)
         try:
-            res = subprocess.run(
+            res = subprocess.run(  # nosec B603 # a fixed argument list, no shell
                 [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=scram-sha-256",
                  f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale"],
                 capture_output=True, text=True, cwd=str(pgdir), **as_user_kwargs(user),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import subprocess
+import subprocess  # nosec B404 # the supervisor starts the stack's services with fixed argument lists
 import sys
 import threading
 import time
@@ -182,7 +182,7 @@ class Supervisor:
         log = open(log_path, "ab", buffering=0)
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting: {' '.join(launch.argv)}\n".encode())
         try:
-            proc = subprocess.Popen(launch.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(launch.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,  # nosec B603 # the service's own fixed argument list, no shell
                                     start_new_session=True, cwd=launch.cwd, **launch.credentials(),
                                     env={**child_env(self.settings, self.paths), **(launch.env or {})})
         except OSError as exc:
@@ -460,7 +460,7 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
     log_path = paths.log_file("supervisor")
     with open(log_path, "ab") as log:
         start = log.tell()
-        proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "up"], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "up"], stdin=subprocess.DEVNULL,  # nosec B603 # the stack's own fixed argument list, no shell
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=child_env(settings, paths))
     deadline = time.monotonic() + settings.startup_timeout_s + 15
