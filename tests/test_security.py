@@ -112,7 +112,7 @@ def test_bandit_finds_nothing_unjustified():
 def test_no_secret_beyond_the_audited_baseline(tmp_path):
     """detect-secrets over every tracked file, compared with `.secrets.baseline` by file and secret hash
     (line numbers move with edits): a new finding fails until it is removed or audited into the
-    baseline (``detect-secrets scan > .secrets.baseline``, then audit: every entry there is
+    baseline (``detect-secrets scan --exclude-files '^\\.secrets\\.baseline$' > .secrets.baseline``, then audit: every entry there is
     ``is_secret: false``, test fixtures and example values)."""
     import json
     import sys
@@ -120,10 +120,23 @@ def test_no_secret_beyond_the_audited_baseline(tmp_path):
     baseline = json.loads((REPO / ".secrets.baseline").read_text())
     assert all(item["is_secret"] is False for items in baseline["results"].values() for item in items)
     known = {(name, item["hashed_secret"]) for name, items in baseline["results"].items() for item in items}
-    res = subprocess.run([sys.executable, "-m", "detect_secrets", "scan"], cwd=REPO, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "detect_secrets", "scan", "--exclude-files", r"^\.secrets\.baseline$"], cwd=REPO, capture_output=True, text=True,
                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     found = json.loads(res.stdout)["results"]
     new = sorted((name, item["type"], item["line_number"]) for name, items in found.items() for item in items
                  if (name, item["hashed_secret"]) not in known)
     assert new == []
+
+
+def test_the_secret_scan_finds_a_planted_key(tmp_path):
+    """The control for the test above: the same scanner reports a key-shaped value in a file."""
+    import json
+    import sys
+
+    planted = tmp_path / "config.py"
+    planted.write_text('api_secret = "q8Zr2LwX9vPn4TkY7mB3sD6hJ1cF5gA0"\naws = "AKIAZ7Q2X4R6T8Y0U2W4"\n')  # pragma: allowlist secret
+    res = subprocess.run([sys.executable, "-m", "detect_secrets", "scan", str(planted)], cwd=tmp_path,
+                         capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    types = {item["type"] for items in json.loads(res.stdout)["results"].values() for item in items}
+    assert {"Secret Keyword", "AWS Access Key"} <= types, types
