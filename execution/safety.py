@@ -106,8 +106,6 @@ def key_problems(restrictions: Mapping[str, Any]) -> list[str]:
     problems = [what for field, what in RISKY_PERMISSIONS if restrictions.get(field) is not False]
     if restrictions.get("ipRestrict") is not True:
         problems.append("has no IP restriction")
-    if restrictions.get("enableFutures") is not True:
-        problems.append("cannot trade futures")
     return problems
 
 
@@ -131,9 +129,9 @@ def check_key_permissions(settings: Settings, environ: Mapping[str, str], time_o
     if not isinstance(answer, Mapping):
         raise LiveTradingRefused(f"--mode live refused: {url}{API_RESTRICTIONS_PATH} answered {type(answer).__name__}, "
                                  "not the key's permissions")
-    problems = key_problems(answer)
-    if "cannot trade futures" in problems:
+    if answer.get("enableFutures") is not True:
         raise LiveTradingRefused("--mode live refused: the API key cannot trade futures (enable Futures for it)")
+    problems = key_problems(answer)
     if problems and environ.get(KEY_OVERRIDE_ENV) != KEY_OVERRIDE_VALUE:
         raise LiveTradingRefused(
             f"--mode live refused: the API key {', '.join(problems)}; give it only Reading and Futures with an "

@@ -242,7 +242,7 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
 
     def evaluate_batch(claims: list[Claim]) -> None:
         params = [suggest(c.trial, base) if sampler == "tpe" else grid_params[c.slot] for c in claims]
-        candidates = [Candidate(p, build(base, p, f"{base.name}_{name}_{c.slot:03d}")) for c, p in zip(claims, params)]
+        candidates = [_candidate(base, p, name, c.slot) for c, p in zip(claims, params)]
         all_trades = evaluate(store, [c.config for c in candidates], from_ms, to_ms, workers)
         for claim, candidate, trades in zip(claims, candidates, all_trades):
             trades = in_range(trades, from_ms, to_ms)
@@ -271,12 +271,17 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
                         study=study_name if storage is not None else None, evaluated_here=len(mine))
 
 
+def _candidate(base: StrategyConfig, params: dict, name: str, slot: int) -> Candidate:
+    """The candidate of a slot, named by it: the same name whichever worker builds it."""
+    return Candidate(params, build(base, params, f"{base.name}_{name}_{slot:03d}"))
+
+
 def _stored_trial(trial, base: StrategyConfig, name: str) -> Trial:
     """A trial another worker evaluated, from its user attributes."""
     attrs = trial.user_attrs
     slot = attrs["slot"]
     value = attrs["objective"]
-    candidate = Candidate(attrs["params"], build(base, attrs["params"], f"{base.name}_{name}_{slot:03d}"))
+    candidate = _candidate(base, attrs["params"], name, slot)
     return Trial(slot, candidate, Result(**attrs["result"]), -math.inf if value is None else value,
                  np.asarray(attrs["series"], dtype=np.float64))
 

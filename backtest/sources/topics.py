@@ -28,7 +28,7 @@ import polars as pl
 
 from backtest.inputs import DEFAULT_SLICE_MS, ENGINE_TIME, MarketSlice, Record, SourceReport
 from backtest.sources import SourceError
-from backtest.sources.records import RecordSource, trade_block
+from backtest.sources.records import RecordSource
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from sinks.columnar import ColumnarCodec, ColumnarError
@@ -140,18 +140,13 @@ class TopicSource:
             except Exception as exc:
                 raise StateReadError(f"{self.prefix}md.trades: record {first + k} of the range cannot be decoded: "
                                      f"{exc}") from exc
-        batches = trade_block(r for r in rows)
-        columns = {"exchange": [], "symbol": [], "agg_id": [], "trade_time": [], "price": [], "qty": [], "sell": []}
-        for batch in batches.values():
-            n = len(batch.agg_id)
-            columns["exchange"] += [batch.exchange] * n
-            columns["symbol"] += [batch.symbol] * n
-            for name, column in (("agg_id", batch.agg_id), ("trade_time", batch.time_ms), ("price", batch.price),
-                                 ("qty", batch.qty), ("sell", batch.taker_sell)):
-                columns[name] += column.tolist()
-        return pl.DataFrame(columns, schema={"exchange": pl.String, "symbol": pl.String, "agg_id": pl.Int64,
-                                             "trade_time": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
-                                             "sell": pl.Boolean})
+        return pl.DataFrame({"exchange": [r["exchange"] for r in rows], "symbol": [r["symbol"] for r in rows],
+                             "agg_id": [r["agg_id"] for r in rows], "trade_time": [r["trade_time"] for r in rows],
+                             "price": [r["price"] for r in rows], "qty": [r["qty"] for r in rows],
+                             "sell": [r["taker_side"] == "SELL" for r in rows]},
+                            schema={"exchange": pl.String, "symbol": pl.String, "agg_id": pl.Int64,
+                                    "trade_time": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
+                                    "sell": pl.Boolean})
 
     def slices(self) -> Iterator[MarketSlice]:
         recs = self.records()
