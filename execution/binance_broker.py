@@ -31,7 +31,8 @@ a stop the exchange holds even when the executor is down; the executor's own sto
 reduce-only MARKET, so SL is always taker), `positions`/`open_orders` for the reconciler.
 
 Errors are classified in `execution.binance_signing.classify`; -1021 (clock) is retried once after a
-time resync. Keys stay in the REST client; nothing here logs them.
+time resync, for every signed request (`SignedRestClient.signed`). Keys stay in the REST client;
+nothing here logs them.
 """
 
 from __future__ import annotations
@@ -442,13 +443,7 @@ class BinanceBroker:
         self._drain()
 
     def _post(self, params: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return self.rest.signed("POST", "/fapi/v1/order", params)
-        except BinanceApiError as exc:
-            if exc.code != -1021:
-                raise
-            self.rest.sync_time()  # refused before processing: safe to send again once the clock is right
-            return self.rest.signed("POST", "/fapi/v1/order", params)
+        return self.rest.signed("POST", "/fapi/v1/order", params)  # -1021: resynced and resent by the client
 
     def _recover(self, tracked: _Tracked, now_ms: int, resend: dict[str, Any] | None = None, resends: int = 0) -> None:
         """Find the order by client id and adopt its state; resend only when it provably does not exist."""

@@ -36,9 +36,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import orjson
+import structlog
 from pydantic import SecretStr
 
 DEFAULT_RECV_WINDOW_MS = 5000
+log = structlog.get_logger("binance_rest")
 
 
 class ErrorKind(Enum):
@@ -135,6 +137,23 @@ class SignedRestClient:
         return self.time_offset_ms
 
     def signed(self, method: str, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """One signed request. A -1021 (timestamp outside recvWindow: refused before it was processed, so
+        safe to send again) resyncs the offset from `/fapi/v1/time` and resends it once, whatever the
+        endpoint: the clock may have stepped since the last sync, and a read that kept failing (the
+        reconciliation's) would block entries with nothing else to resync it."""
+        try:
+            return self._signed_once(method, path, params)
+        except BinanceApiError as exc:
+            if exc.code != TIMESTAMP_OUTSIDE_RECV_WINDOW:
+                raise
+        before = self.time_offset_ms
+        self.sync_time()
+        ids = {k: v for k, v in (params or {}).items() if k in ("newClientOrderId", "origClientOrderId")}
+        log.warning("exchange refused the request time (-1021): clock offset resynced, request resent",
+                    method=method, path=path, offset_ms=self.time_offset_ms, previous_offset_ms=before, **ids)
+        return self._signed_once(method, path, params)
+
+    def _signed_once(self, method: str, path: str, params: Mapping[str, Any] | None) -> Any:
         query = signed_query(params or {}, self._secret, self.now_ms(), self.recv_window_ms)
         return self._send(method, f"{path}?{query}", {"X-MBX-APIKEY": self._key.get_secret_value()})
 

@@ -20,7 +20,8 @@ Control (`/_control/orders/...`, not signed):
 - `POST config` `{"queue": "through"|"touch", "cap_by_trade_qty": bool, "api_restrictions": {...}}`
   (the last merged into what `GET /sapi/v1/account/apiRestrictions` answers: by default a key that can
   trade futures, cannot withdraw or transfer, and is IP-restricted);
-- `GET state`: open orders, positions, placements per client id, requests seen.
+- `GET state`: open orders, positions, placements per client id, requests seen, requests refused for
+  their timestamp (-1021).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class OrderVenue:
         self.fail_mode = "error_before"
         self.delay_s = 2.0
         self.order_requests: list[tuple[str, str]] = []  # (method, client id) of every authenticated order request
+        #: (method, path, code) of every signed request refused for its timestamp (-1021)
+        self.refused: list[tuple[str, str, int]] = []
         self.replayed = 0
         #: GET /sapi/v1/account/apiRestrictions (Binance's spot API, signed): the key's permissions
         self.api_restrictions: dict[str, Any] = {
@@ -141,6 +144,7 @@ def authenticate(request: web.Request, *, signed: bool = True) -> dict[str, str]
         raise OrderError(-1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.") from None
     now = venue.state.now_ms()
     if ts > now + 1000 or now - ts > window:
+        venue.refused.append((request.method, request.path, -1021))
         raise OrderError(-1021, "Timestamp for this request is outside of the recvWindow.")
     params.pop("signature", None)
     return params
@@ -355,6 +359,7 @@ async def control_state(request: web.Request) -> web.Response:
         "positions": {s: {"amount": str(p.amount), "entry": str(p.entry)} for s, p in engine.positions.items()},
         "placements": engine.placements,
         "order_requests": venue.order_requests,
+        "refused": venue.refused,
         "streams": len(venue.sockets),
     })
 

@@ -1,0 +1,266 @@
+"""Process faults for the fault suite (issue 23): each case runner starts what it needs, injects one fault,
+lets it clear and returns a row for `benchmarks/bench_faults.py`:
+
+    {fault, duration_s, trades_in, trades_out, duplicates, lost, orders_sent, orders_expected, recover_s}
+
+plus a ``detail`` dict the tests assert on (the benchmark prints only the row). Tests call the runners
+with short faults; the benchmark with long ones. The runners take a Kafka bootstrap and a work
+directory (every file they write is under it).
+
+Cases here:
+- `executor_clock_skew`: the executor (testnet mode, real `BinanceBroker`) against the fake exchange
+  with its wall clock skewed by libfaketime (Debian package `faketime`): started behind the exchange by
+  more than recvWindow, then stepped ahead (as an NTP step or a resumed VM would). The fake answers
+  -1021 to a request outside recvWindow; the executor must resync its offset from `/fapi/v1/time` and
+  resend with the same client order id, so the exchange places every order exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from execution.client_ids import client_order_id
+from execution.safety import LIVE_OPT_IN_ENV, LIVE_OPT_IN_VALUE
+from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
+from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tests.support.executor_io import Feed, Watcher, free_port
+from tests.support.fake_exchange import FakeOnThread
+from tests.support.paths import REPO
+
+ROW_KEYS = ("fault", "duration_s", "trades_in", "trades_out", "duplicates", "lost", "orders_sent",
+            "orders_expected", "recover_s")
+
+
+def row(fault: str, **values: Any) -> dict[str, Any]:
+    """A result row: every column of ROW_KEYS (None where it does not apply) plus ``detail``."""
+    out: dict[str, Any] = {key: values.pop(key, None) for key in ROW_KEYS}
+    out["fault"] = fault
+    out["detail"] = values.pop("detail", {})
+    assert not values, f"unknown row columns {sorted(values)}"
+    return out
+
+
+# ================================================================ executor clock skew (libfaketime)
+def libfaketime() -> str | None:
+    """The preload library of the `faketime` package (multi-arch path), or None when not installed."""
+    for pattern in ("/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
+                    "/usr/local/lib/faketime/libfaketime.so.1"):
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+EXECUTOR_RUNNER = """
+import asyncio, sys
+from pathlib import Path
+from execution.service import ExecuteOptions, run_executor
+from tapeflow_runtime.logs import configure_logging
+from tapeflow_runtime.settings import Settings
+settings = Settings()
+configure_logging(settings.log_level, settings.log_format)
+options = ExecuteOptions(config_path=Path(sys.argv[1]), start_from="earliest", restore_idle_s=0.3,
+                         metrics_port=int(sys.argv[2]))
+sys.exit(asyncio.run(run_executor(settings, "testnet", options)))
+"""
+EXECUTOR_GROUP = "tapeflow-executor-testnet"
+SYM = "BTCUSDT"
+
+
+def _health(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+        return None
+
+
+def _wait_running(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"executor exited {proc.returncode}\n{log_path.read_text()[-4000:]}")
+        body = _health(port)
+        if body and body.get("status") == "running":
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"executor not running within {timeout}s\n{log_path.read_text()[-4000:]}")
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    c = Consumer(consumer_config(bootstrap, group))
+    try:
+        md = c.list_topics(topic, timeout=10).topics[topic]
+        parts = [TopicPartition(topic, p) for p in md.partitions]
+        return sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+    finally:
+        c.close()
+
+
+def _wait_committed(bootstrap: str, group: str, topic: str, count: int, timeout: float = 60.0) -> int:
+    end = time.monotonic() + timeout
+    while True:
+        done = _committed(bootstrap, group, topic)
+        if done >= count or time.monotonic() > end:
+            return done
+        time.sleep(0.1)
+
+
+def _skew_spec(seconds: float) -> str:
+    """libfaketime's relative offset, e.g. ``-7s``, ``+4.5s``."""
+    return f"{seconds:+g}s"
+
+
+def executor_clock_skew(bootstrap: str, workdir: Path, *, start_skew_s: float = -7.0, step_s: float = 2.0,
+                        recover_timeout_s: float = 30.0) -> dict[str, Any]:
+    """The testnet executor under libfaketime, started `start_skew_s` off the exchange's clock (its
+    start-up sync must absorb that), then stepped forward by `step_s` twice:
+
+    1. holding the position of signal 1, then the price crosses its stop: the first signed request after
+       the step (the stop-loss exit, or a periodic reconciliation that got there first) is refused with
+       -1021, and the executor must resync and resend it (an order: same client order id);
+    2. flat: the periodic reconciliation (every 2 s) is refused first; it must resync too, or it keeps
+       failing and blocks every entry with nothing left to resync the clock. Signal 2 must then trade.
+
+    libfaketime fakes the monotonic clock along with the wall clock (0.9.10 breaks Python's sleep
+    otherwise), so a step is also a monotonic jump: keep `step_s` below the consumer session timeout
+    (6 s), or it causes a rebalance too (harmless, but slow). ``duration_s`` is the skew absorbed at start (|start_skew_s|);
+    ``recover_s`` the longest time from a step to its order or entry done. Orders: every client id the
+    executor emitted an intent for must be placed exactly once at the exchange."""
+    lib = libfaketime()
+    if lib is None:
+        raise RuntimeError("libfaketime not installed (Debian package faketime; deploy/bootstrap.sh installs it)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefix = f"skew{uuid.uuid4().hex[:8]}."
+    ensure_topics(bootstrap, prefix=prefix)
+    group = f"{prefix}{EXECUTOR_GROUP}"
+    clock_file = workdir / "faketime.rc"
+    skew = start_skew_s
+    clock_file.write_text(_skew_spec(skew) + "\n")
+    (workdir / "key").write_text(TEST_API_KEY)
+    (workdir / "secret").write_text(TEST_API_SECRET)
+    t0 = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        phases[name] = round(time.monotonic() - t0, 2)
+
+    fake = FakeOnThread()
+    feed = Feed(bootstrap, prefix)
+    watcher = Watcher(bootstrap, prefix, ["orders", "fills", "positions", "risk.events"])
+    proc: subprocess.Popen | None = None
+    log_path = workdir / "executor.log"
+    refused_at: list[int] = []  # len(state["refused"]) when each step was made
+    recover: list[float] = []
+    trades_in = 0
+
+    def step() -> float:
+        nonlocal skew
+        refused_at.append(len(fake.control("state")["refused"]))
+        skew += step_s
+        clock_file.write_text(_skew_spec(skew) + "\n")
+        time.sleep(1.3)  # libfaketime re-reads the file at most every FAKETIME_CACHE_DURATION (1 s)
+        return time.monotonic()
+
+    try:
+        fake.market(bid=49999.9, ask=50000.0, price=50000.0, qty=0.0, mark=50000.0)
+        config = workdir / "executor.yaml"
+        config.write_text(f"exchange:\n  rest_url: {fake.rest_url}\n  ws_url: {fake.ws_url}\n  request_timeout_s: 5\n"
+                          "  probe_interval_s: 0.5\nreconcile:\n  orphans: flatten\n  interval_s: 2\n"
+                          "  retry_s: 0.5\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TAPEFLOW_", "FAKETIME"))}
+        env.update({"PYTHONPATH": str(REPO), "TAPEFLOW_HOME": str(workdir), "TAPEFLOW_BROKER": bootstrap,
+                    "TAPEFLOW_TOPIC_PREFIX": prefix, "TAPEFLOW_BINANCE_API_KEY_FILE": str(workdir / "key"),
+                    "TAPEFLOW_BINANCE_API_SECRET_FILE": str(workdir / "secret"), LIVE_OPT_IN_ENV: LIVE_OPT_IN_VALUE,
+                    # libfaketime: the offset is read from the file (re-read at most every second), so the
+                    # runner can step the clock of the running process
+                    "LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(clock_file),
+                    "FAKETIME_CACHE_DURATION": "1"})
+        port = free_port()
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen([sys.executable, "-c", EXECUTOR_RUNNER, str(config), str(port)], cwd=workdir,
+                                    env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        _wait_running(port, proc, log_path)
+        mark("running")
+
+        feed.trade(50000.0)
+        trades_in += 1
+        sig1 = feed.signal(price=50000.0, risk=500.0)  # stop at 49,500
+        watcher.wait("positions", lambda p: p["signal_id"] == sig1["signal_id"] and p["event"] == "opened",
+                     timeout=60)
+        mark("entry1")
+        refused_before = len(fake.control("state")["refused"])
+
+        # --- step 1, holding: the stop-loss exit is sent into the stepped clock ---------------------------
+        stepped = step()
+        fake.market(price=49400.0, qty=0.0)  # below the stop: the exit fills here
+        feed.trade(49400.0)
+        trades_in += 1
+        closed = watcher.wait("positions", lambda p: p["signal_id"] == sig1["signal_id"] and p["event"] == "closed",
+                              timeout=recover_timeout_s)
+        recover.append(time.monotonic() - stepped)
+        mark("exit")
+
+        # --- step 2, flat: the periodic reconciliation meets it first --------------------------------------
+        stepped = step()
+        end = time.monotonic() + 10
+        while len(fake.control("state")["refused"]) == refused_at[-1] and time.monotonic() < end:
+            time.sleep(0.1)
+        mark("step2_refused")
+        feed.trade(49400.0)
+        trades_in += 1
+        sig2 = feed.signal(price=49400.0, risk=400.0)
+        opened2 = None
+        with contextlib.suppress(AssertionError):
+            opened2 = watcher.wait("positions", lambda p: p["signal_id"] == sig2["signal_id"]
+                                   and p["event"] == "opened", timeout=recover_timeout_s)
+            recover.append(time.monotonic() - stepped)
+        mark("entry2")
+        trades_out = _wait_committed(bootstrap, group, prefix + "md.trades", trades_in, timeout=15)
+        watcher.pump(0.5)
+        health = _health(port) or {}
+    finally:
+        if proc is not None and proc.poll() is None:  # outputs checked already: no clean stop needed
+            proc.kill()
+            proc.wait(10)
+        state = None
+        with contextlib.suppress(Exception):
+            state = fake.control("state")
+        fake.stop()
+        watcher.close()
+    mark("stopped")
+
+    log_text = log_path.read_text(errors="replace")
+    placements: dict[str, int] = state["placements"] if state else {}
+    refused = [tuple(r) for r in state["refused"]] if state else []
+    intents = sorted({o["client_order_id"] for o in watcher.seen["orders"]})
+    posts = Counter(c for m, c in state["order_requests"] if m == "POST") if state else Counter()
+    order_states = {cid: [o["state"] for o in watcher.seen["orders"] if o["client_order_id"] == cid]
+                    for cid in intents}
+    blocked = [(r["reason"], r["scope"]) for r in watcher.seen["risk.events"] if r["decision"] == "block"]
+    return row("executor_clock_skew", duration_s=abs(start_skew_s), trades_in=trades_in,
+               trades_out=trades_out, duplicates=sum(n - 1 for n in placements.values() if n > 1),
+               lost=sum(1 for cid in intents if placements.get(cid, 0) == 0), orders_sent=sum(placements.values()),
+               orders_expected=len(intents), recover_s=round(max(recover), 2) if opened2 else None,
+               detail={"placements": placements, "posts": dict(posts), "intents": intents,
+                       "order_states": order_states, "refused_before_steps": refused[:refused_before],
+                       "refused_step1": refused[refused_at[0]:refused_at[1]] if len(refused_at) > 1 else [],
+                       "refused_step2": refused[refused_at[1]:] if len(refused_at) > 1 else [],
+                       "entry1": client_order_id(sig1["signal_id"], "entry"),
+                       "entry2": client_order_id(sig2["signal_id"], "entry"), "entry2_opened": opened2 is not None,
+                       "closed": closed, "blocked": blocked, "health": health, "phases": phases,
+                       "resyncs_logged": log_text.count("clock offset resynced"), "log_tail": log_text[-3000:]})
