@@ -21,6 +21,7 @@ import contextlib
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -264,3 +265,178 @@ def executor_clock_skew(bootstrap: str, workdir: Path, *, start_skew_s: float = 
                        "entry2": client_order_id(sig2["signal_id"], "entry"), "entry2_opened": opened2 is not None,
                        "closed": closed, "blocked": blocked, "health": health, "phases": phases,
                        "resyncs_logged": log_text.count("clock offset resynced"), "log_tail": log_text[-3000:]})
+
+
+# ================================================================ stack: SIGSTOP of consumers, database killed
+def _wait(condition, timeout_s: float, poll_s: float = 0.25):
+    """The first truthy value of `condition()` within `timeout_s`, else None."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(poll_s)
+
+
+def _statuses(stack, names: tuple[str, ...]) -> dict[str, tuple[bool, str]]:
+    from tapeflow.stack.supervisor import stack_status
+
+    return {c.name: (c.healthy, c.detail) for c in stack_status(stack.sup.settings, stack.sup.paths)
+            if c.name in names}
+
+
+def _features_stored(stack) -> int:
+    return stack.query("SELECT count(*) FROM features")[0][0]
+
+
+def _sink_backends(stack) -> list[tuple[int, str, str]]:
+    """(pid, user, state) of the client backends other than this query's own."""
+    return [tuple(r) for r in stack.query(
+        "SELECT pid, usename, coalesce(state, '') FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        "AND pid <> pg_backend_pid() AND usename <> current_user")]
+
+
+def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = True, db_stall_s: float = 5.0,
+                         duration_s: float = 45.0,
+                         trades_per_s: float = 40.0, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
+    """One live stack (`tests.support.endurance.live_stack`: supervisor, Tansu, PostgreSQL, sink, engine,
+    paper executor, the producer live against the fake exchange playing a synthetic session), two faults:
+
+    1. ``sigstop_engine_sink``: engine and sink SIGSTOPped (whole process groups) for `stop_s`, longer
+       than the consumer session timeout (6 s), so their groups rebalance them away; `tapeflow status`
+       must show both unhealthy meanwhile; then SIGCONT. ``recover_s``: SIGCONT to the next feature
+       stored (engine and sink both working again).
+    2. ``db_backend_killed`` (`kill_db`): the sink's PostgreSQL backend SIGKILLed, preferably inside a
+       transaction, which makes the postmaster reset every connection and run crash recovery. The sink
+       must reconnect. ``recover_s``: kill to the next trade stored.
+    3. ``db_unresponsive`` (`db_stall_s` > 0): the PostgreSQL process group SIGSTOPped for `db_stall_s`:
+       connections stay open but nothing answers, as over a network that drops every packet (this
+       kernel has no netem); `tapeflow status` must show the database down meanwhile. ``recover_s``:
+       SIGCONT to the next trade stored.
+
+    At the end every trade of the session must be in md.trades and in the trades table exactly once
+    (by agg id), and the features and signals topics must carry no id twice. Both rows carry the whole
+    run's accounting (the faults share it). ``duration_s`` of the killed-backend row: how long the database
+    refused connections (crash recovery)."""
+    from fake_exchange.synthetic import SyntheticSpec
+    from tests.conftest import _read_topic
+    from tests.support.endurance import expected_trades, live_stack
+
+    spec = SyntheticSpec(seed=23, symbols=(symbol,), duration_s=duration_s, trades_per_s=trades_per_s,
+                         start_time=time.time() + 20)
+    count, first, last = expected_trades(spec)[symbol]
+    detail: dict[str, Any] = {"expected": (count, first, last)}
+    rows: list[dict[str, Any]] = []
+    watched = ("engine", "sink")
+    with live_stack(home, spec, max_batches=0) as stack:
+        flowing = _wait(lambda: _features_stored(stack) > 0 and stack.trades_stored(symbol)[0] > 0, 120)
+        assert flowing, "the pipeline never stored a feature\n" + "\n".join(stack.log)
+        detail["status_before"] = _statuses(stack, watched)
+
+        # --- 1. SIGSTOP engine and sink ------------------------------------------------------------------
+        pids = {name: stack.service_pid(name) for name in watched}
+        t_stop = time.monotonic()
+        for pid in pids.values():
+            os.killpg(pid, signal.SIGSTOP)
+        try:
+            detail["status_stopped"] = _statuses(stack, watched)
+            time.sleep(max(0.0, stop_s - (time.monotonic() - t_stop)))
+        finally:
+            for pid in pids.values():
+                os.killpg(pid, signal.SIGCONT)
+        t_cont = time.monotonic()
+        features_at_cont = _features_stored(stack)
+        resumed = _wait(lambda: _features_stored(stack) > features_at_cont, 60, 0.2)
+        recover_stop = round(time.monotonic() - t_cont, 2) if resumed else None
+
+        def all_healthy():
+            statuses = _statuses(stack, watched)
+            return statuses if all(ok for ok, _ in statuses.values()) else None
+        detail["status_after_stop"] = _wait(all_healthy, 30)
+        detail["stopped_for_s"] = round(t_cont - t_stop, 2)
+        detail["same_pids_after_stop"] = pids == {name: stack.service_pid(name) for name in watched}
+
+        # --- 2. the sink's database backend SIGKILLed ------------------------------------------------------
+        db_down_s = recover_db = None
+        if kill_db:
+            def in_transaction():
+                backends = _sink_backends(stack)
+                busy = [b for b in backends if b[2] in ("active", "idle in transaction")]
+                return busy or None
+
+            busy = _wait(in_transaction, 10, 0.01)
+            victims = busy or _sink_backends(stack)
+            detail["killed_backends"] = victims
+            stored_at_kill = stack.trades_stored(symbol)[0]
+            t_kill = time.monotonic()
+            for pid, _, _ in victims[:1]:
+                os.kill(pid, signal.SIGKILL)
+
+            def accepting():
+                try:
+                    stack.query("SELECT 1")
+                    return True
+                except Exception:  # noqa: BLE001 - any refusal while it recovers
+                    return False
+            _wait(lambda: not accepting(), 3, 0.02)  # the reset may take a moment to start
+            _wait(accepting, 60, 0.1)
+            db_down_s = round(time.monotonic() - t_kill, 2)
+            moved = _wait(lambda: stack.trades_stored(symbol)[0] > stored_at_kill, 60, 0.2)
+            recover_db = round(time.monotonic() - t_kill, 2) if moved else None
+            detail["sink_pid_same_after_db_kill"] = pids["sink"] == stack.service_pid("sink")
+
+        # --- 3. the database unresponsive: the PostgreSQL process group SIGSTOPped ---------------------------
+        recover_stall = None
+        if db_stall_s:
+            db_pid = stack.service_pid("database")
+            stored_at_stall = stack.trades_stored(symbol)[0]
+            t_stall = time.monotonic()
+            os.killpg(db_pid, signal.SIGSTOP)
+            try:  # nothing here may query the database without a timeout
+                detail["status_db_stalled"] = _statuses(stack, ("database", "sink"))
+                time.sleep(max(0.0, db_stall_s - (time.monotonic() - t_stall)))
+            finally:
+                os.killpg(db_pid, signal.SIGCONT)
+            t_resume = time.monotonic()
+            detail["db_stalled_for_s"] = round(t_resume - t_stall, 2)
+            moved = _wait(lambda: stack.trades_stored(symbol)[0] > stored_at_stall, 60, 0.2)
+            recover_stall = round(time.monotonic() - t_resume, 2) if moved else None
+            detail["status_after_stall"] = _wait(
+                lambda: (st := _statuses(stack, ("database", "sink"))) and all(ok for ok, _ in st.values()) and st,
+                30)
+
+        # --- the end: every trade stored ----------------------------------------------------------------
+        end_at = spec.start_time + spec.duration_s + 3
+        _wait(lambda: time.time() > end_at and stack.trades_stored(symbol)[0] >= count, duration_s + 180, 0.5)
+        time.sleep(1.0)
+        stored = stack.trades_stored(symbol)
+        bootstrap = stack.bootstrap
+        topic_trades = [r["value"]["agg_id"] for r in _read_topic(bootstrap, "md.trades", idle_s=2.0)
+                        if r["value"]["symbol"] == symbol]
+        feature_ids = [r["value"]["evaluation_id"] for r in _read_topic(bootstrap, "features", idle_s=2.0)]
+        signal_ids = [r["value"]["signal_id"] for r in _read_topic(bootstrap, "signals", idle_s=2.0)]
+        db_features = stack.query("SELECT count(*), count(DISTINCT evaluation_id) FROM features")[0]
+        detail["log"] = list(stack.log)
+        sink_log = stack.sup.paths.home / "logs" / "sink.log"
+        detail["sink_log_db_retries"] = sink_log.read_text(errors="replace").count("database unavailable")
+
+    rows_n, distinct, low, high = stored
+    in_topic = Counter(topic_trades)
+    topic_dupes = sum(n - 1 for n in in_topic.values())
+    feature_dupes = sum(n - 1 for n in Counter(feature_ids).values())
+    signal_dupes = sum(n - 1 for n in Counter(signal_ids).values())
+    expected_ids = set(range(first, last + 1))
+    lost = len(expected_ids - set(in_topic)) + (count - distinct)
+    detail.update({"stored": stored, "topic_trades": len(topic_trades), "topic_distinct": len(in_topic),
+                   "topic_dupes": topic_dupes, "feature_ids": len(feature_ids), "feature_dupes": feature_dupes,
+                   "signal_ids": len(signal_ids), "signal_dupes": signal_dupes, "db_features": db_features})
+    common = {"trades_in": count, "trades_out": distinct, "duplicates": topic_dupes + (rows_n - distinct)
+              + feature_dupes + signal_dupes, "lost": lost}
+    rows.append(row("sigstop_engine_sink", duration_s=detail["stopped_for_s"], recover_s=recover_stop,
+                    detail=detail, **common))
+    if kill_db:
+        rows.append(row("db_backend_killed", duration_s=db_down_s, recover_s=recover_db, detail=detail, **common))
+    if db_stall_s:
+        rows.append(row("db_unresponsive", duration_s=detail["db_stalled_for_s"], recover_s=recover_stall,
+                        detail=detail, **common))
+    return rows

@@ -1,0 +1,110 @@
+"""Fault suite (issue 23) with long faults: each registered case injects its fault for longer than the
+tests do (tests/faults/ run the same runners with short ones) and prints one table row per fault:
+
+    fault | duration_s | trades_in | trades_out | duplicates | lost | orders_sent | orders_expected | recover_s
+
+``duration_s`` is the fault's length (or size: see each runner's docstring), ``recover_s`` the time from
+the fault clearing to outputs flowing again; orders columns are empty where no order is involved.
+
+    .venv/bin/python -m benchmarks.bench_faults            # every case, long faults
+    .venv/bin/python -m benchmarks.bench_faults --short    # the tests' durations
+    .venv/bin/python -m benchmarks.bench_faults --only executor_clock_skew
+
+Adding a case: append a `Case` to ``REGISTRY``: a name and ``run(workdir, short, bootstrap) -> list of
+rows`` (dicts with the keys of ``tests.support.faults_process.ROW_KEYS``; extra keys are ignored).
+``bootstrap`` is a Kafka address for cases that need only a broker (an embedded Tansu started for the
+run); cases that start a whole stack ignore it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.embedded_broker import broker
+from tests.support.faults_process import ROW_KEYS
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    run: Callable[[Path, bool, str], list[dict[str, Any]]]
+    needs_broker: bool = False
+
+
+# --------------------------------------------------------------------------- process faults (issue 23)
+def _clock_skew(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
+    from tests.support.faults_process import executor_clock_skew
+
+    if short:
+        return [executor_clock_skew(bootstrap, workdir, start_skew_s=-7.0, step_s=2.0)]
+    # a clock a minute behind at start; steps of 4 s stay below the 6 s consumer session timeout
+    # (libfaketime moves the monotonic clock too)
+    return [executor_clock_skew(bootstrap, workdir, start_skew_s=-60.0, step_s=4.0)]
+
+
+def _stack_process_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
+    from tests.support.faults_process import stack_process_faults
+
+    if short:
+        return stack_process_faults(workdir / "home", stop_s=8.0, db_stall_s=5.0, duration_s=45.0,
+                                    trades_per_s=40.0)
+    return stack_process_faults(workdir / "home", stop_s=60.0, db_stall_s=120.0, duration_s=300.0,
+                                trades_per_s=100.0)
+
+
+REGISTRY: list[Case] = [
+    Case("executor_clock_skew", _clock_skew, needs_broker=True),
+    Case("stack_process_faults", _stack_process_faults),  # sigstop_engine_sink, db_backend_killed, db_unresponsive
+]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(ROW_KEYS) + " |", "|" + "---|" * len(ROW_KEYS)]
+    lines += ["| " + " | ".join(_cell(r.get(k)) for k in ROW_KEYS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--short", action="store_true", help="the tests' fault durations")
+    ap.add_argument("--only", action="append", default=[], help="case name (repeatable)")
+    ap.add_argument("--bootstrap", default=None, help="an existing Kafka; default an embedded Tansu")
+    args = ap.parse_args(argv)
+    cases = [c for c in REGISTRY if not args.only or c.name in args.only]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tapeflow-bench-faults-") as tmp:
+        root = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            bootstrap = ""
+            if any(c.needs_broker for c in cases):
+                bootstrap = stack.enter_context(broker(args.bootstrap, root / "broker"))
+            for case in cases:
+                t0 = time.monotonic()
+                try:
+                    got = case.run(root / case.name, args.short, bootstrap)
+                except Exception as exc:  # noqa: BLE001 - one failing case must not hide the others
+                    got = [{"fault": f"{case.name}: FAILED {type(exc).__name__}: {exc}"[:200]}]
+                for r in got:
+                    print({k: r.get(k) for k in ROW_KEYS}, f"({time.monotonic() - t0:.0f} s)", flush=True)
+                rows += got
+    print(table(rows))
+    return 0 if all(r.get("lost") == 0 and r.get("duplicates") == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
