@@ -13,9 +13,15 @@ from pathlib import Path
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, tmp_suffix: str = ".tmp") -> None:
+    """`path` replaced by `data` whole, or (on any error, e.g. a full disk) left as it was, with no
+    temporary file left behind to hold the space."""
     tmp = path.with_name(path.name + tmp_suffix)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str, *, tmp_suffix: str = ".tmp") -> None:

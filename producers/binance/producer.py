@@ -97,6 +97,7 @@ class BinanceProducer(VenueProducer):
         self.books: dict[str, OrderBookSync] = {s: OrderBookSync(s) for s in config.symbols}
         self.sequencers = {s: AggTradeSequencer(s) for s in config.symbols}
         self.delivered_agg_id: dict[str, int] = {}
+        self._checkpoint_error: str | None = None  # why the last checkpoint save failed (disk full...)
         self._last_mark_time: dict[str, int] = {}
         self._recent_liquidations: dict[tuple, None] = {}
         self._rest: RestClient | None = None
@@ -368,5 +369,19 @@ class BinanceProducer(VenueProducer):
         path = self.config.checkpoint_path
         if path is None or not self.delivered_agg_id:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"last_agg_id": self.delivered_agg_id, "saved_at": time.time()}))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"last_agg_id": self.delivered_agg_id, "saved_at": time.time()}))
+        except OSError as exc:  # a full disk, say: keep producing (the data is in Kafka), say it once
+            if self._checkpoint_error is None:
+                log.error("checkpoint not saved: a restart would resume from the last one saved",
+                          path=str(path), error=str(exc))
+            self._checkpoint_error = f"checkpoint not saved: {exc.strerror or exc}"
+            if self._checkpoint_error not in self.status.detail:
+                self.status.set(self.status.state, f"{self.status.detail}; {self._checkpoint_error}".lstrip("; "))
+            return
+        if self._checkpoint_error is not None:
+            log.info("checkpoint saved again", path=str(path))
+            self.status.set(self.status.state, self.status.detail.replace(f"; {self._checkpoint_error}", "")
+                            .replace(self._checkpoint_error, ""))
+            self._checkpoint_error = None
