@@ -54,7 +54,7 @@ def parse_time(text: str, option: str, *, end: bool = False) -> int:
         else:
             moment = datetime.fromisoformat(text)
             moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: the day after 9999-12-31
         raise CliError(f"{option} {text!r}: expected a UTC date (2024-01-01) or time (2024-01-01T12:00)") from None
     return int(moment.timestamp() * 1000)
 

@@ -22,6 +22,13 @@ PriceRounding = Literal["down", "up", "nearest"]
 _MODES = {"down": ROUND_FLOOR, "up": ROUND_CEILING, "nearest": ROUND_HALF_EVEN}
 
 
+class ExchangeInfoError(ValueError):
+    """An `exchangeInfo` body that does not hold usable filters (the message names the symbol and why).
+
+    A ValueError, so the broker's start (`execution.safety`) reports it as an exchange that cannot be
+    used instead of crashing; a NaN or negative filter would otherwise pass here and fail the first order."""
+
+
 class FilterViolation(ValueError):
     """An order that cannot satisfy the symbol's filters even after rounding (the message says which)."""
 
@@ -112,5 +119,22 @@ class SymbolFilters:
 
 
 def parse_exchange_info(body: Mapping[str, Any]) -> dict[str, SymbolFilters]:
-    """Filters of every symbol in an `exchangeInfo` body."""
-    return {s["symbol"]: SymbolFilters.from_symbol_info(s) for s in body.get("symbols", [])}
+    """Filters of every symbol in an `exchangeInfo` body; `ExchangeInfoError` when one is unusable."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("symbols", []), list):
+        raise ExchangeInfoError(f"exchangeInfo: expected an object with a symbols array, got {type(body).__name__}")
+    out = {}
+    for i, info in enumerate(body.get("symbols", [])):
+        name = info.get("symbol") if isinstance(info, Mapping) else None
+        where = f"exchangeInfo: symbol {name!r}" if isinstance(name, str) else f"exchangeInfo: symbols[{i}]"
+        try:
+            filters = SymbolFilters.from_symbol_info(info)
+        except (KeyError, TypeError, AttributeError, ArithmeticError, ValueError) as exc:  # Decimal("x") is Arithmetic
+            raise ExchangeInfoError(f"{where}: {type(exc).__name__}: {exc!s:.200}") from None
+        if not isinstance(filters.symbol, str):
+            raise ExchangeInfoError(f"{where}: symbol is not a string")
+        bad = [f for f in SymbolFilters.__dataclass_fields__ if f != "symbol"
+               and not (getattr(filters, f).is_finite() and getattr(filters, f) >= 0)]
+        if bad:
+            raise ExchangeInfoError(f"{where}: {', '.join(bad)} not a finite number >= 0")
+        out[filters.symbol] = filters
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -492,7 +492,10 @@ def kill_switch(
 def _parse_time(text: str, flag: str) -> datetime:
     """An ISO date/time (UTC unless it says otherwise) or epoch milliseconds."""
     if text.strip().isdigit():
-        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        try:  # exact (a float division is a microsecond off for some times); isdigit() also holds for "²"
+            return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(text))
+        except (ValueError, OverflowError):
+            raise fail(f"{flag} {text!r} is not epoch milliseconds of a time in years 1970-9999", 2) from None
     try:
         t = datetime.fromisoformat(text)
     except ValueError:

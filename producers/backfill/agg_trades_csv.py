@@ -13,8 +13,9 @@ Field mapping (same as the live stream, see producers.binance.parse):
     received the data, as for REST-filled trades; it is not an exchange timestamp).
 
 A row that cannot be normalised (wrong field count, non-numeric or non-finite number, price or
-quantity not > 0, first id > last id, is_buyer_maker not true/false) is handed to `on_bad` with
-its line number and reason and is not yielded; the caller counts, reports and dead-letters it.
+quantity not > 0, first id > last id, an id or time beyond 64 bits, is_buyer_maker not true/false, a
+line the csv module refuses) is handed to `on_bad` with its line number and reason and is not
+yielded; the caller counts, reports and dead-letters it.
 Blank lines carry no data and are skipped.
 """
 
@@ -38,6 +39,7 @@ COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id
            "is_buyer_maker")
 _CANONICAL = tuple(range(len(COLUMNS)))
 _INF = float("inf")
+_INT64_MAX = 2**63 - 1
 _SELL = {"true": "SELL", "false": "BUY", "True": "SELL", "False": "BUY", "TRUE": "SELL", "FALSE": "BUY"}
 
 
@@ -113,47 +115,56 @@ class AggTradeCsvReader:
         ia, ip, iq, if_, il, it, im = _CANONICAL
         ncols = len(COLUMNS)
         first = True
-        for row in reader:
-            if not row:
-                continue
-            if first:
-                first = False
-                index = _header_index(row, self.source)
-                if index is not None:
-                    self.had_header = True
-                    ia, ip, iq, if_, il, it, im = index
-                    ncols = len(row)
-                    continue
-            if len(row) != ncols:
-                self._bad(f"{len(row)} fields, expected {ncols}", row)
-                continue
+        rows = iter(reader)
+        while True:  # the for loop runs at full speed; a line the csv module refuses is a bad row, then on
             try:
-                agg_id = int(row[ia])
-                price = float(row[ip])
-                qty = float(row[iq])
-                first_id = int(row[if_])
-                last_id = int(row[il])
-                ts = int(row[it])
-            except ValueError as exc:
-                self._bad(f"not a number ({exc})", row)
-                continue
-            side = _SELL.get(row[im])
-            if side is None:
-                side = _SELL.get(row[im].strip().lower())
-                if side is None:
-                    self._bad(f"is_buyer_maker {row[im]!r} is not true/false", row)
-                    continue
-            if not (0.0 < price < _INF and 0.0 < qty < _INF):
-                self._bad("price and quantity must be finite and > 0", row)
-                continue
-            if agg_id < 0 or first_id < 0 or first_id > last_id or ts <= 0:
-                self._bad("ids must be >= 0 with first_trade_id <= last_trade_id, transact_time > 0", row)
-                continue
-            yield {
-                "exchange": exchange, "symbol": symbol, "agg_id": agg_id, "price": price, "qty": qty,
-                "first_trade_id": first_id, "last_trade_id": last_id, "event_time": ts, "trade_time": ts,
-                "receive_time": receive_time, "taker_side": side,
-            }
+                for row in rows:
+                    if not row:
+                        continue
+                    if first:
+                        first = False
+                        index = _header_index(row, self.source)
+                        if index is not None:
+                            self.had_header = True
+                            ia, ip, iq, if_, il, it, im = index
+                            ncols = len(row)
+                            continue
+                    if len(row) != ncols:
+                        self._bad(f"{len(row)} fields, expected {ncols}", row)
+                        continue
+                    try:
+                        agg_id = int(row[ia])
+                        price = float(row[ip])
+                        qty = float(row[iq])
+                        first_id = int(row[if_])
+                        last_id = int(row[il])
+                        ts = int(row[it])
+                    except ValueError as exc:
+                        self._bad(f"not a number ({exc})", row)
+                        continue
+                    side = _SELL.get(row[im])
+                    if side is None:
+                        side = _SELL.get(row[im].strip().lower())
+                        if side is None:
+                            self._bad(f"is_buyer_maker {row[im]!r} is not true/false", row)
+                            continue
+                    if not (0.0 < price < _INF and 0.0 < qty < _INF):
+                        self._bad("price and quantity must be finite and > 0", row)
+                        continue
+                    if agg_id < 0 or first_id < 0 or first_id > last_id or ts <= 0:
+                        self._bad("ids must be >= 0 with first_trade_id <= last_trade_id, transact_time > 0", row)
+                        continue
+                    if agg_id > _INT64_MAX or last_id > _INT64_MAX or ts > _INT64_MAX:
+                        self._bad("ids and transact_time must fit a 64-bit integer (Avro long)", row)
+                        continue
+                    yield {
+                        "exchange": exchange, "symbol": symbol, "agg_id": agg_id, "price": price, "qty": qty,
+                        "first_trade_id": first_id, "last_trade_id": last_id, "event_time": ts, "trade_time": ts,
+                        "receive_time": receive_time, "taker_side": side,
+                    }
+                return
+            except csv.Error as exc:  # e.g. a field over the csv module's size limit: that line, not the file
+                self.on_bad(BadRow(self.source, reader.line_num, f"unreadable CSV line ({exc})", ""))
 
 
 @dataclass(frozen=True)
@@ -193,7 +204,10 @@ def read_agg_trade_columns(stream: BinaryIO) -> AggTradeColumns | None:
         first_row = next(csv.reader([first_line]), [])
     except csv.Error:
         return None
-    header = _header_index(first_row, "") if first_row else None
+    try:
+        header = _header_index(first_row, "") if first_row else None
+    except BackfillError:  # a header without the columns: the row reader names the file and what is missing
+        return None
     names = [n.strip().lstrip("\ufeff").lower() for n in first_row] if header is not None else list(COLUMNS)
     if header is None and len(first_row) != len(COLUMNS):
         return None

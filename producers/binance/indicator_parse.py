@@ -258,3 +258,29 @@ def spot_perp_divergence(symbol: str, perp: PricePoint, spot: PricePoint) -> lis
 def parse_server_time(body: Any) -> int:
     """`/fapi/v1/time`: `{"serverTime": <epoch ms>}`."""
     return _millis(_object(body, "time"), "serverTime", "time")
+
+
+# -- warm start history bodies -------------------------------------------------------------------
+def parse_funding_history(body: Any, symbol: str) -> list[tuple[int, float]]:
+    """`/fapi/v1/fundingRate` (settled history): (fundingTime, fundingRate) per row, sorted by time."""
+    what = f"fundingRate {symbol}"
+    out = []
+    for row in _rows(body, what):
+        _check_symbol(row, symbol, what)
+        out.append((_millis(row, "fundingTime", what), _number(row, "fundingRate", what)))
+    return sorted(out)
+
+
+def parse_mark_price_klines(body: Any, symbol: str) -> list[tuple[int, float]]:
+    """`/fapi/v1/markPriceKlines`: (open time, close) per row; a row is `[openTime, open, high, low,
+    close, ...]` (a JSON array, not an object)."""
+    what = f"markPriceKlines {symbol}"
+    if not isinstance(body, list):
+        raise IndicatorParseError(f"{what}: expected a JSON array, got {type(body).__name__}")
+    out = []
+    for i, row in enumerate(body):
+        if not isinstance(row, list) or len(row) < 5:
+            raise IndicatorParseError(f"{what}: row {i} is not a kline array of at least 5 fields")
+        fields = {"openTime": row[0], "close": row[4]}
+        out.append((_millis(fields, "openTime", f"{what} row {i}"), _price(fields, "close", f"{what} row {i}")))
+    return out

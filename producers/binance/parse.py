@@ -7,6 +7,7 @@ raises `FrameError` with the reason, so the producer can dead-letter it and keep
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from producers.base.book import DepthDiff, DepthSnapshot, diff_record
@@ -15,8 +16,27 @@ from producers.base.frames import FrameError
 EXCHANGE = "binance"
 
 
-def _levels(raw: Any) -> tuple[tuple[float, float], ...]:
-    return tuple((float(p), float(q)) for p, q in raw)
+def _number(raw: Any, field: str) -> float:
+    """A finite float from a Binance number (sent as text): "nan"/"inf" would parse and poison every
+    bar and feature downstream, and a boolean is not a number."""
+    if isinstance(raw, bool):
+        raise TypeError(f"{field}={raw!r} is not a number")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"{field}={raw!r} is not finite")
+    return value
+
+
+def _taker_side(maker: Any) -> str:
+    """`m` = buyer is the maker => the aggressor (taker) sold; anything but a JSON boolean is refused
+    (the text "false" is truthy and would have become SELL)."""
+    if not isinstance(maker, bool):
+        raise TypeError(f"m={maker!r} is not a boolean")
+    return "SELL" if maker else "BUY"
+
+
+def _levels(raw: Any, side: str) -> tuple[tuple[float, float], ...]:
+    return tuple((_number(p, side + " price"), _number(q, side + " qty")) for p, q in raw)
 
 
 def stream_kind(stream: str) -> str:
@@ -35,15 +55,14 @@ def parse_agg_trade(d: dict, receive_time: int) -> dict:
             "exchange": EXCHANGE,
             "symbol": d["s"],
             "agg_id": int(d["a"]),
-            "price": float(d["p"]),
-            "qty": float(d["q"]),
+            "price": _number(d["p"], "p"),
+            "qty": _number(d["q"], "q"),
             "first_trade_id": int(d["f"]),
             "last_trade_id": int(d["l"]),
             "event_time": int(d["E"]),
             "trade_time": int(d["T"]),
             "receive_time": receive_time,
-            # m = buyer is the maker ⇒ the aggressor (taker) sold
-            "taker_side": "SELL" if d["m"] else "BUY",
+            "taker_side": _taker_side(d["m"]),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"bad aggTrade frame: {type(exc).__name__}: {exc}") from None
@@ -56,14 +75,14 @@ def parse_rest_agg_trade(d: dict, symbol: str, receive_time: int) -> dict:
             "exchange": EXCHANGE,
             "symbol": symbol,
             "agg_id": int(d["a"]),
-            "price": float(d["p"]),
-            "qty": float(d["q"]),
+            "price": _number(d["p"], "p"),
+            "qty": _number(d["q"], "q"),
             "first_trade_id": int(d["f"]),
             "last_trade_id": int(d["l"]),
             "event_time": int(d["T"]),
             "trade_time": int(d["T"]),
             "receive_time": receive_time,
-            "taker_side": "SELL" if d["m"] else "BUY",
+            "taker_side": _taker_side(d["m"]),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"bad REST aggTrade row: {type(exc).__name__}: {exc}") from None
@@ -81,8 +100,8 @@ def parse_depth_diff(d: dict, receive_time: int) -> DepthDiff:
             event_time=int(d["E"]),
             transaction_time=int(d["T"]),
             receive_time=receive_time,
-            bids=_levels(d["b"]),
-            asks=_levels(d["a"]),
+            bids=_levels(d["b"], "bid"),
+            asks=_levels(d["a"], "ask"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"bad depthUpdate frame: {type(exc).__name__}: {exc}") from None
@@ -90,8 +109,8 @@ def parse_depth_diff(d: dict, receive_time: int) -> DepthDiff:
 
 def parse_depth_snapshot(d: dict, symbol: str, receive_time: int) -> DepthSnapshot:
     try:
-        return DepthSnapshot(symbol=symbol, last_update_id=int(d["lastUpdateId"]), bids=_levels(d["bids"]),
-                             asks=_levels(d["asks"]), event_time=int(d.get("E", 0)), receive_time=receive_time)
+        return DepthSnapshot(symbol=symbol, last_update_id=int(d["lastUpdateId"]), bids=_levels(d["bids"], "bid"),
+                             asks=_levels(d["asks"], "ask"), event_time=int(d.get("E", 0)), receive_time=receive_time)
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"bad depth snapshot: {type(exc).__name__}: {exc}") from None
 
@@ -110,16 +129,16 @@ def parse_force_order(d: dict, receive_time: int) -> dict:
         side = o["S"]
         if side not in ("BUY", "SELL"):
             raise FrameError(f"unknown liquidation side {side!r}")
-        avg_price = float(o["ap"])
-        filled = float(o["z"])
+        avg_price = _number(o["ap"], "ap")
+        filled = _number(o["z"], "z")
         return {
             "exchange": EXCHANGE,
             "symbol": o["s"],
             "side": side,
             "liquidated_side": "SHORT" if side == "BUY" else "LONG",
-            "price": float(o["p"]),
+            "price": _number(o["p"], "p"),
             "avg_price": avg_price,
-            "qty": float(o["q"]),
+            "qty": _number(o["q"], "q"),
             "filled_qty": filled,
             "usd_value": avg_price * filled,
             "event_time": int(d["E"]),
@@ -137,9 +156,9 @@ def parse_mark_price(d: dict, receive_time: int) -> dict:
         return {
             "exchange": EXCHANGE,
             "symbol": d["s"],
-            "mark_price": float(d["p"]),
-            "index_price": float(d["i"]),
-            "funding_rate": float(d["r"]),
+            "mark_price": _number(d["p"], "p"),
+            "index_price": _number(d["i"], "i"),
+            "funding_rate": _number(d["r"], "r"),
             "next_funding_time": int(d["T"]),
             "event_time": int(d["E"]),
             "receive_time": receive_time,

@@ -42,7 +42,9 @@ from producers.backfill.sources import VisionDownloader
 from producers.backfill.vision_files import DEFAULT_BASE_URL
 from producers.binance.indicator_parse import (
     IndicatorParseError,
+    parse_funding_history,
     parse_long_short_account_ratio,
+    parse_mark_price_klines,
     parse_open_interest_hist,
     parse_server_time,
     parse_taker_buy_sell_ratio,
@@ -268,7 +270,7 @@ class WarmStart:
                                                                 "endTime": min(start + HOUR_MS, now_ms) - 1,
                                                                 "limit": 1})
                 if rows:
-                    last_id = int(rows[0]["a"]) - 1
+                    last_id = parse_rest_agg_trade(_first(rows), symbol, received)["agg_id"] - 1
                 start += HOUR_MS
             if last_id is None:
                 return
@@ -295,18 +297,17 @@ class WarmStart:
                 out.append(("md.indicators", record["event_time"], record))
         funding, _ = await self.rest.get_json(f"{self.rest_url}/fapi/v1/fundingRate", {
             "symbol": symbol, "startTime": since_ms - FUNDING_INTERVAL_MS, "endTime": now_ms, "limit": 1000})
-        settled = sorted((int(r["fundingTime"]), float(r["fundingRate"])) for r in funding)
+        settled = parse_funding_history(funding, symbol)
         klines, _ = await self.rest.get_json(f"{self.rest_url}/fapi/v1/markPriceKlines", {
             "symbol": symbol, "interval": "1m", "startTime": since_ms, "endTime": now_ms, "limit": 1500})
         rate, i = 0.0, 0
-        for row in klines:
-            close_ms = int(row[0]) + 60_000
+        for open_ms, price in parse_mark_price_klines(klines, symbol):
+            close_ms = open_ms + 60_000
             if close_ms > now_ms:
                 break
             while i < len(settled) and settled[i][0] <= close_ms:
                 rate = settled[i][1]
                 i += 1
-            price = float(row[4])
             out.append(("md.mark", close_ms, {
                 "exchange": EXCHANGE, "symbol": symbol, "mark_price": price, "index_price": price,
                 "funding_rate": rate, "next_funding_time": (close_ms // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS,
@@ -360,6 +361,13 @@ class WarmStart:
         state.source = "database+rest"
         async for trade in self._rest_trades(symbol, trades[-1]["agg_id"], trades[-1]["trade_time"], now_ms):
             yield trade
+
+
+def _first(rows: Any) -> Any:
+    """The first row of an aggTrades body, or a FrameError when the body is not a JSON array."""
+    if not isinstance(rows, list):
+        raise FrameError(f"aggTrades body is a {type(rows).__name__}, not a JSON array")
+    return rows[0]
 
 
 def _plain(row: dict[str, Any], time_columns: tuple[str, ...]) -> dict[str, Any]:

@@ -124,6 +124,6 @@ class BybitStream(CombinedStream):
             pass
         elif op in ("subscribe", "unsubscribe"):
             log.error("bybit rejected a subscription", ret_msg=msg.get("ret_msg"))
-            self.on_bad_frame(raw, f"{op} rejected: {msg.get('ret_msg')}")
+            self.on_bad_frame(raw, f"{op} rejected: {msg.get('ret_msg')!r}")  # quoted: one line, whatever it says
         else:
             self.on_bad_frame(raw, "unexpected frame shape (no topic, not a control message)")

@@ -209,7 +209,8 @@ class StrategyConfig(_Model):
 def _format_errors(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        # a key is quoted when it would not print as itself (a line break in a key spans lines)
+        location = ".".join(str(p) if str(p).isprintable() else repr(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{location}: {message}")
     return "; ".join(parts)
@@ -232,6 +233,8 @@ def load_strategy(path: str | Path) -> StrategyConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise StrategyConfigError(f"{path}: cannot read: {error}") from None
+    except UnicodeDecodeError as error:
+        raise StrategyConfigError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -240,8 +243,19 @@ def load_strategy(path: str | Path) -> StrategyConfig:
         else:
             raise StrategyConfigError(f"{path}: unknown strategy file type (use .yaml, .yml or .json)")
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise StrategyConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {error}") from None
+        kind = path.suffix.lstrip(".").upper()
+        raise StrategyConfigError(f"{path}: not valid {kind}: {_parse_error(error)}") from None
+    except RecursionError:
+        raise StrategyConfigError(f"{path}: nested too deeply to be a strategy") from None
     return parse_strategy(data, str(path))
+
+
+def _parse_error(error: Exception) -> str:
+    """A YAML or JSON syntax error on one line: PyYAML's own message quotes the line and a caret below it."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
 
 
 def load_strategies(directory: str | Path) -> list[StrategyConfig]:
