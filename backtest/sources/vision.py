@@ -37,7 +37,7 @@ import csv
 import io
 import math
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -110,12 +110,28 @@ def _ms(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
 
 
-def _rows(path: Path) -> Iterator[tuple[int, list[str], list[str] | None]]:
-    """(line, fields, header) of a Vision CSV (zip or csv); a first line that is not numeric is the header."""
+def _finite(text: str) -> float:
+    """A finite float from a CSV field; ValueError otherwise ("nan" and "inf" parse, but are not data)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not finite")
+    return value
+
+
+def _rows(path: Path, on_bad: Callable[[str], None]) -> Iterator[tuple[int, list[str], list[str] | None]]:
+    """(line, fields, header) of a Vision CSV (zip or csv); a first line that is not numeric is the header.
+    A line the csv module refuses (a field over its size limit) goes to `on_bad` and is skipped."""
     with open_archive(path) as (raw, _):
         reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""))
         header: list[str] | None = None
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                on_bad(f"{path.name}:{reader.line_num}: unreadable CSV line ({exc})")
+                continue
             if not row:
                 continue
             if reader.line_num == 1 and not row[0].strip().lstrip("-").replace(".", "").isdigit():
@@ -282,7 +298,7 @@ class VisionSource:
         mapping = (("sum_open_interest", "open_interest_hist"), ("count_long_short_ratio", "long_short_account_ratio"),
                    ("sum_toptrader_long_short_ratio", "top_trader_position_ratio"),
                    ("sum_taker_long_short_vol_ratio", "taker_buy_sell_ratio"))
-        for line, row, header in _rows(path):
+        for line, row, header in _rows(path, self.report.add_bad_row):
             cols = header or ["create_time", "symbol", "sum_open_interest", "sum_open_interest_value",
                               "count_toptrader_long_short_ratio", "sum_toptrader_long_short_ratio",
                               "count_long_short_ratio", "sum_taker_long_short_vol_ratio"]
@@ -291,9 +307,9 @@ class VisionSource:
                 continue
             field = dict(zip(cols, row))
             try:
-                at = _ms(field["create_time"])
+                at = _ms(field.get("create_time", ""))
             except ValueError:
-                self.report.add_bad_row(f"{path.name}:{line}: create_time {field['create_time']!r} is not a time")
+                self.report.add_bad_row(f"{path.name}:{line}: create_time {field.get('create_time')!r} is not a time")
                 continue
             for column, kind in mapping:
                 raw = field.get(column, "").strip()
@@ -308,8 +324,13 @@ class VisionSource:
                     self.report.add_bad_row(f"{path.name}:{line}: {column} {raw!r} is not finite")
                     continue
                 extra: dict[str, float] = {}
-                if kind == "open_interest_hist" and field.get("sum_open_interest_value", "").strip():
-                    extra["sum_open_interest_value"] = float(field["sum_open_interest_value"])
+                usd = field.get("sum_open_interest_value", "").strip()
+                if kind == "open_interest_hist" and usd:
+                    try:
+                        extra["sum_open_interest_value"] = _finite(usd)
+                    except ValueError:
+                        self.report.add_bad_row(f"{path.name}:{line}: sum_open_interest_value {usd!r} is not a number")
+                        continue
                 elif kind in ("long_short_account_ratio", "top_trader_position_ratio") and value > 0:
                     extra = {"long_account": value / (1 + value), "short_account": 1 / (1 + value)}
                 out.append({"exchange": EXCHANGE, "symbol": symbol, "kind": kind, "value": value, "period": "5m",
@@ -323,9 +344,9 @@ class VisionSource:
 
     def _klines(self, path: Path) -> list[tuple[int, float]]:
         out = []
-        for line, row, _ in _rows(path):
+        for line, row, _ in _rows(path, self.report.add_bad_row):
             try:
-                out.append((_ms(row[0]) + MINUTE_MS, float(row[4])))
+                out.append((_ms(row[0]) + MINUTE_MS, _finite(row[4])))
             except (ValueError, IndexError):
                 self.report.add_bad_row(f"{path.name}:{line}: not a kline row: {','.join(row)[:120]!r}")
         return out
@@ -343,9 +364,9 @@ class VisionSource:
                 this_month = month == day.replace(day=1)
                 path = self._fetch("fundingRate", symbol, month, required=this_month, listed=this_month)
                 if path is not None:
-                    for line, row, _ in _rows(path):
+                    for line, row, _ in _rows(path, self.report.add_bad_row):
                         try:
-                            self._funding[key].append((_ms(row[0]), float(row[-1])))
+                            self._funding[key].append((_ms(row[0]), _finite(row[-1])))
                         except (ValueError, IndexError):
                             self.report.add_bad_row(f"{path.name}:{line}: not a funding row: {','.join(row)[:120]!r}")
             out += self._funding[key]
@@ -417,9 +438,9 @@ class VisionSource:
         if path is None:
             return []
         by_time: dict[int, dict[float, float]] = {}
-        for line, row, _ in _rows(path):
+        for line, row, _ in _rows(path, self.report.add_bad_row):
             try:
-                by_time.setdefault(_ms(row[0]), {})[float(row[1])] = float(row[2])
+                by_time.setdefault(_ms(row[0]), {})[_finite(row[1])] = _finite(row[2])
             except (ValueError, IndexError):
                 self.report.add_bad_row(f"{path.name}:{line}: not a bookDepth row: {','.join(row)[:120]!r}")
         out = []
@@ -435,10 +456,10 @@ class VisionSource:
         if path is None:
             return []
         last: dict[int, tuple[int, float, float, float, float]] = {}  # second -> last update of it
-        for line, row, _ in _rows(path):
+        for line, row, _ in _rows(path, self.report.add_bad_row):
             try:
                 t = _ms(row[5])
-                last[t // 1000] = (t, float(row[1]), float(row[2]), float(row[3]), float(row[4]))
+                last[t // 1000] = (t, _finite(row[1]), _finite(row[2]), _finite(row[3]), _finite(row[4]))
             except (ValueError, IndexError):
                 self.report.add_bad_row(f"{path.name}:{line}: not a bookTicker row: {','.join(row)[:120]!r}")
         return [last[s] for s in sorted(last)]
