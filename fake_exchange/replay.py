@@ -40,15 +40,41 @@ def due_offsets(frames: tuple[RecordedFrame, ...] | list[RecordedFrame], speed: 
 
 
 def dispatch(state: ExchangeState, frame: RecordedFrame) -> None:
-    """Make one frame happen: update the market view, then skip it or queue it for subscribers."""
+    """Make one frame happen: update the market view, then skip it or queue it for subscribers.
+
+    The disorder switches act here, exchange-wide: a frame due for reordering waits in
+    ``state.held_frames`` and leaves right after the next frame of its stream; a frame due for
+    duplication is queued twice."""
     state.market.observe(frame)
-    if state.faults.should_skip(frame.stream):
+    faults = state.faults
+    if faults.should_skip(frame.stream):
         state.frames_skipped[frame.stream] += 1
     else:
-        for conn in state.connections:
-            if conn.wants(frame.stream):
-                conn.enqueue_frame(frame)
+        held = state.held_frames.pop(frame.stream, None)
+        if held is None and faults.reorder_due(frame.stream):
+            state.held_frames[frame.stream] = frame
+            state.frames_reordered[frame.stream] += 1
+        else:
+            _queue(state, frame)
+            if faults.duplicate_due(frame.stream):
+                state.frames_duplicated[frame.stream] += 1
+                _queue(state, frame)
+            if held is not None:
+                _queue(state, held)
     state.position = frame.index + 1
+
+
+def _queue(state: ExchangeState, frame: RecordedFrame) -> None:
+    for conn in state.connections:
+        if conn.wants(frame.stream):
+            conn.enqueue_frame(frame)
+
+
+def release_held(state: ExchangeState) -> None:
+    """Queue the frames still held back for reordering (the replay has no next frame for them)."""
+    held, state.held_frames = state.held_frames, {}
+    for frame in sorted(held.values(), key=lambda f: f.index):
+        _queue(state, frame)
 
 
 def history_end(frames: tuple[RecordedFrame, ...] | list[RecordedFrame], history_s: float) -> int:
@@ -103,6 +129,7 @@ class ReplayEngine:
                 if wait > 0:
                     await self._sleep(wait)
             dispatch(state, frame)
+        release_held(state)
         await state.wait_drained()
         for conn in list(state.connections):
             conn.end_replay()

@@ -73,6 +73,9 @@ class ExchangeState:
         self.finished_at: float | None = None
         self.frames_sent: Counter[str] = Counter()
         self.frames_skipped: Counter[str] = Counter()
+        self.frames_duplicated: Counter[str] = Counter()
+        self.frames_reordered: Counter[str] = Counter()
+        self.held_frames: dict[str, RecordedFrame] = {}  # stream -> frame waiting for the next (reorder)
         self.garbage_sent = 0
         self.drops = 0
         self.connections_total = 0
@@ -132,11 +135,15 @@ class ExchangeState:
             "frames_sent": dict(self.frames_sent),
             "frames_sent_total": sum(self.frames_sent.values()),
             "frames_skipped": dict(self.frames_skipped),
+            "frames_duplicated": dict(self.frames_duplicated),
+            "frames_reordered": dict(self.frames_reordered),
             "garbage_sent": self.garbage_sent,
             "drops": self.drops,
             "connections": [c.describe() for c in sorted(self.connections, key=lambda c: c.conn_id)],
             "connections_total": self.connections_total,
             "rest_requests": self.rest_requests,
+            "rest_requests_in_ban": self.faults.requests_in_ban,
+            "rest_ban_remaining_s": round(self.faults.ban_remaining_s(), 3),
             "faults": self.faults.snapshot().model_dump(),
             **self.urls,
         }

@@ -80,10 +80,11 @@ class StreamConnection:
         self.end_marker_queued = False
         self.idle = asyncio.Event()
         self.idle.set()
+        self.stalled = False  # drop_mode "stall": half-open, never sends again
         self._queue: asyncio.Queue[tuple[float, RecordedFrame | str]] = asyncio.Queue()
 
     def wants(self, stream: str) -> bool:
-        return stream in self.streams
+        return not self.stalled and stream in self.streams
 
     def enqueue_frame(self, frame: RecordedFrame) -> None:
         self.idle.clear()
@@ -95,7 +96,7 @@ class StreamConnection:
 
     def end_replay(self) -> None:
         """Queue the end-of-replay marker (once, and only for a client that asked for it)."""
-        if not self.wants_end_marker or self.end_marker_queued:
+        if not self.wants_end_marker or self.end_marker_queued or self.stalled:
             return
         self.end_marker_queued = True
         self.idle.clear()
@@ -123,7 +124,9 @@ class StreamConnection:
         try:
             while True:
                 queued_at, item = await self._queue.get()
-                if isinstance(item, RecordedFrame):
+                if self.stalled:
+                    pass  # a half-open connection: whatever was queued never leaves
+                elif isinstance(item, RecordedFrame):
                     await self._send_frame(queued_at, item)
                 elif item is _END_MARKER:
                     await self.ws.send(self.end_marker_text())
@@ -142,6 +145,10 @@ class StreamConnection:
         delay = queued_at + state.faults.delay_s - state.clock()
         if delay > 0:
             await asyncio.sleep(delay)
+        while (stalled_s := state.faults.stall_remaining_s()) > 0:  # the stall window holds every frame
+            await asyncio.sleep(stalled_s)
+        if self.stalled:
+            return
         await self.ws.send(frame.combined_text() if self.combined else frame.data)
         self.frames_sent += 1
         self.messages_sent += 1
@@ -174,6 +181,11 @@ class StreamConnection:
             transport.abort()
         elif mode == "tcp_close":
             transport.close()
+        elif mode == "stall":
+            # half-open: no FIN, no RST, no more frames, and the client's pings go unanswered (nothing is
+            # read); only the client's read timeout tells (the fake's stop() closes it eventually)
+            self.stalled = True
+            transport.pause_reading()
         else:
             task = asyncio.get_running_loop().create_task(self.ws.close(1001, "going away"))
             self.state.background.add(task)

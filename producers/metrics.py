@@ -31,6 +31,9 @@ class ProducerMetrics(PublishMetrics):
                                    ["symbol"], registry=r)
         self.gaps_unfilled = Counter(f"{prefix}_gaps_unfilled_total",
                                      "aggTrade holes given up and published on md.gaps", ["symbol"], registry=r)
+        self.duplicates_dropped = Counter(f"{prefix}_duplicates_dropped_total",
+                                          "Stream trades dropped as already published (repeated frames, "
+                                          "reconnect overlap)", ["symbol"], registry=r)
         self.book_resyncs = Counter(f"{prefix}_book_resyncs_total", "Order-book resynchronisations",
                                     ["symbol", "reason"], registry=r)
         self.reconnects = Counter(f"{prefix}_reconnects_total", "Websocket reconnects", ["reason"],
@@ -48,7 +51,7 @@ class ProducerMetrics(PublishMetrics):
         """The gap counters of every configured symbol exist from the start at 0, so `increase()` and
         the dashboards see the first gap, and a symbol without gaps reads 0 rather than nothing."""
         for symbol in symbols:
-            for counter in (self.gaps_detected, self.gaps_filled, self.gaps_unfilled):
+            for counter in (self.gaps_detected, self.gaps_filled, self.gaps_unfilled, self.duplicates_dropped):
                 counter.labels(symbol)
 
     def saw_event(self, stream: str, exchange: str = "", symbol: str = "") -> None:

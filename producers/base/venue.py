@@ -130,7 +130,9 @@ class VenueProducer:
             "to_id": to_id, "detected_time": int(time.time() * 1000), "reason": reason[:500]})
 
     def _count_resync(self, symbol: str, reason: str) -> None:
-        self.metrics.book_resyncs.labels(symbol, reason.split(" ")[0]).inc()
+        # the label is the reason's kind only ("pu=123 != last u=120" -> "pu"): an update id in a label
+        # value made a new series per resync
+        self.metrics.book_resyncs.labels(symbol, reason.split(" ")[0].split("=")[0]).inc()
         log.warning("order book resync", exchange=self.exchange, symbol=symbol, reason=reason)
 
     # --- md.book ----------------------------------------------------------------------------------

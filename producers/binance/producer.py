@@ -38,7 +38,7 @@ from producers.binance.parse import (
     stream_kind,
 )
 from producers.binance.pollers import IndicatorPoller
-from producers.binance.rest import RestClient, RestRejected, RestUnavailable
+from producers.binance.rest import RateLimitGate, RestClient, RestRejected, RestUnavailable
 from producers.binance.warm_start import WarmStart, WarmStartConfig
 from producers.binance.ws_stream import BinanceStreamConfig
 from producers.metrics import ProducerMetrics
@@ -101,6 +101,7 @@ class BinanceProducer(VenueProducer):
         self._last_mark_time: dict[str, int] = {}
         self._recent_liquidations: dict[tuple, None] = {}
         self._rest: RestClient | None = None
+        self._rate_gate = RateLimitGate()  # Retry-After windows per origin, shared by every REST client
         self.poller: IndicatorPoller | None = None
         self.replay: ReplayClock | None = None
         self.warm_start: WarmStart | None = None
@@ -123,9 +124,10 @@ class BinanceProducer(VenueProducer):
         self._stop = stop
         replay = self.replay
         headers = replay.headers if replay is not None else None
+        gate = self._rate_gate  # one IP: a ban met by any client holds them all back
         async with aiohttp.ClientSession() as session:
             self._rest = RestClient(session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s,
-                                    headers=headers)
+                                    headers=headers, gate=gate)
             if self.config.warm_start is not None and self._markers is not None:
                 await self._warm_start(session, self._markers)
                 if stop.is_set():
@@ -144,7 +146,7 @@ class BinanceProducer(VenueProducer):
             if self.config.poll_interval_s > 0:
                 # its own client: a Coinbase 429 must not pause Binance gap fills
                 self.poller = IndicatorPoller(
-                    RestClient(session, self.metrics, give_up_after_s=30.0, headers=headers),
+                    RestClient(session, self.metrics, give_up_after_s=30.0, headers=headers, gate=gate),
                     symbols=self.config.symbols, publish=self.publisher.publish, metrics=self.metrics,
                     futures_url=self.config.rest_base_url, spot_url=self.config.spot_base_url,
                     coinbase_url=self.config.coinbase_base_url, interval_s=self.config.poll_interval_s,
@@ -191,7 +193,7 @@ class BinanceProducer(VenueProducer):
     async def _warm_start(self, session: aiohttp.ClientSession, markers: ProgressMarkers) -> None:
         """History first (`warm_start`); the live stream then continues each symbol from its last agg id."""
         assert self.config.warm_start is not None
-        rest = RestClient(session, self.metrics, give_up_after_s=120.0)
+        rest = RestClient(session, self.metrics, give_up_after_s=120.0, gate=self._rate_gate)
         self.warm_start = WarmStart(self.config.warm_start, rest, self.config.rest_base_url, self.publisher,
                                     markers, self.config.symbols,
                                     in_topics=self.config.history_in_topics or (lambda symbol, since: False))
@@ -222,10 +224,12 @@ class BinanceProducer(VenueProducer):
         seq = self.sequencers.get(sym)
         if seq is None:
             raise FrameError(f"trade for unsubscribed symbol {sym}")
-        before = seq.counters.gaps_detected
+        before, duplicates = seq.counters.gaps_detected, seq.counters.duplicates
         self._publish_trades(sym, seq.offer(trade))
         if seq.counters.gaps_detected > before:
             self.metrics.gaps_detected.labels(sym).inc(seq.counters.gaps_detected - before)
+        if seq.counters.duplicates > duplicates:
+            self.metrics.duplicates_dropped.labels(sym).inc(seq.counters.duplicates - duplicates)
         if seq.gap is not None:
             self._repairs.ensure(f"fill:{sym}", self._fill_gap(sym))
 

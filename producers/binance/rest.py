@@ -5,6 +5,12 @@ Binance meters REST by request weight per minute (`X-MBX-USED-WEIGHT-1M`); 429 m
 server says, slow down pre-emptively when the used weight nears the limit, retry 5xx and network
 errors with exponential backoff and jitter, and give up only after `give_up_after_s`, raising
 `RestUnavailable` so the caller can decide (a gap fill publishes a gap event, a poller skips a tick).
+
+A 429/418's Retry-After binds the origin (scheme, host, port), not the client that got it: Binance bans the
+IP, so a producer's clients (gap fills and snapshots, the indicator poller, the warm start) share one
+`RateLimitGate` and none of them sends to that origin inside the window (before, the poller kept sending
+through a ban the gap-fill client had met, and a real ban grows with every such request). Other origins
+(Coinbase, Binance spot) are not held back by it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -35,18 +42,38 @@ class RestRejected(Exception):
     """A 4xx other than 429/418: retrying will not help (bad symbol, bad parameter)."""
 
 
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class RateLimitGate:
+    """Per origin, the monotonic time before which no request may be sent (429/418, used weight)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def blocked_until(self, url: str) -> float:
+        return self._until.get(origin(url), 0.0)
+
+    def block(self, url: str, until: float) -> None:
+        key = origin(url)
+        self._until[key] = max(self._until.get(key, 0.0), until)
+
+
 class RestClient:
     def __init__(self, session: aiohttp.ClientSession, metrics: ProducerMetrics, *,
                  give_up_after_s: float = 60.0, max_backoff_s: float = 30.0, timeout_s: float = 10.0,
-                 headers: Callable[[], dict[str, str]] | None = None) -> None:
-        """`headers`: extra headers per request (a replay names its clock to the fake exchange)."""
+                 headers: Callable[[], dict[str, str]] | None = None, gate: RateLimitGate | None = None) -> None:
+        """`headers`: extra headers per request (a replay names its clock to the fake exchange); `gate`: the
+        rate-limit windows shared with the process's other clients (default: this client's own)."""
         self.session = session
         self.headers = headers
         self.metrics = metrics
         self.give_up_after_s = give_up_after_s
         self.max_backoff_s = max_backoff_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._blocked_until = 0.0  # monotonic time before which no request may be sent (429/418)
+        self.gate = gate if gate is not None else RateLimitGate()
         self.used_weight = 0
 
     async def get_json(self, url: str, params: dict[str, Any] | None = None) -> tuple[Any, int]:
@@ -55,8 +82,8 @@ class RestClient:
         attempt = 0
         last_error = "no attempt"
         while True:
-            wait = self._blocked_until - time.monotonic()
-            if wait > 0:
+            # another client may extend the window while this one waits: look again after each wait
+            while (wait := self.gate.blocked_until(url) - time.monotonic()) > 0:
                 if time.monotonic() + wait > deadline:
                     raise RestUnavailable(f"{url}: rate limited for {wait:.0f}s more ({last_error})")
                 await asyncio.sleep(wait)
@@ -65,14 +92,14 @@ class RestClient:
                 async with self.session.get(url, params=params, timeout=self.timeout, headers=headers) as resp:
                     body = await resp.read()
                     received = int(time.time() * 1000)
-                    self._track_weight(resp.headers)
+                    self._track_weight(url, resp.headers)
                     if resp.status == 200:
                         return orjson.loads(body), received
                     last_error = f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
                     if resp.status in (429, 418):
                         self.metrics.rest_backoffs.labels(str(resp.status)).inc()
                         retry_after = _retry_after(resp.headers, default=60.0 if resp.status == 418 else 5.0)
-                        self._blocked_until = time.monotonic() + retry_after
+                        self.gate.block(url, time.monotonic() + retry_after)
                         log.warning("rate limited", url=url, status=resp.status, retry_after_s=retry_after)
                         continue
                     if 400 <= resp.status < 500:
@@ -86,7 +113,7 @@ class RestClient:
                 raise RestUnavailable(f"{url}: {last_error}")
             await asyncio.sleep(delay)
 
-    def _track_weight(self, headers) -> None:
+    def _track_weight(self, url: str, headers) -> None:
         used = headers.get("X-MBX-USED-WEIGHT-1M")
         if used is None:
             return
@@ -97,7 +124,7 @@ class RestClient:
         if self.used_weight >= WEIGHT_LIMIT_1M * WEIGHT_SLOWDOWN_FRACTION:
             # pre-emptive: wait for the next minute window rather than earn a 429
             until_next_minute = 60.0 - (time.time() % 60.0) + 0.5
-            self._blocked_until = max(self._blocked_until, time.monotonic() + until_next_minute)
+            self.gate.block(url, time.monotonic() + until_next_minute)
             log.info("REST weight near the limit, pausing", used_weight=self.used_weight,
                      pause_s=round(until_next_minute, 1))
 
