@@ -8,8 +8,13 @@ a new key, and the stale entry of the same name is removed when the new one is w
 files are cached: a file with bad rows goes through the row reader on every run, so each run's report
 names its bad rows.
 
-Why Arrow IPC and not Parquet: the file is read back memory-mapped with no decoding (the columns are
-the buffers), which is what makes a warm run cheap; compression would trade disk for CPU on every read.
+Why Arrow IPC and not Parquet: the file is read back with no decoding (the columns are the buffers),
+which is what makes a warm run cheap; compression would trade disk for CPU on every read.
+
+A day's file is written in time order as 24 record batches, one per UTC hour of the day (``put`` with
+``day_start_ms``; trades stamped before the day are in the first, after it in the last), so a backtest
+reads one hour of one symbol at a time (``day``): its memory is bounded by an hour per symbol, not by
+the day or the range (benchmarks/RESULTS.md, "Vision backtest: peak RSS against the range").
 
 ``tapeflow cache ls`` lists the entries, ``tapeflow cache clear`` removes them.
 """
@@ -28,7 +33,24 @@ from producers.backfill.agg_trades_csv import AggTradeColumns
 from producers.backfill.vision_files import CHECKSUM_SUFFIX
 
 SUFFIX = ".arrow"
+FORMAT = 2  # 2: sorted, one record batch per hour (1: file order, one batch); part of the key
+HOUR_MS = 3_600_000
+HOURS = 24
 FIELDS = ("agg_id", "price", "qty", "first_trade_id", "last_trade_id", "time_ms", "taker_sell")
+
+
+class CachedDay:
+    """A cached day file, read one hour (record batch) at a time: only that hour's columns are in memory."""
+
+    def __init__(self, reader, path: Path, day_start_ms: int) -> None:
+        self._reader, self.path, self.day_start_ms = reader, path, day_start_ms
+
+    def hour(self, i: int) -> dict[str, np.ndarray]:
+        """The columns of hour ``i`` (0..23) of the day, in time order (possibly empty)."""
+        batch = self._reader.get_batch(i)
+        cols = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in FIELDS}
+        cols["taker_sell"] = cols["taker_sell"].astype(bool)
+        return cols
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,7 @@ class ColumnCache:
         st = source.stat()
         checksum = source.with_name(source.name + CHECKSUM_SUFFIX)
         stamp = checksum.read_text(errors="replace").strip() if checksum.is_file() else ""
-        return hashlib.sha256(f"{source.name}\0{st.st_size}\0{st.st_mtime_ns}\0{stamp}".encode()).hexdigest()[:24]
+        return hashlib.sha256(f"{FORMAT}\0{source.name}\0{st.st_size}\0{st.st_mtime_ns}\0{stamp}".encode()).hexdigest()[:24]
 
     def _path(self, source: Path) -> Path:
         return self.root / f"{source.name}.{self.key(source)}{SUFFIX}"
@@ -70,18 +92,46 @@ class ColumnCache:
         columns["taker_sell"] = columns["taker_sell"].astype(bool)
         return AggTradeColumns(**columns)
 
-    def put(self, source: Path, cols: AggTradeColumns) -> Path:
-        """Write ``cols`` for ``source`` (atomically) and drop older entries of the same file name."""
+    def day(self, source: Path, day_start_ms: int) -> CachedDay | None:
+        """The cached columns of the day file ``source`` (written by ``put`` with the same
+        ``day_start_ms``), read an hour at a time; None when not cached (or unreadable)."""
+        import pyarrow as pa
+
+        path = self._path(source)
+        if not path.is_file():
+            return None
+        try:
+            reader = pa.ipc.open_file(pa.OSFile(str(path), "r"))
+            meta = reader.schema.metadata or {}
+            if reader.num_record_batches != HOURS or meta.get(b"day_start_ms") != str(day_start_ms).encode():
+                return None  # written for another day layout: parse again (``put`` replaces it)
+        except (pa.ArrowException, OSError):
+            path.unlink(missing_ok=True)
+            return None
+        return CachedDay(reader, path, day_start_ms)
+
+    def put(self, source: Path, cols: AggTradeColumns, day_start_ms: int | None = None) -> Path:
+        """Write ``cols`` for ``source`` (atomically) and drop older entries of the same file name.
+        With ``day_start_ms`` (``cols`` then in time order): one record batch per hour of that day."""
         import pyarrow as pa
 
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._path(source)
         table = pa.table({name: np.asarray(getattr(cols, name)) for name in FIELDS})
+        if day_start_ms is not None:
+            edges = np.searchsorted(np.asarray(cols.time_ms), day_start_ms + HOUR_MS * np.arange(1, HOURS), "left")
+            bounds = [0, *edges.tolist(), len(table)]
+            table = table.replace_schema_metadata({"day_start_ms": str(day_start_ms)})
+            pieces = [table.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        else:
+            pieces = [table]
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=SUFFIX)
         os.close(fd)
         try:
             with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
+                for piece in pieces:  # exactly one batch per piece, empty ones included
+                    writer.write_batch(pa.RecordBatch.from_arrays(
+                        [piece.column(name).combine_chunks() for name in FIELDS], schema=table.schema))
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)

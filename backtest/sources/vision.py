@@ -56,8 +56,9 @@ from backtest.inputs import (
     sort_records,
 )
 from backtest.sources import SourceError
-from backtest.sources.column_cache import ColumnCache
-from producers.backfill.agg_trades_csv import AggTradeCsvReader, open_archive, read_agg_trade_columns
+from backtest.sources.column_cache import FIELDS as COLUMN_FIELDS
+from backtest.sources.column_cache import HOUR_MS, HOURS, CachedDay, ColumnCache
+from producers.backfill.agg_trades_csv import AggTradeColumns, AggTradeCsvReader, open_archive, read_agg_trade_columns
 from producers.backfill.errors import BackfillError
 from producers.backfill.sources import VisionDownloader
 from producers.backfill.vision_files import (
@@ -68,6 +69,7 @@ from producers.backfill.vision_files import (
 )
 from producers.base.book import order_book_imbalance
 from stream_apps.core.events import TradeBatch
+from tapeflow_runtime.native_memory import return_freed_memory
 
 EXCHANGE = "binance"
 DAY_MS = 86_400_000
@@ -177,6 +179,52 @@ class VisionFiles:
         return _Found(*got) if got is not None else None
 
 
+class _DayTrades:
+    """One symbol's trades of the day starting at ``start``, handed out an hour at a time (in time order)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def hour(self, i: int) -> TradeBatch:
+        raise NotImplementedError
+
+    def price_before(self, t: int) -> float | None:
+        """The price of the last trade before ``t`` within the day, None if there is none."""
+        for i in range(min(HOURS - 1, max(0, (t - self.start) // HOUR_MS)), -1, -1):
+            batch = self.hour(i)
+            if len(batch):
+                k = int(np.searchsorted(batch.time_ms, t, side="left"))
+                if k:
+                    return float(batch.price[k - 1])
+        return None
+
+
+class _MemoryDayTrades(_DayTrades):
+    """Parsed columns held in memory: a file with bad rows, or no usable column cache."""
+
+    def __init__(self, batch: TradeBatch, start: int) -> None:
+        super().__init__(start)
+        self.batch = batch
+        edges = np.searchsorted(batch.time_ms, start + HOUR_MS * np.arange(1, HOURS), side="left")
+        self._bounds = [0, *edges.tolist(), len(batch)]
+
+    def hour(self, i: int) -> TradeBatch:
+        return self.batch.take(slice(self._bounds[i], self._bounds[i + 1]))
+
+
+class _CachedDayTrades(_DayTrades):
+    """The column cache's day file: an hour is read from disk when asked for, then dropped."""
+
+    def __init__(self, symbol: str, cached: CachedDay) -> None:
+        super().__init__(cached.day_start_ms)
+        self.symbol, self.cached = symbol, cached
+
+    def hour(self, i: int) -> TradeBatch:
+        c = self.cached.hour(i)
+        return TradeBatch.from_arrays(EXCHANGE, self.symbol, c["agg_id"], c["time_ms"], c["price"], c["qty"],
+                                      c["taker_sell"])
+
+
 class VisionSource:
     """``vision[:DIR]`` over ``[from_ms, to_ms)``; see the module docstring."""
 
@@ -187,6 +235,7 @@ class VisionSource:
                  indicator_delay_ms: int = INDICATOR_DELAY_MS, column_cache: ColumnCache | None = None) -> None:
         self.symbols = list(symbols)
         self.column_cache = column_cache  # parsed aggTrades files (``column_cache``); None: parse every time
+        return_freed_memory()  # day files are parsed one after another: their buffers must not pile up
         self.from_ms, self.to_ms = from_ms, to_ms
         self.name = f"vision:{directory}" if directory is not None else "vision"
         self.files = VisionFiles(directory, cache_dir, base_url)
@@ -209,23 +258,41 @@ class VisionSource:
         return SliceCutter(self.from_ms, self.to_ms, self.slice_ms).cut(self.blocks())
 
     def blocks(self) -> Iterator[Block]:
+        """One block per hour: a day's records are read per day (they are small), its trades an hour
+        of each symbol at a time from the column cache, so memory holds one symbol-day only while a
+        file is parsed, not the day of every symbol, nor the range."""
         carry: dict[str, list[Record]] = {kind: [] for kind in RECORD_KINDS}
         for day in self.days():
             start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
-            block = Block(start, start + DAY_MS)
             kinds = carry
+            day_trades: dict[str, _DayTrades] = {}
             for symbol in self.symbols:
                 trades, records = self._day(symbol, day, start)
                 if trades is not None:
-                    block.trades[f"{EXCHANGE}:{symbol}"] = trades
+                    day_trades[f"{EXCHANGE}:{symbol}"] = trades
                 for kind, recs in records.items():
                     kinds[kind].extend(recs)
             carry = {kind: [] for kind in RECORD_KINDS}
+            day_records: dict[str, list[Record]] = {}
             for kind, recs in kinds.items():  # an indicator of 23:55 is received after midnight
                 recs = sort_records(recs, kind)
-                cut = sum(1 for r in recs if r[ENGINE_TIME[kind]] < block.end_ms)
-                block.records[kind], carry[kind] = recs[:cut], recs[cut:]
-            yield block
+                cut = sum(1 for r in recs if r[ENGINE_TIME[kind]] < start + DAY_MS)
+                day_records[kind], carry[kind] = recs[:cut], recs[cut:]
+            times = {kind: np.fromiter((r[ENGINE_TIME[kind]] for r in recs), dtype=np.int64, count=len(recs))
+                     for kind, recs in day_records.items()}
+            for hour in range(HOURS):
+                lo_ms = start + hour * HOUR_MS
+                if lo_ms + HOUR_MS <= self.from_ms or lo_ms >= self.to_ms:
+                    continue
+                block = Block(lo_ms, lo_ms + HOUR_MS)
+                for key, trades in day_trades.items():
+                    batch = trades.hour(hour)
+                    if len(batch):
+                        block.trades[key] = batch
+                for kind, recs in day_records.items():
+                    lo, hi = np.searchsorted(times[kind], [lo_ms, lo_ms + HOUR_MS], side="left")
+                    block.records[kind] = recs[lo:hi]
+                yield block
         for kind in ("metrics", "markPriceKlines", "bookTicker", "bookDepth", "spotKlines"):
             if kind not in self._found_kinds:
                 self.report.notes[f"{kind}_files"] = f"no {kind} archive for any day of the range"
@@ -246,8 +313,8 @@ class VisionSource:
         self._found_kinds.add(kind)
         return found.path
 
-    def _day(self, symbol: str, day: date, start: int) -> tuple[TradeBatch | None, dict[str, list[Record]]]:
-        trades = self._trades(symbol, day)
+    def _day(self, symbol: str, day: date, start: int) -> tuple[_DayTrades | None, dict[str, list[Record]]]:
+        trades = self._trades(symbol, day, start)
         records: dict[str, list[Record]] = {kind: [] for kind in RECORD_KINDS}
         records["indicators"] = self._metrics(symbol, day)
         marks = self._mark_klines(symbol, day)
@@ -256,23 +323,31 @@ class VisionSource:
         records["indicators"] += self._spot_divergence(symbol, day, marks)
         return trades, records
 
-    def _trades(self, symbol: str, day: date) -> TradeBatch | None:
+    def _trades(self, symbol: str, day: date, start: int) -> _DayTrades | None:
         path = self._fetch("aggTrades", symbol, day, required=True)
         if path is None:
             return None
-        cols = self.column_cache.get(path) if self.column_cache is not None else None
+        cached = self.column_cache.day(path, start) if self.column_cache is not None else None
+        if cached is not None:
+            return _CachedDayTrades(symbol, cached)
+        with open_archive(path) as (raw, _):
+            cols = read_agg_trade_columns(raw)  # pyarrow, no Python per row
         if cols is None:
-            with open_archive(path) as (raw, _):
-                cols = read_agg_trade_columns(raw)  # pyarrow, no Python per row
-            if cols is not None and self.column_cache is not None:
-                self.column_cache.put(path, cols)
-        if cols is not None:
-            batch = TradeBatch.from_arrays(EXCHANGE, symbol, cols.agg_id, cols.time_ms, cols.price, cols.qty,
-                                           cols.taker_sell)
-        else:
             batch = self._trades_by_row(path, symbol)
-        order = np.lexsort((batch.agg_id, batch.time_ms))
-        return batch.take(order)
+            return _MemoryDayTrades(batch.take(np.lexsort((batch.agg_id, batch.time_ms))), start)
+        order = np.lexsort((cols.agg_id, cols.time_ms))
+        cols = AggTradeColumns(**{name: np.asarray(getattr(cols, name))[order] for name in COLUMN_FIELDS})
+        if self.column_cache is not None:
+            try:
+                self.column_cache.put(path, cols, start)
+            except OSError as exc:  # disk full, read-only home: run from memory, say why
+                self.report.notes["column_cache"] = f"not written ({type(exc).__name__}: {exc}); files parsed in memory"
+            else:
+                cached = self.column_cache.day(path, start)
+                if cached is not None:
+                    return _CachedDayTrades(symbol, cached)
+        return _MemoryDayTrades(TradeBatch.from_arrays(EXCHANGE, symbol, cols.agg_id, cols.time_ms, cols.price,
+                                                       cols.qty, cols.taker_sell), start)
 
     def _trades_by_row(self, path: Path, symbol: str) -> TradeBatch:
         """A file with bad rows: the backfill's row reader, which names each one in the report."""
@@ -373,7 +448,7 @@ class VisionSource:
         return sorted(out)
 
     def _marks(self, symbol: str, day: date, start: int, klines: list[tuple[int, float]],
-               trades: TradeBatch | None) -> list[Record]:
+               trades: _DayTrades | None) -> list[Record]:
         settlements = self._settlements(symbol, day)
         if not settlements:
             return []
@@ -401,8 +476,8 @@ class VisionSource:
             k = int(np.searchsorted(kline_times, funding_time - 1, side="right")) - 1
             if k >= 0:
                 mark = klines[k][1]
-            elif trades is not None and len(trades) and trades.time_ms[0] < funding_time:
-                mark = float(trades.price[int(np.searchsorted(trades.time_ms, funding_time, side="left")) - 1])
+            elif trades is not None and (last := trades.price_before(funding_time)) is not None:
+                mark = last
                 self.report.notes["mark_price"] = "from the last trade where mark price klines are missing"
             else:
                 continue

@@ -230,8 +230,13 @@ def test_the_column_cache_serves_later_runs_and_follows_file_changes(tmp_path, m
 
     def trades():
         source = VisionSource([SYM], D1, D1 + 24 * H, directory=root, column_cache=cache)
-        return [(t.agg_id.tolist(), t.price.tolist(), t.qty.tolist(), t.time_ms.tolist(), t.taker_sell.tolist())
-                for block in source.blocks() for t in block.trades.values()], source.report.bad_rows
+        out: dict[str, tuple[list, ...]] = {}  # per market, the hourly blocks' trades joined
+        for block in source.blocks():
+            for key, t in block.trades.items():
+                for col, values in zip(out.setdefault(key, ([], [], [], [], [])),
+                                       (t.agg_id, t.price, t.qty, t.time_ms, t.taker_sell), strict=True):
+                    col.extend(values.tolist())
+        return list(out.values()), source.report.bad_rows
 
     first, bad = trades()
     assert len(first[0][0]) == 1440 and bad and cache.entries() == []  # a bad row: row reader, not cached
