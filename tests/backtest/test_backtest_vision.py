@@ -266,3 +266,55 @@ def test_the_column_cache_serves_later_runs_and_follows_file_changes(tmp_path, m
     assert ls.returncode == 0 and f"{SYM}-aggTrades-2024-01-01.zip" in ls.stdout and "700 rows" in ls.stdout
     clear = subprocess.run([sys.executable, "-m", "tapeflow", "cache", "clear"], capture_output=True, text=True, env=env)
     assert clear.returncode == 0 and "removed 1 file(s)" in clear.stdout and cache.entries() == []
+
+
+def test_a_cached_day_is_read_an_hour_at_a_time_and_an_old_cache_layout_is_replaced(tmp_path, monkeypatch):
+    """Memory bounded by an hour per symbol: the source yields one block per hour and reads a symbol's
+    cached hour only when that block is made (not the day, not the next day); each block holds exactly
+    the trades of its hour, and the cached day has 24 record batches. An entry written in the first
+    cache layout (file order, one batch) is not used: it is parsed again and replaced."""
+    import pyarrow as pa
+
+    import backtest.sources.column_cache as column_cache
+    from backtest.sources.column_cache import CachedDay, ColumnCache
+
+    root = tmp_path / "mirror"
+    build_archive(root)
+    rel = f"futures/um/daily/aggTrades/{SYM}/{SYM}-aggTrades-2024-01-01.zip"
+    # 3 trades per hour, written out of time order, two of them in the same millisecond
+    rows = [f"{500 + i},{40_000 + i},0.5,{900 + i},{900 + i},{D1 + (71 - i) // 3 * H + (i % 3) // 2 * 1000},true"
+            for i in range(72)]
+    write_zip(root, rel, rows)
+    cache = ColumnCache(tmp_path / "columns")
+
+    monkeypatch.setattr(column_cache, "FORMAT", 1)  # an entry of the first layout: one batch for the file
+    from producers.backfill.agg_trades_csv import AggTradeColumns, open_archive, read_agg_trade_columns
+
+    with open_archive(root / "data" / rel) as (raw, _):
+        cols = read_agg_trade_columns(raw)
+    assert isinstance(cols, AggTradeColumns)
+    old = cache.put(root / "data" / rel, cols)
+    monkeypatch.undo()
+    assert pa.ipc.open_file(str(old)).num_record_batches == 1
+
+    read: list[int] = []
+    real_hour = CachedDay.hour
+    monkeypatch.setattr(CachedDay, "hour", lambda self, i: read.append(i) or real_hour(self, i))
+    source = VisionSource([SYM], D1, D1 + 24 * H, directory=root, column_cache=cache)
+    blocks = source.blocks()
+    first = next(blocks)
+    assert (first.start_ms, first.end_ms) == (D1, D1 + H) and read == [0]  # the parse wrote the new layout
+    assert not old.exists() and [e.rows for e in cache.entries()] == [72]
+    (entry,) = cache.entries()
+    assert pa.ipc.open_file(str(entry.path)).num_record_batches == 24
+    seen = [first, *blocks]
+    assert [b.start_ms for b in seen] == [D1 + h * H for h in range(24)] and read == list(range(24))
+    for block in seen:
+        (batch,) = block.trades.values()
+        assert len(batch) == 3 and all(block.start_ms <= t < block.end_ms for t in batch.time_ms.tolist())
+        pairs = list(zip(batch.time_ms.tolist(), batch.agg_id.tolist(), strict=True))
+        assert pairs == sorted(pairs)  # time order, ties by aggregate id
+
+    read.clear()  # a second run: served by the cache, still an hour at a time
+    again = VisionSource([SYM], D1 + 5 * H, D1 + 7 * H, directory=root, column_cache=cache)
+    assert [b.start_ms for b in again.blocks()] == [D1 + 5 * H, D1 + 6 * H] and read == [5, 6]
