@@ -18,9 +18,7 @@ from hypothesis import strategies as st
 
 from producers.backfill.agg_trades_csv import COLUMNS, AggTradeCsvReader, BadRow, read_agg_trade_columns
 from producers.backfill.errors import BackfillError
-from hypothesis import settings
-
-from tests.support.fuzz import FUZZ, examples, one_line
+from tests.support.fuzz import FUZZ, one_line
 
 HEADER = ",".join(COLUMNS)
 GOOD = "26129,0.01633102,4.70443515,27781,27781,1498793709153,true"
@@ -72,7 +70,7 @@ def test_every_line_is_a_trade_or_a_bad_row(lines):
     assert len(trades) + len(bad) == len(rows) - header, (len(trades), [str(b) for b in bad])
 
 
-@settings(FUZZ, max_examples=max(1, examples() // 20))  # 130+ KB per example: a twentieth of the count
+@FUZZ
 @given(head=st.lists(st.just(GOOD), max_size=2), size=st.integers(131_073, 140_000), tail=st.lists(st.just(GOOD),
                                                                                                       max_size=2))
 # found by this property: a line longer than the csv module's field limit raised csv.Error out of the
