@@ -23,9 +23,10 @@ from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
 from tests.support.fake_exchange import FakeOnThread
 from tests.support.faults_process import executor_clock_skew, libfaketime
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(180)
 @pytest.mark.skipif(libfaketime() is None, reason="libfaketime (package faketime) not installed")
 def test_executor_clock_skew_resyncs_and_never_sends_an_order_twice(kafka_bootstrap, tmp_path):
     r = executor_clock_skew(kafka_bootstrap, tmp_path / "skew", start_skew_s=-7.0, step_s=2.0)

@@ -16,13 +16,14 @@ import pytest
 
 from tests.support.faults_process import stack_process_faults
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(420)
 def test_sigstopped_consumers_and_a_killed_database_backend_lose_and_double_nothing():
     root = Path(tempfile.mkdtemp(prefix="tapeflow-faults-"))  # short: PostgreSQL's socket path
     try:
-        stop, db, stall = stack_process_faults(root / "home", stop_s=8.0, db_stall_s=5.0, duration_s=45.0,
+        stop, db, stall = stack_process_faults(root / "home", stop_s=8.0, db_stall_s=5.0, duration_s=50.0,
                                                trades_per_s=40.0)
     finally:
         shutil.rmtree(root, ignore_errors=True)
