@@ -172,6 +172,7 @@ class BinanceBroker:
         self.stream_renewals = 0
         self.account_positions: dict[str, float] = {}  # from ACCOUNT_UPDATE
         self.foreign_events = 0  # stream events of orders this broker does not track
+        self.malformed_events = 0  # stream events that could not be read (see _handle)
 
     @classmethod
     def connect(cls, mode: str, rest_url: str, ws_url: str, api_key: SecretStr, api_secret: SecretStr,
@@ -510,7 +511,22 @@ class BinanceBroker:
             except queue.Empty:
                 return
 
-    def _handle(self, event: dict[str, Any]) -> None:
+    def _handle(self, event: Any) -> None:
+        """One user-data stream event. A malformed one (not an object, a field missing or of the wrong
+        type) must not end the executor's poll: it is counted and logged, and the order it names, if
+        this broker tracks it, is looked up by client id on the next poll (its state is unknown now)."""
+        try:
+            self._apply_event(event)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self.malformed_events += 1
+            log.error("malformed user-data event ignored", error=f"{type(exc).__name__}: {exc}"[:200])
+            o = event.get("o") if isinstance(event, dict) else None
+            cid = o.get("c") if isinstance(o, dict) else None
+            tracked = self._orders.get(cid) if isinstance(cid, str) else None
+            if tracked is not None and not tracked.terminal:
+                tracked.unknown = True
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
         kind = event.get("e")
         if kind == "listenKeyExpired":
             self._renew_stream = True
