@@ -1,46 +1,68 @@
 """Return freed file-sized buffers to the OS, so a long run's memory follows what it holds, not what it read.
 
 Why this exists: reading a day file means a few buffers of tens of MB (the decompressed CSV, Arrow's
-parse buffers), freed before the next file. Two allocators keep such memory after it is freed:
+parse buffers, the sorted columns), freed before the next file. Two allocators keep such memory:
 
-- glibc's ``malloc`` serves a large block by ``mmap`` and returns it with ``munmap`` on ``free``, but
-  after the first such free it raises its mmap threshold (up to 32 MiB) so later blocks of that size
-  come from the heap, where fragmentation keeps them resident. Fixing the threshold with
-  ``mallopt(M_MMAP_THRESHOLD)`` turns the adjustment off (man 3 mallopt).
-- pyarrow's default pool (mimalloc or jemalloc) caches freed pages for reuse; the system pool is plain
-  ``malloc``, which, with the fixed threshold, unmaps them.
+- pyarrow's default pool (mimalloc or jemalloc) caches freed pages for reuse; ``system_arrow_pool``
+  switches Arrow to plain ``malloc``;
+- glibc's ``malloc`` raises its mmap threshold after the first large free (up to 32 MiB), so later
+  file-sized blocks come from the heap, where fragmentation keeps them resident. Inside
+  ``file_buffers_unmapped`` blocks from 128 KiB up are mapped on their own, so freeing them unmaps
+  them (``mallopt(M_MMAP_THRESHOLD)``, man 3 mallopt); on leaving, the threshold is set to 32 MiB (the
+  value the adjustment converges to) and the heap's free pages are handed back (``malloc_trim``).
 
-Measured (benchmarks/RESULTS.md, "Vision backtest: peak RSS against the range"): a cold backtest of
-one symbol grew by ~16 MiB per day of range without this and stays flat with it, at no measurable cost
-to parse speed. Nothing here changes results; on a C library other than glibc only the Arrow pool is
-switched.
+Why only around a file's parse and not for the whole process: every hour-sized temporary array of the
+engine would then be mapped and unmapped too, measured at +1.5 s of system time (page faults) per
+10 M trades of a warm backtest.
+
+Measured in benchmarks/RESULTS.md ("Vision backtest: peak RSS against the range"). Nothing here
+changes results; where the C library is not glibc, only the Arrow pool is switched.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
-MMAP_THRESHOLD_BYTES = 128 << 10  # glibc's initial threshold, kept: blocks from 128 KiB up are unmapped when freed
+SMALL_THRESHOLD, LARGE_THRESHOLD = 128 << 10, 32 << 20
 
-_done = False
+_libc: ctypes.CDLL | None = None
+_pool_set = False
 
 
-def return_freed_memory() -> None:
-    """Set the process's allocation policy above (once; safe to call again)."""
-    global _done
-    if _done:
+def system_arrow_pool() -> None:
+    """Arrow allocates with ``malloc`` (once per process; safe to call again)."""
+    global _pool_set
+    if not _pool_set:
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
+        _pool_set = True
+
+
+def _glibc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            return None
+    return _libc if hasattr(_libc, "mallopt") and hasattr(_libc, "malloc_trim") else None
+
+
+@contextmanager
+def file_buffers_unmapped() -> Iterator[None]:
+    """Large blocks allocated inside are unmapped when freed; the heap is trimmed on leaving."""
+    libc = _glibc()
+    if libc is None:
+        yield
         return
-    _done = True
+    libc.mallopt(M_MMAP_THRESHOLD, SMALL_THRESHOLD)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to set there
-        pass
-    else:
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
+        yield
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, LARGE_THRESHOLD)
+        libc.malloc_trim(0)

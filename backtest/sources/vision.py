@@ -69,7 +69,7 @@ from producers.backfill.vision_files import (
 )
 from producers.base.book import order_book_imbalance
 from stream_apps.core.events import TradeBatch
-from tapeflow_runtime.native_memory import return_freed_memory
+from tapeflow_runtime.native_memory import file_buffers_unmapped, system_arrow_pool
 
 EXCHANGE = "binance"
 DAY_MS = 86_400_000
@@ -235,7 +235,7 @@ class VisionSource:
                  indicator_delay_ms: int = INDICATOR_DELAY_MS, column_cache: ColumnCache | None = None) -> None:
         self.symbols = list(symbols)
         self.column_cache = column_cache  # parsed aggTrades files (``column_cache``); None: parse every time
-        return_freed_memory()  # day files are parsed one after another: their buffers must not pile up
+        system_arrow_pool()  # day files are parsed one after another: their buffers must not pile up
         self.from_ms, self.to_ms = from_ms, to_ms
         self.name = f"vision:{directory}" if directory is not None else "vision"
         self.files = VisionFiles(directory, cache_dir, base_url)
@@ -330,6 +330,13 @@ class VisionSource:
         cached = self.column_cache.day(path, start) if self.column_cache is not None else None
         if cached is not None:
             return _CachedDayTrades(symbol, cached)
+        with file_buffers_unmapped():  # the file's buffers go back to the OS when freed (native_memory)
+            found = self._parse_and_cache(path, symbol, start)
+        if isinstance(found, CachedDay):
+            return _CachedDayTrades(symbol, found)
+        return found
+
+    def _parse_and_cache(self, path: Path, symbol: str, start: int) -> CachedDay | _MemoryDayTrades:
         with open_archive(path) as (raw, _):
             cols = read_agg_trade_columns(raw)  # pyarrow, no Python per row
         if cols is None:
@@ -345,7 +352,7 @@ class VisionSource:
             else:
                 cached = self.column_cache.day(path, start)
                 if cached is not None:
-                    return _CachedDayTrades(symbol, cached)
+                    return cached
         return _MemoryDayTrades(TradeBatch.from_arrays(EXCHANGE, symbol, cols.agg_id, cols.time_ms, cols.price,
                                                        cols.qty, cols.taker_sell), start)
 
