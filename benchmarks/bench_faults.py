@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short", action="store_true", help="the tests' fault durations")
     ap.add_argument("--only", action="append", default=[], help="case name (repeatable)")
     ap.add_argument("--bootstrap", default=None, help="an existing Kafka; default an embedded Tansu")
+    ap.add_argument("--detail", action="store_true", help="also print each row's detail (without logs)")
     args = ap.parse_args(argv)
     cases = [c for c in REGISTRY if not args.only or c.name in args.only]
     rows: list[dict[str, Any]] = []
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                     got = [{"fault": f"{case.name}: FAILED {type(exc).__name__}: {first_line}"[:200]}]
                 for r in got:
                     print({k: r.get(k) for k in ROW_KEYS}, f"({time.monotonic() - t0:.0f} s)", flush=True)
+                if args.detail and got:
+                    detail = {k: v for k, v in got[0].get("detail", {}).items() if "log" not in k}
+                    print("detail:", detail, flush=True)
                 rows += got
     print(table(rows))
     return 0 if all(r.get("lost") == 0 and r.get("duplicates") == 0 for r in rows) else 1
