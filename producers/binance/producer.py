@@ -62,6 +62,7 @@ class ProducerConfig:
     book_depth: int = 20
     book_interval_ms: int = 250  # 0: publish md.book after every verified update
     gap_fill_timeout_s: float = 60.0
+    gap_fill_grace_s: float = 0.5  # live: wait this long for the stream to close a hole before asking REST
     max_resume_gap_ids: int = 500_000
     checkpoint_path: Path | None = None
     spot_base_url: str = "https://api.binance.com"
@@ -281,6 +282,11 @@ class BinanceProducer(VenueProducer):
         seq = self.sequencers[sym]
         assert self._rest is not None
         url = f"{self.config.rest_base_url}/fapi/v1/aggTrades"
+        if self.replay is None and self.config.gap_fill_grace_s > 0:
+            # a hole the stream closes a moment later (frames out of order, a reconnect's overlap) costs
+            # no REST weight: every aggTrades request weighs 20, and half a minute of reordered frames
+            # hit the used-weight brake, so the next real hole waited ~30 s for the weight window
+            await asyncio.sleep(self.config.gap_fill_grace_s)
         deadline = time.monotonic() + self.config.gap_fill_timeout_s
         while seq.gap is not None:
             gap = seq.gap

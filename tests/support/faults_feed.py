@@ -203,11 +203,14 @@ class FeedRig:
         self.wait(lambda: self.flowing(base), timeout, f"{phase.fault}: data flowing again")
         phase.recovered = time.monotonic()
         phase.wall_to_ms = int(time.time() * 1000)
+        phase.detail["rest_requests"] = self.status()["rest_requests"] - phase.detail.get("rest_requests", 0)
 
 
 # ------------------------------------------------------------------------------------------- the cases
 def _start(rig: FeedRig, fault: str) -> Phase:
-    return Phase(fault, time.monotonic(), int(time.time() * 1000))
+    phase = Phase(fault, time.monotonic(), int(time.time() * 1000))
+    phase.detail["rest_requests"] = rig.status()["rest_requests"]  # made a count at recovery
+    return phase
 
 
 def case_rest_418_at_start(rig: FeedRig, fault_s: float) -> Phase:
@@ -286,7 +289,9 @@ def case_duplicates(rig: FeedRig, fault_s: float) -> Phase:
 def case_out_of_order(rig: FeedRig, fault_s: float) -> Phase:
     """`fault_s` seconds' worth of BTCUSDT aggTrades delivered with each pair swapped."""
     before = rig.metric("tapeflow_producer_gaps_detected_total", symbol="BTCUSDT")
-    phase = _disorder(rig, "out_of_order_frames", "reorder_frames", max(4, int(fault_s * TRADES_PER_S / 2)), AGG)
+    count = max(4, int(fault_s * TRADES_PER_S / 2))
+    phase = _disorder(rig, "out_of_order_frames", "reorder_frames", count, AGG)
+    phase.detail["reordered"] = count
     phase.shown["gaps_detected"] = rig.metric("tapeflow_producer_gaps_detected_total", symbol="BTCUSDT") - before
     return phase
 
@@ -324,12 +329,17 @@ def case_stall(rig: FeedRig, fault_s: float) -> Phase:
     phase = _start(rig, "feed_stall")
     rig.faults(stall_for_s=fault_s)
     stalled_until = phase.injected + fault_s
+    reconnects = rig.metric("tapeflow_producer_reconnects_total")
     oldest = 0.0  # the freshness gauge (refreshed every second) while the feed is stalled
+    states: set[str] = set()  # /health's status meanwhile (a stall past the read timeout: reconnects)
     while time.monotonic() < stalled_until:
         oldest = max(oldest, _trade_age(rig))
+        states.add(rig.health().get("status", "?"))
         time.sleep(min(0.2, max(0.0, stalled_until - time.monotonic())))
     phase.cleared = time.monotonic()
     phase.shown["trade_age_s"] = round(oldest, 2)
+    phase.shown["health_status"] = sorted(states)
+    phase.shown["reconnects"] = rig.metric("tapeflow_producer_reconnects_total") - reconnects
     rig.recover(phase)
     return phase
 
