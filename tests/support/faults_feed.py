@@ -188,10 +188,13 @@ class FeedRig:
         return self.metric("tapeflow_producer_messages_out_total", topic="md.trades")
 
     def flowing(self, since_delivered: float) -> bool:
-        """Data flows: no hole open, every book live, trades delivered since `since_delivered`."""
+        """Data flows: no hole open, every book live, trades delivered since `since_delivered`, and the
+        websocket itself delivers again (a trade frame of every symbol within ~2 s: the freshness gauge,
+        refreshed every second), not only the REST fills."""
         h = self.health()
         return (h.get("gaps_open") == 0 and h.get("books_live") == len(SYMBOLS)
-                and self.delivered_trades() > since_delivered)
+                and self.delivered_trades() > since_delivered
+                and all(_trade_age(self, s) < 2.5 for s in SYMBOLS))
 
     def wait(self, condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
         return wait_for(condition, timeout, what, interval, alive=self.alive)
@@ -319,8 +322,9 @@ def case_tcp_reset(rig: FeedRig, fault_s: float) -> Phase:
     return _drop(rig, "tcp_reset", "abort")
 
 
-def _trade_age(rig: FeedRig) -> float:
-    return rig.metric("tapeflow_producer_last_event_age_seconds", exchange="binance", symbol="BTCUSDT",
+def _trade_age(rig: FeedRig, symbol: str = "BTCUSDT") -> float:
+    """Seconds since the producer's last aggTrade frame of `symbol` (its freshness gauge)."""
+    return rig.metric("tapeflow_producer_last_event_age_seconds", exchange="binance", symbol=symbol,
                       stream="aggTrade")
 
 
