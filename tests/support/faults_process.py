@@ -43,6 +43,7 @@ from confluent_kafka import Consumer, TopicPartition
 from execution.client_ids import client_order_id
 from execution.safety import LIVE_OPT_IN_ENV, LIVE_OPT_IN_VALUE
 from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
+from tapeflow.stack.app_services import http_json
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
 from tests.support.executor_io import Feed, Watcher, free_port
 from tests.support.fake_exchange import FakeOnThread
@@ -292,6 +293,14 @@ def _statuses(stack, names: tuple[str, ...]) -> dict[str, tuple[bool, str]]:
             if c.name in names}
 
 
+def _health_url(stack, name: str) -> str:
+    from tapeflow_runtime.process_records import ProcessRecord
+
+    record = ProcessRecord.load(stack.sup.paths.state_file(name))
+    assert record is not None, f"no run record of {name}"
+    return record.extra["health_url"]
+
+
 def _features_stored(stack) -> int:
     return stack.query("SELECT count(*) FROM features")[0][0]
 
@@ -304,7 +313,7 @@ def _sink_backends(stack) -> list[tuple[int, str, str]]:
 
 
 def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = True, db_stall_s: float = 5.0,
-                         duration_s: float = 45.0,
+                         starvation_window_s: float | None = None, duration_s: float = 45.0,
                          trades_per_s: float = 40.0, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
     """One live stack (`tests.support.endurance.live_stack`: supervisor, Tansu, PostgreSQL, sink, engine,
     paper executor, the producer live against the fake exchange playing a synthetic session), two faults:
@@ -319,7 +328,8 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
     3. ``db_unresponsive`` (`db_stall_s` > 0): the PostgreSQL process group SIGSTOPped for `db_stall_s`:
        connections stay open but nothing answers, as over a network that drops every packet (this
        kernel has no netem); `tapeflow status` must show the database down meanwhile. ``recover_s``:
-       SIGCONT to the next trade stored.
+       SIGCONT to the next trade stored. The sink's own /health must turn degraded once its commits
+       have stood still for the starvation window (`starvation_window_s`, default the stack's 60 s).
 
     At the end every trade of the session must be in md.trades and in the trades table exactly once
     (by agg id), and the features and signals topics must carry no id twice. Both rows carry the whole
@@ -342,11 +352,16 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
         phases[name] = round(time.monotonic() - t0, 1)
 
     watched = ("engine", "sink")
-    with live_stack(home, spec, max_batches=0) as stack:
+    env = {"TAPEFLOW_STARVATION_WINDOW_S": str(starvation_window_s)} if starvation_window_s else None
+    with live_stack(home, spec, max_batches=0, env=env) as stack:
         flowing = _wait(lambda: _features_stored(stack) > 0 and stack.trades_stored(symbol)[0] > 0, 120)
         assert flowing, "the pipeline never stored a feature\n" + "\n".join(stack.log)
         mark("flowing")
-        detail["status_before"] = _statuses(stack, watched)
+
+        def all_healthy():
+            statuses = _statuses(stack, watched)
+            return statuses if all(ok for ok, _ in statuses.values()) else None
+        detail["status_before"] = _wait(all_healthy, 30) or _statuses(stack, watched)
 
         # --- 1. SIGSTOP engine and sink ------------------------------------------------------------------
         pids = {name: stack.service_pid(name) for name in watched}
@@ -363,10 +378,6 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
         features_at_cont = _features_stored(stack)
         resumed = _wait(lambda: _features_stored(stack) > features_at_cont, 60, 0.2)  # the session outlasts this
         recover_stop = round(time.monotonic() - t_cont, 2) if resumed else None
-
-        def all_healthy():
-            statuses = _statuses(stack, watched)
-            return statuses if all(ok for ok, _ in statuses.values()) else None
         detail["status_after_stop"] = _wait(all_healthy, 30)
         detail["stopped_for_s"] = round(t_cont - t_stop, 2)
         detail["same_pids_after_stop"] = pids == {name: stack.service_pid(name) for name in watched}
@@ -410,8 +421,18 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
             t_stall = time.monotonic()
             os.killpg(db_pid, signal.SIGSTOP)
             try:  # nothing here may query the database without a timeout
-                detail["status_db_stalled"] = _statuses(stack, ("database", "sink"))
-                time.sleep(max(0.0, db_stall_s - (time.monotonic() - t_stall)))
+                with ThreadPoolExecutor(1) as pool:  # `tapeflow status` takes seconds with the database stopped
+                    status = pool.submit(_statuses, stack, ("database", "sink"))
+                    # the sink, its write hanging: degraded once its partitions' ends move and its commits
+                    # do not for the starvation window (TAPEFLOW_STARVATION_WINDOW_S)
+                    sink_url = _health_url(stack, "sink")
+                    while time.monotonic() - t_stall < db_stall_s:
+                        code, body = http_json(sink_url)
+                        if code != 200 and "sink_degraded_after_s" not in detail:
+                            detail["sink_degraded_after_s"] = round(time.monotonic() - t_stall, 1)
+                            detail["sink_degraded"] = (code, body)
+                        time.sleep(0.5)
+                    detail["status_db_stalled"] = status.result()
             finally:
                 os.killpg(db_pid, signal.SIGCONT)
             t_resume = time.monotonic()
