@@ -54,8 +54,8 @@ def _stack_process_faults(workdir: Path, short: bool, bootstrap: str) -> list[di
     from tests.support.faults_process import stack_process_faults
 
     if short:
-        return stack_process_faults(workdir / "home", stop_s=8.0, db_stall_s=5.0, duration_s=50.0,
-                                    trades_per_s=40.0)
+        return stack_process_faults(workdir / "home", stop_s=8.0, db_stall_s=7.0, starvation_window_s=3.0,
+                                    duration_s=50.0, trades_per_s=40.0)
     return stack_process_faults(workdir / "home", stop_s=60.0, db_stall_s=120.0, duration_s=300.0,
                                 trades_per_s=100.0)
 
@@ -66,6 +66,28 @@ def _feed_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, A
     return bench_feed_faults(workdir, short, bootstrap)
 
 
+def _broker_killed(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
+    from tests.support.faults_links import broker_killed
+
+    if short:
+        return broker_killed(workdir / "home", kills=1, duration_s=40.0, trades_per_s=40.0)
+    # longer: killed three times in a row (the supervisor's backoff grows 1, 2, 4 s), then once more after
+    # 20 s SIGSTOPped (the producer's buffer fills with trades the broker never acknowledged)
+    rows = broker_killed(workdir / "home", kills=3, duration_s=180.0, trades_per_s=100.0)
+    return rows + broker_killed(workdir / "home-stalled", kills=1, stall_before_kill_s=20.0, duration_s=120.0,
+                                trades_per_s=100.0)
+
+
+def _link_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
+    from tests.support.faults_links import sink_db_link_faults
+
+    if short:
+        return sink_db_link_faults(workdir / "home", delay_ms=200.0, delay_s=6.0, bytes_per_s=20_000.0,
+                                   throttle_s=5.0, loss=0.1, loss_s=6.0, duration_s=40.0, trades_per_s=40.0)
+    return sink_db_link_faults(workdir / "home", delay_ms=500.0, delay_s=60.0, bytes_per_s=10_000.0,
+                               throttle_s=60.0, loss=0.2, loss_s=60.0, duration_s=240.0, trades_per_s=100.0)
+
+
 REGISTRY: list[Case] = [
     Case("executor_clock_skew", _clock_skew, needs_broker=True),
     Case("stack_process_faults", _stack_process_faults),  # sigstop_engine_sink, db_backend_killed, db_unresponsive
@@ -73,6 +95,10 @@ REGISTRY: list[Case] = [
     # rest_418_ban, depth_gap, duplicate_frames, out_of_order_frames, ws_close_1006, tcp_reset, rest_429,
     # feed_stall, ws_half_open, and the whole run's md.trades and trades table
     Case("feed_faults", _feed_faults),
+    # the embedded broker SIGKILLed while trades flow (restarted empty by the supervisor): broker_sigkill
+    Case("broker_killed", _broker_killed),
+    # the sink's PostgreSQL link through a TCP proxy: link_delay, link_throttle, link_loss (iptables)
+    Case("link_faults", _link_faults),
 ]
 
 

@@ -42,6 +42,7 @@ def test_sigstopped_consumers_and_a_killed_database_backend_lose_and_double_noth
     assert d["sink_pid_same_after_db_kill"] and d["sink_log_db_retries"] >= 1, d  # retried, not restarted
     # the database unresponsive (SIGSTOPped): status shows it down meanwhile; the sink resumes after
     assert d["status_db_stalled"]["database"][0] is False, d["status_db_stalled"]
+    assert d["sink_healthy_before_stall"], d
     assert d.get("sink_degraded_after_s") is not None, d  # the sink, its commits stuck, says so itself
     assert d["sink_degraded"][1]["status"] == "degraded", d["sink_degraded"]
     assert d["status_after_stall"], "database and sink not healthy again within 30 s"

@@ -417,6 +417,9 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
         recover_stall = None
         if db_stall_s:
             db_pid = stack.service_pid("database")
+            sink_url = _health_url(stack, "sink")
+            # the sink healthy first (a writer may still be backing off from the killed backend)
+            detail["sink_healthy_before_stall"] = bool(_wait(lambda: http_json(sink_url)[0] == 200, 30))
             stored_at_stall = stack.trades_stored(symbol)[0]
             t_stall = time.monotonic()
             os.killpg(db_pid, signal.SIGSTOP)
@@ -425,7 +428,6 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                     status = pool.submit(_statuses, stack, ("database", "sink"))
                     # the sink, its write hanging: degraded once its partitions' ends move and its commits
                     # do not for the starvation window (TAPEFLOW_STARVATION_WINDOW_S)
-                    sink_url = _health_url(stack, "sink")
                     while time.monotonic() - t_stall < db_stall_s:
                         code, body = http_json(sink_url)
                         if code != 200 and "sink_degraded_after_s" not in detail:
