@@ -1,0 +1,83 @@
+"""The rollover's last step: the old epoch's topics must go; its consumer groups go when the broker
+lets them, and a refused or failed group deletion is logged, never holds the rollover (issue 21)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from tapeflow.stack import epochs as epochs_module
+from tapeflow.stack.epochs import EPOCH_GROUPS, EpochRoller
+from tapeflow_runtime.epochs import EpochState
+
+
+def done(error: Exception | None = None) -> Future:
+    future: Future = Future()
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+    return future
+
+
+class FakeAdmin:
+    def __init__(self, topics: list[str], groups_error: Exception | None = None, raise_now: bool = False):
+        self.topics = {t: SimpleNamespace(partitions={0: None}) for t in topics}
+        self.groups_error, self.raise_now = groups_error, raise_now
+        self.deleted_topics: list[str] = []
+        self.deleted_groups: list[str] = []
+
+    def list_topics(self, timeout=None):
+        return SimpleNamespace(topics=dict(self.topics))
+
+    def delete_topics(self, names, operation_timeout=None):
+        self.deleted_topics += names
+        return {n: done() for n in names}
+
+    def delete_consumer_groups(self, groups, request_timeout=None):
+        if self.raise_now:
+            raise KafkaException(KafkaError(KafkaError._UNSUPPORTED_FEATURE))
+        self.deleted_groups += groups
+        return {g: done(self.groups_error) for g in groups}
+
+
+def roller_on_delete_step(tmp_path, monkeypatch, admin: FakeAdmin) -> tuple[EpochRoller, list[str]]:
+    said: list[str] = []
+    sup = SimpleNamespace(settings=SimpleNamespace(topic_prefix="s.", epoch_check_s=1.0),
+                          paths=SimpleNamespace(home=tmp_path), addresses={"broker": "fake:9092"}, running={})
+    roller = EpochRoller(sup, said.append)
+    roller.state = EpochState(epoch=1, step="delete")
+    monkeypatch.setattr(epochs_module, "admin_client", lambda bootstrap: admin)
+    return roller, said
+
+
+def test_the_delete_step_removes_the_old_epochs_topics_and_groups(tmp_path, monkeypatch):
+    admin = FakeAdmin(["s.e1.md.trades", "s.e1.signals", "s.e2.md.trades", "s.md.trades"])
+    roller, said = roller_on_delete_step(tmp_path, monkeypatch, admin)
+    assert roller._step_delete("fake:9092")
+    assert sorted(admin.deleted_topics) == ["s.e1.md.trades", "s.e1.signals"]
+    assert admin.deleted_groups == [f"s.e1.{g}" for g in EPOCH_GROUPS]
+    assert said[-1] == "epochs     deleted 2 topics and 3 consumer groups of epoch 1"
+
+
+@pytest.mark.parametrize("raise_now", [False, True], ids=["a group's future fails", "the request is refused"])
+def test_a_failed_group_deletion_is_logged_and_the_rollover_goes_on(tmp_path, monkeypatch, raise_now):
+    error = KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT))
+    admin = FakeAdmin(["s.e1.md.trades"], groups_error=error, raise_now=raise_now)
+    roller, said = roller_on_delete_step(tmp_path, monkeypatch, admin)
+    assert roller._step_delete("fake:9092")
+    assert admin.deleted_topics == ["s.e1.md.trades"]
+    assert any("could not delete the consumer groups of epoch 1" in line for line in said), said
+    assert said[-1] == "epochs     deleted 1 topics and 0 consumer groups of epoch 1"
+
+
+def test_a_failed_topic_deletion_still_fails_the_step_so_it_is_retried(tmp_path, monkeypatch):
+    admin = FakeAdmin(["s.e1.md.trades"])
+    admin.delete_topics = lambda names, operation_timeout=None: {  # type: ignore[method-assign]
+        n: done(KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT))) for n in names}
+    roller, _said = roller_on_delete_step(tmp_path, monkeypatch, admin)
+    with pytest.raises(KafkaException):
+        roller._step_delete("fake:9092")
