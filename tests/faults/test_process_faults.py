@@ -44,7 +44,8 @@ def test_sigstopped_consumers_and_a_killed_database_backend_lose_and_double_noth
     assert d["status_db_stalled"]["database"][0] is False, d["status_db_stalled"]
     assert d["sink_healthy_before_stall"], d
     assert d.get("sink_degraded_after_s") is not None, d  # the sink, its commits stuck, says so itself
-    assert d["sink_degraded"][1]["status"] == "degraded", d["sink_degraded"]
+    # starving (its commits stuck while the ends move) or database-down (a writer's reconnect timed out)
+    assert d["sink_degraded"][1]["status"] in ("degraded", "database-down"), d["sink_degraded"]
     assert d["status_after_stall"], "database and sink not healthy again within 30 s"
     assert stall["recover_s"] is not None and stall["recover_s"] < 30, d
     # exactly once, everywhere
