@@ -108,6 +108,36 @@ class ProducerService(HttpHealthService):
                      "--replay-control-url", rest, "--symbols-from-recording"]
         return Launch(argv=argv, address=f"{HOST}:{port}", env=self.epochs_env())
 
+    def checkpoint_path(self) -> Path:
+        """The live Binance producer's checkpoint (last delivered agg id per symbol), as
+        `producers.service.run_producer` names it."""
+        return self.paths.home / "producer" / f"binance-{self.settings.topic_prefix or 'default'}.json"
+
+    def rewind_to_stored(self, conninfo: str) -> dict[str, tuple[int, int]]:
+        """After the embedded broker came back empty, with the producer and the sink stopped: move the
+        checkpoint back to the last trade the database holds. The checkpoint says what the broker
+        acknowledged, but the trades it held that the sink had not stored died with its memory storage;
+        from the rewound checkpoint the restarted producer fills that hole by agg id (REST), as after
+        its own downtime. Returns {symbol: (checkpoint, rewound to)} for the symbols moved back."""
+        import psycopg
+
+        from tapeflow_runtime.files import atomic_write_text
+
+        path = self.checkpoint_path()
+        if self.fake is not None or not path.exists():  # a replay ends by itself: not resumed
+            return {}
+        saved = orjson.loads(path.read_bytes())
+        last: dict[str, int] = saved.get("last_agg_id") or {}
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            stored = {symbol: conn.execute("SELECT max(agg_id) FROM trades WHERE exchange = 'binance' AND symbol = %s",
+                                           (symbol,)).fetchone()[0] for symbol in last}
+        rewound = {symbol: (int(agg), int(stored[symbol])) for symbol, agg in last.items()
+                   if stored.get(symbol) is not None and stored[symbol] < int(agg)}
+        if rewound:
+            saved["last_agg_id"] = {**last, **{symbol: to for symbol, (_, to) in rewound.items()}}
+            atomic_write_text(path, orjson.dumps(saved).decode())
+        return rewound
+
     def epochs_env(self) -> dict[str, str] | None:
         """On the embedded broker the producer follows the stack's topic epochs (`tapeflow_runtime.epochs`)."""
         from tapeflow_runtime.epochs import EPOCHS_FILE, rollover_enabled

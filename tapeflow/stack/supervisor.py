@@ -294,6 +294,8 @@ class Supervisor:
                 delay = min(2 ** (len(run.restarts) - 1), 30)
                 self.say(f"{name} exited with code {code}: {_last_line(run.record.log)}; restarting in {delay}s")
                 clients = self._stop_broker_clients() if name == "broker" else []
+                if clients:
+                    self._rewind_producers(clients)
                 if self.stop_requested.wait(delay):
                     break
                 run.log.close()
@@ -317,7 +319,8 @@ class Supervisor:
         gone). Its clients are stopped first, at once (each may wait ``stop_timeout_s``): a client left
         running would reconnect to the new broker with a lost group generation or position (a consumer
         stuck "rebalancing"; a member the new engine's start-up commit is refused for). A clean stop
-        still writes what the sink had fetched; what the lost broker held beyond that is lost with it.
+        still writes what the sink had fetched; what the lost broker held beyond that is lost with it,
+        except the trades: the producers resume from the database's last agg id (`_rewind_producers`).
         The database keeps everything stored before."""
         clients = sorted(((n, r) for n, r in self.running.items() if r.service.uses_broker),
                          key=lambda item: not item[1].service.concurrent)  # consumers first, as at `up`
@@ -335,6 +338,29 @@ class Supervisor:
         self.say(f"broker     lost its memory storage: stopped {', '.join(n for n, _ in clients)} "
                  f"({time.monotonic() - t0:.1f}s)")
         return clients
+
+    def _rewind_producers(self, clients: list[tuple[str, _Running]]) -> None:
+        """The producers' checkpoints back to what the database holds (`ProducerService.rewind_to_stored`):
+        the trades the lost broker had acknowledged but the sink had not stored are filled again by agg
+        id instead of being lost. Without the database (down, not migrated) the checkpoints stay."""
+        from tapeflow_runtime.endpoints import embedded_endpoints
+
+        for name, run in clients:
+            rewind = getattr(run.service, "rewind_to_stored", None)
+            if rewind is None:
+                continue
+            try:
+                if self.settings.database_url is not None:
+                    conninfo = self.settings.database_url.get_secret_value()
+                else:
+                    conninfo = embedded_endpoints(self.settings, self.paths, self.addresses["database"]).owner
+                rewound = rewind(conninfo)
+            except Exception as exc:  # noqa: BLE001 - the restart goes on; the hole is reported by the sink's data
+                self.say(f"broker     {name}: checkpoint not rewound to the database: {str(exc).strip()[:200]}")
+                continue
+            for symbol, (was, now) in rewound.items():
+                self.say(f"broker     {name}: {symbol} resumes after agg id {now} (the database's last), not "
+                         f"{was} (the lost broker's): {was - now} trade(s) to fill again")
 
     def _start_broker_clients(self, clients: list[tuple[str, _Running]]) -> None:
         """Start the clients ``_stop_broker_clients`` stopped, on the restarted broker's new topics."""
