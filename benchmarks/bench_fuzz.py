@@ -83,7 +83,8 @@ def main() -> int:
         rate = run / row["seconds"] if row["seconds"] > 0 and run else 0.0
         total_examples, total_failures, total_seconds = (total_examples + run, total_failures + failures,
                                                          total_seconds + row["seconds"])
-        print(f"{_parser(nodeid):<92} {run:>9,} {failures:>8} {row['seconds']:>8.1f} {rate:>10,.0f}")
+        shown = f"{run:>9,}" if row["stats"] else f"{'plain':>9}"  # a plain test beside the properties
+        print(f"{_parser(nodeid):<92} {shown} {failures:>8} {row['seconds']:>8.1f} {rate:>10,.0f}")
     print("-" * len(header))
     print(f"{'total (' + str(len(recorder.rows)) + ' properties)':<92} {total_examples:>9,} {total_failures:>8} "
           f"{total_seconds:>8.1f} {total_examples / max(total_seconds, 1e-9):>10,.0f}")
