@@ -69,8 +69,8 @@ def _feed_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, A
 def _broker_killed(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
     from tests.support.faults_links import broker_killed
 
-    if short:
-        return broker_killed(workdir / "home", kills=1, duration_s=40.0, trades_per_s=40.0)
+    if short:  # the test runs this after the link faults, on their stack
+        return broker_killed(workdir / "home", kills=1, duration_s=40.0, trades_per_s=40.0, stop_timeout_s=3.0)
     # longer: killed three times in a row (the supervisor's backoff grows 1, 2, 4 s), then once more after
     # 20 s SIGSTOPped (the producer's buffer fills with trades the broker never acknowledged)
     rows = broker_killed(workdir / "home", kills=3, duration_s=180.0, trades_per_s=100.0)
@@ -82,8 +82,8 @@ def _link_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, A
     from tests.support.faults_links import sink_db_link_faults
 
     if short:
-        return sink_db_link_faults(workdir / "home", delay_ms=200.0, delay_s=6.0, bytes_per_s=20_000.0,
-                                   throttle_s=5.0, loss=0.1, loss_s=6.0, duration_s=40.0, trades_per_s=40.0)
+        return sink_db_link_faults(workdir / "home", delay_ms=200.0, delay_s=3.0, bytes_per_s=20_000.0,
+                                   throttle_s=3.0, loss=0.1, loss_s=3.0, duration_s=40.0, trades_per_s=40.0)
     return sink_db_link_faults(workdir / "home", delay_ms=500.0, delay_s=60.0, bytes_per_s=10_000.0,
                                throttle_s=60.0, loss=0.2, loss_s=60.0, duration_s=240.0, trades_per_s=100.0)
 
