@@ -138,7 +138,10 @@ def _flowing(stack, symbol: str) -> None:
 
 
 def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_before_kill_s: float,
-                trades_per_s: float) -> None:
+                trades_per_s: float, sink_pause_s: float = 0.0) -> None:
+    """``sink_pause_s``: the sink SIGSTOPped that long before each kill (SIGCONT right after it), so the
+    dead broker surely held acknowledged trades the sink had not stored (without it the sink is often
+    level with the producer at the kill, and there is nothing to lose)."""
     last = detail["expected"][2]
     detail["kills"] = []
     detail["status_before"] = _statuses(stack, ("broker", "sink", "producer"))
@@ -151,12 +154,19 @@ def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_be
             os.kill(broker_pid, signal.SIGSTOP)
             k["status_stalled"] = _statuses(stack, ("broker",))
             time.sleep(stall_before_kill_s)
+        sink_pid = stack.service_pid("sink") if sink_pause_s else None
+        if sink_pid:
+            os.killpg(sink_pid, signal.SIGSTOP)
+            time.sleep(sink_pause_s)
         k["stored_max_at_kill"] = _max_stored(stack, symbol)
         k["delivered_at_kill"] = _delivered(stack, symbol)
         t_kill = time.monotonic()
         os.kill(broker_pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(broker_pid, signal.SIGCONT)
+        if sink_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(sink_pid, signal.SIGCONT)
         # `tapeflow status` while the broker is dead (the supervisor restarts it after 1 s or more)
         k["status_dead"] = _statuses(stack, ("broker",))
 
@@ -360,7 +370,8 @@ def _db_upstream(home: Path):
 def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float = 6.0,
                         bytes_per_s: float | None = 20_000.0, throttle_s: float = 5.0, loss: float = 0.1,
                         loss_s: float = 6.0, duration_s: float = 40.0, trades_per_s: float = 40.0,
-                        then_kill_broker: bool = False, stop_timeout_s: float | None = None,
+                        then_kill_broker: bool = False, sink_pause_s: float = 0.0,
+                        stop_timeout_s: float | None = None,
                         symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
     """The sink's PostgreSQL link through `LinkProxy`, three faults in turn, each cleared before the next:
 
@@ -374,7 +385,8 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
     delivered when it cleared (the consumer keeps up); ``duration_s`` the fault's length. ``lost`` /
     ``duplicates``: the whole run's trades table against the session (exactly once, by agg id).
     ``then_kill_broker``: then, on the same stack, `broker_killed`'s fault once (its row last; the sink
-    still goes through the proxy, now clean): what the test does, to start one stack, not two."""
+    still goes through the proxy, now clean), the sink paused ``sink_pause_s`` before the kill: what the
+    test does, to start one stack, not two."""
     from tests.support.endurance import live_stack
 
     spec, expected = _session(duration_s, trades_per_s, symbol)
@@ -430,7 +442,7 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
                       rules.close)
         detail["sink_pid_same"] = sink_pid == stack.service_pid("sink")
         if then_kill_broker:
-            _kill_phase(stack, detail, symbol, 1, 0.0, trades_per_s)
+            _kill_phase(stack, detail, symbol, 1, 0.0, trades_per_s, sink_pause_s)
         _finish(stack, detail, symbol, duration_s)
         detail["proxy"] = {"connections": proxy.connections, "bytes": proxy.bytes}
 
