@@ -157,7 +157,7 @@ def columns_as_records(cols, symbol="BTCUSDT"):
                                             cols.last_trade_id, cols.time_ms, cols.taker_sell, strict=True)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(rows=st.lists(st.tuples(
     st.integers(0, 2**62), st.decimals(min_value="0.00000001", max_value="99999999", places=8, allow_nan=False),
     st.floats(min_value=1e-8, max_value=1e9, allow_nan=False, allow_infinity=False), st.integers(0, 2**40),
