@@ -23,7 +23,7 @@ from producers.metrics import ProducerMetrics
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from tapeflow_runtime.endpoints import resolve_broker
-from tapeflow_runtime.epochs import ProducePrefix
+from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, ProducePrefix
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.publisher import Publisher
 from tapeflow_runtime.service_http import build_app, serve
@@ -57,7 +57,8 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     # checkpoint) keep the stack's base prefix, which no rollover changes
     produce_prefix = ProducePrefix(settings.epochs_file, settings.topic_prefix) if settings.epochs_file else None
     publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
-                          topic_prefix=produce_prefix() if produce_prefix else settings.topic_prefix)
+                          topic_prefix=produce_prefix() if produce_prefix else settings.topic_prefix,
+                          **(EPOCH_PRODUCER_CONFIG if produce_prefix else {}))
     if options.exchange == "bybit":
         from producers.bybit.producer import LIVE_WS as BYBIT_WS
         from producers.bybit.producer import BybitProducer, BybitProducerConfig

@@ -35,6 +35,12 @@ EPOCHS_FILE = "epochs.json"
 STEPS = ("open", "switch", "engine", "executor", "sink", "delete")
 PRODUCE_NEXT_FROM = STEPS.index("switch")
 
+#: librdkafka settings of a producer that follows the epochs (it outlives them): never auto-create a
+#: topic. librdkafka's producer default allows it, its periodic metadata refresh (every 5 minutes)
+#: asks for every topic the producer has written, and Tansu then re-creates each deleted epoch topic
+#: as an empty 4-partition one that no rollover deletes again (``benchmarks/bench_broker_epochs.py``)
+EPOCH_PRODUCER_CONFIG = {"allow.auto.create.topics": False}
+
 
 def rollover_enabled(settings) -> bool:
     """Only the embedded broker needs epochs (Kafka trims partitions itself); not a rehearsal either

@@ -81,3 +81,31 @@ def test_a_failed_topic_deletion_still_fails_the_step_so_it_is_retried(tmp_path,
     roller, _said = roller_on_delete_step(tmp_path, monkeypatch, admin)
     with pytest.raises(KafkaException):
         roller._step_delete("fake:9092")
+
+
+@pytest.mark.integration
+def test_a_live_producer_does_not_bring_a_deleted_epoch_topic_back(kafka_bootstrap, topic_prefix):
+    """The live producer outlives epochs. With librdkafka's producer default (auto-create allowed),
+    its periodic metadata refresh re-created every deleted topic it had written, as an empty
+    4-partition topic on Tansu, undoing the delete step within 5 minutes (bench_broker_epochs);
+    ``producers.service`` gives it ``EPOCH_PRODUCER_CONFIG``."""
+    import time
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import NewTopic
+
+    from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG
+    from tapeflow_runtime.kafka_client import admin_client, producer_config
+
+    topic = topic_prefix + "e1.md.trades"
+    admin = admin_client(kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=-1)])[topic].result(30)
+    producer = Producer(producer_config(kafka_bootstrap, **EPOCH_PRODUCER_CONFIG,
+                                        **{"topic.metadata.refresh.interval.ms": 500}))
+    producer.produce(topic, value=b"x")
+    assert producer.flush(30) == 0
+    admin.delete_topics([topic], operation_timeout=30)[topic].result(60)
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:  # several metadata refreshes
+        producer.poll(0.2)
+        assert topic not in admin.list_topics(timeout=10).topics
