@@ -7,24 +7,15 @@ raises `FrameError` with the reason, so the producer can dead-letter it and keep
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from producers.base.book import DepthDiff, DepthSnapshot, diff_record
-from producers.base.frames import FrameError
+from producers.base.frames import FrameError, finite_number
 
 EXCHANGE = "binance"
 
 
-def _number(raw: Any, field: str) -> float:
-    """A finite float from a Binance number (sent as text): "nan"/"inf" would parse and poison every
-    bar and feature downstream, and a boolean is not a number."""
-    if isinstance(raw, bool):
-        raise TypeError(f"{field}={raw!r} is not a number")
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError(f"{field}={raw!r} is not finite")
-    return value
+_number = finite_number  # (producers.base.frames)
 
 
 def _taker_side(maker: Any) -> str:

@@ -21,13 +21,12 @@ Mappings that are not one-to-one (each is a decision, documented where it is mad
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from producers.base.book import DepthDiff, diff_record
-from producers.base.frames import FrameError
+from producers.base.frames import FrameError, finite_number
 
 EXCHANGE = "bybit"
 TAKER_SIDES = {"Buy": "BUY", "Sell": "SELL"}
@@ -64,13 +63,7 @@ def _normalising(kind: str) -> Callable[[F], F]:
     return wrap
 
 
-def _finite(raw: Any, what: str) -> float:
-    if isinstance(raw, bool):
-        raise TypeError(f"{what}={raw!r} is not a number")
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError(f"{what}={raw!r} is not finite")
-    return value
+_finite = finite_number  # (producers.base.frames)
 
 
 def _levels(raw: Any) -> tuple[tuple[float, float], ...]:

@@ -98,3 +98,16 @@ def mutated(base: dict, keys: list[str], values: st.SearchStrategy = numberish) 
         "replace": st.dictionaries(st.sampled_from(keys), values, max_size=3),
         "drop": st.sets(st.sampled_from(keys), max_size=2),
     }).map(lambda m: {k: v for k, v in {**base, **m["replace"]}.items() if k not in m["drop"]})
+
+
+def floats_in(value) -> list[float]:
+    """Every float inside a parsed value (dicts, lists, tuples, dataclasses), for "no nan/inf got through"."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in floats_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in floats_in(v)]
+    if hasattr(value, "__dataclass_fields__"):
+        return [x for name in value.__dataclass_fields__ for x in floats_in(getattr(value, name))]
+    return []

@@ -30,7 +30,7 @@ from producers.binance.indicator_parse import (
     perp_mark_price,
     spot_mid_price,
 )
-from tests.support.fuzz import FUZZ, json_values, mutated, numberish, outcome
+from tests.support.fuzz import FUZZ, floats_in, json_values, mutated, numberish, outcome
 
 S, R = "BTCUSDT", 1_700_000_000_000
 
@@ -65,23 +65,11 @@ PARSERS = {
 }
 
 
-def _floats(value) -> list[float]:
-    if isinstance(value, float):
-        return [value]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _floats(v)]
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _floats(v)]
-    if hasattr(value, "__dataclass_fields__"):
-        return [x for name in value.__dataclass_fields__ for x in _floats(getattr(value, name))]
-    return []
-
-
 def _check(name: str, body) -> None:
     parse = PARSERS[name][0] if name != "markPriceKlines" else (lambda b: parse_mark_price_klines(b, S))
     result, _ = outcome(parse, body, errors=IndicatorParseError)
     if result is not None:
-        assert all(math.isfinite(x) for x in _floats(result)), f"{name}: non-finite number from {body!r}"
+        assert all(math.isfinite(x) for x in floats_in(result)), f"{name}: non-finite number from {body!r}"
 
 
 @FUZZ

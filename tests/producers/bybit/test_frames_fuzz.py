@@ -24,7 +24,7 @@ from producers.bybit.parse import (
     ticker_fields,
 )
 from producers.bybit.ws_stream import BybitStream, BybitStreamConfig
-from tests.support.fuzz import FUZZ, json_values, mutated, numberish, one_line, outcome
+from tests.support.fuzz import FUZZ, floats_in, json_values, mutated, numberish, one_line, outcome
 
 RECEIVED = 1_700_000_000_123
 
@@ -49,23 +49,11 @@ PARSERS = {
 }
 
 
-def _floats(value) -> list[float]:
-    if isinstance(value, float):
-        return [value]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _floats(v)]
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _floats(v)]
-    if hasattr(value, "__dataclass_fields__"):
-        return [x for name in value.__dataclass_fields__ for x in _floats(getattr(value, name))]
-    return []
-
-
 def _check(kind: str, msg) -> None:
     parse = PARSERS[kind][0]
     result, _ = outcome(parse, msg, errors=FrameError)
     if result is not None:
-        assert all(math.isfinite(x) for x in _floats(result)), f"{kind}: non-finite number from {msg!r}"
+        assert all(math.isfinite(x) for x in floats_in(result)), f"{kind}: non-finite number from {msg!r}"
 
 
 def _odd(kind: str) -> st.SearchStrategy[tuple[str, dict]]:
