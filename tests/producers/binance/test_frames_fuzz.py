@@ -27,7 +27,7 @@ from producers.binance.parse import (
     parse_rest_agg_trade,
     stream_kind,
 )
-from tests.support.fuzz import FUZZ, json_values, mutated, numberish, one_line, outcome
+from tests.support.fuzz import FUZZ, floats_in, json_values, mutated, numberish, one_line, outcome
 
 RECEIVED = 1_700_000_000_123
 
@@ -52,24 +52,11 @@ WS_PARSERS = {
 }
 
 
-def _numbers(value) -> list[float]:
-    """Every float in a parsed record (dict, DepthDiff/DepthSnapshot levels)."""
-    if isinstance(value, float):
-        return [value]
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _numbers(v)]
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _numbers(v)]
-    if hasattr(value, "__slots__") or hasattr(value, "__dataclass_fields__"):
-        return [x for name in value.__dataclass_fields__ for x in _numbers(getattr(value, name))]
-    return []
-
-
 def _check(kind: str, frame) -> None:
     parse, _ = WS_PARSERS[kind]
     record, _err = outcome(parse, frame, errors=FrameError)
     if record is not None:
-        bad = [x for x in _numbers(record) if not math.isfinite(x)]
+        bad = [x for x in floats_in(record) if not math.isfinite(x)]
         assert not bad, f"{kind}: non-finite number accepted from {frame!r}"
         if kind in ("aggTrade", "REST aggTrade"):
             assert isinstance(frame["m"], bool), f"{kind}: taker side taken from m={frame['m']!r}"
