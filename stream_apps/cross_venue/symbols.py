@@ -1,0 +1,79 @@
+"""Venue symbols to the coin they trade: the key of every cross-venue feature.
+
+Binance and Bybit name a USD-margined perpetual ``<BASE><QUOTE>`` (``BTCUSDT``); OKX names a swap
+``<BASE>-<QUOTE>-SWAP`` (``BTC-USDT-SWAP``) and a spot pair ``<BASE>-<QUOTE>``. Low-priced coins are
+listed per 1,000 or more units on Binance and Bybit (``1000PEPEUSDT`` quotes 1,000 PEPE) but per one
+unit on OKX (``PEPE-USDT-SWAP``), so an instrument carries its ``multiplier``: a quoted price divided
+by it is the price of one coin, which is what two venues' books are compared in.
+
+Why hand-rolled: a dozen lines of suffix rules; the exchanges' instrument lists (which would give base,
+quote and multiplier exactly) are the producers' business, and this package imports no producer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# longest first, so "BTCUSDT" is BTC/USDT and not BTCUSD/T; FDUSD before USD for the same reason
+QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "USD")
+_MULTIPLIER = re.compile(r"^(10{3,})([A-Z].*)$")  # 1000PEPE, 10000SATS, 1000000MOG (not 1INCH)
+_PLAIN = re.compile(r"^[A-Z0-9]+$")
+
+
+class SymbolError(ValueError):
+    """A symbol this module cannot map to a coin; the message names it and says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """What one venue symbol trades: ``coin`` priced in ``quote``, ``multiplier`` coins per quoted unit."""
+
+    coin: str  # e.g. "BTC", "PEPE"
+    quote: str  # e.g. "USDT"
+    multiplier: int = 1  # 1000 for 1000PEPEUSDT: price / multiplier is the price of one coin
+    kind: str = "perp"  # "perp" or "spot" (OKX spot pairs; Binance/Bybit symbols are read as perps)
+
+
+def _base(raw: str, symbol: str) -> tuple[str, int]:
+    match = _MULTIPLIER.match(raw)
+    if match:
+        return match.group(2), int(match.group(1))
+    if not raw:
+        raise SymbolError(f"symbol {symbol!r}: no base currency before the quote")
+    return raw, 1
+
+
+def instrument(exchange: str, symbol: str) -> Instrument:
+    """The coin, quote and multiplier of `symbol` on `exchange` (upper-case venue symbols).
+
+    >>> instrument("okx", "BTC-USDT-SWAP")
+    Instrument(coin='BTC', quote='USDT', multiplier=1, kind='perp')
+    >>> instrument("binance", "1000PEPEUSDT")
+    Instrument(coin='PEPE', quote='USDT', multiplier=1000, kind='perp')
+    """
+    s = symbol.strip().upper()
+    if "-" in s:  # OKX style: BASE-QUOTE[-SWAP]
+        parts = s.split("-")
+        if len(parts) == 3 and parts[2] == "SWAP":
+            kind = "perp"
+        elif len(parts) == 2:
+            kind = "spot"
+        else:
+            raise SymbolError(f"symbol {symbol!r} on {exchange}: expected BASE-QUOTE-SWAP or BASE-QUOTE")
+        if not all(_PLAIN.match(p) for p in parts[:2]):
+            raise SymbolError(f"symbol {symbol!r} on {exchange}: base and quote must be letters and digits")
+        coin, multiplier = _base(parts[0], symbol)
+        return Instrument(coin, parts[1], multiplier, kind)
+    if not _PLAIN.match(s):
+        raise SymbolError(f"symbol {symbol!r} on {exchange}: expected letters and digits such as BTCUSDT")
+    for quote in QUOTES:
+        if s.endswith(quote):
+            coin, multiplier = _base(s[: -len(quote)], symbol)
+            return Instrument(coin, quote, multiplier)
+    raise SymbolError(f"symbol {symbol!r} on {exchange}: no known quote currency at its end ({', '.join(QUOTES)})")
+
+
+def coin_of(exchange: str, symbol: str) -> str:
+    """The coin key of a venue symbol: ``coin_of("okx", "BTC-USDT-SWAP") == coin_of("binance", "BTCUSDT") == "BTC"``."""
+    return instrument(exchange, symbol).coin
