@@ -1,0 +1,260 @@
+"""The OKX USDT-perpetual producer: one public websocket per process, normalised records to the md.* topics.
+
+Same shape, topics, schemas, `Publisher` and `ProducerMetrics` as the Binance and Bybit producers,
+keyed `okx:<SYMBOL>` with tapeflow's symbol (`BTCUSDT`, subscribed as `BTC-USDT-SWAP`; `schemas.symbols`).
+Wiring only; the decisions live in small pure pieces: `parse` (push → record, contracts → base coin),
+`OkxTradeNumbering` (consecutive agg ids; a hole in OKX's trade ids published on `md.gaps`),
+`OkxBookSync` (verified book from snapshot + `prevSeqId`-chained updates, REST snapshot after a break)
+and `OkxMarkState` (mark + index + funding → `md.mark`).
+
+Startup: `GET /api/v5/public/instruments?instType=SWAP` gives each swap's contract value (`ctVal`);
+without it no size can be converted, so the producer retries it (status `unreachable`) before it
+subscribes. Channels per symbol: `trades`, `books`, `mark-price`, `funding-rate` on the swap and
+`index-tickers` on its index (`BTC-USDT`); `md.indicators` gets the funding rate with its interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from producers.base.book import DepthDiff
+from producers.base.stream import sleep_or_stop
+from producers.base.venue import VenueProducer
+from producers.metrics import ProducerMetrics
+from producers.okx.book_sync import OkxBookSync
+from producers.okx.mark_state import OkxMarkState
+from producers.okx.parse import (
+    EXCHANGE,
+    FrameError,
+    Instrument,
+    TradePrint,
+    okx_depth_record,
+    parse_books,
+    parse_funding_rate,
+    parse_index_tickers,
+    parse_instruments,
+    parse_mark_price,
+    parse_rest_books,
+    parse_trades,
+)
+from producers.okx.rest import LIVE_REST, OkxRestClient, OkxRestRejected, OkxRestUnavailable
+from producers.okx.trade_numbering import OkxTradeNumbering
+from producers.okx.ws_stream import OkxStream, OkxStreamConfig
+from schemas.errors import SchemaValidationError
+from schemas.symbols import okx_index_id, okx_swap_inst_id
+from tapeflow_runtime.publisher import Publisher
+
+log = structlog.get_logger("producer.okx")
+
+LIVE_WS = "wss://ws.okx.com:8443/ws/v5/public"
+BOOK_CHANNEL = "books"  # 400 levels, snapshot then 100-ms increments chained by seqId/prevSeqId
+REST_BOOK_DEPTH = 400
+
+
+@dataclass
+class OkxProducerConfig:
+    """What one OKX producer process streams and where from (tapeflow symbols, e.g. BTCUSDT)."""
+
+    symbols: list[str]
+    ws_url: str = LIVE_WS  # .../ws/v5/public
+    rest_url: str = LIVE_REST
+    book_depth: int = 20  # levels per side in md.book
+    book_interval_ms: int = 250  # 0: publish md.book after every verified update
+    replay_control_url: str | None = None  # fake exchange: a replay (ends with the fake's end-of-replay marker)
+    rest_give_up_after_s: float = 60.0
+    stream_config: dict[str, Any] = field(default_factory=dict)  # OkxStreamConfig overrides
+
+    def streams(self) -> list[str]:
+        out = []
+        for sym in self.symbols:
+            inst = okx_swap_inst_id(sym)
+            out += [f"trades:{inst}", f"{BOOK_CHANNEL}:{inst}", f"mark-price:{inst}", f"funding-rate:{inst}",
+                    f"index-tickers:{okx_index_id(sym)}"]
+        return out
+
+
+class OkxProducer(VenueProducer):
+    """One websocket's pushes → md.* records, keyed `okx:<SYMBOL>`; same entry points as the other venues."""
+
+    exchange = EXCHANGE
+    dlq_source = "ws:okx:"
+
+    def __init__(self, config: OkxProducerConfig, publisher: Publisher, metrics: ProducerMetrics) -> None:
+        super().__init__(publisher, metrics, book_depth=config.book_depth, book_interval_ms=config.book_interval_ms)
+        self.config = config
+        self.swap_symbols = {okx_swap_inst_id(s): s for s in config.symbols}
+        self.index_symbols = {okx_index_id(s): s for s in config.symbols}
+        self.instruments: dict[str, Instrument] = {}
+        self.books: dict[str, OkxBookSync] = {s: OkxBookSync(s) for s in config.symbols}
+        self.numbering = {s: OkxTradeNumbering(s) for s in config.symbols}
+        self.marks = {s: OkxMarkState(s) for s in config.symbols}
+        self._funding_published: dict[str, tuple] = {}
+        self.rest = OkxRestClient(config.rest_url, metrics, give_up_after_s=config.rest_give_up_after_s)
+        self.stream = OkxStream(OkxStreamConfig(config.ws_url, config.streams(),
+                                                replay_end=config.replay_control_url is not None,
+                                                **config.stream_config),
+                                self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect,
+                                self._on_replay_end)
+        self._book_updates: dict[str, int] = dict.fromkeys(config.symbols, 0)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> str:
+        """Load the instruments, then stream until `stop` (or the end of a replay); returns why it ended."""
+        self._stop = stop
+        try:
+            if await self._load_instruments(stop):
+                workers = [asyncio.create_task(self.stream.run(stop), name="ws"),
+                           asyncio.create_task(self._book_snapshots(stop), name="book"),
+                           asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
+                await stop.wait()
+                await asyncio.wait(workers[:1], timeout=5.0)  # the stream closes its connection on `stop`
+                for t in workers:
+                    t.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+            await self._repairs.cancel_all()
+        finally:
+            await self.rest.close()
+        self.undelivered = await asyncio.to_thread(self.publisher.flush, 30.0) + len(self.publisher.failed)
+        if self.status.state == "replay-finished":
+            return "replay-finished"
+        self.status.set("stopped")
+        return "stopped"
+
+    async def _load_instruments(self, stop: asyncio.Event) -> bool:
+        """Contract values of the subscribed swaps; retried until they come or `stop` (False)."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                body = await self.rest.get("/api/v5/public/instruments", {"instType": "SWAP"})
+                known = parse_instruments(body)
+                missing = sorted(set(self.swap_symbols) - set(known))
+                if missing:
+                    raise FrameError(f"OKX lists no linear swap {', '.join(missing)}")
+                self.instruments = {i: known[i] for i in self.swap_symbols}
+                log.info("okx instruments loaded", ct_val={i: str(v.ct_val) for i, v in self.instruments.items()})
+                return True
+            except (OkxRestUnavailable, OkxRestRejected, FrameError) as exc:
+                self.status.set("unreachable", f"cannot load OKX instruments from {self.config.rest_url}: {exc}")
+                log.error("okx instruments unavailable", error=str(exc))
+            if await sleep_or_stop(stop, delay):
+                return False
+            delay = min(delay * 2, 30.0)
+        return False
+
+    # --- messages -------------------------------------------------------------------------------
+    def on_frame(self, topic: str, msg: dict, received: int, raw: bytes) -> None:
+        channel = topic.split(":", 1)[0]
+        try:
+            inst_id = topic.split(":", 1)[1]
+            symbol = self.swap_symbols.get(inst_id) or self.index_symbols.get(inst_id)
+            if symbol is None:
+                raise FrameError(f"{topic}: instrument not subscribed")
+            self.metrics.saw_event(channel, EXCHANGE, symbol)
+            if channel == "trades":
+                self._on_trades(parse_trades(msg, self.instruments[inst_id], received))
+            elif channel == BOOK_CHANNEL:
+                self._on_book(parse_books(msg, self.instruments[inst_id], received))
+            elif channel == "mark-price":
+                for _, price, ts in parse_mark_price(msg):
+                    self._publish_mark(self.marks[symbol].on_mark(price, ts, received), received)
+            elif channel == "index-tickers":
+                for _, price, ts in parse_index_tickers(msg):
+                    self._publish_mark(self.marks[symbol].on_index(price, ts, received), received)
+            elif channel == "funding-rate":
+                for point in parse_funding_rate(msg):
+                    self._publish_mark(self.marks[symbol].on_funding(point.rate, point.funding_time, point.ts,
+                                                                     received), received)
+                    key = (point.rate, point.funding_time, point.next_funding_time)
+                    if self._funding_published.get(symbol) != key:
+                        self._funding_published[symbol] = key
+                        self.publisher.publish("md.indicators", self._key(symbol), point.indicator(symbol, received),
+                                               received)
+            else:
+                raise FrameError(f"unexpected channel {channel!r}")
+        except (FrameError, SchemaValidationError) as exc:
+            self._bad_frame(raw, str(exc), stream=channel)
+
+    def _publish_mark(self, record: dict | None, received: int) -> None:
+        if record is not None:
+            self.publisher.publish("md.mark", self._key(record["symbol"]), record, received)
+
+    def _on_trades(self, prints: list[TradePrint]) -> None:
+        for p in prints:
+            record, hole = self.numbering[p.symbol].number(p)
+            if hole is not None:
+                self.metrics.gaps_detected.labels(p.symbol).inc()
+                self.metrics.gaps_unfilled.labels(p.symbol).inc()
+                log.warning("okx trade gap", symbol=p.symbol, from_id=hole.gap.from_id, to_id=hole.gap.to_id,
+                            reason=hole.reason())
+                self._publish_gap(p.symbol, hole.gap.from_id, hole.gap.to_id, hole.reason())
+            if record is not None:
+                self.publisher.publish("md.trades", self._key(p.symbol), record, p.receive_time)
+            else:
+                self.metrics.duplicates_dropped.labels(p.symbol).inc()
+
+    def _on_book(self, diff: DepthDiff) -> None:
+        book = self.books[diff.symbol]
+        result = book.on_diff(diff)
+        self._publish_applied(book, result.applied)
+        if result.resync_reason:
+            self._count_resync(book.symbol, result.resync_reason)
+            self._repairs.ensure(f"snapshot:{book.symbol}", self._rest_snapshot(book))
+
+    def _publish_applied(self, book: OkxBookSync, applied: list[DepthDiff]) -> None:
+        for d in applied:
+            self.publisher.publish("md.depth", self._key(book.symbol), okx_depth_record(d), d.receive_time)
+        self._book_updates[book.symbol] += len(applied)
+        if applied and self.config.book_interval_ms == 0 and book.is_live:
+            self.publish_book(book)
+
+    # --- book recovery --------------------------------------------------------------------------
+    async def _rest_snapshot(self, book: OkxBookSync) -> None:
+        """REST snapshots until the book is live again (a websocket snapshot may also come first)."""
+        assert self._stop is not None
+        instrument = self.instruments[okx_swap_inst_id(book.symbol)]
+        delay = 0.2
+        while book.needs_snapshot and not self._stop.is_set():
+            try:
+                body = await self.rest.get("/api/v5/market/books", {"instId": instrument.inst_id,
+                                                                    "sz": str(REST_BOOK_DEPTH)})
+                snap = parse_rest_books(body, instrument, int(time.time() * 1000))
+            except (OkxRestUnavailable, OkxRestRejected, FrameError) as exc:
+                log.warning("okx book snapshot failed", symbol=book.symbol, error=str(exc))
+            else:
+                result = book.on_rest_snapshot(snap)
+                self._publish_applied(book, result.applied)
+                if result.resync_reason:
+                    self._count_resync(book.symbol, result.resync_reason)
+                elif book.is_live:
+                    log.info("okx book resynchronised from REST", symbol=book.symbol, seq_id=snap.last_update_id)
+                    return
+            if await sleep_or_stop(self._stop, delay):
+                return
+            delay = min(delay * 2, 5.0)
+
+    # --- VenueProducer hooks ---------------------------------------------------------------------------
+    def _book_version(self, symbol: str) -> int:
+        return self._book_updates[symbol]
+
+    def _connected_detail(self) -> str:
+        return f"connected: {len(self.config.streams())} channels, {len(self.config.symbols)} symbols"
+
+    def _continuity_counts(self) -> dict[str, int]:
+        return {"duplicates dropped": sum(n.counters.duplicates for n in self.numbering.values()),
+                "gaps unfilled": sum(n.counters.gaps for n in self.numbering.values())}
+
+    def _health_extra(self) -> dict:
+        return {"trade_gaps": sum(n.counters.gaps for n in self.numbering.values()),
+                "instruments_loaded": len(self.instruments)}
+
+    def _on_reconnect(self, reason: str) -> None:
+        super()._on_reconnect(reason)
+        if reason == "rotation":
+            return  # the old connection keeps delivering until the new one does: nothing is lost
+        for book in self.books.values():
+            book.invalidate()  # the next connection's subscription brings a fresh snapshot
