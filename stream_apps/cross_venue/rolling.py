@@ -19,7 +19,9 @@ most one per ``sample_ms`` (the caller samples on that grid), so the window neve
 How it stays O(1): running sums (count, sum, sum of squares, and time sums for the slope) are added
 to when a sample arrives and subtracted from when it leaves; min and max are monotonic deques; each
 sample stores its own crossing flag and absolute change against its predecessor, so the window's
-counts are running totals too (minus the oldest sample's, whose predecessor has left). Subtracting
+counts are running totals too (minus the oldest sample's, whose predecessor has left). A window that
+gained or lost no sample since it was last asked answers from its last result (a 12 h window sampled
+every minute changes once a minute, however often it is evaluated). Subtracting
 floats accumulates rounding, so values and times are stored relative to a reference taken from the
 window, and the sums are recomputed exactly from the stored samples (numpy, O(capacity)) once every
 ``capacity`` samples: O(1) amortised, and never more than one window of rounding.
@@ -84,11 +86,17 @@ class RollingWindow:
         self._since_rebuild = 0
         self._min: deque[tuple[int, float]] = deque()
         self._max: deque[tuple[int, float]] = deque()
+        self._oldest_t = 0  # time of the oldest sample (a Python int: the fast path of expire reads it)
+        self._cached: WindowStats | None = None  # the last stats answer, until a sample comes or goes
+        self._cached_name = ""
 
     # -- updates ------------------------------------------------------------------------------
     def expire(self, now_ms: int) -> None:
         """Drop the samples with time <= ``now_ms - window_ms``."""
         cut = now_ms - self.window_ms
+        if self.n == 0 or self._oldest_t > cut:  # nothing leaves (min/max deques hold no older sample)
+            return
+        self._cached = None
         cap = self.capacity
         while self.n and self._t[self._start] <= cut:
             i = self._start
@@ -109,6 +117,8 @@ class RollingWindow:
             self._max.popleft()
         if self.n == 0:
             self._reset_reference()
+        else:
+            self._oldest_t = int(self._t[self._start])
 
     def add(self, t_ms: int, value: float) -> None:
         """Add the sample ``(t_ms, value)``; sample times must be at least ``sample_ms`` apart."""
@@ -117,8 +127,10 @@ class RollingWindow:
         if self._last_t is not None and t_ms - self._last_t < self.sample_ms:
             raise ValueError(f"samples {self._last_t} then {t_ms}: closer than sample_ms={self.sample_ms}")
         self.expire(t_ms)
+        self._cached = None
         if self.n == 0:
             self._k, self._t0 = value, t_ms
+            self._oldest_t = t_ms
         i = (self._start + self.n) % self.capacity
         had_predecessor = self.n > 0
         t = (t_ms - self._t0) / 1000.0
@@ -178,6 +190,13 @@ class RollingWindow:
     def stats(self, now_ms: int, name: str = "window") -> WindowStats:
         """Statistics of the samples within the window ending at ``now_ms`` (expires older ones)."""
         self.expire(now_ms)
+        if self._cached is not None and self._cached_name == name:
+            return self._cached
+        self._cached = self._stats(name)
+        self._cached_name = name
+        return self._cached
+
+    def _stats(self, name: str) -> WindowStats:
         n = self.n
         if n == 0:
             why = f"{name} has no sample"
