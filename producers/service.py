@@ -1,4 +1,5 @@
-"""`tapeflow produce`: run the Binance producer as a process (signals, metrics/health port, flush on exit).
+"""`tapeflow produce`: run an exchange producer (Binance, Bybit or OKX) as a process (signals, metrics/health
+port, flush on exit).
 
 Exit codes: 0 after a clean stop or the end of a replay, 1 when records could not be delivered.
 """
@@ -43,6 +44,8 @@ class ProduceOptions:
     metrics_host: str = "127.0.0.1"
     exchange: str = "binance"
     bybit_ws_url: str | None = None
+    okx_ws_url: str | None = None
+    okx_rest_url: str | None = None
     warm_start_hours: float = 0.0  # Binance: prime md.* with this many hours of history first (0: off)
     vision_url: str = "https://data.binance.vision"
 
@@ -67,6 +70,15 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
                                                      ws_url=options.bybit_ws_url or BYBIT_WS,
                                                      replay_control_url=options.replay_control_url),
                                  publisher, metrics)
+    elif options.exchange == "okx":
+        from producers.okx.producer import LIVE_WS as OKX_WS
+        from producers.okx.producer import OkxProducer, OkxProducerConfig
+        from producers.okx.rest import LIVE_REST as OKX_REST
+
+        producer = OkxProducer(OkxProducerConfig(symbols=list(settings.symbols), ws_url=options.okx_ws_url or OKX_WS,
+                                                 rest_url=options.okx_rest_url or OKX_REST,
+                                                 replay_control_url=options.replay_control_url),
+                               publisher, metrics)
     else:
         warm = None
         history_in_topics = None

@@ -190,9 +190,14 @@ def version() -> None:
 # --- market data ----------------------------------------------------------------------------------
 @app.command()
 def produce(
-    exchange: str = typer.Option("binance", "--exchange", help="binance (USD-M futures) or bybit (v5 linear)."),
+    exchange: str = typer.Option("binance", "--exchange",
+                                 help="binance (USD-M futures), bybit (v5 linear) or okx (USDT perpetual swaps)."),
     bybit_ws_url: str | None = typer.Option(
         None, "--bybit-ws-url", help="Bybit v5 public linear websocket URL (default: wss://stream.bybit.com/v5/public/linear)."),
+    okx_ws_url: str | None = typer.Option(
+        None, "--okx-ws-url", help="OKX v5 public websocket URL (default: wss://ws.okx.com:8443/ws/v5/public)."),
+    okx_rest_url: str | None = typer.Option(
+        None, "--okx-rest-url", help="OKX v5 REST base URL for instruments and book snapshots (default: https://www.okx.com)."),
     ws_url: str = typer.Option("wss://fstream.binance.com", "--ws-url", help="Binance USD-M websocket base URL."),
     rest_url: str = typer.Option(BINANCE_REST_URL, "--rest-url", help="Binance USD-M REST base URL."),
     spot_url: str = typer.Option("https://api.binance.com", "--spot-url", help="Binance spot REST (divergence)."),
@@ -215,7 +220,8 @@ def produce(
                                    "fake exchange serves both)."),
 ) -> None:
     """Run an exchange producer into the md.* topics (Binance: aggTrade, depth, markPrice, forceOrder, REST
-    indicators; Bybit: publicTrade, orderbook.50, allLiquidation, tickers)."""
+    indicators; Bybit: publicTrade, orderbook.50, allLiquidation, tickers; OKX: trades, books, mark-price,
+    index-tickers, funding-rate on SYMBOL's -SWAP, e.g. BTCUSDT as BTC-USDT-SWAP, sizes converted to base coin)."""
     import asyncio
 
     from producers.service import ProduceOptions, run_producer
@@ -230,13 +236,14 @@ def produce(
 
         state._settings = settings.model_copy(update={"symbols": list(load_recording(settings.replay_dir).symbols)})
         settings = state._settings
-    if exchange not in ("binance", "bybit"):
-        raise fail(f"unknown exchange {exchange!r}: expected binance or bybit", 2)
+    if exchange not in ("binance", "bybit", "okx"):
+        raise fail(f"unknown exchange {exchange!r}: expected binance, bybit or okx", 2)
     if warm_start_hours is None:
         warm_start_hours = 0.0 if replay_control_url else settings.warm_start_hours
     if vision_url is None:
         vision_url = "https://data.binance.vision" if rest_url == BINANCE_REST_URL else rest_url
-    options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, ws_base_url=ws_url, rest_base_url=rest_url,
+    options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, okx_ws_url=okx_ws_url,
+                             okx_rest_url=okx_rest_url, ws_base_url=ws_url, rest_base_url=rest_url,
                              spot_base_url=spot_url, coinbase_base_url=coinbase_url,
                              replay_control_url=replay_control_url, metrics_port=metrics_port,
                              metrics_host=settings.metrics_host,

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "backtest": 4,
     "tapeflow": 5,
 }
-VENUES = ("binance", "bybit")
+VENUES = ("binance", "bybit", "okx")
 
 
 def module_name(path: Path) -> str:

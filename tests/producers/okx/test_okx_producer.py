@@ -1,0 +1,243 @@
+"""The OKX producer end to end: fake OKX exchange → producer → real broker → decoded topics.
+
+Expected values are rebuilt here from the session's raw pushes with plain dicts and Decimal (books in
+contracts × ctVal, merged mark/index/funding, trade rows), independently of the producer's code.
+Checks what a user relies on: every trade once and in order with consecutive ids and base-coin sizes,
+a verified book through heartbeats and a sequence reset, a lost book update recovered from a REST
+snapshot, a lost trade push reported on md.gaps with the exact OKX ids, mark and funding normalised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+
+import pytest
+
+from fake_exchange.okx import OkxSyntheticSpec, generate_okx_session, serve_okx
+from producers.metrics import ProducerMetrics
+from producers.okx.producer import OkxProducer, OkxProducerConfig
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
+from tapeflow_runtime.kafka_client import ensure_topics
+from tapeflow_runtime.publisher import Publisher
+from tests.producers.bybit.test_bybit_producer import read_topics, sample
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+INST = {"BTCUSDT": "BTC-USDT-SWAP", "ETHUSDT": "ETH-USDT-SWAP"}
+
+
+async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, speed=10.0):
+    ensure_topics(bootstrap, prefix=prefix)
+    fake = await serve_okx(session, speed=speed, faults=faults or {})
+    metrics = ProducerMetrics()
+    publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
+    config = OkxProducerConfig(symbols=SYMBOLS, ws_url=fake.public_url, rest_url=fake.rest_url, book_interval_ms=0,
+                               replay_control_url=fake.rest_url, stream_config={"ping_interval_s": 0.2})
+    producer = OkxProducer(config, publisher, metrics)
+    stop = asyncio.Event()
+    try:
+        task = asyncio.create_task(producer.run(stop))
+        if during is not None:
+            await during(fake, producer)
+        ended = await asyncio.wait_for(task, 60)
+    finally:
+        stop.set()
+        await fake.stop()
+    return producer, metrics, ended, publisher, fake
+
+
+def pushes(session, channel, inst_id):
+    return [json.loads(f.data) for f in session.frames if f.stream == f"{channel}:{inst_id}"]
+
+
+def books_by_seq(session, symbol):
+    """{seqId: (bids, asks)} in base coin ({Decimal price: Decimal qty}) after the snapshot and every update."""
+    st = session.initial[symbol]
+    ct = Decimal(st.ct_val)
+    bids = {Decimal(p): Decimal(q) * ct for p, q in st.bids.items()}
+    asks = {Decimal(p): Decimal(q) * ct for p, q in st.asks.items()}
+    out = {st.seq_id: (dict(bids), dict(asks))}
+    for msg in pushes(session, "books", st.inst_id):
+        row = msg["data"][0]
+        for side, levels in ((bids, row["bids"]), (asks, row["asks"])):
+            for p, q, *_ in levels:
+                if Decimal(q) == 0:
+                    side.pop(Decimal(p), None)
+                else:
+                    side[Decimal(p)] = Decimal(q) * ct
+        out[row["seqId"]] = (dict(bids), dict(asks))
+    return out
+
+
+def check_depth_and_books(records, books, symbol):
+    """md.depth chains and rebuilds the exchange's book exactly; every md.book is that book's top 20."""
+    depth = [r for r in records["md.depth"] if r["symbol"] == symbol]
+    assert depth and depth[0]["prev_final_update_id"] is None
+    bids, asks, last = {}, {}, None
+    for r in depth:
+        assert r["exchange"] == "okx" and r["key"] == f"okx:{symbol}"
+        if r["prev_final_update_id"] is None:
+            bids, asks = {}, {}
+        else:
+            assert r["prev_final_update_id"] == last
+        for side, levels in ((bids, r["bids"]), (asks, r["asks"])):
+            for lvl in levels:
+                if lvl["qty"] == 0:
+                    side.pop(Decimal(str(lvl["price"])), None)
+                else:
+                    side[Decimal(str(lvl["price"]))] = Decimal(str(lvl["qty"]))
+        last = r["final_update_id"]
+        want_bids, want_asks = books[last]
+        assert (bids, asks) == ({p: Decimal(str(float(q))) for p, q in want_bids.items()},
+                                {p: Decimal(str(float(q))) for p, q in want_asks.items()}), f"{symbol} seqId={last}"
+    published = [b for b in records["md.book"] if b["symbol"] == symbol]
+    assert len(published) == len(depth)  # book_interval_ms=0: one md.book per verified update
+    for b in published:
+        want_bids, want_asks = books[b["last_update_id"]]
+        top_b = sorted(want_bids.items(), reverse=True)[:20]
+        top_a = sorted(want_asks.items())[:20]
+        assert [(x["price"], x["qty"]) for x in b["bids"]] == [(float(p), float(q)) for p, q in top_b]
+        assert [(x["price"], x["qty"]) for x in b["asks"]] == [(float(p), float(q)) for p, q in top_a]
+    return depth
+
+
+def expected_trades(session, symbol):
+    ct = Decimal(session.initial[symbol].ct_val)
+    return [(int(r["tradeId"]) - int(r["count"]) + 1, int(r["tradeId"]), float(Decimal(r["px"])),
+             float(Decimal(r["sz"]) * ct), int(r["ts"]), r["side"].upper())
+            for m in pushes(session, "trades", INST[symbol]) for r in m["data"]]
+
+
+def mine(trades):
+    return [(t["first_trade_id"], t["last_trade_id"], t["price"], t["qty"], t["trade_time"], t["taker_side"])
+            for t in trades]
+
+
+def expected_marks_and_funding(session, symbol):
+    st = session.initial[symbol]
+    state = {"mark": st.mark["markPx"], "index": st.index["idxPx"], "rate": st.funding["fundingRate"],
+             "time": st.funding["fundingTime"]}
+    # subscribing pushes the current mark, funding and index: the first record holds those
+    marks = [(float(state["mark"]), float(state["index"]), float(state["rate"]), int(state["time"]))]
+    funding = [(st.funding["fundingRate"], st.funding["fundingTime"], st.funding["nextFundingTime"])]
+    for f in session.frames:
+        channel, inst = f.stream.split(":")
+        row = json.loads(f.data)["data"][0]
+        if inst not in (st.inst_id, st.index_id) or channel not in ("mark-price", "index-tickers", "funding-rate"):
+            continue
+        if channel == "mark-price":
+            state["mark"] = row["markPx"]
+        elif channel == "index-tickers":
+            state["index"] = row["idxPx"]
+        else:
+            state["rate"], state["time"] = row["fundingRate"], row["fundingTime"]
+            key = (row["fundingRate"], row["fundingTime"], row["nextFundingTime"])
+            if key != funding[-1]:
+                funding.append(key)
+        mark = (float(state["mark"]), float(state["index"]), float(state["rate"]), int(state["time"]))
+        if marks[-1] != mark:
+            marks.append(mark)
+    return marks, [(float(r), float(t), float(n) - float(t)) for r, t, n in funding]
+
+
+async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_and_a_reset_mark_and_funding(
+        kafka_bootstrap, topic_prefix):
+    session = generate_okx_session(OkxSyntheticSpec(seed=31, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8,
+                                                    reset_at_s=6, heartbeat_probability=0.1))
+    producer, metrics, ended, publisher, _ = await run_producer(kafka_bootstrap, topic_prefix, session)
+    assert ended == "replay-finished" and publisher.healthy
+    assert producer.stream.pongs >= 2  # the text ping was sent and answered
+    records = read_topics(kafka_bootstrap, topic_prefix)
+    for sym in SYMBOLS:
+        want = expected_trades(session, sym)
+        got = [t for t in records["md.trades"] if t["symbol"] == sym]
+        assert len(got) == len(want) > 50
+        first = want[0][4] * 1000
+        assert [t["agg_id"] for t in got] == list(range(first, first + len(want)))  # once, in order, no hole
+        assert mine(got) == want
+        assert all(t["key"] == f"okx:{sym}" and t["event_time"] == t["trade_time"] for t in got)
+        check_depth_and_books(records, books_by_seq(session, sym), sym)
+        assert producer.books[sym].sequence_resets == 1 and producer.books[sym].heartbeats > 0
+        marks, funding = expected_marks_and_funding(session, sym)
+        got_marks = [(m["mark_price"], m["index_price"], m["funding_rate"], m["next_funding_time"])
+                     for m in records["md.mark"] if m["symbol"] == sym]
+        assert got_marks == marks and len(marks) > 3
+        got_funding = [(i["value"], i["extra"]["next_funding_time"], i["extra"]["funding_interval_ms"])
+                       for i in records["md.indicators"] if i["symbol"] == sym]
+        assert got_funding == funding and all(i["kind"] == "funding_rate" for i in records["md.indicators"])
+    assert records["md.gaps"] == [] and records["dlq.md"] == []
+    assert sample(metrics, "tapeflow_producer_book_resyncs_total") == 0
+    assert producer.health()["books_live"] == 2
+
+
+async def test_lost_book_updates_resync_from_rest_and_lost_trades_are_reported_with_their_okx_ids(
+        kafka_bootstrap, topic_prefix):
+    session = generate_okx_session(OkxSyntheticSpec(seed=32, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8))
+
+    async def during(fake, producer):
+        for _ in range(1000):  # the book is live and trades flow
+            if producer.books["BTCUSDT"].is_live and producer.numbering["BTCUSDT"].counters.published > 10:
+                break
+            await asyncio.sleep(0.01)
+        fake.set_faults(skip_frames=2, skip_stream="books:BTC-USDT-SWAP")
+        for _ in range(1000):
+            if fake.state.faults.settings.skip_frames == 0:
+                break
+            await asyncio.sleep(0.01)
+        fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
+
+    producer, metrics, ended, publisher, fake = await run_producer(kafka_bootstrap, topic_prefix, session,
+                                                                   during=during, speed=8.0)
+    assert ended == "replay-finished" and publisher.healthy
+    records = read_topics(kafka_bootstrap, topic_prefix)
+
+    # the book: a broken chain, one REST snapshot spliced in, and never an unverified book published
+    assert sample(metrics, "tapeflow_producer_book_resyncs_total", symbol="BTCUSDT", reason="prevSeqId") == 1
+    depth = check_depth_and_books(records, books_by_seq(session, "BTCUSDT"), "BTCUSDT")
+    assert sum(r["prev_final_update_id"] is None for r in depth) == 2  # the subscription's snapshot and the REST one
+    check_depth_and_books(records, books_by_seq(session, "ETHUSDT"), "ETHUSDT")
+    assert producer.health()["books_live"] == 2
+
+    # the trades: BTC whole; ETH whole but for the skipped push, whose OKX ids md.gaps names exactly
+    assert mine([t for t in records["md.trades"] if t["symbol"] == "BTCUSDT"]) == expected_trades(session, "BTCUSDT")
+    want = expected_trades(session, "ETHUSDT")
+    got = [t for t in records["md.trades"] if t["symbol"] == "ETHUSDT"]
+    (lost,) = [w for w in want if w not in mine(got)]
+    assert mine(got) == [w for w in want if w != lost]
+    (gap,) = records["md.gaps"]
+    assert gap["symbol"] == "ETHUSDT" and gap["stream"] == "md.trades"
+    assert f"OKX trade ids {lost[0]}..{lost[1]} ({lost[1] - lost[0] + 1} fills)" in gap["reason"]
+    before = [t for t in got if t["agg_id"] < gap["from_id"]]
+    after = [t for t in got if t["agg_id"] > gap["to_id"]]
+    assert len(before) + len(after) == len(got) and before[-1]["agg_id"] == gap["from_id"] - 1
+    assert after[0]["agg_id"] == gap["to_id"] + 1 and gap["to_id"] - gap["from_id"] + 1 == lost[1] - lost[0] + 1
+    assert sample(metrics, "tapeflow_producer_gaps_unfilled_total") == 1 and records["dlq.md"] == []
+
+
+async def test_cli_produce_exchange_okx_runs_against_the_fake(kafka_bootstrap, topic_prefix, read_topic, tmp_path):
+    """`tapeflow produce --exchange okx` as a user runs it, pointed at the fake OKX server."""
+    import os
+    import sys
+
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    session = generate_okx_session(OkxSyntheticSpec(seed=5, symbols=("BTCUSDT",), duration_s=4))
+    fake = await serve_okx(session, speed=10.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env.update(TAPEFLOW_BROKER=kafka_bootstrap, TAPEFLOW_TOPIC_PREFIX=topic_prefix, TAPEFLOW_HOME=str(tmp_path),
+               TAPEFLOW_SYMBOLS="BTCUSDT")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tapeflow", "produce", "--exchange", "okx", "--okx-ws-url", fake.public_url,
+            "--okx-rest-url", fake.rest_url, "--replay-control-url", fake.rest_url, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        await fake.stop()
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"replay-finished" in out
+    trades = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades", idle_s=1)]
+    assert mine(trades) == expected_trades(session, "BTCUSDT")
+    assert all(t["exchange"] == "okx" and t["symbol"] == "BTCUSDT" for t in trades)
