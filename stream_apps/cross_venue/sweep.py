@@ -22,6 +22,7 @@ creating the first numpy array would (benchmarks/bench_cross_venue.py measures t
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +43,14 @@ class Sweep:
     reason: str | None = None  # why there is no vwap
 
 
+_PRICE_QTY = itemgetter("price", "qty")
+
+
 def level_pairs(levels: Iterable[Mapping[str, Any]]) -> list[tuple[float, float]]:
-    """``md.book`` levels (``{"price": p, "qty": q}`` dicts) as ``(price, qty)`` tuples."""
-    return [(float(level["price"]), float(level["qty"])) for level in levels]
+    """``md.book`` levels (``{"price": p, "qty": q}`` dicts, Avro doubles) as ``(price, qty)`` tuples.
+
+    ``itemgetter`` does the walk in C: converting 40 levels in Python cost more than the sweeps."""
+    return list(map(_PRICE_QTY, levels))
 
 
 def sweep(levels: Iterable[tuple[float, float]], notional: float, side: str) -> Sweep:
