@@ -13,6 +13,12 @@ Evaluation (``CrossVenueState``):
 - An event at or before the last point already evaluated (or skipped) is late: counted
   (``counters["late"]``) and ignored. An event older than its leg's newest of the same kind is
   counted (``counters["stale"]``) and dropped; at equal times the later one wins.
+- Legs are the perpetuals quoted in ``quotes`` (USDT); a spot symbol, another quote, or a second
+  perpetual of the same coin on a venue (the first one seen is the leg) is counted
+  (``counters["other_market"]``) and ignored. A venue not in ``venues`` is counted too.
+- Keyed by coin: a coin's features depend on its own events only, so one state per coin (a Faust
+  table keyed by coin) gives the same features as one state for all coins, for input in event-time
+  order (tested); only what counts as late under disorder can differ.
 
 Alignment: each leg (coin, venue) keeps its latest book with its event time. A feature at ``e`` uses
 a leg's book only if ``e - book_time <= max_staleness_ms`` (per venue if configured); otherwise it is
@@ -64,6 +70,7 @@ class CrossVenueParams:
     """What the features are computed over; every duration in event-time milliseconds."""
 
     venues: tuple[str, ...] = ("binance", "bybit", "okx")
+    quotes: tuple[str, ...] = ("USDT",)  # a USDC perp against a USDT one would carry the USDC/USDT basis
     sweep_notional_usd: float = 10_000.0
     max_staleness_ms: int = 2_000  # books are sampled every 250 ms: 2 s is 8 samples missed
     staleness_by_venue: Mapping[str, int] = field(default_factory=dict)  # overrides per venue
@@ -117,6 +124,7 @@ class SeriesFeatures:
     value: float | None
     slope_per_min: float | None  # least squares over slope_window_ms
     windows: tuple[tuple[str, WindowStats], ...]
+    slope_reason: str | None = None  # why slope_per_min is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +227,9 @@ class _Series:
             for _, sample_ms, window in self.windows:
                 if t % sample_ms == 0:
                     window.add(t, value)
-        slope = self.slope.stats(t, "slope window").slope_per_min
-        return SeriesFeatures(value, slope, tuple((name, w.stats(t, name)) for name, _, w in self.windows))
+        slope = self.slope.stats(t, "slope window")
+        return SeriesFeatures(value, slope.slope_per_min, tuple((name, w.stats(t, name)) for name, _, w in self.windows),
+                              dict(slope.reasons).get("slope_per_min"))
 
 
 class _Coin:
@@ -252,7 +261,7 @@ class CrossVenueState:
         self.coins: dict[str, _Coin] = {}
         self._instruments: dict[tuple[str, str], Instrument] = {}  # cache: symbols are few, events many
         self.next_eval: int | None = None  # the first grid point not yet evaluated or skipped
-        self.counters = {"late": 0, "stale": 0, "unknown_venue": 0, "bad_symbol": 0}
+        self.counters = {"late": 0, "stale": 0, "unknown_venue": 0, "bad_symbol": 0, "other_market": 0}
 
     # -- input -------------------------------------------------------------------------------------
     def feed(self, events: Iterable[CrossVenueEvent]) -> list[CoinFeatures]:
@@ -289,13 +298,20 @@ class CrossVenueState:
                 self.counters["bad_symbol"] += 1
                 return None
             self._instruments[(event.exchange, event.symbol)] = inst
+        if inst.kind != "perp" or inst.quote not in self.params.quotes:
+            self.counters["other_market"] += 1
+            return None
         coin = self.coins.get(inst.coin)
         if coin is None:
             coin = self.coins[inst.coin] = _Coin(inst.coin)
         leg = coin.legs.get(event.exchange)
-        if leg is None or leg.symbol != event.symbol:
-            # a venue lists a coin once as a perpetual here; a second symbol replaces the first
+        if leg is None:
             leg = coin.legs[event.exchange] = _Leg(event.symbol, inst.multiplier)
+        elif leg.symbol != event.symbol:
+            # a second perpetual of the coin on one venue (PEPEUSDT beside 1000PEPEUSDT): the first
+            # one seen stays the leg, so the leg never flips between two books
+            self.counters["other_market"] += 1
+            return None
         if isinstance(event, BookEvent):
             coin.active_until = max(coin.active_until, event.time_ms + self.params.staleness(event.exchange))
         return leg

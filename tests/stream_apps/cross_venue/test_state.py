@@ -104,10 +104,15 @@ def test_an_evaluation_sees_events_up_to_its_time_and_late_or_older_events_are_c
     state.feed([book("binance", "BTCUSDT", 2_400, [(1.0, 1.0)], [(2.0, 1.0)])])  # not late, older than 2,500: stale
     state.feed([book("binance", "ETHUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
                 book("kraken", "BTCUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
-                book("okx", "BTCUSDT_240329", 2_500, [(1.0, 1.0)], [(2.0, 1.0)])])
-    assert state.counters == {"late": 2, "stale": 1, "unknown_venue": 1, "bad_symbol": 1}
+                book("okx", "BTCUSDT_240329", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
+                book("okx", "BTC-USDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),  # spot, not a perpetual
+                book("binance", "BTCUSDC", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),  # not the configured quote
+                book("bybit", "BTCUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
+                book("bybit", "BTCPERP", 2_500, [(1.0, 1.0)], [(2.0, 1.0)])])  # no known quote
+    assert state.counters == {"late": 2, "stale": 1, "unknown_venue": 1, "bad_symbol": 2, "other_market": 2}
     f = last(state.advance_to(3_000))
     assert f.time_ms == 3_000 and f.venue("binance").bid == 103.0 and f.venue("okx").symbol is None
+    assert f.venue("bybit").symbol == "BTCUSDT"
     assert [o.coin for o in state.advance_to(3_000)] == []  # nothing twice
 
 
@@ -246,3 +251,31 @@ WHOLE = run(EVENTS, [], False)
 def test_the_same_events_give_the_same_features_however_they_are_batched(cuts, watermarks):
     assert len(WHOLE[0]) > 250 and WHOLE[1]["late"] == 0
     assert run(EVENTS, cuts, watermarks) == WHOLE
+
+
+def test_one_state_per_coin_gives_the_features_of_one_state_for_all_coins():
+    """What a Faust table keyed by coin will do: each coin's state sees only that coin's events."""
+    events = session(9, 90, coins=("BTC", "ETH", "SOL"))
+    together = CrossVenueState(SMALL)
+    everything = together.feed(events) + together.advance_to(events[-1].time_ms)
+    for coin in ("BTC", "ETH", "SOL"):
+        own = [e for e in events if e.symbol.startswith(coin)]
+        alone = CrossVenueState(SMALL)
+        mine = alone.feed(own) + alone.advance_to(events[-1].time_ms)
+        assert mine == [o for o in everything if o.coin == coin] and len(mine) > 60
+
+
+def test_flat_records_carry_every_feature_and_the_reasons():
+    state = CrossVenueState(CrossVenueParams(sweep_notional_usd=150.0))
+    f = last(state.feed([BINANCE, OKX]) + state.advance_to(2_000))
+    rows = {(r["sell_venue"], r["buy_venue"]): r for r in f.to_records()}
+    assert len(rows) == 6
+    row = rows[("binance", "okx")]
+    assert row["spread_top"] == f.pair("binance", "okx").spread_top and row["eval_time"] == 2_000
+    assert row["sell_symbol"] == "BTCUSDT" and row["buy_symbol"] == "BTC-USDT-SWAP"
+    assert row["top_1h_n"] == 0 and row["top_12h_mean"] is None and row["sweep_1h_std"] is None
+    assert row["sell_book_age_ms"] == 1_000 and row["buy_book_age_ms"] == 500
+    # the first sample of the slope window is at 2,000 (1,000 saw one leg): one sample, no slope yet
+    assert row["top_slope_per_min"] is None and f.pair("binance", "okx").top.slope_reason == "slope window has 1 sample"
+    assert row["missing"]["funding_diff"] == "no funding from binance yet; no funding from okx yet"
+    assert rows[("bybit", "okx")]["missing"]["spread_top"] == "no data from bybit yet"
