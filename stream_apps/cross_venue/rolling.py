@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -226,3 +227,32 @@ class RollingWindow:
             reasons += [(f, why) for f in ("std", "slope_per_min", "crossings_per_hour", "drift_ratio")]
         return WindowStats(n, span_ms, mean, std, self._min[0][1], self._max[0][1], slope, crossings, drift,
                            tuple(reasons))
+
+    # -- plain data (a Faust table's value; JSON-safe) --------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, running sums included, so a restored window answers bit for bit the same."""
+        slots = self._slots()
+        return {"window_ms": self.window_ms, "sample_ms": self.sample_ms,
+                "t": self._t[slots].tolist(), "v": self._v[slots].tolist(), "cross": self._cross[slots].tolist(),
+                "absdiff": self._absdiff[slots].tolist(), "last": [self._last_t, self._last_v, self._last_side],
+                "ref": [self._k, self._t0], "sums": [self._s1, self._s2, self._st, self._stt, self._stv],
+                "totals": [self._cross_total, self._absdiff_total, self._since_rebuild],
+                "min": [list(x) for x in self._min], "max": [list(x) for x in self._max]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RollingWindow:
+        w = cls(data["window_ms"], data["sample_ms"])
+        n = len(data["t"])
+        if n > w.capacity:
+            raise ValueError(f"{n} samples do not fit a window of capacity {w.capacity}")
+        w._t[:n], w._v[:n] = data["t"], data["v"]
+        w._cross[:n], w._absdiff[:n] = data["cross"], data["absdiff"]
+        w.n = n
+        w._oldest_t = int(data["t"][0]) if n else 0
+        w._last_t, w._last_v, w._last_side = data["last"]
+        w._k, w._t0 = data["ref"]
+        w._s1, w._s2, w._st, w._stt, w._stv = data["sums"]
+        w._cross_total, w._absdiff_total, w._since_rebuild = data["totals"]
+        w._min = deque((int(t), float(v)) for t, v in data["min"])
+        w._max = deque((int(t), float(v)) for t, v in data["max"])
+        return w

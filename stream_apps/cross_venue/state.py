@@ -44,6 +44,9 @@ Features (signs and units):
   ``|net change| / sum of |changes|``. A window takes the spread at its evaluation points on its own
   grid (``e % sample_ms == 0``); a point where the spread is missing adds nothing.
 
+State as plain data: ``to_dict`` / ``from_dict`` (JSON-safe, running sums included), so a Faust
+table keyed by coin can snapshot it and a restored state continues bit for bit (tested).
+
 Funding interval: from the event when the venue sends it; otherwise learned when a venue's next
 funding time moves on from T1 to T2 (interval T2 - T1), and missing with a reason until then.
 """
@@ -210,6 +213,23 @@ class _Leg:
         self.spot_time: int | None = None
         self.spot_price = 0.0
 
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        for name in ("sweep_bid", "sweep_ask"):
+            s = out[name]
+            out[name] = None if s is None else [s.notional, s.vwap, s.qty, s.levels, s.worst_price, s.reason]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Leg:
+        leg = cls(data["symbol"], data["multiplier"])
+        for name in cls.__slots__:
+            value = data[name]
+            if name in ("sweep_bid", "sweep_ask") and value is not None:
+                value = Sweep(*value)
+            setattr(leg, name, value)
+        return leg
+
 
 class _Series:
     """A spread series: its slope window and its statistics windows."""
@@ -220,6 +240,19 @@ class _Series:
         self.slope = RollingWindow(params.slope_window_ms, params.eval_interval_ms)
         self.windows = [(name, sample_ms, RollingWindow(window_ms, sample_ms))
                         for name, window_ms, sample_ms in params.windows]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"slope": self.slope.to_dict(), "windows": [w.to_dict() for _, _, w in self.windows]}
+
+    @classmethod
+    def from_dict(cls, params: CrossVenueParams, data: Mapping[str, Any]) -> _Series:
+        series = cls(params)
+        if len(data["windows"]) != len(series.windows):
+            raise ValueError("the snapshot's windows are not the parameters' windows")
+        series.slope = RollingWindow.from_dict(data["slope"])
+        series.windows = [(name, sample_ms, RollingWindow.from_dict(w))
+                          for (name, sample_ms, _), w in zip(series.windows, data["windows"])]
+        return series
 
     def evaluate(self, t: int, value: float | None) -> SeriesFeatures:
         if value is not None:
@@ -240,6 +273,19 @@ class _Coin:
         self.legs: dict[str, _Leg] = {}
         self.series: dict[tuple[str, str, str], _Series] = {}
         self.active_until = -1  # the last time at which some leg's book is still fresh
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"coin": self.coin, "active_until": self.active_until,
+                "legs": {venue: leg.to_dict() for venue, leg in self.legs.items()},
+                "series": [[*key, s.to_dict()] for key, s in self.series.items()]}
+
+    @classmethod
+    def from_dict(cls, params: CrossVenueParams, data: Mapping[str, Any]) -> _Coin:
+        coin = cls(data["coin"])
+        coin.active_until = data["active_until"]
+        coin.legs = {venue: _Leg.from_dict(leg) for venue, leg in data["legs"].items()}
+        coin.series = {(a, b, kind): _Series.from_dict(params, s) for a, b, kind, s in data["series"]}
+        return coin
 
 
 def _age(seconds_ms: int) -> str:
@@ -262,6 +308,22 @@ class CrossVenueState:
         self._instruments: dict[tuple[str, str], Instrument] = {}  # cache: symbols are few, events many
         self.next_eval: int | None = None  # the first grid point not yet evaluated or skipped
         self.counters = {"late": 0, "stale": 0, "unknown_venue": 0, "bad_symbol": 0, "other_market": 0}
+
+    # -- plain data ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state as JSON-safe plain data (the parameters are not in it: restore with the same)."""
+        return {"next_eval": self.next_eval, "counters": dict(self.counters),
+                "coins": [coin.to_dict() for coin in self.coins.values()]}
+
+    @classmethod
+    def from_dict(cls, params: CrossVenueParams, data: Mapping[str, Any]) -> CrossVenueState:
+        """A state that continues exactly where the one that wrote `data` stopped."""
+        state = cls(params)
+        state.next_eval = data["next_eval"]
+        state.counters.update(data["counters"])
+        for coin in data["coins"]:
+            state.coins[coin["coin"]] = _Coin.from_dict(params, coin)
+        return state
 
     # -- input -------------------------------------------------------------------------------------
     def feed(self, events: Iterable[CrossVenueEvent]) -> list[CoinFeatures]:

@@ -3,6 +3,7 @@ windows' wiring, and the same output however the input is batched."""
 
 from __future__ import annotations
 
+import json
 import math
 from fractions import Fraction
 
@@ -279,3 +280,17 @@ def test_flat_records_carry_every_feature_and_the_reasons():
     assert row["top_slope_per_min"] is None and f.pair("binance", "okx").top.slope_reason == "slope window has 1 sample"
     assert row["missing"]["funding_diff"] == "no funding from binance yet; no funding from okx yet"
     assert rows[("bybit", "okx")]["missing"]["spread_top"] == "no data from bybit yet"
+
+
+def test_a_state_restored_from_its_plain_data_continues_bit_for_bit():
+    """What the Faust table will do: snapshot (through JSON, as a changelog would carry it), restore, go on."""
+    events = session(13, 240)  # windows of 1 and 3 minutes filled, expired and rebuilt before the cuts
+    whole = CrossVenueState(SMALL)
+    expected = whole.feed(events) + whole.advance_to(events[-1].time_ms)
+    for cut in (len(events) // 3, 2 * len(events) // 3):
+        first = CrossVenueState(SMALL)
+        out = first.feed(events[:cut])
+        restored = CrossVenueState.from_dict(SMALL, json.loads(json.dumps(first.to_dict())))
+        out += restored.feed(events[cut:]) + restored.advance_to(events[-1].time_ms)
+        assert out == expected
+        assert restored.counters == whole.counters
