@@ -6,7 +6,9 @@ Pure functions, one per channel, as `producers.bybit.parse` does for Bybit: OKX'
 
 Decisions where the mapping is not one-to-one:
 - Symbols: records carry tapeflow's symbol (`BTCUSDT`), never OKX's instrument id (`BTC-USDT-SWAP`):
-  `schemas.symbols` maps them, so one coin has one `symbol` on every venue.
+  `schemas.symbols` maps them, so one coin has one `symbol` on every venue. A symbol quoted per 1,000
+  coins elsewhere (`1000PEPEUSDT`) is OKX's one-coin swap (`PEPE-USDT-SWAP`) published in the symbol's
+  units: prices × `multiplier`, quantities ÷ `multiplier` (exact, in decimal).
 - Sizes: a swap's `sz` (trades and book levels) counts *contracts*; `md.trades` and the books hold base
   coin like every other venue, so each size is multiplied by the instrument's `ctVal` (base coin per
   contract, from `GET /api/v5/public/instruments?instType=SWAP`) in decimal, then made a float once:
@@ -103,6 +105,11 @@ def _base_qty(sz: Any, ct_val: Decimal, field: str) -> float:
     return finite_number(qty, field)
 
 
+def _price(raw: Any, field: str, multiplier: int = 1) -> float:
+    """A price in the symbol's units: OKX's per-coin price × `multiplier`, exact, then one float."""
+    return finite_number(float(_decimal(raw, field) * multiplier), field)
+
+
 @dataclass(frozen=True, slots=True)
 class Instrument:
     """One OKX linear swap as tapeflow uses it."""
@@ -110,6 +117,12 @@ class Instrument:
     inst_id: str  # BTC-USDT-SWAP
     symbol: str  # BTCUSDT
     ct_val: Decimal  # base coin per contract (ctVal; ctValCcy is the base coin)
+    multiplier: int = 1  # coins per unit of `symbol` (1000 for 1000PEPEUSDT on PEPE-USDT-SWAP)
+
+    @property
+    def qty_per_contract(self) -> Decimal:
+        """Units of `symbol` per contract: ctVal ÷ multiplier."""
+        return self.ct_val / self.multiplier
 
 
 @_normalising("instruments")
@@ -215,24 +228,24 @@ def parse_trades(msg: Any, instrument: Instrument, receive_time: int) -> list[Tr
         if trade_id < 0 or count < 1 or count > trade_id + 1:
             raise FrameError(f"trades: tradeId={trade_id} with count={count} is not a trade id range")
         out.append(TradePrint(symbol=instrument.symbol, trade_id=trade_id, count=count,
-                              price=finite_number(float(_decimal(row["px"], "px")), "px"),
-                              qty=_base_qty(row["sz"], instrument.ct_val, "sz"), taker_side=side,
+                              price=_price(row["px"], "px", instrument.multiplier),
+                              qty=_base_qty(row["sz"], instrument.qty_per_contract, "sz"), taker_side=side,
                               trade_time=_millis(row["ts"], "ts"), receive_time=receive_time))
     return out
 
 
-def _levels(raw: Any, ct_val: Decimal, side: str) -> tuple[tuple[float, float], ...]:
-    """[[px, sz(contracts), "0", orders], ...] → ((price, base qty), ...)."""
+def _levels(raw: Any, instrument: Instrument, side: str) -> tuple[tuple[float, float], ...]:
+    """[[px, sz(contracts), "0", orders], ...] → ((price, base qty), ...) in the symbol's units."""
     if not isinstance(raw, list):
         raise FrameError(f"books: {side} is not a list")
     out = []
     for level in raw:
         if not isinstance(level, list) or len(level) < 2:
             raise FrameError(f"books: {side} level {level!r} is not [px, sz, ...]"[:300])
-        price = finite_number(float(_decimal(level[0], "px")), "px")
+        price = _price(level[0], "px", instrument.multiplier)
         if price <= 0:
             raise FrameError(f"books: {side} price {level[0]!r} is not positive")
-        qty = _base_qty(level[1], ct_val, "sz")
+        qty = _base_qty(level[1], instrument.qty_per_contract, "sz")
         if qty < 0:
             raise FrameError(f"books: {side} size {level[1]!r} is negative")
         out.append((price, qty))
@@ -253,8 +266,7 @@ def parse_books(msg: Any, instrument: Instrument, receive_time: int) -> DepthDif
     return DepthDiff(symbol=instrument.symbol, first_update_id=seq, final_update_id=seq,
                      prev_final_update_id=None if action == "snapshot" else prev,  # type: ignore[arg-type]
                      event_time=ts, transaction_time=ts, receive_time=receive_time,
-                     bids=_levels(row["bids"], instrument.ct_val, "bids"),
-                     asks=_levels(row["asks"], instrument.ct_val, "asks"))
+                     bids=_levels(row["bids"], instrument, "bids"), asks=_levels(row["asks"], instrument, "asks"))
 
 
 @_normalising("rest books")
@@ -265,8 +277,8 @@ def parse_rest_books(body: Any, instrument: Instrument, receive_time: int) -> De
     (row,) = body["data"]
     ts = _millis(row["ts"], "ts")
     return DepthSnapshot(symbol=instrument.symbol, last_update_id=_integer(row["seqId"], "seqId"),
-                         bids=_levels(row["bids"], instrument.ct_val, "bids"),
-                         asks=_levels(row["asks"], instrument.ct_val, "asks"), event_time=ts, receive_time=receive_time)
+                         bids=_levels(row["bids"], instrument, "bids"), asks=_levels(row["asks"], instrument, "asks"),
+                         event_time=ts, receive_time=receive_time)
 
 
 def okx_depth_record(diff: DepthDiff) -> dict:
@@ -275,26 +287,26 @@ def okx_depth_record(diff: DepthDiff) -> dict:
 
 
 @_normalising("mark-price")
-def parse_mark_price(msg: Any) -> list[tuple[str, float, int]]:
-    """A `mark-price` push: (instId, mark price, ts) per row."""
+def parse_mark_price(msg: Any, multiplier: int = 1) -> list[tuple[str, float, int]]:
+    """A `mark-price` push: (instId, mark price × multiplier, ts) per row."""
     out = []
     for row in _rows(msg, "mark-price"):
         inst_id = row["instId"]
         if not isinstance(inst_id, str):
             raise FrameError(f"mark-price: instId={inst_id!r}")
-        out.append((inst_id, finite_number(float(_decimal(row["markPx"], "markPx")), "markPx"), _millis(row["ts"], "ts")))
+        out.append((inst_id, _price(row["markPx"], "markPx", multiplier), _millis(row["ts"], "ts")))
     return out
 
 
 @_normalising("index-tickers")
-def parse_index_tickers(msg: Any) -> list[tuple[str, float, int]]:
-    """An `index-tickers` push: (index instId such as BTC-USDT, index price, ts) per row."""
+def parse_index_tickers(msg: Any, multiplier: int = 1) -> list[tuple[str, float, int]]:
+    """An `index-tickers` push: (index instId such as BTC-USDT, index price × multiplier, ts) per row."""
     out = []
     for row in _rows(msg, "index-tickers"):
         inst_id = row["instId"]
         if not isinstance(inst_id, str):
             raise FrameError(f"index-tickers: instId={inst_id!r}")
-        out.append((inst_id, finite_number(float(_decimal(row["idxPx"], "idxPx")), "idxPx"), _millis(row["ts"], "ts")))
+        out.append((inst_id, _price(row["idxPx"], "idxPx", multiplier), _millis(row["ts"], "ts")))
     return out
 
 

@@ -46,7 +46,7 @@ from producers.okx.rest import LIVE_REST, OkxRestClient, OkxRestRejected, OkxRes
 from producers.okx.trade_numbering import OkxTradeNumbering
 from producers.okx.ws_stream import OkxStream, OkxStreamConfig
 from schemas.errors import SchemaValidationError
-from schemas.symbols import okx_index_id, okx_swap_inst_id
+from schemas.symbols import coin_multiplier, okx_index_id, okx_swap_inst_id
 from tapeflow_runtime.publisher import Publisher
 
 log = structlog.get_logger("producer.okx")
@@ -135,7 +135,9 @@ class OkxProducer(VenueProducer):
                 missing = sorted(set(self.swap_symbols) - set(known))
                 if missing:
                     raise FrameError(f"OKX lists no linear swap {', '.join(missing)}")
-                self.instruments = {i: known[i] for i in self.swap_symbols}
+                # in the configured symbol's units (1000PEPEUSDT: PEPE-USDT-SWAP with prices × 1000)
+                self.instruments = {i: Instrument(i, sym, known[i].ct_val, coin_multiplier(sym)[2])
+                                    for i, sym in self.swap_symbols.items()}
                 log.info("okx instruments loaded", ct_val={i: str(v.ct_val) for i, v in self.instruments.items()})
                 return True
             except (OkxRestUnavailable, OkxRestRejected, FrameError) as exc:
@@ -160,10 +162,10 @@ class OkxProducer(VenueProducer):
             elif channel == BOOK_CHANNEL:
                 self._on_book(parse_books(msg, self.instruments[inst_id], received))
             elif channel == "mark-price":
-                for _, price, ts in parse_mark_price(msg):
+                for _, price, ts in parse_mark_price(msg, coin_multiplier(symbol)[2]):
                     self._publish_mark(self.marks[symbol].on_mark(price, ts, received), received)
             elif channel == "index-tickers":
-                for _, price, ts in parse_index_tickers(msg):
+                for _, price, ts in parse_index_tickers(msg, coin_multiplier(symbol)[2]):
                     self._publish_mark(self.marks[symbol].on_index(price, ts, received), received)
             elif channel == "funding-rate":
                 for point in parse_funding_rate(msg):

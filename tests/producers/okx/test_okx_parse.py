@@ -29,7 +29,7 @@ from producers.okx.parse import (
 )
 from schemas.serde import AvroSerde
 from schemas.registry import FileSchemaRegistry
-from schemas.symbols import base_quote, okx_index_id, okx_swap_inst_id, symbol_from_okx
+from schemas.symbols import base_quote, coin_multiplier, okx_index_id, okx_swap_inst_id, symbol_from_okx
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "okx_ws"
 RECEIVED = 1_700_000_000_123
@@ -58,6 +58,20 @@ def test_symbol_mapping_both_ways():
     for bad in ("BTC-USD-240628", "BTCUSDT", "BTC-EUR-SWAP"):
         with pytest.raises(ValueError):
             symbol_from_okx(bad)
+    # quoted per 1,000 coins on Binance/Bybit, per coin on OKX
+    assert coin_multiplier("1000PEPEUSDT") == ("PEPE", "USDT", 1000) and coin_multiplier("1INCHUSDT")[2] == 1
+    assert (okx_swap_inst_id("1000PEPEUSDT"), okx_index_id("1000PEPEUSDT")) == ("PEPE-USDT-SWAP", "PEPE-USDT")
+
+
+def test_a_per_thousand_symbol_is_published_in_its_own_units():
+    pepe = Instrument("PEPE-USDT-SWAP", "1000PEPEUSDT", Decimal("10000000"), multiplier=1000)  # 10 M PEPE a contract
+    trade = json.loads(json.dumps(doc("trades.json")).replace('"BTC-USDT"', '"PEPE-USDT-SWAP"'))
+    trade["data"][0].update(px="0.0000123", sz="2")
+    (p,) = parse_trades(trade, pepe, RECEIVED)
+    assert (p.symbol, p.price, p.qty) == ("1000PEPEUSDT", 0.0123, 20000.0)  # 1000 PEPE cost 0.0123; 20 M PEPE
+    mark = json.loads(json.dumps(doc("mark_price.json")))
+    mark["data"][0]["markPx"] = "0.0000123"
+    assert parse_mark_price(mark, 1000)[0][1] == 0.0123
 
 
 def test_documented_trade_every_field():
