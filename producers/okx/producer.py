@@ -94,6 +94,7 @@ class OkxProducer(VenueProducer):
         self.numbering = {s: OkxTradeNumbering(s) for s in config.symbols}
         self.marks = {s: OkxMarkState(s) for s in config.symbols}
         self._funding_published: dict[str, tuple] = {}
+        self.missing_swaps: list[str] = []  # configured symbols OKX lists no linear swap for (not subscribed)
         self.rest = OkxRestClient(config.rest_url, metrics, give_up_after_s=config.rest_give_up_after_s)
         self.stream = OkxStream(OkxStreamConfig(config.ws_url, config.streams(),
                                                 replay_end=config.replay_control_url is not None,
@@ -133,11 +134,17 @@ class OkxProducer(VenueProducer):
                 body = await self.rest.get("/api/v5/public/instruments", {"instType": "SWAP"})
                 known = parse_instruments(body)
                 missing = sorted(set(self.swap_symbols) - set(known))
-                if missing:
+                if len(missing) == len(self.swap_symbols):
                     raise FrameError(f"OKX lists no linear swap {', '.join(missing)}")
+                if missing:  # a coin OKX does not list must not keep the others off the air: said, and left out
+                    self.missing_swaps = missing
+                    log.error("okx lists no linear swap for some symbols: not subscribed", missing=missing)
+                    gone = {self.swap_symbols[i] for i in missing}
+                    self.stream.config.streams = [s for sym in self.config.symbols if sym not in gone
+                                                  for s in OkxProducerConfig([sym]).streams()]
                 # in the configured symbol's units (1000PEPEUSDT: PEPE-USDT-SWAP with prices × 1000)
                 self.instruments = {i: Instrument(i, sym, known[i].ct_val, coin_multiplier(sym)[2])
-                                    for i, sym in self.swap_symbols.items()}
+                                    for i, sym in self.swap_symbols.items() if i in known}
                 log.info("okx instruments loaded", ct_val={i: str(v.ct_val) for i, v in self.instruments.items()})
                 return True
             except (OkxRestUnavailable, OkxRestRejected, FrameError) as exc:
@@ -244,7 +251,8 @@ class OkxProducer(VenueProducer):
         return self._book_updates[symbol]
 
     def _connected_detail(self) -> str:
-        return f"connected: {len(self.config.streams())} channels, {len(self.config.symbols)} symbols"
+        detail = f"connected: {len(self.stream.config.streams)} channels, {len(self.instruments)} symbols"
+        return detail + (f" (OKX lists no swap for {', '.join(self.missing_swaps)})" if self.missing_swaps else "")
 
     def _continuity_counts(self) -> dict[str, int]:
         return {"duplicates dropped": sum(n.counters.duplicates for n in self.numbering.values()),
@@ -252,7 +260,7 @@ class OkxProducer(VenueProducer):
 
     def _health_extra(self) -> dict:
         return {"trade_gaps": sum(n.counters.gaps for n in self.numbering.values()),
-                "instruments_loaded": len(self.instruments)}
+                "instruments_loaded": len(self.instruments), "okx_swaps_missing": self.missing_swaps}
 
     def _on_reconnect(self, reason: str) -> None:
         super()._on_reconnect(reason)
