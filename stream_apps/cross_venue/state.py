@@ -261,8 +261,8 @@ class _Series:
                 if t % sample_ms == 0:
                     window.add(t, value)
         slope = self.slope.stats(t, "slope window")
-        return SeriesFeatures(value, slope.slope_per_min, tuple((name, w.stats(t, name)) for name, _, w in self.windows),
-                              dict(slope.reasons).get("slope_per_min"))
+        windows = tuple((name, w.stats(t, name)) for name, _, w in self.windows)
+        return SeriesFeatures(value, slope.slope_per_min, windows, dict(slope.reasons).get("slope_per_min"))
 
 
 class _Coin:
@@ -504,9 +504,9 @@ class CrossVenueState:
                 assert va.bid is not None and vb.ask is not None
                 top = math.log(va.bid / vb.ask)
                 if va.sweep_bid is None or vb.sweep_ask is None:
+                    # the sell leg's bids and the buy leg's asks: the sides this direction sweeps
                     reasons.append(("spread_sweep", "; ".join(
-                        r for n, r in (*va.reasons, *vb.reasons)
-                        if (n == "sweep_bid" and r.startswith(a + ":")) or (n == "sweep_ask" and r.startswith(b + ":")))))
+                        [r for n, r in va.reasons if n == "sweep_bid"] + [r for n, r in vb.reasons if n == "sweep_ask"])))
                 else:
                     swept = math.log(va.sweep_bid / vb.sweep_ask)
             skew = (abs(va.book_time_ms - vb.book_time_ms)

@@ -124,7 +124,8 @@ def test_records_adapt_to_events():
     mark = funding_event_from_record({"exchange": "binance", "symbol": "BTCUSDT", "mark_price": 1.0,
                                       "index_price": 1.0, "funding_rate": 0.0001, "next_funding_time": 28_800_000,
                                       "event_time": 7, "receive_time": 8})
-    assert (mark.time_ms, mark.funding_rate, mark.next_funding_time_ms, mark.interval_ms) == (7, 0.0001, 28_800_000, None)
+    assert (mark.time_ms, mark.funding_rate, mark.next_funding_time_ms) == (7, 0.0001, 28_800_000)
+    assert mark.interval_ms is None  # md.mark has no interval: the state learns it
     base = {"exchange": "binance", "symbol": "BTCUSDT", "value": 0.001, "period": None, "event_time": 1,
             "receive_time": 9}
     spot = spot_event_from_record({**base, "kind": "spot_perp_divergence",
