@@ -215,6 +215,58 @@ async def test_lost_book_updates_resync_from_rest_and_lost_trades_are_reported_w
     assert len(before) + len(after) == len(got) and before[-1]["agg_id"] == gap["from_id"] - 1
     assert after[0]["agg_id"] == gap["to_id"] + 1 and gap["to_id"] - gap["from_id"] + 1 == lost[1] - lost[0] + 1
     assert sample(metrics, "tapeflow_producer_gaps_unfilled_total") == 1 and records["dlq.md"] == []
+    assert check_trades_and_gaps(records, session, "ETHUSDT") == [gap]  # the general check agrees
+
+
+def check_trades_and_gaps(records, session, symbol):
+    """The trades published are the session's in order, each once; the agg ids jump exactly where md.gaps
+    says, over as many ids as OKX trade ids are missing there, and the missing rows are exactly those."""
+    want = expected_trades(session, symbol)
+    got = [t for t in records["md.trades"] if t["symbol"] == symbol]
+    rows = mine(got)
+    remaining = iter(want)
+    assert all(r in remaining for r in rows) and len(set(rows)) == len(rows)  # a subsequence, no repeats
+    gaps = [g for g in records["md.gaps"] if g["symbol"] == symbol]
+    steps = [(i, a["agg_id"], b["agg_id"]) for i, (a, b) in enumerate(zip(got, got[1:])) if b["agg_id"] != a["agg_id"] + 1]
+    assert [(lo + 1, hi - 1) for _, lo, hi in steps] == [(g["from_id"], g["to_id"]) for g in gaps]
+    ranges = []
+    for (i, _, _), gap in zip(steps, gaps, strict=True):
+        okx_from, okx_to = got[i]["last_trade_id"] + 1, got[i + 1]["first_trade_id"] - 1
+        assert f"OKX trade ids {okx_from}..{okx_to} " in gap["reason"]
+        assert gap["to_id"] - gap["from_id"] == okx_to - okx_from
+        ranges.append((okx_from, okx_to))
+    missing = [w for w in want if w not in rows]
+    assert sum(w[1] - w[0] + 1 for w in missing) == sum(hi - lo + 1 for lo, hi in ranges)
+    assert all(any(lo <= w[0] and w[1] <= hi for lo, hi in ranges) for w in missing)
+    return gaps
+
+
+async def test_a_dropped_connection_resubscribes_and_garbage_is_dead_lettered(kafka_bootstrap, topic_prefix):
+    session = generate_okx_session(OkxSyntheticSpec(seed=33, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8))
+
+    async def during(fake, producer):
+        for _ in range(1000):  # the books are live and trades flow
+            if producer.books["ETHUSDT"].is_live and producer.numbering["ETHUSDT"].counters.published > 10:
+                break
+            await asyncio.sleep(0.01)
+        fake.set_faults(drop_mode="abort")
+        fake.drop_connections()
+
+    producer, metrics, ended, publisher, fake = await run_producer(kafka_bootstrap, topic_prefix, session,
+                                                                   during=during, faults={"garbage_every": 37})
+    assert ended == "replay-finished" and publisher.healthy
+    records = read_topics(kafka_bootstrap, topic_prefix)
+    assert sample(metrics, "tapeflow_producer_reconnects_total") >= 1
+    for sym in SYMBOLS:  # the new connection's snapshot rebuilt the book: never an unverified one published
+        depth = check_depth_and_books(records, books_by_seq(session, sym), sym)
+        assert sum(r["prev_final_update_id"] is None for r in depth) >= 2
+        check_trades_and_gaps(records, session, sym)
+    assert producer.health()["books_live"] == 2
+    assert sample(metrics, "tapeflow_producer_book_resyncs_total") == 0  # a reconnect is not a broken chain
+    dlq = records["dlq.md"]
+    assert dlq and len(dlq) == sample(metrics, "tapeflow_producer_dlq_messages_total") <= fake.state.garbage_sent
+    reasons = " | ".join(d["error"] for d in dlq)
+    assert "not JSON" in reasons and "unexpected frame shape" in reasons
 
 
 async def test_cli_produce_exchange_okx_runs_against_the_fake(kafka_bootstrap, topic_prefix, read_topic, tmp_path):
