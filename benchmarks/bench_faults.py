@@ -83,9 +83,11 @@ def _link_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, A
 
     if short:
         return sink_db_link_faults(workdir / "home", delay_ms=200.0, delay_s=3.0, bytes_per_s=20_000.0,
-                                   throttle_s=3.0, loss=0.1, loss_s=3.0, duration_s=40.0, trades_per_s=40.0)
+                                   throttle_s=3.0, loss=0.1, loss_s=3.0, partition_s=15.0, duration_s=60.0,
+                                   trades_per_s=40.0)
     return sink_db_link_faults(workdir / "home", delay_ms=500.0, delay_s=60.0, bytes_per_s=10_000.0,
-                               throttle_s=60.0, loss=0.2, loss_s=60.0, duration_s=240.0, trades_per_s=100.0)
+                               throttle_s=60.0, loss=0.2, loss_s=60.0, partition_s=120.0, duration_s=420.0,
+                               trades_per_s=100.0)
 
 
 REGISTRY: list[Case] = [
@@ -97,7 +99,8 @@ REGISTRY: list[Case] = [
     Case("feed_faults", _feed_faults),
     # the embedded broker SIGKILLed while trades flow (restarted empty by the supervisor): broker_sigkill
     Case("broker_killed", _broker_killed),
-    # the sink's PostgreSQL link through a TCP proxy: link_delay, link_throttle, link_loss (iptables)
+    # the sink's PostgreSQL link through a TCP proxy: link_delay, link_throttle, link_loss (iptables), and
+    # db_partition (a network namespace's veth link down)
     Case("link_faults", _link_faults),
 ]
 

@@ -76,6 +76,7 @@ from sinks.tables import (
     table_for_topic,
     write_rows,
 )
+from tapeflow_runtime.db_liveness import liveness_kwargs
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
 
 log = structlog.get_logger("sink")
@@ -151,6 +152,7 @@ class TopicSink:
         self.config = config
         self.bootstrap = bootstrap
         self.conninfo = conninfo
+        self._liveness = liveness_kwargs(conninfo)  # a partitioned link is noticed in seconds, both ends
         self.serde = serde
         self.metrics = metrics or SinkMetrics()
         self.specs: dict[str, TableSpec] = {config.topic_prefix + t: table_for_topic(t) for t in config.topics}
@@ -187,6 +189,8 @@ class TopicSink:
         self.committed_batches = 0
         self.started_at = datetime.now(UTC)
         self.database_down = False  # a batch is waiting for the database (what /health reports)
+        self.database_error = ""  # the last error while it is down, and since when (monotonic)
+        self.database_down_since: float | None = None
         self.metrics.expect_tables(sorted(self._by_table))
         self._lag = LagProbe(self.metrics.lag, config.group_id, starvation_window_s=config.starvation_window_s)
 
@@ -225,7 +229,7 @@ class TopicSink:
         """Partitions ahead and retention: at start and hourly, never per flush."""
         now = datetime.now(UTC)
         try:
-            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5, **self._liveness) as conn:
                 created = ensure_partitions_ahead(conn, now)
                 dropped = apply_retention(conn, self.config.retention, now, protect_since(self.started_at, now))
             with self._cache_lock:
@@ -465,7 +469,11 @@ class TopicSink:
                 t0 = time.perf_counter()
                 batch.written = self._write(batch, slot)
                 batch.commit_s = time.perf_counter() - t0
-                self.database_down = False
+                if self.database_down:
+                    log.info("database reachable again", down_s=round(time.monotonic() - (self.database_down_since
+                                                                                        or time.monotonic()), 1))
+                self.database_down, self.database_down_since = False, None
+                self.metrics.database_state.set(0)
                 return
             except psycopg.errors.DeadlockDetected as exc:
                 # two writers storing the same keys in a different order (re-delivered records): the
@@ -478,7 +486,11 @@ class TopicSink:
                 if not isinstance(exc, psycopg.OperationalError):
                     raise
                 self._drop_connection(slot)
+                self.database_error = str(exc).splitlines()[0]
+                if not self.database_down:
+                    self.database_down_since = time.monotonic()
                 self.database_down = True
+                self.metrics.database_state.set(1)
                 attempt += 1
                 delay = min(self.config.max_backoff_s, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
                 log.warning("database unavailable, retrying the batch", error=str(exc).splitlines()[0],
@@ -493,7 +505,7 @@ class TopicSink:
     def _connection(self, slot: int) -> psycopg.Connection:
         conn = self._conns[slot]
         if conn is None or conn.closed:
-            conn = self._conns[slot] = psycopg.connect(self.conninfo, connect_timeout=5)
+            conn = self._conns[slot] = psycopg.connect(self.conninfo, connect_timeout=5, **self._liveness)
         return conn
 
     def _drop_connection(self, slot: int) -> None:

@@ -29,6 +29,8 @@ class SinkMetrics:
                               ["table", "kind"], registry=r)
         self.db_retries = Counter("tapeflow_sink_db_retries_total", "Batch retries while the database was down",
                                   registry=r)
+        self.database_state = Gauge("tapeflow_sink_database_state", "1 while a batch waits for an unreachable "
+                                    "database, else 0", registry=r)
         self.lag = Gauge("tapeflow_sink_consumer_lag_messages", "High watermark minus committed offset",
                          ["group", "topic", "partition"], registry=r)
         self.last_event_time = Gauge("tapeflow_sink_last_committed_event_time_seconds",

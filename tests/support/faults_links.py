@@ -31,6 +31,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from tests.support.faults_netns import NetnsLink, netns_usable
 from tests.support.faults_process import _statuses, _wait, row
 
 
@@ -220,10 +222,12 @@ def _kill_rows(detail: dict[str, Any], stall_before_kill_s: float) -> list[dict[
 class LinkProxy:
     """A TCP proxy on its own asyncio loop (a thread): every chunk read from either side is written to the
     other ``delay_s`` later (order kept), at most ``bytes_per_s`` when set. Both settings may change
-    while it runs; ``upstream()`` is asked at each new connection (the address may move)."""
+    while it runs; ``upstream()`` is asked at each new connection (the address may move). With ``netns``
+    its thread joins that network namespace first (`tests.support.faults_netns`): it listens, and
+    connects upstream, from inside it."""
 
-    def __init__(self, upstream, host: str = "127.0.0.1") -> None:
-        self.upstream, self.host = upstream, host
+    def __init__(self, upstream, host: str = "127.0.0.1", netns: str | None = None) -> None:
+        self.upstream, self.host, self.netns = upstream, host, netns
         self.delay_s = 0.0
         self.bytes_per_s: float | None = None
         self.port = 0
@@ -245,6 +249,9 @@ class LinkProxy:
         self._thread.join(10)
 
     def _run(self) -> None:
+        if self.netns:
+            from tests.support.faults_netns import enter_netns
+            enter_netns(self.netns)
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(asyncio.start_server(self._client, self.host, 0))
         self.port = self._server.sockets[0].getsockname()[1]
@@ -315,14 +322,21 @@ def iptables_usable() -> str | None:
 
 
 @contextlib.contextmanager
-def packet_loss(port: int, probability: float) -> Iterator[list[list[str]]]:
-    """Drop ``probability`` of the loopback packets to and from ``port`` (the test's own proxy port: a
-    listener the test holds, so no other socket can use it), both directions, in the INPUT chain; each
-    rule carries a unique comment and is deleted in a ``finally``."""
+def packet_loss(port: int, probability: float, host: str = "127.0.0.1") -> Iterator[list[list[str]]]:
+    """Drop ``probability`` of the packets to and from ``host:port`` (the test's own proxy: a listener
+    the test holds, so no other socket can use it), both directions; each rule carries a unique comment
+    and is deleted in a ``finally``. On loopback both directions pass the INPUT chain; for an address of
+    a veth (`tests.support.faults_netns`) what arrives at ``port`` passes INPUT and what it sends passes
+    OUTPUT."""
     tag = f"tapeflow-test-{uuid.uuid4().hex[:12]}"
-    rules = [["INPUT", "-i", "lo", "-p", "tcp", "-d", "127.0.0.1", direction, str(port), "-m", "statistic",
-              "--mode", "random", "--probability", f"{probability:.4f}", "-m", "comment", "--comment", tag,
-              "-j", "DROP"] for direction in ("--dport", "--sport")]
+    loss = ["-m", "statistic", "--mode", "random", "--probability", f"{probability:.4f}", "-m", "comment",
+            "--comment", tag, "-j", "DROP"]
+    if host == "127.0.0.1":
+        rules = [["INPUT", "-i", "lo", "-p", "tcp", "-d", host, direction, str(port), *loss]
+                 for direction in ("--dport", "--sport")]
+    else:
+        rules = [["INPUT", "-p", "tcp", "-d", host, "--dport", str(port), *loss],
+                 ["OUTPUT", "-p", "tcp", "-s", host, "--sport", str(port), *loss]]
     added: list[list[str]] = []
     try:
         for rule in rules:
@@ -332,7 +346,7 @@ def packet_loss(port: int, probability: float) -> Iterator[list[list[str]]]:
     finally:
         for rule in added:
             subprocess.run(["iptables", "-w", "5", "-D", *rule], capture_output=True, timeout=10)
-        left = subprocess.run(["iptables", "-w", "5", "-S", "INPUT"], capture_output=True, text=True, timeout=10)
+        left = subprocess.run(["iptables", "-w", "5", "-S"], capture_output=True, text=True, timeout=10)
         assert tag not in left.stdout, f"iptables rules {tag} left behind:\n{left.stdout}"
 
 
@@ -347,11 +361,25 @@ def _sink_through(proxy: LinkProxy):
     def prepare(self):
         launch = original(self)
         password = read_or_create_secret(self.paths.secrets_dir / f"postgres-{WRITER_ROLE}")
-        url = (f"postgresql://{WRITER_ROLE}:{urllib.parse.quote(password, safe='')}@127.0.0.1:{proxy.port}/"
+        url = (f"postgresql://{WRITER_ROLE}:{urllib.parse.quote(password, safe='')}@{proxy.host}:{proxy.port}/"
                f"{self.settings.database_name}")
         return dataclasses.replace(launch, env={**(launch.env or {}), "TAPEFLOW_DATABASE_URL": url})
 
     return mock.patch.object(SinkService, "prepare", prepare)
+
+
+def _sink_database_state(stack) -> float | None:
+    """The sink's ``tapeflow_sink_database_state`` gauge, scraped from its /metrics."""
+    from tests.support.faults_process import _health_url
+
+    url = _health_url(stack, "sink").rsplit("/", 1)[0] + "/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # nosec B310 # the test's own loopback service
+            text = resp.read().decode()
+    except OSError:
+        return None
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("tapeflow_sink_database_state ")]
+    return values[0] if values else None
 
 
 def _db_upstream(home: Path):
@@ -371,15 +399,20 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
                         bytes_per_s: float | None = 20_000.0, throttle_s: float = 5.0, loss: float = 0.1,
                         loss_s: float = 6.0, duration_s: float = 40.0, trades_per_s: float = 40.0,
                         then_kill_broker: bool = False, sink_pause_s: float = 0.0,
-                        stop_timeout_s: float | None = None,
+                        stop_timeout_s: float | None = None, partition_s: float = 0.0,
                         symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
-    """The sink's PostgreSQL link through `LinkProxy`, three faults in turn, each cleared before the next:
+    """The sink's PostgreSQL link through `LinkProxy`, up to four faults in turn, each cleared before the next:
 
     1. ``link_delay_<D>ms``: every chunk delayed ``delay_ms`` each way for ``delay_s``;
     2. ``link_throttle_<B>Bps`` (``bytes_per_s``): at most that many bytes/s each way for ``throttle_s``;
-    3. ``link_loss_<P>pct`` (``loss`` > 0): ``loss`` of the packets on the proxy's loopback port dropped
+    3. ``link_loss_<P>pct`` (``loss`` > 0): ``loss`` of the packets on the proxy's port dropped
        (iptables statistic) for ``loss_s``; skipped, with the reason in the detail (``loss_skipped``),
-       where iptables is not usable.
+       where iptables is not usable;
+    4. ``db_partition_<S>s`` (``partition_s`` > 0): the network between the sink and PostgreSQL cut for
+       ``partition_s``: the sink reaches the proxy through a relay in a network namespace
+       (`tests.support.faults_netns`), whose veth link is set down (packets dropped, no reset: the sink's
+       own sockets see the partition, not a proxy that still acknowledges), then up. Skipped, with the
+       reason (``partition_skipped``), where namespaces cannot be made.
 
     Per fault: ``recover_s`` from the fault cleared to the table caught up with what the producer had
     delivered when it cleared (the consumer keeps up); ``duration_s`` the fault's length. ``lost`` /
@@ -395,22 +428,39 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
     detail["loss_skipped"] = why_no_loss
     faults: list[tuple[str, float]] = []
     env = {"TAPEFLOW_STOP_TIMEOUT_S": str(stop_timeout_s)} if stop_timeout_s else None
-    with (LinkProxy(_db_upstream(home)) as proxy, _sink_through(proxy),
-          live_stack(home, spec, max_batches=0, env=env) as stack):
+    why_no_partition = netns_usable() if partition_s else "not asked"
+    detail["partition_skipped"] = why_no_partition
+    with contextlib.ExitStack() as scope:
+        link = None
+        if why_no_partition is None:  # sink -> relay in the namespace -> veth -> proxy -> PostgreSQL
+            link = scope.enter_context(NetnsLink())
+            proxy = scope.enter_context(LinkProxy(_db_upstream(home), host=link.host_addr))
+            entry = scope.enter_context(LinkProxy(lambda: (link.host_addr, proxy.port), host=link.ns_addr,
+                                                  netns=link.name))
+        else:
+            proxy = entry = scope.enter_context(LinkProxy(_db_upstream(home)))
+        scope.enter_context(_sink_through(entry))
+        stack = scope.enter_context(live_stack(home, spec, max_batches=0, env=env))
         _flowing(stack, symbol)
         assert proxy.connections > 0, "the sink does not go through the proxy"
         sink_pid = stack.service_pid("sink")
         last = expected[2]
 
         def run_fault(name: str, length_s: float, on, off) -> None:
-            f: dict[str, Any] = {"stored_before": stack.trades_stored(symbol)[0]}
+            """The fault for ``length_s``, the sink's status watched every 0.5 s meanwhile (``status``:
+            the first time it was not ok, seconds into the fault, and its detail)."""
+            f: dict[str, Any] = {"stored_before": stack.trades_stored(symbol)[0], "status": None}
             t0 = time.monotonic()
             on()
             try:
-                time.sleep(length_s / 2)
-                f["stored_mid"] = stack.trades_stored(symbol)[0]
-                f["bytes_mid"] = proxy.bytes
-                time.sleep(max(0.0, length_s - (time.monotonic() - t0)))
+                while (left := length_s - (time.monotonic() - t0)) > 0:
+                    if "stored_mid" not in f and left <= length_s / 2:
+                        f["stored_mid"] = stack.trades_stored(symbol)[0] if link is None or link.is_up else None
+                        f["bytes_mid"] = proxy.bytes
+                    if f["status"] is None and not (st := _statuses(stack, ("sink",)).get("sink", (True, "")))[0]:
+                        f["status"] = (round(time.monotonic() - t0, 2), st[1])
+                        f["database_state_metric"] = _sink_database_state(stack)
+                    time.sleep(min(0.5, max(0.0, length_s - (time.monotonic() - t0))))
                 f["lag_at_clear"] = (_delivered(stack, symbol) or 0) - _max_stored(stack, symbol)
             finally:
                 off()
@@ -420,6 +470,7 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
             f["recover_s"] = round(time.monotonic() - t_clear, 2) if caught_up else None
             f["duration_s"] = round(t_clear - t0, 2)
             f["lag_after"] = (_delivered(stack, symbol) or 0) - _max_stored(stack, symbol)
+            f["status_after"] = _statuses(stack, ("sink",))
             detail["faults"][name] = f
             faults.append((name, f["duration_s"]))
 
@@ -438,8 +489,11 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
         if loss and why_no_loss is None:
             rules = contextlib.ExitStack()
             run_fault(f"link_loss_{loss * 100:g}pct", loss_s,
-                      lambda: detail.__setitem__("loss_rules", rules.enter_context(packet_loss(proxy.port, loss))),
+                      lambda: detail.__setitem__("loss_rules",
+                                                 rules.enter_context(packet_loss(proxy.port, loss, proxy.host))),
                       rules.close)
+        if link is not None:
+            run_fault(f"db_partition_{partition_s:g}s", partition_s, link.down, link.up)
         detail["sink_pid_same"] = sink_pid == stack.service_pid("sink")
         if then_kill_broker:
             _kill_phase(stack, detail, symbol, 1, 0.0, trades_per_s, sink_pause_s)
