@@ -23,6 +23,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stream_apps.core.detectors import DETECTOR_FIELDS
 from stream_apps.core.frame import SCALAR_FIELDS, duration_name
 from stream_apps.core.records import FeatureBlock, FeatureTable
 from stream_apps.core.scoring import BLOCK_REASONS, GATES, LAYER_ORDER
@@ -69,6 +70,8 @@ class ResearchTable:
         for name in LAYER_ORDER:
             columns[f"layer_{name}"] = scores.layers[name].copy() if name in scores.layers else np.full(n, np.nan)
         for name in SCALAR_FIELDS:
+            if name in DETECTOR_FIELDS and np.isnan(frame.values[name]).all():
+                continue  # detectors off (or not yet filled): no column, as before they existed
             columns[f"in_{name}"] = frame.values[name].copy()
         for prefix, pairs in (("cvd", frame.cvd), ("cvd_slope", frame.cvd_slope), ("cvd_accel", frame.cvd_accel)):
             for window, column in pairs.items():

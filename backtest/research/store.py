@@ -204,7 +204,8 @@ class FeatureStore:
                 part = slice(start, start + rows)
                 yield FeatureFrame(
                     "binance", symbol, columns["time_ms"][part],
-                    {name: columns[name][part] for name in SCALAR_FIELDS},
+                    {name: columns[name][part] if name in columns else np.full(len(columns["time_ms"][part]), np.nan)
+                     for name in SCALAR_FIELDS},  # a store written before a field existed: missing
                     _windows(columns, "cvd", part), _windows(columns, "slope", part), _windows(columns, "accel", part))
 
     def bars(self, symbol: str) -> SecondBars:

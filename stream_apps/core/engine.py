@@ -30,6 +30,10 @@ liquidation and indicator records are never dropped as late (they are latest-val
 for liquidations, sums that tolerate 10 minutes of delay); they take effect at the next evaluation.
 With input in time order, the output is identical for any batching (tested with 1, 7 and 1000).
 
+Detectors (VPIN, Kyle's lambda, Amihud; ``core.detectors``) run in a symbol's state when a strategy
+that applies to the symbol has a ``detectors`` section; every strategy that has one must have the same
+(one state per symbol). Off, nothing changes: no field, no cost.
+
 Outputs are plain dicts shaped like the Avro records: ``bars`` (bars.1m), ``features`` (one
 FeatureEvaluation per strategy x symbol x evaluation) and ``signals``.
 """
@@ -44,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .cooldown import CooldownBook
+from .detectors import DetectorParams
 from .decision import decide_frame
 from .frame import distinct_sorted
 from .events import (
@@ -188,14 +193,27 @@ class Engine:
             sorted(set(STANDARD_CVD_WINDOWS_MS) | {w for c in self.strategies for w in (c.windows.cvd_fast, c.windows.cvd_mid)})
         )
         self._slope_windows = tuple(sorted({1_800_000} | {c.windows.cvd_fast for c in self.strategies}))
+        detecting = [cfg for cfg in self.strategies if cfg.detectors is not None]
+        if len({cfg.detectors.model_dump_json() for cfg in detecting}) > 1:
+            raise ValueError("strategies that set detectors must set the same (a symbol has one state): "
+                             + ", ".join(cfg.name for cfg in detecting))
+        self._detecting = detecting
         self._limits: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------------
     def state(self, exchange: str, symbol: str) -> SymbolState:
         key = (exchange, symbol)
         if key not in self.states:
-            self.states[key] = SymbolState(exchange, symbol, self._state_params(symbol))
+            self.states[key] = SymbolState(exchange, symbol, self._state_params(symbol), self.detector_params(symbol))
         return self.states[key]
+
+    def detector_params(self, symbol: str) -> DetectorParams | None:
+        """The symbol's detector parameters: from the first strategy with a ``detectors`` section that
+        applies to it (they are all the same), None (off) without one."""
+        for cfg in self._detecting:
+            if cfg.applies_to(symbol):
+                return cfg.detectors.params_for(symbol)
+        return None
 
     def process(
         self,
@@ -574,6 +592,7 @@ class Engine:
         engine.applied_input_ms = data.get("applied_input_ms")  # absent in snapshots before it existed
         for state_data in data["states"]:
             state = SymbolState.from_dict(state_data)
+            state.use_detectors(engine.detector_params(state.symbol))  # the strategies' section may have changed
             engine.states[(state.exchange, state.symbol)] = state
         for name, book in data["books"].items():
             if name in engine.books:

@@ -56,6 +56,9 @@ class Features:
     spot_perp_divergence: float | None = None
     liq_long_usd_5m: float = 0.0
     liq_short_usd_5m: float = 0.0
+    vpin: float | None = None  # the detectors (``core.detectors``): None when off or not yet available
+    kyle_lambda: float | None = None
+    amihud: float | None = None
 
     # -- accessors ----------------------------------------------------------------------------
     def cvd_at(self, window_ms: int) -> float:

@@ -27,11 +27,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
 from tapeflow_runtime.errors import TapeflowError
 
+from .detectors import DetectorParams
 from .durations import parse_duration_ms
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
@@ -169,6 +171,51 @@ class Sizing(_Model):
     tier_multipliers: TierMultipliers = TierMultipliers()
 
 
+class Vpin(_Model):
+    """VPIN's buckets and classification (``core.detectors.microstructure`` has the definitions)."""
+
+    bucket_volume: PerSymbol = PerSymbol(default=1_000_000)  # per symbol, in volume_unit; no value: off
+    volume_unit: Literal["quote", "base"] = "quote"
+    buckets: int = Field(default=50, ge=1, le=10_000, description="n: VPIN over the last n buckets")
+    classification: Literal["bvc", "aggressor", "tick"] = "bvc"
+    sigma_bars: int = Field(default=100, ge=2, le=100_000, description="BVC: sigma of the last K bar changes")
+
+    @model_validator(mode="after")
+    def _check(self) -> Vpin:
+        values = [v for v in (self.bucket_volume.default, *self.bucket_volume.symbols.values()) if v is not None]
+        if any(not v > 0 for v in values):
+            raise ValueError("bucket_volume must be positive")
+        return self
+
+
+class Detectors(_Model):
+    """Microstructure detectors computed by the engine for the symbols of this strategy (off when the
+    section is absent). Every strategy that sets it must set the same: a symbol has one state."""
+
+    bar: Duration = Field(default=60_000, description="time bars of BVC, Kyle's lambda and Amihud")
+    vpin: Vpin = Vpin()
+    kyle_window_bars: int = Field(default=30, ge=2, le=100_000)
+    amihud_window_bars: int = Field(default=30, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> Detectors:
+        if self.bar <= 0 or self.bar % 1000:
+            raise ValueError("bar must be a positive whole number of seconds")
+        for symbol in ("", *self.vpin.bucket_volume.symbols):
+            self.params_for(symbol)  # refused here, not when the engine first meets the symbol
+        return self
+
+    def params_for(self, symbol: str) -> DetectorParams | None:
+        """The symbol's ``DetectorParams`` (None: no bucket volume for it, detectors off)."""
+        volume = self.vpin.bucket_volume.value_for(symbol)
+        if volume is None:
+            return None
+        return DetectorParams(bar_ms=self.bar, vpin_bucket_volume=volume, vpin_volume_unit=self.vpin.volume_unit,
+                              vpin_buckets=self.vpin.buckets, vpin_classification=self.vpin.classification,
+                              bvc_sigma_bars=self.vpin.sigma_bars, kyle_window_bars=self.kyle_window_bars,
+                              amihud_window_bars=self.amihud_window_bars)
+
+
 class StrategyConfig(_Model):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
     version: str = Field(min_length=1, max_length=32)
@@ -183,7 +230,15 @@ class StrategyConfig(_Model):
     gates: Gates = Gates()
     exits: Exits
     sizing: Sizing = Sizing()
+    detectors: Detectors | None = None  # VPIN, Kyle's lambda, Amihud as features; off when absent
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Without detectors the dump (and so ``config_hash``) is what it was before they existed."""
+        data = handler(self)
+        if data.get("detectors") is None:
+            data.pop("detectors", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> StrategyConfig:

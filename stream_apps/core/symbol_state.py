@@ -8,7 +8,10 @@ update identically. So:
   CVD, VWAP, large-trade and whale flow over any window are sums of buckets, computed on read;
 - the 24-h trade-size distribution is an hourly log-linear histogram (see ``quantiles``);
 - 1m and 5m bars are built from the same batches; closed 5m bars drive a Wilder ATR;
-- book, mark, liquidation and indicator records live in ``MarketRecords`` (latest values, staleness).
+- book, mark, liquidation and indicator records live in ``MarketRecords`` (latest values, staleness);
+- optionally (``detectors``, set from the strategies' ``detectors`` section) VPIN, Kyle's lambda and
+  Amihud (``core.detectors``), fed the accepted trades; their changes are logged with the times from
+  which they hold, so a segment's evaluation times read them as the other windows.
 
 Bad input never raises; it is counted in ``counters``:
 - ``rejected``: NaN/inf/zero/negative price or quantity, negative id or time (quantity below 1e-8
@@ -41,6 +44,7 @@ import numpy as np
 
 from .atr import WilderATR
 from .bars import Bar, BarBuilder, segments_from_groups
+from .detectors import DetectorLog, DetectorParams, MicrostructureDetectors
 from .events import (
     BookUpdate,
     IndicatorUpdate,
@@ -89,12 +93,15 @@ class SegmentLog:
     trade_prices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
     atr: list[tuple[int, float | None, float, int]] = field(default_factory=list)  # (bar close, value, pct, bars)
     thresholds: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # minute -> (p95, p99, n)
+    pre_detectors: tuple[float, float, float] = (np.nan, np.nan, np.nan)  # (vpin, kyle, amihud) before
+    detectors: DetectorLog = field(default_factory=DetectorLog)  # their changes during the segment
 
 
 class SymbolState:
     """All state of one (exchange, symbol): update with ``apply_*``, read with ``snapshot``."""
 
-    def __init__(self, exchange: str, symbol: str, params: StateParams | None = None) -> None:
+    def __init__(self, exchange: str, symbol: str, params: StateParams | None = None,
+                 detectors: DetectorParams | None = None) -> None:
         self.exchange = exchange
         self.symbol = symbol
         self.params = params or StateParams.for_symbol(symbol)
@@ -119,6 +126,7 @@ class SymbolState:
         self.bars_atr = BarBuilder(p.atr_bar_ms)
         self.atr = WilderATR(p.atr_period, p.atr_history, p.atr_min_history)
         self.market = MarketRecords(p, self.counters)
+        self.detectors = MicrostructureDetectors(detectors) if detectors is not None else None
         self._log: SegmentLog | None = None  # set while ``apply_segment`` runs
 
     # ------------------------------------------------------------------------------------------
@@ -285,6 +293,12 @@ class SymbolState:
         minute_numbers = minutes[m_starts]
         self.minutes.add_grouped(minute_numbers, per_minute)
 
+        if self.detectors is not None:
+            units = quote_units if self.detectors.params.vpin_volume_unit == "quote" else qty_units
+            changes = self.detectors.update(times, prices, qtys, sells, units)
+            if self._log is not None:
+                self._log.detectors.extend(changes)
+
         segments = segments_from_groups(MINUTE_MS, minute_numbers, m_starts, prices, per_minute, ids)
         closed = self.bars_1m.apply(segments)
         for bar in self.bars_atr.apply(segments):
@@ -365,6 +379,10 @@ class SymbolState:
     def advance_to(self, now_ms: int) -> list[Bar]:
         """Close everything that ended by ``now_ms``; later trades before ``now_ms`` become late."""
         self.sealed_ms = max(self.sealed_ms, int(now_ms))
+        if self.detectors is not None:
+            changes = self.detectors.advance_to(now_ms)
+            if self._log is not None:
+                self._log.detectors.extend(changes)
         for bar in self.bars_atr.close_until(now_ms):
             self._update_atr(bar)
         return self.bars_1m.close_until(now_ms)
@@ -428,6 +446,8 @@ class SymbolState:
         log = SegmentLog(self.last_price, self.last_trade_ms, self.atr.value, self.atr.percentile(), self.atr.bars,
                          self.threshold_minute, (self.p95, self.p99, self.qty_samples),
                          distinct_sorted(times // MINUTE_MS).tolist())
+        if self.detectors is not None:
+            log.pre_detectors = self.detectors.values
         self._log = log
         try:
             closed: list[Bar] = []
@@ -598,6 +618,14 @@ class SymbolState:
         values["whale_buy_usd_15m"], values["whale_sell_usd_15m"] = notional_values[1], notional_values[2]
         values["whale_ratio_15m"] = whale_ratio
         values.update(self.market.values_many(times, timeline))
+        if self.detectors is None:
+            detected = np.full((n, 3), np.nan)
+        elif log is not None:
+            detected = log.detectors.at(times, log.pre_detectors)
+        else:
+            detected = np.empty((n, 3))
+            detected[:] = self.detectors.values
+        values["vpin"], values["kyle_lambda"], values["amihud"] = detected.T.copy()
         return FeatureFrame(self.exchange, self.symbol, times, {name: values[name] for name in SCALAR_FIELDS},
                             cvd, slopes, accels)
 
@@ -612,10 +640,11 @@ class SymbolState:
             + self.market.capacity_cells
             + self.qty_hist.capacity_cells
             + self.atr.history_len
+            + (self.detectors.capacity_cells if self.detectors is not None else 0)
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "exchange": self.exchange,
             "symbol": self.symbol,
             "params": asdict(self.params),
@@ -639,6 +668,9 @@ class SymbolState:
             "atr": self.atr.to_dict(),
             "market": self.market.to_dict(),
         }
+        if self.detectors is not None:  # absent when off: snapshots stay as they were
+            data["detectors"] = self.detectors.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SymbolState:
@@ -665,4 +697,14 @@ class SymbolState:
         state.bars_atr = BarBuilder.from_dict(data["bars_atr"])
         state.atr = WilderATR.from_dict(data["atr"])
         state.market = MarketRecords.from_dict(data["market"], state.params, state.counters)
+        if "detectors" in data:
+            state.detectors = MicrostructureDetectors.from_dict(data["detectors"])
         return state
+
+    def use_detectors(self, params: DetectorParams | None) -> None:
+        """Keep the detectors if their parameters are ``params``; otherwise start them afresh (their
+        windows fill again from the next trade) or, with None, drop them (a restored state after the
+        strategies' ``detectors`` section changed)."""
+        current = self.detectors.params if self.detectors is not None else None
+        if current != params:
+            self.detectors = MicrostructureDetectors(params) if params is not None else None

@@ -53,7 +53,7 @@ AMIHUD_SCALE = 1e6  # |return| per 1,000,000 quote currency traded
 _SQRT2 = math.sqrt(2.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fill_buckets(units, buy_fraction, bucket_units, n_buckets, ints, floats, imbalances):  # pragma: no cover
     """Pour ``units`` of volume, a ``buy_fraction`` of it bought, into the buckets; a bucket that
     reaches ``bucket_units`` is closed (its |buy - sell| into the ring) and the rest goes on into the

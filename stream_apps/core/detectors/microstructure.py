@@ -80,8 +80,8 @@ class DetectorParams:
             raise ValueError(f"vpin_volume_unit must be one of {sorted(_SCALES)}, got {self.vpin_volume_unit!r}")
         if self.vpin_classification not in _MODES:
             raise ValueError(f"vpin_classification must be one of {sorted(_MODES)}, got {self.vpin_classification!r}")
-        if not self.vpin_bucket_volume > 0 or self.bucket_units < 1:
-            raise ValueError("vpin_bucket_volume must be positive (at least one volume unit)")
+        if not 0 < self.vpin_bucket_volume < 1e12 or self.bucket_units < 1:
+            raise ValueError("vpin_bucket_volume must be positive (at least one volume unit) and below 1e12")
         for name in ("vpin_buckets", "kyle_window_bars", "amihud_window_bars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

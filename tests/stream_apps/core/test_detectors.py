@@ -254,3 +254,187 @@ def test_any_batching_gives_the_same_log_and_state(mode, cuts, advance, restore)
     np.testing.assert_array_equal(np.concatenate(keys), whole_log.keys)
     np.testing.assert_array_equal(np.concatenate(values), whole_log.values)
     assert d.to_dict() == whole.to_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# in the engine: a strategy's ``detectors`` section turns them on; stream and backtest agree
+# ----------------------------------------------------------------------------------------------
+MIN = 60_000
+SESSION_START = 1_700_006_400_000
+DETECTORS = {"bar": "1m", "vpin": {"bucket_volume": {"default": 20_000, "symbols": {"BTCUSDT": 200_000}},
+                                   "buckets": 8, "classification": "aggressor", "sigma_bars": 10},
+             "kyle_window_bars": 5, "amihud_window_bars": 4}
+
+
+def strategy(name="detecting", detectors=None, **overrides):
+    from stream_apps.core.strategy import parse_strategy
+
+    data = {"name": name, "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
+            "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
+            "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "2m",
+            "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60}, **overrides}
+    if detectors is not None:
+        data["detectors"] = detectors
+    return parse_strategy(data)
+
+
+def engine_trades():
+    from stream_apps.core.synthetic import synthetic_trades
+
+    return [synthetic_trades(symbol, start_ms=SESSION_START, duration_ms=25 * MIN, rate_per_s=4.0, price0=price,
+                             seed=seed) for seed, (symbol, price) in enumerate((("BTCUSDT", 30_000.0),
+                                                                                ("ETHUSDT", 2_000.0)))]
+
+
+def process_in_batches(engine, streams, batch_ms):
+    from stream_apps.core.engine import EngineOutput
+
+    out = EngineOutput()
+    for begin in range(SESSION_START, SESSION_START + 25 * MIN, batch_ms):
+        parts = [s.take(slice(int(s.time_ms.searchsorted(begin)), int(s.time_ms.searchsorted(begin + batch_ms))))
+                 for s in streams]
+        out.extend(engine.process([p for p in parts if len(p)], now_ms=begin + batch_ms))
+    return out
+
+
+@pytest.mark.parametrize("classification", ["bvc", "tick"])
+def test_engine_features_are_the_detectors_values_before_each_evaluation(classification):
+    """Each feature record's vpin / kyle_lambda / amihud is what the detectors give from the
+    symbol's trades before the evaluation time (bars closed by then), whatever the engine's batching."""
+    from stream_apps.core.engine import Engine
+
+    section = {**DETECTORS, "vpin": {**DETECTORS["vpin"], "classification": classification}}
+    streams = engine_trades()
+    outputs = [process_in_batches(Engine([strategy(detectors=section)]), streams, batch_ms)
+               for batch_ms in (MIN, 7_000)]
+    assert outputs[0] == outputs[1]
+    features = outputs[0].features
+    assert {"vpin", "kyle_lambda", "amihud"} <= set(features[-1]["inputs"])
+    for stream in streams:
+        rows = [f for f in features if f["symbol"] == stream.symbol]
+        times = np.array([f["eval_time"] for f in rows])
+        alone = MicrostructureDetectors(strategy(detectors=section).detectors.params_for(stream.symbol))
+        log = alone.update_batch(stream)
+        log.extend(alone.advance_to(int(times[-1])))
+        expected = log.at(times, (np.nan,) * 3)
+        got = np.array([[f["inputs"].get(name, np.nan) for name in ("vpin", "kyle_lambda", "amihud")] for f in rows])
+        np.testing.assert_array_equal(got, expected)
+        assert np.isfinite(got).all(axis=1).sum() > len(rows) // 2
+
+
+def test_detectors_off_change_nothing_and_on_change_only_their_own_fields():
+    from stream_apps.core.engine import Engine
+
+    streams = engine_trades()
+    off = process_in_batches(Engine([strategy()]), streams, MIN)
+    on = process_in_batches(Engine([strategy(detectors=DETECTORS)]), streams, MIN)
+    assert not any({"vpin", "kyle_lambda", "amihud"} & set(f["inputs"]) for f in off.features)
+    assert "detectors" not in strategy().model_dump()  # so the config hash of every older file is unchanged
+    strip = [{k: v for k, v in f["inputs"].items() if k not in ("vpin", "kyle_lambda", "amihud")} for f in on.features]
+    assert strip == [f["inputs"] for f in off.features]
+    assert [(s["eval_time"], s["direction"], s["score"]) for s in on.signals] == \
+        [(s["eval_time"], s["direction"], s["score"]) for s in off.signals]
+    assert on.bars == off.bars
+
+
+def test_a_restored_engine_resumes_its_detectors_and_restarts_them_when_the_section_changed():
+    from stream_apps.core.engine import Engine
+
+    streams = engine_trades()
+    whole = process_in_batches(Engine([strategy(detectors=DETECTORS)]), streams, MIN).features
+    first = Engine([strategy(detectors=DETECTORS)])
+    half = [s.take(slice(0, int(s.time_ms.searchsorted(SESSION_START + 12 * MIN)))) for s in streams]
+    rest = [s.take(slice(len(h), None)) for s, h in zip(streams, half)]
+    out = first.process(half, now_ms=SESSION_START + 12 * MIN)
+    snapshot = first.to_dict()
+    resumed = Engine.from_dict(snapshot, [strategy(detectors=DETECTORS)])
+    out.extend(resumed.process(rest, now_ms=SESSION_START + 25 * MIN))
+    assert out.features == whole
+    changed = {**DETECTORS, "kyle_window_bars": 6}
+    restarted = Engine.from_dict(snapshot, [strategy(detectors=changed)])
+    state = restarted.states[("binance", "BTCUSDT")]
+    assert state.detectors.params.kyle_window_bars == 6 and state.detectors.completed_buckets == 0
+    dropped = Engine.from_dict(snapshot, [strategy()])
+    assert dropped.states[("binance", "BTCUSDT")].detectors is None
+
+
+def test_strategies_with_different_detector_sections_are_refused():
+    from stream_apps.core.engine import Engine
+    from stream_apps.core.strategy import StrategyConfigError
+
+    with pytest.raises(ValueError, match="same"):
+        Engine([strategy(detectors=DETECTORS), strategy("other", detectors={**DETECTORS, "bar": "5m"})])
+    Engine([strategy(detectors=DETECTORS), strategy("other", detectors=DETECTORS), strategy("plain")])
+    with pytest.raises(StrategyConfigError, match="bar"):
+        strategy(detectors={"bar": "1500ms"})
+    with pytest.raises(StrategyConfigError, match="bucket_volume"):
+        strategy(detectors={"vpin": {"bucket_volume": {"default": -1}}})
+    with pytest.raises(StrategyConfigError, match="bucket_volume"):  # below one unit: refused when loaded
+        strategy(detectors={"vpin": {"bucket_volume": {"symbols": {"XRPUSDT": 1e-9}}}})
+
+
+def test_the_stream_worker_and_the_backtest_give_the_same_detector_values():
+    """The Faust worker's processor (Avro records in random fetches) and the backtest runner (hour
+    slices, replay-sized rings) over one generated session: equal values at every evaluation both made."""
+    import random
+
+    from backtest.runner import BacktestRunner
+    from backtest.sources.records import RecordSource
+    from schemas.registry import FileSchemaRegistry
+    from schemas.serde import AvroSerde
+    from stream_apps.core.engine import EngineParams
+    from stream_apps.faust_app.metrics import EngineAppMetrics
+    from stream_apps.faust_app.outputs import OutputEncoder
+    from stream_apps.faust_app.processor import EngineProcessor
+    from stream_apps.faust_app.session import synthetic_session
+
+    cfg = strategy(detectors=DETECTORS)
+    session = synthetic_session(duration_ms=25 * MIN, trades_per_s=4.0, seed=3)
+
+    class Capturing(BacktestRunner):
+        """The runner, keeping the feature records its engines produce."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.features = []
+
+        def _count_coverage(self, tables):
+            for table in tables:
+                self.features += table.records()
+            super()._count_coverage(tables)
+
+    kinds = {"md.trades": "trades", "md.book": "books", "md.mark": "marks", "md.liquidations": "liquidations",
+             "md.indicators": "indicators"}
+    records = {kind: [r.value for r in session if r.topic == topic] for topic, kind in kinds.items()}
+    runner = Capturing([cfg])
+    runner.run(RecordSource("session", "binance", ["BTCUSDT", "ETHUSDT"], SESSION_START, SESSION_START + 25 * MIN,
+                            **records))
+
+    serde = AvroSerde(FileSchemaRegistry())
+    processor = EngineProcessor([cfg], EngineParams(), serde, OutputEncoder(serde), EngineAppMetrics(),
+                                lambda key: None, monotonic=lambda: 0.0)
+    logs: dict = {}
+    for r in session:
+        log = logs.setdefault((r.topic, 0), [])
+        log.append(type("Record", (), {"offset": len(log), "key": r.key.encode(),
+                                       "value": serde.encode(r.topic, r.value)})())
+    rng, position, streamed = random.Random(1), dict.fromkeys(logs, 0), []
+    done = lambda topic, partition: position[(topic, partition)] >= len(logs[(topic, partition)])  # noqa: E731
+    while not all(done(*tp) for tp in logs):
+        fetch = {}
+        for tp in logs:
+            n = rng.randint(0, 500)
+            fetch[tp] = logs[tp][position[tp]:position[tp] + n]
+            position[tp] += len(fetch[tp])
+        for effects in (processor.on_records(fetch, done), processor.tick(done)):
+            streamed += [serde.decode(o.value) for o in effects.outputs if o.topic == "features"]
+
+    def values(features):
+        return {(f["symbol"], f["eval_time"]): tuple(f["inputs"].get(n) for n in ("vpin", "kyle_lambda", "amihud"))
+                for f in features}
+
+    stream, backtest = values(streamed), values(runner.features)
+    common = set(stream) & set(backtest)
+    assert len(common) > 0.9 * max(len(stream), len(backtest))
+    assert {k: stream[k] for k in common} == {k: backtest[k] for k in common}
+    assert sum(None not in v for v in stream.values()) > len(stream) // 2
