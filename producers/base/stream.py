@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import orjson
 import structlog
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 log = structlog.get_logger("producer.ws")
@@ -205,6 +206,62 @@ class CombinedStream:
                 "tapeflow up --source replay:DIR. Retrying with backoff.")
         log.error("exchange unreachable", detail=text, hint="tapeflow up --source replay:DIR")
         self.on_status("unreachable", hint)
+
+
+class SubscribingStream(CombinedStream):
+    """A venue whose channels are chosen after connecting and whose heartbeat is an application message
+    (Bybit's JSON `{"op":"ping"}`, OKX's text `ping`): websockets' own pings are off, the subscription
+    requests (`_subscribe_requests`) go out on every new connection, `_ping()` every `ping_interval_s`,
+    and the live connection is `_ws` (for a venue's re-subscription). A venue gives the two messages and
+    its `_dispatch`; reconnects, rotation, the read timeout and the replay's end are the base's."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._ws: ClientConnection | None = None
+        self.pongs = 0
+
+    def _subscribe_requests(self) -> list[str | bytes]:
+        raise NotImplementedError
+
+    def _ping(self) -> str | bytes:
+        raise NotImplementedError
+
+    async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
+        cfg = self.config
+        try:
+            async with websockets.connect(cfg.url, ping_interval=None, max_size=2**24, open_timeout=10,
+                                          close_timeout=2) as ws:
+                self.connections += 1
+                for request in self._subscribe_requests():
+                    await ws.send(request)
+                self._ws = ws
+                heartbeat = asyncio.create_task(self._heartbeat(ws), name="venue-ping")
+                read_here = 0
+                try:
+                    while not stop.is_set():
+                        raw = await asyncio.wait_for(ws.recv(decode=False), timeout=cfg.read_timeout_s)
+                        first_frame.set()
+                        if cfg.replay_end and raw.startswith(REPLAY_END_PREFIX) and self._replay_ended(raw, read_here):
+                            continue
+                        read_here += 1
+                        self.messages_in += 1
+                        self._dispatch(raw, int(time.time() * 1000))
+                finally:
+                    heartbeat.cancel()
+                    if self._ws is ws:
+                        self._ws = None
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            if not first_frame.is_set():
+                self._report_offline(exc)
+            raise
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.config.ping_interval_s)
+            try:
+                await ws.send(self._ping())
+            except ConnectionClosed:
+                return
 
 
 async def _first_of(stop: asyncio.Event, task: asyncio.Task, *, event: asyncio.Event | None = None,

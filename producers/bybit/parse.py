@@ -20,13 +20,12 @@ Mappings that are not one-to-one (each is a decision, documented where it is mad
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from producers.base.book import DepthDiff, diff_record
-from producers.base.frames import FrameError, finite_number
+from producers.base.frames import FrameError, finite_number, normalising
 
 EXCHANGE = "bybit"
 TAKER_SIDES = {"Buy": "BUY", "Sell": "SELL"}
@@ -43,24 +42,6 @@ def split_topic(topic: str) -> tuple[str, str]:
     if len(parts) < 2 or not parts[0] or not parts[-1]:
         raise FrameError(f"unexpected topic {topic!r}")
     return parts[0], parts[-1]
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _normalising(kind: str) -> Callable[[F], F]:
-    """Turn the AttributeError/KeyError/TypeError/ValueError of a malformed `kind` frame into a `FrameError`."""
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except FrameError:
-                raise
-            except (AttributeError, KeyError, TypeError, ValueError) as exc:
-                raise FrameError(f"bad {kind} frame: {type(exc).__name__}: {exc}") from None
-        return inner  # type: ignore[return-value]
-    return wrap
 
 
 _finite = finite_number  # (producers.base.frames)
@@ -112,7 +93,7 @@ class TradePrint:
         }
 
 
-@_normalising("publicTrade")
+@normalising("publicTrade")
 def parse_public_trades(msg: Any, receive_time: int) -> list[TradePrint]:
     """`publicTrade.<SYMBOL>`: every fill of the frame, in frame order (block and RPI trades included)."""
     ts, data = _message(msg, "publicTrade")
@@ -135,7 +116,7 @@ def parse_public_trades(msg: Any, receive_time: int) -> list[TradePrint]:
     return out
 
 
-@_normalising("orderbook")
+@normalising("orderbook")
 def parse_orderbook(msg: Any, receive_time: int) -> DepthDiff:
     """`orderbook.<depth>.<SYMBOL>` snapshot or delta as a `DepthDiff` (see the module docstring)."""
     ts, data = _message(msg, "orderbook")
@@ -163,7 +144,7 @@ def bybit_depth_record(diff: DepthDiff) -> dict:
     return diff_record(EXCHANGE, diff)
 
 
-@_normalising("allLiquidation")
+@normalising("allLiquidation")
 def parse_all_liquidation(msg: Any, receive_time: int) -> list[dict]:
     """`allLiquidation.<SYMBOL>`: one `md.liquidations` record per entry (side mapping in the module docstring)."""
     ts, data = _message(msg, "allLiquidation")
@@ -203,7 +184,7 @@ TICKER_FIELDS: dict[str, Callable[[Any], float | int]] = {
 }
 
 
-@_normalising("tickers")
+@normalising("tickers")
 def ticker_fields(msg: Any) -> tuple[str, str, int, dict[str, float | int]]:
     """`tickers.<SYMBOL>` → (type, symbol, ts, the fields of TICKER_FIELDS present in this message).
 

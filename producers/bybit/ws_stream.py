@@ -1,7 +1,8 @@
 """A resilient Bybit v5 public websocket: subscribe after connecting, JSON heartbeats, re-subscribe on demand.
 
 Reconnects (exponential backoff with full jitter), proactive rotation and the "no network" report are
-the Binance `CombinedStream`'s and are inherited unchanged; what differs is Bybit's protocol:
+the Binance `CombinedStream`'s, the subscribe-then-heartbeat connection the base `SubscribingStream`'s
+(shared with OKX), all inherited unchanged; what differs is Bybit's protocol:
 - one URL per category (`wss://stream.bybit.com/v5/public/linear`) and topics chosen afterwards with
   `{"op":"subscribe","args":[...]}` (sent in chunks of `SUBSCRIBE_CHUNK` topics), answered by
   `{"success":true,"op":"subscribe",...}`;
@@ -16,17 +17,13 @@ the Binance `CombinedStream`'s and are inherited unchanged; what differs is Bybi
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 
 import orjson
 import structlog
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed
 
-from producers.base.stream import REPLAY_END_PREFIX, CombinedStream, StreamConfig
+from producers.base.stream import StreamConfig, SubscribingStream
 
 log = structlog.get_logger("producer.bybit.ws")
 
@@ -48,15 +45,10 @@ def _op(op: str, args: list[str] | None = None) -> bytes:
     return orjson.dumps({"op": op, "args": args} if args is not None else {"op": op})
 
 
-class BybitStream(CombinedStream):
+class BybitStream(SubscribingStream):
     """Delivers `(topic, message, receive_time_ms, raw)` for every market message until `stop` is set."""
 
     config: BybitStreamConfig
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._ws: ClientConnection | None = None
-        self.pongs = 0
 
     async def resubscribe(self, topics: list[str]) -> bool:
         """Unsubscribe and subscribe `topics` again on the live connection; False when there is none."""
@@ -70,44 +62,12 @@ class BybitStream(CombinedStream):
             return False
         return True
 
-    async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
-        cfg = self.config
-        try:
-            # websockets' own pings are off: Bybit's heartbeat is the JSON ping below
-            async with websockets.connect(cfg.url, ping_interval=None, max_size=2**24, open_timeout=10,
-                                          close_timeout=2) as ws:
-                self.connections += 1
-                topics = list(cfg.streams)
-                for i in range(0, len(topics), SUBSCRIBE_CHUNK):
-                    await ws.send(_op("subscribe", topics[i:i + SUBSCRIBE_CHUNK]))
-                self._ws = ws
-                heartbeat = asyncio.create_task(self._heartbeat(ws), name="bybit-ping")
-                read_here = 0
-                try:
-                    while not stop.is_set():
-                        raw = await asyncio.wait_for(ws.recv(decode=False), timeout=cfg.read_timeout_s)
-                        first_frame.set()
-                        if cfg.replay_end and raw.startswith(REPLAY_END_PREFIX) and self._replay_ended(raw, read_here):
-                            continue
-                        read_here += 1
-                        self.messages_in += 1
-                        self._dispatch(raw, int(time.time() * 1000))
-                finally:
-                    heartbeat.cancel()
-                    if self._ws is ws:
-                        self._ws = None
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            if not first_frame.is_set():
-                self._report_offline(exc)
-            raise
+    def _subscribe_requests(self) -> list[str | bytes]:
+        topics = list(self.config.streams)
+        return [_op("subscribe", topics[i:i + SUBSCRIBE_CHUNK]) for i in range(0, len(topics), SUBSCRIBE_CHUNK)]
 
-    async def _heartbeat(self, ws: ClientConnection) -> None:
-        while True:
-            await asyncio.sleep(self.config.ping_interval_s)
-            try:
-                await ws.send(_op("ping"))
-            except ConnectionClosed:
-                return
+    def _ping(self) -> bytes:
+        return _op("ping")
 
     def _dispatch(self, raw: bytes, received: int) -> None:
         msg = self._decode(raw)

@@ -30,14 +30,12 @@ Decisions where the mapping is not one-to-one:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, DecimalException
-from typing import Any, TypeVar
+from typing import Any
 
 from producers.base.book import DepthDiff, DepthSnapshot, diff_record
-from producers.base.frames import FrameError, finite_number
+from producers.base.frames import FrameError, finite_number, normalising
 from schemas.symbols import symbol_from_okx
 
 EXCHANGE = "okx"
@@ -46,23 +44,6 @@ TAKER_SIDES = {"buy": "BUY", "sell": "SELL"}
 __all__ = ["EXCHANGE", "FrameError", "FundingPoint", "Instrument", "TradePrint", "channel_of", "okx_depth_record",
            "parse_books", "parse_funding_rate", "parse_index_tickers", "parse_instruments", "parse_mark_price",
            "parse_rest_books", "parse_trades"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _normalising(kind: str) -> Callable[[F], F]:
-    """Turn the AttributeError/KeyError/TypeError/ValueError of a malformed `kind` frame into a `FrameError`."""
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except FrameError:
-                raise
-            except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError, IndexError) as exc:
-                raise FrameError(f"bad {kind} frame: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
-        return inner  # type: ignore[return-value]
-    return wrap
 
 
 def _millis(raw: Any, field: str) -> int:
@@ -125,7 +106,7 @@ class Instrument:
         return self.ct_val / self.multiplier
 
 
-@_normalising("instruments")
+@normalising("instruments")
 def parse_instruments(body: Any) -> dict[str, Instrument]:
     """`GET /api/v5/public/instruments?instType=SWAP` → {inst_id: Instrument} of its linear swaps.
 
@@ -214,7 +195,7 @@ class TradePrint:
         }
 
 
-@_normalising("trades")
+@normalising("trades")
 def parse_trades(msg: Any, instrument: Instrument, receive_time: int) -> list[TradePrint]:
     """A `trades` push: one print per row, in push order, sizes in base coin."""
     out = []
@@ -252,7 +233,7 @@ def _levels(raw: Any, instrument: Instrument, side: str) -> tuple[tuple[float, f
     return tuple(out)
 
 
-@_normalising("books")
+@normalising("books")
 def parse_books(msg: Any, instrument: Instrument, receive_time: int) -> DepthDiff:
     """A `books` push (snapshot or update) as a `DepthDiff` (see the module docstring)."""
     (row,) = _rows(msg, "books")
@@ -269,7 +250,7 @@ def parse_books(msg: Any, instrument: Instrument, receive_time: int) -> DepthDif
                      bids=_levels(row["bids"], instrument, "bids"), asks=_levels(row["asks"], instrument, "asks"))
 
 
-@_normalising("rest books")
+@normalising("rest books")
 def parse_rest_books(body: Any, instrument: Instrument, receive_time: int) -> DepthSnapshot:
     """`GET /api/v5/market/books?instId=&sz=` → a snapshot at `seqId` (sizes in base coin)."""
     if not isinstance(body, dict) or str(body.get("code")) != "0" or not isinstance(body.get("data"), list):
@@ -286,7 +267,7 @@ def okx_depth_record(diff: DepthDiff) -> dict:
     return diff_record(EXCHANGE, diff)
 
 
-@_normalising("mark-price")
+@normalising("mark-price")
 def parse_mark_price(msg: Any, multiplier: int = 1) -> list[tuple[str, float, int]]:
     """A `mark-price` push: (instId, mark price × multiplier, ts) per row."""
     out = []
@@ -298,7 +279,7 @@ def parse_mark_price(msg: Any, multiplier: int = 1) -> list[tuple[str, float, in
     return out
 
 
-@_normalising("index-tickers")
+@normalising("index-tickers")
 def parse_index_tickers(msg: Any, multiplier: int = 1) -> list[tuple[str, float, int]]:
     """An `index-tickers` push: (index instId such as BTC-USDT, index price × multiplier, ts) per row."""
     out = []
@@ -333,7 +314,7 @@ class FundingPoint:
                 "extra": extra, "event_time": self.ts, "receive_time": receive_time}
 
 
-@_normalising("funding-rate")
+@normalising("funding-rate")
 def parse_funding_rate(msg: Any) -> list[FundingPoint]:
     """A `funding-rate` push: one `FundingPoint` per row."""
     out = []

@@ -1,7 +1,8 @@
 """A resilient OKX v5 public websocket: subscribe after connecting, text `ping`/`pong` heartbeats.
 
-Reconnects (exponential backoff with full jitter), proactive rotation and the "no network" report are
-the shared `CombinedStream`'s; what differs is OKX's protocol (docs-v5, "WebSocket"):
+Reconnects (exponential backoff with full jitter), proactive rotation, the "no network" report and the
+subscribe-then-heartbeat connection are the base's (`CombinedStream`, `SubscribingStream`, shared with
+Bybit); what differs is OKX's protocol (docs-v5, "WebSocket"):
 - one URL (`wss://ws.okx.com:8443/ws/v5/public`); channels chosen afterwards with
   `{"op":"subscribe","args":[{"channel":...,"instId":...}, ...]}` (sent in chunks of `SUBSCRIBE_CHUNK`),
   answered per channel by `{"event":"subscribe","arg":{...},"connId":...}`;
@@ -15,17 +16,12 @@ the shared `CombinedStream`'s; what differs is OKX's protocol (docs-v5, "WebSock
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 
 import orjson
 import structlog
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from producers.base.stream import REPLAY_END_PREFIX, CombinedStream, StreamConfig
+from producers.base.stream import StreamConfig, SubscribingStream
 
 log = structlog.get_logger("producer.okx.ws")
 
@@ -48,54 +44,18 @@ def channel_arg(stream: str) -> dict[str, str]:
     return {"channel": channel, "instId": inst_id}
 
 
-class OkxStream(CombinedStream):
+class OkxStream(SubscribingStream):
     """Delivers `("channel:instId", message, receive_time_ms, raw)` for every push until `stop` is set."""
 
     config: OkxStreamConfig
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._ws: ClientConnection | None = None
-        self.pongs = 0
+    def _subscribe_requests(self) -> list[str | bytes]:
+        args = [channel_arg(s) for s in self.config.streams]
+        return [orjson.dumps({"op": "subscribe", "args": args[i:i + SUBSCRIBE_CHUNK]}).decode()
+                for i in range(0, len(args), SUBSCRIBE_CHUNK)]
 
-    async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
-        cfg = self.config
-        try:
-            # websockets' own pings are off: OKX's heartbeat is the text ping below
-            async with websockets.connect(cfg.url, ping_interval=None, max_size=2**24, open_timeout=10,
-                                          close_timeout=2) as ws:
-                self.connections += 1
-                args = [channel_arg(s) for s in cfg.streams]
-                for i in range(0, len(args), SUBSCRIBE_CHUNK):
-                    await ws.send(orjson.dumps({"op": "subscribe", "args": args[i:i + SUBSCRIBE_CHUNK]}).decode())
-                self._ws = ws
-                heartbeat = asyncio.create_task(self._heartbeat(ws), name="okx-ping")
-                read_here = 0
-                try:
-                    while not stop.is_set():
-                        raw = await asyncio.wait_for(ws.recv(decode=False), timeout=cfg.read_timeout_s)
-                        first_frame.set()
-                        if cfg.replay_end and raw.startswith(REPLAY_END_PREFIX) and self._replay_ended(raw, read_here):
-                            continue
-                        read_here += 1
-                        self.messages_in += 1
-                        self._dispatch(raw, int(time.time() * 1000))
-                finally:
-                    heartbeat.cancel()
-                    if self._ws is ws:
-                        self._ws = None
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            if not first_frame.is_set():
-                self._report_offline(exc)
-            raise
-
-    async def _heartbeat(self, ws: ClientConnection) -> None:
-        while True:
-            await asyncio.sleep(self.config.ping_interval_s)
-            try:
-                await ws.send("ping")
-            except ConnectionClosed:
-                return
+    def _ping(self) -> str:
+        return "ping"
 
     def _dispatch(self, raw: bytes, received: int) -> None:
         if raw == b"pong":
