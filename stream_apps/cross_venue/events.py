@@ -76,3 +76,15 @@ def spot_event_from_record(record: Mapping[str, Any]) -> SpotEvent | None:
     if record.get("kind") != "spot_perp_divergence" or "spot_price" not in extra:
         return None
     return SpotEvent(record["exchange"], record["symbol"], int(record["receive_time"]), float(extra["spot_price"]))
+
+
+def event_from_record(topic: str, record: Mapping[str, Any]) -> CrossVenueEvent | None:
+    """The input in a record of ``md.book``, ``md.mark`` or ``md.indicators``; None for anything else
+    (another topic, an indicator that is not a spot price)."""
+    if topic == "md.book":
+        return book_event_from_record(record)
+    if topic == "md.mark":
+        return funding_event_from_record(record)
+    if topic == "md.indicators":
+        return spot_event_from_record(record)
+    return None

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_apps.cross_venue.events import book_event_from_record, funding_event_from_record, spot_event_from_record
+from stream_apps.cross_venue.events import (
+    book_event_from_record,
+    event_from_record,
+    funding_event_from_record,
+    spot_event_from_record,
+)
 from stream_apps.cross_venue.sweep import BUY, SELL, sweep
 from stream_apps.cross_venue.symbols import Instrument, SymbolError, coin_of, instrument
 from tests.support.fuzz import FUZZ  # hypothesis settings that write nothing outside the run's temp dirs
@@ -132,3 +137,6 @@ def test_records_adapt_to_events():
                                    "extra": {"perp_price": 100.1, "spot_price": 100.0}})
     assert (spot.time_ms, spot.price) == (9, 100.0)  # the receive time: when the value became known
     assert spot_event_from_record({**base, "kind": "open_interest", "extra": {}}) is None
+    assert event_from_record("md.indicators", {**base, "kind": "spot_perp_divergence",
+                                               "extra": {"spot_price": 100.0}}) == spot
+    assert event_from_record("md.trades", {**base, "kind": "spot_perp_divergence"}) is None
