@@ -134,6 +134,7 @@ class MicrostructureDetectors:
     def __init__(self, params: DetectorParams | None = None) -> None:
         self.params = params or DetectorParams()
         p = self.params
+        self._config = (p.bar_ms, p.bucket_units, p.mode)  # the kernel's scalar arguments, computed once
         self._ints = np.zeros(k.N_INTS, dtype=np.int64)
         self._ints[k.I_BAR] = -1
         self._ints[k.I_KEY] = np.iinfo(np.int64).min
@@ -166,9 +167,10 @@ class MicrostructureDetectors:
         units = self.volume_units(prices, qtys) if units is None else np.ascontiguousarray(units, dtype=np.int64)
         keys = np.empty(2 * n, dtype=np.int64)
         values = np.empty((2 * n, 3), dtype=np.float64)
-        p = self.params
-        written = k.apply_trades(times, prices, qtys, sells, units, p.bar_ms, p.bucket_units, p.mode, self._ints,
-                                 self._floats, self._imbalances, self._changes, self._kyle, self._amihud, keys, values)
+        written = k.apply_trades(times, prices, qtys, sells, units, *self._config, self._ints, self._floats,
+                                 self._imbalances, self._changes, self._kyle, self._amihud, keys, values)
+        if written == 0:
+            return DetectorLog()
         return DetectorLog(keys[:written].copy(), values[:written].copy())
 
     def update_batch(self, batch: Any) -> DetectorLog:
@@ -177,11 +179,12 @@ class MicrostructureDetectors:
 
     def advance_to(self, now_ms: int) -> DetectorLog:
         """Close the open bar if it ended by ``now_ms`` (no later trade has to arrive first)."""
+        if self._ints[k.I_BAR] < 0 or (self._ints[k.I_BAR] + 1) * self.params.bar_ms > now_ms:
+            return DetectorLog()  # no bar to close: spare the compiled call
         keys = np.empty(1, dtype=np.int64)
         values = np.empty((1, 3), dtype=np.float64)
-        p = self.params
-        written = k.advance_to(int(now_ms), p.bar_ms, p.bucket_units, p.mode, self._ints, self._floats,
-                               self._imbalances, self._changes, self._kyle, self._amihud, keys, values)
+        written = k.advance_to(int(now_ms), *self._config, self._ints, self._floats, self._imbalances, self._changes,
+                               self._kyle, self._amihud, keys, values)
         return DetectorLog(keys[:written], values[:written])
 
     # -- reads ------------------------------------------------------------------------------------
