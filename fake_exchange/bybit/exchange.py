@@ -1,6 +1,7 @@
 """Lifecycle of one fake Bybit exchange: the Binance fake's machinery with Bybit's websocket in front.
 
-Reused as they are: :class:`~fake_exchange.exchange.FakeExchange` (addresses, status, fault
+Reused as they are: :class:`~fake_exchange.subscribed.SubscribedExchange` (start-up and connection
+handling shared with the OKX fake) on :class:`~fake_exchange.exchange.FakeExchange` (addresses, status, fault
 switches, drops, ``stop()``/``async with``), :class:`~fake_exchange.state.ExchangeState` and
 :class:`~fake_exchange.replay.ReplayEngine` (frames replayed on the session's clock scaled
 by ``speed``, the skip fault, ``finished``), :class:`~fake_exchange.faults.FaultSettings` and
@@ -21,23 +22,18 @@ import signal
 from typing import Any
 
 import orjson
-import structlog
-from aiohttp import web
-from websockets.asyncio.server import serve as ws_serve
 
 from ..config import FakeExchangeConfig
-from ..control_api import add_control_routes
-from ..exchange import FakeExchange, _bound_socket
-from ..rest_api import STATE_KEY
+from ..subscribed import SubscribedExchange
 from .market import BybitMarket
 from .synthetic import BybitSession, BybitSyntheticSpec, generate_bybit_session
-from .ws_server import LINEAR_PATH, BybitHandlers
-
-log = structlog.get_logger(__name__)
+from .ws_server import BybitHandlers
 
 
-class FakeBybitExchange(FakeExchange):
+class FakeBybitExchange(SubscribedExchange):
     """A running fake Bybit v5 linear exchange (websocket + control API)."""
+
+    handlers_class = BybitHandlers
 
     def __init__(self, session: BybitSession, config: FakeExchangeConfig) -> None:
         super().__init__(config, session.recording)
@@ -47,32 +43,7 @@ class FakeBybitExchange(FakeExchange):
 
     @property
     def linear_url(self) -> str:
-        return f"{self.ws_url}{LINEAR_PATH}"
-
-    async def start(self) -> FakeBybitExchange:
-        config = self.config
-        handlers = BybitHandlers(self.state, self.market, auto_start=config.start == "first_subscriber")
-        ws_sock = _bound_socket(config.host, config.ws_port)
-        self._ws_server = await ws_serve(handlers.handle, sock=ws_sock, process_request=handlers.process_request,
-                                         compression=None, ping_interval=config.ping_interval_s,
-                                         ping_timeout=config.ping_timeout_s, close_timeout=2,
-                                         max_queue=None)
-        self.ws_port = ws_sock.getsockname()[1]
-        app = web.Application()
-        app[STATE_KEY] = self.state
-        add_control_routes(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        rest_sock = _bound_socket(config.host, config.rest_port)
-        await web.SockSite(self._runner, rest_sock).start()
-        self.rest_port = rest_sock.getsockname()[1]
-        self.state.urls = {"ws_url": self.linear_url, "rest_url": self.rest_url}
-        self._replay_task = asyncio.create_task(self.replay.run(), name="fake-bybit-replay")
-        self._replay_task.add_done_callback(self._replay_done)
-        if config.start == "immediate":
-            self.state.request_start()
-        log.info("fake bybit serving %s on %s", self.recording.source, self.linear_url)
-        return self
+        return self.venue_url
 
 
 async def serve_bybit(session: BybitSession | BybitSyntheticSpec | None = None, **config: Any) -> FakeBybitExchange:

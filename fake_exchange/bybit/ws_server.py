@@ -15,18 +15,14 @@ Per-connection queueing, the skip/garbage/delay/drop faults and drops are the Bi
 
 from __future__ import annotations
 
-import asyncio
-from contextlib import suppress
 from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from ..recording import RecordedFrame
 from ..state import ExchangeState
+from ..subscribed import SubscribedHandlers
 from ..ws_server import StreamConnection
 from .market import BybitMarket
 
@@ -100,36 +96,15 @@ def handle_op(conn: BybitConnection, message: str | bytes, market: BybitMarket, 
     return [_answer(conn, op, True, "", req_id), *(s for s in snapshots if s is not None)]
 
 
-class BybitHandlers:
-    """``process_request`` and connection handler bound to one exchange state."""
+class BybitHandlers(SubscribedHandlers):
+    """The linear category's path: Bybit's ops on the shared subscription-protocol connection handling."""
 
-    def __init__(self, state: ExchangeState, market: BybitMarket, auto_start: bool) -> None:
-        self.state = state
-        self.market = market
-        self.auto_start = auto_start
+    path = LINEAR_PATH
+    market: BybitMarket
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0].rstrip("/") != LINEAR_PATH:
-            return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"Not Found\n")
-        return None
+    def new_connection(self, ws: ServerConnection) -> BybitConnection:
+        return BybitConnection(ws, self.state)
 
-    async def handle(self, ws: ServerConnection) -> None:
-        state = self.state
-        conn = BybitConnection(ws, state)
-        state.connections.add(conn)
-        state.connections_total += 1
-        sender = asyncio.create_task(conn.run_sender(), name=f"fake-bybit-sender-{conn.conn_id}")
-        try:
-            async for message in ws:
-                for text in handle_op(conn, message, self.market, state.symbols):
-                    conn.enqueue_text(text)
-                if conn.streams and self.auto_start:
-                    state.request_start()
-        except ConnectionClosed:
-            pass
-        finally:
-            state.connections.discard(conn)
-            sender.cancel()
-            with suppress(asyncio.CancelledError):
-                await sender
-            conn.idle.set()
+    def answer(self, conn: StreamConnection, message: str | bytes) -> list[str]:
+        assert isinstance(conn, BybitConnection)
+        return handle_op(conn, message, self.market, self.state.symbols)

@@ -1,6 +1,7 @@
 """Lifecycle of one fake OKX exchange: the Binance fake's machinery with OKX's websocket and REST in front.
 
-Reused as they are: :class:`~fake_exchange.exchange.FakeExchange` (addresses, status, fault switches,
+Reused as they are: :class:`~fake_exchange.subscribed.SubscribedExchange` (start-up and connection
+handling shared with the Bybit fake) on :class:`~fake_exchange.exchange.FakeExchange` (addresses, status, fault switches,
 drops, ``stop()``/``async with``), :class:`~fake_exchange.state.ExchangeState` and
 :class:`~fake_exchange.replay.ReplayEngine` (frames replayed on the session's clock scaled by
 ``speed``, the skip fault, ``finished``), :class:`~fake_exchange.faults.FaultSettings` and the HTTP
@@ -17,22 +18,16 @@ instrument, as OKX does) and failing with 503 while a ``rest_fail_for_s`` fault 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import structlog
 from aiohttp import web
-from websockets.asyncio.server import serve as ws_serve
 
 from ..config import FakeExchangeConfig
-from ..control_api import add_control_routes
-from ..exchange import FakeExchange, _bound_socket
 from ..rest_api import STATE_KEY
+from ..subscribed import SubscribedExchange
 from .market import OkxMarket
 from .synthetic import OkxSession, OkxSyntheticSpec, generate_okx_session
-from .ws_server import PUBLIC_PATH, OkxHandlers
-
-log = structlog.get_logger(__name__)
+from .ws_server import OkxHandlers
 MARKET_KEY: web.AppKey[OkxMarket] = web.AppKey("okx_market", OkxMarket)
 
 
@@ -89,8 +84,10 @@ async def mark_price(request: web.Request) -> web.Response:
     return _ok([dict(st.mark) for st in market.by_symbol.values() if inst_id in (None, st.inst_id) and st.mark])
 
 
-class FakeOkxExchange(FakeExchange):
+class FakeOkxExchange(SubscribedExchange):
     """A running fake OKX v5 exchange (public websocket + public REST + control API)."""
+
+    handlers_class = OkxHandlers
 
     def __init__(self, session: OkxSession, config: FakeExchangeConfig) -> None:
         super().__init__(config, session.recording)
@@ -100,36 +97,14 @@ class FakeOkxExchange(FakeExchange):
 
     @property
     def public_url(self) -> str:
-        return f"{self.ws_url}{PUBLIC_PATH}"
+        return self.venue_url
 
-    async def start(self) -> FakeOkxExchange:
-        config = self.config
-        handlers = OkxHandlers(self.state, self.market, auto_start=config.start == "first_subscriber")
-        ws_sock = _bound_socket(config.host, config.ws_port)
-        self._ws_server = await ws_serve(handlers.handle, sock=ws_sock, process_request=handlers.process_request,
-                                         compression=None, ping_interval=config.ping_interval_s,
-                                         ping_timeout=config.ping_timeout_s, close_timeout=2, max_queue=None)
-        self.ws_port = ws_sock.getsockname()[1]
-        app = web.Application()
-        app[STATE_KEY] = self.state
+    def add_routes(self, app: web.Application) -> None:
         app[MARKET_KEY] = self.market
         app.router.add_get("/api/v5/public/instruments", instruments)
         app.router.add_get("/api/v5/market/books", books)
         app.router.add_get("/api/v5/public/funding-rate", funding_rate)
         app.router.add_get("/api/v5/public/mark-price", mark_price)
-        add_control_routes(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        rest_sock = _bound_socket(config.host, config.rest_port)
-        await web.SockSite(self._runner, rest_sock).start()
-        self.rest_port = rest_sock.getsockname()[1]
-        self.state.urls = {"ws_url": self.public_url, "rest_url": self.rest_url}
-        self._replay_task = asyncio.create_task(self.replay.run(), name="fake-okx-replay")
-        self._replay_task.add_done_callback(self._replay_done)
-        if config.start == "immediate":
-            self.state.request_start()
-        log.info("fake okx serving %s on %s", self.recording.source, self.public_url)
-        return self
 
 
 async def serve_okx(session: OkxSession | OkxSyntheticSpec | None = None, **config: Any) -> FakeOkxExchange:

@@ -14,18 +14,14 @@ the garbage is OKX-shaped (non-JSON text, JSON of an unknown shape, a known chan
 
 from __future__ import annotations
 
-import asyncio
-from contextlib import suppress
 from typing import Any
 
 import orjson
 from websockets.asyncio.server import ServerConnection
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from ..recording import RecordedFrame
 from ..state import ExchangeState
+from ..subscribed import SubscribedHandlers
 from ..ws_server import StreamConnection
 from .market import OkxMarket
 
@@ -107,36 +103,15 @@ def handle_op(conn: OkxConnection, message: str | bytes, market: OkxMarket) -> l
     return out
 
 
-class OkxHandlers:
-    """``process_request`` and connection handler bound to one exchange state."""
+class OkxHandlers(SubscribedHandlers):
+    """The public path: OKX's ops on the shared subscription-protocol connection handling."""
 
-    def __init__(self, state: ExchangeState, market: OkxMarket, auto_start: bool) -> None:
-        self.state = state
-        self.market = market
-        self.auto_start = auto_start
+    path = PUBLIC_PATH
+    market: OkxMarket
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0].rstrip("/") != PUBLIC_PATH:
-            return Response(404, "Not Found", Headers([("Content-Type", "text/plain")]), b"Not Found\n")
-        return None
+    def new_connection(self, ws: ServerConnection) -> OkxConnection:
+        return OkxConnection(ws, self.state)
 
-    async def handle(self, ws: ServerConnection) -> None:
-        state = self.state
-        conn = OkxConnection(ws, state)
-        state.connections.add(conn)
-        state.connections_total += 1
-        sender = asyncio.create_task(conn.run_sender(), name=f"fake-okx-sender-{conn.conn_id}")
-        try:
-            async for message in ws:
-                for text in handle_op(conn, message, self.market):
-                    conn.enqueue_text(text)
-                if conn.streams and self.auto_start:
-                    state.request_start()
-        except ConnectionClosed:
-            pass
-        finally:
-            state.connections.discard(conn)
-            sender.cancel()
-            with suppress(asyncio.CancelledError):
-                await sender
-            conn.idle.set()
+    def answer(self, conn: StreamConnection, message: str | bytes) -> list[str]:
+        assert isinstance(conn, OkxConnection)
+        return handle_op(conn, message, self.market)
