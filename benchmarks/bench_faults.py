@@ -90,6 +90,14 @@ def _link_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, A
                                trades_per_s=100.0)
 
 
+def _database_disk_full(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
+    from tests.support.faults_disk import database_disk_full
+
+    if short:
+        return database_disk_full(workdir / "home", full_s=8.0, duration_s=32.0)
+    return database_disk_full(workdir / "home", full_s=120.0, duration_s=240.0, trades_per_s=100.0)
+
+
 REGISTRY: list[Case] = [
     Case("executor_clock_skew", _clock_skew, needs_broker=True),
     Case("stack_process_faults", _stack_process_faults),  # sigstop_engine_sink, db_backend_killed, db_unresponsive
@@ -102,6 +110,8 @@ REGISTRY: list[Case] = [
     # the sink's PostgreSQL link through a TCP proxy: link_delay, link_throttle, link_loss (iptables), and
     # db_partition (a network namespace's veth link down)
     Case("link_faults", _link_faults),
+    # the embedded PostgreSQL's cluster on a tmpfs filled to the last byte: database_disk_full
+    Case("database_disk_full", _database_disk_full),
 ]
 
 

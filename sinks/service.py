@@ -54,7 +54,7 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
         detail = f"{sink.committed_batches} batches committed, {len(sink.assignment)} partitions assigned"
         if sink.database_down:
             down_s = time.monotonic() - (sink.database_down_since or time.monotonic())
-            detail = f"database unreachable for {down_s:.0f} s ({sink.database_error}); {detail}"
+            detail = f"database writes failing for {down_s:.0f} s ({sink.database_error}); {detail}"
         return {"status": status, "detail": f"degraded: {starving}; {detail}" if starving else detail}
 
     runner, port = await serve(build_app(metrics.registry, health, frozenset({"running", "idle"})),

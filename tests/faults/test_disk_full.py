@@ -1,15 +1,22 @@
-"""Fault suite (issue 23), disk full for TAPEFLOW_HOME: the producer's checkpoint (the last agg id
+"""Fault suite (issue 23), disk full.
+
+For TAPEFLOW_HOME: the producer's checkpoint (the last agg id
 delivered per symbol, `<home>/producer/binance-<prefix>.json`, saved every second) on a small tmpfs that
 fills up. The producer must say so (an error log, once, and its status) and go on producing; the
 checkpoint already saved must stay whole (what a restart resumes from); saving resumes when space
-is back. Mounting needs root: skipped elsewhere."""
+is back.
+
+For the database: the embedded PostgreSQL's cluster on a tmpfs filled to its last byte for 8 s while
+trades flow (`tests.support.faults_disk.database_disk_full`; 120 s in `benchmarks/bench_faults.py`): the
+sink says so in its status with PostgreSQL's error, retries the batch, and once the space is back
+every trade is in the table exactly once. Mounting needs root: skipped elsewhere."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,33 +27,17 @@ from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from tapeflow_runtime.publisher import Publisher
+from tests.support import faults_disk
+from tests.support.faults_disk import fill
 
 
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str = "64k"):
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
     try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(path: Path) -> Path:
-    """Fill the filesystem up to its last byte."""
-    filler = path / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
-    return filler
+        with faults_disk.small_tmpfs(path, size) as mounted:
+            yield mounted
+    except faults_disk.NoMount as exc:
+        pytest.skip(str(exc))
 
 
 def test_a_full_home_is_reported_and_the_saved_checkpoint_survives(tmp_path):
@@ -80,3 +71,25 @@ def test_a_full_home_is_reported_and_the_saved_checkpoint_survives(tmp_path):
         assert json.loads(checkpoint.read_text())["last_agg_id"] == {"BTCUSDT": 400}
         assert [e["event"] for e in logs if e["log_level"] == "info"] == ["checkpoint saved again"]
         assert "checkpoint not saved" not in producer.status.detail
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_full_database_disk_is_reported_retried_and_loses_nothing():
+    root = Path(tempfile.mkdtemp(prefix="tapeflow-dbfull-"))  # short: PostgreSQL's socket path
+    try:
+        try:
+            (full,) = faults_disk.database_disk_full(root / "home", full_s=8.0, duration_s=32.0)
+        except faults_disk.NoMount as exc:
+            pytest.skip(str(exc))
+        d = full["detail"]
+        assert d["filler_bytes"] > 0
+        seen_at, detail = d["status_full"]["sink"]  # said while the disk was full, with the reason
+        assert seen_at < 8 and "database writes failing for" in detail and "No space left on device" in detail, d
+        assert d["sink_retries"] > 0 and d["sink_full_lines"], d
+        assert full["recover_s"] is not None and full["recover_s"] < 30, d
+        assert all(ok for ok, _ in d["status_after"].values()), d["status_after"]
+        count, first, last = d["expected"]
+        assert d["rows"] == d["distinct"] == count and d["missing"] == 0, (d["missing_ranges"], d["log"][-20:])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -17,7 +17,7 @@ Cases here:
   consumer session timeout; the sink's PostgreSQL backend SIGKILLed mid-statement (crash recovery of
   the cluster); the database SIGSTOPped (unresponsive: connections open, no answers, as behind a
   network that drops packets, which this kernel cannot do without netem).
-The disk-full case (tests/faults/test_disk_full.py) needs no runner: it mounts a small tmpfs.
+The disk-full cases are in `tests.support.faults_disk`.
 """
 
 from __future__ import annotations
