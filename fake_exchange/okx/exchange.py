@@ -10,6 +10,7 @@ OKX's (:class:`~.market.OkxMarket`), and the REST side serves the public GETs th
 
 - ``/api/v5/public/instruments?instType=SWAP`` (contract values),
 - ``/api/v5/market/books?instId=&sz=`` (the book now, with its ``seqId``),
+- ``/api/v5/market/history-trades?instId=&type=1&after=&limit=`` (the fills so far, newest first),
 - ``/api/v5/public/funding-rate?instId=`` and ``/api/v5/public/mark-price?instType=SWAP[&instId=]``,
 
 answered in OKX's envelope ``{"code":"0","msg":"","data":[...]}`` (``code`` "51001" for an unknown
@@ -67,6 +68,22 @@ async def books(request: web.Request) -> web.Response:
     return _error("51001", "Instrument ID does not exist") if row is None else _ok([row])
 
 
+async def history_trades(request: web.Request) -> web.Response:
+    """Pagination by trade id only (``type=1``, ``after``): what a gap fill asks for."""
+    if (failing := _failing(request)) is not None:
+        return failing
+    query = request.query
+    try:
+        after = int(query["after"]) if "after" in query else None
+        limit = min(100, max(1, int(query.get("limit", "100"))))
+    except ValueError:
+        return _error("51000", "Parameter after or limit error")
+    if query.get("type") != "1":
+        return _error("51000", "Parameter type error: the fake pages by trade id only (type=1)")
+    rows = request.app[MARKET_KEY].history_trades(query.get("instId", ""), after, limit)
+    return _error("51001", "Instrument ID does not exist") if rows is None else _ok(rows)
+
+
 async def funding_rate(request: web.Request) -> web.Response:
     if (failing := _failing(request)) is not None:
         return failing
@@ -103,6 +120,7 @@ class FakeOkxExchange(SubscribedExchange):
         app[MARKET_KEY] = self.market
         app.router.add_get("/api/v5/public/instruments", instruments)
         app.router.add_get("/api/v5/market/books", books)
+        app.router.add_get("/api/v5/market/history-trades", history_trades)
         app.router.add_get("/api/v5/public/funding-rate", funding_rate)
         app.router.add_get("/api/v5/public/mark-price", mark_price)
 

@@ -26,6 +26,7 @@ class OkxMarket:
     """Per instrument: book (contracts), seqId, mark, index, funding at the replay position."""
 
     def __init__(self, session: OkxSession) -> None:
+        self.fills = session.fills
         self.by_symbol: dict[str, OkxSymbolState] = {s: _copy(st) for s, st in session.initial.items()}
         self.by_inst: dict[str, OkxSymbolState] = {}
         for st in self.by_symbol.values():
@@ -64,6 +65,21 @@ class OkxMarket:
         asks = sorted(st.asks.items(), key=lambda kv: float(kv[0]))[:depth]
         return {"asks": [[p, q, "0", "1"] for p, q in asks], "bids": [[p, q, "0", "1"] for p, q in bids],
                 "ts": str(st.ts), "seqId": st.seq_id}
+
+    def history_trades(self, inst_id: str, after: int | None, limit: int) -> list[dict[str, str]] | None:
+        """`GET /api/v5/market/history-trades?type=1`: the fills that have happened with tradeId < `after`
+        (all when None), newest first, at most `limit`; None for an unknown instrument."""
+        st = self.by_inst.get(inst_id)
+        if st is None or st.inst_id != inst_id:
+            return None
+        newest = st.trade_id if after is None else min(st.trade_id, after - 1)
+        out = []
+        for fill in reversed(self.fills.get(inst_id, ())):
+            if int(fill["tradeId"]) <= newest:
+                out.append(dict(fill))
+                if len(out) == limit:
+                    break
+        return out
 
     def subscribe_push(self, channel: str, inst_id: str) -> str | None:
         """The push a new subscriber to (channel, inst_id) receives at once, or None."""

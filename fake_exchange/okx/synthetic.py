@@ -7,8 +7,10 @@ does). Sizes become *contracts* of ``ct_val`` base coin each (``BTCUSDT`` → ``
 as OKX sends them. Given a seed, :func:`generate_okx_session` returns the same :class:`OkxSession`:
 
 - ``trades:<INST>``: one push per Binance aggregate trade, one row aggregating its ``count`` = l - f + 1
-  fills; ``tradeId`` is the last fill's id of a per-instrument counter that advances by ``count`` (OKX's
-  ids are consecutive per instrument); ``side`` = taker side (Binance ``m`` ⇒ ``sell``);
+  fills (fewer when the size has fewer lots); ``tradeId`` is the last fill's id of a per-instrument
+  counter that advances by ``count`` (OKX's ids are consecutive per instrument); ``side`` = taker side
+  (Binance ``m`` ⇒ ``sell``). The individual fills (the size split in lots) are the session's ``fills``,
+  which the fake's ``history-trades`` serves;
 - ``books:<INST>``: one ``update`` per Binance diff, same levels in contracts, ``prevSeqId`` = the
   previous ``seqId``, ``seqId`` advancing by a random step (OKX's do); now and then a heartbeat (empty
   sides, ``prevSeqId`` = ``seqId``); ``reset_at_s`` makes the sequence restart lower, as after OKX
@@ -40,6 +42,7 @@ from ..synthetic import FUNDING_INTERVAL_MS, SyntheticSpec, generate_session
 CT_VALS = {"BTCUSDT": "0.01", "ETHUSDT": "0.1"}  # OKX's contract values; other symbols get DEFAULT_CT_VAL
 DEFAULT_CT_VAL = "1"
 FUNDING_PUSH_MS = 30_000
+FILL_LOT = Decimal("0.001")  # contracts: the smallest fill the generator splits an aggregate into
 
 
 def ct_val_of(symbol: str) -> Decimal:
@@ -99,6 +102,7 @@ class OkxSession:
     recording: Recording  # frames (``stream`` = channel:instId); initial_books in base coin, for reference
     initial: dict[str, OkxSymbolState]  # per tapeflow symbol
     start_ms: int
+    fills: dict[str, tuple[dict[str, str], ...]] = field(default_factory=dict)  # inst_id -> every fill, oldest first
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -123,6 +127,7 @@ class _Translator:
         self.frames: list[RecordedFrame] = []
         self.state: dict[str, OkxSymbolState] = {}
         self.reset_done: set[str] = set()
+        self.fills: dict[str, list[dict[str, str]]] = {}
         for symbol, book in self.market.initial_books.items():
             ct = ct_val_of(symbol)
             self.state[symbol] = OkxSymbolState(
@@ -140,12 +145,19 @@ class _Translator:
 
     def trade(self, receive_time: float, d: dict[str, Any]) -> None:
         st = self.state[d["s"]]
-        count = d["l"] - d["f"] + 1
+        size = contracts(d["q"], st.ct_val)
+        units = int(Decimal(size) / FILL_LOT)
+        count = max(1, min(d["l"] - d["f"] + 1, units))  # the aggregate's fills, each at least one lot
+        side = "sell" if d["m"] else "buy"
+        for k in range(count):  # the individual fills, as GET /api/v5/market/history-trades lists them
+            lots = units // count + (1 if k < units % count else 0)
+            self.fills.setdefault(st.inst_id, []).append({
+                "instId": st.inst_id, "side": side, "sz": format((lots * FILL_LOT).normalize(), "f"), "px": d["p"],
+                "source": "0", "tradeId": str(st.trade_id + 1 + k), "ts": str(d["T"])})
         st.trade_id += count
         self.push(receive_time, "trades", st.inst_id, [{
-            "instId": st.inst_id, "tradeId": str(st.trade_id), "px": d["p"], "sz": contracts(d["q"], st.ct_val),
-            "side": "sell" if d["m"] else "buy", "ts": str(d["T"]), "count": str(count), "source": "0",
-            "seqId": st.seq_id}])
+            "instId": st.inst_id, "tradeId": str(st.trade_id), "px": d["p"], "sz": size, "side": side,
+            "ts": str(d["T"]), "count": str(count), "source": "0", "seqId": st.seq_id}])
 
     def book(self, receive_time: float, d: dict[str, Any]) -> None:
         st = self.state[d["s"]]
@@ -207,7 +219,7 @@ class _Translator:
                               initial_books=dict(self.market.initial_books),
                               configuration={"synthetic": self.spec.model_dump(mode="json")},
                               source=f"okx-synthetic(seed={self.spec.seed})")
-        return OkxSession(recording, initial, self.start_ms)
+        return OkxSession(recording, initial, self.start_ms, {i: tuple(f) for i, f in self.fills.items()})
 
 
 def generate_okx_session(spec: OkxSyntheticSpec | None = None, **overrides: Any) -> OkxSession:

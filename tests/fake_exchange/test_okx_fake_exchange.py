@@ -55,9 +55,14 @@ def test_sessions_are_deterministic_chained_consecutive_and_never_crossed():
         assert resets == 1 and heartbeats > 0
         trades = [m["data"][0] for m in pushes(a, f"trades:{inst}")]
         last = a.initial[sym].trade_id
+        fills = {int(f["tradeId"]): f for f in a.fills[inst]}
         for t in trades:
             assert int(t["tradeId"]) - int(t["count"]) + 1 == last + 1  # consecutive per instrument
+            mine = [fills.pop(i) for i in range(last + 1, int(t["tradeId"]) + 1)]  # its individual fills
+            assert sum(Decimal(f["sz"]) for f in mine) == Decimal(t["sz"])
+            assert {(f["px"], f["side"], f["ts"]) for f in mine} == {(t["px"], t["side"], t["ts"])}
             last = int(t["tradeId"])
+        assert not fills  # and no other fill
         assert len(trades) > 10
         bids, asks = book_after_all(a, sym)
         assert max(map(Decimal, bids)) < min(map(Decimal, asks))
@@ -116,6 +121,14 @@ async def test_subscribe_snapshot_ping_errors_chain_and_rest():
             assert {lvl[0]: lvl[1] for lvl in book["bids"]} == bids and {lvl[0]: lvl[1] for lvl in book["asks"]} == asks
             async with http.get(f"{fake.rest_url}/api/v5/market/books", params={"instId": "NOPE-USDT-SWAP"}) as r:
                 assert (await r.json())["code"] == "51001"
+            fills = [int(f["tradeId"]) for f in session.fills["BTC-USDT-SWAP"]]
+            page = {"instId": "BTC-USDT-SWAP", "type": "1", "limit": "5"}
+            async with http.get(f"{fake.rest_url}/api/v5/market/history-trades", params=page) as r:
+                newest = [int(f["tradeId"]) for f in (await r.json())["data"]]
+            async with http.get(f"{fake.rest_url}/api/v5/market/history-trades",
+                                params={**page, "after": str(newest[-1])}) as r:
+                older = [int(f["tradeId"]) for f in (await r.json())["data"]]
+            assert newest + older == fills[::-1][:10]  # newest first, paged by trade id
             async with http.get(f"{fake.rest_url}/api/v5/public/funding-rate", params={"instId": "BTC-USDT-SWAP"}) as r:
                 assert (await r.json())["data"][0]["fundingRate"] == pushes(session, "funding-rate:BTC-USDT-SWAP")[-1]["data"][0]["fundingRate"]
     finally:
