@@ -78,13 +78,25 @@ def spot_event_from_record(record: Mapping[str, Any]) -> SpotEvent | None:
     return SpotEvent(record["exchange"], record["symbol"], int(record["receive_time"]), float(extra["spot_price"]))
 
 
+def funding_event_from_indicator(record: Mapping[str, Any]) -> FundingEvent | None:
+    """An ``md.indicators`` record of kind ``funding_rate`` with ``extra["next_funding_time"]`` (OKX's
+    funding-rate channel, Binance's premiumIndex poll); OKX's also has ``funding_interval_ms``, the
+    only place a venue states its interval today. Timed by its receive time like every indicator."""
+    extra = record.get("extra") or {}
+    if record.get("kind") != "funding_rate" or "next_funding_time" not in extra:
+        return None
+    interval = extra.get("funding_interval_ms")
+    return FundingEvent(record["exchange"], record["symbol"], int(record["receive_time"]), float(record["value"]),
+                        int(extra["next_funding_time"]), int(interval) if interval else None)
+
+
 def event_from_record(topic: str, record: Mapping[str, Any]) -> CrossVenueEvent | None:
     """The input in a record of ``md.book``, ``md.mark`` or ``md.indicators``; None for anything else
-    (another topic, an indicator that is not a spot price)."""
+    (another topic, an indicator that is neither a spot price nor a funding rate)."""
     if topic == "md.book":
         return book_event_from_record(record)
     if topic == "md.mark":
         return funding_event_from_record(record)
     if topic == "md.indicators":
-        return spot_event_from_record(record)
+        return spot_event_from_record(record) or funding_event_from_indicator(record)
     return None

@@ -47,8 +47,9 @@ Features (signs and units):
 State as plain data: ``to_dict`` / ``from_dict`` (JSON-safe, running sums included), so a Faust
 table keyed by coin can snapshot it and a restored state continues bit for bit (tested).
 
-Funding interval: from the event when the venue sends it; otherwise learned when a venue's next
-funding time moves on from T1 to T2 (interval T2 - T1), and missing with a reason until then.
+Funding interval: from the event when the venue sends it (OKX's ``funding_rate`` indicator);
+otherwise learned when a venue's next funding time moves on from T1 to T2 (interval T2 - T1), and
+missing with a reason until then.
 """
 
 from __future__ import annotations
@@ -194,12 +195,14 @@ class CoinFeatures:
 class _Leg:
     """What one venue's perpetual of a coin last said."""
 
-    __slots__ = ("symbol", "multiplier", "book_time", "bid", "ask", "sweep_bid", "sweep_ask", "book_reason",
-                 "funding_time", "funding_rate", "next_funding", "interval_ms", "spot_time", "spot_price")
+    __slots__ = ("symbol", "multiplier", "quote", "book_time", "bid", "ask", "sweep_bid", "sweep_ask", "book_reason",
+                 "funding_time", "funding_rate", "next_funding", "interval_ms", "interval_time", "spot_time",
+                 "spot_price")
 
-    def __init__(self, symbol: str, multiplier: int) -> None:
-        self.symbol = symbol
+    def __init__(self, symbol: str, multiplier: int, quote: str) -> None:
+        self.symbol = symbol  # the first name it was seen under (BTCUSDT and BTC-USDT-SWAP are one leg)
         self.multiplier = multiplier
+        self.quote = quote
         self.book_time: int | None = None
         self.bid: float | None = None
         self.ask: float | None = None
@@ -210,6 +213,7 @@ class _Leg:
         self.funding_rate = 0.0
         self.next_funding: int | None = None
         self.interval_ms: int | None = None
+        self.interval_time: int | None = None  # time of the event the interval came from
         self.spot_time: int | None = None
         self.spot_price = 0.0
 
@@ -222,7 +226,7 @@ class _Leg:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> _Leg:
-        leg = cls(data["symbol"], data["multiplier"])
+        leg = cls(data["symbol"], data["multiplier"], data["quote"])
         for name in cls.__slots__:
             value = data[name]
             if name in ("sweep_bid", "sweep_ask") and value is not None:
@@ -368,10 +372,11 @@ class CrossVenueState:
             coin = self.coins[inst.coin] = _Coin(inst.coin)
         leg = coin.legs.get(event.exchange)
         if leg is None:
-            leg = coin.legs[event.exchange] = _Leg(event.symbol, inst.multiplier)
-        elif leg.symbol != event.symbol:
-            # a second perpetual of the coin on one venue (PEPEUSDT beside 1000PEPEUSDT): the first
-            # one seen stays the leg, so the leg never flips between two books
+            leg = coin.legs[event.exchange] = _Leg(event.symbol, inst.multiplier, inst.quote)
+        elif leg.symbol != event.symbol and (leg.multiplier, leg.quote) != (inst.multiplier, inst.quote):
+            # a second perpetual of the coin on one venue (PEPEUSDT beside 1000PEPEUSDT, or another
+            # quote): the first one seen stays the leg, so the leg never flips between two books.
+            # Two names of one market (okx BTCUSDT, BTC-USDT-SWAP) are the same leg.
             self.counters["other_market"] += 1
             return None
         if isinstance(event, BookEvent):
@@ -389,13 +394,16 @@ class CrossVenueState:
                 return
             self._apply_book(leg, event)
         elif isinstance(event, FundingEvent):
+            # a stated interval is kept even from a record older than the newest rate: OKX states it
+            # on md.indicators, while md.mark carries its rate too
+            if event.interval_ms and (leg.interval_time is None or t >= leg.interval_time):
+                leg.interval_ms, leg.interval_time = event.interval_ms, t
             if leg.funding_time is not None and t < leg.funding_time:
                 self.counters["stale"] += 1
                 return
-            if event.interval_ms:
-                leg.interval_ms = event.interval_ms
-            elif leg.next_funding is not None and event.next_funding_time_ms > leg.next_funding:
-                leg.interval_ms = event.next_funding_time_ms - leg.next_funding
+            if (not event.interval_ms and leg.next_funding is not None
+                    and event.next_funding_time_ms > leg.next_funding):
+                leg.interval_ms, leg.interval_time = event.next_funding_time_ms - leg.next_funding, t
             leg.funding_time, leg.funding_rate, leg.next_funding = t, event.funding_rate, event.next_funding_time_ms
         elif isinstance(event, SpotEvent):
             if leg.spot_time is not None and t < leg.spot_time:

@@ -120,8 +120,8 @@ def test_an_evaluation_sees_events_up_to_its_time_and_late_or_older_events_are_c
 def test_funding_per_venue_interval_learned_from_the_exchange_and_the_difference_per_pair():
     params = CrossVenueParams(funding_max_age_ms=60_000)
     state = CrossVenueState(params)
-    books = [book(v, s, 1_000, BINANCE.bids, BINANCE.asks)
-             for v, s in (("binance", "BTCUSDT"), ("bybit", "BTCUSDT"), ("okx", "BTC-USDT-SWAP"))]
+    # the OKX producer publishes under tapeflow's symbol (okx:BTCUSDT), as here
+    books = [book(v, "BTCUSDT", 1_000, BINANCE.bids, BINANCE.asks) for v in ("binance", "bybit", "okx")]
     events = [*books,
               FundingEvent("binance", "BTCUSDT", 1_000, 0.0001, 8 * HOUR),
               FundingEvent("bybit", "BTCUSDT", 1_000, 0.0002, 4 * HOUR, interval_ms=4 * HOUR)]
@@ -139,6 +139,23 @@ def test_funding_per_venue_interval_learned_from_the_exchange_and_the_difference
     # per 8 h: binance 0.0003 (8 h interval), bybit 0.0002 every 4 h = 0.0004
     assert p.funding_diff == pytest.approx(0.0001) and p.funding_diff_8h == pytest.approx(0.0003 - 0.0004)
     assert f.pair("bybit", "binance").funding_diff_8h == pytest.approx(0.0004 - 0.0003)
+    # okx: the rate from md.mark, the interval from an md.indicators record timed a little earlier
+    state.feed([FundingEvent("okx", "BTCUSDT", 2_500, 0.0001, 8 * HOUR),
+                book("okx", "BTCUSDT", 2_600, BINANCE.bids, BINANCE.asks)])
+    state.feed([FundingEvent("okx", "BTCUSDT", 2_550, 0.0001, 8 * HOUR, interval_ms=8 * HOUR)])
+    assert state.counters["stale"] == 0  # not older than the newest rate: applied, interval and all
+    state.feed([FundingEvent("okx", "BTCUSDT", 2_700, 0.0005, 8 * HOUR),
+                FundingEvent("okx", "BTCUSDT", 2_650, 0.0009, 8 * HOUR, interval_ms=4 * HOUR)])
+    assert state.counters["stale"] == 1  # the older rate is dropped, its stated interval is kept
+    f = last(state.advance_to(3_000))
+    assert (f.venue("okx").funding_rate, f.venue("okx").funding_interval_ms) == (0.0005, 4 * HOUR)
+    assert state.counters["other_market"] == 0 and state.counters["late"] == 0
+    # OKX's own name for the swap is the same leg; a second PEPE perp quoted per coin is not
+    state.feed([FundingEvent("okx", "BTC-USDT-SWAP", 3_500, 0.0006, 8 * HOUR),
+                book("binance", "PEPEUSDT", 3_500, [(1e-5, 1.0)], [(2e-5, 1.0)]),
+                book("binance", "1000PEPEUSDT", 3_500, [(1e-2, 1.0)], [(2e-2, 1.0)])])
+    assert state.counters["other_market"] == 1 and state.counters["late"] == 0
+    assert last(state.advance_to(4_000)).venue("okx").funding_rate == 0.0006
     # a minute later without funding news both are too old to use
     late_books = [book(b.exchange, b.symbol, 63_000, b.bids, b.asks) for b in books]
     f = last(state.feed(late_books) + state.advance_to(63_000))

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_apps.cross_venue.events import (
+    FundingEvent,
     book_event_from_record,
     event_from_record,
     funding_event_from_record,
@@ -140,3 +141,11 @@ def test_records_adapt_to_events():
     assert event_from_record("md.indicators", {**base, "kind": "spot_perp_divergence",
                                                "extra": {"spot_price": 100.0}}) == spot
     assert event_from_record("md.trades", {**base, "kind": "spot_perp_divergence"}) is None
+    # OKX's funding-rate channel states the interval (fundingTime 8 h, nextFundingTime 16 h)
+    okx = {**base, "exchange": "okx", "kind": "funding_rate", "value": 0.0002,
+           "extra": {"next_funding_time": 28_800_000.0, "following_funding_time": 57_600_000.0,
+                     "funding_interval_ms": 28_800_000.0}}
+    assert event_from_record("md.indicators", okx) == FundingEvent("okx", "BTCUSDT", 9, 0.0002, 28_800_000, 28_800_000)
+    binance = {**base, "kind": "funding_rate", "value": 0.0001, "extra": {"next_funding_time": 28_800_000.0}}
+    assert event_from_record("md.indicators", binance) == FundingEvent("binance", "BTCUSDT", 9, 0.0001, 28_800_000)
+    assert event_from_record("md.indicators", {**base, "kind": "open_interest", "extra": {}}) is None
