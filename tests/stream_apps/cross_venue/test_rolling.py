@@ -44,7 +44,7 @@ def reference(times: np.ndarray, values: np.ndarray, i: int, window_ms: int) -> 
     (4, 10_000, 1_000, 0.6),  # many gaps: windows often hold 0-2 samples
 ])
 def test_every_statistic_matches_a_recomputation(seed, window_ms, sample_ms, gap_p):
-    times, values = series(seed, 700, sample_ms, gap_p)
+    times, values = series(seed, 400, sample_ms, gap_p)
     window = RollingWindow(window_ms, sample_ms)
     for i, (t, v) in enumerate(zip(times.tolist(), values.tolist())):
         window.add(t, v)
