@@ -311,3 +311,18 @@ def test_a_state_restored_from_its_plain_data_continues_bit_for_bit():
         out += restored.feed(events[cut:]) + restored.advance_to(events[-1].time_ms)
         assert out == expected
         assert restored.counters == whole.counters
+
+
+def test_a_venue_can_have_its_own_staleness_limit():
+    params = CrossVenueParams(max_staleness_ms=2_000, staleness_by_venue={"okx": 5_000})
+    state = CrossVenueState(params)
+    okx = book("okx", "BTC-USDT-SWAP", 0, OKX.bids, OKX.asks)
+    binance = book("binance", "BTCUSDT", 3_000, BINANCE.bids, BINANCE.asks)
+    out = state.feed([okx, binance]) + state.advance_to(5_000)
+    at = {o.time_ms: o for o in out}
+    assert at[3_000].pair("binance", "okx").spread_top == pytest.approx(math.log(101.0 / 100.9))
+    assert at[5_000].pair("okx", "binance").spread_top is not None  # okx 5.0 s old: the limit, still used
+    # binance keeps the default 2 s: at 6,000 both legs are past their limits
+    state.feed([book("bybit", "BTCUSDT", 6_000, BINANCE.bids, BINANCE.asks)])
+    f = last(state.advance_to(6_000))
+    assert f.pair("binance", "okx").reason("spread_top") == "stale leg binance: 3.0 s old; stale leg okx: 6.0 s old"
