@@ -42,7 +42,8 @@ EXCHANGE = "okx"
 TAKER_SIDES = {"buy": "BUY", "sell": "SELL"}
 
 __all__ = ["EXCHANGE", "FrameError", "FundingPoint", "Instrument", "TradePrint", "channel_of", "okx_depth_record",
-           "parse_books", "parse_funding_rate", "parse_index_tickers", "parse_instruments", "parse_mark_price",
+           "parse_books", "parse_funding_rate", "parse_history_trades", "parse_index_tickers", "parse_instruments",
+           "parse_mark_price",
            "parse_rest_books", "parse_trades"]
 
 
@@ -213,6 +214,26 @@ def parse_trades(msg: Any, instrument: Instrument, receive_time: int) -> list[Tr
                               qty=_base_qty(row["sz"], instrument.qty_per_contract, "sz"), taker_side=side,
                               trade_time=_millis(row["ts"], "ts"), receive_time=receive_time))
     return out
+
+
+@normalising("history-trades")
+def parse_history_trades(body: Any, instrument: Instrument, receive_time: int) -> list[TradePrint]:
+    """`GET /api/v5/market/history-trades` → one print per fill (`count` 1), oldest first (OKX: newest first)."""
+    if not isinstance(body, dict) or str(body.get("code")) != "0" or not isinstance(body.get("data"), list):
+        raise FrameError("history-trades: not a successful OKX answer")
+    out = []
+    for row in body["data"]:
+        if not isinstance(row, dict):
+            raise FrameError(f"history-trades: row {row!r} is not an object"[:300])
+        _check_inst(row, instrument, "history-trades")
+        side = TAKER_SIDES.get(row["side"]) if isinstance(row["side"], str) else None
+        if side is None:
+            raise FrameError(f"history-trades: unknown taker side {row['side']!r}")
+        out.append(TradePrint(symbol=instrument.symbol, trade_id=_integer(row["tradeId"], "tradeId"), count=1,
+                              price=_price(row["px"], "px", instrument.multiplier),
+                              qty=_base_qty(row["sz"], instrument.qty_per_contract, "sz"), taker_side=side,
+                              trade_time=_millis(row["ts"], "ts"), receive_time=receive_time))
+    return sorted(out, key=lambda p: p.trade_id)
 
 
 def _levels(raw: Any, instrument: Instrument, side: str) -> tuple[tuple[float, float], ...]:

@@ -3,7 +3,8 @@
 Same shape, topics, schemas, `Publisher` and `ProducerMetrics` as the Binance and Bybit producers,
 keyed `okx:<SYMBOL>` with tapeflow's symbol (`BTCUSDT`, subscribed as `BTC-USDT-SWAP`; `schemas.symbols`).
 Wiring only; the decisions live in small pure pieces: `parse` (push → record, contracts → base coin),
-`OkxTradeNumbering` (consecutive agg ids; a hole in OKX's trade ids published on `md.gaps`),
+`OkxTradeNumbering` (consecutive agg ids; a hole in OKX's trade ids filled from REST `history-trades`
+by id while the trades behind it wait, or published on `md.gaps` when REST cannot),
 `OkxBookSync` (verified book from snapshot + `prevSeqId`-chained updates, REST snapshot after a break)
 and `OkxMarkState` (mark + index + funding → `md.mark`).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ from producers.okx.parse import (
     okx_depth_record,
     parse_books,
     parse_funding_rate,
+    parse_history_trades,
     parse_index_tickers,
     parse_instruments,
     parse_mark_price,
@@ -43,7 +46,7 @@ from producers.okx.parse import (
     parse_trades,
 )
 from producers.okx.rest import LIVE_REST, OkxRestClient, OkxRestRejected, OkxRestUnavailable
-from producers.okx.trade_numbering import OkxTradeNumbering
+from producers.okx.trade_numbering import OkxTradeNumbering, TradeHole
 from producers.okx.ws_stream import OkxStream, OkxStreamConfig
 from schemas.errors import SchemaValidationError
 from schemas.symbols import coin_multiplier, okx_index_id, okx_swap_inst_id
@@ -54,6 +57,7 @@ log = structlog.get_logger("producer.okx")
 LIVE_WS = "wss://ws.okx.com:8443/ws/v5/public"
 BOOK_CHANNEL = "books"  # 400 levels, snapshot then 100-ms increments chained by seqId/prevSeqId
 REST_BOOK_DEPTH = 400
+MAX_FILL_FILLS = 20_000  # a larger hole (a long outage) is published on md.gaps at once, not paged from REST
 
 
 @dataclass
@@ -95,6 +99,10 @@ class OkxProducer(VenueProducer):
         self.marks = {s: OkxMarkState(s) for s in config.symbols}
         self._funding_published: dict[str, tuple] = {}
         self.missing_swaps: list[str] = []  # configured symbols OKX lists no linear swap for (not subscribed)
+        self._holes: dict[str, deque[TradeHole]] = {s: deque() for s in config.symbols}  # waiting for a REST fill
+        self._held: dict[str, deque[dict]] = {s: deque() for s in config.symbols}  # md.trades records behind them
+        self.gaps_filled = 0
+        self.gaps_unfilled = 0
         self.rest = OkxRestClient(config.rest_url, metrics, give_up_after_s=config.rest_give_up_after_s)
         self.stream = OkxStream(OkxStreamConfig(config.ws_url, config.streams(),
                                                 replay_end=config.replay_control_url is not None,
@@ -118,6 +126,7 @@ class OkxProducer(VenueProducer):
                     t.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
             await self._repairs.cancel_all()
+            self._flush_holes()
         finally:
             await self.rest.close()
         self.undelivered = await asyncio.to_thread(self.publisher.flush, 30.0) + len(self.publisher.failed)
@@ -194,17 +203,87 @@ class OkxProducer(VenueProducer):
 
     def _on_trades(self, prints: list[TradePrint]) -> None:
         for p in prints:
-            record, hole = self.numbering[p.symbol].number(p)
+            sym = p.symbol
+            record, hole = self.numbering[sym].number(p)
             if hole is not None:
-                self.metrics.gaps_detected.labels(p.symbol).inc()
-                self.metrics.gaps_unfilled.labels(p.symbol).inc()
-                log.warning("okx trade gap", symbol=p.symbol, from_id=hole.gap.from_id, to_id=hole.gap.to_id,
-                            reason=hole.reason())
-                self._publish_gap(p.symbol, hole.gap.from_id, hole.gap.to_id, hole.reason())
-            if record is not None:
-                self.publisher.publish("md.trades", self._key(p.symbol), record, p.receive_time)
+                self.metrics.gaps_detected.labels(sym).inc()
+                if hole.okx_from is not None and hole.okx_to - hole.okx_from + 1 <= MAX_FILL_FILLS:
+                    log.info("okx trade hole: filling from REST", symbol=sym, okx_from=hole.okx_from, okx_to=hole.okx_to)
+                    self._holes[sym].append(hole)
+                    self._repairs.ensure(f"fill:{sym}", self._fill_holes(sym))
+                else:
+                    self._give_up(sym, hole, hole.reason())
+            if record is None:
+                self.metrics.duplicates_dropped.labels(sym).inc()
+            elif self._holes[sym]:
+                self._held[sym].append(record)  # behind a hole being filled: md.trades stays in agg-id order
             else:
-                self.metrics.duplicates_dropped.labels(p.symbol).inc()
+                self.publisher.publish("md.trades", self._key(sym), record, p.receive_time)
+
+    def _give_up(self, symbol: str, hole: TradeHole, reason: str) -> None:
+        self.gaps_unfilled += 1
+        self.metrics.gaps_unfilled.labels(symbol).inc()
+        log.warning("okx trade gap", symbol=symbol, from_id=hole.gap.from_id, to_id=hole.gap.to_id, reason=reason)
+        self._publish_gap(symbol, hole.gap.from_id, hole.gap.to_id, reason)
+
+    # --- trade holes: filled from REST by OKX trade id ------------------------------------------------
+    async def _fill_holes(self, symbol: str) -> None:
+        """Fill the symbol's holes in order from `history-trades`, each fill on the agg ids left for it;
+        a hole REST cannot fill is published on md.gaps; the trades held behind a hole follow it."""
+        holes = self._holes[symbol]
+        instrument = self.instruments[okx_swap_inst_id(symbol)]
+        while holes:
+            hole = holes[0]
+            fills = await self._fetch_fills(instrument, hole)
+            if fills is not None:
+                for k, fill in enumerate(fills):
+                    self.publisher.publish("md.trades", self._key(symbol), fill.record(hole.gap.from_id + k),
+                                           fill.receive_time)
+                self.gaps_filled += 1
+                self.metrics.gaps_filled.labels(symbol).inc()
+                log.info("okx trade hole filled from REST", symbol=symbol, fills=len(fills))
+            else:
+                self._give_up(symbol, hole, hole.reason() + "; REST history-trades could not fill it")
+            holes.popleft()
+            self._release_held(symbol)
+
+    def _release_held(self, symbol: str) -> None:
+        """Publish the held trades that no remaining hole is in front of."""
+        holes, held = self._holes[symbol], self._held[symbol]
+        limit = holes[0].gap.from_id if holes else None
+        while held and (limit is None or held[0]["agg_id"] < limit):
+            record = held.popleft()
+            self.publisher.publish("md.trades", self._key(symbol), record, record["receive_time"])
+
+    async def _fetch_fills(self, instrument: Instrument, hole: TradeHole) -> list[TradePrint] | None:
+        """Every fill of `hole`'s OKX id range, oldest first, or None when REST cannot give them all."""
+        assert hole.okx_from is not None and hole.okx_to is not None
+        got: dict[int, TradePrint] = {}
+        after = hole.okx_to + 1
+        try:
+            while True:
+                body = await self.rest.get("/api/v5/market/history-trades", {
+                    "instId": instrument.inst_id, "type": "1", "after": str(after), "limit": "100"})
+                page = parse_history_trades(body, instrument, int(time.time() * 1000))
+                got.update((p.trade_id, p) for p in page if hole.okx_from <= p.trade_id <= hole.okx_to)
+                if not page or page[0].trade_id <= hole.okx_from or page[0].trade_id >= after:
+                    break
+                after = page[0].trade_id
+        except (OkxRestUnavailable, OkxRestRejected, FrameError) as exc:
+            log.warning("okx trade fill failed", symbol=instrument.symbol, error=str(exc))
+            return None
+        wanted = range(hole.okx_from, hole.okx_to + 1)
+        if len(got) != len(wanted):
+            log.warning("okx trade fill incomplete", symbol=instrument.symbol, wanted=len(wanted), got=len(got))
+            return None
+        return [got[i] for i in wanted]
+
+    def _flush_holes(self) -> None:
+        """On stop: the holes still waiting are published as gaps and the trades held behind them released."""
+        for symbol, holes in self._holes.items():
+            while holes:
+                self._give_up(symbol, holes.popleft(), "producer stopped before REST history-trades filled it")
+            self._release_held(symbol)
 
     def _on_book(self, diff: DepthDiff) -> None:
         book = self.books[diff.symbol]
@@ -256,10 +335,10 @@ class OkxProducer(VenueProducer):
 
     def _continuity_counts(self) -> dict[str, int]:
         return {"duplicates dropped": sum(n.counters.duplicates for n in self.numbering.values()),
-                "gaps unfilled": sum(n.counters.gaps for n in self.numbering.values())}
+                "gaps filled": self.gaps_filled, "gaps unfilled": self.gaps_unfilled}
 
     def _health_extra(self) -> dict:
-        return {"trade_gaps": sum(n.counters.gaps for n in self.numbering.values()),
+        return {"trade_gaps_filled": self.gaps_filled, "trade_gaps_unfilled": self.gaps_unfilled,
                 "instruments_loaded": len(self.instruments), "okx_swaps_missing": self.missing_swaps}
 
     def _on_reconnect(self, reason: str) -> None:

@@ -8,9 +8,10 @@ are consecutive per instrument, so unlike Bybit's UUIDs they tell whether anythi
 
 - the row after OKX id N must start at N+1 (`tradeId - count + 1`); then it gets the next `agg_id`;
 - a row starting above N+1 (a lost frame, a reconnect: OKX does not replay trades) leaves a hole in
-  the `agg_id`s as wide as the OKX ids missing, returned so the producer publishes it on `md.gaps`
-  with the OKX id range: the jump the engine sees is exactly the gap that was reported; a reconnect
-  that lost nothing leaves no hole;
+  the `agg_id`s as wide as the OKX ids missing, one id per missing fill, returned with the OKX id
+  range: the producer fills it from `GET /api/v5/market/history-trades` (one fill per id, exactly the
+  ids left) or, when REST cannot, publishes it on `md.gaps`, so the jump the engine sees is exactly
+  the gap that was reported; a reconnect that lost nothing leaves no hole;
 - a row whose ids were already numbered (a repeated push) is dropped as a duplicate; ids far below
   the last one (OKX renumbered the instrument) open a new epoch behind a reported hole.
 

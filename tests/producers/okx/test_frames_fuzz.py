@@ -24,6 +24,7 @@ from producers.okx.parse import (
     Instrument,
     parse_books,
     parse_funding_rate,
+    parse_history_trades,
     parse_index_tickers,
     parse_instruments,
     parse_mark_price,
@@ -42,9 +43,9 @@ def doc(name: str) -> dict:
     return json.loads((DATA / name).read_text())
 
 
-TRADE, BOOK, MARK, INDEX, FUNDING, REST_BOOK = (doc(n) for n in (
+TRADE, BOOK, MARK, INDEX, FUNDING, REST_BOOK, HISTORY = (doc(n) for n in (
     "trades.json", "books_update.json", "mark_price.json", "index_tickers.json", "funding_rate.json",
-    "rest_books.json"))
+    "rest_books.json", "rest_history_trades.json"))
 
 PARSERS = {  # kind: (parse, documented frame, the row the odd values go into)
     "trades": (lambda m: parse_trades(m, SWAP, RECEIVED), TRADE, TRADE["data"][0]),
@@ -53,6 +54,7 @@ PARSERS = {  # kind: (parse, documented frame, the row the odd values go into)
     "index-tickers": (parse_index_tickers, INDEX, INDEX["data"][0]),
     "funding-rate": (parse_funding_rate, FUNDING, FUNDING["data"][0]),
     "rest-books": (lambda m: parse_rest_books(m, SWAP, RECEIVED), REST_BOOK, REST_BOOK["data"][0]),
+    "history-trades": (lambda m: parse_history_trades(m, SWAP, RECEIVED), HISTORY, HISTORY["data"][0]),
     "instruments": (parse_instruments, {"code": "0", "msg": "", "data": [
         {"instType": "SWAP", "instId": "BTC-USDT-SWAP", "ctType": "linear", "ctVal": "0.01", "ctMult": "1",
          "ctValCcy": "BTC"}]}, {"instType": "SWAP", "instId": "BTC-USDT-SWAP", "ctType": "linear", "ctVal": "0.01",

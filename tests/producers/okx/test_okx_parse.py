@@ -21,6 +21,7 @@ from producers.okx.parse import (
     okx_depth_record,
     parse_books,
     parse_funding_rate,
+    parse_history_trades,
     parse_index_tickers,
     parse_instruments,
     parse_mark_price,
@@ -120,6 +121,17 @@ def test_documented_rest_book():
     assert (snap.symbol, snap.last_update_id, snap.event_time, snap.receive_time) == (
         "BTCUSDT", 3235851742, 1629966436396, RECEIVED)
     assert snap.bids == ((41006.3, 0.30178218),) and snap.asks == ((41006.8, 0.60038921),)
+
+
+def test_documented_history_trades_oldest_first_one_fill_each():
+    fills = parse_history_trades(doc("rest_history_trades.json"), SPOT, RECEIVED)
+    assert [f.record(agg_id=i) for i, f in enumerate(fills)] == [
+        {"exchange": "okx", "symbol": "BTCUSDT", "agg_id": 0, "price": 29964.1, "qty": 0.00001,
+         "first_trade_id": 242720719, "last_trade_id": 242720719, "event_time": 1654161641568,
+         "trade_time": 1654161641568, "receive_time": RECEIVED, "taker_side": "SELL"},
+        {"exchange": "okx", "symbol": "BTCUSDT", "agg_id": 1, "price": 29963.2, "qty": 0.00001,
+         "first_trade_id": 242720720, "last_trade_id": 242720720, "event_time": 1654161646974,
+         "trade_time": 1654161646974, "receive_time": RECEIVED, "taker_side": "SELL"}]
 
 
 def test_documented_mark_index_and_funding():

@@ -29,13 +29,14 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 INST = {"BTCUSDT": "BTC-USDT-SWAP", "ETHUSDT": "ETH-USDT-SWAP"}
 
 
-async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, speed=10.0):
+async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, speed=10.0, rest_give_up_after_s=60.0):
     ensure_topics(bootstrap, prefix=prefix)
     fake = await serve_okx(session, speed=speed, faults=faults or {})
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
     config = OkxProducerConfig(symbols=SYMBOLS, ws_url=fake.public_url, rest_url=fake.rest_url, book_interval_ms=0,
-                               replay_control_url=fake.rest_url, stream_config={"ping_interval_s": 0.2})
+                               replay_control_url=fake.rest_url, stream_config={"ping_interval_s": 0.2},
+                               rest_give_up_after_s=rest_give_up_after_s)
     producer = OkxProducer(config, publisher, metrics)
     stop = asyncio.Event()
     try:
@@ -111,6 +112,14 @@ def expected_trades(session, symbol):
             for m in pushes(session, "trades", INST[symbol]) for r in m["data"]]
 
 
+def expected_fills(session, symbol):
+    """{OKX trade id: the fill as `mine` shows it}: what GET history-trades gives for each id."""
+    ct = Decimal(session.initial[symbol].ct_val)
+    return {int(f["tradeId"]): (int(f["tradeId"]), int(f["tradeId"]), float(Decimal(f["px"])),
+                                float(Decimal(f["sz"]) * ct), int(f["ts"]), f["side"].upper())
+            for f in session.fills[INST[symbol]]}
+
+
 def mine(trades):
     return [(t["first_trade_id"], t["last_trade_id"], t["price"], t["qty"], t["trade_time"], t["taker_side"])
             for t in trades]
@@ -173,24 +182,26 @@ async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_an
     assert producer.health()["books_live"] == 2
 
 
-async def test_lost_book_updates_resync_from_rest_and_lost_trades_are_reported_with_their_okx_ids(
+async def test_lost_pushes_are_repaired_from_rest_book_by_snapshot_trades_by_id_and_reported_when_rest_fails(
         kafka_bootstrap, topic_prefix):
     session = generate_okx_session(OkxSyntheticSpec(seed=32, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8))
 
-    async def during(fake, producer):
-        for _ in range(1000):  # the book is live and trades flow
-            if producer.books["BTCUSDT"].is_live and producer.numbering["BTCUSDT"].counters.published > 10:
-                break
-            await asyncio.sleep(0.01)
-        fake.set_faults(skip_frames=2, skip_stream="books:BTC-USDT-SWAP")
+    async def wait_for(condition):
         for _ in range(1000):
-            if fake.state.faults.settings.skip_frames == 0:
-                break
+            if condition():
+                return
             await asyncio.sleep(0.01)
-        fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
+
+    async def during(fake, producer):
+        await wait_for(lambda: producer.books["BTCUSDT"].is_live and producer.numbering["BTCUSDT"].counters.published > 10)
+        fake.set_faults(skip_frames=2, skip_stream="books:BTC-USDT-SWAP")
+        await wait_for(lambda: fake.state.faults.settings.skip_frames == 0)
+        fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")  # REST answers: filled
+        await wait_for(lambda: producer.gaps_filled == 1)
+        fake.set_faults(rest_fail_for_s=60.0, skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")  # REST down: reported
 
     producer, metrics, ended, publisher, fake = await run_producer(kafka_bootstrap, topic_prefix, session,
-                                                                   during=during, speed=8.0)
+                                                                   during=during, speed=8.0, rest_give_up_after_s=1.0)
     assert ended == "replay-finished" and publisher.healthy
     records = read_topics(kafka_bootstrap, topic_prefix)
 
@@ -201,43 +212,44 @@ async def test_lost_book_updates_resync_from_rest_and_lost_trades_are_reported_w
     check_depth_and_books(records, books_by_seq(session, "ETHUSDT"), "ETHUSDT")
     assert producer.health()["books_live"] == 2
 
-    # the trades: BTC whole; ETH whole but for the skipped push, whose OKX ids md.gaps names exactly
+    # the trades: BTC whole; ETH: the first lost push replaced by its fills from REST, consecutive agg ids
+    # over them; the second (REST down) missing, its OKX ids named on md.gaps
     assert mine([t for t in records["md.trades"] if t["symbol"] == "BTCUSDT"]) == expected_trades(session, "BTCUSDT")
     want = expected_trades(session, "ETHUSDT")
     got = [t for t in records["md.trades"] if t["symbol"] == "ETHUSDT"]
-    (lost,) = [w for w in want if w not in mine(got)]
-    assert mine(got) == [w for w in want if w != lost]
+    filled, lost = [w for w in want if w not in mine(got)]
+    fills = expected_fills(session, "ETHUSDT")
+    replaced = [fills[i] for i in range(filled[0], filled[1] + 1)]
+    assert mine(got) == [r for w in want if w != lost for r in (replaced if w == filled else [w])]
     (gap,) = records["md.gaps"]
-    assert gap["symbol"] == "ETHUSDT" and gap["stream"] == "md.trades"
+    assert gap["symbol"] == "ETHUSDT" and gap["stream"] == "md.trades" and "could not fill" in gap["reason"]
     assert f"OKX trade ids {lost[0]}..{lost[1]} ({lost[1] - lost[0] + 1} fills)" in gap["reason"]
-    before = [t for t in got if t["agg_id"] < gap["from_id"]]
-    after = [t for t in got if t["agg_id"] > gap["to_id"]]
-    assert len(before) + len(after) == len(got) and before[-1]["agg_id"] == gap["from_id"] - 1
-    assert after[0]["agg_id"] == gap["to_id"] + 1 and gap["to_id"] - gap["from_id"] + 1 == lost[1] - lost[0] + 1
+    assert check_trades_and_gaps(records, session, "ETHUSDT") == [gap]  # agg ids: one jump, exactly there
+    assert sample(metrics, "tapeflow_producer_gaps_filled_total") == 1
     assert sample(metrics, "tapeflow_producer_gaps_unfilled_total") == 1 and records["dlq.md"] == []
-    assert check_trades_and_gaps(records, session, "ETHUSDT") == [gap]  # the general check agrees
 
 
 def check_trades_and_gaps(records, session, symbol):
-    """The trades published are the session's in order, each once; the agg ids jump exactly where md.gaps
-    says, over as many ids as OKX trade ids are missing there, and the missing rows are exactly those."""
-    want = expected_trades(session, symbol)
+    """What md.trades holds is the session's trades, once and in order: each record is a pushed row or
+    (a hole filled from REST) one of its fills; OKX ids run on without a break from the session's first
+    to its last except where the agg ids jump, exactly where md.gaps says, over as many ids as are missing."""
+    rows = {(w[0], w[1]): w for w in expected_trades(session, symbol)}
+    fills = expected_fills(session, symbol)
     got = [t for t in records["md.trades"] if t["symbol"] == symbol]
-    rows = mine(got)
-    remaining = iter(want)
-    assert all(r in remaining for r in rows) and len(set(rows)) == len(rows)  # a subsequence, no repeats
+    for t in mine(got):
+        assert t == rows.get((t[0], t[1])) or (t[0] == t[1] and t == fills[t[0]]), t
+    assert got[0]["first_trade_id"] == min(fills) and got[-1]["last_trade_id"] == max(fills)
     gaps = [g for g in records["md.gaps"] if g["symbol"] == symbol]
-    steps = [(i, a["agg_id"], b["agg_id"]) for i, (a, b) in enumerate(zip(got, got[1:])) if b["agg_id"] != a["agg_id"] + 1]
-    assert [(lo + 1, hi - 1) for _, lo, hi in steps] == [(g["from_id"], g["to_id"]) for g in gaps]
-    ranges = []
-    for (i, _, _), gap in zip(steps, gaps, strict=True):
-        okx_from, okx_to = got[i]["last_trade_id"] + 1, got[i + 1]["first_trade_id"] - 1
-        assert f"OKX trade ids {okx_from}..{okx_to} " in gap["reason"]
-        assert gap["to_id"] - gap["from_id"] == okx_to - okx_from
-        ranges.append((okx_from, okx_to))
-    missing = [w for w in want if w not in rows]
-    assert sum(w[1] - w[0] + 1 for w in missing) == sum(hi - lo + 1 for lo, hi in ranges)
-    assert all(any(lo <= w[0] and w[1] <= hi for lo, hi in ranges) for w in missing)
+    jumps = []
+    for a, b in zip(got, got[1:]):
+        if b["agg_id"] == a["agg_id"] + 1:
+            assert b["first_trade_id"] == a["last_trade_id"] + 1
+            continue
+        okx_from, okx_to = a["last_trade_id"] + 1, b["first_trade_id"] - 1
+        assert okx_to >= okx_from and b["agg_id"] - a["agg_id"] - 2 == okx_to - okx_from
+        jumps.append((a["agg_id"] + 1, b["agg_id"] - 1, f"OKX trade ids {okx_from}..{okx_to} "))
+    assert [(g["from_id"], g["to_id"]) for g in gaps] == [j[:2] for j in jumps]
+    assert all(j[2] in g["reason"] for g, j in zip(gaps, jumps))
     return gaps
 
 
