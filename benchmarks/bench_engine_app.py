@@ -14,12 +14,16 @@ Trade density matters: evaluations cost far more than trades, and there is at mo
 per second of event time, so a session with more trades per second of event time is cheaper per
 trade. ``--rates`` runs several densities (trades per second of event time per symbol).
 
+``--detectors`` runs the shipped strategies with a ``detectors`` section added (VPIN by aggressor side
+with per-symbol buckets of a few seconds' volume, Kyle's lambda and Amihud; issue 25), to compare the
+worker with the detectors on against the same run without them.
+
 ``--mode stream`` measures stock Faust instead: one agent over md.trades with
 ``stream.noack_take(5000, within=0.05)`` that only Avro-decodes and acks — the per-record ceiling of
 Faust's event path, which is why the worker delivers fetches in bulk (see ``bulk_consumer``).
 
 Run: ``.venv/bin/python -m benchmarks.bench_engine_app [--rates 50,200,500] [--minutes 10]
-[--mode bulk|stream] [--bootstrap HOST:PORT]`` (default: an embedded Tansu started for the run).
+[--mode bulk|stream] [--detectors] [--bootstrap HOST:PORT]`` (default: an embedded Tansu started for the run).
 """
 
 from __future__ import annotations
@@ -33,17 +37,33 @@ import uuid
 from pathlib import Path
 
 import psutil
+import yaml
 
 from benchmarks.embedded_broker import broker
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from stream_apps.faust_app.app import EngineWorker
-from stream_apps.faust_app.config import EngineAppConfig
+from stream_apps.faust_app.config import EngineAppConfig, shipped_strategy_files
 from stream_apps.faust_app.session import SessionProducer, synthetic_session
 from stream_apps.faust_app.worker import ensure_engine_topics
 from tapeflow_runtime.logs import configure_logging
 
 SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6))
+DETECTORS = {"bar": "1m", "vpin": {"bucket_volume": {"symbols": {"BTCUSDT": 2_000_000, "ETHUSDT": 150_000,
+                                                                 "SOLUSDT": 5_000, "XRPUSDT": 50}},
+                                   "classification": "aggressor"},
+             "kyle_window_bars": 30, "amihud_window_bars": 30}
+
+
+def strategies_with_detectors(directory: Path) -> list[Path]:
+    """The shipped strategy files with ``DETECTORS`` added, written into ``directory``."""
+    out = []
+    for path in shipped_strategy_files():
+        data = yaml.safe_load(path.read_text())
+        data["detectors"] = DETECTORS
+        out.append(directory / path.name)
+        out[-1].write_text(yaml.safe_dump(data))
+    return out
 
 
 def produce(bootstrap: str, prefix: str, minutes: int, rate: float) -> tuple[int, int]:
@@ -132,20 +152,23 @@ def main() -> None:
     ap.add_argument("--mode", choices=("bulk", "stream"), default="bulk")
     ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
     ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--detectors", action="store_true", help="the shipped strategies with a detectors section")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
                     help="the worker's fetch wait (Faust's own: 1500)")
     args = ap.parse_args()
     configure_logging("WARNING")
     print(f"mode={args.mode}  symbols={len(SYMBOLS)}  session={args.minutes} min  "
-          f"fetch wait={args.fetch_max_wait_ms} ms  load={os.getloadavg()[0]:.2f}")
+          f"fetch wait={args.fetch_max_wait_ms} ms  detectors={'on' if args.detectors else 'off'}  "
+          f"load={os.getloadavg()[0]:.2f}")
     print(f"{'trades/s/sym':>12} {'trades':>10} {'records':>10} {'seconds':>8} {'trades/s':>10} {'records/s':>10} "
           f"{'CPU s':>7} {'RSS MiB':>8}")
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bootstrap:
+        files = strategies_with_detectors(Path(tmp)) if args.detectors else shipped_strategy_files()
         for rate in (float(r) for r in args.rates.split(",")):
             prefix = f"bench{uuid.uuid4().hex[:6]}."
             config = EngineAppConfig(bootstrap=bootstrap, app_id=prefix + "engine", topic_prefix=prefix,
                                      datadir=Path(tmp) / prefix, metrics_port=None, log_level="WARNING",
-                                     fetch_max_wait_ms=args.fetch_max_wait_ms)
+                                     fetch_max_wait_ms=args.fetch_max_wait_ms, strategy_files=files)
             ensure_engine_topics(config)
             trades, records = produce(bootstrap, prefix, args.minutes, rate)
             if args.mode == "bulk":
