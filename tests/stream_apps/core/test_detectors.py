@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_apps.core.detectors import DetectorParams, MicrostructureDetectors
+from tests.support.fuzz import FUZZ  # hypothesis settings that write nothing outside the run's temp dirs
 
 T0 = 1_700_000_040_000  # a whole minute
 BAR = 60_000
@@ -230,7 +231,7 @@ def test_bad_parameters_are_refused(bad):
 TRADES = generated_trades(2_000, seed=5, minutes=60)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(FUZZ, max_examples=40)
 @given(mode=st.sampled_from(["bvc", "aggressor", "tick"]),
        cuts=st.lists(st.integers(1, len(TRADES) - 1), max_size=12, unique=True).map(sorted),
        advance=st.booleans(), restore=st.booleans())
