@@ -306,7 +306,13 @@ class OkxProducer(VenueProducer):
         assert self._stop is not None
         instrument = self.instruments[okx_swap_inst_id(book.symbol)]
         delay = 0.2
+        tries_after_end = 3  # a replay that has ended waits for a few tries, not for REST forever
         while book.needs_snapshot and not self._stop.is_set():
+            if self.replay_end is not None:
+                if tries_after_end == 0:
+                    log.error("okx book not resynchronised before the end of the replay", symbol=book.symbol)
+                    return
+                tries_after_end -= 1
             try:
                 body = await self.rest.get("/api/v5/market/books", {"instId": instrument.inst_id,
                                                                     "sz": str(REST_BOOK_DEPTH)})
