@@ -44,3 +44,14 @@ def test_engine_help_says_replays_are_ordered_by_progress_markers_not_lateness(t
     settings = Settings(home=tmp_path, source=f"replay:{RECORDING}")
     argv = EngineService(settings, StackPaths(tmp_path)).prepare().argv
     assert "--allowed-lateness-ms" not in argv, argv
+
+
+def test_produce_help_names_every_exchange_it_accepts(tmp_path):
+    """`produce --help` lists the venues `--exchange` takes, and an unknown one is refused with that list."""
+    text = help_text("produce")
+    for venue in ("binance", "bybit", "okx"):
+        assert venue in text.split("--exchange", 1)[1].split("--", 1)[0], text
+    assert "--okx-ws-url" in text and "--okx-rest-url" in text and "BTC-USDT-SWAP" in text, text
+    res = subprocess.run([sys.executable, "-m", "tapeflow", "produce", "--exchange", "kraken"], capture_output=True,
+                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "TAPEFLOW_HOME": str(tmp_path)})
+    assert res.returncode == 2 and "expected binance, bybit or okx" in res.stdout + res.stderr, res
