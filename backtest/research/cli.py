@@ -69,7 +69,8 @@ def _store(out: Path, store_dir: Path | None, source: str, symbols: str, from_ms
         raise ResearchError("--symbols: at least one symbol")
     if to_ms - from_ms < 2 * 86_400_000:
         raise ResearchError("the range must cover at least two days (the strategies warm up on the first)")
-    spec = StoreSpec(source, names, from_ms, to_ms, base.windows.cvd_fast, base.windows.cvd_mid)
+    spec = StoreSpec(source, names, from_ms, to_ms, base.windows.cvd_fast, base.windows.cvd_mid,
+                     base.detectors.model_dump_json() if base.detectors is not None else "")
     began = time.perf_counter()
     try:
         store = build_store(store_dir or out / "store", spec, base, workers, show_progress=progress, options=options)

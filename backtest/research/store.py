@@ -43,10 +43,13 @@ class StoreSpec:
     to_ms: int
     cvd_fast: int
     cvd_mid: int
+    detectors: str = ""  # the base strategy's detectors section as JSON ("" = off): they are features too
 
     def key(self) -> dict:
         d = asdict(self)
         d["symbols"] = list(self.symbols)
+        if not self.detectors:
+            del d["detectors"]  # off: the key of a store written before detectors existed, still reused
         return d
 
 
