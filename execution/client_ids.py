@@ -19,7 +19,11 @@ import re
 BINANCE_CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
 # One code per order role; `entry_fallback` is the market order sent after a maker entry timed out.
-LEG_CODES = {"entry": "en", "entry_fallback": "ef", "tp1": "t1", "tp2": "t2", "sl": "sl", "exit": "ex"}
+# The `pair_*` roles are the two legs of a hedged cross-venue pair (`execution.hedged`): its short and
+# long leg's entry, and the order that closes each leg (the exit, or the unwind of a leg whose partner
+# failed), so one watchlist signal gives four ids and none of them collides with a directional one.
+LEG_CODES = {"entry": "en", "entry_fallback": "ef", "tp1": "t1", "tp2": "t2", "sl": "sl", "exit": "ex",
+             "pair_short_entry": "se", "pair_long_entry": "le", "pair_short_exit": "sx", "pair_long_exit": "lx"}
 
 
 def signal_digest(signal_id: str) -> str:
@@ -42,3 +46,8 @@ def client_order_id(signal_id: str, leg: str, attempt: int = 0) -> str:
 def position_id(signal_id: str) -> str:
     """Id of the position opened by `signal_id` (same digest, so orders and position line up)."""
     return f"pos-{signal_digest(signal_id)}"
+
+
+def pair_id(signal_id: str) -> str:
+    """Id of the hedged pair opened by the watchlist signal `signal_id` (same digest as its leg orders)."""
+    return f"pair-{signal_digest(signal_id)}"

@@ -17,6 +17,7 @@ re-processed trade yields the same fill keys and sinks stay idempotent.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from execution.broker import BrokerEvent, Execution, OrderRequest, OrderUpdate
@@ -157,6 +158,17 @@ def book_impact(book: BookTop, side: str, qty: float) -> float:
     if book.best_bid is None or book.best_ask is None or not levels or qty <= 0:
         return 0.0
     mid = (book.best_bid + book.best_ask) / 2
+    cost, left = walk_levels(levels, qty)
+    if left > 0:
+        cost += left * levels[-1][0]
+    vwap = cost / qty
+    return max(0.0, vwap - mid if side == "BUY" else mid - vwap)
+
+
+def walk_levels(levels: Iterable[tuple[float, float]], qty: float) -> tuple[float, float]:
+    """Take `qty` from `levels` (price, qty; best first): the cost of what was taken and the quantity
+    the levels could not give (0 when they held enough). No checks: the callers decide what a short
+    book means (`book_impact` takes the rest at the last level, `execution.hedged` fails the order)."""
     left, cost = qty, 0.0
     for price, size in levels:
         take = min(left, size)
@@ -164,7 +176,4 @@ def book_impact(book: BookTop, side: str, qty: float) -> float:
         left -= take
         if left <= 0:
             break
-    if left > 0:
-        cost += left * levels[-1][0]
-    vwap = cost / qty
-    return max(0.0, vwap - mid if side == "BUY" else mid - vwap)
+    return cost, left
