@@ -4,7 +4,7 @@ windows as soon as the live stream starts, and computes what an engine that saw 
 
 Offline against the fake exchange: a generated session of 25 h 20 min (two symbols, sparse depth and
 marks so it stays small) whose first 25 h are history (`--history-s`: served only by the Vision
-archives and REST, as for a producer starting "now") and whose last 20 minutes stream live (at 10x).
+archives and REST, as for a producer starting "now") and whose last 20 minutes stream live (at 20x).
 The window [now - 25 h, now) spans the end of one UTC day (archive), one whole day (archive) and ten
 minutes of the current day (REST).
 
@@ -122,7 +122,7 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
         services.append(engine)
         fake = Service("fake-exchange", ["fake-exchange", "--synthetic-seed", str(SEED), "--synthetic-symbols",
                                          ",".join(SYMBOLS), "--synthetic-duration", str(DURATION_S), *FAKE_ARGS,
-                                         "--history-s", str(HISTORY_S), "--speed", "10", "--rest-clock",
+                                         "--history-s", str(HISTORY_S), "--speed", "20", "--rest-clock",
                                          "recording", "--aggtrades-visibility", "replayed",
                                          # each archive answered 1.5 s late (a slow link): the vision
                                          # phase lasts seconds, so the status sampled below sees it
