@@ -19,7 +19,7 @@ from ..depth_book import _apply
 from ..recording import RecordedFrame
 from .synthetic import OkxSession, OkxSymbolState, _copy
 
-SNAPSHOT_CHANNELS = ("books", "mark-price", "index-tickers", "funding-rate")  # pushed at once on subscribe
+SNAPSHOT_CHANNELS = ("books", "mark-price", "index-tickers", "funding-rate", "tickers")  # pushed at once on subscribe
 
 
 class OkxMarket:
@@ -53,6 +53,8 @@ class OkxMarket:
             st.mark = dict(row)
         elif channel == "index-tickers":
             st.index = dict(row)
+        elif channel == "tickers":
+            st.spot = dict(row)
         elif channel == "funding-rate":
             st.funding = dict(row)
 
@@ -94,7 +96,8 @@ class OkxMarket:
             msg: dict[str, Any] = {"arg": arg, "action": "snapshot",
                                    "data": [{**row, "checksum": 0, "prevSeqId": -1}]}
         else:
-            row = {"mark-price": st.mark, "index-tickers": st.index, "funding-rate": st.funding}[channel]
+            row = {"mark-price": st.mark, "index-tickers": st.index, "funding-rate": st.funding,
+                   "tickers": st.spot}[channel]
             if not row:
                 return None
             msg = {"arg": arg, "data": [dict(row)]}

@@ -15,7 +15,8 @@ as OKX sends them. Given a seed, :func:`generate_okx_session` returns the same :
   previous ``seqId``, ``seqId`` advancing by a random step (OKX's do); now and then a heartbeat (empty
   sides, ``prevSeqId`` = ``seqId``); ``reset_at_s`` makes the sequence restart lower, as after OKX
   maintenance. The initial book is served as the ``snapshot`` on subscribe;
-- ``mark-price:<INST>`` from each mark update, ``index-tickers:<BASE-QUOTE>`` when the index moved,
+- ``mark-price:<INST>`` from each mark update, with ``tickers:<BASE-QUOTE>`` of the spot pair (its touch
+  the index ± 0.05), ``index-tickers:<BASE-QUOTE>`` when the index moved,
   ``funding-rate:<INST>`` when the rate moved or every 30 s (``fundingTime`` = Binance's next funding
   time, ``nextFundingTime`` 8 h later).
 
@@ -42,6 +43,7 @@ from ..synthetic import FUNDING_INTERVAL_MS, SyntheticSpec, generate_session
 CT_VALS = {"BTCUSDT": "0.01", "ETHUSDT": "0.1"}  # OKX's contract values; other symbols get DEFAULT_CT_VAL
 DEFAULT_CT_VAL = "1"
 FUNDING_PUSH_MS = 30_000
+SPOT_HALF_SPREAD = Decimal("0.05")  # the spot touch: the index ± this
 FILL_LOT = Decimal("0.001")  # contracts: the smallest fill the generator splits an aggregate into
 
 
@@ -93,6 +95,7 @@ class OkxSymbolState:
     mark: dict[str, str] = field(default_factory=dict)  # markPx, ts
     index: dict[str, str] = field(default_factory=dict)  # idxPx, ts
     funding: dict[str, str] = field(default_factory=dict)  # funding-rate row
+    spot: dict[str, str] = field(default_factory=dict)  # the spot pair's ticker (bidPx, askPx, last, ts)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,8 @@ class OkxSession:
 
 def _copy(st: OkxSymbolState) -> OkxSymbolState:
     return OkxSymbolState(st.symbol, st.inst_id, st.index_id, st.ct_val, st.seq_id, st.trade_id, dict(st.bids),
-                          dict(st.asks), st.ts, dict(st.mark), dict(st.index), dict(st.funding))
+                          dict(st.asks), st.ts, mark=dict(st.mark), index=dict(st.index), funding=dict(st.funding),
+                          spot=dict(st.spot))
 
 
 class _Translator:
@@ -195,9 +199,15 @@ class _Translator:
                           "maxFundingRate": "0.00375", "minFundingRate": "-0.00375", "nextFundingRate": "",
                           "nextFundingTime": str(d["T"] + FUNDING_INTERVAL_MS), "premium": "0.0001",
                           "settFundingRate": d["r"], "settState": "settled", "ts": ts}
+        index = Decimal(d["i"])
+        st.spot = {"instType": "SPOT", "instId": st.index_id, "last": d["i"], "lastSz": "0.1",
+                   "askPx": format(index + SPOT_HALF_SPREAD, "f"), "askSz": "1", "bidPx": format(index - SPOT_HALF_SPREAD, "f"),
+                   "bidSz": "1", "open24h": d["i"], "high24h": d["i"], "low24h": d["i"], "volCcy24h": "0", "vol24h": "0",
+                   "sodUtc0": d["i"], "sodUtc8": d["i"], "ts": ts}
         if initial:
             return
         self.push(receive_time, "mark-price", st.inst_id, [dict(st.mark)])
+        self.push(receive_time, "tickers", st.index_id, [dict(st.spot)])
         if index_moved:
             self.push(receive_time, "index-tickers", st.index_id, [dict(st.index)])
         if funding_due:

@@ -27,7 +27,7 @@ from .market import OkxMarket
 
 PUBLIC_PATH = "/ws/v5/public"
 SWAP_CHANNELS = ("trades", "books", "mark-price", "funding-rate")
-INDEX_CHANNELS = ("index-tickers",)
+INDEX_CHANNELS = ("index-tickers", "tickers")  # on BASE-QUOTE: the index, and the spot pair's ticker
 
 
 class OkxConnection(StreamConnection):

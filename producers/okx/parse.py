@@ -26,6 +26,9 @@ Decisions where the mapping is not one-to-one:
   `funding-rate`); `mark_state` merges them into `md.mark`. `fundingTime` is the *next* settlement
   (→ `next_funding_time`); `nextFundingTime` the one after, so their difference is the funding
   interval, which goes with the rate into `md.indicators` (kind `funding_rate`).
+- spot: the spot pair's `tickers` (same id as the index, `BTC-USDT`) gives the touch; its mid against
+  the swap's mark is `md.indicators` kind `spot_perp_divergence` (as Binance's poller publishes it),
+  at most once per `spot_interval_ms` of event time (`mark_state`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ TAKER_SIDES = {"buy": "BUY", "sell": "SELL"}
 __all__ = ["EXCHANGE", "FrameError", "FundingPoint", "Instrument", "TradePrint", "channel_of", "okx_depth_record",
            "parse_books", "parse_funding_rate", "parse_history_trades", "parse_index_tickers", "parse_instruments",
            "parse_mark_price",
-           "parse_rest_books", "parse_trades"]
+           "parse_rest_books", "parse_spot_tickers", "parse_trades"]
 
 
 def _millis(raw: Any, field: str) -> int:
@@ -309,6 +312,22 @@ def parse_index_tickers(msg: Any, multiplier: int = 1) -> list[tuple[str, float,
         if not isinstance(inst_id, str):
             raise FrameError(f"index-tickers: instId={inst_id!r}")
         out.append((inst_id, _price(row["idxPx"], "idxPx", multiplier), _millis(row["ts"], "ts")))
+    return out
+
+
+@normalising("tickers")
+def parse_spot_tickers(msg: Any, multiplier: int = 1) -> list[tuple[str, float, float, int]]:
+    """A `tickers` push of the spot pair (`BTC-USDT`): (instId, best bid, best ask, ts) per row that has
+    both sides ("" when a side is empty: that row is left out), prices × multiplier."""
+    out = []
+    for row in _rows(msg, "tickers"):
+        inst_id = row["instId"]
+        if not isinstance(inst_id, str):
+            raise FrameError(f"tickers: instId={inst_id!r}")
+        if row.get("bidPx") in ("", None) or row.get("askPx") in ("", None):
+            continue
+        out.append((inst_id, _price(row["bidPx"], "bidPx", multiplier), _price(row["askPx"], "askPx", multiplier),
+                    _millis(row["ts"], "ts")))
     return out
 
 

@@ -10,8 +10,9 @@ and `OkxMarkState` (mark + index + funding → `md.mark`).
 
 Startup: `GET /api/v5/public/instruments?instType=SWAP` gives each swap's contract value (`ctVal`);
 without it no size can be converted, so the producer retries it (status `unreachable`) before it
-subscribes. Channels per symbol: `trades`, `books`, `mark-price`, `funding-rate` on the swap and
-`index-tickers` on its index (`BTC-USDT`); `md.indicators` gets the funding rate with its interval.
+subscribes. Channels per symbol: `trades`, `books`, `mark-price`, `funding-rate` on the swap,
+`index-tickers` on its index and `tickers` on the spot pair (both `BTC-USDT`); `md.indicators` gets the
+funding rate with its interval and the spot–perp divergence (once a minute).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from producers.okx.parse import (
     parse_instruments,
     parse_mark_price,
     parse_rest_books,
+    parse_spot_tickers,
     parse_trades,
 )
 from producers.okx.rest import LIVE_REST, OkxRestClient, OkxRestRejected, OkxRestUnavailable
@@ -71,14 +73,16 @@ class OkxProducerConfig:
     book_interval_ms: int = 250  # 0: publish md.book after every verified update
     replay_control_url: str | None = None  # fake exchange: a replay (ends with the fake's end-of-replay marker)
     rest_give_up_after_s: float = 60.0
+    spot_interval_ms: int = 60_000  # spot_perp_divergence at most this often (event time); 0: every spot tick
     stream_config: dict[str, Any] = field(default_factory=dict)  # OkxStreamConfig overrides
 
     def streams(self) -> list[str]:
         out = []
         for sym in self.symbols:
             inst = okx_swap_inst_id(sym)
+            pair = okx_index_id(sym)  # the index and the spot pair share the id: BTC-USDT
             out += [f"trades:{inst}", f"{BOOK_CHANNEL}:{inst}", f"mark-price:{inst}", f"funding-rate:{inst}",
-                    f"index-tickers:{okx_index_id(sym)}"]
+                    f"index-tickers:{pair}", f"tickers:{pair}"]
         return out
 
 
@@ -183,6 +187,11 @@ class OkxProducer(VenueProducer):
             elif channel == "index-tickers":
                 for _, price, ts in parse_index_tickers(msg, coin_multiplier(symbol)[2]):
                     self._publish_mark(self.marks[symbol].on_index(price, ts, received), received)
+            elif channel == "tickers":
+                for _, bid, ask, ts in parse_spot_tickers(msg, coin_multiplier(symbol)[2]):
+                    record = self.marks[symbol].on_spot(bid, ask, ts, received, self.config.spot_interval_ms)
+                    if record is not None:
+                        self.publisher.publish("md.indicators", self._key(symbol), record, received)
             elif channel == "funding-rate":
                 for point in parse_funding_rate(msg):
                     self._publish_mark(self.marks[symbol].on_funding(point.rate, point.funding_time, point.ts,

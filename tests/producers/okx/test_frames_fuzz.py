@@ -29,6 +29,7 @@ from producers.okx.parse import (
     parse_instruments,
     parse_mark_price,
     parse_rest_books,
+    parse_spot_tickers,
     parse_trades,
 )
 from producers.okx.ws_stream import OkxStream, OkxStreamConfig
@@ -43,15 +44,16 @@ def doc(name: str) -> dict:
     return json.loads((DATA / name).read_text())
 
 
-TRADE, BOOK, MARK, INDEX, FUNDING, REST_BOOK, HISTORY = (doc(n) for n in (
+TRADE, BOOK, MARK, INDEX, FUNDING, REST_BOOK, HISTORY, SPOT = (doc(n) for n in (
     "trades.json", "books_update.json", "mark_price.json", "index_tickers.json", "funding_rate.json",
-    "rest_books.json", "rest_history_trades.json"))
+    "rest_books.json", "rest_history_trades.json", "spot_tickers.json"))
 
 PARSERS = {  # kind: (parse, documented frame, the row the odd values go into)
     "trades": (lambda m: parse_trades(m, SWAP, RECEIVED), TRADE, TRADE["data"][0]),
     "books": (lambda m: parse_books(m, SWAP, RECEIVED), BOOK, BOOK["data"][0]),
     "mark-price": (parse_mark_price, MARK, MARK["data"][0]),
     "index-tickers": (parse_index_tickers, INDEX, INDEX["data"][0]),
+    "tickers": (parse_spot_tickers, SPOT, SPOT["data"][0]),
     "funding-rate": (parse_funding_rate, FUNDING, FUNDING["data"][0]),
     "rest-books": (lambda m: parse_rest_books(m, SWAP, RECEIVED), REST_BOOK, REST_BOOK["data"][0]),
     "history-trades": (lambda m: parse_history_trades(m, SWAP, RECEIVED), HISTORY, HISTORY["data"][0]),

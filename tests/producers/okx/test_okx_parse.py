@@ -26,6 +26,7 @@ from producers.okx.parse import (
     parse_instruments,
     parse_mark_price,
     parse_rest_books,
+    parse_spot_tickers,
     parse_trades,
 )
 from schemas.serde import AvroSerde
@@ -145,6 +146,23 @@ def test_documented_mark_index_and_funding():
         "extra": {"next_funding_time": 1700726400000.0, "following_funding_time": 1700755200000.0,
                   "funding_interval_ms": 8 * 3600 * 1000.0, "premium": 0.0001233824646391},
         "event_time": 1700724675402, "receive_time": RECEIVED}
+
+
+def test_documented_spot_ticker_and_the_divergence_it_gives():
+    assert parse_spot_tickers(doc("spot_tickers.json")) == [("BTC-USDT", 8888.88, 9999.99, 1597026383085)]
+    state = OkxMarkState("BTCUSDT")
+    assert state.on_spot(8888.88, 9999.99, 1, RECEIVED, interval_ms=60_000) is None  # no mark yet
+    state.on_mark(9500.0, 2, RECEIVED)
+    spot = (8888.88 + 9999.99) / 2
+    assert state.on_spot(8888.88, 9999.99, 3, RECEIVED, interval_ms=60_000) == {
+        "exchange": "okx", "symbol": "BTCUSDT", "kind": "spot_perp_divergence", "value": (9500.0 - spot) / spot,
+        "period": None, "extra": {"perp_price": 9500.0, "spot_price": spot}, "event_time": 3, "receive_time": RECEIVED}
+    assert state.on_spot(9000.0, 9001.0, 60_002, RECEIVED, interval_ms=60_000) is None  # within the minute
+    assert state.on_spot(9001.0, 9000.0, 60_003, RECEIVED, interval_ms=60_000) is None  # crossed (pre-open)
+    assert state.on_spot(9000.0, 9001.0, 60_003, RECEIVED, interval_ms=60_000)["extra"]["spot_price"] == 9000.5
+    empty = doc("spot_tickers.json")
+    empty["data"][0]["bidPx"] = ""
+    assert parse_spot_tickers(empty) == []  # one side empty: no touch, nothing to say
 
 
 def test_mark_state_merges_three_channels_and_publishes_changes_only():

@@ -29,14 +29,15 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 INST = {"BTCUSDT": "BTC-USDT-SWAP", "ETHUSDT": "ETH-USDT-SWAP"}
 
 
-async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, speed=10.0, rest_give_up_after_s=60.0):
+async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, speed=10.0, rest_give_up_after_s=60.0,
+                       spot_interval_ms=60_000):
     ensure_topics(bootstrap, prefix=prefix)
     fake = await serve_okx(session, speed=speed, faults=faults or {})
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
     config = OkxProducerConfig(symbols=SYMBOLS, ws_url=fake.public_url, rest_url=fake.rest_url, book_interval_ms=0,
                                replay_control_url=fake.rest_url, stream_config={"ping_interval_s": 0.2},
-                               rest_give_up_after_s=rest_give_up_after_s)
+                               rest_give_up_after_s=rest_give_up_after_s, spot_interval_ms=spot_interval_ms)
     producer = OkxProducer(config, publisher, metrics)
     stop = asyncio.Event()
     try:
@@ -165,11 +166,26 @@ def expected_marks_and_funding(session, symbol):
     return marks, [(float(r), float(t), float(n) - float(t)) for r, t, n in funding]
 
 
+def expected_divergence(session, symbol):
+    """(mark, spot mid) at every spot ticker (the one pushed on subscribe first), mark as last pushed."""
+    st = session.initial[symbol]
+    mark = float(st.mark["markPx"])
+    out = [(mark, (float(st.spot["bidPx"]) + float(st.spot["askPx"])) / 2)]
+    for f in session.frames:
+        if f.stream == f"mark-price:{st.inst_id}":
+            mark = float(json.loads(f.data)["data"][0]["markPx"])
+        elif f.stream == f"tickers:{st.index_id}":
+            row = json.loads(f.data)["data"][0]
+            out.append((mark, (float(row["bidPx"]) + float(row["askPx"])) / 2))
+    return out
+
+
 async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_and_a_reset_mark_and_funding(
         kafka_bootstrap, topic_prefix):
     session = generate_okx_session(OkxSyntheticSpec(seed=31, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8,
                                                     reset_at_s=6, heartbeat_probability=0.1))
-    producer, metrics, ended, publisher, _ = await run_producer(kafka_bootstrap, topic_prefix, session)
+    producer, metrics, ended, publisher, _ = await run_producer(kafka_bootstrap, topic_prefix, session,
+                                                                spot_interval_ms=0)
     assert ended == "replay-finished" and publisher.healthy
     assert producer.stream.pongs >= 2  # the text ping was sent and answered
     records = read_topics(kafka_bootstrap, topic_prefix)
@@ -187,9 +203,16 @@ async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_an
         got_marks = [(m["mark_price"], m["index_price"], m["funding_rate"], m["next_funding_time"])
                      for m in records["md.mark"] if m["symbol"] == sym]
         assert got_marks == marks and len(marks) > 3
+        indicators = [i for i in records["md.indicators"] if i["symbol"] == sym]
         got_funding = [(i["value"], i["extra"]["next_funding_time"], i["extra"]["funding_interval_ms"])
-                       for i in records["md.indicators"] if i["symbol"] == sym]
-        assert got_funding == funding and all(i["kind"] == "funding_rate" for i in records["md.indicators"])
+                       for i in indicators if i["kind"] == "funding_rate"]
+        assert got_funding == funding
+        divergence = [i for i in indicators if i["kind"] == "spot_perp_divergence"]
+        assert [(i["extra"]["perp_price"], i["extra"]["spot_price"]) for i in divergence] == expected_divergence(
+            session, sym)
+        assert all(i["value"] == (i["extra"]["perp_price"] - i["extra"]["spot_price"]) / i["extra"]["spot_price"]
+                   for i in divergence)
+        assert {i["kind"] for i in indicators} == {"funding_rate", "spot_perp_divergence"}
     assert records["md.gaps"] == [] and records["dlq.md"] == []
     assert sample(metrics, "tapeflow_producer_book_resyncs_total") == 0
     assert producer.health()["books_live"] == 2
