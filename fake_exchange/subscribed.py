@@ -26,11 +26,32 @@ from websockets.http11 import Request, Response
 
 from .control_api import add_control_routes
 from .exchange import FakeExchange, _bound_socket
+from .recording import RecordedFrame
 from .rest_api import STATE_KEY
 from .state import ExchangeState
 from .ws_server import StreamConnection
 
 log = structlog.get_logger(__name__)
+
+
+class SubscribedConnection(StreamConnection):
+    """A client of a subscription-protocol path: no streams until it subscribes; the garbage fault sends
+    the exchange-wide rotation of non-JSON text, JSON of an unknown shape and (`_hollow`) a known
+    channel with an empty payload, in the venue's own envelope."""
+
+    def __init__(self, ws: ServerConnection, state: ExchangeState) -> None:
+        super().__init__(ws, state, combined=False, streams=())
+
+    def _hollow(self, frame: RecordedFrame) -> str:
+        raise NotImplementedError
+
+    def _garbage(self, frame: RecordedFrame) -> str:
+        kind = self.state.garbage_sent % 3  # the exchange's rotation, across reconnects (see the Binance fake)
+        if kind == 0:
+            return "}{ this frame is not JSON"
+        if kind == 1:
+            return '{"unexpected":true,"values":[1,2,3]}'
+        return self._hollow(frame)
 
 
 class SubscribedHandlers:

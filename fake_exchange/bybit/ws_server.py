@@ -21,8 +21,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 
 from ..recording import RecordedFrame
-from ..state import ExchangeState
-from ..subscribed import SubscribedHandlers
+from ..subscribed import SubscribedConnection, SubscribedHandlers
 from ..ws_server import StreamConnection
 from .market import BybitMarket
 
@@ -31,22 +30,14 @@ TOPIC_KINDS = {"publicTrade": 2, "orderbook": 3, "allLiquidation": 2, "tickers":
 ORDERBOOK_DEPTHS = ("50",)  # the depth the sessions carry
 
 
-class BybitConnection(StreamConnection):
+class BybitConnection(SubscribedConnection):
     """A linear-category client: its topics, queue and counters (``streams`` holds the topics)."""
-
-    def __init__(self, ws: ServerConnection, state: ExchangeState) -> None:
-        super().__init__(ws, state, combined=False, streams=())
 
     @property
     def bybit_conn_id(self) -> str:
         return f"fake-{self.conn_id}"
 
-    def _garbage(self, frame: RecordedFrame) -> str:
-        kind = self.state.garbage_sent % 3  # the exchange's rotation, across reconnects (see the Binance fake)
-        if kind == 0:
-            return "}{ this frame is not JSON"
-        if kind == 1:
-            return '{"unexpected":true,"values":[1,2,3]}'
+    def _hollow(self, frame: RecordedFrame) -> str:
         hollow = {} if frame.stream.startswith(("orderbook.", "tickers.")) else [{}]
         return orjson.dumps({"topic": frame.stream, "type": "snapshot", "ts": 0, "data": hollow}).decode()
 

@@ -20,8 +20,7 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 
 from ..recording import RecordedFrame
-from ..state import ExchangeState
-from ..subscribed import SubscribedHandlers
+from ..subscribed import SubscribedConnection, SubscribedHandlers
 from ..ws_server import StreamConnection
 from .market import OkxMarket
 
@@ -30,22 +29,14 @@ SWAP_CHANNELS = ("trades", "books", "mark-price", "funding-rate")
 INDEX_CHANNELS = ("index-tickers", "tickers")  # on BASE-QUOTE: the index, and the spot pair's ticker
 
 
-class OkxConnection(StreamConnection):
+class OkxConnection(SubscribedConnection):
     """A public-channel client: its channels, queue and counters."""
-
-    def __init__(self, ws: ServerConnection, state: ExchangeState) -> None:
-        super().__init__(ws, state, combined=False, streams=())
 
     @property
     def okx_conn_id(self) -> str:
         return f"fake{self.conn_id:04d}"
 
-    def _garbage(self, frame: RecordedFrame) -> str:
-        kind = self.state.garbage_sent % 3  # the exchange's rotation, across reconnects (see the Binance fake)
-        if kind == 0:
-            return "}{ this frame is not JSON"
-        if kind == 1:
-            return '{"unexpected":true,"values":[1,2,3]}'
+    def _hollow(self, frame: RecordedFrame) -> str:
         channel, inst_id = frame.stream.split(":", 1)
         return orjson.dumps({"arg": {"channel": channel, "instId": inst_id}, "data": [{}]}).decode()
 

@@ -291,28 +291,26 @@ def okx_depth_record(diff: DepthDiff) -> dict:
     return diff_record(EXCHANGE, diff)
 
 
+def _price_rows(msg: Any, channel: str, field: str, multiplier: int) -> list[tuple[str, float, int]]:
+    out = []
+    for row in _rows(msg, channel):
+        inst_id = row["instId"]
+        if not isinstance(inst_id, str):
+            raise FrameError(f"{channel}: instId={inst_id!r}")
+        out.append((inst_id, _price(row[field], field, multiplier), _millis(row["ts"], "ts")))
+    return out
+
+
 @normalising("mark-price")
 def parse_mark_price(msg: Any, multiplier: int = 1) -> list[tuple[str, float, int]]:
     """A `mark-price` push: (instId, mark price × multiplier, ts) per row."""
-    out = []
-    for row in _rows(msg, "mark-price"):
-        inst_id = row["instId"]
-        if not isinstance(inst_id, str):
-            raise FrameError(f"mark-price: instId={inst_id!r}")
-        out.append((inst_id, _price(row["markPx"], "markPx", multiplier), _millis(row["ts"], "ts")))
-    return out
+    return _price_rows(msg, "mark-price", "markPx", multiplier)
 
 
 @normalising("index-tickers")
 def parse_index_tickers(msg: Any, multiplier: int = 1) -> list[tuple[str, float, int]]:
     """An `index-tickers` push: (index instId such as BTC-USDT, index price × multiplier, ts) per row."""
-    out = []
-    for row in _rows(msg, "index-tickers"):
-        inst_id = row["instId"]
-        if not isinstance(inst_id, str):
-            raise FrameError(f"index-tickers: instId={inst_id!r}")
-        out.append((inst_id, _price(row["idxPx"], "idxPx", multiplier), _millis(row["ts"], "ts")))
-    return out
+    return _price_rows(msg, "index-tickers", "idxPx", multiplier)
 
 
 @normalising("tickers")
