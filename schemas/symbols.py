@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-QUOTES = ("USDT", "USDC", "USD")  # longest first: BTCUSDT is BTC/USDT, not BTCUS/DT
+QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "USD")  # longest first: BTCUSDT is BTC/USDT, BTCFDUSD not BTCFD/USD
 OKX_SWAP_SUFFIX = "-SWAP"
 _MULTIPLIER = re.compile(r"^(10{3,})([A-Z].*)$")  # 1000PEPE, 10000SATS, 1000000MOG; not 1INCH
 

@@ -6,8 +6,9 @@ listed per 1,000 or more units on Binance and Bybit (``1000PEPEUSDT`` quotes 1,0
 unit on OKX (``PEPE-USDT-SWAP``), so an instrument carries its ``multiplier``: a quoted price divided
 by it is the price of one coin, which is what two venues' books are compared in.
 
-Why hand-rolled: a dozen lines of suffix rules; the exchanges' instrument lists (which would give base,
-quote and multiplier exactly) are the producers' business, and this package imports no producer.
+The split into base, quote and multiplier is `schemas.symbols.coin_multiplier`, the one the OKX
+producer publishes by; this module adds only what the cross-venue key needs on top: OKX's own spellings
+read back, spot pairs told from swaps, and errors that name the venue.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# longest first, so "BTCUSDT" is BTC/USDT and not BTCUSD/T; FDUSD before USD for the same reason
-QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "USD")
-_MULTIPLIER = re.compile(r"^(10{3,})([A-Z].*)$")  # 1000PEPE, 10000SATS, 1000000MOG (not 1INCH)
+from schemas.symbols import coin_multiplier
+
 _PLAIN = re.compile(r"^[A-Z0-9]+$")
 
 
@@ -35,15 +35,6 @@ class Instrument:
     kind: str = "perp"  # "perp" or "spot" (OKX spot pairs; Binance/Bybit symbols are read as perps)
 
 
-def _base(raw: str, symbol: str) -> tuple[str, int]:
-    match = _MULTIPLIER.match(raw)
-    if match:
-        return match.group(2), int(match.group(1))
-    if not raw:
-        raise SymbolError(f"symbol {symbol!r}: no base currency before the quote")
-    return raw, 1
-
-
 def instrument(exchange: str, symbol: str) -> Instrument:
     """The coin, quote and multiplier of `symbol` on `exchange` (upper-case venue symbols).
 
@@ -53,25 +44,25 @@ def instrument(exchange: str, symbol: str) -> Instrument:
     Instrument(coin='PEPE', quote='USDT', multiplier=1000, kind='perp')
     """
     s = symbol.strip().upper()
+    kind = "perp"
     if "-" in s:  # OKX style: BASE-QUOTE[-SWAP]
         parts = s.split("-")
         if len(parts) == 3 and parts[2] == "SWAP":
-            kind = "perp"
+            pass
         elif len(parts) == 2:
             kind = "spot"
         else:
             raise SymbolError(f"symbol {symbol!r} on {exchange}: expected BASE-QUOTE-SWAP or BASE-QUOTE")
         if not all(_PLAIN.match(p) for p in parts[:2]):
             raise SymbolError(f"symbol {symbol!r} on {exchange}: base and quote must be letters and digits")
-        coin, multiplier = _base(parts[0], symbol)
-        return Instrument(coin, parts[1], multiplier, kind)
-    if not _PLAIN.match(s):
+        s = parts[0] + parts[1]
+    elif not _PLAIN.match(s):
         raise SymbolError(f"symbol {symbol!r} on {exchange}: expected letters and digits such as BTCUSDT")
-    for quote in QUOTES:
-        if s.endswith(quote):
-            coin, multiplier = _base(s[: -len(quote)], symbol)
-            return Instrument(coin, quote, multiplier)
-    raise SymbolError(f"symbol {symbol!r} on {exchange}: no known quote currency at its end ({', '.join(QUOTES)})")
+    try:
+        coin, quote, multiplier = coin_multiplier(s)
+    except ValueError as exc:
+        raise SymbolError(f"symbol {symbol!r} on {exchange}: {exc}") from None
+    return Instrument(coin, quote, multiplier, kind)
 
 
 def coin_of(exchange: str, symbol: str) -> str:
