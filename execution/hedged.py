@@ -65,7 +65,9 @@ cash of the fills minus fees and funding. A leg that has not been closed adds no
 
 Records (``to_record`` on each): the pair position, every leg order (client id, venue, side, qty,
 average price, fee, status), every funding payment, and ``blocked`` exits, as plain dicts for a future
-topic or table.
+topic or table. The whole state is plain data too (``to_dict`` / ``from_dict``, JSON-safe): a restored
+model goes on exactly as the one it was taken from (tested). It keeps every pair it has seen, so a
+signal stays a duplicate for as long as the state lives (pairs are few: hours apart per pair key).
 """
 
 from __future__ import annotations
@@ -368,6 +370,22 @@ class HedgedPairs:
         self.pairs: dict[str, PairPosition] = {}
         self.active_by_key: dict[str, str] = {}
 
+    # -- state as plain data -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Every pair with its legs' orders and funding, JSON-safe, in order: what a restarted service
+        (or a Faust table) restores so the same signals stay duplicates and open pairs go on."""
+        return {"pairs": [_pair_to_dict(pair) for pair in self.pairs.values()]}
+
+    @classmethod
+    def from_dict(cls, params: PairParams, data: Mapping[str, Any]) -> HedgedPairs:
+        model = cls(params)
+        for item in data["pairs"]:
+            pair = _pair_from_dict(item)
+            model.pairs[pair.pair_id] = pair
+            if pair.active:
+                model.active_by_key[pair.pair_key] = pair.pair_id
+        return model
+
     # -- entry -------------------------------------------------------------------------------------
     def open(self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent],
              refusals: Mapping[str, str] | None = None) -> PairEvents:
@@ -605,6 +623,32 @@ class HedgedPairs:
         return LegOrder(client_order_id(pair.signal_id, code), pair.pair_id, pair.signal_id, leg.role, action,
                         leg.venue, leg.symbol, side, pair.qty, vwap, top, venue.taker_fee * vwap * pair.qty,
                         pair.qty * worse, "FILLED", None, now_ms, book.time_ms)
+
+
+_PAIR_FIELDS = ("pair_id", "signal_id", "pair_key", "coin", "notional_usd", "opened_ms", "qty", "status", "reason",
+                "close_reason", "closed_ms", "entry_spread", "exit_spread")
+
+
+def _pair_to_dict(pair: PairPosition) -> dict[str, Any]:
+    out: dict[str, Any] = {name: getattr(pair, name) for name in _PAIR_FIELDS}
+    out["settled"] = sorted([role, t] for role, t in pair.settled)
+    out["legs"] = {role: {"venue": leg.venue, "symbol": leg.symbol,
+                          "entry": leg.entry.to_record() if leg.entry else None,
+                          "exit": leg.exit.to_record() if leg.exit else None,
+                          "funding": [p.to_record() for p in leg.funding]}
+                   for role, leg in pair.legs.items()}
+    return out
+
+
+def _pair_from_dict(data: Mapping[str, Any]) -> PairPosition:
+    legs = {role: PairLeg(role, leg["venue"], leg["symbol"],
+                          LegOrder(**leg["entry"]) if leg["entry"] else None,
+                          LegOrder(**leg["exit"]) if leg["exit"] else None,
+                          [FundingPayment(**p) for p in leg["funding"]])
+            for role, leg in data["legs"].items()}
+    pair = PairPosition(**{name: data[name] for name in _PAIR_FIELDS}, legs=legs)
+    pair.settled = {(role, int(t)) for role, t in data["settled"]}
+    return pair
 
 
 def _open_at(leg: PairLeg, t: int) -> bool:

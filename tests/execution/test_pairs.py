@@ -14,6 +14,7 @@ Entry books at T0:
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -278,6 +279,26 @@ def test_liquidation_distance_exit():
     # the long at 986 / 9.9 = 99.6 with 5x: 99.6 x 0.8 / 0.995 = 80.08; a mark at 88 is 9.0 % away
     model = opened(params(leverage=5.0))
     assert model.evaluate(t, entry_books(t), marks={"okx": 88.0}).positions[-1]["close_reason"] == "liquidation"
+
+
+# --- state -------------------------------------------------------------------------------------------
+def test_a_model_restored_from_its_plain_state_after_every_step_does_what_the_uninterrupted_one_does():
+    steps = [
+        lambda m: m.open(ENTRY, T0, entry_books()),
+        lambda m: m.open(PairEntry("other", "binance", "BTCUSDT", "bybit", "BTCUSDT"), T0, entry_books()),  # no bybit book
+        lambda m: m.settle_funding("binance", "BTCUSDT", T0 + HOUR, 0.0001, 100.0),
+        lambda m: m.open(ENTRY, T0 + HOUR, entry_books(T0 + HOUR)),  # duplicate
+        lambda m: m.settle_funding("binance", "BTCUSDT", T0 + HOUR, 0.0001, 100.0),  # paid already
+        lambda m: m.evaluate(T0 + 2 * HOUR, converged_books(T0 + 2 * HOUR)),
+    ]
+    plain, restored = HedgedPairs(params()), HedgedPairs(params())
+    for step in steps:
+        restored = HedgedPairs.from_dict(params(), json.loads(json.dumps(restored.to_dict())))
+        a, b = step(plain), step(restored)
+        assert ([o.to_record() for o in a.orders], [p.to_record() for p in a.funding], a.positions, a.duplicate) == (
+            [o.to_record() for o in b.orders], [p.to_record() for p in b.funding], b.positions, b.duplicate)
+    assert plain.to_dict() == restored.to_dict()
+    assert [p["status"] for p in plain.to_dict()["pairs"]] == ["closed", "failed"]
 
 
 # --- pure helpers -----------------------------------------------------------------------------------
