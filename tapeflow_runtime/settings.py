@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     starvation_window_s: float = Field(
         default=60.0, gt=0, description="A consumer (sink, engine, executor) whose partition's end offset moves "
         "while its position stays put this long reports itself degraded.")
+    stall_restart_s: float = Field(
+        default=180.0, ge=0, description="The supervisor restarts a consumer (sink, engine, executor) that has "
+        "reported itself degraded for not receiving (see starvation_window_s) this long; 0 = never.")
     epoch_max_batches: int = Field(
         default=10_000, ge=0, description="Embedded broker: roll every topic over to a new epoch before any "
         "partition holds this many record batches (Tansu answers nothing past ~20,000; see README); 0 = never.")

@@ -154,6 +154,7 @@ class EpochConsumer(HttpHealthService):
 
     concurrent = True
     uses_broker = True
+    restart_when_starving = True
 
     def __init__(self, settings, paths, prefix: str | None = None) -> None:
         super().__init__(settings, paths)

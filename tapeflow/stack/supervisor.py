@@ -75,6 +75,10 @@ class _Running:
     def __init__(self, service: Service, proc: subprocess.Popen, record: ProcessRecord, log: TextIO):
         self.service, self.proc, self.record, self.log = service, proc, record, log
         self.restarts: list[float] = []
+        self.starving_since: float | None = None  # monotonic: first check that found it not receiving
+
+
+STALL_CHECK_S = 5.0  # how often the supervisor asks each consumer's /health whether it is receiving
 
 
 class Supervisor:
@@ -92,6 +96,8 @@ class Supervisor:
         self.addresses: dict[str, str] = {}
         self._lock_fd: int | None = None
         self.stop_requested = threading.Event()
+        self._stall_checked = 0.0
+        self.stall_check_s = STALL_CHECK_S
 
     # --- locking ---------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -277,6 +283,7 @@ class Supervisor:
             broker = self.running.get("broker")
             if self.roller is not None and broker is not None and broker.proc.poll() is None:
                 self.roller.tick()  # never while the broker is down: its restart comes first
+            self._stop_starving()  # the loop below restarts what it stopped, as any exit
             for name, run in list(self.running.items()):
                 if self.running.get(name) is not run:  # stopped on the way (a broker's clients)
                     continue
@@ -313,6 +320,36 @@ class Supervisor:
                     self.say(f"{name}: restart failed: {exc}")
                     return 1
         return 0
+
+    def _stop_starving(self) -> None:
+        """Stop a consumer that has said it is not receiving for ``stall_restart_s`` (its /health:
+        ``degraded: <partition> end offset moved ... position stayed ...``), so the supervisor's loop
+        restarts it like any service that exits. A consumer can stall while healthy in every other
+        way: seen on Tansu, a worker that stopped being fed one partition it owned after a rebalance,
+        with nothing in its logs; a restart joins the group again and fetches from its committed
+        offsets, which the idempotent outputs make safe. Only that reason restarts a service: a sink
+        waiting for its database, or an executor without its owner lock, says so and is left alone."""
+        limit = self.settings.stall_restart_s
+        now = time.monotonic()
+        if limit <= 0 or now - self._stall_checked < self.stall_check_s:
+            return
+        self._stall_checked = now
+        for name, run in list(self.running.items()):
+            if not run.service.restart_when_starving or run.proc.poll() is not None:
+                continue
+            health = run.service.health(run.record.address)
+            if health.ok or not health.detail.startswith("degraded:"):
+                run.starving_since = None
+                continue
+            if run.starving_since is None:
+                run.starving_since = now
+            if now - run.starving_since < limit:
+                continue
+            self.say(f"{name:<10} not receiving for {now - run.starving_since:.0f}s ({health.detail}); "
+                     "stopping it to restart")
+            run.starving_since = None
+            terminate(run.proc.pid, run.record.create_time, self.settings.stop_timeout_s,
+                      int(run.service.stop_signal))
 
     def _stop_broker_clients(self) -> list[tuple[str, _Running]]:
         """The embedded broker died and comes back empty (memory storage: topics, offsets and groups are
