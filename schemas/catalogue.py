@@ -8,7 +8,8 @@ owns the symbol's signals and positions (one writer per position). Six divides e
 3 or 6 workers: two on the 2-core dev machine, more on a server, without repartitioning, which
 would re-key existing data and break per-symbol ordering. Four default symbols leave some
 partitions empty; an empty partition costs next to nothing. Low-volume side topics (md.gaps,
-risk.events, every dlq.*) use one partition: total order and trivial consumers matter more there.
+risk.events, xv.features, every dlq.*) use one partition: total order and trivial consumers matter
+more there (xv.features is keyed by coin and written by one watchlist service).
 
 Retention. Market data 7 days (warm-up needs 24 h; the database keeps history); bars 30 days (tiny,
 and a warm-up source); features 7 days (one record per tick x strategy x symbol, the largest derived
@@ -94,6 +95,8 @@ _PRIMARY: tuple[TopicSpec, ...] = (
     _symbol_topic("positions", 90, "position_event", "Position lifecycle events with P&L in R."),
     TopicSpec("risk.events", "scope", 1, "compact", None, "risk_event",
               "Risk-guard decisions; compacted to the latest state per scope."),
+    TopicSpec("xv.features", "coin", 1, "delete", 7 * DAY_MS, "cross_venue_feature",
+              "Cross-venue features per coin and ordered venue pair (the watchlist service)."),
 )
 
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in _PRIMARY})

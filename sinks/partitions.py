@@ -65,6 +65,7 @@ PLANS: Mapping[str, PartitionPlan] = MappingProxyType({p.table: p for p in (
     PartitionPlan("market_indicators", "event_time", "month", 1),
     PartitionPlan("bars_1m", "open_time", "month", 1),
     PartitionPlan("features", "eval_time", "month", 1),
+    PartitionPlan("xv_features", "eval_time", "month", 1),
 )})
 
 

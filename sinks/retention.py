@@ -4,8 +4,8 @@ Why: retention used to be fixed in code and SQL (trades 90 days) and dropped by 
 backfill or replay older than that was deleted while, or right after, it was loaded. Now:
 
 - defaults keep every kind of market data a user may load on purpose (trades, bars, liquidations,
-  mark prices, indicators, features); only raw depth diffs (7 days) and book snapshots (30 days)
-  expire. The `retention:` setting overrides keep/compress_after per table.
+  mark prices, indicators, features, cross-venue features); only raw depth diffs (7 days) and book
+  snapshots (30 days) expire. The `retention:` setting overrides keep/compress_after per table.
 - one guard for both engines: the sink records which UTC days of which table it wrote
   (`tapeflow_partition_writes`, migration 0007), and nothing holding a day written since the sink
   started, or within the last 24 hours, is dropped.
@@ -52,6 +52,7 @@ DEFAULTS: Mapping[str, RetentionPolicy] = {p.table: p for p in (
     RetentionPolicy("market_indicators", None, 30 * DAY),
     RetentionPolicy("bars_1m", None, 30 * DAY),
     RetentionPolicy("features", None, 7 * DAY),
+    RetentionPolicy("xv_features", None, 7 * DAY),
 )}
 assert set(DEFAULTS) == set(PLANS), "every time-partitioned table needs a default policy"
 

@@ -261,6 +261,17 @@ def risk_event_row(r: Record) -> Row:
             r.get("consecutive_losses"), _ts_or_none(r.get("paused_until")), ms_to_datetime(r["event_time"]))
 
 
+def cross_venue_feature_row(r: Record) -> Row:
+    g = r.get
+    return (r["feature_id"], r["coin"], ms_to_datetime(r["eval_time"]), r["sell_venue"], r["buy_venue"],
+            g("sell_symbol"), g("buy_symbol"), r["sweep_notional_usd"], g("spread_top"), g("spread_sweep"),
+            g("sell_bid"), g("buy_ask"), g("sell_sweep_bid"), g("buy_sweep_ask"), g("top_slope_per_min"),
+            g("sweep_slope_per_min"), g("leg_skew_ms"), g("sell_book_age_ms"), g("buy_book_age_ms"),
+            g("funding_diff"), g("funding_diff_8h"), g("sell_funding_rate"), g("buy_funding_rate"),
+            _ts_or_none(g("sell_next_funding_time")), _ts_or_none(g("buy_next_funding_time")), g("sell_basis"),
+            g("buy_basis"), _jsonb(r["stats"]), _jsonb(r["missing"]))
+
+
 def dead_letter_row(r: Record) -> Row:
     return (r["source_topic"], r.get("partition"), r.get("offset"), r.get("key"), r["value"], r["error"],
             r["stage"], ms_to_datetime(r["event_time"]), dead_letter_digest(r))
@@ -360,6 +371,16 @@ RISK_EVENTS = _spec("risk_events", [
     ("consecutive_losses", _I4), ("paused_until", _TS), ("event_time", _TS),
 ], ("mode", "scope", "event_time", "decision", "reason"), "event_time", risk_event_row)
 
+XV_FEATURES = _spec("xv_features", [
+    ("feature_id", _T), ("coin", _T), ("eval_time", _TS), ("sell_venue", _T), ("buy_venue", _T),
+    ("sell_symbol", _T), ("buy_symbol", _T), ("sweep_notional_usd", _F8), ("spread_top", _F8), ("spread_sweep", _F8),
+    ("sell_bid", _F8), ("buy_ask", _F8), ("sell_sweep_bid", _F8), ("buy_sweep_ask", _F8),
+    ("top_slope_per_min", _F8), ("sweep_slope_per_min", _F8), ("leg_skew_ms", _I8), ("sell_book_age_ms", _I8),
+    ("buy_book_age_ms", _I8), ("funding_diff", _F8), ("funding_diff_8h", _F8), ("sell_funding_rate", _F8),
+    ("buy_funding_rate", _F8), ("sell_next_funding_time", _TS), ("buy_next_funding_time", _TS), ("sell_basis", _F8),
+    ("buy_basis", _F8), ("stats", _JSONB), ("missing", _JSONB),
+], ("feature_id", "eval_time"), "eval_time", cross_venue_feature_row)
+
 PIPELINE_ERRORS = _spec("pipeline_errors", [
     ("source_topic", _T), ("source_partition", _I4), ("source_offset", _I8), ("raw_key", _BYTEA),
     ("raw_value", _BYTEA), ("error", _T), ("stage", _T), ("event_time", _TS), ("content_sha256", _BYTEA),
@@ -367,7 +388,7 @@ PIPELINE_ERRORS = _spec("pipeline_errors", [
 
 TABLES: Mapping[str, TableSpec] = MappingProxyType({s.table: s for s in (
     TRADES, DEPTH_UPDATES, DEPTH_SNAPSHOTS, LIQUIDATIONS, MARK_PRICES, MARKET_INDICATORS, DATA_GAPS, BARS_1M,
-    FEATURES, SIGNALS, ORDERS, FILLS, POSITIONS, RISK_EVENTS, PIPELINE_ERRORS)})
+    FEATURES, SIGNALS, ORDERS, FILLS, POSITIONS, RISK_EVENTS, XV_FEATURES, PIPELINE_ERRORS)})
 
 # Every primary catalogue topic -> its table; every dlq.* topic -> pipeline_errors (table_for_topic).
 TOPIC_TABLES: Mapping[str, TableSpec] = MappingProxyType({
@@ -385,6 +406,7 @@ TOPIC_TABLES: Mapping[str, TableSpec] = MappingProxyType({
     "fills": FILLS,
     "positions": POSITIONS,
     "risk.events": RISK_EVENTS,
+    "xv.features": XV_FEATURES,
 })
 
 

@@ -31,6 +31,7 @@ from schemas.errors import (
 )
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde, frame_header, peek_schema_id
+from tests.support.cross_venue import XV_FEATURE
 
 # --- realistic records, one per topic ----------------------------------------------------------
 # md.trades: the first aggTrade frame of the recording (receive time 1626992742.289739 s), and a
@@ -154,6 +155,7 @@ SAMPLES: dict[str, list[dict]] = {
     "md.liquidations": [BTC_LIQUIDATION], "md.mark": [BTC_MARK], "md.indicators": [BTC_LS_RATIO],
     "md.gaps": [BTC_GAP], "md.progress": [BTC_PROGRESS], "bars.1m": [BTC_BAR], "features": [BTC_FEATURES], "signals": [BTC_SIGNAL],
     "orders": [BTC_ORDER], "fills": [BTC_FILL], "positions": [BTC_POSITION_CLOSED], "risk.events": [RISK_PAUSE],
+    "xv.features": [XV_FEATURE],
 }
 for _dlq in DLQ_TOPICS:
     SAMPLES[_dlq] = [DEAD_FRAME, DEAD_CONSUMED]

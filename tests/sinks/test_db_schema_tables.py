@@ -31,6 +31,7 @@ from sinks.tables import (
     table_for_topic,
     write_rows,
 )
+from tests.support.cross_venue import XV_FEATURE
 
 T = 1706745599999  # 2024-01-31T23:59:59.999Z
 
@@ -100,6 +101,7 @@ SAMPLES: dict[str, dict] = {
     "dlq.md": {"source_topic": "md.trades", "partition": 3, "offset": 889121, "key": b"binance:BTCUSDT",
                "value": b"\x00\x00\x00\x00\x01\xff\xfe", "error": "WireFormatError: truncated Avro body",
                "stage": "sink.postgres:decode", "event_time": T},
+    "xv.features": XV_FEATURE,
 }
 
 # columns whose table type is numeric (money): expected value is the Decimal of the literal
