@@ -39,6 +39,7 @@ CREATE TABLE xv_features (
 );
 COMMENT ON TABLE xv_features IS 'xv_features: cross-venue spreads (top and swept), rolling statistics, funding and basis per coin and ordered venue pair, with missing reasons.';
 CREATE INDEX xv_features_coin_time_idx ON xv_features (coin, eval_time);
+CREATE INDEX xv_features_eval_time_idx ON xv_features (eval_time);  -- the newest evaluation (tapeflow watchlist)
 CREATE INDEX xv_features_eval_time_brin ON xv_features USING brin (eval_time);
 
 DO $$

@@ -30,3 +30,25 @@ def mark(exchange: str, symbol: str, time_ms: int, funding_rate: float, next_fun
     return {"exchange": exchange, "symbol": symbol, "mark_price": 1.0, "index_price": 1.0,
             "funding_rate": funding_rate, "next_funding_time": next_funding_time, "event_time": time_ms,
             "receive_time": time_ms + 5}
+
+
+class RunningWatchlist:
+    """The watchlist service (`run_watchlist`) in a thread until `close()`."""
+
+    def __init__(self, settings, options) -> None:
+        import asyncio
+        import threading
+
+        from stream_apps.watchlist.service import run_watchlist
+
+        self.stop = options.stop = threading.Event()
+        self.code: list[int] = []
+        self.thread = threading.Thread(
+            target=lambda: self.code.append(asyncio.run(run_watchlist(settings, options))), daemon=True)
+        self.thread.start()
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        return self.code[0]

@@ -1,0 +1,120 @@
+"""The event-time merge of the watchlist's inputs across every partition it reads.
+
+Why: the cross-venue state wants each coin's inputs in event-time order across venues, and a coin's
+venues are different keys (``binance:BTCUSDT``, ``okx:BTC-USDT-SWAP``), so they sit in different
+partitions of three topics that Kafka delivers in no particular order. The engine's
+``faust_app.alignment`` solves this per key; here one merge spans every input partition, because
+one state holds every coin (see ``service``).
+
+Rule: per topic-partition the merge remembers the newest event time read. Inputs are released up to
+the *watermark*: strictly before the smallest newest time over the partitions not read to their end
+(such a partition may deliver more at its newest time; one never read from holds everything back),
+and never later than the newest time read anywhere minus
+``lateness_ms`` (live, every partition is at its end most of the time, and a venue's books arrive a
+little behind another's). Per partition a released run is a prefix in offset order; the runs are
+merged by (time, topic, partition, offset), a total order that does not depend on fetch
+interleaving. So with the data already in the broker (replays, tests) the state sees the same input
+however the fetches interleave; ``force`` releases what a stalled partition holds back.
+
+``positions()`` is, per partition, the first offset not yet released (or the next one to read):
+what a checkpoint of the state commits, so a restart reads exactly what the state has not seen.
+Records that carry no input (another indicator kind) only move the read position and the newest
+time. Pure: no Kafka, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+TopicPartition = tuple[str, int]
+NOTHING = -(1 << 62)
+EVERYTHING = 1 << 62
+
+
+class PartitionMerge:
+    def __init__(self, lateness_ms: int = 0) -> None:
+        if lateness_ms < 0:
+            raise ValueError("lateness_ms must not be negative")
+        self.lateness_ms = lateness_ms
+        self._held: dict[TopicPartition, deque[tuple[int, int, Any]]] = {}
+        self._newest: dict[TopicPartition, int] = {}
+        self._next: dict[TopicPartition, int] = {}  # next offset to read
+        self._at_end: set[TopicPartition] = set()
+
+    # -- partitions --------------------------------------------------------------------------------
+    def assign(self, positions: dict[TopicPartition, int | None]) -> None:
+        """Partitions now read, with the offset reading starts at (None: not known yet)."""
+        for tp, offset in positions.items():
+            self._held.setdefault(tp, deque())
+            if offset is not None and offset >= 0:
+                self._next[tp] = offset
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            for table in (self._held, self._newest, self._next):
+                table.pop(tp, None)
+            self._at_end.discard(tp)
+
+    def partitions(self) -> list[TopicPartition]:
+        return sorted(self._held)
+
+    # -- input -------------------------------------------------------------------------------------
+    def add(self, tp: TopicPartition, offset: int, time_ms: int | None, item: Any = None) -> None:
+        """A record read from ``tp``; ``item`` None: it carries no input (only the position moves)."""
+        queue = self._held.setdefault(tp, deque())
+        self._at_end.discard(tp)
+        self._next[tp] = offset + 1
+        if time_ms is not None:
+            self._newest[tp] = max(time_ms, self._newest.get(tp, time_ms))
+        if item is not None:
+            queue.append((NOTHING if time_ms is None else time_ms, offset, item))
+
+    def at_end(self, tp: TopicPartition) -> None:
+        """``tp`` has been read to its end: what it delivers next is newer than anything held."""
+        if tp in self._held:
+            self._at_end.add(tp)
+
+    # -- output ------------------------------------------------------------------------------------
+    def held(self) -> int:
+        return sum(len(q) for q in self._held.values())
+
+    def newest(self) -> int | None:
+        return max(self._newest.values(), default=None)
+
+    def watermark(self, force: bool = False) -> int:
+        """Event time up to which the input is complete (``force``: ignore partitions still behind)."""
+        newest = self.newest()
+        if newest is None:
+            return NOTHING
+        mark = newest - self.lateness_ms
+        if force:
+            return mark
+        for tp in self._held:
+            if tp not in self._at_end:  # it may still deliver more at its newest time: strictly before
+                mark = min(mark, self._newest.get(tp, NOTHING + 1) - 1)
+        return mark
+
+    def release(self, force: bool = False) -> list[tuple[int, TopicPartition, int, Any]]:
+        """Every held input with time <= the watermark as (time, tp, offset, item) in merge order."""
+        mark = self.watermark(force)
+        if mark == NOTHING:
+            return []
+        out = []
+        for tp, queue in self._held.items():
+            while queue and queue[0][0] <= mark:
+                time_ms, offset, item = queue.popleft()
+                out.append((time_ms, tp, offset, item))
+        out.sort(key=lambda r: (r[0], r[1], r[2]))
+        return out
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """Per partition with a known position: the first offset whose input the state has not seen."""
+        out = {}
+        for tp, queue in self._held.items():
+            if queue:
+                out[tp] = queue[0][1]
+            elif tp in self._next:
+                out[tp] = self._next[tp]
+        return out

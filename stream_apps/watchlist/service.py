@@ -1,0 +1,337 @@
+"""`tapeflow cross-venue`: the watchlist service as a process. md.book, md.mark and md.indicators in
+(the directional engine's inputs, from every venue), ``xv.features`` out, stored by the sink in
+``xv_features``.
+
+Keyed by coin, one process: a coin's legs are different Kafka keys (``binance:BTCUSDT``,
+``okx:BTC-USDT-SWAP``) in different partitions, so one consumer (group ``<prefix>tapeflow-watchlist``)
+reads every partition of the three topics, merges them by event time (``merge``) and feeds one
+``CrossVenueState``, whose per-coin state gives the same features as one state per coin (tested in
+tests/stream_apps/cross_venue). A second process in the same group would get part of the
+partitions, see only some legs of a coin, and reports itself degraded (``not sole reader``).
+Scaling out by coin needs a repartition topic keyed by coin; at 20 coins x 3 venues one process
+has ~25x headroom (benchmarks/RESULTS.md, bench_cross_venue).
+
+Output: every ``publish_interval_ms`` of event time (the state evaluates every second; the rolling
+statistics sample its grid) each coin with a fresh leg gets one record per ordered venue pair
+(``records``), keyed by coin, id ``coin:eval_time:sell:buy``.
+
+Checkpoints: every ``checkpoint_interval_s`` (and on revocation and stop) the outputs are flushed,
+then the state (``CrossVenueState.to_dict``) and the merge's positions (per partition, the first
+offset whose input the state has not seen) are written to TAPEFLOW_HOME/watchlist/<group>.json,
+then the same positions are committed to the group. A restart restores the state and seeks to those
+positions, so it recomputes exactly the evaluations after the checkpoint: re-published records
+carry the same ids and values, and the sink keeps one row each (ON CONFLICT DO NOTHING). Without a
+checkpoint a new group starts ``prime_history_ms`` back in the inputs (``faust_app.priming``); a
+group with committed offsets but no checkpoint file starts there with an empty state (its 1 h/12 h
+windows fill again). A checkpoint written with other parameters is not restored.
+
+Health (``/health``): running, rebalancing, or degraded (a partition starving, see
+``tapeflow_runtime.starvation``; not the sole reader; outputs undeliverable). Metrics (``/metrics``):
+inputs by topic, records out, evaluations, events dropped by kind (late, stale, ...), inputs held
+for event-time order, the last evaluation's event time, consumer lag.
+
+Exit codes: 0 clean stop; 1 failure while running; 2 no Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal as os_signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from schemas.catalogue import ENGINE_INPUT_TIME
+from schemas.catalogue import topic as topic_spec
+from schemas.registry import registry_from_url
+from schemas.serde import AvroSerde
+from stream_apps.cross_venue.events import event_from_record
+from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
+from stream_apps.watchlist.merge import PartitionMerge
+from stream_apps.watchlist.records import TOPIC, feature_records
+from tapeflow_runtime.files import atomic_write_bytes
+from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics
+from tapeflow_runtime.publisher import Publisher, PublishMetrics
+from tapeflow_runtime.service_http import build_app, serve
+from tapeflow_runtime.settings import Settings
+
+log = structlog.get_logger("watchlist")
+
+INPUTS = ("md.book", "md.mark", "md.indicators")
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class WatchlistOptions:
+    params: CrossVenueParams = field(default_factory=CrossVenueParams)
+    publish_interval_ms: int = 15_000  # event time between two records of a coin (a multiple of the grid)
+    lateness_ms: int = 1_000  # hold inputs this long in event time for venues whose books arrive later
+    max_hold_s: float = 5.0  # inputs held back by a partition that delivers nothing are released after this
+    checkpoint_interval_s: float = 30.0
+    prime_history_ms: int | None = 15 * 60_000  # a new group without checkpoint starts this far back
+    start_from: str = "latest"  # where a new group without priming starts ("earliest" for tests)
+    group_id: str | None = None  # default: <topic_prefix>tapeflow-watchlist
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
+
+    def __post_init__(self) -> None:
+        if self.publish_interval_ms <= 0 or self.publish_interval_ms % self.params.eval_interval_ms:
+            raise ValueError("publish_interval_ms must be a positive multiple of the evaluation interval "
+                             f"({self.params.eval_interval_ms} ms)")
+
+    def fingerprint(self) -> str:
+        """What a checkpoint's state depends on: restored only under the same parameters."""
+        return hashlib.sha256(repr((self.params, self.publish_interval_ms)).encode()).hexdigest()[:16]
+
+
+class WatchlistMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.inputs = Counter("tapeflow_watchlist_inputs_total", "Input records read", ["topic"], registry=r)
+        self.decode_errors = Counter("tapeflow_watchlist_decode_errors_total", "Input records not decodable "
+                                     "(skipped; the engine dead-letters them)", ["topic"], registry=r)
+        self.evaluations = Counter("tapeflow_watchlist_evaluations_total", "Coin evaluations published",
+                                   registry=r)
+        self.records_out = Counter("tapeflow_watchlist_records_out_total", "xv.features records published",
+                                   registry=r)
+        self.dropped = Gauge("tapeflow_watchlist_dropped_inputs", "Inputs the cross-venue state ignored, by why "
+                             "(late, stale, unknown_venue, bad_symbol, other_market)", ["reason"], registry=r)
+        self.held = Gauge("tapeflow_watchlist_held_inputs", "Inputs held for event-time order", registry=r)
+        self.last_eval = Gauge("tapeflow_watchlist_last_eval_time_seconds", "Event time of the last evaluation",
+                               registry=r)
+        self.checkpoints = Counter("tapeflow_watchlist_checkpoints_total", "Checkpoints written", registry=r)
+        self.lag = Gauge("tapeflow_watchlist_consumer_lag_messages", "High watermark minus committed offset",
+                         ["group", "topic", "partition"], registry=r)
+
+
+class WatchlistService:
+    def __init__(self, settings: Settings, bootstrap: str, serde: AvroSerde, options: WatchlistOptions) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.serde = serde
+        self.options = options
+        self.prefix = settings.topic_prefix
+        self.group = options.group_id or f"{self.prefix}tapeflow-watchlist"
+        self.metrics = WatchlistMetrics()
+        self.publisher = Publisher(bootstrap, serde, PublishMetrics(self.metrics.registry,
+                                                                    prefix="tapeflow_watchlist_publish"),
+                                   topic_prefix=self.prefix)
+        self.checkpoint_path = Path(settings.home) / "watchlist" / f"{self.group}.json"
+        self.state, self.positions = self._restore()
+        self.merge = PartitionMerge(options.lateness_ms)
+        self.status = "starting"
+        self.sole_reader = False
+        self.published = 0
+        self._names = {self.prefix + name: name for name in INPUTS}
+        self._consumer: Consumer | None = None
+        self._lag = LagProbe(self.metrics.lag, self.group, starvation_window_s=settings.starvation_window_s)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def _restore(self) -> tuple[CrossVenueState, dict[tuple[str, int], int]]:
+        params = self.options.params
+        if not self.checkpoint_path.exists():
+            return CrossVenueState(params), {}
+        data = orjson.loads(self.checkpoint_path.read_bytes())
+        positions = {(t, p): o for t, p, o in data.get("positions", [])}
+        if data.get("version") != CHECKPOINT_VERSION or data.get("fingerprint") != self.options.fingerprint():
+            log.warning("checkpoint written with other parameters: state starts empty", path=str(self.checkpoint_path))
+            return CrossVenueState(params), {}
+        state = CrossVenueState.from_dict(params, data["state"])
+        log.info("watchlist state restored", coins=len(state.coins), partitions=len(positions),
+                 next_eval=state.next_eval)
+        return state, positions
+
+    def checkpoint(self) -> bool:
+        """Flush the outputs, write state + positions, commit the positions; False when outputs are not
+        durable (nothing is written or committed: the inputs will be read again)."""
+        remaining = self.publisher.flush(10)
+        if remaining or not self.publisher.healthy:
+            log.error("outputs not delivered; no checkpoint", undelivered=remaining, failed=len(self.publisher.failed))
+            return False
+        self.positions = {**self.positions, **self.merge.positions()}
+        data = {"version": CHECKPOINT_VERSION, "fingerprint": self.options.fingerprint(), "group": self.group,
+                "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
+                "state": self.state.to_dict()}
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.checkpoint_path, orjson.dumps(data))
+        self.metrics.checkpoints.inc()
+        if self._consumer is not None and self.positions:
+            offsets = [TopicPartition(self.prefix + t, p, o) for (t, p), o in sorted(self.positions.items())]
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("offset commit failed", error=exc.args[0].str())
+        return True
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self._consumer = Consumer(consumer_config(self.bootstrap, self.group, **{
+            "auto.offset.reset": self.options.start_from, "enable.partition.eof": True}))
+        self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke)
+        now = time.monotonic()
+        next_checkpoint = now + self.options.checkpoint_interval_s
+        stalled_since = None
+        try:
+            while not stop.is_set():
+                for msg in self._consumer.consume(num_messages=500, timeout=0.05):
+                    tp = (self._names.get(msg.topic(), msg.topic()), msg.partition())
+                    if msg.error():
+                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                            self.merge.at_end(tp)
+                        else:
+                            log.warning("consume error", error=msg.error().str())
+                        continue
+                    self._read(tp, msg)
+                now = time.monotonic()
+                released = self.merge.release()
+                if released or not self.merge.held():
+                    stalled_since = None
+                elif stalled_since is None:
+                    stalled_since = now
+                elif now - stalled_since >= self.options.max_hold_s:
+                    log.warning("inputs released without event-time order", held=self.merge.held())
+                    released = self.merge.release(force=True)
+                    stalled_since = None
+                if released:
+                    self._process(released)
+                self.publisher.poll(0)
+                self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), now)
+                self.metrics.held.set(self.merge.held())
+                if now >= next_checkpoint:
+                    next_checkpoint = now + self.options.checkpoint_interval_s
+                    self.checkpoint()
+        finally:
+            self.status = "stopping"
+            self.checkpoint()
+            self._consumer.close()
+            self._consumer = None
+            self.status = "stopped"
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            known = self.positions.get((self._names.get(tp.topic, tp.topic), tp.partition))
+            if known is not None:
+                tp.offset = known
+        consumer.assign(partitions)
+        self.merge.assign({(self._names.get(tp.topic, tp.topic), tp.partition): tp.offset if tp.offset >= 0 else None
+                           for tp in partitions})
+        total = sum(len(consumer.list_topics(self.prefix + name, timeout=10).topics[self.prefix + name].partitions)
+                    for name in INPUTS)
+        self.sole_reader = len(self.merge.partitions()) == total
+        if not self.sole_reader:
+            log.error("another watchlist service shares the input partitions: a coin's legs are split",
+                      assigned=len(self.merge.partitions()), partitions=total)
+        self.status = "running" if self.sole_reader else "degraded"
+        log.info("watchlist partitions assigned", partitions=len(partitions), sole_reader=self.sole_reader,
+                 restored_positions=sum(1 for tp in partitions if tp.offset >= 0))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # what is held is read again from the checkpoint's positions by whoever gets the partitions
+        self.checkpoint()
+        self.merge.revoke([(self._names.get(tp.topic, tp.topic), tp.partition) for tp in partitions])
+        self.status = "rebalancing"
+
+    def _read(self, tp: tuple[str, int], msg) -> None:
+        name = tp[0]
+        self.metrics.inputs.labels(name).inc()
+        try:
+            record = self.serde.decode(msg.value())
+            when = int(record[ENGINE_INPUT_TIME[name]])
+            event = event_from_record(name, record)
+        except Exception as exc:  # the engine dead-letters undecodable md.* records; here: skip and count
+            self.metrics.decode_errors.labels(name).inc()
+            log.debug("input skipped", topic=name, offset=msg.offset(), error=str(exc))
+            self.merge.add(tp, msg.offset(), None)
+            return
+        self.merge.add(tp, msg.offset(), when, event)
+
+    def _process(self, released: list[tuple[int, Any, int, Any]]) -> None:
+        for features in self.state.feed(item for _, _, _, item in released):
+            self.metrics.last_eval.set(features.time_ms / 1000)
+            if features.time_ms % self.options.publish_interval_ms == 0:
+                self._publish(features)
+        for reason, count in self.state.counters.items():
+            self.metrics.dropped.labels(reason).set(count)
+
+    def _publish(self, features: CoinFeatures) -> None:
+        records = feature_records(features, self.options.params.sweep_notional_usd)
+        for record in records:
+            self.publisher.publish(TOPIC, features.coin, record)
+        self.published += len(records)
+        self.metrics.records_out.inc(len(records))
+        self.metrics.evaluations.inc()
+
+    def health(self) -> dict[str, Any]:
+        starving = self._lag.starving()
+        status = self.status
+        detail = None
+        if status == "running" and (starving or not self.publisher.healthy):
+            status = "degraded"
+            detail = f"degraded: {starving}" if starving else "degraded: outputs undeliverable"
+        elif status == "degraded" and not self.sole_reader:
+            detail = "degraded: not sole reader (another watchlist service shares the input partitions)"
+        body: dict[str, Any] = {"status": status, "coins": len(self.state.coins), "held": self.merge.held(),
+                                "published": self.published, "next_eval": self.state.next_eval,
+                                "dropped": dict(self.state.counters), "sole_reader": self.sole_reader}
+        if detail:
+            body["detail"] = detail
+        return body
+
+
+async def run_watchlist(settings: Settings, options: WatchlistOptions | None = None) -> int:
+    """Entry point of `tapeflow cross-venue`; returns the process exit code."""
+    from stream_apps.faust_app.priming import prime_group_offsets
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
+
+    options = options or WatchlistOptions()
+    try:
+        bootstrap = resolve_broker(settings, StackPaths(settings.home))
+        await asyncio.to_thread(ensure_topics, bootstrap, settings.topic_prefix,
+                                [topic_spec(n) for n in (*INPUTS, TOPIC)])
+    except (TapeflowError, KafkaException) as exc:
+        log.error("no Kafka", error=str(exc))
+        return 2
+    service = WatchlistService(settings, bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), options)
+    if options.prime_history_ms is not None and not service.positions:
+        primed = await asyncio.to_thread(prime_group_offsets, bootstrap, service.group,
+                                         [settings.topic_prefix + n for n in INPUTS],
+                                         int(time.time() * 1000) - options.prime_history_ms)
+        if primed:
+            log.info("new watchlist group primed from history", partitions=len(primed),
+                     minutes=options.prime_history_ms / 60_000)
+    runner, port = await serve(build_app(service.metrics.registry, service.health, frozenset({"running"})),
+                               options.metrics_host, options.metrics_port)
+    log.info("watchlist started", metrics_port=port, group=service.group, venues=list(options.params.venues),
+             publish_interval_ms=options.publish_interval_ms)
+    stop = options.stop or threading.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (os_signal.SIGINT, os_signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests, embedding)
+            pass
+    code = 0
+    try:
+        await asyncio.to_thread(service.run, stop)
+    except Exception:
+        log.exception("watchlist failed")
+        code = 1
+    finally:
+        await runner.cleanup()
+    if not service.publisher.healthy:
+        code = 1
+    log.info("watchlist stopped", code=code, published=service.published)
+    return code
