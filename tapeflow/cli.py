@@ -90,8 +90,9 @@ def up(
         "`tapeflow replay --to-prefix NAME` fills (no producer; point TAPEFLOW_BROKER at the broker holding it)."),
 ) -> None:
     """Start the stack and supervise it: broker, PostgreSQL, migrations, topics, then the sink, the signal
-    engine and the paper executor, then the producer (with --source replay:DIR, a local fake exchange
-    replaying the recording feeds it). A crashed service is restarted with backoff."""
+    engine and the paper executor (and the cross-venue watchlist when TAPEFLOW_WATCHLIST=true), then the
+    producer (with --source replay:DIR, a local fake exchange replaying the recording feeds it). A crashed
+    service is restarted with backoff."""
     from sinks.retention import resolve_policies
     from tapeflow.stack.supervisor import run_foreground, start_detached
 
@@ -452,6 +453,78 @@ def execute(
     options = ExecuteOptions(config_path=config, metrics_port=metrics_port, metrics_host=settings.metrics_host,
                              start_from="earliest" if from_beginning or settings.namespace else "latest")
     raise typer.Exit(asyncio.run(run_executor(settings, mode, options)))
+
+
+# --- cross-venue watchlist ------------------------------------------------------------------------
+@app.command("cross-venue")
+def cross_venue(
+    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
+                                     help="Port of /metrics and /health (0 = a free one, logged)."),
+    venues: str = typer.Option("binance,bybit,okx", "--venues", help="Comma-separated venues: the legs; every "
+                               "ordered pair of them is a feature record."),
+    sweep_notional_usd: float = typer.Option(10_000.0, "--sweep-notional-usd", min=1.0,
+                                             help="Notional the swept (executable) spread is computed for."),
+    max_staleness_ms: int = typer.Option(2_000, "--max-staleness-ms", min=0,
+                                         help="A leg whose book is older than this at an evaluation makes the "
+                                              "pair's spreads missing, with the reason."),
+    publish_interval_ms: int = typer.Option(15_000, "--publish-interval-ms", min=1_000,
+                                            help="Event time between two records of a coin (whole seconds; the "
+                                                 "state evaluates every second for its rolling statistics)."),
+    lateness_ms: int = typer.Option(1_000, "--lateness-ms", min=0, max=60_000,
+                                    help="Hold inputs this long in event time, so a venue whose books arrive "
+                                         "a little later than another's is not late."),
+    prime_minutes: float = typer.Option(15.0, "--prime-minutes", min=0.0,
+                                        help="A new group without a checkpoint starts this far back in md.* "
+                                             "(0 = where --from-beginning says)."),
+    from_beginning: bool = typer.Option(False, "--from-beginning",
+                                        help="A new group without priming reads md.* from the beginning, not "
+                                             "the end."),
+) -> None:
+    """Run the watchlist service: md.book/md.mark/md.indicators of every venue in, cross-venue features per
+    coin and venue pair out to xv.features (the sink stores them in xv_features)."""
+    import asyncio
+
+    from stream_apps.cross_venue.state import CrossVenueParams
+    from stream_apps.watchlist.service import WatchlistOptions, run_watchlist
+    from tapeflow_runtime.logs import configure_logging
+
+    settings = state.settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        params = CrossVenueParams(venues=tuple(v.strip() for v in venues.split(",") if v.strip()),
+                                  sweep_notional_usd=sweep_notional_usd, max_staleness_ms=max_staleness_ms)
+        options = WatchlistOptions(params=params, publish_interval_ms=publish_interval_ms, lateness_ms=lateness_ms,
+                                   prime_history_ms=int(prime_minutes * 60_000) if prime_minutes > 0 else None,
+                                   start_from="earliest" if from_beginning else "latest",
+                                   metrics_port=metrics_port, metrics_host=settings.metrics_host)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    raise typer.Exit(asyncio.run(run_watchlist(settings, options)))
+
+
+@app.command()
+def watchlist(
+    limit: int = typer.Option(20, "--limit", min=1, help="Pairs shown (and missing pairs listed)."),
+    window_s: float = typer.Option(300.0, "--window-s", min=1.0,
+                                   help="A coin is shown at its latest evaluation within this many seconds "
+                                        "before the newest one in the table."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Print the live ranking of venue pairs by executable (swept) spread, from the database's xv_features."""
+    import psycopg
+
+    from stream_apps.watchlist.ranking import ranking, render
+    from tapeflow_runtime.endpoints import resolve_database
+
+    endpoints = resolve_database(state.settings(), state.paths())
+    with psycopg.connect(endpoints.readonly or endpoints.owner) as conn:
+        pairs = ranking(conn, window_s)
+    if pairs is None:
+        raise fail("the database has no xv_features table: run `tapeflow db migrate` (or `tapeflow up`)")
+    if json_out:
+        typer.echo(orjson.dumps([p.as_dict() for p in pairs[:limit]], option=orjson.OPT_INDENT_2).decode())
+    else:
+        echo(render(pairs, limit))
 
 
 @app.command()

@@ -127,6 +127,10 @@ class Settings(BaseSettings):
         default=25.0, ge=0, le=72, description="A live producer first primes md.* with this many hours of history "
         "(Binance Vision, REST, or the database) so a new engine group has its 24 h windows at once; 0 = off.")
     metrics_host: str = Field(default="127.0.0.1", description="Where service /metrics and /health listen.")
+    watchlist: bool = Field(
+        default=False, description="`up` also runs the cross-venue watchlist service (`tapeflow cross-venue`: "
+        "xv.features, stored in xv_features); it needs a second venue's producer (`tapeflow produce --exchange "
+        "bybit|okx`) to have pairs.")
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"

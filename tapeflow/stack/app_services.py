@@ -1,5 +1,5 @@
 """tapeflow's own processes as supervised services: sink, engine, executor, producer (and the fake
-exchange for offline replays).
+exchange for offline replays); the cross-venue watchlist with the ``watchlist`` setting.
 
 Each runs as `python -m tapeflow <command>` with its own HTTP port for `/health` and `/metrics`, so
 the supervisor, `status` and Prometheus see them the same way.
@@ -226,10 +226,28 @@ class EngineService(EpochConsumer):
         return f"{self.prefix}tapeflow-engine"
 
 
+class WatchlistService(EpochConsumer):
+    """The cross-venue watchlist (`tapeflow cross-venue`): md.book/md.mark/md.indicators of every venue in,
+    xv.features out; only with the ``watchlist`` setting. Its checkpoint (state and input positions) is
+    TAPEFLOW_HOME/watchlist/<group>.json; a replay or rehearsal reads its inputs from the beginning."""
+
+    name = "watchlist"
+    ready_when_answering = True  # joining its group takes seconds more; `status` shows how it runs
+
+    def prepare(self) -> Launch:
+        argv = [sys.executable, "-m", "tapeflow", "cross-venue"]
+        if self.settings.replay_dir is not None or self.settings.namespace:
+            argv += ["--prime-minutes", "0", "--from-beginning"]
+        return self.launch(argv)
+
+
 def consumer_services(settings, paths, prefix: str | None = None) -> list[EpochConsumer]:
     """The consumers of one topic epoch (``prefix``; default the stack's own prefix, epoch 0)."""
-    return [SinkService(settings, paths, prefix), EngineService(settings, paths, prefix),
-            ExecutorService(settings, paths, prefix)]
+    services: list[EpochConsumer] = [SinkService(settings, paths, prefix), EngineService(settings, paths, prefix),
+                                     ExecutorService(settings, paths, prefix)]
+    if settings.watchlist:
+        services.append(WatchlistService(settings, paths, prefix))
+    return services
 
 
 def app_services(settings, paths, prefix: str | None = None) -> list[Service]:

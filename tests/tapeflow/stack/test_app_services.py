@@ -38,3 +38,11 @@ def test_a_rehearsal_stack_runs_the_consumers_on_the_namespace_without_a_produce
     assert "--executor-config" in argv["executor"]  # the replay risk settings: history is older than 60 s
     env = child_env(settings, StackPaths(tmp_path))  # the services see the namespace, not the live topics
     assert env["TAPEFLOW_TOPIC_PREFIX"] == "team1.rehearsal." and env["TAPEFLOW_NAMESPACE"] == "rehearsal"
+
+
+def test_the_watchlist_runs_only_when_asked_and_reads_a_replay_from_its_beginning(tmp_path):
+    assert "watchlist" not in launches(Settings(home=tmp_path), tmp_path)
+    live = launches(Settings(home=tmp_path, watchlist=True), tmp_path)
+    assert live["watchlist"][-4:-2] == ["tapeflow", "cross-venue"] and "--from-beginning" not in live["watchlist"]
+    replay = launches(Settings(home=tmp_path, watchlist=True, source=f"replay:{RECORDING}"), tmp_path)
+    assert replay["watchlist"][3:8] == ["cross-venue", "--prime-minutes", "0", "--from-beginning", "--metrics-port"]
