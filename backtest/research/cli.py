@@ -1,4 +1,5 @@
-"""``tapeflow research``: search, walk-forward and labels (the ``tapeflow`` CLI only registers them).
+"""``tapeflow research``: search, walk-forward, labels and the training data export (the ``tapeflow`` CLI
+only registers them).
 
 Every command builds (or reuses) the feature store of its inputs first: one engine pass per symbol,
 in parallel (``store``), reading the backtest's sources (``synthetic[:SEED]`` offline, ``vision``,
@@ -122,8 +123,8 @@ def _result_line(label: str, result) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    research = typer.Typer(help="Research at machine speed: parameter search, walk-forward, labels.",
-                           no_args_is_help=True)
+    research = typer.Typer(help="Research at machine speed: parameter search, walk-forward, labels, training "
+                                "data export.", no_args_is_help=True)
     app.add_typer(research, name="research")
 
     common = {
@@ -251,46 +252,120 @@ def register(app: typer.Typer) -> None:
                                                                      "(a PostgreSQL conninfo)."),
     ) -> None:
         """Every evaluation's features with y_binary_60m and forward returns: Parquet (and feature_labels)."""
-        from backtest.inputs import DEFAULT_SLICE_MS
-        from backtest.sources import open_source
-        from stream_apps.core.engine import Engine
-        from stream_apps.core.events import (
-            book_from_record,
-            indicator_from_record,
-            liquidation_from_record,
-            mark_from_record,
-        )
-        from stream_apps.core.params import StateParams
         from stream_apps.core.strategy import load_strategies
 
         from .dataset import ResearchTable
+        from .export import replay_symbol
         from .labels import PricePath
 
         strategies = [load_strategy(p) for p in strategy] if strategy else load_strategies(default_strategy_dir())
         from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
         options = source_options(source)
-        adapters = (("books", book_from_record), ("marks", mark_from_record),
-                    ("liquidations", liquidation_from_record), ("indicators", indicator_from_record))
         table = ResearchTable()
         for symbol in (s.strip().upper() for s in symbols.split(",") if s.strip()):
-            engine = Engine(strategies, state_params=StateParams.for_replay)
-            tables, times, prices = [], [], []
-            for piece in open_source(source, [symbol], from_ms, to_ms, slice_ms=DEFAULT_SLICE_MS, **options).slices():
-                events = [adapt(r) for kind, adapt in adapters for r in getattr(piece, kind)]
-                batch = next(iter(piece.trades.values()), None)
-                if batch is not None:
-                    times.append(batch.time_ms)
-                    prices.append(batch.price)
-                tables += engine.process([batch] if batch is not None else (), events).tables
+            blocks, times, prices = [], [], []
+            for step in replay_symbol(source, symbol, strategies, from_ms, to_ms, options):
+                if step.times is not None:
+                    times.append(step.times)
+                    prices.append(step.prices)
+                blocks += step.blocks
             if not times:
                 continue
             path = PricePath.from_trades(np.concatenate(times), np.concatenate(prices), to_ms)
-            table.add_tables(tables, {(t.blocks[0].frame.exchange, symbol): path for t in tables if t.blocks})
+            for block in blocks:
+                table.add_block(block, path)
         written = table.write_parquet(output)
         typer.echo(f"labels: {len(table):,} evaluations -> {written}")
         if database:
             typer.echo(f"feature_labels: {table.store(database):,} rows")
         typer.echo(json.dumps({"rows": len(table), "file": str(written)}))
+
+    @research.command("export")
+    def export_command(
+        from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
+        to_day: str = typer.Option(..., "--to", help="Last day, included."),
+        strategy: str = typer.Option("v53", "--strategy",
+                                     help="A shipped strategy's name (v53, v52_8signals, v51_baseline) or a "
+                                          "strategy file."),
+        symbols: str = common["symbols"],
+        source: str = typer.Option("synthetic:7", "--source",
+                                   help="synthetic[:SEED] (generated, offline), vision[:DIR], recording:DIR, db "
+                                        "(the stack's database) or topics (its broker)."),
+        out: Path = typer.Option(Path("research-out/export"), "--out",
+                                 help="Export root: OUT/STRATEGY/date=YYYY-MM-DD/SYMBOL.parquet and "
+                                      "OUT/STRATEGY/_schema.json."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite days already exported."),
+        no_progress: bool = common["no_progress"],
+    ) -> None:
+        """Training data: every evaluation's features, decision and labels as Parquet per symbol and UTC
+        day, with _schema.json (each column's type, unit and meaning). Re-runs skip finished days."""
+        from tqdm import tqdm
+
+        from backtest.sources import SourceError
+
+        from .export import DAY_MS, SCHEMA_FILE, ExportError, day_name, export
+
+        cfg = _named_strategy(strategy)
+        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
+        if to_ms <= from_ms:
+            raise ResearchError(f"empty range: --to {to_day} is before --from {from_day}")
+        names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
+        options = export_source_options(source)
+        began = time.perf_counter()
+        with tqdm(total=len(names) * ((to_ms - from_ms) // DAY_MS), desc=f"export {cfg.name}", unit="day",
+                  disable=no_progress) as bar:
+            def on_day(symbol: str, day_ms: int, outcome: str) -> None:
+                bar.set_postfix_str(f"{symbol} {day_name(day_ms)}{'' if outcome == 'written' else f' ({outcome})'}")
+                bar.update()
+
+            try:
+                summary = export(cfg, source, names, from_ms, to_ms, out, options=options, overwrite=overwrite,
+                                 on_day=on_day)
+            except (ExportError, SourceError) as error:
+                raise ResearchError(str(error)) from None
+        seconds = time.perf_counter() - began
+        if summary.written == summary.skipped == 0:
+            raise ResearchError(f"no evaluations for {','.join(names)} from {from_day} to {to_day} in {source}")
+        root = out / cfg.name
+        rate = f", {summary.trades / seconds:,.0f} trades/s" if summary.trades and seconds > 0 else ""
+        typer.echo(f"export: {summary.written} symbol-days written ({summary.rows:,} evaluations, "
+                   f"{summary.trades:,} trades replayed{rate}), {summary.skipped} already done, "
+                   f"{summary.empty} without data, in {seconds:.1f} s -> {root} (schema {root / SCHEMA_FILE})")
+
+
+def _named_strategy(text: str) -> StrategyConfig:
+    """``--strategy``: a file, or the name of a shipped strategy."""
+    path = Path(text)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
+        if not path.is_file():
+            raise ResearchError(f"--strategy {text}: no such file")
+        return load_strategy(path)
+    shipped = sorted(p.stem for p in default_strategy_dir().glob("*.yaml"))
+    if text not in shipped:
+        raise ResearchError(f"--strategy {text!r}: not a file or a shipped strategy ({', '.join(shipped)})")
+    return load_strategy(default_strategy_dir() / f"{text}.yaml")
+
+
+def export_source_options(source: str) -> dict:
+    """``open_source`` options of the export's sources: ``source_options`` plus the stack's database
+    (``db``) or broker (``topics``), found as ``tapeflow backtest`` finds them."""
+    kind = source.partition(":")[0]
+    if kind not in ("synthetic", "vision", "recording", "db", "topics"):
+        raise ResearchError(f"--source {source!r}: the export reads synthetic[:SEED], vision[:DIR], recording:DIR, "
+                            "db or topics")
+    if kind not in ("db", "topics"):
+        return source_options(source)
+    from backtest.cli import CliError, _bootstrap, _database_url
+    from tapeflow_runtime.settings import load_settings
+
+    settings = load_settings()
+    try:
+        if kind == "db":
+            return {"database_url": _database_url(settings)}
+        return {"bootstrap": _bootstrap(settings), "topic_prefix": settings.topic_prefix,
+                "registry_url": settings.schema_registry_url}
+    except CliError as error:
+        raise ResearchError(str(error)) from None
 
 
 def run_walk_forward(windows: str, from_ms: int, to_ms: int, base: StrategyConfig, *, symbols: str, source: str,

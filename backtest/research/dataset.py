@@ -8,8 +8,9 @@ pandas, polars, DuckDB and Spark read) or COPYed into ``feature_labels`` beside 
 
 Columns: identity (``evaluation_id``, strategy, version, config hash, exchange, symbol, ``eval_time``
 ms UTC), decision (direction, score, raw score, gate, block reason, one ``layer_<name>`` per layer,
-NaN where the strategy does not use it), every snapshot input (``in_<name>``, NaN where missing) and
-the labels (``y_binary_60m``, ``fwd_return_5m/15m/60m``).
+NaN where the strategy does not use it), every input of the feature record (``in_<name>``, NaN where
+missing: ``evaluation_columns``, which ``tapeflow research export`` writes too) and the labels
+(``y_binary_60m``, ``fwd_return_5m/15m/60m``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,47 @@ import pyarrow.parquet as pq
 from stream_apps.core.detectors import DETECTOR_FIELDS
 from stream_apps.core.frame import SCALAR_FIELDS, duration_name
 from stream_apps.core.records import FeatureBlock, FeatureTable
-from stream_apps.core.scoring import BLOCK_REASONS, GATES, LAYER_ORDER
+from stream_apps.core.scoring import BLOCK_REASONS, DIRECTIONS, GATES, LAYER_ORDER, strategy_input_columns
 
 from .labels import PricePath, label_columns
 
 LABELS = ("y_binary_60m", "fwd_return_5m", "fwd_return_15m", "fwd_return_60m")
-_DIRECTIONS = {1: "LONG", -1: "SHORT"}
+
+
+def evaluation_columns(block: FeatureBlock) -> dict[str, np.ndarray]:
+    """One engine block (one strategy on one symbol's evaluations) as columns: identity, decision,
+    ``layer_<name>`` per layer (NaN: not a layer of the strategy) and ``in_<name>`` for every input of
+    its feature records, in their order (the snapshot's fields, CVD windows, ``atr_price_ratio``, the
+    strategy's own inputs; NaN = missing). The engine's arrays, not copies."""
+    frame, cfg, scores = block.frame, block.strategy, block.scores
+    n = len(frame)
+    times = frame.time_ms
+    columns: dict[str, np.ndarray] = {
+        "evaluation_id": np.array([f"{cfg.name}:{cfg.config_hash}:{frame.exchange}:{frame.symbol}:{t}"
+                                   for t in times.tolist()], dtype=object),
+        "strategy": np.full(n, cfg.name, dtype=object),
+        "strategy_version": np.full(n, cfg.version, dtype=object),
+        "config_hash": np.full(n, cfg.config_hash, dtype=object),
+        "exchange": np.full(n, frame.exchange, dtype=object),
+        "symbol": np.full(n, frame.symbol, dtype=object),
+        "eval_time": times,
+        "direction": np.array([DIRECTIONS[s] for s in scores.sign.tolist()], dtype=object),
+        "score": scores.score,
+        "raw_score": scores.raw_score,
+        "gate": np.array([GATES[g - 1] if g else None for g in scores.gate.tolist()], dtype=object),
+        "block_reason": np.array([BLOCK_REASONS[b] for b in block.block.tolist()], dtype=object),
+    }
+    for name in LAYER_ORDER:
+        columns[f"layer_{name}"] = scores.layers[name] if name in scores.layers else np.full(n, np.nan)
+    for name in SCALAR_FIELDS:
+        columns[f"in_{name}"] = frame.values[name]
+    for prefix, pairs in (("cvd", frame.cvd), ("cvd_slope", frame.cvd_slope), ("cvd_accel", frame.cvd_accel)):
+        for window, column in pairs.items():
+            columns[f"in_{prefix}_{duration_name(window)}"] = column
+    columns["in_atr_price_ratio"] = frame.atr_price_ratio
+    for name, column in strategy_input_columns(frame, cfg):
+        columns[f"in_{name}"] = column
+    return columns
 
 
 class ResearchTable:
@@ -49,35 +85,12 @@ class ResearchTable:
                 self.add_block(block, paths[(block.frame.exchange, block.frame.symbol)])
 
     def add_block(self, block: FeatureBlock, path: PricePath) -> None:
-        frame, cfg, scores = block.frame, block.strategy, block.scores
-        n = len(frame)
-        times = frame.time_ms
-        columns: dict[str, np.ndarray] = {
-            "evaluation_id": np.array([f"{cfg.name}:{cfg.config_hash}:{frame.exchange}:{frame.symbol}:{t}"
-                                       for t in times.tolist()], dtype=object),
-            "strategy": np.full(n, cfg.name, dtype=object),
-            "strategy_version": np.full(n, cfg.version, dtype=object),
-            "config_hash": np.full(n, cfg.config_hash, dtype=object),
-            "exchange": np.full(n, frame.exchange, dtype=object),
-            "symbol": np.full(n, frame.symbol, dtype=object),
-            "eval_time": times.copy(),
-            "direction": np.array([_DIRECTIONS.get(s) for s in scores.sign.tolist()], dtype=object),
-            "score": scores.score.copy(),
-            "raw_score": scores.raw_score.copy(),
-            "gate": np.array([GATES[g - 1] if g else None for g in scores.gate.tolist()], dtype=object),
-            "block_reason": np.array([BLOCK_REASONS[b] for b in block.block.tolist()], dtype=object),
-        }
-        for name in LAYER_ORDER:
-            columns[f"layer_{name}"] = scores.layers[name].copy() if name in scores.layers else np.full(n, np.nan)
-        for name in SCALAR_FIELDS:
-            if name in DETECTOR_FIELDS and np.isnan(frame.values[name]).all():
-                continue  # detectors off (or not yet filled): no column, as before they existed
-            columns[f"in_{name}"] = frame.values[name].copy()
-        for prefix, pairs in (("cvd", frame.cvd), ("cvd_slope", frame.cvd_slope), ("cvd_accel", frame.cvd_accel)):
-            for window, column in pairs.items():
-                columns[f"in_{prefix}_{duration_name(window)}"] = column.copy()
-        columns.update(label_columns(times, frame.values["last_price"], frame.values["atr"],
-                                     scores.sign.astype(np.int64), path))
+        columns = evaluation_columns(block)
+        for name in DETECTOR_FIELDS:
+            if f"in_{name}" in columns and np.isnan(columns[f"in_{name}"]).all():
+                del columns[f"in_{name}"]  # detectors off (or not yet filled): no column, as before they existed
+        columns.update(label_columns(columns["eval_time"], columns["in_last_price"], columns["in_atr"],
+                                     block.scores.sign.astype(np.int64), path))
         self._parts.append(columns)
 
     def columns(self) -> dict[str, np.ndarray]:
