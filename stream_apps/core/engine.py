@@ -30,9 +30,10 @@ liquidation and indicator records are never dropped as late (they are latest-val
 for liquidations, sums that tolerate 10 minutes of delay); they take effect at the next evaluation.
 With input in time order, the output is identical for any batching (tested with 1, 7 and 1000).
 
-Detectors (VPIN, Kyle's lambda, Amihud; ``core.detectors``) run in a symbol's state when a strategy
-that applies to the symbol has a ``detectors`` section; every strategy that has one must have the same
-(one state per symbol). Off, nothing changes: no field, no cost.
+Detectors (VPIN, Kyle's lambda, Amihud; CVD–price divergence, OI spikes, liquidation windows;
+``core.detectors``) run in a symbol's state when a strategy that applies to the symbol has a
+``detectors`` section (the flow parts only when the section names them); every strategy that has one
+must have the same (one state per symbol). Off, nothing changes: no field, no cost.
 
 Outputs are plain dicts shaped like the Avro records: ``bars`` (bars.1m), ``features`` (one
 FeatureEvaluation per strategy x symbol x evaluation) and ``signals``.
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from .cooldown import CooldownBook
-from .detectors import DetectorParams
+from .detectors import DetectorParams, FlowParams
 from .decision import decide_frame
 from .frame import distinct_sorted
 from .events import (
@@ -204,8 +205,16 @@ class Engine:
     def state(self, exchange: str, symbol: str) -> SymbolState:
         key = (exchange, symbol)
         if key not in self.states:
-            self.states[key] = SymbolState(exchange, symbol, self._state_params(symbol), self.detector_params(symbol))
+            self.states[key] = SymbolState(exchange, symbol, self._state_params(symbol), self.detector_params(symbol),
+                                           self.flow_params(symbol))
         return self.states[key]
+
+    def flow_params(self, symbol: str) -> FlowParams | None:
+        """The symbol's divergence / OI-spike / liquidation parameters (None: off), as ``detector_params``."""
+        for cfg in self._detecting:
+            if cfg.applies_to(symbol):
+                return cfg.detectors.flow_params()
+        return None
 
     def detector_params(self, symbol: str) -> DetectorParams | None:
         """The symbol's detector parameters: from the first strategy with a ``detectors`` section that
@@ -536,7 +545,7 @@ class Engine:
                 self._note_applied(max(e.time_ms for e in others))
         if parts[0] is None and parts[1] is None and not others:
             return None
-        return self.state(*key).market.apply_segment(parts[0], parts[1], others)
+        return self.state(*key).apply_market_segment(parts[0], parts[1], others)
 
     def _note_applied(self, time_ms: int) -> None:
         if self.applied_input_ms is None or time_ms > self.applied_input_ms:
@@ -592,7 +601,8 @@ class Engine:
         engine.applied_input_ms = data.get("applied_input_ms")  # absent in snapshots before it existed
         for state_data in data["states"]:
             state = SymbolState.from_dict(state_data)
-            state.use_detectors(engine.detector_params(state.symbol))  # the strategies' section may have changed
+            state.use_detectors(engine.detector_params(state.symbol),  # the strategies' section may have changed
+                                engine.flow_params(state.symbol))
             engine.states[(state.exchange, state.symbol)] = state
         for name, book in data["books"].items():
             if name in engine.books:

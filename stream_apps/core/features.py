@@ -59,6 +59,18 @@ class Features:
     vpin: float | None = None  # the detectors (``core.detectors``): None when off or not yet available
     kyle_lambda: float | None = None
     amihud: float | None = None
+    # the flow detectors (``core.detectors.flow``): None when off or not yet available
+    cvd_divergence: float | None = None  # -1 bearish, +1 bullish, 0 none
+    cvd_divergence_price: float | None = None
+    cvd_divergence_cvd: float | None = None
+    oi_change_5m: float | None = None
+    oi_spike_z: float | None = None
+    liq_long_count: float | None = None
+    liq_short_count: float | None = None
+    liq_long_usd: float | None = None
+    liq_short_usd: float | None = None
+    liq_cascade_long: float | None = None
+    liq_cascade_short: float | None = None
 
     # -- accessors ----------------------------------------------------------------------------
     def cvd_at(self, window_ms: int) -> float:

@@ -87,6 +87,7 @@ class MarketTimeline:
     pre_mark: MarkUpdate | None
     indicator_times: list[int] = field(default_factory=list)  # time of each indicator update applied
     indicator_versions: list[dict[str, LatestValue]] = field(default_factory=list)  # before, then after each
+    flow: Any = None  # the flow detectors' OI log of the segment (``detectors.flow.OiLog``), when on
 
 
 class MarketRecords:

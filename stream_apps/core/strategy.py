@@ -33,7 +33,7 @@ from pydantic import (
 
 from tapeflow_runtime.errors import TapeflowError
 
-from .detectors import DetectorParams
+from .detectors import DetectorParams, FlowParams
 from .durations import parse_duration_ms
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
@@ -188,22 +188,89 @@ class Vpin(_Model):
         return self
 
 
+class Divergence(_Model):
+    """CVD–price divergence over the last ``window`` (whole bars; ``core.detectors.flow``)."""
+
+    window: Duration = Field(default=1_800_000, description="N minutes: the reference bars before each bar")
+
+
+class OiSpike(_Model):
+    """Z-score of the open-interest change per ``period`` over the previous ``window`` changes."""
+
+    kind: Literal["open_interest_hist", "open_interest"] = "open_interest_hist"
+    period: Duration = Field(default=300_000, gt=0)
+    window: int = Field(default=288, ge=2, le=100_000, description="changes in the mean and deviation")
+    max_age: Duration = Field(default=900_000, gt=0, description="the value is missing once its data is older")
+
+
+class Cascade(_Model):
+    """A side's liquidations within ``window``: at least ``min_count`` of them or ``min_usd`` USD."""
+
+    window: Duration = Field(default=30_000)
+    min_count: int | None = Field(default=5, ge=1)
+    min_usd: float | None = Field(default=1_000_000.0, gt=0)
+
+
+class Liquidations(_Model):
+    """Liquidation counts and USD per side over ``window`` and the cascade flags (lower bounds)."""
+
+    window: Duration = Field(default=300_000)
+    cascade: Cascade = Cascade()
+
+
 class Detectors(_Model):
     """Microstructure detectors computed by the engine for the symbols of this strategy (off when the
-    section is absent). Every strategy that sets it must set the same: a symbol has one state."""
+    section is absent). Every strategy that sets it must set the same: a symbol has one state.
+    ``divergence``, ``oi_spike`` and ``liquidations`` are off unless present."""
 
-    bar: Duration = Field(default=60_000, description="time bars of BVC, Kyle's lambda and Amihud")
+    bar: Duration = Field(default=60_000, description="time bars of BVC, Kyle's lambda, Amihud and divergence")
     vpin: Vpin = Vpin()
     kyle_window_bars: int = Field(default=30, ge=2, le=100_000)
     amihud_window_bars: int = Field(default=30, ge=1, le=100_000)
+    divergence: Divergence | None = None
+    oi_spike: OiSpike | None = None
+    liquidations: Liquidations | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Parts left out are not dumped: a section without them keeps its hash (and research store key)."""
+        data = handler(self)
+        for name in ("divergence", "oi_spike", "liquidations"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Detectors:
         if self.bar <= 0 or self.bar % 1000:
             raise ValueError("bar must be a positive whole number of seconds")
+        if self.divergence is not None and (self.divergence.window <= 0 or self.divergence.window % self.bar):
+            raise ValueError("divergence.window must be a positive whole number of bars")
+        if self.liquidations is not None:
+            for name, value in (("liquidations.window", self.liquidations.window),
+                                ("liquidations.cascade.window", self.liquidations.cascade.window)):
+                if value <= 0 or value % 1000:
+                    raise ValueError(f"{name} must be a positive whole number of seconds")
+            if self.liquidations.cascade.min_count is None and self.liquidations.cascade.min_usd is None:
+                raise ValueError("liquidations.cascade needs min_count or min_usd")
         for symbol in ("", *self.vpin.bucket_volume.symbols):
             self.params_for(symbol)  # refused here, not when the engine first meets the symbol
+        self.flow_params()
         return self
+
+    def flow_params(self) -> FlowParams | None:
+        """``FlowParams`` of divergence, OI spikes and liquidations (None: all three off)."""
+        if self.divergence is None and self.oi_spike is None and self.liquidations is None:
+            return None
+        oi, liq = self.oi_spike, self.liquidations
+        return FlowParams(
+            bar_ms=self.bar,
+            divergence_bars=self.divergence.window // self.bar if self.divergence is not None else None,
+            oi_kind=oi.kind if oi else "open_interest_hist", oi_period_ms=oi.period if oi else 300_000,
+            oi_window=oi.window if oi else None, oi_max_age_ms=oi.max_age if oi else 900_000,
+            liq_window_ms=liq.window if liq else None, cascade_window_ms=liq.cascade.window if liq else 30_000,
+            cascade_min_count=liq.cascade.min_count if liq else None,
+            cascade_min_usd=liq.cascade.min_usd if liq else None)
 
     def params_for(self, symbol: str) -> DetectorParams | None:
         """The symbol's ``DetectorParams`` (None: no bucket volume for it, detectors off)."""

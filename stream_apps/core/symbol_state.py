@@ -11,7 +11,9 @@ update identically. So:
 - book, mark, liquidation and indicator records live in ``MarketRecords`` (latest values, staleness);
 - optionally (``detectors``, set from the strategies' ``detectors`` section) VPIN, Kyle's lambda and
   Amihud (``core.detectors``), fed the accepted trades; their changes are logged with the times from
-  which they hold, so a segment's evaluation times read them as the other windows.
+  which they hold, so a segment's evaluation times read them as the other windows. Likewise the flow
+  detectors (``flow``: CVD–price divergence from the trades, OI spikes and liquidation windows from
+  the other inputs).
 
 Bad input never raises; it is counted in ``counters``:
 - ``rejected``: NaN/inf/zero/negative price or quantity, negative id or time (quantity below 1e-8
@@ -37,14 +39,15 @@ start at the next minute boundary), the P95/P99 window hour buckets (see ``quant
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .atr import WilderATR
 from .bars import Bar, BarBuilder, segments_from_groups
-from .detectors import DetectorLog, DetectorParams, MicrostructureDetectors
+from .detectors import DetectorLog, DetectorParams, FlowDetectors, FlowParams, MicrostructureDetectors
+from .detectors.flow import FLOW_FIELDS
 from .events import (
     BookUpdate,
     IndicatorUpdate,
@@ -95,13 +98,15 @@ class SegmentLog:
     thresholds: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # minute -> (p95, p99, n)
     pre_detectors: tuple[float, float, float] = (np.nan, np.nan, np.nan)  # (vpin, kyle, amihud) before
     detectors: DetectorLog = field(default_factory=DetectorLog)  # their changes during the segment
+    pre_divergence: tuple[float, float, float] = (np.nan, np.nan, np.nan)  # flow: divergence before
+    divergence: DetectorLog = field(default_factory=DetectorLog)  # its changes during the segment
 
 
 class SymbolState:
     """All state of one (exchange, symbol): update with ``apply_*``, read with ``snapshot``."""
 
     def __init__(self, exchange: str, symbol: str, params: StateParams | None = None,
-                 detectors: DetectorParams | None = None) -> None:
+                 detectors: DetectorParams | None = None, flow: FlowParams | None = None) -> None:
         self.exchange = exchange
         self.symbol = symbol
         self.params = params or StateParams.for_symbol(symbol)
@@ -127,6 +132,7 @@ class SymbolState:
         self.atr = WilderATR(p.atr_period, p.atr_history, p.atr_min_history)
         self.market = MarketRecords(p, self.counters)
         self.detectors = MicrostructureDetectors(detectors) if detectors is not None else None
+        self.flow = FlowDetectors(self._flow_params(flow)) if flow is not None else None
         self._log: SegmentLog | None = None  # set while ``apply_segment`` runs
 
     # ------------------------------------------------------------------------------------------
@@ -298,6 +304,10 @@ class SymbolState:
             changes = self.detectors.update(times, prices, qtys, sells, units)
             if self._log is not None:
                 self._log.detectors.extend(changes)
+        if self.flow is not None and self.flow.divergence_on:
+            changes = self.flow.update(times, prices, qty_units, sells)
+            if self._log is not None:
+                self._log.divergence.extend(changes)
 
         segments = segments_from_groups(MINUTE_MS, minute_numbers, m_starts, prices, per_minute, ids)
         closed = self.bars_1m.apply(segments)
@@ -357,9 +367,21 @@ class SymbolState:
 
     def apply_liquidation(self, event: LiquidationEvent) -> None:
         self.market.apply_liquidation(event)
+        if self.flow is not None:
+            self.flow.apply_events([event])
 
     def apply_indicator(self, update: IndicatorUpdate) -> None:
         self.market.apply_indicator(update)
+        if self.flow is not None:
+            self.flow.apply_events([update])
+
+    def apply_market_segment(self, books, marks, others: list[LiquidationEvent | IndicatorUpdate]) -> MarketTimeline:
+        """``MarketRecords.apply_segment``, and the flow detectors' OI and liquidations (their OI log
+        in the timeline, so each evaluation time of the segment reads what it saw)."""
+        timeline = self.market.apply_segment(books, marks, others)
+        if self.flow is not None and others:
+            timeline.flow = self.flow.apply_events(others)
+        return timeline
 
     def apply_event(self, event: BookUpdate | MarkUpdate | LiquidationEvent | IndicatorUpdate) -> None:
         if isinstance(event, BookUpdate):
@@ -383,6 +405,10 @@ class SymbolState:
             changes = self.detectors.advance_to(now_ms)
             if self._log is not None:
                 self._log.detectors.extend(changes)
+        if self.flow is not None and self.flow.divergence_on:
+            changes = self.flow.advance_to(now_ms)
+            if self._log is not None:
+                self._log.divergence.extend(changes)
         for bar in self.bars_atr.close_until(now_ms):
             self._update_atr(bar)
         return self.bars_1m.close_until(now_ms)
@@ -448,6 +474,8 @@ class SymbolState:
                          distinct_sorted(times // MINUTE_MS).tolist())
         if self.detectors is not None:
             log.pre_detectors = self.detectors.values
+        if self.flow is not None:
+            log.pre_divergence = self.flow.divergence
         self._log = log
         try:
             closed: list[Bar] = []
@@ -626,6 +654,13 @@ class SymbolState:
             detected = np.empty((n, 3))
             detected[:] = self.detectors.values
         values["vpin"], values["kyle_lambda"], values["amihud"] = detected.T.copy()
+        if self.flow is None:
+            for name in FLOW_FIELDS:
+                values[name] = np.full(n, np.nan)
+        else:
+            divergence = log.divergence.at(times, log.pre_divergence) if log is not None else None
+            oi = timeline.flow.at(times) if timeline is not None and timeline.flow is not None else None
+            values.update(self.flow.values_many(times, divergence, oi))
         return FeatureFrame(self.exchange, self.symbol, times, {name: values[name] for name in SCALAR_FIELDS},
                             cvd, slopes, accels)
 
@@ -641,6 +676,7 @@ class SymbolState:
             + self.qty_hist.capacity_cells
             + self.atr.history_len
             + (self.detectors.capacity_cells if self.detectors is not None else 0)
+            + (self.flow.capacity_cells if self.flow is not None else 0)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -670,6 +706,8 @@ class SymbolState:
         }
         if self.detectors is not None:  # absent when off: snapshots stay as they were
             data["detectors"] = self.detectors.to_dict()
+        if self.flow is not None:
+            data["flow"] = self.flow.to_dict()
         return data
 
     @classmethod
@@ -699,12 +737,23 @@ class SymbolState:
         state.market = MarketRecords.from_dict(data["market"], state.params, state.counters)
         if "detectors" in data:
             state.detectors = MicrostructureDetectors.from_dict(data["detectors"])
+        if "flow" in data:
+            state.flow = FlowDetectors.from_dict(data["flow"])
         return state
 
-    def use_detectors(self, params: DetectorParams | None) -> None:
-        """Keep the detectors if their parameters are ``params``; otherwise start them afresh (their
-        windows fill again from the next trade) or, with None, drop them (a restored state after the
-        strategies' ``detectors`` section changed)."""
+    def use_detectors(self, params: DetectorParams | None, flow: FlowParams | None = None) -> None:
+        """Keep the detectors if their parameters are ``params`` (and ``flow``); otherwise start them
+        afresh (their windows fill again from the next inputs) or, with None, drop them (a restored
+        state after the strategies' ``detectors`` section changed)."""
         current = self.detectors.params if self.detectors is not None else None
         if current != params:
             self.detectors = MicrostructureDetectors(params) if params is not None else None
+        flow = self._flow_params(flow) if flow is not None else None
+        if (self.flow.params if self.flow is not None else None) != flow:
+            self.flow = FlowDetectors(flow) if flow is not None else None
+
+    def _flow_params(self, flow: FlowParams) -> FlowParams:
+        """``flow`` with its liquidation ring as tolerant of late records as the state's own (and as
+        long as the engine's segments need: the replay margin counts)."""
+        late = self.params.ring_sizes[2] - self.params.liq_window_ms // SECOND_MS
+        return replace(flow, late_s=max(late, 0))
