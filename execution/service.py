@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal as os_signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -74,7 +73,7 @@ from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
-from tapeflow_runtime.service_http import build_app, serve
+from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
 from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("executor")
@@ -477,26 +476,11 @@ async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, op
         return 2
     service = ExecutorService(settings, mode, config, bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)),
                               options, broker=exchange)
-    runner, port = await serve(build_app(service.metrics.registry, service.health, frozenset({"running"})),
-                               options.metrics_host, options.metrics_port)
-    log.info("executor started", mode=mode, metrics_port=port, group=service._group)
-    stop = options.stop or threading.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (os_signal.SIGINT, os_signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests, embedding)
-            pass
-    code = 0
-    try:
-        await asyncio.to_thread(service.run, stop)
-    except Exception:
-        log.exception("executor failed")
-        code = 1
-    finally:
-        await runner.cleanup()
-    if not service.publisher.healthy:
-        code = 1
+    ran = await run_thread_with_endpoint(
+        service.run, build_app(service.metrics.registry, service.health, frozenset({"running"})),
+        options.metrics_host, options.metrics_port, log, options.stop,
+        started=lambda port: log.info("executor started", mode=mode, metrics_port=port, group=service._group))
+    code = 0 if ran and service.publisher.healthy else 1
     log.info("executor stopped", code=code, delivered=service.publisher.delivered,
              undelivered=len(service.publisher.failed))
     return code

@@ -6,7 +6,11 @@ the same way. `/health` answers 200 when the component says it is healthy and 50
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -38,3 +42,30 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # aiohttp exposes no public accessor for it
     return runner, bound
+
+
+async def run_thread_with_endpoint(run: Callable[[threading.Event], None], app: web.Application, host: str,
+                                   port: int, log: Any, stop: threading.Event | None = None,
+                                   started: Callable[[int], None] | None = None) -> bool:
+    """Serve ``app`` (`/metrics`, `/health`), call ``started(bound port)``, then ``run(stop)`` in a thread
+    until it returns; SIGINT/SIGTERM set ``stop`` (when this is the main thread). The endpoint is closed
+    after. Returns False when ``run`` raised (logged on ``log``): the services with a blocking consumer
+    loop (executor, watchlist) share this shell."""
+    runner, bound = await serve(app, host, port)
+    if started is not None:
+        started(bound)
+    stop = stop or threading.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests, embedding)
+            pass
+    try:
+        await asyncio.to_thread(run, stop)
+        return True
+    except Exception:
+        log.exception("service failed")
+        return False
+    finally:
+        await runner.cleanup()

@@ -23,7 +23,9 @@ positions, so it recomputes exactly the evaluations after the checkpoint: re-pub
 carry the same ids and values, and the sink keeps one row each (ON CONFLICT DO NOTHING). Without a
 checkpoint a new group starts ``prime_history_ms`` back in the inputs (``faust_app.priming``); a
 group with committed offsets but no checkpoint file starts there with an empty state (its 1 h/12 h
-windows fill again). A checkpoint written with other parameters is not restored.
+windows fill again). A checkpoint written with other parameters is not restored; its positions are
+used only where the group has committed offsets (the embedded broker starts empty after a restart
+and reuses topic and group names: those offsets would point into other data).
 
 Health (``/health``): running, rebalancing, or degraded (a partition starving, see
 ``tapeflow_runtime.starvation``; not the sole reader; outputs undeliverable). Metrics (``/metrics``):
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import signal as os_signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,8 +60,9 @@ from stream_apps.watchlist.merge import PartitionMerge
 from stream_apps.watchlist.records import TOPIC, feature_records
 from tapeflow_runtime.files import atomic_write_bytes
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics
+from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
-from tapeflow_runtime.service_http import build_app, serve
+from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
 from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("watchlist")
@@ -172,6 +174,29 @@ class WatchlistService:
             except KafkaException as exc:
                 log.warning("offset commit failed", error=exc.args[0].str())
         return True
+
+    def forget_foreign_positions(self) -> int:
+        """Drop the checkpoint's positions where the group has no committed offset: the checkpoint was
+        written against another incarnation of the topics (the embedded broker starts empty after
+        `down`/`up` and reuses epoch names), whose offsets mean nothing here. The state is kept (its
+        windows expire by event time). Returns how many positions were dropped."""
+        if not self.positions:
+            return 0
+        consumer = Consumer(consumer_config(self.bootstrap, self.group))
+        try:
+            answer = committed_offsets(consumer, [TopicPartition(self.prefix + t, p) for t, p in self.positions], 10)
+        except (KafkaException, CommittedOffsetError) as exc:  # unknown is not "none committed": keep them
+            log.warning("committed offsets not readable; checkpoint positions kept", error=str(exc))
+            return 0
+        finally:
+            consumer.close()
+        foreign = {(self._names.get(tp.topic, tp.topic), tp.partition) for tp in answer if tp.offset < 0}
+        for key in foreign:
+            del self.positions[key]
+        if foreign:
+            log.warning("checkpoint positions the group never committed ignored (topics recreated)",
+                        partitions=len(foreign))
+        return len(foreign)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -305,33 +330,20 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
         log.error("no Kafka", error=str(exc))
         return 2
     service = WatchlistService(settings, bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), options)
-    if options.prime_history_ms is not None and not service.positions:
+    await asyncio.to_thread(service.forget_foreign_positions)
+    if options.prime_history_ms is not None:  # only partitions the group never committed
         primed = await asyncio.to_thread(prime_group_offsets, bootstrap, service.group,
                                          [settings.topic_prefix + n for n in INPUTS],
                                          int(time.time() * 1000) - options.prime_history_ms)
         if primed:
             log.info("new watchlist group primed from history", partitions=len(primed),
                      minutes=options.prime_history_ms / 60_000)
-    runner, port = await serve(build_app(service.metrics.registry, service.health, frozenset({"running"})),
-                               options.metrics_host, options.metrics_port)
-    log.info("watchlist started", metrics_port=port, group=service.group, venues=list(options.params.venues),
-             publish_interval_ms=options.publish_interval_ms)
-    stop = options.stop or threading.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (os_signal.SIGINT, os_signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread (tests, embedding)
-            pass
-    code = 0
-    try:
-        await asyncio.to_thread(service.run, stop)
-    except Exception:
-        log.exception("watchlist failed")
-        code = 1
-    finally:
-        await runner.cleanup()
-    if not service.publisher.healthy:
-        code = 1
+    ran = await run_thread_with_endpoint(
+        service.run, build_app(service.metrics.registry, service.health, frozenset({"running"})),
+        options.metrics_host, options.metrics_port, log, options.stop,
+        started=lambda port: log.info("watchlist started", metrics_port=port, group=service.group,
+                                      venues=list(options.params.venues),
+                                      publish_interval_ms=options.publish_interval_ms))
+    code = 0 if ran and service.publisher.healthy else 1
     log.info("watchlist stopped", code=code, published=service.published)
     return code

@@ -21,7 +21,6 @@ import os
 import signal as os_signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +48,7 @@ from tests.support.execution import T0, book_record, signal_record
 from tests.support.executor_io import Feed, Watcher, free_port
 from tests.support.fake_exchange import FakeOnThread
 from tests.support.paths import REPO
+from tests.support.services import ServiceThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 SYM = "BTCUSDT"
@@ -114,25 +114,14 @@ def env(kafka_bootstrap, topic_prefix, tmp_path):
     watcher.close()
 
 
-class RunningExecutor:
+class RunningExecutor(ServiceThread):
     """`run_executor(..., "testnet")` on a thread, as `tapeflow execute --mode testnet` runs it."""
 
     def __init__(self, settings: Settings, config: Path, mode: str = "testnet") -> None:
-        self.stop = threading.Event()
-        self.code: list[int] = []
         self.port = free_port()
-        options = ExecuteOptions(config_path=config, start_from="earliest", stop=self.stop, restore_idle_s=0.3,
-                                 metrics_port=self.port)
-        self.thread = threading.Thread(
-            target=lambda: self.code.append(asyncio.run(run_executor(settings, mode, options, environ=OPT_IN))),
-            daemon=True)
-        self.thread.start()
-
-    def close(self) -> int:
-        self.stop.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive()
-        return self.code[0]
+        super().__init__(lambda stop: run_executor(settings, mode, ExecuteOptions(
+            config_path=config, start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=self.port),
+            environ=OPT_IN), join_s=60.0)
 
 
 def wait_running(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> dict:

@@ -9,9 +9,7 @@ test_execution_pnl.py (same prices, same defaults).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import urllib.request
 
@@ -25,23 +23,14 @@ from tapeflow_runtime.kafka_client import (
 from tapeflow_runtime.settings import Settings
 from tests.support.execution import SERDE
 from tests.support.executor_io import KEY, Feed, Watcher, free_port, wait_consumed
+from tests.support.services import ServiceThread
 
 pytestmark = pytest.mark.integration
-class RunningExecutor:
+class RunningExecutor(ServiceThread):
     def __init__(self, settings: Settings) -> None:
-        self.stop = threading.Event()
-        self.code: list[int] = []
         self.port = free_port()
-        options = ExecuteOptions(start_from="earliest", stop=self.stop, restore_idle_s=0.3, metrics_port=self.port)
-        self.thread = threading.Thread(
-            target=lambda: self.code.append(asyncio.run(run_executor(settings, "paper", options))), daemon=True)
-        self.thread.start()
-
-    def close(self) -> int:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-        return self.code[0]
+        super().__init__(lambda stop: run_executor(settings, "paper", ExecuteOptions(
+            start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=self.port)))
 
 
 @pytest.fixture

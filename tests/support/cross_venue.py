@@ -32,23 +32,12 @@ def mark(exchange: str, symbol: str, time_ms: int, funding_rate: float, next_fun
             "receive_time": time_ms + 5}
 
 
-class RunningWatchlist:
-    """The watchlist service (`run_watchlist`) in a thread until `close()`."""
 
-    def __init__(self, settings, options) -> None:
-        import asyncio
-        import threading
+def running_watchlist(settings, options):
+    """The watchlist service (`run_watchlist`) on a thread until `.close()` (its exit code)."""
+    from dataclasses import replace
 
-        from stream_apps.watchlist.service import run_watchlist
+    from stream_apps.watchlist.service import run_watchlist
+    from tests.support.services import ServiceThread
 
-        self.stop = options.stop = threading.Event()
-        self.code: list[int] = []
-        self.thread = threading.Thread(
-            target=lambda: self.code.append(asyncio.run(run_watchlist(settings, options))), daemon=True)
-        self.thread.start()
-
-    def close(self) -> int:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-        return self.code[0]
+    return ServiceThread(lambda stop: run_watchlist(settings, replace(options, stop=stop)))

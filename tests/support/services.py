@@ -7,11 +7,14 @@ which run each service as users do: one `tapeflow <command>` process per service
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Coroutine
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +23,24 @@ from urllib.parse import quote
 import psycopg
 
 from tests.support.kafka import committed_offsets
+
+
+class ServiceThread:
+    """An async service entry (`run_executor`, `run_watchlist`) on a thread of its own until `close()`:
+    ``start(stop)`` makes the coroutine, which returns its exit code once ``stop`` is set."""
+
+    def __init__(self, start: Callable[[threading.Event], Coroutine], join_s: float = 30.0) -> None:
+        self.stop = threading.Event()
+        self.code: list[int] = []
+        self.join_s = join_s
+        self.thread = threading.Thread(target=lambda: self.code.append(asyncio.run(start(self.stop))), daemon=True)
+        self.thread.start()
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join(self.join_s)
+        assert not self.thread.is_alive()
+        return self.code[0]
 
 
 class Service:

@@ -11,15 +11,15 @@ import time
 
 import psycopg
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from sinks.consumer import SinkConfig, TopicSink
 from sinks.migrate import migrate
 from stream_apps.cross_venue.state import CrossVenueParams
-from stream_apps.watchlist.service import WatchlistOptions
-from tapeflow_runtime.kafka_client import ensure_topics, producer_config
+from stream_apps.watchlist.service import WatchlistOptions, WatchlistService
+from tapeflow_runtime.kafka_client import consumer_config, ensure_topics, producer_config
 from tapeflow_runtime.settings import Settings
-from tests.support.cross_venue import T, RunningWatchlist, book, mark
+from tests.support.cross_venue import T, book, mark, running_watchlist
 from tests.support.execution import SERDE
 from tests.support.executor_io import Watcher
 
@@ -76,17 +76,17 @@ def test_features_from_two_venues_by_hand_stale_leg_restart_and_sink(kafka_boots
         ("md.mark", "okx:BTCUSDT", mark("okx", "BTCUSDT", T + 60, 0.0003, T + 3_600_000))] + _books(range(5)))
     watcher = Watcher(kafka_bootstrap, topic_prefix, ["xv.features"])
     try:
-        run = RunningWatchlist(settings, options("w"))
+        run = running_watchlist(settings, options("w"))
         # held for lateness: up to T+4200-1000 -> evaluations T+1000..T+3000, two pairs each
         _wait_count(watcher, 6)
         assert run.close() == 0
         # the second half: binance goes on to T+9100, okx stops at T+4200 (stale from T+7000 on)
         _produce(kafka_bootstrap, topic_prefix, _books(range(5, 10), venues=("binance",)))
-        run = RunningWatchlist(settings, options("w"))  # restored from its checkpoint
+        run = running_watchlist(settings, options("w"))  # restored from its checkpoint
         _wait_count(watcher, 16)  # evaluations T+1000..T+8000 (released up to T+9100-1000)
         assert run.close() == 0
         # a fresh group and home computes the same records from scratch, in one go
-        fresh = RunningWatchlist(Settings(home=tmp_path / "b", broker=kafka_bootstrap, topic_prefix=topic_prefix),
+        fresh = running_watchlist(Settings(home=tmp_path / "b", broker=kafka_bootstrap, topic_prefix=topic_prefix),
                                  options("fresh"))
         seen = _wait_count(watcher, 32)
         assert fresh.close() == 0
@@ -146,3 +146,21 @@ def test_features_from_two_venues_by_hand_stale_leg_restart_and_sink(kafka_boots
         thread.join(30)
     assert rows == (16, 16)
     assert spread == ok["spread_sweep"]
+
+
+def test_checkpoint_positions_the_group_never_committed_are_not_used(kafka_bootstrap, topic_prefix, tmp_path):
+    """After `down`/`up` the embedded broker is empty and reuses names: a checkpoint's offsets would point
+    into other data. They are used only where the group committed them; the state is kept."""
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    settings = Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix)
+    options = WatchlistOptions(group_id=topic_prefix + "w")
+    service = WatchlistService(settings, kafka_bootstrap, SERDE, options)
+    service.merge.assign({("md.book", 0): 5, ("md.mark", 2): 7})
+    assert service.checkpoint()  # no consumer: written, nothing committed
+    again = WatchlistService(settings, kafka_bootstrap, SERDE, options)
+    assert again.positions == {("md.book", 0): 5, ("md.mark", 2): 7}
+    consumer = Consumer(consumer_config(kafka_bootstrap, topic_prefix + "w"))
+    consumer.commit(offsets=[TopicPartition(topic_prefix + "md.book", 0, 5)], asynchronous=False)
+    consumer.close()
+    assert again.forget_foreign_positions() == 1
+    assert again.positions == {("md.book", 0): 5}
