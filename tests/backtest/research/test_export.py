@@ -59,7 +59,9 @@ class Spy:
         self.feeding = feeding
         self.opened: list[tuple[str, ...]] = []
         self.engines: dict[str, Engine] = {}
-        self.blocks: dict[str, list] = defaultdict(list)
+        self.times: dict[str, list[np.ndarray]] = defaultdict(list)  # every evaluation time
+        self.records: dict[str, list[dict]] = defaultdict(list)  # 20 feature records of each block
+        self.rng = np.random.default_rng(5)
         self.trades: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
 
     def open_source(self, spec, symbols, from_ms, to_ms, **options):
@@ -94,7 +96,10 @@ class Spy:
                     given.append(event)
             trades = None if batch is None else batch.take((batch.time_ms >= lo) & (batch.time_ms < hi))
             out = engine.process([trades] if trades is not None and len(trades) else (), given)
-            self.blocks[symbol] += [b for table in out.tables for b in table.blocks if len(b)]
+            for block in (b for table in out.tables for b in table.blocks if len(b)):
+                self.times[symbol].append(block.frame.time_ms)
+                rows = self.rng.choice(len(block), size=min(len(block), 20), replace=False)
+                self.records[symbol] += block.records(np.sort(rows))
         if batch is not None and len(batch):
             self.trades[symbol].append((batch.time_ms.copy(), batch.price.copy()))
 
@@ -140,7 +145,7 @@ def test_export_end_to_end(spy, tmp_path):
     # files where promised; the folder is one Hive-partitioned dataset (pyarrow skips _schema.json)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == \
         ["v53/_schema.json"] + [f"v53/date={d}/{s}.parquet" for d in (D1, D2) for s in SYMBOLS]
-    dataset = ds.dataset(out / "v53", format="parquet", partitioning="hive").to_table()
+    dataset = ds.dataset(out / "v53", format="parquet", partitioning="hive").to_table(columns=["date"])
     assert dataset.num_rows == sum(pq.read_metadata(day_path(out, d, s)).num_rows for d in (D1, D2) for s in SYMBOLS)
     assert sorted(set(dataset.column("date").to_pylist())) == [D1, D2]
 
@@ -164,36 +169,27 @@ def check_rows(out, spy, symbol: str) -> None:
     """Every evaluation of the engine, in time order, each in its UTC day's file; every number of a
     sample of rows equal to the engine's feature record (the dicts the live worker publishes)."""
     table = pa.concat_tables([pq.read_table(day_path(out, d, symbol)) for d in (D1, D2)])
-    ours = spy.blocks[symbol]
-    times = np.concatenate([b.frame.time_ms for b in ours])
+    times = np.concatenate(spy.times[symbol])
     eval_ms = ms(table.column("eval_time"))
     assert len(eval_ms) > 50_000 and np.array_equal(eval_ms, times[times < T_END])
     for d, day in enumerate((D1, D2)):
         day_ms = ms(pq.read_table(day_path(out, day, symbol), columns=["eval_time"]).column("eval_time"))
         assert day_ms.min() >= T1 + d * DAY and day_ms.max() < T1 + (d + 1) * DAY
-    position = {t: i for i, t in enumerate(eval_ms.tolist())}
     in_columns = [c for c in table.column_names if c.startswith("in_")]
-    rng = np.random.default_rng(5)
-    checked = 0
-    for block in ours:
-        rows = np.flatnonzero(block.frame.time_ms < T_END)
-        if not len(rows):
-            continue
-        records = block.records(np.sort(rng.choice(rows, size=min(len(rows), 20), replace=False)))
-        sample = table.take([position[r["eval_time"]] for r in records]).to_pylist()
-        for record, row in zip(records, sample):
-            assert int(row["eval_time"].timestamp() * 1000) == record["eval_time"]
-            for name in ("evaluation_id", "strategy", "strategy_version", "config_hash", "exchange", "symbol",
-                         "direction", "gate", "block_reason", "score"):
-                assert row[name] == record[name], name
-            for name, value in record["layer_scores"].items():
-                assert row[f"layer_{name}"] == value, name
-            for name, value in record["inputs"].items():
-                assert row[f"in_{name}"] == value, name
-            # an input the record leaves out (not available) is null in the file
-            assert all(row[c] is None for c in in_columns if c[3:] not in record["inputs"])
-            checked += 1
-    assert checked > 400
+    records = [r for r in spy.records[symbol] if r["eval_time"] < T_END]
+    sample = table.take(np.searchsorted(eval_ms, [r["eval_time"] for r in records])).to_pylist()
+    assert len(records) > 400
+    for record, row in zip(records, sample):
+        assert int(row["eval_time"].timestamp() * 1000) == record["eval_time"]
+        for name in ("evaluation_id", "strategy", "strategy_version", "config_hash", "exchange", "symbol",
+                     "direction", "gate", "block_reason", "score"):
+            assert row[name] == record[name], name
+        for name, value in record["layer_scores"].items():
+            assert row[f"layer_{name}"] == value, name
+        for name, value in record["inputs"].items():
+            assert row[f"in_{name}"] == value, name
+        # an input the record leaves out (not available) is null in the file
+        assert all(row[c] is None for c in in_columns if c[3:] not in record["inputs"])
 
 
 def labels_by_hand(t: int, entry: float, atr: float | None, direction: str | None, times, prices, end_ms: int):
@@ -224,13 +220,13 @@ def check_labels(out, spy, symbol: str) -> None:
     assert times.max() >= T_END + HOUR - 60_000  # the export read the hour after --to, for the labels
     outcomes = set()
     for day in (D1, D2):
-        rows = pq.read_table(day_path(out, day, symbol)).to_pylist()
-        directed = [i for i, r in enumerate(rows) if r["direction"] is not None]
+        table = pq.read_table(day_path(out, day, symbol))
+        directed = np.flatnonzero(table.column("direction").is_valid().to_numpy(zero_copy_only=False)).tolist()
+        n = table.num_rows
         # directed rows through the day, undirected ones, and the day's last minutes (labels across
         # midnight, and on day 2 into the hour after --to)
-        picks = directed[:: len(directed) // 8][:8] + [0, len(rows) // 2] + list(range(len(rows) - 3, len(rows)))
-        for i in picks:
-            row = rows[i]
+        picks = directed[:: len(directed) // 8][:8] + [0, n // 2] + list(range(n - 3, n))
+        for i, row in zip(picks, table.take(picks).to_pylist()):
             t = int(row["eval_time"].timestamp() * 1000)
             entry = row["in_last_price"]
             assert entry == prices[np.flatnonzero(times < t)[-1]]  # the last trade before eval_time
