@@ -202,7 +202,7 @@ def schema_document(cfg: StrategyConfig, source: str) -> dict:
                   "files; rows in eval_time order",
         "missing": "null (never NaN)",
         "provenance": f"each file's Parquet key-value metadata {METADATA_KEY.decode()}: format, config_hash, "
-                      "source, replay_from (the day the engine's replay began)",
+                      "source, replay_from (ms since epoch: where the engine's replay began)",
         "columns": [c.as_dict() for c in export_columns(cfg)],
     }
 
