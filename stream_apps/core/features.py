@@ -128,6 +128,10 @@ def input_rows(scalars: Mapping[str, Sequence[float]], cvd: Mapping[int, Sequenc
         for window_ms, column in pairs.items():
             columns.append((f"{prefix}_{duration_name(window_ms)}", column, False))
     columns.append(("atr_price_ratio", atr_price_ratio, True))
+    # an optional column with no value at all (detectors off, an indicator the venue lacks) adds no key
+    # to any row: drop it once here instead of testing it row by row (so features that are off cost
+    # one scan per column, not one test per row)
+    columns = [c for c in columns if not c[2] or any(v == v for v in c[1])]
     out: list[dict[str, float]] = []
     for i in range(n):
         row: dict[str, float] = {}
