@@ -5,12 +5,21 @@ Why: Tansu 0.6 (memory storage) walks a partition's whole batch list to answer a
 unimplemented, so a partition can never be trimmed; memory grows without bound. DeleteTopics works
 and frees the memory (measured: 30,000 batches, RSS 19 -> 39 -> 19 MB, three rounds). So the stack
 never lets a partition grow long: every topic it writes lives in an *epoch*, a set of topics named
-``<prefix>e<N>.<catalogue name>`` (epoch 0 keeps the plain names), and before any partition of the
+``<prefix>[e1.]<catalogue name>`` (see the two name slots below), and before any partition of the
 current epoch holds ``epoch_max_batches`` batches the supervisor rolls over to the next one (the steps
 are ``tapeflow.stack.epochs``): producers switch at a record boundary, each consumer finishes the old
 epoch and commits, the engine's and the executor's state is carried into the new topics, and the
 old topics are deleted. Every consumer group carries the epoch prefix too, so a new epoch starts
 with fresh groups on fresh topics; nothing else in a service knows about epochs.
+
+Epochs are numbered for ever, but their *names* take turns on two slots: even epochs use the plain
+names (``<prefix>md.trades``), odd ones ``<prefix>e1.md.trades``. Epoch N+1 reuses the names of
+epoch N-1, whose topics and groups the previous rollover deleted. Why: Tansu 0.6.0 never forgets a
+deleted topic-partition (its watermark entry, ~0.6 KB, and each idempotent producer's sequence for
+it), so ever-new names grew the broker ~60 KB a rollover for as long as the stack ran; two names keep
+that flat (``benchmarks/bench_broker_epochs.py``, variants c and e). Measured on Tansu before relying
+on it: a recreated name starts empty (end offset 0) with no committed offset of any group, and a
+long-lived idempotent producer writes to it again without a sequence error.
 
 This module is the part every process shares: the names, and the small JSON file in ``TAPEFLOW_HOME``
 that says which epoch is current and where a rollover stands (written atomically by the supervisor,
@@ -48,11 +57,17 @@ def rollover_enabled(settings) -> bool:
     return settings.broker is None and settings.epoch_max_batches > 0 and not settings.namespace
 
 
-def epoch_prefix(base: str, epoch: int) -> str:
-    """The topic (and consumer group) prefix of ``epoch`` under the stack's own ``base`` prefix."""
+def epoch_slot(epoch: int) -> int:
+    """The name slot of ``epoch`` (see the module doc): 0 (the plain names) for even epochs, 1 for odd."""
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
-    return base if epoch == 0 else f"{base}e{epoch}."
+    return epoch % 2
+
+
+def epoch_prefix(base: str, epoch: int) -> str:
+    """The topic (and consumer group) prefix of ``epoch`` under the stack's own ``base`` prefix."""
+    slot = epoch_slot(epoch)
+    return base if slot == 0 else f"{base}e{slot}."
 
 
 @dataclass

@@ -15,10 +15,11 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
    executor. Features pause from the stop in step 3 to here (the log says how long).
 5. ``sink``: wait until ``sink-eN`` has committed every N topic to its end, stop it.
 6. ``delete``: delete N's topics (Tansu frees their records) and consumer groups, make N+1 current.
-   Tansu 0.6.0 keeps a little of every deleted topic-partition (~0.6 KB: its watermark cache is never
-   pruned) and of every idempotent producer id (its sequence per topic-partition written, never
-   pruned either): ~70 KB a rollover of 95 partitions (``benchmarks/bench_broker_epochs.py``);
-   no rollover step frees it.
+   Their names come back two epochs later (``tapeflow_runtime.epochs``: two name slots), which is
+   what keeps the broker flat: Tansu 0.6.0 keeps a little of every deleted topic-partition (~0.6 KB:
+   its watermark cache is never pruned), ~60 KB a rollover of 95 partitions while every epoch had
+   new names (``benchmarks/bench_broker_epochs.py``). What still grows is Tansu's record of each
+   idempotent producer id (every epoch's services start new producers): ~13 KB a rollover.
 
 Nothing is lost or doubled: producers switch at a record boundary; each consumer moves on only once
 its group committed the old topics to their true ends (read, not taken from a batch-counting end

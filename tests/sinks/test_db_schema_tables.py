@@ -215,12 +215,16 @@ def test_dead_letters_dedupe_by_source_coordinates_or_content(db):
     unparsed_a = {"source_topic": "md.trades", "partition": None, "offset": None, "key": None, "value": b"{bad",
                   "error": "JSONDecodeError", "stage": "producer.binance:parse", "event_time": T}
     unparsed_b = dict(unparsed_a, value=b"{worse")
-    rows = [PIPELINE_ERRORS.to_row(r) for r in (base, refailed, unparsed_a, unparsed_b, unparsed_a)]
+    # another record at the same coordinates: the embedded stack reuses topic names every other epoch
+    # (tapeflow_runtime.epochs), so e1.md.trades[0]@5 two epochs later is a different record
+    two_epochs_later = dict(base, value=base["value"] + b"!", event_time=base["event_time"] + 600_000)
+    rows = [PIPELINE_ERRORS.to_row(r) for r in (base, refailed, unparsed_a, unparsed_b, unparsed_a, two_epochs_later)]
     with psycopg.connect(db) as conn:
-        assert write_rows(conn, PIPELINE_ERRORS, rows) == 3  # base, unparsed_a, unparsed_b
+        assert write_rows(conn, PIPELINE_ERRORS, rows) == 4  # base, unparsed_a, unparsed_b, two_epochs_later
         conn.commit()
-        ids = [r[0] for r in conn.execute("SELECT id FROM pipeline_errors ORDER BY id").fetchall()]
-    assert len(ids) == 3 and len(set(ids)) == 3
+        stored = conn.execute("SELECT id, raw_value FROM pipeline_errors ORDER BY id").fetchall()
+    assert len({r[0] for r in stored}) == 4
+    assert [bytes(r[1]) for r in stored] == [base["value"], b"{bad", b"{worse", two_epochs_later["value"]]
 
 
 def test_digest_frames_key_and_value_unambiguously():

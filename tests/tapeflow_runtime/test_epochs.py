@@ -7,9 +7,12 @@ import pytest
 from tapeflow_runtime.epochs import STEPS, EpochState, ProducePrefix, epoch_prefix
 
 
-def test_epoch_zero_keeps_the_plain_names_and_later_epochs_nest_under_the_stack_prefix():
+def test_epochs_take_turns_on_the_plain_names_and_one_other_set():
     assert epoch_prefix("", 0) == "" and epoch_prefix("team.", 0) == "team."
-    assert epoch_prefix("", 3) == "e3." and epoch_prefix("team.", 12) == "team.e12."
+    assert [epoch_prefix("", e) for e in range(1, 7)] == ["e1.", "", "e1.", "", "e1.", ""]
+    assert epoch_prefix("team.", 12) == "team." and epoch_prefix("team.", 13) == "team.e1."
+    for epoch in range(50):  # a rollover's new epoch never has the names of the one it drains
+        assert epoch_prefix("s.", epoch + 1) != epoch_prefix("s.", epoch)
     with pytest.raises(ValueError):
         epoch_prefix("", -1)
 
@@ -47,4 +50,4 @@ def test_produce_prefix_follows_the_file_and_reads_it_at_most_every_interval(tmp
     clock[0] = 1.5
     assert follow() == "s.e1."
     clock[0] = 2.0
-    assert follow() == "s.e2."
+    assert follow() == "s."  # epoch 2 takes the plain names again

@@ -109,3 +109,51 @@ def test_a_live_producer_does_not_bring_a_deleted_epoch_topic_back(kafka_bootstr
     while time.monotonic() < deadline:  # several metadata refreshes
         producer.poll(0.2)
         assert topic not in admin.list_topics(timeout=10).topics
+
+
+@pytest.mark.integration
+def test_a_name_two_epochs_old_comes_back_empty_with_no_offsets_and_the_live_producer_writes_to_it(
+        kafka_bootstrap, topic_prefix):
+    """What the two name slots (``tapeflow_runtime.epochs``) rely on, on the broker itself: a topic
+    deleted by one rollover and created again by the next starts at offset 0 with no committed offset
+    left from its last life (else the new sink would skip that many records), and the live producer,
+    an idempotent one that outlives epochs, writes to it again without a sequence error, whether or
+    not a metadata refresh saw the deletion in between."""
+    import time
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import NewTopic
+
+    from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG
+    from tapeflow_runtime.kafka_client import admin_client, consumer_config, end_offsets, producer_config
+
+    slot, other = topic_prefix + "e1.md.trades", topic_prefix + "md.trades"
+    admin = admin_client(kafka_bootstrap)
+    errors: list[str] = []
+    producer = Producer(producer_config(kafka_bootstrap, **EPOCH_PRODUCER_CONFIG, **{
+        "topic.metadata.refresh.interval.ms": 300, "error_cb": lambda e: errors.append(str(e))}))
+
+    def life(topic: str, records: int, settle_s: float) -> tuple[int, int]:
+        """Create ``topic``, write ``records`` one batch each, commit a group at the end, delete it;
+        returns (end offset before the writes, committed offset before the commit)."""
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=-1)])[topic].result(30)
+        consumer = Consumer(consumer_config(kafka_bootstrap, topic_prefix + "tapeflow-sink"))
+        try:
+            start = end_offsets(consumer, [(topic, 0)], 10)[(topic, 0)]
+            before = consumer.committed([TopicPartition(topic, 0)], 10)[0].offset
+            for i in range(records):
+                producer.produce(topic, value=b"r%d" % i)
+                assert producer.flush(30) == 0
+            assert end_offsets(consumer, [(topic, 0)], 10)[(topic, 0)] == records
+            consumer.commit(offsets=[TopicPartition(topic, 0, records)], asynchronous=False)
+        finally:
+            consumer.close()
+        admin.delete_topics([topic], operation_timeout=30)[topic].result(60)
+        deadline = time.monotonic() + settle_s  # a refresh may (or not) see it gone
+        while time.monotonic() < deadline:
+            producer.poll(0.1)
+        return start, before
+
+    lives = [life(slot if n % 2 else other, 40 + n, settle_s=1.0 if n < 3 else 0.0) for n in range(6)]
+    assert lives == [(0, -1001)] * 6  # every life: empty, and no offset of the group's last life
+    assert not errors, errors
