@@ -15,3 +15,4 @@ SELECT create_hypertable('xv_features', 'eval_time', chunk_time_interval => INTE
 ALTER TABLE xv_features SET (timescaledb.compress,
                              timescaledb.compress_segmentby = 'coin, sell_venue, buy_venue',
                              timescaledb.compress_orderby = 'eval_time, feature_id');
+SELECT add_compression_policy('xv_features', INTERVAL '7 days');
