@@ -27,6 +27,12 @@ windows fill again). A checkpoint written with other parameters is not restored;
 used only where the group has committed offsets (the embedded broker starts empty after a restart
 and reuses topic and group names: those offsets would point into other data).
 
+Topic epochs (the embedded stack, ``tapeflow_runtime.epochs``; ``TAPEFLOW_EPOCHS_FILE`` set by ``up``):
+the service reads the current epoch's topics, writes xv.features where the producers write (the next
+epoch from a rollover's switch on) and, once the rollover makes the next epoch current, checkpoints
+and exits 0; the supervisor starts it again on the new epoch. The checkpoint (one per stack, across
+epochs) carries the state; the new epoch's offsets come from priming.
+
 Health (``/health``): running, rebalancing, or degraded (a partition starving, see
 ``tapeflow_runtime.starvation``; not the sole reader; outputs undeliverable). Metrics (``/metrics``):
 inputs by topic, records out, evaluations, events dropped by kind (late, stale, ...), inputs held
@@ -58,6 +64,7 @@ from stream_apps.cross_venue.events import event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
 from stream_apps.watchlist.merge import PartitionMerge
 from stream_apps.watchlist.records import TOPIC, feature_records
+from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, EpochState, ProducePrefix, epoch_prefix
 from tapeflow_runtime.files import atomic_write_bytes
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
@@ -122,13 +129,23 @@ class WatchlistService:
         self.bootstrap = bootstrap
         self.serde = serde
         self.options = options
-        self.prefix = settings.topic_prefix
+        # on the embedded stack the topics live in epochs (tapeflow_runtime.epochs): read the current
+        # epoch's, write to the one the producers write to, leave when the current one moves on
+        self.epochs_file = settings.epochs_file
+        self.epoch = EpochState.load(self.epochs_file).epoch if self.epochs_file else None
+        base = settings.topic_prefix
+        self.prefix = base if self.epoch is None else epoch_prefix(base, self.epoch)
         self.group = options.group_id or f"{self.prefix}tapeflow-watchlist"
+        self._produce_prefix = ProducePrefix(self.epochs_file, base) if self.epochs_file else None
         self.metrics = WatchlistMetrics()
         self.publisher = Publisher(bootstrap, serde, PublishMetrics(self.metrics.registry,
                                                                     prefix="tapeflow_watchlist_publish"),
-                                   topic_prefix=self.prefix)
-        self.checkpoint_path = Path(settings.home) / "watchlist" / f"{self.group}.json"
+                                   topic_prefix=self._produce_prefix() if self._produce_prefix else self.prefix,
+                                   **(EPOCH_PRODUCER_CONFIG if self.epochs_file else {}))
+        # one checkpoint across epochs: the state goes on, the offsets of another epoch are dropped
+        name = options.group_id or f"{base}tapeflow-watchlist"
+        self.checkpoint_path = Path(settings.home) / "watchlist" / f"{name}.json"
+        self.epoch_moved = False
         self.state, self.positions = self._restore()
         self.merge = PartitionMerge(options.lateness_ms)
         self.status = "starting"
@@ -145,6 +162,10 @@ class WatchlistService:
             return CrossVenueState(params), {}
         data = orjson.loads(self.checkpoint_path.read_bytes())
         positions = {(t, p): o for t, p, o in data.get("positions", [])}
+        if data.get("prefix", self.prefix) != self.prefix:
+            log.info("checkpoint of another topic epoch: state restored, its offsets not",
+                     checkpoint_prefix=data.get("prefix"), prefix=self.prefix)
+            positions = {}
         if data.get("version") != CHECKPOINT_VERSION or data.get("fingerprint") != self.options.fingerprint():
             log.warning("checkpoint written with other parameters: state starts empty", path=str(self.checkpoint_path))
             return CrossVenueState(params), {}
@@ -162,6 +183,7 @@ class WatchlistService:
             return False
         self.positions = {**self.positions, **self.merge.positions()}
         data = {"version": CHECKPOINT_VERSION, "fingerprint": self.options.fingerprint(), "group": self.group,
+                "prefix": self.prefix,
                 "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
                 "state": self.state.to_dict()}
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +228,7 @@ class WatchlistService:
                                  on_revoke=self._on_revoke)
         now = time.monotonic()
         next_checkpoint = now + self.options.checkpoint_interval_s
+        next_epoch_check = now + 1.0
         stalled_since = None
         try:
             while not stop.is_set():
@@ -225,8 +248,10 @@ class WatchlistService:
                 elif stalled_since is None:
                     stalled_since = now
                 elif now - stalled_since >= self.options.max_hold_s:
-                    log.warning("inputs released without event-time order", held=self.merge.held())
                     released = self.merge.release(force=True)
+                    if released:
+                        log.warning("inputs released without event-time order", released=len(released),
+                                    held=self.merge.held())
                     stalled_since = None
                 if released:
                     self._process(released)
@@ -236,12 +261,39 @@ class WatchlistService:
                 if now >= next_checkpoint:
                     next_checkpoint = now + self.options.checkpoint_interval_s
                     self.checkpoint()
+                if self.epochs_file is not None and now >= next_epoch_check:
+                    next_epoch_check = now + 1.0
+                    if self._follow_epochs():  # the epoch read is final: what the lateness held goes too
+                        self._process(self.merge.release(everything=True))
+                        break
         finally:
             self.status = "stopping"
             self.checkpoint()
             self._consumer.close()
             self._consumer = None
             self.status = "stopped"
+
+    def _follow_epochs(self) -> bool:
+        """Write where the producers write (from a rollover's switch on); True once the epoch this
+        process reads is no longer the current one (its topics are final and being deleted): the run
+        ends after a checkpoint, the process exits 0 and the supervisor starts it again on the new
+        epoch, with the state carried by the checkpoint and the new epoch's topics read from the start
+        of what the priming covers."""
+        assert self._produce_prefix is not None and self.epochs_file is not None
+        produce = self._produce_prefix()
+        if produce != self.publisher.prefix:
+            old = self.publisher.prefix
+            undelivered = self.publisher.switch_prefix(produce)
+            log.info("watchlist output switched topic epoch", old_prefix=old, new_prefix=produce,
+                     undelivered=undelivered)
+        try:
+            current = EpochState.load(self.epochs_file).epoch
+        except (OSError, ValueError):  # being replaced: look again next time
+            return False
+        if current != self.epoch:
+            log.info("topic epoch moved on: stopping to be started on it", read_epoch=self.epoch, current=current)
+            self.epoch_moved = True
+        return self.epoch_moved
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -345,5 +397,5 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
                                       venues=list(options.params.venues),
                                       publish_interval_ms=options.publish_interval_ms))
     code = 0 if ran and service.publisher.healthy else 1
-    log.info("watchlist stopped", code=code, published=service.published)
+    log.info("watchlist stopped", code=code, published=service.published, epoch_moved=service.epoch_moved)
     return code

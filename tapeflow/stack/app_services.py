@@ -140,11 +140,17 @@ class ProducerService(HttpHealthService):
 
     def epochs_env(self) -> dict[str, str] | None:
         """On the embedded broker the producer follows the stack's topic epochs (`tapeflow_runtime.epochs`)."""
-        from tapeflow_runtime.epochs import EPOCHS_FILE, rollover_enabled
+        return epochs_env(self.settings, self.paths)
 
-        if not rollover_enabled(self.settings):
-            return None
-        return {"TAPEFLOW_EPOCHS_FILE": str(self.paths.home / EPOCHS_FILE)}
+
+def epochs_env(settings, paths) -> dict[str, str] | None:
+    """The environment of a process that follows the stack's topic epochs itself (producers, the
+    watchlist); None off the embedded broker."""
+    from tapeflow_runtime.epochs import EPOCHS_FILE, rollover_enabled
+
+    if not rollover_enabled(settings):
+        return None
+    return {"TAPEFLOW_EPOCHS_FILE": str(paths.home / EPOCHS_FILE)}
 
 
 class EpochConsumer(HttpHealthService):
@@ -226,32 +232,38 @@ class EngineService(EpochConsumer):
         return f"{self.prefix}tapeflow-engine"
 
 
-class WatchlistService(EpochConsumer):
+class WatchlistService(HttpHealthService):
     """The cross-venue watchlist (`tapeflow cross-venue`): md.book/md.mark/md.indicators of every venue in,
-    xv.features out; only with the ``watchlist`` setting. Its checkpoint (state and input positions) is
+    xv.features out; only with the ``watchlist`` setting. Not an epoch consumer: like the producers it
+    follows the topic epochs itself (``TAPEFLOW_EPOCHS_FILE``; it exits when the current epoch moves on
+    and is started again on it). Its checkpoint (state and input positions) is
     TAPEFLOW_HOME/watchlist/<group>.json; a replay or rehearsal reads its inputs from the beginning."""
 
     name = "watchlist"
+    concurrent = True
+    uses_broker = True
+    restart_when_starving = True
     ready_when_answering = True  # joining its group takes seconds more; `status` shows how it runs
 
     def prepare(self) -> Launch:
+        port = free_port(HOST)
         argv = [sys.executable, "-m", "tapeflow", "cross-venue"]
         if self.settings.replay_dir is not None or self.settings.namespace:
             argv += ["--prime-minutes", "0", "--from-beginning"]
-        return self.launch(argv)
+        return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}",
+                      env=epochs_env(self.settings, self.paths))
 
 
 def consumer_services(settings, paths, prefix: str | None = None) -> list[EpochConsumer]:
     """The consumers of one topic epoch (``prefix``; default the stack's own prefix, epoch 0)."""
-    services: list[EpochConsumer] = [SinkService(settings, paths, prefix), EngineService(settings, paths, prefix),
-                                     ExecutorService(settings, paths, prefix)]
-    if settings.watchlist:
-        services.append(WatchlistService(settings, paths, prefix))
-    return services
+    return [SinkService(settings, paths, prefix), EngineService(settings, paths, prefix),
+            ExecutorService(settings, paths, prefix)]
 
 
 def app_services(settings, paths, prefix: str | None = None) -> list[Service]:
     consumers: list[Service] = list(consumer_services(settings, paths, prefix))
+    if settings.watchlist:
+        consumers.append(WatchlistService(settings, paths))
     if settings.namespace:  # a rehearsal: `tapeflow replay --to-prefix` supplies the data, no producer
         return consumers
     if settings.replay_dir is not None:

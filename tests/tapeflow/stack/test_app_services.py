@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tapeflow.cli import _use_namespace, state
-from tapeflow.stack.app_services import app_services
+from tapeflow.stack.app_services import WatchlistService, app_services
 from tapeflow.stack.supervisor import child_env
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
@@ -46,3 +46,8 @@ def test_the_watchlist_runs_only_when_asked_and_reads_a_replay_from_its_beginnin
     assert live["watchlist"][-4:-2] == ["tapeflow", "cross-venue"] and "--from-beginning" not in live["watchlist"]
     replay = launches(Settings(home=tmp_path, watchlist=True, source=f"replay:{RECORDING}"), tmp_path)
     assert replay["watchlist"][3:8] == ["cross-venue", "--prime-minutes", "0", "--from-beginning", "--metrics-port"]
+    # on the embedded broker it follows the topic epochs itself, like the producers; on Kafka there are none
+    embedded = WatchlistService(Settings(home=tmp_path, watchlist=True), StackPaths(tmp_path)).prepare()
+    assert embedded.env == {"TAPEFLOW_EPOCHS_FILE": str(tmp_path / "epochs.json")}
+    kafka = WatchlistService(Settings(home=tmp_path, watchlist=True, broker="kafka:9092"), StackPaths(tmp_path))
+    assert kafka.prepare().env is None
