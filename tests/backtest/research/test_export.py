@@ -2,7 +2,8 @@
 
 Two UTC days of two symbols are exported through `tapeflow research export`. While the export replays,
 every slice it reads is also given to a second engine of this test (each slice in two calls, so other
-segments): the files must hold exactly that engine's evaluations, every number of its feature records,
+segments, and every record as one event object, as the research store feeds it, where the export passes
+books and marks as columns): the files must hold exactly that engine's evaluations, every number of its feature records,
 and labels recomputed here trade by trade from the same trades. Then the schema file against the
 files, re-runs (skip, overwrite, what a crash leaves), `research labels` on the same data, and one-line
 errors.
@@ -32,10 +33,17 @@ from typer.testing import CliRunner
 import backtest.research.export as export_module
 import backtest.sources as sources
 import backtest.sources.synthetic as synthetic
+from backtest.inputs import ENGINE_TIME
 from backtest.research.cli import ResearchError
 from backtest.research.export import METADATA_KEY, arrow_schema, export_columns, to_table, write_atomic
 from stream_apps.core.detectors import DETECTOR_FIELDS
 from stream_apps.core.engine import Engine
+from stream_apps.core.events import (
+    book_from_record,
+    indicator_from_record,
+    liquidation_from_record,
+    mark_from_record,
+)
 from stream_apps.core.frame import SCALAR_FIELDS
 from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import default_strategy_dir, load_strategy, parse_strategy
@@ -49,6 +57,8 @@ SYMBOLS = ("BTCUSDT", "XRPUSDT")
 LABELS = ("y_binary_60m", "fwd_return_5m", "fwd_return_15m", "fwd_return_60m")
 CFG = load_strategy(default_strategy_dir() / "v53.yaml")
 REAL_OPEN_SOURCE = sources.open_source
+ADAPTERS = {"books": book_from_record, "marks": mark_from_record, "liquidations": liquidation_from_record,
+            "indicators": indicator_from_record}
 
 
 class Spy:
@@ -83,17 +93,13 @@ class Spy:
         if engine is None:
             engine = self.engines[symbol] = Engine([CFG], state_params=StateParams.for_replay)
         batch = next(iter(piece.trades.values()), None)
-        events = [event for group in piece.engine_events().values() for event in group]
+        # every record as one event object (the research store's form; the export gives books and marks
+        # as columns, as the backtest runner does)
+        events = [(record[ENGINE_TIME[kind]], adapt(record)) for kind, adapt in ADAPTERS.items()
+                  for record in getattr(piece, kind)]
         middle = (piece.start_ms + piece.end_ms) // 2
         for lo, hi in ((piece.start_ms, middle), (middle, piece.end_ms)):
-            given = []
-            for event in events:
-                if isinstance(event.time_ms, np.ndarray):  # books and marks as columns
-                    part = event.take((event.time_ms >= lo) & (event.time_ms < hi))
-                    if len(part.time_ms):
-                        given.append(part)
-                elif lo <= event.time_ms < hi:
-                    given.append(event)
+            given = [event for t, event in events if lo <= t < hi]
             trades = None if batch is None else batch.take((batch.time_ms >= lo) & (batch.time_ms < hi))
             out = engine.process([trades] if trades is not None and len(trades) else (), given)
             for block in (b for table in out.tables for b in table.blocks if len(b)):
