@@ -58,6 +58,19 @@ def _latest(times: np.ndarray, update_times: np.ndarray, update_values: np.ndarr
     return values, when
 
 
+def liquidation_columns(events: list[LiquidationEvent]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The valid liquidations of ``events`` (a finite positive USD value, a LONG or SHORT side) as
+    columns: second ids, USD in integer units of 1e-6, whether a long was liquidated."""
+    n = len(events)
+    usd = np.fromiter((e.usd for e in events), dtype=np.float64, count=n)
+    long = np.fromiter((e.liquidated_side == "LONG" for e in events), dtype=bool, count=n)
+    short = np.fromiter((e.liquidated_side == "SHORT" for e in events), dtype=bool, count=n)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(usd) & (usd > 0) & (long | short)
+    ids = np.fromiter((e.time_ms for e in events), dtype=np.int64, count=n)[valid] // SECOND_MS
+    return ids, notional_to_units(usd[valid]), long[valid]
+
+
 @dataclass
 class LatestValue:
     """Newest value of one indicator kind, and the data point before it."""
@@ -183,20 +196,12 @@ class MarketRecords:
         written before it, minus the ring size) is counted as dropped; one kept there but older than
         the ring allows after the later events is overwritten by them, which adding the batch at once
         (the ring then drops it) leaves the same."""
-        n = len(events)
-        usd = np.fromiter((e.usd for e in events), dtype=np.float64, count=n)
-        long = np.fromiter((e.liquidated_side == "LONG" for e in events), dtype=bool, count=n)
-        short = np.fromiter((e.liquidated_side == "SHORT" for e in events), dtype=bool, count=n)
-        with np.errstate(invalid="ignore"):
-            valid = np.isfinite(usd) & (usd > 0) & (long | short)
-        self.counters.rejected += int(n - valid.sum())
-        if not valid.any():
+        ids, units, is_long = liquidation_columns(events)
+        self.counters.rejected += len(events) - len(ids)
+        if not len(ids):
             return
         ring = self.liquidations
-        ids = np.fromiter((e.time_ms for e in events), dtype=np.int64, count=n)[valid] // SECOND_MS
-        units = notional_to_units(usd[valid])
         rows = np.zeros((len(ids), 2), dtype=np.int64)
-        is_long = long[valid]
         rows[is_long, 0] = units[is_long]
         rows[~is_long, 1] = units[~is_long]
         head_before = np.maximum.accumulate(np.concatenate(([ring.head], ids[:-1])))

@@ -57,9 +57,10 @@ from typing import Any
 import numpy as np
 
 from ..events import IndicatorUpdate, LiquidationEvent
+from ..market_records import liquidation_columns
 from ..params import SECOND_MS
 from ..ring import BucketRing
-from ..units import NOTIONAL_SCALE, QTY_SCALE, notional_to_units
+from ..units import NOTIONAL_SCALE, QTY_SCALE
 from . import flow_kernels as fk
 from .microstructure import DetectorLog
 
@@ -247,17 +248,9 @@ class FlowDetectors:
     def apply_liquidations(self, events: list[LiquidationEvent]) -> None:
         """Count and sum liquidations into their seconds (invalid ones ignored: ``MarketRecords``
         counts them)."""
-        n = len(events)
-        usd = np.fromiter((e.usd for e in events), dtype=np.float64, count=n)
-        long = np.fromiter((e.liquidated_side == "LONG" for e in events), dtype=bool, count=n)
-        short = np.fromiter((e.liquidated_side == "SHORT" for e in events), dtype=bool, count=n)
-        with np.errstate(invalid="ignore"):
-            valid = np.isfinite(usd) & (usd > 0) & (long | short)
-        if not valid.any():
+        ids, units, is_long = liquidation_columns(events)
+        if not len(ids):
             return
-        ids = np.fromiter((e.time_ms for e in events), dtype=np.int64, count=n)[valid] // SECOND_MS
-        units = notional_to_units(usd[valid])
-        is_long = long[valid]
         rows = np.zeros((len(ids), 4), dtype=np.int64)
         rows[:, 0] = is_long
         rows[:, 1] = ~is_long

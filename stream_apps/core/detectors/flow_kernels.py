@@ -30,6 +30,8 @@ import math
 
 from numba import njit
 
+from .kernels import log_values
+
 D_BAR, D_CVD, D_CVD_HIGH, D_CVD_LOW, D_COUNT, D_KEY = range(6)
 N_DIV_INTS = 6
 DF_HIGH, DF_LOW, DF_SIGN, DF_PRICE, DF_CVD = range(5)
@@ -104,14 +106,8 @@ def _close_divergence_bar(qty_scale, ints, floats, ids, prices, cvds):  # pragma
 
 @njit(cache=True)
 def _log(key, ints, floats, out_keys, out_values, n_out):  # pragma: no cover - compiled
-    if key < ints[D_KEY]:
-        key = ints[D_KEY]
-    ints[D_KEY] = key
-    out_keys[n_out] = key
-    out_values[n_out, 0] = floats[DF_SIGN]
-    out_values[n_out, 1] = floats[DF_PRICE]
-    out_values[n_out, 2] = floats[DF_CVD]
-    return n_out + 1
+    return log_values(key, ints, D_KEY, floats[DF_SIGN], floats[DF_PRICE], floats[DF_CVD], out_keys, out_values,
+                      n_out)
 
 
 @njit(cache=True)

@@ -154,16 +154,24 @@ def _close_bar(bar_units, bucket_units, n_buckets, mode, ints, floats, imbalance
     return True
 
 
+@njit(cache=True, inline="always")
+def log_values(key, ints, key_slot, a, b, c, out_keys, out_values, n_out):  # pragma: no cover - compiled
+    """Append ``(key, a, b, c)`` to a detector log at row ``n_out``; keys never decrease (the newest is
+    kept in ``ints[key_slot]``, a running maximum). Returns the next row. Shared with ``flow_kernels``."""
+    if key < ints[key_slot]:
+        key = ints[key_slot]
+    ints[key_slot] = key
+    out_keys[n_out] = key
+    out_values[n_out, 0] = a
+    out_values[n_out, 1] = b
+    out_values[n_out, 2] = c
+    return n_out + 1
+
+
 @njit(cache=True)
 def _log(key, floats, ints, out_keys, out_values, n_out):  # pragma: no cover - compiled
-    if key < ints[I_KEY]:
-        key = ints[I_KEY]
-    ints[I_KEY] = key
-    out_keys[n_out] = key
-    out_values[n_out, 0] = floats[F_VPIN]
-    out_values[n_out, 1] = floats[F_KYLE]
-    out_values[n_out, 2] = floats[F_AMIHUD]
-    return n_out + 1
+    return log_values(key, ints, I_KEY, floats[F_VPIN], floats[F_KYLE], floats[F_AMIHUD], out_keys, out_values,
+                      n_out)
 
 
 @njit(cache=True)
