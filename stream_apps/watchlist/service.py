@@ -60,7 +60,7 @@ from schemas.catalogue import ENGINE_INPUT_TIME
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from stream_apps.cross_venue.events import event_from_record
+from stream_apps.cross_venue.events import BookEvent, event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
 from stream_apps.watchlist.merge import PartitionMerge
 from stream_apps.watchlist.records import TOPIC, feature_records
@@ -84,6 +84,7 @@ class WatchlistOptions:
     publish_interval_ms: int = 15_000  # event time between two records of a coin (a multiple of the grid)
     lateness_ms: int = 1_000  # hold inputs this long in event time for venues whose books arrive later
     max_hold_s: float = 5.0  # inputs held back by a partition that delivers nothing are released after this
+    max_ahead_ms: int = 60_000  # an input this far ahead of the newest book is dropped (see WatchlistService)
     checkpoint_interval_s: float = 30.0
     prime_history_ms: int | None = 15 * 60_000  # a new group without checkpoint starts this far back
     start_from: str = "latest"  # where a new group without priming starts ("earliest" for tests)
@@ -114,7 +115,8 @@ class WatchlistMetrics:
         self.records_out = Counter("tapeflow_watchlist_records_out_total", "xv.features records published",
                                    registry=r)
         self.dropped = Gauge("tapeflow_watchlist_dropped_inputs", "Inputs the cross-venue state ignored, by why "
-                             "(late, stale, unknown_venue, bad_symbol, other_market)", ["reason"], registry=r)
+                             "(late, stale, unknown_venue, bad_symbol, other_market, ahead_of_books)", ["reason"],
+                             registry=r)
         self.held = Gauge("tapeflow_watchlist_held_inputs", "Inputs held for event-time order", registry=r)
         self.last_eval = Gauge("tapeflow_watchlist_last_eval_time_seconds", "Event time of the last evaluation",
                                registry=r)
@@ -146,6 +148,8 @@ class WatchlistService:
         name = options.group_id or f"{base}tapeflow-watchlist"
         self.checkpoint_path = Path(settings.home) / "watchlist" / f"{name}.json"
         self.epoch_moved = False
+        self.newest_book: int | None = None  # event time of the newest book fed to the state
+        self.ahead = 0  # inputs dropped for being far ahead of the books
         self.state, self.positions = self._restore()
         self.merge = PartitionMerge(options.lateness_ms)
         self.status = "starting"
@@ -170,6 +174,7 @@ class WatchlistService:
             log.warning("checkpoint written with other parameters: state starts empty", path=str(self.checkpoint_path))
             return CrossVenueState(params), {}
         state = CrossVenueState.from_dict(params, data["state"])
+        self.newest_book, self.ahead = data.get("newest_book"), data.get("ahead", 0)
         log.info("watchlist state restored", coins=len(state.coins), partitions=len(positions),
                  next_eval=state.next_eval)
         return state, positions
@@ -185,7 +190,7 @@ class WatchlistService:
         data = {"version": CHECKPOINT_VERSION, "fingerprint": self.options.fingerprint(), "group": self.group,
                 "prefix": self.prefix,
                 "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
-                "state": self.state.to_dict()}
+                "newest_book": self.newest_book, "ahead": self.ahead, "state": self.state.to_dict()}
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.checkpoint_path, orjson.dumps(data))
         self.metrics.checkpoints.inc()
@@ -333,12 +338,27 @@ class WatchlistService:
             return
         self.merge.add(tp, msg.offset(), when, event)
 
+    def _inputs(self, released: list[tuple[int, Any, int, Any]]):
+        """The released inputs, less those more than ``max_ahead_ms`` ahead of the newest book: polled
+        indicators are timed by their receive time (``cross_venue.events``), which in a replayed or
+        synthetic session is the wall clock, years after the books' event times; fed, one would move
+        the evaluation grid past every book still to come and make them all late. Live, books arrive
+        several times a second and a receive time is never that far ahead."""
+        limit = self.options.max_ahead_ms
+        for time_ms, _, _, event in released:
+            if isinstance(event, BookEvent):
+                self.newest_book = time_ms if self.newest_book is None else max(self.newest_book, time_ms)
+            elif self.newest_book is not None and time_ms > self.newest_book + limit:
+                self.ahead += 1
+                continue
+            yield event
+
     def _process(self, released: list[tuple[int, Any, int, Any]]) -> None:
-        for features in self.state.feed(item for _, _, _, item in released):
+        for features in self.state.feed(self._inputs(released)):
             self.metrics.last_eval.set(features.time_ms / 1000)
             if features.time_ms % self.options.publish_interval_ms == 0:
                 self._publish(features)
-        for reason, count in self.state.counters.items():
+        for reason, count in (*self.state.counters.items(), ("ahead_of_books", self.ahead)):
             self.metrics.dropped.labels(reason).set(count)
 
     def _publish(self, features: CoinFeatures) -> None:
@@ -360,7 +380,8 @@ class WatchlistService:
             detail = "degraded: not sole reader (another watchlist service shares the input partitions)"
         body: dict[str, Any] = {"status": status, "coins": len(self.state.coins), "held": self.merge.held(),
                                 "published": self.published, "next_eval": self.state.next_eval,
-                                "dropped": dict(self.state.counters), "sole_reader": self.sole_reader}
+                                "dropped": {**self.state.counters, "ahead_of_books": self.ahead},
+                                "sole_reader": self.sole_reader}
         if detail:
             body["detail"] = detail
         return body

@@ -9,6 +9,7 @@ import math
 import threading
 import time
 
+import orjson
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -220,3 +221,30 @@ def test_the_service_follows_the_topic_epochs_of_the_embedded_stack(kafka_bootst
     assert by_time[(T + 8000, "okx")]["spread_top"] == pytest.approx(math.log(100.3 / 100.1), rel=1e-12)
     # the 1 h window samples every 5 s: T+5000 from epoch 0 is still in it after the restart
     assert by_time[(T + 8000, "okx")]["stats"]["top_1h_n"] == 1.0
+
+
+def test_an_indicator_timed_far_ahead_of_the_books_is_dropped(kafka_bootstrap, topic_prefix, tmp_path):
+    """A replayed or synthetic session's polled indicators carry the wall clock as receive time, years
+    after the books: fed, one would move the grid past every later book. Dropped (and counted), the
+    books after it are evaluated as usual."""
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    settings = Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix)
+    options = WatchlistOptions(params=CrossVenueParams(venues=("binance", "okx"), sweep_notional_usd=NOTIONAL),
+                               publish_interval_ms=1_000, lateness_ms=0, prime_history_ms=None,
+                               start_from="earliest")
+    future = {"exchange": "okx", "symbol": "BTCUSDT", "kind": "funding_rate", "value": 0.0001, "period": None,
+              "extra": {"next_funding_time": float(T + 3_600_000)}, "event_time": T, "receive_time": T + 3_600_000}
+    _produce(kafka_bootstrap, topic_prefix, _books(range(5)) + [("md.indicators", "okx:BTCUSDT", future)])
+    watcher = Watcher(kafka_bootstrap, topic_prefix, ["xv.features"])
+    run = running_watchlist(settings, options)
+    try:
+        _wait_count(watcher, 8)  # T+1000..T+4000: nothing held back, the indicator's time is the newest
+        _produce(kafka_bootstrap, topic_prefix, _books(range(5, 7)))
+        seen = _wait_count(watcher, 12)  # T+5000, T+6000 from the later books
+    finally:
+        assert run.close() == 0
+        watcher.close()
+    at = {(r["eval_time"], r["sell_venue"]): r for r in seen}
+    assert at[(T + 6000, "okx")]["sell_book_age_ms"] == 800 and at[(T + 6000, "okx")]["buy_book_age_ms"] == 900
+    checkpoint = orjson.loads(next((tmp_path / "watchlist").iterdir()).read_bytes())
+    assert checkpoint["ahead"] == 1 and checkpoint["state"]["counters"]["late"] == 0
