@@ -355,16 +355,21 @@ def export_source_options(source: str) -> dict:
                             "db or topics")
     if kind not in ("db", "topics"):
         return source_options(source)
-    from backtest.cli import CliError, _bootstrap, _database_url
+    # found with tapeflow_runtime.endpoints as backtest.cli finds them (that module imports this one)
+    from tapeflow_runtime.endpoints import resolve_broker, resolve_database
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
     from tapeflow_runtime.settings import load_settings
 
     settings = load_settings()
+    paths = StackPaths(settings.home)
     try:
         if kind == "db":
-            return {"database_url": _database_url(settings)}
-        return {"bootstrap": _bootstrap(settings), "topic_prefix": settings.topic_prefix,
+            endpoints = resolve_database(settings, paths)
+            return {"database_url": endpoints.readonly or endpoints.owner}
+        return {"bootstrap": resolve_broker(settings, paths), "topic_prefix": settings.topic_prefix,
                 "registry_url": settings.schema_registry_url}
-    except CliError as error:
+    except TapeflowError as error:
         raise ResearchError(str(error)) from None
 
 
