@@ -1,8 +1,11 @@
 """A deliberately loaded machine for tests that claim "the same output whatever the timing".
 
 `cpu_hog()` keeps every core busy for the duration of a `with` block (inside the parallel suite, where
-the other workers load the cores already, it adds one busy process): Debian's `stress-ng` where it is
-installed (`--cpu N`, what a user would reach for), otherwise N busy Python processes. Either way the
+the other workers load the cores already, it adds one busy process at nice 19: it takes the CPU the
+other workers leave idle and almost none they want, so the block still never runs on an idle core
+and the suite's other tests are not slowed; at nice 0 it took ~490 CPU-s from them per run): Debian's
+`stress-ng` where it is installed (`--cpu N`, what a user would reach for), otherwise N busy Python
+processes. Either way the
 hog processes are children of the test, started in their own process group and killed on exit, even
 when the block raises. Tests must not assert on timing under it: the hog exists to shake out output
 that depends on it.
@@ -21,11 +24,15 @@ from collections.abc import Iterator
 _BUSY = "import os\nos.nice(0)\nwhile True:\n    pass\n"
 
 
+def _in_suite() -> bool:
+    return bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
 def default_hog_workers() -> int:
     """One busy process per core; inside the parallel suite (pytest-xdist) one, as the suite's other
     workers already keep every core busy (load average 4-8 on 2 cores during `make test`): a hog per
     core there only took CPU from the other workers' tests and lengthened the suite."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if _in_suite():
         return 1
     return os.cpu_count() or 2
 
@@ -35,12 +42,13 @@ def cpu_hog(workers: int | None = None) -> Iterator[list[int]]:
     """Busy-loop `workers` processes (default: `default_hog_workers()`) for the block; yields their pids."""
     n = workers or default_hog_workers()
     stress = shutil.which("stress-ng")
+    nice = 19 if _in_suite() else 0
+    opts = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None)
     if stress:
-        procs = [subprocess.Popen([stress, "--cpu", str(n), "--cpu-method", "matrixprod", "--quiet"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+        procs = [subprocess.Popen([stress, "--cpu", str(n), "--cpu-method", "matrixprod", "--quiet"], **opts)]
     else:
-        procs = [subprocess.Popen([sys.executable, "-c", _BUSY], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(n)]
+        procs = [subprocess.Popen([sys.executable, "-c", _BUSY], **opts) for _ in range(n)]
     try:
         yield [p.pid for p in procs]
     finally:
