@@ -8,8 +8,9 @@ Per evaluation on the strategy's grid (``now_ms % eval_interval == 0``), per ord
 1. triggers (``strategy.Triggers``) on the feature record: z-score of the swept spread against its
    1 h window, executable spread after four fees, funding difference on 8 h; every one set must hold.
    A pair whose trigger inputs are missing does not fire (counted by reason).
-2. cooldown: a coin and pair of venues (either direction) that signalled within ``cooldown`` does not
-   fire again (counted). Candidates are taken best net spread first, so one direction per pair.
+2. cooldown: a coin and pair of venues (either direction) that signalled within ``cooldown``, or
+   that holds a pair now (``held``), does not fire again (counted). Candidates are taken best net
+   spread first, so one direction per pair.
 3. re-check at the moment of entry against the books themselves: both books at most ``max_book_age``
    old and ``max_leg_skew`` apart, each swept for the order notional (sell into the sell venue's bids,
    buy from the buy venue's asks), the executable spread after four fees again at or above
@@ -26,7 +27,7 @@ A candidate that passes is a record with ``status="signal"``; one that fails 3 o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +147,7 @@ class WatchlistSignals:
         self.model = model
         self.last_signal: dict[str, int] = {}  # pair_of(...) -> eval time of its last signal
         self.counters: dict[str, int] = {"evaluated": 0, "not_fired": 0, "trigger_missing": 0, "cooldown": 0,
-                                         "signal": 0, "rejected": 0}
+                                         "held": 0, "signal": 0, "rejected": 0}
 
     def to_dict(self) -> dict[str, Any]:
         return {"last_signal": dict(self.last_signal), "counters": dict(self.counters)}
@@ -159,9 +160,11 @@ class WatchlistSignals:
         return state
 
     def evaluate(self, records: Iterable[Mapping[str, Any]], books: Mapping[str, BookEvent],
-                 now_ms: int) -> list[dict[str, Any]]:
+                 now_ms: int, held: Container[str] = ()) -> list[dict[str, Any]]:
         """Signal records of one coin's evaluation at `now_ms` (its xv.features records and the coin's
-        book per venue at that moment), in a deterministic order."""
+        book per venue at that moment), in a deterministic order. `held`: the pair keys
+        (``pair_of``, the hedged model's ``active_by_key``) that already hold a pair: not signalled
+        again while they do (counted as ``held``)."""
         s = self.strategy
         if now_ms % s.eval_interval:
             return []
@@ -181,6 +184,9 @@ class WatchlistSignals:
         out = []
         for record, check in candidates:
             key = pair_of(record["coin"], record["sell_venue"], record["buy_venue"])
+            if key in held:
+                self.counters["held"] += 1
+                continue
             last = self.last_signal.get(key)
             if last is not None and now_ms - last < s.cooldown:
                 self.counters["cooldown"] += 1

@@ -140,6 +140,8 @@ def test_signals_have_deterministic_ids_a_cooldown_and_a_rejection_reason():
     assert again == out and client_order_id(again[0]["signal_id"], "pair_short_entry") == client_order_id(sid, "pair_short_entry")
     assert state.evaluate([record(t=T + 15_000)], books(T + 15_000), T + 15_000) == []  # cooldown 10 min
     assert state.evaluate([record(t=T + 1_000)], books(T + 1_000), T + 1_000) == []  # off the 15 s grid
+    held = WatchlistSignals(s)  # a pair key that holds a pair (the hedged model's active_by_key) waits
+    assert held.evaluate([record()], books(), T, {"BTC:binance/okx"}) == [] and held.counters["held"] == 1
     later = T + 600_000
     rejected = state.evaluate([record(t=later)], books(later, binance_bids=((100.7, 20.0),)), later)
     assert rejected[0]["status"] == "rejected" and rejected[0]["reason"].startswith("recheck: executable spread")
