@@ -502,8 +502,15 @@ def cross_venue(
     raise typer.Exit(asyncio.run(run_watchlist(settings, options)))
 
 
-@app.command()
+watchlist_app = typer.Typer(invoke_without_command=True, help="The cross-venue watchlist: with no command, the live "
+                             "ranking of venue pairs by executable (swept) spread, from the database's xv_features; "
+                             "`backtest` and `fit` run a watchlist strategy and fit its model offline.")
+app.add_typer(watchlist_app, name="watchlist")
+
+
+@watchlist_app.callback()
 def watchlist(
+    ctx: typer.Context,
     limit: int = typer.Option(20, "--limit", min=1, help="Pairs shown (and missing pairs listed)."),
     window_s: float = typer.Option(300.0, "--window-s", min=1.0,
                                    help="A coin is shown at its latest evaluation within this many seconds "
@@ -511,6 +518,8 @@ def watchlist(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the live ranking of venue pairs by executable (swept) spread, from the database's xv_features."""
+    if ctx.invoked_subcommand is not None:
+        return
     import psycopg
 
     from stream_apps.watchlist.ranking import ranking, render
@@ -922,8 +931,10 @@ def cache_clear() -> None:
 
 # --- research -------------------------------------------------------------------------------------
 from backtest.research.cli import register as _register_research  # noqa: E402  (the command's logic lives there)
+from backtest.watchlist.cli import register as _register_watchlist  # noqa: E402
 
 _register_research(app)
+_register_watchlist(watchlist_app)
 
 
 def main() -> None:

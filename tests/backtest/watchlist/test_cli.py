@@ -1,0 +1,59 @@
+"""`tapeflow watchlist backtest` on a recorded session (topics-tail JSON lines), its result file, and
+one-line errors; in process (typer's runner), no broker or database."""
+
+from __future__ import annotations
+
+import orjson
+from typer.testing import CliRunner
+
+from stream_apps.cross_venue.events import BookEvent
+from tapeflow.cli import app
+from tests.backtest.watchlist.test_runner import hand_session
+
+
+def line(event) -> bytes:
+    """What `tapeflow topics tail md.book|md.mark --json` prints for the producers' record of `event`."""
+    if isinstance(event, BookEvent):
+        record = {"exchange": event.exchange, "symbol": event.symbol, "event_time": event.time_ms,
+                  "bids": [{"price": p, "qty": q} for p, q in event.bids],
+                  "asks": [{"price": p, "qty": q} for p, q in event.asks]}
+        topic = "md.book"
+    else:
+        record = {"exchange": event.exchange, "symbol": event.symbol, "event_time": event.time_ms,
+                  "funding_rate": event.funding_rate, "next_funding_time": event.next_funding_time_ms,
+                  "mark_price": 100.0}
+        topic = "e1.md.mark"  # an epoch's topic name reads the same
+    return orjson.dumps({"topic": topic, "partition": 0, "offset": 0, "timestamp": event.time_ms,
+                         "key": f"{event.exchange}:{event.symbol}", "value": record})
+
+
+def test_backtest_command_on_a_recorded_session_and_its_one_line_errors(tmp_path):
+    events = hand_session()
+    books = [e for e in events if isinstance(e, BookEvent)]
+    marks = [e for e in events if not isinstance(e, BookEvent)]
+    session = tmp_path / "session.jsonl"
+    session.write_bytes(b"\n".join(map(line, books + marks)) + b"\n")  # topic files concatenated
+    strategy = tmp_path / "xv.yaml"
+    strategy.write_text("kind: watchlist\nname: xv_hand\nversion: '1'\nvenues: [binance, okx]\nnotional_usd: 1000\n"
+                        "triggers: {min_net_spread_bp: 5}\nexits: {exit_spread_bp: 20}\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["watchlist", "backtest", "--strategy", str(strategy), "--source",
+                                 f"jsonl:{session}", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "signals 1 (rejected 0), pairs 1: 1 closed" in result.output
+    assert "binance -> okx" in result.output and "convergence" in result.output
+    saved = orjson.loads((tmp_path / "out" / "result.json").read_bytes())
+    assert saved["pairs"][0]["close_reason"] == "convergence" and len(saved["orders"]) == 4
+    assert len(saved["funding"]) == 2
+    errors = {
+        ("--source", "kafka"): "error: --source 'kafka': expected synthetic[:SEED] or jsonl:FILE",
+        ("--source", f"jsonl:{tmp_path / 'none.jsonl'}"): "none.jsonl: cannot read: No such file or directory",
+        ("--strategy", str(tmp_path / "missing.yaml")): "missing.yaml does not exist",
+    }
+    for (option, value), words in errors.items():
+        args = {"--strategy": str(strategy), "--source": f"jsonl:{session}", option: value}
+        result = runner.invoke(app, ["watchlist", "backtest", *[x for kv in args.items() for x in kv]])
+        assert result.exit_code == 1 and words in result.output and result.output.count("\n") == 1, result.output
+    result = runner.invoke(app, ["watchlist", "fit", "--source", f"jsonl:{session}", "--horizon", "10s",
+                                 "--out", str(tmp_path / "m.json")])
+    assert result.exit_code == 2 and "too few to fit and test" in result.output, result.output
