@@ -98,7 +98,8 @@ class MarketSlice:
                 rows = [records[i] for i in index]
                 if kind == "books":
                     batch: BookBatch | MarkBatch = BookBatch.from_arrays(
-                        exchange, symbol, [r["event_time"] for r in rows], [r["obi_10"] for r in rows])
+                        exchange, symbol, [r["event_time"] for r in rows], [r["obi_10"] for r in rows],
+                        [(r.get("bids", ()), r.get("asks", ())) for r in rows])  # levels: references, as live
                 elif kind == "marks":
                     batch = MarkBatch.from_arrays(
                         exchange, symbol, [r["event_time"] for r in rows], [r["mark_price"] for r in rows],

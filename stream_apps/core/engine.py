@@ -30,9 +30,9 @@ liquidation and indicator records are never dropped as late (they are latest-val
 for liquidations, sums that tolerate 10 minutes of delay); they take effect at the next evaluation.
 With input in time order, the output is identical for any batching (tested with 1, 7 and 1000).
 
-Detectors (VPIN, Kyle's lambda, Amihud; CVD–price divergence, OI spikes, liquidation windows;
-``core.detectors``) run in a symbol's state when a strategy that applies to the symbol has a
-``detectors`` section (the flow parts only when the section names them); every strategy that has one
+Detectors (VPIN, Kyle's lambda, Amihud; CVD–price divergence, OI spikes, liquidation windows; walls
+and iceberg refills from the book snapshots' levels; ``core.detectors``) run in a symbol's state when a strategy that applies to the symbol has a
+``detectors`` section (the flow and book parts only when the section names them); every strategy that has one
 must have the same (one state per symbol). Off, nothing changes: no field, no cost.
 
 Outputs are plain dicts shaped like the Avro records: ``bars`` (bars.1m), ``features`` (one
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from .cooldown import CooldownBook
-from .detectors import DetectorParams, FlowParams
+from .detectors import BookParams, DetectorParams, FlowParams
 from .decision import decide_frame
 from .frame import distinct_sorted
 from .events import (
@@ -206,7 +206,7 @@ class Engine:
         key = (exchange, symbol)
         if key not in self.states:
             self.states[key] = SymbolState(exchange, symbol, self._state_params(symbol), self.detector_params(symbol),
-                                           self.flow_params(symbol))
+                                           self.flow_params(symbol), self.book_params(symbol))
         return self.states[key]
 
     def flow_params(self, symbol: str) -> FlowParams | None:
@@ -214,6 +214,13 @@ class Engine:
         for cfg in self._detecting:
             if cfg.applies_to(symbol):
                 return cfg.detectors.flow_params()
+        return None
+
+    def book_params(self, symbol: str) -> BookParams | None:
+        """The symbol's wall / iceberg parameters (None: off), as ``detector_params``."""
+        for cfg in self._detecting:
+            if cfg.applies_to(symbol):
+                return cfg.detectors.book_params()
         return None
 
     def detector_params(self, symbol: str) -> DetectorParams | None:
@@ -602,7 +609,7 @@ class Engine:
         for state_data in data["states"]:
             state = SymbolState.from_dict(state_data)
             state.use_detectors(engine.detector_params(state.symbol),  # the strategies' section may have changed
-                                engine.flow_params(state.symbol))
+                                engine.flow_params(state.symbol), engine.book_params(state.symbol))
             engine.states[(state.exchange, state.symbol)] = state
         for name, book in data["books"].items():
             if name in engine.books:

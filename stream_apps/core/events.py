@@ -107,12 +107,15 @@ def trade_batches_from_records(records: Iterable[Mapping[str, Any]]) -> list[Tra
 
 @dataclass(frozen=True, slots=True)
 class BookUpdate:
-    """Order-book imbalance of the top 10 levels, from ``md.book``."""
+    """Order-book imbalance of the top 10 levels, from ``md.book``; ``levels``: the record's
+    ``(bids, asks)`` as it has them (``{"price", "qty"}`` items or ``(price, qty)`` pairs, best first),
+    read only by the book detectors (walls, icebergs); None when the source gave none."""
 
     exchange: str
     symbol: str
     time_ms: int
     obi: float
+    levels: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,24 +168,32 @@ class BookBatch:
     symbol: str
     time_ms: np.ndarray  # int64
     obi: np.ndarray  # float64
+    levels: np.ndarray  # object: each update's ``BookUpdate.levels`` (references, not copies; None: none)
 
     @classmethod
-    def from_arrays(cls, exchange: str, symbol: str, time_ms, obi) -> BookBatch:
-        return cls(exchange, symbol, np.asarray(time_ms, dtype=np.int64), np.asarray(obi, dtype=np.float64))
+    def from_arrays(cls, exchange: str, symbol: str, time_ms, obi, levels=None) -> BookBatch:
+        times = np.asarray(time_ms, dtype=np.int64)
+        column = np.empty(len(times), dtype=object)  # filled one by one: a (bids, asks) pair is no row
+        if levels is not None:
+            for i, item in enumerate(levels):
+                column[i] = item
+        return cls(exchange, symbol, times, np.asarray(obi, dtype=np.float64), column)
 
     @classmethod
     def from_updates(cls, updates: list[BookUpdate]) -> BookBatch:
         first = updates[0]
-        return cls.from_arrays(first.exchange, first.symbol, [u.time_ms for u in updates], [u.obi for u in updates])
+        return cls.from_arrays(first.exchange, first.symbol, [u.time_ms for u in updates], [u.obi for u in updates],
+                               [u.levels for u in updates])
 
     def __len__(self) -> int:
         return len(self.time_ms)
 
     def take(self, index: np.ndarray | slice) -> BookBatch:
-        return BookBatch(self.exchange, self.symbol, self.time_ms[index], self.obi[index])
+        return BookBatch(self.exchange, self.symbol, self.time_ms[index], self.obi[index], self.levels[index])
 
     def updates(self) -> list[BookUpdate]:
-        return [BookUpdate(self.exchange, self.symbol, t, o) for t, o in zip(self.time_ms.tolist(), self.obi.tolist())]
+        return [BookUpdate(self.exchange, self.symbol, t, o, lv)
+                for t, o, lv in zip(self.time_ms.tolist(), self.obi.tolist(), self.levels.tolist())]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -246,7 +257,8 @@ def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[fl
 
 
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
-    return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]))
+    return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]),
+                      (record.get("bids", ()), record.get("asks", ())))
 
 
 def mark_from_record(record: Mapping[str, Any]) -> MarkUpdate:

@@ -71,6 +71,21 @@ class Features:
     liq_short_usd: float | None = None
     liq_cascade_long: float | None = None
     liq_cascade_short: float | None = None
+    # the book detectors (``core.detectors.book``): None when off, missing or no wall on the side
+    wall_bid_distance_bps: float | None = None
+    wall_bid_usd: float | None = None
+    wall_bid_age_s: float | None = None
+    wall_ask_distance_bps: float | None = None
+    wall_ask_usd: float | None = None
+    wall_ask_age_s: float | None = None
+    wall_pulled_bid: float | None = None
+    wall_pulled_ask: float | None = None
+    wall_filled_bid: float | None = None
+    wall_filled_ask: float | None = None
+    iceberg_refills_bid: float | None = None
+    iceberg_refills_ask: float | None = None
+    iceberg_usd_bid: float | None = None
+    iceberg_usd_ask: float | None = None
 
     # -- accessors ----------------------------------------------------------------------------
     def cvd_at(self, window_ms: int) -> float:

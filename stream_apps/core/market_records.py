@@ -103,6 +103,11 @@ class MarketTimeline:
     flow: Any = None  # the flow detectors' OI log of the segment (``detectors.flow.OiLog``), when on
 
 
+def _book_dict(book: BookUpdate) -> dict[str, Any]:
+    """The latest book without its levels (only the book detectors read them, from their own state)."""
+    return {"exchange": book.exchange, "symbol": book.symbol, "time_ms": book.time_ms, "obi": book.obi}
+
+
 class MarketRecords:
     """Book, mark, indicator and liquidation inputs of one symbol (counters shared with its state)."""
 
@@ -324,7 +329,7 @@ class MarketRecords:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "book": asdict(self.book) if self.book else None,
+            "book": _book_dict(self.book) if self.book else None,
             "mark": asdict(self.mark) if self.mark else None,
             "indicators": {kind: asdict(latest) for kind, latest in self.indicators.items()},
             "liquidations": self.liquidations.to_dict(),

@@ -33,7 +33,7 @@ from pydantic import (
 
 from tapeflow_runtime.errors import TapeflowError
 
-from .detectors import DetectorParams, FlowParams
+from .detectors import BookParams, DetectorParams, FlowParams
 from .durations import parse_duration_ms
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
@@ -218,10 +218,31 @@ class Liquidations(_Model):
     cascade: Cascade = Cascade()
 
 
+class Walls(_Model):
+    """Order-book walls (``core.detectors.book``): levels within ``band_bps`` of mid of at least
+    ``multiple`` x the median level; pulled/filled counted over ``window``."""
+
+    band_bps: float = Field(default=25.0, gt=0, le=10_000)
+    multiple: float = Field(default=5.0, gt=1)
+    fill_ratio: float = Field(default=0.5, gt=0, description="traded share of the drop that makes it filled")
+    window: Duration = Field(default=300_000)
+    max_age: Duration = Field(default=10_000, gt=0, description="walls are missing once the book is older")
+
+
+class Icebergs(_Model):
+    """Iceberg refills (``core.detectors.book``): ``min_refills`` refills at one price within ``window``."""
+
+    band_bps: float = Field(default=25.0, gt=0, le=10_000)
+    min_refills: int = Field(default=3, ge=2, le=1_000)
+    window: Duration = Field(default=300_000)
+    trade_fraction: float = Field(default=0.5, gt=0, description="traded at the price, share of its size")
+    refill_fraction: float = Field(default=0.8, gt=0, description="size shown again, share of its size")
+
+
 class Detectors(_Model):
     """Microstructure detectors computed by the engine for the symbols of this strategy (off when the
     section is absent). Every strategy that sets it must set the same: a symbol has one state.
-    ``divergence``, ``oi_spike`` and ``liquidations`` are off unless present."""
+    ``divergence``, ``oi_spike``, ``liquidations``, ``walls`` and ``icebergs`` are off unless present."""
 
     bar: Duration = Field(default=60_000, description="time bars of BVC, Kyle's lambda, Amihud and divergence")
     vpin: Vpin = Vpin()
@@ -230,12 +251,14 @@ class Detectors(_Model):
     divergence: Divergence | None = None
     oi_spike: OiSpike | None = None
     liquidations: Liquidations | None = None
+    walls: Walls | None = None
+    icebergs: Icebergs | None = None
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
         """Parts left out are not dumped: a section without them keeps its hash (and research store key)."""
         data = handler(self)
-        for name in ("divergence", "oi_spike", "liquidations"):
+        for name in ("divergence", "oi_spike", "liquidations", "walls", "icebergs"):
             if data.get(name) is None:
                 data.pop(name, None)
         return data
@@ -253,10 +276,32 @@ class Detectors(_Model):
                     raise ValueError(f"{name} must be a positive whole number of seconds")
             if self.liquidations.cascade.min_count is None and self.liquidations.cascade.min_usd is None:
                 raise ValueError("liquidations.cascade needs min_count or min_usd")
+        for name, part in (("walls", self.walls), ("icebergs", self.icebergs)):
+            if part is not None and (part.window <= 0 or part.window % 1000):
+                raise ValueError(f"{name}.window must be a positive whole number of seconds")
         for symbol in ("", *self.vpin.bucket_volume.symbols):
             self.params_for(symbol)  # refused here, not when the engine first meets the symbol
         self.flow_params()
+        self.book_params()
         return self
+
+    def book_params(self) -> BookParams | None:
+        """``BookParams`` of walls and icebergs (None: both off)."""
+        walls, ice = self.walls, self.icebergs
+        if walls is None and ice is None:
+            return None
+        defaults = BookParams(wall_multiple=2.0)
+        return BookParams(
+            wall_multiple=walls.multiple if walls else None,
+            wall_band_bps=walls.band_bps if walls else defaults.wall_band_bps,
+            wall_fill_ratio=walls.fill_ratio if walls else defaults.wall_fill_ratio,
+            wall_window_ms=walls.window if walls else defaults.wall_window_ms,
+            wall_max_age_ms=walls.max_age if walls else defaults.wall_max_age_ms,
+            iceberg_min_refills=ice.min_refills if ice else None,
+            iceberg_band_bps=ice.band_bps if ice else defaults.iceberg_band_bps,
+            iceberg_window_ms=ice.window if ice else defaults.iceberg_window_ms,
+            iceberg_trade_fraction=ice.trade_fraction if ice else defaults.iceberg_trade_fraction,
+            iceberg_refill_fraction=ice.refill_fraction if ice else defaults.iceberg_refill_fraction)
 
     def flow_params(self) -> FlowParams | None:
         """``FlowParams`` of divergence, OI spikes and liquidations (None: all three off)."""

@@ -13,7 +13,9 @@ update identically. So:
   Amihud (``core.detectors``), fed the accepted trades; their changes are logged with the times from
   which they hold, so a segment's evaluation times read them as the other windows. Likewise the flow
   detectors (``flow``: CVD–price divergence from the trades, OI spikes and liquidation windows from
-  the other inputs).
+  the other inputs), and the book detectors (``orderbook``: walls and iceberg refills from the book
+  snapshots' levels and the trades between them; both are held until the segment's trades are in,
+  then merged in time order).
 
 Bad input never raises; it is counted in ``counters``:
 - ``rejected``: NaN/inf/zero/negative price or quantity, negative id or time (quantity below 1e-8
@@ -46,14 +48,25 @@ import numpy as np
 
 from .atr import WilderATR
 from .bars import Bar, BarBuilder, segments_from_groups
-from .detectors import DetectorLog, DetectorParams, FlowDetectors, FlowParams, MicrostructureDetectors
+from .detectors import (
+    BookDetectors,
+    BookParams,
+    DetectorLog,
+    DetectorParams,
+    FlowDetectors,
+    FlowParams,
+    MicrostructureDetectors,
+)
+from .detectors.book import BOOK_FIELDS
 from .detectors.flow import FLOW_FIELDS
 from .events import (
+    BookBatch,
     BookUpdate,
     IndicatorUpdate,
     LiquidationEvent,
     MarkUpdate,
     TradeBatch,
+    concat_columns,
 )
 from .features import Features
 from .frame import SCALAR_FIELDS, FeatureFrame, distinct_sorted, exact_ratio
@@ -100,13 +113,16 @@ class SegmentLog:
     detectors: DetectorLog = field(default_factory=DetectorLog)  # their changes during the segment
     pre_divergence: tuple[float, float, float] = (np.nan, np.nan, np.nan)  # flow: divergence before
     divergence: DetectorLog = field(default_factory=DetectorLog)  # its changes during the segment
+    pre_walls: tuple[float, ...] = (np.nan,) * 7  # book detectors: nearest walls before
+    walls: DetectorLog = field(default_factory=DetectorLog)  # their changes during the segment
 
 
 class SymbolState:
     """All state of one (exchange, symbol): update with ``apply_*``, read with ``snapshot``."""
 
     def __init__(self, exchange: str, symbol: str, params: StateParams | None = None,
-                 detectors: DetectorParams | None = None, flow: FlowParams | None = None) -> None:
+                 detectors: DetectorParams | None = None, flow: FlowParams | None = None,
+                 book: BookParams | None = None) -> None:
         self.exchange = exchange
         self.symbol = symbol
         self.params = params or StateParams.for_symbol(symbol)
@@ -133,6 +149,8 @@ class SymbolState:
         self.market = MarketRecords(p, self.counters)
         self.detectors = MicrostructureDetectors(detectors) if detectors is not None else None
         self.flow = FlowDetectors(self._flow_params(flow)) if flow is not None else None
+        self.orderbook = BookDetectors(self._book_params(book)) if book is not None else None
+        self._book_inputs: tuple[list[BookBatch], list[tuple]] = ([], [])  # held for ``orderbook`` until merged
         self._log: SegmentLog | None = None  # set while ``apply_segment`` runs
 
     # ------------------------------------------------------------------------------------------
@@ -308,6 +326,8 @@ class SymbolState:
             changes = self.flow.update(times, prices, qty_units, sells)
             if self._log is not None:
                 self._log.divergence.extend(changes)
+        if self.orderbook is not None:
+            self._book_inputs[1].append((times, prices, qty_units, sells))
 
         segments = segments_from_groups(MINUTE_MS, minute_numbers, m_starts, prices, per_minute, ids)
         closed = self.bars_1m.apply(segments)
@@ -361,6 +381,8 @@ class SymbolState:
     # ------------------------------------------------------------------------------------------
     def apply_book(self, update: BookUpdate) -> None:
         self.market.apply_book(update)
+        if self.orderbook is not None and update.levels is not None:
+            self._book_inputs[0].append(BookBatch.from_updates([update]))
 
     def apply_mark(self, update: MarkUpdate) -> None:
         self.market.apply_mark(update)
@@ -379,6 +401,8 @@ class SymbolState:
         """``MarketRecords.apply_segment``, and the flow detectors' OI and liquidations (their OI log
         in the timeline, so each evaluation time of the segment reads what it saw)."""
         timeline = self.market.apply_segment(books, marks, others)
+        if self.orderbook is not None and books is not None and len(books):
+            self._book_inputs[0].append(books)  # merged with the segment's trades once they are in
         if self.flow is not None and others:
             timeline.flow = self.flow.apply_events(others)
         return timeline
@@ -409,6 +433,7 @@ class SymbolState:
             changes = self.flow.advance_to(now_ms)
             if self._log is not None:
                 self._log.divergence.extend(changes)
+        self._merge_book_inputs()
         for bar in self.bars_atr.close_until(now_ms):
             self._update_atr(bar)
         return self.bars_1m.close_until(now_ms)
@@ -476,12 +501,15 @@ class SymbolState:
             log.pre_detectors = self.detectors.values
         if self.flow is not None:
             log.pre_divergence = self.flow.divergence
+        if self.orderbook is not None:
+            log.pre_walls = self.orderbook.current
         self._log = log
         try:
             closed: list[Bar] = []
             if batch is not None and len(batch):
                 log.trade_times, log.trade_prices = batch.time_ms, batch.price
                 closed = self.apply_trades(batch)
+            self._merge_book_inputs()
             self._log_thresholds_before(None)
         finally:
             self._log = None
@@ -661,6 +689,12 @@ class SymbolState:
             divergence = log.divergence.at(times, log.pre_divergence) if log is not None else None
             oi = timeline.flow.at(times) if timeline is not None and timeline.flow is not None else None
             values.update(self.flow.values_many(times, divergence, oi))
+        if self.orderbook is None:
+            for name in BOOK_FIELDS:
+                values[name] = np.full(n, np.nan)
+        else:
+            walls = log.walls.at(times, log.pre_walls) if log is not None else None
+            values.update(self.orderbook.values_many(times, walls))
         return FeatureFrame(self.exchange, self.symbol, times, {name: values[name] for name in SCALAR_FIELDS},
                             cvd, slopes, accels)
 
@@ -677,6 +711,7 @@ class SymbolState:
             + self.atr.history_len
             + (self.detectors.capacity_cells if self.detectors is not None else 0)
             + (self.flow.capacity_cells if self.flow is not None else 0)
+            + (self.orderbook.capacity_cells if self.orderbook is not None else 0)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -708,6 +743,9 @@ class SymbolState:
             data["detectors"] = self.detectors.to_dict()
         if self.flow is not None:
             data["flow"] = self.flow.to_dict()
+        if self.orderbook is not None:
+            self._merge_book_inputs()  # nothing held: the engine merges at every segment
+            data["orderbook"] = self.orderbook.to_dict()
         return data
 
     @classmethod
@@ -739,9 +777,12 @@ class SymbolState:
             state.detectors = MicrostructureDetectors.from_dict(data["detectors"])
         if "flow" in data:
             state.flow = FlowDetectors.from_dict(data["flow"])
+        if "orderbook" in data:
+            state.orderbook = BookDetectors.from_dict(data["orderbook"])
         return state
 
-    def use_detectors(self, params: DetectorParams | None, flow: FlowParams | None = None) -> None:
+    def use_detectors(self, params: DetectorParams | None, flow: FlowParams | None = None,
+                      book: BookParams | None = None) -> None:
         """Keep the detectors if their parameters are ``params`` (and ``flow``); otherwise start them
         afresh (their windows fill again from the next inputs) or, with None, drop them (a restored
         state after the strategies' ``detectors`` section changed)."""
@@ -751,6 +792,39 @@ class SymbolState:
         flow = self._flow_params(flow) if flow is not None else None
         if (self.flow.params if self.flow is not None else None) != flow:
             self.flow = FlowDetectors(flow) if flow is not None else None
+        book = self._book_params(book) if book is not None else None
+        if (self.orderbook.params if self.orderbook is not None else None) != book:
+            self.orderbook = BookDetectors(book) if book is not None else None
+
+    def _book_params(self, book: BookParams) -> BookParams:
+        """``book`` with its count ring as long as the engine's segments need (as ``_flow_params``)."""
+        late = self.params.ring_sizes[2] - self.params.liq_window_ms // SECOND_MS
+        return replace(book, late_s=max(late, 0))
+
+    def _merge_book_inputs(self) -> None:
+        """Feed the held book snapshots and accepted trades to ``orderbook`` merged in time order (a
+        trade at a snapshot's time before it); its log goes to the segment's."""
+        books, trades = self._book_inputs
+        if self.orderbook is None or (not books and not trades):
+            return
+        self._book_inputs = ([], [])
+        if books:
+            batch = concat_columns(books)
+            order = np.argsort(batch.time_ms, kind="stable")
+            book_times, levels = batch.time_ms[order], batch.levels[order]
+        else:
+            book_times, levels = np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
+        if trades:
+            times, prices, units, sells = (np.concatenate(c) for c in zip(*trades))
+            if len(times) > 1 and np.any(times[1:] < times[:-1]):
+                order = np.argsort(times, kind="stable")
+                times, prices, units, sells = times[order], prices[order], units[order], sells[order]
+        else:
+            times, prices, units, sells = (np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64),
+                                           np.empty(0, dtype=bool))
+        changes = self.orderbook.update(book_times, levels, times, prices, units, sells)
+        if self._log is not None:
+            self._log.walls.extend(changes)
 
     def _flow_params(self, flow: FlowParams) -> FlowParams:
         """``flow`` with its liquidation ring as tolerant of late records as the state's own (and as

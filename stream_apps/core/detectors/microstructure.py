@@ -113,13 +113,17 @@ class DetectorLog:
 
     def extend(self, other: DetectorLog) -> None:
         if len(other):
+            if not len(self):  # an empty log takes the other's width (the book detectors log 7 values)
+                self.keys, self.values = other.keys, other.values
+                return
             self.keys = np.concatenate((self.keys, other.keys))
             self.values = np.concatenate((self.values, other.values))
 
-    def at(self, times: np.ndarray, before: tuple[float, float, float]) -> np.ndarray:
-        """The values each of ``times`` sees (rows x 3): the last entry with key < t, else ``before``."""
+    def at(self, times: np.ndarray, before: tuple[float, ...]) -> np.ndarray:
+        """The values each of ``times`` sees (rows x len(before)): the last entry with key < t, else
+        ``before``."""
         times = np.asarray(times, dtype=np.int64)
-        out = np.empty((len(times), 3), dtype=np.float64)
+        out = np.empty((len(times), len(before)), dtype=np.float64)
         out[:] = before
         if len(self.keys):
             index = np.searchsorted(self.keys, times, side="left") - 1

@@ -1,0 +1,277 @@
+"""Order-book walls and iceberg refills of one symbol, from ``md.book`` snapshots and trades (issue 25).
+
+Inputs: the book snapshots' levels (top-N per side, e.g. 20 every 250 ms; ``BookUpdate.levels``)
+and the accepted trades, merged in time order: a trade at or before a snapshot's time happened
+before it. Each snapshot is compared with the previous one and with the trades between them.
+
+Per snapshot: ``mid`` = (best bid + best ask) / 2 (one side empty: its best price; both empty, or
+no levels at all, as from Binance Vision: the snapshot is skipped). A level's distance is
+``(mid − price) / mid`` (bids) or ``(price − mid) / mid`` (asks) in bps; the levels considered are
+those within the band (at most ``MAX_LEVELS`` a side, nearest first). Sizes are USD (price × qty).
+
+- **Walls** (``walls`` section): a level within ``wall_band_bps`` whose USD size is at least
+  ``wall_multiple`` × the median USD size of all levels (both sides) within the band.
+
+  * ``wall_bid_distance_bps`` / ``wall_bid_usd`` / ``wall_bid_age_s`` (and ``ask``): the nearest
+    wall of the side in the latest snapshot before ``t``, its size, and how long a wall has stood at
+    its price without a break (``t`` − the time of the first snapshot of the run in which it was a
+    wall, in seconds). Missing when the side has no wall, or when the latest snapshot is older than
+    ``wall_max_age_ms``.
+  * ``wall_pulled_*`` / ``wall_filled_*``: walls that ended within ``[t − wall_window_ms, t)``.
+    A wall of the previous snapshot ends when the next one has no wall at its price; with ``q0`` its
+    previous quantity and ``q1`` the quantity now at the price (0 when gone), it ended **filled**
+    when the trades since the previous snapshot that reached its price — taker sells at or below a
+    bid wall, taker buys at or above an ask wall — add up to at least ``wall_fill_ratio`` × (q0 −
+    q1); otherwise **pulled**, if the price is still in view (within the band of the new mid on its
+    side, not beyond the deepest level the snapshot lists; a price the book crossed is in view).
+    Neither when the quantity did not fall (it stopped being a wall because the median rose) or the
+    price left the view (the market moved away; nobody can say what happened to it).
+
+- **Icebergs** (``icebergs`` section): a **refill** at a level within ``iceberg_band_bps`` of the
+  previous snapshot is: trades at exactly its price from the side that takes it (taker sells at a
+  bid, taker buys at an ask) of at least ``iceberg_trade_fraction`` × its previous quantity, and in
+  the new snapshot the same price on the same side shows at least ``iceberg_refill_fraction`` × the
+  previous quantity again. A price becomes an iceberg at its ``iceberg_min_refills``-th refill less
+  than ``iceberg_window_ms`` after its first counted one (refills ``r`` with ``t − t_r <
+  window``); from then on each of its refills (those that made it one included, each once) is an
+  **iceberg refill**, counted at the snapshot that recognised it: ``iceberg_refills_*`` and
+  ``iceberg_usd_*`` (the traded USD of those refills) over ``[t − iceberg_window_ms, t)``.
+  The last ``ICEBERG_PRICES`` prices with refills are tracked per side (the one refilled longest
+  ago makes room).
+
+Counts read as missing before the first snapshot with levels. Quantities are integers of 1e-8 and
+USD of 1e-6 (exact sums), so the values do not depend on how the inputs are batched; memory is
+fixed by the parameters; the state is plain data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..params import SECOND_MS
+from ..ring import BucketRing
+from ..units import NOTIONAL_SCALE
+from . import book_kernels as bk
+from .microstructure import DetectorLog
+
+__all__ = ["BOOK_FIELDS", "ICEBERG_FIELDS", "WALL_FIELDS", "BookDetectors", "BookParams", "flatten_levels"]
+
+WALL_FIELDS = ("wall_bid_distance_bps", "wall_bid_usd", "wall_bid_age_s", "wall_ask_distance_bps", "wall_ask_usd",
+               "wall_ask_age_s", "wall_pulled_bid", "wall_pulled_ask", "wall_filled_bid", "wall_filled_ask")
+ICEBERG_FIELDS = ("iceberg_refills_bid", "iceberg_refills_ask", "iceberg_usd_bid", "iceberg_usd_ask")
+BOOK_FIELDS = WALL_FIELDS + ICEBERG_FIELDS
+MAX_LEVELS = 64  # levels per side considered (md.book carries 20)
+ICEBERG_PRICES = 64  # prices with refills tracked per side
+_RING_FIELDS = ("pulled_bid", "pulled_ask", "filled_bid", "filled_ask", "ice_bid", "ice_ask", "ice_usd_bid",
+                "ice_usd_ask")
+BID, ASK = 0, 1
+
+
+@dataclass(frozen=True)
+class BookParams:
+    """Parameters of the book detectors; walls are off when ``wall_multiple`` is None, icebergs when
+    ``iceberg_min_refills`` is None."""
+
+    wall_multiple: float | None = None  # k
+    wall_band_bps: float = 25.0  # x
+    wall_fill_ratio: float = 0.5
+    wall_window_ms: int = 300_000
+    wall_max_age_ms: int = 10_000
+    iceberg_min_refills: int | None = None  # N
+    iceberg_band_bps: float = 25.0
+    iceberg_window_ms: int = 300_000
+    iceberg_trade_fraction: float = 0.5
+    iceberg_refill_fraction: float = 0.8
+    late_s: int = 300  # how far behind its newest second a snapshot's counts may still land
+
+    def __post_init__(self) -> None:
+        if self.wall_multiple is None and self.iceberg_min_refills is None:
+            raise ValueError("book detectors need walls (wall_multiple) or icebergs (iceberg_min_refills)")
+        if self.wall_multiple is not None and not self.wall_multiple > 1:
+            raise ValueError("wall_multiple must be above 1 (a wall is k times the median level)")
+        if self.iceberg_min_refills is not None and self.iceberg_min_refills < 2:
+            raise ValueError("iceberg_min_refills must be at least 2 (one refill is an ordinary order)")
+        for name in ("wall_band_bps", "iceberg_band_bps", "wall_fill_ratio", "iceberg_trade_fraction",
+                     "iceberg_refill_fraction"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("wall_window_ms", "iceberg_window_ms"):
+            value = getattr(self, name)
+            if value <= 0 or value % SECOND_MS:
+                raise ValueError(f"{name} must be a positive whole number of seconds")
+        if self.wall_max_age_ms <= 0:
+            raise ValueError("wall_max_age_ms must be positive")
+        if self.late_s < 0:
+            raise ValueError("late_s cannot be negative")
+
+    @property
+    def walls_on(self) -> bool:
+        return self.wall_multiple is not None
+
+    @property
+    def icebergs_on(self) -> bool:
+        return self.iceberg_min_refills is not None
+
+    @property
+    def band_bps(self) -> float:
+        """The band of the levels kept: the wider of the parts that are on."""
+        return max(self.wall_band_bps if self.walls_on else 0.0, self.iceberg_band_bps if self.icebergs_on else 0.0)
+
+    @property
+    def ring_seconds(self) -> int:
+        return max(self.wall_window_ms, self.iceberg_window_ms) // SECOND_MS + self.late_s + 2
+
+
+def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Snapshots' levels (each ``BookUpdate.levels`` or None) as the kernel takes them: prices and
+    quantities of every level flattened, and per snapshot and side where its levels start and how
+    many (-1: no levels). At most ``MAX_LEVELS`` a side, best first as the record lists them."""
+    flat: list[Any] = []
+    start = np.zeros((len(levels), 2), dtype=np.int64)
+    count = np.full((len(levels), 2), -1, dtype=np.int64)
+    for k, item in enumerate(levels):
+        if item is None:
+            continue
+        for side in (BID, ASK):
+            rows = item[side][:MAX_LEVELS]
+            start[k, side] = len(flat)
+            count[k, side] = len(rows)
+            if rows and isinstance(rows[0], dict):
+                flat += [(row["price"], row["qty"]) for row in rows]
+            else:
+                flat += rows
+    pairs = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
+    return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), start, count
+
+
+class BookDetectors:
+    """Walls and icebergs of one symbol: ``update`` with snapshots and trades, read ``values_many``."""
+
+    def __init__(self, params: BookParams) -> None:
+        self.params = params
+        p = params
+        nan = math.nan
+        self._fparams = np.array([p.wall_multiple or nan, p.wall_band_bps, p.wall_fill_ratio, p.iceberg_band_bps,
+                                  p.iceberg_trade_fraction, p.iceberg_refill_fraction, p.band_bps])
+        self._iparams = np.array([p.walls_on, p.icebergs_on, p.iceberg_min_refills or 2, p.iceberg_window_ms],
+                                 dtype=np.int64)
+        self.ints = np.full(bk.N_INTS, -1, dtype=np.int64)
+        self.floats = np.full(bk.N_FLOATS, nan)
+        self.prices = np.full((2, MAX_LEVELS), nan)
+        self.units = np.zeros((2, MAX_LEVELS), dtype=np.int64)
+        self.counts = np.zeros(2, dtype=np.int64)
+        self.first_seen = np.full((2, MAX_LEVELS), -1, dtype=np.int64)
+        self.traded_at = np.zeros((2, MAX_LEVELS), dtype=np.int64)
+        self.traded_deepest = np.zeros((2, MAX_LEVELS), dtype=np.int64)
+        slots = max((p.iceberg_min_refills or 2) - 1, 1)
+        self.ice_prices = np.full((2, ICEBERG_PRICES), nan)
+        self.ice_last = np.full((2, ICEBERG_PRICES), -1, dtype=np.int64)
+        self.ice_times = np.full((2, ICEBERG_PRICES, slots), -1, dtype=np.int64)
+        self.ice_usd = np.zeros((2, ICEBERG_PRICES, slots), dtype=np.int64)
+        self.ice_counted = np.zeros((2, ICEBERG_PRICES, slots), dtype=np.bool_)
+        self.ring = BucketRing(SECOND_MS, p.ring_seconds, _RING_FIELDS)
+        self._current = np.full(7, nan)
+
+    @property
+    def current(self) -> tuple[float, ...]:
+        """(bid wall distance, USD, first seen, ask ..., snapshot time) now; NaN: none."""
+        return tuple(float(v) for v in self._current)
+
+    @property
+    def book_time(self) -> int:
+        return int(self.ints[bk.I_BOOK_TIME])
+
+    # -- updates ----------------------------------------------------------------------------------
+    def update(self, book_times: np.ndarray, book_levels: Any, times: np.ndarray, prices: np.ndarray,
+               units: np.ndarray, sells: np.ndarray) -> DetectorLog:
+        """Apply snapshots (time order; ``book_levels[i]``: ``BookUpdate.levels``) and accepted trades
+        (time order; ``units``: base quantity in 1e-8) merged by time, a trade at a snapshot's time
+        before it. Returns the log of the nearest walls: (bid distance, USD, first seen, ask ...,
+        snapshot time) from each snapshot's time on."""
+        book_times = np.ascontiguousarray(book_times, dtype=np.int64)
+        n = len(book_times)
+        lv_prices, lv_qtys, lv_start, lv_count = flatten_levels(book_levels)
+        keys = np.empty(n, dtype=np.int64)
+        values = np.empty((n, 7))
+        rows = np.empty((n, len(_RING_FIELDS)), dtype=np.int64)
+        written = bk.book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count,
+                                 np.ascontiguousarray(times, dtype=np.int64),
+                                 np.ascontiguousarray(prices, dtype=np.float64),
+                                 np.ascontiguousarray(units, dtype=np.int64),
+                                 np.ascontiguousarray(sells, dtype=np.bool_), self._fparams, self._iparams, self.ints,
+                                 self.floats, self.prices, self.units, self.counts, self.first_seen, self.traded_at,
+                                 self.traded_deepest, self.ice_prices, self.ice_last, self.ice_times, self.ice_usd,
+                                 self.ice_counted, self._current, keys, values, rows)
+        if not written:
+            return DetectorLog()
+        counted = rows[:written].any(axis=1)
+        if counted.any():
+            self.ring.add(keys[:written][counted] // SECOND_MS, rows[:written][counted])
+        return DetectorLog(keys[:written].copy(), values[:written].copy())
+
+    # -- reads ------------------------------------------------------------------------------------
+    def values_many(self, times: np.ndarray, walls: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every book field at ``times`` (NaN where off or missing); ``walls``: what each time saw
+        (rows x 7, from the segment's log), the current values otherwise."""
+        p = self.params
+        times = np.asarray(times, dtype=np.int64)
+        n = len(times)
+        if walls is None:
+            walls = np.empty((n, 7))
+            walls[:] = self.current
+        out: dict[str, np.ndarray] = {}
+        seen = ~np.isnan(walls[:, 6])
+        with np.errstate(invalid="ignore"):
+            fresh = times - walls[:, 6] <= p.wall_max_age_ms
+        hi = (times - 1) // SECOND_MS + 1
+        sums = self.ring.window_sums(np.concatenate((hi - p.wall_window_ms // SECOND_MS,
+                                                     hi - p.iceberg_window_ms // SECOND_MS)),
+                                     np.concatenate((hi, hi)))
+        wall_sums, ice_sums = sums[:n], sums[n:]
+        for side, name in ((BID, "bid"), (ASK, "ask")):
+            base = 3 * side
+            if p.walls_on:
+                out[f"wall_{name}_distance_bps"] = np.where(fresh, walls[:, base], np.nan)
+                out[f"wall_{name}_usd"] = np.where(fresh, walls[:, base + 1], np.nan)
+                out[f"wall_{name}_age_s"] = np.where(fresh, (times - walls[:, base + 2]) / SECOND_MS, np.nan)
+                out[f"wall_pulled_{name}"] = np.where(seen, wall_sums[:, side], np.nan)
+                out[f"wall_filled_{name}"] = np.where(seen, wall_sums[:, 2 + side], np.nan)
+            if p.icebergs_on:
+                out[f"iceberg_refills_{name}"] = np.where(seen, ice_sums[:, 4 + side], np.nan)
+                out[f"iceberg_usd_{name}"] = np.where(seen, ice_sums[:, 6 + side] / NOTIONAL_SCALE, np.nan)
+        return {name: out.get(name, np.full(n, np.nan)) for name in BOOK_FIELDS}
+
+    @property
+    def capacity_cells(self) -> int:
+        return (sum(getattr(self, name).size for name in self._ARRAYS) + self._fparams.size + self._iparams.size
+                + self.ring.capacity_cells)
+
+    # -- plain-data form --------------------------------------------------------------------------
+    _ARRAYS = ("ints", "floats", "prices", "units", "counts", "first_seen", "traded_at", "traded_deepest",
+               "ice_prices", "ice_last", "ice_times", "ice_usd", "ice_counted", "_current")
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"params": asdict(self.params), "ring": self.ring.to_dict()}
+        for name in self._ARRAYS:
+            array = getattr(self, name)
+            values = array.tolist()
+            if array.dtype == np.float64:  # NaN is not JSON
+                values = np.where(np.isnan(array), None, array.astype(object)).tolist()
+            data[name.lstrip("_")] = values
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BookDetectors:
+        out = cls(BookParams(**data["params"]))
+        for name in cls._ARRAYS:
+            array = getattr(out, name)
+            values = np.asarray(data[name.lstrip("_")], dtype=object)
+            if array.dtype == np.float64:
+                values = np.where(values == None, np.nan, values)  # noqa: E711 - element-wise
+            array[...] = values.astype(array.dtype).reshape(array.shape)
+        out.ring = BucketRing.from_dict(data["ring"])
+        return out
