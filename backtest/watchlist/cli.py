@@ -155,7 +155,7 @@ def register(watchlist: typer.Typer) -> None:
                 records = session_records(events, params, strategy.eval_interval)
                 where = f"{source} ({len(events):,} inputs)"
             rows, labels = label_records(records, horizon_ms, strategy.four_fees)
-            fees = strategy.four_fees(*strategy.venues[:2])
+            fees = 4 * strategy.fees.default  # informational: the labels take each pair's own fees
             model = fit_model(rows, labels, horizon_ms, fees, names, alpha, l2, test_fraction)
         except (TapeflowError, StrategyConfigError) as error:
             raise _fail(str(error)) from None
