@@ -395,6 +395,12 @@ def parse_strategy(data: Any, source: str = "<strategy>") -> StrategyConfig:
 
 def load_strategy(path: str | Path) -> StrategyConfig:
     """Load one ``.yaml``/``.yml``/``.json`` strategy file."""
+    return parse_strategy(read_strategy_file(path), str(path))
+
+
+def read_strategy_file(path: str | Path) -> Any:
+    """The parsed content of a ``.yaml``/``.yml``/``.json`` strategy file (directional or watchlist),
+    or a one-line ``StrategyConfigError`` naming the file and what is wrong with it."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -414,7 +420,7 @@ def load_strategy(path: str | Path) -> StrategyConfig:
         raise StrategyConfigError(f"{path}: not valid {kind}: {_parse_error(error)}") from None
     except RecursionError:
         raise StrategyConfigError(f"{path}: nested too deeply to be a strategy") from None
-    return parse_strategy(data, str(path))
+    return data
 
 
 def _parse_error(error: Exception) -> str:

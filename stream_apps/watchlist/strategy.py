@@ -17,12 +17,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from stream_apps.core.durations import parse_duration_ms
 from stream_apps.core.exits import TAKER_FEE
-from stream_apps.core.strategy import StrategyConfigError, _format_errors, _parse_error
+from stream_apps.core.strategy import StrategyConfigError, _format_errors, read_strategy_file
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
 KIND = "watchlist"
@@ -170,16 +169,7 @@ def model_path(strategy: WatchlistStrategy) -> Path | None:
 def load_watchlist_strategy(path: str | Path) -> WatchlistStrategy:
     """Load one ``.yaml``/``.yml``/``.json`` watchlist strategy file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise StrategyConfigError(f"{path}: cannot read: {error.strerror or error}") from None
-    except UnicodeDecodeError as error:
-        raise StrategyConfigError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise StrategyConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {_parse_error(error)}") from None
+    data = read_strategy_file(path)
     if isinstance(data, dict) and data.get("kind") != KIND:
         raise StrategyConfigError(f"{path}: kind: expected 'watchlist' (a watchlist strategy), "
                                   f"got {data.get('kind')!r}")
