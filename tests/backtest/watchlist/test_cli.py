@@ -57,3 +57,7 @@ def test_backtest_command_on_a_recorded_session_and_its_one_line_errors(tmp_path
     result = runner.invoke(app, ["watchlist", "fit", "--source", f"jsonl:{session}", "--horizon", "10s",
                                  "--out", str(tmp_path / "m.json")])
     assert result.exit_code == 2 and "too few to fit and test" in result.output, result.output
+    features = tmp_path / "xv.jsonl"
+    features.write_text('{"topic": "xv.features", "value": {"coin": "BTC", "eval_time": 1}}\n[1, 2]\n')
+    result = runner.invoke(app, ["watchlist", "fit", "--features", str(features), "--out", str(tmp_path / "m.json")])
+    assert result.exit_code == 1 and "xv.jsonl:2: not an xv.features record" in result.output, result.output

@@ -15,6 +15,7 @@ from stream_apps.cross_venue.events import BookEvent
 from stream_apps.watchlist.model import DEFAULT_FACTORS, PairModel, load_model
 from stream_apps.watchlist.signals import WatchlistSignals, check_triggers, recheck, signal_id
 from stream_apps.watchlist.strategy import load_watchlist_strategy, parse_watchlist_strategy
+from tests.support.paths import REPO
 
 T = 1_704_096_000_000  # on every grid
 FEE = 0.0005
@@ -69,6 +70,8 @@ def test_a_strategy_file_is_validated_with_one_line_errors_and_hashed_by_meaning
         with pytest.raises(StrategyConfigError) as error:
             load_watchlist_strategy(bad)
         assert words in str(error.value) and "\n" not in str(error.value), body
+    shipped = load_watchlist_strategy(REPO / "stream_apps/watchlist/strategies/xv_convergence.yaml")
+    assert shipped.name == "xv_convergence" and shipped.triggers.min_z == 2.0 and shipped.model is None
     directional = tmp_path / "v53.yaml"
     directional.write_text("name: v53\nversion: '1'\n")
     with pytest.raises(StrategyConfigError, match="kind: expected 'watchlist'"):
