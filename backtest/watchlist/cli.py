@@ -150,6 +150,10 @@ def register(watchlist: typer.Typer) -> None:
                 records = _read_features(features)
                 where = str(features)
             else:
+                if horizon_ms % strategy.eval_interval:
+                    raise WatchlistSourceError(f"--horizon {horizon}: must be a whole number of the strategy's "
+                                               f"eval_interval ({format_duration_ms(strategy.eval_interval)}): "
+                                               "a label is the record that many evaluations later")
                 params = cross_venue_params(strategy)
                 events = load_session(source, minutes, _coins(coins), tuple(strategy.venues))
                 records = session_records(events, params, strategy.eval_interval)

@@ -54,9 +54,13 @@ def test_backtest_command_on_a_recorded_session_and_its_one_line_errors(tmp_path
         args = {"--strategy": str(strategy), "--source": f"jsonl:{session}", option: value}
         result = runner.invoke(app, ["watchlist", "backtest", *[x for kv in args.items() for x in kv]])
         assert result.exit_code == 1 and words in result.output and result.output.count("\n") == 1, result.output
-    result = runner.invoke(app, ["watchlist", "fit", "--source", f"jsonl:{session}", "--horizon", "10s",
+    result = runner.invoke(app, ["watchlist", "fit", "--source", f"jsonl:{session}", "--horizon", "15s",
                                  "--out", str(tmp_path / "m.json")])
     assert result.exit_code == 2 and "too few to fit and test" in result.output, result.output
+    result = runner.invoke(app, ["watchlist", "fit", "--source", f"jsonl:{session}", "--horizon", "20s",
+                                 "--out", str(tmp_path / "m.json")])
+    assert result.exit_code == 1 and "--horizon 20s: must be a whole number of the strategy's eval_interval (15s)" \
+        in result.output, result.output
     features = tmp_path / "xv.jsonl"
     features.write_text('{"topic": "xv.features", "value": {"coin": "BTC", "eval_time": 1}}\n[1, 2]\n')
     result = runner.invoke(app, ["watchlist", "fit", "--features", str(features), "--out", str(tmp_path / "m.json")])
