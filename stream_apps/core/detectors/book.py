@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,7 @@ ICEBERG_PRICES = 64  # prices with refills tracked per side
 _RING_FIELDS = ("pulled_bid", "pulled_ask", "filled_bid", "filled_ask", "ice_bid", "ice_ask", "ice_usd_bid",
                 "ice_usd_ask")
 BID, ASK = 0, 1
+_PRICE, _QTY, _FIRST, _SECOND = itemgetter("price"), itemgetter("qty"), itemgetter(0), itemgetter(1)
 
 
 @dataclass(frozen=True)
@@ -130,22 +132,28 @@ def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     """Snapshots' levels (each ``BookUpdate.levels`` or None) as the kernel takes them: prices and
     quantities of every level flattened, and per snapshot and side where its levels start and how
     many (-1: no levels). At most ``MAX_LEVELS`` a side, best first as the record lists them."""
-    flat: list[Any] = []
-    start = np.zeros((len(levels), 2), dtype=np.int64)
-    count = np.full((len(levels), 2), -1, dtype=np.int64)
-    for k, item in enumerate(levels):
+    prices: list[float] = []
+    qtys: list[float] = []
+    starts: list[int] = []
+    counts: list[int] = []
+    for item in levels:
         if item is None:
+            starts += (0, 0)
+            counts += (-1, -1)
             continue
-        for side in (BID, ASK):
-            rows = item[side][:MAX_LEVELS]
-            start[k, side] = len(flat)
-            count[k, side] = len(rows)
-            if rows and isinstance(rows[0], dict):
-                flat += [(row["price"], row["qty"]) for row in rows]
+        for rows in (item[0], item[1]):
+            if len(rows) > MAX_LEVELS:
+                rows = rows[:MAX_LEVELS]
+            starts.append(len(prices))
+            counts.append(len(rows))
+            if rows and type(rows[0]) is dict:  # the Avro record's levels
+                prices.extend(map(_PRICE, rows))
+                qtys.extend(map(_QTY, rows))
             else:
-                flat += rows
-    pairs = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
-    return np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), start, count
+                prices.extend(map(_FIRST, rows))
+                qtys.extend(map(_SECOND, rows))
+    return (np.array(prices, dtype=np.float64), np.array(qtys, dtype=np.float64),
+            np.array(starts, dtype=np.int64).reshape(-1, 2), np.array(counts, dtype=np.int64).reshape(-1, 2))
 
 
 class BookDetectors:
@@ -194,6 +202,12 @@ class BookDetectors:
         snapshot time) from each snapshot's time on."""
         book_times = np.ascontiguousarray(book_times, dtype=np.int64)
         n = len(book_times)
+        if n == 0:  # trades alone: counted against the latest snapshot (none yet: nothing to count)
+            if self.book_time >= 0 and len(times):
+                bk.add_trades(np.ascontiguousarray(prices, dtype=np.float64),
+                              np.ascontiguousarray(units, dtype=np.int64), np.ascontiguousarray(sells, dtype=np.bool_),
+                              self.prices, self.counts, self.traded_at, self.traded_deepest)
+            return DetectorLog()
         lv_prices, lv_qtys, lv_start, lv_count = flatten_levels(book_levels)
         keys = np.empty(n, dtype=np.int64)
         values = np.empty((n, 7))

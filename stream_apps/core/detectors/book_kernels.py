@@ -56,6 +56,14 @@ def _add_trade(price, units, sell, prices, counts, traded_at, traded_deepest):  
 
 
 @njit(cache=True)
+def add_trades(t_prices, t_units, t_sells, prices, counts, traded_at, traded_deepest):  # pragma: no cover
+    """Trades without a snapshot among them: only counted against the latest snapshot's levels (a
+    call with a few arguments: the live worker's segments mostly bring trades alone)."""
+    for i in range(t_prices.shape[0]):
+        _add_trade(t_prices[i], t_units[i], t_sells[i], prices, counts, traded_at, traded_deepest)
+
+
+@njit(cache=True)
 def _distance(price, mid, side):  # pragma: no cover - compiled
     return ((mid - price) if side == 0 else (price - mid)) / mid * 1e4
 
@@ -140,6 +148,15 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
     listed = np.zeros(2, dtype=np.int64)
     deepest = np.empty(2)
     pooled = np.empty(2 * n_levels)
+    side_p = np.empty((2, n_levels))
+    side_u = np.zeros((2, n_levels), dtype=np.int64)
+    widest = 0
+    for k in range(book_times.shape[0]):
+        widest = max(widest, lv_count[k, 0], lv_count[k, 1])
+    tmp_p = np.empty(max(widest, 1))
+    tmp_u = np.empty(max(widest, 1), dtype=np.int64)
+    keys = np.empty(max(widest, 1))
+    at_or_through = np.zeros(n_levels, dtype=np.int64)
     for k in range(book_times.shape[0]):
         t = book_times[k]
         while ti < n_trades and t_times[ti] <= t:
@@ -149,16 +166,12 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
         if t < ints[I_BOOK_TIME]:
             continue  # older than the snapshot in use
         # the valid levels of each side, nearest first
-        side_p = np.empty((2, n_levels))
-        side_u = np.zeros((2, n_levels), dtype=np.int64)
         for side in range(2):
             listed[side] = 0
             c = lv_count[k, side]
             if c <= 0:
                 continue
             s0 = lv_start[k, side]
-            tmp_p = np.empty(c)
-            tmp_u = np.empty(c, dtype=np.int64)
             m = 0
             for i in range(c):
                 p = lv_prices[s0 + i]
@@ -171,8 +184,9 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
                         m += 1
             if m == 0:
                 continue
-            keys = -tmp_p[:m] if side == 0 else tmp_p[:m].copy()
-            order = np.argsort(keys, kind="mergesort")
+            for i in range(m):
+                keys[i] = -tmp_p[i] if side == 0 else tmp_p[i]
+            order = np.argsort(keys[:m], kind="mergesort")
             kept = min(m, n_levels)
             for i in range(kept):
                 side_p[side, i] = tmp_p[order[i]]
@@ -221,7 +235,6 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
                     new_first[side, j] = -2  # not a wall
             if had:
                 reached = 0
-                at_or_through = np.zeros(max(n_old, 1), dtype=np.int64)
                 for i in range(n_old - 1, -1, -1):
                     reached += traded_deepest[side, i]
                     at_or_through[i] = reached
