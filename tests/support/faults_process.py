@@ -428,10 +428,10 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                     status = pool.submit(_statuses, stack, ("database", "sink"))
                     # the sink, its write hanging: degraded once its partitions' ends move and its commits
                     # do not for the starvation window (TAPEFLOW_STARVATION_WINDOW_S). The stall lasts
-                    # db_stall_s, and on a loaded machine longer, until the sink says so (at most 30 s:
+                    # db_stall_s, and on a loaded machine longer, until the sink says so (at most 60 s:
                     # the run's own starvation window is seconds, so a sink that stays "ok" is a failure)
                     while (elapsed := time.monotonic() - t_stall) < db_stall_s or (
-                            "sink_degraded_after_s" not in detail and elapsed < max(db_stall_s, 30.0)):
+                            "sink_degraded_after_s" not in detail and elapsed < max(db_stall_s, 60.0)):
                         code, body = http_json(sink_url)
                         if code != 200 and "sink_degraded_after_s" not in detail:
                             detail["sink_degraded_after_s"] = round(time.monotonic() - t_stall, 1)
