@@ -13,7 +13,10 @@ Three numbers:
    then the full engine fed trades, an open-interest point per symbol every 5 minutes and about 10
    liquidations per symbol per minute, three ways: detectors off, the microstructure section alone,
    and that section with ``divergence``, ``oi_spike`` and ``liquidations`` added (ratio to off, and
-   of the flow parts to the section without them).
+   of the flow parts to the section without them);
+5. the book detectors (walls, icebergs): ``BookDetectors.update`` alone per snapshot (20 levels a
+   side, the trades between), then the full engine fed trades and a 20-level snapshot per symbol
+   every 250 ms (``md.book``'s live cadence), off / microstructure / microstructure + walls + icebergs.
 
 Times are the process's CPU time (``time.process_time``; everything here runs on one thread), not
 wall time: on the shared 2-core machine other work takes turns with the benchmark, and CPU time
@@ -22,7 +25,7 @@ data (``stream_apps.core.synthetic``), at least a million trades per measurement
 set per symbol to 1/500 of its quote volume over the run, so each run closes about 500 buckets per
 symbol (the paper's sizing is a fiftieth of a day's volume).
 
-Run: ``.venv/bin/python -m benchmarks.bench_detectors [--quick] [--repeat 3] [--only flow]``. The clock is
+Run: ``.venv/bin/python -m benchmarks.bench_detectors [--quick] [--repeat 3] [--only flow|book]``. The clock is
 read only here.
 """
 
@@ -33,17 +36,26 @@ import time
 
 import numpy as np
 
-from stream_apps.core.detectors import DetectorParams, FlowDetectors, FlowParams, MicrostructureDetectors
+from stream_apps.core.detectors import (
+    BookDetectors,
+    BookParams,
+    DetectorParams,
+    FlowDetectors,
+    FlowParams,
+    MicrostructureDetectors,
+)
 from stream_apps.core.engine import Engine
-from stream_apps.core.events import IndicatorUpdate, LiquidationEvent, TradeBatch
+from stream_apps.core.events import BookUpdate, IndicatorUpdate, LiquidationEvent, TradeBatch
 from stream_apps.core.strategy import (
     Cascade,
     Detectors,
     Divergence,
+    Icebergs,
     Liquidations,
     OiSpike,
     PerSymbol,
     Vpin,
+    Walls,
     default_strategy_dir,
     load_strategies,
 )
@@ -160,12 +172,18 @@ def run_flow(args: argparse.Namespace, scale: float) -> None:
 
     print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + OI + liquidations:"
           " off / microstructure / microstructure + flow")
-    for rate, hours in ((50.0, 2.0), (500.0, 0.25)):
+    engine_three_ways(args, scale, ((50.0, 2.0), (500.0, 0.25)), market_events, "flow", flow_section)
+
+
+def engine_three_ways(args: argparse.Namespace, scale: float, runs, make_events, part: str, part_section) -> None:
+    """The full engine per (trades/s/symbol, hours) of ``runs`` fed trades and ``make_events``' inputs,
+    three ways alternating: off, the microstructure section, and ``part_section`` (it plus ``part``)."""
+    for rate, hours in runs:
         duration = int(hours * 3_600_000 * scale)
         batches = streams(duration, rate)
-        events = market_events(batches, duration)
+        events = make_events(batches, duration)
         total = sum(len(b) for b in batches)
-        sections = {"off": None, "micro": section(batches, "aggressor"), "flow": flow_section(batches)}
+        sections = {"off": None, "micro": section(batches, "aggressor"), part: part_section(batches)}
         best = dict.fromkeys(sections, float("inf"))
         evaluations = 0
         for _ in range(args.repeat):
@@ -175,21 +193,81 @@ def run_flow(args: argparse.Namespace, scale: float) -> None:
         print(f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} events,"
               f" {evaluations:>7,} evaluations: off {total / best['off']:>10,.0f} trades/s,"
               f" micro {total / best['micro']:>10,.0f} ({best['off'] / best['micro']:.2f}),"
-              f" micro+flow {total / best['flow']:>10,.0f} ({best['off'] / best['flow']:.2f});"
-              f" flow parts alone {best['micro'] / best['flow']:.2f}")
+              f" micro+{part} {total / best[part]:>10,.0f} ({best['off'] / best[part]:.2f});"
+              f" {part} parts alone {best['micro'] / best[part]:.2f}")
+
+
+def book_updates(batches: list[TradeBatch], duration_ms: int, every_ms: int = 250, seed: int = 5) -> list:
+    """Per symbol a snapshot every ``every_ms``: 20 levels a side one tick (1 bp) apart around the last
+    trade price, sizes lognormal, now and then a level 10x (a wall); time-ordered ``BookUpdate``s."""
+    rng = np.random.default_rng(seed)
+    out: list = []
+    steps = np.arange(1, 21)
+    for b in batches:
+        times = np.arange(START + 97, START + duration_ms, every_ms)
+        last = b.price[np.maximum(np.searchsorted(b.time_ms, times, side="right") - 1, 0)]
+        sizes = rng.lognormal(0.0, 0.5, (len(times), 2, 20)) * (1e5 / last[:, None, None])
+        sizes[rng.random((len(times), 2, 20)) < 0.02] *= 10
+        for t, mid, size in zip(times.tolist(), last.tolist(), sizes.tolist()):
+            tick = mid * 1e-4
+            bids = [{"price": mid - tick * k, "qty": q} for k, q in zip(steps.tolist(), size[0])]
+            asks = [{"price": mid + tick * k, "qty": q} for k, q in zip(steps.tolist(), size[1])]
+            out.append(BookUpdate("binance", b.symbol, t, 0.0, (bids, asks)))
+    out.sort(key=lambda e: e.time_ms)
+    return out
+
+
+def book_section(batches: list[TradeBatch]) -> Detectors:
+    """``section`` (aggressor VPIN) with walls (5x the median within 25 bps) and icebergs (3 refills)."""
+    return section(batches, "aggressor").model_copy(update={"walls": Walls(), "icebergs": Icebergs()})
+
+
+def run_book(args: argparse.Namespace, scale: float) -> None:
+    duration = int(3_600_000 * scale)
+    batches = streams(duration, 50.0)
+    books = book_updates(batches[:1], duration)
+    params = BookParams(wall_multiple=5.0, iceberg_min_refills=3)
+    b = batches[0]
+    units = qty_to_units(b.qty)
+    BookDetectors(params).update(np.array([START]), [books[0].levels], b.time_ms[:2], b.price[:2], units[:2],
+                                 b.taker_sell[:2])  # compile (or load the cache) outside the clocks
+    print(f"book detectors alone (BookDetectors.update), {len(books):,} snapshots of 20 levels a side and"
+          f" {len(b):,} trades of one symbol")
+    for per_call in (len(books), 240, 1):
+        best = float("inf")
+        for _ in range(args.repeat):
+            detectors = BookDetectors(params)
+            cuts = [(k, min(k + per_call, len(books))) for k in range(0, len(books), per_call)]
+            ends = np.searchsorted(b.time_ms, [books[hi - 1].time_ms for _, hi in cuts], side="right")
+            chunks, lo_trade = [], 0
+            for (lo, hi), end in zip(cuts, ends.tolist()):
+                chunks.append((np.array([u.time_ms for u in books[lo:hi]]), [u.levels for u in books[lo:hi]],
+                               slice(lo_trade, end)))
+                lo_trade = end
+            began = time.process_time()
+            for times, levels, part in chunks:
+                detectors.update(times, levels, b.time_ms[part], b.price[part], units[part], b.taker_sell[part])
+            best = min(best, time.process_time() - began)
+        print(f"  {per_call:>6,} snapshots a call: {best / len(books) * 1e6:6.1f} µs per snapshot")
+
+    print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per"
+          " symbol every 250 ms: off / microstructure / microstructure + walls + icebergs")
+    engine_three_ways(args, scale, ((50.0, 1.0), (500.0, 0.25)), book_updates, "book", book_section)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller data sets (under a million trades)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
-    parser.add_argument("--only", choices=("microstructure", "flow"), help="one part of the benchmark")
+    parser.add_argument("--only", choices=("microstructure", "flow", "book"), help="one part of the benchmark")
     args = parser.parse_args()
     scale = 0.25 if args.quick else 1.0
-    if args.only != "flow":
+    if args.only in (None, "microstructure"):
         run_microstructure(args, scale)
-    if args.only != "microstructure":
+    if args.only in (None, "flow"):
         run_flow(args, scale)
+    if args.only in (None, "book"):
+        run_book(args, scale)
 
 
 def run_microstructure(args: argparse.Namespace, scale: float) -> None:
