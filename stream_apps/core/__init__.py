@@ -11,8 +11,9 @@ Module map:
 - ``events``: normalised inputs (columnar ``TradeBatch``; book, mark, liquidation, indicator records).
 - ``ring``, ``quantiles``, ``bars``, ``atr``: the bounded building blocks.
 - ``symbol_state`` (+ ``market_records``): per-symbol state and immutable ``Features`` snapshots.
-- ``detectors``: VPIN, Kyle's lambda and Amihud, CVD–price divergence, OI spikes and liquidation
-  windows per symbol (compiled where hot, incremental; on when a strategy has a ``detectors`` section).
+- ``detectors``: VPIN, Kyle's lambda and Amihud, CVD–price divergence, OI spikes, liquidation
+  windows, order-book walls and iceberg refills per symbol (compiled where hot, incremental; on when a
+  strategy has a ``detectors`` section).
 - ``strategy``, ``scoring``, ``decision``, ``cooldown``, ``exits``: strategy files and the signal model.
 - ``engine`` (+ ``records``): cadence, per-symbol states, per-strategy cooldown, Avro-shaped records.
 - ``synthetic``: deterministic synthetic trades for tests and benchmarks.
