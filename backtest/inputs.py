@@ -99,7 +99,7 @@ class MarketSlice:
                 if kind == "books":
                     batch: BookBatch | MarkBatch = BookBatch.from_arrays(
                         exchange, symbol, [r["event_time"] for r in rows], [r["obi_10"] for r in rows],
-                        [(r.get("bids", ()), r.get("asks", ())) for r in rows])  # levels: references, as live
+                        rows)  # levels for the book detectors: the records themselves, as live
                 elif kind == "marks":
                     batch = MarkBatch.from_arrays(
                         exchange, symbol, [r["event_time"] for r in rows], [r["mark_price"] for r in rows],

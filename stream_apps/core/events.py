@@ -107,9 +107,10 @@ def trade_batches_from_records(records: Iterable[Mapping[str, Any]]) -> list[Tra
 
 @dataclass(frozen=True, slots=True)
 class BookUpdate:
-    """Order-book imbalance of the top 10 levels, from ``md.book``; ``levels``: the record's
-    ``(bids, asks)`` as it has them (``{"price", "qty"}`` items or ``(price, qty)`` pairs, best first),
-    read only by the book detectors (walls, icebergs); None when the source gave none."""
+    """Order-book imbalance of the top 10 levels, from ``md.book``; ``levels``: the snapshot's levels
+    for the book detectors (walls, icebergs) only: the ``md.book`` record itself (its ``bids`` and
+    ``asks``, ``{"price", "qty"}`` items best first) or a ``(bids, asks)`` pair of such items or of
+    ``(price, qty)`` pairs; None when the source gave none. A reference, never copied."""
 
     exchange: str
     symbol: str
@@ -173,10 +174,14 @@ class BookBatch:
     @classmethod
     def from_arrays(cls, exchange: str, symbol: str, time_ms, obi, levels=None) -> BookBatch:
         times = np.asarray(time_ms, dtype=np.int64)
-        column = np.empty(len(times), dtype=object)  # filled one by one: a (bids, asks) pair is no row
+        column = np.empty(len(times), dtype=object)
         if levels is not None:
-            for i, item in enumerate(levels):
-                column[i] = item
+            levels = list(levels)
+            if all(type(item) is dict or item is None for item in levels):
+                column[:] = levels  # records: one reference each, in one step
+            else:
+                for i, item in enumerate(levels):  # a (bids, asks) pair would be read as a row: one by one
+                    column[i] = item
         return cls(exchange, symbol, times, np.asarray(obi, dtype=np.float64), column)
 
     @classmethod
@@ -258,7 +263,7 @@ def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[fl
 
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
     return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]),
-                      (record.get("bids", ()), record.get("asks", ())))
+                      record)
 
 
 def mark_from_record(record: Mapping[str, Any]) -> MarkUpdate:

@@ -129,9 +129,10 @@ class BookParams:
 
 
 def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Snapshots' levels (each ``BookUpdate.levels`` or None) as the kernel takes them: prices and
-    quantities of every level flattened, and per snapshot and side where its levels start and how
-    many (-1: no levels). At most ``MAX_LEVELS`` a side, best first as the record lists them."""
+    """Snapshots' levels (each ``BookUpdate.levels``: a record, a (bids, asks) pair, or None) as the
+    kernel takes them: prices and quantities of every level flattened, and per snapshot and side
+    where its levels start and how many (-1: no levels). At most ``MAX_LEVELS`` a side, best first as
+    the record lists them."""
     prices: list[float] = []
     qtys: list[float] = []
     starts: list[int] = []
@@ -141,7 +142,11 @@ def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
             starts += (0, 0)
             counts += (-1, -1)
             continue
-        for rows in (item[0], item[1]):
+        if type(item) is dict:  # an md.book record
+            sides = (item.get("bids") or (), item.get("asks") or ())
+        else:
+            sides = (item[0], item[1])
+        for rows in sides:
             if len(rows) > MAX_LEVELS:
                 rows = rows[:MAX_LEVELS]
             starts.append(len(prices))
