@@ -28,6 +28,7 @@ from stream_apps.core.events import (
     TradeBatch,
     indicator_from_record,
     liquidation_from_record,
+    record_column,
 )
 
 Record = dict[str, Any]
@@ -99,7 +100,7 @@ class MarketSlice:
                 if kind == "books":
                     batch: BookBatch | MarkBatch = BookBatch.from_arrays(
                         exchange, symbol, [r["event_time"] for r in rows], [r["obi_10"] for r in rows],
-                        rows)  # levels for the book detectors: the records themselves, as live
+                        record_column(rows))  # levels for the book detectors: the records themselves, as live
                 elif kind == "marks":
                     batch = MarkBatch.from_arrays(
                         exchange, symbol, [r["event_time"] for r in rows], [r["mark_price"] for r in rows],

@@ -174,6 +174,8 @@ class BookBatch:
     @classmethod
     def from_arrays(cls, exchange: str, symbol: str, time_ms, obi, levels=None) -> BookBatch:
         times = np.asarray(time_ms, dtype=np.int64)
+        if isinstance(levels, np.ndarray):  # already a column (``record_column``)
+            return cls(exchange, symbol, times, np.asarray(obi, dtype=np.float64), levels)
         column = np.empty(len(times), dtype=object)
         if levels is not None:
             levels = list(levels)
@@ -259,6 +261,13 @@ def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[fl
     ask_qty = sum(q for _, q in list(asks)[:depth])
     total = bid_qty + ask_qty
     return (bid_qty - ask_qty) / total if total > 0 else None
+
+
+def record_column(records: list[Mapping[str, Any]]) -> np.ndarray:
+    """An object column of references to ``records`` (``BookBatch.levels`` of md.book records)."""
+    column = np.empty(len(records), dtype=object)
+    column[:] = records
+    return column
 
 
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
