@@ -590,8 +590,23 @@ class Engine:
                 }
                 for _, b in sorted(self._pending_trades.items())
             ],
-            "pending_events": [{"type": type(e).__name__, **asdict(e)} for e in self._pending_event_list()],
+            "pending_events": [self._event_dict(e) for e in self._pending_event_list()],
         }
+
+    def _event_dict(self, event: MarketEvent) -> dict[str, Any]:
+        """A pending event as plain data; a book's levels only where the book detectors read them
+        (its md.book record is otherwise 40 levels of dead weight in every snapshot)."""
+        if isinstance(event, BookUpdate):
+            levels = event.levels
+            if levels is not None and self.book_params(event.symbol) is not None:
+                if isinstance(levels, dict):
+                    levels = (levels.get("bids") or [], levels.get("asks") or [])
+                levels = [[dict(r) if isinstance(r, dict) else list(r) for r in side] for side in levels]
+            else:
+                levels = None
+            return {"type": "BookUpdate", "exchange": event.exchange, "symbol": event.symbol,
+                    "time_ms": event.time_ms, "obi": event.obi, "levels": levels}
+        return {"type": type(event).__name__, **asdict(event)}
 
     @classmethod
     def from_dict(
