@@ -116,7 +116,7 @@ class BookUpdate:
     symbol: str
     time_ms: int
     obi: float
-    levels: Any = None
+    levels: Any = field(default=None, compare=False)  # not in eq/hash: a record is unhashable
 
 
 @dataclass(frozen=True, slots=True)
