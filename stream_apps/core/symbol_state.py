@@ -14,8 +14,9 @@ update identically. So:
   which they hold, so a segment's evaluation times read them as the other windows. Likewise the flow
   detectors (``flow``: CVD–price divergence from the trades, OI spikes and liquidation windows from
   the other inputs), and the book detectors (``orderbook``: walls and iceberg refills from the book
-  snapshots' levels and the trades between them; both are held until the segment's trades are in,
-  then merged in time order).
+  snapshots' levels and the trades between them: a segment's snapshots are held until its trades are
+  in, then both are merged in time order; trades with no snapshot waiting are counted at once, so a
+  caller applies a span's books before its trades, as the engine does).
 
 Bad input never raises; it is counted in ``counters``:
 - ``rejected``: NaN/inf/zero/negative price or quantity, negative id or time (quantity below 1e-8
@@ -328,6 +329,8 @@ class SymbolState:
                 self._log.divergence.extend(changes)
         if self.orderbook is not None:
             self._book_inputs[1].append((times, prices, qty_units, sells))
+            if not self._book_inputs[0]:  # no snapshot waits for them: count them now (nothing piles up)
+                self._merge_book_inputs()
 
         segments = segments_from_groups(MINUTE_MS, minute_numbers, m_starts, prices, per_minute, ids)
         closed = self.bars_1m.apply(segments)
