@@ -115,6 +115,28 @@ def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed
     return read_outputs(kafka_bootstrap, prefix, read_topic), inputs, summary
 
 
+def assert_summary_true(summary: str, kafka_bootstrap: str, prefix: str, read_topic, *, seed: int,
+                        duration_s: float, fake_args: tuple[str, ...] = ()) -> None:
+    """The producer's `replay-finished` line is true: frames in = every frame the fake sent on the
+    subscribed streams, md.trades = the session's trades, records delivered = what the md.* topics
+    hold, and nothing dropped, undelivered or dead-lettered. (The fake at `max` finishes sending long
+    before the producer has read everything; the producer may end only once the fake's end marker's
+    count has been read, processed and delivered.)"""
+    import re
+
+    from fake_exchange.cli import config_from_args
+
+    session = config_from_args(synthetic_args(seed, duration_s, fake_args)).load_session()
+    counts = {label.strip(): int(n) for n, label in re.findall(r"(\d+) ([a-z][a-z ]*)", summary)}
+    assert counts["frames in"] == sum(1 for f in session.frames if f.event != "bookTicker"), summary
+    assert re.search(rf"\bmd\.trades {sum(1 for f in session.frames if f.event == 'aggTrade')}\b", summary), summary
+    assert counts["duplicates dropped"] == counts["undelivered"] == counts["dead letters"] == 0, summary
+    assert counts["records delivered"] == sum(
+        len(read_topic(kafka_bootstrap, prefix + t, idle_s=1.0))
+        for t in ("md.trades", "md.depth", "md.book", "md.mark", "md.liquidations", "md.indicators", "md.progress")
+    ), summary
+
+
 def assert_same(a: dict[str, list[dict]], b: dict[str, list[dict]], label: str) -> None:
     for topic in OUTPUTS:
         assert len(a[topic]) == len(b[topic]), f"{label}: {topic} {len(a[topic])} vs {len(b[topic])} records"
