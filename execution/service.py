@@ -82,6 +82,13 @@ INPUTS = ("signals", "md.trades", "md.book", "md.mark")
 OUTPUTS = ("orders", "fills", "positions", "risk.events")
 
 
+#: The executor's fetch wait. With the live 10 ms an idle executor asked the embedded broker ~100
+#: times a second per consumer, the largest share of Tansu's CPU in an idle stack (measured: the
+#: broker used 0.31 CPU-s per second idle, 0.18 with the executor stopped). Tansu answers a fetch
+#: that was waiting within about half its wait once data arrives (measured crossing, 30 records:
+#: 10 ms wait p50 3.3 / p90 6.0 ms, 50 ms wait p50 8.8 / p90 21.5 ms); Kafka answers at once.
+EXECUTOR_FETCH_WAIT_MS = 50
+
 @dataclass
 class ExecuteOptions:
     config_path: Path | None = None  # executor config (YAML/JSON); None = defaults
@@ -167,8 +174,13 @@ class ExecutorService:
             self.bootstrap, self._group, **{"enable.auto.offset.store": False,
                                             "auto.offset.reset": self.options.start_from,
                                             "partition.assignment.strategy": "range",
-                                            "enable.partition.eof": True}))
-        self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower"))
+                                            "enable.partition.eof": True,
+                                            "fetch.wait.max.ms": EXECUTOR_FETCH_WAIT_MS}))
+        # risk.events is written a few times a day (a pause, the kill switch): 500 ms delays a risk
+        # record by at most that on Tansu (Kafka answers a fetch as soon as data arrives), and
+        # `consume(timeout=0)` below never blocks on it
+        self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower",
+                                              **{"fetch.wait.max.ms": 500}))
         self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         next_clock = next_commit = 0
