@@ -13,12 +13,19 @@ import json
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
 
-from stream_apps.core.strategy import StrategyConfig, default_strategy_dir, load_strategy
 from tapeflow_runtime.errors import TapeflowError
+
+if TYPE_CHECKING:
+    from stream_apps.core.strategy import StrategyConfig
+
+# stream_apps.core.strategy (and numba with it) is imported where a command runs, not here: every
+# `tapeflow` process imports this module to register the commands, and `tapeflow status` spent half
+# its 1.5 CPU-s on imports only research needs
 
 DEFAULT_SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT"
 
@@ -41,6 +48,8 @@ def fmt_day(ms: int) -> str:
 
 
 def _base(strategy: Path | None) -> StrategyConfig:
+    from stream_apps.core.strategy import default_strategy_dir, load_strategy
+
     return load_strategy(strategy if strategy is not None else default_strategy_dir() / "v53.yaml")
 
 
@@ -252,7 +261,7 @@ def register(app: typer.Typer) -> None:
                                                                      "(a PostgreSQL conninfo)."),
     ) -> None:
         """Every evaluation's features with y_binary_60m and forward returns: Parquet (and feature_labels)."""
-        from stream_apps.core.strategy import load_strategies
+        from stream_apps.core.strategy import default_strategy_dir, load_strategies, load_strategy
 
         from .dataset import ResearchTable
         from .export import replay_symbol
@@ -335,6 +344,8 @@ def register(app: typer.Typer) -> None:
 
 def _named_strategy(text: str) -> StrategyConfig:
     """``--strategy``: a file, or the name of a shipped strategy."""
+    from stream_apps.core.strategy import default_strategy_dir, load_strategy
+
     path = Path(text)
     if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
         if not path.is_file():

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
 
-from backtest.research.watchlist_model import fit_model, label_records, session_records
-from backtest.watchlist.runner import cross_venue_params, run_backtest
 from backtest.watchlist.sources import WatchlistSourceError, load_session
 from stream_apps.core.durations import format_duration_ms, parse_duration_ms
-from stream_apps.core.strategy import StrategyConfigError
 from stream_apps.watchlist.model import DEFAULT_FACTORS, FACTORS, ModelFileError, load_model
-from stream_apps.watchlist.strategy import WatchlistStrategy, load_watchlist_strategy, model_path, parse_watchlist_strategy
 from tapeflow_runtime.errors import TapeflowError
+
+if TYPE_CHECKING:
+    from stream_apps.watchlist.strategy import WatchlistStrategy
+
+# the runner, the model fit and the strategy (numba and the engine's strategy code with them) are
+# imported where a command runs: every `tapeflow` process imports this module to register the commands
 
 SOURCE_HELP = ("synthetic[:SEED] (a generated session of --minutes and --coins) | jsonl:FILE (md.book/md.mark/"
                "md.indicators records, e.g. `tapeflow topics tail md.book --from-beginning --json` of each topic "
@@ -75,6 +77,8 @@ def render_backtest(strategy: WatchlistStrategy, source: str, inputs: int, resul
 
 
 def _strategy(path: Path) -> WatchlistStrategy:
+    from stream_apps.watchlist.strategy import load_watchlist_strategy
+
     if not path.is_file():
         raise WatchlistSourceError(f"strategy file {path} does not exist")
     return load_watchlist_strategy(path)
@@ -95,6 +99,10 @@ def register(watchlist: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Backtest a watchlist strategy: features, triggers, entry re-check and hedged paper pairs over a session."""
+        from backtest.watchlist.runner import run_backtest
+        from stream_apps.core.strategy import StrategyConfigError
+        from stream_apps.watchlist.strategy import model_path
+
         try:
             strategy = _strategy(strategy_file)
             model = load_model(model_path(strategy)) if strategy.model is not None else None
@@ -137,6 +145,11 @@ def register(watchlist: typer.Typer) -> None:
                                             help="The last share of evaluation times kept out of the fit."),
     ) -> None:
         """Fit the expected-pnl (ridge) and win-probability (logistic) model, scored out of sample."""
+        from backtest.research.watchlist_model import fit_model, label_records, session_records
+        from backtest.watchlist.runner import cross_venue_params
+        from stream_apps.core.strategy import StrategyConfigError
+        from stream_apps.watchlist.strategy import parse_watchlist_strategy
+
         try:
             horizon_ms = parse_duration_ms(horizon)
             names = tuple(f.strip() for f in factors.split(",") if f.strip())

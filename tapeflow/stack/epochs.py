@@ -37,10 +37,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from execution.carry import carry_executor_state
 from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC, all_topics
-from sinks.service import default_topics
-from stream_apps.faust_app.carry import carry_engine_state
 from tapeflow.stack.app_services import EpochConsumer, http_json
 from tapeflow_runtime.epochs import EPOCHS_FILE, STEPS, EpochState, epoch_prefix, rollover_enabled
 from tapeflow_runtime.kafka_client import (
@@ -263,6 +260,11 @@ class EpochRoller:
             self.say(f"epochs     executor-e{self.state.epoch}: md.book/md.mark not read to their end in "
                      f"{EXECUTOR_QUOTES_WAIT_S:.0f}s; moving on (they are stored by the sink either way)")
         self.sup.stop_service(f"executor-e{self.state.epoch}")
+        # imported here: every `tapeflow` command loads this module through the supervisor, and these
+        # pull in the engine's strategy code and numba (`tapeflow status` spent ~0.4 CPU-s on them)
+        from execution.carry import carry_executor_state
+        from stream_apps.faust_app.carry import carry_engine_state
+
         carried = carry_engine_state(bootstrap, f"{old}tapeflow-engine", f"{new}tapeflow-engine")
         ends = carry_executor_state(bootstrap, old, new)
         # both new groups start at the epoch's beginning (their history is carried, not re-read: a new
@@ -281,6 +283,8 @@ class EpochRoller:
 
     def _step_sink(self, bootstrap: str) -> bool:
         old = self.prefix()
+        from sinks.service import default_topics
+
         if not self._drained(bootstrap, f"{old}tapeflow-sink", [old + t for t in default_topics()], f"sink-e{self.state.epoch}"):
             return False
         self.sup.stop_service(f"sink-e{self.state.epoch}")
