@@ -55,9 +55,9 @@ SEED = 41
 START_S = 1_700_003_400.0  # 2023-11-14 23:10 UTC: now (after 25 h) is 2023-11-16 00:10
 HISTORY_S = 25 * 3600
 DURATION_S = HISTORY_S + 20 * 60
-SPEC = dict(trades_per_s=0.3, depth_interval_ms=5_000, mark_interval_s=5, book_ticker=False,
+SPEC = dict(trades_per_s=0.15, depth_interval_ms=5_000, mark_interval_s=5, book_ticker=False,
             binance_stream_names=True, start_time=START_S)
-FAKE_ARGS = ("--synthetic-trades-per-s", "0.3", "--synthetic-depth-interval-ms", "5000",
+FAKE_ARGS = ("--synthetic-trades-per-s", "0.15", "--synthetic-depth-interval-ms", "5000",
              "--synthetic-mark-interval-s", "5", "--synthetic-no-book-ticker", "--synthetic-start", str(START_S))
 STRATEGY = {
     "name": "warm_24h", "version": "1", "windows": {"cvd_fast": "30m", "cvd_mid": "4h"}, "warmup": "24h",
