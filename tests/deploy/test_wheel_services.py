@@ -184,7 +184,8 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
     for package in sorted(p.parent.name for p in REPO.glob("*/__init__.py")
                           if p.parent.name not in ("tests", "benchmarks")):
         assert f"{package}/__init__.py" in names, f"package {package} is not in the wheel"
-    for pattern in ("stream_apps/strategies/*.yaml", "sinks/migrations/*.sql", "schemas/avro/*.avsc"):
+    for pattern in ("stream_apps/strategies/*.yaml", "stream_apps/watchlist/strategies/*.yaml", "sinks/migrations/*.sql",
+                    "schemas/avro/*.avsc"):
         shipped = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob(pattern))
         assert shipped and set(shipped) <= names, f"missing from the wheel: {sorted(set(shipped) - names)}"
 
