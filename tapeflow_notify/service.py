@@ -1,6 +1,7 @@
 """`tapeflow notify`: the notifier as a process (its own consumer group, /metrics and /health).
 
-Reads `signals`, `fills`, `positions` and `risk.events` (TAPEFLOW_NOTIFY_EVENTS) in group
+Reads `signals`, `fills`, `positions` and `risk.events` (TAPEFLOW_NOTIFY_EVENTS; `features` too
+when the market alerts are wanted: tapeflow_notify/market_alerts.py) in group
 `<prefix>tapeflow-notify`, starting at the end on its first run: it tells about what happens from now
 on, not about history. A partition without a committed offset is positioned at its end during the
 assignment (not lazily afterwards, which would skip what arrives in between), and its records older
@@ -26,6 +27,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from tapeflow_notify.channels import channels_from
 from tapeflow_notify.dispatch import Dispatcher
+from tapeflow_notify.market_alerts import AlertRules, MarketAlerts
 from tapeflow_notify.messages import note_for
 from tapeflow_notify.metrics import NotifyMetrics
 from tapeflow_runtime.endpoints import resolve_broker
@@ -46,6 +48,8 @@ class NotifyService:
         self.metrics = metrics
         self.serde = AvroSerde(registry_from_url(settings.schema_registry_url))
         self.names = {settings.topic(t): t for t in settings.notify_events}
+        # `features` among the events turns the market alerts on (tapeflow_notify/market_alerts.py)
+        self.alerts = MarketAlerts(AlertRules.from_mapping(settings.notify_alert_thresholds))
         self.group = f"{settings.topic_prefix}tapeflow-notify"
         self.consumer = Consumer(consumer_config(bootstrap, self.group, **{
             "enable.auto.commit": True, "auto.offset.reset": "latest"}))
@@ -88,9 +92,10 @@ class NotifyService:
             except Exception as exc:  # not ours to dead-letter: the sink already records it
                 log.warning("undecodable record skipped", topic=name, offset=msg.offset(), error=str(exc))
                 continue
-            note = note_for(name, record)
-            if note is not None:
-                self.dispatcher.submit(note)
+            notes = self.alerts.notes_for(record) if name == "features" else [note_for(name, record)]
+            for note in notes:
+                if note is not None:
+                    self.dispatcher.submit(note)
 
     def health(self) -> dict:
         channels = self.dispatcher.health()
@@ -113,6 +118,10 @@ async def run_notifier(settings: Settings, metrics_port: int, metrics_host: str)
         raise ConfigError("no notification channel configured: set TAPEFLOW_TELEGRAM_BOT_TOKEN and "
                           "TAPEFLOW_TELEGRAM_CHAT_ID, TAPEFLOW_DISCORD_WEBHOOK_URL or TAPEFLOW_NOTIFY_WEBHOOK_URL "
                           "(or their *_FILE variants)")
+    try:
+        AlertRules.from_mapping(settings.notify_alert_thresholds)
+    except ValueError as exc:
+        raise ConfigError(f"TAPEFLOW_NOTIFY_ALERT_THRESHOLDS: {exc}") from None
     metrics = NotifyMetrics()
     dispatcher = Dispatcher(channels, settings.notify_rate_per_minute, metrics)
     bootstrap = resolve_broker(settings, StackPaths(settings.home))

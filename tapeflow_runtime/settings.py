@@ -181,7 +181,11 @@ class Settings(BaseSettings):
                                         description="Messages per minute per channel; the rest is summarised.")
     notify_events: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["signals", "fills", "positions", "risk.events"],
-        description="Topics whose events are notified (comma-separated).")
+        description="Topics whose events are notified (comma-separated); add `features` for the market alerts.")
+    notify_alert_thresholds: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="Market-alert thresholds as name=value pairs, e.g. `oi_spike_z=4,cooldown_s=600` "
+                    "(tapeflow_notify/market_alerts.py; unset names keep their defaults).")
 
     # --- sources -------------------------------------------------------------------------------
     @classmethod
@@ -276,10 +280,23 @@ class Settings(BaseSettings):
     def _split_events(cls, v: Any) -> Any:
         return [s for s in re.split(r"[,\s]+", v) if s] if isinstance(v, str) else v
 
+    @field_validator("notify_alert_thresholds", mode="before")
+    @classmethod
+    def _split_thresholds(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        out: dict[str, str] = {}
+        for pair in (s for s in re.split(r"[,\s]+", v) if s):
+            name, sep, value = pair.partition("=")
+            if not sep or not name or not value:
+                raise ValueError(f"expected name=value, got {pair!r}")
+            out[name] = value
+        return out
+
     @field_validator("notify_events")
     @classmethod
     def _known_events(cls, v: list[str]) -> list[str]:
-        known = ("signals", "fills", "positions", "risk.events")
+        known = ("signals", "fills", "positions", "risk.events", "features")
         unknown = [e for e in v if e not in known]
         if unknown:
             raise ValueError(f"unknown event topic(s) {', '.join(unknown)}: expected some of {', '.join(known)}")
