@@ -8,6 +8,7 @@ and returns the engine's outputs in a canonical order, the `md.*` inputs and the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -37,12 +38,20 @@ def synthetic_args(seed: int, duration_s: float, fake_args: tuple[str, ...] = ()
             str(duration_s), *fake_args]
 
 
+@functools.lru_cache(maxsize=1)
+def served_session(seed: int, duration_s: float, fake_args: tuple[str, ...] = ()):
+    """The session `tapeflow fake-exchange` serves for these arguments (its own generator), kept for the
+    next check of the same run: a two-hour session takes ~6 CPU-s to generate, and a test checks it
+    after each of its runs and once more for the producer's summary."""
+    from fake_exchange.cli import config_from_args
+
+    return config_from_args(synthetic_args(seed, duration_s, fake_args)).load_session()
+
+
 def assert_every_trade_once(seed: int, duration_s: float, trades: list[dict], fake_args: tuple[str, ...] = ()) -> None:
     """No trade lost, none twice: the (symbol, agg id)s on md.trades are exactly the session's (the fake
     exchange's own generator, from the same arguments)."""
-    from fake_exchange.cli import config_from_args
-
-    session = config_from_args(synthetic_args(seed, duration_s, fake_args)).load_session()
+    session = served_session(seed, duration_s, tuple(fake_args))
     recorded = {(f.payload["s"], f.payload["a"]) for f in session.frames if f.event == "aggTrade"}
     published = [(t["symbol"], t["agg_id"]) for t in trades]
     assert len(published) == len(set(published)), f"{len(published) - len(set(published))} trades published twice"
@@ -124,9 +133,7 @@ def assert_summary_true(summary: str, kafka_bootstrap: str, prefix: str, read_to
     count has been read, processed and delivered.)"""
     import re
 
-    from fake_exchange.cli import config_from_args
-
-    session = config_from_args(synthetic_args(seed, duration_s, fake_args)).load_session()
+    session = served_session(seed, duration_s, tuple(fake_args))
     counts = {label.strip(): int(n) for n, label in re.findall(r"(\d+) ([a-z][a-z ]*)", summary)}
     assert counts["frames in"] == sum(1 for f in session.frames if f.event != "bookTicker"), summary
     assert re.search(rf"\bmd\.trades {sum(1 for f in session.frames if f.event == 'aggTrade')}\b", summary), summary
