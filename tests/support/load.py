@@ -3,7 +3,8 @@
 `cpu_hog()` keeps every core busy for the duration of a `with` block (inside the parallel suite, where
 the other workers load the cores already, it adds one busy process at nice 19: it takes the CPU the
 other workers leave idle and almost none they want, so the block still never runs on an idle core
-and the suite's other tests are not slowed; at nice 0 it took ~490 CPU-s from them per run): Debian's
+and the suite's other tests are not slowed; at nice 0 the test that uses it measured 490 CPU-s in the
+suite, hog included): Debian's
 `stress-ng` where it is installed (`--cpu N`, what a user would reach for), otherwise N busy Python
 processes. Either way the
 hog processes are children of the test, started in their own process group and killed on exit, even
