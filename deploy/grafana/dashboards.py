@@ -1,4 +1,4 @@
-"""tapeflow's Grafana dashboards as code: Market, Signals, Trading, Pipeline health.
+"""tapeflow's Grafana dashboards as code: Market, Signals, Trading, Pipeline health, Intelligence.
 
 Run `python deploy/grafana/dashboards.py` after changing a panel: it writes the provisioned JSON
 (deploy/grafana/dashboards/*.json) and docs/dashboards.md from the definitions below; `--check` only
@@ -25,7 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grafana_model import (  # noqa: E402 - the model sits beside this script, outside any package
+    ALL,
     Annotation,
+    ColumnThresholds,
     Dashboard,
     Panel,
     PromQL,
@@ -422,7 +424,193 @@ LIMIT 200""", fmt="table"),)),
                               legend="{{channel}}", instant=True),)),
     ))
 
-DASHBOARDS = (MARKET, SIGNALS, TRADING, PIPELINE)
+# --- Intelligence ------------------------------------------------------------------------------------------
+# Three variables of its own: which symbols, how many contracts the funding grid ranks, and the USD size
+# from which a trade counts as a whale's. The grid ranks the contracts by the quote volume of the 24 h
+# before the range's end, summed from bars_1m: on plain PostgreSQL bars_1h is a view whose time filter
+# applies to its bucket expression and could not prune bars_1m's partitions (it would read every bar).
+INTEL_SYMBOLS = Variable("symbols", "Symbols", "SELECT DISTINCT symbol FROM bars_1m WHERE exchange = '$exchange' "
+                         "AND open_time > now() - INTERVAL '1 day' ORDER BY 1", multi=True, default=ALL)
+TOP = Variable("top", "Top contracts by 24 h volume", choices=("10", "20", "50"), default="20")
+WHALE = Variable("whale", "Whale threshold", choices=("100000", "250000", "500000", "1000000"),
+                 default="250000")
+_WHALES = """FROM trades
+WHERE exchange = '$exchange' AND symbol IN ($symbols) AND $__timeFilter(trade_time)
+  AND price * qty >= '$whale'::double precision"""
+# Data quality: seconds since each source's newest row of a symbol (NULL: none in the last day). The newest
+# trade and book snapshot are found through their primary keys' id order (agg_id, last_update_id rise with
+# time per symbol), which both engines read backwards from an index instead of sorting a day of rows.
+_SOURCES = (
+    ("trade age s", "SELECT t.trade_time FROM trades t WHERE t.exchange = s.exchange AND t.symbol = s.symbol",
+     "AND t.trade_time > now() - INTERVAL '1 day' ORDER BY t.agg_id DESC LIMIT 1"),
+    ("mark age s", "SELECT max(m.event_time) FROM mark_prices m WHERE m.exchange = s.exchange AND m.symbol = s.symbol",
+     "AND m.event_time > now() - INTERVAL '1 day'"),
+    ("book age s", "SELECT d.event_time FROM depth_snapshots d WHERE d.exchange = s.exchange AND d.symbol = s.symbol",
+     "AND d.event_time > now() - INTERVAL '1 day' ORDER BY d.last_update_id DESC LIMIT 1"),
+    ("OI age s", "SELECT max(i.event_time) FROM market_indicators i WHERE i.exchange = s.exchange",
+     "AND i.symbol = s.symbol AND i.kind = 'open_interest' AND i.event_time > now() - INTERVAL '1 day'"),
+    ("evaluation age s", "SELECT max(f.eval_time) FROM features f WHERE f.exchange = s.exchange",
+     "AND f.symbol = s.symbol AND f.eval_time > now() - INTERVAL '1 day'"),
+)
+_AGE_COLUMNS = "\n".join(f'''       round(extract(epoch FROM now() - (
+           {select}
+             {rest}
+       )))::int AS "{name}",''' for name, select, rest in _SOURCES)
+
+
+INTELLIGENCE = Dashboard(
+    uid="tapeflow-intelligence", title="tapeflow · Intelligence",
+    description="Where the market's pressure is: funding of the most traded contracts, open interest against "
+                "liquidations, whale trades and order-book walls, and whether each symbol's data can be trusted. "
+                "The signals these inputs produce are in the Signals dashboard's Signal timeline "
+                "(tapeflow-signals); this one does not repeat it.",
+    variables=(EXCHANGE, INTEL_SYMBOLS, TOP, WHALE), refresh="1m",
+    panels=(
+        Panel("Funding heatmap: top contracts by 24 h volume", "status-history", width=24, height=10,
+              unit="percent", decimals=4, base_color="blue",
+              question="Which of the most traded contracts pay extreme funding, in which direction, and since when? "
+                       "(Rows are ranked by quote volume over the 24 h before the range's end; cells are 15-minute "
+                       "averages in % per funding interval. A status history rather than Grafana's heatmap panel: "
+                       "the heatmap buckets numeric values on its y axis, while this grid needs one row per symbol "
+                       "coloured by the value, which status history draws from the SQL's time/metric/value rows.)",
+              thresholds=(Threshold(-0.1, "light-blue", "moderate negative funding: shorts pay (v52's funding "
+                                                        "layer scores |rate|, so its bands hold on both sides)"),
+                          Threshold(-0.03, "green", "neutral"),
+                          Threshold(0.03, "yellow", "moderate: longs pay (v52: +5 against the crowd)"),
+                          Threshold(0.1, "red", "extreme (v52: -5 with the crowd)")),
+              queries=(Sql("""
+WITH ranked AS (
+    SELECT symbol, row_number() OVER (ORDER BY sum(quote_volume) DESC, symbol) AS rank
+    FROM bars_1m
+    WHERE exchange = '$exchange'
+      AND open_time > $__timeTo()::timestamptz - INTERVAL '24 hours' AND open_time <= $__timeTo()::timestamptz
+    GROUP BY symbol
+    ORDER BY rank
+    LIMIT '$top'::int
+)
+SELECT $__timeGroupAlias(m.event_time, '15m'), to_char(r.rank, 'FM00') || ' ' || m.symbol AS metric,
+       avg(m.funding_rate) * 100 AS value
+FROM mark_prices m
+JOIN ranked r ON r.symbol = m.symbol
+WHERE m.exchange = '$exchange' AND $__timeFilter(m.event_time)
+GROUP BY 1, 2 ORDER BY 1"""),)),
+        Panel("Open interest change per symbol", "timeseries", unit="percentunit", decimals=2,
+              question="Which symbols are adding or shedding open interest since the start of the range? (OI is "
+                       "in contracts, so the change, not the level, compares across symbols.)",
+              options={"legend": {"displayMode": "table", "placement": "right", "showLegend": True,
+                                  "calcs": ["lastNotNull"], "sortBy": "Last *", "sortDesc": True}},
+              queries=(Sql("""
+SELECT "time", symbol AS metric, oi / nullif(first_value(oi) OVER (PARTITION BY symbol ORDER BY "time"), 0) - 1 AS value
+FROM (
+    SELECT $__timeGroupAlias(event_time, $__interval), symbol, avg(value) AS oi
+    FROM market_indicators
+    WHERE exchange = '$exchange' AND kind = 'open_interest' AND symbol IN ($symbols) AND $__timeFilter(event_time)
+    GROUP BY 1, 2
+) b
+ORDER BY 1"""),)),
+        Panel("Liquidated USD by side", "barchart", unit="currencyUSD", stack=True,
+              question="Who is being forced out, longs (below zero) or shorts (above zero), and how much?",
+              queries=(Sql("""
+SELECT $__timeGroupAlias(trade_time, $__interval),
+       coalesce(sum(usd_value) FILTER (WHERE liquidated_side = 'SHORT'), 0) AS "shorts liquidated",
+       -coalesce(sum(usd_value) FILTER (WHERE liquidated_side = 'LONG'), 0) AS "longs liquidated"
+FROM liquidations
+WHERE exchange = '$exchange' AND symbol IN ($symbols) AND $__timeFilter(trade_time)
+GROUP BY 1 ORDER BY 1"""),)),
+        Panel("Whale flow", "barchart", unit="currencyUSD", stack=True,
+              question="Are whales buying (above zero) or selling (below zero) with market orders? (Aggregated "
+                       "trades of at least $whale USD: one taker order at one price.)",
+              queries=(Sql(f"""
+SELECT $__timeGroupAlias(trade_time, $__interval),
+       coalesce(sum(price * qty) FILTER (WHERE taker_side = 'BUY'), 0) AS "whale taker buys",
+       -coalesce(sum(price * qty) FILTER (WHERE taker_side = 'SELL'), 0) AS "whale taker sells"
+{_WHALES}
+GROUP BY 1 ORDER BY 1"""),)),
+        Panel("Whale trades", "table",
+              question="Which trades were large enough to matter, where and which way?",
+              queries=(Sql(f"""
+SELECT trade_time AS "time", symbol, taker_side, price, qty, round((price * qty)::numeric) AS usd
+{_WHALES}
+ORDER BY trade_time DESC
+LIMIT 200""", fmt="table"),)),
+        Panel("Order-book walls and icebergs now", "table", width=24, height=7,
+              question="Where do large resting orders stand near the mid, how long have they stood, and were walls "
+                       "pulled or filled, or icebergs refilled, in the detectors' window? (The latest evaluation of "
+                       "each symbol in the 15 minutes before the range's end whose inputs carry the book detectors' "
+                       "fields; an empty cell: no wall on that side.)",
+              queries=(Sql("""
+SELECT DISTINCT ON (symbol)
+       symbol, eval_time AS "evaluated",
+       (inputs->>'wall_bid_usd')::double precision AS "bid wall USD",
+       (inputs->>'wall_bid_distance_bps')::double precision AS "bid wall bps",
+       (inputs->>'wall_bid_age_s')::double precision AS "bid wall age s",
+       (inputs->>'wall_ask_usd')::double precision AS "ask wall USD",
+       (inputs->>'wall_ask_distance_bps')::double precision AS "ask wall bps",
+       (inputs->>'wall_ask_age_s')::double precision AS "ask wall age s",
+       (inputs->>'wall_pulled_bid')::double precision AS "pulled bid", (inputs->>'wall_pulled_ask')::double precision
+           AS "pulled ask",
+       (inputs->>'wall_filled_bid')::double precision AS "filled bid", (inputs->>'wall_filled_ask')::double precision
+           AS "filled ask",
+       (inputs->>'iceberg_refills_bid')::double precision AS "iceberg refills bid",
+       (inputs->>'iceberg_refills_ask')::double precision AS "iceberg refills ask",
+       (inputs->>'iceberg_usd_bid')::double precision AS "iceberg USD bid",
+       (inputs->>'iceberg_usd_ask')::double precision AS "iceberg USD ask"
+FROM features
+WHERE exchange = '$exchange' AND symbol IN ($symbols)
+  AND eval_time > $__timeTo()::timestamptz - INTERVAL '15 minutes' AND eval_time <= $__timeTo()::timestamptz
+  AND inputs ?| ARRAY['wall_pulled_bid', 'wall_pulled_ask', 'iceberg_refills_bid', 'iceberg_refills_ask']
+ORDER BY symbol, eval_time DESC""", fmt="table"),)),
+        Panel("Wall sizes near the mid", "timeseries", width=24, unit="currencyUSD",
+              question="How large were the nearest bid and ask walls over time, and when did they appear or vanish?",
+              queries=(Sql("""
+SELECT $__timeGroupAlias(f.eval_time, $__interval), f.symbol || ' ' || w.side AS metric, max(w.usd) AS value
+FROM features f,
+     LATERAL (VALUES ('bid wall', (f.inputs->>'wall_bid_usd')::double precision),
+                     ('ask wall', (f.inputs->>'wall_ask_usd')::double precision)) w(side, usd)
+WHERE f.exchange = '$exchange' AND f.symbol IN ($symbols) AND $__timeFilter(f.eval_time) AND w.usd IS NOT NULL
+GROUP BY 1, 2 ORDER BY 1"""),)),
+        Panel("Data quality per symbol", "table", width=16, height=9,
+              question="Can each symbol's data be trusted now: how old is its newest trade, mark price, book "
+                       "snapshot, open interest and evaluation in the database, and how many trade-id gaps stayed "
+                       "unfilled (md.gaps) in the range? (Feature records do not say why an input is absent, so "
+                       "staleness is measured at the sources; an empty age: nothing in the last day. Resyncs are "
+                       "only counted by the producer: next panel.)",
+              columns=(ColumnThresholds("trade age s", (
+                           Threshold(30, "orange", "the risk guard's stale_market_data_s: it refuses new orders"),
+                           Threshold(300, "red", "the feed is down"))),
+                       ColumnThresholds("mark age s", (Threshold(30, "orange", "md.mark pushes every second or so"),
+                                                       Threshold(300, "red", "the feed is down"))),
+                       ColumnThresholds("book age s", (
+                           Threshold(30, "orange", "the risk guard's stale_market_data_s: it refuses new orders"),
+                           Threshold(300, "red", "the feed is down"))),
+                       ColumnThresholds("OI age s", (Threshold(600, "orange", "a 5-minute indicator poll missed"),
+                                                     Threshold(1800, "red", "the indicator poller is down"))),
+                       ColumnThresholds("evaluation age s", (
+                           Threshold(60, "orange", "several 15 s evaluation intervals missed"),
+                           Threshold(600, "red", "TapeflowNoSignalEvaluation"))),
+                       ColumnThresholds("unfilled gaps", (Threshold(1, "red", "trade ids are missing for good: "
+                                                                              "windows over them are incomplete"),))),
+              queries=(Sql(f"""
+SELECT s.symbol,
+{_AGE_COLUMNS}
+       g.gaps AS "unfilled gaps", g.ids AS "missing trade ids", g.last_gap AS "last gap"
+FROM (SELECT DISTINCT exchange, symbol FROM bars_1m
+      WHERE exchange = '$exchange' AND open_time > now() - INTERVAL '1 day') s
+LEFT JOIN LATERAL (SELECT count(*) AS gaps, coalesce(sum(to_id - from_id + 1), 0) AS ids,
+                          max(detected_time) AS last_gap
+                   FROM data_gaps
+                   WHERE exchange = s.exchange AND symbol = s.symbol AND $__timeFilter(detected_time)) g ON true
+ORDER BY s.symbol""", fmt="table"),)),
+        Panel("Order-book resyncs per symbol (10 min)", "stat", width=8, height=9, unit="none",
+              question="Which books were rebuilt from a snapshot lately (each resync leaves a hole in md.book and the "
+                       "wall detectors)? Counted by the producer only, so read from Prometheus.",
+              thresholds=(Threshold(1, "orange", "resynced in the last 10 minutes"),
+                          Threshold(5, "red", "TapeflowBookResyncStorm: more than 5 in 10 minutes")),
+              queries=(PromQL("sum by (symbol) (increase(tapeflow_producer_book_resyncs_total[10m]))",
+                              legend="{{symbol}}", instant=True),)),
+    ))
+
+DASHBOARDS = (MARKET, SIGNALS, TRADING, PIPELINE, INTELLIGENCE)
 
 
 # --- files ------------------------------------------------------------------------------------------------
@@ -454,8 +642,13 @@ def docs() -> str:
                 lang = "sql" if isinstance(q, Sql) else "promql"
                 lines += [f"```{lang}", (q.sql if isinstance(q, Sql) else q.expr).strip(), "```", ""]
             if p.thresholds:
-                lines += ["*Thresholds:* " + "; ".join(f"{t.value:g} ({t.color}): {t.meaning}"
-                                                      for t in p.thresholds) + ".", ""]
+                below = f"below {p.thresholds[0].value:g} ({p.base_color}); " if p.base_color != "green" else ""
+                lines += ["*Thresholds:* " + below + "; ".join(f"{t.value:g} ({t.color}): {t.meaning}"
+                                                              for t in p.thresholds) + ".", ""]
+            elif p.columns:
+                lines += ["*Traffic lights per column* (green below the first step):", ""]
+                lines += [f"- {c.column}: " + "; ".join(f"{t.value:g} ({t.color}): {t.meaning}" for t in c.thresholds)
+                          for c in p.columns] + [""]
             else:
                 lines += ["*Thresholds:* none (a reading, not a judgement).", ""]
     return "\n".join(lines).rstrip() + "\n"

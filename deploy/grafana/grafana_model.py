@@ -1,12 +1,13 @@
 """A small typed model of the Grafana dashboard JSON that tapeflow's dashboards use, and its rendering.
 
-Why hand-written (about 150 lines) instead of a dashboard library:
+Why hand-written (about 200 lines) instead of a dashboard library:
 - grafanalib (the usual Python choice) has been dormant since its 0.7.1 release in January 2024 and
   models Grafana's pre-10 JSON;
 - grafana-foundation-sdk (Grafana's own, generated from the schemas) has no SQL query type, so the
   TimescaleDB panels, most of tapeflow's, would be raw dicts there anyway.
 What the dashboards need is narrow: time series, bar charts, tables, stat and status-history panels
-with SQL or PromQL targets, thresholds and template variables. Frozen dataclasses keep the definitions
+with SQL or PromQL targets, thresholds (per panel, or per table column as traffic lights) and template
+variables (filled by a query, or a fixed list of choices). Frozen dataclasses keep the definitions
 typed and reviewable, every panel must carry the question it answers (docs/dashboards.md is generated
 from it), and `render` emits plain JSON that Grafana 11 provisions as it is.
 """
@@ -58,6 +59,15 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class ColumnThresholds:
+    """Traffic lights for one column of a table: the cell's background takes the threshold colours
+    (green from minus infinity, then each step), for tables whose columns have different scales."""
+
+    column: str
+    thresholds: tuple[Threshold, ...]
+
+
+@dataclass(frozen=True)
 class Panel:
     title: str
     kind: PanelType
@@ -71,6 +81,8 @@ class Panel:
     stack: bool = False
     points: tuple[str, ...] = ()  # series names drawn as points (markers), not lines
     options: dict[str, Any] = field(default_factory=dict)
+    columns: tuple[ColumnThresholds, ...] = ()  # tables: traffic lights per column
+    base_color: str = "green"  # the colour below the first threshold
 
     @property
     def datasource(self) -> dict[str, str]:
@@ -81,14 +93,24 @@ class Panel:
 
 @dataclass(frozen=True)
 class Variable:
-    """A template variable filled by a SQL query. Grafana quotes the values of a multi-value variable
-    for SQL ('a','b'), so panels write `IN ($name)`; a single-value one is inserted as it is ('$name')."""
+    """A template variable filled by a SQL query, or by a fixed list of `choices` (Grafana's custom
+    variable; then `sql` is empty). Grafana quotes the values of a multi-value variable for SQL
+    ('a','b'), so panels write `IN ($name)`; a single-value one is inserted as it is ('$name').
+    A multi-value variable whose default is `ALL` starts with every value selected."""
 
     name: str
     label: str
-    sql: str
+    sql: str = ""
     multi: bool = False
     default: str | None = None
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        assert bool(self.sql) != bool(self.choices), f"${self.name}: a query or choices, not both"
+        assert not self.choices or self.default in self.choices, f"${self.name}: the default must be a choice"
+
+
+ALL = "$__all"
 
 
 @dataclass(frozen=True)
@@ -110,8 +132,12 @@ class Dashboard:
     refresh: str = "30s"
 
 
+def _steps(thresholds: tuple[Threshold, ...], base: str = "green") -> list[dict[str, Any]]:
+    return [{"color": base, "value": None}] + [{"color": t.color, "value": t.value} for t in thresholds]
+
+
 def _field_config(p: Panel) -> dict[str, Any]:
-    steps = [{"color": "green", "value": None}] + [{"color": t.color, "value": t.value} for t in p.thresholds]
+    steps = _steps(p.thresholds, p.base_color)
     defaults: dict[str, Any] = {"unit": p.unit, "thresholds": {"mode": "absolute", "steps": steps}}
     if p.decimals is not None:
         defaults["decimals"] = p.decimals
@@ -125,6 +151,11 @@ def _field_config(p: Panel) -> dict[str, Any]:
     overrides = [{"matcher": {"id": "byName", "options": name},
                   "properties": [{"id": "custom.drawStyle", "value": "points"},
                                  {"id": "custom.pointSize", "value": 8}]} for name in p.points]
+    overrides += [{"matcher": {"id": "byName", "options": c.column},
+                   "properties": [{"id": "thresholds", "value": {"mode": "absolute", "steps": _steps(c.thresholds)}},
+                                  {"id": "color", "value": {"mode": "thresholds"}},
+                                  {"id": "custom.cellOptions", "value": {"type": "color-background"}}]}
+                  for c in p.columns]
     return {"defaults": defaults, "overrides": overrides}
 
 
@@ -145,7 +176,14 @@ def _panel_json(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
 
 
 def _variable_json(v: Variable) -> dict[str, Any]:
-    current = {"text": v.default, "value": v.default} if v.default else {}
+    if v.default == ALL:
+        current: dict[str, Any] = {"text": ["All"], "value": [ALL]}
+    else:
+        current = {"text": v.default, "value": v.default} if v.default else {}
+    if v.choices:
+        return {"name": v.name, "label": v.label, "type": "custom", "query": ",".join(v.choices),
+                "options": [{"text": c, "value": c, "selected": c == v.default} for c in v.choices],
+                "multi": v.multi, "includeAll": False, "current": current, "hide": 0}
     return {"name": v.name, "label": v.label, "type": "query", "datasource": TIMESCALEDB, "query": v.sql.strip(),
             "definition": v.sql.strip(), "refresh": 2, "multi": v.multi, "includeAll": v.multi,
             "current": current, "sort": 1, "hide": 0}

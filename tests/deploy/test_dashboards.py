@@ -42,11 +42,12 @@ def time_range() -> tuple[datetime, datetime]:
 
 INTERVAL_S = 60  # $__interval of a 6 h range on a wide panel
 VALUES = {"exchange": ["binance"], "symbol": ["BTCUSDT"], "symbols": ["BTCUSDT", "ETHUSDT"],
-          "strategy": ["v53", "v52_8signals"], "mode": ["paper"]}
+          "strategy": ["v53", "v52_8signals"], "mode": ["paper"], "top": ["20"], "whale": ["250000"]}
 
 # A little of everything, in the last hours: minutes of bars and trades for two symbols, books,
-# liquidations both ways, funding of two symbols, indicators, evaluations (one vetoed by a gate), a
-# signal, an open position and a closed one (with tp1), a risk halt, a backtest run, a gap, a dead letter.
+# liquidations both ways, funding of two symbols, indicators, evaluations (one vetoed by a gate) whose
+# inputs carry the book detectors' wall and iceberg fields, two whale trades (one each way), a signal,
+# an open position and a closed one (with tp1), a risk halt, a backtest run, a gap, a dead letter.
 SEED = """
 INSERT INTO bars_1m (exchange, symbol, open_time, close_time, open, high, low, close, volume, buy_volume,
                      sell_volume, quote_volume, vwap, trade_count, first_agg_id, last_agg_id)
@@ -58,6 +59,12 @@ INSERT INTO trades (exchange, symbol, agg_id, price, qty, first_trade_id, last_t
                     receive_time, taker_side)
 SELECT 'binance', 'BTCUSDT', m, 100 + m, 1.5, m, m, t, t, t, CASE WHEN m % 3 = 0 THEN 'SELL' ELSE 'BUY' END
 FROM generate_series(1, 300) m, LATERAL (SELECT now() - make_interval(mins => m) AS t) x;
+INSERT INTO trades (exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, event_time, trade_time,
+                    receive_time, taker_side) VALUES
+    ('binance', 'BTCUSDT', 1001, 60000, 5, 1001, 1003, now() - INTERVAL '45 minutes', now() - INTERVAL '45 minutes',
+     now() - INTERVAL '45 minutes', 'BUY'),
+    ('binance', 'ETHUSDT', 1002, 3000, 120, 1004, 1009, now() - INTERVAL '25 minutes', now() - INTERVAL '25 minutes',
+     now() - INTERVAL '25 minutes', 'SELL');
 INSERT INTO depth_snapshots (exchange, symbol, last_update_id, event_time, receive_time, bid_prices, bid_qtys,
                              ask_prices, ask_qtys, obi_10)
 SELECT 'binance', 'BTCUSDT', m, now() - make_interval(mins => m), now() - make_interval(mins => m),
@@ -82,7 +89,9 @@ INSERT INTO features (evaluation_id, strategy, strategy_version, config_hash, ex
                       layer_scores, score, direction, gate, block_reason)
 SELECT st || ':h:binance:' || s || ':' || m, st, '1', 'h', 'binance', s, now() - make_interval(mins => m),
        '{"cvd_fast": 12.5, "cvd_mid": 40.0, "obi": 0.33, "funding_rate": 0.0001, "oi_change": 0.01,
-         "long_short_ratio": 1.2, "atr_price_ratio": 0.004}',
+         "long_short_ratio": 1.2, "atr_price_ratio": 0.004, "wall_bid_usd": 1250000, "wall_bid_distance_bps": 8.5,
+         "wall_bid_age_s": 42, "wall_pulled_bid": 1, "wall_pulled_ask": 0, "wall_filled_bid": 0, "wall_filled_ask": 2,
+         "iceberg_refills_bid": 0, "iceberg_refills_ask": 3, "iceberg_usd_bid": 0, "iceberg_usd_ask": 310000}',
        '{"direction": 45, "crowding": 15, "environment": 10, "auxiliary": null}', 70 + m % 20,
        'LONG', CASE WHEN m % 4 = 0 THEN 'obi' END, CASE WHEN m % 4 = 0 THEN 'gate' WHEN m % 5 = 0 THEN 'tier' END
 FROM generate_series(1, 60) m, unnest(ARRAY['BTCUSDT', 'ETHUSDT']) s, unnest(ARRAY['v53', 'v52_8signals']) st;
@@ -167,7 +176,8 @@ def queries(timescale: bool) -> dict[str, tuple[str, str]]:
     for d in dashboards.DASHBOARDS:
         variables = {v.name: v for v in d.variables}
         for v in d.variables:
-            out[f"{d.uid} variable {v.name}"] = (expand(v.sql, variables, timescale), "table")
+            if v.sql:  # not a fixed list of choices
+                out[f"{d.uid} variable {v.name}"] = (expand(v.sql, variables, timescale), "table")
         for a in d.annotations:
             out[f"{d.uid} annotation {a.name}"] = (expand(a.sql, variables, timescale), "table")
         for p in d.panels:
@@ -194,13 +204,13 @@ def check_results(results: dict[str, dict]) -> None:
 def test_provisioned_dashboards_and_docs_are_generated_from_the_definitions():
     assert dashboards.main(["--check"]) == 0, "run `python deploy/grafana/dashboards.py` and commit the result"
     provisioned = sorted(p.name for p in (REPO / "deploy" / "grafana" / "dashboards").iterdir())
-    assert provisioned == ["market.json", "pipeline.json", "signals.json", "trading.json"]
+    assert provisioned == ["intelligence.json", "market.json", "pipeline.json", "signals.json", "trading.json"]
 
 
-def test_dashboards_are_the_four_asked_for_with_their_panels():
+def test_dashboards_are_the_five_asked_for_with_their_panels():
     titles = {d.title: [p.title for p in d.panels] for d in dashboards.DASHBOARDS}
     assert set(titles) == {"tapeflow · Market", "tapeflow · Signals", "tapeflow · Trading",
-                           "tapeflow · Pipeline health"}
+                           "tapeflow · Pipeline health", "tapeflow · Intelligence"}
     panels = {t for ts in titles.values() for t in ts}
     for wanted in ("Price and liquidations", "CVD fast (30m) and mid (4h)", "Order-book imbalance (top 10 levels)",
                    "Funding rate across symbols", "Open interest", "Long/short ratios", "Volume by taker side",
@@ -208,8 +218,22 @@ def test_dashboards_are_the_four_asked_for_with_their_panels():
                    "Equity in R", "Win rate", "Profit factor", "Max drawdown", "Open positions",
                    "Closed trades by exit reason", "Fees and slippage in R", "Backtest runs side by side",
                    "Records published per second", "Consumer lag", "Market-data freshness", "Trade gaps",
-                   "Dead letters per second", "Order-book resyncs (10 min)", "Latencies (p99)"):
+                   "Dead letters per second", "Order-book resyncs (10 min)", "Latencies (p99)",
+                   "Funding heatmap: top contracts by 24 h volume", "Open interest change per symbol",
+                   "Liquidated USD by side", "Whale flow", "Whale trades", "Order-book walls and icebergs now",
+                   "Data quality per symbol", "Order-book resyncs per symbol (10 min)"):
         assert wanted in panels, wanted
+    # the signal timeline lives in Signals only; Intelligence points to it instead of repeating it
+    intelligence = next(d for d in dashboards.DASHBOARDS if d.uid == "tapeflow-intelligence")
+    assert "Signal timeline" not in titles["tapeflow · Intelligence"] and "Signal timeline" in intelligence.description
+
+
+def test_fixed_choice_variables_render_as_custom_variables_with_their_default():
+    doc = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "intelligence.json").read_text())
+    by_name = {v["name"]: v for v in doc["templating"]["list"]}
+    assert by_name["whale"]["type"] == "custom" and by_name["whale"]["current"]["value"] == "250000"
+    assert [o["value"] for o in by_name["top"]["options"] if o["selected"]] == ["20"]
+    assert by_name["symbols"]["type"] == "query" and by_name["symbols"]["current"]["value"] == ["$__all"]
 
 
 def test_dashboard_json_is_what_grafana_provisions():
