@@ -14,9 +14,13 @@ Three numbers:
    liquidations per symbol per minute, three ways: detectors off, the microstructure section alone,
    and that section with ``divergence``, ``oi_spike`` and ``liquidations`` added (ratio to off, and
    of the flow parts to the section without them);
-5. the book detectors (walls, icebergs): ``BookDetectors.update`` alone per snapshot (20 levels a
-   side, the trades between), then the full engine fed trades and a 20-level snapshot per symbol
-   every 250 ms (``md.book``'s live cadence), off / microstructure / microstructure + walls + icebergs.
+5. the book detectors (walls, icebergs): reading a record's levels into columns (``book_levels``,
+   done once per record where it is decoded: ``book_from_record``, ``record_column``), then
+   ``BookDetectors.update`` alone per snapshot (20 levels a side, the trades between) fed those
+   columns and fed the records' dicts, then the full engine fed trades and a 20-level snapshot per
+   symbol every 250 ms (``md.book``'s live cadence) as the decoders give them (``BookLevels``), off /
+   microstructure / microstructure + walls + icebergs, and once more with the levels as dicts (read
+   inside the engine) at 50 trades/s.
 
 Times are the process's CPU time (``time.process_time``; everything here runs on one thread), not
 wall time: on the shared 2-core machine other work takes turns with the benchmark, and CPU time
@@ -45,7 +49,7 @@ from stream_apps.core.detectors import (
     MicrostructureDetectors,
 )
 from stream_apps.core.engine import Engine
-from stream_apps.core.events import BookUpdate, IndicatorUpdate, LiquidationEvent, TradeBatch
+from stream_apps.core.events import BookUpdate, IndicatorUpdate, LiquidationEvent, TradeBatch, book_levels
 from stream_apps.core.strategy import (
     Cascade,
     Detectors,
@@ -197,9 +201,11 @@ def engine_three_ways(args: argparse.Namespace, scale: float, runs, make_events,
               f" {part} parts alone {best['micro'] / best[part]:.2f}")
 
 
-def book_updates(batches: list[TradeBatch], duration_ms: int, every_ms: int = 250, seed: int = 5) -> list:
+def book_updates(batches: list[TradeBatch], duration_ms: int, every_ms: int = 250, seed: int = 5,
+                 columns: bool = True) -> list:
     """Per symbol a snapshot every ``every_ms``: 20 levels a side one tick (1 bp) apart around the last
-    trade price, sizes lognormal, now and then a level 10x (a wall); time-ordered ``BookUpdate``s."""
+    trade price, sizes lognormal, now and then a level 10x (a wall); time-ordered ``BookUpdate``s, their
+    levels as ``book_from_record`` gives them (``BookLevels``) or, ``columns`` False, the dicts."""
     rng = np.random.default_rng(seed)
     out: list = []
     steps = np.arange(1, 21)
@@ -212,7 +218,7 @@ def book_updates(batches: list[TradeBatch], duration_ms: int, every_ms: int = 25
             tick = mid * 1e-4
             bids = [{"price": mid - tick * k, "qty": q} for k, q in zip(steps.tolist(), size[0])]
             asks = [{"price": mid + tick * k, "qty": q} for k, q in zip(steps.tolist(), size[1])]
-            out.append(BookUpdate("binance", b.symbol, t, 0.0, (bids, asks)))
+            out.append(BookUpdate("binance", b.symbol, t, 0.0, book_levels((bids, asks)) if columns else (bids, asks)))
     out.sort(key=lambda e: e.time_ms)
     return out
 
@@ -225,34 +231,46 @@ def book_section(batches: list[TradeBatch]) -> Detectors:
 def run_book(args: argparse.Namespace, scale: float) -> None:
     duration = int(3_600_000 * scale)
     batches = streams(duration, 50.0)
-    books = book_updates(batches[:1], duration)
+    records = book_updates(batches[:1], duration, columns=False)
     params = BookParams(wall_multiple=5.0, iceberg_min_refills=3)
     b = batches[0]
     units = qty_to_units(b.qty)
-    BookDetectors(params).update(np.array([START]), [books[0].levels], b.time_ms[:2], b.price[:2], units[:2],
+    BookDetectors(params).update(np.array([START]), [records[0].levels], b.time_ms[:2], b.price[:2], units[:2],
                                  b.taker_sell[:2])  # compile (or load the cache) outside the clocks
+    best = float("inf")
+    for _ in range(args.repeat):
+        began = time.process_time()
+        books = [BookUpdate(u.exchange, u.symbol, u.time_ms, u.obi, book_levels(u.levels)) for u in records]
+        best = min(best, time.process_time() - began)
+    print(f"reading the levels into columns (book_levels, once per record where it is decoded):"
+          f" {best / len(records) * 1e6:6.1f} µs per 20-level snapshot")
     print(f"book detectors alone (BookDetectors.update), {len(books):,} snapshots of 20 levels a side and"
           f" {len(b):,} trades of one symbol")
-    for per_call in (len(books), 240, 1):
-        best = float("inf")
-        for _ in range(args.repeat):
-            detectors = BookDetectors(params)
-            cuts = [(k, min(k + per_call, len(books))) for k in range(0, len(books), per_call)]
-            ends = np.searchsorted(b.time_ms, [books[hi - 1].time_ms for _, hi in cuts], side="right")
-            chunks, lo_trade = [], 0
-            for (lo, hi), end in zip(cuts, ends.tolist()):
-                chunks.append((np.array([u.time_ms for u in books[lo:hi]]), [u.levels for u in books[lo:hi]],
-                               slice(lo_trade, end)))
-                lo_trade = end
-            began = time.process_time()
-            for times, levels, part in chunks:
-                detectors.update(times, levels, b.time_ms[part], b.price[part], units[part], b.taker_sell[part])
-            best = min(best, time.process_time() - began)
-        print(f"  {per_call:>6,} snapshots a call: {best / len(books) * 1e6:6.1f} µs per snapshot")
+    for form, updates in (("columns", books), ("dicts", records)):
+        for per_call in (len(updates), 240, 1):
+            best = float("inf")
+            for _ in range(args.repeat):
+                detectors = BookDetectors(params)
+                cuts = [(k, min(k + per_call, len(updates))) for k in range(0, len(updates), per_call)]
+                ends = np.searchsorted(b.time_ms, [updates[hi - 1].time_ms for _, hi in cuts], side="right")
+                chunks, lo_trade = [], 0
+                for (lo, hi), end in zip(cuts, ends.tolist()):
+                    chunks.append((np.array([u.time_ms for u in updates[lo:hi]]), [u.levels for u in updates[lo:hi]],
+                                   slice(lo_trade, end)))
+                    lo_trade = end
+                began = time.process_time()
+                for times, levels, part in chunks:
+                    detectors.update(times, levels, b.time_ms[part], b.price[part], units[part], b.taker_sell[part])
+                best = min(best, time.process_time() - began)
+            print(f"  levels as {form:>7}, {per_call:>6,} snapshots a call: {best / len(updates) * 1e6:6.1f} µs"
+                  f" per snapshot")
 
     print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per"
-          " symbol every 250 ms: off / microstructure / microstructure + walls + icebergs")
+          " symbol every 250 ms as BookLevels: off / microstructure / microstructure + walls + icebergs")
     engine_three_ways(args, scale, ((50.0, 1.0), (500.0, 0.25)), book_updates, "book", book_section)
+    print("the same, levels as the records' dicts (read inside the engine):")
+    engine_three_ways(args, scale, ((50.0, 1.0),), lambda bs, d: book_updates(bs, d, columns=False), "book",
+                      book_section)
 
 
 def main() -> None:

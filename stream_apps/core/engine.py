@@ -54,6 +54,7 @@ from .decision import decide_frame
 from .frame import distinct_sorted
 from .events import (
     BookBatch,
+    BookLevels,
     BookUpdate,
     IndicatorUpdate,
     LiquidationEvent,
@@ -61,6 +62,7 @@ from .events import (
     MarketEvent,
     MarkUpdate,
     TradeBatch,
+    book_levels,
     concat_columns,
 )
 from .market_records import MarketTimeline
@@ -599,9 +601,12 @@ class Engine:
         if isinstance(event, BookUpdate):
             levels = event.levels
             if levels is not None and self.book_params(event.symbol) is not None:
-                if isinstance(levels, dict):
-                    levels = (levels.get("bids") or [], levels.get("asks") or [])
-                levels = [[dict(r) if isinstance(r, dict) else list(r) for r in side] for side in levels]
+                if isinstance(levels, BookLevels):
+                    levels = levels.pairs()  # read back as BookLevels by ``from_dict``
+                else:
+                    if isinstance(levels, dict):
+                        levels = (levels.get("bids") or [], levels.get("asks") or [])
+                    levels = [[dict(r) if isinstance(r, dict) else list(r) for r in side] for side in levels]
             else:
                 levels = None
             return {"type": "BookUpdate", "exchange": event.exchange, "symbol": event.symbol,
@@ -636,6 +641,8 @@ class Engine:
         events = []
         for e in data["pending_events"]:
             fields = {k: v for k, v in e.items() if k != "type"}
+            if e["type"] == "BookUpdate" and fields.get("levels") is not None:
+                fields["levels"] = book_levels(fields["levels"])  # the columns again, equal values
             events.append(_EVENT_TYPES[e["type"]](**fields))
         engine._buffer_events(events, *PLAUSIBLE_TIME_MS)
         return engine

@@ -48,11 +48,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
 
+from ..events import BookLevels
 from ..params import SECOND_MS
 from ..ring import BucketRing
 from ..units import NOTIONAL_SCALE
@@ -71,6 +72,8 @@ _RING_FIELDS = ("pulled_bid", "pulled_ask", "filled_bid", "filled_ask", "ice_bid
                 "ice_usd_ask")
 BID, ASK = 0, 1
 _PRICE, _QTY, _FIRST, _SECOND = itemgetter("price"), itemgetter("qty"), itemgetter(0), itemgetter(1)
+_N_BIDS = attrgetter("n_bids")
+_COLUMN_TYPES = {BookLevels, type(None)}
 
 
 @dataclass(frozen=True)
@@ -128,19 +131,32 @@ class BookParams:
         return max(self.wall_window_ms, self.iceberg_window_ms) // SECOND_MS + self.late_s + 2
 
 
-def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Snapshots' levels (each ``BookUpdate.levels``: a record, a (bids, asks) pair, or None) as the
-    kernel takes them: prices and quantities of every level flattened, and per snapshot and side
-    where its levels start and how many (-1: no levels). At most ``MAX_LEVELS`` a side, best first as
-    the record lists them."""
+def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Snapshots' levels (each ``BookUpdate.levels``: ``BookLevels``, a record, a (bids, asks) pair,
+    or None) as the kernel takes them: prices and quantities of every level flattened, and per
+    snapshot and side where its prices start, where its quantities start and how many (-1: no
+    levels). At most ``MAX_LEVELS`` a side, best first as the record lists them. ``BookLevels``
+    (what the decoders give) cost one array concatenation for the lot (prices and quantities are
+    then the same array); records and pairs are read here, all in one list (as ``book_levels``
+    reads them: equal values)."""
+    columns = list(levels)
+    n = len(columns)
+    if set(map(type, columns)) <= _COLUMN_TYPES:
+        return _flatten_columns(columns, n)
     prices: list[float] = []
     qtys: list[float] = []
     starts: list[int] = []
     counts: list[int] = []
-    for item in levels:
+    for item in columns:
         if item is None:
             starts += (0, 0)
             counts += (-1, -1)
+            continue
+        if type(item) is BookLevels:
+            starts += (len(prices), len(prices) + item.n_bids)
+            counts += (min(item.n_bids, MAX_LEVELS), min(len(item.prices) - item.n_bids, MAX_LEVELS))
+            prices += item.prices.tolist()
+            qtys += item.qtys.tolist()
             continue
         if type(item) is dict:  # an md.book record
             sides = (item.get("bids") or (), item.get("asks") or ())
@@ -157,8 +173,35 @@ def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
             else:
                 prices.extend(map(_FIRST, rows))
                 qtys.extend(map(_SECOND, rows))
-    return (np.array(prices, dtype=np.float64), np.array(qtys, dtype=np.float64),
-            np.array(starts, dtype=np.int64).reshape(-1, 2), np.array(counts, dtype=np.int64).reshape(-1, 2))
+    start = np.array(starts, dtype=np.int64).reshape(-1, 2)
+    return (np.array(prices, dtype=np.float64), np.array(qtys, dtype=np.float64), start, start,
+            np.array(counts, dtype=np.int64).reshape(-1, 2))
+
+
+def _flatten_columns(columns: list, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``flatten_levels`` of ``BookLevels`` and None only: no Python work per level."""
+    present = [c for c in columns if c is not None] if None in columns else columns
+    starts = np.zeros((n, 2), dtype=np.int64)
+    qstarts = np.zeros((n, 2), dtype=np.int64)
+    counts = np.full((n, 2), -1, dtype=np.int64)
+    if not present:
+        return np.empty(0), np.empty(0), starts, qstarts, counts
+    k = len(present)
+    data = [c.data for c in present]
+    sizes = np.fromiter(map(len, data), np.int64, k)
+    levels = sizes // 2
+    n_bids = np.fromiter(map(_N_BIDS, present), np.int64, k)
+    offsets = np.zeros(k, dtype=np.int64)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    rows = np.flatnonzero([c is not None for c in columns]) if k < n else slice(None)
+    starts[rows, 0] = offsets
+    starts[rows, 1] = offsets + n_bids
+    qstarts[rows, 0] = offsets + levels
+    qstarts[rows, 1] = offsets + levels + n_bids
+    counts[rows, 0] = np.minimum(n_bids, MAX_LEVELS)
+    counts[rows, 1] = np.minimum(levels - n_bids, MAX_LEVELS)
+    flat = data[0] if k == 1 else np.concatenate(data)
+    return flat, flat, starts, qstarts, counts
 
 
 class BookDetectors:
@@ -213,23 +256,23 @@ class BookDetectors:
                               np.ascontiguousarray(units, dtype=np.int64), np.ascontiguousarray(sells, dtype=np.bool_),
                               self.prices, self.counts, self.traded_at, self.traded_deepest)
             return DetectorLog()
-        lv_prices, lv_qtys, lv_start, lv_count = flatten_levels(book_levels)
+        lv_prices, lv_qtys, lv_start, lv_qstart, lv_count = flatten_levels(book_levels)
+        lv_prices = np.ascontiguousarray(lv_prices, dtype=np.float64)
+        lv_qtys = np.ascontiguousarray(lv_qtys, dtype=np.float64)
         keys = np.empty(n, dtype=np.int64)
         values = np.empty((n, 7))
+        buckets = np.empty(n, dtype=np.int64)
         rows = np.empty((n, len(_RING_FIELDS)), dtype=np.int64)
-        written = bk.book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count,
-                                 np.ascontiguousarray(times, dtype=np.int64),
-                                 np.ascontiguousarray(prices, dtype=np.float64),
-                                 np.ascontiguousarray(units, dtype=np.int64),
-                                 np.ascontiguousarray(sells, dtype=np.bool_), self._fparams, self._iparams, self.ints,
-                                 self.floats, self.prices, self.units, self.counts, self.first_seen, self.traded_at,
-                                 self.traded_deepest, self.ice_prices, self.ice_last, self.ice_times, self.ice_usd,
-                                 self.ice_counted, self._current, keys, values, rows)
+        written, grouped = bk.book_update(
+            book_times, lv_prices, lv_qtys, lv_start, lv_qstart, lv_count, np.ascontiguousarray(times, dtype=np.int64),
+            np.ascontiguousarray(prices, dtype=np.float64), np.ascontiguousarray(units, dtype=np.int64),
+            np.ascontiguousarray(sells, dtype=np.bool_), self._fparams, self._iparams, self.ints, self.floats,
+            self.prices, self.units, self.counts, self.first_seen, self.traded_at, self.traded_deepest, self.ice_prices,
+            self.ice_last, self.ice_times, self.ice_usd, self.ice_counted, self._current, keys, values, buckets, rows)
         if not written:
             return DetectorLog()
-        counted = rows[:written].any(axis=1)
-        if counted.any():
-            self.ring.add(keys[:written][counted] // SECOND_MS, rows[:written][counted])
+        if grouped:  # per second, increasing (as ``BucketRing.add`` would group them)
+            self.ring.add_grouped(buckets[:grouped], rows[:grouped])
         return DetectorLog(keys[:written].copy(), values[:written].copy())
 
     # -- reads ------------------------------------------------------------------------------------
@@ -250,18 +293,25 @@ class BookDetectors:
         sums = self.ring.window_sums(np.concatenate((hi - p.wall_window_ms // SECOND_MS,
                                                      hi - p.iceberg_window_ms // SECOND_MS)),
                                      np.concatenate((hi, hi)))
-        wall_sums, ice_sums = sums[:n], sums[n:]
+        # a few calls on (fields x times) blocks rather than one per field: this runs per segment
+        if p.walls_on:
+            nearest = np.where(fresh, np.ascontiguousarray(walls[:, :6].T), np.nan)  # distance, USD, since
+            nearest[2::3] = (times - nearest[2::3]) / SECOND_MS  # ages (NaN stays NaN)
+            ended = np.where(seen, np.ascontiguousarray(sums[:n, :4].T), np.nan)  # pulled, filled
+        if p.icebergs_on:
+            ice = np.where(seen, np.ascontiguousarray(sums[n:, 4:].T), np.nan)  # refills, USD
+            ice[2:] /= NOTIONAL_SCALE
         for side, name in ((BID, "bid"), (ASK, "ask")):
             base = 3 * side
             if p.walls_on:
-                out[f"wall_{name}_distance_bps"] = np.where(fresh, walls[:, base], np.nan)
-                out[f"wall_{name}_usd"] = np.where(fresh, walls[:, base + 1], np.nan)
-                out[f"wall_{name}_age_s"] = np.where(fresh, (times - walls[:, base + 2]) / SECOND_MS, np.nan)
-                out[f"wall_pulled_{name}"] = np.where(seen, wall_sums[:, side], np.nan)
-                out[f"wall_filled_{name}"] = np.where(seen, wall_sums[:, 2 + side], np.nan)
+                out[f"wall_{name}_distance_bps"] = nearest[base]
+                out[f"wall_{name}_usd"] = nearest[base + 1]
+                out[f"wall_{name}_age_s"] = nearest[base + 2]
+                out[f"wall_pulled_{name}"] = ended[side]
+                out[f"wall_filled_{name}"] = ended[2 + side]
             if p.icebergs_on:
-                out[f"iceberg_refills_{name}"] = np.where(seen, ice_sums[:, 4 + side], np.nan)
-                out[f"iceberg_usd_{name}"] = np.where(seen, ice_sums[:, 6 + side] / NOTIONAL_SCALE, np.nan)
+                out[f"iceberg_refills_{name}"] = ice[side]
+                out[f"iceberg_usd_{name}"] = ice[2 + side]
         return {name: out.get(name, np.full(n, np.nan)) for name in BOOK_FIELDS}
 
     @property

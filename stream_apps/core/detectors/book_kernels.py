@@ -12,7 +12,9 @@ State layout (arrays owned by ``BookDetectors``):
 - per side (0 bid, 1 ask) the latest snapshot's levels within the band, nearest first: ``prices``,
   ``units`` (1e-8), ``counts``; ``first_seen`` (a wall since; -1: no wall); the trades since it per
   level: ``traded_at`` (at its exact price) and ``traded_deepest`` (trades whose deepest level
-  reached is this one: a level's at-or-through total is the sum from it to the deepest);
+  reached is this one: a level's at-or-through total is the sum from it to the deepest); entries
+  past ``counts`` are empty (NaN, 0, -1, 0, 0), so a snapshot clears only those it used, and the
+  levels being ordered, old and new ones are matched in one pass;
 - icebergs, per side: tracked prices, the time of their last refill (-1: free entry) and rings of
   their last ``N - 1`` refills (time, USD in 1e-6, counted);
 - ``current``: nearest bid wall (distance bps, USD, first seen), the same for asks, snapshot time.
@@ -28,6 +30,7 @@ import math
 import numpy as np
 from numba import njit
 
+SECOND_MS = 1_000  # the count ring's bucket (``params.SECOND_MS``)
 I_BOOK_TIME = 0
 N_INTS = 1
 F_MID = 0
@@ -38,7 +41,7 @@ QTY_SCALE = 100_000_000
 NOTIONAL_SCALE = 1_000_000
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # per trade: a call would cost more than its work (array references)
 def _add_trade(price, units, sell, prices, counts, traded_at, traded_deepest):  # pragma: no cover - compiled
     """A taker sell reaches the bid levels at or above its price, a buy the ask levels at or below."""
     side = 0 if sell else 1
@@ -63,9 +66,60 @@ def add_trades(t_prices, t_units, t_sells, prices, counts, traded_at, traded_dee
         _add_trade(t_prices[i], t_units[i], t_sells[i], prices, counts, traded_at, traded_deepest)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _distance(price, mid, side):  # pragma: no cover - compiled
     return ((mid - price) if side == 0 else (price - mid)) / mid * 1e4
+
+
+@njit(cache=True)
+def _select(a, k, lo, hi):  # pragma: no cover - compiled
+    """Reorder ``a[lo..hi]`` so that ``a[k]`` is its k-th smallest, none before it larger and none
+    after it smaller (Hoare's quickselect, median-of-three pivot); returns ``a[k]``."""
+    while hi > lo:
+        mid = (lo + hi) >> 1
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        pivot = a[mid]
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return a[k]
+    return a[k]
+
+
+@njit(cache=True)
+def _median(values, n, work):  # pragma: no cover - compiled
+    """``np.median(values[:n])`` (n >= 1, no NaN) without allocating: the middle order statistic of a
+    copy in ``work``, or the mean of the middle two as ``(a + b) / 2`` (numba's ``np.median``; the
+    order statistics, hence the value, do not depend on the algorithm). Hand-rolled because
+    ``np.median`` copies its input (an allocation per snapshot) and this runs for every snapshot."""
+    for i in range(n):
+        work[i] = values[i]
+    half = n >> 1
+    upper = _select(work, half, 0, n - 1)
+    if n & 1 == 0:
+        lower = work[0]  # the largest of those before the middle: the (half - 1)-th smallest
+        for i in range(1, half):
+            if work[i] > lower:
+                lower = work[i]
+        return (lower + upper) / 2
+    return upper
 
 
 @njit(cache=True)
@@ -128,26 +182,33 @@ def _iceberg(t, side, price, usd, min_refills, window, ice_prices, ice_last, ice
 
 
 @njit(cache=True)
-def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_prices, t_units, t_sells, fparams,
-                iparams, ints, floats, prices, units, counts, first_seen, traded_at, traded_deepest, ice_prices,
-                ice_last, ice_times, ice_usd, ice_counted, current, out_keys, out_values,
+def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_qstart, lv_count, t_times, t_prices, t_units, t_sells,
+                fparams, iparams, ints, floats, prices, units, counts, first_seen, traded_at, traded_deepest,
+                ice_prices, ice_last, ice_times, ice_usd, ice_counted, current, out_keys, out_values, out_buckets,
                 out_rows):  # pragma: no cover - compiled
-    """Apply snapshots (``lv_*``: their levels flattened, ``lv_count`` -1: none) and trades merged by
-    time (a trade at a snapshot's time first); one log entry (time, ``current``, counts row) per
-    snapshot used. Returns the entries written."""
+    """Apply snapshots (``lv_*``: their levels flattened: a side's prices from ``lv_prices[lv_start]``,
+    quantities from ``lv_qtys[lv_qstart]``, ``lv_count`` of them, -1: none) and trades merged by
+    time (a trade at a snapshot's time first); one log entry (time, ``current``) per snapshot used,
+    and their counts summed per second (``out_buckets``: second, ``out_rows``: counts; seconds
+    without counts left out). Returns (log entries, seconds) written."""
     n_levels = prices.shape[1]
     walls_on = iparams[P_WALLS_ON] != 0
     ice_on = iparams[P_ICE_ON] != 0
     n_out = 0
+    n_groups = 0
+    row = np.zeros(out_rows.shape[1], dtype=np.int64)  # the counts of the snapshot in hand
     ti = 0
     n_trades = t_times.shape[0]
     new_prices = np.empty((2, n_levels))
     new_units = np.zeros((2, n_levels), dtype=np.int64)
     new_counts = np.zeros(2, dtype=np.int64)
     new_first = np.empty((2, n_levels), dtype=np.int64)
+    new_dist = np.empty((2, n_levels))  # distance to mid (bps) and USD size of the new levels
+    new_usd = np.empty((2, n_levels))
     listed = np.zeros(2, dtype=np.int64)
     deepest = np.empty(2)
     pooled = np.empty(2 * n_levels)
+    work = np.empty(2 * n_levels)
     side_p = np.empty((2, n_levels))
     side_u = np.zeros((2, n_levels), dtype=np.int64)
     widest = 0
@@ -172,10 +233,11 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
             if c <= 0:
                 continue
             s0 = lv_start[k, side]
+            q0 = lv_qstart[k, side]
             m = 0
             for i in range(c):
                 p = lv_prices[s0 + i]
-                q = lv_qtys[s0 + i]
+                q = lv_qtys[q0 + i]
                 if p > 0 and q > 0 and math.isfinite(p) and math.isfinite(q):
                     u = np.int64(np.rint(q * QTY_SCALE))
                     if u > 0:
@@ -184,13 +246,21 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
                         m += 1
             if m == 0:
                 continue
+            ordered = True
             for i in range(m):
                 keys[i] = -tmp_p[i] if side == 0 else tmp_p[i]
-            order = np.argsort(keys[:m], kind="mergesort")
+                if i > 0 and keys[i] < keys[i - 1]:
+                    ordered = False
             kept = min(m, n_levels)
-            for i in range(kept):
-                side_p[side, i] = tmp_p[order[i]]
-                side_u[side, i] = tmp_u[order[i]]
+            if ordered:  # as records list them, best first: the stable sort would keep this order
+                for i in range(kept):
+                    side_p[side, i] = tmp_p[i]
+                    side_u[side, i] = tmp_u[i]
+            else:
+                order = np.argsort(keys[:m], kind="mergesort")
+                for i in range(kept):
+                    side_p[side, i] = tmp_p[order[i]]
+                    side_u[side, i] = tmp_u[order[i]]
             listed[side] = kept
             deepest[side] = side_p[side, kept - 1]
         if listed[0] == 0 and listed[1] == 0:
@@ -203,23 +273,39 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
             mid = side_p[1, 0]
         # the band, and the walls: at least k x the median USD size within the wall band
         n_pooled = 0
+        pooled_max = -math.inf
         for side in range(2):
             n = 0
             for i in range(listed[side]):
-                if _distance(side_p[side, i], mid, side) > fparams[P_BAND]:
+                d = _distance(side_p[side, i], mid, side)
+                if d > fparams[P_BAND]:
                     break
                 new_prices[side, i] = side_p[side, i]
                 new_units[side, i] = side_u[side, i]
                 new_first[side, i] = -1
-                if _distance(side_p[side, i], mid, side) <= fparams[P_WALL_BAND]:
-                    pooled[n_pooled] = side_p[side, i] * side_u[side, i] / QTY_SCALE
+                new_dist[side, i] = d
+                if d <= fparams[P_WALL_BAND]:
+                    usd = side_p[side, i] * side_u[side, i] / QTY_SCALE
+                    new_usd[side, i] = usd
+                    pooled[n_pooled] = usd
                     n_pooled += 1
+                    if usd > pooled_max:
+                        pooled_max = usd
                 n += 1
             new_counts[side] = n
         threshold = math.inf
         if walls_on and n_pooled > 0:
-            threshold = fparams[P_MULTIPLE] * np.median(pooled[:n_pooled])
-        row = out_rows[n_out]
+            # The median only matters if some level can reach k x it. The median is at least the
+            # lower middle value (index ``lower`` in order), so when k x that value exceeds the
+            # largest level (k x v > max for at least n - lower values), k x median > every level
+            # and no level is a wall: the threshold stays infinite, the same outcome.
+            lower = (n_pooled >> 1) - 1 if n_pooled & 1 == 0 else n_pooled >> 1
+            above = 0
+            for i in range(n_pooled):
+                if fparams[P_MULTIPLE] * pooled[i] > pooled_max:
+                    above += 1
+            if above < n_pooled - lower:
+                threshold = fparams[P_MULTIPLE] * _median(pooled, n_pooled, work)
         row[:] = 0
         had = ints[I_BOOK_TIME] >= 0
         for side in range(2):
@@ -227,9 +313,7 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
             n_old = counts[side]
             # is each new level a wall?
             for j in range(n_new):
-                p = new_prices[side, j]
-                if walls_on and _distance(p, mid, side) <= fparams[P_WALL_BAND] and \
-                        p * new_units[side, j] / QTY_SCALE >= threshold:
+                if walls_on and new_dist[side, j] <= fparams[P_WALL_BAND] and new_usd[side, j] >= threshold:
                     new_first[side, j] = t  # a wall; continued ones get their start below
                 else:
                     new_first[side, j] = -2  # not a wall
@@ -238,13 +322,13 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
                 for i in range(n_old - 1, -1, -1):
                     reached += traded_deepest[side, i]
                     at_or_through[i] = reached
+                jj = 0  # both lists are ordered nearest first: the first new level at or beyond p
                 for i in range(n_old):
                     p = prices[side, i]
-                    j = -1
-                    for jj in range(n_new):
-                        if new_prices[side, jj] == p:
-                            j = jj
-                            break
+                    while jj < n_new and ((side == 0 and new_prices[side, jj] > p) or
+                                          (side == 1 and new_prices[side, jj] < p)):
+                        jj += 1
+                    j = jj if jj < n_new and new_prices[side, jj] == p else -1
                     if walls_on and first_seen[side, i] >= 0:
                         if j >= 0 and new_first[side, j] != -2:
                             new_first[side, j] = first_seen[side, i]  # the wall stands
@@ -256,11 +340,12 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
                                 elif listed[side] > 0 and _distance(p, mid, side) <= fparams[P_WALL_BAND] and (
                                         (side == 0 and p >= deepest[side]) or (side == 1 and p <= deepest[side])):
                                     row[side] += 1  # pulled: gone while in view, not traded away
-                    if ice_on and j >= 0 and _distance(p, floats[F_MID], side) <= fparams[P_ICE_BAND]:
+                    # (the cheap tests first: most levels were not traded at their price)
+                    if ice_on and j >= 0 and traded_at[side, i] > 0 and \
+                            _distance(p, floats[F_MID], side) <= fparams[P_ICE_BAND]:
                         before = units[side, i]
                         traded = traded_at[side, i]
-                        if traded > 0 and traded >= fparams[P_TRADE] * before and \
-                                new_units[side, j] >= fparams[P_REFILL] * before:
+                        if traded >= fparams[P_TRADE] * before and new_units[side, j] >= fparams[P_REFILL] * before:
                             usd = np.int64(np.rint(traded * p / QTY_SCALE * NOTIONAL_SCALE))
                             _iceberg(t, side, p, usd, iparams[P_MIN_REFILLS], iparams[P_ICE_WINDOW], ice_prices,
                                      ice_last, ice_times, ice_usd, ice_counted, row)
@@ -269,8 +354,9 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
             current[3 * side] = math.nan
             current[3 * side + 1] = math.nan
             current[3 * side + 2] = math.nan
+            used = max(counts[side], new_counts[side])  # beyond both: already empty (NaN, 0, -1, 0)
             counts[side] = new_counts[side]
-            for j in range(n_levels):
+            for j in range(used):
                 traded_at[side, j] = 0
                 traded_deepest[side, j] = 0
                 if j < new_counts[side]:
@@ -294,8 +380,21 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_count, t_times, t_p
         for c in range(7):
             out_values[n_out, c] = current[c]
         n_out += 1
+        # the counts, summed per second (the snapshots used are in time order: equal seconds adjoin)
+        counted = False
+        for c in range(row.shape[0]):
+            if row[c] != 0:
+                counted = True
+        if counted:
+            bucket = t // SECOND_MS
+            if n_groups == 0 or out_buckets[n_groups - 1] != bucket:
+                out_buckets[n_groups] = bucket
+                out_rows[n_groups, :] = 0
+                n_groups += 1
+            for c in range(row.shape[0]):
+                out_rows[n_groups - 1, c] += row[c]
     while ti < n_trades:
         if ints[I_BOOK_TIME] >= 0:
             _add_trade(t_prices[ti], t_units[ti], t_sells[ti], prices, counts, traded_at, traded_deepest)
         ti += 1
-    return n_out
+    return n_out, n_groups
