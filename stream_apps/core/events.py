@@ -322,16 +322,19 @@ def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[fl
 
 
 def record_column(records: list[Mapping[str, Any]]) -> np.ndarray:
-    """An object column of the md.book ``records``' levels (``BookBatch.levels``) as ``BookLevels``,
-    each record read once here, where it is decoded (see ``BookLevels``)."""
+    """An object column of references to ``records`` (``BookBatch.levels`` of md.book records).
+
+    References, not ``BookLevels``: reading a 20-level record costs 10-12 µs, which a backtest with
+    the book detectors off would pay for nothing (about 3 µs a symbol-second on a 10 µs engine); the
+    engine reads the levels where the detectors are on."""
     column = np.empty(len(records), dtype=object)
-    column[:] = [book_levels(record) for record in records]
+    column[:] = records
     return column
 
 
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
     return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]),
-                      book_levels(record))
+                      record)  # a reference: read into BookLevels only where the detectors are on
 
 
 def mark_from_record(record: Mapping[str, Any]) -> MarkUpdate:
