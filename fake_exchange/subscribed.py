@@ -81,6 +81,10 @@ class SubscribedHandlers:
         conn = self.new_connection(ws)
         state.connections.add(conn)
         state.connections_total += 1
+        if state.finished.is_set():
+            # connected after the end (a reconnect slower than the rest of the replay): nothing more
+            # will come, so the marker now; without it the client waited for an end that never came
+            conn.end_replay()
         sender = asyncio.create_task(conn.run_sender(), name=f"fake-sender-{conn.conn_id}")
         try:
             async for message in ws:

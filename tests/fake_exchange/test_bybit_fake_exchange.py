@@ -178,3 +178,23 @@ async def test_garbage_frames_and_drop_and_unknown_path():
         assert status["drops"] == 1 and status["ws_url"] == fake.linear_url
     finally:
         await fake.stop()
+
+
+async def test_a_client_connecting_after_the_end_gets_the_end_marker_at_once():
+    """A reconnect slower than the rest of the replay (a loaded machine) must still learn that the
+    replay ended: without the marker the producer waited for an end that never came (it hung the Bybit
+    producer's forced-drop test in two full suite runs)."""
+    session = generate_bybit_session(seed=4, duration_s=2)
+    fake = await serve_bybit(session, speed=None, start="manual")
+    try:
+        fake.start_replay()
+        await fake.wait_finished(5)
+        async with websockets.connect(fake.linear_url + "?replayEnd=true", close_timeout=0.5) as ws:
+            marker = await recv_json(ws)
+            assert marker["stream"] == "tapeflow@replayEnd" and marker["data"]["messages"] == 0, marker
+            assert marker["data"]["frames_total"] == len(session.frames)
+        async with websockets.connect(fake.linear_url, close_timeout=0.5) as ws:  # did not ask: no marker
+            with pytest.raises(TimeoutError):
+                await recv_json(ws, timeout=0.3)
+    finally:
+        await fake.stop()

@@ -296,3 +296,31 @@ async def test_cli_produce_exchange_bybit_runs_against_the_fake(kafka_bootstrap,
     assert trades and all(t["exchange"] == "bybit" and t["symbol"] == "BTCUSDT" for t in trades)
     ids = [t["agg_id"] for t in trades]
     assert ids == sorted(set(ids))
+
+
+async def test_a_reconnect_after_the_replay_ended_still_ends_the_run(kafka_bootstrap, topic_prefix):
+    """The connection drops and the exchange is unreachable until the fake has sent its last frame (a
+    loaded machine once reconnected that late): the run still ends, as an incomplete replay, instead of
+    waiting for an end marker that never came (the fake sent none to a connection made after the end)."""
+    session = generate_bybit_session(BybitSyntheticSpec(seed=23, symbols=tuple(SYMBOLS), duration_s=12,
+                                                        trades_per_s=8))
+
+    async def during(fake, producer):
+        for _ in range(500):
+            if producer.numbering["BTCUSDT"].counters.published > 5:
+                break
+            await asyncio.sleep(0.01)
+        config = producer.stream.config
+        url = config.base_url
+        object.__setattr__(config, "base_url", "ws://127.0.0.1:9")  # nothing listens: refused, backoff
+        fake.set_faults(drop_mode="abort")
+        fake.drop_connections()
+        await fake.wait_finished(30)
+        assert fake.state.connections_total == 1  # no reconnect before the end
+        object.__setattr__(config, "base_url", url)
+
+    producer, metrics, ended, _, _ = await run_producer(kafka_bootstrap, topic_prefix, session, during=during,
+                                                        speed=8.0, stream_config={"backoff_initial_s": 0.2})
+    assert ended == "replay-finished"
+    assert producer.status.detail.startswith("INCOMPLETE replay"), producer.status.detail
+    assert sample(metrics, "tapeflow_producer_reconnects_total") >= 1
