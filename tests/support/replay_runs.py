@@ -91,16 +91,20 @@ def read_outputs(kafka_bootstrap: str, prefix: str, read_topic) -> dict[str, lis
 
 
 def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed: int, duration_s: float,
-           speed: str, fake_args: tuple[str, ...] = (), strategy: dict | None = None,
-           ) -> tuple[dict[str, list[dict]], dict[str, list[dict]], str]:
-    """One replay through the three processes; (engine outputs, md.* inputs, producer summary)."""
+           speed: str, fake_args: tuple[str, ...] = (), strategy: dict | None = None, engine: bool = True,
+           ) -> tuple[dict[str, list[dict]] | None, dict[str, list[dict]], str]:
+    """One replay through the three processes; (engine outputs, md.* inputs, producer summary). With
+    ``engine=False`` only the fake exchange and the producer run (outputs None): for a reference the
+    engine core computes from the inputs (``direct_engine_outputs``), which the parity tests prove equal."""
     ensure_topics(kafka_bootstrap, prefix=prefix)
     workdir.mkdir(parents=True, exist_ok=True)
     env = service_env(kafka_bootstrap, prefix, workdir)
     services: list[Service] = []
+    worker = None
     try:
-        engine = start_engine(env, workdir, strategy=strategy)
-        services.append(engine)
+        if engine:
+            worker = start_engine(env, workdir, strategy=strategy)
+            services.append(worker)
         fake = Service("fake-exchange", ["fake-exchange", *synthetic_args(seed, duration_s, fake_args), "--speed",
                                          speed, "--rest-clock", "recording"], env, workdir)
         services.append(fake)
@@ -117,11 +121,12 @@ def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed
             raise AssertionError(f"the replay did not finish\n{producer.tail()}\n{fake.tail()}") from None
         summary = producer.wait_for_line(r"replay-finished: .*", 5).group(0)
         inputs = {t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, idle_s=1.0)] for t in INPUTS}
-        drain_engine(engine, kafka_bootstrap, prefix, read_topic)
+        if worker is not None:
+            drain_engine(worker, kafka_bootstrap, prefix, read_topic)
     finally:
         for s in services:
             s.kill()
-    return read_outputs(kafka_bootstrap, prefix, read_topic), inputs, summary
+    return (read_outputs(kafka_bootstrap, prefix, read_topic) if worker is not None else None), inputs, summary
 
 
 def assert_summary_true(summary: str, kafka_bootstrap: str, prefix: str, read_topic, *, seed: int,
