@@ -5,7 +5,10 @@ fees, slippage and funding).
 
 The session: 4 hours of three symbols from the synthetic generator (`backtest.sources.synthetic`,
 seed 5), crossing the 08:00 funding time, written as a websocket recording
-(`backtest.sources.recording.write_recording`) that the fake exchange replays at 120x. Two strategies
+(`backtest.sources.recording.write_recording`) that the fake exchange replays at max, paced by the
+producer (`--replay-control-url`: the producer runs on the recording's clock, so what it polls and
+samples does not depend on the speed; at 120x, as before, the broker spent minutes on the many small
+batches of paced writes). Two strategies
 run side by side in one paper account, as in a stack: `ws_only` scores only what the websocket streams
 carry (trades, mark/funding, liquidations); `all_inputs` also the REST-polled indicators (crowding,
 open interest, Coinbase premium) and an OBI gate (md.book). Together they close positions by every
@@ -22,9 +25,9 @@ the producer wrote at replay pace answered fetches with pauses of many seconds (
 answers empty when assembling a fetch takes longer than its max wait, and the cost grows with the
 partition's batch count (``tapeflow_runtime.kafka_client.HISTORY_FETCH_CONFIG``).
 
-Run time on the 2-core machine (2026-11-23): 406 s at load 10 (the last run, everything below fixed),
-562 s at load 6-8; the executor stage takes about 40 s for 135,618 trades, 43,200 marks, 21,597
-books and 277 signals. Three stage failures seen under load and fixed in the services, not here: the
+Run time on the 2-core machine: 179 s alone at max (2026-11-25; 277 signals, 115 closed positions, as
+at 120x); at 120x it was 406 s at load 10 and 562 s at load 6-8 (2026-11-23); the executor stage takes
+about 40 s for 135,618 trades, 43,200 marks, 21,597 books and 277 signals. Three stage failures seen under load and fixed in the services, not here: the
 executor released a partition's signals before its trades when those had not been fetched yet
 (`execution.service._catching_up`); the engine left its group while catching up and stayed
 "rebalancing" (`EngineAppConfig.broker_max_poll_interval_s`); the engine counted the time it spent
@@ -77,7 +80,7 @@ END = START + 4 * H
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 RATES = {"BTCUSDT": 3.0, "ETHUSDT": 2.5, "SOLUSDT": 2.0}
 SEED = 5
-SPEED = 120  # faster replays lost the first minutes of trades (the producer subscribes after the start)
+SPEED = "max"  # the fake starts with the first subscription and paces to the producer (--replay-control-url)
 FAR = 1e9  # the session is from 2024: the services' wall-clock age limits must not apply
 STRATEGIES = [
     {"name": "ws_only", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "20m"}, "warmup": "30m",
@@ -149,13 +152,13 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
 
     def topic(name: str, prefix: str, expected: int | None = None) -> list[dict]:
         """Every record of a topic: until `expected` records when known (read again while short), else
-        until 5 s of silence. (Reading md.trades once took 249 s: on Tansu a fetch that needs longer
+        until 2 s of silence (every writer has stopped by then; 5 s cost 14 reads 42 s). (Reading md.trades once took 249 s: on Tansu a fetch that needs longer
         than its max wait to assemble comes back empty; `read_topic` now waits as history readers do,
         `HISTORY_FETCH_CONFIG`, and reads it in about 5 s.)"""
         began = time.monotonic()
-        records = read_topic(kafka_bootstrap, prefix + name, idle_s=5.0)
+        records = read_topic(kafka_bootstrap, prefix + name)  # every writer has stopped: its 2 s floor
         while expected is not None and len(records) < expected and time.monotonic() - began < 900:
-            records = read_topic(kafka_bootstrap, prefix + name, idle_s=idle)
+            records = read_topic(kafka_bootstrap, prefix + name)
         print(f"read {len(records)} records of {prefix + name} in {time.monotonic() - began:.1f} s")
         assert expected is None or len(records) == expected, f"{prefix + name}: {len(records)} of {expected}"
         return records
