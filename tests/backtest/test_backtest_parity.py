@@ -152,11 +152,12 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
 
     def topic(name: str, prefix: str, expected: int | None = None) -> list[dict]:
         """Every record of a topic: until `expected` records when known (read again while short), else
-        until 2 s of silence (every writer has stopped by then; 5 s cost 14 reads 42 s). (Reading md.trades once took 249 s: on Tansu a fetch that needs longer
+        until every partition has reported its end (every writer has stopped by then; 5 s of silence cost
+        its 14 reads 70 s). (Reading md.trades once took 249 s: on Tansu a fetch that needs longer
         than its max wait to assemble comes back empty; `read_topic` now waits as history readers do,
         `HISTORY_FETCH_CONFIG`, and reads it in about 5 s.)"""
         began = time.monotonic()
-        records = read_topic(kafka_bootstrap, prefix + name)  # every writer has stopped: its 2 s floor
+        records = read_topic(kafka_bootstrap, prefix + name, settled=True)  # every writer has stopped
         while expected is not None and len(records) < expected and time.monotonic() - began < 900:
             records = read_topic(kafka_bootstrap, prefix + name)
         print(f"read {len(records)} records of {prefix + name} in {time.monotonic() - began:.1f} s")

@@ -37,7 +37,7 @@ INPUTS = ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
 def raw_records(read_topic, bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes, int]]:
     """(partition, key, value bytes, timestamp) of every record."""
     return [(r["partition"], r["key"], r["value"], r["timestamp"])
-            for r in read_topic(bootstrap, topic, idle_s=1.0, raw=True)]
+            for r in read_topic(bootstrap, topic, raw=True, settled=True)]
 
 
 def cli(env, *args: str) -> subprocess.CompletedProcess:

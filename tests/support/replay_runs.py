@@ -79,7 +79,7 @@ def start_engine(env: dict[str, str], workdir: Path, *extra: str, strategy: dict
 
 def drain_engine(engine: Service, kafka_bootstrap: str, prefix: str, read_topic) -> None:
     """Until the engine (group of namespace `prefix`) has committed every trade, then stop it cleanly."""
-    trades = read_topic(kafka_bootstrap, prefix + "md.trades", idle_s=1.0)
+    trades = read_topic(kafka_bootstrap, prefix + "md.trades", settled=True)
     wait_consumed(kafka_bootstrap, prefix + "tapeflow-engine", {prefix + "md.trades": record_counts(trades)},
                   [engine], 600)
     assert engine.stop() == 0, engine.tail()
@@ -87,7 +87,7 @@ def drain_engine(engine: Service, kafka_bootstrap: str, prefix: str, read_topic)
 
 
 def read_outputs(kafka_bootstrap: str, prefix: str, read_topic) -> dict[str, list[dict]]:
-    return canonical({t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, idle_s=1.0)] for t in OUTPUTS})
+    return canonical({t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, settled=True)] for t in OUTPUTS})
 
 
 def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed: int, duration_s: float,
@@ -120,7 +120,7 @@ def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the replay did not finish\n{producer.tail()}\n{fake.tail()}") from None
         summary = producer.wait_for_line(r"replay-finished: .*", 5).group(0)
-        inputs = {t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, idle_s=1.0)] for t in INPUTS}
+        inputs = {t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, settled=True)] for t in INPUTS}
         if worker is not None:
             drain_engine(worker, kafka_bootstrap, prefix, read_topic)
     finally:
@@ -144,7 +144,7 @@ def assert_summary_true(summary: str, kafka_bootstrap: str, prefix: str, read_to
     assert re.search(rf"\bmd\.trades {sum(1 for f in session.frames if f.event == 'aggTrade')}\b", summary), summary
     assert counts["duplicates dropped"] == counts["undelivered"] == counts["dead letters"] == 0, summary
     assert counts["records delivered"] == sum(
-        len(read_topic(kafka_bootstrap, prefix + t, idle_s=1.0))
+        len(read_topic(kafka_bootstrap, prefix + t, settled=True))
         for t in ("md.trades", "md.depth", "md.book", "md.mark", "md.liquidations", "md.indicators", "md.progress")
     ), summary
 
@@ -188,10 +188,10 @@ def paper_positions(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path
     executor = Service("executor", ["execute", "--mode", "paper", "--from-beginning", "--executor-config",
                                     str(config), "--metrics-port", "0"], env, workdir)
     try:
-        ends = {prefix + t: record_counts(read_topic(kafka_bootstrap, prefix + t, idle_s=1.0))
+        ends = {prefix + t: record_counts(read_topic(kafka_bootstrap, prefix + t, settled=True))
                 for t in ("signals", "md.trades")}
         wait_consumed(kafka_bootstrap, prefix + "tapeflow-executor-paper", ends, [executor], 600)
         assert executor.stop() == 0, executor.tail()
     finally:
         executor.kill()
-    return [r["value"] for r in read_topic(kafka_bootstrap, prefix + "positions", idle_s=1.0)]
+    return [r["value"] for r in read_topic(kafka_bootstrap, prefix + "positions", settled=True)]
