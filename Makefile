@@ -14,7 +14,8 @@ run: bootstrap
 
 # The suite runs on TEST_WORKERS parallel pytest-xdist workers (each starts its own broker and
 # PostgreSQL; most of a test's time is waiting on processes, so two more than the cores, 3 to 8: on 2
-# cores 4 workers took 17.8 min where 3 took 18.8-19.7, the CPU busier). Tests are
+# cores 4 workers took 17.8 min where 3 took 18.8-19.7, the CPU busier; on 2026-11-25, from fresh
+# clones of the same tests, 4 took 22.7 min and 5 took 29.2 min with 5 load failures). Tests are
 # handed out one at a time (--maxschedchunk 1) and the longest first (tests/conftest.py), so the
 # workers finish together. TEST_WORKERS=0 runs them in one process.
 # pytest exits 5 when it collected no test: make treats that as a failure, as it should.
