@@ -14,13 +14,13 @@ Three numbers:
    liquidations per symbol per minute, three ways: detectors off, the microstructure section alone,
    and that section with ``divergence``, ``oi_spike`` and ``liquidations`` added (ratio to off, and
    of the flow parts to the section without them);
-5. the book detectors (walls, icebergs): reading a record's levels into columns (``book_levels``,
-   done once per record where it is decoded: ``book_from_record``, ``record_column``), then
-   ``BookDetectors.update`` alone per snapshot (20 levels a side, the trades between) fed those
-   columns and fed the records' dicts, then the full engine fed trades and a 20-level snapshot per
-   symbol every 250 ms (``md.book``'s live cadence) as the decoders give them (``BookLevels``), off /
-   microstructure / microstructure + walls + icebergs, and once more with the levels as dicts (read
-   inside the engine) at 50 trades/s.
+5. the book detectors (walls, icebergs): reading a record's levels into columns (``book_levels``;
+   the decoders do not, they keep references to the records), then ``BookDetectors.update`` alone per
+   snapshot (20 levels a side, the trades between) fed those columns and fed the records' dicts, then
+   the full engine fed trades and a 20-level snapshot per symbol every 250 ms (``md.book``'s live
+   cadence) as the decoders give them (the records' dicts, read inside the engine), off /
+   microstructure / microstructure + walls + icebergs, and once more with the levels as columns
+   (``BookLevels``, what a source that read them itself would give) at 50 trades/s.
 
 Times are the process's CPU time (``time.process_time``; everything here runs on one thread), not
 wall time: on the shared 2-core machine other work takes turns with the benchmark, and CPU time
@@ -202,10 +202,10 @@ def engine_three_ways(args: argparse.Namespace, scale: float, runs, make_events,
 
 
 def book_updates(batches: list[TradeBatch], duration_ms: int, every_ms: int = 250, seed: int = 5,
-                 columns: bool = True) -> list:
+                 columns: bool = False) -> list:
     """Per symbol a snapshot every ``every_ms``: 20 levels a side one tick (1 bp) apart around the last
     trade price, sizes lognormal, now and then a level 10x (a wall); time-ordered ``BookUpdate``s, their
-    levels as ``book_from_record`` gives them (``BookLevels``) or, ``columns`` False, the dicts."""
+    levels as ``book_from_record`` gives them (the records' dicts) or, with ``columns``, ``BookLevels``."""
     rng = np.random.default_rng(seed)
     out: list = []
     steps = np.arange(1, 21)
@@ -231,7 +231,7 @@ def book_section(batches: list[TradeBatch]) -> Detectors:
 def run_book(args: argparse.Namespace, scale: float) -> None:
     duration = int(3_600_000 * scale)
     batches = streams(duration, 50.0)
-    records = book_updates(batches[:1], duration, columns=False)
+    records = book_updates(batches[:1], duration)
     params = BookParams(wall_multiple=5.0, iceberg_min_refills=3)
     b = batches[0]
     units = qty_to_units(b.qty)
@@ -242,7 +242,7 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
         began = time.process_time()
         books = [BookUpdate(u.exchange, u.symbol, u.time_ms, u.obi, book_levels(u.levels)) for u in records]
         best = min(best, time.process_time() - began)
-    print(f"reading the levels into columns (book_levels, once per record where it is decoded):"
+    print(f"reading the levels into columns (book_levels; the decoders keep the records):"
           f" {best / len(records) * 1e6:6.1f} µs per 20-level snapshot")
     print(f"book detectors alone (BookDetectors.update), {len(books):,} snapshots of 20 levels a side and"
           f" {len(b):,} trades of one symbol")
@@ -266,10 +266,11 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
                   f" per snapshot")
 
     print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per"
-          " symbol every 250 ms as BookLevels: off / microstructure / microstructure + walls + icebergs")
+          " symbol every 250 ms as the decoders give them (the records' dicts, read inside the engine):"
+          " off / microstructure / microstructure + walls + icebergs")
     engine_three_ways(args, scale, ((50.0, 1.0), (500.0, 0.25)), book_updates, "book", book_section)
-    print("the same, levels as the records' dicts (read inside the engine):")
-    engine_three_ways(args, scale, ((50.0, 1.0),), lambda bs, d: book_updates(bs, d, columns=False), "book",
+    print("the same, levels as BookLevels (a source that gives columns):")
+    engine_three_ways(args, scale, ((50.0, 1.0),), lambda bs, d: book_updates(bs, d, columns=True), "book",
                       book_section)
 
 

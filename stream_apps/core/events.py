@@ -116,9 +116,10 @@ class BookLevels:
 
     Why: the book detectors compare every snapshot level by level in a compiled loop, and reading
     40 ``{"price", "qty"}`` dicts in Python costs several times that loop (7-10 µs a 20-level
-    snapshot against 1-2 µs, ``bench_detectors --only book``). ``book_levels`` reads a record once,
-    where it is decoded (``book_from_record``, ``record_column``); the engine then concatenates
-    one flat array per snapshot, one call for a segment's snapshots."""
+    snapshot against 1-2 µs, ``bench_detectors --only book``). Handed ``BookLevels``, the engine
+    concatenates one flat array per snapshot, one call for a segment's snapshots. The decoders do
+    not build them (every record would pay the reading, detectors on or off: ``record_column``);
+    the engine restores its pending snapshots in this form (``Engine.from_dict``)."""
 
     data: np.ndarray
     n_bids: int
@@ -165,10 +166,10 @@ def book_levels(levels: Any) -> BookLevels | None:
 @dataclass(frozen=True, slots=True)
 class BookUpdate:
     """Order-book imbalance of the top 10 levels, from ``md.book``; ``levels``: the snapshot's levels
-    for the book detectors (walls, icebergs) only: ``BookLevels`` (what ``book_from_record`` gives),
-    the ``md.book`` record itself (its ``bids`` and ``asks``, ``{"price", "qty"}`` items best first)
-    or a ``(bids, asks)`` pair of such items or of ``(price, qty)`` pairs; None when the source gave
-    none. A reference, never copied."""
+    for the book detectors (walls, icebergs) only: the ``md.book`` record itself (what
+    ``book_from_record`` gives: its ``bids`` and ``asks``, ``{"price", "qty"}`` items best first),
+    ``BookLevels``, or a ``(bids, asks)`` pair of such items or of ``(price, qty)`` pairs; None when
+    the source gave none. A reference, never copied."""
 
     exchange: str
     symbol: str

@@ -136,7 +136,8 @@ def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     or None) as the kernel takes them: prices and quantities of every level flattened, and per
     snapshot and side where its prices start, where its quantities start and how many (-1: no
     levels). At most ``MAX_LEVELS`` a side, best first as the record lists them. ``BookLevels``
-    (what the decoders give) cost one array concatenation for the lot (prices and quantities are
+    (a restored engine's pending snapshots, or a source that gives columns) cost one array
+    concatenation for the lot (prices and quantities are
     then the same array); records and pairs are read here, all in one list (as ``book_levels``
     reads them: equal values)."""
     columns = list(levels)
