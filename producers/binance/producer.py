@@ -141,6 +141,10 @@ class BinanceProducer(VenueProducer):
                 hold=self._hold if replay is not None else None)
             workers = [asyncio.create_task(stream.run(stop), name="ws"),
                        asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
+            if self.config.replay_control_url is None:  # live (a replay's REST serves its whole session)
+                for sym, seq in self.sequencers.items():
+                    if seq.last_id is not None:  # a checkpoint (or a warm start): fill the downtime now
+                        self._repairs.ensure(f"fill:{sym}", self._catch_up(sym))
             if replay is None:  # a replay publishes books on its own clock (ReplayClock)
                 workers.append(asyncio.create_task(self._book_snapshots(stop), name="book"))
             ended = "stopped"
@@ -309,6 +313,38 @@ class BinanceProducer(VenueProducer):
                                             f"{self.config.gap_fill_timeout_s:.0f}s")
                     continue
                 await asyncio.sleep(0.5)  # the REST view can lag the stream by a moment
+
+    async def _catch_up(self, sym: str) -> None:
+        """A live restart: the trades since the checkpoint, from REST at once, page by page until a short
+        page (REST's present), then whatever hole the stream has opened meanwhile (`_fill_gap`).
+
+        Without it the hole a restart left was only seen at the stream's next trade of the symbol: a quiet
+        symbol, or a session that ended while the producer was down (measured: a broker restart under load
+        whose clients came back 22 s after the kill, when the exchange had sent its last trade), kept the
+        hole. At most ``max_resume_gap_ids`` trades this way; a longer downtime is then the gap the stream's
+        next trade opens, given up on `md.gaps` as before. A REST failure here only logs: the stream's next
+        trade opens the gap and `_fill_gap` retries it."""
+        seq = self.sequencers[sym]
+        assert self._rest is not None
+        url = f"{self.config.rest_base_url}/fapi/v1/aggTrades"
+        fetched = 0
+        while seq.gap is None and seq.last_id is not None and fetched < self.config.max_resume_gap_ids:
+            try:
+                rows, received = await self._rest.get_json(url, {"symbol": sym, "fromId": seq.last_id + 1,
+                                                                 "limit": 1000})
+                trades = [parse_rest_agg_trade(r, sym, received) for r in rows]
+            except (RestUnavailable, RestRejected, FrameError) as exc:
+                log.warning("catch-up from the checkpoint failed; the stream's next trade opens the gap",
+                            symbol=sym, from_id=seq.last_id + 1, error=str(exc))
+                return
+            fetched += len(trades)
+            self._publish_trades(sym, seq.offer_many(trades))
+            if len(rows) < 1000:
+                break
+        if fetched:
+            log.info("caught up from the checkpoint", symbol=sym, trades=fetched)
+        if seq.gap is not None:
+            await self._fill_gap(sym)
 
     def _give_up(self, sym: str, gap: Gap, reason: str) -> None:
         seq = self.sequencers[sym]

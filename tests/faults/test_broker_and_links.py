@@ -34,9 +34,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def rows():
     """One stack for both tests (a stack's start and session are most of their time): the link faults
-    first, then the broker killed; 60 s of session at 40 trades/s (the restarted producer finds the hole
-    by the next trade of the stream: the session must outlast the restart), the sink through the proxy
-    throughout, and SIGSTOPped 1.5 s before the kill (so the dead broker surely holds trades the sink has
+    first, then the broker killed; 60 s of session at 40 trades/s (the restarted producer fills the hole from
+    REST at once, even when the session has ended before it is back: the CI's loaded run did so), the
+    sink through the proxy throughout, and SIGSTOPped 1.5 s before the kill (so the dead broker surely holds trades the sink has
     not stored). A 3 s stop timeout: at the broker's death the producer's stop otherwise flushes into the dead broker
     for the default 10 s before it is SIGKILLed."""
     root = Path(tempfile.mkdtemp(prefix="tapeflow-faults-"))  # short: PostgreSQL's socket path

@@ -28,7 +28,9 @@ from tapeflow_runtime.settings import Settings
 
 
 class SyntheticExchange(FakeExchangeService):
-    """The fake exchange playing a synthetic session at real-time speed, starting now."""
+    """The fake exchange playing a synthetic session at real-time speed, starting now; its REST
+    aggTrades show only the trades already played, as Binance's do (a restarted producer's catch-up
+    must not see the future)."""
 
     def __init__(self, settings, paths, spec: SyntheticSpec, start: str = "first_subscriber") -> None:
         super().__init__(settings, paths)
@@ -41,6 +43,7 @@ class SyntheticExchange(FakeExchangeService):
                             "--synthetic-trades-per-s", str(s.trades_per_s), "--synthetic-burstiness", str(s.burstiness),
                             "--synthetic-start", str(s.start_time), "--ws-port", str(self.ws_port),
                             "--rest-port", str(self.rest_port), "--speed", "1", "--start", self.start,
+                            "--aggtrades-visibility", "replayed",
                             "--log-level", "WARNING"],
                       address=f"{HOST}:{self.rest_port}")
 

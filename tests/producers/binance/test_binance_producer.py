@@ -195,3 +195,44 @@ async def test_unfillable_gap_is_published_on_md_gaps(kafka_bootstrap, topic_pre
     assert gaps and gaps[0]["from_id"] == first and gaps[0]["to_id"] >= first + 3
     assert "REST" in gaps[0]["reason"]
     assert sample(metrics, "tapeflow_producer_gaps_unfilled_total", symbol="BTCUSDT") == len(gaps)
+
+
+async def test_a_live_restart_fills_its_downtime_from_rest_without_waiting_for_a_new_trade(
+        kafka_bootstrap, topic_prefix, tmp_path, read_topic):
+    """The session has ended (the exchange sends no more trades) while the producer was down: the
+    restarted producer still fills everything after its checkpoint, from REST, at once. REST shows only
+    the trades already played (as Binance's does). Before the catch-up the hole waited for the stream's
+    next trade, which never came (a broker-restart fault test lost the session's last 870 trades so)."""
+    spec = SyntheticSpec(seed=11, symbols=("BTCUSDT",), duration_s=30, trades_per_s=40)
+    session = generate_session(spec)
+    ids = sorted(f.payload["a"] for f in session.frames if f.event == "aggTrade")
+    assert len(ids) > 1200  # more than one REST page to catch up
+    behind = ids[-1150]
+    checkpoint = tmp_path / "ckpt.json"
+    checkpoint.write_text(json.dumps({"last_agg_id": {"BTCUSDT": behind - 1}}))
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    fake = await serve(FakeExchangeConfig(session=session, speed=None, start="immediate",
+                                          aggtrades_visibility="replayed"))
+    try:
+        await fake.wait_finished(30)
+        metrics = ProducerMetrics()
+        publisher = Publisher(kafka_bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics,
+                              topic_prefix=topic_prefix)
+        cfg = ProducerConfig(symbols=["BTCUSDT"], ws_base_url=fake.ws_url, rest_base_url=fake.rest_url,
+                             spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url, checkpoint_path=checkpoint,
+                             poll_interval_s=0.0)
+        producer = BinanceProducer(cfg, publisher, metrics)
+        stop = asyncio.Event()
+        task = asyncio.create_task(producer.run(stop))
+        for _ in range(600):
+            if producer.delivered_agg_id.get("BTCUSDT") == ids[-1] or task.done():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    finally:
+        await fake.stop()
+    got = [r["value"]["agg_id"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades", idle_s=1)]
+    assert got == [a for a in ids if a >= behind]  # every missed trade, once, in order
+    assert read_topic(kafka_bootstrap, topic_prefix + "md.gaps", idle_s=1) == []
+    assert json.loads(checkpoint.read_text())["last_agg_id"]["BTCUSDT"] == ids[-1]

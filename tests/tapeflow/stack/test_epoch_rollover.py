@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -41,11 +42,21 @@ def epochs_status(stack):
     return next(c for c in stack_status(stack.sup.settings, stack.sup.paths) if c.name == "epochs")
 
 
-def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills():
+@pytest.fixture
+def home():
+    """A short path (PostgreSQL's socket path has a length limit), removed afterwards: every suite run
+    left its 71 MB here before."""
+    root = Path(tempfile.mkdtemp(prefix="tapeflow-epochs-"))
+    try:
+        yield root / "home"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills(home):
     spec = SyntheticSpec(seed=21, symbols=(SYMBOL,), duration_s=60.0, trades_per_s=300.0,
                          start_time=time.time() + 25)
     count, first, last = expected_trades(spec)[SYMBOL]
-    home = Path(tempfile.mkdtemp(prefix="tapeflow-epochs-")) / "home"
     limit = 3_000
     with live_stack(home, spec, max_batches=limit) as stack:
         # the first rollover: once its drain step runs, kill the draining engine and the old sink
