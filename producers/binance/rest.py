@@ -16,6 +16,7 @@ through a ban the gap-fill client had met, and a real ban grows with every such 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -48,10 +49,20 @@ def origin(url: str) -> str:
 
 
 class RateLimitGate:
-    """Per origin, the monotonic time before which no request may be sent (429/418, used weight)."""
+    """Per origin, the monotonic time before which no request may be sent (429/418, used weight), and
+    whether the origin is known to answer: until one of its requests has been answered 200 (at start,
+    and again after each 429/418) requests to it go one at a time (`turn`).
+
+    Why one at a time: a request already in flight when another meets a 418 arrives inside the ban, and
+    Binance lengthens a ban with every such request. A start-up burst (each symbol's catch-up from the
+    checkpoint, the depth snapshots, the first indicator poll) or the requests a window held back, all
+    released together at its end, would otherwise meet a ban with all of them (measured: 2 requests in
+    the ban window once the catch-up joined the start-up burst); now it meets it with one."""
 
     def __init__(self) -> None:
         self._until: dict[str, float] = {}
+        self._trusted: set[str] = set()
+        self._probes: dict[str, asyncio.Lock] = {}
 
     def blocked_until(self, url: str) -> float:
         return self._until.get(origin(url), 0.0)
@@ -59,6 +70,21 @@ class RateLimitGate:
     def block(self, url: str, until: float) -> None:
         key = origin(url)
         self._until[key] = max(self._until.get(key, 0.0), until)
+        self._trusted.discard(key)
+
+    def answered(self, url: str) -> None:
+        """A 200 from the origin: requests to it may go concurrently again."""
+        self._trusted.add(origin(url))
+
+    @contextlib.asynccontextmanager
+    async def turn(self, url: str):
+        """Hold this around a request: exclusive per origin until the origin is trusted."""
+        key = origin(url)
+        if key in self._trusted:
+            yield
+            return
+        async with self._probes.setdefault(key, asyncio.Lock()):
+            yield
 
 
 class RestClient:
@@ -87,26 +113,30 @@ class RestClient:
                 if time.monotonic() + wait > deadline:
                     raise RestUnavailable(f"{url}: rate limited for {wait:.0f}s more ({last_error})")
                 await asyncio.sleep(wait)
-            try:
-                headers = self.headers() if self.headers is not None else None
-                async with self.session.get(url, params=params, timeout=self.timeout, headers=headers) as resp:
-                    body = await resp.read()
-                    received = int(time.time() * 1000)
-                    self._track_weight(url, resp.headers)
-                    if resp.status == 200:
-                        return orjson.loads(body), received
-                    last_error = f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
-                    if resp.status in (429, 418):
+            async with self.gate.turn(url):
+                if self.gate.blocked_until(url) > time.monotonic():
+                    continue  # the request ahead in turn met a 429/418 (or the weight brake): wait it out
+                try:
+                    headers = self.headers() if self.headers is not None else None
+                    async with self.session.get(url, params=params, timeout=self.timeout, headers=headers) as resp:
+                        body = await resp.read()
+                        received = int(time.time() * 1000)
+                        self._track_weight(url, resp.headers)
+                        if resp.status == 200:
+                            self.gate.answered(url)
+                            return orjson.loads(body), received
+                        last_error = f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
+                        if resp.status in (429, 418):
+                            self.metrics.rest_backoffs.labels(str(resp.status)).inc()
+                            retry_after = _retry_after(resp.headers, default=60.0 if resp.status == 418 else 5.0)
+                            self.gate.block(url, time.monotonic() + retry_after)
+                            log.warning("rate limited", url=url, status=resp.status, retry_after_s=retry_after)
+                            continue
+                        if 400 <= resp.status < 500:
+                            raise RestRejected(f"{url} {params or ''}: {last_error}")
                         self.metrics.rest_backoffs.labels(str(resp.status)).inc()
-                        retry_after = _retry_after(resp.headers, default=60.0 if resp.status == 418 else 5.0)
-                        self.gate.block(url, time.monotonic() + retry_after)
-                        log.warning("rate limited", url=url, status=resp.status, retry_after_s=retry_after)
-                        continue
-                    if 400 <= resp.status < 500:
-                        raise RestRejected(f"{url} {params or ''}: {last_error}")
-                    self.metrics.rest_backoffs.labels(str(resp.status)).inc()
-            except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+                except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
+                    last_error = f"{type(exc).__name__}: {exc}"
             attempt += 1
             delay = min(self.max_backoff_s, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
             if time.monotonic() + delay > deadline:

@@ -115,7 +115,7 @@ class ProducerService(HttpHealthService):
 
     def rewind_to_stored(self, conninfo: str) -> dict[str, tuple[int, int]]:
         """After the embedded broker came back empty, with the producer and the sink stopped: move the
-        checkpoint back to the last trade the database holds. The checkpoint says what the broker
+        checkpoint back to the last trade the database holds with no hole before it (`_last_contiguous`). The checkpoint says what the broker
         acknowledged, but the trades it held that the sink had not stored died with its memory storage;
         from the rewound checkpoint the restarted producer fills that hole by agg id (REST), as after
         its own downtime. Returns {symbol: (checkpoint, rewound to)} for the symbols moved back."""
@@ -129,8 +129,7 @@ class ProducerService(HttpHealthService):
         saved = orjson.loads(path.read_bytes())
         last: dict[str, int] = saved.get("last_agg_id") or {}
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-            stored = {symbol: conn.execute("SELECT max(agg_id) FROM trades WHERE exchange = 'binance' AND symbol = %s",
-                                           (symbol,)).fetchone()[0] for symbol in last}
+            stored = {symbol: _last_contiguous(conn, symbol) for symbol in last}
         rewound = {symbol: (int(agg), int(stored[symbol])) for symbol, agg in last.items()
                    if stored.get(symbol) is not None and stored[symbol] < int(agg)}
         if rewound:
@@ -141,6 +140,28 @@ class ProducerService(HttpHealthService):
     def epochs_env(self) -> dict[str, str] | None:
         """On the embedded broker the producer follows the stack's topic epochs (`tapeflow_runtime.epochs`)."""
         return epochs_env(self.settings, self.paths)
+
+
+#: how far below the database's last trade `rewind_to_stored` looks for a hole: the sink's parallel
+#: writers (2) commit batches of up to 50,000 rows out of order, so when the broker dies the table may
+#: hold a later batch without an earlier one; older holes are not the lost broker's (a given-up gap is on
+#: md.gaps) and are left alone
+REWIND_WINDOW_IDS = 200_000
+
+
+def _last_contiguous(conn, symbol: str) -> int | None:
+    """The agg id before the first hole within `REWIND_WINDOW_IDS` of the last stored trade, else the
+    last stored trade (None: nothing stored). Rewinding to the plain maximum lost a batch that a
+    second writer had overtaken."""
+    top = conn.execute("SELECT max(agg_id) FROM trades WHERE exchange = 'binance' AND symbol = %s",
+                       (symbol,)).fetchone()[0]
+    if top is None:
+        return None
+    hole = conn.execute(
+        "SELECT agg_id FROM (SELECT agg_id, lead(agg_id) OVER (ORDER BY agg_id) AS next FROM trades"
+        " WHERE exchange = 'binance' AND symbol = %s AND agg_id >= %s) s"
+        " WHERE next > agg_id + 1 ORDER BY agg_id LIMIT 1", (symbol, int(top) - REWIND_WINDOW_IDS)).fetchone()
+    return int(hole[0]) if hole else int(top)
 
 
 def epochs_env(settings, paths) -> dict[str, str] | None:

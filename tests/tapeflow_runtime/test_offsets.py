@@ -29,8 +29,7 @@ T0 = 1_700_000_000_000
 BATCHES = 24_000
 
 
-@pytest.fixture(scope="module")
-def many_batches(kafka_bootstrap):
+def _many_batches(kafka_bootstrap):
     """One partition of BATCHES single-record batches stamped T0 + 10 ms * offset, and an empty one."""
     topic = f"offsets-{time.time_ns()}"
     admin = admin_client(kafka_bootstrap)
@@ -45,7 +44,15 @@ def many_batches(kafka_bootstrap):
 
 
 @pytest.mark.timeout(600)
-def test_first_offset_at_or_after_a_time_on_a_partition_of_many_batches(kafka_bootstrap, many_batches):
+def test_offsets_and_timestamps_on_a_partition_of_many_batches(kafka_bootstrap):
+    """One test, not two sharing a module fixture: pytest-xdist handed the two to different workers,
+    and each wrote the 24,000 batches (~30 CPU-s, broker included)."""
+    many_batches = _many_batches(kafka_bootstrap)
+    _first_offset_at_or_after_a_time(kafka_bootstrap, many_batches)
+    _timestamp_at_reads_the_record_or_says_past_the_end(kafka_bootstrap, many_batches)
+
+
+def _first_offset_at_or_after_a_time(kafka_bootstrap, many_batches):
     parts = [(many_batches, 0), (many_batches, 1)]
     for since, want in ((T0 - 5, 0), (T0, 0), (T0 + 1, 1), (T0 + 10 * 17_000, 17_000),
                         (T0 + 10 * 17_000 - 3, 17_000), (T0 + 10 * (BATCHES - 1), BATCHES - 1),
@@ -54,7 +61,7 @@ def test_first_offset_at_or_after_a_time_on_a_partition_of_many_batches(kafka_bo
         assert starts == {(many_batches, 0): want, (many_batches, 1): 0}, since
 
 
-def test_timestamp_at_reads_the_record_or_says_past_the_end(kafka_bootstrap, many_batches):
+def _timestamp_at_reads_the_record_or_says_past_the_end(kafka_bootstrap, many_batches):
     reader = Consumer(consumer_config(kafka_bootstrap, **HISTORY_FETCH_CONFIG))
     try:
         tp = TopicPartition(many_batches, 0)

@@ -46,6 +46,27 @@ def test_the_checkpoint_goes_back_to_the_last_stored_trade_never_forward(tmp_pat
     assert service.rewind_to_stored(database) == {}  # done once
 
 
+def test_a_batch_a_second_writer_overtook_is_filled_again(tmp_path, database):
+    """The sink's two writers commit out of order: when the broker died the table held 101-110 and
+    121-130 but not 111-120. Rewound to the plain maximum (130) those ten trades were lost; the
+    checkpoint goes back to 110. A hole further back than the window is not the lost broker's."""
+    from tapeflow.stack.app_services import REWIND_WINDOW_IDS
+
+    old = 1_000
+    top = old + REWIND_WINDOW_IDS + 200
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE trades (exchange text, symbol text, agg_id bigint)")
+        conn.execute("INSERT INTO trades SELECT 'binance', 'BTCUSDT', i FROM generate_series(101, 110) i")
+        conn.execute("INSERT INTO trades SELECT 'binance', 'BTCUSDT', i FROM generate_series(121, 130) i")
+        # ETHUSDT: a given-up hole long ago (999..1,000 missing), nothing missing near the end
+        conn.execute("INSERT INTO trades SELECT 'binance', 'ETHUSDT', i FROM generate_series(900, 998) i")
+        conn.execute("INSERT INTO trades SELECT 'binance', 'ETHUSDT', i FROM generate_series(%s, %s) i",
+                     (old + 1, top))
+    _, _, service = _producer(tmp_path)
+    _checkpoint(service, {"BTCUSDT": 140, "ETHUSDT": top + 5})
+    assert service.rewind_to_stored(database) == {"BTCUSDT": (140, 110), "ETHUSDT": (top + 5, top)}
+
+
 def test_a_replay_producer_and_a_missing_checkpoint_are_left_alone(tmp_path, database):
     _, _, live = _producer(tmp_path)
     assert live.rewind_to_stored(database) == {}  # no checkpoint yet: nothing to rewind, no query
