@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from decimal import Decimal
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from fake_exchange.bybit import (
     BybitSyntheticSpec,
@@ -25,7 +26,7 @@ from producers.bybit.producer import BybitProducer, BybitProducerConfig
 from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, ensure_topics
 from tapeflow_runtime.publisher import Publisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -33,25 +34,31 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 TOPICS = ("md.trades", "md.depth", "md.book", "md.liquidations", "md.mark", "md.indicators", "md.gaps", "dlq.md")
 
 
-def read_topics(bootstrap: str, prefix: str, idle_s: float = 1.5) -> dict[str, list[dict]]:
-    """Every record of every md topic, decoded, in partition order (one consumer, read until idle)."""
+def read_topics(bootstrap: str, prefix: str) -> dict[str, list[dict]]:
+    """Every record of every md topic, decoded, in partition order (one consumer), once the producer has
+    stopped: read until every partition reported its end. (It read until 1.5 s of silence with the live
+    10 ms fetch wait before; on a loaded broker Tansu answers such fetches empty, and a loaded suite run
+    missed the book's later re-subscriptions so.)"""
     serde = AvroSerde(FileSchemaRegistry())
-    c = Consumer(consumer_config(bootstrap))
+    c = Consumer(consumer_config(bootstrap, **HISTORY_FETCH_CONFIG, **{"enable.partition.eof": True}))
     assignment = []
     for topic in TOPICS:
         md = c.list_topics(prefix + topic, timeout=10).topics[prefix + topic]
         assignment += [TopicPartition(prefix + topic, p, -2) for p in md.partitions]
     c.assign(assignment)
     out: dict[str, list[dict]] = {t: [] for t in TOPICS}
-    quiet = 0.0
-    while quiet < idle_s:
+    ended: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + 120
+    while len(ended) < len(assignment):
+        assert time.monotonic() < deadline, f"md topics not read to their ends: {len(ended)}/{len(assignment)}"
         m = c.poll(0.25)
         if m is None:
-            quiet += 0.25
             continue
-        quiet = 0.0
         if m.error():
+            if m.error().code() == KafkaError._PARTITION_EOF:
+                ended.add((m.topic(), m.partition()))
             continue
+        ended.discard((m.topic(), m.partition()))
         key = m.key().decode() if m.key() is not None else None
         out[m.topic()[len(prefix):]].append({"key": key, **serde.decode(m.value())})
     c.close()
