@@ -42,14 +42,16 @@ POLL_S = 0.5
 
 
 class NotifyService:
-    def __init__(self, settings: Settings, bootstrap: str, dispatcher: Dispatcher, metrics: NotifyMetrics) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, dispatcher: Dispatcher, metrics: NotifyMetrics,
+                 rules: AlertRules | None = None) -> None:
+        """``rules``: the market alerts' thresholds, parsed by the caller (default: from the settings)."""
         self.settings = settings
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.serde = AvroSerde(registry_from_url(settings.schema_registry_url))
         self.names = {settings.topic(t): t for t in settings.notify_events}
         # `features` among the events turns the market alerts on (tapeflow_notify/market_alerts.py)
-        self.alerts = MarketAlerts(AlertRules.from_mapping(settings.notify_alert_thresholds))
+        self.alerts = MarketAlerts(rules if rules is not None else AlertRules.from_mapping(settings.notify_alert_thresholds))
         self.group = f"{settings.topic_prefix}tapeflow-notify"
         self.consumer = Consumer(consumer_config(bootstrap, self.group, **{
             "enable.auto.commit": True, "auto.offset.reset": "latest"}))
@@ -119,13 +121,13 @@ async def run_notifier(settings: Settings, metrics_port: int, metrics_host: str)
                           "TAPEFLOW_TELEGRAM_CHAT_ID, TAPEFLOW_DISCORD_WEBHOOK_URL or TAPEFLOW_NOTIFY_WEBHOOK_URL "
                           "(or their *_FILE variants)")
     try:
-        AlertRules.from_mapping(settings.notify_alert_thresholds)
+        rules = AlertRules.from_mapping(settings.notify_alert_thresholds)
     except ValueError as exc:
         raise ConfigError(f"TAPEFLOW_NOTIFY_ALERT_THRESHOLDS: {exc}") from None
     metrics = NotifyMetrics()
     dispatcher = Dispatcher(channels, settings.notify_rate_per_minute, metrics)
     bootstrap = resolve_broker(settings, StackPaths(settings.home))
-    service = NotifyService(settings, bootstrap, dispatcher, metrics)
+    service = NotifyService(settings, bootstrap, dispatcher, metrics, rules)
     runner, port = await serve(build_app(metrics.registry, service.health, frozenset({"running"})),
                                metrics_host, metrics_port)
     log.info("notifier started", channels=[c.name for c in channels], events=settings.notify_events,
