@@ -217,7 +217,9 @@ async def test_every_trade_once_verified_book_across_a_restart_liquidations_mark
 
 async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_reported(
         kafka_bootstrap, topic_prefix):
-    session = generate_bybit_session(BybitSyntheticSpec(seed=22, symbols=tuple(SYMBOLS), duration_s=12,
+    # 36 s at 8x (4.5 s): the session must outlast the break, its re-subscription and the drop's
+    # reconnect; 12 s (1.5 s of replay) had ended before them in two loaded suite runs (1 snapshot of 3)
+    session = generate_bybit_session(BybitSyntheticSpec(seed=22, symbols=tuple(SYMBOLS), duration_s=36,
                                                         trades_per_s=8, liquidations_per_min=40))
 
     async def during(fake, producer):
