@@ -42,6 +42,19 @@ def epochs_status(stack):
     return next(c for c in stack_status(stack.sup.settings, stack.sup.paths) if c.name == "epochs")
 
 
+def list_groups(bootstrap: str) -> list[str]:
+    """The broker's consumer groups, asked up to three times: in a loaded suite run one ListGroups was
+    never answered and `.result()` without a timeout held the test until its 900 s timeout."""
+    for attempt in range(3):
+        try:
+            listed = admin_client(bootstrap).list_consumer_groups(request_timeout=10).result(20)
+            return [g.group_id for g in listed.valid]
+        except Exception:  # noqa: BLE001 - a timeout or a broker error: ask again, the last one raises
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def home():
     """A short path (PostgreSQL's socket path has a length limit), removed afterwards: every suite run
@@ -82,8 +95,7 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills(ho
         steady = epochs_status(stack)
         log = "\n".join(stack.log)
         topics = admin_client(stack.bootstrap).list_topics(timeout=10).topics
-        listed = admin_client(stack.bootstrap).list_consumer_groups(request_timeout=10).result()
-        groups = [g.group_id for g in listed.valid]
+        groups = list_groups(stack.bootstrap)
         features = [r[0] for r in stack.query(
             "SELECT eval_time FROM features WHERE symbol = %s AND strategy = "
             "(SELECT min(strategy) FROM features) ORDER BY eval_time", SYMBOL)]
