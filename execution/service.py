@@ -70,7 +70,7 @@ from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics
+from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
 from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
@@ -240,7 +240,7 @@ class ExecutorService:
         executor = Executor(self.config, self.mode, broker, self.sink, now)
         summary = executor.restore(positions.records, orders.records, risk.records, now,
                                    signals=lambda ids: self._read_signals(signals, ids))
-        total = len(consumer.list_topics(self.prefix + "signals", timeout=10).topics[self.prefix + "signals"].partitions)
+        total = len(topic_metadata(consumer, self.prefix + "signals").partitions)
         executor.owner_ok = signals == list(range(total))
         self._risk.assign([TopicPartition(self.prefix + "risk.events", p, off) for p, off in risk.next_offsets.items()])
         log.info("executor state restored", partitions=signals, seconds=round(time.monotonic() - t0, 3),

@@ -91,6 +91,25 @@ def end_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float)
             for tp in consumer.offsets_for_times(wanted, timeout=timeout) if tp.error is None}
 
 
+def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float = 10.0):
+    """The topic's metadata from a consumer/admin client, asking again while the broker times out.
+
+    A loaded embedded broker can leave one metadata request unanswered for over 10 s (the CI saw an
+    executor's state read die so, mid-rebalance); a live service must wait that out, not crash. Other
+    errors, and a broker that stays silent for ``timeout_s``, raise ``KafkaException``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return client.list_topics(topic, timeout=max(0.1, min(attempt_s, left))).topics.get(topic)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if code not in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT) or time.monotonic() >= deadline:
+                raise
+
+
 def broker_health(bootstrap: str, timeout: float = 3.0) -> Health:
     try:
         md = admin_client(bootstrap).list_topics(timeout=timeout)

@@ -25,7 +25,7 @@ from confluent_kafka import (
 )
 
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
+from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, topic_metadata
 
 
 #: messages taken from librdkafka's queue per call (one call per message cost a Python round trip each)
@@ -71,7 +71,7 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
         assignment: list[TopicPartition] = []
         out: dict[str, TopicSnapshot] = {}
         for topic, partitions in topics.items():
-            md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            md = topic_metadata(consumer, topic, timeout_s=timeout_s)
             if md is None or md.error is not None:
                 raise StateReadError(f"cannot read {topic}: {md.error if md else 'no such topic'}")
             parts = sorted(md.partitions) if partitions is None else sorted(partitions)

@@ -76,7 +76,7 @@ class CombinedStream:
         self.on_status = on_status
         self.on_reconnect = on_reconnect
         self.connected = asyncio.Event()
-        self._offline_reported = False
+        self._offline_reported: str | None = None  # the state last reported (unreachable / silent)
         self.connections = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -113,7 +113,7 @@ class CombinedStream:
                 continue
             attempt = 0
             self.connected.set()
-            self._offline_reported = False
+            self._offline_reported = None
             self.on_status("connected", self.config.url)
             outcome = await _first_of(stop, task, timeout=self.config.max_age_s)
             if outcome == "stop":
@@ -134,9 +134,11 @@ class CombinedStream:
 
     async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
         cfg = self.config
+        opened = False
         try:
             async with websockets.connect(cfg.url, ping_interval=cfg.ping_interval_s, ping_timeout=None,
                                           max_size=2**24, open_timeout=10, close_timeout=2) as ws:
+                opened = True
                 self.connections += 1
                 read_here = 0
                 while not stop.is_set():
@@ -152,7 +154,7 @@ class CombinedStream:
                     self._dispatch(raw, received)
         except (TimeoutError, OSError, socket.gaierror, InvalidHandshake, InvalidURI) as exc:
             if not first_frame.is_set():
-                self._report_offline(exc)
+                self._report_offline(exc, opened and isinstance(exc, TimeoutError))
             raise
 
     def _dispatch(self, raw: bytes, received: int) -> None:
@@ -196,16 +198,26 @@ class CombinedStream:
             log.exception("frame handler failed", stream=stream)
             self.on_bad_frame(raw, f"handler error: {type(exc).__name__}: {exc}")
 
-    def _report_offline(self, exc: BaseException) -> None:
-        if self._offline_reported:
+    def _report_offline(self, exc: BaseException, opened: bool) -> None:
+        """Say once (per kind) why no frame arrives: nothing answered at the address (`unreachable`, with
+        the offline hint), or the websocket opened but stayed silent for the read timeout (`silent`: a
+        stalled upstream, or a fake exchange whose session has ended). Both are retried with backoff."""
+        state = "silent" if opened else "unreachable"
+        if self._offline_reported == state:
             return
-        self._offline_reported = True
+        self._offline_reported = state
         text = f"{type(exc).__name__}: {exc}"
+        if opened:
+            detail = (f"the exchange websocket at {self.config.base_url} accepted the connection but sent "
+                      f"nothing for {self.config.read_timeout_s:g} s. Reconnecting with backoff.")
+            log.error("exchange silent", read_timeout_s=self.config.read_timeout_s)
+            self.on_status(state, detail)
+            return
         hint = ("cannot reach the exchange websocket at " + self.config.base_url + f" ({text}). "
                 "If this machine has no internet access, run offline from a recording: "
                 "tapeflow up --source replay:DIR. Retrying with backoff.")
         log.error("exchange unreachable", detail=text, hint="tapeflow up --source replay:DIR")
-        self.on_status("unreachable", hint)
+        self.on_status(state, hint)
 
 
 class SubscribingStream(CombinedStream):
@@ -228,9 +240,11 @@ class SubscribingStream(CombinedStream):
 
     async def _connection(self, first_frame: asyncio.Event, stop: asyncio.Event) -> None:
         cfg = self.config
+        opened = False
         try:
             async with websockets.connect(cfg.url, ping_interval=None, max_size=2**24, open_timeout=10,
                                           close_timeout=2) as ws:
+                opened = True
                 self.connections += 1
                 for request in self._subscribe_requests():
                     await ws.send(request)
@@ -252,7 +266,7 @@ class SubscribingStream(CombinedStream):
                         self._ws = None
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             if not first_frame.is_set():
-                self._report_offline(exc)
+                self._report_offline(exc, opened and isinstance(exc, TimeoutError))
             raise
 
     async def _heartbeat(self, ws: ClientConnection) -> None:

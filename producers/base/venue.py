@@ -38,7 +38,7 @@ DLQ_TOPIC = "dlq.md"
 
 @dataclass
 class ProducerStatus:
-    state: str = "starting"  # starting | connected | unreachable | replay-finished | stopped
+    state: str = "starting"  # starting | connected | unreachable | silent | replay-finished | stopped
     detail: str = ""
     since: float = field(default_factory=time.time)
 

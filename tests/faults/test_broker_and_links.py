@@ -91,7 +91,12 @@ def _check_broker_kill(rows) -> None:
     assert "lost its memory storage" in log and "came back empty" in log, log
     assert all(pid is not None for pid in k["new_pids"].values()), k
     assert k["recover_s"] is not None and k["recover_s"] < 30, (k, log)  # trades flowing into the table again
-    assert all(ok for ok, _ in d["status_after"].values()), d["status_after"]
+    after = dict(d["status_after"])
+    ok, text = after.pop("producer")
+    if not ok:  # restarted after the session's end (a loaded run): the fake exchange has nothing left to send
+        assert "sent nothing" in text and d["exchange_after"][1].startswith("replay finished"), (
+            text, d["exchange_after"])
+    assert all(ok for ok, _ in after.values()), d["status_after"]
     # what the dead broker held beyond the sink (the sink paused 1.5 s before the kill: ~60 trades): the
     # producer resumed from the database's last trade before any hole and filled it again (before the
     # rewind those trades were lost: 7 of 1586 without the pause, all between the last stored and the

@@ -203,6 +203,7 @@ def _finish(stack, detail: dict[str, Any], symbol: str, duration_s: float) -> No
     detail["status_after"] = _wait(
         lambda: (st := _statuses(stack, names)) and all(ok for ok, _ in st.values()) and st, 30) \
         or _statuses(stack, names)
+    detail["exchange_after"] = _statuses(stack, ("fake-exchange",)).get("fake-exchange")
     detail.update(_accounting(stack, symbol, count, first, last))
     detail["log"] = list(stack.log)
     logs = stack.sup.paths.home / "logs"

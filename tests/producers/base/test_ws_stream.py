@@ -54,6 +54,35 @@ async def test_unreachable_exchange_is_reported_once_with_the_offline_hint():
     assert len(unreachable) == 1 and "--source replay:DIR" in unreachable[0]  # ...but said so once
 
 
+async def test_a_websocket_that_opens_but_stays_silent_is_reported_silent_not_unreachable():
+    """A server that accepts the handshake and never sends (a stalled upstream; the fake exchange once its
+    session has ended): `silent` with the address and the read timeout, once, not the offline hint."""
+    import websockets
+
+    async def never_send(ws) -> None:
+        await ws.wait_closed()
+
+    async with websockets.serve(never_send, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        statuses: list[tuple[str, str]] = []
+        reconnects: list[str] = []
+        stop = asyncio.Event()
+        cfg = BinanceStreamConfig(f"ws://127.0.0.1:{port}", ["btcusdt@aggTrade"], read_timeout_s=0.2,
+                                  backoff_initial_s=0.01, backoff_max_s=0.05)
+        stream = CombinedStream(cfg, lambda *a: None, lambda raw, why: None,
+                                lambda state, detail: statuses.append((state, detail)), reconnects.append)
+        task = asyncio.create_task(stream.run(stop))
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(reconnects) < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+    assert len(reconnects) >= 3 and stream.connections >= 3  # it opened each time, and kept retrying
+    assert [st for st, _ in statuses] == ["silent"], statuses
+    assert f"127.0.0.1:{port}" in statuses[0][1] and "nothing for 0.2 s" in statuses[0][1]
+    assert "--source replay:DIR" not in statuses[0][1]
+
+
 async def test_a_client_far_behind_a_flooded_connection_is_not_cut_by_keepalive():
     """At max speed on a busy machine the producer reads frames seconds after they were sent, so every
     pong (ours and the server's ping) waits behind them. Neither side may take that for a dead link:

@@ -1,0 +1,63 @@
+"""`tapeflow_runtime.kafka_client.topic_metadata` against the real broker behind a slow link.
+
+The CI's loaded run once left an executor's metadata request unanswered for 10 s in the middle of a
+rebalance; `read_to_end` raised and the executor exited 1. The helper asks again while the broker
+times out. Here the broker is reached through `LinkProxy` delaying every chunk 1.5 s: one request with
+a 0.5 s timeout fails, the helper with 0.5 s attempts returns the topic; a bootstrap that never
+answers still fails after the helper's whole budget.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka.admin import NewTopic
+
+from tapeflow_runtime.kafka_client import admin_client, consumer_config, topic_metadata
+from tests.support.faults_links import LinkProxy
+
+pytestmark = pytest.mark.integration
+
+
+def _consumer(bootstrap: str) -> Consumer:
+    return Consumer(consumer_config(bootstrap, group_id=f"meta-{time.time_ns()}"))
+
+
+def test_topic_metadata_waits_out_a_broker_slower_than_one_request(kafka_bootstrap):
+    topic = f"meta-{time.time_ns()}"
+    admin = admin_client(kafka_bootstrap)  # kept: a collected client cancels its futures
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(15)
+    host, port = kafka_bootstrap.rsplit(":", 1)
+    with LinkProxy(lambda: (host, int(port))) as proxy:
+        proxy.delay_s = 1.5
+        slow = f"127.0.0.1:{proxy.port}"
+        once = _consumer(slow)
+        try:
+            with pytest.raises(KafkaException):
+                once.list_topics(topic, timeout=0.5)  # what `read_to_end` did: the executor died of it
+        finally:
+            once.close()
+        patient = _consumer(slow)
+        try:
+            md = topic_metadata(patient, topic, timeout_s=30, attempt_s=0.5)
+        finally:
+            patient.close()
+    assert md is not None and md.error is None and sorted(md.partitions) == [0, 1, 2]
+
+
+def test_topic_metadata_gives_up_after_its_budget_when_nothing_answers():
+    with socket.socket() as hole:  # accepts connections (the backlog) and never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        consumer = _consumer(f"127.0.0.1:{hole.getsockname()[1]}")
+        try:
+            began = time.monotonic()
+            with pytest.raises(KafkaException):
+                topic_metadata(consumer, "any", timeout_s=2.0, attempt_s=0.5)
+            took = time.monotonic() - began
+        finally:
+            consumer.close()
+    assert took >= 1.9  # it kept asking for the whole budget, not one attempt
