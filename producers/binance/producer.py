@@ -52,6 +52,7 @@ log = structlog.get_logger("producer.binance")
 
 LIVE_WS = "wss://fstream.binance.com"
 LIVE_REST = "https://fapi.binance.com"
+REST_PAGE = 1000  # aggTrades rows per REST request (Binance's maximum)
 
 
 @dataclass
@@ -282,10 +283,16 @@ class BinanceProducer(VenueProducer):
         self.publisher.publish("md.liquidations", self._key(rec["symbol"]), rec, rec["receive_time"])
 
     # --- REST-backed repairs ------------------------------------------------------------------------
+    async def _rest_page(self, sym: str, from_id: int) -> list:
+        """Up to a REST page (1,000) of `sym`'s aggregate trades from `from_id`, parsed; raises
+        ``RestUnavailable``/``RestRejected``/``FrameError`` (the gap fill gives up, the catch-up logs)."""
+        assert self._rest is not None
+        rows, received = await self._rest.get_json(f"{self.config.rest_base_url}/fapi/v1/aggTrades",
+                                                   {"symbol": sym, "fromId": from_id, "limit": REST_PAGE})
+        return [parse_rest_agg_trade(r, sym, received) for r in rows]
+
     async def _fill_gap(self, sym: str) -> None:
         seq = self.sequencers[sym]
-        assert self._rest is not None
-        url = f"{self.config.rest_base_url}/fapi/v1/aggTrades"
         if self.replay is None and self.config.gap_fill_grace_s > 0:
             # a hole the stream closes a moment later (frames out of order, a reconnect's overlap) costs
             # no REST weight: every aggTrades request weighs 20, and half a minute of reordered frames
@@ -298,8 +305,7 @@ class BinanceProducer(VenueProducer):
                 self._give_up(sym, gap, "gap larger than max_resume_gap_ids; use `tapeflow backfill binance-vision`")
                 continue
             try:
-                rows, received = await self._rest.get_json(url, {"symbol": sym, "fromId": gap.from_id, "limit": 1000})
-                trades = [parse_rest_agg_trade(r, sym, received) for r in rows]
+                trades = await self._rest_page(sym, gap.from_id)
             except (RestUnavailable, RestRejected, FrameError) as exc:
                 self._give_up(sym, gap, f"REST fill failed: {exc}")
                 continue
@@ -325,21 +331,17 @@ class BinanceProducer(VenueProducer):
         next trade opens, given up on `md.gaps` as before. A REST failure here only logs: the stream's next
         trade opens the gap and `_fill_gap` retries it."""
         seq = self.sequencers[sym]
-        assert self._rest is not None
-        url = f"{self.config.rest_base_url}/fapi/v1/aggTrades"
         fetched = 0
         while seq.gap is None and seq.last_id is not None and fetched < self.config.max_resume_gap_ids:
             try:
-                rows, received = await self._rest.get_json(url, {"symbol": sym, "fromId": seq.last_id + 1,
-                                                                 "limit": 1000})
-                trades = [parse_rest_agg_trade(r, sym, received) for r in rows]
+                trades = await self._rest_page(sym, seq.last_id + 1)
             except (RestUnavailable, RestRejected, FrameError) as exc:
                 log.warning("catch-up from the checkpoint failed; the stream's next trade opens the gap",
                             symbol=sym, from_id=seq.last_id + 1, error=str(exc))
                 return
             fetched += len(trades)
             self._publish_trades(sym, seq.offer_many(trades))
-            if len(rows) < 1000:
+            if len(trades) < REST_PAGE:
                 break
         if fetched:
             log.info("caught up from the checkpoint", symbol=sym, trades=fetched)
