@@ -3,7 +3,7 @@ engine → paper executor, one `python -m tapeflow` process each, real broker) a
 gives identical signals (ids, scores, tiers) and positions (entries, exits, exit reasons, pnl_r with
 fees, slippage and funding).
 
-The session: 4 hours of three symbols from the synthetic generator (`backtest.sources.synthetic`,
+The session: 3 hours of three symbols from the synthetic generator (`backtest.sources.synthetic`,
 seed 5), crossing the 08:00 funding time, written as a websocket recording
 (`backtest.sources.recording.write_recording`) that the fake exchange replays at max, paced by the
 producer (`--replay-control-url`: the producer runs on the recording's clock, so what it polls and
@@ -25,8 +25,9 @@ the producer wrote at replay pace answered fetches with pauses of many seconds (
 answers empty when assembling a fetch takes longer than its max wait, and the cost grows with the
 partition's batch count (``tapeflow_runtime.kafka_client.HISTORY_FETCH_CONFIG``).
 
-Run time on the 2-core machine: 179 s alone at max (2026-11-25; 277 signals, 115 closed positions, as
-at 120x); at 120x it was 406 s at load 10 and 562 s at load 6-8 (2026-11-23); the executor stage takes
+Run time on the 2-core machine: 145 s and 132 CPU-s alone (2026-11-26, 3 hours: 102,454 trades, 201
+signals, 82 closed positions, every exit reason for both strategies; 4 hours took 179 s and ~200 CPU-s
+in a loaded suite, 277 signals, 115 closed, and added no exit reason); at 4 hours and at 120x it was 406 s at load 10 and 562 s at load 6-8 (2026-11-23); the executor stage takes
 about 40 s for 135,618 trades, 43,200 marks, 21,597 books and 277 signals. Three stage failures seen under load and fixed in the services, not here: the
 executor released a partition's signals before its trades when those had not been fetched yet
 (`execution.service._catching_up`); the engine left its group while catching up and stayed
@@ -76,7 +77,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 H = 3_600_000
 START = 1_704_088_800_000  # 2024-01-01 06:00 UTC; the 08:00 funding time falls inside
-END = START + 4 * H
+END = START + 3 * H
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 RATES = {"BTCUSDT": 3.0, "ETHUSDT": 2.5, "SOLUSDT": 2.0}
 SEED = 5

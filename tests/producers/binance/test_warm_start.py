@@ -93,13 +93,6 @@ def watch_status_while_priming(producer: Service, env: dict[str, str]) -> list[C
         time.sleep(0.1)
 
 
-def first_record(read_topic, bootstrap: str, topic: str, accept) -> dict | None:
-    for r in read_topic(bootstrap, topic, idle_s=0.5):
-        if accept(r["value"]):
-            return r["value"]
-    return None
-
-
 @pytest.mark.timeout(2400)
 def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_25_hours(kafka_bootstrap,
                                                                                          read_topic, tmp_path):
@@ -154,19 +147,8 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
         assert statuses[-1].state == "running", statuses[-1]
         producer.wait_for_line(r"warm start finished", 900)
         timings["warm start finished"] = time.monotonic() - began
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and ("first warm evaluation" not in timings
-                                                or "first signal" not in timings):
-            if "first warm evaluation" not in timings and first_record(
-                    read_topic, kafka_bootstrap, prefix + "features",
-                    lambda f: f["eval_time"] >= live_ms and f["block_reason"] != "warmup"):
-                timings["first warm evaluation"] = time.monotonic() - began
-            if "first signal" not in timings and first_record(
-                    read_topic, kafka_bootstrap, prefix + "signals", lambda s: s["eval_time"] >= live_ms):
-                timings["first signal"] = time.monotonic() - began
-            if producer.proc.poll() is not None:
-                break
-            time.sleep(1.0)
+        # (the time to the first warm evaluation and signal is `benchmarks/bench_warm_start.py`'s: polling
+        # the features and signals topics from their start every second cost this test CPU-s it needs not)
         try:
             assert producer.proc.wait(600) == 0, producer.tail()
         except subprocess.TimeoutExpired:
@@ -183,7 +165,6 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
     assert log.count("done (vision+rest (2/2 days)") == 2, log[-3000:]
     trades = [(t["value"]["symbol"], t["value"]["agg_id"]) for t in read_topic(kafka_bootstrap, prefix + "md.trades")]
     assert len(trades) == len(set(trades)) and history_trades <= set(trades)
-    assert "first warm evaluation" in timings  # the 24-hour warm-up was complete at the live start
 
     warm = read_outputs(kafka_bootstrap, prefix, read_topic)
     for sym in SYMBOLS:  # the first evaluation after the live start: as valid, as timed as the reference's
