@@ -170,20 +170,33 @@ class FakeExchange:
         if not task.cancelled() and task.exception() is not None:
             log.error("replay failed", exc_info=task.exception())
 
+    #: how long each step of `stop()` may take before it is abandoned (and the stuck tasks logged)
+    STOP_STEP_S = 10.0
+
     async def stop(self) -> None:
+        """Stop replaying and serving. Every step is bounded: a suite run once hung here for the rest of
+        its 120 s after an OKX replay whose connection had been aborted; a step that overruns logs
+        the stacks of the tasks still running and the stop carries on."""
         if self._replay_task is not None:
             self._replay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replay_task
+            await self._bounded("replay task", asyncio.wait({self._replay_task}))
             self._replay_task = None
         if self._ws_server is not None:
             self._ws_server.close()
-            await self._ws_server.wait_closed()
+            await self._bounded("websocket server close", self._ws_server.wait_closed())
             self._ws_server = None
-        await cancel_background(self.state)
+        await self._bounded("background close handshakes", cancel_background(self.state))
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._bounded("REST server cleanup", self._runner.cleanup())
             self._runner = None
+
+    async def _bounded(self, step: str, awaitable) -> None:
+        try:
+            await asyncio.wait_for(awaitable, self.STOP_STEP_S)
+        except TimeoutError:
+            stuck = {t.get_name(): [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in t.get_stack()]
+                     for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+            log.error("fake exchange stop: step overran, abandoned", step=step, seconds=self.STOP_STEP_S, tasks=stuck)
 
     async def __aenter__(self) -> FakeExchange:
         return self if self._runner is not None else await self.start()

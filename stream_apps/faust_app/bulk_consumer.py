@@ -258,54 +258,16 @@ def next_commit(acked: Sequence[int], gap: Any, committed: int | None) -> tuple[
     return ordered[end - 1] + 1, ordered[end:]
 
 
-#: the fetch wait while nothing is buffered and the last fetch brought nothing (`idle_fetch_wait`)
-IDLE_FETCH_WAIT_MS = 200
-
-
-def idle_fetch_wait(fetcher: Any, busy_ms: int, idle_ms: int) -> None:
-    """Fetch with ``idle_ms`` while idle, ``busy_ms`` while records flow: after each fetch answer the
-    next request waits ``busy_ms`` if that answer brought records or records are still buffered, else
-    ``idle_ms``.
-
-    Why: the short wait exists for one case only, a fetch of the quiet partitions holding the busy ones
-    behind it (they are left out of a fetch while their records are buffered; `ShortWaitConsumerThread`).
-    With nothing buffered every partition is in the request, and the broker answers it as soon as any
-    of them has a record (measured on Tansu 0.6: a record reaches a consumer waiting 200 ms in 15 ms at
-    p50, 25 ms at most, as with a 20 ms wait), so the longer wait costs no latency. An idle engine, a quiet
-    market or a stack waiting for its feed, otherwise asked 50 empty fetches a second: an idle embedded
-    stack measured 23 % of a core in the broker and 12 % in the engine (2026-11-26).
-
-    Hand-rolled because aiokafka reads the wait per request but offers no setting for this; it wraps
-    the instance's ``_proc_fetch_request`` (aiokafka 0.14 internals, exercised by every engine test)."""
-    original = fetcher._proc_fetch_request
-
-    async def proc_fetch_request(assignment: Any, node_id: Any, request: Any) -> bool:
-        got = await original(assignment, node_id, request)
-        fetcher._fetch_max_wait_ms = busy_ms if got or fetcher._records else idle_ms
-        return got
-
-    fetcher._proc_fetch_request = proc_fetch_request
-
-
 class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     """Faust hard-codes ``fetch_max_wait_ms=1500``. aiokafka keeps one fetch in flight per broker and
     leaves out partitions whose records are still buffered, so while a fetch for the quiet partitions
     (``md.mark`` once a second, ``md.indicators`` every few minutes) waits for data, the busy
     ``md.trades`` partitions wait behind it: measured at 5,000 trades/s, receive -> features p99
-    ~790 ms. A short wait bounds that delay while records flow; while nothing does, the fetch waits
-    longer (`idle_fetch_wait`)."""
+    ~790 ms. A short wait bounds that delay; the cost is more (empty) fetch round trips on loopback."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        busy = self.consumer.fetch_max_wait_ms
-        consumer._fetch_max_wait_ms = busy  # read by aiokafka at start
-        start = consumer.start
-
-        async def start_with_idle_wait() -> None:
-            await start()
-            idle_fetch_wait(consumer._fetcher, busy, max(busy, IDLE_FETCH_WAIT_MS))
-
-        consumer.start = start_with_idle_wait
+        consumer._fetch_max_wait_ms = self.consumer.fetch_max_wait_ms  # read by aiokafka at start
         return consumer
 
 
