@@ -20,6 +20,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +49,15 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+@dataclass
+class _OriginState:
+    """What `RateLimitGate` knows of one origin."""
+
+    until: float = 0.0  # monotonic time before which no request may be sent
+    trusted: bool = False  # answered 200 since the last 429/418: requests may go concurrently
+    probe: asyncio.Lock = field(default_factory=asyncio.Lock)  # one request at a time while not trusted
+
+
 class RateLimitGate:
     """Per origin, the monotonic time before which no request may be sent (429/418, used weight), and
     whether the origin is known to answer: until one of its requests has been answered 200 (at start,
@@ -60,30 +70,36 @@ class RateLimitGate:
     the ban window once the catch-up joined the start-up burst); now it meets it with one."""
 
     def __init__(self) -> None:
-        self._until: dict[str, float] = {}
-        self._trusted: set[str] = set()
-        self._probes: dict[str, asyncio.Lock] = {}
+        self._origins: dict[str, _OriginState] = {}
+
+    def _at(self, url: str) -> _OriginState:
+        key = origin(url)
+        state = self._origins.get(key)
+        if state is None:
+            state = self._origins[key] = _OriginState()
+        return state
 
     def blocked_until(self, url: str) -> float:
-        return self._until.get(origin(url), 0.0)
+        state = self._origins.get(origin(url))
+        return state.until if state is not None else 0.0
 
     def block(self, url: str, until: float) -> None:
-        key = origin(url)
-        self._until[key] = max(self._until.get(key, 0.0), until)
-        self._trusted.discard(key)
+        state = self._at(url)
+        state.until = max(state.until, until)
+        state.trusted = False
 
     def answered(self, url: str) -> None:
         """A 200 from the origin: requests to it may go concurrently again."""
-        self._trusted.add(origin(url))
+        self._at(url).trusted = True
 
     @contextlib.asynccontextmanager
     async def turn(self, url: str):
         """Hold this around a request: exclusive per origin until the origin is trusted."""
-        key = origin(url)
-        if key in self._trusted:
+        state = self._at(url)
+        if state.trusted:
             yield
             return
-        async with self._probes.setdefault(key, asyncio.Lock()):
+        async with state.probe:
             yield
 
 
