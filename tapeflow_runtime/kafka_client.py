@@ -7,6 +7,7 @@ rebalance timeout; on a dev broker the defaults turn each join into a 20-30 s pa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -97,8 +98,6 @@ def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float
     A loaded embedded broker can leave one metadata request unanswered for over 10 s (the CI saw an
     executor's state read die so, mid-rebalance); a live service must wait that out, not crash. Other
     errors, and a broker that stays silent for ``timeout_s``, raise ``KafkaException``."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()

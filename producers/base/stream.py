@@ -154,7 +154,7 @@ class CombinedStream:
                     self._dispatch(raw, received)
         except (TimeoutError, OSError, socket.gaierror, InvalidHandshake, InvalidURI) as exc:
             if not first_frame.is_set():
-                self._report_offline(exc, opened and isinstance(exc, TimeoutError))
+                self._report_offline(exc, silent=opened and isinstance(exc, TimeoutError))
             raise
 
     def _dispatch(self, raw: bytes, received: int) -> None:
@@ -198,21 +198,21 @@ class CombinedStream:
             log.exception("frame handler failed", stream=stream)
             self.on_bad_frame(raw, f"handler error: {type(exc).__name__}: {exc}")
 
-    def _report_offline(self, exc: BaseException, opened: bool) -> None:
+    def _report_offline(self, exc: BaseException, silent: bool) -> None:
         """Say once (per kind) why no frame arrives: nothing answered at the address (`unreachable`, with
         the offline hint), or the websocket opened but stayed silent for the read timeout (`silent`: a
         stalled upstream, or a fake exchange whose session has ended). Both are retried with backoff."""
-        state = "silent" if opened else "unreachable"
+        state = "silent" if silent else "unreachable"
         if self._offline_reported == state:
             return
         self._offline_reported = state
-        text = f"{type(exc).__name__}: {exc}"
-        if opened:
+        if silent:
             detail = (f"the exchange websocket at {self.config.base_url} accepted the connection but sent "
                       f"nothing for {self.config.read_timeout_s:g} s. Reconnecting with backoff.")
             log.error("exchange silent", read_timeout_s=self.config.read_timeout_s)
             self.on_status(state, detail)
             return
+        text = f"{type(exc).__name__}: {exc}"
         hint = ("cannot reach the exchange websocket at " + self.config.base_url + f" ({text}). "
                 "If this machine has no internet access, run offline from a recording: "
                 "tapeflow up --source replay:DIR. Retrying with backoff.")
@@ -266,7 +266,7 @@ class SubscribingStream(CombinedStream):
                         self._ws = None
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             if not first_frame.is_set():
-                self._report_offline(exc, opened and isinstance(exc, TimeoutError))
+                self._report_offline(exc, silent=opened and isinstance(exc, TimeoutError))
             raise
 
     async def _heartbeat(self, ws: ClientConnection) -> None:

@@ -66,7 +66,7 @@ from stream_apps.watchlist.merge import PartitionMerge
 from stream_apps.watchlist.records import TOPIC, feature_records
 from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, EpochState, ProducePrefix, epoch_prefix
 from tapeflow_runtime.files import atomic_write_bytes
-from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics
+from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
 from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
@@ -308,8 +308,7 @@ class WatchlistService:
         consumer.assign(partitions)
         self.merge.assign({(self._names.get(tp.topic, tp.topic), tp.partition): tp.offset if tp.offset >= 0 else None
                            for tp in partitions})
-        total = sum(len(consumer.list_topics(self.prefix + name, timeout=10).topics[self.prefix + name].partitions)
-                    for name in INPUTS)
+        total = sum(len(topic_metadata(consumer, self.prefix + name).partitions) for name in INPUTS)
         self.sole_reader = len(self.merge.partitions()) == total
         if not self.sole_reader:
             log.error("another watchlist service shares the input partitions: a coin's legs are split",
