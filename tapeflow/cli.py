@@ -479,9 +479,14 @@ def cross_venue(
     from_beginning: bool = typer.Option(False, "--from-beginning",
                                         help="A new group without priming reads md.* from the beginning, not "
                                              "the end."),
+    strategies: list[Path] = typer.Option([], "--strategy", help="A watchlist strategy file (`kind: watchlist`) "
+                                          "to trade as hedged paper pairs on the same inputs: xv.signals, "
+                                          "xv.orders, xv.funding, xv.pairs (repeat for several; default: "
+                                          "TAPEFLOW_WATCHLIST_STRATEGIES)."),
 ) -> None:
     """Run the watchlist service: md.book/md.mark/md.indicators of every venue in, cross-venue features per
-    coin and venue pair out to xv.features (the sink stores them in xv_features)."""
+    coin and venue pair out to xv.features (the sink stores them in xv_features); with --strategy, each
+    watchlist strategy's signals and hedged paper pairs as well."""
     import asyncio
 
     from stream_apps.cross_venue.state import CrossVenueParams
@@ -491,15 +496,37 @@ def cross_venue(
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
+        traders = _watchlist_traders(strategies or [Path(p) for p in settings.watchlist_strategies])
         params = CrossVenueParams(venues=tuple(v.strip() for v in venues.split(",") if v.strip()),
                                   sweep_notional_usd=sweep_notional_usd, max_staleness_ms=max_staleness_ms)
         options = WatchlistOptions(params=params, publish_interval_ms=publish_interval_ms, lateness_ms=lateness_ms,
                                    prime_history_ms=int(prime_minutes * 60_000) if prime_minutes > 0 else None,
                                    start_from="earliest" if from_beginning else "latest",
-                                   metrics_port=metrics_port, metrics_host=settings.metrics_host)
-    except ValueError as exc:
+                                   metrics_port=metrics_port, metrics_host=settings.metrics_host, traders=traders)
+    except (ValueError, TapeflowError) as exc:
         raise fail(str(exc), 2) from None
     raise typer.Exit(asyncio.run(run_watchlist(settings, options)))
+
+
+def _watchlist_traders(paths: list[Path]) -> tuple:
+    """One live trader per watchlist strategy file (its model file loaded), in the order given; two
+    files of the same strategy name and version are refused (their records would share ids)."""
+    from execution.watchlist_trader import WatchlistTrader
+    from stream_apps.watchlist.model import load_model
+    from stream_apps.watchlist.strategy import load_watchlist_strategy, model_path
+
+    traders, names = [], set()
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"strategy file {path} does not exist")
+        strategy = load_watchlist_strategy(path)
+        model = load_model(model_path(strategy)) if strategy.model is not None else None
+        key = (strategy.name, strategy.version)
+        if key in names:
+            raise ValueError(f"{path}: strategy {strategy.name} {strategy.version} given twice")
+        names.add(key)
+        traders.append(WatchlistTrader(strategy, model))
+    return tuple(traders)
 
 
 watchlist_app = typer.Typer(invoke_without_command=True, help="The cross-venue watchlist: with no command, the live "

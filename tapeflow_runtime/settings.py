@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         default=False, description="`up` also runs the cross-venue watchlist service (`tapeflow cross-venue`: "
         "xv.features, stored in xv_features); it needs a second venue's producer (`tapeflow produce --exchange "
         "bybit|okx`) to have pairs.")
+    watchlist_strategies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Watchlist strategy files (comma-separated) the watchlist service trades "
+        "as hedged paper pairs (`tapeflow cross-venue --strategy`): xv.signals, xv.orders, xv.funding, xv.pairs.")
+    venues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["binance"], description="Venues a live `up` runs a producer for (comma-separated: "
+        "binance plus bybit and/or okx), all into the same md.* topics; the others are for the cross-venue watchlist.")
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
@@ -301,6 +307,28 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown event topic(s) {', '.join(unknown)}: expected some of {', '.join(known)}")
         return v
+
+    @field_validator("watchlist_strategies", mode="before")
+    @classmethod
+    def _split_strategies(cls, v: Any) -> Any:
+        return [s for s in re.split(r"[,\s]+", v) if s] if isinstance(v, str) else v
+
+    @field_validator("venues", mode="before")
+    @classmethod
+    def _split_venues(cls, v: Any) -> Any:
+        return [s for s in re.split(r"[,\s]+", v) if s] if isinstance(v, str) else v
+
+    @field_validator("venues")
+    @classmethod
+    def _known_venues(cls, v: list[str]) -> list[str]:
+        out = list(dict.fromkeys(s.strip().lower() for s in v))
+        unknown = [s for s in out if s not in ("binance", "bybit", "okx")]
+        if unknown:
+            raise ValueError(f"unknown venue(s) {', '.join(unknown)}: expected binance, bybit, okx")
+        if "binance" not in out:
+            raise ValueError("binance is required (the engine's history, warm start and replays are Binance's); "
+                             "add bybit and/or okx beside it")
+        return out
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 # the runner, the model fit and the strategy (numba and the engine's strategy code with them) are
 # imported where a command runs: every `tapeflow` process imports this module to register the commands
 
-SOURCE_HELP = ("synthetic[:SEED] (a generated session of --minutes and --coins) | jsonl:FILE (md.book/md.mark/"
+SOURCE_HELP = ("synthetic[:SEED] (a generated session of --minutes and --coins) | broker[:PREFIX] (md.book/md.mark/"
+               "md.indicators read from the broker as the live watchlist service reads them; default: the stack's "
+               "topics) | jsonl:FILE (md.book/md.mark/"
                "md.indicators records, e.g. `tapeflow topics tail md.book --from-beginning --json` of each topic "
                "concatenated)")
 

@@ -1,6 +1,11 @@
 """Sessions for the watchlist backtest and the model fit (``--source``):
 
 - ``synthetic[:SEED]``: the generated multi-venue session of ``synthetic`` (``--minutes``, ``--coins``);
+- ``broker[:PREFIX]``: md.book, md.mark and md.indicators read to their end from the broker (the
+  stack's, or ``TAPEFLOW_BROKER``; topics ``<PREFIX>md.book`` ..., default the stack's topic prefix in
+  its current topic epoch), decoded and ordered exactly as the live watchlist service merges them
+  (per partition in offset order, by event time, topic, partition and offset; inputs far ahead of
+  the books dropped as the service drops them), so the backtest computes what the service did;
 - ``jsonl:FILE``: recorded md.book / md.mark / md.indicators records, one JSON object a line, either
   as ``tapeflow topics tail TOPIC --json`` prints them (``{"topic": ..., "value": {...}}``; a topic
   prefix or epoch name such as ``e1.md.book`` is fine) or as ``{"topic": ..., "record": {...}}``.
@@ -13,6 +18,7 @@ Errors are one line naming the file and line (``WatchlistSourceError``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -54,9 +60,67 @@ def read_jsonl(path: Path) -> list[CrossVenueEvent]:
     return events
 
 
+def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = 60_000,
+                timeout_s: float = 300.0) -> list[CrossVenueEvent]:
+    """The inputs of ``prefix``'s md.book, md.mark and md.indicators in the order the watchlist service
+    feeds them (``stream_apps.watchlist.service``): records it cannot decode skipped, the rest sorted by
+    (event time, topic, partition, offset) and those far ahead of the books dropped
+    (``merge.AheadOfBooks`` with the service's default ``max_ahead_ms``)."""
+    from schemas.catalogue import ENGINE_INPUT_TIME
+    from stream_apps.watchlist.merge import AheadOfBooks
+    from tapeflow_runtime.topic_reader import StateReadError, read_to_end
+
+    names = {prefix + t: t for t in TOPICS}
+    try:
+        snapshots = read_to_end(bootstrap, dict.fromkeys(names), serde, raw_topics=frozenset(names),
+                                timeout_s=timeout_s)
+    except StateReadError as error:
+        raise WatchlistSourceError(f"--source broker: {error}") from None
+    keyed = []
+    for full, snapshot in snapshots.items():
+        topic = names[full]
+        for raw in snapshot.records:
+            try:
+                record = serde.decode(raw.value)
+                when = int(record[ENGINE_INPUT_TIME[topic]])
+                event = event_from_record(topic, record)
+            except Exception:  # noqa: BLE001 - the service skips (and counts) what it cannot decode
+                continue
+            if event is not None:
+                keyed.append((when, topic, raw.partition, raw.offset, event))
+    keyed.sort(key=lambda k: k[:4])
+    ahead = AheadOfBooks(max_ahead_ms)
+    return [k[4] for k in keyed if ahead.keep(k[0], k[4])]
+
+
+def _broker_session(prefix: str | None) -> list[CrossVenueEvent]:
+    from schemas.registry import registry_from_url
+    from schemas.serde import AvroSerde
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, epoch_prefix
+    from tapeflow_runtime.paths import StackPaths
+    from tapeflow_runtime.settings import Settings
+
+    settings = Settings()
+    paths = StackPaths(settings.home)
+    if prefix is None:  # the embedded stack's topics live in epochs: read the current one's
+        prefix = settings.topic_prefix
+        epochs = settings.epochs_file or paths.home / EPOCHS_FILE
+        if epochs.exists():
+            prefix = epoch_prefix(prefix, EpochState.load(epochs).epoch)
+    bootstrap = resolve_broker(settings, paths)
+    events = read_broker(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)))
+    if not events:
+        raise WatchlistSourceError(f"--source broker: no md.book, md.mark or md.indicators records under "
+                                   f"prefix {prefix!r}")
+    return events
+
+
 def load_session(source: str, minutes: float = 120.0, coins: tuple[str, ...] = ("BTC", "ETH"),
                  venues: tuple[str, ...] = ("binance", "bybit", "okx")) -> list[CrossVenueEvent]:
-    kind, _, arg = source.partition(":")
+    kind, sep, arg = source.partition(":")
+    if kind == "broker":
+        return _broker_session(arg if sep else None)
     if kind == "synthetic":
         try:
             seed = int(arg) if arg else 1
@@ -70,4 +134,4 @@ def load_session(source: str, minutes: float = 120.0, coins: tuple[str, ...] = (
         if not events:
             raise WatchlistSourceError(f"{arg}: no md.book, md.mark or md.indicators records")
         return events
-    raise WatchlistSourceError(f"--source {source!r}: expected synthetic[:SEED] or jsonl:FILE")
+    raise WatchlistSourceError(f"--source {source!r}: expected synthetic[:SEED], broker[:PREFIX] or jsonl:FILE")

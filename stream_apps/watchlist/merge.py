@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from stream_apps.cross_venue.events import BookEvent
+
 TopicPartition = tuple[str, int]
 NOTHING = -(1 << 62)
 EVERYTHING = 1 << 62
@@ -119,3 +121,27 @@ class PartitionMerge:
             elif tp in self._next:
                 out[tp] = self._next[tp]
         return out
+
+
+class AheadOfBooks:
+    """Drops inputs more than ``limit_ms`` ahead of the newest book seen (``dropped`` counts them).
+
+    Why: polled indicators are timed by their receive time (``cross_venue.events``), which in a
+    replayed or synthetic session is the wall clock, years after the books' event times; fed, one
+    would move the evaluation grid past every book still to come and make them all late. Live, books
+    arrive several times a second and a receive time is never that far ahead. The service and the
+    watchlist backtest over recorded topics apply the same rule in the same order, so they feed the
+    state the same events."""
+
+    def __init__(self, limit_ms: int, newest_book: int | None = None, dropped: int = 0) -> None:
+        self.limit_ms = limit_ms
+        self.newest_book = newest_book
+        self.dropped = dropped
+
+    def keep(self, time_ms: int, event: Any) -> bool:
+        if isinstance(event, BookEvent):
+            self.newest_book = time_ms if self.newest_book is None else max(self.newest_book, time_ms)
+        elif self.newest_book is not None and time_ms > self.newest_book + self.limit_ms:
+            self.dropped += 1
+            return False
+        return True

@@ -33,6 +33,16 @@ epoch from a rollover's switch on) and, once the rollover makes the next epoch c
 and exits 0; the supervisor starts it again on the new epoch. The checkpoint (one per stack, across
 epochs) carries the state; the new epoch's offsets come from priming.
 
+Trading (``--strategy``, ``traders``): each watchlist strategy's trader (``execution.watchlist_trader``)
+is fed the same merged inputs as the feature state, in the same order, and what it does is published
+keyed by coin: signals and rejections to ``xv.signals``, leg orders to ``xv.orders``, funding payments
+to ``xv.funding``, a snapshot of a hedged pair after each change to ``xv.pairs`` (the sink stores
+them in xv_signals, xv_leg_orders, xv_funding_payments, xv_pair_events). Its whole state (features,
+cooldowns, pairs, books, funding) is in the checkpoint beside the feature state, under its own
+fingerprint (a strategy added or changed starts empty; the others keep theirs), so a restart
+re-publishes exactly what followed the checkpoint, with the same ids, and the watchlist backtest
+over the same topics computes the same records (tested).
+
 Health (``/health``): running, rebalancing, or degraded (a partition starving, see
 ``tapeflow_runtime.starvation``; not the sole reader; outputs undeliverable). Metrics (``/metrics``):
 inputs by topic, records out, evaluations, events dropped by kind (late, stale, ...), inputs held
@@ -60,9 +70,9 @@ from schemas.catalogue import ENGINE_INPUT_TIME
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from stream_apps.cross_venue.events import BookEvent, event_from_record
+from stream_apps.cross_venue.events import event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
-from stream_apps.watchlist.merge import PartitionMerge
+from stream_apps.watchlist.merge import AheadOfBooks, PartitionMerge
 from stream_apps.watchlist.records import TOPIC, feature_records
 from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, EpochState, ProducePrefix, epoch_prefix
 from tapeflow_runtime.files import atomic_write_bytes
@@ -92,6 +102,10 @@ class WatchlistOptions:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
+    #: watchlist strategies trading hedged pairs on the same merged inputs (``execution.watchlist_trader.
+    #: WatchlistTrader``, built by the CLI: this layer does not import execution): each is fed exactly
+    #: the events the feature state is fed, and what it does is published to its topics
+    traders: tuple[Any, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.publish_interval_ms <= 0 or self.publish_interval_ms % self.params.eval_interval_ms:
@@ -101,6 +115,12 @@ class WatchlistOptions:
     def fingerprint(self) -> str:
         """What a checkpoint's state depends on: restored only under the same parameters."""
         return hashlib.sha256(repr((self.params, self.publish_interval_ms)).encode()).hexdigest()[:16]
+
+    def output_topics(self) -> tuple[str, ...]:
+        topics = {TOPIC}
+        for trader in self.traders:
+            topics.update(trader.topics.values())
+        return tuple(sorted(topics))
 
 
 class WatchlistMetrics:
@@ -120,6 +140,9 @@ class WatchlistMetrics:
         self.held = Gauge("tapeflow_watchlist_held_inputs", "Inputs held for event-time order", registry=r)
         self.last_eval = Gauge("tapeflow_watchlist_last_eval_time_seconds", "Event time of the last evaluation",
                                registry=r)
+        self.trading = Counter("tapeflow_watchlist_trading_records_total", "Records of the watchlist strategies "
+                               "(signal, order, funding, pair; blocked: exits a stale book blocked, not published)",
+                               ["strategy", "kind"], registry=r)
         self.checkpoints = Counter("tapeflow_watchlist_checkpoints_total", "Checkpoints written", registry=r)
         self.lag = Gauge("tapeflow_watchlist_consumer_lag_messages", "High watermark minus committed offset",
                          ["group", "topic", "partition"], registry=r)
@@ -148,8 +171,8 @@ class WatchlistService:
         name = options.group_id or f"{base}tapeflow-watchlist"
         self.checkpoint_path = Path(settings.home) / "watchlist" / f"{name}.json"
         self.epoch_moved = False
-        self.newest_book: int | None = None  # event time of the newest book fed to the state
-        self.ahead = 0  # inputs dropped for being far ahead of the books
+        # inputs far ahead of the newest book fed to the state are dropped (merge.AheadOfBooks)
+        self.ahead_filter = AheadOfBooks(options.max_ahead_ms)
         self.state, self.positions = self._restore()
         self.merge = PartitionMerge(options.lateness_ms)
         self.status = "starting"
@@ -174,7 +197,16 @@ class WatchlistService:
             log.warning("checkpoint written with other parameters: state starts empty", path=str(self.checkpoint_path))
             return CrossVenueState(params), {}
         state = CrossVenueState.from_dict(params, data["state"])
-        self.newest_book, self.ahead = data.get("newest_book"), data.get("ahead", 0)
+        self.ahead_filter = AheadOfBooks(self.options.max_ahead_ms, data.get("newest_book"), data.get("ahead", 0))
+        saved = data.get("traders", {})
+        for trader in self.options.traders:
+            entry = saved.get(trader.name)
+            if entry is not None and entry.get("fingerprint") == trader.fingerprint():
+                trader.load_dict(entry["state"])
+                log.info("watchlist strategy state restored", strategy=trader.name)
+            else:
+                log.warning("watchlist strategy starts with an empty state (not in the checkpoint, or written "
+                            "with another configuration)", strategy=trader.name)
         log.info("watchlist state restored", coins=len(state.coins), partitions=len(positions),
                  next_eval=state.next_eval)
         return state, positions
@@ -190,7 +222,9 @@ class WatchlistService:
         data = {"version": CHECKPOINT_VERSION, "fingerprint": self.options.fingerprint(), "group": self.group,
                 "prefix": self.prefix,
                 "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
-                "newest_book": self.newest_book, "ahead": self.ahead, "state": self.state.to_dict()}
+                "newest_book": self.ahead_filter.newest_book, "ahead": self.ahead_filter.dropped, "state": self.state.to_dict(),
+                "traders": {t.name: {"fingerprint": t.fingerprint(), "state": t.to_dict()}
+                            for t in self.options.traders}}
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.checkpoint_path, orjson.dumps(data))
         self.metrics.checkpoints.inc()
@@ -338,26 +372,21 @@ class WatchlistService:
         self.merge.add(tp, msg.offset(), when, event)
 
     def _inputs(self, released: list[tuple[int, Any, int, Any]]):
-        """The released inputs, less those more than ``max_ahead_ms`` ahead of the newest book: polled
-        indicators are timed by their receive time (``cross_venue.events``), which in a replayed or
-        synthetic session is the wall clock, years after the books' event times; fed, one would move
-        the evaluation grid past every book still to come and make them all late. Live, books arrive
-        several times a second and a receive time is never that far ahead."""
-        limit = self.options.max_ahead_ms
-        for time_ms, _, _, event in released:
-            if isinstance(event, BookEvent):
-                self.newest_book = time_ms if self.newest_book is None else max(self.newest_book, time_ms)
-            elif self.newest_book is not None and time_ms > self.newest_book + limit:
-                self.ahead += 1
-                continue
-            yield event
+        """The released inputs, less those more than ``max_ahead_ms`` ahead of the newest book
+        (``merge.AheadOfBooks``: an indicator stamped with a replay's wall clock)."""
+        keep = self.ahead_filter.keep
+        return [event for time_ms, _, _, event in released if keep(time_ms, event)]
 
     def _process(self, released: list[tuple[int, Any, int, Any]]) -> None:
-        for features in self.state.feed(self._inputs(released)):
+        events = self._inputs(released)
+        for features in self.state.feed(events):
             self.metrics.last_eval.set(features.time_ms / 1000)
             if features.time_ms % self.options.publish_interval_ms == 0:
                 self._publish(features)
-        for reason, count in (*self.state.counters.items(), ("ahead_of_books", self.ahead)):
+        for trader in self.options.traders:
+            trader.feed(events)
+            self._publish_trading(trader)
+        for reason, count in (*self.state.counters.items(), ("ahead_of_books", self.ahead_filter.dropped)):
             self.metrics.dropped.labels(reason).set(count)
 
     def _publish(self, features: CoinFeatures) -> None:
@@ -367,6 +396,18 @@ class WatchlistService:
         self.published += len(records)
         self.metrics.records_out.inc(len(records))
         self.metrics.evaluations.inc()
+
+    def _publish_trading(self, trader: Any) -> None:
+        for kind, coin, record in trader.take():
+            self.metrics.trading.labels(trader.name, kind).inc()
+            topic = trader.topics.get(kind)
+            if topic is None:
+                log.debug("watchlist exit blocked", strategy=trader.name, coin=coin, **record)
+                continue
+            self.publisher.publish(topic, coin, record)
+            if kind == "signal":
+                log.info("watchlist signal", strategy=trader.name, signal_id=record["signal_id"],
+                         status=record["status"], reason=record["reason"])
 
     def health(self) -> dict[str, Any]:
         starving = self._lag.starving()
@@ -379,8 +420,9 @@ class WatchlistService:
             detail = "degraded: not sole reader (another watchlist service shares the input partitions)"
         body: dict[str, Any] = {"status": status, "coins": len(self.state.coins), "held": self.merge.held(),
                                 "published": self.published, "next_eval": self.state.next_eval,
-                                "dropped": {**self.state.counters, "ahead_of_books": self.ahead},
-                                "sole_reader": self.sole_reader}
+                                "dropped": {**self.state.counters, "ahead_of_books": self.ahead_filter.dropped},
+                                "sole_reader": self.sole_reader,
+                                "strategies": {t.name: dict(t.counters) for t in self.options.traders}}
         if detail:
             body["detail"] = detail
         return body
@@ -397,7 +439,7 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
     try:
         bootstrap = resolve_broker(settings, StackPaths(settings.home))
         await asyncio.to_thread(ensure_topics, bootstrap, settings.topic_prefix,
-                                [topic_spec(n) for n in (*INPUTS, TOPIC)])
+                                [topic_spec(n) for n in (*INPUTS, *options.output_topics())])
     except (TapeflowError, KafkaException) as exc:
         log.error("no Kafka", error=str(exc))
         return 2
@@ -415,6 +457,7 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
         options.metrics_host, options.metrics_port, log, options.stop,
         started=lambda port: log.info("watchlist started", metrics_port=port, group=service.group,
                                       venues=list(options.params.venues),
+                                      strategies=[t.name for t in options.traders],
                                       publish_interval_ms=options.publish_interval_ms))
     code = 0 if ran and service.publisher.healthy else 1
     log.info("watchlist stopped", code=code, published=service.published, epoch_moved=service.epoch_moved)

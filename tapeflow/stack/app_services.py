@@ -1,5 +1,6 @@
 """tapeflow's own processes as supervised services: sink, engine, executor, producer (and the fake
-exchange for offline replays); the cross-venue watchlist with the ``watchlist`` setting.
+exchange for offline replays; the other venues' producers with the ``venues`` setting); the
+cross-venue watchlist with the ``watchlist`` setting.
 
 Each runs as `python -m tapeflow <command>` with its own HTTP port for `/health` and `/metrics`, so
 the supervisor, `status` and Prometheus see them the same way.
@@ -142,6 +143,27 @@ class ProducerService(HttpHealthService):
         return epochs_env(self.settings, self.paths)
 
 
+class VenueProducerService(HttpHealthService):
+    """Another venue's producer in a live stack (``venues``: `tapeflow produce --exchange bybit|okx`):
+    the same symbols into the same md.* topics, following the topic epochs like the Binance producer,
+    for the cross-venue watchlist. Not rewound after a broker restart (``rewind_to_stored`` is the
+    Binance producer's: it fills a hole by aggregate id from REST); books and marks are snapshots, and
+    these venues' trades missed while the broker was down are not recovered."""
+
+    uses_broker = True
+    ready_when_answering = True  # as the Binance producer: up once it answers, `status` says how it runs
+
+    def __init__(self, settings, paths, exchange: str) -> None:
+        super().__init__(settings, paths)
+        self.exchange = exchange
+        self.name = f"producer-{exchange}"  # the rollover treats every `producer*` as a producer
+
+    def prepare(self) -> Launch:
+        port = free_port(HOST)
+        argv = [sys.executable, "-m", "tapeflow", "produce", "--exchange", self.exchange, "--metrics-port", str(port)]
+        return Launch(argv=argv, address=f"{HOST}:{port}", env=epochs_env(self.settings, self.paths))
+
+
 #: how far below the database's last trade `rewind_to_stored` looks for a hole: the sink's parallel
 #: writers (2) commit batches of up to 50,000 rows out of order, so when the broker dies the table may
 #: hold a later batch without an earlier one; older holes are not the lost broker's (a given-up gap is on
@@ -255,7 +277,8 @@ class EngineService(EpochConsumer):
 
 class WatchlistService(HttpHealthService):
     """The cross-venue watchlist (`tapeflow cross-venue`): md.book/md.mark/md.indicators of every venue in,
-    xv.features out; only with the ``watchlist`` setting. Not an epoch consumer: like the producers it
+    xv.features out (and, with ``watchlist_strategies``, each strategy's signals, leg orders, funding and
+    pair snapshots); only with the ``watchlist`` setting. Not an epoch consumer: like the producers it
     follows the topic epochs itself (``TAPEFLOW_EPOCHS_FILE``; it exits when the current epoch moves on
     and is started again on it). Its checkpoint (state and input positions) is
     TAPEFLOW_HOME/watchlist/<group>.json; a replay or rehearsal reads its inputs from the beginning."""
@@ -271,6 +294,8 @@ class WatchlistService(HttpHealthService):
         argv = [sys.executable, "-m", "tapeflow", "cross-venue"]
         if self.settings.replay_dir is not None or self.settings.namespace:
             argv += ["--prime-minutes", "0", "--from-beginning"]
+        for path in self.settings.watchlist_strategies:  # relative to where `up` was run, not the child's cwd
+            argv += ["--strategy", str(Path(path).resolve())]
         return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}",
                       env=epochs_env(self.settings, self.paths))
 
@@ -290,4 +315,5 @@ def app_services(settings, paths, prefix: str | None = None) -> list[Service]:
     if settings.replay_dir is not None:
         fake = FakeExchangeService(settings, paths)
         return consumers + [fake, ProducerService(settings, paths, fake)]
-    return consumers + [ProducerService(settings, paths)]
+    return consumers + [ProducerService(settings, paths)] + [VenueProducerService(settings, paths, venue)
+                                                            for venue in settings.venues if venue != "binance"]

@@ -46,7 +46,7 @@ def test_backtest_command_on_a_recorded_session_and_its_one_line_errors(tmp_path
     assert saved["pairs"][0]["close_reason"] == "convergence" and len(saved["orders"]) == 4
     assert len(saved["funding"]) == 2
     errors = {
-        ("--source", "kafka"): "error: --source 'kafka': expected synthetic[:SEED] or jsonl:FILE",
+        ("--source", "kafka"): "error: --source 'kafka': expected synthetic[:SEED], broker[:PREFIX] or jsonl:FILE",
         ("--source", f"jsonl:{tmp_path / 'none.jsonl'}"): "none.jsonl: cannot read: No such file or directory",
         ("--strategy", str(tmp_path / "missing.yaml")): "missing.yaml does not exist",
     }
@@ -65,3 +65,14 @@ def test_backtest_command_on_a_recorded_session_and_its_one_line_errors(tmp_path
     features.write_text('{"topic": "xv.features", "value": {"coin": "BTC", "eval_time": 1}}\n[1, 2]\n')
     result = runner.invoke(app, ["watchlist", "fit", "--features", str(features), "--out", str(tmp_path / "m.json")])
     assert result.exit_code == 1 and "xv.jsonl:2: not an xv.features record" in result.output, result.output
+
+
+def test_the_live_service_refuses_a_missing_or_repeated_strategy_in_one_line(tmp_path):
+    strategy = tmp_path / "xv.yaml"
+    strategy.write_text("kind: watchlist\nname: xv_hand\nversion: '1'\nvenues: [binance, okx]\n"
+                        "triggers: {min_net_spread_bp: 5}\n")
+    runner = CliRunner()
+    for args, words in (([str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+                        ([str(strategy), str(strategy)], "strategy xv_hand 1 given twice")):
+        result = runner.invoke(app, ["cross-venue", *[x for a in args for x in ("--strategy", a)]])
+        assert result.exit_code == 2 and words in result.output and result.output.count("\n") == 1, result.output

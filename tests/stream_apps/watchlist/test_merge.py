@@ -83,3 +83,15 @@ def test_revoked_partitions_are_forgotten():
     merge.at_end(A)
     assert merge.partitions() == [A]
     assert [r[3] for r in merge.release()] == ["a"]
+
+
+def test_inputs_far_ahead_of_the_newest_book_are_dropped_and_counted():
+    from stream_apps.cross_venue.events import BookEvent, SpotEvent
+    from stream_apps.watchlist.merge import AheadOfBooks
+
+    ahead = AheadOfBooks(60_000)
+    spot = SpotEvent("binance", "BTCUSDT", 0, 100.0)
+    assert ahead.keep(10**12, spot)  # no book yet: nothing to be ahead of
+    assert ahead.keep(1_000, BookEvent("binance", "BTCUSDT", 1_000, (), ()))
+    assert ahead.keep(61_000, spot) and not ahead.keep(61_001, spot) and ahead.dropped == 1
+    assert ahead.keep(500, BookEvent("okx", "BTC-USDT-SWAP", 500, (), ())) and ahead.newest_book == 1_000

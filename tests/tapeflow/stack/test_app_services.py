@@ -51,3 +51,26 @@ def test_the_watchlist_runs_only_when_asked_and_reads_a_replay_from_its_beginnin
     assert embedded.env == {"TAPEFLOW_EPOCHS_FILE": str(tmp_path / "epochs.json")}
     kafka = WatchlistService(Settings(home=tmp_path, watchlist=True, broker="kafka:9092"), StackPaths(tmp_path))
     assert kafka.prepare().env is None
+
+
+def test_the_watchlist_trades_the_configured_strategies_by_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TAPEFLOW_WATCHLIST_STRATEGIES", "a.yaml, strategies/b.yaml")
+    argv = launches(Settings(home=tmp_path, watchlist=True), tmp_path)["watchlist"]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--strategy"] == [
+        str(tmp_path / "a.yaml"), str(tmp_path / "strategies" / "b.yaml")]
+
+
+def test_other_venues_get_their_own_producer_in_a_live_stack_only(tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    live = launches(Settings(home=tmp_path, venues="binance, okx,bybit"), tmp_path)
+    assert {"producer", "producer-okx", "producer-bybit"} <= set(live)
+    assert live["producer-okx"][3:6] == ["produce", "--exchange", "okx"]
+    assert "--exchange" not in live["producer"]  # the Binance producer as before
+    replay = launches(Settings(home=tmp_path, venues="binance,okx", source=f"replay:{RECORDING}"), tmp_path)
+    assert "producer-okx" not in replay  # a recording is Binance's
+    for bad, words in (("binance,kraken", "unknown venue(s) kraken"), ("okx", "binance is required")):
+        with pytest.raises(ValidationError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            Settings(home=tmp_path, venues=bad)

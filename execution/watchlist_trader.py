@@ -1,0 +1,278 @@
+"""One watchlist strategy trading hedged pairs, pure: the core that the live watchlist service and
+the watchlist backtest both drive (one engine, one execution model, two clocks).
+
+Fed the cross-venue inputs (``stream_apps.cross_venue.events``: books, funding, spot) in event-time
+order, it keeps its own ``CrossVenueState`` (swept for the strategy's notional, its staleness), the
+strategy's decisions (``stream_apps.watchlist.signals``) and one ``HedgedPairs`` paper model per
+coin (``execution.hedged``). At each evaluation of a coin (event time ``e``, every
+``eval_interval_ms``), with the coin's newest book per venue at ``e`` (exactly what the state's
+evaluation saw):
+
+1. funding: every settlement time ``T <= e`` a venue announced (its newest funding event before ``T``)
+   is settled once on the pairs open at ``T`` (``HedgedPairs.settle_funding``), at that rate and the
+   mid of the venue's newest book as the mark;
+2. exits: ``HedgedPairs.evaluate(e, books, funding)`` (liquidation, convergence, funding, max holding,
+   and retried unwinds);
+3. entries: on the strategy's grid, the xv.features records of the evaluation go through the strategy
+   (``WatchlistSignals.evaluate``); each ``signal`` opens a pair (``HedgedPairs.open``) against the same
+   books, so a leg that cannot fill is unwound as it would be live.
+
+What it did is queued as records (``take()``), in the order it happened, each ``(kind, coin,
+record)``: ``signal`` (a signal or a rejection, xv.signals), ``order`` (a leg order and its paper
+outcome, xv.orders), ``funding`` (a payment, xv.funding), ``pair`` (a snapshot of a pair after each
+change with its ``seq`` 1, 2, ... and the ``event_time`` of the change, xv.pairs) and ``blocked`` (an
+exit a stale book blocked; no topic). ``TOPICS`` maps the kinds to their topics. Every id in them
+comes from the input (signal ids from the strategy, coin, venues and evaluation time; pair ids and
+client order ids from the signal id), so the same input gives the same records however it is
+batched and whatever restarts came between (``to_dict``/``from_dict`` carry the whole state).
+
+Why its own feature state rather than the watchlist service's: the strategy's features are swept
+for its own order notional and judged by its own book age, which need not be the service's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from execution.hedged import HedgedPairs, PairEntry, PairEvents, PairParams, VenueParams
+from stream_apps.cross_venue.events import BookEvent, CrossVenueEvent, FundingEvent, event_from_record
+from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
+from stream_apps.cross_venue.symbols import SymbolError, instrument
+from stream_apps.watchlist.model import PairModel
+from stream_apps.watchlist.records import feature_records
+from stream_apps.watchlist.signals import BP, WatchlistSignals
+from stream_apps.watchlist.strategy import WatchlistStrategy
+
+#: record kind -> the topic it is published to (``blocked`` exits are counted, not published)
+TOPICS: Mapping[str, str] = {"signal": "xv.signals", "order": "xv.orders", "funding": "xv.funding",
+                             "pair": "xv.pairs"}
+STATE_VERSION = 1
+
+
+def cross_venue_params(strategy: WatchlistStrategy, **overrides: Any) -> CrossVenueParams:
+    """The feature state for a strategy: its venues, swept for its order notional, its staleness."""
+    values: dict[str, Any] = {"venues": tuple(strategy.venues), "sweep_notional_usd": strategy.notional_usd,
+                              "max_staleness_ms": strategy.max_book_age}
+    return CrossVenueParams(**(values | overrides))
+
+
+def pair_params(strategy: WatchlistStrategy) -> PairParams:
+    """The hedged pair model for a strategy: its notional, fees per venue, book age and exits."""
+    venues = {v: VenueParams(taker_fee=strategy.fees.of(v), max_book_age_ms=strategy.max_book_age)
+              for v in strategy.venues}
+    x = strategy.exits
+    return PairParams(notional_usd=strategy.notional_usd, venues=venues,
+                      default_venue=VenueParams(taker_fee=strategy.fees.default, max_book_age_ms=strategy.max_book_age),
+                      leverage=x.leverage, exit_spread=x.exit_spread_bp * BP, max_holding_ms=x.max_holding,
+                      funding_lead_ms=x.funding_lead, funding_exit_threshold=x.funding_exit_threshold,
+                      min_liquidation_distance=x.min_liquidation_distance)
+
+
+def _event_to_dict(event: BookEvent | FundingEvent) -> dict[str, Any]:
+    if isinstance(event, BookEvent):
+        return {"kind": "book", "exchange": event.exchange, "symbol": event.symbol, "time_ms": event.time_ms,
+                "bids": [list(level) for level in event.bids], "asks": [list(level) for level in event.asks]}
+    return {"kind": "funding", "exchange": event.exchange, "symbol": event.symbol, "time_ms": event.time_ms,
+            "funding_rate": event.funding_rate, "next_funding_time_ms": event.next_funding_time_ms,
+            "interval_ms": event.interval_ms}
+
+
+def _event_from_dict(data: Mapping[str, Any]) -> BookEvent | FundingEvent:
+    if data["kind"] == "book":
+        return BookEvent(data["exchange"], data["symbol"], data["time_ms"], tuple(tuple(lv) for lv in data["bids"]),
+                         tuple(tuple(lv) for lv in data["asks"]))
+    return FundingEvent(data["exchange"], data["symbol"], data["time_ms"], data["funding_rate"],
+                        data["next_funding_time_ms"], data["interval_ms"])
+
+
+class WatchlistTrader:
+    """Feed events (or ``(topic, record)`` pairs) in event-time order with ``feed``; ``advance_to`` a
+    watermark when wanted; ``take`` the records of what happened since the last ``take``."""
+
+    topics: Mapping[str, str] = TOPICS
+
+    def __init__(self, strategy: WatchlistStrategy, model: PairModel | None = None,
+                 params: CrossVenueParams | None = None) -> None:
+        self.strategy = strategy
+        self.model = model
+        self.params = params or cross_venue_params(strategy)
+        if self.params.sweep_notional_usd != strategy.notional_usd:
+            raise ValueError("the features must be swept for the strategy's notional_usd")
+        if strategy.eval_interval % self.params.eval_interval_ms:
+            raise ValueError("the strategy's eval_interval must be a multiple of the features' eval_interval_ms")
+        self.state = CrossVenueState(self.params)
+        self.signals = WatchlistSignals(strategy, model)
+        self.pair_params = pair_params(strategy)
+        self.models: dict[str, HedgedPairs] = {}
+        self.books: dict[str, dict[str, BookEvent]] = {}
+        self.funding: dict[str, dict[str, FundingEvent]] = {}
+        self.settled: set[tuple[str, str, int]] = set()  # (coin, venue, funding time)
+        self.pair_seq: dict[str, int] = {}  # pair id -> snapshots emitted
+        self.evaluations = 0
+        self.counters = {"signal": 0, "order": 0, "funding": 0, "pair": 0, "blocked": 0}
+        self.outbox: list[tuple[str, str, dict[str, Any]]] = []
+        self._coins: dict[tuple[str, str], str | None] = {}
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy.name}:{self.strategy.version}:{self.strategy.config_hash[:12]}"
+
+    def fingerprint(self) -> str:
+        """What the state depends on: restored only under the same strategy, model and parameters."""
+        model = None if self.model is None else self.strategy.model
+        return hashlib.sha256(repr((self.strategy.config_hash, model, self.params, STATE_VERSION))
+                              .encode()).hexdigest()[:16]
+
+    # -- input -------------------------------------------------------------------------------------
+    def feed(self, items: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]]) -> None:
+        interval = self.params.eval_interval_ms
+        for item in items:
+            event = event_from_record(*item) if isinstance(item, tuple) else item
+            if event is None:
+                continue
+            nxt = self.state.next_eval
+            late = nxt is not None and event.time_ms <= nxt - interval
+            for features in self.state.feed([event]):
+                self._evaluate(features)
+            if not late:
+                self._remember(event)
+
+    def advance_to(self, watermark_ms: int) -> None:
+        for features in self.state.advance_to(watermark_ms):
+            self._evaluate(features)
+
+    def take(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The records queued since the last call, in order: ``(kind, coin, record)``."""
+        out, self.outbox = self.outbox, []
+        return out
+
+    def _remember(self, event: CrossVenueEvent) -> None:
+        key = (event.exchange, event.symbol)
+        coin = self._coins.get(key, "")
+        if coin == "":
+            try:
+                inst = instrument(*key)
+                ok = inst.kind == "perp" and inst.quote in self.params.quotes and event.exchange in self.params.venues
+                coin = inst.coin if ok else None
+            except SymbolError:
+                coin = None
+            self._coins[key] = coin
+        if coin is None:
+            return
+        if isinstance(event, BookEvent):
+            books = self.books.setdefault(coin, {})
+            held = books.get(event.exchange)
+            if held is None or (held.symbol == event.symbol and event.time_ms >= held.time_ms):
+                books[event.exchange] = event
+        elif isinstance(event, FundingEvent):
+            funding = self.funding.setdefault(coin, {})
+            held = funding.get(event.exchange)
+            if held is not None and held.symbol == event.symbol and event.time_ms >= held.time_ms \
+                    and held.next_funding_time_ms < event.next_funding_time_ms:
+                self._settle(coin, held, event.time_ms)  # a settlement no evaluation reached yet
+            if held is None or (held.symbol == event.symbol and event.time_ms >= held.time_ms):
+                funding[event.exchange] = event
+
+    # -- per evaluation ----------------------------------------------------------------------------
+    def _model(self, coin: str) -> HedgedPairs:
+        model = self.models.get(coin)
+        if model is None:
+            model = self.models[coin] = HedgedPairs(self.pair_params)
+        return model
+
+    def _emit(self, kind: str, coin: str, record: dict[str, Any]) -> None:
+        self.counters[kind] += 1
+        self.outbox.append((kind, coin, record))
+
+    def _collect(self, coin: str, now_ms: int, events: PairEvents) -> None:
+        for order in events.orders:
+            self._emit("order", coin, order.to_record() | {"coin": coin})
+        for payment in events.funding:
+            self._emit("funding", coin, payment.to_record() | {"coin": coin})
+        for snapshot in events.positions:
+            pid = snapshot["pair_id"]
+            seq = self.pair_seq[pid] = self.pair_seq.get(pid, 0) + 1
+            self._emit("pair", coin, snapshot | {"seq": seq, "event_time": now_ms})
+        for blocked in events.blocked:
+            self._emit("blocked", coin, dict(blocked))
+
+    def _settle(self, coin: str, announced: FundingEvent, now_ms: int) -> None:
+        t = announced.next_funding_time_ms
+        key = (coin, announced.exchange, t)
+        if t > now_ms or key in self.settled:
+            return
+        self.settled.add(key)
+        book = self.books.get(coin, {}).get(announced.exchange)
+        if book is None or not book.bids or not book.asks:
+            return
+        mark = (book.bids[0][0] + book.asks[0][0]) / 2
+        self._collect(coin, now_ms, self._model(coin).settle_funding(announced.exchange, announced.symbol, t,
+                                                                     announced.funding_rate, mark))
+
+    def _evaluate(self, features: CoinFeatures) -> None:
+        e, coin = features.time_ms, features.coin
+        self.evaluations += 1
+        books = self.books.get(coin, {})
+        model = self._model(coin)
+        for announced in list(self.funding.get(coin, {}).values()):
+            self._settle(coin, announced, e)
+        self._collect(coin, e, model.evaluate(e, books, self.funding.get(coin, {})))
+        if e % self.strategy.eval_interval or not self.strategy.applies_to(coin):
+            return
+        records = feature_records(features, self.params.sweep_notional_usd)
+        for signal in self.signals.evaluate(records, books, e, model.active_by_key):
+            self._emit("signal", coin, signal)
+            if signal["status"] != "signal":
+                continue
+            entry = PairEntry(signal["signal_id"], signal["sell_venue"], signal["sell_symbol"], signal["buy_venue"],
+                              signal["buy_symbol"], self.strategy.notional_usd)
+            self._collect(coin, e, model.open(entry, e, books))
+
+    def close_open_pairs(self, reason: str = "end_of_session") -> None:
+        """Close every open pair at its coin's newest book time (the end of a backtest)."""
+        for coin, model in self.models.items():
+            books = self.books.get(coin, {})
+            now = max((b.time_ms for b in books.values()), default=None)  # the session's last moment
+            if now is None:
+                continue
+            for pid, pair in list(model.pairs.items()):
+                if pair.status == "open":
+                    self._collect(coin, now, model.close(pid, reason, now, books))
+
+    # -- state as plain data -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-safe (the queued records are not in it: ``take`` them first)."""
+        return {
+            "version": STATE_VERSION, "state": self.state.to_dict(), "signals": self.signals.to_dict(),
+            "models": {coin: model.to_dict() for coin, model in self.models.items()},
+            "books": {coin: {v: _event_to_dict(b) for v, b in books.items()} for coin, books in self.books.items()},
+            "funding": {coin: {v: _event_to_dict(f) for v, f in fs.items()} for coin, fs in self.funding.items()},
+            "settled": sorted([list(k) for k in self.settled]), "pair_seq": dict(self.pair_seq),
+            "evaluations": self.evaluations, "counters": dict(self.counters),
+        }
+
+    def load_dict(self, data: Mapping[str, Any]) -> None:
+        """Continue exactly where the trader that wrote `data` (with the same strategy) stopped."""
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"watchlist trader state version {data.get('version')!r}, expected {STATE_VERSION}")
+        self.state = CrossVenueState.from_dict(self.params, data["state"])
+        self.signals = WatchlistSignals.from_dict(self.strategy, self.model, data["signals"])
+        self.models = {coin: HedgedPairs.from_dict(self.pair_params, m) for coin, m in data["models"].items()}
+        self.books = {coin: {v: _event_from_dict(b) for v, b in books.items()}  # type: ignore[misc]
+                      for coin, books in data["books"].items()}
+        self.funding = {coin: {v: _event_from_dict(f) for v, f in fs.items()}  # type: ignore[misc]
+                        for coin, fs in data["funding"].items()}
+        self.settled = {(c, v, int(t)) for c, v, t in data["settled"]}
+        self.pair_seq = dict(data["pair_seq"])
+        self.evaluations = data["evaluations"]
+        self.counters.update(data["counters"])
+        self.outbox = []
+
+    @classmethod
+    def from_dict(cls, strategy: WatchlistStrategy, model: PairModel | None, data: Mapping[str, Any],
+                  params: CrossVenueParams | None = None) -> WatchlistTrader:
+        trader = cls(strategy, model, params)
+        trader.load_dict(data)
+        return trader
