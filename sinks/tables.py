@@ -80,6 +80,9 @@ class TableSpec:
     natural_key: tuple[str, ...]
     time_column: str
     to_row: Callable[[Record], Row]
+    #: the record's field holding the row's time when it is not named like `time_column` (xv.orders'
+    #: time_ms is stored in order_time); None: the same name
+    record_time_field: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.columns) != len(self.copy_types):
@@ -95,8 +98,10 @@ class TableSpec:
 
     @property
     def time_field(self) -> str:
-        """Record field holding the row's time (epoch ms): column names are the record's field names."""
-        return self.time_column
+        """Record field holding the row's time (epoch ms): the time column's name (column names are the
+        record's field names) unless `record_time_field` says otherwise. The sink reads it to make the
+        partitions of old rows and to record the days written (retention's guard)."""
+        return self.record_time_field or self.time_column
 
     @property
     def staging_table(self) -> str:
@@ -280,8 +285,9 @@ def dead_letter_row(r: Record) -> Row:
 # --- the specs -----------------------------------------------------------------------------------------
 
 def _spec(table: str, cols: Sequence[tuple[str, str]], key: Sequence[str], time_column: str,
-          to_row: Callable[[Record], Row]) -> TableSpec:
-    return TableSpec(table, tuple(c for c, _ in cols), tuple(t for _, t in cols), tuple(key), time_column, to_row)
+          to_row: Callable[[Record], Row], record_time_field: str | None = None) -> TableSpec:
+    return TableSpec(table, tuple(c for c, _ in cols), tuple(t for _, t in cols), tuple(key), time_column, to_row,
+                     record_time_field)
 
 
 _T, _F8, _I8, _I4, _TS, _B = "text", "float8", "int8", "int4", "timestamptz", "bool"

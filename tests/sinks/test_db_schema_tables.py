@@ -159,6 +159,15 @@ def test_samples_carry_every_schema_field(topic):
     assert sorted(SAMPLES[topic]) == sorted(fields)
 
 
+@pytest.mark.parametrize("topic", sorted(SAMPLES))
+def test_the_time_field_the_sink_reads_is_the_rows_time(topic):
+    """The sink makes partitions and records the days written from `spec.time_field` of the record:
+    the field must exist (xv.orders names it time_ms, stored in order_time) and be the row's time."""
+    spec = table_for_topic(topic)
+    record = decoded(topic)
+    assert ms_to_datetime(record[spec.time_field]) == spec.to_row(record)[spec.columns.index(spec.time_column)]
+
+
 def test_epoch_ms_convert_exactly_at_the_edges():
     assert ms_to_datetime(T) == datetime(2024, 1, 31, 23, 59, 59, 999000, tzinfo=UTC)
     assert ms_to_datetime(0) == datetime(1970, 1, 1, tzinfo=UTC)
