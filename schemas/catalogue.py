@@ -8,13 +8,13 @@ owns the symbol's signals and positions (one writer per position). Six divides e
 3 or 6 workers: two on the 2-core dev machine, more on a server, without repartitioning, which
 would re-key existing data and break per-symbol ordering. Four default symbols leave some
 partitions empty; an empty partition costs next to nothing. Low-volume side topics (md.gaps,
-risk.events, xv.features, every dlq.*) use one partition: total order and trivial consumers matter
-more there (xv.features is keyed by coin and written by one watchlist service).
+risk.events, the xv.* topics, every dlq.*) use one partition: total order and trivial consumers
+matter more there (the xv.* topics are keyed by coin and written by one watchlist service each).
 
 Retention. Market data 7 days (warm-up needs 24 h; the database keeps history); bars 30 days (tiny,
 and a warm-up source); features 7 days (one record per tick x strategy x symbol, the largest derived
-topic; the database keeps history); trading records 90 days; gaps and dead letters 30 days, time to
-investigate. risk.events is compacted: the last event per scope is the risk guard's durable state.
+topic; the database keeps history); trading records 90 days, the watchlist's (xv.signals, xv.orders,
+xv.funding, xv.pairs) too; gaps and dead letters 30 days, time to investigate. risk.events is compacted: the last event per scope is the risk guard's durable state.
 
 Keys are UTF-8 strings (not Avro); `symbol_key` builds the common one.
 """
@@ -97,6 +97,14 @@ _PRIMARY: tuple[TopicSpec, ...] = (
               "Risk-guard decisions; compacted to the latest state per scope."),
     TopicSpec("xv.features", "coin", 1, "delete", 7 * DAY_MS, "cross_venue_feature",
               "Cross-venue features per coin and ordered venue pair (the watchlist service)."),
+    TopicSpec("xv.signals", "coin", 1, "delete", 90 * DAY_MS, "watchlist_signal",
+              "Watchlist signals and rejected candidates per coin and ordered venue pair."),
+    TopicSpec("xv.orders", "coin", 1, "delete", 90 * DAY_MS, "watchlist_leg_order",
+              "Leg orders of hedged pairs (entry, exit, unwind) and their outcome."),
+    TopicSpec("xv.funding", "coin", 1, "delete", 90 * DAY_MS, "watchlist_funding_payment",
+              "Funding paid or received by the legs of hedged pairs."),
+    TopicSpec("xv.pairs", "coin", 1, "delete", 90 * DAY_MS, "watchlist_pair_event",
+              "Hedged pair state after each change (seq per pair), with P&L per pair and leg."),
 )
 
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in _PRIMARY})

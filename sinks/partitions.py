@@ -66,6 +66,10 @@ PLANS: Mapping[str, PartitionPlan] = MappingProxyType({p.table: p for p in (
     PartitionPlan("bars_1m", "open_time", "month", 1),
     PartitionPlan("features", "eval_time", "month", 1),
     PartitionPlan("xv_features", "eval_time", "month", 1),
+    PartitionPlan("xv_signals", "eval_time", "month", 1),
+    PartitionPlan("xv_leg_orders", "order_time", "month", 1),
+    PartitionPlan("xv_funding_payments", "funding_time", "month", 1),
+    PartitionPlan("xv_pair_events", "event_time", "month", 1),
 )})
 
 

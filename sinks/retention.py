@@ -4,7 +4,8 @@ Why: retention used to be fixed in code and SQL (trades 90 days) and dropped by 
 backfill or replay older than that was deleted while, or right after, it was loaded. Now:
 
 - defaults keep every kind of market data a user may load on purpose (trades, bars, liquidations,
-  mark prices, indicators, features, cross-venue features); only raw depth diffs (7 days) and book
+  mark prices, indicators, features, cross-venue features) and the watchlist's trading records
+  (signals, leg orders, funding payments, pair events); only raw depth diffs (7 days) and book
   snapshots (30 days) expire. The `retention:` setting overrides keep/compress_after per table.
 - one guard for both engines: the sink records which UTC days of which table it wrote
   (`tapeflow_partition_writes`, migration 0007), and nothing holding a day written since the sink
@@ -53,6 +54,12 @@ DEFAULTS: Mapping[str, RetentionPolicy] = {p.table: p for p in (
     RetentionPolicy("bars_1m", None, 30 * DAY),
     RetentionPolicy("features", None, 7 * DAY),
     RetentionPolicy("xv_features", None, 7 * DAY),
+    # the watchlist's trading records: kept like the features they came from; compressed a month on, since
+    # a pair's legs, funding and state keep arriving while it is open (up to a week)
+    RetentionPolicy("xv_signals", None, 30 * DAY),
+    RetentionPolicy("xv_leg_orders", None, 30 * DAY),
+    RetentionPolicy("xv_funding_payments", None, 30 * DAY),
+    RetentionPolicy("xv_pair_events", None, 30 * DAY),
 )}
 assert set(DEFAULTS) == set(PLANS), "every time-partitioned table needs a default policy"
 

@@ -277,6 +277,38 @@ def cross_venue_feature_row(r: Record) -> Row:
             g("buy_basis"), _jsonb(r["stats"]), _jsonb(r["missing"]))
 
 
+def watchlist_signal_row(r: Record) -> Row:
+    g = r.get
+    return (r["signal_id"], r["strategy"], r["strategy_version"], r["config_hash"], r["coin"],
+            ms_to_datetime(r["eval_time"]), r["sell_venue"], r["buy_venue"], g("sell_symbol"), g("buy_symbol"),
+            r["notional_usd"], r["status"], g("reason"), g("z_1h"), g("spread_sweep"), g("net_spread"),
+            g("funding_diff_8h"), g("entry_spread"), g("entry_net_spread"), g("entry_sell_vwap"), g("entry_buy_vwap"),
+            g("expected_pnl"), g("win_prob"), _jsonb(r["imputed"]), g("feature_id"))
+
+
+def watchlist_leg_order_row(r: Record) -> Row:
+    g = r.get
+    return (r["client_order_id"], r["pair_id"], r["signal_id"], r["coin"], r["leg"], r["action"], r["venue"],
+            r["symbol"], r["side"], r["qty"], g("avg_price"), g("top_price"), r["fee"], r["slippage_usd"], r["status"],
+            g("reason"), ms_to_datetime(r["time_ms"]), _ts_or_none(g("book_time_ms")))
+
+
+def watchlist_funding_payment_row(r: Record) -> Row:
+    return (r["pair_id"], r["coin"], r["leg"], r["venue"], r["symbol"], ms_to_datetime(r["funding_time_ms"]),
+            r["rate"], r["mark_price"], r["qty"], r["paid"])
+
+
+def watchlist_pair_event_row(r: Record) -> Row:
+    g = r.get
+    return (r["pair_id"], r["seq"], ms_to_datetime(r["event_time"]), r["signal_id"], r["pair_key"], r["coin"],
+            r["short_venue"], r["short_symbol"], r["long_venue"], r["long_symbol"], r["notional_usd"], r["qty"],
+            r["status"], g("reason"), g("close_reason"), ms_to_datetime(r["opened_ms"]), _ts_or_none(g("closed_ms")),
+            g("entry_spread"), g("exit_spread"), r["gross_usd"], r["fees_usd"], r["slippage_usd"], r["funding_usd"],
+            r["net_usd"], r["short_gross_usd"], r["short_fees_usd"], r["short_slippage_usd"], r["short_funding_usd"],
+            r["short_net_usd"], r["long_gross_usd"], r["long_fees_usd"], r["long_slippage_usd"],
+            r["long_funding_usd"], r["long_net_usd"])
+
+
 def dead_letter_row(r: Record) -> Row:
     return (r["source_topic"], r.get("partition"), r.get("offset"), r.get("key"), r["value"], r["error"],
             r["stage"], ms_to_datetime(r["event_time"]), dead_letter_digest(r))
@@ -387,6 +419,38 @@ XV_FEATURES = _spec("xv_features", [
     ("buy_basis", _F8), ("stats", _JSONB), ("missing", _JSONB),
 ], ("feature_id", "eval_time"), "eval_time", cross_venue_feature_row)
 
+# The watchlist's trading records (migration 0017). Money (fees, slippage, funding, P&L) is numeric in
+# the tables, staged as double like every other money column; the record's *_ms times are stored in
+# *_time columns (order_time, book_time, funding_time, opened_time, closed_time).
+XV_SIGNALS = _spec("xv_signals", [
+    ("signal_id", _T), ("strategy", _T), ("strategy_version", _T), ("config_hash", _T), ("coin", _T),
+    ("eval_time", _TS), ("sell_venue", _T), ("buy_venue", _T), ("sell_symbol", _T), ("buy_symbol", _T),
+    ("notional_usd", _F8), ("status", _T), ("reason", _T), ("z_1h", _F8), ("spread_sweep", _F8), ("net_spread", _F8),
+    ("funding_diff_8h", _F8), ("entry_spread", _F8), ("entry_net_spread", _F8), ("entry_sell_vwap", _F8),
+    ("entry_buy_vwap", _F8), ("expected_pnl", _F8), ("win_prob", _F8), ("imputed", _JSONB), ("feature_id", _T),
+], ("signal_id", "eval_time"), "eval_time", watchlist_signal_row)
+
+XV_LEG_ORDERS = _spec("xv_leg_orders", [
+    ("client_order_id", _T), ("pair_id", _T), ("signal_id", _T), ("coin", _T), ("leg", _T), ("action", _T),
+    ("venue", _T), ("symbol", _T), ("side", _T), ("qty", _F8), ("avg_price", _F8), ("top_price", _F8), ("fee", _F8),
+    ("slippage_usd", _F8), ("status", _T), ("reason", _T), ("order_time", _TS), ("book_time", _TS),
+], ("client_order_id", "order_time"), "order_time", watchlist_leg_order_row, "time_ms")
+
+XV_FUNDING_PAYMENTS = _spec("xv_funding_payments", [
+    ("pair_id", _T), ("coin", _T), ("leg", _T), ("venue", _T), ("symbol", _T), ("funding_time", _TS), ("rate", _F8),
+    ("mark_price", _F8), ("qty", _F8), ("paid", _F8),
+], ("pair_id", "leg", "funding_time"), "funding_time", watchlist_funding_payment_row, "funding_time_ms")
+
+XV_PAIR_EVENTS = _spec("xv_pair_events", [
+    ("pair_id", _T), ("seq", _I8), ("event_time", _TS), ("signal_id", _T), ("pair_key", _T), ("coin", _T),
+    ("short_venue", _T), ("short_symbol", _T), ("long_venue", _T), ("long_symbol", _T), ("notional_usd", _F8),
+    ("qty", _F8), ("status", _T), ("reason", _T), ("close_reason", _T), ("opened_time", _TS), ("closed_time", _TS),
+    ("entry_spread", _F8), ("exit_spread", _F8), ("gross_usd", _F8), ("fees_usd", _F8), ("slippage_usd", _F8),
+    ("funding_usd", _F8), ("net_usd", _F8), ("short_gross_usd", _F8), ("short_fees_usd", _F8),
+    ("short_slippage_usd", _F8), ("short_funding_usd", _F8), ("short_net_usd", _F8), ("long_gross_usd", _F8),
+    ("long_fees_usd", _F8), ("long_slippage_usd", _F8), ("long_funding_usd", _F8), ("long_net_usd", _F8),
+], ("pair_id", "seq", "event_time"), "event_time", watchlist_pair_event_row)
+
 PIPELINE_ERRORS = _spec("pipeline_errors", [
     ("source_topic", _T), ("source_partition", _I4), ("source_offset", _I8), ("raw_key", _BYTEA),
     ("raw_value", _BYTEA), ("error", _T), ("stage", _T), ("event_time", _TS), ("content_sha256", _BYTEA),
@@ -394,7 +458,8 @@ PIPELINE_ERRORS = _spec("pipeline_errors", [
 
 TABLES: Mapping[str, TableSpec] = MappingProxyType({s.table: s for s in (
     TRADES, DEPTH_UPDATES, DEPTH_SNAPSHOTS, LIQUIDATIONS, MARK_PRICES, MARKET_INDICATORS, DATA_GAPS, BARS_1M,
-    FEATURES, SIGNALS, ORDERS, FILLS, POSITIONS, RISK_EVENTS, XV_FEATURES, PIPELINE_ERRORS)})
+    FEATURES, SIGNALS, ORDERS, FILLS, POSITIONS, RISK_EVENTS, XV_FEATURES, XV_SIGNALS, XV_LEG_ORDERS,
+    XV_FUNDING_PAYMENTS, XV_PAIR_EVENTS, PIPELINE_ERRORS)})
 
 # Every primary catalogue topic -> its table; every dlq.* topic -> pipeline_errors (table_for_topic).
 TOPIC_TABLES: Mapping[str, TableSpec] = MappingProxyType({
@@ -413,6 +478,10 @@ TOPIC_TABLES: Mapping[str, TableSpec] = MappingProxyType({
     "positions": POSITIONS,
     "risk.events": RISK_EVENTS,
     "xv.features": XV_FEATURES,
+    "xv.signals": XV_SIGNALS,
+    "xv.orders": XV_LEG_ORDERS,
+    "xv.funding": XV_FUNDING_PAYMENTS,
+    "xv.pairs": XV_PAIR_EVENTS,
 })
 
 

@@ -32,6 +32,7 @@ from schemas.errors import (
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde, frame_header, peek_schema_id
 from tests.support.cross_venue import XV_FEATURE
+from tests.support.watchlist_trading import XV_FUNDING_PAYMENT, XV_LEG_ORDER, XV_PAIR_EVENT, XV_SIGNAL
 
 # --- realistic records, one per topic ----------------------------------------------------------
 # md.trades: the first aggTrade frame of the recording (receive time 1626992742.289739 s), and a
@@ -155,7 +156,8 @@ SAMPLES: dict[str, list[dict]] = {
     "md.liquidations": [BTC_LIQUIDATION], "md.mark": [BTC_MARK], "md.indicators": [BTC_LS_RATIO],
     "md.gaps": [BTC_GAP], "md.progress": [BTC_PROGRESS], "bars.1m": [BTC_BAR], "features": [BTC_FEATURES], "signals": [BTC_SIGNAL],
     "orders": [BTC_ORDER], "fills": [BTC_FILL], "positions": [BTC_POSITION_CLOSED], "risk.events": [RISK_PAUSE],
-    "xv.features": [XV_FEATURE],
+    "xv.features": [XV_FEATURE], "xv.signals": [XV_SIGNAL], "xv.orders": [XV_LEG_ORDER],
+    "xv.funding": [XV_FUNDING_PAYMENT], "xv.pairs": [XV_PAIR_EVENT],
 }
 for _dlq in DLQ_TOPICS:
     SAMPLES[_dlq] = [DEAD_FRAME, DEAD_CONSUMED]
@@ -288,8 +290,10 @@ def test_shared_named_types_are_identical_everywhere():
 
 
 # Same name, different concept, on purpose: a dead letter's Kafka `value` (bytes) vs an indicator's
-# `value`; `state` is the lifecycle state of its own entity (order vs risk guard).
-SAME_NAME_DIFFERENT_CONCEPT = {"value", "state"}
+# `value`; `state` is the lifecycle state of its own entity (order vs risk guard); `leg` is an order's
+# role in a position (OrderLeg: entry, tp1, ...) vs the side of a hedged pair (short, long: xv.orders,
+# xv.funding).
+SAME_NAME_DIFFERENT_CONCEPT = {"value", "state", "leg"}
 
 
 def test_same_field_name_means_same_type_up_to_nullability():

@@ -21,7 +21,7 @@ from tests.support.storage import table_layout
 pytestmark = pytest.mark.integration
 
 TABLE_NAMES = set(TABLES) | {"backtest_runs", "backtest_trades"}
-VIEW_NAMES = {"bars_5m", "bars_1h", "cvd_1m", "trades_closed"}
+VIEW_NAMES = {"bars_5m", "bars_1h", "cvd_1m", "trades_closed", "xv_pairs_latest"}
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from sinks.tables import (
     write_rows,
 )
 from tests.support.cross_venue import XV_FEATURE
+from tests.support.watchlist_trading import XV_FUNDING_PAYMENT, XV_LEG_ORDER, XV_PAIR_EVENT, XV_SIGNAL
 
 T = 1706745599999  # 2024-01-31T23:59:59.999Z
 
@@ -102,13 +103,23 @@ SAMPLES: dict[str, dict] = {
                "value": b"\x00\x00\x00\x00\x01\xff\xfe", "error": "WireFormatError: truncated Avro body",
                "stage": "sink.postgres:decode", "event_time": T},
     "xv.features": XV_FEATURE,
+    "xv.signals": XV_SIGNAL,
+    "xv.orders": XV_LEG_ORDER,
+    "xv.funding": XV_FUNDING_PAYMENT,
+    "xv.pairs": XV_PAIR_EVENT,
 }
 
 # columns whose table type is numeric (money): expected value is the Decimal of the literal
 NUMERIC = {("fills", "fee"), ("positions", "r_usd"), ("positions", "pnl_r_gross"), ("positions", "pnl_r_net"),
            ("positions", "fees_r"), ("positions", "slippage_r"), ("positions", "funding_r"),
-           ("risk_events", "daily_pnl_r")}
-RENAMED = {"source_partition": "partition", "source_offset": "offset", "raw_key": "key", "raw_value": "value"}
+           ("risk_events", "daily_pnl_r"), ("xv_leg_orders", "fee"), ("xv_leg_orders", "slippage_usd"),
+           ("xv_funding_payments", "paid")} | {
+           ("xv_pair_events", f"{part}{cost}_usd") for part in ("", "short_", "long_")
+           for cost in ("gross", "fees", "slippage", "funding", "net")}
+# column -> the record field it holds, where the names differ
+RENAMED = {"source_partition": "partition", "source_offset": "offset", "raw_key": "key", "raw_value": "value",
+           "order_time": "time_ms", "book_time": "book_time_ms", "funding_time": "funding_time_ms",
+           "opened_time": "opened_ms", "closed_time": "closed_ms"}
 
 
 def decoded(topic: str) -> dict:

