@@ -1,4 +1,4 @@
-"""tapeflow's Grafana dashboards as code: Market, Signals, Trading, Pipeline health, Intelligence.
+"""tapeflow's Grafana dashboards as code: Market, Signals, Trading, Pipeline health, Intelligence, Watchlist.
 
 Run `python deploy/grafana/dashboards.py` after changing a panel: it writes the provisioned JSON
 (deploy/grafana/dashboards/*.json) and docs/dashboards.md from the definitions below; `--check` only
@@ -610,7 +610,120 @@ ORDER BY s.symbol""", fmt="table"),)),
                               legend="{{symbol}}", instant=True),)),
     ))
 
-DASHBOARDS = (MARKET, SIGNALS, TRADING, PIPELINE, INTELLIGENCE)
+# --- Watchlist (cross-venue hedged pairs, issue 24) --------------------------------------------------------
+COIN = Variable("coin", "Coin", "SELECT DISTINCT coin FROM xv_features WHERE eval_time > now() - INTERVAL '1 day' "
+                "UNION SELECT DISTINCT coin FROM xv_pair_events WHERE event_time > now() - INTERVAL '7 days' "
+                "ORDER BY 1", multi=True, default=ALL)
+_PAIR_TEXT = "p.coin || ' short ' || p.short_venue || ' / long ' || p.long_venue"
+WATCHLIST = Dashboard(
+    uid="tapeflow-watchlist", title="tapeflow · Watchlist",
+    description="Cross-venue hedged pairs (issue 24): the executable spreads across venues now, funding per venue "
+                "pair, 12 hours of spreads with the pairs' entries and exits, the pairs and their P&L, and the "
+                "watchlist strategy's signals and rejections. Spreads are swept for the feature notional, in basis "
+                "points of log(sell VWAP / buy VWAP), before fees.",
+    variables=(COIN,), time_from="now-12h",
+    annotations=(
+        Annotation("Pair entries", f"""
+SELECT "time", text, tags
+FROM (
+    SELECT DISTINCT ON (p.pair_id) p.event_time AS "time",
+           'entry ' || {_PAIR_TEXT} || coalesce(' at ' || round((p.entry_spread * 1e4)::numeric, 1) || ' bp', '')
+           AS text,
+           p.coin || ',entry' AS tags
+    FROM xv_pair_events p
+    WHERE p.status = 'open' AND p.coin IN ($coin) AND $__timeFilter(p.event_time)
+    ORDER BY p.pair_id, p.seq
+) e
+ORDER BY 1""", color="green"),
+        Annotation("Pair exits", f"""
+SELECT "time", text, tags
+FROM (
+    SELECT DISTINCT ON (p.pair_id) coalesce(p.closed_time, p.event_time) AS "time",
+           p.status || ' ' || {_PAIR_TEXT} || ': ' || coalesce(p.close_reason, p.reason, '?') ||
+           coalesce(', exit ' || round((p.exit_spread * 1e4)::numeric, 1) || ' bp', '') ||
+           ', net ' || round(p.net_usd, 2) || ' USD' AS text,
+           p.coin || ',exit' AS tags
+    FROM xv_pair_events p
+    WHERE p.status IN ('closed', 'failed') AND p.coin IN ($coin) AND $__timeFilter(p.event_time)
+    ORDER BY p.pair_id, p.seq
+) x
+ORDER BY 1"""),
+    ),
+    panels=(
+        Panel("Spread matrix (bp)", "table", width=12, height=8, decimals=2,
+              question="Where is the executable spread now: the swept spread in bp of each coin (rows) selling on "
+                       "one venue and buying on another (columns, sell → buy), at the coin's newest evaluation in "
+                       "the range? (Before fees; an empty cell: a leg was missing or stale, see xv_features.missing.)",
+              transformations=({"id": "groupingToMatrix",
+                                "options": {"rowField": "coin", "columnField": "sell → buy",
+                                            "valueField": "spread bp", "emptyValue": "null"}},),
+              queries=(Sql("""
+SELECT f.coin, f.sell_venue || ' → ' || f.buy_venue AS "sell → buy", round((f.spread_sweep * 1e4)::numeric, 2)
+       AS "spread bp"
+FROM xv_features f
+JOIN (SELECT coin, max(eval_time) AS t FROM xv_features
+      WHERE coin IN ($coin) AND $__timeFilter(eval_time) GROUP BY coin) n ON f.coin = n.coin AND f.eval_time = n.t
+ORDER BY 1, 2""", fmt="table"),)),
+        Panel("Funding per venue pair", "table", width=12, height=8,
+              question="What does each hedge pay or receive in funding: per coin and pair of venues, each venue's "
+                       "latest funding rate (% per its interval), the difference on 8 h the hedge receives (short "
+                       "the first venue, long the second: the direction that receives it) and each venue's next "
+                       "funding time? (The newest evaluation of the pair in the range.)",
+              queries=(Sql("""
+SELECT coin, sell_venue AS "short", buy_venue AS "long",
+       round((sell_funding_rate * 100)::numeric, 4) AS "short rate %",
+       round((buy_funding_rate * 100)::numeric, 4) AS "long rate %",
+       round((funding_diff_8h * 1e4)::numeric, 2) AS "received 8h bp",
+       sell_next_funding_time AS "short next funding", buy_next_funding_time AS "long next funding",
+       eval_time AS "evaluated"
+FROM (
+    SELECT DISTINCT ON (coin, least(sell_venue, buy_venue), greatest(sell_venue, buy_venue)) *
+    FROM xv_features
+    WHERE coin IN ($coin) AND $__timeFilter(eval_time)
+    ORDER BY coin, least(sell_venue, buy_venue), greatest(sell_venue, buy_venue), eval_time DESC,
+             funding_diff_8h DESC NULLS LAST
+) f
+ORDER BY coin, "received 8h bp" DESC NULLS LAST""", fmt="table"),)),
+        Panel("Swept spread by venue pair (bp)", "timeseries", width=24, height=10, unit="none", decimals=1,
+              question="How did the executable spread of each coin and venue pair (sell → buy) move, and where did "
+                       "the hedged pairs enter (green marks) and exit (red marks)?",
+              options={"legend": {"displayMode": "table", "placement": "right", "showLegend": True,
+                                  "calcs": ["lastNotNull", "max"]}},
+              queries=(Sql("""
+SELECT $__timeGroupAlias(eval_time, $__interval), coin || ' ' || sell_venue || ' → ' || buy_venue AS metric,
+       avg(spread_sweep) * 1e4 AS value
+FROM xv_features
+WHERE coin IN ($coin) AND $__timeFilter(eval_time) AND spread_sweep IS NOT NULL
+GROUP BY 1, 2 ORDER BY 1"""),)),
+        Panel("Hedged pairs", "table", width=24, height=8,
+              question="Which pairs are open, unwinding or ended in the range: since when, held how long, at what "
+                       "entry and exit spread, with what net P&L (USD, after fees, slippage and funding), and why "
+                       "they closed? (xv_pairs_latest: each pair's newest state.)",
+              queries=(Sql("""
+SELECT coin, short_venue || ' → ' || long_venue AS "short → long", status, opened_time AS opened,
+       round((extract(epoch FROM coalesce(closed_time, now()) - opened_time) / 3600)::numeric, 2) AS "held h",
+       round((entry_spread * 1e4)::numeric, 2) AS "entry bp", round((exit_spread * 1e4)::numeric, 2) AS "exit bp",
+       round(net_usd, 2) AS "net USD", round(funding_usd, 2) AS "funding USD", close_reason, reason, pair_id
+FROM xv_pairs_latest
+WHERE coin IN ($coin) AND (status IN ('opening', 'open', 'unwinding') OR $__timeFilter(event_time))
+ORDER BY opened_time DESC
+LIMIT 200""", fmt="table"),)),
+        Panel("Watchlist signals and rejections", "table", width=24, height=8,
+              question="What did the watchlist strategy decide: which candidates became signals, which were "
+                       "rejected at the entry re-check or by the model, and why?",
+              queries=(Sql("""
+SELECT eval_time AS "time", coin, sell_venue || ' → ' || buy_venue AS "sell → buy", status, reason, strategy,
+       round(z_1h::numeric, 2) AS z_1h, round((net_spread * 1e4)::numeric, 2) AS "net bp",
+       round((entry_net_spread * 1e4)::numeric, 2) AS "entry net bp",
+       round((funding_diff_8h * 1e4)::numeric, 2) AS "funding 8h bp",
+       round((expected_pnl * 1e4)::numeric, 2) AS "expected bp", round(win_prob::numeric, 3) AS win_prob
+FROM xv_signals
+WHERE coin IN ($coin) AND $__timeFilter(eval_time)
+ORDER BY eval_time DESC
+LIMIT 200""", fmt="table"),)),
+    ))
+
+DASHBOARDS = (MARKET, SIGNALS, TRADING, PIPELINE, INTELLIGENCE, WATCHLIST)
 
 
 # --- files ------------------------------------------------------------------------------------------------

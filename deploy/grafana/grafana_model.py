@@ -83,6 +83,9 @@ class Panel:
     options: dict[str, Any] = field(default_factory=dict)
     columns: tuple[ColumnThresholds, ...] = ()  # tables: traffic lights per column
     base_color: str = "green"  # the colour below the first threshold
+    #: Grafana transformations applied to the query results, in order (e.g. groupingToMatrix: rows of
+    #: (row, column, value) become a matrix whose columns are whatever values the data has)
+    transformations: tuple[dict[str, Any], ...] = ()
 
     @property
     def datasource(self) -> dict[str, str]:
@@ -169,10 +172,13 @@ def _panel_json(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     elif p.kind == "table":
         options = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
     options.update(p.options)
-    return {"id": panel_id, "type": kind, "title": p.title, "description": p.question,
-            "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height}, "datasource": p.datasource,
-            "targets": [q.target(chr(ord("A") + i)) for i, q in enumerate(p.queries)],
-            "fieldConfig": _field_config(p), "options": options}
+    out = {"id": panel_id, "type": kind, "title": p.title, "description": p.question,
+           "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height}, "datasource": p.datasource,
+           "targets": [q.target(chr(ord("A") + i)) for i, q in enumerate(p.queries)],
+           "fieldConfig": _field_config(p), "options": options}
+    if p.transformations:
+        out["transformations"] = [dict(t) for t in p.transformations]
+    return out
 
 
 def _variable_json(v: Variable) -> dict[str, Any]:

@@ -42,12 +42,15 @@ def time_range() -> tuple[datetime, datetime]:
 
 INTERVAL_S = 60  # $__interval of a 6 h range on a wide panel
 VALUES = {"exchange": ["binance"], "symbol": ["BTCUSDT"], "symbols": ["BTCUSDT", "ETHUSDT"],
-          "strategy": ["v53", "v52_8signals"], "mode": ["paper"], "top": ["20"], "whale": ["250000"]}
+          "strategy": ["v53", "v52_8signals"], "mode": ["paper"], "top": ["20"], "whale": ["250000"],
+          "coin": ["BTC", "ETH"]}
 
 # A little of everything, in the last hours: minutes of bars and trades for two symbols, books,
 # liquidations both ways, funding of two symbols, indicators, evaluations (one vetoed by a gate) whose
 # inputs carry the book detectors' wall and iceberg fields, two whale trades (one each way), a signal,
-# an open position and a closed one (with tp1), a risk halt, a backtest run, a gap, a dead letter.
+# an open position and a closed one (with tp1), a risk halt, a backtest run, a gap, a dead letter; and
+# for the watchlist: cross-venue features of two coins and three venue pairs every 5 minutes, a BTC pair
+# opened 2 h ago and closed on convergence 1 h ago, an ETH pair open for 30 minutes, a signal and a rejection.
 SEED = """
 INSERT INTO bars_1m (exchange, symbol, open_time, close_time, open, high, low, close, volume, buy_volume,
                      sell_volume, quote_volume, vwap, trade_count, first_agg_id, last_agg_id)
@@ -133,6 +136,38 @@ INSERT INTO pipeline_errors (source_topic, source_partition, source_offset, raw_
                              event_time, content_sha256) VALUES
     ('md.trades', 0, 42, NULL, '\\x00ff', 'InvalidAvro: bad magic byte', 'sink', now() - INTERVAL '5 minutes',
      '\\x01');
+INSERT INTO xv_features (feature_id, coin, eval_time, sell_venue, buy_venue, sell_symbol, buy_symbol,
+                         sweep_notional_usd, spread_top, spread_sweep, funding_diff, funding_diff_8h,
+                         sell_funding_rate, buy_funding_rate, sell_next_funding_time, buy_next_funding_time, stats,
+                         missing)
+SELECT c || ':' || m || ':' || v.s || ':' || v.b, c, date_trunc('minute', now()) - make_interval(mins => m), v.s, v.b,
+       c || 'USDT', c || 'USDT', 10000, 0.0004 * sin(m / 30.0), 0.0003 * sin(m / 30.0) - 0.0001, v.diff, v.diff,
+       0.0001 + v.diff, 0.0001, now() + INTERVAL '1 hour', now() + INTERVAL '3 hours', '{}', '{}'
+FROM generate_series(0, 300, 5) m, unnest(ARRAY['BTC', 'ETH']) c,
+     (VALUES ('okx', 'binance', 0.00005), ('binance', 'okx', -0.00005), ('bybit', 'binance', 0.0)) v(s, b, diff);
+INSERT INTO xv_pair_events (pair_id, seq, event_time, signal_id, pair_key, coin, short_venue, short_symbol,
+                            long_venue, long_symbol, notional_usd, qty, status, reason, close_reason, opened_time,
+                            closed_time, entry_spread, exit_spread, gross_usd, fees_usd, slippage_usd, funding_usd,
+                            net_usd, short_gross_usd, short_fees_usd, short_slippage_usd, short_funding_usd,
+                            short_net_usd, long_gross_usd, long_fees_usd, long_slippage_usd, long_funding_usd,
+                            long_net_usd)
+SELECT p.pair_id, p.seq, now() - p.ago, 'sig-' || p.pair_id, p.coin || ':binance/okx', p.coin, 'okx',
+       p.coin || '-USDT-SWAP', 'binance', p.coin || 'USDT', 10000, 0.25, p.status, NULL, p.close_reason,
+       now() - p.opened_ago, CASE WHEN p.status IN ('closed', 'failed') THEN now() - p.ago END, 0.0029, p.exit_spread,
+       27.8, 19.9, 0.6, -0.3, p.net, 40.2, 10, 0.3, -1.5, 31.4, -12.4, 9.9, 0.3, 1.2, -23.8
+FROM (VALUES ('pair-1', 1, 'BTC', 'opening', NULL, INTERVAL '2 hours', INTERVAL '2 hours', NULL::double precision, 0.0),
+             ('pair-1', 2, 'BTC', 'open', NULL, INTERVAL '2 hours', INTERVAL '2 hours', NULL, -4.0),
+             ('pair-1', 3, 'BTC', 'closed', 'convergence', INTERVAL '1 hour', INTERVAL '2 hours', 0.0002, 7.6),
+             ('pair-2', 1, 'ETH', 'open', NULL, INTERVAL '30 minutes', INTERVAL '30 minutes', NULL, -3.9))
+     p(pair_id, seq, coin, status, close_reason, ago, opened_ago, exit_spread, net);
+INSERT INTO xv_signals (signal_id, strategy, strategy_version, config_hash, coin, eval_time, sell_venue, buy_venue,
+                        notional_usd, status, reason, z_1h, spread_sweep, net_spread, funding_diff_8h, entry_spread,
+                        entry_net_spread, expected_pnl, win_prob, imputed) VALUES
+    ('sig-pair-1', 'xv_convergence', '1', 'h', 'BTC', now() - INTERVAL '2 hours', 'okx', 'binance', 10000, 'signal',
+     NULL, 2.9, 0.003, 0.001, 0.00005, 0.0029, 0.0009, 0.0007, 0.64, '{}'),
+    ('sig-eth-x', 'xv_convergence', '1', 'h', 'ETH', now() - INTERVAL '50 minutes', 'okx', 'binance', 10000,
+     'rejected', 'recheck: okx book 3.1 s old at entry, limit 2.0 s', 2.7, 0.0028, 0.0008, NULL, NULL, NULL, NULL,
+     NULL, '{}');
 """
 
 
@@ -204,13 +239,14 @@ def check_results(results: dict[str, dict]) -> None:
 def test_provisioned_dashboards_and_docs_are_generated_from_the_definitions():
     assert dashboards.main(["--check"]) == 0, "run `python deploy/grafana/dashboards.py` and commit the result"
     provisioned = sorted(p.name for p in (REPO / "deploy" / "grafana" / "dashboards").iterdir())
-    assert provisioned == ["intelligence.json", "market.json", "pipeline.json", "signals.json", "trading.json"]
+    assert provisioned == ["intelligence.json", "market.json", "pipeline.json", "signals.json", "trading.json",
+                           "watchlist.json"]
 
 
-def test_dashboards_are_the_five_asked_for_with_their_panels():
+def test_dashboards_are_the_six_asked_for_with_their_panels():
     titles = {d.title: [p.title for p in d.panels] for d in dashboards.DASHBOARDS}
     assert set(titles) == {"tapeflow · Market", "tapeflow · Signals", "tapeflow · Trading",
-                           "tapeflow · Pipeline health", "tapeflow · Intelligence"}
+                           "tapeflow · Pipeline health", "tapeflow · Intelligence", "tapeflow · Watchlist"}
     panels = {t for ts in titles.values() for t in ts}
     for wanted in ("Price and liquidations", "CVD fast (30m) and mid (4h)", "Order-book imbalance (top 10 levels)",
                    "Funding rate across symbols", "Open interest", "Long/short ratios", "Volume by taker side",
@@ -221,7 +257,9 @@ def test_dashboards_are_the_five_asked_for_with_their_panels():
                    "Dead letters per second", "Order-book resyncs (10 min)", "Latencies (p99)",
                    "Funding heatmap: top contracts by 24 h volume", "Open interest change per symbol",
                    "Liquidated USD by side", "Whale flow", "Whale trades", "Order-book walls and icebergs now",
-                   "Data quality per symbol", "Order-book resyncs per symbol (10 min)"):
+                   "Data quality per symbol", "Order-book resyncs per symbol (10 min)",
+                   "Spread matrix (bp)", "Funding per venue pair", "Swept spread by venue pair (bp)", "Hedged pairs",
+                   "Watchlist signals and rejections"):
         assert wanted in panels, wanted
     # the signal timeline lives in Signals only; Intelligence points to it instead of repeating it
     intelligence = next(d for d in dashboards.DASHBOARDS if d.uid == "tapeflow-intelligence")
@@ -269,7 +307,20 @@ def test_every_sql_query_runs_on_plain_postgresql_as_grafanas_role(database):
                 results[qid] = {"rows": len(cur.fetchall()), "columns": [c.name for c in cur.description]}
             except psycopg.Error as exc:
                 results[qid] = {"error": str(exc).strip().splitlines()[0]}
-    check_results(results)
+        check_results(results)
+        watchlist = {qid.removeprefix("tapeflow-watchlist").strip(" /"): conn.execute(sql).fetchall()
+                     for qid, (sql, _) in queries(False).items() if qid.startswith("tapeflow-watchlist")}
+    # the seed's pairs: entries where each became open (pair-1 once, though two changes say open), the
+    # exit where pair-1 closed, each pair once in the table at its newest state
+    assert [r[2] for r in watchlist["annotation Pair entries"]] == ["BTC,entry", "ETH,entry"]
+    ((_, exit_text, exit_tags),) = watchlist["annotation Pair exits"]
+    assert exit_tags == "BTC,exit" and exit_text == ("closed BTC short okx / long binance: convergence, exit 2.0 bp, "
+                                                     "net 7.60 USD")
+    assert sorted((r[0], r[1], r[2]) for r in watchlist["Hedged pairs / A"]) == [
+        ("BTC", "okx → binance", "closed"), ("ETH", "okx → binance", "open")]
+    matrix = watchlist["Spread matrix (bp) / A"]  # rows (coin, sell → buy, bp): 2 coins x 3 venue pairs
+    assert [(r[0], r[1]) for r in matrix] == [(c, p) for c in ("BTC", "ETH")
+                                              for p in ("binance → okx", "bybit → binance", "okx → binance")]
 
 
 SCRIPT = r"""
