@@ -494,8 +494,7 @@ def cross_venue(
     from tapeflow_runtime.logs import configure_logging
 
     settings = state.settings()
-    configure_logging(settings.log_level, settings.log_format)
-    try:
+    try:  # every input checked before logging is configured: a refusal is one line on stderr
         traders = _watchlist_traders(strategies or [Path(p) for p in settings.watchlist_strategies])
         params = CrossVenueParams(venues=tuple(v.strip() for v in venues.split(",") if v.strip()),
                                   sweep_notional_usd=sweep_notional_usd, max_staleness_ms=max_staleness_ms)
@@ -505,6 +504,7 @@ def cross_venue(
                                    metrics_port=metrics_port, metrics_host=settings.metrics_host, traders=traders)
     except (ValueError, TapeflowError) as exc:
         raise fail(str(exc), 2) from None
+    configure_logging(settings.log_level, settings.log_format)
     raise typer.Exit(asyncio.run(run_watchlist(settings, options)))
 
 
