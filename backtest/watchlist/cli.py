@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 SOURCE_HELP = ("synthetic[:SEED] (a generated session of --minutes and --coins) | broker[:PREFIX] (md.book/md.mark/"
                "md.indicators read from the broker as the live watchlist service reads them; default: the stack's "
-               "topics) | jsonl:FILE (md.book/md.mark/"
+               "topics) | db (the same inputs from the database, --from/--to or the last --minutes) | jsonl:FILE (md.book/md.mark/"
                "md.indicators records, e.g. `tapeflow topics tail md.book --from-beginning --json` of each topic "
                "concatenated)")
 
@@ -93,14 +93,19 @@ def register(watchlist: typer.Typer) -> None:
     def backtest(
         strategy_file: Path = typer.Option(..., "--strategy", "-s", help="A kind: watchlist strategy file (YAML/JSON)."),
         source: str = typer.Option("synthetic", "--source", help=SOURCE_HELP),
-        minutes: float = typer.Option(120.0, "--minutes", min=1.0, help="synthetic: the session's length."),
+        minutes: float = typer.Option(120.0, "--minutes", min=1.0, help="synthetic: the session's length; db: "
+                                      "the last this many minutes unless --from/--to say otherwise."),
         coins: str = typer.Option("BTC,ETH", "--coins", help="synthetic: comma-separated coins."),
+        from_: str | None = typer.Option(None, "--from", help="db: start, UTC date or time (2024-01-01[T00:00])."),
+        to: str | None = typer.Option(None, "--to", help="db: end (exclusive), UTC date or time; a date means "
+                                      "the end of that day."),
         out: Path | None = typer.Option(None, "--out", help="Directory for result.json (summary, pairs, signals, "
                                         "leg orders, funding payments, blocked exits)."),
         limit: int = typer.Option(20, "--limit", min=1, help="Pairs listed."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Backtest a watchlist strategy: features, triggers, entry re-check and hedged paper pairs over a session."""
+        from backtest.cli import CliError, parse_time
         from backtest.watchlist.runner import run_backtest
         from stream_apps.core.strategy import StrategyConfigError
         from stream_apps.watchlist.strategy import model_path
@@ -108,9 +113,11 @@ def register(watchlist: typer.Typer) -> None:
         try:
             strategy = _strategy(strategy_file)
             model = load_model(model_path(strategy)) if strategy.model is not None else None
-            events = load_session(source, minutes, _coins(coins), tuple(strategy.venues))
+            start_ms = parse_time(from_, "--from") if from_ else None
+            end_ms = parse_time(to, "--to", end=True) if to else None
+            events = load_session(source, minutes, _coins(coins), tuple(strategy.venues), start_ms, end_ms)
             result = run_backtest(strategy, events, model)
-        except (TapeflowError, StrategyConfigError, ModelFileError) as error:
+        except (TapeflowError, StrategyConfigError, ModelFileError, CliError) as error:
             raise _fail(str(error)) from None
         except ValueError as error:
             raise _fail(str(error), 2) from None

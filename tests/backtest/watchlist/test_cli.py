@@ -46,7 +46,7 @@ def test_backtest_command_on_a_recorded_session_and_its_one_line_errors(tmp_path
     assert saved["pairs"][0]["close_reason"] == "convergence" and len(saved["orders"]) == 4
     assert len(saved["funding"]) == 2
     errors = {
-        ("--source", "kafka"): "error: --source 'kafka': expected synthetic[:SEED], broker[:PREFIX] or jsonl:FILE",
+        ("--source", "kafka"): "error: --source 'kafka': expected synthetic[:SEED], broker[:PREFIX], db or jsonl:FILE",
         ("--source", f"jsonl:{tmp_path / 'none.jsonl'}"): "none.jsonl: cannot read: No such file or directory",
         ("--strategy", str(tmp_path / "missing.yaml")): "missing.yaml does not exist",
     }
@@ -76,3 +76,17 @@ def test_the_live_service_refuses_a_missing_or_repeated_strategy_in_one_line(tmp
                         ([str(strategy), str(strategy)], "strategy xv_hand 1 given twice")):
         result = runner.invoke(app, ["cross-venue", *[x for a in args for x in ("--strategy", a)]])
         assert result.exit_code == 2 and words in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_the_database_source_says_in_one_line_what_is_missing(tmp_path):
+    strategy = tmp_path / "xv.yaml"
+    strategy.write_text("kind: watchlist\nname: xv_hand\nversion: '1'\nvenues: [binance, okx]\n"
+                        "triggers: {min_net_spread_bp: 5}\n")
+    runner = CliRunner()
+    env = {"TAPEFLOW_HOME": str(tmp_path / "home"), "TAPEFLOW_DATABASE_URL": None}
+    for extra, words in (([], "no database: the embedded stack in"),
+                         (["--from", "2024-01-02", "--to", "2024-01-01"], "is not before --to"),
+                         (["--from", "yesterday"], "--from 'yesterday': expected a UTC date")):
+        result = runner.invoke(app, ["watchlist", "backtest", "--strategy", str(strategy), "--source", "db", *extra],
+                               env=env)
+        assert result.exit_code == 1 and words in result.output and result.output.count("\n") == 1, result.output

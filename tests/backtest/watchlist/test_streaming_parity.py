@@ -5,7 +5,8 @@ to md.book and md.mark through the real broker. The watchlist service trades a w
 it (``traders``), stopped halfway and restarted from its checkpoint; what it published to
 xv.signals, xv.orders and xv.pairs (re-published records identical) is what the same trader computes
 from those topics read back (``--source broker``: ``read_broker``), and what ``tapeflow watchlist
-backtest --source broker:PREFIX`` reports; the sink stores every record once."""
+backtest --source broker:PREFIX`` reports; the sink stores every record once, and the backtest over
+the database it filled (``--source db``) reads the same inputs and reports the same result."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from backtest.watchlist.sources import read_broker
+from backtest.watchlist.sources import read_broker, read_database
 from backtest.watchlist.synthetic import session
 from execution.watchlist_trader import WatchlistTrader
 from sinks.consumer import SinkConfig, TopicSink
@@ -31,6 +32,7 @@ from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.settings import Settings
 from tests.support.cross_venue import book, mark, running_watchlist
 from tests.support.execution import SERDE
+from tests.support.services import database_url
 
 pytestmark = pytest.mark.integration
 
@@ -156,9 +158,9 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     assert [s for s in report["signals"] if s["eval_time"] <= cutoff] == \
         [s for s in streamed["xv.signals"] if s["eval_time"] <= cutoff]
 
-    # the sink keeps one row per record, re-published ones included
+    # the sink keeps one row per record, re-published ones included (and stores the inputs too)
     migrate(database)
-    sink = TopicSink(SinkConfig(topics=list(OUTPUTS), topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink",
+    sink = TopicSink(SinkConfig(topics=[*OUTPUTS, "md.book", "md.mark"], topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink",
                                 batch_rows=500, batch_ms=100, max_backoff_s=1.0), kafka_bootstrap, database, SERDE)
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set}, daemon=True)
@@ -166,11 +168,13 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     tables = {"xv.signals": "xv_signals", "xv.orders": "xv_leg_orders", "xv.funding": "xv_funding_payments",
               "xv.pairs": "xv_pair_events"}
     want_rows = {t: len(streamed[topic]) for topic, t in tables.items()}
+    want_rows |= {"depth_snapshots": sum(t == "md.book" for t, _, _ in records),
+                  "mark_prices": sum(t == "md.mark" for t, _, _ in records)}
     try:
         end = time.monotonic() + 60
         while True:
             with psycopg.connect(database) as conn:
-                rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables.values()}
+                rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in want_rows}
             if rows == want_rows or time.monotonic() > end:
                 break
             time.sleep(0.3)
@@ -184,3 +188,17 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     for p in streamed["xv.pairs"]:
         last[p["pair_id"]] = p
     assert [(pid, p["status"]) for pid, p in sorted(last.items())] == [(pid, s) for pid, s, _ in latest]
+
+    # and the backtest over the database the sink filled: the same inputs, the same records
+    # (inputs of one time in another order than the broker's partitions give: the state applies all of
+    # them before it evaluates that time, so the result below must not change)
+    def tie_order(e):
+        return e.time_ms, type(e).__name__, e.exchange, e.symbol
+
+    stored = read_database(database, EVENTS[0].time_ms, end_ms + 1)
+    assert stored != events and sorted(stored, key=tie_order) == sorted(events, key=tie_order)
+    result = CliRunner().invoke(app, ["watchlist", "backtest", "--strategy", str(strategy_file), "--source", "db",
+                                      "--from", "2024-01-01T06:59", "--to", "2024-01-01T08:00", "--out",
+                                      str(tmp_path / "db")], env={"TAPEFLOW_DATABASE_URL": database_url(database)})
+    assert result.exit_code == 0, result.output
+    assert orjson.loads((tmp_path / "db" / "result.json").read_bytes()) == report
