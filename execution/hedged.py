@@ -18,13 +18,15 @@ Entry (``HedgedPairs.open``):
   asks); the quantity is the smaller of the two coin amounts, rounded *down* to each venue's
   ``lot_step`` in turn (exact decimals, ``execution.exchange_filters``); a quantity that is not a
   multiple of every step after that (steps such as 0.002 and 0.003) is rejected, and so is zero.
-  So neither leg takes more than the notional.
+  So neither leg takes more than the notional. ``lot_step`` and ``min_qty`` are in coins (the venue
+  rules of ``execution.instrument_rules``); a leg's book is in its symbol's units, so for a symbol
+  quoted per 1,000 coins (``1000PEPEUSDT``) they are divided by 1,000 for that leg.
 - Fill: each leg takes exactly that quantity from its book (``sweep_qty``: the notional the walk
   needs, swept by the same ``sweep``), at the volume-weighted average price, taker fee of its venue.
   A leg fails, with the reason, when its venue has no book, the book is older than the venue's
   ``max_book_age_ms`` at ``now_ms`` (or later than ``now_ms``: no look-ahead), is for another symbol,
-  cannot fill the quantity (depth, bad or disordered levels), the fill is below the venue's
-  ``min_notional_usd``, or the venue refused the order (``refusals``: a future broker's answer, or a
+  cannot fill the quantity (depth, bad or disordered levels), the quantity is below the venue's
+  ``min_qty`` or the fill below its ``min_notional_usd``, or the venue refused the order (``refusals``: a future broker's answer, or a
   test's). If one leg fills and the other fails, the filled leg is unwound at once against the other
   side of its own book at the same moment (its exit order) and the pair is ``failed`` with the reason
   and its realised cost (the unwound leg's net P&L: two fees and the round trip through its book).
@@ -75,7 +77,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import ROUND_FLOOR
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from execution.client_ids import client_order_id, pair_id
@@ -100,8 +102,9 @@ class VenueParams:
     """One venue's side of the model (per coin: the service passes the instrument's own lot step)."""
 
     taker_fee: float = TAKER_FEE
-    lot_step: float | None = None  # base units; None: no rounding
+    lot_step: float | None = None  # coins (base units; ÷ the symbol's multiplier per leg); None: no rounding
     min_notional_usd: float = 0.0
+    min_qty: float = 0.0  # coins; a smaller order is refused by the venue
     max_book_age_ms: int = 2_000
     maintenance_margin_rate: float = 0.005
 
@@ -110,8 +113,8 @@ class VenueParams:
             raise ValueError("taker_fee must be in [0, 0.01)")
         if self.lot_step is not None and not (self.lot_step > 0 and math.isfinite(self.lot_step)):
             raise ValueError("lot_step must be positive")
-        if self.min_notional_usd < 0 or self.max_book_age_ms < 0:
-            raise ValueError("min_notional_usd and max_book_age_ms must not be negative")
+        if self.min_notional_usd < 0 or self.max_book_age_ms < 0 or not self.min_qty >= 0:
+            raise ValueError("min_notional_usd, min_qty and max_book_age_ms must not be negative")
         if not 0 <= self.maintenance_margin_rate < 1:
             raise ValueError("maintenance_margin_rate must be in [0, 1)")
 
@@ -160,7 +163,7 @@ def sweep_qty(levels: Sequence[tuple[float, float]], qty: float, side: str) -> S
     return sweep(levels, notional, side)
 
 
-def round_to_steps(qty: float, steps: Sequence[float | None]) -> float | None:
+def round_to_steps(qty: float, steps: Sequence[float | Decimal | None]) -> float | None:
     """``qty`` rounded down to each step in turn; None when the result is not a multiple of all of them."""
     value = to_decimal(qty)
     for step in steps:
@@ -422,7 +425,7 @@ class HedgedPairs:
             if reason is not None:
                 reasons[role] = reason
         if amounts:
-            qty = round_to_steps(min(amounts), [self.params.venue(leg.venue).lot_step for leg in legs.values()])
+            qty = round_to_steps(min(amounts), [self._lot_step(leg) for leg in legs.values()])
             if not qty:
                 pair.status = "rejected"
                 pair.reason = (f"{min(amounts)!r} {coin} rounds to zero at the lot steps" if qty == 0.0 else
@@ -588,6 +591,11 @@ class HedgedPairs:
             return None, f"stale book {leg.venue}: {age / 1000:.1f} s old, limit {limit / 1000:.1f} s"
         return book, None
 
+    def _lot_step(self, leg: PairLeg) -> Decimal | None:
+        """The venue's lot step (coins) in the units of the leg's book (÷ its symbol's multiplier)."""
+        step = self.params.venue(leg.venue).lot_step
+        return None if step is None else to_decimal(step) / instrument(leg.venue, leg.symbol).multiplier
+
     def _mark(self, leg: PairLeg, now_ms: int, books: Mapping[str, BookEvent], marks: Mapping[str, float]) -> float | None:
         if leg.venue in marks:
             return marks[leg.venue]
@@ -612,7 +620,12 @@ class HedgedPairs:
             reason = swept.reason
             if reason is None:
                 vwap, top = swept.vwap, levels[0][0]
-                if pair.qty * vwap < venue.min_notional_usd:
+                coins = to_decimal(pair.qty) * instrument(leg.venue, leg.symbol).multiplier
+                if venue.min_qty and coins < to_decimal(venue.min_qty):
+                    reason = (f"venue refused: {coins.normalize():f} {pair.coin} below the {leg.venue} minimum "
+                              f"order size {venue.min_qty!r}")
+                    vwap = top = None
+                elif pair.qty * vwap < venue.min_notional_usd:
                     reason = f"venue refused: {pair.qty * vwap:,.2f} USD below the {leg.venue} minimum notional"
                     vwap = top = None
         if reason is not None:

@@ -385,3 +385,91 @@ def test_never_two_active_pairs_for_one_pair_key(steps):
         active = [p.pair_key for p in model.pairs.values() if p.active]
         assert len(active) == len(set(active))
         assert {model.pairs[pid].pair_key for pid in model.active_by_key.values()} == set(active)
+
+
+# -- the venues' instrument rules (execution/instrument_rules.py) ---------------------------------
+def venue_rules(**okx_row) -> dict[str, VenueParams]:
+    """Binance BTCUSDT from its real exchangeInfo (step 0.001 BTC, min qty 0.001, min notional 5 USD)
+    and OKX BTC-USDT-SWAP from its documented row (lotSz 1, minSz 1 contract of ctVal 0.01 BTC: step
+    0.01 BTC, min qty 0.01, no min notional), as the watchlist trader passes them per coin."""
+    from execution.instrument_rules import InstrumentRules, parse_binance, parse_okx
+    from tests.execution.test_instrument_rules import binance_body, okx_swap_body
+
+    rules = InstrumentRules([*parse_binance(binance_body()),
+                             *parse_okx(okx_swap_body(**({"lotSz": "1", "minSz": "1"} | okx_row)))])
+    fees = {"binance": 0.0005, "okx": 0.0004}
+    return {v: VenueParams(taker_fee=fees[v], **rules.for_coin(v, "BTC").hedged_params()) for v in fees}
+
+
+def test_venue_rules_round_the_equal_quantity_down_to_the_coarser_step():
+    """Binance bids (101, 5) (100.5, 10): selling 1,000 USD is 5 + 495 / 100.5 = 9.9253... coins; OKX
+    asks (99, 4) (100, 10): 4 + 604 / 100 = 10.04. The smaller, 9.9253, down to OKX's 0.01 is 9.92 (a
+    multiple of Binance's 0.001). Short sells 9.92: 5 x 101 + 4.92 x 100.5 = 999.46 USD; long buys
+    9.92: 4 x 99 + 5.92 x 100 = 988 USD."""
+    model = HedgedPairs(params(venues=venue_rules()))
+    books = {"binance": binance(T0, bids=((101.0, 5.0), (100.5, 10.0))), "okx": okx(T0)}
+    events = model.open(ENTRY, T0, books)
+    short, long_ = events.orders
+    assert (short.status, long_.status) == ("FILLED", "FILLED") and short.qty == long_.qty == 9.92
+    assert short.avg_price * 9.92 == pytest.approx(999.46, abs=1e-9)
+    assert long_.avg_price * 9.92 == pytest.approx(988.0, abs=1e-9)
+    assert short.fee == pytest.approx(0.0005 * 999.46) and long_.fee == pytest.approx(0.0004 * 988.0)
+    # OKX's old lot of 0.1 contract (0.001 BTC): the same quantity rounds to 9.925
+    fine = HedgedPairs(params(venues=venue_rules(lotSz="0.1", minSz="0.1")))
+    assert [o.qty for o in fine.open(ENTRY, T0, books).orders] == [9.925, 9.925]
+
+
+def test_a_leg_below_the_venue_minimum_notional_fails_and_the_other_is_unwound():
+    """Short OKX (rich), long Binance, 6 USD a leg. OKX bids (101, 5): 6 / 101 = 0.0594 coins;
+    Binance asks (99, 4): 6 / 99 = 0.0606; 0.0594 down to 0.01 is 0.05. OKX sells 0.05 at 101 =
+    5.05 USD (OKX has no minimum notional; 0.05 >= its minimum 0.01 BTC); Binance would buy 0.05 at 99 =
+    4.95 USD, below its 5 USD: refused. The OKX short is bought back at once from its asks (101.5, 5):
+    gross -0.05 x (101.5 - 101) = -0.025, fees 0.0004 x (5.05 + 5.075) = 0.00405, no slippage."""
+    model = HedgedPairs(params(notional_usd=6.0, venues=venue_rules()))
+    entry = PairEntry(SIG, "okx", "BTC-USDT-SWAP", "binance", "BTCUSDT")
+    books = {"okx": okx(T0, bids=((101.0, 5.0),), asks=((101.5, 5.0),)),
+             "binance": binance(T0, bids=((98.5, 5.0),), asks=((99.0, 4.0),))}
+    events = model.open(entry, T0, books)
+    short, long_, unwind = events.orders
+    assert (short.status, short.qty, short.avg_price) == ("FILLED", 0.05, 101.0)
+    assert long_.status == "FAILED" and "below the binance minimum notional" in long_.reason
+    assert (unwind.action, unwind.side, unwind.avg_price, unwind.status) == ("unwind", "BUY", 101.5, "FILLED")
+    record = events.positions[-1]
+    assert (record["status"], record["close_reason"]) == ("failed", "unwind")
+    assert "long leg binance failed: venue refused: 4.95 USD below the binance minimum notional" in record["reason"]
+    assert record["gross_usd"] == pytest.approx(-0.025, abs=1e-12)
+    assert record["fees_usd"] == pytest.approx(0.0004 * (5.05 + 5.075), abs=1e-12)
+    assert record["slippage_usd"] == 0 and record["net_usd"] == pytest.approx(-0.025 - 0.00405, abs=1e-12)
+    assert record["net_usd"] == pytest.approx(cash(events.orders), abs=1e-12)
+
+
+def test_a_quantity_below_the_venue_minimum_order_size_is_refused():
+    """OKX minSz 6 contracts = 0.06 BTC. 6 USD sells 6 / 101 = 0.0594 BTC on Binance, down to 0.01:
+    0.05 (5.05 USD, above Binance's 5); OKX refuses 0.05 BTC, and the Binance short is unwound."""
+    model = HedgedPairs(params(notional_usd=6.0, venues=venue_rules(minSz="6")))
+    books = {"binance": binance(T0, bids=((101.0, 5.0),)), "okx": okx(T0, asks=((99.0, 4.0),))}
+    events = model.open(ENTRY, T0, books)
+    short, long_, unwind = events.orders
+    assert (short.status, short.qty, long_.status, unwind.status) == ("FILLED", 0.05, "FAILED", "FILLED")
+    assert "venue refused: 0.05 BTC below the okx minimum order size 0.06" in long_.reason
+    assert events.positions[-1]["status"] == "failed"
+
+
+def test_steps_in_coins_apply_to_a_book_quoted_per_1000_coins():
+    """1000SHIBUSDT on Binance (step 1 unit = 1,000 SHIB) against OKX's SHIB-USDT-SWAP (ctVal 1,000,000
+    SHIB, lotSz 1: 1,000,000 SHIB), which the OKX producer publishes under 1000SHIBUSDT in 1,000-SHIB
+    units. Books at 0.0101 / 0.0099 USD a unit: 100 USD sells 9,900.99 units on Binance and buys
+    10,101.01 on OKX; 9,900.99 down to OKX's 1,000 units is 9,000 units = 9,000,000 SHIB."""
+    from execution.instrument_rules import InstrumentRules, parse_binance, parse_okx
+    from tests.execution.test_instrument_rules import binance_body, okx_swap_body
+
+    rules = InstrumentRules([*parse_binance(binance_body()),
+                             *parse_okx(okx_swap_body(instId="SHIB-USDT-SWAP", ctValCcy="SHIB", ctVal="1000000",
+                                                      lotSz="1", minSz="1"))])
+    venues = {v: VenueParams(**rules.for_coin(v, "SHIB").hedged_params()) for v in ("binance", "okx")}
+    model = HedgedPairs(PairParams(notional_usd=100.0, venues=venues))
+    books = {"binance": BookEvent("binance", "1000SHIBUSDT", T0, ((0.0101, 20_000.0),), ((0.0102, 20_000.0),)),
+             "okx": BookEvent("okx", "1000SHIBUSDT", T0, ((0.0098, 20_000.0),), ((0.0099, 20_000.0),))}
+    events = model.open(PairEntry(SIG, "binance", "1000SHIBUSDT", "okx", "1000SHIBUSDT"), T0, books)
+    assert [(o.status, o.qty) for o in events.orders] == [("FILLED", 9000.0), ("FILLED", 9000.0)]
+    assert events.orders[0].avg_price * 9000 == pytest.approx(90.9)  # 9,000 units x 0.0101 USD
