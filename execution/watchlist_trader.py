@@ -26,6 +26,14 @@ comes from the input (signal ids from the strategy, coin, venues and evaluation 
 client order ids from the signal id), so the same input gives the same records however it is
 batched and whatever restarts came between (``to_dict``/``from_dict`` carry the whole state).
 
+Venue rules (``rules``, an ``execution.instrument_rules.InstrumentRules``, optional): each coin's
+``HedgedPairs`` gets, per venue, the lot step, minimum order size and minimum notional of that coin's
+listing on the venue (``coin_pair_params``), so pairs trade quantities the venues accept. Without
+rules every quantity is unrounded, as before; with rules, a venue that lists no rule for a coin (or
+two listings of it) trades that coin unrounded too, and each such (coin, venue) is counted once in
+``counters["no_instrument_rules"]`` and listed in ``missing_rules``, never silently. The rules of the
+strategy's venues (and coins, when it names them) are part of ``fingerprint()``.
+
 Why its own feature state rather than the watchlist service's: the strategy's features are swept
 for its own order notional and judged by its own book age, which need not be the service's.
 """
@@ -34,9 +42,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from execution.hedged import HedgedPairs, PairEntry, PairEvents, PairParams, VenueParams
+from execution.instrument_rules import InstrumentRule, InstrumentRules
 from stream_apps.cross_venue.events import BookEvent, CrossVenueEvent, FundingEvent, event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
 from stream_apps.cross_venue.symbols import SymbolError, instrument
@@ -70,6 +80,24 @@ def pair_params(strategy: WatchlistStrategy) -> PairParams:
                       min_liquidation_distance=x.min_liquidation_distance)
 
 
+def coin_pair_params(strategy: WatchlistStrategy, coin: str, rules: InstrumentRules,
+                     quotes: Iterable[str] = ("USDT",)) -> tuple[PairParams, list[str]]:
+    """``pair_params(strategy)`` with each venue's lot step, minimum order size and minimum notional
+    of `coin`'s listing there (``InstrumentRules.for_coin``, in coins), and the venues without one."""
+    base = pair_params(strategy)
+    venues: dict[str, VenueParams] = {}
+    missing = []
+    for venue in strategy.venues:
+        params = base.venue(venue)
+        rule: InstrumentRule | None = rules.for_coin(venue, coin, tuple(quotes))
+        if rule is None:
+            missing.append(venue)
+        else:
+            params = replace(params, **rule.hedged_params())
+        venues[venue] = params
+    return replace(base, venues=venues), missing
+
+
 def _event_to_dict(event: BookEvent | FundingEvent) -> dict[str, Any]:
     if isinstance(event, BookEvent):
         return {"kind": "book", "exchange": event.exchange, "symbol": event.symbol, "time_ms": event.time_ms,
@@ -94,8 +122,9 @@ class WatchlistTrader:
     topics: Mapping[str, str] = TOPICS
 
     def __init__(self, strategy: WatchlistStrategy, model: PairModel | None = None,
-                 params: CrossVenueParams | None = None) -> None:
+                 params: CrossVenueParams | None = None, rules: InstrumentRules | None = None) -> None:
         self.strategy = strategy
+        self.rules = rules
         self.model = model
         self.params = params or cross_venue_params(strategy)
         if self.params.sweep_notional_usd != strategy.notional_usd:
@@ -112,6 +141,10 @@ class WatchlistTrader:
         self.pair_seq: dict[str, int] = {}  # pair id -> snapshots emitted
         self.evaluations = 0
         self.counters = {"signal": 0, "order": 0, "funding": 0, "pair": 0, "blocked": 0}
+        if rules is not None:
+            self.counters["no_instrument_rules"] = 0  # (coin, venue) pairs traded unrounded: no rule
+        self.coin_params: dict[str, PairParams] = {}
+        self.missing_rules: set[tuple[str, str]] = set()  # (coin, venue) without a rule
         self.outbox: list[tuple[str, str, dict[str, Any]]] = []
         self._coins: dict[tuple[str, str], str | None] = {}
 
@@ -122,8 +155,10 @@ class WatchlistTrader:
     def fingerprint(self) -> str:
         """What the state depends on: restored only under the same strategy, model and parameters."""
         model = None if self.model is None else self.strategy.model
-        return hashlib.sha256(repr((self.strategy.config_hash, model, self.params, STATE_VERSION))
-                              .encode()).hexdigest()[:16]
+        parts: tuple[Any, ...] = (self.strategy.config_hash, model, self.params, STATE_VERSION)
+        if self.rules is not None:  # without rules: the fingerprint of the states written before rules
+            parts += (self.rules.digest(self.strategy.venues, self.strategy.coins or None),)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
     # -- input -------------------------------------------------------------------------------------
     def feed(self, items: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]]) -> None:
@@ -179,8 +214,22 @@ class WatchlistTrader:
     def _model(self, coin: str) -> HedgedPairs:
         model = self.models.get(coin)
         if model is None:
-            model = self.models[coin] = HedgedPairs(self.pair_params)
+            model = self.models[coin] = HedgedPairs(self._coin_params(coin, count=True))
         return model
+
+    def _coin_params(self, coin: str, count: bool = False) -> PairParams:
+        """The hedged model's parameters for `coin`: the strategy's, with the coin's venue rules."""
+        if self.rules is None:
+            return self.pair_params
+        params = self.coin_params.get(coin)
+        if params is None:
+            params, missing = coin_pair_params(self.strategy, coin, self.rules, self.params.quotes)
+            self.coin_params[coin] = params
+            fresh = {(coin, venue) for venue in missing} - self.missing_rules
+            self.missing_rules |= fresh
+            if count:
+                self.counters["no_instrument_rules"] += len(fresh)
+        return params
 
     def _emit(self, kind: str, coin: str, record: dict[str, Any]) -> None:
         self.counters[kind] += 1
@@ -259,7 +308,7 @@ class WatchlistTrader:
             raise ValueError(f"watchlist trader state version {data.get('version')!r}, expected {STATE_VERSION}")
         self.state = CrossVenueState.from_dict(self.params, data["state"])
         self.signals = WatchlistSignals.from_dict(self.strategy, self.model, data["signals"])
-        self.models = {coin: HedgedPairs.from_dict(self.pair_params, m) for coin, m in data["models"].items()}
+        self.models = {coin: HedgedPairs.from_dict(self._coin_params(coin), m) for coin, m in data["models"].items()}
         self.books = {coin: {v: _event_from_dict(b) for v, b in books.items()}  # type: ignore[misc]
                       for coin, books in data["books"].items()}
         self.funding = {coin: {v: _event_from_dict(f) for v, f in fs.items()}  # type: ignore[misc]
@@ -272,7 +321,7 @@ class WatchlistTrader:
 
     @classmethod
     def from_dict(cls, strategy: WatchlistStrategy, model: PairModel | None, data: Mapping[str, Any],
-                  params: CrossVenueParams | None = None) -> WatchlistTrader:
-        trader = cls(strategy, model, params)
+                  params: CrossVenueParams | None = None, rules: InstrumentRules | None = None) -> WatchlistTrader:
+        trader = cls(strategy, model, params, rules=rules)
         trader.load_dict(data)
         return trader

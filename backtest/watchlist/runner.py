@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from execution.instrument_rules import InstrumentRules
 from execution.watchlist_trader import WatchlistTrader, cross_venue_params, pair_params
 from stream_apps.cross_venue.events import CrossVenueEvent
 from stream_apps.cross_venue.state import CrossVenueParams
@@ -45,8 +46,9 @@ class WatchlistBacktest(WatchlistTrader):
     ``advance_to`` a watermark when wanted; ``finish`` for the result."""
 
     def __init__(self, strategy: WatchlistStrategy, model: PairModel | None = None,
-                 params: CrossVenueParams | None = None, close_at_end: bool = True) -> None:
-        super().__init__(strategy, model, params)
+                 params: CrossVenueParams | None = None, close_at_end: bool = True,
+                 rules: InstrumentRules | None = None) -> None:
+        super().__init__(strategy, model, params, rules)
         self.close_at_end = close_at_end
         self.result = BacktestResult()
         self._lists = {"signal": self.result.signals, "order": self.result.orders, "funding": self.result.funding,
@@ -106,13 +108,15 @@ def summarise(result: BacktestResult, run: WatchlistBacktest | None = None) -> d
         summary["evaluations"] = run.evaluations
         summary["feature_counters"] = dict(run.state.counters)
         summary["signal_counters"] = dict(run.signals.counters)
+        if run.rules is not None:  # traded at the venues' lot steps; these (coin, venue) were not
+            summary["no_instrument_rules"] = sorted(f"{coin}:{venue}" for coin, venue in run.missing_rules)
     return summary
 
 
 def run_backtest(strategy: WatchlistStrategy, events: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]],
                  model: PairModel | None = None, params: CrossVenueParams | None = None,
-                 close_at_end: bool = True) -> BacktestResult:
-    """A whole session in one call."""
-    run = WatchlistBacktest(strategy, model, params, close_at_end)
+                 close_at_end: bool = True, rules: InstrumentRules | None = None) -> BacktestResult:
+    """A whole session in one call (`rules`: the venues' lot steps and minimums, or None: unrounded)."""
+    run = WatchlistBacktest(strategy, model, params, close_at_end, rules)
     run.feed(events)
     return run.finish()

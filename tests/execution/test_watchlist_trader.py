@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from execution.client_ids import pair_id
 from execution.watchlist_trader import TOPICS, WatchlistTrader, cross_venue_params
@@ -55,3 +56,56 @@ def test_a_trader_restored_from_its_plain_state_emits_what_an_uninterrupted_one_
         start = cut
     assert got == expected
     assert trader.to_dict() == whole.to_dict()
+
+
+# -- the venues' instrument rules ------------------------------------------------------------------
+def _rules(okx_lot="1", venues=("binance", "okx")):
+    """Binance BTCUSDT (step 0.001 BTC, real exchangeInfo) and OKX BTC-USDT-SWAP (lotSz `okx_lot`
+    contracts of 0.01 BTC), plus Bybit's documented BTCUSDT."""
+    from execution.instrument_rules import InstrumentRules, parse_binance, parse_bybit, parse_okx
+    from tests.execution.test_instrument_rules import binance_body, fixture, okx_swap_body
+
+    found = {"binance": parse_binance(binance_body()), "okx": parse_okx(okx_swap_body(lotSz=okx_lot, minSz=okx_lot)),
+             "bybit": parse_bybit(fixture("bybit_instruments_linear.json"))}
+    return InstrumentRules(rule for v in venues for rule in found[v])
+
+
+def test_each_coin_trades_at_its_venues_lot_steps_and_a_missing_rule_is_counted():
+    from backtest.watchlist.runner import run_backtest
+    from tests.backtest.watchlist.test_runner import STRATEGY, hand_session
+
+    # the hand session's pair: 5 + 495 / 100.9 = 9.9058... BTC unrounded; OKX's 0.01 step makes it 9.9
+    [free] = run_backtest(STRATEGY, hand_session()).pairs
+    assert free["qty"] == 5 + 495 / 100.9
+    result = run_backtest(STRATEGY, hand_session(), rules=_rules())
+    [pair] = result.pairs
+    assert pair["qty"] == 9.9 and pair["status"] == "closed" and {o["qty"] for o in result.orders} == {9.9}
+    assert result.summary["no_instrument_rules"] == []
+    # no OKX rule: that leg (and so the pair) unrounded, and said so
+    trader = WatchlistTrader(STRATEGY, rules=_rules(venues=("binance",)))
+    trader.feed(hand_session())
+    assert trader.counters["no_instrument_rules"] == 1 and trader.missing_rules == {("BTC", "okx")}
+    assert [r["qty"] for k, _, r in trader.take() if k == "pair"][0] == pytest.approx(9.905, abs=1e-12)
+    assert "no_instrument_rules" not in WatchlistTrader(STRATEGY).counters  # without rules: as before
+
+
+def test_the_rules_are_part_of_the_fingerprint_and_of_a_restored_trader():
+    from tests.backtest.watchlist.test_runner import STRATEGY, hand_session
+
+    plain = WatchlistTrader(STRATEGY).fingerprint()
+    ruled = WatchlistTrader(STRATEGY, rules=_rules()).fingerprint()
+    assert len({plain, ruled, WatchlistTrader(STRATEGY, rules=_rules(okx_lot="0.1")).fingerprint()}) == 3
+    # a venue the strategy does not trade (bybit) does not change it
+    assert WatchlistTrader(STRATEGY, rules=_rules(venues=("binance", "okx", "bybit"))).fingerprint() == ruled
+    events = hand_session()
+    whole = WatchlistTrader(STRATEGY, rules=_rules())
+    whole.feed(events)
+    expected = whole.take()
+    first = WatchlistTrader(STRATEGY, rules=_rules())
+    first.feed(events[:150])
+    got = first.take()
+    data = orjson.loads(orjson.dumps(first.to_dict()))
+    second = WatchlistTrader.from_dict(STRATEGY, None, data, rules=_rules())
+    second.feed(events[150:])
+    assert got + second.take() == expected and second.to_dict() == whole.to_dict()
+    assert second.models["BTC"].params.venue("okx").lot_step == 0.01
