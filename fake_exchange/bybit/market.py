@@ -11,9 +11,11 @@ replay calls :meth:`observe` for every frame. Pure and deterministic: no clock, 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
+from schemas.symbols import base_quote
 
 from ..depth_book import _apply
 from ..recording import RecordedFrame
@@ -51,6 +53,31 @@ class BybitMarket:
             symbol = data["symbol"]
             self.tickers[symbol].update(data)
             self.ts[symbol] = msg["ts"]
+
+    def instruments(self) -> list[dict[str, Any]]:
+        """``GET /v5/market/instruments-info?category=linear`` rows, in symbol order: the fields of
+        Bybit's documented linear perpetual, with the synthetic market's lot (0.001, as the Binance
+        fake's exchangeInfo) and the tick of its prices."""
+        out = []
+        for symbol in sorted(self.bids):
+            prices = [*self.bids[symbol], *self.asks[symbol]]
+            decimals = max((len(p.split(".", 1)[1]) if "." in p else 0 for p in prices), default=2)
+            tick = format(Decimal(1).scaleb(-decimals), "f")
+            base, quote = base_quote(symbol)
+            out.append({"symbol": symbol, "contractType": "LinearPerpetual", "status": "Trading",
+                        "baseCoin": base, "quoteCoin": quote, "launchTime": "1585526400000",
+                        "deliveryTime": "0", "deliveryFeeRate": "", "priceScale": str(decimals),
+                        "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
+                        "priceFilter": {"minPrice": tick, "maxPrice": "1999999.80", "tickSize": tick},
+                        "lotSizeFilter": {"maxOrderQty": "1190.000", "minOrderQty": "0.001", "qtyStep": "0.001",
+                                          "postOnlyMaxOrderQty": "1190.000", "maxMktOrderQty": "500.000",
+                                          "minNotionalValue": "5"},
+                        "unifiedMarginTrade": True, "fundingInterval": 480, "settleCoin": quote,
+                        "copyTrading": "both", "upperFundingRate": "0.00375", "lowerFundingRate": "-0.00375",
+                        "isPreListing": False, "preListingInfo": None,
+                        "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
+                        "symbolType": ""})
+        return out
 
     def book_levels(self, symbol: str, depth: int) -> tuple[list[list[str]], list[list[str]]]:
         """Best ``depth`` bids (highest first) and asks (lowest first) as Bybit strings."""
