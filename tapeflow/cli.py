@@ -483,6 +483,10 @@ def cross_venue(
                                           "to trade as hedged paper pairs on the same inputs: xv.signals, "
                                           "xv.orders, xv.funding, xv.pairs (repeat for several; default: "
                                           "TAPEFLOW_WATCHLIST_STRATEGIES)."),
+    instrument_rules: Path | None = typer.Option(None, "--instrument-rules", help="The venues' lot steps, minimum "
+                                                 "order sizes and minimum notionals (a file of `tapeflow watchlist "
+                                                 "rules --out`): the strategies' pairs trade quantities the venues "
+                                                 "accept. Without it they are unrounded."),
 ) -> None:
     """Run the watchlist service: md.book/md.mark/md.indicators of every venue in, cross-venue features per
     coin and venue pair out to xv.features (the sink stores them in xv_features); with --strategy, each
@@ -495,7 +499,8 @@ def cross_venue(
 
     settings = state.settings()
     try:  # every input checked before logging is configured: a refusal is one line on stderr
-        traders = _watchlist_traders(strategies or [Path(p) for p in settings.watchlist_strategies])
+        traders = _watchlist_traders(strategies or [Path(p) for p in settings.watchlist_strategies],
+                                     _instrument_rules(instrument_rules))
         params = CrossVenueParams(venues=tuple(v.strip() for v in venues.split(",") if v.strip()),
                                   sweep_notional_usd=sweep_notional_usd, max_staleness_ms=max_staleness_ms)
         options = WatchlistOptions(params=params, publish_interval_ms=publish_interval_ms, lateness_ms=lateness_ms,
@@ -508,9 +513,22 @@ def cross_venue(
     raise typer.Exit(asyncio.run(run_watchlist(settings, options)))
 
 
-def _watchlist_traders(paths: list[Path]) -> tuple:
+def _instrument_rules(path: Path | None):
+    """The venue rules of an ``--instrument-rules`` file (None without one); a bad file is a ValueError."""
+    if path is None:
+        return None
+    from execution.instrument_rules import InstrumentRules
+
+    if not path.is_file():
+        raise ValueError(f"instrument rules file {path} does not exist (write one with `tapeflow watchlist rules "
+                         f"--out {path}`)")
+    return InstrumentRules.load(path)
+
+
+def _watchlist_traders(paths: list[Path], rules=None) -> tuple:
     """One live trader per watchlist strategy file (its model file loaded), in the order given; two
-    files of the same strategy name and version are refused (their records would share ids)."""
+    files of the same strategy name and version are refused (their records would share ids). `rules`
+    (``execution.instrument_rules.InstrumentRules``): the venues' lot steps for every trader."""
     from execution.watchlist_trader import WatchlistTrader
     from stream_apps.watchlist.model import load_model
     from stream_apps.watchlist.strategy import load_watchlist_strategy, model_path
@@ -525,7 +543,7 @@ def _watchlist_traders(paths: list[Path]) -> tuple:
         if key in names:
             raise ValueError(f"{path}: strategy {strategy.name} {strategy.version} given twice")
         names.add(key)
-        traders.append(WatchlistTrader(strategy, model))
+        traders.append(WatchlistTrader(strategy, model, rules=rules))
     return tuple(traders)
 
 
@@ -561,6 +579,32 @@ def watchlist(
         typer.echo(orjson.dumps([p.as_dict() for p in pairs[:limit]], option=orjson.OPT_INDENT_2).decode())
     else:
         echo(render(pairs, limit))
+
+
+@watchlist_app.command("rules")
+def watchlist_rules(
+    out: Path = typer.Option(..., "--out", help="The JSON file to write (`cross-venue --instrument-rules FILE`)."),
+    venues: str = typer.Option("binance,bybit,okx", "--venues", help="Comma-separated venues to download."),
+    binance_url: str = typer.Option("https://fapi.binance.com", "--binance-url", help="Binance USD-M REST base URL."),
+    bybit_url: str = typer.Option("https://api.bybit.com", "--bybit-url", help="Bybit v5 REST base URL."),
+    okx_url: str = typer.Option("https://www.okx.com", "--okx-url", help="OKX v5 REST base URL."),
+    timeout_s: float = typer.Option(20.0, "--timeout-s", min=1.0, help="Per venue, all pages and retries."),
+) -> None:
+    """Download every perpetual's lot step, minimum order size and minimum notional (in coins) from the
+    venues' public instruments endpoints into a file the watchlist's hedged pairs trade by."""
+    from execution.instrument_rules import InstrumentRulesError
+    from execution.instrument_rules_fetch import fetch_rules_blocking
+
+    names = [v.strip() for v in venues.split(",") if v.strip()]
+    try:
+        rules = fetch_rules_blocking(names, {"binance": binance_url, "bybit": bybit_url, "okx": okx_url},
+                                     timeout_s=timeout_s)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rules.save(out)
+    except (InstrumentRulesError, OSError) as exc:
+        raise fail(str(exc)) from None
+    counts = ", ".join(f"{v} {sum(k[0] == v for k in rules.rules)}" for v in names)
+    echo(f"{len(rules)} instrument rules ({counts}) written to {out}")
 
 
 @app.command()
