@@ -44,6 +44,9 @@ APP_SCRAPE_TARGETS = {
     "sink": "sink:9103",
     "executor": "executor:9104",
     "notifier": "notifier:9105",
+    "producer-okx": "producer-okx:9106",
+    "producer-bybit": "producer-bybit:9107",
+    "watchlist": "watchlist:9108",
 }
 ONE_SHOT = {"init"}  # runs to completion; the others wait for it (service_completed_successfully)
 # DESIGN.md: tapeflow_<component>_<what>_<unit>; counters end in _total (Prometheus convention); an
@@ -253,7 +256,7 @@ def test_topics_and_migrations_run_once_before_every_tapeflow_service(services: 
     assert re.search(r"tapeflow topics create\b.*&&\s*tapeflow db migrate\b", _command(init))
     assert set(init["depends_on"]) == {"kafka", "timescaledb"}
     apps = {n: s for n, s in services.items() if s["image"].startswith("tapeflow:") and n not in ONE_SHOT}
-    assert {"producer", "engine", "sink", "executor", "notifier"} == set(apps)
+    assert set(APP_SCRAPE_TARGETS) == set(apps)
     for name, service in apps.items():
         assert service["depends_on"]["init"] == {"condition": "service_completed_successfully"}, name
         assert "topics create" not in _command(service) and "db migrate" not in _command(service), name
