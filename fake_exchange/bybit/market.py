@@ -59,12 +59,12 @@ class BybitMarket:
         Bybit's documented linear perpetual, with the synthetic market's lot (0.001, as the Binance
         fake's exchangeInfo) and the tick of its prices."""
         out = []
-        for symbol in sorted(self.bids):
+        for number, symbol in enumerate(sorted(self.bids), start=1):
             prices = [*self.bids[symbol], *self.asks[symbol]]
             decimals = max((len(p.split(".", 1)[1]) if "." in p else 0 for p in prices), default=2)
             tick = format(Decimal(1).scaleb(-decimals), "f")
             base, quote = base_quote(symbol)
-            out.append({"symbol": symbol, "contractType": "LinearPerpetual", "status": "Trading",
+            out.append({"symbol": symbol, "symbolId": number, "contractType": "LinearPerpetual", "status": "Trading",
                         "baseCoin": base, "quoteCoin": quote, "launchTime": "1585526400000",
                         "deliveryTime": "0", "deliveryFeeRate": "", "priceScale": str(decimals),
                         "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},

@@ -198,3 +198,31 @@ async def test_a_client_connecting_after_the_end_gets_the_end_marker_at_once():
                 await recv_json(ws, timeout=0.3)
     finally:
         await fake.stop()
+
+
+async def test_instruments_info_is_shaped_like_bybits_documented_answer_and_pages():
+    from tests.support.paths import DATA_DIR
+
+    documented = json.loads((DATA_DIR / "instrument_rules" / "bybit_instruments_linear.json").read_text())
+    fake = await serve_bybit(generate_bybit_session(seed=3, duration_s=1, symbols=("BTCUSDT", "ETHUSDT")),
+                             speed=None, start="manual")
+    url = f"{fake.rest_url}/v5/market/instruments-info"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, params={"category": "linear"}) as r:
+                body = await r.json()
+            async with http.get(url, params={"category": "linear", "limit": "1"}) as r:
+                first = await r.json()
+            async with http.get(url, params={"category": "linear", "limit": "1",
+                                             "cursor": first["result"]["nextPageCursor"]}) as r:
+                second = await r.json()
+            async with http.get(url, params={"category": "spot"}) as r:
+                refused = await r.json()
+    finally:
+        await fake.stop()
+    assert set(body) == set(documented) and body["retCode"] == 0 and body["result"]["nextPageCursor"] == ""
+    row, doc_row = body["result"]["list"][0], documented["result"]["list"][0]
+    assert set(row) == set(doc_row) and set(row["lotSizeFilter"]) == set(doc_row["lotSizeFilter"])
+    assert [r["symbol"] for r in body["result"]["list"]] == ["BTCUSDT", "ETHUSDT"]
+    assert [r["symbol"] for r in first["result"]["list"] + second["result"]["list"]] == ["BTCUSDT", "ETHUSDT"]
+    assert second["result"]["nextPageCursor"] == "" and refused["retCode"] == 10001
