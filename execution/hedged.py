@@ -3,8 +3,8 @@ short the rich venue and long the cheap one, filled, held and closed against eac
 
 Pure and clock-injected like the rest of the execution core: no Kafka, no wall clock; every call takes
 the time it happens at (``now_ms``, an event time) and the books of that moment, so a live service
-and the backtest drive the same model (one execution model, two clocks). Not wired yet: no service,
-stream app or backtest source calls it (README, "Hedged pairs").
+and the backtest drive the same model (one execution model, two clocks): both through
+``execution.watchlist_trader``, one model per coin (README, "Hedged pairs").
 
 Entry (``HedgedPairs.open``):
 
@@ -26,10 +26,11 @@ Entry (``HedgedPairs.open``):
   A leg fails, with the reason, when its venue has no book, the book is older than the venue's
   ``max_book_age_ms`` at ``now_ms`` (or later than ``now_ms``: no look-ahead), is for another symbol,
   cannot fill the quantity (depth, bad or disordered levels), the quantity is below the venue's
-  ``min_qty`` or the fill below its ``min_notional_usd``, or the venue refused the order (``refusals``: a future broker's answer, or a
-  test's). If one leg fills and the other fails, the filled leg is unwound at once against the other
-  side of its own book at the same moment (its exit order) and the pair is ``failed`` with the reason
-  and its realised cost (the unwound leg's net P&L: two fees and the round trip through its book).
+  ``min_qty`` or the fill below its ``min_notional_usd``, or the venue refused the order
+  (``refusals``: a future broker's answer, or a test's). If one leg fills and the other fails, the
+  filled leg is unwound at once against the other side of its own book at the same moment (its exit
+  order) and the pair is ``failed`` with the reason and its realised cost (the unwound leg's net P&L:
+  two fees and the round trip through its book).
   If the unwind cannot fill either the pair stays ``unwinding`` and every ``evaluate`` retries it.
 
 Exits (``HedgedPairs.evaluate``, checked in this order, the first that holds closes the pair):
@@ -620,8 +621,8 @@ class HedgedPairs:
             reason = swept.reason
             if reason is None:
                 vwap, top = swept.vwap, levels[0][0]
-                coins = to_decimal(pair.qty) * instrument(leg.venue, leg.symbol).multiplier
-                if venue.min_qty and coins < to_decimal(venue.min_qty):
+                coins = to_decimal(pair.qty) * instrument(leg.venue, leg.symbol).multiplier if venue.min_qty else None
+                if coins is not None and coins < to_decimal(venue.min_qty):
                     reason = (f"venue refused: {coins.normalize():f} {pair.coin} below the {leg.venue} minimum "
                               f"order size {venue.min_qty!r}")
                     vwap = top = None

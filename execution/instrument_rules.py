@@ -152,8 +152,10 @@ class InstrumentRules:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InstrumentRules:
-        if not isinstance(data, Mapping) or data.get("version") != FORMAT_VERSION or not isinstance(data.get("rules"), list):
-            raise InstrumentRulesError(f"instrument rules: expected {{\"version\": {FORMAT_VERSION}, \"rules\": [...]}}")
+        if (not isinstance(data, Mapping) or data.get("version") != FORMAT_VERSION
+                or not isinstance(data.get("rules"), list)):
+            raise InstrumentRulesError(f"instrument rules: expected an object with version {FORMAT_VERSION} "
+                                       "and a rules list")
         return cls(InstrumentRule.from_dict(item) for item in data["rules"])
 
     def save(self, path: Path) -> None:

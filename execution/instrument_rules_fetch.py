@@ -83,7 +83,8 @@ async def fetch_rules(venues: Iterable[str] = VENUES, base_urls: Mapping[str, st
     names = list(venues)
     unknown = [v for v in names if v not in PATHS]
     if unknown:
-        raise InstrumentRulesError(f"no instruments endpoint known for {', '.join(unknown)} (known: {', '.join(VENUES)})")
+        raise InstrumentRulesError(f"no instruments endpoint known for {', '.join(unknown)} "
+                                   f"(known: {', '.join(VENUES)})")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         found = await asyncio.gather(*(fetch_venue(session, v, urls[v], attempts=attempts, backoff_s=backoff_s,
                                                    page_size=page_size)
