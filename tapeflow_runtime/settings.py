@@ -281,9 +281,10 @@ class Settings(BaseSettings):
         """docker-compose passes an unset channel as an empty variable: that means off, not ''."""
         return None if v == "" else v
 
-    @field_validator("notify_events", mode="before")
+    @field_validator("notify_events", "watchlist_strategies", "venues", "symbols", mode="before")
     @classmethod
-    def _split_events(cls, v: Any) -> Any:
+    def _split_list(cls, v: Any) -> Any:
+        """A list from the environment is comma- or space-separated."""
         return [s for s in re.split(r"[,\s]+", v) if s] if isinstance(v, str) else v
 
     @field_validator("notify_alert_thresholds", mode="before")
@@ -308,16 +309,6 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown event topic(s) {', '.join(unknown)}: expected some of {', '.join(known)}")
         return v
 
-    @field_validator("watchlist_strategies", mode="before")
-    @classmethod
-    def _split_strategies(cls, v: Any) -> Any:
-        return [s for s in re.split(r"[,\s]+", v) if s] if isinstance(v, str) else v
-
-    @field_validator("venues", mode="before")
-    @classmethod
-    def _split_venues(cls, v: Any) -> Any:
-        return [s for s in re.split(r"[,\s]+", v) if s] if isinstance(v, str) else v
-
     @field_validator("venues")
     @classmethod
     def _known_venues(cls, v: list[str]) -> list[str]:
@@ -329,13 +320,6 @@ class Settings(BaseSettings):
             raise ValueError("binance is required (the engine's history, warm start and replays are Binance's); "
                              "add bybit and/or okx beside it")
         return out
-
-    @field_validator("symbols", mode="before")
-    @classmethod
-    def _split_symbols(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = [s for s in re.split(r"[,\s]+", v) if s]
-        return v
 
     @field_validator("symbols")
     @classmethod
