@@ -222,7 +222,8 @@ class WatchlistService:
         data = {"version": CHECKPOINT_VERSION, "fingerprint": self.options.fingerprint(), "group": self.group,
                 "prefix": self.prefix,
                 "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
-                "newest_book": self.ahead_filter.newest_book, "ahead": self.ahead_filter.dropped, "state": self.state.to_dict(),
+                "newest_book": self.ahead_filter.newest_book, "ahead": self.ahead_filter.dropped,
+                "state": self.state.to_dict(),
                 "traders": {t.name: {"fingerprint": t.fingerprint(), "state": t.to_dict()}
                             for t in self.options.traders}}
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)

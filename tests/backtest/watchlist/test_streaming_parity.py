@@ -125,7 +125,7 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     streamed = {t: _unique(t, [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + t, settled=True)])
                 for t in OUTPUTS}
     print("\nstreamed: " + ", ".join(f"{t} {len(v)}" for t, v in streamed.items()))
-    assert len(streamed["xv.signals"]) >= 3 and len(streamed["xv.orders"]) >= 8, {t: len(v) for t, v in streamed.items()}
+    assert len(streamed["xv.signals"]) >= 3 and len(streamed["xv.orders"]) >= 8, streamed
     assert {p["status"] for p in streamed["xv.pairs"]} >= {"open", "closed"}
 
     # the backtest's trader over the same topics, read back as the service reads them
@@ -160,7 +160,8 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
 
     # the sink keeps one row per record, re-published ones included (and stores the inputs too)
     migrate(database)
-    sink = TopicSink(SinkConfig(topics=[*OUTPUTS, "md.book", "md.mark"], topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink",
+    sink = TopicSink(SinkConfig(topics=[*OUTPUTS, "md.book", "md.mark"], topic_prefix=topic_prefix,
+                                group_id=f"{topic_prefix}sink",
                                 batch_rows=500, batch_ms=100, max_backoff_s=1.0), kafka_bootstrap, database, SERDE)
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set}, daemon=True)
