@@ -31,8 +31,10 @@ Venue rules (``rules``, an ``execution.instrument_rules.InstrumentRules``, optio
 listing on the venue (``coin_pair_params``), so pairs trade quantities the venues accept. Without
 rules every quantity is unrounded, as before; with rules, a venue that lists no rule for a coin (or
 two listings of it) trades that coin unrounded too, and each such (coin, venue) is counted once in
-``counters["no_instrument_rules"]`` and listed in ``missing_rules``, never silently. The rules of the
-strategy's venues (and coins, when it names them) are part of ``fingerprint()``.
+``counters["no_instrument_rules"]`` and listed in ``missing_rules``, never silently. The rules are not
+part of ``fingerprint()``: a refreshed rules file (a new listing, a changed step) must not drop the
+state and its open pairs on the next restart; a restored trader applies its rules to the pairs it
+opens from then on (an open pair keeps the quantity it was opened with).
 
 Why its own feature state rather than the watchlist service's: the strategy's features are swept
 for its own order notional and judged by its own book age, which need not be the service's.
@@ -155,10 +157,8 @@ class WatchlistTrader:
     def fingerprint(self) -> str:
         """What the state depends on: restored only under the same strategy, model and parameters."""
         model = None if self.model is None else self.strategy.model
-        parts: tuple[Any, ...] = (self.strategy.config_hash, model, self.params, STATE_VERSION)
-        if self.rules is not None:  # without rules: the fingerprint of the states written before rules
-            parts += (self.rules.digest(self.strategy.venues, self.strategy.coins or None),)
-        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+        return hashlib.sha256(repr((self.strategy.config_hash, model, self.params, STATE_VERSION))
+                              .encode()).hexdigest()[:16]
 
     # -- input -------------------------------------------------------------------------------------
     def feed(self, items: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]]) -> None:

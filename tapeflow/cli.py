@@ -486,7 +486,8 @@ def cross_venue(
     instrument_rules: Path | None = typer.Option(None, "--instrument-rules", help="The venues' lot steps, minimum "
                                                  "order sizes and minimum notionals (a file of `tapeflow watchlist "
                                                  "rules --out`): the strategies' pairs trade quantities the venues "
-                                                 "accept. Without it they are unrounded."),
+                                                 "accept. Without it they are unrounded (default: "
+                                                 "TAPEFLOW_WATCHLIST_INSTRUMENT_RULES)."),
 ) -> None:
     """Run the watchlist service: md.book/md.mark/md.indicators of every venue in, cross-venue features per
     coin and venue pair out to xv.features (the sink stores them in xv_features); with --strategy, each
@@ -500,7 +501,7 @@ def cross_venue(
     settings = state.settings()
     try:  # every input checked before logging is configured: a refusal is one line on stderr
         traders = _watchlist_traders(strategies or [Path(p) for p in settings.watchlist_strategies],
-                                     _instrument_rules(instrument_rules))
+                                     _instrument_rules(instrument_rules or settings.watchlist_instrument_rules))
         params = CrossVenueParams(venues=tuple(v.strip() for v in venues.split(",") if v.strip()),
                                   sweep_notional_usd=sweep_notional_usd, max_staleness_ms=max_staleness_ms)
         options = WatchlistOptions(params=params, publish_interval_ms=publish_interval_ms, lateness_ms=lateness_ms,

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     watchlist_strategies: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Watchlist strategy files (comma-separated) the watchlist service trades "
         "as hedged paper pairs (`tapeflow cross-venue --strategy`): xv.signals, xv.orders, xv.funding, xv.pairs.")
+    watchlist_instrument_rules: Path | None = Field(
+        default=None, description="The venues' lot steps and minimums (`tapeflow watchlist rules --out FILE`) for "
+        "the watchlist strategies' pairs (`cross-venue --instrument-rules`); unset: unrounded quantities.")
     venues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["binance"], description="Venues a live `up` runs a producer for (comma-separated: "
         "binance plus bybit and/or okx), all into the same md.* topics; the others are for the cross-venue watchlist.")
@@ -275,10 +278,10 @@ class Settings(BaseSettings):
         return Path(self.source.removeprefix("replay:")) if self.source.startswith("replay:") else None
 
     @field_validator("telegram_bot_token", "telegram_chat_id", "discord_webhook_url", "notify_webhook_url",
-                     mode="before")
+                     "watchlist_instrument_rules", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
-        """docker-compose passes an unset channel as an empty variable: that means off, not ''."""
+        """docker-compose passes an unset channel or file as an empty variable: that means off, not ''."""
         return None if v == "" else v
 
     @field_validator("notify_events", "watchlist_strategies", "venues", "symbols", mode="before")

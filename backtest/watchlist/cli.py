@@ -103,10 +103,15 @@ def register(watchlist: typer.Typer) -> None:
                                         "leg orders, funding payments, blocked exits)."),
         limit: int = typer.Option(20, "--limit", min=1, help="Pairs listed."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        instrument_rules: Path | None = typer.Option(None, "--instrument-rules", help="The venues' lot steps, "
+                                                     "minimum order sizes and minimum notionals (`tapeflow "
+                                                     "watchlist rules --out FILE`): pairs trade quantities the "
+                                                     "venues accept. Without it they are unrounded."),
     ) -> None:
         """Backtest a watchlist strategy: features, triggers, entry re-check and hedged paper pairs over a session."""
         from backtest.cli import CliError, parse_time
         from backtest.watchlist.runner import run_backtest
+        from execution.instrument_rules import InstrumentRules
         from stream_apps.core.strategy import StrategyConfigError
         from stream_apps.watchlist.strategy import model_path
 
@@ -116,7 +121,8 @@ def register(watchlist: typer.Typer) -> None:
             start_ms = parse_time(from_, "--from") if from_ else None
             end_ms = parse_time(to, "--to", end=True) if to else None
             events = load_session(source, minutes, _coins(coins), tuple(strategy.venues), start_ms, end_ms)
-            result = run_backtest(strategy, events, model)
+            rules = InstrumentRules.load(instrument_rules) if instrument_rules is not None else None
+            result = run_backtest(strategy, events, model, rules=rules)
         except (TapeflowError, StrategyConfigError, ModelFileError, CliError) as error:
             raise _fail(str(error)) from None
         except ValueError as error:

@@ -296,6 +296,8 @@ class WatchlistService(HttpHealthService):
             argv += ["--prime-minutes", "0", "--from-beginning"]
         for path in self.settings.watchlist_strategies:  # relative to where `up` was run, not the child's cwd
             argv += ["--strategy", str(Path(path).resolve())]
+        if self.settings.watchlist_instrument_rules is not None:
+            argv += ["--instrument-rules", str(self.settings.watchlist_instrument_rules.resolve())]
         return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}",
                       env=epochs_env(self.settings, self.paths))
 

@@ -89,23 +89,30 @@ def test_each_coin_trades_at_its_venues_lot_steps_and_a_missing_rule_is_counted(
     assert "no_instrument_rules" not in WatchlistTrader(STRATEGY).counters  # without rules: as before
 
 
-def test_the_rules_are_part_of_the_fingerprint_and_of_a_restored_trader():
+def test_a_restored_trader_keeps_its_pairs_under_refreshed_rules_and_applies_them_from_then_on():
     from tests.backtest.watchlist.test_runner import STRATEGY, hand_session
 
+    # a rules file refreshed between two runs (a new listing, a changed step) must not drop the state
+    # and its open pairs: the rules are not in the fingerprint
     plain = WatchlistTrader(STRATEGY).fingerprint()
-    ruled = WatchlistTrader(STRATEGY, rules=_rules()).fingerprint()
-    assert len({plain, ruled, WatchlistTrader(STRATEGY, rules=_rules(okx_lot="0.1")).fingerprint()}) == 3
-    # a venue the strategy does not trade (bybit) does not change it
-    assert WatchlistTrader(STRATEGY, rules=_rules(venues=("binance", "okx", "bybit"))).fingerprint() == ruled
+    assert WatchlistTrader(STRATEGY, rules=_rules()).fingerprint() == plain
+    assert WatchlistTrader(STRATEGY, rules=_rules(okx_lot="0.1")).fingerprint() == plain
     events = hand_session()
     whole = WatchlistTrader(STRATEGY, rules=_rules())
     whole.feed(events)
     expected = whole.take()
     first = WatchlistTrader(STRATEGY, rules=_rules())
-    first.feed(events[:150])
+    first.feed(events[:150])  # the pair is open by then
     got = first.take()
+    assert [r["status"] for k, _, r in got if k == "pair"][-1] == "open"
     data = orjson.loads(orjson.dumps(first.to_dict()))
     second = WatchlistTrader.from_dict(STRATEGY, None, data, rules=_rules())
     second.feed(events[150:])
     assert got + second.take() == expected and second.to_dict() == whole.to_dict()
     assert second.models["BTC"].params.venue("okx").lot_step == 0.01
+    # restored under coarser rules: the open pair keeps its 9.9 and closes; new entries would take 0.1
+    coarse = WatchlistTrader.from_dict(STRATEGY, None, data, rules=_rules(okx_lot="10"))
+    coarse.feed(events[150:])
+    closed = [r for k, _, r in coarse.take() if k == "pair"][-1]
+    assert closed["status"] == "closed" and closed["qty"] == 9.9
+    assert coarse.models["BTC"].params.venue("okx").lot_step == 0.1

@@ -56,9 +56,13 @@ def test_the_watchlist_runs_only_when_asked_and_reads_a_replay_from_its_beginnin
 def test_the_watchlist_trades_the_configured_strategies_by_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TAPEFLOW_WATCHLIST_STRATEGIES", "a.yaml, strategies/b.yaml")
+    monkeypatch.setenv("TAPEFLOW_WATCHLIST_INSTRUMENT_RULES", "rules.json")
     argv = launches(Settings(home=tmp_path, watchlist=True), tmp_path)["watchlist"]
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--strategy"] == [
         str(tmp_path / "a.yaml"), str(tmp_path / "strategies" / "b.yaml")]
+    assert argv[argv.index("--instrument-rules") + 1] == str(tmp_path / "rules.json")
+    monkeypatch.setenv("TAPEFLOW_WATCHLIST_INSTRUMENT_RULES", "")  # compose's unset variable: none
+    assert "--instrument-rules" not in launches(Settings(home=tmp_path, watchlist=True), tmp_path)["watchlist"]
 
 
 def test_other_venues_get_their_own_producer_in_a_live_stack_only(tmp_path):
