@@ -15,8 +15,13 @@ of event time at a time. Cost per update = all of that / book updates. Reading t
 two sweeps are also timed alone, in Python and as a numba kernel (which needs numpy arrays built
 from the record): the only numeric loop, so the only place numba could pay.
 
-Run: ``.venv/bin/python -m benchmarks.bench_cross_venue [--minutes 15] [--coins 20]``. The clock is
-read only here.
+With ``--strategy FILE`` (a watchlist strategy) the same events also go through the live watchlist
+trader (``execution.watchlist_trader``: its own feature state swept for the strategy's notional, the
+decisions and the hedged pair model per coin), timed apart: what the watchlist service adds per
+strategy it trades.
+
+Run: ``.venv/bin/python -m benchmarks.bench_cross_venue [--minutes 15] [--coins 20] [--strategy FILE]``.
+The clock is read only here.
 """
 
 from __future__ import annotations
@@ -83,9 +88,11 @@ class Market:
         return out
 
 
-def run(n_coins: int, minutes: int, per_leg: int) -> dict:
+def run(n_coins: int, minutes: int, per_leg: int, trader=None) -> dict:
     market = Market(n_coins)
     state = CrossVenueState(CrossVenueParams())
+    traded = 0.0
+    records = 0
     proc = psutil.Process()
     rss0 = proc.memory_info().rss
     books = others = evaluations = 0
@@ -105,12 +112,17 @@ def run(n_coins: int, minutes: int, per_leg: int) -> dict:
                 events.append(item)
         evaluations += len(state.feed(events))
         timed += time.perf_counter() - started
+        if trader is not None:
+            started = time.perf_counter()
+            trader.feed(events)
+            records += len(trader.take())
+            traded += time.perf_counter() - started
         books += sum(1 for _, kind, _ in second if kind == 0)
         others += sum(1 for _, kind, _ in second if kind != 0)
     rss = proc.memory_info().rss
     assert state.counters["late"] == 0 and state.counters["stale"] == 0, state.counters
     return {"books": books, "others": others, "evaluations": evaluations, "seconds": timed,
-            "rss_growth_mib": (rss - rss0) / 2**20}
+            "rss_growth_mib": (rss - rss0) / 2**20, "trader_seconds": traded, "trader_records": records}
 
 
 def _numba_sweep():
@@ -158,8 +170,15 @@ def main() -> None:
     parser.add_argument("--coins", type=int, default=20)
     parser.add_argument("--minutes", type=int, default=15, help="event time simulated")
     parser.add_argument("--books-per-second", type=int, default=10, help="per coin and venue (10 = depth@100ms)")
+    parser.add_argument("--strategy", help="a watchlist strategy file: also time its live trader on the same events")
     args = parser.parse_args()
-    r = run(args.coins, args.minutes, args.books_per_second)
+    trader = None
+    if args.strategy:
+        from execution.watchlist_trader import WatchlistTrader
+        from stream_apps.watchlist.strategy import load_watchlist_strategy
+
+        trader = WatchlistTrader(load_watchlist_strategy(args.strategy))
+    r = run(args.coins, args.minutes, args.books_per_second, trader)
     per_update_us = r["seconds"] / r["books"] * 1e6
     rate = r["books"] / r["seconds"]
     print(f"{args.coins} coins x 3 venues, {args.minutes} min of event time, {args.books_per_second} books/s per leg")
@@ -170,6 +189,12 @@ def main() -> None:
           f"to {DEFAULT_RATE:.0f}/s (book_interval_ms=250): {rate / DEFAULT_RATE:.1f}x")
     print(f"  one core busy at the live rate: {LIVE_RATE / rate * 100:.1f} %")
     print(f"  RSS growth over the run: {r['rss_growth_mib']:.1f} MiB")
+    if trader is not None:
+        both = r["seconds"] + r["trader_seconds"]
+        print(f"  the trader of {trader.name}: {r['trader_seconds']:.2f} s, "
+              f"{r['trader_seconds'] / r['books'] * 1e6:.1f} us per update ({r['trader_records']:,} records: "
+              f"{dict(trader.counters)}); features + trader {r['books'] / both:,.0f} updates/s, "
+              f"{r['books'] / both / LIVE_RATE:.1f}x the live rate")
     python, compiled = sweep_cost()
     print(f"  levels read + both sweeps alone (20 levels, 10,000 USD): {python:.2f} us per update in Python, "
           f"{compiled:.2f} us with numba (arrays built from the record)")
