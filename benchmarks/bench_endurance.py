@@ -225,6 +225,15 @@ def main() -> None:
         head = statistics.mean(s[1][name] for s in samples[:fifth])
         tail = statistics.mean(s[1][name] for s in samples[-fifth:])
         print(f"pss {name:<9} first fifth {head:7.1f} MB, last fifth {tail:7.1f} MB, ratio {tail / head if head else 0:.2f}")
+    # over time, per 10 minutes (median of the samples): a cache that fills and stays (the database's
+    # shared buffers) shows as a plateau, a leak as a climb to the end
+    windows = sorted({int(t // 600) for t, _ in samples})
+    for name in samples[0][1]:
+        cells = []
+        for w in windows:
+            values = [s[1][name] for s in samples if int(s[0] // 600) == w]
+            cells.append(f"{w * 10}-{w * 10 + 10}: {statistics.median(values):.1f}")
+        print(f"pss {name:<9} per 10 min (median MB) " + ", ".join(cells))
 
 
 if __name__ == "__main__":
