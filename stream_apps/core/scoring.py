@@ -40,6 +40,8 @@ import numpy as np
 from .features import Features
 from .frame import FeatureFrame
 from .kernels import score_rows
+from .regime import RegimeFrame, regime_notes
+from .regime import evaluate as evaluate_regime
 from .strategy import PerSymbol, StrategyConfig
 
 LONG, SHORT = "LONG", "SHORT"
@@ -93,8 +95,9 @@ class Evaluation:
 
 DIRECTIONS = {1: LONG, -1: SHORT, 0: None}
 GATES = ("min_atr", "obi", "spot_perp_divergence", "whale_flow")  # checked in this order
-BLOCK_REASONS = (None, "no_direction", "gate", "below_entry", "warmup", "missing_atr", "cooldown")
-NO_DIRECTION, GATE, BELOW_ENTRY, WARMUP, MISSING_ATR, COOLDOWN = range(1, 7)
+BLOCK_REASONS = (None, "no_direction", "gate", "below_entry", "warmup", "missing_atr", "cooldown",
+                 "rules_not_met", "missing_input")  # the last two: regime strategies (``core.regime``)
+NO_DIRECTION, GATE, BELOW_ENTRY, WARMUP, MISSING_ATR, COOLDOWN, RULES_NOT_MET, MISSING_INPUT = range(1, 9)
 TIERS = (None, "standard", "heavy")
 
 
@@ -110,6 +113,7 @@ class ScoreFrame:
     tier: np.ndarray  # int8 index into TIERS
     gate: np.ndarray  # int8
     block: np.ndarray  # int8 index into BLOCK_REASONS
+    regime: RegimeFrame | None = None  # a regime strategy's rules verdict (its notes are built from it)
 
 
 @dataclass(frozen=True)
@@ -191,8 +195,23 @@ def score_frames(frame: FeatureFrame, cfgs: Sequence[StrategyConfig]) -> list[Sc
     out = []
     for k, cfg in enumerate(cfgs):
         used = {name: layers[k, j] for j, name in enumerate(LAYER_ORDER) if params.weights[k, j] > 0}
+        if cfg.regime is not None:
+            out.append(_regime_scores(frame, cfg, used))
+            continue
         out.append(ScoreFrame(sign[k], used, raw_score[k], final[k], tier[k], gate[k], block[k]))
     return out
+
+
+def _regime_scores(frame: FeatureFrame, cfg: StrategyConfig, layers: dict[str, np.ndarray]) -> ScoreFrame:
+    """A regime strategy's scores (``core.regime``): entry or heavy where its rules hold, else 0 with
+    the reason; no gates (the schema refuses them for a regime)."""
+    r = evaluate_regime(frame, cfg)
+    sign = np.where(r.fires, r.sign, 0).astype(np.int8)
+    final = np.where(r.heavy, float(cfg.thresholds.heavy), np.where(r.fires, float(cfg.thresholds.entry), 0.0))
+    tier = np.where(r.heavy, 2, np.where(r.fires, 1, 0)).astype(np.int8)
+    block = np.where(r.fires, 0, np.where(r.direction_missing, MISSING_INPUT, np.where(
+        r.sign == 0, NO_DIRECTION, np.where(r.missing, MISSING_INPUT, RULES_NOT_MET)))).astype(np.int8)
+    return ScoreFrame(sign, layers, final.copy(), final, tier, np.zeros(len(frame), dtype=np.int8), block, r)
 
 
 def score_frame(frame: FeatureFrame, cfg: StrategyConfig) -> ScoreFrame:
@@ -236,7 +255,9 @@ def evaluation_at(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, 
     """Row ``i`` of a scored frame as an ``Evaluation`` (the object the one-row API returns)."""
     direction = DIRECTIONS[int(scores.sign[i])]
     notes: tuple[str, ...] = ()
-    if direction is not None:  # inputs a layer needed and did not have (confirmation/funding only when used)
+    if scores.regime is not None:
+        notes = regime_notes(cfg, scores.regime, i)
+    elif direction is not None:  # inputs a layer needed and did not have (confirmation/funding only when used)
         v, weights = frame.values, cfg.weights
         needed = {"long_short_ratio": v["long_short_ratio"][i], "top_trader_long_share": v["top_trader_long_share"][i],
                   "oi_change": v["oi_change"][i]}

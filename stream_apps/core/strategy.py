@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_validator,
     ValidationError,
     model_serializer,
     model_validator,
@@ -328,6 +330,85 @@ class Detectors(_Model):
                               amihud_window_bars=self.amihud_window_bars)
 
 
+# features a regime condition may read: every scalar of ``Features`` (``features.SCALAR_FIELDS``) and
+# these, derived from the frame by ``core.regime`` (the strategy's own CVD windows, price vs VWAP)
+REGIME_DERIVED = ("cvd_fast", "cvd_mid", "cvd_fast_slope", "cvd_fast_accel", "large_net_qty_15m",
+                  "atr_price_ratio", "price_vwap_dev", "liq_net_usd_5m", "liq_net_usd", "liq_cascade_net")
+# detector outputs and the part of the ``detectors`` section that computes them ("" = the section itself)
+REGIME_DETECTOR_PART = {
+    "vpin": "", "kyle_lambda": "", "amihud": "",
+    "cvd_divergence": "divergence", "cvd_divergence_price": "divergence", "cvd_divergence_cvd": "divergence",
+    "oi_change_5m": "oi_spike", "oi_spike_z": "oi_spike",
+    **{f"liq_{side}_{what}": "liquidations" for side in ("long", "short") for what in ("count", "usd")},
+    "liq_cascade_long": "liquidations", "liq_cascade_short": "liquidations",
+    "liq_net_usd": "liquidations", "liq_cascade_net": "liquidations",
+    **{f"wall_{side}_{what}": "walls" for side in ("bid", "ask") for what in ("distance_bps", "usd", "age_s")},
+    **{f"wall_{what}_{side}": "walls" for side in ("bid", "ask") for what in ("pulled", "filled")},
+    **{f"iceberg_{what}_{side}": "icebergs" for side in ("bid", "ask") for what in ("refills", "usd")},
+}
+ComparisonOp = Literal[">", ">=", "<", "<=", "==", "!="]
+
+
+def regime_features() -> frozenset[str]:
+    from .features import SCALAR_FIELDS  # here, not at import: features does not need the schema
+
+    return frozenset(SCALAR_FIELDS) | frozenset(REGIME_DERIVED)
+
+
+class Condition(_Model):
+    """``feature op value``; with ``aligned`` the feature is first multiplied by the direction's sign
+    (+1 LONG, -1 SHORT), so one rule reads "in the signal's direction" for either side."""
+
+    feature: str
+    op: ComparisonOp
+    value: float
+    aligned: bool = False
+
+    @field_validator("feature")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _known_feature(name)
+
+
+def _known_feature(name: str) -> str:
+    if name not in regime_features():
+        raise ValueError(f"unknown feature {name!r} (a Features field or one of {', '.join(REGIME_DERIVED)})")
+    return name
+
+
+class Regime(_Model):
+    """A named market regime as rules (``core.regime``): when every condition holds the row gets the
+    direction and the score ``thresholds.entry`` (standard tier), or ``thresholds.heavy`` when every
+    ``heavy`` condition holds as well; otherwise no signal, with the reason. The layers and gates do
+    not score such a strategy."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
+    direction: Literal["LONG", "SHORT"] | None = None  # a fixed direction, or ...
+    sign_of: str | None = None  # ... the sign of this feature: > 0 LONG, < 0 SHORT, 0 or missing none
+    invert: bool = False  # with sign_of: the opposite side (to fade what the feature shows)
+    conditions: list[Condition] = Field(min_length=1, max_length=32)
+    heavy: list[Condition] = Field(default_factory=list, max_length=32)
+
+    @field_validator("sign_of")
+    @classmethod
+    def _known(cls, name: str | None) -> str | None:
+        return None if name is None else _known_feature(name)
+
+    @model_validator(mode="after")
+    def _check(self) -> Regime:
+        if (self.direction is None) == (self.sign_of is None):
+            raise ValueError("set direction (LONG or SHORT) or sign_of (a feature), exactly one")
+        if self.invert and self.sign_of is None:
+            raise ValueError("invert needs sign_of")
+        return self
+
+    def features(self) -> list[str]:
+        names = [c.feature for c in (*self.conditions, *self.heavy)]
+        if self.sign_of is not None:
+            names.insert(0, self.sign_of)
+        return list(dict.fromkeys(names))
+
+
 class StrategyConfig(_Model):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
     version: str = Field(min_length=1, max_length=32)
@@ -343,18 +424,30 @@ class StrategyConfig(_Model):
     exits: Exits
     sizing: Sizing = Sizing()
     detectors: Detectors | None = None  # VPIN, Kyle's lambda, Amihud as features; off when absent
+    regime: Regime | None = None  # rules instead of layers (``core.regime``); off when absent
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
-        """Without detectors the dump (and so ``config_hash``) is what it was before they existed."""
+        """Without detectors (or a regime) the dump (and so ``config_hash``) is what it was before they existed."""
         data = handler(self)
-        if data.get("detectors") is None:
-            data.pop("detectors", None)
+        for name in ("detectors", "regime"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regime_weights(cls, data: Any) -> Any:
+        """A regime strategy is scored by its rules: its weights are all 0 (and may be left out)."""
+        if isinstance(data, dict) and data.get("regime") is not None and "weights" not in data:
+            data = {**data, "weights": {"direction": 0, "crowding": 0, "environment": 0, "auxiliary": 0}}
         return data
 
     @model_validator(mode="after")
     def _check(self) -> StrategyConfig:
-        if self.thresholds.entry > self.weights.max_score():
+        if self.regime is not None:
+            self._check_regime(self.regime)
+        elif self.thresholds.entry > self.weights.max_score():
             raise ValueError(
                 f"thresholds.entry ({self.thresholds.entry}) can never be reached: the weights add up to "
                 f"{self.weights.max_score()}"
@@ -362,6 +455,23 @@ class StrategyConfig(_Model):
         if self.warmup > DAY_MS + 3_600_000:
             raise ValueError("warmup must be at most 25h (the longest window the state keeps)")
         return self
+
+    def _check_regime(self, regime: Regime) -> None:
+        if self.weights.max_score() > 0:
+            raise ValueError("weights: a regime strategy is scored by its rules, not by layers; leave weights out")
+        if self.gates != Gates():
+            raise ValueError("gates: a regime strategy has no gates; write the veto as a regime condition")
+        reads = [("regime.sign_of", regime.sign_of)] if regime.sign_of is not None else []
+        reads += [(f"regime.{kind}.{i}.feature", c.feature)
+                  for kind in ("conditions", "heavy") for i, c in enumerate(getattr(regime, kind))]
+        for path, name in reads:
+            part = REGIME_DETECTOR_PART.get(name)
+            if part is None:
+                continue
+            if self.detectors is None:
+                raise ValueError(f"{path}: {name} is a detector output and the strategy has no detectors section")
+            if part and getattr(self.detectors, part) is None:
+                raise ValueError(f"{path}: {name} needs detectors.{part}, which the strategy does not turn on")
 
     @cached_property
     def config_hash(self) -> str:
@@ -373,12 +483,18 @@ class StrategyConfig(_Model):
         return not self.symbols or symbol in self.symbols
 
 
+_FIELD_PATH = re.compile(r"^(weights|gates|regime)(\.[A-Za-z0-9_]+)*: ")
+
+
 def _format_errors(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         # a key is quoted when it would not print as itself (a line break in a key spans lines)
         location = ".".join(str(p) if str(p).isprintable() else repr(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
+        if location == "(top level)" and _FIELD_PATH.match(message):  # a whole-file check naming its field
+            parts.append(message)
+            continue
         parts.append(f"{location}: {message}")
     return "; ".join(parts)
 
