@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from confluent_kafka import Consumer, TopicPartition
 
 from tapeflow_runtime.errors import TapeflowError
-from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
+from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, topic_metadata
 
 
 class OffsetLookupError(TapeflowError):
@@ -66,7 +66,7 @@ def commit_group_start(bootstrap: str, group_id: str, topics: Iterable[str],
     try:
         partitions = []
         for topic in topics:
-            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            metadata = topic_metadata(consumer, topic, timeout_s=timeout)
             if metadata.error is not None:
                 raise TapeflowError(f"cannot list the partitions of {topic}: {metadata.error}")
             partitions += [TopicPartition(topic, p) for p in sorted(metadata.partitions)]

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, TopicPartition
 
-from tapeflow_runtime.kafka_client import consumer_config
+from tapeflow_runtime.kafka_client import consumer_config, topic_metadata
 from tapeflow_runtime.offsets import committed_offsets, offsets_at_or_after
 
 
@@ -33,7 +33,7 @@ def prime_group_offsets(bootstrap: str, group: str, topics: Iterable[str], since
     try:
         partitions = []
         for topic in topics:
-            metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+            metadata = topic_metadata(consumer, topic, timeout_s=timeout)
             partitions += [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
         committed = committed_offsets(consumer, partitions, timeout)  # an error is not "none committed"
         fresh = [TopicPartition(tp.topic, tp.partition, since_ms) for tp in committed if tp.offset < 0]

@@ -199,11 +199,11 @@ def read_topic(bootstrap: str, topic: str, serde: AvroSerde, idle_s: float = 2.0
     where the end is)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from tapeflow_runtime.kafka_client import consumer_config
+    from tapeflow_runtime.kafka_client import consumer_config, topic_metadata
 
     consumer = Consumer(consumer_config(bootstrap, **{"isolation.level": isolation_level}))
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        metadata = topic_metadata(consumer, topic, timeout_s=max(10.0, timeout_s))
         consumer.assign([TopicPartition(topic, p, -2) for p in metadata.partitions])
         out = []
         quiet = 0.0
