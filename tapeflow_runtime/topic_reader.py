@@ -67,11 +67,12 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
     """
     consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-state-{uuid.uuid4().hex[:8]}",
                                         **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG, "max.partition.fetch.bytes": 16 << 20}))
+    deadline = time.monotonic() + timeout_s  # one budget for the metadata and the read together
     try:
         assignment: list[TopicPartition] = []
         out: dict[str, TopicSnapshot] = {}
         for topic, partitions in topics.items():
-            md = topic_metadata(consumer, topic, timeout_s=timeout_s)
+            md = topic_metadata(consumer, topic, timeout_s=max(0.1, deadline - time.monotonic()))
             if md is None or md.error is not None:
                 raise StateReadError(f"cannot read {topic}: {md.error if md else 'no such topic'}")
             parts = sorted(md.partitions) if partitions is None else sorted(partitions)
@@ -82,7 +83,6 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
                           for tp in consumer.offsets_for_times(assignment, timeout=10)]
         consumer.assign(assignment)
         at_end: set[tuple[str, int]] = set()
-        deadline = time.monotonic() + timeout_s
         last = time.monotonic()
         while True:
             now = time.monotonic()
