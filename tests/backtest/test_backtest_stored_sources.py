@@ -13,14 +13,12 @@ from backtest.runner import BacktestRunner
 from backtest.sources.database import DatabaseSource
 from backtest.sources.synthetic import SyntheticSource
 from backtest.sources.topics import TopicSource
-from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.migrate import migrate
 from sinks.tables import table_for_topic, write_rows
 from stream_apps.core.strategy import parse_strategy
-from tapeflow_runtime.kafka_client import ensure_topics
-from tapeflow_runtime.publisher import Publisher
+from tests.support.stored_sources import store_session
 
 pytestmark = pytest.mark.integration
 
@@ -70,18 +68,7 @@ def test_topics_and_database_sources_reproduce_the_session(kafka_bootstrap, data
     assert reference.signals >= 3 and len(reference.trades) >= 2, "the session must trade for the comparison to mean anything"
 
     records = all_records()
-    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    publisher = Publisher(kafka_bootstrap, AvroSerde(FileSchemaRegistry()), ProducerMetrics(), topic_prefix=topic_prefix)
-    for topic, recs in records.items():
-        for r in recs:
-            publisher.publish(topic, f"{r['exchange']}:{r['symbol']}", r, r["receive_time"])
-    assert publisher.flush(60) == 0 and not publisher.failed
-
-    migrate(database)
-    with psycopg.connect(database) as conn:
-        for topic, recs in records.items():
-            spec = table_for_topic(topic)
-            assert write_rows(conn, spec, (spec.to_row(r) for r in recs)) == len(recs)
+    store_session(kafka_bootstrap, topic_prefix, database, records)
 
     from_topics = run(TopicSource(kafka_bootstrap, SYMBOLS, START, END, topic_prefix=topic_prefix))
     from_db = run(DatabaseSource(database, SYMBOLS, START, END))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 
-import psycopg
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -37,15 +36,9 @@ import backtest.sources.synthetic as synthetic
 from backtest.inputs import RECORD_KINDS
 from backtest.research.export import METADATA_KEY
 from backtest.sources.synthetic import SyntheticSource
-from producers.metrics import ProducerMetrics
-from schemas.registry import FileSchemaRegistry
-from schemas.serde import AvroSerde
-from sinks.migrate import migrate
-from sinks.tables import table_for_topic, write_rows
-from tapeflow_runtime.kafka_client import ensure_topics
-from tapeflow_runtime.publisher import Publisher
 from tests.backtest.test_backtest_stored_sources import TOPIC_OF, trade_records
 from tests.support.services import database_url
+from tests.support.stored_sources import store_session
 
 pytestmark = pytest.mark.integration
 
@@ -107,18 +100,7 @@ def test_export_from_the_database_and_the_topics_equals_the_synthetic_export(kaf
 
     records = session_records()
     assert len(records["md.trades"]) > 1_000
-    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    publisher = Publisher(kafka_bootstrap, AvroSerde(FileSchemaRegistry()), ProducerMetrics(),
-                          topic_prefix=topic_prefix)
-    for topic, recs in records.items():
-        for r in recs:
-            publisher.publish(topic, f"{r['exchange']}:{r['symbol']}", r, r["receive_time"])
-    assert publisher.flush(60) == 0 and not publisher.failed
-    migrate(database)
-    with psycopg.connect(database) as conn:
-        for topic, recs in records.items():
-            spec = table_for_topic(topic)
-            assert write_rows(conn, spec, (spec.to_row(r) for r in recs)) == len(recs)
+    store_session(kafka_bootstrap, topic_prefix, database, records)
 
     stored = {
         "db": {"TAPEFLOW_DATABASE_URL": database_url(database)},
