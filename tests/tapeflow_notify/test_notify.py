@@ -31,6 +31,9 @@ from tapeflow_notify.metrics import NotifyMetrics
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.settings import Settings
 from tests.support.services import http_status
+from tests.tapeflow_notify.test_market_alerts import FIRING
+from tests.tapeflow_notify.test_market_alerts import T0 as MARKET_T0
+from tests.tapeflow_notify.test_market_alerts import rec as feature_record
 
 TOKEN = "123456:SECRET-bot-token-do-not-log"
 HOOK_SECRET = "hook-secret-xyz"
@@ -279,7 +282,8 @@ def test_notify_process_delivers_topic_events_and_never_prints_its_secrets(kafka
                TAPEFLOW_TELEGRAM_BOT_TOKEN_FILE=str(token_file), TAPEFLOW_TELEGRAM_CHAT_ID="-1001",
                TAPEFLOW_TELEGRAM_API_URL=recorder.url + "/tg",
                TAPEFLOW_DISCORD_WEBHOOK_URL=recorder.url + "/discord/1/" + HOOK_SECRET,
-               TAPEFLOW_NOTIFY_WEBHOOK_URL=recorder.url + "/hook?key=" + HOOK_SECRET, TAPEFLOW_LOG_LEVEL="DEBUG")
+               TAPEFLOW_NOTIFY_WEBHOOK_URL=recorder.url + "/hook?key=" + HOOK_SECRET, TAPEFLOW_LOG_LEVEL="DEBUG",
+               TAPEFLOW_NOTIFY_EVENTS="signals,fills,positions,risk.events,features")
     serde = AvroSerde(FileSchemaRegistry())
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     # history: a first run starts at the end, so this one is never announced
@@ -304,9 +308,14 @@ def test_notify_process_delivers_topic_events_and_never_prints_its_secrets(kafka
         for topic, record in (("signals", SIGNAL), ("fills", FILL), ("positions", {**POSITION, "event": "opened"}),
                               ("positions", POSITION), ("risk.events", RISK)):
             producer.produce(topic_prefix + topic, key=b"binance:BTCUSDT", value=serde.encode(topic, record))
+        # the market alerts: engine feature records with detector fields (each rule once; an OI spike
+        # still holding a tick later is not sent again), as the engine writes them to `features`
+        for k, (kind, inputs) in enumerate([*FIRING.items(), ("oi_spike", FIRING["oi_spike"])]):
+            producer.produce(topic_prefix + "features", key=b"binance:ETHUSDT", value=serde.encode(
+                "features", feature_record(inputs, MARKET_T0 + (k // 4) * 15_000, "ETHUSDT")))
         assert producer.flush(10) == 0
         deadline = time.monotonic() + 30
-        while len(recorder.requests) < 12 and time.monotonic() < deadline:
+        while len(recorder.requests) < 24 and time.monotonic() < deadline:
             time.sleep(0.1)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             metrics = resp.read().decode()
@@ -316,9 +325,15 @@ def test_notify_process_delivers_topic_events_and_never_prints_its_secrets(kafka
         proc.kill()
     output = log_path.read_text()
     telegram = [b["text"] for b in recorder.bodies(f"/tg/bot{TOKEN}/sendMessage")]
-    assert sorted(t.split()[0] for t in telegram) == ["closed", "fill", "risk", "signal"], output
+    market = [t for t in telegram if "(binance):" in t and "ETHUSDT" in t]
+    assert sorted(t.split(" ETHUSDT")[0] for t in market) == ["divergence", "liquidation cascade", "oi spike",
+                                                               "wall pulled"], telegram
+    assert sorted(t.split()[0] for t in telegram if t not in market) == ["closed", "fill", "risk", "signal"], output
     assert "score 87.5" in " ".join(telegram) and "score 76.0" not in " ".join(telegram)
-    assert len(recorder.bodies("/discord/")) == 4 and len(recorder.bodies("/hook")) == 4
+    assert len(recorder.bodies("/discord/")) == 8 and len(recorder.bodies("/hook")) == 8
+    hooked = [b for b in recorder.bodies("/hook") if b["kind"] in FIRING]
+    assert sorted(b["kind"] for b in hooked) == sorted(FIRING) and {b["record"]["symbol"] for b in hooked} == {
+        "ETHUSDT"}, hooked
     assert 'tapeflow_notify_sent_total{channel="telegram",kind="signal"} 1.0' in metrics
     assert 'tapeflow_notify_events_total{topic="positions"} 2.0' in metrics
     assert TOKEN not in output and HOOK_SECRET not in output
