@@ -90,7 +90,7 @@ def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = 60_
                 record = serde.decode(raw.value)
                 when = int(record[ENGINE_INPUT_TIME[topic]])
                 event = event_from_record(topic, record)
-            except Exception:  # noqa: BLE001 - the service skips (and counts) what it cannot decode
+            except Exception:  # nosec B112 # noqa: BLE001 - the service skips (and counts) what it cannot decode
                 continue
             if event is not None:
                 keyed.append((when, topic, raw.partition, raw.offset, event))
