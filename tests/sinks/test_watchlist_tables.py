@@ -23,7 +23,7 @@ from sinks.migrate import migrate
 from sinks.tables import table_for_topic, write_rows
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tests.support.execution import SERDE
-from tests.support.storage import table_layout
+from tests.support.storage import expected_layout, table_layout
 from tests.support.watchlist_trading import (
     HOUR,
     PAIR_ID,
@@ -49,17 +49,16 @@ def counts(conn) -> dict[str, int]:
     return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}  # nosec B608 # fixed names
 
 
-@pytest.fixture(params=["plain", "timescaledb"])
+@pytest.fixture(params=["plain", "server"])
 def db(request, database, pg_server) -> str:
-    """Migrated with plain partitions (any server), or with TimescaleDB where the server has it."""
+    """Migrated with plain partitions (any server), and as a default migration lays it out on this
+    server (hypertables where it has TimescaleDB, plain partitions where not): both layouts first-class."""
     if request.param == "plain":
         migrate(database, engine_extension=None)
         layout = "partitioned"
     else:
-        if not pg_server.timescaledb:
-            pytest.skip("this server has no TimescaleDB (its layout is the plain one, tested beside)")
         migrate(database)
-        layout = "hypertable"
+        layout = expected_layout(pg_server.timescaledb)
     assert {table_layout(database, t) for t in TABLES} == {layout}
     return database
 
