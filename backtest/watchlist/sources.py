@@ -30,6 +30,7 @@ import orjson
 
 from backtest.watchlist.synthetic import session
 from stream_apps.cross_venue.events import CrossVenueEvent, event_from_record
+from stream_apps.watchlist.merge import MAX_AHEAD_MS, AheadOfBooks
 from tapeflow_runtime.errors import TapeflowError
 
 TOPICS = ("md.book", "md.mark", "md.indicators")
@@ -66,14 +67,21 @@ def read_jsonl(path: Path) -> list[CrossVenueEvent]:
     return events
 
 
-def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = 60_000,
+def _in_service_order(keyed: list[tuple], max_ahead_ms: int) -> list[CrossVenueEvent]:
+    """``(time, *tie-breakers, event)`` items as the service feeds them: ordered, then far-ahead inputs
+    dropped (``merge.AheadOfBooks``)."""
+    keyed.sort(key=lambda k: k[:-1])
+    ahead = AheadOfBooks(max_ahead_ms)
+    return [k[-1] for k in keyed if ahead.keep(k[0], k[-1])]
+
+
+def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = MAX_AHEAD_MS,
                 timeout_s: float = 300.0) -> list[CrossVenueEvent]:
     """The inputs of ``prefix``'s md.book, md.mark and md.indicators in the order the watchlist service
     feeds them (``stream_apps.watchlist.service``): records it cannot decode skipped, the rest sorted by
     (event time, topic, partition, offset) and those far ahead of the books dropped
     (``merge.AheadOfBooks`` with the service's default ``max_ahead_ms``)."""
     from schemas.catalogue import ENGINE_INPUT_TIME
-    from stream_apps.watchlist.merge import AheadOfBooks
     from tapeflow_runtime.topic_reader import StateReadError, read_to_end
 
     names = {prefix + t: t for t in TOPICS}
@@ -94,9 +102,7 @@ def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = 60_
                 continue
             if event is not None:
                 keyed.append((when, topic, raw.partition, raw.offset, event))
-    keyed.sort(key=lambda k: k[:4])
-    ahead = AheadOfBooks(max_ahead_ms)
-    return [k[4] for k in keyed if ahead.keep(k[0], k[4])]
+    return _in_service_order(keyed, max_ahead_ms)
 
 
 def _broker_session(prefix: str | None) -> list[CrossVenueEvent]:
@@ -150,7 +156,8 @@ def _db_record(topic: str, row: tuple) -> dict[str, Any]:
             "next_funding_time": next_funding}
 
 
-def read_database(conninfo: str, start_ms: int, end_ms: int, max_ahead_ms: int = 60_000) -> list[CrossVenueEvent]:
+def read_database(conninfo: str, start_ms: int, end_ms: int,
+                  max_ahead_ms: int = MAX_AHEAD_MS) -> list[CrossVenueEvent]:
     """The watchlist's inputs stored between ``start_ms`` and ``end_ms`` (event time; receive time for
     indicators, as the service times them), in event-time order, far-ahead inputs dropped."""
     from datetime import UTC, datetime
@@ -170,11 +177,7 @@ def read_database(conninfo: str, start_ms: int, end_ms: int, max_ahead_ms: int =
     except psycopg.Error as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WatchlistSourceError(f"--source db: {first}") from None
-    keyed.sort(key=lambda k: k[:4])
-    from stream_apps.watchlist.merge import AheadOfBooks
-
-    ahead = AheadOfBooks(max_ahead_ms)
-    return [k[4] for k in keyed if ahead.keep(k[0], k[4])]
+    return _in_service_order(keyed, max_ahead_ms)
 
 
 def _db_session(start_ms: int, end_ms: int) -> list[CrossVenueEvent]:

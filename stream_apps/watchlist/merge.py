@@ -123,6 +123,11 @@ class PartitionMerge:
         return out
 
 
+#: how far ahead of the newest book an input may be before ``AheadOfBooks`` drops it (the service's
+#: ``max_ahead_ms`` default, and the backtest's over recorded topics or tables)
+MAX_AHEAD_MS = 60_000
+
+
 class AheadOfBooks:
     """Drops inputs more than ``limit_ms`` ahead of the newest book seen (``dropped`` counts them).
 

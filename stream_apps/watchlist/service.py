@@ -72,7 +72,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from stream_apps.cross_venue.events import event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
-from stream_apps.watchlist.merge import AheadOfBooks, PartitionMerge
+from stream_apps.watchlist.merge import MAX_AHEAD_MS, AheadOfBooks, PartitionMerge
 from stream_apps.watchlist.records import TOPIC, feature_records
 from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, EpochState, ProducePrefix, epoch_prefix
 from tapeflow_runtime.files import atomic_write_bytes
@@ -94,7 +94,7 @@ class WatchlistOptions:
     publish_interval_ms: int = 15_000  # event time between two records of a coin (a multiple of the grid)
     lateness_ms: int = 1_000  # hold inputs this long in event time for venues whose books arrive later
     max_hold_s: float = 5.0  # inputs held back by a partition that delivers nothing are released after this
-    max_ahead_ms: int = 60_000  # an input this far ahead of the newest book is dropped (see WatchlistService)
+    max_ahead_ms: int = MAX_AHEAD_MS  # an input this far ahead of the newest book is dropped (merge.AheadOfBooks)
     checkpoint_interval_s: float = 30.0
     prime_history_ms: int | None = 15 * 60_000  # a new group without checkpoint starts this far back
     start_from: str = "latest"  # where a new group without priming starts ("earliest" for tests)
