@@ -163,19 +163,18 @@ class InstrumentRules:
 
     @classmethod
     def load(cls, path: Path) -> InstrumentRules:
+        if not Path(path).is_file():
+            raise InstrumentRulesError(f"instrument rules file {path} does not exist (write one with `tapeflow "
+                                       f"watchlist rules --out {path}`)")
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InstrumentRulesError(f"instrument rules file {path}: {exc}") from None
         return cls.from_dict(data)
 
-    def digest(self, venues: Iterable[str] | None = None, coins: Iterable[str] | None = None) -> str:
-        """A short hash of the rules (of `venues` and `coins` only, when given): what a state built
-        under these rules depends on."""
-        venue_set = None if venues is None else set(venues)
-        coin_set = None if coins is None else set(coins)
-        picked = [self.rules[k].to_dict() for k in sorted(self.rules)
-                  if (venue_set is None or k[0] in venue_set) and (coin_set is None or self.rules[k].coin in coin_set)]
+    def digest(self) -> str:
+        """A short hash of the rules (shown in ``repr``)."""
+        picked = [self.rules[k].to_dict() for k in sorted(self.rules)]
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -520,9 +520,6 @@ def _instrument_rules(path: Path | None):
         return None
     from execution.instrument_rules import InstrumentRules
 
-    if not path.is_file():
-        raise ValueError(f"instrument rules file {path} does not exist (write one with `tapeflow watchlist rules "
-                         f"--out {path}`)")
     return InstrumentRules.load(path)
 
 

@@ -54,6 +54,10 @@ def test_backtest_command_on_a_recorded_session_and_its_one_line_errors(tmp_path
         args = {"--strategy": str(strategy), "--source": f"jsonl:{session}", option: value}
         result = runner.invoke(app, ["watchlist", "backtest", *[x for kv in args.items() for x in kv]])
         assert result.exit_code == 1 and words in result.output and result.output.count("\n") == 1, result.output
+    result = runner.invoke(app, ["watchlist", "backtest", "--strategy", str(strategy), "--source", f"jsonl:{session}",
+                                 "--instrument-rules", str(tmp_path / "rules.json")])
+    assert result.exit_code == 2 and "rules.json does not exist (write one with `tapeflow watchlist rules" \
+        in result.output and result.output.count("\n") == 1, result.output
     result = runner.invoke(app, ["watchlist", "fit", "--source", f"jsonl:{session}", "--horizon", "15s",
                                  "--out", str(tmp_path / "m.json")])
     assert result.exit_code == 2 and "too few to fit and test" in result.output, result.output
