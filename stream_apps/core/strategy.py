@@ -36,6 +36,9 @@ from pydantic import (
 from tapeflow_runtime.errors import TapeflowError
 
 from .detectors import BookParams, DetectorParams, FlowParams
+from .detectors.book import ICEBERG_FIELDS, WALL_FIELDS
+from .detectors.flow import DIVERGENCE_FIELDS, LIQUIDATION_FIELDS, OI_FIELDS
+from .detectors.microstructure import DETECTOR_FIELDS as MICROSTRUCTURE_FIELDS
 from .durations import parse_duration_ms
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
@@ -334,17 +337,13 @@ class Detectors(_Model):
 # these, derived from the frame by ``core.regime`` (the strategy's own CVD windows, price vs VWAP)
 REGIME_DERIVED = ("cvd_fast", "cvd_mid", "cvd_fast_slope", "cvd_fast_accel", "large_net_qty_15m",
                   "atr_price_ratio", "price_vwap_dev", "liq_net_usd_5m", "liq_net_usd", "liq_cascade_net")
-# detector outputs and the part of the ``detectors`` section that computes them ("" = the section itself)
+# detector outputs and the part of the ``detectors`` section that computes them ("" = the section
+# itself), from the detectors' own field lists; plus the derived liquidation features
 REGIME_DETECTOR_PART = {
-    "vpin": "", "kyle_lambda": "", "amihud": "",
-    "cvd_divergence": "divergence", "cvd_divergence_price": "divergence", "cvd_divergence_cvd": "divergence",
-    "oi_change_5m": "oi_spike", "oi_spike_z": "oi_spike",
-    **{f"liq_{side}_{what}": "liquidations" for side in ("long", "short") for what in ("count", "usd")},
-    "liq_cascade_long": "liquidations", "liq_cascade_short": "liquidations",
+    **dict.fromkeys(MICROSTRUCTURE_FIELDS, ""), **dict.fromkeys(DIVERGENCE_FIELDS, "divergence"),
+    **dict.fromkeys(OI_FIELDS, "oi_spike"), **dict.fromkeys(LIQUIDATION_FIELDS, "liquidations"),
+    **dict.fromkeys(WALL_FIELDS, "walls"), **dict.fromkeys(ICEBERG_FIELDS, "icebergs"),
     "liq_net_usd": "liquidations", "liq_cascade_net": "liquidations",
-    **{f"wall_{side}_{what}": "walls" for side in ("bid", "ask") for what in ("distance_bps", "usd", "age_s")},
-    **{f"wall_{what}_{side}": "walls" for side in ("bid", "ask") for what in ("pulled", "filled")},
-    **{f"iceberg_{what}_{side}": "icebergs" for side in ("bid", "ask") for what in ("refills", "usd")},
 }
 ComparisonOp = Literal[">", ">=", "<", "<=", "==", "!="]
 
