@@ -37,9 +37,10 @@ from .ws_server import BybitHandlers
 MARKET_KEY: web.AppKey[BybitMarket] = web.AppKey("bybit_market", BybitMarket)
 
 
-def _answer(request: web.Request, result: dict[str, Any], code: int = 0, msg: str = "OK") -> web.Response:
+def _answer(request: web.Request, result: dict[str, Any], code: int = 0, msg: str = "OK",
+            status: int = 200) -> web.Response:
     return web.json_response({"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {},
-                              "time": request.app[STATE_KEY].now_ms()})
+                              "time": request.app[STATE_KEY].now_ms()}, status=status)
 
 
 async def instruments_info(request: web.Request) -> web.Response:
@@ -47,8 +48,7 @@ async def instruments_info(request: web.Request) -> web.Response:
     of the previous page (opaque to a client, as Bybit's)."""
     fault = request.app[STATE_KEY].faults.rest_fault(request.remote or "")
     if fault is not None:
-        return web.json_response({"retCode": 10016, "retMsg": fault.msg, "result": {}, "retExtInfo": {},
-                                  "time": request.app[STATE_KEY].now_ms()}, status=fault.status)
+        return _answer(request, {}, 10016, fault.msg, fault.status)
     query = request.query
     if query.get("category") != "linear":
         return _answer(request, {}, 10001, "params error: Category is invalid")
