@@ -15,6 +15,12 @@ Rules, per partition (``topic[partition]``):
   offset has moved since the position last did, and the position is still below the end;
 - caught up (position ≥ end: on Tansu the end offset counts batches, so a consumer that has read
   everything is at or past it) or idle (end not moving) is never starving;
+- except a partition sampled at its consumer's *fetch* position (the caller names those in
+  ``fetch_positioned``): a fetch position passes transaction markers and aborted records, so below an
+  end that stands still it is starving after ``window_s`` too. Seen on Tansu after a rebalance: a
+  worker that took over partitions whose input had all been produced already never received a record
+  of them, with nothing in its log; "the end must move" (which keeps a consumer whose *delivered*
+  position sits below a transaction marker quiet) hid it;
 - partitions that stop being sampled (revoked) are forgotten.
 
 The clock is injected (``now`` in seconds), so the rules are unit-tested without a broker.
@@ -22,7 +28,7 @@ The clock is injected (``now`` in seconds), so the rules are unit-tested without
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 
@@ -32,6 +38,7 @@ class _Track:
     end: int
     since: float  # when the position last moved (or was first seen)
     end_at_move: int  # the end offset at that moment
+    fetch_positioned: bool = False  # a fetch position: a standing end counts too
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,12 @@ class Starving:
     end_then: int
     end_now: int
     for_s: float
+    standing_end: bool = False
 
     def describe(self) -> str:
+        if self.standing_end:
+            return (f"{self.partition} not receiving: fetch position {self.position:,} below the end offset "
+                    f"{self.end_now:,} for {self.for_s:.0f} s")
         return (f"{self.partition} not receiving: position {self.position:,} for {self.for_s:.0f} s "
                 f"while the end offset moved {self.end_then:,} -> {self.end_now:,}")
 
@@ -58,9 +69,11 @@ class StarvationWatch:
         self._tracks: dict[str, _Track] = {}
         self._now = 0.0
 
-    def observe(self, now: float, samples: Mapping[str, tuple[int | None, int | None]]) -> None:
+    def observe(self, now: float, samples: Mapping[str, tuple[int | None, int | None]],
+                fetch_positioned: Collection[str] = ()) -> None:
         """One sample per partition: its position (committed or next to read; ``None`` = unknown) and
-        its end offset (``None`` = the broker did not answer). Unknown values keep the last ones."""
+        its end offset (``None`` = the broker did not answer). Unknown values keep the last ones.
+        ``fetch_positioned``: the partitions whose position is the consumer's fetch position."""
         self._now = now
         for name in list(self._tracks):
             if name not in samples:
@@ -69,8 +82,9 @@ class StarvationWatch:
             track = self._tracks.get(name)
             if track is None:
                 if position is not None and end is not None:
-                    self._tracks[name] = _Track(position, end, now, end)
+                    self._tracks[name] = _Track(position, end, now, end, name in fetch_positioned)
                 continue
+            track.fetch_positioned = name in fetch_positioned
             if end is not None:
                 track.end = end
             if position is not None and position != track.position:
@@ -80,8 +94,9 @@ class StarvationWatch:
         found = []
         for name, track in sorted(self._tracks.items()):
             waited = self._now - track.since
-            if waited >= self.window_s and track.end > track.end_at_move and track.position < track.end:
-                found.append(Starving(name, track.position, track.end_at_move, track.end, waited))
+            moved = track.end > track.end_at_move
+            if waited >= self.window_s and (moved or track.fetch_positioned) and track.position < track.end:
+                found.append(Starving(name, track.position, track.end_at_move, track.end, waited, not moved))
         return found
 
     def reason(self) -> str | None:
@@ -92,3 +107,40 @@ class StarvationWatch:
         worst = max(found, key=lambda s: s.end_now - s.position)
         more = f" (and {len(found) - 1} more partitions)" if len(found) > 1 else ""
         return worst.describe() + more
+
+
+class StuckPhaseWatch:
+    """A phase that should end on its own (a rebalance with its changelog recovery) and has made no
+    progress for ``window_s``: ``observe(now, active, progress)`` with any comparable progress token
+    (what the phase has done so far); ``reason()`` says how long, or ``None``.
+
+    Why: Faust keeps a worker "rebalancing" until its table recovery has read every changelog
+    partition to the end offset the broker gave. On Tansu that recovery was seen to wait for good
+    after a takeover, so a health check that counts "rebalancing" as healthy never let the supervisor
+    restart the worker. A phase that keeps progressing (a long recovery) is never stuck."""
+
+    def __init__(self, window_s: float = 60.0, what: str = "phase") -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be positive, not {window_s}")
+        self.window_s = window_s
+        self.what = what
+        self._began: float | None = None
+        self._since = 0.0
+        self._token: object = None
+        self._now = 0.0
+
+    def observe(self, now: float, active: bool, progress: object = None) -> None:
+        self._now = now
+        if not active:
+            self._began = None
+            return
+        if self._began is None or progress != self._token:
+            if self._began is None:
+                self._began = now
+            self._since, self._token = now, progress
+
+    def reason(self) -> str | None:
+        if self._began is None or self._now - self._since < self.window_s:
+            return None
+        return (f"{self.what} for {self._now - self._began:.0f} s, no progress for "
+                f"{self._now - self._since:.0f} s")

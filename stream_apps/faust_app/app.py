@@ -41,7 +41,7 @@ from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig, load_strategy
 from tapeflow_runtime.settings import ConfigError
-from tapeflow_runtime.starvation import StarvationWatch
+from tapeflow_runtime.starvation import StarvationWatch, StuckPhaseWatch
 
 from .bulk_consumer import BulkConsumer, BulkTransport
 from .config import INPUT_TOPICS, PROGRESS_TOPIC, STATE_TABLE, EngineAppConfig
@@ -161,6 +161,7 @@ class EngineWorker:
         self._ticker: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
         self.starvation = StarvationWatch(config.starvation_window_s)
+        self.stuck_rebalance = StuckPhaseWatch(config.starvation_window_s, "rebalancing")
         self.started_at: float | None = None
         self.batches = 0
         self.crashed: BaseException | None = None
@@ -197,9 +198,9 @@ class EngineWorker:
             return {"status": "starting", "detail": "joining the group"}
         assigned = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics})
         state = "rebalancing" if self.app.rebalancing else "running"
-        starving = self.starvation.reason()
-        if starving and state == "running":
-            return {"status": "degraded", "detail": f"degraded: {starving}"}
+        starving = self.starvation.reason() if state == "running" else self.stuck_rebalance.reason()
+        if starving:
+            return {"status": "degraded", "detail": f"degraded: {starving}; partitions {assigned}"}
         waiting = self.processor.progress.waiting()
         progress = f", {len(waiting)} symbols released by progress markers" if waiting else ""
         return {"status": state, "detail": f"partitions {assigned}, {len(self.processor.owned)} symbols, "
@@ -261,23 +262,36 @@ class EngineWorker:
                 return
 
     async def _watch_inputs_forever(self) -> None:
-        """Every ``STARVATION_SAMPLE_S``: each input partition's read position against its end offset asked
+        """Every ``STARVATION_SAMPLE_S``: each input partition's fetch position against its end offset asked
         from the broker (``StarvationWatch``); ``health`` says ``degraded`` for one that receives records
-        this worker does not read (Tansu past ~20,000 batches in a partition answers fetches with nothing)."""
+        this worker does not read (Tansu past ~20,000 batches in a partition answers fetches with nothing),
+        or whose fetch position stands below an end offset that does not move either (seen on Tansu
+        after a takeover), and for a rebalance whose changelog recovery makes no progress
+        (``StuckPhaseWatch``). The stack's supervisor restarts a worker that stays
+        degraded (``stall_restart_s``)."""
         consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
         while True:
             await asyncio.sleep(STARVATION_SAMPLE_S)
+            now = time.monotonic()
+            recovery = self.app.tables.recovery
+            progress = (self.app.consumer_generation_id, sum(v for v in recovery.active_offsets.values() if v),
+                        sum(v for v in recovery.standby_offsets.values() if v))
+            self.stuck_rebalance.observe(now, bool(self.app.rebalancing), progress)
             if not consumer.flow_active or self.app.rebalancing:
-                self.starvation.observe(time.monotonic(), {})  # positions restart with the new assignment
+                self.starvation.observe(now, {})  # positions restart with the new assignment
                 continue
             partitions = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
             try:
                 ends = await consumer.highwaters(*partitions) if partitions else {}
+                positions = await asyncio.wait_for(
+                    asyncio.gather(*(consumer.position(tp) for tp in partitions)), STARVATION_SAMPLE_S)
             except Exception as exc:  # noqa: BLE001 - a broker hiccup: sample again next time
                 log.debug("end offsets unavailable: %r", exc)
                 continue
+            names = {tp: f"{tp.topic}[{tp.partition}]" for tp in partitions}
             self.starvation.observe(time.monotonic(), {
-                f"{tp.topic}[{tp.partition}]": (consumer.read_position(tp), ends.get(tp)) for tp in partitions})
+                names[tp]: (position, ends.get(tp)) for tp, position in zip(partitions, positions)},
+                fetch_positioned=names.values())
 
     # -- effects, in their safe order ----------------------------------------------------------
     def _caught_up(self, topic: str, partition: int) -> bool:

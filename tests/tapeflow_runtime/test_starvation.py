@@ -64,3 +64,57 @@ def test_the_worst_partition_is_named_and_the_others_counted():
 def test_the_window_must_be_positive():
     with pytest.raises(ValueError, match="window_s"):
         StarvationWatch(window_s=0)
+
+
+def test_a_fetch_position_below_a_standing_end_is_starving_after_the_window():
+    """The takeover stall: every record was produced before the worker took the partition over, so
+    the end offset never moves. A fetch position passes transaction markers, so one that stays below
+    the end has records it is not given; a delivered/committed position may sit below a marker."""
+    watch = StarvationWatch(window_s=30)
+    watch.observe(0, {P: (4_100, 6_000)}, fetch_positioned={P})
+    watch.observe(29, {P: (4_100, 6_000)}, fetch_positioned={P})
+    assert watch.starving() == []  # not yet 30 s
+    watch.observe(30, {P: (4_100, 6_000)}, fetch_positioned={P})
+    assert watch.reason() == "md.trades[1] not receiving: fetch position 4,100 below the end offset 6,000 for 30 s"
+    watch.observe(31, {P: (4_100, 6_000)})  # the same numbers as a committed position: idle, not starving
+    assert watch.reason() is None
+    watch.observe(32, {P: (5_000, 6_000)}, fetch_positioned={P})  # it moves: receiving
+    assert watch.reason() is None
+
+
+@pytest.mark.parametrize("position", [6_000, 6_050])
+def test_a_fetch_position_at_or_past_its_end_is_not_starving(position):
+    watch = StarvationWatch(window_s=30)
+    for now in (0, 40, 80):
+        watch.observe(now, {P: (position, 6_000)}, fetch_positioned={P})
+    assert watch.reason() is None
+
+
+def test_a_phase_without_progress_for_the_window_is_stuck_and_progress_or_its_end_clears_it():
+    from tapeflow_runtime.starvation import StuckPhaseWatch
+
+    watch = StuckPhaseWatch(window_s=60, what="rebalancing")
+    watch.observe(0, True, (7, 0))
+    watch.observe(59, True, (7, 0))
+    assert watch.reason() is None
+    watch.observe(60, True, (7, 0))
+    assert watch.reason() == "rebalancing for 60 s, no progress for 60 s"
+    watch.observe(65, True, (7, 12))  # recovery read something
+    assert watch.reason() is None
+    watch.observe(130, True, (7, 12))
+    assert watch.reason() == "rebalancing for 130 s, no progress for 65 s"
+    watch.observe(131, False)
+    watch.observe(500, False)
+    assert watch.reason() is None
+    watch.observe(501, True, (8, 0))  # a new phase starts its own clock
+    watch.observe(560, True, (8, 0))
+    assert watch.reason() is None
+
+
+def test_a_long_phase_that_keeps_progressing_is_never_stuck():
+    from tapeflow_runtime.starvation import StuckPhaseWatch
+
+    watch = StuckPhaseWatch(window_s=30)
+    for now in range(0, 600, 10):
+        watch.observe(now, True, now // 20)
+        assert watch.reason() is None
