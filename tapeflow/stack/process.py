@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import socket
 import time
@@ -61,9 +62,36 @@ def _wait_gone(pid: int, create_time: float, timeout: float) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a child process to listen on a moment later, drawn at random from *below*
+    the kernel's ephemeral range (``net.ipv4.ip_local_port_range``).
+
+    Why not ``bind(0)``: that port comes from the ephemeral range, which every outgoing connection of
+    every process also draws from, so between this call and the child's bind a client socket could
+    take it ("Address already in use": seen once in the test suite, which opens thousands of
+    connections in parallel). Below the range only another listener can collide. Falls back to
+    ``bind(0)`` when the range leaves nothing below it."""
+    low = _ephemeral_low()
+    if low > 2_048:
+        rng = random.SystemRandom()
+        for _ in range(64):
+            port = rng.randrange(max(1_024, low // 3), low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def check_port_free(host: str, port: int, what: str, setting: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -102,6 +101,6 @@ def wait_consumed(bootstrap: str, prefix: str, topic: str, count: int, timeout: 
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from tapeflow.stack.process import free_port as stack_free_port
+
+    return stack_free_port()  # below the ephemeral range: no client socket can take it meanwhile
