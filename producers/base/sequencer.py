@@ -6,6 +6,12 @@ held back while the producer fills `[N+1, M-1]` from REST `/fapi/v1/aggTrades?fr
 are the held trades released. Duplicates (reconnect overlap, REST/stream overlap) are dropped by id.
 A hole the REST API cannot fill in time is given up explicitly (`give_up`), which the producer
 publishes on `md.gaps`; nothing is skipped silently. Pure state, no I/O, so every path is testable.
+
+A producer that starts live with no checkpoint can *anchor* a symbol's chain in time: while
+``anchoring``, trades are held; ``anchor(first_id)`` (the first agg id at or after the producer's
+start, asked from REST by ``startTime``) then starts the chain there, so the trades between the start
+and the first frame (a slow first connection, a reconnect before anything arrived) are a gap that is
+filled like any other, instead of history that silently never entered the pipeline.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class SequencerCounters:
 class AggTradeSequencer:
     symbol: str
     last_id: int | None = None  # last agg id published (None: nothing yet; the first trade starts the chain)
+    anchoring: bool = False  # hold everything until ``anchor`` says where the chain starts
     max_held: int = 200_000
     held: dict[int, dict] = field(default_factory=dict)  # trades waiting for a gap to be filled
     counters: SequencerCounters = field(default_factory=SequencerCounters)
@@ -49,6 +56,10 @@ class AggTradeSequencer:
     def offer(self, trade: dict) -> list[dict]:
         """Feed one trade (stream or REST); returns the trades that may be published now, in order."""
         agg_id = trade["agg_id"]
+        if self.last_id is None and self.anchoring:
+            if agg_id not in self.held:
+                self.held[agg_id] = trade
+            return []
         if self.last_id is None:
             self.last_id = agg_id - 1
         if agg_id == self.last_id + 1 and not self.held:  # the hot path: the next trade, no hole open
@@ -79,6 +90,21 @@ class AggTradeSequencer:
         for t in trades:
             out.extend(self.offer(t))
         return out
+
+    def anchor(self, first_id: int | None) -> list[dict]:
+        """End ``anchoring``: the chain starts at ``first_id`` (None: at the first trade held, as without
+        an anchor). Returns what may be published now; a hole below the held trades is then ``gap``."""
+        self.anchoring = False
+        if self.last_id is not None:
+            return []
+        starts = [i for i in (first_id, min(self.held, default=None)) if i is not None]
+        if not starts:
+            return []
+        self.last_id = min(starts) - 1
+        released = self._release()
+        if self.gap is not None:
+            self.counters.gaps_detected += 1
+        return released
 
     def give_up(self, gap: Gap) -> tuple[Gap, list[dict]]:
         """Declare `gap` unfillable: move past it and release what was held behind it."""

@@ -124,6 +124,7 @@ class BinanceProducer(VenueProducer):
     async def run(self, stop: asyncio.Event) -> str:
         """Run until `stop` (or the end of a replay); returns why it ended."""
         self._stop = stop
+        started_ms = int(time.time() * 1000)
         replay = self.replay
         headers = replay.headers if replay is not None else None
         gate = self._rate_gate  # one IP: a ban met by any client holds them all back
@@ -146,6 +147,9 @@ class BinanceProducer(VenueProducer):
                 for sym, seq in self.sequencers.items():
                     if seq.last_id is not None:  # a checkpoint (or a warm start): fill the downtime now
                         self._repairs.ensure(f"fill:{sym}", self._catch_up(sym))
+                    else:  # a first start: capture from now, however late the first frame comes
+                        seq.anchoring = True
+                        self._repairs.ensure(f"fill:{sym}", self._anchor(sym, started_ms))
             if replay is None:  # a replay publishes books on its own clock (ReplayClock)
                 workers.append(asyncio.create_task(self._book_snapshots(stop), name="book"))
             ended = "stopped"
@@ -319,6 +323,43 @@ class BinanceProducer(VenueProducer):
                                             f"{self.config.gap_fill_timeout_s:.0f}s")
                     continue
                 await asyncio.sleep(0.5)  # the REST view can lag the stream by a moment
+
+    async def _anchor(self, sym: str, since_ms: int) -> None:
+        """A live start without a checkpoint: the symbol's chain starts at the first trade at or after
+        ``since_ms`` (REST ``startTime``), so the trades before the stream's first frame are a gap that
+        ``_fill_gap`` fills. REST is asked once the first frame is held (so it has a trade since the
+        start to show), then the chain starts at whichever is earlier. Measured without it (bench_endurance, 2026-11-25): the first connection met
+        a fake exchange that had not begun and reconnected after its 10 s read timeout; the 1,060
+        trades sent meanwhile never entered the pipeline and nothing said so. Trades are held
+        (``AggTradeSequencer.anchoring``) until REST answers; if it cannot, the chain starts at the
+        first frame as before, with a warning."""
+        seq = self.sequencers[sym]
+        assert self._rest is not None
+        while not seq.held:  # asked once the first frame is here: REST then has a trade since the start
+            await asyncio.sleep(0.05)
+        first = None
+        deadline = time.monotonic() + self.config.gap_fill_timeout_s
+        while first is None:
+            try:
+                rows, received = await self._rest.get_json(f"{self.config.rest_base_url}/fapi/v1/aggTrades",
+                                                           {"symbol": sym, "startTime": since_ms, "limit": 1})
+            except (RestUnavailable, RestRejected, FrameError) as exc:
+                log.warning("no first trade since the start from REST; the chain starts at the first frame",
+                            symbol=sym, error=str(exc))
+                break
+            if rows:
+                first = parse_rest_agg_trade(rows[0], sym, received)["agg_id"]
+            elif time.monotonic() > deadline:
+                log.warning("REST shows no trade since the start; the chain starts at the first frame", symbol=sym)
+                break
+            else:
+                await asyncio.sleep(0.5)  # the REST view can lag the stream by a moment
+        before = seq.counters.gaps_detected
+        self._publish_trades(sym, seq.anchor(first))
+        if seq.counters.gaps_detected > before:
+            self.metrics.gaps_detected.labels(sym).inc(seq.counters.gaps_detected - before)
+        if seq.gap is not None:
+            await self._fill_gap(sym)
 
     async def _catch_up(self, sym: str) -> None:
         """A live restart: the trades since the checkpoint, from REST at once, page by page until a short

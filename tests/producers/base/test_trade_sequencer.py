@@ -64,3 +64,29 @@ def test_held_trades_are_bounded():
         assert s.offer(t(i)) == []
     released = s.offer(t(13))  # the 4th held trade exceeds the bound: the hole 1..9 is given up
     assert ids(released) == [10, 11, 12, 13] and s.counters.ids_given_up == 9
+
+
+def test_an_anchored_chain_starts_at_the_first_trade_since_the_start_and_fills_up_to_the_first_frame():
+    """A live start whose first frames came late (the first connection timed out before the session
+    began): REST says the first trade since the start was 1,000, the stream's first is 1,060."""
+    s = AggTradeSequencer("BTCUSDT", anchoring=True)
+    assert s.offer_many([t(1_060), t(1_061), t(1_063)]) == []  # held, not published, until anchored
+    assert s.gap is None
+    assert s.anchor(1_000) == []
+    assert s.gap == Gap("BTCUSDT", 1_000, 1_059) and s.counters.gaps_detected == 1
+    released = s.offer_many([t(i) for i in range(1_000, 1_063)])  # REST pages from fromId=1000
+    assert ids(released) == list(range(1_000, 1_064))
+    assert s.gap is None and s.counters.duplicates == 2  # 1060 and 1061 came twice
+
+
+def test_an_anchor_at_or_after_the_first_frame_changes_nothing_and_none_starts_at_the_first_held():
+    s = AggTradeSequencer("BTCUSDT", anchoring=True)
+    s.offer_many([t(500), t(501)])
+    assert ids(s.anchor(500)) == [500, 501] and s.gap is None
+    s = AggTradeSequencer("BTCUSDT", anchoring=True)
+    s.offer_many([t(500), t(502)])
+    assert ids(s.anchor(None)) == [500]  # REST did not answer: as without an anchor
+    assert s.gap == Gap("BTCUSDT", 501, 501)
+    s = AggTradeSequencer("BTCUSDT", anchoring=True)
+    assert s.anchor(42) == [] and s.last_id == 41  # anchored before any frame: the chain starts at 42
+    assert ids(s.offer(t(42))) == [42]

@@ -236,3 +236,44 @@ async def test_a_live_restart_fills_its_downtime_from_rest_without_waiting_for_a
     assert got == [a for a in ids if a >= behind]  # every missed trade, once, in order
     assert read_topic(kafka_bootstrap, topic_prefix + "md.gaps", idle_s=1) == []
     assert json.loads(checkpoint.read_text())["last_agg_id"]["BTCUSDT"] == ids[-1]
+
+
+async def test_a_first_live_start_captures_from_its_start_even_the_trades_its_first_frames_missed(
+        kafka_bootstrap, topic_prefix, tmp_path, read_topic):
+    """No checkpoint, a live start, and the websocket never delivers the session's first 60 trades
+    (they happened at the exchange: REST has them). The chain is anchored at the first trade since
+    the producer started (REST ``startTime``), so those 60 are a gap filled from REST, not history
+    that silently never entered the pipeline (bench_endurance lost 1,060 so: its producer's first
+    connection timed out before the session began)."""
+    import time
+
+    spec = SyntheticSpec(seed=12, symbols=("BTCUSDT",), duration_s=8, trades_per_s=25,
+                         start_time=time.time() + 1.0)  # every trade after the producer's start
+    session = generate_session(spec)
+    ids = sorted(f.payload["a"] for f in session.frames if f.event == "aggTrade")
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    fake = await serve(FakeExchangeConfig(session=session, speed=1.0, start="first_subscriber",
+                                          aggtrades_visibility="replayed",
+                                          faults={"skip_frames": 60, "skip_stream": "btcusdt@aggTrade"}))
+    try:
+        metrics = ProducerMetrics()
+        publisher = Publisher(kafka_bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics,
+                              topic_prefix=topic_prefix)
+        cfg = ProducerConfig(symbols=["BTCUSDT"], ws_base_url=fake.ws_url, rest_base_url=fake.rest_url,
+                             spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url,
+                             checkpoint_path=tmp_path / "ckpt.json", poll_interval_s=0.0)
+        producer = BinanceProducer(cfg, publisher, metrics)
+        stop = asyncio.Event()
+        task = asyncio.create_task(producer.run(stop))
+        for _ in range(600):
+            if producer.delivered_agg_id.get("BTCUSDT") == ids[-1] or task.done():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    finally:
+        await fake.stop()
+    got = [r["value"]["agg_id"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades", idle_s=1)]
+    assert got == ids  # the 60 the stream never sent included, once, in order
+    assert read_topic(kafka_bootstrap, topic_prefix + "md.gaps", idle_s=1) == []
+    assert sample(metrics, "tapeflow_producer_gaps_detected_total", symbol="BTCUSDT") == 1
