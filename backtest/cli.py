@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from tapeflow_runtime.epochs import current_prefix
+
 if TYPE_CHECKING:
     from backtest.model import RunResult
     from execution.config import ExecutorConfig
@@ -193,7 +195,7 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         options["database_url"] = _database_url(settings())
     elif kind == "topics":
         s = settings()
-        options.update(bootstrap=_bootstrap(s), topic_prefix=s.topic_prefix, registry_url=s.schema_registry_url)
+        options.update(bootstrap=_bootstrap(s), topic_prefix=current_prefix(s), registry_url=s.schema_registry_url)
     try:
         src = open_source(source, symbol_list, from_ms, to_ms, **options)
     except SourceError as exc:
@@ -203,8 +205,11 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
     from_ms, to_ms = src.from_ms, src.to_ms
     typer.echo(f"backtest: {src.name}, {','.join(src.symbols)}, {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC, "
                f"{', '.join(names)} (Ctrl-C writes a partial report)", err=True)
-    with batch_gc():
-        result = run_with_progress(runner, src, progress)
+    try:
+        with batch_gc():
+            result = run_with_progress(runner, src, progress)
+    except SourceError as exc:  # a source that reads lazily (topics, db) fails here, not at open
+        raise CliError(str(exc), 1) from None
     if result.trades_processed == 0:
         where = f"; {len(result.missing)} missing, first: {result.missing[0]}" if result.missing else ""
         raise CliError(f"no market data for {','.join(src.symbols)} from {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC "
@@ -372,7 +377,7 @@ def verify_command(settings: Settings, strategies: list[StrategyConfig], config:
     except SourceError as exc:
         raise CliError(str(exc)) from None
     bootstrap = _bootstrap(settings)
-    prefix = settings.topic_prefix
+    prefix = current_prefix(settings)
     source = TopicSource(bootstrap, symbol_list, from_ms - WARMUP_MS, to_ms, topic_prefix=prefix,
                          registry_url=settings.schema_registry_url)
     runner = BacktestRunner(strategies, config, account="shared")

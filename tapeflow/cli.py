@@ -17,6 +17,7 @@ import typer
 from backtest.cli import register as register_backtest
 from schemas.catalogue import ENGINE_INPUTS
 from tapeflow import __version__
+from tapeflow_runtime.epochs import current_prefix
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import ConfigError, Settings, load_settings
@@ -346,7 +347,7 @@ def replay(
 
     try:
         job = TopicReplay(_bootstrap(), AvroSerde(registry_from_url(settings.schema_registry_url)),
-                          source_prefix=settings.topic_prefix, target_prefix=f"{settings.topic_prefix}{to_prefix}.",
+                          source_prefix=current_prefix(settings), target_prefix=f"{settings.topic_prefix}{to_prefix}.",
                           topics=topics.split(","), from_ms=int(start.timestamp() * 1000),
                           to_ms=int(end.timestamp() * 1000), speed=pace,
                           symbols=symbols.split(",") if symbols else None, on_progress=progress)
@@ -693,7 +694,8 @@ def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-rea
     settings = state.settings()
     bootstrap = _bootstrap()
     names = sorted(t for t in admin_client(bootstrap).list_topics(timeout=10).topics if not t.startswith("__"))
-    catalogue = {settings.topic(t.name): t for t in all_topics()}
+    prefix = current_prefix(settings)  # the embedded stack's current epoch
+    catalogue = {prefix + t.name: t for t in all_topics()}
     rows = describe_topics(bootstrap, names)
     for r in rows:
         r["catalogue"] = r["topic"] in catalogue
@@ -721,12 +723,13 @@ def topics_describe(
     from tapeflow.topic_groups import groups_lag
     from tapeflow_runtime.kafka_client import describe_topics
 
-    settings = state.settings()
-    catalogue = {settings.topic(t.name): t for t in all_topics()}
-    names = topics or sorted(catalogue)
+    prefix = current_prefix(state.settings())  # the embedded stack's current epoch
+    catalogue = {prefix + t.name: t for t in all_topics()}
+    names = [prefix + n if prefix + n in catalogue and n not in catalogue else n for n in topics] if topics \
+        else sorted(catalogue)
     bootstrap = _bootstrap()
     rows = describe_topics(bootstrap, names)
-    groups = groups_lag(bootstrap, prefix=settings.topic_prefix)
+    groups = groups_lag(bootstrap, prefix=prefix)
     for r in rows:
         spec = catalogue.get(r["topic"])
         r["catalogue"] = None if spec is None else {
@@ -770,7 +773,7 @@ def topics_lag(
     end offset counts record batches, so the lag there is a lower bound."""
     from tapeflow.topic_groups import groups_lag, render
 
-    groups = groups_lag(_bootstrap(), group, prefix=state.settings().topic_prefix)
+    groups = groups_lag(_bootstrap(), group, prefix=current_prefix(state.settings()))
     if json_out:
         for g in groups:
             typer.echo(orjson.dumps(g.as_dict()).decode())
@@ -786,7 +789,7 @@ def topics_create() -> None:
     """Create every catalogue topic that is missing (idempotent; existing topics are left alone)."""
     from tapeflow_runtime.kafka_client import ensure_topics
 
-    results = ensure_topics(_bootstrap(), prefix=state.settings().topic_prefix)
+    results = ensure_topics(_bootstrap(), prefix=current_prefix(state.settings()))
     for r in results:
         echo(f"{r.name:<32}{r.action}{': ' + r.detail if r.detail else ''}")
     created = sum(r.action == "created" for r in results)
@@ -820,7 +823,8 @@ def topics_tail(
         raise fail("--from-beginning and --from exclude each other", 2)
     settings = state.settings()
     from_ms = None if from_time is None else parse_start_time(from_time, int(time.time() * 1000))
-    name = topic if topic.startswith(settings.topic_prefix) else settings.topic(topic)
+    prefix = current_prefix(settings)  # the embedded stack's current epoch
+    name = topic if prefix and topic.startswith(prefix) else prefix + topic
     count = tail(_bootstrap(), name, settings.schema_registry_url, from_beginning=from_beginning,
                  max_records=max_records, idle_timeout=timeout, symbol=symbol, json_out=json_out, out=echo,
                  from_ms=from_ms, key=key, follow=follow)

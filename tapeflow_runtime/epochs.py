@@ -70,6 +70,23 @@ def epoch_prefix(base: str, epoch: int) -> str:
     return base if slot == 0 else f"{base}e{slot}."
 
 
+def current_prefix(settings) -> str:
+    """The prefix a *reader* of the stack's topics uses now (``tapeflow topics``, ``replay``, the
+    backtest's and research's ``--source topics``, the watchlist backtest's ``--source broker``): the
+    current epoch's on the embedded broker when the stack has rolled over, else ``settings.topic_prefix``.
+    An external broker (``settings.broker`` set: Kafka trims its partitions itself) has no epochs, even
+    if an epochs file is left in the home from an embedded run. During a rollover this is the epoch
+    being drained (the new one holds only what was produced since the switch)."""
+    base = settings.topic_prefix
+    if settings.broker:
+        return base
+    path = settings.epochs_file or Path(settings.home) / EPOCHS_FILE
+    try:
+        return epoch_prefix(base, EpochState.load(path).epoch)
+    except (OSError, ValueError):  # unreadable: the plain names, as before the first rollover
+        return base
+
+
 @dataclass
 class EpochState:
     """What ``epochs.json`` holds: the current epoch, and the rollover in progress (if any)."""

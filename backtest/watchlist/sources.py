@@ -109,17 +109,14 @@ def _broker_session(prefix: str | None) -> list[CrossVenueEvent]:
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
     from tapeflow_runtime.endpoints import resolve_broker
-    from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, epoch_prefix
+    from tapeflow_runtime.epochs import current_prefix
     from tapeflow_runtime.paths import StackPaths
     from tapeflow_runtime.settings import Settings
 
     settings = Settings()
     paths = StackPaths(settings.home)
     if prefix is None:  # the embedded stack's topics live in epochs: read the current one's
-        prefix = settings.topic_prefix
-        epochs = settings.epochs_file or paths.home / EPOCHS_FILE
-        if epochs.exists():
-            prefix = epoch_prefix(prefix, EpochState.load(epochs).epoch)
+        prefix = current_prefix(settings)
     bootstrap = resolve_broker(settings, paths)
     events = read_broker(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)))
     if not events:
