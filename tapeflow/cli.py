@@ -17,7 +17,7 @@ import typer
 from backtest.cli import register as register_backtest
 from schemas.catalogue import ENGINE_INPUTS
 from tapeflow import __version__
-from tapeflow_runtime.epochs import current_prefix
+from tapeflow_runtime.epochs import current_prefix, rollover_enabled
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import ConfigError, Settings, load_settings
@@ -292,7 +292,8 @@ def backfill_binance_vision(
         summary = run_backfill(bootstrap=_bootstrap(), topic_prefix=settings.topic_prefix, home=settings.home,
                                symbol=symbol.upper(), start=parse_day(from_day, "--from"),
                                end=parse_day(to_day, "--to"), directory=directory, topic=topic,
-                               progress=not no_progress, registry_url=settings.schema_registry_url)
+                               progress=not no_progress, registry_url=settings.schema_registry_url,
+                               follow_epochs=rollover_enabled(settings))
     except BackfillError as exc:
         raise fail(str(exc))
     echo(summary.to_json() if json_out else format_summary(summary))

@@ -75,10 +75,10 @@ def current_prefix(settings) -> str:
     backtest's and research's ``--source topics``, the watchlist backtest's ``--source broker``): the
     current epoch's on the embedded broker when the stack has rolled over, else ``settings.topic_prefix``.
     An external broker (``settings.broker`` set: Kafka trims its partitions itself) has no epochs, even
-    if an epochs file is left in the home from an embedded run. During a rollover this is the epoch
+    if an epochs file is left in the home from an embedded run, nor has a rehearsal's namespace. During a rollover this is the epoch
     being drained (the new one holds only what was produced since the switch)."""
     base = settings.topic_prefix
-    if settings.broker:
+    if settings.broker or getattr(settings, "namespace", None):  # Kafka, or a rehearsal's own topics
         return base
     path = settings.epochs_file or Path(settings.home) / EPOCHS_FILE
     try:
@@ -156,3 +156,62 @@ class ProducePrefix:
             except (OSError, ValueError):  # a file being replaced: keep the last answer, look again soon
                 self._mtime = None
         return self._prefix
+
+
+WRITERS_DIR = "epoch-writers"
+
+
+class EpochWriter:
+    """A process outside the supervisor that writes md.* into a running embedded stack (`tapeflow
+    backfill binance-vision`) and follows its epochs like the stack's own producers.
+
+    Why: the rollover's ``switch`` step waits until every *supervised* producer writes to the next
+    epoch, then drains the old topics and deletes them. A backfill still writing to the old names
+    after the sink had drained them lost those records when the topics were deleted (its checkpoint
+    counted them delivered). So such a writer registers in ``TAPEFLOW_HOME/epoch-writers/<pid>.json``
+    with the prefix it writes to; the ``switch`` step waits for it too (a dead writer's file is
+    ignored and removed). ``prefix()`` says where to write now (``ProducePrefix``); after the writer
+    has delivered everything under the old prefix it calls ``switched(prefix)``."""
+
+    def __init__(self, home: Path, base: str, what: str, interval_s: float = 0.25) -> None:
+        import os
+
+        from tapeflow_runtime.process_records import process_create_time
+
+        self.home = Path(home)
+        self.prefix = ProducePrefix(self.home / EPOCHS_FILE, base, interval_s)
+        self.what = what
+        self.path = self.home / WRITERS_DIR / f"{os.getpid()}.json"
+        self._body = {"pid": os.getpid(), "create_time": process_create_time(os.getpid()), "what": what}
+        self.current = self.prefix()
+        self._save()
+
+    def switched(self, prefix: str) -> None:
+        self.current = prefix
+        self._save()
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, orjson.dumps({**self._body, "topic_prefix": self.current}))
+
+
+def epoch_writers(home: Path) -> list[dict]:
+    """The live registered writers (``EpochWriter``) and where each writes; stale files are removed."""
+    from tapeflow_runtime.process_records import pid_matches
+
+    found = []
+    directory = Path(home) / WRITERS_DIR
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            body = orjson.loads(path.read_bytes())
+            alive = pid_matches(int(body["pid"]), float(body["create_time"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or foreign: looked at again next time
+        if alive:
+            found.append(body)
+        else:
+            path.unlink(missing_ok=True)
+    return found

@@ -7,7 +7,9 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
 
 1. ``open``: create the N+1 topics and start a sink on them (the N sink keeps running as ``sink-eN``).
 2. ``switch``: tell the producers (``epochs.json``); each flushes N and writes every later record to
-   N+1. Done when every running producer reports the N+1 prefix: N's md.* topics are final.
+   N+1. Done when every running producer reports the N+1 prefix, and so does every writer from
+   outside the supervisor (``tapeflow backfill``: ``tapeflow_runtime.epochs.EpochWriter``): N's md.*
+   topics are final.
 3. ``engine``: wait until the N engine group has committed N's md.* to their ends (its snapshots
    hold every input then), stop it. Its signals are final.
 4. ``executor``: the same for the N executor (signals, md.trades, md.book, md.mark), then carry both
@@ -39,7 +41,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC, all_topics
 from tapeflow.stack.app_services import EpochConsumer, http_json
-from tapeflow_runtime.epochs import EPOCHS_FILE, STEPS, EpochState, epoch_prefix, rollover_enabled
+from tapeflow_runtime.epochs import EPOCHS_FILE, STEPS, EpochState, epoch_prefix, epoch_writers, rollover_enabled
 from tapeflow_runtime.kafka_client import (
     HISTORY_FETCH_CONFIG,
     admin_client,
@@ -234,6 +236,11 @@ class EpochRoller:
         for name, body in self._producers():
             if body.get("topic_prefix") != new:
                 self._report(f"waiting for {name} to write to {new or 'the plain names'}")
+                return False
+        for body in epoch_writers(self.sup.paths.home):  # `tapeflow backfill` into the running stack
+            if body.get("topic_prefix") != new:
+                self._report(f"waiting for {body.get('what')} (pid {body.get('pid')}) to write to "
+                             f"{new or 'the plain names'}")
                 return False
         return True
 

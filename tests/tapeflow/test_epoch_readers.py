@@ -39,6 +39,8 @@ def test_current_prefix_is_the_current_epochs_on_the_embedded_broker_only(tmp_pa
     assert current_prefix(settings) == "team.e1."
     kafka = Settings(home=tmp_path, topic_prefix="team.", broker="kafka:9092")
     assert current_prefix(kafka) == "team."  # a file left from an embedded run does not count on Kafka
+    rehearsal = Settings(home=tmp_path, topic_prefix="team.dry.", namespace="dry", broker=None)
+    assert current_prefix(rehearsal) == "team.dry."  # a rehearsal's topics never roll over
     (tmp_path / EPOCHS_FILE).write_text("{not json")
     assert current_prefix(settings) == "team."
 
