@@ -51,6 +51,25 @@ async def run_producer(bootstrap, prefix, fake_cfg, *, symbols, during=None, che
     return producer, metrics, ended, publisher
 
 
+async def run_live_btc_until(bootstrap, prefix, fake, checkpoint, last_id: int) -> ProducerMetrics:
+    """A live BTCUSDT producer against ``fake`` until it delivered ``last_id`` (30 s at most), stopped."""
+    metrics = ProducerMetrics()
+    publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
+    cfg = ProducerConfig(symbols=["BTCUSDT"], ws_base_url=fake.ws_url, rest_base_url=fake.rest_url,
+                         spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url, checkpoint_path=checkpoint,
+                         poll_interval_s=0.0)
+    producer = BinanceProducer(cfg, publisher, metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(producer.run(stop))
+    for _ in range(600):
+        if producer.delivered_agg_id.get("BTCUSDT") == last_id or task.done():
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 60)
+    return metrics
+
+
 def sample(metrics: ProducerMetrics, name: str, **labels) -> float:
     total = 0.0
     for metric in metrics.registry.collect():
@@ -215,21 +234,7 @@ async def test_a_live_restart_fills_its_downtime_from_rest_without_waiting_for_a
                                           aggtrades_visibility="replayed"))
     try:
         await fake.wait_finished(30)
-        metrics = ProducerMetrics()
-        publisher = Publisher(kafka_bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics,
-                              topic_prefix=topic_prefix)
-        cfg = ProducerConfig(symbols=["BTCUSDT"], ws_base_url=fake.ws_url, rest_base_url=fake.rest_url,
-                             spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url, checkpoint_path=checkpoint,
-                             poll_interval_s=0.0)
-        producer = BinanceProducer(cfg, publisher, metrics)
-        stop = asyncio.Event()
-        task = asyncio.create_task(producer.run(stop))
-        for _ in range(600):
-            if producer.delivered_agg_id.get("BTCUSDT") == ids[-1] or task.done():
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 60)
+        await run_live_btc_until(kafka_bootstrap, topic_prefix, fake, checkpoint, ids[-1])
     finally:
         await fake.stop()
     got = [r["value"]["agg_id"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades", idle_s=1)]
@@ -256,21 +261,7 @@ async def test_a_first_live_start_captures_from_its_start_even_the_trades_its_fi
                                           aggtrades_visibility="replayed",
                                           faults={"skip_frames": 60, "skip_stream": "btcusdt@aggTrade"}))
     try:
-        metrics = ProducerMetrics()
-        publisher = Publisher(kafka_bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics,
-                              topic_prefix=topic_prefix)
-        cfg = ProducerConfig(symbols=["BTCUSDT"], ws_base_url=fake.ws_url, rest_base_url=fake.rest_url,
-                             spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url,
-                             checkpoint_path=tmp_path / "ckpt.json", poll_interval_s=0.0)
-        producer = BinanceProducer(cfg, publisher, metrics)
-        stop = asyncio.Event()
-        task = asyncio.create_task(producer.run(stop))
-        for _ in range(600):
-            if producer.delivered_agg_id.get("BTCUSDT") == ids[-1] or task.done():
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 60)
+        metrics = await run_live_btc_until(kafka_bootstrap, topic_prefix, fake, tmp_path / "ckpt.json", ids[-1])
     finally:
         await fake.stop()
     got = [r["value"]["agg_id"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades", idle_s=1)]
