@@ -36,6 +36,10 @@ MAX_PAGES = 50
 
 async def _get(session: aiohttp.ClientSession, venue: str, url: str, params: Mapping[str, str],
                attempts: int, backoff_s: float) -> Any:
+    """One public GET with a few retries (429 and 5xx, network errors) and doubling backoff.
+    Hand-written: a one-shot fetch of three unauthenticated endpoints a few times a day; the producers'
+    REST clients carry Binance's weight accounting and ban windows, which these calls never approach,
+    and no retry library is among the dependencies."""
     why = ""
     for attempt in range(attempts):
         if attempt:

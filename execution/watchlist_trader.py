@@ -51,7 +51,6 @@ from execution.hedged import HedgedPairs, PairEntry, PairEvents, PairParams, Ven
 from execution.instrument_rules import InstrumentRule, InstrumentRules
 from stream_apps.cross_venue.events import BookEvent, CrossVenueEvent, FundingEvent, event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
-from stream_apps.cross_venue.symbols import SymbolError, instrument
 from stream_apps.watchlist.model import PairModel
 from stream_apps.watchlist.records import feature_records
 from stream_apps.watchlist.signals import BP, WatchlistSignals
@@ -187,13 +186,8 @@ class WatchlistTrader:
         key = (event.exchange, event.symbol)
         coin = self._coins.get(key, "")
         if coin == "":
-            try:
-                inst = instrument(*key)
-                ok = inst.kind == "perp" and inst.quote in self.params.quotes and event.exchange in self.params.venues
-                coin = inst.coin if ok else None
-            except SymbolError:
-                coin = None
-            self._coins[key] = coin
+            inst, _ = self.params.watched(*key)  # the features' rule: same coins, same legs
+            coin = self._coins[key] = inst.coin if inst is not None else None
         if coin is None:
             return
         if isinstance(event, BookEvent):

@@ -102,6 +102,20 @@ class CrossVenueParams:
     def staleness(self, venue: str) -> int:
         return self.staleness_by_venue.get(venue, self.max_staleness_ms)
 
+    def watched(self, exchange: str, symbol: str) -> tuple[Instrument | None, str]:
+        """The perpetual the watchlist follows for ``exchange``'s ``symbol``, or None and why not
+        (``unknown_venue``, ``bad_symbol``, ``other_market``: a spot market or another quote). The one
+        rule of the features (``CrossVenueState``) and the trader (``execution.watchlist_trader``)."""
+        if exchange not in self.venues:
+            return None, "unknown_venue"
+        try:
+            inst = instrument(exchange, symbol)
+        except SymbolError:
+            return None, "bad_symbol"
+        if inst.kind != "perp" or inst.quote not in self.quotes:
+            return None, "other_market"
+        return inst, ""
+
 
 # -- outputs ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -306,10 +320,10 @@ class CrossVenueState:
 
     def __init__(self, params: CrossVenueParams | None = None) -> None:
         self.params = params or CrossVenueParams()
-        self._venues = frozenset(self.params.venues)
         self._pairs = tuple(permutations(self.params.venues, 2))
         self.coins: dict[str, _Coin] = {}
-        self._instruments: dict[tuple[str, str], Instrument] = {}  # cache: symbols are few, events many
+        # cache of params.watched: symbols are few, events many
+        self._instruments: dict[tuple[str, str], tuple[Instrument | None, str]] = {}
         self.next_eval: int | None = None  # the first grid point not yet evaluated or skipped
         self.counters = {"late": 0, "stale": 0, "unknown_venue": 0, "bad_symbol": 0, "other_market": 0}
 
@@ -353,19 +367,13 @@ class CrossVenueState:
         return out
 
     def _leg(self, event: CrossVenueEvent) -> _Leg | None:
-        if event.exchange not in self._venues:
-            self.counters["unknown_venue"] += 1
-            return None
-        inst = self._instruments.get((event.exchange, event.symbol))
+        key = (event.exchange, event.symbol)
+        found = self._instruments.get(key)
+        if found is None:
+            found = self._instruments[key] = self.params.watched(*key)
+        inst, why = found
         if inst is None:
-            try:
-                inst = instrument(event.exchange, event.symbol)
-            except SymbolError:
-                self.counters["bad_symbol"] += 1
-                return None
-            self._instruments[(event.exchange, event.symbol)] = inst
-        if inst.kind != "perp" or inst.quote not in self.params.quotes:
-            self.counters["other_market"] += 1
+            self.counters[why] += 1
             return None
         coin = self.coins.get(inst.coin)
         if coin is None:
