@@ -107,6 +107,7 @@ class BinanceProducer(VenueProducer):
         self.poller: IndicatorPoller | None = None
         self.replay: ReplayClock | None = None
         self.warm_start: WarmStart | None = None
+        self._started_ms = 0  # wall clock when `run` began: where a first live start's chain is anchored
         replaying = config.replay_control_url is not None and config.replay_clock
         markers = None
         if replaying or config.warm_start is not None:  # one marker sequence per key, warm start then replay
@@ -124,7 +125,7 @@ class BinanceProducer(VenueProducer):
     async def run(self, stop: asyncio.Event) -> str:
         """Run until `stop` (or the end of a replay); returns why it ended."""
         self._stop = stop
-        started_ms = int(time.time() * 1000)
+        self._started_ms = int(time.time() * 1000)
         replay = self.replay
         headers = replay.headers if replay is not None else None
         gate = self._rate_gate  # one IP: a ban met by any client holds them all back
@@ -147,9 +148,8 @@ class BinanceProducer(VenueProducer):
                 for sym, seq in self.sequencers.items():
                     if seq.last_id is not None:  # a checkpoint (or a warm start): fill the downtime now
                         self._repairs.ensure(f"fill:{sym}", self._catch_up(sym))
-                    else:  # a first start: capture from now, however late the first frame comes
+                    else:  # a first start: capture from now, however late the first frame comes (_anchor)
                         seq.anchoring = True
-                        self._repairs.ensure(f"fill:{sym}", self._anchor(sym, started_ms))
             if replay is None:  # a replay publishes books on its own clock (ReplayClock)
                 workers.append(asyncio.create_task(self._book_snapshots(stop), name="book"))
             ended = "stopped"
@@ -242,6 +242,8 @@ class BinanceProducer(VenueProducer):
             self.metrics.duplicates_dropped.labels(sym).inc(seq.counters.duplicates - duplicates)
         if seq.gap is not None:
             self._repairs.ensure(f"fill:{sym}", self._fill_gap(sym))
+        elif seq.anchoring and len(seq.held) == 1:  # the first frame since a first start
+            self._repairs.ensure(f"fill:{sym}", self._anchor(sym, self._started_ms))
 
     def _publish_trades(self, sym: str, trades: list[dict]) -> None:
         for t in trades:
@@ -328,15 +330,13 @@ class BinanceProducer(VenueProducer):
         """A live start without a checkpoint: the symbol's chain starts at the first trade at or after
         ``since_ms`` (REST ``startTime``), so the trades before the stream's first frame are a gap that
         ``_fill_gap`` fills. REST is asked once the first frame is held (so it has a trade since the
-        start to show), then the chain starts at whichever is earlier. Measured without it (bench_endurance, 2026-11-25): the first connection met
+        start to show: ``_on_trade`` starts it then), and the chain starts at whichever is earlier. Measured without it (bench_endurance, 2026-11-25): the first connection met
         a fake exchange that had not begun and reconnected after its 10 s read timeout; the 1,060
         trades sent meanwhile never entered the pipeline and nothing said so. Trades are held
         (``AggTradeSequencer.anchoring``) until REST answers; if it cannot, the chain starts at the
         first frame as before, with a warning."""
         seq = self.sequencers[sym]
         assert self._rest is not None
-        while not seq.held:  # asked once the first frame is here: REST then has a trade since the start
-            await asyncio.sleep(0.05)
         first = None
         deadline = time.monotonic() + self.config.gap_fill_timeout_s
         while first is None:
