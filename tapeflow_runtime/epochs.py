@@ -169,20 +169,20 @@ class EpochWriter:
     epoch, then drains the old topics and deletes them. A backfill still writing to the old names
     after the sink had drained them lost those records when the topics were deleted (its checkpoint
     counted them delivered). So such a writer registers in ``TAPEFLOW_HOME/epoch-writers/<pid>.json``
-    with the prefix it writes to; the ``switch`` step waits for it too (a dead writer's file is
-    ignored and removed). ``prefix()`` says where to write now (``ProducePrefix``); after the writer
-    has delivered everything under the old prefix it calls ``switched(prefix)``."""
+    (a ``ProcessRecord`` named ``what``, the prefix it writes to in ``extra["topic_prefix"]``); the
+    ``switch`` step waits for it too (a dead writer's record is ignored and removed). ``prefix()`` says
+    where to write now (``ProducePrefix``); after the writer has delivered everything under the old
+    prefix it calls ``switched(prefix)``."""
 
     def __init__(self, home: Path, base: str, what: str, interval_s: float = 0.25) -> None:
         import os
 
-        from tapeflow_runtime.process_records import process_create_time
+        from tapeflow_runtime.process_records import ProcessRecord, process_create_time
 
         self.home = Path(home)
         self.prefix = ProducePrefix(self.home / EPOCHS_FILE, base, interval_s)
-        self.what = what
         self.path = self.home / WRITERS_DIR / f"{os.getpid()}.json"
-        self._body = {"pid": os.getpid(), "create_time": process_create_time(os.getpid()), "what": what}
+        self.record = ProcessRecord(what, os.getpid(), process_create_time(os.getpid()), "", time.time(), "")
         self.current = self.prefix()
         self._save()
 
@@ -195,23 +195,25 @@ class EpochWriter:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.path, orjson.dumps({**self._body, "topic_prefix": self.current}))
+        self.record.extra["topic_prefix"] = self.current
+        self.record.save(self.path)
 
 
-def epoch_writers(home: Path) -> list[dict]:
-    """The live registered writers (``EpochWriter``) and where each writes; stale files are removed."""
-    from tapeflow_runtime.process_records import pid_matches
+def epoch_writers(home: Path) -> list:
+    """The live registered writers (``EpochWriter``'s ``ProcessRecord``s); dead ones' files removed."""
+    from tapeflow_runtime.process_records import ProcessRecord, StateFileError
 
     found = []
     directory = Path(home) / WRITERS_DIR
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
-            body = orjson.loads(path.read_bytes())
-            alive = pid_matches(int(body["pid"]), float(body["create_time"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            record = ProcessRecord.load(path)
+        except StateFileError:
             continue  # being written, or foreign: looked at again next time
-        if alive:
-            found.append(body)
+        if record is None:
+            continue
+        if record.is_alive():
+            found.append(record)
         else:
             path.unlink(missing_ok=True)
     return found

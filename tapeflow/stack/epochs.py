@@ -237,10 +237,9 @@ class EpochRoller:
             if body.get("topic_prefix") != new:
                 self._report(f"waiting for {name} to write to {new or 'the plain names'}")
                 return False
-        for body in epoch_writers(self.sup.paths.home):  # `tapeflow backfill` into the running stack
-            if body.get("topic_prefix") != new:
-                self._report(f"waiting for {body.get('what')} (pid {body.get('pid')}) to write to "
-                             f"{new or 'the plain names'}")
+        for writer in epoch_writers(self.sup.paths.home):  # `tapeflow backfill` into the running stack
+            if writer.extra.get("topic_prefix") != new:
+                self._report(f"waiting for {writer.name} (pid {writer.pid}) to write to {new or 'the plain names'}")
                 return False
         return True
 

@@ -16,6 +16,7 @@ from producers.backfill import run_backfill
 from producers.backfill.trade_producer import TradeTopicProducer
 from tapeflow.stack.epochs import EpochRoller
 from tapeflow_runtime.epochs import EPOCHS_FILE, WRITERS_DIR, EpochState, EpochWriter, epoch_writers
+from tapeflow_runtime.process_records import ProcessRecord
 from tests.producers.backfill.test_backfill import RECEIVE_TIME, SYMBOL, trades_in
 from tests.support.backfill import HEADER, csv_row, expected_record, write_csv
 
@@ -54,7 +55,7 @@ def test_a_backfill_switches_epochs_with_the_stack_and_loses_nothing(kafka_boots
     assert summary.topic == topic_prefix + "md.trades"  # the checkpoint and summary keep the base name
     # registered while it ran, under the prefix it wrote to; gone once it ended
     (registered,) = seen_registered[0]
-    assert registered["topic_prefix"] == topic_prefix and registered["what"] == f"backfill {SYMBOL}"
+    assert registered.extra["topic_prefix"] == topic_prefix and registered.name == f"backfill {SYMBOL}"
     assert epoch_writers(home) == [] and not list((home / WRITERS_DIR).glob("*.json"))
 
 
@@ -84,6 +85,7 @@ def test_the_switch_step_waits_for_a_registered_writer(tmp_path):
         assert roller._step_switch("fake:9092") is True
     finally:
         writer.close()
-    (tmp_path / WRITERS_DIR / "999999.json").write_text('{"pid": 999999, "create_time": 1.0, "topic_prefix": "s."}')
+    ProcessRecord("backfill ETHUSDT", 999999, 1.0, "", 1.0, "", {"topic_prefix": "s."}).save(
+        tmp_path / WRITERS_DIR / "999999.json")
     assert roller._step_switch("fake:9092") is True  # a dead writer's file does not hold the rollover
     assert not (tmp_path / WRITERS_DIR / "999999.json").exists()
