@@ -56,7 +56,6 @@ import numpy as np
 from ..events import BookLevels
 from ..params import SECOND_MS
 from ..ring import BucketRing
-from ..units import NOTIONAL_SCALE
 from . import book_kernels as bk
 from .microstructure import DetectorLog
 
@@ -232,6 +231,8 @@ class BookDetectors:
         self.ice_counted = np.zeros((2, ICEBERG_PRICES, slots), dtype=np.bool_)
         self.ring = BucketRing(SECOND_MS, p.ring_seconds, _RING_FIELDS)
         self._current = np.full(7, nan)
+        self._iparams_read = np.array([p.walls_on, p.icebergs_on, p.wall_window_ms // SECOND_MS,
+                                       p.iceberg_window_ms // SECOND_MS, p.wall_max_age_ms], dtype=np.int64)
 
     @property
     def current(self) -> tuple[float, ...]:
@@ -279,41 +280,17 @@ class BookDetectors:
     # -- reads ------------------------------------------------------------------------------------
     def values_many(self, times: np.ndarray, walls: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every book field at ``times`` (NaN where off or missing); ``walls``: what each time saw
-        (rows x 7, from the segment's log), the current values otherwise."""
-        p = self.params
-        times = np.asarray(times, dtype=np.int64)
+        (rows x 7, from the segment's log), the current values otherwise. One compiled call
+        (``book_kernels.book_values``): this runs per segment and symbol."""
+        times = np.ascontiguousarray(times, dtype=np.int64)
         n = len(times)
         if walls is None:
             walls = np.empty((n, 7))
             walls[:] = self.current
-        out: dict[str, np.ndarray] = {}
-        seen = ~np.isnan(walls[:, 6])
-        with np.errstate(invalid="ignore"):
-            fresh = times - walls[:, 6] <= p.wall_max_age_ms
-        hi = (times - 1) // SECOND_MS + 1
-        sums = self.ring.window_sums(np.concatenate((hi - p.wall_window_ms // SECOND_MS,
-                                                     hi - p.iceberg_window_ms // SECOND_MS)),
-                                     np.concatenate((hi, hi)))
-        # a few calls on (fields x times) blocks rather than one per field: this runs per segment
-        if p.walls_on:
-            nearest = np.where(fresh, np.ascontiguousarray(walls[:, :6].T), np.nan)  # distance, USD, since
-            nearest[2::3] = (times - nearest[2::3]) / SECOND_MS  # ages (NaN stays NaN)
-            ended = np.where(seen, np.ascontiguousarray(sums[:n, :4].T), np.nan)  # pulled, filled
-        if p.icebergs_on:
-            ice = np.where(seen, np.ascontiguousarray(sums[n:, 4:].T), np.nan)  # refills, USD
-            ice[2:] /= NOTIONAL_SCALE
-        for side, name in ((BID, "bid"), (ASK, "ask")):
-            base = 3 * side
-            if p.walls_on:
-                out[f"wall_{name}_distance_bps"] = nearest[base]
-                out[f"wall_{name}_usd"] = nearest[base + 1]
-                out[f"wall_{name}_age_s"] = nearest[base + 2]
-                out[f"wall_pulled_{name}"] = ended[side]
-                out[f"wall_filled_{name}"] = ended[2 + side]
-            if p.icebergs_on:
-                out[f"iceberg_refills_{name}"] = ice[side]
-                out[f"iceberg_usd_{name}"] = ice[2 + side]
-        return {name: out.get(name, np.full(n, np.nan)) for name in BOOK_FIELDS}
+        out = np.empty((len(BOOK_FIELDS), n))
+        bk.book_values(times, np.ascontiguousarray(walls, dtype=np.float64), self.ring._values, self.ring.head,
+                       self._iparams_read, out)
+        return dict(zip(BOOK_FIELDS, out))
 
     @property
     def capacity_cells(self) -> int:

@@ -30,6 +30,8 @@ import math
 import numpy as np
 from numba import njit
 
+from ..kernels import ring_window_sums
+
 SECOND_MS = 1_000  # the count ring's bucket (``params.SECOND_MS``)
 I_BOOK_TIME = 0
 N_INTS = 1
@@ -41,29 +43,40 @@ QTY_SCALE = 100_000_000
 NOTIONAL_SCALE = 1_000_000
 
 
-@njit(cache=True, inline="always")  # per trade: a call would cost more than its work (array references)
-def _add_trade(price, units, sell, prices, counts, traded_at, traded_deepest):  # pragma: no cover - compiled
-    """A taker sell reaches the bid levels at or above its price, a buy the ask levels at or below."""
-    side = 0 if sell else 1
-    deepest = -1
-    for i in range(counts[side]):
-        p = prices[side, i]
-        if (side == 0 and p >= price) or (side == 1 and p <= price):
-            deepest = i
-        else:
-            break
-    if deepest >= 0:
-        traded_deepest[side, deepest] += units
-        if prices[side, deepest] == price:
-            traded_at[side, deepest] += units
+@njit(cache=True)
+def _add_trades(t_prices, t_units, t_sells, lo, hi, prices, counts, traded_at,
+                traded_deepest):  # pragma: no cover - compiled
+    """Trades ``lo..hi`` against the latest snapshot's levels: a taker sell reaches the bid levels at
+    or above its price, a buy the ask levels at or below. The levels are ordered nearest first, so
+    those reached are a prefix, found by bisection.
+
+    One call for a run of trades, not one per trade: a compiled call with array arguments costs
+    ~30 ns of reference counting (with numba's ``inline="always"`` as well), three times the work
+    of a trade."""
+    for i in range(lo, hi):
+        price = t_prices[i]
+        side = 0 if t_sells[i] else 1
+        a = 0
+        b = counts[side]
+        while a < b:  # the first level not reached
+            m = (a + b) >> 1
+            p = prices[side, m]
+            if (side == 0 and p >= price) or (side == 1 and p <= price):
+                a = m + 1
+            else:
+                b = m
+        deepest = a - 1
+        if deepest >= 0:
+            traded_deepest[side, deepest] += t_units[i]
+            if prices[side, deepest] == price:
+                traded_at[side, deepest] += t_units[i]
 
 
 @njit(cache=True)
 def add_trades(t_prices, t_units, t_sells, prices, counts, traded_at, traded_deepest):  # pragma: no cover
     """Trades without a snapshot among them: only counted against the latest snapshot's levels (a
     call with a few arguments: the live worker's segments mostly bring trades alone)."""
-    for i in range(t_prices.shape[0]):
-        _add_trade(t_prices[i], t_units[i], t_sells[i], prices, counts, traded_at, traded_deepest)
+    _add_trades(t_prices, t_units, t_sells, 0, t_prices.shape[0], prices, counts, traded_at, traded_deepest)
 
 
 @njit(cache=True, inline="always")
@@ -220,10 +233,12 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_qstart, lv_count, t
     at_or_through = np.zeros(n_levels, dtype=np.int64)
     for k in range(book_times.shape[0]):
         t = book_times[k]
-        while ti < n_trades and t_times[ti] <= t:
-            if ints[I_BOOK_TIME] >= 0:
-                _add_trade(t_prices[ti], t_units[ti], t_sells[ti], prices, counts, traded_at, traded_deepest)
-            ti += 1
+        tj = ti
+        while tj < n_trades and t_times[tj] <= t:
+            tj += 1
+        if tj > ti and ints[I_BOOK_TIME] >= 0:
+            _add_trades(t_prices, t_units, t_sells, ti, tj, prices, counts, traded_at, traded_deepest)
+        ti = tj
         if t < ints[I_BOOK_TIME]:
             continue  # older than the snapshot in use
         # the valid levels of each side, nearest first
@@ -393,8 +408,58 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_qstart, lv_count, t
                 n_groups += 1
             for c in range(row.shape[0]):
                 out_rows[n_groups - 1, c] += row[c]
-    while ti < n_trades:
-        if ints[I_BOOK_TIME] >= 0:
-            _add_trade(t_prices[ti], t_units[ti], t_sells[ti], prices, counts, traded_at, traded_deepest)
-        ti += 1
+    if ti < n_trades and ints[I_BOOK_TIME] >= 0:
+        _add_trades(t_prices, t_units, t_sells, ti, n_trades, prices, counts, traded_at, traded_deepest)
     return n_out, n_groups
+
+
+@njit(cache=True)
+def book_values(times, walls, ring_values, ring_head, iparams_read, out):  # pragma: no cover - compiled
+    """``BookDetectors.values_many`` in one call (a dozen numpy calls per segment otherwise, most of
+    the book parts' cost after the loop above): ``out`` (14 fields in ``BOOK_FIELDS`` order x times)
+    from the walls each time saw (``walls``: rows x 7, as ``current``) and the count ring's sums over
+    ``[t - window, t)`` (whole seconds; ``iparams_read`` = (walls on, icebergs on, wall window s,
+    iceberg window s, wall max age ms)). NaN where a part is off, a wall is stale or absent, or no
+    snapshot was seen yet."""
+    n = times.shape[0]
+    walls_on = iparams_read[0] != 0
+    ice_on = iparams_read[1] != 0
+    wall_s = iparams_read[2]
+    ice_s = iparams_read[3]
+    max_age = iparams_read[4]
+    starts = np.empty(2 * n, dtype=np.int64)
+    ends = np.empty(2 * n, dtype=np.int64)
+    for i in range(n):
+        hi = (times[i] - 1) // SECOND_MS + 1
+        starts[i] = hi - wall_s
+        starts[n + i] = hi - ice_s
+        ends[i] = hi
+        ends[n + i] = hi
+    sums = ring_window_sums(ring_values, ring_head, starts, ends)
+    for i in range(n):
+        t = times[i]
+        seen = not math.isnan(walls[i, 6])
+        fresh = seen and t - walls[i, 6] <= max_age
+        for side in range(2):
+            base = 3 * side
+            if walls_on and fresh:
+                out[base, i] = walls[i, base]
+                out[base + 1, i] = walls[i, base + 1]
+                since = walls[i, base + 2]
+                out[base + 2, i] = (t - since) / SECOND_MS  # NaN (no wall) stays NaN
+            else:
+                out[base, i] = math.nan
+                out[base + 1, i] = math.nan
+                out[base + 2, i] = math.nan
+            if walls_on and seen:
+                out[6 + side, i] = sums[i, side]  # pulled
+                out[8 + side, i] = sums[i, 2 + side]  # filled
+            else:
+                out[6 + side, i] = math.nan
+                out[8 + side, i] = math.nan
+            if ice_on and seen:
+                out[10 + side, i] = sums[n + i, 4 + side]
+                out[12 + side, i] = sums[n + i, 6 + side] / NOTIONAL_SCALE
+            else:
+                out[10 + side, i] = math.nan
+                out[12 + side, i] = math.nan
