@@ -18,9 +18,10 @@ Three numbers:
    the decoders do not, they keep references to the records), then ``BookDetectors.update`` alone per
    snapshot (20 levels a side, the trades between) fed those columns and fed the records' dicts, then
    the full engine fed trades and a 20-level snapshot per symbol every 250 ms (``md.book``'s live
-   cadence) as the decoders give them (the records' dicts, read inside the engine), off /
-   microstructure / microstructure + walls + icebergs, and once more with the levels as columns
-   (``BookLevels``, what a source that read them itself would give) at 50 trades/s.
+   cadence) at 20 (about BTCUSDT's average), 50 and 500 trades/s a symbol, four ways: off,
+   microstructure, and that with walls + icebergs compared once a second (``book_sample: 1s``, the
+   default) and at every snapshot (``book_sample: 0``); once with the levels as the decoders give
+   them (the records' dicts, read inside the engine) and once as ``BookLevels`` columns.
 
 Times are the process's CPU time (``time.process_time``; everything here runs on one thread), not
 wall time: on the shared 2-core machine other work takes turns with the benchmark, and CPU time
@@ -265,13 +266,29 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
             print(f"  levels as {form:>7}, {per_call:>6,} snapshots a call: {best / len(updates) * 1e6:6.1f} µs"
                   f" per snapshot")
 
-    print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per"
-          " symbol every 250 ms as the decoders give them (the records' dicts, read inside the engine):"
-          " off / microstructure / microstructure + walls + icebergs")
-    engine_three_ways(args, scale, ((50.0, 1.0), (500.0, 0.25)), book_updates, "book", book_section)
-    print("the same, levels as BookLevels (a source that gives columns):")
-    engine_three_ways(args, scale, ((50.0, 1.0),), lambda bs, d: book_updates(bs, d, columns=True), "book",
-                      book_section)
+    print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per symbol"
+          " every 250 ms (md.book's live cadence): off / microstructure / + walls + icebergs compared once a"
+          " second (book_sample: 1s, the default) / + walls + icebergs compared at every snapshot (book_sample: 0)")
+    for form, columns in (("the records' dicts (the decoders' form; read inside the engine)", False),
+                          ("BookLevels columns (a source that gives columns)", True)):
+        print(f" levels as {form}:")
+        for rate, hours in ((20.0, 1.0), (50.0, 1.0), (500.0, 0.25)):
+            duration = int(hours * 3_600_000 * scale)
+            batches = streams(duration, rate)
+            events = book_updates(batches, duration, columns=columns)
+            total = sum(len(b) for b in batches)
+            book = book_section(batches)
+            sections = {"off": None, "micro": section(batches, "aggressor"), "1s": book,
+                        "every": book.model_copy(update={"book_sample": 0})}
+            best = dict.fromkeys(sections, float("inf"))
+            for _ in range(args.repeat):
+                for name, detectors in sections.items():  # alternate, so load swings hit all alike
+                    best[name] = min(best[name], bench_engine(batches, duration, detectors, events=events)[0])
+            print(f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} snapshots:"
+                  f" off {total / best['off']:>10,.0f} trades/s, micro {total / best['micro']:>10,.0f}"
+                  f" ({best['off'] / best['micro']:.2f}), + book 1s {total / best['1s']:>10,.0f}"
+                  f" (**{best['off'] / best['1s']:.2f}**), + book every {total / best['every']:>10,.0f}"
+                  f" ({best['off'] / best['every']:.2f}); ratios to off, target >= 0.7")
 
 
 def main() -> None:

@@ -39,9 +39,10 @@ from .detectors import BookParams, DetectorParams, FlowParams
 from .detectors.book import ICEBERG_FIELDS, WALL_FIELDS
 from .detectors.flow import DIVERGENCE_FIELDS, LIQUIDATION_FIELDS, OI_FIELDS
 from .detectors.microstructure import DETECTOR_FIELDS as MICROSTRUCTURE_FIELDS
-from .durations import parse_duration_ms
+from .durations import parse_duration_ms, parse_duration_or_zero_ms
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
+OptionalDuration = Annotated[int, BeforeValidator(parse_duration_or_zero_ms)]  # 0: off
 SECOND_RING_LIMIT_MS = 3_600_000  # fast CVD windows need slope/acceleration from second buckets
 DAY_MS = 86_400_000
 
@@ -258,6 +259,8 @@ class Detectors(_Model):
     liquidations: Liquidations | None = None
     walls: Walls | None = None
     icebergs: Icebergs | None = None
+    book_sample: OptionalDuration = Field(default=1_000, description="walls and icebergs compare the first md.book "
+                                  "snapshot of each interval this long (0: every snapshot)")
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
@@ -266,6 +269,8 @@ class Detectors(_Model):
         for name in ("divergence", "oi_spike", "liquidations", "walls", "icebergs"):
             if data.get(name) is None:
                 data.pop(name, None)
+        if "walls" not in data and "icebergs" not in data:
+            data.pop("book_sample", None)  # only the book parts read it
         return data
 
     @model_validator(mode="after")
@@ -306,7 +311,8 @@ class Detectors(_Model):
             iceberg_band_bps=ice.band_bps if ice else defaults.iceberg_band_bps,
             iceberg_window_ms=ice.window if ice else defaults.iceberg_window_ms,
             iceberg_trade_fraction=ice.trade_fraction if ice else defaults.iceberg_trade_fraction,
-            iceberg_refill_fraction=ice.refill_fraction if ice else defaults.iceberg_refill_fraction)
+            iceberg_refill_fraction=ice.refill_fraction if ice else defaults.iceberg_refill_fraction,
+            sample_ms=self.book_sample)
 
     def flow_params(self) -> FlowParams | None:
         """``FlowParams`` of divergence, OI spikes and liquidations (None: all three off)."""

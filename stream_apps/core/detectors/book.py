@@ -39,6 +39,15 @@ those within the band (at most ``MAX_LEVELS`` a side, nearest first). Sizes are 
   The last ``ICEBERG_PRICES`` prices with refills are tracked per side (the one refilled longest
   ago makes room).
 
+**Sampling** (``sample_ms``, the strategy's ``detectors.book_sample``, 1 s by default): only the first
+snapshot that carries levels in each interval ``[k x sample_ms, (k + 1) x sample_ms)`` is compared
+(an older interval's is dropped, like a snapshot older than the one in use); the trades between the
+compared snapshots still all count. md.book comes every 250 ms; comparing each one costs ~2-3 µs
+in the engine against ~0.5 µs for a trade, so at live trade rates the book parts would cost more
+than the rest of the engine (``benchmarks/RESULTS.md``, "Book detectors"); at 1 s, the cadence of
+our users' whale system, they cost a quarter of that. A wall pulled and put back within the
+interval is not seen: ``book_sample: 0`` compares every snapshot.
+
 Counts read as missing before the first snapshot with levels. Quantities are integers of 1e-8 and
 USD of 1e-6 (exact sums), so the values do not depend on how the inputs are batched; memory is
 fixed by the parameters; the state is plain data.
@@ -91,6 +100,7 @@ class BookParams:
     iceberg_trade_fraction: float = 0.5
     iceberg_refill_fraction: float = 0.8
     late_s: int = 300  # how far behind its newest second a snapshot's counts may still land
+    sample_ms: int = 0  # 0: every snapshot; else the first snapshot with levels of each interval of this length
 
     def __post_init__(self) -> None:
         if self.wall_multiple is None and self.iceberg_min_refills is None:
@@ -111,6 +121,8 @@ class BookParams:
             raise ValueError("wall_max_age_ms must be positive")
         if self.late_s < 0:
             raise ValueError("late_s cannot be negative")
+        if self.sample_ms < 0:
+            raise ValueError("sample_ms cannot be negative")
 
     @property
     def walls_on(self) -> bool:
@@ -231,6 +243,7 @@ class BookDetectors:
         self.ice_counted = np.zeros((2, ICEBERG_PRICES, slots), dtype=np.bool_)
         self.ring = BucketRing(SECOND_MS, p.ring_seconds, _RING_FIELDS)
         self._current = np.full(7, nan)
+        self._sampled = -1  # the latest sampling interval a snapshot was taken from (-1: none)
         self._iparams_read = np.array([p.walls_on, p.icebergs_on, p.wall_window_ms // SECOND_MS,
                                        p.iceberg_window_ms // SECOND_MS, p.wall_max_age_ms], dtype=np.int64)
 
@@ -258,6 +271,11 @@ class BookDetectors:
                               np.ascontiguousarray(units, dtype=np.int64), np.ascontiguousarray(sells, dtype=np.bool_),
                               self.prices, self.counts, self.traded_at, self.traded_deepest)
             return DetectorLog()
+        if self.params.sample_ms:
+            book_times, book_levels = self._sample(book_times, book_levels)
+            n = len(book_times)
+            if n == 0:
+                return self.update(book_times, (), times, prices, units, sells)
         lv_prices, lv_qtys, lv_start, lv_qstart, lv_count = flatten_levels(book_levels)
         lv_prices = np.ascontiguousarray(lv_prices, dtype=np.float64)
         lv_qtys = np.ascontiguousarray(lv_qtys, dtype=np.float64)
@@ -276,6 +294,21 @@ class BookDetectors:
         if grouped:  # per second, increasing (as ``BucketRing.add`` would group them)
             self.ring.add_grouped(buckets[:grouped], rows[:grouped])
         return DetectorLog(keys[:written].copy(), values[:written].copy())
+
+    def _sample(self, book_times: np.ndarray, book_levels: Any) -> tuple[np.ndarray, list]:
+        """The snapshots sampling keeps: per interval after the latest one taken, the first with
+        levels (``book_times`` in time order). Before the levels are read: the rest cost nothing."""
+        levels = list(book_levels)
+        interval = book_times // self.params.sample_ms
+        has = np.fromiter((item is not None for item in levels), dtype=bool, count=len(levels))
+        candidates = np.flatnonzero(has & (interval > self._sampled))
+        if not len(candidates):
+            return book_times[:0], []
+        first = np.ones(len(candidates), dtype=bool)
+        first[1:] = interval[candidates[1:]] != interval[candidates[:-1]]
+        keep = candidates[first]
+        self._sampled = int(interval[keep[-1]])
+        return book_times[keep], [levels[i] for i in keep.tolist()]
 
     # -- reads ------------------------------------------------------------------------------------
     def values_many(self, times: np.ndarray, walls: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -302,7 +335,7 @@ class BookDetectors:
                "ice_prices", "ice_last", "ice_times", "ice_usd", "ice_counted", "_current")
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"params": asdict(self.params), "ring": self.ring.to_dict()}
+        data: dict[str, Any] = {"params": asdict(self.params), "ring": self.ring.to_dict(), "sampled": self._sampled}
         for name in self._ARRAYS:
             array = getattr(self, name)
             values = array.tolist()
@@ -321,4 +354,5 @@ class BookDetectors:
                 values = np.where(values == None, np.nan, values)  # noqa: E711 - element-wise
             array[...] = values.astype(array.dtype).reshape(array.shape)
         out.ring = BucketRing.from_dict(data["ring"])
+        out._sampled = int(data.get("sampled", -1))  # a state from before sampling: none taken
         return out

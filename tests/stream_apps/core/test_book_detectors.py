@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -223,9 +224,10 @@ INPUTS = sorted([(int(TRADES.time_ms[i]), 0, i) for i in range(len(TRADES))] + [
                                                                                  enumerate(BOOKS)])
 
 
-def run_in_pieces(cuts, restore: bool = False):
+def run_in_pieces(cuts, restore: bool = False, params: BookParams = BOTH, inputs=None):
     """Feed the session cut at ``cuts`` (trades and snapshots of a piece in one call); concatenated log."""
-    d = BookDetectors(BOTH)
+    INPUTS = inputs if inputs is not None else globals()["INPUTS"]
+    d = BookDetectors(params)
     keys, values = [], []
     bounds = [0, *cuts, len(INPUTS)]
     for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -275,6 +277,49 @@ def test_any_batching_gives_the_same_logs_and_state(cuts, restore):
     np.testing.assert_array_equal(values, WHOLE_VALUES)
     assert d.to_dict() == WHOLE.to_dict()
     assert d.capacity_cells == BookDetectors(BOTH).capacity_cells  # memory fixed by the parameters
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling: the first snapshot with levels of each interval
+# ----------------------------------------------------------------------------------------------
+def test_sampling_compares_the_first_snapshot_with_levels_of_each_interval():
+    sampled, every = BookDetectors(replace(WALLS, sample_ms=1_000)), BookDetectors(WALLS)
+    # B0's two walls, then PLAIN (no walls) 250 ms later, no levels at 1 s, B0 at 1.4 s, PLAIN at 1.999 s:
+    # sampled, interval [T0, T0+1s) keeps T0 and [T0+1s, T0+2s) keeps 1.4 s (the 1 s one has no levels)
+    books = [(T0, B0), (T0 + 250, PLAIN), (T0 + 1_000, None), (T0 + 1_400, B0), (T0 + 1_999, PLAIN)]
+    for d in (sampled, every):
+        log = d.update(np.array([t for t, _ in books]), [lv for _, lv in books], *(np.empty(0),) * 4)
+        if d is sampled:
+            assert log.keys.tolist() == [T0, T0 + 1_400]
+    v = at(sampled, T0 + 1_500)
+    assert v["wall_bid_age_s"] == [1.5] and v["wall_ask_age_s"] == [1.5]  # the walls stood throughout
+    assert [v[f"wall_pulled_{s}"] for s in ("bid", "ask")] == [[0.0], [0.0]]
+    # compared every 250 ms, the same book pulls both walls twice (gone while in view, nothing traded)
+    assert [at(every, T0 + 2_500)[f"wall_pulled_{s}"] for s in ("bid", "ask")] == [[2.0], [2.0]]
+    # an interval already sampled, or an older one, is not compared again, across a round trip too
+    restored = BookDetectors.from_dict(json.loads(json.dumps(sampled.to_dict())))
+    for d in (sampled, restored):
+        assert d.update(np.array([T0 + 900, T0 + 1_800]), [PLAIN, PLAIN], *(np.empty(0),) * 4).keys.tolist() == []
+        assert d.update(np.array([T0 + 2_000]), [PLAIN], *(np.empty(0),) * 4).keys.tolist() == [T0 + 2_000]
+        assert at(d, T0 + 2_500)["wall_pulled_bid"] == [1.0]
+    with pytest.raises(ValueError, match="sample_ms"):
+        replace(WALLS, sample_ms=-1)
+
+
+SAMPLED = replace(BOTH, sample_ms=2_000)  # the session has a snapshot a second at +500 ms: every other one
+
+
+@settings(FUZZ, max_examples=10)
+@given(cuts=st.lists(st.integers(1, len(INPUTS) - 1), max_size=10, unique=True).map(sorted), restore=st.booleans())
+def test_sampling_equals_the_kept_snapshots_alone_whatever_the_batching(cuts, restore):
+    kept = [(t, kind, i) for t, kind, i in INPUTS if kind == 0 or ((t - 500 - SESSION) // 1_000) % 2 == 0]
+    expected, expected_keys, expected_values = run_in_pieces([], params=BOTH, inputs=kept)
+    d, keys, values = run_in_pieces(cuts, restore=restore, params=SAMPLED)
+    assert len(keys) == 150
+    np.testing.assert_array_equal(keys, expected_keys)
+    np.testing.assert_array_equal(values, expected_values)
+    state, reference = d.to_dict(), expected.to_dict()
+    assert {**state, "params": None, "sampled": None} == {**reference, "params": None, "sampled": None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,6 +407,10 @@ def test_a_section_without_walls_or_icebergs_keeps_its_hash_and_store_key():
         strategy(detectors={**DETECTORS, "walls": {"multiple": 5, "band_bps": 25, "window": "5m"}}).config_hash
     p = strategy(detectors={**DETECTORS, "walls": {}}).detectors.book_params()
     assert (p.wall_multiple, p.wall_band_bps, p.wall_window_ms, p.iceberg_min_refills) == (5.0, 25.0, 300_000, None)
+    assert p.sample_ms == 1_000 and "book_sample" not in cfg.detectors.model_dump()  # read by the book parts only
+    for value, ms in ((0, 0), ("0s", 0), ("250ms", 250), ("2s", 2_000)):
+        p = strategy(detectors={**DETECTORS, "icebergs": {}, "book_sample": value}).detectors.book_params()
+        assert p.sample_ms == ms
 
 
 @pytest.mark.parametrize("part, match", [
@@ -371,6 +420,8 @@ def test_a_section_without_walls_or_icebergs_keeps_its_hash_and_store_key():
     ({"icebergs": {"min_refills": 1}}, "min_refills"),
     ({"icebergs": {"window": 0}}, "icebergs.window"),
     ({"icebergs": {"refills": 3}}, "refills"),  # unknown key
+    ({"walls": {}, "book_sample": -1}, "book_sample"),
+    ({"walls": {}, "book_sample": False}, "book_sample"),
 ])
 def test_bad_book_sections_are_refused_when_loaded(part, match):
     with pytest.raises(StrategyConfigError, match=match):
