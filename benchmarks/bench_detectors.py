@@ -20,8 +20,11 @@ Three numbers:
    the full engine fed trades and a 20-level snapshot per symbol every 250 ms (``md.book``'s live
    cadence) at 20 (about BTCUSDT's average), 50 and 500 trades/s a symbol, four ways: off,
    microstructure, and that with walls + icebergs compared once a second (``book_sample: 1s``, the
-   default) and at every snapshot (``book_sample: 0``); once with the levels as the decoders give
-   them (the records' dicts, read inside the engine) and once as ``BookLevels`` columns.
+   default) and at every snapshot (``book_sample: 0``); once with the levels as ``BookLevels``
+   columns (what the live worker's md.book decoder, the database and the generated sources give)
+   and once as the records' dicts (the topics and recording sources; read inside the engine). Also
+   the live worker's decode of an md.book record: fastavro + ``book_from_record`` against
+   ``book_decode`` (columns straight from the Avro bytes).
 
 Times are the process's CPU time (``time.process_time``; everything here runs on one thread), not
 wall time: on the shared 2-core machine other work takes turns with the benchmark, and CPU time
@@ -41,6 +44,8 @@ import time
 
 import numpy as np
 
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
 from stream_apps.core.detectors import (
     BookDetectors,
     BookParams,
@@ -50,7 +55,14 @@ from stream_apps.core.detectors import (
     MicrostructureDetectors,
 )
 from stream_apps.core.engine import Engine
-from stream_apps.core.events import BookUpdate, IndicatorUpdate, LiquidationEvent, TradeBatch, book_levels
+from stream_apps.core.events import (
+    BookUpdate,
+    IndicatorUpdate,
+    LiquidationEvent,
+    TradeBatch,
+    book_from_record,
+    book_levels,
+)
 from stream_apps.core.strategy import (
     Cascade,
     Detectors,
@@ -67,6 +79,7 @@ from stream_apps.core.strategy import (
 from stream_apps.core.units import qty_to_units
 from stream_apps.core.symbol_state import SymbolState
 from stream_apps.core.synthetic import synthetic_trades
+from stream_apps.faust_app.book_decode import BookDecoder
 
 SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6))
 START = 1_700_006_400_000
@@ -243,8 +256,23 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
         began = time.process_time()
         books = [BookUpdate(u.exchange, u.symbol, u.time_ms, u.obi, book_levels(u.levels)) for u in records]
         best = min(best, time.process_time() - began)
-    print(f"reading the levels into columns (book_levels; the decoders keep the records):"
+    print(f"reading a record's levels into columns (book_levels, the engine's reading of dicts):"
           f" {best / len(records) * 1e6:6.1f} µs per 20-level snapshot")
+    serde = AvroSerde(FileSchemaRegistry())
+    encoded = [serde.encode("md.book", {"exchange": "binance", "symbol": u.symbol, "last_update_id": u.time_ms,
+                                        "event_time": u.time_ms, "receive_time": u.time_ms + 20,
+                                        "bids": u.levels[0], "asks": u.levels[1], "obi_10": 0.0})
+               for u in records[:20_000]]
+    decoder = BookDecoder(serde)
+    for name, read in (("fastavro + book_from_record (dicts)", lambda v: book_from_record(serde.decode(v))),
+                       ("book_decode (columns)", decoder)):
+        best = float("inf")
+        for _ in range(args.repeat):
+            began = time.process_time()
+            for value in encoded:
+                read(value)
+            best = min(best, time.process_time() - began)
+        print(f"the live worker's md.book decode, {name}: {best / len(encoded) * 1e6:6.1f} µs per 20-level record")
     print(f"book detectors alone (BookDetectors.update), {len(books):,} snapshots of 20 levels a side and"
           f" {len(b):,} trades of one symbol")
     for form, updates in (("columns", books), ("dicts", records)):
@@ -269,8 +297,9 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
     print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per symbol"
           " every 250 ms (md.book's live cadence): off / microstructure / + walls + icebergs compared once a"
           " second (book_sample: 1s, the default) / + walls + icebergs compared at every snapshot (book_sample: 0)")
-    for form, columns in (("the records' dicts (the decoders' form; read inside the engine)", False),
-                          ("BookLevels columns (a source that gives columns)", True)):
+    for form, columns in (("BookLevels columns (the live worker's decoder, the database and generated sources)",
+                           True), ("the records' dicts (the topics and recording sources; read inside the engine)",
+                                   False)):
         print(f" levels as {form}:")
         for rate, hours in ((20.0, 1.0), (50.0, 1.0), (500.0, 0.25)):
             duration = int(hours * 3_600_000 * scale)

@@ -27,7 +27,7 @@ import psycopg
 
 from backtest.inputs import DEFAULT_SLICE_MS, Block, MarketSlice, Record, SliceCutter, SourceReport
 from backtest.sources import SourceError
-from stream_apps.core.events import TradeBatch
+from stream_apps.core.events import TradeBatch, book_record
 
 HOUR_MS = 3_600_000
 
@@ -192,9 +192,8 @@ class DatabaseSource:
     def _record(kind: str, row: tuple[Any, ...]) -> Record:
         if kind == "books":
             ex, sym, uid, event, receive, bid_p, bid_q, ask_p, ask_q, obi = row
-            return {"exchange": ex, "symbol": sym, "last_update_id": uid, "event_time": _ms(event),
-                    "receive_time": _ms(receive), "bids": [{"price": p, "qty": q} for p, q in zip(bid_p, bid_q)],
-                    "asks": [{"price": p, "qty": q} for p, q in zip(ask_p, ask_q)], "obi_10": obi}
+            return book_record({"exchange": ex, "symbol": sym, "last_update_id": uid, "event_time": _ms(event),
+                                "receive_time": _ms(receive), "obi_10": obi}, bid_p, bid_q, ask_p, ask_q)
         names = {"marks": ("exchange", "symbol", "mark_price", "index_price", "funding_rate", "next_funding_time",
                            "event_time", "receive_time"),
                  "liquidations": ("exchange", "symbol", "side", "liquidated_side", "price", "avg_price", "qty",

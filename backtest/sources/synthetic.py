@@ -46,7 +46,7 @@ from backtest.inputs import (
     market_key,
     sort_records,
 )
-from stream_apps.core.events import TradeBatch
+from stream_apps.core.events import TradeBatch, book_record
 
 EXCHANGE = "binance"
 HOUR_MS = 3_600_000
@@ -222,12 +222,11 @@ class SymbolGenerator:
                 if tick not in prices:
                     prices[tick] = self._price(tick)
             bid_sizes, ask_sizes = sizes[k, 0], sizes[k, 1]
-            bids = [{"price": prices[bid - i], "qty": q} for i, q in enumerate(bid_sizes.tolist())]
-            asks = [{"price": prices[bid + 1 + i], "qty": q} for i, q in enumerate(ask_sizes.tolist())]
             bid_qty, ask_qty = float(bid_sizes.sum()), float(ask_sizes.sum())
-            out.append({"exchange": EXCHANGE, "symbol": self.symbol, "last_update_id": t, "event_time": t,
-                        "receive_time": t + 20, "bids": bids, "asks": asks,
-                        "obi_10": (bid_qty - ask_qty) / (bid_qty + ask_qty)})
+            out.append(book_record({"exchange": EXCHANGE, "symbol": self.symbol, "last_update_id": t, "event_time": t,
+                                    "receive_time": t + 20, "obi_10": (bid_qty - ask_qty) / (bid_qty + ask_qty)},
+                                   [prices[bid - i] for i in range(len(bid_sizes))], bid_sizes.tolist(),
+                                   [prices[bid + 1 + i] for i in range(len(ask_sizes))], ask_sizes.tolist()))
         return out
 
     def _liquidations(self, sec_start: int, mid_ticks: np.ndarray, returns: np.ndarray) -> list[Record]:

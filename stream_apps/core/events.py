@@ -118,8 +118,9 @@ class BookLevels:
     40 ``{"price", "qty"}`` dicts in Python costs several times that loop (7-10 µs a 20-level
     snapshot against 1-2 µs, ``bench_detectors --only book``). Handed ``BookLevels``, the engine
     concatenates one flat array per snapshot, one call for a segment's snapshots. The decoders do
-    not build them (every record would pay the reading, detectors on or off: ``record_column``);
-    the engine restores its pending snapshots in this form (``Engine.from_dict``)."""
+    not read records into them (every record would pay the reading, detectors on or off:
+    ``record_column``); sources that hold the levels as arrays attach them (``BookRecord``), and the
+    engine restores its pending snapshots in this form (``Engine.from_dict``)."""
 
     data: np.ndarray
     n_bids: int
@@ -138,6 +139,41 @@ class BookLevels:
         return [rows[:self.n_bids], rows[self.n_bids:]]
 
 
+class BookRecord(dict):
+    """An ``md.book`` record (a dict: every consumer reads it as before) that also carries its levels
+    as ``BookLevels`` (``columns``), made by a source that holds them as arrays anyway (the database
+    source, the generated session, the worker's md.book decoder).
+
+    Why: the book detectors compare levels as arrays, and reading 40 ``{"price", "qty"}`` dicts back
+    costs 4-8 µs a snapshot, more than the comparison (``bench_detectors --only book``); a source
+    that builds the arrays once (~1-2 µs) spares that, and a run with the detectors off pays only
+    that. ``book_from_record`` and ``record_column`` hand the engine ``columns`` when present; the
+    values are those ``book_levels`` reads from the record's own levels (tests of each source)."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, fields: Mapping[str, Any], columns: BookLevels | None) -> None:
+        super().__init__(fields)
+        self.columns = columns
+
+    def __reduce__(self) -> tuple:  # pickle and copy keep the columns (a dict subclass would drop them)
+        return BookRecord, (dict(self), self.columns)
+
+
+def book_record(fields: dict[str, Any], bid_prices: list, bid_qtys: list, ask_prices: list,
+                ask_qtys: list) -> BookRecord:
+    """An md.book record from its other ``fields`` and its levels as four lists (best first): the
+    ``bids``/``asks`` items and the columns from the same values."""
+    has_obi = "obi_10" in fields
+    obi = fields.pop("obi_10", None)  # the schema's order: bids and asks before it
+    fields["bids"] = [{"price": p, "qty": q} for p, q in zip(bid_prices, bid_qtys)]
+    fields["asks"] = [{"price": p, "qty": q} for p, q in zip(ask_prices, ask_qtys)]
+    if has_obi:
+        fields["obi_10"] = obi
+    columns = BookLevels(np.array(bid_prices + ask_prices + bid_qtys + ask_qtys, dtype=np.float64), len(bid_prices))
+    return BookRecord(fields, columns)
+
+
 def _side_values(rows: Any) -> tuple[list, list]:
     if not rows:
         return [], []
@@ -153,7 +189,9 @@ def book_levels(levels: Any) -> BookLevels | None:
     read by key when its first item is a dict, by position otherwise, as float64."""
     if levels is None or type(levels) is BookLevels:
         return levels
-    if type(levels) is dict:  # an md.book record
+    if type(levels) is BookRecord and levels.columns is not None:
+        return levels.columns
+    if isinstance(levels, dict):  # an md.book record
         bids, asks = levels.get("bids") or (), levels.get("asks") or ()
     else:
         bids, asks = levels[0], levels[1]
@@ -323,19 +361,21 @@ def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[fl
 
 
 def record_column(records: list[Mapping[str, Any]]) -> np.ndarray:
-    """An object column of references to ``records`` (``BookBatch.levels`` of md.book records).
+    """An object column of references to ``records`` (``BookBatch.levels`` of md.book records), or to
+    their ``columns`` where a source attached them (``BookRecord``).
 
-    References, not ``BookLevels``: reading a 20-level record costs 10-12 µs, which a backtest with
-    the book detectors off would pay for nothing (about 3 µs a symbol-second on a 10 µs engine); the
-    engine reads the levels where the detectors are on."""
+    References, not ``BookLevels`` read here: reading a 20-level record costs 4-8 µs, which a backtest
+    with the book detectors off would pay for nothing (about 3 µs a symbol-second on a 10 µs engine);
+    the engine reads the levels where the detectors are on."""
     column = np.empty(len(records), dtype=object)
-    column[:] = records
+    column[:] = [r.columns if type(r) is BookRecord and r.columns is not None else r for r in records]
     return column
 
 
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
+    levels = record.columns if type(record) is BookRecord and record.columns is not None else record
     return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]),
-                      record)  # a reference: read into BookLevels only where the detectors are on
+                      levels)  # a reference: read into BookLevels only where the detectors are on
 
 
 def mark_from_record(record: Mapping[str, Any]) -> MarkUpdate:

@@ -13,9 +13,10 @@ trade time for trades and liquidations, exchange event time for book and mark, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -29,8 +30,11 @@ from stream_apps.core.events import (
     liquidation_from_record,
     mark_from_record,
 )
+from stream_apps.faust_app.book_decode import BookDecoder
 
 TRADES = "md.trades"
+BOOK = "md.book"
+_BOOK_DECODERS: WeakKeyDictionary[AvroSerde, BookDecoder] = WeakKeyDictionary()  # one per serde: its schema ids
 EVENT_ADAPTERS = {
     "md.book": book_from_record,
     "md.mark": mark_from_record,
@@ -110,12 +114,18 @@ def decode_partition(serde: AvroSerde, catalogue_topic: str, topic: str, partiti
     """Decode the records of one input partition (``catalogue_topic`` is the unprefixed name)."""
     if catalogue_topic == TRADES:
         return _decode_trades(serde, topic, partition, records)
-    adapter = EVENT_ADAPTERS[catalogue_topic]
+    if catalogue_topic == BOOK:  # the levels straight into columns (``book_decode``)
+        decoder = _BOOK_DECODERS.get(serde)
+        if decoder is None:
+            decoder = _BOOK_DECODERS[serde] = BookDecoder(serde)
+        read: Callable[[bytes], MarketEvent] = decoder
+    else:
+        adapter, decode = EVENT_ADAPTERS[catalogue_topic], serde.decode
+        read = lambda value: adapter(decode(value))  # noqa: E731
     out = DecodedPartition()
-    decode = serde.decode
     for record in records:
         try:
-            event = adapter(decode(record.value))
+            event = read(record.value)
         except Exception as exc:  # noqa: BLE001 - anything undecodable becomes a dead letter
             out.dead.append(_dead(topic, partition, record, exc))
             continue

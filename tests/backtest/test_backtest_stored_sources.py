@@ -17,6 +17,7 @@ from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.migrate import migrate
 from sinks.tables import table_for_topic, write_rows
+from stream_apps.core.events import BookRecord, book_levels
 from stream_apps.core.strategy import parse_strategy
 from tests.support.stored_sources import store_session
 
@@ -80,6 +81,14 @@ def test_topics_and_database_sources_reproduce_the_session(kafka_bootstrap, data
         assert result.trades == reference.trades  # every column of every closed position
         assert result.coverage == reference.coverage
         assert result.missing == []
+    # the generated session and the database hold the levels as arrays: their book records carry them
+    # as columns (what the book detectors read), equal to what reading the records' levels gives
+    for source in (session(), DatabaseSource(database, SYMBOLS, START, END)):
+        books = [r for block in source.blocks() for r in block.records["books"]]
+        assert books and all(type(r) is BookRecord for r in books)
+        for r in books:
+            expected = book_levels(dict(r))
+            assert (r.columns.n_bids, r.columns.data.tobytes()) == (expected.n_bids, expected.data.tobytes())
 
 
 def test_the_binary_copy_trade_reader_gives_the_row_readers_columns(database):

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from ..events import BookLevels
+from ..events import BookLevels, BookRecord
 from ..params import SECOND_MS
 from ..ring import BucketRing
 from . import book_kernels as bk
@@ -151,7 +151,7 @@ def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     concatenation for the lot (prices and quantities are
     then the same array); records and pairs are read here, all in one list (as ``book_levels``
     reads them: equal values)."""
-    columns = list(levels)
+    columns = [item.columns if type(item) is BookRecord and item.columns is not None else item for item in levels]
     n = len(columns)
     if set(map(type, columns)) <= _COLUMN_TYPES:
         return _flatten_columns(columns, n)
@@ -170,7 +170,7 @@ def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
             prices += item.prices.tolist()
             qtys += item.qtys.tolist()
             continue
-        if type(item) is dict:  # an md.book record
+        if isinstance(item, dict):  # an md.book record (a ``BookRecord`` without columns too)
             sides = (item.get("bids") or (), item.get("asks") or ())
         else:
             sides = (item[0], item[1])

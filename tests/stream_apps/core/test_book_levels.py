@@ -12,15 +12,25 @@ output (batches, a snapshot restore with pending snapshots) is the same with col
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import pickle
 
 import numpy as np
 
 from stream_apps.core.detectors import BookDetectors, BookParams
 from stream_apps.core.detectors.book import MAX_LEVELS, flatten_levels
 from stream_apps.core.engine import Engine
-from stream_apps.core.events import BookLevels, BookUpdate, book_from_record, book_levels, record_column
+from stream_apps.core.events import (
+    BookLevels,
+    BookRecord,
+    BookUpdate,
+    book_from_record,
+    book_levels,
+    book_record,
+    record_column,
+)
 from tests.stream_apps.core.test_book_detectors import SECTION, U, engine_items
 from tests.stream_apps.core.test_detectors import strategy
 from tests.stream_apps.core.test_flow_detectors import run_engine
@@ -99,6 +109,36 @@ def test_the_decoders_keep_references_and_the_plain_form_reads_back_exactly():
         np.testing.assert_array_equal(back.data, levels.data)
 
 
+def as_book_record(item):
+    """``LEVELS``' records as a source holding arrays builds them (``book_record``); others as they are."""
+    if not isinstance(item, dict) or "exchange" not in item:
+        return item
+    fields = {k: v for k, v in item.items() if k not in ("bids", "asks")}
+    bids, asks = item["bids"], item["asks"]
+    return book_record(fields, [lv["price"] for lv in bids], [lv["qty"] for lv in bids],
+                       [lv["price"] for lv in asks], [lv["qty"] for lv in asks])
+
+
+def test_a_book_record_is_the_record_and_carries_what_the_dict_read_gives():
+    records = [as_book_record(item) for item in LEVELS]
+    made = [(r, item) for r, item in zip(records, LEVELS) if type(r) is BookRecord]
+    assert len(made) == 3
+    for rec, item in made:
+        assert rec == item and list(rec)[-3:] == ["bids", "asks", "obi_10"]  # the same record, the schema's order
+        expected = book_levels(item)
+        assert rec.columns.n_bids == expected.n_bids and rec.columns.data.tobytes() == expected.data.tobytes()
+        assert book_levels(rec) is rec.columns and book_from_record(rec).levels is rec.columns
+        for back in (pickle.loads(pickle.dumps(rec)), copy.deepcopy(rec), copy.copy(rec)):
+            assert type(back) is BookRecord and back == rec and back.columns.data.tobytes() == rec.columns.data.tobytes()
+        assert json.loads(json.dumps(rec)) == item
+    column = record_column([made[0][0], LEVELS[1]])
+    assert column[0] is made[0][0].columns and column[1] is LEVELS[1]
+    assert sides(flatten_levels(records)) == sides(flatten_levels(LEVELS))
+    without = BookRecord(LEVELS[0], None)  # no columns: read as the record
+    assert sides(flatten_levels([without])) == sides(flatten_levels([LEVELS[0]]))
+    assert book_from_record(without).levels is without
+
+
 def test_the_detectors_give_the_same_logs_state_and_values_fed_columns_or_dicts():
     params = BookParams(wall_multiple=2.0, wall_band_bps=50.0, wall_window_ms=60_000, iceberg_min_refills=2,
                         iceberg_band_bps=50.0, iceberg_window_ms=60_000)
@@ -108,7 +148,7 @@ def test_the_detectors_give_the_same_logs_state_and_values_fed_columns_or_dicts(
     units = np.full(len(LEVELS), 2 * U, dtype=np.int64)
     sells = np.array([True, False] * 5 + [True])
     runs = []
-    for form in (LEVELS, [book_levels(item) for item in LEVELS]):
+    for form in (LEVELS, [book_levels(item) for item in LEVELS], [as_book_record(item) for item in LEVELS]):
         for size in (len(LEVELS), 3, 1):
             d = BookDetectors(params)
             keys, values = [], []
