@@ -79,7 +79,7 @@ from stream_apps.core.strategy import (
 from stream_apps.core.units import qty_to_units
 from stream_apps.core.symbol_state import SymbolState
 from stream_apps.core.synthetic import synthetic_trades
-from stream_apps.faust_app.book_decode import BookDecoder
+from stream_apps.book_decode import BookDecoder
 
 SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6))
 START = 1_700_006_400_000

@@ -15,7 +15,8 @@ md.trades, the bulk, is not decoded record by record: its values are kept as byt
 every record's size checked against its Kafka value, so a malformed record cannot shift its
 neighbours) straight into the engine's trade columns. A chunk the decoder refuses (another schema
 id, a malformed record) is decoded record by record, where a record that cannot be decoded is an
-error as before. Measured: ``benchmarks/RESULTS.md``.
+error as before. Measured: ``benchmarks/RESULTS.md``. md.book is read by ``stream_apps.book_decode``
+(the records, equal to the serde's, with their levels as columns for the book detectors).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from sinks.columnar import ColumnarCodec, ColumnarError
 from sinks.tables import table_for_topic
+from stream_apps.book_decode import BookDecoder
 from stream_apps.core.events import TradeBatch
 from tapeflow_runtime.topic_reader import RawRecord, StateReadError, read_to_end
 
@@ -80,13 +82,16 @@ class TopicSource:
         out: dict[str, list[Record]] = {kind: [] for kind in TOPICS.values() if kind != "trades"}
         wanted = set(self.symbols)
         kinds = {self.prefix + topic: kind for topic, kind in TOPICS.items()}
-        trades_topic = self.prefix + "md.trades"
+        trades_topic, book_topic = self.prefix + "md.trades", self.prefix + "md.book"
         raw: list[bytes] = []
+        read_book = BookDecoder(self.serde, records=True)  # with its levels as columns (``BookRecord``)
 
         def keep(topic: str, record: dict[str, Any] | RawRecord) -> None:
             if topic == trades_topic:
                 raw.append(record.value)
                 return
+            if topic == book_topic:
+                record = read_book(record.value)
             kind = kinds[topic]
             if record.get("exchange") == self.exchange and record.get("symbol") in wanted \
                     and self.from_ms <= record[TIME[kind]] < self.to_ms:
@@ -95,7 +100,7 @@ class TopicSource:
         try:
             read_to_end(self.bootstrap, {topic: None for topic in kinds}, self.serde, idle_s=self.idle_s,
                         timeout_s=self.timeout_s, start_ms=self.from_ms - self.lead_ms, on_record=keep,
-                        raw_topics=frozenset({trades_topic}))
+                        raw_topics=frozenset({trades_topic, book_topic}))
             batches = self._trades(raw)
         except StateReadError as exc:
             raise SourceError(f"topics: {exc}") from None

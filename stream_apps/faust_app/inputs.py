@@ -30,7 +30,7 @@ from stream_apps.core.events import (
     liquidation_from_record,
     mark_from_record,
 )
-from stream_apps.faust_app.book_decode import BookDecoder
+from stream_apps.book_decode import BookDecoder
 
 TRADES = "md.trades"
 BOOK = "md.book"

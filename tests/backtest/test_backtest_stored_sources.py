@@ -81,10 +81,14 @@ def test_topics_and_database_sources_reproduce_the_session(kafka_bootstrap, data
         assert result.trades == reference.trades  # every column of every closed position
         assert result.coverage == reference.coverage
         assert result.missing == []
-    # the generated session and the database hold the levels as arrays: their book records carry them
-    # as columns (what the book detectors read), equal to what reading the records' levels gives
-    for source in (session(), DatabaseSource(database, SYMBOLS, START, END)):
-        books = [r for block in source.blocks() for r in block.records["books"]]
+    # the generated session, the database and the topics' bytes hold the levels as arrays: their book
+    # records carry them as columns (what the book detectors read), equal to what reading the records'
+    # levels gives
+    topics = TopicSource(kafka_bootstrap, SYMBOLS, START, END, topic_prefix=topic_prefix).records()["books"]
+    order = lambda r: (r["symbol"], r["event_time"])  # noqa: E731 - partitions interleave the symbols
+    assert sorted(topics, key=order) == sorted(records["md.book"], key=order)  # the records, equal to the serde's
+    for source in (session(), DatabaseSource(database, SYMBOLS, START, END), topics):
+        books = source if isinstance(source, list) else [r for block in source.blocks() for r in block.records["books"]]
         assert books and all(type(r) is BookRecord for r in books)
         for r in books:
             expected = book_levels(dict(r))

@@ -9,7 +9,9 @@ so ``np.frombuffer`` reads them without a Python object per level. Only the writ
 module knows (``LAYOUT``: the fields of ``schemas/avro/book_snapshot.avsc`` in order, docs aside) is
 read here; a record written with any other schema goes through ``AvroSerde.decode`` and
 ``book_from_record`` as before. Either way the values are the same (tests compare both on generated
-and fuzzed records); a body this reader cannot read raises, like the serde, and becomes a dead letter.
+and fuzzed records); a body this reader cannot read raises, like the serde (the worker makes it a dead
+letter). Users: the live engine worker (``faust_app.inputs``, ``BookUpdate``s) and the backtest's
+topics source (``BookRecord``s: the record every consumer reads, with its columns).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import numpy as np
 
 from schemas.errors import WireFormatError
 from schemas.serde import HEADER_SIZE, AvroSerde, peek_schema_id
-from stream_apps.core.events import BookLevels, BookUpdate, book_from_record
+from stream_apps.core.events import BookLevels, BookRecord, BookUpdate, book_from_record
 
-__all__ = ["LAYOUT", "BookDecoder"]
+__all__ = ["LAYOUT", "BookDecoder", "decode_book", "decode_book_record"]
 
 _LEVELS = ("array", (("price", "double"), ("qty", "double")))
 LAYOUT = (("exchange", "string"), ("symbol", "string"), ("last_update_id", "long"), ("event_time", "long"),
@@ -101,14 +103,13 @@ def _levels(data: bytes, pos: int) -> tuple[np.ndarray, int]:
     return (np.concatenate(blocks) if blocks else np.empty((0, 2))), pos
 
 
-def decode_book(data: bytes) -> BookUpdate:
-    """A framed md.book record written with ``LAYOUT`` as a ``BookUpdate`` with ``BookLevels``."""
+def _read(data: bytes) -> tuple[str, str, int, int, int, np.ndarray, np.ndarray, float, BookLevels]:
     pos = HEADER_SIZE
     exchange, pos = _string(data, pos)
     symbol, pos = _string(data, pos)
-    _, pos = _long(data, pos)  # last_update_id
+    update_id, pos = _long(data, pos)
     event_time, pos = _long(data, pos)
-    _, pos = _long(data, pos)  # receive_time
+    receive_time, pos = _long(data, pos)
     bids, pos = _levels(data, pos)
     asks, pos = _levels(data, pos)
     if pos + 8 != len(data):
@@ -120,24 +121,42 @@ def decode_book(data: bytes) -> BookUpdate:
     columns[n_bids:n] = asks[:, 0]
     columns[n:n + n_bids] = bids[:, 1]
     columns[n + n_bids:] = asks[:, 1]
-    return BookUpdate(exchange, symbol, event_time, obi, BookLevels(columns, n_bids))
+    return exchange, symbol, update_id, event_time, receive_time, bids, asks, obi, BookLevels(columns, n_bids)
+
+
+def decode_book(data: bytes) -> BookUpdate:
+    """A framed md.book record written with ``LAYOUT`` as a ``BookUpdate`` with ``BookLevels``."""
+    exchange, symbol, _, event_time, _, _, _, obi, levels = _read(data)
+    return BookUpdate(exchange, symbol, event_time, obi, levels)
+
+
+def decode_book_record(data: bytes) -> BookRecord:
+    """The same as the record (``AvroSerde.decode``'s dict, equal to it) with its ``columns``."""
+    exchange, symbol, update_id, event_time, receive_time, bids, asks, obi, levels = _read(data)
+    return BookRecord({"exchange": exchange, "symbol": symbol, "last_update_id": update_id, "event_time": event_time,
+                       "receive_time": receive_time,
+                       "bids": [{"price": p, "qty": q} for p, q in bids.tolist()],
+                       "asks": [{"price": p, "qty": q} for p, q in asks.tolist()], "obi_10": obi}, levels)
 
 
 class BookDecoder:
-    """Framed md.book bytes -> ``BookUpdate``: ``decode_book`` for the writer schemas with ``LAYOUT``,
-    the serde and ``book_from_record`` for any other (decided once per schema id)."""
+    """Framed md.book bytes -> ``BookUpdate`` (``records``: the record, a ``BookRecord``):
+    ``decode_book``/``decode_book_record`` for the writer schemas with ``LAYOUT``, the serde (and
+    ``book_from_record``) for any other, decided once per schema id."""
 
-    def __init__(self, serde: AvroSerde) -> None:
+    def __init__(self, serde: AvroSerde, *, records: bool = False) -> None:
         self._serde = serde
-        self._readers: dict[int, Callable[[bytes], BookUpdate]] = {}
+        self._fast: Callable[[bytes], Any] = decode_book_record if records else decode_book
+        self._slow = serde.decode if records else self._update
+        self._readers: dict[int, Callable[[bytes], Any]] = {}
 
-    def __call__(self, data: bytes) -> BookUpdate:
+    def __call__(self, data: bytes) -> Any:
         schema_id = peek_schema_id(data)
         reader = self._readers.get(schema_id)
         if reader is None:
             known = layout(self._serde.registry.schema_for(schema_id)) == LAYOUT
-            reader = self._readers[schema_id] = decode_book if known else self._slow
+            reader = self._readers[schema_id] = self._fast if known else self._slow
         return reader(data)
 
-    def _slow(self, data: bytes) -> BookUpdate:
+    def _update(self, data: bytes) -> BookUpdate:
         return book_from_record(self._serde.decode(data))

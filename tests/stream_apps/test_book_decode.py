@@ -1,9 +1,10 @@
-"""md.book straight from Avro bytes to columns (``stream_apps.faust_app.book_decode``).
+"""md.book straight from Avro bytes to columns (``stream_apps.book_decode``).
 
 Records encoded by the serde (generated: 0-40 levels a side, NaN, infinite, zero and negative values,
 non-ASCII symbols) and arrays split into several blocks, some with their byte size (what other Avro
 writers may send): the fast reader gives what the serde and ``book_from_record`` give, levels read
-as ``book_levels`` reads the dicts, byte for byte. Fuzzed bodies (truncated, bytes changed or added):
+as ``book_levels`` reads the dicts, byte for byte, and as a record (the topics source) the serde's
+record with those columns. Fuzzed bodies (truncated, bytes changed or added):
 the fast reader fails where the serde fails and agrees where it reads. A writer schema of another
 layout goes through the serde. ``decode_partition`` hands the engine columns for md.book.
 """
@@ -23,8 +24,8 @@ from hypothesis import strategies as st
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde, frame_header
-from stream_apps.core.events import BookLevels, book_from_record, book_levels
-from stream_apps.faust_app.book_decode import LAYOUT, BookDecoder, decode_book, layout
+from stream_apps.core.events import BookLevels, BookRecord, book_from_record, book_levels
+from stream_apps.book_decode import LAYOUT, BookDecoder, decode_book, layout
 from stream_apps.faust_app.inputs import decode_partition
 from tests.support.fuzz import FUZZ
 
@@ -61,11 +62,14 @@ def same(fast, data: bytes) -> None:
 
 def test_the_fast_reader_gives_what_the_serde_and_the_dict_read_give():
     rng = np.random.default_rng(3)
-    decoder = BookDecoder(SERDE)
+    decoder, records = BookDecoder(SERDE), BookDecoder(SERDE, records=True)
     for k in range(300):
         rec = record(rng, int(rng.integers(0, 41)), int(rng.integers(0, 41)), "ÄÖ-ß" if k % 50 == 0 else "ETHUSDT")
         data = SERDE.encode("md.book", rec)
         same(decoder(data), data)
+        full = records(data)  # the record itself (the topics source), keys in order, with its columns
+        assert type(full) is BookRecord and json.dumps(full) == json.dumps(SERDE.decode(data))
+        assert full.columns.data.tobytes() == book_levels(SERDE.decode(data)).data.tobytes()
     assert layout(SERDE.registry.schema_for(SERDE.schema_id("md.book"))) == LAYOUT  # the avsc it was written for
 
 
@@ -138,6 +142,7 @@ def test_another_writer_layout_goes_through_the_serde():
     buf = io.BytesIO()
     schemaless_writer(buf, parse_schema(swapped), rec)
     update = BookDecoder(serde)(frame_header(999) + buf.getvalue())
+    assert type(BookDecoder(serde, records=True)(frame_header(999) + buf.getvalue())) is dict  # the serde's record
     assert update.levels is not None and book_levels(update.levels).n_bids == 3  # read right: the serde's path
     np.testing.assert_array_equal(book_levels(update.levels).data[:3], [lv["price"] for lv in rec["bids"]])
 
