@@ -16,14 +16,15 @@ trade. ``--rates`` runs several densities (trades per second of event time per s
 
 ``--detectors`` runs the shipped strategies with a ``detectors`` section added (VPIN by aggressor side
 with per-symbol buckets of a few seconds' volume, Kyle's lambda and Amihud; issue 25), to compare the
-worker with the detectors on against the same run without them.
+worker with the detectors on against the same run without them; ``--book-detectors`` adds walls and
+icebergs (their defaults) to that section.
 
 ``--mode stream`` measures stock Faust instead: one agent over md.trades with
 ``stream.noack_take(5000, within=0.05)`` that only Avro-decodes and acks — the per-record ceiling of
 Faust's event path, which is why the worker delivers fetches in bulk (see ``bulk_consumer``).
 
 Run: ``.venv/bin/python -m benchmarks.bench_engine_app [--rates 50,200,500] [--minutes 10]
-[--mode bulk|stream] [--detectors] [--bootstrap HOST:PORT]`` (default: an embedded Tansu started for the run).
+[--mode bulk|stream] [--detectors | --book-detectors] [--bootstrap HOST:PORT]`` (default: an embedded Tansu started for the run).
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ DETECTORS = {"bar": "1m", "vpin": {"bucket_volume": {"symbols": {"BTCUSDT": 2_00
              "kyle_window_bars": 30, "amihud_window_bars": 30}
 
 
-def strategies_with_detectors(directory: Path) -> list[Path]:
-    """The shipped strategy files with ``DETECTORS`` added, written into ``directory``."""
+def strategies_with_detectors(directory: Path, book: bool = False) -> list[Path]:
+    """The shipped strategy files with ``DETECTORS`` added (``book``: with walls and icebergs at their
+    defaults too), written into ``directory``."""
     out = []
     for path in shipped_strategy_files():
         data = yaml.safe_load(path.read_text())
-        data["detectors"] = DETECTORS
+        data["detectors"] = {**DETECTORS, "walls": {}, "icebergs": {}} if book else DETECTORS
         out.append(directory / path.name)
         out[-1].write_text(yaml.safe_dump(data))
     return out
@@ -153,17 +155,20 @@ def main() -> None:
     ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--detectors", action="store_true", help="the shipped strategies with a detectors section")
+    ap.add_argument("--book-detectors", action="store_true", help="--detectors with walls and icebergs too")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
                     help="the worker's fetch wait (Faust's own: 1500)")
     args = ap.parse_args()
     configure_logging("WARNING")
     print(f"mode={args.mode}  symbols={len(SYMBOLS)}  session={args.minutes} min  "
-          f"fetch wait={args.fetch_max_wait_ms} ms  detectors={'on' if args.detectors else 'off'}  "
+          f"fetch wait={args.fetch_max_wait_ms} ms  detectors="
+          f"{'book' if args.book_detectors else 'on' if args.detectors else 'off'}  "
           f"load={os.getloadavg()[0]:.2f}")
     print(f"{'trades/s/sym':>12} {'trades':>10} {'records':>10} {'seconds':>8} {'trades/s':>10} {'records/s':>10} "
           f"{'CPU s':>7} {'RSS MiB':>8}")
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bootstrap:
-        files = strategies_with_detectors(Path(tmp)) if args.detectors else shipped_strategy_files()
+        files = (strategies_with_detectors(Path(tmp), book=args.book_detectors)
+                 if args.detectors or args.book_detectors else shipped_strategy_files())
         for rate in (float(r) for r in args.rates.split(",")):
             prefix = f"bench{uuid.uuid4().hex[:6]}."
             config = EngineAppConfig(bootstrap=bootstrap, app_id=prefix + "engine", topic_prefix=prefix,
