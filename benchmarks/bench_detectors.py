@@ -26,6 +26,9 @@ Three numbers:
    the live worker's decode of an md.book record: fastavro + ``book_from_record`` against
    ``book_decode`` (columns straight from the Avro bytes).
 
+6. every detector at once (``--only all``): the microstructure, flow and book parts at their
+   defaults, fed trades, the flow inputs and the snapshots as columns, against no detectors.
+
 Times are the process's CPU time (``time.process_time``; everything here runs on one thread), not
 wall time: on the shared 2-core machine other work takes turns with the benchmark, and CPU time
 leaves out the turns it waited. Off and on runs alternate and the best of ``--repeat`` is kept. Generated
@@ -324,7 +327,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller data sets (under a million trades)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
-    parser.add_argument("--only", choices=("microstructure", "flow", "book"), help="one part of the benchmark")
+    parser.add_argument("--only", choices=("microstructure", "flow", "book", "all"), help="one part of the benchmark")
     args = parser.parse_args()
     scale = 0.25 if args.quick else 1.0
     if args.only in (None, "microstructure"):
@@ -333,6 +336,30 @@ def main() -> None:
         run_flow(args, scale)
     if args.only in (None, "book"):
         run_book(args, scale)
+    if args.only in (None, "all"):
+        run_all(args, scale)
+
+
+def run_all(args: argparse.Namespace, scale: float) -> None:
+    """Every detector at once (the issue's "new features on"): microstructure, divergence, OI spikes,
+    liquidations, walls and icebergs at their defaults, fed trades, the flow inputs and a 20-level
+    snapshot every 250 ms as columns, against the engine with no detectors on the same inputs."""
+    print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + OI + liquidations + a 20-level"
+          " snapshot per symbol every 250 ms (columns): off / every detector (micro, flow, walls, icebergs)")
+    for rate, hours in ((20.0, 1.0), (50.0, 1.0), (500.0, 0.25)):
+        duration = int(hours * 3_600_000 * scale)
+        batches = streams(duration, rate)
+        events = sorted(book_updates(batches, duration, columns=True) + market_events(batches, duration),
+                        key=lambda e: e.time_ms)
+        total = sum(len(b) for b in batches)
+        every = flow_section(batches).model_copy(update={"walls": Walls(), "icebergs": Icebergs()})
+        best = {"off": float("inf"), "all": float("inf")}
+        for _ in range(args.repeat):
+            for name, detectors in (("off", None), ("all", every)):
+                best[name] = min(best[name], bench_engine(batches, duration, detectors, events=events)[0])
+        print(f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} events: off"
+              f" {total / best['off']:>10,.0f} trades/s, every detector {total / best['all']:>10,.0f}"
+              f" (**{best['off'] / best['all']:.2f}**, target >= 0.7)")
 
 
 def run_microstructure(args: argparse.Namespace, scale: float) -> None:

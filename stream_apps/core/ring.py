@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .kernels import ring_window_sums
+
 
 class BucketRing:
     """``n_buckets`` consecutive buckets of ``bucket_ms`` each, with one int64 row per field."""
@@ -125,13 +127,13 @@ class BucketRing:
         """Sums of every field over buckets ``[starts[i], ends[i])`` for many windows at once: shape
         (len(starts), fields). One copy of the buckets they span and one cumulative sum, then two
         lookups per window (absent buckets are 0, as in ``window_sum``)."""
-        starts = np.asarray(starts, dtype=np.int64)
-        ends = np.asarray(ends, dtype=np.int64)
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        ends = np.ascontiguousarray(ends, dtype=np.int64)
         if len(starts) == 0:
             return np.zeros((0, len(self.fields)), dtype=np.int64)
-        lo, hi = int(min(starts.min(), ends.min())), int(max(starts.max(), ends.max()))
-        prefix = self.prefix(lo, hi)
-        return prefix[ends - lo] - prefix[starts - lo]
+        # compiled (``kernels.ring_window_sums``, the same sums as ``prefix``): per segment and symbol,
+        # the numpy form's copy, transpose and cumulative sum cost ~30 µs
+        return ring_window_sums(self._values, self.head, starts, ends)
 
     def prefix(self, lo: int, hi: int) -> np.ndarray:
         """Cumulative sums over buckets ``lo..hi-1``: row ``k`` holds the sums of buckets ``lo..lo+k-1``

@@ -295,20 +295,24 @@ class BookDetectors:
             self.ring.add_grouped(buckets[:grouped], rows[:grouped])
         return DetectorLog(keys[:written].copy(), values[:written].copy())
 
-    def _sample(self, book_times: np.ndarray, book_levels: Any) -> tuple[np.ndarray, list]:
+    def _sample(self, book_times: np.ndarray, book_levels: Any) -> tuple[np.ndarray, np.ndarray]:
         """The snapshots sampling keeps: per interval after the latest one taken, the first with
         levels (``book_times`` in time order). Before the levels are read: the rest cost nothing."""
-        levels = list(book_levels)
+        levels = book_levels
+        if not isinstance(levels, np.ndarray):  # one by one: a (bids, asks) pair would become a row
+            levels = np.empty(len(book_times), dtype=object)
+            for i, item in enumerate(book_levels):
+                levels[i] = item
         interval = book_times // self.params.sample_ms
-        has = np.fromiter((item is not None for item in levels), dtype=bool, count=len(levels))
+        has = np.array([item is not None for item in levels.tolist()], dtype=bool)
         candidates = np.flatnonzero(has & (interval > self._sampled))
         if not len(candidates):
-            return book_times[:0], []
+            return book_times[:0], levels[:0]
         first = np.ones(len(candidates), dtype=bool)
         first[1:] = interval[candidates[1:]] != interval[candidates[:-1]]
         keep = candidates[first]
         self._sampled = int(interval[keep[-1]])
-        return book_times[keep], [levels[i] for i in keep.tolist()]
+        return book_times[keep], levels[keep]
 
     # -- reads ------------------------------------------------------------------------------------
     def values_many(self, times: np.ndarray, walls: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -56,8 +56,13 @@ def _add_trades(t_prices, t_units, t_sells, lo, hi, prices, counts, traded_at,
     for i in range(lo, hi):
         price = t_prices[i]
         side = 0 if t_sells[i] else 1
-        a = 0
         b = counts[side]
+        if b == 0:
+            continue
+        p = prices[side, 0]
+        if not ((side == 0 and p >= price) or (side == 1 and p <= price)):
+            continue  # not even the best level: no bisection (a trade inside the spread, or a stale book)
+        a = 1
         while a < b:  # the first level not reached
             m = (a + b) >> 1
             p = prices[side, m]

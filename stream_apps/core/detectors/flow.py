@@ -163,6 +163,11 @@ class FlowDetectors:
         self.oi_count = 0
         self.oi_current: tuple[float, float, float] = (math.nan, math.nan, math.nan)
         self.liquidations = BucketRing(SECOND_MS, p.liq_ring_seconds, _LIQ_RING_FIELDS)
+        on = p.liq_window_ms is not None
+        self._liq_read = np.array([  # ``flow_kernels.flow_values``' liquidation parameters
+            on, (p.liq_window_ms or 0) // SECOND_MS, p.cascade_window_ms // SECOND_MS,
+            -1 if p.cascade_min_count is None else p.cascade_min_count,
+            -1 if p.cascade_min_usd is None else int(round(p.cascade_min_usd * NOTIONAL_SCALE))], dtype=np.int64)
 
     # -- divergence (trades) ----------------------------------------------------------------------
     @property
@@ -263,42 +268,18 @@ class FlowDetectors:
                     oi: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every flow field at ``times`` (NaN where off or missing). ``divergence``/``oi``: what each
         time saw (rows x 3, from the segment's logs); the current values otherwise."""
-        p = self.params
         n = len(times)
-        out: dict[str, np.ndarray] = {}
         if divergence is None:
             divergence = np.empty((n, 3))
             divergence[:] = self.divergence
-        for k, name in enumerate(DIVERGENCE_FIELDS):
-            out[name] = divergence[:, k].copy()
         if oi is None:
             oi = np.empty((n, 3))
             oi[:] = self.oi_current
-        with np.errstate(invalid="ignore"):
-            fresh = oi[:, 2] >= times - p.oi_max_age_ms  # NaN data time: not fresh
-        out["oi_change_5m"] = np.where(fresh, oi[:, 0], np.nan)
-        out["oi_spike_z"] = np.where(fresh, oi[:, 1], np.nan)
-        if p.liq_window_ms is None:
-            for name in LIQUIDATION_FIELDS:
-                out[name] = np.full(n, np.nan)
-            return out
-        hi = (times - 1) // SECOND_MS + 1  # window [t - w, t): seconds up to the one holding t - 1 ms
-        sums = self.liquidations.window_sums(np.concatenate((hi - p.liq_window_ms // SECOND_MS,
-                                                             hi - p.cascade_window_ms // SECOND_MS)),
-                                             np.concatenate((hi, hi)))
-        window, cascade = sums[:n], sums[n:]
-        out["liq_long_count"] = window[:, 0].astype(np.float64)
-        out["liq_short_count"] = window[:, 1].astype(np.float64)
-        out["liq_long_usd"] = window[:, 2] / NOTIONAL_SCALE
-        out["liq_short_usd"] = window[:, 3] / NOTIONAL_SCALE
-        for side, name in ((0, "liq_cascade_long"), (1, "liq_cascade_short")):
-            hit = np.zeros(n, dtype=bool)
-            if p.cascade_min_count is not None:
-                hit |= cascade[:, side] >= p.cascade_min_count
-            if p.cascade_min_usd is not None:
-                hit |= cascade[:, 2 + side] >= int(round(p.cascade_min_usd * NOTIONAL_SCALE))
-            out[name] = hit.astype(np.float64)
-        return out
+        out = np.empty((len(FLOW_FIELDS), n))
+        fk.flow_values(np.ascontiguousarray(times, dtype=np.int64), np.ascontiguousarray(divergence, dtype=np.float64),
+                       np.ascontiguousarray(oi, dtype=np.float64), self.params.oi_max_age_ms,
+                       self.liquidations._values, self.liquidations.head, self._liq_read, out)
+        return dict(zip(FLOW_FIELDS, out))
 
     @property
     def capacity_cells(self) -> int:

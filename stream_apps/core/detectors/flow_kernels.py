@@ -28,8 +28,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
+from ..kernels import ring_window_sums
+from ..params import SECOND_MS
+from ..units import NOTIONAL_SCALE
 from .kernels import log_values
 
 D_BAR, D_CVD, D_CVD_HIGH, D_CVD_LOW, D_COUNT, D_KEY = range(6)
@@ -151,3 +155,44 @@ def divergence_advance(now_ms, bar_ms, qty_scale, ints, floats, ids, bar_prices,
     end = (ints[D_BAR] + 1) * bar_ms - 1
     _close_divergence_bar(qty_scale, ints, floats, ids, bar_prices, bar_cvds)
     return _log(end, ints, floats, out_keys, out_values, 0)
+
+
+@njit(cache=True)
+def flow_values(times, divergence, oi, oi_max_age_ms, ring_values, ring_head, liq_params, out):  # pragma: no cover
+    """``FlowDetectors.values_many`` in one call (a dozen numpy calls per segment and symbol
+    otherwise): ``out`` (the 11 ``FLOW_FIELDS`` x times) from what each time saw (``divergence``,
+    ``oi``: rows x 3) and the liquidation ring's sums over ``[t - window, t)`` in whole seconds.
+    ``liq_params`` = (on, window s, cascade window s, min count (-1: none), min USD in 1e-6 (-1:
+    none)); off: the liquidation fields NaN."""
+    n = times.shape[0]
+    for i in range(n):
+        for k in range(3):
+            out[k, i] = divergence[i, k]
+        fresh = oi[i, 2] >= times[i] - oi_max_age_ms  # NaN data time: not fresh
+        out[3, i] = oi[i, 0] if fresh else math.nan
+        out[4, i] = oi[i, 1] if fresh else math.nan
+    if liq_params[0] == 0:
+        for k in range(5, 11):
+            for i in range(n):
+                out[k, i] = math.nan
+        return
+    starts = np.empty(2 * n, dtype=np.int64)
+    ends = np.empty(2 * n, dtype=np.int64)
+    for i in range(n):
+        hi = (times[i] - 1) // SECOND_MS + 1
+        starts[i] = hi - liq_params[1]
+        starts[n + i] = hi - liq_params[2]
+        ends[i] = hi
+        ends[n + i] = hi
+    sums = ring_window_sums(ring_values, ring_head, starts, ends)
+    min_count = liq_params[3]
+    min_usd = liq_params[4]
+    for i in range(n):
+        out[5, i] = sums[i, 0]
+        out[6, i] = sums[i, 1]
+        out[7, i] = sums[i, 2] / NOTIONAL_SCALE
+        out[8, i] = sums[i, 3] / NOTIONAL_SCALE
+        for side in range(2):
+            hit = (min_count >= 0 and sums[n + i, side] >= min_count) or (
+                min_usd >= 0 and sums[n + i, 2 + side] >= min_usd)
+            out[9 + side, i] = 1.0 if hit else 0.0
