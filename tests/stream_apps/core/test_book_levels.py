@@ -87,6 +87,8 @@ def test_columns_hold_what_the_dict_read_gives():
     for item, column in zip(LEVELS, columns):  # and one by one, mixed with the other forms
         assert sides(flatten_levels([column])) == sides(flatten_levels([item]))
         assert sides(flatten_levels([item, column, None])) == sides(flatten_levels([item, item, None]))
+    many = columns * 4  # more than a few: the numpy form, against the per-snapshot loop of a few
+    assert len(many) > 16 and sides(flatten_levels(many)) == sum((sides(flatten_levels([c])) for c in many), [])
     deep = sides(flatten_levels([columns[5]]))[0]
     assert len(deep[0][0]) == MAX_LEVELS and deep[0][0][0] == DEEP[0][0]  # the first 64 as listed
     assert columns[0].prices.tolist() == [99.99, 99.98, 100.01, 100.02] and columns[0].n_bids == 2
