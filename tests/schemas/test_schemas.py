@@ -31,6 +31,7 @@ from schemas.errors import (
 )
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde, frame_header, peek_schema_id
+from tests.support.avro import zigzag_varint
 from tests.support.cross_venue import XV_FEATURE
 from tests.support.watchlist_trading import XV_FUNDING_PAYMENT, XV_LEG_ORDER, XV_PAIR_EVENT, XV_SIGNAL
 
@@ -342,23 +343,9 @@ def test_optional_fields_get_their_defaults(serde):
 
 
 # --- wire format -------------------------------------------------------------------------------
-def _zigzag_varint(n: int) -> bytes:
-    """Avro long encoding, written from the spec independently of fastavro."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        byte = z & 0x7F
-        z >>= 7
-        if z:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _avro_string(s: str) -> bytes:
     raw = s.encode()
-    return _zigzag_varint(len(raw)) + raw
+    return zigzag_varint(len(raw)) + raw
 
 
 def test_wire_format_matches_hand_encoding(serde, registry):
@@ -366,10 +353,10 @@ def test_wire_format_matches_hand_encoding(serde, registry):
     expected = (
         b"\x00" + struct.pack(">I", schema_id)
         + _avro_string("binance") + _avro_string("BTCUSDT") + _avro_string("md.trades")
-        + _zigzag_varint(2270511835) + _zigzag_varint(2270511902) + _zigzag_varint(1718000030000)
+        + zigzag_varint(2270511835) + zigzag_varint(2270511902) + zigzag_varint(1718000030000)
         + _avro_string("rest_backfill_exhausted")
     )
-    assert _zigzag_varint(1) == b"\x02" and _zigzag_varint(-1) == b"\x01" and _zigzag_varint(64) == b"\x80\x01"
+    assert zigzag_varint(1) == b"\x02" and zigzag_varint(-1) == b"\x01" and zigzag_varint(64) == b"\x80\x01"
     assert serde.encode("md.gaps", BTC_GAP) == expected
 
 

@@ -27,6 +27,7 @@ from schemas.serde import AvroSerde, frame_header
 from stream_apps.core.events import BookLevels, BookRecord, book_from_record, book_levels
 from stream_apps.book_decode import LAYOUT, BookDecoder, decode_book, layout
 from stream_apps.faust_app.inputs import decode_partition
+from tests.support.avro import zigzag_varint
 from tests.support.fuzz import FUZZ
 
 SERDE = AvroSerde(FileSchemaRegistry())
@@ -73,19 +74,6 @@ def test_the_fast_reader_gives_what_the_serde_and_the_dict_read_give():
     assert layout(SERDE.registry.schema_for(SERDE.schema_id("md.book"))) == LAYOUT  # the avsc it was written for
 
 
-def _long(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def test_arrays_in_several_blocks_with_and_without_their_size():
     rng = np.random.default_rng(4)
     rec = record(rng, 7, 5)
@@ -100,8 +88,8 @@ def test_arrays_in_several_blocks_with_and_without_their_size():
         body = b""
         for lo, hi in zip([0, *cuts], [*cuts, len(items)]):
             payload = b"".join(np.array([lv["price"], lv["qty"]], dtype="<f8").tobytes() for lv in items[lo:hi])
-            body += (_long(-(hi - lo)) + _long(len(payload)) if sized else _long(hi - lo)) + payload
-        return body + _long(0)
+            body += (zigzag_varint(-(hi - lo)) + zigzag_varint(len(payload)) if sized else zigzag_varint(hi - lo)) + payload
+        return body + zigzag_varint(0)
 
     data = (header + head.getvalue() + levels(rec["bids"], [2, 3], sized=True) + levels(rec["asks"], [4], sized=False)
             + np.float64(rec["obi_10"]).astype("<f8").tobytes())
