@@ -156,9 +156,6 @@ class BookRecord(dict):
         super().__init__(fields)
         self.columns = columns
 
-    def __reduce__(self) -> tuple:  # pickle and copy keep the columns (a dict subclass would drop them)
-        return BookRecord, (dict(self), self.columns)
-
 
 def book_record(fields: dict[str, Any], bid_prices: list, bid_qtys: list, ask_prices: list,
                 ask_qtys: list) -> BookRecord:
