@@ -14,8 +14,9 @@ Three numbers:
    liquidations per symbol per minute, three ways: detectors off, the microstructure section alone,
    and that section with ``divergence``, ``oi_spike`` and ``liquidations`` added (ratio to off, and
    of the flow parts to the section without them);
-5. the book detectors (walls, icebergs): reading a record's levels into columns (``book_levels``;
-   the decoders do not, they keep references to the records), then ``BookDetectors.update`` alone per
+5. the book detectors (walls, icebergs): reading a record's levels into columns (``book_levels``,
+   what the engine does with a plain record), the live worker's md.book decode two ways (below),
+   then ``BookDetectors.update`` alone per
    snapshot (20 levels a side, the trades between) fed those columns and fed the records' dicts, then
    the full engine fed trades and a 20-level snapshot per symbol every 250 ms (``md.book``'s live
    cadence) at 20 (about BTCUSDT's average), 50 and 500 trades/s a symbol, four ways: off,

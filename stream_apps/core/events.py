@@ -372,7 +372,7 @@ def record_column(records: list[Mapping[str, Any]]) -> np.ndarray:
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
     levels = record.columns if type(record) is BookRecord and record.columns is not None else record
     return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]),
-                      levels)  # a reference: read into BookLevels only where the detectors are on
+                      levels)  # a reference (or the columns a source attached): read only where the detectors are on
 
 
 def mark_from_record(record: Mapping[str, Any]) -> MarkUpdate:
