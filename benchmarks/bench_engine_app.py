@@ -43,6 +43,7 @@ import yaml
 from benchmarks.embedded_broker import broker
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
+from stream_apps.core.strategy import load_strategy
 from stream_apps.core.warmup import warm_up
 from stream_apps.faust_app.app import EngineWorker
 from stream_apps.faust_app.config import EngineAppConfig, shipped_strategy_files
@@ -77,7 +78,7 @@ def produce(bootstrap: str, prefix: str, minutes: int, rate: float) -> tuple[int
 
 
 async def run_bulk(config: EngineAppConfig, total_records: int, timeout_s: float) -> tuple[float, float, int]:
-    warm_up()  # as the service's entry point does before consuming: no kernel compiled or loaded on the clock
+    warm_up([load_strategy(path) for path in config.strategy_files])  # as the service does before consuming
     worker = EngineWorker(config)
     first: list[float] = []
     original = worker.on_records

@@ -18,6 +18,7 @@ from pathlib import Path
 import structlog
 
 from schemas.catalogue import TOPICS
+from stream_apps.core.strategy import load_strategy
 from stream_apps.core.warmup import warm_up
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.kafka_client import ensure_topics
@@ -47,7 +48,7 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
     began = time.monotonic()
     # numba compiles a kernel at its first call (seconds in a fresh checkout): done here, before the
     # group join, not in the first fetch of a member whose session is already running
-    await asyncio.to_thread(warm_up)
+    await asyncio.to_thread(warm_up, [load_strategy(path) for path in config.strategy_files])
     log.info("engine kernels ready", seconds=round(time.monotonic() - began, 2))
     worker = EngineWorker(config, metrics=metrics)
     stop = stop or asyncio.Event()

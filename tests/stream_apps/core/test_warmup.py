@@ -1,6 +1,8 @@
 """``warm_up`` compiles (or loads from numba's cache) the kernels the engine calls, the detectors'
-included, before a worker consumes: checked in a fresh interpreter (this process's other tests
-compile them anyway), where none of the detectors' kernels is compiled before it and all are after."""
+when the worker's strategies turn them on, before a worker consumes: checked in a fresh interpreter
+(this process's other tests compile them anyway), where no kernel is compiled before it, the core's
+are after it for strategies without detectors (and the detectors' are not), all are for strategies
+with them."""
 
 from __future__ import annotations
 
@@ -22,15 +24,22 @@ kernels = json.loads(sys.argv[1])
 def compiled():
     return {f"{m}.{k}": bool(getattr(importlib.import_module(m), k).signatures) for m, ks in kernels.items() for k in ks}
 before = compiled()
-from stream_apps.core.warmup import warm_up
-warm_up()
-print(json.dumps([before, compiled()]))
+from stream_apps.core.strategy import default_strategy_dir, load_strategies
+from stream_apps.core.warmup import EVERY_DETECTOR, warm_up
+shipped = load_strategies(default_strategy_dir())
+warm_up(shipped)  # no detectors among them: the core only
+core = compiled()
+warm_up([shipped[0].model_copy(update={"detectors": EVERY_DETECTOR})])
+print(json.dumps([before, core, compiled()]))
 """
 
 
 def test_warm_up_compiles_every_kernel_the_engine_and_its_detectors_call():
     out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(KERNELS)], cwd=REPO, capture_output=True,
                          text=True, timeout=600, check=True)
-    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    before, core, after = json.loads(out.stdout.strip().splitlines()[-1])
     assert not any(before.values()), before  # nothing compiled by importing alone
     assert all(after.values()), [name for name, done in after.items() if not done]
+    # strategies without detectors do not wait for the detectors' kernels (seconds in a fresh checkout)
+    detectors = {name for name in after if ".detectors." in name}
+    assert not any(core[name] for name in detectors) and all(core[name] for name in set(core) - detectors)
