@@ -157,6 +157,11 @@ class BookRecord(dict):
         self.columns = columns
 
 
+def attached_levels(item: Any) -> Any:
+    """``item``'s ``columns`` when it is a ``BookRecord`` carrying them, else ``item`` itself."""
+    return item.columns if type(item) is BookRecord and item.columns is not None else item
+
+
 def book_record(fields: dict[str, Any], bid_prices: list, bid_qtys: list, ask_prices: list,
                 ask_qtys: list) -> BookRecord:
     """An md.book record from its other ``fields`` and its levels as four lists (best first): the
@@ -186,8 +191,9 @@ def book_levels(levels: Any) -> BookLevels | None:
     read by key when its first item is a dict, by position otherwise, as float64."""
     if levels is None or type(levels) is BookLevels:
         return levels
-    if type(levels) is BookRecord and levels.columns is not None:
-        return levels.columns
+    attached = attached_levels(levels)
+    if attached is not levels:  # a book record's own columns
+        return attached
     if isinstance(levels, dict):  # an md.book record
         bids, asks = levels.get("bids") or (), levels.get("asks") or ()
     else:
@@ -365,12 +371,12 @@ def record_column(records: list[Mapping[str, Any]]) -> np.ndarray:
     with the book detectors off would pay for nothing (about 3 µs a symbol-second on a 10 µs engine);
     the engine reads the levels where the detectors are on."""
     column = np.empty(len(records), dtype=object)
-    column[:] = [r.columns if type(r) is BookRecord and r.columns is not None else r for r in records]
+    column[:] = [attached_levels(r) for r in records]
     return column
 
 
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
-    levels = record.columns if type(record) is BookRecord and record.columns is not None else record
+    levels = attached_levels(record)
     return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]),
                       levels)  # a reference (or the columns a source attached): read only where the detectors are on
 

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from ..events import BookLevels, BookRecord
+from ..events import BookLevels, attached_levels
 from ..params import SECOND_MS
 from ..ring import BucketRing
 from . import book_kernels as bk
@@ -152,7 +152,7 @@ def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     concatenation for the lot (prices and quantities are
     then the same array); records and pairs are read here, all in one list (as ``book_levels``
     reads them: equal values)."""
-    columns = [item.columns if type(item) is BookRecord and item.columns is not None else item for item in levels]
+    columns = [attached_levels(item) for item in levels]
     n = len(columns)
     if set(map(type, columns)) <= _COLUMN_TYPES:
         return _flatten_columns(columns, n)
