@@ -120,6 +120,12 @@ class FakeExchange:
     def drop_connections(self) -> int:
         return drop_connections(self.state, self.state.faults.settings.drop_mode)
 
+    def pause_replay(self) -> None:
+        self.state.pause()
+
+    def resume_replay(self) -> None:
+        self.state.resume()
+
     def start_replay(self) -> None:
         self.state.request_start()
 

@@ -17,6 +17,11 @@ all connections have drained, each connection that asked for it gets the end-of-
 stay open, idle.
 A connected client that stops reading therefore holds ``finished`` back, as it would hold back a
 real feed.
+
+``state.pause()`` holds the replay before its next frame until ``state.resume()``: a test stages a
+fault (a dropped connection, a reconnect) while the session stands still, so a loaded machine cannot
+let the session run out before the fault's consequences are seen. The frames after the pause keep
+their spacing (the schedule moves by the pause's length).
 """
 
 from __future__ import annotations
@@ -122,6 +127,10 @@ class ReplayEngine:
         start = self._clock()
         state.started_at = start
         for frame, offset in zip(frames, offsets, strict=True):
+            if not state.running.is_set():  # paused: the frames still to come move by the pause
+                held_at = self._clock()
+                await state.running.wait()
+                start += self._clock() - held_at
             if self.speed is None:
                 await self._sleep(0)
             else:

@@ -68,6 +68,8 @@ class ExchangeState:
         self.connections: set[Subscriber] = set()
         self.position = 0
         self.start_requested = asyncio.Event()
+        self.running = asyncio.Event()  # cleared while the replay is paused (pause/resume)
+        self.running.set()
         self.finished = asyncio.Event()
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -86,6 +88,14 @@ class ExchangeState:
     # -- replay progress ---------------------------------------------------------------------------
     def request_start(self) -> None:
         self.start_requested.set()
+
+    def pause(self) -> None:
+        """Hold the replay before its next frame; connections stay open and keep answering."""
+        self.running.clear()
+
+    def resume(self) -> None:
+        """Go on from where :meth:`pause` held the replay, the session's clock shifted by the pause."""
+        self.running.set()
 
     @property
     def started(self) -> bool:

@@ -355,6 +355,38 @@ async def test_replay_schedule_scales_gaps_by_speed():
     assert state.finished.is_set() and state.position == len(rec.frames)
 
 
+async def test_a_paused_replay_holds_its_next_frame_and_goes_on_with_the_spacing_moved_by_the_pause():
+    rec = generate_session(seed=1, duration_s=2, trades_per_s=0, liquidations_per_min=0)
+    clock = FakeClock()
+    state = ExchangeState(rec, clock=clock)
+    dispatched: list[float] = []
+    paused_at = len(rec.frames) // 2
+
+    def on_frame(frame):
+        dispatched.append(clock.now)
+        if len(dispatched) == paused_at:
+            state.pause()
+
+    state.connections.add(Recorder(on_frame))
+    state.request_start()
+    replay = asyncio.create_task(ReplayEngine(state, 10.0, clock=clock, sleep=clock.sleep).run())
+    for _ in range(1000):  # the replay reaches the pause and waits there, whatever the event loop does
+        await asyncio.sleep(0)
+        if len(dispatched) == paused_at and not state.running.is_set():
+            break
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(dispatched) == paused_at and state.position == paused_at and not replay.done()
+    clock.now += 30.0  # the session stands still for 30 s
+    state.resume()
+    await replay
+    assert len(dispatched) == len(rec.frames) and state.finished.is_set()
+    t0 = rec.frames[0].receive_time
+    for i, (at, frame) in enumerate(zip(dispatched, rec.frames, strict=True)):
+        moved = 30.0 if i >= paused_at else 0.0
+        assert at - 100.0 == pytest.approx((frame.receive_time - t0) / 10 + moved, abs=1e-9)
+
+
 @pytest.mark.parametrize("wall_at_start", [-5.0, 3.0])
 async def test_replay_at_session_time_plays_each_frame_when_the_wall_clock_reaches_it(wall_at_start):
     """5 s before the session (relative to its first frame): the first frame 5 s later, then each at

@@ -235,8 +235,17 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
                     and producer.books["BTCUSDT"].is_live:
                 break
             await asyncio.sleep(0.01)
+        # the drop with the session standing still until the producer is back with every book live
+        # from the reconnect's snapshots: a loaded run could let the replay run out before them
+        fake.pause_replay()
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
+        for _ in range(3000):
+            if sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1 \
+                    and all(book.is_live for book in producer.books.values()):
+                break
+            await asyncio.sleep(0.01)
+        fake.resume_replay()
 
     producer, metrics, ended, publisher, fake = await run_producer(
         kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 31}, speed=8.0)
