@@ -22,8 +22,8 @@ Three numbers:
    cadence) at 20 (about BTCUSDT's average), 50 and 500 trades/s a symbol, four ways: off,
    microstructure, and that with walls + icebergs compared once a second (``book_sample: 1s``, the
    default) and at every snapshot (``book_sample: 0``); once with the levels as ``BookLevels``
-   columns (what the live worker's md.book decoder and the database, topics and generated sources
-   give) and once as the records' dicts (the recording source; read inside the engine). Also
+   columns (what the live worker's md.book decoder and the database, topics, recording and generated
+   sources give) and once as the records' dicts (records without columns: read inside the engine). Also
    the live worker's decode of an md.book record: fastavro + ``book_from_record`` against
    ``book_decode`` (columns straight from the Avro bytes).
 
@@ -301,9 +301,9 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
     print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per symbol"
           " every 250 ms (md.book's live cadence): off / microstructure / + walls + icebergs compared once a"
           " second (book_sample: 1s, the default) / + walls + icebergs compared at every snapshot (book_sample: 0)")
-    for form, columns in (("BookLevels columns (the live worker's decoder; the database, topics and generated"
-                           " sources)", True), ("the records' dicts (the recording source; read inside the engine)",
-                                                False)):
+    for form, columns in (("BookLevels columns (the live worker's decoder; the database, topics, recording and"
+                           " generated sources)", True), ("the records' dicts (records without columns: read inside"
+                                                          " the engine)", False)):
         print(f" levels as {form}:")
         for rate, hours in ((20.0, 1.0), (50.0, 1.0), (500.0, 0.25)):
             duration = int(hours * 3_600_000 * scale)

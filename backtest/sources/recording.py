@@ -4,7 +4,8 @@ into the records the Binance producer would have published from it.
 
 The frames go through the producer's own pieces, in receive order: ``producers.binance.parse`` for
 every stream, ``AggTradeSequencer`` for agg-id order and duplicates, ``OrderBookSync`` with the
-recording's REST depth snapshot, and ``book_snapshot_record`` for ``md.book``. What the producer
+recording's REST depth snapshot, and ``book_snapshot_parts`` for ``md.book`` (the producer's record,
+with its levels attached as columns for the book detectors: ``BookRecord``). What the producer
 decides by wall clock is emulated on the recording's receive clock: a top-20 book is published every
 250 ms when it changed (the producer's timer), the depth snapshot is applied at the first diff (the
 producer asks for one then), and an agg-id hole is given up at once (the live producer would ask
@@ -34,7 +35,7 @@ from backtest.sources import SourceError
 from backtest.sources.records import RecordSource
 from producers.base.book import OrderBookSync
 from producers.base.sequencer import AggTradeSequencer
-from producers.base.venue import book_snapshot_record
+from producers.base.venue import book_snapshot_parts
 from producers.binance.parse import (
     EXCHANGE,
     FrameError,
@@ -44,6 +45,7 @@ from producers.binance.parse import (
     parse_force_order,
     parse_mark_price,
 )
+from stream_apps.core.events import book_record
 
 BOOK_INTERVAL_MS = 250  # producers.binance.producer.ProducerConfig.book_interval_ms
 BOOK_DEPTH = 20
@@ -259,7 +261,9 @@ class _Producer:
             if not book.is_live or self.published_u.get(sym) == book.last_update_id:
                 continue
             self.published_u[sym] = book.last_update_id
-            self.out["books"].append(book_snapshot_record(EXCHANGE, book, BOOK_DEPTH, now_ms=now_ms))
+            fields, bids, asks = book_snapshot_parts(EXCHANGE, book, BOOK_DEPTH, now_ms=now_ms)
+            self.out["books"].append(book_record(fields, [p for p, _ in bids], [q for _, q in bids],
+                                                 [p for p, _ in asks], [q for _, q in asks]))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -76,14 +76,26 @@ class TopBook(Protocol):
     def top(self, depth: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]: ...
 
 
-def book_snapshot_record(exchange: str, book: TopBook, depth: int, now_ms: int | None = None) -> dict:
-    """An md.book record: the verified book's top `depth` levels and OBI over 10 levels."""
+def book_snapshot_parts(exchange: str, book: TopBook, depth: int, now_ms: int | None = None
+                        ) -> tuple[dict, list[tuple[float, float]], list[tuple[float, float]]]:
+    """An md.book record's fields but its levels (``obi_10`` included), and the levels: the verified
+    book's top ``depth`` bids and asks as (price, qty), best first. A backtest source that wants the
+    levels as arrays too builds them from these (``backtest.sources.recording``)."""
     bids, asks = book.top(depth)
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    return {"exchange": exchange, "symbol": book.symbol, "last_update_id": book.last_update_id,
-            "event_time": book.last_event_time, "receive_time": now,
-            "bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks],
-            "obi_10": order_book_imbalance(bids, asks, 10)}
+    return ({"exchange": exchange, "symbol": book.symbol, "last_update_id": book.last_update_id,
+             "event_time": book.last_event_time, "receive_time": now,
+             "obi_10": order_book_imbalance(bids, asks, 10)}, bids, asks)
+
+
+def book_snapshot_record(exchange: str, book: TopBook, depth: int, now_ms: int | None = None) -> dict:
+    """An md.book record: the verified book's top `depth` levels and OBI over 10 levels."""
+    fields, bids, asks = book_snapshot_parts(exchange, book, depth, now_ms)
+    obi = fields.pop("obi_10")  # the schema's order: the levels before it
+    fields["bids"] = [{"price": p, "qty": q} for p, q in bids]
+    fields["asks"] = [{"price": p, "qty": q} for p, q in asks]
+    fields["obi_10"] = obi
+    return fields
 
 
 class VenueProducer:
