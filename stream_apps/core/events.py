@@ -276,14 +276,7 @@ class BookBatch:
         times = np.asarray(time_ms, dtype=np.int64)
         if isinstance(levels, np.ndarray):  # already a column (``record_column``)
             return cls(exchange, symbol, times, np.asarray(obi, dtype=np.float64), levels)
-        column = np.empty(len(times), dtype=object)
-        if levels is not None:
-            levels = list(levels)
-            if all(type(item) is dict or type(item) is BookLevels or item is None for item in levels):
-                column[:] = levels  # records or columns: one reference each, in one step
-            else:
-                for i, item in enumerate(levels):  # a (bids, asks) pair would be read as a row: one by one
-                    column[i] = item
+        column = np.empty(len(times), dtype=object) if levels is None else object_column(levels)
         return cls(exchange, symbol, times, np.asarray(obi, dtype=np.float64), column)
 
     @classmethod
@@ -361,6 +354,22 @@ def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[fl
     ask_qty = sum(q for _, q in list(asks)[:depth])
     total = bid_qty + ask_qty
     return (bid_qty - ask_qty) / total if total > 0 else None
+
+
+def object_column(items: Iterable[Any]) -> np.ndarray:
+    """A 1-D object array with one cell per item (a book's levels in any accepted form, or None).
+
+    numpy reads a sequence it is handed as rows: a ``(bids, asks)`` pair or a list of levels would
+    become a row of cells. Records, ``BookLevels`` and None cannot, so they go in one step; anything
+    else is placed one item at a time."""
+    items = list(items)
+    column = np.empty(len(items), dtype=object)
+    if all(type(item) is dict or type(item) is BookLevels or item is None for item in items):
+        column[:] = items
+    else:
+        for i, item in enumerate(items):
+            column[i] = item
+    return column
 
 
 def record_column(records: list[Mapping[str, Any]]) -> np.ndarray:

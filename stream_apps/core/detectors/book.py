@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from ..events import BookLevels, attached_levels
+from ..events import BookLevels, attached_levels, object_column
 from ..params import SECOND_MS
 from ..ring import BucketRing
 from . import book_kernels as bk
@@ -323,11 +323,7 @@ class BookDetectors:
     def _sample(self, book_times: np.ndarray, book_levels: Any) -> tuple[np.ndarray, np.ndarray]:
         """The snapshots sampling keeps: per interval after the latest one taken, the first with
         levels (``book_times`` in time order). Before the levels are read: the rest cost nothing."""
-        levels = book_levels
-        if not isinstance(levels, np.ndarray):  # one by one: a (bids, asks) pair would become a row
-            levels = np.empty(len(book_times), dtype=object)
-            for i, item in enumerate(book_levels):
-                levels[i] = item
+        levels = book_levels if isinstance(book_levels, np.ndarray) else object_column(book_levels)
         interval = book_times // self.params.sample_ms
         has = np.array([item is not None for item in levels.tolist()], dtype=bool)
         candidates = np.flatnonzero(has & (interval > self._sampled))

@@ -24,12 +24,14 @@ from stream_apps.core.detectors import BookDetectors, BookParams
 from stream_apps.core.detectors.book import MAX_LEVELS, flatten_levels
 from stream_apps.core.engine import Engine
 from stream_apps.core.events import (
+    BookBatch,
     BookLevels,
     BookRecord,
     BookUpdate,
     book_from_record,
     book_levels,
     book_record,
+    object_column,
     record_column,
 )
 from tests.stream_apps.core.test_book_detectors import SECTION, U, engine_items
@@ -120,6 +122,18 @@ def as_book_record(item):
     bids, asks = item["bids"], item["asks"]
     return book_record(fields, [lv["price"] for lv in bids], [lv["qty"] for lv in bids],
                        [lv["price"] for lv in asks], [lv["qty"] for lv in asks])
+
+
+def test_an_object_column_holds_each_form_of_levels_as_one_cell():
+    levels = BookLevels(np.array([100.0, 101.0, 2.0, 3.0]), 1)
+    record = {"bids": [{"price": 100.0, "qty": 2.0}], "asks": [{"price": 101.0, "qty": 3.0}]}
+    pair = ([(100.0, 2.0)], [(101.0, 3.0)])  # numpy alone would make it a row (or a 3-d array)
+    for items in ([record, levels, None], [pair, pair], [[[100.0, 2.0]], None, levels], []):
+        column = object_column(items)
+        assert column.dtype == object and column.shape == (len(items),)
+        assert all(cell is item for cell, item in zip(column, items, strict=True))
+    batch = BookBatch.from_arrays("binance", "BTCUSDT", [1, 2], [0.1, 0.2], [pair, record])
+    assert batch.levels[0] is pair and batch.levels[1] is record
 
 
 def test_a_book_record_is_the_record_and_carries_what_the_dict_read_gives():
