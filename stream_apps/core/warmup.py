@@ -2,9 +2,12 @@
 
 Why: numba compiles a kernel at its first call; in a fresh checkout (or after ``kernels.py`` changed)
 that takes seconds, and inside the Faust worker's event loop it would stall the consumer long enough
-for a rebalance. Running one tiny evaluation first makes every later call fast. The detectors'
-kernels (microstructure, flow, book) are only called when a strategy turns them on, so for a caller
-whose strategies do, a second engine with every detector on runs a tiny session with each of their
+for a rebalance. Running one tiny evaluation first makes every later call fast. The decisions'
+cooldown kernel runs only for signal candidates (a tiny session has none: the strategies' warm-up
+windows), so it is called once directly with the types ``decide_frame`` passes (~0.3 s to compile
+after the core's kernels, at the worker's first signal otherwise). The detectors' kernels
+(microstructure, flow, book) are only called when a strategy turns them on, so for a caller whose
+strategies do, a second engine with every detector on runs a tiny session with each of their
 inputs: a compiled kernel compiles every kernel it calls, so each one the engine calls directly is
 called once.
 """
@@ -13,6 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from .cooldown import CooldownBook
 from .engine import Engine
 from .events import BookUpdate, IndicatorUpdate, LiquidationEvent, book_levels
 from .strategy import (
@@ -28,6 +34,7 @@ from .strategy import (
     default_strategy_dir,
     load_strategies,
 )
+from .kernels import NONE_TIME, cooldown_rows
 from .synthetic import synthetic_trades
 
 T0 = 1_700_000_000_000
@@ -44,6 +51,7 @@ def warm_up(strategies: Sequence[StrategyConfig] | None = None) -> None:
     a stack without detectors need not wait for."""
     shipped = load_strategies(default_strategy_dir())
     _session(Engine(shipped))
+    _warm_decisions()
     if any(cfg.detectors is not None for cfg in strategies or ()):
         _warm_detectors(shipped)
 
@@ -55,6 +63,16 @@ def _session(engine: Engine, symbol: str = "BTCUSDT", events: list | None = None
     engine.process([first], events or [], now_ms=T0 + 130_000)
     engine.process([later], now_ms=T0 + 250_000)
     engine.process([], now_ms=T0 + 400_000)  # bars closed by the clock alone
+
+
+def _warm_decisions() -> None:
+    """``cooldown_rows`` on two candidate rows, its arguments of the types ``decide_frame`` passes
+    (the test runs a session with signals after the warm-up and finds no new compilation)."""
+    state = CooldownBook().symbol_state("binance", "BTCUSDT", NONE_TIME)
+    rows = np.flatnonzero(np.ones(2, dtype=np.bool_))
+    cooldown_rows(np.array([T0, T0 + 60_000], dtype=np.int64), np.array([1, -1], dtype=np.int8),
+                  np.array([80.0, 80.0]), rows, 600_000, 75.0, 3_600_000, state, np.zeros(2, dtype=np.bool_),
+                  np.zeros(2, dtype=np.bool_))
 
 
 def _warm_detectors(strategies: Sequence[StrategyConfig]) -> None:
