@@ -210,7 +210,8 @@ def test_synthetic_bursts_keep_the_mean_rate_and_cluster_the_seconds():
     busy seconds following busy seconds (autocorrelated), where the Poisson stream has neither."""
     import statistics
 
-    kwargs = dict(seed=3, symbols=("BTCUSDT",), duration_s=3600, trades_per_s=10, book_ticker=False)
+    kwargs = dict(seed=3, symbols=("BTCUSDT",), duration_s=3600, trades_per_s=10, book_ticker=False,
+                  depth_interval_ms=5_000, mark_interval_s=60, liquidations_per_min=0)  # trades are what counts
     calm = _trades_per_second(generate_session(**kwargs))
     bursty = _trades_per_second(generate_session(**kwargs, burstiness=1.0))
 
