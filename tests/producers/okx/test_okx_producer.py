@@ -286,8 +286,15 @@ async def test_with_rest_down_a_lost_push_is_reported_a_dropped_connection_resub
         await wait_for(reached(fake, 0.3))
         fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
         await wait_for(reached(fake, 0.5))
+        # the drop with the session standing still until the producer is back with both books live
+        # from the new connection's snapshots: on a loaded machine the rest of the replay could
+        # otherwise end before them (the same race failed the Bybit drop test in CI)
+        fake.pause_replay()
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
+        await wait_for(lambda: sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
+                       and all(book.is_live for book in producer.books.values()), timeout_s=30.0)
+        fake.resume_replay()
 
     producer, metrics, ended, publisher, fake = await run_producer(
         kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 37}, rest_give_up_after_s=1.0)
