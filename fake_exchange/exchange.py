@@ -120,8 +120,8 @@ class FakeExchange:
     def drop_connections(self) -> int:
         return drop_connections(self.state, self.state.faults.settings.drop_mode)
 
-    def pause_replay(self) -> None:
-        self.state.pause()
+    def pause_replay(self, before: int | None = None) -> None:
+        self.state.pause(before)
 
     def resume_replay(self) -> None:
         self.state.resume()

@@ -18,10 +18,11 @@ stay open, idle.
 A connected client that stops reading therefore holds ``finished`` back, as it would hold back a
 real feed.
 
-``state.pause()`` holds the replay before its next frame until ``state.resume()``: a test stages a
-fault (a dropped connection, a reconnect) while the session stands still, so a loaded machine cannot
-let the session run out before the fault's consequences are seen. The frames after the pause keep
-their spacing (the schedule moves by the pause's length).
+``state.pause()`` holds the replay before its next frame (``pause(before=i)``: before frame ``i``) until
+``state.resume()``: a test stages a fault (a dropped connection, a reconnect) or waits for a client's
+REST round trip while the session stands still, so a loaded machine cannot let the session run on
+(or out) before the consequences are seen. The frames after the pause keep their spacing (the
+schedule moves by the pause's length).
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ class ReplayEngine:
         start = self._clock()
         state.started_at = start
         for frame, offset in zip(frames, offsets, strict=True):
+            if state.pause_before is not None and frame.index >= state.pause_before:
+                state.pause_before = None
+                state.running.clear()
             if not state.running.is_set():  # paused: the frames still to come move by the pause
                 held_at = self._clock()
                 await state.running.wait()

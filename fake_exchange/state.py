@@ -70,6 +70,7 @@ class ExchangeState:
         self.start_requested = asyncio.Event()
         self.running = asyncio.Event()  # cleared while the replay is paused (pause/resume)
         self.running.set()
+        self.pause_before: int | None = None  # a frame index: the replay pauses before dispatching it
         self.finished = asyncio.Event()
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -89,9 +90,13 @@ class ExchangeState:
     def request_start(self) -> None:
         self.start_requested.set()
 
-    def pause(self) -> None:
-        """Hold the replay before its next frame; connections stay open and keep answering."""
-        self.running.clear()
+    def pause(self, before: int | None = None) -> None:
+        """Hold the replay before its next frame (``before``: before the frame of that index, once
+        the replay gets there); connections stay open and keep answering."""
+        if before is None:
+            self.running.clear()
+        else:
+            self.pause_before = before
 
     def resume(self) -> None:
         """Go on from where :meth:`pause` held the replay, the session's clock shifted by the pause."""

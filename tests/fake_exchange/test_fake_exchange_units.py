@@ -363,12 +363,8 @@ async def test_a_paused_replay_holds_its_next_frame_and_goes_on_with_the_spacing
     dispatched: list[float] = []
     paused_at = len(rec.frames) // 2
 
-    def on_frame(frame):
-        dispatched.append(clock.now)
-        if len(dispatched) == paused_at:
-            state.pause()
-
-    state.connections.add(Recorder(on_frame))
+    state.connections.add(Recorder(lambda frame: dispatched.append(clock.now)))
+    state.pause(before=paused_at)  # frame `paused_at` waits: `paused_at` frames are out
     state.request_start()
     replay = asyncio.create_task(ReplayEngine(state, 10.0, clock=clock, sleep=clock.sleep).run())
     for _ in range(1000):  # the replay reaches the pause and waits there, whatever the event loop does
