@@ -178,9 +178,23 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
                 break
             await asyncio.sleep(0.01)
         fake.set_faults(skip_frames=3, skip_stream="btcusdt@depth@100ms")
-        await asyncio.sleep(0.3)
+        # the drop once the break is seen (a fixed 0.3 s could come first on a loaded machine), with
+        # the session standing still until the producer has connected again, so the replay cannot
+        # end before the new connection has trades to find the hole by
+        for _ in range(1000):
+            if sample(producer.metrics, "tapeflow_producer_book_resyncs_total", symbol="BTCUSDT") >= 1:
+                break
+            await asyncio.sleep(0.01)
+        fake.pause_replay()
+        connections = fake.state.connections_total
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
+        for _ in range(3000):
+            if sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1 \
+                    and fake.state.connections_total > connections:
+                break
+            await asyncio.sleep(0.01)
+        fake.resume_replay()
 
     producer, metrics, ended, publisher = await run_producer(
         kafka_bootstrap, topic_prefix, cfg, symbols=["BTCUSDT", "ETHUSDT"], during=during, checkpoint=checkpoint)
