@@ -92,9 +92,11 @@ class ExchangeState:
 
     def pause(self, before: int | None = None) -> None:
         """Hold the replay before its next frame (``before``: before the frame of that index, once
-        the replay gets there); connections stay open and keep answering."""
+        the replay gets there); connections stay open and keep answering. A pause now drops a
+        pending ``before``."""
         if before is None:
             self.running.clear()
+            self.pause_before = None
         else:
             self.pause_before = before
 

@@ -171,29 +171,37 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
     cfg = FakeExchangeConfig(session=session, speed=10.0, faults={
         "skip_frames": 6, "skip_stream": "btcusdt@aggTrade", "garbage_every": 97})
 
+    # staged on the fake's frame positions, the replay held at each step, so a loaded machine can
+    # neither end the session before a step nor run a step late (a fixed 0.3 s once let the break go
+    # unseen; waiting on the break instead let a slow replay end first: no drop then)
+    first_hold = session.frames[len(session.frames) * 2 // 5].index
+    depth = [f.index for f in session.frames if f.stream == "btcusdt@depth@100ms" and f.index >= first_hold]
+    second_hold = depth[10]  # three diffs skipped, the next ones show the hole
+
+    async def until(condition, timeout_s=60.0):
+        for _ in range(int(timeout_s / 0.01)):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
     async def during(fake, producer):
-        # once the book is live, lose some depth diffs (forces a resync), then drop the connection
-        for _ in range(400):
-            if producer.books["BTCUSDT"].is_live and producer.sequencers["BTCUSDT"].counters.published > 40:
-                break
-            await asyncio.sleep(0.01)
+        # 40 % in: the book has its snapshot and trades flow; then lose three depth diffs (a resync),
+        # the replay held again after them (or as soon as the break is counted); then drop the
+        # connection, the replay held until the producer has connected again
+        fake.pause_replay(before=first_hold)
+        book = producer.books["BTCUSDT"]
+        await until(lambda: not fake.state.running.is_set() and not book.needs_snapshot
+                    and producer.sequencers["BTCUSDT"].counters.published > 40)
         fake.set_faults(skip_frames=3, skip_stream="btcusdt@depth@100ms")
-        # the drop once the break is seen (a fixed 0.3 s could come first on a loaded machine), with
-        # the session standing still until the producer has connected again, so the replay cannot
-        # end before the new connection has trades to find the hole by
-        for _ in range(1000):
-            if sample(producer.metrics, "tapeflow_producer_book_resyncs_total", symbol="BTCUSDT") >= 1:
-                break
-            await asyncio.sleep(0.01)
-        fake.pause_replay()
+        fake.pause_replay(before=second_hold)
+        fake.resume_replay()
+        await until(lambda: sample(producer.metrics, "tapeflow_producer_book_resyncs_total", symbol="BTCUSDT") >= 1)
+        fake.pause_replay()  # now, if the break showed before the second hold
         connections = fake.state.connections_total
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
-        for _ in range(3000):
-            if sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1 \
-                    and fake.state.connections_total > connections:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
+                    and fake.state.connections_total > connections)
         fake.resume_replay()
 
     producer, metrics, ended, publisher = await run_producer(
