@@ -222,29 +222,36 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
     session = generate_bybit_session(BybitSyntheticSpec(seed=22, symbols=tuple(SYMBOLS), duration_s=36,
                                                         trades_per_s=8, liquidations_per_min=40))
 
+    # staged on the fake's frame positions, the replay held at each step, so a loaded machine can
+    # neither end the session before a step nor run a step late
+    first_hold = session.frames[len(session.frames) * 2 // 5].index
+    book_frames = [f.index for f in session.frames if f.stream == "orderbook.50.BTCUSDT" and f.index >= first_hold]
+    second_hold = book_frames[10]  # two messages skipped, the next ones show the break
+
+    async def until(condition, timeout_s=60.0):
+        for _ in range(int(timeout_s / 0.01)):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
     async def during(fake, producer):
-        for _ in range(500):  # the book is live and trades flow
-            if producer.books["BTCUSDT"].is_live and producer.numbering["BTCUSDT"].counters.published > 20:
-                break
-            await asyncio.sleep(0.01)
+        # 40 % in, the book live and trades flowing: lose two orderbook messages (a break), the
+        # replay held again after them (or once the break is counted) until the re-subscription's
+        # snapshot made the book live again; then drop the connection, held until the producer is
+        # back with every book live from the reconnect's snapshots
+        fake.pause_replay(before=first_hold)
+        await until(lambda: not fake.state.running.is_set() and producer.books["BTCUSDT"].is_live
+                    and producer.numbering["BTCUSDT"].counters.published > 20)
         fake.set_faults(skip_frames=2, skip_stream="orderbook.50.BTCUSDT")
-        # the drop only once the break is repaired (resync counted, book live again from the
-        # re-subscription's snapshot): a fixed 0.4 s let a loaded run's reconnect supersede it (2 of 3)
-        for _ in range(1000):
-            if sample(producer.metrics, "tapeflow_producer_book_resyncs_total", symbol="BTCUSDT") >= 1 \
-                    and producer.books["BTCUSDT"].is_live:
-                break
-            await asyncio.sleep(0.01)
-        # the drop with the session standing still until the producer is back with every book live
-        # from the reconnect's snapshots: a loaded run could let the replay run out before them
-        fake.pause_replay()
+        fake.pause_replay(before=second_hold)
+        fake.resume_replay()
+        await until(lambda: sample(producer.metrics, "tapeflow_producer_book_resyncs_total", symbol="BTCUSDT") >= 1)
+        fake.pause_replay()  # now, if the break showed before the second hold
+        await until(lambda: producer.books["BTCUSDT"].is_live)
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
-        for _ in range(3000):
-            if sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1 \
-                    and all(book.is_live for book in producer.books.values()):
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
+                    and all(book.is_live for book in producer.books.values()))
         fake.resume_replay()
 
     producer, metrics, ended, publisher, fake = await run_producer(
