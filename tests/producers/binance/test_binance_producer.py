@@ -22,6 +22,7 @@ from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.publisher import Publisher
+from tests.support.staging import until
 
 pytestmark = pytest.mark.integration
 
@@ -177,12 +178,6 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
     first_hold = session.frames[len(session.frames) * 2 // 5].index
     depth = [f.index for f in session.frames if f.stream == "btcusdt@depth@100ms" and f.index >= first_hold]
     second_hold = depth[10]  # three diffs skipped, the next ones show the hole
-
-    async def until(condition, timeout_s=60.0):
-        for _ in range(int(timeout_s / 0.01)):
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
     async def during(fake, producer):
         # 40 % in: the book has its snapshot and trades flow; then lose three depth diffs (a resync),

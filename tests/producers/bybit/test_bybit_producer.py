@@ -28,6 +28,7 @@ from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, ensure_topics
 from tapeflow_runtime.publisher import Publisher
+from tests.support.staging import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -227,12 +228,6 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
     first_hold = session.frames[len(session.frames) * 2 // 5].index
     book_frames = [f.index for f in session.frames if f.stream == "orderbook.50.BTCUSDT" and f.index >= first_hold]
     second_hold = book_frames[10]  # two messages skipped, the next ones show the break
-
-    async def until(condition, timeout_s=60.0):
-        for _ in range(int(timeout_s / 0.01)):
-            if condition():
-                return
-            await asyncio.sleep(0.01)
 
     async def during(fake, producer):
         # 40 % in, the book live and trades flowing: lose two orderbook messages (a break), the
