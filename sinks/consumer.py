@@ -26,10 +26,12 @@ the second waits for the first's commit, then takes the ON CONFLICT DO NOTHING p
 between them is retried. Every write is DO NOTHING on natural keys, so the order in which parallel
 transactions commit never changes what is stored.
 
-When the database is down the writer retries with backoff; the consumer thread, finding the queue
-full, pauses its partitions (back-pressure: nothing more is fetched, the group keeps it) and polls
-only to stay in the group, then resumes exactly where it was. A stop request ends the retries: what
-was not committed is re-delivered to the next run.
+When the database is down the writer retries with backoff (up to `max_backoff_s`, 10 s), and as soon as
+one writer gets through the others retry at once: a writer left sleeping would hold an older batch
+out of the table for up to its backoff while newer ones land (a hole that closes late). The
+consumer thread, finding the queue full, pauses its partitions (back-pressure: nothing more is
+fetched, the group keeps it) and polls only to stay in the group, then resumes exactly where it was.
+A stop request ends the retries: what was not committed is re-delivered to the next run.
 
 Maintenance (at start and hourly, never per flush): partitions ahead (plain PostgreSQL) and
 retention (sinks.retention): nothing holding a day the sink wrote since it started is dropped.
@@ -99,6 +101,7 @@ class SinkConfig:
     batch_rows: int = 50_000
     batch_ms: int = 250
     max_backoff_s: float = 10.0
+    first_backoff_s: float = 0.4  # the first retry's wait; it doubles per attempt up to max_backoff_s (jittered)
     retention: dict[str, RetentionPolicy] = field(default_factory=resolve_policies)
     columnar: bool = True  # decode flat topics a fetch at a time (sinks.columnar)
     writers: int = 2  # writer threads, each with its own connection (parallel PostgreSQL backends)
@@ -492,7 +495,8 @@ class TopicSink:
                 self.database_down = True
                 self.metrics.database_state.set(1)
                 attempt += 1
-                delay = min(self.config.max_backoff_s, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
+                backoff = min(self.config.max_backoff_s, self.config.first_backoff_s * 2 ** (attempt - 1))
+                delay = backoff * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
                 log.warning("database unavailable, retrying the batch", error=str(exc).splitlines()[0],
                             retry_in_s=round(delay, 2), attempt=attempt)
                 self.metrics.db_retries.inc()
@@ -500,6 +504,8 @@ class TopicSink:
                 while time.monotonic() < end:
                     if self.stop_requested:
                         raise _Stopped() from None
+                    if not self.database_down:  # another writer got through: the database is back, retry now
+                        break
                     time.sleep(0.05)
 
     def _connection(self, slot: int) -> psycopg.Connection:

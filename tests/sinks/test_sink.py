@@ -216,3 +216,30 @@ def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_p
         assert lag > 0, "the lag gauge did not grow while the database was down"
     finally:
         sup.stop_all()
+
+
+def test_a_writer_in_backoff_retries_as_soon_as_another_writer_reaches_the_database(db):
+    """Two writers fail while the database is away; the first to get through must wake the other,
+    or its older batch stays out of the table for the rest of its backoff (up to 10 s) while newer
+    batches land: a hole that closes late, which a full database disk showed once in CI. Here writer 0
+    fails on a real refused connection with a first backoff of at least 30 s; the database "comes
+    back" (the connection string now names the test's PostgreSQL) and writer 1 writes a batch."""
+    from sinks.consumer import Batch
+    from tapeflow.stack.process import free_port
+
+    dead = f"postgresql://tapeflow@127.0.0.1:{free_port()}/tapeflow?connect_timeout=2"  # nothing listens
+    sink = TopicSink(SinkConfig(topics=["md.trades"], first_backoff_s=60.0, max_backoff_s=60.0),
+                     "127.0.0.1:9", dead, SERDE)  # the broker is never reached: the writers are called directly
+    first = threading.Thread(target=sink._flush, args=(Batch(), 0), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 30
+    while sink.metrics.db_retries._value.get() < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sink.metrics.db_retries._value.get() == 1 and sink.database_down, sink.database_error
+    assert "Connection refused" in sink.database_error or "connection" in sink.database_error.lower()
+    sink.conninfo = db  # the database is back
+    sink._flush(Batch(), 1)  # writer 1 gets through
+    assert not sink.database_down
+    first.join(20)  # its own backoff would end 30-60 s after its failure
+    assert not first.is_alive(), "the writer in backoff did not retry when the database came back"
+    assert sink.metrics.db_retries._value.get() == 1  # and its retry succeeded

@@ -61,7 +61,8 @@ def database_disk_full(home: Path, *, full_s: float = 10.0, size: str = "384m", 
     the sink's and the database's status while full (``status_full``: the first not-ok status seen, and
     when), the sink's log lines about it, the database's restarts, and the whole run's accounting."""
     from tests.support.endurance import live_stack
-    from tests.support.faults_links import _accounting, _delivered, _flowing, _max_stored, _session
+    from tests.support.faults_links import (_accounting, _delivered, _flowing, _max_stored, _session,
+                                            _wait_all_stored)
 
     spec, expected = _session(duration_s, trades_per_s, symbol)
     count, first, last = expected
@@ -98,8 +99,7 @@ def database_disk_full(home: Path, *, full_s: float = 10.0, size: str = "384m", 
         recovered = _wait(caught_up, 120, 0.2)
         recover_s = round(time.monotonic() - t_free, 2) if recovered else None
         detail["database_restarted"] = stack.service_pid("database") != db_pid
-        _wait(lambda: _max_stored(stack, symbol) >= last, duration_s + 120, 0.5)
-        time.sleep(1.5)  # stragglers: a hole never fills, so the count is not waited for
+        _wait_all_stored(stack, symbol, count, last, duration_s + 120)
         detail["status_after"] = _wait(
             lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30) \
             or _statuses(stack, watched)
