@@ -69,6 +69,12 @@ def pytest_configure(config) -> None:
     for var, sub in _USER_DIRS.items():
         os.makedirs(os.path.join(_user_dirs_root, sub))
         os.environ[var] = os.path.join(_user_dirs_root, sub)
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+        # the xdist controller, before its workers start: numba's cache filled once, not by every
+        # process at once (tests/support/kernel_cache.py)
+        from tests.support.kernel_cache import compile_kernels
+
+        compile_kernels()
 
 
 def pytest_unconfigure(config) -> None:
