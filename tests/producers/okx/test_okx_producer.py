@@ -23,6 +23,7 @@ from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.publisher import Publisher
 from tests.producers.bybit.test_bybit_producer import read_topics, sample
+from tests.support.staging import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -49,14 +50,6 @@ async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, 
         stop.set()
         await fake.stop()
     return producer, metrics, ended, publisher, fake
-
-
-async def wait_for(condition, timeout_s=10.0):
-    """Wait on a condition (never a fixed sleep); carry on after `timeout_s` and let the assertions say why."""
-    for _ in range(int(timeout_s / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
 
 
 def reached(fake, fraction):
@@ -222,9 +215,9 @@ async def test_lost_pushes_are_repaired_from_rest_the_book_by_snapshot_the_trade
     session = generate_okx_session(OkxSyntheticSpec(seed=32, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8))
 
     async def during(fake, producer):
-        await wait_for(reached(fake, 0.2))
+        await until(reached(fake, 0.2), timeout_s=10.0)
         fake.set_faults(skip_frames=2, skip_stream="books:BTC-USDT-SWAP")
-        await wait_for(reached(fake, 0.5))
+        await until(reached(fake, 0.5), timeout_s=10.0)
         fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
 
     producer, metrics, ended, publisher, fake = await run_producer(kafka_bootstrap, topic_prefix, session,
@@ -281,19 +274,19 @@ async def test_with_rest_down_a_lost_push_is_reported_a_dropped_connection_resub
     session = generate_okx_session(OkxSyntheticSpec(seed=33, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8))
 
     async def during(fake, producer):
-        await wait_for(lambda: producer.books["ETHUSDT"].is_live)  # subscribed: the instruments were loaded
+        await until(lambda: producer.books["ETHUSDT"].is_live, timeout_s=10.0)  # subscribed: the instruments were loaded
         fake.set_faults(rest_fail_for_s=60.0)  # from here REST answers 503: no hole can be filled
-        await wait_for(reached(fake, 0.3))
+        await until(reached(fake, 0.3), timeout_s=10.0)
         fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
-        await wait_for(reached(fake, 0.5))
+        await until(reached(fake, 0.5), timeout_s=10.0)
         # the drop with the session standing still until the producer is back with both books live
         # from the new connection's snapshots: on a loaded machine the rest of the replay could
         # otherwise end before them (the same race failed the Bybit drop test in CI)
         fake.pause_replay()
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
-        await wait_for(lambda: sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
-                       and all(book.is_live for book in producer.books.values()), timeout_s=30.0)
+        await until(lambda: sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
+                    and all(book.is_live for book in producer.books.values()), timeout_s=30.0)
         fake.resume_replay()
 
     producer, metrics, ended, publisher, fake = await run_producer(
