@@ -34,11 +34,20 @@ def _many_batches(kafka_bootstrap):
     topic = f"offsets-{time.time_ns()}"
     admin = admin_client(kafka_bootstrap)
     admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(15)
-    producer = Producer(producer_config(kafka_bootstrap, **{"linger.ms": 0}))
+    # one record per batch (what a producer writes when records come slower than its linger), several
+    # produce requests in flight: a flush after each record took ~90 s under the suite's load
+    producer = Producer(producer_config(kafka_bootstrap, **{"linger.ms": 0, "batch.num.messages": 1}))
     began = time.monotonic()
     for i in range(BATCHES):
         producer.produce(topic, key=b"k", value=b"x", partition=0, timestamp=T0 + 10 * i)
-        producer.flush(10)  # one batch each: what a producer writes when records come slower than its linger
+        if i % 1000 == 999:
+            producer.flush(60)
+    assert producer.flush(60) == 0
+    reader = Consumer(consumer_config(kafka_bootstrap))
+    try:  # the broker counts batches in its high watermark (Tansu) or records (Kafka): BATCHES either way
+        assert reader.get_watermark_offsets(TopicPartition(topic, 0), 15) == (0, BATCHES)
+    finally:
+        reader.close()
     print(f"{BATCHES} batches written in {time.monotonic() - began:.1f} s")
     return topic
 
