@@ -59,10 +59,13 @@ RISK = {"scope": "global", "mode": "paper", "decision": "halt", "state": "halted
 
 # --- a local server that records every request -----------------------------------------------------------
 class Recorder:
-    """POSTs are recorded as (path, json body); `status` and `delay_s` change how it answers."""
+    """POSTs are recorded as (path, json body); `status` and `delay_s` change how it answers. An answer
+    to a client that has gone (a held request whose sender was cancelled) is counted in `abandoned`,
+    not printed as a traceback by socketserver."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict]] = []
+        self.abandoned = 0
         self.status = 200
         self.delay_s = 0.0
         self.release = threading.Event()
@@ -74,10 +77,13 @@ class Recorder:
                 recorder.requests.append((self.path, body))
                 if recorder.delay_s:
                     recorder.release.wait(recorder.delay_s)
-                self.send_response(recorder.status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"ok": true}')
+                try:
+                    self.send_response(recorder.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"ok": true}')
+                except (BrokenPipeError, ConnectionResetError):
+                    recorder.abandoned += 1
 
             def log_message(self, *args):
                 pass
