@@ -8,18 +8,20 @@ the same synthetic session in real time (``--speed 1``, 2 symbols, ``--trades-pe
 every 100 ms, BTC-like bursts), publishing into one embedded Tansu under their own topic prefixes.
 They differ only in the allocator's setting:
 
-* ``default``: what users run (the baseline);
-* ``trim60``: a thread calling glibc's ``malloc_trim(0)`` every 60 s (started by a wrapper around
-  ``python -m tapeflow produce``; trimming releases free pages anywhere in the heap, not only at
-  its top);
-* ``mmap64k``: ``MALLOC_MMAP_THRESHOLD_=65536`` (allocations of 64 KiB and more are mapped and
-  unmapped on their own; fixing the threshold also stops glibc raising its trim threshold);
-* ``arena2``: ``MALLOC_ARENA_MAX=2``.
+* ``default``: what ``tapeflow produce`` does (since ``tapeflow_runtime.native_memory.live_service_allocator``:
+  glibc's mmap threshold fixed at 64 KiB);
+* ``dynamic``: glibc's own dynamic threshold, as before (the baseline; a wrapper makes
+  ``live_service_allocator`` a no-op before ``python -m tapeflow produce`` runs);
+* ``trim60``: ``dynamic`` plus a thread calling glibc's ``malloc_trim(0)`` every 60 s (trimming
+  releases free pages anywhere in the heap, not only at its top);
+* ``mmap64k``: ``dynamic`` with ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment (what the
+  default now does from inside);
+* ``arena2``: ``dynamic`` with ``MALLOC_ARENA_MAX=2``.
 
 Every ``--sample-s`` the resident size (RSS) and the private dirty memory of each process is read
 from ``/proc/PID/smaps_rollup``. Printed per variant: the first and last sample, the slope over the
-run after ``--settle-min`` (least squares, MB per hour) and its ratio to the default's; the target
-is a slope that is ~0 (memory levels off) rather than a number.
+run after ``--settle-min`` (least squares, MB per hour), the CPU it used and the slope's ratio to
+the baseline's (``dynamic``); the target is a slope of ~0 (memory levels off) rather than a number.
 
     .venv/bin/python -m benchmarks.bench_producer_memory --minutes 40
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -39,25 +42,34 @@ from tests.support.services import Service
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
-#: the wrapper for ``trim60``: ``python -m tapeflow produce ...`` with a trimming thread beside it
-TRIM_WRAPPER = """
-import ctypes, runpy, sys, threading, time
+#: ``python -m tapeflow produce ...`` with glibc's dynamic threshold (the service's fixed one skipped)
+DYNAMIC = """
+import runpy, sys
+import tapeflow_runtime.native_memory as native_memory
+native_memory.live_service_allocator = lambda: None
+sys.argv = ["tapeflow", *sys.argv[1:]]
+runpy.run_module("tapeflow", run_name="__main__")
+"""
+
+#: the same with a thread calling ``malloc_trim(0)`` every minute
+TRIM60 = """
+import ctypes, threading, time
 libc = ctypes.CDLL("libc.so.6")
 def trim():
     while True:
         time.sleep(60)
         libc.malloc_trim(0)
 threading.Thread(target=trim, daemon=True).start()
-sys.argv = ["tapeflow", *sys.argv[1:]]
-runpy.run_module("tapeflow", run_name="__main__")
-"""
+""" + DYNAMIC
 
 VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "default": ({}, (sys.executable, "-m", "tapeflow")),
-    "trim60": ({}, (sys.executable, "-c", TRIM_WRAPPER)),
-    "mmap64k": ({"MALLOC_MMAP_THRESHOLD_": "65536"}, (sys.executable, "-m", "tapeflow")),
-    "arena2": ({"MALLOC_ARENA_MAX": "2"}, (sys.executable, "-m", "tapeflow")),
+    "dynamic": ({}, (sys.executable, "-c", DYNAMIC)),
+    "trim60": ({}, (sys.executable, "-c", TRIM60)),
+    "mmap64k": ({"MALLOC_MMAP_THRESHOLD_": "65536"}, (sys.executable, "-c", DYNAMIC)),
+    "arena2": ({"MALLOC_ARENA_MAX": "2"}, (sys.executable, "-c", DYNAMIC)),
 }
+BASELINE = "dynamic"
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -67,6 +79,12 @@ def memory_mb(pid: int) -> tuple[float, float]:
         name, _, rest = line.partition(":")
         fields[name] = int(rest.split()[0])
     return fields["Rss"] / 1024, fields["Private_Dirty"] / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
@@ -86,7 +104,8 @@ def main() -> None:
     parser.add_argument("--trades-per-s", type=float, default=20.0, help="per symbol")
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--settle-min", type=float, default=5.0, help="samples before this are not in the slope")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="default,dynamic,trim60",
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--bootstrap", default=None, help="a broker to use instead of an embedded Tansu")
     parser.add_argument("--out", default=None, help="also write every sample as JSON here")
     args = parser.parse_args()
@@ -129,24 +148,23 @@ def main() -> None:
                 line = "  ".join(f"{n} {s[-1][1]:.1f}" for n, s in samples.items())
                 print(f"{now / 60:6.1f} min  RSS MB: {line}", flush=True)
                 time.sleep(args.sample_s)
+            cpu = {name: cpu_seconds(svc.proc.pid) for name, svc in producers.items()}
         finally:
             for svc in services:
                 svc.proc.kill()
     if args.out:
         Path(args.out).write_text(json.dumps(samples))
     settle = args.settle_min * 60
-    base = None
+    slopes = {name: slope_per_hour([(t, r) for t, r, _ in rows if t >= settle]) for name, rows in samples.items()}
+    base = slopes.get(BASELINE)
     print(f"\nproducer memory, {args.minutes:g} min at {args.trades_per_s:g} trades/s x {len(SYMBOLS)} symbols "
-          f"(slopes after {args.settle_min:g} min; baseline: default)")
-    print(f"{'variant':9} {'RSS first':>9} {'RSS last':>9} {'RSS MB/h':>9} {'dirty MB/h':>10} {'vs default':>10}")
+          f"(slopes after {args.settle_min:g} min; baseline: {BASELINE}, glibc's dynamic threshold; target: ~0 MB/h)")
+    print(f"{'variant':9} {'RSS first':>9} {'RSS last':>9} {'RSS MB/h':>9} {'dirty MB/h':>10} {'CPU s':>6} {'vs ' + BASELINE:>11}")
     for name, rows in samples.items():
-        later = [r for r in rows if r[0] >= settle]
-        rss_slope = slope_per_hour([(t, r) for t, r, _ in later])
-        dirty_slope = slope_per_hour([(t, d) for t, _, d in later])
-        if name == "default":
-            base = rss_slope
-        ratio = f"{rss_slope / base:.2f}" if base not in (None, 0) else "-"
-        print(f"{name:9} {rows[0][1]:9.1f} {rows[-1][1]:9.1f} {rss_slope:9.2f} {dirty_slope:10.2f} {ratio:>10}")
+        dirty_slope = slope_per_hour([(t, d) for t, _, d in rows if t >= settle])
+        ratio = f"{slopes[name] / base:.2f}" if base else "-"
+        print(f"{name:9} {rows[0][1]:9.1f} {rows[-1][1]:9.1f} {slopes[name]:9.2f} {dirty_slope:10.2f} "
+              f"{cpu[name]:6.1f} {ratio:>11}")
 
 
 if __name__ == "__main__":

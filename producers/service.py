@@ -25,6 +25,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from tapeflow_runtime.endpoints import resolve_broker
 from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, ProducePrefix
+from tapeflow_runtime.native_memory import live_service_allocator
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.publisher import Publisher
 from tapeflow_runtime.service_http import build_app, serve
@@ -56,6 +57,7 @@ MARKET_DATA_PRODUCER_CONFIG = {"linger.ms": 25}
 
 
 async def run_producer(settings: Settings, options: ProduceOptions) -> int:
+    live_service_allocator()  # days of streaming after the warm start's large frees (native_memory)
     paths = StackPaths(settings.home)
     bootstrap = resolve_broker(settings, paths)
     metrics = ProducerMetrics()

@@ -17,17 +17,26 @@ engine would then be mapped and unmapped too, measured at +1.5 s of system time 
 
 Measured in benchmarks/RESULTS.md ("Vision backtest: peak RSS against the range"). Nothing here
 changes results; where the C library is not glibc, only the Arrow pool is switched.
+
+A live service is the other case (``live_service_allocator``): it runs for days, and one large free
+early on (the producer's warm start: archives and REST pages) raises glibc's dynamic mmap threshold,
+after which every larger block of the streaming comes from the heap and the holes they leave are
+kept. Measured on ``tapeflow produce`` (``benchmarks/bench_producer_memory.py``, RESULTS.md "The
+producer's slow memory growth"): resident memory grew ~8 MB an hour with the dynamic threshold, ~0.4
+with it fixed at 64 KiB, at the same CPU.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
 SMALL_THRESHOLD, LARGE_THRESHOLD = 128 << 10, 32 << 20
+LIVE_THRESHOLD = 64 << 10  # what bench_producer_memory measured
 
 _libc: ctypes.CDLL | None = None
 _pool_set = False
@@ -66,3 +75,14 @@ def file_buffers_unmapped() -> Iterator[None]:
     finally:
         libc.mallopt(M_MMAP_THRESHOLD, LARGE_THRESHOLD)
         libc.malloc_trim(0)
+
+
+def live_service_allocator() -> int | None:
+    """For a long-running service: glibc's mmap threshold fixed at 64 KiB, so blocks from there up are
+    mapped and unmapped on their own and the threshold no longer rises after a large free (nor the
+    trim threshold with it). Returns the threshold set, or None: not glibc, or ``MALLOC_MMAP_THRESHOLD_``
+    in the environment (the operator's own setting wins)."""
+    libc = _glibc()
+    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return None
+    return LIVE_THRESHOLD if libc.mallopt(M_MMAP_THRESHOLD, LIVE_THRESHOLD) == 1 else None
