@@ -18,12 +18,12 @@ engine would then be mapped and unmapped too, measured at +1.5 s of system time 
 Measured in benchmarks/RESULTS.md ("Vision backtest: peak RSS against the range"). Nothing here
 changes results; where the C library is not glibc, only the Arrow pool is switched.
 
-A live service is the other case (``live_service_allocator``): it runs for days, and one large free
-early on (the producer's warm start: archives and REST pages) raises glibc's dynamic mmap threshold,
-after which every larger block of the streaming comes from the heap and the holes they leave are
-kept. Measured on ``tapeflow produce`` (``benchmarks/bench_producer_memory.py``, RESULTS.md "The
-producer's slow memory growth"): resident memory grew ~8 MB an hour with the dynamic threshold, ~0.4
-with it fixed at 64 KiB, at the same CPU.
+A live service is the other case (``live_service_allocator``): it runs for days, and each large free
+(a warm start's archive or REST page, for one) can raise glibc's dynamic mmap threshold, after which
+larger blocks of the streaming come from the heap and the holes they leave are kept. Measured on
+``tapeflow produce`` (``benchmarks/bench_producer_memory.py``, RESULTS.md "The producer's slow memory
+growth"): resident memory grew ~9 MB an hour with the dynamic threshold and stayed flat with it fixed
+at 64 KiB, at the same CPU. Which blocks fragmented the heap was not traced.
 """
 
 from __future__ import annotations
