@@ -23,7 +23,8 @@ A live service is the other case (``live_service_allocator``): it runs for days,
 larger blocks of the streaming come from the heap and the holes they leave are kept. Measured on
 ``tapeflow produce`` (``benchmarks/bench_producer_memory.py``, RESULTS.md "The producer's slow memory
 growth"): resident memory grew ~9 MB an hour with the dynamic threshold and stayed flat with it fixed
-at 64 KiB, at the same CPU. Which blocks fragmented the heap was not traced.
+at 64 KiB, for 4-7 % more CPU (the mapping's page faults). Which blocks fragmented the heap was not
+traced.
 """
 
 from __future__ import annotations
