@@ -12,12 +12,9 @@ which a test checks leave nothing for a session to compile."""
 
 from __future__ import annotations
 
-import time
 
-
-def compile_kernels() -> float:
-    """Compile (or load) every kernel the warm-ups reach; the seconds it took."""
-    began = time.monotonic()
+def compile_kernels() -> None:
+    """Compile (or load) every kernel the warm-ups reach."""
     from backtest.runner import warm_up as warm_runner
     from stream_apps.core.strategy import default_strategy_dir, load_strategies
     from stream_apps.core.warmup import EVERY_DETECTOR, warm_up
@@ -25,4 +22,3 @@ def compile_kernels() -> float:
     shipped = load_strategies(default_strategy_dir())
     warm_up([shipped[0].model_copy(update={"detectors": EVERY_DETECTOR})])
     warm_runner()
-    return time.monotonic() - began
