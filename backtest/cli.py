@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tapeflow_runtime.epochs import current_prefix
+from tapeflow_runtime.epochs import current_prefix, reader_chain
 
 if TYPE_CHECKING:
     from backtest.model import RunResult
@@ -195,7 +195,8 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         options["database_url"] = _database_url(settings())
     elif kind == "topics":
         s = settings()
-        options.update(bootstrap=_bootstrap(s), topic_prefix=current_prefix(s), registry_url=s.schema_registry_url)
+        options.update(bootstrap=_bootstrap(s), topic_prefix=current_prefix(s), chain=reader_chain(s),
+                       registry_url=s.schema_registry_url)
     try:
         src = open_source(source, symbol_list, from_ms, to_ms, **options)
     except SourceError as exc:
@@ -363,7 +364,7 @@ def verify_command(settings: Settings, strategies: list[StrategyConfig], config:
     from backtest.sources import SourceError, check_symbols
     from backtest.sources.topics import TopicSource
     from backtest.verify import WARMUP_MS, compare
-    from tapeflow_runtime.topic_reader import StateReadError, read_to_end
+    from tapeflow_runtime.topic_reader import StateReadError, read_chain
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
 
@@ -378,22 +379,23 @@ def verify_command(settings: Settings, strategies: list[StrategyConfig], config:
         raise CliError(str(exc)) from None
     bootstrap = _bootstrap(settings)
     prefix = current_prefix(settings)
+    chain = reader_chain(settings)  # every retained segment of the embedded stack's topics
     source = TopicSource(bootstrap, symbol_list, from_ms - WARMUP_MS, to_ms, topic_prefix=prefix,
-                         registry_url=settings.schema_registry_url)
+                         registry_url=settings.schema_registry_url, chain=chain)
     runner = BacktestRunner(strategies, config, account="shared")
     typer.echo(f"verify: md.* of {','.join(symbol_list)} from {fmt_ms(source.from_ms)} (25 h of warm-up) to "
                f"{fmt_ms(to_ms)} UTC, comparing {fmt_ms(from_ms)} to {fmt_ms(to_ms)}", err=True)
     try:
         result = run_with_progress(runner, source, progress)
-        stack = read_to_end(bootstrap, {prefix + "signals": None, prefix + "positions": None, prefix + "risk.events": None},
-                            AvroSerde(registry_from_url(settings.schema_registry_url)), idle_s=1.0, timeout_s=600)
+        stack = read_chain(bootstrap, chain, {"signals": None, "positions": None, "risk.events": None},
+                           AvroSerde(registry_from_url(settings.schema_registry_url)), idle_s=1.0, timeout_s=600)
     except (SourceError, StateReadError) as exc:
         raise CliError(str(exc), 1) from None
     if result.trades_processed == 0:
         raise CliError(f"no md.trades records for {','.join(symbol_list)} in the broker in that range", 1)
-    comparison = compare(stack[prefix + "signals"].records, stack[prefix + "positions"].records, runner.signals,
+    comparison = compare(stack["signals"].records, stack["positions"].records, runner.signals,
                          runner.position_events(), [(s.name, s.config_hash) for s in strategies], symbol_list,
-                         from_ms, to_ms, stack[prefix + "risk.events"].records)
+                         from_ms, to_ms, stack["risk.events"].records)
     if out is not None:
         for kind, path in write_outputs(result, out).items():
             typer.echo(f"report {kind}: {path}")

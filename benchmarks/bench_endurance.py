@@ -44,7 +44,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from fake_exchange.synthetic import SyntheticSpec
 from schemas.catalogue import TOPICS
 from tapeflow.stack.epochs import latest_offsets
-from tapeflow_runtime.epochs import epoch_prefix
 from tests.support.endurance import expected_trades, live_stack
 
 SYMBOL = "BTCUSDT"
@@ -187,7 +186,7 @@ def main() -> None:
         log = list(stack.log)
         state = stack.epochs()
         # the last epoch's batches: no rollover start counted them (its busiest md.trades partition)
-        prefix = epoch_prefix(stack.sup.settings.topic_prefix, state.epoch)
+        prefix = state.prefix(stack.sup.settings.topic_prefix)
         last_epoch = max(latest_offsets(stack.bootstrap, [(prefix + "md.trades", p) for p in range(TOPICS["md.trades"].partitions)]).values())
     for line in log:
         m = re.search(r"(md\.trades\[\d\]) holds (\d+) record batches", line)

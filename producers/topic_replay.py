@@ -39,6 +39,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.catalogue import ENGINE_INPUT_TIME, ENGINE_INPUTS, TOPICS
 from schemas.serde import AvroSerde
+from tapeflow_runtime.epochs import Chain
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.kafka_client import (
     HISTORY_FETCH_CONFIG,
@@ -112,13 +113,17 @@ class TopicReplay:
                  topics: Iterable[str], from_ms: int, to_ms: int, speed: float | None = None,
                  symbols: Iterable[str] | None = None, slack_ms: int = 5_000, max_ahead_ms: int = 600_000,
                  stall_s: float = 120.0, on_progress: Callable[[ReplaySummary], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, pace_clock: Callable[[], float] = time.monotonic) -> None:
+                 sleep: Callable[[float], None] = time.sleep, pace_clock: Callable[[], float] = time.monotonic,
+                 source_chain: Chain | None = None) -> None:
+        """``source_chain``: the segments of the embedded stack's logical topics
+        (``tapeflow_runtime.epochs.reader_chain``), read as one; default: ``source_prefix`` alone."""
         if to_ms <= from_ms:
             raise ReplayError("--to must be after --from")
         if source_prefix == target_prefix:
             raise ReplayError("the target namespace is the source itself: a replay never writes into live topics")
         self.bootstrap, self.serde = bootstrap, serde
         self.source_prefix, self.target_prefix = source_prefix, target_prefix
+        self.chain = source_chain if source_chain is not None else Chain.single(source_prefix)
         self.topics = validate_topics(topics)
         self.from_ms, self.to_ms, self.speed = from_ms, to_ms, speed
         self.symbols = {s.upper() for s in symbols} if symbols else None
@@ -152,16 +157,21 @@ class TopicReplay:
     def _start_offsets(self, consumer: Consumer) -> dict[tuple[str, int], int]:
         partitions = []
         for topic in self.topics:
-            full = self.source_prefix + topic
-            metadata = consumer.list_topics(full, timeout=15).topics.get(full)
-            if metadata is None or metadata.error is not None or not metadata.partitions:
-                raise ReplayError(f"topic {full} does not exist on {self.bootstrap}")
-            partitions += [(full, p) for p in sorted(metadata.partitions)]
+            for link in self.chain.links:
+                if link.closed and link.last_ms is not None and link.last_ms < self.from_ms - self.slack_ms:
+                    continue  # a finished segment wholly older than the range
+                full = link.prefix + topic
+                metadata = consumer.list_topics(full, timeout=15).topics.get(full)
+                if metadata is None or metadata.error is not None or not metadata.partitions:
+                    if link.closed:
+                        continue  # deleted by retention meanwhile
+                    raise ReplayError(f"topic {full} does not exist on {self.bootstrap}")
+                partitions += [(full, p) for p in sorted(metadata.partitions)]
         return offsets_at_or_after(self.bootstrap, partitions, self.from_ms)
 
     def _copy(self, consumer: Consumer, starts: dict[tuple[str, int], int], publisher: Publisher,
               markers: ProgressMarkers) -> None:
-        catalogue = {self.source_prefix + t: t for t in self.topics}
+        catalogue = {link.prefix + t: t for link in self.chain.links for t in self.topics}
         consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
         newest: dict[tuple[str, int], int] = {}  # partition -> newest event time read
         done: set[tuple[str, int]] = set()

@@ -17,7 +17,7 @@ import typer
 from backtest.cli import register as register_backtest
 from schemas.catalogue import ENGINE_INPUTS
 from tapeflow import __version__
-from tapeflow_runtime.epochs import current_prefix, rollover_enabled
+from tapeflow_runtime.epochs import current_prefix, reader_chain, rollover_enabled
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import ConfigError, Settings, load_settings
@@ -349,6 +349,7 @@ def replay(
     try:
         job = TopicReplay(_bootstrap(), AvroSerde(registry_from_url(settings.schema_registry_url)),
                           source_prefix=current_prefix(settings), target_prefix=f"{settings.topic_prefix}{to_prefix}.",
+                          source_chain=reader_chain(settings),
                           topics=topics.split(","), from_ms=int(start.timestamp() * 1000),
                           to_ms=int(end.timestamp() * 1000), speed=pace,
                           symbols=symbols.split(",") if symbols else None, on_progress=progress)
@@ -686,6 +687,35 @@ def _bootstrap() -> str:
     return resolve_broker(state.settings(), state.paths())
 
 
+def logical_topic_rows(chain, base: str, catalogue: list[str], physical: list[dict]) -> list[dict]:
+    """``topics list`` rows: each catalogue topic once, as its logical topic over the segments of
+    ``chain`` (records: a finished segment's recorded count, the open ones' offsets); every other topic
+    as it is. A row's ``segments`` lists the physical topics behind it, oldest first."""
+    by_name = {r["topic"]: r for r in physical}
+    taken: set[str] = set()
+    rows = []
+    for name in catalogue:
+        parts: dict[int, dict] = {}
+        segments = []
+        for link in chain.links:
+            row = by_name.get(link.prefix + name)
+            if row is None or not row.get("exists"):
+                continue
+            taken.add(row["topic"])
+            if link.closed:
+                count = sum(end - link.start(name, p) for p, end in (link.ends or {}).get(name, {}).items())
+            else:
+                count = row.get("messages", 0) - sum(link.starts.get(name, {}).values())
+            segments.append({"topic": row["topic"], "epoch": link.epoch, "closed": link.closed, "messages": max(count, 0)})
+            for p in row.get("partitions", []):
+                parts.setdefault(p["partition"], {"partition": p["partition"], "leader": p["leader"]})
+        if segments:
+            rows.append({"topic": base + name, "exists": True, "partitions": [parts[p] for p in sorted(parts)],
+                         "messages": sum(s["messages"] for s in segments), "catalogue": True, "segments": segments})
+    rows += [{**r, "catalogue": False} for r in physical if r["topic"] not in taken and r.get("exists")]
+    return sorted(rows, key=lambda r: r["topic"])
+
+
 @topics_app.command("list")
 def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Topics on the broker with partitions and record counts; catalogue topics are marked."""
@@ -695,20 +725,20 @@ def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-rea
     settings = state.settings()
     bootstrap = _bootstrap()
     names = sorted(t for t in admin_client(bootstrap).list_topics(timeout=10).topics if not t.startswith("__"))
-    prefix = current_prefix(settings)  # the embedded stack's current epoch
-    catalogue = {prefix + t.name: t for t in all_topics()}
-    rows = describe_topics(bootstrap, names)
-    for r in rows:
-        r["catalogue"] = r["topic"] in catalogue
+    chain = reader_chain(settings)  # the embedded stack's segments: one logical topic each
+    rows = logical_topic_rows(chain, settings.topic_prefix, [t.name for t in all_topics()],
+                              describe_topics(bootstrap, names))
+    catalogue = {settings.topic_prefix + t.name for t in all_topics()}
     if json_out:
         for r in rows:
             typer.echo(orjson.dumps(r).decode())
         return
-    echo(f"{'TOPIC':<32}{'PARTS':>6}{'RECORDS':>12}  CATALOGUE")
+    segmented = len(chain.links) > 1
+    echo(f"{'TOPIC':<32}{'PARTS':>6}{'RECORDS':>12}  CATALOGUE" + ("  SEGMENTS" if segmented else ""))
     for r in rows:
         echo(f"{r['topic']:<32}{len(r.get('partitions', [])):>6}{r.get('messages', 0):>12}  "
-             f"{'yes' if r['catalogue'] else 'no'}")
-    missing = sorted(set(catalogue) - set(names))
+             f"{'yes' if r['catalogue'] else 'no ':<9}" + (f"  {len(r['segments'])}" if segmented and r.get('segments') else ""))
+    missing = sorted(catalogue - {r["topic"] for r in rows})
     if missing:
         echo(f"\n{len(missing)} catalogue topic(s) missing: {', '.join(missing)} (run `tapeflow topics create`)")
 
@@ -824,13 +854,22 @@ def topics_tail(
         raise fail("--from-beginning and --from exclude each other", 2)
     settings = state.settings()
     from_ms = None if from_time is None else parse_start_time(from_time, int(time.time() * 1000))
-    prefix = current_prefix(settings)  # the embedded stack's current epoch
-    name = topic if prefix and topic.startswith(prefix) else prefix + topic
+    chain = reader_chain(settings)  # the embedded stack's segments: one logical topic
+    base = settings.topic_prefix
+    name = topic[len(base):] if base and topic.startswith(base) else topic
     count = tail(_bootstrap(), name, settings.schema_registry_url, from_beginning=from_beginning,
                  max_records=max_records, idle_timeout=timeout, symbol=symbol, json_out=json_out, out=echo,
-                 from_ms=from_ms, key=key, follow=follow)
+                 from_ms=from_ms, key=key, follow=follow, chain=chain, refresh=lambda: reader_chain(settings),
+                 shown_as=base + name)
     if not json_out:
         typer.echo(f"-- {count} record(s)", err=True)
+    since = chain.history_since
+    if since is not None and (from_beginning or (from_ms is not None and from_ms < since * 1000)):
+        typer.echo(f"-- the embedded broker keeps memory only: its topics hold nothing from before "
+                   f"{datetime.fromtimestamp(since, tz=UTC):%Y-%m-%d %H:%M:%S} UTC (its start); older data is in the "
+                   "database: `tapeflow backtest --source db`", err=True)
+    if chain.cut and from_beginning:
+        typer.echo(f"-- history shorter than the retention: {chain.cut}", err=True)
 
 
 # --- database ------------------------------------------------------------------------------------

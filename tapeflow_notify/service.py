@@ -31,6 +31,7 @@ from tapeflow_notify.market_alerts import AlertRules, MarketAlerts
 from tapeflow_notify.messages import note_for
 from tapeflow_notify.metrics import NotifyMetrics
 from tapeflow_runtime.endpoints import resolve_broker
+from tapeflow_runtime.epochs import ChainFollower, reader_chain, rollover_enabled
 from tapeflow_runtime.kafka_client import consumer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.service_http import build_app, serve
@@ -49,27 +50,66 @@ class NotifyService:
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.serde = AvroSerde(registry_from_url(settings.schema_registry_url))
-        self.names = {settings.topic(t): t for t in settings.notify_events}
+        # on the embedded stack the topics are chains of segments (tapeflow_runtime.epochs): follow them
+        # in-process, a rollover's next segment from its first own record
+        self.follower = ChainFollower(list(settings.notify_events), lambda: reader_chain(settings)) \
+            if rollover_enabled(settings) else None
+        self.added: set[str] = set()  # topics of segments that began after this process started
+        self.read: dict[tuple[str, int], int] = {}  # the next offset to read per partition (the follower asks)
+        self.eof_seen: dict[tuple[str, int], float] = {}  # wall clock of the last end-of-partition reached
+        self.names = self._names()
         # `features` among the events turns the market alerts on (tapeflow_notify/market_alerts.py)
         self.alerts = MarketAlerts(rules if rules is not None else AlertRules.from_mapping(settings.notify_alert_thresholds))
         self.group = f"{settings.topic_prefix}tapeflow-notify"
         self.consumer = Consumer(consumer_config(bootstrap, self.group, **{
-            "enable.auto.commit": True, "auto.offset.reset": "latest"}))
+            "enable.auto.commit": True, "auto.offset.reset": "latest", "enable.partition.eof": True}))
         self.assigned = False
         self.started_ms = int(time.time() * 1000)
         self.fresh: set[tuple[str, int]] = set()  # partitions started at their end: skip older records
         self.consumer.subscribe(list(self.names), on_assign=self._on_assign, on_revoke=self._on_revoke)
 
+    def _names(self) -> dict[str, str]:
+        if self.follower is None:
+            return {self.settings.topic(t): t for t in self.settings.notify_events}
+        return {topic: self.follower.catalogue_name(topic) for topic in self.follower.reading}
+
+    def follow_segments(self) -> None:
+        """A rollover opened a segment (or one was read to its end): read what the chain says now."""
+        if self.follower is None or not self.follower.due():
+            return
+
+        def positions(topics: list[str], link) -> dict[tuple[str, int], int]:
+            # a partition whose end this consumer reached after the segment was closed is read (on
+            # Tansu the end offset counts batches, so the offset alone can stay below the record count)
+            done = {tp for tp, at in self.eof_seen.items() if tp[0] in topics and at > (link.closed_at or 0)}
+            offsets = {tp: offset for tp, offset in self.read.items() if tp[0] in topics}
+            return {**offsets, **{tp: 2**62 for tp in done}}
+
+        changed = self.follower.update(positions)
+        if changed is None:
+            return
+        reading, added = changed
+        self.added.update(added)
+        self.names = self._names()
+        log.info("following the topic segments", reading=reading, added=added)
+        self.consumer.subscribe(reading, on_assign=self._on_assign, on_revoke=self._on_revoke)
+
     def _on_assign(self, consumer, partitions) -> None:
         try:
             committed = consumer.committed(partitions, timeout=10)
             for tp in committed:
-                if tp.offset < 0:
+                if tp.offset < 0 and tp.topic in self.added:  # a new segment: from its first own record
+                    link = self.follower.link_of(tp.topic) if self.follower else None
+                    tp.offset = link.start(self.names.get(tp.topic, ""), tp.partition) if link else 0
+                elif tp.offset < 0:
                     tp.offset = consumer.get_watermark_offsets(tp, timeout=10)[1]
                     self.fresh.add((tp.topic, tp.partition))
         except KafkaException as exc:  # fall back to the lazy reset (auto.offset.reset=latest)
             log.warning("start offsets not resolved", error=str(exc))
             committed = partitions
+        for tp in committed:
+            if tp.offset >= 0:
+                self.read[(tp.topic, tp.partition)] = max(self.read.get((tp.topic, tp.partition), 0), tp.offset)
         consumer.assign(committed)
         self.assigned = True
         log.info("partitions assigned", count=len(partitions), at_end=len(self.fresh))
@@ -80,12 +120,15 @@ class NotifyService:
     def handle(self, messages) -> None:
         for msg in messages:
             if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    self.eof_seen[(msg.topic(), msg.partition())] = time.time()
+                else:
                     log.warning("consume error", error=msg.error().str())
                 continue
             name = self.names.get(msg.topic())
             if name is None:
                 continue
+            self.read[(msg.topic(), msg.partition())] = msg.offset() + 1
             if (msg.topic(), msg.partition()) in self.fresh and msg.timestamp()[1] < self.started_ms:
                 continue
             self.metrics.events.labels(name).inc()
@@ -109,6 +152,7 @@ class NotifyService:
         while not stop.is_set():
             messages = await loop.run_in_executor(None, self.consumer.consume, 200, POLL_S)
             self.handle(messages)  # on the loop: the dispatcher's queues are not thread-safe
+            await loop.run_in_executor(None, self.follow_segments)
 
 
 async def run_notifier(settings: Settings, metrics_port: int, metrics_host: str) -> int:

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         default=10_000, ge=0, description="Embedded broker: roll every topic over to a new epoch before any "
         "partition holds this many record batches (Tansu answers nothing past ~20,000; see README); 0 = never.")
     epoch_check_s: float = Field(default=10.0, gt=0, description="How often the supervisor counts batches.")
+    topic_retention: str = Field(
+        default="24h", description="Embedded broker: how long a finished topic segment (an epoch's topics) stays "
+        "readable after it was closed (30m, 24h, 7d, forever; 0 = deleted at the rollover).")
+    topic_memory_mb: int = Field(
+        default=4_096, ge=0, description="Embedded broker: when its resident memory passes this many MB, the "
+        "oldest finished segments are deleted before their retention ends (0 = no budget).")
     epochs_file: Path | None = Field(
         default=None, description="Set by the supervisor for its producer: the epochs file it follows.")
     startup_timeout_s: float = Field(default=60.0, gt=0)
@@ -214,6 +220,21 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     # --- validators ----------------------------------------------------------------------------
+    @field_validator("topic_retention", mode="before")
+    @classmethod
+    def _topic_retention(cls, v: Any) -> Any:
+        text = str(v).strip().lower()
+        if text not in ("0", "0s", "0m", "0h"):
+            parse_duration(text)
+        return text
+
+    def topic_retention_s(self) -> float | None:
+        """``topic_retention`` in seconds (None: forever, 0: none)."""
+        if self.topic_retention in ("0", "0s", "0m", "0h"):
+            return 0.0
+        kept = parse_duration(self.topic_retention)
+        return None if kept is None else kept.total_seconds()
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:

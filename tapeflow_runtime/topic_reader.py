@@ -25,6 +25,7 @@ from confluent_kafka import (
 )
 
 from schemas.serde import AvroSerde
+from tapeflow_runtime.epochs import Chain, ChainLink
 from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, topic_metadata
 
 
@@ -111,3 +112,60 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
                 out[topic].next_offsets[msg.partition()] = msg.offset() + 1
     finally:
         consumer.close()
+
+
+def read_chain(bootstrap: str, chain: Chain, topics: dict[str, list[int] | None], serde: AvroSerde | None, *,
+               idle_s: float = 0.5, timeout_s: float = 60.0, start_ms: int | None = None,
+               on_record: Callable[[str, Any], None] | None = None,
+               raw_topics: frozenset[str] = frozenset()) -> dict[str, TopicSnapshot]:
+    """``read_to_end`` of logical topics: every segment of ``chain`` (``tapeflow_runtime.epochs``),
+    keyed by catalogue name (``topics``, ``raw_topics`` and ``on_record``'s first argument too).
+
+    Records come per partition in the logical topic's order (segment after segment, each in offset
+    order); ``RawRecord`` offsets and ``next_offsets`` are logical. Each segment's carried records
+    (the executor's state copied into a new epoch) are skipped: they are the older segment's again.
+    With ``on_record`` the segments are read at once, so only the order within a segment holds. A
+    finished segment whose topic is gone (deleted by retention meanwhile) is skipped; a missing
+    topic of the newest segment is an error, as with ``read_to_end``.
+    """
+    physical: dict[str, tuple[ChainLink, str]] = {}
+    existing = None
+    for link in chain.links:
+        for name in topics:
+            if link.closed:
+                if existing is None:
+                    consumer = Consumer(consumer_config(bootstrap))
+                    try:
+                        existing = consumer.list_topics(timeout=15).topics
+                    finally:
+                        consumer.close()
+                if link.prefix + name not in existing:
+                    continue
+            physical[link.prefix + name] = (link, name)
+    per_segment: dict[str, list[Any]] = {full: [] for full in physical}
+    out = {name: TopicSnapshot([], {}) for name in topics}
+
+    def take(full: str, raw: RawRecord) -> None:
+        link, name = physical[full]
+        if raw.offset < link.start(name, raw.partition):
+            return  # carried into this segment: the older segment holds it
+        logical = RawRecord(raw.partition, link.logical(name, raw.partition, raw.offset), raw.key, raw.value,
+                            raw.timestamp_ms)
+        try:
+            record = logical if serde is None or name in raw_topics else serde.decode(raw.value)
+        except Exception as exc:
+            raise StateReadError(f"{full}[{raw.partition}]@{raw.offset} cannot be decoded: {exc}") from exc
+        snapshot = out[name]
+        snapshot.next_offsets[raw.partition] = max(snapshot.next_offsets.get(raw.partition, 0), logical.offset + 1)
+        if on_record is not None:
+            on_record(name, record)
+        else:
+            per_segment[full].append(record)
+
+    snapshots = read_to_end(bootstrap, {full: topics[name] for full, (_link, name) in physical.items()}, None,
+                            idle_s=idle_s, timeout_s=timeout_s, start_ms=start_ms, on_record=take)
+    for full, (link, name) in physical.items():
+        out[name].records.extend(per_segment[full])
+        for partition in snapshots[full].next_offsets:  # a partition without records: at its base
+            out[name].next_offsets.setdefault(partition, link.bases.get(name, {}).get(partition, 0))
+    return out

@@ -36,7 +36,8 @@ from sinks.columnar import ColumnarCodec, ColumnarError
 from sinks.tables import table_for_topic
 from stream_apps.book_decode import BookDecoder
 from stream_apps.core.events import TradeBatch
-from tapeflow_runtime.topic_reader import RawRecord, StateReadError, read_to_end
+from tapeflow_runtime.epochs import Chain
+from tapeflow_runtime.topic_reader import RawRecord, StateReadError, read_chain
 
 TOPICS = {"md.trades": "trades", "md.book": "books", "md.mark": "marks", "md.liquidations": "liquidations",
           "md.indicators": "indicators"}
@@ -49,8 +50,12 @@ class TopicSource:
 
     def __init__(self, bootstrap: str, symbols: list[str], from_ms: int, to_ms: int, *, topic_prefix: str = "",
                  registry_url: str | None = None, slice_ms: int = DEFAULT_SLICE_MS, lead_ms: int = 60_000,
-                 exchange: str = "binance", idle_s: float = 1.0, timeout_s: float = 600.0) -> None:
+                 exchange: str = "binance", idle_s: float = 1.0, timeout_s: float = 600.0,
+                 chain: Chain | None = None) -> None:
+        """``chain``: the segments of the embedded stack's logical topics (``reader_chain``); default:
+        the topics under ``topic_prefix`` alone."""
         self.bootstrap, self.prefix = bootstrap, topic_prefix
+        self.chain = chain if chain is not None else Chain.single(topic_prefix)
         self.symbols = list(symbols)
         self.from_ms, self.to_ms = from_ms, to_ms
         self.exchange = exchange
@@ -81,8 +86,8 @@ class TopicSource:
     def _read(self) -> tuple[dict[str, list[Record]], dict[str, TradeBatch]]:
         out: dict[str, list[Record]] = {kind: [] for kind in TOPICS.values() if kind != "trades"}
         wanted = set(self.symbols)
-        kinds = {self.prefix + topic: kind for topic, kind in TOPICS.items()}
-        trades_topic, book_topic = self.prefix + "md.trades", self.prefix + "md.book"
+        kinds = dict(TOPICS)
+        trades_topic, book_topic = "md.trades", "md.book"
         raw: list[bytes] = []
         read_book = BookDecoder(self.serde, records=True)  # with its levels as columns (``BookRecord``)
 
@@ -98,9 +103,9 @@ class TopicSource:
                 out[kind].append(record)
 
         try:
-            read_to_end(self.bootstrap, {topic: None for topic in kinds}, self.serde, idle_s=self.idle_s,
-                        timeout_s=self.timeout_s, start_ms=self.from_ms - self.lead_ms, on_record=keep,
-                        raw_topics=frozenset({trades_topic, book_topic}))
+            read_chain(self.bootstrap, self.chain, {topic: None for topic in kinds}, self.serde, idle_s=self.idle_s,
+                       timeout_s=self.timeout_s, start_ms=self.from_ms - self.lead_ms, on_record=keep,
+                       raw_topics=frozenset({trades_topic, book_topic}))
             batches = self._trades(raw)
         except StateReadError as exc:
             raise SourceError(f"topics: {exc}") from None

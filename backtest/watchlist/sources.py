@@ -76,23 +76,22 @@ def _in_service_order(keyed: list[tuple], max_ahead_ms: int) -> list[CrossVenueE
 
 
 def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = MAX_AHEAD_MS,
-                timeout_s: float = 300.0) -> list[CrossVenueEvent]:
+                timeout_s: float = 300.0, chain: Any = None) -> list[CrossVenueEvent]:
     """The inputs of ``prefix``'s md.book, md.mark and md.indicators in the order the watchlist service
     feeds them (``stream_apps.watchlist.service``): records it cannot decode skipped, the rest sorted by
     (event time, topic, partition, offset) and those far ahead of the books dropped
     (``merge.AheadOfBooks`` with the service's default ``max_ahead_ms``)."""
     from schemas.catalogue import ENGINE_INPUT_TIME
-    from tapeflow_runtime.topic_reader import StateReadError, read_to_end
+    from tapeflow_runtime.epochs import Chain
+    from tapeflow_runtime.topic_reader import StateReadError, read_chain
 
-    names = {prefix + t: t for t in TOPICS}
-    try:
-        snapshots = read_to_end(bootstrap, dict.fromkeys(names), serde, raw_topics=frozenset(names),
-                                timeout_s=timeout_s)
+    try:  # ``chain``: the embedded stack's segments (``reader_chain``), read as one logical topic each
+        snapshots = read_chain(bootstrap, chain if chain is not None else Chain.single(prefix), dict.fromkeys(TOPICS),
+                               serde, raw_topics=frozenset(TOPICS), timeout_s=timeout_s)
     except StateReadError as error:
         raise WatchlistSourceError(f"--source broker: {error}") from None
     keyed = []
-    for full, snapshot in snapshots.items():
-        topic = names[full]
+    for topic, snapshot in snapshots.items():
         for raw in snapshot.records:
             try:
                 record = serde.decode(raw.value)
@@ -109,16 +108,18 @@ def _broker_session(prefix: str | None) -> list[CrossVenueEvent]:
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
     from tapeflow_runtime.endpoints import resolve_broker
-    from tapeflow_runtime.epochs import current_prefix
+    from tapeflow_runtime.epochs import Chain, current_prefix, reader_chain
     from tapeflow_runtime.paths import StackPaths
     from tapeflow_runtime.settings import Settings
 
     settings = Settings()
     paths = StackPaths(settings.home)
-    if prefix is None:  # the embedded stack's topics live in epochs: read the current one's
-        prefix = current_prefix(settings)
+    if prefix is None:  # the embedded stack's topics live in segments: read every retained one
+        prefix, chain = current_prefix(settings), reader_chain(settings)
+    else:
+        chain = Chain.single(prefix)
     bootstrap = resolve_broker(settings, paths)
-    events = read_broker(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)))
+    events = read_broker(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)), chain=chain)
     if not events:
         raise WatchlistSourceError(f"--source broker: no md.book, md.mark or md.indicators records under "
                                    f"prefix {prefix!r}")

@@ -74,7 +74,7 @@ from stream_apps.cross_venue.events import event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
 from stream_apps.watchlist.merge import MAX_AHEAD_MS, AheadOfBooks, PartitionMerge
 from stream_apps.watchlist.records import TOPIC, feature_records
-from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, EpochState, ProducePrefix, epoch_prefix
+from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, EpochState, ProducePrefix
 from tapeflow_runtime.files import atomic_write_bytes
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
@@ -157,9 +157,10 @@ class WatchlistService:
         # on the embedded stack the topics live in epochs (tapeflow_runtime.epochs): read the current
         # epoch's, write to the one the producers write to, leave when the current one moves on
         self.epochs_file = settings.epochs_file
-        self.epoch = EpochState.load(self.epochs_file).epoch if self.epochs_file else None
+        state = EpochState.load(self.epochs_file) if self.epochs_file else None
+        self.epoch = None if state is None else state.epoch
         base = settings.topic_prefix
-        self.prefix = base if self.epoch is None else epoch_prefix(base, self.epoch)
+        self.prefix = base if state is None else state.prefix(base)
         self.group = options.group_id or f"{self.prefix}tapeflow-watchlist"
         self._produce_prefix = ProducePrefix(self.epochs_file, base) if self.epochs_file else None
         self.metrics = WatchlistMetrics()

@@ -16,12 +16,16 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
    states into N+1 (``stream_apps.faust_app.carry``, ``execution.carry``) and start the N+1 engine and
    executor. Features pause from the stop in step 3 to here (the log says how long).
 5. ``sink``: wait until ``sink-eN`` has committed every N topic to its end, stop it.
-6. ``delete``: delete N's topics (Tansu frees their records) and consumer groups, make N+1 current.
-   Their names come back two epochs later (``tapeflow_runtime.epochs``: two name slots), which is
-   what keeps the broker flat: Tansu 0.6.0 keeps a little of every deleted topic-partition (~0.6 KB:
-   its watermark cache is never pruned), ~60 KB a rollover of 95 partitions while every epoch had
-   new names (``benchmarks/bench_broker_epochs.py``). What still grows is Tansu's record of each
-   idempotent producer id (every epoch's services start new producers): ~13 KB a rollover.
+6. ``delete``: N becomes a finished segment: its catalogue topics stay readable (their true ends
+   and newest timestamp recorded in ``epochs.json``) for ``topic_retention``, then ``_prune`` deletes
+   them (or earlier, oldest first, while the broker's memory is over ``topic_memory_mb``); the
+   engine's own topics (changelog, assignor) and N's consumer groups go now; N+1 becomes current.
+   A slot's names come back once its segment is deleted (``tapeflow_runtime.epochs``: name slots),
+   which is what keeps the broker from growing per rollover: Tansu 0.6.0 keeps a little of every
+   deleted topic-partition (~0.6 KB: its watermark cache is never pruned), ~60 KB a rollover of 95
+   partitions while every epoch had new names (``benchmarks/bench_broker_epochs.py``). What still
+   grows is Tansu's record of each idempotent producer id (every epoch's services start new
+   producers): ~13 KB a rollover.
 
 Nothing is lost or doubled: producers switch at a record boundary; each consumer moves on only once
 its group committed the old topics to their true ends (read, not taken from a batch-counting end
@@ -41,7 +45,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC, all_topics
 from tapeflow.stack.app_services import EpochConsumer, http_json
-from tapeflow_runtime.epochs import EPOCHS_FILE, STEPS, EpochState, epoch_prefix, epoch_writers, rollover_enabled
+from tapeflow_runtime.epochs import EPOCHS_FILE, STEPS, EpochState, epoch_writers, rollover_enabled, slot_prefix
 from tapeflow_runtime.kafka_client import (
     HISTORY_FETCH_CONFIG,
     admin_client,
@@ -77,10 +81,12 @@ def latest_offsets(bootstrap: str, tps: Iterable[tuple[str, int]]) -> dict[tuple
     return {tp: max(offset, 0) for tp, offset in ends.items()}
 
 
-def true_ends(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float = 60.0) -> dict[tuple[str, int], int]:
+def true_ends(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float = 60.0,
+              last_ms: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], int]:
     """The offset after the last *record* of each partition. Tansu's end offset is the last batch's
     base offset + 1, so the last batch is read and its records counted (a batch of five records at
-    base 100 ends at 105, not 101)."""
+    base 100 ends at 105, not 101). ``last_ms``, when given, receives each non-empty partition's
+    newest record timestamp (of its last batch)."""
     latest = latest_offsets(bootstrap, tps)
     ends = dict(latest)
     todo = {tp: off for tp, off in latest.items() if off > 0}
@@ -100,6 +106,8 @@ def true_ends(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float =
                     todo.pop(tp)
                 continue
             ends[tp] = max(ends[tp], msg.offset() + 1)
+            if last_ms is not None:
+                last_ms[tp] = max(last_ms.get(tp, 0), msg.timestamp()[1])
         if todo:
             raise TimeoutError(f"end of {sorted(todo)[:3]}... not read in {timeout_s:.0f} s")
     finally:
@@ -139,19 +147,20 @@ class EpochRoller:
         self._next_report = 0.0
         self._ends: dict[tuple[str, int], int] | None = None
         self._stopped_engine_at: float | None = None
+        self._closing: tuple[dict[str, dict[int, int]], int | None] | None = None  # the delete step's ends
+        self._next_prune = 0.0
         self.max_seen = 0
+        self.retention_s = self.settings.topic_retention_s()
 
     # -- names ---------------------------------------------------------------------------------------
     def prefix(self, epoch: int | None = None) -> str:
-        return epoch_prefix(self.base, self.state.epoch if epoch is None else epoch)
+        return self.state.prefix(self.base, epoch)
 
-    def epoch_topics(self, epoch: int, existing: Iterable[str]) -> list[str]:
-        """Every topic of ``epoch``: the catalogue's and the engine's (changelog, assignor) under its prefix.
-        Epoch 0 has no prefix of its own, so only names tapeflow makes are matched, never another
-        epoch's or a rehearsal namespace's."""
-        prefix = self.prefix(epoch)
-        names = {prefix + t.name for t in all_topics()}
-        return sorted(t for t in existing if t in names or t.startswith(prefix + "tapeflow-"))
+    def epoch_topics(self, epoch: int, existing: Iterable[str], catalogue: bool = True) -> list[str]:
+        """Every topic of ``epoch``: the catalogue's (unless not ``catalogue``) and the engine's
+        (changelog, assignor) under its prefix. Slot 0 has no prefix of its own, so only names tapeflow
+        makes are matched, never another epoch's or a rehearsal namespace's."""
+        return slot_topics(self.state.prefix(self.base, epoch), existing, catalogue)
 
     def at_start(self) -> int:
         """Called before the stack starts: the broker is new (memory only), so a rollover the last
@@ -160,8 +169,15 @@ class EpochRoller:
         if self.state.rolling:
             self.say(f"epochs     the last run stopped in the rollover to epoch {self.state.next_epoch} "
                      f"(step {self.state.step}); the broker starts empty, continuing on epoch {self.state.next_epoch}")
-            self.state = EpochState(epoch=self.state.next_epoch, rollovers=self.state.rollovers + 1)
-            self.state.save(self.path)
+            self.state.close_current({}, time.time(), None, keep=False)
+        if self.state.segments or self.state.bases:
+            self.say(f"epochs     the broker starts empty (it keeps memory only): the topic history of the last "
+                     f"run ({len(self.state.segments)} finished segments) is gone; the database holds what "
+                     "was stored (`tapeflow backtest --source db`)")
+        # a new broker holds nothing older than now: positions count again from 0
+        self.state.segments, self.state.bases, self.state.starts, self.state.cut = [], {}, {}, None
+        self.state.history_since = time.time()
+        self.state.save(self.path)
         return self.state.epoch
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -171,6 +187,7 @@ class EpochRoller:
             return
         try:
             if not self.state.rolling:
+                self._prune(bootstrap)
                 self._maybe_begin(bootstrap)
             else:
                 step = self.state.step
@@ -198,6 +215,7 @@ class EpochRoller:
                  f"(limit {self.settings.epoch_max_batches}): rolling over to epoch {self.state.next_epoch}")
         self.state.step = STEPS[0]
         self.state.started_at = time.time()
+        self.state.next_slot = self.state.free_slot()
         self.state.save(self.path)
         self._rollover_began = self._step_began = now
 
@@ -208,7 +226,9 @@ class EpochRoller:
         index = STEPS.index(step) + 1
         if index == len(STEPS):
             total = time.monotonic() - self._rollover_began
-            self.state = EpochState(epoch=self.state.next_epoch, rollovers=self.state.rollovers + 1)
+            ends, last_ms = self._closing or ({}, None)
+            self.state.close_current(ends, time.time(), last_ms, keep=self.retention_s != 0)
+            self._closing = None
             self.say(f"epochs     now on epoch {self.state.epoch} (rollover took {total:.1f}s)")
         else:
             self.state.step = STEPS[index]
@@ -273,6 +293,9 @@ class EpochRoller:
 
         carried = carry_engine_state(bootstrap, f"{old}tapeflow-engine", f"{new}tapeflow-engine")
         ends = carry_executor_state(bootstrap, old, new)
+        # the carried records open the new epoch's topics; the logical topics skip them (they are the
+        # old epoch's records again)
+        self.state.next_starts = {name: dict(parts) for name, parts in ends.items()}
         # both new groups start at the epoch's beginning (their history is carried, not re-read: a new
         # engine group would otherwise spend ~15 s priming 25 h from offsets Tansu cannot look up by
         # time), the executor's after the carried signals
@@ -297,8 +320,23 @@ class EpochRoller:
         return True
 
     def _step_delete(self, bootstrap: str) -> bool:
+        """The old epoch becomes a finished segment: its catalogue topics stay readable for the retention
+        (``_prune`` deletes them later); the engine's own topics and the epoch's consumer groups go now.
+        With retention 0 its catalogue topics go now too."""
         admin = admin_client(bootstrap)
-        doomed = self.epoch_topics(self.state.epoch, admin.list_topics(timeout=10).topics)
+        existing = admin.list_topics(timeout=10).topics
+        keep = self.retention_s != 0
+        if keep and self._closing is None:
+            kept = self.epoch_topics(self.state.epoch, existing)
+            stamps: dict[tuple[str, int], int] = {}
+            ends = true_ends(bootstrap, [(t, p) for t in kept if not t.startswith(self.prefix() + "tapeflow-")
+                                         for p in existing[t].partitions], last_ms=stamps)
+            old = self.prefix()
+            by_topic: dict[str, dict[int, int]] = {}
+            for (topic, partition), end in ends.items():
+                by_topic.setdefault(topic[len(old):], {})[partition] = end
+            self._closing = (by_topic, max(stamps.values(), default=None))
+        doomed = self.epoch_topics(self.state.epoch, existing, catalogue=not keep)
         if doomed:
             _settle(admin.delete_topics(doomed, operation_timeout=30), "UNKNOWN_TOPIC")
         # and its consumer groups, by name (Tansu answers DeleteGroups for an unknown group with
@@ -315,8 +353,51 @@ class EpochRoller:
             self.say(f"epochs     could not delete the consumer groups of epoch {self.state.epoch} "
                      f"({exc!r}); leaving them")
             groups = "0 consumer groups"
-        self.say(f"epochs     deleted {len(doomed)} topics and {groups} of epoch {self.state.epoch}")
+        kept_note = f"; its {len(all_topics())} catalogue topics are kept as a segment" if keep else ""
+        self.say(f"epochs     deleted {len(doomed)} topics and {groups} of epoch {self.state.epoch}{kept_note}")
         return True
+
+    # -- retention -----------------------------------------------------------------------------------------
+    def _prune(self, bootstrap: str) -> None:
+        """Delete finished segments wholly older than the retention, and the oldest ones while the
+        broker's memory is over ``topic_memory_mb`` (the status line says so)."""
+        now = time.monotonic()
+        if now < self._next_prune or not self.state.segments:
+            return
+        self._next_prune = now + self.settings.epoch_check_s
+        doomed = self.state.expired(time.time(), self.retention_s)
+        reason = "retention"
+        if not doomed and self.settings.topic_memory_mb > 0:
+            rss = self._broker_rss_mb()
+            if rss is not None and rss > self.settings.topic_memory_mb:
+                doomed, reason = self.state.segments[:1], "memory"
+                kept_h = (time.time() - self.state.segments[0].closed_at) / 3600
+                self.state.cut = (f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: the broker used {rss:.0f} MB "
+                                  f"(budget {self.settings.topic_memory_mb} MB, TAPEFLOW_TOPIC_MEMORY_MB): history cut "
+                                  f"to {kept_h:.1f} h")
+        if not doomed:
+            return
+        admin = admin_client(bootstrap)
+        existing = admin.list_topics(timeout=10).topics
+        names = [t for s in doomed for t in slot_topics(slot_prefix(self.base, s.slot), existing)]
+        if names:
+            _settle(admin.delete_topics(names, operation_timeout=30), "UNKNOWN_TOPIC")
+        gone = {s.epoch for s in doomed}
+        self.state.segments = [s for s in self.state.segments if s.epoch not in gone]
+        self.state.save(self.path)
+        self.say(f"epochs     deleted the segment(s) of epoch {', '.join(map(str, sorted(gone)))} "
+                 f"({len(names)} topics): {'past the retention of ' + self.settings.topic_retention if reason == 'retention' else 'over the memory budget'}")
+
+    def _broker_rss_mb(self) -> float | None:
+        run = self.sup.running.get("broker")
+        if run is None:
+            return None
+        try:
+            import psutil
+
+            return psutil.Process(run.proc.pid).memory_info().rss / 2**20
+        except Exception:  # noqa: BLE001 - gone or not readable: no budget decision this time
+            return None
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _drained(self, bootstrap: str, group: str, topics: list[str], who: str) -> bool:
@@ -358,6 +439,13 @@ class EpochRoller:
             return None
         self.sup.rename_service(name, retired)
         return run.service  # type: ignore[return-value]
+
+
+def slot_topics(prefix: str, existing: Iterable[str], catalogue: bool = True) -> list[str]:
+    """The topics under a slot's ``prefix``: the catalogue's (unless not ``catalogue``) and the engine's
+    own (``<prefix>tapeflow-*``)."""
+    names = {prefix + t.name for t in all_topics()} if catalogue else set()
+    return sorted(t for t in existing if t in names or t.startswith(prefix + "tapeflow-"))
 
 
 def _settle(futures: dict, gone: str) -> None:

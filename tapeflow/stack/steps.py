@@ -21,7 +21,7 @@ from sinks.migrate import (
 from sinks.retention import apply_compression, resolve_policies
 from tapeflow.stack.process import StackError
 from tapeflow_runtime.endpoints import embedded_endpoints
-from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, epoch_prefix, rollover_enabled
+from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, rollover_enabled
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.kafka_client import admin_client, ensure_topics
 from tapeflow_runtime.paths import StackPaths
@@ -110,7 +110,7 @@ class TopicsStep(SetupStep):
             return [self.settings.topic_prefix]
         state = EpochState.load(self.paths.home / EPOCHS_FILE)
         epochs = [state.epoch, state.next_epoch] if state.rolling else [state.epoch]
-        return [epoch_prefix(self.settings.topic_prefix, e) for e in epochs]
+        return [state.prefix(self.settings.topic_prefix, e) for e in epochs]
 
     def run(self, addresses, say) -> str:
         results = [r for prefix in self.prefixes() for r in ensure_topics(addresses["broker"], prefix=prefix)]

@@ -28,7 +28,7 @@ from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.process import StackError, terminate
 from tapeflow.stack.service import Service
 from tapeflow.stack.steps import MigrationsStep, SetupStep, TopicsStep
-from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, epoch_prefix
+from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.paths import StackPaths
@@ -434,14 +434,31 @@ class Supervisor:
             self.say(f"{name:<10} {result}")
 
 
+def history_line(state: EpochState, settings: Settings, now: float) -> str:
+    """What topic history the embedded broker holds: its finished segments and since when."""
+    kept = settings.topic_retention
+    if not state.segments:
+        line = f"history: the current segment only (retention {kept})"
+    else:
+        oldest = state.segments[0]
+        line = (f"history: {len(state.segments)} finished segment(s) kept, the oldest closed "
+                f"{(now - oldest.closed_at) / 3600:.1f} h ago (retention {kept})")
+    if state.history_since:
+        line += f", nothing from before the broker's start at {time.strftime('%Y-%m-%d %H:%M', time.gmtime(state.history_since))} UTC"
+    if state.cut:
+        line += f"; {state.cut}"
+    return line
+
+
 def _epochs_status(settings: Settings, paths: StackPaths, now: float) -> ComponentStatus:
     """The topic epoch the stack is on and the rollover in progress (`tapeflow.stack.epochs`)."""
     try:
         state = EpochState.load(paths.home / EPOCHS_FILE)
     except (OSError, ValueError) as exc:
         return ComponentStatus("epochs", False, "unreadable", None, None, None, str(exc))
-    prefix = epoch_prefix(settings.topic_prefix, state.epoch) or "plain topic names"
+    prefix = state.prefix(settings.topic_prefix) or "plain topic names"
     detail = f"epoch {state.epoch} ({prefix}), {state.rollovers} rollover(s) done, at {settings.epoch_max_batches} batches"
+    detail += "; " + history_line(state, settings, now)
     if state.rolling:
         since = f" for {now - state.started_at:.0f}s" if state.started_at else ""
         detail += f"; rolling over to epoch {state.next_epoch}: step {state.step}{since}"

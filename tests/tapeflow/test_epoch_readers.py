@@ -123,3 +123,111 @@ def test_backtest_from_topics_that_do_not_exist_is_a_one_line_error(topic_prefix
     assert res.returncode == 1, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     assert f"cannot read {topic_prefix}e1.md.trades" in res.stderr.strip().splitlines()[-1]
+
+
+def _stack_home(tmp_path, kafka_bootstrap, topic_prefix, state: EpochState) -> dict:
+    home = tmp_path / "home"
+    paths = StackPaths(home)
+    paths.ensure()
+    me = psutil.Process()
+    ProcessRecord("broker", me.pid, me.create_time(), kafka_bootstrap, time.time(),
+                  str(paths.log_file("broker"))).save(paths.state_file("broker"))
+    state.save(home / EPOCHS_FILE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env.update(TAPEFLOW_HOME=str(home), TAPEFLOW_TOPIC_PREFIX=topic_prefix)
+    return env
+
+
+def _close(kafka_bootstrap, prefix: str, epoch: int, slot: int, bases: dict) -> "Segment":
+    """The segment the rollover's delete step records for ``prefix``'s catalogue topics (real ends)."""
+    from schemas.catalogue import all_topics
+    from tapeflow.stack.epochs import true_ends
+    from tapeflow_runtime.epochs import Segment
+    from tapeflow_runtime.kafka_client import admin_client
+
+    existing = admin_client(kafka_bootstrap).list_topics(timeout=10).topics
+    stamps: dict = {}
+    ends = true_ends(kafka_bootstrap, [(prefix + t.name, p) for t in all_topics() for p in existing[prefix + t.name].partitions],
+                     last_ms=stamps)
+    by_topic: dict = {}
+    for (topic, partition), end in ends.items():
+        by_topic.setdefault(topic[len(prefix):], {})[partition] = end
+    return Segment(epoch, slot, time.time(), by_topic, {}, bases, max(stamps.values(), default=None))
+
+
+def test_readers_see_one_logical_topic_over_the_kept_segments(kafka_bootstrap, topic_prefix, tmp_path):
+    """Two finished segments and the current one: `topics tail --from-beginning` prints every trade once,
+    in order, with logical offsets that run on across segments; `topics list` counts the logical topic;
+    `--from` skips a segment wholly older than the start."""
+    from tapeflow_runtime.epochs import Segment, _next_bases
+
+    serde = AvroSerde(FileSchemaRegistry())
+    p = Producer(producer_config(kafka_bootstrap))
+    plan = ((topic_prefix + "e2.", range(0, 4)), (topic_prefix, range(4, 10)), (topic_prefix + "e1.", range(10, 13)))
+    segments: list[Segment] = []
+    bases: dict = {}
+    for n, (prefix, ids) in enumerate(plan):
+        ensure_topics(kafka_bootstrap, prefix=prefix)
+        for i in ids:
+            p.produce(prefix + "md.trades", key=b"binance:BTCUSDT", value=serde.encode("md.trades", trade(i)),
+                      timestamp=1_700_000_000_000 + i * 60_000)
+        assert p.flush(10) == 0
+        if n < 2:
+            segment = _close(kafka_bootstrap, prefix, n, (2, 0)[n], bases)
+            segments.append(segment)
+            bases = _next_bases(bases, {}, segment.ends)
+    state = EpochState(epoch=2, slot=1, rollovers=2, segments=segments, bases=bases, history_since=time.time() - 60)
+    env = _stack_home(tmp_path, kafka_bootstrap, topic_prefix, state)
+    res = cli(env, "topics", "tail", "md.trades", "--from-beginning", "--timeout", "3", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["value"]["agg_id"] for r in rows] == [1_000 + i for i in range(13)]  # once each, in order
+    assert {r["topic"] for r in rows} == {topic_prefix + "md.trades"} and len({r["partition"] for r in rows}) == 1
+    assert [r["offset"] for r in rows] == list(range(13))  # logical: 0..12 across the three segments
+    assert "hold nothing from before" in res.stderr and "backtest --source db" in res.stderr
+    # --from: the first segment (ids 0-3, minutes 0-3) is wholly older than minute 5
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + 5 * 60))
+    res = cli(env, "topics", "tail", "md.trades", "--from", start, "--timeout", "3", "--json")
+    assert [json.loads(line)["value"]["agg_id"] for line in res.stdout.splitlines()] == [1_000 + i for i in range(5, 13)]
+    res = cli(env, "topics", "list", "--json")
+    assert res.returncode == 0, res.stderr
+    (row,) = [r for r in map(json.loads, res.stdout.splitlines()) if r["topic"] == topic_prefix + "md.trades"]
+    assert row["catalogue"] and [s["topic"] for s in row["segments"]] == [prefix + "md.trades" for prefix, _ in plan]
+    # finished segments: their recorded record counts; the open one: its offsets (Tansu's count batches)
+    assert [s["messages"] for s in row["segments"][:2]] == [4, 6] and 1 <= row["segments"][2]["messages"] <= 3
+    assert row["messages"] == sum(s["messages"] for s in row["segments"])
+
+
+def test_backtest_from_topics_over_segments_equals_the_whole_session(kafka_bootstrap, topic_prefix, tmp_path):
+    """A session split over a finished segment and the current one backtests as the whole session."""
+    from backtest.runner import BacktestRunner
+    from producers.metrics import ProducerMetrics
+    from tapeflow_runtime.publisher import Publisher
+    from tests.backtest.test_backtest_stored_sources import END, START, STRATEGY, SYMBOLS, all_records, session
+
+    reference = BacktestRunner([STRATEGY]).run(session())
+    assert reference.signals >= 3
+    middle = (START + END) // 2
+    old, new = topic_prefix + "e3.", topic_prefix + "e1."
+    for prefix, keep in ((old, lambda t: t < middle), (new, lambda t: t >= middle)):
+        ensure_topics(kafka_bootstrap, prefix=prefix)
+        publisher = Publisher(kafka_bootstrap, AvroSerde(FileSchemaRegistry()), ProducerMetrics(), topic_prefix=prefix)
+        for topic, records in all_records().items():
+            for r in records:
+                if keep(r["receive_time"]):
+                    publisher.publish(topic, f"{r['exchange']}:{r['symbol']}", r, r["receive_time"])
+        assert publisher.flush(60) == 0 and not publisher.failed
+    segment = _close(kafka_bootstrap, old, 4, 3, {})
+    assert segment.records("md.trades") > 0
+    env = _stack_home(tmp_path, kafka_bootstrap, topic_prefix, EpochState(epoch=5, slot=1, segments=[segment]))
+    strategy = tmp_path / "stored.json"
+    strategy.write_text(json.dumps(STRATEGY.model_dump(mode="json")))
+    fmt = "%Y-%m-%dT%H:%M"
+    res = cli(env, "backtest", "--source", "topics", "--symbols", ",".join(SYMBOLS), "--strategy",
+              str(strategy), "--from", time.strftime(fmt, time.gmtime(START / 1000)),
+              "--to", time.strftime(fmt, time.gmtime(END / 1000)), "--out", str(tmp_path / "out"),
+              "--no-progress", timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["trades_processed"] == reference.trades_processed
+    assert result["signals"] == reference.signals

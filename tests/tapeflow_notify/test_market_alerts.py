@@ -244,7 +244,7 @@ def test_the_service_routes_features_to_the_alerts():
             return 0
 
     submitted = []
-    fake = SimpleNamespace(names={"t.features": "features", "t.risk.events": "risk.events"}, fresh=set(),
+    fake = SimpleNamespace(names={"t.features": "features", "t.risk.events": "risk.events"}, fresh=set(), read={},
                            metrics=NotifyMetrics(), serde=SimpleNamespace(decode=lambda v: v),
                            alerts=MarketAlerts(), dispatcher=SimpleNamespace(submit=submitted.append))
     risk = {"scope": "global", "mode": "paper", "decision": "halt", "state": "halted", "reason": "kill_switch",

@@ -353,3 +353,71 @@ def test_notify_without_a_channel_refuses_to_start(tmp_path):
                          timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("error: no notification channel configured")
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.integration
+async def test_the_notifier_follows_a_rollover_in_process_and_announces_each_signal_once(
+        kafka_bootstrap, topic_prefix, recorder, tmp_path):
+    """On the embedded stack the notifier reads a chain of segments: a rollover's next segment is read
+    from its first own record (the carried copy of the old segment's signals is not announced again),
+    with no restart of the process."""
+    from tapeflow_notify.service import NotifyService
+    from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState
+
+    settings = settings_for(recorder, home=tmp_path, broker=None, topic_prefix=topic_prefix,
+                            notify_events=["signals"])
+    path = tmp_path / EPOCHS_FILE
+    state = EpochState(epoch=0, slot=0)
+    state.save(path)
+    old, new = topic_prefix, topic_prefix + "e1."
+    ensure_topics(kafka_bootstrap, prefix=old)
+    serde = AvroSerde(FileSchemaRegistry())
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+
+    def signal(topic: str, signal_id: str, score: float, partition: int = 0) -> None:
+        producer.produce(topic, key=b"binance:BTCUSDT", partition=partition, value=serde.encode(
+            "signals", {**SIGNAL, "signal_id": signal_id, "score": score}))
+        assert producer.flush(10) == 0
+
+    metrics = NotifyMetrics()
+    dispatcher = Dispatcher(channels_from(settings), 100, metrics)
+    service = NotifyService(settings, kafka_bootstrap, dispatcher, metrics)
+    service.follower.interval_s = 0.2
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(service.run(stop))]
+
+    async def until(condition, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.1)
+
+    def scores() -> list[str]:
+        return [b["text"].split("score ")[1].split(",")[0] for b in recorder.bodies(f"/tg/bot{TOKEN}/sendMessage")]
+
+    try:
+        await until(lambda: service.assigned, "the first assignment")
+        signal(old + "signals", "a", 80.1)
+        await until(lambda: scores() == ["80.1"], "the first signal")
+        # a rollover: the next segment opens, the executor's state (signal a) is carried into it first
+        state.step, state.next_slot, state.started_at = "executor", 1, time.time()
+        state.save(path)
+        ensure_topics(kafka_bootstrap, prefix=new)
+        signal(new + "signals", "a", 80.1)  # the carried copy
+        state.step, state.next_starts = "sink", {"signals": {0: 1}}
+        state.save(path)
+        signal(new + "signals", "b", 80.2)
+        await until(lambda: scores() == ["80.1", "80.2"], "the next segment's own signal")
+        # the rollover ends: the old epoch is a finished segment, read to its end, and left
+        state.close_current({"signals": {0: 1}}, closed_at=time.time(), last_ms=None, keep=True)
+        state.save(path)
+        signal(new + "signals", "c", 80.3)
+        await until(lambda: scores() == ["80.1", "80.2", "80.3"] and service.follower.reading == [new + "signals"],
+                    "the current segment alone")
+        await asyncio.sleep(1.0)
+        assert scores() == ["80.1", "80.2", "80.3"]  # each once, the carried copy never
+    finally:
+        stop.set()
+        await asyncio.gather(tasks[1], return_exceptions=True)
+        tasks[0].cancel()
+        await asyncio.to_thread(service.consumer.close)

@@ -51,3 +51,86 @@ def test_produce_prefix_follows_the_file_and_reads_it_at_most_every_interval(tmp
     assert follow() == "s.e1."
     clock[0] = 2.0
     assert follow() == "s."  # epoch 2 takes the plain names again
+
+
+def test_slots_go_to_the_lowest_name_no_kept_segment_holds_and_come_back_once_it_is_deleted():
+    """With retention, finished epochs keep their names as segments; a new epoch takes the lowest free
+    slot (Tansu keeps a little of every deleted name for ever, so names are reused, not invented)."""
+    state = EpochState()
+    slots = [state.current_slot]
+    for i in range(4):  # four rollovers, every finished epoch kept
+        state.step, state.next_slot = "open", state.free_slot()
+        state.close_current({"md.trades": {0: 10 * (i + 1)}}, closed_at=100.0 + i, last_ms=None, keep=True)
+        slots.append(state.current_slot)
+    assert slots == [0, 1, 2, 3, 4]
+    assert [s.slot for s in state.segments] == [0, 1, 2, 3] and state.epoch == 4
+    # logical offsets count every segment's records: 10 + 20 + 30 + 40
+    assert state.bases == {"md.trades": {0: 100}}
+    assert [s.bases for s in state.segments] == [{}, {"md.trades": {0: 10}}, {"md.trades": {0: 30}},
+                                                 {"md.trades": {0: 60}}]
+    # the retention takes epochs 0 and 1: their slots are the lowest free ones again
+    assert [s.epoch for s in state.expired(now=101.5 + 3600, retention_s=3600)] == [0, 1]
+    state.segments = state.segments[2:]
+    assert state.free_slot() == 0
+    state.step, state.next_slot = "open", state.free_slot()
+    assert state.prefix("team.", state.next_epoch) == "team." and state.prefix("team.") == "team.e4."
+    assert state.prefix("team.", 2) == "team.e2."  # a kept segment keeps its name
+    with pytest.raises(ValueError):
+        state.prefix("team.", 0)  # deleted: no name any more
+    assert state.expired(now=1e12, retention_s=None) == []  # retention forever
+
+
+def test_without_retention_the_slots_alternate_as_before():
+    state = EpochState()
+    for _ in range(5):
+        state.step, state.next_slot = "open", state.free_slot()
+        state.close_current({}, closed_at=1.0, last_ms=None, keep=False)
+    assert state.epoch == 5 and state.current_slot == 1 and state.segments == []
+
+
+def test_a_file_from_before_slots_keeps_its_names_and_the_chain_reads_segments_then_current_then_next(tmp_path):
+    path = tmp_path / "epochs.json"
+    path.write_text('{"epoch": 3, "step": null, "started_at": null, "rollovers": 3}')
+    old = EpochState.load(path)
+    assert old.current_slot == 1 and old.prefix("") == "e1."  # epoch % 2, as the two-slot scheme named it
+    from tapeflow_runtime.epochs import Segment
+
+    state = EpochState(epoch=7, slot=0, step="engine", next_slot=2, starts={"signals": {0: 4}},
+                       bases={"md.trades": {0: 50}}, next_starts={"signals": {0: 9}},
+                       segments=[Segment(6, 1, 10.0, ends={"md.trades": {0: 50}}, last_ms=123)])
+    state.save(path)
+    assert EpochState.load(path) == state  # partitions round-trip as ints
+    chain = state.chain("t.")
+    assert chain.prefixes == ["t.e1.", "t.", "t.e2."]
+    assert [link.closed for link in chain.links] == [True, False, False]
+    names = ["md.trades", "signals"]
+    assert chain.locate("t.e2.md.trades", names)[1] == "md.trades" and chain.locate("t.md.trades", names)[0].epoch == 7
+    assert chain.locate("t.e3.md.trades", names) is None and chain.locate("t.md.book", names) is None
+    # the next epoch is settled (followers add it) once the executor's state is carried into it
+    assert not chain.links[2].settled
+    state.step = "sink"
+    assert state.chain("t.").links[2].settled
+    assert chain.links[1].logical("md.trades", 0, 5) == 55 and chain.links[1].start("signals", 0) == 4
+
+
+def test_a_follower_adds_the_next_segment_once_settled_and_leaves_a_finished_one_once_read_to_its_end():
+    from tapeflow_runtime.epochs import ChainFollower
+
+    state = EpochState(epoch=0, slot=0)
+    clock = [0.0]
+    follower = ChainFollower(["signals"], lambda: state.chain(""), interval_s=1.0, monotonic=lambda: clock[0])
+    assert follower.reading == ["signals"] and not follower.due()
+    clock[0] = 1.0
+    assert follower.due() and not follower.due()
+    positions = {("signals", 0): 3}
+    ask = lambda topics, link: {tp: off for tp, off in positions.items() if tp[0] in topics}  # noqa: E731
+    state.step, state.next_slot = "engine", 1
+    assert follower.update(ask) is None  # the next epoch is not settled before the carry
+    state.step, state.next_starts = "sink", {"signals": {0: 2}}
+    assert follower.update(ask) == (["signals", "e1.signals"], ["e1.signals"])
+    assert follower.link_of("e1.signals").start("signals", 0) == 2 and follower.catalogue_name("e1.signals") == "signals"
+    state.close_current({"signals": {0: 5}}, closed_at=1.0, last_ms=None, keep=True)
+    assert follower.update(ask) is None  # position 3 of 5: the finished segment is still read
+    positions[("signals", 0)] = 5
+    assert follower.update(ask) == (["e1.signals"], [])
+    assert follower.reading == ["e1.signals"]

@@ -35,6 +35,8 @@ class FakeAdmin:
 
     def delete_topics(self, names, operation_timeout=None):
         self.deleted_topics += names
+        for name in names:
+            self.topics.pop(name, None)
         return {n: done() for n in names}
 
     def delete_consumer_groups(self, groups, request_timeout=None):
@@ -44,14 +46,69 @@ class FakeAdmin:
         return {g: done(self.groups_error) for g in groups}
 
 
-def roller_on_delete_step(tmp_path, monkeypatch, admin: FakeAdmin) -> tuple[EpochRoller, list[str]]:
+def roller_on_delete_step(tmp_path, monkeypatch, admin: FakeAdmin, retention_s: float | None = 0.0,
+                          retention: str = "0") -> tuple[EpochRoller, list[str]]:
+    """A roller at the delete step of the rollover from epoch 1 (slot 1) to 2; ``retention_s`` 0 keeps
+    no finished segment (the catalogue topics go too)."""
     said: list[str] = []
-    sup = SimpleNamespace(settings=SimpleNamespace(topic_prefix="s.", epoch_check_s=1.0),
-                          paths=SimpleNamespace(home=tmp_path), addresses={"broker": "fake:9092"}, running={})
+    settings = SimpleNamespace(topic_prefix="s.", epoch_check_s=1.0, topic_retention=retention,
+                               topic_retention_s=lambda: retention_s, topic_memory_mb=0)
+    sup = SimpleNamespace(settings=settings, paths=SimpleNamespace(home=tmp_path), addresses={"broker": "fake:9092"},
+                          running={})
     roller = EpochRoller(sup, said.append)
-    roller.state = EpochState(epoch=1, step="delete")
+    roller.state = EpochState(epoch=1, step="delete", slot=1, next_slot=0)
     monkeypatch.setattr(epochs_module, "admin_client", lambda bootstrap: admin)
     return roller, said
+
+
+def test_with_retention_the_catalogue_topics_stay_as_a_segment_and_go_once_it_expires(tmp_path, monkeypatch):
+    admin = FakeAdmin(["s.e1.md.trades", "s.e1.signals", "s.e1.tapeflow-engine-changelog", "s.md.trades"])
+    roller, said = roller_on_delete_step(tmp_path, monkeypatch, admin, retention_s=3600.0, retention="1h")
+    ends = {("s.e1.md.trades", 0): 120, ("s.e1.signals", 0): 7}
+    monkeypatch.setattr(epochs_module, "true_ends", lambda bootstrap, tps, last_ms=None: (
+        last_ms.update({tp: 1_700_000_000_000 for tp in tps}) if last_ms is not None else None) or
+        {tp: ends[tp] for tp in tps})
+    roller.state.starts = {"signals": {0: 5}}  # the carried executor state opens the epoch
+    roller.state.bases = {"md.trades": {0: 1_000}, "signals": {0: 3}}
+    assert roller._step_delete("fake:9092")
+    assert admin.deleted_topics == ["s.e1.tapeflow-engine-changelog"]  # the engine's own topics only
+    assert admin.deleted_groups == [f"s.e1.{g}" for g in EPOCH_GROUPS]
+    roller._advance()
+    state = EpochState.load(tmp_path / "epochs.json")
+    assert (state.epoch, state.slot, state.step, state.rollovers) == (2, 0, None, 1)
+    (segment,) = state.segments
+    assert (segment.epoch, segment.slot, segment.last_ms) == (1, 1, 1_700_000_000_000)
+    assert segment.ends == {"md.trades": {0: 120}, "signals": {0: 7}} and segment.records() == 120 + 2
+    # logical offsets go on from the segment's: its own records only (the carried 5 signals are not)
+    assert state.bases == {"md.trades": {0: 1_120}, "signals": {0: 5}}
+    assert state.free_slot() == 1 + 1  # slot 1 is held by the segment, 0 by the current epoch
+    chain = state.chain("s.")
+    assert chain.prefixes == ["s.e1.", "s."] and chain.links[0].closed and not chain.links[1].closed
+    # an hour later the segment goes, topics and all, and its slot is free again
+    monkeypatch.setattr(epochs_module.time, "time", lambda: segment.closed_at + 3_601)
+    roller.state = state
+    roller._prune("fake:9092")
+    assert sorted(admin.deleted_topics[1:]) == ["s.e1.md.trades", "s.e1.signals"]
+    assert EpochState.load(tmp_path / "epochs.json").segments == [] and roller.state.free_slot() == 1
+    assert "past the retention of 1h" in said[-1]
+
+
+def test_the_memory_budget_deletes_the_oldest_segment_first_and_says_so(tmp_path, monkeypatch):
+    from tapeflow_runtime.epochs import Segment
+
+    admin = FakeAdmin(["s.e1.md.trades", "s.e2.md.trades", "s.md.trades"])
+    roller, said = roller_on_delete_step(tmp_path, monkeypatch, admin, retention_s=None, retention="forever")
+    roller.settings.topic_memory_mb = 100
+    roller.state = EpochState(epoch=5, slot=0, segments=[Segment(3, 2, 1.0), Segment(4, 1, 2.0)])
+    monkeypatch.setattr(roller, "_broker_rss_mb", lambda: 150.0)
+    roller._prune("fake:9092")
+    assert admin.deleted_topics == ["s.e2.md.trades"] and [s.epoch for s in roller.state.segments] == [4]
+    assert "over the memory budget" in said[-1]
+    assert "budget 100 MB" in roller.state.cut and "history cut to" in roller.state.cut
+    monkeypatch.setattr(roller, "_broker_rss_mb", lambda: 90.0)
+    roller._next_prune = 0.0
+    roller._prune("fake:9092")
+    assert [s.epoch for s in roller.state.segments] == [4]  # under the budget: kept (retention: forever)
 
 
 def test_the_delete_step_removes_the_old_epochs_topics_and_groups(tmp_path, monkeypatch):

@@ -7,8 +7,11 @@ session at 300 trades/s (one record batch per trade or two) rolls over several t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import shutil
 import tempfile
 import time
@@ -19,7 +22,7 @@ import pytest
 from fake_exchange.synthetic import SyntheticSpec
 from schemas.catalogue import all_topics
 from tapeflow.stack.supervisor import stack_status
-from tapeflow_runtime.epochs import epoch_prefix
+from tapeflow_runtime.epochs import slot_prefix
 from tapeflow_runtime.kafka_client import admin_client
 from tests.support.endurance import expected_trades, live_stack
 
@@ -36,6 +39,15 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 1.0):
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def cli(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def minute(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(seconds))
 
 
 def epochs_status(stack):
@@ -99,27 +111,51 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills(ho
         features = [r[0] for r in stack.query(
             "SELECT eval_time FROM features WHERE symbol = %s AND strategy = "
             "(SELECT min(strategy) FROM features) ORDER BY eval_time", SYMBOL)]
+        # the topic history is one logical topic over the kept segments: every trade once, in order
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+        env.update(TAPEFLOW_HOME=str(home))
+        tailed = cli(env, "topics", "tail", "md.trades", "--from-beginning", "--timeout", "10", "--json")
+        window = ["--symbols", SYMBOL, "--from", minute(spec.start_time), "--to", minute(spec.start_time + spec.duration_s + 60),
+                  "--no-progress"]
+        from_topics = cli(env, "backtest", "--source", "topics", *window, "--out", str(home.parent / "topics"))
+        from_db = cli(env, "backtest", "--source", "db", *window, "--out", str(home.parent / "db"))
 
     assert (rows, distinct, low, high) == (count, count, first, last), log
     # `tapeflow status` shows the epoch and the rollover in progress
     assert rolling.healthy and rolling.state == "rolling" and "rolling over to epoch 1: step engine" in rolling.detail
-    current, other = epoch_prefix("", state.epoch), epoch_prefix("", state.epoch + 1)
+    current = slot_prefix("", state.current_slot)
     assert steady.state == "steady" and f"epoch {state.epoch} ({current or 'plain topic names'})" in steady.detail
     assert f"{state.rollovers} rollover(s) done" in steady.detail
-    # two rollovers at least: epoch 2 took the plain names of epoch 0 again (two name slots)
     assert state.rollovers >= 2, log
     assert f"{', '.join(killed)}" and "exited with code" in log  # the supervisor restarted what was killed
     for step in ("open", "switch", "engine", "executor", "sink", "delete"):
         assert f"epochs     {step} done" in log
-    # the old epochs' topics are gone; the current one's are there
-    assert f"{current}md.trades" in topics and f"{other}md.trades" not in topics
-    # and so are their consumer groups
-    per_epoch = len(all_topics()) + 2  # the catalogue's and the engine's two (changelog, assignor)
-    for epoch in range(state.epoch):
-        assert f"deleted {per_epoch} topics and 3 consumer groups of epoch {epoch}" in log, log
-    # no group of an old epoch holds committed offsets any more (Tansu lists only groups that do, and
-    # answers DescribeGroups "Empty" for any name, so a deleted group cannot be told apart otherwise)
-    assert not [g for g in groups if g.startswith(f"{other}tapeflow-")], groups
+    # the finished epochs are kept as segments (retention 24 h), each under a name slot of its own;
+    # the engine's own topics and the epoch's consumer groups went at its rollover
+    assert [s.epoch for s in state.segments] == list(range(state.epoch))
+    assert len({s.slot for s in state.segments} | {state.current_slot}) == state.epoch + 1
+    assert f"{current}md.trades" in topics
+    for segment in state.segments:
+        old = slot_prefix("", segment.slot)
+        assert f"{old}md.trades" in topics and not [t for t in topics if t.startswith(f"{old}tapeflow-")]
+        assert f"deleted 2 topics and 3 consumer groups of epoch {segment.epoch}; its {len(all_topics())} " \
+               "catalogue topics are kept as a segment" in log, log
+        # no group of an old epoch holds committed offsets any more (Tansu lists only groups that do,
+        # and answers DescribeGroups "Empty" for any name, so a deleted group cannot be told apart)
+        assert not [g for g in groups if g.startswith(f"{old}tapeflow-")], groups
+    assert f"history: {len(state.segments)} finished segment(s) kept" in steady.detail
+    # `topics tail --from-beginning`: every trade of the session exactly once, in agg-id order
+    assert tailed.returncode == 0, tailed.stderr
+    agg_ids = [json.loads(line)["value"]["agg_id"] for line in tailed.stdout.splitlines()]
+    assert agg_ids == list(range(first, last + 1)), (len(agg_ids), count)
+    offsets = [json.loads(line)["offset"] for line in tailed.stdout.splitlines()]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)  # logical positions, one partition
+    # and the backtest from the topics equals the backtest from the database over the session
+    assert from_topics.returncode == 0 and from_db.returncode == 0, from_topics.stderr + from_db.stderr
+    by_topics = json.loads((home.parent / "topics" / "result.json").read_text())
+    by_db = json.loads((home.parent / "db" / "result.json").read_text())
+    assert by_topics["trades_processed"] == by_db["trades_processed"] == count
+    assert by_topics["signals"] == by_db["signals"]
     # features flowed through every rollover: no hole of more than 60 s of event time, up to the end
     assert features, "no features stored"
     gaps = [(b - a).total_seconds() for a, b in zip(features, features[1:])]
