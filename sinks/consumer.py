@@ -50,7 +50,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from schemas.catalogue import dlq_topic
 from schemas.dead_letters import dead_letter_record
@@ -79,6 +79,7 @@ from sinks.tables import (
     write_rows,
 )
 from tapeflow_runtime.db_liveness import liveness_kwargs
+from tapeflow_runtime.epochs import Chain, ChainFollower
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
 
 log = structlog.get_logger("sink")
@@ -111,6 +112,10 @@ class SinkConfig:
     # past ~20,000 batches, with 500 ms it still did at 320,000 (benchmarks/RESULTS.md, bench_tansu_fetch).
     # Apache Kafka answers as soon as data is there, so the wait costs nothing while data flows.
     fetch_wait_ms: int = 500
+    # the embedded stack's chain of topic segments (tapeflow_runtime.epochs.reader_chain): the sink
+    # follows it in-process, a rollover's next segment added and a finished one left once committed to
+    # its end; None: the topics under topic_prefix (Kafka, a rehearsal)
+    follow: Callable[[], Chain] | None = None
 
 
 @dataclass
@@ -158,16 +163,15 @@ class TopicSink:
         self._liveness = liveness_kwargs(conninfo)  # a partitioned link is noticed in seconds, both ends
         self.serde = serde
         self.metrics = metrics or SinkMetrics()
-        self.specs: dict[str, TableSpec] = {config.topic_prefix + t: table_for_topic(t) for t in config.topics}
-        self.catalogue_name = {config.topic_prefix + t: t for t in config.topics}
-        self._by_table = {spec.table: spec for spec in self.specs.values()}
-        self._by_table[PIPELINE_ERRORS.table] = PIPELINE_ERRORS
+        self.follower = ChainFollower(config.topics, config.follow) if config.follow is not None else None
+        # per physical topic name (a catalogue topic has one per segment when following the chain)
+        self.specs: dict[str, TableSpec] = {}
+        self.catalogue_name: dict[str, str] = {}
         self.codecs: dict[str, ColumnarCodec] = {}
-        if config.columnar:
-            for topic, spec in self.specs.items():
-                codec = ColumnarCodec.for_topic(spec, serde, self.catalogue_name[topic])
-                if codec is not None:
-                    self.codecs[topic] = codec
+        self._prefix_of: dict[str, str] = {}
+        self._add_topics(self.follower.reading if self.follower else [config.topic_prefix + t for t in config.topics])
+        self._by_table = {table_for_topic(t).table: table_for_topic(t) for t in config.topics}
+        self._by_table[PIPELINE_ERRORS.table] = PIPELINE_ERRORS
         self._covered: dict[str, set[datetime]] = {}  # partition periods known to exist, per table
         self._covered_stale = False
         self._recorded: dict[tuple[str, int], float] = {}  # (table, day) -> when recorded (monotonic)
@@ -197,13 +201,59 @@ class TopicSink:
         self.metrics.expect_tables(sorted(self._by_table))
         self._lag = LagProbe(self.metrics.lag, config.group_id, starvation_window_s=config.starvation_window_s)
 
+    def _add_topics(self, physical: list[str]) -> None:
+        for topic in physical:
+            if topic in self.specs:
+                continue
+            name = self.follower.catalogue_name(topic) if self.follower else topic[len(self.config.topic_prefix):]
+            assert name is not None, topic
+            self.specs[topic] = spec = table_for_topic(name)
+            self.catalogue_name[topic] = name
+            self._prefix_of[topic] = topic[:len(topic) - len(name)]
+            codec = ColumnarCodec.for_topic(spec, self.serde, name) if self.config.columnar else None
+            if codec is not None:
+                self.codecs[topic] = codec
+
     # --- lifecycle -------------------------------------------------------------------------------------
     def _make_consumer(self) -> Consumer:
         consumer = Consumer(consumer_config(self.bootstrap, self.config.group_id,
                                             **{"enable.auto.offset.store": False, **PREFETCH_CONFIG,
                                                "fetch.wait.max.ms": self.config.fetch_wait_ms}))
-        consumer.subscribe(list(self.specs), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        if self.follower is not None:  # a segment left unfinished by the last run comes first
+            reading = self.follower.resume(lambda topics, link: self._committed(consumer, topics, link))
+            self._add_topics(reading)
+        consumer.subscribe(self._reading(), on_assign=self._on_assign, on_revoke=self._on_revoke)
         return consumer
+
+    def _reading(self) -> list[str]:
+        return list(self.follower.reading) if self.follower else list(self.specs)
+
+    def _committed(self, consumer: Consumer, topics: list[str], link) -> dict[tuple[str, int], int]:
+        """The group's committed offsets on the partitions of ``topics`` that ``link`` (a finished
+        segment) holds records in (the follower's question: read to its end yet?)."""
+        wanted = [TopicPartition(t, p) for t in topics
+                  for p in (link.ends or {}).get(self.follower.catalogue_name(t) or "", {})]
+        if not wanted:
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=10) if tp.offset >= 0}
+
+    def _follow(self) -> None:
+        """The embedded stack's chain moved on (a rollover's next segment, or a finished one committed to
+        its end): subscribe to what it says now. The rebalance this causes re-delivers what was not
+        committed yet; the writes are idempotent."""
+        if self.follower is None or not self.follower.due():
+            return
+        try:
+            changed = self.follower.update(lambda topics, link: self._committed(self._consumer, topics, link))
+        except KafkaException as exc:  # the broker is busy: asked again at the next check
+            log.warning("segment check failed", error=str(exc))
+            return
+        if changed is None:
+            return
+        reading, added = changed
+        self._add_topics(added)
+        log.info("following the topic segments", reading=len(reading), added=added[:3])
+        self._consumer.subscribe(reading, on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def _on_assign(self, consumer, partitions) -> None:
         self.assignment = list(partitions)
@@ -265,6 +315,7 @@ class TopicSink:
                     self._submit(self._pending)
                     self._pending = Batch()
                 self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic())
+                self._follow()
                 if time.monotonic() >= next_maintenance:
                     self.maintain()
                     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
@@ -432,7 +483,8 @@ class TopicSink:
         for topic, key, dead in batch.dlq:
             name = self.catalogue_name[topic]
             dlq = dlq_topic(name)
-            self._dlq_producer.produce(self.config.topic_prefix + dlq, key=key, value=self.serde.encode(dlq, dead))
+            self._dlq_producer.produce(self._prefix_of.get(topic, self.config.topic_prefix) + dlq, key=key,
+                                       value=self.serde.encode(dlq, dead))
             self.metrics.dlq.labels(dlq, dead["stage"]).inc()
         if batch.dlq:
             self._dlq_producer.flush(10)

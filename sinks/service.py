@@ -20,6 +20,7 @@ from sinks.metrics import SinkMetrics
 from sinks.retention import resolve_policies
 from sinks.tables import sinkable_topics
 from tapeflow_runtime.endpoints import resolve_broker, resolve_database
+from tapeflow_runtime.epochs import reader_chain, rollover_enabled
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.service_http import build_app, serve
 from tapeflow_runtime.settings import Settings
@@ -40,7 +41,9 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
                         group_id=f"{settings.topic_prefix}tapeflow-sink",
                         retention=resolve_policies(settings.retention), writers=settings.sink_writers,
                         starvation_window_s=settings.starvation_window_s,
-                        fetch_wait_ms=settings.sink_fetch_wait_ms)
+                        fetch_wait_ms=settings.sink_fetch_wait_ms,
+                        # the embedded stack's topics are chains of segments: followed in-process
+                        follow=(lambda: reader_chain(settings)) if rollover_enabled(settings) else None)
     metrics = SinkMetrics()
     sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
                      AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)

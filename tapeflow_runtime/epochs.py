@@ -246,6 +246,22 @@ class ChainFollower:
         found = self.chain.locate(physical, self.names)
         return None if found is None else found[0]
 
+    def resume(self, positions: Callable[[list[str], ChainLink], dict[tuple[str, int], int]]) -> list[str]:
+        """At a consumer's start: put the finished segments it has not read to their end before the open
+        ones (newest backwards, stopping at the first it has read: segments are read in order), so a
+        consumer that died in the middle of a segment switch goes on where it was. Returns ``reading``."""
+        behind: list[str] = []
+        for link in reversed([lk for lk in self.chain.links if lk.closed]):
+            ends = {n: parts for n, parts in (link.ends or {}).items() if n in self.names}
+            topics = [link.prefix + n for n, parts in ends.items() if parts]
+            at = positions(topics, link) if topics else {}
+            if all(at.get((link.prefix + n, p), -1) >= end for n, parts in ends.items()
+                   for p, end in parts.items() if end > link.start(n, p)):
+                break
+            behind = topics + behind
+        self.reading = behind + [t for t in self.reading if t not in behind]
+        return self.reading
+
     def due(self) -> bool:
         now = self.monotonic()
         if now < self._next:

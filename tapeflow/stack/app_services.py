@@ -8,6 +8,7 @@ the supervisor, `status` and Prometheus see them the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import urllib.error
 import urllib.request
@@ -216,12 +217,23 @@ class EpochConsumer(HttpHealthService):
 
 
 class SinkService(EpochConsumer):
-    """Every topic into the database (runs before the producer so nothing waits in the topics long)."""
+    """Every topic into the database (runs before the producer so nothing waits in the topics long).
+
+    On the embedded broker it is one process for the stack's life: it follows the chain of topic
+    segments itself (``TAPEFLOW_EPOCHS_FILE``; ``sinks.consumer.TopicSink``), so a rollover neither
+    starts nor stops it; its group is the stack's ``<prefix>tapeflow-sink``."""
 
     name = "sink"
 
+    def __init__(self, settings, paths, prefix: str | None = None) -> None:
+        super().__init__(settings, paths, prefix)
+        self.env = epochs_env(settings, paths)
+        if self.env is not None:  # follows the segments: the stack's own prefix, whatever the epoch
+            self.prefix = settings.topic_prefix
+
     def prepare(self) -> Launch:
-        return self.launch([sys.executable, "-m", "tapeflow", "sink"])
+        launch = self.launch([sys.executable, "-m", "tapeflow", "sink"])
+        return launch if self.env is None else dataclasses.replace(launch, env={**(launch.env or {}), **self.env})
 
 
 class ExecutorService(EpochConsumer):

@@ -5,7 +5,8 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
 ``epoch_max_batches`` it rolls over from epoch N to N+1, one step at a time, each saved in
 ``epochs.json`` before it runs and logged with its duration:
 
-1. ``open``: create the N+1 topics and start a sink on them (the N sink keeps running as ``sink-eN``).
+1. ``open``: create the N+1 topics. The sink (one process for the stack's life) adds them itself once
+   the step after the carry makes them settled (``tapeflow_runtime.epochs.ChainFollower``).
 2. ``switch``: tell the producers (``epochs.json``); each flushes N and writes every later record to
    N+1. Done when every running producer reports the N+1 prefix, and so does every writer from
    outside the supervisor (``tapeflow backfill``: ``tapeflow_runtime.epochs.EpochWriter``): N's md.*
@@ -15,7 +16,7 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
 4. ``executor``: the same for the N executor (signals, md.trades, md.book, md.mark), then carry both
    states into N+1 (``stream_apps.faust_app.carry``, ``execution.carry``) and start the N+1 engine and
    executor. Features pause from the stop in step 3 to here (the log says how long).
-5. ``sink``: wait until ``sink-eN`` has committed every N topic to its end, stop it.
+5. ``sink``: wait until the sink's group has committed every N topic to its end (it then leaves them).
 6. ``delete``: N becomes a finished segment: its catalogue topics stay readable (their true ends
    and newest timestamp recorded in ``epochs.json``) for ``topic_retention``, then ``_prune`` deletes
    them (or earlier, oldest first, while the broker's memory is over ``topic_memory_mb``); the
@@ -61,7 +62,7 @@ EXECUTOR_INPUTS = ("signals", "md.trades", "md.book", "md.mark")
 #: executor group started with a backlog was seen to leave them unread (-1 committed) for minutes
 EXECUTOR_REQUIRED = ("signals", "md.trades")
 #: the stack's consumer groups of one epoch (behind its prefix), deleted with its topics
-EPOCH_GROUPS = ("tapeflow-sink", "tapeflow-engine", "tapeflow-executor-paper")
+EPOCH_GROUPS = ("tapeflow-engine", "tapeflow-executor-paper")
 EXECUTOR_QUOTES_WAIT_S = 30.0
 REPORT_EVERY_S = 30.0
 
@@ -244,11 +245,7 @@ class EpochRoller:
 
     # -- steps (each returns True when done; called again on the next tick otherwise) ----------------------
     def _step_open(self, bootstrap: str) -> bool:
-        new = self.prefix(self.state.next_epoch)
-        ensure_topics(bootstrap, prefix=new)
-        if not self._running_on("sink", new):
-            self._retire("sink")
-            self.sup.start_epoch_consumer("sink", new)
+        ensure_topics(bootstrap, prefix=self.prefix(self.state.next_epoch))
         return True
 
     def _step_switch(self, bootstrap: str) -> bool:
@@ -311,13 +308,12 @@ class EpochRoller:
         return True
 
     def _step_sink(self, bootstrap: str) -> bool:
+        """The sink follows the segments itself (one process, its group the stack's): wait until it
+        has committed the old epoch's topics to their ends, so retention never deletes unstored data."""
         old = self.prefix()
         from sinks.service import default_topics
 
-        if not self._drained(bootstrap, f"{old}tapeflow-sink", [old + t for t in default_topics()], f"sink-e{self.state.epoch}"):
-            return False
-        self.sup.stop_service(f"sink-e{self.state.epoch}")
-        return True
+        return self._drained(bootstrap, f"{self.base}tapeflow-sink", [old + t for t in default_topics()], "sink")
 
     def _step_delete(self, bootstrap: str) -> bool:
         """The old epoch becomes a finished segment: its catalogue topics stay readable for the retention

@@ -21,6 +21,7 @@ import pytest
 
 from fake_exchange.synthetic import SyntheticSpec
 from schemas.catalogue import all_topics
+from tapeflow.stack.epochs import EPOCH_GROUPS
 from tapeflow.stack.supervisor import stack_status
 from tapeflow_runtime.epochs import slot_prefix
 from tapeflow_runtime.kafka_client import admin_client
@@ -88,12 +89,18 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills(ho
         wait_for(lambda: stack.epochs().step == "engine", 120, "the first rollover's engine step", 0.1)
         rolling = epochs_status(stack)
         killed = []
-        for name in ("engine-e0", "sink-e0"):
+        killed_pid = stack.service_pid("sink")
+        for name in ("engine-e0", "sink"):
             pid = stack.service_pid(name)
             if pid is not None:
                 os.killpg(pid, signal.SIGKILL)
                 killed.append(name)
-        assert "sink-e0" in killed  # the old sink drains until the last step: it is there to kill
+        # the sink follows the segments in-process: the one sink is killed in the middle of the switch
+        assert "sink" in killed
+        # restarted by the supervisor; from then on no rollover starts or stops it
+        sink_pid = wait_for(lambda: (pid := stack.service_pid("sink")) not in (None, killed_pid) and pid,
+                            120, "the sink restarted")
+        rollovers_then = stack.epochs().rollovers
 
         def done():
             # the session is over and the last count (every epoch_check_s, after it) is below the
@@ -104,6 +111,7 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills(ho
         wait_for(done, spec.duration_s + 400, "every trade stored and no rollover in progress")
         rows, distinct, low, high = stack.trades_stored(SYMBOL)
         state = stack.epochs()
+        sink_pid_after = stack.service_pid("sink")
         steady = epochs_status(stack)
         log = "\n".join(stack.log)
         topics = admin_client(stack.bootstrap).list_topics(timeout=10).topics
@@ -121,6 +129,8 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills(ho
         from_db = cli(env, "backtest", "--source", "db", *window, "--out", str(home.parent / "db"))
 
     assert (rows, distinct, low, high) == (count, count, first, last), log
+    # the sink was not restarted by the rollovers after its restart (the same process all along)
+    assert state.rollovers > rollovers_then and sink_pid_after == sink_pid, (rollovers_then, state.rollovers, log)
     # `tapeflow status` shows the epoch and the rollover in progress
     assert rolling.healthy and rolling.state == "rolling" and "rolling over to epoch 1: step engine" in rolling.detail
     current = slot_prefix("", state.current_slot)
@@ -138,7 +148,7 @@ def test_a_live_stack_rolls_over_and_stores_every_trade_once_through_sigkills(ho
     for segment in state.segments:
         old = slot_prefix("", segment.slot)
         assert f"{old}md.trades" in topics and not [t for t in topics if t.startswith(f"{old}tapeflow-")]
-        assert f"deleted 2 topics and 3 consumer groups of epoch {segment.epoch}; its {len(all_topics())} " \
+        assert f"deleted 2 topics and {len(EPOCH_GROUPS)} consumer groups of epoch {segment.epoch}; its {len(all_topics())} " \
                "catalogue topics are kept as a segment" in log, log
         # no group of an old epoch holds committed offsets any more (Tansu lists only groups that do,
         # and answers DescribeGroups "Empty" for any name, so a deleted group cannot be told apart)
