@@ -72,7 +72,8 @@ def test_a_backfill_into_a_stack_already_in_epoch_1_writes_there(kafka_bootstrap
 
 def test_the_switch_step_waits_for_a_registered_writer(tmp_path):
     said: list[str] = []
-    sup = SimpleNamespace(settings=SimpleNamespace(topic_prefix="s.", epoch_check_s=1.0),
+    sup = SimpleNamespace(settings=SimpleNamespace(topic_prefix="s.", epoch_check_s=1.0, topic_retention="24h",
+                                                   topic_retention_s=lambda: 86_400.0, topic_memory_mb=0),
                           paths=SimpleNamespace(home=tmp_path), addresses={}, running={})
     roller = EpochRoller(sup, said.append)
     roller.state = EpochState(epoch=0, step="switch")

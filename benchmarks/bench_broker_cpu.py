@@ -1,0 +1,128 @@
+"""CPU of the embedded broker and of every stack process, measured from outside (``/proc`` through
+psutil), while a two-symbol session plays at 1x and then while the stack is idle.
+
+What a user runs: the stack `tapeflow up` starts (supervisor, Tansu, PostgreSQL, sink, engine,
+executor, the live producer against the local fake exchange playing a synthetic BTC/ETH-like session
+at its own pace), with the rollover threshold at its default. The session: ``--symbols`` at
+``--trades-per-s`` each with BTC-like bursts, depth diffs every ``--depth-ms`` (Binance's fastest
+stream is 0 ms, i.e. every event; 10 ms is the fake's finest), marks every second.
+
+Targets (issue 34): the broker <= 10 % of a core replaying two symbols at 1x; idle, the broker <= 2 %
+and the whole stack <= 5 % (PostgreSQL excluded, as the issue measured it). Baseline: what the issue
+measured on main before the segments, a real BTC+ETH recording at 1x: broker 23 % replaying, 16.5 %
+idle, the stack ~26 % idle.
+
+Run: ``.venv/bin/python -m benchmarks.bench_broker_cpu [--minutes 5] [--idle-s 120] [--symbols BTCUSDT,ETHUSDT]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from fake_exchange.synthetic import SyntheticSpec
+from tests.support.endurance import live_stack
+
+TARGETS = {"broker replaying": 10.0, "broker idle": 2.0, "stack idle": 5.0}
+BASELINE = {"broker replaying": 23.0, "broker idle": 16.5, "stack idle": 26.0}
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live children."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def sample(stack) -> dict[str, float]:
+    return {name: tree_cpu(run.proc.pid) for name, run in stack.sup.running.items()}
+
+
+def shares(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Percent of one core per process over ``seconds`` (processes present at both ends)."""
+    return {name: 100.0 * (after[name] - before[name]) / seconds for name in after if name in before}
+
+
+def report(label: str, pct: dict[str, float]) -> dict[str, float]:
+    stack = sum(v for k, v in pct.items() if k not in ("database", "fake-exchange"))
+    print(f"== {label}")
+    for name, value in sorted(pct.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<16} {value:6.2f} % of a core")
+    print(f"  {'stack (no PostgreSQL, no fake exchange)':<16} {stack:6.2f} %")
+    return {"broker": pct.get("broker", 0.0), "stack": stack}
+
+
+def topic_records(home: Path) -> dict[str, int]:
+    """Records per logical topic, as `tapeflow topics list --json` counts them (the user's view)."""
+    import json
+    import os
+    import subprocess  # nosec B404 # the project's own CLI
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env["TAPEFLOW_HOME"] = str(home)
+    out = subprocess.run([sys.executable, "-m", "tapeflow", "topics", "list", "--json"], capture_output=True,
+                         text=True, env=env, timeout=120, check=True).stdout  # nosec B603
+    rows = [json.loads(line) for line in out.splitlines()]
+    return {r["topic"]: r.get("messages", 0) for r in rows if r.get("catalogue")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=5.0, help="Session length, played at 1x.")
+    ap.add_argument("--idle-s", type=float, default=120.0, help="Idle measurement after the session.")
+    ap.add_argument("--symbols", default="BTCUSDT,ETHUSDT")
+    ap.add_argument("--trades-per-s", type=float, default=20.0, help="Mean aggTrades/s per symbol.")
+    ap.add_argument("--depth-ms", type=int, default=10, help="Depth diff interval (10 = the fake's finest).")
+    ap.add_argument("--settle-s", type=float, default=60.0, help="Wait after the stack is up before measuring.")
+    args = ap.parse_args()
+    symbols = tuple(s.strip().upper() for s in args.symbols.split(","))
+    lead = args.settle_s + 30
+    spec = SyntheticSpec(seed=34, symbols=symbols, duration_s=args.minutes * 60, trades_per_s=args.trades_per_s,
+                         burstiness=1.0, depth_interval_ms=args.depth_ms, start_time=time.time() + lead,
+                         binance_stream_names=True)
+    root = Path(tempfile.mkdtemp(prefix="tapeflow-cpu-"))
+    with live_stack(root / "home", spec, max_batches=10_000, start="session_time", startup_timeout_s=120) as stack:
+        while time.time() < spec.start_time + 5:
+            time.sleep(0.5)
+        t0, c0 = time.monotonic(), sample(stack)
+        while time.time() < spec.start_time + spec.duration_s:
+            time.sleep(1.0)
+        t1, c1 = time.monotonic(), sample(stack)
+        replaying = report(f"replaying {len(symbols)} symbols at 1x, {args.trades_per_s:g} trades/s each, "
+                           f"depth every {args.depth_ms} ms ({t1 - t0:.0f} s; {stack.epochs().rollovers} rollovers)",
+                           shares(c0, c1, t1 - t0))
+        time.sleep(10)  # the last records through
+        t2, c2 = time.monotonic(), sample(stack)
+        time.sleep(args.idle_s)
+        t3, c3 = time.monotonic(), sample(stack)
+        idle = report(f"idle after the session ({t3 - t2:.0f} s)", shares(c2, c3, t3 - t2))
+        held = topic_records(root / "home")
+        rss = psutil.Process(stack.sup.running["broker"].proc.pid).memory_info().rss / 2**20
+        total = sum(held.values())
+        print(f"== broker memory: RSS {rss:.0f} MB holding {total:,} records in the logical topics "
+              f"({stack.epochs().rollovers} rollovers, every segment kept); "
+              + ", ".join(f"{k} {v:,}" for k, v in sorted(held.items(), key=lambda kv: -kv[1])[:5]))
+    measured = {"broker replaying": replaying["broker"], "broker idle": idle["broker"], "stack idle": idle["stack"]}
+    print("== against the target and the baseline (issue 34's measurements on main before segments)")
+    for key, value in measured.items():
+        print(f"  {key:<18} {value:6.2f} %   target <= {TARGETS[key]:g} % (ratio {value / TARGETS[key]:.2f}),"
+              f" baseline {BASELINE[key]:g} % (ratio {value / BASELINE[key]:.2f})")
+
+
+if __name__ == "__main__":
+    main()
