@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.bench_endurance import process_tree
 from fake_exchange.synthetic import SyntheticSpec
 from tests.support.endurance import live_stack
 
@@ -33,17 +34,12 @@ BASELINE = {"broker replaying": 23.0, "broker idle": 16.5, "stack idle": 26.0}
 
 def tree_cpu(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its live children."""
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
     total = 0.0
-    for p in procs:
+    for p in process_tree(pid):
         try:
             t = p.cpu_times()
             total += t.user + t.system
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
     return total
 

@@ -50,19 +50,22 @@ SYMBOL = "BTCUSDT"
 TARGET_BATCHES = 1_700_000
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its live children (empty when it is gone)."""
+    try:
+        proc = psutil.Process(pid)
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
 def pss_mb(pid: int | None) -> float:
     """Proportional set size of a process and its children, MB. Not RSS: PostgreSQL's backends each map
     the same shared buffers, and summing their RSS counts those pages once per backend (the 55-minute run
     reported the database at 1.99x first->last fifth that way); PSS counts every page once in total."""
     if pid is None:
         return 0.0
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
     total = 0
-    for p in procs:
+    for p in process_tree(pid):
         try:
             total += p.memory_full_info().pss
         except psutil.Error:

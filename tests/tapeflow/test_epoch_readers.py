@@ -54,16 +54,7 @@ def trade(i: int) -> dict:
 @pytest.fixture
 def stack_in_epoch_1(kafka_bootstrap, topic_prefix, tmp_path):
     """A home whose embedded stack is in epoch 1, with its broker = this suite's broker."""
-    home = tmp_path / "home"
-    paths = StackPaths(home)
-    paths.ensure()
-    me = psutil.Process()
-    ProcessRecord("broker", me.pid, me.create_time(), kafka_bootstrap, time.time(),
-                  str(paths.log_file("broker"))).save(paths.state_file("broker"))
-    EpochState(epoch=1, rollovers=1).save(home / EPOCHS_FILE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update(TAPEFLOW_HOME=str(home), TAPEFLOW_TOPIC_PREFIX=topic_prefix)
-    return env
+    return _stack_home(tmp_path, kafka_bootstrap, topic_prefix, EpochState(epoch=1, rollovers=1))
 
 
 def cli(env, *args, timeout=120):
@@ -104,17 +95,24 @@ def test_backtest_from_topics_reads_the_current_epoch(kafka_bootstrap, topic_pre
         for r in records:
             publisher.publish(topic, f"{r['exchange']}:{r['symbol']}", r, r["receive_time"])
     assert publisher.flush(60) == 0 and not publisher.failed
+    result = backtest_from_topics(stack_in_epoch_1, tmp_path)
+    assert result["trades_processed"] == reference.trades_processed
+    assert result["signals"] == reference.signals
+
+
+def backtest_from_topics(env: dict, tmp_path) -> dict:
+    """`tapeflow backtest --source topics` over the stored-sources session with its strategy: result.json."""
+    from tests.backtest.test_backtest_stored_sources import END, START, STRATEGY, SYMBOLS
+
     strategy = tmp_path / "stored.json"
     strategy.write_text(json.dumps(STRATEGY.model_dump(mode="json")))
     fmt = "%Y-%m-%dT%H:%M"
-    res = cli(stack_in_epoch_1, "backtest", "--source", "topics", "--symbols", ",".join(SYMBOLS), "--strategy",
+    res = cli(env, "backtest", "--source", "topics", "--symbols", ",".join(SYMBOLS), "--strategy",
               str(strategy), "--from", time.strftime(fmt, time.gmtime(START / 1000)),
               "--to", time.strftime(fmt, time.gmtime(END / 1000)), "--out", str(tmp_path / "out"),
               "--no-progress", timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["trades_processed"] == reference.trades_processed
-    assert result["signals"] == reference.signals
+    return json.loads((tmp_path / "out" / "result.json").read_text())
 
 
 def test_backtest_from_topics_that_do_not_exist_is_a_one_line_error(topic_prefix, stack_in_epoch_1, tmp_path):
@@ -203,7 +201,7 @@ def test_backtest_from_topics_over_segments_equals_the_whole_session(kafka_boots
     from backtest.runner import BacktestRunner
     from producers.metrics import ProducerMetrics
     from tapeflow_runtime.publisher import Publisher
-    from tests.backtest.test_backtest_stored_sources import END, START, STRATEGY, SYMBOLS, all_records, session
+    from tests.backtest.test_backtest_stored_sources import END, START, STRATEGY, all_records, session
 
     reference = BacktestRunner([STRATEGY]).run(session())
     assert reference.signals >= 3
@@ -220,14 +218,6 @@ def test_backtest_from_topics_over_segments_equals_the_whole_session(kafka_boots
     segment = _close(kafka_bootstrap, old, 4, 3, {})
     assert segment.records("md.trades") > 0
     env = _stack_home(tmp_path, kafka_bootstrap, topic_prefix, EpochState(epoch=5, slot=1, segments=[segment]))
-    strategy = tmp_path / "stored.json"
-    strategy.write_text(json.dumps(STRATEGY.model_dump(mode="json")))
-    fmt = "%Y-%m-%dT%H:%M"
-    res = cli(env, "backtest", "--source", "topics", "--symbols", ",".join(SYMBOLS), "--strategy",
-              str(strategy), "--from", time.strftime(fmt, time.gmtime(START / 1000)),
-              "--to", time.strftime(fmt, time.gmtime(END / 1000)), "--out", str(tmp_path / "out"),
-              "--no-progress", timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    result = backtest_from_topics(env, tmp_path)
     assert result["trades_processed"] == reference.trades_processed
     assert result["signals"] == reference.signals
