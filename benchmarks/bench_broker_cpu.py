@@ -39,8 +39,8 @@ def tree_cpu(pid: int) -> float:
         try:
             t = p.cpu_times()
             total += t.user + t.system
-        except psutil.Error:
-            pass
+        except psutil.Error:  # exited between the listing and the read: its time is gone with it
+            continue
     return total
 
 

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
+import structlog
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
     KafkaError,
+    KafkaException,
     TopicPartition,
 )
 
@@ -28,6 +30,8 @@ from stream_apps.core.durations import parse_duration_ms
 from tapeflow.stack.process import StackError
 from tapeflow_runtime.epochs import Chain, ChainLink
 from tapeflow_runtime.kafka_client import consumer_config
+
+log = structlog.get_logger("topics")
 
 
 def _default(obj):
@@ -241,8 +245,8 @@ def _read_open(consumer: Consumer, chain: Chain, name: str, printer: _Printer, f
                 for link in refresh().links:
                     if not link.closed and link.settled and link.prefix + name not in links:
                         add(link, start_at_beginning=True)
-            except Exception:  # nosec B110 # noqa: BLE001 - a state file being replaced: look again next time
-                pass
+            except KafkaException as exc:  # the broker did not answer the metadata request: next time
+                log.debug("next segment not looked up", error=str(exc))
         msg = consumer.poll(0.2)
         if msg is None:
             if idle_timeout is not None and time.monotonic() - last >= idle_timeout:
