@@ -74,6 +74,7 @@ from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topi
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
 from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
+from tapeflow_runtime.epochs import rollover_enabled
 from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("executor")
@@ -167,6 +168,10 @@ class ExecutorService:
         self.reconciler = None if broker is None else Reconciler(
             broker, config.reconcile.orphans, int(config.reconcile.interval_s * 1000),
             retry_ms=int(config.reconcile.retry_s * 1000))
+
+    @property
+    def group_id(self) -> str:
+        return self._group
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -486,8 +491,10 @@ async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, op
     except (TapeflowError, KafkaException) as exc:
         log.error("no Kafka", error=str(exc))
         return 2
-    service = ExecutorService(settings, mode, config, bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)),
-                              options, broker=exchange)
+    serde = AvroSerde(registry_from_url(settings.schema_registry_url))
+    if settings.epochs_file is not None and rollover_enabled(settings):
+        return await _run_following(settings, mode, config, options, exchange, bootstrap, serde)
+    service = ExecutorService(settings, mode, config, bootstrap, serde, options, broker=exchange)
     ran = await run_thread_with_endpoint(
         service.run, build_app(service.metrics.registry, service.health, frozenset({"running"})),
         options.metrics_host, options.metrics_port, log, options.stop,
@@ -495,4 +502,48 @@ async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, op
     code = 0 if ran and service.publisher.healthy else 1
     log.info("executor stopped", code=code, delivered=service.publisher.delivered,
              undelivered=len(service.publisher.failed))
+    return code
+
+
+async def _run_following(settings: Settings, mode: str, config: ExecutorConfig, options: ExecuteOptions,
+                         exchange: Any, bootstrap: str, serde: AvroSerde) -> int:
+    """The embedded stack: one process runs the executor epoch after epoch (``execution.following``),
+    behind one endpoint whose ``/health`` names the epoch's ``topic_prefix``."""
+    from dataclasses import replace
+
+    from execution.following import ExecutorEpochs
+    from tapeflow_runtime.service_http import CurrentRegistry
+    from tapeflow_runtime.epochs import EpochCursor
+
+    cursor = EpochCursor(settings.epochs_file, settings.topic_prefix, f"tapeflow-executor-{mode}", "executor")
+    epochs = ExecutorEpochs(cursor, bootstrap, settings.home, INPUTS)
+    epoch, prefix = await asyncio.to_thread(epochs.first)
+    registry = CurrentRegistry()
+    current: list[ExecutorService] = []
+    options = replace(options, group_id=None)
+
+    def make(prefix: str) -> ExecutorService:
+        ensure_topics(bootstrap, prefix=prefix, specs=[topic_spec(n) for n in INPUTS + OUTPUTS]
+                      + [topic_spec(dlq_topic(n)) for n in ("signals", "md.trades")])
+        return ExecutorService(settings.model_copy(update={"topic_prefix": prefix}), mode, config, bootstrap, serde,
+                               options, broker=exchange)
+
+    def on_service(service: ExecutorService) -> None:
+        current[:] = [service]
+        registry.registry = service.metrics.registry
+        log.info("executor on topic epoch", prefix=service.prefix, group=service.group_id)
+
+    def health() -> dict[str, Any]:
+        if not current:
+            return {"status": "starting", "topic_prefix": None}
+        return {**current[0].health(), "topic_prefix": current[0].prefix}
+
+    ran = await run_thread_with_endpoint(
+        lambda stop: epochs.run(make, on_service, stop, epoch, prefix),
+        build_app(registry, health, frozenset({"running"})), options.metrics_host, options.metrics_port, log,
+        options.stop, started=lambda port: log.info("executor started", mode=mode, metrics_port=port,
+                                                    follows_epochs=str(settings.epochs_file)))
+    healthy = bool(current) and current[0].publisher.healthy
+    code = 0 if ran and healthy else 1
+    log.info("executor stopped", code=code)
     return code

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import orjson
 
+from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.files import atomic_write_bytes
 
 EPOCHS_FILE = "epochs.json"
@@ -87,11 +88,6 @@ def epoch_slot(epoch: int) -> int:
     return epoch % 2
 
 
-def epoch_prefix(base: str, epoch: int) -> str:
-    """``slot_prefix`` of ``epoch_slot(epoch)`` (a stack without retained segments)."""
-    return slot_prefix(base, epoch_slot(epoch))
-
-
 def _state_path(settings) -> Path:
     return settings.epochs_file or Path(settings.home) / EPOCHS_FILE
 
@@ -123,11 +119,18 @@ def reader_chain(settings) -> Chain:
     base = settings.topic_prefix
     if not _follows_epochs(settings):
         return Chain.single(base)
+    path = _state_path(settings)
     try:
-        state = EpochState.load(_state_path(settings))
-    except (OSError, ValueError):
-        return Chain.single(base)
+        state = EpochState.load(path)
+    except (OSError, ValueError) as exc:
+        # not the plain names in its place: they may be a deleted slot's, or a slot another segment
+        # holds now, and a follower would take the segments for gone
+        raise EpochsFileError(f"cannot read the stack's topic segments from {path}: {exc}") from exc
     return state.chain(base)
+
+
+class EpochsFileError(TapeflowError, ValueError):
+    """``epochs.json`` exists but cannot be read (a ``ValueError`` too: a follower looks again later)."""
 
 
 def _partition_map(raw: dict | None) -> dict[str, dict[int, int]]:
@@ -510,3 +513,84 @@ def epoch_writers(home: Path) -> list:
         else:
             path.unlink(missing_ok=True)
     return found
+
+
+class EpochCursor:
+    """Where a consumer that follows the epochs in-process (the engine, the executor) stands: which
+    epoch it runs on at start, and when the epoch it runs on is finished *for it*.
+
+    Such a consumer is one process for the stack's life. It runs its group of epoch N
+    (``<prefix N>tapeflow-engine``) until the rollover reaches its step (``after``: ``engine`` for the
+    engine, whose inputs are final once the producers switched; ``executor`` for the executor, whose
+    signals are final once the engine moved on). Then it commits N's inputs to their true ends, stops
+    its consumer, carries its state into N+1, commits the N+1 group's start and runs that group, in the
+    same process: the supervisor only waits until it reports the N+1 prefix (``/health``
+    ``topic_prefix``). A process killed anywhere in that sequence is restarted on N and repeats the
+    steps not done (each is idempotent), or on N+1 once that group holds committed offsets, which is
+    the sequence's last step (``first``)."""
+
+    def __init__(self, path: Path, base: str, group: str, after: str, interval_s: float = 0.25,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if after not in STEPS:
+            raise ValueError(f"unknown rollover step {after!r}")
+        self.path, self.base, self.group, self.after = Path(path), base, group, STEPS.index(after)
+        self.interval_s, self.monotonic = interval_s, monotonic
+        self._next_check = 0.0
+        self._mtime: int | None = None
+        self._state = EpochState.load(self.path)
+
+    def state(self) -> EpochState:
+        """The file's state, read again at most every ``interval_s`` and only when it changed (a file being
+        replaced keeps the last answer)."""
+        now = self.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + self.interval_s
+            try:
+                mtime = self.path.stat().st_mtime_ns
+                if mtime != self._mtime:
+                    self._state, self._mtime = EpochState.load(self.path), mtime
+            except (OSError, ValueError):
+                self._mtime = None
+        return self._state
+
+    def first(self, started: Callable[[str, str], bool]) -> tuple[int, str]:
+        """(epoch, prefix) to run on at start. ``started(group, prefix)``: whether that group holds
+        committed offsets (it was started on its topics: the carry into it is done)."""
+        state = self.state()
+        if state.rolling and STEPS.index(state.step) >= self.after:
+            nxt = state.prefix(self.base, state.next_epoch)
+            if started(nxt + self.group, nxt):
+                return state.next_epoch, nxt
+        return state.epoch, state.prefix(self.base)
+
+    def finished(self, epoch: int) -> tuple[int, str] | None:
+        """None while ``epoch`` is this consumer's to run; else the (epoch, prefix) to move on to."""
+        state = self.state()
+        if state.epoch > epoch:  # moved on (a rollover closed after a restart): the current one
+            return state.epoch, state.prefix(self.base)
+        if state.rolling and state.epoch == epoch and STEPS.index(state.step) >= self.after:
+            return state.next_epoch, state.prefix(self.base, state.next_epoch)
+        return None
+
+
+def _carry_file(home: Path, who: str) -> Path:
+    return Path(home) / f"epoch-carry-{who}.json"
+
+
+def save_carried(home: Path, epoch: int, ends: dict[str, dict[int, int]], who: str = "executor") -> None:
+    """Record that ``who`` (``engine``, ``executor``) carried its state into ``epoch``: its last step
+    before it reads the new epoch, which is how a restarted process knows it runs there
+    (``EpochCursor.first``). ``ends``: per catalogue topic and partition, the end of the carried
+    records (the new epoch's first own record); the supervisor's ``executor`` step reads the
+    executor's into ``next_starts`` (readers of the logical topic skip the carried copies)."""
+    atomic_write_bytes(_carry_file(home, who), orjson.dumps({"epoch": epoch, "ends": ends},
+                                                             option=orjson.OPT_NON_STR_KEYS))
+
+
+def load_carried(home: Path, epoch: int, who: str = "executor") -> dict[str, dict[int, int]] | None:
+    """``save_carried``'s ends for ``epoch``; None when the carry into it is not recorded (yet)."""
+    try:
+        data = orjson.loads(_carry_file(home, who).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return _partition_map(data.get("ends")) if data.get("epoch") == epoch else None

@@ -28,10 +28,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from tapeflow_runtime.errors import TapeflowError
-from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, topic_metadata
+from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, end_offsets, topic_metadata
 
 
 class OffsetLookupError(TapeflowError):
@@ -144,3 +144,66 @@ def timestamp_at(reader: Consumer, tp: TopicPartition, offset: int, timeout: flo
         return message.timestamp()[1]
     raise OffsetLookupError(f"{tp.topic}[{tp.partition}]: no record delivered at offset {offset} within "
                             f"{timeout:.0f} s although the partition ends at {end}")
+
+
+def latest_offsets(bootstrap: str, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """End offsets of ``tps`` in one ListOffsets request (on Tansu: record batches, not records).
+    A partition the broker did not answer is an error (the step is retried), never "empty"."""
+    tps = list(tps)
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        ends = end_offsets(consumer, tps, 10)
+    finally:
+        consumer.close()
+    missing = [tp for tp in tps if tp not in ends]
+    if missing:
+        raise RuntimeError(f"no end offset for {missing[:3]}")
+    return {tp: max(offset, 0) for tp, offset in ends.items()}
+
+
+def true_ends(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float = 60.0,
+              last_ms: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], int]:
+    """The offset after the last *record* of each partition. Tansu's end offset is the last batch's
+    base offset + 1, so the last batch is read and its records counted (a batch of five records at
+    base 100 ends at 105, not 101). ``last_ms``, when given, receives each non-empty partition's
+    newest record timestamp (of its last batch)."""
+    latest = latest_offsets(bootstrap, tps)
+    ends = dict(latest)
+    todo = {tp: off for tp, off in latest.items() if off > 0}
+    if not todo:
+        return ends
+    consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
+    try:
+        consumer.assign([TopicPartition(t, p, off - 1) for (t, p), off in todo.items()])
+        deadline = time.monotonic() + timeout_s
+        while todo and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            tp = (msg.topic(), msg.partition())
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF and tp in todo:
+                    todo.pop(tp)
+                continue
+            ends[tp] = max(ends[tp], msg.offset() + 1)
+            if last_ms is not None:
+                last_ms[tp] = max(last_ms.get(tp, 0), msg.timestamp()[1])
+        if todo:
+            raise TimeoutError(f"end of {sorted(todo)[:3]}... not read in {timeout_s:.0f} s")
+    finally:
+        consumer.close()
+    return ends
+
+
+def group_committed(bootstrap: str, group: str, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The group's committed offsets (-1: none); a partition the broker answered with an error raises
+    (``committed_offsets``): read as "none" it would only stall the step, as a wrong number it could not."""
+    wanted = [TopicPartition(t, p) for t, p in tps]
+    if not wanted:
+        return {}
+    consumer = Consumer(consumer_config(bootstrap, group))
+    try:
+        got = committed_offsets(consumer, wanted, 10)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in got}

@@ -165,7 +165,8 @@ class Settings(BaseSettings):
         default=4_096, ge=0, description="Embedded broker: when its resident memory passes this many MB, the "
         "oldest finished segments are deleted before their retention ends (0 = no budget).")
     epochs_file: Path | None = Field(
-        default=None, description="Set by the supervisor for its producer: the epochs file it follows.")
+        default=None, description="Set by the supervisor for the processes that follow the topic epochs themselves "
+        "(producers, sink, engine, executor, watchlist): the epochs file.")
     startup_timeout_s: float = Field(default=60.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
     writer_password: SecretStr | None = Field(

@@ -43,12 +43,18 @@ def carry_engine_state(bootstrap: str, from_app_id: str, to_app_id: str, *, time
     """Copy the newest snapshot of every key from ``from_app_id``'s changelog to ``to_app_id``'s
     (same partition, offsets cleared); returns how many keys were carried. The target topic is
     created if missing, as Faust would (its partitions must match the inputs')."""
+    return len(carry_engine_snapshots(bootstrap, from_app_id, to_app_id, timeout_s=timeout_s))
+
+
+def carry_engine_snapshots(bootstrap: str, from_app_id: str, to_app_id: str, *,
+                           timeout_s: float = 60.0) -> dict[bytes, tuple[int, bytes]]:
+    """``carry_engine_state``, returning what it wrote: key -> (partition, snapshot as carried)."""
     source = changelog_topic(from_app_id)
     target = changelog_topic(to_app_id)
     admin = admin_client(bootstrap)  # kept: its futures fail ("handle is terminating") once it is collected
     existing = admin.list_topics(timeout=10).topics
     if source not in existing:
-        return 0  # the old epoch's engine never wrote state (no input reached it)
+        return {}  # the old epoch's engine never wrote state (no input reached it)
     newest: dict[bytes, RawRecord] = {}
     for record in read_to_end(bootstrap, {source: None}, None, timeout_s=timeout_s)[source].records:
         if record.key is not None and record.value is not None:
@@ -65,11 +71,13 @@ def carry_engine_state(bootstrap: str, from_app_id: str, to_app_id: str, *, time
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
     producer = Producer(producer_config(bootstrap, **{"linger.ms": 0}))
+    carried: dict[bytes, tuple[int, bytes]] = {}
     for key, record in sorted(newest.items()):
         # one snapshot per request, flushed, so each is its own batch: Faust's recovery reads up to
         # ListOffsets(latest), which Tansu answers with the last batch's base offset + 1
-        producer.produce(target, value=reset_offsets(record.value), key=key, partition=record.partition,
+        carried[key] = (record.partition, reset_offsets(record.value))
+        producer.produce(target, value=carried[key][1], key=key, partition=record.partition,
                          timestamp=record.timestamp_ms)
         if producer.flush(30) != 0:
             raise RuntimeError(f"carrying engine state into {target}: the broker did not acknowledge")
-    return len(newest)
+    return carried

@@ -14,6 +14,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -26,6 +27,7 @@ from tapeflow_runtime.logs import configure_logging
 from tapeflow_runtime.service_http import build_app, serve
 
 from .app import EngineWorker
+from .following import EngineEpochs, engine_config_for
 from .config import DEAD_LETTER_TOPIC, INPUT_TOPICS, OUTPUT_TOPICS, PROGRESS_TOPIC, EngineAppConfig
 from .metrics import EngineAppMetrics
 
@@ -42,24 +44,37 @@ def ensure_engine_topics(config: EngineAppConfig) -> None:
 
 
 async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None = None,
-                     stop: asyncio.Event | None = None) -> int:
-    """Run until ``stop`` is set (or SIGINT/SIGTERM); returns 0, or 1 when the app crashed."""
+                     stop: asyncio.Event | None = None, epochs: EngineEpochs | None = None,
+                     epoch: int = 0) -> int:
+    """Run until ``stop`` is set (or SIGINT/SIGTERM); returns 0, or 1 when the app crashed. With
+    ``epochs`` (the embedded stack's topic epochs; ``config`` is then epoch ``epoch``'s) the worker
+    moves on from epoch to epoch in this process (``following``): one endpoint, one set of compiled
+    kernels, a new Faust app per epoch."""
     await asyncio.to_thread(ensure_engine_topics, config)
     began = time.monotonic()
     # numba compiles a kernel at its first call (seconds in a fresh checkout): done here, before the
     # group join, not in the first fetch of a member whose session is already running
     await asyncio.to_thread(warm_up, [load_strategy(path) for path in config.strategy_files])
     log.info("engine kernels ready", seconds=round(time.monotonic() - began, 2))
+    metrics = metrics or EngineAppMetrics()
     worker = EngineWorker(config, metrics=metrics)
+    current = {"worker": worker, "moving": None}
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def health() -> dict:
+        moving = current["moving"]
+        body = ({"status": "running", "detail": f"moving on to the next topic epoch ({moving})"} if moving
+                else current["worker"].health())
+        return {**body, "topic_prefix": current["worker"].config.topic_prefix}
+
     runner = None
     port = None
     if config.metrics_port is not None:
-        runner, port = await serve(build_app(worker.metrics.registry, worker.health, HEALTHY),
-                                   config.metrics_host, config.metrics_port)
+        runner, port = await serve(build_app(metrics.registry, health, HEALTHY), config.metrics_host,
+                                   config.metrics_port)
     try:
         await worker.start()
     except BaseException:
@@ -67,17 +82,73 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
             await runner.cleanup()
         raise
     print(f"engine worker ready app_id={config.app_id} metrics_port={port}", flush=True)
-    crashed = asyncio.ensure_future(_wait_crash(worker))
+    stopping = asyncio.ensure_future(stop.wait())
+    upcoming: EngineWorker | None = None
     try:
-        await asyncio.wait([asyncio.ensure_future(stop.wait()), crashed], return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            if epochs is None:
+                await _race(stopping, _wait_crash(worker))
+                break
+            nxt = await _race(stopping, _wait_crash(worker), epochs.finished(epoch))
+            if nxt is None:
+                break
+            # the next epoch's app joins its group now, gated, while this one drains (module doc of
+            # ``following``: a new group's join is the slow part of a start)
+            next_epoch, prefix = nxt
+            new = engine_config_for(worker.config, prefix, wait_for_progress=False)
+            new.datadir.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(ensure_engine_topics, new)
+            upcoming = EngineWorker(new, metrics=metrics, gate=asyncio.Event())
+            starting = asyncio.ensure_future(upcoming.start())
+            drained = await _race(stopping, _wait_crash(worker), epochs.drained(epoch, worker.config))
+            if drained is None or not _alive(worker):
+                break
+            if await _race(stopping, starting) is None and not starting.done():
+                break
+            starting.result()  # a failed start raises here
+            paused = time.monotonic()
+            current["moving"] = f"epoch {next_epoch}"
+            await worker.stop()
+            print(f"engine worker stopped batches={worker.batches} crashed=False", flush=True)
+            carried = await asyncio.to_thread(epochs.carry, worker.config, new, next_epoch)
+            upcoming.adopt(carried)
+            worker, upcoming, epoch = upcoming, None, next_epoch
+            current["worker"], current["moving"] = worker, None
+            assert worker.gate is not None
+            worker.gate.set()
+            log.info("engine moved on to the next topic epoch", epoch=epoch, group=new.app_id, keys_carried=len(carried),
+                     paused_s=round(time.monotonic() - paused, 2))
+            print(f"engine worker ready app_id={new.app_id} metrics_port={port}", flush=True)
     finally:
-        crashed.cancel()
+        stopping.cancel()
+        if upcoming is not None:  # never opened: it applied nothing
+            await upcoming.stop()
         await worker.stop()
         if runner is not None:
             await runner.cleanup()
     failed = worker.app.crash_reason is not None or worker.crashed is not None
     print(f"engine worker stopped batches={worker.batches} crashed={failed}", flush=True)
     return 1 if failed else 0
+
+
+async def _race(stopping: asyncio.Future, crashed: Any, *work: Any) -> Any:
+    """Wait for the first of ``work`` (its result), or a stop or a crash (None). The other tasks
+    made here are cancelled; ``stopping`` is kept (it is the caller's)."""
+    tasks = [asyncio.ensure_future(w) for w in (crashed, *work)]
+    try:
+        await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+    for task in tasks[1:]:
+        if task.done() and not task.cancelled():
+            return task.result()
+    return None
+
+
+def _alive(worker: EngineWorker) -> bool:
+    return worker.app.crash_reason is None and worker.crashed is None
 
 
 async def _wait_crash(worker: EngineWorker) -> None:

@@ -30,8 +30,9 @@ and reuses topic and group names: those offsets would point into other data).
 Topic epochs (the embedded stack, ``tapeflow_runtime.epochs``; ``TAPEFLOW_EPOCHS_FILE`` set by ``up``):
 the service reads the current epoch's topics, writes xv.features where the producers write (the next
 epoch from a rollover's switch on) and, once the rollover makes the next epoch current, checkpoints
-and exits 0; the supervisor starts it again on the new epoch. The checkpoint (one per stack, across
-epochs) carries the state; the new epoch's offsets come from priming.
+and moves on to the new epoch in the same process (``run_watchlist``: a new service object whose group
+starts at the beginning of the new epoch's topics). The checkpoint (one per stack, across epochs)
+carries the state.
 
 Trading (``--strategy``, ``traders``): each watchlist strategy's trader (``execution.watchlist_trader``)
 is fed the same merged inputs as the feature state, in the same order, and what it does is published
@@ -77,9 +78,9 @@ from stream_apps.watchlist.records import TOPIC, feature_records
 from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, EpochState, ProducePrefix
 from tapeflow_runtime.files import atomic_write_bytes
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
-from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
+from tapeflow_runtime.offsets import CommittedOffsetError, commit_group_start, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
-from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
+from tapeflow_runtime.service_http import CurrentRegistry, build_app, run_thread_with_endpoint
 from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("watchlist")
@@ -316,10 +317,9 @@ class WatchlistService:
 
     def _follow_epochs(self) -> bool:
         """Write where the producers write (from a rollover's switch on); True once the epoch this
-        process reads is no longer the current one (its topics are final and being deleted): the run
-        ends after a checkpoint, the process exits 0 and the supervisor starts it again on the new
-        epoch, with the state carried by the checkpoint and the new epoch's topics read from the start
-        of what the priming covers."""
+        service reads is no longer the current one (its topics are final): the run ends after a
+        checkpoint and ``run_watchlist`` goes on with a service on the new epoch, the state carried by
+        the checkpoint and the new epoch's topics read from their start."""
         assert self._produce_prefix is not None and self.epochs_file is not None
         produce = self._produce_prefix()
         if produce != self.publisher.prefix:
@@ -445,22 +445,51 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
     except (TapeflowError, KafkaException) as exc:
         log.error("no Kafka", error=str(exc))
         return 2
-    service = WatchlistService(settings, bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), options)
-    await asyncio.to_thread(service.forget_foreign_positions)
-    if options.prime_history_ms is not None:  # only partitions the group never committed
-        primed = await asyncio.to_thread(prime_group_offsets, bootstrap, service.group,
-                                         [settings.topic_prefix + n for n in INPUTS],
+    serde = AvroSerde(registry_from_url(settings.schema_registry_url))
+    registry = CurrentRegistry()
+    current: list[WatchlistService] = []
+
+    def begin(first: bool) -> WatchlistService:
+        """The service of the current topic epoch. The first primes a new group from history; a later one
+        (the epoch moved on in this process, after the old one was read to its end) starts the new
+        epoch's group at the beginning of its topics, which follow on from the old ones."""
+        service = WatchlistService(settings, bootstrap, serde, options)
+        service.forget_foreign_positions()
+        names = [service.prefix + n for n in INPUTS]
+        if not first:
+            commit_group_start(bootstrap, service.group, names)
+        elif options.prime_history_ms is not None:  # only partitions the group never committed
+            primed = prime_group_offsets(bootstrap, service.group, names,
                                          int(time.time() * 1000) - options.prime_history_ms)
-        if primed:
-            log.info("new watchlist group primed from history", partitions=len(primed),
-                     minutes=options.prime_history_ms / 60_000)
+            if primed:
+                log.info("new watchlist group primed from history", partitions=len(primed),
+                         minutes=options.prime_history_ms / 60_000)
+        current[:] = [service]
+        registry.registry = service.metrics.registry
+        return service
+
+    def run_epochs(stop: threading.Event) -> None:
+        """One service per topic epoch, in this process (the embedded stack; elsewhere just one)."""
+        service = current[0]
+        while True:
+            service.run(stop)
+            if stop.is_set() or not service.epoch_moved:
+                return
+            service = begin(first=False)
+            log.info("watchlist moved on to the next topic epoch", epoch=service.epoch, group=service.group)
+
+    def health() -> dict[str, Any]:
+        return {**current[0].health(), "topic_prefix": current[0].prefix}
+
+    await asyncio.to_thread(begin, True)
     ran = await run_thread_with_endpoint(
-        service.run, build_app(service.metrics.registry, service.health, frozenset({"running"})),
+        run_epochs, build_app(registry, health, frozenset({"running"})),
         options.metrics_host, options.metrics_port, log, options.stop,
-        started=lambda port: log.info("watchlist started", metrics_port=port, group=service.group,
+        started=lambda port: log.info("watchlist started", metrics_port=port, group=current[0].group,
                                       venues=list(options.params.venues),
                                       strategies=[t.name for t in options.traders],
                                       publish_interval_ms=options.publish_interval_ms))
+    service = current[0]
     code = 0 if ran and service.publisher.healthy else 1
     log.info("watchlist stopped", code=code, published=service.published, epoch_moved=service.epoch_moved)
     return code

@@ -198,9 +198,11 @@ def epochs_env(settings, paths) -> dict[str, str] | None:
 
 
 class EpochConsumer(HttpHealthService):
-    """A consumer of one topic epoch (``tapeflow_runtime.epochs``): its topics and its group carry the
-    epoch's prefix, given to the process as its TAPEFLOW_TOPIC_PREFIX. During a rollover the old
-    epoch's instance is renamed (``sink-e3``) and drains while the new one runs as ``sink``."""
+    """A consumer of the stack's topics (sink, engine, executor). On the embedded broker it follows the
+    topic epochs itself (``TAPEFLOW_EPOCHS_FILE``; ``tapeflow_runtime.epochs``): one process for the
+    stack's life, which a rollover neither stops nor starts; its ``/health`` names the epoch it runs on
+    (``topic_prefix``), which the rollover's steps wait for. Elsewhere its topics and group carry the
+    stack's prefix (``TAPEFLOW_TOPIC_PREFIX``)."""
 
     concurrent = True
     uses_broker = True
@@ -208,32 +210,26 @@ class EpochConsumer(HttpHealthService):
 
     def __init__(self, settings, paths, prefix: str | None = None) -> None:
         super().__init__(settings, paths)
-        self.prefix = settings.topic_prefix if prefix is None else prefix
+        self.env = epochs_env(settings, paths)
+        # following the epochs: the stack's own prefix (the process finds its epoch), whatever was asked
+        self.prefix = settings.topic_prefix if prefix is None or self.env is not None else prefix
 
     def launch(self, argv: list[str]) -> Launch:
         port = free_port(HOST)
         return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}",
-                      env={"TAPEFLOW_TOPIC_PREFIX": self.prefix})
+                      env={"TAPEFLOW_TOPIC_PREFIX": self.prefix, **(self.env or {})})
 
 
 class SinkService(EpochConsumer):
     """Every topic into the database (runs before the producer so nothing waits in the topics long).
 
-    On the embedded broker it is one process for the stack's life: it follows the chain of topic
-    segments itself (``TAPEFLOW_EPOCHS_FILE``; ``sinks.consumer.TopicSink``), so a rollover neither
-    starts nor stops it; its group is the stack's ``<prefix>tapeflow-sink``."""
+    On the embedded broker it follows the chain of topic segments in-process (``sinks.consumer.TopicSink``);
+    its group is the stack's ``<prefix>tapeflow-sink`` whatever the epoch."""
 
     name = "sink"
 
-    def __init__(self, settings, paths, prefix: str | None = None) -> None:
-        super().__init__(settings, paths, prefix)
-        self.env = epochs_env(settings, paths)
-        if self.env is not None:  # follows the segments: the stack's own prefix, whatever the epoch
-            self.prefix = settings.topic_prefix
-
     def prepare(self) -> Launch:
-        launch = self.launch([sys.executable, "-m", "tapeflow", "sink"])
-        return launch if self.env is None else dataclasses.replace(launch, env={**(launch.env or {}), **self.env})
+        return self.launch([sys.executable, "-m", "tapeflow", "sink"])
 
 
 class ExecutorService(EpochConsumer):
@@ -290,9 +286,9 @@ class EngineService(EpochConsumer):
 class WatchlistService(HttpHealthService):
     """The cross-venue watchlist (`tapeflow cross-venue`): md.book/md.mark/md.indicators of every venue in,
     xv.features out (and, with ``watchlist_strategies``, each strategy's signals, leg orders, funding and
-    pair snapshots); only with the ``watchlist`` setting. Not an epoch consumer: like the producers it
-    follows the topic epochs itself (``TAPEFLOW_EPOCHS_FILE``; it exits when the current epoch moves on
-    and is started again on it). Its checkpoint (state and input positions) is
+    pair snapshots); only with the ``watchlist`` setting. It follows the topic epochs in-process
+    (``TAPEFLOW_EPOCHS_FILE``: once the current epoch moves on it goes on with the new one's topics;
+    no rollover step waits for it). Its checkpoint (state and input positions) is
     TAPEFLOW_HOME/watchlist/<group>.json; a replay or rehearsal reads its inputs from the beginning."""
 
     name = "watchlist"

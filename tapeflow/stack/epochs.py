@@ -11,11 +11,12 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
    N+1. Done when every running producer reports the N+1 prefix, and so does every writer from
    outside the supervisor (``tapeflow backfill``: ``tapeflow_runtime.epochs.EpochWriter``): N's md.*
    topics are final.
-3. ``engine``: wait until the N engine group has committed N's md.* to their ends (its snapshots
-   hold every input then), stop it. Its signals are final.
-4. ``executor``: the same for the N executor (signals, md.trades, md.book, md.mark), then carry both
-   states into N+1 (``stream_apps.faust_app.carry``, ``execution.carry``) and start the N+1 engine and
-   executor. Features pause from the stop in step 3 to here (the log says how long).
+3. ``engine``: the engine (one process for the stack's life) finishes N in-process: once its group
+   committed N's md.* to their true ends it stops N's Faust app, carries its state into N+1 and starts
+   N+1's app (``stream_apps.faust_app.following``; features pause for that stop and start, the
+   engine's log says how long). Done when its ``/health`` names N+1. N's signals are final then.
+4. ``executor``: the same for the executor (``execution.following``: signals, md.trades, md.book,
+   md.mark), which records its carry (``save_carried``); the step keeps it as N+1's first own records.
 5. ``sink``: wait until the sink's group has committed every N topic to its end (it then leaves them).
 6. ``delete``: N becomes a finished segment: its catalogue topics stay readable (their true ends
    and newest timestamp recorded in ``epochs.json``) for ``topic_retention``, then ``_prune`` deletes
@@ -30,8 +31,9 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
 
 Nothing is lost or doubled: producers switch at a record boundary; each consumer moves on only once
 its group committed the old topics to their true ends (read, not taken from a batch-counting end
-offset); the state carried is what those commits cover; the sinks' writes are idempotent. A component
-killed in the middle is restarted by the supervisor in its own epoch and the step waits for it. A
+offset); the state carried is what those commits cover; the sinks' writes are idempotent. No process
+is stopped or started by a rollover. A component killed in the middle is restarted by the supervisor
+and finds where it stands itself (``tapeflow_runtime.epochs.EpochCursor``); the step waits for it. A
 supervisor killed in the middle takes the memory-only broker with it: the next ``up`` starts a fresh
 broker on the next epoch (the database holds what was stored; producers warm-start the rest).
 """
@@ -42,92 +44,23 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC, all_topics
-from tapeflow.stack.app_services import EpochConsumer, http_json
-from tapeflow_runtime.epochs import EPOCHS_FILE, STEPS, EpochState, epoch_writers, rollover_enabled, slot_prefix
-from tapeflow_runtime.kafka_client import (
-    HISTORY_FETCH_CONFIG,
-    admin_client,
-    consumer_config,
-    end_offsets,
-    ensure_topics,
+from schemas.catalogue import all_topics
+from tapeflow.stack.app_services import http_json
+from tapeflow_runtime.epochs import (
+    EPOCHS_FILE,
+    STEPS,
+    EpochState,
+    epoch_writers,
+    load_carried,
+    rollover_enabled,
+    slot_prefix,
 )
-from tapeflow_runtime.offsets import commit_group_start, committed_offsets
+from tapeflow_runtime.kafka_client import admin_client, ensure_topics
+from tapeflow_runtime.offsets import group_committed, latest_offsets, true_ends
 
-EXECUTOR_INPUTS = ("signals", "md.trades", "md.book", "md.mark")
-#: the executor's inputs a rollover waits for unconditionally (they make its orders, fills and exits);
-#: md.book and md.mark (paper prices, funding) are waited for up to EXECUTOR_QUOTES_WAIT_S: a new
-#: executor group started with a backlog was seen to leave them unread (-1 committed) for minutes
-EXECUTOR_REQUIRED = ("signals", "md.trades")
 #: the stack's consumer groups of one epoch (behind its prefix), deleted with its topics
 EPOCH_GROUPS = ("tapeflow-engine", "tapeflow-executor-paper")
-EXECUTOR_QUOTES_WAIT_S = 30.0
 REPORT_EVERY_S = 30.0
-
-
-def latest_offsets(bootstrap: str, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    """End offsets of ``tps`` in one ListOffsets request (on Tansu: record batches, not records).
-    A partition the broker did not answer is an error (the step is retried), never "empty"."""
-    tps = list(tps)
-    consumer = Consumer(consumer_config(bootstrap))
-    try:
-        ends = end_offsets(consumer, tps, 10)
-    finally:
-        consumer.close()
-    missing = [tp for tp in tps if tp not in ends]
-    if missing:
-        raise RuntimeError(f"no end offset for {missing[:3]}")
-    return {tp: max(offset, 0) for tp, offset in ends.items()}
-
-
-def true_ends(bootstrap: str, tps: Iterable[tuple[str, int]], timeout_s: float = 60.0,
-              last_ms: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], int]:
-    """The offset after the last *record* of each partition. Tansu's end offset is the last batch's
-    base offset + 1, so the last batch is read and its records counted (a batch of five records at
-    base 100 ends at 105, not 101). ``last_ms``, when given, receives each non-empty partition's
-    newest record timestamp (of its last batch)."""
-    latest = latest_offsets(bootstrap, tps)
-    ends = dict(latest)
-    todo = {tp: off for tp, off in latest.items() if off > 0}
-    if not todo:
-        return ends
-    consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
-    try:
-        consumer.assign([TopicPartition(t, p, off - 1) for (t, p), off in todo.items()])
-        deadline = time.monotonic() + timeout_s
-        while todo and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            tp = (msg.topic(), msg.partition())
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF and tp in todo:
-                    todo.pop(tp)
-                continue
-            ends[tp] = max(ends[tp], msg.offset() + 1)
-            if last_ms is not None:
-                last_ms[tp] = max(last_ms.get(tp, 0), msg.timestamp()[1])
-        if todo:
-            raise TimeoutError(f"end of {sorted(todo)[:3]}... not read in {timeout_s:.0f} s")
-    finally:
-        consumer.close()
-    return ends
-
-
-def committed(bootstrap: str, group: str, tps: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    """The group's committed offsets (-1: none); a partition the broker answered with an error raises
-    (``committed_offsets``): read as "none" it would only stall the step, as a wrong number it could not."""
-    wanted = [TopicPartition(t, p) for t, p in tps]
-    if not wanted:
-        return {}
-    consumer = Consumer(consumer_config(bootstrap, group))
-    try:
-        got = committed_offsets(consumer, wanted, 10)
-    finally:
-        consumer.close()
-    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1 for tp in got}
 
 
 class EpochRoller:
@@ -147,7 +80,6 @@ class EpochRoller:
         self._rollover_began = time.monotonic()
         self._next_report = 0.0
         self._ends: dict[tuple[str, int], int] | None = None
-        self._stopped_engine_at: float | None = None
         self._closing: tuple[dict[str, dict[int, int]], int | None] | None = None  # the delete step's ends
         self._next_prune = 0.0
         self.max_seen = 0
@@ -261,50 +193,21 @@ class EpochRoller:
         return True
 
     def _step_engine(self, bootstrap: str) -> bool:
-        old = self.prefix()
-        engine = self._retire("engine")
-        group = f"{old}tapeflow-engine" if engine is None else engine.app_id
-        if not self._drained(bootstrap, group, [old + t for t in (*ENGINE_INPUTS, PROGRESS_TOPIC)], "engine"):
-            return False
-        self.sup.stop_service(f"engine-e{self.state.epoch}")
-        self._stopped_engine_at = time.monotonic()
-        return True
+        """The engine moves on in its own process (``stream_apps.faust_app.following``): done when its
+        ``/health`` names the next epoch's prefix."""
+        return self._moved_on("engine")
 
     def _step_executor(self, bootstrap: str) -> bool:
-        old, new = self.prefix(), self.prefix(self.state.next_epoch)
-        executor = self._retire("executor")
-        group = f"{old}tapeflow-executor-paper" if executor is None else executor.group_id
-        if not self._drained(bootstrap, group, [old + t for t in EXECUTOR_REQUIRED], "executor"):
+        """The same for the executor (``execution.following``), whose carry into the next epoch is
+        recorded (``save_carried``): the logical topics skip the carried records."""
+        if not self._moved_on("executor"):
             return False
-        quotes = [old + t for t in EXECUTOR_INPUTS if t not in EXECUTOR_REQUIRED]
-        if not self._drained(bootstrap, group, quotes, "executor"):
-            if time.monotonic() - self._step_began < EXECUTOR_QUOTES_WAIT_S:
-                return False
-            self.say(f"epochs     executor-e{self.state.epoch}: md.book/md.mark not read to their end in "
-                     f"{EXECUTOR_QUOTES_WAIT_S:.0f}s; moving on (they are stored by the sink either way)")
-        self.sup.stop_service(f"executor-e{self.state.epoch}")
-        # imported here: every `tapeflow` command loads this module through the supervisor, and these
-        # pull in the engine's strategy code and numba (`tapeflow status` spent ~0.4 CPU-s on them)
-        from execution.carry import carry_executor_state
-        from stream_apps.faust_app.carry import carry_engine_state
-
-        carried = carry_engine_state(bootstrap, f"{old}tapeflow-engine", f"{new}tapeflow-engine")
-        ends = carry_executor_state(bootstrap, old, new)
-        # the carried records open the new epoch's topics; the logical topics skip them (they are the
-        # old epoch's records again)
-        self.state.next_starts = {name: dict(parts) for name, parts in ends.items()}
-        # both new groups start at the epoch's beginning (their history is carried, not re-read: a new
-        # engine group would otherwise spend ~15 s priming 25 h from offsets Tansu cannot look up by
-        # time), the executor's after the carried signals
-        commit_group_start(bootstrap, f"{new}tapeflow-engine", [new + t for t in (*ENGINE_INPUTS, PROGRESS_TOPIC)])
-        commit_group_start(bootstrap, f"{new}tapeflow-executor-paper", [new + t for t in EXECUTOR_INPUTS],
-                           {new + "signals": ends["signals"]})
-        copied = sum(sum(v.values()) for v in ends.values())
-        self.say(f"epochs     carried the engine state of {carried} keys and {copied} executor records")
-        self.sup.start_epoch_consumers([n for n in ("engine", "executor") if not self._running_on(n, new)], new)
-        if self._stopped_engine_at is not None:
-            self.say(f"epochs     features paused {time.monotonic() - self._stopped_engine_at:.1f}s "
-                     f"(engine stopped -> new engine started)")
+        carried = load_carried(self.sup.paths.home, self.state.next_epoch)
+        if carried is None:
+            self._report("waiting for the executor's record of its carry")
+            return False
+        self.state.next_starts = {name: dict(parts) for name, parts in carried.items()}
+        self.say(f"epochs     executor carried {sum(sum(v.values()) for v in carried.values())} records")
         return True
 
     def _step_sink(self, bootstrap: str) -> bool:
@@ -404,7 +307,7 @@ class EpochRoller:
         if self._ends is None or any(tp not in self._ends for tp in tps):
             self._ends = {**(self._ends or {}), **true_ends(bootstrap, [tp for tp in tps if tp not in (self._ends or {})])}
         ends = {tp: self._ends[tp] for tp in tps if self._ends.get(tp, 0) > 0}
-        done = committed(bootstrap, group, ends)
+        done = group_committed(bootstrap, group, ends)
         behind = {tp: (done.get(tp, -1), end) for tp, end in ends.items() if done.get(tp, -1) < end}
         if behind:
             sample = ", ".join(f"{t}[{p}] {c}/{e}" for (t, p), (c, e) in sorted(behind.items())[:3])
@@ -412,9 +315,23 @@ class EpochRoller:
             return False
         return True
 
-    def _running_on(self, name: str, prefix: str) -> bool:
+    def _moved_on(self, name: str) -> bool:
+        """Does the running ``name`` report (``/health`` ``topic_prefix``) the next epoch's prefix?"""
+        new = self.prefix(self.state.next_epoch)
         run = self.sup.running.get(name)
-        return run is not None and isinstance(run.service, EpochConsumer) and run.service.prefix == prefix
+        if run is None:
+            self._report(f"waiting for {name} to run (it is being restarted)")
+            return False
+        try:
+            body = http_json(f"http://{run.record.address}/health")[1]
+        except Exception as exc:  # noqa: BLE001 - not answering yet (starting): asked again next tick
+            self._report(f"waiting for {name} to answer: {exc!r}")
+            return False
+        if body.get("topic_prefix") != new:
+            self._report(f"waiting for {name} to finish epoch {self.state.epoch} and move on to "
+                         f"{new or 'the plain names'} ({body.get('detail') or body.get('status')})")
+            return False
+        return True
 
     def _producers(self) -> list[tuple[str, dict]]:
         """(name, /health body) of every running producer."""
@@ -423,18 +340,6 @@ class EpochRoller:
 
     def _producer_priming(self) -> bool:
         return any(body.get("status") == "priming" for _name, body in self._producers())
-
-    def _retire(self, name: str) -> EpochConsumer | None:
-        """Rename the current epoch's ``name`` to ``name-eN`` (it drains; a restart keeps its epoch)."""
-        retired = f"{name}-e{self.state.epoch}"
-        run = self.sup.running.get(retired)
-        if run is not None:
-            return run.service  # type: ignore[return-value]
-        run = self.sup.running.get(name)
-        if run is None or not isinstance(run.service, EpochConsumer) or run.service.prefix != self.prefix():
-            return None
-        self.sup.rename_service(name, retired)
-        return run.service  # type: ignore[return-value]
 
 
 def slot_topics(prefix: str, existing: Iterable[str], catalogue: bool = True) -> list[str]:

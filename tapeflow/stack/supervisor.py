@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
-from tapeflow.stack.app_services import EngineService, ExecutorService, SinkService, app_services, http_json
+from tapeflow.stack.app_services import app_services, http_json
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.epochs import EpochRoller, rollover_enabled
 from tapeflow.stack.postgres import EmbeddedPostgres
@@ -48,9 +48,6 @@ def infra_services(settings: Settings, paths: StackPaths) -> list[Service]:
 def default_services(settings: Settings, paths: StackPaths, prefix: str | None = None) -> list[Service]:
     """The services `up` runs, the consumers on the topic epoch of ``prefix`` (default: the stack's)."""
     return infra_services(settings, paths) + app_services(settings, paths, prefix)
-
-
-EPOCH_CONSUMERS = {"sink": SinkService, "engine": EngineService, "executor": ExecutorService}
 
 
 def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
@@ -86,11 +83,9 @@ class Supervisor:
                  services: list[Service] | None = None, steps: list[SetupStep] | None = None) -> None:
         self.settings, self.paths, self.say = settings, paths, say
         self.roller = EpochRoller(self, say) if rollover_enabled(settings) else None
-        prefix = None
-        if self.roller is not None:  # a rollover left unfinished is closed at start (`at_start`)
-            state = self.roller.state
-            prefix = self.roller.prefix(state.next_epoch if state.rolling else state.epoch)
-        self.services = services if services is not None else default_services(settings, paths, prefix)
+        # the consumers follow the topic epochs themselves (a rollover left unfinished is closed at start,
+        # `EpochRoller.at_start`)
+        self.services = services if services is not None else default_services(settings, paths)
         self.steps = steps if steps is not None else default_steps(settings, paths)
         self.running: dict[str, _Running] = {}
         self.addresses: dict[str, str] = {}
@@ -231,45 +226,6 @@ class Supervisor:
             time.sleep(0.1)
         raise StackError(f"{service.name} not healthy after {self.settings.startup_timeout_s:.0f}s: "
                          f"{health.detail} (log: {log_path})")
-
-    # --- services of one topic epoch (the rollover, `tapeflow.stack.epochs`) -----------------------------
-    def start_epoch_consumer(self, name: str, prefix: str) -> None:
-        """Start the sink, engine or executor on the topic epoch of ``prefix`` as ``name``."""
-        self.start_epoch_consumers([name], prefix)
-
-    def start_epoch_consumers(self, names: list[str], prefix: str) -> None:
-        """Start several of them side by side (as `up` does: their group joins overlap)."""
-        t0 = time.monotonic()
-        services = [EPOCH_CONSUMERS[name](self.settings, self.paths, prefix) for name in names]
-        launched = [service for service in services if self._start_service(service, wait=False)]
-        for service in launched:
-            run, address = self.running[service.name], self.addresses[service.name]
-            self._wait_healthy(service, run.proc, address, run.record.log)
-            service.after_start(address)
-            self.say(f"epochs     started {service.name} on {prefix or 'the plain topic names'} "
-                     f"({time.monotonic() - t0:.1f}s)")
-
-    def stop_service(self, name: str) -> None:
-        """Stop ``name`` for good (not restarted): its clean stop flushes and commits."""
-        run = self.running.pop(name, None)
-        if run is None:
-            return
-        t0 = time.monotonic()
-        result = terminate(run.proc.pid, run.record.create_time, self.settings.stop_timeout_s, run.service.stop_signal)
-        run.proc.poll()
-        run.log.close()
-        self.paths.state_file(name).unlink(missing_ok=True)
-        self.say(f"epochs     {name} {result} ({time.monotonic() - t0:.1f}s)")
-
-    def rename_service(self, old: str, new: str) -> None:
-        """Keep ``old`` running under the name ``new`` (its restarts too), freeing ``old`` for a successor."""
-        run = self.running.pop(old)
-        run.service.name = new
-        run.record.name = new
-        run.record.save(self.paths.state_file(new))
-        self.paths.state_file(old).unlink(missing_ok=True)
-        self.running[new] = run
-        self.addresses[new] = self.addresses.pop(old, run.record.address)
 
     def _run_step(self, step: SetupStep) -> None:
         t0 = time.monotonic()

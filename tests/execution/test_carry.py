@@ -7,7 +7,7 @@ from confluent_kafka import Producer
 
 from execution.carry import STATE_TOPICS, carry_executor_state
 from tapeflow_runtime.offsets import commit_group_start
-from tapeflow.stack.epochs import committed
+from tapeflow_runtime.offsets import group_committed as committed
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, current_prefix
+from tapeflow_runtime.epochs import EPOCHS_FILE, EpochsFileError, EpochState, current_prefix, reader_chain
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.process_records import ProcessRecord
@@ -43,6 +43,10 @@ def test_current_prefix_is_the_current_epochs_on_the_embedded_broker_only(tmp_pa
     assert current_prefix(rehearsal) == "team.dry."  # a rehearsal's topics never roll over
     (tmp_path / EPOCHS_FILE).write_text("{not json")
     assert current_prefix(settings) == "team."
+    # a reader of history is told, never handed the plain names in place of the segments
+    with pytest.raises(EpochsFileError, match="cannot read the stack's topic segments"):
+        reader_chain(settings)
+    assert reader_chain(kafka).prefixes == ["team."]
 
 
 def trade(i: int) -> dict:
@@ -139,7 +143,7 @@ def _stack_home(tmp_path, kafka_bootstrap, topic_prefix, state: EpochState) -> d
 def _close(kafka_bootstrap, prefix: str, epoch: int, slot: int, bases: dict) -> "Segment":
     """The segment the rollover's delete step records for ``prefix``'s catalogue topics (real ends)."""
     from schemas.catalogue import all_topics
-    from tapeflow.stack.epochs import true_ends
+    from tapeflow_runtime.offsets import true_ends
     from tapeflow_runtime.epochs import Segment
     from tapeflow_runtime.kafka_client import admin_client
 

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from tapeflow_runtime.epochs import STEPS, EpochState, ProducePrefix, epoch_prefix
+from tapeflow_runtime.epochs import (
+    STEPS,
+    EpochCursor,
+    EpochState,
+    ProducePrefix,
+    epoch_slot,
+    load_carried,
+    save_carried,
+    slot_prefix,
+)
+
+
+def epoch_prefix(base: str, epoch: int) -> str:
+    return slot_prefix(base, epoch_slot(epoch))
 
 
 def test_epochs_take_turns_on_the_plain_names_and_one_other_set():
@@ -134,3 +147,47 @@ def test_a_follower_adds_the_next_segment_once_settled_and_leaves_a_finished_one
     positions[("signals", 0)] = 5
     assert follower.update(ask) == (["e1.signals"], [])
     assert follower.reading == ["e1.signals"]
+
+
+def test_an_in_process_consumer_moves_on_at_its_own_step_and_a_restart_finds_where_it_stood(tmp_path):
+    path = tmp_path / "epochs.json"
+    clock = [0.0]
+    EpochState(epoch=3, slot=1).save(path)
+    engine = EpochCursor(path, "t.", "tapeflow-engine", "engine", monotonic=lambda: clock[0])
+    executor = EpochCursor(path, "t.", "tapeflow-executor-paper", "executor", monotonic=lambda: clock[0])
+    asked = []
+
+    def started(group, prefix):
+        asked.append((group, prefix))
+        return True
+
+    assert engine.first(started) == (3, "t.e1.") and asked == []  # no rollover: nothing to ask
+    for step, engine_done, executor_done in [("open", False, False), ("switch", False, False),
+                                             ("engine", True, False), ("executor", True, True)]:
+        state = EpochState.load(path)
+        state.step, state.next_slot = step, 0
+        state.save(path)
+        clock[0] += 1
+        assert (engine.finished(3) == (4, "t.")) is engine_done, step
+        assert (executor.finished(3) == (4, "t.")) is executor_done, step
+    # restarted at the executor step: the engine runs epoch 4 once its group was started there, the
+    # executor too; a group not started yet means the carry is not done: epoch 3 again
+    assert engine.first(started) == (4, "t.") and asked == [("t.tapeflow-engine", "t.")]
+    assert executor.first(lambda group, prefix: False) == (3, "t.e1.")
+    # a rollover that was closed meanwhile: move on to the current epoch
+    state = EpochState.load(path)
+    state.close_current({}, 10.0, None, keep=True)
+    state.save(path)
+    clock[0] += 1
+    assert engine.finished(3) == (4, "t.") and engine.finished(4) is None
+    with pytest.raises(ValueError):
+        EpochCursor(path, "", "g", "teleport")
+
+
+def test_the_executors_carry_is_recorded_per_epoch(tmp_path):
+    assert load_carried(tmp_path, 5) is None
+    save_carried(tmp_path, 5, {"signals": {0: 3, 2: 1}, "positions": {}})
+    assert load_carried(tmp_path, 5) == {"signals": {0: 3, 2: 1}, "positions": {}}
+    assert load_carried(tmp_path, 6) is None and load_carried(tmp_path, 5, "engine") is None
+    save_carried(tmp_path, 6, {}, "engine")
+    assert load_carried(tmp_path, 6, "engine") == {} and load_carried(tmp_path, 5) is not None

@@ -618,3 +618,34 @@ def test_next_commit_counts_an_offset_both_gapped_and_acked_once():
     gap = IntervalTree()
     gap[8:9] = True  # a compacted offset between two acked runs
     assert next_commit([5, 6, 7, 9, 10], gap, 4) == (11, [])
+
+
+def test_the_fetch_wait_grows_only_after_an_idle_period_and_the_first_record_brings_it_back():
+    import asyncio
+
+    from stream_apps.faust_app.bulk_consumer import IdleFetchWait
+
+    class Fetcher:  # the two attributes of aiokafka's Fetcher that IdleFetchWait uses
+        _fetch_max_wait_ms = 20
+
+        def __init__(self):
+            self.answers = []
+
+        async def _proc_fetch_request(self, assignment, node_id, request):
+            return self.answers.pop(0)
+
+    clock = [0.0]
+    fetcher = Fetcher()
+    wait = IdleFetchWait(fetcher, 20, 500, 5.0, monotonic=lambda: clock[0])
+    wait.install()
+
+    def fetch(added, at):
+        clock[0] = at
+        fetcher.answers.append(added)
+        assert asyncio.run(fetcher._proc_fetch_request(None, 1, None)) is added
+        return fetcher._fetch_max_wait_ms
+
+    assert [fetch(False, t) for t in (0.0, 2.0, 4.9)] == [20, 20, 20]  # empty, not idle long enough yet
+    assert fetch(True, 4.95) == 20  # a record: the idle clock starts again
+    assert [fetch(False, t) for t in (5.0, 9.9, 10.0, 12.0)] == [20, 20, 500, 500]
+    assert fetch(True, 12.5) == 20 and wait.idle_periods == 1

@@ -18,7 +18,7 @@ from sinks.consumer import SinkConfig, TopicSink
 from sinks.migrate import migrate
 from stream_apps.cross_venue.state import CrossVenueParams
 from stream_apps.watchlist.service import WatchlistOptions, WatchlistService
-from tapeflow_runtime.epochs import EpochState, epoch_prefix
+from tapeflow_runtime.epochs import EpochState, epoch_slot, slot_prefix
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics, producer_config
 from tapeflow_runtime.settings import Settings
 from tests.support.cross_venue import T, book, mark, running_watchlist
@@ -179,7 +179,7 @@ def test_the_service_follows_the_topic_epochs_of_the_embedded_stack(kafka_bootst
     samples)."""
     epochs = tmp_path / "epochs.json"
     EpochState(epoch=0).save(epochs)
-    new = epoch_prefix(topic_prefix, 1)
+    new = slot_prefix(topic_prefix, epoch_slot(1))
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     ensure_topics(kafka_bootstrap, prefix=new)
     settings = Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix, epochs_file=epochs)
