@@ -12,7 +12,8 @@ and the whole stack <= 5 % (PostgreSQL excluded, as the issue measured it). Base
 measured on main before the segments, a real BTC+ETH recording at 1x: broker 23 % replaying, 16.5 %
 idle, the stack ~26 % idle.
 
-Run: ``.venv/bin/python -m benchmarks.bench_broker_cpu [--minutes 5] [--idle-s 120] [--symbols BTCUSDT,ETHUSDT]``
+Run: ``.venv/bin/python -m benchmarks.bench_broker_cpu [--minutes 5] [--idle-s 120] [--symbols BTCUSDT,ETHUSDT]
+[--attribute-s 20]``
 """
 
 from __future__ import annotations
@@ -77,6 +78,47 @@ def topic_records(home: Path) -> dict[str, int]:
     return {r["topic"]: r.get("messages", 0) for r in rows if r.get("catalogue")}
 
 
+def broker_share(stack, seconds: float) -> float:
+    broker = stack.sup.running["broker"].proc.pid
+    t0, c0 = time.monotonic(), tree_cpu(broker)
+    time.sleep(seconds)
+    return 100.0 * (tree_cpu(broker) - c0) / (time.monotonic() - t0)
+
+
+def attribute(stack, seconds: float) -> None:
+    """The idle broker's CPU with each client paused in turn (SIGSTOP of its process tree: its
+    connections stay open, it asks nothing), then with all of them paused."""
+    import signal
+
+    clients = [n for n in ("engine", "sink", "executor", "producer") if n in stack.sup.running]
+    trees = {n: [p for p in process_tree(stack.sup.running[n].proc.pid)] for n in clients}
+
+    def send(names, sig):
+        for name in names:
+            for p in trees[name]:
+                try:
+                    p.send_signal(sig)
+                except psutil.Error:
+                    continue
+
+    print(f"== the idle broker with clients paused ({seconds:.0f} s each)")
+    print(f"  none paused        {broker_share(stack, seconds):6.2f} % of a core")
+    for name in clients:
+        send([name], signal.SIGSTOP)
+        try:
+            share = broker_share(stack, seconds)
+        finally:
+            send([name], signal.SIGCONT)
+        print(f"  {name + ' paused':<18} {share:6.2f} % of a core")
+        time.sleep(3)
+    send(clients, signal.SIGSTOP)
+    try:
+        share = broker_share(stack, seconds)
+    finally:
+        send(clients, signal.SIGCONT)
+    print(f"  {'all paused':<18} {share:6.2f} % of a core (the supervisor's checks and the broker itself)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=5.0, help="Session length, played at 1x.")
@@ -85,6 +127,9 @@ def main() -> None:
     ap.add_argument("--trades-per-s", type=float, default=20.0, help="Mean aggTrades/s per symbol.")
     ap.add_argument("--depth-ms", type=int, default=10, help="Depth diff interval (10 = the fake's finest).")
     ap.add_argument("--settle-s", type=float, default=60.0, help="Wait after the stack is up before measuring.")
+    ap.add_argument("--attribute-s", type=float, default=0.0,
+                    help="After the idle measurement: pause (SIGSTOP) each client in turn for this long and "
+                         "measure the idle broker without it (where its idle CPU comes from); 0 = skip.")
     args = ap.parse_args()
     symbols = tuple(s.strip().upper() for s in args.symbols.split(","))
     lead = args.settle_s + 30
@@ -107,6 +152,8 @@ def main() -> None:
         time.sleep(args.idle_s)
         t3, c3 = time.monotonic(), sample(stack)
         idle = report(f"idle after the session ({t3 - t2:.0f} s)", shares(c2, c3, t3 - t2))
+        if args.attribute_s > 0:
+            attribute(stack, args.attribute_s)
         held = topic_records(root / "home")
         rss = psutil.Process(stack.sup.running["broker"].proc.pid).memory_info().rss / 2**20
         total = sum(held.values())

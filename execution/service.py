@@ -87,8 +87,10 @@ OUTPUTS = ("orders", "fills", "positions", "risk.events")
 #: times a second per consumer, the largest share of Tansu's CPU in an idle stack (measured: the
 #: broker used 0.31 CPU-s per second idle, 0.18 with the executor stopped). Tansu answers a fetch
 #: that was waiting within about half its wait once data arrives (measured crossing, 30 records:
-#: 10 ms wait p50 3.3 / p90 6.0 ms, 50 ms wait p50 8.8 / p90 21.5 ms); Kafka answers at once.
-EXECUTOR_FETCH_WAIT_MS = 50
+#: 10 ms wait p50 3.3 / p90 6.0 ms, 50 ms wait p50 8.8 / p90 21.5 ms); Kafka answers at once. At 50 ms
+#: the idle executor still cost Tansu ~5.6 % of a core (``bench_broker_cpu --attribute-s``): 200 ms, a
+#: few tens of ms more for a signal on Tansu, brought the idle broker from 11.4 to 8.0 % with the sink's 1 s.
+EXECUTOR_FETCH_WAIT_MS = 200
 
 @dataclass
 class ExecuteOptions:
