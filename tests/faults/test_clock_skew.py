@@ -2,8 +2,10 @@
 fake exchange, its wall clock skewed with libfaketime (Debian package `faketime`).
 
 It starts 7 s behind the exchange (beyond the 5 s recvWindow): the start-up sync from `/fapi/v1/time`
-absorbs that, so the first entry is accepted at once. Then its clock steps 2 s forward twice (beyond
-Binance's 1 s tolerance for the future): once holding a position whose stop-loss exit follows, once
+absorbs that, so the first entry is accepted at once. Then its clock steps 3 s forward twice (beyond
+Binance's 1 s tolerance for the future; with 2 s, a full suite run once had step 2's requests
+accepted: the fake exchange, a thread of the loaded test process, judged them more than a second
+after they were signed, when they were no longer over a second ahead): once holding a position whose stop-loss exit follows, once
 flat, when the periodic reconciliation meets the step first. Every refused request (-1021) is resynced
 and resent (orders with the same client order id), every order the executor meant to send is placed
 exactly once, and the next signal trades.
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(libfaketime() is None, reason="libfaketime (package faketime) not installed")
 def test_executor_clock_skew_resyncs_and_never_sends_an_order_twice(kafka_bootstrap, tmp_path):
-    r = executor_clock_skew(kafka_bootstrap, tmp_path / "skew", start_skew_s=-7.0, step_s=2.0)
+    r = executor_clock_skew(kafka_bootstrap, tmp_path / "skew", start_skew_s=-7.0, step_s=3.0)
     d = r["detail"]
     entry1, entry2 = d["entry1"], d["entry2"]
     exits = [c for c in d["intents"] if c not in (entry1, entry2)]
