@@ -268,6 +268,13 @@ class EngineWorker:
         self.batches += 1
         self.metrics.batch_seconds.observe(time.perf_counter() - began)
 
+    async def snapshot_now(self) -> None:
+        """Write every symbol's unsaved state now (not on the ``snapshot_interval_s`` timer), so that the
+        inputs it holds become committable: a finished topic epoch's drain (``following``) would wait
+        up to that interval for the timer's snapshot otherwise."""
+        async with self._lock:
+            await self._apply(self.processor.flush())
+
     async def flush(self) -> None:
         """Before a rebalance commits or at shutdown: persist every symbol, then forget them all
         (eager rebalancing revokes every partition; what comes back is restored from the table)."""

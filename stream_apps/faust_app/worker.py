@@ -100,7 +100,8 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
             await asyncio.to_thread(ensure_engine_topics, new)
             upcoming = EngineWorker(new, metrics=metrics, gate=asyncio.Event())
             starting = asyncio.ensure_future(upcoming.start())
-            drained = await _race(stopping, _wait_crash(worker), epochs.drained(epoch, worker.config))
+            drained = await _race(stopping, _wait_crash(worker),
+                                  epochs.drained(epoch, worker.config, worker.snapshot_now))
             if drained is None or not _alive(worker):
                 break
             if await _race(stopping, starting) is None and not starting.done():
