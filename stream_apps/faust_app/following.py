@@ -3,11 +3,12 @@
 
 Before, the supervisor stopped the old epoch's engine process and started a new one: a fresh
 interpreter, the numba kernels loaded again and a group join, ~12 s in which no feature was computed.
-Now the process stays (``worker.run_worker``). Once the rollover says epoch N is finished for the
-engine (its md.* are final), a Faust app for N+1 is started beside N's, *gated*: it joins its group
+Now the process stays (``worker.run_worker``). As soon as a rollover from epoch N opens (``opening``),
+a Faust app for N+1 is started beside N's, *gated*: it joins its group
 and restores its (empty) table while N's app drains, but applies nothing. A new group's join costs
 ~3 s on Tansu (it holds the first JoinGroup for a while) and Faust's start ~1 s more; overlapped, the
-features pause only for the rest: when N's group has committed N's inputs to their true ends (its
+features pause only for the rest: once the rollover says N is finished for the engine (its md.* are
+final, ``finished``) and N's group has committed N's inputs to their true ends (its
 snapshots then hold every input), N's app stops, the newest snapshot of every key is carried into
 N+1's changelog (``carry``) and N+1's table (``EngineWorker.adopt``), the carry is recorded
 (``save_carried``: a restarted worker then runs N+1) and the gate opens. The N+1 group has no
@@ -62,6 +63,16 @@ class EngineEpochs:
     def _carried_into(self, group: str, prefix: str) -> bool:
         state = self.cursor.state()
         return load_carried(self.home, state.next_epoch, "engine") is not None
+
+    async def opening(self, epoch: int) -> tuple[int, str]:
+        """Wait until a rollover from ``epoch`` has begun (its next epoch's name slot is chosen then);
+        the next (epoch, prefix). The next epoch's app can join its group from here on."""
+        while True:
+            state = self.cursor.state()
+            if state.epoch > epoch or (state.rolling and state.epoch == epoch):
+                return self.cursor.finished(epoch) or (state.next_epoch,
+                                                       state.prefix(self.cursor.base, state.next_epoch))
+            await asyncio.sleep(POLL_S)
 
     async def finished(self, epoch: int) -> tuple[int, str]:
         """Wait until the rollover says ``epoch`` is finished for the engine; the next (epoch, prefix)."""

@@ -89,17 +89,20 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
             if epochs is None:
                 await _race(stopping, _wait_crash(worker))
                 break
-            nxt = await _race(stopping, _wait_crash(worker), epochs.finished(epoch))
+            nxt = await _race(stopping, _wait_crash(worker), epochs.opening(epoch))
             if nxt is None:
                 break
-            # the next epoch's app joins its group now, gated, while this one drains (module doc of
-            # ``following``: a new group's join is the slow part of a start)
+            # the next epoch's app joins its group as soon as the rollover opens, gated, while this one
+            # still reads and then drains (module doc of ``following``: a new group's join is the slow
+            # part of a start)
             next_epoch, prefix = nxt
             new = engine_config_for(worker.config, prefix, wait_for_progress=False)
             new.datadir.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(ensure_engine_topics, new)
             upcoming = EngineWorker(new, metrics=metrics, gate=asyncio.Event())
             starting = asyncio.ensure_future(upcoming.start())
+            if await _race(stopping, _wait_crash(worker), epochs.finished(epoch)) != nxt:
+                break  # stopped, crashed, or (never seen) another next epoch: a restart finds its way
             drained = await _race(stopping, _wait_crash(worker),
                                   epochs.drained(epoch, worker.config, worker.snapshot_now))
             if drained is None or not _alive(worker):
