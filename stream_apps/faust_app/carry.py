@@ -39,16 +39,11 @@ def reset_offsets(blob: bytes) -> bytes:
     return zlib.compress(orjson.dumps(data), 1)
 
 
-def carry_engine_state(bootstrap: str, from_app_id: str, to_app_id: str, *, timeout_s: float = 60.0) -> int:
-    """Copy the newest snapshot of every key from ``from_app_id``'s changelog to ``to_app_id``'s
-    (same partition, offsets cleared); returns how many keys were carried. The target topic is
-    created if missing, as Faust would (its partitions must match the inputs')."""
-    return len(carry_engine_snapshots(bootstrap, from_app_id, to_app_id, timeout_s=timeout_s))
-
-
 def carry_engine_snapshots(bootstrap: str, from_app_id: str, to_app_id: str, *,
                            timeout_s: float = 60.0) -> dict[bytes, tuple[int, bytes]]:
-    """``carry_engine_state``, returning what it wrote: key -> (partition, snapshot as carried)."""
+    """Copy the newest snapshot of every key from ``from_app_id``'s changelog to ``to_app_id``'s
+    (same partition, offsets cleared); returns what it wrote: key -> (partition, snapshot as carried).
+    The target topic is created if missing, as Faust would (its partitions must match the inputs')."""
     source = changelog_topic(from_app_id)
     target = changelog_topic(to_app_id)
     admin = admin_client(bootstrap)  # kept: its futures fail ("handle is terminating") once it is collected

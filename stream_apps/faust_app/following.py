@@ -58,11 +58,8 @@ class EngineEpochs:
 
     def first(self) -> tuple[int, str]:
         """Where a (re)started worker runs: the next epoch once its carry into it is recorded."""
-        return self.cursor.first(lambda group, prefix: self._carried_into(group, prefix))
-
-    def _carried_into(self, group: str, prefix: str) -> bool:
-        state = self.cursor.state()
-        return load_carried(self.home, state.next_epoch, "engine") is not None
+        return self.cursor.first(
+            lambda _group, _prefix: load_carried(self.home, self.cursor.state().next_epoch, "engine") is not None)
 
     async def opening(self, epoch: int) -> tuple[int, str]:
         """Wait until a rollover from ``epoch`` has begun (its next epoch's name slot is chosen then);

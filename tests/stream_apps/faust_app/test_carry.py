@@ -8,7 +8,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from stream_apps.faust_app.carry import carry_engine_state, changelog_topic, reset_offsets
+from stream_apps.faust_app.carry import carry_engine_snapshots, changelog_topic, reset_offsets
 from confluent_kafka.admin import NewTopic
 
 from schemas.catalogue import SYMBOL_PARTITIONS
@@ -31,7 +31,7 @@ def test_reset_offsets_keeps_the_state_and_forgets_the_offsets():
 def test_the_newest_snapshot_of_each_key_is_carried_to_its_partition_and_again_harmlessly(
         kafka_bootstrap, topic_prefix, read_topic):
     old_app, new_app = f"{topic_prefix}tapeflow-engine", f"{topic_prefix}e1.tapeflow-engine"
-    assert carry_engine_state(kafka_bootstrap, old_app, new_app) == 0  # no changelog yet: nothing to carry
+    assert len(carry_engine_snapshots(kafka_bootstrap, old_app, new_app)) == 0  # no changelog yet: nothing to carry
     admin = admin_client(kafka_bootstrap)
     for future in admin.create_topics([NewTopic(changelog_topic(old_app), num_partitions=SYMBOL_PARTITIONS,
                                                 replication_factor=-1)]).values():
@@ -42,8 +42,8 @@ def test_the_newest_snapshot_of_each_key_is_carried_to_its_partition_and_again_h
             producer.produce(changelog_topic(old_app), key=key.encode(), partition=partition,
                               value=blob(key, clock * 10 + partition, {"md.trades": clock * 100}))
             producer.flush(10)
-    assert carry_engine_state(kafka_bootstrap, old_app, new_app) == 2
-    assert carry_engine_state(kafka_bootstrap, old_app, new_app) == 2  # a resumed rollover copies again
+    assert len(carry_engine_snapshots(kafka_bootstrap, old_app, new_app)) == 2
+    assert len(carry_engine_snapshots(kafka_bootstrap, old_app, new_app)) == 2  # a resumed rollover copies again
     records = read_topic(kafka_bootstrap, changelog_topic(new_app), raw=True)
     seen = {(r["key"], r["partition"], orjson.loads(zlib.decompress(r["value"]))["engine"]["clock_ms"],
              tuple(orjson.loads(zlib.decompress(r["value"]))["applied"])) for r in records}
