@@ -84,8 +84,12 @@ def test_a_full_database_disk_is_reported_retried_and_loses_nothing():
             pytest.skip(str(exc))
         d = full["detail"]
         assert d["filler_bytes"] > 0
-        seen_at, detail = d["status_full"]["sink"]  # said while the disk was full, with the reason
-        assert seen_at < 8 and "database writes failing for" in detail and "No space left on device" in detail, d
+        # said while the disk was full, with the reason. The disk stays full until both the sink and
+        # the database have said so (up to 3x full_s): when the first write fails depends on when
+        # PostgreSQL next extends a file, not on the sink (CI, loaded: 11.1 s after the fill)
+        assert "sink" in d["status_full"], d
+        _, detail = d["status_full"]["sink"]
+        assert "database writes failing for" in detail and "No space left on device" in detail, d
         assert d["sink_retries"] > 0 and d["sink_full_lines"], d
         assert full["recover_s"] is not None and full["recover_s"] < 30, d
         assert all(ok for ok, _ in d["status_after"].values()), d["status_after"]
