@@ -57,6 +57,7 @@ from sinks.consumer import SinkConfig, TopicSink
 from sinks.partitions import ensure_partitions
 from sinks.tables import TRADES, direct_copy_sql
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
+from tapeflow_runtime.settings import Settings
 
 T0 = 1_704_067_200_000
 TARGET = 300_000
@@ -185,11 +186,12 @@ def layout_databases(conninfo: str, wanted: str) -> dict[str, str]:
 
 
 def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: int, batch: int,
-             columnar: bool, writers: int, layout: str) -> tuple[float, float, int, dict]:
+             columnar: bool, writers: int, layout: str, fetch_wait_ms: int) -> tuple[float, float, int, dict]:
     # each run reads the topic from the start
     group = f"{prefix}sink-{layout}-{'columnar' if columnar else 'records'}"
     sink = TopicSink(SinkConfig(topics=["md.trades"], topic_prefix=prefix, group_id=group,
-                                batch_rows=batch, columnar=columnar, writers=writers), bootstrap, conninfo, serde)
+                                batch_rows=batch, columnar=columnar, writers=writers,
+                                fetch_wait_ms=fetch_wait_ms), bootstrap, conninfo, serde)
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set})
     cpu = cpu_seconds()
@@ -221,6 +223,8 @@ def main() -> None:
                     help="the sink's writer threads (= connections of the N-connection COPY baseline)")
     ap.add_argument("--layout", choices=("all", *LAYOUT_NAMES), default="all",
                     help="storage layout(s) to measure; all = plain, and TimescaleDB where the server has it")
+    ap.add_argument("--fetch-wait-ms", type=int, default=Settings.model_fields["sink_fetch_wait_ms"].default,
+                    help="the sink's fetch wait (default: the service's, TAPEFLOW_SINK_FETCH_WAIT_MS)")
     ap.add_argument("--record-path", action="store_true", help="also run the record-by-record path (slow)")
     ap.add_argument("--hypertable-rows", type=int, default=0,
                     help="also time INSERTs into a hypertable vs a plain table on PGlite-TimescaleDB (rows)")
@@ -254,8 +258,10 @@ def main() -> None:
                 ensure_partitions(conn, "trades", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))
             copy_1 = plain_copy(db, payloads, args.rows, 1)
             copy_n = plain_copy(db, payloads, args.rows, args.writers) if args.writers > 1 else copy_1
-            fast = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, True, args.writers, layout)
-            slow = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, False, args.writers, layout) \
+            fast = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, True, args.writers, layout,
+                            args.fetch_wait_ms)
+            slow = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, False, args.writers, layout,
+                            args.fetch_wait_ms) \
                 if args.record_path else None
             results[layout] = {"copy_1": copy_1, "copy_n": copy_n, "fast": fast, "slow": slow}
     hyper = hypertable_vs_plain([TRADES.to_row(r) for r in recs[:args.hypertable_rows]]) \

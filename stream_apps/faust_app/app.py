@@ -184,6 +184,8 @@ class EngineWorker:
         self.started_at: float | None = None
         self.batches = 0
         self.crashed: BaseException | None = None
+        self.frozen = False
+        self._snapshot_partition: dict[bytes, int] = {}  # key -> changelog partition, of what this worker wrote
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -202,7 +204,11 @@ class EngineWorker:
         self._ticker = asyncio.create_task(self._tick_forever())
         self._watcher = asyncio.create_task(self._watch_inputs_forever())
 
-    async def stop(self) -> None:
+    async def freeze(self) -> None:
+        """Apply nothing more and stop the timers, but stay in the group: a drained worker of a finished
+        topic epoch, whose state is being carried while the next epoch's worker takes over (``stop``
+        follows once that one runs)."""
+        self.frozen = True
         for task in (self._watcher, self._ticker):
             if task is not None:
                 task.cancel()
@@ -210,6 +216,10 @@ class EngineWorker:
                     await task
                 except asyncio.CancelledError:
                     pass
+        self._watcher = self._ticker = None
+
+    async def stop(self) -> None:
+        await self.freeze()
         await self.app.stop()
 
     def health(self) -> dict[str, Any]:
@@ -232,8 +242,22 @@ class EngineWorker:
         """Take carried snapshots (key -> (partition, snapshot), already in this group's changelog) into
         the table this worker restored before they were written. Only before the gate opens."""
         assert self.gate is not None and not self.gate.is_set(), "adopt before the gate opens"
-        for key, (_partition, blob) in snapshots.items():
+        for key, (partition, blob) in snapshots.items():
             self.table.data[key] = blob
+            self._snapshot_partition[key] = partition
+
+    def snapshots(self) -> dict[bytes, tuple[int, bytes]] | None:
+        """Every key's newest snapshot with its changelog partition, from this worker's memory, when it
+        holds them all: it owns every input partition and wrote or adopted every key in its table. A
+        restarted worker's keys recovered by Faust are not known by partition here, and another worker
+        may own some keys: None then (the carry reads the changelog)."""
+        owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics}
+        if owned != set(range(SYMBOL_PARTITIONS)):
+            return None
+        data = dict(self.table.data.items())
+        if any(key not in self._snapshot_partition for key in data):
+            return None
+        return {key: (self._snapshot_partition[key], blob) for key, blob in data.items()}
 
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
         if self.gate is not None and not self.gate.is_set():
@@ -241,6 +265,9 @@ class EngineWorker:
         began = time.perf_counter()
         consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
         async with self._lock:
+            if self.frozen:  # a finished epoch's worker: its inputs are final and all applied
+                log.warning("a frozen engine worker was handed %d partitions' records: not applied", len(records))
+                return
             if not consumer.flow_active or self.app.consumer_generation_id != generation:
                 # fetched before a rebalance began and waited for the lock while ``flush`` forgot
                 # every symbol: processing it now would rebuild state for partitions this worker
@@ -352,6 +379,7 @@ class EngineWorker:
         for partition, key, blob in effects.snapshots:
             raw_key = key.encode()
             self.table.data[raw_key] = blob
+            self._snapshot_partition[raw_key] = partition
             # one snapshot per produce request, so each is its own record batch: Tansu answers
             # ListOffsets(latest) with the last *batch's* base offset + 1, and Faust's recovery stops
             # at that offset, so a second snapshot batched behind the first would not be restored

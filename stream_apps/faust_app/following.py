@@ -9,10 +9,13 @@ and restores its (empty) table while N's app drains, but applies nothing. A new 
 ~3 s on Tansu (it holds the first JoinGroup for a while) and Faust's start ~1 s more; overlapped, the
 features pause only for the rest: once the rollover says N is finished for the engine (its md.* are
 final, ``finished``) and N's group has committed N's inputs to their true ends (its
-snapshots then hold every input), N's app stops, the newest snapshot of every key is carried into
-N+1's changelog (``carry``) and N+1's table (``EngineWorker.adopt``), the carry is recorded
-(``save_carried``: a restarted worker then runs N+1) and the gate opens. The N+1 group has no
-committed offset before, so it reads its topics from the start (``auto_offset_reset`` earliest).
+snapshots then hold every input), N's app is frozen (it applies nothing more, its timers stop), the
+newest snapshot of every key is carried into N+1's changelog (``carry``) and N+1's table
+(``EngineWorker.adopt``), the carry is recorded (``save_carried``: a restarted worker then runs N+1)
+and the gate opens; N's app leaves its group after that. The N+1 group has no committed offset
+before, so it reads its topics from the start (``auto_offset_reset`` earliest). The rollover holds
+the producers' switch until N+1's app has joined (``/health`` ``next_prefix``), so the join overlaps
+the old epoch's last seconds rather than the new one's first.
 """
 
 from __future__ import annotations
@@ -97,9 +100,11 @@ class EngineEpochs:
                 return True
             await asyncio.sleep(POLL_S)
 
-    def carry(self, old: EngineAppConfig, new: EngineAppConfig, epoch: int) -> dict[bytes, tuple[int, bytes]]:
+    def carry(self, old: EngineAppConfig, new: EngineAppConfig, epoch: int,
+              newest: dict[bytes, tuple[int, bytes]] | None = None) -> dict[bytes, tuple[int, bytes]]:
         """Carry the state into the new epoch's changelog and record it (both idempotent); the
-        snapshots carried, for the new worker's table (``EngineWorker.adopt``)."""
-        carried = carry_engine_snapshots(self.bootstrap, old.app_id, new.app_id)
+        snapshots carried, for the new worker's table (``EngineWorker.adopt``). ``newest``: the old
+        worker's own copy of every key's newest snapshot (``EngineWorker.snapshots``), if it has it."""
+        carried = carry_engine_snapshots(self.bootstrap, old.app_id, new.app_id, newest=newest)
         save_carried(self.home, epoch, {}, "engine")
         return carried

@@ -58,7 +58,7 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
     log.info("engine kernels ready", seconds=round(time.monotonic() - began, 2))
     metrics = metrics or EngineAppMetrics()
     worker = EngineWorker(config, metrics=metrics)
-    current = {"worker": worker, "moving": None}
+    current: dict[str, Any] = {"worker": worker, "moving": None, "next": None}
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -68,7 +68,9 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
         moving = current["moving"]
         body = ({"status": "running", "detail": f"moving on to the next topic epoch ({moving})"} if moving
                 else current["worker"].health())
-        return {**body, "topic_prefix": current["worker"].config.topic_prefix}
+        # ``next_prefix``: the next epoch's app has joined its group (gated); the rollover holds the
+        # producers' switch until then, so that join costs no features (``tapeflow.stack.epochs``)
+        return {**body, "topic_prefix": current["worker"].config.topic_prefix, "next_prefix": current["next"]}
 
     runner = None
     port = None
@@ -101,6 +103,9 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
             await asyncio.to_thread(ensure_engine_topics, new)
             upcoming = EngineWorker(new, metrics=metrics, gate=asyncio.Event())
             starting = asyncio.ensure_future(upcoming.start())
+            starting.add_done_callback(
+                lambda task, prefix=prefix: current.update(next=prefix) if not task.cancelled()
+                and task.exception() is None else None)
             if await _race(stopping, _wait_crash(worker), epochs.finished(epoch)) != nxt:
                 break  # stopped, crashed, or (never seen) another next epoch: a restart finds its way
             drained = await _race(stopping, _wait_crash(worker),
@@ -112,16 +117,25 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
             starting.result()  # a failed start raises here
             paused = time.monotonic()
             current["moving"] = f"epoch {next_epoch}"
-            await worker.stop()
-            print(f"engine worker stopped batches={worker.batches} crashed=False", flush=True)
-            carried = await asyncio.to_thread(epochs.carry, worker.config, new, next_epoch)
+            # the drained app applies nothing more (its inputs are final and applied) and its timers
+            # stop; it leaves its group after the gate opens, so its stop costs the features nothing
+            old = worker
+            await old.freeze()
+            newest = old.snapshots()
+            carried = await asyncio.to_thread(epochs.carry, old.config, new, next_epoch, newest)
+            carry_s = time.monotonic() - paused
             upcoming.adopt(carried)
             worker, upcoming, epoch = upcoming, None, next_epoch
-            current["worker"], current["moving"] = worker, None
+            current.update(worker=worker, moving=None, next=None)
             assert worker.gate is not None
             worker.gate.set()
+            paused_s = time.monotonic() - paused
+            await old.stop()
+            print(f"engine worker stopped batches={old.batches} crashed=False", flush=True)
             log.info("engine moved on to the next topic epoch", epoch=epoch, group=new.app_id, keys_carried=len(carried),
-                     paused_s=round(time.monotonic() - paused, 2))
+                     paused_s=round(paused_s, 2), carry_s=round(carry_s, 2),
+                     carried_from="changelog" if newest is None else "memory",
+                     old_stop_s=round(time.monotonic() - paused - paused_s, 2))
             print(f"engine worker ready app_id={new.app_id} metrics_port={port}", flush=True)
     finally:
         stopping.cancel()

@@ -5,16 +5,19 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
 ``epoch_max_batches`` it rolls over from epoch N to N+1, one step at a time, each saved in
 ``epochs.json`` before it runs and logged with its duration:
 
-1. ``open``: create the N+1 topics. The sink (one process for the stack's life) adds them itself once
-   the step after the carry makes them settled (``tapeflow_runtime.epochs.ChainFollower``).
+1. ``open``: create the N+1 topics, then wait (up to ``ENGINE_READY_WAIT_S``) until the engine's app
+   for N+1 has joined its group, gated (``/health`` ``next_prefix``): the ~3 s a new group's first
+   join takes on Tansu then passes while the producers still write N, not while features wait. The
+   sink (one process for the stack's life) adds the N+1 topics itself once the step after the carry
+   makes them settled (``tapeflow_runtime.epochs.ChainFollower``).
 2. ``switch``: tell the producers (``epochs.json``); each flushes N and writes every later record to
    N+1. Done when every running producer reports the N+1 prefix, and so does every writer from
    outside the supervisor (``tapeflow backfill``: ``tapeflow_runtime.epochs.EpochWriter``): N's md.*
    topics are final.
 3. ``engine``: the engine (one process for the stack's life) finishes N in-process: once its group
-   committed N's md.* to their true ends it stops N's Faust app, carries its state into N+1 and starts
-   N+1's app (``stream_apps.faust_app.following``; features pause for that stop and start, the
-   engine's log says how long). Done when its ``/health`` names N+1. N's signals are final then.
+   committed N's md.* to their true ends it freezes N's Faust app, carries its state into N+1 and
+   opens N+1's app, then stops N's (``stream_apps.faust_app.following``; features pause for the carry,
+   the engine's log says how long). Done when its ``/health`` names N+1. N's signals are final then.
 4. ``executor``: the same for the executor (``execution.following``: signals, md.trades, md.book,
    md.mark), which records its carry (``save_carried``); the step keeps it as N+1's first own records.
 5. ``sink``: wait until the sink's group has committed every N topic to its end (it then leaves them).
@@ -61,6 +64,8 @@ from tapeflow_runtime.offsets import group_committed, latest_offsets, true_ends
 #: the stack's consumer groups of one epoch (behind its prefix), deleted with its topics
 EPOCH_GROUPS = ("tapeflow-engine", "tapeflow-executor-paper")
 REPORT_EVERY_S = 30.0
+#: the open step waits at most this long for the engine's next app to have joined its group
+ENGINE_READY_WAIT_S = 20.0
 
 
 class EpochRoller:
@@ -83,6 +88,7 @@ class EpochRoller:
         self._closing: tuple[dict[str, dict[int, int]], int | None] | None = None  # the delete step's ends
         self._next_prune = 0.0
         self.max_seen = 0
+        self._opened = False  # the open step created the next epoch's topics (it then waits for the engine)
         self.retention_s = self.settings.topic_retention_s()
 
     # -- names ---------------------------------------------------------------------------------------
@@ -151,6 +157,7 @@ class EpochRoller:
         self.state.next_slot = self.state.free_slot()
         self.state.save(self.path)
         self._rollover_began = self._step_began = now
+        self._opened = False
 
     def _advance(self) -> None:
         step = self.state.step
@@ -168,6 +175,7 @@ class EpochRoller:
         self.state.save(self.path)
         self._step_began = time.monotonic()
         self._ends = None
+        self._opened = False
 
     def _report(self, what: str) -> None:
         now = time.monotonic()
@@ -177,7 +185,25 @@ class EpochRoller:
 
     # -- steps (each returns True when done; called again on the next tick otherwise) ----------------------
     def _step_open(self, bootstrap: str) -> bool:
-        ensure_topics(bootstrap, prefix=self.prefix(self.state.next_epoch))
+        """Create the next epoch's topics, then wait (at most ``ENGINE_READY_WAIT_S``) until the engine's
+        app for them has joined its group, gated (``/health`` ``next_prefix``): a new group's first
+        join takes ~3 s on Tansu, and before the producers switch it delays no feature."""
+        new = self.prefix(self.state.next_epoch)
+        if not self._opened:
+            ensure_topics(bootstrap, prefix=new)
+            self._opened = True
+        run = self.sup.running.get("engine")
+        if run is None or time.monotonic() - self._step_began >= ENGINE_READY_WAIT_S:
+            return True  # no engine to wait for (or it does not say): it moves on after the switch
+        try:
+            body = http_json(f"http://{run.record.address}/health")[1]
+        except Exception:  # noqa: BLE001 - not answering yet: asked again next tick
+            return False
+        if "next_prefix" not in body:
+            return True  # an engine that does not follow the epochs in-process
+        if body["next_prefix"] != new:
+            self._report(f"waiting for the engine to join {new or 'the plain names'} before the producers switch")
+            return False
         return True
 
     def _step_switch(self, bootstrap: str) -> bool:

@@ -48,3 +48,19 @@ def test_the_newest_snapshot_of_each_key_is_carried_to_its_partition_and_again_h
     seen = {(r["key"], r["partition"], orjson.loads(zlib.decompress(r["value"]))["engine"]["clock_ms"],
              tuple(orjson.loads(zlib.decompress(r["value"]))["applied"])) for r in records}
     assert seen == {(b"binance:BTCUSDT", 1, 31, ()), (b"binance:ETHUSDT", 4, 34, ())}
+
+
+def test_a_worker_that_holds_every_snapshot_carries_them_without_reading_the_changelog(
+        kafka_bootstrap, topic_prefix, read_topic):
+    """The rollover's fast path: the old worker's own newest snapshots (no changelog to read: none was
+    created for ``old_app`` here) land in the new changelog, each in its partition, offsets cleared."""
+    old_app, new_app = f"{topic_prefix}tapeflow-engine", f"{topic_prefix}e1.tapeflow-engine"
+    newest = {b"binance:BTCUSDT": (2, blob("binance:BTCUSDT", 5, {"md.trades": 9})),
+              b"binance:SOLUSDT": (5, blob("binance:SOLUSDT", 6, {"md.book": 3}))}
+    carried = carry_engine_snapshots(kafka_bootstrap, old_app, new_app, newest=newest)
+    assert {key: partition for key, (partition, _) in carried.items()} == {b"binance:BTCUSDT": 2, b"binance:SOLUSDT": 5}
+    records = read_topic(kafka_bootstrap, changelog_topic(new_app), raw=True)
+    seen = {(r["key"], r["partition"], orjson.loads(zlib.decompress(r["value"]))["engine"]["clock_ms"],
+             tuple(orjson.loads(zlib.decompress(r["value"]))["applied"])) for r in records}
+    assert seen == {(b"binance:BTCUSDT", 2, 5, ()), (b"binance:SOLUSDT", 5, 6, ())}
+    assert carry_engine_snapshots(kafka_bootstrap, old_app, new_app, newest={}) == {}
