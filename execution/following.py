@@ -24,7 +24,7 @@ import structlog
 
 from execution.carry import carry_executor_state
 from tapeflow_runtime.epochs import EpochCursor, save_carried
-from tapeflow_runtime.kafka_client import admin_client
+from tapeflow_runtime.kafka_client import existing_partitions
 from tapeflow_runtime.offsets import commit_group_start, group_committed, true_ends
 
 log = structlog.get_logger("executor")
@@ -43,8 +43,7 @@ class ExecutorEpochs:
         return self.cursor.first(self._started)
 
     def _tps(self, prefix: str, names: Sequence[str]) -> list[tuple[str, int]]:
-        existing = admin_client(self.bootstrap).list_topics(timeout=10).topics
-        return [(prefix + t, p) for t in names if prefix + t in existing for p in existing[prefix + t].partitions]
+        return existing_partitions(self.bootstrap, [prefix + t for t in names])
 
     def _started(self, group: str, prefix: str) -> bool:
         try:

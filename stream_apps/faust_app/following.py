@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from tapeflow_runtime.epochs import EpochCursor, load_carried, save_carried
-from tapeflow_runtime.kafka_client import admin_client
+from tapeflow_runtime.kafka_client import existing_partitions
 from tapeflow_runtime.offsets import group_committed, true_ends
 
 from .carry import carry_engine_snapshots
@@ -87,8 +87,7 @@ class EngineEpochs:
         ``snapshot_now``) is called before each look, so the last inputs are committable within a
         commit interval instead of the snapshot timer's 5 s. Returns True."""
         began = time.monotonic()
-        existing = await asyncio.to_thread(lambda: admin_client(self.bootstrap).list_topics(timeout=10).topics)
-        tps = [(t, p) for t in read_topics(config) if t in existing for p in existing[t].partitions]
+        tps = await asyncio.to_thread(existing_partitions, self.bootstrap, read_topics(config))
         ends = {tp: end for tp, end in (await asyncio.to_thread(true_ends, self.bootstrap, tps)).items() if end > 0}
         log.info("epoch finished: draining", epoch=epoch, partitions=len(ends))
         while True:

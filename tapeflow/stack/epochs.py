@@ -58,7 +58,7 @@ from tapeflow_runtime.epochs import (
     rollover_enabled,
     slot_prefix,
 )
-from tapeflow_runtime.kafka_client import admin_client, ensure_topics
+from tapeflow_runtime.kafka_client import admin_client, ensure_topics, existing_partitions
 from tapeflow_runtime.offsets import group_committed, latest_offsets, true_ends
 
 #: the stack's consumer groups of one epoch (behind its prefix), deleted with its topics
@@ -328,8 +328,7 @@ class EpochRoller:
     def _drained(self, bootstrap: str, group: str, topics: list[str], who: str) -> bool:
         """Has ``group`` committed every partition of ``topics`` to its true end? (The old epoch's
         topics are final from the switch on, so their ends are read once per step.)"""
-        existing = admin_client(bootstrap).list_topics(timeout=10).topics
-        tps = [(t, p) for t in topics if t in existing for p in existing[t].partitions]
+        tps = existing_partitions(bootstrap, topics)
         if self._ends is None or any(tp not in self._ends for tp in tps):
             self._ends = {**(self._ends or {}), **true_ends(bootstrap, [tp for tp in tps if tp not in (self._ends or {})])}
         ends = {tp: self._ends[tp] for tp in tps if self._ends.get(tp, 0) > 0}
