@@ -68,6 +68,7 @@ def engine_config(
         metrics_port=metrics_port,
         log_level=settings.log_level,
         starvation_window_s=settings.starvation_window_s,
+        fetch_max_wait_ms=settings.engine_fetch_wait_ms,
     )
 
 

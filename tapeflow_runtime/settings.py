@@ -149,6 +149,10 @@ class Settings(BaseSettings):
         default=1_000, ge=1, le=5_000, description="The sink's fetch wait: long enough for the embedded broker "
         "to assemble a fetch from a partition of many record batches (10 ms starves past ~20,000); each "
         "fetch of the sink's ~100 partitions costs Tansu CPU, idle too (500 ms: ~2.6 % of a core idle).")
+    engine_fetch_wait_ms: int = Field(
+        default=20, ge=1, le=1_500, description="The engine's fetch wait while records flow: on the embedded "
+        "broker every fetch answers only when its wait is over, so this bounds how soon a record reaches "
+        "the engine and how often the broker assembles a fetch of the engine's partitions (its CPU).")
     starvation_window_s: float = Field(
         default=60.0, gt=0, description="A consumer (sink, engine, executor) whose partition's end offset moves "
         "while its position stays put this long reports itself degraded.")
