@@ -90,7 +90,7 @@ OUTPUTS = ("orders", "fills", "positions", "risk.events")
 #: 10 ms wait p50 3.3 / p90 6.0 ms, 50 ms wait p50 8.8 / p90 21.5 ms); Kafka answers at once. At 50 ms
 #: the idle executor still cost Tansu ~5.6 % of a core (``bench_broker_cpu --attribute-s``): 200 ms, a
 #: few tens of ms more for a signal on Tansu, brought the idle broker from 11.4 to 8.0 % with the sink's 1 s.
-EXECUTOR_FETCH_WAIT_MS = 200
+#: Now ``Settings.executor_fetch_wait_ms`` (``TAPEFLOW_EXECUTOR_FETCH_WAIT_MS``, default 200 ms).
 
 @dataclass
 class ExecuteOptions:
@@ -182,7 +182,7 @@ class ExecutorService:
                                             "auto.offset.reset": self.options.start_from,
                                             "partition.assignment.strategy": "range",
                                             "enable.partition.eof": True,
-                                            "fetch.wait.max.ms": EXECUTOR_FETCH_WAIT_MS}))
+                                            "fetch.wait.max.ms": self.settings.executor_fetch_wait_ms}))
         # risk.events is written a few times a day (a pause, the kill switch): 500 ms delays a risk
         # record by at most that on Tansu (Kafka answers a fetch as soon as data arrives), and
         # `consume(timeout=0)` below never blocks on it

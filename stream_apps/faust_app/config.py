@@ -79,7 +79,7 @@ class EngineAppConfig(BaseModel):
     broker_max_poll_interval_s: float = Field(default=300.0, gt=0)
     max_fetch_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="per partition and fetch")
     fetch_max_wait_ms: int = Field(
-        default=20, gt=0, le=1500,
+        default=100, gt=0, le=1500,
         description="longest a fetch waits for data (Faust: 1500): lower = lower latency, more CPU on "
                     "empty fetches (benchmarks/RESULTS.md)")
     fetch_idle_wait_ms: int = Field(
