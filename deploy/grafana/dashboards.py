@@ -1,7 +1,7 @@
 """tapeflow's Grafana dashboards as code: Market, Signals, Trading, Pipeline health, Intelligence, Watchlist.
 
 Run `python deploy/grafana/dashboards.py` after changing a panel: it writes the provisioned JSON
-(deploy/grafana/dashboards/*.json) and docs/dashboards.md from the definitions below; `--check` only
+(deploy/grafana/dashboards/*.json) and docs/reference/dashboards.md from the definitions below; `--check` only
 compares (tests/deploy/test_dashboards.py fails when the files are stale). Every SQL panel runs in a
 test against the real schema on plain PostgreSQL and on TimescaleDB with Grafana's macros
 substituted, and every PromQL expression is parsed by promtool and checked, name and labels, against
@@ -40,7 +40,7 @@ from grafana_model import (  # noqa: E402 - the model sits beside this script, o
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 OUT_DIR = HERE / "dashboards"
-DOCS = REPO / "docs" / "dashboards.md"
+DOCS = REPO / "docs" / "reference" / "dashboards.md"
 
 # --- variables -------------------------------------------------------------------------------------------
 EXCHANGE = Variable("exchange", "Exchange", "SELECT DISTINCT exchange FROM mark_prices "
