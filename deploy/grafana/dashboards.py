@@ -617,7 +617,7 @@ COIN = Variable("coin", "Coin", "SELECT DISTINCT coin FROM xv_features WHERE eva
 _PAIR_TEXT = "p.coin || ' short ' || p.short_venue || ' / long ' || p.long_venue"
 WATCHLIST = Dashboard(
     uid="tapeflow-watchlist", title="tapeflow · Watchlist",
-    description="Cross-venue hedged pairs (issue 24): the executable spreads across venues now, funding per venue "
+    description="Cross-venue hedged pairs: the executable spreads across venues now, funding per venue "
                 "pair, 12 hours of spreads with the pairs' entries and exits, the pairs and their P&L, and the "
                 "watchlist strategy's signals and rejections. Spreads are swept for the feature notional, in basis "
                 "points of log(sell VWAP / buy VWAP), before fees.",

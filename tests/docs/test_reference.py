@@ -46,3 +46,18 @@ def test_the_reference_covers_what_the_code_declares():
     assert "`tapeflow_sink_rows_written_total`" in metrics and "`tapeflow_executor_publish_messages_out_total`" in metrics
     strategy = (ref / "strategy.md").read_text()
     assert "### `Regime`" in strategy and "`WatchlistStrategy` (top level)" in strategy
+
+
+def test_runtime_code_never_imports_the_docs_tooling():
+    """docs/ is tooling for writers and tests: no shipped package imports the generator or mkdocs."""
+    import ast
+
+    offenders = []
+    for package in gen_reference.RUNTIME_PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                if any(n.split(".")[0] in ("gen_reference", "docs", "mkdocs", "material") for n in names):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []
