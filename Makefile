@@ -1,6 +1,6 @@
-# The two commands of the README: `make run` (bootstrap, then the whole stack in the foreground)
+# The two commands of the README (and docs/getting-started/install.md): `make run` (bootstrap, then the whole stack in the foreground)
 # and `make test` (bootstrap, then the whole test suite). Both install what the machine lacks.
-.PHONY: run test bootstrap clean
+.PHONY: run test bootstrap clean docs docs-serve
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,5 +24,14 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); w=$$((n + 2)); [ $$w 
 test: bootstrap
 	$(PY) -m pytest -n $(TEST_WORKERS) --maxschedchunk 1 $(PYTEST_ARGS)
 
+# The documentation site (mkdocs.yml, docs/): built strictly (a broken link or a page missing from the
+# navigation fails) and offline into site/; docs-serve serves it with live reload on 127.0.0.1:8000.
+# docs/gen_reference.py regenerates docs/reference/ from the code (tests/docs/ checks it is current).
+docs: bootstrap
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: bootstrap
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -2,7 +2,7 @@
 
 Why a module of its own: the JSON, Markdown, PNG and HTML reports and the `backtest_runs` row all
 show the same numbers, so they are computed once, here, by small pure functions that the unit tests
-check against hand-computed values. Definitions (README "Backtest report" repeats them):
+check against hand-computed values. Definitions (docs/concepts/backtest.md, "Backtest report", repeats them):
 
 - net R of a trade = gross − fees − slippage − funding (all in R of that trade, as `BacktestTrade`
   carries them). Totals add R across trades as the old system did (a heavy trade's 1R is 1.5 × a

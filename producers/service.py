@@ -52,7 +52,7 @@ class ProduceOptions:
 
 
 #: librdkafka's linger for the market-data producers (5 ms elsewhere): fewer, larger batches on the embedded
-#: broker (README, the embedded broker's paragraph on batches: measured there)
+#: broker (docs/concepts/embedded-stack.md, the paragraph on batches: measured there)
 MARKET_DATA_PRODUCER_CONFIG = {"linger.ms": 25}
 
 

@@ -108,7 +108,8 @@ class Settings(BaseSettings):
         default=None, description="External PostgreSQL/TimescaleDB URL; unset = embedded PostgreSQL."
     )
     database_port: int = Field(default=0, ge=0, le=65535, description="Embedded PostgreSQL port; 0 = free one.")
-    database_name: str = Field(default="tapeflow", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    database_name: str = Field(default="tapeflow", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                               description="Database the embedded stack creates.")
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible Schema Registry; unset = file registry in the repo."
     )
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
         default="", pattern=r"^[A-Za-z0-9_-]*$",
         description="Rehearsal namespace (`--input-prefix NAME`): topic_prefix already ends in `NAME.`; "
                     "services read history `tapeflow replay` copied there, never live topics.")
-    exchange: Literal["binance"] = "binance"
+    exchange: Literal["binance"] = Field(default="binance", description="The venue `up` trades and primes from.")
     source: str = Field(
         default="live", description="Market data: `live` (the exchange) or `replay:DIR` (a recording, offline).")
     replay_speed: str = Field(default="1", description="Replay speed: 1 (real time), 10, ... or max.")
@@ -140,9 +141,12 @@ class Settings(BaseSettings):
     venues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["binance"], description="Venues a live `up` runs a producer for (comma-separated: "
         "binance plus bybit and/or okx), all into the same md.* topics; the others are for the cross-venue watchlist.")
-    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["console", "json"] = "console"
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_SYMBOLS),
+        description="Binance USD-M symbols (comma-separated, validated); a replay uses the recording's.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level of every process.")
+    log_format: Literal["console", "json"] = Field(
+        default="console", description="Log lines for people (console) or one JSON object per line (json).")
     sink_writers: int = Field(default=2, ge=1, le=16,
                               description="Sink writer threads, each with its own database connection.")
     sink_fetch_wait_ms: int = Field(
@@ -166,7 +170,7 @@ class Settings(BaseSettings):
         "reported itself degraded for not receiving (see starvation_window_s) this long; 0 = never.")
     epoch_max_batches: int = Field(
         default=10_000, ge=0, description="Embedded broker: roll every topic over to a new epoch before any "
-        "partition holds this many record batches (Tansu answers nothing past ~20,000; see README); 0 = never.")
+        "partition holds this many record batches (Tansu answers nothing past ~20,000; see the embedded stack's docs); 0 = never.")
     epoch_check_s: float = Field(default=10.0, gt=0, description="How often the supervisor counts batches.")
     topic_retention: str = Field(
         default="24h", description="Embedded broker: how long a finished topic segment (an epoch's topics) stays "
@@ -177,8 +181,8 @@ class Settings(BaseSettings):
     epochs_file: Path | None = Field(
         default=None, description="Set by the supervisor for the processes that follow the topic epochs themselves "
         "(producers, sink, engine, executor, watchlist): the epochs file.")
-    startup_timeout_s: float = Field(default=60.0, gt=0)
-    stop_timeout_s: float = Field(default=10.0, gt=0)
+    startup_timeout_s: float = Field(default=60.0, gt=0, description="`up`: how long each service may take to be healthy.")
+    stop_timeout_s: float = Field(default=10.0, gt=0, description="`down`: SIGTERM grace before SIGKILL.")
     writer_password: SecretStr | None = Field(
         default=None, description="External database: LOGIN password given to tapeflow_writer by `db migrate`.")
     readonly_password: SecretStr | None = Field(
@@ -187,8 +191,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Per-table retention/compression, e.g. {trades: {keep: 90d, compress_after: 1d}}; "
                     "unset tables keep the defaults (only raw depth expires).")
-    binance_api_key: SecretStr | None = None
-    binance_api_secret: SecretStr | None = None
+    binance_api_key: SecretStr | None = Field(
+        default=None, description="Binance API key; only `execute --mode testnet|live` uses it.")
+    binance_api_secret: SecretStr | None = Field(default=None, description="Binance API secret of that key.")
     binance_rest_url: str | None = Field(
         default=None, description="Binance USD-M REST base for `execute --mode testnet|live` (default: the mode's).")
     binance_ws_url: str | None = Field(
@@ -197,11 +202,11 @@ class Settings(BaseSettings):
         default=None, description="Binance spot REST base where `execute --mode live` checks the key's permissions "
                                   "(GET /sapi/v1/account/apiRestrictions; default https://api.binance.com).")
     # `tapeflow notify`: each channel is on when its secret is set (tapeflow_notify/channels.py)
-    telegram_bot_token: SecretStr | None = None
+    telegram_bot_token: SecretStr | None = Field(default=None, description="`tapeflow notify`: Telegram bot token.")
     telegram_chat_id: str | None = Field(default=None, description="Chat the Telegram bot writes to.")
     telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://[^/\s]+",
                                   description="Telegram Bot API base (a proxy, or a local server in tests).")
-    discord_webhook_url: SecretStr | None = None
+    discord_webhook_url: SecretStr | None = Field(default=None, description="`tapeflow notify`: Discord webhook.")
     notify_webhook_url: SecretStr | None = Field(default=None, description="Generic webhook: JSON POST per event.")
     notify_rate_per_minute: int = Field(default=20, ge=1, le=600,
                                         description="Messages per minute per channel; the rest is summarised.")

@@ -1,6 +1,6 @@
 """Equity and drawdown in R per strategy as a PNG (matplotlib, Agg backend: no display needed).
 
-Why a picture at all: the Markdown report and the README embed it, and a glance at the curve tells
+Why a picture at all: the Markdown report and the documentation (docs/getting-started/first-backtest.md) embed it, and a glance at the curve tells
 more than the headline numbers (a steady bleed and a single crash can share a net R).
 """
 

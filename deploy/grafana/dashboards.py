@@ -1,7 +1,7 @@
 """tapeflow's Grafana dashboards as code: Market, Signals, Trading, Pipeline health, Intelligence, Watchlist.
 
 Run `python deploy/grafana/dashboards.py` after changing a panel: it writes the provisioned JSON
-(deploy/grafana/dashboards/*.json) and docs/dashboards.md from the definitions below; `--check` only
+(deploy/grafana/dashboards/*.json) and docs/reference/dashboards.md from the definitions below; `--check` only
 compares (tests/deploy/test_dashboards.py fails when the files are stale). Every SQL panel runs in a
 test against the real schema on plain PostgreSQL and on TimescaleDB with Grafana's macros
 substituted, and every PromQL expression is parsed by promtool and checked, name and labels, against
@@ -40,7 +40,7 @@ from grafana_model import (  # noqa: E402 - the model sits beside this script, o
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 OUT_DIR = HERE / "dashboards"
-DOCS = REPO / "docs" / "dashboards.md"
+DOCS = REPO / "docs" / "reference" / "dashboards.md"
 
 # --- variables -------------------------------------------------------------------------------------------
 EXCHANGE = Variable("exchange", "Exchange", "SELECT DISTINCT exchange FROM mark_prices "
@@ -617,7 +617,7 @@ COIN = Variable("coin", "Coin", "SELECT DISTINCT coin FROM xv_features WHERE eva
 _PAIR_TEXT = "p.coin || ' short ' || p.short_venue || ' / long ' || p.long_venue"
 WATCHLIST = Dashboard(
     uid="tapeflow-watchlist", title="tapeflow · Watchlist",
-    description="Cross-venue hedged pairs (issue 24): the executable spreads across venues now, funding per venue "
+    description="Cross-venue hedged pairs: the executable spreads across venues now, funding per venue "
                 "pair, 12 hours of spreads with the pairs' entries and exits, the pairs and their P&L, and the "
                 "watchlist strategy's signals and rejections. Spreads are swept for the feature notional, in basis "
                 "points of log(sell VWAP / buy VWAP), before fees.",

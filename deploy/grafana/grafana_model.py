@@ -8,7 +8,7 @@ Why hand-written (about 200 lines) instead of a dashboard library:
 What the dashboards need is narrow: time series, bar charts, tables, stat and status-history panels
 with SQL or PromQL targets, thresholds (per panel, or per table column as traffic lights) and template
 variables (filled by a query, or a fixed list of choices). Frozen dataclasses keep the definitions
-typed and reviewable, every panel must carry the question it answers (docs/dashboards.md is generated
+typed and reviewable, every panel must carry the question it answers (docs/reference/dashboards.md is generated
 from it), and `render` emits plain JSON that Grafana 11 provisions as it is.
 """
 
@@ -55,7 +55,7 @@ class Threshold:
 
     value: float
     color: str
-    meaning: str  # what crossing it means, for docs/dashboards.md
+    meaning: str  # what crossing it means, for docs/reference/dashboards.md
 
 
 @dataclass(frozen=True)

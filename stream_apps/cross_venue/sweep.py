@@ -1,7 +1,6 @@
 """Book sweeps: the average price of taking a USD notional from one side of an ``md.book`` record.
 
-A spread from last or mark prices is not tradable (the users' lesson, docs in README "Cross-venue
-features"): an entry has to be checked against the price the order would really get, which is the
+A spread from last or mark prices is not tradable (the users' lesson, docs/concepts/cross-venue.md): an entry has to be checked against the price the order would really get, which is the
 book walked level by level until the notional is filled. ``sweep`` does that walk:
 
 - buying walks the asks from the lowest up, selling walks the bids from the highest down;

@@ -18,7 +18,7 @@ Order of the streaming run: the replay is published first, then the engine reads
 executor trades the engine's signals. Each stage reads data already in the broker, so its inputs are
 ordered by event time (the engine's and the executor's aligners) and the run is deterministic. Run
 concurrently, the executor sees a signal when it arrives, after the trades that followed its
-evaluation (README, "Parity"). Engine and executor read a copy of md.* (the same records, keys and
+evaluation (docs/concepts/backtest.md, "Parity"). Engine and executor read a copy of md.* (the same records, keys and
 timestamps, written by one producer in large batches): on the embedded broker (Tansu), the topics
 the producer wrote at replay pace answered fetches with pauses of many seconds (md.mark: 14,766 of
 43,200 records in 308 s in one run, all of them in 48 s in another). The cause, found later: Tansu

@@ -84,7 +84,7 @@ def test_describe_shows_offsets_and_catalogue(populated, topic_prefix):
     res = cli(env, "topics", "describe", topic_prefix + "md.trades", "--json")
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
-    # offsets, not an exact record count: Tansu's high watermark counts batches (see README)
+    # offsets, not an exact record count: Tansu's high watermark counts batches (see docs/concepts/embedded-stack.md)
     assert info["messages"] >= 1 and len(info["partitions"]) == info["catalogue"]["partitions"]
     assert info["catalogue"]["key"] == "exchange:symbol" and info["catalogue"]["value_schema"]
     assert info["config"]["cleanup.policy"] == "delete"
