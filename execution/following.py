@@ -8,8 +8,12 @@ epoch N's signals are final) and N's group has committed ``signals`` and ``md.tr
 ends (``md.book``/``md.mark`` too, or ``QUOTES_WAIT_S`` passed: a group was seen to leave them
 unread for minutes, and they are stored by the sink either way), N's service stops (it commits), its
 state is carried into N+1 (``execution.carry``), the carry's ends are recorded for the supervisor
-(``save_carried``), the N+1 group's start is committed after the carried signals, and N+1's service
-starts: it restores from the carried records exactly as after a restart.
+(``save_carried``), and N+1's service starts after the carried signals: it restores from the carried
+records exactly as after a restart. N+1's service is started *gated* as soon as the rollover opens, so
+its group join (~3 s on Tansu) overlaps N's drain; when the gate opens it seeks to the carry's ends,
+commits them as its group's start and restores (``ExecutorService._open_gate``). A worker that sees
+the rollover only once it is finished (restarted in the middle) commits the start and starts N+1's
+service after the carry, as before.
 """
 
 from __future__ import annotations
@@ -51,47 +55,64 @@ class ExecutorEpochs:
         except Exception:  # noqa: BLE001 - not answerable: run the current epoch, which is always right
             return False
 
-    def run(self, make: Callable[[str], Any], on_service: Callable[[Any], None], stop: threading.Event,
+    def run(self, make: Callable[..., Any], on_service: Callable[[Any], None], stop: threading.Event,
             epoch: int, prefix: str) -> None:
         """Run ``make(prefix)``'s service (``run(stop_event)`` in a thread, ``group`` its consumer group)
-        epoch after epoch until ``stop``; an exception of a service is raised here."""
+        epoch after epoch until ``stop``; an exception of a service is raised here. When a rollover
+        opens, ``make(next_prefix, gate=Event())`` starts the next epoch's service beside the old one:
+        it joins its group (held ~3 s by Tansu) while the old one drains, and starts from the carry's
+        ends once its gate is set (``ExecutorService._open_gate``)."""
+        service = make(prefix)
+        running = _Running(service)
         while True:
-            service = make(prefix)
             on_service(service)
-            inner = threading.Event()
-            failed: list[BaseException] = []
-            thread = threading.Thread(target=_catching, args=(service.run, inner, failed), daemon=True,
-                                      name=f"executor-{prefix or 'plain'}")
-            thread.start()
+            upcoming: _Running | None = None
             nxt = ends = quotes = None
             finished_at = 0.0
-            while thread.is_alive():
-                if stop.wait(POLL_S):
-                    break
-                if nxt is None and (nxt := self.cursor.finished(epoch)) is not None:
-                    finished_at = time.monotonic()
-                    ends = _nonempty(true_ends(self.bootstrap, self._tps(prefix, REQUIRED)))
-                    quotes = _nonempty(true_ends(self.bootstrap, self._tps(
-                        prefix, [t for t in self.inputs if t not in REQUIRED])))
-                    log.info("epoch finished: draining", epoch=epoch, next_epoch=nxt[0])
-                if nxt is not None and self._drained(prefix + self.cursor.group, ends, quotes, finished_at):
-                    break
-            inner.set()
-            thread.join()
-            if failed:
-                raise failed[0]
-            if stop.is_set() or nxt is None:
-                return
-            paused = time.monotonic()
-            old_prefix, (epoch, prefix) = prefix, nxt
-            carried = carry_executor_state(self.bootstrap, old_prefix, prefix)
-            save_carried(self.home, epoch, carried)
-            group = prefix + self.cursor.group
-            commit_group_start(self.bootstrap, group, [prefix + t for t in self.inputs],
-                               {prefix + "signals": carried.get("signals", {})})
-            log.info("executor moved on to the next topic epoch", epoch=epoch, group=group,
-                     records_carried=sum(sum(v.values()) for v in carried.values()),
-                     seconds=round(time.monotonic() - paused, 2))
+            try:
+                while running.thread.is_alive():
+                    if stop.wait(POLL_S):
+                        break
+                    if upcoming is None and (opening := self.cursor.opening(epoch)) is not None:
+                        upcoming = _Running(make(opening[1], gate=threading.Event()))
+                        upcoming.prefix = opening[1]
+                    if upcoming is not None and upcoming.failed:
+                        raise upcoming.failed[0]
+                    if nxt is None and (nxt := self.cursor.finished(epoch)) is not None:
+                        finished_at = time.monotonic()
+                        ends = _nonempty(true_ends(self.bootstrap, self._tps(prefix, REQUIRED)))
+                        quotes = _nonempty(true_ends(self.bootstrap, self._tps(
+                            prefix, [t for t in self.inputs if t not in REQUIRED])))
+                        log.info("epoch finished: draining", epoch=epoch, next_epoch=nxt[0])
+                    if nxt is not None and self._drained(prefix + self.cursor.group, ends, quotes, finished_at):
+                        break
+                running.stop()
+                if stop.is_set() or nxt is None:
+                    return
+                paused = time.monotonic()
+                old_prefix, (epoch, prefix) = prefix, nxt
+                carried = carry_executor_state(self.bootstrap, old_prefix, prefix)
+                save_carried(self.home, epoch, carried)
+                group = prefix + self.cursor.group
+                if upcoming is not None and upcoming.prefix == prefix:
+                    service = upcoming.service
+                    service.starts = {(prefix + "signals", p): end
+                                      for p, end in carried.get("signals", {}).items()}
+                    service.gate.set()
+                    running, upcoming = upcoming, None
+                else:  # a rollover seen only once finished (a restart in the middle): as before the gate
+                    commit_group_start(self.bootstrap, group, [prefix + t for t in self.inputs],
+                                       {prefix + "signals": carried.get("signals", {})})
+                    service = make(prefix)
+                    running = _Running(service)
+                log.info("executor moved on to the next topic epoch", epoch=epoch, group=group,
+                         records_carried=sum(sum(v.values()) for v in carried.values()),
+                         seconds=round(time.monotonic() - paused, 2))
+            finally:
+                if upcoming is not None:  # never opened: it restored and traded nothing
+                    upcoming.stop(reraise=False)
+                if stop.is_set():
+                    running.stop(reraise=False)
 
     def _drained(self, group: str, ends: dict, quotes: dict, finished_at: float) -> bool:
         done = group_committed(self.bootstrap, group, {**ends, **quotes})
@@ -108,6 +129,24 @@ class ExecutorEpochs:
 
 def _nonempty(ends: dict) -> dict:
     return {tp: end for tp, end in ends.items() if end > 0}
+
+
+class _Running:
+    """One service running in its own thread, with the event that stops it."""
+
+    def __init__(self, service: Any) -> None:
+        self.service, self.prefix = service, service.prefix
+        self.inner = threading.Event()
+        self.failed: list[BaseException] = []
+        self.thread = threading.Thread(target=_catching, args=(service.run, self.inner, self.failed), daemon=True,
+                                       name=f"executor-{service.prefix or 'plain'}")
+        self.thread.start()
+
+    def stop(self, reraise: bool = True) -> None:
+        self.inner.set()
+        self.thread.join()
+        if self.failed and reraise:
+            raise self.failed[0]
 
 
 def _catching(run: Callable[[threading.Event], None], stop: threading.Event, failed: list[BaseException]) -> None:

@@ -138,9 +138,16 @@ class KafkaSink:
 class ExecutorService:
     def __init__(self, settings: Settings, mode: str, config: ExecutorConfig, bootstrap: str, serde: AvroSerde,
                  options: ExecuteOptions, clock: Callable[[], int] | None = None,
-                 broker: Broker | None = None) -> None:
-        """`broker`: the connected exchange broker of testnet/live (None: a fresh paper broker per assignment)."""
+                 broker: Broker | None = None, gate: threading.Event | None = None) -> None:
+        """`broker`: the connected exchange broker of testnet/live (None: a fresh paper broker per assignment).
+        `gate`: when given, the service joins its group at once but restores and trades only once the
+        gate is set, from ``starts`` (the next topic epoch's service, started while the old one drains:
+        ``execution.following``)."""
         self.settings = settings
+        self.gate = gate
+        self.starts: dict[tuple[str, int], int] = {}  # (topic, partition) -> where the gated service starts
+        self._deferred: list[TopicPartition] | None = None  # assigned before the gated start was made
+        self._gate_opened = gate is None  # the gated start (seek to ``starts``, commit) is done
         self.mode = mode
         self.config = config
         self.bootstrap = bootstrap
@@ -193,9 +200,11 @@ class ExecutorService:
         next_clock = next_commit = 0
         try:
             while not stop.is_set():
+                if self._deferred is not None and self.gate is not None and self.gate.is_set():
+                    self._open_gate()
                 for msg in self._consumer.consume(num_messages=500, timeout=0.02):
                     if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                        if msg.error().code() == KafkaError._PARTITION_EOF and self._deferred is None:
                             self.aligner.at_end(self._names[msg.topic()], msg.partition())
                         else:
                             log.warning("consume error", error=msg.error().str())
@@ -235,7 +244,33 @@ class ExecutorService:
             self._risk.close()
             self.status = "stopped"
 
+    def _open_gate(self) -> None:
+        """The carry is done: read every deferred partition from ``starts`` (0 where none is given: the
+        new epoch's own first record), commit that as the group's start (a restarted executor then runs
+        this epoch), and restore as a normal assignment does. What was fetched before is dropped by the
+        seek. A seek the client refuses (the partition not fetching yet) is tried again next loop."""
+        assert self._consumer is not None and self._deferred is not None
+        partitions = self._deferred
+        offsets = [TopicPartition(tp.topic, tp.partition, max(0, self.starts.get((tp.topic, tp.partition), 0)))
+                   for tp in partitions]
+        try:
+            for tp in offsets:
+                self._consumer.seek(tp)
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.info("gated start not ready yet", error=exc.args[0].str())
+            return
+        self._deferred = None
+        self._gate_opened = True
+        self._on_assign(self._consumer, partitions)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not self._gate_opened:
+            # restored once the carry is done (``_open_gate``), also when the gate opened before this
+            # assignment came: the group has no committed start yet, ``starts`` is it
+            self._deferred = list(partitions)
+            self.status = "waiting for the carry"
+            return
         signals = sorted(p.partition for p in partitions if p.topic == self.prefix + "signals")
         t0 = time.monotonic()
         idle = self.options.restore_idle_s
@@ -282,6 +317,10 @@ class ExecutorService:
         return {r["signal_id"]: r for r in snap[self.prefix + "signals"].records if r.get("signal_id") in ids}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._deferred is not None:
+            self._deferred = None  # nothing was read or restored for them
+            self.status = "rebalancing"
+            return
         self._commit()
         self.aligner.drop([(self._names[tp.topic], tp.partition) for tp in partitions if tp.topic in self._names])
         for tp in partitions:
@@ -524,11 +563,11 @@ async def _run_following(settings: Settings, mode: str, config: ExecutorConfig, 
     current: list[ExecutorService] = []
     options = replace(options, group_id=None)
 
-    def make(prefix: str) -> ExecutorService:
+    def make(prefix: str, gate: threading.Event | None = None) -> ExecutorService:
         ensure_topics(bootstrap, prefix=prefix, specs=[topic_spec(n) for n in INPUTS + OUTPUTS]
                       + [topic_spec(dlq_topic(n)) for n in ("signals", "md.trades")])
         return ExecutorService(settings.model_copy(update={"topic_prefix": prefix}), mode, config, bootstrap, serde,
-                               options, broker=exchange)
+                               options, broker=exchange, gate=gate)
 
     def on_service(service: ExecutorService) -> None:
         current[:] = [service]

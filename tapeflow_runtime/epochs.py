@@ -563,6 +563,15 @@ class EpochCursor:
                 return state.next_epoch, nxt
         return state.epoch, state.prefix(self.base)
 
+    def opening(self, epoch: int) -> tuple[int, str] | None:
+        """The next (epoch, prefix) once a rollover from ``epoch`` has begun (its name slot is chosen
+        then), or once the stack moved past ``epoch``; None before. A consumer can start joining the
+        next epoch's group from here on."""
+        state = self.state()
+        if state.epoch > epoch or (state.rolling and state.epoch == epoch):
+            return self.finished(epoch) or (state.next_epoch, state.prefix(self.base, state.next_epoch))
+        return None
+
     def finished(self, epoch: int) -> tuple[int, str] | None:
         """None while ``epoch`` is this consumer's to run; else the (epoch, prefix) to move on to."""
         state = self.state()

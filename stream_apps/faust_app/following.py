@@ -67,12 +67,9 @@ class EngineEpochs:
     async def opening(self, epoch: int) -> tuple[int, str]:
         """Wait until a rollover from ``epoch`` has begun (its next epoch's name slot is chosen then);
         the next (epoch, prefix). The next epoch's app can join its group from here on."""
-        while True:
-            state = self.cursor.state()
-            if state.epoch > epoch or (state.rolling and state.epoch == epoch):
-                return self.cursor.finished(epoch) or (state.next_epoch,
-                                                       state.prefix(self.cursor.base, state.next_epoch))
+        while (nxt := self.cursor.opening(epoch)) is None:
             await asyncio.sleep(POLL_S)
+        return nxt
 
     async def finished(self, epoch: int) -> tuple[int, str]:
         """Wait until the rollover says ``epoch`` is finished for the engine; the next (epoch, prefix)."""
