@@ -19,7 +19,8 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
    opens N+1's app, then stops N's (``stream_apps.faust_app.following``; features pause for the carry,
    the engine's log says how long). Done when its ``/health`` names N+1. N's signals are final then.
 4. ``executor``: the same for the executor (``execution.following``: signals, md.trades, md.book,
-   md.mark), which records its carry (``save_carried``); the step keeps it as N+1's first own records.
+   md.mark; its N+1 service joins gated when the rollover opens), which records its carry
+   (``save_carried``); the step keeps it as N+1's first own records.
 5. ``sink``: wait until the sink's group has committed every N topic to its end (it then leaves them).
 6. ``delete``: N becomes a finished segment: its catalogue topics stay readable (their true ends
    and newest timestamp recorded in ``epochs.json``) for ``topic_retention``, then ``_prune`` deletes
