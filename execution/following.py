@@ -64,18 +64,17 @@ class ExecutorEpochs:
         ends once its gate is set (``ExecutorService._open_gate``)."""
         service = make(prefix)
         running = _Running(service)
-        while True:
-            on_service(service)
-            upcoming: _Running | None = None
-            nxt = ends = quotes = None
-            finished_at = 0.0
-            try:
+        upcoming: _Running | None = None  # the next epoch's gated service, once the rollover opens
+        try:
+            while True:
+                on_service(service)
+                nxt = ends = quotes = None
+                finished_at = 0.0
                 while running.thread.is_alive():
                     if stop.wait(POLL_S):
                         break
                     if upcoming is None and (opening := self.cursor.opening(epoch)) is not None:
                         upcoming = _Running(make(opening[1], gate=threading.Event()))
-                        upcoming.prefix = opening[1]
                     if upcoming is not None and upcoming.failed:
                         raise upcoming.failed[0]
                     if nxt is None and (nxt := self.cursor.finished(epoch)) is not None:
@@ -94,13 +93,16 @@ class ExecutorEpochs:
                 carried = carry_executor_state(self.bootstrap, old_prefix, prefix)
                 save_carried(self.home, epoch, carried)
                 group = prefix + self.cursor.group
-                if upcoming is not None and upcoming.prefix == prefix:
+                if upcoming is not None and upcoming.service.prefix == prefix:
                     service = upcoming.service
                     service.starts = {(prefix + "signals", p): end
                                       for p, end in carried.get("signals", {}).items()}
                     service.gate.set()
                     running, upcoming = upcoming, None
                 else:  # a rollover seen only once finished (a restart in the middle): as before the gate
+                    if upcoming is not None:  # (never seen) gated on another epoch: it restored nothing
+                        upcoming.stop(reraise=False)
+                        upcoming = None
                     commit_group_start(self.bootstrap, group, [prefix + t for t in self.inputs],
                                        {prefix + "signals": carried.get("signals", {})})
                     service = make(prefix)
@@ -108,11 +110,10 @@ class ExecutorEpochs:
                 log.info("executor moved on to the next topic epoch", epoch=epoch, group=group,
                          records_carried=sum(sum(v.values()) for v in carried.values()),
                          seconds=round(time.monotonic() - paused, 2))
-            finally:
-                if upcoming is not None:  # never opened: it restored and traded nothing
-                    upcoming.stop(reraise=False)
-                if stop.is_set():
-                    running.stop(reraise=False)
+        finally:  # leaving (a stop, an error of either service): no service thread is left running
+            for left in (upcoming, running):
+                if left is not None:
+                    left.stop(reraise=False)
 
     def _drained(self, group: str, ends: dict, quotes: dict, finished_at: float) -> bool:
         done = group_committed(self.bootstrap, group, {**ends, **quotes})
@@ -135,7 +136,7 @@ class _Running:
     """One service running in its own thread, with the event that stops it."""
 
     def __init__(self, service: Any) -> None:
-        self.service, self.prefix = service, service.prefix
+        self.service = service
         self.inner = threading.Event()
         self.failed: list[BaseException] = []
         self.thread = threading.Thread(target=_catching, args=(service.run, self.inner, self.failed), daemon=True,

@@ -197,7 +197,7 @@ class EpochRoller:
         if run is None or time.monotonic() - self._step_began >= ENGINE_READY_WAIT_S:
             return True  # no engine to wait for (or it does not say): it moves on after the switch
         try:
-            body = http_json(f"http://{run.record.address}/health")[1]
+            body = _health(run)
         except Exception:  # noqa: BLE001 - not answering yet: asked again next tick
             return False
         if "next_prefix" not in body:
@@ -349,7 +349,7 @@ class EpochRoller:
             self._report(f"waiting for {name} to run (it is being restarted)")
             return False
         try:
-            body = http_json(f"http://{run.record.address}/health")[1]
+            body = _health(run)
         except Exception as exc:  # noqa: BLE001 - not answering yet (starting): asked again next tick
             self._report(f"waiting for {name} to answer: {exc!r}")
             return False
@@ -361,11 +361,15 @@ class EpochRoller:
 
     def _producers(self) -> list[tuple[str, dict]]:
         """(name, /health body) of every running producer."""
-        return [(name, http_json(f"http://{run.record.address}/health")[1])
-                for name, run in self.sup.running.items() if name.startswith("producer")]
+        return [(name, _health(run)) for name, run in self.sup.running.items() if name.startswith("producer")]
 
     def _producer_priming(self) -> bool:
         return any(body.get("status") == "priming" for _name, body in self._producers())
+
+
+def _health(run: Any) -> dict:
+    """The ``/health`` body of a running service (raises while it does not answer)."""
+    return http_json(f"http://{run.record.address}/health")[1]
 
 
 def slot_topics(prefix: str, existing: Iterable[str], catalogue: bool = True) -> list[str]:
