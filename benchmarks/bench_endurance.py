@@ -132,12 +132,45 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}s"
 
 
+def read_history(home: Path) -> tuple[int, int, int, float]:
+    """What a user reads back of the session: ``tapeflow topics tail md.trades --from-beginning --json`` over
+    the logical topic (every segment kept within the retention window), counted per agg id of SYMBOL:
+    (trades, duplicates, out of order within the symbol, seconds taken)."""
+    import json
+    import os
+    import subprocess  # nosec B404 # the project's own CLI
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env["TAPEFLOW_HOME"] = str(home)
+    t0 = time.monotonic()
+    seen: set[int] = set()
+    dupes = disorder = 0
+    last = -1
+    with subprocess.Popen([sys.executable, "-m", "tapeflow", "topics", "tail", "md.trades", "--from-beginning",
+                           "--symbol", SYMBOL, "--json", "--timeout", "30"], stdout=subprocess.PIPE, text=True,
+                          env=env) as proc:  # nosec B603
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            value = json.loads(line).get("value")
+            if not value:
+                continue
+            agg = int(value["agg_id"])
+            dupes += agg in seen
+            disorder += agg < last
+            seen.add(agg)
+            last = max(last, agg)
+    return len(seen), dupes, disorder, time.monotonic() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="session length (real time)")
     ap.add_argument("--trades-per-s", type=float, default=300.0)
     ap.add_argument("--max-batches", type=int, default=10_000, help="rollover threshold (the default's)")
     ap.add_argument("--sample-s", type=float, default=10.0)
+    ap.add_argument("--read-history", action=argparse.BooleanOptionalAction, default=True,
+                    help="at the end, read md.trades back from its first segment with `tapeflow topics tail`")
     ap.add_argument("--burstiness", type=float, default=1.0, help="0 = constant-rate Poisson, 1 = BTC-like")
     args = ap.parse_args()
 
@@ -193,6 +226,7 @@ def main() -> None:
         # the last epoch's batches: no rollover start counted them (its busiest md.trades partition)
         prefix = state.prefix(stack.sup.settings.topic_prefix)
         last_epoch = max(latest_offsets(stack.bootstrap, [(prefix + "md.trades", p) for p in range(TOPICS["md.trades"].partitions)]).values())
+        history = read_history(home) if args.read_history else None
     for line in log:
         m = re.search(r"(md\.trades\[\d\]) holds (\d+) record batches", line)
         if m:
@@ -219,10 +253,15 @@ def main() -> None:
           f"p99 {fmt(quantile(whole, 0.99))}; first fifth p50 {fmt(quantile(head, 0.5))} p99 {fmt(quantile(head, 0.99))}; "
           f"last fifth p50 {fmt(quantile(tail, 0.5))} p99 {fmt(quantile(tail, 0.99))}; "
           f"{whole.get(float('inf'), 0):.0f} evaluation times; exchange->producer median {delay or 0:.3f}s")
-    tenth = max(1, len(lags) // 10)
-    over_time = [(lags[i][0], merged([b for _, b in lags[i:i + tenth]])) for i in range(0, len(lags), tenth)]
-    print("latency over time: " + ", ".join(f"{t / 60:.0f}min p50 {fmt(quantile(b, 0.5))} p99 {fmt(quantile(b, 0.99))}"
-                                            for t, b in over_time))
+    windows_10 = sorted({int(t // 600) for t, _ in lags})
+    over_time = [(w, merged([b for t, b in lags if int(t // 600) == w])) for w in windows_10]
+    print("latency per 10 min: " + ", ".join(f"{w * 10}-{w * 10 + 10}min p50 {fmt(quantile(b, 0.5))} "
+                                             f"p99 {fmt(quantile(b, 0.99))}" for w, b in over_time))
+    if history is not None:
+        n, dupes, disorder, seconds = history
+        print(f"topic history: `tapeflow topics tail md.trades --from-beginning` read {n} {SYMBOL} trades of the "
+              f"session's {count} in {seconds:.0f}s, {dupes} duplicates, {disorder} out of order per symbol -> "
+              f"{'EXACT' if (n, dupes, disorder) == (count, 0, 0) else 'MISMATCH'}")
     for step, took in steps.items():
         print(f"step {step:<9} n={len(took)} median {statistics.median(took):.1f}s max {max(took):.1f}s")
     for name in samples[0][1]:

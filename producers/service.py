@@ -51,9 +51,11 @@ class ProduceOptions:
     vision_url: str = "https://data.binance.vision"
 
 
-#: librdkafka's linger for the market-data producers (5 ms elsewhere): fewer, larger batches on the embedded
-#: broker (docs/concepts/embedded-stack.md, the paragraph on batches: measured there)
-MARKET_DATA_PRODUCER_CONFIG = {"linger.ms": 25}
+def market_data_producer_config(settings: Settings) -> dict:
+    """librdkafka's linger for the market-data producers (``TAPEFLOW_MARKET_DATA_LINGER_MS``; 5 ms
+    elsewhere): fewer, larger batches on the embedded broker (docs/concepts/embedded-stack.md, the
+    paragraph on batches: measured there)."""
+    return {"linger.ms": settings.market_data_linger_ms}
 
 
 async def run_producer(settings: Settings, options: ProduceOptions) -> int:
@@ -68,7 +70,7 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     produce_prefix = ProducePrefix(settings.epochs_file, settings.topic_prefix) if settings.epochs_file else None
     publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
                           topic_prefix=produce_prefix() if produce_prefix else settings.topic_prefix,
-                          **MARKET_DATA_PRODUCER_CONFIG, **(EPOCH_PRODUCER_CONFIG if produce_prefix else {}))
+                          **market_data_producer_config(settings), **(EPOCH_PRODUCER_CONFIG if produce_prefix else {}))
     if options.exchange == "bybit":
         from producers.bybit.producer import LIVE_WS as BYBIT_WS
         from producers.bybit.producer import BybitProducer, BybitProducerConfig
