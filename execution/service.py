@@ -177,8 +177,8 @@ class ExecutorService:
         self._lag = LagProbe(self.metrics.lag, self._group, starvation_window_s=settings.starvation_window_s)
         every = options.idle_fetch_every_s
         # open for the fetch in flight and one more (each up to the fetch wait on Tansu)
-        self._idle = (IdleFetchCycle(every, min(every / 2, 2 * settings.executor_fetch_wait_ms / 1000 + 0.3))
-                      if every else None)
+        self._idle = (IdleFetchCycle(every, min(every / 2, 2 * settings.executor_fetch_wait_ms / 1000 + 0.3),
+                                     log=log) if every else None)
         self._risk: Consumer | None = None
         self._reconciled_once = False
         self.broker = broker

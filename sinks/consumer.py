@@ -204,9 +204,12 @@ class TopicSink:
         self.database_down_since: float | None = None
         self.metrics.expect_tables(sorted(self._by_table))
         self._lag = LagProbe(self.metrics.lag, config.group_id, starvation_window_s=config.starvation_window_s)
-        # open long enough for the fetch in flight and one more (each takes up to the fetch wait on Tansu)
+        # open for the fetch in flight and one more (each takes up to the fetch wait on Tansu, more on a
+        # loaded machine): a fetch still out when the partitions pause is answered, but its records are
+        # dropped by librdkafka and fetched at the next opening
         self._idle = (IdleFetchCycle(config.idle_fetch_every_s, min(config.idle_fetch_every_s / 2,
-                                                                    2 * config.fetch_wait_ms / 1000 + 0.3))
+                                                                    2 * config.fetch_wait_ms / 1000 + 0.3),
+                                     log=log)
                       if config.idle_fetch_every_s else None)
 
     def _add_topics(self, physical: list[str]) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from confluent_kafka import KafkaException, TopicPartition
 
@@ -39,11 +40,12 @@ class IdleFetchCycle:
     """Pause an idle confluent-kafka consumer's fetches, let one through every ``every_s``."""
 
     def __init__(self, every_s: float, open_s: float, idle_after_s: float = IDLE_AFTER_S,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, log: Any = None) -> None:
         if open_s <= 0 or every_s <= open_s:
             raise ValueError(f"need 0 < open_s < every_s, got open_s={open_s} every_s={every_s}")
         self.every_s, self.open_s, self.idle_after_s = every_s, open_s, idle_after_s
         self.monotonic = monotonic
+        self.log = log  # a structlog logger: says when the consumer goes idle and wakes (None: silent)
         self.last_record = monotonic()
         self.paused: list[TopicPartition] | None = None  # what this cycle paused; None: not idle
         self.open_until: float | None = None
@@ -75,6 +77,8 @@ class IdleFetchCycle:
             if self.last_record > self._asleep_at:  # a record came: awake again
                 self._resume(consumer, assignment)
                 self.paused, self.open_until = None, None
+                if self.log is not None:
+                    self.log.info("records again: fetching as usual", idle_openings=self.openings)
             elif self.open_until is not None:
                 if now >= self.open_until:
                     self._pause(consumer, assignment)
@@ -94,6 +98,9 @@ class IdleFetchCycle:
         self._pause(consumer, assignment)
         self.next_open = now + self.every_s
         self.idle_periods += 1
+        if self.log is not None:
+            self.log.info(f"no record for {self.idle_after_s:g} s: one fetch every {self.every_s:g} s until one "
+                          "comes (the embedded broker's idle CPU)", partitions=len(wanted))
 
     def _current(self, assignment: Iterable[TopicPartition]) -> list[TopicPartition]:
         have = {(tp.topic, tp.partition) for tp in assignment}

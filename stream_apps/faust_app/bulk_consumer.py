@@ -53,7 +53,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
     bulk_topics: frozenset[str] = frozenset()
     bulk_handler: BulkHandler | None = None
     fetch_max_wait_ms: int = 20
-    fetch_idle_wait_ms: int = 1000  # a fetch every this while nothing arrives (``IdleFetchWait``); <= fetch_max_wait_ms: off
+    fetch_idle_wait_ms: int = 2000  # a fetch every this while nothing arrives (``IdleFetchWait``); <= fetch_max_wait_ms: off
     fetch_idle_after_s: float = 5.0
 
     def _new_consumer_thread(self) -> Any:
@@ -322,6 +322,8 @@ class IdleFetchWait:
     def observe(self, added: bool) -> bool:
         """Note one fetch's outcome; True: idle, pause before the next fetch."""
         if added:
+            if self.idle:
+                log.info("records again: fetching as usual")
             self.empty_since, self.idle = None, False
             return False
         now = self.monotonic()
@@ -330,6 +332,8 @@ class IdleFetchWait:
         elif not self.idle and now - self.empty_since >= self.idle_after_s:
             self.idle = True
             self.idle_periods += 1
+            log.info(f"no record for {self.idle_after_s:g} s: one fetch every {self.idle_ms / 1000:g} s until one "
+                     "comes (the embedded broker's idle CPU)")
         return self.idle
 
 
