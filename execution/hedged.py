@@ -99,6 +99,22 @@ _EXIT_SIDE = {"short": "BUY", "long": "SELL"}
 
 # -- parameters ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class LegRules:
+    """How legs are sent and hedged when they fill as they arrive (``execution.leg_fills``): IOC limits
+    that keep the entry's net spread at or above ``min_entry_spread`` (a fraction, after four fees),
+    ``retries`` more IOC orders for a leg that filled less than the other, each ``retry_step_bp``
+    worse, then the excess of the other leg unwound."""
+
+    min_entry_spread: float = 0.0
+    retries: int = 1
+    retry_step_bp: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.retries <= 10 or not 0 <= self.retry_step_bp <= 1_000:
+            raise ValueError("retries must be in [0, 10] and retry_step_bp in [0, 1000]")
+
+
+@dataclass(frozen=True)
 class VenueParams:
     """One venue's side of the model (per coin: the service passes the instrument's own lot step)."""
 
@@ -108,6 +124,8 @@ class VenueParams:
     min_qty: float = 0.0  # coins; a smaller order is refused by the venue
     max_book_age_ms: int = 2_000
     maintenance_margin_rate: float = 0.005
+    latency_ms: int = 0  # one way, send -> matching engine, and again for the answer (``execution.leg_fills``)
+    liquidation_fee: float = 0.005  # of the notional at the liquidation price, charged by the venue
 
     def __post_init__(self) -> None:
         if not 0 <= self.taker_fee < 0.01:
@@ -118,6 +136,8 @@ class VenueParams:
             raise ValueError("min_notional_usd, min_qty and max_book_age_ms must not be negative")
         if not 0 <= self.maintenance_margin_rate < 1:
             raise ValueError("maintenance_margin_rate must be in [0, 1)")
+        if self.latency_ms < 0 or not 0 <= self.liquidation_fee < 0.1:
+            raise ValueError("latency_ms must not be negative and liquidation_fee must be in [0, 0.1)")
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,7 @@ class PairParams:
     funding_lead_ms: int = 10 * 60_000
     funding_exit_threshold: float = 0.0005  # of notional, paid at the settlements within the lead
     min_liquidation_distance: float = 0.1  # of the mark
+    legs: LegRules | None = None  # None: both legs fill at once (this module); set: ``execution.leg_fills``
 
     def __post_init__(self) -> None:
         if not (self.notional_usd > 0 and math.isfinite(self.notional_usd)):
@@ -220,10 +241,25 @@ class LegOrder(_Record):
     reason: str | None
     time_ms: int
     book_time_ms: int | None
+    # leg timing (``execution.leg_fills``); None / 0 in the instant model, where a fill is all or nothing
+    filled_qty: float | None = None  # an IOC order may fill part of ``qty`` (status PARTIAL) or none
+    ref_price: float | None = None  # the touch of the side taken when the order was sent (the signal's)
+    limit_price: float | None = None  # the IOC limit; None: whatever the book holds
+    sent_ms: int | None = None  # arrives at ``time_ms`` (sent + the venue's latency)
+    attempt: int = 0
+    latency_usd: float = 0.0  # filled x how much the touch moved against the order while it travelled
+    liquidation_usd: float = 0.0  # the venue's penalty when the leg was liquidated
 
     @property
     def filled(self) -> bool:
         return self.status == "FILLED"
+
+    @property
+    def done_qty(self) -> float:
+        """The quantity that traded."""
+        if self.filled_qty is not None:
+            return self.filled_qty
+        return self.qty if self.filled else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,10 +283,12 @@ class PairPnl:
     fees: float
     slippage: float
     funding: float
+    leg_latency: float = 0.0  # what the legs' travel time cost (``execution.leg_fills``)
+    liquidation: float = 0.0  # venue penalties of liquidated legs
 
     @property
     def net(self) -> float:
-        return self.gross - self.fees - self.slippage - self.funding
+        return self.gross - self.fees - self.slippage - self.funding - self.leg_latency - self.liquidation
 
 
 @dataclass(slots=True)
@@ -300,12 +338,13 @@ class PairPosition:
 
     @property
     def active(self) -> bool:
-        """Holds at least one leg (open or unwinding): the pair key is taken."""
-        return self.status in ("open", "unwinding")
+        """Holds (or is filling) at least one leg: the pair key is taken."""
+        return self.status in ("opening", "open", "unwinding", "closing")
 
     def pnl(self) -> PairPnl:
         parts = [leg.pnl() for leg in self.legs.values()]
-        return PairPnl(*(sum((getattr(p, name) for p in parts), 0.0) for name in ("gross", "fees", "slippage", "funding")))
+        return PairPnl(*(sum((getattr(p, name) for p in parts), 0.0)
+                         for name in ("gross", "fees", "slippage", "funding", "leg_latency", "liquidation")))
 
     def to_record(self) -> dict[str, Any]:
         pnl = self.pnl()
@@ -318,12 +357,14 @@ class PairPosition:
             "opened_ms": self.opened_ms, "closed_ms": self.closed_ms,
             "entry_spread": self.entry_spread, "exit_spread": self.exit_spread,
             "gross_usd": pnl.gross, "fees_usd": pnl.fees, "slippage_usd": pnl.slippage,
-            "funding_usd": pnl.funding, "net_usd": pnl.net,
+            "funding_usd": pnl.funding, "leg_latency_usd": pnl.leg_latency, "liquidation_usd": pnl.liquidation,
+            "net_usd": pnl.net,
         }
         for role, leg in self.legs.items():
             leg_pnl = leg.pnl()
             record |= {f"{role}_gross_usd": leg_pnl.gross, f"{role}_fees_usd": leg_pnl.fees,
                        f"{role}_slippage_usd": leg_pnl.slippage, f"{role}_funding_usd": leg_pnl.funding,
+                       f"{role}_leg_latency_usd": leg_pnl.leg_latency, f"{role}_liquidation_usd": leg_pnl.liquidation,
                        f"{role}_net_usd": leg_pnl.net}
         return record
 
@@ -391,14 +432,16 @@ class HedgedPairs:
         return model
 
     # -- entry -------------------------------------------------------------------------------------
-    def open(self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent],
-             refusals: Mapping[str, str] | None = None) -> PairEvents:
+    def _admit(self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent],
+               leg_type: type = PairLeg) -> tuple[PairPosition | None, PairEvents, dict[str, str]]:
+        """The pair for `entry` with its quantity, or None with the events that say why not (a
+        duplicate, a rejection); and the legs whose book could not be swept at `now_ms`, with why."""
         pid = pair_id(entry.signal_id)
         if pid in self.pairs:
-            return PairEvents(duplicate=True)
+            return None, PairEvents(duplicate=True), {}
         notional = self.params.notional_usd if entry.notional_usd is None else entry.notional_usd
-        legs = {"short": PairLeg("short", entry.short_venue, entry.short_symbol),
-                "long": PairLeg("long", entry.long_venue, entry.long_symbol)}
+        legs = {"short": leg_type("short", entry.short_venue, entry.short_symbol),
+                "long": leg_type("long", entry.long_venue, entry.long_symbol)}
         coin, problem = _coin_of(entry)
         pair = self.pairs[pid] = PairPosition(pid, entry.signal_id, pair_key(coin, entry.short_venue, entry.long_venue),
                                               coin, notional, now_ms, legs)
@@ -410,7 +453,7 @@ class HedgedPairs:
         if problem is not None:
             pair.status, pair.reason = "rejected", problem
             events.positions.append(pair.to_record())
-            return events
+            return None, events, {}
 
         # the quantity: the smaller coin amount of the two notional sweeps, down to the lot steps
         reasons: dict[str, str] = {}
@@ -432,8 +475,16 @@ class HedgedPairs:
                 pair.reason = (f"{min(amounts)!r} {coin} rounds to zero at the lot steps" if qty == 0.0 else
                                f"no quantity is a multiple of every lot step near {min(amounts)!r}")
                 events.positions.append(pair.to_record())
-                return events
+                return None, events, {}
             pair.qty = qty
+        return pair, events, reasons
+
+    def open(self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent],
+             refusals: Mapping[str, str] | None = None) -> PairEvents:
+        pair, events, reasons = self._admit(entry, now_ms, books)
+        if pair is None:
+            return events
+        pid, legs = pair.pair_id, pair.legs
         for role, leg in legs.items():
             order = self._fill(pair, leg, "entry", now_ms, books, (refusals or {}).get(leg.venue), reasons.get(role))
             leg.entry = order
@@ -478,6 +529,10 @@ class HedgedPairs:
             if changed:
                 events.positions.append(pair.to_record())
         return events
+
+    def run_due(self, until_ms: int, books: Mapping[str, BookEvent]) -> PairEvents:
+        """Nothing travels in the instant model (``execution.leg_fills.TimedPairs`` has steps)."""
+        return PairEvents()
 
     # -- exits -------------------------------------------------------------------------------------
     def evaluate(self, now_ms: int, books: Mapping[str, BookEvent], funding: Mapping[str, FundingEvent] | None = None,

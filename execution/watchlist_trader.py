@@ -47,14 +47,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from execution.hedged import HedgedPairs, PairEntry, PairEvents, PairParams, VenueParams
+from execution.hedged import HedgedPairs, LegRules, PairEntry, PairEvents, PairParams, VenueParams
+from execution.leg_fills import model_from_dict, pair_model
 from execution.instrument_rules import InstrumentRule, InstrumentRules
 from stream_apps.cross_venue.events import BookEvent, CrossVenueEvent, FundingEvent, event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
 from stream_apps.watchlist.model import PairModel
 from stream_apps.watchlist.records import feature_records
 from stream_apps.watchlist.signals import BP, WatchlistSignals
-from stream_apps.watchlist.strategy import WatchlistStrategy
+from stream_apps.watchlist.strategy import Legs, WatchlistStrategy
 
 #: record kind -> the topic it is published to (``blocked`` exits are counted, not published)
 TOPICS: Mapping[str, str] = {"signal": "xv.signals", "order": "xv.orders", "funding": "xv.funding",
@@ -69,23 +70,43 @@ def cross_venue_params(strategy: WatchlistStrategy, **overrides: Any) -> CrossVe
     return CrossVenueParams(**(values | overrides))
 
 
-def pair_params(strategy: WatchlistStrategy) -> PairParams:
-    """The hedged pair model for a strategy: its notional, fees per venue, book age and exits."""
-    venues = {v: VenueParams(taker_fee=strategy.fees.of(v), max_book_age_ms=strategy.max_book_age)
-              for v in strategy.venues}
+def pair_params(strategy: WatchlistStrategy, leg_latency_ms: int | None = None) -> PairParams:
+    """The hedged pair model for a strategy: its notional, fees per venue, book age and exits; its
+    ``legs`` (leg timing, ``execution.leg_fills``) when it has them or `leg_latency_ms` is given (then
+    every venue's latency is that: a what-if run), otherwise the instant model."""
+    legs = strategy.legs
+    if legs is None and leg_latency_ms is not None:
+        legs = Legs()
+    timing: dict[str, Any] = {}
+    rules = None
+    if legs is not None:
+        entry_bp = legs.min_entry_spread_bp
+        if entry_bp is None:
+            entry_bp = strategy.triggers.min_net_spread_bp or 0.0
+        rules = LegRules(min_entry_spread=entry_bp * BP, retries=legs.retries, retry_step_bp=legs.retry_step_bp)
+        timing = {"liquidation_fee": legs.liquidation_fee}
+
+    def venue(name: str | None, fee: float) -> VenueParams:
+        if rules is None:
+            return VenueParams(taker_fee=fee, max_book_age_ms=strategy.max_book_age)
+        latency = leg_latency_ms if leg_latency_ms is not None else (
+            legs.latency(name) if name is not None else legs.default_latency_ms)
+        return VenueParams(taker_fee=fee, max_book_age_ms=strategy.max_book_age, latency_ms=latency, **timing)
+
+    venues = {v: venue(v, strategy.fees.of(v)) for v in strategy.venues}
     x = strategy.exits
     return PairParams(notional_usd=strategy.notional_usd, venues=venues,
-                      default_venue=VenueParams(taker_fee=strategy.fees.default, max_book_age_ms=strategy.max_book_age),
+                      default_venue=venue(None, strategy.fees.default),
                       leverage=x.leverage, exit_spread=x.exit_spread_bp * BP, max_holding_ms=x.max_holding,
                       funding_lead_ms=x.funding_lead, funding_exit_threshold=x.funding_exit_threshold,
-                      min_liquidation_distance=x.min_liquidation_distance)
+                      min_liquidation_distance=x.min_liquidation_distance, legs=rules)
 
 
 def coin_pair_params(strategy: WatchlistStrategy, coin: str, rules: InstrumentRules,
-                     quotes: Iterable[str] = ("USDT",)) -> tuple[PairParams, list[str]]:
+                     quotes: Iterable[str] = ("USDT",), leg_latency_ms: int | None = None) -> tuple[PairParams, list[str]]:
     """``pair_params(strategy)`` with each venue's lot step, minimum order size and minimum notional
     of `coin`'s listing there (``InstrumentRules.for_coin``, in coins), and the venues without one."""
-    base = pair_params(strategy)
+    base = pair_params(strategy, leg_latency_ms)
     venues: dict[str, VenueParams] = {}
     missing = []
     for venue in strategy.venues:
@@ -123,9 +144,11 @@ class WatchlistTrader:
     topics: Mapping[str, str] = TOPICS
 
     def __init__(self, strategy: WatchlistStrategy, model: PairModel | None = None,
-                 params: CrossVenueParams | None = None, rules: InstrumentRules | None = None) -> None:
+                 params: CrossVenueParams | None = None, rules: InstrumentRules | None = None,
+                 leg_latency_ms: int | None = None) -> None:
         self.strategy = strategy
         self.rules = rules
+        self.leg_latency_ms = leg_latency_ms
         self.model = model
         self.params = params or cross_venue_params(strategy)
         if self.params.sweep_notional_usd != strategy.notional_usd:
@@ -134,7 +157,7 @@ class WatchlistTrader:
             raise ValueError("the strategy's eval_interval must be a multiple of the features' eval_interval_ms")
         self.state = CrossVenueState(self.params)
         self.signals = WatchlistSignals(strategy, model)
-        self.pair_params = pair_params(strategy)
+        self.pair_params = pair_params(strategy, leg_latency_ms)
         self.models: dict[str, HedgedPairs] = {}
         self.books: dict[str, dict[str, BookEvent]] = {}
         self.funding: dict[str, dict[str, FundingEvent]] = {}
@@ -156,8 +179,8 @@ class WatchlistTrader:
     def fingerprint(self) -> str:
         """What the state depends on: restored only under the same strategy, model and parameters."""
         model = None if self.model is None else self.strategy.model
-        return hashlib.sha256(repr((self.strategy.config_hash, model, self.params, STATE_VERSION))
-                              .encode()).hexdigest()[:16]
+        return hashlib.sha256(repr((self.strategy.config_hash, model, self.params, STATE_VERSION,
+                                    self.leg_latency_ms)).encode()).hexdigest()[:16]
 
     # -- input -------------------------------------------------------------------------------------
     def feed(self, items: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]]) -> None:
@@ -171,11 +194,19 @@ class WatchlistTrader:
             for features in self.state.feed([event]):
                 self._evaluate(features)
             if not late:
+                self._run_due(event.time_ms - 1)  # legs in flight meet the books as they are before this one
                 self._remember(event)
 
     def advance_to(self, watermark_ms: int) -> None:
         for features in self.state.advance_to(watermark_ms):
             self._evaluate(features)
+        self._run_due(watermark_ms)
+
+    def _run_due(self, until_ms: int) -> None:
+        """Leg orders (``execution.leg_fills``) that arrive or answer by `until_ms`, per coin."""
+        for coin, model in self.models.items():
+            if getattr(model, "pending", None):
+                self._collect(coin, until_ms, model.run_due(until_ms, self.books.get(coin, {})))
 
     def take(self) -> list[tuple[str, str, dict[str, Any]]]:
         """The records queued since the last call, in order: ``(kind, coin, record)``."""
@@ -208,7 +239,7 @@ class WatchlistTrader:
     def _model(self, coin: str) -> HedgedPairs:
         model = self.models.get(coin)
         if model is None:
-            model = self.models[coin] = HedgedPairs(self._coin_params(coin, count=True))
+            model = self.models[coin] = pair_model(self._coin_params(coin, count=True))
         return model
 
     def _coin_params(self, coin: str, count: bool = False) -> PairParams:
@@ -217,7 +248,7 @@ class WatchlistTrader:
             return self.pair_params
         params = self.coin_params.get(coin)
         if params is None:
-            params, missing = coin_pair_params(self.strategy, coin, self.rules, self.params.quotes)
+            params, missing = coin_pair_params(self.strategy, coin, self.rules, self.params.quotes, self.leg_latency_ms)
             self.coin_params[coin] = params
             fresh = {(coin, venue) for venue in missing} - self.missing_rules
             self.missing_rules |= fresh
@@ -283,6 +314,9 @@ class WatchlistTrader:
             for pid, pair in list(model.pairs.items()):
                 if pair.status == "open":
                     self._collect(coin, now, model.close(pid, reason, now, books))
+            if getattr(model, "pending", None):  # legs still travelling meet the last books
+                latest = max(s["t"] for s in model.pending)
+                self._collect(coin, now, model.run_due(latest, books))
 
     # -- state as plain data -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -302,7 +336,7 @@ class WatchlistTrader:
             raise ValueError(f"watchlist trader state version {data.get('version')!r}, expected {STATE_VERSION}")
         self.state = CrossVenueState.from_dict(self.params, data["state"])
         self.signals = WatchlistSignals.from_dict(self.strategy, self.model, data["signals"])
-        self.models = {coin: HedgedPairs.from_dict(self._coin_params(coin), m) for coin, m in data["models"].items()}
+        self.models = {coin: model_from_dict(self._coin_params(coin), m) for coin, m in data["models"].items()}
         self.books = {coin: {v: _event_from_dict(b) for v, b in books.items()}  # type: ignore[misc]
                       for coin, books in data["books"].items()}
         self.funding = {coin: {v: _event_from_dict(f) for v, f in fs.items()}  # type: ignore[misc]
@@ -315,7 +349,8 @@ class WatchlistTrader:
 
     @classmethod
     def from_dict(cls, strategy: WatchlistStrategy, model: PairModel | None, data: Mapping[str, Any],
-                  params: CrossVenueParams | None = None, rules: InstrumentRules | None = None) -> WatchlistTrader:
-        trader = cls(strategy, model, params, rules=rules)
+                  params: CrossVenueParams | None = None, rules: InstrumentRules | None = None,
+                  leg_latency_ms: int | None = None) -> WatchlistTrader:
+        trader = cls(strategy, model, params, rules=rules, leg_latency_ms=leg_latency_ms)
         trader.load_dict(data)
         return trader

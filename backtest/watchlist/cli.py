@@ -54,13 +54,21 @@ def render_backtest(strategy: WatchlistStrategy, source: str, inputs: int, resul
              f"{source}: {inputs:,} inputs, {s['evaluations']:,} evaluations",
              f"signals {s['signals']} (rejected {s['rejected']}), pairs {s['pairs']}: {s['closed']} closed, "
              f"{s['failed']} failed (unwound), {s['open']} open, {s['refused']} refused",
-             f"pnl net {s['net_usd']:+,.2f} USDT = gross {s['gross_usd']:+,.2f} - fees {s['fees_usd']:,.2f} - slippage "
-             f"{s['slippage_usd']:,.2f} - funding {s['funding_usd']:+,.2f}"
+             f"pnl net {s['net_usd']:+,.2f} USDT = gross {s['gross_usd']:+,.2f} - fees {s['fees_usd']:,.2f} - sweep "
+             f"{s['slippage_usd']:,.2f} - leg latency {s['leg_latency_usd']:+,.2f} - funding {s['funding_usd']:+,.2f}"
+             f" - liquidation {s['liquidation_usd']:,.2f}"
              + ("" if s["win_rate"] is None else
                 f"; win rate {s['win_rate']:.0%}, mean {s['mean_net_bp']:+.1f} bp of notional per closed pair")]
     if s["by_close_reason"]:
         lines.append("by close reason: " + ", ".join(f"{k} {v['pairs']} ({v['net_usd']:+,.2f})"
                                                      for k, v in s["by_close_reason"].items()))
+    if s.get("by_pair"):
+        lines.append(f"{'pair key':<22} {'pairs':>5} {'gross':>9} {'fees':>8} {'sweep':>8} {'latency':>8} "
+                     f"{'funding':>8} {'liquid.':>8} {'net':>9}")
+        for key, v in s["by_pair"].items():
+            lines.append(f"{key:<22} {v['pairs']:>5} {v['gross_usd']:>+9.2f} {v['fees_usd']:>8.2f} "
+                         f"{v['slippage_usd']:>8.2f} {v['leg_latency_usd']:>+8.2f} {v['funding_usd']:>+8.2f} "
+                         f"{v['liquidation_usd']:>8.2f} {v['net_usd']:>+9.2f}")
     pairs = result.pairs
     if pairs:
         lines.append(f"{'#':>3}  {'coin':<5} {'short -> long':<18} {'opened':<14} {'held':>7} {'entry bp':>9} "
@@ -103,6 +111,11 @@ def register(watchlist: typer.Typer) -> None:
                                         "leg orders, funding payments, blocked exits)."),
         limit: int = typer.Option(20, "--limit", min=1, help="Pairs listed."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        leg_latency_ms: int | None = typer.Option(None, "--leg-latency-ms", min=0, max=60_000, help="What-if: every "
+                                                  "venue's one-way leg latency in ms (legs fill IOC on the book "
+                                                  "they meet on arrival, docs: how-to/leg-fills). Overrides the "
+                                                  "strategy's legs.latency_ms; without either, both legs fill at "
+                                                  "the signal's books at once."),
         instrument_rules: Path | None = typer.Option(None, "--instrument-rules", help="The venues' lot steps, "
                                                      "minimum order sizes and minimum notionals (`tapeflow "
                                                      "watchlist rules --out FILE`): pairs trade quantities the "
@@ -122,7 +135,7 @@ def register(watchlist: typer.Typer) -> None:
             end_ms = parse_time(to, "--to", end=True) if to else None
             events = load_session(source, minutes, _coins(coins), tuple(strategy.venues), start_ms, end_ms)
             rules = InstrumentRules.load(instrument_rules) if instrument_rules is not None else None
-            result = run_backtest(strategy, events, model, rules=rules)
+            result = run_backtest(strategy, events, model, rules=rules, leg_latency_ms=leg_latency_ms)
         except (TapeflowError, StrategyConfigError, ModelFileError, CliError) as error:
             raise _fail(str(error)) from None
         except ValueError as error:

@@ -23,7 +23,10 @@ from stream_apps.cross_venue.state import CrossVenueParams
 from stream_apps.watchlist.model import PairModel
 from stream_apps.watchlist.strategy import WatchlistStrategy
 
-__all__ = ["BacktestResult", "WatchlistBacktest", "cross_venue_params", "pair_params", "run_backtest", "summarise"]
+#: the parts of a pair's pnl: net = gross - fees - slippage (the sweep) - funding - leg_latency - liquidation
+PNL_PARTS = ("gross_usd", "fees_usd", "slippage_usd", "funding_usd", "leg_latency_usd", "liquidation_usd", "net_usd")
+
+__all__ = ["PNL_PARTS", "BacktestResult", "WatchlistBacktest", "cross_venue_params", "pair_params", "run_backtest", "summarise"]
 
 
 @dataclass
@@ -47,8 +50,8 @@ class WatchlistBacktest(WatchlistTrader):
 
     def __init__(self, strategy: WatchlistStrategy, model: PairModel | None = None,
                  params: CrossVenueParams | None = None, close_at_end: bool = True,
-                 rules: InstrumentRules | None = None) -> None:
-        super().__init__(strategy, model, params, rules)
+                 rules: InstrumentRules | None = None, leg_latency_ms: int | None = None) -> None:
+        super().__init__(strategy, model, params, rules, leg_latency_ms)
         self.close_at_end = close_at_end
         self.result = BacktestResult()
         self._lists = {"signal": self.result.signals, "order": self.result.orders, "funding": self.result.funding,
@@ -83,8 +86,7 @@ def summarise(result: BacktestResult, run: WatchlistBacktest | None = None) -> d
     closed = [p for p in pairs if p["status"] == "closed"]
     failed = [p for p in pairs if p["status"] == "failed"]
     traded = closed + failed
-    totals = {k: math.fsum(p[k] for p in traded) for k in ("gross_usd", "fees_usd", "slippage_usd", "funding_usd",
-                                                           "net_usd")}
+    totals = {k: math.fsum(p[k] for p in traded) for k in PNL_PARTS}
     by_reason: dict[str, dict[str, float]] = {}
     for p in traded:
         slot = by_reason.setdefault(p["close_reason"] or p["status"], {"pairs": 0, "net_usd": 0.0})
@@ -102,6 +104,7 @@ def summarise(result: BacktestResult, run: WatchlistBacktest | None = None) -> d
         "mean_net_bp": (math.fsum(p["net_usd"] / p["notional_usd"] for p in closed) / len(closed) / 1e-4
                         if closed else None),
         "by_close_reason": dict(sorted(by_reason.items())),
+        "by_pair": by_pair(traded),
         "blocked_exits": len(result.blocked), "funding_payments": len(result.funding),
     }
     if run is not None:
@@ -113,10 +116,23 @@ def summarise(result: BacktestResult, run: WatchlistBacktest | None = None) -> d
     return summary
 
 
+def by_pair(pairs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per pair key (coin and the two venues): pairs traded and each part of their pnl."""
+    out: dict[str, dict[str, float]] = {}
+    for p in pairs:
+        slot = out.setdefault(p["pair_key"], {"pairs": 0, **dict.fromkeys(PNL_PARTS, 0.0)})
+        slot["pairs"] += 1
+        for k in PNL_PARTS:
+            slot[k] += p[k]
+    return dict(sorted(out.items()))
+
+
 def run_backtest(strategy: WatchlistStrategy, events: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]],
                  model: PairModel | None = None, params: CrossVenueParams | None = None,
-                 close_at_end: bool = True, rules: InstrumentRules | None = None) -> BacktestResult:
-    """A whole session in one call (`rules`: the venues' lot steps and minimums, or None: unrounded)."""
-    run = WatchlistBacktest(strategy, model, params, close_at_end, rules)
+                 close_at_end: bool = True, rules: InstrumentRules | None = None,
+                 leg_latency_ms: int | None = None) -> BacktestResult:
+    """A whole session in one call (`rules`: the venues' lot steps and minimums, or None: unrounded;
+    `leg_latency_ms`: every venue's leg latency, ``execution.leg_fills``, for a what-if run)."""
+    run = WatchlistBacktest(strategy, model, params, close_at_end, rules, leg_latency_ms)
     run.feed(events)
     return run.finish()

@@ -86,6 +86,25 @@ class Exits(_Model):
     min_liquidation_distance: float = Field(default=0.1, ge=0, lt=1)
 
 
+class Legs(_Model):
+    """How the legs travel and fill (``execution.leg_fills``); without this section both legs fill at
+    the signal's books at once (the instant model)."""
+
+    latency_ms: dict[str, Annotated[int, Field(ge=0, le=60_000)]] = Field(
+        default_factory=dict, description="one-way latency per venue (send -> matching engine; the answer takes "
+                                          "as long again)")
+    default_latency_ms: int = Field(default=100, ge=0, le=60_000, description="a venue not in latency_ms")
+    min_entry_spread_bp: float | None = Field(
+        default=None, description="IOC limits keep the net spread after four fees at or above this; "
+                                  "null: triggers.min_net_spread_bp, or 0 (break-even)")
+    retries: int = Field(default=1, ge=0, le=10, description="IOC retries of the leg that filled less")
+    retry_step_bp: float = Field(default=5.0, ge=0, le=1_000, description="each retry's limit this much worse")
+    liquidation_fee: float = Field(default=0.005, ge=0, lt=0.1, description="venue penalty on a liquidated leg")
+
+    def latency(self, venue: str) -> int:
+        return self.latency_ms.get(venue, self.default_latency_ms)
+
+
 class WatchlistStrategy(_Model):
     kind: Literal["watchlist"]
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$")
@@ -102,6 +121,11 @@ class WatchlistStrategy(_Model):
     triggers: Triggers
     model: ModelRef | None = None
     exits: Exits = Exits()
+    legs: Legs | None = None
+    max_opens_per_minute: int | None = Field(default=None, ge=1, description="signals (pairs opened) per "
+                                             "60 s of event time over every coin; more are rejected")
+    reentry_cooldown: Duration = Field(default=0, ge=0, description="a pair key does not signal again this "
+                                       "long after its last pair closed or failed")
     _model_file: Path | None = PrivateAttr(default=None)  # resolved against the strategy file's directory
     _model_digest: str | None = PrivateAttr(default=None)  # sha256 of the model file's bytes
 

@@ -28,6 +28,9 @@ XV_LEG_ORDER = {
     "coin": "BTC", "leg": "short", "action": "entry", "venue": "okx", "symbol": "BTC-USDT-SWAP", "side": "SELL",
     "qty": 0.234, "avg_price": 42_599.9, "top_price": 42_600.5, "fee": 4.98419, "slippage_usd": 0.1404,
     "status": "FILLED", "reason": None, "time_ms": T + 150, "book_time_ms": T + 20,
+    # leg timing (execution.leg_fills): sent at T + 50, met the book at T + 150; the touch rose 0.5 on the way
+    "filled_qty": 0.234, "ref_price": 42_600.0, "limit_price": 42_450.0, "sent_ms": T + 50, "attempt": 0,
+    "latency_usd": -0.117, "liquidation_usd": 0.0,
 }
 
 XV_FUNDING_PAYMENT = {
@@ -41,8 +44,10 @@ XV_PAIR_EVENT = {
     "long_symbol": "BTCUSDT", "notional_usd": 10_000.0, "qty": 0.234, "status": "closed", "reason": None,
     "close_reason": "convergence", "opened_ms": T + 150, "closed_ms": T + 10 * HOUR, "entry_spread": 0.00296,
     "exit_spread": 0.00021, "gross_usd": 27.8226, "fees_usd": 19.9012, "slippage_usd": 0.5871,
-    "funding_usd": -0.2755, "net_usd": 7.6098, "short_gross_usd": 40.1544, "short_fees_usd": 9.9601,
-    "short_slippage_usd": 0.2808, "short_funding_usd": -1.49211, "short_net_usd": 31.40561,
+    "funding_usd": -0.2755, "net_usd": 7.2098, "short_gross_usd": 40.1544, "short_fees_usd": 9.9601,
+    "short_slippage_usd": 0.2808, "short_funding_usd": -1.49211, "short_net_usd": 31.30561,
     "long_gross_usd": -12.3318, "long_fees_usd": 9.9411, "long_slippage_usd": 0.3063,
-    "long_funding_usd": 1.21661, "long_net_usd": -23.79581,
+    "long_funding_usd": 1.21661, "long_net_usd": -24.09581,
+    "leg_latency_usd": 0.4, "liquidation_usd": 0.0, "short_leg_latency_usd": 0.1, "short_liquidation_usd": 0.0,
+    "long_leg_latency_usd": 0.3, "long_liquidation_usd": 0.0,
 }
