@@ -414,6 +414,7 @@ class HedgedPairs:
         self.params = params or PairParams()
         self.pairs: dict[str, PairPosition] = {}
         self.active_by_key: dict[str, str] = {}
+        self.last_closed: dict[str, int] = {}  # pair key -> when its last pair closed or failed
 
     # -- state as plain data -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -429,6 +430,7 @@ class HedgedPairs:
             model.pairs[pair.pair_id] = pair
             if pair.active:
                 model.active_by_key[pair.pair_key] = pair.pair_id
+            model._ended(pair)
         return model
 
     # -- entry -------------------------------------------------------------------------------------
@@ -632,6 +634,11 @@ class HedgedPairs:
         pair.status, pair.close_reason, pair.closed_ms = status, close_reason, now_ms
         if self.active_by_key.get(pair.pair_key) == pair.pair_id:
             del self.active_by_key[pair.pair_key]
+        self._ended(pair)
+
+    def _ended(self, pair: PairPosition) -> None:
+        if pair.status in ("closed", "failed") and pair.closed_ms is not None:
+            self.last_closed[pair.pair_key] = max(self.last_closed.get(pair.pair_key, pair.closed_ms), pair.closed_ms)
 
     def _book(self, leg: PairLeg, now_ms: int, books: Mapping[str, BookEvent]) -> tuple[BookEvent | None, str | None]:
         book = books.get(leg.venue)

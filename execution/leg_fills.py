@@ -216,6 +216,7 @@ class TimedPairs(HedgedPairs):
             model.pairs[pair.pair_id] = pair
             if pair.active:
                 model.active_by_key[pair.pair_key] = pair.pair_id
+            model._ended(pair)
         model.pending = [dict(s) for s in data["pending"]]
         model.flow = {pid: _json_flow(f) for pid, f in data["flow"].items()}
         model.seq = data["seq"]

@@ -296,7 +296,7 @@ class WatchlistTrader:
         if e % self.strategy.eval_interval or not self.strategy.applies_to(coin):
             return
         records = feature_records(features, self.params.sweep_notional_usd)
-        for signal in self.signals.evaluate(records, books, e, model.active_by_key):
+        for signal in self.signals.evaluate(records, books, e, model.active_by_key, model.last_closed):
             self._emit("signal", coin, signal)
             if signal["status"] != "signal":
                 continue

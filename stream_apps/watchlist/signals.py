@@ -8,17 +8,20 @@ Per evaluation on the strategy's grid (``now_ms % eval_interval == 0``), per ord
 1. triggers (``strategy.Triggers``) on the feature record: z-score of the swept spread against its
    1 h window, executable spread after four fees, funding difference on 8 h; every one set must hold.
    A pair whose trigger inputs are missing does not fire (counted by reason).
-2. cooldown: a coin and pair of venues (either direction) that signalled within ``cooldown``, or
-   that holds a pair now (``held``), does not fire again (counted). Candidates are taken best net
+2. cooldown: a coin and pair of venues (either direction) that signalled within ``cooldown``, that
+   holds a pair now (``held``), or whose last pair closed or failed within ``reentry_cooldown``
+   (``closed``), does not fire again (counted). Candidates are taken best net
    spread first, so one direction per pair.
 3. re-check at the moment of entry against the books themselves: both books at most ``max_book_age``
    old and ``max_leg_skew`` apart, each swept for the order notional (sell into the sell venue's bids,
    buy from the buy venue's asks), the executable spread after four fees again at or above
    ``min_net_spread_bp`` (a spread from stale or thin books is not tradable: the users' lesson).
-4. the model, when the strategy names one: expected pnl and win probability at or above the minimums;
+4. the cap: with ``max_opens_per_minute``, a candidate that passed 3 is rejected while that many
+   signals (each opens a pair) were given in the last 60 s of event time, over every coin.
+5. the model, when the strategy names one: expected pnl and win probability at or above the minimums;
    a missing factor is imputed or makes the prediction missing with the reason (``model``).
 
-A candidate that passes is a record with ``status="signal"``; one that fails 3 or 4 a record with
+A candidate that passes is a record with ``status="signal"``; one that fails 3, 4 or 5 a record with
 ``status="rejected"`` and the reason, so every decision can be reviewed. Ids are deterministic:
 ``xv:<name>:<version>:<config hash 12>:<coin>:<sell>><buy>:<eval time>``, so the leg orders' client ids
 (``execution.client_ids``, derived from it) are the same on a re-run: idempotent.
@@ -146,25 +149,29 @@ class WatchlistSignals:
         self.strategy = strategy
         self.model = model
         self.last_signal: dict[str, int] = {}  # pair_of(...) -> eval time of its last signal
+        self.recent: list[int] = []  # eval times of the signals of the last minute (max_opens_per_minute)
         self.counters: dict[str, int] = {"evaluated": 0, "not_fired": 0, "trigger_missing": 0, "cooldown": 0,
-                                         "held": 0, "signal": 0, "rejected": 0}
+                                         "held": 0, "reentry_cooldown": 0, "signal": 0, "rejected": 0}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"last_signal": dict(self.last_signal), "counters": dict(self.counters)}
+        return {"last_signal": dict(self.last_signal), "recent": list(self.recent), "counters": dict(self.counters)}
 
     @classmethod
     def from_dict(cls, strategy: WatchlistStrategy, model: PairModel | None, data: Mapping[str, Any]) -> WatchlistSignals:
         state = cls(strategy, model)
         state.last_signal = dict(data["last_signal"])
+        state.recent = list(data.get("recent", []))
         state.counters.update(data["counters"])
         return state
 
     def evaluate(self, records: Iterable[Mapping[str, Any]], books: Mapping[str, BookEvent],
-                 now_ms: int, held: Container[str] = ()) -> list[dict[str, Any]]:
+                 now_ms: int, held: Container[str] = (),
+                 closed: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
         """Signal records of one coin's evaluation at `now_ms` (its xv.features records and the coin's
         book per venue at that moment), in a deterministic order. `held`: the pair keys
         (``pair_of``, the hedged model's ``active_by_key``) that already hold a pair: not signalled
-        again while they do (counted as ``held``)."""
+        again while they do (counted as ``held``). `closed`: pair key -> when its last pair closed
+        or failed (the model's ``last_closed``): not signalled again within ``reentry_cooldown``."""
         s = self.strategy
         if now_ms % s.eval_interval:
             return []
@@ -191,6 +198,10 @@ class WatchlistSignals:
             if last is not None and now_ms - last < s.cooldown:
                 self.counters["cooldown"] += 1
                 continue
+            ended = (closed or {}).get(key)
+            if ended is not None and now_ms - ended < s.reentry_cooldown:
+                self.counters["reentry_cooldown"] += 1
+                continue
             out.append(self._decide(record, check, books, now_ms, key))
         return out
 
@@ -210,10 +221,17 @@ class WatchlistSignals:
                           f"{s.model.min_expected_pnl_bp:g} bp")
             elif s.model.min_win_prob is not None and prediction.win_prob < s.model.min_win_prob:
                 reason = f"model: win probability {prediction.win_prob:.3f} below {s.model.min_win_prob:g}"
+        if reason is None and s.max_opens_per_minute is not None:
+            self.recent = [t for t in self.recent if now_ms - t < 60_000]
+            if len(self.recent) >= s.max_opens_per_minute:
+                reason = (f"limit: {len(self.recent)} pairs opened in the last minute, max_opens_per_minute "
+                          f"{s.max_opens_per_minute}")
         status = "signal" if reason is None else "rejected"
         self.counters[status] += 1
         if status == "signal":
             self.last_signal[key] = now_ms
+            if s.max_opens_per_minute is not None:
+                self.recent.append(now_ms)
         return {
             "signal_id": signal_id(s, coin, sell, buy, now_ms), "strategy": s.name, "strategy_version": s.version,
             "config_hash": s.config_hash, "coin": coin, "eval_time": now_ms, "sell_venue": sell, "buy_venue": buy,

@@ -24,6 +24,7 @@ from stream_apps.core.exits import TAKER_FEE
 from stream_apps.core.strategy import StrategyConfigError, _format_errors, read_strategy_file
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
+DurationOrZero = Annotated[int, BeforeValidator(lambda v: 0 if v in (0, "0") else parse_duration_ms(v))]
 KIND = "watchlist"
 
 
@@ -124,7 +125,7 @@ class WatchlistStrategy(_Model):
     legs: Legs | None = None
     max_opens_per_minute: int | None = Field(default=None, ge=1, description="signals (pairs opened) per "
                                              "60 s of event time over every coin; more are rejected")
-    reentry_cooldown: Duration = Field(default=0, ge=0, description="a pair key does not signal again this "
+    reentry_cooldown: DurationOrZero = Field(default=0, ge=0, description="a pair key does not signal again this "
                                        "long after its last pair closed or failed")
     _model_file: Path | None = PrivateAttr(default=None)  # resolved against the strategy file's directory
     _model_digest: str | None = PrivateAttr(default=None)  # sha256 of the model file's bytes
@@ -137,6 +138,14 @@ class WatchlistStrategy(_Model):
             raise ValueError("eval_interval must be a whole number of seconds")
         if self.model is not None and self.model.min_expected_pnl_bp is None and self.model.min_win_prob is None:
             raise ValueError("model: set min_expected_pnl_bp and/or min_win_prob")
+        if self.triggers.min_net_spread_bp is not None:
+            # hysteresis: the entry needs the swept spread at min_net_spread_bp + four fees; an exit band at or
+            # above that would close a pair at the spread it was opened at, and reopen it, and close it ...
+            four = min(self.four_fees(a, b) for a in self.venues for b in self.venues if a != b) / 1e-4
+            if self.exits.exit_spread_bp >= self.triggers.min_net_spread_bp + four:
+                raise ValueError(f"exits.exit_spread_bp {self.exits.exit_spread_bp:g} must be below the entry's spread "
+                                 f"{self.triggers.min_net_spread_bp + four:g} bp (min_net_spread_bp + four fees): "
+                                 "the exit band and the entry must not overlap")
         return self
 
     def applies_to(self, coin: str) -> bool:
@@ -151,6 +160,9 @@ class WatchlistStrategy(_Model):
         """sha256 of the canonical JSON of the validated model, plus the model file's bytes when set
         (loaded from a path: ``model_digest``); key order, YAML vs JSON, "30m" vs 1800000 do not count."""
         data = self.model_dump(mode="json")
+        for key, default in _ADDED_DEFAULTS.items():  # added later: at their default, the hash stays what it was
+            if data.get(key) == default:
+                del data[key]
         data["model_digest"] = self._model_digest
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -159,6 +171,10 @@ class WatchlistStrategy(_Model):
     def version_hash(self) -> str:
         """What a signal id carries: the name, version and the first 12 hex of the config hash."""
         return f"{self.name}:{self.version}:{self.config_hash[:12]}"
+
+
+#: fields added after strategies were hashed (issue 38): left out of config_hash while at these values
+_ADDED_DEFAULTS: dict[str, Any] = {"legs": None, "max_opens_per_minute": None, "reentry_cooldown": 0}
 
 
 def is_watchlist(data: Any) -> bool:

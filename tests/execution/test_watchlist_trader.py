@@ -116,3 +116,55 @@ def test_a_restored_trader_keeps_its_pairs_under_refreshed_rules_and_applies_the
     closed = [r for k, _, r in coarse.take() if k == "pair"][-1]
     assert closed["status"] == "closed" and closed["qty"] == 9.9
     assert coarse.models["BTC"].params.venue("okx").lot_step == 0.1
+
+
+# -- leg timing (execution.leg_fills) ----------------------------------------------------------------
+def test_with_leg_latency_a_trader_restored_at_any_point_emits_what_an_uninterrupted_one_does():
+    """Legs travelling when the state is taken arrive after the restore, at the same books."""
+    whole = WatchlistTrader(XV, params=cross_venue_params(XV, **SMALL), leg_latency_ms=700)
+    whole.feed(EVENTS)
+    expected = whole.take()
+    orders = [r for k, _, r in expected if k == "order"]
+    assert len(orders) >= 8 and all(r["time_ms"] - r["sent_ms"] == 700 for r in orders if r["action"] != "liquidated")
+    assert any(r["book_time_ms"] > r["sent_ms"] for r in orders)  # some leg met a book newer than its signal's
+    rng = np.random.default_rng(11)
+    cuts = sorted(set(rng.integers(1, len(EVENTS), 25).tolist()))
+    got, start = [], 0
+    trader = WatchlistTrader(XV, params=cross_venue_params(XV, **SMALL), leg_latency_ms=700)
+    for cut in [*cuts, len(EVENTS)]:
+        trader.feed(EVENTS[start:cut])
+        got += trader.take()
+        data = orjson.loads(orjson.dumps(trader.to_dict()))
+        trader = WatchlistTrader.from_dict(XV, None, data, cross_venue_params(XV, **SMALL), leg_latency_ms=700)
+        start = cut
+    assert got == expected and trader.to_dict() == whole.to_dict()
+    assert trader.fingerprint() != WatchlistTrader(XV, params=cross_venue_params(XV, **SMALL)).fingerprint()
+
+
+def test_a_restart_with_an_open_pair_across_a_funding_time_closes_nothing_by_itself():
+    """The hand session's pair (opened at 07:59:00, legs 150 ms away) is held across the 08:00
+    settlement; the trader is stopped a second before it and restored from its state: the settlement
+    is paid once per leg at the settled rate and nothing is closed until the spread converges."""
+    from stream_apps.watchlist.strategy import parse_watchlist_strategy
+    from tests.backtest.watchlist.test_runner import SETTLE, STRATEGY, T0, hand_session
+
+    timed = parse_watchlist_strategy(STRATEGY.model_dump(mode="json") | {"legs": {"default_latency_ms": 150}})
+    held = [e for e in hand_session() if e.time_ms < T0 + 85_000]  # converges at T0 + 90 s
+    cut = next(i for i, e in enumerate(held) if e.time_ms >= SETTLE - 1_000)
+    first = WatchlistTrader(timed)
+    first.feed(held[:cut])
+    got = first.take()
+    assert [r["status"] for k, _, r in got if k == "pair"][-1] == "open"
+    second = WatchlistTrader.from_dict(timed, None, orjson.loads(orjson.dumps(first.to_dict())))
+    second.feed(held[cut:])
+    got += second.take()
+    orders = [r for k, _, r in got if k == "order"]
+    assert [(o["leg"], o["action"], o["time_ms"] - o["sent_ms"]) for o in orders] == [("short", "entry", 150),
+                                                                                        ("long", "entry", 150)]
+    payments = [r for k, _, r in got if k == "funding"]
+    assert sorted((p["leg"], p["funding_time_ms"], p["rate"]) for p in payments) == [
+        ("long", SETTLE, -0.0002), ("short", SETTLE, 0.0001)]
+    assert [r["status"] for k, _, r in got if k == "pair"][-1] == "open"
+    # and the pair does close once the spread converges, after the restart
+    second.feed([e for e in hand_session() if e.time_ms >= T0 + 85_000])
+    assert [r for k, _, r in second.take() if k == "pair"][-1]["close_reason"] == "convergence"

@@ -183,3 +183,36 @@ def test_the_model_gate_imputes_a_missing_factor_or_says_why_there_is_no_predict
         "model: win probability 0.891 below 0.9")
     with pytest.raises(ValueError, match="needs its model"):
         WatchlistSignals(s)
+
+
+def test_hysteresis_a_reentry_cooldown_after_a_close_and_a_cap_on_opens_per_minute():
+    s = strategy(cooldown="1s", reentry_cooldown="5m", max_opens_per_minute=2)
+    state = WatchlistSignals(s)
+    # the key's last pair closed 4 min 59 s ago: no signal (counted); 5 min after the close it may fire
+    closed = {"BTC:binance/okx": T - 299_000}
+    assert state.evaluate([record()], books(), T, (), closed) == [] and state.counters["reentry_cooldown"] == 1
+    closed = {"BTC:binance/okx": T - 300_000}
+    assert state.evaluate([record()], books(), T, (), closed)[0]["status"] == "signal"
+    # two signals in the last 60 s of event time (cooldown 1 s: the same key fires again): the third is refused
+    t2, t3, t4 = T + 15_000, T + 30_000, T + 60_000
+    assert state.evaluate([record(t=t2)], books(t2), t2)[0]["status"] == "signal"
+    capped = state.evaluate([record(t=t3)], books(t3), t3)
+    assert capped[0]["status"] == "rejected" and capped[0]["reason"].startswith("limit: 2 pairs opened in the last minute")
+    # at T + 60 s the signal at T is a minute old: one in the window, so this one passes
+    assert state.evaluate([record(t=t4)], books(t4), t4)[0]["status"] == "signal"
+    restored = WatchlistSignals.from_dict(s, None, json.loads(json.dumps(state.to_dict())))
+    assert restored.recent == [t2, t4] == state.recent
+
+
+def test_the_exit_band_must_sit_below_the_entry_and_new_defaults_keep_the_hash():
+    # entry at 5 bp net + four fees 20 bp = 25 bp swept; an exit at 25 bp would close at the entry spread
+    with pytest.raises(StrategyConfigError, match="exit_spread_bp 25 must be below the entry's spread 25 bp"):
+        strategy(exits={"exit_spread_bp": 25})
+    assert strategy(exits={"exit_spread_bp": 24.9}).exits.exit_spread_bp == 24.9
+    # fields added with issue 38 do not change the hash of a strategy that leaves them at their defaults
+    plain = strategy()
+    assert strategy(legs=None, reentry_cooldown=0, max_opens_per_minute=None).config_hash == plain.config_hash
+    assert strategy(legs={"default_latency_ms": 50}).config_hash != plain.config_hash
+    assert strategy(reentry_cooldown="1m").config_hash != plain.config_hash
+    with pytest.raises(StrategyConfigError, match="retries"):
+        strategy(legs={"retries": 11})
