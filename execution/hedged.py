@@ -273,6 +273,7 @@ class FundingPayment(_Record):
     mark_price: float
     qty: float
     paid: float  # quote currency; < 0 = received
+    predicted_rate: float | None = None  # the first rate announced for this settlement: a forecast, never booked
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,8 +512,9 @@ class HedgedPairs:
 
     # -- funding -----------------------------------------------------------------------------------
     def settle_funding(self, venue: str, symbol: str, funding_time_ms: int, rate: float,
-                       mark_price: float) -> PairEvents:
-        """One settlement of `venue`'s `symbol` at `funding_time_ms` (see the module docstring)."""
+                       mark_price: float, predicted_rate: float | None = None) -> PairEvents:
+        """One settlement of `venue`'s `symbol` at `funding_time_ms` at the settled `rate` (see the module docstring);
+        `predicted_rate`, the forecast announced earlier, is only recorded beside it."""
         events = PairEvents()
         for pair in self.pairs.values():
             changed = False
@@ -523,7 +525,7 @@ class HedgedPairs:
                     continue
                 paid = funding_payment(leg.direction, leg.entry.qty, mark_price, rate)
                 payment = FundingPayment(pair.pair_id, leg.role, venue, symbol, funding_time_ms, rate, mark_price,
-                                         leg.entry.qty, paid)
+                                         leg.entry.qty, paid, predicted_rate)
                 pair.settled.add((leg.role, funding_time_ms))
                 leg.funding.append(payment)
                 events.funding.append(payment)

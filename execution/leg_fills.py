@@ -437,7 +437,7 @@ class TimedPairs(HedgedPairs):
 
     # -- funding -----------------------------------------------------------------------------------
     def settle_funding(self, venue: str, symbol: str, funding_time_ms: int, rate: float,
-                       mark_price: float) -> PairEvents:
+                       mark_price: float, predicted_rate: float | None = None) -> PairEvents:
         """As ``HedgedPairs.settle_funding``, on the quantity each leg held at the funding time."""
         events = PairEvents()
         for pair in self.pairs.values():
@@ -450,7 +450,7 @@ class TimedPairs(HedgedPairs):
                     continue
                 paid = funding_payment(leg.direction, held, mark_price, rate)
                 payment = FundingPayment(pair.pair_id, leg.role, venue, symbol, funding_time_ms, rate, mark_price,
-                                         held, paid)
+                                         held, paid, predicted_rate)
                 pair.settled.add((leg.role, funding_time_ms))
                 leg.funding.append(payment)
                 events.funding.append(payment)

@@ -10,7 +10,11 @@ evaluation saw):
 
 1. funding: every settlement time ``T <= e`` a venue announced (its newest funding event before ``T``)
    is settled once on the pairs open at ``T`` (``HedgedPairs.settle_funding``), at that rate and the
-   mid of the venue's newest book as the mark;
+   mid of the venue's newest book as the mark. Predicted and settled are kept apart: the rate the
+   venue published last before ``T`` (its current interval's rate, which is what it settles: the
+   producers' md.mark at each funding time) is booked; the first rate announced for ``T`` (a
+   forecast, possibly hours old) is recorded beside it as ``predicted_rate`` and never booked. Each
+   venue's own times are used, so an interval that changes (1, 4 or 8 h) is followed;
 2. exits: ``HedgedPairs.evaluate(e, books, funding)`` (liquidation, convergence, funding, max holding,
    and retried unwinds);
 3. entries: on the strategy's grid, the xv.features records of the evaluation go through the strategy
@@ -162,6 +166,7 @@ class WatchlistTrader:
         self.books: dict[str, dict[str, BookEvent]] = {}
         self.funding: dict[str, dict[str, FundingEvent]] = {}
         self.settled: set[tuple[str, str, int]] = set()  # (coin, venue, funding time)
+        self.forecast: dict[tuple[str, str, int], float] = {}  # (coin, venue, funding time) -> first rate announced
         self.pair_seq: dict[str, int] = {}  # pair id -> snapshots emitted
         self.evaluations = 0
         self.counters = {"signal": 0, "order": 0, "funding": 0, "pair": 0, "blocked": 0}
@@ -234,6 +239,7 @@ class WatchlistTrader:
                 self._settle(coin, held, event.time_ms)  # a settlement no evaluation reached yet
             if held is None or (held.symbol == event.symbol and event.time_ms >= held.time_ms):
                 funding[event.exchange] = event
+                self.forecast.setdefault((coin, event.exchange, event.next_funding_time_ms), event.funding_rate)
 
     # -- per evaluation ----------------------------------------------------------------------------
     def _model(self, coin: str) -> HedgedPairs:
@@ -278,12 +284,13 @@ class WatchlistTrader:
         if t > now_ms or key in self.settled:
             return
         self.settled.add(key)
+        predicted = self.forecast.pop(key, None)
         book = self.books.get(coin, {}).get(announced.exchange)
         if book is None or not book.bids or not book.asks:
             return
         mark = (book.bids[0][0] + book.asks[0][0]) / 2
         self._collect(coin, now_ms, self._model(coin).settle_funding(announced.exchange, announced.symbol, t,
-                                                                     announced.funding_rate, mark))
+                                                                     announced.funding_rate, mark, predicted))
 
     def _evaluate(self, features: CoinFeatures) -> None:
         e, coin = features.time_ms, features.coin
@@ -327,6 +334,7 @@ class WatchlistTrader:
             "books": {coin: {v: _event_to_dict(b) for v, b in books.items()} for coin, books in self.books.items()},
             "funding": {coin: {v: _event_to_dict(f) for v, f in fs.items()} for coin, fs in self.funding.items()},
             "settled": sorted([list(k) for k in self.settled]), "pair_seq": dict(self.pair_seq),
+            "forecast": sorted([*k, v] for k, v in self.forecast.items()),
             "evaluations": self.evaluations, "counters": dict(self.counters),
         }
 
@@ -342,6 +350,7 @@ class WatchlistTrader:
         self.funding = {coin: {v: _event_from_dict(f) for v, f in fs.items()}  # type: ignore[misc]
                         for coin, fs in data["funding"].items()}
         self.settled = {(c, v, int(t)) for c, v, t in data["settled"]}
+        self.forecast = {(c, v, int(t)): rate for c, v, t, rate in data.get("forecast", [])}
         self.pair_seq = dict(data["pair_seq"])
         self.evaluations = data["evaluations"]
         self.counters.update(data["counters"])

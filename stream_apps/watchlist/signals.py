@@ -104,12 +104,14 @@ class Recheck:
     sell_vwap: float | None
     buy_vwap: float | None
     reason: str | None  # why the entry is not tradable now
+    sweep_cost: float | None = None  # both legs' VWAP beyond their touch, a fraction of the price
 
 
 def recheck(strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, books: Mapping[str, BookEvent],
             now_ms: int) -> Recheck:
     """The executable spread after fees for the order notional on the books at `now_ms` (step 3)."""
     prices: dict[str, float] = {}
+    cost = 0.0
     times = []
     for venue, side in ((sell_venue, SELL), (buy_venue, BUY)):
         book = books.get(venue)
@@ -127,6 +129,8 @@ def recheck(strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, books:
         if swept.vwap is None:
             return Recheck(None, None, None, None, f"{venue}: {swept.reason}")
         prices[venue] = swept.vwap / multiplier
+        touch = (book.bids if side == SELL else book.asks)[0][0]
+        cost += (touch - swept.vwap) / touch if side == SELL else (swept.vwap - touch) / touch
         times.append(book.time_ms)
     spread = math.log(prices[sell_venue] / prices[buy_venue])
     net = spread - strategy.four_fees(sell_venue, buy_venue)
@@ -137,7 +141,20 @@ def recheck(strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, books:
     elif strategy.triggers.min_net_spread_bp is not None and net < strategy.triggers.min_net_spread_bp * BP:
         reason = (f"executable spread after fees {net / BP:.2f} bp at entry, below "
                   f"{strategy.triggers.min_net_spread_bp:g} bp")
-    return Recheck(spread, net, prices[sell_venue], prices[buy_venue], reason)
+    return Recheck(spread, net, prices[sell_venue], prices[buy_venue], reason, cost)
+
+
+def expected_carry(strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, funding_8h: float | None,
+                   sweep_cost: float | None) -> dict[str, float | None]:
+    """What the hedge is forecast to receive in funding per 8 h (``funding_8h`` x notional: from the
+    venues' predicted rates, a forecast only) and the hours it needs to earn back four taker fees and
+    both legs' entry sweeps, ``(four fees + sweep cost) / funding_8h x 8``; None when it receives
+    nothing (or the inputs are missing)."""
+    carry = None if funding_8h is None else funding_8h * strategy.notional_usd
+    hours = None
+    if funding_8h is not None and funding_8h > 0 and sweep_cost is not None:
+        hours = (strategy.four_fees(sell_venue, buy_venue) + sweep_cost) / funding_8h * 8
+    return {"expected_carry_8h_usd": carry, "entry_sweep_cost": sweep_cost, "break_even_hours": hours}
 
 
 class WatchlistSignals:
@@ -244,4 +261,5 @@ class WatchlistSignals:
             "win_prob": prediction.win_prob if prediction else None,
             "imputed": dict(prediction.imputed) if prediction else {},
             "feature_id": record.get("feature_id"),
+            **expected_carry(s, sell, buy, check.funding_8h, entry.sweep_cost),
         }

@@ -91,9 +91,9 @@ class Legs(_Model):
     """How the legs travel and fill (``execution.leg_fills``); without this section both legs fill at
     the signal's books at once (the instant model)."""
 
-    latency_ms: dict[str, Annotated[int, Field(ge=0, le=60_000)]] = Field(
-        default_factory=dict, description="one-way latency per venue (send -> matching engine; the answer takes "
-                                          "as long again)")
+    latency_ms: dict[str, int] = Field(
+        default_factory=dict, description="one-way latency per venue, 0 to 60000 (send -> matching engine; the "
+                                          "answer takes as long again)")
     default_latency_ms: int = Field(default=100, ge=0, le=60_000, description="a venue not in latency_ms")
     min_entry_spread_bp: float | None = Field(
         default=None, description="IOC limits keep the net spread after four fees at or above this; "
@@ -101,6 +101,13 @@ class Legs(_Model):
     retries: int = Field(default=1, ge=0, le=10, description="IOC retries of the leg that filled less")
     retry_step_bp: float = Field(default=5.0, ge=0, le=1_000, description="each retry's limit this much worse")
     liquidation_fee: float = Field(default=0.005, ge=0, lt=0.1, description="venue penalty on a liquidated leg")
+
+    @model_validator(mode="after")
+    def _check(self) -> Legs:
+        bad = {venue: ms for venue, ms in self.latency_ms.items() if not 0 <= ms <= 60_000}
+        if bad:
+            raise ValueError(f"latency_ms: each from 0 to 60000 ms, not {bad}")
+        return self
 
     def latency(self, venue: str) -> int:
         return self.latency_ms.get(venue, self.default_latency_ms)

@@ -168,3 +168,21 @@ def test_a_restart_with_an_open_pair_across_a_funding_time_closes_nothing_by_its
     # and the pair does close once the spread converges, after the restart
     second.feed([e for e in hand_session() if e.time_ms >= T0 + 85_000])
     assert [r for k, _, r in second.take() if k == "pair"][-1]["close_reason"] == "convergence"
+
+
+def test_funding_books_the_rate_published_last_before_the_settlement_and_keeps_the_forecast_apart():
+    from backtest.watchlist.runner import run_backtest
+    from stream_apps.cross_venue.events import FundingEvent
+    from tests.backtest.watchlist.test_runner import SETTLE, STRATEGY, T0, hand_session
+
+    # binance announced +1 bp for 08:00 at 07:59:00, then +3 bp at 07:59:30: +3 bp is what settles
+    events = sorted([*hand_session(), FundingEvent("binance", "BTCUSDT", T0 + 30_000, 0.0003, SETTLE)],
+                    key=lambda e: e.time_ms)
+    result = run_backtest(STRATEGY, events)
+    [pair] = result.pairs
+    short = next(p for p in result.funding if p["leg"] == "short")
+    assert (short["rate"], short["predicted_rate"], short["funding_time_ms"]) == (0.0003, 0.0001, SETTLE)
+    assert short["paid"] == pytest.approx(-0.0003 * short["qty"] * short["mark_price"])  # shorts receive
+    long_ = next(p for p in result.funding if p["leg"] == "long")
+    assert long_["rate"] == long_["predicted_rate"] == -0.0002
+    assert pair["short_funding_usd"] == pytest.approx(short["paid"])

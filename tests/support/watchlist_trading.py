@@ -21,6 +21,8 @@ XV_SIGNAL = {
     "entry_net_spread": 0.00096, "entry_sell_vwap": 42_599.9, "entry_buy_vwap": 42_473.8, "expected_pnl": 0.0007,
     "win_prob": 0.64, "imputed": {"drift_1h": "1 h window has 40 samples, needs 60"},
     "feature_id": f"BTC:{T}:okx:binance",
+    # (four fees 0.002 + sweeps 0.0001) / 0.00005 per 8 h x 8 = 336 h to break even on the carry alone
+    "expected_carry_8h_usd": 0.5, "entry_sweep_cost": 0.0001, "break_even_hours": 336.0,
 }
 
 XV_LEG_ORDER = {
@@ -36,6 +38,7 @@ XV_LEG_ORDER = {
 XV_FUNDING_PAYMENT = {
     "pair_id": PAIR_ID, "coin": "BTC", "leg": "short", "venue": "okx", "symbol": "BTC-USDT-SWAP",
     "funding_time_ms": T + 8 * HOUR, "rate": 0.00015, "mark_price": 42_510.2, "qty": 0.234, "paid": -1.49211,
+    "predicted_rate": 0.0001,
 }
 
 XV_PAIR_EVENT = {

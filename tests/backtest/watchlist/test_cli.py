@@ -45,6 +45,17 @@ def test_backtest_command_on_a_recorded_session_and_its_one_line_errors(tmp_path
     saved = orjson.loads((tmp_path / "out" / "result.json").read_bytes())
     assert saved["pairs"][0]["close_reason"] == "convergence" and len(saved["orders"]) == 4
     assert len(saved["funding"]) == 2
+    # the what-if: every leg 150 ms away from its venue, filling on the book it meets (here the same books)
+    result = runner.invoke(app, ["watchlist", "backtest", "--strategy", str(strategy), "--source",
+                                 f"jsonl:{session}", "--leg-latency-ms", "150", "--out", str(tmp_path / "late")])
+    assert result.exit_code == 0, result.output
+    assert "- leg latency +0.00 -" in result.output and "BTC:binance/okx" in result.output
+    late = orjson.loads((tmp_path / "late" / "result.json").read_bytes())
+    assert [o["time_ms"] - o["sent_ms"] for o in late["orders"]] == [150] * 4
+    assert late["summary"]["by_pair"]["BTC:binance/okx"]["net_usd"] == late["summary"]["net_usd"]
+    assert late["summary"]["net_usd"] == saved["summary"]["net_usd"] and late["summary"]["leg_latency_usd"] == 0
+    assert runner.invoke(app, ["watchlist", "backtest", "--strategy", str(strategy), "--source", f"jsonl:{session}",
+                               "--leg-latency-ms", "-1"]).exit_code == 2
     errors = {
         ("--source", "kafka"): "error: --source 'kafka': expected synthetic[:SEED], broker[:PREFIX], db or jsonl:FILE",
         ("--source", f"jsonl:{tmp_path / 'none.jsonl'}"): "none.jsonl: cannot read: No such file or directory",

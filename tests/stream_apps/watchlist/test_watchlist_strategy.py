@@ -216,3 +216,18 @@ def test_the_exit_band_must_sit_below_the_entry_and_new_defaults_keep_the_hash()
     assert strategy(reentry_cooldown="1m").config_hash != plain.config_hash
     with pytest.raises(StrategyConfigError, match="retries"):
         strategy(legs={"retries": 11})
+
+
+def test_a_signal_carries_its_forecast_carry_and_the_hours_to_break_even_after_four_fees_and_both_sweeps():
+    s = strategy()
+    [out] = WatchlistSignals(s).evaluate([record(funding_8h=0.0001)], books(), T)
+    # sell 1,000 USD into binance's bids: 5 at 101 and 495 / 100.9 -> VWAP 1,000 / 9.90585, touch 101
+    sell_vwap = 1_000 / (5 + 495 / 100.9)
+    # buy 1,000 USD from okx's asks: 3 at 100.4 and 698.8 / 100.6 -> VWAP 1,000 / 9.94632, touch 100.4
+    buy_vwap = 1_000 / (3 + 698.8 / 100.6)
+    sweeps = (101 - sell_vwap) / 101 + (buy_vwap - 100.4) / 100.4
+    assert out["entry_sweep_cost"] == pytest.approx(sweeps)
+    assert out["expected_carry_8h_usd"] == pytest.approx(0.0001 * 1_000)  # 0.10 USD per 8 h, a forecast
+    assert out["break_even_hours"] == pytest.approx((4 * FEE + sweeps) / 0.0001 * 8)  # ~ 184 h
+    [paying] = WatchlistSignals(s).evaluate([record(funding_8h=-0.0001)], books(), T)
+    assert paying["break_even_hours"] is None and paying["expected_carry_8h_usd"] == pytest.approx(-0.1)
