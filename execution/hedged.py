@@ -534,6 +534,14 @@ class HedgedPairs:
                 events.positions.append(pair.to_record())
         return events
 
+    def close_all(self, reason: str, now_ms: int, books: Mapping[str, BookEvent]) -> PairEvents:
+        """Close every open pair now (the end of a backtest)."""
+        events = PairEvents()
+        for pid, pair in list(self.pairs.items()):
+            if pair.status == "open":
+                events.extend(self.close(pid, reason, now_ms, books))
+        return events
+
     def run_due(self, until_ms: int, books: Mapping[str, BookEvent]) -> PairEvents:
         """Nothing travels in the instant model (``execution.leg_fills.TimedPairs`` has steps)."""
         return PairEvents()

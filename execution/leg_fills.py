@@ -554,6 +554,31 @@ class TimedPairs(HedgedPairs):
             events.extend(self._after_exit(pair, now))
         return events
 
+    def close_all(self, reason: str, now_ms: int, books: Mapping[str, BookEvent]) -> PairEvents:
+        """The end of a backtest: legs in flight arrive (at the last books), then every pair that
+        holds legs is closed, an unfinished close or unwind sent again, until nothing is left to do
+        or a round changes nothing (a book that cannot fill: the pair stays as it is)."""
+        events = PairEvents()
+        now = now_ms
+        for _ in range(10):
+            if self.pending:
+                now = max(now, max(s["t"] for s in self.pending))
+                events.extend(self.run_due(now, books))
+            before = len(events.orders)
+            for pid, pair in list(self.pairs.items()):
+                flow = self.flow.get(pid)
+                if flow is not None and flow["out"]:
+                    continue
+                if pair.status == "open":
+                    events.extend(self.close(pid, reason, now, books))
+                elif pair.status == "closing":
+                    events.extend(self._send_exits(pair, now, books))
+                elif pair.status == "unwinding":
+                    events.extend(self._unwind_excess(pair, now, books))
+            if not self.pending and len(events.orders) == before:
+                break
+        return events
+
     def exit_reason(self, pair: PairPosition, now_ms: int, books: Mapping[str, BookEvent],
                     funding: Mapping[str, FundingEvent], marks: Mapping[str, float]) -> str | None:
         view = _EntryView(pair)

@@ -47,6 +47,7 @@ for its own order notional and judged by its own book age, which need not be the
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -232,6 +233,9 @@ class WatchlistTrader:
             if held is None or (held.symbol == event.symbol and event.time_ms >= held.time_ms):
                 books[event.exchange] = event
         elif isinstance(event, FundingEvent):
+            if not math.isfinite(event.funding_rate):  # a null/NaN rate (KuCoin's predicted rate) is no rate
+                self.counters["unusable_funding"] = self.counters.get("unusable_funding", 0) + 1
+                return
             funding = self.funding.setdefault(coin, {})
             held = funding.get(event.exchange)
             if held is not None and held.symbol == event.symbol and event.time_ms >= held.time_ms \
@@ -318,12 +322,7 @@ class WatchlistTrader:
             now = max((b.time_ms for b in books.values()), default=None)  # the session's last moment
             if now is None:
                 continue
-            for pid, pair in list(model.pairs.items()):
-                if pair.status == "open":
-                    self._collect(coin, now, model.close(pid, reason, now, books))
-            if getattr(model, "pending", None):  # legs still travelling meet the last books
-                latest = max(s["t"] for s in model.pending)
-                self._collect(coin, now, model.run_due(latest, books))
+            self._collect(coin, now, model.close_all(reason, now, books))
 
     # -- state as plain data -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def register(watchlist: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
         leg_latency_ms: int | None = typer.Option(None, "--leg-latency-ms", min=0, max=60_000, help="What-if: every "
                                                   "venue's one-way leg latency in ms (legs fill IOC on the book "
-                                                  "they meet on arrival, docs: how-to/leg-fills). Overrides the "
+                                                  "they meet on arrival: docs/how-to/leg-fills.md). Overrides the "
                                                   "strategy's legs.latency_ms; without either, both legs fill at "
                                                   "the signal's books at once."),
         instrument_rules: Path | None = typer.Option(None, "--instrument-rules", help="The venues' lot steps, "

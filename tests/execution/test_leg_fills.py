@@ -244,3 +244,16 @@ def test_a_model_restored_between_any_two_steps_does_what_the_uninterrupted_one_
     assert run(True) == run(False)
     with pytest.raises(ValueError, match="without leg timing"):
         model_from_dict(timed().params, {"pairs": []})
+
+
+def test_the_end_of_a_session_lets_legs_in_flight_arrive_and_then_closes_the_pair():
+    model = timed()
+    books = entry_books(T0)
+    model.open(ENTRY, T0, books)  # both legs travelling
+    events = model.close_all("end_of_session", T0, books)
+    # entries meet the books at T0+100 / T0+300 and answer by T0+600; the exits leave then and answer by T0+1200
+    assert [(o.action, o.time_ms) for o in events.orders] == [
+        ("entry", T0 + 100), ("entry", T0 + 300), ("exit", T0 + 700), ("exit", T0 + 900)]
+    pair = model.pairs[pair_id(SIG)]
+    assert (pair.status, pair.close_reason, pair.closed_ms) == ("closed", "end_of_session", T0 + 1_200)
+    assert model.pending == [] and model.active_by_key == {}

@@ -186,3 +186,16 @@ def test_funding_books_the_rate_published_last_before_the_settlement_and_keeps_t
     long_ = next(p for p in result.funding if p["leg"] == "long")
     assert long_["rate"] == long_["predicted_rate"] == -0.0002
     assert pair["short_funding_usd"] == pytest.approx(short["paid"])
+
+
+def test_a_funding_rate_that_is_not_a_number_is_never_booked():
+    from stream_apps.cross_venue.events import FundingEvent
+    from tests.backtest.watchlist.test_runner import SETTLE, STRATEGY, T0, hand_session
+
+    events = sorted([*hand_session(), FundingEvent("binance", "BTCUSDT", T0 + 30_000, float("nan"), SETTLE)],
+                    key=lambda e: e.time_ms)
+    trader = WatchlistTrader(STRATEGY)
+    trader.feed(events)
+    paid = [r for k, _, r in trader.take() if k == "funding"]
+    assert sorted((p["leg"], p["rate"]) for p in paid) == [("long", -0.0002), ("short", 0.0001)]
+    assert trader.counters["unusable_funding"] == 1
