@@ -185,8 +185,10 @@ class WatchlistTrader:
     def fingerprint(self) -> str:
         """What the state depends on: restored only under the same strategy, model and parameters."""
         model = None if self.model is None else self.strategy.model
-        return hashlib.sha256(repr((self.strategy.config_hash, model, self.params, STATE_VERSION,
-                                    self.leg_latency_ms)).encode()).hexdigest()[:16]
+        what: tuple = (self.strategy.config_hash, model, self.params, STATE_VERSION)
+        if self.leg_latency_ms is not None:  # a what-if latency; without one the fingerprint is what it was
+            what += (self.leg_latency_ms,)
+        return hashlib.sha256(repr(what).encode()).hexdigest()[:16]
 
     # -- input -------------------------------------------------------------------------------------
     def feed(self, items: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]]) -> None:

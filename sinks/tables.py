@@ -283,19 +283,21 @@ def watchlist_signal_row(r: Record) -> Row:
             ms_to_datetime(r["eval_time"]), r["sell_venue"], r["buy_venue"], g("sell_symbol"), g("buy_symbol"),
             r["notional_usd"], r["status"], g("reason"), g("z_1h"), g("spread_sweep"), g("net_spread"),
             g("funding_diff_8h"), g("entry_spread"), g("entry_net_spread"), g("entry_sell_vwap"), g("entry_buy_vwap"),
-            g("expected_pnl"), g("win_prob"), _jsonb(r["imputed"]), g("feature_id"))
+            g("expected_pnl"), g("win_prob"), _jsonb(r["imputed"]), g("feature_id"), g("expected_carry_8h_usd"),
+            g("entry_sweep_cost"), g("break_even_hours"))
 
 
 def watchlist_leg_order_row(r: Record) -> Row:
     g = r.get
     return (r["client_order_id"], r["pair_id"], r["signal_id"], r["coin"], r["leg"], r["action"], r["venue"],
             r["symbol"], r["side"], r["qty"], g("avg_price"), g("top_price"), r["fee"], r["slippage_usd"], r["status"],
-            g("reason"), ms_to_datetime(r["time_ms"]), _ts_or_none(g("book_time_ms")))
+            g("reason"), ms_to_datetime(r["time_ms"]), _ts_or_none(g("book_time_ms")), g("filled_qty"), g("ref_price"),
+            g("limit_price"), _ts_or_none(g("sent_ms")), g("attempt"), g("latency_usd"), g("liquidation_usd"))
 
 
 def watchlist_funding_payment_row(r: Record) -> Row:
     return (r["pair_id"], r["coin"], r["leg"], r["venue"], r["symbol"], ms_to_datetime(r["funding_time_ms"]),
-            r["rate"], r["mark_price"], r["qty"], r["paid"])
+            r["rate"], r["mark_price"], r["qty"], r["paid"], r.get("predicted_rate"))
 
 
 def watchlist_pair_event_row(r: Record) -> Row:
@@ -306,7 +308,8 @@ def watchlist_pair_event_row(r: Record) -> Row:
             g("entry_spread"), g("exit_spread"), r["gross_usd"], r["fees_usd"], r["slippage_usd"], r["funding_usd"],
             r["net_usd"], r["short_gross_usd"], r["short_fees_usd"], r["short_slippage_usd"], r["short_funding_usd"],
             r["short_net_usd"], r["long_gross_usd"], r["long_fees_usd"], r["long_slippage_usd"],
-            r["long_funding_usd"], r["long_net_usd"])
+            r["long_funding_usd"], r["long_net_usd"], g("leg_latency_usd"), g("liquidation_usd"),
+            g("short_leg_latency_usd"), g("short_liquidation_usd"), g("long_leg_latency_usd"), g("long_liquidation_usd"))
 
 
 def dead_letter_row(r: Record) -> Row:
@@ -428,17 +431,20 @@ XV_SIGNALS = _spec("xv_signals", [
     ("notional_usd", _F8), ("status", _T), ("reason", _T), ("z_1h", _F8), ("spread_sweep", _F8), ("net_spread", _F8),
     ("funding_diff_8h", _F8), ("entry_spread", _F8), ("entry_net_spread", _F8), ("entry_sell_vwap", _F8),
     ("entry_buy_vwap", _F8), ("expected_pnl", _F8), ("win_prob", _F8), ("imputed", _JSONB), ("feature_id", _T),
+    ("expected_carry_8h_usd", _F8), ("entry_sweep_cost", _F8), ("break_even_hours", _F8),
 ], ("signal_id", "eval_time"), "eval_time", watchlist_signal_row)
 
 XV_LEG_ORDERS = _spec("xv_leg_orders", [
     ("client_order_id", _T), ("pair_id", _T), ("signal_id", _T), ("coin", _T), ("leg", _T), ("action", _T),
     ("venue", _T), ("symbol", _T), ("side", _T), ("qty", _F8), ("avg_price", _F8), ("top_price", _F8), ("fee", _F8),
     ("slippage_usd", _F8), ("status", _T), ("reason", _T), ("order_time", _TS), ("book_time", _TS),
+    ("filled_qty", _F8), ("ref_price", _F8), ("limit_price", _F8), ("sent_time", _TS), ("attempt", _I4),
+    ("latency_usd", _F8), ("liquidation_usd", _F8),
 ], ("client_order_id", "order_time"), "order_time", watchlist_leg_order_row, "time_ms")
 
 XV_FUNDING_PAYMENTS = _spec("xv_funding_payments", [
     ("pair_id", _T), ("coin", _T), ("leg", _T), ("venue", _T), ("symbol", _T), ("funding_time", _TS), ("rate", _F8),
-    ("mark_price", _F8), ("qty", _F8), ("paid", _F8),
+    ("mark_price", _F8), ("qty", _F8), ("paid", _F8), ("predicted_rate", _F8),
 ], ("pair_id", "leg", "funding_time"), "funding_time", watchlist_funding_payment_row, "funding_time_ms")
 
 XV_PAIR_EVENTS = _spec("xv_pair_events", [
@@ -449,6 +455,8 @@ XV_PAIR_EVENTS = _spec("xv_pair_events", [
     ("funding_usd", _F8), ("net_usd", _F8), ("short_gross_usd", _F8), ("short_fees_usd", _F8),
     ("short_slippage_usd", _F8), ("short_funding_usd", _F8), ("short_net_usd", _F8), ("long_gross_usd", _F8),
     ("long_fees_usd", _F8), ("long_slippage_usd", _F8), ("long_funding_usd", _F8), ("long_net_usd", _F8),
+    ("leg_latency_usd", _F8), ("liquidation_usd", _F8), ("short_leg_latency_usd", _F8),
+    ("short_liquidation_usd", _F8), ("long_leg_latency_usd", _F8), ("long_liquidation_usd", _F8),
 ], ("pair_id", "seq", "event_time"), "event_time", watchlist_pair_event_row)
 
 PIPELINE_ERRORS = _spec("pipeline_errors", [

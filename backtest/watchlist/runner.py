@@ -97,7 +97,7 @@ def summarise(result: BacktestResult, run: WatchlistBacktest | None = None) -> d
         "signals": sum(s["status"] == "signal" for s in result.signals),
         "rejected": sum(s["status"] == "rejected" for s in result.signals),
         "pairs": len(pairs), "closed": len(closed), "failed": len(failed),
-        "open": sum(p["status"] in ("open", "unwinding") for p in pairs),
+        "open": sum(p["status"] in ("opening", "open", "unwinding", "closing") for p in pairs),
         "refused": sum(p["status"] == "rejected" for p in pairs),
         **totals,
         "win_rate": len(wins) / len(closed) if closed else None,

@@ -119,7 +119,7 @@ NUMERIC = {("fills", "fee"), ("positions", "r_usd"), ("positions", "pnl_r_gross"
 # column -> the record field it holds, where the names differ
 RENAMED = {"source_partition": "partition", "source_offset": "offset", "raw_key": "key", "raw_value": "value",
            "order_time": "time_ms", "book_time": "book_time_ms", "funding_time": "funding_time_ms",
-           "opened_time": "opened_ms", "closed_time": "closed_ms"}
+           "opened_time": "opened_ms", "closed_time": "closed_ms", "sent_time": "sent_ms"}
 
 
 def decoded(topic: str) -> dict:
