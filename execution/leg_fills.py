@@ -81,6 +81,7 @@ from stream_apps.cross_venue.events import BookEvent, FundingEvent
 from stream_apps.cross_venue.symbols import instrument
 
 _EPS = 1e-12
+AT = "_at"  # a pair snapshot's own time when a step made it (the caller pops it: ``WatchlistTrader._collect``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,10 +296,10 @@ class TimedPairs(HedgedPairs):
         events = PairEvents()
         while self.pending and self.pending[0]["t"] <= until_ms:
             step = self.pending.pop(0)
-            if step["kind"] == "arrive":
-                events.extend(self._arrive(step, books))
-            else:
-                events.extend(self._answer(step, books))
+            done = self._arrive(step, books) if step["kind"] == "arrive" else self._answer(step, books)
+            for snapshot in done.positions:  # when the change happened (``AT``), for the pair's event time
+                snapshot.setdefault(AT, step["t"])
+            events.extend(done)
         return events
 
     def _arrive(self, step: Mapping[str, Any], books: Mapping[str, BookEvent]) -> PairEvents:

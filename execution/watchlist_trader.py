@@ -53,7 +53,7 @@ from dataclasses import replace
 from typing import Any
 
 from execution.hedged import HedgedPairs, LegRules, PairEntry, PairEvents, PairParams, VenueParams
-from execution.leg_fills import model_from_dict, pair_model
+from execution.leg_fills import AT, model_from_dict, pair_model
 from execution.instrument_rules import InstrumentRule, InstrumentRules
 from stream_apps.cross_venue.events import BookEvent, CrossVenueEvent, FundingEvent, event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
@@ -280,7 +280,8 @@ class WatchlistTrader:
         for snapshot in events.positions:
             pid = snapshot["pair_id"]
             seq = self.pair_seq[pid] = self.pair_seq.get(pid, 0) + 1
-            self._emit("pair", coin, snapshot | {"seq": seq, "event_time": now_ms})
+            at = snapshot.pop(AT, now_ms)  # a leg step's own time (execution.leg_fills)
+            self._emit("pair", coin, snapshot | {"seq": seq, "event_time": at})
         for blocked in events.blocked:
             self._emit("blocked", coin, dict(blocked))
 

@@ -127,6 +127,12 @@ def test_with_leg_latency_a_trader_restored_at_any_point_emits_what_an_uninterru
     orders = [r for k, _, r in expected if k == "order"]
     assert len(orders) >= 8 and all(r["time_ms"] - r["sent_ms"] == 700 for r in orders if r["action"] != "liquidated")
     assert any(r["book_time_ms"] > r["sent_ms"] for r in orders)  # some leg met a book newer than its signal's
+    # a pair opens when its last entry's answer is back: 700 ms after that leg met its book
+    opens = [r for k, _, r in expected if k == "pair" and r["status"] == "open" and r["seq"] == 2]
+    assert opens
+    for pair in opens:
+        entries = [o["time_ms"] for o in orders if o["pair_id"] == pair["pair_id"] and o["action"] == "entry"]
+        assert pair["event_time"] == max(entries) + 700
     rng = np.random.default_rng(11)
     cuts = sorted(set(rng.integers(1, len(EVENTS), 25).tolist()))
     got, start = [], 0
