@@ -205,3 +205,36 @@ def test_a_funding_rate_that_is_not_a_number_is_never_booked():
     paid = [r for k, _, r in trader.take() if k == "funding"]
     assert sorted((p["leg"], p["rate"]) for p in paid) == [("long", -0.0002), ("short", 0.0001)]
     assert trader.counters["unusable_funding"] == 1
+
+
+def test_a_leg_liquidated_in_the_backtest_closes_at_its_liquidation_price_and_the_other_leg_unwinds():
+    """The hand session's pair at 10x (short binance, long okx, 100 ms legs); 30 s in, binance jumps
+    ~12 %: the short leg's mark (its book's mid) passes its liquidation price, the venue closes it
+    there with its penalty, and the okx leg is closed by rule against its own book."""
+    from backtest.watchlist.runner import run_backtest
+    from execution.hedged import liquidation_price
+    from stream_apps.cross_venue.events import BookEvent
+    from stream_apps.watchlist.strategy import parse_watchlist_strategy
+    from tests.backtest.watchlist.test_runner import STRATEGY, T0, hand_session
+
+    levered = parse_watchlist_strategy(STRATEGY.model_dump(mode="json") | {
+        "exits": {"exit_spread_bp": 20, "leverage": 10, "min_liquidation_distance": 0},
+        "legs": {"default_latency_ms": 100}})
+    jump = T0 + 30_000
+    events = [e for e in hand_session() if not (isinstance(e, BookEvent) and e.exchange == "binance"
+                                                and e.time_ms >= jump)]
+    events += [BookEvent("binance", "BTCUSDT", t, ((113.0, 50.0),), ((113.1, 50.0),)) for t in range(jump, T0 + 40_000, 500)]
+    result = run_backtest(levered, sorted(events, key=lambda e: e.time_ms))
+    [pair] = result.pairs
+    entry = next(o for o in result.orders if o["leg"] == "short" and o["action"] == "entry")
+    liq = liquidation_price("SHORT", entry["avg_price"], 10, 0.005)  # entry x 1.1 / 1.005, ~ +9.5 %
+    [liquidated] = [o for o in result.orders if o["action"] == "liquidated"]
+    # exits are checked at every evaluation (each second): the one at the jump sees mid 113.05 > liq
+    assert liquidated["leg"] == "short" and liquidated["avg_price"] == pytest.approx(liq)
+    assert liquidated["time_ms"] == jump
+    assert liquidated["liquidation_usd"] == pytest.approx(0.005 * entry["qty"] * liq)
+    [unwound] = [o for o in result.orders if o["leg"] == "long" and o["action"] == "exit"]
+    assert (unwound["side"], unwound["avg_price"], unwound["time_ms"]) == ("SELL", 99.9, jump + 100)
+    assert (pair["status"], pair["close_reason"]) == ("closed", "liquidated")
+    assert result.summary["liquidation_usd"] == pytest.approx(liquidated["liquidation_usd"])
+    assert result.summary["by_close_reason"]["liquidated"]["pairs"] == 1
