@@ -1,6 +1,10 @@
 """Hedged pair paper execution (issue 24, item 4): a watchlist entry is two legs with one pair id,
 short the rich venue and long the cheap one, filled, held and closed against each venue's book.
 
+This is the *instant* model: both legs fill at the same moment against the books of that moment, all
+or nothing. ``execution.leg_fills.TimedPairs`` (``PairParams.legs`` set) is the same model with leg
+timing: each leg travels to its venue, fills IOC on the book it meets, partly or not at all.
+
 Pure and clock-injected like the rest of the execution core: no Kafka, no wall clock; every call takes
 the time it happens at (``now_ms``, an event time) and the books of that moment, so a live service
 and the backtest drive the same model (one execution model, two clocks): both through

@@ -21,6 +21,13 @@ evaluation saw):
    (``WatchlistSignals.evaluate``); each ``signal`` opens a pair (``HedgedPairs.open``) against the same
    books, so a leg that cannot fill is unwound as it would be live.
 
+Leg timing (the strategy's ``legs:``, or ``leg_latency_ms`` for a what-if run): the model per coin is
+``execution.leg_fills.TimedPairs``, whose leg orders travel. Before an input replaces a coin's books
+(and at ``advance_to``), every step due before it runs against the books as they were
+(``TimedPairs.run_due``), so a leg meets the newest book at or before its arrival, live and in the
+backtest alike; steps due by an evaluation run before its exits and entries. Without it the instant
+model (``execution.hedged.HedgedPairs``) fills both legs at the evaluation's books.
+
 What it did is queued as records (``take()``), in the order it happened, each ``(kind, coin,
 record)``: ``signal`` (a signal or a rejection, xv.signals), ``order`` (a leg order and its paper
 outcome, xv.orders), ``funding`` (a payment, xv.funding), ``pair`` (a snapshot of a pair after each

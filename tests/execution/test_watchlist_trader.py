@@ -134,7 +134,7 @@ def test_with_leg_latency_a_trader_restored_at_any_point_emits_what_an_uninterru
         entries = [o["time_ms"] for o in orders if o["pair_id"] == pair["pair_id"] and o["action"] == "entry"]
         assert pair["event_time"] == max(entries) + 700
     rng = np.random.default_rng(11)
-    cuts = sorted(set(rng.integers(1, len(EVENTS), 25).tolist()))
+    cuts = sorted(set(rng.integers(1, len(EVENTS), 12).tolist()))
     got, start = [], 0
     trader = WatchlistTrader(XV, params=cross_venue_params(XV, **SMALL), leg_latency_ms=700)
     for cut in [*cuts, len(EVENTS)]:
