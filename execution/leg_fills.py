@@ -310,7 +310,7 @@ class TimedPairs(HedgedPairs):
         side = _ENTRY_SIDE[leg.role] if action == "entry" else _EXIT_SIDE[leg.role]
         code = f"pair_{leg.role}_{'entry' if action == 'entry' else 'exit'}"
         book, reason = self._book(leg, now, books)
-        refused = self.flow.get(pair.pair_id, {}).get("refusals", {}).get(leg.venue)
+        refused = self.flow.get(pair.pair_id, {}).get("refusals", {}).get(leg.venue) if action == "entry" else None
         if reason is None and refused:
             reason = f"venue refused: {refused}"
         fill = IocFill(0.0, 0.0, None)

@@ -257,3 +257,16 @@ def test_the_end_of_a_session_lets_legs_in_flight_arrive_and_then_closes_the_pai
     pair = model.pairs[pair_id(SIG)]
     assert (pair.status, pair.close_reason, pair.closed_ms) == ("closed", "end_of_session", T0 + 1_200)
     assert model.pending == [] and model.active_by_key == {}
+
+
+def test_a_venue_that_refuses_the_entry_gets_its_retry_refused_too_and_the_other_leg_is_unwound():
+    model = TimedPairs(params(legs=LegRules(retries=1)))  # zero latency: all of it inside open()
+    books = {"binance": binance(T0, asks=((102.0, 20.0),)), "okx": okx(T0)}
+    events = model.open(ENTRY, T0, books, {"okx": "leverage not set"})
+    short, long_, retry, unwind = events.orders
+    assert (long_.status, retry.status) == ("FAILED", "FAILED") and "venue refused: leverage not set" in retry.reason
+    # the 9.9 sold on Binance (995 USD) are bought back at 102: the instant model's cost, 15.8024
+    assert (unwind.action, unwind.avg_price, unwind.done_qty) == ("unwind", 102.0, pytest.approx(9.9))
+    failed = events.positions[-1]
+    assert (failed["status"], failed["close_reason"]) == ("failed", "unwind")
+    assert failed["net_usd"] == pytest.approx(-15.8024) == cash(events.orders)
