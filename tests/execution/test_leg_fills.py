@@ -20,11 +20,14 @@ import math
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from execution.client_ids import client_order_id, pair_id
 from execution.hedged import LegRules, PairEntry, VenueParams
 from execution.leg_fills import TimedPairs, ioc_fill, model_from_dict
-from tests.execution.test_pairs import ENTRY, SIG, T0, binance, entry_books, okx, params
+from tests.execution.test_pairs import ENTRY, SIG, T0, _side, binance, entry_books, levels, okx, params
+from tests.support.fuzz import FUZZ
 
 LONG_LIMIT = (995 / 9.9) * math.exp(-0.0018)
 SHORT_LIMIT = (986 / 9.9) * math.exp(0.0018)
@@ -273,12 +276,6 @@ def test_a_venue_that_refuses_the_entry_gets_its_retry_refused_too_and_the_other
 
 
 # --- property: whatever the books do while the legs travel ---------------------------------------------
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from tests.execution.test_pairs import _side, levels  # noqa: E402
-from tests.support.fuzz import FUZZ  # noqa: E402
-
 moves = st.lists(st.tuples(st.integers(1, 3_000), st.sampled_from(["binance", "okx"]), levels, levels,
                            st.floats(-1.5, 1.5)), max_size=8)
 BASE = {"binance": 101.1, "okx": 99.1}  # the entry books' mids: binance rich
