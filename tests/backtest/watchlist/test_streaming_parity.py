@@ -2,7 +2,8 @@
 
 A generated 12-minute session of BTC and ETH on binance, bybit and okx (books, funding) is published
 to md.book and md.mark through the real broker. The watchlist service trades a watchlist strategy on
-it (``traders``), stopped halfway and restarted from its checkpoint; what it published to
+it (``traders``; and the same strategy with legs that take 300 ms to their venues, filling on the book
+they meet: ``execution.leg_fills``), stopped halfway and restarted from its checkpoint; what it published to
 xv.signals, xv.orders and xv.pairs (re-published records identical) is what the same trader computes
 from those topics read back (``--source broker``: ``read_broker``), and what ``tapeflow watchlist
 backtest --source broker:PREFIX`` reports; the sink stores every record once, and the backtest over
@@ -40,6 +41,8 @@ STRATEGY = {"kind": "watchlist", "name": "xv_stream", "version": "1", "notional_
             "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12},
             "exits": {"exit_spread_bp": -2}}
 XV = parse_watchlist_strategy(STRATEGY)
+#: the same strategy with legs 300 ms from their venues (execution.leg_fills), traded beside it
+XV_LEGS = parse_watchlist_strategy(STRATEGY | {"name": "xv_stream_legs", "legs": {"default_latency_ms": 300}})
 EVENTS = session(11, 12, coins=("BTC", "ETH"), jump_per_hour=12.0)
 OUTPUTS = ("xv.signals", "xv.orders", "xv.funding", "xv.pairs")
 #: what identifies one record of each output (a re-published record has the same key and values)
@@ -85,6 +88,14 @@ def _wait_evaluated(trader: WatchlistTrader, run, until_ms: int, timeout: float 
     raise AssertionError(f"evaluated up to {trader.state.next_eval}, not past {until_ms}")
 
 
+def _of(strategy, streamed: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The records of one strategy's trader (both publish to the same topics)."""
+    mine = {t: [r for r in streamed[t] if r["signal_id"].startswith(f"xv:{strategy.name}:")]
+            for t in ("xv.signals", "xv.orders", "xv.pairs")}
+    pairs = {p["pair_id"] for p in mine["xv.pairs"]}
+    return mine | {"xv.funding": [r for r in streamed["xv.funding"] if r["pair_id"] in pairs]}
+
+
 def _unique(topic: str, records: list[dict]) -> list[dict]:
     """First occurrence of each key, in order; a re-published record must equal the first."""
     seen: dict[tuple, dict] = {}
@@ -102,46 +113,50 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     mid_ms, end_ms = records[half - 1][2]["event_time"], records[-1][2]["event_time"]
     settings = Settings(home=tmp_path / "home", broker=kafka_bootstrap, topic_prefix=topic_prefix)
 
-    def options(trader: WatchlistTrader) -> WatchlistOptions:
+    def options(*traders: WatchlistTrader) -> WatchlistOptions:
         return WatchlistOptions(params=CrossVenueParams(), lateness_ms=1_000, prime_history_ms=None,
                                 start_from="earliest", group_id=topic_prefix + "wl", checkpoint_interval_s=1.0,
-                                traders=(trader,))
+                                traders=traders)
 
     _produce(kafka_bootstrap, topic_prefix, records[:half])
     first = WatchlistTrader(XV)
-    run = running_watchlist(settings, options(first))
+    run = running_watchlist(settings, options(first, WatchlistTrader(XV_LEGS)))
     try:
         _wait_evaluated(first, run, mid_ms - 3_000)
         assert run.close() == 0
         _produce(kafka_bootstrap, topic_prefix, records[half:])
         second = WatchlistTrader(XV)  # restored from the checkpoint by the service
-        run = running_watchlist(settings, options(second))
+        run = running_watchlist(settings, options(second, WatchlistTrader(XV_LEGS)))
         _wait_evaluated(second, run, end_ms - 3_000)
         assert second.counters["signal"] >= first.counters["signal"]  # went on from the first's state
         assert run.close() == 0
     finally:
         if run.thread.is_alive():
             run.close()
-    streamed = {t: _unique(t, [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + t, settled=True)])
-                for t in OUTPUTS}
-    print("\nstreamed: " + ", ".join(f"{t} {len(v)}" for t, v in streamed.items()))
+    everything = {t: _unique(t, [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + t, settled=True)])
+                  for t in OUTPUTS}
+    streamed, legs = _of(XV, everything), _of(XV_LEGS, everything)
+    print("\nstreamed: " + ", ".join(f"{t} {len(v)} + {len(legs[t])} with leg timing" for t, v in streamed.items()))
     assert len(streamed["xv.signals"]) >= 3 and len(streamed["xv.orders"]) >= 8, streamed
     assert {p["status"] for p in streamed["xv.pairs"]} >= {"open", "closed"}
+    assert all(len(everything[t]) == len(streamed[t]) + len(legs[t]) for t in OUTPUTS)
+    assert legs["xv.orders"] and all(o["time_ms"] - o["sent_ms"] == 300 for o in legs["xv.orders"])
 
     # the backtest's trader over the same topics, read back as the service reads them
     events = read_broker(kafka_bootstrap, topic_prefix, SERDE)
     assert len(events) == len(records)
-    backtest = WatchlistTrader(XV)
-    backtest.feed(events)
-    computed: dict[str, list[dict]] = {t: [] for t in OUTPUTS}
-    for kind, _, record in backtest.take():
-        if kind != "blocked":
-            computed[backtest.topics[kind]].append(record)
     cutoff = end_ms - 5_000  # the service held the last second back (lateness): compare what both saw whole
-    for topic in OUTPUTS:
-        got = [r for r in streamed[topic] if TIMES[topic](r) <= cutoff]
-        want = [r for r in computed[topic] if TIMES[topic](r) <= cutoff]
-        assert got == want, topic
+    for strategy, published in ((XV, streamed), (XV_LEGS, legs)):
+        backtest = WatchlistTrader(strategy)
+        backtest.feed(events)
+        computed: dict[str, list[dict]] = {t: [] for t in OUTPUTS}
+        for kind, _, record in backtest.take():
+            if kind != "blocked":
+                computed[backtest.topics[kind]].append(record)
+        for topic in OUTPUTS:
+            got = [r for r in published[topic] if TIMES[topic](r) <= cutoff]
+            want = [r for r in computed[topic] if TIMES[topic](r) <= cutoff]
+            assert got == want, (strategy.name, topic)
 
     # the command over the broker: the same signals
     monkeypatch.setenv("TAPEFLOW_BROKER", kafka_bootstrap)
@@ -168,7 +183,7 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     thread.start()
     tables = {"xv.signals": "xv_signals", "xv.orders": "xv_leg_orders", "xv.funding": "xv_funding_payments",
               "xv.pairs": "xv_pair_events"}
-    want_rows = {t: len(streamed[topic]) for topic, t in tables.items()}
+    want_rows = {t: len(everything[topic]) for topic, t in tables.items()}
     want_rows |= {"depth_snapshots": sum(t == "md.book" for t, _, _ in records),
                   "mark_prices": sum(t == "md.mark" for t, _, _ in records)}
     try:
@@ -186,7 +201,7 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     with psycopg.connect(database) as conn:
         latest = conn.execute("SELECT pair_id, status, net_usd FROM xv_pairs_latest ORDER BY pair_id").fetchall()
     last = {}
-    for p in streamed["xv.pairs"]:
+    for p in everything["xv.pairs"]:
         last[p["pair_id"]] = p
     assert [(pid, p["status"]) for pid, p in sorted(last.items())] == [(pid, s) for pid, s, _ in latest]
 
