@@ -112,6 +112,7 @@ class LegRules:
     min_entry_spread: float = 0.0
     retries: int = 1
     retry_step_bp: float = 5.0
+    sequential: bool = False  # the thinner book's leg first, the hedge sent for what it filled
 
     def __post_init__(self) -> None:
         if not 0 <= self.retries <= 10 or not 0 <= self.retry_step_bp <= 1_000:

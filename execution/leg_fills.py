@@ -17,6 +17,11 @@ The fill model, step by step (times in event time; ``L(v)`` is venue ``v``'s one
    the other leg trades at its VWAP of ``e`` (short: ``long VWAP x exp(min + four fees)``, long:
    ``short VWAP x exp(-(min + four fees))``). That limit is the entry's re-check at arrival: a leg
    that meets a book that moved takes only the levels still inside it. Both legs are sent at ``e``.
+   With ``LegRules.sequential`` only the leg on the thinner book (the fewer coins inside its limit)
+   is sent at ``e``; when its answer is back (``e + 2 L(lead)``) the hedge is sent for exactly what
+   it filled, its limit re-derived from the lead's actual VWAP (nothing filled: ``failed``, no hedge).
+   The re-check then happens at the hedge's arrival against the real first fill; the price is one
+   more round trip.
 2. **Arrival** at ``e + L(v)``: the leg walks the book of that moment from the touch, taking levels at
    or inside its limit, up to its quantity, rounded down to the venue's lot step: ``FILLED``,
    ``PARTIAL`` or ``FAILED`` (nothing filled, with the reason: the limit, no/stale book, refused).
@@ -250,14 +255,36 @@ class TimedPairs(HedgedPairs):
                                              + p.venue(pair.legs["long"].venue).taker_fee)
         limits = {"short": vwaps["long"] * math.exp(need), "long": vwaps["short"] * math.exp(-need)}
         self.active_by_key[pair.pair_key] = pair.pair_id
-        self.flow[pair.pair_id] = {"target": pair.qty, "limits": limits, "refs": refs, "retries": {"short": 0, "long": 0},
-                                   "out": {}, "attempts": {}, "refusals": dict(refusals or {}), "exit": None}
+        flow = self.flow[pair.pair_id] = {"target": pair.qty, "limits": limits, "refs": refs,
+                                          "retries": {"short": 0, "long": 0}, "out": {}, "attempts": {},
+                                          "refusals": dict(refusals or {}), "exit": None, "need": need}
         pair.qty = 0.0  # the hedged quantity: set when both legs have answered
         events.positions.append(pair.to_record())
-        for role in ("short", "long"):
-            self._send(pair, role, "entry", self.flow[pair.pair_id]["target"], limits[role], refs[role], now_ms)
+        if rules.sequential:  # the leg on the thinner book (inside its limit) first; ties: the short leg
+            depth = {role: ioc_fill(books[leg.venue].bids if role == "short" else books[leg.venue].asks, math.inf,
+                                    _ENTRY_SIDE[role], limits[role]).qty for role, leg in pair.legs.items()}
+            flow["lead"] = "long" if depth["long"] < depth["short"] else "short"
+            self._send(pair, flow["lead"], "entry", flow["target"], limits[flow["lead"]], refs[flow["lead"]], now_ms)
+        else:
+            for role in ("short", "long"):
+                self._send(pair, role, "entry", flow["target"], limits[role], refs[role], now_ms)
         events.extend(self.run_due(now_ms, books))
         return events
+
+    def _send_hedge(self, pair: PairPosition, flow: dict[str, Any], now: int) -> PairEvents:
+        """Sequential legs: the lead has answered; the hedge goes for exactly what it filled, its limit
+        re-derived from the lead's actual VWAP (the entry's re-check, made where the hedge arrives)."""
+        lead = flow.pop("lead")
+        hedge = "long" if lead == "short" else "short"
+        filled = pair.legs[lead].entered
+        if filled <= _EPS:
+            pair.reason = f"{lead} leg {pair.legs[lead].venue}: {pair.legs[lead].orders[-1].reason}; the hedge was not sent"
+            self._finish(pair, "failed", None, now)
+            return PairEvents(positions=[pair.to_record()])
+        price = pair.legs[lead].avg_price(True)
+        flow["limits"][hedge] = price * math.exp(-flow["need"] if hedge == "long" else flow["need"])
+        self._send(pair, hedge, "entry", filled, flow["limits"][hedge], flow["refs"][hedge], now)
+        return PairEvents()
 
     def _minimums(self, pair: PairPosition, books: Mapping[str, BookEvent]) -> str | None:
         """Why the venues would refuse the entry orders (minimum size, minimum notional), or None."""
@@ -353,6 +380,8 @@ class TimedPairs(HedgedPairs):
         pair = self.pairs[step["pid"]]
         now = step["t"]
         if pair.status == "opening":
+            if "lead" in flow:
+                return self._send_hedge(pair, flow, now)
             return self._after_entry(pair, flow, now, books)
         return self._after_exit(pair, now)
 

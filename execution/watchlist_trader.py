@@ -95,7 +95,8 @@ def pair_params(strategy: WatchlistStrategy, leg_latency_ms: int | None = None) 
         entry_bp = legs.min_entry_spread_bp
         if entry_bp is None:
             entry_bp = strategy.triggers.min_net_spread_bp or 0.0
-        rules = LegRules(min_entry_spread=entry_bp * BP, retries=legs.retries, retry_step_bp=legs.retry_step_bp)
+        rules = LegRules(min_entry_spread=entry_bp * BP, retries=legs.retries, retry_step_bp=legs.retry_step_bp,
+                         sequential=legs.sequential)
         timing = {"liquidation_fee": legs.liquidation_fee}
 
     def venue(name: str | None, fee: float) -> VenueParams:

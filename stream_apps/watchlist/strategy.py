@@ -101,6 +101,8 @@ class Legs(_Model):
                                   "null: triggers.min_net_spread_bp, or 0 (break-even)")
     retries: int = Field(default=1, ge=0, le=10, description="IOC retries of the leg that filled less")
     retry_step_bp: float = Field(default=5.0, ge=0, le=1_000, description="each retry's limit this much worse")
+    sequential: bool = Field(default=False, description="send the thinner book's leg first and the hedge for what "
+                                                        "it filled, limited by its actual price (one more round trip)")
     liquidation_fee: float = Field(default=0.005, ge=0, lt=0.1, description="venue penalty on a liquidated leg")
 
     @model_validator(mode="after")

@@ -36,8 +36,8 @@ SHORT_LIMIT = (986 / 9.9) * math.exp(0.0018)
 def timed(**overrides) -> TimedPairs:
     venues = {"binance": VenueParams(taker_fee=0.0005, lot_step=0.1, latency_ms=100),
               "okx": VenueParams(taker_fee=0.0004, lot_step=0.001, latency_ms=300)}
-    return TimedPairs(params(venues=venues, legs=LegRules(min_entry_spread=0.0, retries=1, retry_step_bp=5.0),
-                             **overrides))
+    rules = {"legs": LegRules(min_entry_spread=0.0, retries=1, retry_step_bp=5.0)}
+    return TimedPairs(params(venues=venues, **(rules | overrides)))
 
 
 def cash(orders) -> float:
@@ -283,14 +283,14 @@ BASE = {"binance": 101.1, "okx": 99.1}  # the entry books' mids: binance rich
 
 @FUZZ
 @given(latency=st.tuples(st.integers(0, 500), st.integers(0, 500)), moves=moves, retries=st.integers(0, 2),
-       entry=st.tuples(levels, levels), rate=st.floats(-0.003, 0.003))
+       entry=st.tuples(levels, levels), rate=st.floats(-0.003, 0.003), sequential=st.booleans())
 def test_the_pair_always_hedges_what_filled_and_its_pnl_is_the_cash_of_the_fills(latency, moves, retries, entry,
-                                                                                 rate):
+                                                                                 rate, sequential):
     """50 USD a leg on random books that move while the legs travel (at 200 examples, about a third of
     the pairs close, half of those after a partial fill; the rest fail at sizing or fill nothing)."""
     venues = {"binance": VenueParams(taker_fee=0.0005, lot_step=0.1, latency_ms=latency[0]),
               "okx": VenueParams(taker_fee=0.0004, lot_step=0.001, latency_ms=latency[1])}
-    model = TimedPairs(params(notional_usd=50.0, venues=venues, legs=LegRules(retries=retries)))
+    model = TimedPairs(params(notional_usd=50.0, venues=venues, legs=LegRules(retries=retries, sequential=sequential)))
     books = {"binance": binance(T0, bids=_side(entry[0], 101.0, True), asks=_side(entry[0], 101.2, False)),
              "okx": okx(T0, bids=_side(entry[1], 99.0, True), asks=_side(entry[1], 99.2, False))}
     events = model.open(ENTRY, T0, books)
@@ -321,3 +321,39 @@ def test_the_pair_always_hedges_what_filled_and_its_pnl_is_the_cash_of_the_fills
     if pair.status == "closed":  # both legs held the hedged quantity between the entry and the exit
         for leg in pair.legs.values():
             assert sum(o.done_qty for o in leg.orders if o.action == "exit") == pytest.approx(pair.qty)
+
+
+def test_sequential_legs_send_the_hedge_for_what_the_lead_filled_limited_by_its_actual_price():
+    """The thinner book leads: inside their limits OKX's asks hold 14 coins, Binance's bids 15, so
+    the long leg goes first (T0 -> OKX at T0+300, answer T0+600); the short hedge leaves at T0+600 for
+    the 9.9 filled, limit 99.596 x exp(0.0018) = 99.7753 (from the lead's actual VWAP 986 / 9.9)."""
+    def run(binance_then):
+        model = timed(legs=LegRules(min_entry_spread=0.0, retries=1, retry_step_bp=5.0, sequential=True))
+        tape = Tape(model)
+        model.open(ENTRY, T0, tape.books)
+        tape.at(T0 + 650, binance=binance_then)
+        tape.at(T0 + 2_000)
+        return model, tape.orders()
+
+    # Binance moved before the hedge arrived (T0+700): 3 at 100.5 and 6.9 at 99.8 are inside, 99.7 is not
+    model, orders = run(binance(T0 + 650, bids=((100.5, 3.0), (99.8, 6.9), (99.7, 50.0))))
+    lead, hedge = orders
+    assert (lead.leg, lead.sent_ms, lead.time_ms, lead.avg_price) == ("long", T0, T0 + 300, pytest.approx(986 / 9.9))
+    assert (hedge.leg, hedge.sent_ms, hedge.time_ms, hedge.qty) == ("short", T0 + 600, T0 + 700, pytest.approx(9.9))
+    assert hedge.limit_price == pytest.approx((986 / 9.9) * math.exp(0.0018))
+    assert hedge.avg_price == pytest.approx((3 * 100.5 + 6.9 * 99.8) / 9.9)  # 990.12 / 9.9
+    assert hedge.latency_usd == pytest.approx(9.9 * (101 - 100.5))  # the touch fell 0.5 from the signal's
+    pair = model.pairs[pair_id(SIG)]
+    assert (pair.status, pair.qty) == ("open", pytest.approx(9.9))
+    assert pair.entry_spread == pytest.approx(math.log(990.12 / 986))
+    # nothing inside the limit: the hedge and its retry (99.7753 / 1.0005 = 99.7254) fill nothing, the lead unwinds
+    model, orders = run(binance(T0 + 650, bids=((99.7, 50.0),)))
+    assert [(o.leg, o.action, o.status, o.time_ms) for o in orders] == [
+        ("long", "entry", "FILLED", T0 + 300), ("short", "entry", "FAILED", T0 + 700),
+        ("short", "entry", "FAILED", T0 + 900), ("long", "unwind", "FILLED", T0 + 1_300)]
+    assert orders[2].limit_price == pytest.approx((986 / 9.9) * math.exp(0.0018) / 1.0005)
+    pair = model.pairs[pair_id(SIG)]
+    assert (pair.status, pair.close_reason) == ("failed", "unwind")
+    # 986 bought, 9.9 x 98.5 = 975.15 sold: net -(10.85 + 0.3944 + 0.39006) = cash
+    assert pair.to_record()["net_usd"] == pytest.approx(-(986 - 975.15 + 0.0004 * 986 + 0.0004 * 975.15)) == \
+        cash(orders)
