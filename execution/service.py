@@ -214,10 +214,10 @@ class ExecutorService:
                 idle = self._idle is not None and self._idle.idle
                 for msg in self._consumer.consume(num_messages=500, timeout=0.1 if idle else 0.02):
                     if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF and self._deferred is None:
-                            self.aligner.at_end(self._names[msg.topic()], msg.partition())
-                        else:
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error", error=msg.error().str())
+                        elif self._deferred is None:  # a gated service's ends are dropped with its reads
+                            self.aligner.at_end(self._names[msg.topic()], msg.partition())
                         continue
                     received += 1
                     if self.executor is not None:

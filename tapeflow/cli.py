@@ -743,31 +743,88 @@ def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-rea
         echo(f"\n{len(missing)} catalogue topic(s) missing: {', '.join(missing)} (run `tapeflow topics create`)")
 
 
+def segment_ends(chain) -> dict[tuple[str, int], int]:
+    """(physical topic, partition) -> the offset after its last record, for the chain's closed segments
+    (recorded when they closed; Tansu's own end offset counts batches, so a lag from it is too small)."""
+    return {(link.prefix + name, p): end for link in chain.links if link.closed and link.ends
+            for name, parts in link.ends.items() for p, end in parts.items()}
+
+
+def logical_describe_row(chain, base: str, name: str, physical: dict[str, dict],
+                         open_ends: dict[tuple[str, int], int] | None = None) -> dict | None:
+    """``topics describe`` of catalogue topic ``name`` over the segments of ``chain``: one row, offsets
+    logical (those `topics tail` prints, stable when old segments are deleted), the segments behind it
+    oldest first with their physical topics and offsets. A closed segment ends where its close recorded;
+    an open one at ``open_ends`` (the true ends: Tansu's end offset counts batches), else its end offset.
+    None when no segment has the topic."""
+    segments, parts, config = [], {}, {}
+    for link in chain.links:
+        row = physical.get(link.prefix + name)
+        if row is None or not row.get("exists"):
+            continue
+        config = row.get("config", config)
+        seg_parts = []
+        for p in row.get("partitions", []):
+            pid = p["partition"]
+            low = max(p["low"], link.start(name, pid))
+            high = (open_ends or {}).get((row["topic"], pid), p["high"])
+            if link.closed and link.ends is not None and pid in link.ends.get(name, {}):
+                high = link.ends[name][pid]
+            high = max(low, high)
+            lo, hi = link.logical(name, pid, low), link.logical(name, pid, high)
+            seg_parts.append({"partition": pid, "low": lo, "high": hi, "physical_low": p["low"], "physical_high": p["high"]})
+            whole = parts.setdefault(pid, {"partition": pid, "leader": p["leader"], "low": lo, "high": hi})
+            whole["low"], whole["high"] = min(whole["low"], lo), max(whole["high"], hi)
+        segments.append({"topic": row["topic"], "epoch": link.epoch, "closed": link.closed, "partitions": seg_parts})
+    if not segments:
+        return None
+    ordered = [parts[p] for p in sorted(parts)]
+    return {"topic": base + name, "exists": True, "partitions": ordered,
+            "messages": sum(p["high"] - p["low"] for p in ordered), "config": config, "segments": segments}
+
+
 @topics_app.command("describe")
 def topics_describe(
     topics: list[str] = typer.Argument(None, help="Topic names (default: every catalogue topic)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Partitions, offsets, configuration, catalogue entry (key, schema, retention) and the consumer
-    groups reading each topic with their lag."""
+    groups reading each topic with their lag. On the embedded stack a catalogue topic is its logical
+    topic over the kept segments: offsets as `topics tail` prints them, the segments listed."""
     from schemas.catalogue import all_topics
     from tapeflow.topic_groups import groups_lag
     from tapeflow_runtime.kafka_client import describe_topics
+    from tapeflow_runtime.offsets import true_ends
 
-    prefix = current_prefix(state.settings())  # the embedded stack's current epoch
-    catalogue = {prefix + t.name: t for t in all_topics()}
-    names = [prefix + n if prefix + n in catalogue and n not in catalogue else n for n in topics] if topics \
-        else sorted(catalogue)
+    settings = state.settings()
+    base = settings.topic_prefix
+    chain = reader_chain(settings)  # the embedded stack's segments (Kafka: the prefix's topics)
+    by_name = {t.name: t for t in all_topics()}
+    wanted = list(topics) if topics else sorted(by_name)
     bootstrap = _bootstrap()
-    rows = describe_topics(bootstrap, names)
-    groups = groups_lag(bootstrap, prefix=prefix)
-    for r in rows:
-        spec = catalogue.get(r["topic"])
-        r["catalogue"] = None if spec is None else {
+    logical_names = [n[len(base):] if n.startswith(base) and n[len(base):] in by_name else n for n in wanted]
+    physical_names = sorted({link.prefix + n for n in logical_names if n in by_name for link in chain.links}
+                            | {n for n in logical_names if n not in by_name})
+    physical = {r["topic"]: r for r in describe_topics(bootstrap, physical_names)}
+    open_links = [link for link in chain.links if not link.closed]
+    open_ends = true_ends(bootstrap, [(r["topic"], p["partition"]) for link in open_links for n in logical_names
+                                      if (r := physical.get(link.prefix + n)) and r.get("exists")
+                                      for p in r["partitions"] if p["high"] > 0])
+    groups = groups_lag(bootstrap, prefix=base)
+    closed_ends = segment_ends(chain)
+    rows = []
+    for name in logical_names:
+        spec = by_name.get(name)
+        row = logical_describe_row(chain, base, name, physical, open_ends) if spec is not None else physical.get(name)
+        if row is None:
+            row = {"topic": (base + name) if spec is not None else name, "exists": False}
+        behind = {s["topic"] for s in row.get("segments", [])} or {row["topic"]}
+        row["catalogue"] = None if spec is None else {
             "key": spec.key, "partitions": spec.partitions, "cleanup_policy": spec.cleanup_policy,
             "retention_ms": spec.retention_ms, "value_schema": spec.value_schema, "description": spec.description}
-        readers = [g.on_topic(r["topic"]) for g in groups]
-        r["groups"] = [g.as_dict() for g in readers if g.partitions]
+        readers = [g.on_topics(behind).with_ends(closed_ends) for g in groups]
+        row["groups"] = [g.as_dict() for g in readers if g.partitions]
+        rows.append(row)
     if json_out:
         for r in rows:
             typer.echo(orjson.dumps(r).decode())
@@ -785,8 +842,13 @@ def topics_describe(
         echo(f"  config {r['config']}")
         for p in r["partitions"]:
             echo(f"  partition {p['partition']}: leader {p['leader']}, offsets {p['low']}..{p['high']}")
+        if len(r.get("segments", [])) > 1:
+            for s in r["segments"]:
+                span = ", ".join(f"{p['partition']}:{p['low']}..{p['high']}" for p in s["partitions"])
+                echo(f"  segment {s['topic']} (epoch {s['epoch']}, {'closed' if s['closed'] else 'open'}): {span}")
         for g in r["groups"]:
-            lags = ", ".join(f"{p['partition']}:{p['lag']}" for p in g["partitions"])
+            several = len({p["topic"] for p in g["partitions"]}) > 1  # a group on two segments: name them
+            lags = ", ".join(f"{p['topic'] + '/' if several else ''}{p['partition']}:{p['lag']}" for p in g["partitions"])
             echo(f"  group {g['group']} ({g['state']}, {g['members']} members): lag {g['total_lag']} ({lags})")
         if not r["groups"]:
             echo("  no consumer group has committed offsets here")
@@ -801,10 +863,18 @@ def topics_lag(
     """Consumer lag per partition and in total: end offset minus the group's committed offset.
 
     Read from the broker's admin API: it never joins the group. On the embedded broker (Tansu) the
-    end offset counts record batches, so the lag there is a lower bound."""
+    end offset counts record batches, so the lag there is a lower bound; its groups are those reading
+    the kept topic segments (a group left by a deleted segment is not listed)."""
+    from schemas.catalogue import all_topics
     from tapeflow.topic_groups import groups_lag, render
 
-    groups = groups_lag(_bootstrap(), group, prefix=current_prefix(state.settings()))
+    settings = state.settings()
+    groups = groups_lag(_bootstrap(), group, prefix=settings.topic_prefix)
+    if rollover_enabled(settings):
+        chain = reader_chain(settings)
+        kept = {link.prefix + t.name for link in chain.links for t in all_topics()}
+        ends = segment_ends(chain)
+        groups = [g for g in (g.on_topics(kept).with_ends(ends) for g in groups) if g.partitions]
     if json_out:
         for g in groups:
             typer.echo(orjson.dumps(g.as_dict()).decode())

@@ -47,7 +47,17 @@ class GroupLag:
         return sum(p.lag for p in self.partitions)
 
     def on_topic(self, topic: str) -> GroupLag:
-        return GroupLag(self.group, self.state, self.members, [p for p in self.partitions if p.topic == topic])
+        return self.on_topics({topic})
+
+    def on_topics(self, topics: set[str]) -> GroupLag:
+        """The group's partitions on ``topics`` (a logical topic's segments) only."""
+        return GroupLag(self.group, self.state, self.members, [p for p in self.partitions if p.topic in topics])
+
+    def with_ends(self, ends: dict[tuple[str, int], int]) -> GroupLag:
+        """The same lags with the end offsets given for some partitions (a closed segment's true ends)."""
+        return GroupLag(self.group, self.state, self.members,
+                        [PartitionLag(p.topic, p.partition, p.committed, max(p.end, ends.get((p.topic, p.partition), p.end)))
+                         for p in self.partitions])
 
     def as_dict(self) -> dict:
         return {"group": self.group, "state": self.state, "members": self.members, "total_lag": self.total,

@@ -48,6 +48,35 @@ class SyntheticExchange(FakeExchangeService):
                       address=f"{HOST}:{self.rest_port}")
 
 
+class SyntheticReplay(FakeExchangeService):
+    """The fake exchange replaying a synthetic session as `up --source replay:DIR --replay-speed S` replays
+    a recording: paced by the producer's replay control, at ``speed`` (``max``: no sleeping)."""
+
+    def __init__(self, settings, paths, spec: SyntheticSpec, speed: str) -> None:
+        super().__init__(settings, paths)
+        self.spec, self.speed = spec, speed
+
+    def prepare(self) -> Launch:
+        s = self.spec
+        return Launch(argv=[sys.executable, "-m", "fake_exchange", "--synthetic-seed", str(s.seed),
+                            "--synthetic-symbols", ",".join(s.symbols), "--synthetic-duration", str(s.duration_s),
+                            "--synthetic-trades-per-s", str(s.trades_per_s), "--synthetic-burstiness", str(s.burstiness),
+                            "--synthetic-start", str(s.start_time), "--ws-port", str(self.ws_port),
+                            "--rest-port", str(self.rest_port), "--speed", self.speed, "--rest-clock", "recording",
+                            "--log-level", "WARNING"],
+                      address=f"{HOST}:{self.rest_port}")
+
+
+class SyntheticReplayProducer(ProducerService):
+    """The producer under the replay control of a ``SyntheticReplay`` (its symbols from TAPEFLOW_SYMBOLS:
+    there is no recording directory to read them from)."""
+
+    def prepare(self) -> Launch:
+        launch = super().prepare()
+        return Launch(argv=[a for a in launch.argv if a != "--symbols-from-recording"], address=launch.address,
+                      env=launch.env)
+
+
 class LiveProducer(ProducerService):
     """The producer in live mode against the fake exchange (it never hears of the session's end)."""
 
@@ -108,10 +137,11 @@ def expected_trades(spec: SyntheticSpec) -> dict[str, tuple[int, int, int]]:
 @contextlib.contextmanager
 def live_stack(home: Path, spec: SyntheticSpec, *, max_batches: int, check_s: float = 1.0,
                env: dict[str, str] | None = None, start: str = "first_subscriber",
-               startup_timeout_s: float = 60.0) -> Iterator[RunningStack]:
+               startup_timeout_s: float = 60.0, replay_speed: str | None = None) -> Iterator[RunningStack]:
     """Start the stack (broker, database, sink, engine, executor, fake exchange, live producer) under
     ``home`` with the rollover at ``max_batches``; supervise it on a thread until the block ends.
-    ``start="session_time"`` plays each frame at its own receive time (event times = the wall clock's)."""
+    ``start="session_time"`` plays each frame at its own receive time (event times = the wall clock's).
+    ``replay_speed`` (e.g. "max"): replay the session instead, as `up --source replay:DIR` does."""
     saved = {k: os.environ.get(k) for k in ("TAPEFLOW_SYMBOLS", "TAPEFLOW_WARM_START_HOURS", *(env or {}))}
     os.environ.update({"TAPEFLOW_SYMBOLS": ",".join(spec.symbols), "TAPEFLOW_WARM_START_HOURS": "0", **(env or {})})
     log: list[str] = []
@@ -125,10 +155,14 @@ def live_stack(home: Path, spec: SyntheticSpec, *, max_batches: int, check_s: fl
         settings = Settings(home=home, broker=None, database_url=None, symbols=list(spec.symbols),
                             warm_start_hours=0, epoch_max_batches=max_batches, epoch_check_s=check_s,
                             startup_timeout_s=startup_timeout_s)
-        fake = SyntheticExchange(settings, paths, spec, start)
         probe = Supervisor(settings, paths, say=say)  # the services `up` would run, on the right epoch
         services = [s for s in probe.services if s.name not in ("producer", "fake-exchange")]
-        services += [fake, LiveProducer(settings, paths, fake)]
+        if replay_speed is None:
+            fake = SyntheticExchange(settings, paths, spec, start)
+            services += [fake, LiveProducer(settings, paths, fake)]
+        else:
+            replay = SyntheticReplay(settings, paths, spec, replay_speed)
+            services += [replay, SyntheticReplayProducer(settings, paths, replay)]
         sup = Supervisor(settings, paths, say=say, services=services, steps=default_steps(settings, paths))
         sup.acquire_lock()
         thread = None

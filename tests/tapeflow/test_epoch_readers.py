@@ -81,7 +81,9 @@ def test_topics_tail_and_describe_read_the_current_epoch(kafka_bootstrap, topic_
     res = cli(stack_in_epoch_1, "topics", "describe", "md.trades", "--json")
     assert res.returncode == 0, res.stderr
     (row,) = [json.loads(line) for line in res.stdout.splitlines()]
-    assert row["topic"] == current + "md.trades" and row["catalogue"]["key"]
+    # the logical topic, behind it the current epoch's segment only (not the stale plain names)
+    assert row["topic"] == topic_prefix + "md.trades" and row["catalogue"]["key"]
+    assert [s["topic"] for s in row["segments"]] == [current + "md.trades"]
 
 
 def test_backtest_from_topics_reads_the_current_epoch(kafka_bootstrap, topic_prefix, stack_in_epoch_1, tmp_path):
@@ -198,6 +200,41 @@ def test_readers_see_one_logical_topic_over_the_kept_segments(kafka_bootstrap, t
     # finished segments: their recorded record counts; the open one: its offsets (Tansu's count batches)
     assert [s["messages"] for s in row["segments"][:2]] == [4, 6] and 1 <= row["segments"][2]["messages"] <= 3
     assert row["messages"] == sum(s["messages"] for s in row["segments"])
+    # describe: the same logical topic, its offsets those tail printed, segments contiguous oldest first
+    res = cli(env, "topics", "describe", "md.trades", "--json")
+    assert res.returncode == 0, res.stderr
+    (row,) = [json.loads(line) for line in res.stdout.splitlines()]
+    assert row["topic"] == topic_prefix + "md.trades"
+    assert [s["topic"] for s in row["segments"]] == [prefix + "md.trades" for prefix, _ in plan]
+    (busy,) = {r["partition"] for r in rows}
+    spans = [next(p for p in s["partitions"] if p["partition"] == busy) for s in row["segments"]]
+    assert (spans[0]["low"], spans[0]["high"]) == (0, 4) and (spans[1]["low"], spans[1]["high"]) == (4, 10)
+    assert (spans[2]["low"], spans[2]["high"]) == (10, 13)  # the open one up to its last record
+    whole = next(p for p in row["partitions"] if p["partition"] == busy)
+    assert (whole["low"], whole["high"]) == (0, 13)
+    # lag: a group reading the kept segments is listed with its lag there; one left on a topic outside
+    # the chain (a deleted segment's name) is not
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.catalogue import topic as topic_spec
+    from tapeflow_runtime.kafka_client import consumer_config
+
+    stale_topic = topic_prefix + "e3.md.trades"
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix + "e3.", specs=[topic_spec("md.trades")])
+    for group, topic, offset in ((topic_prefix + "reader", plan[0][0] + "md.trades", 2),
+                                 (topic_prefix + "stale", stale_topic, 0)):
+        c = Consumer(consumer_config(kafka_bootstrap, group))
+        c.commit(offsets=[TopicPartition(topic, busy, offset)], asynchronous=False)
+        c.close()
+    res = cli(env, "topics", "lag", "--json")
+    assert res.returncode == 0, res.stderr
+    lags = {g["group"]: g for g in map(json.loads, res.stdout.splitlines())}
+    assert topic_prefix + "stale" not in lags
+    assert [(p["topic"], p["committed"], p["lag"]) for p in lags[topic_prefix + "reader"]["partitions"]] == \
+        [(plan[0][0] + "md.trades", 2, 2)]
+    res = cli(env, "topics", "describe", "md.trades")
+    assert res.returncode == 0, res.stderr
+    assert f"segment {plan[0][0]}md.trades (epoch" in res.stdout and f"group {topic_prefix}reader" in res.stdout
 
 
 def test_backtest_from_topics_over_segments_equals_the_whole_session(kafka_bootstrap, topic_prefix, tmp_path):
