@@ -132,7 +132,7 @@ async def follow_epochs(publisher: Publisher, produce_prefix: ProducePrefix, pro
     while not stop.is_set():
         await asyncio.sleep(interval_s)
         prefix = produce_prefix()
-        if prefix == publisher.prefix or producer.status.state == "priming":
+        if prefix == publisher.prefix or producer.status.state == "priming" or getattr(producer, "priming", False):
             continue
         began = time.monotonic()
         old = publisher.prefix

@@ -37,11 +37,26 @@ WEIGHT_SLOWDOWN_FRACTION = 0.8
 
 
 class RestUnavailable(Exception):
-    """The endpoint did not answer usefully within the retry budget."""
+    """The endpoint did not answer usefully within the retry budget. ``reason``: ``network`` (no connection:
+    DNS, refused, timeout), ``server`` (5xx, bad bodies) or ``rate-limited`` (a 429/418 window longer than
+    the budget)."""
+
+    def __init__(self, message: str, reason: str = "network") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RestRejected(Exception):
     """A 4xx other than 429/418: retrying will not help (bad symbol, bad parameter)."""
+
+
+class RestRestricted(RestRejected):
+    """HTTP 451 (Binance refuses restricted locations, the US among them) or 403 (a blocked client, the
+    WAF): nothing this client can retry its way out of; the user has to run from elsewhere or offline."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def origin(url: str) -> str:
@@ -123,11 +138,12 @@ class RestClient:
         deadline = time.monotonic() + self.give_up_after_s
         attempt = 0
         last_error = "no attempt"
+        reason = "network"
         while True:
             # another client may extend the window while this one waits: look again after each wait
             while (wait := self.gate.blocked_until(url) - time.monotonic()) > 0:
                 if time.monotonic() + wait > deadline:
-                    raise RestUnavailable(f"{url}: rate limited for {wait:.0f}s more ({last_error})")
+                    raise RestUnavailable(f"{url}: rate limited for {wait:.0f}s more ({last_error})", "rate-limited")
                 await asyncio.sleep(wait)
             async with self.gate.turn(url):
                 if self.gate.blocked_until(url) > time.monotonic():
@@ -142,6 +158,9 @@ class RestClient:
                             self.gate.answered(url)
                             return orjson.loads(body), received
                         last_error = f"HTTP {resp.status}: {body[:200].decode(errors='replace')}"
+                        reason = "server"
+                        if resp.status in (451, 403):
+                            raise RestRestricted(f"{url}: {last_error}", resp.status)
                         if resp.status in (429, 418):
                             self.metrics.rest_backoffs.labels(str(resp.status)).inc()
                             retry_after = _retry_after(resp.headers, default=60.0 if resp.status == 418 else 5.0)
@@ -153,10 +172,12 @@ class RestClient:
                         self.metrics.rest_backoffs.labels(str(resp.status)).inc()
                 except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
                     last_error = f"{type(exc).__name__}: {exc}"
+                    reason = "server" if isinstance(exc, (orjson.JSONDecodeError, aiohttp.ClientResponseError)) \
+                        else "network"
             attempt += 1
             delay = min(self.max_backoff_s, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
             if time.monotonic() + delay > deadline:
-                raise RestUnavailable(f"{url}: {last_error}")
+                raise RestUnavailable(f"{url}: {last_error}", reason)
             await asyncio.sleep(delay)
 
     def _track_weight(self, url: str, headers) -> None:

@@ -51,7 +51,7 @@ from producers.binance.indicator_parse import (
     parse_top_trader_position_ratio,
 )
 from producers.binance.parse import EXCHANGE, FrameError, parse_rest_agg_trade
-from producers.binance.rest import RestClient, RestRejected, RestUnavailable
+from producers.binance.rest import RestClient, RestRejected, RestRestricted, RestUnavailable, origin
 from schemas.catalogue import market_key
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher
@@ -78,6 +78,10 @@ class WarmStartConfig:
     vision_url: str = DEFAULT_BASE_URL
     cache_dir: Path | None = None  # Vision downloads (default: no cache, a temporary directory)
     database_url: str | None = None  # read-only conninfo: history already stored by the sink
+    # an exchange that cannot be reached or refuses this location: retried, the wait doubling up to the max
+    retry_first_s: float = 5.0
+    retry_max_s: float = 60.0
+    request_budget_s: float = 5.0  # one request's own retries (RestClient) before the warm start reports it
 
 
 @dataclass
@@ -136,10 +140,46 @@ class WarmStart:
         self.progress = {s: SymbolPriming(s) for s in self.symbols}
         self.started: float | None = None
         self.finished: float | None = None
+        # (status word, one-line message) while the exchange cannot be reached or refuses this location
+        self.trouble: tuple[str, str] | None = None
+        self.retries = 0  # requests repeated after such an answer
 
     def describe(self) -> str:
+        if self.trouble is not None:
+            return self.trouble[1]
         took = "" if self.started is None else f" ({(self.finished or time.monotonic()) - self.started:.0f} s)"
         return "warm start" + took + ": " + "; ".join(p.describe() for p in self.progress.values())
+
+    async def _get(self, url: str, params: dict[str, Any] | None = None) -> tuple[Any, int]:
+        """`RestClient.get_json`, repeated for as long as the exchange cannot be reached (DNS, refused
+        connection, 5xx) or refuses this location (451/403): each time `trouble` holds the status word
+        and the one line that says what to do, logged once per kind; the wait doubles from
+        `retry_first_s` to `retry_max_s`. A warm start never gives up on its own: without its first
+        answer there is nothing to stream either, and the producer must not die in a restart loop."""
+        delay = self.config.retry_first_s
+        while True:
+            try:
+                answer = await self.rest.get_json(url, params)
+            except RestRestricted as exc:
+                self._trouble("restricted", restricted_message(exc, self.rest_url, delay))
+            except RestUnavailable as exc:
+                if exc.reason == "rate-limited":  # the gate's window: wait it out quietly
+                    await asyncio.sleep(1.0)
+                    continue
+                self._trouble("unreachable", unreachable_message(exc, self.rest_url, delay))
+            else:
+                if self.trouble is not None:
+                    log.info("exchange answers again; warm start continues", url=origin(url))
+                    self.trouble = None
+                return answer
+            self.retries += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.retry_max_s)
+
+    def _trouble(self, word: str, message: str) -> None:
+        if self.trouble is None or self.trouble[0] != word:
+            log.error(message)  # one line, no traceback: what happened and what to do
+        self.trouble = (word, message)
 
     @property
     def done(self) -> bool:
@@ -149,7 +189,7 @@ class WarmStart:
     async def run(self, final_markers: bool = True) -> dict[str, int]:
         """Prime every symbol; returns the last agg id published per symbol (the live stream goes on from it)."""
         self.started = time.monotonic()
-        body, _ = await self.rest.get_json(f"{self.rest_url}/fapi/v1/time")
+        body, _ = await self._get(f"{self.rest_url}/fapi/v1/time")
         now_ms = parse_server_time(body)
         since_ms = now_ms - round(self.config.hours * HOUR_MS)
         last: dict[str, int] = {}
@@ -266,7 +306,7 @@ class WarmStart:
         if last_id is None:  # find the first trade at or after from_ms, an hour at a time (Binance's limit)
             start = from_ms
             while start < now_ms and last_id is None:
-                rows, received = await self.rest.get_json(url, {"symbol": symbol, "startTime": start,
+                rows, received = await self._get(url, {"symbol": symbol, "startTime": start,
                                                                 "endTime": min(start + HOUR_MS, now_ms) - 1,
                                                                 "limit": 1})
                 if rows:
@@ -275,7 +315,7 @@ class WarmStart:
             if last_id is None:
                 return
         while True:
-            rows, received = await self.rest.get_json(url, {"symbol": symbol, "fromId": last_id + 1, "limit": 1000})
+            rows, received = await self._get(url, {"symbol": symbol, "fromId": last_id + 1, "limit": 1000})
             for row in rows:
                 trade = parse_rest_agg_trade(row, symbol, received)
                 if trade["trade_time"] >= now_ms:
@@ -290,15 +330,15 @@ class WarmStart:
     async def _series(self, symbol: str, since_ms: int, now_ms: int) -> _Series:
         out: list[tuple[str, int, dict]] = []
         for path, parse in SERIES:
-            body, _ = await self.rest.get_json(f"{self.rest_url}{path}", {
+            body, _ = await self._get(f"{self.rest_url}{path}", {
                 "symbol": symbol, "period": PERIOD, "startTime": since_ms, "endTime": now_ms, "limit": 500})
             for record in parse(body, symbol, PERIOD, 0):
                 record["receive_time"] = record["event_time"]  # known at its own time, as a live poll saw it
                 out.append(("md.indicators", record["event_time"], record))
-        funding, _ = await self.rest.get_json(f"{self.rest_url}/fapi/v1/fundingRate", {
+        funding, _ = await self._get(f"{self.rest_url}/fapi/v1/fundingRate", {
             "symbol": symbol, "startTime": since_ms - FUNDING_INTERVAL_MS, "endTime": now_ms, "limit": 1000})
         settled = parse_funding_history(funding, symbol)
-        klines, _ = await self.rest.get_json(f"{self.rest_url}/fapi/v1/markPriceKlines", {
+        klines, _ = await self._get(f"{self.rest_url}/fapi/v1/markPriceKlines", {
             "symbol": symbol, "interval": "1m", "startTime": since_ms, "endTime": now_ms, "limit": 1500})
         rate, i = 0.0, 0
         for open_ms, price in parse_mark_price_klines(klines, symbol):
@@ -361,6 +401,25 @@ class WarmStart:
         state.source = "database+rest"
         async for trade in self._rest_trades(symbol, trades[-1]["agg_id"], trades[-1]["trade_time"], now_ms):
             yield trade
+
+
+OFFLINE_HINT = "or run offline from a recording: tapeflow up --source replay:DIR"
+
+
+def unreachable_message(exc: RestUnavailable, rest_url: str, retry_s: float) -> str:
+    """The one line for an exchange that does not answer (DNS, refused connection, 5xx)."""
+    return (f"unreachable: the warm start cannot reach the exchange at {origin(rest_url)} ({exc}); check this "
+            "machine's network, point `tapeflow produce --rest-url/--ws-url` at a reachable Binance endpoint, "
+            f"{OFFLINE_HINT}. Retrying in {retry_s:g} s.")
+
+
+def restricted_message(exc: RestRestricted, rest_url: str, retry_s: float) -> str:
+    """The one line for an exchange that refuses this machine: 451 (a restricted location) or 403 (blocked)."""
+    why = ("refuses this location (HTTP 451: Binance does not serve restricted countries, the US among them)"
+           if exc.status == 451 else "refuses this client (HTTP 403: blocked)")
+    return (f"restricted: the exchange at {origin(rest_url)} {why}; use a venue you may use, point "
+            f"`tapeflow produce --rest-url/--ws-url` at an endpoint that serves you, {OFFLINE_HINT}. "
+            f"Retrying in {retry_s:g} s.")
 
 
 def _first(rows: Any) -> Any:
