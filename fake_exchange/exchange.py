@@ -32,14 +32,13 @@ from .recording import Recording
 from .replay import ReplayEngine
 from .rest_api import (
     STATE_KEY,
-    WEIGHT_LIMIT_KEY,
     WEIGHTS_KEY,
     add_market_routes,
     exchange_middleware,
 )
 from .state import ExchangeState
 from .vision import add_vision_routes
-from .weights import MinuteWeightCounter
+from .weights import WeightLimiter
 from .ws_server import StreamServerHandlers, cancel_background, drop_connections
 
 log = structlog.get_logger(__name__)
@@ -151,8 +150,7 @@ class FakeExchange:
 
         app = web.Application(middlewares=[exchange_middleware])
         app[STATE_KEY] = self.state
-        app[WEIGHTS_KEY] = MinuteWeightCounter(self.state.wall_clock)
-        app[WEIGHT_LIMIT_KEY] = config.weight_limit_1m
+        app[WEIGHTS_KEY] = self.state.limiter = WeightLimiter(config.weight_limit_1m, self.state.wall_clock)
         add_market_routes(app)
         add_control_routes(app)
         add_order_routes(app)  # signed order API + user-data stream (fake_exchange/orders)

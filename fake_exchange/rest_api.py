@@ -24,14 +24,13 @@ from aiohttp import web
 from . import generated_bodies as gen
 from .market_state import MarketView
 from .state import ExchangeState
-from .weights import MinuteWeightCounter, is_binance_path, request_weight
+from .weights import WeightLimiter, is_binance_path, request_weight
 
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 AGG_TRADES_MAX = 1000
 HOUR_MS = 3_600_000
 STATE_KEY = web.AppKey("fake_exchange_state", ExchangeState)
-WEIGHTS_KEY = web.AppKey("fake_exchange_weights", MinuteWeightCounter)
-WEIGHT_LIMIT_KEY = web.AppKey("fake_exchange_weight_limit", int)
+WEIGHTS_KEY = web.AppKey("fake_exchange_weights", WeightLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AS_OF_HEADER = "X-Tapeflow-As-Of"
@@ -130,27 +129,39 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
     state = request.app[STATE_KEY]
     state.rest_requests += 1
     headers: dict[str, str] = {}
-    used = 0
+    limited: tuple[int, int] | None = None  # (status, retry after) of the weight limit
     binance = is_binance_path(request.path)
     if binance:
         try:
             moment = as_of(request)
         except BinanceError as exc:
             return json_response(error_body(exc.code, exc.msg), exc.status)
-        used = request.app[WEIGHTS_KEY].add(request_weight(request.path, request.query), moment)
+        limiter = request.app[WEIGHTS_KEY]
+        used, status, retry = limiter.admit(request_weight(request.path, request.query), moment)
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+        if status != 200:
+            limited = (status, retry)
     fault = state.faults.rest_fault(request.remote or "127.0.0.1")
     if fault is not None:
         if fault.retry_after_s is not None:
             headers["Retry-After"] = str(fault.retry_after_s)
+        if binance and fault.status in (418, 429):
+            limiter = request.app[WEIGHTS_KEY]
+            limiter.http_418 += fault.status == 418
+            limiter.http_429 += fault.status == 429
         return json_response(error_body(fault.code, fault.msg), fault.status, headers)
-    if binance and used > request.app[WEIGHT_LIMIT_KEY]:
-        headers["Retry-After"] = str(request.app[WEIGHTS_KEY].seconds_to_reset())
-        msg = (
-            f"Too many requests; current limit of IP({request.remote}) is {request.app[WEIGHT_LIMIT_KEY]} "
-            "requests per minute. Please use the websocket for live updates to avoid polling the API."
-        )
-        return json_response(error_body(-1003, msg), 429, headers)
+    if limited is not None:
+        status, retry = limited
+        headers["Retry-After"] = str(retry)
+        limit = request.app[WEIGHTS_KEY].limit
+        if status == 418:
+            until = int((state.wall_clock() + retry) * 1000)
+            msg = (f"Way too many requests; IP({request.remote}) banned until {until}. Please use the websocket "
+                   "for live updates to avoid bans.")
+        else:
+            msg = (f"Too many requests; current limit of IP({request.remote}) is {limit} requests per minute. "
+                   "Please use the websocket for live updates to avoid polling the API.")
+        return json_response(error_body(-1003, msg), status, headers)
     try:
         response = await handler(request)
     except BinanceError as exc:

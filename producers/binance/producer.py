@@ -38,7 +38,7 @@ from producers.binance.parse import (
     stream_kind,
 )
 from producers.binance.pollers import IndicatorPoller
-from producers.binance.rest import RateLimitGate, RestClient, RestRejected, RestUnavailable
+from producers.binance.rest import WARM_START_SHARE, RateLimitGate, RestClient, RestRejected, RestUnavailable
 from producers.binance.warm_start import WarmStart, WarmStartConfig
 from producers.binance.ws_stream import BinanceStreamConfig
 from producers.metrics import ProducerMetrics
@@ -206,7 +206,7 @@ class BinanceProducer(VenueProducer):
         # a short budget per request: an exchange that does not answer is reported (`unreachable`) within
         # seconds and retried by the warm start itself, with backoff, instead of a 2-minute silence
         rest = RestClient(session, self.metrics, give_up_after_s=self.config.warm_start.request_budget_s,
-                          gate=self._rate_gate)
+                          gate=self._rate_gate, share=WARM_START_SHARE)  # headroom for the live repairs
         self.warm_start = warm = WarmStart(self.config.warm_start, rest, self.config.rest_base_url, self.publisher,
                                            markers, self.config.symbols,
                                            in_topics=self.config.history_in_topics or (lambda symbol, since: False))

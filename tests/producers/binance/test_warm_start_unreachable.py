@@ -75,7 +75,7 @@ def _assert_one_line(producer: BinanceProducer, word: str, *needles: str) -> Non
 async def _complete(producer: BinanceProducer, task: asyncio.Task, session, read_topic, bootstrap: str, prefix: str) -> None:
     """The warm start finished and the replay ended: every trade of the session published exactly once."""
     assert await asyncio.wait_for(task, 120) == "replay-finished"
-    assert producer.warm_start is not None and producer.warm_start.done and producer.warm_start.retries > 0
+    assert producer.warm_start is not None and producer.warm_start.done
     assert all(p.phase == "done" for p in producer.warm_start.progress.values())
     trades = [r["value"] for r in read_topic(bootstrap, prefix + "md.trades", settled=True)
               if "agg_id" in r["value"]]
@@ -100,6 +100,7 @@ async def test_a_refused_connection_says_unreachable_then_the_warm_start_complet
         await until(lambda: producer.warm_start.retries >= 3 or task.done(), 30)
         assert not task.done()  # retried, not crashed
         fake = await serve(_fake_config(session, rest_port, ws_port))  # the exchange answers again
+        assert producer.warm_start.retries >= 3
         await _complete(producer, task, session, read_topic, kafka_bootstrap, topic_prefix)
     finally:
         stop.set()
@@ -139,3 +140,20 @@ async def test_a_name_that_does_not_resolve_says_unreachable_and_stops_cleanly(k
     finally:
         stop.set()
     assert await asyncio.wait_for(task, 30) == "stopped"
+
+
+async def test_a_429_and_418_storm_during_the_warm_start_ends_with_the_whole_history_and_nothing_sent_in_a_ban(
+        kafka_bootstrap, topic_prefix, read_topic):
+    session = generate_session(SPEC)
+    fake = await serve(_fake_config(session, rest_429_count=4, rest_418_count=2, retry_after_s=1))
+    producer = _producer(kafka_bootstrap, topic_prefix, fake.rest_url, fake.ws_url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(producer.run(stop))
+    try:
+        await _complete(producer, task, session, read_topic, kafka_bootstrap, topic_prefix)
+        status = fake.status()
+        assert (status["rest_http_429"], status["rest_http_418"], status["rest_requests_in_ban"]) == (4, 2, 0)
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await fake.stop()
