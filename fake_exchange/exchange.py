@@ -38,6 +38,7 @@ from .rest_api import (
 )
 from .state import ExchangeState
 from .vision import add_vision_routes
+from .real_history import real_history_for
 from .weights import WeightLimiter
 from .ws_server import StreamServerHandlers, cancel_background, drop_connections
 
@@ -75,6 +76,10 @@ class FakeExchange:
             aggtrades_visibility=config.aggtrades_visibility,
             rest_clock=config.rest_clock,
         )
+        if config.real_history_hours > 0:
+            spec = config.synthetic
+            self.state.history = real_history_for(self.recording, config.real_history_hours,
+                                                  spec.seed if spec else 0, spec.rates if spec else None)
         self.replay = ReplayEngine(self.state, config.speed, clock=clock, history_s=config.history_s,
                                    at_session_time=config.start == "session_time")
         self.ws_port = 0

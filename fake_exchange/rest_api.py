@@ -193,12 +193,22 @@ async def agg_trades(request: web.Request) -> web.Response:
     if start is not None and end is not None and end - start > HOUR_MS:
         raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
     state = request.app[STATE_KEY]
-    rows = state.agg_trades.query(
+    from_id = int_param(request, "fromId")
+    rows: list[dict[str, Any]] = []
+    history = state.history
+    if history is not None and symbol in history.symbols and (
+            (from_id is not None and from_id <= history.last_id(symbol))
+            or (from_id is None and start is not None and start < history.end_ms)):
+        rows = history.agg_trades(symbol, from_id=from_id, start_time=start, end_time=end, limit=limit)
+        if len(rows) == limit or (end is not None and end < history.end_ms):
+            return json_response(rows)
+        from_id = rows[-1]["a"] + 1 if rows else from_id
+    rows += state.agg_trades.query(
         symbol,
-        from_id=int_param(request, "fromId"),
+        from_id=from_id,
         start_time=start,
         end_time=end,
-        limit=limit,
+        limit=limit - len(rows),
         visible_before=state.agg_trades_visible_before(),
     )
     return json_response(rows)
@@ -299,6 +309,31 @@ async def mark_price_klines(request: web.Request) -> web.Response:
     return json_response(gen.klines(stamps, interval, times, prices, state.market.price(symbol)))
 
 
+async def klines(request: web.Request) -> web.Response:
+    """``/fapi/v1/klines`` at ``1m`` (what a warm start reads for the minutes it does not page trade by
+    trade: OHLC, volume, trade count and taker-buy volume): the real profile's history, then the minutes
+    of the session's own trades."""
+    symbol = symbol_param(request)
+    if required(request, "interval") != "1m":
+        raise invalid("interval")
+    limit = int_param(request, "limit", 500) or 500
+    if not 1 <= limit <= 1500:
+        raise invalid("limit")
+    state = request.app[STATE_KEY]
+    start, end = int_param(request, "startTime"), int_param(request, "endTime")
+    now = now_ms(request)
+    end = now if end is None else min(end, now)
+    rows: list[list] = []
+    history = state.history
+    if history is not None and symbol in history.symbols:
+        rows = history.klines(symbol, start, end, limit)
+    next_open = rows[-1][0] + 60_000 if rows else (start if start is not None else end - limit * 60_000)
+    if len(rows) < limit:
+        rows += gen.trade_klines(state.agg_trades.all(symbol), -(-next_open // 60_000) * 60_000, end,
+                                 limit - len(rows))
+    return json_response(rows)
+
+
 # -- Binance spot and Coinbase ------------------------------------------------------------------
 async def spot_book_ticker(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
@@ -333,6 +368,7 @@ def add_market_routes(app: web.Application) -> None:
     app.router.add_get("/fapi/v1/openInterest", open_interest)
     app.router.add_get("/fapi/v1/fundingRate", funding_rate)
     app.router.add_get("/fapi/v1/markPriceKlines", mark_price_klines)
+    app.router.add_get("/fapi/v1/klines", klines)
     app.router.add_get("/futures/data/openInterestHist", open_interest_hist)
     app.router.add_get("/futures/data/globalLongShortAccountRatio", ratio_handler("global-account"))
     app.router.add_get("/futures/data/topLongShortPositionRatio", ratio_handler("top-position"))

@@ -66,6 +66,7 @@ class ExchangeState:
         self.market = MarketView(recording)
         self.faults = FaultState(faults, clock=clock, wall_clock=wall_clock)
         self.limiter: Any = None  # the REST app's weights.WeightLimiter, once it serves
+        self.history: Any = None  # real_history.RealHistory: the hours before the session (real profile)
         self.connections: set[Subscriber] = set()
         self.position = 0
         self.start_requested = asyncio.Event()
