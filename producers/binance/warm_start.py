@@ -95,10 +95,20 @@ class SymbolPriming:
     records: int = 0
     last_agg_id: int | None = None
     error: str = ""
+    # REST paging: the span it pages (event time), how far it has got, and since when (monotonic)
+    rest_span: tuple[int, int] = (0, 0)
+    rest_at_ms: int = 0
+    rest_began: float = 0.0
 
     def describe(self) -> str:
         if self.phase == "vision":
             return f"{self.symbol} vision {self.days_done}/{self.days_total} days, {self.trades:,} trades"
+        if self.phase == "rest" and self.rest_at_ms > self.rest_span[0]:
+            start, end = self.rest_span
+            done = (self.rest_at_ms - start) / max(1, end - start)
+            left = (time.monotonic() - self.rest_began) * (1 - done) / done
+            return (f"{self.symbol} rest {self.trades:,} trades, {(self.rest_at_ms - start) / HOUR_MS:.1f} of "
+                    f"{(end - start) / HOUR_MS:.1f} h paged, ~{left / 60:.0f} min left at this rate")
         if self.phase in ("rest", "database"):
             return f"{self.symbol} {self.phase} {self.trades:,} trades"
         if self.phase == "done":
@@ -269,7 +279,7 @@ class WarmStart:
         last: int | None = None
         rest_from_ms = since_ms
         for day in days:
-            rows = await asyncio.to_thread(self._vision_day, symbol, day)
+            rows = await asyncio.to_thread(self._vision_day, symbol, day, since_ms, now_ms)
             if rows is None:  # no archive: REST from the start of that day on
                 rest_from_ms = max(since_ms, _day_start(day))
                 break
@@ -280,10 +290,14 @@ class WarmStart:
             state.days_done += 1
             rest_from_ms = _day_start(day) + DAY_MS
         state.phase = "rest"
+        state.rest_span, state.rest_began = (rest_from_ms, now_ms), time.monotonic()
         async for trade in self._rest_trades(symbol, last, rest_from_ms, now_ms):
+            state.rest_at_ms = trade["trade_time"]
             yield trade
 
-    def _vision_day(self, symbol: str, day: date) -> list[dict] | None:
+    def _vision_day(self, symbol: str, day: date, since_ms: int, now_ms: int) -> list[dict] | None:
+        """The day's archived trades inside the window (only those are kept: a whole BTCUSDT day at real
+        rates is ~2.6 M rows, of which a start late in the UTC day needs the last hour or two)."""
         cache = self.config.cache_dir
         if cache is None:
             import tempfile
@@ -296,7 +310,7 @@ class WarmStart:
         with open_archive(archive.path) as (stream, _size):
             reader = AggTradeCsvReader(stream, source=archive.path.name, symbol=symbol, receive_time=received,
                                        on_bad=lambda bad: log.warning("bad archive row skipped", row=str(bad)))
-            rows = list(reader)
+            rows = [row for row in reader if since_ms <= row["trade_time"] < now_ms]
         for row in rows:
             row["receive_time"] = row["trade_time"]
         return rows
