@@ -260,15 +260,16 @@ def exchange_info(symbols: list[str], decimals: dict[str, int], now_ms: int) -> 
     }
 
 
-def trade_klines(trades: list, first_open_ms: int, end_ms: int, limit: int) -> list[list]:
+def trade_klines(trades: list, first_open_ms: int, last_open_ms: int, now_ms: int, limit: int) -> list[list]:
     """1m klines of REST-shaped aggTrades (``AggTrade``s, ``.body`` keys p, q, T, m) for the minutes opening
-    in ``[first_open_ms, end_ms]`` that have ended by ``end_ms``: Binance's row with the taker-buy volume."""
+    in ``[first_open_ms, last_open_ms]`` that have ended by ``now_ms``: Binance's row with the taker-buy
+    volume."""
     from decimal import Decimal
 
     minutes: dict[int, list] = {}
     for t in trades:
         minute = t.time // 60_000 * 60_000
-        if first_open_ms <= minute and minute + 60_000 <= end_ms:
+        if first_open_ms <= minute <= last_open_ms and minute + 60_000 <= now_ms:
             minutes.setdefault(minute, []).append(t.body)
     rows = []
     for minute in sorted(minutes)[:limit]:

@@ -329,7 +329,7 @@ async def klines(request: web.Request) -> web.Response:
         rows = history.klines(symbol, start, end, limit)
     next_open = rows[-1][0] + 60_000 if rows else (start if start is not None else end - limit * 60_000)
     if len(rows) < limit:
-        rows += gen.trade_klines(state.agg_trades.all(symbol), -(-next_open // 60_000) * 60_000, end,
+        rows += gen.trade_klines(state.agg_trades.all(symbol), -(-next_open // 60_000) * 60_000, end, now,
                                  limit - len(rows))
     return json_response(rows)
 

@@ -4,11 +4,20 @@ group has its 24-hour windows at once, minutes after `tapeflow up`, not a day la
 Per symbol, for the window [now − hours, now) (now = the exchange's server time):
 - already in md.trades (a restarted stack whose broker kept its data): nothing to do;
 - trades from the database when it holds the window without a hole (a stack whose broker lost its data);
-- otherwise trades from the Binance Vision daily archives for the complete UTC days (checksum-verified,
-  cached; `producers.backfill`), then REST `/fapi/v1/aggTrades` by `fromId` (1,000 per request, weight 20;
-  `RestClient` waits out 429/418 and slows down when `X-MBX-USED-WEIGHT-1M` nears the limit) until it
-  has caught up with the exchange; the live stream continues from the last id (the trade sequencer fills
-  the seconds in between, as after any reconnect);
+- otherwise (the default, issue 37) 1m klines for all but the last `detail_minutes` (62: what the engine's
+  second buckets read, the 1-hour CVD and its slope), as md.indicators records of kind `kline_1m` that
+  the engine applies as minute bars (`stream_apps.core.minute_bars`: exact for the 4h/24h CVD, the bars
+  and the ATR; the feature records' `approx_until_ms` says where trade detail begins), then REST
+  `/fapi/v1/aggTrades` by `fromId` for the detail span (1,000 per request, weight 20). At real rates that
+  is ~260 requests for BTC/ETH/SOL/XRP at any hour, where paging the whole of today grew to ~6,000 late
+  in the UTC day (half an hour and more under the weight limit);
+- with `detail_minutes` 0, every trade: the Binance Vision daily archives for the complete UTC days
+  (checksum-verified, cached; `producers.backfill`), then REST aggTrades for today;
+- either way the live stream continues from the last id (the trade sequencer fills the seconds in
+  between, as after any reconnect). Every request spends from the producer's shared weight budget
+  (`rest.WeightBudget`, the warm start's share leaving headroom for the live repairs); an exchange that
+  cannot be reached or refuses this location is reported (`unreachable`/`restricted`, one line of what
+  to do) and retried with backoff (`WarmStart._get`);
 - open interest and the three ratio series from the REST history endpoints (`/futures/data/*`, 5-minute
   periods), funding from `/fapi/v1/fundingRate` and the mark price from `/fapi/v1/markPriceKlines` (one
   md.mark record per minute, its funding the last settled rate), or the same from the database.
@@ -43,6 +52,7 @@ from producers.backfill.vision_files import DEFAULT_BASE_URL
 from producers.binance.indicator_parse import (
     IndicatorParseError,
     parse_funding_history,
+    parse_klines_1m,
     parse_long_short_account_ratio,
     parse_mark_price_klines,
     parse_open_interest_hist,
@@ -82,12 +92,17 @@ class WarmStartConfig:
     retry_first_s: float = 5.0
     retry_max_s: float = 60.0
     request_budget_s: float = 5.0  # one request's own retries (RestClient) before the warm start reports it
+    # trade by trade only for the last this many minutes (what the engine's second buckets read: the 1-hour
+    # CVD and its slope, so an evaluation is valid at the live start); 1m klines before (minute bars: exact
+    # for the 4h/24h CVD, bars and ATR; the size quantiles come from the detail). 0: every trade of the
+    # window (Vision for the complete days, REST for today: its REST cost grows with the hour of the day)
+    detail_minutes: float = 62.0
 
 
 @dataclass
 class SymbolPriming:
     symbol: str
-    phase: str = "waiting"  # waiting | topics | database | vision | rest | done | failed
+    phase: str = "waiting"  # waiting | topics | database | klines | vision | rest | done | failed
     source: str = ""
     days_done: int = 0
     days_total: int = 0
@@ -99,6 +114,7 @@ class SymbolPriming:
     rest_span: tuple[int, int] = (0, 0)
     rest_at_ms: int = 0
     rest_began: float = 0.0
+    minute_bars: int = 0  # minutes primed from 1m klines (the rest trade by trade)
 
     def describe(self) -> str:
         if self.phase == "vision":
@@ -113,8 +129,9 @@ class SymbolPriming:
             return f"{self.symbol} {self.phase} {self.trades:,} trades"
         if self.phase == "done":
             days = f" ({self.days_done}/{self.days_total} days)" if self.days_total else ""
-            return (f"{self.symbol} done ({self.source}{days}: {self.trades:,} trades, "
-                    f"{self.records:,} other records)")
+            bars = f" after {self.minute_bars:,} minute bars" if self.minute_bars else ""
+            return (f"{self.symbol} done ({self.source}{days}: {self.trades:,} trades{bars}, "
+                    f"{self.records - self.minute_bars:,} other records)")
         if self.phase == "failed":
             return f"{self.symbol} FAILED: {self.error}"
         return f"{self.symbol} {self.phase}"
@@ -236,6 +253,14 @@ class WarmStart:
             series = await self._series(symbol, since_ms, now_ms)
             trades = None
             state.source = "vision+rest"
+        trades_from_ms = since_ms
+        detail_ms = round(self.config.detail_minutes * 60_000)
+        if trades is None and 0 < detail_ms < now_ms - since_ms:
+            # minute bars for all but the last `detail_minutes`, which come trade by trade (REST)
+            trades_from_ms = (now_ms - detail_ms) // 60_000 * 60_000
+            bars = await self._minute_bars(symbol, since_ms, trades_from_ms, state)
+            series.records = sorted(series.records + bars, key=lambda r: r[1])
+            state.source = "klines+rest"
         last_id: int | None = None
         pending: list[dict] = []
 
@@ -255,7 +280,8 @@ class WarmStart:
             self.publisher.poll(0)
 
         async for trade in (self._database_trades(symbol, trades, now_ms, state) if trades is not None
-                            else self._exchange_trades(symbol, since_ms, now_ms, state)):
+                            else self._exchange_trades(symbol, trades_from_ms, now_ms, state,
+                                                       vision=trades_from_ms == since_ms)):
             if last_id is not None and trade["agg_id"] <= last_id:
                 continue  # an overlap between an archive and REST
             pending.append(trade)
@@ -272,9 +298,10 @@ class WarmStart:
         return last_id
 
     # --- trades from the exchange ---------------------------------------------------------------
-    async def _exchange_trades(self, symbol: str, since_ms: int, now_ms: int, state: SymbolPriming):
+    async def _exchange_trades(self, symbol: str, since_ms: int, now_ms: int, state: SymbolPriming, *,
+                               vision: bool = True):
         today = _day(now_ms)
-        days = [d for d in _days(since_ms, now_ms) if d < today]
+        days = [d for d in _days(since_ms, now_ms) if d < today] if vision else []
         state.phase, state.days_total = "vision", len(days)
         last: int | None = None
         rest_from_ms = since_ms
@@ -340,6 +367,26 @@ class WarmStart:
             if len(rows) < 1000:
                 return  # caught up with the exchange: the live stream takes over
 
+    async def _minute_bars(self, symbol: str, since_ms: int, until_ms: int,
+                           state: SymbolPriming) -> list[tuple[str, int, dict]]:
+        """1m klines of `[since_ms, until_ms)` (1,500 a request, weight 10) as md.indicators records of kind
+        `kline_1m` (`stream_apps.core.minute_bars`: the engine applies them as minute bars), each stamped
+        with its last millisecond (Binance's close time)."""
+        state.phase = "klines"
+        out: list[tuple[str, int, dict]] = []
+        start = since_ms // 60_000 * 60_000
+        while start < until_ms:
+            rows, _ = await self._get(f"{self.rest_url}/fapi/v1/klines", {
+                "symbol": symbol, "interval": "1m", "startTime": start, "endTime": until_ms - 1, "limit": 1500})
+            for record in parse_klines_1m(rows, symbol):
+                if start <= record["event_time"] < until_ms:
+                    out.append(("md.indicators", record["receive_time"], record))
+            if len(rows) < 1500:
+                break
+            start = int(rows[-1][0]) + 60_000
+        state.minute_bars = len(out)
+        return out
+
     # --- the other inputs from the exchange -----------------------------------------------------------
     async def _series(self, symbol: str, since_ms: int, now_ms: int) -> _Series:
         out: list[tuple[str, int, dict]] = []
@@ -394,7 +441,8 @@ class WarmStart:
                 indicators = conn.execute(
                     "SELECT exchange, symbol, kind, value, period, extra, event_time, receive_time FROM "
                     "market_indicators WHERE exchange = %s AND symbol = %s AND receive_time >= %s AND "
-                    "receive_time < %s ORDER BY receive_time", (EXCHANGE, symbol, since, now)).fetchall()
+                    "receive_time < %s AND kind <> 'kline_1m' ORDER BY receive_time",  # (trades here: no bars)
+                    (EXCHANGE, symbol, since, now)).fetchall()
         except psycopg.Error as exc:
             log.warning("database not usable for the warm start; fetching from the exchange", error=str(exc))
             return None
