@@ -25,6 +25,7 @@ With `--json` the last line is one object: `{"first_valid_evaluation_s": {SYMBOL
 
 Run: .venv/bin/python -m benchmarks.bench_warm_start [--trades-per-s 2] [--symbols BTCUSDT,ETHUSDT] [--live-min 5]
      .venv/bin/python -m benchmarks.bench_warm_start --profile real --utc-hour 23 [--max-minutes 30] [--json]
+         [--detail-minutes 62]  (0: the warm start pages every trade: Vision for yesterday, REST for today)
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main() -> None:
     ap.add_argument("--utc-hour", type=float, default=12.0, help="real profile: the hour of the UTC day at start")
     ap.add_argument("--max-minutes", type=float, default=30.0, help="end the run after this long")
     ap.add_argument("--json", action="store_true", help="the last line: the result as one JSON object")
+    ap.add_argument("--detail-minutes", type=float, default=62.0,
+                    help="the producer's --warm-start-detail-minutes (0: every trade, Vision + REST)")
     args = ap.parse_args()
     real = args.profile == "real"
     args.symbols = args.symbols or ("BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT" if real else "BTCUSDT,ETHUSDT")
@@ -112,8 +115,9 @@ def main() -> None:
         fake_args = ["--synthetic-seed", str(args.seed), "--synthetic-symbols", args.symbols, "--profile", "real",
                      "--utc-hour", str(args.utc_hour), "--synthetic-duration", str(args.live_min * 60),
                      "--speed", "1", "--aggtrades-visibility", "replayed"]
-        print(f"real profile: live start {datetime.fromtimestamp(live_start_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC, "
-              f"{args.utc_hour:g} of the 25 hours today's (REST), the rest yesterday's (Vision)")
+        print(f"real profile: live start {datetime.fromtimestamp(live_start_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC "
+              f"({args.utc_hour:g} of the 25 hours are today's: not in Vision yet), warm start trade by trade "
+              f"for the last {args.detail_minutes:g} min (0: all)")
     else:
         duration = HISTORY_S + args.live_min * 60
         spec = dict(trades_per_s=args.trades_per_s, depth_interval_ms=5_000, mark_interval_s=5, book_ticker=False,
@@ -170,7 +174,8 @@ def main() -> None:
             began = time.perf_counter()
             producer = start("producer", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
                              rest, "--coinbase-url", rest, "--replay-control-url", rest, "--vision-url", rest,
-                             "--warm-start-hours", "25", "--metrics-port", "0")
+                             "--warm-start-hours", "25", "--warm-start-detail-minutes", str(args.detail_minutes),
+                             "--metrics-port", "0")
             deadline = began + args.max_minutes * 60
             while producer.poll() is None and time.perf_counter() < deadline and (
                     None in first_valid.values() or (not real and len(marks) < 3)):

@@ -42,7 +42,7 @@ def _run(trades, events=()) -> EngineOutput:
 
 
 def test_minute_bars_then_trades_give_the_features_of_all_trades_but_what_is_stated_approximated():
-    trades = synthetic_trades("BTCUSDT", start_ms=T0, duration_ms=NOW - T0, rate_per_s=0.4, seed=11,
+    trades = synthetic_trades("BTCUSDT", start_ms=T0, duration_ms=NOW - T0, rate_per_s=0.2, seed=11,
                               median_qty=2.0)
     split = int(np.searchsorted(trades.time_ms, NOW - DETAIL))
     full = _run(trades)
