@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-symbols", default="BTCUSDT", help="comma-separated symbols (synthetic)")
     parser.add_argument("--synthetic-duration", type=float, default=300.0, help="seconds (synthetic)")
     parser.add_argument("--synthetic-trades-per-s", type=float, default=5.0, help="per symbol (synthetic)")
+    parser.add_argument("--synthetic-rates", default=None, metavar="SYMBOL=RATE,...",
+                        help="per-symbol trades/s instead of --synthetic-trades-per-s (synthetic), e.g. "
+                             "BTCUSDT=30,ETHUSDT=20")
     parser.add_argument("--synthetic-burstiness", type=float, default=0.0,
                         help="std of the log trade intensity (synthetic; 0 = constant-rate Poisson, 1 = BTC-like bursts)")
     parser.add_argument("--synthetic-depth-interval-ms", type=int, default=100,
@@ -106,6 +109,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
             symbols=tuple(s.strip().upper() for s in args.synthetic_symbols.split(",") if s.strip()),
             duration_s=args.synthetic_duration,
             trades_per_s=args.synthetic_trades_per_s,
+            rates={k.strip().upper(): float(v) for k, _, v in (item.partition("=") for item in
+                                                               args.synthetic_rates.split(","))}
+            if args.synthetic_rates else None,
             burstiness=args.synthetic_burstiness,
             depth_interval_ms=args.synthetic_depth_interval_ms,
             mark_interval_s=args.synthetic_mark_interval_s,

@@ -91,6 +91,9 @@ def test_the_cli_s_real_profile():
     assert config.synthetic.rates == REAL_RATES and config.synthetic.burstiness == 1.0
     assert config.synthetic.start_time == REAL_PROFILE_DAY_S + 3600 and config.rest_clock == "recording"
     assert config.real_history_hours == 26.0
+    plain = config_from_args(["--synthetic-seed", "5", "--synthetic-rates", "BTCUSDT=30,ETHUSDT=2.5",
+                              "--synthetic-symbols", "BTCUSDT,ETHUSDT"])
+    assert plain.synthetic.rates == {"BTCUSDT": 30.0, "ETHUSDT": 2.5} and plain.real_history_hours == 0
 
 
 async def test_served_at_a_set_utc_hour_rest_pages_from_the_history_into_the_live_session():
