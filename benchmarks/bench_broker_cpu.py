@@ -143,7 +143,8 @@ def main() -> None:
                          rates=rates, burstiness=1.0, depth_interval_ms=args.depth_ms,
                          start_time=time.time() + lead, binance_stream_names=True)
     root = Path(tempfile.mkdtemp(prefix="tapeflow-cpu-"))
-    with live_stack(root / "home", spec, max_batches=10_000, start="session_time", startup_timeout_s=120) as stack:
+    with live_stack(root / "home", spec, max_batches=10_000, start="session_time",
+                    startup_timeout_s=max(120.0, args.settle_s)) as stack:
         while time.time() < spec.start_time + 5:
             time.sleep(0.5)
         t0, c0 = time.monotonic(), sample(stack)
