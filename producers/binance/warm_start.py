@@ -220,10 +220,14 @@ class WarmStart:
         now_ms = parse_server_time(body)
         since_ms = now_ms - round(self.config.hours * HOUR_MS)
         last: dict[str, int] = {}
+        detail_ms = round(self.config.detail_minutes * 60_000)
+        # a restarted stack whose broker kept its topics: md.trades holds every trade from where a start
+        # from minute bars took them one by one (the bars are on md.indicators), or from the window's start
+        trades_since = (now_ms - detail_ms) // 60_000 * 60_000 if 0 < detail_ms < now_ms - since_ms else since_ms
         for symbol in self.symbols:
             state = self.progress[symbol]
             try:
-                if await asyncio.to_thread(self.in_topics, symbol, since_ms):
+                if await asyncio.to_thread(self.in_topics, symbol, trades_since):
                     state.phase, state.source = "done", "already in md.trades"
                     continue
                 agg_id = await self._prime(symbol, since_ms, now_ms, state)

@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from producers.binance.warm_start import WarmStartConfig
-from tests.producers.binance.test_warm_start_unreachable import HISTORY_S, SPEC, _fake_config, _producer
-from fake_exchange.exchange import serve
-from fake_exchange.synthetic import generate_session
-
+import aiohttp
 import pytest
+
+from fake_exchange.exchange import serve
+from fake_exchange.replay import history_end
+from fake_exchange.synthetic import generate_session
+from producers.binance.rest import RestClient
+from producers.binance.warm_start import WarmStart, WarmStartConfig
+from producers.metrics import ProducerMetrics
+from schemas.catalogue import ENGINE_INPUTS
+from tapeflow_runtime.progress import ProgressMarkers
+from tests.producers.binance.test_warm_start_unreachable import HISTORY_S, SPEC, _fake_config, _producer
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +71,30 @@ async def test_minutes_before_the_detail_span_come_as_klines_and_trades_only_aft
     # and the REST weight: one klines request (10), a few aggTrades pages, no 429
     status = fake.status()
     assert status["rest_http_429"] == 0 and status["rest_max_weight_1m"] < 200
+
+
+async def test_a_restarted_stack_whose_topics_hold_the_detail_span_primes_nothing(kafka_bootstrap, topic_prefix):
+    """After a start from minute bars md.trades holds trades only from the detail span on: the check of a
+    restarted producer asks for that span (it asked for the window's start, so every restart primed the
+    25 h again), and with the trades there nothing is fetched."""
+    session = generate_session(SPEC)
+    fake = await serve(_fake_config(session))
+    producer = _producer(kafka_bootstrap, topic_prefix, fake.rest_url, fake.ws_url)  # its publisher
+    asked: list[int] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            warm = WarmStart(WarmStartConfig(hours=0.09, detail_minutes=2.0), RestClient(http, ProducerMetrics()),
+                             fake.rest_url, producer.publisher,
+                             ProgressMarkers(producer.publisher, "warm-start", ENGINE_INPUTS), ["BTCUSDT"],
+                             in_topics=lambda symbol, since: asked.append(since) or True)
+            assert await warm.run() == {}
+    finally:
+        await fake.stop()
+    now_ms = int(session.frames[history_end_index(session)].receive_time * 1000)  # the fake's "now" (rest clock)
+    assert asked == [(now_ms - 120_000) // 60_000 * 60_000]  # the detail span's start, not the window's
+    assert warm.progress["BTCUSDT"].source == "already in md.trades" and fake.status()["rest_requests"] == 1
+
+
+def history_end_index(session) -> int:
+    """The last history frame: before the replay starts, the fake's REST clock reads its time."""
+    return max(0, history_end(session.frames, HISTORY_S) - 1)
