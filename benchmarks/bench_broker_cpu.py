@@ -13,7 +13,8 @@ measured on main before the segments, a real BTC+ETH recording at 1x: broker 23 
 idle, the stack ~26 % idle.
 
 Run: ``.venv/bin/python -m benchmarks.bench_broker_cpu [--minutes 5] [--idle-s 120] [--symbols BTCUSDT,ETHUSDT]
-[--attribute-s 20]``
+[--attribute-s 20]``; at real rates for the four default symbols (issue 37): ``--real-rates --minutes 30
+--symbols BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT``
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.bench_endurance import process_tree
+from fake_exchange.real_history import REAL_RATES
 from fake_exchange.synthetic import SyntheticSpec
 from tests.support.endurance import live_stack
 
@@ -125,6 +127,9 @@ def main() -> None:
     ap.add_argument("--idle-s", type=float, default=120.0, help="Idle measurement after the session.")
     ap.add_argument("--symbols", default="BTCUSDT,ETHUSDT")
     ap.add_argument("--trades-per-s", type=float, default=20.0, help="Mean aggTrades/s per symbol.")
+    ap.add_argument("--real-rates", action="store_true",
+                    help="Each symbol at its real mean rate instead (fake_exchange.real_history.REAL_RATES: "
+                         "BTC 30, ETH 20, SOL 12, XRP 9 aggTrades/s; issue 37's per-service CPU at real rates).")
     ap.add_argument("--depth-ms", type=int, default=10, help="Depth diff interval (10 = the fake's finest).")
     ap.add_argument("--settle-s", type=float, default=60.0, help="Wait after the stack is up before measuring.")
     ap.add_argument("--attribute-s", type=float, default=0.0,
@@ -133,18 +138,22 @@ def main() -> None:
     args = ap.parse_args()
     symbols = tuple(s.strip().upper() for s in args.symbols.split(","))
     lead = args.settle_s + 30
+    rates = {s: REAL_RATES.get(s, args.trades_per_s) for s in symbols} if args.real_rates else None
     spec = SyntheticSpec(seed=34, symbols=symbols, duration_s=args.minutes * 60, trades_per_s=args.trades_per_s,
-                         burstiness=1.0, depth_interval_ms=args.depth_ms, start_time=time.time() + lead,
-                         binance_stream_names=True)
+                         rates=rates, burstiness=1.0, depth_interval_ms=args.depth_ms,
+                         start_time=time.time() + lead, binance_stream_names=True)
     root = Path(tempfile.mkdtemp(prefix="tapeflow-cpu-"))
-    with live_stack(root / "home", spec, max_batches=10_000, start="session_time", startup_timeout_s=120) as stack:
+    with live_stack(root / "home", spec, max_batches=10_000, start="session_time",
+                    startup_timeout_s=max(120.0, args.settle_s)) as stack:
         while time.time() < spec.start_time + 5:
             time.sleep(0.5)
         t0, c0 = time.monotonic(), sample(stack)
         while time.time() < spec.start_time + spec.duration_s:
             time.sleep(1.0)
         t1, c1 = time.monotonic(), sample(stack)
-        replaying = report(f"replaying {len(symbols)} symbols at 1x, {args.trades_per_s:g} trades/s each, "
+        per_symbol = (", ".join(f"{s} {r:g}" for s, r in rates.items()) + " trades/s" if rates
+                      else f"{args.trades_per_s:g} trades/s each")
+        replaying = report(f"replaying {len(symbols)} symbols at 1x, {per_symbol}, "
                            f"depth every {args.depth_ms} ms ({t1 - t0:.0f} s; {stack.epochs().rollovers} rollovers)",
                            shares(c0, c1, t1 - t0))
         time.sleep(10)  # the last records through

@@ -21,6 +21,7 @@ from tapeflow_runtime.logs import configure_logging
 from .config import FakeExchangeConfig
 from .exchange import run
 from .faults import FaultSettings, parse_fault_assignments
+from .real_history import REAL_RATES
 from .synthetic import SyntheticSpec
 
 
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-symbols", default="BTCUSDT", help="comma-separated symbols (synthetic)")
     parser.add_argument("--synthetic-duration", type=float, default=300.0, help="seconds (synthetic)")
     parser.add_argument("--synthetic-trades-per-s", type=float, default=5.0, help="per symbol (synthetic)")
+    parser.add_argument("--synthetic-rates", default=None, metavar="SYMBOL=RATE,...",
+                        help="per-symbol trades/s instead of --synthetic-trades-per-s (synthetic), e.g. "
+                             "BTCUSDT=30,ETHUSDT=20")
     parser.add_argument("--synthetic-burstiness", type=float, default=0.0,
                         help="std of the log trade intensity (synthetic; 0 = constant-rate Poisson, 1 = BTC-like bursts)")
     parser.add_argument("--synthetic-depth-interval-ms", type=int, default=100,
@@ -69,19 +73,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--history-s", type=float, default=0.0,
                         help="the websocket replay starts this many seconds into the session; earlier data is "
                              "history served only by REST and the Vision archives (a warm start's)")
+    parser.add_argument("--profile", default="synthetic", choices=["synthetic", "real"],
+                        help="real: a generated session at real rates (BTC/ETH/SOL/XRP-like, bursty, a depth diff "
+                             "every 10 ms) whose live part starts at --utc-hour, with --real-history-hours of "
+                             "history before it (REST aggTrades and 1m klines, Vision files up to yesterday)")
+    parser.add_argument("--utc-hour", type=float, default=12.0,
+                        help="real profile: the UTC hour the live session starts at (the fake's clock)")
+    parser.add_argument("--real-history-hours", type=float, default=26.0,
+                        help="real profile: hours of history (at least back to yesterday's UTC midnight)")
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+REAL_PROFILE_DAY_S = 1_795_651_200.0  # 2026-11-26 00:00 UTC: the real profile's "today"
+
+
+def real_profile_spec(seed: int, symbols: tuple[str, ...], duration_s: float, utc_hour: float) -> SyntheticSpec:
+    """The live part of the real profile: real rates per symbol (``REAL_RATES``), BTC-like bursts, a depth
+    diff every 10 ms (the generator's finest step: Binance's 0 ms stream at these rates), a mark a second."""
+    return SyntheticSpec(seed=seed, symbols=symbols, duration_s=duration_s, rates=dict(REAL_RATES), burstiness=1.0,
+                         depth_interval_ms=10, mark_interval_s=1, book_ticker=False, binance_stream_names=True,
+                         start_time=REAL_PROFILE_DAY_S + utc_hour * 3600)
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
     args = build_parser().parse_args(argv)
     synthetic = None
-    if args.synthetic_seed is not None:
+    real = args.profile == "real"
+    if real:
+        symbols = tuple(s.strip().upper() for s in args.synthetic_symbols.split(",") if s.strip())
+        synthetic = real_profile_spec(args.synthetic_seed or 0, symbols, args.synthetic_duration, args.utc_hour)
+    elif args.synthetic_seed is not None:
         synthetic = SyntheticSpec(
             seed=args.synthetic_seed,
             symbols=tuple(s.strip().upper() for s in args.synthetic_symbols.split(",") if s.strip()),
             duration_s=args.synthetic_duration,
             trades_per_s=args.synthetic_trades_per_s,
+            rates={k.strip().upper(): float(v) for k, _, v in (item.partition("=") for item in
+                                                               args.synthetic_rates.split(","))}
+            if args.synthetic_rates else None,
             burstiness=args.synthetic_burstiness,
             depth_interval_ms=args.synthetic_depth_interval_ms,
             mark_interval_s=args.synthetic_mark_interval_s,
@@ -100,8 +130,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> FakeExchangeConfig:
         start=args.start,
         faults=FaultSettings.model_validate(parse_fault_assignments(args.fault)),
         aggtrades_visibility=args.aggtrades_visibility,
-        rest_clock=args.rest_clock,
+        rest_clock="recording" if real else args.rest_clock,
         history_s=args.history_s,
+        real_history_hours=args.real_history_hours if real else 0.0,
     )
 
 

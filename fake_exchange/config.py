@@ -51,6 +51,10 @@ class FakeExchangeConfig(BaseModel):
     # warm starts: the websocket replay begins this many seconds into the session; everything before
     # is history that only REST and the Vision files serve (as for a producer starting now)
     history_s: float = Field(default=0.0, ge=0)
+    # the real-rate profile: this many hours before the session's start (at least back to yesterday's UTC
+    # midnight) generated at real_history.REAL_RATES and served by REST aggTrades/klines and Vision
+    # (real_history.RealHistory); 0 = off
+    real_history_hours: float = Field(default=0.0, ge=0)
     # Binance's keepalive: a ping every 3 minutes, the connection closed if no pong comes within 10
     # (a client reads the ping only after every frame queued before it, so a short timeout would cut
     # a client that is merely behind)

@@ -32,14 +32,14 @@ from .recording import Recording
 from .replay import ReplayEngine
 from .rest_api import (
     STATE_KEY,
-    WEIGHT_LIMIT_KEY,
     WEIGHTS_KEY,
     add_market_routes,
     exchange_middleware,
 )
 from .state import ExchangeState
 from .vision import add_vision_routes
-from .weights import MinuteWeightCounter
+from .real_history import real_history_for
+from .weights import WeightLimiter
 from .ws_server import StreamServerHandlers, cancel_background, drop_connections
 
 log = structlog.get_logger(__name__)
@@ -76,6 +76,10 @@ class FakeExchange:
             aggtrades_visibility=config.aggtrades_visibility,
             rest_clock=config.rest_clock,
         )
+        if config.real_history_hours > 0:
+            spec = config.synthetic
+            self.state.history = real_history_for(self.recording, config.real_history_hours,
+                                                  spec.seed if spec else 0, spec.rates if spec else None)
         self.replay = ReplayEngine(self.state, config.speed, clock=clock, history_s=config.history_s,
                                    at_session_time=config.start == "session_time")
         self.ws_port = 0
@@ -151,8 +155,7 @@ class FakeExchange:
 
         app = web.Application(middlewares=[exchange_middleware])
         app[STATE_KEY] = self.state
-        app[WEIGHTS_KEY] = MinuteWeightCounter(self.state.wall_clock)
-        app[WEIGHT_LIMIT_KEY] = config.weight_limit_1m
+        app[WEIGHTS_KEY] = self.state.limiter = WeightLimiter(config.weight_limit_1m, self.state.wall_clock)
         add_market_routes(app)
         add_control_routes(app)
         add_order_routes(app)  # signed order API + user-data stream (fake_exchange/orders)

@@ -25,7 +25,8 @@ Websocket faults:
 
 REST faults (control endpoints exempt): ``rest_418_count`` and ``rest_429_count`` (with
 ``Retry-After: retry_after_s``) for the next N requests, and ``rest_fail_for_s`` seconds of
-``rest_fail_status`` (default 503) answers; ``vision_delay_ms``: every Vision archive (and checksum)
+``rest_fail_status`` (default 503) answers (451 and 403 with the bodies Binance gives a restricted location
+and a blocked client); ``vision_delay_ms``: every Vision archive (and checksum)
 answer leaves that much later (a slow download link).
 
 A 418/429 answer with ``Retry-After: s`` opens a ban window of ``s`` seconds; every request that arrives
@@ -219,7 +220,16 @@ class FaultState:
                 s.retry_after_s,
             )
         if self._clock() < self._fail_until:
-            return RestFault(
-                s.rest_fail_status, -1001, "Internal error; unable to process your request. Please try again."
-            )
+            return RestFault(s.rest_fail_status, *_FAIL_BODIES.get(s.rest_fail_status, _FAIL_BODIES[500]))
         return None
+
+
+# what Binance answers with a status of the failure window (451 and 403: a restricted location, a blocked
+# client; the rest: its internal error)
+_FAIL_BODIES = {
+    451: (0, "Service unavailable from a restricted location according to 'b. Eligibility' in "
+             "https://www.binance.com/en/terms. Please contact customer service if you believe you received this "
+             "message in error."),
+    403: (0, "Forbidden: the request was blocked (WAF)."),
+    500: (-1001, "Internal error; unable to process your request. Please try again."),
+}

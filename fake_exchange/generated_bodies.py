@@ -258,3 +258,26 @@ def exchange_info(symbols: list[str], decimals: dict[str, int], now_ms: int) -> 
         "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
         "symbols": listed,
     }
+
+
+def trade_klines(trades: list, first_open_ms: int, last_open_ms: int, now_ms: int, limit: int) -> list[list]:
+    """1m klines of REST-shaped aggTrades (``AggTrade``s, ``.body`` keys p, q, T, m) for the minutes opening
+    in ``[first_open_ms, last_open_ms]`` that have ended by ``now_ms``: Binance's row with the taker-buy
+    volume."""
+    from decimal import Decimal
+
+    minutes: dict[int, list] = {}
+    for t in trades:
+        minute = t.time // 60_000 * 60_000
+        if first_open_ms <= minute <= last_open_ms and minute + 60_000 <= now_ms:
+            minutes.setdefault(minute, []).append(t.body)
+    rows = []
+    for minute in sorted(minutes)[:limit]:
+        body = minutes[minute]
+        prices = [Decimal(b["p"]) for b in body]
+        qty = [Decimal(b["q"]) for b in body]
+        buy = [(p, q) for p, q, b in zip(prices, qty, body, strict=True) if not b["m"]]
+        rows.append([minute, body[0]["p"], str(max(prices)), str(min(prices)), body[-1]["p"], str(sum(qty)),
+                     minute + 59_999, str(sum(p * q for p, q in zip(prices, qty, strict=True))), len(body),
+                     str(sum((q for _, q in buy), Decimal(0))), str(sum((p * q for p, q in buy), Decimal(0))), "0"])
+    return rows

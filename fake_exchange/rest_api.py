@@ -24,14 +24,13 @@ from aiohttp import web
 from . import generated_bodies as gen
 from .market_state import MarketView
 from .state import ExchangeState
-from .weights import MinuteWeightCounter, is_binance_path, request_weight
+from .weights import WeightLimiter, is_binance_path, request_weight
 
 DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 AGG_TRADES_MAX = 1000
 HOUR_MS = 3_600_000
 STATE_KEY = web.AppKey("fake_exchange_state", ExchangeState)
-WEIGHTS_KEY = web.AppKey("fake_exchange_weights", MinuteWeightCounter)
-WEIGHT_LIMIT_KEY = web.AppKey("fake_exchange_weight_limit", int)
+WEIGHTS_KEY = web.AppKey("fake_exchange_weights", WeightLimiter)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AS_OF_HEADER = "X-Tapeflow-As-Of"
@@ -130,27 +129,39 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
     state = request.app[STATE_KEY]
     state.rest_requests += 1
     headers: dict[str, str] = {}
-    used = 0
+    limited: tuple[int, int] | None = None  # (status, retry after) of the weight limit
     binance = is_binance_path(request.path)
     if binance:
         try:
             moment = as_of(request)
         except BinanceError as exc:
             return json_response(error_body(exc.code, exc.msg), exc.status)
-        used = request.app[WEIGHTS_KEY].add(request_weight(request.path, request.query), moment)
+        limiter = request.app[WEIGHTS_KEY]
+        used, status, retry = limiter.admit(request_weight(request.path, request.query), moment)
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+        if status != 200:
+            limited = (status, retry)
     fault = state.faults.rest_fault(request.remote or "127.0.0.1")
     if fault is not None:
         if fault.retry_after_s is not None:
             headers["Retry-After"] = str(fault.retry_after_s)
+        if binance and fault.status in (418, 429):
+            limiter = request.app[WEIGHTS_KEY]
+            limiter.http_418 += fault.status == 418
+            limiter.http_429 += fault.status == 429
         return json_response(error_body(fault.code, fault.msg), fault.status, headers)
-    if binance and used > request.app[WEIGHT_LIMIT_KEY]:
-        headers["Retry-After"] = str(request.app[WEIGHTS_KEY].seconds_to_reset())
-        msg = (
-            f"Too many requests; current limit of IP({request.remote}) is {request.app[WEIGHT_LIMIT_KEY]} "
-            "requests per minute. Please use the websocket for live updates to avoid polling the API."
-        )
-        return json_response(error_body(-1003, msg), 429, headers)
+    if limited is not None:
+        status, retry = limited
+        headers["Retry-After"] = str(retry)
+        limit = request.app[WEIGHTS_KEY].limit
+        if status == 418:
+            until = int((state.wall_clock() + retry) * 1000)
+            msg = (f"Way too many requests; IP({request.remote}) banned until {until}. Please use the websocket "
+                   "for live updates to avoid bans.")
+        else:
+            msg = (f"Too many requests; current limit of IP({request.remote}) is {limit} requests per minute. "
+                   "Please use the websocket for live updates to avoid polling the API.")
+        return json_response(error_body(-1003, msg), status, headers)
     try:
         response = await handler(request)
     except BinanceError as exc:
@@ -182,12 +193,22 @@ async def agg_trades(request: web.Request) -> web.Response:
     if start is not None and end is not None and end - start > HOUR_MS:
         raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
     state = request.app[STATE_KEY]
-    rows = state.agg_trades.query(
+    from_id = int_param(request, "fromId")
+    rows: list[dict[str, Any]] = []
+    history = state.history
+    if history is not None and symbol in history.symbols and (
+            (from_id is not None and from_id <= history.last_id(symbol))
+            or (from_id is None and start is not None and start < history.end_ms)):
+        rows = history.agg_trades(symbol, from_id=from_id, start_time=start, end_time=end, limit=limit)
+        if len(rows) == limit or (end is not None and end < history.end_ms):
+            return json_response(rows)
+        from_id = rows[-1]["a"] + 1 if rows else from_id
+    rows += state.agg_trades.query(
         symbol,
-        from_id=int_param(request, "fromId"),
+        from_id=from_id,
         start_time=start,
         end_time=end,
-        limit=limit,
+        limit=limit - len(rows),
         visible_before=state.agg_trades_visible_before(),
     )
     return json_response(rows)
@@ -288,6 +309,31 @@ async def mark_price_klines(request: web.Request) -> web.Response:
     return json_response(gen.klines(stamps, interval, times, prices, state.market.price(symbol)))
 
 
+async def klines(request: web.Request) -> web.Response:
+    """``/fapi/v1/klines`` at ``1m`` (what a warm start reads for the minutes it does not page trade by
+    trade: OHLC, volume, trade count and taker-buy volume): the real profile's history, then the minutes
+    of the session's own trades."""
+    symbol = symbol_param(request)
+    if required(request, "interval") != "1m":
+        raise invalid("interval")
+    limit = int_param(request, "limit", 500) or 500
+    if not 1 <= limit <= 1500:
+        raise invalid("limit")
+    state = request.app[STATE_KEY]
+    start, end = int_param(request, "startTime"), int_param(request, "endTime")
+    now = now_ms(request)
+    end = now if end is None else min(end, now)
+    rows: list[list] = []
+    history = state.history
+    if history is not None and symbol in history.symbols:
+        rows = history.klines(symbol, start, end, limit)
+    next_open = rows[-1][0] + 60_000 if rows else (start if start is not None else end - limit * 60_000)
+    if len(rows) < limit:
+        rows += gen.trade_klines(state.agg_trades.all(symbol), -(-next_open // 60_000) * 60_000, end, now,
+                                 limit - len(rows))
+    return json_response(rows)
+
+
 # -- Binance spot and Coinbase ------------------------------------------------------------------
 async def spot_book_ticker(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
@@ -322,6 +368,7 @@ def add_market_routes(app: web.Application) -> None:
     app.router.add_get("/fapi/v1/openInterest", open_interest)
     app.router.add_get("/fapi/v1/fundingRate", funding_rate)
     app.router.add_get("/fapi/v1/markPriceKlines", mark_price_klines)
+    app.router.add_get("/fapi/v1/klines", klines)
     app.router.add_get("/futures/data/openInterestHist", open_interest_hist)
     app.router.add_get("/futures/data/globalLongShortAccountRatio", ratio_handler("global-account"))
     app.router.add_get("/futures/data/topLongShortPositionRatio", ratio_handler("top-position"))

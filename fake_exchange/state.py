@@ -65,6 +65,8 @@ class ExchangeState:
         self.agg_trades = AggTradeIndex(recording)
         self.market = MarketView(recording)
         self.faults = FaultState(faults, clock=clock, wall_clock=wall_clock)
+        self.limiter: Any = None  # the REST app's weights.WeightLimiter, once it serves
+        self.history: Any = None  # real_history.RealHistory: the hours before the session (real profile)
         self.connections: set[Subscriber] = set()
         self.position = 0
         self.start_requested = asyncio.Event()
@@ -141,6 +143,7 @@ class ExchangeState:
 
     # -- reporting ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        limiter = self.limiter
         return {
             "source": self.recording.source,
             "symbols": list(self.recording.symbols),
@@ -159,8 +162,14 @@ class ExchangeState:
             "connections": [c.describe() for c in sorted(self.connections, key=lambda c: c.conn_id)],
             "connections_total": self.connections_total,
             "rest_requests": self.rest_requests,
-            "rest_requests_in_ban": self.faults.requests_in_ban,
-            "rest_ban_remaining_s": round(self.faults.ban_remaining_s(), 3),
+            "rest_requests_in_ban": self.faults.requests_in_ban + (limiter.requests_in_ban if limiter else 0),
+            "rest_ban_remaining_s": round(max(self.faults.ban_remaining_s(),
+                                              limiter.ban_remaining_s() if limiter else 0.0), 3),
+            # the weight limit as applied (weights.WeightLimiter): answers and the busiest wall-clock minute
+            "rest_http_429": limiter.http_429 if limiter else 0,
+            "rest_http_418": limiter.http_418 if limiter else 0,
+            "rest_max_weight_1m": limiter.max_per_minute if limiter else 0,
+            "rest_weight_limit_1m": limiter.limit if limiter else 0,
             "faults": self.faults.snapshot().model_dump(),
             **self.urls,
         }

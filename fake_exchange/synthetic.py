@@ -43,6 +43,7 @@ class SyntheticSpec(BaseModel):
     start_time: float = 1_700_000_000.0
     depth_interval_ms: int = Field(default=100, ge=10)
     trades_per_s: float = Field(default=5.0, ge=0)
+    rates: dict[str, float] | None = None  # per symbol trades/s, instead of trades_per_s (the real profile)
     # BTC-like clustering: the trade rate is ``trades_per_s`` times a log-normal intensity whose log follows
     # an AR(1) with this standard deviation (0 = a constant-rate Poisson stream; 1 puts the busiest 1 % of
     # seconds at about 6x the mean rate, as aggTrade counts of BTCUSDT do), remembering ``burst_memory_s``
@@ -151,7 +152,8 @@ class _Generator:
 
     # -- event kinds -----------------------------------------------------------------------------
     def trades(self, st: _SymbolState, window_start: int, window_ms: int) -> None:
-        expected = self.spec.trades_per_s * window_ms / 1000 * self.intensity(st, window_ms)
+        rate = self.spec.rates.get(st.symbol, self.spec.trades_per_s) if self.spec.rates else self.spec.trades_per_s
+        expected = rate * window_ms / 1000 * self.intensity(st, window_ms)
         count = _poisson(self.rng, expected)
         times = sorted(window_start + self.rng.randint(1, window_ms) for _ in range(count))
         for trade_ms in times:

@@ -58,6 +58,8 @@ async def vision_file(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     zip_name = f"{match['symbol']}-aggTrades-{match['day']}.zip"
     cache = request.app[_CACHE]
+    if zip_name not in cache and state.history is not None:  # the real profile's days (built off the loop)
+        cache[zip_name] = await asyncio.to_thread(state.history.day_zip, match["symbol"], day)
     if zip_name not in cache:
         trades = [t.body for t in state.agg_trades.all(match["symbol"]) if start <= t.time < start + DAY_MS]
         cache[zip_name] = archive_bytes(trades, zip_name.removesuffix(".zip") + ".csv") if trades else None

@@ -48,6 +48,7 @@ class ProduceOptions:
     okx_ws_url: str | None = None
     okx_rest_url: str | None = None
     warm_start_hours: float = 0.0  # Binance: prime md.* with this many hours of history first (0: off)
+    warm_start_detail_minutes: float = 62.0  # of which trade by trade (WarmStartConfig.detail_minutes)
     vision_url: str = "https://data.binance.vision"
 
 
@@ -97,6 +98,7 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
         history_in_topics = None
         if options.warm_start_hours > 0:
             warm = WarmStartConfig(hours=options.warm_start_hours, vision_url=options.vision_url,
+                                   detail_minutes=options.warm_start_detail_minutes,
                                    cache_dir=paths.home / "vision", database_url=_readonly_database(settings, paths))
             history_in_topics = trades_in_topics(bootstrap, publisher.prefix, publisher.serde)
         config = ProducerConfig(
@@ -138,7 +140,7 @@ async def follow_epochs(publisher: Publisher, produce_prefix: ProducePrefix, pro
     while not stop.is_set():
         await asyncio.sleep(interval_s)
         prefix = produce_prefix()
-        if prefix == publisher.prefix or producer.status.state == "priming":
+        if prefix == publisher.prefix or producer.status.state == "priming" or getattr(producer, "priming", False):
             continue
         began = time.monotonic()
         old = publisher.prefix

@@ -216,6 +216,10 @@ def produce(
         help="Binance: before streaming, publish this many hours of history into md.* (Vision archives, REST "
              "aggTrades, OI/ratio/funding/mark history, or the database when it holds them). Default: "
              "TAPEFLOW_WARM_START_HOURS (25) live, 0 with --replay-control-url."),
+    warm_start_detail_minutes: float | None = typer.Option(
+        None, "--warm-start-detail-minutes", min=0.0, max=4320.0,
+        help="Binance warm start: trade by trade (REST aggTrades) only for the last this many minutes, 1m klines "
+             "before (0 = every trade: Vision and REST). Default: TAPEFLOW_WARM_START_DETAIL_MINUTES (62)."),
     vision_url: str | None = typer.Option(
         None, "--vision-url", help="Binance Vision base URL (or a mirror) for the warm start's archives. Default: "
                                    "https://data.binance.vision, or --rest-url when that is not Binance's (the local "
@@ -250,7 +254,10 @@ def produce(
                              replay_control_url=replay_control_url, metrics_port=metrics_port,
                              metrics_host=settings.metrics_host,
                              warm_start_hours=warm_start_hours if exchange == "binance" else 0.0,
-                             vision_url=vision_url)
+                             vision_url=vision_url,
+                             warm_start_detail_minutes=(settings.warm_start_detail_minutes
+                                                        if warm_start_detail_minutes is None
+                                                        else warm_start_detail_minutes))
     raise typer.Exit(asyncio.run(run_producer(settings, options)))
 
 

@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     warm_start_hours: float = Field(
         default=25.0, ge=0, le=72, description="A live producer first primes md.* with this many hours of history "
         "(Binance Vision, REST, or the database) so a new engine group has its 24 h windows at once; 0 = off.")
+    warm_start_detail_minutes: float = Field(
+        default=62.0, ge=0, le=4320, description="The warm start pages trades one by one (REST aggTrades) only for "
+        "the last this many minutes and takes 1m klines (minute bars: exact for the 4h/24h CVD, bars and ATR) "
+        "before, so its REST cost does not grow with the hour of the UTC day; the feature records say what is "
+        "approximated (`approx_until_ms`). 0 = every trade of the window (Vision archives and REST).")
     metrics_host: str = Field(default="127.0.0.1", description="Where service /metrics and /health listen.")
     watchlist: bool = Field(
         default=False, description="`up` also runs the cross-venue watchlist service (`tapeflow cross-venue`: "

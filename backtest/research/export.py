@@ -65,6 +65,8 @@ FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "last_price": ("quote currency", "price of the last trade before eval_time (the labels' entry price)"),
     "last_trade_ms": ("ms since epoch", "time of the last trade before eval_time"),
     "coverage_start_ms": ("ms since epoch", "start of the uninterrupted trade data that reaches eval_time"),
+    "approx_until_ms": ("ms since epoch", "a warm start's minute bars stood in for trades before this (size "
+                                          "quantiles and large/whale flows from the trades after); empty: none"),
     "vwap_30m": ("quote currency", "30-minute VWAP minus last_price (the confirmation layer's term)"),
     "volume_30m": ("base quantity", "traded quantity over the last 30 minutes"),
     "atr": ("quote currency", "average true range of the strategy's bars (the labels' barrier unit)"),

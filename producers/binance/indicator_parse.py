@@ -284,3 +284,25 @@ def parse_mark_price_klines(body: Any, symbol: str) -> list[tuple[int, float]]:
         fields = {"openTime": row[0], "close": row[4]}
         out.append((_millis(fields, "openTime", f"{what} row {i}"), _price(fields, "close", f"{what} row {i}")))
     return out
+
+
+def parse_klines_1m(body: Any, symbol: str) -> list[dict]:
+    """`/fapi/v1/klines?interval=1m` rows -> md.indicators records of kind `kline_1m` (a minute bar the engine
+    applies in place of the minute's trades: `stream_apps.core.minute_bars`): value the close, extra the
+    OHLC, the taker-buy (buy_volume) and the rest of the volume (sell_volume), the quote volume and the
+    trade count; event_time the open, receive_time the close time (open + 59,999 ms)."""
+    if not isinstance(body, list):
+        raise IndicatorParseError(f"klines body is a {type(body).__name__}, not a JSON array")
+    out = []
+    for row in body:
+        try:
+            open_ms, o, h, lo, c, volume = int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4]), \
+                float(row[5])
+            quote, trades, buy = float(row[7]), int(row[8]), float(row[9])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise IndicatorParseError(f"bad kline row {row!r}: {exc}") from None
+        out.append({"exchange": "binance", "symbol": symbol, "kind": "kline_1m", "value": c, "period": "1m",
+                    "extra": {"open": o, "high": h, "low": lo, "close": c, "buy_volume": buy,
+                              "sell_volume": round(volume - buy, 8), "quote_volume": quote, "trades": float(trades)},
+                    "event_time": open_ms, "receive_time": open_ms + 59_999})
+    return out

@@ -38,7 +38,7 @@ from producers.binance.parse import (
     stream_kind,
 )
 from producers.binance.pollers import IndicatorPoller
-from producers.binance.rest import RateLimitGate, RestClient, RestRejected, RestUnavailable
+from producers.binance.rest import WARM_START_SHARE, RateLimitGate, RestClient, RestRejected, RestUnavailable
 from producers.binance.warm_start import WarmStart, WarmStartConfig
 from producers.binance.ws_stream import BinanceStreamConfig
 from producers.metrics import ProducerMetrics
@@ -203,15 +203,26 @@ class BinanceProducer(VenueProducer):
     async def _warm_start(self, session: aiohttp.ClientSession, markers: ProgressMarkers) -> None:
         """History first (`warm_start`); the live stream then continues each symbol from its last agg id."""
         assert self.config.warm_start is not None
-        rest = RestClient(session, self.metrics, give_up_after_s=120.0, gate=self._rate_gate)
-        self.warm_start = WarmStart(self.config.warm_start, rest, self.config.rest_base_url, self.publisher,
-                                    markers, self.config.symbols,
-                                    in_topics=self.config.history_in_topics or (lambda symbol, since: False))
-        self.status.set("priming", self.warm_start.describe())
-        task = asyncio.create_task(self.warm_start.run(final_markers=self.replay is None))
+        # a short budget per request: an exchange that does not answer is reported (`unreachable`) within
+        # seconds and retried by the warm start itself, with backoff, instead of a 2-minute silence
+        rest = RestClient(session, self.metrics, give_up_after_s=self.config.warm_start.request_budget_s,
+                          gate=self._rate_gate, share=WARM_START_SHARE)  # headroom for the live repairs
+        self.warm_start = warm = WarmStart(self.config.warm_start, rest, self.config.rest_base_url, self.publisher,
+                                           markers, self.config.symbols,
+                                           in_topics=self.config.history_in_topics or (lambda symbol, since: False))
+
+        def show() -> None:  # `priming`, or `unreachable`/`restricted` with what to do while it retries
+            self.status.set(warm.trouble[0] if warm.trouble is not None else "priming", warm.describe())
+
+        show()
+        task = asyncio.create_task(warm.run(final_markers=self.replay is None))
         while not task.done():
-            await asyncio.wait({task}, timeout=1.0)
-            self.status.set("priming", self.warm_start.describe())
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if not done and self._stop is not None and self._stop.is_set():
+                task.cancel()  # stopped while waiting for an exchange that does not answer
+                await asyncio.gather(task, return_exceptions=True)
+                return
+            show()
         for symbol, agg_id in task.result().items():
             seq = self.sequencers[symbol]
             if seq.last_id is None or agg_id > seq.last_id:
@@ -433,7 +444,12 @@ class BinanceProducer(VenueProducer):
         return f"connected: {len(self.config.streams())} streams, {len(self.config.symbols)} symbols{primed}"
 
     def _health_extra(self) -> dict:
-        return {"gaps_open": sum(s.gap is not None for s in self.sequencers.values())}
+        return {"gaps_open": sum(s.gap is not None for s in self.sequencers.values()), "priming": self.priming}
+
+    @property
+    def priming(self) -> bool:
+        """A warm start is running (whatever the status word: it may be waiting for the exchange)."""
+        return self.warm_start is not None and not self.warm_start.done
 
     def _continuity_counts(self) -> dict[str, int]:
         return {"duplicates dropped": sum(s.counters.duplicates for s in self.sequencers.values()),

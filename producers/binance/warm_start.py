@@ -4,11 +4,20 @@ group has its 24-hour windows at once, minutes after `tapeflow up`, not a day la
 Per symbol, for the window [now − hours, now) (now = the exchange's server time):
 - already in md.trades (a restarted stack whose broker kept its data): nothing to do;
 - trades from the database when it holds the window without a hole (a stack whose broker lost its data);
-- otherwise trades from the Binance Vision daily archives for the complete UTC days (checksum-verified,
-  cached; `producers.backfill`), then REST `/fapi/v1/aggTrades` by `fromId` (1,000 per request, weight 20;
-  `RestClient` waits out 429/418 and slows down when `X-MBX-USED-WEIGHT-1M` nears the limit) until it
-  has caught up with the exchange; the live stream continues from the last id (the trade sequencer fills
-  the seconds in between, as after any reconnect);
+- otherwise (the default, issue 37) 1m klines for all but the last `detail_minutes` (62: what the engine's
+  second buckets read, the 1-hour CVD and its slope), as md.indicators records of kind `kline_1m` that
+  the engine applies as minute bars (`stream_apps.core.minute_bars`: exact for the 4h/24h CVD, the bars
+  and the ATR; the feature records' `approx_until_ms` says where trade detail begins), then REST
+  `/fapi/v1/aggTrades` by `fromId` for the detail span (1,000 per request, weight 20). At real rates that
+  is ~260 requests for BTC/ETH/SOL/XRP at any hour, where paging the whole of today grew to ~6,000 late
+  in the UTC day (half an hour and more under the weight limit);
+- with `detail_minutes` 0, every trade: the Binance Vision daily archives for the complete UTC days
+  (checksum-verified, cached; `producers.backfill`), then REST aggTrades for today;
+- either way the live stream continues from the last id (the trade sequencer fills the seconds in
+  between, as after any reconnect). Every request spends from the producer's shared weight budget
+  (`rest.WeightBudget`, the warm start's share leaving headroom for the live repairs); an exchange that
+  cannot be reached or refuses this location is reported (`unreachable`/`restricted`, one line of what
+  to do) and retried with backoff (`WarmStart._get`);
 - open interest and the three ratio series from the REST history endpoints (`/futures/data/*`, 5-minute
   periods), funding from `/fapi/v1/fundingRate` and the mark price from `/fapi/v1/markPriceKlines` (one
   md.mark record per minute, its funding the last settled rate), or the same from the database.
@@ -43,6 +52,7 @@ from producers.backfill.vision_files import DEFAULT_BASE_URL
 from producers.binance.indicator_parse import (
     IndicatorParseError,
     parse_funding_history,
+    parse_klines_1m,
     parse_long_short_account_ratio,
     parse_mark_price_klines,
     parse_open_interest_hist,
@@ -51,7 +61,7 @@ from producers.binance.indicator_parse import (
     parse_top_trader_position_ratio,
 )
 from producers.binance.parse import EXCHANGE, FrameError, parse_rest_agg_trade
-from producers.binance.rest import RestClient, RestRejected, RestUnavailable
+from producers.binance.rest import RestClient, RestRejected, RestRestricted, RestUnavailable, origin
 from schemas.catalogue import market_key
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher
@@ -78,12 +88,21 @@ class WarmStartConfig:
     vision_url: str = DEFAULT_BASE_URL
     cache_dir: Path | None = None  # Vision downloads (default: no cache, a temporary directory)
     database_url: str | None = None  # read-only conninfo: history already stored by the sink
+    # an exchange that cannot be reached or refuses this location: retried, the wait doubling up to the max
+    retry_first_s: float = 5.0
+    retry_max_s: float = 60.0
+    request_budget_s: float = 5.0  # one request's own retries (RestClient) before the warm start reports it
+    # trade by trade only for the last this many minutes (what the engine's second buckets read: the 1-hour
+    # CVD and its slope, so an evaluation is valid at the live start); 1m klines before (minute bars: exact
+    # for the 4h/24h CVD, bars and ATR; the size quantiles come from the detail). 0: every trade of the
+    # window (Vision for the complete days, REST for today: its REST cost grows with the hour of the day)
+    detail_minutes: float = 62.0
 
 
 @dataclass
 class SymbolPriming:
     symbol: str
-    phase: str = "waiting"  # waiting | topics | database | vision | rest | done | failed
+    phase: str = "waiting"  # waiting | topics | database | klines | vision | rest | done | failed
     source: str = ""
     days_done: int = 0
     days_total: int = 0
@@ -91,16 +110,28 @@ class SymbolPriming:
     records: int = 0
     last_agg_id: int | None = None
     error: str = ""
+    # REST paging: the span it pages (event time), how far it has got, and since when (monotonic)
+    rest_span: tuple[int, int] = (0, 0)
+    rest_at_ms: int = 0
+    rest_began: float = 0.0
+    minute_bars: int = 0  # minutes primed from 1m klines (the rest trade by trade)
 
     def describe(self) -> str:
         if self.phase == "vision":
             return f"{self.symbol} vision {self.days_done}/{self.days_total} days, {self.trades:,} trades"
+        if self.phase == "rest" and self.rest_at_ms > self.rest_span[0]:
+            start, end = self.rest_span
+            done = (self.rest_at_ms - start) / max(1, end - start)
+            left = (time.monotonic() - self.rest_began) * (1 - done) / done
+            return (f"{self.symbol} rest {self.trades:,} trades, {(self.rest_at_ms - start) / HOUR_MS:.1f} of "
+                    f"{(end - start) / HOUR_MS:.1f} h paged, ~{left / 60:.0f} min left at this rate")
         if self.phase in ("rest", "database"):
             return f"{self.symbol} {self.phase} {self.trades:,} trades"
         if self.phase == "done":
             days = f" ({self.days_done}/{self.days_total} days)" if self.days_total else ""
-            return (f"{self.symbol} done ({self.source}{days}: {self.trades:,} trades, "
-                    f"{self.records:,} other records)")
+            bars = f" after {self.minute_bars:,} minute bars" if self.minute_bars else ""
+            return (f"{self.symbol} done ({self.source}{days}: {self.trades:,} trades{bars}, "
+                    f"{self.records - self.minute_bars:,} other records)")
         if self.phase == "failed":
             return f"{self.symbol} FAILED: {self.error}"
         return f"{self.symbol} {self.phase}"
@@ -136,10 +167,46 @@ class WarmStart:
         self.progress = {s: SymbolPriming(s) for s in self.symbols}
         self.started: float | None = None
         self.finished: float | None = None
+        # (status word, one-line message) while the exchange cannot be reached or refuses this location
+        self.trouble: tuple[str, str] | None = None
+        self.retries = 0  # requests repeated after such an answer
 
     def describe(self) -> str:
+        if self.trouble is not None:
+            return self.trouble[1]
         took = "" if self.started is None else f" ({(self.finished or time.monotonic()) - self.started:.0f} s)"
         return "warm start" + took + ": " + "; ".join(p.describe() for p in self.progress.values())
+
+    async def _get(self, url: str, params: dict[str, Any] | None = None) -> tuple[Any, int]:
+        """`RestClient.get_json`, repeated for as long as the exchange cannot be reached (DNS, refused
+        connection, 5xx) or refuses this location (451/403): each time `trouble` holds the status word
+        and the one line that says what to do, logged once per kind; the wait doubles from
+        `retry_first_s` to `retry_max_s`. A warm start never gives up on its own: without its first
+        answer there is nothing to stream either, and the producer must not die in a restart loop."""
+        delay = self.config.retry_first_s
+        while True:
+            try:
+                answer = await self.rest.get_json(url, params)
+            except RestRestricted as exc:
+                self._trouble("restricted", restricted_message(exc, self.rest_url, delay))
+            except RestUnavailable as exc:
+                if exc.reason == "rate-limited":  # the gate's window: wait it out quietly
+                    await asyncio.sleep(1.0)
+                    continue
+                self._trouble("unreachable", unreachable_message(exc, self.rest_url, delay))
+            else:
+                if self.trouble is not None:
+                    log.info("exchange answers again; warm start continues", url=origin(url))
+                    self.trouble = None
+                return answer
+            self.retries += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.retry_max_s)
+
+    def _trouble(self, word: str, message: str) -> None:
+        if self.trouble is None or self.trouble[0] != word:
+            log.error(message)  # one line, no traceback: what happened and what to do
+        self.trouble = (word, message)
 
     @property
     def done(self) -> bool:
@@ -149,14 +216,18 @@ class WarmStart:
     async def run(self, final_markers: bool = True) -> dict[str, int]:
         """Prime every symbol; returns the last agg id published per symbol (the live stream goes on from it)."""
         self.started = time.monotonic()
-        body, _ = await self.rest.get_json(f"{self.rest_url}/fapi/v1/time")
+        body, _ = await self._get(f"{self.rest_url}/fapi/v1/time")
         now_ms = parse_server_time(body)
         since_ms = now_ms - round(self.config.hours * HOUR_MS)
         last: dict[str, int] = {}
+        detail_ms = round(self.config.detail_minutes * 60_000)
+        # a restarted stack whose broker kept its topics: md.trades holds every trade from where a start
+        # from minute bars took them one by one (the bars are on md.indicators), or from the window's start
+        trades_since = (now_ms - detail_ms) // 60_000 * 60_000 if 0 < detail_ms < now_ms - since_ms else since_ms
         for symbol in self.symbols:
             state = self.progress[symbol]
             try:
-                if await asyncio.to_thread(self.in_topics, symbol, since_ms):
+                if await asyncio.to_thread(self.in_topics, symbol, trades_since):
                     state.phase, state.source = "done", "already in md.trades"
                     continue
                 agg_id = await self._prime(symbol, since_ms, now_ms, state)
@@ -186,6 +257,14 @@ class WarmStart:
             series = await self._series(symbol, since_ms, now_ms)
             trades = None
             state.source = "vision+rest"
+        trades_from_ms = since_ms
+        detail_ms = round(self.config.detail_minutes * 60_000)
+        if trades is None and 0 < detail_ms < now_ms - since_ms:
+            # minute bars for all but the last `detail_minutes`, which come trade by trade (REST)
+            trades_from_ms = (now_ms - detail_ms) // 60_000 * 60_000
+            bars = await self._minute_bars(symbol, since_ms, trades_from_ms, state)
+            series.records = sorted(series.records + bars, key=lambda r: r[1])
+            state.source = "klines+rest"
         last_id: int | None = None
         pending: list[dict] = []
 
@@ -205,7 +284,8 @@ class WarmStart:
             self.publisher.poll(0)
 
         async for trade in (self._database_trades(symbol, trades, now_ms, state) if trades is not None
-                            else self._exchange_trades(symbol, since_ms, now_ms, state)):
+                            else self._exchange_trades(symbol, trades_from_ms, now_ms, state,
+                                                       vision=trades_from_ms == since_ms)):
             if last_id is not None and trade["agg_id"] <= last_id:
                 continue  # an overlap between an archive and REST
             pending.append(trade)
@@ -222,14 +302,15 @@ class WarmStart:
         return last_id
 
     # --- trades from the exchange ---------------------------------------------------------------
-    async def _exchange_trades(self, symbol: str, since_ms: int, now_ms: int, state: SymbolPriming):
+    async def _exchange_trades(self, symbol: str, since_ms: int, now_ms: int, state: SymbolPriming, *,
+                               vision: bool = True):
         today = _day(now_ms)
-        days = [d for d in _days(since_ms, now_ms) if d < today]
+        days = [d for d in _days(since_ms, now_ms) if d < today] if vision else []
         state.phase, state.days_total = "vision", len(days)
         last: int | None = None
         rest_from_ms = since_ms
         for day in days:
-            rows = await asyncio.to_thread(self._vision_day, symbol, day)
+            rows = await asyncio.to_thread(self._vision_day, symbol, day, since_ms, now_ms)
             if rows is None:  # no archive: REST from the start of that day on
                 rest_from_ms = max(since_ms, _day_start(day))
                 break
@@ -240,10 +321,14 @@ class WarmStart:
             state.days_done += 1
             rest_from_ms = _day_start(day) + DAY_MS
         state.phase = "rest"
+        state.rest_span, state.rest_began = (rest_from_ms, now_ms), time.monotonic()
         async for trade in self._rest_trades(symbol, last, rest_from_ms, now_ms):
+            state.rest_at_ms = trade["trade_time"]
             yield trade
 
-    def _vision_day(self, symbol: str, day: date) -> list[dict] | None:
+    def _vision_day(self, symbol: str, day: date, since_ms: int, now_ms: int) -> list[dict] | None:
+        """The day's archived trades inside the window (only those are kept: a whole BTCUSDT day at real
+        rates is ~2.6 M rows, of which a start late in the UTC day needs the last hour or two)."""
         cache = self.config.cache_dir
         if cache is None:
             import tempfile
@@ -256,7 +341,7 @@ class WarmStart:
         with open_archive(archive.path) as (stream, _size):
             reader = AggTradeCsvReader(stream, source=archive.path.name, symbol=symbol, receive_time=received,
                                        on_bad=lambda bad: log.warning("bad archive row skipped", row=str(bad)))
-            rows = list(reader)
+            rows = [row for row in reader if since_ms <= row["trade_time"] < now_ms]
         for row in rows:
             row["receive_time"] = row["trade_time"]
         return rows
@@ -266,7 +351,7 @@ class WarmStart:
         if last_id is None:  # find the first trade at or after from_ms, an hour at a time (Binance's limit)
             start = from_ms
             while start < now_ms and last_id is None:
-                rows, received = await self.rest.get_json(url, {"symbol": symbol, "startTime": start,
+                rows, received = await self._get(url, {"symbol": symbol, "startTime": start,
                                                                 "endTime": min(start + HOUR_MS, now_ms) - 1,
                                                                 "limit": 1})
                 if rows:
@@ -275,7 +360,7 @@ class WarmStart:
             if last_id is None:
                 return
         while True:
-            rows, received = await self.rest.get_json(url, {"symbol": symbol, "fromId": last_id + 1, "limit": 1000})
+            rows, received = await self._get(url, {"symbol": symbol, "fromId": last_id + 1, "limit": 1000})
             for row in rows:
                 trade = parse_rest_agg_trade(row, symbol, received)
                 if trade["trade_time"] >= now_ms:
@@ -286,19 +371,39 @@ class WarmStart:
             if len(rows) < 1000:
                 return  # caught up with the exchange: the live stream takes over
 
+    async def _minute_bars(self, symbol: str, since_ms: int, until_ms: int,
+                           state: SymbolPriming) -> list[tuple[str, int, dict]]:
+        """1m klines of `[since_ms, until_ms)` (1,500 a request, weight 10) as md.indicators records of kind
+        `kline_1m` (`stream_apps.core.minute_bars`: the engine applies them as minute bars), each stamped
+        with its last millisecond (Binance's close time)."""
+        state.phase = "klines"
+        out: list[tuple[str, int, dict]] = []
+        start = since_ms // 60_000 * 60_000
+        while start < until_ms:
+            rows, _ = await self._get(f"{self.rest_url}/fapi/v1/klines", {
+                "symbol": symbol, "interval": "1m", "startTime": start, "endTime": until_ms - 1, "limit": 1500})
+            for record in parse_klines_1m(rows, symbol):
+                if start <= record["event_time"] < until_ms:
+                    out.append(("md.indicators", record["receive_time"], record))
+            if len(rows) < 1500:
+                break
+            start = int(rows[-1][0]) + 60_000
+        state.minute_bars = len(out)
+        return out
+
     # --- the other inputs from the exchange -----------------------------------------------------------
     async def _series(self, symbol: str, since_ms: int, now_ms: int) -> _Series:
         out: list[tuple[str, int, dict]] = []
         for path, parse in SERIES:
-            body, _ = await self.rest.get_json(f"{self.rest_url}{path}", {
+            body, _ = await self._get(f"{self.rest_url}{path}", {
                 "symbol": symbol, "period": PERIOD, "startTime": since_ms, "endTime": now_ms, "limit": 500})
             for record in parse(body, symbol, PERIOD, 0):
                 record["receive_time"] = record["event_time"]  # known at its own time, as a live poll saw it
                 out.append(("md.indicators", record["event_time"], record))
-        funding, _ = await self.rest.get_json(f"{self.rest_url}/fapi/v1/fundingRate", {
+        funding, _ = await self._get(f"{self.rest_url}/fapi/v1/fundingRate", {
             "symbol": symbol, "startTime": since_ms - FUNDING_INTERVAL_MS, "endTime": now_ms, "limit": 1000})
         settled = parse_funding_history(funding, symbol)
-        klines, _ = await self.rest.get_json(f"{self.rest_url}/fapi/v1/markPriceKlines", {
+        klines, _ = await self._get(f"{self.rest_url}/fapi/v1/markPriceKlines", {
             "symbol": symbol, "interval": "1m", "startTime": since_ms, "endTime": now_ms, "limit": 1500})
         rate, i = 0.0, 0
         for open_ms, price in parse_mark_price_klines(klines, symbol):
@@ -340,7 +445,8 @@ class WarmStart:
                 indicators = conn.execute(
                     "SELECT exchange, symbol, kind, value, period, extra, event_time, receive_time FROM "
                     "market_indicators WHERE exchange = %s AND symbol = %s AND receive_time >= %s AND "
-                    "receive_time < %s ORDER BY receive_time", (EXCHANGE, symbol, since, now)).fetchall()
+                    "receive_time < %s AND kind <> 'kline_1m' ORDER BY receive_time",  # (trades here: no bars)
+                    (EXCHANGE, symbol, since, now)).fetchall()
         except psycopg.Error as exc:
             log.warning("database not usable for the warm start; fetching from the exchange", error=str(exc))
             return None
@@ -361,6 +467,25 @@ class WarmStart:
         state.source = "database+rest"
         async for trade in self._rest_trades(symbol, trades[-1]["agg_id"], trades[-1]["trade_time"], now_ms):
             yield trade
+
+
+OFFLINE_HINT = "or run offline from a recording: tapeflow up --source replay:DIR"
+
+
+def unreachable_message(exc: RestUnavailable, rest_url: str, retry_s: float) -> str:
+    """The one line for an exchange that does not answer (DNS, refused connection, 5xx)."""
+    return (f"unreachable: the warm start cannot reach the exchange at {origin(rest_url)} ({exc}); check this "
+            "machine's network, point `tapeflow produce --rest-url/--ws-url` at a reachable Binance endpoint, "
+            f"{OFFLINE_HINT}. Retrying in {retry_s:g} s.")
+
+
+def restricted_message(exc: RestRestricted, rest_url: str, retry_s: float) -> str:
+    """The one line for an exchange that refuses this machine: 451 (a restricted location) or 403 (blocked)."""
+    why = ("refuses this location (HTTP 451: Binance does not serve restricted countries, the US among them)"
+           if exc.status == 451 else "refuses this client (HTTP 403: blocked)")
+    return (f"restricted: the exchange at {origin(rest_url)} {why}; use a venue you may use, point "
+            f"`tapeflow produce --rest-url/--ws-url` at an endpoint that serves you, {OFFLINE_HINT}. "
+            f"Retrying in {retry_s:g} s.")
 
 
 def _first(rows: Any) -> Any:

@@ -17,6 +17,11 @@ from functools import lru_cache
 from .durations import format_duration_ms
 
 
+# after a start from minute bars (``approx_until_ms``), how much of trades an evaluation needs before it is
+# valid: the longest window read from second buckets (the 1-hour CVD) and its slope's two 15-s steps
+DETAIL_NEEDED_MS = 3_600_000 + 2 * 15_000
+
+
 @dataclass(frozen=True, slots=True)
 class Features:
     """Indicator values of one symbol at ``time_ms`` (computed from data before ``time_ms``)."""
@@ -86,6 +91,11 @@ class Features:
     iceberg_refills_ask: float | None = None
     iceberg_usd_bid: float | None = None
     iceberg_usd_ask: float | None = None
+    # the warm start's approximation (issue 37): before this time minute bars (1m klines with the taker-buy
+    # volume) stood in for trades, so what needs each trade (size quantiles, large and whale flows, second
+    # buckets) starts here; CVD and volume of the minute windows, bars and ATR are exact to the minute.
+    # None: every minute the state holds came from trades
+    approx_until_ms: int | None = None
 
     # -- accessors ----------------------------------------------------------------------------
     def cvd_at(self, window_ms: int) -> float:
@@ -108,8 +118,10 @@ class Features:
         return self.large_buy_qty_15m - self.large_sell_qty_15m
 
     def covers(self, window_ms: int) -> bool:
-        """True when uninterrupted trade data covers ``[time_ms - window_ms, time_ms)``."""
-        return self.coverage_start_ms is not None and self.coverage_start_ms <= self.time_ms - window_ms
+        """True when uninterrupted trade data covers ``[time_ms - window_ms, time_ms)``; after a start from
+        minute bars also the trades themselves cover what the second buckets read (``DETAIL_NEEDED_MS``)."""
+        return (self.coverage_start_ms is not None and self.coverage_start_ms <= self.time_ms - window_ms
+                and (self.approx_until_ms is None or self.approx_until_ms <= self.time_ms - DETAIL_NEEDED_MS))
 
     def inputs(self) -> dict[str, float]:
         """Every available number by name (the ``inputs`` map of a feature record)."""

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .features import SCALAR_FIELDS, Features, duration_name, input_rows
+from .features import DETAIL_NEEDED_MS, SCALAR_FIELDS, Features, duration_name, input_rows
 
 __all__ = ["SCALAR_FIELDS", "FeatureFrame", "distinct_sorted", "duration_name", "exact_ratio"]
-_INT_FIELDS = frozenset({"last_trade_ms", "coverage_start_ms", "atr_bars", "qty_samples"})
+_INT_FIELDS = frozenset({"last_trade_ms", "coverage_start_ms", "atr_bars", "qty_samples", "approx_until_ms"})
 
 
 @dataclass(slots=True)
@@ -59,9 +59,10 @@ class FeatureFrame:
 
     def covers(self, window_ms: int) -> np.ndarray:
         """``Features.covers`` per row."""
-        start = self.values["coverage_start_ms"]
+        start, approx = self.values["coverage_start_ms"], self.values["approx_until_ms"]
         with np.errstate(invalid="ignore"):
-            return ~np.isnan(start) & (start <= self.time_ms - window_ms)
+            return ~np.isnan(start) & (start <= self.time_ms - window_ms) & (
+                np.isnan(approx) | (approx <= self.time_ms - DETAIL_NEEDED_MS))
 
     # -- rows -----------------------------------------------------------------------------------
     def take(self, index: np.ndarray) -> FeatureFrame:

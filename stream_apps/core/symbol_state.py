@@ -72,13 +72,14 @@ from .events import (
 from .features import Features
 from .frame import SCALAR_FIELDS, FeatureFrame, distinct_sorted, exact_ratio
 from .market_records import MarketRecords, MarketTimeline
+from .minute_bars import MINUTE_BAR_KIND
 from .params import MINUTE_MS, SECOND_MS, Counters, StateParams
 from .kernels import apply_minutes, ring_window_sums, thresholds_at
 from .quantiles import HOUR_MS, MIN_EXPONENT, SUB_BUCKETS, HourlyQuantileWindow, bin_index
 from .ring import BucketRing
 from .units import NOTIONAL_SCALE, QTY_SCALE, notional_to_units, qty_to_units
 
-__all__ = ["STANDARD_CVD_WINDOWS_MS", "Counters", "SegmentLog", "StateParams", "SymbolState"]
+__all__ = ["MINUTE_BAR_KIND", "STANDARD_CVD_WINDOWS_MS", "Counters", "SegmentLog", "StateParams", "SymbolState"]
 
 STANDARD_CVD_WINDOWS_MS = (300_000, 900_000, 1_800_000, 3_600_000, 14_400_000, 86_400_000)
 _SECOND_FIELDS = (
@@ -134,6 +135,7 @@ class SymbolState:
         self.last_trade_ms: int | None = None
         self.first_trade_ms: int | None = None
         self.coverage_start_ms: int | None = None
+        self.approx_until_ms: int | None = None  # minute bars stood in for trades before this (warm start)
         self.head_second = -1
         self.sealed_ms = 0
         self.threshold_minute = -1
@@ -396,13 +398,63 @@ class SymbolState:
             self.flow.apply_events([event])
 
     def apply_indicator(self, update: IndicatorUpdate) -> None:
+        if update.kind == MINUTE_BAR_KIND:
+            self.apply_minute_bars([update])
+            return
         self.market.apply_indicator(update)
         if self.flow is not None:
             self.flow.apply_events([update])
 
+    def apply_minute_bars(self, bars: list[IndicatorUpdate]) -> None:
+        """Minute bars (``kind`` ``kline_1m``: a warm start's 1m klines, ``extra`` open/high/low/close,
+        buy_volume/sell_volume in base units, quote_volume, trades) standing in for the trades of minutes
+        before any trade was applied. They fill the minute buckets (CVD and volume of the 4h/24h windows,
+        exact to the minute), the 1m and 5m bars (ATR, exact) and the price, start the coverage, and set
+        ``approx_until_ms``: the second buckets, size quantiles and large/whale flows only hold what
+        trades bring after. A bar at or after the first applied trade is counted as rejected (it would
+        double the trades); so is a malformed one."""
+        rows, kept = [], []
+        for bar in sorted(bars, key=lambda b: b.value_time_ms):
+            x, minute = bar.extra, bar.value_time_ms // MINUTE_MS
+            try:
+                o, h, lo, c = (float(x[k]) for k in ("open", "high", "low", "close"))
+                buy, sell, quote, n = (float(x[k]) for k in ("buy_volume", "sell_volume", "quote_volume", "trades"))
+            except (KeyError, TypeError, ValueError):
+                self.counters.rejected += 1
+                continue
+            late = self.first_trade_ms is not None or minute * MINUTE_MS < (self.approx_until_ms or 0)
+            if late or not (0 < lo <= min(o, c) <= max(o, c) <= h) or min(buy, sell, quote, n) < 0 \
+                    or not all(np.isfinite((o, h, lo, c, buy, sell, quote))):
+                self.counters.rejected += 1
+                continue
+            rows.append((minute, int(qty_to_units(np.array([buy]))[0]), int(qty_to_units(np.array([sell]))[0]),
+                         int(notional_to_units(np.array([quote]))[0]), int(n)))
+            kept.append((minute, o, h, lo, c))
+        if not rows:
+            return
+        table = np.array(rows, dtype=np.int64)
+        self.minutes.add_grouped(table[:, 0], table[:, 1:])
+        segments = [Bar(m * MINUTE_MS, (m + 1) * MINUTE_MS, o, h, lo, c, int(b + s_), int(b), int(s_), int(q), int(n),
+                        -1, -1) for (m, o, h, lo, c), (_, b, s_, q, n) in zip(kept, table.tolist())]
+        self.bars_1m.apply(segments)  # (their bars are not published: the minutes were history)
+        for bar in self.bars_atr.apply(segments):
+            self._update_atr(bar)
+        last_minute = int(table[-1, 0])
+        self.last_price = kept[-1][4]
+        self.last_trade_ms = (last_minute + 1) * MINUTE_MS - 1
+        if self.coverage_start_ms is None:
+            self.coverage_start_ms = int(table[0, 0]) * MINUTE_MS
+        self.approx_until_ms = (last_minute + 1) * MINUTE_MS
+        self.sealed_ms = max(self.sealed_ms, self.approx_until_ms)
+
     def apply_market_segment(self, books, marks, others: list[LiquidationEvent | IndicatorUpdate]) -> MarketTimeline:
         """``MarketRecords.apply_segment``, and the flow detectors' OI and liquidations (their OI log
-        in the timeline, so each evaluation time of the segment reads what it saw)."""
+        in the timeline, so each evaluation time of the segment reads what it saw); minute bars go to
+        ``apply_minute_bars``."""
+        minute_bars = [e for e in others if isinstance(e, IndicatorUpdate) and e.kind == MINUTE_BAR_KIND]
+        if minute_bars:
+            self.apply_minute_bars(minute_bars)
+            others = [e for e in others if not (isinstance(e, IndicatorUpdate) and e.kind == MINUTE_BAR_KIND)]
         timeline = self.market.apply_segment(books, marks, others)
         if self.orderbook is not None and books is not None and len(books):
             self._book_inputs[0].append(books)  # merged with the segment's trades once they are in
@@ -666,6 +718,7 @@ class SymbolState:
         values["last_trade_ms"] = last_trade
         values["coverage_start_ms"] = np.full(n, np.nan if self.coverage_start_ms is None else
                                               float(self.coverage_start_ms))
+        values["approx_until_ms"] = np.full(n, np.nan if self.approx_until_ms is None else float(self.approx_until_ms))
         values["vwap_30m"] = vwap
         values["volume_30m"] = volume
         values["atr"] = atr_value
@@ -728,6 +781,7 @@ class SymbolState:
             "last_trade_ms": self.last_trade_ms,
             "first_trade_ms": self.first_trade_ms,
             "coverage_start_ms": self.coverage_start_ms,
+            "approx_until_ms": self.approx_until_ms,
             "head_second": self.head_second,
             "sealed_ms": self.sealed_ms,
             "threshold_minute": self.threshold_minute,
@@ -769,6 +823,7 @@ class SymbolState:
             "qty_samples",
         ):
             setattr(state, name, data[name])
+        state.approx_until_ms = data.get("approx_until_ms")  # (absent from states saved before issue 37)
         state.seconds = BucketRing.from_dict(data["seconds"])
         state.minutes = BucketRing.from_dict(data["minutes"])
         state.qty_hist = HourlyQuantileWindow.from_dict(data["qty_hist"])

@@ -364,7 +364,7 @@ class EpochRoller:
         return [(name, _health(run)) for name, run in self.sup.running.items() if name.startswith("producer")]
 
     def _producer_priming(self) -> bool:
-        return any(body.get("status") == "priming" for _name, body in self._producers())
+        return any(body.get("status") == "priming" or body.get("priming") for _name, body in self._producers())
 
 
 def _health(run: Any) -> dict:

@@ -93,6 +93,8 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self._stall_checked = 0.0
         self.stall_check_s = STALL_CHECK_S
+        self._next_exchange_check = 0.0  # `_report_exchange`
+        self._exchange_said: dict[str, str | None] = {}
 
     # --- locking ---------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -240,6 +242,7 @@ class Supervisor:
             if self.roller is not None and broker is not None and broker.proc.poll() is None:
                 self.roller.tick()  # never while the broker is down: its restart comes first
             self._stop_starving()  # the loop below restarts what it stopped, as any exit
+            self._report_exchange()
             for name, run in list(self.running.items()):
                 if self.running.get(name) is not run:  # stopped on the way (a broker's clients)
                     continue
@@ -276,6 +279,29 @@ class Supervisor:
                     self.say(f"{name}: restart failed: {exc}")
                     return 1
         return 0
+
+    def _report_exchange(self, every_s: float = 2.0) -> None:
+        """Say in the foreground output when a producer cannot reach its exchange or is refused by it
+        (`unreachable`/`restricted`, with the one line of what to do), once per change, and when it
+        answers again: `status` shows the same, but a user watching `up` should not have to ask."""
+        now = time.monotonic()
+        if now < self._next_exchange_check:
+            return
+        self._next_exchange_check = now + every_s
+        for name, run in list(self.running.items()):
+            if not name.startswith("producer") or run.proc.poll() is not None:
+                continue
+            url = run.record.extra.get("health_url")
+            code, body = http_json(url) if url else (0, {})
+            if code == 0:
+                continue  # not answering (starting, stopping): the restart loop speaks for exits
+            state = body.get("status") if body.get("status") in ("unreachable", "restricted") else None
+            said = self._exchange_said.get(name)
+            if state is not None and said != state:
+                self.say(f"{name:<10} {body.get('detail') or state}")
+            elif state is None and said is not None:
+                self.say(f"{name:<10} the exchange answers again: {body.get('status')}")
+            self._exchange_said[name] = state
 
     def _stop_starving(self) -> None:
         """Stop a consumer that has said it is not receiving for ``stall_restart_s`` (its /health:
@@ -447,7 +473,9 @@ def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
     detail = body.get("detail") or body.get("status") or body.get("error") or f"HTTP {code}"
     if "finished" in body:  # the fake exchange's replay status
         detail = "replay finished" if body["finished"] else "replaying"
-    state = "priming" if body.get("status") == "priming" else "running"  # a producer's warm start
+    # a producer's warm start, or an exchange it cannot reach / that refuses this location (the detail says
+    # what to do)
+    state = body.get("status") if body.get("status") in ("priming", "unreachable", "restricted") else "running"
     return ComponentStatus(rec.name, code == 200, state, rec.address, rec.pid, now - rec.started_at, detail)
 
 

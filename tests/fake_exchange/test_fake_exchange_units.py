@@ -35,7 +35,7 @@ from fake_exchange.recording import RecordingError, parse_ws_lines
 from fake_exchange.replay import ReplayEngine, due_offsets
 from fake_exchange.state import ExchangeState
 from fake_exchange.synthetic import format_fixed
-from fake_exchange.weights import MinuteWeightCounter, request_weight
+from fake_exchange.weights import MinuteWeightCounter, WeightLimiter, request_weight
 
 DATA = Path("/work/shared/data/binance_futures_ws")
 
@@ -492,3 +492,25 @@ def test_weights():
     assert counter.add(request_weight("/fapi/v1/premiumIndex", {})) == 50
     now[0] = 180.0  # next minute
     assert counter.add(request_weight("/fapi/v1/depth", {"limit": "5"})) == 2
+
+
+def test_the_weight_limit_answers_429_then_bans_a_client_that_does_not_back_off():
+    """Binance: over the limit a 429 with the seconds to the minute's end; a request inside that
+    Retry-After earns a 418 ban, 2 minutes the first time, doubled for each repeat; every request inside
+    a ban is a 418 with the ban's remaining seconds."""
+    now = [600.0]  # 00:10:00 UTC
+    limiter = WeightLimiter(100, lambda: now[0])
+    assert [limiter.admit(20) for _ in range(5)] == [(20, 200, 0), (40, 200, 0), (60, 200, 0), (80, 200, 0),
+                                                     (100, 200, 0)]
+    now[0] = 630.0
+    assert limiter.admit(20) == (120, 429, 30)  # 30 s to the minute's end
+    now[0] = 640.0
+    assert limiter.admit(1) == (121, 418, 120)  # did not wait: banned for 2 minutes
+    now[0] = 700.0
+    assert limiter.admit(1) == (0, 418, 60)  # inside the ban (a new minute: nothing metered)
+    assert (limiter.requests_in_ban, limiter.http_429, limiter.http_418) == (1, 1, 2)
+    now[0] = 760.0  # the ban is over
+    assert limiter.admit(100) == (100, 200, 0)
+    assert limiter.admit(1) == (101, 429, 20)  # 00:12:40: 20 s to the minute's end
+    assert limiter.admit(1) == (102, 418, 240)  # the second ban is twice as long
+    assert limiter.max_per_minute == 121 and limiter.by_minute == {10: 121, 12: 102}  # minute 11: banned

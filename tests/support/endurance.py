@@ -41,6 +41,9 @@ class SyntheticExchange(FakeExchangeService):
         return Launch(argv=[sys.executable, "-m", "fake_exchange", "--synthetic-seed", str(s.seed),
                             "--synthetic-symbols", ",".join(s.symbols), "--synthetic-duration", str(s.duration_s),
                             "--synthetic-trades-per-s", str(s.trades_per_s), "--synthetic-burstiness", str(s.burstiness),
+                            "--synthetic-depth-interval-ms", str(s.depth_interval_ms),
+                            *(["--synthetic-rates", ",".join(f"{k}={v:g}" for k, v in s.rates.items())]
+                              if s.rates else []),
                             "--synthetic-start", str(s.start_time), "--ws-port", str(self.ws_port),
                             "--rest-port", str(self.rest_port), "--speed", "1", "--start", self.start,
                             "--aggtrades-visibility", "replayed",

@@ -13,7 +13,7 @@ import aiohttp
 from fake_exchange import generate_session
 from fake_exchange.config import FakeExchangeConfig
 from fake_exchange.exchange import serve
-from producers.binance.rest import RateLimitGate, RestClient
+from producers.binance.rest import RateLimitGate, RestClient, WeightBudget, binance_weight
 from producers.metrics import ProducerMetrics
 
 
@@ -101,3 +101,49 @@ async def test_once_the_origin_answered_requests_go_concurrently():
     most = 0
     await asyncio.gather(*(request() for _ in range(3)))
     assert most == 1
+
+
+def test_the_weight_budget_spends_before_sending_within_a_share_of_the_utc_minute():
+    """Binance counts weight per UTC minute: a request that would take the minute past the client's share
+    waits for the next minute (with a quarter-second margin); what an answer reports for the same
+    minute (other users of the IP) counts too, a report of the previous minute does not."""
+    now = [600.0]  # 00:10:00
+    budget = WeightBudget(limit=100, clock=lambda: now[0])
+    assert [budget.spend(20, 0.6) for _ in range(3)] == [0.0, 0.0, 0.0]  # 60 = 0.6 x 100
+    now[0] = 615.0
+    assert budget.spend(1, 0.6) == 45.25 and budget.used == 60  # refused: not counted
+    assert budget.spend(30, 0.9) == 0.0 and budget.used == 90  # a bigger share (the live repairs) still fits
+    budget.observe(95, sent_at=614.0)
+    assert budget.used == 95 and budget.spend(1, 0.9) == 45.25
+    now[0] = 660.0  # the next minute
+    budget.observe(99, sent_at=659.5)  # answered now, but counted in the minute before
+    assert budget.used == 0 and budget.spend(20, 0.6) == 0.0
+
+
+def test_request_weights_are_binance_s():
+    base = "https://fapi.binance.com"
+    assert binance_weight(f"{base}/fapi/v1/aggTrades", {"fromId": 1, "limit": 1000}) == 20
+    assert binance_weight(f"{base}/fapi/v1/klines", {"interval": "1m", "limit": 1500}) == 10
+    assert binance_weight(f"{base}/fapi/v1/klines", {"interval": "1m", "limit": 499}) == 2
+    assert binance_weight(f"{base}/fapi/v1/depth", {"limit": 1000}) == 20
+    assert binance_weight(f"{base}/fapi/v1/premiumIndex", {}) == 10
+    assert binance_weight(f"{base}/futures/data/openInterestHist", {}) == 0
+    assert binance_weight("https://api.exchange.coinbase.com/products/BTC-USD/ticker") == 0
+
+
+async def test_a_429_and_418_storm_is_waited_out_with_no_request_inside_a_ban():
+    """Three 429s then two 418s (Retry-After 1 s each) in front of six requests of clients sharing a gate:
+    every request is answered and none arrives inside a ban."""
+    session = generate_session(seed=1, duration_s=1, trades_per_s=1)
+    fake = await serve(FakeExchangeConfig(session=session, speed="max", start="manual",
+                                          faults={"rest_429_count": 3, "rest_418_count": 2, "retry_after_s": 1}))
+    try:
+        gate = RateLimitGate()
+        async with aiohttp.ClientSession() as http:
+            clients = [RestClient(http, ProducerMetrics(), gate=gate) for _ in range(3)]
+            answers = await asyncio.gather(*(c.get_json(f"{fake.rest_url}/fapi/v1/time") for c in clients * 2))
+        status = fake.status()
+        assert len(answers) == 6
+        assert (status["rest_http_429"], status["rest_http_418"], status["rest_requests_in_ban"]) == (3, 2, 0)
+    finally:
+        await fake.stop()

@@ -134,7 +134,10 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
         # no --vision-url: it follows --rest-url when that is not Binance's (the fake serves the archives)
         producer = Service("producer", ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
                                         rest, "--coinbase-url", rest, "--replay-control-url", rest,
-                                        "--warm-start-hours", "25", "--metrics-port", "0"], env, workdir)
+                                        "--warm-start-hours", "25", "--metrics-port", "0",
+                                        # every trade (Vision + REST): the start from minute bars (the
+                                        # default) is test_minute_bars's and test_warm_start_klines's
+                                        "--warm-start-detail-minutes", "0"], env, workdir)
         services.append(producer)
         statuses = watch_status_while_priming(producer, env)
         print("\nstatus while priming: " + " | ".join(dict.fromkeys(c.detail for c in statuses)))
