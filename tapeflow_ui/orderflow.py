@@ -109,7 +109,7 @@ def session_vwap(times_s: Sequence[int], quote: Sequence[float], volume: Sequenc
 
 
 def nice_step(price: float, levels: int = 2000) -> float:
-    """A price step of 1, 2 or 5 x 10^k near ``price / levels`` (BTC at 30,000: 10)."""
+    """A price step of 1, 2 or 5 x 10^k near ``price / levels`` (BTC at 30,000: 20)."""
     import math
 
     if price <= 0:
