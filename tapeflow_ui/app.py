@@ -27,12 +27,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from tapeflow_ui import desk
 from tapeflow_ui import overview as ov
 from tapeflow_ui import queries as q
 from tapeflow_ui.security import TokenGuard, csrf_value
 
 HERE = Path(__file__).parent
 SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
+VENUE = re.compile(r"^[a-z0-9]{2,20}$")
 MAX_RANGE_S = 7 * 86_400
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 
@@ -154,6 +156,21 @@ class UI:
                                 "FROM pipeline_errors ORDER BY event_time DESC LIMIT 200").fetchall()
         return ORJSONResponse([{"topic": r[0], "stage": r[1], "error": r[2], "time": r[3]} for r in rows])
 
+    def desk(self, request: Request) -> Response:
+        with self.pool.connection() as conn:
+            ranked = desk.ranking(conn)
+            if ranked is None:
+                raise HTTPException(404, "the database has no xv_features table: run `tapeflow db migrate`")
+            return ORJSONResponse({"ranking": ranked[:50], "pairs": desk.pairs(conn)})
+
+    def spread(self, request: Request) -> Response:
+        coin = request.query_params.get("coin", "").upper()
+        sell, buy = request.query_params.get("sell", ""), request.query_params.get("buy", "")
+        if not SYMBOL.match(coin) or not VENUE.match(sell) or not VENUE.match(buy):
+            raise HTTPException(400, "coin, sell and buy: a coin (BTC) and two venues (binance, bybit, okx)")
+        with self.pool.connection() as conn:
+            return ORJSONResponse(desk.spread_history(conn, coin, sell, buy))
+
     def latest_bar(self, symbol: str, tf: str) -> dict | None:
         with self.pool.connection() as conn:
             end = q.data_time(conn, symbol)
@@ -222,6 +239,9 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
     routes = [
         Route("/", page("overview", "Market overview")),
         Route("/symbol/{symbol}", page("orderflow", "Order flow")),
+        Route("/watchlist", page("watchlist", "Watchlist desk")),
+        Route("/api/desk", ui.desk),
+        Route("/api/desk/spread", ui.spread),
         Route("/health", health),
         Route("/api/overview", ui.overview),
         Route("/api/symbols", ui.symbols),

@@ -102,3 +102,44 @@ def store_signals(conninfo: str, records: list[dict]) -> int:
 def floor_index(price: float, step: float) -> int:
     """The price level a trade falls in (the UI's ``floor(price / step)``)."""
     return int(np.floor(price / step))
+
+
+def store_watchlist_session(conninfo: str, seed: int = 11, minutes: float = 12.0) -> dict[str, int]:
+    """A generated three-venue session (``backtest.watchlist.synthetic``) through the live watchlist
+    trader, as the watchlist service runs it: its xv.features (the evaluations the trader's own state
+    made) and what it published (xv.signals, xv.orders, xv.funding, xv.pairs), written through the
+    sink's table specs. The strategy and window sizes are those of the watchlist backtest's generated
+    session test, which opens and closes pairs in 12 minutes."""
+    from backtest.watchlist.synthetic import session
+    from execution.watchlist_trader import WatchlistTrader, cross_venue_params
+    from stream_apps.watchlist.records import feature_records
+    from stream_apps.watchlist.strategy import parse_watchlist_strategy
+
+    strategy = parse_watchlist_strategy({
+        "kind": "watchlist", "name": "xv_ui", "version": "1", "notional_usd": 10_000, "cooldown": "2m",
+        "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12}, "exits": {"exit_spread_bp": -2}})
+    params = cross_venue_params(strategy, slope_window_ms=60_000,
+                                windows=(("1h", 3_600_000, 5_000), ("12h", 43_200_000, 60_000)))
+    features: list[dict] = []
+
+    class Recording(WatchlistTrader):
+        def _evaluate(self, coin_features) -> None:
+            features.extend(feature_records(coin_features, self.params.sweep_notional_usd))
+            super()._evaluate(coin_features)
+
+    trader = Recording(strategy, params=params)
+    trader.feed(session(seed, minutes, coins=("BTC", "ETH"), jump_per_hour=12.0))
+    records = {"xv.features": features}
+    for kind, _coin, record in trader.take():
+        if kind in trader.topics:
+            records.setdefault(trader.topics[kind], []).append(record)
+    counts: dict[str, int] = {}
+    with psycopg.connect(conninfo) as conn:
+        times = [r["eval_time"] for r in features]
+        lo, hi = datetime.fromtimestamp(min(times) / 1000 - 86_400, tz=UTC), datetime.fromtimestamp(max(times) / 1000 + 86_400, tz=UTC)
+        for table in ("xv_features", "xv_signals", "xv_leg_orders", "xv_funding_payments", "xv_pair_events"):
+            ensure_partitions(conn, table, lo, hi)
+        for topic, recs in records.items():
+            _write(conn, topic, recs, counts)
+        conn.commit()
+    return counts

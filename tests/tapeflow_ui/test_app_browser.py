@@ -25,7 +25,7 @@ from sinks.migrate import migrate
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_ui.security import COOKIE, csrf_value, load_token
 from tests.support.chromium import CHROMIUM, DevTools
-from tests.support.ui_session import floor_index, signal_record, store_signals, store_synthetic
+from tests.support.ui_session import floor_index, signal_record, store_signals, store_synthetic, store_watchlist_session
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (deploy/bootstrap.sh)")]
@@ -74,6 +74,8 @@ def site(pg_server, tmp_path_factory):
                signal_record("BTCUSDT", from_ms + 75 * 60_000 + 5_000, "SHORT", closes["BTCUSDT"], 2),
                signal_record("ETHUSDT", from_ms + 50 * 60_000 + 5_000, "LONG", closes["ETHUSDT"], 3)]
     assert store_signals(owner, signals) == 3
+    stored = store_watchlist_session(owner)
+    assert stored["xv_pair_events"] >= 4 and stored["xv_features"] > 1000, stored
     with psycopg.connect(owner, autocommit=True) as conn:  # a login of the read-only role, for this module only
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE tapeflow_readonly").format(
             sql.Identifier(role), sql.Literal(password)))
@@ -260,3 +262,25 @@ def test_heatmap_cells_equal_the_stored_book_sizes(site, browser, orderflow):
     assert painted(browser, "#heatmap") > 20_000
     assert browser.problems() == []
     shoot(browser, site, "heatmap-and-footprint")
+
+
+def test_watchlist_desk_shows_the_ranking_the_pairs_and_a_spread_history(site, browser):
+    from stream_apps.watchlist.ranking import ranking
+
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for("window.tapeflowUI.ready.all || window.tapeflowUI.errors.length", 60) is True
+    shown = browser.evaluate("[...document.querySelectorAll('#ranking tbody tr')].map(r => [r.dataset.coin, r.dataset.sell, r.dataset.buy])")
+    with psycopg.connect(site.conninfo) as conn:
+        expected = [[p.coin, p.sell_venue, p.buy_venue] for p in ranking(conn) if p.spread_sweep is not None]
+        pairs = conn.execute("SELECT pair_id, status, net_usd FROM xv_pairs_latest").fetchall()
+        legs = conn.execute("SELECT count(*) FROM xv_leg_orders").fetchone()[0]
+    assert shown == expected[:50] and len(shown) >= 6  # `tapeflow watchlist`'s rows, in its order
+    desk = browser.evaluate("window.tapeflowUI.desk")
+    assert sorted(p["pair_id"] for p in desk["pairs"]) == sorted(p[0] for p in pairs)
+    assert {p["pair_id"]: (p["status"], p["net_usd"]) for p in desk["pairs"]} == {p[0]: (p[1], float(p[2])) for p in pairs}
+    assert sum(len(p["orders"]) for p in desk["pairs"]) == legs
+    spread = browser.evaluate("window.tapeflowUI.spread")
+    assert [spread["coin"], spread["sell_venue"], spread["buy_venue"]] == shown[0] and len(spread["points"]) > 100
+    assert painted(browser, "#spread canvas") > 5_000
+    assert browser.problems() == []
+    shoot(browser, site, "watchlist-desk")
