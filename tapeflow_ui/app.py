@@ -111,14 +111,15 @@ class UI:
                 "symbol": symbol, "timeframe": tf, "from": q.ts(rng.start), "to": q.ts(rng.end),
                 "step": self._step(conn, request, symbol, rng),
                 "candles": q.candles(conn, symbol, tf, rng, self.timescale(conn)),
-                "signals": q.signals(conn, symbol, rng), "large_trades": q.large_trades(conn, symbol, rng),
-                "liquidations": q.liquidations(conn, symbol, rng)})
+                "signals": q.signals(conn, symbol, rng), "liquidations": q.liquidations(conn, symbol, rng)})
 
     def footprint(self, request: Request) -> Response:
         symbol, tf = _symbol(request), _timeframe(request)
         with self.pool.connection() as conn:
             rng = self._range(conn, request, symbol, tf)
-            return ORJSONResponse(q.footprint(conn, symbol, tf, rng, self._step(conn, request, symbol, rng)))
+            bar = _number(request, "bar")
+            return ORJSONResponse(q.footprint(conn, symbol, tf, rng, self._step(conn, request, symbol, rng),
+                                              around=None if bar is None else q.from_ts(bar)))
 
     def profile(self, request: Request) -> Response:
         symbol, tf = _symbol(request), _timeframe(request)

@@ -5,8 +5,9 @@ Read with the read-only role (``tapeflow_readonly``) in read-only transactions. 
 continuous aggregates ``bars_5m``/``bars_1h`` (0003_market_data.timescale.sql), on plain PostgreSQL
 ``bars_1m`` grouped with ``date_bin`` (the plain views ``bars_5m``/``bars_1h`` cannot be pruned by a time
 filter). Footprint and volume profile group ``trades`` by bar and price level (``floor(price / step)``)
-for the visible range only, bounded by ``MAX_FOOTPRINT_BARS``; the liquidity heatmap takes the last
-stored book (``depth_snapshots``) of each time column and sums its sizes per price level.
+for the visible range only (the footprint at most ``MAX_FOOTPRINT_BARS`` bars, around the chosen one);
+the liquidity heatmap takes the last stored book (``depth_snapshots``) of each time column and sums its
+sizes per price level.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from tapeflow_ui.orderflow import Level, cumulative, imbalances, nice_step, poc,
 ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)  # time_bucket's origin: both engines put a bar in the same bucket
 TIMEFRAMES = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600}
 CAGGS = {"5m": "bars_5m", "1h": "bars_1h"}
-MAX_FOOTPRINT_BARS = 240
+MAX_FOOTPRINT_BARS = 60  # the page shows about 15 at a time; trades of an hour at 1 m bars
+MAX_BUBBLE_RANGE_S = 12 * 3600  # large trades scan every trade of the range: shown for up to 12 h
 MAX_HEATMAP_COLUMNS = 240
 LARGE_TRADES = 150
 EXCHANGE = "binance"
@@ -130,20 +132,23 @@ def _level_rows(conn: psycopg.Connection, symbol: str, rng: Range, step: float, 
          "a": rng.start, "b": rng.end}).fetchall()
 
 
-def footprint(conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range, step: float) -> dict:
-    """Bought and sold volume per price level per bar, with each bar's delta, POC and imbalances; the
-    range is cut to its last ``MAX_FOOTPRINT_BARS`` bars."""
+def footprint(conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range, step: float,
+              around: datetime | None = None) -> dict:
+    """Bought and sold volume per price level per bar, with each bar's delta, POC and imbalances, for
+    at most ``MAX_FOOTPRINT_BARS`` bars of the range: its last ones, or those around ``around``."""
     seconds = TIMEFRAMES[timeframe]
-    start = max(rng.start, rng.end - timedelta(seconds=seconds * MAX_FOOTPRINT_BARS))
+    span = timedelta(seconds=seconds * MAX_FOOTPRINT_BARS)
+    end = rng.end if around is None else min(rng.end, max(around + span / 2, rng.start + span))
+    start = max(rng.start, end - span)
     bars: dict[int, list[Level]] = {}
-    for t, level, bought, sold in _level_rows(conn, symbol, Range(start, rng.end), step, seconds):
+    for t, level, bought, sold in _level_rows(conn, symbol, Range(start, end), step, seconds):
         bars.setdefault(t, []).append(Level(level, bought, sold))
     out = []
     for t, levels in bars.items():
         marks = imbalances(levels)
         out.append({"time": t, "poc": poc(levels), "delta": sum(lv.delta for lv in levels),
                     "levels": [[lv.level, lv.bought, lv.sold, marks.get(lv.level, "")] for lv in levels]})
-    return {"step": step, "timeframe": timeframe, "from": ts(start), "to": ts(rng.end), "bars": out}
+    return {"step": step, "timeframe": timeframe, "from": ts(start), "to": ts(end), "bars": out}
 
 
 def volume_profile(conn: psycopg.Connection, symbol: str, rng: Range, step: float) -> dict:
@@ -159,22 +164,29 @@ def heatmap(conn: psycopg.Connection, symbol: str, rng: Range, step: float, colu
     """Resting size per price level over time: for each time column the last stored book in it, its
     bid and ask sizes summed per level (a cell is exactly the stored sizes of that book's levels)."""
     column_s = max(1, int(-(-rng.seconds // columns)))
+    args = {"col": timedelta(seconds=column_s), "o": ORIGIN, "x": EXCHANGE, "s": symbol, "a": rng.start,
+            "b": rng.end, "step": step}
+    # the newest book per column first, from the times alone; then only those books' levels (sorting the
+    # day's wide rows, as DISTINCT ON would, cost seconds)
     rows = conn.execute(
-        "WITH last AS (SELECT DISTINCT ON (col) col, event_time, bid_prices, bid_qtys, ask_prices, ask_qtys FROM "
-        "  (SELECT date_bin(%(col)s, event_time, %(o)s) AS col, event_time, bid_prices, bid_qtys, ask_prices, ask_qtys "
-        "   FROM depth_snapshots WHERE exchange = %(x)s AND symbol = %(s)s AND event_time >= %(a)s AND event_time < %(b)s) s "
-        "  ORDER BY col, event_time DESC), "
+        "WITH pick AS (SELECT max(event_time) AS t FROM depth_snapshots WHERE exchange = %(x)s AND symbol = %(s)s "
+        "  AND event_time >= %(a)s AND event_time < %(b)s GROUP BY date_bin(%(col)s, event_time, %(o)s)), "
+        "last AS (SELECT date_bin(%(col)s, event_time, %(o)s) AS col, event_time, bid_prices, bid_qtys, ask_prices, "
+        "  ask_qtys FROM depth_snapshots WHERE exchange = %(x)s AND symbol = %(s)s AND event_time >= %(a)s "
+        "  AND event_time < %(b)s AND event_time = ANY(ARRAY(SELECT t FROM pick))), "
         "lv AS (SELECT col, event_time, 'bid' AS side, p, q FROM last, unnest(bid_prices, bid_qtys) AS u(p, q) "
         "  UNION ALL SELECT col, event_time, 'ask', p, q FROM last, unnest(ask_prices, ask_qtys) AS u(p, q)) "
         "SELECT extract(epoch FROM col)::bigint, (extract(epoch FROM event_time) * 1000)::bigint, side, "
-        "floor(p / %(step)s)::bigint, sum(q) FROM lv GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 4",
-        {"col": timedelta(seconds=column_s), "o": ORIGIN, "x": EXCHANGE, "s": symbol, "a": rng.start, "b": rng.end,
-         "step": step}).fetchall()
+        "floor(p / %(step)s)::bigint, sum(q) FROM lv GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 4", args).fetchall()
     cells = [[col, book_ms, side, level, qty] for col, book_ms, side, level, qty in rows]
     return {"step": step, "column_s": column_s, "from": ts(rng.start), "to": ts(rng.end), "cells": cells}
 
 
 def large_trades(conn: psycopg.Connection, symbol: str, rng: Range, limit: int = LARGE_TRADES) -> list[dict]:
+    """The range's ``limit`` largest trades; none for a range over ``MAX_BUBBLE_RANGE_S`` (each call scans
+    every trade of the range)."""
+    if rng.seconds > MAX_BUBBLE_RANGE_S:
+        return []
     rows = conn.execute(
         "SELECT extract(epoch FROM trade_time)::float8, price, qty, taker_side, price * qty AS usd FROM trades "
         "WHERE exchange = %s AND symbol = %s AND trade_time >= %s AND trade_time < %s ORDER BY qty DESC LIMIT %s",

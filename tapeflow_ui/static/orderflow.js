@@ -235,7 +235,8 @@
     for (let lv = hi; lv >= lo; lv -= every) ctx.fillText(TF.num(lv * data.step, d), 2, y(lv) + rowH / 2);
     document.getElementById("heatmap-summary").textContent =
       `${cols} columns of ${data.column_s} s (the last stored book of each), ${hi - lo + 1} levels of ${data.step}; ` +
-      `largest resting size ${TF.compact(maxQ)}; ${data.large_trades.length} large trades; ` +
+      `largest resting size ${TF.compact(maxQ)}; ` +
+      (data.to - data.from > 12 * 3600 ? "large trades shown for ranges up to 12 h; " : `${data.large_trades.length} largest trades; `) +
       `${data.liquidations.items.length} liquidations (lower bound: Binance sends at most one per second per symbol).`;
     UI.ready.heatmap = cells.length;
   }
@@ -247,7 +248,7 @@
       drawCandles(chart);
       const step = { step: chart.step };
       const [fp, profile, heat] = await Promise.all([
-        TF.get(`/api/footprint?${query(step)}`), TF.get(`/api/profile?${query(step)}`), TF.get(`/api/heatmap?${query(step)}`)]);
+        TF.get(`/api/footprint?${query(params.get("bar") ? { ...step, bar: params.get("bar") } : step)}`), TF.get(`/api/profile?${query(step)}`), TF.get(`/api/heatmap?${query(step)}`)]);
       drawFootprint(fp);
       selectBar(params.get("bar") ? Number(params.get("bar")) : null);
       drawProfile(profile);
