@@ -649,9 +649,13 @@ def ui(
     settings, paths = state.settings(), state.paths()
     if print_url:
         rec = ProcessRecord.load(paths.state_file("ui"))
-        if rec is None or not rec.is_alive():
+        if rec is not None and rec.is_alive():
+            address = rec.address
+        elif settings.ui_port:  # a UI this `up` did not start, on its fixed port (compose: the ui service)
+            address = f"{settings.ui_host}:{settings.ui_port}"
+        else:
             raise fail(f"no UI running in {paths.home}: start the stack with `tapeflow up` (or run `tapeflow ui`)")
-        echo(login_url(rec.address, load_token(paths)))
+        echo(login_url(address, load_token(paths)))
         return
     configure_logging(settings.log_level, settings.log_format)
     host = host or settings.ui_host
