@@ -14,6 +14,8 @@ from tapeflow_ui.queries import EXCHANGE, data_time, ts
 WHALE_USD = 100_000.0
 #: an input is stale when its newest row is this much older than the newest bar (seconds)
 STALE_AFTER_S = {"trades": 120, "depth_snapshots": 120, "mark_prices": 120, "bars_1m": 180, "features": 900}
+#: how far back the freshness checks look (a time-bounded scan; older than this is "nothing")
+FRESH_WINDOW_S = 1800
 TIME_COLUMN = {"trades": "trade_time", "depth_snapshots": "event_time", "mark_prices": "event_time",
                "bars_1m": "close_time", "features": "eval_time"}
 
@@ -24,8 +26,9 @@ def market_table(conn: psycopg.Connection, now: datetime) -> list[dict]:
         "WITH b AS (SELECT symbol, sum(quote_volume) AS vol, sum(buy_volume - sell_volume) AS cvd, "
         "  (array_agg(close ORDER BY open_time DESC))[1] AS price, (array_agg(open ORDER BY open_time))[1] AS open "
         "  FROM bars_1m WHERE exchange = %(x)s AND open_time >= %(a)s AND open_time < %(b)s GROUP BY symbol), "
-        "f AS (SELECT DISTINCT ON (symbol) symbol, funding_rate FROM mark_prices WHERE exchange = %(x)s "
-        "  AND event_time >= %(a)s AND event_time <= %(b)s ORDER BY symbol, event_time DESC), "
+        "f AS (SELECT b.symbol, m.funding_rate FROM b CROSS JOIN LATERAL (SELECT funding_rate FROM mark_prices "
+        "  WHERE exchange = %(x)s AND symbol = b.symbol AND event_time >= %(a)s AND event_time <= %(b)s "
+        "  ORDER BY event_time DESC LIMIT 1) m), "
         "oi AS (SELECT symbol, (array_agg(value ORDER BY event_time DESC))[1] AS last, "
         "  (array_agg(value ORDER BY event_time))[1] AS first FROM market_indicators WHERE exchange = %(x)s "
         "  AND kind = 'open_interest_hist' AND event_time >= %(a)s AND event_time <= %(b)s GROUP BY symbol) "
@@ -79,11 +82,11 @@ def data_quality(conn: psycopg.Connection, now: datetime) -> list[dict]:
                    "link": "/api/quality/errors"})
     for table, column in TIME_COLUMN.items():
         newest = conn.execute(f"SELECT max({column}) FROM {table} WHERE {column} >= %s AND {column} <= %s",  # nosec B608 # fixed table and column names
-                              (now - timedelta(hours=6), now)).fetchone()[0]
+                              (now - timedelta(seconds=FRESH_WINDOW_S), now)).fetchone()[0]
         age = None if newest is None else (now - newest).total_seconds()
         state = "bad" if age is None else "warn" if age > STALE_AFTER_S[table] else "ok"
         lights.append({"check": f"{table} fresh", "state": state,
-                       "detail": "nothing in the 6 h before the newest bar" if age is None else
+                       "detail": f"nothing in the {FRESH_WINDOW_S // 60} min before the newest bar" if age is None else
                        f"newest row {age:.0f} s before the newest bar", "link": None})
     lights.append({"check": "resyncs and consumer lag", "state": "info",
                    "detail": "book resyncs and consumer lag are Prometheus metrics: see Grafana's pipeline dashboard",

@@ -284,3 +284,24 @@ def test_watchlist_desk_shows_the_ranking_the_pairs_and_a_spread_history(site, b
     assert painted(browser, "#spread canvas") > 5_000
     assert browser.problems() == []
     shoot(browser, site, "watchlist-desk")
+
+
+def test_the_live_stream_sends_the_newest_bar(site):
+    """Server-sent events: the first ``bar`` event is the symbol's newest stored bar at the timeframe."""
+    import json
+
+    req = urllib.request.Request(f"{site.base}/api/stream?symbol=ETHUSDT&tf=5m",
+                                 headers={"Authorization": f"Bearer {site.token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = []
+        while not lines or not lines[-1].startswith("data: "):
+            lines.append(resp.readline().decode().strip())
+    assert lines[-2] == "event: bar"
+    bar = json.loads(lines[-1][6:])
+    with psycopg.connect(site.conninfo) as conn:
+        t, close, volume = conn.execute(
+            "SELECT extract(epoch FROM date_bin('5 min', open_time, TIMESTAMPTZ '2000-01-03 00:00:00+00'))::bigint AS t, "
+            "(array_agg(close ORDER BY open_time DESC))[1], sum(volume) FROM bars_1m WHERE symbol = 'ETHUSDT' "
+            "GROUP BY 1 ORDER BY 1 DESC LIMIT 1").fetchone()
+    assert (bar["time"], bar["close"], bar["volume"]) == (t, close, pytest.approx(volume, rel=1e-12))
