@@ -5,7 +5,7 @@ here) is loaded with one generated day of BTCUSDT (``tests.support.ui_session``:
 writes; ``--trades-per-s`` sets the size, 30/s ≈ 2.6 M trades, the live BTC rate of the generator),
 then the UI (``tapeflow_ui.app``, uvicorn, the read-only role) is asked over HTTP for each view of the
 whole day at 1 m bars, ``--runs`` times; the median and max wall time per view are printed, with the
-ratio to the 300 ms target. The footprint is cut to its last 240 bars by design (``MAX_FOOTPRINT_BARS``);
+ratio to the 300 ms target. The footprint is cut to its last ``MAX_FOOTPRINT_BARS`` bars by design;
 the volume profile covers the whole day. Baseline: the same views computed in the browser from raw
 trades would first have to download them (``trades`` rows of the day, printed as MB of JSON).
 
@@ -29,6 +29,7 @@ from psycopg import sql
 
 from benchmarks.embedded_stack import embedded_stack
 from tapeflow_runtime.paths import StackPaths
+from tapeflow_ui.queries import MAX_FOOTPRINT_BARS
 from tapeflow_ui.security import load_token
 from tests.support.ui_session import store_synthetic
 
@@ -66,13 +67,13 @@ def main() -> None:
             time.sleep(0.05)
         base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         day = f"symbol=BTCUSDT&tf=1m&from={int(DAY.timestamp())}&to={int((DAY + timedelta(days=1)).timestamp())}"
-        views = {"chart (1440 candles, CVD, VWAP, signals, large trades, liquidations)": f"/api/chart?{day}",
-                 "footprint (last 240 bars of the day)": f"/api/footprint?{day}",
+        views = {"chart (1440 candles, CVD, VWAP, signals, liquidations)": f"/api/chart?{day}",
+                 f"footprint (last {MAX_FOOTPRINT_BARS} bars of the day)": f"/api/footprint?{day}",
                  "volume profile (whole day)": f"/api/profile?{day}",
-                 "liquidity heatmap (whole day, 240 columns)": f"/api/heatmap?{day}",
+                 "liquidity heatmap (whole day, 240 columns; no bubbles past 12 h)": f"/api/heatmap?{day}",
                  "market overview": "/api/overview"}
         print(f"{engine}; {counts.get('trades', 0):,} trades, {counts.get('depth_snapshots', 0):,} books in the day")
-        print(f"| view | median | max | bytes | median / 300 ms target |\n|---|---|---|---|---|")
+        print("| view | median | max | bytes | median / 300 ms target |\n|---|---|---|---|---|")
         for name, path in views.items():
             times, size = [], 0
             for _ in range(args.runs + 1):  # the first run warms the pool and the caches: not counted

@@ -22,7 +22,7 @@ from tapeflow_ui.orderflow import Level, cumulative, imbalances, nice_step, poc,
 ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)  # time_bucket's origin: both engines put a bar in the same bucket
 TIMEFRAMES = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600}
 CAGGS = {"5m": "bars_5m", "1h": "bars_1h"}
-MAX_FOOTPRINT_BARS = 60  # the page shows about 15 at a time; trades of an hour at 1 m bars
+MAX_FOOTPRINT_BARS = 30  # the page shows about 15 at a time: twice that, half an hour of trades at 1 m bars
 MAX_BUBBLE_RANGE_S = 12 * 3600  # large trades scan every trade of the range: shown for up to 12 h
 MAX_HEATMAP_COLUMNS = 240
 LARGE_TRADES = 150
