@@ -233,7 +233,8 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
                           if p.parent.name not in ("tests", "benchmarks")):
         assert f"{package}/__init__.py" in names, f"package {package} is not in the wheel"
     for pattern in ("stream_apps/strategies/*.yaml", "stream_apps/watchlist/strategies/*.yaml", "sinks/migrations/*.sql",
-                    "schemas/avro/*.avsc"):
+                    "schemas/avro/*.avsc", "tapeflow_ui/templates/*.html", "tapeflow_ui/static/*.js",
+                    "tapeflow_ui/static/*.css", "tapeflow_ui/static/vendor/*.js"):
         shipped = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob(pattern))
         assert shipped and set(shipped) <= names, f"missing from the wheel: {sorted(set(shipped) - names)}"
 
