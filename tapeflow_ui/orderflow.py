@@ -108,8 +108,9 @@ def session_vwap(times_s: Sequence[int], quote: Sequence[float], volume: Sequenc
     return out
 
 
-def nice_step(price: float, levels: int = 2000) -> float:
-    """A price step of 1, 2 or 5 x 10^k near ``price / levels`` (BTC at 30,000: 20)."""
+def nice_step(price: float, levels: int = 6000) -> float:
+    """A price step of 1, 2 or 5 x 10^k near ``price / levels`` (BTC at 30,000: 5, a dozen levels in a
+    typical 1 m bar)."""
     import math
 
     if price <= 0:

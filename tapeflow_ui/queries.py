@@ -115,7 +115,7 @@ def signals(conn: psycopg.Connection, symbol: str, rng: Range) -> list[dict]:
              "signal_id": r[6]} for r in rows]
 
 
-def default_step(conn: psycopg.Connection, symbol: str, rng: Range, levels: int = 2000) -> float:
+def default_step(conn: psycopg.Connection, symbol: str, rng: Range, levels: int = 6000) -> float:
     row = conn.execute("SELECT avg(close) FROM bars_1m WHERE exchange = %s AND symbol = %s AND open_time >= %s "
                        "AND open_time < %s", (EXCHANGE, symbol, rng.start, rng.end)).fetchone()
     return nice_step(float(row[0]) if row and row[0] else 0.0, levels)

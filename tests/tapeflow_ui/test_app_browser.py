@@ -305,3 +305,24 @@ def test_the_live_stream_sends_the_newest_bar(site):
             "(array_agg(close ORDER BY open_time DESC))[1], sum(volume) FROM bars_1m WHERE symbol = 'ETHUSDT' "
             "GROUP BY 1 ORDER BY 1 DESC LIMIT 1").fetchone()
     assert (bar["time"], bar["close"], bar["volume"]) == (t, close, pytest.approx(volume, rel=1e-12))
+
+
+def test_without_a_range_or_step_the_chart_shows_the_last_180_bars_at_a_step_from_the_price(site):
+    import json
+
+    from tapeflow_ui.orderflow import nice_step
+
+    status, _, body = site.get("/api/chart?symbol=ethusdt&tf=1m", {"Authorization": f"Bearer {site.token}"})
+    assert status == 200
+    chart = json.loads(body)
+    with psycopg.connect(site.conninfo) as conn:
+        end, = conn.execute("SELECT max(close_time) FROM bars_1m WHERE symbol = 'ETHUSDT'").fetchone()
+        avg, = conn.execute("SELECT avg(close) FROM bars_1m WHERE symbol = 'ETHUSDT' AND open_time >= %s",
+                            (end - timedelta(minutes=180),)).fetchone()
+    assert chart["symbol"] == "ETHUSDT" and chart["to"] == int(end.timestamp())
+    assert len(chart["candles"]["time"]) == 120  # the session's two hours: fewer than 180 bars exist
+    assert chart["step"] == nice_step(avg) == 0.2
+    for bad in ("/api/chart?symbol=ETH-USDT", "/api/chart?symbol=ETHUSDT&tf=2m", "/api/chart?symbol=ETHUSDT&step=-1",
+                "/api/chart?symbol=ETHUSDT&from=10&to=5", "/api/chart?symbol=ETHUSDT&step=nan"):
+        assert site.get(bad, {"Authorization": f"Bearer {site.token}"})[0] == 400, bad
+    assert site.get("/api/chart?symbol=DOGEUSDT", {"Authorization": f"Bearer {site.token}"})[0] == 404

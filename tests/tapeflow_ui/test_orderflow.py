@@ -46,6 +46,23 @@ def test_session_vwap_restarts_at_each_utc_day():
     assert session_vwap([0], [0.0], [0.0]) == [None]
 
 
-@pytest.mark.parametrize(("price", "step"), [(30_000.0, 20.0), (2_000.0, 1.0), (0.6, 0.0002), (150.0, 0.1), (0.0, 1.0)])
+@pytest.mark.parametrize(("price", "step"), [(30_000.0, 5.0), (2_000.0, 0.2), (0.6, 0.0001), (150.0, 0.02), (0.0, 1.0)])
 def test_nice_step_is_one_two_or_five_times_a_power_of_ten(price, step):
     assert nice_step(price) == step
+
+
+def test_the_ui_reads_an_external_database_as_the_readonly_role_or_not_at_all(tmp_path):
+    import psycopg
+    from pydantic import SecretStr
+
+    from tapeflow_runtime.paths import StackPaths
+    from tapeflow_runtime.settings import Settings
+    from tapeflow_ui.service import UIError, readonly_conninfo
+
+    url = "postgresql://owner:ownerpw@db.example:5433/tapeflow"
+    with pytest.raises(UIError, match="TAPEFLOW_READONLY_PASSWORD"):
+        readonly_conninfo(Settings(home=tmp_path, database_url=url), StackPaths(tmp_path))
+    info = psycopg.conninfo.conninfo_to_dict(readonly_conninfo(
+        Settings(home=tmp_path, database_url=url, readonly_password=SecretStr("ro-pw")), StackPaths(tmp_path)))
+    assert (info["user"], info["password"], info["host"], info["port"], info["dbname"]) == (
+        "tapeflow_readonly", "ro-pw", "db.example", "5433", "tapeflow")
