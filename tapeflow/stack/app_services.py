@@ -355,7 +355,10 @@ def app_services(settings, paths, prefix: str | None = None) -> list[Service]:
     consumers: list[Service] = list(consumer_services(settings, paths, prefix))
     if settings.watchlist:
         consumers.append(WatchlistService(settings, paths))
-    ui: list[Service] = [UIService(settings, paths)] if settings.ui else []
+    # on an external database the UI needs the read-only login (TAPEFLOW_READONLY_PASSWORD); without it
+    # `up` runs without the UI rather than failing (`tapeflow ui` says why when run by hand)
+    readable = settings.database_url is None or settings.readonly_password is not None
+    ui: list[Service] = [UIService(settings, paths)] if settings.ui and readable else []
     if settings.namespace:  # a rehearsal: `tapeflow replay --to-prefix` supplies the data, no producer
         return consumers + ui
     if settings.replay_dir is not None:

@@ -86,6 +86,9 @@ def test_the_web_ui_runs_on_loopback_unless_configured_and_its_probe_sends_the_t
     argv = launches(Settings(home=tmp_path), tmp_path)["ui"]
     assert argv[3:6] == ["ui", "--host", "127.0.0.1"] and int(argv[argv.index("--port") + 1]) > 0
     assert "ui" not in launches(Settings(home=tmp_path, ui=False), tmp_path)
+    external = "postgresql://u:p@db.example/tapeflow"  # without the read-only login `up` runs no UI
+    assert "ui" not in launches(Settings(home=tmp_path, database_url=external), tmp_path)
+    assert "ui" in launches(Settings(home=tmp_path, database_url=external, readonly_password="ro"), tmp_path)
     fixed = UIService(Settings(home=tmp_path, ui_host="0.0.0.0", ui_port=8765), StackPaths(tmp_path)).prepare()
     assert fixed.argv[-4:] == ["--host", "0.0.0.0", "--port", "8765"] and fixed.address == "0.0.0.0:8765"
     token_file = UIService(Settings(home=tmp_path), StackPaths(tmp_path)).bearer_token_file()
