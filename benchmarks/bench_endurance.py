@@ -16,7 +16,11 @@ session in real time, one record batch per trade or two). Reports, for the run:
   interpolated inside the histogram's buckets (0.1, 0.2, 0.5, 1, 2.5 s ...);
 * memory (PSS: shared pages counted once) of the broker and of every service with its children, sampled
   every ``--sample-s``: first vs last fifth of the run (bounded means last <= 1.2 x first);
-* every rollover step logged by the supervisor, with its duration.
+* every rollover step logged by the supervisor, with its duration;
+* the topic history a user reads back (``--read-history``, on by default): ``tapeflow topics tail md.trades
+  --from-beginning`` over every segment still in the retention window (``TAPEFLOW_TOPIC_RETENTION``; a
+  short one, e.g. 20m, fills the window within the run, so the memory's last fifth is measured full):
+  duplicates, order, and whether it runs without a hole to the session's last trade.
 
 The trade stream is BTC-like by default (``--burstiness 1``: log-normal rate clustering, the busiest
 1 % of seconds about 6x the mean; ``fake_exchange.synthetic``). The first/last fifth stands for the
@@ -31,6 +35,7 @@ trades, ~20,000 batches in a partition).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import tempfile
@@ -132,12 +137,44 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}s"
 
 
+def read_history(home: Path) -> tuple[int, int, int, int, int, float]:
+    """What a user reads back of the session: ``tapeflow topics tail md.trades --from-beginning --json`` over
+    the logical topic (every segment kept within the retention window), counted per agg id of SYMBOL:
+    (trades, duplicates, out of order within the symbol, first agg id, last agg id, seconds taken)."""
+    import json
+    import subprocess  # nosec B404 # the project's own CLI
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env["TAPEFLOW_HOME"] = str(home)
+    t0 = time.monotonic()
+    seen: set[int] = set()
+    dupes = disorder = 0
+    last = -1
+    with subprocess.Popen([sys.executable, "-m", "tapeflow", "topics", "tail", "md.trades", "--from-beginning",
+                           "--symbol", SYMBOL, "--json", "--timeout", "30"], stdout=subprocess.PIPE, text=True,
+                          env=env) as proc:  # nosec B603
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            value = json.loads(line).get("value")
+            if not value:
+                continue
+            agg = int(value["agg_id"])
+            dupes += agg in seen
+            disorder += agg < last
+            seen.add(agg)
+            last = max(last, agg)
+    return len(seen), dupes, disorder, min(seen, default=-1), last, time.monotonic() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="session length (real time)")
     ap.add_argument("--trades-per-s", type=float, default=300.0)
     ap.add_argument("--max-batches", type=int, default=10_000, help="rollover threshold (the default's)")
     ap.add_argument("--sample-s", type=float, default=10.0)
+    ap.add_argument("--read-history", action=argparse.BooleanOptionalAction, default=True,
+                    help="at the end, read md.trades back from its first segment with `tapeflow topics tail`")
     ap.add_argument("--burstiness", type=float, default=1.0, help="0 = constant-rate Poisson, 1 = BTC-like")
     args = ap.parse_args()
 
@@ -193,6 +230,7 @@ def main() -> None:
         # the last epoch's batches: no rollover start counted them (its busiest md.trades partition)
         prefix = state.prefix(stack.sup.settings.topic_prefix)
         last_epoch = max(latest_offsets(stack.bootstrap, [(prefix + "md.trades", p) for p in range(TOPICS["md.trades"].partitions)]).values())
+        history = read_history(home) if args.read_history else None
     for line in log:
         m = re.search(r"(md\.trades\[\d\]) holds (\d+) record batches", line)
         if m:
@@ -219,10 +257,18 @@ def main() -> None:
           f"p99 {fmt(quantile(whole, 0.99))}; first fifth p50 {fmt(quantile(head, 0.5))} p99 {fmt(quantile(head, 0.99))}; "
           f"last fifth p50 {fmt(quantile(tail, 0.5))} p99 {fmt(quantile(tail, 0.99))}; "
           f"{whole.get(float('inf'), 0):.0f} evaluation times; exchange->producer median {delay or 0:.3f}s")
-    tenth = max(1, len(lags) // 10)
-    over_time = [(lags[i][0], merged([b for _, b in lags[i:i + tenth]])) for i in range(0, len(lags), tenth)]
-    print("latency over time: " + ", ".join(f"{t / 60:.0f}min p50 {fmt(quantile(b, 0.5))} p99 {fmt(quantile(b, 0.99))}"
-                                            for t, b in over_time))
+    windows_10 = sorted({int(t // 600) for t, _ in lags})
+    over_time = [(w, merged([b for t, b in lags if int(t // 600) == w])) for w in windows_10]
+    print("latency per 10 min: " + ", ".join(f"{w * 10}-{w * 10 + 10}min p50 {fmt(quantile(b, 0.5))} "
+                                             f"p99 {fmt(quantile(b, 0.99))}" for w, b in over_time))
+    if history is not None:
+        n, dupes, disorder, h_first, h_last, seconds = history
+        whole = (n, h_first, h_last) == (count, first, last)
+        window = "the whole session" if whole else f"the session's last {n} trades (agg ids {h_first}..{h_last})"
+        ok = dupes == 0 and disorder == 0 and h_last == last and h_last - h_first + 1 == n
+        print(f"topic history: `tapeflow topics tail md.trades --from-beginning` read {window} in {seconds:.0f}s "
+              f"(retention {os.environ.get('TAPEFLOW_TOPIC_RETENTION', '24h')}): {dupes} duplicates, {disorder} "
+              f"out of order, {'contiguous to the last trade' if ok else 'NOT contiguous to the last trade'}")
     for step, took in steps.items():
         print(f"step {step:<9} n={len(took)} median {statistics.median(took):.1f}s max {max(took):.1f}s")
     for name in samples[0][1]:

@@ -70,6 +70,7 @@ from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
+from tapeflow_runtime.idle_fetch import IdleFetchCycle
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
@@ -103,6 +104,9 @@ class ExecuteOptions:
     max_hold_s: float = 5.0  # inputs held for event-time order are released after this long without news
     commit_interval_ms: int = 1000
     restore_idle_s: float = 0.5
+    # the embedded broker: an idle executor's fetches paused but one every this many seconds
+    # (tapeflow_runtime.idle_fetch); None: librdkafka's own (Kafka)
+    idle_fetch_every_s: float | None = None
     stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
 
 
@@ -171,6 +175,10 @@ class ExecutorService:
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self._group, starvation_window_s=settings.starvation_window_s)
+        every = options.idle_fetch_every_s
+        # open for the fetch in flight and one more (each up to the fetch wait on Tansu)
+        self._idle = (IdleFetchCycle(every, min(every / 2, 2 * settings.executor_fetch_wait_ms / 1000 + 0.3),
+                                     log=log) if every else None)
         self._risk: Consumer | None = None
         self._reconciled_once = False
         self.broker = broker
@@ -202,18 +210,26 @@ class ExecutorService:
             while not stop.is_set():
                 if self._deferred is not None and self.gate is not None and self.gate.is_set():
                     self._open_gate()
-                for msg in self._consumer.consume(num_messages=500, timeout=0.02):
+                received = 0
+                idle = self._idle is not None and self._idle.idle
+                for msg in self._consumer.consume(num_messages=500, timeout=0.1 if idle else 0.02):
                     if msg.error():
                         if msg.error().code() == KafkaError._PARTITION_EOF and self._deferred is None:
                             self.aligner.at_end(self._names[msg.topic()], msg.partition())
                         else:
                             log.warning("consume error", error=msg.error().str())
                         continue
+                    received += 1
                     if self.executor is not None:
                         self._hold(msg)
                 ex = self.executor
                 if ex is None:
                     continue
+                if self._idle is not None:
+                    self._idle.saw(received)
+                    if self._deferred is None:
+                        self._idle.step(self._consumer, self._consumer.assignment(),
+                                        own_paused={(self.prefix + t, p) for t, p in self._paused})
                 self._release(ex)
                 for msg in self._risk.consume(num_messages=100, timeout=0):
                     if msg.error():
@@ -232,7 +248,8 @@ class ExecutorService:
                         self._reconcile(ex, now)
                     self._refresh_gauges(ex, now)
                     self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic(),
-                                           paused=[(self.prefix + t, p) for t, p in self._paused])
+                                           paused=[(self.prefix + t, p) for t, p in self._paused],
+                                           slow=self._idle is not None and self._idle.idle)
                 self.publisher.poll(0)
                 if now >= next_commit:
                     next_commit = now + self.options.commit_interval_ms
@@ -265,6 +282,8 @@ class ExecutorService:
         self._on_assign(self._consumer, partitions)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._idle is not None:
+            self._idle.forget()
         if not self._gate_opened:
             # restored once the carry is done (``_open_gate``), also when the gate opened before this
             # assignment came: the group has no committed start yet, ``starts`` is it
@@ -317,6 +336,8 @@ class ExecutorService:
         return {r["signal_id"]: r for r in snap[self.prefix + "signals"].records if r.get("signal_id") in ids}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._idle is not None:
+            self._idle.forget()
         if self._deferred is not None:
             self._deferred = None  # nothing was read or restored for them
             self.status = "rebalancing"
@@ -533,6 +554,13 @@ async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, op
         log.error("no Kafka", error=str(exc))
         return 2
     serde = AvroSerde(registry_from_url(settings.schema_registry_url))
+    if settings.broker is None and options.idle_fetch_every_s is None:
+        # the embedded broker: an idle executor fetches once every 3 s (tapeflow_runtime.idle_fetch); the
+        # executor reads md.trades/book/mark, so it is idle only when the market data stops, and a signal
+        # after that waits at most this once
+        from dataclasses import replace
+
+        options = replace(options, idle_fetch_every_s=3.0)
     if settings.epochs_file is not None and rollover_enabled(settings):
         return await _run_following(settings, mode, config, options, exchange, bootstrap, serde)
     service = ExecutorService(settings, mode, config, bootstrap, serde, options, broker=exchange)

@@ -51,9 +51,15 @@ class ProduceOptions:
     vision_url: str = "https://data.binance.vision"
 
 
-#: librdkafka's linger for the market-data producers (5 ms elsewhere): fewer, larger batches on the embedded
-#: broker (docs/concepts/embedded-stack.md, the paragraph on batches: measured there)
-MARKET_DATA_PRODUCER_CONFIG = {"linger.ms": 25}
+def market_data_producer_config(settings: Settings) -> dict:
+    """librdkafka's linger for the market-data producers (``TAPEFLOW_MARKET_DATA_LINGER_MS``; 5 ms
+    elsewhere): fewer, larger batches on the embedded broker, where each batch costs every fetch that
+    lists its partition and counts toward a rollover (docs/concepts/embedded-stack.md, the paragraph
+    on batches: measured there); 25 ms on Kafka, where a batch costs nothing after it is written."""
+    linger = settings.market_data_linger_ms
+    if linger is None:
+        linger = 100 if settings.broker is None else 25
+    return {"linger.ms": linger}
 
 
 async def run_producer(settings: Settings, options: ProduceOptions) -> int:
@@ -68,7 +74,7 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     produce_prefix = ProducePrefix(settings.epochs_file, settings.topic_prefix) if settings.epochs_file else None
     publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
                           topic_prefix=produce_prefix() if produce_prefix else settings.topic_prefix,
-                          **MARKET_DATA_PRODUCER_CONFIG, **(EPOCH_PRODUCER_CONFIG if produce_prefix else {}))
+                          **market_data_producer_config(settings), **(EPOCH_PRODUCER_CONFIG if produce_prefix else {}))
     if options.exchange == "bybit":
         from producers.bybit.producer import LIVE_WS as BYBIT_WS
         from producers.bybit.producer import BybitProducer, BybitProducerConfig

@@ -80,6 +80,7 @@ from sinks.tables import (
 )
 from tapeflow_runtime.db_liveness import liveness_kwargs
 from tapeflow_runtime.epochs import Chain, ChainFollower
+from tapeflow_runtime.idle_fetch import IdleFetchCycle
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
 
 log = structlog.get_logger("sink")
@@ -116,6 +117,9 @@ class SinkConfig:
     # follows it in-process, a rollover's next segment added and a finished one left once committed to
     # its end; None: the topics under topic_prefix (Kafka, a rehearsal)
     follow: Callable[[], Chain] | None = None
+    # the embedded broker: an idle sink's fetches paused but one every this many seconds
+    # (tapeflow_runtime.idle_fetch); None: fetch as librdkafka does (Kafka, where an idle fetch costs nothing)
+    idle_fetch_every_s: float | None = None
 
 
 @dataclass
@@ -200,6 +204,13 @@ class TopicSink:
         self.database_down_since: float | None = None
         self.metrics.expect_tables(sorted(self._by_table))
         self._lag = LagProbe(self.metrics.lag, config.group_id, starvation_window_s=config.starvation_window_s)
+        # open for the fetch in flight and one more (each takes up to the fetch wait on Tansu, more on a
+        # loaded machine): a fetch still out when the partitions pause is answered, but its records are
+        # dropped by librdkafka and fetched at the next opening
+        self._idle = (IdleFetchCycle(config.idle_fetch_every_s, min(config.idle_fetch_every_s / 2,
+                                                                    2 * config.fetch_wait_ms / 1000 + 0.3),
+                                     log=log)
+                      if config.idle_fetch_every_s else None)
 
     def _add_topics(self, physical: list[str]) -> None:
         for topic in physical:
@@ -257,6 +268,8 @@ class TopicSink:
 
     def _on_assign(self, consumer, partitions) -> None:
         self.assignment = list(partitions)
+        if self._idle is not None:
+            self._idle.forget()
         log.info("partitions assigned", count=len(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -273,6 +286,8 @@ class TopicSink:
         self._next_seq = self._next_commit = 0
         self._finished.clear()
         self.assignment = []
+        if self._idle is not None:
+            self._idle.forget()
 
     def starving(self) -> str | None:
         """Why an assigned partition is not received (its end offset moves, our commits do not), or None."""
@@ -314,7 +329,10 @@ class TopicSink:
                 if self._pending.count:
                     self._submit(self._pending)
                     self._pending = Batch()
-                self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic())
+                if self._idle is not None:
+                    self._idle.step(self._consumer, self.assignment)
+                self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic(),
+                                        slow=self._idle is not None and self._idle.idle)
                 self._follow()
                 if time.monotonic() >= next_maintenance:
                     self.maintain()
@@ -360,6 +378,8 @@ class TopicSink:
             msgs = self._consumer.consume(num_messages=min(10_000, self.config.batch_rows - batch.count),
                                           timeout=remaining)
             if msgs:
+                if self._idle is not None:
+                    self._idle.saw(len(msgs))
                 self._absorb(batch, msgs)
             if self.stop_requested:
                 break

@@ -42,6 +42,9 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
                         retention=resolve_policies(settings.retention), writers=settings.sink_writers,
                         starvation_window_s=settings.starvation_window_s,
                         fetch_wait_ms=settings.sink_fetch_wait_ms,
+                        # the embedded broker: an idle sink fetches once every 15 s (its rows after an
+                        # idle spell reach the database up to that late; live data never idles that long)
+                        idle_fetch_every_s=15.0 if settings.broker is None else None,
                         # the embedded stack's topics are chains of segments: followed in-process
                         follow=(lambda: reader_chain(settings)) if rollover_enabled(settings) else None)
     metrics = SinkMetrics()

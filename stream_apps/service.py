@@ -69,6 +69,9 @@ def engine_config(
         log_level=settings.log_level,
         starvation_window_s=settings.starvation_window_s,
         fetch_max_wait_ms=settings.engine_fetch_wait_ms,
+        # the idle pause (IdleFetchWait) is for the embedded broker, whose idle fetches cost it CPU;
+        # Kafka answers a fetch as soon as data arrives: off there (<= the fetch wait)
+        **({} if settings.broker is None else {"fetch_idle_wait_ms": settings.engine_fetch_wait_ms}),
     )
 
 

@@ -232,11 +232,14 @@ class LagProbe:
         """``None`` while every assigned partition is received; else why not (one line)."""
         return self.watch.reason()
 
-    def maybe_refresh(self, consumer, assignment, now: float, paused: Iterable[tuple[str, int]] = ()) -> None:
-        """``paused``: (topic, partition) the consumer paused itself; not read on purpose, not starving."""
+    def maybe_refresh(self, consumer, assignment, now: float, paused: Iterable[tuple[str, int]] = (),
+                      slow: bool = False) -> None:
+        """``paused``: (topic, partition) the consumer paused itself; not read on purpose, not starving.
+        ``slow``: the consumer is idle (``idle_fetch``): refresh only as often as the starvation window
+        needs (a third of it), since Tansu answers ListOffsets by listing every batch of the partition."""
         if now < self._next:
             return
-        self._next = now + self.interval_s
+        self._next = now + (max(self.interval_s, self.watch.window_s / 3) if slow else self.interval_s)
         current = {(tp.topic, tp.partition) for tp in assignment}
         for topic, partition in self._shown - current:
             self.gauge.remove(self.group, topic, str(partition))

@@ -53,7 +53,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
     bulk_topics: frozenset[str] = frozenset()
     bulk_handler: BulkHandler | None = None
     fetch_max_wait_ms: int = 20
-    fetch_idle_wait_ms: int = 500  # while nothing arrives (``IdleFetchWait``); <= fetch_max_wait_ms: off
+    fetch_idle_wait_ms: int = 2000  # a fetch every this while nothing arrives (``IdleFetchWait``); <= fetch_max_wait_ms: off
     fetch_idle_after_s: float = 5.0
 
     def _new_consumer_thread(self) -> Any:
@@ -282,48 +282,59 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
 
 class IdleFetchWait:
-    """A longer fetch wait while nothing arrives: after ``idle_after_s`` of fetches that brought no
-    record, aiokafka's fetcher asks with ``idle_ms`` instead of ``short_ms``; the first record brings
-    the short wait back.
+    """Fetches spaced out while nothing arrives: after ``idle_after_s`` of fetches that brought no
+    record, aiokafka's fetcher pauses after each empty fetch so that one is asked every ``idle_ms``
+    (the wait itself stays ``short_ms``); the first record ends the pauses.
 
-    Why: Tansu answers a fetch only when its wait is over (Kafka answers as soon as data arrives), and
-    each answer costs it CPU in proportion to the batches of every partition asked for. An idle stack's
-    engine asking every 20 ms kept Tansu at 14.7 % of a core (3.3 % at 200 ms, 1.7 % at 500 ms;
+    Why: Tansu answers a fetch only when its wait is over (Kafka answers as soon as data arrives), by
+    a pass over every partition asked each time, and sleeps inside a long wait between passes (half
+    the remaining wait over 250 ms): an engine idle with a 500 ms wait made ~8 passes a second over its
+    ~40 partitions, with the 100 ms wait and a pause one pass a second
+    (``tapeflow_runtime.idle_fetch`` does the same for the librdkafka consumers;
     ``benchmarks/bench_broker_cpu.py``). Live data never stops long, so the short wait, which bounds
     the latency of busy partitions behind quiet ones (``ShortWaitConsumerThread``), holds whenever
-    records flow; what an idle period costs is at most one ``idle_ms`` wait for its first record.
-    aiokafka builds each fetch request from ``Fetcher._fetch_max_wait_ms`` and reports from
-    ``_proc_fetch_request`` whether a fetch added records (aiokafka 0.11-0.13); this wraps that method
-    on the one fetcher instance."""
+    records flow; what an idle period costs is at most one ``idle_ms`` for its first record.
+    aiokafka reports from ``_proc_fetch_request`` whether a fetch added records and asks the next
+    fetch of a node only once that returns (aiokafka 0.11-0.13); this wraps that method on the one
+    fetcher instance."""
 
     def __init__(self, fetcher: Any, short_ms: int, idle_ms: int, idle_after_s: float,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         self.fetcher, self.short_ms, self.idle_ms, self.idle_after_s = fetcher, short_ms, idle_ms, idle_after_s
-        self.monotonic = monotonic
+        self.monotonic, self.sleep = monotonic, sleep
         self.empty_since: float | None = None
+        self.idle = False
         self.idle_periods = 0
 
     def install(self) -> None:
         original = self.fetcher._proc_fetch_request
 
         async def proc_fetch_request(assignment: Any, node_id: Any, request: Any) -> Any:
+            started = self.monotonic()
             added = await original(assignment, node_id, request)
-            self.observe(bool(added))
+            if self.observe(bool(added)):
+                await self.sleep(max(0.0, self.idle_ms / 1000 - (self.monotonic() - started)))
             return added
 
         self.fetcher._proc_fetch_request = proc_fetch_request
 
-    def observe(self, added: bool) -> None:
+    def observe(self, added: bool) -> bool:
+        """Note one fetch's outcome; True: idle, pause before the next fetch."""
         if added:
-            self.empty_since = None
-            self.fetcher._fetch_max_wait_ms = self.short_ms
-            return
+            if self.idle:
+                log.info("records again: fetching as usual")
+            self.empty_since, self.idle = None, False
+            return False
         now = self.monotonic()
         if self.empty_since is None:
             self.empty_since = now
-        elif now - self.empty_since >= self.idle_after_s and self.fetcher._fetch_max_wait_ms != self.idle_ms:
-            self.fetcher._fetch_max_wait_ms = self.idle_ms
+        elif not self.idle and now - self.empty_since >= self.idle_after_s:
+            self.idle = True
             self.idle_periods += 1
+            log.info(f"no record for {self.idle_after_s:g} s: one fetch every {self.idle_ms / 1000:g} s until one "
+                     "comes (the embedded broker's idle CPU)")
+        return self.idle
 
 
 class BulkTransport(aiokafka_driver.Transport):

@@ -83,9 +83,9 @@ class EngineAppConfig(BaseModel):
         description="longest a fetch waits for data (Faust: 1500): lower = lower latency, more CPU on "
                     "empty fetches (benchmarks/RESULTS.md)")
     fetch_idle_wait_ms: int = Field(
-        default=500, gt=0, le=1500,
-        description="the fetch wait once nothing arrived for fetch_idle_after_s (the embedded broker's CPU "
-                    "while idle; the first record after an idle period waits at most this); "
+        default=2000, gt=0, le=5000,
+        description="once nothing arrived for fetch_idle_after_s, one fetch every this (the embedded broker's "
+                    "CPU while idle; the first record after an idle period waits at most this); "
                     "<= fetch_max_wait_ms turns it off")
     fetch_idle_after_s: float = Field(default=5.0, gt=0)
 

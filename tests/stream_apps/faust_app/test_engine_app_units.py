@@ -620,32 +620,40 @@ def test_next_commit_counts_an_offset_both_gapped_and_acked_once():
     assert next_commit([5, 6, 7, 9, 10], gap, 4) == (11, [])
 
 
-def test_the_fetch_wait_grows_only_after_an_idle_period_and_the_first_record_brings_it_back():
+def test_fetches_are_spaced_out_only_after_an_idle_period_and_the_first_record_ends_it():
     import asyncio
 
     from stream_apps.faust_app.bulk_consumer import IdleFetchWait
 
-    class Fetcher:  # the two attributes of aiokafka's Fetcher that IdleFetchWait uses
-        _fetch_max_wait_ms = 20
-
+    class Fetcher:  # the attribute of aiokafka's Fetcher that IdleFetchWait wraps
         def __init__(self):
             self.answers = []
 
         async def _proc_fetch_request(self, assignment, node_id, request):
+            clock[0] += 0.1  # the fetch's own wait
             return self.answers.pop(0)
 
     clock = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds):
+        slept.append(round(seconds, 6))
+        clock[0] += seconds
+
     fetcher = Fetcher()
-    wait = IdleFetchWait(fetcher, 20, 500, 5.0, monotonic=lambda: clock[0])
+    wait = IdleFetchWait(fetcher, 100, 1000, 5.0, monotonic=lambda: clock[0], sleep=sleep)
     wait.install()
 
     def fetch(added, at):
         clock[0] = at
         fetcher.answers.append(added)
+        slept.clear()
         assert asyncio.run(fetcher._proc_fetch_request(None, 1, None)) is added
-        return fetcher._fetch_max_wait_ms
+        return slept[0] if slept else 0.0
 
-    assert [fetch(False, t) for t in (0.0, 2.0, 4.9)] == [20, 20, 20]  # empty, not idle long enough yet
-    assert fetch(True, 4.95) == 20  # a record: the idle clock starts again
-    assert [fetch(False, t) for t in (5.0, 9.9, 10.0, 12.0)] == [20, 20, 500, 500]
-    assert fetch(True, 12.5) == 20 and wait.idle_periods == 1
+    assert [fetch(False, t) for t in (0.0, 2.0, 4.8)] == [0.0, 0.0, 0.0]  # empty, not idle long enough yet
+    assert fetch(True, 4.95) == 0.0  # a record: the idle clock starts again
+    # idle from 5 s after the first empty fetch: one fetch a second (its 0.1 s wait + a 0.9 s pause)
+    assert [fetch(False, t) for t in (5.0, 9.8, 10.0, 12.0)] == [0.0, 0.0, 0.9, 0.9]
+    assert fetch(True, 12.5) == 0.0 and wait.idle_periods == 1 and not wait.idle
+    assert fetch(False, 13.0) == 0.0  # awake again until the next idle period
