@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 from tapeflow_ui import desk
 from tapeflow_ui import overview as ov
 from tapeflow_ui import queries as q
+from tapeflow_ui.actions import Actions, action_routes
 from tapeflow_ui.security import TokenGuard, csrf_value
 
 HERE = Path(__file__).parent
@@ -205,8 +206,9 @@ class UI:
 
 
 def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size: int = 4,
-               actions: Callable | None = None) -> Starlette:
-    """The application reading ``conninfo`` (the read-only role; every transaction read-only too)."""
+               actions: Actions | None = None) -> Starlette:
+    """The application reading ``conninfo`` (the read-only role; every transaction read-only too);
+    with ``actions`` the desk's manual actions too (``tapeflow_ui.actions``)."""
     pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="tapeflow-ui",
                           kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000"})
     ui = UI(pool)
@@ -215,7 +217,7 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
 
     def page(name: str, title: str, **extra) -> Callable:
         def endpoint(request: Request) -> Response:
-            context = {"title": title, "csrf": csrf, "page": name, **extra}
+            context = {"title": title, "csrf": csrf, "page": name, "actions": actions is not None, **extra}
             if "symbol" in request.path_params:
                 context["symbol"] = _symbol(request)
             return templates.TemplateResponse(request, f"{name}.html", context)
@@ -256,7 +258,7 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     if actions is not None:
-        routes += actions(pool, templates, page)
+        routes += action_routes(actions, pool)
     allowed = LOOPBACK_HOSTS if host in ("127.0.0.1", "localhost", "::1") else ["*"]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed), Middleware(TokenGuard, token=token)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -32,6 +32,30 @@ def readonly_conninfo(settings: Settings, paths: StackPaths) -> str:
     return psycopg.conninfo.make_conninfo(**params)
 
 
+def desk_actions(settings: Settings, paths: StackPaths):
+    """The desk's manual actions (``tapeflow_ui.actions``): the writer login for the audit rows and the
+    kill switch published as `tapeflow kill-switch` publishes it (same topic creation, same serde,
+    same acknowledged produce)."""
+    from execution.kill_switch import publish_kill_switch
+    from schemas.catalogue import topic as topic_spec
+    from schemas.registry import registry_from_url
+    from schemas.serde import AvroSerde
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.kafka_client import ensure_topics
+    from tapeflow_ui.actions import Actions
+
+    writer = resolve_database(settings, paths).writer
+
+    def publish(on: bool, modes, flatten: bool) -> list[dict]:
+        bootstrap = resolve_broker(settings, paths)
+        ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec("risk.events")])
+        return publish_kill_switch(bootstrap, settings.topic_prefix,
+                                   AvroSerde(registry_from_url(settings.schema_registry_url)), on,
+                                   modes=list(modes), flatten=flatten)
+
+    return Actions(writer=writer, publish_kill_switch=publish)
+
+
 def login_url(address: str, token: str) -> str:
     host, port = address.rsplit(":", 1)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # nosec B104 # a bind-all address is not a URL host
@@ -44,7 +68,7 @@ def run_ui(settings: Settings, paths: StackPaths, host: str, port: int, say=prin
     from tapeflow_ui.app import create_app
 
     token = load_token(paths)
-    app = create_app(readonly_conninfo(settings, paths), token, host=host)
+    app = create_app(readonly_conninfo(settings, paths), token, host=host, actions=desk_actions(settings, paths))
     config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
                             proxy_headers=False, server_header=False, date_header=False, lifespan="on")
     say(f"tapeflow ui on http://{host}:{port}/ (read-only role; token in {paths.secrets_dir}/ui-token)")

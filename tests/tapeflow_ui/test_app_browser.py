@@ -22,6 +22,7 @@ import pytest
 from psycopg import sql
 
 from sinks.migrate import migrate
+from sinks.tables import table_for_topic, write_rows
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_ui.security import COOKIE, csrf_value, load_token
 from tests.support.chromium import CHROMIUM, DevTools
@@ -36,8 +37,9 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
 
 class Site:
-    def __init__(self, base: str, token: str, conninfo: str, shots) -> None:
+    def __init__(self, base: str, token: str, conninfo: str, shots, bootstrap: str, prefix: str) -> None:
         self.base, self.token, self.conninfo, self.shots = base, token, conninfo, shots
+        self.bootstrap, self.prefix = bootstrap, prefix
 
     def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET", data: bytes | None = None):
         req = urllib.request.Request(self.base + path, headers=headers or {}, method=method, data=data)
@@ -55,13 +57,16 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 @pytest.fixture(scope="module")
-def site(pg_server, tmp_path_factory):
+def site(pg_server, kafka_bootstrap, tmp_path_factory):
     import uvicorn
 
+    from tapeflow_runtime.settings import Settings
     from tapeflow_ui.app import create_app
+    from tapeflow_ui.service import desk_actions
 
     name = f"t_ui_{uuid.uuid4().hex[:10]}"
     role, password = f"ui_ro_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    writer_role = f"ui_w_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     owner = pg_server.conninfo(name)
@@ -79,11 +84,17 @@ def site(pg_server, tmp_path_factory):
     with psycopg.connect(owner, autocommit=True) as conn:  # a login of the read-only role, for this module only
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE tapeflow_readonly").format(
             sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE tapeflow_writer").format(  # the actions' audit rows
+            sql.Identifier(writer_role), sql.Literal(password)))
     readonly = psycopg.conninfo.make_conninfo(owner, user=role, password=password)
     home = tmp_path_factory.mktemp("ui-home")
     token = load_token(StackPaths(home))
-    server = uvicorn.Server(uvicorn.Config(create_app(readonly, token), host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="on"))
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    settings = Settings(home=home, broker=kafka_bootstrap, topic_prefix=prefix,
+                        database_url=f"postgresql://{writer_role}:{password}@{pg_server.host}:{pg_server.port}/{name}")
+    actions = desk_actions(settings, StackPaths(home))  # what `tapeflow ui` wires: the writer login, the kill switch
+    server = uvicorn.Server(uvicorn.Config(create_app(readonly, token, actions=actions), host="127.0.0.1", port=0,
+                                           log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -93,13 +104,14 @@ def site(pg_server, tmp_path_factory):
     port = server.servers[0].sockets[0].getsockname()[1]
     shots = tmp_path_factory.mktemp("ui-screenshots")
     try:
-        yield Site(f"http://127.0.0.1:{port}", token, owner, shots)
+        yield Site(f"http://127.0.0.1:{port}", token, owner, shots, kafka_bootstrap, prefix)
     finally:
         server.should_exit = True
         thread.join(30)
         with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(writer_role)))
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +338,86 @@ def test_without_a_range_or_step_the_chart_shows_the_last_180_bars_at_a_step_fro
                 "/api/chart?symbol=ETHUSDT&from=10&to=5", "/api/chart?symbol=ETHUSDT&step=nan"):
         assert site.get(bad, {"Authorization": f"Bearer {site.token}"})[0] == 400, bad
     assert site.get("/api/chart?symbol=DOGEUSDT", {"Authorization": f"Bearer {site.token}"})[0] == 404
+
+
+# --- manual actions ------------------------------------------------------------------------------
+def kill_switch_guard(site, read_topic, mode: str):
+    """A paper executor's risk guard as it starts: restored from every record on risk.events."""
+    from execution.config import RiskLimits
+    from execution.risk_guard import RiskGuard
+
+    records = [r["value"] for r in read_topic(site.bootstrap, site.prefix + "risk.events", settled=True)]
+    now = max(r["event_time"] for r in records) + 1
+    return records, RiskGuard.restore(RiskLimits(), mode, records, now).check_entry(
+        now_ms=now, scope="global", market_data_age_ms=0.0, venue_up=True, output_up=True, open_positions=0)
+
+
+def click_kill_switch(browser, state: str, reason: str, mode: str = "paper", clicks: int = 2) -> dict:
+    """Fill the desk's kill-switch form, review it, and click Confirm `clicks` times at once (a double
+    click: the second click is sent before the first is answered)."""
+    before = browser.evaluate("window.tapeflowUI.actions.results.length")
+    browser.evaluate(f"""(() => {{ const f = document.getElementById('kill-switch');
+        f.mode.value = {mode!r}; f.querySelector('input[name=state][value={state}]').checked = true;
+        f.reason.value = {reason!r}; document.getElementById('ks-review').click();
+        for (let i = 0; i < {clicks}; i++) document.getElementById('ks-go').click(); }})()""")
+    assert browser.wait_for(f"window.tapeflowUI.actions.results.length >= {before + clicks}", 60) is True
+    results = browser.evaluate(f"window.tapeflowUI.actions.results.slice({before})")
+    assert browser.wait_for(f"document.querySelector('#actions tbody tr[data-action-id=\"{results[0]['action_id']}\"]') !== null", 30)
+    return results
+
+
+def test_the_kill_switch_set_from_the_desk_blocks_entries_once_per_click_and_is_audited(site, browser, read_topic):
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for("window.tapeflowUI.ready.actions !== undefined || window.tapeflowUI.errors.length", 60) is True
+    assert browser.evaluate("document.getElementById('switch-state').textContent") == "never set (entries allowed)"
+
+    on = click_kill_switch(browser, "on", "desk test: venue outage")
+    assert [r["http"] for r in on] == [200, 200] and sorted(r["duplicate"] for r in on) == [False, True]
+    assert {r["action_id"] for r in on} == {on[0]["action_id"]}  # one form, one action
+    records, decision = kill_switch_guard(site, read_topic, "paper")
+    assert [(r["mode"], r["decision"]) for r in records] == [("paper", "halt")]  # published once, paper only
+    assert decision.decision == "block" and decision.reason == "kill_switch"
+    shoot(browser, site, "watchlist-kill-switch")
+
+    off = click_kill_switch(browser, "off", "desk test: venue back")
+    assert sorted(r["duplicate"] for r in off) == [False, True] and off[0]["action_id"] != on[0]["action_id"]
+    records, decision = kill_switch_guard(site, read_topic, "paper")
+    assert [r["decision"] for r in records] == ["halt", "resume"]
+    assert decision.decision == "allow"
+    with psycopg.connect(site.conninfo) as conn:  # the sink stores risk.events: the desk's state line reads them
+        spec = table_for_topic("risk.events")
+        assert write_rows(conn, spec, (spec.to_row(r) for r in records)) == 2
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for("window.tapeflowUI.ready.actions === 2", 60) is True
+    assert browser.evaluate("document.getElementById('switch-state').textContent").startswith("paper: off since ")
+
+    with psycopg.connect(site.conninfo) as conn:
+        rows = conn.execute("SELECT action_id, kind, params, who, reason, status, detail FROM ui_actions "
+                            "ORDER BY requested_time").fetchall()
+    assert [(r[0], r[1], r[2], r[4], r[5]) for r in rows] == [
+        (on[0]["action_id"], "kill_switch", {"on": True, "flatten": False, "modes": ["paper"]}, "desk test: venue outage", "done"),
+        (off[0]["action_id"], "kill_switch", {"on": False, "flatten": False, "modes": ["paper"]}, "desk test: venue back", "done")]
+    assert all(r[3].startswith("ui cookie session from 127.0.0.1") for r in rows)
+    assert rows[0][6] == "paper: halt (acknowledged by the broker)"
+    assert browser.problems() == []
+
+
+def test_actions_without_the_token_csrf_or_a_reason_are_refused_and_act_never(site):
+    import json
+
+    body = {"nonce": uuid.uuid4().hex, "on": True, "modes": ["testnet"], "reason": "refused"}
+    data = json.dumps(body).encode()
+    csrf = {"X-CSRF-Token": csrf_value(site.token), "Content-Type": "application/json"}
+    bearer = {"Authorization": f"Bearer {site.token}", "Content-Type": "application/json"}
+    assert site.get("/api/actions/kill-switch", csrf, method="POST", data=data)[0] == 401  # no token
+    assert site.get("/api/actions/kill-switch", bearer, method="POST", data=data)[0] == 403  # no CSRF value
+    assert site.get("/api/actions/kill-switch", {**bearer, **csrf, "Origin": "http://evil.example"}, method="POST",
+                    data=data)[0] == 403
+    for bad in ({**body, "reason": "  "}, {k: v for k, v in body.items() if k != "reason"}, {**body, "nonce": "short"},
+                {**body, "modes": ["prod"]}, {**body, "on": False, "flatten": True}):
+        assert site.get("/api/actions/kill-switch", {**bearer, **csrf}, method="POST",
+                        data=json.dumps(bad).encode())[0] == 400, bad
+    assert site.get("/api/actions", {"Content-Type": "application/json"})[0] == 401
+    with psycopg.connect(site.conninfo) as conn:
+        assert conn.execute("SELECT count(*) FROM ui_actions WHERE reason = 'refused' OR params->'modes' ? 'testnet'"
+                            ).fetchone()[0] == 0  # refused before the audit row, so before any publish
