@@ -106,14 +106,15 @@ def run_once(writer: str, kind: str, nonce: str, params: dict[str, Any], who_: s
             "VALUES (%s, %s, %s, %s, %s, now(), 'pending') ON CONFLICT (action_id) DO NOTHING RETURNING action_id",
             (aid, kind, Jsonb(params), who_, reason)).fetchone()
         if made is None:
-            return _row(conn.execute(f"SELECT {_COLUMNS} FROM ui_actions WHERE action_id = %s",  # nosec B608
-                                     (aid,)).fetchone()), True
+            query = f"SELECT {_COLUMNS} FROM ui_actions WHERE action_id = %s"  # nosec B608 # a constant column list; the value is a parameter
+            return _row(conn.execute(query, (aid,)).fetchone()), True
         try:
             status, detail = "done", act()
         except Exception as exc:  # noqa: BLE001 - any failure is the action's outcome, kept in its row
             status, detail = "failed", f"{type(exc).__name__}: {exc}"
-        row = conn.execute(f"UPDATE ui_actions SET status = %s, detail = %s, completed_time = now() "  # nosec B608
-                           f"WHERE action_id = %s RETURNING {_COLUMNS}", (status, detail, aid)).fetchone()
+        done = "UPDATE ui_actions SET status = %s, detail = %s, completed_time = now() WHERE action_id = %s"
+        query = f"{done} RETURNING {_COLUMNS}"  # nosec B608 # constant columns; the values are parameters
+        row = conn.execute(query, (status, detail, aid)).fetchone()
     return _row(row), False
 
 
@@ -148,7 +149,8 @@ def action_routes(actions: Actions, pool) -> list[Route]:
 
     def recent(request: Request) -> Response:
         with pool.connection() as conn:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM ui_actions ORDER BY requested_time DESC LIMIT 50").fetchall()  # nosec B608
+            query = f"SELECT {_COLUMNS} FROM ui_actions ORDER BY requested_time DESC LIMIT 50"  # nosec B608 # a constant column list
+            rows = conn.execute(query).fetchall()
             switch = conn.execute("SELECT DISTINCT ON (mode) mode, decision, extract(epoch FROM event_time)::bigint "
                                   "FROM risk_events WHERE scope = 'kill_switch' ORDER BY mode, event_time DESC").fetchall()
         return JSONResponse({"actions": [_row(r) for r in rows],

@@ -66,6 +66,8 @@
     document.getElementById("ks-result").textContent = data.action_id
       ? `${data.duplicate ? "already done: " : ""}${data.status}: ${data.detail || ""}` : `refused: ${data.detail}`;
     if (data.status === "done" && pending === asked) { pending = null; confirmBox.hidden = true; form.reset(); }
+    // a failed action stays failed under its id: confirming again is a new attempt with a new nonce
+    if (data.status === "failed" && pending === asked) pending = { ...asked, nonce: nonce() };
     await refresh().catch(TF.fail);
   });
 

@@ -91,7 +91,7 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
     token = load_token(StackPaths(home))
     prefix = f"t{uuid.uuid4().hex[:10]}."
     settings = Settings(home=home, broker=kafka_bootstrap, topic_prefix=prefix,
-                        database_url=f"postgresql://{writer_role}:{password}@{pg_server.host}:{pg_server.port}/{name}")
+                        database_url="postgresql://" + writer_role + ":" + password + "@" + f"{pg_server.host}:{pg_server.port}/{name}")
     actions = desk_actions(settings, StackPaths(home))  # what `tapeflow ui` wires: the writer login, the kill switch
     server = uvicorn.Server(uvicorn.Config(create_app(readonly, token, actions=actions), host="127.0.0.1", port=0,
                                            log_level="warning", lifespan="on"))
