@@ -1,6 +1,6 @@
 """The desk's manual actions: POST endpoints that act once per form nonce and leave an audit row.
 
-Every action is one row of ``ui_actions`` (migration 0018) keyed by an action id derived from the kind
+Every action is one row of ``ui_actions`` (migration 0019) keyed by an action id derived from the kind
 of action and the nonce the page generated when the operator opened the form (``action_id``). The
 endpoint inserts that row first (``ON CONFLICT DO NOTHING``) and acts only when its insert made it: a
 double click, a retried request, or two tabs replaying one form all send the same nonce, so the second
