@@ -17,6 +17,7 @@ COPY stream_apps ./stream_apps
 COPY execution ./execution
 COPY tapeflow_notify ./tapeflow_notify
 COPY backtest ./backtest
+COPY tapeflow_ui ./tapeflow_ui
 COPY tapeflow ./tapeflow
 RUN pip wheel --no-deps --wheel-dir /dist .
 

@@ -92,8 +92,9 @@ def up(
 ) -> None:
     """Start the stack and supervise it: broker, PostgreSQL, migrations, topics, then the sink, the signal
     engine and the paper executor (and the cross-venue watchlist when TAPEFLOW_WATCHLIST=true), then the
-    producer (with --source replay:DIR, a local fake exchange replaying the recording feeds it). A crashed
-    service is restarted with backoff."""
+    producer (with --source replay:DIR, a local fake exchange replaying the recording feeds it), then the
+    web UI (`tapeflow ui`; its login URL, with the token, is printed). A crashed service is restarted with
+    backoff."""
     from sinks.retention import resolve_policies
     from tapeflow.stack.supervisor import run_foreground, start_detached
 
@@ -633,6 +634,44 @@ def notify(
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
     raise typer.Exit(asyncio.run(run_notifier(settings, metrics_port, settings.metrics_host)))
+
+
+@app.command()
+def ui(
+    host: str | None = typer.Option(None, "--host", help="Listen address (default: TAPEFLOW_UI_HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", min=0, max=65535,
+                                    help="Port (default: TAPEFLOW_UI_PORT; 0 = a free one, printed)."),
+    print_url: bool = typer.Option(False, "--print-url", help="Print the login URL (with the token) of the UI "
+                                   "`tapeflow up` runs in this TAPEFLOW_HOME, and exit."),
+) -> None:
+    """Serve the web UI: order-flow charts per symbol (candles, CVD, VWAP, signals, footprint, volume
+    profile, liquidity heatmap), the market overview and the watchlist desk. Reads the database with
+    the read-only role; every request needs the token in TAPEFLOW_HOME/secrets/ui-token."""
+    from tapeflow.stack.process import free_port
+    from tapeflow_runtime.logs import configure_logging
+    from tapeflow_runtime.process_records import ProcessRecord
+    from tapeflow_ui.security import load_token
+    from tapeflow_ui.service import login_url, run_ui
+
+    settings, paths = state.settings(), state.paths()
+    if print_url:
+        rec = ProcessRecord.load(paths.state_file("ui"))
+        if rec is not None and rec.is_alive():
+            address = rec.address
+        elif settings.ui_port:  # a UI this `up` did not start, on its fixed port (compose: the ui service)
+            address = f"{settings.ui_host}:{settings.ui_port}"
+        else:
+            raise fail(f"no UI running in {paths.home}: start the stack with `tapeflow up` (or run `tapeflow ui`)")
+        echo(login_url(address, load_token(paths)))
+        return
+    configure_logging(settings.log_level, settings.log_format)
+    host = host or settings.ui_host
+    port = port if port is not None else settings.ui_port
+    try:
+        code = run_ui(settings, paths, host, port or free_port(host), echo)
+    except TapeflowError as exc:
+        raise fail(str(exc))
+    raise typer.Exit(code)
 
 
 @app.command("kill-switch")

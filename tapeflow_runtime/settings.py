@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         "before, so its REST cost does not grow with the hour of the UTC day; the feature records say what is "
         "approximated (`approx_until_ms`). 0 = every trade of the window (Vision archives and REST).")
     metrics_host: str = Field(default="127.0.0.1", description="Where service /metrics and /health listen.")
+    ui: bool = Field(default=True, description="`up` also runs the web UI (`tapeflow ui`): order-flow charts, market "
+                     "overview and the watchlist desk; its login URL (with the token) is printed by `up`.")
+    ui_host: str = Field(default="127.0.0.1", description="Where the web UI listens: loopback unless you mean to "
+                         "expose it (every request needs the token of TAPEFLOW_HOME/secrets/ui-token either way).")
+    ui_port: int = Field(default=0, ge=0, le=65535, description="Web UI port; 0 = a free one (printed by `up`).")
     watchlist: bool = Field(
         default=False, description="`up` also runs the cross-venue watchlist service (`tapeflow cross-venue`: "
         "xv.features, stored in xv_features); it needs a second venue's producer (`tapeflow produce --exchange "

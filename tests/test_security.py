@@ -84,7 +84,7 @@ def test_the_engine_app_uses_raw_codecs(tmp_path):
 
 #: what bandit scans: every package the project ships or runs (tests and benchmarks are not deployed)
 BANDIT_TREES = ("producers", "stream_apps", "schemas", "sinks", "execution", "backtest", "tapeflow",
-                "tapeflow_runtime", "tapeflow_notify", "fake_exchange", "deploy")
+                "tapeflow_runtime", "tapeflow_notify", "tapeflow_ui", "fake_exchange", "deploy")
 
 
 def test_bandit_finds_nothing_unjustified():

@@ -1,6 +1,6 @@
 """tapeflow's own processes as supervised services: sink, engine, executor, producer (and the fake
 exchange for offline replays; the other venues' producers with the ``venues`` setting); the
-cross-venue watchlist with the ``watchlist`` setting.
+cross-venue watchlist with the ``watchlist`` setting; the web UI with the ``ui`` setting (on by default).
 
 Each runs as `python -m tapeflow <command>` with its own HTTP port for `/health` and `/metrics`, so
 the supervisor, `status` and Prometheus see them the same way.
@@ -23,9 +23,9 @@ from tapeflow_runtime.health import Health
 HOST = "127.0.0.1"
 
 
-def http_json(url: str, timeout: float = 2.0) -> tuple[int, dict]:
+def http_json(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # nosec B310 # health URLs of the stack's own loopback services
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as resp:  # nosec B310 # health URLs of the stack's own loopback services
             return resp.status, orjson.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -310,6 +310,41 @@ class WatchlistService(HttpHealthService):
                       env=epochs_env(self.settings, self.paths))
 
 
+class UIService(HttpHealthService):
+    """The web UI (`tapeflow ui`, package ``tapeflow_ui``): reads the database with the read-only role, on
+    ``ui_host``:``ui_port`` (loopback and a free port by default). Every request, its ``/health`` too,
+    needs the token of TAPEFLOW_HOME/secrets/ui-token: the probe sends it (``bearer_token_file``)."""
+
+    name = "ui"
+
+    def prepare(self) -> Launch:
+        host = self.settings.ui_host
+        port = self.settings.ui_port or free_port(host if host not in ("0.0.0.0", "::") else HOST)  # nosec B104 # the configured bind address
+        return Launch(argv=[sys.executable, "-m", "tapeflow", "ui", "--host", host, "--port", str(port)],
+                      address=f"{host}:{port}")
+
+    def bearer_token_file(self) -> Path | None:
+        from tapeflow_ui.security import load_token, token_path
+
+        load_token(self.paths)  # created before the child starts, so the probe and the child agree
+        return token_path(self.paths)
+
+    def health(self, address: str) -> Health:
+        code, body = http_json(self.health_url(address), headers=bearer_headers(self.bearer_token_file()))
+        detail = body.get("detail") or body.get("status") or body.get("error") or f"HTTP {code}"
+        return Health(code == 200, detail)
+
+
+def bearer_headers(token_file: str | Path | None) -> dict[str, str]:
+    """The Authorization header of a service whose every endpoint needs the token in ``token_file``."""
+    if not token_file:
+        return {}
+    try:
+        return {"Authorization": f"Bearer {Path(token_file).read_text().strip()}"}
+    except OSError:
+        return {}
+
+
 def consumer_services(settings, paths, prefix: str | None = None) -> list[EpochConsumer]:
     """The consumers of one topic epoch (``prefix``; default the stack's own prefix, epoch 0)."""
     return [SinkService(settings, paths, prefix), EngineService(settings, paths, prefix),
@@ -320,10 +355,15 @@ def app_services(settings, paths, prefix: str | None = None) -> list[Service]:
     consumers: list[Service] = list(consumer_services(settings, paths, prefix))
     if settings.watchlist:
         consumers.append(WatchlistService(settings, paths))
+    # on an external database the UI needs the read-only login (TAPEFLOW_READONLY_PASSWORD); without it
+    # `up` runs without the UI rather than failing (`tapeflow ui` says why when run by hand)
+    readable = settings.database_url is None or settings.readonly_password is not None
+    ui: list[Service] = [UIService(settings, paths)] if settings.ui and readable else []
     if settings.namespace:  # a rehearsal: `tapeflow replay --to-prefix` supplies the data, no producer
-        return consumers
+        return consumers + ui
     if settings.replay_dir is not None:
         fake = FakeExchangeService(settings, paths)
-        return consumers + [fake, ProducerService(settings, paths, fake)]
-    return consumers + [ProducerService(settings, paths)] + [VenueProducerService(settings, paths, venue)
-                                                            for venue in settings.venues if venue != "binance"]
+        return consumers + [fake, ProducerService(settings, paths, fake)] + ui
+    producers = [ProducerService(settings, paths)] + [VenueProducerService(settings, paths, venue)
+                                                      for venue in settings.venues if venue != "binance"]
+    return consumers + producers + ui

@@ -82,6 +82,11 @@ class Service(ABC):
         """HTTP health endpoint, recorded so `status` can probe the service from another shell."""
         return None
 
+    def bearer_token_file(self):
+        """A file holding the token every request of this service needs (its health probe included);
+        recorded so `status` can send it from another shell. None: no token."""
+        return None
+
     def after_start(self, address: str) -> None:
         """Hook run once the service is healthy (e.g. create roles)."""
 

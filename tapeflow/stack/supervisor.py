@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
-from tapeflow.stack.app_services import app_services, http_json
+from tapeflow.stack.app_services import app_services, bearer_headers, http_json
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.epochs import EpochRoller, rollover_enabled
 from tapeflow.stack.postgres import EmbeddedPostgres
@@ -193,7 +193,8 @@ class Supervisor:
             raise StackError(f"{service.name}: cannot start {launch.argv[0]}: {exc.strerror}") from None
         record = ProcessRecord(service.name, proc.pid, process_create_time(proc.pid), launch.address, time.time(),
                                str(log_path), extra={"stop_signal": int(service.stop_signal), "finite": service.finite,
-                                                     "health_url": service.health_url(launch.address)})
+                                                     "health_url": service.health_url(launch.address),
+                                                     "bearer_token_file": str(service.bearer_token_file() or "")})
         record.save(self.paths.state_file(service.name))
         self.running[service.name] = _Running(service, proc, record, log)
         self.addresses[service.name] = launch.address
@@ -461,7 +462,8 @@ def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
         return ComponentStatus(rec.name, False, "stale", rec.address, rec.pid, None,
                                f"pid {rec.pid} is not running (stale pid file)")
     url = rec.extra.get("health_url")
-    code, body = http_json(url) if url else (0, {"error": "no health endpoint"})
+    code, body = (http_json(url, headers=bearer_headers(rec.extra.get("bearer_token_file"))) if url
+                  else (0, {"error": "no health endpoint"}))
     if code != 200 and rec.extra.get("finite") and path is not None:
         # a finite service (the producer of a replay) closes its endpoint first when it ends: give
         # it the time to exit, then report what the supervisor records (finished, or a crash)
@@ -505,6 +507,8 @@ def run_foreground(settings: Settings, paths: StackPaths, say: Say = print) -> i
             elapsed = sup.start_all()
             say(f"stack healthy in {elapsed:.1f}s (home {paths.home}); `tapeflow status` to inspect, "
                 "Ctrl-C or `tapeflow down` to stop")
+            if "ui" in sup.addresses:  # the token only to a terminal: a detached supervisor's stdout is its log
+                say(ui_line(sup.addresses["ui"], paths, with_token=sys.stdout.isatty()))
         except TapeflowError as exc:
             say(f"error: {exc}")
             code = 1
@@ -540,6 +544,9 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
             for line in text.splitlines():
                 say(line)
             say(f"running in the background (supervisor pid {proc.pid}, log {log_path})")
+            ui = ProcessRecord.load(paths.state_file("ui"))
+            if ui is not None and ui.is_alive():
+                say(ui_line(ui.address, paths, with_token=True))
             return 0
         if code is not None:
             for line in text.splitlines():
@@ -548,6 +555,17 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
         time.sleep(0.1)
     say(f"the stack did not become healthy in time; see {log_path}")
     return 1
+
+
+def ui_line(address: str, paths: StackPaths, with_token: bool) -> str:
+    """What `up` prints about the web UI: the login URL with the token (as Jupyter does) to a terminal,
+    or where the URL is (``tapeflow ui --print-url``) when the output is a log file."""
+    from tapeflow_ui.security import load_token
+    from tapeflow_ui.service import login_url
+
+    if with_token:
+        return f"ui         open {login_url(address, load_token(paths))}"
+    return f"ui         http://{address}/ (the login URL with its token: `tapeflow ui --print-url`)"
 
 
 def child_env(settings: Settings, paths: StackPaths) -> dict[str, str]:

@@ -49,6 +49,7 @@ APP_SCRAPE_TARGETS = {
     "watchlist": "watchlist:9108",
 }
 ONE_SHOT = {"init"}  # runs to completion; the others wait for it (service_completed_successfully)
+NOT_SCRAPED = {"ui"}  # the web UI serves pages, not /metrics
 # DESIGN.md: tapeflow_<component>_<what>_<unit>; counters end in _total (Prometheus convention); an
 # enumeration gauge (0 active, 1 paused, 2 halted) has no unit and ends in _state.
 METRIC_NAME = re.compile(
@@ -256,7 +257,7 @@ def test_topics_and_migrations_run_once_before_every_tapeflow_service(services: 
     assert re.search(r"tapeflow topics create\b.*&&\s*tapeflow db migrate\b", _command(init))
     assert set(init["depends_on"]) == {"kafka", "timescaledb"}
     apps = {n: s for n, s in services.items() if s["image"].startswith("tapeflow:") and n not in ONE_SHOT}
-    assert set(APP_SCRAPE_TARGETS) == set(apps)
+    assert set(APP_SCRAPE_TARGETS) == set(apps) - NOT_SCRAPED
     for name, service in apps.items():
         assert service["depends_on"]["init"] == {"condition": "service_completed_successfully"}, name
         assert "topics create" not in _command(service) and "db migrate" not in _command(service), name
@@ -490,3 +491,11 @@ def test_grafana_provisioning_and_dashboards_are_mounted_where_grafana_looks(
     paths = [p["options"]["path"] for p in providers["providers"]]
     assert paths == [_mount_target(grafana, GRAFANA_DIR / "dashboards")]
     assert all(ro for _, target, ro in _volumes(grafana) if target.startswith("/etc/grafana"))
+
+
+def test_the_web_ui_is_published_on_loopback_and_reads_as_the_readonly_role(services: dict[str, dict[str, Any]]) -> None:
+    ui = services["ui"]
+    assert [(host, container) for host, _, container in _ports(ui)] == [("127.0.0.1", 8050)]
+    env = _env(ui)
+    assert env["TAPEFLOW_UI_PORT"] == "8050" and env["TAPEFLOW_READONLY_PASSWORD"]
+    assert _command(ui) == "tapeflow ui" and "Bearer" in " ".join(ui["healthcheck"]["test"])

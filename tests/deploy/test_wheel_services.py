@@ -183,6 +183,27 @@ def wait_answering(service: Service, port: int, timeout: float) -> None:
     raise AssertionError(f"{service.name} not answering within {timeout} s\n{service.tail()}")
 
 
+def wait_ui_healthy(service: Service, port: int, token_file: Path, timeout: float) -> None:
+    """The web UI answers only with its token (created when it starts): its /health with it is 200."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert service.proc.poll() is None, f"ui exited: {service.tail(3000)}"
+        if token_file.exists():
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/health",
+                                         headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"ui not healthy in {timeout} s: {service.tail(3000)}")
+
+
 def _health_body(url: str) -> dict:
     """/health's JSON body whatever its status (503 while a producer is not connected)."""
     try:
@@ -212,7 +233,8 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
                           if p.parent.name not in ("tests", "benchmarks")):
         assert f"{package}/__init__.py" in names, f"package {package} is not in the wheel"
     for pattern in ("stream_apps/strategies/*.yaml", "stream_apps/watchlist/strategies/*.yaml", "sinks/migrations/*.sql",
-                    "schemas/avro/*.avsc"):
+                    "schemas/avro/*.avsc", "tapeflow_ui/templates/*.html", "tapeflow_ui/static/*.js",
+                    "tapeflow_ui/static/*.css", "tapeflow_ui/static/vendor/*.js"):
         shipped = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob(pattern))
         assert shipped and set(shipped) <= names, f"missing from the wheel: {sorted(set(shipped) - names)}"
 
@@ -225,6 +247,8 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
                 "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
                 "TAPEFLOW_DATABASE_URL": database_url(database), "TAPEFLOW_SYMBOLS": "BTCUSDT,ETHUSDT",
                 "TAPEFLOW_METRICS_HOST": "127.0.0.1", "TAPEFLOW_NOTIFY_WEBHOOK_URL": NOTIFY_URL,
+                # compose's: `db migrate` gives tapeflow_readonly this login, the UI reads with it
+                "TAPEFLOW_READONLY_PASSWORD": "wheel-test-readonly",
                 "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"})
     where = subprocess.run([str(bin_dir / "python"), "-c", "import stream_apps, tapeflow_notify, numpy; "
                             "print(stream_apps.__file__); print(numpy.__file__)"],
@@ -261,7 +285,10 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
         for name, service in services.items():
             argv = list(service["command"])
             port = free_port()
-            argv[argv.index("--metrics-port") + 1] = str(port)
+            if name == "ui":  # no metrics port: the UI listens on TAPEFLOW_UI_PORT, here a free one
+                argv += ["--port", str(port)]
+            else:
+                argv[argv.index("--metrics-port") + 1] = str(port)
             if name == "producer":  # the local fake exchange instead of Binance
                 argv += ["--ws-url", ws_url, "--rest-url", rest_url, "--spot-url", rest_url, "--coinbase-url", rest_url]
             ports[name] = (port, service, start(name, argv))
@@ -271,7 +298,10 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
                 body = _health_body(f"http://127.0.0.1:{port}/health")
                 assert body.get("status") in ("starting", "unreachable", "reconnecting"), (name, body)
                 continue
-            wait_healthy(process, port, 180)
+            if name == "ui":
+                wait_ui_healthy(process, port, workdir / "home" / "secrets" / "ui-token", 180)
+            else:
+                wait_healthy(process, port, 180)
             # compose's healthcheck command, with this run's port, from the clean virtualenv
             check = service["healthcheck"]["test"][1:]
             check = [bin_dir / "python" if a == "python" else a.replace(re.search(r"localhost:(\d+)", a).group(0),
@@ -282,7 +312,7 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
             res = subprocess.run([str(a) for a in check], cwd=run_dir, env=env, capture_output=True, text=True,
                                  timeout=120)
             assert res.returncode == 0, f"{name}: compose healthcheck failed: {res.stderr}"
-        assert set(ports) == {"producer", "engine", "sink", "executor", "notifier", "watchlist", *OFFLINE_VENUES}
+        assert set(ports) == {"producer", "engine", "sink", "executor", "notifier", "watchlist", "ui", *OFFLINE_VENUES}
     finally:
         for service in running:
             if service.proc.poll() is None:

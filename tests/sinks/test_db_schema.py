@@ -20,7 +20,7 @@ from tests.support.storage import table_layout
 
 pytestmark = pytest.mark.integration
 
-TABLE_NAMES = set(TABLES) | {"backtest_runs", "backtest_trades"}
+TABLE_NAMES = set(TABLES) | {"backtest_runs", "backtest_trades", "ui_actions"}
 VIEW_NAMES = {"bars_5m", "bars_1h", "cvd_1m", "trades_closed", "xv_pairs_latest"}
 
 
@@ -136,6 +136,12 @@ def test_readonly_reads_everything_and_writes_nothing_writer_writes(db):
         conn.execute("INSERT INTO data_gaps VALUES ('binance','BTCUSDT','md.trades',1,2,now(),'x')")
         conn.execute("INSERT INTO pipeline_errors (source_topic, raw_value, error, stage, event_time, content_sha256) "
                      "VALUES ('md.trades', '\\x00', 'boom', 'sink:decode', now(), '\\x01')")  # identity sequence
+        conn.execute("INSERT INTO ui_actions (action_id, kind, params, who, reason, requested_time, status) "
+                     "VALUES ('a1', 'kill_switch', '{}', 'ui', 'why', now(), 'pending')")  # the UI's audit rows
+        conn.execute("UPDATE ui_actions SET status = 'done' WHERE action_id = 'a1'")
+        with pytest.raises(psycopg.errors.CheckViolation):  # an action without a reason is not kept
+            conn.execute("INSERT INTO ui_actions (action_id, kind, params, who, reason, requested_time, status) "
+                         "VALUES ('a2', 'kill_switch', '{}', 'ui', '  ', now(), 'pending')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE TABLE sneaky (x int)")
 

@@ -120,6 +120,43 @@ class DevTools:
         self.call("Page.navigate", url=page.resolve().as_uri())
         self.wait_event("Page.loadEventFired")
 
+    def goto(self, url: str, timeout: float = 30) -> None:
+        """Navigate to an http(s) URL and wait for its load event (redirects followed)."""
+        if not getattr(self, "_enabled", False):
+            for domain in ("Page", "Network", "Runtime", "Log"):
+                self.call(f"{domain}.enable")
+            self._enabled = True
+        self.events = [ev for ev in self.events if ev["method"] != "Page.loadEventFired"]
+        self.call("Page.navigate", url=url)
+        self.wait_event("Page.loadEventFired", timeout)
+
+    def wait_for(self, expression: str, timeout: float = 30) -> Any:
+        """Poll ``expression`` in the page until it is truthy; returns its value (the test's assertions
+        say why when it never is)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value or time.monotonic() > deadline:
+                return value
+            time.sleep(0.05)
+
+    def screenshot(self, out: Path) -> Path:
+        """A PNG of the whole page at ``out``: the window is made as tall as the page for the shot (a
+        capture "beyond the viewport" leaves some canvases blank), then restored."""
+        import base64
+
+        metrics = self.call("Page.getLayoutMetrics")
+        size = metrics.get("cssContentSize") or metrics["contentSize"]
+        self.call("Emulation.setDeviceMetricsOverride", width=int(size["width"]), height=int(size["height"]),
+                  deviceScaleFactor=1, mobile=False)
+        try:
+            self.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(1))))")
+            data = self.call("Page.captureScreenshot", format="png")["data"]
+        finally:
+            self.call("Emulation.clearDeviceMetricsOverride")
+        out.write_bytes(base64.b64decode(data))
+        return out
+
     def evaluate(self, expression: str) -> Any:
         r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in r:

@@ -15,7 +15,7 @@ from tests.support.paths import RECORDING
 
 # how the help text names a component (service or step name -> words)
 SPOKEN = {"database": "PostgreSQL", "fake-exchange": "fake exchange", "executor": "paper executor",
-          "engine": "signal engine"}
+          "engine": "signal engine", "ui": "web UI"}
 
 
 def help_text(*args: str) -> str:
@@ -30,7 +30,7 @@ def test_up_help_names_every_component_up_starts(tmp_path):
     paths = StackPaths(tmp_path)
     names = [s.name for s in default_services(settings, paths)] + [s.name for s in default_steps(settings, paths)]
     assert {"broker", "database", "migrations", "topics", "sink", "engine", "executor", "producer",
-            "fake-exchange"} == set(names)
+            "fake-exchange", "ui"} == set(names)
     text = help_text("up")
     for name in names:
         assert SPOKEN.get(name, name) in text, f"`up --help` does not mention {name}: {text}"

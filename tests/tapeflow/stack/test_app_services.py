@@ -17,7 +17,7 @@ def launches(settings: Settings, tmp_path) -> dict[str, list[str]]:
 
 def test_a_replay_stack_gives_the_engine_no_lateness_guess(tmp_path):
     argv = launches(Settings(home=tmp_path, source=f"replay:{RECORDING}", replay_speed="max"), tmp_path)
-    assert set(argv) == {"sink", "engine", "executor", "fake-exchange", "producer"}
+    assert set(argv) == {"sink", "engine", "executor", "fake-exchange", "producer", "ui"}
     assert "--allowed-lateness-ms" not in argv["engine"]  # progress markers order a replay's inputs
     assert "--replay-control-url" in argv["producer"]
 
@@ -34,7 +34,7 @@ def test_a_rehearsal_stack_runs_the_consumers_on_the_namespace_without_a_produce
     assert settings.topic_prefix == "team1.rehearsal." and settings.namespace == "rehearsal"
     assert settings.topic("md.trades") == "team1.rehearsal.md.trades"
     argv = launches(settings, tmp_path)
-    assert set(argv) == {"sink", "engine", "executor"}
+    assert set(argv) == {"sink", "engine", "executor", "ui"}
     assert "--executor-config" in argv["executor"]  # the replay risk settings: history is older than 60 s
     env = child_env(settings, StackPaths(tmp_path))  # the services see the namespace, not the live topics
     assert env["TAPEFLOW_TOPIC_PREFIX"] == "team1.rehearsal." and env["TAPEFLOW_NAMESPACE"] == "rehearsal"
@@ -78,3 +78,21 @@ def test_other_venues_get_their_own_producer_in_a_live_stack_only(tmp_path):
     for bad, words in (("binance,kraken", "unknown venue(s) kraken"), ("okx", "binance is required")):
         with pytest.raises(ValidationError, match=words.replace("(", r"\(").replace(")", r"\)")):
             Settings(home=tmp_path, venues=bad)
+
+
+def test_the_web_ui_runs_on_loopback_unless_configured_and_its_probe_sends_the_token(tmp_path):
+    from tapeflow.stack.app_services import UIService, bearer_headers
+
+    argv = launches(Settings(home=tmp_path), tmp_path)["ui"]
+    assert argv[3:6] == ["ui", "--host", "127.0.0.1"] and int(argv[argv.index("--port") + 1]) > 0
+    assert "ui" not in launches(Settings(home=tmp_path, ui=False), tmp_path)
+    external = "postgresql://u:p@db.example/tapeflow"  # without the read-only login `up` runs no UI
+    assert "ui" not in launches(Settings(home=tmp_path, database_url=external), tmp_path)
+    assert "ui" in launches(Settings(home=tmp_path, database_url=external, readonly_password="ro"), tmp_path)
+    fixed = UIService(Settings(home=tmp_path, ui_host="0.0.0.0", ui_port=8765), StackPaths(tmp_path)).prepare()
+    assert fixed.argv[-4:] == ["--host", "0.0.0.0", "--port", "8765"] and fixed.address == "0.0.0.0:8765"
+    token_file = UIService(Settings(home=tmp_path), StackPaths(tmp_path)).bearer_token_file()
+    token = token_file.read_text().strip()
+    assert len(token) >= 32 and oct(token_file.stat().st_mode & 0o777) == "0o600"
+    assert bearer_headers(str(token_file)) == {"Authorization": f"Bearer {token}"}
+    assert bearer_headers("") == {} and bearer_headers(str(tmp_path / "missing")) == {}

@@ -80,6 +80,7 @@ def test_up_status_down_lifecycle(home):
 
     text = cli(home, "status")
     assert text.returncode == 0 and "broker" in text.stdout and "config (secrets masked)" in text.stdout
+    assert_ui_needs_its_token(home, res.stdout, by_name["ui"])
 
     # a second up refuses instead of starting twice (both modes)
     again = cli(home, "up", "--detach")
@@ -111,6 +112,26 @@ def test_up_status_down_lifecycle(home):
     assert nothing.returncode == 0 and "nothing running" in nothing.stdout
 
 
+def assert_ui_needs_its_token(home: Path, up_output: str, status: dict) -> None:
+    """`up --detach` prints the web UI's login URL (the token to the terminal only, never to a log),
+    `status` probes the UI with the token, and the UI refuses a request without it."""
+    import urllib.error
+    import urllib.request
+
+    token = (home / "secrets" / "ui-token").read_text().strip()
+    assert status["healthy"] and status["address"].startswith("127.0.0.1:"), status
+    assert f"http://{status['address']}/?token={token}" in up_output
+    assert token not in "".join(p.read_text(errors="replace") for p in (home / "logs").glob("*.log"))
+    printed = cli(home, "ui", "--print-url")
+    assert printed.returncode == 0 and printed.stdout.strip() == f"http://{status['address']}/?token={token}"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://{status['address']}/api/overview", timeout=10)
+    assert refused.value.code == 401
+    req = urllib.request.Request(f"http://{status['address']}/api/overview", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200 and "market" in json.loads(resp.read())
+
+
 def assert_least_exposure(home: Path, pids: dict[str, int]) -> None:
     """Issue 23's defaults of a running stack: every listening socket of every process it started is on
     loopback, the generated secrets are readable by their owner only, and the database roles the
@@ -130,7 +151,7 @@ def assert_least_exposure(home: Path, pids: dict[str, int]) -> None:
             except psutil.NoSuchProcess:
                 continue
             listening += [(name, proc.pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
-    assert {name for name, *_ in listening} >= {"broker", "database", "sink", "engine", "executor"}, listening
+    assert {name for name, *_ in listening} >= {"broker", "database", "sink", "engine", "executor", "ui"}, listening
     assert [entry for entry in listening if entry[2] not in ("127.0.0.1", "::1")] == []
     secrets = home / "secrets"
     assert oct(secrets.stat().st_mode & 0o777) == "0o700"

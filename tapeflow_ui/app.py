@@ -1,0 +1,264 @@
+"""The web application: pages (Jinja2 templates, no inline script), JSON views and a server-sent
+event stream, behind ``TokenGuard``.
+
+Why Starlette (and uvicorn): a small, well-kept ASGI toolkit with routing, static files, templates and
+streaming responses and nothing else (no ORM, no auth model); sync endpoints run in its thread pool,
+so each view is one plain psycopg query on a pooled read-only connection (``psycopg_pool``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+from psycopg_pool import ConnectionPool
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from tapeflow_ui import desk
+from tapeflow_ui import overview as ov
+from tapeflow_ui import queries as q
+from tapeflow_ui.actions import Actions, action_routes
+from tapeflow_ui.security import TokenGuard, csrf_value
+
+HERE = Path(__file__).parent
+SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
+VENUE = re.compile(r"^[a-z0-9]{2,20}$")
+MAX_RANGE_S = 7 * 86_400
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+
+
+class ORJSONResponse(JSONResponse):
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _symbol(request: Request) -> str:
+    symbol = (request.query_params.get("symbol") or request.path_params.get("symbol") or "").upper()
+    if not SYMBOL.match(symbol):
+        raise HTTPException(400, "symbol: letters and digits, e.g. BTCUSDT")
+    return symbol
+
+
+def _timeframe(request: Request) -> str:
+    tf = request.query_params.get("tf", "1m")
+    if tf not in q.TIMEFRAMES:
+        raise HTTPException(400, f"tf: one of {', '.join(q.TIMEFRAMES)}")
+    return tf
+
+
+def _number(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name}: a number") from None
+    if not value == value or value in (float("inf"), float("-inf")):
+        raise HTTPException(400, f"{name}: a finite number")
+    return value
+
+
+class UI:
+    """The views over one read-only connection pool."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._timescale: bool | None = None
+
+    def timescale(self, conn) -> bool:
+        if self._timescale is None:
+            self._timescale = q.has_timescale(conn)
+        return self._timescale
+
+    def _range(self, conn, request: Request, symbol: str, tf: str) -> q.Range:
+        start, end = _number(request, "from"), _number(request, "to")
+        default = q.default_range(conn, symbol, tf)
+        if default is None:
+            raise HTTPException(404, f"no bars stored for {symbol}")
+        rng = q.Range(q.from_ts(start) if start is not None else default.start,
+                      q.from_ts(end) if end is not None else default.end)
+        if rng.seconds <= 0 or rng.seconds > MAX_RANGE_S:
+            raise HTTPException(400, "from/to: a range of up to 7 days, from before to")
+        return rng
+
+    def _step(self, conn, request: Request, symbol: str, rng: q.Range) -> float:
+        step = _number(request, "step")
+        if step is None:
+            return q.default_step(conn, symbol, rng)
+        if step <= 0:
+            raise HTTPException(400, "step: a positive price step")
+        return step
+
+    # --- JSON views ----------------------------------------------------------------------------------
+    def chart(self, request: Request) -> Response:
+        symbol, tf = _symbol(request), _timeframe(request)
+        with self.pool.connection() as conn:
+            rng = self._range(conn, request, symbol, tf)
+            return ORJSONResponse({
+                "symbol": symbol, "timeframe": tf, "from": q.ts(rng.start), "to": q.ts(rng.end),
+                "step": self._step(conn, request, symbol, rng),
+                "candles": q.candles(conn, symbol, tf, rng, self.timescale(conn)),
+                "signals": q.signals(conn, symbol, rng), "liquidations": q.liquidations(conn, symbol, rng)})
+
+    def footprint(self, request: Request) -> Response:
+        symbol, tf = _symbol(request), _timeframe(request)
+        with self.pool.connection() as conn:
+            rng = self._range(conn, request, symbol, tf)
+            bar = _number(request, "bar")
+            return ORJSONResponse(q.footprint(conn, symbol, tf, rng, self._step(conn, request, symbol, rng),
+                                              around=None if bar is None else q.from_ts(bar)))
+
+    def profile(self, request: Request) -> Response:
+        symbol, tf = _symbol(request), _timeframe(request)
+        with self.pool.connection() as conn:
+            rng = self._range(conn, request, symbol, tf)
+            return ORJSONResponse(q.volume_profile(conn, symbol, rng, self._step(conn, request, symbol, rng)))
+
+    def heatmap(self, request: Request) -> Response:
+        symbol, tf = _symbol(request), _timeframe(request)
+        with self.pool.connection() as conn:
+            rng = self._range(conn, request, symbol, tf)
+            data = q.heatmap(conn, symbol, rng, self._step(conn, request, symbol, rng))
+            data["large_trades"] = q.large_trades(conn, symbol, rng)
+            data["liquidations"] = q.liquidations(conn, symbol, rng)
+            return ORJSONResponse(data)
+
+    def overview(self, request: Request) -> Response:
+        with self.pool.connection() as conn:
+            return ORJSONResponse(ov.overview(conn))
+
+    def symbols(self, request: Request) -> Response:
+        with self.pool.connection() as conn:
+            return ORJSONResponse({"symbols": q.symbols(conn)})
+
+    def gaps(self, request: Request) -> Response:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT symbol, stream, from_id, to_id, extract(epoch FROM detected_time)::bigint, "
+                                "reason FROM data_gaps ORDER BY detected_time DESC LIMIT 500").fetchall()
+        return ORJSONResponse([{"symbol": r[0], "stream": r[1], "from_id": r[2], "to_id": r[3], "detected": r[4],
+                                "reason": r[5]} for r in rows])
+
+    def errors(self, request: Request) -> Response:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT source_topic, stage, error, extract(epoch FROM event_time)::bigint "
+                                "FROM pipeline_errors ORDER BY event_time DESC LIMIT 200").fetchall()
+        return ORJSONResponse([{"topic": r[0], "stage": r[1], "error": r[2], "time": r[3]} for r in rows])
+
+    def desk(self, request: Request) -> Response:
+        with self.pool.connection() as conn:
+            ranked = desk.ranking(conn)
+            if ranked is None:
+                raise HTTPException(404, "the database has no xv_features table: run `tapeflow db migrate`")
+            return ORJSONResponse({"ranking": ranked[:50], "pairs": desk.pairs(conn)})
+
+    def spread(self, request: Request) -> Response:
+        coin = request.query_params.get("coin", "").upper()
+        sell, buy = request.query_params.get("sell", ""), request.query_params.get("buy", "")
+        if not SYMBOL.match(coin) or not VENUE.match(sell) or not VENUE.match(buy):
+            raise HTTPException(400, "coin, sell and buy: a coin (BTC) and two venues (binance, bybit, okx)")
+        with self.pool.connection() as conn:
+            return ORJSONResponse(desk.spread_history(conn, coin, sell, buy))
+
+    def latest_bar(self, symbol: str, tf: str) -> dict | None:
+        with self.pool.connection() as conn:
+            end = q.data_time(conn, symbol)
+            if end is None:
+                return None
+            seconds = q.TIMEFRAMES[tf]
+            rng = q.Range(end - timedelta(seconds=seconds * 2), end)
+            c = q.candles(conn, symbol, tf, rng, self.timescale(conn))
+        if not c["time"]:
+            return None
+        return {k: v[-1] for k, v in c.items() if k not in ("cvd", "vwap")}
+
+    async def stream(self, request: Request) -> Response:
+        """Server-sent events: the symbol's newest bar whenever it changes (the sink stores ``bars.1m`` as
+        the engine closes them; polled every 2 s on one pooled connection)."""
+        symbol, tf = _symbol(request), _timeframe(request)
+
+        async def events() -> AsyncIterator[bytes]:
+            last = None
+            yield b"retry: 5000\n\n"
+            while not await request.is_disconnected():
+                bar = await asyncio.to_thread(self.latest_bar, symbol, tf)
+                if bar is not None and bar != last:
+                    last = bar
+                    yield b"event: bar\ndata: " + orjson.dumps(bar) + b"\n\n"
+                else:
+                    yield b": keep-alive\n\n"
+                await asyncio.sleep(2.0)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size: int = 4,
+               actions: Actions | None = None) -> Starlette:
+    """The application reading ``conninfo`` (the read-only role; every transaction read-only too);
+    with ``actions`` the desk's manual actions too (``tapeflow_ui.actions``)."""
+    pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="tapeflow-ui",
+                          kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000"})
+    ui = UI(pool)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    csrf = csrf_value(token)
+
+    def page(name: str, title: str, **extra) -> Callable:
+        def endpoint(request: Request) -> Response:
+            context = {"title": title, "csrf": csrf, "page": name, "actions": actions is not None, **extra}
+            if "symbol" in request.path_params:
+                context["symbol"] = _symbol(request)
+            return templates.TemplateResponse(request, f"{name}.html", context)
+        return endpoint
+
+    def health(request: Request) -> Response:
+        try:
+            with pool.connection(timeout=5) as conn:
+                conn.execute("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - any failure is "not healthy", said in one line
+            return ORJSONResponse({"status": "unhealthy", "detail": f"database: {type(exc).__name__}"}, status_code=503)
+        return ORJSONResponse({"status": "ok", "detail": "serving"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        await asyncio.to_thread(pool.open)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(pool.close)
+
+    routes = [
+        Route("/", page("overview", "Market overview")),
+        Route("/symbol/{symbol}", page("orderflow", "Order flow")),
+        Route("/watchlist", page("watchlist", "Watchlist desk")),
+        Route("/api/desk", ui.desk),
+        Route("/api/desk/spread", ui.spread),
+        Route("/health", health),
+        Route("/api/overview", ui.overview),
+        Route("/api/symbols", ui.symbols),
+        Route("/api/chart", ui.chart),
+        Route("/api/footprint", ui.footprint),
+        Route("/api/profile", ui.profile),
+        Route("/api/heatmap", ui.heatmap),
+        Route("/api/stream", ui.stream),
+        Route("/api/quality/gaps", ui.gaps),
+        Route("/api/quality/errors", ui.errors),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    if actions is not None:
+        routes += action_routes(actions, pool)
+    allowed = LOOPBACK_HOSTS if host in ("127.0.0.1", "localhost", "::1") else ["*"]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed), Middleware(TokenGuard, token=token)]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -1,0 +1,103 @@
+"""The market overview's SQL (the old dashboard's home): symbols by 24 h volume, the funding heatmap,
+the signal timeline, the whale radar and the data-quality lights. "24 h" is the day before the newest
+stored bar (a replayed session lies in the past), each query bounded by time so partitions are pruned.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import psycopg
+
+from tapeflow_ui.queries import EXCHANGE, data_time, ts
+
+WHALE_USD = 100_000.0
+#: an input is stale when its newest row is this much older than the newest bar (seconds)
+STALE_AFTER_S = {"trades": 120, "depth_snapshots": 120, "mark_prices": 120, "bars_1m": 180, "features": 900}
+#: how far back the freshness checks look (a time-bounded scan; older than this is "nothing")
+FRESH_WINDOW_S = 1800
+TIME_COLUMN = {"trades": "trade_time", "depth_snapshots": "event_time", "mark_prices": "event_time",
+               "bars_1m": "close_time", "features": "eval_time"}
+
+
+def market_table(conn: psycopg.Connection, now: datetime) -> list[dict]:
+    day = now - timedelta(days=1)
+    rows = conn.execute(
+        "WITH b AS (SELECT symbol, sum(quote_volume) AS vol, sum(buy_volume - sell_volume) AS cvd, "
+        "  (array_agg(close ORDER BY open_time DESC))[1] AS price, (array_agg(open ORDER BY open_time))[1] AS open "
+        "  FROM bars_1m WHERE exchange = %(x)s AND open_time >= %(a)s AND open_time < %(b)s GROUP BY symbol), "
+        "f AS (SELECT b.symbol, m.funding_rate FROM b CROSS JOIN LATERAL (SELECT funding_rate FROM mark_prices "
+        "  WHERE exchange = %(x)s AND symbol = b.symbol AND event_time >= %(a)s AND event_time <= %(b)s "
+        "  ORDER BY event_time DESC LIMIT 1) m), "
+        "oi AS (SELECT symbol, (array_agg(value ORDER BY event_time DESC))[1] AS last, "
+        "  (array_agg(value ORDER BY event_time))[1] AS first FROM market_indicators WHERE exchange = %(x)s "
+        "  AND kind = 'open_interest_hist' AND event_time >= %(a)s AND event_time <= %(b)s GROUP BY symbol) "
+        "SELECT b.symbol, b.vol, b.price, (b.price / nullif(b.open, 0) - 1), f.funding_rate, "
+        "  (oi.last / nullif(oi.first, 0) - 1), b.cvd "
+        "FROM b LEFT JOIN f USING (symbol) LEFT JOIN oi USING (symbol) ORDER BY b.vol DESC",
+        {"x": EXCHANGE, "a": day, "b": now}).fetchall()
+    return [{"symbol": r[0], "volume_usd": r[1], "price": r[2], "change": r[3], "funding": r[4], "oi_change": r[5],
+             "cvd": r[6]} for r in rows]
+
+
+def funding_heatmap(conn: psycopg.Connection, now: datetime, hours: int = 24) -> dict:
+    """Average funding rate per symbol and hour."""
+    rows = conn.execute(
+        "SELECT symbol, extract(epoch FROM date_trunc('hour', event_time))::bigint, avg(funding_rate) "
+        "FROM mark_prices WHERE exchange = %s AND event_time >= %s AND event_time <= %s GROUP BY 1, 2 ORDER BY 1, 2",
+        (EXCHANGE, now - timedelta(hours=hours), now)).fetchall()
+    return {"cells": [[r[0], r[1], r[2]] for r in rows]}
+
+
+def signal_timeline(conn: psycopg.Connection, now: datetime, limit: int = 200) -> list[dict]:
+    rows = conn.execute(
+        "SELECT extract(epoch FROM eval_time)::bigint, symbol, direction, tier, score, price, strategy FROM signals "
+        "WHERE eval_time >= %s AND eval_time <= %s ORDER BY eval_time DESC LIMIT %s",
+        (now - timedelta(days=1), now, limit)).fetchall()
+    return [{"time": r[0], "symbol": r[1], "direction": r[2], "tier": r[3], "score": r[4], "price": r[5],
+             "strategy": r[6]} for r in rows]
+
+
+def whale_radar(conn: psycopg.Connection, now: datetime, min_usd: float = WHALE_USD, limit: int = 40) -> list[dict]:
+    """The largest trades of the last hour at or above ``min_usd`` notional."""
+    rows = conn.execute(
+        "SELECT extract(epoch FROM trade_time)::float8, symbol, price, qty, taker_side, price * qty FROM trades "
+        "WHERE exchange = %s AND trade_time >= %s AND trade_time <= %s AND price * qty >= %s "
+        "ORDER BY price * qty DESC LIMIT %s", (EXCHANGE, now - timedelta(hours=1), now, min_usd, limit)).fetchall()
+    return [{"time": r[0], "symbol": r[1], "price": r[2], "qty": r[3], "side": r[4], "usd": r[5]} for r in rows]
+
+
+def data_quality(conn: psycopg.Connection, now: datetime) -> list[dict]:
+    """One light per check: ok, warn or bad, with what is wrong and where to look."""
+    lights = []
+    day = now - timedelta(days=1)
+    gaps = conn.execute("SELECT symbol, stream, count(*), sum(to_id - from_id + 1) FROM data_gaps "
+                        "WHERE detected_time >= %s GROUP BY 1, 2 ORDER BY 1, 2", (day,)).fetchall()
+    lights.append({"check": "gaps", "state": "bad" if gaps else "ok",
+                   "detail": "; ".join(f"{s} {st}: {n} holes, {ids} ids" for s, st, n, ids in gaps) or
+                   "no id holes given up in 24 h", "link": "/api/quality/gaps"})
+    errors = conn.execute("SELECT count(*) FROM pipeline_errors WHERE event_time >= %s", (day,)).fetchone()[0]
+    lights.append({"check": "dead letters", "state": "bad" if errors else "ok",
+                   "detail": f"{errors} records no stage could process in 24 h (pipeline_errors)",
+                   "link": "/api/quality/errors"})
+    for table, column in TIME_COLUMN.items():
+        newest = conn.execute(f"SELECT max({column}) FROM {table} WHERE {column} >= %s AND {column} <= %s",  # nosec B608 # fixed table and column names
+                              (now - timedelta(seconds=FRESH_WINDOW_S), now)).fetchone()[0]
+        age = None if newest is None else (now - newest).total_seconds()
+        state = "bad" if age is None else "warn" if age > STALE_AFTER_S[table] else "ok"
+        lights.append({"check": f"{table} fresh", "state": state,
+                       "detail": f"nothing in the {FRESH_WINDOW_S // 60} min before the newest bar" if age is None else
+                       f"newest row {age:.0f} s before the newest bar", "link": None})
+    lights.append({"check": "resyncs and consumer lag", "state": "info",
+                   "detail": "book resyncs and consumer lag are Prometheus metrics: see Grafana's pipeline dashboard",
+                   "link": None})
+    return lights
+
+
+def overview(conn: psycopg.Connection) -> dict:
+    now = data_time(conn)
+    if now is None:
+        return {"now": None, "market": [], "funding": {"cells": []}, "signals": [], "whales": [], "quality": []}
+    return {"now": ts(now), "market": market_table(conn, now), "funding": funding_heatmap(conn, now),
+            "signals": signal_timeline(conn, now), "whales": whale_radar(conn, now),
+            "quality": data_quality(conn, now)}

@@ -1,0 +1,77 @@
+"""`tapeflow ui`: the web application under uvicorn, reading with the read-only role.
+
+The embedded stack's ``tapeflow_readonly`` login (its password in TAPEFLOW_HOME/secrets); on an external
+database the same role with ``TAPEFLOW_READONLY_PASSWORD`` (``tapeflow db migrate`` gives it LOGIN).
+The UI never falls back to a writing role: without the read-only login it does not start.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from tapeflow_runtime.endpoints import READONLY_ROLE, resolve_database
+from tapeflow_runtime.errors import TapeflowError
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
+from tapeflow_ui.security import load_token
+
+
+class UIError(TapeflowError):
+    """The UI cannot start (no read-only login, port taken)."""
+
+
+def readonly_conninfo(settings: Settings, paths: StackPaths) -> str:
+    endpoints = resolve_database(settings, paths)
+    if endpoints.readonly is not None:
+        return endpoints.readonly
+    if settings.readonly_password is None:
+        raise UIError("the UI reads with the read-only role: set TAPEFLOW_READONLY_PASSWORD (and run "
+                      "`tapeflow db migrate`, which gives tapeflow_readonly that password)")
+    params = psycopg.conninfo.conninfo_to_dict(endpoints.owner)
+    params.update(user=READONLY_ROLE, password=settings.readonly_password.get_secret_value())
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def desk_actions(settings: Settings, paths: StackPaths):
+    """The desk's manual actions (``tapeflow_ui.actions``): the writer login for the audit rows and the
+    kill switch published as `tapeflow kill-switch` publishes it (same topic creation, same serde,
+    same acknowledged produce)."""
+    from execution.kill_switch import publish_kill_switch
+    from schemas.catalogue import topic as topic_spec
+    from schemas.registry import registry_from_url
+    from schemas.serde import AvroSerde
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.kafka_client import ensure_topics
+    from tapeflow_ui.actions import Actions
+
+    writer = resolve_database(settings, paths).writer
+
+    def publish(on: bool, modes, flatten: bool) -> list[dict]:
+        bootstrap = resolve_broker(settings, paths)
+        ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec("risk.events")])
+        return publish_kill_switch(bootstrap, settings.topic_prefix,
+                                   AvroSerde(registry_from_url(settings.schema_registry_url)), on,
+                                   modes=list(modes), flatten=flatten)
+
+    return Actions(writer=writer, publish_kill_switch=publish)
+
+
+def login_url(address: str, token: str) -> str:
+    host, port = address.rsplit(":", 1)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # nosec B104 # a bind-all address is not a URL host
+    return f"http://{shown}:{port}/?token={token}"
+
+
+def run_ui(settings: Settings, paths: StackPaths, host: str, port: int, say=print) -> int:
+    import uvicorn
+
+    from tapeflow_ui.app import create_app
+
+    token = load_token(paths)
+    app = create_app(readonly_conninfo(settings, paths), token, host=host, actions=desk_actions(settings, paths))
+    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
+                            proxy_headers=False, server_header=False, date_header=False, lifespan="on")
+    say(f"tapeflow ui on http://{host}:{port}/ (read-only role; token in {paths.secrets_dir}/ui-token)")
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

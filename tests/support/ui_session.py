@@ -1,0 +1,145 @@
+"""A generated session stored as the pipeline stores it, for the web UI's tests and benchmark.
+
+``backtest.sources.synthetic.SyntheticSource`` makes every input as the producers publish it (trades,
+books, marks, liquidations, indicators); the trades become ``md.trades`` records field for field, the
+1-minute bars come from the engine's own ``BarBuilder`` (what ``bars.1m`` carries), and every record is
+written through the sink's table specs (``sinks.tables``), so the rows are those a replayed session
+leaves in the database. Signals are hand-made rows (the engine needs a day of warm-up to score), one per
+direction, at known bar times.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import psycopg
+
+from backtest.sources.synthetic import SyntheticSource
+from sinks.partitions import ensure_partitions
+from sinks.tables import table_for_topic, write_rows
+from stream_apps.core.bars import BarBuilder
+from stream_apps.core.units import notional_to_units, qty_to_units
+
+TOPIC_OF_KIND = {"books": "md.book", "marks": "md.mark", "liquidations": "md.liquidations",
+                 "indicators": "md.indicators"}
+PARTITIONED = ("trades", "depth_snapshots", "liquidations", "mark_prices", "market_indicators", "bars_1m")
+
+
+def trade_records(batch) -> list[dict]:
+    sells = batch.taker_sell.tolist()
+    out = []
+    for agg, t, p, q, s in zip(batch.agg_id.tolist(), batch.time_ms.tolist(), batch.price.tolist(),
+                               batch.qty.tolist(), sells):
+        out.append({"exchange": batch.exchange, "symbol": batch.symbol, "agg_id": agg, "price": p, "qty": q,
+                    "first_trade_id": agg, "last_trade_id": agg, "event_time": t, "trade_time": t,
+                    "receive_time": t + 20, "taker_side": "SELL" if s else "BUY"})
+    return out
+
+
+def store_synthetic(conninfo: str, symbols: list[str], from_ms: int, to_ms: int, seed: int = 7,
+                    trades_per_s: float | None = None) -> dict[str, int]:
+    """Generate ``[from_ms, to_ms)`` and store it in the migrated database ``conninfo``; returns rows
+    written per table."""
+    source = SyntheticSource(symbols, from_ms, to_ms, seed, trades_per_s=trades_per_s)
+    builders = {s: BarBuilder(60_000) for s in source.symbols}
+    counts: dict[str, int] = {}
+    with psycopg.connect(conninfo) as conn:
+        lo = datetime.fromtimestamp(from_ms / 1000 - 86_400, tz=UTC)
+        hi = datetime.fromtimestamp(to_ms / 1000 + 86_400 * 2, tz=UTC)
+        for table in PARTITIONED:
+            ensure_partitions(conn, table, lo, hi)
+        conn.commit()
+        for block in source.blocks():
+            bars = []
+            for key, batch in block.trades.items():
+                keep = (batch.time_ms >= from_ms) & (batch.time_ms < to_ms)
+                batch = type(batch).from_arrays(batch.exchange, batch.symbol, batch.agg_id[keep], batch.time_ms[keep],
+                                                batch.price[keep], batch.qty[keep], batch.taker_sell[keep])
+                _write(conn, "md.trades", trade_records(batch), counts)
+                closed = builders[batch.symbol].update(batch.time_ms, batch.price, qty_to_units(batch.qty),
+                                                       ~batch.taker_sell, notional_to_units(batch.price * batch.qty),
+                                                       batch.agg_id)
+                bars += [b.to_record(batch.exchange, batch.symbol) for b in closed]
+            _write(conn, "bars.1m", bars, counts)
+            for kind, recs in block.records.items():
+                time_field = "trade_time" if kind == "liquidations" else "event_time"
+                _write(conn, TOPIC_OF_KIND[kind], [r for r in recs if from_ms <= r[time_field] < to_ms], counts)
+            conn.commit()
+        last = [b.to_record("binance", s) for s, builder in builders.items() for b in builder.close_until(to_ms)]
+        _write(conn, "bars.1m", last, counts)
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE")
+    return counts
+
+
+def _write(conn, topic: str, records: list[dict], counts: dict[str, int]) -> None:
+    if not records:
+        return
+    spec = table_for_topic(topic)
+    counts[spec.table] = counts.get(spec.table, 0) + write_rows(conn, spec, (spec.to_row(r) for r in records))
+
+
+def signal_record(symbol: str, eval_ms: int, direction: str, price: float, n: int) -> dict:
+    """A scored signal as the engine publishes it on ``signals`` (values hand-picked)."""
+    risk = price * 0.004
+    sign = 1 if direction == "LONG" else -1
+    return {"signal_id": f"ui-test-{symbol}-{n}", "strategy": "flow_scalper", "strategy_version": "1",
+            "config_hash": "abc", "exchange": "binance", "symbol": symbol, "eval_time": eval_ms,
+            "direction": direction, "tier": "standard", "score": 61.5, "factors": {"cvd": 1.0}, "price": price,
+            "atr": risk, "risk_distance": risk, "sl_price": price - sign * risk, "tp1_price": price + sign * risk,
+            "tp2_price": price + 2 * sign * risk, "sl_r": -1.0, "tp1_r": 1.0, "tp2_r": 2.0, "is_flip": False,
+            "timeout_ms": None}
+
+
+def store_signals(conninfo: str, records: list[dict]) -> int:
+    spec = table_for_topic("signals")
+    with psycopg.connect(conninfo) as conn:
+        return write_rows(conn, spec, (spec.to_row(r) for r in records))
+
+
+def floor_index(price: float, step: float) -> int:
+    """The price level a trade falls in (the UI's ``floor(price / step)``)."""
+    return int(np.floor(price / step))
+
+
+def store_watchlist_session(conninfo: str, seed: int = 11, minutes: float = 12.0) -> dict[str, int]:
+    """A generated three-venue session (``backtest.watchlist.synthetic``) through the live watchlist
+    trader, as the watchlist service runs it: its xv.features (the evaluations the trader's own state
+    made) and what it published (xv.signals, xv.orders, xv.funding, xv.pairs), written through the
+    sink's table specs. The strategy and window sizes are those of the watchlist backtest's generated
+    session test, which opens and closes pairs in 12 minutes."""
+    from backtest.watchlist.synthetic import session
+    from execution.watchlist_trader import WatchlistTrader, cross_venue_params
+    from stream_apps.watchlist.records import feature_records
+    from stream_apps.watchlist.strategy import parse_watchlist_strategy
+
+    strategy = parse_watchlist_strategy({
+        "kind": "watchlist", "name": "xv_ui", "version": "1", "notional_usd": 10_000, "cooldown": "2m",
+        "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12}, "exits": {"exit_spread_bp": -2}})
+    params = cross_venue_params(strategy, slope_window_ms=60_000,
+                                windows=(("1h", 3_600_000, 5_000), ("12h", 43_200_000, 60_000)))
+    features: list[dict] = []
+
+    class Recording(WatchlistTrader):
+        def _evaluate(self, coin_features) -> None:
+            features.extend(feature_records(coin_features, self.params.sweep_notional_usd))
+            super()._evaluate(coin_features)
+
+    trader = Recording(strategy, params=params)
+    trader.feed(session(seed, minutes, coins=("BTC", "ETH"), jump_per_hour=12.0))
+    records = {"xv.features": features}
+    for kind, _coin, record in trader.take():
+        if kind in trader.topics:
+            records.setdefault(trader.topics[kind], []).append(record)
+    counts: dict[str, int] = {}
+    with psycopg.connect(conninfo) as conn:
+        times = [r["eval_time"] for r in features]
+        lo, hi = datetime.fromtimestamp(min(times) / 1000 - 86_400, tz=UTC), datetime.fromtimestamp(max(times) / 1000 + 86_400, tz=UTC)
+        for table in ("xv_features", "xv_signals", "xv_leg_orders", "xv_funding_payments", "xv_pair_events"):
+            ensure_partitions(conn, table, lo, hi)
+        for topic, recs in records.items():
+            _write(conn, topic, recs, counts)
+        conn.commit()
+    return counts

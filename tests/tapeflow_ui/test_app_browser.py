@@ -1,0 +1,423 @@
+"""The web UI against a real PostgreSQL holding a generated session (``tests.support.ui_session``: the
+rows the sink writes), served by uvicorn and opened in headless Chromium over the DevTools protocol.
+
+One fixture for the module (database, server, browser): each view renders with data; the footprint of
+a chosen bar equals the per-price bought/sold volume summed here from the trades table; the volume
+profile's POC equals a SQL recomputation; the heatmap's cells equal the stored book sizes; requests
+without the token are refused. Screenshots of each view go to the module's tmp dir (paths printed).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from sinks.migrate import migrate
+from sinks.tables import table_for_topic, write_rows
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_ui.security import COOKIE, csrf_value, load_token
+from tests.support.chromium import CHROMIUM, DevTools
+from tests.support.ui_session import floor_index, signal_record, store_signals, store_synthetic, store_watchlist_session
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (deploy/bootstrap.sh)")]
+
+START = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
+HOURS = 2
+SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+
+
+class Site:
+    def __init__(self, base: str, token: str, conninfo: str, shots, bootstrap: str, prefix: str) -> None:
+        self.base, self.token, self.conninfo, self.shots = base, token, conninfo, shots
+        self.bootstrap, self.prefix = bootstrap, prefix
+
+    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET", data: bytes | None = None):
+        req = urllib.request.Request(self.base + path, headers=headers or {}, method=method, data=data)
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(req, timeout=30) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+@pytest.fixture(scope="module")
+def site(pg_server, kafka_bootstrap, tmp_path_factory):
+    import uvicorn
+
+    from tapeflow_runtime.settings import Settings
+    from tapeflow_ui.app import create_app
+    from tapeflow_ui.service import desk_actions
+
+    name = f"t_ui_{uuid.uuid4().hex[:10]}"
+    role, password = f"ui_ro_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    writer_role = f"ui_w_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    owner = pg_server.conninfo(name)
+    migrate(owner)
+    from_ms = int(START.timestamp() * 1000)
+    store_synthetic(owner, SYMBOLS, from_ms, from_ms + HOURS * 3_600_000, seed=11, trades_per_s=6.0)
+    with psycopg.connect(owner) as conn:
+        closes = dict(conn.execute("SELECT DISTINCT ON (symbol) symbol, close FROM bars_1m ORDER BY symbol, open_time").fetchall())
+    signals = [signal_record("BTCUSDT", from_ms + 30 * 60_000 + 5_000, "LONG", closes["BTCUSDT"], 1),
+               signal_record("BTCUSDT", from_ms + 75 * 60_000 + 5_000, "SHORT", closes["BTCUSDT"], 2),
+               signal_record("ETHUSDT", from_ms + 50 * 60_000 + 5_000, "LONG", closes["ETHUSDT"], 3)]
+    assert store_signals(owner, signals) == 3
+    stored = store_watchlist_session(owner)
+    assert stored["xv_pair_events"] >= 4 and stored["xv_features"] > 1000, stored
+    with psycopg.connect(owner, autocommit=True) as conn:  # a login of the read-only role, for this module only
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE tapeflow_readonly").format(
+            sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE tapeflow_writer").format(  # the actions' audit rows
+            sql.Identifier(writer_role), sql.Literal(password)))
+    readonly = psycopg.conninfo.make_conninfo(owner, user=role, password=password)
+    home = tmp_path_factory.mktemp("ui-home")
+    token = load_token(StackPaths(home))
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    settings = Settings(home=home, broker=kafka_bootstrap, topic_prefix=prefix,
+                        database_url="postgresql://" + writer_role + ":" + password + "@" + f"{pg_server.host}:{pg_server.port}/{name}")
+    actions = desk_actions(settings, StackPaths(home))  # what `tapeflow ui` wires: the writer login, the kill switch
+    server = uvicorn.Server(uvicorn.Config(create_app(readonly, token, actions=actions), host="127.0.0.1", port=0,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    shots = tmp_path_factory.mktemp("ui-screenshots")
+    try:
+        yield Site(f"http://127.0.0.1:{port}", token, owner, shots, kafka_bootstrap, prefix)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(writer_role)))
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    with DevTools(width=1500, height=1100) as dt:
+        dt.goto(f"{site.base}/?token={site.token}")  # the login: a cookie, then the page without the token
+        yield dt
+
+
+def shoot(browser, site, name: str) -> None:
+    path = browser.screenshot(site.shots / f"{name}.png")
+    assert path.stat().st_size > 10_000
+    print(f"screenshot of the {name} view: {path}")
+
+
+def painted(browser, selector: str) -> int:
+    """Pixels of a canvas that are not its background."""
+    return browser.evaluate(f"""(() => {{ const c = document.querySelector({selector!r});
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] !== 11 || d[i + 1] !== 15 || d[i + 2] !== 20) n++;
+        return n; }})()""")
+
+
+# --- security ------------------------------------------------------------------------------------
+def test_requests_without_the_token_are_refused(site):
+    for path in ("/", "/symbol/BTCUSDT", "/api/overview", "/api/chart?symbol=BTCUSDT", "/health",
+                 "/static/common.js", "/api/stream?symbol=BTCUSDT"):
+        status, _, body = site.get(path)
+        assert status == 401, path
+        assert b"BTCUSDT" not in body and b"price" not in body
+        assert site.get(path, {"Authorization": "Bearer " + "x" * 32})[0] == 401
+        assert site.get(path, {"Cookie": f"{COOKIE}={site.token}"})[0] == 401  # the cookie holds an HMAC, not the token
+    assert site.get(f"/?token={site.token[:-1]}x")[0] == 401
+    assert site.get("/health", {"Authorization": f"Bearer {site.token}"})[0] == 200
+
+
+def test_login_sets_a_strict_httponly_cookie_and_drops_the_token_from_the_url(site):
+    status, headers, _ = site.get(f"/symbol/BTCUSDT?tf=5m&token={site.token}")
+    assert status == 303 and headers["location"] == "/symbol/BTCUSDT?tf=5m"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and site.token not in cookie
+    session = cookie.split(";")[0]
+    status, headers, body = site.get("/symbol/BTCUSDT", {"Cookie": session})
+    assert status == 200 and site.token.encode() not in body
+    assert csrf_value(site.token).encode() in body  # the page's CSRF value: an HMAC of the token, not it
+    assert "script-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
+
+
+def test_actions_need_the_csrf_value_and_the_same_origin(site):
+    auth = {"Authorization": f"Bearer {site.token}", "Content-Type": "application/json"}
+    assert site.get("/api/overview", auth, method="POST", data=b"{}")[0] == 403
+    wrong = {**auth, "X-CSRF-Token": csrf_value(site.token), "Origin": "http://evil.example"}
+    assert site.get("/api/overview", wrong, method="POST", data=b"{}")[0] == 403
+    right = {**auth, "X-CSRF-Token": csrf_value(site.token)}
+    assert site.get("/api/overview", right, method="POST", data=b"{}")[0] == 405  # past the guard: no such action
+
+
+def test_a_foreign_host_name_is_refused(site):
+    """DNS rebinding: a page of another site resolving its name to 127.0.0.1 gets nothing."""
+    assert site.get("/health", {"Authorization": f"Bearer {site.token}", "Host": "evil.example"})[0] == 400
+
+
+# --- views ---------------------------------------------------------------------------------------
+def test_overview_renders_every_panel_with_data(site, browser):
+    browser.goto(f"{site.base}/")
+    assert browser.wait_for("window.tapeflowUI.ready.all || window.tapeflowUI.errors.length") is True
+    rows = browser.evaluate("[...document.querySelectorAll('#market tbody tr')].map(r => r.dataset.symbol)")
+    with psycopg.connect(site.conninfo) as conn:
+        by_volume = [r[0] for r in conn.execute("SELECT symbol FROM bars_1m GROUP BY symbol ORDER BY sum(quote_volume) DESC")]
+    assert rows == by_volume
+    ready = browser.evaluate("window.tapeflowUI.ready")
+    assert ready["signals"] == 3 and ready["funding"] > 0 and ready["quality"] >= 5
+    lights = browser.evaluate("Object.fromEntries([...document.querySelectorAll('#quality li')].map(l => [l.dataset.check, l.className]))")
+    assert lights["gaps"] == "ok" and lights["trades fresh"] == "ok" and lights["features fresh"] == "bad"
+    assert painted(browser, "#funding") > 1000 and painted(browser, "#timeline") > 50
+    assert browser.problems() == []
+    shoot(browser, site, "overview")
+
+
+@pytest.fixture(scope="module")
+def orderflow(site, browser):
+    """The BTCUSDT page on a fixed hour at 1 m bars and a price step of 5, with bar 10:42 chosen."""
+    frm, to = START + timedelta(minutes=30), START + timedelta(minutes=90)
+    bar = START + timedelta(minutes=42)
+    browser.goto(f"{site.base}/symbol/BTCUSDT?tf=1m&step=5&from={int(frm.timestamp())}&to={int(to.timestamp())}"
+                 f"&bar={int(bar.timestamp())}")
+    assert browser.wait_for("window.tapeflowUI.ready.all || window.tapeflowUI.errors.length", 60) is True
+    return {"from": frm, "to": to, "bar": bar, "step": 5.0}
+
+
+def test_order_flow_chart_renders_candles_cvd_vwap_signals_and_liquidations(site, browser, orderflow):
+    chart = browser.evaluate("window.tapeflowUI.chart")
+    c = chart["candles"]
+    assert len(c["time"]) == 60 and c["time"][0] == int(orderflow["from"].timestamp())
+    with psycopg.connect(site.conninfo) as conn:
+        bars = conn.execute("SELECT open, close, buy_volume - sell_volume, quote_volume, volume FROM bars_1m "
+                            "WHERE symbol = 'BTCUSDT' AND open_time >= %s AND open_time < %s ORDER BY open_time",
+                            (orderflow["from"], orderflow["to"])).fetchall()
+    assert c["open"] == [b[0] for b in bars] and c["close"] == [b[1] for b in bars]
+    assert c["cvd"][-1] == pytest.approx(sum(b[2] for b in bars), rel=1e-12)
+    assert c["vwap"][-1] == pytest.approx(sum(b[3] for b in bars) / sum(b[4] for b in bars), rel=1e-12)
+    assert [s["direction"] for s in chart["signals"]] == ["LONG", "SHORT"]
+    assert "lower bound" in browser.evaluate("document.getElementById('liq-note').textContent")
+    assert painted(browser, "#candles canvas") > 20_000  # the candle pane: candles, VWAP, markers over the background
+    assert painted(browser, "#cvd canvas") > 2_000
+    assert browser.problems() == []
+    shoot(browser, site, "orderflow")
+
+
+def test_footprint_of_the_chosen_bar_equals_the_trades_summed_per_price(site, browser, orderflow):
+    table = browser.evaluate("""(() => { const t = document.getElementById('bar-table');
+        return {time: Number(t.dataset.time), rows: [...t.tBodies[0].rows].map(r =>
+            [Number(r.dataset.level), Number(r.dataset.bought), Number(r.dataset.sold)])}; })()""")
+    bar = orderflow["bar"]
+    assert table["time"] == int(bar.timestamp())
+    expected: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    with psycopg.connect(site.conninfo) as conn:
+        trades = conn.execute("SELECT price, qty, taker_side FROM trades WHERE symbol = 'BTCUSDT' AND trade_time >= %s "
+                              "AND trade_time < %s", (bar, bar + timedelta(minutes=1))).fetchall()
+    assert len(trades) > 50
+    for price, qty, side in trades:
+        expected[floor_index(price, orderflow["step"])][0 if side == "BUY" else 1] += qty
+    shown = {level: (bought, sold) for level, bought, sold in table["rows"]}
+    assert sorted(shown) == sorted(expected)
+    for level, (bought, sold) in expected.items():
+        assert shown[level] == (pytest.approx(bought, rel=1e-9, abs=1e-12), pytest.approx(sold, rel=1e-9, abs=1e-12))
+    assert painted(browser, "#footprint") > 5000
+
+
+def test_volume_profile_poc_equals_a_sql_recomputation(site, browser, orderflow):
+    summary = browser.evaluate("({...document.getElementById('profile-summary').dataset})")
+    with psycopg.connect(site.conninfo) as conn:
+        poc = conn.execute("SELECT floor(price / %s)::bigint AS level FROM trades WHERE symbol = 'BTCUSDT' "
+                           "AND trade_time >= %s AND trade_time < %s GROUP BY 1 ORDER BY sum(qty) DESC, 1 LIMIT 1",
+                           (orderflow["step"], orderflow["from"], orderflow["to"])).fetchone()[0]
+    assert int(summary["pocLevel"]) == poc
+    assert int(summary["vaLow"]) <= poc <= int(summary["vaHigh"])
+    assert painted(browser, "#profile") > 2000
+
+
+def test_heatmap_cells_equal_the_stored_book_sizes(site, browser, orderflow):
+    heat = browser.evaluate("window.tapeflowUI.heatmap")
+    step, width = heat["step"], heat["column_s"]
+    columns: dict[int, dict] = defaultdict(dict)
+    for col, book_ms, side, level, qty in heat["cells"]:
+        columns[col][(side, level)] = (book_ms, qty)
+    assert len(columns) >= 50
+    with psycopg.connect(site.conninfo) as conn:
+        for col, cells in columns.items():
+            start = datetime.fromtimestamp(col, tz=UTC)
+            book = conn.execute("SELECT event_time, bid_prices, bid_qtys, ask_prices, ask_qtys FROM depth_snapshots "
+                                "WHERE symbol = 'BTCUSDT' AND event_time >= %s AND event_time < %s "
+                                "ORDER BY event_time DESC LIMIT 1", (start, start + timedelta(seconds=width))).fetchone()
+            expected: dict[tuple[str, int], float] = defaultdict(float)
+            for side, prices, qtys in (("bid", book[1], book[2]), ("ask", book[3], book[4])):
+                for p, q in zip(prices, qtys):
+                    expected[(side, floor_index(p, step))] += q
+            assert {k: v[1] for k, v in cells.items()} == pytest.approx(dict(expected), rel=1e-12)
+            assert {v[0] for v in cells.values()} == {round(book[0].timestamp() * 1000)}
+    assert painted(browser, "#heatmap") > 20_000
+    assert browser.problems() == []
+    shoot(browser, site, "heatmap-and-footprint")
+
+
+def test_watchlist_desk_shows_the_ranking_the_pairs_and_a_spread_history(site, browser):
+    from stream_apps.watchlist.ranking import ranking
+
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for("window.tapeflowUI.ready.all || window.tapeflowUI.errors.length", 60) is True
+    shown = browser.evaluate("[...document.querySelectorAll('#ranking tbody tr')].map(r => [r.dataset.coin, r.dataset.sell, r.dataset.buy])")
+    with psycopg.connect(site.conninfo) as conn:
+        expected = [[p.coin, p.sell_venue, p.buy_venue] for p in ranking(conn) if p.spread_sweep is not None]
+        pairs = conn.execute("SELECT pair_id, status, net_usd FROM xv_pairs_latest").fetchall()
+        legs = conn.execute("SELECT count(*) FROM xv_leg_orders").fetchone()[0]
+    assert shown == expected[:50] and len(shown) >= 6  # `tapeflow watchlist`'s rows, in its order
+    desk = browser.evaluate("window.tapeflowUI.desk")
+    assert sorted(p["pair_id"] for p in desk["pairs"]) == sorted(p[0] for p in pairs)
+    assert {p["pair_id"]: (p["status"], p["net_usd"]) for p in desk["pairs"]} == {p[0]: (p[1], float(p[2])) for p in pairs}
+    assert sum(len(p["orders"]) for p in desk["pairs"]) == legs
+    spread = browser.evaluate("window.tapeflowUI.spread")
+    assert [spread["coin"], spread["sell_venue"], spread["buy_venue"]] == shown[0] and len(spread["points"]) > 100
+    assert painted(browser, "#spread canvas") > 5_000
+    assert browser.problems() == []
+    shoot(browser, site, "watchlist-desk")
+
+
+def test_the_live_stream_sends_the_newest_bar(site):
+    """Server-sent events: the first ``bar`` event is the symbol's newest stored bar at the timeframe."""
+    import json
+
+    req = urllib.request.Request(f"{site.base}/api/stream?symbol=ETHUSDT&tf=5m",
+                                 headers={"Authorization": f"Bearer {site.token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = []
+        while not lines or not lines[-1].startswith("data: "):
+            lines.append(resp.readline().decode().strip())
+    assert lines[-2] == "event: bar"
+    bar = json.loads(lines[-1][6:])
+    with psycopg.connect(site.conninfo) as conn:
+        t, close, volume = conn.execute(
+            "SELECT extract(epoch FROM date_bin('5 min', open_time, TIMESTAMPTZ '2000-01-03 00:00:00+00'))::bigint AS t, "
+            "(array_agg(close ORDER BY open_time DESC))[1], sum(volume) FROM bars_1m WHERE symbol = 'ETHUSDT' "
+            "GROUP BY 1 ORDER BY 1 DESC LIMIT 1").fetchone()
+    assert (bar["time"], bar["close"], bar["volume"]) == (t, close, pytest.approx(volume, rel=1e-12))
+
+
+def test_without_a_range_or_step_the_chart_shows_the_last_180_bars_at_a_step_from_the_price(site):
+    import json
+
+    from tapeflow_ui.orderflow import nice_step
+
+    status, _, body = site.get("/api/chart?symbol=ethusdt&tf=1m", {"Authorization": f"Bearer {site.token}"})
+    assert status == 200
+    chart = json.loads(body)
+    with psycopg.connect(site.conninfo) as conn:
+        end, = conn.execute("SELECT max(close_time) FROM bars_1m WHERE symbol = 'ETHUSDT'").fetchone()
+        avg, = conn.execute("SELECT avg(close) FROM bars_1m WHERE symbol = 'ETHUSDT' AND open_time >= %s",
+                            (end - timedelta(minutes=180),)).fetchone()
+    assert chart["symbol"] == "ETHUSDT" and chart["to"] == int(end.timestamp())
+    assert len(chart["candles"]["time"]) == 120  # the session's two hours: fewer than 180 bars exist
+    assert chart["step"] == nice_step(avg) == 0.2
+    for bad in ("/api/chart?symbol=ETH-USDT", "/api/chart?symbol=ETHUSDT&tf=2m", "/api/chart?symbol=ETHUSDT&step=-1",
+                "/api/chart?symbol=ETHUSDT&from=10&to=5", "/api/chart?symbol=ETHUSDT&step=nan"):
+        assert site.get(bad, {"Authorization": f"Bearer {site.token}"})[0] == 400, bad
+    assert site.get("/api/chart?symbol=DOGEUSDT", {"Authorization": f"Bearer {site.token}"})[0] == 404
+
+
+# --- manual actions ------------------------------------------------------------------------------
+def kill_switch_guard(site, read_topic, mode: str):
+    """A paper executor's risk guard as it starts: restored from every record on risk.events."""
+    from execution.config import RiskLimits
+    from execution.risk_guard import RiskGuard
+
+    records = [r["value"] for r in read_topic(site.bootstrap, site.prefix + "risk.events", settled=True)]
+    now = max(r["event_time"] for r in records) + 1
+    return records, RiskGuard.restore(RiskLimits(), mode, records, now).check_entry(
+        now_ms=now, scope="global", market_data_age_ms=0.0, venue_up=True, output_up=True, open_positions=0)
+
+
+def click_kill_switch(browser, state: str, reason: str, mode: str = "paper", clicks: int = 2) -> dict:
+    """Fill the desk's kill-switch form, review it, and click Confirm `clicks` times at once (a double
+    click: the second click is sent before the first is answered)."""
+    before = browser.evaluate("window.tapeflowUI.actions.results.length")
+    browser.evaluate(f"""(() => {{ const f = document.getElementById('kill-switch');
+        f.mode.value = {mode!r}; f.querySelector('input[name=state][value={state}]').checked = true;
+        f.reason.value = {reason!r}; document.getElementById('ks-review').click();
+        for (let i = 0; i < {clicks}; i++) document.getElementById('ks-go').click(); }})()""")
+    assert browser.wait_for(f"window.tapeflowUI.actions.results.length >= {before + clicks}", 60) is True
+    results = browser.evaluate(f"window.tapeflowUI.actions.results.slice({before})")
+    assert browser.wait_for(f"document.querySelector('#actions tbody tr[data-action-id=\"{results[0]['action_id']}\"]') !== null", 30)
+    return results
+
+
+def test_the_kill_switch_set_from_the_desk_blocks_entries_once_per_click_and_is_audited(site, browser, read_topic):
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for("window.tapeflowUI.ready.actions !== undefined || window.tapeflowUI.errors.length", 60) is True
+    assert browser.evaluate("document.getElementById('switch-state').textContent") == "never set (entries allowed)"
+
+    on = click_kill_switch(browser, "on", "desk test: venue outage")
+    assert [r["http"] for r in on] == [200, 200] and sorted(r["duplicate"] for r in on) == [False, True]
+    assert {r["action_id"] for r in on} == {on[0]["action_id"]}  # one form, one action
+    records, decision = kill_switch_guard(site, read_topic, "paper")
+    assert [(r["mode"], r["decision"]) for r in records] == [("paper", "halt")]  # published once, paper only
+    assert decision.decision == "block" and decision.reason == "kill_switch"
+    shoot(browser, site, "watchlist-kill-switch")
+
+    off = click_kill_switch(browser, "off", "desk test: venue back")
+    assert sorted(r["duplicate"] for r in off) == [False, True] and off[0]["action_id"] != on[0]["action_id"]
+    records, decision = kill_switch_guard(site, read_topic, "paper")
+    assert [r["decision"] for r in records] == ["halt", "resume"]
+    assert decision.decision == "allow"
+    with psycopg.connect(site.conninfo) as conn:  # the sink stores risk.events: the desk's state line reads them
+        spec = table_for_topic("risk.events")
+        assert write_rows(conn, spec, (spec.to_row(r) for r in records)) == 2
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for("window.tapeflowUI.ready.actions === 2", 60) is True
+    assert browser.evaluate("document.getElementById('switch-state').textContent").startswith("paper: off since ")
+
+    with psycopg.connect(site.conninfo) as conn:
+        rows = conn.execute("SELECT action_id, kind, params, who, reason, status, detail FROM ui_actions "
+                            "ORDER BY requested_time").fetchall()
+    assert [(r[0], r[1], r[2], r[4], r[5]) for r in rows] == [
+        (on[0]["action_id"], "kill_switch", {"on": True, "flatten": False, "modes": ["paper"]}, "desk test: venue outage", "done"),
+        (off[0]["action_id"], "kill_switch", {"on": False, "flatten": False, "modes": ["paper"]}, "desk test: venue back", "done")]
+    assert all(r[3].startswith("ui cookie session from 127.0.0.1") for r in rows)
+    assert rows[0][6] == "paper: halt (acknowledged by the broker)"
+    assert browser.problems() == []
+
+
+def test_actions_without_the_token_csrf_or_a_reason_are_refused_and_act_never(site):
+    import json
+
+    body = {"nonce": uuid.uuid4().hex, "on": True, "modes": ["testnet"], "reason": "refused"}
+    data = json.dumps(body).encode()
+    csrf = {"X-CSRF-Token": csrf_value(site.token), "Content-Type": "application/json"}
+    bearer = {"Authorization": f"Bearer {site.token}", "Content-Type": "application/json"}
+    assert site.get("/api/actions/kill-switch", csrf, method="POST", data=data)[0] == 401  # no token
+    assert site.get("/api/actions/kill-switch", bearer, method="POST", data=data)[0] == 403  # no CSRF value
+    assert site.get("/api/actions/kill-switch", {**bearer, **csrf, "Origin": "http://evil.example"}, method="POST",
+                    data=data)[0] == 403
+    for bad in ({**body, "reason": "  "}, {k: v for k, v in body.items() if k != "reason"}, {**body, "nonce": "short"},
+                {**body, "modes": ["prod"]}, {**body, "on": False, "flatten": True}):
+        assert site.get("/api/actions/kill-switch", {**bearer, **csrf}, method="POST",
+                        data=json.dumps(bad).encode())[0] == 400, bad
+    assert site.get("/api/actions", {"Content-Type": "application/json"})[0] == 401
+    with psycopg.connect(site.conninfo) as conn:
+        assert conn.execute("SELECT count(*) FROM ui_actions WHERE reason = 'refused' OR params->'modes' ? 'testnet'"
+                            ).fetchone()[0] == 0  # refused before the audit row, so before any publish
