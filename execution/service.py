@@ -283,7 +283,7 @@ class ExecutorService:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._idle is not None:
-            self._idle.forget()
+            self._idle.forget(consumer, partitions)
         if not self._gate_opened:
             # restored once the carry is done (``_open_gate``), also when the gate opened before this
             # assignment came: the group has no committed start yet, ``starts`` is it
@@ -336,8 +336,6 @@ class ExecutorService:
         return {r["signal_id"]: r for r in snap[self.prefix + "signals"].records if r.get("signal_id") in ids}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._idle is not None:
-            self._idle.forget()
         if self._deferred is not None:
             self._deferred = None  # nothing was read or restored for them
             self.status = "rebalancing"

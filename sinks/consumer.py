@@ -269,7 +269,7 @@ class TopicSink:
     def _on_assign(self, consumer, partitions) -> None:
         self.assignment = list(partitions)
         if self._idle is not None:
-            self._idle.forget()
+            self._idle.forget(consumer, partitions)
         log.info("partitions assigned", count=len(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
@@ -286,8 +286,6 @@ class TopicSink:
         self._next_seq = self._next_commit = 0
         self._finished.clear()
         self.assignment = []
-        if self._idle is not None:
-            self._idle.forget()
 
     def starving(self) -> str | None:
         """Why an assigned partition is not received (its end offset moves, our commits do not), or None."""
@@ -329,6 +327,8 @@ class TopicSink:
                 if self._pending.count:
                     self._submit(self._pending)
                     self._pending = Batch()
+                    if self._idle is not None:
+                        self._idle.busy()  # waiting on the writer is not silence
                 if self._idle is not None:
                     self._idle.step(self._consumer, self.assignment)
                 self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic(),

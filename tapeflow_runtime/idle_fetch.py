@@ -63,9 +63,26 @@ class IdleFetchCycle:
         if records:
             self.last_record = self.monotonic()
 
-    def forget(self) -> None:
-        """The assignment changed (a rebalance, a new subscription): librdkafka dropped the paused state
-        of revoked partitions and assigns new ones unpaused; start counting afresh."""
+    def busy(self) -> None:
+        """The service held its fetches for reasons of its own (back-pressure from a slow writer): that
+        time is not silence, so the idle clock starts again."""
+        self.last_record = self.monotonic()
+
+    def forget(self, consumer=None, assignment: Iterable[TopicPartition] = ()) -> None:
+        """The assignment changed (a rebalance, a new subscription): call it from ``on_assign`` with the
+        consumer and the new assignment. Whatever this cycle paused that is assigned again is resumed
+        here: librdkafka keeps an application's pause on a partition across a rebalance that gives it
+        back, and nothing else would resume it (a sink following the topic segments re-subscribes at
+        every rollover; a partition left paused so was starved until the supervisor restarted the sink).
+        Then the idle clock starts afresh."""
+        if consumer is not None and self.paused:
+            again = {(tp.topic, tp.partition) for tp in assignment}
+            parts = [tp for tp in self.paused if (tp.topic, tp.partition) in again]
+            if parts:
+                try:
+                    consumer.resume(parts)
+                except KafkaException:
+                    pass  # not assigned after all: nothing of ours to resume
         self.paused, self.open_until = None, None
         self.last_record = self.monotonic()
 
