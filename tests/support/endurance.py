@@ -27,6 +27,16 @@ from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
 
 
+def synthetic_argv(s: SyntheticSpec, ws_port: int, rest_port: int) -> list[str]:
+    """The fake exchange's command line for the synthetic session ``s`` on these ports."""
+    return [sys.executable, "-m", "fake_exchange", "--synthetic-seed", str(s.seed),
+            "--synthetic-symbols", ",".join(s.symbols), "--synthetic-duration", str(s.duration_s),
+            "--synthetic-trades-per-s", str(s.trades_per_s), "--synthetic-burstiness", str(s.burstiness),
+            "--synthetic-depth-interval-ms", str(s.depth_interval_ms),
+            *(["--synthetic-rates", ",".join(f"{k}={v:g}" for k, v in s.rates.items())] if s.rates else []),
+            "--synthetic-start", str(s.start_time), "--ws-port", str(ws_port), "--rest-port", str(rest_port)]
+
+
 class SyntheticExchange(FakeExchangeService):
     """The fake exchange playing a synthetic session at real-time speed, starting now; its REST
     aggTrades show only the trades already played, as Binance's do (a restarted producer's catch-up
@@ -37,17 +47,8 @@ class SyntheticExchange(FakeExchangeService):
         self.spec, self.start = spec, start
 
     def prepare(self) -> Launch:
-        s = self.spec
-        return Launch(argv=[sys.executable, "-m", "fake_exchange", "--synthetic-seed", str(s.seed),
-                            "--synthetic-symbols", ",".join(s.symbols), "--synthetic-duration", str(s.duration_s),
-                            "--synthetic-trades-per-s", str(s.trades_per_s), "--synthetic-burstiness", str(s.burstiness),
-                            "--synthetic-depth-interval-ms", str(s.depth_interval_ms),
-                            *(["--synthetic-rates", ",".join(f"{k}={v:g}" for k, v in s.rates.items())]
-                              if s.rates else []),
-                            "--synthetic-start", str(s.start_time), "--ws-port", str(self.ws_port),
-                            "--rest-port", str(self.rest_port), "--speed", "1", "--start", self.start,
-                            "--aggtrades-visibility", "replayed",
-                            "--log-level", "WARNING"],
+        return Launch(argv=[*synthetic_argv(self.spec, self.ws_port, self.rest_port), "--speed", "1",
+                            "--start", self.start, "--aggtrades-visibility", "replayed", "--log-level", "WARNING"],
                       address=f"{HOST}:{self.rest_port}")
 
 
@@ -60,13 +61,8 @@ class SyntheticReplay(FakeExchangeService):
         self.spec, self.speed = spec, speed
 
     def prepare(self) -> Launch:
-        s = self.spec
-        return Launch(argv=[sys.executable, "-m", "fake_exchange", "--synthetic-seed", str(s.seed),
-                            "--synthetic-symbols", ",".join(s.symbols), "--synthetic-duration", str(s.duration_s),
-                            "--synthetic-trades-per-s", str(s.trades_per_s), "--synthetic-burstiness", str(s.burstiness),
-                            "--synthetic-start", str(s.start_time), "--ws-port", str(self.ws_port),
-                            "--rest-port", str(self.rest_port), "--speed", self.speed, "--rest-clock", "recording",
-                            "--log-level", "WARNING"],
+        return Launch(argv=[*synthetic_argv(self.spec, self.ws_port, self.rest_port), "--speed", self.speed,
+                            "--rest-clock", "recording", "--log-level", "WARNING"],
                       address=f"{HOST}:{self.rest_port}")
 
 
