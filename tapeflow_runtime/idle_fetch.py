@@ -34,16 +34,23 @@ from confluent_kafka import KafkaException, TopicPartition
 
 #: nothing received on any assigned partition this long: the consumer is idle
 IDLE_AFTER_S = 5.0
+#: ... or this long when it has received nothing since it started: a restarted service waiting for
+#: its first records (the producer restarting too, a broker that came back empty) must not wait a
+#: cycle for them (measured: a sink restarted with the broker took 30.5 s to store trades again)
+FIRST_IDLE_AFTER_S = 60.0
 
 
 class IdleFetchCycle:
     """Pause an idle confluent-kafka consumer's fetches, let one through every ``every_s``."""
 
     def __init__(self, every_s: float, open_s: float, idle_after_s: float = IDLE_AFTER_S,
-                 monotonic: Callable[[], float] = time.monotonic, log: Any = None) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, log: Any = None,
+                 first_idle_after_s: float = FIRST_IDLE_AFTER_S) -> None:
         if open_s <= 0 or every_s <= open_s:
             raise ValueError(f"need 0 < open_s < every_s, got open_s={open_s} every_s={every_s}")
         self.every_s, self.open_s, self.idle_after_s = every_s, open_s, idle_after_s
+        self.first_idle_after_s = max(first_idle_after_s, idle_after_s)
+        self.seen_any = False  # a record since the process started
         self.monotonic = monotonic
         self.log = log  # a structlog logger: says when the consumer goes idle and wakes (None: silent)
         self.last_record = monotonic()
@@ -62,6 +69,7 @@ class IdleFetchCycle:
         """The consumer's last poll returned ``records`` records (not counting EOF or error events)."""
         if records:
             self.last_record = self.monotonic()
+            self.seen_any = True
 
     def busy(self) -> None:
         """The service held its fetches for reasons of its own (back-pressure from a slow writer): that
@@ -105,7 +113,7 @@ class IdleFetchCycle:
                 self.open_until = now + self.open_s
                 self.openings += 1
             return
-        if now - self.last_record < self.idle_after_s:
+        if now - self.last_record < (self.idle_after_s if self.seen_any else self.first_idle_after_s):
             return
         mine = set(own_paused)
         wanted = [TopicPartition(tp.topic, tp.partition) for tp in assignment if (tp.topic, tp.partition) not in mine]

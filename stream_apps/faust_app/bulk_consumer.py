@@ -36,6 +36,8 @@ import structlog
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ack_lock
+
+from tapeflow_runtime.idle_fetch import FIRST_IDLE_AFTER_S
 from mode.utils.futures import notify
 
 log = structlog.get_logger("engine")
@@ -305,6 +307,7 @@ class IdleFetchWait:
         self.monotonic, self.sleep = monotonic, sleep
         self.empty_since: float | None = None
         self.idle = False
+        self.seen_any = False
         self.idle_periods = 0
 
     def install(self) -> None:
@@ -324,12 +327,15 @@ class IdleFetchWait:
         if added:
             if self.idle:
                 log.info("records again: fetching as usual")
-            self.empty_since, self.idle = None, False
+            self.empty_since, self.idle, self.seen_any = None, False, True
             return False
         now = self.monotonic()
+        # a worker that has received nothing since it started waits longer before spacing its fetches
+        # out: a restart's first records must not wait a pause (tapeflow_runtime.idle_fetch)
+        after = self.idle_after_s if self.seen_any else max(self.idle_after_s, FIRST_IDLE_AFTER_S)
         if self.empty_since is None:
             self.empty_since = now
-        elif not self.idle and now - self.empty_since >= self.idle_after_s:
+        elif not self.idle and now - self.empty_since >= after:
             self.idle = True
             self.idle_periods += 1
             log.info(f"no record for {self.idle_after_s:g} s: one fetch every {self.idle_ms / 1000:g} s until one "

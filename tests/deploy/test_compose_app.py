@@ -42,7 +42,9 @@ def test_every_tapeflow_command_in_compose_exists_with_its_options():
             assert res.returncode == 0, f"{name}: {argv!r}: {res.stderr}"
         if name == "init":
             continue
-        port = re.search(r"--metrics-port (\d+)", " ".join(service["command"])).group(1)
+        found = re.search(r"--metrics-port (\d+)", " ".join(service["command"]))
+        # the web UI serves its health on its own port (TAPEFLOW_UI_PORT), not a metrics port
+        port = found.group(1) if found else str(service["environment"]["TAPEFLOW_UI_PORT"])
         assert port in " ".join(service["healthcheck"]["test"]), f"{name}: healthcheck probes another port"
 
 

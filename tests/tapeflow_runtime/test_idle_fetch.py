@@ -32,8 +32,9 @@ class Recorder:
         self.calls.append(("resume", keys))
 
 
-def _cycle(clock):
-    return IdleFetchCycle(every_s=10.0, open_s=2.0, idle_after_s=5.0, monotonic=lambda: clock[0])
+def _cycle(clock, first_idle_after_s=5.0):
+    return IdleFetchCycle(every_s=10.0, open_s=2.0, idle_after_s=5.0, monotonic=lambda: clock[0],
+                          first_idle_after_s=first_idle_after_s)
 
 
 def test_an_idle_consumer_is_paused_opened_once_per_cycle_and_woken_by_a_record():
@@ -96,6 +97,26 @@ def test_time_spent_held_by_the_service_is_not_silence():
     assert cycle.idle
 
 
+def test_a_consumer_that_never_received_a_record_waits_longer_before_going_idle():
+    """A restarted service waiting for its first records (a broker that came back empty) keeps fetching
+    as usual for a minute: its first records must not wait a cycle."""
+    clock = [0.0]
+    cycle, consumer = _cycle(clock, first_idle_after_s=60.0), Recorder()
+    clock[0] = 59.0
+    cycle.step(consumer, [TopicPartition("a", 0)])
+    assert not cycle.idle
+    clock[0] = 60.0
+    cycle.step(consumer, [TopicPartition("a", 0)])
+    assert cycle.idle
+    clock[0] = 61.0
+    cycle.saw(1)
+    cycle.step(consumer, [TopicPartition("a", 0)])
+    assert not cycle.idle
+    clock[0] = 66.0  # records seen: 5 s of silence from now on is idle
+    cycle.step(consumer, [TopicPartition("a", 0)])
+    assert cycle.idle
+
+
 def test_bad_cycle_lengths_are_refused():
     with pytest.raises(ValueError, match="open_s"):
         IdleFetchCycle(every_s=1.0, open_s=1.0)
@@ -110,7 +131,7 @@ def test_records_sent_while_the_consumer_is_idle_arrive_once_and_in_order(kafka_
         future.result(30)
     consumer = Consumer(consumer_config(kafka_bootstrap, f"g-{topic}", **{"fetch.wait.max.ms": 100}))
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 0})
-    cycle = IdleFetchCycle(every_s=1.0, open_s=0.5, idle_after_s=0.5)
+    cycle = IdleFetchCycle(every_s=1.0, open_s=0.5, idle_after_s=0.5, first_idle_after_s=0.5)
     consumer.subscribe([topic], on_assign=lambda c, parts: cycle.forget(c, parts))
     got: dict[int, list[int]] = {0: [], 1: []}
     sent = 0
@@ -151,7 +172,7 @@ def test_a_partition_paused_while_idle_is_read_again_after_a_resubscription(kafk
     for future in admin.create_topics([NewTopic(first, 1, 1), NewTopic(second, 1, 1)]).values():
         future.result(30)
     consumer = Consumer(consumer_config(kafka_bootstrap, f"g-{first}", **{"fetch.wait.max.ms": 100}))
-    cycle = IdleFetchCycle(every_s=600.0, open_s=1.0, idle_after_s=0.2)  # no opening during the test
+    cycle = IdleFetchCycle(every_s=600.0, open_s=1.0, idle_after_s=0.2, first_idle_after_s=0.2)  # no opening
     assigned: list[list[str]] = []
 
     def on_assign(c, parts):
