@@ -9,6 +9,7 @@ check per record), and filters by symbol or by exact key.
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -141,6 +142,10 @@ class _Printer:
         self.not_before_ms: int | None = None
         self.count = 0
 
+    def note(self, line: str) -> None:
+        """A line for the person reading (stderr), never mixed into the records."""
+        print(line, file=sys.stderr, flush=True)
+
     def __call__(self, msg, offset: int) -> None:
         ts = msg.timestamp()[1]
         if self.not_before_ms is not None and ts < self.not_before_ms:
@@ -172,15 +177,25 @@ def _read_closed(consumer: Consumer, link: ChainLink, name: str, printer: _Print
     ends = {p: e for p, e in (link.ends or {}).get(name, {}).items() if e > link.start(name, p)}
     if not ends:
         return "done"
+    if not _exists(consumer, full):
+        printer.note(f"-- {full} was deleted by the retention before it was read (the database keeps its records)")
+        return "done"
     consumer.assign([TopicPartition(full, p, link.start(name, p)) for p in sorted(ends)])
     left = set(ends)
-    last = time.monotonic()
+    last = checked = time.monotonic()
     try:
         while left:
             if max_records is not None and printer.count >= max_records:
                 return "stop"
             msg = consumer.poll(0.2)
             if msg is None:
+                # librdkafka says nothing of a topic deleted under it: it just stops fetching it
+                if time.monotonic() - checked >= 2.0:
+                    checked = time.monotonic()
+                    if not _exists(consumer, full):
+                        printer.note(f"-- {full} was deleted by the retention while read: its records from "
+                                     "here on are gone from the topics (the database keeps them)")
+                        return "done"
                 if time.monotonic() - last >= max(idle_timeout or 0.0, 30.0):
                     if idle_timeout is not None:
                         return "stop"
@@ -188,10 +203,13 @@ def _read_closed(consumer: Consumer, link: ChainLink, name: str, printer: _Print
                                      f"(partitions {sorted(left)}); was the segment deleted?")
                 continue
             if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    continue
-                if msg.error().code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    return "done"  # deleted by retention while we read it
+                code = msg.error().code()
+                if code == KafkaError._PARTITION_EOF or (msg.topic() and msg.topic() != full):
+                    continue  # an end, or news of a segment read before this one (deleted since)
+                if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION):
+                    printer.note(f"-- {full} was deleted by the retention while read: its records from here "
+                                 "on are gone from the topics (the database keeps them)")
+                    return "done"
                 raise StackError(f"reading {full}: {msg.error().str()}")
             last = time.monotonic()
             p = msg.partition()
@@ -206,6 +224,16 @@ def _read_closed(consumer: Consumer, link: ChainLink, name: str, printer: _Print
         return "done"
     finally:
         consumer.unassign()
+
+
+def _exists(consumer: Consumer, topic: str) -> bool:
+    """Whether the broker still has ``topic`` (a metadata request; a finished segment the retention
+    deleted is gone)."""
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    except KafkaException:  # the broker did not answer: assume it is there, the read goes on
+        return True
+    return md is not None and md.error is None and bool(md.partitions)
 
 
 def _read_open(consumer: Consumer, chain: Chain, name: str, printer: _Printer, from_ms: int | None,
@@ -254,6 +282,8 @@ def _read_open(consumer: Consumer, chain: Chain, name: str, printer: _Printer, f
             continue
         tp = (msg.topic(), msg.partition())
         if msg.error():
+            if msg.topic() and msg.topic() not in links:
+                continue  # news of a finished segment read before (deleted since): not this read's
             if msg.error().code() == KafkaError._PARTITION_EOF:
                 at_end.add(tp)
                 if not follow and at_end >= partitions:

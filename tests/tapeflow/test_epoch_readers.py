@@ -262,3 +262,39 @@ def test_backtest_from_topics_over_segments_equals_the_whole_session(kafka_boots
     result = backtest_from_topics(env, tmp_path)
     assert result["trades_processed"] == reference.trades_processed
     assert result["signals"] == reference.signals
+
+
+def test_a_segment_deleted_while_listed_is_skipped_and_the_rest_is_read(kafka_bootstrap, topic_prefix, tmp_path):
+    """Retention deletes the oldest segment while a reader has it in its chain (the 65-minute endurance:
+    `topics tail --from-beginning` read part of the oldest segment, then stopped with nothing of the
+    others). The reader says the segment is gone and reads every later one to the end."""
+    from confluent_kafka.admin import AdminClient
+
+    from tapeflow_runtime.epochs import Segment, _next_bases
+
+    serde = AvroSerde(FileSchemaRegistry())
+    p = Producer(producer_config(kafka_bootstrap))
+    plan = ((topic_prefix + "e2.", range(0, 4)), (topic_prefix + "e3.", range(4, 10)), (topic_prefix + "e1.", range(10, 13)))
+    segments: list[Segment] = []
+    bases: dict = {}
+    for n, (prefix, ids) in enumerate(plan):
+        ensure_topics(kafka_bootstrap, prefix=prefix)
+        for i in ids:
+            p.produce(prefix + "md.trades", key=b"binance:BTCUSDT", value=serde.encode("md.trades", trade(i)),
+                      timestamp=1_700_000_000_000 + i * 60_000)
+        assert p.flush(10) == 0
+        if n < 2:
+            segment = _close(kafka_bootstrap, prefix, n, (2, 3)[n], bases)
+            segments.append(segment)
+            bases = _next_bases(bases, {}, segment.ends)
+    state = EpochState(epoch=2, slot=1, rollovers=2, segments=segments, bases=bases, history_since=time.time() - 60)
+    env = _stack_home(tmp_path, kafka_bootstrap, topic_prefix, state)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.delete_topics([plan[0][0] + "md.trades"]).values():
+        future.result(30)
+    res = cli(env, "topics", "tail", "md.trades", "--from-beginning", "--timeout", "5", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["value"]["agg_id"] for r in rows] == [1_000 + i for i in range(4, 13)], res.stderr  # the later segments, whole
+    assert [r["offset"] for r in rows] == list(range(4, 13))
+    assert "deleted" in res.stderr
