@@ -317,7 +317,12 @@ class IdleFetchWait:
             started = self.monotonic()
             added = await original(assignment, node_id, request)
             if self.observe(bool(added)):
-                await self.sleep(max(0.0, self.idle_ms / 1000 - (self.monotonic() - started)))
+                try:
+                    await self.sleep(max(0.0, self.idle_ms / 1000 - (self.monotonic() - started)))
+                except asyncio.CancelledError:
+                    # close() or an unassignment cancels the pending fetch tasks and awaits them: aiokafka's
+                    # own method returns quietly then, and so must this, or the worker's stop hangs
+                    return added
             return added
 
         self.fetcher._proc_fetch_request = proc_fetch_request

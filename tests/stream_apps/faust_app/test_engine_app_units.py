@@ -657,3 +657,26 @@ def test_fetches_are_spaced_out_only_after_an_idle_period_and_the_first_record_e
     assert [fetch(False, t) for t in (5.0, 9.8, 10.0, 12.0)] == [0.0, 0.0, 0.9, 0.9]
     assert fetch(True, 12.5) == 0.0 and wait.idle_periods == 1 and not wait.idle
     assert fetch(False, 13.0) == 0.0  # awake again until the next idle period
+
+
+def test_a_fetch_cancelled_during_its_idle_pause_returns_quietly_as_aiokafkas_own_does():
+    """aiokafka's close() cancels the pending fetch tasks and awaits them; its own _proc_fetch_request
+    returns on cancellation, and the pause must too (raising there hung the worker's stop for 60 s)."""
+    import asyncio
+
+    from stream_apps.faust_app.bulk_consumer import IdleFetchWait
+
+    class Fetcher:
+        async def _proc_fetch_request(self, assignment, node_id, request):
+            return False
+
+    async def cancelled(seconds):
+        raise asyncio.CancelledError
+
+    wait = IdleFetchWait(Fetcher(), 100, 1000, 0.0, monotonic=lambda: 0.0, sleep=cancelled)
+    fetcher = wait.fetcher
+    wait.install()
+    wait.seen_any = True
+    assert asyncio.run(fetcher._proc_fetch_request(None, 1, None)) is False  # the first empty fetch
+    assert asyncio.run(fetcher._proc_fetch_request(None, 1, None)) is False  # idle: pause cancelled, no raise
+    assert wait.idle
