@@ -159,15 +159,13 @@ def _close(kafka_bootstrap, prefix: str, epoch: int, slot: int, bases: dict) -> 
     return Segment(epoch, slot, time.time(), by_topic, {}, bases, max(stamps.values(), default=None))
 
 
-def test_readers_see_one_logical_topic_over_the_kept_segments(kafka_bootstrap, topic_prefix, tmp_path):
-    """Two finished segments and the current one: `topics tail --from-beginning` prints every trade once,
-    in order, with logical offsets that run on across segments; `topics list` counts the logical topic;
-    `--from` skips a segment wholly older than the start."""
+def _three_segments(kafka_bootstrap, topic_prefix, tmp_path, plan, slots) -> dict:
+    """md.trades written under each (prefix, agg ids) of ``plan``; the first two closed as segments in
+    name slots ``slots``, the third the current epoch; returns the env of a home in that state."""
     from tapeflow_runtime.epochs import Segment, _next_bases
 
     serde = AvroSerde(FileSchemaRegistry())
     p = Producer(producer_config(kafka_bootstrap))
-    plan = ((topic_prefix + "e2.", range(0, 4)), (topic_prefix, range(4, 10)), (topic_prefix + "e1.", range(10, 13)))
     segments: list[Segment] = []
     bases: dict = {}
     for n, (prefix, ids) in enumerate(plan):
@@ -177,11 +175,19 @@ def test_readers_see_one_logical_topic_over_the_kept_segments(kafka_bootstrap, t
                       timestamp=1_700_000_000_000 + i * 60_000)
         assert p.flush(10) == 0
         if n < 2:
-            segment = _close(kafka_bootstrap, prefix, n, (2, 0)[n], bases)
+            segment = _close(kafka_bootstrap, prefix, n, slots[n], bases)
             segments.append(segment)
             bases = _next_bases(bases, {}, segment.ends)
     state = EpochState(epoch=2, slot=1, rollovers=2, segments=segments, bases=bases, history_since=time.time() - 60)
-    env = _stack_home(tmp_path, kafka_bootstrap, topic_prefix, state)
+    return _stack_home(tmp_path, kafka_bootstrap, topic_prefix, state)
+
+
+def test_readers_see_one_logical_topic_over_the_kept_segments(kafka_bootstrap, topic_prefix, tmp_path):
+    """Two finished segments and the current one: `topics tail --from-beginning` prints every trade once,
+    in order, with logical offsets that run on across segments; `topics list` counts the logical topic;
+    `--from` skips a segment wholly older than the start."""
+    plan = ((topic_prefix + "e2.", range(0, 4)), (topic_prefix, range(4, 10)), (topic_prefix + "e1.", range(10, 13)))
+    env = _three_segments(kafka_bootstrap, topic_prefix, tmp_path, plan, (2, 0))
     res = cli(env, "topics", "tail", "md.trades", "--from-beginning", "--timeout", "3", "--json")
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
@@ -270,25 +276,8 @@ def test_a_segment_deleted_while_listed_is_skipped_and_the_rest_is_read(kafka_bo
     others). The reader says the segment is gone and reads every later one to the end."""
     from confluent_kafka.admin import AdminClient
 
-    from tapeflow_runtime.epochs import Segment, _next_bases
-
-    serde = AvroSerde(FileSchemaRegistry())
-    p = Producer(producer_config(kafka_bootstrap))
     plan = ((topic_prefix + "e2.", range(0, 4)), (topic_prefix + "e3.", range(4, 10)), (topic_prefix + "e1.", range(10, 13)))
-    segments: list[Segment] = []
-    bases: dict = {}
-    for n, (prefix, ids) in enumerate(plan):
-        ensure_topics(kafka_bootstrap, prefix=prefix)
-        for i in ids:
-            p.produce(prefix + "md.trades", key=b"binance:BTCUSDT", value=serde.encode("md.trades", trade(i)),
-                      timestamp=1_700_000_000_000 + i * 60_000)
-        assert p.flush(10) == 0
-        if n < 2:
-            segment = _close(kafka_bootstrap, prefix, n, (2, 3)[n], bases)
-            segments.append(segment)
-            bases = _next_bases(bases, {}, segment.ends)
-    state = EpochState(epoch=2, slot=1, rollovers=2, segments=segments, bases=bases, history_since=time.time() - 60)
-    env = _stack_home(tmp_path, kafka_bootstrap, topic_prefix, state)
+    env = _three_segments(kafka_bootstrap, topic_prefix, tmp_path, plan, (2, 3))
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     for future in admin.delete_topics([plan[0][0] + "md.trades"]).values():
         future.result(30)
