@@ -84,13 +84,7 @@ class IdleFetchCycle:
         every rollover; a partition left paused so was starved until the supervisor restarted the sink).
         Then the idle clock starts afresh."""
         if consumer is not None and self.paused:
-            again = {(tp.topic, tp.partition) for tp in assignment}
-            parts = [tp for tp in self.paused if (tp.topic, tp.partition) in again]
-            if parts:
-                try:
-                    consumer.resume(parts)
-                except KafkaException:
-                    pass  # not assigned after all: nothing of ours to resume
+            self._resume(consumer, assignment)
         self.paused, self.open_until = None, None
         self.last_record = self.monotonic()
 
@@ -113,7 +107,8 @@ class IdleFetchCycle:
                 self.open_until = now + self.open_s
                 self.openings += 1
             return
-        if now - self.last_record < (self.idle_after_s if self.seen_any else self.first_idle_after_s):
+        quiet_s = self.idle_after_s if self.seen_any else self.first_idle_after_s
+        if now - self.last_record < quiet_s:
             return
         mine = set(own_paused)
         wanted = [TopicPartition(tp.topic, tp.partition) for tp in assignment if (tp.topic, tp.partition) not in mine]
@@ -124,7 +119,7 @@ class IdleFetchCycle:
         self.next_open = now + self.every_s
         self.idle_periods += 1
         if self.log is not None:
-            self.log.info(f"no record for {self.idle_after_s:g} s: one fetch every {self.every_s:g} s until one "
+            self.log.info(f"no record for {quiet_s:g} s: one fetch every {self.every_s:g} s until one "
                           "comes (the embedded broker's idle CPU)", partitions=len(wanted))
 
     def _current(self, assignment: Iterable[TopicPartition]) -> list[TopicPartition]:

@@ -343,7 +343,7 @@ class IdleFetchWait:
         elif not self.idle and now - self.empty_since >= after:
             self.idle = True
             self.idle_periods += 1
-            log.info(f"no record for {self.idle_after_s:g} s: one fetch every {self.idle_ms / 1000:g} s until one "
+            log.info(f"no record for {after:g} s: one fetch every {self.idle_ms / 1000:g} s until one "
                      "comes (the embedded broker's idle CPU)")
         return self.idle
 
