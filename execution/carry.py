@@ -23,10 +23,12 @@ from collections.abc import Sequence
 
 from confluent_kafka import Producer
 
+from tapeflow_runtime.epochs import CARRIED_TOPICS
 from tapeflow_runtime.kafka_client import producer_config
 from tapeflow_runtime.topic_reader import read_to_end
 
-STATE_TOPICS: tuple[str, ...] = ("positions", "orders", "fills", "risk.events", "signals")
+#: what is carried; readers of a rolling epoch wait for the carry on exactly these topics
+STATE_TOPICS: tuple[str, ...] = CARRIED_TOPICS
 
 
 def carry_executor_state(bootstrap: str, from_prefix: str, to_prefix: str,

@@ -259,7 +259,7 @@ def _read_open(consumer: Consumer, chain: Chain, name: str, printer: _Printer, f
         consumer.incremental_assign(starts)
 
     for link in chain.links:
-        if not link.closed and link.settled:
+        if not link.closed and link.readable(name):
             # a later open segment (the next epoch of a rollover, once its carried state is known) is
             # read from its first own record
             add(link, start_at_beginning=bool(links))
@@ -271,7 +271,7 @@ def _read_open(consumer: Consumer, chain: Chain, name: str, printer: _Printer, f
             next_refresh = time.monotonic() + 2.0
             try:
                 for link in refresh().links:
-                    if not link.closed and link.settled and link.prefix + name not in links:
+                    if not link.closed and link.readable(name) and link.prefix + name not in links:
                         add(link, start_at_beginning=True)
             except KafkaException as exc:  # the broker did not answer the metadata request: next time
                 log.debug("next segment not looked up", error=str(exc))

@@ -65,6 +65,11 @@ PRODUCE_NEXT_FROM = STEPS.index("switch")
 #: as an empty 4-partition one that no rollover deletes again (``benchmarks/bench_broker_epochs.py``)
 EPOCH_PRODUCER_CONFIG = {"allow.auto.create.topics": False}
 
+#: the catalogue topics the executor's carry (``execution.carry``) copies into a new epoch before its own
+#: records: their first own record is known only once the carry is recorded. Every other topic of a new
+#: epoch holds only its own records from its first (offset 0), so it is readable from the switch on
+CARRIED_TOPICS: tuple[str, ...] = ("positions", "orders", "fills", "risk.events", "signals")
+
 
 def rollover_enabled(settings) -> bool:
     """Only the embedded broker needs epochs (Kafka trims partitions itself); not a rehearsal either
@@ -174,13 +179,19 @@ class ChainLink:
     bases: dict[str, dict[int, int]]
     ends: dict[str, dict[int, int]] | None = None  # closed segments only
     last_ms: int | None = None
-    #: False for a rollover's next epoch until the executor's state is carried into it (its ``starts``
-    #: are known only then): a follower of signals/positions/fills adds it once it is settled
-    settled: bool = True
+    #: catalogue topics of a rollover's next epoch not readable yet: before the switch all of them
+    #: (nothing is written there), then the carried ones (``CARRIED_TOPICS``) until the executor's
+    #: state is carried (their ``starts`` are known only then). A follower of md.trades reads the next
+    #: epoch from the switch on, so the sink never waits for the executor's drain of the old one
+    pending: frozenset[str] | None = frozenset()  # None: every topic
     closed_at: float | None = None  # wall clock of the segment's close (closed segments only)
 
     def start(self, topic: str, partition: int) -> int:
         return self.starts.get(topic, {}).get(partition, 0)
+
+    def readable(self, topic: str) -> bool:
+        """Can a reader of catalogue topic ``topic`` read this segment yet (see ``pending``)?"""
+        return self.pending is not None and topic not in self.pending
 
     def logical(self, topic: str, partition: int, offset: int) -> int:
         """The logical offset of physical ``offset`` in this segment."""
@@ -223,7 +234,7 @@ class Chain:
 
 class ChainFollower:
     """Which physical topics a consumer of logical topics (``names``, catalogue names) reads now, as the
-    chain moves on: the settled open segments, and a finished one until the consumer's position has
+    chain moves on: the open segments readable for each name (``ChainLink.pending``), and a finished one until the consumer's position has
     reached its recorded end in every partition. A consumer polls ``due()`` from its loop and, when
     ``wanted(...)`` differs from what it reads, subscribes to that (``added`` of ``update`` says which
     topics are new: their partitions start at the segment's first own record, not at its end).
@@ -239,7 +250,7 @@ class ChainFollower:
         self._next = monotonic() + interval_s
 
     def _open(self, chain: Chain) -> list[str]:
-        return [link.prefix + n for link in chain.links if not link.closed and link.settled for n in self.names]
+        return [link.prefix + n for link in chain.links if not link.closed for n in self.names if link.readable(n)]
 
     def catalogue_name(self, physical: str) -> str | None:
         found = self.chain.locate(physical, self.names)
@@ -376,9 +387,11 @@ class EpochState:
                            closed_at=s.closed_at) for s in self.segments]
         links.append(ChainLink(self.prefix(base), self.epoch, False, self.starts, self.bases))
         if self.rolling:  # the next epoch's records follow the current's (a switched producer writes there)
-            settled = STEPS.index(self.step) > STEPS.index("executor")
+            at = STEPS.index(self.step)
+            pending = (None if at < PRODUCE_NEXT_FROM
+                       else frozenset(CARRIED_TOPICS) if at <= STEPS.index("executor") else frozenset())
             links.append(ChainLink(self.prefix(base, self.next_epoch), self.next_epoch, False, self.next_starts, {},
-                                   settled=settled))
+                                   pending=pending))
         return Chain(tuple(links), self.history_since, self.cut)
 
     def close_current(self, ends: dict[str, dict[int, int]], closed_at: float, last_ms: int | None,

@@ -8,8 +8,9 @@ epoch (one ListOffsets request; Tansu's end offset counts batches). When one rea
 1. ``open``: create the N+1 topics, then wait (up to ``ENGINE_READY_WAIT_S``) until the engine's app
    for N+1 has joined its group, gated (``/health`` ``next_prefix``): the ~3 s a new group's first
    join takes on Tansu then passes while the producers still write N, not while features wait. The
-   sink (one process for the stack's life) adds the N+1 topics itself once the step after the carry
-   makes them settled (``tapeflow_runtime.epochs.ChainFollower``).
+   sink (one process for the stack's life) adds the N+1 topics itself: md.*, bars and features from
+   the switch on, the carried ones (``CARRIED_TOPICS``) once the carry is recorded
+   (``tapeflow_runtime.epochs.ChainFollower``, ``ChainLink.pending``).
 2. ``switch``: tell the producers (``epochs.json``); each flushes N and writes every later record to
    N+1. Done when every running producer reports the N+1 prefix, and so does every writer from
    outside the supervisor (``tapeflow backfill``: ``tapeflow_runtime.epochs.EpochWriter``): N's md.*

@@ -119,14 +119,19 @@ def test_a_file_from_before_slots_keeps_its_names_and_the_chain_reads_segments_t
     names = ["md.trades", "signals"]
     assert chain.locate("t.e2.md.trades", names)[1] == "md.trades" and chain.locate("t.md.trades", names)[0].epoch == 7
     assert chain.locate("t.e3.md.trades", names) is None and chain.locate("t.md.book", names) is None
-    # the next epoch is settled (followers add it) once the executor's state is carried into it
-    assert not chain.links[2].settled
+    # the next epoch's md.* are readable from the switch on; its carried topics once the executor's
+    # state is carried into it; nothing before the switch
+    assert chain.links[2].readable("md.trades") and not chain.links[2].readable("signals")
+    assert [n for n in ("md.trades", "features", "positions", "orders", "fills", "risk.events", "signals")
+            if chain.links[2].readable(n)] == ["md.trades", "features"]
+    state.step = "open"
+    assert not state.chain("t.").links[2].readable("md.trades")
     state.step = "sink"
-    assert state.chain("t.").links[2].settled
+    assert state.chain("t.").links[2].readable("signals") and state.chain("t.").links[2].readable("md.trades")
     assert chain.links[1].logical("md.trades", 0, 5) == 55 and chain.links[1].start("signals", 0) == 4
 
 
-def test_a_follower_adds_the_next_segment_once_settled_and_leaves_a_finished_one_once_read_to_its_end():
+def test_a_follower_adds_the_next_segment_once_readable_and_leaves_a_finished_one_once_read_to_its_end():
     from tapeflow_runtime.epochs import ChainFollower
 
     state = EpochState(epoch=0, slot=0)
@@ -138,7 +143,7 @@ def test_a_follower_adds_the_next_segment_once_settled_and_leaves_a_finished_one
     positions = {("signals", 0): 3}
     ask = lambda topics, link: {tp: off for tp, off in positions.items() if tp[0] in topics}  # noqa: E731
     state.step, state.next_slot = "engine", 1
-    assert follower.update(ask) is None  # the next epoch is not settled before the carry
+    assert follower.update(ask) is None  # the next epoch's signals are not readable before the carry
     state.step, state.next_starts = "sink", {"signals": {0: 2}}
     assert follower.update(ask) == (["signals", "e1.signals"], ["e1.signals"])
     assert follower.link_of("e1.signals").start("signals", 0) == 2 and follower.catalogue_name("e1.signals") == "signals"
@@ -147,6 +152,23 @@ def test_a_follower_adds_the_next_segment_once_settled_and_leaves_a_finished_one
     positions[("signals", 0)] = 5
     assert follower.update(ask) == (["e1.signals"], [])
     assert follower.reading == ["e1.signals"]
+
+
+def test_a_follower_of_market_data_reads_the_next_epoch_from_the_switch_while_its_carried_topics_wait():
+    """The sink must not wait for the executor's drain of the old epoch to read the new md.trades (at
+    max replay speed that drain took a minute, and the sink fell that far behind at every rollover)."""
+    from tapeflow_runtime.epochs import ChainFollower
+
+    state = EpochState(epoch=0, slot=0, step="open", next_slot=1)
+    follower = ChainFollower(["md.trades", "signals"], lambda: state.chain(""), interval_s=0.0)
+    ask = lambda topics, link: {}  # noqa: E731 - no finished segment here
+    assert follower.update(ask) is None  # created, nothing written there yet
+    state.step = "switch"
+    assert follower.update(ask) == (["md.trades", "signals", "e1.md.trades"], ["e1.md.trades"])
+    state.step = "executor"
+    assert follower.update(ask) is None
+    state.step, state.next_starts = "sink", {"signals": {0: 2}}
+    assert follower.update(ask) == (["md.trades", "signals", "e1.md.trades", "e1.signals"], ["e1.signals"])
 
 
 def test_an_in_process_consumer_moves_on_at_its_own_step_and_a_restart_finds_where_it_stood(tmp_path):
