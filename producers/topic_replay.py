@@ -158,6 +158,8 @@ class TopicReplay:
         partitions = []
         for topic in self.topics:
             for link in self.chain.links:
+                if not link.readable(topic):
+                    continue  # a rollover's next epoch before its producers switched: nothing there yet
                 if link.closed and link.last_ms is not None and link.last_ms < self.from_ms - self.slack_ms:
                     continue  # a finished segment wholly older than the range
                 full = link.prefix + topic
@@ -196,6 +198,11 @@ class TopicReplay:
                     if m.error().code() == KafkaError._PARTITION_EOF:
                         done.add(tp)
                         continue
+                    if m.error().code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC) \
+                            and m.topic() != self.chain.current.prefix + catalogue.get(m.topic(), ""):
+                        raise ReplayError(f"{tp[0]}: this finished segment was deleted by retention "
+                                          "(TAPEFLOW_TOPIC_RETENTION) while it was being copied; replay again "
+                                          "(from the next segment on) or back-fill from the database")
                     raise ReplayError(f"reading {tp[0]}[{tp[1]}]: {m.error().str()}")
                 if tp in done:
                     continue

@@ -37,10 +37,23 @@ class StateReadError(RuntimeError):
     """A state topic could not be read completely."""
 
 
+class TopicDeletedError(StateReadError):
+    """An ``optional`` topic of ``read_to_end`` (a finished segment) was deleted while it was read."""
+
+    def __init__(self, topic: str, detail: str) -> None:
+        super().__init__(f"{topic}: deleted while it was read ({detail})")
+        self.topic = topic
+
+
+#: what librdkafka reports for a partition whose topic was deleted under a consumer
+_GONE = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION)
+
+
 @dataclass
 class TopicSnapshot:
     records: list[dict[str, Any]]
     next_offsets: dict[int, int]  # partition -> offset after the last record read
+    gone: bool = False  # an ``optional`` topic that did not exist when the read began
 
 
 @dataclass(frozen=True)
@@ -57,14 +70,17 @@ class RawRecord:
 def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: AvroSerde | None, *,
                 idle_s: float = 0.5, timeout_s: float = 60.0, start_ms: int | None = None,
                 on_record: Callable[[str, dict[str, Any]], None] | None = None,
-                raw_topics: frozenset[str] = frozenset()) -> dict[str, TopicSnapshot]:
+                raw_topics: frozenset[str] = frozenset(),
+                optional: frozenset[str] = frozenset()) -> dict[str, TopicSnapshot]:
     """Every record of the given partitions (None = all) of each topic, in offset order per partition.
 
     One consumer reads all topics at once, so the idle wait is paid once. `start_ms`: start at the
     first record with a timestamp at or after it instead of the beginning. `on_record(topic, record)`:
     hand each record over instead of keeping it (large reads: the backtest's topic source).
     `raw_topics`: topics whose records are handed over as ``RawRecord`` even with a serde (a caller
-    that decodes them many at a time).
+    that decodes them many at a time). `optional`: topics that may be gone (a finished segment that
+    retention deletes): one missing at the start is an empty snapshot with ``gone``; one deleted during
+    the read raises ``TopicDeletedError`` (its records were partly handed over already).
     """
     consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-state-{uuid.uuid4().hex[:8]}",
                                         **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG, "max.partition.fetch.bytes": 16 << 20}))
@@ -74,6 +90,9 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
         out: dict[str, TopicSnapshot] = {}
         for topic, partitions in topics.items():
             md = topic_metadata(consumer, topic, timeout_s=max(0.1, deadline - time.monotonic()))
+            if (md is None or md.error is not None) and topic in optional:
+                out[topic] = TopicSnapshot([], {}, gone=True)
+                continue
             if md is None or md.error is not None:
                 raise StateReadError(f"cannot read {topic}: {md.error if md else 'no such topic'}")
             parts = sorted(md.partitions) if partitions is None else sorted(partitions)
@@ -96,6 +115,8 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
                     if msg.error().code() == KafkaError._PARTITION_EOF:
                         at_end.add((msg.topic(), msg.partition()))
                         continue
+                    if msg.topic() in optional and msg.error().code() in _GONE:
+                        raise TopicDeletedError(msg.topic(), msg.error().str())
                     raise StateReadError(f"{msg.topic()}: {msg.error().str()}")
                 last = time.monotonic()
                 topic = msg.topic()
@@ -123,15 +144,20 @@ def read_chain(bootstrap: str, chain: Chain, topics: dict[str, list[int] | None]
 
     Records come per partition in the logical topic's order (segment after segment, each in offset
     order); ``RawRecord`` offsets and ``next_offsets`` are logical. Each segment's carried records
-    (the executor's state copied into a new epoch) are skipped: they are the older segment's again.
+    (the executor's state copied into a new epoch) are skipped: they are the older segment's again,
+    and so is a rolling epoch's topic that is not readable yet (``ChainLink.readable``).
     With ``on_record`` the segments are read at once, so only the order within a segment holds. A
-    finished segment whose topic is gone (deleted by retention meanwhile) is skipped; a missing
-    topic of the newest segment is an error, as with ``read_to_end``.
+    finished segment whose topic is gone (deleted by retention meanwhile) is skipped; one deleted
+    while it is read raises ``StateReadError`` saying so (retention deletes the oldest segment first,
+    so reading again gives the history from the next one on, without a gap); a missing topic of the
+    newest segment is an error, as with ``read_to_end``.
     """
     physical: dict[str, tuple[ChainLink, str]] = {}
     existing = None
     for link in chain.links:
         for name in topics:
+            if not link.readable(name):
+                continue
             if link.closed:
                 if existing is None:
                     consumer = Consumer(consumer_config(bootstrap))
@@ -162,8 +188,16 @@ def read_chain(bootstrap: str, chain: Chain, topics: dict[str, list[int] | None]
         else:
             per_segment[full].append(record)
 
-    snapshots = read_to_end(bootstrap, {full: topics[name] for full, (_link, name) in physical.items()}, None,
-                            idle_s=idle_s, timeout_s=timeout_s, start_ms=start_ms, on_record=take)
+    try:
+        snapshots = read_to_end(bootstrap, {full: topics[name] for full, (_link, name) in physical.items()}, None,
+                                idle_s=idle_s, timeout_s=timeout_s, start_ms=start_ms, on_record=take,
+                                optional=frozenset(full for full, (link, _n) in physical.items() if link.closed))
+    except TopicDeletedError as exc:
+        link, name = physical[exc.topic]
+        raise StateReadError(
+            f"the segment of epoch {link.epoch} of {name} was deleted by retention (TAPEFLOW_TOPIC_RETENTION) "
+            "while it was being read; read again (the history then starts at the next segment), or read the "
+            "database (`--source db`)") from exc
     for full, (link, name) in physical.items():
         out[name].records.extend(per_segment[full])
         for partition in snapshots[full].next_offsets:  # a partition without records: at its base
