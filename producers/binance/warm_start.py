@@ -171,7 +171,7 @@ class WarmStart:
         # (status word, one-line message) while the exchange cannot be reached or refuses this location
         self.trouble: tuple[str, str] | None = None
         self.retries = 0  # requests repeated after such an answer
-        self.span: WarmStartSpan | None = None  # the window and where trade detail begins, once the exchange's time is known
+        self.span: WarmStartSpan | None = None  # the window and where trade detail begins (once `run` asked)
 
     def describe(self) -> str:
         if self.trouble is not None:
