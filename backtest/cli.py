@@ -99,16 +99,25 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
             "of the (first) strategy on each training window, scored on the next test window "
             "(`tapeflow research walk-forward`; --trials per window)."),
         trials: int = typer.Option(50, "--trials", min=2, help="With --walk-forward: configurations per window."),
+        warm_start_approximation: bool = typer.Option(
+            False, "--warm-start-approximation",
+            help="Start as a fresh stack's warm start does (parity with it): the first TAPEFLOW_WARM_START_HOURS "
+            "of the range as 1m minute bars made from its trades, but the last TAPEFLOW_WARM_START_DETAIL_MINUTES "
+            "of them trade by trade, and no books or liquidations before that live start."),
     ) -> None:
         """Run strategies over history through the live engine and paper executor; write a report."""
         if walk_forward is not None:
+            if warm_start_approximation:
+                typer.echo("error: --warm-start-approximation does not apply to --walk-forward", err=True)
+                raise typer.Exit(2)
             _walk_forward(walk_forward, strategy, symbols, from_, to, source, out, trials, not no_progress, settings)
             return
         try:
             code = run_command(
                 settings, strategy_files=strategy, symbols=symbols, from_=from_, to=to, source=source, out=out,
                 executor_config=executor_config, account=account, formats=formats, vision_url=vision_url,
-                cache_dir=cache_dir, demo=demo, verify=verify_against_topics, progress=not no_progress)
+                cache_dir=cache_dir, demo=demo, verify=verify_against_topics, progress=not no_progress,
+                warm_start=warm_start_approximation)
         except CliError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.code) from None
@@ -134,7 +143,7 @@ def _walk_forward(spec: str, strategy_files: list[Path], symbols: str | None, fr
 def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path], symbols: str | None,
                 from_: str | None, to: str | None, source: str, out: Path | None, executor_config: Path | None,
                 account: str, formats: str | None, vision_url: str | None, cache_dir: Path | None, demo: bool,
-                verify: bool, progress: bool) -> int:
+                verify: bool, progress: bool, warm_start: bool = False) -> int:
     from backtest.result_io import write_outputs
     from backtest.runner import BacktestRunner
     from tapeflow_runtime.batch import batch_gc
@@ -169,6 +178,9 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
             raise CliError(f"--format {formats!r}: choose from {', '.join(FORMATS)}")
 
     if verify:
+        if warm_start:
+            raise CliError("--warm-start-approximation does not apply to --verify-against-topics (that compares "
+                           "a stack's own inputs, warm start included)")
         return verify_command(settings(), strategies, config, symbols=symbols, from_=from_, to=to, out=out,
                               progress=progress)
     if demo:
@@ -183,6 +195,18 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
             symbol_list = symbols.split(",")
         else:  # a recording's own symbols, else the configured ones
             symbol_list = None if source.startswith("recording:") else list(settings().symbols)
+
+    span = None
+    if warm_start:  # the live warm start's span (tapeflow_runtime.warm_start_span), its window from --from
+        from backtest.sources.warm_start import approximation_span
+
+        hours, detail = settings().warm_start_hours, settings().warm_start_detail_minutes
+        if hours <= 0:
+            raise CliError("--warm-start-approximation: TAPEFLOW_WARM_START_HOURS is 0 (no warm start to approximate)")
+        if from_ms is None:
+            raise CliError("--warm-start-approximation needs --from (the warm start's window begins there)")
+        span = approximation_span(from_ms, hours, detail)
+        from_ms = span.bars_from_ms  # the first bar holds that whole minute, as the first 1m kline does
 
     options: dict[str, Any] = {"vision_url": vision_url}
     if demo:
@@ -201,6 +225,14 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         src = open_source(source, symbol_list, from_ms, to_ms, **options)
     except SourceError as exc:
         raise CliError(str(exc)) from None
+    if span is not None:
+        from backtest.sources.warm_start import WarmStartApproximation
+
+        src = WarmStartApproximation(src, span)
+        bars = (f"minute bars before {fmt_ms(span.detail_from_ms)}, trade by trade after"
+                if span.detail_from_ms is not None else "every trade")
+        typer.echo(f"warm start approximation: live start {fmt_ms(span.now_ms)} UTC, {bars}; no books or "
+                   "liquidations before the live start", err=True)
 
     runner = BacktestRunner(strategies, config, account="shared" if account == "shared" else "per_strategy")
     from_ms, to_ms = src.from_ms, src.to_ms

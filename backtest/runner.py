@@ -257,12 +257,14 @@ class BacktestRunner:
 
     def __init__(self, strategies: Sequence[StrategyConfig], executor_config: ExecutorConfig | None = None, *,
                  account: Account = "per_strategy", engine_params: EngineParams | None = None,
-                 feed: Feed = "sparse") -> None:
+                 feed: Feed = "sparse", on_features: Callable[[FeatureTable], None] | None = None) -> None:
+        """``on_features``: called with each feature table the engine produces (the run keeps none)."""
         if not strategies:
             raise ValueError("a backtest needs at least one strategy")
         if feed not in ("sparse", "dense"):
             raise ValueError(f"feed must be 'sparse' or 'dense', got {feed!r}")
         self.feed_mode = feed
+        self.on_features = on_features
         self._held: dict[tuple[int, str], Record] = {}  # sparse: (rank, key) -> newest mark/book of an idle market
         self._skipped: dict[str, tuple[Any, int]] = {}  # sparse: key -> newest busy trade not fed (batch, index)
         self._last: dict[str, TradeTick] = {}
@@ -354,6 +356,9 @@ class BacktestRunner:
             out = engine.process([batch] if batch is not None else (), events.get(key, ()))
             self.evaluations += out.evaluations
             self._count_coverage(out.tables)
+            if self.on_features is not None:
+                for table in out.tables:
+                    self.on_features(table)
             for sig in out.signals:
                 self.signals.append(sig)
                 self.signal_scores[sig["signal_id"]] = sig["score"]

@@ -65,6 +65,7 @@ from producers.binance.rest import RestClient, RestRejected, RestRestricted, Res
 from schemas.catalogue import market_key
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher
+from tapeflow_runtime.warm_start_span import WarmStartSpan, warm_start_span
 
 log = structlog.get_logger("producer.warm_start")
 
@@ -170,6 +171,7 @@ class WarmStart:
         # (status word, one-line message) while the exchange cannot be reached or refuses this location
         self.trouble: tuple[str, str] | None = None
         self.retries = 0  # requests repeated after such an answer
+        self.span: WarmStartSpan | None = None  # the window and where trade detail begins (once `run` asked)
 
     def describe(self) -> str:
         if self.trouble is not None:
@@ -217,20 +219,18 @@ class WarmStart:
         """Prime every symbol; returns the last agg id published per symbol (the live stream goes on from it)."""
         self.started = time.monotonic()
         body, _ = await self._get(f"{self.rest_url}/fapi/v1/time")
-        now_ms = parse_server_time(body)
-        since_ms = now_ms - round(self.config.hours * HOUR_MS)
+        self.span = span = warm_start_span(parse_server_time(body), self.config.hours, self.config.detail_minutes)
         last: dict[str, int] = {}
-        detail_ms = round(self.config.detail_minutes * 60_000)
         # a restarted stack whose broker kept its topics: md.trades holds every trade from where a start
         # from minute bars took them one by one (the bars are on md.indicators), or from the window's start
-        trades_since = (now_ms - detail_ms) // 60_000 * 60_000 if 0 < detail_ms < now_ms - since_ms else since_ms
+        trades_since = span.since_ms if span.detail_from_ms is None else span.detail_from_ms
         for symbol in self.symbols:
             state = self.progress[symbol]
             try:
                 if await asyncio.to_thread(self.in_topics, symbol, trades_since):
                     state.phase, state.source = "done", "already in md.trades"
                     continue
-                agg_id = await self._prime(symbol, since_ms, now_ms, state)
+                agg_id = await self._prime(symbol, span, state)
                 if agg_id is not None:
                     last[symbol] = agg_id
                 state.phase = "done"
@@ -247,8 +247,9 @@ class WarmStart:
         log.info("warm start finished", seconds=round(self.finished - self.started, 1), detail=self.describe())
         return last
 
-    async def _prime(self, symbol: str, since_ms: int, now_ms: int, state: SymbolPriming) -> int | None:
+    async def _prime(self, symbol: str, span: WarmStartSpan, state: SymbolPriming) -> int | None:
         key = market_key(EXCHANGE, symbol)
+        since_ms, now_ms = span.since_ms, span.now_ms
         stored = await asyncio.to_thread(self._from_database, symbol, since_ms, now_ms)
         if stored is not None:
             trades, series = stored
@@ -258,11 +259,10 @@ class WarmStart:
             trades = None
             state.source = "vision+rest"
         trades_from_ms = since_ms
-        detail_ms = round(self.config.detail_minutes * 60_000)
-        if trades is None and 0 < detail_ms < now_ms - since_ms:
+        if trades is None and span.detail_from_ms is not None:
             # minute bars for all but the last `detail_minutes`, which come trade by trade (REST)
-            trades_from_ms = (now_ms - detail_ms) // 60_000 * 60_000
-            bars = await self._minute_bars(symbol, since_ms, trades_from_ms, state)
+            trades_from_ms = span.detail_from_ms
+            bars = await self._minute_bars(symbol, span, state)
             series.records = sorted(series.records + bars, key=lambda r: r[1])
             state.source = "klines+rest"
         last_id: int | None = None
@@ -371,14 +371,13 @@ class WarmStart:
             if len(rows) < 1000:
                 return  # caught up with the exchange: the live stream takes over
 
-    async def _minute_bars(self, symbol: str, since_ms: int, until_ms: int,
-                           state: SymbolPriming) -> list[tuple[str, int, dict]]:
-        """1m klines of `[since_ms, until_ms)` (1,500 a request, weight 10) as md.indicators records of kind
-        `kline_1m` (`stream_apps.core.minute_bars`: the engine applies them as minute bars), each stamped
-        with its last millisecond (Binance's close time)."""
+    async def _minute_bars(self, symbol: str, span: WarmStartSpan, state: SymbolPriming) -> list[tuple[str, int, dict]]:
+        """1m klines of the span's bar minutes (`span.bar_minutes()`; 1,500 a request, weight 10) as
+        md.indicators records of kind `kline_1m` (`stream_apps.core.minute_bars`: the engine applies them as
+        minute bars), each stamped with its last millisecond (Binance's close time)."""
         state.phase = "klines"
         out: list[tuple[str, int, dict]] = []
-        start = since_ms // 60_000 * 60_000
+        start, until_ms = span.bars_from_ms, span.detail_from_ms or span.bars_from_ms
         while start < until_ms:
             rows, _ = await self._get(f"{self.rest_url}/fapi/v1/klines", {
                 "symbol": symbol, "interval": "1m", "startTime": start, "endTime": until_ms - 1, "limit": 1500})

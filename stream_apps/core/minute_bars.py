@@ -11,7 +11,8 @@ kline close time: open + 59,999; applied before an evaluation at the minute's en
 ``SymbolState.apply_minute_bars`` applies them; what they cannot give is stated by ``approx_until_ms``.
 
 ``minute_bars_from_trades`` makes the same bars from trades, so a backtest can start the way a warm
-start does (parity), and tests can compare the two starts.
+start does (parity: ``backtest.sources.warm_start``, ``tapeflow backtest --warm-start-approximation``),
+and ``minute_bar_record`` turns one into the md.indicators record ``parse_klines_1m`` makes of a kline.
 """
 
 from __future__ import annotations
@@ -49,3 +50,10 @@ def minute_bars_from_trades(batch: TradeBatch) -> list[IndicatorUpdate]:
                               round(float(buy_qty[a:b].sum()), 8), round(float(sell_qty[a:b].sum()), 8),
                               float((prices * batch.qty[a:b]).sum()), b - a))
     return out
+
+
+def minute_bar_record(bar: IndicatorUpdate) -> dict:
+    """The md.indicators record of a bar, as the live warm start publishes a 1m kline
+    (``producers.binance.indicator_parse.parse_klines_1m``): ``indicator_from_record`` gives ``bar`` back."""
+    return {"exchange": bar.exchange, "symbol": bar.symbol, "kind": bar.kind, "value": bar.value, "period": "1m",
+            "extra": dict(bar.extra), "event_time": bar.value_time_ms, "receive_time": bar.time_ms}

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -17,9 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 RECORDING = REPO / "tests" / "data" / "binance_futures_ws"
 
 
-def tapeflow(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def tapeflow(*args: str, home: Path, timeout: float = 120, **settings: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update(TAPEFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update(TAPEFLOW_HOME=str(home), PYTHONUNBUFFERED="1", **settings)
     return subprocess.run([sys.executable, "-m", "tapeflow", "backtest", *args], capture_output=True, text=True,
                           env=env, cwd=home, timeout=timeout, check=False)
 
@@ -92,6 +93,39 @@ def test_recording_source_end_to_end(tmp_path):
     coverage = {(c["layer"], c["symbol"], c["input"]): c for c in result["coverage"]}
     oi = coverage[("environment", "SUSHIUSDT", "oi_change")]
     assert oi["evaluations"] > 0 and oi["present"] == 0 and "does not hold it" in oi["note"]
+
+
+def test_warm_start_approximation(tmp_path):
+    """`--warm-start-approximation` takes the stack's warm-start settings: the first 30 minutes of the range
+    are the window (its first minute bar holds the whole minute --from lies in), the 10 minutes before the
+    live start come trade by trade; said on stderr and in the report's source notes. (What it computes:
+    tests/backtest/sources/test_warm_start_approximation.py.)"""
+    out = tmp_path / "report"
+    warm = {"TAPEFLOW_WARM_START_HOURS": "0.5", "TAPEFLOW_WARM_START_DETAIL_MINUTES": "10"}
+    proc = tapeflow("--source", "synthetic:3", "--symbols", "BTCUSDT", "--from", "2024-01-01T00:00:30", "--to",
+                    "2024-01-01T00:40", "--warm-start-approximation", "--format", "json", "--out", str(out),
+                    "--no-progress", home=tmp_path, **warm)
+    assert proc.returncode == 0, proc.stderr
+    assert ("warm start approximation: live start 2024-01-01 00:30 UTC, minute bars before 2024-01-01 00:20, "
+            "trade by trade after; no books or liquidations before the live start") in proc.stderr
+    result = orjson.loads((out / "result.json").read_bytes())
+    assert result["from_ms"] == 1_704_067_200_000 and result["source"] == "synthetic:3 (warm start approximation)"
+    notes = result["params"]["source_notes"]
+    assert "minute bars made from the trades before 2024-01-01 00:20 UTC" in notes["trades"]
+    assert "none before the live start 2024-01-01 00:30 UTC" in notes["book"]
+    # only the trades from 00:20 on reach the engine as trades: those of the same generated session
+    from backtest.sources import open_source
+
+    detail_from = 1_704_067_200_000 + 20 * 60_000
+    times = np.concatenate([b.time_ms for piece in open_source("synthetic:3", ["BTCUSDT"], 1_704_067_200_000,
+                                                               detail_from + 20 * 60_000).slices()
+                            for b in piece.trades.values()])
+    assert result["trades_processed"] == int((times >= detail_from).sum()) and (times < detail_from).sum() > 1000
+    assert "TAPEFLOW_WARM_START_HOURS is 0" in one_error(tapeflow(
+        "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-02", "--warm-start-approximation",
+        home=tmp_path, TAPEFLOW_WARM_START_HOURS="0"))
+    assert one_error(tapeflow("--source", f"recording:{RECORDING}", "--warm-start-approximation", home=tmp_path)) \
+        == "error: --warm-start-approximation needs --from (the warm start's window begins there)"
 
 
 def test_ctrl_c_writes_a_partial_report(tmp_path):

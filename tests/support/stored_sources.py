@@ -27,6 +27,11 @@ def store_session(bootstrap: str, topic_prefix: str, database: str,
         for r in recs:
             publisher.publish(topic, f"{r['exchange']}:{r['symbol']}", r, r["receive_time"])
     assert publisher.flush(60) == 0 and not publisher.failed
+    store_rows(database, records)
+
+
+def store_rows(database: str, records: Mapping[str, Sequence[Mapping]]) -> None:
+    """Every record in its topic's table of a freshly migrated ``database`` (as the sink writes them)."""
     migrate(database)
     with psycopg.connect(database) as conn:
         for topic, recs in records.items():
