@@ -52,7 +52,10 @@ desk asks them, ``execution.watchlist_commands``): a command names its strategy,
 strategy's trader acts, once per ``command_id`` (kept in the state: a command read twice, after a
 retry or a restart, is counted as ``command_duplicate`` and does nothing). It acts at the trader's
 clock, the event time of the newest input it has been fed ("the newest book time it has seen"), on
-the coin's books as they are then, through the same code as the strategy's own decisions:
+the coin's books as they are then, through the same code as the strategy's own decisions. A command
+stamped with a time its inputs have not reached yet (``shown_time``: the evaluation whose spread the
+desk showed; a service catching up after a restart is behind the desk) waits, in the state, for the
+first input at or after that time, so it never acts on books older than the ones the operator saw:
 
 - ``open``: a signal on xv.signals (status ``signal``, reason ``manual``, signal id
   ``xv:<strategy>:manual:<command_id>``: the pair id and the legs' client order ids derive from it as
@@ -214,6 +217,7 @@ class WatchlistTrader:
         self.counters = {"signal": 0, "order": 0, "funding": 0, "pair": 0, "blocked": 0, "command": 0}
         self.clock: int | None = None  # event time of the newest input fed (where commands act)
         self.commands: set[str] = set()  # command ids acted on or refused: a command acts once
+        self.pending: list[dict[str, Any]] = []  # commands waiting for the clock to reach their shown_time
         if rules is not None:
             self.counters["no_instrument_rules"] = 0  # (coin, venue) pairs traded unrounded: no rule
         self.coin_params: dict[str, PairParams] = {}
@@ -252,6 +256,8 @@ class WatchlistTrader:
             if not late:
                 self._run_due(event.time_ms - 1)  # legs in flight meet the books as they are before this one
                 self._remember(event)
+            if self.pending and self.pending[0]["shown_time"] <= self.clock:
+                self._release_commands()
 
     def advance_to(self, watermark_ms: int) -> None:
         for features in self.state.advance_to(watermark_ms):
@@ -377,6 +383,18 @@ class WatchlistTrader:
             self.counters["command_duplicate"] = self.counters.get("command_duplicate", 0) + 1
             return
         self.commands.add(cid)
+        shown = record.get("shown_time")
+        if shown is not None and (self.clock is None or shown > self.clock):
+            self.pending.append(dict(record))  # acts once the inputs reach what the desk showed
+            self.pending.sort(key=lambda r: r["shown_time"])  # stable: same time, order of arrival
+            return
+        self._act(record)
+
+    def _release_commands(self) -> None:
+        while self.pending and self.clock is not None and self.pending[0]["shown_time"] <= self.clock:
+            self._act(self.pending.pop(0))
+
+    def _act(self, record: Mapping[str, Any]) -> None:
         coin, now = record["coin"], self.clock
         if now is None:
             return self._answer(record, None, "rejected", "the trader has seen no input yet")
@@ -476,7 +494,7 @@ class WatchlistTrader:
             "settled": sorted([list(k) for k in self.settled]), "pair_seq": dict(self.pair_seq),
             "forecast": sorted([*k, v] for k, v in self.forecast.items()),
             "evaluations": self.evaluations, "counters": dict(self.counters),
-            "clock": self.clock, "commands": sorted(self.commands),
+            "clock": self.clock, "commands": sorted(self.commands), "pending_commands": [dict(r) for r in self.pending],
         }
 
     def load_dict(self, data: Mapping[str, Any]) -> None:
@@ -497,6 +515,7 @@ class WatchlistTrader:
         self.counters.update(data["counters"])
         self.clock = data.get("clock")
         self.commands = set(data.get("commands", []))
+        self.pending = [dict(r) for r in data.get("pending_commands", [])]
         self.outbox = []
 
     @classmethod

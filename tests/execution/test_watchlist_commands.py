@@ -101,7 +101,7 @@ def test_a_manual_open_is_one_pair_however_often_it_is_sent_and_a_manual_close_e
 
 def test_a_close_of_an_unknown_or_closed_pair_and_a_stale_open_are_refused_with_the_reason():
     trader = WatchlistTrader(QUIET)
-    trader.command(command("c-early"))
+    trader.command(command("c-early", "close", pair_id="pair-x"))
     [early] = of(trader.take(), "command")
     assert (early["status"], early["acted_time"], early["detail"]) == ("rejected", None, "the trader has seen no input yet")
     trader.feed(until(T0 + 10_000))
@@ -128,29 +128,38 @@ def test_a_close_of_an_unknown_or_closed_pair_and_a_stale_open_are_refused_with_
 
 
 def test_a_trader_restored_with_a_command_in_flight_emits_what_an_uninterrupted_one_does():
-    """Legs 300 ms from their venues (execution.leg_fills; IOC limits from the legs' 5 bp minimum entry
-    spread, as for a strategy's signal): the manual pair's legs are travelling when
-    the state is taken; the restored trader (through JSON, as the service's checkpoint) finishes them,
-    and the same command read again after the restart is a duplicate."""
-    timed = parse_watchlist_strategy(QUIET.model_dump(mode="json") | {"legs": {"default_latency_ms": 300, "min_entry_spread_bp": 5}})
+    """The open command is stamped with a time the inputs have not reached (a service catching up after
+    a restart): it waits in the state, then acts at the first input at or after it. Legs 300 ms from
+    their venues (execution.leg_fills; IOC limits from the legs' 5 bp minimum entry spread, as for a
+    strategy's signal) are travelling later on. A trader restored from its plain state (through JSON, as
+    the service's checkpoint) at each of those moments emits what an uninterrupted one does, and the same
+    command read again after a restart is a duplicate."""
+    timed = parse_watchlist_strategy(QUIET.model_dump(mode="json") | {"legs": {"default_latency_ms": 300,
+                                                                               "min_entry_spread_bp": 5}})
     first, rest = until(T0 + 10_000), after(T0 + 10_000)
-    cmd = ("xv.commands", command("c-open", strategy=timed))
-    close = ("xv.commands", command("c-close", "close", strategy=timed,
-                                    pair_id=pair_id(manual_signal_id(timed, "c-open"))))
+    cmd = ("xv.commands", command("c-open", strategy=timed, shown_time=T0 + 10_000))
+    pid = pair_id(manual_signal_id(timed, "c-open"))
+    close = ("xv.commands", command("c-close", "close", strategy=timed, pair_id=pid))
+    items = [*first, cmd, *rest[:40], close, *rest[40:]]
     whole = WatchlistTrader(timed)
-    whole.feed([*first, cmd, *rest[:40], close, *rest[40:]])
+    whole.feed(items)
     expected = whole.take()
     pairs = of(expected, "pair")
-    assert [p["status"] for p in pairs][0] == "opening" and pairs[-1]["close_reason"] == "manual"
-    assert {p["pair_id"] for p in pairs} == {close[1]["pair_id"]}
-    assert [a["status"] for a in of(expected, "command")] == ["done", "done"]
+    assert [p["status"] for p in pairs] == ["opening", "open", "closing", "closed"] and pairs[-1]["close_reason"] == "manual"
+    assert pairs[0]["opened_ms"] == T0 + 10_000 and {p["pair_id"] for p in pairs} == {pid}
+    assert [(a["command_id"], a["status"], a["acted_time"]) for a in of(expected, "command")] == [
+        ("c-open", "done", T0 + 10_000), ("c-close", "done", T0 + 19_500)]  # 20 ticks of 500 ms later
 
-    trader = WatchlistTrader(timed)
-    trader.feed([*first, cmd])
-    got = trader.take()
-    assert [p["status"] for p in of(got, "pair")] == ["opening"]  # the legs are on their way
-    restored = WatchlistTrader.from_dict(timed, None, orjson.loads(orjson.dumps(trader.to_dict())))
-    restored.feed([cmd, *rest[:40], close, *rest[40:]])  # the command read again: a duplicate
-    got += restored.take()
-    assert got == expected and restored.counters["command_duplicate"] == 1
-    assert restored.to_dict() | {"counters": None} == whole.to_dict() | {"counters": None}
+    n = len(first)
+    got, start, trader = [], 0, WatchlistTrader(timed)
+    for cut in (n + 1, n + 2, n + 3, n + 42, len(items)):  # pending; legs sent; legs in flight; closing
+        trader.feed(items[start:cut])
+        got += trader.take()
+        if cut == n + 1:
+            assert trader.pending and trader.to_dict()["pending_commands"][0]["command_id"] == "c-open"
+        trader = WatchlistTrader.from_dict(timed, None, orjson.loads(orjson.dumps(trader.to_dict())))
+        if cut == n + 3:
+            trader.feed([cmd])  # read again after the restart: a duplicate
+        start = cut
+    assert got == expected and trader.counters["command_duplicate"] == 1
+    assert trader.to_dict() | {"counters": None} == whole.to_dict() | {"counters": None}
