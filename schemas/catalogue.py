@@ -14,7 +14,7 @@ matter more there (the xv.* topics are keyed by coin and written by one watchlis
 Retention. Market data 7 days (warm-up needs 24 h; the database keeps history); bars 30 days (tiny,
 and a warm-up source); features 7 days (one record per tick x strategy x symbol, the largest derived
 topic; the database keeps history); trading records 90 days, the watchlist's (xv.signals, xv.orders,
-xv.funding, xv.pairs) too; gaps and dead letters 30 days, time to investigate. risk.events is compacted: the last event per scope is the risk guard's durable state.
+xv.funding, xv.pairs, xv.commands) too; gaps and dead letters 30 days, time to investigate. risk.events is compacted: the last event per scope is the risk guard's durable state.
 
 Keys are UTF-8 strings (not Avro); `symbol_key` builds the common one.
 """
@@ -105,6 +105,8 @@ _PRIMARY: tuple[TopicSpec, ...] = (
               "Funding paid or received by the legs of hedged pairs."),
     TopicSpec("xv.pairs", "coin", 1, "delete", 90 * DAY_MS, "watchlist_pair_event",
               "Hedged pair state after each change (seq per pair), with P&L per pair and leg."),
+    TopicSpec("xv.commands", "coin", 1, "delete", 90 * DAY_MS, "watchlist_command",
+              "Operator commands to the watchlist traders (open or close a hedged pair) and their answers."),
 )
 
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in _PRIMARY})

@@ -300,6 +300,14 @@ def watchlist_funding_payment_row(r: Record) -> Row:
             r["rate"], r["mark_price"], r["qty"], r["paid"], r.get("predicted_rate"))
 
 
+def watchlist_command_row(r: Record) -> Row:
+    g = r.get
+    return (r["command_id"], r["status"], r["action"], r["strategy"], r["coin"], g("sell_venue"), g("sell_symbol"),
+            g("buy_venue"), g("buy_symbol"), g("pair_id"), g("notional_usd"), g("shown_spread"),
+            _ts_or_none(g("shown_time")), ms_to_datetime(r["requested_time"]), _ts_or_none(g("acted_time")), r["who"],
+            r["reason"], g("detail"))
+
+
 def watchlist_pair_event_row(r: Record) -> Row:
     g = r.get
     return (r["pair_id"], r["seq"], ms_to_datetime(r["event_time"]), r["signal_id"], r["pair_key"], r["coin"],
@@ -459,6 +467,14 @@ XV_PAIR_EVENTS = _spec("xv_pair_events", [
     ("short_liquidation_usd", _F8), ("long_leg_latency_usd", _F8), ("long_liquidation_usd", _F8),
 ], ("pair_id", "seq", "event_time"), "event_time", watchlist_pair_event_row)
 
+# Operator commands to the watchlist traders and their answers (migration 0020): not partitioned.
+XV_COMMANDS = _spec("xv_commands", [
+    ("command_id", _T), ("status", _T), ("action", _T), ("strategy", _T), ("coin", _T), ("sell_venue", _T),
+    ("sell_symbol", _T), ("buy_venue", _T), ("buy_symbol", _T), ("pair_id", _T), ("notional_usd", _F8),
+    ("shown_spread", _F8), ("shown_time", _TS), ("requested_time", _TS), ("acted_time", _TS), ("who", _T),
+    ("reason", _T), ("detail", _T),
+], ("command_id", "status"), "requested_time", watchlist_command_row)
+
 PIPELINE_ERRORS = _spec("pipeline_errors", [
     ("source_topic", _T), ("source_partition", _I4), ("source_offset", _I8), ("raw_key", _BYTEA),
     ("raw_value", _BYTEA), ("error", _T), ("stage", _T), ("event_time", _TS), ("content_sha256", _BYTEA),
@@ -467,7 +483,7 @@ PIPELINE_ERRORS = _spec("pipeline_errors", [
 TABLES: Mapping[str, TableSpec] = MappingProxyType({s.table: s for s in (
     TRADES, DEPTH_UPDATES, DEPTH_SNAPSHOTS, LIQUIDATIONS, MARK_PRICES, MARKET_INDICATORS, DATA_GAPS, BARS_1M,
     FEATURES, SIGNALS, ORDERS, FILLS, POSITIONS, RISK_EVENTS, XV_FEATURES, XV_SIGNALS, XV_LEG_ORDERS,
-    XV_FUNDING_PAYMENTS, XV_PAIR_EVENTS, PIPELINE_ERRORS)})
+    XV_FUNDING_PAYMENTS, XV_PAIR_EVENTS, XV_COMMANDS, PIPELINE_ERRORS)})
 
 # Every primary catalogue topic -> its table; every dlq.* topic -> pipeline_errors (table_for_topic).
 TOPIC_TABLES: Mapping[str, TableSpec] = MappingProxyType({
@@ -490,6 +506,7 @@ TOPIC_TABLES: Mapping[str, TableSpec] = MappingProxyType({
     "xv.orders": XV_LEG_ORDERS,
     "xv.funding": XV_FUNDING_PAYMENTS,
     "xv.pairs": XV_PAIR_EVENTS,
+    "xv.commands": XV_COMMANDS,
 })
 
 

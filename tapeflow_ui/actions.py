@@ -14,6 +14,18 @@ executor of that mode obeys (``RiskGuard``) wherever it runs, acknowledged by th
 action is ``done`` (an unacknowledged switch is ``failed``, and says so). Nothing about it lives in the
 UI: the page only asks.
 
+The pair actions (open a hedged pair at the swept spread shown, close an open pair) go through the
+watchlist trader, the code that opens and closes the strategy's own pairs: the endpoint publishes one
+command on ``xv.commands`` (``execution.watchlist_commands``; its id is the action id, so a pair opened
+by hand has a signal id, pair id and client order ids derived from the form's nonce), acknowledged by
+the broker before the action is ``done``; the watchlist service hands it to the strategy's trader,
+which applies it once and answers on the same topic (``done`` or ``rejected`` with the reason: the
+desk shows the answer beside the audit row, from ``xv_commands``). An open is reviewed first
+(``GET /api/desk/quote``: the newest evaluation's swept spread, the strategy's four taker fees, the net,
+the sweep cost, the break-even hours of funding, the size) and confirmed with the evaluation time it
+showed, so a double click is the same command and the trader never acts on books older than those the
+operator saw. Paper unless the trader's executor is live: the UI has no trading code of its own.
+
 Writing the audit row needs a writing role: the actions get their own connection (the stack's writer
 login) used for ``ui_actions`` only; every view still reads through the read-only pool.
 """
@@ -23,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -35,10 +47,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from execution.client_ids import pair_id
 from execution.domain import MODES
 from execution.kill_switch import kill_switch_record
+from execution.watchlist_commands import command_record
+from execution.watchlist_trader import manual_signal_id
+from tapeflow_ui import desk
 
 NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+COIN = re.compile(r"^[A-Z0-9]{2,20}$")
+VENUE = re.compile(r"^[a-z0-9]{2,20}$")
 MAX_REASON = 500
 
 
@@ -57,11 +75,15 @@ def who(request: Request) -> str:
 
 @dataclass(frozen=True)
 class Actions:
-    """What the actions need: the writer's conninfo (for ``ui_actions`` only) and the kill switch's
-    publisher (``publish(on, modes, flatten) -> records``, the broker's acknowledgement awaited)."""
+    """What the actions need: the writer's conninfo (for ``ui_actions`` only), the kill switch's
+    publisher (``publish(on, modes, flatten) -> records``, the broker's acknowledgement awaited), and for
+    the pair actions the watchlist strategies the stack trades (by name) and the command publisher
+    (``publish(record)``, acknowledged)."""
 
     writer: str
     publish_kill_switch: Callable[[bool, Sequence[str], bool], list[dict[str, Any]]]
+    strategies: Mapping[str, Any] = field(default_factory=dict)
+    publish_command: Callable[[dict[str, Any]], None] | None = None
 
 
 class ActionError(Exception):
@@ -147,17 +169,113 @@ def action_routes(actions: Actions, pool) -> list[Route]:
             raise HTTPException(409, "this form's nonce was already used for another action")
         return JSONResponse(row | {"duplicate": duplicate}, status_code=200 if row["status"] != "failed" else 502)
 
+    def strategy_of(name: Any):
+        strategy = actions.strategies.get(name) if isinstance(name, str) else None
+        if strategy is None:
+            raise HTTPException(400, "strategy: one the stack trades (" + (", ".join(actions.strategies) or
+                                "none: set TAPEFLOW_WATCHLIST_STRATEGIES") + ")")
+        return strategy
+
+    def pair_venues(params) -> tuple[str, str, str]:
+        coin, sell, buy = (params.get(k) for k in ("coin", "sell_venue", "buy_venue"))
+        if not (isinstance(coin, str) and COIN.match(coin) and isinstance(sell, str) and VENUE.match(sell)
+                and isinstance(buy, str) and VENUE.match(buy) and sell != buy):
+            raise HTTPException(400, "coin, sell_venue and buy_venue: a coin (BTC) and two different venues")
+        return coin, sell, buy
+
+    def publish(record: dict[str, Any]) -> None:
+        assert actions.publish_command is not None  # checked by the endpoints before any row is written
+        actions.publish_command(record)
+
+    def commands_on() -> None:
+        if actions.publish_command is None:
+            raise HTTPException(503, "pair actions are off: this UI has no broker to send commands to")
+
+    def quote(request: Request) -> Response:
+        strategy = strategy_of(request.query_params.get("strategy"))
+        coin, sell, buy = pair_venues(request.query_params)
+        with pool.connection() as conn:
+            shown = desk.quote(conn, strategy, coin, sell, buy)
+        if shown is None:
+            raise HTTPException(404, f"no evaluation of {coin} {sell} -> {buy}")
+        return JSONResponse(shown | {"pair_id": None})
+
+    async def pair_open(request: Request) -> Response:
+        commands_on()
+        body = await _json(request)
+        nonce, reason = _nonce(body), _reason(body)
+        strategy = strategy_of(body.get("strategy"))
+        coin, sell, buy = pair_venues(body)
+        at = body.get("shown_time")
+        if not isinstance(at, int) or isinstance(at, bool):
+            raise HTTPException(400, "shown_time: the evaluation time (epoch ms) the review showed")
+        with pool.connection() as conn:
+            shown = desk.quote(conn, strategy, coin, sell, buy, at)
+        if shown is None:
+            raise HTTPException(404, f"no evaluation of {coin} {sell} -> {buy} at {at}")
+        aid = action_id("pair_open", nonce)
+        pid = pair_id(manual_signal_id(strategy, aid))
+        params = {"strategy": strategy.name, "coin": coin, "sell_venue": sell, "buy_venue": buy, "shown_time": at,
+                  "spread_sweep": shown["spread_sweep"], "four_fees": shown["four_fees"],
+                  "break_even_hours": shown["break_even_hours"], "notional_usd": shown["notional_usd"], "pair_id": pid}
+        who_ = who(request)
+
+        def act() -> str:
+            publish(command_record(aid, "open", strategy.name, coin, who_, reason, sell_venue=sell,
+                                   sell_symbol=shown["sell_symbol"], buy_venue=buy, buy_symbol=shown["buy_symbol"],
+                                   notional_usd=shown["notional_usd"], shown_spread=shown["spread_sweep"], shown_time=at))
+            return (f"open command sent to {strategy.name} on xv.commands (acknowledged by the broker): pair {pid} "
+                    "at its newest books")
+
+        return await _once(actions, "pair_open", nonce, params, who_, reason, act)
+
+    async def pair_close(request: Request) -> Response:
+        commands_on()
+        body = await _json(request)
+        nonce, reason = _nonce(body), _reason(body)
+        pid = body.get("pair_id")
+        if not isinstance(pid, str) or not re.fullmatch(r"pair-[a-z0-9]{10,40}", pid):
+            raise HTTPException(400, "pair_id: a pair's id (pair-...)")
+        with pool.connection() as conn:
+            pair = desk.pair_for_close(conn, pid)
+        if pair is None or pair["strategy"] is None:
+            raise HTTPException(404, f"no pair {pid} with its signal stored")
+        params = {"pair_id": pid, "strategy": pair["strategy"], "coin": pair["coin"]}
+        who_ = who(request)
+
+        def act() -> str:
+            publish(command_record(action_id("pair_close", nonce), "close", pair["strategy"], pair["coin"], who_, reason,
+                                   sell_venue=pair["short_venue"], sell_symbol=pair["short_symbol"],
+                                   buy_venue=pair["long_venue"], buy_symbol=pair["long_symbol"], pair_id=pid))
+            return f"close command sent to {pair['strategy']} on xv.commands (acknowledged by the broker): pair {pid}"
+
+        return await _once(actions, "pair_close", nonce, params, who_, reason, act)
+
     def recent(request: Request) -> Response:
         with pool.connection() as conn:
             query = f"SELECT {_COLUMNS} FROM ui_actions ORDER BY requested_time DESC LIMIT 50"  # nosec B608 # a constant column list
             rows = conn.execute(query).fetchall()
+            answers = {cid: {"status": st, "detail": d, "acted_time": t} for cid, st, d, t in conn.execute(
+                "SELECT command_id, status, detail, extract(epoch FROM acted_time)::float8 FROM xv_commands "
+                "WHERE status <> 'requested' AND command_id = ANY(%s)", ([r[0] for r in rows],)).fetchall()}
             switch = conn.execute("SELECT DISTINCT ON (mode) mode, decision, extract(epoch FROM event_time)::bigint "
                                   "FROM risk_events WHERE scope = 'kill_switch' ORDER BY mode, event_time DESC").fetchall()
-        return JSONResponse({"actions": [_row(r) for r in rows],
+        return JSONResponse({"actions": [_row(r) | {"answer": answers.get(r[0])} for r in rows],
                              "kill_switch": {m: {"decision": d, "time": t} for m, d, t in switch}})
 
     return [Route("/api/actions/kill-switch", kill_switch, methods=["POST"]),
+            Route("/api/actions/pair-open", pair_open, methods=["POST"]),
+            Route("/api/actions/pair-close", pair_close, methods=["POST"]),
+            Route("/api/desk/quote", quote),
             Route("/api/actions", recent)]
+
+
+async def _once(actions: Actions, kind: str, nonce: str, params: dict[str, Any], who_: str, reason: str,
+                act: Callable[[], str]) -> Response:
+    row, duplicate = await asyncio.to_thread(run_once, actions.writer, kind, nonce, params, who_, reason, act)
+    if duplicate and row["params"] != params:
+        raise HTTPException(409, "this form's nonce was already used for another action")
+    return JSONResponse(row | {"duplicate": duplicate}, status_code=200 if row["status"] != "failed" else 502)
 
 
 async def _json(request: Request) -> dict:

@@ -217,7 +217,9 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
 
     def page(name: str, title: str, **extra) -> Callable:
         def endpoint(request: Request) -> Response:
-            context = {"title": title, "csrf": csrf, "page": name, "actions": actions is not None, **extra}
+            context = {"title": title, "csrf": csrf, "page": name, "actions": actions is not None,
+                       "strategies": list(actions.strategies) if actions is not None and actions.publish_command else [],
+                       **extra}
             if "symbol" in request.path_params:
                 context["symbol"] = _symbol(request)
             return templates.TemplateResponse(request, f"{name}.html", context)

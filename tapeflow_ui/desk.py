@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 from stream_apps.watchlist.ranking import ranking as watchlist_ranking
 from tapeflow_ui.queries import ts
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PAIR_COLUMNS = ("pair_id", "coin", "short_venue", "short_symbol", "long_venue", "long_symbol", "notional_usd", "qty",
                 "status", "reason", "close_reason", "opened_time", "closed_time", "entry_spread", "exit_spread",
                 "gross_usd", "fees_usd", "slippage_usd", "funding_usd", "net_usd", "event_time")
@@ -81,3 +82,61 @@ def spread_history(conn: psycopg.Connection, coin: str, sell_venue: str, buy_ven
         seen[t] = [t, sweep, top]
     return {"coin": coin, "sell_venue": sell_venue, "buy_venue": buy_venue, "points": list(seen.values()),
             "marks": sorted(marks, key=lambda m: m["time"])}
+
+
+QUOTE_COLUMNS = ("eval_time", "sell_symbol", "buy_symbol", "spread_sweep", "spread_top", "sell_bid", "sell_sweep_bid",
+                 "buy_ask", "buy_sweep_ask", "funding_diff_8h", "sweep_notional_usd")
+
+
+def quote(conn: psycopg.Connection, strategy, coin: str, sell_venue: str, buy_venue: str,
+          at_ms: int | None = None) -> dict | None:
+    """What opening a pair of `strategy` (short `sell_venue`, long `buy_venue`) looks like at the
+    ordered pair's newest evaluation (or the one at `at_ms`: the one the operator reviewed): the swept
+    spread, the strategy's four taker fees, the spread net of them, both legs' sweep cost, the hours of
+    forecast funding that pay fees and sweeps back (``stream_apps.watchlist.signals.expected_carry``:
+    the trader's own formula) and the size. None when the pair has no evaluation (at that time)."""
+    from stream_apps.watchlist.signals import expected_carry
+
+    where = "coin = %s AND sell_venue = %s AND buy_venue = %s"
+    args: list = [coin, sell_venue, buy_venue]
+    if at_ms is not None:
+        where += " AND eval_time = %s"
+        args.append(EPOCH + timedelta(milliseconds=at_ms))
+    row = conn.execute(f"SELECT {', '.join(QUOTE_COLUMNS)} FROM xv_features WHERE {where} "  # nosec B608 # constants; values are parameters
+                       "ORDER BY eval_time DESC LIMIT 1", args).fetchone()
+    if row is None:
+        return None
+    q = dict(zip(QUOTE_COLUMNS, row))
+    spread = q["spread_sweep"]
+    fees = strategy.four_fees(sell_venue, buy_venue)
+    sweep_cost = None
+    if None not in (q["sell_bid"], q["sell_sweep_bid"], q["buy_ask"], q["buy_sweep_ask"]) and q["sell_bid"] and q["buy_ask"]:
+        sweep_cost = (q["sell_bid"] - q["sell_sweep_bid"]) / q["sell_bid"] + (q["buy_sweep_ask"] - q["buy_ask"]) / q["buy_ask"]
+    carry = expected_carry(strategy, sell_venue, buy_venue, q["funding_diff_8h"], sweep_cost)
+    notional = strategy.notional_usd
+    price = q["sell_sweep_bid"] or q["sell_bid"]
+    return {"strategy": strategy.name, "coin": coin, "sell_venue": sell_venue, "buy_venue": buy_venue,
+            "sell_symbol": q["sell_symbol"], "buy_symbol": q["buy_symbol"],
+            "shown_time": round(q["eval_time"].timestamp() * 1000), "spread_sweep": spread, "spread_top": q["spread_top"],
+            "four_fees": fees, "net_spread": None if spread is None else spread - fees,
+            "fees_usd": fees * notional,  # a taker fee per leg on entry and on exit, each on about the notional
+            "sweep_cost": sweep_cost, "funding_diff_8h": q["funding_diff_8h"],
+            "expected_carry_8h_usd": carry["expected_carry_8h_usd"], "break_even_hours": carry["break_even_hours"],
+            "notional_usd": notional, "qty": None if not price else notional / price,
+            "sweep_notional_usd": q["sweep_notional_usd"]}
+
+
+def pair_for_close(conn: psycopg.Connection, pid: str) -> dict | None:
+    """The pair's newest state and the strategy that opened it (its signal in xv_signals)."""
+    row = conn.execute(
+        "SELECT p.pair_id, p.coin, p.status, p.short_venue, p.short_symbol, p.long_venue, p.long_symbol, "
+        "p.entry_spread, p.net_usd, s.strategy FROM xv_pairs_latest p "
+        "LEFT JOIN LATERAL (SELECT strategy FROM xv_signals WHERE signal_id = p.signal_id LIMIT 1) s ON true "
+        "WHERE p.pair_id = %s", (pid,)).fetchone()
+    if row is None:
+        return None
+    keys = ("pair_id", "coin", "status", "short_venue", "short_symbol", "long_venue", "long_symbol", "entry_spread",
+            "net_usd", "strategy")
+    out = dict(zip(keys, row))
+    out["net_usd"] = float(out["net_usd"])
+    return out

@@ -33,10 +33,16 @@ def readonly_conninfo(settings: Settings, paths: StackPaths) -> str:
 
 
 def desk_actions(settings: Settings, paths: StackPaths):
-    """The desk's manual actions (``tapeflow_ui.actions``): the writer login for the audit rows and the
+    """The desk's manual actions (``tapeflow_ui.actions``): the writer login for the audit rows, the
     kill switch published as `tapeflow kill-switch` publishes it (same topic creation, same serde,
-    same acknowledged produce)."""
+    same acknowledged produce), and the pair commands for the watchlist strategies the stack trades
+    (``TAPEFLOW_WATCHLIST_STRATEGIES``, loaded as the watchlist service loads them), published on
+    xv.commands where the stack's producers write (the current topic epoch, or the next one from a
+    rollover's switch on: where the watchlist service reads next)."""
     from execution.kill_switch import publish_kill_switch
+    from execution.watchlist_commands import TOPIC, publish_command
+    from stream_apps.watchlist.strategy import load_watchlist_strategy
+    from tapeflow_runtime.epochs import ProducePrefix
     from schemas.catalogue import topic as topic_spec
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
@@ -53,7 +59,16 @@ def desk_actions(settings: Settings, paths: StackPaths):
                                    AvroSerde(registry_from_url(settings.schema_registry_url)), on,
                                    modes=list(modes), flatten=flatten)
 
-    return Actions(writer=writer, publish_kill_switch=publish)
+    strategies = {s.name: s for s in (load_watchlist_strategy(p) for p in settings.watchlist_strategies)}
+    epochs = settings.epochs_file or paths.home / "epochs.json"
+
+    def command(record: dict) -> None:
+        bootstrap = resolve_broker(settings, paths)
+        prefix = ProducePrefix(epochs, settings.topic_prefix)() if epochs.exists() else settings.topic_prefix
+        ensure_topics(bootstrap, prefix=prefix, specs=[topic_spec(TOPIC)])
+        publish_command(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)), record)
+
+    return Actions(writer=writer, publish_kill_switch=publish, strategies=strategies, publish_command=command)
 
 
 def login_url(address: str, token: str) -> str:

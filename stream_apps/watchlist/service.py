@@ -44,6 +44,16 @@ fingerprint (a strategy added or changed starts empty; the others keep theirs), 
 re-publishes exactly what followed the checkpoint, with the same ids, and the watchlist backtest
 over the same topics computes the same records (tested).
 
+Operator commands (``xv.commands``, only with ``traders``): the desk's requests to open or close a
+hedged pair by hand (``execution.watchlist_commands``) are read beside the inputs but outside the
+event-time merge (a command is an operator's act, not market data; it carries the time of the spread
+the operator saw, and the trader holds it until its inputs reach that time). Each is handed to every
+trader (the one of its strategy acts, ``WatchlistTrader.command``) after the inputs released so far,
+what it did is published (its answer on xv.commands, its signal, orders and pair on the usual topics),
+and the service checkpoints at once, so the command's position is committed with the state that
+applied it and a restart never applies it again. A new group starts reading commands at their end
+(``start_from``): a command older than the service's state is not replayed into it.
+
 Health (``/health``): running, rebalancing, or degraded (a partition starving, see
 ``tapeflow_runtime.starvation``; not the sole reader; outputs undeliverable). Metrics (``/metrics``):
 inputs by topic, records out, evaluations, events dropped by kind (late, stale, ...), inputs held
@@ -86,6 +96,7 @@ from tapeflow_runtime.settings import Settings
 log = structlog.get_logger("watchlist")
 
 INPUTS = ("md.book", "md.mark", "md.indicators")
+COMMANDS = "xv.commands"  # operator commands for the traders (execution.watchlist_commands): read outside the merge
 CHECKPOINT_VERSION = 1
 
 
@@ -180,9 +191,15 @@ class WatchlistService:
         self.status = "starting"
         self.sole_reader = False
         self.published = 0
-        self._names = {self.prefix + name: name for name in INPUTS}
+        self._names = {self.prefix + name: name for name in self.input_topics()}
+        self._commands: list[tuple[tuple[str, int], int, dict[str, Any]]] = []  # read, not yet applied
+        self.command_positions: dict[tuple[str, int], int] = {}
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self.group, starvation_window_s=settings.starvation_window_s)
+
+    def input_topics(self) -> tuple[str, ...]:
+        """What the service reads: the inputs, and the operator commands when it trades."""
+        return INPUTS + ((COMMANDS,) if self.options.traders else ())
 
     # --- checkpoints ------------------------------------------------------------------------------
     def _restore(self) -> tuple[CrossVenueState, dict[tuple[str, int], int]]:
@@ -220,7 +237,7 @@ class WatchlistService:
         if remaining or not self.publisher.healthy:
             log.error("outputs not delivered; no checkpoint", undelivered=remaining, failed=len(self.publisher.failed))
             return False
-        self.positions = {**self.positions, **self.merge.positions()}
+        self.positions = {**self.positions, **self.merge.positions(), **self.command_positions}
         data = {"version": CHECKPOINT_VERSION, "fingerprint": self.options.fingerprint(), "group": self.group,
                 "prefix": self.prefix,
                 "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
@@ -266,7 +283,7 @@ class WatchlistService:
     def run(self, stop: threading.Event) -> None:
         self._consumer = Consumer(consumer_config(self.bootstrap, self.group, **{
             "auto.offset.reset": self.options.start_from, "enable.partition.eof": True}))
-        self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
+        self._consumer.subscribe([self.prefix + name for name in self.input_topics()], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         now = time.monotonic()
         next_checkpoint = now + self.options.checkpoint_interval_s
@@ -277,12 +294,15 @@ class WatchlistService:
                 for msg in self._consumer.consume(num_messages=500, timeout=0.05):
                     tp = (self._names.get(msg.topic(), msg.topic()), msg.partition())
                     if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            self.merge.at_end(tp)
-                        else:
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error", error=msg.error().str())
+                        elif tp[0] != COMMANDS:
+                            self.merge.at_end(tp)
                         continue
-                    self._read(tp, msg)
+                    if tp[0] == COMMANDS:
+                        self._read_command(tp, msg)
+                    else:
+                        self._read(tp, msg)
                 now = time.monotonic()
                 released = self.merge.release()
                 if released or not self.merge.held():
@@ -297,6 +317,8 @@ class WatchlistService:
                     stalled_since = None
                 if released:
                     self._process(released)
+                if self._commands:
+                    self._apply_commands()
                 self.publisher.poll(0)
                 self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), now)
                 self.metrics.held.set(self.merge.held())
@@ -343,7 +365,7 @@ class WatchlistService:
                 tp.offset = known
         consumer.assign(partitions)
         self.merge.assign({(self._names.get(tp.topic, tp.topic), tp.partition): tp.offset if tp.offset >= 0 else None
-                           for tp in partitions})
+                           for tp in partitions if self._names.get(tp.topic) != COMMANDS})
         total = sum(len(topic_metadata(consumer, self.prefix + name).partitions) for name in INPUTS)
         self.sole_reader = len(self.merge.partitions()) == total
         if not self.sole_reader:
@@ -356,7 +378,9 @@ class WatchlistService:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # what is held is read again from the checkpoint's positions by whoever gets the partitions
         self.checkpoint()
-        self.merge.revoke([(self._names.get(tp.topic, tp.topic), tp.partition) for tp in partitions])
+        self.merge.revoke([(self._names.get(tp.topic, tp.topic), tp.partition) for tp in partitions
+                           if self._names.get(tp.topic) != COMMANDS])
+        self._commands = []  # read again from the checkpoint's position by whoever gets the partition
         self.status = "rebalancing"
 
     def _read(self, tp: tuple[str, int], msg) -> None:
@@ -372,6 +396,29 @@ class WatchlistService:
             self.merge.add(tp, msg.offset(), None)
             return
         self.merge.add(tp, msg.offset(), when, event)
+
+    def _read_command(self, tp: tuple[str, int], msg) -> None:
+        try:
+            record = self.serde.decode(msg.value())
+        except Exception as exc:  # noqa: BLE001 - a command that cannot be read is skipped, loudly
+            log.error("operator command not decodable: skipped", offset=msg.offset(), error=str(exc))
+            self.command_positions[tp] = msg.offset() + 1
+            return
+        self._commands.append((tp, msg.offset(), record))
+
+    def _apply_commands(self) -> None:
+        """Every command read so far, after the inputs released so far; then a checkpoint (see the
+        module docstring: a command is applied once, across restarts)."""
+        commands, self._commands = self._commands, []
+        for tp, offset, record in commands:
+            if record.get("status") == "requested":
+                log.info("operator command", command_id=record.get("command_id"), action=record.get("action"),
+                         strategy=record.get("strategy"), coin=record.get("coin"), who=record.get("who"))
+            for trader in self.options.traders:
+                trader.command(record)
+                self._publish_trading(trader)
+            self.command_positions[tp] = offset + 1
+        self.checkpoint()
 
     def _inputs(self, released: list[tuple[int, Any, int, Any]]):
         """The released inputs, less those more than ``max_ahead_ms`` ahead of the newest book
@@ -410,6 +457,9 @@ class WatchlistService:
             if kind == "signal":
                 log.info("watchlist signal", strategy=trader.name, signal_id=record["signal_id"],
                          status=record["status"], reason=record["reason"])
+            elif kind == "command":
+                log.info("operator command answered", strategy=trader.name, command_id=record["command_id"],
+                         status=record["status"], detail=record["detail"])
 
     def health(self) -> dict[str, Any]:
         starving = self._lag.starving()
@@ -456,6 +506,8 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
         service = WatchlistService(settings, bootstrap, serde, options)
         service.forget_foreign_positions()
         names = [service.prefix + n for n in INPUTS]
+        if not first and options.traders:  # the new epoch's commands from their start, like its inputs
+            names.append(service.prefix + COMMANDS)
         if not first:
             commit_group_start(bootstrap, service.group, names)
         elif options.prime_history_ms is not None:  # only partitions the group never committed

@@ -42,7 +42,10 @@
       TF.cell(tr, bp(r.spread_sweep), r.spread_sweep >= 0 ? "buy" : "sell"); TF.cell(tr, bp(r.spread_top));
       TF.cell(tr, r.z_1h === null ? "–" : r.z_1h.toFixed(1)); TF.cell(tr, bp(r.funding_diff_8h));
       TF.cell(tr, r.eval_time.slice(11, 19));
-      tr.addEventListener("click", () => spread(r.coin, r.sell_venue, r.buy_venue).catch(TF.fail));
+      tr.addEventListener("click", () => {
+        if (UI.actions && UI.actions.fillOpen) UI.actions.fillOpen(r.coin, r.sell_venue, r.buy_venue);
+        spread(r.coin, r.sell_venue, r.buy_venue).catch(TF.fail);
+      });
     });
     const missing = rows.filter((r) => r.spread_sweep === null);
     document.getElementById("missing").textContent = missing.length
@@ -64,12 +67,19 @@
       TF.cell(tr, bp(p.entry_spread)); TF.cell(tr, bp(p.exit_spread));
       TF.cell(tr, TF.num(p.gross_usd)); TF.cell(tr, TF.num(p.fees_usd)); TF.cell(tr, TF.num(p.slippage_usd));
       TF.cell(tr, TF.num(p.funding_usd)); TF.cell(tr, TF.num(p.net_usd), p.net_usd >= 0 ? "buy" : "sell");
+      const act = TF.cell(tr, "");
+      if (p.status === "open" && document.getElementById("pair-close")) {
+        const b = document.createElement("button");
+        b.type = "button"; b.textContent = "Close…"; b.className = "close-pair";
+        b.addEventListener("click", (ev) => { ev.stopPropagation(); UI.actions.fillClose(p); });
+        act.appendChild(b);
+      }
       const legs = body.insertRow();
       legs.className = "legs";
       const td = TF.cell(legs, p.orders.map((o) => `${o.action} ${o.leg} ${o.side} ${TF.num(o.qty, 4)} ${o.symbol}@${o.venue} ` +
         `${o.avg_price === null ? "–" : TF.num(o.avg_price, 4)} fee ${TF.num(o.fee, 4)} ${o.status}`).join(" · ") +
         (p.funding_paid ? ` · funding paid ${TF.num(p.funding_paid, 4)}` : ""));
-      td.colSpan = 13; td.className = "note";
+      td.colSpan = 14; td.className = "note";
     }
     UI.ready.pairs = rows.length;
   }

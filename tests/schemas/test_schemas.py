@@ -33,7 +33,7 @@ from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde, frame_header, peek_schema_id
 from tests.support.avro import zigzag_varint
 from tests.support.cross_venue import XV_FEATURE
-from tests.support.watchlist_trading import XV_FUNDING_PAYMENT, XV_LEG_ORDER, XV_PAIR_EVENT, XV_SIGNAL
+from tests.support.watchlist_trading import XV_COMMAND, XV_FUNDING_PAYMENT, XV_LEG_ORDER, XV_PAIR_EVENT, XV_SIGNAL
 
 # --- realistic records, one per topic ----------------------------------------------------------
 # md.trades: the first aggTrade frame of the recording (receive time 1626992742.289739 s), and a
@@ -158,7 +158,7 @@ SAMPLES: dict[str, list[dict]] = {
     "md.gaps": [BTC_GAP], "md.progress": [BTC_PROGRESS], "bars.1m": [BTC_BAR], "features": [BTC_FEATURES], "signals": [BTC_SIGNAL],
     "orders": [BTC_ORDER], "fills": [BTC_FILL], "positions": [BTC_POSITION_CLOSED], "risk.events": [RISK_PAUSE],
     "xv.features": [XV_FEATURE], "xv.signals": [XV_SIGNAL], "xv.orders": [XV_LEG_ORDER],
-    "xv.funding": [XV_FUNDING_PAYMENT], "xv.pairs": [XV_PAIR_EVENT],
+    "xv.funding": [XV_FUNDING_PAYMENT], "xv.pairs": [XV_PAIR_EVENT], "xv.commands": [XV_COMMAND],
 }
 for _dlq in DLQ_TOPICS:
     SAMPLES[_dlq] = [DEAD_FRAME, DEAD_CONSUMED]

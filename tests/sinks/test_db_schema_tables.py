@@ -32,7 +32,7 @@ from sinks.tables import (
     write_rows,
 )
 from tests.support.cross_venue import XV_FEATURE
-from tests.support.watchlist_trading import XV_FUNDING_PAYMENT, XV_LEG_ORDER, XV_PAIR_EVENT, XV_SIGNAL
+from tests.support.watchlist_trading import XV_COMMAND, XV_FUNDING_PAYMENT, XV_LEG_ORDER, XV_PAIR_EVENT, XV_SIGNAL
 
 T = 1706745599999  # 2024-01-31T23:59:59.999Z
 
@@ -107,6 +107,7 @@ SAMPLES: dict[str, dict] = {
     "xv.orders": XV_LEG_ORDER,
     "xv.funding": XV_FUNDING_PAYMENT,
     "xv.pairs": XV_PAIR_EVENT,
+    "xv.commands": XV_COMMAND,
 }
 
 # columns whose table type is numeric (money): expected value is the Decimal of the literal

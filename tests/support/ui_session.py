@@ -104,22 +104,32 @@ def floor_index(price: float, step: float) -> int:
     return int(np.floor(price / step))
 
 
+#: the watchlist strategy of the generated session, and the trader's window sizes for a 12-minute session
+UI_STRATEGY = {"kind": "watchlist", "name": "xv_ui", "version": "1", "notional_usd": 10_000, "cooldown": "2m",
+               "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12},
+               "exits": {"exit_spread_bp": -2}}
+UI_WINDOWS = {"slope_window_ms": 60_000, "windows": (("1h", 3_600_000, 5_000), ("12h", 43_200_000, 60_000))}
+
+
+def watchlist_events(seed: int = 11, minutes: float = 12.0):
+    """The generated three-venue session (``backtest.watchlist.synthetic``) of ``store_watchlist_session``."""
+    from backtest.watchlist.synthetic import session
+
+    return session(seed, minutes, coins=("BTC", "ETH"), jump_per_hour=12.0)
+
+
 def store_watchlist_session(conninfo: str, seed: int = 11, minutes: float = 12.0) -> dict[str, int]:
     """A generated three-venue session (``backtest.watchlist.synthetic``) through the live watchlist
     trader, as the watchlist service runs it: its xv.features (the evaluations the trader's own state
     made) and what it published (xv.signals, xv.orders, xv.funding, xv.pairs), written through the
     sink's table specs. The strategy and window sizes are those of the watchlist backtest's generated
     session test, which opens and closes pairs in 12 minutes."""
-    from backtest.watchlist.synthetic import session
     from execution.watchlist_trader import WatchlistTrader, cross_venue_params
     from stream_apps.watchlist.records import feature_records
     from stream_apps.watchlist.strategy import parse_watchlist_strategy
 
-    strategy = parse_watchlist_strategy({
-        "kind": "watchlist", "name": "xv_ui", "version": "1", "notional_usd": 10_000, "cooldown": "2m",
-        "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12}, "exits": {"exit_spread_bp": -2}})
-    params = cross_venue_params(strategy, slope_window_ms=60_000,
-                                windows=(("1h", 3_600_000, 5_000), ("12h", 43_200_000, 60_000)))
+    strategy = parse_watchlist_strategy(UI_STRATEGY)
+    params = cross_venue_params(strategy, **UI_WINDOWS)
     features: list[dict] = []
 
     class Recording(WatchlistTrader):
@@ -128,7 +138,7 @@ def store_watchlist_session(conninfo: str, seed: int = 11, minutes: float = 12.0
             super()._evaluate(coin_features)
 
     trader = Recording(strategy, params=params)
-    trader.feed(session(seed, minutes, coins=("BTC", "ETH"), jump_per_hour=12.0))
+    trader.feed(watchlist_events(seed, minutes))
     records = {"xv.features": features}
     for kind, _coin, record in trader.take():
         if kind in trader.topics:

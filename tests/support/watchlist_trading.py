@@ -54,3 +54,12 @@ XV_PAIR_EVENT = {
     "leg_latency_usd": 0.4, "liquidation_usd": 0.0, "short_leg_latency_usd": 0.1, "short_liquidation_usd": 0.0,
     "long_leg_latency_usd": 0.3, "long_liquidation_usd": 0.0,
 }
+
+# A manual open asked from the desk (xv.commands, status requested): short okx, long binance.
+XV_COMMAND = {
+    "command_id": "5f0c2a9d4b7e41c8a3d6e2f1b0c9a8d7", "status": "requested", "action": "open", "strategy": "xv_basis",
+    "coin": "BTC", "sell_venue": "okx", "sell_symbol": "BTC-USDT-SWAP", "buy_venue": "binance", "buy_symbol": "BTCUSDT",
+    "pair_id": None, "notional_usd": 10_000.0, "shown_spread": 0.00031, "shown_time": T, "requested_time": T + 2_500,
+    "acted_time": None, "who": "ui cookie session from 127.0.0.1", "reason": "spread wide after the okx outage",
+    "detail": None,
+}

@@ -9,6 +9,7 @@ without the token are refused. Screenshots of each view go to the module's tmp d
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
@@ -26,7 +27,16 @@ from sinks.tables import table_for_topic, write_rows
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_ui.security import COOKIE, csrf_value, load_token
 from tests.support.chromium import CHROMIUM, DevTools
-from tests.support.ui_session import floor_index, signal_record, store_signals, store_synthetic, store_watchlist_session
+from tests.support.ui_session import (
+    UI_STRATEGY,
+    UI_WINDOWS,
+    floor_index,
+    signal_record,
+    store_signals,
+    store_synthetic,
+    store_watchlist_session,
+    watchlist_events,
+)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (deploy/bootstrap.sh)")]
@@ -37,9 +47,9 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
 
 class Site:
-    def __init__(self, base: str, token: str, conninfo: str, shots, bootstrap: str, prefix: str) -> None:
+    def __init__(self, base: str, token: str, conninfo: str, shots, bootstrap: str, prefix: str, settings) -> None:
         self.base, self.token, self.conninfo, self.shots = base, token, conninfo, shots
-        self.bootstrap, self.prefix = bootstrap, prefix
+        self.bootstrap, self.prefix, self.settings = bootstrap, prefix, settings
 
     def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET", data: bytes | None = None):
         req = urllib.request.Request(self.base + path, headers=headers or {}, method=method, data=data)
@@ -90,7 +100,9 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
     home = tmp_path_factory.mktemp("ui-home")
     token = load_token(StackPaths(home))
     prefix = f"t{uuid.uuid4().hex[:10]}."
-    settings = Settings(home=home, broker=kafka_bootstrap, topic_prefix=prefix,
+    strategy_file = home / "xv_ui.yaml"  # the watchlist strategy the stack trades (the desk's pair actions)
+    strategy_file.write_text(json.dumps(UI_STRATEGY))  # JSON is YAML
+    settings = Settings(home=home, broker=kafka_bootstrap, topic_prefix=prefix, watchlist_strategies=[str(strategy_file)],
                         database_url="postgresql://" + writer_role + ":" + password + "@" + f"{pg_server.host}:{pg_server.port}/{name}")
     actions = desk_actions(settings, StackPaths(home))  # what `tapeflow ui` wires: the writer login, the kill switch
     server = uvicorn.Server(uvicorn.Config(create_app(readonly, token, actions=actions), host="127.0.0.1", port=0,
@@ -104,7 +116,7 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
     port = server.servers[0].sockets[0].getsockname()[1]
     shots = tmp_path_factory.mktemp("ui-screenshots")
     try:
-        yield Site(f"http://127.0.0.1:{port}", token, owner, shots, kafka_bootstrap, prefix)
+        yield Site(f"http://127.0.0.1:{port}", token, owner, shots, kafka_bootstrap, prefix, settings)
     finally:
         server.should_exit = True
         thread.join(30)
@@ -421,3 +433,222 @@ def test_actions_without_the_token_csrf_or_a_reason_are_refused_and_act_never(si
     with psycopg.connect(site.conninfo) as conn:
         assert conn.execute("SELECT count(*) FROM ui_actions WHERE reason = 'refused' OR params->'modes' ? 'testnet'"
                             ).fetchone()[0] == 0  # refused before the audit row, so before any publish
+
+
+# --- manual pair actions: through the watchlist service's trader ------------------------------------
+class Trading:
+    def __init__(self, trader, run, checkpoint) -> None:
+        self.trader, self.run, self.checkpoint = trader, run, checkpoint
+
+    def applied(self, command_id: str, timeout_s: float = 120.0) -> None:
+        """Wait until the service's checkpoint holds the trader's state after the command: its outputs
+        were flushed to the broker before the checkpoint was written."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.run.thread.is_alive():
+            if self.checkpoint.exists():
+                state = json.loads(self.checkpoint.read_bytes())["traders"][self.trader.name]["state"]
+                if command_id in state["commands"] and not state["pending_commands"]:
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"command {command_id} not applied by the watchlist service")
+
+
+@pytest.fixture(scope="module")
+def trading(site):
+    """The module's stack trading: the generated watchlist session the database holds, published to
+    md.book and md.mark as the producers publish it, and the watchlist service (`tapeflow cross-venue
+    --strategy`) trading the session's strategy on it and reading the desk's commands."""
+    from confluent_kafka import Producer
+
+    from execution.watchlist_trader import WatchlistTrader, cross_venue_params
+    from schemas.catalogue import topic as topic_spec
+    from stream_apps.cross_venue.events import BookEvent, FundingEvent
+    from stream_apps.cross_venue.state import CrossVenueParams
+    from stream_apps.watchlist.service import WatchlistOptions
+    from stream_apps.watchlist.strategy import parse_watchlist_strategy
+    from tapeflow_runtime.kafka_client import ensure_topics, producer_config
+    from tests.support.cross_venue import book, mark, running_watchlist
+    from tests.support.execution import SERDE
+
+    ensure_topics(site.bootstrap, prefix=site.prefix, specs=[topic_spec(t) for t in ("md.book", "md.mark")])
+    producer = Producer(producer_config(site.bootstrap, **{"linger.ms": 50}))
+    last, books = 0, {}
+    for e in watchlist_events():
+        if isinstance(e, BookEvent):
+            topic, record = "md.book", book(e.exchange, e.symbol, e.time_ms, list(e.bids), list(e.asks))
+            books[(e.exchange, e.symbol)] = e
+        elif isinstance(e, FundingEvent):
+            topic, record = "md.mark", mark(e.exchange, e.symbol, e.time_ms, e.funding_rate, e.next_funding_time_ms)
+        else:
+            continue
+        producer.produce(site.prefix + topic, key=f"{e.exchange}:{e.symbol}".encode(), value=SERDE.encode(topic, record))
+        producer.poll(0)
+        last = max(last, e.time_ms)
+    lateness = 1_000
+    for e in books.values():  # each book once more, past the merge's lateness: every input before is released
+        producer.produce(site.prefix + "md.book", key=f"{e.exchange}:{e.symbol}".encode(), value=SERDE.encode(
+            "md.book", book(e.exchange, e.symbol, last + lateness + 1, list(e.bids), list(e.asks))))
+    assert producer.flush(60) == 0
+    strategy = parse_watchlist_strategy(UI_STRATEGY)
+    trader = WatchlistTrader(strategy, params=cross_venue_params(strategy, **UI_WINDOWS))
+    group = site.prefix + "wl"
+    options = WatchlistOptions(params=CrossVenueParams(), lateness_ms=lateness, prime_history_ms=None,
+                               start_from="earliest", group_id=group, checkpoint_interval_s=1.0, traders=(trader,))
+    run = running_watchlist(site.settings, options)
+    try:
+        deadline = time.monotonic() + 120
+        while (trader.clock or 0) < last and run.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert trader.clock == last, (trader.clock, last)  # every input traded: the desk's commands act at its end
+        yield Trading(trader, run, site.settings.home / "watchlist" / f"{group}.json")
+    finally:
+        assert run.close() == 0
+
+
+def store_topics(site, read_topic, keep) -> dict[str, list[dict]]:
+    """What the service published for the desk's commands (`keep(topic, record)`), written through the
+    sink's table specs as the sink stores it; returns the records by topic."""
+    out = {}
+    with psycopg.connect(site.conninfo) as conn:
+        for topic in ("xv.signals", "xv.orders", "xv.pairs", "xv.commands"):
+            out[topic] = [r["value"] for r in read_topic(site.bootstrap, site.prefix + topic, settled=True)  # flushed before the checkpoint
+                          if keep(topic, r["value"])]
+            spec = table_for_topic(topic)
+            write_rows(conn, spec, (spec.to_row(r) for r in out[topic]))
+    return out
+
+
+def click_twice(browser, go: str) -> list[dict]:
+    """Click a reviewed form's Confirm twice at once (the second click is sent before the first is
+    answered) and wait for both answers and the audit row."""
+    before = browser.evaluate("window.tapeflowUI.actions.results.length")
+    browser.evaluate(f"(() => {{ const b = document.getElementById({go!r}); b.click(); b.click(); }})()")
+    assert browser.wait_for(f"window.tapeflowUI.actions.results.length >= {before + 2}", 60) is True
+    results = browser.evaluate(f"window.tapeflowUI.actions.results.slice({before})")
+    assert [r["http"] for r in results] == [200, 200] and sorted(r["duplicate"] for r in results) == [False, True]
+    assert {r["action_id"] for r in results} == {results[0]["action_id"]}  # one form, one action
+    return sorted(results, key=lambda r: r["duplicate"])  # the one that acted first (the other may see it pending)
+
+
+def test_a_pair_opened_and_closed_from_the_desk_is_traded_once_per_click_by_the_strategys_trader(
+        site, browser, trading, read_topic):
+    from execution.client_ids import client_order_id, pair_id
+    from execution.watchlist_trader import manual_signal_id
+    from stream_apps.watchlist.ranking import ranking
+    from stream_apps.watchlist.strategy import parse_watchlist_strategy
+
+    strategy = parse_watchlist_strategy(UI_STRATEGY)
+    with psycopg.connect(site.conninfo) as conn:  # an ordered venue pair with no active pair on its key
+        active = {k for (k,) in conn.execute("SELECT pair_key FROM xv_pairs_latest WHERE status IN "
+                                            "('open', 'opening', 'unwinding', 'closing')").fetchall()}
+        pick = next(p for p in ranking(conn) if p.spread_sweep is not None
+                    and f"{p.coin}:{'/'.join(sorted((p.sell_venue, p.buy_venue)))}" not in active)
+        row = conn.execute("SELECT eval_time, spread_sweep, sell_bid, sell_sweep_bid, buy_ask, buy_sweep_ask, "
+                           "funding_diff_8h FROM xv_features WHERE coin = %s AND sell_venue = %s AND buy_venue = %s "
+                           "ORDER BY eval_time DESC LIMIT 1", (pick.coin, pick.sell_venue, pick.buy_venue)).fetchone()
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for("window.tapeflowUI.ready.all && window.tapeflowUI.ready.actions !== undefined "
+                            "|| window.tapeflowUI.errors.length", 60) is True
+    # review: the ranking row fills the form; the quote is the row's newest evaluation, costed by hand
+    browser.evaluate(f"""(() => {{ document.querySelector('#ranking tbody tr[data-coin="{pick.coin}"][data-sell="{pick.sell_venue}"][data-buy="{pick.buy_venue}"]').click();
+        const f = document.getElementById('pair-open'); f.reason.value = 'desk test: spread wide';
+        document.getElementById('po-review').click(); }})()""")
+    assert browser.wait_for("!document.getElementById('po-confirm').hidden", 30) is True
+    quote = browser.evaluate("window.tapeflowUI.actions.quote")
+    fee = strategy.fees.of(pick.sell_venue), strategy.fees.of(pick.buy_venue)
+    four = 2 * (fee[0] + fee[1])
+    sweep = (row[2] - row[3]) / row[2] + (row[5] - row[4]) / row[4]
+    assert quote["shown_time"] == round(row[0].timestamp() * 1000) and quote["spread_sweep"] == row[1]
+    assert quote["four_fees"] == pytest.approx(four) and quote["net_spread"] == pytest.approx(row[1] - four)
+    assert quote["sweep_cost"] == pytest.approx(sweep, rel=1e-12) and quote["fees_usd"] == pytest.approx(four * 10_000)
+    assert quote["break_even_hours"] == (pytest.approx((four + sweep) / row[6] * 8) if row[6] and row[6] > 0 else None)
+    shown = browser.evaluate("[...document.querySelectorAll('#po-quote td[data-field]')].map(td => td.dataset.field)")
+    assert shown == ["Swept spread shown", "Four taker fees", "Net of fees", "Sweep cost (both legs)",
+                     "Funding 8 h (forecast)", "Break-even", "Size"]
+    shoot(browser, site, "watchlist-pair-review")
+
+    opened = click_twice(browser, "po-go")
+    aid = opened[0]["action_id"]
+    sid = manual_signal_id(strategy, aid)
+    pid = pair_id(sid)
+    assert opened[0]["params"]["pair_id"] == pid and opened[0]["status"] == "done"
+    trading.applied(aid)
+    ours = {aid}
+
+    def keep(topic, r):
+        return r.get("pair_id") == pid or r.get("signal_id") == sid or r.get("command_id") in ours
+
+    got = store_topics(site, read_topic, keep)
+    assert [(r["signal_id"], r["status"], r["reason"]) for r in got["xv.signals"]] == [(sid, "signal", "manual")]
+    assert [(p["seq"], p["status"]) for p in got["xv.pairs"]] == [(1, "open")]  # once, though clicked twice
+    assert sorted(o["client_order_id"] for o in got["xv.orders"]) == sorted(
+        client_order_id(sid, f"pair_{leg}_entry") for leg in ("short", "long"))
+    pair = got["xv.pairs"][0]
+    assert (pair["short_venue"], pair["long_venue"], pair["coin"]) == (pick.sell_venue, pick.buy_venue, pick.coin)
+    assert [(c["status"], c["who"].startswith("ui cookie session from 127.0.0.1"), c["reason"])
+            for c in got["xv.commands"]] == [("requested", True, "desk test: spread wide"), ("done", True, "desk test: spread wide")]
+    assert got["xv.commands"][1]["acted_time"] == trading.trader.clock and got["xv.commands"][1]["detail"] == f"pair {pid} open"
+
+    # the desk shows the pair with its close button; close it the same way
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for(f"document.querySelector('#pairs tr[data-pair-id=\"{pid}\"] button.close-pair') !== null "
+                            "&& window.tapeflowUI.ready.actions !== undefined || window.tapeflowUI.errors.length", 60) is True
+    assert browser.evaluate(f"document.querySelector('#actions tr[data-action-id=\"{aid}\"]').dataset.answer") == "done"
+    browser.evaluate(f"""(() => {{ document.querySelector('#pairs tr[data-pair-id="{pid}"] button.close-pair').click();
+        document.getElementById('pair-close').reason.value = 'desk test: take it off';
+        document.getElementById('pc-review').click(); }})()""")
+    assert browser.wait_for("!document.getElementById('pc-confirm').hidden", 30) is True
+    closed = click_twice(browser, "pc-go")
+    cid = closed[0]["action_id"]
+    assert closed[0]["params"] == {"pair_id": pid, "strategy": "xv_ui", "coin": pick.coin} and cid != aid
+    trading.applied(cid)
+    ours.add(cid)
+    got = store_topics(site, read_topic, keep)
+    assert [(p["seq"], p["status"], p["close_reason"]) for p in got["xv.pairs"]] == [(1, "open", None), (2, "closed", "manual")]
+    assert len(got["xv.orders"]) == 4 and len(got["xv.signals"]) == 1
+    assert [(c["command_id"], c["status"]) for c in got["xv.commands"]] == [
+        (aid, "requested"), (aid, "done"), (cid, "requested"), (cid, "done")]
+    assert trading.trader.counters.get("command_duplicate", 0) == 0  # the desk sent each command once
+
+    with psycopg.connect(site.conninfo) as conn:  # and the tables hold each once
+        assert conn.execute("SELECT seq, status, close_reason FROM xv_pair_events WHERE pair_id = %s ORDER BY seq",
+                            (pid,)).fetchall() == [(1, "open", None), (2, "closed", "manual")]
+        assert conn.execute("SELECT count(*) FROM xv_leg_orders WHERE pair_id = %s", (pid,)).fetchone()[0] == 4
+        assert conn.execute("SELECT count(*) FROM xv_signals WHERE signal_id = %s", (sid,)).fetchone()[0] == 1
+        assert conn.execute("SELECT command_id, status, action, reason FROM xv_commands WHERE command_id = ANY(%s) "
+                            "ORDER BY requested_time, status DESC", ([aid, cid],)).fetchall() == [
+            (aid, "requested", "open", "desk test: spread wide"), (aid, "done", "open", "desk test: spread wide"),
+            (cid, "requested", "close", "desk test: take it off"), (cid, "done", "close", "desk test: take it off")]
+        audit = conn.execute("SELECT action_id, kind, reason, status, who FROM ui_actions WHERE kind LIKE 'pair_%%' "
+                             "ORDER BY requested_time").fetchall()
+    assert [a[:4] for a in audit] == [(aid, "pair_open", "desk test: spread wide", "done"),
+                                      (cid, "pair_close", "desk test: take it off", "done")]
+    assert all(a[4].startswith("ui cookie session from 127.0.0.1") for a in audit)
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for(f"document.querySelector('#pairs tr[data-pair-id=\"{pid}\"]') !== null "
+                            "&& window.tapeflowUI.ready.actions !== undefined", 60) is True
+    assert browser.evaluate(f"document.querySelector('#pairs tr[data-pair-id=\"{pid}\"] button.close-pair')") is None
+    assert browser.problems() == []
+    browser.evaluate("document.getElementById('pair-panel').scrollIntoView()")
+    shoot(browser, site, "watchlist-pair-actions")
+
+
+def test_pair_actions_without_the_token_csrf_or_a_known_pair_are_refused_and_act_never(site):
+    csrf = {"X-CSRF-Token": csrf_value(site.token), "Content-Type": "application/json"}
+    bearer = {"Authorization": f"Bearer {site.token}", "Content-Type": "application/json"}
+    opening = {"nonce": uuid.uuid4().hex, "strategy": "xv_ui", "coin": "BTC", "sell_venue": "okx", "buy_venue": "bybit",
+               "shown_time": 1, "reason": "refused"}
+    closing = {"nonce": uuid.uuid4().hex, "pair_id": "pair-abcdefghijklmnop", "reason": "refused"}
+    for path, body in (("/api/actions/pair-open", opening), ("/api/actions/pair-close", closing)):
+        data = json.dumps(body).encode()
+        assert site.get(path, csrf, method="POST", data=data)[0] == 401  # no token
+        assert site.get(path, bearer, method="POST", data=data)[0] == 403  # no CSRF value
+        assert site.get(path, {**bearer, **csrf, "Origin": "http://evil.example"}, method="POST", data=data)[0] == 403
+        assert site.get(path, {**bearer, **csrf}, method="POST", data=data)[0] == 404  # no such evaluation / pair
+    for bad in ({**opening, "strategy": "nope"}, {**opening, "sell_venue": "okx", "buy_venue": "okx"},
+                {**opening, "shown_time": "soon"}, {**opening, "reason": " "}, {**closing, "pair_id": "x"}):
+        path = "/api/actions/pair-close" if "pair_id" in bad else "/api/actions/pair-open"
+        assert site.get(path, {**bearer, **csrf}, method="POST", data=json.dumps(bad).encode())[0] == 400, bad
+    assert site.get("/api/desk/quote?strategy=xv_ui&coin=BTC&sell_venue=okx&buy_venue=bybit", csrf)[0] == 401
+    with psycopg.connect(site.conninfo) as conn:
+        assert conn.execute("SELECT count(*) FROM ui_actions WHERE reason = 'refused'").fetchone()[0] == 0
