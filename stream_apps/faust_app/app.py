@@ -295,6 +295,11 @@ class EngineWorker:
         self.batches += 1
         self.metrics.batch_seconds.observe(time.perf_counter() - began)
 
+    def finish_inputs(self) -> None:
+        """Its topic epoch is finished: nothing more is written to its inputs
+        (``EngineProcessor.finish_inputs``: the drain then does not wait out the progress timeout)."""
+        self.processor.finish_inputs()
+
     async def snapshot_now(self) -> None:
         """Write every symbol's unsaved state now (not on the ``snapshot_interval_s`` timer), so that the
         inputs it holds become committable: a finished topic epoch's drain (``following``) would wait

@@ -108,6 +108,7 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
                 and task.exception() is None else None)
             if await _race(stopping, _wait_crash(worker), epochs.finished(epoch)) != nxt:
                 break  # stopped, crashed, or (never seen) another next epoch: a restart finds its way
+            worker.finish_inputs()  # the producers switched: its md.* and md.progress are final
             drained = await _race(stopping, _wait_crash(worker),
                                   epochs.drained(epoch, worker.config, worker.snapshot_now))
             if drained is None or not _alive(worker):

@@ -680,3 +680,58 @@ def test_a_fetch_cancelled_during_its_idle_pause_returns_quietly_as_aiokafkas_ow
     assert asyncio.run(fetcher._proc_fetch_request(None, 1, None)) is False  # the first empty fetch
     assert asyncio.run(fetcher._proc_fetch_request(None, 1, None)) is False  # idle: pause cancelled, no raise
     assert wait.idle
+
+
+def test_a_finished_epoch_releases_what_its_last_marker_left_held_once_read_to_the_end(serde, session):
+    """A rollover's producers switch to the next topic epoch between two markers: the old epoch's
+    records after its last marker are final, and no marker will ever cover them (the source's next ones
+    name the next epoch's topics). ``finish_inputs`` releases them as soon as the key's partitions are
+    read to their end, the same outputs the 60 s progress timeout gave (every max-speed rollover
+    stalled that long), not counted as a timeout; before the end is read, nothing is released early."""
+    writes = published_with_markers(session, serde, 1)
+    cut = len(writes) // 2
+    while writes[cut - 1][0][0] != "md.progress":  # the old epoch ends a few records after a marker
+        cut -= 1
+    cut += 7
+    logs = defaultdict(list)
+    for tp, record in writes[:cut]:
+        logs[tp].append(record)
+
+    def feed(processor, caught_up):
+        return [processor.on_records(dict(logs), caught_up)]
+
+    def settle(processor, clock):  # every marker read is applied, a few per tick
+        effects = []
+        while any(processor.progress.queued(k) for k in processor.owned):
+            clock.now += 0.1
+            effects.append(processor.tick(all_read))
+        return effects
+
+    def all_read(topic, partition):
+        return True
+
+    timed_clock = Clock()
+    timed = make_processor(serde, timed_clock, wait_for_progress=True, progress_timeout_s=60.0)
+    timed_out = feed(timed, all_read) + settle(timed, timed_clock)
+    timed_clock.now += 61.0
+    timed_out.append(timed.tick(all_read))
+    assert timed.metrics.progress_timeouts._value.get() > 0
+    expected = decode_outputs(serde, timed_out)
+
+    clock = Clock()
+    processor = make_processor(serde, clock, wait_for_progress=True, progress_timeout_s=60.0)
+    effects = feed(processor, all_read) + settle(processor, clock)
+    held = sum(processor.aligner.held(k) for k in processor.owned)
+    assert held > 0  # the records after the last marker
+    processor.finish_inputs()
+    clock.now += 0.25
+    effects.append(processor.tick(lambda topic, partition: not topic.endswith("md.book")))
+    assert sum(processor.aligner.held(k) for k in processor.owned) == held  # md.book not read to its end yet
+    clock.now += 0.25
+    effects.append(processor.tick(all_read))
+    assert sum(processor.aligner.held(k) for k in processor.owned) == 0
+    assert processor.metrics.progress_timeouts._value.get() == 0
+    got = decode_outputs(serde, effects)
+    assert got["features"] and {k: by_id(v, "eval_time") for k, v in got.items() if k == "features"} == \
+        {k: by_id(v, "eval_time") for k, v in expected.items() if k == "features"}
+    assert got == expected
