@@ -59,31 +59,6 @@ def _configure_structlog_without_caching() -> None:
     structlog.configure = no_cache
 
 
-def _bytecode_in_the_runs_temp_dir(root: str) -> None:
-    """With PYTHONDONTWRITEBYTECODE set, the run's bytecode goes to `root/pycache` (PYTHONPYCACHEPREFIX)
-    instead of nowhere; without it, nothing changes (Python's own `__pycache__` next to the sources).
-
-    Why: where PYTHONDONTWRITEBYTECODE is set (this host's shells set it), no process of the run ever
-    found its bytecode: every pytest worker re-ran pytest's assertion rewrite of all ~190 test modules
-    and compiled them (collecting 1,710 tests: 30 CPU-s, 14 CPU-s with the bytecode of an earlier
-    collection), and every `python -m tapeflow ...` the tests start (several hundred per run)
-    compiled the repository's modules it imports again (0.2-0.5 CPU-s each) in a suite that is
-    CPU-bound. The variable's intent, no bytecode written beside the sources, holds: it is written
-    only in this temporary directory, which the run removes at its end. Set in the controller before
-    pytest-xdist starts its workers, so they and every process a test starts inherit it (a test that
-    builds a child environment from scratch gets Python's defaults, as before)."""
-    import sys
-
-    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
-        return
-    prefix = os.path.join(root, "pycache")
-    os.makedirs(prefix)
-    del os.environ["PYTHONDONTWRITEBYTECODE"]
-    os.environ["PYTHONPYCACHEPREFIX"] = prefix
-    sys.pycache_prefix = prefix
-    sys.dont_write_bytecode = False
-
-
 def pytest_configure(config) -> None:
     """Before any test (and any subprocess a test starts): user-level directories in a temp dir."""
     global _user_dirs_root
@@ -95,7 +70,6 @@ def pytest_configure(config) -> None:
     for var, sub in _USER_DIRS.items():
         os.makedirs(os.path.join(_user_dirs_root, sub))
         os.environ[var] = os.path.join(_user_dirs_root, sub)
-    _bytecode_in_the_runs_temp_dir(_user_dirs_root)
     if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
         # the xdist controller, before its workers start: numba's cache filled once, not by every
         # process at once (tests/support/kernel_cache.py)
