@@ -9,10 +9,7 @@ Run (a pytest plugin, then the report):
 
     rm -rf /tmp/suite-cpu && TAPEFLOW_SUITE_CPU_DIR=/tmp/suite-cpu \\
         .venv/bin/python -m pytest -n 4 --maxschedchunk 1 -p benchmarks.suite_cpu
-    .venv/bin/python -m benchmarks.suite_cpu /tmp/suite-cpu [--top 30] \\
-        [--write-durations tests/support/durations.json]
-
-`--write-durations` records each test's wall time: tests/conftest.py starts the longest first.
+    .venv/bin/python -m benchmarks.suite_cpu /tmp/suite-cpu [--top 30]
 
 Children count where they are reaped: a module or session fixture's processes (each worker's broker
 and PostgreSQL) in the test whose teardown stops them, the last test of each worker for the
@@ -61,30 +58,14 @@ def read(directory: Path) -> list[tuple[float, float, float, str]]:
     return rows
 
 
-def write_durations(path: Path, rows: list[tuple[float, float, float, str]]) -> None:
-    """Each test's wall seconds (setup, call and teardown), longest first, as tests/conftest.py reads them."""
-    import json
-
-    seconds = {nodeid: round(wall, 1) for _, _, wall, nodeid in sorted(rows, key=lambda r: (-r[2], r[3]))}
-    document = {"about": "wall seconds per test in one `make test` run, measured by benchmarks/suite_cpu.py; "
-                         "tests/conftest.py starts the longest first. Regenerate after adding slow tests.",
-                "seconds": seconds}
-    path.write_text(json.dumps(document, indent=0) + "\n", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help=f"where the plugin wrote ({ENV})")
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--write-durations", type=Path, metavar="JSON",
-                        help="also write each test's wall seconds there (tests/support/durations.json: the order "
-                             "tests/conftest.py hands tests out in, longest first)")
     args = parser.parse_args()
     rows = read(args.directory)
     if not rows:
         raise SystemExit(f"no measurements in {args.directory}: run pytest with -p benchmarks.suite_cpu and {ENV}")
-    if args.write_durations:
-        write_durations(args.write_durations, rows)
     own, kids, wall = (sum(r[i] for r in rows) for i in range(3))
     print(f"{len(rows)} tests: {own + kids:,.0f} CPU-s in the tests ({own:,.0f} in the pytest workers, {kids:,.0f} in "
           f"their children), {wall:,.0f} s of test wall time")

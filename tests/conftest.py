@@ -14,7 +14,6 @@ the whole session it ran.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -145,56 +144,15 @@ def _timeout_s(item: pytest.Item) -> float:
     return float(item.config.getini("timeout") or 0)
 
 
-#: each test's wall time in a `make test` run (written by `python -m benchmarks.suite_cpu DIR
-#: --write-durations tests/support/durations.json`): only their order is used
-DURATIONS_FILE = Path(__file__).parent / "support" / "durations.json"
-
-
-def _recorded_durations() -> dict[str, float]:
-    try:
-        return json.loads(DURATIONS_FILE.read_text())["seconds"]
-    except (OSError, ValueError, KeyError):
-        return {}
-
-
-def _expected_s(item: pytest.Item, recorded: dict[str, float]) -> float:
-    """How long `item` took in the recorded run; a test not in it: its `timeout` if that is longer
-    than the default (a long test: first, as before there were recorded durations), else 0 (last)."""
-    if item.nodeid in recorded:
-        return recorded[item.nodeid]
-    timeout = _timeout_s(item)
-    return timeout if timeout > float(item.config.getini("timeout") or 0) else 0.0
-
-
-def _spread_first_pairs(items: list[pytest.Item], workers: int) -> None:
-    """pytest-xdist with --maxschedchunk 1 first hands each of `workers` workers two consecutive tests,
-    then one test at a time to whichever finishes: sorted longest first, the worker given the two
-    longest would run them back to back (the 25-hour warm start then the backtest parity: 1,730 s of
-    one worker in a loaded run). Reordered so the first pairs are the longest with the shortest of
-    the first 2 x workers (1st with 8th, 2nd with 7th, ... for 4 workers)."""
-    head = items[:2 * workers]
-    if workers < 2 or len(head) < 2 * workers:
-        return
-    items[:2 * workers] = [head[i] if k % 2 == 0 else head[-1 - i] for i in range(workers) for k in (0, 1)]
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the tests that take longest first: by the wall time each took in a recorded `make test`
-    run (tests/support/durations.json), longest first; tests not recorded yet by their `timeout` if it
-    is longer than the default (the multi-minute replays and parity runs), else after the rest.
+    """Run the tests that may take longest first: those given a longer `timeout` than the default
+    (the multi-minute replays and parity runs), longest timeout first, then the rest in file order.
 
     Why: `make test` hands tests to parallel workers one at a time (pytest-xdist, --maxschedchunk 1).
     Started last, a 5-minute test would keep one worker busy while the others sit idle; started
-    first, each runs beside the short tests and the workers finish together. Ordering by `timeout`
-    alone left the stack tests without a longer timeout (1-3 minutes each on a loaded machine:
-    `tapeflow up` and its lifecycle, the secrets scan, the browser tests) in file order, at the end of
-    the run, where they were the tail. Order does not matter otherwise: every test has its own topics
-    and database, and xdist checks that every worker collected the same order."""
-    recorded = _recorded_durations()
-    items.sort(key=lambda item: -_expected_s(item, recorded))  # stable: file order among equals
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        _spread_first_pairs(items, int(workerinput["workercount"]))
+    first, each runs beside the short tests and the workers finish together. Order does not matter
+    otherwise: every test has its own topics and database."""
+    items.sort(key=lambda item: -_timeout_s(item))  # stable: file order within a timeout
 
 
 @pytest.fixture(scope="session")
