@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import psycopg
@@ -17,6 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backtest.research.study import SharedStudy, open_storage, sqlalchemy_url
 from sinks.migrate import migrate, set_role_passwords
+from tests.support.built_once import built_once, copy_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -34,6 +36,29 @@ def finished(proc: subprocess.Popen) -> str:
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     return out
+
+
+@pytest.fixture(scope="session")
+def built_store(tmp_path_factory) -> Path:
+    """The feature store of COMMON's inputs, built once per run by `tapeflow research search` itself and
+    shared by the workers (tests/support/built_once.py); each test works on its own copy (`store_copy`).
+    Why: three tests built the same 2-million-trade store (~9 CPU-s and a minute of a loaded machine
+    each). Building a store is what tests/backtest/research/test_research_cli.py and
+    test_walk_forward.py test; here it is only the input the workers share."""
+
+    def build(work: Path) -> None:
+        finished(tapeflow(*COMMON, "--trials", "2", "--storage", "memory", "--store", str(work / "store"),
+                          "--out", str(work / "out"), cwd=work))
+
+    store = built_once(tmp_path_factory, "research-study-store", build) / "store"
+    assert (store / "manifest.json").is_file()
+    return store
+
+
+@pytest.fixture
+def store_copy(built_store, tmp_path) -> Path:
+    """This test's own copy of the shared feature store (what its workers' `--store` points at)."""
+    return copy_of(built_store, tmp_path / "store")
 
 
 @pytest.fixture
@@ -56,10 +81,11 @@ def evaluated_here(stdout: str) -> int:
 
 
 @pytest.mark.parametrize("sampler,trials", [("grid", 30), ("tpe", 10)])
-def test_two_workers_share_one_study_and_report_what_one_worker_does(tmp_path, writer_db, sampler, trials):
+def test_two_workers_share_one_study_and_report_what_one_worker_does(tmp_path, writer_db, store_copy, sampler,
+                                                                     trials):
     options = (*COMMON, "--sampler", sampler, "--trials", str(trials), "--batch", "2", "--seed", "3",
-               "--store", str(tmp_path / "store"))
-    # one worker alone, in memory (it also builds the feature store the others reuse)
+               "--store", str(store_copy))
+    # one worker alone, in memory (on the feature store the others reuse)
     alone = finished(tapeflow(*options, "--storage", "memory", "--out", str(tmp_path / "alone"), cwd=tmp_path))
     assert "study " not in alone
     # two workers at once on the stack's database: one finds it the default way (the stack's
@@ -98,9 +124,9 @@ def test_two_workers_share_one_study_and_report_what_one_worker_does(tmp_path, w
     assert "0 of its" in c
 
 
-def test_a_worker_with_other_inputs_is_refused_in_one_line(tmp_path, writer_db):
+def test_a_worker_with_other_inputs_is_refused_in_one_line(tmp_path, writer_db, store_copy):
     options = (*COMMON, "--sampler", "grid", "--trials", "4", "--batch", "2", "--study", "shared-name",
-               "--storage", writer_db, "--store", str(tmp_path / "store"))
+               "--storage", writer_db, "--store", str(store_copy))
     finished(tapeflow(*options, "--out", str(tmp_path / "a"), cwd=tmp_path))
     other = tapeflow(*options[:-4], "--objective", "pf", *options[-4:], "--out", str(tmp_path / "b"), cwd=tmp_path)
     out, err = other.communicate(timeout=600)
