@@ -182,6 +182,46 @@ def heatmap(conn: psycopg.Connection, symbol: str, rng: Range, step: float, colu
     return {"step": step, "column_s": column_s, "from": ts(rng.start), "to": ts(rng.end), "cells": cells}
 
 
+#: how old the book behind a wall may be (the detector's default ``walls.max_age``: an older book has no walls)
+WALL_BOOK_MAX_AGE = timedelta(seconds=10)
+
+
+def walls(conn: psycopg.Connection, symbol: str, rng: Range, column_s: int) -> list[list]:
+    """The detectors' walls on the heatmap's columns: for each time column and strategy, the last
+    evaluation (``features``) in it; where its inputs carry ``wall_bid_distance_bps`` /
+    ``wall_ask_distance_bps`` (``stream_apps.core.detectors.book``: the nearest wall of the side), the
+    wall's price is the mid of the latest stored book at or before the evaluation (at most
+    ``WALL_BOOK_MAX_AGE`` older; mid as the detector takes it: the mean of the best bid and ask, or
+    the one side there is) moved by the distance: ``mid × (1 ∓ bps / 10,000)``.
+
+    The detector compares the first book of each ``book_sample`` interval (1 s by default), so the
+    mid it used can be up to that much older than the latest book: the price drawn is within a
+    second's move of the detector's (a level the wall stands at is a level of the book either way).
+    Rows: ``[column, eval_ms, side, price, usd, age_s, strategy]``."""
+    rows = conn.execute(
+        "WITH pick AS (SELECT strategy, max(eval_time) AS t FROM features WHERE exchange = %(x)s AND symbol = %(s)s "
+        "  AND eval_time >= %(a)s AND eval_time < %(b)s GROUP BY strategy, date_bin(%(col)s, eval_time, %(o)s)), "
+        "f AS (SELECT date_bin(%(col)s, eval_time, %(o)s) AS col, eval_time, strategy, "
+        "  (inputs ->> 'wall_bid_distance_bps')::float8 AS bid_bps, (inputs ->> 'wall_ask_distance_bps')::float8 AS ask_bps, "
+        "  (inputs ->> 'wall_bid_usd')::float8 AS bid_usd, (inputs ->> 'wall_ask_usd')::float8 AS ask_usd, "
+        "  (inputs ->> 'wall_bid_age_s')::float8 AS bid_age, (inputs ->> 'wall_ask_age_s')::float8 AS ask_age "
+        "  FROM features WHERE exchange = %(x)s AND symbol = %(s)s AND eval_time >= %(a)s AND eval_time < %(b)s "
+        "  AND (strategy, eval_time) IN (SELECT strategy, t FROM pick) "
+        "  AND (inputs ? 'wall_bid_distance_bps' OR inputs ? 'wall_ask_distance_bps')), "
+        "m AS (SELECT f.*, bk.mid FROM f CROSS JOIN LATERAL (SELECT coalesce((bid_prices[1] + ask_prices[1]) / 2, "
+        "  bid_prices[1], ask_prices[1]) AS mid FROM depth_snapshots WHERE exchange = %(x)s AND symbol = %(s)s "
+        "  AND event_time <= f.eval_time AND event_time >= f.eval_time - %(age)s "
+        "  AND coalesce(bid_prices[1], ask_prices[1]) IS NOT NULL ORDER BY event_time DESC LIMIT 1) bk) "
+        "SELECT extract(epoch FROM col)::bigint, (extract(epoch FROM eval_time) * 1000)::bigint, side, price, usd, age, "
+        "strategy FROM (SELECT col, eval_time, strategy, 'bid' AS side, mid * (1 - bid_bps / 10000) AS price, "
+        "  bid_usd AS usd, bid_age AS age FROM m WHERE bid_bps IS NOT NULL "
+        "  UNION ALL SELECT col, eval_time, strategy, 'ask', mid * (1 + ask_bps / 10000), ask_usd, ask_age "
+        "  FROM m WHERE ask_bps IS NOT NULL) w ORDER BY 1, 7, 3",
+        {"col": timedelta(seconds=column_s), "o": ORIGIN, "x": EXCHANGE, "s": symbol, "a": rng.start, "b": rng.end,
+         "age": WALL_BOOK_MAX_AGE}).fetchall()
+    return [list(r) for r in rows]
+
+
 def large_trades(conn: psycopg.Connection, symbol: str, rng: Range, limit: int = LARGE_TRADES) -> list[dict]:
     """The range's ``limit`` largest trades; none for a range over ``MAX_BUBBLE_RANGE_S`` (each call scans
     every trade of the range)."""
