@@ -165,7 +165,7 @@ def data_quality(conn: psycopg.Connection, now: datetime, lag: dict | None = Non
     resyncs = sorted(((s, n) for s, st, n, _ in gaps if st == "md.depth"), key=lambda r: (-r[1], r[0]))
     worst = max((n for _, n in resyncs), default=0)
     lights.append({"check": "book resyncs", "state": "bad" if worst >= RESYNC_BAD else "warn" if worst else "ok",
-                   "detail": "; ".join(f"{s}: {n} resyncs" for s, n in resyncs[:6]) or
+                   "detail": "; ".join(f"{s}: {n} resync{'' if n == 1 else 's'}" for s, n in resyncs[:6]) or
                    "no order book broke in 24 h", "link": "/api/quality/gaps?stream=md.depth"})
     errors = conn.execute("SELECT count(*) FROM pipeline_errors WHERE event_time >= %s", (day,)).fetchone()[0]
     lights.append({"check": "dead letters", "state": "bad" if errors else "ok",

@@ -243,7 +243,7 @@ def test_quality_lights_link_to_the_book_resyncs_and_to_a_lagging_consumer_group
     auth = {"Authorization": f"Bearer {site.token}"}
     lights = overview_lights(site, browser)
     resync = lights["book resyncs"]
-    assert resync["state"] == "warn" and "BTCUSDT: 1 resyncs" in resync["text"]
+    assert resync["state"] == "warn" and "BTCUSDT: 1 resync" in resync["text"]
     status, _, body = site.get(resync["link"], auth)
     assert status == 200 and [(r["symbol"], r["stream"], r["from_id"], r["reason"]) for r in json.loads(body)] == [
         ("BTCUSDT", "md.depth", RESYNC["from_id"], RESYNC["reason"])]
