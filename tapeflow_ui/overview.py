@@ -1,6 +1,10 @@
 """The market overview's SQL (the old dashboard's home): symbols by 24 h volume, the funding heatmap,
 the signal timeline, the whale radar and the data-quality lights. "24 h" is the day before the newest
 stored bar (a replayed session lies in the past), each query bounded by time so partitions are pruned.
+
+The lights: trade-id gaps and book resyncs (both ``data_gaps``, by stream), dead letters, freshness
+of each input, and consumer lag (``LagWatch``: asked of the broker in the background, never on a
+request). Their limits are the constants below (``docs/how-to/web-ui.md`` lists them).
 """
 
 from __future__ import annotations

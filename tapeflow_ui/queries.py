@@ -7,7 +7,8 @@ continuous aggregates ``bars_5m``/``bars_1h`` (0003_market_data.timescale.sql), 
 filter). Footprint and volume profile group ``trades`` by bar and price level (``floor(price / step)``)
 for the visible range only (the footprint at most ``MAX_FOOTPRINT_BARS`` bars, around the chosen one);
 the liquidity heatmap takes the last stored book (``depth_snapshots``) of each time column and sums its
-sizes per price level.
+sizes per price level, and draws the detectors' walls from each strategy's last evaluation
+(``features``) in the column (``walls``).
 """
 
 from __future__ import annotations
