@@ -365,7 +365,7 @@ def test_heatmap_cells_equal_the_stored_book_sizes(site, browser, orderflow):
 
 
 def test_heatmap_walls_equal_a_recomputation_from_the_stored_features_and_books(site, browser, orderflow):
-    """For each heatmap column and strategy the last evaluation in it; each wall it reports at the mid of
+    """For each heatmap column and strategy the last evaluation in its final 10 s; each wall it reports at the mid of
     the latest stored book at or before it (at most 10 s older) moved by the wall's distance; drawn
     on the level of that price (and it is the level of the book's largest size, where it was planted)."""
     from tapeflow_ui.queries import ORIGIN
@@ -379,7 +379,8 @@ def test_heatmap_walls_equal_a_recomputation_from_the_stored_features_and_books(
                 "SELECT strategy, eval_time, inputs FROM features WHERE symbol = 'BTCUSDT' AND eval_time >= %s "
                 "AND eval_time < %s ORDER BY eval_time", (orderflow["from"], orderflow["to"])):
             col = int(ORIGIN.timestamp()) + int((t - ORIGIN).total_seconds() // width) * width
-            last[(col, strategy)] = (t, inputs)
+            if t.timestamp() >= min(col + width, orderflow["to"].timestamp()) - 10:
+                last[(col, strategy)] = (t, inputs)
         expected = {}
         for (col, strategy), (t, inputs) in last.items():
             book = conn.execute("SELECT bid_prices, bid_qtys, ask_prices, ask_qtys FROM depth_snapshots "
