@@ -230,6 +230,9 @@ def walls(conn: psycopg.Connection, symbol: str, rng: Range, column_s: int) -> l
         "b AS MATERIALIZED (SELECT event_time AS t, last_update_id AS uid, "
         "  coalesce((bid_prices[1] + ask_prices[1]) / 2, bid_prices[1], ask_prices[1]) AS mid FROM depth_snapshots "
         "  WHERE exchange = %(x)s AND symbol = %(s)s AND event_time >= %(a)s - %(age)s AND event_time < %(b)s "
+        # only the books an evaluation can take: those of a column's (or the range's) final seconds
+        "  AND (%(col)s < %(need)s OR event_time >= %(b)s - %(need)s "
+        "    OR event_time >= date_bin(%(col)s, event_time, %(o)s) + %(col)s - %(need)s) "
         "  AND coalesce(bid_prices[1], ask_prices[1]) IS NOT NULL AND EXISTS (SELECT 1 FROM f)), "
         "carried AS (SELECT t, k, strategy, max(t) FILTER (WHERE k = 0) OVER (ORDER BY t, k) AS book_t "
         "  FROM (SELECT eval_time AS t, 1 AS k, strategy FROM f UNION ALL SELECT t, 0, NULL FROM b) seq), "
@@ -242,7 +245,7 @@ def walls(conn: psycopg.Connection, symbol: str, rng: Range, column_s: int) -> l
         "  UNION ALL SELECT col, t, strategy, 'ask', book_mid * (1 + ask_bps / 10000), ask_usd, ask_age "
         "  FROM m WHERE ask_bps IS NOT NULL) w ORDER BY 1, 7, 3",
         {"col": timedelta(seconds=column_s), "o": ORIGIN, "x": EXCHANGE, "s": symbol, "a": rng.start, "b": rng.end,
-         "age": WALL_BOOK_MAX_AGE, "win": WALL_EVAL_WINDOW}).fetchall()
+         "age": WALL_BOOK_MAX_AGE, "win": WALL_EVAL_WINDOW, "need": WALL_EVAL_WINDOW + WALL_BOOK_MAX_AGE}).fetchall()
     return [list(r) for r in rows]
 
 

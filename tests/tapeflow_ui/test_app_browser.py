@@ -364,39 +364,53 @@ def test_heatmap_cells_equal_the_stored_book_sizes(site, browser, orderflow):
     shoot(browser, site, "heatmap-and-footprint")
 
 
-def test_heatmap_walls_equal_a_recomputation_from_the_stored_features_and_books(site, browser, orderflow):
-    """For each heatmap column and strategy the last evaluation in its final 10 s; each wall it reports at the mid of
-    the latest stored book at or before it (at most 10 s older) moved by the wall's distance; drawn
-    on the level of that price (and it is the level of the book's largest size, where it was planted)."""
+def expected_walls(conn, frm: datetime, to: datetime, width: int) -> dict[tuple[int, str, str], tuple[float, float]]:
+    """For each heatmap column and strategy the last evaluation in its final 10 s; each wall it reports
+    at the mid of the latest stored book at or before it (at most 10 s older) moved by the wall's
+    distance (and that is the price of the book's largest level on the side, where it was planted)."""
     from tapeflow_ui.queries import ORIGIN
 
+    last: dict[tuple[int, str], tuple[datetime, dict]] = {}
+    for strategy, t, inputs in conn.execute(
+            "SELECT strategy, eval_time, inputs FROM features WHERE symbol = 'BTCUSDT' AND eval_time >= %s "
+            "AND eval_time < %s ORDER BY eval_time", (frm, to)):
+        col = int(ORIGIN.timestamp()) + int((t - ORIGIN).total_seconds() // width) * width
+        if t.timestamp() >= min(col + width, to.timestamp()) - 10:
+            last[(col, strategy)] = (t, inputs)
+    expected = {}
+    for (col, strategy), (t, inputs) in last.items():
+        book = conn.execute("SELECT bid_prices, bid_qtys, ask_prices, ask_qtys FROM depth_snapshots "
+                            "WHERE symbol = 'BTCUSDT' AND event_time <= %s AND event_time >= %s "
+                            "ORDER BY event_time DESC LIMIT 1", (t, t - timedelta(seconds=10))).fetchone()
+        mid = (book[0][0] + book[2][0]) / 2
+        for side, sign, prices, qtys in (("bid", -1, book[0], book[1]), ("ask", 1, book[2], book[3])):
+            if f"wall_{side}_distance_bps" in inputs:
+                price = mid * (1 + sign * inputs[f"wall_{side}_distance_bps"] / 10_000)
+                assert price == pytest.approx(prices[qtys.index(max(qtys))], rel=1e-12)  # the largest level
+                expected[(col, strategy, side)] = (price, inputs[f"wall_{side}_usd"])
+    return expected
+
+
+def test_heatmap_walls_equal_a_recomputation_from_the_stored_features_and_books(site, browser, orderflow):
     heat = browser.evaluate("window.tapeflowUI.heatmap")
     drawn = browser.evaluate("window.tapeflowUI.wallsDrawn")
     step, width = heat["step"], heat["column_s"]
-    last: dict[tuple[int, str], tuple[datetime, dict]] = {}
     with psycopg.connect(site.conninfo) as conn:
-        for strategy, t, inputs in conn.execute(
-                "SELECT strategy, eval_time, inputs FROM features WHERE symbol = 'BTCUSDT' AND eval_time >= %s "
-                "AND eval_time < %s ORDER BY eval_time", (orderflow["from"], orderflow["to"])):
-            col = int(ORIGIN.timestamp()) + int((t - ORIGIN).total_seconds() // width) * width
-            if t.timestamp() >= min(col + width, orderflow["to"].timestamp()) - 10:
-                last[(col, strategy)] = (t, inputs)
-        expected = {}
-        for (col, strategy), (t, inputs) in last.items():
-            book = conn.execute("SELECT bid_prices, bid_qtys, ask_prices, ask_qtys FROM depth_snapshots "
-                                "WHERE symbol = 'BTCUSDT' AND event_time <= %s AND event_time >= %s "
-                                "ORDER BY event_time DESC LIMIT 1", (t, t - timedelta(seconds=10))).fetchone()
-            mid = (book[0][0] + book[2][0]) / 2
-            for side, sign, prices, qtys in (("bid", -1, book[0], book[1]), ("ask", 1, book[2], book[3])):
-                if f"wall_{side}_distance_bps" in inputs:
-                    price = mid * (1 + sign * inputs[f"wall_{side}_distance_bps"] / 10_000)
-                    assert price == pytest.approx(prices[qtys.index(max(qtys))], rel=1e-12)  # the largest level
-                    expected[(col, strategy, side)] = (price, inputs[f"wall_{side}_usd"])
-    served = {(w[0], w[6], w[2]): (w[3], w[4]) for w in heat["walls"]}
-    assert len(served) == len(heat["walls"]) and served.keys() == expected.keys()
-    assert served == {k: (pytest.approx(p, rel=1e-12), pytest.approx(u, rel=1e-12)) for k, (p, u) in expected.items()}
+        expected = expected_walls(conn, orderflow["from"], orderflow["to"], width)
+        # the session's two hours: 30 s columns, where the query reads only the columns' final books
+        frm, to = int(START.timestamp()), int((START + timedelta(hours=HOURS)).timestamp())
+        status, _, body = site.get(f"/api/heatmap?symbol=BTCUSDT&tf=1m&step=5&from={frm}&to={to}",
+                                   {"Authorization": f"Bearer {site.token}"})
+        wide = json.loads(body)
+        assert status == 200 and wide["column_s"] == 30
+        wide_expected = expected_walls(conn, START, START + timedelta(hours=HOURS), 30)
+    for walls, want in ((heat["walls"], expected), (wide["walls"], wide_expected)):
+        served = {(w[0], w[6], w[2]): (w[3], w[4]) for w in walls}
+        assert len(served) == len(walls) and served.keys() == want.keys()
+        assert served == {k: (pytest.approx(p, rel=1e-12), pytest.approx(u, rel=1e-12)) for k, (p, u) in want.items()}
     asks = {s: sum(1 for c, st, side in expected if st == s and side == "ask") for s in WALL_STRATEGIES}
     assert len(expected) > 300 and 0 < asks["book_walls"] < asks["flow_scalper"]  # a side without a wall: not drawn
+    assert len(wide_expected) > 150
     levels = [lv for _, _, _, lv, _ in heat["cells"]]
     lo, hi = min(levels), max(levels)
     want = {(c, s, side, int((p / step + 1e-6) // 1)) for (c, s, side), (p, _) in expected.items()}
