@@ -90,18 +90,24 @@ def main() -> None:
             med = statistics.median(times)
             print(f"| {name} | {med * 1000:.0f} ms | {max(times) * 1000:.0f} ms | {size / 1e3:,.0f} kB | "
                   f"{med / TARGET_S:.2f}x |", flush=True)
-        from tapeflow_ui.queries import MAX_HEATMAP_COLUMNS, Range, walls
+        from tapeflow_ui.queries import MAX_HEATMAP_COLUMNS, Range, default_step, heatmap, walls
 
+        # the heatmap's parts on one connection, in turn: its books (what it was before the walls) and the walls
         with psycopg.connect(psycopg.conninfo.make_conninfo(owner, user=role, password=password),
                              options="-c default_transaction_read_only=on") as conn:
-            times = []
-            for _ in range(args.runs + 1):
-                t = time.perf_counter()
-                n = len(walls(conn, "BTCUSDT", Range(DAY, DAY + timedelta(days=1)), 86_400 // MAX_HEATMAP_COLUMNS))
-                times.append(time.perf_counter() - t)
-                conn.rollback()
-            print(f"| of which the walls' query alone ({n} wall marks) | {statistics.median(times[1:]) * 1000:.0f} ms | "
-                  f"{max(times[1:]) * 1000:.0f} ms | | {statistics.median(times[1:]) / TARGET_S:.2f}x |", flush=True)
+            rng = Range(DAY, DAY + timedelta(days=1))
+            step = default_step(conn, "BTCUSDT", rng)
+            parts = {"books": lambda: len(heatmap(conn, "BTCUSDT", rng, step)["cells"]),
+                     "walls": lambda: len(walls(conn, "BTCUSDT", rng, 86_400 // MAX_HEATMAP_COLUMNS))}
+            for name, part in parts.items():
+                times = []
+                for _ in range(args.runs + 1):
+                    t = time.perf_counter()
+                    n = part()
+                    times.append(time.perf_counter() - t)
+                    conn.rollback()
+                print(f"| of which the heatmap's {name} query alone ({n} rows) | {statistics.median(times[1:]) * 1000:.0f} ms | "
+                      f"{max(times[1:]) * 1000:.0f} ms | | {statistics.median(times[1:]) / TARGET_S:.2f}x |", flush=True)
         with psycopg.connect(owner) as conn:
             raw = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
         print(f"baseline: the browser doing it from raw trades would download {raw:,} trades "
