@@ -6,7 +6,9 @@ writes; ``--trades-per-s`` sets the size, 30/s ≈ 2.6 M trades, the live BTC ra
 then the UI (``tapeflow_ui.app``, uvicorn, the read-only role) is asked over HTTP for each view of the
 whole day at 1 m bars, ``--runs`` times; the median and max wall time per view are printed, with the
 ratio to the 300 ms target. The footprint is cut to its last ``MAX_FOOTPRINT_BARS`` bars by design;
-the volume profile covers the whole day. Baseline: the same views computed in the browser from raw
+the volume profile covers the whole day. The day's evaluations carry the book detectors' walls
+(``store_wall_features``: every second, two strategies, 172,800 rows), so the heatmap draws them; the
+walls' own query is timed alone too (its share of the heatmap's time). Baseline: the same views computed in the browser from raw
 trades would first have to download them (``trades`` rows of the day, printed as MB of JSON).
 
     .venv/bin/python -m benchmarks.bench_ui --trades-per-s 30 --runs 5
@@ -31,7 +33,7 @@ from benchmarks.embedded_stack import embedded_stack
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_ui.queries import MAX_FOOTPRINT_BARS
 from tapeflow_ui.security import load_token
-from tests.support.ui_session import store_synthetic
+from tests.support.ui_session import store_synthetic, store_wall_features
 
 DAY = datetime(2024, 3, 1, tzinfo=UTC)
 TARGET_S = 0.300
@@ -52,6 +54,7 @@ def main() -> None:
         t = time.perf_counter()
         from_ms = int(DAY.timestamp() * 1000)
         counts = store_synthetic(owner, ["BTCUSDT"], from_ms, from_ms + 86_400_000, seed=3, trades_per_s=args.trades_per_s)
+        counts["features"] = store_wall_features(owner, "BTCUSDT", from_ms, from_ms + 86_400_000)
         print(f"loaded {counts} in {time.perf_counter() - t:.0f} s; load {os.getloadavg()[0]:.1f}", flush=True)
         role, password = f"bench_ro_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
         with psycopg.connect(owner, autocommit=True) as conn:
@@ -72,7 +75,8 @@ def main() -> None:
                  "volume profile (whole day)": f"/api/profile?{day}",
                  "liquidity heatmap (whole day, 240 columns; no bubbles past 12 h)": f"/api/heatmap?{day}",
                  "market overview": "/api/overview"}
-        print(f"{engine}; {counts.get('trades', 0):,} trades, {counts.get('depth_snapshots', 0):,} books in the day")
+        print(f"{engine}; {counts.get('trades', 0):,} trades, {counts.get('depth_snapshots', 0):,} books, "
+              f"{counts['features']:,} evaluations with walls in the day")
         print("| view | median | max | bytes | median / 300 ms target |\n|---|---|---|---|---|")
         for name, path in views.items():
             times, size = [], 0
@@ -86,6 +90,24 @@ def main() -> None:
             med = statistics.median(times)
             print(f"| {name} | {med * 1000:.0f} ms | {max(times) * 1000:.0f} ms | {size / 1e3:,.0f} kB | "
                   f"{med / TARGET_S:.2f}x |", flush=True)
+        from tapeflow_ui.queries import MAX_HEATMAP_COLUMNS, Range, default_step, heatmap, walls
+
+        # the heatmap's parts on one connection, in turn: its books (what it was before the walls) and the walls
+        with psycopg.connect(psycopg.conninfo.make_conninfo(owner, user=role, password=password),
+                             options="-c default_transaction_read_only=on") as conn:
+            rng = Range(DAY, DAY + timedelta(days=1))
+            step = default_step(conn, "BTCUSDT", rng)
+            parts = {"books": lambda: len(heatmap(conn, "BTCUSDT", rng, step)["cells"]),
+                     "walls": lambda: len(walls(conn, "BTCUSDT", rng, 86_400 // MAX_HEATMAP_COLUMNS))}
+            for name, part in parts.items():
+                times = []
+                for _ in range(args.runs + 1):
+                    t = time.perf_counter()
+                    n = part()
+                    times.append(time.perf_counter() - t)
+                    conn.rollback()
+                print(f"| of which the heatmap's {name} query alone ({n} rows) | {statistics.median(times[1:]) * 1000:.0f} ms | "
+                      f"{max(times[1:]) * 1000:.0f} ms | | {statistics.median(times[1:]) / TARGET_S:.2f}x |", flush=True)
         with psycopg.connect(owner) as conn:
             raw = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
         print(f"baseline: the browser doing it from raw trades would download {raw:,} trades "

@@ -668,7 +668,7 @@ def ui(
     host = host or settings.ui_host
     port = port if port is not None else settings.ui_port
     try:
-        code = run_ui(settings, paths, host, port or free_port(host), echo)
+        code = run_ui(settings, paths, host, port or free_port(host), echo, consumer_lag=_ui_consumer_lag(settings, paths))
     except TapeflowError as exc:
         raise fail(str(exc))
     raise typer.Exit(code)
@@ -899,6 +899,15 @@ def topics_describe(
         if not r["groups"]:
             echo("  no consumer group has committed offsets here")
     raise typer.Exit(0 if all(r["exists"] for r in rows) else 1)
+
+
+def _ui_consumer_lag(settings, paths):
+    """The UI's consumer-lag source: ``topics lag --json``'s groups of this deployment (the broker
+    resolved on each call, so a stack started after the UI is found)."""
+    from tapeflow.topic_groups import groups_lag
+    from tapeflow_runtime.endpoints import resolve_broker
+
+    return lambda: [g.as_dict() for g in groups_lag(resolve_broker(settings, paths), prefix=settings.topic_prefix)]
 
 
 @topics_app.command("lag")

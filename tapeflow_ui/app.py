@@ -75,8 +75,9 @@ def _number(request: Request, name: str) -> float | None:
 class UI:
     """The views over one read-only connection pool."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, lag: ov.LagWatch | None = None) -> None:
         self.pool = pool
+        self.lag = lag
         self._timescale: bool | None = None
 
     def timescale(self, conn) -> bool:
@@ -133,22 +134,32 @@ class UI:
         with self.pool.connection() as conn:
             rng = self._range(conn, request, symbol, tf)
             data = q.heatmap(conn, symbol, rng, self._step(conn, request, symbol, rng))
+            data["walls"] = q.walls(conn, symbol, rng, data["column_s"])
             data["large_trades"] = q.large_trades(conn, symbol, rng)
             data["liquidations"] = q.liquidations(conn, symbol, rng)
             return ORJSONResponse(data)
 
     def overview(self, request: Request) -> Response:
         with self.pool.connection() as conn:
-            return ORJSONResponse(ov.overview(conn))
+            return ORJSONResponse(ov.overview(conn, None if self.lag is None else self.lag.snapshot()))
+
+    def lag_groups(self, request: Request) -> Response:
+        if self.lag is None:
+            raise HTTPException(404, "the UI was started without a broker: no consumer lag")
+        return ORJSONResponse(self.lag.snapshot())
 
     def symbols(self, request: Request) -> Response:
         with self.pool.connection() as conn:
             return ORJSONResponse({"symbols": q.symbols(conn)})
 
     def gaps(self, request: Request) -> Response:
+        stream = request.query_params.get("stream")
+        if stream not in (None, "md.trades", "md.depth"):
+            raise HTTPException(400, "stream: md.trades (trade-id holes) or md.depth (book resyncs)")
         with self.pool.connection() as conn:
             rows = conn.execute("SELECT symbol, stream, from_id, to_id, extract(epoch FROM detected_time)::bigint, "
-                                "reason FROM data_gaps ORDER BY detected_time DESC LIMIT 500").fetchall()
+                                "reason FROM data_gaps WHERE %(s)s::text IS NULL OR stream = %(s)s "
+                                "ORDER BY detected_time DESC LIMIT 500", {"s": stream}).fetchall()
         return ORJSONResponse([{"symbol": r[0], "stream": r[1], "from_id": r[2], "to_id": r[3], "detected": r[4],
                                 "reason": r[5]} for r in rows])
 
@@ -206,12 +217,17 @@ class UI:
 
 
 def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size: int = 4,
-               actions: Actions | None = None) -> Starlette:
+               actions: Actions | None = None, consumer_lag: Callable[[], list[dict]] | None = None,
+               lag_limits: tuple[int, int] = (ov.LAG_WARN, ov.LAG_BAD), lag_refresh_s: float = ov.LAG_REFRESH_S
+               ) -> Starlette:
     """The application reading ``conninfo`` (the read-only role; every transaction read-only too);
-    with ``actions`` the desk's manual actions too (``tapeflow_ui.actions``)."""
+    with ``actions`` the desk's manual actions too (``tapeflow_ui.actions``); with ``consumer_lag``
+    (the groups' lag, as ``tapeflow topics lag --json``) the overview's consumer-lag light, refreshed in
+    the background every ``lag_refresh_s`` (``overview.LagWatch``; ``lag_limits``: warn and bad above)."""
     pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="tapeflow-ui",
                           kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000"})
-    ui = UI(pool)
+    lag = None if consumer_lag is None else ov.LagWatch(consumer_lag, lag_refresh_s, *lag_limits)
+    ui = UI(pool, lag)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     csrf = csrf_value(token)
 
@@ -236,9 +252,13 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
     @asynccontextmanager
     async def lifespan(app: Starlette):
         await asyncio.to_thread(pool.open)
+        if ui.lag is not None:
+            ui.lag.start()
         try:
             yield
         finally:
+            if ui.lag is not None:
+                await asyncio.to_thread(ui.lag.stop)
             await asyncio.to_thread(pool.close)
 
     routes = [
@@ -257,6 +277,7 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
         Route("/api/stream", ui.stream),
         Route("/api/quality/gaps", ui.gaps),
         Route("/api/quality/errors", ui.errors),
+        Route("/api/quality/lag", ui.lag_groups),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     if actions is not None:

@@ -1,10 +1,18 @@
 """The market overview's SQL (the old dashboard's home): symbols by 24 h volume, the funding heatmap,
 the signal timeline, the whale radar and the data-quality lights. "24 h" is the day before the newest
 stored bar (a replayed session lies in the past), each query bounded by time so partitions are pruned.
+
+The lights: trade-id gaps and book resyncs (both ``data_gaps``, by stream), dead letters, freshness
+of each input, and consumer lag (``LagWatch``: asked of the broker in the background, never on a
+request). Their limits are the constants below (``docs/how-to/web-ui.md`` lists them).
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg
@@ -16,6 +24,15 @@ WHALE_USD = 100_000.0
 STALE_AFTER_S = {"trades": 120, "depth_snapshots": 120, "mark_prices": 120, "bars_1m": 180, "features": 900}
 #: how far back the freshness checks look (a time-bounded scan; older than this is "nothing")
 FRESH_WINDOW_S = 1800
+#: book resyncs of one symbol in 24 h (md.gaps records of stream md.depth): any is a warning (the stored
+#: books, the heatmap and the book detectors had a hole), this many a book that keeps breaking
+RESYNC_BAD = 10
+#: consumer lag (records behind the end offset, summed over a group's partitions): above WARN a group is
+#: falling behind, above BAD it is stuck or far behind; a lag figure older than LAG_STALE_S is not trusted
+LAG_WARN = 1_000
+LAG_BAD = 10_000
+LAG_REFRESH_S = 15.0
+LAG_STALE_S = 60.0
 TIME_COLUMN = {"trades": "trade_time", "depth_snapshots": "event_time", "mark_prices": "event_time",
                "bars_1m": "close_time", "features": "eval_time"}
 
@@ -67,15 +84,93 @@ def whale_radar(conn: psycopg.Connection, now: datetime, min_usd: float = WHALE_
     return [{"time": r[0], "symbol": r[1], "price": r[2], "qty": r[3], "side": r[4], "usd": r[5]} for r in rows]
 
 
-def data_quality(conn: psycopg.Connection, now: datetime) -> list[dict]:
+@dataclass
+class LagWatch:
+    """Consumer lag of the deployment's groups, asked of the broker in a background thread every
+    ``LAG_REFRESH_S`` (the admin calls take a broker round trip per group: never on a page's request).
+
+    ``fetch`` returns ``[{"group", "state", "members", "total_lag", "partitions"}, ...]`` as
+    ``tapeflow topics lag --json`` does (``tapeflow.topic_groups.groups_lag``: injected by the CLI, a
+    higher layer). ``snapshot()`` is what the overview shows: the last answer, when it came, and the
+    last error."""
+
+    fetch: Callable[[], list[dict]]
+    refresh_s: float = LAG_REFRESH_S
+    warn: int = LAG_WARN
+    bad: int = LAG_BAD
+    clock: Callable[[], float] = time.time
+    groups: list[dict] | None = None
+    fetched_at: float | None = None
+    error: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        try:
+            groups = self.fetch()
+        except Exception as exc:  # noqa: BLE001 - a broker that does not answer is a light, not a crash
+            self.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            return
+        self.groups, self.fetched_at, self.error = groups, self.clock(), None
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.refresh()
+                self._stop.wait(self.refresh_s)
+        self._thread = threading.Thread(target=loop, name="tapeflow-ui-lag", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+
+    def snapshot(self) -> dict:
+        return {"groups": self.groups, "fetched_at": self.fetched_at, "error": self.error, "warn": self.warn,
+                "bad": self.bad}
+
+
+def lag_light(snapshot: dict | None, now_s: float) -> dict:
+    """The consumer-lag light from a ``LagWatch.snapshot()`` (None: the UI was started without a broker)."""
+    link = "/api/quality/lag"
+    if snapshot is None:
+        return {"check": "consumer lag", "state": "info", "link": None,
+                "detail": "no broker configured for the UI: see `tapeflow topics lag`"}
+    groups, at, error = snapshot["groups"], snapshot["fetched_at"], snapshot["error"]
+    if groups is None:
+        return {"check": "consumer lag", "state": "warn" if error is None else "bad", "link": link,
+                "detail": "asking the broker…" if error is None else f"the broker did not answer: {error}"}
+    age, warn, bad = now_s - at, snapshot.get("warn", LAG_WARN), snapshot.get("bad", LAG_BAD)
+    behind = sorted((g for g in groups if g["total_lag"] > warn), key=lambda g: -g["total_lag"])
+    worst = max((g["total_lag"] for g in groups), default=0)
+    state = "bad" if worst > bad else "warn" if worst > warn else "ok"
+    if age > LAG_STALE_S or error is not None:
+        state = "bad" if state == "bad" else "warn"
+    detail = ("; ".join(f"{g['group']}: {g['total_lag']:,} behind ({g['state']}, {g['members']} members)"
+                        for g in behind[:4]) or
+              f"{len(groups)} groups, at most {worst:,} records behind")
+    if age > LAG_STALE_S or error is not None:
+        detail += f"; figure {age:.0f} s old" + (f" ({error})" if error else "")
+    return {"check": "consumer lag", "state": state, "detail": detail, "link": link}
+
+
+def data_quality(conn: psycopg.Connection, now: datetime, lag: dict | None = None,
+                 now_s: float | None = None) -> list[dict]:
     """One light per check: ok, warn or bad, with what is wrong and where to look."""
     lights = []
     day = now - timedelta(days=1)
     gaps = conn.execute("SELECT symbol, stream, count(*), sum(to_id - from_id + 1) FROM data_gaps "
                         "WHERE detected_time >= %s GROUP BY 1, 2 ORDER BY 1, 2", (day,)).fetchall()
-    lights.append({"check": "gaps", "state": "bad" if gaps else "ok",
-                   "detail": "; ".join(f"{s} {st}: {n} holes, {ids} ids" for s, st, n, ids in gaps) or
-                   "no id holes given up in 24 h", "link": "/api/quality/gaps"})
+    trade_gaps = [g for g in gaps if g[1] != "md.depth"]
+    lights.append({"check": "gaps", "state": "bad" if trade_gaps else "ok",
+                   "detail": "; ".join(f"{s} {st}: {n} holes, {ids} ids" for s, st, n, ids in trade_gaps) or
+                   "no trade-id holes given up in 24 h", "link": "/api/quality/gaps?stream=md.trades"})
+    resyncs = sorted(((s, n) for s, st, n, _ in gaps if st == "md.depth"), key=lambda r: (-r[1], r[0]))
+    worst = max((n for _, n in resyncs), default=0)
+    lights.append({"check": "book resyncs", "state": "bad" if worst >= RESYNC_BAD else "warn" if worst else "ok",
+                   "detail": "; ".join(f"{s}: {n} resync{'' if n == 1 else 's'}" for s, n in resyncs[:6]) or
+                   "no order book broke in 24 h", "link": "/api/quality/gaps?stream=md.depth"})
     errors = conn.execute("SELECT count(*) FROM pipeline_errors WHERE event_time >= %s", (day,)).fetchone()[0]
     lights.append({"check": "dead letters", "state": "bad" if errors else "ok",
                    "detail": f"{errors} records no stage could process in 24 h (pipeline_errors)",
@@ -88,16 +183,14 @@ def data_quality(conn: psycopg.Connection, now: datetime) -> list[dict]:
         lights.append({"check": f"{table} fresh", "state": state,
                        "detail": f"nothing in the {FRESH_WINDOW_S // 60} min before the newest bar" if age is None else
                        f"newest row {age:.0f} s before the newest bar", "link": None})
-    lights.append({"check": "resyncs and consumer lag", "state": "info",
-                   "detail": "book resyncs and consumer lag are Prometheus metrics: see Grafana's pipeline dashboard",
-                   "link": None})
+    lights.append(lag_light(lag, time.time() if now_s is None else now_s))
     return lights
 
 
-def overview(conn: psycopg.Connection) -> dict:
+def overview(conn: psycopg.Connection, lag: dict | None = None) -> dict:
     now = data_time(conn)
     if now is None:
         return {"now": None, "market": [], "funding": {"cells": []}, "signals": [], "whales": [], "quality": []}
     return {"now": ts(now), "market": market_table(conn, now), "funding": funding_heatmap(conn, now),
             "signals": signal_timeline(conn, now), "whales": whale_radar(conn, now),
-            "quality": data_quality(conn, now)}
+            "quality": data_quality(conn, now, lag)}

@@ -7,7 +7,8 @@ continuous aggregates ``bars_5m``/``bars_1h`` (0003_market_data.timescale.sql), 
 filter). Footprint and volume profile group ``trades`` by bar and price level (``floor(price / step)``)
 for the visible range only (the footprint at most ``MAX_FOOTPRINT_BARS`` bars, around the chosen one);
 the liquidity heatmap takes the last stored book (``depth_snapshots``) of each time column and sums its
-sizes per price level.
+sizes per price level, and draws the detectors' walls from each strategy's last evaluation
+(``features``) in the column (``walls``).
 """
 
 from __future__ import annotations
@@ -180,6 +181,72 @@ def heatmap(conn: psycopg.Connection, symbol: str, rng: Range, step: float, colu
         "floor(p / %(step)s)::bigint, sum(q) FROM lv GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 4", args).fetchall()
     cells = [[col, book_ms, side, level, qty] for col, book_ms, side, level, qty in rows]
     return {"step": step, "column_s": column_s, "from": ts(rng.start), "to": ts(rng.end), "cells": cells}
+
+
+#: how old the book behind a wall may be (the detector's default ``walls.max_age``: an older book has no walls)
+WALL_BOOK_MAX_AGE = timedelta(seconds=10)
+#: a column's walls are those of each strategy's last evaluation in the column's final seconds (strategies
+#: evaluate every second; an older evaluation is not what stood at the column's end)
+WALL_EVAL_WINDOW = timedelta(seconds=10)
+
+
+def walls(conn: psycopg.Connection, symbol: str, rng: Range, column_s: int) -> list[list]:
+    """The detectors' walls on the heatmap's columns: for each time column and strategy, its last
+    evaluation (``features``) in the column's final ``WALL_EVAL_WINDOW``; where its inputs carry
+    ``wall_bid_distance_bps`` / ``wall_ask_distance_bps`` (``stream_apps.core.detectors.book``: the
+    nearest wall of the side), the wall's price is the mid of the latest stored book at or before the
+    evaluation (at most ``WALL_BOOK_MAX_AGE`` older; mid as the detector takes it: the mean of the best
+    bid and ask, or the one side there is) moved by the distance: ``mid × (1 ∓ bps / 10,000)``.
+
+    The detector compares the first book of each ``book_sample`` interval (1 s by default), so the
+    mid it used can be up to that much older than the latest book: the price drawn is within a
+    second's move of the detector's (a level the wall stands at is a level of the book either way).
+
+    Cost: the evaluations are read by index per column (a few seconds each, not the day's 100,000s);
+    ``depth_snapshots`` has only a BRIN index on time, so instead of a lookup per evaluation (each one
+    scanned the symbol's whole primary key: seconds for a day) the range's books are read once, just
+    their times and best prices, and each evaluation takes the last book before it in one sorted pass.
+    Rows: ``[column, eval_ms, side, price, usd, age_s, strategy]``."""
+    # the per-column lookups are estimated at millions of rows (a range the planner cannot size), which
+    # would start JIT compilation: seconds for a query that runs in tens of milliseconds
+    conn.execute("SET LOCAL jit = off")
+    rows = conn.execute(
+        "WITH cols AS (SELECT c AS col, least(c + %(col)s, %(b)s) AS col_end FROM generate_series("
+        "  date_bin(%(col)s, %(a)s, %(o)s), %(b)s, %(col)s) c WHERE c < %(b)s), "
+        "pick AS (SELECT DISTINCT ON (cols.col, e.strategy) cols.col, e.strategy, e.eval_time FROM cols "
+        "  CROSS JOIN LATERAL (SELECT strategy, eval_time FROM features WHERE exchange = %(x)s AND symbol = %(s)s "
+        "    AND eval_time >= greatest(cols.col_end - %(win)s, %(a)s) AND eval_time < cols.col_end) e "
+        "  ORDER BY cols.col, e.strategy, e.eval_time DESC), "
+        "f AS (SELECT pick.col, f.eval_time, f.strategy, "
+        "  (inputs ->> 'wall_bid_distance_bps')::float8 AS bid_bps, (inputs ->> 'wall_ask_distance_bps')::float8 AS ask_bps, "
+        "  (inputs ->> 'wall_bid_usd')::float8 AS bid_usd, (inputs ->> 'wall_ask_usd')::float8 AS ask_usd, "
+        "  (inputs ->> 'wall_bid_age_s')::float8 AS bid_age, (inputs ->> 'wall_ask_age_s')::float8 AS ask_age "
+        "  FROM features f JOIN pick ON f.strategy = pick.strategy AND f.eval_time = pick.eval_time "
+        "  WHERE f.exchange = %(x)s AND f.symbol = %(s)s AND f.eval_time >= %(a)s AND f.eval_time < %(b)s "
+        "  AND f.eval_time = ANY(ARRAY(SELECT eval_time FROM pick)) "
+        "  AND (inputs ? 'wall_bid_distance_bps' OR inputs ? 'wall_ask_distance_bps')), "
+        # the range's books once (times and best prices only), and the evaluations with them in one time
+        # order (a book at an evaluation's time first): each evaluation carries the time of the last book
+        "b AS MATERIALIZED (SELECT event_time AS t, last_update_id AS uid, "
+        "  coalesce((bid_prices[1] + ask_prices[1]) / 2, bid_prices[1], ask_prices[1]) AS mid FROM depth_snapshots "
+        "  WHERE exchange = %(x)s AND symbol = %(s)s AND event_time >= %(a)s - %(age)s AND event_time < %(b)s "
+        # only the books an evaluation can take: those of a column's (or the range's) final seconds
+        "  AND (%(col)s < %(need)s OR event_time >= %(b)s - %(need)s "
+        "    OR event_time >= date_bin(%(col)s, event_time, %(o)s) + %(col)s - %(need)s) "
+        "  AND coalesce(bid_prices[1], ask_prices[1]) IS NOT NULL AND EXISTS (SELECT 1 FROM f)), "
+        "carried AS (SELECT t, k, strategy, max(t) FILTER (WHERE k = 0) OVER (ORDER BY t, k) AS book_t "
+        "  FROM (SELECT eval_time AS t, 1 AS k, strategy FROM f UNION ALL SELECT t, 0, NULL FROM b) seq), "
+        "m AS (SELECT DISTINCT ON (f.strategy, f.eval_time) f.*, f.eval_time AS t, b.mid AS book_mid FROM carried c "
+        "  JOIN f ON c.k = 1 AND f.strategy = c.strategy AND f.eval_time = c.t JOIN b ON b.t = c.book_t "
+        "  WHERE c.book_t >= c.t - %(age)s ORDER BY f.strategy, f.eval_time, b.uid DESC) "
+        "SELECT extract(epoch FROM col)::bigint, (extract(epoch FROM t) * 1000)::bigint, side, price, usd, age, "
+        "strategy FROM (SELECT col, t, strategy, 'bid' AS side, book_mid * (1 - bid_bps / 10000) AS price, "
+        "  bid_usd AS usd, bid_age AS age FROM m WHERE bid_bps IS NOT NULL "
+        "  UNION ALL SELECT col, t, strategy, 'ask', book_mid * (1 + ask_bps / 10000), ask_usd, ask_age "
+        "  FROM m WHERE ask_bps IS NOT NULL) w ORDER BY 1, 7, 3",
+        {"col": timedelta(seconds=column_s), "o": ORIGIN, "x": EXCHANGE, "s": symbol, "a": rng.start, "b": rng.end,
+         "age": WALL_BOOK_MAX_AGE, "win": WALL_EVAL_WINDOW, "need": WALL_EVAL_WINDOW + WALL_BOOK_MAX_AGE}).fetchall()
+    return [list(r) for r in rows]
 
 
 def large_trades(conn: psycopg.Connection, symbol: str, rng: Range, limit: int = LARGE_TRADES) -> list[dict]:

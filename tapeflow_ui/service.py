@@ -77,13 +77,16 @@ def login_url(address: str, token: str) -> str:
     return f"http://{shown}:{port}/?token={token}"
 
 
-def run_ui(settings: Settings, paths: StackPaths, host: str, port: int, say=print) -> int:
+def run_ui(settings: Settings, paths: StackPaths, host: str, port: int, say=print, consumer_lag=None) -> int:
+    """Serve the UI; ``consumer_lag`` (the deployment's groups' lag, injected by the CLI) feeds the
+    overview's consumer-lag light."""
     import uvicorn
 
     from tapeflow_ui.app import create_app
 
     token = load_token(paths)
-    app = create_app(readonly_conninfo(settings, paths), token, host=host, actions=desk_actions(settings, paths))
+    app = create_app(readonly_conninfo(settings, paths), token, host=host, actions=desk_actions(settings, paths),
+                     consumer_lag=consumer_lag)
     config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
                             proxy_headers=False, server_header=False, date_header=False, lifespan="on")
     say(f"tapeflow ui on http://{host}:{port}/ (read-only role; token in {paths.secrets_dir}/ui-token)")

@@ -142,10 +142,19 @@ class VenueProducer:
             "to_id": to_id, "detected_time": int(time.time() * 1000), "reason": reason[:500]})
 
     def _count_resync(self, symbol: str, reason: str) -> None:
+        """A broken order book: counted, logged and recorded on `md.gaps` (stream ``md.depth``, reason
+        ``resync: …``), so the database keeps every break for the UI's light and the audit. The record
+        marks where the chain broke: ``from_id`` = ``to_id`` = the first update id after the last one
+        the book applied (how many updates the new snapshot then replaced is not known at the break)."""
         # the label is the reason's kind only ("pu=123 != last u=120" -> "pu"): an update id in a label
         # value made a new series per resync
         self.metrics.book_resyncs.labels(symbol, reason.split(" ")[0].split("=")[0]).inc()
         log.warning("order book resync", exchange=self.exchange, symbol=symbol, reason=reason)
+        book = self.books.get(symbol)
+        after = (getattr(book, "last_update_id", None) or 0) + 1
+        self.publisher.publish("md.gaps", self._key(symbol), {
+            "exchange": self.exchange, "symbol": symbol, "stream": "md.depth", "from_id": after, "to_id": after,
+            "detected_time": int(time.time() * 1000), "reason": f"resync: {reason}"[:500]})
 
     # --- md.book ----------------------------------------------------------------------------------
     def _book_version(self, symbol: str) -> Any:

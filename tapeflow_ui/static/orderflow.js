@@ -217,6 +217,21 @@
       ctx.fillStyle = side === "bid" ? `rgba(64,196,255,${0.08 + 0.92 * v})` : `rgba(255,171,64,${0.08 + 0.92 * v})`;
       ctx.fillRect(x(col), y(lv), Math.max(colW, 1), Math.max(rowH, 1));
     }
+    // the detectors' walls: a bar across the column at the wall's level, white-edged, bid green / ask red
+    UI.wallsDrawn = [];
+    // (a wall's price is mid × (1 ∓ bps / 10,000): a book price up to a last-digit rounding, hence the
+    // 1e-6 of a step before flooring, so a wall on a level's edge lands on that level)
+    for (const [col, , side, price, usd, age, strategy] of data.walls || []) {
+      const lv = Math.floor(price / data.step + 1e-6);
+      if (lv < lo || lv > hi) continue;
+      const wy = y(lv) + rowH / 2;
+      ctx.strokeStyle = "#ffffff"; ctx.lineWidth = 4;
+      ctx.beginPath(); ctx.moveTo(x(col), wy); ctx.lineTo(x(col) + Math.max(colW, 3), wy); ctx.stroke();
+      ctx.strokeStyle = side === "bid" ? "#00e676" : "#ff1744"; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.moveTo(x(col), wy); ctx.lineTo(x(col) + Math.max(colW, 3), wy); ctx.stroke();
+      UI.wallsDrawn.push({ col, side, level: lv, price, usd, age, strategy });
+    }
+    ctx.lineWidth = 1;
     const maxTrade = Math.max(1e-12, ...data.large_trades.map((t) => t.qty));
     for (const t of data.large_trades) {
       const lv = Math.floor(t.price / data.step);
@@ -235,7 +250,7 @@
     for (let lv = hi; lv >= lo; lv -= every) ctx.fillText(TF.num(lv * data.step, d), 2, y(lv) + rowH / 2);
     document.getElementById("heatmap-summary").textContent =
       `${cols} columns of ${data.column_s} s (the last stored book of each), ${hi - lo + 1} levels of ${data.step}; ` +
-      `largest resting size ${TF.compact(maxQ)}; ` +
+      `largest resting size ${TF.compact(maxQ)}; ${UI.wallsDrawn.length} wall marks from the detectors; ` +
       (data.to - data.from > 12 * 3600 ? "large trades shown for ranges up to 12 h; " : `${data.large_trades.length} largest trades; `) +
       `${data.liquidations.items.length} liquidations (lower bound: Binance sends at most one per second per symbol).`;
     UI.ready.heatmap = cells.length;

@@ -153,3 +153,41 @@ def store_watchlist_session(conninfo: str, seed: int = 11, minutes: float = 12.0
             _write(conn, topic, recs, counts)
         conn.commit()
     return counts
+
+
+#: the strategies of the planted wall evaluations (``store_wall_features``)
+WALL_STRATEGIES = ("flow_scalper", "book_walls")
+
+
+def store_wall_features(conninfo: str, symbol: str, from_ms: int, to_ms: int) -> int:
+    """Evaluations with the book detectors' wall fields, hand-made from the stored books (the engine
+    needs a day of warm-up): two per book (at its time and 1 s later: the generator's books come every
+    2 s, the engine evaluates every second), for each of ``WALL_STRATEGIES``. Each side's wall is the
+    book's largest level (ties: the nearer price), as ``stream_apps.core.detectors.book`` reports it:
+    distance from mid in bps, USD size, age; ``book_walls`` reports no ask wall at the second
+    evaluation of a book (a side without a wall has no field). Returns the rows written."""
+    with psycopg.connect(conninfo) as conn:
+        ensure_partitions(conn, "features", datetime.fromtimestamp(from_ms / 1000 - 86_400, tz=UTC),
+                          datetime.fromtimestamp(to_ms / 1000 + 86_400, tz=UTC))
+        cur = conn.execute(
+            "INSERT INTO features (evaluation_id, strategy, strategy_version, config_hash, exchange, symbol, eval_time, "
+            "  inputs, layer_scores, score, direction, gate, block_reason) "
+            "SELECT s.strategy || ':h:' || d.exchange || ':' || d.symbol || ':' || (extract(epoch FROM e.t) * 1000)::bigint, "
+            "  s.strategy, '1', 'h', d.exchange, d.symbol, e.t, jsonb_strip_nulls(jsonb_build_object('obi_10', d.obi_10, "
+            "  'wall_bid_distance_bps', (m.mid - b.p) / m.mid * 10000, 'wall_bid_usd', b.p * b.q, 'wall_bid_age_s', 4.0 + e.k, "
+            "  'wall_ask_distance_bps', CASE WHEN s.strategy <> 'book_walls' OR e.k = 0 THEN (a.p - m.mid) / m.mid * 10000 END, "
+            "  'wall_ask_usd', CASE WHEN s.strategy <> 'book_walls' OR e.k = 0 THEN a.p * a.q END)), "
+            "  '{}'::jsonb, 0, NULL, NULL, 'below_entry' "
+            "FROM depth_snapshots d "
+            "CROSS JOIN LATERAL (SELECT (d.bid_prices[1] + d.ask_prices[1]) / 2 AS mid) m "
+            "CROSS JOIN LATERAL (SELECT p, q FROM unnest(d.bid_prices, d.bid_qtys) u(p, q) ORDER BY q DESC, p DESC LIMIT 1) b "
+            "CROSS JOIN LATERAL (SELECT p, q FROM unnest(d.ask_prices, d.ask_qtys) u(p, q) ORDER BY q DESC, p LIMIT 1) a "
+            "CROSS JOIN LATERAL (SELECT k, d.event_time + make_interval(secs => k) AS t FROM generate_series(0, 1) k) e "
+            "CROSS JOIN unnest(%s::text[]) s(strategy) "
+            "WHERE d.exchange = 'binance' AND d.symbol = %s AND d.event_time >= %s AND d.event_time < %s",
+            (list(WALL_STRATEGIES), symbol, datetime.fromtimestamp(from_ms / 1000, tz=UTC),
+             datetime.fromtimestamp(to_ms / 1000, tz=UTC)))
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE features")
+        return cur.rowcount

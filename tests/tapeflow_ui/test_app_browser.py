@@ -32,8 +32,10 @@ from tests.support.ui_session import (
     UI_WINDOWS,
     floor_index,
     signal_record,
+    WALL_STRATEGIES,
     store_signals,
     store_synthetic,
+    store_wall_features,
     store_watchlist_session,
     watchlist_events,
 )
@@ -44,6 +46,12 @@ pytestmark = [pytest.mark.integration,
 START = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
 HOURS = 2
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+#: a book resync as the producer records it on md.gaps (``VenueProducer._count_resync``)
+RESYNC = {"exchange": "binance", "symbol": "BTCUSDT", "stream": "md.depth", "from_id": 123_457, "to_id": 123_457,
+          "detected_time": int((START + timedelta(minutes=70)).timestamp() * 1000),
+          "reason": "resync: pu=123460 != last u=123456"}
+#: the consumer-lag light's limits in this module (records behind: warn above, bad above)
+LAG_LIMITS = (3, 1_000)
 
 
 class Site:
@@ -70,6 +78,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def site(pg_server, kafka_bootstrap, tmp_path_factory):
     import uvicorn
 
+    from tapeflow.cli import _ui_consumer_lag
     from tapeflow_runtime.settings import Settings
     from tapeflow_ui.app import create_app
     from tapeflow_ui.service import desk_actions
@@ -89,6 +98,11 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
                signal_record("BTCUSDT", from_ms + 75 * 60_000 + 5_000, "SHORT", closes["BTCUSDT"], 2),
                signal_record("ETHUSDT", from_ms + 50 * 60_000 + 5_000, "LONG", closes["ETHUSDT"], 3)]
     assert store_signals(owner, signals) == 3
+    spec = table_for_topic("md.gaps")
+    with psycopg.connect(owner) as conn:
+        assert write_rows(conn, spec, [spec.to_row(RESYNC)]) == 1
+    # the detectors' walls over the order-flow page's hour, ending before the 30 min the freshness lights look at
+    assert store_wall_features(owner, "BTCUSDT", from_ms + 30 * 60_000, from_ms + 90 * 60_000 - 1_000) > 3000
     stored = store_watchlist_session(owner)
     assert stored["xv_pair_events"] >= 4 and stored["xv_features"] > 1000, stored
     with psycopg.connect(owner, autocommit=True) as conn:  # a login of the read-only role, for this module only
@@ -105,8 +119,9 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
     settings = Settings(home=home, broker=kafka_bootstrap, topic_prefix=prefix, watchlist_strategies=[str(strategy_file)],
                         database_url="postgresql://" + writer_role + ":" + password + "@" + f"{pg_server.host}:{pg_server.port}/{name}")
     actions = desk_actions(settings, StackPaths(home))  # what `tapeflow ui` wires: the writer login, the kill switch
-    server = uvicorn.Server(uvicorn.Config(create_app(readonly, token, actions=actions), host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="on"))
+    app = create_app(readonly, token, actions=actions, consumer_lag=_ui_consumer_lag(settings, StackPaths(home)),
+                     lag_limits=LAG_LIMITS, lag_refresh_s=0.3)  # the lag source `tapeflow ui` wires
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -198,9 +213,70 @@ def test_overview_renders_every_panel_with_data(site, browser):
     assert ready["signals"] == 3 and ready["funding"] > 0 and ready["quality"] >= 5
     lights = browser.evaluate("Object.fromEntries([...document.querySelectorAll('#quality li')].map(l => [l.dataset.check, l.className]))")
     assert lights["gaps"] == "ok" and lights["trades fresh"] == "ok" and lights["features fresh"] == "bad"
+    assert lights["book resyncs"] == "warn"  # the planted resync
     assert painted(browser, "#funding") > 1000 and painted(browser, "#timeline") > 50
     assert browser.problems() == []
     shoot(browser, site, "overview")
+
+
+def overview_lights(site, browser) -> dict[str, dict]:
+    browser.goto(f"{site.base}/")
+    assert browser.wait_for("window.tapeflowUI.ready.all || window.tapeflowUI.errors.length") is True
+    return browser.evaluate("""Object.fromEntries([...document.querySelectorAll('#quality li')].map(l => [l.dataset.check,
+        {state: l.className, text: l.textContent, link: l.querySelector('a') && l.querySelector('a').getAttribute('href')}]))""")
+
+
+def wait_until(condition, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+    return value
+
+
+def test_quality_lights_link_to_the_book_resyncs_and_to_a_lagging_consumer_group(site, browser):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from schemas.catalogue import topic as topic_spec
+    from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+
+    auth = {"Authorization": f"Bearer {site.token}"}
+    lights = overview_lights(site, browser)
+    resync = lights["book resyncs"]
+    assert resync["state"] == "warn" and "BTCUSDT: 1 resync" in resync["text"]
+    status, _, body = site.get(resync["link"], auth)
+    assert status == 200 and [(r["symbol"], r["stream"], r["from_id"], r["reason"]) for r in json.loads(body)] == [
+        ("BTCUSDT", "md.depth", RESYNC["from_id"], RESYNC["reason"])]
+    assert json.loads(site.get(lights["gaps"]["link"], auth)[2]) == []  # no trade-id hole: the gaps light is ok
+
+    # a consumer group of this deployment (the topic prefix): caught up, then 5 records behind
+    topic, group = site.prefix + "md.trades", site.prefix + "ui-lag-probe"
+    ensure_topics(site.bootstrap, prefix=site.prefix, specs=[topic_spec("md.trades")])
+    producer = Producer({"bootstrap.servers": site.bootstrap, "linger.ms": 0})
+    for i in range(5):  # one batch each: Tansu's end offset counts batches
+        producer.produce(topic, value=b"x%d" % i, partition=0)
+        assert producer.flush(10) == 0
+
+    def commit(offset: int) -> None:
+        c = Consumer(consumer_config(site.bootstrap, group))
+        c.assign([TopicPartition(topic, 0, 0)])
+        c.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+        c.close()
+
+    def lag_of_probe() -> int | None:
+        snapshot = json.loads(site.get("/api/quality/lag", auth)[2])
+        found = [g["total_lag"] for g in snapshot["groups"] or [] if g["group"] == group]
+        return found[0] if found else None
+
+    for offset, lag, state in ((5, 0, "ok"), (0, 5, "warn")):
+        commit(offset)
+        wait_until(lambda: lag_of_probe() == lag)  # the UI's background refresh saw it
+        light = overview_lights(site, browser)["consumer lag"]
+        assert light["state"] == state and light["link"] == "/api/quality/lag", light
+        if state == "warn":  # the light names the group behind, with its lag
+            assert f"{group}: 5 behind" in light["text"]
+    assert browser.problems() == []
+    shoot(browser, site, "overview-quality-lights")
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +362,67 @@ def test_heatmap_cells_equal_the_stored_book_sizes(site, browser, orderflow):
     assert painted(browser, "#heatmap") > 20_000
     assert browser.problems() == []
     shoot(browser, site, "heatmap-and-footprint")
+
+
+def expected_walls(conn, frm: datetime, to: datetime, width: int) -> dict[tuple[int, str, str], tuple[float, float]]:
+    """For each heatmap column and strategy the last evaluation in its final 10 s; each wall it reports
+    at the mid of the latest stored book at or before it (at most 10 s older) moved by the wall's
+    distance (and that is the price of the book's largest level on the side, where it was planted)."""
+    from tapeflow_ui.queries import ORIGIN
+
+    last: dict[tuple[int, str], tuple[datetime, dict]] = {}
+    for strategy, t, inputs in conn.execute(
+            "SELECT strategy, eval_time, inputs FROM features WHERE symbol = 'BTCUSDT' AND eval_time >= %s "
+            "AND eval_time < %s ORDER BY eval_time", (frm, to)):
+        col = int(ORIGIN.timestamp()) + int((t - ORIGIN).total_seconds() // width) * width
+        if t.timestamp() >= min(col + width, to.timestamp()) - 10:
+            last[(col, strategy)] = (t, inputs)
+    expected = {}
+    for (col, strategy), (t, inputs) in last.items():
+        book = conn.execute("SELECT bid_prices, bid_qtys, ask_prices, ask_qtys FROM depth_snapshots "
+                            "WHERE symbol = 'BTCUSDT' AND event_time <= %s AND event_time >= %s "
+                            "ORDER BY event_time DESC LIMIT 1", (t, t - timedelta(seconds=10))).fetchone()
+        mid = (book[0][0] + book[2][0]) / 2
+        for side, sign, prices, qtys in (("bid", -1, book[0], book[1]), ("ask", 1, book[2], book[3])):
+            if f"wall_{side}_distance_bps" in inputs:
+                price = mid * (1 + sign * inputs[f"wall_{side}_distance_bps"] / 10_000)
+                assert price == pytest.approx(prices[qtys.index(max(qtys))], rel=1e-12)  # the largest level
+                expected[(col, strategy, side)] = (price, inputs[f"wall_{side}_usd"])
+    return expected
+
+
+def test_heatmap_walls_equal_a_recomputation_from_the_stored_features_and_books(site, browser, orderflow):
+    heat = browser.evaluate("window.tapeflowUI.heatmap")
+    drawn = browser.evaluate("window.tapeflowUI.wallsDrawn")
+    step, width = heat["step"], heat["column_s"]
+    with psycopg.connect(site.conninfo) as conn:
+        expected = expected_walls(conn, orderflow["from"], orderflow["to"], width)
+        # the session's two hours: 30 s columns, where the query reads only the columns' final books
+        frm, to = int(START.timestamp()), int((START + timedelta(hours=HOURS)).timestamp())
+        status, _, body = site.get(f"/api/heatmap?symbol=BTCUSDT&tf=1m&step=5&from={frm}&to={to}",
+                                   {"Authorization": f"Bearer {site.token}"})
+        wide = json.loads(body)
+        assert status == 200 and wide["column_s"] == 30
+        wide_expected = expected_walls(conn, START, START + timedelta(hours=HOURS), 30)
+    for walls, want in ((heat["walls"], expected), (wide["walls"], wide_expected)):
+        served = {(w[0], w[6], w[2]): (w[3], w[4]) for w in walls}
+        assert len(served) == len(walls) and served.keys() == want.keys()
+        assert served == {k: (pytest.approx(p, rel=1e-12), pytest.approx(u, rel=1e-12)) for k, (p, u) in want.items()}
+    asks = {s: sum(1 for c, st, side in expected if st == s and side == "ask") for s in WALL_STRATEGIES}
+    assert len(expected) > 300 and 0 < asks["book_walls"] < asks["flow_scalper"]  # a side without a wall: not drawn
+    assert len(wide_expected) > 150
+    levels = [lv for _, _, _, lv, _ in heat["cells"]]
+    lo, hi = min(levels), max(levels)
+    want = {(c, s, side, int((p / step + 1e-6) // 1)) for (c, s, side), (p, _) in expected.items()}
+    assert {(w["col"], w["strategy"], w["side"], w["level"]) for w in drawn} == {w for w in want if lo <= w[3] <= hi}
+    assert len(drawn) > 300
+    green = browser.evaluate("""(() => { const c = document.getElementById('heatmap');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] === 0 && d[i + 1] === 230 && d[i + 2] === 118) n++;
+        return n; })()""")
+    assert green > 500  # the bid walls' colour is on the canvas
+    assert "wall marks from the detectors" in browser.evaluate("document.getElementById('heatmap-summary').textContent")
+    shoot(browser, site, "heatmap-walls")
 
 
 def test_watchlist_desk_shows_the_ranking_the_pairs_and_a_spread_history(site, browser):

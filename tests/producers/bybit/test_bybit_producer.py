@@ -272,8 +272,14 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
 
     # the drop: each symbol's trades are the session's up to the drop and again after it; the ids jump
     # exactly over a hole that md.gaps reports, and nothing is published twice
-    gaps = {g["symbol"]: g for g in records["md.gaps"]}
+    gaps = {g["symbol"]: g for g in records["md.gaps"] if g["stream"] == "md.trades"}
     assert set(gaps) == set(SYMBOLS)
+    # the forced book break: on md.gaps too (stream md.depth), once per counted resync (a service
+    # restart, u=1, is a new book and not a break)
+    depth_gaps = [g for g in records["md.gaps"] if g["stream"] == "md.depth"]
+    breaks = (sample(metrics, "tapeflow_producer_book_resyncs_total")
+              - sample(metrics, "tapeflow_producer_book_resyncs_total", reason="restart"))
+    assert len(depth_gaps) == breaks >= 1 and any(g["reason"].startswith("resync: gap") for g in depth_gaps)
     for sym in SYMBOLS:
         gap = gaps[sym]
         got = [t for t in records["md.trades"] if t["symbol"] == sym]

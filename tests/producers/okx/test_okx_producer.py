@@ -240,7 +240,11 @@ async def test_lost_pushes_are_repaired_from_rest_the_book_by_snapshot_the_trade
     fills = expected_fills(session, "ETHUSDT")
     assert mine(got) == [r for w in want for r in ([fills[i] for i in range(lost[0], lost[1] + 1)] if w == lost else [w])]
     assert [t["agg_id"] for t in got] == list(range(got[0]["agg_id"], got[0]["agg_id"] + len(got)))
-    assert check_trades_and_gaps(records, session, "ETHUSDT") == [] and records["md.gaps"] == []
+    assert check_trades_and_gaps(records, session, "ETHUSDT") == []
+    # md.gaps holds the book's break only (stream md.depth), after the last sequence id the book applied
+    (resync,) = records["md.gaps"]
+    assert resync["stream"] == "md.depth" and resync["symbol"] == "BTCUSDT"
+    assert resync["reason"].startswith("resync: prevSeqId=") and resync["from_id"] == resync["to_id"]
     assert sample(metrics, "tapeflow_producer_gaps_filled_total") == 1
     assert sample(metrics, "tapeflow_producer_gaps_unfilled_total") == 0 and records["dlq.md"] == []
 
@@ -255,7 +259,7 @@ def check_trades_and_gaps(records, session, symbol):
     for t in mine(got):
         assert t == rows.get((t[0], t[1])) or (t[0] == t[1] and t == fills[t[0]]), t
     assert got[0]["first_trade_id"] == min(fills) and got[-1]["last_trade_id"] == max(fills)
-    gaps = [g for g in records["md.gaps"] if g["symbol"] == symbol]
+    gaps = [g for g in records["md.gaps"] if g["symbol"] == symbol and g["stream"] == "md.trades"]
     jumps = []
     for a, b in zip(got, got[1:]):
         if b["agg_id"] == a["agg_id"] + 1:
