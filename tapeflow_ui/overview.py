@@ -33,6 +33,7 @@ LAG_WARN = 1_000
 LAG_BAD = 10_000
 LAG_REFRESH_S = 15.0
 LAG_STALE_S = 60.0
+LAG_ACTIVE_S = 120.0  # LagWatch asks the broker only while a page asked for the light this recently
 TIME_COLUMN = {"trades": "trade_time", "depth_snapshots": "event_time", "mark_prices": "event_time",
                "bars_1m": "close_time", "features": "eval_time"}
 
@@ -87,7 +88,11 @@ def whale_radar(conn: psycopg.Connection, now: datetime, min_usd: float = WHALE_
 @dataclass
 class LagWatch:
     """Consumer lag of the deployment's groups, asked of the broker in a background thread every
-    ``LAG_REFRESH_S`` (the admin calls take a broker round trip per group: never on a page's request).
+    ``LAG_REFRESH_S`` (the admin calls take a broker round trip per group: never on a page's request),
+    and only while someone looks: after ``LAG_ACTIVE_S`` without a ``snapshot()`` it stops asking, and
+    the next ``snapshot()`` wakes it. Why: the embedded broker answers the offsets requests behind a lag
+    figure by listing every batch of each partition (``tapeflow_runtime.idle_fetch``: its idle CPU is
+    what the stack's idle budget is about), and nobody needs the light when no page shows it.
 
     ``fetch`` returns ``[{"group", "state", "members", "total_lag", "partitions"}, ...]`` as
     ``tapeflow topics lag --json`` does (``tapeflow.topic_groups.groups_lag``: injected by the CLI, a
@@ -102,8 +107,13 @@ class LagWatch:
     groups: list[dict] | None = None
     fetched_at: float | None = None
     error: str | None = None
+    asked_at: float | None = None  # the last ``snapshot()``
     _stop: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+
+    def watched(self) -> bool:
+        return self.asked_at is not None and self.clock() - self.asked_at <= LAG_ACTIVE_S
 
     def refresh(self) -> None:
         try:
@@ -116,17 +126,24 @@ class LagWatch:
     def start(self) -> None:
         def loop() -> None:
             while not self._stop.is_set():
-                self.refresh()
-                self._stop.wait(self.refresh_s)
+                if self.watched():
+                    self.refresh()
+                self._wake.wait(self.refresh_s)
+                self._wake.clear()
         self._thread = threading.Thread(target=loop, name="tapeflow-ui-lag", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(15)
 
     def snapshot(self) -> dict:
+        idle = not self.watched()
+        self.asked_at = self.clock()
+        if idle:
+            self._wake.set()  # nobody looked for a while: ask the broker now, not at the next period
         return {"groups": self.groups, "fetched_at": self.fetched_at, "error": self.error, "warn": self.warn,
                 "bad": self.bad}
 

@@ -50,3 +50,36 @@ def test_the_watch_keeps_the_last_answer_and_says_when_the_broker_fails():
     snapshot = watch.snapshot()
     assert snapshot["groups"] == [group("a", 7)] and snapshot["error"] == "RuntimeError: no broker"
     assert lag_light(snapshot, 55.0)["state"] == "warn"  # the last figure, not trusted any more
+
+
+def test_the_lag_watch_asks_the_broker_only_while_a_page_shows_the_light():
+    """Each lag figure costs the embedded broker a listing of every batch: nobody looking, no asking."""
+    import threading
+
+    from tapeflow_ui.overview import LAG_ACTIVE_S
+
+    now = [1_000.0]
+    asked = threading.Event()
+    calls = []
+
+    def fetch():
+        calls.append(now[0])
+        asked.set()
+        return []
+
+    watch = LagWatch(fetch, refresh_s=0.05, clock=lambda: now[0])
+    watch.start()
+    try:
+        assert not asked.wait(0.5) and calls == []  # started, never looked at: silent
+        watch.snapshot()  # a page shows the light: asked at once, then every period
+        assert asked.wait(5)
+        asked.clear()
+        assert asked.wait(5)
+        now[0] += LAG_ACTIVE_S + 1  # nobody looked since
+        while asked.wait(0.3):  # the period in flight may still ask once
+            asked.clear()
+        assert not asked.wait(0.5)
+        watch.snapshot()
+        assert asked.wait(5)  # woken by the next look
+    finally:
+        watch.stop()
