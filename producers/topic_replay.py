@@ -49,6 +49,7 @@ from tapeflow_runtime.kafka_client import (
 from tapeflow_runtime.offsets import offsets_at_or_after
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
+from tapeflow_runtime.topic_reader import GONE_CODES
 
 log = structlog.get_logger("replay")
 
@@ -198,8 +199,8 @@ class TopicReplay:
                     if m.error().code() == KafkaError._PARTITION_EOF:
                         done.add(tp)
                         continue
-                    if m.error().code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC) \
-                            and m.topic() != self.chain.current.prefix + catalogue.get(m.topic(), ""):
+                    found = self.chain.locate(m.topic(), self.topics)
+                    if m.error().code() in GONE_CODES and found is not None and found[0].closed:
                         raise ReplayError(f"{tp[0]}: this finished segment was deleted by retention "
                                           "(TAPEFLOW_TOPIC_RETENTION) while it was being copied; replay again "
                                           "(from the next segment on) or back-fill from the database")

@@ -46,7 +46,7 @@ class TopicDeletedError(StateReadError):
 
 
 #: what librdkafka reports for a partition whose topic was deleted under a consumer
-_GONE = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION)
+GONE_CODES = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION)
 
 
 @dataclass
@@ -115,7 +115,7 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
                     if msg.error().code() == KafkaError._PARTITION_EOF:
                         at_end.add((msg.topic(), msg.partition()))
                         continue
-                    if msg.topic() in optional and msg.error().code() in _GONE:
+                    if msg.topic() in optional and msg.error().code() in GONE_CODES:
                         raise TopicDeletedError(msg.topic(), msg.error().str())
                     raise StateReadError(f"{msg.topic()}: {msg.error().str()}")
                 last = time.monotonic()
