@@ -125,6 +125,15 @@ def quantile(buckets: dict[float, float], q: float) -> float | None:
     return low
 
 
+def over(buckets: dict[float, float], bound: float) -> str:
+    """The share of observations above ``bound`` when it is a bucket edge (exact, not interpolated):
+    p99 <= bound exactly when this is <= 1 %."""
+    total = buckets.get(float("inf"), 0)
+    if total <= 0 or bound not in buckets:
+        return "-"
+    return f"{100 * (total - buckets[bound]) / total:.2f} %"
+
+
 def merged(parts: list[dict[float, float]]) -> dict[float, float]:
     out: dict[float, float] = {}
     for part in parts:
@@ -260,7 +269,8 @@ def main() -> None:
     windows_10 = sorted({int(t // 600) for t, _ in lags})
     over_time = [(w, merged([b for t, b in lags if int(t // 600) == w])) for w in windows_10]
     print("latency per 10 min: " + ", ".join(f"{w * 10}-{w * 10 + 10}min p50 {fmt(quantile(b, 0.5))} "
-                                             f"p99 {fmt(quantile(b, 0.99))}" for w, b in over_time))
+                                             f"p99 {fmt(quantile(b, 0.99))} ({over(b, 2.0)} over 2 s)"
+                                             for w, b in over_time))
     if history is not None:
         n, dupes, disorder, h_first, h_last, seconds = history
         whole = (n, h_first, h_last) == (count, first, last)

@@ -181,6 +181,13 @@ class EngineWorker:
         self._watcher: asyncio.Task | None = None
         self.starvation = StarvationWatch(config.starvation_window_s)
         self.stuck_rebalance = StuckPhaseWatch(config.starvation_window_s, "rebalancing")
+        # held inputs that nothing releases: the caught-up rule releases within a fetch, a marker-waiting
+        # key after progress_timeout_s, so a hold longer than that plus the window is a stall (seen on
+        # Tansu after a takeover, with /health still "running": CI of e5e0cad)
+        self.stuck_holding = StuckPhaseWatch(config.starvation_window_s + config.progress_timeout_s,
+                                             "holding inputs without releasing any")
+        # a broker that stops answering the watch's own questions must not read as health
+        self.unsampled = StuckPhaseWatch(config.starvation_window_s, "input end offsets and positions unavailable")
         self.started_at: float | None = None
         self.batches = 0
         self.crashed: BaseException | None = None
@@ -229,7 +236,10 @@ class EngineWorker:
             return {"status": "starting", "detail": "joining the group"}
         assigned = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics})
         state = "rebalancing" if self.app.rebalancing else "running"
-        starving = self.starvation.reason() if state == "running" else self.stuck_rebalance.reason()
+        if state == "running":
+            starving = self.starvation.reason() or self.stuck_holding.reason() or self.unsampled.reason()
+        else:
+            starving = self.stuck_rebalance.reason()
         if starving:
             return {"status": "degraded", "detail": f"degraded: {starving}; partitions {assigned}"}
         waiting = self.processor.progress.waiting()
@@ -336,8 +346,9 @@ class EngineWorker:
         this worker does not read (Tansu past ~20,000 batches in a partition answers fetches with nothing),
         or whose fetch position stands below an end offset that does not move either (seen on Tansu
         after a takeover), and for a rebalance whose changelog recovery makes no progress
-        (``StuckPhaseWatch``). The stack's supervisor restarts a worker that stays
-        degraded (``stall_restart_s``)."""
+        (``StuckPhaseWatch``); also for inputs held that nothing releases for the window plus
+        ``progress_timeout_s``, and for samples the broker has not answered for the window. The stack's
+        supervisor restarts a worker that stays degraded (``stall_restart_s``)."""
         consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
         while True:
             await asyncio.sleep(STARVATION_SAMPLE_S)
@@ -346,8 +357,11 @@ class EngineWorker:
             progress = (self.app.consumer_generation_id, sum(v for v in recovery.active_offsets.values() if v),
                         sum(v for v in recovery.standby_offsets.values() if v))
             self.stuck_rebalance.observe(now, bool(self.app.rebalancing), progress)
+            held = self.processor.held()
+            self.stuck_holding.observe(now, held > 0 and not self.app.rebalancing, self.processor.releases)
             if not consumer.flow_active or self.app.rebalancing:
                 self.starvation.observe(now, {})  # positions restart with the new assignment
+                self.unsampled.observe(now, False)
                 continue
             partitions = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
             try:
@@ -356,7 +370,9 @@ class EngineWorker:
                     asyncio.gather(*(consumer.position(tp) for tp in partitions)), STARVATION_SAMPLE_S)
             except Exception as exc:  # noqa: BLE001 - a broker hiccup: sample again next time
                 log.debug("end offsets unavailable: %r", exc)
+                self.unsampled.observe(now, True)
                 continue
+            self.unsampled.observe(now, False)
             names = {tp: f"{tp.topic}[{tp.partition}]" for tp in partitions}
             self.starvation.observe(time.monotonic(), {
                 names[tp]: (position, ends.get(tp)) for tp, position in zip(partitions, positions)},

@@ -122,6 +122,11 @@ class EngineProcessor:
         self.inputs_final = False  # ``finish_inputs``
         self.start_offset = start_offset
         self._read_to: dict[tuple[str, int], int] = {}  # (catalogue topic, partition) -> highest offset read
+        self.releases = 0  # steps that released inputs to an engine: the worker's liveness token
+
+    def held(self) -> int:
+        """Inputs held back by the event-time aligner, over every owned key."""
+        return sum(self.aligner.held(k) for k in self.owned)
 
     # ------------------------------------------------------------------------------------------
     def on_records(self, records: Mapping[tuple[str, int], Sequence[RawRecord]], caught_up: CaughtUp) -> Effects:
@@ -169,7 +174,7 @@ class EngineProcessor:
             if key in touched or self.aligner.held(key):
                 self._release(key, caught_up, effects, force=False)
         self._snapshot_due(effects, force=False)
-        self.metrics.held.set(sum(self.aligner.held(k) for k in self.owned))
+        self.metrics.held.set(self.held())
         return effects
 
     def stall_clock(self) -> float:
@@ -232,7 +237,7 @@ class EngineProcessor:
                             owned.partition, self.aligner.held(key), now - owned.holding_since, blocking)
                 self._release(key, caught_up, effects, force=True)
         self._snapshot_due(effects, force=False)
-        self.metrics.held.set(sum(self.aligner.held(k) for k in self.owned))
+        self.metrics.held.set(self.held())
         return effects
 
     def finish_inputs(self) -> None:
@@ -346,6 +351,7 @@ class EngineProcessor:
     def _process(self, key: str, owned: _Owned, released: Released, effects: Effects) -> None:
         now = self.stall_clock()
         if released or released.offsets:
+            self.releases += 1
             out = owned.engine.process(released.trades.batch() if released.trades is not None else None,
                                        released.events, released.offsets)
             for name, offsets in released.offsets.items():

@@ -216,7 +216,16 @@ def wait_for_features(bootstrap, prefix, serde, count: int, timeout: float = 120
                 return False
         time.sleep(0.5)
     logs = "\n".join(f"--- {w.name}:\n{w.log()[-4000:]}\n{worker_state(w)}" for w in workers)
-    raise AssertionError(f"only {len(ids)} of {count} evaluations after {timeout} s\n{logs}")
+    # the summary last as well: CI shows a failure's tail
+    def brief(w) -> str:
+        try:
+            held = [line for line in worker_state(w).splitlines() if "held_inputs" in line]
+            return f"{w.name}: {w.get('/health')[1]} {held}"
+        except OSError as exc:
+            return f"{w.name}: {exc!r}"
+    health = "; ".join(brief(w) for w in workers if w.proc.poll() is None)
+    raise AssertionError(f"only {len(ids)} of {count} evaluations after {timeout} s\n{logs}\n"
+                         f"only {len(ids)} of {count} evaluations after {timeout} s; health {health}")
 
 
 def worker_state(worker) -> str:
@@ -467,13 +476,18 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     # stack's supervisor restarts a consumer for (stall_restart_s). Here the test is the supervisor.
     # A restarted worker must then finish with exactly the reference outputs (every repeated id the
     # identical record), which is what at-least-once promises.
-    if not wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[two],
-                             until_degraded=two):
+    # A stall shows as degraded within the starvation window (20 s here) or, for held inputs nothing
+    # releases, the window plus the progress-marker timeout (80 s): hence the longer wait. The stack's
+    # supervisor restarts as often as it takes; two restarts are allowed here.
+    for attempt in range(3):
+        if wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), timeout=240.0,
+                             workers=[two], until_degraded=two if attempt < 2 else None):
+            break
         two.kill()
-        two = Worker(config.model_copy(update={"datadir": tmp_path / "faust-two-again"}), tmp_path, "two-again")
+        name = f"two-again-{attempt}"
+        two = Worker(config.model_copy(update={"datadir": tmp_path / f"faust-{name}"}), tmp_path, name)
         workers.append(two)
         two.wait_ready()
-        wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[two])
     assert two.metric("tapeflow_engine_restores_total") >= 2  # `one`'s symbols, from its last save
     assert two.metric("tapeflow_engine_forced_releases_total") == 0
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde)

@@ -735,3 +735,31 @@ def test_a_finished_epoch_releases_what_its_last_marker_left_held_once_read_to_t
     assert got["features"] and {k: by_id(v, "eval_time") for k, v in got.items() if k == "features"} == \
         {k: by_id(v, "eval_time") for k, v in expected.items() if k == "features"}
     assert got == expected
+
+
+def test_held_inputs_that_nothing_releases_read_as_a_stall_and_a_release_clears_it(serde, partitions):
+    """The worker's liveness rule (`EngineWorker.stuck_holding`): inputs held with no release for the
+    window are a stall its /health reports as degraded (the supervisor restarts it). A hold behind a
+    partition that is not caught up keeps `releases` still however many ticks pass; the partition
+    catching up releases them, which is progress."""
+    from tapeflow_runtime.starvation import StuckPhaseWatch
+
+    clock = Clock()
+    processor = make_processor(serde, clock, max_hold_s=3600.0)
+    watch = StuckPhaseWatch(window_s=80.0, what="holding inputs without releasing any")
+    p = PARTITION["binance:BTCUSDT"]
+    not_mark = lambda topic, partition: topic != "md.mark"  # noqa: E731 - md.mark still has records to read
+    processor.on_records({("md.trades", p): partitions[("md.trades", p)][:300]}, not_mark)
+    assert processor.held() == processor.aligner.held("binance:BTCUSDT") > 0
+    releases = processor.releases
+    for _ in range(17):  # 85 s of ticks: nothing can be released while md.mark is behind
+        watch.observe(clock.now, processor.held() > 0, processor.releases)
+        processor.tick(not_mark)
+        clock.now += 5.0
+    watch.observe(clock.now, processor.held() > 0, processor.releases)
+    assert processor.releases == releases
+    assert watch.reason() is not None and watch.reason().startswith("holding inputs without releasing any")
+    processor.tick(lambda topic, partition: True)  # md.mark caught up: the caught-up rule releases
+    assert processor.releases > releases and processor.held() == 0
+    watch.observe(clock.now + 5.0, processor.held() > 0, processor.releases)
+    assert watch.reason() is None
