@@ -251,6 +251,8 @@ def main() -> None:
         if m:
             steps.setdefault(m.group(1), []).append(float(m.group(2)))
     pauses = [float(m.group(1)) for line in engine_log if (m := re.search(r"paused_s=([\d.]+)", line))]
+    drains = [float(m.group(1)) for line in engine_log
+              if "epoch drained" in line and (m := re.search(r"seconds=([\d.]+)", line))]
     fifth = max(1, len(samples) // 5)
     print("\n== result ==")
     print(f"trades: session {count}, database rows {rows}, distinct {distinct}, agg ids {low}..{high} "
@@ -259,7 +261,9 @@ def main() -> None:
           f"+ {last_epoch} in the last epoch = {batches + last_epoch} "
           f"({(batches + last_epoch) / TARGET_BATCHES:.3f} of the 1.7 M target)")
     print(f"features: {len(features)} evaluations; largest hole {max(gaps, default=0):.0f}s of event time; "
-          f"pauses at rollovers: median {statistics.median(pauses) if pauses else 0:.1f}s, max {max(pauses, default=0):.1f}s")
+          f"pauses at rollovers: median {statistics.median(pauses) if pauses else 0:.1f}s, max {max(pauses, default=0):.1f}s; "
+          f"drains (old epoch's group committed to its ends): median {statistics.median(drains) if drains else 0:.1f}s, "
+          f"max {max(drains, default=0):.1f}s")
     lfifth = max(1, len(lags) // 5)
     head, tail, whole = merged([b for _, b in lags[:lfifth]]), merged([b for _, b in lags[-lfifth:]]), merged([b for _, b in lags])
     print(f"evaluation latency (publication - event time): whole run p50 {fmt(quantile(whole, 0.5))} "
