@@ -10,24 +10,25 @@
 -- retention that drops `trades` partitions deletes the same days here (sinks.retention). Moving rows
 -- out of the DEFAULT partition (0002) works on the partitions, where these statement triggers on the
 -- parent do not fire, so it changes nothing here. Not partitioned: ~10^5 rows a day per busy symbol.
--- TimescaleDB: a continuous aggregate with the same columns (0021_trade_levels.timescale.sql).
+-- TimescaleDB: the table is replaced by a continuous aggregate with the same columns
+-- (0021_trade_levels.timescale.sql); the triggers below are made on plain PostgreSQL only.
+
+CREATE TABLE trade_levels_1m (
+    exchange    text             NOT NULL,
+    symbol      text             NOT NULL,
+    open_time   timestamptz      NOT NULL,  -- the minute (date_bin from 2000-01-03, like the bars)
+    price       double precision NOT NULL,  -- a traded price, exactly as stored in trades
+    bought      numeric          NOT NULL,  -- sum(qty::numeric) of taker BUY trades
+    sold        numeric          NOT NULL,  -- sum(qty::numeric) of taker SELL trades
+    trade_count bigint           NOT NULL,
+    CONSTRAINT trade_levels_1m_pkey PRIMARY KEY (exchange, symbol, open_time, price)
+);
+COMMENT ON TABLE trade_levels_1m IS
+    'Bought/sold volume per minute and traded price, kept by triggers on trades (the UI volume profile).';
 
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
-        CREATE TABLE trade_levels_1m (
-            exchange    text             NOT NULL,
-            symbol      text             NOT NULL,
-            open_time   timestamptz      NOT NULL,  -- the minute (date_bin from 2000-01-03, like the bars)
-            price       double precision NOT NULL,  -- a traded price, exactly as stored in trades
-            bought      numeric          NOT NULL,  -- sum(qty::numeric) of taker BUY trades
-            sold        numeric          NOT NULL,  -- sum(qty::numeric) of taker SELL trades
-            trade_count bigint           NOT NULL,
-            CONSTRAINT trade_levels_1m_pkey PRIMARY KEY (exchange, symbol, open_time, price)
-        );
-        COMMENT ON TABLE trade_levels_1m IS
-            'Bought/sold volume per minute and traded price, kept by triggers on trades (the UI volume profile).';
-
         CREATE FUNCTION tapeflow_trade_levels_insert() RETURNS trigger
         LANGUAGE plpgsql SET search_path = public, pg_temp AS $f$
         BEGIN

@@ -1,9 +1,11 @@
--- TimescaleDB branch of 0021_trade_levels.sql (the plain file created nothing here): the same columns
+-- TimescaleDB branch of 0021_trade_levels.sql (which made the table but no triggers): the same columns
 -- as a continuous aggregate of trades; materialized_only = false adds the minutes not materialized yet
 -- (the open one) from trades at query time. Hypertables take no triggers with transition tables, and
 -- the refresh policy is how TimescaleDB keeps such roll-ups; a trade arriving later than the policy's
 -- start_offset (a day) stays out of its minute until that range is refreshed by hand
 -- (CALL refresh_continuous_aggregate('trade_levels_1m', from, to)).
+DROP TABLE trade_levels_1m;
+
 CREATE MATERIALIZED VIEW trade_levels_1m
 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT exchange,
