@@ -24,7 +24,11 @@ CREATE TABLE trade_levels_1m (
     CONSTRAINT trade_levels_1m_pkey PRIMARY KEY (exchange, symbol, open_time, price)
 );
 COMMENT ON TABLE trade_levels_1m IS
-    'Bought/sold volume per minute and traded price, kept by triggers on trades (the UI volume profile).';
+    'Taker bought/sold volume per minute and traded price, for the UI volume profile: kept by triggers on trades (plain PostgreSQL) or a continuous aggregate (TimescaleDB).';
+COMMENT ON COLUMN trade_levels_1m.open_time IS 'The minute (date_bin from 2000-01-03 UTC, as the bars).';
+COMMENT ON COLUMN trade_levels_1m.price IS 'A traded price exactly as stored in trades: any level step re-bins it (floor(price / step)).';
+COMMENT ON COLUMN trade_levels_1m.bought IS 'sum(qty::numeric) of the taker BUY trades: exact, so re-binned sums equal sums over trades.';
+COMMENT ON COLUMN trade_levels_1m.sold IS 'sum(qty::numeric) of the taker SELL trades.';
 
 DO $$
 BEGIN
