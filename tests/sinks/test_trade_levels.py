@@ -1,5 +1,5 @@
-"""trade_levels_1m on plain PostgreSQL (migration 0021): kept equal to the trades by triggers and by
-retention, whatever path rows take in and out."""
+"""trade_levels_1m on plain PostgreSQL (migration 0021): kept equal to the trades by triggers, retention
+and compaction, whatever path rows take in and out."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from sinks.partitions import ensure_partitions
-from sinks.retention import RetentionPolicy, drop_expired
+from sinks.retention import RetentionPolicy, drop_expired, record_writes
 from sinks.tables import table_for_topic, write_rows
+from sinks.trade_levels import compact_written_days
 
 SPEC = table_for_topic("md.trades")
 DAY0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -23,8 +24,13 @@ def trade(agg_id: int, at: datetime, price: float, qty: float, side: str) -> tup
 
 
 def levels(conn: psycopg.Connection) -> list[tuple]:
-    return conn.execute("SELECT open_time, price, bought::float8, sold::float8, trade_count FROM trade_levels_1m "
-                        "ORDER BY 1, 2").fetchall()
+    """The table's sums per (minute, price), as the UI reads them (partial rows summed)."""
+    return conn.execute("SELECT open_time, price, sum(bought)::float8, sum(sold)::float8, sum(trade_count) "
+                        "FROM trade_levels_1m GROUP BY 1, 2 HAVING sum(trade_count) <> 0 ORDER BY 1, 2").fetchall()
+
+
+def row_count(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM trade_levels_1m").fetchone()[0]
 
 
 def recomputed(conn: psycopg.Connection) -> list[tuple]:
@@ -47,8 +53,27 @@ def test_inserts_redeliveries_deletes_and_truncate_keep_the_levels_equal_to_the_
         assert levels(conn) == [(t, 100.0, 1.5, 0.25, 3), (t + timedelta(minutes=1), 100.1, 0.0, 2.0, 1)]
         conn.execute("DELETE FROM trades WHERE agg_id IN (1, 4)")
         assert levels(conn) == [(t, 100.0, 1.0, 0.25, 2)] == recomputed(conn)
+        conn.commit()
+        # partial rows: the insert's two keys, none from the redelivery, the delete's two negated ones;
+        # compaction merges them to one per key and drops the minute whose only trade is gone
+        assert row_count(conn) == 4
+        conn.execute("SELECT tapeflow_compact_trade_levels(%s, %s)", (DAY0, DAY0 + timedelta(days=1)))
+        assert row_count(conn) == 1 and levels(conn) == [(t, 100.0, 1.0, 0.25, 2)]
         conn.execute("TRUNCATE trades")
         assert levels(conn) == []
+
+
+def test_the_sinks_maintenance_compacts_the_days_it_wrote(plain_db):
+    t = DAY0 + timedelta(hours=3)
+    with psycopg.connect(plain_db) as conn:
+        ensure_partitions(conn, "trades", DAY0, DAY0 + timedelta(days=1))
+        for i in range(4):  # four batches of the same minute and price: four partial rows
+            write_rows(conn, SPEC, [trade(i, t + timedelta(seconds=i), 100.0, 0.5, "BUY")])
+        record_writes(conn, "trades", [DAY0.date()])
+        conn.commit()
+        assert row_count(conn) == 4
+        assert compact_written_days(conn, datetime.now(UTC) - timedelta(hours=1)) == 1
+        assert row_count(conn) == 1 and levels(conn) == recomputed(conn) == [(t, 100.0, 2.0, 0.0, 4)]
 
 
 def test_rows_moved_out_of_the_default_partition_count_once_and_retention_drops_their_days(plain_db):
