@@ -71,6 +71,7 @@ from sinks.retention import (
     record_writes,
     resolve_policies,
 )
+from sinks.trade_levels import compact_written_days
 from sinks.tables import (
     PIPELINE_ERRORS,
     TableSpec,
@@ -199,6 +200,7 @@ class TopicSink:
         self.stop_requested = False
         self.committed_batches = 0
         self.started_at = datetime.now(UTC)
+        self._last_maintenance: datetime | None = None
         self.database_down = False  # a batch is waiting for the database (what /health reports)
         self.database_error = ""  # the last error while it is down, and since when (monotonic)
         self.database_down_since: float | None = None
@@ -292,12 +294,15 @@ class TopicSink:
         return self._lag.starving()
 
     def maintain(self) -> None:
-        """Partitions ahead and retention: at start and hourly, never per flush."""
+        """Partitions ahead, retention and trade_levels_1m compaction: at start and hourly, never per flush."""
         now = datetime.now(UTC)
         try:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5, **self._liveness) as conn:
                 created = ensure_partitions_ahead(conn, now)
                 dropped = apply_retention(conn, self.config.retention, now, protect_since(self.started_at, now))
+                # days written since the last maintenance (at start: in the last 2 h, the predecessor's)
+                compact_written_days(conn, self._last_maintenance or self.started_at - timedelta(hours=2))
+                self._last_maintenance = now
             with self._cache_lock:
                 self._covered_stale = True  # re-learn after drops
         except psycopg.Error as exc:  # the batch path retries on its own; maintenance tries again next hour
