@@ -1,4 +1,4 @@
-"""Compaction of ``trade_levels_1m`` on plain PostgreSQL (migration 0021), from the sink's hourly maintenance.
+"""Compaction and backfill of ``trade_levels_1m`` (migration 0021), from the sink's maintenance.
 
 Why: the triggers on ``trades`` append one partial row per (minute, price) per insert statement
 (append-only, so parallel writers never wait on each other's rows), and a live sink's small batches
@@ -10,6 +10,7 @@ roll-up as a continuous aggregate: nothing to do there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 
 import psycopg
@@ -30,3 +31,37 @@ def compact_written_days(conn: psycopg.Connection, since: datetime) -> int:
             left += conn.execute("SELECT tapeflow_compact_trade_levels(%s, %s)",
                                  (lo, lo + timedelta(days=1))).fetchone()[0]
     return left
+
+
+def pending_days(conn: psycopg.Connection) -> list:
+    """Days of trades stored before migration 0021 and not summed into ``trade_levels_1m`` yet."""
+    if conn.execute("SELECT to_regclass('trade_levels_backfill')").fetchone()[0] is None:
+        return []
+    return [r[0] for r in conn.execute("SELECT day FROM trade_levels_backfill ORDER BY day DESC").fetchall()]
+
+
+def backfill_pending(conn: psycopg.Connection, should_stop: Callable[[], bool] = lambda: False) -> int:
+    """Sum the listed days of old trades into ``trade_levels_1m``, newest first, one day per transaction
+    (``conn`` in autocommit); returns the days done.
+
+    Why per day: migration 0021 cannot sum a big trades table in its own transaction without keeping
+    every sink from writing (its CREATE TRIGGER locks ``trades`` until commit). Plain PostgreSQL:
+    ``tapeflow_backfill_trade_levels`` locks only that day's partitions against writes while it
+    recomputes the day. TimescaleDB: the continuous aggregate is refreshed for that day
+    (``refresh_continuous_aggregate`` runs outside a transaction, and needs the aggregate's owner).
+    Two sinks doing this at once serialise on an advisory lock (plain) or refresh the same day twice
+    (harmless)."""
+    plain = conn.execute("SELECT to_regprocedure('tapeflow_backfill_trade_levels(date)')").fetchone()[0] is not None
+    done = 0
+    for day in pending_days(conn):
+        if should_stop():
+            break
+        if plain:
+            with conn.transaction():
+                done += bool(conn.execute("SELECT tapeflow_backfill_trade_levels(%s)", (day,)).fetchone()[0])
+        else:
+            lo = datetime.combine(day, time(), tzinfo=UTC)
+            conn.execute("CALL refresh_continuous_aggregate('trade_levels_1m', %s, %s)", (lo, lo + timedelta(days=1)))
+            conn.execute("DELETE FROM trade_levels_backfill WHERE day = %s", (day,))
+            done += 1
+    return done

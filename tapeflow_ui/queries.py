@@ -156,12 +156,16 @@ def footprint(conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range,
 
 def _profile_rows(conn: psycopg.Connection, symbol: str, rng: Range, step: float) -> list:
     """(level, bought, sold) over the range: its whole minutes from ``trade_levels_1m`` (per minute and
-    traded price, migration 0021), the partial minutes at its edges from ``trades``; both sum
+    traded price, migration 0021), the partial minutes at its edges from ``trades`` (all of it from
+    ``trades`` while a day in the range waits in ``trade_levels_backfill``); both sum
     ``qty::numeric`` (exact, independent of order), so the result equals one GROUP BY over the trades."""
     lo = rng.start.astimezone(UTC).replace(second=0, microsecond=0)
     lo = lo if lo == rng.start else lo + timedelta(minutes=1)
     hi = rng.end.astimezone(UTC).replace(second=0, microsecond=0)
-    if lo >= hi:  # no whole minute inside: all from trades
+    pending = conn.execute(  # a day of trades stored before 0021 and not summed yet: read trades for it
+        "SELECT EXISTS (SELECT 1 FROM trade_levels_backfill WHERE day BETWEEN %s AND %s)",
+        (rng.start.astimezone(UTC).date(), rng.end.astimezone(UTC).date())).fetchone()[0]
+    if lo >= hi or pending:  # no whole minute inside, or not summed yet: all from trades
         lo = hi = rng.end
     return conn.execute(
         "WITH v AS ("

@@ -17,6 +17,12 @@
 -- so it changes nothing here. Not partitioned: ~10^5 rows a day per busy symbol once compacted.
 -- TimescaleDB: the table is replaced by a continuous aggregate with the same columns
 -- (0021_trade_levels.timescale.sql); the triggers below are made on plain PostgreSQL only.
+--
+-- Trades stored before this migration: not summed here, in the migration's one transaction (a big
+-- trades table would keep the sinks from writing, since CREATE TRIGGER locks trades until commit).
+-- Their days are listed in trade_levels_backfill instead; the sink's maintenance fills one day per
+-- transaction (tapeflow_backfill_trade_levels, sinks.trade_levels), and the UI reads `trades`
+-- directly for a range that touches a day still listed, so the profile is exact meanwhile.
 
 CREATE TABLE trade_levels_1m (
     exchange    text             NOT NULL,
@@ -35,7 +41,15 @@ COMMENT ON COLUMN trade_levels_1m.price IS 'A traded price exactly as stored in 
 COMMENT ON COLUMN trade_levels_1m.bought IS 'sum(qty::numeric) of the taker BUY trades: exact, so re-binned sums equal sums over trades.';
 COMMENT ON COLUMN trade_levels_1m.sold IS 'sum(qty::numeric) of the taker SELL trades.';
 
+CREATE TABLE trade_levels_backfill (
+    day date PRIMARY KEY  -- a UTC day of trades stored before migration 0021, not summed yet
+);
+COMMENT ON TABLE trade_levels_backfill IS
+    'UTC days of trades stored before trade_levels_1m existed and not summed into it yet (the sink''s maintenance fills them one day per transaction; the UI reads trades for them meanwhile).';
+
 DO $$
+DECLARE
+    part text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
         CREATE FUNCTION tapeflow_trade_levels_insert() RETURNS trigger
@@ -79,22 +93,63 @@ BEGIN
 
         -- Merge the partial rows of [lo, hi) into one per (exchange, symbol, minute, price), dropping the
         -- ones whose trades were all deleted. One statement: readers see the sums before or after, equal.
-        -- Rows appended meanwhile by the triggers are not in its snapshot and stay as they are.
+        -- Rows appended meanwhile by the triggers are not in its snapshot and stay as they are. The
+        -- advisory lock keeps it apart from a backfill of the same day (whose DELETE would not see the
+        -- merged rows inserted concurrently, and its recomputation would count them twice).
         CREATE FUNCTION tapeflow_compact_trade_levels(lo timestamptz, hi timestamptz) RETURNS bigint
-        LANGUAGE sql SET search_path = public, pg_temp AS $g$
+        LANGUAGE plpgsql SET search_path = public, pg_temp AS $g$
+        DECLARE
+            n bigint;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtext('tapeflow.trade_levels_1m'));
             WITH gone AS (DELETE FROM trade_levels_1m WHERE open_time >= lo AND open_time < hi RETURNING *),
             merged AS (INSERT INTO trade_levels_1m (exchange, symbol, open_time, price, bought, sold, trade_count)
                        SELECT exchange, symbol, open_time, price, sum(bought), sum(sold), sum(trade_count) FROM gone
                        GROUP BY exchange, symbol, open_time, price HAVING sum(trade_count) <> 0 RETURNING 1)
-            SELECT count(*) FROM merged;
+            SELECT count(*) INTO n FROM merged;
+            RETURN n;
+        END
         $g$;
 
-        -- the trades already stored
-        INSERT INTO trade_levels_1m (exchange, symbol, open_time, price, bought, sold, trade_count)
-        SELECT exchange, symbol, date_bin(INTERVAL '1 minute', trade_time, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
-               price, sum(CASE WHEN taker_side = 'BUY' THEN qty::numeric ELSE 0 END),
-               sum(CASE WHEN taker_side = 'SELL' THEN qty::numeric ELSE 0 END), count(*)
-        FROM trades GROUP BY 1, 2, 3, 4;
+        -- Sum one listed day of trades (trade_levels_backfill) in the caller's transaction: the day's
+        -- partitions (and DEFAULT's) are locked against writes, so a sink's insert into that day waits
+        -- for this day only, and one that committed before is in both what is deleted (its trigger's
+        -- rows) and what is recomputed (its trades). False when the day is not listed (done already).
+        CREATE FUNCTION tapeflow_backfill_trade_levels(d date) RETURNS boolean
+        LANGUAGE plpgsql SET search_path = public, pg_temp SET TimeZone = 'UTC' AS $bf$
+        DECLARE
+            lo timestamptz := d::timestamptz;
+            hi timestamptz := d::timestamptz + INTERVAL '1 day';
+            part text;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtext('tapeflow.trade_levels_1m'));
+            IF NOT EXISTS (SELECT 1 FROM trade_levels_backfill WHERE day = d) THEN
+                RETURN false;
+            END IF;
+            FOR part IN SELECT partition_name FROM tapeflow_partitions WHERE table_name = 'trades'
+                        AND (is_default OR (range_start < hi AND range_end > lo)) ORDER BY partition_name LOOP
+                EXECUTE format('LOCK TABLE %I IN SHARE MODE', part);
+            END LOOP;
+            DELETE FROM trade_levels_1m WHERE open_time >= lo AND open_time < hi;
+            INSERT INTO trade_levels_1m (exchange, symbol, open_time, price, bought, sold, trade_count)
+            SELECT exchange, symbol, date_bin(INTERVAL '1 minute', trade_time, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
+                   price, sum(CASE WHEN taker_side = 'BUY' THEN qty::numeric ELSE 0 END),
+                   sum(CASE WHEN taker_side = 'SELL' THEN qty::numeric ELSE 0 END), count(*)
+            FROM trades WHERE trade_time >= lo AND trade_time < hi GROUP BY 1, 2, 3, 4;
+            DELETE FROM trade_levels_backfill WHERE day = d;
+            RETURN true;
+        END
+        $bf$;
+
+        -- the days of trades already stored (partitions holding a row, days in DEFAULT), summed later
+        FOR part IN SELECT partition_name FROM tapeflow_partitions WHERE table_name = 'trades' AND NOT is_default LOOP
+            EXECUTE format('INSERT INTO trade_levels_backfill (day) SELECT (trade_time AT TIME ZONE ''UTC'')::date '
+                           'FROM (SELECT trade_time FROM %I LIMIT 1) AS t ON CONFLICT DO NOTHING', part);
+        END LOOP;
+        IF to_regclass('trades_default') IS NOT NULL THEN
+            INSERT INTO trade_levels_backfill (day)
+            SELECT DISTINCT (trade_time AT TIME ZONE 'UTC')::date FROM trades_default ON CONFLICT DO NOTHING;
+        END IF;
     END IF;
 END
 $$;

@@ -10,7 +10,7 @@ import psycopg
 from sinks.partitions import ensure_partitions
 from sinks.retention import RetentionPolicy, drop_expired, record_writes
 from sinks.tables import table_for_topic, write_rows
-from sinks.trade_levels import compact_written_days
+from sinks.trade_levels import backfill_pending, compact_written_days, pending_days
 
 SPEC = table_for_topic("md.trades")
 DAY0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -91,3 +91,30 @@ def test_rows_moved_out_of_the_default_partition_count_once_and_retention_drops_
         dropped = drop_expired(conn, RetentionPolicy("trades", timedelta(days=29), None, True), now, now)
         assert dropped == ["trades_p20240301"]
         assert levels(conn) == recomputed(conn) == [(DAY0 + timedelta(days=1, hours=1), 51.0, 0.0, 2.0, 1)]
+
+
+def test_trades_stored_before_the_migration_are_summed_later_one_day_at_a_time(database, monkeypatch):
+    """0021 lists the days of the trades already stored (a partition's, one in DEFAULT) instead of summing
+    them in its own transaction; the backfill sums each day once, a trade stored after the migration
+    into a listed day included exactly once."""
+    import sinks.migrate as mig
+
+    every = mig.load_migrations()
+    monkeypatch.setattr(mig, "load_migrations", lambda: [m for m in every if m.version < 21])
+    mig.migrate(database, engine_extension=None)
+    t, late = DAY0 + timedelta(hours=10), DAY0 + timedelta(days=5, hours=1)
+    with psycopg.connect(database) as conn:
+        ensure_partitions(conn, "trades", DAY0, DAY0 + timedelta(days=1))
+        write_rows(conn, SPEC, [trade(1, t, 100.0, 0.5, "BUY"), trade(2, t + timedelta(seconds=5), 100.0, 0.25, "SELL"),
+                                trade(3, t + timedelta(minutes=1), 100.1, 2.0, "SELL"),
+                                trade(4, late, 90.0, 1.0, "BUY")])  # no partition for that day: DEFAULT
+    monkeypatch.setattr(mig, "load_migrations", lambda: every)
+    mig.migrate(database, engine_extension=None)
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert pending_days(conn) == [late.date(), DAY0.date()] and row_count(conn) == 0
+        write_rows(conn, SPEC, [trade(5, t + timedelta(seconds=30), 100.0, 1.0, "BUY")])  # after: its trigger's row
+        assert levels(conn) == [(t, 100.0, 1.0, 0.0, 1)]
+        assert backfill_pending(conn) == 2
+        assert pending_days(conn) == [] and backfill_pending(conn) == 0
+        assert levels(conn) == recomputed(conn) == [(t, 100.0, 1.5, 0.25, 3), (t + timedelta(minutes=1), 100.1, 0.0, 2.0, 1),
+                                                    (late.replace(minute=0), 90.0, 1.0, 0.0, 1)]

@@ -11,6 +11,7 @@ import pytest
 from sinks.migrate import migrate
 from sinks.partitions import ensure_partitions
 from sinks.tables import table_for_topic, write_rows
+from sinks.trade_levels import backfill_pending
 from tapeflow_ui.queries import Range, volume_profile
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
@@ -95,3 +96,22 @@ def test_the_profile_sums_by_hand(db):
         profile = volume_profile(conn, "BTCUSDT", Range(T0, T0 + timedelta(minutes=1, seconds=30)), 0.5)
     assert profile["levels"] == [[124000, 0.4, 0.2]]
     assert profile["poc"] == 124000 and profile["total"] == pytest.approx(0.6)
+
+
+def test_a_day_not_summed_yet_is_read_from_the_trades(db):
+    """Trades stored before migration 0021 (here: with its trigger off) wait in trade_levels_backfill;
+    the profile reads `trades` for a range touching such a day, and the aggregate once it is summed."""
+    history = session(1, 4, T0)
+    with psycopg.connect(db) as conn:
+        conn.execute("ALTER TABLE trades DISABLE TRIGGER trades_levels_insert")
+        write_rows(conn, SPEC, (SPEC.to_row(r) for r in history))
+        conn.execute("ALTER TABLE trades ENABLE TRIGGER trades_levels_insert")
+        conn.execute("INSERT INTO trade_levels_backfill VALUES (%s)", (T0.date(),))
+    rng = Range(T0, T0 + timedelta(minutes=4))
+    with psycopg.connect(db, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM trade_levels_1m").fetchone()[0] == 0
+        assert volume_profile(conn, "BTCUSDT", rng, 0.3)["levels"] == direct(conn, rng, 0.3)
+        assert backfill_pending(conn) == 1
+        assert conn.execute("SELECT count(*) FROM trade_levels_1m").fetchone()[0] > 0
+        conn.execute("SET ROLE tapeflow_readonly")
+        assert volume_profile(conn, "BTCUSDT", rng, 0.3)["levels"] == direct(conn, rng, 0.3)
