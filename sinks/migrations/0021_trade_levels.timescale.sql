@@ -19,7 +19,7 @@ SELECT exchange,
 FROM trades
 GROUP BY exchange, symbol, time_bucket(INTERVAL '1 minute', trade_time), price
 WITH NO DATA;
-COMMENT ON MATERIALIZED VIEW trade_levels_1m IS
+COMMENT ON VIEW trade_levels_1m IS  -- a continuous aggregate is a view over its materialization
     'Taker bought/sold volume per minute and traded price, for the UI volume profile: kept by triggers on trades (plain PostgreSQL) or a continuous aggregate (TimescaleDB).';
 SELECT add_continuous_aggregate_policy('trade_levels_1m', start_offset => INTERVAL '1 day',
                                        end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '1 minute');
