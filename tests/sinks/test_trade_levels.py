@@ -114,6 +114,7 @@ def test_trades_stored_before_the_migration_are_summed_later_one_day_at_a_time(d
         assert pending_days(conn) == [late.date(), DAY0.date()] and row_count(conn) == 0
         write_rows(conn, SPEC, [trade(5, t + timedelta(seconds=30), 100.0, 1.0, "BUY")])  # after: its trigger's row
         assert levels(conn) == [(t, 100.0, 1.0, 0.0, 1)]
+        conn.execute("SET ROLE tapeflow_writer")  # as the sink runs it
         assert backfill_pending(conn) == 2
         assert pending_days(conn) == [] and backfill_pending(conn) == 0
         assert levels(conn) == recomputed(conn) == [(t, 100.0, 1.5, 0.25, 3), (t + timedelta(minutes=1), 100.1, 0.0, 2.0, 1),
