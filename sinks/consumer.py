@@ -302,8 +302,10 @@ class TopicSink:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5, **self._liveness) as conn:
                 created = ensure_partitions_ahead(conn, now)
                 dropped = apply_retention(conn, self.config.retention, now, protect_since(self.started_at, now))
-                # days written since the last maintenance (at start: in the last 2 h, the predecessor's)
-                compact_written_days(conn, self._last_maintenance or self.started_at - timedelta(hours=2))
+                # days written since the last maintenance (at start: in the last 2 h, the predecessor's), by
+                # the sink that writes trades (the others would only repeat it)
+                if any(spec.table == "trades" for spec in self.specs.values()):
+                    compact_written_days(conn, self._last_maintenance or self.started_at - timedelta(hours=2))
                 self._last_maintenance = now
                 backfill = bool(pending_days(conn))
             with self._cache_lock:

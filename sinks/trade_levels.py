@@ -4,8 +4,9 @@ Why: the triggers on ``trades`` append one partial row per (minute, price) per i
 (append-only, so parallel writers never wait on each other's rows), and a live sink's small batches
 leave several rows per key. The UI's volume profile sums them, so they are exact either way, but a
 day read fastest at one row per key: every day of trades the sink wrote since its last maintenance
-is merged in one statement per day (``tapeflow_compact_trade_levels``). TimescaleDB keeps the same
-roll-up as a continuous aggregate: nothing to do there.
+is merged in one statement per day (``tapeflow_compact_trade_levels``: it rewrites only the keys that
+have several rows, so an hourly pass over a busy day rewrites the hour's rows, not the day's).
+TimescaleDB keeps the same roll-up as a continuous aggregate: nothing to compact there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import psycopg
 
 def compact_written_days(conn: psycopg.Connection, since: datetime) -> int:
     """Merge the partial rows of every day of ``trades`` written at or after ``since``
-    (``tapeflow_partition_writes``); returns the rows left for those days (0 on TimescaleDB)."""
+    (``tapeflow_partition_writes``); returns the merged rows written (0 on TimescaleDB)."""
     if conn.execute("SELECT to_regprocedure('tapeflow_compact_trade_levels(timestamptz, timestamptz)')"
                     ).fetchone()[0] is None:
         return 0

@@ -92,17 +92,24 @@ BEGIN
             FOR EACH STATEMENT EXECUTE FUNCTION tapeflow_trade_levels_truncate();
 
         -- Merge the partial rows of [lo, hi) into one per (exchange, symbol, minute, price), dropping the
-        -- ones whose trades were all deleted. One statement: readers see the sums before or after, equal.
-        -- Rows appended meanwhile by the triggers are not in its snapshot and stay as they are. The
-        -- advisory lock keeps it apart from a backfill of the same day (whose DELETE would not see the
-        -- merged rows inserted concurrently, and its recomputation would count them twice).
+        -- ones whose trades were all deleted; keys already down to one row are read, not rewritten (an
+        -- hourly pass over a busy day rewrites only what was appended since). One statement: readers
+        -- see the sums before or after, equal. Rows appended meanwhile by the triggers are not in its
+        -- snapshot and stay as they are. Returns the rows written. The advisory lock keeps it apart
+        -- from a backfill of the same day (whose DELETE would not see the merged rows inserted
+        -- concurrently, and its recomputation would count them twice).
         CREATE FUNCTION tapeflow_compact_trade_levels(lo timestamptz, hi timestamptz) RETURNS bigint
         LANGUAGE plpgsql SET search_path = public, pg_temp AS $g$
         DECLARE
             n bigint;
         BEGIN
             PERFORM pg_advisory_xact_lock(hashtext('tapeflow.trade_levels_1m'));
-            WITH gone AS (DELETE FROM trade_levels_1m WHERE open_time >= lo AND open_time < hi RETURNING *),
+            WITH partial AS (SELECT exchange, symbol, open_time, price FROM trade_levels_1m
+                             WHERE open_time >= lo AND open_time < hi
+                             GROUP BY exchange, symbol, open_time, price HAVING count(*) > 1 OR sum(trade_count) = 0),
+            gone AS (DELETE FROM trade_levels_1m l USING partial p
+                     WHERE l.open_time >= lo AND l.open_time < hi AND l.exchange = p.exchange AND l.symbol = p.symbol
+                       AND l.open_time = p.open_time AND l.price = p.price RETURNING l.*),
             merged AS (INSERT INTO trade_levels_1m (exchange, symbol, open_time, price, bought, sold, trade_count)
                        SELECT exchange, symbol, open_time, price, sum(bought), sum(sold), sum(trade_count) FROM gone
                        GROUP BY exchange, symbol, open_time, price HAVING sum(trade_count) <> 0 RETURNING 1)

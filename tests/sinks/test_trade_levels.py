@@ -67,13 +67,19 @@ def test_the_sinks_maintenance_compacts_the_days_it_wrote(plain_db):
     t = DAY0 + timedelta(hours=3)
     with psycopg.connect(plain_db) as conn:
         ensure_partitions(conn, "trades", DAY0, DAY0 + timedelta(days=1))
+        write_rows(conn, SPEC, [trade(9, t - timedelta(minutes=1), 99.0, 1.0, "SELL")])  # a key with one row
         for i in range(4):  # four batches of the same minute and price: four partial rows
             write_rows(conn, SPEC, [trade(i, t + timedelta(seconds=i), 100.0, 0.5, "BUY")])
         record_writes(conn, "trades", [DAY0.date()])
         conn.commit()
-        assert row_count(conn) == 4
-        assert compact_written_days(conn, datetime.now(UTC) - timedelta(hours=1)) == 1
-        assert row_count(conn) == 1 and levels(conn) == recomputed(conn) == [(t, 100.0, 2.0, 0.0, 4)]
+        single = conn.execute("SELECT ctid FROM trade_levels_1m WHERE price = 99.0").fetchone()[0]
+        assert row_count(conn) == 5
+        assert compact_written_days(conn, datetime.now(UTC) - timedelta(hours=1)) == 1  # the one merged row
+        assert row_count(conn) == 2 and levels(conn) == recomputed(conn) == [(t - timedelta(minutes=1), 99.0, 0.0, 1.0, 1),
+                                                                            (t, 100.0, 2.0, 0.0, 4)]
+        # the key that had one row was not rewritten; a second pass has nothing to merge
+        assert conn.execute("SELECT ctid FROM trade_levels_1m WHERE price = 99.0").fetchone()[0] == single
+        assert compact_written_days(conn, datetime.now(UTC) - timedelta(hours=1)) == 0 and row_count(conn) == 2
 
 
 def test_rows_moved_out_of_the_default_partition_count_once_and_retention_drops_their_days(plain_db):
