@@ -94,7 +94,7 @@ def main() -> None:
 
         # the heatmap's parts on one connection, in turn: its books (what it was before the walls) and the walls
         with psycopg.connect(psycopg.conninfo.make_conninfo(owner, user=role, password=password),
-                             options="-c default_transaction_read_only=on") as conn:
+                             options="-c default_transaction_read_only=on -c jit=off") as conn:  # as the UI's pool
             rng = Range(DAY, DAY + timedelta(days=1))
             step = default_step(conn, "BTCUSDT", rng)
             parts = {"books": lambda: len(heatmap(conn, "BTCUSDT", rng, step)["cells"]),
