@@ -8,7 +8,7 @@ whole day at 1 m bars, ``--runs`` times; the median and max wall time per view a
 ratio to the 300 ms target. The footprint is cut to its last ``MAX_FOOTPRINT_BARS`` bars by design;
 the volume profile covers the whole day. The day's evaluations carry the book detectors' walls
 (``store_wall_features``: every second, two strategies, 172,800 rows), so the heatmap draws them; the
-walls' own query is timed alone too (its share of the heatmap's time). Baseline: the same views computed in the browser from raw
+walls' own query is timed alone too (its share of the heatmap's time), and so are the overview's parts. Baseline: the same views computed in the browser from raw
 trades would first have to download them (``trades`` rows of the day, printed as MB of JSON).
 
     .venv/bin/python -m benchmarks.bench_ui --trades-per-s 30 --runs 5
@@ -94,7 +94,7 @@ def main() -> None:
 
         # the heatmap's parts on one connection, in turn: its books (what it was before the walls) and the walls
         with psycopg.connect(psycopg.conninfo.make_conninfo(owner, user=role, password=password),
-                             options="-c default_transaction_read_only=on") as conn:
+                             options="-c default_transaction_read_only=on -c jit=off") as conn:  # as the UI's pool
             rng = Range(DAY, DAY + timedelta(days=1))
             step = default_step(conn, "BTCUSDT", rng)
             parts = {"books": lambda: len(heatmap(conn, "BTCUSDT", rng, step)["cells"]),
@@ -107,6 +107,26 @@ def main() -> None:
                     times.append(time.perf_counter() - t)
                     conn.rollback()
                 print(f"| of which the heatmap's {name} query alone ({n} rows) | {statistics.median(times[1:]) * 1000:.0f} ms | "
+                      f"{max(times[1:]) * 1000:.0f} ms | | {statistics.median(times[1:]) / TARGET_S:.2f}x |", flush=True)
+            # the overview's parts, the same way
+            from tapeflow_ui import overview as ov
+            from tapeflow_ui.queries import data_time
+
+            now = data_time(conn)
+            conn.rollback()
+            parts = {"market table": lambda: len(ov.market_table(conn, now)),
+                     "funding heatmap": lambda: len(ov.funding_heatmap(conn, now)["cells"]),
+                     "signal timeline": lambda: len(ov.signal_timeline(conn, now)),
+                     "whale radar": lambda: len(ov.whale_radar(conn, now)),
+                     "data-quality lights": lambda: len(ov.data_quality(conn, now))}
+            for name, part in parts.items():
+                times = []
+                for _ in range(args.runs + 1):
+                    t = time.perf_counter()
+                    n = part()
+                    times.append(time.perf_counter() - t)
+                    conn.rollback()
+                print(f"| of which the overview's {name} ({n} rows) | {statistics.median(times[1:]) * 1000:.0f} ms | "
                       f"{max(times[1:]) * 1000:.0f} ms | | {statistics.median(times[1:]) / TARGET_S:.2f}x |", flush=True)
         with psycopg.connect(owner) as conn:
             raw = conn.execute("SELECT count(*) FROM trades").fetchone()[0]

@@ -71,6 +71,7 @@ from sinks.retention import (
     record_writes,
     resolve_policies,
 )
+from sinks.trade_levels import backfill_pending, compact_written_days, pending_days
 from sinks.tables import (
     PIPELINE_ERRORS,
     TableSpec,
@@ -199,6 +200,8 @@ class TopicSink:
         self.stop_requested = False
         self.committed_batches = 0
         self.started_at = datetime.now(UTC)
+        self._last_maintenance: datetime | None = None
+        self._backfill: threading.Thread | None = None  # trade_levels_1m's old days (migration 0021)
         self.database_down = False  # a batch is waiting for the database (what /health reports)
         self.database_error = ""  # the last error while it is down, and since when (monotonic)
         self.database_down_since: float | None = None
@@ -292,22 +295,45 @@ class TopicSink:
         return self._lag.starving()
 
     def maintain(self) -> None:
-        """Partitions ahead and retention: at start and hourly, never per flush."""
+        """Partitions ahead, retention, trade_levels_1m compaction (and its backfill, in a thread): at start and
+        hourly, never per flush."""
         now = datetime.now(UTC)
         try:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5, **self._liveness) as conn:
                 created = ensure_partitions_ahead(conn, now)
                 dropped = apply_retention(conn, self.config.retention, now, protect_since(self.started_at, now))
+                # days written since the last maintenance (at start: in the last 2 h, the predecessor's), by
+                # the sink that writes trades (the others would only repeat it)
+                if any(spec.table == "trades" for spec in self.specs.values()):
+                    compact_written_days(conn, self._last_maintenance or self.started_at - timedelta(hours=2))
+                self._last_maintenance = now
+                backfill = bool(pending_days(conn))
             with self._cache_lock:
                 self._covered_stale = True  # re-learn after drops
         except psycopg.Error as exc:  # the batch path retries on its own; maintenance tries again next hour
             log.warning("partition maintenance failed", error=str(exc).splitlines()[0])
             return
+        if backfill and (self._backfill is None or not self._backfill.is_alive()):
+            self._backfill = threading.Thread(target=self._backfill_trade_levels, name="sink-trade-levels-backfill",
+                                              daemon=True)
+            self._backfill.start()
         new = sum(len(v) for v in created.values())
         gone = sum(len(v) for v in dropped.values())
         if new or gone:
             log.info("partition maintenance", created=new, dropped=gone,
                      dropped_tables={t: len(v) for t, v in dropped.items() if v})
+
+    def _backfill_trade_levels(self) -> None:
+        """The days of trades stored before migration 0021, one transaction each, beside the consumer
+        (a big history takes minutes; the consumer and its writers keep going, a writer into the day
+        being summed waits for that day only)."""
+        try:
+            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5, **self._liveness) as conn:
+                done = backfill_pending(conn, lambda: self.stop_requested)
+            if done:
+                log.info("trade_levels_1m backfilled", days=done)
+        except psycopg.Error as exc:  # tried again at the next maintenance; the UI reads trades meanwhile
+            log.warning("trade_levels_1m backfill failed", error=str(exc).splitlines()[0])
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.started_at = datetime.now(UTC)

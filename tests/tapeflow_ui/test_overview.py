@@ -1,9 +1,17 @@
 """The consumer-lag light (``tapeflow_ui.overview.lag_light``) from hand-made lag snapshots: the states
-at the documented limits, a figure that stopped refreshing, a broker that does not answer."""
+at the documented limits, a figure that stopped refreshing, a broker that does not answer; the funding
+heatmap and the freshness lights on a real PostgreSQL with hand-computed answers."""
 
 from __future__ import annotations
 
-from tapeflow_ui.overview import LAG_BAD, LAG_STALE_S, LAG_WARN, LagWatch, lag_light
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from sinks.migrate import migrate
+from sinks.partitions import ensure_partitions
+from tapeflow_ui.overview import LAG_BAD, LAG_STALE_S, LAG_WARN, LagWatch, data_quality, funding_heatmap, lag_light
 
 
 def group(name: str, lag: int, state: str = "stable", members: int = 1) -> dict:
@@ -83,3 +91,65 @@ def test_the_lag_watch_asks_the_broker_only_while_a_page_shows_the_light():
         assert asked.wait(5)  # woken by the next look
     finally:
         watch.stop()
+
+
+# --- the overview's SQL on a real PostgreSQL, with hand-computed answers ---------------------------------
+
+T = datetime(2024, 3, 1, 11, 30, tzinfo=UTC)  # the data's "now": the newest bar's close
+
+
+def _mark(conn, exchange: str, symbol: str, at: datetime, rate: float) -> None:
+    conn.execute("INSERT INTO mark_prices VALUES (%s, %s, 100, 100, %s, %s, %s, %s)",
+                 (exchange, symbol, rate, at + timedelta(hours=8), at, at))
+
+
+def _bar(conn, symbol: str, open_time: datetime) -> None:
+    conn.execute("INSERT INTO bars_1m VALUES ('binance', %s, %s, %s, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1)",
+                 (symbol, open_time, open_time + timedelta(minutes=1)))
+
+
+def _trade(conn, agg_id: int, at: datetime) -> None:
+    conn.execute("INSERT INTO trades VALUES ('binance', 'BTCUSDT', %s, 100, 1, %s, %s, %s, %s, %s, 'BUY')",
+                 (agg_id, agg_id, agg_id, at, at, at))
+
+
+@pytest.fixture
+def db(database) -> str:
+    migrate(database)
+    with psycopg.connect(database) as conn:
+        for table in ("trades", "bars_1m", "mark_prices"):
+            ensure_partitions(conn, table, T - timedelta(days=1), T + timedelta(days=1))
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            _bar(conn, symbol, T - timedelta(minutes=1))
+        _mark(conn, "binance", "BTCUSDT", T - timedelta(hours=2, minutes=1), 0.0009)  # before the 2 h asked for
+        _mark(conn, "binance", "BTCUSDT", T - timedelta(minutes=90), 0.0001)  # 10:00
+        _mark(conn, "binance", "BTCUSDT", T - timedelta(minutes=60), 0.0003)  # 10:30
+        _mark(conn, "binance", "BTCUSDT", T - timedelta(minutes=15), 0.0002)  # 11:15
+        _mark(conn, "binance", "ETHUSDT", T - timedelta(minutes=31), -0.0001)  # 10:59
+        _mark(conn, "bybit", "BTCUSDT", T - timedelta(minutes=60), 0.5)  # another venue: not in the overview
+        _mark(conn, "binance", "BTCUSDT", T + timedelta(seconds=1), 0.7)  # after the newest bar
+        _trade(conn, 1, T - timedelta(minutes=2))
+        _trade(conn, 2, T - timedelta(seconds=10))
+        _trade(conn, 3, T + timedelta(seconds=20))  # in the open minute, after the newest bar
+    return database
+
+
+def test_funding_heatmap_averages_each_symbols_marks_per_utc_hour(db):
+    with psycopg.connect(db) as conn:
+        conn.execute("SET ROLE tapeflow_readonly")
+        cells = funding_heatmap(conn, T, hours=2)["cells"]
+        assert funding_heatmap(conn, T, hours=2, symbols=["BTCUSDT", "ETHUSDT"])["cells"] == cells
+    h10, h11 = int(T.replace(hour=10, minute=0).timestamp()), int(T.replace(minute=0).timestamp())
+    assert [c[:2] for c in cells] == [["BTCUSDT", h10], ["BTCUSDT", h11], ["ETHUSDT", h10]]
+    assert [c[2] for c in cells] == pytest.approx([0.0002, 0.0002, -0.0001])
+
+
+def test_freshness_lights_take_each_symbols_newest_row_up_to_the_newest_bar(db):
+    with psycopg.connect(db) as conn:
+        conn.execute("SET ROLE tapeflow_readonly")
+        lights = {li["check"]: (li["state"], li["detail"]) for li in data_quality(conn, T, now_s=0.0)}
+    assert lights["trades fresh"] == ("ok", "newest row 10 s before the newest bar")  # agg 3 is after it
+    assert lights["mark_prices fresh"] == ("warn", "newest row 900 s before the newest bar")  # > 120 s
+    assert lights["bars_1m fresh"] == ("ok", "newest row 0 s before the newest bar")
+    assert lights["features fresh"] == ("bad", "nothing in the 30 min before the newest bar")
+    assert lights["depth_snapshots fresh"][0] == "bad"
