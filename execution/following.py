@@ -29,6 +29,7 @@ import structlog
 from execution.carry import carry_executor_state
 from tapeflow_runtime.epochs import EpochCursor, save_carried
 from tapeflow_runtime.kafka_client import existing_partitions
+from tapeflow_runtime.native_memory import release_freed_memory
 from tapeflow_runtime.offsets import commit_group_start, group_committed, true_ends
 
 log = structlog.get_logger("executor")
@@ -110,6 +111,9 @@ class ExecutorEpochs:
                 log.info("executor moved on to the next topic epoch", epoch=epoch, group=group,
                          records_carried=sum(sum(v.values()) for v in carried.values()),
                          seconds=round(time.monotonic() - paused, 2))
+                # the old service's clients and threads are gone: what glibc keeps free of them goes
+                # back to the OS (native_memory: without it the process grew ~0.5 MB per rollover)
+                release_freed_memory()
         finally:  # leaving (a stop, an error of either service): no service thread is left running
             for left in (upcoming, running):
                 if left is not None:

@@ -228,6 +228,7 @@ class EngineWorker:
     async def stop(self) -> None:
         await self.freeze()
         await self.app.stop()
+        self.metrics.forget_group(self.app.conf.id)  # its partitions have no lag any more (a rollover's old group)
 
     def health(self) -> dict[str, Any]:
         if self.crashed is not None or self.app.crash_reason is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -34,7 +33,6 @@ from stream_apps.book_decode import BookDecoder
 
 TRADES = "md.trades"
 BOOK = "md.book"
-_BOOK_DECODERS: WeakKeyDictionary[AvroSerde, BookDecoder] = WeakKeyDictionary()  # one per serde: its schema ids
 EVENT_ADAPTERS = {
     "md.book": book_from_record,
     "md.mark": mark_from_record,
@@ -110,15 +108,16 @@ def symbol_key(exchange: str, symbol: str) -> str:
 
 
 def decode_partition(serde: AvroSerde, catalogue_topic: str, topic: str, partition: int,
-                     records: Iterable[RawRecord]) -> DecodedPartition:
-    """Decode the records of one input partition (``catalogue_topic`` is the unprefixed name)."""
+                     records: Iterable[RawRecord], book: BookDecoder | None = None) -> DecodedPartition:
+    """Decode the records of one input partition (``catalogue_topic`` is the unprefixed name). ``book``:
+    the caller's md.book decoder (it remembers each schema id's layout), kept as long as ``serde``; a
+    new one otherwise. Not a module-level cache keyed by the serde: a decoder holds its serde, so a
+    weak-keyed one never let a serde go, and the engine, which makes a serde per topic epoch, kept
+    every one (with its registry) for good: ~0.5 MB a rollover."""
     if catalogue_topic == TRADES:
         return _decode_trades(serde, topic, partition, records)
     if catalogue_topic == BOOK:  # the levels straight into columns (``book_decode``)
-        decoder = _BOOK_DECODERS.get(serde)
-        if decoder is None:
-            decoder = _BOOK_DECODERS[serde] = BookDecoder(serde)
-        read: Callable[[bytes], MarketEvent] = decoder
+        read: Callable[[bytes], MarketEvent] = book if book is not None else BookDecoder(serde)
     else:
         adapter, decode = EVENT_ADAPTERS[catalogue_topic], serde.decode
         read = lambda value: adapter(decode(value))  # noqa: E731

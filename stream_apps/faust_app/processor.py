@@ -34,6 +34,7 @@ import structlog
 
 from schemas.catalogue import DLQ_MD
 from schemas.serde import AvroSerde
+from stream_apps.book_decode import BookDecoder
 from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig
 
@@ -103,6 +104,7 @@ class EngineProcessor:
         self.strategies = list(strategies)
         self.params = params
         self.serde = serde
+        self.book_decoder = BookDecoder(serde)  # md.book's reader, as long as the serde (``inputs``)
         self.encoder = encoder
         self.metrics = metrics
         self.load_snapshot = load_snapshot
@@ -140,7 +142,7 @@ class EngineProcessor:
             self._last_delivery[(name, partition)] = self.stall_clock()
             self._read_to[(name, partition)] = max(self._read_to.get((name, partition), -1), batch[-1].offset)
             self.metrics.records_in.labels(name).inc(len(batch))
-            decoded = decode_partition(self.serde, name, topic, partition, batch)
+            decoded = decode_partition(self.serde, name, topic, partition, batch, self.book_decoder)
             for dead in decoded.dead:
                 effects.outputs.append(self.encoder.dead_letter(dead))
                 effects.ack(topic, partition, [dead.offset])

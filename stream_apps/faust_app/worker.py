@@ -24,6 +24,7 @@ from stream_apps.core.warmup import warm_up
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.logs import configure_logging
+from tapeflow_runtime.native_memory import release_freed_memory
 from tapeflow_runtime.service_http import build_app, serve
 
 from .app import EngineWorker
@@ -133,6 +134,9 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
             paused_s = time.monotonic() - paused
             await old.stop()
             print(f"engine worker stopped batches={old.batches} crashed=False", flush=True)
+            # the old app, its clients and buffers are gone: what glibc keeps free of them goes back
+            # to the OS (native_memory: without it the process grew ~0.5 MB per rollover)
+            await asyncio.to_thread(release_freed_memory)
             log.info("engine moved on to the next topic epoch", epoch=epoch, group=new.app_id, keys_carried=len(carried),
                      paused_s=round(paused_s, 2), carry_s=round(carry_s, 2),
                      carried_from="changelog" if newest is None else "memory",

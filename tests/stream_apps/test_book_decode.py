@@ -145,3 +145,24 @@ def test_decode_partition_hands_the_engine_columns_for_md_book():
     for (_, event), value in zip(out.events["binance:BTCUSDT"], (raw[0].value, raw[2].value)):
         same(event, value)
     assert [d.offset for d in out.dead] == [13]
+
+
+def test_a_serde_that_decoded_md_book_is_freed_with_its_owner():
+    """The engine makes a serde (and its registry, ~0.5 MB) per topic epoch; once the epoch's worker is
+    gone, nothing may keep it: a module-level decoder cache keyed weakly by the serde did, since each
+    decoder holds its serde (the engine grew by every rollover). With the caller's decoder (the
+    processor's) and without one."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(7)
+    raw = [SimpleNamespace(offset=0, key=None, value=SERDE.encode("md.book", record(rng, 5, 5)))]
+    for own_decoder in (False, True):
+        serde = AvroSerde(FileSchemaRegistry())
+        decoder = BookDecoder(serde) if own_decoder else None
+        out = decode_partition(serde, "md.book", "e1.md.book", 0, raw, decoder)
+        assert len(out.events["binance:BTCUSDT"]) == 1 and not out.dead
+        gone = weakref.ref(serde)
+        del serde, decoder
+        gc.collect()
+        assert gone() is None
