@@ -156,17 +156,21 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
         assert fake.stop() == 0, fake.tail()
 
         # drain in pipeline order: engine, then executor, then sink; each stops cleanly once it is done
-        trades_end = record_counts(topic("md.trades"))
+        # read once each, when their writer has stopped (md.trades: the producer; signals: the engine)
+        trades = topic("md.trades")
+        trades_end = record_counts(trades)
         wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-engine", {topic_prefix + "md.trades": trades_end},
                       [engine, executor, sink], 90)
         engine_counters = scrape(engine_port, "tapeflow_engine_state_counter")  # late trades, gaps (diagnosis)
         assert engine.stop() == 0, engine.tail()
-        signals_end = record_counts(topic("signals"))
+        signals = topic("signals")
+        signals_end = record_counts(signals)
         wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-executor-paper",
                       {topic_prefix + "md.trades": trades_end, topic_prefix + "signals": signals_end},
                       [executor, sink], 60)
         assert executor.stop() == 0, executor.tail()
-        published = {name: topic(name) for name in SINK_TOPICS}
+        published = {"md.trades": trades, "signals": signals,
+                     **{name: topic(name) for name in SINK_TOPICS if name not in ("md.trades", "signals")}}
         wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-sink",
                       {topic_prefix + name: record_counts(recs) for name, recs in published.items()}, [sink], 60)
         assert sink.stop() == 0, sink.tail()

@@ -96,7 +96,7 @@ def test_a_two_hour_replay_at_max_equals_the_engine_core_and_loses_no_frame(kafk
         ids = [t["agg_id"] for t in inputs["md.trades"] if t["symbol"] == sym]
         assert ids == sorted(ids), sym
     assert_summary_true(summary, kafka_bootstrap, prefix, read_topic, seed=22, duration_s=2 * 3600,
-                        fake_args=TWO_HOURS_ARGS)
+                        fake_args=TWO_HOURS_ARGS, inputs=inputs)
     reference = canonical(direct_engine_outputs(session_records(inputs), [parse_strategy(STRATEGY)]))
     assert_same(outputs, reference, "streaming vs engine core")
     assert backtest_signals(kafka_bootstrap, prefix, inputs) == outputs["signals"]
