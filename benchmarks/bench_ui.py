@@ -39,6 +39,19 @@ DAY = datetime(2024, 3, 1, tzinfo=UTC)
 TARGET_S = 0.300
 
 
+
+def time_parts(conn, parts: dict, runs: int, label: str) -> None:
+    """One table row per part (a query alone): median and max of ``runs`` timings after one warm-up."""
+    for name, part in parts.items():
+        times = []
+        for _ in range(runs + 1):
+            t = time.perf_counter()
+            n = part()
+            times.append(time.perf_counter() - t)
+            conn.rollback()
+        print(f"| of which {label.format(name=name)} ({n} rows) | {statistics.median(times[1:]) * 1000:.0f} ms | "
+              f"{max(times[1:]) * 1000:.0f} ms | | {statistics.median(times[1:]) / TARGET_S:.2f}x |", flush=True)
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trades-per-s", type=float, default=30.0)
@@ -99,15 +112,7 @@ def main() -> None:
             step = default_step(conn, "BTCUSDT", rng)
             parts = {"books": lambda: len(heatmap(conn, "BTCUSDT", rng, step)["cells"]),
                      "walls": lambda: len(walls(conn, "BTCUSDT", rng, 86_400 // MAX_HEATMAP_COLUMNS))}
-            for name, part in parts.items():
-                times = []
-                for _ in range(args.runs + 1):
-                    t = time.perf_counter()
-                    n = part()
-                    times.append(time.perf_counter() - t)
-                    conn.rollback()
-                print(f"| of which the heatmap's {name} query alone ({n} rows) | {statistics.median(times[1:]) * 1000:.0f} ms | "
-                      f"{max(times[1:]) * 1000:.0f} ms | | {statistics.median(times[1:]) / TARGET_S:.2f}x |", flush=True)
+            time_parts(conn, parts, args.runs, "the heatmap's {name} query alone")
             # the overview's parts, the same way
             from tapeflow_ui import overview as ov
             from tapeflow_ui.queries import data_time
@@ -119,15 +124,7 @@ def main() -> None:
                      "signal timeline": lambda: len(ov.signal_timeline(conn, now)),
                      "whale radar": lambda: len(ov.whale_radar(conn, now)),
                      "data-quality lights": lambda: len(ov.data_quality(conn, now))}
-            for name, part in parts.items():
-                times = []
-                for _ in range(args.runs + 1):
-                    t = time.perf_counter()
-                    n = part()
-                    times.append(time.perf_counter() - t)
-                    conn.rollback()
-                print(f"| of which the overview's {name} ({n} rows) | {statistics.median(times[1:]) * 1000:.0f} ms | "
-                      f"{max(times[1:]) * 1000:.0f} ms | | {statistics.median(times[1:]) / TARGET_S:.2f}x |", flush=True)
+            time_parts(conn, parts, args.runs, "the overview's {name}")
         with psycopg.connect(owner) as conn:
             raw = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
         print(f"baseline: the browser doing it from raw trades would download {raw:,} trades "
