@@ -187,12 +187,13 @@ def lag_light(snapshot: dict | None, now_s: float) -> dict:
     behind = sorted((g for g in groups if g["total_lag"] > warn), key=lambda g: -g["total_lag"])
     worst = max((g["total_lag"] for g in groups), default=0)
     state = "bad" if worst > bad else "warn" if worst > warn else "ok"
-    if age > LAG_STALE_S or error is not None:
+    stale = age > LAG_STALE_S or error is not None
+    if stale:
         state = "bad" if state == "bad" else "warn"
     detail = ("; ".join(f"{g['group']}: {g['total_lag']:,} behind ({g['state']}, {g['members']} members)"
                         for g in behind[:4]) or
               f"{len(groups)} groups, at most {worst:,} records behind")
-    if age > LAG_STALE_S or error is not None:
+    if stale:
         detail += f"; figure {age:.0f} s old" + (f" ({error})" if error else "")
     return {"check": "consumer lag", "state": state, "detail": detail, "link": link}
 

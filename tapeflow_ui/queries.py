@@ -240,8 +240,7 @@ def walls(conn: psycopg.Connection, symbol: str, rng: Range, column_s: int) -> l
     their times and best prices, and each evaluation takes the last book before it in one sorted pass.
     Rows: ``[column, eval_ms, side, price, usd, age_s, strategy]``."""
     # the per-column lookups are estimated at millions of rows (a range the planner cannot size), which
-    # would start JIT compilation: seconds for a query that runs in tens of milliseconds
-    conn.execute("SET LOCAL jit = off")
+    # would start JIT compilation: the UI's connections run with jit off (``app.create_app``'s pool)
     rows = conn.execute(
         "WITH cols AS (SELECT c AS col, least(c + %(col)s, %(b)s) AS col_end FROM generate_series("
         "  date_bin(%(col)s, %(a)s, %(o)s), %(b)s, %(col)s) c WHERE c < %(b)s), "
