@@ -21,9 +21,10 @@ How it reads:
   ``linger_s`` after the last one left it is closed. Tansu pays for every fetch, even one that finds
   nothing (``tapeflow_runtime.idle_fetch``, benchmarks/RESULTS.md, issue 34), so a UI nobody looks
   at must not fetch; the linger spares a reload or a timeframe change a new consumer;
-- a broker that cannot be reached (no stack running, a wrong ``TAPEFLOW_BROKER``) is said once in the
-  log and every listener is told to poll the database instead (``poll``); the next listener after
-  ``retry_s`` tries the broker again.
+- a broker that cannot be reached (no stack running, a wrong ``TAPEFLOW_BROKER``), or the embedded
+  stack stopped or restarted elsewhere while pages listen (``bootstrap()`` is asked again every
+  ``segment_check_s``), is said once in the log and every listener is told to poll the database
+  instead (``poll``); the next listener after ``retry_s`` tries the broker again.
 
 Hand-written because it is glue: a consumer thread and asyncio queues (one per page), with the
 segment bookkeeping from ``tapeflow_runtime.epochs``.
@@ -224,7 +225,7 @@ class LiveFollower:
                 "auto.offset.reset": "latest", "allow.auto.create.topics": False}))
             with self._lock:
                 self._open += 1
-            _Reader(self, consumer).run()
+            _Reader(self, consumer, bootstrap).run()
         except Exception as exc:  # noqa: BLE001 - any failure to reach the broker: the pages poll the database
             reason = f"{type(exc).__name__}: {exc}"
             with self._lock:
@@ -268,8 +269,8 @@ class LiveFollower:
 class _Reader:
     """One consumer's life: which physical topics it reads, from where, and the poll loop."""
 
-    def __init__(self, owner: LiveFollower, consumer: Consumer) -> None:
-        self.owner, self.consumer = owner, consumer
+    def __init__(self, owner: LiveFollower, consumer: Consumer, bootstrap: str) -> None:
+        self.owner, self.consumer, self.bootstrap = owner, consumer, bootstrap
         self.follower = ChainFollower(list(owner.topics), owner.chain) if owner.chain is not None else None
         self.names: dict[str, str] = {}  # physical -> catalogue name, of what is assigned
         self.waiting: dict[str, tuple[str, bool]] = {}  # physical -> (name, from its end): not there yet
@@ -366,5 +367,7 @@ class _Reader:
                 owner._deliver(name, record)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + owner.segment_check_s
+                if (now := owner.bootstrap()) != self.bootstrap:  # `down` then `up`: a new broker elsewhere
+                    raise RuntimeError(f"the broker moved from {self.bootstrap} to {now}")
                 self._follow_segments()
                 self._assign_waiting(timeout=5.0)

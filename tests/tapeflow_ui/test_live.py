@@ -9,6 +9,7 @@ topics are the module's, under its own prefix and home)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -194,8 +195,10 @@ def test_a_published_bar_reaches_the_page_without_a_database_row(site):
                                           "tier": "standard", "score": 61.5, "price": 102.0,
                                           "strategy": "flow_scalper", "signal_id": "ui-test-LIVEAUSDT-1"}
         site.publish("bars.1m", {**published, "symbol": "OTHERUSDT"})  # another symbol's: not this page's
+        sent = time.monotonic()
         site.publish("bars.1m", bar("LIVEAUSDT", T0 + 2 * MINUTE, 102.0, 102.5, 101.0, 101.5, 1.0, 1.0))
         assert page.next("bar")[1]["time"] == (T0 + 2 * MINUTE) // 1000
+        print(f"bars.1m record -> page, the producer connected: {1000 * (time.monotonic() - sent):.0f} ms")
 
 
 def test_a_higher_timeframe_bar_equals_the_stored_candle_once_its_minute_is_stored(site):
@@ -280,8 +283,9 @@ def test_no_consumer_while_no_page_listens_and_one_when_a_page_connects(site):
     assert follower.listeners == 0 and follower._thread is None and follower.polls == after
 
 
-def test_without_a_broker_the_page_polls_the_database_and_the_log_says_so_once(pg_server, tmp_path, capsys):
-    """No stack running in the home (``resolve_broker`` refuses): the stored bar, polled."""
+@contextlib.contextmanager
+def own_site(pg_server, follower: LiveFollower, home):
+    """A database and a server of their own, around ``follower``."""
     from tapeflow_ui.app import create_app
 
     name = f"t_live_{uuid.uuid4().hex[:10]}"
@@ -289,12 +293,22 @@ def test_without_a_broker_the_page_polls_the_database_and_the_log_says_so_once(p
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     owner = pg_server.conninfo(name)
     migrate(owner)
+    server, thread, base = serve(create_app(owner, "t" * 40, live=follower))
+    try:
+        yield Site(base, "t" * 40, owner, follower, "", "", home, None)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_without_a_broker_the_page_polls_the_database_and_the_log_says_so_once(pg_server, tmp_path, capsys):
+    """No stack running in the home (``resolve_broker`` refuses): the stored bar, polled."""
     settings = Settings(home=tmp_path, broker=None)
     follower = LiveFollower(lambda: resolve_broker(settings, StackPaths(tmp_path)), AvroSerde(FileSchemaRegistry()),
                             "", linger_s=LINGER_S, retry_s=600)
-    server, thread, base = serve(create_app(owner, "t" * 40, live=follower))
-    try:
-        site = Site(base, "t" * 40, owner, follower, "", "", tmp_path, settings)
+    with own_site(pg_server, follower, tmp_path) as site:
         site.store(bar("LIVEEUSDT", T0, 1.0, 2.0, 0.5, 1.5, 1.0, 1.0))
         for _ in range(2):
             with site.stream("LIVEEUSDT") as page:
@@ -304,8 +318,20 @@ def test_without_a_broker_the_page_polls_the_database_and_the_log_says_so_once(p
         assert follower.starts == 1 and not follower.consumer_open  # the second page did not try again
         assert "EndpointError" in follower.unreachable
         assert capsys.readouterr().out.count("cannot read the broker's topics") == 1
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_broker_that_moves_while_a_page_listens_sends_the_page_to_the_database(pg_server, kafka_bootstrap, tmp_path):
+    """`down` and `up` while a page is open: the stack's broker is elsewhere now; the page polls."""
+    where = [kafka_bootstrap]
+    follower = LiveFollower(lambda: where[0], AvroSerde(FileSchemaRegistry()), f"t{uuid.uuid4().hex[:10]}.",
+                            linger_s=LINGER_S, retry_s=600, segment_check_s=0.1)
+    with own_site(pg_server, follower, tmp_path) as site:
+        site.store(bar("LIVEFUSDT", T0, 1.0, 2.0, 0.5, 1.5, 1.0, 1.0))
+        with site.stream("LIVEFUSDT") as page:
+            assert page.next("bar")[1]["close"] == 1.5
+            assert page.next("live")[1] == {"source": "topics"}
+            where[0] = "127.0.0.1:1"
+            assert page.next("live")[1] == {"source": "database"}
+            assert page.next("bar")[1]["close"] == 1.5
+        assert "the broker moved" in follower.unreachable
+        wait_for(lambda: not follower.consumer_open, "the consumer was not closed")
