@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -82,6 +83,9 @@ class UI:
         self.pool = pool
         self.lag = lag
         self.live = live  # a live.LiveFollower: the stream follows the topics (None: it polls the database)
+        #: set when the server begins to shut down (``service.run_ui``): open streams end within a second,
+        #: so a graceful shutdown is not held by a page left open
+        self.closing = threading.Event()
         self._timescale: bool | None = None
 
     def timescale(self, conn) -> bool:
@@ -219,7 +223,7 @@ class UI:
             if live is not None:
                 async for chunk in self._follow(request, live, symbol, tf):
                     yield chunk
-                if await request.is_disconnected():
+                if self.closing.is_set() or await request.is_disconnected():
                     return
                 yield _event("live", {"source": "database"})
             async for chunk in self._poll(request, symbol, tf):
@@ -244,7 +248,7 @@ class UI:
                 try:
                     kind, item = await asyncio.wait_for(listener.queue.get(), DISCONNECT_CHECK_S)
                 except TimeoutError:
-                    if await request.is_disconnected():
+                    if self.closing.is_set() or await request.is_disconnected():
                         return
                     quiet += DISCONNECT_CHECK_S
                     if quiet >= KEEP_ALIVE_S:
@@ -269,14 +273,17 @@ class UI:
     async def _poll(self, request: Request, symbol: str, tf: str) -> AsyncIterator[bytes]:
         """The stored newest bar whenever it changes, polled every 2 s on one pooled connection."""
         last = None
-        while not await request.is_disconnected():
+        while not self.closing.is_set() and not await request.is_disconnected():
             bar = await asyncio.to_thread(self.latest_bar, symbol, tf)
             if bar is not None and bar != last:
                 last = bar
                 yield _event("bar", bar)
             else:
                 yield b": keep-alive\n\n"
-            await asyncio.sleep(2.0)
+            for _ in range(4):  # 2 s, looking at closing every half second
+                if self.closing.is_set():
+                    return
+                await asyncio.sleep(0.5)
 
 
 def _event(name: str, data) -> bytes:
@@ -357,4 +364,6 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
         routes += action_routes(actions, pool)
     allowed = LOOPBACK_HOSTS if host in ("127.0.0.1", "localhost", "::1") else ["*"]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed), Middleware(TokenGuard, token=token)]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.closing = ui.closing  # set it to end the open streams (a server shutting down)
+    return app

@@ -101,8 +101,15 @@ def run_ui(settings: Settings, paths: StackPaths, host: str, port: int, say=prin
     app = create_app(readonly_conninfo(settings, paths), token, host=host, actions=desk_actions(settings, paths),
                      consumer_lag=consumer_lag, live=live_follower(settings, paths))
     config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
-                            proxy_headers=False, server_header=False, date_header=False, lifespan="on")
+                            proxy_headers=False, server_header=False, date_header=False, lifespan="on",
+                            timeout_graceful_shutdown=10)  # a backstop: the streams end on their own
     say(f"tapeflow ui on http://{host}:{port}/ (read-only role; token in {paths.secrets_dir}/ui-token)")
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: end the open pages' streams first
+            app.state.closing.set()
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     server.run()
     return 0 if server.started else 1

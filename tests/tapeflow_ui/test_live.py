@@ -293,9 +293,12 @@ def own_site(pg_server, follower: LiveFollower, home):
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     owner = pg_server.conninfo(name)
     migrate(owner)
-    server, thread, base = serve(create_app(owner, "t" * 40, live=follower))
+    app = create_app(owner, "t" * 40, live=follower)
+    server, thread, base = serve(app)
     try:
-        yield Site(base, "t" * 40, owner, follower, "", "", home, None)
+        site = Site(base, "t" * 40, owner, follower, "", "", home, None)
+        site.app, site.server, site.thread = app, server, thread
+        yield site
     finally:
         server.should_exit = True
         thread.join(30)
@@ -335,3 +338,24 @@ def test_a_broker_that_moves_while_a_page_listens_sends_the_page_to_the_database
             assert page.next("bar")[1]["close"] == 1.5
         assert "the broker moved" in follower.unreachable
         wait_for(lambda: not follower.consumer_open, "the consumer was not closed")
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["topics", "database-poll"])
+def test_open_streams_end_when_the_server_shuts_down(pg_server, kafka_bootstrap, tmp_path, live):
+    """`tapeflow ui` sets ``closing`` on SIGTERM (``service.run_ui``): a page left open does not hold the
+    graceful shutdown (uvicorn waits for every response to finish)."""
+    follower = LiveFollower(lambda: kafka_bootstrap, AvroSerde(FileSchemaRegistry()), f"t{uuid.uuid4().hex[:10]}.",
+                            linger_s=LINGER_S) if live else None
+    with own_site(pg_server, follower, tmp_path) as site:
+        site.store(bar("LIVEGUSDT", T0, 1.0, 2.0, 0.5, 1.5, 1.0, 1.0))
+        with site.stream("LIVEGUSDT") as page:
+            assert page.next("bar")[1]["close"] == 1.5
+            if live:
+                assert page.next("live")[1] == {"source": "topics"}
+            site.app.state.closing.set()
+            site.server.should_exit = True
+            site.thread.join(30)
+            assert not site.thread.is_alive(), "the server waited for the open page"
+            with pytest.raises(EOFError):
+                page.next()
+        assert follower is None or not follower.consumer_open
