@@ -807,7 +807,8 @@ def test_the_chart_follows_bars_and_signals_published_on_the_topics(site, browse
     browser.goto(f"{site.base}/symbol/ETHUSDT?tf=1m")
     assert browser.wait_for("window.tapeflowUI.ready.candles && window.tapeflowUI.live "
                             "&& window.tapeflowUI.live.source === 'topics' || window.tapeflowUI.errors.length", 60) is True
-    last = browser.evaluate("window.tapeflowUI.chart.candles.time.slice(-1)[0]")
+    last, cvd = browser.evaluate("[window.tapeflowUI.chart.candles.time.slice(-1)[0], "
+                                 "window.tapeflowUI.chart.candles.cvd.slice(-1)[0]]")
     t = last + 60
     published = {"exchange": "binance", "symbol": "ETHUSDT", "open_time": t * 1000, "close_time": (t + 60) * 1000,
                  "open": 3001.5, "high": 3010.25, "low": 2999.0, "close": 3007.75, "volume": 12.5, "buy_volume": 9.0,
@@ -824,6 +825,7 @@ def test_the_chart_follows_bars_and_signals_published_on_the_topics(site, browse
     assert browser.evaluate("window.tapeflowUI.live.bar") == {
         "time": t, "open": 3001.5, "high": 3010.25, "low": 2999.0, "close": 3007.75, "volume": 12.5, "bought": 9.0,
         "sold": 3.5, "delta": 5.5}
+    assert browser.evaluate("window.tapeflowUI.live.cvd") == pytest.approx(cvd + 5.5, rel=1e-12)  # CVD goes on
     assert browser.evaluate("document.getElementById('status').textContent").startswith("live: ")
     assert browser.problems() == []
     shoot(browser, site, "orderflow-live")
