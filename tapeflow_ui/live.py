@@ -8,8 +8,9 @@ trades, re-read with the heatmap.
 
 How it reads:
 - one confluent-kafka consumer with ``assign`` (no consumer group joined, nothing committed), every
-  partition from its end when the consumer starts: a page wants what happens from now on, and gets
-  the stored bar from the database when it connects (``app.UI.stream``);
+  partition from its end when the consumer starts (asked of the broker before the pages are told
+  ``live``: whatever is published after that reaches them): a page wants what happens from now on,
+  and gets the stored bar from the database when it connects (``app.UI.stream``);
 - on the embedded broker the logical topics are chains of segments (``tapeflow_runtime.epochs``):
   ``ChainFollower`` says which physical topics to read, and a segment a rollover opens is read from
   its first own record, one that finished is dropped once read to its end (as the notifier follows
@@ -45,7 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from schemas.serde import AvroSerde
 from tapeflow_runtime.epochs import Chain, ChainFollower
-from tapeflow_runtime.kafka_client import consumer_config
+from tapeflow_runtime.kafka_client import consumer_config, end_offsets
 
 log = structlog.get_logger("ui")
 
@@ -306,6 +307,13 @@ class _Reader:
                 add.append(TopicPartition(topic, p, start))
             self.names[topic] = name
             del self.waiting[topic]
+        # "the end" as an offset now, asked of the broker in one request: librdkafka would resolve
+        # OFFSET_END lazily after the assignment, and a record published in between (after the pages
+        # were told "live") would fall before the end it finds
+        ends = end_offsets(self.consumer, [(tp.topic, tp.partition) for tp in add if tp.offset == OFFSET_END],
+                           timeout=timeout)
+        add = [TopicPartition(tp.topic, tp.partition, ends.get((tp.topic, tp.partition), tp.offset))
+               if tp.offset == OFFSET_END else tp for tp in add]
         if add:
             self.consumer.incremental_assign(add)
             self.owner.reading = sorted(self.names)
