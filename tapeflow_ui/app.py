@@ -32,6 +32,7 @@ from tapeflow_ui import desk
 from tapeflow_ui import overview as ov
 from tapeflow_ui import queries as q
 from tapeflow_ui.actions import Actions, action_routes
+from tapeflow_ui.live import BarFold, LiveFollower
 from tapeflow_ui.security import TokenGuard, csrf_value
 
 HERE = Path(__file__).parent
@@ -79,10 +80,10 @@ def _number(request: Request, name: str) -> float | None:
 class UI:
     """The views over one read-only connection pool."""
 
-    def __init__(self, pool: ConnectionPool, lag: ov.LagWatch | None = None, live=None) -> None:
+    def __init__(self, pool: ConnectionPool, lag: ov.LagWatch | None = None, live: LiveFollower | None = None) -> None:
         self.pool = pool
         self.lag = lag
-        self.live = live  # a live.LiveFollower: the stream follows the topics (None: it polls the database)
+        self.live = live  # the stream follows the topics (None: it polls the database)
         #: set when the server begins to shut down (``service.run_ui``): open streams end within a second,
         #: so a graceful shutdown is not held by a page left open
         self.closing = threading.Event()
@@ -231,10 +232,8 @@ class UI:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    async def _follow(self, request: Request, live, symbol: str, tf: str) -> AsyncIterator[bytes]:
+    async def _follow(self, request: Request, live: LiveFollower, symbol: str, tf: str) -> AsyncIterator[bytes]:
         """The topic updates; returns when the page is gone or the follower says to poll instead."""
-        from tapeflow_ui.live import BarFold
-
         seconds = q.TIMEFRAMES[tf]
         async with live.listen(symbol) as listener:  # before the stored bar: nothing falls in between
             fold = BarFold(seconds, q.ts(q.ORIGIN))
@@ -293,7 +292,7 @@ def _event(name: str, data) -> bytes:
 def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size: int = 4,
                actions: Actions | None = None, consumer_lag: Callable[[], list[dict]] | None = None,
                lag_limits: tuple[int, int] = (ov.LAG_WARN, ov.LAG_BAD), lag_refresh_s: float = ov.LAG_REFRESH_S,
-               live=None) -> Starlette:
+               live: LiveFollower | None = None) -> Starlette:
     """The application reading ``conninfo`` (the read-only role; every transaction read-only too);
     with ``actions`` the desk's manual actions too (``tapeflow_ui.actions``); with ``consumer_lag``
     (the groups' lag, as ``tapeflow topics lag --json``) the overview's consumer-lag light, refreshed in
