@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -31,6 +32,7 @@ from tapeflow_ui import desk
 from tapeflow_ui import overview as ov
 from tapeflow_ui import queries as q
 from tapeflow_ui.actions import Actions, action_routes
+from tapeflow_ui.live import BarFold, LiveFollower
 from tapeflow_ui.security import TokenGuard, csrf_value
 
 HERE = Path(__file__).parent
@@ -38,6 +40,9 @@ SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
 VENUE = re.compile(r"^[a-z0-9]{2,20}$")
 MAX_RANGE_S = 7 * 86_400
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+#: the live stream looks this often whether its page is still there, and says it is alive this often
+DISCONNECT_CHECK_S = 1.0
+KEEP_ALIVE_S = 15.0
 
 
 class ORJSONResponse(JSONResponse):
@@ -75,9 +80,13 @@ def _number(request: Request, name: str) -> float | None:
 class UI:
     """The views over one read-only connection pool."""
 
-    def __init__(self, pool: ConnectionPool, lag: ov.LagWatch | None = None) -> None:
+    def __init__(self, pool: ConnectionPool, lag: ov.LagWatch | None = None, live: LiveFollower | None = None) -> None:
         self.pool = pool
         self.lag = lag
+        self.live = live  # the stream follows the topics (None: it polls the database)
+        #: set when the server begins to shut down (``service.run_ui``): open streams end within a second,
+        #: so a graceful shutdown is not held by a page left open
+        self.closing = threading.Event()
         self._timescale: bool | None = None
 
     def timescale(self, conn) -> bool:
@@ -196,41 +205,106 @@ class UI:
             return None
         return {k: v[-1] for k, v in c.items() if k not in ("cvd", "vwap")}
 
+    def bucket_minutes(self, symbol: str, tf: str, start: int | None = None) -> list[dict]:
+        with self.pool.connection() as conn:
+            return q.bucket_minutes(conn, symbol, tf, None if start is None else q.from_ts(start))
+
     async def stream(self, request: Request) -> Response:
-        """Server-sent events: the symbol's newest bar whenever it changes (the sink stores ``bars.1m`` as
-        the engine closes them; polled every 2 s on one pooled connection)."""
+        """Server-sent events of the symbol's newest bar at the timeframe (``bar``) and its new signals
+        (``signal``). With a live follower (``live.LiveFollower``): the stored bar once on connect, then
+        every ``bars.1m`` record folded into it as ``queries.candles`` groups the stored minutes
+        (``live.BarFold``), and an ``live`` event saying where updates come from (``topics`` once the
+        follower reads them, ``database`` when the broker cannot be read: then the stored bar is
+        polled every 2 s, as without a follower)."""
         symbol, tf = _symbol(request), _timeframe(request)
+        live = self.live
 
         async def events() -> AsyncIterator[bytes]:
-            last = None
             yield b"retry: 5000\n\n"
-            while not await request.is_disconnected():
-                bar = await asyncio.to_thread(self.latest_bar, symbol, tf)
-                if bar is not None and bar != last:
-                    last = bar
-                    yield b"event: bar\ndata: " + orjson.dumps(bar) + b"\n\n"
-                else:
-                    yield b": keep-alive\n\n"
-                await asyncio.sleep(2.0)
+            if live is not None:
+                async for chunk in self._follow(request, live, symbol, tf):
+                    yield chunk
+                if self.closing.is_set() or await request.is_disconnected():
+                    return
+                yield _event("live", {"source": "database"})
+            async for chunk in self._poll(request, symbol, tf):
+                yield chunk
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def _follow(self, request: Request, live: LiveFollower, symbol: str, tf: str) -> AsyncIterator[bytes]:
+        """The topic updates; returns when the page is gone or the follower says to poll instead."""
+        seconds = q.TIMEFRAMES[tf]
+        async with live.listen(symbol) as listener:  # before the stored bar: nothing falls in between
+            fold = BarFold(seconds, q.ts(q.ORIGIN))
+            for minute in await asyncio.to_thread(self.bucket_minutes, symbol, tf):
+                fold.add(minute)
+            last = fold.bar()
+            if last is not None:
+                yield _event("bar", last)
+            quiet = 0.0
+            while True:
+                try:
+                    kind, item = await asyncio.wait_for(listener.queue.get(), DISCONNECT_CHECK_S)
+                except TimeoutError:
+                    if self.closing.is_set() or await request.is_disconnected():
+                        return
+                    quiet += DISCONNECT_CHECK_S
+                    if quiet >= KEEP_ALIVE_S:
+                        quiet = 0.0
+                        yield b": keep-alive\n\n"
+                    continue
+                quiet = 0.0
+                if kind == "poll":
+                    return
+                if kind == "live":
+                    yield _event("live", {"source": "topics"})
+                elif kind == "signal":
+                    yield _event("signal", item)
+                elif kind == "bar":
+                    if seconds > 60 and fold.is_new(item):  # a new bar: its minutes stored already (if any)
+                        for minute in await asyncio.to_thread(self.bucket_minutes, symbol, tf, fold.bucket(item["time"])):
+                            fold.add(minute)
+                    if fold.add(item) and (bar := fold.bar()) != last:
+                        last = bar
+                        yield _event("bar", bar)
+
+    async def _poll(self, request: Request, symbol: str, tf: str) -> AsyncIterator[bytes]:
+        """The stored newest bar whenever it changes, polled every 2 s on one pooled connection."""
+        last = None
+        while not self.closing.is_set() and not await request.is_disconnected():
+            bar = await asyncio.to_thread(self.latest_bar, symbol, tf)
+            if bar is not None and bar != last:
+                last = bar
+                yield _event("bar", bar)
+            else:
+                yield b": keep-alive\n\n"
+            for _ in range(4):  # 2 s, looking at closing every half second
+                if self.closing.is_set():
+                    return
+                await asyncio.sleep(0.5)
+
+
+def _event(name: str, data) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size: int = 4,
                actions: Actions | None = None, consumer_lag: Callable[[], list[dict]] | None = None,
-               lag_limits: tuple[int, int] = (ov.LAG_WARN, ov.LAG_BAD), lag_refresh_s: float = ov.LAG_REFRESH_S
-               ) -> Starlette:
+               lag_limits: tuple[int, int] = (ov.LAG_WARN, ov.LAG_BAD), lag_refresh_s: float = ov.LAG_REFRESH_S,
+               live: LiveFollower | None = None) -> Starlette:
     """The application reading ``conninfo`` (the read-only role; every transaction read-only too);
     with ``actions`` the desk's manual actions too (``tapeflow_ui.actions``); with ``consumer_lag``
     (the groups' lag, as ``tapeflow topics lag --json``) the overview's consumer-lag light, refreshed in
-    the background every ``lag_refresh_s`` (``overview.LagWatch``; ``lag_limits``: warn and bad above)."""
+    the background every ``lag_refresh_s`` (``overview.LagWatch``; ``lag_limits``: warn and bad above);
+    with ``live`` (a ``live.LiveFollower``) the stream follows the topics instead of polling the database."""
     # jit off: the views are index lookups and bounded scans answering in milliseconds; a misestimated
     # row count (a LATERAL over generate_series, a partition's stale statistics) made PostgreSQL spend
     # ~0.6 s compiling a 60 ms query
     pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="tapeflow-ui",
                           kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000 -c jit=off"})
     lag = None if consumer_lag is None else ov.LagWatch(consumer_lag, lag_refresh_s, *lag_limits)
-    ui = UI(pool, lag)
+    ui = UI(pool, lag, live)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     csrf = csrf_value(token)
 
@@ -262,6 +336,8 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
         finally:
             if ui.lag is not None:
                 await asyncio.to_thread(ui.lag.stop)
+            if live is not None:
+                await asyncio.to_thread(live.close)
             await asyncio.to_thread(pool.close)
 
     routes = [
@@ -287,4 +363,6 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
         routes += action_routes(actions, pool)
     allowed = LOOPBACK_HOSTS if host in ("127.0.0.1", "localhost", "::1") else ["*"]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed), Middleware(TokenGuard, token=token)]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.closing = ui.closing  # set it to end the open streams (a server shutting down)
+    return app

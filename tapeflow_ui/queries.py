@@ -109,6 +109,22 @@ def candles(conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range, t
     }
 
 
+def bucket_minutes(conn: psycopg.Connection, symbol: str, timeframe: str, start: datetime | None = None
+                   ) -> list[dict]:
+    """The stored 1-minute bars of one bar at ``timeframe``: the one starting at ``start``, or the
+    symbol's newest (what the live stream folds its topic updates into, ``live.BarFold``)."""
+    rows = conn.execute(
+        "WITH b AS (SELECT coalesce(%(t)s, date_bin(%(tf)s, max(open_time), %(o)s)) AS a FROM bars_1m "
+        "  WHERE exchange = %(x)s AND symbol = %(s)s) "
+        "SELECT extract(epoch FROM open_time)::bigint, open, high, low, close, volume, buy_volume, sell_volume "
+        "FROM bars_1m, b WHERE exchange = %(x)s AND symbol = %(s)s AND open_time >= b.a AND open_time < b.a + %(tf)s "
+        "ORDER BY open_time",
+        {"t": start, "tf": timedelta(seconds=TIMEFRAMES[timeframe]), "o": ORIGIN, "x": EXCHANGE, "s": symbol}
+    ).fetchall()
+    return [{"time": r[0], "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5], "bought": r[6],
+             "sold": r[7]} for r in rows]
+
+
 def signals(conn: psycopg.Connection, symbol: str, rng: Range) -> list[dict]:
     rows = conn.execute(
         "SELECT extract(epoch FROM eval_time)::bigint, direction, tier, score, price, strategy, signal_id "

@@ -71,6 +71,19 @@ def desk_actions(settings: Settings, paths: StackPaths):
     return Actions(writer=writer, publish_kill_switch=publish, strategies=strategies, publish_command=command)
 
 
+def live_follower(settings: Settings, paths: StackPaths):
+    """The pages' live updates (``tapeflow_ui.live``): the deployment's broker (resolved when a page
+    first listens, so a stack started after the UI is found), its segments on the embedded broker."""
+    from schemas.registry import registry_from_url
+    from schemas.serde import AvroSerde
+    from tapeflow_runtime.endpoints import resolve_broker
+    from tapeflow_runtime.epochs import reader_chain, rollover_enabled
+    from tapeflow_ui.live import LiveFollower
+
+    return LiveFollower(lambda: resolve_broker(settings, paths), AvroSerde(registry_from_url(settings.schema_registry_url)),
+                        settings.topic_prefix, chain=(lambda: reader_chain(settings)) if rollover_enabled(settings) else None)
+
+
 def login_url(address: str, token: str) -> str:
     host, port = address.rsplit(":", 1)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # nosec B104 # a bind-all address is not a URL host
@@ -86,10 +99,17 @@ def run_ui(settings: Settings, paths: StackPaths, host: str, port: int, say=prin
 
     token = load_token(paths)
     app = create_app(readonly_conninfo(settings, paths), token, host=host, actions=desk_actions(settings, paths),
-                     consumer_lag=consumer_lag)
+                     consumer_lag=consumer_lag, live=live_follower(settings, paths))
     config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
-                            proxy_headers=False, server_header=False, date_header=False, lifespan="on")
+                            proxy_headers=False, server_header=False, date_header=False, lifespan="on",
+                            timeout_graceful_shutdown=10)  # a backstop: the streams end on their own
     say(f"tapeflow ui on http://{host}:{port}/ (read-only role; token in {paths.secrets_dir}/ui-token)")
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: end the open pages' streams first
+            app.state.closing.set()
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     server.run()
     return 0 if server.started else 1

@@ -64,19 +64,47 @@
     if (!form.step.value) form.step.value = data.step;
     UI.chart = data;
     UI.ready.candles = c.time.length;
-    if (!params.get("to")) follow(candles, c);
+    if (!params.get("to")) follow(candles, cvd, c, markers, barOf, new Set(data.signals.map((s) => s.signal_id)));
   }
 
-  function follow(series, c) {
+  // The newest bar (and new signals) pushed by the server: from the live topics, or polled from the
+  // database when the broker cannot be read (the "live" event says which)
+  function follow(series, cvdSeries, c, markers, barOf, shown) {
     const source = new EventSource(`/api/stream?${new URLSearchParams({ symbol, tf })}`);
-    let last = c.time.length ? c.time[c.time.length - 1] : 0;
+    const n = c.time.length;
+    let last = n ? c.time[n - 1] : 0;
+    // the CVD before the newest bar, and that bar's delta: a pushed bar's CVD is the one plus its delta
+    let cvdBefore = n ? c.cvd[n - 1] - c.delta[n - 1] : 0, lastDelta = n ? c.delta[n - 1] : 0;
+    let from = "";
+    UI.live = { source: null, bars: 0, signals: 0 };
+    source.addEventListener("live", (ev) => {
+      UI.live.source = JSON.parse(ev.data).source;
+      from = UI.live.source === "topics" ? "" : " (polling the database)";
+    });
     source.addEventListener("bar", (ev) => {
       const b = JSON.parse(ev.data);
       if (b.time >= last) {
+        if (b.time > last) cvdBefore += lastDelta;  // a new bar: the previous one's delta is final
         last = b.time;
+        lastDelta = b.delta;
         series.update({ time: b.time, open: b.open, high: b.high, low: b.low, close: b.close });
-        TF.status(`live: ${TF.time(b.time)}`);
+        cvdSeries.update({ time: b.time, value: cvdBefore + b.delta });
+        UI.live.cvd = cvdBefore + b.delta;
+        UI.live.bars += 1;
+        UI.live.bar = b;
+        TF.status(`live: ${TF.time(b.time)}${from}`);
       }
+    });
+    source.addEventListener("signal", (ev) => {
+      const s = JSON.parse(ev.data);
+      if (shown.has(s.signal_id)) return;
+      shown.add(s.signal_id);
+      const long = s.direction === "LONG";
+      markers.push({ time: barOf(s.time), position: long ? "belowBar" : "aboveBar", color: long ? "#26a69a" : "#ef5350",
+                     shape: long ? "arrowUp" : "arrowDown", text: `${s.direction} ${s.score.toFixed(0)}` });
+      markers.sort((a, b) => a.time - b.time);
+      series.setMarkers(markers);
+      UI.live.signals += 1;
     });
   }
 

@@ -81,7 +81,7 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
     from tapeflow.cli import _ui_consumer_lag
     from tapeflow_runtime.settings import Settings
     from tapeflow_ui.app import create_app
-    from tapeflow_ui.service import desk_actions
+    from tapeflow_ui.service import desk_actions, live_follower
 
     name = f"t_ui_{uuid.uuid4().hex[:10]}"
     role, password = f"ui_ro_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
@@ -120,7 +120,8 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
                         database_url="postgresql://" + writer_role + ":" + password + "@" + f"{pg_server.host}:{pg_server.port}/{name}")
     actions = desk_actions(settings, StackPaths(home))  # what `tapeflow ui` wires: the writer login, the kill switch
     app = create_app(readonly, token, actions=actions, consumer_lag=_ui_consumer_lag(settings, StackPaths(home)),
-                     lag_limits=LAG_LIMITS, lag_refresh_s=0.3)  # the lag source `tapeflow ui` wires
+                     lag_limits=LAG_LIMITS, lag_refresh_s=0.3,  # the lag source `tapeflow ui` wires
+                     live=live_follower(settings, StackPaths(home)))  # and its live updates (Kafka: no segments)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -789,3 +790,42 @@ def test_pair_actions_without_the_token_csrf_or_a_known_pair_are_refused_and_act
     assert site.get("/api/desk/quote?strategy=xv_ui&coin=BTC&sell_venue=okx&buy_venue=bybit", csrf)[0] == 401
     with psycopg.connect(site.conninfo) as conn:
         assert conn.execute("SELECT count(*) FROM ui_actions WHERE reason = 'refused'").fetchone()[0] == 0
+
+
+def test_the_chart_follows_bars_and_signals_published_on_the_topics(site, browser):
+    """The page without a range follows the live topics (``tapeflow_ui.live``, wired as `tapeflow ui`
+    wires it: this module's broker as TAPEFLOW_BROKER): a bar published on bars.1m after the newest
+    stored one is drawn as the chart's last candle, a published signal becomes a marker."""
+    from confluent_kafka import Producer
+
+    from schemas.catalogue import topic as topic_spec
+    from schemas.registry import FileSchemaRegistry
+    from schemas.serde import AvroSerde
+    from tapeflow_runtime.kafka_client import ensure_topics, producer_config
+
+    ensure_topics(site.bootstrap, prefix=site.prefix, specs=[topic_spec("bars.1m"), topic_spec("signals")])
+    browser.goto(f"{site.base}/symbol/ETHUSDT?tf=1m")
+    assert browser.wait_for("window.tapeflowUI.ready.candles && window.tapeflowUI.live "
+                            "&& window.tapeflowUI.live.source === 'topics' || window.tapeflowUI.errors.length", 60) is True
+    last, cvd = browser.evaluate("[window.tapeflowUI.chart.candles.time.slice(-1)[0], "
+                                 "window.tapeflowUI.chart.candles.cvd.slice(-1)[0]]")
+    t = last + 60
+    published = {"exchange": "binance", "symbol": "ETHUSDT", "open_time": t * 1000, "close_time": (t + 60) * 1000,
+                 "open": 3001.5, "high": 3010.25, "low": 2999.0, "close": 3007.75, "volume": 12.5, "buy_volume": 9.0,
+                 "sell_volume": 3.5, "quote_volume": 37_500.0, "vwap": 3000.0, "trade_count": 40,
+                 "first_agg_id": 1, "last_agg_id": 40}
+    serde = AvroSerde(FileSchemaRegistry())
+    producer = Producer(producer_config(site.bootstrap))
+    producer.produce(site.prefix + "bars.1m", key=b"binance:ETHUSDT", value=serde.encode("bars.1m", published))
+    producer.produce(site.prefix + "signals", key=b"binance:ETHUSDT",
+                     value=serde.encode("signals", signal_record("ETHUSDT", (t + 30) * 1000, "SHORT", 3007.75, 9)))
+    assert producer.flush(10) == 0
+    assert browser.wait_for(f"window.tapeflowUI.live.bars > 0 && window.tapeflowUI.live.bar.time === {t} "
+                            "&& window.tapeflowUI.live.signals === 1", 60) is True
+    assert browser.evaluate("window.tapeflowUI.live.bar") == {
+        "time": t, "open": 3001.5, "high": 3010.25, "low": 2999.0, "close": 3007.75, "volume": 12.5, "bought": 9.0,
+        "sold": 3.5, "delta": 5.5}
+    assert browser.evaluate("window.tapeflowUI.live.cvd") == pytest.approx(cvd + 5.5, rel=1e-12)  # CVD goes on
+    assert browser.evaluate("document.getElementById('status').textContent").startswith("live: ")
+    assert browser.problems() == []
+    shoot(browser, site, "orderflow-live")

@@ -1,0 +1,381 @@
+"""Live updates for the pages: one follower of the stack's topics in the UI process, fanned out to
+every page that listens (``/api/stream``, server-sent events), fetching only while one does.
+
+What it reads: ``bars.1m`` (each closed minute: the newest bar of the chart) and ``signals`` (the
+chart's markers), the records of ``queries.EXCHANGE`` only. ``md.trades`` (the heatmap's bubbles) is
+not followed: at live rates it is most of the broker's traffic, and the bubbles are the range's largest
+trades, re-read with the heatmap.
+
+How it reads:
+- one confluent-kafka consumer with ``assign`` (no consumer group joined, nothing committed), every
+  partition from its end when the consumer starts (asked of the broker before the pages are told
+  ``live``: whatever is published after that reaches them): a page wants what happens from now on,
+  and gets the stored bar from the database when it connects (``app.UI.stream``);
+- on the embedded broker the logical topics are chains of segments (``tapeflow_runtime.epochs``):
+  ``ChainFollower`` says which physical topics to read, and a segment a rollover opens is read from
+  its first own record, one that finished is dropped once read to its end (as the notifier follows
+  them); on Apache Kafka (``TAPEFLOW_BROKER``) one topic per name under the prefix;
+- Tansu's end offset counts record batches, not records, so "from the end" can re-deliver a few
+  older records: harmless here, a page keeps the newest bar (``BarFold`` drops older minutes) and a
+  marker is a marker;
+- only while at least one page listens: the first listener starts the consumer (in a thread), and
+  ``linger_s`` after the last one left it is closed. Tansu pays for every fetch, even one that finds
+  nothing (``tapeflow_runtime.idle_fetch``, benchmarks/RESULTS.md, issue 34), so a UI nobody looks
+  at must not fetch; the linger spares a reload or a timeframe change a new consumer;
+- a broker that cannot be reached (no stack running, a wrong ``TAPEFLOW_BROKER``), or the embedded
+  stack stopped or restarted elsewhere while pages listen (``bootstrap()`` is asked again every
+  ``segment_check_s``), is said once in the log and every listener is told to poll the database
+  instead (``poll``); the next listener after ``retry_s`` tries the broker again.
+
+Hand-written because it is glue: a consumer thread and asyncio queues (one per page), with the
+segment bookkeeping from ``tapeflow_runtime.epochs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+from schemas.serde import AvroSerde
+from tapeflow_runtime.epochs import Chain, ChainFollower
+from tapeflow_runtime.kafka_client import consumer_config, end_offsets
+
+log = structlog.get_logger("ui")
+
+TOPICS = ("bars.1m", "signals")
+#: how long the consumer stays after the last page left (a reload, a timeframe change reconnect)
+LINGER_S = 15.0
+#: the fetch wait: Tansu answers an empty fetch after it, so it bounds both the latency and how often
+#: an idle page's consumer asks (twice a second over 12 partitions)
+FETCH_WAIT_MS = 500
+#: after a failed start, listeners poll the database; the broker is tried again this much later
+RETRY_S = 30.0
+#: how often the segments (epochs.json) and topics that did not exist yet are looked at again
+SEGMENT_CHECK_S = 2.0
+EXCHANGE = "binance"  # the pages' venue (queries.EXCHANGE)
+
+
+def bar_event(record: dict) -> dict:
+    """A ``bars.1m`` record as the pages' 1-minute bar (``queries.candles``' fields, times in seconds)."""
+    return {"time": record["open_time"] // 1000, "open": record["open"], "high": record["high"],
+            "low": record["low"], "close": record["close"], "volume": record["volume"],
+            "bought": record["buy_volume"], "sold": record["sell_volume"]}
+
+
+def signal_event(record: dict) -> dict:
+    """A ``signals`` record as ``queries.signals`` gives it."""
+    return {"time": record["eval_time"] // 1000, "direction": record["direction"], "tier": record["tier"],
+            "score": record["score"], "price": record["price"], "strategy": record["strategy"],
+            "signal_id": record["signal_id"]}
+
+
+class BarFold:
+    """The newest bar at a timeframe of ``seconds``, folded from its 1-minute bars exactly as
+    ``queries.candles`` groups ``bars_1m`` (``date_bin`` from ``origin_s``: the first minute's open,
+    the highest high, the lowest low, the last minute's close, summed volumes). A minute seen again
+    replaces the earlier copy (the sink upserts bars by open time); a minute older than the current
+    bar is ignored (Tansu can re-deliver older records)."""
+
+    def __init__(self, seconds: int, origin_s: int) -> None:
+        self.seconds, self.origin_s = seconds, origin_s
+        self.start: int | None = None
+        self.minutes: dict[int, dict] = {}
+
+    def bucket(self, t: int) -> int:
+        return self.origin_s + (t - self.origin_s) // self.seconds * self.seconds
+
+    def is_new(self, minute: dict) -> bool:
+        """Would ``minute`` begin a newer bar than the current one?"""
+        return self.start is None or self.bucket(minute["time"]) > self.start
+
+    def add(self, minute: dict) -> bool:
+        """Fold ``minute`` in; False when it is older than the current bar (nothing changed)."""
+        start = self.bucket(minute["time"])
+        if self.start is not None and start < self.start:
+            return False
+        if start != self.start:
+            self.start, self.minutes = start, {}
+        self.minutes[minute["time"]] = minute
+        return True
+
+    def bar(self) -> dict | None:
+        if not self.minutes:
+            return None
+        ms = [self.minutes[t] for t in sorted(self.minutes)]
+        bought, sold = sum(m["bought"] for m in ms), sum(m["sold"] for m in ms)
+        return {"time": self.start, "open": ms[0]["open"], "high": max(m["high"] for m in ms),
+                "low": min(m["low"] for m in ms), "close": ms[-1]["close"], "volume": sum(m["volume"] for m in ms),
+                "bought": bought, "sold": sold, "delta": bought - sold}
+
+
+class Listener:
+    """One page's queue of ``(kind, item)``: ``("live", None)`` once the consumer reads the topics,
+    ``("bar", minute)``, ``("signal", signal)``, or ``("poll", reason)`` when the broker cannot be read."""
+
+    def __init__(self, symbol: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.symbol, self.loop = symbol, loop
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def put(self, kind: str, item: Any = None) -> None:  # from any thread
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, item))
+        except RuntimeError:  # its loop is closed: the page is gone
+            pass
+
+
+class LiveFollower:
+    """See the module doc. ``bootstrap()`` is resolved at each consumer start (a stack started after
+    the UI is found); ``chain`` (the embedded broker's ``reader_chain``) makes it follow segments."""
+
+    def __init__(self, bootstrap: Callable[[], str], serde: AvroSerde, prefix: str,
+                 chain: Callable[[], Chain] | None = None, topics: Iterable[str] = TOPICS,
+                 linger_s: float = LINGER_S, fetch_wait_ms: int = FETCH_WAIT_MS, retry_s: float = RETRY_S,
+                 segment_check_s: float = SEGMENT_CHECK_S) -> None:
+        self.bootstrap, self.serde, self.prefix, self.chain = bootstrap, serde, prefix, chain
+        self.topics = tuple(topics)
+        self.linger_s, self.fetch_wait_ms, self.retry_s = linger_s, fetch_wait_ms, retry_s
+        self.segment_check_s = segment_check_s
+        self._lock = threading.Lock()
+        self._listeners: set[Listener] = set()
+        self._thread: threading.Thread | None = None
+        self._left_at = time.monotonic()  # when the last listener left
+        self._closing = threading.Event()
+        self.positioned = False  # the consumer has its partitions (listeners were told "live")
+        self._open = 0  # consumers not closed yet (a closing one may overlap the next one's start)
+        self.starts = 0  # consumers started since the UI started
+        self.polls = 0  # consume() calls of the current and past consumers (each may fetch)
+        self.delivered = 0  # records handed to listeners
+        self.reading: list[str] = []  # physical topics assigned now
+        self.unreachable: str | None = None  # why the last start failed (listeners poll the database)
+        self._failed_at = 0.0
+
+    @property
+    def consumer_open(self) -> bool:
+        """A consumer exists: the only thing that fetches."""
+        with self._lock:
+            return self._open > 0
+
+    # --- listeners (the event loop) -------------------------------------------------------------------
+    @property
+    def listeners(self) -> int:
+        with self._lock:
+            return len(self._listeners)
+
+    @asynccontextmanager
+    async def listen(self, symbol: str) -> AsyncIterator[Listener]:
+        listener = Listener(symbol, asyncio.get_running_loop())
+        self._add(listener)
+        try:
+            yield listener
+        finally:
+            self._remove(listener)
+
+    def _add(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.add(listener)
+            if self._thread is not None:
+                if self.positioned:
+                    listener.put("live")
+                return
+            if self.unreachable is not None and time.monotonic() - self._failed_at < self.retry_s:
+                listener.put("poll", self.unreachable)
+                return
+            self.starts += 1
+            self._thread = threading.Thread(target=self._run, name="ui-live", daemon=True)
+            self._thread.start()
+
+    def _remove(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.discard(listener)
+            if not self._listeners:
+                self._left_at = time.monotonic()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the consumer now (the application's shutdown)."""
+        self._closing.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    # --- the consumer (its own thread) ----------------------------------------------------------------
+    def _done(self) -> bool:
+        """No listener for ``linger_s`` (or closing): give the thread up, under the lock so that a
+        listener arriving now starts a new one."""
+        with self._lock:
+            if self._closing.is_set() or (not self._listeners and time.monotonic() - self._left_at >= self.linger_s):
+                self._thread = None
+                self.positioned = False
+                return True
+            return False
+
+    def _run(self) -> None:
+        consumer = None
+        try:
+            bootstrap = self.bootstrap()
+            consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-ui-live-{uuid.uuid4().hex[:8]}", **{
+                "enable.partition.eof": True, "fetch.wait.max.ms": self.fetch_wait_ms,
+                "auto.offset.reset": "latest", "allow.auto.create.topics": False}))
+            with self._lock:
+                self._open += 1
+            _Reader(self, consumer, bootstrap).run()
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the broker: the pages poll the database
+            reason = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self._thread = None
+                self.positioned = False
+                first = self.unreachable is None
+                self.unreachable, self._failed_at = reason, time.monotonic()
+                for listener in self._listeners:
+                    listener.put("poll", reason)
+            if first:
+                log.warning("live updates: cannot read the broker's topics; pages poll the database every 2 s "
+                            "instead", error=reason, retry_s=self.retry_s)
+        finally:
+            if consumer is not None:
+                consumer.close()
+                with self._lock:
+                    self._open -= 1
+                    if not self._open:
+                        self.reading = []
+
+    def _deliver(self, name: str, record: dict) -> None:
+        if record.get("exchange") != EXCHANGE:
+            return
+        kind, item = ("bar", bar_event(record)) if name == "bars.1m" else ("signal", signal_event(record))
+        with self._lock:
+            targets = [lst for lst in self._listeners if lst.symbol == record.get("symbol")]
+        for listener in targets:
+            listener.put(kind, item)
+        self.delivered += 1
+
+    def _positioned(self) -> None:
+        with self._lock:
+            self.positioned = True
+            recovered, self.unreachable = self.unreachable, None
+            for listener in self._listeners:
+                listener.put("live")
+        if recovered is not None:
+            log.info("live updates: reading the broker's topics again")
+
+
+class _Reader:
+    """One consumer's life: which physical topics it reads, from where, and the poll loop."""
+
+    def __init__(self, owner: LiveFollower, consumer: Consumer, bootstrap: str) -> None:
+        self.owner, self.consumer, self.bootstrap = owner, consumer, bootstrap
+        self.follower = ChainFollower(list(owner.topics), owner.chain) if owner.chain is not None else None
+        self.names: dict[str, str] = {}  # physical -> catalogue name, of what is assigned
+        self.waiting: dict[str, tuple[str, bool]] = {}  # physical -> (name, from its end): not there yet
+        self.read: dict[tuple[str, int], int] = {}  # next offset per partition (the follower asks)
+        self.eof_seen: dict[tuple[str, int], float] = {}  # wall clock of the last end reached
+        for topic in self._wanted():
+            self.waiting[topic] = (self._name(topic), True)
+
+    def _wanted(self) -> list[str]:
+        if self.follower is None:
+            return [self.owner.prefix + n for n in self.owner.topics]
+        return list(self.follower.reading)
+
+    def _name(self, topic: str) -> str:
+        if self.follower is None:
+            return topic[len(self.owner.prefix):]
+        return self.follower.catalogue_name(topic) or ""
+
+    def _assign_waiting(self, timeout: float) -> None:
+        """Assign the waiting topics that exist now (all topics' metadata in one request: a request
+        naming a topic could create it on a broker that auto-creates)."""
+        if not self.waiting:
+            return
+        existing = self.consumer.list_topics(timeout=timeout).topics  # raises when the broker is unreachable
+        add = []
+        for topic, (name, at_end) in list(self.waiting.items()):
+            md = existing.get(topic)
+            if md is None or md.error is not None or not md.partitions:
+                continue
+            link = self.follower.link_of(topic) if self.follower is not None else None
+            for p in sorted(md.partitions):
+                start = OFFSET_END if at_end else (link.start(name, p) if link is not None else OFFSET_BEGINNING)
+                add.append(TopicPartition(topic, p, start))
+            self.names[topic] = name
+            del self.waiting[topic]
+        # "the end" as an offset now, asked of the broker in one request: librdkafka would resolve
+        # OFFSET_END lazily after the assignment, and a record published in between (after the pages
+        # were told "live") would fall before the end it finds
+        ends = end_offsets(self.consumer, [(tp.topic, tp.partition) for tp in add if tp.offset == OFFSET_END],
+                           timeout=timeout)
+        add = [TopicPartition(tp.topic, tp.partition, ends.get((tp.topic, tp.partition), tp.offset))
+               if tp.offset == OFFSET_END else tp for tp in add]
+        if add:
+            self.consumer.incremental_assign(add)
+            self.owner.reading = sorted(self.names)
+
+    def _follow_segments(self) -> None:
+        if self.follower is None:
+            return
+
+        def positions(topics: list[str], link) -> dict[tuple[str, int], int]:
+            # an end reached after the segment closed is its end (Tansu's end offset counts batches)
+            done = {tp for tp, at in self.eof_seen.items() if tp[0] in topics and at > (link.closed_at or 0)}
+            return {**{tp: o for tp, o in self.read.items() if tp[0] in topics}, **{tp: 2**62 for tp in done}}
+
+        changed = self.follower.update(positions)
+        if changed is None:
+            return
+        reading, added = changed
+        gone = [t for t in list(self.names) + list(self.waiting) if t not in reading]
+        drop = [tp for tp in self.consumer.assignment() if tp.topic in gone]
+        if drop:
+            self.consumer.incremental_unassign(drop)
+        for topic in gone:
+            self.names.pop(topic, None)
+            self.waiting.pop(topic, None)
+        for topic in added:  # a new segment: from its first own record
+            self.waiting[topic] = (self._name(topic), False)
+        self.owner.reading = sorted(self.names)
+        log.info("live updates: following the topic segments", reading=reading, added=added)
+
+    def run(self) -> None:
+        owner = self.owner
+        self._assign_waiting(timeout=10.0)
+        # topics missing at the start are read from their beginning once they exist (all of it is new)
+        self.waiting = {t: (name, False) for t, (name, _end) in self.waiting.items()}
+        owner._positioned()
+        next_check = time.monotonic() + owner.segment_check_s
+        while not owner._done():
+            msgs = self.consumer.consume(500, 0.25)
+            owner.polls += 1
+            for msg in msgs:
+                err = msg.error()
+                tp = (msg.topic(), msg.partition())
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        self.eof_seen[tp] = time.time()
+                    elif err.code() not in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+                                            KafkaError._UNKNOWN_PARTITION):  # a deleted segment: the follower drops it
+                        log.warning("live updates: consume error", error=err.str())
+                    continue
+                self.read[tp] = msg.offset() + 1
+                name = self.names.get(msg.topic())
+                if name is None:
+                    continue
+                try:
+                    record = owner.serde.decode(msg.value())
+                except Exception as exc:  # noqa: BLE001 - the sink dead-letters it; a page skips it
+                    log.warning("live updates: undecodable record skipped", topic=msg.topic(), error=str(exc))
+                    continue
+                owner._deliver(name, record)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + owner.segment_check_s
+                if (now := owner.bootstrap()) != self.bootstrap:  # `down` then `up`: a new broker elsewhere
+                    raise RuntimeError(f"the broker moved from {self.bootstrap} to {now}")
+                self._follow_segments()
+                self._assign_waiting(timeout=5.0)
