@@ -99,7 +99,8 @@ def run(spec: SyntheticSpec, max_batches: int, settle_s: float, timeout_s: float
         (root / "home" / "logs" / "supervisor.log").write_text("\n".join(stack.log) + "\n")
         steps = _steps(stack.log)
         sink_log = (root / "home" / "logs" / "sink.log").read_text(errors="replace")
-        sink = {"rebalances": sink_log.count("partitions assigned"), "follows": sink_log.count("following the topic segments")}
+        sink = {"rebalances": sink_log.count("partitions assigned"),
+                "follows": sink_log.count("following the topic segments")}
         rollovers = stack.epochs().rollovers if max_batches else 0
         rows = stack.query("SELECT count(*), count(DISTINCT (symbol, agg_id)) FROM trades")[0]
     return {"max_batches": max_batches, "rollovers": rollovers, "trades": rows, "expected": total,
