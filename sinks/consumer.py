@@ -33,6 +33,13 @@ consumer thread, finding the queue full, pauses its partitions (back-pressure: n
 fetched, the group keeps it) and polls only to stay in the group, then resumes exactly where it was.
 A stop request ends the retries: what was not committed is re-delivered to the next run.
 
+On Kafka the sink subscribes (its group shares the partitions among sinks). On the embedded broker
+the stack's topics are chains of segments (``tapeflow_runtime.epochs``), and the stack's one sink
+follows them without a group: it assigns the partitions of the segments it reads itself, adds the
+next segment's at a rollover and drops a finished one's once committed to its end, each partition
+starting at the group's committed offset (``_sync_assignment``). Subscribing again at each change
+cost an eager rebalance on Tansu, three per rollover.
+
 Maintenance (at start and hourly, never per flush): partitions ahead (plain PostgreSQL) and
 retention (sinks.retention): nothing holding a day the sink wrote since it started is dropped.
 """
@@ -115,8 +122,9 @@ class SinkConfig:
     # Apache Kafka answers as soon as data is there, so the wait costs nothing while data flows.
     fetch_wait_ms: int = 500
     # the embedded stack's chain of topic segments (tapeflow_runtime.epochs.reader_chain): the sink
-    # follows it in-process, a rollover's next segment added and a finished one left once committed to
-    # its end; None: the topics under topic_prefix (Kafka, a rehearsal)
+    # follows it in-process by assigning partitions itself (no group rebalance), a rollover's next
+    # segment added and a finished one left once committed to its end; None: the topics under
+    # topic_prefix, subscribed as a group (Kafka, a rehearsal)
     follow: Callable[[], Chain] | None = None
     # the embedded broker: an idle sink's fetches paused but one every this many seconds
     # (tapeflow_runtime.idle_fetch); None: fetch as librdkafka does (Kafka, where an idle fetch costs nothing)
