@@ -99,7 +99,8 @@ def run(spec: SyntheticSpec, max_batches: int, settle_s: float, timeout_s: float
         (root / "home" / "logs" / "supervisor.log").write_text("\n".join(stack.log) + "\n")
         steps = _steps(stack.log)
         sink_log = (root / "home" / "logs" / "sink.log").read_text(errors="replace")
-        sink = {"rebalances": sink_log.count("partitions assigned"),
+        sink = {"rebalances": len(re.findall(r"\]\s+partitions assigned", sink_log)),  # the group's (subscribed)
+                "assigned": sink_log.count("segment partitions assigned"),  # its own (following the segments)
                 "follows": sink_log.count("following the topic segments")}
         rollovers = stack.epochs().rollovers if max_batches else 0
         rows = stack.query("SELECT count(*), count(DISTINCT (symbol, agg_id)) FROM trades")[0]
@@ -128,7 +129,8 @@ def main() -> None:
         print(f"{label:<28} {r['rollovers']:>3} rollovers; trades {r['trades'][0]} rows, {r['trades'][1]} distinct of "
               f"{r['expected']}, all stored at {r['trades_at_s'] or float('nan'):.1f} s; last features at "
               f"{r['features_at_s']:.1f} s ({r['features']} evaluations, newest {r['newest']})", flush=True)
-        print(f"  sink: {r['sink']['follows']} segment changes, {r['sink']['rebalances']} group assignments")
+        print(f"  sink: {r['sink']['follows']} segment changes, {r['sink']['rebalances']} group assignments "
+              f"(rebalances), {r['sink']['assigned']} partition changes of its own")
         print(f"  home {r['home']}; CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu"].items()))
               + f"; total {sum(r['cpu'].values()):.1f}")
         if r["steps"]:
