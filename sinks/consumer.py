@@ -33,6 +33,13 @@ consumer thread, finding the queue full, pauses its partitions (back-pressure: n
 fetched, the group keeps it) and polls only to stay in the group, then resumes exactly where it was.
 A stop request ends the retries: what was not committed is re-delivered to the next run.
 
+On Kafka the sink subscribes (its group shares the partitions among sinks). On the embedded broker
+the stack's topics are chains of segments (``tapeflow_runtime.epochs``), and the stack's one sink
+follows them without a group: it assigns the partitions of the segments it reads itself, adds the
+next segment's at a rollover and drops a finished one's once committed to its end, each partition
+starting at the group's committed offset (``_sync_assignment``). Subscribing again at each change
+cost an eager rebalance on Tansu, three per rollover.
+
 Maintenance (at start and hourly, never per flush): partitions ahead (plain PostgreSQL) and
 retention (sinks.retention): nothing holding a day the sink wrote since it started is dropped.
 """
@@ -50,7 +57,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from schemas.catalogue import dlq_topic
 from schemas.dead_letters import dead_letter_record
@@ -115,8 +122,9 @@ class SinkConfig:
     # Apache Kafka answers as soon as data is there, so the wait costs nothing while data flows.
     fetch_wait_ms: int = 500
     # the embedded stack's chain of topic segments (tapeflow_runtime.epochs.reader_chain): the sink
-    # follows it in-process, a rollover's next segment added and a finished one left once committed to
-    # its end; None: the topics under topic_prefix (Kafka, a rehearsal)
+    # follows it in-process by assigning partitions itself (no group rebalance), a rollover's next
+    # segment added and a finished one left once committed to its end; None: the topics under
+    # topic_prefix, subscribed as a group (Kafka, a rehearsal)
     follow: Callable[[], Chain] | None = None
     # the embedded broker: an idle sink's fetches paused but one every this many seconds
     # (tapeflow_runtime.idle_fetch); None: fetch as librdkafka does (Kafka, where an idle fetch costs nothing)
@@ -197,6 +205,8 @@ class TopicSink:
         self._finished: dict[int, Batch] = {}  # committed in the database, waiting for earlier batches
         self._pending = Batch()
         self.assignment: list[TopicPartition] = []
+        self._unassigned: set[str] = set()  # topics the follower reads that the metadata did not list yet
+        self.rebalances = 0  # group rebalances that took the partitions (a subscribed sink: Kafka)
         self.stop_requested = False
         self.committed_batches = 0
         self.started_at = datetime.now(UTC)
@@ -233,10 +243,14 @@ class TopicSink:
         consumer = Consumer(consumer_config(self.bootstrap, self.config.group_id,
                                             **{"enable.auto.offset.store": False, **PREFETCH_CONFIG,
                                                "fetch.wait.max.ms": self.config.fetch_wait_ms}))
-        if self.follower is not None:  # a segment left unfinished by the last run comes first
-            reading = self.follower.resume(lambda topics, link: self._committed(consumer, topics, link))
-            self._add_topics(reading)
-        consumer.subscribe(self._reading(), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        if self.follower is None:  # Kafka (or a rehearsal): the group shares the partitions among sinks
+            consumer.subscribe(self._reading(), on_assign=self._on_assign, on_revoke=self._on_revoke)
+            return consumer
+        # the embedded stack's segments: a segment left unfinished by the last run comes first
+        reading = self.follower.resume(lambda topics, link: self._committed(consumer, topics, link))
+        self._add_topics(reading)
+        self._consumer = consumer
+        self._sync_assignment()
         return consumer
 
     def _reading(self) -> list[str]:
@@ -253,10 +267,11 @@ class TopicSink:
 
     def _follow(self) -> None:
         """The embedded stack's chain moved on (a rollover's next segment, or a finished one committed to
-        its end): subscribe to what it says now. The rebalance this causes re-delivers what was not
-        committed yet; the writes are idempotent."""
+        its end): read what it says now, by adding and removing partitions (``_sync_assignment``)."""
         if self.follower is None or not self.follower.due():
             return
+        if self._unassigned:  # a topic the metadata did not list yet
+            self._sync_assignment()
         try:
             changed = self.follower.update(lambda topics, link: self._committed(self._consumer, topics, link))
         except KafkaException as exc:  # the broker is busy: asked again at the next check
@@ -267,7 +282,54 @@ class TopicSink:
         reading, added = changed
         self._add_topics(added)
         log.info("following the topic segments", reading=len(reading), added=added[:3])
-        self._consumer.subscribe(reading, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._sync_assignment()
+
+    def _sync_assignment(self) -> None:
+        """Make the consumer's partitions those of the topics the follower reads, without a group.
+
+        The sink is the only reader of its group in the embedded stack, so it assigns its partitions
+        itself (``incremental_assign``/``incremental_unassign``) and commits as a group of one: a
+        partition added starts at the group's committed offset (``OFFSET_STORED``; none: the earliest,
+        the segment's first record), and the partitions it keeps are not touched. Subscribing again at
+        every change of the chain (three times a rollover) was a full eager rebalance each time on
+        Tansu: ~3 s with no partition assigned, the batches in flight dropped and what was not committed
+        delivered again (``benchmarks/RESULTS.md``, issue 34: a rollover during a max-speed replay).
+        A topic missing from the metadata (just created, or a segment being deleted) is tried again at
+        the next check; a removed one was read to its end and committed (``ChainFollower.update``) or its
+        segment was deleted."""
+        assert self._consumer is not None
+        wanted = set(self._reading())
+        have = {(tp.topic, tp.partition) for tp in self.assignment}
+        gone = [TopicPartition(t, p) for t, p in sorted(have) if t not in wanted]
+        missing = wanted - {t for t, _ in have}
+        add: list[TopicPartition] = []
+        unknown: set[str] = set()
+        if missing:
+            try:
+                listed = self._consumer.list_topics(timeout=10).topics
+            except KafkaException as exc:  # the broker is busy: the next check tries again
+                log.warning("topic metadata not read; partitions added at the next check", error=str(exc))
+                listed = {}
+            for topic in sorted(missing):
+                meta = listed.get(topic)
+                if meta is None or meta.error is not None or not meta.partitions:
+                    unknown.add(topic)
+                    continue
+                add += [TopicPartition(topic, p, OFFSET_STORED) for p in sorted(meta.partitions)]
+        self._unassigned = unknown
+        if gone:
+            self._consumer.incremental_unassign(gone)
+        if add:
+            self._consumer.incremental_assign(add)
+        if gone or add:
+            dropped = {(tp.topic, tp.partition) for tp in gone}
+            self.assignment = [tp for tp in self.assignment if (tp.topic, tp.partition) not in dropped] + \
+                [TopicPartition(tp.topic, tp.partition) for tp in add]
+            if self._idle is not None:  # resumes what an idle spell paused, and the idle clock starts afresh
+                self._idle.forget(self._consumer, self.assignment)
+            log.info("segment partitions assigned", added=len(add), removed=len(gone), count=len(self.assignment))
+        if unknown:
+            log.info("topics not in the metadata yet; assigned at the next check", topics=sorted(unknown)[:3])
 
     def _on_assign(self, consumer, partitions) -> None:
         self.assignment = list(partitions)
@@ -286,6 +348,7 @@ class TopicSink:
             except queue.Empty:
                 break
         self._epoch += 1
+        self.rebalances += 1
         self._next_seq = self._next_commit = 0
         self._finished.clear()
         self.assignment = []
