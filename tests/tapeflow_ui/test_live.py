@@ -191,7 +191,7 @@ def test_a_published_bar_reaches_the_page_without_a_database_row(site):
             assert conn.execute("SELECT count(*) FROM bars_1m WHERE symbol = 'LIVEAUSDT'").fetchone()[0] == 1
         signal = signal_record("LIVEAUSDT", T0 + MINUTE + 5_000, "LONG", 102.0, 1)
         site.publish("signals", signal)
-        assert page.next("signal")[1] == {"time": (T0 + MINUTE + 5_000) // 1000, "direction": "LONG",
+        assert page.next("signal")[1] == {"time": (T0 + MINUTE + 5_000) // 1000, "symbol": "LIVEAUSDT", "direction": "LONG",
                                           "tier": "standard", "score": 61.5, "price": 102.0,
                                           "strategy": "flow_scalper", "signal_id": "ui-test-LIVEAUSDT-1"}
         site.publish("bars.1m", {**published, "symbol": "OTHERUSDT"})  # another symbol's: not this page's
