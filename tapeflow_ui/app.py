@@ -32,7 +32,7 @@ from tapeflow_ui import desk
 from tapeflow_ui import overview as ov
 from tapeflow_ui import queries as q
 from tapeflow_ui.actions import Actions, action_routes
-from tapeflow_ui.live import VIEWS, BarFold, LiveFollower
+from tapeflow_ui.live import VIEWS, BarFold, LiveFollower, Throttle
 from tapeflow_ui.security import TokenGuard, csrf_value
 
 HERE = Path(__file__).parent
@@ -327,21 +327,18 @@ class UI:
         """The view's topic updates, ``changed`` throttled; returns when the page is gone or the
         follower says to poll instead."""
         loop = asyncio.get_running_loop()
-        refresh = self.refresh_s[view]
         async with live.listen(None, VIEWS[view]) as listener:
-            pending: set[str] = set()
-            due: float | None = None  # when the pending change is told
-            told = -refresh  # when the last one was
+            throttle = Throttle(self.refresh_s[view], self.settle_s)
             said = loop.time()  # when anything was last sent (keep-alive)
             while True:
                 now = loop.time()
-                if due is not None and now >= due:
-                    yield _event("changed", {"topics": sorted(pending)})
-                    pending.clear()
-                    due, told, said = None, now, now
+                if (topics := throttle.take(now)) is not None:
+                    yield _event("changed", {"topics": topics})
+                    said = now
                 if now - said >= KEEP_ALIVE_S:
                     yield b": keep-alive\n\n"
                     said = now
+                due = throttle.due
                 wait = DISCONNECT_CHECK_S if due is None else min(DISCONNECT_CHECK_S, max(0.0, due - now))
                 try:
                     kind, item = await asyncio.wait_for(listener.queue.get(), wait)
@@ -359,9 +356,7 @@ class UI:
                     said = loop.time()
                 elif kind == "changed":
                     listener.seen(item)
-                    pending.add(item)
-                    if due is None:
-                        due = max(loop.time() + self.settle_s, told + refresh)
+                    throttle.note(item, loop.time())
 
     async def _poll_view(self, request: Request) -> AsyncIterator[bytes]:
         """``changed`` every ``poll_s`` (the page re-reads the database), looking at closing every half

@@ -128,6 +128,32 @@ class BarFold:
                 "bought": bought, "sold": sold, "delta": bought - sold}
 
 
+class Throttle:
+    """When to tell a page that its topics changed (it then re-reads the database): ``settle_s`` after
+    the first record of a change, so that the sink has stored it, and at most once every
+    ``refresh_s``; the records in between are one change. Pure: the caller passes the time."""
+
+    def __init__(self, refresh_s: float, settle_s: float) -> None:
+        self.refresh_s, self.settle_s = refresh_s, settle_s
+        self.pending: set[str] = set()
+        self.due: float | None = None  # when the pending change is told
+        self.told = float("-inf")
+
+    def note(self, topic: str, now: float) -> None:
+        self.pending.add(topic)
+        if self.due is None:
+            self.due = max(now + self.settle_s, self.told + self.refresh_s)
+
+    def take(self, now: float) -> list[str] | None:
+        """The topics that changed, when it is time to tell them (else None)."""
+        if self.due is None or now < self.due:
+            return None
+        topics = sorted(self.pending)
+        self.pending.clear()
+        self.due, self.told = None, now
+        return topics
+
+
 class Listener:
     """One page's queue of ``(kind, item)``: ``("live", None)`` once the consumer reads all of its
     ``topics``, ``("bar", minute)``, ``("signal", signal)`` for its ``RECORD`` topics, ``("changed",
