@@ -1,13 +1,21 @@
 """Live updates for the pages: one follower of the stack's topics in the UI process, fanned out to
-every page that listens (``/api/stream``, server-sent events), fetching only while one does.
+every page that listens (server-sent events, ``app.UI.stream`` and ``app.UI.view_stream``), fetching
+only while one does.
 
-What it reads: ``bars.1m`` (each closed minute: the newest bar of the chart) and ``signals`` (the
-chart's markers), the records of ``queries.EXCHANGE`` only. ``md.trades`` (the heatmap's bubbles) is
-not followed: at live rates it is most of the broker's traffic, and the bubbles are the range's largest
-trades, re-read with the heatmap.
+What it reads, per page (``VIEWS``): the chart ``bars.1m`` (each closed minute: the newest bar) and
+``signals`` (its markers), one symbol's records; the overview every new ``signals`` record (its
+timeline) and a "changed" for ``bars.1m`` (it re-reads its table); the desk a "changed" for the
+watchlist's ``xv.features``, ``xv.pairs``, ``xv.orders`` and ``xv.funding`` (it re-reads ranking and
+pairs; ``Throttle`` says when). Records of ``bars.1m`` and ``signals`` count for ``queries.EXCHANGE``
+only; the watchlist's are never decoded. ``md.trades`` (the heatmap's bubbles, the whale radar) is
+not followed: at live rates it is most of the broker's traffic, and Tansu's fetch cost grows with a
+partition's batches; the bubbles are re-read with the heatmap, the radar with the overview.
 
 How it reads:
-- one confluent-kafka consumer with ``assign`` (no consumer group joined, nothing committed), every
+- one confluent-kafka consumer for the union of the listening pages' topics: a page with a topic it
+  does not read yet makes it add that topic (from its end) before the page is told ``live``; a topic
+  no page wants any more is dropped (a chart alone does not pay for the desk's partitions);
+- with ``assign`` (no consumer group joined, nothing committed), every
   partition from its end when the consumer starts (asked of the broker before the pages are told
   ``live``: whatever is published after that reaches them): a page wants what happens from now on,
   and gets the stored bar from the database when it connects (``app.UI.stream``);
@@ -37,7 +45,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,7 +58,6 @@ from tapeflow_runtime.kafka_client import consumer_config, end_offsets
 
 log = structlog.get_logger("ui")
 
-TOPICS = ("bars.1m", "signals")
 #: what each page listens for: catalogue topic -> ``RECORD`` (each record, as an event) or ``CHANGE``
 #: ("something changed": the page re-reads the database, ``app.UI.view_stream`` throttles it)
 RECORD, CHANGE = "record", "change"
