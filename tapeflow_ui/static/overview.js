@@ -141,7 +141,8 @@
           UI.live.refreshes += 1;
         } while (again);
         UI.ready.all = true;
-      } catch (err) { TF.fail(err); } finally { busy = false; say(); }
+        say();
+      } catch (err) { TF.fail(err); } finally { busy = false; }
     };
     source.addEventListener("live", (ev) => {
       const d = JSON.parse(ev.data);

@@ -126,7 +126,8 @@
           UI.live.refreshes += 1;
           UI.live.refreshed = Date.now();
         } while (again);
-      } catch (err) { TF.fail(err); } finally { busy = false; say(); }
+        say();
+      } catch (err) { TF.fail(err); } finally { busy = false; }
     };
     source.addEventListener("live", (ev) => {
       const d = JSON.parse(ev.data);
