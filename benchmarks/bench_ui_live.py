@@ -9,13 +9,20 @@ and nothing published (the idle fetches it costs), then ``--samples`` bars publi
 each timed from ``produce()`` to the page's queue. Broker CPU from ``/proc/<pid>/stat``
 (utime + stime of the broker process). Target (issue 36): no broker CPU from the UI with no page open.
 
-Run: ``.venv/bin/python -m benchmarks.bench_ui_live [--seconds 60] [--samples 10] [--fetch-wait-ms 500]``
+``--view`` says which pages listen (``tapeflow_ui.live.VIEWS``, joined by ``+``): ``chart`` (one
+symbol's bars and signals; samples: a bar), ``overview`` (every signal, bars as changes; samples: a
+signal), ``desk`` (the watchlist's four topics as changes, ``--history`` batches in ``xv.pairs`` too;
+samples: an ``xv.pairs`` record to the queue's ``changed``, before the page's throttle).
+
+Run: ``.venv/bin/python -m benchmarks.bench_ui_live [--seconds 60] [--samples 10] [--fetch-wait-ms 500]
+[--view chart|overview|desk|overview+desk]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
@@ -30,7 +37,8 @@ from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.process_records import ProcessRecord
-from tapeflow_ui.live import LiveFollower
+from tapeflow_ui.live import VIEWS, LiveFollower
+from tests.support.ui_session import pair_event_record, signal_record
 
 PREFIX = "bench."
 T0 = 1_714_996_800_000
@@ -55,6 +63,11 @@ async def measure(args, bootstrap: str, pid: int) -> None:
     for i in range(args.history):  # one batch each: flushed one at a time
         producer.produce(PREFIX + "bars.1m", key=b"binance:ETHUSDT", value=serde.encode("bars.1m", bar(i, "ETHUSDT")))
         producer.flush(10)
+    views = args.view.split("+")
+    if "desk" in views:
+        for i in range(args.history):
+            producer.produce(PREFIX + "xv.pairs", key=b"ETH", value=serde.encode("xv.pairs", pair_event_record(f"h{i}", "ETH", T0, 1.0)))
+            producer.flush(10)
     follower = LiveFollower(lambda: bootstrap, serde, PREFIX, linger_s=2.0, fetch_wait_ms=args.fetch_wait_ms)
 
     def window(label: str) -> float:
@@ -66,29 +79,45 @@ async def measure(args, bootstrap: str, pid: int) -> None:
         return pct
 
     none = await asyncio.to_thread(window, "no page open")
-    async with follower.listen("BTCUSDT") as page:
-        kind, _ = await asyncio.wait_for(page.queue.get(), 30)
-        assert kind == "live", kind
-        one = await asyncio.to_thread(window, "one page open, nothing published")
+    async with contextlib.AsyncExitStack() as stack:
+        pages = {v: await stack.enter_async_context(follower.listen("BTCUSDT" if v == "chart" else None, VIEWS[v]))
+                 for v in views}
+        for page in pages.values():
+            kind, _ = await asyncio.wait_for(page.queue.get(), 30)
+            assert kind == "live", kind
+        print(f"reading: {follower.reading}", flush=True)
+        one = await asyncio.to_thread(window, f"{args.view} open, nothing published")
         latencies = []
         for i in range(args.samples):
+            if "overview" in views:
+                page, topic, record = pages["overview"], "signals", signal_record("BTCUSDT", T0 + i * 1000, "LONG", 100.0, i)
+                key, want = b"binance:BTCUSDT", ("signal", record["signal_id"])
+            elif "chart" in views:
+                page, topic, record = pages["chart"], "bars.1m", bar(10_000 + i)
+                key, want = b"binance:BTCUSDT", ("bar", (T0 + (10_000 + i) * 60_000) // 1000)
+            else:
+                page, topic, record = pages["desk"], "xv.pairs", pair_event_record(f"s{i}", "BTC", T0, 1.0)
+                key, want = b"BTC", ("changed", "xv.pairs")
             sent = time.monotonic()
-            producer.produce(PREFIX + "bars.1m", key=b"binance:BTCUSDT", value=serde.encode("bars.1m", bar(10_000 + i)))
+            producer.produce(PREFIX + topic, key=key, value=serde.encode(topic, record))
             producer.flush(10)
             while True:
                 kind, item = await asyncio.wait_for(page.queue.get(), 30)
-                if kind == "bar" and item["time"] == (T0 + (10_000 + i) * 60_000) // 1000:
+                if kind == "changed":
+                    page.seen(item)
+                got = item["signal_id"] if kind == "signal" else item["time"] if kind == "bar" else item
+                if (kind, got) == want:
                     break
             latencies.append(1000 * (time.monotonic() - sent))
             await asyncio.sleep(0.37)  # samples fall at different points of the fetch cycle
-    print(f"bar published -> page queue, {len(latencies)} samples, ms: "
+    print(f"{topic} record published -> page queue, {len(latencies)} samples, ms: "
           f"{', '.join(f'{v:.0f}' for v in latencies)}; median {statistics.median(latencies):.0f}, "
           f"max {max(latencies):.0f}", flush=True)
     deadline = time.monotonic() + 30
     while follower.consumer_open and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     after = await asyncio.to_thread(window, "page closed again")
-    print(f"broker CPU, % of a core: none {none:.2f}, one page {one:.2f} (+{one - none:.2f}), after {after:.2f}; "
+    print(f"broker CPU, % of a core: none {none:.2f}, {args.view} {one:.2f} (+{one - none:.2f}), after {after:.2f}; "
           f"fetch wait {args.fetch_wait_ms} ms", flush=True)
     follower.close()
 
@@ -99,6 +128,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--history", type=int, default=2000, help="single-record batches in bars.1m before the run")
     ap.add_argument("--fetch-wait-ms", type=int, default=500)
+    ap.add_argument("--view", default="chart", help="the pages listening: chart, overview, desk, joined by +")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ui-live-") as tmp, broker(None, Path(tmp)) as bootstrap:
         ensure_topics(bootstrap, prefix=PREFIX)

@@ -276,6 +276,17 @@ class ChainFollower:
         self.reading = behind + [t for t in self.reading if t not in behind]
         return self.reading
 
+    def retarget(self, names: list[str]) -> list[str]:
+        """Follow ``names`` from now on (a reader whose set of topics changes while it runs: the UI's
+        pages): the topics of names no longer followed leave ``reading``; returns the open segments'
+        topics of the names new here (added to ``reading``)."""
+        added = [n for n in names if n not in self.names]
+        self.names = list(names)
+        self.reading = [t for t in self.reading if self.chain.locate(t, self.names) is not None]
+        new = [link.prefix + n for link in self.chain.links if not link.closed for n in added if link.readable(n)]
+        self.reading += [t for t in new if t not in self.reading]
+        return new
+
     def due(self) -> bool:
         now = self.monotonic()
         if now < self._next:

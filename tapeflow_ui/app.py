@@ -32,7 +32,7 @@ from tapeflow_ui import desk
 from tapeflow_ui import overview as ov
 from tapeflow_ui import queries as q
 from tapeflow_ui.actions import Actions, action_routes
-from tapeflow_ui.live import BarFold, LiveFollower
+from tapeflow_ui.live import VIEWS, BarFold, LiveFollower, Throttle
 from tapeflow_ui.security import TokenGuard, csrf_value
 
 HERE = Path(__file__).parent
@@ -43,6 +43,14 @@ LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 #: the live stream looks this often whether its page is still there, and says it is alive this often
 DISCONNECT_CHECK_S = 1.0
 KEEP_ALIVE_S = 15.0
+#: the overview and the desk re-read the database when their topics say something changed: at most
+#: this often per page (the overview's queries are the heavier ones)
+REFRESH_S = {"overview": 5.0, "desk": 3.0}
+#: and this long after the first record of a change, so that the sink has stored it (its fetch wait,
+#: ``Settings.sink_fetch_wait_ms`` 1 s, plus its 250 ms batch and the commit)
+SETTLE_S = 1.5
+#: without the broker's topics: a re-read this often
+POLL_S = 10.0
 
 
 class ORJSONResponse(JSONResponse):
@@ -80,10 +88,12 @@ def _number(request: Request, name: str) -> float | None:
 class UI:
     """The views over one read-only connection pool."""
 
-    def __init__(self, pool: ConnectionPool, lag: ov.LagWatch | None = None, live: LiveFollower | None = None) -> None:
+    def __init__(self, pool: ConnectionPool, lag: ov.LagWatch | None = None, live: LiveFollower | None = None,
+                 refresh_s: dict[str, float] | None = None, settle_s: float = SETTLE_S, poll_s: float = POLL_S) -> None:
         self.pool = pool
         self.lag = lag
         self.live = live  # the stream follows the topics (None: it polls the database)
+        self.refresh_s, self.settle_s, self.poll_s = {**REFRESH_S, **(refresh_s or {})}, settle_s, poll_s
         #: set when the server begins to shut down (``service.run_ui``): open streams end within a second,
         #: so a graceful shutdown is not held by a page left open
         self.closing = threading.Event()
@@ -285,6 +295,84 @@ class UI:
                 await asyncio.sleep(0.5)
 
 
+    async def overview_stream(self, request: Request) -> Response:
+        return self.view_stream(request, "overview")
+
+    async def desk_stream(self, request: Request) -> Response:
+        return self.view_stream(request, "desk")
+
+    def view_stream(self, request: Request, view: str) -> Response:
+        """Server-sent events telling the overview or the desk when to re-read its JSON view: ``changed``
+        (``{"topics": [...]}``) when a record came on one of its topics (``live.VIEWS``), at most every
+        ``refresh_s[view]`` and ``settle_s`` after the first record (the sink has stored it by then);
+        the overview also gets each new ``signal`` (every symbol's, with its symbol) for its timeline.
+        ``live`` says where updates come from: ``topics``, or ``database`` (with ``every_s``) when
+        the broker cannot be read or the UI has no follower: then ``changed`` comes every ``poll_s``."""
+        live = self.live
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b"retry: 5000\n\n"
+            if live is not None:
+                async for chunk in self._follow_view(request, live, view):
+                    yield chunk
+                if self.closing.is_set() or await request.is_disconnected():
+                    return
+            yield _event("live", {"source": "database", "every_s": self.poll_s})
+            async for chunk in self._poll_view(request):
+                yield chunk
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def _follow_view(self, request: Request, live: LiveFollower, view: str) -> AsyncIterator[bytes]:
+        """The view's topic updates, ``changed`` throttled; returns when the page is gone or the
+        follower says to poll instead."""
+        loop = asyncio.get_running_loop()
+        async with live.listen(None, VIEWS[view]) as listener:
+            throttle = Throttle(self.refresh_s[view], self.settle_s)
+            said = loop.time()  # when anything was last sent (keep-alive)
+            while True:
+                now = loop.time()
+                if (topics := throttle.take(now)) is not None:
+                    yield _event("changed", {"topics": topics})
+                    said = now
+                if now - said >= KEEP_ALIVE_S:
+                    yield b": keep-alive\n\n"
+                    said = now
+                due = throttle.due
+                wait = DISCONNECT_CHECK_S if due is None else min(DISCONNECT_CHECK_S, max(0.0, due - now))
+                try:
+                    kind, item = await asyncio.wait_for(listener.queue.get(), wait)
+                except TimeoutError:
+                    if self.closing.is_set() or await request.is_disconnected():
+                        return
+                    continue
+                if kind == "poll":
+                    return
+                if kind == "live":
+                    yield _event("live", {"source": "topics"})
+                    said = loop.time()
+                elif kind == "signal":
+                    yield _event("signal", item)
+                    said = loop.time()
+                elif kind == "changed":
+                    listener.seen(item)
+                    throttle.note(item, loop.time())
+
+    async def _poll_view(self, request: Request) -> AsyncIterator[bytes]:
+        """``changed`` every ``poll_s`` (the page re-reads the database), looking at closing every half
+        second and at the page every second."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self.poll_s
+        while not self.closing.is_set() and not await request.is_disconnected():
+            if loop.time() >= next_at:
+                next_at = loop.time() + self.poll_s
+                yield _event("changed", {"topics": [], "poll": True})
+            for _ in range(2):
+                if self.closing.is_set():
+                    return
+                await asyncio.sleep(0.5)
+
+
 def _event(name: str, data) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -292,19 +380,21 @@ def _event(name: str, data) -> bytes:
 def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size: int = 4,
                actions: Actions | None = None, consumer_lag: Callable[[], list[dict]] | None = None,
                lag_limits: tuple[int, int] = (ov.LAG_WARN, ov.LAG_BAD), lag_refresh_s: float = ov.LAG_REFRESH_S,
-               live: LiveFollower | None = None) -> Starlette:
+               live: LiveFollower | None = None, refresh_s: dict[str, float] | None = None,
+               settle_s: float = SETTLE_S, poll_s: float = POLL_S) -> Starlette:
     """The application reading ``conninfo`` (the read-only role; every transaction read-only too);
     with ``actions`` the desk's manual actions too (``tapeflow_ui.actions``); with ``consumer_lag``
     (the groups' lag, as ``tapeflow topics lag --json``) the overview's consumer-lag light, refreshed in
     the background every ``lag_refresh_s`` (``overview.LagWatch``; ``lag_limits``: warn and bad above);
-    with ``live`` (a ``live.LiveFollower``) the stream follows the topics instead of polling the database."""
+    with ``live`` (a ``live.LiveFollower``) the streams follow the topics instead of polling the database
+    (``refresh_s``, ``settle_s``, ``poll_s``: how often the overview and the desk re-read, ``UI.view_stream``)."""
     # jit off: the views are index lookups and bounded scans answering in milliseconds; a misestimated
     # row count (a LATERAL over generate_series, a partition's stale statistics) made PostgreSQL spend
     # ~0.6 s compiling a 60 ms query
     pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="tapeflow-ui",
                           kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000 -c jit=off"})
     lag = None if consumer_lag is None else ov.LagWatch(consumer_lag, lag_refresh_s, *lag_limits)
-    ui = UI(pool, lag, live)
+    ui = UI(pool, lag, live, refresh_s, settle_s, poll_s)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     csrf = csrf_value(token)
 
@@ -354,6 +444,8 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
         Route("/api/profile", ui.profile),
         Route("/api/heatmap", ui.heatmap),
         Route("/api/stream", ui.stream),
+        Route("/api/overview/stream", ui.overview_stream),
+        Route("/api/desk/stream", ui.desk_stream),
         Route("/api/quality/gaps", ui.gaps),
         Route("/api/quality/errors", ui.errors),
         Route("/api/quality/lag", ui.lag_groups),

@@ -1,13 +1,21 @@
 """Live updates for the pages: one follower of the stack's topics in the UI process, fanned out to
-every page that listens (``/api/stream``, server-sent events), fetching only while one does.
+every page that listens (server-sent events, ``app.UI.stream`` and ``app.UI.view_stream``), fetching
+only while one does.
 
-What it reads: ``bars.1m`` (each closed minute: the newest bar of the chart) and ``signals`` (the
-chart's markers), the records of ``queries.EXCHANGE`` only. ``md.trades`` (the heatmap's bubbles) is
-not followed: at live rates it is most of the broker's traffic, and the bubbles are the range's largest
-trades, re-read with the heatmap.
+What it reads, per page (``VIEWS``): the chart ``bars.1m`` (each closed minute: the newest bar) and
+``signals`` (its markers), one symbol's records; the overview every new ``signals`` record (its
+timeline) and a "changed" for ``bars.1m`` (it re-reads its table); the desk a "changed" for the
+watchlist's ``xv.features``, ``xv.pairs``, ``xv.orders`` and ``xv.funding`` (it re-reads ranking and
+pairs; ``Throttle`` says when). Records of ``bars.1m`` and ``signals`` count for ``queries.EXCHANGE``
+only; the watchlist's are never decoded. ``md.trades`` (the heatmap's bubbles, the whale radar) is
+not followed: at live rates it is most of the broker's traffic, and Tansu's fetch cost grows with a
+partition's batches; the bubbles are re-read with the heatmap, the radar with the overview.
 
 How it reads:
-- one confluent-kafka consumer with ``assign`` (no consumer group joined, nothing committed), every
+- one confluent-kafka consumer for the union of the listening pages' topics: a page with a topic it
+  does not read yet makes it add that topic (from its end) before the page is told ``live``; a topic
+  no page wants any more is dropped (a chart alone does not pay for the desk's partitions);
+- with ``assign`` (no consumer group joined, nothing committed), every
   partition from its end when the consumer starts (asked of the broker before the pages are told
   ``live``: whatever is published after that reaches them): a page wants what happens from now on,
   and gets the stored bar from the database when it connects (``app.UI.stream``);
@@ -37,7 +45,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,7 +58,17 @@ from tapeflow_runtime.kafka_client import consumer_config, end_offsets
 
 log = structlog.get_logger("ui")
 
-TOPICS = ("bars.1m", "signals")
+#: what each page listens for: catalogue topic -> ``RECORD`` (each record, as an event) or ``CHANGE``
+#: ("something changed": the page re-reads the database, ``app.UI.view_stream`` throttles it)
+RECORD, CHANGE = "record", "change"
+VIEWS: dict[str, dict[str, str]] = {
+    "chart": {"bars.1m": RECORD, "signals": RECORD},  # one symbol's
+    "overview": {"signals": RECORD, "bars.1m": CHANGE},  # every symbol's
+    "desk": {"xv.features": CHANGE, "xv.pairs": CHANGE, "xv.orders": CHANGE, "xv.funding": CHANGE},
+}
+#: topics whose records carry ``exchange`` and ``symbol`` (decoded and filtered); the others (the
+#: watchlist's, one partition each) are never decoded: any record is a change
+DECODED = frozenset(("bars.1m", "signals"))
 #: how long the consumer stays after the last page left (a reload, a timeframe change reconnect)
 LINGER_S = 15.0
 #: the fetch wait: Tansu answers an empty fetch after it, so it bounds both the latency and how often
@@ -71,8 +89,9 @@ def bar_event(record: dict) -> dict:
 
 
 def signal_event(record: dict) -> dict:
-    """A ``signals`` record as ``queries.signals`` gives it."""
-    return {"time": record["eval_time"] // 1000, "direction": record["direction"], "tier": record["tier"],
+    """A ``signals`` record as ``queries.signals`` gives it (with its symbol: the overview's timeline)."""
+    return {"time": record["eval_time"] // 1000, "symbol": record["symbol"], "direction": record["direction"],
+            "tier": record["tier"],
             "score": record["score"], "price": record["price"], "strategy": record["strategy"],
             "signal_id": record["signal_id"]}
 
@@ -116,13 +135,46 @@ class BarFold:
                 "bought": bought, "sold": sold, "delta": bought - sold}
 
 
-class Listener:
-    """One page's queue of ``(kind, item)``: ``("live", None)`` once the consumer reads the topics,
-    ``("bar", minute)``, ``("signal", signal)``, or ``("poll", reason)`` when the broker cannot be read."""
+class Throttle:
+    """When to tell a page that its topics changed (it then re-reads the database): ``settle_s`` after
+    the first record of a change, so that the sink has stored it, and at most once every
+    ``refresh_s``; the records in between are one change. Pure: the caller passes the time.
+    Hand-written: a dozen lines of arithmetic, less than wiring a debounce library to asyncio."""
 
-    def __init__(self, symbol: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, refresh_s: float, settle_s: float) -> None:
+        self.refresh_s, self.settle_s = refresh_s, settle_s
+        self.pending: set[str] = set()
+        self.due: float | None = None  # when the pending change is told
+        self.told = float("-inf")
+
+    def note(self, topic: str, now: float) -> None:
+        self.pending.add(topic)
+        if self.due is None:
+            self.due = max(now + self.settle_s, self.told + self.refresh_s)
+
+    def take(self, now: float) -> list[str] | None:
+        """The topics that changed, when it is time to tell them (else None)."""
+        if self.due is None or now < self.due:
+            return None
+        topics = sorted(self.pending)
+        self.pending.clear()
+        self.due, self.told = None, now
+        return topics
+
+
+class Listener:
+    """One page's queue of ``(kind, item)``: ``("live", None)`` once the consumer reads all of its
+    ``topics``, ``("bar", minute)``, ``("signal", signal)`` for its ``RECORD`` topics, ``("changed",
+    topic)`` for its ``CHANGE`` topics (at most one queued per topic: taken with ``seen``), or
+    ``("poll", reason)`` when the broker cannot be read. ``symbol`` None: every symbol's records."""
+
+    def __init__(self, symbol: str | None, loop: asyncio.AbstractEventLoop,
+                 topics: dict[str, str] | None = None) -> None:
         self.symbol, self.loop = symbol, loop
+        self.topics = dict(VIEWS["chart"] if topics is None else topics)
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.told_live = False
+        self._flagged: set[str] = set()  # CHANGE topics with a "changed" in the queue
 
     def put(self, kind: str, item: Any = None) -> None:  # from any thread
         try:
@@ -130,17 +182,27 @@ class Listener:
         except RuntimeError:  # its loop is closed: the page is gone
             pass
 
+    def changed(self, topic: str) -> None:  # the consumer's thread
+        if topic not in self._flagged:
+            self._flagged.add(topic)
+            self.put("changed", topic)
+
+    def seen(self, topic: str) -> None:  # the page's loop, on taking a "changed"
+        self._flagged.discard(topic)
+
 
 class LiveFollower:
     """See the module doc. ``bootstrap()`` is resolved at each consumer start (a stack started after
-    the UI is found); ``chain`` (the embedded broker's ``reader_chain``) makes it follow segments."""
+    the UI is found); ``chain`` (the embedded broker's ``reader_chain``) makes it follow segments. The
+    consumer reads the union of the listening pages' topics (``VIEWS``): a page with a topic not read
+    yet makes it add that topic (from its end, then the page is told ``live``); topics no page wants
+    any more are dropped, except while nobody listens (the linger keeps what was read)."""
 
     def __init__(self, bootstrap: Callable[[], str], serde: AvroSerde, prefix: str,
-                 chain: Callable[[], Chain] | None = None, topics: Iterable[str] = TOPICS,
+                 chain: Callable[[], Chain] | None = None,
                  linger_s: float = LINGER_S, fetch_wait_ms: int = FETCH_WAIT_MS, retry_s: float = RETRY_S,
                  segment_check_s: float = SEGMENT_CHECK_S) -> None:
         self.bootstrap, self.serde, self.prefix, self.chain = bootstrap, serde, prefix, chain
-        self.topics = tuple(topics)
         self.linger_s, self.fetch_wait_ms, self.retry_s = linger_s, fetch_wait_ms, retry_s
         self.segment_check_s = segment_check_s
         self._lock = threading.Lock()
@@ -148,7 +210,9 @@ class LiveFollower:
         self._thread: threading.Thread | None = None
         self._left_at = time.monotonic()  # when the last listener left
         self._closing = threading.Event()
-        self.positioned = False  # the consumer has its partitions (listeners were told "live")
+        self.positioned = False  # the consumer has the partitions of ``following``
+        self.following: tuple[str, ...] = ()  # catalogue topics the consumer reads (positioned on)
+        self.version = 0  # bumped when the listeners' topics change (the consumer looks at it)
         self._open = 0  # consumers not closed yet (a closing one may overlap the next one's start)
         self.starts = 0  # consumers started since the UI started
         self.polls = 0  # consume() calls of the current and past consumers (each may fetch)
@@ -170,25 +234,38 @@ class LiveFollower:
             return len(self._listeners)
 
     @asynccontextmanager
-    async def listen(self, symbol: str) -> AsyncIterator[Listener]:
-        listener = Listener(symbol, asyncio.get_running_loop())
+    async def listen(self, symbol: str | None, topics: dict[str, str] | None = None) -> AsyncIterator[Listener]:
+        """A page's listener: ``symbol``'s records (None: every symbol's) of ``topics`` (a ``VIEWS``
+        value; default the chart's)."""
+        listener = Listener(symbol, asyncio.get_running_loop(), topics)
         self._add(listener)
         try:
             yield listener
         finally:
             self._remove(listener)
 
+    def wanted(self) -> tuple[int, tuple[str, ...]]:
+        """(version, the topics to read): the listeners' union, or what is read while nobody listens."""
+        with self._lock:
+            if not self._listeners:
+                return self.version, self.following
+            return self.version, tuple(sorted({t for lst in self._listeners for t in lst.topics}))
+
     def _add(self, listener: Listener) -> None:
         with self._lock:
             self._listeners.add(listener)
             if self._thread is not None:
-                if self.positioned:
+                if self.positioned and set(listener.topics) <= set(self.following):
+                    listener.told_live = True
                     listener.put("live")
+                else:
+                    self.version += 1  # the consumer adds its topics, then tells it
                 return
             if self.unreachable is not None and time.monotonic() - self._failed_at < self.retry_s:
                 listener.put("poll", self.unreachable)
                 return
             self.starts += 1
+            self.version += 1
             self._thread = threading.Thread(target=self._run, name="ui-live", daemon=True)
             self._thread.start()
 
@@ -197,6 +274,8 @@ class LiveFollower:
             self._listeners.discard(listener)
             if not self._listeners:
                 self._left_at = time.monotonic()
+            elif set(listener.topics) - {t for lst in self._listeners for t in lst.topics}:
+                self.version += 1  # a topic nobody wants now: the consumer drops it
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the consumer now (the application's shutdown)."""
@@ -214,6 +293,9 @@ class LiveFollower:
             if self._closing.is_set() or (not self._listeners and time.monotonic() - self._left_at >= self.linger_s):
                 self._thread = None
                 self.positioned = False
+                self.following = ()
+                for listener in self._listeners:
+                    listener.told_live = False
                 return True
             return False
 
@@ -232,12 +314,14 @@ class LiveFollower:
             with self._lock:
                 self._thread = None
                 self.positioned = False
+                self.following = ()
                 first = self.unreachable is None
                 self.unreachable, self._failed_at = reason, time.monotonic()
                 for listener in self._listeners:
+                    listener.told_live = False
                     listener.put("poll", reason)
             if first:
-                log.warning("live updates: cannot read the broker's topics; pages poll the database every 2 s "
+                log.warning("live updates: cannot read the broker's topics; pages poll the database "
                             "instead", error=reason, retry_s=self.retry_s)
         finally:
             if consumer is not None:
@@ -247,22 +331,45 @@ class LiveFollower:
                     if not self._open:
                         self.reading = []
 
-    def _deliver(self, name: str, record: dict) -> None:
+    def _deliver(self, name: str, value: bytes | None) -> None:
+        with self._lock:
+            targets = [lst for lst in self._listeners if name in lst.topics]
+        if not targets:
+            return
+        if name not in DECODED:
+            for listener in targets:
+                listener.changed(name)
+            self.delivered += 1
+            return
+        try:
+            record = self.serde.decode(value)
+        except Exception as exc:  # noqa: BLE001 - the sink dead-letters it; a page skips it
+            log.warning("live updates: undecodable record skipped", topic=name, error=str(exc))
+            return
         if record.get("exchange") != EXCHANGE:
             return
-        kind, item = ("bar", bar_event(record)) if name == "bars.1m" else ("signal", signal_event(record))
-        with self._lock:
-            targets = [lst for lst in self._listeners if lst.symbol == record.get("symbol")]
+        item = None
         for listener in targets:
-            listener.put(kind, item)
+            if listener.symbol is not None and listener.symbol != record.get("symbol"):
+                continue
+            if listener.topics[name] == CHANGE:
+                listener.changed(name)
+                continue
+            if item is None:
+                item = ("bar", bar_event(record)) if name == "bars.1m" else ("signal", signal_event(record))
+            listener.put(*item)
         self.delivered += 1
 
-    def _positioned(self) -> None:
+    def _positioned(self, version: int, names: tuple[str, ...]) -> None:
+        """The consumer reads ``names`` (from the listeners' topics at ``version``): tell each listener
+        whose topics all are read that it is live."""
         with self._lock:
-            self.positioned = True
+            self.positioned, self.following = True, names
             recovered, self.unreachable = self.unreachable, None
             for listener in self._listeners:
-                listener.put("live")
+                if not listener.told_live and set(listener.topics) <= set(names):
+                    listener.told_live = True
+                    listener.put("live")
         if recovered is not None:
             log.info("live updates: reading the broker's topics again")
 
@@ -272,18 +379,39 @@ class _Reader:
 
     def __init__(self, owner: LiveFollower, consumer: Consumer, bootstrap: str) -> None:
         self.owner, self.consumer, self.bootstrap = owner, consumer, bootstrap
-        self.follower = ChainFollower(list(owner.topics), owner.chain) if owner.chain is not None else None
+        self.version, self.followed = -1, ()  # the listeners' topics the reader is positioned on
+        self.follower = ChainFollower([], owner.chain) if owner.chain is not None else None
         self.names: dict[str, str] = {}  # physical -> catalogue name, of what is assigned
         self.waiting: dict[str, tuple[str, bool]] = {}  # physical -> (name, from its end): not there yet
         self.read: dict[tuple[str, int], int] = {}  # next offset per partition (the follower asks)
         self.eof_seen: dict[tuple[str, int], float] = {}  # wall clock of the last end reached
-        for topic in self._wanted():
-            self.waiting[topic] = (self._name(topic), True)
 
-    def _wanted(self) -> list[str]:
-        if self.follower is None:
-            return [self.owner.prefix + n for n in self.owner.topics]
-        return list(self.follower.reading)
+    def _retarget(self, timeout: float) -> None:
+        """Read the listeners' topics now: drop the ones no page wants, add the new ones from their end
+        (a topic that does not exist yet: from its beginning once it does), then say who is live."""
+        version, names = self.owner.wanted()
+        drop = set(self.followed) - set(names)
+        added = [n for n in names if n not in self.followed]
+        gone = [t for t, n in self.names.items() if n in drop] + [t for t, (n, _e) in self.waiting.items() if n in drop]
+        if gone:
+            tps = [tp for tp in self.consumer.assignment() if tp.topic in gone]
+            if tps:
+                self.consumer.incremental_unassign(tps)
+            for topic in gone:
+                self.names.pop(topic, None)
+                self.waiting.pop(topic, None)
+        if self.follower is not None:
+            topics = self.follower.retarget(list(names))
+        else:
+            topics = [self.owner.prefix + n for n in added]
+        for topic in topics:
+            self.waiting[topic] = (self._name(topic), True)
+        self._assign_waiting(timeout)
+        # topics missing now are read from their beginning once they exist (all of it is new)
+        self.waiting = {t: (name, False) for t, (name, _end) in self.waiting.items()}
+        self.owner.reading = sorted(self.names)
+        self.version, self.followed = version, names
+        self.owner._positioned(version, names)
 
     def _name(self, topic: str) -> str:
         if self.follower is None:
@@ -345,12 +473,11 @@ class _Reader:
 
     def run(self) -> None:
         owner = self.owner
-        self._assign_waiting(timeout=10.0)
-        # topics missing at the start are read from their beginning once they exist (all of it is new)
-        self.waiting = {t: (name, False) for t, (name, _end) in self.waiting.items()}
-        owner._positioned()
+        self._retarget(timeout=10.0)  # raises when the broker cannot be reached: the pages poll
         next_check = time.monotonic() + owner.segment_check_s
         while not owner._done():
+            if owner.version != self.version:  # a page with other topics came, or the last of one left
+                self._retarget(timeout=5.0)
             msgs = self.consumer.consume(500, 0.25)
             owner.polls += 1
             for msg in msgs:
@@ -365,14 +492,8 @@ class _Reader:
                     continue
                 self.read[tp] = msg.offset() + 1
                 name = self.names.get(msg.topic())
-                if name is None:
-                    continue
-                try:
-                    record = owner.serde.decode(msg.value())
-                except Exception as exc:  # noqa: BLE001 - the sink dead-letters it; a page skips it
-                    log.warning("live updates: undecodable record skipped", topic=msg.topic(), error=str(exc))
-                    continue
-                owner._deliver(name, record)
+                if name is not None:
+                    owner._deliver(name, msg.value())
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + owner.segment_check_s
                 if (now := owner.bootstrap()) != self.bootstrap:  # `down` then `up`: a new broker elsewhere

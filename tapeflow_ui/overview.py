@@ -94,11 +94,11 @@ def _bar_symbols(conn: psycopg.Connection, since: datetime, now: datetime) -> li
 
 def signal_timeline(conn: psycopg.Connection, now: datetime, limit: int = 200) -> list[dict]:
     rows = conn.execute(
-        "SELECT extract(epoch FROM eval_time)::bigint, symbol, direction, tier, score, price, strategy FROM signals "
+        "SELECT extract(epoch FROM eval_time)::bigint, symbol, direction, tier, score, price, strategy, signal_id FROM signals "
         "WHERE eval_time >= %s AND eval_time <= %s ORDER BY eval_time DESC LIMIT %s",
         (now - timedelta(days=1), now, limit)).fetchall()
     return [{"time": r[0], "symbol": r[1], "direction": r[2], "tier": r[3], "score": r[4], "price": r[5],
-             "strategy": r[6]} for r in rows]
+             "strategy": r[6], "signal_id": r[7]} for r in rows]
 
 
 def whale_radar(conn: psycopg.Connection, now: datetime, min_usd: float = WHALE_USD, limit: int = 40) -> list[dict]:

@@ -1,5 +1,7 @@
 // The market overview: symbols by 24 h volume, funding heatmap, signal timeline, whale radar and the
-// data-quality lights, from one /api/overview call.
+// data-quality lights, from one /api/overview call; kept live by /api/overview/stream (new signals
+// pushed onto the timeline, a re-read of /api/overview when the bars change, or every 10 s without
+// the broker's topics).
 "use strict";
 (function () {
   const UI = window.tapeflowUI;
@@ -95,16 +97,75 @@
     UI.ready.quality = lights.length;
   }
 
+  // signals pushed by the stream, kept until a re-read has them (the sink stores them a moment later)
+  const pushed = new Map();
+  let data = null;
+
+  function drawSignals() {
+    const ids = new Set(data.signals.map((s) => s.signal_id));
+    for (const id of [...pushed.keys()]) if (ids.has(id)) pushed.delete(id);
+    const all = [...pushed.values(), ...data.signals].sort((a, b) => b.time - a.time);
+    const now = Math.max(data.now, all.length ? all[0].time : data.now);
+    timeline(all.filter((s) => s.time > now - 86400), now);
+  }
+
+  function render(fresh) {
+    data = fresh;
+    UI.overview = data;
+    if (data.now === null) { TF.status("no bars stored yet"); return false; }
+    document.getElementById("asof").textContent = `24 h to ${TF.time(data.now)} UTC (newest stored bar)`;
+    market(data.market); funding(data.funding); drawSignals(); whales(data.whales);
+    quality(data.quality);
+    return true;
+  }
+
+  function say() {
+    const at = data && data.now !== null ? `as of ${TF.time(data.now)} UTC` : "no bars stored yet";
+    const how = UI.live.source === "topics" ? "live" : UI.live.source === "database"
+      ? `polling the database every ${UI.live.every_s} s` : "connecting";
+    TF.status(`${at} · ${how}`);
+  }
+
+  // updates: "signal" (a new one, for the timeline), "changed" (re-read the view), "live" (from where)
+  function follow() {
+    const source = new EventSource("/api/overview/stream");
+    let busy = false, again = false;
+    UI.live = { source: null, signals: 0, refreshes: 0 };
+    const refresh = async () => {
+      if (busy) { again = true; return; }
+      busy = true;
+      try {
+        do {
+          again = false;
+          render(await TF.get("/api/overview"));
+          UI.live.refreshes += 1;
+        } while (again);
+        UI.ready.all = true;
+        say();
+      } catch (err) { TF.fail(err); } finally { busy = false; }
+    };
+    source.addEventListener("live", (ev) => {
+      const d = JSON.parse(ev.data);
+      UI.live.source = d.source; UI.live.every_s = d.every_s;
+      say();
+    });
+    source.addEventListener("changed", () => { refresh(); });
+    source.addEventListener("signal", (ev) => {
+      const s = JSON.parse(ev.data);
+      if (pushed.has(s.signal_id) || (data && data.signals.some((x) => x.signal_id === s.signal_id))) return;
+      pushed.set(s.signal_id, s);
+      UI.live.signals += 1;
+      if (data && data.now !== null) drawSignals(); else refresh();
+    });
+  }
+
   (async () => {
     try {
-      const data = await TF.get("/api/overview");
-      UI.overview = data;
-      if (data.now === null) { TF.status("no bars stored yet"); return; }
-      document.getElementById("asof").textContent = `24 h to ${TF.time(data.now)} UTC (newest stored bar)`;
-      market(data.market); funding(data.funding); timeline(data.signals, data.now); whales(data.whales);
-      quality(data.quality);
+      const ok = render(await TF.get("/api/overview"));
+      follow();
+      if (!ok) return;
       UI.ready.all = true;
-      TF.status(`as of ${TF.time(data.now)} UTC`);
+      say();
     } catch (err) { TF.fail(err); }
   })();
 })();

@@ -1,14 +1,20 @@
 // The watchlist desk: the live ranking, one ordered venue pair's spread history with entries and exits,
-// and the hedged pairs with their legs, P&L and funding (/api/desk, /api/desk/spread).
+// and the hedged pairs with their legs, P&L and funding (/api/desk, /api/desk/spread); kept live by
+// /api/desk/stream: a re-read when the watchlist's topics (xv.features, xv.pairs, xv.orders,
+// xv.funding) say something changed, or every 10 s without them.
 "use strict";
 (function () {
   const UI = window.tapeflowUI;
   const bp = (v) => (v === null || v === undefined ? "–" : (v * 1e4).toFixed(2));
-  let chart = null;
+  let chart = null, shown = null, swept = null, top = null;
 
+  // one ordered pair's history; the same pair again (a live re-read) keeps the chart and its zoom
   async function spread(coin, sell, buy) {
     const data = await TF.get(`/api/desk/spread?${new URLSearchParams({ coin, sell, buy })}`);
     UI.spread = data;
+    const key = `${coin} ${sell} ${buy}`;
+    if (chart && shown === key) { draw(data, false); return; }
+    shown = key;
     document.getElementById("spread-title").textContent = `${coin}: sell ${sell}, buy ${buy}`;
     const box = document.getElementById("spread");
     if (chart) chart.remove();
@@ -17,9 +23,13 @@
       grid: { vertLines: { color: "#1c232c" }, horzLines: { color: "#1c232c" } },
       timeScale: { timeVisible: true, secondsVisible: true }, localization: { priceFormatter: (v) => v.toFixed(2) + " bp" },
     });
-    const swept = chart.addLineSeries({ color: "#40c4ff", lineWidth: 2 });
+    swept = chart.addLineSeries({ color: "#40c4ff", lineWidth: 2 });
+    top = chart.addLineSeries({ color: "#7d8896", lineWidth: 1, lineStyle: 1 });
+    draw(data, true);
+  }
+
+  function draw(data, fit) {
     swept.setData(data.points.filter((p) => p[1] !== null).map((p) => ({ time: p[0], value: p[1] * 1e4 })));
-    const top = chart.addLineSeries({ color: "#7d8896", lineWidth: 1, lineStyle: 1 });
     top.setData(data.points.filter((p) => p[2] !== null).map((p) => ({ time: p[0], value: p[2] * 1e4 })));
     const times = data.points.map((p) => p[0]);
     const snap = (t) => times.reduce((best, x) => (Math.abs(x - t) < Math.abs(best - t) ? x : best), times[0]);
@@ -27,7 +37,7 @@
       time: snap(m.time), position: m.kind === "entry" ? "belowBar" : "aboveBar", shape: m.kind === "entry" ? "arrowUp" : "arrowDown",
       color: m.kind === "entry" ? "#69f0ae" : "#ffab40", text: `${m.kind} ${bp(m.spread)}`,
     })).sort((a, b) => a.time - b.time));
-    chart.timeScale().fitContent();
+    if (fit) chart.timeScale().fitContent();
     UI.ready.spread = data.points.length;
   }
 
@@ -84,18 +94,56 @@
     UI.ready.pairs = rows.length;
   }
 
+  function render(data) {
+    UI.desk = data;
+    const ready = ranking(data.ranking);
+    pairs(data.pairs);
+    if (ready.length) document.getElementById("asof").textContent = `at ${ready[0].eval_time.slice(0, 19).replace("T", " ")} UTC`;
+    return ready;
+  }
+
+  function say() {
+    const how = UI.live.source === "topics" ? "live" : UI.live.source === "database"
+      ? `polling the database every ${UI.live.every_s} s` : "connecting";
+    const at = UI.live.refreshed ? ` · updated ${new Date(UI.live.refreshed).toISOString().slice(11, 19)} UTC` : "";
+    TF.status(`watchlist desk · ${how}${at}`);
+  }
+
+  // "changed": re-read the ranking and pairs (and the shown pair's history); "live": from where
+  function follow() {
+    const source = new EventSource("/api/desk/stream");
+    let busy = false, again = false;
+    UI.live = { source: null, refreshes: 0, refreshed: null };
+    const refresh = async () => {
+      if (busy) { again = true; return; }
+      busy = true;
+      try {
+        do {
+          again = false;
+          const ready = render(await TF.get("/api/desk"));
+          if (shown) { const [coin, sell, buy] = shown.split(" "); await spread(coin, sell, buy); }
+          else if (ready.length) await spread(ready[0].coin, ready[0].sell_venue, ready[0].buy_venue);
+          UI.live.refreshes += 1;
+          UI.live.refreshed = Date.now();
+        } while (again);
+        say();
+      } catch (err) { TF.fail(err); } finally { busy = false; }
+    };
+    source.addEventListener("live", (ev) => {
+      const d = JSON.parse(ev.data);
+      UI.live.source = d.source; UI.live.every_s = d.every_s;
+      say();
+    });
+    source.addEventListener("changed", () => { refresh(); });
+  }
+
   (async () => {
     try {
-      const data = await TF.get("/api/desk");
-      UI.desk = data;
-      const ready = ranking(data.ranking);
-      pairs(data.pairs);
-      if (ready.length) {
-        document.getElementById("asof").textContent = `at ${ready[0].eval_time.slice(0, 19).replace("T", " ")} UTC`;
-        await spread(ready[0].coin, ready[0].sell_venue, ready[0].buy_venue);
-      }
+      const ready = render(await TF.get("/api/desk"));
+      if (ready.length) await spread(ready[0].coin, ready[0].sell_venue, ready[0].buy_venue);
       UI.ready.all = true;
-      TF.status("watchlist desk");
+      follow();
+      say();
     } catch (err) { TF.fail(err); }
   })();
 })();

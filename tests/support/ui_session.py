@@ -99,6 +99,23 @@ def store_signals(conninfo: str, records: list[dict]) -> int:
         return write_rows(conn, spec, (spec.to_row(r) for r in records))
 
 
+def pair_event_record(pair_id: str, coin: str, opened_ms: int, net_usd: float) -> dict:
+    """A closed hedged pair's snapshot as the watchlist trader publishes it on ``xv.pairs`` (values
+    hand-picked: gross - fees - slippage + funding = net, each leg half of it)."""
+    gross, fees, slip, funding = net_usd + 6.0, 4.0, 1.5, -0.5
+    half = {k: v / 2 for k, v in {"gross_usd": gross, "fees_usd": fees, "slippage_usd": slip, "funding_usd": funding,
+                                  "net_usd": net_usd}.items()}
+    return {"pair_id": pair_id, "seq": 2, "event_time": opened_ms + 60_000, "signal_id": f"{pair_id}-signal",
+            "pair_key": f"{coin}:binance:bybit", "coin": coin, "short_venue": "binance", "short_symbol": f"{coin}USDT",
+            "long_venue": "bybit", "long_symbol": f"{coin}USDT", "notional_usd": 10_000.0, "qty": 0.25,
+            "status": "closed", "reason": None, "close_reason": "target", "opened_ms": opened_ms,
+            "closed_ms": opened_ms + 60_000, "entry_spread": 0.0012, "exit_spread": 0.0002, "gross_usd": gross,
+            "fees_usd": fees, "slippage_usd": slip, "funding_usd": funding, "net_usd": net_usd,
+            **{f"{leg}_{k}": v for leg in ("short", "long") for k, v in half.items()},
+            "leg_latency_usd": 0.0, "liquidation_usd": 0.0, "short_leg_latency_usd": 0.0,
+            "short_liquidation_usd": 0.0, "long_leg_latency_usd": 0.0, "long_liquidation_usd": 0.0}
+
+
 def floor_index(price: float, step: float) -> int:
     """The price level a trade falls in (the UI's ``floor(price / step)``)."""
     return int(np.floor(price / step))

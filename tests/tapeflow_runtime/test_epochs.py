@@ -154,6 +154,22 @@ def test_a_follower_adds_the_next_segment_once_readable_and_leaves_a_finished_on
     assert follower.reading == ["e1.signals"]
 
 
+def test_a_follower_retargeted_reads_the_open_segments_of_new_names_and_drops_the_old_names_topics():
+    """The UI's follower: the names it reads change with the open pages, mid-rollover too."""
+    from tapeflow_runtime.epochs import ChainFollower
+
+    state = EpochState(epoch=0, slot=0, step="sink", next_slot=1, next_starts={"signals": {0: 2}})
+    follower = ChainFollower([], lambda: state.chain(""), interval_s=0.0)
+    assert follower.reading == []
+    assert follower.retarget(["signals"]) == ["signals", "e1.signals"]  # both open segments: the rolling one too
+    assert follower.reading == ["signals", "e1.signals"]
+    assert follower.retarget(["signals", "xv.pairs"]) == ["xv.pairs", "e1.xv.pairs"]
+    assert follower.reading == ["signals", "e1.signals", "xv.pairs", "e1.xv.pairs"]
+    assert follower.retarget(["xv.pairs"]) == []
+    assert follower.reading == ["xv.pairs", "e1.xv.pairs"] and follower.catalogue_name("e1.xv.pairs") == "xv.pairs"
+    assert follower.catalogue_name("e1.signals") is None
+
+
 def test_a_follower_of_market_data_reads_the_next_epoch_from_the_switch_while_its_carried_topics_wait():
     """The sink must not wait for the executor's drain of the old epoch to read the new md.trades (at
     max replay speed that drain took a minute, and the sink fell that far behind at every rollover)."""

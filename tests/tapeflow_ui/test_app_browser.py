@@ -829,3 +829,94 @@ def test_the_chart_follows_bars_and_signals_published_on_the_topics(site, browse
     assert browser.evaluate("document.getElementById('status').textContent").startswith("live: ")
     assert browser.problems() == []
     shoot(browser, site, "orderflow-live")
+
+
+def _publish(site, topic: str, key: str, record: dict) -> float:
+    """Publish ``record`` on this module's ``topic``; returns when it was acknowledged (monotonic)."""
+    from confluent_kafka import Producer
+
+    from schemas.registry import FileSchemaRegistry
+    from schemas.serde import AvroSerde
+    from tapeflow_runtime.kafka_client import producer_config
+
+    producer = Producer(producer_config(site.bootstrap))
+    producer.produce(site.prefix + topic, key=key.encode(), value=AvroSerde(FileSchemaRegistry()).encode(topic, record))
+    assert producer.flush(10) == 0
+    return time.monotonic()
+
+
+def test_the_overview_puts_a_published_signal_on_its_timeline_and_re_reads_its_table_when_bars_change(site, browser):
+    """Without a reload: a signal published on ``signals`` becomes the timeline's newest row (pushed:
+    the database never has it), a bar on ``bars.1m`` makes the page re-read /api/overview (the pushed
+    signal stays until a re-read has it)."""
+    from schemas.catalogue import topic as topic_spec
+    from tapeflow_runtime.kafka_client import ensure_topics
+
+    ensure_topics(site.bootstrap, prefix=site.prefix, specs=[topic_spec("bars.1m"), topic_spec("signals")])
+    browser.goto(f"{site.base}/")
+    assert browser.wait_for("window.tapeflowUI.ready.all && window.tapeflowUI.live "
+                            "&& window.tapeflowUI.live.source === 'topics' || window.tapeflowUI.errors.length", 60) is True
+    browser.evaluate("window.sameDocument = true")  # gone if the page reloads
+    now, shown = browser.evaluate("[window.tapeflowUI.overview.now, window.tapeflowUI.ready.signals]")
+    assert shown == 3
+    painted_before = painted(browser, "#timeline")
+    first_row = "[...document.querySelectorAll('#signals tbody tr')][0]"
+    latencies = []
+    for k in range(3):  # a few samples of the latency
+        t = now - 600 + 60 * k  # after the stored signals: the newest
+        sent = _publish(site, "signals", "binance:ETHUSDT", signal_record("ETHUSDT", t * 1000, "SHORT", 3005.25, 21 + k))
+        shown_at = json.dumps(datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S"))
+        assert browser.wait_for(f"window.tapeflowUI.live.signals === {k + 1} && {first_row}.cells[0].textContent === "
+                                f"{shown_at}", 30) is True
+        latencies.append(1000 * (time.monotonic() - sent))
+        assert browser.evaluate(f"[...{first_row}.cells].map(c => c.textContent)") == [
+            json.loads(shown_at), "ETHUSDT", "SHORT", "standard", "61.5", "3,005.25"]
+    print(f"signals record -> the overview's timeline, ms: {', '.join(f'{v:.0f}' for v in latencies)}")
+    assert browser.evaluate("window.tapeflowUI.ready.signals") == 6 and painted(browser, "#timeline") > painted_before
+    with psycopg.connect(site.conninfo) as conn:  # pushed: the database does not have it
+        assert conn.execute("SELECT count(*) FROM signals WHERE signal_id LIKE 'ui-test-ETHUSDT-2_'").fetchone()[0] == 0
+    refreshes = browser.evaluate("window.tapeflowUI.live.refreshes")
+    bar = {"exchange": "binance", "symbol": "BTCUSDT", "open_time": (now + 60) * 1000, "close_time": (now + 120) * 1000,
+           "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0, "buy_volume": 1.0, "sell_volume": 0.0,
+           "quote_volume": 1.0, "vwap": 1.0, "trade_count": 1, "first_agg_id": 1, "last_agg_id": 1}
+    _publish(site, "bars.1m", "binance:BTCUSDT", bar)
+    assert browser.wait_for(f"window.tapeflowUI.live.refreshes > {refreshes}", 30) is True  # /api/overview re-read
+    assert browser.evaluate(f"{first_row}.cells[1].textContent") == "ETHUSDT"  # the pushed signal stays
+    assert browser.evaluate("window.tapeflowUI.ready.signals") == 6
+    assert browser.evaluate("window.sameDocument") is True
+    assert browser.evaluate("document.getElementById('status').textContent").endswith("· live")
+    assert browser.problems() == []
+    shoot(browser, site, "overview-live")
+
+
+def test_the_desk_shows_a_pair_stored_after_it_loaded_once_its_topic_says_something_changed(site, browser):
+    """Without a reload: a pair stored after the page loaded is not shown until a record on ``xv.pairs``
+    tells the page to re-read /api/desk (the database answers, the topic says when)."""
+    from schemas.catalogue import topic as topic_spec
+    from tapeflow_runtime.kafka_client import ensure_topics
+    from tapeflow_ui.live import VIEWS
+    from tests.support.ui_session import pair_event_record
+
+    ensure_topics(site.bootstrap, prefix=site.prefix, specs=[topic_spec(t) for t in VIEWS["desk"]])
+    browser.goto(f"{site.base}/watchlist")
+    assert browser.wait_for("window.tapeflowUI.ready.all && window.tapeflowUI.live "
+                            "&& window.tapeflowUI.live.source === 'topics' || window.tapeflowUI.errors.length", 60) is True
+    browser.evaluate("window.sameDocument = true")
+    pid = f"ui-live-{uuid.uuid4().hex[:8]}"
+    row = f"document.querySelector('#pairs tr[data-pair-id=\"{pid}\"]')"
+    spec = table_for_topic("xv.pairs")
+    with psycopg.connect(site.conninfo) as conn:
+        opened = conn.execute("SELECT extract(epoch FROM max(opened_time))::bigint FROM xv_pairs_latest").fetchone()[0]
+        record = pair_event_record(pid, "BTC", (opened + 60) * 1000, 12.5)
+        assert write_rows(conn, spec, [spec.to_row(record)]) == 1  # what the sink does with the record
+    assert browser.evaluate(f"{row} === null && window.tapeflowUI.live.refreshes === 0") is True
+    sent = _publish(site, "xv.pairs", "BTC", record)
+    assert browser.wait_for(f"{row} !== null", 30) is True
+    print(f"xv.pairs record -> the desk's re-read shows the pair: {1000 * (time.monotonic() - sent):.0f} ms")
+    cells = browser.evaluate(f"[...{row}.cells].map(c => c.textContent)")
+    assert cells[1:5] == ["BTC", "binance BTCUSDT", "bybit BTCUSDT", "closed (target)"]
+    assert cells[6:13] == ["12.00", "2.00", "18.50", "4.00", "1.50", "-0.50", "12.50"]
+    assert browser.wait_for("window.tapeflowUI.live.refreshes >= 1", 30) is True  # the shown history re-read too
+    assert browser.evaluate("window.sameDocument") is True
+    assert "· live" in browser.evaluate("document.getElementById('status').textContent")
+    assert browser.problems() == []

@@ -33,13 +33,14 @@ from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
 from tapeflow_ui import queries as q
-from tapeflow_ui.live import BarFold, LiveFollower
-from tests.support.ui_session import signal_record
+from tapeflow_ui.live import VIEWS, BarFold, LiveFollower, Throttle
+from tests.support.ui_session import pair_event_record, signal_record
 
 MINUTE = 60_000
 T0 = int(datetime(2024, 5, 6, 12, 0, tzinfo=UTC).timestamp() * 1000)  # a 5-minute (and hour) boundary
 LINGER_S = 0.3
-SPECS = [topic_spec("bars.1m"), topic_spec("signals")]
+SPECS = [topic_spec(t) for t in ("bars.1m", "signals", "xv.features", "xv.pairs", "xv.orders", "xv.funding")]
+XV = sorted(VIEWS["desk"])
 
 
 def bar(symbol: str, open_ms: int, o: float, h: float, lo: float, c: float, buy: float, sell: float) -> dict:
@@ -73,6 +74,22 @@ def test_the_fold_builds_the_bar_as_the_candles_query_groups_minutes():
     assert fold.bar()["time"] == t + 300
 
 
+def test_the_throttle_tells_a_change_once_settled_and_at_most_every_refresh():
+    th = Throttle(refresh_s=5.0, settle_s=1.5)
+    assert th.take(100.0) is None  # nothing changed
+    th.note("bars.1m", 100.0)
+    th.note("bars.1m", 100.4)  # the same burst: one change
+    assert th.take(101.4) is None  # not settled: the sink may not have stored it
+    assert th.take(101.5) == ["bars.1m"]
+    assert th.take(101.6) is None
+    th.note("xv.pairs", 102.0)  # settled at 103.5, but told at 101.5: not before 106.5
+    th.note("xv.features", 104.0)
+    assert th.take(106.4) is None
+    assert th.take(106.5) == ["xv.features", "xv.pairs"]
+    th.note("xv.pairs", 120.0)  # long after: settle only
+    assert th.take(121.4) is None and th.take(121.5) == ["xv.pairs"]
+
+
 # --- the follower against the broker --------------------------------------------------------------
 class Site:
     def __init__(self, base, token, owner, follower, bootstrap, prefix, home, settings) -> None:
@@ -83,7 +100,8 @@ class Site:
 
     def publish(self, topic: str, record: dict, prefix: str | None = None) -> None:
         self.producer = self.producer or Producer(producer_config(self.bootstrap))
-        self.producer.produce((prefix or self.prefix) + topic, key=f"binance:{record['symbol']}".encode(),
+        key = record["coin"] if topic.startswith("xv.") else f"binance:{record['symbol']}"
+        self.producer.produce((prefix or self.prefix) + topic, key=key.encode(),
                               value=self.serde.encode(topic, record), partition=0)
         assert self.producer.flush(10) == 0
 
@@ -93,14 +111,18 @@ class Site:
             write_rows(conn, spec, [spec.to_row(r) for r in records])
 
     def stream(self, symbol: str, tf: str = "1m") -> Events:
-        return Events(self, symbol, tf)
+        return Events(self, f"/api/stream?symbol={symbol}&tf={tf}")
+
+    def view(self, name: str) -> Events:
+        """The overview's or the desk's stream."""
+        return Events(self, f"/api/{name}/stream")
 
 
 class Events:
     """A page's server-sent events, read line by line."""
 
-    def __init__(self, site: Site, symbol: str, tf: str) -> None:
-        req = urllib.request.Request(f"{site.base}/api/stream?symbol={symbol}&tf={tf}",
+    def __init__(self, site: Site, path: str) -> None:
+        req = urllib.request.Request(site.base + path,
                                      headers={"Authorization": f"Bearer {site.token}"})
         self.resp = urllib.request.urlopen(req, timeout=30)
         assert self.resp.headers["content-type"].startswith("text/event-stream")
@@ -191,7 +213,7 @@ def test_a_published_bar_reaches_the_page_without_a_database_row(site):
             assert conn.execute("SELECT count(*) FROM bars_1m WHERE symbol = 'LIVEAUSDT'").fetchone()[0] == 1
         signal = signal_record("LIVEAUSDT", T0 + MINUTE + 5_000, "LONG", 102.0, 1)
         site.publish("signals", signal)
-        assert page.next("signal")[1] == {"time": (T0 + MINUTE + 5_000) // 1000, "direction": "LONG",
+        assert page.next("signal")[1] == {"time": (T0 + MINUTE + 5_000) // 1000, "symbol": "LIVEAUSDT", "direction": "LONG",
                                           "tier": "standard", "score": 61.5, "price": 102.0,
                                           "strategy": "flow_scalper", "signal_id": "ui-test-LIVEAUSDT-1"}
         site.publish("bars.1m", {**published, "symbol": "OTHERUSDT"})  # another symbol's: not this page's
@@ -283,8 +305,42 @@ def test_no_consumer_while_no_page_listens_and_one_when_a_page_connects(site):
     assert follower.listeners == 0 and follower._thread is None and follower.polls == after
 
 
+def test_the_overview_gets_every_symbols_signals_and_a_change_of_the_bars(site):
+    with site.view("overview") as page:
+        assert page.next("live")[1] == {"source": "topics"}
+        assert site.follower.following == ("bars.1m", "signals")
+        site.publish("signals", signal_record("LIVEHUSDT", T0 + 5_000, "SHORT", 7.0, 1))
+        assert page.next("signal")[1] == {"time": (T0 + 5_000) // 1000, "symbol": "LIVEHUSDT", "direction": "SHORT",
+                                          "tier": "standard", "score": 61.5, "price": 7.0, "strategy": "flow_scalper",
+                                          "signal_id": "ui-test-LIVEHUSDT-1"}
+        site.publish("bars.1m", bar("LIVEHUSDT", T0, 7.0, 7.5, 6.5, 7.25, 1.0, 1.0))
+        site.publish("bars.1m", bar("LIVEIUSDT", T0, 3.0, 3.5, 2.5, 3.25, 1.0, 1.0))
+        # the bars are not pushed to the overview: it is told they changed (and re-reads its table)
+        assert page.next() == ("changed", {"topics": ["bars.1m"]})
+
+
+def test_the_desk_is_told_of_the_watchlist_topics_and_the_consumer_reads_what_the_open_pages_need(site):
+    follower = site.follower
+    with site.stream("LIVEJUSDT") as chart:
+        assert chart.next("live")[1] == {"source": "topics"}
+        assert follower.following == ("bars.1m", "signals")
+        assert not [t for t in follower.reading if "xv." in t]
+        starts = follower.starts
+        with site.view("desk") as desk:
+            assert desk.next("live")[1] == {"source": "topics"}  # once its topics are read, from their end
+            assert follower.starts == starts  # the same consumer, the watchlist's topics added
+            assert follower.following == tuple(sorted(["bars.1m", "signals", *XV]))
+            assert {site.prefix + t for t in XV} <= set(follower.reading)
+            site.publish("xv.pairs", pair_event_record("ui-live-pair-1", "LIVEJ", T0, 3.0))
+            assert desk.next() == ("changed", {"topics": ["xv.pairs"]})
+        wait_for(lambda: follower.following == ("bars.1m", "signals") and not [t for t in follower.reading if "xv." in t],
+                 f"the watchlist's topics were not dropped: {follower.reading}")
+        site.publish("bars.1m", bar("LIVEJUSDT", T0, 5.0, 6.0, 4.0, 5.5, 1.0, 2.0))
+        assert chart.next("bar")[1]["close"] == 5.5  # the chart's topics kept their positions
+
+
 @contextlib.contextmanager
-def own_site(pg_server, follower: LiveFollower, home):
+def own_site(pg_server, follower: LiveFollower, home, poll_s: float = 10.0):
     """A database and a server of their own, around ``follower``."""
     from tapeflow_ui.app import create_app
 
@@ -293,7 +349,7 @@ def own_site(pg_server, follower: LiveFollower, home):
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     owner = pg_server.conninfo(name)
     migrate(owner)
-    app = create_app(owner, "t" * 40, live=follower)
+    app = create_app(owner, "t" * 40, live=follower, poll_s=poll_s)
     server, thread, base = serve(app)
     try:
         site = Site(base, "t" * 40, owner, follower, "", "", home, None)
@@ -321,6 +377,19 @@ def test_without_a_broker_the_page_polls_the_database_and_the_log_says_so_once(p
         assert follower.starts == 1 and not follower.consumer_open  # the second page did not try again
         assert "EndpointError" in follower.unreachable
         assert capsys.readouterr().out.count("cannot read the broker's topics") == 1
+
+
+def test_without_a_broker_the_overview_and_the_desk_re_read_the_database_every_poll(pg_server, tmp_path):
+    settings = Settings(home=tmp_path, broker=None)
+    follower = LiveFollower(lambda: resolve_broker(settings, StackPaths(tmp_path)), AvroSerde(FileSchemaRegistry()),
+                            "", linger_s=LINGER_S, retry_s=600)
+    with own_site(pg_server, follower, tmp_path, poll_s=0.5) as site:
+        for view in ("overview", "desk"):
+            with site.view(view) as page:
+                assert page.next() == ("live", {"source": "database", "every_s": 0.5})
+                assert page.next() == ("changed", {"topics": [], "poll": True})
+                assert page.next() == ("changed", {"topics": [], "poll": True})
+        assert follower.starts == 1 and not follower.consumer_open
 
 
 def test_a_broker_that_moves_while_a_page_listens_sends_the_page_to_the_database(pg_server, kafka_bootstrap, tmp_path):
