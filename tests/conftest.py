@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from sinks.migrate import ENGINE_EXTENSION
 from tapeflow.stack.broker import TansuBroker
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.supervisor import Supervisor
@@ -32,6 +33,7 @@ from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
 from tests.support import guard
 from tests.support.docker import USE_DOCKER
+from tests.support.migrated import MigratedTemplates
 
 #: per-user directories that libraries write on their own (matplotlib's font cache, Chromium's
 #: crash reports, dconf, tapeflow's default home): pointed at the run's own temporary directory
@@ -208,15 +210,55 @@ def pg_server(session_home) -> PgServer:
         sup.stop_all()
 
 
+def _drop_database(pg_server: PgServer, name: str) -> None:
+    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def database(pg_server) -> str:
-    """A fresh, empty database for one test; returns its superuser conninfo."""
+    """A fresh, empty database for one test; returns its superuser conninfo.
+
+    For a test that needs a migrated schema only as its setting, `migrated_database` is cheaper;
+    this one is for tests of the migrations themselves."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield pg_server.conninfo(name)
-    with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    _drop_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def migrated_templates(pg_server) -> MigratedTemplates:
+    """This process's migrated template databases (tests/support/migrated.py), made on first use."""
+    templates = MigratedTemplates(pg_server.conninfo)
+    yield templates
+    templates.drop_all()
+
+
+@pytest.fixture
+def new_migrated_database(pg_server, migrated_templates):
+    """`new_migrated_database(engine_extension=ENGINE_EXTENSION)` -> the superuser conninfo of a new
+    database laid out as `migrate(conninfo, engine_extension=...)` lays it out (a copy of a migrated
+    template); each is dropped after the test."""
+    names = []
+
+    def make(engine_extension: str | None = ENGINE_EXTENSION) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        names.append(name)
+        migrated_templates.create(name, engine_extension)
+        return pg_server.conninfo(name)
+
+    yield make
+    for name in names:
+        _drop_database(pg_server, name)
+
+
+@pytest.fixture
+def migrated_database(new_migrated_database) -> str:
+    """A database migrated as `migrate(conninfo)` leaves it on this server (hypertables where it has
+    TimescaleDB), for one test; returns its superuser conninfo."""
+    return new_migrated_database()
 
 
 @pytest.fixture

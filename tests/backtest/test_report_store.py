@@ -9,16 +9,14 @@ import psycopg
 import pytest
 
 from backtest.report import document, store_run
-from sinks.migrate import migrate
 from tests.support.backtest_runs import DAY, HOUR, T0, make_run
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def db(database) -> str:
-    migrate(database)
-    return database
+def db(migrated_database) -> str:
+    return migrated_database
 
 
 def _runs(conn):

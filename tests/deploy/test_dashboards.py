@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from sinks.migrate import load_migrations, migrate
+from sinks.migrate import load_migrations
 from tests.support.paths import REPO
 from tests.support.pglite import DIST, needs_pglite
 
@@ -295,9 +295,8 @@ def test_dashboard_json_is_what_grafana_provisions():
 
 # --- the SQL, on both engines ----------------------------------------------------------------------------
 @pytest.mark.integration
-def test_every_sql_query_runs_on_plain_postgresql_as_grafanas_role(database):
-    migrate(database)
-    with psycopg.connect(database, autocommit=True) as conn:
+def test_every_sql_query_runs_on_plain_postgresql_as_grafanas_role(migrated_database):
+    with psycopg.connect(migrated_database, autocommit=True) as conn:
         conn.execute(SEED)
         conn.execute("SET ROLE tapeflow_readonly")  # what Grafana logs in as: SELECT only
         results = {}

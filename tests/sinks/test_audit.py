@@ -9,7 +9,6 @@ import psycopg
 import pytest
 
 from sinks.audit import audit, render
-from sinks.migrate import migrate
 from sinks.partitions import PLANS, ensure_partitions
 from sinks.tables import BARS_1M, DATA_GAPS, MARK_PRICES, TRADES, write_rows
 
@@ -33,12 +32,11 @@ def bar(minute: datetime, trade_count: int, first: int) -> tuple:
 
 
 @pytest.fixture
-def db(database) -> str:
-    migrate(database)
-    with psycopg.connect(database) as conn:  # partitions for the scenario's range (no-op on TimescaleDB)
+def db(migrated_database) -> str:
+    with psycopg.connect(migrated_database) as conn:  # partitions for the scenario's range (no-op on TimescaleDB)
         for table in PLANS:
             ensure_partitions(conn, table, START - timedelta(minutes=5), END)
-    return database
+    return migrated_database
 
 
 def load_scenario(conn) -> None:

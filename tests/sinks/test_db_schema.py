@@ -25,9 +25,8 @@ VIEW_NAMES = {"bars_5m", "bars_1h", "cvd_1m", "trades_closed", "xv_pairs_latest"
 
 
 @pytest.fixture
-def db(database) -> str:
-    migrate(database)
-    return database
+def db(migrated_database) -> str:
+    return migrated_database
 
 
 def _relkinds(conn) -> dict[str, str]:

@@ -20,7 +20,6 @@ from schemas.avsc import load_avsc
 from schemas.catalogue import PROGRESS_TOPIC, all_topics
 from schemas.catalogue import topic as topic_spec
 from schemas.serde import compile_schema
-from sinks.migrate import migrate
 from sinks.tables import (
     PIPELINE_ERRORS,
     TABLES,
@@ -187,9 +186,8 @@ def test_epoch_ms_convert_exactly_at_the_edges():
 
 
 @pytest.fixture
-def db(database) -> str:
-    migrate(database)
-    return database
+def db(migrated_database) -> str:
+    return migrated_database
 
 
 def test_spec_columns_are_the_table_columns_in_order(db):

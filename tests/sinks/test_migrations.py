@@ -73,3 +73,47 @@ def test_role_passwords_for_external_servers(database, pg_server):
         assert conn.execute("SELECT current_user").fetchone()[0] == "tapeflow_readonly"
     with pytest.raises(MigrationError, match="does not exist"):
         set_role_passwords(database, {"no_such_role": "x"})
+
+
+def _schema(conninfo: str) -> dict[str, list]:
+    """What a migration leaves in a database, its name left out: relations (partitions included),
+    functions, constraints, indexes, triggers, privileges (the database's own too), default
+    privileges, extensions, the migration history and, with TimescaleDB, the hypertables."""
+    queries = {
+        "database_acl": "SELECT coalesce(datacl::text[], '{}') FROM pg_database WHERE datname = current_database()",
+        "relations": "SELECT c.relname, c.relkind, c.relispartition, coalesce(c.relacl::text[], '{}'), "
+                     "pg_get_expr(c.relpartbound, c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                     "WHERE n.nspname = 'public' ORDER BY 1",
+        "functions": "SELECT p.proname, pg_get_function_identity_arguments(p.oid), md5(p.prosrc), p.prosecdef, "
+                     "coalesce(p.proacl::text[], '{}') FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                     "WHERE n.nspname = 'public' ORDER BY 1, 2",
+        "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                       "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+        "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+        "triggers": "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2",
+        "default_acl": "SELECT defaclrole::regrole::text, defaclobjtype, defaclacl::text[] FROM pg_default_acl ORDER BY 1, 2",
+        "schema_acl": "SELECT nspacl::text[] FROM pg_namespace WHERE nspname = 'public'",
+        "extensions": "SELECT extname, extversion FROM pg_extension ORDER BY 1",
+        "history": "SELECT key, checksum, timescale FROM schema_migrations ORDER BY 1",
+    }
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        out = {k: conn.execute(q).fetchall() for k, q in queries.items()}
+        if conn.execute("SELECT to_regclass('_timescaledb_catalog.hypertable')").fetchone()[0]:
+            out["hypertables"] = conn.execute("SELECT table_name, num_dimensions, compression_state FROM "
+                                              "_timescaledb_catalog.hypertable ORDER BY 1").fetchall()
+    return out
+
+
+@pytest.mark.parametrize("engine_extension", ["timescaledb", None], ids=["server_layout", "plain"])
+def test_a_migrated_databases_copy_equals_a_fresh_migration(database, new_migrated_database, engine_extension):
+    """The tests' `migrated_database` and `plain_db` are copies of a template migrated once
+    (tests/support/migrated.py): each must be what migrating an empty database gives, down to the
+    privileges on the database itself (which a copy does not carry over) and today's partitions."""
+    copy = new_migrated_database(engine_extension=engine_extension)
+    migrate(database, engine_extension=engine_extension)
+    fresh, copied = _schema(database), _schema(copy)
+    assert len(fresh["relations"]) > 40 and len(fresh["history"]) == len(copied["history"]) > 15
+    assert any("tapeflow_writer=c/" in acl for acl in fresh["database_acl"][0][0])
+    for part in fresh:
+        assert copied[part] == fresh[part], part
+    assert fresh.keys() == copied.keys()

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from sinks.migrate import migrate
 from sinks.partitions import (
     PLANS,
     add_periods,
@@ -188,14 +187,13 @@ def test_noop_without_partitioned_tables(database):
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'trades_p%'").fetchone()[0] == 0
 
 
-def test_the_servers_layout_needs_no_partitions_on_hypertables(database, pg_server):
+def test_the_servers_layout_needs_no_partitions_on_hypertables(migrated_database, pg_server):
     """What this machine's server gives by default: with TimescaleDB, hypertables that take rows of
     any time without a partition being made (every function here does nothing); without it, time
     partitions that `ensure_partitions` makes and the rows then land in."""
-    migrate(database)
-    layout = table_layout(database, "trades")
+    layout = table_layout(migrated_database, "trades")
     assert layout == expected_layout(pg_server.timescaledb)
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(migrated_database) as conn:
         made = ensure_partitions(conn, "trades", LAST_MS_OF_JANUARY, FIRST_OF_FEBRUARY)
         write_rows(conn, TRADES, [TRADES.to_row(_trade(1, LAST_MS_OF_JANUARY)),
                                   TRADES.to_row(_trade(2, FIRST_OF_FEBRUARY))])

@@ -14,7 +14,6 @@ from schemas.catalogue import topic as topic_spec
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from sinks.columnar import COLUMNAR, ColumnarCodec, ColumnarError, copy_payload
-from sinks.migrate import migrate
 from sinks.tables import TABLES, TOPIC_TABLES, copy_binary, write_rows
 
 SERDE = AvroSerde(FileSchemaRegistry())
@@ -75,37 +74,35 @@ def _dump(conninfo: str, table: str) -> list[tuple]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("table", sorted(COLUMNAR))
-def test_columnar_rows_equal_record_by_record_rows(database, table):
-    migrate(database)
+def test_columnar_rows_equal_record_by_record_rows(migrated_database, table):
     spec = TABLES[table]
     records = _unique_records(table, 1_500, seed=len(table))
     values = [SERDE.encode(TOPIC_OF[table], r) for r in records]
     codec = ColumnarCodec.for_topic(spec, SERDE, TOPIC_OF[table])
     assert codec is not None
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(migrated_database) as conn:
         assert write_rows(conn, spec, [spec.to_row(SERDE.decode(v)) for v in values]) == len(values)
         conn.commit()
-    by_record = _dump(database, table)
-    with psycopg.connect(database) as conn:
+    by_record = _dump(migrated_database, table)
+    with psycopg.connect(migrated_database) as conn:
         conn.execute(f"TRUNCATE {table}")
         parts = [codec.encode(values[i:i + 400]) for i in range(0, len(values), 400)]
         assert copy_binary(conn, spec, copy_payload([p.data for p in parts]), len(values)) == len(values)
         conn.commit()
-    assert _dump(database, table) == by_record
+    assert _dump(migrated_database, table) == by_record
     times = [r[spec.time_column] for r in records]
     assert min(p.min_ms for p in parts) == min(times) and max(p.max_ms for p in parts) == max(times)
     assert set().union(*(p.days for p in parts)) == {t // 86_400_000 for t in times}
 
 
 @pytest.mark.integration
-def test_a_redelivered_payload_is_absorbed_by_the_natural_key(database):
-    migrate(database)
+def test_a_redelivered_payload_is_absorbed_by_the_natural_key(migrated_database):
     spec = TABLES["trades"]
     values = [SERDE.encode("md.trades", r) for r in _unique_records("trades", 300, seed=7)]
     codec = ColumnarCodec.for_topic(spec, SERDE, "md.trades")
     first = copy_payload([codec.encode(values[:200]).data])
     overlapping = copy_payload([codec.encode(values[100:]).data])  # 100 already stored, 100 new
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(migrated_database) as conn:
         assert copy_binary(conn, spec, first, 200) == 200
         assert copy_binary(conn, spec, overlapping, 200) == 100
         conn.commit()
@@ -114,11 +111,10 @@ def test_a_redelivered_payload_is_absorbed_by_the_natural_key(database):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("table", sorted(COLUMNAR))
-def test_direct_copy_tables_have_the_copy_types(database, table):
+def test_direct_copy_tables_have_the_copy_types(migrated_database, table):
     """Binary COPY straight into the table needs its column types to be the staging types."""
-    migrate(database)
     spec = TABLES[table]
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(migrated_database) as conn:
         types = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                                   "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
                                   (table,)).fetchall())

@@ -19,7 +19,6 @@ import pytest
 from confluent_kafka import Producer
 
 from sinks.consumer import SinkConfig, TopicSink
-from sinks.migrate import migrate
 from sinks.tables import table_for_topic, write_rows
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tests.support.execution import SERDE
@@ -50,14 +49,14 @@ def counts(conn) -> dict[str, int]:
 
 
 @pytest.fixture(params=["plain", "server"])
-def db(request, database, pg_server) -> str:
+def db(request, new_migrated_database, pg_server) -> str:
     """Migrated with plain partitions (any server), and as a default migration lays it out on this
     server (hypertables where it has TimescaleDB, plain partitions where not): both layouts first-class."""
     if request.param == "plain":
-        migrate(database, engine_extension=None)
+        database = new_migrated_database(engine_extension=None)
         layout = "partitioned"
     else:
-        migrate(database)
+        database = new_migrated_database()
         layout = expected_layout(pg_server.timescaledb)
     assert {table_layout(database, t) for t in TABLES} == {layout}
     return database
@@ -109,8 +108,7 @@ def test_pairs_latest_is_the_highest_seq_of_each_pair(db):
     assert [float(r[5]) for r in latest if r[0] == PAIR_ID] == [XV_PAIR_EVENT["net_usd"]]
 
 
-def test_the_sink_stores_each_redelivered_record_once_in_its_own_partition(kafka_bootstrap, topic_prefix, database):
-    migrate(database, engine_extension=None)  # plain partitions: where a row lands is visible
+def test_the_sink_stores_each_redelivered_record_once_in_its_own_partition(kafka_bootstrap, topic_prefix, plain_db):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     producer = Producer(producer_config(kafka_bootstrap))
     for _ in range(2):  # everything published twice (a producer restart re-publishing)
@@ -118,14 +116,14 @@ def test_the_sink_stores_each_redelivered_record_once_in_its_own_partition(kafka
             producer.produce(topic_prefix + topic, key=record["coin"].encode(), value=SERDE.encode(topic, record))
     assert producer.flush(15) == 0
     sink = TopicSink(SinkConfig(topics=list(SAMPLES), topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink",
-                                batch_rows=500, batch_ms=100, max_backoff_s=1.0), kafka_bootstrap, database, SERDE)
+                                batch_rows=500, batch_ms=100, max_backoff_s=1.0), kafka_bootstrap, plain_db, SERDE)
     deadline = time.monotonic() + 60
     thread = threading.Thread(target=sink.run, daemon=True, kwargs={
         "should_stop": lambda: sink.metrics.records._value.get() >= 8 or time.monotonic() > deadline})
     thread.start()
     thread.join(90)
     assert not thread.is_alive()
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(plain_db) as conn:
         assert counts(conn) == dict.fromkeys(TABLES, 1)
         in_default = {t: conn.execute(f"SELECT count(*) FROM {t}_default").fetchone()[0] for t in TABLES}  # nosec B608
     assert in_default == dict.fromkeys(TABLES, 0)  # each in its month's partition (February 2024)

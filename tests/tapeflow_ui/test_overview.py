@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from sinks.migrate import migrate
 from sinks.partitions import ensure_partitions
 from tapeflow_ui.overview import LAG_BAD, LAG_STALE_S, LAG_WARN, LagWatch, data_quality, funding_heatmap, lag_light
 
@@ -114,9 +113,8 @@ def _trade(conn, agg_id: int, at: datetime) -> None:
 
 
 @pytest.fixture
-def db(database) -> str:
-    migrate(database)
-    with psycopg.connect(database) as conn:
+def db(migrated_database) -> str:
+    with psycopg.connect(migrated_database) as conn:
         for table in ("trades", "bars_1m", "mark_prices"):
             ensure_partitions(conn, table, T - timedelta(days=1), T + timedelta(days=1))
         for symbol in ("BTCUSDT", "ETHUSDT"):
@@ -131,7 +129,7 @@ def db(database) -> str:
         _trade(conn, 1, T - timedelta(minutes=2))
         _trade(conn, 2, T - timedelta(seconds=10))
         _trade(conn, 3, T + timedelta(seconds=20))  # in the open minute, after the newest bar
-    return database
+    return migrated_database
 
 
 def test_funding_heatmap_averages_each_symbols_marks_per_utc_hour(db):

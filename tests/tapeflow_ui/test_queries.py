@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from sinks.migrate import migrate
 from sinks.partitions import ensure_partitions
 from sinks.tables import table_for_topic, write_rows
 from sinks.trade_levels import backfill_pending
@@ -52,11 +51,10 @@ def direct(conn: psycopg.Connection, rng: Range, step: float) -> list[list]:
 
 
 @pytest.fixture
-def db(database) -> str:
-    migrate(database)
-    with psycopg.connect(database) as conn:
+def db(migrated_database) -> str:
+    with psycopg.connect(migrated_database) as conn:
         ensure_partitions(conn, "trades", T0 - timedelta(days=1), T0 + timedelta(days=1))
-    return database
+    return migrated_database
 
 
 def test_the_profile_equals_a_group_by_over_trades_with_an_open_minute_and_a_coarse_step(db):

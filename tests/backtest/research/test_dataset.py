@@ -11,7 +11,6 @@ import pytest
 
 from backtest.research.dataset import LABELS, ResearchTable
 from backtest.research.labels import PricePath, label_columns
-from sinks.migrate import migrate
 from stream_apps.core.engine import Engine
 from stream_apps.core.strategy import parse_strategy
 from stream_apps.core.synthetic import synthetic_trades
@@ -74,13 +73,12 @@ def test_parquet_round_trip(research, tmp_path):
 
 
 @pytest.mark.integration
-def test_feature_labels_table_upserts_beside_features(research, database):
+def test_feature_labels_table_upserts_beside_features(research, migrated_database):
     _, table, _ = research
-    migrate(database)
-    assert table.store(database) == len(table)
-    assert table.store(database) == len(table)  # again: replaced, not duplicated
+    assert table.store(migrated_database) == len(table)
+    assert table.store(migrated_database) == len(table)  # again: replaced, not duplicated
     c = table.columns()
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(migrated_database) as conn:
         count, ones, nulls = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE y_binary_60m = 1), count(*) FILTER (WHERE y_binary_60m IS NULL) "
             "FROM feature_labels").fetchone()

@@ -17,7 +17,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backtest.research.study import SharedStudy, open_storage, sqlalchemy_url
-from sinks.migrate import migrate, set_role_passwords
+from sinks.migrate import set_role_passwords
 from tests.support.built_once import built_once, copy_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -62,11 +62,10 @@ def store_copy(built_store, tmp_path) -> Path:
 
 
 @pytest.fixture
-def writer_db(database):
+def writer_db(migrated_database):
     """The database migrated as the stack does it, and the writer's conninfo (what research workers use)."""
-    migrate(database)
-    set_role_passwords(database, {"tapeflow_writer": "writer-pass-22"})
-    params = conninfo_to_dict(database)
+    set_role_passwords(migrated_database, {"tapeflow_writer": "writer-pass-22"})
+    params = conninfo_to_dict(migrated_database)
     return make_conninfo(host=params["host"], port=params["port"], dbname=params["dbname"],
                          user="tapeflow_writer", password="writer-pass-22")
 

@@ -12,7 +12,6 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from sinks.migrate import migrate
 from sinks.tables import XV_FEATURES, write_rows
 from tapeflow.cli import app
 from tests.support.cross_venue import T, XV_FEATURE
@@ -33,8 +32,7 @@ def _watchlist(database: str, tmp_path, *args: str):
     return CliRunner().invoke(app, ["watchlist", *args], env=env)
 
 
-def test_the_ranking_of_the_latest_evaluation_per_coin(database, tmp_path):
-    migrate(database)
+def test_the_ranking_of_the_latest_evaluation_per_coin(migrated_database, tmp_path):
     stats = {"sweep_1h_mean": 0.0001, "sweep_1h_std": 0.0001}
     rows = [
         _row("BTC", T - 15_000, "okx", "binance", spread_sweep=0.0009),  # older: not shown
@@ -45,9 +43,9 @@ def test_the_ranking_of_the_latest_evaluation_per_coin(database, tmp_path):
         _row("ETH", T - 5_000, "okx", "bybit", spread_sweep=None, spread_top=None,
              missing={"spread_sweep": "stale leg okx: 3.2 s old"}),
     ]
-    with psycopg.connect(database) as conn:
+    with psycopg.connect(migrated_database) as conn:
         write_rows(conn, XV_FEATURES, rows)
-    result = _watchlist(database, tmp_path)
+    result = _watchlist(migrated_database, tmp_path)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == ("cross-venue watchlist at 2024-02-01 00:00:00 UTC: 3 pair(s) executable, 1 missing; "
@@ -61,15 +59,14 @@ def test_the_ranking_of_the_latest_evaluation_per_coin(database, tmp_path):
     assert lines[5] == "  missing ETH okx -> bybit: stale leg okx: 3.2 s old"
     assert len(lines) == 6
 
-    as_json = orjson.loads(_watchlist(database, tmp_path, "--json", "--limit", "1").output)
+    as_json = orjson.loads(_watchlist(migrated_database, tmp_path, "--json", "--limit", "1").output)
     assert len(as_json) == 1 and as_json[0]["coin"] == "ETH" and as_json[0]["spread_sweep"] == 0.0005
-    btc = orjson.loads(_watchlist(database, tmp_path, "--json").output)[1]
+    btc = orjson.loads(_watchlist(migrated_database, tmp_path, "--json").output)[1]
     assert btc["z_1h"] == pytest.approx((0.000301 - 0.0001) / 0.0001) and math.isclose(btc["spread_top"], 0.000412)
 
 
-def test_no_data_says_so_and_how_to_get_some(database, tmp_path):
-    migrate(database)
-    result = _watchlist(database, tmp_path)
+def test_no_data_says_so_and_how_to_get_some(migrated_database, tmp_path):
+    result = _watchlist(migrated_database, tmp_path)
     assert result.exit_code == 0
     assert result.output.startswith("no cross-venue features yet: the watchlist service (`tapeflow cross-venue`")
 
