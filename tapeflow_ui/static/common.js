@@ -61,6 +61,37 @@ const TF = {
     return td;
   },
 
+  // A page's live stream (tapeflow_ui.live): "live" says from where (the topics, or the database every
+  // every_s), "changed" asks for a re-read. reread() runs one at a time, once more if asked meanwhile;
+  // live.refreshes counts them; say() is called after each and on "live". Returns {source, refresh}.
+  follow(url, live, reread, say) {
+    const source = new EventSource(url);
+    let busy = false, again = false;
+    const refresh = async () => {
+      if (busy) { again = true; return; }
+      busy = true;
+      try {
+        do {
+          again = false;
+          await reread();
+          live.refreshes += 1;
+        } while (again);
+        say();
+      } catch (err) { TF.fail(err); } finally { busy = false; }
+    };
+    source.addEventListener("live", (ev) => {
+      const d = JSON.parse(ev.data);
+      live.source = d.source; live.every_s = d.every_s;
+      say();
+    });
+    source.addEventListener("changed", () => { refresh(); });
+    return { source, refresh };
+  },
+  liveText(live) {
+    return live.source === "topics" ? "live" : live.source === "database"
+      ? `polling the database every ${live.every_s} s` : "connecting";
+  },
+
   status(text) { document.getElementById("status").textContent = text; },
   fail(err) {
     window.tapeflowUI.errors.push(String(err));

@@ -121,35 +121,17 @@
 
   function say() {
     const at = data && data.now !== null ? `as of ${TF.time(data.now)} UTC` : "no bars stored yet";
-    const how = UI.live.source === "topics" ? "live" : UI.live.source === "database"
-      ? `polling the database every ${UI.live.every_s} s` : "connecting";
+    const how = TF.liveText(UI.live);
     TF.status(`${at} · ${how}`);
   }
 
   // updates: "signal" (a new one, for the timeline), "changed" (re-read the view), "live" (from where)
   function follow() {
-    const source = new EventSource("/api/overview/stream");
-    let busy = false, again = false;
     UI.live = { source: null, signals: 0, refreshes: 0 };
-    const refresh = async () => {
-      if (busy) { again = true; return; }
-      busy = true;
-      try {
-        do {
-          again = false;
-          render(await TF.get("/api/overview"));
-          UI.live.refreshes += 1;
-        } while (again);
-        UI.ready.all = true;
-        say();
-      } catch (err) { TF.fail(err); } finally { busy = false; }
-    };
-    source.addEventListener("live", (ev) => {
-      const d = JSON.parse(ev.data);
-      UI.live.source = d.source; UI.live.every_s = d.every_s;
-      say();
-    });
-    source.addEventListener("changed", () => { refresh(); });
+    const { source, refresh } = TF.follow("/api/overview/stream", UI.live, async () => {
+      render(await TF.get("/api/overview"));
+      UI.ready.all = true;
+    }, say);
     source.addEventListener("signal", (ev) => {
       const s = JSON.parse(ev.data);
       if (pushed.has(s.signal_id) || (data && data.signals.some((x) => x.signal_id === s.signal_id))) return;

@@ -103,38 +103,20 @@
   }
 
   function say() {
-    const how = UI.live.source === "topics" ? "live" : UI.live.source === "database"
-      ? `polling the database every ${UI.live.every_s} s` : "connecting";
+    const how = TF.liveText(UI.live);
     const at = UI.live.refreshed ? ` · updated ${new Date(UI.live.refreshed).toISOString().slice(11, 19)} UTC` : "";
     TF.status(`watchlist desk · ${how}${at}`);
   }
 
   // "changed": re-read the ranking and pairs (and the shown pair's history); "live": from where
   function follow() {
-    const source = new EventSource("/api/desk/stream");
-    let busy = false, again = false;
     UI.live = { source: null, refreshes: 0, refreshed: null };
-    const refresh = async () => {
-      if (busy) { again = true; return; }
-      busy = true;
-      try {
-        do {
-          again = false;
-          const ready = render(await TF.get("/api/desk"));
-          if (shown) { const [coin, sell, buy] = shown.split(" "); await spread(coin, sell, buy); }
-          else if (ready.length) await spread(ready[0].coin, ready[0].sell_venue, ready[0].buy_venue);
-          UI.live.refreshes += 1;
-          UI.live.refreshed = Date.now();
-        } while (again);
-        say();
-      } catch (err) { TF.fail(err); } finally { busy = false; }
-    };
-    source.addEventListener("live", (ev) => {
-      const d = JSON.parse(ev.data);
-      UI.live.source = d.source; UI.live.every_s = d.every_s;
-      say();
-    });
-    source.addEventListener("changed", () => { refresh(); });
+    TF.follow("/api/desk/stream", UI.live, async () => {
+      const ready = render(await TF.get("/api/desk"));
+      if (shown) { const [coin, sell, buy] = shown.split(" "); await spread(coin, sell, buy); }
+      else if (ready.length) await spread(ready[0].coin, ready[0].sell_venue, ready[0].buy_venue);
+      UI.live.refreshed = Date.now();
+    }, say);
   }
 
   (async () => {
