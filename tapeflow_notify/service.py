@@ -31,7 +31,7 @@ from tapeflow_notify.market_alerts import AlertRules, MarketAlerts
 from tapeflow_notify.messages import note_for
 from tapeflow_notify.metrics import NotifyMetrics
 from tapeflow_runtime.endpoints import resolve_broker
-from tapeflow_runtime.epochs import ChainFollower, reader_chain, rollover_enabled
+from tapeflow_runtime.epochs import ChainFollower, ReadPositions, reader_chain, rollover_enabled
 from tapeflow_runtime.kafka_client import consumer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.service_http import build_app, serve
@@ -55,8 +55,7 @@ class NotifyService:
         self.follower = ChainFollower(list(settings.notify_events), lambda: reader_chain(settings)) \
             if rollover_enabled(settings) else None
         self.added: set[str] = set()  # topics of segments that began after this process started
-        self.read: dict[tuple[str, int], int] = {}  # the next offset to read per partition (the follower asks)
-        self.eof_seen: dict[tuple[str, int], float] = {}  # wall clock of the last end-of-partition reached
+        self.positions = ReadPositions()  # what the follower asks: how far each partition is read
         self.names = self._names()
         # `features` among the events turns the market alerts on (tapeflow_notify/market_alerts.py)
         self.alerts = MarketAlerts(rules if rules is not None else AlertRules.from_mapping(settings.notify_alert_thresholds))
@@ -78,14 +77,7 @@ class NotifyService:
         if self.follower is None or not self.follower.due():
             return
 
-        def positions(topics: list[str], link) -> dict[tuple[str, int], int]:
-            # a partition whose end this consumer reached after the segment was closed is read (on
-            # Tansu the end offset counts batches, so the offset alone can stay below the record count)
-            done = {tp for tp, at in self.eof_seen.items() if tp[0] in topics and at > (link.closed_at or 0)}
-            offsets = {tp: offset for tp, offset in self.read.items() if tp[0] in topics}
-            return {**offsets, **{tp: 2**62 for tp in done}}
-
-        changed = self.follower.update(positions)
+        changed = self.follower.update(self.positions)
         if changed is None:
             return
         reading, added = changed
@@ -109,7 +101,7 @@ class NotifyService:
             committed = partitions
         for tp in committed:
             if tp.offset >= 0:
-                self.read[(tp.topic, tp.partition)] = max(self.read.get((tp.topic, tp.partition), 0), tp.offset)
+                self.positions.starts_at(tp.topic, tp.partition, tp.offset)
         consumer.assign(committed)
         self.assigned = True
         log.info("partitions assigned", count=len(partitions), at_end=len(self.fresh))
@@ -121,14 +113,14 @@ class NotifyService:
         for msg in messages:
             if msg.error():
                 if msg.error().code() == KafkaError._PARTITION_EOF:
-                    self.eof_seen[(msg.topic(), msg.partition())] = time.time()
+                    self.positions.at_end(msg.topic(), msg.partition())
                 else:
                     log.warning("consume error", error=msg.error().str())
                 continue
             name = self.names.get(msg.topic())
             if name is None:
                 continue
-            self.read[(msg.topic(), msg.partition())] = msg.offset() + 1
+            self.positions.consumed(msg.topic(), msg.partition(), msg.offset())
             if (msg.topic(), msg.partition()) in self.fresh and msg.timestamp()[1] < self.started_ms:
                 continue
             self.metrics.events.labels(name).inc()

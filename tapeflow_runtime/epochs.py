@@ -329,6 +329,35 @@ class ChainFollower:
         return self.reading, new
 
 
+class ReadPositions:
+    """What a consumer without committed offsets (the notifier, the UI's live follower) answers
+    ``ChainFollower.update``: its next offset per partition, from the records it consumed, and "past the
+    end" for a partition whose end (librdkafka's partition EOF) it reached after the segment was closed.
+    The offset alone is not enough on Tansu: its end offset counts record batches, so a partition read
+    to its end can stay below the recorded end. ``time.time`` because ``ChainLink.closed_at`` is wall time."""
+
+    PAST_END = 2**62
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self.now = now
+        self.next: dict[tuple[str, int], int] = {}  # the next offset to read per partition
+        self.eof_at: dict[tuple[str, int], float] = {}  # wall clock of the last end reached
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        self.next[(topic, partition)] = offset + 1
+
+    def starts_at(self, topic: str, partition: int, offset: int) -> None:
+        """An assignment from ``offset``: the position is at least that."""
+        self.next[(topic, partition)] = max(self.next.get((topic, partition), 0), offset)
+
+    def at_end(self, topic: str, partition: int) -> None:
+        self.eof_at[(topic, partition)] = self.now()
+
+    def __call__(self, topics: list[str], link: ChainLink) -> dict[tuple[str, int], int]:
+        done = {tp for tp, at in self.eof_at.items() if tp[0] in topics and at > (link.closed_at or 0)}
+        return {**{tp: o for tp, o in self.next.items() if tp[0] in topics}, **{tp: self.PAST_END for tp in done}}
+
+
 def _next_bases(bases: dict, starts: dict, ends: dict) -> dict[str, dict[int, int]]:
     out: dict[str, dict[int, int]] = {}
     for topic in set(bases) | set(ends):

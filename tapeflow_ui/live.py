@@ -53,7 +53,7 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from schemas.serde import AvroSerde
-from tapeflow_runtime.epochs import Chain, ChainFollower
+from tapeflow_runtime.epochs import Chain, ChainFollower, ReadPositions
 from tapeflow_runtime.kafka_client import consumer_config, end_offsets
 
 log = structlog.get_logger("ui")
@@ -291,13 +291,18 @@ class LiveFollower:
         listener arriving now starts a new one."""
         with self._lock:
             if self._closing.is_set() or (not self._listeners and time.monotonic() - self._left_at >= self.linger_s):
-                self._thread = None
-                self.positioned = False
-                self.following = ()
-                for listener in self._listeners:
-                    listener.told_live = False
+                self._forget_consumer()
                 return True
             return False
+
+    def _forget_consumer(self) -> None:
+        """Under the lock: the consumer is gone (done, or failed); a new listener starts another and
+        nobody is live until it says so."""
+        self._thread = None
+        self.positioned = False
+        self.following = ()
+        for listener in self._listeners:
+            listener.told_live = False
 
     def _run(self) -> None:
         consumer = None
@@ -312,13 +317,10 @@ class LiveFollower:
         except Exception as exc:  # noqa: BLE001 - any failure to reach the broker: the pages poll the database
             reason = f"{type(exc).__name__}: {exc}"
             with self._lock:
-                self._thread = None
-                self.positioned = False
-                self.following = ()
+                self._forget_consumer()
                 first = self.unreachable is None
                 self.unreachable, self._failed_at = reason, time.monotonic()
                 for listener in self._listeners:
-                    listener.told_live = False
                     listener.put("poll", reason)
             if first:
                 log.warning("live updates: cannot read the broker's topics; pages poll the database "
@@ -383,8 +385,7 @@ class _Reader:
         self.follower = ChainFollower([], owner.chain) if owner.chain is not None else None
         self.names: dict[str, str] = {}  # physical -> catalogue name, of what is assigned
         self.waiting: dict[str, tuple[str, bool]] = {}  # physical -> (name, from its end): not there yet
-        self.read: dict[tuple[str, int], int] = {}  # next offset per partition (the follower asks)
-        self.eof_seen: dict[tuple[str, int], float] = {}  # wall clock of the last end reached
+        self.positions = ReadPositions()  # what the follower asks: how far each partition is read
 
     def _retarget(self, timeout: float) -> None:
         """Read the listeners' topics now: drop the ones no page wants, add the new ones from their end
@@ -392,14 +393,8 @@ class _Reader:
         version, names = self.owner.wanted()
         drop = set(self.followed) - set(names)
         added = [n for n in names if n not in self.followed]
-        gone = [t for t, n in self.names.items() if n in drop] + [t for t, (n, _e) in self.waiting.items() if n in drop]
-        if gone:
-            tps = [tp for tp in self.consumer.assignment() if tp.topic in gone]
-            if tps:
-                self.consumer.incremental_unassign(tps)
-            for topic in gone:
-                self.names.pop(topic, None)
-                self.waiting.pop(topic, None)
+        self._drop([t for t, n in self.names.items() if n in drop]
+                   + [t for t, (n, _e) in self.waiting.items() if n in drop])
         if self.follower is not None:
             topics = self.follower.retarget(list(names))
         else:
@@ -412,6 +407,17 @@ class _Reader:
         self.owner.reading = sorted(self.names)
         self.version, self.followed = version, names
         self.owner._positioned(version, names)
+
+    def _drop(self, topics: list[str]) -> None:
+        """Stop reading ``topics`` (assigned or still waiting to exist)."""
+        if not topics:
+            return
+        tps = [tp for tp in self.consumer.assignment() if tp.topic in topics]
+        if tps:
+            self.consumer.incremental_unassign(tps)
+        for topic in topics:
+            self.names.pop(topic, None)
+            self.waiting.pop(topic, None)
 
     def _name(self, topic: str) -> str:
         if self.follower is None:
@@ -450,22 +456,11 @@ class _Reader:
         if self.follower is None:
             return
 
-        def positions(topics: list[str], link) -> dict[tuple[str, int], int]:
-            # an end reached after the segment closed is its end (Tansu's end offset counts batches)
-            done = {tp for tp, at in self.eof_seen.items() if tp[0] in topics and at > (link.closed_at or 0)}
-            return {**{tp: o for tp, o in self.read.items() if tp[0] in topics}, **{tp: 2**62 for tp in done}}
-
-        changed = self.follower.update(positions)
+        changed = self.follower.update(self.positions)
         if changed is None:
             return
         reading, added = changed
-        gone = [t for t in list(self.names) + list(self.waiting) if t not in reading]
-        drop = [tp for tp in self.consumer.assignment() if tp.topic in gone]
-        if drop:
-            self.consumer.incremental_unassign(drop)
-        for topic in gone:
-            self.names.pop(topic, None)
-            self.waiting.pop(topic, None)
+        self._drop([t for t in list(self.names) + list(self.waiting) if t not in reading])
         for topic in added:  # a new segment: from its first own record
             self.waiting[topic] = (self._name(topic), False)
         self.owner.reading = sorted(self.names)
@@ -482,15 +477,14 @@ class _Reader:
             owner.polls += 1
             for msg in msgs:
                 err = msg.error()
-                tp = (msg.topic(), msg.partition())
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        self.eof_seen[tp] = time.time()
+                        self.positions.at_end(msg.topic(), msg.partition())
                     elif err.code() not in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
                                             KafkaError._UNKNOWN_PARTITION):  # a deleted segment: the follower drops it
                         log.warning("live updates: consume error", error=err.str())
                     continue
-                self.read[tp] = msg.offset() + 1
+                self.positions.consumed(msg.topic(), msg.partition(), msg.offset())
                 name = self.names.get(msg.topic())
                 if name is not None:
                     owner._deliver(name, msg.value())

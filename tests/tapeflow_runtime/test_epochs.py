@@ -6,9 +6,11 @@ import pytest
 
 from tapeflow_runtime.epochs import (
     STEPS,
+    ChainLink,
     EpochCursor,
     EpochState,
     ProducePrefix,
+    ReadPositions,
     epoch_slot,
     load_carried,
     save_carried,
@@ -229,3 +231,18 @@ def test_the_executors_carry_is_recorded_per_epoch(tmp_path):
     assert load_carried(tmp_path, 6) is None and load_carried(tmp_path, 5, "engine") is None
     save_carried(tmp_path, 6, {}, "engine")
     assert load_carried(tmp_path, 6, "engine") == {} and load_carried(tmp_path, 5) is not None
+
+
+def test_read_positions_answer_offsets_and_past_the_end_only_for_an_end_reached_after_the_close():
+    clock = iter([100.0, 200.0])
+    at = ReadPositions(now=lambda: next(clock))
+    at.starts_at("e0.signals", 0, 4)
+    at.starts_at("e0.signals", 1, 0)
+    at.consumed("e0.signals", 1, 6)
+    at.starts_at("e0.signals", 1, 3)  # an assignment behind what was read moves nothing back
+    at.at_end("e0.signals", 0)  # at 100: before the close below
+    at.consumed("e0.bars.1m", 0, 9)
+    link = ChainLink("e0.", 0, True, {}, {}, ends={"signals": {0: 10, 1: 7}}, closed_at=150.0)
+    assert at(["e0.signals"], link) == {("e0.signals", 0): 4, ("e0.signals", 1): 7}
+    at.at_end("e0.signals", 0)  # at 200: after the close
+    assert at(["e0.signals"], link) == {("e0.signals", 0): ReadPositions.PAST_END, ("e0.signals", 1): 7}
