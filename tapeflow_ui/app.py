@@ -289,10 +289,16 @@ class UI:
                 yield _event("bar", bar)
             else:
                 yield b": keep-alive\n\n"
-            for _ in range(4):  # 2 s, looking at closing every half second
-                if self.closing.is_set():
-                    return
-                await asyncio.sleep(0.5)
+            if not await self._nap(2.0):
+                return
+
+    async def _nap(self, seconds: float) -> bool:
+        """Sleep ``seconds`` in half-second steps; False as soon as the server is closing."""
+        for _ in range(round(seconds / 0.5)):
+            if self.closing.is_set():
+                return False
+            await asyncio.sleep(0.5)
+        return True
 
 
     async def overview_stream(self, request: Request) -> Response:
@@ -367,10 +373,8 @@ class UI:
             if loop.time() >= next_at:
                 next_at = loop.time() + self.poll_s
                 yield _event("changed", {"topics": [], "poll": True})
-            for _ in range(2):
-                if self.closing.is_set():
-                    return
-                await asyncio.sleep(0.5)
+            if not await self._nap(1.0):
+                return
 
 
 def _event(name: str, data) -> bytes:
