@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+import structlog
+import structlog.testing
 from confluent_kafka import Producer
 from psycopg import sql
 
@@ -32,6 +34,7 @@ from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, reader_chain
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tapeflow_ui import live as live_module
 from tapeflow_ui import queries as q
 from tapeflow_ui.live import VIEWS, BarFold, LiveFollower, Throttle
 from tests.support.ui_session import pair_event_record, signal_record
@@ -362,8 +365,15 @@ def own_site(pg_server, follower: LiveFollower, home, poll_s: float = 10.0):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_without_a_broker_the_page_polls_the_database_and_the_log_says_so_once(pg_server, tmp_path, capsys):
-    """No stack running in the home (``resolve_broker`` refuses): the stored bar, polled."""
+def test_without_a_broker_the_page_polls_the_database_and_the_log_says_so_once(pg_server, tmp_path, monkeypatch):
+    """No stack running in the home (``resolve_broker`` refuses): the stored bar, polled.
+
+    The log is read from the module's logger itself: an earlier test in the worker may have configured
+    structlog to print to a stream neither ``capsys`` nor ``capfd`` sees, and loggers cache their stream.
+    """
+    said = structlog.testing.CapturingLogger()
+    monkeypatch.setattr(live_module, "log", structlog.wrap_logger(said, wrapper_class=structlog.BoundLogger,
+                                                                   processors=[]))
     settings = Settings(home=tmp_path, broker=None)
     follower = LiveFollower(lambda: resolve_broker(settings, StackPaths(tmp_path)), AvroSerde(FileSchemaRegistry()),
                             "", linger_s=LINGER_S, retry_s=600)
@@ -376,8 +386,8 @@ def test_without_a_broker_the_page_polls_the_database_and_the_log_says_so_once(p
                 assert page.next("bar")[1]["close"] == 1.5  # the poll's first answer
         assert follower.starts == 1 and not follower.consumer_open  # the second page did not try again
         assert "EndpointError" in follower.unreachable
-        said = capsys.readouterr()  # stdout or stderr: an earlier test in the worker may have configured the logging
-        assert (said.out + said.err).count("cannot read the broker's topics") == 1
+        warned = [c for c in said.calls if "cannot read the broker's topics" in c.kwargs.get("event", "")]
+        assert [c.method_name for c in warned] == ["warning"]
 
 
 def test_without_a_broker_the_overview_and_the_desk_re_read_the_database_every_poll(pg_server, tmp_path):
