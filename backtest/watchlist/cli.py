@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import typer
 
-from backtest.watchlist.sources import WatchlistSourceError, load_session
 from stream_apps.core.durations import format_duration_ms, parse_duration_ms
 from stream_apps.watchlist.model import DEFAULT_FACTORS, FACTORS, ModelFileError, load_model
 from tapeflow_runtime.errors import TapeflowError
@@ -18,8 +17,9 @@ from tapeflow_runtime.errors import TapeflowError
 if TYPE_CHECKING:
     from stream_apps.watchlist.strategy import WatchlistStrategy
 
-# the runner, the model fit and the strategy (numba and the engine's strategy code with them) are
-# imported where a command runs: every `tapeflow` process imports this module to register the commands
+# the runner, the model fit, the strategy (numba and the engine's strategy code with them) and the
+# sources (numpy with the synthetic session: ~0.15 CPU-s) are imported where a command runs: every
+# `tapeflow` process imports this module to register the commands
 
 SOURCE_HELP = ("synthetic[:SEED] (a generated session of --minutes and --coins) | broker[:PREFIX] (md.book/md.mark/"
                "md.indicators read from the broker as the live watchlist service reads them; default: the stack's "
@@ -34,6 +34,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _coins(text: str) -> tuple[str, ...]:
+    from backtest.watchlist.sources import WatchlistSourceError
+
     coins = tuple(c.strip().upper() for c in text.split(",") if c.strip())
     if not coins:
         raise WatchlistSourceError("--coins: at least one coin")
@@ -87,6 +89,7 @@ def render_backtest(strategy: WatchlistStrategy, source: str, inputs: int, resul
 
 
 def _strategy(path: Path) -> WatchlistStrategy:
+    from backtest.watchlist.sources import WatchlistSourceError
     from stream_apps.watchlist.strategy import load_watchlist_strategy
 
     if not path.is_file():
@@ -124,6 +127,7 @@ def register(watchlist: typer.Typer) -> None:
         """Backtest a watchlist strategy: features, triggers, entry re-check and hedged paper pairs over a session."""
         from backtest.cli import CliError, parse_time
         from backtest.watchlist.runner import run_backtest
+        from backtest.watchlist.sources import load_session
         from execution.instrument_rules import InstrumentRules
         from stream_apps.core.strategy import StrategyConfigError
         from stream_apps.watchlist.strategy import model_path
@@ -175,6 +179,7 @@ def register(watchlist: typer.Typer) -> None:
         """Fit the expected-pnl (ridge) and win-probability (logistic) model, scored out of sample."""
         from backtest.research.watchlist_model import fit_model, label_records, session_records
         from backtest.watchlist.runner import cross_venue_params
+        from backtest.watchlist.sources import WatchlistSourceError, load_session
         from stream_apps.core.strategy import StrategyConfigError
         from stream_apps.watchlist.strategy import parse_watchlist_strategy
 
@@ -214,6 +219,8 @@ def register(watchlist: typer.Typer) -> None:
 
 
 def _read_features(path: Path) -> list[dict[str, Any]]:
+    from backtest.watchlist.sources import WatchlistSourceError
+
     try:
         lines = path.read_bytes().splitlines()
     except OSError as error:
