@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg
-
 from tapeflow_runtime.errors import EndpointError
 from tapeflow_runtime.files import read_or_create_secret
 from tapeflow_runtime.paths import StackPaths
@@ -44,12 +42,14 @@ def resolve_database(settings: Settings, paths: StackPaths) -> DatabaseEndpoints
 
 
 def embedded_endpoints(settings: Settings, paths: StackPaths, address: str) -> DatabaseEndpoints:
+    from psycopg.conninfo import make_conninfo  # here, not at the top: a service that only resolves the broker
+    #                                              (producer, engine, executor) need not import psycopg
+
     host, port = address.rsplit(":", 1)
 
     def conninfo(user: str) -> str:
         password = read_or_create_secret(paths.secrets_dir / f"postgres-{user}")
-        return psycopg.conninfo.make_conninfo(host=host, port=port, user=user, password=password,
-                                              dbname=settings.database_name)
+        return make_conninfo(host=host, port=port, user=user, password=password, dbname=settings.database_name)
 
     return DatabaseEndpoints(owner=conninfo(SUPERUSER), writer=conninfo(WRITER_ROLE),
                              readonly=conninfo(READONLY_ROLE), embedded=True)

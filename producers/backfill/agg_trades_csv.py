@@ -28,12 +28,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, BinaryIO
 
 from producers.backfill.errors import BackfillError
 from producers.binance.parse import EXCHANGE
+
+if TYPE_CHECKING:  # numpy is imported where the columns are read: the live producer (its warm start
+    import numpy as np  # reads archives row by row) need not import it
 
 COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time",
            "is_buyer_maker")
@@ -194,6 +195,7 @@ def read_agg_trade_columns(stream: BinaryIO) -> AggTradeColumns | None:
     finite and > 0, ids < 0, first id > last id, transact_time <= 0). Real archives are clean, so
     the fallback costs nothing in practice; on a clean file both give the same numbers (pyarrow's
     decimal parsing rounds correctly, as Python's ``float``), which a test checks field by field."""
+    import numpy as np
     import pyarrow as pa
     from pyarrow import csv as pacsv
 
