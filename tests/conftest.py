@@ -74,8 +74,10 @@ def pytest_configure(config) -> None:
     if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
         # the xdist controller, before its workers start: numba's cache filled once, not by every
         # process at once (tests/support/kernel_cache.py)
+        from tests.support.bytecode import write_bytecode
         from tests.support.kernel_cache import compile_kernels
 
+        write_bytecode(config)  # and the bytecode (tests/support/bytecode.py)
         compile_kernels()
 
 
