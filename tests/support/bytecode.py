@@ -2,13 +2,14 @@
 
 Why: this host's shells set ``PYTHONDONTWRITEBYTECODE=1``, and a fresh clone has no bytecode either, so
 every process of a run compiled from source every module of the repository it imports: each of the
-~250 `tapeflow` subprocesses the tests start (an engine compiles ~150 modules, ~0.2 CPU-s) and each
-of the 4 workers, which also rewrites the asserts of all ~210 test modules while collecting (~45 % of
-a worker's collection CPU, measured with cProfile; done 4 times a run). Reading bytecode is allowed
-with that variable set, only writing it is not, so the controller writes it once here:
+~250 `tapeflow` subprocesses the tests start (an engine imports 86 of them: ~0.2 CPU-s of compiling)
+and each of the 4 workers, which also rewrites the asserts of all ~205 test modules while collecting
+(~45 % of a worker's collection CPU, measured with cProfile). Reading bytecode is allowed with that
+variable set, only writing it is not, so the controller writes it once here:
 
-- the application packages' ``__pycache__/*.pyc`` (``compileall``, checked-hash pycs: a pyc whose
-  source changed since is recompiled, never used);
+- the application packages' ``__pycache__/*.pyc`` (``compileall``: Python's own timestamp pycs, those
+  it writes itself without the variable; a pyc whose source changed since is not used, and
+  ``compileall`` skips the ones that are up to date);
 - pytest's own rewritten pycs of the test modules and conftests (``__pycache__/*-pytest-*.pyc``),
   with pytest's own functions, as a worker would write them without the variable: pytest reads them
   back only when their source hash matches.
@@ -21,8 +22,8 @@ written once")."""
 from __future__ import annotations
 
 import compileall
-import py_compile
 import sys
+from pathlib import Path
 
 from tests.support.paths import REPO
 
@@ -34,8 +35,7 @@ PACKAGES = ("schemas", "tapeflow_runtime", "producers", "sinks", "stream_apps", 
 def write_bytecode(config) -> None:
     """Compile the packages and rewrite the test modules; a failure only costs the gain."""
     for package in PACKAGES:
-        compileall.compile_dir(REPO / package, quiet=1, workers=1,
-                               invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        compileall.compile_dir(REPO / package, quiet=1)
     _rewrite_test_modules(config)
 
 
@@ -48,9 +48,7 @@ def _rewrite_test_modules(config) -> None:
     if config.getoption("assertmode", "rewrite") != "rewrite" or assertstate_key not in config.stash:
         return
     state = config.stash[assertstate_key]
-    for fn in sorted((REPO / "tests").rglob("*.py")):
-        if not (fn.name.startswith("test_") or fn.name == "conftest.py"):
-            continue
+    for fn in _test_modules(config):
         cache_dir = get_cache_dir(fn)
         pyc = cache_dir / (fn.name[:-3] + PYC_TAIL)
         if _read_pyc(fn, pyc) is not None:
@@ -62,4 +60,20 @@ def _rewrite_test_modules(config) -> None:
             print(f"bytecode: {fn}: {error}", file=sys.stderr)
             continue
         _write_pyc(state, co, source_hash, pyc)
+
+
+def _test_modules(config) -> list[Path]:
+    """The test modules and conftests the workers will collect: those under the run's paths (the
+    whole of tests/ for `make test`; a run of a few files rewrites only those)."""
+    here = Path(config.invocation_params.dir)
+    args = [a.split("::", 1)[0] for a in config.args if not a.startswith("-")] or ["tests"]
+    found: set[Path] = set()
+    for arg in args:
+        path = (here / arg).resolve()
+        if path.is_dir():
+            found.update(p for p in path.rglob("*.py") if p.name.startswith("test_") or p.name == "conftest.py")
+        elif path.is_file():
+            found.add(path)
+            found.update(c for c in (d / "conftest.py" for d in path.parents) if c.is_file())
+    return sorted(p for p in found if p.suffix == ".py" and REPO in p.parents)
 
