@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import typer
@@ -20,7 +21,9 @@ from tapeflow import __version__
 from tapeflow_runtime.epochs import current_prefix, reader_chain, rollover_enabled
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
-from tapeflow_runtime.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:  # settings (pydantic-settings: ~60 % of `tapeflow --help`'s imports) load when a command reads them
+    from tapeflow_runtime.settings import Settings
 
 BINANCE_REST_URL = "https://fapi.binance.com"
 
@@ -47,6 +50,8 @@ class _State:
 
     def settings(self) -> Settings:
         if self._settings is None:
+            from tapeflow_runtime.settings import load_settings
+
             self._settings = load_settings(self.config_file, **self.overrides)
         return self._settings
 
@@ -1186,6 +1191,8 @@ def main() -> None:
     except SystemExit:
         raise
     except TapeflowError as exc:
+        from tapeflow_runtime.settings import ConfigError
+
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
     except Exception as exc:
