@@ -151,3 +151,15 @@ def test_only_flat_one_to_one_tables_take_the_fast_path():
     for table in COLUMNAR:
         assert ColumnarCodec.for_topic(TABLES[table], SERDE, TOPIC_OF[table]) is not None, table
         assert topic_spec(TOPIC_OF[table]).name == TOPIC_OF[table]
+
+
+def test_varint_sizes_are_the_avro_encodings_lengths():
+    """Zigzag varints by hand: z = 2x or -2x - 1, one byte per started 7 bits of z."""
+    import numpy as np
+
+    from sinks.columnar import varint_sizes
+
+    cases = {0: 1, -1: 1, 63: 1, -64: 1, 64: 2, -65: 2, 8191: 2, -8192: 2, 8192: 3, -8193: 3,
+             2 ** 62 - 1: 9, -(2 ** 62): 9, 2 ** 62: 10, -(2 ** 62) - 1: 10, 2 ** 63 - 1: 10, -(2 ** 63): 10}
+    got = varint_sizes(np.array(list(cases), dtype=np.int64))
+    assert got.tolist() == list(cases.values())
