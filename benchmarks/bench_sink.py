@@ -18,7 +18,7 @@ the machine may be shared.
 
 CPU per million rows (user + system seconds of the sink's own process, the broker, and every
 PostgreSQL process including exited backends) is printed for the sink run and the plain-COPY
-runs: unlike rows/s it does not depend on how much of the machine other work takes, and
+runs, and the sink process's split by thread (consumer thread, writers, librdkafka's threads): unlike rows/s it does not depend on how much of the machine other work takes, and
 cores / (CPU seconds per row) is the most the pipeline could do on this machine alone.
 
 Both storage layouts: the measurements run on every layout this machine's PostgreSQL can give, each
@@ -43,6 +43,7 @@ import os
 import resource
 import threading
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 
 import psutil
@@ -88,6 +89,38 @@ def cpu_seconds() -> dict[str, float]:
         kind = "postgres" if "postgres" in name else "broker"
         out[kind] += t.user + t.system + (t.children_user + t.children_system if kind == "postgres" else 0.0)
     return out
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """{thread id: (name, CPU seconds)} of this process's live threads (Linux /proc; {} elsewhere)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(tid)] = (stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / hz)
+    return out
+
+
+def sink_threads(before: dict[int, tuple[str, float]], consumer: threading.Thread, rows: int) -> dict[str, float]:
+    """CPU seconds per 1M rows since `before` of the sink's consumer thread, its writers, librdkafka's
+    threads, and the rest of the process; read while the writers are still alive."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    split: dict[str, float] = defaultdict(float)
+    for tid, (comm, cpu) in thread_cpu().items():
+        name = names.get(tid, comm)
+        kind = ("consumer thread" if tid == consumer.native_id else "writers" if name.startswith("sink-writer")
+                else "librdkafka" if comm.startswith("rdk:") else "other")
+        split[kind] += (cpu - before.get(tid, (comm, 0.0))[1]) * 1_000_000 / rows
+    return dict(split)
 
 
 def cpu_delta(before: dict[str, float], rows: int) -> dict[str, float]:
@@ -195,6 +228,7 @@ def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: in
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set})
     cpu = cpu_seconds()
+    threads_before = thread_cpu()
     t_start = time.perf_counter()
     thread.start()
     while not sink.assignment and time.perf_counter() - t_start < 60:
@@ -204,6 +238,7 @@ def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: in
     while sink.metrics.records._value.get() < n and time.perf_counter() - t < 600:
         time.sleep(0.005)
     elapsed = time.perf_counter() - t
+    threads = sink_threads(threads_before, thread, n)
     done.set()
     thread.join(120)
     time.sleep(0.5)
@@ -212,7 +247,7 @@ def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: in
         committed = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
         conn.execute("TRUNCATE trades")
         conn.execute("CHECKPOINT")
-    return elapsed, join_s, committed, cpu
+    return elapsed, join_s, committed, cpu, threads
 
 
 def main() -> None:
@@ -279,7 +314,7 @@ def main() -> None:
         print("layout timescaledb: not measured (this machine's PostgreSQL does not preload TimescaleDB)")
     for layout, res in results.items():
         (copy_rate, copy_cpu), (copy_rate_n, copy_cpu_n) = res["copy_1"], res["copy_n"]
-        elapsed, join_s, n, sink_cpu = res["fast"]
+        elapsed, join_s, n, sink_cpu, threads = res["fast"]
         rate = n / elapsed
         print(f"== layout {LAYOUT_NAMES[layout]}")
         print(f"rows committed: {n:,} of {args.rows:,} in {elapsed:.2f} s after a {join_s:.2f} s group join "
@@ -294,6 +329,9 @@ def main() -> None:
         print(f"plain COPY, {args.writers} conn:  {copy_rate_n:>10,.0f} rows/s   (the same over {args.writers} "
               f"connections in parallel)")
         print(cpu_line("sink end to end", sink_cpu))
+        if threads:
+            print("  the sink process by thread (CPU s per 1M rows): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])))
         print(cpu_line("plain COPY, 1 conn", copy_cpu))
         if args.writers > 1:
             print(cpu_line(f"plain COPY, {args.writers} conn", copy_cpu_n))

@@ -42,6 +42,7 @@ from sinks.tables import TableSpec
 COLUMNAR = frozenset({"trades", "liquidations", "mark_prices", "bars_1m"})
 
 _FRAME_FIELD = "__confluent_frame"
+_OK = "__frame_ok"  # the check's column: whether every frame is this schema's
 _SYNC = b"\x00" * 16
 DAY_MS = 86_400_000
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, no header extension
@@ -64,14 +65,15 @@ class ColumnarPart:
     days: frozenset[int]  # UTC days (epoch ms // DAY_MS) of the time column
 
 
-def _zigzag_varint_size(values: np.ndarray) -> np.ndarray:
+#: a zigzag value needs k + 1 varint bytes when it is at least the k-th of these (7 bits a byte)
+_VARINT_STEPS = np.array([1 << bits for bits in range(7, 64, 7)], dtype=np.uint64)
+
+
+def varint_sizes(values: np.ndarray) -> np.ndarray:
     """Bytes of the Avro (zigzag varint) encoding of each int64."""
     v = values.astype(np.int64, copy=False)
     zz = (v.astype(np.uint64) << np.uint64(1)) ^ (v >> np.int64(63)).astype(np.uint64)
-    size = np.ones(len(v), dtype=np.int64)
-    for bits in range(7, 64, 7):
-        size += zz >= np.uint64(1 << bits)
-    return size
+    return np.searchsorted(_VARINT_STEPS, zz, side="right").astype(np.int64) + 1
 
 
 def _field_kind(avro_type: Any) -> tuple[str, bool]:
@@ -127,6 +129,14 @@ class ColumnarCodec:
             else:
                 raise ColumnarError(f"{spec.table}.{column}: {kind} does not map to {copy_type}")
         self._exprs = exprs
+        # the size check (module docstring): what numpy cannot read off the columns directly comes
+        # from one polars query (a query costs about a millisecond, whatever its size)
+        self._check_exprs = [(pl.col(_FRAME_FIELD) == pl.lit(self.frame, pl.Binary)).all().alias(_OK)]
+        for name, kind, nullable in self.fields:
+            if kind == "string":
+                self._check_exprs.append(pl.col(name).str.len_bytes().fill_null(0).cast(pl.Int64).alias("n:" + name))
+            if nullable:
+                self._check_exprs.append(pl.col(name).is_null().alias("null:" + name))
         framed = dict(schema)
         framed["fields"] = [{"name": _FRAME_FIELD, "type": {"type": "fixed", "name": "ConfluentFrame", "size": 5}},
                             *schema["fields"]]
@@ -146,12 +156,12 @@ class ColumnarCodec:
             return None
 
     # --- decode ----------------------------------------------------------------------------------------
-    def decode_frame(self, values: list[bytes]) -> pl.DataFrame:
-        """The records of `values` as columns; ColumnarError when anything is not exactly right."""
+    def _read(self, values: list[bytes]) -> pl.DataFrame:
+        """`values` read as one Avro block (the record fields and the frame); ColumnarError if unreadable."""
         if not values:
             raise ColumnarError("no records")
-        body = b"".join(values)
-        block = (self._ocf_header + _long(len(values)) + _long(len(body)) + body + _SYNC)
+        size = sum(map(len, values))
+        block = b"".join([self._ocf_header, _long(len(values)), _long(size), *values, _SYNC])  # one copy
         try:
             df = pl.read_avro(io.BytesIO(block))
         except BaseException as exc:  # polars raises ComputeError, OSError, and pyo3 panics (BaseException)
@@ -160,53 +170,62 @@ class ColumnarCodec:
             raise ColumnarError(f"decode failed: {type(exc).__name__}: {str(exc)[:200]}") from None
         if df.height != len(values):
             raise ColumnarError(f"{df.height} records decoded from {len(values)} values")
-        frames = df.get_column(_FRAME_FIELD)
-        if frames.n_unique() != 1 or frames[0] != self.frame:
-            raise ColumnarError("a record carries another schema id (or no Confluent frame)")
-        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-        if not np.array_equal(self._encoded_sizes(df), lengths):
-            raise ColumnarError("record boundaries do not match the Kafka values (malformed record)")
         return df
 
-    def _encoded_sizes(self, df: pl.DataFrame) -> np.ndarray:
+    def _check(self, values: list[bytes], df: pl.DataFrame) -> None:
+        """Every frame is this schema's and every record's Avro size is its Kafka value's length."""
+        checked = df.select(self._check_exprs)
+        if not checked.get_column(_OK)[0]:
+            raise ColumnarError("a record carries another schema id (or no Confluent frame)")
         size = np.full(df.height, 5, dtype=np.int64)  # the frame
         for name, kind, nullable in self.fields:
-            col = df.get_column(name)
             if kind in ("long", "int"):
-                s = _zigzag_varint_size(col.fill_null(0).to_numpy())
-            elif kind == "double":
-                s = np.full(df.height, 8, dtype=np.int64)
-            elif kind == "float":
-                s = np.full(df.height, 4, dtype=np.int64)
-            elif kind == "boolean":
-                s = np.ones(df.height, dtype=np.int64)
+                col = df.get_column(name)
+                s = varint_sizes((col.fill_null(0) if col.null_count() else col).to_numpy())
             elif kind == "string":
-                n = col.str.len_bytes().fill_null(0).cast(pl.Int64).to_numpy()
-                s = _zigzag_varint_size(n) + n
-            else:  # enum: the symbol's index, one varint byte (at most 64 symbols, checked at init)
-                s = np.ones(df.height, dtype=np.int64)
-            if nullable:
-                is_null = col.is_null().to_numpy()
-                s = np.where(is_null, 1, s + 1)
+                n = checked.get_column("n:" + name).to_numpy()
+                s = varint_sizes(n) + n
+            else:  # fixed sizes; an enum is its symbol's index, one varint byte (≤ 64 symbols, checked at init)
+                s = {"double": 8, "float": 4, "boolean": 1, "enum": 1}[kind]
+            if nullable:  # the union branch's index (one byte), and nothing more for a null
+                s = np.where(checked.get_column("null:" + name).to_numpy(), 1, s + 1)
             size += s
-        return size
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        if not np.array_equal(size, lengths):
+            raise ColumnarError("record boundaries do not match the Kafka values (malformed record)")
+
+    def decode_frame(self, values: list[bytes]) -> pl.DataFrame:
+        """The records of `values` as columns; ColumnarError when anything is not exactly right."""
+        df = self._read(values)
+        self._check(values, df)
+        return df
 
     # --- encode ----------------------------------------------------------------------------------------
     def encode(self, values: list[bytes]) -> ColumnarPart:
-        """Decode `values` and encode them as binary COPY row data for the table."""
-        df = self.decode_frame(values)
-        out = df.select(self._exprs).to_arrow()
-        encoder = pgpq.ArrowToPostgresBinaryEncoder(out.schema)
-        pieces = [encoder.write_header()]
-        pieces += [encoder.write_batch(b) for b in out.to_batches()]
+        """Decode `values` and encode them as binary COPY row data for the table.
+
+        Two polars queries a call (the checks', the table's columns): each has a fixed cost of about a
+        millisecond, so the sink calls this once per batch of up to `SinkConfig.batch_rows` records."""
+        df = self._read(values)
+        self._check(values, df)
+        table = df.select(self._exprs).to_arrow()
+        encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
+        if encoder.write_header() != COPY_HEADER:
+            raise ColumnarError("unexpected COPY header from the encoder")
+        pieces = [encoder.write_batch(b) for b in table.to_batches()]
         pieces.append(encoder.finish())
-        payload = b"".join(bytes(p) for p in pieces)
-        if not payload.startswith(COPY_HEADER) or not payload.endswith(COPY_TRAILER):
-            raise ColumnarError("unexpected COPY framing from the encoder")
+        data = b"".join(pieces)
+        if not data.endswith(COPY_TRAILER):
+            raise ColumnarError("unexpected COPY trailer from the encoder")
         times = df.get_column(self.spec.time_column)
-        days = (times // DAY_MS).unique().to_list()
-        return ColumnarPart(self.spec.table, df.height, payload[len(COPY_HEADER):-len(COPY_TRAILER)],
-                            int(times.min()), int(times.max()), frozenset(days))
+        if times.null_count():
+            times = times.drop_nulls()
+        if times.is_empty():
+            raise ColumnarError("no row has a time")
+        ms = times.to_numpy()
+        lo, hi = int(ms.min()), int(ms.max())
+        days = {lo // DAY_MS} if lo // DAY_MS == hi // DAY_MS else set(np.unique(ms // DAY_MS).tolist())
+        return ColumnarPart(self.spec.table, df.height, data[:-len(COPY_TRAILER)], lo, hi, frozenset(days))
 
 
 def copy_payload(parts: list[bytes]) -> bytes:

@@ -12,8 +12,9 @@ while `SinkConfig.writers` writer threads (default 2), each with its own databas
 so its own PostgreSQL backend, write the previous ones in parallel, each batch in its own
 transaction (one batch queued beyond those being written, so memory stays bounded). One backend
 ingesting `trades` (heap, primary-key btree, BRIN, WAL) was the limit with one writer. Flat topics
-such as md.trades are decoded a whole fetch at a time straight into columns and encoded as binary
-COPY (sinks.columnar); other topics go record by record (fastavro, a tuple per row).
+such as md.trades are decoded a whole batch at a time straight into columns and encoded as binary
+COPY (sinks.columnar; a batch that fails is halved until the bad records are among a few thousand
+that go record by record); other topics go record by record (fastavro, a tuple per row).
 
 Offsets with parallel writers: batches are numbered as they are handed over; the writers hand
 committed batches back in whatever order their transactions finish, and the consumer thread
@@ -101,6 +102,7 @@ PAUSE_AFTER_S = 0.5  # the writer busy this long with a full queue: pause the pa
 # embedded Tansu went from ~130k to 270k-400k records/s (benchmarks/RESULTS.md). Memory stays capped
 # by queued.max.messages.kbytes (64 MiB by default).
 PREFETCH_CONFIG = {"queued.min.messages": 500_000}
+SPLIT_BELOW = 2_000  # records of a flat topic that failed the fast path: halved until this few (_encode)
 
 
 @dataclass
@@ -113,7 +115,7 @@ class SinkConfig:
     max_backoff_s: float = 10.0
     first_backoff_s: float = 0.4  # the first retry's wait; it doubles per attempt up to max_backoff_s (jittered)
     retention: dict[str, RetentionPolicy] = field(default_factory=resolve_policies)
-    columnar: bool = True  # decode flat topics a fetch at a time (sinks.columnar)
+    columnar: bool = True  # decode flat topics a batch at a time (sinks.columnar)
     writers: int = 2  # writer threads, each with its own connection (parallel PostgreSQL backends)
     starvation_window_s: float = 60.0  # end offset moving, commits not, this long: degraded (LagProbe)
     # the history readers' wait: on Tansu a fetch that takes longer than its wait to assemble is answered
@@ -141,6 +143,9 @@ class Batch:
     max_time: dict[str, int] = field(default_factory=dict)  # table -> newest event time (ms)
     min_time: dict[str, int] = field(default_factory=dict)  # table -> oldest event time (ms)
     days: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))  # table -> UTC days written
+    # physical topic -> its flat-topic records not decoded yet: encoded into `copies` once per batch by
+    # the writer that takes it (TopicSink._seal), since each encode call has a fixed cost of ~2 ms
+    columnar: dict[str, list[Message]] = field(default_factory=lambda: defaultdict(list))
     count: int = 0
     written: dict[str, int] = field(default_factory=dict)
     commit_s: float = 0.0
@@ -148,7 +153,7 @@ class Batch:
 
     def clear(self) -> None:
         """Empty in place (a rebalance took the partitions: whoever holds this batch sees it empty)."""
-        for name in ("rows", "copies", "copy_rows", "days"):
+        for name in ("rows", "copies", "copy_rows", "days", "columnar"):
             getattr(self, name).clear()
         self.dlq.clear()
         self.offsets.clear()
@@ -487,20 +492,39 @@ class TopicSink:
             offsets[(topic, msg.partition())] = msg.offset() + 1
         for topic, topic_msgs in by_topic.items():
             batch.count += len(topic_msgs)
-            codec = self.codecs.get(topic)
-            if codec is not None:
-                try:
-                    part = codec.encode([m.value() for m in topic_msgs])
-                except ColumnarError:  # something is off in this fetch: record by record finds and DLQs it
-                    pass
-                else:
-                    batch.copies[part.table].append(part.data)
-                    batch.copy_rows[part.table] += part.rows
-                    batch.note_time(part.table, part.min_ms, part.max_ms)
-                    batch.days[part.table].update(part.days)
-                    continue
+            if topic in self.codecs:  # decoded with the rest of the batch's, when it is handed over
+                batch.columnar[topic] += topic_msgs
+                continue
             for msg in topic_msgs:
                 self._add(batch, msg)
+
+    def _seal(self, batch: Batch) -> None:
+        """Decode the batch's flat-topic records, a topic at a time, into binary COPY row data (writer
+        thread: the consumer thread only consumes, so its ~2 µs a record of consume() is not added to
+        the ~1.5 µs a record of decoding in one thread; polars and pgpq run partly outside the GIL)."""
+        for topic, topic_msgs in batch.columnar.items():
+            self._encode(batch, self.codecs[topic], topic_msgs)
+        batch.columnar.clear()
+
+    def _encode(self, batch: Batch, codec: ColumnarCodec, msgs: list[Message]) -> None:
+        """`msgs` through the fast path; if they are not all provably right, each half on its own, down to
+        SPLIT_BELOW records, which go record by record (where dead letters are made): a bad record sends
+        a few thousand of a batch's records down the slow path, not all of them."""
+        try:
+            part = codec.encode([m.value() for m in msgs])
+        except ColumnarError:
+            if len(msgs) > SPLIT_BELOW:
+                half = len(msgs) // 2
+                self._encode(batch, codec, msgs[:half])
+                self._encode(batch, codec, msgs[half:])
+            else:
+                for msg in msgs:
+                    self._add(batch, msg)
+            return
+        batch.copies[part.table].append(part.data)
+        batch.copy_rows[part.table] += part.rows
+        batch.note_time(part.table, part.min_ms, part.max_ms)
+        batch.days[part.table].update(part.days)
 
     def _add(self, batch: Batch, msg: Message) -> None:
         topic = msg.topic()
@@ -618,6 +642,7 @@ class TopicSink:
                 batch = self._todo.get()
                 if batch is None:
                     return
+                self._seal(batch)  # decoded here, beside the consumer thread's consume()
                 try:
                     self._flush(batch, slot)
                 except _Stopped:  # never handed back: the watermark holds every later batch's offsets

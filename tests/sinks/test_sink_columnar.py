@@ -151,3 +151,36 @@ def test_only_flat_one_to_one_tables_take_the_fast_path():
     for table in COLUMNAR:
         assert ColumnarCodec.for_topic(TABLES[table], SERDE, TOPIC_OF[table]) is not None, table
         assert topic_spec(TOPIC_OF[table]).name == TOPIC_OF[table]
+
+
+def test_varint_sizes_are_the_avro_encodings_lengths():
+    """Zigzag varints by hand: z = 2x or -2x - 1, one byte per started 7 bits of z."""
+    import numpy as np
+
+    from sinks.columnar import varint_sizes
+
+    cases = {0: 1, -1: 1, 63: 1, -64: 1, 64: 2, -65: 2, 8191: 2, -8192: 2, 8192: 3, -8193: 3,
+             2 ** 62 - 1: 9, -(2 ** 62): 9, 2 ** 62: 10, -(2 ** 62) - 1: 10, 2 ** 63 - 1: 10, -(2 ** 63): 10}
+    got = varint_sizes(np.array(list(cases), dtype=np.int64))
+    assert got.tolist() == list(cases.values())
+
+
+def test_a_bad_record_sends_only_its_share_of_a_batch_down_the_record_path():
+    """5,000 trades with one bad record at 3,000 (SPLIT_BELOW 2,000): halves 0-2,499 and 3,750-4,999
+    are copied, 2,500-3,749 goes record by record (1,249 rows) and 3,000 is dead-lettered."""
+    from confluent_kafka import Message
+
+    from sinks.consumer import SPLIT_BELOW, Batch, SinkConfig, TopicSink
+
+    assert SPLIT_BELOW == 2_000
+    sink = TopicSink(SinkConfig(topics=["md.trades"]), "127.0.0.1:9", "dbname=unused", SERDE)
+    values = [SERDE.encode("md.trades", r) for r in _unique_records("trades", 5_000, seed=5)]
+    values[3_000] = values[3_000][:-1]  # truncated
+    msgs = [Message(topic="md.trades", partition=0, offset=i, key=b"k", value=v) for i, v in enumerate(values)]
+    batch = Batch()
+    batch.columnar["md.trades"] += msgs
+    sink._seal(batch)
+    assert batch.copy_rows["trades"] == 3_750 and len(batch.copies["trades"]) == 2
+    assert len(batch.rows["trades"]) == 1_249
+    assert [dead["offset"] for _, _, dead in batch.dlq] == [3_000]
+    assert not batch.columnar
