@@ -206,8 +206,7 @@ class ColumnarCodec:
 
         Two polars queries a call (the checks', the table's columns): each has a fixed cost of about a
         millisecond, so the sink calls this once per batch of up to `SinkConfig.batch_rows` records."""
-        df = self._read(values)
-        self._check(values, df)
+        df = self.decode_frame(values)
         table = df.select(self._exprs).to_arrow()
         encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
         if encoder.write_header() != COPY_HEADER:
