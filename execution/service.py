@@ -93,6 +93,10 @@ OUTPUTS = ("orders", "fills", "positions", "risk.events")
 #: few tens of ms more for a signal on Tansu, brought the idle broker from 11.4 to 8.0 % with the sink's 1 s.
 #: Now ``Settings.executor_fetch_wait_ms`` (``TAPEFLOW_EXECUTOR_FETCH_WAIT_MS``, default 200 ms).
 
+#: an idle executor's pass (its consume's timeout while the idle cycle holds the fetches)
+IDLE_PASS_S = 0.25
+
+
 @dataclass
 class ExecuteOptions:
     config_path: Path | None = None  # executor config (YAML/JSON); None = defaults
@@ -203,6 +207,8 @@ class ExecutorService:
         # `consume(timeout=0)` below never blocks on it
         self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower",
                                               **{"fetch.wait.max.ms": 500}))
+        if self._idle is not None:  # the embedded broker: an idle executor's risk fetches wait with its others
+            self._idle.follow(self._risk)
         self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         next_clock = next_commit = 0
@@ -212,7 +218,10 @@ class ExecutorService:
                     self._open_gate()
                 received = 0
                 idle = self._idle is not None and self._idle.idle
-                for msg in self._consumer.consume(num_messages=500, timeout=0.1 if idle else 0.02):
+                # idle (the embedded broker's cycle paused the fetches): a quarter second per pass, not a
+                # tenth; the first records after the pause wait at most that longer (the cycle's own wait
+                # is up to its 3 s), and the pass's work (the clock, the risk follower) runs 4 times a second
+                for msg in self._consumer.consume(num_messages=500, timeout=IDLE_PASS_S if idle else 0.02):
                     if msg.error():
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error", error=msg.error().str())
@@ -228,10 +237,13 @@ class ExecutorService:
                 if self._idle is not None:
                     self._idle.saw(received)
                     if self._deferred is None:
-                        self._idle.step(self._consumer, self._consumer.assignment(),
+                        self._idle.step(self._consumer, self._consumer.assignment,
                                         own_paused={(self.prefix + t, p) for t, p in self._paused})
                 self._release(ex)
-                for msg in self._risk.consume(num_messages=100, timeout=0):
+                risk_records = self._risk.consume(num_messages=100, timeout=0)
+                if self._idle is not None and risk_records:
+                    self._idle.saw(sum(1 for msg in risk_records if not msg.error()))  # a risk record wakes it
+                for msg in risk_records:
                     if msg.error():
                         continue
                     try:
@@ -247,9 +259,10 @@ class ExecutorService:
                     if self.reconciler is not None and self.reconciler.due(now):
                         self._reconcile(ex, now)
                     self._refresh_gauges(ex, now)
-                    self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic(),
-                                           paused=[(self.prefix + t, p) for t, p in self._paused],
-                                           slow=self._idle is not None and self._idle.idle)
+                    if self._lag.due(time.monotonic()):  # the assignment is built only when it is asked
+                        self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic(),
+                                               paused=[(self.prefix + t, p) for t, p in self._paused],
+                                               slow=self._idle is not None and self._idle.idle)
                 self.publisher.poll(0)
                 if now >= next_commit:
                     next_commit = now + self.options.commit_interval_ms

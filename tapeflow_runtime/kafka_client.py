@@ -232,6 +232,10 @@ class LagProbe:
         """``None`` while every assigned partition is received; else why not (one line)."""
         return self.watch.reason()
 
+    def due(self, now: float) -> bool:
+        """Whether ``maybe_refresh`` at ``now`` would sample (callers skip building its arguments)."""
+        return now >= self._next
+
     def maybe_refresh(self, consumer, assignment, now: float, paused: Iterable[tuple[str, int]] = (),
                       slow: bool = False) -> None:
         """``paused``: (topic, partition) the consumer paused itself; not read on purpose, not starving.
