@@ -180,6 +180,7 @@ class EngineWorker:
         self._ticker: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
         self.starvation = StarvationWatch(config.starvation_window_s)
+        self._next_slow_sample = 0.0  # while the consumer's fetches are spaced out (idle), sample no sooner
         self.stuck_rebalance = StuckPhaseWatch(config.starvation_window_s, "rebalancing")
         # held inputs that nothing releases: the caught-up rule releases within a fetch, a marker-waiting
         # key after progress_timeout_s, so a hold longer than that plus the window is a stall (seen on
@@ -368,6 +369,13 @@ class EngineWorker:
                 self.starvation.observe(now, {})  # positions restart with the new assignment
                 self.unsampled.observe(now, False)
                 continue
+            idle = getattr(consumer, "idle_fetch", None)
+            if idle is not None and idle.idle and now < self._next_slow_sample:
+                # idle on the embedded broker: ask the end offsets only as often as the window needs
+                # (a third of it), as the sink's and the executor's lag probes do; Tansu answers
+                # ListOffsets by listing every batch of the partition
+                continue
+            self._next_slow_sample = now + self.starvation.window_s / 3
             partitions = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
             try:
                 ends = await consumer.highwaters(*partitions) if partitions else {}

@@ -57,6 +57,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
     fetch_max_wait_ms: int = 20
     fetch_idle_wait_ms: int = 2000  # a fetch every this while nothing arrives (``IdleFetchWait``); <= fetch_max_wait_ms: off
     fetch_idle_after_s: float = 5.0
+    idle_fetch: IdleFetchWait | None = None  # installed by the consumer thread (the embedded broker only)
 
     def _new_consumer_thread(self) -> Any:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -279,8 +280,9 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         await super().on_start()
         owner = self.consumer
         if owner.fetch_idle_wait_ms > owner.fetch_max_wait_ms:
-            IdleFetchWait(self._consumer._fetcher, owner.fetch_max_wait_ms, owner.fetch_idle_wait_ms,
-                          owner.fetch_idle_after_s).install()
+            owner.idle_fetch = IdleFetchWait(self._consumer._fetcher, owner.fetch_max_wait_ms,
+                                             owner.fetch_idle_wait_ms, owner.fetch_idle_after_s)
+            owner.idle_fetch.install()
 
 
 class IdleFetchWait:
