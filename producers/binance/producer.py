@@ -100,6 +100,7 @@ class BinanceProducer(VenueProducer):
         self.sequencers = {s: AggTradeSequencer(s) for s in config.symbols}
         self.delivered_agg_id: dict[str, int] = {}
         self._checkpoint_error: str | None = None  # why the last checkpoint save failed (disk full...)
+        self._checkpoint_saved: dict[str, int] | None = None  # what the file holds since the last save
         self._last_mark_time: dict[str, int] = {}
         self._recent_liquidations: dict[tuple, None] = {}
         self._rest: RestClient | None = None
@@ -474,9 +475,12 @@ class BinanceProducer(VenueProducer):
         path = self.config.checkpoint_path
         if path is None or not self.delivered_agg_id:
             return
+        if self._checkpoint_error is None and self._checkpoint_saved == self.delivered_agg_id:
+            return  # nothing delivered since: an idle producer wrote the same file every second
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps({"last_agg_id": self.delivered_agg_id, "saved_at": time.time()}))
+            self._checkpoint_saved = dict(self.delivered_agg_id)
         except OSError as exc:  # a full disk, say: keep producing (the data is in Kafka), say it once
             if self._checkpoint_error is None:
                 log.error("checkpoint not saved: a restart would resume from the last one saved",
