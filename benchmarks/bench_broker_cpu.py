@@ -12,6 +12,10 @@ and the whole stack <= 5 % (PostgreSQL excluded, as the issue measured it). Base
 measured on main before the segments, a real BTC+ETH recording at 1x: broker 23 % replaying, 16.5 %
 idle, the stack ~26 % idle.
 
+The supervisor runs in this benchmark's process, as in `tapeflow up`'s, and is counted in the stack
+(since 2026-11-28; before, the stack figure was the services' only). It counts batches every
+``--check-s`` (default: a user's stack's ``epoch_check_s``, 10 s; the tests' 1 s before 2026-11-28).
+
 Run: ``.venv/bin/python -m benchmarks.bench_broker_cpu [--minutes 5] [--idle-s 120] [--symbols BTCUSDT,ETHUSDT]
 [--attribute-s 20]``; at real rates for the four default symbols (issue 37): ``--real-rates --minutes 30
 --symbols BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT``
@@ -29,6 +33,7 @@ import psutil
 from benchmarks.bench_endurance import process_tree
 from fake_exchange.real_history import REAL_RATES
 from fake_exchange.synthetic import SyntheticSpec
+from tapeflow_runtime.settings import Settings
 from tests.support.endurance import live_stack
 
 TARGETS = {"broker replaying": 10.0, "broker idle": 2.0, "stack idle": 5.0}
@@ -48,7 +53,12 @@ def tree_cpu(pid: int) -> float:
 
 
 def sample(stack) -> dict[str, float]:
-    return {name: tree_cpu(run.proc.pid) for name, run in stack.sup.running.items()}
+    """CPU seconds so far of each service's process tree, and of the supervisor: it runs in this
+    process (as in `tapeflow up`'s), whose main thread only sleeps and samples while it is measured."""
+    cpu = {name: tree_cpu(run.proc.pid) for name, run in stack.sup.running.items()}
+    own = psutil.Process().cpu_times()
+    cpu["supervisor"] = own.user + own.system
+    return cpu
 
 
 def shares(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
@@ -135,6 +145,11 @@ def main() -> None:
     ap.add_argument("--attribute-s", type=float, default=0.0,
                     help="After the idle measurement: pause (SIGSTOP) each client in turn for this long and "
                          "measure the idle broker without it (where its idle CPU comes from); 0 = skip.")
+    ap.add_argument("--check-s", type=float, default=Settings.model_fields["epoch_check_s"].default,
+                    help="How often the supervisor counts batches (TAPEFLOW_EPOCH_CHECK_S; default: a user's "
+                         "stack's). Each count is a ListOffsets of every partition, which Tansu answers by "
+                         "listing the partition's batches; this benchmark used 1 s (the tests' value) until "
+                         "2026-11-28.")
     args = ap.parse_args()
     symbols = tuple(s.strip().upper() for s in args.symbols.split(","))
     lead = args.settle_s + 30
@@ -143,7 +158,7 @@ def main() -> None:
                          rates=rates, burstiness=1.0, depth_interval_ms=args.depth_ms,
                          start_time=time.time() + lead, binance_stream_names=True)
     root = Path(tempfile.mkdtemp(prefix="tapeflow-cpu-"))
-    with live_stack(root / "home", spec, max_batches=10_000, start="session_time",
+    with live_stack(root / "home", spec, max_batches=10_000, start="session_time", check_s=args.check_s,
                     startup_timeout_s=max(120.0, args.settle_s)) as stack:
         while time.time() < spec.start_time + 5:
             time.sleep(0.5)
