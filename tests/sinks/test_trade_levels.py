@@ -87,7 +87,9 @@ def decimal_sums(trades: list[tuple]) -> dict[tuple, tuple]:
 def test_the_triggers_sums_are_exact_per_side_against_a_recomputation(plain_db):
     """The insert and delete triggers' sums, as numeric text (value and scale), equal an exact
     recomputation from the trades written, including keys with trades of one side only (the other side
-    0) and statements of several rows per key."""
+    0) and statements of several rows per key: what a cheaper trigger must keep identical (a FILTER
+    variant, one cast and one addition per trade, kept them so but measured no cheaper: benchmarks/
+    RESULTS.md, "The suite's CPU, eighth session")."""
     rng = random.Random(7)
     t = DAY0 + timedelta(hours=5)
     written = []
