@@ -7,7 +7,8 @@ PostgreSQL migrated with the plain layout: ``--batch`` rows per statement, gener
 (``generate_series``: no client or decoding cost, so the ratio is the database's own ingest ceiling
 with / without the aggregate, the worst case for the sink, whose decoding and Kafka work do not
 change). Trades are ~44 a second (a day of 3.8 M, the UI benchmark's BTC day) on a 0.1 tick around
-62,000 with a few dozen distinct prices a minute. Prints rows/s per round, the medians and the ratio.
+62,000 with a few dozen distinct prices a minute. Prints rows/s and the PostgreSQL backend's CPU-s per
+1M rows per round, the medians and the ratio.
 
     .venv/bin/python -m benchmarks.bench_trade_levels --rows 400000 --batch 50000 --rounds 3
 """
@@ -20,6 +21,7 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
+import psutil
 import psycopg
 
 from benchmarks.embedded_stack import embedded_stack
@@ -52,20 +54,28 @@ def main() -> None:
         ensure_partitions(conn, "trades", DAY - timedelta(days=1), DAY + timedelta(days=40))
         conn.commit()
         rates: dict[bool, list[float]] = {True: [], False: []}
+        cpu: dict[bool, list[float]] = {True: [], False: []}
+        backend = psutil.Process(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        conn.commit()
         first = 0
         print(f"load {os.getloadavg()[0]:.1f}", flush=True)
         for r in range(args.rounds):
             for enabled in (True, False) if r % 2 == 0 else (False, True):
                 conn.execute(f"ALTER TABLE trades {'ENABLE' if enabled else 'DISABLE'} TRIGGER trades_levels_insert")
                 conn.commit()
+                before = sum(backend.cpu_times()[:2])
                 took = insert(conn, first, args.rows, args.batch)
+                cpu[enabled].append((sum(backend.cpu_times()[:2]) - before) / args.rows * 1e6)
                 first += args.rows
                 rates[enabled].append(args.rows / took)
-                print(f"round {r + 1}, aggregate {'on ' if enabled else 'off'}: {args.rows / took:,.0f} rows/s", flush=True)
+                print(f"round {r + 1}, aggregate {'on ' if enabled else 'off'}: {args.rows / took:,.0f} rows/s, "
+                      f"PostgreSQL {cpu[enabled][-1]:.2f} CPU-s per 1M rows", flush=True)
         levels = conn.execute("SELECT count(*), count(DISTINCT open_time) FROM trade_levels_1m").fetchone()
         on, off = statistics.median(rates[True]), statistics.median(rates[False])
         print(f"median: with the aggregate {on:,.0f} rows/s, without {off:,.0f} rows/s: ratio {on / off:.2f} "
-              f"(rows/minute in trade_levels_1m: {levels[0] / max(levels[1], 1):,.0f}); load {os.getloadavg()[0]:.1f}")
+              f"(rows/minute in trade_levels_1m: {levels[0] / max(levels[1], 1):,.0f}); PostgreSQL per 1M rows "
+              f"{statistics.median(cpu[True]):.2f} CPU-s with, {statistics.median(cpu[False]):.2f} without; "
+              f"load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -35,10 +35,17 @@ from pydantic import (
 
 from tapeflow_runtime.errors import TapeflowError
 
-from .detectors import BookParams, DetectorParams, FlowParams
-from .detectors.book import ICEBERG_FIELDS, WALL_FIELDS
-from .detectors.flow import DIVERGENCE_FIELDS, LIQUIDATION_FIELDS, OI_FIELDS
-from .detectors.microstructure import DETECTOR_FIELDS as MICROSTRUCTURE_FIELDS
+from .detectors.params import DETECTOR_FIELDS as MICROSTRUCTURE_FIELDS
+from .detectors.params import (
+    DIVERGENCE_FIELDS,
+    ICEBERG_FIELDS,
+    LIQUIDATION_FIELDS,
+    OI_FIELDS,
+    WALL_FIELDS,
+    BookParams,
+    DetectorParams,
+    FlowParams,
+)
 from .durations import parse_duration_ms, parse_duration_or_zero_ms
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]

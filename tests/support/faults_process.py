@@ -109,23 +109,21 @@ def _wait_running(port: int, proc: subprocess.Popen, log_path: Path, timeout: fl
     raise AssertionError(f"executor not running within {timeout}s\n{log_path.read_text()[-4000:]}")
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> int:
+def _wait_committed(bootstrap: str, group: str, topic: str, count: int, timeout: float = 60.0) -> int:
+    """Until `group` has committed `count` records of `topic` (summed over its partitions), asked every
+    0.1 s by one client (each answer is the broker's; a new client per question cost more than it)."""
     c = Consumer(consumer_config(bootstrap, group))
     try:
         md = c.list_topics(topic, timeout=10).topics[topic]
         parts = [TopicPartition(topic, p) for p in md.partitions]
-        return sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+        end = time.monotonic() + timeout
+        while True:
+            done = sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+            if done >= count or time.monotonic() > end:
+                return done
+            time.sleep(0.1)
     finally:
         c.close()
-
-
-def _wait_committed(bootstrap: str, group: str, topic: str, count: int, timeout: float = 60.0) -> int:
-    end = time.monotonic() + timeout
-    while True:
-        done = _committed(bootstrap, group, topic)
-        if done >= count or time.monotonic() > end:
-            return done
-        time.sleep(0.1)
 
 
 def _skew_spec(seconds: float) -> str:

@@ -11,14 +11,24 @@ from tapeflow_runtime.offsets import CommittedOffsetError
 from tapeflow_runtime.offsets import committed_offsets as committed_or_raise
 
 
-def committed_offsets(bootstrap, group: str, topic: str, timeout: float = 30.0) -> dict[int, int]:
+def committed_offsets(bootstrap, group: str, topic: str, timeout: float = 30.0, *,
+                      consumer: Consumer | None = None, partitions: list[int] | None = None) -> dict[int, int]:
     """The group's committed offset per partition of ``topic`` (partitions without one are left out).
 
     An answer with errors (coordinator busy, request timed out) is asked again until ``timeout``,
-    then raises: dropping those partitions would read as "nothing committed"."""
-    consumer = Consumer(consumer_config(bootstrap, group_id=group))
+    then raises: dropping those partitions would read as "nothing committed".
+
+    ``consumer``: a client of ``group`` to ask with (``group_consumer``), for a caller that asks again
+    and again (``tests.support.services.wait_consumed``): each answer is still the broker's (an
+    OffsetFetch to the group's coordinator per call), only the client is not made and closed again
+    (a new librdkafka client per question, twice a second per topic, was most of what a long wait cost).
+    ``partitions``: ask for these only, without the topic's metadata."""
+    own = consumer is None
+    if own:
+        consumer = group_consumer(bootstrap, group)
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        if partitions is None:
+            partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -29,7 +39,14 @@ def committed_offsets(bootstrap, group: str, topic: str, timeout: float = 30.0) 
                     raise AssertionError(f"committed offsets of {group} on {topic}: {exc}") from exc
             time.sleep(0.5)
     finally:
-        consumer.close()
+        if own:
+            consumer.close()
+
+
+def group_consumer(bootstrap, group: str) -> Consumer:
+    """A client of ``group`` that only asks for its committed offsets (it never subscribes, so it never
+    joins the group); the caller closes it."""
+    return Consumer(consumer_config(bootstrap, group_id=group))
 
 
 def single_record_batches(bootstrap, topic: str, values: list[bytes], partition: int,

@@ -67,13 +67,10 @@ from ..params import SECOND_MS
 from ..ring import BucketRing
 from . import book_kernels as bk
 from .microstructure import DetectorLog
+from .params import BOOK_FIELDS, ICEBERG_FIELDS, WALL_FIELDS, BookParams  # noqa: F401 (re-exported)
 
 __all__ = ["BOOK_FIELDS", "ICEBERG_FIELDS", "WALL_FIELDS", "BookDetectors", "BookParams", "flatten_levels"]
 
-WALL_FIELDS = ("wall_bid_distance_bps", "wall_bid_usd", "wall_bid_age_s", "wall_ask_distance_bps", "wall_ask_usd",
-               "wall_ask_age_s", "wall_pulled_bid", "wall_pulled_ask", "wall_filled_bid", "wall_filled_ask")
-ICEBERG_FIELDS = ("iceberg_refills_bid", "iceberg_refills_ask", "iceberg_usd_bid", "iceberg_usd_ask")
-BOOK_FIELDS = WALL_FIELDS + ICEBERG_FIELDS
 MAX_LEVELS = 64  # levels per side considered (md.book carries 20)
 ICEBERG_PRICES = 64  # prices with refills tracked per side
 _RING_FIELDS = ("pulled_bid", "pulled_ask", "filled_bid", "filled_ask", "ice_bid", "ice_ask", "ice_usd_bid",
@@ -83,64 +80,6 @@ _PRICE, _QTY, _FIRST, _SECOND = itemgetter("price"), itemgetter("qty"), itemgett
 _N_BIDS = attrgetter("n_bids")
 _COLUMN_TYPES = {BookLevels, type(None)}
 _FEW = 16  # snapshots up to which ``_flatten_columns`` loops in Python
-
-
-@dataclass(frozen=True)
-class BookParams:
-    """Parameters of the book detectors; walls are off when ``wall_multiple`` is None, icebergs when
-    ``iceberg_min_refills`` is None."""
-
-    wall_multiple: float | None = None  # k
-    wall_band_bps: float = 25.0  # x
-    wall_fill_ratio: float = 0.5
-    wall_window_ms: int = 300_000
-    wall_max_age_ms: int = 10_000
-    iceberg_min_refills: int | None = None  # N
-    iceberg_band_bps: float = 25.0
-    iceberg_window_ms: int = 300_000
-    iceberg_trade_fraction: float = 0.5
-    iceberg_refill_fraction: float = 0.8
-    late_s: int = 300  # how far behind its newest second a snapshot's counts may still land
-    sample_ms: int = 0  # 0: every snapshot; else the first snapshot with levels of each interval of this length
-
-    def __post_init__(self) -> None:
-        if self.wall_multiple is None and self.iceberg_min_refills is None:
-            raise ValueError("book detectors need walls (wall_multiple) or icebergs (iceberg_min_refills)")
-        if self.wall_multiple is not None and not self.wall_multiple > 1:
-            raise ValueError("wall_multiple must be above 1 (a wall is k times the median level)")
-        if self.iceberg_min_refills is not None and self.iceberg_min_refills < 2:
-            raise ValueError("iceberg_min_refills must be at least 2 (one refill is an ordinary order)")
-        for name in ("wall_band_bps", "iceberg_band_bps", "wall_fill_ratio", "iceberg_trade_fraction",
-                     "iceberg_refill_fraction"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
-        for name in ("wall_window_ms", "iceberg_window_ms"):
-            value = getattr(self, name)
-            if value <= 0 or value % SECOND_MS:
-                raise ValueError(f"{name} must be a positive whole number of seconds")
-        if self.wall_max_age_ms <= 0:
-            raise ValueError("wall_max_age_ms must be positive")
-        if self.late_s < 0:
-            raise ValueError("late_s cannot be negative")
-        if self.sample_ms < 0:
-            raise ValueError("sample_ms cannot be negative")
-
-    @property
-    def walls_on(self) -> bool:
-        return self.wall_multiple is not None
-
-    @property
-    def icebergs_on(self) -> bool:
-        return self.iceberg_min_refills is not None
-
-    @property
-    def band_bps(self) -> float:
-        """The band of the levels kept: the wider of the parts that are on."""
-        return max(self.wall_band_bps if self.walls_on else 0.0, self.iceberg_band_bps if self.icebergs_on else 0.0)
-
-    @property
-    def ring_seconds(self) -> int:
-        return max(self.wall_window_ms, self.iceberg_window_ms) // SECOND_MS + self.late_s + 2
 
 
 def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -63,64 +63,14 @@ from ..ring import BucketRing
 from ..units import NOTIONAL_SCALE, QTY_SCALE
 from . import flow_kernels as fk
 from .microstructure import DetectorLog
+from .params import (  # noqa: F401 (re-exported)
+    DIVERGENCE_FIELDS, FLOW_FIELDS, LIQUIDATION_FIELDS, OI_FIELDS, OI_KINDS, FlowParams,
+)
 
 __all__ = ["DIVERGENCE_FIELDS", "FLOW_FIELDS", "LIQUIDATION_FIELDS", "OI_FIELDS", "FlowDetectors", "FlowParams",
            "OiLog"]
 
-DIVERGENCE_FIELDS = ("cvd_divergence", "cvd_divergence_price", "cvd_divergence_cvd")
-OI_FIELDS = ("oi_change_5m", "oi_spike_z")
-LIQUIDATION_FIELDS = ("liq_long_count", "liq_short_count", "liq_long_usd", "liq_short_usd", "liq_cascade_long",
-                      "liq_cascade_short")
-FLOW_FIELDS = DIVERGENCE_FIELDS + OI_FIELDS + LIQUIDATION_FIELDS
-OI_KINDS = ("open_interest_hist", "open_interest")
 _LIQ_RING_FIELDS = ("long_n", "short_n", "long_usd", "short_usd")
-
-
-@dataclass(frozen=True)
-class FlowParams:
-    """Parameters of one symbol's flow detectors; a part is off when its window is None."""
-
-    bar_ms: int = 60_000
-    divergence_bars: int | None = None  # N
-    oi_kind: str = "open_interest_hist"
-    oi_period_ms: int = 300_000
-    oi_window: int | None = None  # W changes
-    oi_max_age_ms: int = 900_000
-    liq_window_ms: int | None = None
-    cascade_window_ms: int = 30_000
-    cascade_min_count: int | None = None
-    cascade_min_usd: float | None = None
-    late_s: int = 300  # how late (seconds behind the newest) a liquidation may still land in its second
-
-    def __post_init__(self) -> None:
-        if self.bar_ms <= 0 or self.bar_ms % SECOND_MS:
-            raise ValueError("bar_ms must be a positive whole number of seconds")
-        if self.divergence_bars is not None and self.divergence_bars < 1:
-            raise ValueError("divergence_bars must be at least 1")
-        if self.oi_kind not in OI_KINDS:
-            raise ValueError(f"oi_kind must be one of {OI_KINDS}, got {self.oi_kind!r}")
-        if self.oi_period_ms <= 0 or self.oi_max_age_ms <= 0:
-            raise ValueError("oi_period_ms and oi_max_age_ms must be positive")
-        if self.oi_window is not None and self.oi_window < 2:
-            raise ValueError("oi_window must be at least 2 (a standard deviation needs two changes)")
-        if self.liq_window_ms is not None:
-            for name in ("liq_window_ms", "cascade_window_ms"):
-                value = getattr(self, name)
-                if value <= 0 or value % SECOND_MS:
-                    raise ValueError(f"{name} must be a positive whole number of seconds")
-            if self.cascade_min_count is None and self.cascade_min_usd is None:
-                raise ValueError("a cascade needs cascade_min_count or cascade_min_usd")
-            if self.cascade_min_count is not None and self.cascade_min_count < 1:
-                raise ValueError("cascade_min_count must be at least 1")
-            if self.cascade_min_usd is not None and not self.cascade_min_usd > 0:
-                raise ValueError("cascade_min_usd must be positive")
-        if self.late_s < 0:
-            raise ValueError("late_s cannot be negative")
-
-    @property
-    def liq_ring_seconds(self) -> int:
-        """Seconds the liquidation ring keeps: the longer window plus how late a record may come."""
-        return max(self.liq_window_ms or 0, self.cascade_window_ms) // SECOND_MS + self.late_s + 2
 
 
 @dataclass

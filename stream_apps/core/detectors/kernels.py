@@ -48,7 +48,7 @@ N_INTS = 10
 F_CLOSE, F_BUY, F_SELL, F_QUOTE, F_PREV_CLOSE, F_BUCKET_BUY, F_BUCKET_SELL, F_LAST_PRICE, F_VPIN, F_KYLE, F_AMIHUD = range(11)
 N_FLOATS = 11
 # classification modes
-BVC, TICK, AGGRESSOR = 0, 1, 2
+from .params import AGGRESSOR, BVC, TICK  # noqa: E402 (the modes, one definition for both)
 AMIHUD_SCALE = 1e6  # |return| per 1,000,000 quote currency traded
 _SQRT2 = math.sqrt(2.0)
 

@@ -50,54 +50,11 @@ from typing import Any
 
 import numpy as np
 
-from ..units import NOTIONAL_SCALE, QTY_SCALE, notional_to_units, qty_to_units
+from ..units import notional_to_units, qty_to_units
 from . import kernels as k
+from .params import _MODES, _SCALES, DETECTOR_FIELDS, DetectorParams  # noqa: F401 (re-exported)
 
 __all__ = ["DETECTOR_FIELDS", "DetectorLog", "DetectorParams", "MicrostructureDetectors"]
-
-DETECTOR_FIELDS = ("vpin", "kyle_lambda", "amihud")
-_MODES = {"bvc": k.BVC, "tick": k.TICK, "aggressor": k.AGGRESSOR}
-_SCALES = {"quote": NOTIONAL_SCALE, "base": QTY_SCALE}
-
-
-@dataclass(frozen=True)
-class DetectorParams:
-    """Parameters of the detectors of one symbol (see the module docstring for each)."""
-
-    bar_ms: int = 60_000
-    vpin_bucket_volume: float = 1_000_000.0  # in ``vpin_volume_unit`` (default: 1 M quote currency)
-    vpin_volume_unit: str = "quote"  # "quote" (price x qty) or "base" (qty)
-    vpin_buckets: int = 50  # n
-    vpin_classification: str = "bvc"  # "bvc", "aggressor" or "tick"
-    bvc_sigma_bars: int = 100  # K
-    kyle_window_bars: int = 30  # N
-    amihud_window_bars: int = 30  # M
-
-    def __post_init__(self) -> None:
-        if self.bar_ms <= 0 or self.bar_ms % 1000:
-            raise ValueError("bar_ms must be a positive whole number of seconds")
-        if self.vpin_volume_unit not in _SCALES:
-            raise ValueError(f"vpin_volume_unit must be one of {sorted(_SCALES)}, got {self.vpin_volume_unit!r}")
-        if self.vpin_classification not in _MODES:
-            raise ValueError(f"vpin_classification must be one of {sorted(_MODES)}, got {self.vpin_classification!r}")
-        if not 0 < self.vpin_bucket_volume < 1e12 or self.bucket_units < 1:
-            raise ValueError("vpin_bucket_volume must be positive (at least one volume unit) and below 1e12")
-        for name in ("vpin_buckets", "kyle_window_bars", "amihud_window_bars"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.kyle_window_bars < 2:
-            raise ValueError("kyle_window_bars must be at least 2 (a slope needs two points)")
-        if self.bvc_sigma_bars < 2:
-            raise ValueError("bvc_sigma_bars must be at least 2 (a standard deviation needs two changes)")
-
-    @property
-    def bucket_units(self) -> int:
-        """The bucket size in integer volume units (1e-6 quote or 1e-8 base)."""
-        return int(round(self.vpin_bucket_volume * _SCALES[self.vpin_volume_unit]))
-
-    @property
-    def mode(self) -> int:
-        return _MODES[self.vpin_classification]
 
 
 @dataclass

@@ -157,7 +157,9 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the live part did not finish\n{producer.tail()}\n{fake.tail()}") from None
         log = producer.log()
-        drain_engine(engine, kafka_bootstrap, prefix, read_topic)
+        # the producer has exited: md.trades is final, read once for the drain's ends and the checks below
+        md_trades = read_topic(kafka_bootstrap, prefix + "md.trades", settled=True)
+        drain_engine(engine, kafka_bootstrap, prefix, read_topic, trades=md_trades)
     finally:
         for s in services:
             s.kill()
@@ -166,7 +168,7 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
 
     # the history was primed from both sources, and every trade of it is on md.trades once
     assert log.count("done (vision+rest (2/2 days)") == 2, log[-3000:]
-    trades = [(t["value"]["symbol"], t["value"]["agg_id"]) for t in read_topic(kafka_bootstrap, prefix + "md.trades")]
+    trades = [(t["value"]["symbol"], t["value"]["agg_id"]) for t in md_trades]
     assert len(trades) == len(set(trades)) and history_trades <= set(trades)
 
     warm = read_outputs(kafka_bootstrap, prefix, read_topic)
