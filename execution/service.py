@@ -207,8 +207,8 @@ class ExecutorService:
         # `consume(timeout=0)` below never blocks on it
         self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower",
                                               **{"fetch.wait.max.ms": 500}))
-        if self._idle is not None:  # the embedded broker: an idle executor's risk fetches wait with its others
-            self._idle.follow(self._risk)
+        # never paused with the idle cycle: a kill switch set while the market data is silent must be read
+        # before the first signal that wakes the executor (the cycle's opening would hand over both at once)
         self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         next_clock = next_commit = 0
@@ -240,10 +240,7 @@ class ExecutorService:
                         self._idle.step(self._consumer, self._consumer.assignment,
                                         own_paused={(self.prefix + t, p) for t, p in self._paused})
                 self._release(ex)
-                risk_records = self._risk.consume(num_messages=100, timeout=0)
-                if self._idle is not None and risk_records:
-                    self._idle.saw(sum(1 for msg in risk_records if not msg.error()))  # a risk record wakes it
-                for msg in risk_records:
+                for msg in self._risk.consume(num_messages=100, timeout=0):
                     if msg.error():
                         continue
                     try:

@@ -15,11 +15,6 @@ latency after an idle period only: the first record waits at most ``every_s`` (l
 never stops that long, so a running stack never enters it; a replay that ended, or an exchange that
 cannot be reached, does). Nothing is lost or reordered: a paused partition keeps its position.
 
-``follow(consumer)``: a second consumer of the same service that is paused, opened and woken with
-this one (the executor's follower of risk.events, a topic written a few times a day: alone it would be
-idle for good, and with its own 500 ms wait it was two fetches a second on an idle stack). Its records
-count as records of the cycle, so one wakes both.
-
 Why not a cheaper probe (ListOffsets) instead of the fetches: Tansu answers ListOffsets(latest) by
 listing every batch object of the partition, a cost that grows with the partition (measured on a
 bare broker with 100 partitions of 200 batches: a probe a second cost 1.5 % of a core, as much as
@@ -65,11 +60,6 @@ class IdleFetchCycle:
         self._asleep_at = 0.0  # last_record when it went idle
         self.idle_periods = 0  # how often the consumer went idle (tests, logs)
         self.openings = 0
-        self._followers: list[Any] = []  # consumers paused and resumed with this one, whole assignment
-
-    def follow(self, consumer) -> None:
-        """Pause, open and wake ``consumer`` (its whole assignment, whatever it is then) with this cycle."""
-        self._followers.append(consumer)
 
     @property
     def idle(self) -> bool:
@@ -95,8 +85,6 @@ class IdleFetchCycle:
         Then the idle clock starts afresh."""
         if consumer is not None and self.paused:
             self._resume(consumer, assignment)
-        elif self.paused:
-            self._each_follower("resume")
         self.paused, self.open_until = None, None
         self.last_record = self.monotonic()
 
@@ -143,17 +131,7 @@ class IdleFetchCycle:
         have = {(tp.topic, tp.partition) for tp in assignment}
         return [tp for tp in self.paused or () if (tp.topic, tp.partition) in have]
 
-    def _each_follower(self, action: str) -> None:
-        for follower in self._followers:
-            try:
-                parts = follower.assignment()
-                if parts:
-                    getattr(follower, action)(parts)
-            except KafkaException:  # closed or being reassigned: its next assignment starts unpaused
-                continue
-
     def _pause(self, consumer, assignment: Iterable[TopicPartition]) -> None:
-        self._each_follower("pause")
         parts = self._current(assignment)
         if parts:
             try:
@@ -162,7 +140,6 @@ class IdleFetchCycle:
                 self.paused = None
 
     def _resume(self, consumer, assignment: Iterable[TopicPartition]) -> None:
-        self._each_follower("resume")
         parts = self._current(assignment)
         if parts:
             try:

@@ -117,40 +117,6 @@ def test_a_consumer_that_never_received_a_record_waits_longer_before_going_idle(
     assert cycle.idle
 
 
-class Follower(Recorder):
-    """A second consumer with a manual assignment (the executor's risk.events follower)."""
-
-    def __init__(self, parts):
-        super().__init__()
-        self.parts = parts
-
-    def assignment(self):
-        return list(self.parts)
-
-
-def test_a_follower_is_paused_opened_and_woken_with_the_cycle():
-    clock = [0.0]
-    cycle, consumer = _cycle(clock), Recorder()
-    follower = Follower([TopicPartition("risk", 0)])
-    cycle.follow(follower)
-    assignment = [TopicPartition("a", 0)]
-
-    def at(t, records=0):
-        clock[0] = t
-        cycle.saw(records)
-        cycle.step(consumer, assignment)
-        return set(follower.paused)
-
-    assert at(1.0, records=1) == set()
-    assert at(6.0) == {("risk", 0)} and consumer.paused == {("a", 0)}  # idle: both paused
-    assert at(16.0) == set() and consumer.paused == set()  # the cycle's opening lets both fetch
-    assert at(18.0) == {("risk", 0)}
-    assert at(20.0, records=1) == set() and not cycle.idle  # a record (either consumer's) wakes both
-    assert at(25.0) == {("risk", 0)}
-    cycle.forget(None)  # a rebalance of the main consumer: the follower is not left paused
-    assert follower.paused == set() and not cycle.idle
-
-
 def test_an_assignment_given_as_a_callable_is_asked_only_when_a_pause_or_resume_needs_it():
     clock = [0.0]
     cycle, consumer = _cycle(clock), Recorder()
