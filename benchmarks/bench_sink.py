@@ -18,7 +18,7 @@ the machine may be shared.
 
 CPU per million rows (user + system seconds of the sink's own process, the broker, and every
 PostgreSQL process including exited backends) is printed for the sink run and the plain-COPY
-runs, and the sink process's split by thread (consumer thread, writers, librdkafka's threads): unlike rows/s it does not depend on how much of the machine other work takes, and
+runs, and the sink process's split by thread (consumer thread, sealer, writers, librdkafka's threads): unlike rows/s it does not depend on how much of the machine other work takes, and
 cores / (CPU seconds per row) is the most the pipeline could do on this machine alone.
 
 Both storage layouts: the measurements run on every layout this machine's PostgreSQL can give, each
@@ -111,14 +111,14 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
 
 
 def sink_threads(before: dict[int, tuple[str, float]], consumer: threading.Thread, rows: int) -> dict[str, float]:
-    """CPU seconds per 1M rows since `before` of the sink's consumer thread, its writers, librdkafka's
-    threads, and the rest of the process; read while the writers are still alive."""
+    """CPU seconds per 1M rows since `before` of the sink's consumer thread, its sealer (the decode), its
+    writers, librdkafka's threads, and the rest of the process; read while the writers are still alive."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     split: dict[str, float] = defaultdict(float)
     for tid, (comm, cpu) in thread_cpu().items():
         name = names.get(tid, comm)
         kind = ("consumer thread" if tid == consumer.native_id else "writers" if name.startswith("sink-writer")
-                else "librdkafka" if comm.startswith("rdk:") else "other")
+                else "sealer" if name == "sink-sealer" else "librdkafka" if comm.startswith("rdk:") else "other")
         split[kind] += (cpu - before.get(tid, (comm, 0.0))[1]) * 1_000_000 / rows
     return dict(split)
 

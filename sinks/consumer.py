@@ -7,10 +7,13 @@ key is retried through staging with `ON CONFLICT DO NOTHING`, sinks.tables.copy_
 that fail to decode or map go to `dlq.<topic>` and `pipeline_errors` (in the same transaction as the
 batch) and the batch goes on.
 
-Throughput (≥ 300k trades/s per process): the consumer thread fetches and decodes the next batch
-while `SinkConfig.writers` writer threads (default 2), each with its own database connection and
-so its own PostgreSQL backend, write the previous ones in parallel, each batch in its own
-transaction (one batch queued beyond those being written, so memory stays bounded). One backend
+Throughput (≥ 300k trades/s per process): the consumer thread fetches the next batch while a
+sealer thread decodes the one before into COPY data and `SinkConfig.writers` writer threads
+(default 2), each with its own database connection and so its own PostgreSQL backend, write the
+ones before in parallel, each batch in its own transaction (one batch queued at each hand-over, so
+memory stays bounded). The sealer keeps a decoded batch ready for the next free writer: when each
+writer decoded its own batch, its connection sat idle between transactions for the decode (~1/3
+of the time, measured with the sink's own timings: benchmarks/RESULTS.md). One backend
 ingesting `trades` (heap, primary-key btree, BRIN, WAL) was the limit with one writer. Flat topics
 such as md.trades are decoded a whole batch at a time straight into columns and encoded as binary
 COPY (sinks.columnar; a batch that fails is halved until the bad records are among a few thousand
@@ -199,9 +202,10 @@ class TopicSink:
         self._cache_lock = threading.Lock()  # _covered, _covered_stale and _recorded, shared by the writers
         self._consumer: Consumer | None = None
         self._dlq_producer: Producer | None = None
-        self._todo: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._todo: queue.Queue[Batch | None] = queue.Queue(maxsize=1)  # consumer thread -> sealer
+        self._sealed: queue.Queue[Batch | None] = queue.Queue(maxsize=1)  # sealer -> writers
         self._done: queue.Queue[Batch] = queue.Queue()
-        self._writers: list[threading.Thread] = []
+        self._writers: list[threading.Thread] = []  # the sealer first, then the writers
         self._writer_error: BaseException | None = None
         # the offset watermark (consumer thread only): batches are numbered per assignment epoch
         self._epoch = 0
@@ -408,8 +412,9 @@ class TopicSink:
         self._consumer = self._make_consumer()
         self._dlq_producer = Producer(producer_config(self.bootstrap))
         self._pending = Batch()
-        self._writers = [threading.Thread(target=self._write_loop, args=(slot,), name=f"sink-writer-{slot}",
-                                          daemon=True) for slot in range(self.config.writers)]
+        self._writers = [threading.Thread(target=self._seal_loop, name="sink-sealer", daemon=True)] + \
+            [threading.Thread(target=self._write_loop, args=(slot,), name=f"sink-writer-{slot}", daemon=True)
+             for slot in range(self.config.writers)]
         for writer in self._writers:
             writer.start()
         self.maintain()
@@ -439,9 +444,10 @@ class TopicSink:
         try:
             if self._pending.count and self.assignment:
                 self._submit(self._pending, give_up_after=30.0)
-            # one end marker per writer, after what is queued: the writers finish it (or give up if the
-            # DB is down). Any writer may take any marker, so count markers, not the writers still alive
-            markers = len(self._writers)
+            # one end marker per writer, after what is queued: the sealer passes them on after what it
+            # decoded, the writers finish it (or give up if the DB is down). Any writer may take any
+            # marker, so count markers, not the writers still alive
+            markers = self.config.writers
             while markers and any(writer.is_alive() for writer in self._writers):
                 try:
                     self._todo.put(None, timeout=0.1)
@@ -499,7 +505,7 @@ class TopicSink:
                 self._add(batch, msg)
 
     def _seal(self, batch: Batch) -> None:
-        """Decode the batch's flat-topic records, a topic at a time, into binary COPY row data (writer
+        """Decode the batch's flat-topic records, a topic at a time, into binary COPY row data (sealer
         thread: the consumer thread only consumes, so its ~2 µs a record of consume() is not added to
         the ~1.5 µs a record of decoding in one thread; polars and pgpq run partly outside the GIL)."""
         for topic, topic_msgs in batch.columnar.items():
@@ -635,14 +641,44 @@ class TopicSink:
         except Exception as exc:  # e.g. a rebalance took the partitions: rows are in, re-delivery is harmless
             log.warning("offset commit failed; the batch may be re-delivered (idempotent)", error=str(exc))
 
-    # --- write (writer thread) -------------------------------------------------------------------------
+    # --- decode (sealer thread) and write (writer threads) ------------------------------------------------
+    def _seal_loop(self) -> None:
+        """Batches from the consumer thread, decoded, to the writers in the order they came (their numbers
+        are already given); the writers' end markers passed on after what came before them. A batch in
+        `_todo` is no longer touched by the consumer thread (`_submit` returned), so decoding it here
+        cannot miss a record added later."""
+        markers = 0
+        try:
+            while markers < self.config.writers:
+                batch = self._todo.get()
+                if batch is None:
+                    markers += 1
+                else:
+                    self._seal(batch)
+                if not self._hand_to_writers(batch):
+                    return  # every writer ended (its error is re-raised in the consumer thread)
+        except BaseException as exc:  # re-raised in the consumer thread: the process fails as before
+            self._writer_error = exc
+            for _ in range(self.config.writers):  # the writers end after what was handed to them
+                if not self._hand_to_writers(None):
+                    return
+
+    def _hand_to_writers(self, batch: Batch | None) -> bool:
+        """Queue `batch` (or an end marker) for the writers; False if no writer is left to take it."""
+        while True:
+            try:
+                self._sealed.put(batch, timeout=0.1)
+                return True
+            except queue.Full:
+                if not any(writer.is_alive() for writer in self._writers[1:]):
+                    return False
+
     def _write_loop(self, slot: int) -> None:
         try:
             while True:
-                batch = self._todo.get()
+                batch = self._sealed.get()
                 if batch is None:
                     return
-                self._seal(batch)  # decoded here, beside the consumer thread's consume()
                 try:
                     self._flush(batch, slot)
                 except _Stopped:  # never handed back: the watermark holds every later batch's offsets

@@ -133,6 +133,48 @@ def test_crash_between_db_commit_and_offset_commit(kafka_bootstrap, topic_prefix
     assert sink.metrics.records._value.get() >= 1_500  # the crashed batch was delivered again
 
 
+def test_a_failing_decode_stage_ends_the_sink_with_its_error_and_loses_nothing(kafka_bootstrap, topic_prefix, db):
+    """The sealer (the thread that decodes batches for the writers) failing fails the sink: `run` raises its
+    error instead of waiting for ever on writers that get nothing, no offset passes what is stored, and the
+    next run stores every record exactly once."""
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    records = [trade(i) for i in range(1_500)]
+    produce(kafka_bootstrap, topic_prefix + "md.trades", records)
+
+    class Crash(Exception):
+        pass
+
+    failing = make_sink(kafka_bootstrap, topic_prefix, db)
+    real_seal, sealed = failing._seal, []
+
+    def seal(batch):
+        if sealed:
+            raise Crash("the decode stage failed")
+        sealed.append(batch.count)
+        real_seal(batch)
+
+    failing._seal = seal
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            failing.run()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the sink hung after its decode stage failed"
+    assert len(raised) == 1 and isinstance(raised[0], Crash)
+    assert count(db) <= sealed[0]  # only the batch decoded before the failure can be in the table
+
+    sink = make_sink(kafka_bootstrap, topic_prefix, db)  # same group: resumes from what was committed
+    run_sink_until(sink, lambda: count(db) >= 1_500)
+    rows = table_rows(db)
+    assert len(rows) == 1_500 and checksum(rows) == checksum(expected_rows(records))
+
+
 def test_malformed_records_go_to_the_dlq_and_pipeline_errors(kafka_bootstrap, topic_prefix, db, read_topic):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     records = [trade(i) for i in range(300)]
