@@ -156,23 +156,23 @@ class ColumnarCodec:
             return None
 
     # --- decode ----------------------------------------------------------------------------------------
-    def _read(self, values: list[bytes]) -> pl.DataFrame:
-        """`values` read as one Avro block (the record fields and the frame); ColumnarError if unreadable."""
-        if not values:
+    def _read(self, joined: bytes, count: int) -> pl.DataFrame:
+        """`count` values joined in `joined`, read as one Avro block (the record fields and the frame);
+        ColumnarError if unreadable."""
+        if not count:
             raise ColumnarError("no records")
-        size = sum(map(len, values))
-        block = b"".join([self._ocf_header, _long(len(values)), _long(size), *values, _SYNC])  # one copy
+        block = b"".join([self._ocf_header, _long(count), _long(len(joined)), joined, _SYNC])
         try:
             df = pl.read_avro(io.BytesIO(block))
         except BaseException as exc:  # polars raises ComputeError, OSError, and pyo3 panics (BaseException)
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             raise ColumnarError(f"decode failed: {type(exc).__name__}: {str(exc)[:200]}") from None
-        if df.height != len(values):
-            raise ColumnarError(f"{df.height} records decoded from {len(values)} values")
+        if df.height != count:
+            raise ColumnarError(f"{df.height} records decoded from {count} values")
         return df
 
-    def _check(self, values: list[bytes], df: pl.DataFrame) -> None:
+    def _check(self, lengths: np.ndarray, df: pl.DataFrame) -> None:
         """Every frame is this schema's and every record's Avro size is its Kafka value's length."""
         checked = df.select(self._check_exprs)
         if not checked.get_column(_OK)[0]:
@@ -190,14 +190,22 @@ class ColumnarCodec:
             if nullable:  # the union branch's index (one byte), and nothing more for a null
                 s = np.where(checked.get_column("null:" + name).to_numpy(), 1, s + 1)
             size += s
-        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         if not np.array_equal(size, lengths):
             raise ColumnarError("record boundaries do not match the Kafka values (malformed record)")
 
     def decode_frame(self, values: list[bytes]) -> pl.DataFrame:
-        """The records of `values` as columns; ColumnarError when anything is not exactly right."""
-        df = self._read(values)
-        self._check(values, df)
+        """The records of `values` as columns; ColumnarError when anything is not exactly right (a record
+        without a value too: the record path dead-letters it)."""
+        if None in values:
+            raise ColumnarError("a record has no value")
+        return self.decode_joined(b"".join(values), np.fromiter(map(len, values), dtype=np.int64, count=len(values)))
+
+    def decode_joined(self, joined: bytes, lengths: np.ndarray) -> pl.DataFrame:
+        """`decode_frame` of values already joined, with their lengths (-1: a null value, never accepted)."""
+        if len(lengths) and int(lengths.min()) < 0:
+            raise ColumnarError("a record has no value")
+        df = self._read(joined, len(lengths))
+        self._check(lengths, df)
         return df
 
     # --- encode ----------------------------------------------------------------------------------------
@@ -206,7 +214,14 @@ class ColumnarCodec:
 
         Two polars queries a call (the checks', the table's columns): each has a fixed cost of about a
         millisecond, so the sink calls this once per batch of up to `SinkConfig.batch_rows` records."""
-        df = self.decode_frame(values)
+        return self._encode_frame(self.decode_frame(values))
+
+    def encode_joined(self, joined: bytes, lengths: np.ndarray) -> ColumnarPart:
+        """`encode` of values already joined, with their lengths (what `tapeflow_runtime.record_batches`
+        fetches: no Python object per record)."""
+        return self._encode_frame(self.decode_joined(joined, lengths))
+
+    def _encode_frame(self, df: pl.DataFrame) -> ColumnarPart:
         table = df.select(self._exprs).to_arrow()
         encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
         if encoder.write_header() != COPY_HEADER:

@@ -37,6 +37,13 @@ consumer thread, finding the queue full, pauses its partitions (back-pressure: n
 fetched, the group keeps it) and polls only to stay in the group, then resumes exactly where it was.
 A stop request ends the retries: what was not committed is re-delivered to the next run.
 
+Flat topics on the embedded broker are not read through librdkafka's messages: following the chain
+(below), the sink fetches their partitions as whole record batches (`tapeflow_runtime.record_batches`:
+values gathered into one buffer by a compiled walk, no Python object per record) and decodes each batch
+of them at once; the other topics, the commits, the committed offsets and the watermarks stay
+librdkafka's. Per million trades the sink process went from ~2.8 to ~1.4-1.7 CPU-s
+(benchmarks/RESULTS.md); `SinkConfig.raw_fetch` turns it off.
+
 On Kafka the sink subscribes (its group shares the partitions among sinks). On the embedded broker
 the stack's topics are chains of segments (``tapeflow_runtime.epochs``), and the stack's one sink
 follows them without a group: it assigns the partitions of the segments it reads itself, adds the
@@ -59,6 +66,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import psycopg
 import structlog
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -94,6 +102,7 @@ from tapeflow_runtime.db_liveness import liveness_kwargs
 from tapeflow_runtime.epochs import Chain, ChainFollower
 from tapeflow_runtime.idle_fetch import IdleFetchCycle
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
+from tapeflow_runtime.record_batches import RawFetcher, RecordChunk, SplitConsumer
 
 log = structlog.get_logger("sink")
 
@@ -134,6 +143,9 @@ class SinkConfig:
     # the embedded broker: an idle sink's fetches paused but one every this many seconds
     # (tapeflow_runtime.idle_fetch); None: fetch as librdkafka does (Kafka, where an idle fetch costs nothing)
     idle_fetch_every_s: float | None = None
+    # following the embedded chain (one broker): the flat topics' partitions fetched as whole record
+    # batches (tapeflow_runtime.record_batches), no Python object per record; False: librdkafka for all
+    raw_fetch: bool = True
 
 
 @dataclass
@@ -258,6 +270,9 @@ class TopicSink:
         # the embedded stack's segments: a segment left unfinished by the last run comes first
         reading = self.follower.resume(lambda topics, link: self._committed(consumer, topics, link))
         self._add_topics(reading)
+        if self.config.raw_fetch and self.config.columnar and "," not in self.bootstrap:
+            consumer = SplitConsumer(consumer, RawFetcher(self.bootstrap, fetch_wait_ms=self.config.fetch_wait_ms),
+                                     raw=lambda topic: topic in self.codecs)
         self._consumer = consumer
         self._sync_assignment()
         return consumer
@@ -489,6 +504,11 @@ class TopicSink:
         by_topic: dict[str, list[Message]] = defaultdict(list)
         offsets = batch.offsets
         for msg in msgs:
+            if isinstance(msg, RecordChunk):  # a partition's records from the raw fetcher, decoded as one
+                offsets[(msg.topic, msg.partition)] = msg.next_offset
+                batch.count += msg.count
+                batch.columnar[msg.topic].append(msg)
+                continue
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error", error=msg.error().str())
@@ -508,9 +528,26 @@ class TopicSink:
         """Decode the batch's flat-topic records, a topic at a time, into binary COPY row data (sealer
         thread: the consumer thread only consumes, so its ~2 µs a record of consume() is not added to
         the ~1.5 µs a record of decoding in one thread; polars and pgpq run partly outside the GIL)."""
-        for topic, topic_msgs in batch.columnar.items():
-            self._encode(batch, self.codecs[topic], topic_msgs)
+        for topic, items in batch.columnar.items():
+            chunks = [x for x in items if isinstance(x, RecordChunk)]
+            msgs = [x for x in items if not isinstance(x, RecordChunk)] if len(chunks) < len(items) else []
+            if chunks:
+                self._encode_chunks(batch, self.codecs[topic], chunks)
+            if msgs:
+                self._encode(batch, self.codecs[topic], msgs)
         batch.columnar.clear()
+
+    def _encode_chunks(self, batch: Batch, codec: ColumnarCodec, chunks: list[RecordChunk]) -> None:
+        """The raw fetcher's chunks through the fast path at once; if they are not all provably right, each
+        chunk's records go the way of messages (`_encode`: halved down to the bad ones, dead letters)."""
+        try:
+            part = codec.encode_joined(b"".join(c.values for c in chunks),
+                                       np.concatenate([c.value_lengths for c in chunks]))
+        except ColumnarError:
+            for chunk in chunks:
+                self._encode(batch, codec, chunk.records())
+            return
+        self._add_part(batch, part)
 
     def _encode(self, batch: Batch, codec: ColumnarCodec, msgs: list[Message]) -> None:
         """`msgs` through the fast path; if they are not all provably right, each half on its own, down to
@@ -527,6 +564,10 @@ class TopicSink:
                 for msg in msgs:
                     self._add(batch, msg)
             return
+        self._add_part(batch, part)
+
+    @staticmethod
+    def _add_part(batch: Batch, part) -> None:
         batch.copies[part.table].append(part.data)
         batch.copy_rows[part.table] += part.rows
         batch.note_time(part.table, part.min_ms, part.max_ms)

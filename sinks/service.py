@@ -41,7 +41,7 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
                         group_id=f"{settings.topic_prefix}tapeflow-sink",
                         retention=resolve_policies(settings.retention), writers=settings.sink_writers,
                         starvation_window_s=settings.starvation_window_s,
-                        fetch_wait_ms=settings.sink_fetch_wait_ms,
+                        fetch_wait_ms=settings.sink_fetch_wait_ms, raw_fetch=settings.sink_raw_fetch,
                         # the embedded broker: an idle sink fetches once every 15 s (its rows after an
                         # idle spell reach the database up to that late; live data never idles that long)
                         idle_fetch_every_s=15.0 if settings.broker is None else None,

@@ -184,3 +184,51 @@ def test_a_bad_record_sends_only_its_share_of_a_batch_down_the_record_path():
     assert len(batch.rows["trades"]) == 1_249
     assert [dead["offset"] for _, _, dead in batch.dlq] == [3_000]
     assert not batch.columnar
+
+
+def _chunk(topic: str, values: list[bytes | None], first_offset: int):
+    import numpy as np
+
+    from tapeflow_runtime.record_batches import RecordChunk
+
+    lengths = np.array([-1 if v is None else len(v) for v in values], dtype=np.int64)
+    return RecordChunk(topic, 0, b"".join(v for v in values if v is not None), lengths, b"k" * len(values),
+                       np.ones(len(values), dtype=np.int64), np.arange(first_offset, first_offset + len(values)),
+                       first_offset + len(values))
+
+
+def test_the_raw_fetchers_chunks_encode_as_the_same_messages_would():
+    """Two chunks of a batch (the raw fetcher's records of two fetches) are encoded at once, into the
+    same COPY rows as the same records as librdkafka messages."""
+    from confluent_kafka import Message
+
+    from sinks.consumer import Batch, SinkConfig, TopicSink
+
+    sink = TopicSink(SinkConfig(topics=["md.trades"]), "127.0.0.1:9", "dbname=unused", SERDE)
+    values = [SERDE.encode("md.trades", r) for r in _unique_records("trades", 3_000, seed=7)]
+    raw, plain = Batch(), Batch()
+    raw.columnar["md.trades"] += [_chunk("md.trades", values[:1_200], 0), _chunk("md.trades", values[1_200:], 1_200)]
+    plain.columnar["md.trades"] += [Message(topic="md.trades", partition=0, offset=i, key=b"k", value=v)
+                                    for i, v in enumerate(values)]
+    sink._seal(raw)
+    sink._seal(plain)
+    assert raw.copy_rows["trades"] == 3_000 and b"".join(raw.copies["trades"]) == b"".join(plain.copies["trades"])
+    assert raw.min_time == plain.min_time and raw.max_time == plain.max_time and raw.days == plain.days
+
+
+def test_a_bad_record_in_a_raw_chunk_is_dead_lettered_with_its_offset_and_the_rest_stored():
+    """A chunk with a truncated record and a null value: the chunk goes the way of messages (halved down
+    to the bad ones), both are dead-lettered with their offsets and key, every other row is stored."""
+    from sinks.consumer import Batch, SinkConfig, TopicSink
+
+    sink = TopicSink(SinkConfig(topics=["md.trades"]), "127.0.0.1:9", "dbname=unused", SERDE)
+    values: list[bytes | None] = [SERDE.encode("md.trades", r) for r in _unique_records("trades", 5_000, seed=9)]
+    values[1_000] = values[1_000][:-1]
+    values[4_321] = None
+    batch = Batch()
+    batch.columnar["md.trades"].append(_chunk("md.trades", values, 70_000))
+    sink._seal(batch)
+    stored = batch.copy_rows["trades"] + len(batch.rows["trades"])
+    assert stored == 4_998
+    assert sorted(dead["offset"] for _, _, dead in batch.dlq) == [71_000, 74_321]
+    assert all(key == b"k" for _, key, _ in batch.dlq)
