@@ -353,7 +353,7 @@ def main() -> None:
         print(cpu_line("plain COPY, 1 conn", copy_cpu))
         if args.writers > 1:
             print(cpu_line(f"plain COPY, {args.writers} conn", copy_cpu_n))
-    print(f"fast-path decode:     {fast_decode:>10,.0f} rows/s   (polars Avro -> pgpq COPY bytes, one thread)")
+    print(f"fast-path decode:     {fast_decode:>10,.0f} rows/s   (Avro -> COPY bytes, sinks._avro_copy, one thread)")
     print(f"fastavro decode:      {fastavro_decode:>10,.0f} rows/s")
     if hyper:
         print(f"PGlite-TimescaleDB INSERT ({args.hypertable_rows:,} rows x 2): hypertable {hyper[0]:,.0f} rows/s, "

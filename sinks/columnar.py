@@ -137,12 +137,43 @@ class ColumnarCodec:
                 self._check_exprs.append(pl.col(name).str.len_bytes().fill_null(0).cast(pl.Int64).alias("n:" + name))
             if nullable:
                 self._check_exprs.append(pl.col(name).is_null().alias("null:" + name))
+        self._walk_tables(schema)
         framed = dict(schema)
         framed["fields"] = [{"name": _FRAME_FIELD, "type": {"type": "fixed", "name": "ConfluentFrame", "size": 5}},
                             *schema["fields"]]
         buf = io.BytesIO()
         fastavro.writer(buf, fastavro.parse_schema(framed), [], codec="null", sync_marker=_SYNC)
         self._ocf_header = buf.getvalue()
+
+    def _walk_tables(self, schema: dict[str, Any]) -> None:
+        """What `sinks._avro_copy.encode` needs: each field's kind (a long stored as timestamptz is epoch
+        ms), which are [null, T], each column's field, the enums' symbols, the time field."""
+        from sinks import _avro_copy as k
+
+        kinds = {"long": k.K_LONG, "int": k.K_INT, "double": k.K_DOUBLE, "float": k.K_FLOAT, "boolean": k.K_BOOL,
+                 "string": k.K_STRING, "enum": k.K_ENUM}
+        copy_type = dict(zip(self.spec.columns, self.spec.copy_types, strict=True))
+        names = [name for name, _, _ in self.fields]
+        field_kinds, symbols, first, count = [], [], [], []
+        for f, (name, kind, _) in zip(schema["fields"], self.fields, strict=True):
+            field_kinds.append(k.K_TS if kind == "long" and copy_type.get(name) == "timestamptz" else kinds[kind])
+            t = f["type"]
+            t = next(b for b in t if b != "null") if isinstance(t, list) else t
+            first.append(len(symbols))
+            enum = t["symbols"] if isinstance(t, dict) and t["type"] == "enum" else []
+            symbols += [sym.encode() for sym in enum]
+            count.append(len(enum))
+        offsets = np.cumsum([0] + [len(sym) for sym in symbols], dtype=np.int64)
+        self._kinds = np.array(field_kinds, dtype=np.int64)
+        self._nullable = np.array([nullable for _, _, nullable in self.fields], dtype=np.bool_)
+        self._column_field = np.array([names.index(c) for c in self.spec.columns], dtype=np.int64)
+        self._enum_bytes = np.frombuffer(b"".join(symbols), dtype=np.uint8).copy()
+        self._enum_off, self._enum_first = offsets, np.array(first, dtype=np.int64)
+        self._enum_count = np.array(count, dtype=np.int64)
+        self._time_field = names.index(self.spec.time_column)
+        self._frame_bytes = np.frombuffer(self.frame, dtype=np.uint8).copy()
+        # a row's most bytes beyond its Avro bytes: its field count, and each column's length word and value
+        self._row_extra = 2 + len(self.spec.columns) * (4 + max([8, *(len(sym) for sym in symbols)]))
 
     @classmethod
     def for_topic(cls, spec: TableSpec, serde, catalogue_topic: str) -> ColumnarCodec | None:
@@ -214,12 +245,42 @@ class ColumnarCodec:
 
         Two polars queries a call (the checks', the table's columns): each has a fixed cost of about a
         millisecond, so the sink calls this once per batch of up to `SinkConfig.batch_rows` records."""
-        return self._encode_frame(self.decode_frame(values))
+        if None in values:
+            raise ColumnarError("a record has no value")
+        return self.encode_joined(b"".join(values), np.fromiter(map(len, values), dtype=np.int64, count=len(values)))
 
     def encode_joined(self, joined: bytes, lengths: np.ndarray) -> ColumnarPart:
         """`encode` of values already joined, with their lengths (what `tapeflow_runtime.record_batches`
-        fetches: no Python object per record)."""
-        return self._encode_frame(self.decode_joined(joined, lengths))
+        fetches: no Python object per record). One compiled pass (`sinks._avro_copy`), the same bytes as
+        the Arrow route (`encode_arrow`), ~5x less CPU."""
+        from sinks._avro_copy import NO_TIME, encode
+
+        n = len(lengths)
+        if not n:
+            raise ColumnarError("no records")
+        if int(lengths.min()) < 0:
+            raise ColumnarError("a record has no value")
+        buf = np.frombuffer(joined, dtype=np.uint8)
+        out = np.empty(len(buf) + n * self._row_extra, dtype=np.uint8)
+        times = np.empty(n, dtype=np.int64)
+        written, bad = encode(buf, lengths.astype(np.int64, copy=False), self._frame_bytes, self._kinds,
+                              self._nullable, self._column_field, self._enum_bytes, self._enum_off, self._enum_first,
+                              self._enum_count, self._time_field, out, times)
+        if bad >= 0:
+            raise ColumnarError(f"record {bad} of {n} is not exactly this schema's (frame, a length, a value)")
+        if int(lengths.sum()) != len(buf):
+            raise ColumnarError("the values' lengths do not add up to the bytes given")
+        times = times[times != NO_TIME]
+        if not len(times):
+            raise ColumnarError("no row has a time")
+        lo, hi = int(times.min()), int(times.max())
+        days = {lo // DAY_MS} if lo // DAY_MS == hi // DAY_MS else set(np.unique(times // DAY_MS).tolist())
+        return ColumnarPart(self.spec.table, n, out[:written].tobytes(), lo, hi, frozenset(days))
+
+    def encode_arrow(self, values: list[bytes]) -> ColumnarPart:
+        """`encode` through polars' Avro reader and pgpq (Arrow -> COPY): the reference `encode_joined` is
+        tested against."""
+        return self._encode_frame(self.decode_frame(values))
 
     def _encode_frame(self, df: pl.DataFrame) -> ColumnarPart:
         table = df.select(self._exprs).to_arrow()

@@ -690,6 +690,10 @@ class TopicSink:
         cannot miss a record added later."""
         markers = 0
         try:
+            if self.codecs:
+                from sinks._avro_copy import warm_up
+
+                warm_up()  # compiled (an install's first run) or loaded before the first batch, not with it
             while markers < self.config.writers:
                 batch = self._todo.get()
                 if batch is None:

@@ -8,24 +8,26 @@ end, so a malformed body stops the walk (-1) instead of reading past the buffer.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 
 @njit(cache=True, nogil=True)
 def varint(buf, i, end):
-    """(zigzag varint at `i`, the index after it), or (0, -1) if it runs past `end` or 10 bytes."""
-    shift = 0
-    result = 0
+    """(zigzag varint at `i`, the index after it), or (0, -1) if it runs past `end` or 10 bytes. Unsigned
+    while it is read, so a 10-byte varint (|v| >= 2**62) does not sign-extend."""
+    shift = np.uint64(0)
+    result = np.uint64(0)
     while True:
-        if i >= end or shift > 63:
-            return 0, -1
+        if i >= end or shift > np.uint64(63):
+            return np.int64(0), -1
         b = buf[i]
         i += 1
-        result |= (b & 0x7F) << shift
+        result |= (np.uint64(b) & np.uint64(0x7F)) << shift
         if b < 0x80:
             break
-        shift += 7
-    return (result >> 1) ^ -(result & 1), i
+        shift += np.uint64(7)
+    return np.int64(result >> np.uint64(1)) ^ -np.int64(result & np.uint64(1)), i
 
 
 @njit(cache=True, nogil=True)

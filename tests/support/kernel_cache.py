@@ -1,4 +1,4 @@
-"""Compile the engine's, the backtest runner's and the sink's raw fetch's numba kernels once, before pytest-xdist starts its
+"""Compile the engine's, the backtest runner's and the sink's numba kernels once, before pytest-xdist starts its
 workers (`tests/conftest.py`, the controller only).
 
 Why: in a fresh checkout numba's on-disk cache is empty, and every process that calls a kernel first
@@ -18,6 +18,7 @@ from __future__ import annotations
 def compile_kernels() -> None:
     """Compile (or load) every kernel the warm-ups reach."""
     from backtest.runner import warm_up as warm_runner
+    from sinks._avro_copy import warm_up as warm_avro_copy
     from tapeflow_runtime.record_batches import warm_up as warm_record_walk
     from stream_apps.core.strategy import default_strategy_dir, load_strategies
     from stream_apps.core.warmup import EVERY_DETECTOR, warm_up
@@ -27,6 +28,7 @@ def compile_kernels() -> None:
     warm_runner()
     _warm_research(shipped[0])
     warm_record_walk()  # the sink's raw fetch (tapeflow_runtime.record_batches)
+    warm_avro_copy()  # the sink's decode (sinks._avro_copy)
 
 
 def _warm_research(strategy) -> None:
