@@ -92,6 +92,18 @@ def end_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float)
             for tp in consumer.offsets_for_times(wanted, timeout=timeout) if tp.error is None}
 
 
+def start_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> log start offset, asked of the broker in one ListOffsets(earliest) request
+    (``offsets_for_times`` with the logical offset OFFSET_BEGINNING, -2, as the "time"). One
+    ``get_watermark_offsets`` per partition the consumer does not fetch itself took seconds each in the
+    sink (its raw-fetched partitions), holding its consumer thread. Errors are left out."""
+    wanted = [TopicPartition(t, p, -2) for t, p in partitions]
+    if not wanted:
+        return {}
+    return {(tp.topic, tp.partition): tp.offset
+            for tp in consumer.offsets_for_times(wanted, timeout=timeout) if tp.error is None}
+
+
 def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float = 10.0):
     """The topic's metadata from a consumer/admin client, asking again while the broker times out.
 
@@ -255,15 +267,14 @@ class LagProbe:
             parts = sorted(current)
             committed = consumer.committed([TopicPartition(t, p) for t, p in parts], timeout=self.timeout_s)
             ends = end_offsets(consumer, parts, self.timeout_s)
+            # nothing committed yet: everything from the log start is unread
+            starts = start_offsets(consumer, [(tp.topic, tp.partition) for tp in committed if tp.offset < 0],
+                                   self.timeout_s)
             samples: dict[str, tuple[int | None, int | None]] = {}
             skip = set(paused)
             for tp in committed:
                 high = ends.get((tp.topic, tp.partition), -1)
-                done = tp.offset
-                if done < 0:  # nothing committed yet: everything from the log start is unread
-                    done = (consumer.get_watermark_offsets(tp, cached=True) or (-1, -1))[0]
-                    if done < 0:
-                        done = consumer.get_watermark_offsets(tp, timeout=self.timeout_s)[0]
+                done = tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), -1)
                 if high >= 0:
                     self.gauge.labels(self.group, tp.topic, str(tp.partition)).set(max(0, high - max(done, 0)))
                 if (tp.topic, tp.partition) in skip:

@@ -449,14 +449,20 @@ class SplitConsumer:
         raw = [tp for tp in partitions if self.raw(tp.topic)]
         plain = [tp for tp in partitions if not self.raw(tp.topic)]
         if raw:
+            from tapeflow_runtime.kafka_client import start_offsets
+
             stored = [tp for tp in raw if tp.offset == OFFSET_STORED]
             committed = {(tp.topic, tp.partition): tp.offset
                          for tp in (self.consumer.committed(stored, timeout=10) if stored else [])}
-            for tp in raw:
-                offset = committed.get((tp.topic, tp.partition), tp.offset)
-                if offset < 0:  # nothing committed: the partition's first record (auto.offset.reset=earliest)
-                    offset = self.consumer.get_watermark_offsets(tp, timeout=10)[0]
-                self.fetcher.assign(tp.topic, tp.partition, offset)
+            offsets = {(tp.topic, tp.partition): committed.get((tp.topic, tp.partition), tp.offset) for tp in raw}
+            # nothing committed: the partition's first record (auto.offset.reset=earliest), one request for all
+            starts = start_offsets(self.consumer, [key for key, offset in offsets.items() if offset < 0], 10)
+            for (topic, partition), offset in offsets.items():
+                if offset < 0:
+                    if (topic, partition) not in starts:
+                        raise RecordBatchError(f"{topic}[{partition}]: the broker did not tell its log start")
+                    offset = starts[(topic, partition)]
+                self.fetcher.assign(topic, partition, offset)
         if plain:
             self.consumer.incremental_assign(plain)
             self._plain.update((tp.topic, tp.partition) for tp in plain)
