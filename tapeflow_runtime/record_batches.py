@@ -102,6 +102,17 @@ class RecordChunk:
     def count(self) -> int:
         return len(self.record_offsets)
 
+    def split(self, n: int) -> tuple[RecordChunk, RecordChunk]:
+        """The first `n` records and the rest (0 < n < count): a consumer that asked for n records gets n,
+        so the sink's batches keep their size (`SinkConfig.batch_rows`)."""
+        vcut = int(np.maximum(self.value_lengths[:n], 0).sum())
+        kcut = int(np.maximum(self.key_lengths[:n], 0).sum())
+        head = RecordChunk(self.topic, self.partition, self.values[:vcut], self.value_lengths[:n], self.keys[:kcut],
+                           self.key_lengths[:n], self.record_offsets[:n], int(self.record_offsets[n]))
+        tail = RecordChunk(self.topic, self.partition, self.values[vcut:], self.value_lengths[n:], self.keys[kcut:],
+                           self.key_lengths[n:], self.record_offsets[n:], self.next_offset)
+        return head, tail
+
     def records(self) -> list[RawRecord]:
         """One object per record (the slow path: dead letters need each record's bytes and offset)."""
         out: list[RawRecord] = []
@@ -267,7 +278,7 @@ class RawFetcher:
 
     def take(self, max_records: int, timeout: float = 0.0) -> list[RecordChunk]:
         """Fetched chunks of the assigned partitions (at least one if any arrives within `timeout`), up to
-        about `max_records` records."""
+        `max_records` records (a chunk is split at a record to fit; the rest is taken next)."""
         deadline = time.monotonic() + timeout
         out: list[RecordChunk] = []
         taken = 0
@@ -276,11 +287,19 @@ class RawFetcher:
                 if self._error is not None:
                     raise self._error
                 while self._ready and taken < max_records:
-                    generation, chunk = self._ready.popleft()
+                    generation, chunk = self._ready[0]
+                    if self._generation.get((chunk.topic, chunk.partition)) != generation:
+                        self._ready.popleft()  # unassigned since it was fetched
+                        self._ready_bytes -= len(chunk.values) + len(chunk.keys)
+                        continue
+                    if chunk.count > max_records - taken:
+                        chunk, rest = chunk.split(max_records - taken)
+                        self._ready[0] = (generation, rest)
+                    else:
+                        self._ready.popleft()
                     self._ready_bytes -= len(chunk.values) + len(chunk.keys)
-                    if self._generation.get((chunk.topic, chunk.partition)) == generation:
-                        out.append(chunk)
-                        taken += chunk.count
+                    out.append(chunk)
+                    taken += chunk.count
                 self._lock.notify_all()
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0:

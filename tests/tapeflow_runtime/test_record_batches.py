@@ -154,6 +154,29 @@ def record_set(kafka_bootstrap) -> bytes:
         fetcher.close()
 
 
+def test_a_reader_asking_for_n_records_gets_n_and_the_rest_next(kafka_bootstrap):
+    topic = _topic(kafka_bootstrap, partitions=1)
+    records = [(None if i % 5 == 0 else f"k{i}".encode(), None if i % 7 == 0 else f"v{i}".encode(), 0)
+               for i in range(1_000)]
+    _produce(kafka_bootstrap, topic, records, **{"compression.type": "lz4", "linger.ms": 50})
+    expected = _reference(kafka_bootstrap, topic, 0, 1_000)
+    fetcher = RawFetcher(kafka_bootstrap, fetch_wait_ms=100)
+    try:
+        fetcher.assign(topic, 0, 0)
+        got, nexts = [], []
+        deadline = time.monotonic() + 30
+        while len(got) < 1_000 and time.monotonic() < deadline:
+            chunks = fetcher.take(300, timeout=1.0)
+            assert sum(c.count for c in chunks) <= 300
+            for c in chunks:
+                got += [(r.offset(), r.key(), r.value()) for r in c.records()]
+                nexts.append(c.next_offset)
+        assert got == expected
+        assert nexts[-1] == 1_000 and all(n == o for n, (o, _, _) in zip(nexts, got[300::300]))
+    finally:
+        fetcher.close()
+
+
 def test_the_record_set_parses_to_its_records(record_set):
     chunk, nxt = parse_record_set("t", 0, record_set, 0)
     assert isinstance(chunk, RecordChunk) and chunk.count == 80 and nxt == 80
