@@ -16,29 +16,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from tapeflow_runtime._record_walk import varint as _varint  # Avro's longs are Kafka's zigzag varints
+
 # field kinds (sinks.columnar builds them from the schema and the table's copy types)
 K_LONG, K_TS, K_INT, K_DOUBLE, K_FLOAT, K_BOOL, K_STRING, K_ENUM = range(8)
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
 MIN_MS, MAX_MS = -62_135_596_800_000, 253_402_300_799_999  # datetime(1, 1, 1) .. datetime(9999, 12, 31, ...)
 NO_TIME = -(2 ** 63)  # a null time field
-
-
-@njit(cache=True, nogil=True)
-def _varint(buf, i, end):
-    """(zigzag varint at `i`, the index after it), or (0, -1) if it runs past `end` or 10 bytes. Unsigned
-    while it is read, so a 10-byte varint (|v| >= 2**62) does not sign-extend."""
-    shift = np.uint64(0)
-    result = np.uint64(0)
-    while True:
-        if i >= end or shift > np.uint64(63):
-            return np.int64(0), -1
-        b = buf[i]
-        i += 1
-        result |= (np.uint64(b) & np.uint64(0x7F)) << shift
-        if b < 0x80:
-            break
-        shift += np.uint64(7)
-    return np.int64(result >> np.uint64(1)) ^ -np.int64(result & np.uint64(1)), i
 
 
 @njit(cache=True, nogil=True)
