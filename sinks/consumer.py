@@ -581,6 +581,8 @@ class TopicSink:
             record = self.serde.decode(msg.value())
             kind = "map"
             row = spec.to_row(record)
+            if any(isinstance(v, str) and "\x00" in v for v in row):  # PostgreSQL text cannot hold NUL: the
+                raise ValueError("a text field holds a NUL character")  # batch's write would fail for ever
         except Exception as exc:  # any record we cannot decode or map: dead-letter it, keep the batch
             reason = f"{type(exc).__name__}: {exc}"[:2000]
             dead = self._dead_letter_record(msg, reason)

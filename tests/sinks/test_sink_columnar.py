@@ -265,3 +265,19 @@ def test_a_bad_record_in_a_raw_chunk_is_dead_lettered_with_its_offset_and_the_re
     assert stored == 4_998
     assert sorted(dead["offset"] for _, _, dead in batch.dlq) == [71_000, 74_321]
     assert all(key == b"k" for _, key, _ in batch.dlq)
+
+
+def test_a_nul_in_a_text_field_is_dead_lettered_not_written():
+    """PostgreSQL text cannot hold NUL: the compiled pass refuses the record and the record path
+    dead-letters it, instead of a write that would fail for ever (and stop the sink at that batch)."""
+    from sinks.consumer import Batch, SinkConfig, TopicSink
+
+    sink = TopicSink(SinkConfig(topics=["md.trades"]), "127.0.0.1:9", "dbname=unused", SERDE)
+    values = [SERDE.encode("md.trades", r) for r in _unique_records("trades", 3_000, seed=13)]
+    values[2_222] = _trade_value(symbol="BT\x00C", agg_id=10 ** 9)
+    batch = Batch()
+    batch.columnar["md.trades"].append(_chunk("md.trades", values, 0))
+    sink._seal(batch)
+    assert batch.copy_rows["trades"] + len(batch.rows["trades"]) == 2_999
+    assert [dead["offset"] for _, _, dead in batch.dlq] == [2_222]
+    assert "NUL" in batch.dlq[0][2]["error"]
