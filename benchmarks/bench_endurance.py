@@ -14,7 +14,8 @@ session in real time, one record batch per trade or two). Reports, for the run:
   (``--start session_time``), so event time is wall time and this is receive->features latency plus the
   exchange->producer delay (also printed: median receive_time - event_time of the stored trades);
   interpolated inside the histogram's buckets (0.1, 0.2, 0.5, 1, 2.5 s ...);
-* memory (PSS: shared pages counted once) of the broker and of every service with its children, sampled
+* memory (PSS: shared pages counted once; and USS: the pages only that process maps, which PSS's share of
+  shared libraries does not move) of the broker and of every service with its children, sampled
   every ``--sample-s``: first vs last fifth of the run (bounded means last <= 1.2 x first);
 * every rollover step logged by the supervisor, with its duration;
 * the topic history a user reads back (``--read-history``, on by default): ``tapeflow topics tail md.trades
@@ -63,19 +64,24 @@ def process_tree(pid: int) -> list[psutil.Process]:
     except psutil.Error:
         return []
 
-def pss_mb(pid: int | None) -> float:
-    """Proportional set size of a process and its children, MB. Not RSS: PostgreSQL's backends each map
-    the same shared buffers, and summing their RSS counts those pages once per backend (the 55-minute run
-    reported the database at 1.99x first->last fifth that way); PSS counts every page once in total."""
+def memory_mb(pid: int | None) -> tuple[float, float]:
+    """(PSS, USS) of a process and its children, MB. Not RSS: PostgreSQL's backends each map the same
+    shared buffers, and summing their RSS counts those pages once per backend (the 55-minute run
+    reported the database at 1.99x first->last fifth that way); PSS counts every page once in total.
+    USS (the pages no other process maps) as well, because PSS moves with the neighbours: a service's
+    share of a shared library's pages grows when other processes mapping it exit (2026-11-28: the
+    engine's PSS rose 1.35x while its private pages stayed flat, as test processes beside the run ended)."""
     if pid is None:
-        return 0.0
-    total = 0
+        return 0.0, 0.0
+    pss = uss = 0
     for p in process_tree(pid):
         try:
-            total += p.memory_full_info().pss
+            info = p.memory_full_info()
         except psutil.Error:
-            pass
-    return total / 2**20
+            continue
+        pss += info.pss
+        uss += info.uss
+    return pss / 2**20, uss / 2**20
 
 
 LAG = "tapeflow_engine_evaluation_lag_seconds"
@@ -209,7 +215,7 @@ def main() -> None:
         while True:
             time.sleep(args.sample_s)
             names = ("broker", "database", "sink", "engine", "executor", "producer")
-            samples.append((time.monotonic() - t0, {n: pss_mb(stack.service_pid(n)) for n in names}))
+            samples.append((time.monotonic() - t0, {n: memory_mb(stack.service_pid(n)) for n in names}))
             for line in stack.log[printed:]:
                 print(line, flush=True)
             printed = len(stack.log)
@@ -220,7 +226,7 @@ def main() -> None:
             lag = lags[-1][1] if lags else {}
             print(f"{time.monotonic() - t0:6.0f}s epoch {state.epoch} step {state.step} rows {rows}/{count} "
                   f"lag p50 {fmt(quantile(lag, 0.5))} p99 {fmt(quantile(lag, 0.99))} "
-                  f"pss {samples[-1][1]}", flush=True)
+                  f"pss {({n: round(m[0], 1) for n, m in samples[-1][1].items()})}", flush=True)
             if time.time() > end + 10 and not state.rolling and rows >= count:
                 break
             if time.time() > end + 600:
@@ -285,19 +291,22 @@ def main() -> None:
               f"out of order, {'contiguous to the last trade' if ok else 'NOT contiguous to the last trade'}")
     for step, took in steps.items():
         print(f"step {step:<9} n={len(took)} median {statistics.median(took):.1f}s max {max(took):.1f}s")
-    for name in samples[0][1]:
-        head = statistics.mean(s[1][name] for s in samples[:fifth])
-        tail = statistics.mean(s[1][name] for s in samples[-fifth:])
-        print(f"pss {name:<9} first fifth {head:7.1f} MB, last fifth {tail:7.1f} MB, ratio {tail / head if head else 0:.2f}")
+    for kind, k in (("pss", 0), ("uss", 1)):
+        for name in samples[0][1]:
+            head = statistics.mean(s[1][name][k] for s in samples[:fifth])
+            tail = statistics.mean(s[1][name][k] for s in samples[-fifth:])
+            print(f"{kind} {name:<9} first fifth {head:7.1f} MB, last fifth {tail:7.1f} MB, "
+                  f"ratio {tail / head if head else 0:.2f}")
     # over time, per 10 minutes (median of the samples): a cache that fills and stays (the database's
     # shared buffers) shows as a plateau, a leak as a climb to the end
     windows = sorted({int(t // 600) for t, _ in samples})
-    for name in samples[0][1]:
-        cells = []
-        for w in windows:
-            values = [s[1][name] for s in samples if int(s[0] // 600) == w]
-            cells.append(f"{w * 10}-{w * 10 + 10}: {statistics.median(values):.1f}")
-        print(f"pss {name:<9} per 10 min (median MB) " + ", ".join(cells))
+    for kind, k in (("pss", 0), ("uss", 1)):
+        for name in samples[0][1]:
+            cells = []
+            for w in windows:
+                values = [s[1][name][k] for s in samples if int(s[0] // 600) == w]
+                cells.append(f"{w * 10}-{w * 10 + 10}: {statistics.median(values):.1f}")
+            print(f"{kind} {name:<9} per 10 min (median MB) " + ", ".join(cells))
 
 
 if __name__ == "__main__":
