@@ -82,22 +82,23 @@ def consumer_config(bootstrap: str, group_id: str | None = None, **extra) -> dic
 
 def end_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float) -> dict[tuple[str, int], int]:
     """(topic, partition) -> end offset, asked of the broker (never librdkafka's cache, which only fetch
-    answers fill): ``offsets_for_times`` with the logical offset OFFSET_END (-1) as the "time" is one
-    ListOffsets(latest) request for every partition. On Tansu the answer counts record batches.
-    Partitions the broker answered with an error are left out."""
-    wanted = [TopicPartition(t, p, -1) for t, p in partitions]
-    if not wanted:
-        return {}
-    return {(tp.topic, tp.partition): tp.offset
-            for tp in consumer.offsets_for_times(wanted, timeout=timeout) if tp.error is None}
+    answers fill): one ListOffsets(latest) request for every partition. On Tansu the answer counts
+    record batches. Partitions the broker answered with an error are left out."""
+    return _listed_offsets(consumer, partitions, timeout, -1)
 
 
 def start_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> log start offset, asked of the broker in one ListOffsets(earliest) request
-    (``offsets_for_times`` with the logical offset OFFSET_BEGINNING, -2, as the "time"). One
+    """(topic, partition) -> log start offset, in one ListOffsets(earliest) request. One
     ``get_watermark_offsets`` per partition the consumer does not fetch itself took seconds each in the
     sink (its raw-fetched partitions), holding its consumer thread. Errors are left out."""
-    wanted = [TopicPartition(t, p, -2) for t, p in partitions]
+    return _listed_offsets(consumer, partitions, timeout, -2)
+
+
+def _listed_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float,
+                    logical: int) -> dict[tuple[str, int], int]:
+    """``offsets_for_times`` with a logical offset as the "time" (-1 OFFSET_END, -2 OFFSET_BEGINNING): one
+    ListOffsets request for every partition, answered by the broker."""
+    wanted = [TopicPartition(t, p, logical) for t, p in partitions]
     if not wanted:
         return {}
     return {(tp.topic, tp.partition): tp.offset
