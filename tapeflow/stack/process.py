@@ -8,6 +8,8 @@ import os
 import random
 import signal
 import socket
+import sys
+import threading
 import time
 
 import psutil
@@ -63,18 +65,23 @@ def _wait_gone(pid: int, create_time: float, timeout: float) -> bool:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free now, for a child process to listen on a moment later, drawn at random from *below*
-    the kernel's ephemeral range (``net.ipv4.ip_local_port_range``).
+    the kernel's ephemeral range (``net.ipv4.ip_local_port_range``) and reserved against every other
+    caller of this function on the machine for `RESERVE_S`.
 
     Why not ``bind(0)``: that port comes from the ephemeral range, which every outgoing connection of
     every process also draws from, so between this call and the child's bind a client socket could
     take it ("Address already in use": seen once in the test suite, which opens thousands of
-    connections in parallel). Below the range only another listener can collide. Falls back to
-    ``bind(0)`` when the range leaves nothing below it."""
+    connections in parallel). Below the range only another listener can collide, and the likeliest
+    one is another caller of this function whose child has not bound yet (seen once in CI: a sink
+    starting for seconds under load lost its port to a parallel test). `_reserve` closes that gap.
+    Falls back to ``bind(0)`` when the range leaves nothing below it."""
     low = _ephemeral_low()
     if low > 2_048:
         rng = random.SystemRandom()
         for _ in range(64):
             port = rng.randrange(max(1_024, low // 3), low)
+            if not _reserve(port):
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 try:
                     s.bind((host, port))
@@ -84,6 +91,38 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+RESERVE_S = 300.0  # longer than any child takes to bind its port, a PostgreSQL initdb included
+_reserved: dict[int, tuple[float, socket.socket | None]] = {}
+_reserve_lock = threading.Lock()
+
+
+def _reserve(port: int) -> bool:
+    """Claim ``port`` for this process for `RESERVE_S`, or False when another process (or this one)
+    holds it. The claim is an AF_UNIX socket bound to an abstract name (Linux: no file anywhere,
+    released by the kernel when the holder exits), so test workers and stacks that never heard of
+    each other still skip each other's ports; hand-rolled because no library offers a cross-process
+    port lease without a shared directory."""
+    with _reserve_lock:
+        now = time.monotonic()
+        for held, (at, sock) in list(_reserved.items()):
+            if now - at > RESERVE_S:
+                if sock is not None:
+                    sock.close()
+                del _reserved[held]
+        if port in _reserved:
+            return False
+        claim = None
+        if sys.platform.startswith("linux"):  # elsewhere: this process's own claims only
+            claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                claim.bind(f"\0tapeflow-port-{port}")
+            except OSError:
+                claim.close()
+                return False
+        _reserved[port] = (now, claim)
+        return True
 
 
 def _ephemeral_low() -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
-from tapeflow.stack.process import free_port
+from tapeflow.stack.process import _reserve, free_port
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -41,3 +43,23 @@ def test_a_port_someone_listens_on_is_never_handed_out():
     finally:
         for s in held:
             s.close()
+
+
+def test_a_port_handed_out_is_not_handed_out_again_to_this_or_another_process_until_its_holder_exits():
+    """Two callers whose children have not bound yet must not get one port (a sink starting under load
+    lost its port this way): the claim is shared across processes and ends with its holder."""
+    ours = [free_port() for _ in range(200)]
+    assert len(set(ours)) == len(ours)  # this process never gets a port twice
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys; from tapeflow.stack.process import free_port; "
+                               "print(free_port(), flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        theirs = int(holder.stdout.readline())
+        assert theirs not in ours
+        assert not _reserve(theirs), "another process's port was claimable"
+        assert not _reserve(ours[0])
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert _reserve(theirs), "the claim outlived the process that held it"
