@@ -97,6 +97,18 @@ def make_sink(bootstrap, prefix, conninfo, **kw) -> TopicSink:
     return TopicSink(cfg, bootstrap, conninfo, SERDE)
 
 
+class Crash(Exception):
+    """A sink killed on purpose in the middle of its work (the crash tests)."""
+
+
+def topic_of_trades(bootstrap: str, prefix: str, n: int) -> list[dict]:
+    """``n`` trades produced to a fresh ``md.trades``; returns them."""
+    ensure_topics(bootstrap, prefix=prefix)
+    records = [trade(i) for i in range(n)]
+    produce(bootstrap, prefix + "md.trades", records)
+    return records
+
+
 def test_same_batch_delivered_twice_lands_once(kafka_bootstrap, topic_prefix, db):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     records = [trade(i) for i in range(2_000)]
@@ -108,13 +120,7 @@ def test_same_batch_delivered_twice_lands_once(kafka_bootstrap, topic_prefix, db
 
 
 def test_crash_between_db_commit_and_offset_commit(kafka_bootstrap, topic_prefix, db):
-    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    records = [trade(i) for i in range(1_500)]
-    produce(kafka_bootstrap, topic_prefix + "md.trades", records)
-
-    class Crash(Exception):
-        pass
-
+    records = topic_of_trades(kafka_bootstrap, topic_prefix, 1_500)
     crashing = make_sink(kafka_bootstrap, topic_prefix, db)
 
     def die(batch):
@@ -137,13 +143,7 @@ def test_a_failing_decode_stage_ends_the_sink_with_its_error_and_loses_nothing(k
     """The sealer (the thread that decodes batches for the writers) failing fails the sink: `run` raises its
     error instead of waiting for ever on writers that get nothing, no offset passes what is stored, and the
     next run stores every record exactly once."""
-    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    records = [trade(i) for i in range(1_500)]
-    produce(kafka_bootstrap, topic_prefix + "md.trades", records)
-
-    class Crash(Exception):
-        pass
-
+    records = topic_of_trades(kafka_bootstrap, topic_prefix, 1_500)
     failing = make_sink(kafka_bootstrap, topic_prefix, db)
     real_seal, sealed = failing._seal, []
 

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from sinks.consumer import Batch, SinkConfig, TopicSink
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
-from tests.sinks.test_sink import SERDE, checksum, expected_rows, make_sink, produce, table_rows, trade
+from tests.sinks.test_sink import SERDE, Crash, checksum, expected_rows, make_sink, produce, table_rows, trade
 from tests.support.storage import expected_layout, migrate_for_rows, table_layout
 
 TOPIC = "md.trades"
@@ -109,9 +109,6 @@ def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(kafka_boo
     offsets = _offsets_of(kafka_bootstrap, topic, partition, len(records))
     assert len(offsets) == len(records)
     held = records[2_600]
-
-    class Crash(Exception):
-        pass
 
     def die(batches):
         raise Crash("killed after the database commit, before the offset commit")
