@@ -591,7 +591,9 @@ async def _run_following(settings: Settings, mode: str, config: ExecutorConfig, 
     from execution.following import ExecutorEpochs
     from tapeflow_runtime.service_http import CurrentRegistry
     from tapeflow_runtime.epochs import EpochCursor
+    from tapeflow_runtime.native_memory import few_malloc_arenas
 
+    few_malloc_arenas()  # new Kafka clients every rollover: without it their threads fill 16 arenas
     cursor = EpochCursor(settings.epochs_file, settings.topic_prefix, f"tapeflow-executor-{mode}", "executor")
     epochs = ExecutorEpochs(cursor, bootstrap, settings.home, INPUTS)
     epoch, prefix = await asyncio.to_thread(epochs.first)

@@ -86,3 +86,40 @@ def test_freed_memory_below_a_live_block_goes_back_to_the_os_only_when_released(
     released = run("trim", TRIM_SCRIPT)
     assert kept == {"released": False, "mib_returned": 0}
     assert released["released"] is True and released["mib_returned"] >= 60  # of the 64 MiB freed
+
+
+ARENAS_SCRIPT = """
+import ctypes, sys, threading
+from tapeflow_runtime.native_memory import few_malloc_arenas
+
+set_to = few_malloc_arenas() if sys.argv[1] == "few" else None
+held, started = [], threading.Barrier(8)
+
+def allocate():
+    started.wait()  # all alive at once: none can inherit an arena another one left
+    held.append(bytearray(64 << 10))  # a malloc of the thread's own (above pymalloc's small objects)
+    started.wait()
+
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(set_to, flush=True)
+ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+def arenas(mode: str, **env: str) -> tuple[str, int]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, mode], capture_output=True, text=True,
+                          env=base | env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), done.stderr.count("Arena ")
+
+
+def test_threads_of_a_service_with_few_arenas_share_two():
+    """The executor's Kafka clients' threads each took an arena of their own, up to 16 on 2 cores."""
+    assert arenas("default")[1] > 2  # glibc's default: a new thread gets a new arena
+    assert arenas("few") == ("2", 2)
+    assert arenas("few", MALLOC_ARENA_MAX="4") == ("None", arenas("default", MALLOC_ARENA_MAX="4")[1])
