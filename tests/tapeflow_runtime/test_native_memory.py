@@ -62,12 +62,17 @@ def _glibc_with_mallinfo2() -> bool:
 pytestmark = pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc's mallinfo2 is not available here")
 
 
-def run(mode: str, script: str = SCRIPT, **env: str) -> dict:
+def spawn(mode: str, script: str, **env: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter, without the caller's MALLOC_ settings (plus ``env``)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, env=base | env,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return done
+
+
+def run(mode: str, script: str = SCRIPT, **env: str) -> dict:
+    return json.loads(spawn(mode, script, **env).stdout)
 
 
 def test_after_a_large_free_a_live_service_maps_large_blocks_on_their_own():
@@ -111,10 +116,7 @@ ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on st
 
 
 def arenas(mode: str, **env: str) -> tuple[str, int]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, mode], capture_output=True, text=True,
-                          env=base | env, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = spawn(mode, ARENAS_SCRIPT, **env)
     return done.stdout.strip(), done.stderr.count("Arena ")
 
 
