@@ -19,8 +19,18 @@ have_pg_server() {
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null 2>&1
 }
 
+have_java17() {
+  local java=${JAVA_HOME:+$JAVA_HOME/bin/}java
+  command -v "$java" >/dev/null 2>&1 || return 1
+  local v; v=$("$java" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  [[ -n $v && $v -ge 17 ]]
+}
+
 apt_missing=()
 have_pg_server || apt_missing+=(postgresql postgresql-contrib)
+# the embedded broker is Apache Kafka: a Java >= 17 runtime runs it, Maven fetches its jars (deploy/kafka/pom.xml)
+have_java17 || apt_missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || apt_missing+=(maven)
 command -v docker-compose >/dev/null 2>&1 || apt_missing+=(docker-compose)
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)  # promtool validates alert rules in tests
 # libfaketime skews the executor's clock in the fault suite (tests/faults/test_clock_skew.py; skipped without it)
@@ -103,6 +113,12 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   fi
   echo "$want" > "$stamp"
 fi
+# Apache Kafka's jars for the embedded broker, once per user (tapeflow/stack/kafka_libs.py says where and why)
+if ! kafka_libs=$(.venv/bin/python -m tapeflow.stack.kafka_libs); then
+  log "the embedded Kafka is not ready (see the line above); TAPEFLOW_BROKER=host:port uses an existing Kafka instead"
+  exit 1
+fi
+log "Apache Kafka libraries: $kafka_libs"
 # TimescaleDB is not installed by this script (Debian does not package it). Where the system
 # PostgreSQL has it, the embedded cluster and the tests use it; everywhere, a WebAssembly PostgreSQL 17
 # build with TimescaleDB (npm) lets the test suite run the .timescale.sql migrations for real, and

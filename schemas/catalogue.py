@@ -11,10 +11,20 @@ partitions empty; an empty partition costs next to nothing. Low-volume side topi
 risk.events, the xv.* topics, every dlq.*) use one partition: total order and trivial consumers
 matter more there (the xv.* topics are keyed by coin and written by one watchlist service each).
 
-Retention. Market data 7 days (warm-up needs 24 h; the database keeps history); bars 30 days (tiny,
-and a warm-up source); features 7 days (one record per tick x strategy x symbol, the largest derived
-topic; the database keeps history); trading records 90 days, the watchlist's (xv.signals, xv.orders,
-xv.funding, xv.pairs, xv.commands) too; gaps and dead letters 30 days, time to investigate. risk.events is compacted: the last event per scope is the risk guard's durable state.
+Retention. Market data 7 days by default (warm-up needs 24 h; the database keeps history;
+``TAPEFLOW_TOPIC_RETENTION`` sets it, `md_retention_ms` below); derived topics (bars, features,
+signals) 30 days; trading records (orders, fills, positions) and the watchlist's trading records are
+kept (nothing deleted by age: they are small and they are the book of record); gaps, the cross-venue
+features and dead letters 30 days, time to investigate. risk.events is compacted: the last event per
+scope is the risk guard's durable state.
+
+Record time. Every topic is stamped by the broker on arrival (``message.timestamp.type=LogAppendTime``),
+so retention counts from when a record reached the broker, never from the event time it carries: a
+recording from 2023 replayed today stays its full retention, where event-time stamps had Kafka delete
+a replay's bars and features at its next retention check. Event time stays in every value (trade time,
+bar start, evaluation time), which is what the engine, the sinks and the backtest range filters read;
+lookups by time (``topics tail --from``, ``replay``, ``backtest --source topics``) use Kafka's
+ListOffsets over arrival times and then filter on event time.
 
 Keys are UTF-8 strings (not Avro); `symbol_key` builds the common one.
 """
@@ -43,7 +53,8 @@ class TopicSpec:
     """One topic: its name, what the key is made of, partitions, cleanup, and value schema.
 
     `key` describes the key ("exchange:symbol"); `value_schema` is the stem of the `.avsc` file in
-    schemas/avro/; `retention_ms` is None for compacted topics (nothing is deleted by age).
+    schemas/avro/; `retention_ms` is None when nothing is deleted by age (compacted topics, and the
+    trading records, which are kept).
     """
 
     name: str
@@ -57,8 +68,8 @@ class TopicSpec:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError(f"{self.name}: partitions must be >= 1")
-        if self.cleanup_policy == "delete" and (self.retention_ms is None or self.retention_ms <= 0):
-            raise ValueError(f"{self.name}: a delete-policy topic needs a positive retention_ms")
+        if self.retention_ms is not None and self.retention_ms <= 0:
+            raise ValueError(f"{self.name}: retention_ms must be positive (None keeps records forever)")
         if self.cleanup_policy == "compact" and self.retention_ms is not None:
             raise ValueError(f"{self.name}: a compacted topic keeps the latest value per key; retention_ms must be None")
 
@@ -72,8 +83,10 @@ class TopicSpec:
         return self.name.startswith(DLQ_PREFIX)
 
 
-def _symbol_topic(name: str, retention_days: int, schema: str, description: str) -> TopicSpec:
-    return TopicSpec(name, "exchange:symbol", SYMBOL_PARTITIONS, "delete", retention_days * DAY_MS, schema, description)
+def _symbol_topic(name: str, retention_days: int | None, schema: str, description: str) -> TopicSpec:
+    """``retention_days`` None: kept."""
+    retention = None if retention_days is None else retention_days * DAY_MS
+    return TopicSpec(name, "exchange:symbol", SYMBOL_PARTITIONS, "delete", retention, schema, description)
 
 
 _PRIMARY: tuple[TopicSpec, ...] = (
@@ -88,24 +101,24 @@ _PRIMARY: tuple[TopicSpec, ...] = (
     TopicSpec("md.gaps", "exchange:symbol", 1, "delete", 30 * DAY_MS, "data_gap",
               "Market-data holes that could not be filled."),
     _symbol_topic("bars.1m", 30, "bar", "Closed 1-minute OHLCV bars with taker buy/sell volume."),
-    _symbol_topic("features", 7, "feature_evaluation", "Every strategy evaluation with its factor breakdown."),
-    _symbol_topic("signals", 90, "signal", "Trade signals with exit plan and provenance."),
-    _symbol_topic("orders", 90, "order_event", "Order state transitions (paper, testnet, live)."),
-    _symbol_topic("fills", 90, "fill", "Order executions."),
-    _symbol_topic("positions", 90, "position_event", "Position lifecycle events with P&L in R."),
+    _symbol_topic("features", 30, "feature_evaluation", "Every strategy evaluation with its factor breakdown."),
+    _symbol_topic("signals", 30, "signal", "Trade signals with exit plan and provenance."),
+    _symbol_topic("orders", None, "order_event", "Order state transitions (paper, testnet, live)."),
+    _symbol_topic("fills", None, "fill", "Order executions."),
+    _symbol_topic("positions", None, "position_event", "Position lifecycle events with P&L in R."),
     TopicSpec("risk.events", "scope", 1, "compact", None, "risk_event",
               "Risk-guard decisions; compacted to the latest state per scope."),
-    TopicSpec("xv.features", "coin", 1, "delete", 7 * DAY_MS, "cross_venue_feature",
+    TopicSpec("xv.features", "coin", 1, "delete", 30 * DAY_MS, "cross_venue_feature",
               "Cross-venue features per coin and ordered venue pair (the watchlist service)."),
-    TopicSpec("xv.signals", "coin", 1, "delete", 90 * DAY_MS, "watchlist_signal",
+    TopicSpec("xv.signals", "coin", 1, "delete", None, "watchlist_signal",
               "Watchlist signals and rejected candidates per coin and ordered venue pair."),
-    TopicSpec("xv.orders", "coin", 1, "delete", 90 * DAY_MS, "watchlist_leg_order",
+    TopicSpec("xv.orders", "coin", 1, "delete", None, "watchlist_leg_order",
               "Leg orders of hedged pairs (entry, exit, unwind) and their outcome."),
-    TopicSpec("xv.funding", "coin", 1, "delete", 90 * DAY_MS, "watchlist_funding_payment",
+    TopicSpec("xv.funding", "coin", 1, "delete", None, "watchlist_funding_payment",
               "Funding paid or received by the legs of hedged pairs."),
-    TopicSpec("xv.pairs", "coin", 1, "delete", 90 * DAY_MS, "watchlist_pair_event",
+    TopicSpec("xv.pairs", "coin", 1, "delete", None, "watchlist_pair_event",
               "Hedged pair state after each change (seq per pair), with P&L per pair and leg."),
-    TopicSpec("xv.commands", "coin", 1, "delete", 90 * DAY_MS, "watchlist_command",
+    TopicSpec("xv.commands", "coin", 1, "delete", None, "watchlist_command",
               "Operator commands to the watchlist traders (open or close a hedged pair) and their answers."),
 )
 
@@ -153,11 +166,26 @@ def dlq_topic(name: str) -> str:
     return DLQ_MD if name.startswith(MD_PREFIX) else DLQ_PREFIX + name
 
 
-def topic_configs(spec: TopicSpec) -> dict[str, str]:
+#: the longest a segment stays open: retention deletes whole segments, so a record lives at most its
+#: retention plus this (Kafka's default, 7 days, would keep market data for up to 14)
+SEGMENT_MS = DAY_MS
+
+
+def retention_ms(spec: TopicSpec, md_retention_ms: int | None = None) -> int | None:
+    """How long records of `spec` are kept (None: forever): the catalogue's, or for market data
+    (md.*) ``md_retention_ms`` when given (the stack's ``TAPEFLOW_TOPIC_RETENTION``; 0 = forever)."""
+    if md_retention_ms is not None and spec.name.startswith(MD_PREFIX) and spec.cleanup_policy == "delete":
+        return md_retention_ms or None
+    return spec.retention_ms
+
+
+def topic_configs(spec: TopicSpec, md_retention_ms: int | None = None) -> dict[str, str]:
     """Kafka topic-level configs for `spec`, as the strings AdminClient/NewTopic expect."""
-    configs = {"cleanup.policy": spec.cleanup_policy}
-    if spec.retention_ms is not None:
-        configs["retention.ms"] = str(spec.retention_ms)
+    configs = {"cleanup.policy": spec.cleanup_policy, "message.timestamp.type": "LogAppendTime"}
+    if spec.cleanup_policy == "delete":
+        kept = retention_ms(spec, md_retention_ms)
+        configs["retention.ms"] = str(kept if kept is not None else -1)
+        configs["segment.ms"] = str(min(SEGMENT_MS, kept) if kept is not None else SEGMENT_MS)
     return configs
 
 

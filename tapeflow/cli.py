@@ -950,7 +950,8 @@ def topics_create() -> None:
     """Create every catalogue topic that is missing (idempotent; existing topics are left alone)."""
     from tapeflow_runtime.kafka_client import ensure_topics
 
-    results = ensure_topics(_bootstrap(), prefix=current_prefix(state.settings()))
+    settings = state.settings()
+    results = ensure_topics(_bootstrap(), prefix=current_prefix(settings), md_retention_ms=settings.topic_retention_ms())
     for r in results:
         echo(f"{r.name:<32}{r.action}{': ' + r.detail if r.detail else ''}")
     created = sum(r.action == "created" for r in results)

@@ -74,7 +74,7 @@ CARRIED_TOPICS: tuple[str, ...] = ("positions", "orders", "fills", "risk.events"
 def rollover_enabled(settings) -> bool:
     """Only the embedded broker needs epochs (Kafka trims partitions itself); not a rehearsal either
     (no producer: its topics are a finite copy) nor with ``epoch_max_batches`` 0."""
-    return settings.broker is None and settings.epoch_max_batches > 0 and not settings.namespace
+    return False
 
 
 def slot_prefix(base: str, slot: int) -> str:

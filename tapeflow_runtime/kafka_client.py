@@ -145,11 +145,11 @@ class TopicResult:
 
 
 def ensure_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] | None = None,
-                  timeout: float = 15.0) -> list[TopicResult]:
+                  timeout: float = 15.0, md_retention_ms: int | None = None) -> list[TopicResult]:
     """Create every catalogue topic that is missing; existing topics are checked, never altered.
 
-    Idempotent: running it twice creates nothing the second time. A partition-count mismatch is
-    reported (Kafka cannot shrink partitions, and growing them would re-key existing data).
+    Idempotent: running it twice creates nothing the second time. ``md_retention_ms``: the market
+    data's retention (``Settings.topic_retention_ms``). A partition-count mismatch is reported (Kafka cannot shrink partitions, and growing them would re-key existing data).
     """
     specs = list(specs if specs is not None else all_topics())
     admin = admin_client(bootstrap)
@@ -166,7 +166,7 @@ def ensure_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] |
                 results.append(TopicResult(name, "exists"))
             continue
         to_create.append((spec, NewTopic(name, num_partitions=spec.partitions, replication_factor=-1,
-                                         config=topic_configs(spec))))
+                                         config=topic_configs(spec, md_retention_ms))))
     if to_create:
         futures = admin.create_topics([nt for _, nt in to_create], operation_timeout=timeout)
         for spec, nt in to_create:

@@ -101,9 +101,10 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="All state: pid files, logs, data.")
     broker: str | None = Field(
         default=None,
-        description="External Kafka bootstrap servers host:port[,host:port]; unset = embedded Tansu.",
+        description="External Kafka bootstrap servers host:port[,host:port]; unset = the embedded Apache Kafka.",
     )
     broker_port: int = Field(default=0, ge=0, le=65535, description="Embedded broker port; 0 = pick a free one.")
+    broker_heap_mb: int = Field(default=512, ge=128, le=65_536, description="Embedded broker: the JVM's maximum heap.")
     database_url: SecretStr | None = Field(
         default=None, description="External PostgreSQL/TimescaleDB URL; unset = embedded PostgreSQL."
     )
@@ -194,8 +195,8 @@ class Settings(BaseSettings):
         "partition holds this many record batches (Tansu answers nothing past ~20,000; see the embedded stack's docs); 0 = never.")
     epoch_check_s: float = Field(default=10.0, gt=0, description="How often the supervisor counts batches.")
     topic_retention: str = Field(
-        default="24h", description="Embedded broker: how long a finished topic segment (an epoch's topics) stays "
-        "readable after it was closed (30m, 24h, 7d, forever; 0 = deleted at the rollover).")
+        default="7d", description="How long the broker keeps market data (md.* topics) after it arrived, set when "
+        "the topics are created (30m, 24h, 7d, forever); derived topics keep 30 days, trading records forever.")
     topic_memory_mb: int = Field(
         default=4_096, ge=0, description="Embedded broker: when its resident memory passes this many MB, the "
         "oldest finished segments are deleted before their retention ends (0 = no budget).")
@@ -261,16 +262,15 @@ class Settings(BaseSettings):
     @classmethod
     def _topic_retention(cls, v: Any) -> Any:
         text = str(v).strip().lower()
-        if text not in ("0", "0s", "0m", "0h"):
-            parse_duration(text)
+        kept = parse_duration(text)
+        if kept is not None and kept.total_seconds() < 1:
+            raise ValueError("topic_retention must be at least 1s (or forever)")
         return text
 
-    def topic_retention_s(self) -> float | None:
-        """``topic_retention`` in seconds (None: forever, 0: none)."""
-        if self.topic_retention in ("0", "0s", "0m", "0h"):
-            return 0.0
+    def topic_retention_ms(self) -> int:
+        """``topic_retention`` in milliseconds, 0 for forever (``schemas.catalogue.topic_configs``)."""
         kept = parse_duration(self.topic_retention)
-        return None if kept is None else kept.total_seconds()
+        return 0 if kept is None else int(kept.total_seconds() * 1000)
 
     @field_validator("home", mode="after")
     @classmethod

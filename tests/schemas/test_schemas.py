@@ -235,8 +235,22 @@ def test_all_topics_primary_then_dlq_with_unique_names():
 
 
 def test_topic_configs_are_kafka_strings():
-    assert topic_configs(topic("md.trades")) == {"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)}
-    assert topic_configs(topic("risk.events")) == {"cleanup.policy": "compact"}
+    day = 86_400_000
+    arrival = {"message.timestamp.type": "LogAppendTime"}
+    assert topic_configs(topic("md.trades")) == {"cleanup.policy": "delete", "retention.ms": str(7 * day),
+                                                 "segment.ms": str(day), **arrival}
+    assert topic_configs(topic("risk.events")) == {"cleanup.policy": "compact", **arrival}
+
+
+def test_retention_market_data_settable_derived_30_days_trading_records_kept():
+    day = 86_400_000
+    assert topic_configs(topic("md.trades"), md_retention_ms=3_600_000)["retention.ms"] == "3600000"
+    assert topic_configs(topic("md.trades"), md_retention_ms=3_600_000)["segment.ms"] == "3600000"
+    assert topic_configs(topic("md.trades"), md_retention_ms=0)["retention.ms"] == "-1"
+    for derived in ("bars.1m", "features", "signals"):
+        assert topic_configs(topic(derived), md_retention_ms=3_600_000)["retention.ms"] == str(30 * day)
+    for kept in ("orders", "fills", "positions"):
+        assert topic_configs(topic(kept))["retention.ms"] == "-1"
 
 
 def test_topics_the_engine_and_executor_join_are_co_partitioned():
@@ -249,9 +263,10 @@ def test_topic_spec_rejects_inconsistent_cleanup():
     with pytest.raises(ValueError):
         TopicSpec("x", "k", 1, "compact", 1000, "trade", "")
     with pytest.raises(ValueError):
-        TopicSpec("x", "k", 1, "delete", None, "trade", "")
+        TopicSpec("x", "k", 1, "delete", 0, "trade", "")
     with pytest.raises(ValueError):
         TopicSpec("x", "k", 0, "delete", 1000, "trade", "")
+    assert TopicSpec("x", "k", 1, "delete", None, "trade", "").retention_ms is None  # kept
 
 
 def test_symbol_key():
