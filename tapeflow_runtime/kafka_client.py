@@ -137,6 +137,78 @@ def broker_health(bootstrap: str, timeout: float = 3.0) -> Health:
     return Health(True, f"{len(md.brokers)} broker(s), {len(md.topics)} topic(s)")
 
 
+#: Kafka APIs (key: (name, lowest version we need)) the pipeline uses beyond the basics: the idempotent
+#: and transactional producer (InitProducerId v3, TxnOffsetCommit v3: KIP-447's consumer group metadata,
+#: Kafka 2.5), ListOffsets by timestamp with isolation level (v2), and DescribeCluster (Kafka 2.8, which
+#: also stands for "KRaft-era broker"). A broker missing one is refused at start with its name.
+REQUIRED_APIS = {0: ("Produce", 3), 2: ("ListOffsets", 2), 22: ("InitProducerId", 3),
+                 28: ("TxnOffsetCommit", 3), 60: ("DescribeCluster", 0)}
+OLDEST_KAFKA = "2.8"
+
+
+def kafka_protocol_problem(bootstrap: str, timeout: float = 3.0) -> str | None:
+    """None when the first reachable address of ``bootstrap`` answers Kafka's ApiVersions request with
+    every API of ``REQUIRED_APIS``; else one line saying what answered instead.
+
+    Hand-rolled (ApiVersions v0: a 10-byte header and an array of (key, min, max)) because neither
+    confluent-kafka nor librdkafka exposes a broker's API versions: librdkafka negotiates them silently
+    and falls back, so an old broker fails later, mid-stream, and a port that is not Kafka at all only
+    times out. Reachability itself is ``broker_health``'s to report."""
+    import socket
+    import struct
+
+    problems = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                client = b"tapeflow"
+                body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
+                sock.sendall(struct.pack(">i", len(body)) + body)
+                answer = _read_frame(sock)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{address}: {exc}")
+            continue
+        if answer is None or len(answer) < 10 or struct.unpack(">i", answer[:4])[0] != 1:
+            return f"{address} answers, but not as a Kafka broker (no ApiVersions response)"
+        error, count = struct.unpack(">hi", answer[4:10])
+        if error != 0 or count < 0 or len(answer) < 10 + 6 * count:
+            return f"{address} answers, but not as a Kafka broker (ApiVersions error {error})"
+        versions = {key: high for key, _low, high in struct.iter_unpack(">hhh", answer[10:10 + 6 * count])}
+        missing = [f"{name} v{need}" for key, (name, need) in REQUIRED_APIS.items() if versions.get(key, -1) < need]
+        if missing:
+            return (f"{address} is a Kafka broker older than {OLDEST_KAFKA} (it lacks {', '.join(missing)}); "
+                    "tapeflow needs Apache Kafka >= 2.8 (the embedded one is 4.4)")
+        return None
+    return "; ".join(problems) or "no address"
+
+
+def _read_frame(sock) -> bytes | None:
+    import struct
+
+    head = _read_exact(sock, 4)
+    if head is None:
+        return None
+    size = struct.unpack(">i", head)[0]
+    if size < 0 or size > 1_000_000:
+        return None  # a text protocol's first bytes read as a length
+    return _read_exact(sock, size)
+
+
+def _read_exact(sock, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except TimeoutError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 @dataclass(frozen=True)
 class TopicResult:
     name: str

@@ -68,11 +68,6 @@ def pytest_configure(config) -> None:
 
     _configure_structlog_without_caching()
 
-    # the embedded Kafka's jars stay where the bootstrap put them (the user's cache, read only here)
-    from tapeflow.stack.kafka_libs import LIBS_ENV, cache_dir, is_complete
-
-    if is_complete(cache_dir()):
-        os.environ.setdefault(LIBS_ENV, str(cache_dir()))
     _user_dirs_root = tempfile.mkdtemp(prefix="tapeflow-test-user-dirs-")
     for var, sub in _USER_DIRS.items():
         os.makedirs(os.path.join(_user_dirs_root, sub))

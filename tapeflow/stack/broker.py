@@ -29,7 +29,7 @@ from tapeflow.stack.kafka_libs import KafkaSetupError, classpath, java_binary, k
 from tapeflow.stack.process import StackError, check_port_free, free_port
 from tapeflow.stack.service import Launch, Service
 from tapeflow_runtime.health import Health
-from tapeflow_runtime.kafka_client import broker_health
+from tapeflow_runtime.kafka_client import broker_health, kafka_protocol_problem
 
 HOST = "127.0.0.1"
 NODE_ID = 1
@@ -202,8 +202,12 @@ class KafkaBroker(Service):
             log.write(f"formatted {self.data_dir} for cluster {cluster} in {time.monotonic() - t0:.1f}s\n")
 
     def health(self, address: str) -> Health:
+        if self.external:
+            # a port that is not Kafka, or a Kafka too old for what we use, is said as such at `up`
+            problem = kafka_protocol_problem(address)
+            return Health(False, problem) if problem else broker_health(address)
         health = broker_health(address)
-        if not health.ok or self.external:
+        if not health.ok:
             return health
         return Health(True, f"Apache Kafka {kafka_version()}, {health.detail}, log {log_size_mb(self.data_dir):.1f} MB")
 

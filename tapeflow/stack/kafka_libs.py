@@ -43,13 +43,19 @@ def kafka_version(pom: Path = POM) -> str:
 
 
 def cache_dir(pom: Path = POM) -> Path:
-    """Where this POM's jars live: settable with ``TAPEFLOW_KAFKA_LIBS``, else the per-user cache."""
+    """Where this POM's jars live: settable with ``TAPEFLOW_KAFKA_LIBS``, else the per-user cache
+    (``$XDG_CACHE_HOME``, or ``~/.cache`` when that already holds them: a user who set
+    ``XDG_CACHE_HOME`` later, or a process given its own, still finds the jars resolved before)."""
     override = os.environ.get(LIBS_ENV)
     if override:
         return Path(override).expanduser()
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tapeflow" / f"kafka-{digest}"
+    name = f"kafka-{hashlib.sha256(pom.read_bytes()).hexdigest()[:16]}"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    default = Path.home() / ".cache" / "tapeflow" / name
+    if xdg:
+        mine = Path(xdg) / "tapeflow" / name
+        return default if not is_complete(mine) and is_complete(default) else mine
+    return default
 
 
 def is_complete(libs: Path) -> bool:
