@@ -4,7 +4,7 @@ Three stages, each over the same zip, so the cost of each layer shows:
   parse          zip -> CSV rows -> normalised trade dicts
   parse+encode   ... + agg-id continuity + Avro encoding (what the producer hands to librdkafka)
   full backfill  `run_backfill` into a real broker: ... + produce, flush and checkpoints
-The broker is `--bootstrap` or, by default, an embedded Tansu started for the run. Peak RSS growth
+The broker is `--bootstrap` or, by default, the embedded Kafka started for the run. Peak RSS growth
 during the full backfill shows whether the day is streamed (it should not scale with the row count).
 
     .venv/bin/python -m benchmarks.bench_backfill [--rows 1000000] [--bootstrap host:port]
@@ -78,7 +78,7 @@ def parse_and_encode(path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
+    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start the embedded Kafka)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--client", choices=("confluent", "aiokafka", "both"), default="both")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
                     help="aiokafka fetch wait (the engine worker's default)")
-    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
+    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start the embedded Kafka)")
     args = ap.parse_args()
     clients = ("confluent", "aiokafka") if args.client == "both" else (args.client,)
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bootstrap:

@@ -24,7 +24,7 @@ icebergs (their defaults) to that section.
 Faust's event path, which is why the worker delivers fetches in bulk (see ``bulk_consumer``).
 
 Run: ``.venv/bin/python -m benchmarks.bench_engine_app [--rates 50,200,500] [--minutes 10]
-[--mode bulk|stream] [--detectors | --book-detectors] [--bootstrap HOST:PORT]`` (default: an embedded Tansu started for the run).
+[--mode bulk|stream] [--detectors | --book-detectors] [--bootstrap HOST:PORT]`` (default: the embedded Kafka started for the run).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--rates", default="50,200,500", help="trades per second of event time per symbol")
     ap.add_argument("--minutes", type=int, default=10, help="event time of each session")
     ap.add_argument("--mode", choices=("bulk", "stream"), default="bulk")
-    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
+    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start the embedded Kafka)")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--detectors", action="store_true", help="the shipped strategies with a detectors section")
     ap.add_argument("--book-detectors", action="store_true", help="--detectors with walls and icebergs too")

@@ -2,7 +2,7 @@
 
 Target (DESIGN §7): receive → signal p99 ≤ 200 ms at 5,000 trades/s.
 
-What runs: an embedded Tansu (or ``--bootstrap``), one engine worker as its own process
+What runs: the embedded Kafka (or ``--bootstrap``), one engine worker as its own process
 (``python -m stream_apps.faust_app``, shipped strategies), and in this process a paced producer that
 publishes live market data — ``--rate`` trades/s spread over 4 symbols with trade time = receive
 time = the wall clock at publication, a book snapshot every 250 ms and a mark price every second per
@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=5000.0, help="trades/s over all symbols")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured duration")
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds not counted at the start")
-    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start an embedded Tansu)")
+    ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start the embedded Kafka)")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
                     help="the worker's fetch wait (Faust's own: 1500)")
     args = ap.parse_args()

@@ -1,6 +1,6 @@
 """Executor latency and throughput in paper mode.
 
-1. signal -> order through the broker: the executor service runs in-process against an embedded Tansu
+1. signal -> order through the broker: the executor service runs in-process against the embedded Kafka
    broker (its own Kafka consumer and publisher, as in `tapeflow execute --mode paper`); md.trades keep
    market data fresh while signals arrive one at a time. Two latencies per signal:
    - `executor`: Kafka timestamp of the entry order intent (PENDING_NEW, stamped when the executor
@@ -32,7 +32,7 @@ from execution.paper_broker import PaperBroker
 from execution.service import ExecuteOptions, run_executor
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.broker import KafkaBroker
 from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.kafka_client import (
     consumer_config,
@@ -71,7 +71,7 @@ def bench_through_broker(n_signals: int, rate: float) -> None:
         paths = StackPaths(Path(tmp))
         paths.ensure()
         settings = Settings(home=Path(tmp), broker=None)
-        sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths)], steps=[])
+        sup = Supervisor(settings, paths, say=lambda m: None, services=[KafkaBroker(settings, paths)], steps=[])
         sup.start_all()
         try:
             bootstrap = sup.addresses["broker"]
@@ -138,7 +138,7 @@ def bench_through_broker(n_signals: int, rate: float) -> None:
             watcher.close()
         finally:
             sup.stop_all()
-    print(f"signal -> order through the broker (paper, Tansu), {len(e2e_ms)} signals at {rate:g}/s:")
+    print(f"signal -> order through the broker (paper, embedded Kafka), {len(e2e_ms)} signals at {rate:g}/s:")
     for name, values in (("executor (Kafka timestamps)", executor_ms), ("end to end (wall clock)", e2e_ms)):
         if not values:
             print(f"  {name}: no orders seen")

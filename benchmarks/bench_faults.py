@@ -12,7 +12,7 @@ the fault clearing to outputs flowing again; orders columns are empty where no o
 
 Adding a case: append a `Case` to ``REGISTRY``: a name and ``run(workdir, short, bootstrap) -> list of
 rows`` (dicts with the keys of ``tests.support.faults_process.ROW_KEYS``; extra keys are ignored).
-``bootstrap`` is a Kafka address for cases that need only a broker (an embedded Tansu started for the
+``bootstrap`` is a Kafka address for cases that need only a broker (the embedded Kafka started for the
 run); cases that start a whole stack ignore it.
 """
 
@@ -54,8 +54,8 @@ def _stack_process_faults(workdir: Path, short: bool, bootstrap: str) -> list[di
     from tests.support.faults_process import stack_process_faults
 
     if short:
-        return stack_process_faults(workdir / "home", stop_s=8.0, db_stall_s=7.0, starvation_window_s=3.0,
-                                    duration_s=50.0, trades_per_s=40.0)
+        return stack_process_faults(workdir / "home", stop_s=8.0, db_stall_s=7.0, duration_s=50.0,
+                                    trades_per_s=40.0)
     return stack_process_faults(workdir / "home", stop_s=60.0, db_stall_s=120.0, duration_s=300.0,
                                 trades_per_s=100.0)
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--short", action="store_true", help="the tests' fault durations")
     ap.add_argument("--only", action="append", default=[], help="case name (repeatable)")
-    ap.add_argument("--bootstrap", default=None, help="an existing Kafka; default an embedded Tansu")
+    ap.add_argument("--bootstrap", default=None, help="an existing Kafka; default the embedded Kafka")
     ap.add_argument("--detail", action="store_true", help="also print each row's detail (without logs)")
     args = ap.parse_args(argv)
     cases = [c for c in REGISTRY if not args.only or c.name in args.only]

@@ -3,7 +3,7 @@
 Run: .venv/bin/python -m benchmarks.bench_producer [--frames 300000]
 Target (DESIGN.md §7): ≥ 100,000 aggTrade msgs/s per core. Prints wall-clock and CPU-time rates; the
 per-core figure is frames / process CPU seconds of this process (librdkafka's threads included), so
-it stays honest on a loaded 2-core machine. Produces into a real (embedded Tansu) broker.
+it stays honest on a loaded 2-core machine. Produces into a real broker, the embedded Apache Kafka.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from producers.binance.parse import parse_agg_trade
 from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.stack.broker import TansuBroker
+from tapeflow.stack.broker import KafkaBroker
 from tapeflow.stack.supervisor import Supervisor
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.paths import StackPaths
@@ -48,7 +48,7 @@ def main() -> None:
         paths = StackPaths(Path(tmp))
         paths.ensure()
         settings = Settings(home=Path(tmp), broker=None)
-        sup = Supervisor(settings, paths, say=lambda m: None, services=[TansuBroker(settings, paths)], steps=[])
+        sup = Supervisor(settings, paths, say=lambda m: None, services=[KafkaBroker(settings, paths)], steps=[])
         sup.start_all()
         try:
             bootstrap = sup.addresses["broker"]

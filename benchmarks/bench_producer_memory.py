@@ -5,7 +5,7 @@ Background (RESULTS.md, "The producer's slow memory growth"): `tapeflow produce`
 minute at 40 trades/s, all of it free memory glibc keeps in the main arena (in use flat). Here
 several `tapeflow produce` processes run side by side, each against its own fake exchange playing
 the same synthetic session in real time (``--speed 1``, 2 symbols, ``--trades-per-s`` each, depth
-every 100 ms, BTC-like bursts), publishing into one embedded Tansu under their own topic prefixes.
+every 100 ms, BTC-like bursts), publishing into one embedded Kafka under their own topic prefixes.
 They differ only in the allocator's setting:
 
 * ``default``: what ``tapeflow produce`` does (since ``tapeflow_runtime.native_memory.live_service_allocator``:
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--settle-min", type=float, default=5.0, help="samples before this are not in the slope")
     parser.add_argument("--variants", default="default,dynamic,trim60",
                         help=f"comma-separated, of {', '.join(VARIANTS)}")
-    parser.add_argument("--bootstrap", default=None, help="a broker to use instead of an embedded Tansu")
+    parser.add_argument("--bootstrap", default=None, help="a broker to use instead of the embedded Kafka")
     parser.add_argument("--out", default=None, help="also write every sample as JSON here")
     args = parser.parse_args()
     names = [v for v in args.variants.split(",") if v]

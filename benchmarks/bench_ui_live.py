@@ -1,9 +1,9 @@
-"""The UI's live follower (``tapeflow_ui.live``) on the embedded broker: what it costs Tansu with no
-page open and with one, and how long a bar takes from the topic to a page's queue.
+"""The UI's live follower (``tapeflow_ui.live``) on the embedded broker: what it costs the broker with
+no page open and with one, and how long a bar takes from the topic to a page's queue.
 
-An embedded Tansu (as `tapeflow up` starts it) holds every catalogue topic under one prefix, with
-``--history`` single-record batches in ``bars.1m`` and ``signals`` (Tansu's fetch cost grows with a
-partition's batches). The follower is the one `tapeflow ui` builds (one segment here). Three phases:
+The embedded Apache Kafka (as `tapeflow up` starts it) holds every catalogue topic under one prefix,
+with ``--history`` single-record batches in ``bars.1m`` (and ``xv.pairs`` for the desk) before the
+run. The follower is the one `tapeflow ui` builds. Three phases:
 ``--seconds`` with no page (the follower must hold no consumer), ``--seconds`` with one page listening
 and nothing published (the idle fetches it costs), then ``--samples`` bars published one at a time,
 each timed from ``produce()`` to the page's queue. Broker CPU from ``/proc/<pid>/stat``

@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL (and optionally Tansu) a database benchmark runs against, migrated.
+"""The embedded PostgreSQL (and optionally Apache Kafka) a database benchmark runs against, migrated.
 
 Shared by bench_sink, bench_features and bench_storage so each starts the services the way
 `tapeflow up` does (same supervisor, free ports, default durability) instead of its own copy.
@@ -21,7 +21,7 @@ def embedded_stack(with_broker: bool = True, engine_extension: str | None = "tim
     TimescaleDB); `engine_extension=None` asks for plain time partitions on any server.
     """
     from sinks.migrate import migrate
-    from tapeflow.stack.broker import TansuBroker
+    from tapeflow.stack.broker import KafkaBroker
     from tapeflow.stack.postgres import EmbeddedPostgres
     from tapeflow.stack.supervisor import Supervisor
     from tapeflow_runtime.paths import StackPaths
@@ -32,7 +32,7 @@ def embedded_stack(with_broker: bool = True, engine_extension: str | None = "tim
         paths.ensure()
         settings = Settings(home=Path(tmp), broker=None, database_url=None)
         pg = EmbeddedPostgres(settings, paths)
-        services = ([TansuBroker(settings, paths)] if with_broker else []) + [pg]
+        services = ([KafkaBroker(settings, paths)] if with_broker else []) + [pg]
         sup = Supervisor(settings, paths, say=lambda m: None, services=services, steps=[])
         sup.start_all()
         try:
