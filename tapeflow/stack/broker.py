@@ -117,6 +117,8 @@ class KafkaBroker(Service):
         super().__init__(settings, paths)
         self.external = settings.broker is not None
         self._ports: tuple[int, int] = (0, 0)
+        #: server.properties entries over ours (a test's short retention check, say)
+        self.extra_properties: dict[str, str] = {}
 
     @property
     def kafka_dir(self) -> Path:
@@ -180,7 +182,8 @@ class KafkaBroker(Service):
         cluster = self.cluster_id()
         port, controller = self._pick_ports()
         config = self.kafka_dir / "server.properties"
-        config.write_text(server_properties(self.data_dir, port, controller))
+        config.write_text(server_properties(self.data_dir, port, controller)
+                          + "".join(f"{k}={v}\n" for k, v in self.extra_properties.items()))
         log4j = self.kafka_dir / "log4j2.yaml"
         log4j.write_text(LOG4J2)
         jvm = [java, f"-Xmx{self.settings.broker_heap_mb}m", "-Xms64m", "-XX:+UseSerialGC",
