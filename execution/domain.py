@@ -3,7 +3,7 @@
 Why a separate module: the pure core (position manager, paper broker, risk guard, executor) works on
 small immutable values with the fields it needs, never on raw Avro dicts, so a schema change touches
 one parser and the core stays testable without Kafka. Directions and sides are the schema's enum
-symbols ("LONG"/"SHORT", "BUY"/"SELL"); every time is epoch milliseconds UTC.
+symbols ("LONG"/"SHORT", "BUY"/"SELL"); every time is Unix milliseconds (UTC).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ DAILY_LOSS = "daily_loss"
 
 
 def utc_day(ms: int) -> int:
-    """Days since the epoch (UTC) of a time in ms: the daily-loss bucket."""
+    """Days since 1970-01-01 (UTC) of a time in ms: the daily-loss bucket."""
     return ms // DAY_MS
 
 

@@ -65,36 +65,21 @@ from execution.safety import (
     check_mode_allowed,
     startup_echo,
 )
-from tapeflow_runtime.topic_reader import StateReadError, read_to_end
 from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from tapeflow_runtime.idle_fetch import IdleFetchCycle
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
 from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
-from tapeflow_runtime.epochs import rollover_enabled
 from tapeflow_runtime.settings import Settings
+from tapeflow_runtime.topic_reader import StateReadError, read_to_end
 
 log = structlog.get_logger("executor")
 
 INPUTS = ("signals", "md.trades", "md.book", "md.mark")
 OUTPUTS = ("orders", "fills", "positions", "risk.events")
-
-
-#: The executor's fetch wait. With the live 10 ms an idle executor asked the embedded broker ~100
-#: times a second per consumer, the largest share of Tansu's CPU in an idle stack (measured: the
-#: broker used 0.31 CPU-s per second idle, 0.18 with the executor stopped). Tansu answers a fetch
-#: that was waiting within about half its wait once data arrives (measured crossing, 30 records:
-#: 10 ms wait p50 3.3 / p90 6.0 ms, 50 ms wait p50 8.8 / p90 21.5 ms); Kafka answers at once. At 50 ms
-#: the idle executor still cost Tansu ~5.6 % of a core (``bench_broker_cpu --attribute-s``): 200 ms, a
-#: few tens of ms more for a signal on Tansu, brought the idle broker from 11.4 to 8.0 % with the sink's 1 s.
-#: Now ``Settings.executor_fetch_wait_ms`` (``TAPEFLOW_EXECUTOR_FETCH_WAIT_MS``, default 200 ms).
-
-#: an idle executor's pass (its consume's timeout while the idle cycle holds the fetches)
-IDLE_PASS_S = 0.25
 
 
 @dataclass
@@ -108,9 +93,6 @@ class ExecuteOptions:
     max_hold_s: float = 5.0  # inputs held for event-time order are released after this long without news
     commit_interval_ms: int = 1000
     restore_idle_s: float = 0.5
-    # the embedded broker: an idle executor's fetches paused but one every this many seconds
-    # (tapeflow_runtime.idle_fetch); None: librdkafka's own (Kafka)
-    idle_fetch_every_s: float | None = None
     stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
 
 
@@ -146,16 +128,9 @@ class KafkaSink:
 class ExecutorService:
     def __init__(self, settings: Settings, mode: str, config: ExecutorConfig, bootstrap: str, serde: AvroSerde,
                  options: ExecuteOptions, clock: Callable[[], int] | None = None,
-                 broker: Broker | None = None, gate: threading.Event | None = None) -> None:
-        """`broker`: the connected exchange broker of testnet/live (None: a fresh paper broker per assignment).
-        `gate`: when given, the service joins its group at once but restores and trades only once the
-        gate is set, from ``starts`` (the next topic epoch's service, started while the old one drains:
-        ``execution.following``)."""
+                 broker: Broker | None = None) -> None:
+        """`broker`: the connected exchange broker of testnet/live (None: a fresh paper broker per assignment)."""
         self.settings = settings
-        self.gate = gate
-        self.starts: dict[tuple[str, int], int] = {}  # (topic, partition) -> where the gated service starts
-        self._deferred: list[TopicPartition] | None = None  # assigned before the gated start was made
-        self._gate_opened = gate is None  # the gated start (seek to ``starts``, commit) is done
         self.mode = mode
         self.config = config
         self.bootstrap = bootstrap
@@ -178,11 +153,7 @@ class ExecutorService:
         self._start: dict[tuple[str, int], int] = {}  # topic-partition not read yet -> the offset it starts at
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
-        self._lag = LagProbe(self.metrics.lag, self._group, starvation_window_s=settings.starvation_window_s)
-        every = options.idle_fetch_every_s
-        # open for the fetch in flight and one more (each up to the fetch wait on Tansu)
-        self._idle = (IdleFetchCycle(every, min(every / 2, 2 * settings.executor_fetch_wait_ms / 1000 + 0.3),
-                                     log=log) if every else None)
+        self._lag = LagProbe(self.metrics.lag, self._group)
         self._risk: Consumer | None = None
         self._reconciled_once = False
         self.broker = broker
@@ -202,43 +173,28 @@ class ExecutorService:
                                             "partition.assignment.strategy": "range",
                                             "enable.partition.eof": True,
                                             "fetch.wait.max.ms": self.settings.executor_fetch_wait_ms}))
-        # risk.events is written a few times a day (a pause, the kill switch): 500 ms delays a risk
-        # record by at most that on Tansu (Kafka answers a fetch as soon as data arrives), and
+        # risk.events is written a few times a day (a pause, the kill switch): Kafka answers a waiting
+        # fetch as soon as a record arrives, so the 500 ms wait costs no latency, and
         # `consume(timeout=0)` below never blocks on it
         self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower",
                                               **{"fetch.wait.max.ms": 500}))
-        # never paused with the idle cycle: a kill switch set while the market data is silent must be read
-        # before the first signal that wakes the executor (the cycle's opening would hand over both at once)
         self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         next_clock = next_commit = 0
         try:
             while not stop.is_set():
-                if self._deferred is not None and self.gate is not None and self.gate.is_set():
-                    self._open_gate()
-                received = 0
-                idle = self._idle is not None and self._idle.idle
-                # idle (the embedded broker's cycle paused the fetches): a quarter second per pass, not a
-                # tenth; the first records after the pause wait at most that longer (the cycle's own wait
-                # is up to its 3 s), and the pass's work (the clock, the risk follower) runs 4 times a second
-                for msg in self._consumer.consume(num_messages=500, timeout=IDLE_PASS_S if idle else 0.02):
+                for msg in self._consumer.consume(num_messages=500, timeout=0.02):
                     if msg.error():
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error", error=msg.error().str())
-                        elif self._deferred is None:  # a gated service's ends are dropped with its reads
+                        else:
                             self.aligner.at_end(self._names[msg.topic()], msg.partition())
                         continue
-                    received += 1
                     if self.executor is not None:
                         self._hold(msg)
                 ex = self.executor
                 if ex is None:
                     continue
-                if self._idle is not None:
-                    self._idle.saw(received)
-                    if self._deferred is None:
-                        self._idle.step(self._consumer, self._consumer.assignment,
-                                        own_paused={(self.prefix + t, p) for t, p in self._paused})
                 self._release(ex)
                 for msg in self._risk.consume(num_messages=100, timeout=0):
                     if msg.error():
@@ -257,9 +213,7 @@ class ExecutorService:
                         self._reconcile(ex, now)
                     self._refresh_gauges(ex, now)
                     if self._lag.due(time.monotonic()):  # the assignment is built only when it is asked
-                        self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic(),
-                                               paused=[(self.prefix + t, p) for t, p in self._paused],
-                                               slow=self._idle is not None and self._idle.idle)
+                        self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic())
                 self.publisher.poll(0)
                 if now >= next_commit:
                     next_commit = now + self.options.commit_interval_ms
@@ -271,35 +225,7 @@ class ExecutorService:
             self._risk.close()
             self.status = "stopped"
 
-    def _open_gate(self) -> None:
-        """The carry is done: read every deferred partition from ``starts`` (0 where none is given: the
-        new epoch's own first record), commit that as the group's start (a restarted executor then runs
-        this epoch), and restore as a normal assignment does. What was fetched before is dropped by the
-        seek. A seek the client refuses (the partition not fetching yet) is tried again next loop."""
-        assert self._consumer is not None and self._deferred is not None
-        partitions = self._deferred
-        offsets = [TopicPartition(tp.topic, tp.partition, max(0, self.starts.get((tp.topic, tp.partition), 0)))
-                   for tp in partitions]
-        try:
-            for tp in offsets:
-                self._consumer.seek(tp)
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            log.info("gated start not ready yet", error=exc.args[0].str())
-            return
-        self._deferred = None
-        self._gate_opened = True
-        self._on_assign(self._consumer, partitions)
-
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._idle is not None:
-            self._idle.forget(consumer, partitions)
-        if not self._gate_opened:
-            # restored once the carry is done (``_open_gate``), also when the gate opened before this
-            # assignment came: the group has no committed start yet, ``starts`` is it
-            self._deferred = list(partitions)
-            self.status = "waiting for the carry"
-            return
         signals = sorted(p.partition for p in partitions if p.topic == self.prefix + "signals")
         t0 = time.monotonic()
         idle = self.options.restore_idle_s
@@ -346,10 +272,6 @@ class ExecutorService:
         return {r["signal_id"]: r for r in snap[self.prefix + "signals"].records if r.get("signal_id") in ids}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._deferred is not None:
-            self._deferred = None  # nothing was read or restored for them
-            self.status = "rebalancing"
-            return
         self._commit()
         self.aligner.drop([(self._names[tp.topic], tp.partition) for tp in partitions if tp.topic in self._names])
         for tp in partitions:
@@ -436,7 +358,10 @@ class ExecutorService:
                 self._start[key] = committed
             else:
                 low, high = self._watermarks(tp)
-                self._start[key] = low if self.options.start_from == "earliest" else high
+                start = low if self.options.start_from == "earliest" else high
+                if start < 0:  # the broker did not answer: unknown now, asked again next time
+                    return -1
+                self._start[key] = start
         return self._start[key]
 
     def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
@@ -505,11 +430,7 @@ class ExecutorService:
     def health(self) -> dict[str, Any]:
         ex = self.executor
         now = self.clock()
-        starving = self._lag.starving()
-        body: dict[str, Any] = {"status": "degraded" if starving and self.status == "running" else self.status}
-        if starving:
-            body["detail"] = f"degraded: {starving}"
-        return {**body, "mode": self.mode,
+        return {"status": self.status, "mode": self.mode,
                 "open_positions": len(ex.positions) if ex else 0,
                 "risk_state": ex.guard.state_name(now) if ex else None,
                 "sole_writer": ex.owner_ok if ex else False,
@@ -562,15 +483,6 @@ async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, op
         log.error("no Kafka", error=str(exc))
         return 2
     serde = AvroSerde(registry_from_url(settings.schema_registry_url))
-    if settings.broker is None and options.idle_fetch_every_s is None:
-        # the embedded broker: an idle executor fetches once every 3 s (tapeflow_runtime.idle_fetch); the
-        # executor reads md.trades/book/mark, so it is idle only when the market data stops, and a signal
-        # after that waits at most this once
-        from dataclasses import replace
-
-        options = replace(options, idle_fetch_every_s=3.0)
-    if settings.epochs_file is not None and rollover_enabled(settings):
-        return await _run_following(settings, mode, config, options, exchange, bootstrap, serde)
     service = ExecutorService(settings, mode, config, bootstrap, serde, options, broker=exchange)
     ran = await run_thread_with_endpoint(
         service.run, build_app(service.metrics.registry, service.health, frozenset({"running"})),
@@ -581,48 +493,3 @@ async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, op
              undelivered=len(service.publisher.failed))
     return code
 
-
-async def _run_following(settings: Settings, mode: str, config: ExecutorConfig, options: ExecuteOptions,
-                         exchange: Any, bootstrap: str, serde: AvroSerde) -> int:
-    """The embedded stack: one process runs the executor epoch after epoch (``execution.following``),
-    behind one endpoint whose ``/health`` names the epoch's ``topic_prefix``."""
-    from dataclasses import replace
-
-    from execution.following import ExecutorEpochs
-    from tapeflow_runtime.service_http import CurrentRegistry
-    from tapeflow_runtime.epochs import EpochCursor
-    from tapeflow_runtime.native_memory import few_malloc_arenas
-
-    few_malloc_arenas()  # new Kafka clients every rollover: without it their threads fill 16 arenas
-    cursor = EpochCursor(settings.epochs_file, settings.topic_prefix, f"tapeflow-executor-{mode}", "executor")
-    epochs = ExecutorEpochs(cursor, bootstrap, settings.home, INPUTS)
-    epoch, prefix = await asyncio.to_thread(epochs.first)
-    registry = CurrentRegistry()
-    current: list[ExecutorService] = []
-    options = replace(options, group_id=None)
-
-    def make(prefix: str, gate: threading.Event | None = None) -> ExecutorService:
-        ensure_topics(bootstrap, prefix=prefix, specs=[topic_spec(n) for n in INPUTS + OUTPUTS]
-                      + [topic_spec(dlq_topic(n)) for n in ("signals", "md.trades")])
-        return ExecutorService(settings.model_copy(update={"topic_prefix": prefix}), mode, config, bootstrap, serde,
-                               options, broker=exchange, gate=gate)
-
-    def on_service(service: ExecutorService) -> None:
-        current[:] = [service]
-        registry.registry = service.metrics.registry
-        log.info("executor on topic epoch", prefix=service.prefix, group=service.group_id)
-
-    def health() -> dict[str, Any]:
-        if not current:
-            return {"status": "starting", "topic_prefix": None}
-        return {**current[0].health(), "topic_prefix": current[0].prefix}
-
-    ran = await run_thread_with_endpoint(
-        lambda stop: epochs.run(make, on_service, stop, epoch, prefix),
-        build_app(registry, health, frozenset({"running"})), options.metrics_host, options.metrics_port, log,
-        options.stop, started=lambda port: log.info("executor started", mode=mode, metrics_port=port,
-                                                    follows_epochs=str(settings.epochs_file)))
-    healthy = bool(current) and current[0].publisher.healthy
-    code = 0 if ran and healthy else 1
-    log.info("executor stopped", code=code)
-    return code

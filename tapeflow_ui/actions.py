@@ -208,7 +208,7 @@ def action_routes(actions: Actions, pool) -> list[Route]:
         coin, sell, buy = pair_venues(body)
         at = body.get("shown_time")
         if not isinstance(at, int) or isinstance(at, bool):
-            raise HTTPException(400, "shown_time: the evaluation time (epoch ms) the review showed")
+            raise HTTPException(400, "shown_time: the evaluation time (Unix ms) the review showed")
         with pool.connection() as conn:
             shown = desk.quote(conn, strategy, coin, sell, buy, at)
         if shown is None:

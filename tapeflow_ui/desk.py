@@ -13,7 +13,7 @@ import psycopg
 from stream_apps.watchlist.ranking import ranking as watchlist_ranking
 from tapeflow_ui.queries import ts
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+UNIX_ZERO = datetime(1970, 1, 1, tzinfo=UTC)
 PAIR_COLUMNS = ("pair_id", "coin", "short_venue", "short_symbol", "long_venue", "long_symbol", "notional_usd", "qty",
                 "status", "reason", "close_reason", "opened_time", "closed_time", "entry_spread", "exit_spread",
                 "gross_usd", "fees_usd", "slippage_usd", "funding_usd", "net_usd", "event_time")
@@ -101,7 +101,7 @@ def quote(conn: psycopg.Connection, strategy, coin: str, sell_venue: str, buy_ve
     args: list = [coin, sell_venue, buy_venue]
     if at_ms is not None:
         where += " AND eval_time = %s"
-        args.append(EPOCH + timedelta(milliseconds=at_ms))
+        args.append(UNIX_ZERO + timedelta(milliseconds=at_ms))
     row = conn.execute(f"SELECT {', '.join(QUOTE_COLUMNS)} FROM xv_features WHERE {where} "  # nosec B608 # constants; values are parameters
                        "ORDER BY eval_time DESC LIMIT 1", args).fetchone()
     if row is None:

@@ -8,8 +8,8 @@ timeline) and a "changed" for ``bars.1m`` (it re-reads its table); the desk a "c
 watchlist's ``xv.features``, ``xv.pairs``, ``xv.orders`` and ``xv.funding`` (it re-reads ranking and
 pairs; ``Throttle`` says when). Records of ``bars.1m`` and ``signals`` count for ``queries.EXCHANGE``
 only; the watchlist's are never decoded. ``md.trades`` (the heatmap's bubbles, the whale radar) is
-not followed: at live rates it is most of the broker's traffic, and Tansu's fetch cost grows with a
-partition's batches; the bubbles are re-read with the heatmap, the radar with the overview.
+not followed: at live rates it is most of the broker's traffic, and a page needs it only when it
+re-reads; the bubbles are re-read with the heatmap, the radar with the overview.
 
 How it reads:
 - one confluent-kafka consumer for the union of the listening pages' topics: a page with a topic it
@@ -19,24 +19,18 @@ How it reads:
   partition from its end when the consumer starts (asked of the broker before the pages are told
   ``live``: whatever is published after that reaches them): a page wants what happens from now on,
   and gets the stored bar from the database when it connects (``app.UI.stream``);
-- on the embedded broker the logical topics are chains of segments (``tapeflow_runtime.epochs``):
-  ``ChainFollower`` says which physical topics to read, and a segment a rollover opens is read from
-  its first own record, one that finished is dropped once read to its end (as the notifier follows
-  them); on Apache Kafka (``TAPEFLOW_BROKER``) one topic per name under the prefix;
-- Tansu's end offset counts record batches, not records, so "from the end" can re-deliver a few
-  older records: harmless here, a page keeps the newest bar (``BarFold`` drops older minutes) and a
-  marker is a marker;
+- the topics are the catalogue names under the stack's topic prefix, the same whether the broker is
+  the embedded Kafka or an external one (``TAPEFLOW_BROKER``); a topic that does not exist yet is
+  looked for again every ``check_s`` and read from its beginning once it does (all of it is new);
 - only while at least one page listens: the first listener starts the consumer (in a thread), and
-  ``linger_s`` after the last one left it is closed. Tansu pays for every fetch, even one that finds
-  nothing (``tapeflow_runtime.idle_fetch``, benchmarks/RESULTS.md, issue 34), so a UI nobody looks
-  at must not fetch; the linger spares a reload or a timeframe change a new consumer;
+  ``linger_s`` after the last one left it is closed, so a UI nobody looks at costs the broker
+  nothing; the linger spares a reload or a timeframe change a new consumer;
 - a broker that cannot be reached (no stack running, a wrong ``TAPEFLOW_BROKER``), or the embedded
   stack stopped or restarted elsewhere while pages listen (``bootstrap()`` is asked again every
-  ``segment_check_s``), is said once in the log and every listener is told to poll the database
+  ``check_s``), is said once in the log and every listener is told to poll the database
   instead (``poll``); the next listener after ``retry_s`` tries the broker again.
 
-Hand-written because it is glue: a consumer thread and asyncio queues (one per page), with the
-segment bookkeeping from ``tapeflow_runtime.epochs``.
+Hand-written because it is glue: a consumer thread and asyncio queues (one per page).
 """
 
 from __future__ import annotations
@@ -50,10 +44,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from schemas.serde import AvroSerde
-from tapeflow_runtime.epochs import Chain, ChainFollower, ReadPositions
 from tapeflow_runtime.kafka_client import consumer_config, end_offsets
 
 log = structlog.get_logger("ui")
@@ -71,14 +64,17 @@ VIEWS: dict[str, dict[str, str]] = {
 DECODED = frozenset(("bars.1m", "signals"))
 #: how long the consumer stays after the last page left (a reload, a timeframe change reconnect)
 LINGER_S = 15.0
-#: the fetch wait: Tansu answers an empty fetch after it, so it bounds both the latency and how often
-#: an idle page's consumer asks (twice a second over 12 partitions)
+#: the fetch wait: Kafka answers a waiting fetch as soon as a record arrives, so this bounds only how
+#: often an idle page's consumer asks (twice a second)
 FETCH_WAIT_MS = 500
 #: after a failed start, listeners poll the database; the broker is tried again this much later
 RETRY_S = 30.0
-#: how often the segments (epochs.json) and topics that did not exist yet are looked at again
-SEGMENT_CHECK_S = 2.0
+#: how often topics that did not exist yet, and where the broker is, are looked at again
+CHECK_S = 2.0
 EXCHANGE = "binance"  # the pages' venue (queries.EXCHANGE)
+#: what a broker answers about a topic it has created but not yet given a leader everywhere
+NEW_TOPIC_CODES = frozenset((KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.OFFSET_NOT_AVAILABLE))
 
 
 def bar_event(record: dict) -> dict:
@@ -101,7 +97,7 @@ class BarFold:
     ``queries.candles`` groups ``bars_1m`` (``date_bin`` from ``origin_s``: the first minute's open,
     the highest high, the lowest low, the last minute's close, summed volumes). A minute seen again
     replaces the earlier copy (the sink upserts bars by open time); a minute older than the current
-    bar is ignored (Tansu can re-deliver older records)."""
+    bar is ignored (a late or re-published record never moves a page's bar back)."""
 
     def __init__(self, seconds: int, origin_s: int) -> None:
         self.seconds, self.origin_s = seconds, origin_s
@@ -193,18 +189,16 @@ class Listener:
 
 class LiveFollower:
     """See the module doc. ``bootstrap()`` is resolved at each consumer start (a stack started after
-    the UI is found); ``chain`` (the embedded broker's ``reader_chain``) makes it follow segments. The
-    consumer reads the union of the listening pages' topics (``VIEWS``): a page with a topic not read
+    the UI is found). The consumer reads the union of the listening pages' topics (``VIEWS``): a page with a topic not read
     yet makes it add that topic (from its end, then the page is told ``live``); topics no page wants
     any more are dropped, except while nobody listens (the linger keeps what was read)."""
 
     def __init__(self, bootstrap: Callable[[], str], serde: AvroSerde, prefix: str,
-                 chain: Callable[[], Chain] | None = None,
                  linger_s: float = LINGER_S, fetch_wait_ms: int = FETCH_WAIT_MS, retry_s: float = RETRY_S,
-                 segment_check_s: float = SEGMENT_CHECK_S) -> None:
-        self.bootstrap, self.serde, self.prefix, self.chain = bootstrap, serde, prefix, chain
+                 check_s: float = CHECK_S) -> None:
+        self.bootstrap, self.serde, self.prefix = bootstrap, serde, prefix
         self.linger_s, self.fetch_wait_ms, self.retry_s = linger_s, fetch_wait_ms, retry_s
-        self.segment_check_s = segment_check_s
+        self.check_s = check_s
         self._lock = threading.Lock()
         self._listeners: set[Listener] = set()
         self._thread: threading.Thread | None = None
@@ -217,7 +211,7 @@ class LiveFollower:
         self.starts = 0  # consumers started since the UI started
         self.polls = 0  # consume() calls of the current and past consumers (each may fetch)
         self.delivered = 0  # records handed to listeners
-        self.reading: list[str] = []  # physical topics assigned now
+        self.reading: list[str] = []  # topics (with the prefix) assigned now
         self.unreachable: str | None = None  # why the last start failed (listeners poll the database)
         self._failed_at = 0.0
 
@@ -309,7 +303,7 @@ class LiveFollower:
         try:
             bootstrap = self.bootstrap()
             consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-ui-live-{uuid.uuid4().hex[:8]}", **{
-                "enable.partition.eof": True, "fetch.wait.max.ms": self.fetch_wait_ms,
+                "fetch.wait.max.ms": self.fetch_wait_ms,
                 "auto.offset.reset": "latest", "allow.auto.create.topics": False}))
             with self._lock:
                 self._open += 1
@@ -377,15 +371,13 @@ class LiveFollower:
 
 
 class _Reader:
-    """One consumer's life: which physical topics it reads, from where, and the poll loop."""
+    """One consumer's life: which topics it reads, from where, and the poll loop."""
 
     def __init__(self, owner: LiveFollower, consumer: Consumer, bootstrap: str) -> None:
         self.owner, self.consumer, self.bootstrap = owner, consumer, bootstrap
         self.version, self.followed = -1, ()  # the listeners' topics the reader is positioned on
-        self.follower = ChainFollower([], owner.chain) if owner.chain is not None else None
-        self.names: dict[str, str] = {}  # physical -> catalogue name, of what is assigned
-        self.waiting: dict[str, tuple[str, bool]] = {}  # physical -> (name, from its end): not there yet
-        self.positions = ReadPositions()  # what the follower asks: how far each partition is read
+        self.names: dict[str, str] = {}  # topic -> catalogue name, of what is assigned
+        self.waiting: dict[str, tuple[str, bool]] = {}  # topic -> (name, from its end): not there yet
 
     def _retarget(self, timeout: float) -> None:
         """Read the listeners' topics now: drop the ones no page wants, add the new ones from their end
@@ -395,12 +387,8 @@ class _Reader:
         added = [n for n in names if n not in self.followed]
         self._drop([t for t, n in self.names.items() if n in drop]
                    + [t for t, (n, _e) in self.waiting.items() if n in drop])
-        if self.follower is not None:
-            topics = self.follower.retarget(list(names))
-        else:
-            topics = [self.owner.prefix + n for n in added]
-        for topic in topics:
-            self.waiting[topic] = (self._name(topic), True)
+        for name in added:
+            self.waiting[self.owner.prefix + name] = (name, True)
         self._assign_waiting(timeout)
         # topics missing now are read from their beginning once they exist (all of it is new)
         self.waiting = {t: (name, False) for t, (name, _end) in self.waiting.items()}
@@ -419,11 +407,6 @@ class _Reader:
             self.names.pop(topic, None)
             self.waiting.pop(topic, None)
 
-    def _name(self, topic: str) -> str:
-        if self.follower is None:
-            return topic[len(self.owner.prefix):]
-        return self.follower.catalogue_name(topic) or ""
-
     def _assign_waiting(self, timeout: float) -> None:
         """Assign the waiting topics that exist now (all topics' metadata in one request: a request
         naming a topic could create it on a broker that auto-creates)."""
@@ -435,41 +418,39 @@ class _Reader:
             md = existing.get(topic)
             if md is None or md.error is not None or not md.partitions:
                 continue
-            link = self.follower.link_of(topic) if self.follower is not None else None
             for p in sorted(md.partitions):
-                start = OFFSET_END if at_end else (link.start(name, p) if link is not None else OFFSET_BEGINNING)
-                add.append(TopicPartition(topic, p, start))
+                add.append(TopicPartition(topic, p, OFFSET_END if at_end else OFFSET_BEGINNING))
             self.names[topic] = name
             del self.waiting[topic]
         # "the end" as an offset now, asked of the broker in one request: librdkafka would resolve
         # OFFSET_END lazily after the assignment, and a record published in between (after the pages
         # were told "live") would fall before the end it finds
-        ends = end_offsets(self.consumer, [(tp.topic, tp.partition) for tp in add if tp.offset == OFFSET_END],
-                           timeout=timeout)
+        ends = self._ends([(tp.topic, tp.partition) for tp in add if tp.offset == OFFSET_END], timeout)
         add = [TopicPartition(tp.topic, tp.partition, ends.get((tp.topic, tp.partition), tp.offset))
                if tp.offset == OFFSET_END else tp for tp in add]
         if add:
             self.consumer.incremental_assign(add)
             self.owner.reading = sorted(self.names)
 
-    def _follow_segments(self) -> None:
-        if self.follower is None:
-            return
-
-        changed = self.follower.update(self.positions)
-        if changed is None:
-            return
-        reading, added = changed
-        self._drop([t for t in list(self.names) + list(self.waiting) if t not in reading])
-        for topic in added:  # a new segment: from its first own record
-            self.waiting[topic] = (self._name(topic), False)
-        self.owner.reading = sorted(self.names)
-        log.info("live updates: following the topic segments", reading=reading, added=added)
+    def _ends(self, partitions: list[tuple[str, int]], timeout: float) -> dict[tuple[str, int], int]:
+        """The end offsets of ``partitions``, asked again while the broker answers with a retriable error:
+        a topic created a moment ago is listed before its partitions' leader is known to every part of
+        the broker ("not leader for partition"), which is not a broker that cannot be read."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return end_offsets(self.consumer, partitions, timeout=max(0.1, deadline - time.monotonic()))
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                settling = isinstance(err, KafkaError) and (err.retriable() or err.code() in NEW_TOPIC_CODES)
+                if not settling or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
 
     def run(self) -> None:
         owner = self.owner
         self._retarget(timeout=10.0)  # raises when the broker cannot be reached: the pages poll
-        next_check = time.monotonic() + owner.segment_check_s
+        next_check = time.monotonic() + owner.check_s
         while not owner._done():
             if owner.version != self.version:  # a page with other topics came, or the last of one left
                 self._retarget(timeout=5.0)
@@ -478,19 +459,13 @@ class _Reader:
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        self.positions.at_end(msg.topic(), msg.partition())
-                    elif err.code() not in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
-                                            KafkaError._UNKNOWN_PARTITION):  # a deleted segment: the follower drops it
-                        log.warning("live updates: consume error", error=err.str())
+                    log.warning("live updates: consume error", error=err.str())
                     continue
-                self.positions.consumed(msg.topic(), msg.partition(), msg.offset())
                 name = self.names.get(msg.topic())
                 if name is not None:
                     owner._deliver(name, msg.value())
             if time.monotonic() >= next_check:
-                next_check = time.monotonic() + owner.segment_check_s
+                next_check = time.monotonic() + owner.check_s
                 if (now := owner.bootstrap()) != self.bootstrap:  # `down` then `up`: a new broker elsewhere
                     raise RuntimeError(f"the broker moved from {self.bootstrap} to {now}")
-                self._follow_segments()
                 self._assign_waiting(timeout=5.0)

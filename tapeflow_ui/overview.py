@@ -115,9 +115,8 @@ class LagWatch:
     """Consumer lag of the deployment's groups, asked of the broker in a background thread every
     ``LAG_REFRESH_S`` (the admin calls take a broker round trip per group: never on a page's request),
     and only while someone looks: after ``LAG_ACTIVE_S`` without a ``snapshot()`` it stops asking, and
-    the next ``snapshot()`` wakes it. Why: the embedded broker answers the offsets requests behind a lag
-    figure by listing every batch of each partition (``tapeflow_runtime.idle_fetch``: its idle CPU is
-    what the stack's idle budget is about), and nobody needs the light when no page shows it.
+    the next ``snapshot()`` wakes it. Why: each refresh costs the broker an offsets request per group
+    and partition, and nobody needs the light when no page shows it.
 
     ``fetch`` returns ``[{"group", "state", "members", "total_lag", "partitions"}, ...]`` as
     ``tapeflow topics lag --json`` does (``tapeflow.topic_groups.groups_lag``: injected by the CLI, a

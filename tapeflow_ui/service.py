@@ -37,12 +37,10 @@ def desk_actions(settings: Settings, paths: StackPaths):
     kill switch published as `tapeflow kill-switch` publishes it (same topic creation, same serde,
     same acknowledged produce), and the pair commands for the watchlist strategies the stack trades
     (``TAPEFLOW_WATCHLIST_STRATEGIES``, loaded as the watchlist service loads them), published on
-    xv.commands where the stack's producers write (the current topic epoch, or the next one from a
-    rollover's switch on: where the watchlist service reads next)."""
+    xv.commands under the stack's topic prefix, where the watchlist service reads them."""
     from execution.kill_switch import publish_kill_switch
     from execution.watchlist_commands import TOPIC, publish_command
     from stream_apps.watchlist.strategy import load_watchlist_strategy
-    from tapeflow_runtime.epochs import ProducePrefix
     from schemas.catalogue import topic as topic_spec
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
@@ -60,28 +58,25 @@ def desk_actions(settings: Settings, paths: StackPaths):
                                    modes=list(modes), flatten=flatten)
 
     strategies = {s.name: s for s in (load_watchlist_strategy(p) for p in settings.watchlist_strategies)}
-    epochs = settings.epochs_file or paths.home / "epochs.json"
 
     def command(record: dict) -> None:
         bootstrap = resolve_broker(settings, paths)
-        prefix = ProducePrefix(epochs, settings.topic_prefix)() if epochs.exists() else settings.topic_prefix
-        ensure_topics(bootstrap, prefix=prefix, specs=[topic_spec(TOPIC)])
-        publish_command(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)), record)
+        ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec(TOPIC)])
+        publish_command(bootstrap, settings.topic_prefix, AvroSerde(registry_from_url(settings.schema_registry_url)), record)
 
     return Actions(writer=writer, publish_kill_switch=publish, strategies=strategies, publish_command=command)
 
 
 def live_follower(settings: Settings, paths: StackPaths):
     """The pages' live updates (``tapeflow_ui.live``): the deployment's broker (resolved when a page
-    first listens, so a stack started after the UI is found), its segments on the embedded broker."""
+    first listens, so a stack started after the UI is found), the topics under the stack's prefix."""
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
     from tapeflow_runtime.endpoints import resolve_broker
-    from tapeflow_runtime.epochs import reader_chain, rollover_enabled
     from tapeflow_ui.live import LiveFollower
 
     return LiveFollower(lambda: resolve_broker(settings, paths), AvroSerde(registry_from_url(settings.schema_registry_url)),
-                        settings.topic_prefix, chain=(lambda: reader_chain(settings)) if rollover_enabled(settings) else None)
+                        settings.topic_prefix)
 
 
 def login_url(address: str, token: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from confluent_kafka.admin import ConfigResource, NewTopic
 
@@ -39,6 +41,12 @@ def test_partition_mismatch_is_reported_not_altered(kafka_bootstrap, topic_prefi
     name = topic_prefix + spec.name
     admin = admin_client(kafka_bootstrap)
     admin.create_topics([NewTopic(name, num_partitions=spec.partitions + 1, replication_factor=1)])[name].result(10)
+    # the controller has created it; the broker's metadata shows it a moment later (until then a create
+    # request is answered "already exists", not with the partition count this test is about)
+    deadline = time.monotonic() + 30
+    while len(getattr(admin.list_topics(name, timeout=10).topics.get(name), "partitions", {})) != spec.partitions + 1:
+        assert time.monotonic() < deadline, f"{name} not in the broker's metadata"
+        time.sleep(0.05)
     results = {r.name: r for r in ensure_topics(kafka_bootstrap, prefix=topic_prefix, specs=[spec])}
     assert results[name].action == "mismatch" and f"{spec.partitions + 1} partitions" in results[name].detail
     described = describe_topics(kafka_bootstrap, [name])[0]

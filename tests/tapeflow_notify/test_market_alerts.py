@@ -19,7 +19,6 @@ from tapeflow_notify.market_alerts import AlertRules, MarketAlerts
 from tapeflow_notify.messages import note_for
 from tapeflow_notify.metrics import NotifyMetrics
 from tapeflow_notify.service import NotifyService
-from tapeflow_runtime.epochs import ReadPositions
 from tapeflow_runtime.settings import Settings
 
 T0 = 1_700_000_000_000
@@ -245,8 +244,7 @@ def test_the_service_routes_features_to_the_alerts():
             return 0
 
     submitted = []
-    fake = SimpleNamespace(names={"t.features": "features", "t.risk.events": "risk.events"}, fresh=set(), positions=ReadPositions(),
-                           metrics=NotifyMetrics(), serde=SimpleNamespace(decode=lambda v: v),
+    fake = SimpleNamespace(names={"t.features": "features", "t.risk.events": "risk.events"}, metrics=NotifyMetrics(), serde=SimpleNamespace(decode=lambda v: v),
                            alerts=MarketAlerts(), dispatcher=SimpleNamespace(submit=submitted.append))
     risk = {"scope": "global", "mode": "paper", "decision": "halt", "state": "halted", "reason": "kill_switch",
             "daily_pnl_r": None, "consecutive_losses": 0, "paused_until": None, "event_time": T0}

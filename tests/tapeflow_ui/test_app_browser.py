@@ -121,7 +121,7 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
     actions = desk_actions(settings, StackPaths(home))  # what `tapeflow ui` wires: the writer login, the kill switch
     app = create_app(readonly, token, actions=actions, consumer_lag=_ui_consumer_lag(settings, StackPaths(home)),
                      lag_limits=LAG_LIMITS, lag_refresh_s=0.3,  # the lag source `tapeflow ui` wires
-                     live=live_follower(settings, StackPaths(home)))  # and its live updates (Kafka: no segments)
+                     live=live_follower(settings, StackPaths(home)))  # and its live updates
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -253,10 +253,10 @@ def test_quality_lights_link_to_the_book_resyncs_and_to_a_lagging_consumer_group
     # a consumer group of this deployment (the topic prefix): caught up, then 5 records behind
     topic, group = site.prefix + "md.trades", site.prefix + "ui-lag-probe"
     ensure_topics(site.bootstrap, prefix=site.prefix, specs=[topic_spec("md.trades")])
-    producer = Producer({"bootstrap.servers": site.bootstrap, "linger.ms": 0})
-    for i in range(5):  # one batch each: Tansu's end offset counts batches
+    producer = Producer({"bootstrap.servers": site.bootstrap})
+    for i in range(5):
         producer.produce(topic, value=b"x%d" % i, partition=0)
-        assert producer.flush(10) == 0
+    assert producer.flush(10) == 0
 
     def commit(offset: int) -> None:
         c = Consumer(consumer_config(site.bootstrap, group))

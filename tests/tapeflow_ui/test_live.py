@@ -1,7 +1,7 @@
 """The pages' live updates follow the topics (``tapeflow_ui.live``), against this suite's broker and
 PostgreSQL, the UI served by uvicorn: a bar published on ``bars.1m`` reaches a page with no database
-row for it; a higher timeframe's pushed bar equals the stored candle once its minute is stored; the
-follower moves on across a segment rollover; with no page listening it holds no consumer; a broker
+row for it; a higher timeframe's pushed bar equals the stored candle once its minute is stored; a
+topic created after the page connected is read from its first record; with no page listening it holds no consumer; a broker
 that cannot be reached makes the pages poll the database.
 
 One database, one server and one follower for the module; each test its own symbol (the follower's
@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -30,7 +30,6 @@ from schemas.serde import AvroSerde
 from sinks.migrate import migrate
 from sinks.tables import table_for_topic, write_rows
 from tapeflow_runtime.endpoints import resolve_broker
-from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState, reader_chain
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
@@ -181,12 +180,10 @@ def site(pg_server, kafka_bootstrap, tmp_path_factory):
     migrate(owner)
     home = tmp_path_factory.mktemp("live-home")
     prefix = f"t{uuid.uuid4().hex[:10]}."
-    # the embedded stack's settings (segments followed through epochs.json), its broker this suite's
-    settings = Settings(home=home, broker=None, topic_prefix=prefix)
-    EpochState().save(home / EPOCHS_FILE)
+    settings = Settings(home=home, broker=kafka_bootstrap, topic_prefix=prefix)
     ensure_topics(kafka_bootstrap, prefix=prefix, specs=SPECS)
     follower = LiveFollower(lambda: kafka_bootstrap, AvroSerde(FileSchemaRegistry()), prefix,
-                            chain=lambda: reader_chain(settings), linger_s=LINGER_S, segment_check_s=0.2)
+                            linger_s=LINGER_S, check_s=0.2)
     token = "t" * 40
     server, thread, base = serve(create_app(owner, token, live=follower))
     try:
@@ -248,42 +245,6 @@ def test_a_higher_timeframe_bar_equals_the_stored_candle_once_its_minute_is_stor
     with psycopg.connect(site.owner) as conn:
         c = q.candles(conn, "LIVEBUSDT", "5m", q.Range(q.from_ts(T0 // 1000), q.from_ts(T0 // 1000 + 300)))
     assert pushed_later == {k: pytest.approx(v[-1], rel=1e-12) for k, v in c.items() if k not in ("cvd", "vwap")}
-
-
-def test_the_follower_moves_on_to_the_next_segment_across_a_rollover(site):
-    epochs = site.home / EPOCHS_FILE
-    old = site.prefix
-    with site.stream("LIVECUSDT") as page:
-        assert page.next("live")[1] == {"source": "topics"}
-        site.publish("bars.1m", bar("LIVECUSDT", T0, 10.0, 11.0, 9.0, 10.5, 1.0, 1.0))
-        assert page.next("bar")[1]["time"] == T0 // 1000
-        # the rollover opens and producers switch to the next epoch (its topics under the next slot)
-        state = EpochState.load(epochs)
-        state.step, state.next_slot = "switch", state.free_slot()
-        new = state.prefix(old, state.next_epoch)
-        assert new != old
-        ensure_topics(site.bootstrap, prefix=new, specs=SPECS)
-        state.save(epochs)
-        wait_for(lambda: new + "bars.1m" in site.follower.reading, "the follower did not add the next segment")
-        site.publish("bars.1m", bar("LIVECUSDT", T0 + MINUTE, 10.5, 12.0, 10.0, 11.5, 2.0, 0.5), prefix=new)
-        assert page.next("bar")[1] == {"time": (T0 + MINUTE) // 1000, "open": 10.5, "high": 12.0, "low": 10.0,
-                                       "close": 11.5, "volume": 2.5, "bought": 2.0, "sold": 0.5, "delta": 1.5}
-        # the rollover ends: the old epoch is a finished segment, read to its end, then dropped
-        ends = {"bars.1m": {0: _end(site, old + "bars.1m")}}
-        state.close_current(ends, time.time(), None, keep=True)
-        state.save(epochs)
-        wait_for(lambda: site.follower.reading == sorted([new + "bars.1m", new + "signals"]),
-                 f"still reading {site.follower.reading}")
-        site.publish("bars.1m", bar("LIVECUSDT", T0 + 2 * MINUTE, 11.5, 11.75, 11.0, 11.25, 0.5, 0.5), prefix=new)
-        assert page.next("bar")[1]["time"] == (T0 + 2 * MINUTE) // 1000
-    site.prefix = new  # later tests publish where the producers write now
-
-
-def _end(site, topic: str) -> int:
-    """The records in partition 0 (what the supervisor records as a closed segment's end)."""
-    from tapeflow_runtime.topic_reader import read_to_end
-
-    return read_to_end(site.bootstrap, {topic: [0]}, None, idle_s=0.3)[topic].next_offsets[0]
 
 
 def test_no_consumer_while_no_page_listens_and_one_when_a_page_connects(site):
@@ -407,7 +368,7 @@ def test_a_broker_that_moves_while_a_page_listens_sends_the_page_to_the_database
     """`down` and `up` while a page is open: the stack's broker is elsewhere now; the page polls."""
     where = [kafka_bootstrap]
     follower = LiveFollower(lambda: where[0], AvroSerde(FileSchemaRegistry()), f"t{uuid.uuid4().hex[:10]}.",
-                            linger_s=LINGER_S, retry_s=600, segment_check_s=0.1)
+                            linger_s=LINGER_S, retry_s=600, check_s=0.1)
     with own_site(pg_server, follower, tmp_path) as site:
         site.store(bar("LIVEFUSDT", T0, 1.0, 2.0, 0.5, 1.5, 1.0, 1.0))
         with site.stream("LIVEFUSDT") as page:
@@ -418,6 +379,25 @@ def test_a_broker_that_moves_while_a_page_listens_sends_the_page_to_the_database
             assert page.next("bar")[1]["close"] == 1.5
         assert "the broker moved" in follower.unreachable
         wait_for(lambda: not follower.consumer_open, "the consumer was not closed")
+
+
+def test_a_topic_created_after_the_page_connected_is_read_from_its_first_record(pg_server, kafka_bootstrap,
+                                                                                tmp_path):
+    """The page is live on the topics that exist (none here); ``bars.1m`` created later is found within
+    ``check_s`` and read from its beginning: everything in it is newer than the page."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    follower = LiveFollower(lambda: kafka_bootstrap, AvroSerde(FileSchemaRegistry()), prefix,
+                            linger_s=LINGER_S, check_s=0.1)
+    with own_site(pg_server, follower, tmp_path) as site:
+        site.bootstrap, site.prefix = kafka_bootstrap, prefix
+        with site.stream("LIVECUSDT") as page:
+            assert page.next("live")[1] == {"source": "topics"}
+            assert follower.reading == []  # nothing to read yet
+            ensure_topics(kafka_bootstrap, prefix=prefix, specs=SPECS)
+            site.publish("bars.1m", bar("LIVECUSDT", T0, 10.0, 11.0, 9.0, 10.5, 1.0, 1.0))
+            assert page.next("bar")[1] == {"time": T0 // 1000, "open": 10.0, "high": 11.0, "low": 9.0,
+                                           "close": 10.5, "volume": 2.0, "bought": 1.0, "sold": 1.0, "delta": 0.0}
+            assert follower.reading == sorted([prefix + "bars.1m", prefix + "signals"])
 
 
 @pytest.mark.parametrize("live", [True, False], ids=["topics", "database-poll"])
