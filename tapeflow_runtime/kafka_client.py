@@ -247,11 +247,29 @@ def ensure_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] |
                 results.append(TopicResult(nt.topic, "created"))
             except KafkaException as exc:
                 err = exc.args[0]
-                if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # raced with another creator
-                    results.append(TopicResult(nt.topic, "exists"))
-                else:
+                if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
+                # created meanwhile by another creator, or before this client's metadata showed it:
+                # checked like any existing topic, so a partition mismatch is never reported as "exists"
+                have = _partition_count(admin, nt.topic, timeout)
+                if have != spec.partitions:
+                    results.append(TopicResult(nt.topic, "mismatch",
+                                               f"{have} partitions, catalogue says {spec.partitions}"))
+                else:
+                    results.append(TopicResult(nt.topic, "exists"))
     return results
+
+
+def _partition_count(admin, name: str, timeout: float) -> int:
+    """The topic's partition count, asked until the broker's metadata shows the topic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = admin.list_topics(name, timeout=timeout).topics.get(name)
+        if found is not None and found.error is None and found.partitions:
+            return len(found.partitions)
+        if time.monotonic() >= deadline:
+            return 0
+        time.sleep(0.1)
 
 
 def describe_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> list[dict]:
