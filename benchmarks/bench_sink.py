@@ -1,17 +1,16 @@
 """Sink throughput: md.trades records in a topic → committed rows in PostgreSQL, one process.
 
 Run: .venv/bin/python -m benchmarks.bench_sink [--rows 1000000] [--batch 50000] [--writers 2] [--record-path]
-     [--layout all|plain|timescaledb] [--hypertable-rows 50000] [--reader chain|group] [--no-raw-fetch]
-Target (DESIGN.md §7, issues 5 and 11): ≥ 300,000 rows/s per process for trades. Embedded Tansu and
+     [--layout all|plain|timescaledb] [--hypertable-rows 50000] [--no-raw-fetch]
+Target (DESIGN.md §7, issues 5 and 11): ≥ 300,000 rows/s per process for trades. Embedded Apache Kafka and
 an embedded PostgreSQL (default durability settings) on this machine. The records are produced
 first; the clock runs from the moment the group assigned the partitions until the sink reports
 every record committed (its own counter, so no count(*) competes with the writes), then the
 table is counted once.
 
-The sink reads the topic as the embedded stack's sink does (`--reader chain`: its segment chain, the
-partitions assigned by itself, md.trades fetched as whole record batches, `tapeflow_runtime.record_batches`);
-`--no-raw-fetch` reads every record through librdkafka instead, `--reader group` as a consumer group
-(how a sink reads Apache Kafka).
+The sink reads the topic as the stack's sink does: subscribed as a consumer group, md.trades fetched as
+whole record batches on the one-broker cluster (`tapeflow_runtime.record_batches`); `--no-raw-fetch`
+reads every record through librdkafka instead (plain confluent-kafka consumption).
 
 Baselines on the same machine: "plain COPY" = the same rows, already encoded, binary-COPYed straight
 into the table in batches of the same size (the database's own ingest ceiling, nothing from Kafka
@@ -62,7 +61,6 @@ from sinks.columnar import ColumnarCodec, copy_payload
 from sinks.consumer import SinkConfig, TopicSink
 from sinks.partitions import ensure_partitions
 from sinks.tables import TRADES, direct_copy_sql
-from tapeflow_runtime.epochs import Chain
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 from tapeflow_runtime.settings import Settings
 
@@ -226,14 +224,13 @@ def layout_databases(conninfo: str, wanted: str) -> dict[str, str]:
 
 
 def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: int, batch: int,
-             columnar: bool, writers: int, layout: str, fetch_wait_ms: int, reader: str = "chain",
+             columnar: bool, writers: int, layout: str, fetch_wait_ms: int,
              raw_fetch: bool = True) -> tuple[float, float, int, dict]:
     # each run reads the topic from the start
-    group = f"{prefix}sink-{layout}-{'columnar' if columnar else 'records'}-{reader}-{raw_fetch}"
+    group = f"{prefix}sink-{layout}-{'columnar' if columnar else 'records'}-{raw_fetch}"
     sink = TopicSink(SinkConfig(topics=["md.trades"], topic_prefix=prefix, group_id=group,
                                 batch_rows=batch, columnar=columnar, writers=writers,
-                                fetch_wait_ms=fetch_wait_ms, raw_fetch=raw_fetch,
-                                follow=(lambda: Chain.single(prefix)) if reader == "chain" else None),
+                                fetch_wait_ms=fetch_wait_ms, raw_fetch=raw_fetch),
                      bootstrap, conninfo, serde)
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set})
@@ -270,12 +267,9 @@ def main() -> None:
                     help="storage layout(s) to measure; all = plain, and TimescaleDB where the server has it")
     ap.add_argument("--fetch-wait-ms", type=int, default=Settings.model_fields["sink_fetch_wait_ms"].default,
                     help="the sink's fetch wait (default: the service's, TAPEFLOW_SINK_FETCH_WAIT_MS)")
-    ap.add_argument("--reader", choices=("chain", "group"), default="chain",
-                    help="chain: the sink reads the topic as the embedded stack's sink does (its segment chain, "
-                         "partitions assigned by itself); group: subscribed as a consumer group (Apache Kafka)")
     ap.add_argument("--raw-fetch", action=argparse.BooleanOptionalAction, default=True,
-                    help="(chain) md.trades fetched as whole record batches, as the stack's sink does; "
-                         "--no-raw-fetch: every record through librdkafka")
+                    help="md.trades fetched as whole record batches, as the stack's sink does on a one-broker "
+                         "cluster; --no-raw-fetch: every record through librdkafka")
     ap.add_argument("--record-path", action="store_true", help="also run the record-by-record path (slow)")
     ap.add_argument("--hypertable-rows", type=int, default=0,
                     help="also time INSERTs into a hypertable vs a plain table on PGlite-TimescaleDB (rows)")
@@ -310,7 +304,7 @@ def main() -> None:
             copy_1 = plain_copy(db, payloads, args.rows, 1)
             copy_n = plain_copy(db, payloads, args.rows, args.writers) if args.writers > 1 else copy_1
             fast = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, True, args.writers, layout,
-                            args.fetch_wait_ms, args.reader, args.raw_fetch)
+                            args.fetch_wait_ms, args.raw_fetch)
             slow = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, False, args.writers, layout,
                             args.fetch_wait_ms) \
                 if args.record_path else None
@@ -333,8 +327,7 @@ def main() -> None:
         elapsed, join_s, n, sink_cpu, threads = res["fast"]
         rate = n / elapsed
         print(f"== layout {LAYOUT_NAMES[layout]}")
-        reader = ("the segment chain, record batches fetched raw" if args.raw_fetch else "the segment chain, "
-                  "librdkafka") if args.reader == "chain" else "a consumer group, librdkafka"
+        reader = "a consumer group, " + ("record batches fetched raw" if args.raw_fetch else "librdkafka")
         print(f"rows committed: {n:,} of {args.rows:,} in {elapsed:.2f} s after a {join_s:.2f} s start "
               f"(batch {args.batch:,}, {args.writers} writer(s), reading {reader})")
         print(f"sink end to end:      {rate:>10,.0f} rows/s   ratio to target 300k: {rate / TARGET:.2f}   "

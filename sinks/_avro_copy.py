@@ -20,7 +20,7 @@ from tapeflow_runtime._record_walk import varint as _varint  # Avro's longs are 
 
 # field kinds (sinks.columnar builds them from the schema and the table's copy types)
 K_LONG, K_TS, K_INT, K_DOUBLE, K_FLOAT, K_BOOL, K_STRING, K_ENUM = range(8)
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970
+PG_ZERO_US = 946_684_800_000_000  # PostgreSQL's time zero, 2000-01-01, in microseconds since 1970
 MIN_MS, MAX_MS = -62_135_596_800_000, 253_402_300_799_999  # datetime(1, 1, 1) .. datetime(9999, 12, 31, ...)
 NO_TIME = -(2 ** 63)  # a null time field
 
@@ -145,7 +145,7 @@ def encode(buf, lengths, frame, kinds, nullable, column_field, enum_bytes, enum_
                 o = _put(out, o, ival[f], 8)
             elif k == K_TS:
                 o = _put(out, o, 8, 4)
-                o = _put(out, o, ival[f] * 1000 - PG_EPOCH_US, 8)
+                o = _put(out, o, ival[f] * 1000 - PG_ZERO_US, 8)
             elif k == K_INT or k == K_FLOAT:
                 o = _put(out, o, 4, 4)
                 o = _put(out, o, ival[f], 4)

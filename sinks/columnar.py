@@ -66,7 +66,7 @@ class ColumnarPart:
     data: bytes
     min_ms: int
     max_ms: int
-    days: frozenset[int]  # UTC days (epoch ms // DAY_MS) of the time column
+    days: frozenset[int]  # UTC days (Unix ms // DAY_MS) of the time column
 
 
 #: a zigzag value needs k + 1 varint bytes when it is at least the k-th of these (7 bits a byte)
@@ -150,7 +150,7 @@ class ColumnarCodec:
         self._ocf_header = buf.getvalue()
 
     def _walk_tables(self, schema: dict[str, Any]) -> None:
-        """What `sinks._avro_copy.encode` needs: each field's kind (a long stored as timestamptz is epoch
+        """What `sinks._avro_copy.encode` needs: each field's kind (a long stored as timestamptz is Unix
         ms), which are [null, T], each column's field, the enums' symbols, the time field."""
         from sinks import _avro_copy as k
 

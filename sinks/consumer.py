@@ -37,19 +37,18 @@ consumer thread, finding the queue full, pauses its partitions (back-pressure: n
 fetched, the group keeps it) and polls only to stay in the group, then resumes exactly where it was.
 A stop request ends the retries: what was not committed is re-delivered to the next run.
 
-Flat topics on the embedded broker are not read through librdkafka's messages: following the chain
-(below), the sink fetches their partitions as whole record batches (`tapeflow_runtime.record_batches`:
-values gathered into one buffer by a compiled walk, no Python object per record) and decodes each batch
-of them at once; the other topics, the commits, the committed offsets and the watermarks stay
-librdkafka's. Per million trades the sink process went from ~2.8 to ~1.4-1.7 CPU-s
-(benchmarks/RESULTS.md); `SinkConfig.raw_fetch` turns it off.
+The sink subscribes to its topics as a consumer group, on the embedded broker and on an external
+Kafka cluster alike: the group shares the partitions among however many sinks run, and a partition
+starts at the group's committed offset (none: the earliest record retained).
 
-On Kafka the sink subscribes (its group shares the partitions among sinks). On the embedded broker
-the stack's topics are chains of segments (``tapeflow_runtime.epochs``), and the stack's one sink
-follows them without a group: it assigns the partitions of the segments it reads itself, adds the
-next segment's at a rollover and drops a finished one's once committed to its end, each partition
-starting at the group's committed offset (``_sync_assignment``). Subscribing again at each change
-cost an eager rebalance on Tansu, three per rollover.
+Flat topics are not read through librdkafka's messages when the cluster has one broker (the embedded
+Kafka, a single-node external one): of the partitions the group assigns, theirs are fetched as whole
+record batches (`tapeflow_runtime.record_batches`: values gathered into one buffer by a compiled walk,
+no Python object per record) and each batch of them is decoded at once; the other topics, the group,
+the commits, the committed offsets and the watermarks stay librdkafka's. On the embedded Kafka the
+sink process took 1.1 instead of 4.0 CPU-s per million trades (benchmarks/RESULTS.md, "Sink on
+Apache Kafka"). On a cluster of several brokers (partition leaders spread, moving at a failover)
+librdkafka fetches everything; `SinkConfig.raw_fetch` turns the raw fetch off.
 
 Maintenance (at start and hourly, never per flush): partitions ahead (plain PostgreSQL) and
 retention (sinks.retention): nothing holding a day the sink wrote since it started is dropped.
@@ -69,7 +68,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import psycopg
 import structlog
-from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from schemas.catalogue import dlq_topic
 from schemas.dead_letters import dead_letter_record
@@ -99,20 +98,17 @@ from sinks.tables import (
     write_rows,
 )
 from tapeflow_runtime.db_liveness import liveness_kwargs
-from tapeflow_runtime.epochs import Chain, ChainFollower
-from tapeflow_runtime.idle_fetch import IdleFetchCycle
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
-from tapeflow_runtime.record_batches import RawFetcher, RecordChunk, SplitConsumer
+from tapeflow_runtime.record_batches import RawFetcher, RecordChunk, SplitConsumer, one_broker
 
 log = structlog.get_logger("sink")
 
 MAINTENANCE_INTERVAL_S = 3600.0
 RECORD_WRITES_EVERY_S = 600.0  # a (table, day) written again is re-recorded at most this often
 PAUSE_AFTER_S = 0.5  # the writer busy this long with a full queue: pause the partitions
-# librdkafka fetches ahead until this many records wait locally (default 100,000); more keeps the
-# fetch pipeline to the broker busy while the consumer thread decodes: consuming md.trades from the
-# embedded Tansu went from ~130k to 270k-400k records/s (benchmarks/RESULTS.md). Memory stays capped
-# by queued.max.messages.kbytes (64 MiB by default).
+# librdkafka fetches ahead until this many records wait locally (default 100,000); more keeps fetches
+# to the broker going while the consumer thread hands a batch over, so a 50,000-row batch is never
+# waited for. Memory stays capped by queued.max.messages.kbytes (64 MiB by default).
 PREFETCH_CONFIG = {"queued.min.messages": 500_000}
 SPLIT_BELOW = 2_000  # records of a flat topic that failed the fast path: halved until this few (_encode)
 
@@ -129,22 +125,11 @@ class SinkConfig:
     retention: dict[str, RetentionPolicy] = field(default_factory=resolve_policies)
     columnar: bool = True  # decode flat topics a batch at a time (sinks.columnar)
     writers: int = 2  # writer threads, each with its own connection (parallel PostgreSQL backends)
-    starvation_window_s: float = 60.0  # end offset moving, commits not, this long: degraded (LagProbe)
-    # the history readers' wait: on Tansu a fetch that takes longer than its wait to assemble is answered
-    # empty, and its cost grows with the partition's batches; with the live 10 ms a sink received nothing
-    # past ~20,000 batches, with 500 ms it still did at 320,000 (benchmarks/RESULTS.md, bench_tansu_fetch).
-    # Apache Kafka answers as soon as data is there, so the wait costs nothing while data flows.
+    # how long the broker holds a fetch that finds nothing new (fetch.wait.max.ms): Kafka answers as soon
+    # as data is there, so while records flow the wait adds no delay; an idle sink asks once per wait
     fetch_wait_ms: int = 500
-    # the embedded stack's chain of topic segments (tapeflow_runtime.epochs.reader_chain): the sink
-    # follows it in-process by assigning partitions itself (no group rebalance), a rollover's next
-    # segment added and a finished one left once committed to its end; None: the topics under
-    # topic_prefix, subscribed as a group (Kafka, a rehearsal)
-    follow: Callable[[], Chain] | None = None
-    # the embedded broker: an idle sink's fetches paused but one every this many seconds
-    # (tapeflow_runtime.idle_fetch); None: fetch as librdkafka does (Kafka, where an idle fetch costs nothing)
-    idle_fetch_every_s: float | None = None
-    # following the embedded chain (one broker): the flat topics' partitions fetched as whole record
-    # batches (tapeflow_runtime.record_batches), no Python object per record; False: librdkafka for all
+    # a one-broker cluster: the flat topics' partitions fetched as whole record batches
+    # (tapeflow_runtime.record_batches), no Python object per record; False: librdkafka for all
     raw_fetch: bool = True
 
 
@@ -158,13 +143,13 @@ class Batch:
     max_time: dict[str, int] = field(default_factory=dict)  # table -> newest event time (ms)
     min_time: dict[str, int] = field(default_factory=dict)  # table -> oldest event time (ms)
     days: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))  # table -> UTC days written
-    # physical topic -> its flat-topic records not decoded yet: encoded into `copies` once per batch by
+    # topic -> its flat-topic records not decoded yet: encoded into `copies` once per batch by
     # the writer that takes it (TopicSink._seal), since each encode call has a fixed cost of ~2 ms
     columnar: dict[str, list[Message]] = field(default_factory=lambda: defaultdict(list))
     count: int = 0
     written: dict[str, int] = field(default_factory=dict)
     commit_s: float = 0.0
-    seq: tuple[int, int] = (0, -1)  # (assignment epoch, number): set when handed to the writers
+    seq: tuple[int, int] = (0, -1)  # (assignment generation, number): set when handed to the writers
 
     def clear(self) -> None:
         """Empty in place (a rebalance took the partitions: whoever holds this batch sees it empty)."""
@@ -196,13 +181,17 @@ class TopicSink:
         self._liveness = liveness_kwargs(conninfo)  # a partitioned link is noticed in seconds, both ends
         self.serde = serde
         self.metrics = metrics or SinkMetrics()
-        self.follower = ChainFollower(config.topics, config.follow) if config.follow is not None else None
-        # per physical topic name (a catalogue topic has one per segment when following the chain)
+        # per topic name on the broker (the catalogue name under topic_prefix)
         self.specs: dict[str, TableSpec] = {}
         self.catalogue_name: dict[str, str] = {}
         self.codecs: dict[str, ColumnarCodec] = {}
-        self._prefix_of: dict[str, str] = {}
-        self._add_topics(self.follower.reading if self.follower else [config.topic_prefix + t for t in config.topics])
+        for name in config.topics:
+            topic = config.topic_prefix + name
+            self.specs[topic] = spec = table_for_topic(name)
+            self.catalogue_name[topic] = name
+            codec = ColumnarCodec.for_topic(spec, self.serde, name) if config.columnar else None
+            if codec is not None:
+                self.codecs[topic] = codec
         self._by_table = {table_for_topic(t).table: table_for_topic(t) for t in config.topics}
         self._by_table[PIPELINE_ERRORS.table] = PIPELINE_ERRORS
         self._covered: dict[str, set[datetime]] = {}  # partition periods known to exist, per table
@@ -212,22 +201,23 @@ class TopicSink:
             raise ValueError(f"writers must be at least 1, not {config.writers}")
         self._conns: list[psycopg.Connection | None] = [None] * config.writers  # one per writer thread
         self._cache_lock = threading.Lock()  # _covered, _covered_stale and _recorded, shared by the writers
-        self._consumer: Consumer | None = None
+        self._consumer: Consumer | SplitConsumer | None = None
+        self._split: SplitConsumer | None = None  # _consumer when the raw fetcher takes the flat topics
         self._dlq_producer: Producer | None = None
         self._todo: queue.Queue[Batch | None] = queue.Queue(maxsize=1)  # consumer thread -> sealer
         self._sealed: queue.Queue[Batch | None] = queue.Queue(maxsize=1)  # sealer -> writers
         self._done: queue.Queue[Batch] = queue.Queue()
         self._writers: list[threading.Thread] = []  # the sealer first, then the writers
         self._writer_error: BaseException | None = None
-        # the offset watermark (consumer thread only): batches are numbered per assignment epoch
-        self._epoch = 0
+        # the offset watermark (consumer thread only): batches are numbered per assignment generation
+        # (one per rebalance that took the partitions)
+        self._generation = 0
         self._next_seq = 0  # number of the next batch handed to the writers
         self._next_commit = 0  # lowest number whose offsets are not committed yet
         self._finished: dict[int, Batch] = {}  # committed in the database, waiting for earlier batches
         self._pending = Batch()
         self.assignment: list[TopicPartition] = []
-        self._unassigned: set[str] = set()  # topics the follower reads that the metadata did not list yet
-        self.rebalances = 0  # group rebalances that took the partitions (a subscribed sink: Kafka)
+        self.rebalances = 0  # group rebalances that took the partitions
         self.stop_requested = False
         self.committed_batches = 0
         self.started_at = datetime.now(UTC)
@@ -237,133 +227,30 @@ class TopicSink:
         self.database_error = ""  # the last error while it is down, and since when (monotonic)
         self.database_down_since: float | None = None
         self.metrics.expect_tables(sorted(self._by_table))
-        self._lag = LagProbe(self.metrics.lag, config.group_id, starvation_window_s=config.starvation_window_s)
-        # open for the fetch in flight and one more (each takes up to the fetch wait on Tansu, more on a
-        # loaded machine): a fetch still out when the partitions pause is answered, but its records are
-        # dropped by librdkafka and fetched at the next opening
-        self._idle = (IdleFetchCycle(config.idle_fetch_every_s, min(config.idle_fetch_every_s / 2,
-                                                                    2 * config.fetch_wait_ms / 1000 + 0.3),
-                                     log=log)
-                      if config.idle_fetch_every_s else None)
-
-    def _add_topics(self, physical: list[str]) -> None:
-        for topic in physical:
-            if topic in self.specs:
-                continue
-            name = self.follower.catalogue_name(topic) if self.follower else topic[len(self.config.topic_prefix):]
-            assert name is not None, topic
-            self.specs[topic] = spec = table_for_topic(name)
-            self.catalogue_name[topic] = name
-            self._prefix_of[topic] = topic[:len(topic) - len(name)]
-            codec = ColumnarCodec.for_topic(spec, self.serde, name) if self.config.columnar else None
-            if codec is not None:
-                self.codecs[topic] = codec
+        self._lag = LagProbe(self.metrics.lag, config.group_id)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def _make_consumer(self) -> Consumer:
         consumer = Consumer(consumer_config(self.bootstrap, self.config.group_id,
                                             **{"enable.auto.offset.store": False, **PREFETCH_CONFIG,
                                                "fetch.wait.max.ms": self.config.fetch_wait_ms}))
-        if self.follower is None:  # Kafka (or a rehearsal): the group shares the partitions among sinks
-            consumer.subscribe(self._reading(), on_assign=self._on_assign, on_revoke=self._on_revoke)
-            return consumer
-        # the embedded stack's segments: a segment left unfinished by the last run comes first
-        reading = self.follower.resume(lambda topics, link: self._committed(consumer, topics, link))
-        self._add_topics(reading)
-        if self.config.raw_fetch and self.config.columnar and "," not in self.bootstrap:
-            consumer = SplitConsumer(consumer, RawFetcher(self.bootstrap, fetch_wait_ms=self.config.fetch_wait_ms),
+        broker = one_broker(consumer) if self.config.raw_fetch and self.codecs else None
+        if broker is not None:
+            consumer = SplitConsumer(consumer, RawFetcher(broker, fetch_wait_ms=self.config.fetch_wait_ms),
                                      raw=lambda topic: topic in self.codecs)
-        self._consumer = consumer
-        self._sync_assignment()
+        self._split = consumer if isinstance(consumer, SplitConsumer) else None
+        consumer.subscribe(list(self.specs), on_assign=self._on_assign, on_revoke=self._on_revoke)
         return consumer
-
-    def _reading(self) -> list[str]:
-        return list(self.follower.reading) if self.follower else list(self.specs)
-
-    def _committed(self, consumer: Consumer, topics: list[str], link) -> dict[tuple[str, int], int]:
-        """The group's committed offsets on the partitions of ``topics`` that ``link`` (a finished
-        segment) holds records in (the follower's question: read to its end yet?)."""
-        wanted = [TopicPartition(t, p) for t in topics
-                  for p in (link.ends or {}).get(self.follower.catalogue_name(t) or "", {})]
-        if not wanted:
-            return {}
-        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=10) if tp.offset >= 0}
-
-    def _follow(self) -> None:
-        """The embedded stack's chain moved on (a rollover's next segment, or a finished one committed to
-        its end): read what it says now, by adding and removing partitions (``_sync_assignment``)."""
-        if self.follower is None or not self.follower.due():
-            return
-        if self._unassigned:  # a topic the metadata did not list yet
-            self._sync_assignment()
-        try:
-            changed = self.follower.update(lambda topics, link: self._committed(self._consumer, topics, link))
-        except KafkaException as exc:  # the broker is busy: asked again at the next check
-            log.warning("segment check failed", error=str(exc))
-            return
-        if changed is None:
-            return
-        reading, added = changed
-        self._add_topics(added)
-        log.info("following the topic segments", reading=len(reading), added=added[:3])
-        self._sync_assignment()
-
-    def _sync_assignment(self) -> None:
-        """Make the consumer's partitions those of the topics the follower reads, without a group.
-
-        The sink is the only reader of its group in the embedded stack, so it assigns its partitions
-        itself (``incremental_assign``/``incremental_unassign``) and commits as a group of one: a
-        partition added starts at the group's committed offset (``OFFSET_STORED``; none: the earliest,
-        the segment's first record), and the partitions it keeps are not touched. Subscribing again at
-        every change of the chain (three times a rollover) was a full eager rebalance each time on
-        Tansu: ~3 s with no partition assigned, the batches in flight dropped and what was not committed
-        delivered again (``benchmarks/RESULTS.md``, issue 34: a rollover during a max-speed replay).
-        A topic missing from the metadata (just created, or a segment being deleted) is tried again at
-        the next check; a removed one was read to its end and committed (``ChainFollower.update``) or its
-        segment was deleted."""
-        assert self._consumer is not None
-        wanted = set(self._reading())
-        have = {(tp.topic, tp.partition) for tp in self.assignment}
-        gone = [TopicPartition(t, p) for t, p in sorted(have) if t not in wanted]
-        missing = wanted - {t for t, _ in have}
-        add: list[TopicPartition] = []
-        unknown: set[str] = set()
-        if missing:
-            try:
-                listed = self._consumer.list_topics(timeout=10).topics
-            except KafkaException as exc:  # the broker is busy: the next check tries again
-                log.warning("topic metadata not read; partitions added at the next check", error=str(exc))
-                listed = {}
-            for topic in sorted(missing):
-                meta = listed.get(topic)
-                if meta is None or meta.error is not None or not meta.partitions:
-                    unknown.add(topic)
-                    continue
-                add += [TopicPartition(topic, p, OFFSET_STORED) for p in sorted(meta.partitions)]
-        self._unassigned = unknown
-        if gone:
-            self._consumer.incremental_unassign(gone)
-        if add:
-            self._consumer.incremental_assign(add)
-        if gone or add:
-            dropped = {(tp.topic, tp.partition) for tp in gone}
-            self.assignment = [tp for tp in self.assignment if (tp.topic, tp.partition) not in dropped] + \
-                [TopicPartition(tp.topic, tp.partition) for tp in add]
-            if self._idle is not None:  # resumes what an idle spell paused, and the idle clock starts afresh
-                self._idle.forget(self._consumer, self.assignment)
-            log.info("segment partitions assigned", added=len(add), removed=len(gone), count=len(self.assignment))
-        if unknown:
-            log.info("topics not in the metadata yet; assigned at the next check", topics=sorted(unknown)[:3])
 
     def _on_assign(self, consumer, partitions) -> None:
         self.assignment = list(partitions)
-        if self._idle is not None:
-            self._idle.forget(consumer, partitions)
+        if self._split is not None:  # the flat topics' partitions to the raw fetcher, the rest to librdkafka
+            self._split.assign(partitions)
         log.info("partitions assigned", count=len(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
         # uncommitted batches will be re-delivered to the new owner; they are idempotent, so drop ours.
-        # Those being written finish, but a new epoch starts: their offsets are never committed (the
+        # Those being written finish, but a new generation starts: their offsets are never committed (the
         # re-delivered copies are), and the watermark starts afresh for the next assignment.
         self._pending.clear()
         while True:
@@ -371,15 +258,13 @@ class TopicSink:
                 self._todo.get_nowait()
             except queue.Empty:
                 break
-        self._epoch += 1
+        self._generation += 1
         self.rebalances += 1
         self._next_seq = self._next_commit = 0
         self._finished.clear()
         self.assignment = []
-
-    def starving(self) -> str | None:
-        """Why an assigned partition is not received (its end offset moves, our commits do not), or None."""
-        return self._lag.starving()
+        if self._split is not None:
+            self._split.revoke()
 
     def maintain(self) -> None:
         """Partitions ahead, retention, trade_levels_1m compaction (and its backfill, in a thread): at start and
@@ -441,13 +326,7 @@ class TopicSink:
                 if self._pending.count:
                     self._submit(self._pending)
                     self._pending = Batch()
-                    if self._idle is not None:
-                        self._idle.busy()  # waiting on the writer is not silence
-                if self._idle is not None:
-                    self._idle.step(self._consumer, self.assignment)
-                self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic(),
-                                        slow=self._idle is not None and self._idle.idle)
-                self._follow()
+                self._lag.maybe_refresh(self._consumer, self.assignment, time.monotonic())
                 if time.monotonic() >= next_maintenance:
                     self.maintain()
                     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
@@ -493,8 +372,6 @@ class TopicSink:
             msgs = self._consumer.consume(num_messages=min(10_000, self.config.batch_rows - batch.count),
                                           timeout=remaining)
             if msgs:
-                if self._idle is not None:
-                    self._idle.saw(len(msgs))
                 self._absorb(batch, msgs)
             if self.stop_requested:
                 break
@@ -602,7 +479,7 @@ class TopicSink:
         paused: list[TopicPartition] = []
         try:
             while True:
-                batch.seq = (self._epoch, self._next_seq)  # the epoch may change during the wait
+                batch.seq = (self._generation, self._next_seq)  # a rebalance during the wait starts a new one
                 try:
                     self._todo.put(batch, timeout=0.05)
                     self._next_seq += 1
@@ -631,9 +508,9 @@ class TopicSink:
     def _collect(self) -> None:
         """Batches the writers committed: dead letters out, then offsets up to the watermark (consumer thread).
 
-        Only the unbroken prefix of committed batches (by number, in this epoch) is released, and
+        Only the unbroken prefix of committed batches (by number, in this generation) is released, and
         its offsets are committed in one call after its dead letters are out; a batch of an earlier
-        epoch (before a rebalance) is in the database but its offsets are left to the re-delivery.
+        generation (before a rebalance) is in the database but its offsets are left to the re-delivery.
         """
         if self._writer_error is not None:
             raise self._writer_error
@@ -644,8 +521,8 @@ class TopicSink:
                 break
             self.metrics.observe_batch(batch.count, batch.commit_s, batch.written, batch.max_time)
             self.committed_batches += 1
-            epoch, number = batch.seq
-            if epoch == self._epoch:
+            generation, number = batch.seq
+            if generation == self._generation:
                 self._finished[number] = batch
         ready: list[Batch] = []
         while self._next_commit in self._finished:
@@ -665,7 +542,7 @@ class TopicSink:
         for topic, key, dead in batch.dlq:
             name = self.catalogue_name[topic]
             dlq = dlq_topic(name)
-            self._dlq_producer.produce(self._prefix_of.get(topic, self.config.topic_prefix) + dlq, key=key,
+            self._dlq_producer.produce(self.config.topic_prefix + dlq, key=key,
                                        value=self.serde.encode(dlq, dead))
             self.metrics.dlq.labels(dlq, dead["stage"]).inc()
         if batch.dlq:

@@ -20,7 +20,6 @@ from sinks.metrics import SinkMetrics
 from sinks.retention import resolve_policies
 from sinks.tables import sinkable_topics
 from tapeflow_runtime.endpoints import resolve_broker, resolve_database
-from tapeflow_runtime.epochs import reader_chain, rollover_enabled
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.service_http import build_app, serve
 from tapeflow_runtime.settings import Settings
@@ -40,13 +39,7 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
     config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix,
                         group_id=f"{settings.topic_prefix}tapeflow-sink",
                         retention=resolve_policies(settings.retention), writers=settings.sink_writers,
-                        starvation_window_s=settings.starvation_window_s,
-                        fetch_wait_ms=settings.sink_fetch_wait_ms, raw_fetch=settings.sink_raw_fetch,
-                        # the embedded broker: an idle sink fetches once every 15 s (its rows after an
-                        # idle spell reach the database up to that late; live data never idles that long)
-                        idle_fetch_every_s=15.0 if settings.broker is None else None,
-                        # the embedded stack's topics are chains of segments: followed in-process
-                        follow=(lambda: reader_chain(settings)) if rollover_enabled(settings) else None)
+                        fetch_wait_ms=settings.sink_fetch_wait_ms, raw_fetch=settings.sink_raw_fetch)
     metrics = SinkMetrics()
     sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
                      AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)
@@ -54,14 +47,12 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
 
     def health() -> dict:
         ok = sink.committed_batches > 0 or time.time() - started < 60 or bool(sink.assignment)
-        starving = sink.starving()
-        status = ("database-down" if sink.database_down else "degraded" if starving
-                  else "running" if ok else "idle")
+        status = "database-down" if sink.database_down else "running" if ok else "idle"
         detail = f"{sink.committed_batches} batches committed, {len(sink.assignment)} partitions assigned"
         if sink.database_down:
             down_s = time.monotonic() - (sink.database_down_since or time.monotonic())
             detail = f"database writes failing for {down_s:.0f} s ({sink.database_error}); {detail}"
-        return {"status": status, "detail": f"degraded: {starving}; {detail}" if starving else detail}
+        return {"status": status, "detail": detail}
 
     runner, port = await serve(build_app(metrics.registry, health, frozenset({"running", "idle"})),
                                metrics_host, metrics_port)

@@ -7,7 +7,7 @@ committed after the database commit), so the insert from staging is what makes t
 idempotent on each table's natural key. `write_rows` does exactly that; the consumer may call it or
 compose the SQL (`staging_ddl`, `copy_sql`, `insert_sql`) itself.
 
-Rows are plain tuples in `columns` order, typed for binary COPY as `copy_types` says: epoch
+Rows are plain tuples in `columns` order, typed for binary COPY as `copy_types` says: Unix
 milliseconds become aware UTC datetimes (timestamptz), Avro maps become psycopg `Jsonb` dumped with
 orjson, order-book levels become parallel price/quantity lists (double precision[]), Avro enums stay
 strings. Doubles are staged as double precision even where the table column is numeric (money): the
@@ -42,16 +42,16 @@ from schemas.catalogue import DLQ_PREFIX, all_topics
 Record = Mapping[str, Any]
 Row = tuple
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNIX_ZERO = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ms_to_datetime(ms: int) -> datetime:
-    """Epoch milliseconds -> aware UTC datetime, exactly (integer arithmetic, no float rounding)."""
-    return _EPOCH + timedelta(milliseconds=ms)
+    """Unix milliseconds -> aware UTC datetime, exactly (integer arithmetic, no float rounding)."""
+    return _UNIX_ZERO + timedelta(milliseconds=ms)
 
 
 def _ts_or_none(ms: int | None) -> datetime | None:
-    return None if ms is None else _EPOCH + timedelta(milliseconds=ms)
+    return None if ms is None else _UNIX_ZERO + timedelta(milliseconds=ms)
 
 
 def _jsonb(value: Any) -> Jsonb:
@@ -98,7 +98,7 @@ class TableSpec:
 
     @property
     def time_field(self) -> str:
-        """Record field holding the row's time (epoch ms): the time column's name (column names are the
+        """Record field holding the row's time (Unix ms): the time column's name (column names are the
         record's field names) unless `record_time_field` says otherwise. The sink reads it to make the
         partitions of old rows and to record the days written (retention's guard)."""
         return self.record_time_field or self.time_column

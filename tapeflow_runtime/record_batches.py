@@ -1,4 +1,4 @@
-"""Whole record batches from the embedded broker, without a Python object per record: the sink's fast path.
+"""Whole record batches from a one-broker Kafka, without a Python object per record: the sink's fast path.
 
 Why hand-rolled: librdkafka (confluent-kafka) hands every record to Python as a `Message` with its own
 bytes, key and topic string: 1.2-1.3 CPU-s per million records in the process before anything is
@@ -11,10 +11,12 @@ of Kafka's record batch format v2 and gathers their values and keys into two buf
 and offsets: what `sinks.columnar` reads as one Avro block. A prototype fetched and parsed 1M trades in
 0.09 CPU-s (RESULTS).
 
-Scope, on purpose narrow: one broker (the embedded Tansu: `tapeflow up` without `TAPEFLOW_BROKER`),
-plain fetches of assigned partitions from given offsets, read_committed skipping control batches.
-Group membership, committed offsets, watermarks and commits stay with librdkafka (`SplitConsumer`
-routes each partition to one or the other). The record walk checks every length against the batch it
+Scope, on purpose narrow: a cluster of one broker (the embedded Kafka of `tapeflow up`, or an external
+single-node one), which leads every partition, so no leader routing or failover is needed; plain
+fetches of assigned partitions from given offsets, read_committed skipping control batches. On a
+cluster of several brokers the sink leaves every partition to librdkafka (`one_broker`). Group
+membership, committed offsets, watermarks and commits stay with librdkafka (`SplitConsumer` routes
+each partition the group assigns to one or the other). The record walk checks every length against the batch it
 is in, so a malformed batch raises `RecordBatchError` instead of reading past its buffer.
 """
 
@@ -35,8 +37,8 @@ import structlog
 
 log = structlog.get_logger("record_batches")
 
-#: record batch v2 header: base offset, length, leader epoch, magic, crc, attributes, last offset delta,
-#: first/max timestamp, producer id/epoch, base sequence, record count (61 bytes)
+#: record batch v2 header: base offset, length, partition leader's term, magic, crc, attributes, last offset
+#: delta, first/max timestamp, producer id and its term, base sequence, record count (61 bytes)
 _BATCH = struct.Struct(">qiibIhiqqqhii")
 _CONTROL = 0x20  # attributes bit 5: a transaction marker, no data records
 _SIZE = struct.Struct(">i")
@@ -445,12 +447,48 @@ class RawFetcher:
         return bytes(buf)
 
 
-class SplitConsumer:
-    """A confluent-kafka `Consumer` whose partitions of `raw(topic)` topics are fetched by a `RawFetcher`.
+def one_broker(consumer, timeout: float = 10.0) -> str | None:
+    """host:port of the cluster's broker when it has exactly one (what `RawFetcher` can fetch from), else None."""
+    brokers = consumer.list_topics(timeout=timeout).brokers
+    if len(brokers) != 1:
+        return None
+    (broker,) = brokers.values()
+    return f"{broker.host}:{broker.port}"
 
-    Offers what the sink calls: assignment, pause/resume, consume (chunks of the raw partitions and
-    messages of the others), and passes everything else (commits, committed offsets, watermarks,
-    metadata) to the consumer, so commits and the group stay librdkafka's.
+
+def _asked_until_answered(ask: Callable[[], dict], want: set, attempts: int = 60) -> dict:
+    """``ask()`` again while the broker cannot answer for every key in ``want`` yet: a broker that just
+    started loads its offsets topic first (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS), and a topic
+    just created has no leader known everywhere for a moment (NOT_LEADER, UNKNOWN_TOPIC_OR_PART, a
+    partition left out of the answer). About 30 s at most, then the last error is raised."""
+    from confluent_kafka import KafkaException
+
+    for attempt in range(attempts):
+        try:
+            answer = ask()
+        except KafkaException as exc:
+            passing = exc.args[0].code() in (3, 5, 6, 14, 15, 16) or exc.args[0].retriable()
+            if attempt == attempts - 1 or not passing:
+                raise
+            time.sleep(0.5)
+            continue
+        if want <= answer.keys() or attempt == attempts - 1:
+            return answer
+        time.sleep(0.5)
+    return {}
+
+
+class SplitConsumer:
+    """A subscribed confluent-kafka `Consumer` whose partitions of `raw(topic)` topics are fetched by a
+    `RawFetcher`.
+
+    `assign` takes what the group assigned (the sink's on_assign): the raw topics' partitions go to the
+    fetcher from the group's committed offsets, the others to librdkafka (`Consumer.assign`, which also
+    tells the client the rebalance was handled); `revoke` forgets them (on_revoke). Offers what the sink
+    calls: pause/resume, consume (chunks of the raw partitions and messages of the others), and passes
+    everything else (commits, committed offsets, watermarks, metadata) to the consumer, so commits and
+    the group stay librdkafka's. `consume` polls the consumer at least every 50 ms even when every
+    partition is raw: polling is what keeps the member in the group and runs the rebalance callbacks.
     """
 
     def __init__(self, consumer, fetcher: RawFetcher, raw: Callable[[str], bool]) -> None:
@@ -462,41 +500,36 @@ class SplitConsumer:
     def __getattr__(self, name: str):
         return getattr(self.consumer, name)
 
-    def incremental_assign(self, partitions) -> None:
-        from confluent_kafka import OFFSET_STORED
-
+    def assign(self, partitions) -> None:
         raw = [tp for tp in partitions if self.raw(tp.topic)]
         plain = [tp for tp in partitions if not self.raw(tp.topic)]
         if raw:
+            from confluent_kafka import TopicPartition
+
             from tapeflow_runtime.kafka_client import start_offsets
 
-            stored = [tp for tp in raw if tp.offset == OFFSET_STORED]
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in (self.consumer.committed(stored, timeout=10) if stored else [])}
-            offsets = {(tp.topic, tp.partition): committed.get((tp.topic, tp.partition), tp.offset) for tp in raw}
+            keys = {(tp.topic, tp.partition) for tp in raw}
+            committed = _asked_until_answered(
+                lambda: {(tp.topic, tp.partition): tp.offset
+                         for tp in self.consumer.committed([TopicPartition(t, p) for t, p in sorted(keys)], timeout=10)},
+                keys)
+            offsets = {key: committed.get(key, -1) for key in keys}
             # nothing committed: the partition's first record (auto.offset.reset=earliest), one request for all
-            starts = start_offsets(self.consumer, [key for key, offset in offsets.items() if offset < 0], 10)
+            unread = {key for key, offset in offsets.items() if offset < 0}
+            starts = _asked_until_answered(lambda: start_offsets(self.consumer, sorted(unread), 10), unread)
             for (topic, partition), offset in offsets.items():
                 if offset < 0:
                     if (topic, partition) not in starts:
                         raise RecordBatchError(f"{topic}[{partition}]: the broker did not tell its log start")
                     offset = starts[(topic, partition)]
                 self.fetcher.assign(topic, partition, offset)
-        if plain:
-            self.consumer.incremental_assign(plain)
-            self._plain.update((tp.topic, tp.partition) for tp in plain)
+        self.consumer.assign(plain)  # also when empty: the rebalance is handled, librdkafka assigns nothing
+        self._plain = {(tp.topic, tp.partition) for tp in plain}
 
-    def incremental_unassign(self, partitions) -> None:
-        plain = []
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
-            if key in self._plain:
-                plain.append(tp)
-                self._plain.discard(key)
-            else:
-                self.fetcher.unassign(*key)
-        if plain:
-            self.consumer.incremental_unassign(plain)
+    def revoke(self) -> None:
+        for topic, partition in self.fetcher.assigned():
+            self.fetcher.unassign(topic, partition)
+        self._plain = set()
 
     def pause(self, partitions) -> None:
         self._split(partitions, self.fetcher.pause, self.consumer.pause)
@@ -513,15 +546,15 @@ class SplitConsumer:
             plain_call(plain)
 
     def consume(self, num_messages: int = 1, timeout: float = -1):
-        """Chunks of the raw partitions, then messages of the others; waits up to `timeout` for either
-        (alternating in slices of at most 50 ms while both kinds are assigned)."""
+        """Chunks of the raw partitions, then messages of the others; waits up to `timeout` for either, in
+        slices of at most 50 ms, polling the consumer in each."""
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             chunks = self.fetcher.take(num_messages)
             taken = sum(c.count for c in chunks)
-            msgs = []
-            if self._plain and taken < num_messages:
-                msgs = self.consumer.consume(num_messages=num_messages - taken, timeout=0)
+            # at least one asked for even when the chunks filled the call: a steady stream of them must
+            # not keep the consumer from being polled (one message over num_messages at most)
+            msgs = self.consumer.consume(num_messages=max(num_messages - taken, 1), timeout=0)
             remaining = deadline - time.monotonic()
             if chunks or msgs or remaining <= 0:
                 return [*chunks, *msgs]
@@ -530,7 +563,7 @@ class SplitConsumer:
                 if msgs:
                     return msgs
             else:
-                chunks = self.fetcher.take(num_messages, timeout=remaining)
+                chunks = self.fetcher.take(num_messages, timeout=min(remaining, 0.05))
                 if chunks:
                     return chunks
 

@@ -5,7 +5,7 @@
 -- * Column names are the Avro field names of the topic's record (sinks/tables.py maps records to
 --   rows); order-book levels (arrays of {price, qty}) become parallel price and quantity arrays so
 --   the best level is simply bid_prices[1].
--- * Times are timestamptz, converted by the sink from the records' epoch milliseconds.
+-- * Times are timestamptz, converted by the sink from the records' Unix milliseconds.
 -- * Market prices and quantities are double precision, not numeric: they arrive as IEEE doubles in
 --   the Avro records, so numeric could not restore any exactness the stream did not carry; exchange
 --   prices and sizes have at most ~10 significant digits, which a double holds and round-trips

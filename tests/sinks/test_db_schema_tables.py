@@ -179,7 +179,7 @@ def test_the_time_field_the_sink_reads_is_the_rows_time(topic):
     assert ms_to_datetime(record[spec.time_field]) == spec.to_row(record)[spec.columns.index(spec.time_column)]
 
 
-def test_epoch_ms_convert_exactly_at_the_edges():
+def test_unix_ms_convert_exactly_at_the_edges():
     assert ms_to_datetime(T) == datetime(2024, 1, 31, 23, 59, 59, 999000, tzinfo=UTC)
     assert ms_to_datetime(0) == datetime(1970, 1, 1, tzinfo=UTC)
     assert ms_to_datetime(-1) == datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
@@ -234,16 +234,16 @@ def test_dead_letters_dedupe_by_source_coordinates_or_content(db):
     unparsed_a = {"source_topic": "md.trades", "partition": None, "offset": None, "key": None, "value": b"{bad",
                   "error": "JSONDecodeError", "stage": "producer.binance:parse", "event_time": T}
     unparsed_b = dict(unparsed_a, value=b"{worse")
-    # another record at the same coordinates: the embedded stack reuses topic names every other epoch
-    # (tapeflow_runtime.epochs), so e1.md.trades[0]@5 two epochs later is a different record
-    two_epochs_later = dict(base, value=base["value"] + b"!", event_time=base["event_time"] + 600_000)
-    rows = [PIPELINE_ERRORS.to_row(r) for r in (base, refailed, unparsed_a, unparsed_b, unparsed_a, two_epochs_later)]
+    # another record at the same coordinates: a topic deleted and created again numbers its records
+    # from 0 again, so md.trades[0]@5 after that is a different record
+    recreated_topic = dict(base, value=base["value"] + b"!", event_time=base["event_time"] + 600_000)
+    rows = [PIPELINE_ERRORS.to_row(r) for r in (base, refailed, unparsed_a, unparsed_b, unparsed_a, recreated_topic)]
     with psycopg.connect(db) as conn:
-        assert write_rows(conn, PIPELINE_ERRORS, rows) == 4  # base, unparsed_a, unparsed_b, two_epochs_later
+        assert write_rows(conn, PIPELINE_ERRORS, rows) == 4  # base, unparsed_a, unparsed_b, recreated_topic
         conn.commit()
         stored = conn.execute("SELECT id, raw_value FROM pipeline_errors ORDER BY id").fetchall()
     assert len({r[0] for r in stored}) == 4
-    assert [bytes(r[1]) for r in stored] == [base["value"], b"{bad", b"{worse", two_epochs_later["value"]]
+    assert [bytes(r[1]) for r in stored] == [base["value"], b"{bad", b"{worse", recreated_topic["value"]]
 
 
 def test_digest_frames_key_and_value_unambiguously():

@@ -39,6 +39,24 @@ def test_editing_an_applied_migration_is_refused(database):
         migrate(database)
 
 
+def test_a_migration_recorded_before_its_comments_were_reworded_is_accepted(database):
+    """Only the comments of the files in REWORDED changed: a database that recorded their earlier
+    checksums migrates as before; any other checksum is still refused."""
+    from sinks.migrate import REWORDED
+
+    migrate(database)
+    with psycopg.connect(database, autocommit=True) as conn:
+        for key, old in REWORDED.items():
+            conn.execute("UPDATE schema_migrations SET checksum = %s WHERE key = %s", (old, key))
+    again = migrate(database)
+    assert again.applied == [] and set(REWORDED) <= set(again.already)
+    key = next(iter(REWORDED))
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE key = %s", (key,))
+    with pytest.raises(MigrationError, match=f"{key} was changed after it was applied"):
+        migrate(database)
+
+
 def test_roles_get_the_right_privileges_on_new_tables(database):
     migrate(database)
     with psycopg.connect(database, autocommit=True) as conn:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -55,9 +55,12 @@ def checksum(rows) -> str:
 
 
 def table_rows(conninfo: str) -> list[tuple]:
+    """The trades as stored, trade_time back in Unix milliseconds (exact: integer timedelta arithmetic)."""
+    unix_zero = datetime(1970, 1, 1, tzinfo=UTC)
     with psycopg.connect(conninfo) as conn:
-        return conn.execute("SELECT exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, "
-                            "(extract(epoch from trade_time) * 1000)::bigint, taker_side FROM trades").fetchall()
+        rows = conn.execute("SELECT exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, "
+                            "trade_time, taker_side FROM trades").fetchall()
+    return [(*r[:7], (r[7] - unix_zero) // timedelta(milliseconds=1), r[8]) for r in rows]
 
 
 def expected_rows(records: list[dict]) -> list[tuple]:

@@ -38,7 +38,7 @@ def random_record(schema: dict, rng: random.Random, i: int) -> dict:
         elif kind == "double":
             out[name] = rng.choice([0.0, -0.0, 1e-12, 123456.789, -42.5, 2.0 ** 60, rng.uniform(-1e6, 1e6)])
         elif kind in ("long", "int"):
-            if name.endswith("_time"):  # epoch ms between 1990 and 2090
+            if name.endswith("_time"):  # Unix ms between 1990 and 2090
                 out[name] = rng.randint(631_152_000_000, 3_786_912_000_000)
             elif name in ("agg_id",):
                 out[name] = i  # the natural key: unique per row

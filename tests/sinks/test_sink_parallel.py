@@ -42,9 +42,9 @@ class RecordingSink(TopicSink):
             newest.update(b.offsets)
         self.commits.append(newest)
 
-    def finish(self, epoch: int, number: int, offsets: dict[tuple[str, int], int]) -> None:
+    def finish(self, generation: int, number: int, offsets: dict[tuple[str, int], int]) -> None:
         batch = Batch(offsets=offsets, count=1)
-        batch.seq = (epoch, number)
+        batch.seq = (generation, number)
         self._done.put(batch)
         self._collect()
 
@@ -59,8 +59,8 @@ def test_offsets_are_committed_only_up_to_the_first_batch_not_in_the_database():
     assert sink.commits == [{p0: 30, p1: 7}]
     sink.finish(0, 4, {p0: 50})  # batch 3 was given up (never handed back): 4 must wait for ever
     assert sink.commits == [{p0: 30, p1: 7}]
-    sink._on_revoke(None, [])  # a rebalance: a new epoch, numbering starts again
-    sink.finish(0, 3, {p0: 40})  # the old epoch's batch finishes late: in the table, offsets left alone
+    sink._on_revoke(None, [])  # a rebalance: a new generation, numbering starts again
+    sink.finish(0, 3, {p0: 40})  # the old generation's batch finishes late: in the table, offsets left alone
     assert sink.commits == [{p0: 30, p1: 7}]
     sink.finish(1, 0, {p0: 35})
     assert sink.commits == [{p0: 30, p1: 7}, {p0: 35}]

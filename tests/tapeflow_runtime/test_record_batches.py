@@ -125,8 +125,8 @@ def test_a_fetch_from_inside_a_batch_starts_at_that_record_and_pause_stops_fetch
 
 
 def test_a_partition_error_the_fetcher_cannot_mend_is_raised_to_the_reader(kafka_bootstrap):
-    """Offset out of range (Tansu answers an offset past the end with nothing, so the answer is built
-    here with aiokafka's struct, as Apache Kafka sends it); an unknown topic is asked again later."""
+    """Offset out of range (the answer built here with aiokafka's struct, as Apache Kafka sends it, so the
+    test needs no log trimmed under a reader); an unknown topic is asked again later."""
     from aiokafka.protocol.fetch import FetchResponse_v4
 
     fetcher = RawFetcher(kafka_bootstrap, fetch_wait_ms=100)
