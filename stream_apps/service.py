@@ -23,11 +23,9 @@ from stream_apps.faust_app.config import (
     EngineAppConfig,
     shipped_strategy_files,
 )
-from stream_apps.faust_app.following import GROUP, EngineEpochs
 from stream_apps.faust_app.priming import prime_group_offsets
 from stream_apps.faust_app.worker import ensure_engine_topics, run_worker
 from tapeflow_runtime.endpoints import resolve_broker
-from tapeflow_runtime.epochs import EpochCursor, load_carried, rollover_enabled
 from tapeflow_runtime.logs import quiet_library_loggers
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
@@ -67,11 +65,7 @@ def engine_config(
         metrics_host=metrics_host or settings.metrics_host,
         metrics_port=metrics_port,
         log_level=settings.log_level,
-        starvation_window_s=settings.starvation_window_s,
         fetch_max_wait_ms=settings.engine_fetch_wait_ms,
-        # the idle pause (IdleFetchWait) is for the embedded broker, whose idle fetches cost it CPU;
-        # Kafka answers a fetch as soon as data arrives: off there (<= the fetch wait)
-        **({} if settings.broker is None else {"fetch_idle_wait_ms": settings.engine_fetch_wait_ms}),
     )
 
 
@@ -82,17 +76,6 @@ async def run_engine(settings: Settings, *, prime_history_ms: int | None = PRIME
     ``prime_history_ms`` None disables priming. ``wait_for_progress`` (a replay, a warm start) holds
     every key until its source's md.progress markers release it, but only for a new group: a
     restarted group resumes from its own offsets and state."""
-    epochs = epoch = None
-    if settings.epochs_file is not None and rollover_enabled(settings):
-        # the embedded stack: one process follows the topic epochs (``faust_app.following``)
-        cursor = EpochCursor(settings.epochs_file, settings.topic_prefix, GROUP, "engine")
-        epochs = EngineEpochs(cursor, resolve_broker(settings, StackPaths(settings.home)), settings.home)
-        epoch, prefix = await asyncio.to_thread(epochs.first)
-        if load_carried(settings.home, epoch, "engine") is not None:
-            # restarted after its carry into this epoch: the state is carried, the group reads from the start
-            prime_history_ms, options = None, {**options, "wait_for_progress": False}
-        settings = settings.model_copy(update={"topic_prefix": prefix})
-        options = {**options, "app_id": None}
     config = engine_config(settings, **options)
     config.datadir.mkdir(parents=True, exist_ok=True)
     quiet_library_loggers(config.log_level)
@@ -108,6 +91,4 @@ async def run_engine(settings: Settings, *, prime_history_ms: int | None = PRIME
             config = config.model_copy(update={"wait_for_progress": False})  # not new: resume, do not wait
     log.info("engine starting", group=config.app_id, strategies=[p.name for p in config.strategy_files],
              guarantee=config.processing_guarantee)
-    if epochs is not None:
-        return await run_worker(config, epochs=epochs, epoch=epoch)
     return await run_worker(config)  # compiles the kernels before it joins its group

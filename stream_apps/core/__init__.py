@@ -2,7 +2,7 @@
 
 Why a separate package: the same functions are driven by Faust agents (live, from Kafka) and by the
 backtest runner (replay), and a parity test requires identical signals from both. So nothing in here
-imports Kafka or Faust, nothing reads the wall clock (every function takes event times in epoch ms),
+imports Kafka or Faust, nothing reads the wall clock (every function takes event times in Unix ms),
 all state is plain serialisable data (``to_dict``/``from_dict``) with bounded size (bucketed
 aggregates, never per-trade lists), and results do not depend on how the input was batched.
 

@@ -17,9 +17,10 @@ is co-partitioned with the inputs whichever partitioner the producers used.
 Exactly-once: ``processing_guarantee="exactly_once"`` switches Faust to one transactional producer per
 input partition; outputs, snapshots and offsets then commit atomically. The baseline is
 at-least-once with idempotent outputs (deterministic ids and contents), which is what makes
-redelivery harmless on a broker without transactions too. Faust's producers (aiokafka) open a
-transaction with InitProducerId v0, which the embedded Tansu broker (0.6) refuses; the worker asks
-the broker once before joining and stops with ``TransactionsUnavailable`` instead of crashing later.
+redelivery harmless on a broker without transactions too. A broker that refuses Faust's
+transactional producer (transactions disabled, or an InitProducerId version it does not serve) is
+asked once before the worker joins its group: the worker stops with ``TransactionsUnavailable``
+instead of crashing in the middle of a rebalance.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig, load_strategy
 from tapeflow_runtime.settings import ConfigError
-from tapeflow_runtime.starvation import StarvationWatch, StuckPhaseWatch
 
 from .bulk_consumer import BulkConsumer, BulkTransport
 from .config import INPUT_TOPICS, PROGRESS_TOPIC, STATE_TABLE, EngineAppConfig
@@ -53,7 +53,6 @@ from .processor import Effects, EngineProcessor
 
 log = structlog.get_logger("engine")
 TICK_S = 0.25
-STARVATION_SAMPLE_S = 5.0
 STEP_RECORDS = 5_000  # per partition: bounds the event-loop time one step of a large fetch takes
 
 
@@ -77,9 +76,8 @@ class TransactionsUnavailable(ConfigError):
 
 async def require_transactions(bootstrap: str, transactional_id: str) -> None:
     """Open (and close) one transactional producer as Faust's would: InitProducerId is where a broker
-    that cannot serve aiokafka's transactions says so (Tansu 0.6 answers UNKNOWN_SERVER_ERROR to v0).
-    Asking before the worker joins its group turns a crash in the middle of a rebalance into one
-    clear refusal. The probe's id is its own (``...-preflight``), so it fences no worker."""
+    that cannot serve aiokafka's transactions says so. Asking before the worker joins its group turns
+    a crash in the middle of a rebalance into one clear refusal. The probe's id is its own (``...-preflight``), so it fences no worker."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
                                 enable_idempotence=True, acks="all")
     try:
@@ -87,8 +85,9 @@ async def require_transactions(bootstrap: str, transactional_id: str) -> None:
     except KafkaError as exc:
         raise TransactionsUnavailable(
             f"processing_guarantee=exactly_once needs a broker that accepts Faust's transactional "
-            f"producers; {bootstrap} refused one ({exc!r}), as the embedded Tansu broker always does. "
-            f"Run at-least-once (the default: outputs are idempotent) or point the engine at Kafka") from exc
+            f"producers; {bootstrap} refused one ({exc!r}). "
+            f"Run at-least-once (the default: outputs are idempotent) or enable transactions on the "
+            f"broker") from exc
     finally:
         await producer.stop()
 
@@ -104,8 +103,7 @@ class _PromptTableManager(TableManager):
     """Faust's table manager without the 1 s sleep its ``on_start`` begins with (faust-streaming
     0.15.3, ``faust/tables/manager.py``), which gives an app's module-level tables time to be
     declared. The engine declares its one table before the app starts, so the sleep only delayed
-    every start, and the move to a new topic epoch (``following``), by 1 s (measured: an engine app
-    on Tansu started in 4.1 s, 1.0 of them in that sleep)."""
+    every start by 1 s."""
 
     async def on_start(self) -> None:
         if not self.should_stop:
@@ -121,12 +119,8 @@ class EngineWorker:
     """One engine worker: the Faust app, the processor, and the order in which effects reach Kafka."""
 
     def __init__(self, config: EngineAppConfig, strategies: Sequence[StrategyConfig] | None = None,
-                 metrics: EngineAppMetrics | None = None, gate: asyncio.Event | None = None) -> None:
-        """``gate``: when given, no input is applied (and nothing evaluated) until it is set: a worker
-        on the next topic epoch joins its group while the old epoch's worker drains, and receives the
-        carried state (``adopt``) before the gate opens (``following``)."""
+                 metrics: EngineAppMetrics | None = None) -> None:
         self.config = config
-        self.gate = gate
         self.strategies = list(strategies) if strategies is not None else [load_strategy(p) for p in config.strategy_files]
         self.metrics = metrics or EngineAppMetrics()
         self.serde = AvroSerde(registry_from_url(config.schema_registry_url))
@@ -178,22 +172,9 @@ class EngineWorker:
         self._lock = asyncio.Lock()
         self._effects = EffectsRunner(self._perform)
         self._ticker: asyncio.Task | None = None
-        self._watcher: asyncio.Task | None = None
-        self.starvation = StarvationWatch(config.starvation_window_s)
-        self._next_slow_sample = 0.0  # while the consumer's fetches are spaced out (idle), sample no sooner
-        self.stuck_rebalance = StuckPhaseWatch(config.starvation_window_s, "rebalancing")
-        # held inputs that nothing releases: the caught-up rule releases within a fetch, a marker-waiting
-        # key after progress_timeout_s, so a hold longer than that plus the window is a stall (seen on
-        # Tansu after a takeover, with /health still "running": CI of e5e0cad)
-        self.stuck_holding = StuckPhaseWatch(config.starvation_window_s + config.progress_timeout_s,
-                                             "holding inputs without releasing any")
-        # a broker that stops answering the watch's own questions must not read as health
-        self.unsampled = StuckPhaseWatch(config.starvation_window_s, "input end offsets and positions unavailable")
         self.started_at: float | None = None
         self.batches = 0
         self.crashed: BaseException | None = None
-        self.frozen = False
-        self._snapshot_partition: dict[bytes, int] = {}  # key -> changelog partition, of what this worker wrote
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -203,33 +184,21 @@ class EngineWorker:
         assert isinstance(consumer, BulkConsumer)
         consumer.bulk_topics = frozenset(self.read_topics)
         consumer.fetch_max_wait_ms = self.config.fetch_max_wait_ms
-        consumer.fetch_idle_wait_ms = self.config.fetch_idle_wait_ms
-        consumer.fetch_idle_after_s = self.config.fetch_idle_after_s
         consumer.bulk_handler = self
         self.app.topics.add(self.inputs)  # subscribe (there is no agent to do it)
         await self.app.start()
         self.started_at = time.monotonic()
         self._ticker = asyncio.create_task(self._tick_forever())
-        self._watcher = asyncio.create_task(self._watch_inputs_forever())
-
-    async def freeze(self) -> None:
-        """Apply nothing more and stop the timers, but stay in the group: a drained worker of a finished
-        topic epoch, whose state is being carried while the next epoch's worker takes over (``stop``
-        follows once that one runs)."""
-        self.frozen = True
-        for task in (self._watcher, self._ticker):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-        self._watcher = self._ticker = None
 
     async def stop(self) -> None:
-        await self.freeze()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+            self._ticker = None
         await self.app.stop()
-        self.metrics.forget_group(self.app.conf.id)  # its partitions have no lag any more (a rollover's old group)
 
     def health(self) -> dict[str, Any]:
         if self.crashed is not None or self.app.crash_reason is not None:
@@ -238,48 +207,16 @@ class EngineWorker:
             return {"status": "starting", "detail": "joining the group"}
         assigned = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics})
         state = "rebalancing" if self.app.rebalancing else "running"
-        if state == "running":
-            starving = self.starvation.reason() or self.stuck_holding.reason() or self.unsampled.reason()
-        else:
-            starving = self.stuck_rebalance.reason()
-        if starving:
-            return {"status": "degraded", "detail": f"degraded: {starving}; partitions {assigned}"}
         waiting = self.processor.progress.waiting()
         progress = f", {len(waiting)} symbols released by progress markers" if waiting else ""
         return {"status": state, "detail": f"partitions {assigned}, {len(self.processor.owned)} symbols, "
                 f"{self.batches} batches{progress}"}
 
     # -- bulk handler (called by BulkConsumer) -------------------------------------------------
-    def adopt(self, snapshots: Mapping[bytes, tuple[int, bytes]]) -> None:
-        """Take carried snapshots (key -> (partition, snapshot), already in this group's changelog) into
-        the table this worker restored before they were written. Only before the gate opens."""
-        assert self.gate is not None and not self.gate.is_set(), "adopt before the gate opens"
-        for key, (partition, blob) in snapshots.items():
-            self.table.data[key] = blob
-            self._snapshot_partition[key] = partition
-
-    def snapshots(self) -> dict[bytes, tuple[int, bytes]] | None:
-        """Every key's newest snapshot with its changelog partition, from this worker's memory, when it
-        holds them all: it owns every input partition and wrote or adopted every key in its table. A
-        restarted worker's keys recovered by Faust are not known by partition here, and another worker
-        may own some keys: None then (the carry reads the changelog)."""
-        owned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.input_topics}
-        if owned != set(range(SYMBOL_PARTITIONS)):
-            return None
-        data = dict(self.table.data.items())
-        if any(key not in self._snapshot_partition for key in data):
-            return None
-        return {key: (self._snapshot_partition[key], blob) for key, blob in data.items()}
-
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
-        if self.gate is not None and not self.gate.is_set():
-            await self.gate.wait()  # the fetch waits with its records (none is lost or read twice)
         began = time.perf_counter()
         consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
         async with self._lock:
-            if self.frozen:  # a finished epoch's worker: its inputs are final and all applied
-                log.warning("a frozen engine worker was handed %d partitions' records: not applied", len(records))
-                return
             if not consumer.flow_active or self.app.consumer_generation_id != generation:
                 # fetched before a rebalance began and waited for the lock while ``flush`` forgot
                 # every symbol: processing it now would rebuild state for partitions this worker
@@ -307,22 +244,6 @@ class EngineWorker:
         self.batches += 1
         self.metrics.batch_seconds.observe(time.perf_counter() - began)
 
-    def finish_inputs(self) -> None:
-        """Its topic epoch is finished: nothing more is written to its inputs
-        (``EngineProcessor.finish_inputs``: the drain then does not wait out the progress timeout)."""
-        self.processor.finish_inputs()
-
-    async def snapshot_now(self) -> None:
-        """Write every symbol's unsaved state now (not on the ``snapshot_interval_s`` timer), so that the
-        inputs it holds become committable: a finished topic epoch's drain (``following``) would wait
-        up to that interval for the timer's snapshot otherwise. Then commit what the snapshots made
-        committable, as Faust's commit timer would within ``commit_interval_s`` (1 s): the drain waits
-        for the group's commits, and every new-epoch input waits for the drain (live pace: the
-        rollover's ~1 evaluation a second over the 2 s p99 target)."""
-        async with self._lock:
-            await self._apply(self.processor.flush())
-        await self.app.consumer.commit()
-
     async def flush(self) -> None:
         """Before a rebalance commits or at shutdown: persist every symbol, then forget them all
         (eager rebalancing revokes every partition; what comes back is restored from the table)."""
@@ -334,7 +255,7 @@ class EngineWorker:
         while True:
             await asyncio.sleep(TICK_S)
             consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
-            if not consumer.flow_active or (self.gate is not None and not self.gate.is_set()):
+            if not consumer.flow_active:
                 continue
             try:
                 async with self._lock:
@@ -345,51 +266,6 @@ class EngineWorker:
                 self.crashed = exc
                 await self.app.crash(exc)
                 return
-
-    async def _watch_inputs_forever(self) -> None:
-        """Every ``STARVATION_SAMPLE_S``: each input partition's fetch position against its end offset asked
-        from the broker (``StarvationWatch``); ``health`` says ``degraded`` for one that receives records
-        this worker does not read (Tansu past ~20,000 batches in a partition answers fetches with nothing),
-        or whose fetch position stands below an end offset that does not move either (seen on Tansu
-        after a takeover), and for a rebalance whose changelog recovery makes no progress
-        (``StuckPhaseWatch``); also for inputs held that nothing releases for the window plus
-        ``progress_timeout_s``, and for samples the broker has not answered for the window. The stack's
-        supervisor restarts a worker that stays degraded (``stall_restart_s``)."""
-        consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
-        while True:
-            await asyncio.sleep(STARVATION_SAMPLE_S)
-            now = time.monotonic()
-            recovery = self.app.tables.recovery
-            progress = (self.app.consumer_generation_id, sum(v for v in recovery.active_offsets.values() if v),
-                        sum(v for v in recovery.standby_offsets.values() if v))
-            self.stuck_rebalance.observe(now, bool(self.app.rebalancing), progress)
-            held = self.processor.held()
-            self.stuck_holding.observe(now, held > 0 and not self.app.rebalancing, self.processor.releases)
-            if not consumer.flow_active or self.app.rebalancing:
-                self.starvation.observe(now, {})  # positions restart with the new assignment
-                self.unsampled.observe(now, False)
-                continue
-            idle = getattr(consumer, "idle_fetch", None)
-            if idle is not None and idle.idle and now < self._next_slow_sample:
-                # idle on the embedded broker: ask the end offsets only as often as the window needs
-                # (a third of it), as the sink's and the executor's lag probes do; Tansu answers
-                # ListOffsets by listing every batch of the partition
-                continue
-            self._next_slow_sample = now + self.starvation.window_s / 3
-            partitions = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
-            try:
-                ends = await consumer.highwaters(*partitions) if partitions else {}
-                positions = await asyncio.wait_for(
-                    asyncio.gather(*(consumer.position(tp) for tp in partitions)), STARVATION_SAMPLE_S)
-            except Exception as exc:  # noqa: BLE001 - a broker hiccup: sample again next time
-                log.debug("end offsets unavailable: %r", exc)
-                self.unsampled.observe(now, True)
-                continue
-            self.unsampled.observe(now, False)
-            names = {tp: f"{tp.topic}[{tp.partition}]" for tp in partitions}
-            self.starvation.observe(time.monotonic(), {
-                names[tp]: (position, ends.get(tp)) for tp, position in zip(partitions, positions)},
-                fetch_positioned=names.values())
 
     # -- effects, in their safe order ----------------------------------------------------------
     def _caught_up(self, topic: str, partition: int) -> bool:
@@ -413,11 +289,7 @@ class EngineWorker:
         for partition, key, blob in effects.snapshots:
             raw_key = key.encode()
             self.table.data[raw_key] = blob
-            self._snapshot_partition[raw_key] = partition
-            # one snapshot per produce request, so each is its own record batch: Tansu answers
-            # ListOffsets(latest) with the last *batch's* base offset + 1, and Faust's recovery stops
-            # at that offset, so a second snapshot batched behind the first would not be restored
-            await self._send(OutRecord(changelog, partition, raw_key, blob, None, partition), wait=True)
+            await self._send(OutRecord(changelog, partition, raw_key, blob, None, partition))
         consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
         for (topic, partition), offsets in effects.acks.items():
             consumer.ack_offsets(TP(topic, partition), offsets)

@@ -2,9 +2,9 @@
 
 Why: stock Faust turns every Kafka record into an event that crosses a queue, a stream, its
 processors and an ack, and its fetch loop waits on ``asyncio.wait`` twice per record. Measured on the
-2-core dev machine against Tansu (benchmarks/bench_engine_app.py ``--mode stream``): ≈ 6,700
-records/s through ``stream.noack_take(5000, within=0.05)`` with nothing but Avro decoding in the
-agent, while aiokafka alone reads ≈ 500,000 records/s from the same broker. ``take()`` batches what
+2-core dev machine (benchmarks/bench_engine_app.py ``--mode stream``): ≈ 6,700 records/s through
+``stream.noack_take(5000, within=0.05)`` with nothing but Avro decoding in the agent, while aiokafka
+alone reads ≈ 500,000 records/s from the same broker. ``take()`` batches what
 the agent sees, not that per-record machinery, so it cannot reach the 50,000 trades/s target.
 
 What this keeps from Faust: group membership and its co-partitioning assignor (a symbol's partition
@@ -28,16 +28,15 @@ every path here.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ack_lock
 
-from tapeflow_runtime.idle_fetch import FIRST_IDLE_AFTER_S
 from mode.utils.futures import notify
 
 log = structlog.get_logger("engine")
@@ -55,9 +54,6 @@ class BulkConsumer(aiokafka_driver.Consumer):
     bulk_topics: frozenset[str] = frozenset()
     bulk_handler: BulkHandler | None = None
     fetch_max_wait_ms: int = 20
-    fetch_idle_wait_ms: int = 2000  # a fetch every this while nothing arrives (``IdleFetchWait``); <= fetch_max_wait_ms: off
-    fetch_idle_after_s: float = 5.0
-    idle_fetch: IdleFetchWait | None = None  # installed by the consumer thread (the embedded broker only)
 
     def _new_consumer_thread(self) -> Any:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -90,9 +86,8 @@ class BulkConsumer(aiokafka_driver.Consumer):
         Faust adds a gap's offsets to the acked list without looking at what is there: an offset
         recorded as a gap and then delivered and acked anyway (a fetch that started past the head, then
         the head) sits in the list twice, each commit then takes only the first run of consecutive
-        offsets up to the repeat, and the group's commit crawled forward one offset per commit while
-        every record had been processed (measured: a new topic epoch's engine, 313 of 10,382 after
-        5 minutes, the rollover waiting on it). Hand-written because the fix is inside Faust's method."""
+        offsets up to the repeat, and the group's commit crawls forward one offset per commit while
+        every record has been processed. Hand-written because the fix is inside Faust's method."""
         acked = self._acked[tp]
         offset, rest = next_commit(acked, self._gap[tp], self._committed_offset[tp])
         if offset is not None:
@@ -126,10 +121,11 @@ class BulkConsumer(aiokafka_driver.Consumer):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
         # aiokafka seeks only to offsets > 0 and leaves a partition committed at 0 wherever its reset
-        # put it: measured on Tansu, a new group (a topic epoch's, primed at 0) with records waiting
-        # read them from the END first, then from 0 after a later seek; Faust recorded the skipped
-        # head as a gap and its commit then advanced one offset per commit (acked offsets doubled).
-        # Seeking those partitions to 0 explicitly makes "committed 0" mean "from the start".
+        # puts it: a group primed at 0 (``priming``: a partition empty when primed) whose partition
+        # has records by the time it joins could read them from wherever the reset pointed, and a
+        # later seek to 0 makes Faust record the skipped head as a gap (its commit then advances one
+        # offset per commit). Seeking those partitions to 0 explicitly makes "committed 0" mean
+        # "from the start".
         for tp, offset in committed.items():
             if offset == 0:
                 await self.seek(tp, 0)
@@ -276,79 +272,20 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.consumer.fetch_max_wait_ms  # read by aiokafka at start
         return consumer
 
-    async def on_start(self) -> None:
-        await super().on_start()
-        owner = self.consumer
-        if owner.fetch_idle_wait_ms > owner.fetch_max_wait_ms:
-            owner.idle_fetch = IdleFetchWait(self._consumer._fetcher, owner.fetch_max_wait_ms,
-                                             owner.fetch_idle_wait_ms, owner.fetch_idle_after_s)
-            owner.idle_fetch.install()
 
+class OffsetsAsAiokafkaProducer(aiokafka_driver.Producer):
+    """Faust's producer, its transactional commit fixed: faust-streaming 0.15.3 hands aiokafka's
+    ``send_offsets_to_transaction`` offsets keyed by Faust's ``TP``, and aiokafka (0.14) accepts only
+    its own ``TopicPartition`` there (``TypeError: Key should be TopicPartition instance``), so every
+    ``exactly_once`` commit failed and the worker crashed at its first one."""
 
-class IdleFetchWait:
-    """Fetches spaced out while nothing arrives: after ``idle_after_s`` of fetches that brought no
-    record, aiokafka's fetcher pauses after each empty fetch so that one is asked every ``idle_ms``
-    (the wait itself stays ``short_ms``); the first record ends the pauses.
-
-    Why: Tansu answers a fetch only when its wait is over (Kafka answers as soon as data arrives), by
-    a pass over every partition asked each time, and sleeps inside a long wait between passes (half
-    the remaining wait over 250 ms): an engine idle with a 500 ms wait made ~8 passes a second over its
-    ~40 partitions, with the 100 ms wait and a pause one pass a second
-    (``tapeflow_runtime.idle_fetch`` does the same for the librdkafka consumers;
-    ``benchmarks/bench_broker_cpu.py``). Live data never stops long, so the short wait, which bounds
-    the latency of busy partitions behind quiet ones (``ShortWaitConsumerThread``), holds whenever
-    records flow; what an idle period costs is at most one ``idle_ms`` for its first record.
-    aiokafka reports from ``_proc_fetch_request`` whether a fetch added records and asks the next
-    fetch of a node only once that returns (aiokafka 0.11-0.13); this wraps that method on the one
-    fetcher instance."""
-
-    def __init__(self, fetcher: Any, short_ms: int, idle_ms: int, idle_after_s: float,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
-        self.fetcher, self.short_ms, self.idle_ms, self.idle_after_s = fetcher, short_ms, idle_ms, idle_after_s
-        self.monotonic, self.sleep = monotonic, sleep
-        self.empty_since: float | None = None
-        self.idle = False
-        self.seen_any = False
-        self.idle_periods = 0
-
-    def install(self) -> None:
-        original = self.fetcher._proc_fetch_request
-
-        async def proc_fetch_request(assignment: Any, node_id: Any, request: Any) -> Any:
-            started = self.monotonic()
-            added = await original(assignment, node_id, request)
-            if self.observe(bool(added)):
-                try:
-                    await self.sleep(max(0.0, self.idle_ms / 1000 - (self.monotonic() - started)))
-                except asyncio.CancelledError:
-                    # close() or an unassignment cancels the pending fetch tasks and awaits them: aiokafka's
-                    # own method returns quietly then, and so must this, or the worker's stop hangs
-                    return added
-            return added
-
-        self.fetcher._proc_fetch_request = proc_fetch_request
-
-    def observe(self, added: bool) -> bool:
-        """Note one fetch's outcome; True: idle, pause before the next fetch."""
-        if added:
-            if self.idle:
-                log.info("records again: fetching as usual")
-            self.empty_since, self.idle, self.seen_any = None, False, True
-            return False
-        now = self.monotonic()
-        # a worker that has received nothing since it started waits longer before spacing its fetches
-        # out: a restart's first records must not wait a pause (tapeflow_runtime.idle_fetch)
-        after = self.idle_after_s if self.seen_any else max(self.idle_after_s, FIRST_IDLE_AFTER_S)
-        if self.empty_since is None:
-            self.empty_since = now
-        elif not self.idle and now - self.empty_since >= after:
-            self.idle = True
-            self.idle_periods += 1
-            log.info(f"no record for {after:g} s: one fetch every {self.idle_ms / 1000:g} s until one "
-                     "comes (the embedded broker's idle CPU)")
-        return self.idle
+    async def commit_transactions(self, tid_to_offset_map: Mapping[str, Mapping[TP, int]], group_id: str,
+                                  start_new_transaction: bool = True) -> None:
+        offsets = {tid: {TopicPartition(tp.topic, tp.partition): offset for tp, offset in by_tp.items()}
+                   for tid, by_tp in tid_to_offset_map.items()}
+        await super().commit_transactions(offsets, group_id, start_new_transaction)
 
 
 class BulkTransport(aiokafka_driver.Transport):
     Consumer = BulkConsumer
+    Producer = OffsetsAsAiokafkaProducer

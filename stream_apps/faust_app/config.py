@@ -66,9 +66,6 @@ class EngineAppConfig(BaseModel):
 
     # Faust / consumer group
     commit_interval_s: float = Field(default=1.0, gt=0)
-    starvation_window_s: float = Field(
-        default=60.0, gt=0, description="an input partition whose end offset moves while this worker reads "
-        "nothing from it for this long makes /health say degraded")
     broker_session_timeout_s: float = Field(default=6.0, gt=0)
     broker_heartbeat_interval_s: float = Field(default=1.0, gt=0)
     broker_rebalance_timeout_s: float = Field(default=6.0, gt=0)
@@ -82,12 +79,6 @@ class EngineAppConfig(BaseModel):
         default=100, gt=0, le=1500,
         description="longest a fetch waits for data (Faust: 1500): lower = lower latency, more CPU on "
                     "empty fetches (benchmarks/RESULTS.md)")
-    fetch_idle_wait_ms: int = Field(
-        default=2000, gt=0, le=5000,
-        description="once nothing arrived for fetch_idle_after_s, one fetch every this (the embedded broker's "
-                    "CPU while idle; the first record after an idle period waits at most this); "
-                    "<= fetch_max_wait_ms turns it off")
-    fetch_idle_after_s: float = Field(default=5.0, gt=0)
 
     # observability
     metrics_host: str = "127.0.0.1"

@@ -112,8 +112,7 @@ def decode_partition(serde: AvroSerde, catalogue_topic: str, topic: str, partiti
     """Decode the records of one input partition (``catalogue_topic`` is the unprefixed name). ``book``:
     the caller's md.book decoder (it remembers each schema id's layout), kept as long as ``serde``; a
     new one otherwise. Not a module-level cache keyed by the serde: a decoder holds its serde, so a
-    weak-keyed one never let a serde go, and the engine, which makes a serde per topic epoch, kept
-    every one (with its registry) for good: ~0.5 MB a rollover."""
+    weak-keyed cache would never let a serde go."""
     if catalogue_topic == TRADES:
         return _decode_trades(serde, topic, partition, records)
     if catalogue_topic == BOOK:  # the levels straight into columns (``book_decode``)

@@ -73,16 +73,6 @@ class EngineAppMetrics:
         self.state_counters = Gauge("tapeflow_engine_state_counter", "Engine state counters (late, gaps, ...)",
                                     ["key", "counter"], registry=r)
 
-    def forget_group(self, group: str) -> int:
-        """Remove the lag series of consumer group ``group`` (a stopped worker's: on the embedded stack
-        every topic epoch has a group of its own, so without this each rollover would leave 36 series
-        behind for good, in memory and in every scrape). Returns how many were removed."""
-        stale = {tuple(sample.labels[name] for name in ("group", "topic", "partition"))
-                 for family in self.lag.collect() for sample in family.samples if sample.labels.get("group") == group}
-        for labels in stale:
-            self.lag.remove(*labels)
-        return len(stale)
-
     def observe_output(self, out: EngineOutput, now_ms: int, published_signals: Iterable[dict]) -> None:
         for (strategy, reason), n in Tally((f["strategy"], f["block_reason"] or "none") for f in out.features).items():
             self.evaluations.labels(strategy, reason).inc(n)

@@ -8,11 +8,10 @@ quantile window's partial hour) fills the windows for real, and signals begin as
 covered. Only partitions without a committed offset are touched: a restarted group resumes from
 its own offsets and its state comes back from the table's changelog instead.
 
-Kafka's record timestamps are the producers' create times (wall clock at publication), so "the last
-25 h" means records published in the last 25 h, whatever event time they describe; they grow with
-the offset in a partition (one producer per partition writes in order), which the search below
-relies on. The offsets come from ``tapeflow_runtime.offsets`` (the broker's ``offsets_for_times``
-answer checked against the records: Tansu answers 0 for every query).
+The catalogue's topics are stamped by the broker on arrival (``LogAppendTime``), so "the last 25 h"
+means records that reached the broker in the last 25 h, whatever event time they describe (a replay
+written today is primed from in full); arrival times grow with the offset in a partition, which the
+broker's time index (``offsets_for_times``, via ``tapeflow_runtime.offsets``) relies on.
 """
 
 from __future__ import annotations

@@ -121,10 +121,8 @@ class EngineProcessor:
         self._handling_since: float | None = None
         self.progress_topic = topic_prefix + PROGRESS_TOPIC
         self.progress = ProgressBook(wait_for_progress, progress_timeout_s, monotonic)
-        self.inputs_final = False  # ``finish_inputs``
         self.start_offset = start_offset
         self._read_to: dict[tuple[str, int], int] = {}  # (catalogue topic, partition) -> highest offset read
-        self.releases = 0  # steps that released inputs to an engine: the worker's liveness token
 
     def held(self) -> int:
         """Inputs held back by the event-time aligner, over every owned key."""
@@ -213,13 +211,7 @@ class EngineProcessor:
                     self._release(key, caught_up, effects, force=False)  # markers left from the last step
                 if not self.aligner.held(key):
                     continue
-                if self.inputs_final and self._read_to_end(owned.partition, caught_up):
-                    # a finished topic epoch read to its end: no marker will ever cover what its last
-                    # one left held (the source's next ones are in the next epoch's topics)
-                    self.progress.unmark(key)
-                    log.info("%s: the epoch's inputs are final and read; releasing what the last progress "
-                             "marker left held by the caught-up rule", key)
-                elif not self.progress.timed_out(key):
+                if not self.progress.timed_out(key):
                     continue  # its source's markers decide; forced release would break their order
                 else:
                     self.metrics.progress_timeouts.inc()
@@ -241,19 +233,6 @@ class EngineProcessor:
         self._snapshot_due(effects, force=False)
         self.metrics.held.set(self.held())
         return effects
-
-    def finish_inputs(self) -> None:
-        """The inputs are final: a rollover's producers have switched to the next topic epoch, so this
-        epoch's md.* and md.progress get nothing more. Once a key's partitions are read to their end,
-        what its last progress marker left held is released by the caught-up rule (``tick``) instead
-        of after the marker timeout (60 s: every rollover of a replay stalled that long). Exact: on
-        topics nobody writes to, the caught-up rule releases in event-time order however the fetches
-        interleave (``alignment``), and the engine's output does not depend on how its input is cut
-        into steps."""
-        self.inputs_final = True
-
-    def _read_to_end(self, partition: int, caught_up: CaughtUp) -> bool:
-        return all(caught_up(self.prefix + name, partition) for name in (*INPUT_TOPICS, PROGRESS_TOPIC))
 
     def flush(self) -> Effects:
         """Snapshot every key with unsaved input (before a rebalance commit or at shutdown)."""
@@ -353,7 +332,6 @@ class EngineProcessor:
     def _process(self, key: str, owned: _Owned, released: Released, effects: Effects) -> None:
         now = self.stall_clock()
         if released or released.offsets:
-            self.releases += 1
             out = owned.engine.process(released.trades.batch() if released.trades is not None else None,
                                        released.events, released.offsets)
             for name, offsets in released.offsets.items():

@@ -93,14 +93,6 @@ class ProgressBook:
             state.marked = False
         return marker
 
-    def unmark(self, key: str) -> None:
-        """The key's inputs are final and read (a finished topic epoch): the caught-up rule from here,
-        which is exact on data no source writes to any more; nothing is counted as a timeout."""
-        state = self._keys.get(key)
-        if state is not None:
-            state.marked = False
-            state.queue.clear()
-
     def timed_out(self, key: str) -> bool:
         """A marked key whose source has gone quiet for ``timeout_s``: unmark it (counted)."""
         state = self._keys.get(key)

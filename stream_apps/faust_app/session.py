@@ -195,8 +195,7 @@ def wall_clock_ms() -> int:
 def read_topic(bootstrap: str, topic: str, serde: AvroSerde, idle_s: float = 2.0, timeout_s: float = 120.0,
                isolation_level: str = "read_uncommitted") -> list[tuple[bytes | None, int, int, dict[str, Any]]]:
     """Every record of ``topic`` as (key, partition, timestamp_ms, decoded value), read until nothing
-    arrived for ``idle_s`` (Tansu's high watermark counts batches, not records, so it cannot say
-    where the end is)."""
+    arrived for ``idle_s``: a topic still being written has no end to read to."""
     from confluent_kafka import Consumer, TopicPartition
 
     from tapeflow_runtime.kafka_client import consumer_config, topic_metadata

@@ -5,6 +5,6 @@ Module map:
 - ``records``: ``CoinFeatures`` -> xv.features records with deterministic ids (coin, eval time, pair).
 - ``merge``: the event-time merge of every input partition (pure, no Kafka) and the offsets it has
   consumed exactly, so a checkpoint names the input its state has seen.
-- ``service``: the Kafka process (`tapeflow cross-venue`): consumer group, checkpoints, health with
-  starvation detection, metrics.
+- ``service``: the Kafka process (`tapeflow cross-venue`): consumer group, checkpoints, health,
+  metrics.
 """

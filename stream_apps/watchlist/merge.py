@@ -32,7 +32,6 @@ from stream_apps.cross_venue.events import BookEvent
 
 TopicPartition = tuple[str, int]
 NOTHING = -(1 << 62)
-EVERYTHING = 1 << 62
 
 
 class PartitionMerge:
@@ -98,10 +97,9 @@ class PartitionMerge:
                 mark = min(mark, self._newest.get(tp, NOTHING + 1) - 1)
         return mark
 
-    def release(self, force: bool = False, everything: bool = False) -> list[tuple[int, TopicPartition, int, Any]]:
-        """Every held input with time <= the watermark as (time, tp, offset, item) in merge order;
-        ``everything``: all that is held (the inputs are final: a topic epoch left behind)."""
-        mark = EVERYTHING if everything else self.watermark(force)
+    def release(self, force: bool = False) -> list[tuple[int, TopicPartition, int, Any]]:
+        """Every held input with time <= the watermark as (time, tp, offset, item) in merge order."""
+        mark = self.watermark(force)
         if mark == NOTHING:
             return []
         out = []

@@ -24,15 +24,8 @@ carry the same ids and values, and the sink keeps one row each (ON CONFLICT DO N
 checkpoint a new group starts ``prime_history_ms`` back in the inputs (``faust_app.priming``); a
 group with committed offsets but no checkpoint file starts there with an empty state (its 1 h/12 h
 windows fill again). A checkpoint written with other parameters is not restored; its positions are
-used only where the group has committed offsets (the embedded broker starts empty after a restart
-and reuses topic and group names: those offsets would point into other data).
-
-Topic epochs (the embedded stack, ``tapeflow_runtime.epochs``; ``TAPEFLOW_EPOCHS_FILE`` set by ``up``):
-the service reads the current epoch's topics, writes xv.features where the producers write (the next
-epoch from a rollover's switch on) and, once the rollover makes the next epoch current, checkpoints
-and moves on to the new epoch in the same process (``run_watchlist``: a new service object whose group
-starts at the beginning of the new epoch's topics). The checkpoint (one per stack, across epochs)
-carries the state.
+used only where the group has committed offsets (topics deleted and created again under the same
+names, with the group's offsets gone, start at 0 again: those positions would point into other data).
 
 Trading (``--strategy``, ``traders``): each watchlist strategy's trader (``execution.watchlist_trader``)
 is fed the same merged inputs as the feature state, in the same order, and what it does is published
@@ -54,10 +47,10 @@ and the service checkpoints at once, so the command's position is committed with
 applied it and a restart never applies it again. A new group starts reading commands at their end
 (``start_from``): a command older than the service's state is not replayed into it.
 
-Health (``/health``): running, rebalancing, or degraded (a partition starving, see
-``tapeflow_runtime.starvation``; not the sole reader; outputs undeliverable). Metrics (``/metrics``):
-inputs by topic, records out, evaluations, events dropped by kind (late, stale, ...), inputs held
-for event-time order, the last evaluation's event time, consumer lag.
+Health (``/health``): running, rebalancing, or degraded (not the sole reader; outputs
+undeliverable). Metrics (``/metrics``): inputs by topic, records out, evaluations, events dropped
+by kind (late, stale, ...), inputs held for event-time order, the last evaluation's event time,
+consumer lag.
 
 Exit codes: 0 clean stop; 1 failure while running; 2 no Kafka.
 """
@@ -85,12 +78,11 @@ from stream_apps.cross_venue.events import event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
 from stream_apps.watchlist.merge import MAX_AHEAD_MS, AheadOfBooks, PartitionMerge
 from stream_apps.watchlist.records import TOPIC, feature_records
-from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, EpochState, ProducePrefix
 from tapeflow_runtime.files import atomic_write_bytes
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
-from tapeflow_runtime.offsets import CommittedOffsetError, commit_group_start, committed_offsets
+from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
-from tapeflow_runtime.service_http import CurrentRegistry, build_app, run_thread_with_endpoint
+from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
 from tapeflow_runtime.settings import Settings
 
 log = structlog.get_logger("watchlist")
@@ -166,24 +158,13 @@ class WatchlistService:
         self.bootstrap = bootstrap
         self.serde = serde
         self.options = options
-        # on the embedded stack the topics live in epochs (tapeflow_runtime.epochs): read the current
-        # epoch's, write to the one the producers write to, leave when the current one moves on
-        self.epochs_file = settings.epochs_file
-        state = EpochState.load(self.epochs_file) if self.epochs_file else None
-        self.epoch = None if state is None else state.epoch
-        base = settings.topic_prefix
-        self.prefix = base if state is None else state.prefix(base)
+        self.prefix = settings.topic_prefix
         self.group = options.group_id or f"{self.prefix}tapeflow-watchlist"
-        self._produce_prefix = ProducePrefix(self.epochs_file, base) if self.epochs_file else None
         self.metrics = WatchlistMetrics()
         self.publisher = Publisher(bootstrap, serde, PublishMetrics(self.metrics.registry,
                                                                     prefix="tapeflow_watchlist_publish"),
-                                   topic_prefix=self._produce_prefix() if self._produce_prefix else self.prefix,
-                                   **(EPOCH_PRODUCER_CONFIG if self.epochs_file else {}))
-        # one checkpoint across epochs: the state goes on, the offsets of another epoch are dropped
-        name = options.group_id or f"{base}tapeflow-watchlist"
-        self.checkpoint_path = Path(settings.home) / "watchlist" / f"{name}.json"
-        self.epoch_moved = False
+                                   topic_prefix=self.prefix)
+        self.checkpoint_path = Path(settings.home) / "watchlist" / f"{self.group}.json"
         # inputs far ahead of the newest book fed to the state are dropped (merge.AheadOfBooks)
         self.ahead_filter = AheadOfBooks(options.max_ahead_ms)
         self.state, self.positions = self._restore()
@@ -195,7 +176,7 @@ class WatchlistService:
         self._commands: list[tuple[tuple[str, int], int, dict[str, Any]]] = []  # read, not yet applied
         self.command_positions: dict[tuple[str, int], int] = {}
         self._consumer: Consumer | None = None
-        self._lag = LagProbe(self.metrics.lag, self.group, starvation_window_s=settings.starvation_window_s)
+        self._lag = LagProbe(self.metrics.lag, self.group)
 
     def input_topics(self) -> tuple[str, ...]:
         """What the service reads: the inputs, and the operator commands when it trades."""
@@ -208,10 +189,6 @@ class WatchlistService:
             return CrossVenueState(params), {}
         data = orjson.loads(self.checkpoint_path.read_bytes())
         positions = {(t, p): o for t, p, o in data.get("positions", [])}
-        if data.get("prefix", self.prefix) != self.prefix:
-            log.info("checkpoint of another topic epoch: state restored, its offsets not",
-                     checkpoint_prefix=data.get("prefix"), prefix=self.prefix)
-            positions = {}
         if data.get("version") != CHECKPOINT_VERSION or data.get("fingerprint") != self.options.fingerprint():
             log.warning("checkpoint written with other parameters: state starts empty", path=str(self.checkpoint_path))
             return CrossVenueState(params), {}
@@ -239,7 +216,6 @@ class WatchlistService:
             return False
         self.positions = {**self.positions, **self.merge.positions(), **self.command_positions}
         data = {"version": CHECKPOINT_VERSION, "fingerprint": self.options.fingerprint(), "group": self.group,
-                "prefix": self.prefix,
                 "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
                 "newest_book": self.ahead_filter.newest_book, "ahead": self.ahead_filter.dropped,
                 "state": self.state.to_dict(),
@@ -258,9 +234,9 @@ class WatchlistService:
 
     def forget_foreign_positions(self) -> int:
         """Drop the checkpoint's positions where the group has no committed offset: the checkpoint was
-        written against another incarnation of the topics (the embedded broker starts empty after
-        `down`/`up` and reuses epoch names), whose offsets mean nothing here. The state is kept (its
-        windows expire by event time). Returns how many positions were dropped."""
+        written against another incarnation of the topics (deleted and created again under the same
+        names), whose offsets mean nothing here. The state is kept (its windows expire by event
+        time). Returns how many positions were dropped."""
         if not self.positions:
             return 0
         consumer = Consumer(consumer_config(self.bootstrap, self.group))
@@ -287,7 +263,6 @@ class WatchlistService:
                                  on_revoke=self._on_revoke)
         now = time.monotonic()
         next_checkpoint = now + self.options.checkpoint_interval_s
-        next_epoch_check = now + 1.0
         stalled_since = None
         try:
             while not stop.is_set():
@@ -325,38 +300,12 @@ class WatchlistService:
                 if now >= next_checkpoint:
                     next_checkpoint = now + self.options.checkpoint_interval_s
                     self.checkpoint()
-                if self.epochs_file is not None and now >= next_epoch_check:
-                    next_epoch_check = now + 1.0
-                    if self._follow_epochs():  # the epoch read is final: what the lateness held goes too
-                        self._process(self.merge.release(everything=True))
-                        break
         finally:
             self.status = "stopping"
             self.checkpoint()
             self._consumer.close()
             self._consumer = None
             self.status = "stopped"
-
-    def _follow_epochs(self) -> bool:
-        """Write where the producers write (from a rollover's switch on); True once the epoch this
-        service reads is no longer the current one (its topics are final): the run ends after a
-        checkpoint and ``run_watchlist`` goes on with a service on the new epoch, the state carried by
-        the checkpoint and the new epoch's topics read from their start."""
-        assert self._produce_prefix is not None and self.epochs_file is not None
-        produce = self._produce_prefix()
-        if produce != self.publisher.prefix:
-            old = self.publisher.prefix
-            undelivered = self.publisher.switch_prefix(produce)
-            log.info("watchlist output switched topic epoch", old_prefix=old, new_prefix=produce,
-                     undelivered=undelivered)
-        try:
-            current = EpochState.load(self.epochs_file).epoch
-        except (OSError, ValueError):  # being replaced: look again next time
-            return False
-        if current != self.epoch:
-            log.info("topic epoch moved on: stopping to be started on it", read_epoch=self.epoch, current=current)
-            self.epoch_moved = True
-        return self.epoch_moved
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -462,12 +411,11 @@ class WatchlistService:
                          status=record["status"], detail=record["detail"])
 
     def health(self) -> dict[str, Any]:
-        starving = self._lag.starving()
         status = self.status
         detail = None
-        if status == "running" and (starving or not self.publisher.healthy):
+        if status == "running" and not self.publisher.healthy:
             status = "degraded"
-            detail = f"degraded: {starving}" if starving else "degraded: outputs undeliverable"
+            detail = "degraded: outputs undeliverable"
         elif status == "degraded" and not self.sole_reader:
             detail = "degraded: not sole reader (another watchlist service shares the input partitions)"
         body: dict[str, Any] = {"status": status, "coins": len(self.state.coins), "held": self.merge.held(),
@@ -496,52 +444,31 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
         log.error("no Kafka", error=str(exc))
         return 2
     serde = AvroSerde(registry_from_url(settings.schema_registry_url))
-    registry = CurrentRegistry()
-    current: list[WatchlistService] = []
 
-    def begin(first: bool) -> WatchlistService:
-        """The service of the current topic epoch. The first primes a new group from history; a later one
-        (the epoch moved on in this process, after the old one was read to its end) starts the new
-        epoch's group at the beginning of its topics, which follow on from the old ones."""
+    def begin() -> WatchlistService:
+        """The service; a new group is primed from history (only partitions it never committed)."""
         service = WatchlistService(settings, bootstrap, serde, options)
         service.forget_foreign_positions()
-        names = [service.prefix + n for n in INPUTS]
-        if not first and options.traders:  # the new epoch's commands from their start, like its inputs
-            names.append(service.prefix + COMMANDS)
-        if not first:
-            commit_group_start(bootstrap, service.group, names)
-        elif options.prime_history_ms is not None:  # only partitions the group never committed
-            primed = prime_group_offsets(bootstrap, service.group, names,
+        if options.prime_history_ms is not None:
+            primed = prime_group_offsets(bootstrap, service.group, [service.prefix + n for n in INPUTS],
                                          int(time.time() * 1000) - options.prime_history_ms)
             if primed:
                 log.info("new watchlist group primed from history", partitions=len(primed),
                          minutes=options.prime_history_ms / 60_000)
-        current[:] = [service]
-        registry.registry = service.metrics.registry
         return service
 
-    def run_epochs(stop: threading.Event) -> None:
-        """One service per topic epoch, in this process (the embedded stack; elsewhere just one)."""
-        service = current[0]
-        while True:
-            service.run(stop)
-            if stop.is_set() or not service.epoch_moved:
-                return
-            service = begin(first=False)
-            log.info("watchlist moved on to the next topic epoch", epoch=service.epoch, group=service.group)
+    service = await asyncio.to_thread(begin)
 
     def health() -> dict[str, Any]:
-        return {**current[0].health(), "topic_prefix": current[0].prefix}
+        return {**service.health(), "topic_prefix": service.prefix}
 
-    await asyncio.to_thread(begin, True)
     ran = await run_thread_with_endpoint(
-        run_epochs, build_app(registry, health, frozenset({"running"})),
+        service.run, build_app(service.metrics.registry, health, frozenset({"running"})),
         options.metrics_host, options.metrics_port, log, options.stop,
-        started=lambda port: log.info("watchlist started", metrics_port=port, group=current[0].group,
+        started=lambda port: log.info("watchlist started", metrics_port=port, group=service.group,
                                       venues=list(options.params.venues),
                                       strategies=[t.name for t in options.traders],
                                       publish_interval_ms=options.publish_interval_ms))
-    service = current[0]
     code = 0 if ran and service.publisher.healthy else 1
-    log.info("watchlist stopped", code=code, published=service.published, epoch_moved=service.epoch_moved)
+    log.info("watchlist stopped", code=code, published=service.published)
     return code

@@ -148,10 +148,9 @@ def test_decode_partition_hands_the_engine_columns_for_md_book():
 
 
 def test_a_serde_that_decoded_md_book_is_freed_with_its_owner():
-    """The engine makes a serde (and its registry, ~0.5 MB) per topic epoch; once the epoch's worker is
-    gone, nothing may keep it: a module-level decoder cache keyed weakly by the serde did, since each
-    decoder holds its serde (the engine grew by every rollover). With the caller's decoder (the
-    processor's) and without one."""
+    """A serde (and its registry, ~0.5 MB) goes with its owner: nothing in the decoding may keep it (a
+    module-level decoder cache keyed weakly by the serde would, since each decoder holds its serde).
+    With the caller's decoder (the processor's) and without one."""
     import gc
     import weakref
 

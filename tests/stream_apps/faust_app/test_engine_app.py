@@ -37,7 +37,6 @@ from stream_apps.faust_app.session import (
     synthetic_session,
 )
 from stream_apps.faust_app.worker import ensure_engine_topics
-from tests.support.docker import USE_DOCKER
 from tests.support.kafka import committed_offsets
 from tests.support.paths import REPO
 
@@ -197,23 +196,16 @@ def assert_matches_reference(outputs, want):
         assert got == expected, topic
 
 
-def wait_for_features(bootstrap, prefix, serde, count: int, timeout: float = 120.0, workers=(),
-                      until_degraded=None) -> bool:
-    """Until ``count`` distinct evaluations are on ``features`` (read as the worker writes them): True.
-    With ``until_degraded`` (a worker): False as soon as that worker's /health says ``degraded``."""
+def wait_for_features(bootstrap, prefix, serde, count: int, timeout: float = 120.0, workers=()) -> None:
+    """Until ``count`` distinct evaluations are on ``features`` (read as the worker writes them)."""
     deadline = time.monotonic() + timeout
     ids: set[str] = set()
     while time.monotonic() < deadline:
         ids |= {v["evaluation_id"] for _, _, _, v in read_topic(bootstrap, prefix + "features", serde, idle_s=0.5)}
         if len(ids) >= count:
-            return True
+            return
         for w in workers:
             assert w.proc.poll() is None or w.proc.returncode == 0, f"{w.name} died:\n{w.log()[-3000:]}"
-        if until_degraded is not None:
-            status, body = until_degraded.get("/health")
-            if json.loads(body).get("status") == "degraded":
-                print(f"{until_degraded.name} says {body}")
-                return False
         time.sleep(0.5)
     logs = "\n".join(f"--- {w.name}:\n{w.log()[-4000:]}\n{worker_state(w)}" for w in workers)
     # the summary last as well: CI shows a failure's tail
@@ -239,6 +231,20 @@ def worker_state(worker) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("#") and any(w in line for w in wanted))
 
 
+def end_offsets(bootstrap, topic: str) -> int:
+    """The sum of ``topic``'s partitions' end offsets."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from tapeflow_runtime.kafka_client import consumer_config, topic_metadata
+
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        partitions = topic_metadata(consumer, topic, timeout_s=10.0).partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+    finally:
+        consumer.close()
+
+
 def trade_partitions(bootstrap, prefix, serde) -> dict[bytes, int]:
     return {key: partition for key, partition, _, _ in read_topic(bootstrap, prefix + "md.trades", serde, idle_s=1.0)}
 
@@ -250,6 +256,7 @@ def test_signals_equal_the_engine_core_called_directly(kafka_bootstrap, topic_pr
     ensure_engine_topics(config)
     session = synthetic_session(duration_ms=24 * MIN, trades_per_s=4.0, seed=21)
     # small producer batches: fetches interleave the five topics in many ways (alignment matters)
+    produced_from_ms = int(time.time() * 1000)
     SessionProducer(kafka_bootstrap, serde, topic_prefix, **{"batch.num.messages": 50}).produce_all(session)
     want = reference(session, strategy_files)
     assert {s["strategy"] for s in want["signals"]} == {"fast_test", "gated_test"}
@@ -261,12 +268,14 @@ def test_signals_equal_the_engine_core_called_directly(kafka_bootstrap, topic_pr
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde)
     assert_matches_reference(outputs, want)
 
-    # co-partitioned with the input, keyed exchange:symbol, stamped with event time
+    # co-partitioned with the input, keyed exchange:symbol, stamped by the broker on arrival (the
+    # catalogue's LogAppendTime: retention counts from then, not from the session's event time)
     partitions = trade_partitions(kafka_bootstrap, topic_prefix, serde)
     for topic, time_field in (("bars.1m", "close_time"), ("features", "eval_time"), ("signals", "eval_time")):
         for key, partition, timestamp, value in outputs[topic]:
             assert key == f"{value['exchange']}:{value['symbol']}".encode()
-            assert partition == partitions[key] and timestamp == value[time_field]
+            assert partition == partitions[key]
+            assert timestamp >= produced_from_ms > value[time_field]
 
     status, body = worker.get("/health")
     assert status == 200 and json.loads(body)["status"] == "running"
@@ -280,12 +289,7 @@ def test_signals_equal_the_engine_core_called_directly(kafka_bootstrap, topic_pr
     assert worker.stop() == 0
 
 
-@pytest.mark.parametrize("guarantee", [
-    "at_least_once",
-    pytest.param("exactly_once", marks=pytest.mark.skipif(
-        not USE_DOCKER, reason="needs Kafka: Tansu refuses aiokafka's transactional producer "
-                               "(test_exactly_once_on_a_broker_without_transactions_is_refused)")),
-])
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde,
                                              workers, guarantee):
     """A stops cleanly after the first part of the session; B starts when the second part is on the
@@ -293,7 +297,7 @@ def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_
     only what A committed past. Their outputs together are what the engine produces directly, so no
     signal re-fires inside a cooldown and none is lost across the restart.
 
-    With ``exactly_once`` (Kafka only) outputs, snapshots and offsets commit in one transaction per
+    With ``exactly_once`` outputs, snapshots and offsets commit in one transaction per
     input partition and are read with ``read_committed``."""
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, processing_guarantee=guarantee)
     ensure_engine_topics(config)
@@ -317,7 +321,11 @@ def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_
     committed_first = committed_offsets(kafka_bootstrap, config.app_id, topic_prefix + "md.trades")
     assert committed_first == dict(trades_first), a.log()[-4000:]
     if guarantee == "exactly_once":
-        assert "transactional producer" in a.log()  # Faust's own line when it starts them
+        # written in transactions: each commit marker takes an offset of its partition, so the
+        # partitions end past the records they hold
+        features = read_topic(kafka_bootstrap, topic_prefix + "features", serde, idle_s=1.0,
+                              isolation_level="read_committed")
+        assert features and end_offsets(kafka_bootstrap, topic_prefix + "features") > len(features)
 
     producer.produce_all(second)
     want = reference(session, strategy_files)
@@ -349,27 +357,7 @@ def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_
     assert blocked  # evaluated after the restart and held back by a cooldown that A's signals started
 
 
-@pytest.mark.skipif(USE_DOCKER, reason="Kafka serves transactions: the restart test runs exactly_once there")
-def test_exactly_once_on_a_broker_without_transactions_is_refused(kafka_bootstrap, topic_prefix, tmp_path,
-                                                                  strategy_files, serde, workers):
-    """Tansu answers aiokafka's InitProducerId (v0) with UNKNOWN_SERVER_ERROR, so Faust cannot open a
-    transaction on it. Asked for ``exactly_once`` there, the worker says so and exits 2 before joining
-    its group: no output written, no offset committed, nothing silently run at-least-once instead."""
-    config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, processing_guarantee="exactly_once")
-    ensure_engine_topics(config)
-    session = synthetic_session(duration_ms=12 * MIN, trades_per_s=2.0, seed=5)
-    SessionProducer(kafka_bootstrap, serde, topic_prefix).produce_all(session)
-    worker = Worker(config, tmp_path, "eos")
-    workers.append(worker)
-    assert worker.proc.wait(90) == 2, worker.log()[-3000:]
-    refusal = [line for line in worker.log().splitlines() if line.startswith("engine worker refused:")]
-    assert refusal and "exactly_once" in refusal[0] and kafka_bootstrap in refusal[0], worker.log()[-3000:]
-    assert "engine worker ready" not in worker.log()
-    assert read_topic(kafka_bootstrap, topic_prefix + "features", serde, idle_s=1.0) == []
-    assert committed_offsets(kafka_bootstrap, config.app_id, topic_prefix + "md.trades") == {}
-
-
-@pytest.mark.timeout(600)  # a stalled takeover waits 120 s before its worker is restarted
+@pytest.mark.timeout(600)
 def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topic_prefix, tmp_path,
                                                            strategy_files, serde, workers):
     """Input arrives while it happens (paced). `two` joins: `one` saves and hands over half the
@@ -377,11 +365,10 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     the session timeout `two` owns every partition, restores `one`'s last saved state and processes
     `one`'s unsaved input again, producing the same records a second time. faust-streaming
     0.14.0-0.15.1 broke rebalances, so this runs in CI. Allowed lateness absorbs the skew between
-    topics produced concurrently: 30 s of event time per produced chunk, and on Tansu the worker
-    cannot tell when a partition is caught up (its high watermark counts record batches, not
-    records), so the event-time aligner holds little and the skew is whatever the fetches make it.
-    This test found an engine bug: a key whose first fetch held only a liquidation 13 s into the
-    session sealed those 13 s and dropped 31-41 trades per symbol as late (fails without the fix in
+    topics produced concurrently: 30 s of event time per produced chunk, and a partition that is
+    caught up while the next chunk of another topic is still being written lets the aligner release
+    what it holds. This test found an engine bug: a key whose first fetch held only a liquidation
+    13 s into the session sealed those 13 s and dropped 31-41 trades per symbol as late (fails without the fix in
     ``Engine.process``; unit test ``test_an_input_arriving_first_does_not_seal_the_seconds_before_it``).
     A forced release (a partition that delivered nothing for ``max_hold_s`` releases everything
     held) is the lossy escape hatch for a stuck partition and exact parity cannot survive one, so
@@ -394,7 +381,7 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     `two` really has unsaved work of `one`'s to redo."""
     lateness = 120_000
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness,
-                         max_hold_s=300.0, starvation_window_s=20.0)
+                         max_hold_s=300.0)
     ensure_engine_topics(config)
     session = synthetic_session(
         [("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6)],
@@ -442,24 +429,21 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
         time.sleep(0.5)
     split = (owned(one), owned(two))
     assert split[0] and split[1] and not set(split[0]) & set(split[1]), split
-    resume.set()  # the rest of the session flows to both workers after the hand-over
-    # kill `one` only once it has evaluated (and not saved) something since the hand-over: on a
-    # loaded machine a fixed 2 s once passed with nothing done, and there was nothing to redo
-    # Known stall on Tansu, not ours to fix here: after the hand-over Faust re-recovers the table
-    # partitions `one` keeps and, in about 1 of 4 runs, waits for changelog records it has just
-    # written itself ("No event received for active tp ... since recovery start"), so `one` does
-    # nothing more before the kill. Then there is nothing of `one`'s to redo; every other check stands.
-    evaluated = one.metric("tapeflow_engine_evaluations_total")
-    deadline = time.monotonic() + 60
-    recovery_stall = False
-    while one.metric("tapeflow_engine_evaluations_total") <= evaluated:
-        if time.monotonic() >= deadline:
-            recovery_stall = ("No event received for active tp" in one.log()
-                              or json.loads(one.get("/health")[1])["status"] == "degraded")
-            assert recovery_stall, f"`one` (partitions {owned(one)}) evaluated nothing after the hand-over"
-            break
+    # `one`'s outputs on its own partitions (features are co-partitioned with the inputs) before the
+    # rest of the session flows to both workers
+    def features_of(partitions) -> int:
+        return len({v["evaluation_id"] for _, partition, _, v in read_topic(
+            kafka_bootstrap, topic_prefix + "features", serde, idle_s=0.5) if partition in partitions})
+
+    ones = set(split[0])
+    at_handover = features_of(ones)
+    resume.set()
+    # kill `one` only once it has evaluated (and not saved) something since the hand-over and those
+    # outputs are on the broker: `two` then has unsaved work of `one`'s to redo
+    deadline = time.monotonic() + 120
+    while features_of(ones) <= at_handover:
+        assert time.monotonic() < deadline, f"`one` (partitions {sorted(ones)}) wrote nothing after the hand-over"
         time.sleep(0.2)
-    time.sleep(1.0)  # let its producer send those outputs
     before_kill = len(distinct("features", read_topic(kafka_bootstrap, topic_prefix + "features", serde, idle_s=0.5)))
     one.kill()
     feeder.join(120)
@@ -468,46 +452,24 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     while time.monotonic() < deadline and sorted(owned(two)) != [0, 1, 2, 3, 4, 5]:
         time.sleep(0.5)
     assert sorted(owned(two)) == [0, 1, 2, 3, 4, 5]
-    # Known stalls on Tansu after the takeover (1 full run in 3 on 2026-11-25, twice in CI): `two`
-    # stops being fed partitions it owns (every input of them already produced, so their end offsets
-    # stand still; CI's runs of 2f3ca1d and 5f3df8c: `two` held 224 inputs of its one symbol, no lag
-    # gauge for the taken-over partitions), or Faust's changelog recovery waits for good and `two`
-    # stays "rebalancing". The worker must say so itself: /health `degraded: ...`, which is what the
-    # stack's supervisor restarts a consumer for (stall_restart_s). Here the test is the supervisor.
-    # A restarted worker must then finish with exactly the reference outputs (every repeated id the
-    # identical record), which is what at-least-once promises.
-    # A stall shows as degraded within the starvation window (20 s here) or, for held inputs nothing
-    # releases, the window plus the progress-marker timeout (80 s): hence the longer wait. The stack's
-    # supervisor restarts as often as it takes; two restarts are allowed here.
-    # A worker restores a symbol's saved state at that symbol's first input, so a replacement restores
-    # only the symbols with input past the committed offsets: in a fresh clone's run of c704a56 the
-    # stalled `two` had restored 7 states, its replacement 1 (ETHUSDT). `one`'s symbols are counted on
-    # whichever `two` took them over.
-    restored = 0
-    for attempt in range(3):
-        if wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), timeout=240.0,
-                             workers=[two], until_degraded=two if attempt < 2 else None):
-            break
-        assert attempt < 2, "`two` did not reach the reference's features after two restarts"
-        restored = max(restored, two.metric("tapeflow_engine_restores_total"))
-        two.kill()
-        name = f"two-again-{attempt}"
-        two = Worker(config.model_copy(update={"datadir": tmp_path / f"faust-{name}"}), tmp_path, name)
-        workers.append(two)
-        two.wait_ready()
-    restored = max(restored, two.metric("tapeflow_engine_restores_total"))
-    assert restored >= 2  # `one`'s symbols, from its last save
+    # A worker restores a symbol's saved state at that symbol's first input: `one`'s symbols come
+    # back on `two` from `one`'s last save (at the hand-over), and what `one` did after it is redone.
+    wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), timeout=240.0, workers=[two])
+    assert two.metric("tapeflow_engine_restores_total") >= 2  # `one`'s symbols, from its last save
     assert two.metric("tapeflow_engine_forced_releases_total") == 0
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde)
     assert two.stop() == 0
     assert_matches_reference(outputs, want)  # includes: every repeated id is the identical record
     repeated = [i for i, n in Counter(v["evaluation_id"] for *_, v in outputs["features"]).items() if n > 1]
     assert before_kill > 200
-    assert repeated or recovery_stall  # `two` redid what `one` had not saved
+    assert repeated  # `two` redid what `one` had not saved
 
 
-def test_a_new_group_is_primed_from_the_last_25_hours_and_a_known_group_is_left_alone(kafka_bootstrap,
-                                                                                       topic_prefix):
+def test_a_new_group_is_primed_from_a_point_in_time_and_a_known_group_is_left_alone(kafka_bootstrap,
+                                                                                    topic_prefix):
+    """Priming searches the records' timestamps, which the catalogue's topics take from the broker on
+    arrival (LogAppendTime): a new group starts at each partition's first record that arrived at or
+    after the point in time (``run_engine`` asks for 25 h back)."""
     from confluent_kafka import Producer
 
     from schemas.catalogue import TOPICS
@@ -516,20 +478,25 @@ def test_a_new_group_is_primed_from_the_last_25_hours_and_a_known_group_is_left_
 
     ensure_topics(kafka_bootstrap, prefix=topic_prefix, specs=[TOPICS["md.trades"]])
     topic = topic_prefix + "md.trades"
-    now = int(time.time() * 1000)
-    hour = 3_600_000
     producer = Producer(producer_config(kafka_bootstrap))
-    for partition, ages in ((0, (30, 26, 2, 1)), (1, (40,))):
-        for age in ages:  # one produce request each: record timestamps are what priming searches
-            producer.produce(topic, key=b"binance:BTCUSDT", value=b"x", partition=partition,
-                             timestamp=now - age * hour)
-            producer.flush(10)
+
+    def produce(partition: int, n: int) -> None:
+        for _ in range(n):
+            producer.produce(topic, key=b"binance:BTCUSDT", value=b"x", partition=partition)
+        assert producer.flush(10) == 0
+
+    produce(0, 2)
+    produce(1, 1)
+    since = int(time.time() * 1000) + 1
+    while int(time.time() * 1000) <= since:  # the next records arrive strictly after `since`
+        time.sleep(0.001)
+    produce(0, 2)
     group = topic_prefix + "engine"
-    primed = prime_group_offsets(kafka_bootstrap, group, [topic], now - 25 * hour)
-    # partition 0 starts at its first record of the last 25 h; 1 has none (starts at its end), 2-5 are empty
+    primed = prime_group_offsets(kafka_bootstrap, group, [topic], since)
+    # partition 0 starts at its first record since then; 1 has none (starts at its end), 2-5 are empty
     assert primed == {(topic, 0): 2, (topic, 1): 1, **{(topic, p): 0 for p in range(2, 6)}}
     assert committed_offsets(kafka_bootstrap, group, topic) == {0: 2, 1: 1, 2: 0, 3: 0, 4: 0, 5: 0}
-    assert prime_group_offsets(kafka_bootstrap, group, [topic], now) == {}  # a known group resumes as it was
+    assert prime_group_offsets(kafka_bootstrap, group, [topic], since + 3_600_000) == {}  # a known group resumes
     assert committed_offsets(kafka_bootstrap, group, topic)[0] == 2
 
 

@@ -18,7 +18,6 @@ from sinks.consumer import SinkConfig, TopicSink
 from sinks.migrate import migrate
 from stream_apps.cross_venue.state import CrossVenueParams
 from stream_apps.watchlist.service import WatchlistOptions, WatchlistService
-from tapeflow_runtime.epochs import EpochState, epoch_slot, slot_prefix
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics, producer_config
 from tapeflow_runtime.settings import Settings
 from tests.support.cross_venue import T, book, mark, running_watchlist
@@ -155,8 +154,8 @@ def test_features_from_two_venues_by_hand_stale_leg_restart_and_sink(kafka_boots
 
 
 def test_checkpoint_positions_the_group_never_committed_are_not_used(kafka_bootstrap, topic_prefix, tmp_path):
-    """After `down`/`up` the embedded broker is empty and reuses names: a checkpoint's offsets would point
-    into other data. They are used only where the group committed them; the state is kept."""
+    """Topics deleted and created again under the same names start at offset 0: a checkpoint's offsets
+    would point into other data. They are used only where the group committed them; the state is kept."""
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     settings = Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix)
     options = WatchlistOptions(group_id=topic_prefix + "w")
@@ -170,57 +169,6 @@ def test_checkpoint_positions_the_group_never_committed_are_not_used(kafka_boots
     consumer.close()
     assert again.forget_foreign_positions() == 1
     assert again.positions == {("md.book", 0): 5}
-
-
-def test_the_service_follows_the_topic_epochs_of_the_embedded_stack(kafka_bootstrap, topic_prefix, tmp_path):
-    """Outputs go where the producers write from a rollover's switch on; once the next epoch is current
-    the service flushes what it held, checkpoints and exits 0, and started again it reads the new
-    epoch's topics with the state carried (evaluations go on where they stopped, windows keep their
-    samples)."""
-    epochs = tmp_path / "epochs.json"
-    EpochState(epoch=0).save(epochs)
-    new = slot_prefix(topic_prefix, epoch_slot(1))
-    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    ensure_topics(kafka_bootstrap, prefix=new)
-    settings = Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix, epochs_file=epochs)
-    options = WatchlistOptions(params=CrossVenueParams(venues=("binance", "okx"), sweep_notional_usd=NOTIONAL),
-                               publish_interval_ms=1_000, prime_history_ms=None, start_from="earliest")
-    _produce(kafka_bootstrap, topic_prefix, _books(range(5)))
-    old_out = Watcher(kafka_bootstrap, topic_prefix, ["xv.features"])
-    new_out = run = None
-    try:
-        run = running_watchlist(settings, options)
-        _wait_count(old_out, 6)  # T+1000..T+3000 in epoch 0
-        new_out = Watcher(kafka_bootstrap, new, ["xv.features"])  # its topic's metadata is there by now
-        assert new_out.c.assignment(), "no partition of the new epoch's xv.features assigned"
-        EpochState(epoch=0, step="switch").save(epochs)
-        time.sleep(1.5)  # the service looks at the file every second
-        _produce(kafka_bootstrap, topic_prefix, _books(range(5, 7), venues=("binance",)))  # epoch 0's last
-        _wait_count(new_out, 4)  # T+4000, T+5000: read from epoch 0, written to epoch 1
-        EpochState(epoch=1).save(epochs)
-        end = time.monotonic() + 20
-        while run.thread.is_alive() and time.monotonic() < end:
-            time.sleep(0.2)
-        assert run.close() == 0  # it left by itself
-        _wait_count(new_out, 6)  # T+6000: the lateness-held binance T+6100 was flushed on the way out
-        _produce(kafka_bootstrap, new, _books(range(7, 10)))
-        run = running_watchlist(settings, options)  # on epoch 1, the state from the checkpoint
-        seen = _wait_count(new_out, 10)  # T+7000, T+8000
-        assert run.close() == 0
-    finally:
-        if run is not None and run.thread.is_alive():
-            run.close()
-        old_out.close()
-        if new_out is not None:
-            new_out.close()
-    assert len(old_out.seen["xv.features"]) == 6
-    by_time = {(r["eval_time"], r["sell_venue"]): r for r in seen}
-    assert sorted({t for t, _ in by_time}) == [T + k * 1000 for k in range(4, 9)]
-    # T+7000: okx's newest book is still T+4200 (2.8 s): stale; T+8000 both fresh again
-    assert by_time[(T + 7000, "okx")]["missing"]["spread_top"] == "stale leg okx: 2.8 s old"
-    assert by_time[(T + 8000, "okx")]["spread_top"] == pytest.approx(math.log(100.3 / 100.1), rel=1e-12)
-    # the 1 h window samples every 5 s: T+5000 from epoch 0 is still in it after the restart
-    assert by_time[(T + 8000, "okx")]["stats"]["top_1h_n"] == 1.0
 
 
 def test_an_indicator_timed_far_ahead_of_the_books_is_dropped(kafka_bootstrap, topic_prefix, tmp_path):
