@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tapeflow_runtime.epochs import current_prefix, reader_chain
 
 if TYPE_CHECKING:
     from backtest.model import RunResult
@@ -47,7 +46,7 @@ class CliError(Exception):
 
 
 def parse_time(text: str, option: str, *, end: bool = False) -> int:
-    """Epoch ms of a UTC date or date-time; an end date means the end of that day."""
+    """Unix ms of a UTC date or date-time; an end date means the end of that day."""
     text = text.strip()
     try:
         if len(text) == 10:
@@ -219,8 +218,7 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         options["database_url"] = _database_url(settings())
     elif kind == "topics":
         s = settings()
-        options.update(bootstrap=_bootstrap(s), topic_prefix=current_prefix(s), chain=reader_chain(s),
-                       registry_url=s.schema_registry_url)
+        options.update(bootstrap=_bootstrap(s), topic_prefix=s.topic_prefix, registry_url=s.schema_registry_url)
     try:
         src = open_source(source, symbol_list, from_ms, to_ms, **options)
     except SourceError as exc:
@@ -396,7 +394,7 @@ def verify_command(settings: Settings, strategies: list[StrategyConfig], config:
     from backtest.sources import SourceError, check_symbols
     from backtest.sources.topics import TopicSource
     from backtest.verify import WARMUP_MS, compare
-    from tapeflow_runtime.topic_reader import StateReadError, read_chain
+    from tapeflow_runtime.topic_reader import StateReadError, read_topics
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
 
@@ -410,17 +408,16 @@ def verify_command(settings: Settings, strategies: list[StrategyConfig], config:
     except SourceError as exc:
         raise CliError(str(exc)) from None
     bootstrap = _bootstrap(settings)
-    prefix = current_prefix(settings)
-    chain = reader_chain(settings)  # every retained segment of the embedded stack's topics
+    prefix = settings.topic_prefix
     source = TopicSource(bootstrap, symbol_list, from_ms - WARMUP_MS, to_ms, topic_prefix=prefix,
-                         registry_url=settings.schema_registry_url, chain=chain)
+                         registry_url=settings.schema_registry_url)
     runner = BacktestRunner(strategies, config, account="shared")
     typer.echo(f"verify: md.* of {','.join(symbol_list)} from {fmt_ms(source.from_ms)} (25 h of warm-up) to "
                f"{fmt_ms(to_ms)} UTC, comparing {fmt_ms(from_ms)} to {fmt_ms(to_ms)}", err=True)
     try:
         result = run_with_progress(runner, source, progress)
-        stack = read_chain(bootstrap, chain, {"signals": None, "positions": None, "risk.events": None},
-                           AvroSerde(registry_from_url(settings.schema_registry_url)), idle_s=1.0, timeout_s=600)
+        stack = read_topics(bootstrap, prefix, {"signals": None, "positions": None, "risk.events": None},
+                            AvroSerde(registry_from_url(settings.schema_registry_url)), timeout_s=600)
     except (SourceError, StateReadError) as exc:
         raise CliError(str(exc), 1) from None
     if result.trades_processed == 0:

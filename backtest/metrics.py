@@ -75,7 +75,7 @@ def max_drawdown(pnls: Iterable[float]) -> float:
 
 
 def utc_day(ms: int) -> int:
-    """Days since the epoch (UTC) of an epoch-millisecond time."""
+    """Days since 1970-01-01 (UTC) of a Unix-millisecond time."""
     return ms // DAY_MS
 
 

@@ -3,7 +3,7 @@
 Why a module of its own: the runner (which drives the engine core and the executor's own position
 manager, paper fills and pnl code over history) and the report (metrics, JSON/Markdown/PNG/HTML, the
 `backtest_runs`/`backtest_trades` rows) meet only here, so either can change without the other.
-Times are epoch milliseconds UTC; R values are floats; USDT values are floats (the database stores
+Times are Unix milliseconds UTC; R values are floats; USDT values are floats (the database stores
 them as numeric).
 """
 

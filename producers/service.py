@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from dataclasses import dataclass
 
 import structlog
@@ -24,7 +23,6 @@ from producers.metrics import ProducerMetrics
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from tapeflow_runtime.endpoints import resolve_broker
-from tapeflow_runtime.epochs import EPOCH_PRODUCER_CONFIG, ProducePrefix
 from tapeflow_runtime.native_memory import live_service_allocator
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.publisher import Publisher
@@ -53,14 +51,11 @@ class ProduceOptions:
 
 
 def market_data_producer_config(settings: Settings) -> dict:
-    """librdkafka's linger for the market-data producers (``TAPEFLOW_MARKET_DATA_LINGER_MS``; 5 ms
-    elsewhere): fewer, larger batches on the embedded broker, where each batch costs every fetch that
-    lists its partition and counts toward a rollover (docs/concepts/embedded-stack.md, the paragraph
-    on batches: measured there); 25 ms on Kafka, where a batch costs nothing after it is written."""
+    """librdkafka's linger for the market-data producers (``TAPEFLOW_MARKET_DATA_LINGER_MS``, default
+    25 ms; 5 ms elsewhere): a little batching per partition for a record's latency well under the
+    engine's 1-second buckets, the same for the embedded and an external broker."""
     linger = settings.market_data_linger_ms
-    if linger is None:
-        linger = 100 if settings.broker is None else 25
-    return {"linger.ms": linger}
+    return {"linger.ms": 25 if linger is None else linger}
 
 
 async def run_producer(settings: Settings, options: ProduceOptions) -> int:
@@ -69,13 +64,8 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     bootstrap = resolve_broker(settings, paths)
     metrics = ProducerMetrics()
     metrics.expect_symbols(list(settings.symbols))
-    # a stack on the embedded broker rolls its topics over to a new epoch now and then: the producer
-    # starts in the epoch the stack writes to and follows it (`follow_epochs`); its own files (the
-    # checkpoint) keep the stack's base prefix, which no rollover changes
-    produce_prefix = ProducePrefix(settings.epochs_file, settings.topic_prefix) if settings.epochs_file else None
     publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
-                          topic_prefix=produce_prefix() if produce_prefix else settings.topic_prefix,
-                          **market_data_producer_config(settings), **(EPOCH_PRODUCER_CONFIG if produce_prefix else {}))
+                          topic_prefix=settings.topic_prefix, **market_data_producer_config(settings))
     if options.exchange == "bybit":
         from producers.bybit.producer import LIVE_WS as BYBIT_WS
         from producers.bybit.producer import BybitProducer, BybitProducerConfig
@@ -115,12 +105,9 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    follower = asyncio.create_task(follow_epochs(publisher, produce_prefix, producer, stop)) if produce_prefix else None
     try:
         ended = await producer.run(stop)
     finally:
-        if follower is not None:
-            follower.cancel()
         await runner.cleanup()
     log.info("producer stopped", reason=ended, delivered=publisher.delivered, undelivered=producer.undelivered)
     # the last line of the log is what `tapeflow status` shows for a finished replay
@@ -128,25 +115,6 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     print(producer.summary(ended, frames_in, producer.undelivered), flush=True)
     # an incomplete replay (frames lost in transport) is a failure, whatever was delivered
     return 0 if publisher.healthy and not producer.replay_incomplete else 1
-
-
-async def follow_epochs(publisher: Publisher, produce_prefix: ProducePrefix, producer, stop: asyncio.Event,
-                        interval_s: float = 0.25) -> None:
-    """Switch the publisher to the epoch the stack writes to whenever the supervisor moves it on.
-
-    Runs on the producer's event loop, so a switch falls between two frames, never inside a publish
-    (`Publisher.switch_prefix` flushes the old epoch first: the pause the rollover log reports). Not
-    while priming: a warm start flushes from a worker thread and its markers span the whole history."""
-    while not stop.is_set():
-        await asyncio.sleep(interval_s)
-        prefix = produce_prefix()
-        if prefix == publisher.prefix or producer.status.state == "priming" or getattr(producer, "priming", False):
-            continue
-        began = time.monotonic()
-        old = publisher.prefix
-        undelivered = publisher.switch_prefix(prefix)
-        log.info("producer switched topic epoch", old_prefix=old, new_prefix=prefix,
-                 pause_ms=round((time.monotonic() - began) * 1000, 1), undelivered=undelivered)
 
 
 def _readonly_database(settings: Settings, paths: StackPaths) -> str | None:

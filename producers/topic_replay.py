@@ -3,17 +3,17 @@ progress markers, at 1x, 10x or full speed, for rehearsals on real history.
 
 What it does, per run:
 1. For every partition of the chosen topics, the first offset whose record timestamp is at or after
-   `--from` (`tapeflow_runtime.offsets`: Kafka's answer checked against the records, Tansu-proof).
+   `--from` (`tapeflow_runtime.offsets`: Kafka's offsets-by-timestamp lookup). Record timestamps are
+   the broker's arrival stamps (LogAppendTime), so they grow with the offset in a partition.
 2. One consumer reads all of them from there; a partition is done at its first record stamped at or
-   after `--to` (then paused: nothing after the range is read), or at its end (the end the broker
-   reports in its fetch answers: Tansu's `ListOffsets` end counts the last batch as one record).
+   after `--to` (then paused: nothing after the range is read), or at its end.
    A record stamped before `--from` after the start offset is skipped (counted), so the copy holds
    exactly the records stamped inside the range. The end is never
    guessed from a silence: a broker that stops answering before the ends are reached fails the
    replay (`stall_s`) instead of ending it short.
 3. The records are merged by event time (the field the engine orders each topic by) and produced
-   unchanged (same key, same bytes, same record timestamp, so the event times inside are kept) into
-   `<prefix><NAME>.<topic>`. A partition mixes keys and sources, so its times are only nearly
+   unchanged (same key, same bytes, so the event times inside are kept) into `<prefix><NAME>.<topic>`,
+   whose broker stamps each copy on its arrival. A partition mixes keys and sources, so its times are only nearly
    ordered: a record is released once every partition still being read has reached `slack_ms` past
    it (a bounded-disorder merge, `slack_ms` = 5 s by default); one arriving later than that is
    still copied and counted (`late`).
@@ -39,7 +39,6 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from schemas.catalogue import ENGINE_INPUT_TIME, ENGINE_INPUTS, TOPICS
 from schemas.serde import AvroSerde
-from tapeflow_runtime.epochs import Chain
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.kafka_client import (
     HISTORY_FETCH_CONFIG,
@@ -49,7 +48,6 @@ from tapeflow_runtime.kafka_client import (
 from tapeflow_runtime.offsets import offsets_at_or_after
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
-from tapeflow_runtime.topic_reader import GONE_CODES
 
 log = structlog.get_logger("replay")
 
@@ -114,17 +112,13 @@ class TopicReplay:
                  topics: Iterable[str], from_ms: int, to_ms: int, speed: float | None = None,
                  symbols: Iterable[str] | None = None, slack_ms: int = 5_000, max_ahead_ms: int = 600_000,
                  stall_s: float = 120.0, on_progress: Callable[[ReplaySummary], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, pace_clock: Callable[[], float] = time.monotonic,
-                 source_chain: Chain | None = None) -> None:
-        """``source_chain``: the segments of the embedded stack's logical topics
-        (``tapeflow_runtime.epochs.reader_chain``), read as one; default: ``source_prefix`` alone."""
+                 sleep: Callable[[float], None] = time.sleep, pace_clock: Callable[[], float] = time.monotonic) -> None:
         if to_ms <= from_ms:
             raise ReplayError("--to must be after --from")
         if source_prefix == target_prefix:
             raise ReplayError("the target namespace is the source itself: a replay never writes into live topics")
         self.bootstrap, self.serde = bootstrap, serde
         self.source_prefix, self.target_prefix = source_prefix, target_prefix
-        self.chain = source_chain if source_chain is not None else Chain.single(source_prefix)
         self.topics = validate_topics(topics)
         self.from_ms, self.to_ms, self.speed = from_ms, to_ms, speed
         self.symbols = {s.upper() for s in symbols} if symbols else None
@@ -158,23 +152,16 @@ class TopicReplay:
     def _start_offsets(self, consumer: Consumer) -> dict[tuple[str, int], int]:
         partitions = []
         for topic in self.topics:
-            for link in self.chain.links:
-                if not link.readable(topic):
-                    continue  # a rollover's next epoch before its producers switched: nothing there yet
-                if link.closed and link.last_ms is not None and link.last_ms < self.from_ms - self.slack_ms:
-                    continue  # a finished segment wholly older than the range
-                full = link.prefix + topic
-                metadata = consumer.list_topics(full, timeout=15).topics.get(full)
-                if metadata is None or metadata.error is not None or not metadata.partitions:
-                    if link.closed:
-                        continue  # deleted by retention meanwhile
-                    raise ReplayError(f"topic {full} does not exist on {self.bootstrap}")
-                partitions += [(full, p) for p in sorted(metadata.partitions)]
+            full = self.source_prefix + topic
+            metadata = consumer.list_topics(full, timeout=15).topics.get(full)
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                raise ReplayError(f"topic {full} does not exist on {self.bootstrap}")
+            partitions += [(full, p) for p in sorted(metadata.partitions)]
         return offsets_at_or_after(self.bootstrap, partitions, self.from_ms)
 
     def _copy(self, consumer: Consumer, starts: dict[tuple[str, int], int], publisher: Publisher,
               markers: ProgressMarkers) -> None:
-        catalogue = {link.prefix + t: t for link in self.chain.links for t in self.topics}
+        catalogue = {self.source_prefix + t: t for t in self.topics}
         consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
         newest: dict[tuple[str, int], int] = {}  # partition -> newest event time read
         done: set[tuple[str, int]] = set()
@@ -199,11 +186,6 @@ class TopicReplay:
                     if m.error().code() == KafkaError._PARTITION_EOF:
                         done.add(tp)
                         continue
-                    found = self.chain.locate(m.topic(), self.topics)
-                    if m.error().code() in GONE_CODES and found is not None and found[0].closed:
-                        raise ReplayError(f"{tp[0]}: this finished segment was deleted by retention "
-                                          "(TAPEFLOW_TOPIC_RETENTION) while it was being copied; replay again "
-                                          "(from the next segment on) or back-fill from the database")
                     raise ReplayError(f"reading {tp[0]}[{tp[1]}]: {m.error().str()}")
                 if tp in done:
                     continue

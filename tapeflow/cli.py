@@ -18,7 +18,6 @@ import typer
 from backtest.cli import register as register_backtest
 from schemas.catalogue import ENGINE_INPUTS
 from tapeflow import __version__
-from tapeflow_runtime.epochs import current_prefix, reader_chain, rollover_enabled
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
 
@@ -305,8 +304,7 @@ def backfill_binance_vision(
         summary = run_backfill(bootstrap=_bootstrap(), topic_prefix=settings.topic_prefix, home=settings.home,
                                symbol=symbol.upper(), start=parse_day(from_day, "--from"),
                                end=parse_day(to_day, "--to"), directory=directory, topic=topic,
-                               progress=not no_progress, registry_url=settings.schema_registry_url,
-                               follow_epochs=rollover_enabled(settings))
+                               progress=not no_progress, registry_url=settings.schema_registry_url)
     except BackfillError as exc:
         raise fail(str(exc))
     echo(summary.to_json() if json_out else format_summary(summary))
@@ -317,8 +315,8 @@ register_backtest(app, lambda: state.settings())
 @app.command()
 def replay(
     to_prefix: str = typer.Option(..., "--to-prefix", help="Namespace NAME: copies go to <prefix>NAME.<topic>."),
-    from_time: str = typer.Option(..., "--from", help="Start (ISO date/time, UTC, or epoch ms), by record timestamp."),
-    to_time: str = typer.Option(..., "--to", help="End, excluded (ISO date/time, UTC, or epoch ms)."),
+    from_time: str = typer.Option(..., "--from", help="Start (ISO date/time, UTC, or Unix ms), by record timestamp."),
+    to_time: str = typer.Option(..., "--to", help="End, excluded (ISO date/time, UTC, or Unix ms)."),
     topics: str = typer.Option(",".join(ENGINE_INPUTS), "--topics",
                                help="Comma-separated md.* topics (default: the engine's inputs)."),
     speed: str = typer.Option("max", "--speed", help="1x (as it happened), 10x, ... or max."),
@@ -361,8 +359,7 @@ def replay(
 
     try:
         job = TopicReplay(_bootstrap(), AvroSerde(registry_from_url(settings.schema_registry_url)),
-                          source_prefix=current_prefix(settings), target_prefix=f"{settings.topic_prefix}{to_prefix}.",
-                          source_chain=reader_chain(settings),
+                          source_prefix=settings.topic_prefix, target_prefix=f"{settings.topic_prefix}{to_prefix}.",
                           topics=topics.split(","), from_ms=int(start.timestamp() * 1000),
                           to_ms=int(end.timestamp() * 1000), speed=pace,
                           symbols=symbols.split(",") if symbols else None, on_progress=progress)
@@ -382,7 +379,7 @@ def replay(
 def engine(
     strategy: list[Path] | None = typer.Option(
         None, "--strategy", help="Strategy file (YAML/JSON), repeatable (A/B). Default: the shipped ones."),
-    exactly_once: bool = typer.Option(False, "--exactly-once", help="Faust exactly_once processing (Kafka; refused on the embedded Tansu broker)."),
+    exactly_once: bool = typer.Option(False, "--exactly-once", help="Faust exactly_once processing."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
     eval_interval_ms: int = typer.Option(15_000, "--eval-interval-ms", min=1_000, max=60_000,
@@ -702,17 +699,17 @@ def kill_switch(
 
 
 def _parse_time(text: str, flag: str) -> datetime:
-    """An ISO date/time (UTC unless it says otherwise) or epoch milliseconds."""
+    """An ISO date/time (UTC unless it says otherwise) or Unix milliseconds."""
     if text.strip().isdigit():
         try:  # exact (a float division is a microsecond off for some times); isdigit() also holds for "²"
             return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(text))
         except (ValueError, OverflowError):
-            raise fail(f"{flag} {text!r} is not epoch milliseconds of a time in years 1970-9999", 2) from None
+            raise fail(f"{flag} {text!r} is not Unix milliseconds of a time in years 1970-9999", 2) from None
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
         raise fail(f"{flag} {text!r} is not an ISO date/time (e.g. 2024-01-01 or 2024-01-01T12:00) "
-                   "or epoch milliseconds", 2)
+                   "or Unix milliseconds", 2)
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
@@ -738,35 +735,6 @@ def _bootstrap() -> str:
     return resolve_broker(state.settings(), state.paths())
 
 
-def logical_topic_rows(chain, base: str, catalogue: list[str], physical: list[dict]) -> list[dict]:
-    """``topics list`` rows: each catalogue topic once, as its logical topic over the segments of
-    ``chain`` (records: a finished segment's recorded count, the open ones' offsets); every other topic
-    as it is. A row's ``segments`` lists the physical topics behind it, oldest first."""
-    by_name = {r["topic"]: r for r in physical}
-    taken: set[str] = set()
-    rows = []
-    for name in catalogue:
-        parts: dict[int, dict] = {}
-        segments = []
-        for link in chain.links:
-            row = by_name.get(link.prefix + name)
-            if row is None or not row.get("exists"):
-                continue
-            taken.add(row["topic"])
-            if link.closed:
-                count = sum(end - link.start(name, p) for p, end in (link.ends or {}).get(name, {}).items())
-            else:
-                count = row.get("messages", 0) - sum(link.starts.get(name, {}).values())
-            segments.append({"topic": row["topic"], "epoch": link.epoch, "closed": link.closed, "messages": max(count, 0)})
-            for p in row.get("partitions", []):
-                parts.setdefault(p["partition"], {"partition": p["partition"], "leader": p["leader"]})
-        if segments:
-            rows.append({"topic": base + name, "exists": True, "partitions": [parts[p] for p in sorted(parts)],
-                         "messages": sum(s["messages"] for s in segments), "catalogue": True, "segments": segments})
-    rows += [{**r, "catalogue": False} for r in physical if r["topic"] not in taken and r.get("exists")]
-    return sorted(rows, key=lambda r: r["topic"])
-
-
 @topics_app.command("list")
 def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Topics on the broker with partitions and record counts; catalogue topics are marked."""
@@ -776,62 +744,19 @@ def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-rea
     settings = state.settings()
     bootstrap = _bootstrap()
     names = sorted(t for t in admin_client(bootstrap).list_topics(timeout=10).topics if not t.startswith("__"))
-    chain = reader_chain(settings)  # the embedded stack's segments: one logical topic each
-    rows = logical_topic_rows(chain, settings.topic_prefix, [t.name for t in all_topics()],
-                              describe_topics(bootstrap, names))
     catalogue = {settings.topic_prefix + t.name for t in all_topics()}
+    rows = [{**r, "catalogue": r["topic"] in catalogue} for r in describe_topics(bootstrap, names) if r.get("exists")]
     if json_out:
         for r in rows:
             typer.echo(orjson.dumps(r).decode())
         return
-    segmented = len(chain.links) > 1
-    echo(f"{'TOPIC':<32}{'PARTS':>6}{'RECORDS':>12}  CATALOGUE" + ("  SEGMENTS" if segmented else ""))
+    echo(f"{'TOPIC':<32}{'PARTS':>6}{'RECORDS':>12}  CATALOGUE")
     for r in rows:
         echo(f"{r['topic']:<32}{len(r.get('partitions', [])):>6}{r.get('messages', 0):>12}  "
-             f"{'yes' if r['catalogue'] else 'no ':<9}" + (f"  {len(r['segments'])}" if segmented and r.get('segments') else ""))
+             f"{'yes' if r['catalogue'] else 'no'}")
     missing = sorted(catalogue - {r["topic"] for r in rows})
     if missing:
         echo(f"\n{len(missing)} catalogue topic(s) missing: {', '.join(missing)} (run `tapeflow topics create`)")
-
-
-def segment_ends(chain) -> dict[tuple[str, int], int]:
-    """(physical topic, partition) -> the offset after its last record, for the chain's closed segments
-    (recorded when they closed; Tansu's own end offset counts batches, so a lag from it is too small)."""
-    return {(link.prefix + name, p): end for link in chain.links if link.closed and link.ends
-            for name, parts in link.ends.items() for p, end in parts.items()}
-
-
-def logical_describe_row(chain, base: str, name: str, physical: dict[str, dict],
-                         open_ends: dict[tuple[str, int], int] | None = None) -> dict | None:
-    """``topics describe`` of catalogue topic ``name`` over the segments of ``chain``: one row, offsets
-    logical (those `topics tail` prints, stable when old segments are deleted), the segments behind it
-    oldest first with their physical topics and offsets. A closed segment ends where its close recorded;
-    an open one at ``open_ends`` (the true ends: Tansu's end offset counts batches), else its end offset.
-    None when no segment has the topic."""
-    segments, parts, config = [], {}, {}
-    for link in chain.links:
-        row = physical.get(link.prefix + name)
-        if row is None or not row.get("exists"):
-            continue
-        config = row.get("config", config)
-        seg_parts = []
-        for p in row.get("partitions", []):
-            pid = p["partition"]
-            low = max(p["low"], link.start(name, pid))
-            high = (open_ends or {}).get((row["topic"], pid), p["high"])
-            if link.closed and link.ends is not None and pid in link.ends.get(name, {}):
-                high = link.ends[name][pid]
-            high = max(low, high)
-            lo, hi = link.logical(name, pid, low), link.logical(name, pid, high)
-            seg_parts.append({"partition": pid, "low": lo, "high": hi, "physical_low": p["low"], "physical_high": p["high"]})
-            whole = parts.setdefault(pid, {"partition": pid, "leader": p["leader"], "low": lo, "high": hi})
-            whole["low"], whole["high"] = min(whole["low"], lo), max(whole["high"], hi)
-        segments.append({"topic": row["topic"], "epoch": link.epoch, "closed": link.closed, "partitions": seg_parts})
-    if not segments:
-        return None
-    ordered = [parts[p] for p in sorted(parts)]
-    return {"topic": base + name, "exists": True, "partitions": ordered,
-            "messages": sum(p["high"] - p["low"] for p in ordered), "config": config, "segments": segments}
 
 
 @topics_app.command("describe")
@@ -839,43 +764,37 @@ def topics_describe(
     topics: list[str] = typer.Argument(None, help="Topic names (default: every catalogue topic)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Partitions, offsets, configuration, catalogue entry (key, schema, retention) and the consumer
-    groups reading each topic with their lag. On the embedded stack a catalogue topic is its logical
-    topic over the kept segments: offsets as `topics tail` prints them, the segments listed."""
+    """Partitions, offsets, retention, first and last record time, configuration, catalogue entry (key,
+    schema) and the consumer groups reading each topic with their lag. Record times are the broker's
+    arrival stamps (LogAppendTime): the first is the oldest record retention has kept."""
     from schemas.catalogue import all_topics
     from tapeflow.topic_groups import groups_lag
+    from tapeflow.topic_times import format_ms, format_retention, topic_spans
     from tapeflow_runtime.kafka_client import describe_topics
-    from tapeflow_runtime.offsets import true_ends
 
     settings = state.settings()
     base = settings.topic_prefix
-    chain = reader_chain(settings)  # the embedded stack's segments (Kafka: the prefix's topics)
     by_name = {t.name: t for t in all_topics()}
     wanted = list(topics) if topics else sorted(by_name)
+    # a catalogue name gets the prefix; a full name (prefixed, or not in the catalogue) is taken as it is
+    names = [n if n not in by_name else base + n for n in wanted]
     bootstrap = _bootstrap()
-    logical_names = [n[len(base):] if n.startswith(base) and n[len(base):] in by_name else n for n in wanted]
-    physical_names = sorted({link.prefix + n for n in logical_names if n in by_name for link in chain.links}
-                            | {n for n in logical_names if n not in by_name})
-    physical = {r["topic"]: r for r in describe_topics(bootstrap, physical_names)}
-    open_links = [link for link in chain.links if not link.closed]
-    open_ends = true_ends(bootstrap, [(r["topic"], p["partition"]) for link in open_links for n in logical_names
-                                      if (r := physical.get(link.prefix + n)) and r.get("exists")
-                                      for p in r["partitions"] if p["high"] > 0])
+    rows = describe_topics(bootstrap, names)
+    spans = topic_spans(bootstrap, [r["topic"] for r in rows if r.get("exists")])
     groups = groups_lag(bootstrap, prefix=base)
-    closed_ends = segment_ends(chain)
-    rows = []
-    for name in logical_names:
+    for row in rows:
+        name = row["topic"][len(base):] if row["topic"].startswith(base) else row["topic"]
         spec = by_name.get(name)
-        row = logical_describe_row(chain, base, name, physical, open_ends) if spec is not None else physical.get(name)
-        if row is None:
-            row = {"topic": (base + name) if spec is not None else name, "exists": False}
-        behind = {s["topic"] for s in row.get("segments", [])} or {row["topic"]}
         row["catalogue"] = None if spec is None else {
             "key": spec.key, "partitions": spec.partitions, "cleanup_policy": spec.cleanup_policy,
             "retention_ms": spec.retention_ms, "value_schema": spec.value_schema, "description": spec.description}
-        readers = [g.on_topics(behind).with_ends(closed_ends) for g in groups]
+        if not row["exists"]:
+            continue
+        span = spans.get(row["topic"])
+        row["first_record_ms"] = span.first_ms if span else None
+        row["last_record_ms"] = span.last_ms if span else None
+        readers = [g.on_topic(row["topic"]) for g in groups]
         row["groups"] = [g.as_dict() for g in readers if g.partitions]
-        rows.append(row)
     if json_out:
         for r in rows:
             typer.echo(orjson.dumps(r).decode())
@@ -888,18 +807,15 @@ def topics_describe(
         if r["catalogue"]:
             c = r["catalogue"]
             echo(f"  {c['description']}")
-            echo(f"  key {c['key']}, value schema {c['value_schema']}, cleanup {c['cleanup_policy']}, "
-                 f"retention {c['retention_ms']} ms")
-        echo(f"  config {r['config']}")
+            echo(f"  key {c['key']}, value schema {c['value_schema']}, cleanup {c['cleanup_policy']}")
+        config = r.get("config", {})
+        echo(f"  retention {format_retention(config.get('retention.ms'))}, {r['messages']} record(s), "
+             f"first {format_ms(r['first_record_ms'])}, last {format_ms(r['last_record_ms'])}")
+        echo(f"  config {config}")
         for p in r["partitions"]:
             echo(f"  partition {p['partition']}: leader {p['leader']}, offsets {p['low']}..{p['high']}")
-        if len(r.get("segments", [])) > 1:
-            for s in r["segments"]:
-                span = ", ".join(f"{p['partition']}:{p['low']}..{p['high']}" for p in s["partitions"])
-                echo(f"  segment {s['topic']} (epoch {s['epoch']}, {'closed' if s['closed'] else 'open'}): {span}")
         for g in r["groups"]:
-            several = len({p["topic"] for p in g["partitions"]}) > 1  # a group on two segments: name them
-            lags = ", ".join(f"{p['topic'] + '/' if several else ''}{p['partition']}:{p['lag']}" for p in g["partitions"])
+            lags = ", ".join(f"{p['partition']}:{p['lag']}" for p in g["partitions"])
             echo(f"  group {g['group']} ({g['state']}, {g['members']} members): lag {g['total_lag']} ({lags})")
         if not r["groups"]:
             echo("  no consumer group has committed offsets here")
@@ -922,19 +838,11 @@ def topics_lag(
 ) -> None:
     """Consumer lag per partition and in total: end offset minus the group's committed offset.
 
-    Read from the broker's admin API: it never joins the group. On the embedded broker (Tansu) the
-    end offset counts record batches, so the lag there is a lower bound; its groups are those reading
-    the kept topic segments (a group left by a deleted segment is not listed)."""
-    from schemas.catalogue import all_topics
+    Read from the broker's admin API: it never joins the group."""
     from tapeflow.topic_groups import groups_lag, render
 
     settings = state.settings()
     groups = groups_lag(_bootstrap(), group, prefix=settings.topic_prefix)
-    if rollover_enabled(settings):
-        chain = reader_chain(settings)
-        kept = {link.prefix + t.name for link in chain.links for t in all_topics()}
-        ends = segment_ends(chain)
-        groups = [g for g in (g.on_topics(kept).with_ends(ends) for g in groups) if g.partitions]
     if json_out:
         for g in groups:
             typer.echo(orjson.dumps(g.as_dict()).decode())
@@ -951,7 +859,7 @@ def topics_create() -> None:
     from tapeflow_runtime.kafka_client import ensure_topics
 
     settings = state.settings()
-    results = ensure_topics(_bootstrap(), prefix=current_prefix(settings), md_retention_ms=settings.topic_retention_ms())
+    results = ensure_topics(_bootstrap(), prefix=settings.topic_prefix, md_retention_ms=settings.topic_retention_ms())
     for r in results:
         echo(f"{r.name:<32}{r.action}{': ' + r.detail if r.detail else ''}")
     created = sum(r.action == "created" for r in results)
@@ -985,22 +893,13 @@ def topics_tail(
         raise fail("--from-beginning and --from exclude each other", 2)
     settings = state.settings()
     from_ms = None if from_time is None else parse_start_time(from_time, int(time.time() * 1000))
-    chain = reader_chain(settings)  # the embedded stack's segments: one logical topic
     base = settings.topic_prefix
-    name = topic[len(base):] if base and topic.startswith(base) else topic
+    name = topic if base and topic.startswith(base) else base + topic
     count = tail(_bootstrap(), name, settings.schema_registry_url, from_beginning=from_beginning,
                  max_records=max_records, idle_timeout=timeout, symbol=symbol, json_out=json_out, out=echo,
-                 from_ms=from_ms, key=key, follow=follow, chain=chain, refresh=lambda: reader_chain(settings),
-                 shown_as=base + name)
+                 from_ms=from_ms, key=key, follow=follow)
     if not json_out:
         typer.echo(f"-- {count} record(s)", err=True)
-    since = chain.history_since
-    if since is not None and (from_beginning or (from_ms is not None and from_ms < since * 1000)):
-        typer.echo(f"-- the embedded broker keeps memory only: its topics hold nothing from before "
-                   f"{datetime.fromtimestamp(since, tz=UTC):%Y-%m-%d %H:%M:%S} UTC (its start); older data is in the "
-                   "database: `tapeflow backtest --source db`", err=True)
-    if chain.cut and from_beginning:
-        typer.echo(f"-- history shorter than the retention: {chain.cut}", err=True)
 
 
 # --- database ------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ listed. Everything comes from the admin API (ListGroups, DescribeGroups, OffsetF
 inspecting a group never joins it or moves its offsets, and a stopped consumer's lag keeps growing
 while producers write.
 
-On Tansu (the embedded broker) the high watermark counts record batches, not records, so its lag is
-a lower bound that is exact only for unbatched writes; it is never shown below 0.
+A lag is never shown below 0 (a topic deleted and created again starts its offsets over, below what an
+old group committed).
 """
 
 from __future__ import annotations
@@ -47,17 +47,8 @@ class GroupLag:
         return sum(p.lag for p in self.partitions)
 
     def on_topic(self, topic: str) -> GroupLag:
-        return self.on_topics({topic})
-
-    def on_topics(self, topics: set[str]) -> GroupLag:
-        """The group's partitions on ``topics`` (a logical topic's segments) only."""
-        return GroupLag(self.group, self.state, self.members, [p for p in self.partitions if p.topic in topics])
-
-    def with_ends(self, ends: dict[tuple[str, int], int]) -> GroupLag:
-        """The same lags with the end offsets given for some partitions (a closed segment's true ends)."""
-        return GroupLag(self.group, self.state, self.members,
-                        [PartitionLag(p.topic, p.partition, p.committed, max(p.end, ends.get((p.topic, p.partition), p.end)))
-                         for p in self.partitions])
+        """The group's partitions on ``topic`` only."""
+        return GroupLag(self.group, self.state, self.members, [p for p in self.partitions if p.topic == topic])
 
     def as_dict(self) -> dict:
         return {"group": self.group, "state": self.state, "members": self.members, "total_lag": self.total,

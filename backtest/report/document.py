@@ -3,7 +3,7 @@
 Why: the JSON file, the Markdown, the PNG, the HTML page and the database row must not disagree, so
 the numbers are computed once (backtest.metrics) and laid out once, here, with stable keys
 (`FORMAT_VERSION` changes only when a key is renamed or removed; adding keys keeps it).
-Times appear both as epoch milliseconds (`*_ms`) and as ISO 8601 UTC strings.
+Times appear both as Unix milliseconds (`*_ms`) and as ISO 8601 UTC strings.
 """
 
 from __future__ import annotations

@@ -369,7 +369,6 @@ def export_source_options(source: str) -> dict:
         return source_options(source)
     # found with tapeflow_runtime.endpoints as backtest.cli finds them (that module imports this one)
     from tapeflow_runtime.endpoints import resolve_broker, resolve_database
-    from tapeflow_runtime.epochs import current_prefix, reader_chain
     from tapeflow_runtime.errors import TapeflowError
     from tapeflow_runtime.paths import StackPaths
     from tapeflow_runtime.settings import load_settings
@@ -380,8 +379,8 @@ def export_source_options(source: str) -> dict:
         if kind == "db":
             endpoints = resolve_database(settings, paths)
             return {"database_url": endpoints.readonly or endpoints.owner}
-        return {"bootstrap": resolve_broker(settings, paths), "topic_prefix": current_prefix(settings),
-                "chain": reader_chain(settings), "registry_url": settings.schema_registry_url}
+        return {"bootstrap": resolve_broker(settings, paths), "topic_prefix": settings.topic_prefix,
+                "registry_url": settings.schema_registry_url}
     except TapeflowError as error:
         raise ResearchError(str(error)) from None
 

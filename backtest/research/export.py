@@ -63,9 +63,9 @@ METADATA_KEY = b"tapeflow.export"
 # is exported without an entry here (type from its annotation, meaning pointing at Features): add one.
 FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "last_price": ("quote currency", "price of the last trade before eval_time (the labels' entry price)"),
-    "last_trade_ms": ("ms since epoch", "time of the last trade before eval_time"),
-    "coverage_start_ms": ("ms since epoch", "start of the uninterrupted trade data that reaches eval_time"),
-    "approx_until_ms": ("ms since epoch", "a warm start's minute bars stood in for trades before this (size "
+    "last_trade_ms": ("ms since 1970 UTC", "time of the last trade before eval_time"),
+    "coverage_start_ms": ("ms since 1970 UTC", "start of the uninterrupted trade data that reaches eval_time"),
+    "approx_until_ms": ("ms since 1970 UTC", "a warm start's minute bars stood in for trades before this (size "
                                           "quantiles and large/whale flows from the trades after); empty: none"),
     "vwap_30m": ("quote currency", "30-minute VWAP minus last_price (the confirmation layer's term)"),
     "volume_30m": ("base quantity", "traded quantity over the last 30 minutes"),
@@ -218,7 +218,7 @@ def schema_document(cfg: StrategyConfig, source: str) -> dict:
                   "files; rows in eval_time order",
         "missing": "null (never NaN)",
         "provenance": f"each file's Parquet key-value metadata {METADATA_KEY.decode()}: format, config_hash, "
-                      "source, replay_from (ms since epoch: where the engine's replay began)",
+                      "source, replay_from (ms since 1970 UTC: where the engine's replay began)",
         "columns": [c.as_dict() for c in export_columns(cfg)],
     }
 

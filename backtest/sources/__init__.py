@@ -89,5 +89,5 @@ def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms
         if not options.get("bootstrap"):
             raise SourceError("--source topics needs a broker (TAPEFLOW_BROKER, or a running stack)")
         return TopicSource(options["bootstrap"], symbols, from_ms, to_ms, topic_prefix=options.get("topic_prefix", ""),
-                           registry_url=options.get("registry_url"), slice_ms=slice_ms, chain=options.get("chain"))
+                           registry_url=options.get("registry_url"), slice_ms=slice_ms)
     raise SourceError(f"unknown source {spec!r}: use synthetic[:SEED], recording:DIR, vision[:DIR], db or topics")

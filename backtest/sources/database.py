@@ -2,7 +2,7 @@
 ``liquidations``, ``market_indicators``), read an hour at a time.
 
 Column names are the Avro field names (``sinks.tables``), so a row becomes the record the sink stored
-with two conversions: times (``timestamptz``) back to epoch ms, and the book's level arrays back to
+with two conversions: times (``timestamptz``) back to Unix ms, and the book's level arrays back to
 ``{"price", "qty"}`` lists. Each kind is selected by its engine time (trade time, event time,
 receive time for indicators), so an hour's block holds exactly that hour's inputs. Reading uses the
 connection the CLI resolves (the read-only role of the embedded stack, or TAPEFLOW_DATABASE_URL).
@@ -55,7 +55,7 @@ TRADE_ROW = np.dtype([("fields", ">i2"), ("ns", ">i4"), ("symbol", ">i4"), ("n0"
                       ("n1", ">i4"), ("time_us", ">i8"), ("n2", ">i4"), ("price", ">f8"), ("n3", ">i4"), ("qty", ">f8"),
                       ("n4", ">i4"), ("sell", "u1")])
 TRADE_LENGTHS = {"fields": 6, "ns": 4, "n0": 8, "n1": 8, "n2": 8, "n3": 8, "n4": 1}
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+PG_ORIGIN_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 # every asked symbol of an hour in one scan (the table's time index serves the range, not the symbol),
 # the symbol as its 1-based position in the asked list: a fixed-width field, rows grouped by it
 TRADES_QUERY = ("SELECT array_position(%(symbols)s::text[], symbol), agg_id, trade_time, price, qty, "
@@ -85,7 +85,7 @@ def parse_trade_copy(data: bytes | bytearray | memoryview) -> dict[str, np.ndarr
     for name, length in TRADE_LENGTHS.items():
         if not (rows[name] == length).all():
             raise BinaryLayoutError(f"field {name}: not {length} bytes in every row")
-    us = rows["time_us"].astype(np.int64) + PG_EPOCH_US
+    us = rows["time_us"].astype(np.int64) + PG_ORIGIN_US
     q, r = np.divmod(us, 1000)
     ms = q + ((r > 500) | ((r == 500) & (q % 2 == 1)))  # round half to even, as round() in _ms
     return {"symbol": rows["symbol"].astype(np.int64), "agg_id": rows["agg_id"].astype(np.int64), "time_ms": ms, "price": rows["price"].astype(np.float64),

@@ -1,14 +1,15 @@
 """``--source topics``: ``md.*`` from the broker, by timestamp range (what a running stack published).
 
 Each partition of md.trades, md.book, md.mark, md.liquidations and md.indicators is read from the
-first record stamped at or after ``from_ms - lead_ms`` to its end (``execution.state_reader``: end
-of partition on every partition, then idle, because Tansu's high watermark counts batches). Records
+first record stamped at or after ``from_ms - lead_ms`` to its end (``tapeflow_runtime.topic_reader``:
+the broker's offsets-by-timestamp lookup, then end of partition on every partition). Records
 are kept when their symbol is asked for and their engine time lies in the range. The records are exactly what the live engine and executor consumed, so this is the source
 ``--verify-against-topics`` compares against. The range is held in memory: meant for the hours or
 days a stack keeps, not for years (use ``vision`` or ``db`` for those).
 
-Record timestamps are receive times, engine times are not (a trade's is its trade time), hence
-``lead_ms``: records received up to a minute after their event time are still found.
+Record timestamps are the broker's arrival times (LogAppendTime), engine times are not (a trade's is
+its trade time), hence ``lead_ms``: records that arrived up to a minute after their event time are
+still found.
 
 md.trades, the bulk, is not decoded record by record: its values are kept as bytes and decoded
 ``DECODE_CHUNK`` at a time by the sink's columnar decoder (``sinks.columnar``: polars' Avro reader,
@@ -36,8 +37,7 @@ from sinks.columnar import ColumnarCodec, ColumnarError
 from sinks.tables import table_for_topic
 from stream_apps.book_decode import BookDecoder
 from stream_apps.core.events import TradeBatch
-from tapeflow_runtime.epochs import Chain
-from tapeflow_runtime.topic_reader import RawRecord, StateReadError, read_chain
+from tapeflow_runtime.topic_reader import RawRecord, StateReadError, read_topics
 
 TOPICS = {"md.trades": "trades", "md.book": "books", "md.mark": "marks", "md.liquidations": "liquidations",
           "md.indicators": "indicators"}
@@ -50,12 +50,8 @@ class TopicSource:
 
     def __init__(self, bootstrap: str, symbols: list[str], from_ms: int, to_ms: int, *, topic_prefix: str = "",
                  registry_url: str | None = None, slice_ms: int = DEFAULT_SLICE_MS, lead_ms: int = 60_000,
-                 exchange: str = "binance", idle_s: float = 1.0, timeout_s: float = 600.0,
-                 chain: Chain | None = None) -> None:
-        """``chain``: the segments of the embedded stack's logical topics (``reader_chain``); default:
-        the topics under ``topic_prefix`` alone."""
+                 exchange: str = "binance", idle_s: float = 0.0, timeout_s: float = 600.0) -> None:
         self.bootstrap, self.prefix = bootstrap, topic_prefix
-        self.chain = chain if chain is not None else Chain.single(topic_prefix)
         self.symbols = list(symbols)
         self.from_ms, self.to_ms = from_ms, to_ms
         self.exchange = exchange
@@ -103,9 +99,9 @@ class TopicSource:
                 out[kind].append(record)
 
         try:
-            read_chain(self.bootstrap, self.chain, {topic: None for topic in kinds}, self.serde, idle_s=self.idle_s,
-                       timeout_s=self.timeout_s, start_ms=self.from_ms - self.lead_ms, on_record=keep,
-                       raw_topics=frozenset({trades_topic, book_topic}))
+            read_topics(self.bootstrap, self.prefix, {topic: None for topic in kinds}, self.serde,
+                        idle_s=self.idle_s, timeout_s=self.timeout_s, start_ms=self.from_ms - self.lead_ms,
+                        on_record=keep, raw_topics=frozenset({trades_topic, book_topic}))
             batches = self._trades(raw)
         except StateReadError as exc:
             raise SourceError(f"topics: {exc}") from None

@@ -104,7 +104,7 @@ def relative_path(kind: str, symbol: str, day: date) -> str:
 
 
 def _ms(text: str) -> int:
-    """Epoch ms from "2024-01-01 00:05:00" (UTC) or a millisecond/microsecond integer."""
+    """Unix ms from "2024-01-01 00:05:00" (UTC) or a millisecond/microsecond integer."""
     text = text.strip()
     if text.isdigit():
         value = int(text)

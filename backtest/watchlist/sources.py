@@ -2,8 +2,8 @@
 
 - ``synthetic[:SEED]``: the generated multi-venue session of ``synthetic`` (``--minutes``, ``--coins``);
 - ``broker[:PREFIX]``: md.book, md.mark and md.indicators read to their end from the broker (the
-  stack's, or ``TAPEFLOW_BROKER``; topics ``<PREFIX>md.book`` ..., default the stack's topic prefix in
-  its current topic epoch), decoded and ordered exactly as the live watchlist service merges them
+  stack's, or ``TAPEFLOW_BROKER``; topics ``<PREFIX>md.book`` ..., default the stack's topic prefix),
+  decoded and ordered exactly as the live watchlist service merges them
   (per partition in offset order, by event time, topic, partition and offset; inputs far ahead of
   the books dropped as the service drops them), so the backtest computes what the service did;
 - ``db``: the same inputs from the database the sink fills (``depth_snapshots``, ``mark_prices``,
@@ -14,7 +14,7 @@
   evaluates that time), inputs far ahead of the books dropped as the service drops them;
 - ``jsonl:FILE``: recorded md.book / md.mark / md.indicators records, one JSON object a line, either
   as ``tapeflow topics tail TOPIC --json`` prints them (``{"topic": ..., "value": {...}}``; a topic
-  prefix or epoch name such as ``e1.md.book`` is fine) or as ``{"topic": ..., "record": {...}}``.
+  prefix such as ``rehearsal.md.book`` is fine) or as ``{"topic": ..., "record": {...}}``.
   Lines of other topics are skipped; the inputs are put in event-time order (stable), so the files of
   several topics can simply be concatenated.
 
@@ -76,18 +76,17 @@ def _in_service_order(keyed: list[tuple], max_ahead_ms: int) -> list[CrossVenueE
 
 
 def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = MAX_AHEAD_MS,
-                timeout_s: float = 300.0, chain: Any = None) -> list[CrossVenueEvent]:
+                timeout_s: float = 300.0) -> list[CrossVenueEvent]:
     """The inputs of ``prefix``'s md.book, md.mark and md.indicators in the order the watchlist service
     feeds them (``stream_apps.watchlist.service``): records it cannot decode skipped, the rest sorted by
     (event time, topic, partition, offset) and those far ahead of the books dropped
     (``merge.AheadOfBooks`` with the service's default ``max_ahead_ms``)."""
     from schemas.catalogue import ENGINE_INPUT_TIME
-    from tapeflow_runtime.epochs import Chain
-    from tapeflow_runtime.topic_reader import StateReadError, read_chain
+    from tapeflow_runtime.topic_reader import StateReadError, read_topics
 
-    try:  # ``chain``: the embedded stack's segments (``reader_chain``), read as one logical topic each
-        snapshots = read_chain(bootstrap, chain if chain is not None else Chain.single(prefix), dict.fromkeys(TOPICS),
-                               serde, raw_topics=frozenset(TOPICS), timeout_s=timeout_s)
+    try:
+        snapshots = read_topics(bootstrap, prefix, dict.fromkeys(TOPICS), serde, raw_topics=frozenset(TOPICS),
+                                timeout_s=timeout_s)
     except StateReadError as error:
         raise WatchlistSourceError(f"--source broker: {error}") from None
     keyed = []
@@ -108,18 +107,15 @@ def _broker_session(prefix: str | None) -> list[CrossVenueEvent]:
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
     from tapeflow_runtime.endpoints import resolve_broker
-    from tapeflow_runtime.epochs import Chain, current_prefix, reader_chain
     from tapeflow_runtime.paths import StackPaths
     from tapeflow_runtime.settings import Settings
 
     settings = Settings()
     paths = StackPaths(settings.home)
-    if prefix is None:  # the embedded stack's topics live in segments: read every retained one
-        prefix, chain = current_prefix(settings), reader_chain(settings)
-    else:
-        chain = Chain.single(prefix)
+    if prefix is None:
+        prefix = settings.topic_prefix
     bootstrap = resolve_broker(settings, paths)
-    events = read_broker(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)), chain=chain)
+    events = read_broker(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)))
     if not events:
         raise WatchlistSourceError(f"--source broker: no md.book, md.mark or md.indicators records under "
                                    f"prefix {prefix!r}")

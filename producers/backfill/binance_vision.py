@@ -51,7 +51,6 @@ from producers.metrics import ProducerMetrics
 from schemas.catalogue import symbol_key
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
-from tapeflow_runtime.epochs import EpochWriter
 
 log = structlog.get_logger("producer.backfill")
 
@@ -74,18 +73,13 @@ def run_backfill(*, bootstrap: str, topic_prefix: str, home: Path, symbol: str, 
                  progress: bool = True, cache_dir: Path | None = None, registry_url: str | None = None,
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, reorder_window: int = DEFAULT_REORDER_WINDOW,
                  clock: Callable[[], int] = wall_clock_ms,
-                 producer_overrides: dict[str, Any] | None = None,
-                 follow_epochs: bool = False) -> BackfillSummary:
+                 producer_overrides: dict[str, Any] | None = None) -> BackfillSummary:
     """Publish `symbol`'s aggTrades from `start` to `end` (inclusive) to `topic_prefix + topic`.
 
     `directory` set: read `<SYMBOL>-aggTrades-<day>.zip|.csv` from it; else download from
     `base_url` into `cache_dir` (default `home/backfill/cache`). Raises BackfillError (one-line
     message) for bad arguments, a checksum mismatch, an unreadable archive or a delivery failure;
     the checkpoint then holds the last confirmed position and a re-run resumes from it.
-
-    `follow_epochs`: the destination is a running embedded stack's, whose topics roll over to new
-    epochs (`tapeflow_runtime.epochs`): write where its epochs file says, switch with it, and register
-    so the rollover waits for this run's switch (`EpochWriter`). The checkpoint keeps the base name.
     """
     symbol = normalise_symbol(symbol)
     days = day_range(start, end)
@@ -97,10 +91,9 @@ def run_backfill(*, bootstrap: str, topic_prefix: str, home: Path, symbol: str, 
     with Checkpoint.locked(home, symbol, topic_prefix + topic) as checkpoint:
         summary = BackfillSummary(symbol, topic_prefix + topic, start.isoformat(), end.isoformat(),
                                   checkpoint=str(checkpoint.path))
-        writer = EpochWriter(home, topic_prefix, f"backfill {symbol}") if follow_epochs else None
-        ensure_destination(bootstrap, writer.current if writer is not None else topic_prefix, topic)
+        ensure_destination(bootstrap, topic_prefix, topic)
         producer = TradeTopicProducer(bootstrap, AvroSerde(registry_from_url(registry_url)), ProducerMetrics(),
-                                      topic_prefix, topic, writer=writer,
+                                      topic_prefix, topic,
                                       **(BACKFILL_PRODUCER_OVERRIDES | (producer_overrides or {})))
         bar = make_progress(progress, len(days))
         day_run = _DayPublisher(symbol, producer, checkpoint, summary, bar, clock, checkpoint_every,
@@ -115,8 +108,6 @@ def run_backfill(*, bootstrap: str, topic_prefix: str, home: Path, symbol: str, 
             bar.close()
             summary.seconds = time.monotonic() - started
             producer.flush(10)  # best effort on the error path; the checkpoint only counts confirmed rows
-            if writer is not None:
-                writer.close()
     return summary
 
 

@@ -33,7 +33,6 @@ from schemas.catalogue import DLQ_MD, TOPICS, TopicSpec, dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
-from tapeflow_runtime.epochs import EpochWriter
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
 log = structlog.get_logger("producer.backfill")
@@ -42,7 +41,6 @@ TRADES = "md.trades"
 DLQ_STAGE = "producer.backfill:parse"
 _TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _POLL_EVERY = 512  # produced records between serving librdkafka's queue (failure reports)
-EPOCH_CHECK_EVERY = 256  # records between asking whether the stack rolled over (a cached stat)
 
 
 def trade_topic_spec(name: str) -> TopicSpec:
@@ -71,12 +69,13 @@ class TradeTopicProducer:
     """md.trades records to one destination topic, bad archive rows to dlq.md; order kept, failures fatal."""
 
     def __init__(self, bootstrap: str, serde: AvroSerde, metrics: ProducerMetrics, topic_prefix: str,
-                 topic: str, writer: EpochWriter | None = None, **producer_overrides: Any) -> None:
+                 topic: str, **producer_overrides: Any) -> None:
         trade_topic_spec(topic)
         self.serde = serde
         self.metrics = metrics
-        self._bootstrap, self._name, self._writer = bootstrap, topic, writer
-        self._set_prefix(writer.current if writer is not None else topic_prefix)
+        self.prefix = topic_prefix
+        self.topic = topic_prefix + topic
+        self._dlq = topic_prefix + DLQ_MD
         self._producer = Producer(producer_config(bootstrap, **{"delivery.report.only.error": True,
                                                                 **producer_overrides}))
         self._encode = serde.encode
@@ -86,30 +85,9 @@ class TradeTopicProducer:
         self._confirmed = (0, 0)  # (produced, dead_lettered) acknowledged as of the last confirm_delivery
         self.failed: list[tuple[str, str]] = []  # (topic, error) of records librdkafka gave up on
 
-    def _set_prefix(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.topic = prefix + self._name
-        self._dlq = prefix + DLQ_MD
-
     def publish_trade(self, key: bytes, record: dict) -> None:
-        if self._writer is not None and not self.produced % EPOCH_CHECK_EVERY:
-            self.follow_epochs()
         self._produce(self.topic, key, self._encode(TRADES, record))
         self.produced += 1
-
-    def follow_epochs(self) -> None:
-        """Into a running embedded stack: when its rollover says so (``EpochWriter``), deliver
-        everything given so far under the old prefix, then write every later record under the new
-        one and say so (the rollover's switch step waits for that before it drains the old topics)."""
-        assert self._writer is not None
-        new = self._writer.prefix()
-        if new == self.prefix:
-            return
-        self.confirm_delivery()  # the old epoch's topics are complete before the switch is reported
-        ensure_destination(self._bootstrap, new, self._name)
-        log.info("switching topics", old_prefix=self.prefix, new_prefix=new, produced=self.produced)
-        self._set_prefix(new)
-        self._writer.switched(new)
 
     def dead_letter_row(self, bad: BadRow, key: bytes, now_ms: int) -> None:
         record = dead_letter_record(source_topic=self.topic, value=bad.text.encode(), error=str(bad),

@@ -36,7 +36,7 @@ class IndicatorParseError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PricePoint:
-    """One venue's price for a symbol, with when it was true and when we learnt it (epoch ms)."""
+    """One venue's price for a symbol, with when it was true and when we learnt it (Unix ms)."""
 
     price: float
     event_time: int
@@ -74,7 +74,7 @@ def _millis(row: dict, field: str, what: str) -> int:
         raise IndicatorParseError(f"{what}: missing field {field!r}")
     raw = row[field]
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-        raise IndicatorParseError(f"{what}: {field}={raw!r} is not an epoch-ms integer")
+        raise IndicatorParseError(f"{what}: {field}={raw!r} is not an Unix-ms integer")
     return raw
 
 
@@ -256,7 +256,7 @@ def spot_perp_divergence(symbol: str, perp: PricePoint, spot: PricePoint) -> lis
 
 
 def parse_server_time(body: Any) -> int:
-    """`/fapi/v1/time`: `{"serverTime": <epoch ms>}`."""
+    """`/fapi/v1/time`: `{"serverTime": <Unix ms>}`."""
     return _millis(_object(body, "time"), "serverTime", "time")
 
 

@@ -212,7 +212,7 @@ class RestClient:
         self.used_weight = 0
 
     async def get_json(self, url: str, params: dict[str, Any] | None = None) -> tuple[Any, int]:
-        """GET `url` and return (decoded JSON, receive time in epoch ms)."""
+        """GET `url` and return (decoded JSON, receive time in Unix ms)."""
         deadline = time.monotonic() + self.give_up_after_s
         attempt = 0
         last_error = "no attempt"

@@ -57,7 +57,7 @@ def _message(msg: Any, kind: str) -> tuple[int, Any]:
         raise FrameError(f"expected a {kind} message")
     ts = msg.get("ts")
     if isinstance(ts, bool) or not isinstance(ts, int):
-        raise FrameError(f"{kind}: ts={ts!r} is not an epoch-ms integer")
+        raise FrameError(f"{kind}: ts={ts!r} is not an Unix-ms integer")
     return ts, msg.get("data")
 
 

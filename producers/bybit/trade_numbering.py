@@ -8,11 +8,11 @@ so consecutive trades differ by arbitrary amounts (e.g. 114263055846, 1142630558
 Using `seq` as the id would make every trade look like a gap, and fills sharing a `seq` like
 duplicates. So tapeflow numbers Bybit trades itself:
 
-- ids count up by one per trade within an *epoch*; an epoch starts at `trade_time_ms * 1000` of its
-  first trade (1000 ids per millisecond of headroom), so a later epoch, or a restarted producer,
+- ids count up by one per trade within a *series*; a series starts at `trade_time_ms * 1000` of its
+  first trade (1000 ids per millisecond of headroom), so a later series, or a restarted producer,
   always numbers above everything earlier without any checkpoint;
 - Bybit does not replay `publicTrade` after a reconnect, so a lost connection may have lost trades.
-  `connection_lost()` makes the next trade open a new epoch, leaving a hole in the ids that the
+  `connection_lost()` makes the next trade open a new series, leaving a hole in the ids that the
   producer also publishes on `md.gaps`: the jump the engine sees is exactly the gap that was reported;
 - duplicates are dropped by trade id (a bounded memory of recent ids) and by `seq` going backwards.
 
@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from producers.base.sequencer import Gap
 from producers.bybit.parse import TradePrint
 
-IDS_PER_MS = 1000  # epoch base = first trade time (ms) * IDS_PER_MS
+IDS_PER_MS = 1000  # a series' first id = first trade time (ms) * IDS_PER_MS
 
 
 @dataclass
 class NumberingCounters:
     published: int = 0
     duplicates: int = 0
-    epochs: int = 0
+    series: int = 0  # numbering series opened (the first trade, then one after each lost connection)
     gaps: int = 0
 
 
@@ -49,12 +49,12 @@ class TradeNumbering:
     last_id: int | None = None
     last_seq: int | None = None
     last_trade_time: int | None = None
-    possible_gap: bool = False  # set by connection_lost(); the next trade opens a new epoch
+    possible_gap: bool = False  # set by connection_lost(); the next trade opens a new series
     counters: NumberingCounters = field(default_factory=NumberingCounters)
     _seen: OrderedDict[str, None] = field(default_factory=OrderedDict, repr=False)
 
     def connection_lost(self) -> None:
-        """Trades may have been missed: the next trade starts a new epoch behind a reported hole."""
+        """Trades may have been missed: the next trade starts a new series behind a reported hole."""
         if self.last_id is not None:
             self.possible_gap = True
 
@@ -71,7 +71,7 @@ class TradeNumbering:
                 agg_id = max(agg_id, self.last_id + 2)  # always leave at least one id as the hole
                 gap = Gap(self.symbol, self.last_id + 1, agg_id - 1)
                 self.counters.gaps += 1
-            self.counters.epochs += 1
+            self.counters.series += 1
             self.possible_gap = False
         else:
             agg_id = self.last_id + 1

@@ -51,12 +51,12 @@ __all__ = ["EXCHANGE", "FrameError", "FundingPoint", "Instrument", "TradePrint",
 
 
 def _millis(raw: Any, field: str) -> int:
-    """An epoch-ms timestamp, which OKX sends as a decimal string ("1597026383085")."""
+    """An Unix-ms timestamp, which OKX sends as a decimal string ("1597026383085")."""
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        raise FrameError(f"{field}={raw!r} is not an epoch-ms timestamp")
+        raise FrameError(f"{field}={raw!r} is not an Unix-ms timestamp")
     text = str(raw)
     if not text.isascii() or not text.isdigit():
-        raise FrameError(f"{field}={raw!r} is not an epoch-ms timestamp")
+        raise FrameError(f"{field}={raw!r} is not an Unix-ms timestamp")
     return int(text)
 
 
@@ -335,7 +335,7 @@ class FundingPoint:
 
     inst_id: str
     rate: float  # fundingRate, a fraction per interval
-    funding_time: int  # fundingTime: the next settlement, epoch ms
+    funding_time: int  # fundingTime: the next settlement, Unix ms
     next_funding_time: int | None  # nextFundingTime: the settlement after it ("" when OKX has none)
     premium: float | None
     ts: int

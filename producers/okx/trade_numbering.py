@@ -13,9 +13,9 @@ are consecutive per instrument, so unlike Bybit's UUIDs they tell whether anythi
   ids left) or, when REST cannot, publishes it on `md.gaps`, so the jump the engine sees is exactly
   the gap that was reported; a reconnect that lost nothing leaves no hole;
 - a row whose ids were already numbered (a repeated push) is dropped as a duplicate; ids far below
-  the last one (OKX renumbered the instrument) open a new epoch behind a reported hole.
+  the last one (OKX renumbered the instrument) open a new series behind a reported hole.
 
-The first row (and a renumbering) starts an epoch at `trade_time_ms * 1000`, so a restarted producer
+The first row (and a renumbering) starts a numbering series at `trade_time_ms * 1000`, so a restarted producer
 numbers above everything an earlier run published without a checkpoint (as the Bybit numbering does).
 Pure state, no clock, no I/O.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from producers.base.sequencer import Gap
 from producers.okx.parse import TradePrint
 
-IDS_PER_MS = 1000  # epoch base = first trade time (ms) * IDS_PER_MS
+IDS_PER_MS = 1000  # a series' first id = first trade time (ms) * IDS_PER_MS
 RENUMBER_WINDOW = 1_000_000  # OKX ids this far below the last one are a renumbering, not a repeat
 
 
@@ -50,7 +50,7 @@ class TradeHole:
 class NumberingCounters:
     published: int = 0
     duplicates: int = 0
-    epochs: int = 0
+    series: int = 0  # numbering series opened (the first row, then one per renumbering)
     gaps: int = 0
     okx_ids_missing: int = 0
 
@@ -70,14 +70,14 @@ class OkxTradeNumbering:
         hole = None
         if self.last_id is None or self.last_trade_id is None:
             agg_id = trade.trade_time * IDS_PER_MS
-            self.counters.epochs += 1
+            self.counters.series += 1
         elif trade.trade_id <= self.last_trade_id:
             if self.last_trade_id - trade.trade_id < RENUMBER_WINDOW:
                 self.counters.duplicates += 1
                 return None, None
             agg_id = max(trade.trade_time * IDS_PER_MS, self.last_id + 2)
             hole = TradeHole(Gap(self.symbol, self.last_id + 1, agg_id - 1), None, None)
-            self.counters.epochs += 1
+            self.counters.series += 1
         elif trade.first_trade_id > self.last_trade_id + 1:
             missing = trade.first_trade_id - self.last_trade_id - 1
             agg_id = self.last_id + 1 + missing

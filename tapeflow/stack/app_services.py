@@ -8,7 +8,6 @@ the supervisor, `status` and Prometheus see them the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import urllib.error
 import urllib.request
@@ -89,7 +88,6 @@ class ProducerService(HttpHealthService):
     """The Binance producer; in replay mode it ends by itself when the recording does."""
 
     name = "producer"
-    uses_broker = True
 
     def __init__(self, settings, paths, fake: FakeExchangeService | None = None) -> None:
         super().__init__(settings, paths)
@@ -108,123 +106,44 @@ class ProducerService(HttpHealthService):
             rest = f"http://{HOST}:{self.fake.rest_port}"
             argv += ["--ws-url", ws, "--rest-url", rest, "--spot-url", rest, "--coinbase-url", rest,
                      "--replay-control-url", rest, "--symbols-from-recording"]
-        return Launch(argv=argv, address=f"{HOST}:{port}", env=self.epochs_env())
-
-    def checkpoint_path(self) -> Path:
-        """The live Binance producer's checkpoint (last delivered agg id per symbol), as
-        `producers.service.run_producer` names it."""
-        return self.paths.home / "producer" / f"binance-{self.settings.topic_prefix or 'default'}.json"
-
-    def rewind_to_stored(self, conninfo: str) -> dict[str, tuple[int, int]]:
-        """After the embedded broker came back empty, with the producer and the sink stopped: move the
-        checkpoint back to the last trade the database holds with no hole before it (`_last_contiguous`). The checkpoint says what the broker
-        acknowledged, but the trades it held that the sink had not stored died with its memory storage;
-        from the rewound checkpoint the restarted producer fills that hole by agg id (REST), as after
-        its own downtime. Returns {symbol: (checkpoint, rewound to)} for the symbols moved back."""
-        import psycopg
-
-        from tapeflow_runtime.files import atomic_write_text
-
-        path = self.checkpoint_path()
-        if self.fake is not None or not path.exists():  # a replay ends by itself: not resumed
-            return {}
-        saved = orjson.loads(path.read_bytes())
-        last: dict[str, int] = saved.get("last_agg_id") or {}
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
-            stored = {symbol: _last_contiguous(conn, symbol) for symbol in last}
-        rewound = {symbol: (int(agg), int(stored[symbol])) for symbol, agg in last.items()
-                   if stored.get(symbol) is not None and stored[symbol] < int(agg)}
-        if rewound:
-            saved["last_agg_id"] = {**last, **{symbol: to for symbol, (_, to) in rewound.items()}}
-            atomic_write_text(path, orjson.dumps(saved).decode())
-        return rewound
-
-    def epochs_env(self) -> dict[str, str] | None:
-        """On the embedded broker the producer follows the stack's topic epochs (`tapeflow_runtime.epochs`)."""
-        return epochs_env(self.settings, self.paths)
-
+        return Launch(argv=argv, address=f"{HOST}:{port}")
 
 class VenueProducerService(HttpHealthService):
     """Another venue's producer in a live stack (``venues``: `tapeflow produce --exchange bybit|okx`):
-    the same symbols into the same md.* topics, following the topic epochs like the Binance producer,
-    for the cross-venue watchlist. Not rewound after a broker restart (``rewind_to_stored`` is the
-    Binance producer's: it fills a hole by aggregate id from REST); books and marks are snapshots, and
-    these venues' trades missed while the broker was down are not recovered."""
+    the same symbols into the same md.* topics, for the cross-venue watchlist."""
 
-    uses_broker = True
     ready_when_answering = True  # as the Binance producer: up once it answers, `status` says how it runs
 
     def __init__(self, settings, paths, exchange: str) -> None:
         super().__init__(settings, paths)
         self.exchange = exchange
-        self.name = f"producer-{exchange}"  # the rollover treats every `producer*` as a producer
+        self.name = f"producer-{exchange}"  # `producer*`: the supervisor reports its exchange's reachability
 
     def prepare(self) -> Launch:
         port = free_port(HOST)
         argv = [sys.executable, "-m", "tapeflow", "produce", "--exchange", self.exchange, "--metrics-port", str(port)]
-        return Launch(argv=argv, address=f"{HOST}:{port}", env=epochs_env(self.settings, self.paths))
+        return Launch(argv=argv, address=f"{HOST}:{port}")
 
 
-#: how far below the database's last trade `rewind_to_stored` looks for a hole: the sink's parallel
-#: writers (2) commit batches of up to 50,000 rows out of order, so when the broker dies the table may
-#: hold a later batch without an earlier one; older holes are not the lost broker's (a given-up gap is on
-#: md.gaps) and are left alone
-REWIND_WINDOW_IDS = 200_000
-
-
-def _last_contiguous(conn, symbol: str) -> int | None:
-    """The agg id before the first hole within `REWIND_WINDOW_IDS` of the last stored trade, else the
-    last stored trade (None: nothing stored). Rewinding to the plain maximum lost a batch that a
-    second writer had overtaken."""
-    top = conn.execute("SELECT max(agg_id) FROM trades WHERE exchange = 'binance' AND symbol = %s",
-                       (symbol,)).fetchone()[0]
-    if top is None:
-        return None
-    hole = conn.execute(
-        "SELECT agg_id FROM (SELECT agg_id, lead(agg_id) OVER (ORDER BY agg_id) AS next FROM trades"
-        " WHERE exchange = 'binance' AND symbol = %s AND agg_id >= %s) s"
-        " WHERE next > agg_id + 1 ORDER BY agg_id LIMIT 1", (symbol, int(top) - REWIND_WINDOW_IDS)).fetchone()
-    return int(hole[0]) if hole else int(top)
-
-
-def epochs_env(settings, paths) -> dict[str, str] | None:
-    """The environment of a process that follows the stack's topic epochs itself (producers, the
-    watchlist); None off the embedded broker."""
-    from tapeflow_runtime.epochs import EPOCHS_FILE, rollover_enabled
-
-    if not rollover_enabled(settings):
-        return None
-    return {"TAPEFLOW_EPOCHS_FILE": str(paths.home / EPOCHS_FILE)}
-
-
-class EpochConsumer(HttpHealthService):
-    """A consumer of the stack's topics (sink, engine, executor). On the embedded broker it follows the
-    topic epochs itself (``TAPEFLOW_EPOCHS_FILE``; ``tapeflow_runtime.epochs``): one process for the
-    stack's life, which a rollover neither stops nor starts; its ``/health`` names the epoch it runs on
-    (``topic_prefix``), which the rollover's steps wait for. Elsewhere its topics and group carry the
-    stack's prefix (``TAPEFLOW_TOPIC_PREFIX``)."""
+class ConsumerService(HttpHealthService):
+    """A consumer of the stack's topics (sink, engine, executor): its topics and group carry the stack's
+    prefix (``TAPEFLOW_TOPIC_PREFIX``), the same whether the broker is embedded or external."""
 
     concurrent = True
-    uses_broker = True
-    restart_when_starving = True
 
-    def __init__(self, settings, paths, prefix: str | None = None) -> None:
+    def __init__(self, settings, paths) -> None:
         super().__init__(settings, paths)
-        self.env = epochs_env(settings, paths)
-        # following the epochs: the stack's own prefix (the process finds its epoch), whatever was asked
-        self.prefix = settings.topic_prefix if prefix is None or self.env is not None else prefix
+        self.prefix = settings.topic_prefix
 
     def launch(self, argv: list[str]) -> Launch:
         port = free_port(HOST)
         return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}",
-                      env={"TAPEFLOW_TOPIC_PREFIX": self.prefix, **(self.env or {})})
+                      env={"TAPEFLOW_TOPIC_PREFIX": self.prefix})
 
 
-class SinkService(EpochConsumer):
-    """Every topic into the database (runs before the producer so nothing waits in the topics long).
-
-    On the embedded broker it follows the chain of topic segments in-process (``sinks.consumer.TopicSink``);
-    its group is the stack's ``<prefix>tapeflow-sink`` whatever the epoch."""
+class SinkService(ConsumerService):
+    """Every topic into the database (runs before the producer so nothing waits in the topics long);
+    its group is the stack's ``<prefix>tapeflow-sink``."""
 
     name = "sink"
 
@@ -232,7 +151,7 @@ class SinkService(EpochConsumer):
         return self.launch([sys.executable, "-m", "tapeflow", "sink"])
 
 
-class ExecutorService(EpochConsumer):
+class ExecutorService(ConsumerService):
     """The paper executor: every signal is paper-traded by default (live trading is never started here)."""
 
     name = "executor"
@@ -260,7 +179,7 @@ class ExecutorService(EpochConsumer):
         return path
 
 
-class EngineService(EpochConsumer):
+class EngineService(ConsumerService):
     """The signal engine (one Faust worker): md.* in, bars.1m / features / signals out.
 
     Up once its endpoint answers: joining the consumer group and restoring state from the changelog
@@ -286,15 +205,11 @@ class EngineService(EpochConsumer):
 class WatchlistService(HttpHealthService):
     """The cross-venue watchlist (`tapeflow cross-venue`): md.book/md.mark/md.indicators of every venue in,
     xv.features out (and, with ``watchlist_strategies``, each strategy's signals, leg orders, funding and
-    pair snapshots); only with the ``watchlist`` setting. It follows the topic epochs in-process
-    (``TAPEFLOW_EPOCHS_FILE``: once the current epoch moves on it goes on with the new one's topics;
-    no rollover step waits for it). Its checkpoint (state and input positions) is
+    pair snapshots); only with the ``watchlist`` setting. Its checkpoint (state and input positions) is
     TAPEFLOW_HOME/watchlist/<group>.json; a replay or rehearsal reads its inputs from the beginning."""
 
     name = "watchlist"
     concurrent = True
-    uses_broker = True
-    restart_when_starving = True
     ready_when_answering = True  # joining its group takes seconds more; `status` shows how it runs
 
     def prepare(self) -> Launch:
@@ -306,8 +221,7 @@ class WatchlistService(HttpHealthService):
             argv += ["--strategy", str(Path(path).resolve())]
         if self.settings.watchlist_instrument_rules is not None:
             argv += ["--instrument-rules", str(self.settings.watchlist_instrument_rules.resolve())]
-        return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}",
-                      env=epochs_env(self.settings, self.paths))
+        return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}")
 
 
 class UIService(HttpHealthService):
@@ -345,14 +259,13 @@ def bearer_headers(token_file: str | Path | None) -> dict[str, str]:
         return {}
 
 
-def consumer_services(settings, paths, prefix: str | None = None) -> list[EpochConsumer]:
-    """The consumers of one topic epoch (``prefix``; default the stack's own prefix, epoch 0)."""
-    return [SinkService(settings, paths, prefix), EngineService(settings, paths, prefix),
-            ExecutorService(settings, paths, prefix)]
+def consumer_services(settings, paths) -> list[ConsumerService]:
+    """The consumers of the stack's topics, in start order."""
+    return [SinkService(settings, paths), EngineService(settings, paths), ExecutorService(settings, paths)]
 
 
-def app_services(settings, paths, prefix: str | None = None) -> list[Service]:
-    consumers: list[Service] = list(consumer_services(settings, paths, prefix))
+def app_services(settings, paths) -> list[Service]:
+    consumers: list[Service] = list(consumer_services(settings, paths))
     if settings.watchlist:
         consumers.append(WatchlistService(settings, paths))
     # on an external database the UI needs the read-only login (TAPEFLOW_READONLY_PASSWORD); without it

@@ -62,13 +62,6 @@ class Service(ABC):
     #: nothing after it needs it ready (a consumer): the next service starts while it comes up, and
     #: `up` waits for it before the next service that is not concurrent.
     concurrent: bool = False
-    #: a client of the stack's broker: restarted when the embedded broker restarts (its memory storage
-    #: starts empty, so group memberships, positions and producer connections are all stale)
-    uses_broker: bool = False
-    #: a consumer whose /health says ``degraded: ...`` when its partitions' end offsets move while its
-    #: position does not (``tapeflow_runtime.starvation``): restarted by the supervisor when that lasts
-    #: ``stall_restart_s``
-    restart_when_starving: bool = False
 
     @abstractmethod
     def health(self, address: str) -> Health:

@@ -2,8 +2,9 @@
 
 `up` takes an exclusive lock in `TAPEFLOW_HOME/run/` for as long as it runs, which is how a second
 `up` knows one is already running. Services start in dependency order (broker, database), then the
-setup steps run (migrations, topics); a service that dies is restarted with backoff (and the steps
-that depend on it re-run: Tansu keeps topics in memory only). `down` works from any shell: it asks
+setup steps run (migrations, topics); a service that dies is restarted with backoff, and the steps
+that depend on it run again (both are idempotent: after a broker restart the topics are all there,
+its log is on disk, and its clients reconnect by themselves). `down` works from any shell: it asks
 the supervisor to stop, then makes sure no recorded process survives.
 """
 
@@ -17,18 +18,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TextIO
 
 from tapeflow.stack.app_services import app_services, bearer_headers, http_json
 from tapeflow.stack.broker import KafkaBroker
-from tapeflow.stack.epochs import EpochRoller, rollover_enabled
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.process import StackError, terminate
 from tapeflow.stack.service import Service
 from tapeflow.stack.steps import MigrationsStep, SetupStep, TopicsStep
-from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.paths import StackPaths
@@ -45,9 +43,9 @@ def infra_services(settings: Settings, paths: StackPaths) -> list[Service]:
     return [KafkaBroker(settings, paths), EmbeddedPostgres(settings, paths)]
 
 
-def default_services(settings: Settings, paths: StackPaths, prefix: str | None = None) -> list[Service]:
-    """The services `up` runs, the consumers on the topic epoch of ``prefix`` (default: the stack's)."""
-    return infra_services(settings, paths) + app_services(settings, paths, prefix)
+def default_services(settings: Settings, paths: StackPaths) -> list[Service]:
+    """The services `up` runs, in start order."""
+    return infra_services(settings, paths) + app_services(settings, paths)
 
 
 def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
@@ -58,7 +56,7 @@ def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
 class ComponentStatus:
     name: str
     healthy: bool
-    state: str  # running | external | stopped | stale | done | pending | failed | steady | rolling (epochs)
+    state: str  # running | external | stopped | stale | finished | priming | done | pending | failed
     address: str | None
     pid: int | None
     uptime_s: float | None
@@ -72,27 +70,18 @@ class _Running:
     def __init__(self, service: Service, proc: subprocess.Popen, record: ProcessRecord, log: TextIO):
         self.service, self.proc, self.record, self.log = service, proc, record, log
         self.restarts: list[float] = []
-        self.starving_since: float | None = None  # monotonic: first check that found it not receiving
-
-
-STALL_CHECK_S = 5.0  # how often the supervisor asks each consumer's /health whether it is receiving
 
 
 class Supervisor:
     def __init__(self, settings: Settings, paths: StackPaths, say: Say = print,
                  services: list[Service] | None = None, steps: list[SetupStep] | None = None) -> None:
         self.settings, self.paths, self.say = settings, paths, say
-        self.roller = EpochRoller(self, say) if rollover_enabled(settings) else None
-        # the consumers follow the topic epochs themselves (a rollover left unfinished is closed at start,
-        # `EpochRoller.at_start`)
         self.services = services if services is not None else default_services(settings, paths)
         self.steps = steps if steps is not None else default_steps(settings, paths)
         self.running: dict[str, _Running] = {}
         self.addresses: dict[str, str] = {}
         self._lock_fd: int | None = None
         self.stop_requested = threading.Event()
-        self._stall_checked = 0.0
-        self.stall_check_s = STALL_CHECK_S
         self._next_exchange_check = 0.0  # `_report_exchange`
         self._exchange_said: dict[str, str | None] = {}
 
@@ -140,8 +129,6 @@ class Supervisor:
     def start_all(self) -> float:
         """Start every service and run every step; returns seconds to a healthy stack."""
         t0 = time.monotonic()
-        if self.roller is not None:
-            self.roller.at_start()
         # steps run once the services they depend on are up and before anything that publishes:
         # a producer writing to a topic that does not exist yet would auto-create it wrongly
         # consecutive concurrent services (consumers) come up side by side: their group joins overlap
@@ -239,14 +226,8 @@ class Supervisor:
     def supervise(self, poll_s: float = 0.5) -> int:
         """Block until asked to stop; restart services that die. Returns the process exit code."""
         while not self.stop_requested.wait(poll_s):
-            broker = self.running.get("broker")
-            if self.roller is not None and broker is not None and broker.proc.poll() is None:
-                self.roller.tick()  # never while the broker is down: its restart comes first
-            self._stop_starving()  # the loop below restarts what it stopped, as any exit
             self._report_exchange()
             for name, run in list(self.running.items()):
-                if self.running.get(name) is not run:  # stopped on the way (a broker's clients)
-                    continue
                 code = run.proc.poll()
                 if code is None:
                     continue
@@ -260,9 +241,6 @@ class Supervisor:
                     return 1
                 delay = min(2 ** (len(run.restarts) - 1), 30)
                 self.say(f"{name} exited with code {code}: {_last_line(run.record.log)}; restarting in {delay}s")
-                clients = self._stop_broker_clients() if name == "broker" else []
-                if clients:
-                    self._rewind_producers(clients)
                 if self.stop_requested.wait(delay):
                     break
                 run.log.close()
@@ -274,8 +252,6 @@ class Supervisor:
                     for step in self.steps:
                         if name in step.depends_on:
                             self._run_step(step)
-                    if clients:
-                        self._start_broker_clients(clients)
                 except TapeflowError as exc:
                     self.say(f"{name}: restart failed: {exc}")
                     return 1
@@ -304,98 +280,6 @@ class Supervisor:
                 self.say(f"{name:<10} the exchange answers again: {body.get('status')}")
             self._exchange_said[name] = state
 
-    def _stop_starving(self) -> None:
-        """Stop a consumer that has said it is not receiving for ``stall_restart_s`` (its /health:
-        ``degraded: <partition> end offset moved ... position stayed ...``), so the supervisor's loop
-        restarts it like any service that exits. A consumer can stall while healthy in every other
-        way: seen on Tansu, a worker that stopped being fed one partition it owned after a rebalance,
-        with nothing in its logs; a restart joins the group again and fetches from its committed
-        offsets, which the idempotent outputs make safe. Only that reason restarts a service: a sink
-        waiting for its database, or an executor without its owner lock, says so and is left alone."""
-        limit = self.settings.stall_restart_s
-        now = time.monotonic()
-        if limit <= 0 or now - self._stall_checked < self.stall_check_s:
-            return
-        self._stall_checked = now
-        for name, run in list(self.running.items()):
-            if not run.service.restart_when_starving or run.proc.poll() is not None:
-                continue
-            health = run.service.health(run.record.address)
-            if health.ok or not health.detail.startswith("degraded:"):
-                run.starving_since = None
-                continue
-            if run.starving_since is None:
-                run.starving_since = now
-            if now - run.starving_since < limit:
-                continue
-            self.say(f"{name:<10} not receiving for {now - run.starving_since:.0f}s ({health.detail}); "
-                     "stopping it to restart")
-            run.starving_since = None
-            terminate(run.proc.pid, run.record.create_time, self.settings.stop_timeout_s,
-                      int(run.service.stop_signal))
-
-    def _stop_broker_clients(self) -> list[tuple[str, _Running]]:
-        """The embedded broker died and comes back empty (memory storage: topics, offsets and groups are
-        gone). Its clients are stopped first, at once (each may wait ``stop_timeout_s``): a client left
-        running would reconnect to the new broker with a lost group generation or position (a consumer
-        stuck "rebalancing"; a member the new engine's start-up commit is refused for). A clean stop
-        still writes what the sink had fetched; what the lost broker held beyond that is lost with it,
-        except the trades: the producers resume from the database's last agg id (`_rewind_producers`).
-        The database keeps everything stored before."""
-        clients = sorted(((n, r) for n, r in self.running.items() if r.service.uses_broker),
-                         key=lambda item: not item[1].service.concurrent)  # consumers first, as at `up`
-        if not clients:
-            return []
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(len(clients)) as pool:
-            list(pool.map(lambda item: terminate(item[1].proc.pid, item[1].record.create_time,
-                                                 self.settings.stop_timeout_s, item[1].service.stop_signal),
-                          clients))
-        for name, run in clients:
-            run.proc.poll()
-            run.log.close()
-            del self.running[name]
-        self.say(f"broker     lost its memory storage: stopped {', '.join(n for n, _ in clients)} "
-                 f"({time.monotonic() - t0:.1f}s)")
-        return clients
-
-    def _rewind_producers(self, clients: list[tuple[str, _Running]]) -> None:
-        """The producers' checkpoints back to what the database holds (`ProducerService.rewind_to_stored`):
-        the trades the lost broker had acknowledged but the sink had not stored are filled again by agg
-        id instead of being lost. Without the database (down, not migrated) the checkpoints stay."""
-        from tapeflow_runtime.endpoints import embedded_endpoints
-
-        for name, run in clients:
-            rewind = getattr(run.service, "rewind_to_stored", None)
-            if rewind is None:
-                continue
-            try:
-                if self.settings.database_url is not None:
-                    conninfo = self.settings.database_url.get_secret_value()
-                else:
-                    conninfo = embedded_endpoints(self.settings, self.paths, self.addresses["database"]).owner
-                rewound = rewind(conninfo)
-            except Exception as exc:  # noqa: BLE001 - the restart goes on; the hole is reported by the sink's data
-                self.say(f"broker     {name}: checkpoint not rewound to the database: {str(exc).strip()[:200]}")
-                continue
-            for symbol, (was, now) in rewound.items():
-                self.say(f"broker     {name}: {symbol} resumes after agg id {now} (the database's last), not "
-                         f"{was} (the lost broker's): {was - now} trade(s) to fill again")
-
-    def _start_broker_clients(self, clients: list[tuple[str, _Running]]) -> None:
-        """Start the clients ``_stop_broker_clients`` stopped, on the restarted broker's new topics."""
-        t0 = time.monotonic()
-        coming_up: list[tuple[Service, float]] = []
-        for name, run in clients:
-            if not run.service.concurrent:
-                self._wait_all(coming_up)
-            if self._start_service(run.service, wait=not run.service.concurrent):
-                coming_up.append((run.service, time.monotonic()))
-            self.running[name].restarts = run.restarts
-        self._wait_all(coming_up)
-        self.say(f"broker     came back empty: restarted {', '.join(n for n, _ in clients)} on it "
-                 f"({time.monotonic() - t0:.1f}s)")
-
     def _finished(self, name: str, run: _Running) -> None:
         """A finite service (a replay) completed: keep its record as 'finished', never restart it."""
         del self.running[name]
@@ -417,35 +301,23 @@ class Supervisor:
             self.say(f"{name:<10} {result}")
 
 
-def history_line(state: EpochState, settings: Settings, now: float) -> str:
-    """What topic history the embedded broker holds: its finished segments and since when."""
-    kept = settings.topic_retention
-    if not state.segments:
-        line = f"history: the current segment only (retention {kept})"
-    else:
-        oldest = state.segments[0]
-        line = (f"history: {len(state.segments)} finished segment(s) kept, the oldest closed "
-                f"{(now - oldest.closed_at) / 3600:.1f} h ago (retention {kept})")
-    if state.history_since:
-        line += f", nothing from before the broker's start at {time.strftime('%Y-%m-%d %H:%M', time.gmtime(state.history_since))} UTC"
-    if state.cut:
-        line += f"; {state.cut}"
-    return line
+def _with_history(settings: Settings, name: str, address: str, health: Health) -> str:
+    """The broker's detail with the time of the oldest trade it keeps (``md.trades``: its first record
+    over the partitions, one record read per partition); other components' detail as it is."""
+    if name != "broker" or not health.ok:
+        return health.detail
+    from tapeflow.topic_times import format_ms, topic_spans
 
-
-def _epochs_status(settings: Settings, paths: StackPaths, now: float) -> ComponentStatus:
-    """The topic epoch the stack is on and the rollover in progress (`tapeflow.stack.epochs`)."""
+    topic = settings.topic_prefix + "md.trades"
     try:
-        state = EpochState.load(paths.home / EPOCHS_FILE)
-    except (OSError, ValueError) as exc:
-        return ComponentStatus("epochs", False, "unreadable", None, None, None, str(exc))
-    prefix = state.prefix(settings.topic_prefix) or "plain topic names"
-    detail = f"epoch {state.epoch} ({prefix}), {state.rollovers} rollover(s) done, at {settings.epoch_max_batches} batches"
-    detail += "; " + history_line(state, settings, now)
-    if state.rolling:
-        since = f" for {now - state.started_at:.0f}s" if state.started_at else ""
-        detail += f"; rolling over to epoch {state.next_epoch}: step {state.step}{since}"
-    return ComponentStatus("epochs", True, "rolling" if state.rolling else "steady", None, None, None, detail)
+        span = topic_spans(address, [topic], newest=False, timeout_s=3.0).get(topic)
+    except Exception as exc:  # noqa: BLE001 - the broker answered its health probe; the history is extra
+        return f"{health.detail}; {topic}: not read ({str(exc).strip()[:120]})"
+    if span is None:
+        return f"{health.detail}; {topic} does not exist"
+    if span.first_ms is None:
+        return f"{health.detail}; {topic} empty"
+    return f"{health.detail}; {topic} since {format_ms(span.first_ms)}"
 
 
 def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
@@ -628,7 +500,8 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
             address = service.external_address() or "?"
             health = service.health(address)
             addresses[service.name] = address
-            out.append(ComponentStatus(service.name, health.ok, "external", address, None, None, health.detail))
+            out.append(ComponentStatus(service.name, health.ok, "external", address, None, None,
+                                       _with_history(settings, service.name, address, health)))
             continue
         rec = ProcessRecord.load(paths.state_file(service.name))
         if rec is None or not rec.is_alive():
@@ -639,9 +512,7 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
         health = service.health(rec.address)
         addresses[service.name] = rec.address
         out.append(ComponentStatus(service.name, health.ok, "running", rec.address, rec.pid,
-                                   now - rec.started_at, health.detail))
-    if rollover_enabled(settings):
-        out.append(_epochs_status(settings, paths, now))
+                                   now - rec.started_at, _with_history(settings, service.name, rec.address, health)))
     infra = {s.name for s in infra_services(settings, paths)}
     for path in sorted(paths.run_dir.glob("*.json")) if paths.run_dir.exists() else []:
         rec = ProcessRecord.load(path)

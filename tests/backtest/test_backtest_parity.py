@@ -18,12 +18,8 @@ Order of the streaming run: the replay is published first, then the engine reads
 executor trades the engine's signals. Each stage reads data already in the broker, so its inputs are
 ordered by event time (the engine's and the executor's aligners) and the run is deterministic. Run
 concurrently, the executor sees a signal when it arrives, after the trades that followed its
-evaluation (docs/concepts/backtest.md, "Parity"). Engine and executor read a copy of md.* (the same records, keys and
-timestamps, written by one producer in large batches): on the embedded broker (Tansu), the topics
-the producer wrote at replay pace answered fetches with pauses of many seconds (md.mark: 14,766 of
-43,200 records in 308 s in one run, all of them in 48 s in another). The cause, found later: Tansu
-answers empty when assembling a fetch takes longer than its max wait, and the cost grows with the
-partition's batch count (``tapeflow_runtime.kafka_client.HISTORY_FETCH_CONFIG``).
+evaluation (docs/concepts/backtest.md, "Parity"). Engine and executor read a copy of md.* (the same records and keys,
+written by one producer in large batches).
 
 Run time on the 2-core machine: 145 s and 132 CPU-s alone (2026-11-26, 3 hours: 102,454 trades, 201
 signals, 82 closed positions, every exit reason for both strategies; 4 hours took 179 s and ~200 CPU-s
@@ -154,9 +150,7 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
     def topic(name: str, prefix: str, expected: int | None = None) -> list[dict]:
         """Every record of a topic: until `expected` records when known (read again while short), else
         until every partition has reported its end (every writer has stopped by then; 5 s of silence cost
-        its 14 reads 70 s). (Reading md.trades once took 249 s: on Tansu a fetch that needs longer
-        than its max wait to assemble comes back empty; `read_topic` now waits as history readers do,
-        `HISTORY_FETCH_CONFIG`, and reads it in about 5 s.)"""
+        its 14 reads 70 s)."""
         began = time.monotonic()
         records = read_topic(kafka_bootstrap, prefix + name, settled=True)  # every writer has stopped
         while expected is not None and len(records) < expected and time.monotonic() - began < 900:

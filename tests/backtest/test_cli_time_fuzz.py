@@ -1,7 +1,7 @@
 """`tapeflow backtest --from/--to` at their edge (backtest/cli.py `parse_time`).
 
 Why: the backtest CLI turns `CliError` into "error: ..." and an exit code; anything else raised is a
-traceback. So any text is epoch milliseconds or a one-line `CliError` naming the option and the
+traceback. So any text is Unix milliseconds or a one-line `CliError` naming the option and the
 text; a date is that day's midnight UTC, and as an end (`--to`) the midnight after it.
 """
 

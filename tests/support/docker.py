@@ -1,4 +1,4 @@
-"""Whether the real-component fixtures run in Docker (Kafka, TimescaleDB) or embedded (Tansu, PostgreSQL)."""
+"""Whether the real-component fixtures run in Docker (Kafka, TimescaleDB) or embedded (Apache Kafka, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,4 @@ def docker_available() -> bool:
         return False
 
 
-USE_DOCKER = docker_available()  # Kafka in Docker serves transactions; the embedded Tansu does not
+USE_DOCKER = docker_available()  # Kafka and TimescaleDB in containers; otherwise the embedded ones

@@ -1,4 +1,4 @@
-"""The embedded stack fed *live* by the fake exchange, for the topic-epoch rollover test and
+"""The embedded stack fed *live* by the fake exchange, for the fault tests and
 ``benchmarks/bench_endurance.py``: the same supervisor, services and setup steps as `tapeflow up`,
 only the exchange is the local fake playing a synthetic session in real time (no replay control, so
 the producer runs as against Binance: one record batch per trade or two at these rates).
@@ -22,7 +22,6 @@ from tapeflow.stack.app_services import HOST, FakeExchangeService, ProducerServi
 from tapeflow.stack.postgres import EmbeddedPostgres
 from tapeflow.stack.service import Launch
 from tapeflow.stack.supervisor import Supervisor, default_steps
-from tapeflow_runtime.epochs import EPOCHS_FILE, EpochState
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
 
@@ -101,9 +100,6 @@ class RunningStack:
     def bootstrap(self) -> str:
         return self.sup.addresses["broker"]
 
-    def epochs(self) -> EpochState:
-        return EpochState.load(self.sup.paths.home / EPOCHS_FILE)
-
     def query(self, sql: str, *args) -> list[tuple]:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             return conn.execute(sql, args).fetchall()
@@ -134,11 +130,10 @@ def expected_trades(spec: SyntheticSpec) -> dict[str, tuple[int, int, int]]:
 
 
 @contextlib.contextmanager
-def live_stack(home: Path, spec: SyntheticSpec, *, max_batches: int, check_s: float = 1.0,
-               env: dict[str, str] | None = None, start: str = "first_subscriber",
+def live_stack(home: Path, spec: SyntheticSpec, *, env: dict[str, str] | None = None, start: str = "first_subscriber",
                startup_timeout_s: float = 60.0, replay_speed: str | None = None) -> Iterator[RunningStack]:
     """Start the stack (broker, database, sink, engine, executor, fake exchange, live producer) under
-    ``home`` with the rollover at ``max_batches``; supervise it on a thread until the block ends.
+    ``home``; supervise it on a thread until the block ends.
     ``start="session_time"`` plays each frame at its own receive time (event times = the wall clock's).
     ``replay_speed`` (e.g. "max"): replay the session instead, as `up --source replay:DIR` does."""
     saved = {k: os.environ.get(k) for k in ("TAPEFLOW_SYMBOLS", "TAPEFLOW_WARM_START_HOURS", *(env or {}))}
@@ -152,9 +147,8 @@ def live_stack(home: Path, spec: SyntheticSpec, *, max_batches: int, check_s: fl
         paths = StackPaths(home)
         paths.ensure()
         settings = Settings(home=home, broker=None, database_url=None, symbols=list(spec.symbols),
-                            warm_start_hours=0, epoch_max_batches=max_batches, epoch_check_s=check_s,
-                            startup_timeout_s=startup_timeout_s)
-        probe = Supervisor(settings, paths, say=say)  # the services `up` would run, on the right epoch
+                            warm_start_hours=0, startup_timeout_s=startup_timeout_s)
+        probe = Supervisor(settings, paths, say=say)  # the services `up` would run
         services = [s for s in probe.services if s.name not in ("producer", "fake-exchange")]
         if replay_speed is None:
             fake = SyntheticExchange(settings, paths, spec, start)

@@ -69,7 +69,7 @@ def database_disk_full(home: Path, *, full_s: float = 10.0, size: str = "384m", 
     detail: dict[str, Any] = {"expected": expected}
     watched = ("database", "sink")
     with small_tmpfs(home / "postgres", size=size, mode="0755") as pgdir, \
-            live_stack(home, spec, max_batches=0) as stack:
+            live_stack(home, spec) as stack:
         _flowing(stack, symbol)
         db_pid = stack.service_pid("database")
         t0 = time.monotonic()

@@ -4,12 +4,11 @@ it, the producer live against the fake exchange playing a synthetic session), in
 it clear and returns rows ``{fault, duration_s, trades_in, trades_out, duplicates, lost, orders_sent,
 orders_expected, recover_s}`` plus a ``detail`` dict for the tests. Every file goes under ``home``.
 
-- `broker_killed`: the embedded Tansu SIGKILLed while trades flow (optionally SIGSTOPped first, so the
-  producer's buffer fills with trades the broker never acknowledged). The supervisor restarts it (memory
-  storage: it comes back empty) and, because every client's group, position and producer state are
-  stale then, stops and restarts every broker client (`Supervisor._stop_broker_clients`). What the
-  dead broker held and the sink had not yet written is lost with it; the row says how much, by
-  comparing the trades table with the session the fake exchange played.
+- `broker_killed`: the embedded Kafka SIGKILLed while trades flow (optionally SIGSTOPped first, so the
+  producer's buffer fills with trades the broker never acknowledged). The supervisor restarts it; its
+  log is on disk, so topics, offsets and groups are all there again, and the clients reconnect by
+  themselves. The row says whether anything was lost or doubled, by comparing the trades table with
+  the session the fake exchange played.
 - `sink_db_link_faults`: an asyncio TCP proxy (`LinkProxy`) between the sink and PostgreSQL (the sink
   alone gets ``TAPEFLOW_DATABASE_URL`` pointing at the proxy), which delays every chunk by D ms, and
   optionally throttles it to B bytes/s, then clears; and, where iptables is usable (root, the binary,
@@ -112,28 +111,24 @@ def _accounting(stack, symbol: str, count: int, first: int, last: int) -> dict[s
 def broker_killed(home: Path, *, kills: int = 1, stall_before_kill_s: float = 0.0, duration_s: float = 40.0,
                   trades_per_s: float = 40.0, stop_timeout_s: float | None = None,
                   symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
-    """The embedded broker (Tansu, memory storage) SIGKILLed ``kills`` times while trades flow, each
+    """The embedded broker SIGKILLed ``kills`` times while trades flow, each
     time once the stack has recovered from the previous one; with ``stall_before_kill_s`` it is first
     SIGSTOPped that long (unresponsive, the producer buffering unacknowledged trades), then killed.
 
-    The supervisor restarts the broker after its backoff (1 s, 2 s, ...), re-creates the topics and
-    restarts every broker client on it. Per kill: ``duration_s`` from the kill (or stall) to the broker
+    The supervisor restarts the broker after its backoff (1 s, 2 s, ...) and runs the topics step again;
+    the clients keep running and reconnect. Per kill: ``duration_s`` from the kill (or stall) to the broker
     healthy again; ``recover_s`` from then to the first trade stored by the restarted sink. ``lost``:
     session trades missing from the trades table at the end (by agg id; the fake exchange played
     ``trades_in``); ``duplicates``: rows beyond one per agg id. The detail has, per kill, the highest
     agg id stored and the producer's last delivered one at the kill, so a hole can be placed: trades
-    the dead broker acknowledged but the sink had not stored yet. ``stop_timeout_s`` (the stack's
-    TAPEFLOW_STOP_TIMEOUT_S, default 10 s) bounds how long the supervisor waits for each client to stop
-    cleanly: the producer's stop flushes into the dead broker until then (it is then SIGKILLed).
-
-    The restarted producer fills the hole from REST at once, from its rewound checkpoint (the session
-    may end before the clients are back: under load they came back 22 s after the kill)."""
+    the broker acknowledged but the sink had not stored yet. ``stop_timeout_s``: the stack's
+    TAPEFLOW_STOP_TIMEOUT_S (default 10 s)."""
     from tests.support.endurance import live_stack
 
     spec, expected = _session(duration_s, trades_per_s, symbol)
     detail: dict[str, Any] = {"expected": expected}
     env = {"TAPEFLOW_STOP_TIMEOUT_S": str(stop_timeout_s)} if stop_timeout_s else None
-    with live_stack(home, spec, max_batches=0, env=env) as stack:
+    with live_stack(home, spec, env=env) as stack:
         _flowing(stack, symbol)
         _kill_phase(stack, detail, symbol, kills, stall_before_kill_s, trades_per_s)
         _finish(stack, detail, symbol, duration_s)
@@ -447,7 +442,7 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
         else:
             proxy = entry = scope.enter_context(LinkProxy(_db_upstream(home)))
         scope.enter_context(_sink_through(entry))
-        stack = scope.enter_context(live_stack(home, spec, max_batches=0, env=env))
+        stack = scope.enter_context(live_stack(home, spec, env=env))
         _flowing(stack, symbol)
         assert proxy.connections > 0, "the sink does not go through the proxy"
         sink_pid = stack.service_pid("sink")

@@ -313,7 +313,7 @@ def _sink_backends(stack) -> list[tuple[int, str, str]]:
 def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = True, db_stall_s: float = 5.0,
                          starvation_window_s: float | None = None, duration_s: float = 45.0,
                          trades_per_s: float = 40.0, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
-    """One live stack (`tests.support.endurance.live_stack`: supervisor, Tansu, PostgreSQL, sink, engine,
+    """One live stack (`tests.support.endurance.live_stack`: supervisor, Kafka, PostgreSQL, sink, engine,
     paper executor, the producer live against the fake exchange playing a synthetic session), two faults:
 
     1. ``sigstop_engine_sink``: engine and sink SIGSTOPped (whole process groups) for `stop_s`, longer
@@ -351,7 +351,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
 
     watched = ("engine", "sink")
     env = {"TAPEFLOW_STARVATION_WINDOW_S": str(starvation_window_s)} if starvation_window_s else None
-    with live_stack(home, spec, max_batches=0, env=env) as stack:
+    with live_stack(home, spec, env=env) as stack:
         flowing = _wait(lambda: _features_stored(stack) > 0 and stack.trades_stored(symbol)[0] > 0, 120)
         assert flowing, "the pipeline never stored a feature\n" + "\n".join(stack.log)
         mark("flowing")

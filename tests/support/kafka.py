@@ -52,7 +52,7 @@ def group_consumer(bootstrap, group: str) -> Consumer:
 def single_record_batches(bootstrap, topic: str, values: list[bytes], partition: int,
                           key: bytes = b"binance:BTCUSDT") -> None:
     """Each value as a record batch of its own (what a live producer writes at one trade per linger),
-    pipelined: 30,000 take about 5 s on Tansu. Tansu's fetch cost grows with the batches in a partition."""
+    pipelined."""
     producer = Producer(producer_config(bootstrap, **{"linger.ms": 0, "batch.num.messages": 1}))
     for value in values:
         while True:

@@ -3,7 +3,7 @@
 Why: a time typed on the command line is either understood or answered with "error: --from ...:
 ..." and exit code 2; a traceback instead tells the user nothing about which flag was wrong. So any
 text gives a timezone-aware time or a `typer.Exit(2)` after one stderr line naming the flag and the
-text; epoch milliseconds and ISO times give exactly the moment they name.
+text; Unix milliseconds and ISO times give exactly the moment they name.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ texts = st.one_of(st.text(max_size=30), st.integers(0, 10**25).map(str),
 
 @FUZZ
 @given(text=texts)
-# found by this property: "²" passes str.isdigit() but not int() (ValueError escaped), epoch
+# found by this property: "²" passes str.isdigit() but not int() (ValueError escaped), Unix
 # milliseconds past year 9999 raised ValueError/OverflowError out of datetime.fromtimestamp, and
 # a float division put 10574017066748 ms one microsecond early (see the property below)
 @example(text="²")
@@ -49,7 +49,7 @@ def test_any_text_is_a_time_or_a_one_line_usage_error(text):
 @FUZZ
 @given(ms=st.integers(0, 253402300799999))
 @example(ms=10_574_017_066_748)  # found by this property: 2305-01-29 10:57:46.747999 (a float division)
-def test_epoch_milliseconds_are_that_moment(ms):
+def test_unix_milliseconds_are_that_moment(ms):
     assert _parse_time(str(ms), "--to") == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
 
 

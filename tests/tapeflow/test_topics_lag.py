@@ -1,8 +1,5 @@
 """`tapeflow topics lag`, `topics describe` (groups) and `topics tail --from/--key/--follow` against the
-real broker (the embedded Tansu, or Apache Kafka when Docker answers).
-
-Records are produced one per request (linger 0, flush after each): Tansu's high watermark counts record
-batches, so only unbatched writes make its end offset a record count and the lag exact.
+real Kafka broker; the lag is exact (end offset minus committed offset, in records).
 """
 
 from __future__ import annotations
@@ -16,15 +13,16 @@ from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
+from tapeflow_runtime.kafka_client import admin_client, consumer_config, ensure_topics
 
 pytestmark = pytest.mark.integration
 
 SERDE = AvroSerde(FileSchemaRegistry())
-T0 = 1_700_000_000_000  # record timestamps: one minute apart from here
+T0 = 1_700_000_000_000  # trade times: one minute apart from here
 
 
 def trade(i: int, symbol: str) -> dict:
@@ -40,7 +38,8 @@ def cli(env, *args, timeout=60):
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[int, dict]], timestamp=None) -> None:
-    """Each record alone, on the given partition, with its own timestamp (trade time unless given)."""
+    """Each record alone, on the given partition, with ``timestamp`` (the trade time unless given; a
+    catalogue topic's broker replaces it with the arrival time)."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     for partition, rec in records:
         p.produce(topic, key=f"binance:{rec['symbol']}".encode(), value=SERDE.encode("md.trades", rec),
@@ -123,13 +122,27 @@ def test_describe_shows_the_groups_reading_a_topic_and_their_lag(env, kafka_boot
     assert "no consumer group has committed offsets here" in res.stdout
 
 
+def _after_the_next_second() -> int:
+    """Wait until the wall clock is past the next whole second; return that second (Unix ms)."""
+    boundary = (int(time.time()) + 1) * 1000
+    while time.time() * 1000 <= boundary:
+        time.sleep(0.01)
+    return boundary
+
+
 def test_tail_from_a_time_starts_there_and_stops_at_the_end(env, kafka_bootstrap, topic_prefix):
+    """md.trades is stamped by the broker on arrival (LogAppendTime): --from finds the records that
+    arrived from that time on, whatever their event times."""
     topic = topic_prefix + "md.trades"
-    produce(kafka_bootstrap, topic, [(i % 3, trade(i, "BTCUSDT")) for i in range(10)])
-    start = datetime.fromtimestamp((T0 + 6 * 60_000) / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    produce(kafka_bootstrap, topic, [(i % 3, trade(i, "BTCUSDT")) for i in range(6)])
+    boundary = _after_the_next_second()
+    produce(kafka_bootstrap, topic, [(i % 3, trade(i, "BTCUSDT")) for i in range(6, 10)])
+    start = datetime.fromtimestamp(boundary / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     res = cli(env, "topics", "tail", "md.trades", "--from", start, "--json")  # no --timeout: ends by itself
     assert res.returncode == 0, res.stderr
-    assert sorted(json.loads(line)["value"]["agg_id"] for line in res.stdout.splitlines()) == [1006, 1007, 1008, 1009]
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert sorted(r["value"]["agg_id"] for r in rows) == [1006, 1007, 1008, 1009]
+    assert all(r["timestamp"] >= boundary for r in rows)  # arrival stamps, not the trades' event times
     # an ISO time without a zone is UTC; one with an offset is honoured
     naive = start.removesuffix("Z")
     same = datetime.fromisoformat(naive).replace(tzinfo=UTC).astimezone().isoformat()
@@ -139,15 +152,19 @@ def test_tail_from_a_time_starts_there_and_stops_at_the_end(env, kafka_bootstrap
 
 
 def test_tail_from_a_relative_time_and_by_key(env, kafka_bootstrap, topic_prefix):
-    topic = topic_prefix + "md.trades"
+    """A relative --from is a time back from now, looked up by record timestamp; on a topic whose
+    producer sets the timestamps (CreateTime, as a copy made by another tool may be) those count."""
+    topic = topic_prefix + "created.md.trades"
+    admin = admin_client(kafka_bootstrap)  # kept while the request runs: a freed client cancels it
+    admin.create_topics([NewTopic(topic, 2, 1, config={"message.timestamp.type": "CreateTime"})])[topic].result(15)
     now = int(time.time() * 1000)
     produce(kafka_bootstrap, topic, [(0, trade(0, "BTCUSDT"))], timestamp=now - 3_600_000)  # an hour ago
     produce(kafka_bootstrap, topic, [(0, trade(1, "BTCUSDT")), (1, trade(2, "ETHUSDT")), (0, trade(3, "BTCUSDT"))],
             timestamp=now - 60_000)  # a minute ago
-    res = cli(env, "topics", "tail", "md.trades", "--from", "10m", "--json")
+    res = cli(env, "topics", "tail", "created.md.trades", "--from", "10m", "--json")
     assert res.returncode == 0, res.stderr
     assert sorted(json.loads(line)["value"]["agg_id"] for line in res.stdout.splitlines()) == [1001, 1002, 1003]
-    res = cli(env, "topics", "tail", "md.trades", "--from-beginning", "--key", "binance:BTCUSDT", "--json")
+    res = cli(env, "topics", "tail", "created.md.trades", "--from-beginning", "--key", "binance:BTCUSDT", "--json")
     assert sorted(json.loads(line)["value"]["agg_id"] for line in res.stdout.splitlines()) == [1000, 1001, 1003]
     res = cli(env, "topics", "tail", "md.trades", "--from", "10m", "--from-beginning")
     assert res.returncode == 2 and "exclude each other" in res.stderr

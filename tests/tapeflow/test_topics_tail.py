@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from confluent_kafka import Producer
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
+from stream_apps.core.durations import format_duration_ms
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
 
 pytestmark = pytest.mark.integration
@@ -51,7 +53,7 @@ def test_tail_json_decodes_every_record(populated):
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(rows) == 13
     decoded = sorted((r["value"] for r in rows if "error" not in r), key=lambda v: v["agg_id"])
-    assert decoded == sent  # every field round-trips, timestamps stay epoch ms
+    assert decoded == sent  # every field round-trips, timestamps stay Unix ms
     bad = [r for r in rows if "error" in r]
     assert len(bad) == 1 and bad[0]["value"] == "not avro at all" and "magic byte" in bad[0]["error"]
 
@@ -84,7 +86,14 @@ def test_describe_shows_offsets_and_catalogue(populated, topic_prefix):
     res = cli(env, "topics", "describe", topic_prefix + "md.trades", "--json")
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
-    # offsets, not an exact record count: Tansu's high watermark counts batches (see docs/concepts/embedded-stack.md)
-    assert info["messages"] >= 1 and len(info["partitions"]) == info["catalogue"]["partitions"]
+    assert info["messages"] == len(sent) + 1 and len(info["partitions"]) == info["catalogue"]["partitions"]
     assert info["catalogue"]["key"] == "exchange:symbol" and info["catalogue"]["value_schema"]
     assert info["config"]["cleanup.policy"] == "delete"
+    # the broker stamps records on arrival: the first and last record times lie within this test's run
+    now_ms = time.time() * 1000
+    assert now_ms - 600_000 < info["first_record_ms"] <= info["last_record_ms"] <= now_ms
+    text = cli(env, "topics", "describe", "md.trades")
+    assert text.returncode == 0, text.stderr
+    retention = format_duration_ms(int(info["config"]["retention.ms"]))
+    assert f"retention {retention}, {len(sent) + 1} record(s), first " in text.stdout
+    assert text.stdout.count(" UTC") >= 2  # the first and last record times

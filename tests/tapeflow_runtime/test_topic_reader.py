@@ -1,52 +1,47 @@
-"""Reading a logical topic's segments (``tapeflow_runtime.topic_reader.read_chain``) on the real broker:
-a rolling epoch's topic that is not readable yet is not read, and a finished segment deleted by
-retention between listing and reading is skipped, not an error."""
+"""Reading catalogue topics to their end (``tapeflow_runtime.topic_reader``) on the real broker: every
+record in offset order, keyed by catalogue name under a prefix, from a time by record timestamp, and a
+missing topic is an error (a state read must never pass for complete)."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from confluent_kafka import Producer
 
-from tapeflow_runtime.epochs import Chain, ChainLink
 from tapeflow_runtime.kafka_client import ensure_topics, producer_config
-from tapeflow_runtime.topic_reader import read_chain, read_to_end
+from tapeflow_runtime.topic_reader import StateReadError, read_to_end, read_topics
 
 
 def _write(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 0}))
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 5}))
     for value in values:
         producer.produce(topic, value=value, partition=0)
-        producer.flush(30)  # one batch each: Tansu's offsets then count records
+    assert producer.flush(30) == 0
 
 
-def test_a_rolling_epochs_carried_topic_waits_for_the_carry_and_a_gone_segment_is_skipped(kafka_bootstrap, topic_prefix):
+def test_read_topics_gives_every_record_by_catalogue_name_and_from_a_time(kafka_bootstrap, topic_prefix):
     from schemas.catalogue import topic as spec
 
-    old, cur, nxt = topic_prefix + "e1.", topic_prefix, topic_prefix + "e2."
-    for prefix in (cur, nxt):
-        ensure_topics(kafka_bootstrap, prefix=prefix, specs=[spec("signals"), spec("md.trades")])
-    _write(kafka_bootstrap, cur + "signals", [b"s0", b"s1"])
-    _write(kafka_bootstrap, nxt + "signals", [b"carried-s0", b"carried-s1", b"s2"])  # the carry, then its own
-    _write(kafka_bootstrap, nxt + "md.trades", [b"t9"])
-    # the finished segment e1 is listed but its topics are gone (retention deleted them)
-    links = (ChainLink(old, 1, True, {}, {}, {"signals": {0: 5}, "md.trades": {0: 5}}),
-             ChainLink(cur, 2, False, {}, {"signals": {0: 5}, "md.trades": {0: 5}}),
-             ChainLink(nxt, 3, False, {}, {}, pending=frozenset({"signals"})))
-    got = read_chain(kafka_bootstrap, Chain(links), {"signals": [0], "md.trades": [0]}, None, idle_s=0.3, timeout_s=60)
-    assert [r.value for r in got["signals"].records] == [b"s0", b"s1"]  # not the next epoch's before its carry
-    assert [r.value for r in got["md.trades"].records] == [b"t9"]  # its md.trades are readable from the switch
-    assert [r.offset for r in got["signals"].records] == [5, 6]  # logical offsets on from the deleted segment
-    # the carry is recorded: the next epoch's signals from its first own record
-    links = links[:2] + (ChainLink(nxt, 3, False, {"signals": {0: 2}}, {}),)
-    got = read_chain(kafka_bootstrap, Chain(links), {"signals": [0]}, None, idle_s=0.3, timeout_s=60)
-    assert [r.value for r in got["signals"].records] == [b"s0", b"s1", b"s2"]
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix, specs=[spec("signals"), spec("positions")])
+    _write(kafka_bootstrap, topic_prefix + "signals", [b"s%d" % i for i in range(500)])
+    got = read_topics(kafka_bootstrap, topic_prefix, {"signals": [0], "positions": None}, None, timeout_s=60)
+    assert set(got) == {"signals", "positions"}
+    assert [r.value for r in got["signals"].records] == [b"s%d" % i for i in range(500)]
+    assert [r.offset for r in got["signals"].records] == list(range(500))
+    assert got["signals"].next_offsets == {0: 500}
+    assert got["positions"].records == []
+    # the broker stamps records on arrival (LogAppendTime): a read from a later time skips the older ones
+    later = int(time.time() * 1000) + 1
+    while int(time.time() * 1000) < later:
+        time.sleep(0.001)
+    _write(kafka_bootstrap, topic_prefix + "signals", [b"late0", b"late1"])
+    seen: list[tuple[str, bytes]] = []
+    read_topics(kafka_bootstrap, topic_prefix, {"signals": None}, None, start_ms=later, timeout_s=60,
+                on_record=lambda name, raw: seen.append((name, raw.value)))
+    assert seen == [("signals", b"late0"), ("signals", b"late1")]
 
 
-def test_an_optional_topic_missing_at_the_start_is_an_empty_snapshot(kafka_bootstrap, topic_prefix):
-    from schemas.catalogue import topic as spec
-
-    ensure_topics(kafka_bootstrap, prefix=topic_prefix, specs=[spec("signals")])
-    _write(kafka_bootstrap, topic_prefix + "signals", [b"a"])
-    got = read_to_end(kafka_bootstrap, {topic_prefix + "signals": [0], topic_prefix + "gone": None}, None,
-                      idle_s=0.3, timeout_s=60, optional=frozenset({topic_prefix + "gone"}))
-    assert got[topic_prefix + "gone"].gone and got[topic_prefix + "gone"].records == []
-    assert [r.value for r in got[topic_prefix + "signals"].records] == [b"a"]
+def test_a_missing_topic_is_an_error(kafka_bootstrap, topic_prefix):
+    with pytest.raises(StateReadError, match="gone"):
+        read_to_end(kafka_bootstrap, {topic_prefix + "gone": None}, None, timeout_s=10)

@@ -22,7 +22,7 @@ def line(event) -> bytes:
         record = {"exchange": event.exchange, "symbol": event.symbol, "event_time": event.time_ms,
                   "funding_rate": event.funding_rate, "next_funding_time": event.next_funding_time_ms,
                   "mark_price": 100.0}
-        topic = "e1.md.mark"  # an epoch's topic name reads the same
+        topic = "rehearsal.md.mark"  # a prefixed topic name reads the same
     return orjson.dumps({"topic": topic, "partition": 0, "offset": 0, "timestamp": event.time_ms,
                          "key": f"{event.exchange}:{event.symbol}", "value": record})
 

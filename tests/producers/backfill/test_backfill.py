@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 import zipfile
 from datetime import date
 from pathlib import Path
@@ -98,24 +97,26 @@ def archive_dir(tmp_path) -> Path:
 
 
 # --- reading topics back -----------------------------------------------------------------------------
-def consume(bootstrap: str, topic: str, idle_s: float = 3.0) -> list:
-    """Every record of `topic`, per partition in offset order (read until `idle_s` without records:
-    Tansu's high watermark counts batches, so it cannot say when the end is reached)."""
-    consumer = Consumer(consumer_config(bootstrap, group_id=f"test-{uuid.uuid4().hex[:8]}"))
+def consume(bootstrap: str, topic: str) -> list:
+    """Every record of `topic`, per partition in offset order: read until every partition reported its
+    end (the high watermark: everything the backfill had delivered when it returned)."""
+    consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True}))
     try:
         md = consumer.list_topics(topic, timeout=10).topics[topic]
         assert md.error is None, md.error
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(md.partitions)])
-        out, last = [], time.monotonic()
-        while time.monotonic() - last < idle_s:
+        out, at_end = [], set()
+        deadline = time.monotonic() + 60
+        while len(at_end) < len(md.partitions):
+            assert time.monotonic() < deadline, f"{topic}: not at the end of {sorted(md.partitions)} in 60 s"
             msg = consumer.poll(0.2)
             if msg is None:
                 continue
             if msg.error():
                 assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                at_end.add(msg.partition())
                 continue
             out.append(msg)
-            last = time.monotonic()
         return out
     finally:
         consumer.close()

@@ -37,9 +37,8 @@ TOPICS = ("md.trades", "md.depth", "md.book", "md.liquidations", "md.mark", "md.
 
 def read_topics(bootstrap: str, prefix: str) -> dict[str, list[dict]]:
     """Every record of every md topic, decoded, in partition order (one consumer), once the producer has
-    stopped: read until every partition reported its end. (It read until 1.5 s of silence with the live
-    10 ms fetch wait before; on a loaded broker Tansu answers such fetches empty, and a loaded suite run
-    missed the book's later re-subscriptions so.)"""
+    stopped: read until every partition reported its end, never until a silence (a loaded broker can be
+    silent for a while before the end)."""
     serde = AvroSerde(FileSchemaRegistry())
     c = Consumer(consumer_config(bootstrap, **HISTORY_FETCH_CONFIG, **{"enable.partition.eof": True}))
     assignment = []

@@ -19,7 +19,7 @@ def test_ids_start_at_the_first_trade_time_and_count_up():
     # fills of one match share seq 50: both are kept and numbered 1700000000123000, ...001, ...002
     assert [r["agg_id"] for r, _ in out] == [1_700_000_000_123_000, 1_700_000_000_123_001, 1_700_000_000_123_002]
     assert [(r["first_trade_id"], r["last_trade_id"]) for r, _ in out][2] == (1_700_000_000_123_002,) * 2
-    assert all(gap is None for _, gap in out) and n.counters.published == 3 and n.counters.epochs == 1
+    assert all(gap is None for _, gap in out) and n.counters.published == 3 and n.counters.series == 1
 
 
 def test_duplicates_by_trade_id_and_by_seq_going_back():
@@ -32,7 +32,7 @@ def test_duplicates_by_trade_id_and_by_seq_going_back():
     assert record["agg_id"] == 1_000_002 and n.counters.duplicates == 2
 
 
-def test_lost_connection_opens_a_new_epoch_behind_a_reported_hole():
+def test_lost_connection_opens_a_new_series_behind_a_reported_hole():
     n = TradeNumbering("BTCUSDT")
     n.connection_lost()  # before any trade: nothing to report
     n.number(trade("a", 5000))
@@ -43,10 +43,10 @@ def test_lost_connection_opens_a_new_epoch_behind_a_reported_hole():
     assert gap == Gap("BTCUSDT", 5_000_002, 8_999_999)  # last id 5_000_001 + 1 .. new id - 1
     record, gap = n.number(trade("d", 9000))
     assert (record["agg_id"], gap) == (9_000_001, None)
-    assert (n.counters.epochs, n.counters.gaps) == (2, 1)
+    assert (n.counters.series, n.counters.gaps) == (2, 1)
 
 
-def test_a_new_epoch_always_leaves_a_hole_even_when_time_did_not_move():
+def test_a_new_series_always_leaves_a_hole_even_when_time_did_not_move():
     n = TradeNumbering("BTCUSDT")
     for i in range(1500):  # more than IDS_PER_MS trades in one millisecond
         n.number(trade(f"t{i}", 7))

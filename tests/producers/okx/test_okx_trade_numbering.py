@@ -38,7 +38,7 @@ def test_a_hole_in_okx_ids_leaves_the_same_hole_in_agg_ids():
     assert (n.counters.gaps, n.counters.okx_ids_missing) == (1, 8)
 
 
-def test_renumbered_ids_open_a_new_epoch_behind_a_hole():
+def test_renumbered_ids_open_a_new_series_behind_a_hole():
     n = OkxTradeNumbering("BTCUSDT")
     first, _ = n.number(row(5_000_000, t=1_700_000_000_000))
     record, hole = n.number(row(3, t=1_700_000_001_000))  # far below: OKX renumbered, not a repeat

@@ -46,11 +46,10 @@ def test_the_watchlist_runs_only_when_asked_and_reads_a_replay_from_its_beginnin
     assert live["watchlist"][-4:-2] == ["tapeflow", "cross-venue"] and "--from-beginning" not in live["watchlist"]
     replay = launches(Settings(home=tmp_path, watchlist=True, source=f"replay:{RECORDING}"), tmp_path)
     assert replay["watchlist"][3:8] == ["cross-venue", "--prime-minutes", "0", "--from-beginning", "--metrics-port"]
-    # on the embedded broker it follows the topic epochs itself, like the producers; on Kafka there are none
+    # one way to run whatever the broker: no extra environment on the embedded one or on an external one
     embedded = WatchlistService(Settings(home=tmp_path, watchlist=True), StackPaths(tmp_path)).prepare()
-    assert embedded.env == {"TAPEFLOW_EPOCHS_FILE": str(tmp_path / "epochs.json")}
-    kafka = WatchlistService(Settings(home=tmp_path, watchlist=True, broker="kafka:9092"), StackPaths(tmp_path))
-    assert kafka.prepare().env is None
+    external = WatchlistService(Settings(home=tmp_path, watchlist=True, broker="kafka:9092"), StackPaths(tmp_path))
+    assert embedded.env is None and external.prepare().env is None
 
 
 def test_the_watchlist_trades_the_configured_strategies_by_absolute_path(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 A whole stack runs an offline replay with marker secrets in its environment (exchange keys, a
 notifier token) beside the database passwords it generates itself; then everything it wrote is
 searched for every one of them: `tapeflow status` (text and JSON), `tapeflow logs` of every component,
-every file under TAPEFLOW_HOME except the secrets directory (logs, run records, epochs, PostgreSQL's
+every file under TAPEFLOW_HOME except the secrets directory (logs, run records, Kafka's log, PostgreSQL's
 data directory and its log), every service's /metrics and /health, and every row of every table."""
 
 from __future__ import annotations
