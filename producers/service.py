@@ -55,7 +55,7 @@ def market_data_producer_config(settings: Settings) -> dict:
     25 ms; 5 ms elsewhere): a little batching per partition for a record's latency well under the
     engine's 1-second buckets, the same for the embedded and an external broker."""
     linger = settings.market_data_linger_ms
-    return {"linger.ms": 25 if linger is None else linger}
+    return {"linger.ms": linger}
 
 
 async def run_producer(settings: Settings, options: ProduceOptions) -> int:

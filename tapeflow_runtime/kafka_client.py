@@ -16,7 +16,6 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas.catalogue import TopicSpec, all_topics, topic_configs
 from tapeflow_runtime.health import Health
-from tapeflow_runtime.starvation import StarvationWatch
 
 # Fast group joins on a single-node dev/test broker; production deployments override via env.
 FAST_GROUP_CONFIG = {
@@ -49,20 +48,16 @@ def producer_config(bootstrap: str, **extra) -> dict:
     }
 
 
-# Large fetches: librdkafka's defaults capped consumption from the embedded broker at ~175k records/s,
-# these reach ~930k/s there (measured); a short fetch wait keeps latency low when traffic is thin.
+# Large fetches: librdkafka's defaults (1 MB per partition) cap a consumer catching up on history;
+# a short fetch wait keeps latency low when traffic is thin.
 FETCH_CONFIG = {
     "fetch.max.bytes": 52_428_800,
     "max.partition.fetch.bytes": 10_485_760,
     "fetch.wait.max.ms": 10,
 }
 
-# For readers of history (a whole topic, a time range): Tansu (memory storage) gives up assembling a
-# fetch response when it takes longer than the request's max wait and answers empty, and its cost
-# grows with the partition's batch count. A topic written at replay pace (135,000 trades in ~45,000
-# small batches over 6 partitions) then read NOTHING with the 10 ms wait above, 135,000 records in
-# 24 s with 50 ms, in 2-4 s with 100-500 ms (measured 2026-11-23). Apache Kafka answers a fetch as
-# soon as data is there, so the longer wait costs a history reader nothing but up to 0.5 s at its end.
+# For readers of history (a whole topic, a time range): Kafka answers a fetch as soon as data is there,
+# so a longer wait costs a history reader nothing but up to 0.5 s at its end, and saves empty fetches.
 HISTORY_FETCH_CONFIG = {"fetch.wait.max.ms": 500}
 
 
@@ -82,8 +77,7 @@ def consumer_config(bootstrap: str, group_id: str | None = None, **extra) -> dic
 
 def end_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float) -> dict[tuple[str, int], int]:
     """(topic, partition) -> end offset, asked of the broker (never librdkafka's cache, which only fetch
-    answers fill): one ListOffsets(latest) request for every partition. On Tansu the answer counts
-    record batches. Partitions the broker answered with an error are left out."""
+    answers fill): one ListOffsets(latest) request for every partition. Partitions the broker answered with an error are left out."""
     return _listed_offsets(consumer, partitions, timeout, -1)
 
 
@@ -108,7 +102,7 @@ def _listed_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: fl
 def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float = 10.0):
     """The topic's metadata from a consumer/admin client, asking again while the broker times out.
 
-    A loaded embedded broker can leave one metadata request unanswered for over 10 s (the CI saw an
+    A loaded broker can leave one metadata request unanswered for over 10 s (the CI saw an
     executor's state read die so, mid-rebalance); a live service must wait that out, not crash. Other
     errors, and a broker that stays silent for ``timeout_s``, raise ``KafkaException``."""
     deadline = time.monotonic() + timeout_s
@@ -306,53 +300,37 @@ def describe_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> 
 
 
 class LagProbe:
-    """Keeps a ``*_consumer_lag_messages{group, topic, partition}`` gauge of a confluent-kafka consumer,
-    and tells whether its partitions receive records it does not (``starving``).
+    """Keeps a ``*_consumer_lag_messages{group, topic, partition}`` gauge of a confluent-kafka consumer.
 
-    lag = end offset - the group's committed offset (the low watermark before the first commit:
-    everything retained is unread). Refreshed at most every ``interval_s`` from the consumer's own
-    loop: one OffsetFetch and one ListOffsets(latest) for all assigned partitions per refresh. The
-    end offsets are asked from the broker, not taken from librdkafka's cache: the cache is filled by
-    fetch responses, and a consumer the broker starves (Tansu past ~20,000 batches in a partition
-    answers its fetches with nothing) never learns that the end moved. The samples feed a
-    ``StarvationWatch``: a partition whose end offset moves while the committed offset does not for
-    ``starvation_window_s`` makes ``starving()`` name it. Partitions no longer assigned lose their
-    series, so a rebalance leaves no stale lag behind. Tansu's high watermark counts batches, so there
-    the gauge is a lower bound (never below 0).
+    lag = end offset - the group's committed offset (the log start before the first commit: everything
+    retained is unread). Refreshed at most every ``interval_s`` from the consumer's own loop: one
+    OffsetFetch and one ListOffsets(latest) for all assigned partitions per refresh. The end offsets
+    are asked from the broker, not taken from librdkafka's cache, which only fetch answers fill (a
+    partition the consumer does not fetch from would keep a stale end). Partitions no longer assigned
+    lose their series, so a rebalance leaves no stale lag behind.
     """
 
-    def __init__(self, gauge, group: str, interval_s: float = 5.0, timeout_s: float = 5.0,
-                 starvation_window_s: float = 60.0) -> None:
+    def __init__(self, gauge, group: str, interval_s: float = 5.0, timeout_s: float = 5.0) -> None:
         self.gauge = gauge
         self.group = group
-        self.interval_s = min(interval_s, starvation_window_s / 3)  # at least 3 samples per window
+        self.interval_s = interval_s
         self.timeout_s = timeout_s
-        self.watch = StarvationWatch(starvation_window_s)
         self._next = 0.0
         self._shown: set[tuple[str, int]] = set()
-
-    def starving(self) -> str | None:
-        """``None`` while every assigned partition is received; else why not (one line)."""
-        return self.watch.reason()
 
     def due(self, now: float) -> bool:
         """Whether ``maybe_refresh`` at ``now`` would sample (callers skip building its arguments)."""
         return now >= self._next
 
-    def maybe_refresh(self, consumer, assignment, now: float, paused: Iterable[tuple[str, int]] = (),
-                      slow: bool = False) -> None:
-        """``paused``: (topic, partition) the consumer paused itself; not read on purpose, not starving.
-        ``slow``: the consumer is idle (``idle_fetch``): refresh only as often as the starvation window
-        needs (a third of it), since Tansu answers ListOffsets by listing every batch of the partition."""
+    def maybe_refresh(self, consumer, assignment, now: float) -> None:
         if now < self._next:
             return
-        self._next = now + (max(self.interval_s, self.watch.window_s / 3) if slow else self.interval_s)
+        self._next = now + self.interval_s
         current = {(tp.topic, tp.partition) for tp in assignment}
         for topic, partition in self._shown - current:
             self.gauge.remove(self.group, topic, str(partition))
         self._shown = current
         if not current:
-            self.watch.observe(now, {})
             return
         try:
             parts = sorted(current)
@@ -361,16 +339,10 @@ class LagProbe:
             # nothing committed yet: everything from the log start is unread
             starts = start_offsets(consumer, [(tp.topic, tp.partition) for tp in committed if tp.offset < 0],
                                    self.timeout_s)
-            samples: dict[str, tuple[int | None, int | None]] = {}
-            skip = set(paused)
             for tp in committed:
                 high = ends.get((tp.topic, tp.partition), -1)
                 done = tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), -1)
                 if high >= 0:
                     self.gauge.labels(self.group, tp.topic, str(tp.partition)).set(max(0, high - max(done, 0)))
-                if (tp.topic, tp.partition) in skip:
-                    continue
-                samples[f"{tp.topic}[{tp.partition}]"] = (done if done >= 0 else None, high if high >= 0 else None)
-            self.watch.observe(now, samples)
         except KafkaException as exc:  # a broker hiccup: keep the last values, try again next interval
             _QUIET.debug("lag probe failed: %s", exc)

@@ -25,13 +25,6 @@ larger blocks of the streaming come from the heap and the holes they leave are k
 growth"): resident memory grew ~9 MB an hour with the dynamic threshold and stayed flat with it fixed
 at 64 KiB, for 4-7 % more CPU (the mapping's page faults). Which blocks fragmented the heap was not
 traced.
-
-The engine and the executor on the embedded broker are the third case (``release_freed_memory``): they
-follow the topic epochs in one process, so every rollover builds a new Faust app / executor service
-with new Kafka clients (librdkafka's threads each allocate in an arena of their own) and drops the
-old ones. Measured (RESULTS.md "Engine and executor memory per rollover"): once the engine's one leak
-was gone (a decoder cache that kept every epoch's serde), what each rollover left was memory glibc
-kept free in its arenas; the services trim it once a rollover is done.
 """
 
 from __future__ import annotations
@@ -43,8 +36,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
-M_ARENA_MAX = -8
-FEW_ARENAS = 2
 SMALL_THRESHOLD, LARGE_THRESHOLD = 128 << 10, 32 << 20
 LIVE_THRESHOLD = 64 << 10  # what bench_producer_memory measured
 
@@ -96,29 +87,3 @@ def live_service_allocator() -> int | None:
     if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return None
     return LIVE_THRESHOLD if libc.mallopt(M_MMAP_THRESHOLD, LIVE_THRESHOLD) == 1 else None
-
-
-def few_malloc_arenas(arenas: int = FEW_ARENAS) -> int | None:
-    """For a service that makes new Kafka clients at every topic-epoch rollover: at most ``arenas``
-    malloc arenas (``mallopt(M_ARENA_MAX)``; glibc's default is 8 per core). Call it before the first
-    client starts. Returns the limit set, or None: not glibc, or ``MALLOC_ARENA_MAX`` in the environment
-    (the operator's own setting wins).
-
-    Why: each librdkafka thread allocates in an arena of its own, and a freed arena is handed to the
-    next thread that starts. Every rollover's new clients thus touch arena after arena until all 16
-    (2 cores) hold their own high-water mark of free-but-kept pages. Measured on the executor in a
-    65-minute endurance run (RESULTS.md "The executor's arenas"): 15 arenas of 2-8 MB private pages
-    each, 114 MB anonymous memory against 17 MB of main heap, still rising at minute 48."""
-    libc = _glibc()
-    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
-        return None
-    return arenas if libc.mallopt(M_ARENA_MAX, arenas) == 1 else None
-
-
-def release_freed_memory() -> bool:
-    """Hand the free pages of every malloc arena back to the OS (``malloc_trim(0)``, man 3 malloc_trim):
-    once per topic-epoch rollover of a service that follows the epochs in-process, after the old
-    epoch's clients and app are gone. Returns whether glibc released anything (False elsewhere too).
-    A trim costs milliseconds for a heap of this size; nothing here changes results."""
-    libc = _glibc()
-    return bool(libc.malloc_trim(0)) if libc is not None else False

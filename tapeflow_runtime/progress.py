@@ -60,8 +60,6 @@ class ProgressMarkers:
         self._full = {publisher.prefix + t: t for t in self.topics}
         publisher.track(self.topics)
         publisher.on_tracked_ack = self._acked
-        publisher.before_switch.append(self._before_switch)
-        publisher.after_switch.append(self._after_switch)
         self._pending: dict[bytes, deque[_Marker]] = {}
         self._sequence: dict[bytes, int] = {}
         self._ready = False
@@ -118,16 +116,6 @@ class ProgressMarkers:
         self.publish_ready()
         self.publisher.flush(timeout)
         return self.pending()
-
-    def _before_switch(self) -> None:
-        """The publisher is about to write to a new topic epoch and everything it was given is
-        delivered: every pending marker is ready now and goes out under the old names, whose offsets
-        it holds (a marker never names offsets of another epoch's topics)."""
-        self._ready = True
-        self.publish_ready()
-
-    def _after_switch(self) -> None:
-        self._full = {self.publisher.prefix + t: t for t in self.topics}
 
     def _publish(self, marker: _Marker) -> None:
         exchange, _, symbol = marker.key.decode().partition(":")

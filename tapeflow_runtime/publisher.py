@@ -75,37 +75,13 @@ class Publisher:
         self.acked_offset: dict[tuple[str, bytes | None], int] = {}
         self.on_tracked_ack: Callable[[str, bytes | None, int, int], None] | None = None
         self.on_publish: Callable[[str, str, dict], None] | None = None  # sees each record before it is sent
-        # around a prefix switch (`switch_prefix`): before runs once the old prefix is flushed, after
-        # once the new one is in place (progress markers publish their last old-epoch markers, rebind)
-        self.before_switch: list[Callable[[], None]] = []
-        self.after_switch: list[Callable[[], None]] = []
-        self._tracked_names: frozenset[str] = frozenset()
 
     def track(self, topics: Iterable[str]) -> None:
         """Count records produced and acknowledged per (topic, key) for these catalogue topics, with the
         offset of the last acknowledged one (`on_tracked_ack(topic, key, count, offset)` after each).
         Per partition the broker acknowledges in produce order, so "the n-th record of this key" and
         its offset are known exactly; `tapeflow_runtime.progress` builds its markers from that."""
-        self._tracked_names = frozenset(topics)
         self._tracked = frozenset(self.prefix + t for t in topics)
-
-    def switch_prefix(self, prefix: str, timeout: float = 60.0) -> int:
-        """Write every later record under `prefix` (a topic epoch, `tapeflow_runtime.epochs`), at a
-        record boundary: everything given so far is delivered under the old prefix first, so the old
-        epoch's topics are complete once this returns. Returns how many records stayed undelivered
-        (0 unless the broker is gone; those are retried under the old names by later flushes)."""
-        if prefix == self.prefix:
-            return 0
-        remaining = self.flush(timeout)
-        for hook in self.before_switch:
-            hook()
-        remaining = self.flush(timeout) if self.before_switch else remaining
-        log.info("switching topics", old_prefix=self.prefix, new_prefix=prefix, undelivered=remaining)
-        self.prefix = prefix
-        self._tracked = frozenset(prefix + t for t in self._tracked_names)
-        for hook in self.after_switch:
-            hook()
-        return remaining
 
     def publish(self, topic: str, key: str, record: dict, receive_time_ms: int | None = None,
                 on_delivered: Callable[[], None] | None = None) -> None:

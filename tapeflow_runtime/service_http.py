@@ -69,14 +69,3 @@ async def run_thread_with_endpoint(run: Callable[[threading.Event], None], app: 
         return False
     finally:
         await runner.cleanup()
-
-
-class CurrentRegistry:
-    """The ``/metrics`` registry of whichever service object runs now in a process that replaces it
-    (an executor or watchlist per topic epoch): ``generate_latest`` only calls ``collect``."""
-
-    def __init__(self) -> None:
-        self.registry: Any = None
-
-    def collect(self):
-        return self.registry.collect() if self.registry is not None else iter(())

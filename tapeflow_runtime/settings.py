@@ -161,48 +161,25 @@ class Settings(BaseSettings):
     sink_writers: int = Field(default=2, ge=1, le=16,
                               description="Sink writer threads, each with its own database connection.")
     sink_fetch_wait_ms: int = Field(
-        default=1_000, ge=1, le=5_000, description="The sink's fetch wait: long enough for the embedded broker "
-        "to assemble a fetch from a partition of many record batches (10 ms starves past ~20,000); each "
-        "fetch of the sink's ~100 partitions costs Tansu CPU, idle too (500 ms: ~2.6 % of a core idle).")
+        default=1_000, ge=1, le=5_000, description="The sink's fetch wait when nothing is new: Kafka answers a "
+        "fetch as soon as records arrive, so this only spaces the idle fetches of the sink's ~100 partitions.")
     sink_raw_fetch: bool = Field(
-        default=True, description="On the embedded broker, the sink fetches trades, liquidations, mark prices "
-        "and 1-minute bars as whole record batches (no Python object per record: about half the sink's CPU "
-        "per row); false: every record through librdkafka. No effect with TAPEFLOW_BROKER (Kafka).")
+        default=True, description="On a one-broker cluster (the embedded Kafka, or an external single node), the "
+        "sink fetches trades, liquidations, mark prices and 1-minute bars as whole record batches (no Python "
+        "object per record: about a quarter of the sink's CPU per row); false: every record through librdkafka.")
     engine_fetch_wait_ms: int = Field(
-        default=200, ge=1, le=1_500, description="The engine's fetch wait while records flow. The embedded "
-        "broker answers a fetch only when its wait is over, so this is how late a record can reach the "
-        "engine and how often the broker assembles a fetch of all the engine's partitions (each listing "
-        "every batch of a partition with new records): replaying two symbols at 1x took the broker 26 % of a "
-        "core at 20 ms, 16-18 % at 100 ms, 11.5 % at 200 ms with the market data's 100 ms linger. Kafka "
-        "answers at once.")
-    market_data_linger_ms: int | None = Field(
-        default=None, ge=0, le=1_000, description="How long the market-data producers hold a record for its "
-        "batch (librdkafka's linger.ms); unset: 100 ms on the embedded broker, 25 ms on Kafka. On the embedded "
-        "broker every batch is an object that fetches list and rollovers count, so fewer, larger batches cost "
-        "it less CPU and roll over less often; a trade reaches the engine up to this later.")
+        default=500, ge=1, le=1_500, description="The engine's fetch wait when nothing is new (Kafka answers as "
+        "soon as records arrive): spaces its idle fetches.")
+    market_data_linger_ms: int = Field(
+        default=25, ge=0, le=1_000, description="How long the market-data producers hold a record for its "
+        "batch (librdkafka's linger.ms): a trade reaches the engine up to this later; larger batches cost "
+        "the broker and the consumers less per record.")
     executor_fetch_wait_ms: int = Field(
-        default=200, ge=1, le=5_000, description="The executor's fetch wait: on the embedded broker how late "
-        "a signal can reach it, and its share of the broker's CPU while records flow (an idle executor "
-        "fetches once every 3 s on the embedded broker: tapeflow_runtime.idle_fetch).")
-    starvation_window_s: float = Field(
-        default=60.0, gt=0, description="A consumer (sink, engine, executor) whose partition's end offset moves "
-        "while its position stays put this long reports itself degraded.")
-    stall_restart_s: float = Field(
-        default=180.0, ge=0, description="The supervisor restarts a consumer (sink, engine, executor) that has "
-        "reported itself degraded for not receiving (see starvation_window_s) this long; 0 = never.")
-    epoch_max_batches: int = Field(
-        default=10_000, ge=0, description="Embedded broker: roll every topic over to a new epoch before any "
-        "partition holds this many record batches (Tansu answers nothing past ~20,000; see the embedded stack's docs); 0 = never.")
-    epoch_check_s: float = Field(default=10.0, gt=0, description="How often the supervisor counts batches.")
+        default=500, ge=1, le=5_000, description="The executor's fetch wait when nothing is new (Kafka answers "
+        "as soon as a signal arrives): spaces its idle fetches.")
     topic_retention: str = Field(
         default="7d", description="How long the broker keeps market data (md.* topics) after it arrived, set when "
         "the topics are created (30m, 24h, 7d, forever); derived topics keep 30 days, trading records forever.")
-    topic_memory_mb: int = Field(
-        default=4_096, ge=0, description="Embedded broker: when its resident memory passes this many MB, the "
-        "oldest finished segments are deleted before their retention ends (0 = no budget).")
-    epochs_file: Path | None = Field(
-        default=None, description="Set by the supervisor for the processes that follow the topic epochs themselves "
-        "(producers, sink, engine, executor, watchlist): the epochs file.")
     startup_timeout_s: float = Field(default=60.0, gt=0, description="`up`: how long each service may take to be healthy.")
     stop_timeout_s: float = Field(default=10.0, gt=0, description="`down`: SIGTERM grace before SIGKILL.")
     writer_password: SecretStr | None = Field(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from tapeflow_runtime.kafka_client import consumer_config, producer_config
+from tapeflow_runtime.kafka_client import consumer_config
 from tapeflow_runtime.offsets import CommittedOffsetError
 from tapeflow_runtime.offsets import committed_offsets as committed_or_raise
 
@@ -47,22 +47,3 @@ def group_consumer(bootstrap, group: str) -> Consumer:
     """A client of ``group`` that only asks for its committed offsets (it never subscribes, so it never
     joins the group); the caller closes it."""
     return Consumer(consumer_config(bootstrap, group_id=group))
-
-
-def single_record_batches(bootstrap, topic: str, values: list[bytes], partition: int,
-                          key: bytes = b"binance:BTCUSDT") -> None:
-    """Each value as a record batch of its own (what a live producer writes at one trade per linger),
-    pipelined."""
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 0, "batch.num.messages": 1}))
-    for value in values:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, partition=partition)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    deadline = time.monotonic() + 300  # 5 s on an idle machine; over 60 s once in the loaded suite
-    while (left := producer.flush(5)) and time.monotonic() < deadline:
-        pass
-    assert left == 0, f"{left} of {len(values)} records undelivered after 300 s"

@@ -1,10 +1,7 @@
-"""`tapeflow_runtime.native_memory` in processes of their own (they change the process's allocator or
-measure its resident memory): `live_service_allocator` maps a 256 KiB block on its own after a large
-free, which without it comes from the heap (where its hole would stay); `release_freed_memory` hands
-back what the heap keeps free below a block still in use, which freeing alone does not. The producer's
-memory over a long run with and without the first: benchmarks/bench_producer_memory.py; the engine's
-and executor's over rollovers with and without the second: RESULTS.md "Engine and executor memory per
-rollover"."""
+"""`tapeflow_runtime.native_memory` in processes of their own (they change the process's allocator):
+`live_service_allocator` maps a 256 KiB block on its own after a large free, which without it comes
+from the heap (where its hole would stay). The producer's memory over a long run with and without it:
+benchmarks/bench_producer_memory.py."""
 
 from __future__ import annotations
 
@@ -34,23 +31,6 @@ before = libc.mallinfo2().hblks
 held = bytearray(256 << 10)
 print(json.dumps({"set": set_to, "mapped": libc.mallinfo2().hblks - before}))
 """
-
-TRIM_SCRIPT = """
-import json, sys
-from tapeflow_runtime.native_memory import release_freed_memory
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-blocks = [bytearray(16 << 10) for _ in range(4096)]  # 64 MiB of 16 KiB blocks: from the heap
-top = bytearray(16 << 10)  # allocated last and kept: the heap cannot shrink from its top
-del blocks
-before = rss()
-released = release_freed_memory() if sys.argv[1] == "trim" else False
-print(json.dumps({"released": released, "mib_returned": (before - rss()) >> 20}))
-"""
-
 
 def _glibc_with_mallinfo2() -> bool:
     try:
@@ -82,46 +62,3 @@ def test_after_a_large_free_a_live_service_maps_large_blocks_on_their_own():
 
 def test_the_operators_own_malloc_setting_wins():
     assert run("live", MALLOC_MMAP_THRESHOLD_="1048576") == {"set": None, "mapped": 0}
-
-
-def test_freed_memory_below_a_live_block_goes_back_to_the_os_only_when_released():
-    """What a rollover leaves in the engine and the executor: the old epoch's memory freed, but held by
-    glibc because later blocks sit above it (measured: ~1 MB a rollover before the release)."""
-    kept = run("none", TRIM_SCRIPT)
-    released = run("trim", TRIM_SCRIPT)
-    assert kept == {"released": False, "mib_returned": 0}
-    assert released["released"] is True and released["mib_returned"] >= 60  # of the 64 MiB freed
-
-
-ARENAS_SCRIPT = """
-import ctypes, sys, threading
-from tapeflow_runtime.native_memory import few_malloc_arenas
-
-set_to = few_malloc_arenas() if sys.argv[1] == "few" else None
-held, started = [], threading.Barrier(8)
-
-def allocate():
-    started.wait()  # all alive at once: none can inherit an arena another one left
-    held.append(bytearray(64 << 10))  # a malloc of the thread's own (above pymalloc's small objects)
-    started.wait()
-
-threads = [threading.Thread(target=allocate) for _ in range(8)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print(set_to, flush=True)
-ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on stderr
-"""
-
-
-def arenas(mode: str, **env: str) -> tuple[str, int]:
-    done = spawn(mode, ARENAS_SCRIPT, **env)
-    return done.stdout.strip(), done.stderr.count("Arena ")
-
-
-def test_threads_of_a_service_with_few_arenas_share_two():
-    """The executor's Kafka clients' threads each took an arena of their own, up to 16 on 2 cores."""
-    assert arenas("default")[1] > 2  # glibc's default: a new thread gets a new arena
-    assert arenas("few") == ("2", 2)
-    assert arenas("few", MALLOC_ARENA_MAX="4") == ("None", arenas("default", MALLOC_ARENA_MAX="4")[1])

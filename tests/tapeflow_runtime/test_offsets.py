@@ -23,10 +23,10 @@ def _stamped_topic(kafka_bootstrap) -> str:
     worth of time-index entries); partition 1 empty."""
     topic = f"offsets-{time.time_ns()}"
     admin = admin_client(kafka_bootstrap)
-    admin.create_topics([NewTopic(topic, 2, 1, config={"segment.bytes": str(64 * 1024)})])[topic].result(15)
+    admin.create_topics([NewTopic(topic, 2, 1, config={"segment.bytes": str(1 << 20)})])[topic].result(15)
     producer = Producer(producer_config(kafka_bootstrap, **{"linger.ms": 5}))
     for i in range(RECORDS):
-        producer.produce(topic, key=b"k", value=b"x" * 100, partition=0, timestamp=T0 + 10 * i)
+        producer.produce(topic, key=b"k", value=b"x" * 1_000, partition=0, timestamp=T0 + 10 * i)
     assert producer.flush(60) == 0
     reader = Consumer(consumer_config(kafka_bootstrap))
     try:
