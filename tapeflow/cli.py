@@ -764,8 +764,9 @@ def topics_describe(
     topics: list[str] = typer.Argument(None, help="Topic names (default: every catalogue topic)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Partitions, offsets, retention, first and last record time, configuration, catalogue entry (key,
-    schema) and the consumer groups reading each topic with their lag. Record times are the broker's
+    """Partitions, offsets (the last stable offset where a transaction is open), retention, first and last
+    record time, configuration, catalogue entry (key, schema) and the consumer groups reading each topic
+    with their lag. Record times are the broker's
     arrival stamps (LogAppendTime): the first is the oldest record retention has kept."""
     from schemas.catalogue import all_topics
     from tapeflow.topic_groups import groups_lag
@@ -813,7 +814,12 @@ def topics_describe(
              f"first {format_ms(r['first_record_ms'])}, last {format_ms(r['last_record_ms'])}")
         echo(f"  config {config}")
         for p in r["partitions"]:
-            echo(f"  partition {p['partition']}: leader {p['leader']}, offsets {p['low']}..{p['high']}")
+            stable = (f", last stable {p['last_stable']}: a transaction is open"
+                      if p["open_transaction"] else "")
+            echo(f"  partition {p['partition']}: leader {p['leader']}, offsets {p['low']}..{p['high']}{stable}")
+        open_tx = sum(p["open_transaction"] for p in r["partitions"])
+        if open_tx:
+            echo(f"  {open_tx} partition(s) with an open transaction: read-committed readers stop at its start")
         for g in r["groups"]:
             lags = ", ".join(f"{p['partition']}:{p['lag']}" for p in g["partitions"])
             echo(f"  group {g['group']} ({g['state']}, {g['members']} members): lag {g['total_lag']} ({lags})")

@@ -267,12 +267,14 @@ def _partition_count(admin, name: str, timeout: float) -> int:
 
 
 def describe_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> list[dict]:
-    """Partitions, leaders, low/high watermarks and configs of `names` (as plain dicts)."""
-    from confluent_kafka import Consumer, TopicPartition
+    """Partitions (leader, log start, high watermark, last stable offset, whether a transaction is open
+    on it) and configs of `names` (as plain dicts)."""
+    from confluent_kafka import Consumer
 
     admin = admin_client(bootstrap)
     md = admin.list_topics(timeout=timeout)
-    consumer = Consumer(consumer_config(bootstrap))
+    consumer = Consumer(consumer_config(bootstrap, **{"isolation.level": "read_uncommitted"}))
+    committed_reader = Consumer(consumer_config(bootstrap, **{"isolation.level": "read_committed"}))
     out = []
     try:
         for name in names:
@@ -281,21 +283,31 @@ def describe_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> 
                 out.append({"topic": name, "exists": False})
                 continue
             parts = []
-            for pid in sorted(tmd.partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(name, pid), timeout=timeout)
-                parts.append({"partition": pid, "leader": tmd.partitions[pid].leader, "low": low, "high": high})
+            pids = sorted(tmd.partitions)
+            lows = start_offsets(consumer, [(name, p) for p in pids], timeout)
+            highs = end_offsets(consumer, [(name, p) for p in pids], timeout)
+            # ListOffsets(latest) read committed answers the last stable offset: below the high
+            # watermark while a transaction that wrote to the partition is open
+            stables = end_offsets(committed_reader, [(name, p) for p in pids], timeout)
+            for pid in pids:
+                low, high = lows.get((name, pid), -1), highs.get((name, pid), -1)
+                stable = stables.get((name, pid), -1)
+                parts.append({"partition": pid, "leader": tmd.partitions[pid].leader, "low": low, "high": high,
+                              "last_stable": stable, "open_transaction": 0 <= stable < high})
             configs = {}
             try:
                 res = admin.describe_configs([ConfigResource("topic", name)])
                 for _, fut in res.items():
                     configs = {k: v.value for k, v in fut.result(timeout).items()
-                               if k in ("cleanup.policy", "retention.ms", "compression.type")}
+                               if k in ("cleanup.policy", "retention.ms", "compression.type",
+                                       "message.timestamp.type")}
             except KafkaException:
                 configs = {}
             out.append({"topic": name, "exists": True, "partitions": parts,
                         "messages": sum(p["high"] - p["low"] for p in parts), "config": configs})
     finally:
         consumer.close()
+        committed_reader.close()
     return out
 
 

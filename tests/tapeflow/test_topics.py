@@ -51,3 +51,34 @@ def test_partition_mismatch_is_reported_not_altered(kafka_bootstrap, topic_prefi
     assert results[name].action == "mismatch" and f"{spec.partitions + 1} partitions" in results[name].detail
     described = describe_topics(kafka_bootstrap, [name])[0]
     assert len(described["partitions"]) == spec.partitions + 1
+
+
+def test_describe_shows_an_open_transaction_and_the_last_stable_offset(kafka_bootstrap, topic_prefix):
+    """A transaction left open on a partition: the last stable offset stays at its start while the high
+    watermark counts its records; once committed, the two agree (plus the commit marker)."""
+    from confluent_kafka import Producer
+
+    from tapeflow_runtime.kafka_client import producer_config
+
+    name = topic_prefix + "md.trades"
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix, specs=[next(t for t in all_topics() if t.name == "md.trades")])
+    plain = Producer(producer_config(kafka_bootstrap))
+    for _ in range(3):
+        plain.produce(name, key=b"k", value=b"v", partition=0)
+    assert plain.flush(15) == 0
+    tx = Producer(producer_config(kafka_bootstrap, **{"transactional.id": topic_prefix + "describe-test"}))
+    tx.init_transactions(30)
+    tx.begin_transaction()
+    for _ in range(5):
+        tx.produce(name, key=b"k", value=b"v", partition=0)
+    assert tx.flush(15) == 0
+
+    [during] = describe_topics(kafka_bootstrap, [name])
+    p0 = during["partitions"][0]
+    assert (p0["low"], p0["last_stable"], p0["high"], p0["open_transaction"]) == (0, 3, 8, True)
+    assert not any(p["open_transaction"] for p in during["partitions"][1:])
+
+    tx.commit_transaction(30)
+    [after] = describe_topics(kafka_bootstrap, [name])
+    p0 = after["partitions"][0]
+    assert p0["last_stable"] == p0["high"] == 9 and not p0["open_transaction"]  # 8 records + the marker
