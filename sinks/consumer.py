@@ -70,7 +70,7 @@ import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from schemas.catalogue import dlq_topic
+from schemas.catalogue import MD_PREFIX, dlq_topic
 from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
 from sinks.columnar import DAY_MS, ColumnarCodec, ColumnarError, copy_payload
@@ -237,10 +237,17 @@ class TopicSink:
         broker = one_broker(consumer) if self.config.raw_fetch and self.codecs else None
         if broker is not None:
             consumer = SplitConsumer(consumer, RawFetcher(broker, fetch_wait_ms=self.config.fetch_wait_ms),
-                                     raw=lambda topic: topic in self.codecs)
+                                     raw=self._raw_fetched)
         self._split = consumer if isinstance(consumer, SplitConsumer) else None
         consumer.subscribe(list(self.specs), on_assign=self._on_assign, on_revoke=self._on_revoke)
         return consumer
+
+    def _raw_fetched(self, topic: str) -> bool:
+        """Only market data (md.*) is fetched raw: its producers are idempotent, never transactional.
+        The engine's and executor's outputs (bars.1m among the columnar topics) commit in transactions,
+        and the raw fetch does not drop the batches of aborted ones (the Fetch answer's aborted-
+        transaction list); librdkafka, reading committed, does."""
+        return topic in self.codecs and self.catalogue_name[topic].startswith(MD_PREFIX)
 
     def _on_assign(self, consumer, partitions) -> None:
         self.assignment = list(partitions)

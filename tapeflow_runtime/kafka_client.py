@@ -66,6 +66,8 @@ def consumer_config(bootstrap: str, group_id: str | None = None, **extra) -> dic
         "bootstrap.servers": bootstrap,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        # the engine and the executor commit in transactions: never a record of an aborted or open one
+        "isolation.level": "read_committed",
         **FAST_GROUP_CONFIG,
         **FETCH_CONFIG,
         **extra,

@@ -288,3 +288,37 @@ def test_a_writer_in_backoff_retries_as_soon_as_another_writer_reaches_the_datab
     first.join(20)  # its own backoff would end 30-60 s after its failure
     assert not first.is_alive(), "the writer in backoff did not retry when the database came back"
     assert sink.metrics.db_retries._value.get() == 1  # and its retry succeeded
+
+
+def test_an_aborted_transactions_records_never_reach_the_table(kafka_bootstrap, topic_prefix, database):
+    """bars.1m is written in transactions by the engine: a bar of an aborted transaction (a worker that
+    died or was fenced mid-batch) must never be stored, whichever way the sink fetches; the bars of the
+    committed transactions around it are."""
+    migrate_for_rows(database, {"bars_1m": (datetime(2023, 12, 31, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC))})
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    topic = topic_prefix + "bars.1m"
+
+    def bar(minute: int) -> bytes:
+        start = T0 + minute * 60_000
+        return SERDE.encode("bars.1m", {
+            "exchange": "binance", "symbol": "BTCUSDT", "open_time": start, "close_time": start + 59_999,
+            "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0, "buy_volume": 2.0,
+            "sell_volume": 1.0, "quote_volume": 4.5, "vwap": 1.5, "trade_count": 7, "first_agg_id": minute * 10,
+            "last_agg_id": minute * 10 + 6})
+
+    tx = Producer(producer_config(kafka_bootstrap, **{"transactional.id": topic_prefix + "engine-test"}))
+    tx.init_transactions(30)
+    for minutes, commit in (((0, 1), True), ((2, 3), False), ((4,), True)):
+        tx.begin_transaction()
+        for m in minutes:
+            tx.produce(topic, key=b"binance:BTCUSDT", value=bar(m), partition=0)
+        assert tx.flush(15) == 0
+        (tx.commit_transaction if commit else tx.abort_transaction)(30)
+
+    cfg = SinkConfig(topics=["bars.1m"], topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink", batch_rows=500,
+                     batch_ms=100, max_backoff_s=1.0)
+    sink = TopicSink(cfg, kafka_bootstrap, database, SERDE)
+    run_sink_until(sink, lambda: count(database, "bars_1m") >= 3, timeout=30)
+    with psycopg.connect(database) as conn:
+        stored = [r[0] for r in conn.execute("SELECT first_agg_id FROM bars_1m ORDER BY open_time").fetchall()]
+    assert stored == [0, 10, 40]
