@@ -8,6 +8,14 @@ stdout, which the supervisor appends to ``logs/broker.log``. SIGTERM is Kafka's 
 
 ``TAPEFLOW_BROKER=host:port`` switches to an external Kafka and this service is then only probed.
 
+Faults (issue 50). After a SIGKILL the restarted broker runs Kafka's log recovery (``LogLoader``:
+"Recovering unflushed segment", producer-state rebuilds) before it listens; `recovery_detail` reads
+that from its log so `tapeflow status` says "recovering" with the line, not "stopped". A full log
+disk: Kafka marks the log directory offline on the failed append and, with its only directory gone,
+shuts down (exit code 1, "Shutdown broker because all log dirs in ... have failed"); `hold_restart`
+tells the supervisor to wait (not a crash, not counted against its restart limit) until
+`restart_free_bytes` are free again, saying "log disk full (<dir>, N MB free)" meanwhile.
+
 The JVM settings are for a single machine that also runs the rest of the stack: a bounded heap, the
 serial collector, C1 only (``TieredStopAtLevel=1``: a broker at a few thousand records/s gains little
 from C2, which costs memory and start-up CPU), and the metadata and heartbeat timers stretched
@@ -21,6 +29,7 @@ import base64
 import os
 import re
 import secrets
+import shutil
 import subprocess  # nosec B404 # StorageTool format with a fixed argument list
 import time
 from pathlib import Path
@@ -196,7 +205,7 @@ class KafkaBroker(Service):
     def _format(self, jvm: list[str], cluster: str, config: Path) -> None:
         """Kafka's ``StorageTool format``: writes meta.properties and the bootstrap metadata once."""
         t0 = time.monotonic()
-        done = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)],  # nosec B603
+        done = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)],  # nosec B603 # fixed argument list
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
@@ -212,7 +221,95 @@ class KafkaBroker(Service):
         health = broker_health(address)
         if not health.ok:
             return health
-        return Health(True, f"Apache Kafka {kafka_version()}, {health.detail}, log {log_size_mb(self.data_dir):.1f} MB")
+        free = self.disk_free_bytes()
+        low = (f"; log disk nearly full ({free / 1e6:.1f} MB free)"
+               if free is not None and free < self.restart_free_bytes() else "")
+        return Health(True, f"Apache Kafka {kafka_version()}, {health.detail}, log {log_size_mb(self.data_dir):.1f} MB"
+                      + low)
+
+
+    # --- faults (issue 50) ------------------------------------------------------------------------------
+    def restart_free_bytes(self) -> int:
+        """Free space on the log disk before a broker that died of a full disk is started again: 10 %
+        of the filesystem, at most 64 MB (Kafka's start writes checkpoints, snapshots and a fresh
+        metadata segment; one that dies at once of the same full disk helps nobody)."""
+        try:
+            total = shutil.disk_usage(self.data_dir).total
+        except OSError:
+            return RESTART_FREE_MAX
+        return int(min(RESTART_FREE_MAX, total * 0.10))
+
+    def disk_free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.data_dir).free
+        except OSError:
+            return None
+
+    def hold_restart(self) -> str | None:
+        """Why the supervisor must not start the broker now, or None. Only a full log disk holds it:
+        Kafka shuts down when its log directory fails on a full disk, and starting it before space is
+        back only repeats that (and used to count against the restart limit until the stack gave up)."""
+        if self.external:
+            return None
+        free = self.disk_free_bytes()
+        need = self.restart_free_bytes()
+        if free is None or free >= need:
+            return None
+        return (f"log disk full ({self.data_dir}, {free / 1e6:.1f} MB free); "
+                f"restarting once {need / 1e6:.1f} MB are free")
+
+    def recovery_detail(self, log_path: Path | str, pid: int) -> str | None:
+        """While the running broker (``pid``) has not finished starting, what it is doing, from its log:
+        the last log-recovery line (LogLoader / LogManager), or that it is starting; None once Kafka
+        logged "Kafka Server started" for this run."""
+        return recovery_detail(log_path, pid)
+
+
+#: most free space `KafkaBroker.restart_free_bytes` asks for
+RESTART_FREE_MAX = 64 * 1024 * 1024
+#: what Kafka logs when its log directory failed on a full disk (the IOException's message, and its
+#: own shutdown line once no log directory is left)
+_FULL_DISK = ("No space left on device", "all log dirs in")
+_STARTED = "Kafka Server started"
+#: the supervisor's marker at each start in the service's log (`Supervisor._start_service`)
+_START_MARK = b"\n--- "
+
+
+def _this_run(log_path: Path | str, tail: int = 1 << 20) -> str:
+    """The broker log since its latest start (the supervisor's ``--- <time> starting:`` line), at most
+    the last ``tail`` bytes of it."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - tail))
+            data = f.read()
+    except OSError:
+        return ""
+    at = data.rfind(_START_MARK)
+    return data[at + 1 if at >= 0 else 0:].decode(errors="replace")
+
+
+def died_of_full_disk(log_path: Path | str) -> bool:
+    text = _this_run(log_path, tail=256 * 1024)
+    return any(marker in text for marker in _FULL_DISK)
+
+
+_RECOVERY_LINE = re.compile(r"\] (?:INFO|WARN) (.*(?:LogLoader|Recover|recover|Loading logs|loaded log|"
+                            r"Loaded|producer state|snapshot).*?)(?: \([\w.$]+\))?$", re.MULTILINE)
+
+
+def recovery_detail(log_path: Path | str, pid: int) -> str | None:
+    text = _this_run(log_path)
+    if _STARTED in text:
+        return None
+    found = None
+    for found in _RECOVERY_LINE.finditer(text):
+        pass
+    what = found.group(1).strip() if found else "starting"
+    recovering = len(re.findall(r"Recovering unflushed segment|Recovering segment|recovery", text))
+    more = f"; {recovering} segment recoveries so far" if recovering else ""
+    return f"pid {pid}, not serving yet: {what[:240]}{more}"
 
 
 def formatted_cluster_id(data_dir: Path) -> str | None:

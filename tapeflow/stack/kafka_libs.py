@@ -73,7 +73,7 @@ def java_binary() -> str:
             f"no Java runtime found (the embedded Kafka needs Java >= {MIN_JAVA}): install one "
             "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless; `make run` does it as root) or set JAVA_HOME")
     try:
-        out = subprocess.run([candidate, "-version"], capture_output=True, text=True, timeout=30)  # nosec B603
+        out = subprocess.run([candidate, "-version"], capture_output=True, text=True, timeout=30)  # nosec B603 # fixed argument list, no shell
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KafkaSetupError(f"{candidate} -version failed: {exc}") from None
     found = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
