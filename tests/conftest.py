@@ -283,20 +283,12 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = Fal
                 timeout_s: float = 600.0, settled: bool = False) -> list[dict]:
     """Every record of `topic`, decoded (with `raw`: the value's bytes and the record timestamp instead).
 
-    Reads until every partition has reported its end (partition EOF, from the high watermark of the
-    broker's fetch answers; Tansu's `ListOffsets` end counts the last batch as one record, so it
-    cannot be used) and then nothing more arrived for `idle_s` (a writer may still be running). A
-    silence before the ends never ends the read: on a loaded machine one 500 ms history fetch
-    (``HISTORY_FETCH_CONFIG``) from Tansu can come back empty after seconds, and an idle-only read
-    then returned a topic short. 20 s of silence short of the ends also ends it; `timeout_s` bounds
-    the whole read.
+    Reads until every partition has reported its end (partition EOF at the last stable offset: the
+    consumer reads committed) and then nothing more arrived for `idle_s` (a writer may still be
+    running); 20 s of silence short of the ends also ends it, and `timeout_s` bounds the whole read.
 
-    `settled`: every writer of the topic has stopped (its process exited or flushed), so the ends the
-    fetch answers report are final and the read ends 0.25 s after every partition reached its end,
-    without the 2 s floor. (Measured on Tansu 0.6: a fetch answer's high watermark is the record
-    offset after the last record, not the batch count its ListOffsets gives, so the end is reported
-    once, after the last record: 100 records in 10 batches gave offsets 0-99, then EOF at 100.) The
-    replay tests read about 40 settled topics each; the floor cost them 1.75 s a read."""
+    `settled`: every writer of the topic has stopped (its process exited or flushed), so the ends are
+    final and the read ends 0.25 s after every partition reached its end, without the 2 s floor."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     from schemas.registry import FileSchemaRegistry
