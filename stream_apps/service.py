@@ -41,7 +41,7 @@ def engine_config(
     metrics_port: int | None,
     strategies: list[Path] | None = None,
     metrics_host: str | None = None,
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once",
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "exactly_once",
     eval_interval_ms: int = 15_000,
     allowed_lateness_ms: int = 0,
     signal_max_age_ms: int | None = None,

@@ -14,10 +14,18 @@ have open recovery and expiry bugs. Snapshots are written straight to the change
 symbol's input comes from (with ``exactly_once``, inside that partition's transaction), so the table
 is co-partitioned with the inputs whichever partitioner the producers used.
 
-Exactly-once: ``processing_guarantee="exactly_once"`` switches Faust to one transactional producer per
-input partition; outputs, snapshots and offsets then commit atomically. The baseline is
-at-least-once with idempotent outputs (deterministic ids and contents), which is what makes
-redelivery harmless on a broker without transactions too. A broker that refuses Faust's
+Exactly-once (``processing_guarantee="exactly_once"``, the stack's default): Faust keeps one
+transactional producer per input partition (transactional id ``<app_id>-<group>-<partition>``), and
+every output, snapshot and input offset of that partition goes into its open transaction. Faust's
+commit timer (``commit_interval_s``) commits them, one transaction per partition per interval, not
+per record; each commit first snapshots every key with unsaved input (``transaction_boundary``), so a
+transaction holds the outputs, the state and the offsets of the same inputs, and a worker killed
+between two commits leaves an aborted transaction its successor redoes exactly. A restarted or
+rebalanced worker that takes a partition initialises the same transactional id, which aborts the old
+owner's open transaction and fences it: a paused worker that wakes up (a zombie) has its writes
+refused (``ProducerFenced``) and crashes. The worker reads committed records only. The baseline
+``at_least_once`` keeps idempotent outputs (deterministic ids and contents): redelivery rewrites
+identical records, which readers that key by id (the sink) absorb. A broker that refuses Faust's
 transactional producer (transactions disabled, or an InitProducerId version it does not serve) is
 asked once before the worker joins its group: the worker stops with ``TransactionsUnavailable``
 instead of crashing in the middle of a rebalance.
@@ -27,7 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import faust
@@ -250,6 +259,18 @@ class EngineWorker:
         async with self._lock:
             await self._apply(self.processor.flush())
             self.processor.forget_all()
+
+    @asynccontextmanager
+    async def transaction_boundary(self) -> AsyncIterator[None]:
+        """Around every commit with ``exactly_once`` (``BulkConsumer.force_commit``): no fetch or tick
+        performs effects meanwhile, every key with unsaved input is snapshotted and acknowledged first
+        (``EngineProcessor.checkpoint``) and every earlier effect has been handed to the producer. A
+        transaction then holds outputs, snapshots and offsets of the same inputs: after a crash the
+        restored state resumes exactly where the committed outputs end."""
+        async with self._lock:
+            await self._apply(self.processor.checkpoint())
+            await self._effects.settle()
+            yield
 
     async def _tick_forever(self) -> None:
         while True:

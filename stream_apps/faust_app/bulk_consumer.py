@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import structlog
@@ -46,6 +47,8 @@ class BulkHandler(Protocol):
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None: ...
 
     async def flush(self) -> None: ...
+
+    def transaction_boundary(self) -> AbstractAsyncContextManager[None]: ...
 
 
 class BulkConsumer(aiokafka_driver.Consumer):
@@ -145,6 +148,18 @@ class BulkConsumer(aiokafka_driver.Consumer):
         return max(highwater - next_offset, 0)
 
     # -- Faust hooks -----------------------------------------------------------------------------
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Faust's commit; with ``exactly_once`` inside the handler's transaction boundary: no effects
+        are performed while the transactions commit, and every output sent before is covered by the
+        snapshots and acknowledged offsets the same transaction commits (``EngineWorker``).
+        Every commit comes through here: the timer's (``commit_interval_s``, one transaction per input
+        partition per interval, not per record), the rebalance's and the stop's."""
+        handler = self.bulk_handler
+        if handler is None or not self.in_transaction:
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+        async with handler.transaction_boundary():
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+
     async def wait_empty(self) -> None:
         # runs before every rebalance commit and at shutdown: let the handler persist what it
         # holds so the commit that follows covers it; records it still holds stay uncommitted
@@ -265,11 +280,16 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     leaves out partitions whose records are still buffered, so while a fetch for the quiet partitions
     (``md.mark`` once a second, ``md.indicators`` every few minutes) waits for data, the busy
     ``md.trades`` partitions wait behind it: measured at 5,000 trades/s, receive -> features p99
-    ~790 ms. A short wait bounds that delay; the cost is more (empty) fetch round trips on loopback."""
+    ~790 ms. A short wait bounds that delay; the cost is more (empty) fetch round trips on loopback.
+    It also makes the worker read committed records only, whatever the processing guarantee."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.consumer.fetch_max_wait_ms  # read by aiokafka at start
+        # Faust reads committed only with ``exactly_once``; the worker always does (its changelog may
+        # hold a transactional worker's aborted snapshots, and a read_committed consumer of
+        # non-transactional records reads the same records: their last stable offset is the end)
+        consumer._isolation_level = "read_committed"
         return consumer
 
 
@@ -284,6 +304,17 @@ class OffsetsAsAiokafkaProducer(aiokafka_driver.Producer):
         offsets = {tid: {TopicPartition(tp.topic, tp.partition): offset for tp, offset in by_tp.items()}
                    for tid, by_tp in tid_to_offset_map.items()}
         await super().commit_transactions(offsets, group_id, start_new_transaction)
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        """Transactions as long as the consumer's max poll interval (the worker's 300 s), not aiokafka's
+        60 s: the worker commits between fetches, and a catch-up fetch on a loaded machine took more
+        than 60 s (the SIGKILL test under a load of 19: the broker aborted the open transaction and
+        fenced the worker, which crashed). A fetch slower than the poll interval loses the partitions
+        anyway. A broker's ``transaction.max.timeout.ms`` (Kafka's default 15 min) must allow it."""
+        settings = dict(super()._settings_extra())
+        if self.app.in_transaction:
+            settings["transaction_timeout_ms"] = int((self.app.conf.broker_max_poll_interval or 300.0) * 1000)
+        return settings
 
 
 class BulkTransport(aiokafka_driver.Transport):

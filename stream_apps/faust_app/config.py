@@ -59,13 +59,20 @@ class EngineAppConfig(BaseModel):
     progress_timeout_s: float = Field(
         default=60.0, gt=0, description="a key waiting for markers whose source sent none this long is released "
         "by the caught-up rule")
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once", description="exactly_once (what the stack runs: `tapeflow engine --exactly-once`): outputs, "
+        "state snapshots and input offsets commit in one Kafka transaction per input partition every "
+        "commit_interval_s (the broker must serve transactions); at_least_once: idempotent outputs that a "
+        "crash may write twice")
     signal_max_age_ms: int | None = Field(
         default=None, gt=0, description="do not publish signals whose eval_time is older than this (wall clock); "
         "None publishes every signal (replays, tests)")
 
     # Faust / consumer group
-    commit_interval_s: float = Field(default=1.0, gt=0)
+    commit_interval_s: float = Field(
+        default=1.0, gt=0, description="Faust's commit timer; with exactly_once also the transaction length: "
+        "outputs become visible to read_committed readers at the next commit, and every changed key is "
+        "snapshotted at each commit")
     broker_session_timeout_s: float = Field(default=6.0, gt=0)
     broker_heartbeat_interval_s: float = Field(default=1.0, gt=0)
     broker_rebalance_timeout_s: float = Field(default=6.0, gt=0)

@@ -8,7 +8,9 @@ bookkeeping. Kept apart from Faust they are unit-tested without a broker, and th
 then acknowledgements. Faust flushes the producer before it commits acknowledged offsets (or commits
 them in the same transaction with ``exactly_once``), so a committed offset always has its outputs and
 a state that includes it on the broker; a crash in between replays input that the restored state
-either already holds (skipped by offset) or has not seen (applied once).
+either already holds (skipped by offset) or has not seen (applied once). At least once, the outputs
+of that replayed input are written again (identical records); with ``exactly_once`` each commit is
+preceded by ``checkpoint`` and the transaction that held them was aborted, so they are written once.
 
 Progress markers (``md.progress``, see ``progress``): a key whose source publishes them is released
 marker by marker instead of by the caught-up rule, each marker once every partition it names has been
@@ -240,6 +242,16 @@ class EngineProcessor:
         self._snapshot_due(effects, force=True)
         return effects
 
+    def checkpoint(self) -> Effects:
+        """``flush`` without its log line, for the transaction boundary of ``exactly_once``: before each
+        commit every key with unsaved input is snapshotted and its inputs acknowledged, so what the
+        transaction holds (outputs, snapshots, offsets) is one consistent cut. Otherwise a transaction
+        could commit outputs of inputs that its offsets and snapshots do not contain yet, and a
+        restart would write them a second time."""
+        effects = Effects()
+        self._snapshot_due(effects, force=True, quiet=True)
+        return effects
+
     def forget_all(self) -> None:
         """Drop every engine and held input (partitions revoked; the table has their state)."""
         for key in self.owned:
@@ -348,7 +360,7 @@ class EngineProcessor:
         else:
             owned.holding_since = None
 
-    def _snapshot_due(self, effects: Effects, force: bool) -> None:
+    def _snapshot_due(self, effects: Effects, force: bool, quiet: bool = False) -> None:
         now = self.monotonic()
         for key, owned in self.owned.items():
             if not owned.unsnapshotted:
@@ -361,7 +373,7 @@ class EngineProcessor:
             self.metrics.snapshot_bytes.labels(key).set(len(blob))
             self.metrics.snapshots.inc()
             effects.snapshots.append((owned.partition, key, blob))
-            if force:
+            if force and not quiet:
                 log.info("saved %s (partition %d) at clock %s, offsets %s", key, owned.partition,
                          owned.engine.engine.clock_ms, owned.engine.applied)
             for name, offsets in owned.unsnapshotted.items():

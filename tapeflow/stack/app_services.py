@@ -180,7 +180,8 @@ class ExecutorService(ConsumerService):
 
 
 class EngineService(ConsumerService):
-    """The signal engine (one Faust worker): md.* in, bars.1m / features / signals out.
+    """The signal engine (one Faust worker): md.* in, bars.1m / features / signals out, exactly once
+    (Kafka transactions).
 
     Up once its endpoint answers: joining the consumer group and restoring state from the changelog
     take a few seconds more, and `status` shows "starting" or "rebalancing" until it runs."""
@@ -189,7 +190,10 @@ class EngineService(ConsumerService):
     ready_when_answering = True
 
     def prepare(self) -> Launch:
-        argv = [sys.executable, "-m", "tapeflow", "engine"]
+        # exactly-once: outputs, state snapshots and input offsets commit in one Kafka transaction per
+        # input partition and commit interval; a restarted or zombie worker is fenced by its
+        # transactional ids (stream_apps.faust_app.app). Readers of its outputs read committed.
+        argv = [sys.executable, "-m", "tapeflow", "engine", "--exactly-once"]
         # a replay needs no lateness allowance: the replay's producer publishes progress markers and the
         # engine (`--wait-for-progress`, the default for a replay source) releases its inputs by them;
         # live, a new group waits for the producer's warm start the same way (its history comes first)
