@@ -7,11 +7,17 @@
      produced it) minus the signal's Kafka timestamp (stamped when this script produced it): transport
      to the executor, consume, decode, risk checks, sizing, intent produced. Millisecond resolution.
    - `end to end`: wall clock from producing the signal to this script receiving the order record
-     (adds the executor's publisher linger of 5 ms and one more consumer fetch).
+     (adds the executor's publisher linger of 5 ms, one more consumer fetch and, with transactions,
+     the commit: the watcher reads committed records only).
+   With `--transactions both` (default) it runs once with the executor's Kafka transactions (issue 50)
+   and once without (`ExecuteOptions.transactional=False`).
+3. backlog throughput through the broker: `--backlog-trades` trades and 1 signal per 100 of them
+   already in the broker, the executor started from the beginning: inputs handled per second from its
+   first commit to its last (every input's offset committed), with and without transactions.
 2. pure core: the `Executor` with the paper broker and an in-memory sink, no Kafka: decisions per
    second (signal -> entry intent) and trade ticks per second with open positions evaluating exits.
 
-Run: .venv/bin/python -m benchmarks.bench_executor [--signals 500] [--rate 20]
+Run: .venv/bin/python -m benchmarks.bench_executor [--signals 500] [--rate 20] [--transactions on|off|both]
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def bench_through_broker(n_signals: int, rate: float) -> None:
+def bench_through_broker(n_signals: int, rate: float, transactional: bool = True) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = StackPaths(Path(tmp))
         paths.ensure()
@@ -80,7 +86,8 @@ def bench_through_broker(n_signals: int, rate: float) -> None:
             config_file.write_text("risk:\n  max_open_positions: 1000000\n")
             stop = threading.Event()
             run_settings = Settings(home=Path(tmp), broker=bootstrap, topic_prefix=PREFIX)
-            options = ExecuteOptions(config_path=config_file, start_from="latest", stop=stop, restore_idle_s=0.3)
+            options = ExecuteOptions(config_path=config_file, start_from="latest", stop=stop, restore_idle_s=0.3,
+                                     transactional=transactional)
             runner = threading.Thread(target=lambda: asyncio.run(run_executor(run_settings, "paper", options)))
             runner.start()
 
@@ -99,7 +106,7 @@ def bench_through_broker(n_signals: int, rate: float) -> None:
 
             feeder = threading.Thread(target=feed_trades, daemon=True)
             feeder.start()
-            watcher = Consumer(consumer_config(bootstrap, "bench-watch"))
+            watcher = Consumer(consumer_config(bootstrap, "bench-watch", **{"isolation.level": "read_committed"}))
             md = watcher.list_topics(PREFIX + "orders", timeout=10).topics[PREFIX + "orders"]
             watcher.assign([TopicPartition(PREFIX + "orders", p, OFFSET_BEGINNING) for p in md.partitions])
             time.sleep(8)  # group join + restore; "latest" means signals before that would be skipped
@@ -138,13 +145,79 @@ def bench_through_broker(n_signals: int, rate: float) -> None:
             watcher.close()
         finally:
             sup.stop_all()
-    print(f"signal -> order through the broker (paper, embedded Kafka), {len(e2e_ms)} signals at {rate:g}/s:")
+    print(f"signal -> order through the broker (paper, embedded Kafka, transactions "
+          f"{'on' if transactional else 'off'}), {len(e2e_ms)} signals at {rate:g}/s:")
     for name, values in (("executor (Kafka timestamps)", executor_ms), ("end to end (wall clock)", e2e_ms)):
         if not values:
             print(f"  {name}: no orders seen")
             continue
         print(f"  {name:30s} p50 {pct(values, 50):7.1f} ms   p99 {pct(values, 99):7.1f} ms   "
               f"max {max(values):7.1f} ms   mean {statistics.fmean(values):6.1f} ms")
+
+
+def bench_backlog(n_trades: int, transactional: bool) -> None:
+    """Inputs already in the broker, the executor from the beginning: handled inputs per second."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = StackPaths(Path(tmp))
+        paths.ensure()
+        settings = Settings(home=Path(tmp), broker=None)
+        sup = Supervisor(settings, paths, say=lambda m: None, services=[KafkaBroker(settings, paths)], steps=[])
+        sup.start_all()
+        try:
+            bootstrap = sup.addresses["broker"]
+            ensure_topics(bootstrap, prefix=PREFIX)
+            producer = Producer(producer_config(bootstrap))
+            t0 = int(time.time() * 1000) - 3_600_000
+            n_signals = 0
+            def send(topic: str, value: bytes) -> None:
+                while True:
+                    try:
+                        producer.produce(PREFIX + topic, key=KEY, value=value)
+                        return
+                    except BufferError:
+                        producer.poll(0.05)
+
+            for i in range(n_trades):
+                t = t0 + i * 10
+                send("md.trades", SERDE.encode("md.trades", trade(i, t, 100.0 + ((i * 7919) % 200 - 100) * 0.002)))
+                if i % 100 == 50:
+                    send("signals", SERDE.encode("signals", signal(i, t + 5)))
+                    n_signals += 1
+                producer.poll(0)
+            producer.flush(60)
+            config_file = Path(tmp) / "executor.yaml"
+            config_file.write_text("risk:\n  max_open_positions: 1000000\n  max_signal_age_s: 100000000\n"
+                                   "  stale_market_data_s: 100000000\n  max_consecutive_losses: 1000000\n"
+                                   "  daily_loss_limit_r: 1000000\n")
+            stop = threading.Event()
+            run_settings = Settings(home=Path(tmp), broker=bootstrap, topic_prefix=PREFIX)
+            options = ExecuteOptions(config_path=config_file, start_from="earliest", stop=stop, restore_idle_s=0.3,
+                                     transactional=transactional)
+            runner = threading.Thread(target=lambda: asyncio.run(run_executor(run_settings, "paper", options)))
+            runner.start()
+            group = Consumer(consumer_config(bootstrap, PREFIX + "tapeflow-executor-paper"))
+            parts = [TopicPartition(PREFIX + t, 0) for t in ("md.trades", "signals")]
+            parts = [TopicPartition(tp.topic, p) for tp in parts
+                     for p in group.list_topics(tp.topic, timeout=10).topics[tp.topic].partitions]
+            total = n_trades + n_signals
+            first = first_at = None
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                done = sum(max(tp.offset, 0) for tp in group.committed(parts, timeout=10))
+                if done and first is None:
+                    first, first_at = done, time.monotonic()
+                if done >= total:
+                    break
+                time.sleep(0.02)
+            done_at = time.monotonic()
+            group.close()
+            stop.set()
+            runner.join(60)
+        finally:
+            sup.stop_all()
+    rate = (total - first) / (done_at - first_at) if first is not None and done_at > first_at else float("nan")
+    print(f"backlog through the broker (transactions {'on' if transactional else 'off'}): {total:,} inputs "
+          f"({n_signals} signals), {rate:,.0f} inputs/s from the first commit to the last")
 
 
 def bench_core(n_signals: int, n_ticks: int, report_decisions: bool = True) -> None:
@@ -176,11 +249,18 @@ def main() -> None:
     ap.add_argument("--signals", type=int, default=500)
     ap.add_argument("--rate", type=float, default=20.0, help="signals per second through the broker")
     ap.add_argument("--skip-broker", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true", help="through the broker: the backlog run only")
+    ap.add_argument("--transactions", choices=("on", "off", "both"), default="both")
+    ap.add_argument("--backlog-trades", type=int, default=100_000, help="0: no backlog run")
     args = ap.parse_args()
     bench_core(2_000, 20_000)
     bench_core(10, 200_000, report_decisions=False)
     if not args.skip_broker:
-        bench_through_broker(args.signals, args.rate)
+        modes = {"on": [True], "off": [False], "both": [True, False]}[args.transactions]
+        for transactional in modes if not args.skip_latency else []:
+            bench_through_broker(args.signals, args.rate, transactional)
+        for transactional in modes if args.backlog_trades else []:
+            bench_backlog(args.backlog_trades, transactional)
 
 
 if __name__ == "__main__":

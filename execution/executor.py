@@ -35,8 +35,9 @@ signals it has handled for as long as they are young enough to be traded (older 
 stale anyway), so a re-delivered signal never opens a second position. After a restart `restore`
 rebuilds open positions from the positions topic, handled signals from the orders and positions
 topics, and the guard from risk.events: the output topics are the state (see `execution.service`).
-Orders the previous run left unfinished are, in paper mode, re-entered in the new paper book (exits)
-or dropped (entries); in exchange modes they are looked up by client id (`broker.resume`) and never
+Orders the previous run left unfinished are, in paper mode, re-entered in the new paper book (exits;
+entries too when the state is a committed cut of the transactional service, see `restore`) or
+dropped (entries otherwise); in exchange modes they are looked up by client id (`broker.resume`) and never
 sent again: fills the dead run did not record are reported now, an entry that filled opens its
 position (the signal is read back for its exit plan), one still resting is cancelled.
 
@@ -51,6 +52,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import structlog
@@ -279,6 +281,27 @@ class Executor:
         if mark.event_time < mark.next_funding_time:
             self.funding_due[key] = _FundingDue(mark.next_funding_time, mark.funding_rate, mark.mark_price)
 
+    def warm_market(self, trades: Iterable[Mapping[str, Any]], books: Iterable[Mapping[str, Any]]) -> None:
+        """Market state from inputs handled before a restart (the newest trades and books before the
+        committed input offsets): data freshness, last price and trade time, book tops. Nothing is
+        filled, exited or settled; without it a restarted executor would refuse a signal that comes
+        before its market's next trade as stale where the run before it traded the signal."""
+        for rec in books:
+            book = BookTop.from_record(rec)
+            if book.event_time > self.data_time.get(book.key, -1):
+                self.data_time[book.key] = book.event_time
+            if book.event_time >= getattr(self.books.get(book.key), "event_time", -1):
+                self.books[book.key] = book
+                self.broker.on_book(book)
+        for rec in trades:
+            tick = TradeTick.from_record(rec)
+            if tick.trade_time > self.data_time.get(tick.key, -1):
+                self.data_time[tick.key] = tick.trade_time
+            if tick.trade_time >= self.trade_time.get(tick.key, -1):
+                self.trade_time[tick.key] = tick.trade_time
+                self.last_price[tick.key] = tick.price
+        self.changes += 1
+
     def busy(self, key: str) -> bool:
         """Whether anything of ours (an open position, an entry being worked) trades on market `key`:
         otherwise a trade only updates the market's last price and times, so a caller that feeds the
@@ -375,11 +398,19 @@ class Executor:
     # ================================================================ restore
     def restore(self, positions: Iterable[Mapping[str, Any]], orders: Iterable[Mapping[str, Any]],
                 risk: Iterable[Mapping[str, Any]], now_ms: int, *,
-                signals: Callable[[set[str]], Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, int]:
+                signals: Callable[[set[str]], Mapping[str, Mapping[str, Any]]] | None = None,
+                committed_cut: bool = False) -> dict[str, int]:
         """Rebuild state from the executor's own output topics (records of every mode may be passed).
 
         `signals(ids)` returns the signal records of those ids that can still be found; exchange modes
-        ask for the signals of unfinished entry orders, to give a late-found fill its exit plan."""
+        ask for the signals of unfinished entry orders, to give a late-found fill its exit plan.
+
+        `committed_cut`: the records are those of committed transactions and the inputs that follow are
+        exactly those after the offsets committed with them (the transactional service): in paper mode
+        an unfinished order is then re-entered in the new paper book as it was, entries included (their
+        signal read back), so the next trade delivered fills it as it would have without the restart.
+        Its not-before is the signal's evaluation time for an entry and none for the others (their
+        trigger trade is at or before the cut; every trade delivered after it comes later)."""
         self.changes += 1
         self.guard = RiskGuard.restore(self.config.risk, self.mode, risk, now_ms)
         last_order: dict[str, Mapping[str, Any]] = {}
@@ -410,7 +441,8 @@ class Executor:
         unfinished = {cid: rec for cid, rec in last_order.items() if rec["state"] not in TERMINAL_STATES}
         resume = getattr(self.broker, "resume", None) if self.mode != "paper" else None
         wanted = {rec["signal_id"] for rec in unfinished.values() if rec["leg"] == "entry" and rec.get("signal_id")}
-        found = dict(signals(wanted)) if resume is not None and wanted and signals is not None else {}
+        reenter = committed_cut and self.mode == "paper"
+        found = dict(signals(wanted)) if (resume is not None or reenter) and wanted and signals is not None else {}
         for cid, rec in unfinished.items():
             req = OrderRequest(cid, rec["exchange"], rec["symbol"], rec["side"], rec["type"], float(rec["qty"]),
                                price=rec.get("price"), reduce_only=bool(rec.get("reduce_only")),
@@ -421,6 +453,11 @@ class Executor:
                                    now_ms)
                 resumed += 1
                 continue
+            if reenter and rec["leg"] == "entry" and self._reenter_entry(req, rec, found):
+                resumed += 1
+                continue
+            if reenter and pos is not None:
+                req = replace(req, not_before_ms=0)
             if rec["leg"] == "entry" or pos is None or self.mode != "paper":
                 # an entry cut short by the restart is dropped (its signal is old by now); exits of
                 # other modes are the reconciler's job
@@ -508,6 +545,20 @@ class Executor:
                 self._cancel_entry(entry, "executor_restart", now_ms)
             else:
                 self._route(self.broker.cancel(cid, now_ms, "executor_restart"), now_ms)
+
+    def _reenter_entry(self, req: OrderRequest, rec: Mapping[str, Any], found: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Paper, committed cut: put an unfinished entry back in the paper book silently (its intent
+        and NEW state are already published); False when its signal cannot be read (then it is cancelled)."""
+        cid, sid, pid = req.client_order_id, rec.get("signal_id"), rec.get("position_id")
+        leg = "entry_fallback" if sid and cid == client_order_id(sid, "entry_fallback") else "entry"
+        entry = self._restored_entry(req, leg, found.get(sid or ""), pid)
+        if entry is None:
+            return False
+        req = replace(req, not_before_ms=entry.signal.eval_time if leg == "entry" else 0)
+        entry.request = req
+        self.orders[cid] = _OrderInfo(req, leg, sid, entry.position_id, entry.signal.price, None)
+        self.broker.submit(req, now_ms=int(rec["event_time"]))
+        return True
 
     def _restored_entry(self, req: OrderRequest, leg: str, signal: Mapping[str, Any] | None,
                         pid: str | None) -> PendingEntry | None:

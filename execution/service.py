@@ -4,7 +4,31 @@ health, restore on start).
 Inputs: `signals`, `md.trades`, `md.book` and `md.mark` (funding) through one consumer group
 (`tapeflow-executor-<mode>`) with the range assignor, so partition i of all four lands on the same member (they are co-partitioned by
 `exchange:symbol`), and `risk.events` through a second, group-less consumer that follows kill-switch
-records. Outputs: orders, fills, positions, risk.events through the idempotent `Publisher`.
+records. Outputs: orders, fills, positions, risk.events through the `Publisher`, transactional by
+default (below). Both consumers read committed records only (`isolation.level=read_committed`).
+
+Transactions (`ExecuteOptions.transactional`, default on): the publisher's transactional.id is the
+group id (`<prefix>tapeflow-executor-<mode>`), so a restarted executor's `init_transactions` fences
+the previous one (a zombie's next produce or commit fails: `TransactionFenced`, it exits 1) and
+aborts its open transaction before any state is read; every assignment also commits the assigned
+partitions' committed offsets once more, so a zombie that wakes up with nothing to publish learns it
+is fenced there instead of holding partitions from its successor. Everything published while a batch of inputs
+is processed and the offsets after the inputs handled (not the consumer's position: inputs held for
+event-time order are read but not handled yet) commit in one transaction: at the end of the loop
+pass that published something, once `transaction_interval_ms` has passed since the last commit (0:
+every such pass), and at least every `commit_interval_ms` for the input offsets alone; also before a
+rebalance takes partitions away and on stop. A restarted executor therefore restores from outputs
+that match its committed input offsets exactly (a committed cut) and re-processes the inputs after
+them as the dead run did: a SIGKILL leaves no duplicate and no gap in orders, fills and positions
+(tests/execution/test_execution_transactions.py). What the outputs do not hold is taken from the
+inputs before the cut: the last `WARM_RECORDS` md.trades/md.book records of each assigned partition
+(`Executor.warm_market`: data freshness, last price, book), and paper orders still open at the cut
+are put back in the new paper book (`Executor.restore(committed_cut=True)`).
+Exchange modes commit the open transaction at the sink's `barrier()` (before an order is sent), so
+an order the exchange may have is always in a committed intent; client order ids stay the exchange's
+guard against a second order if that commit is lost. An aborted transaction (a record not delivered,
+the broker refusing the commit) stops the service with exit code 1: the in-memory state includes what
+was aborted, and a restart rebuilds it from the committed cut.
 
 Input order: inputs are processed in event-time order per partition (`execution.input_order`): when
 the executor is behind (a restart, a replay already in the broker) a signal is handled before the
@@ -13,12 +37,13 @@ and inputs are handled as they arrive.
 
 State persistence (the design choice): the executor's own output topics are its state. On every
 partition assignment it reads `positions` and `orders` (the assigned partitions) and all of
-`risk.events` to the end and rebuilds open positions, the signals already handled and the risk guard
-(`Executor.restore`); no separate state topic or file can disagree with what was published. Input
-offsets are committed only after the outputs they caused are acknowledged (`Publisher.flush`), so a
-crash re-delivers inputs rather than losing them, and re-delivered signals are recognised as
-duplicates. The risk guard's counters and the daily guard survive restarts through the compacted
-`risk.events` (keys `<mode>:<scope>`).
+`risk.events` to the end (committed records) and rebuilds open positions, the signals already handled
+and the risk guard (`Executor.restore`); no separate state topic or file can disagree with what was
+published. Without transactions, input offsets are committed only after the outputs they caused are
+acknowledged (`Publisher.flush`), so a crash re-delivers inputs rather than losing them, and
+re-delivered signals are recognised as duplicates (their outputs may then be published twice). The
+risk guard's counters and the daily guard survive restarts through the compacted `risk.events` (keys
+`<mode>:<scope>`).
 
 Exchange modes (`--mode testnet|live`, after the checks of `execution.safety`): one `BinanceBroker` is
 connected at start (clock sync, exchange filters, user-data stream), before Kafka is touched, shared by
@@ -34,7 +59,8 @@ mode is expected. If the group gives this process only some of the signal partit
 executor joined), it keeps managing its positions but blocks new entries (`not_sole_writer`) and
 reports itself degraded.
 
-Exit codes: 0 clean stop; 1 failure while running (undeliverable records, unreadable state); 2 refused
+Exit codes: 0 clean stop; 1 failure while running (undeliverable records, an aborted transaction,
+fenced by a newer executor, unreadable state); 2 refused
 to start (live/testnet safety checks, exchange unreachable at start, bad config, no Kafka).
 """
 
@@ -71,7 +97,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
 from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
-from tapeflow_runtime.publisher import Publisher, PublishMetrics
+from tapeflow_runtime.publisher import Publisher, PublishMetrics, TransactionAborted, TransactionFenced
 from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
 from tapeflow_runtime.settings import Settings
 from tapeflow_runtime.topic_reader import StateReadError, read_to_end
@@ -79,6 +105,9 @@ from tapeflow_runtime.topic_reader import StateReadError, read_to_end
 log = structlog.get_logger("executor")
 
 INPUTS = ("signals", "md.trades", "md.book", "md.mark")
+#: records read back per md.trades / md.book partition before the committed offsets on assignment
+#: (`Executor.warm_market`): a market quieter than that in its partition starts without data, as before
+WARM_RECORDS = 5_000
 OUTPUTS = ("orders", "fills", "positions", "risk.events")
 
 
@@ -91,7 +120,9 @@ class ExecuteOptions:
     group_id: str | None = None  # default: <topic_prefix>tapeflow-executor-<mode>
     clock_interval_ms: int = 100  # pause ends, day change, stale data, maker timeouts
     max_hold_s: float = 5.0  # inputs held for event-time order are released after this long without news
-    commit_interval_ms: int = 1000
+    commit_interval_ms: int = 1000  # input offsets are committed at least this often
+    transactional: bool = True  # outputs and input offsets in one Kafka transaction (module docstring)
+    transaction_interval_ms: int = 0  # a transaction holding outputs commits once this long after the last
     restore_idle_s: float = 0.5
     stop: threading.Event | None = None  # set it to stop the service (tests, embedding)
 
@@ -99,11 +130,14 @@ class ExecuteOptions:
 class KafkaSink:
     """The executor's `OutputSink` on the Kafka publisher; also feeds metrics and echoes the first order."""
 
-    def __init__(self, publisher: Publisher, metrics: ExecutorMetrics, mode: str) -> None:
+    def __init__(self, publisher: Publisher, metrics: ExecutorMetrics, mode: str,
+                 commit: Callable[[], None] | None = None) -> None:
+        """`commit`: the transactional service's commit of its open transaction (the barrier's)."""
         self.publisher = publisher
         self.metrics = metrics
         self.mode = mode
         self.first_order_logged = False
+        self.commit = commit
 
     def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
         self.publisher.publish(topic, key, record)
@@ -115,6 +149,9 @@ class KafkaSink:
                         price=record["price"], leg=record["leg"])
 
     def barrier(self) -> None:
+        if self.commit is not None:  # committed, not only acknowledged: raises when it was aborted
+            self.commit()
+            return
         remaining = self.publisher.flush(10)
         if remaining or not self.publisher.healthy:
             # fail closed: an order whose intent is not recorded must not be sent
@@ -139,8 +176,19 @@ class ExecutorService:
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.prefix = settings.topic_prefix
         self.metrics = ExecutorMetrics()
-        self.publisher = Publisher(bootstrap, serde, PublishMetrics(self.metrics.registry, prefix="tapeflow_executor_publish"), topic_prefix=self.prefix)
-        self.sink = KafkaSink(self.publisher, self.metrics, mode)
+        self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
+        self.transactional = options.transactional
+        self.publisher = Publisher(bootstrap, serde,
+                                   PublishMetrics(self.metrics.registry, prefix="tapeflow_executor_publish"),
+                                   topic_prefix=self.prefix,
+                                   transactional_id=self._group if self.transactional else None)
+        self.sink = KafkaSink(self.publisher, self.metrics, mode,
+                              commit=self._commit_transaction if self.transactional else None)
+        # transactional: (topic, partition) -> the offset after the last input handled (committed with the outputs)
+        self._handled: dict[tuple[str, int], int] = {}
+        self._handled_moved = False  # inputs handled since the last commit
+        self._last_commit = 0.0  # monotonic time of the last commit
+        self.commits = 0  # transactions committed (tests, benchmarks)
         self.executor: Executor | None = None
         self.status = "starting"
         self.restores = 0
@@ -151,7 +199,6 @@ class ExecutorService:
         self._reported: dict[int, float] = {}  # partition -> when its holding was last logged
         self._checked: dict[int, tuple[float, bool]] = {}  # partition -> (when, whether it was catching up)
         self._start: dict[tuple[str, int], int] = {}  # topic-partition not read yet -> the offset it starts at
-        self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self._group)
         self._risk: Consumer | None = None
@@ -167,20 +214,26 @@ class ExecutorService:
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        if self.transactional:  # fences an older executor and aborts its open transaction: before any state is read
+            self.publisher.init_transactions()
+            self.publisher.begin_transaction()
+            self._last_commit = time.monotonic()
         self._consumer = Consumer(consumer_config(
             self.bootstrap, self._group, **{"enable.auto.offset.store": False,
                                             "auto.offset.reset": self.options.start_from,
                                             "partition.assignment.strategy": "range",
                                             "enable.partition.eof": True,
+                                            "isolation.level": "read_committed",
                                             "fetch.wait.max.ms": self.settings.executor_fetch_wait_ms}))
         # risk.events is written a few times a day (a pause, the kill switch): Kafka answers a waiting
         # fetch as soon as a record arrives, so the 500 ms wait costs no latency, and
         # `consume(timeout=0)` below never blocks on it
         self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower",
-                                              **{"fetch.wait.max.ms": 500}))
+                                              **{"fetch.wait.max.ms": 500, "isolation.level": "read_committed"}))
         self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         next_clock = next_commit = 0
+        failed = False
         try:
             while not stop.is_set():
                 for msg in self._consumer.consume(num_messages=500, timeout=0.02):
@@ -215,19 +268,47 @@ class ExecutorService:
                     if self._lag.due(time.monotonic()):  # the assignment is built only when it is asked
                         self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic())
                 self.publisher.poll(0)
-                if now >= next_commit:
+                if now >= next_commit or (self.transactional and self.publisher.transaction_records and
+                                          time.monotonic() - self._last_commit
+                                          >= self.options.transaction_interval_ms / 1000):
                     next_commit = now + self.options.commit_interval_ms
                     self._commit()
+        except (TransactionAborted, TransactionFenced) as exc:
+            failed = True
+            self.status = "failed"
+            log.error("executor transaction failed: stopping (a restart restores the last committed state)",
+                      fenced=isinstance(exc, TransactionFenced), error=str(exc))
+            raise
+        except KafkaException as exc:
+            failed = True
+            if self.transactional and exc.args[0].fatal():  # e.g. a produce after a newer executor fenced us
+                log.error("executor producer failed for good: stopping", error=exc.args[0].str())
+                raise TransactionFenced(exc.args[0].str()) from exc
+            raise
+        except:  # noqa: E722 - anything (confluent-kafka may raise a bare KafkaError object): no commit on the way out
+            failed = True
+            raise
         finally:
             self.status = "stopping"
-            self._commit()
-            self._consumer.close()
-            self._risk.close()
-            self.status = "stopped"
+            try:
+                if not failed:
+                    self._commit()
+                elif self.transactional:
+                    self._abort_quietly()
+            except (TransactionAborted, TransactionFenced) as exc:
+                failed = True
+                log.error("last executor transaction failed", error=str(exc))
+                raise
+            finally:
+                self._consumer.close()
+                self._risk.close()
+                self.status = "failed" if failed else "stopped"
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         signals = sorted(p.partition for p in partitions if p.topic == self.prefix + "signals")
         t0 = time.monotonic()
+        if self.transactional:
+            self._check_not_fenced(consumer, partitions)
         idle = self.options.restore_idle_s
         state = read_to_end(self.bootstrap, {self.prefix + "positions": signals, self.prefix + "orders": signals,
                                              self.prefix + "risk.events": None}, self.serde, idle_s=idle)
@@ -236,7 +317,11 @@ class ExecutorService:
         broker = self.broker if self.broker is not None else build_broker(self.mode, self.config)
         executor = Executor(self.config, self.mode, broker, self.sink, now)
         summary = executor.restore(positions.records, orders.records, risk.records, now,
-                                   signals=lambda ids: self._read_signals(signals, ids))
+                                   signals=lambda ids: self._read_signals(signals, ids),
+                                   committed_cut=self.transactional)
+        if self.transactional:
+            trades, books = self._read_before_committed(consumer, signals)
+            executor.warm_market(trades, books)
         total = len(topic_metadata(consumer, self.prefix + "signals").partitions)
         executor.owner_ok = signals == list(range(total))
         self._risk.assign([TopicPartition(self.prefix + "risk.events", p, off) for p, off in risk.next_offsets.items()])
@@ -252,6 +337,22 @@ class ExecutorService:
         self.restores += 1
         self.status = "running" if executor.owner_ok else "degraded"
 
+    def _check_not_fenced(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit the assigned partitions' committed offsets again in a transaction of their own: a
+        no-op for the group, but the transaction coordinator checks our producer epoch. An executor
+        stopped (SIGSTOP, a long pause) while a newer one took over rejoins the group when it wakes; with
+        nothing left to handle it would never publish, never learn it was fenced, and keep partitions
+        from its successor (which then blocks new entries as not the sole writer). Raises
+        `TransactionFenced` for such a zombie."""
+        try:
+            committed = [tp for tp in committed_offsets(consumer, partitions, 10) if tp.offset >= 0]
+        except (KafkaException, CommittedOffsetError) as exc:
+            log.warning("committed offsets not read: producer epoch not checked on assignment", error=str(exc))
+            return
+        if committed:
+            self.publisher.commit_transaction(committed, consumer.consumer_group_metadata())
+            self.publisher.begin_transaction()
+
     def _reconcile(self, ex: Executor, now: int) -> None:
         report = ex.reconcile(self.reconciler, now)
         if report.error is not None:
@@ -260,6 +361,47 @@ class ExecutorService:
             log.info("reconciliation done", policy=report.policy, findings=len(report.findings),
                      outcomes=sorted({f"{f.kind}:{f.outcome}" for f in report.findings}))
             self._reconciled_once = True
+
+    def _read_before_committed(self, consumer: Consumer, partitions: list[int]) -> tuple[list[dict], list[dict]]:
+        """The last `WARM_RECORDS` committed records of each assigned md.trades and md.book partition
+        before the group's committed offset (the inputs the previous run handled last); none for a
+        partition without a committed offset. Undecodable records are skipped (they were dead-lettered)."""
+        names = (self.prefix + "md.trades", self.prefix + "md.book")
+        try:
+            committed = committed_offsets(consumer, [TopicPartition(t, p) for t in names for p in partitions], 10)
+        except (KafkaException, CommittedOffsetError) as exc:
+            log.warning("inputs before the committed offsets not read: markets start without data", error=str(exc))
+            return [], []
+        ends = {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset > 0}
+        out: dict[str, list[dict]] = {name: [] for name in names}
+        if not ends:
+            return [], []
+        reader = Consumer(consumer_config(self.bootstrap, group_id=f"{self._group}-warm",
+                                          **{"enable.partition.eof": True, "isolation.level": "read_committed"}))
+        try:
+            reader.assign([TopicPartition(t, p, max(0, end - WARM_RECORDS)) for (t, p), end in ends.items()])
+            pending, deadline = set(ends), time.monotonic() + 30
+            while pending and time.monotonic() < deadline:
+                for msg in reader.consume(1000, 0.2):
+                    tp = (msg.topic(), msg.partition())
+                    if msg.error():
+                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                            pending.discard(tp)
+                        continue
+                    if msg.offset() >= ends[tp]:
+                        pending.discard(tp)
+                        continue
+                    try:
+                        out[msg.topic()].append(self.serde.decode(msg.value()))
+                    except Exception:  # noqa: BLE001 - dead-lettered when it was handled
+                        pass
+                    if msg.offset() >= ends[tp] - 1:
+                        pending.discard(tp)
+            if pending:
+                log.warning("inputs before the committed offsets not read to the end", partitions=sorted(pending))
+        finally:
+            reader.close()
+        return out[names[0]], out[names[1]]
 
     def _read_signals(self, partitions: list[int], ids: set[str]) -> dict[str, dict[str, Any]]:
         """The signal records of `ids` still on the assigned `signals` partitions (for unfinished entries)."""
@@ -273,6 +415,8 @@ class ExecutorService:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit()
+        for tp in partitions:
+            self._handled.pop((tp.topic, tp.partition), None)
         self.aligner.drop([(self._names[tp.topic], tp.partition) for tp in partitions if tp.topic in self._names])
         for tp in partitions:
             self._holding.pop(tp.partition, None)
@@ -314,7 +458,11 @@ class ExecutorService:
             for held in released:
                 record, msg = held.item
                 self._handle(ex, held.topic, record, msg)
-                self._consumer.store_offsets(msg)
+                if self.transactional:
+                    self._handled[(msg.topic(), msg.partition())] = msg.offset() + 1
+                    self._handled_moved = True
+                else:
+                    self._consumer.store_offsets(msg)
         self._flow_control()
 
     def _catching_up(self, partition: int) -> bool:
@@ -405,8 +553,12 @@ class ExecutorService:
                 self.metrics.signal_to_order.observe(max(0.0, time.time() - produced_ms / 1000))
 
     def _commit(self) -> None:
-        """Commit consumed input offsets once every output they caused is acknowledged."""
+        """Commit consumed input offsets once every output they caused is acknowledged (transactional:
+        together with those outputs, in the open transaction, and begin the next)."""
         if self._consumer is None:
+            return
+        if self.transactional:
+            self._commit_transaction()
             return
         remaining = self.publisher.flush(10)
         if remaining or not self.publisher.healthy:
@@ -418,6 +570,26 @@ class ExecutorService:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("offset commit failed", error=exc.args[0].str())
+
+    def _commit_transaction(self) -> None:
+        """Commit the open transaction with the offsets after the inputs handled so far, then begin the
+        next. Raises `TransactionAborted` (aborted: nothing of it is visible) or `TransactionFenced`."""
+        if self._consumer is None or not self.publisher.in_transaction:
+            return
+        if self._handled_moved or self.publisher.transaction_records:
+            offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._handled.items()]
+            self.publisher.commit_transaction(offsets, self._consumer.consumer_group_metadata())
+            self._handled_moved = False
+            self.commits += 1
+            self.publisher.begin_transaction()
+        self._last_commit = time.monotonic()
+
+    def _abort_quietly(self) -> None:
+        """On the way out after a failure: abort what is open (a fenced producer cannot; the broker does)."""
+        try:
+            self.publisher.abort_transaction(5)
+        except (TransactionFenced, KafkaException) as exc:
+            log.info("open transaction left to the broker to abort", error=str(exc))
 
     def _refresh_gauges(self, ex: Executor, now: int) -> None:
         self.metrics.open_positions.set(len(ex.positions))

@@ -5,16 +5,24 @@ and reordering). A delivery that still fails is counted and produced again, up t
 that keeps failing marks the publisher unhealthy rather than vanishing. A full local queue blocks
 (back-pressure) instead of dropping. Frames that cannot be normalised or encoded go to the
 dead-letter topic with their raw bytes and the reason.
+
+Transactional mode (`transactional_id=...`, the executor): every record goes into the open Kafka
+transaction (`begin_transaction`), and `commit_transaction` commits them together with the consumer
+offsets given (read_committed readers see all of them or none). A record that fails delivery is not
+produced again: the transaction is aborted instead (`TransactionAborted`), and the caller re-processes
+its inputs from the last committed offsets. A fenced producer (a newer one with the same
+transactional.id) or any other fatal error raises `TransactionFenced`.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from schemas.dead_letters import dead_letter_record
@@ -26,6 +34,28 @@ log = structlog.get_logger("producer.publisher")
 MAX_REDELIVERIES = 5
 POLL_EVERY = 256  # serve delivery callbacks every N produces, not after each one (hot path)
 LATENCY_SAMPLE = 16  # observe receive->ack latency for 1 record in N: a distribution needs no census
+#: a transaction left open by a killed process blocks read_committed readers of its partitions until a
+#: new producer with the same transactional.id starts or the broker aborts it after this long
+TRANSACTION_TIMEOUT_MS = 30_000
+
+
+_FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+
+
+def _kafka_error(exc: Any) -> KafkaError | None:
+    """The KafkaError an exception from the client carries (a KafkaException's argument, or itself)."""
+    for candidate in (exc, *getattr(exc, "args", ())):
+        if callable(getattr(candidate, "fatal", None)) and callable(getattr(candidate, "str", None)):
+            return candidate  # type: ignore[return-value]
+    return None
+
+
+class TransactionAborted(RuntimeError):
+    """The open transaction was aborted: its records will never be visible; re-process from the last commit."""
+
+
+class TransactionFenced(RuntimeError):
+    """The transactional producer cannot go on (fenced by a newer instance, or another fatal error)."""
 
 
 class PublishMetrics:
@@ -53,11 +83,19 @@ class PublishMetrics:
 
 class Publisher:
     def __init__(self, bootstrap: str, serde: AvroSerde, metrics: PublishMetrics, topic_prefix: str = "",
-                 **producer_overrides: Any) -> None:
+                 transactional_id: str | None = None, **producer_overrides: Any) -> None:
         self.serde = serde
         self.metrics = metrics
         self.prefix = topic_prefix
+        self.transactional = transactional_id is not None
+        if self.transactional:
+            producer_overrides = {"transactional.id": transactional_id,
+                                  "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, **producer_overrides}
         self._producer = Producer(producer_config(bootstrap, **producer_overrides))
+        self.in_transaction = False
+        self.transaction_records = 0  # records produced into the open transaction
+        self._transaction_error: str | None = None  # the first delivery failure of the open transaction
+        self._fatal: str | None = None  # a delivery failure that ends the producer (fenced)
         self.failed: list[tuple[str, bytes | None, str]] = []  # (topic, key, error) given up after retries
         self.delivered = 0
         self.delivered_by_topic: dict[str, int] = {}  # topic (as produced, prefix included) -> records acked
@@ -119,6 +157,12 @@ class Publisher:
                     receive_time_ms: int | None, attempt: int, on_delivered: Callable[[], None] | None,
                     timestamp_ms: int = 0) -> None:
         self.metrics.delivery_errors.labels(topic).inc()
+        if self.transactional:  # never produced again: the transaction is aborted at its commit
+            log.error("delivery failed inside a transaction", topic=topic, error=err.str())
+            self._transaction_error = self._transaction_error or f"{topic}: {err.str()}"
+            if err.fatal() or err.code() in _FENCED:
+                self._fatal = self._fatal or f"{topic}: {err.str()}"
+            return
         if attempt + 1 < MAX_REDELIVERIES and not err.fatal():
             # never produce from inside a delivery callback (librdkafka's call state forbids it):
             # queue it and produce again from the next poll/flush
@@ -170,6 +214,7 @@ class Publisher:
             except BufferError:  # local queue full: serve callbacks until there is room (back-pressure)
                 self._producer.poll(0.05)
         self._since_poll += 1
+        self.transaction_records += 1
         if self._since_poll >= POLL_EVERY:
             self.poll(0)
 
@@ -209,6 +254,85 @@ class Publisher:
             if not self._retry or time.monotonic() >= deadline:
                 return remaining + len(self._retry)
             self._drain_retries()
+
+    # --- transactions (transactional_id given) ---------------------------------------------------------
+    def init_transactions(self, timeout: float = 60.0) -> None:
+        """Register the transactional.id: a previous producer with it is fenced and its open
+        transaction aborted (so read_committed readers get past it) before this returns."""
+        self._call(lambda left: self._producer.init_transactions(left), timeout)
+
+    def begin_transaction(self) -> None:
+        self._call(lambda left: self._producer.begin_transaction(), 1.0)
+        self.in_transaction = True
+        self.transaction_records = 0
+        self._transaction_error = None
+
+    def commit_transaction(self, offsets: list[TopicPartition], group_metadata: Any, timeout: float = 30.0) -> None:
+        """Commit every record produced since `begin_transaction` together with the consumer `offsets`
+        (next offsets to read, of the group `group_metadata` names). Raises `TransactionAborted` after
+        aborting when a record was not delivered or the broker refused the commit; retriable errors are
+        retried until `timeout`."""
+        deadline = time.monotonic() + timeout
+        try:
+            remaining = self.flush(timeout)
+        except:  # noqa: E722 - a fatal producer error surfaces from the flush (fenced while producing):
+            # confluent-kafka 2.16 raises the KafkaError object itself, no BaseException (only a bare
+            # except catches it), or leaves it pending around the delivery report, which then fails as a
+            # SystemError; aborting tells fenced (TransactionFenced) from not
+            exc = sys.exc_info()[1]
+            err = _kafka_error(exc)
+            reason = self._fatal or (err.str() if err is not None else f"{type(exc).__name__}: {exc}")
+            if err is not None and err.fatal():
+                raise TransactionFenced(reason) from exc
+            self.abort_transaction(max(1.0, deadline - time.monotonic()))
+            raise TransactionAborted(reason) from exc
+        if self._fatal:
+            raise TransactionFenced(self._fatal)
+        if remaining or self._transaction_error:
+            reason = self._transaction_error or f"{remaining} records undelivered"
+            self.abort_transaction(max(1.0, deadline - time.monotonic()))
+            raise TransactionAborted(reason)
+        try:
+            if offsets:
+                self._call(lambda left: self._producer.send_offsets_to_transaction(offsets, group_metadata, left),
+                           max(0.1, deadline - time.monotonic()))
+            self._call(lambda left: self._producer.commit_transaction(left), max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:  # abortable (e.g. the group's generation moved on)
+            self.abort_transaction(max(1.0, deadline - time.monotonic()))
+            raise TransactionAborted(exc.args[0].str()) from exc
+        self.in_transaction = False
+        self._publish_counts()
+
+    def abort_transaction(self, timeout: float = 30.0) -> None:
+        """Abort the open transaction: none of its records will ever be visible to read_committed readers."""
+        self._retry.clear()
+        if self.in_transaction:
+            self.in_transaction = False
+            try:
+                self._call(lambda left: self._producer.abort_transaction(left), timeout)
+            except KafkaException as exc:  # abortable state that cannot even abort: the broker times it out
+                raise TransactionFenced(f"abort failed: {exc.args[0].str()}") from exc
+        try:
+            self._producer.poll(0)  # the aborted records' delivery reports (purged), not errors of the next one
+        except:  # noqa: E722 - see commit_transaction
+            log.warning("delivery reports after an abort failed", error=str(sys.exc_info()[1]))
+        self._transaction_error = None
+
+    def _call(self, call: Callable[[float], Any], timeout: float) -> Any:
+        """A transactional API call, retried while its error is retriable; a fatal error (fenced by a
+        newer producer with our transactional.id) is `TransactionFenced`, others are raised as they are."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return call(max(0.1, deadline - time.monotonic()))
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal() or err.code() in _FENCED:
+                    raise TransactionFenced(err.str()) from exc
+                if err.retriable() and not err.txn_requires_abort() and time.monotonic() < deadline:
+                    log.warning("transactional call failed, retrying", error=err.str())
+                    continue
+                raise
 
     @property
     def healthy(self) -> bool:
