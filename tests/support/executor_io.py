@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.catalogue import symbol_key
 from tapeflow_runtime.kafka_client import (
@@ -91,7 +91,10 @@ def wait_consumed(bootstrap: str, prefix: str, topic: str, count: int, timeout: 
         parts = [TopicPartition(prefix + topic, p) for p in md.partitions]
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            done = sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+            try:
+                done = sum(max(tp.offset, 0) for tp in c.committed(parts, timeout=10))
+            except KafkaException:  # the group coordinator moving or loading (NOT_COORDINATOR): ask again
+                done = -1
             if done >= count:
                 return
             time.sleep(0.1)
