@@ -1,27 +1,42 @@
-"""`tapeflow replay`: copy a time range of `md.*` topics into a namespace, in event-time order, with
-progress markers, at 1x, 10x or full speed, for rehearsals on real history.
+"""`tapeflow replay`: copy the records that reached the broker in a time range from `md.*` topics into a
+namespace, in event-time order, with progress markers, at 1x, 10x or full speed, for rehearsals on
+real history.
+
+Two clocks, each used for what it can answer:
+- The range (`--from`, `--to`) is in **arrival time**: the records' timestamps, which the broker sets
+  when a record reaches it (every catalogue topic is ``message.timestamp.type=LogAppendTime``,
+  ``schemas.catalogue``). Kafka's ListOffsets looks arrival times up in each segment's time index, so
+  the range is an exact offset range per partition, found without reading the topic. A recording
+  loaded today has arrived today, whatever its event times: `tapeflow topics describe` shows each
+  topic's first and last arrival.
+- The order, the pacing and the progress markers are in **event time**: the field each topic is
+  ordered by in the engine (``schemas.catalogue.ENGINE_INPUT_TIME``: trade time, exchange event time,
+  receive time), read from each record's value.
 
 What it does, per run:
-1. For every partition of the chosen topics, the first offset whose record timestamp is at or after
-   `--from` (`tapeflow_runtime.offsets`: Kafka's offsets-by-timestamp lookup). Record timestamps are
-   the broker's arrival stamps (LogAppendTime), so they grow with the offset in a partition.
-2. One consumer reads all of them from there; a partition is done at its first record stamped at or
-   after `--to` (then paused: nothing after the range is read), or at its end.
-   A record stamped before `--from` after the start offset is skipped (counted), so the copy holds
-   exactly the records stamped inside the range. The end is never
-   guessed from a silence: a broker that stops answering before the ends are reached fails the
-   replay (`stall_s`) instead of ending it short.
-3. The records are merged by event time (the field the engine orders each topic by) and produced
-   unchanged (same key, same bytes, so the event times inside are kept) into `<prefix><NAME>.<topic>`,
-   whose broker stamps each copy on its arrival. A partition mixes keys and sources, so its times are only nearly
-   ordered: a record is released once every partition still being read has reached `slack_ms` past
-   it (a bounded-disorder merge, `slack_ms` = 5 s by default); one arriving later than that is
-   still copied and counted (`late`).
+1. For every partition of the chosen topics, the range `[start, end)` of offsets: `start` the first
+   offset stamped at or after `--from`, `end` the first stamped at or after `--to` (the partition's
+   end offset when none is yet), both by ListOffsets (`tapeflow_runtime.offsets`). Records arriving
+   during the replay are after `end`: a run copies what had arrived when it started.
+2. One consumer reads all of them; a partition is done at offset `end - 1` (then paused: nothing after
+   the range is read) or at its end. Arrival stamps grow with the offset unless the broker's clock
+   stepped back; a record inside `[start, end)` stamped before `--from` nevertheless is skipped
+   (counted, `skipped_before`), so the copy holds exactly the records stamped inside the range. The
+   end is never guessed from a silence: a broker that stops answering before the ends are reached
+   fails the replay (`stall_s`) instead of ending it short.
+3. The records are merged by event time and produced unchanged (same key, same bytes, so the event
+   times inside are kept) into `<prefix><NAME>.<topic>`. The copies' own timestamps are their arrival
+   in the namespace (a LogAppendTime topic stamps every record it receives; the originals' arrival
+   times cannot be kept). A partition mixes keys and sources, so its event times are only nearly
+   ordered: a record is released once every partition still being read has reached `slack_ms` past it
+   (a bounded-disorder merge, `slack_ms` = 5 s by default); one arriving later than that is still
+   copied and counted (`late`).
 4. Every 5 seconds of event time each key gets an `md.progress` marker: everything of the key up to
    the merge's watermark has been copied, at or below these offsets. An engine reading the namespace
    (`--input-prefix NAME`) releases its inputs marker by marker, so it computes exactly what it
    would on the same records in event-time order, whatever the speed. Final markers end the run.
-5. `speed` paces the copy on event time (1x: as it happened; `None`: as fast as possible).
+5. `speed` paces the copy on event time (1x: as the events happened, whenever they arrived; `None`:
+   as fast as possible).
 
 Memory stays bounded: a partition running more than `max_ahead_ms` of event time ahead of the
 merge is paused until the others catch up.
@@ -35,7 +50,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from schemas.catalogue import ENGINE_INPUT_TIME, ENGINE_INPUTS, TOPICS
 from schemas.serde import AvroSerde
@@ -44,8 +59,9 @@ from tapeflow_runtime.kafka_client import (
     HISTORY_FETCH_CONFIG,
     consumer_config,
     ensure_topics,
+    topic_metadata,
 )
-from tapeflow_runtime.offsets import offsets_at_or_after
+from tapeflow_runtime.offsets import OffsetLookupError, offsets_at_or_after
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
 
@@ -53,6 +69,8 @@ log = structlog.get_logger("replay")
 
 SOURCE = "topic-replay"
 MARKER_INTERVAL_MS = 5_000
+_LEADER_UNKNOWN = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                   KafkaError.UNKNOWN_TOPIC_OR_PART)
 TIME_FIELDS = {**ENGINE_INPUT_TIME, "md.depth": "event_time", "md.gaps": "detected_time"}
 
 
@@ -67,6 +85,8 @@ class ReplaySummary:
     copied: dict[str, int] = field(default_factory=dict)  # catalogue topic -> records copied
     skipped_symbols: int = 0
     skipped_before: int = 0  # stamped before --from although at or after the start offset
+    in_range: int = 0  # offsets inside the range, every partition together (records and skips)
+    read: int = 0  # of those, read so far
     late: int = 0
     markers: int = 0
     first_event_ms: int | None = None
@@ -94,7 +114,6 @@ class _Item:
     topic: str = field(compare=False)
     key: bytes | None = field(compare=False)
     value: bytes = field(compare=False)
-    timestamp_ms: int = field(compare=False)
 
 
 def validate_topics(topics: Iterable[str]) -> list[str]:
@@ -138,8 +157,8 @@ class TopicReplay:
         markers = ProgressMarkers(publisher, SOURCE, [t for t in self.topics if t in ENGINE_INPUTS])
         consumer = Consumer(consumer_config(self.bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
         try:
-            starts = self._start_offsets(consumer)
-            self._copy(consumer, starts, publisher, markers)
+            ranges = self._ranges(consumer)
+            self._copy(consumer, ranges, publisher, markers)
         finally:
             consumer.close()
         keys = sorted({k.decode() for (_, k) in publisher.produced_count if k})
@@ -149,22 +168,49 @@ class TopicReplay:
         self.summary.elapsed_s = time.monotonic() - began
         return self.summary
 
-    def _start_offsets(self, consumer: Consumer) -> dict[tuple[str, int], int]:
+    def _ranges(self, consumer: Consumer) -> dict[tuple[str, int], tuple[int, int]]:
+        """(topic, partition) -> [start, end) offsets of the records that arrived in [from, to)."""
         partitions = []
         for topic in self.topics:
             full = self.source_prefix + topic
-            metadata = consumer.list_topics(full, timeout=15).topics.get(full)
+            metadata = topic_metadata(consumer, full, timeout_s=30)
             if metadata is None or metadata.error is not None or not metadata.partitions:
                 raise ReplayError(f"topic {full} does not exist on {self.bootstrap}")
             partitions += [(full, p) for p in sorted(metadata.partitions)]
-        return offsets_at_or_after(self.bootstrap, partitions, self.from_ms)
+        starts = self._offsets_at(partitions, self.from_ms)
+        ends = self._offsets_at(partitions, self.to_ms)
+        ranges = {tp: (starts[tp], max(starts[tp], ends[tp])) for tp in partitions}
+        self.summary.in_range = sum(end - start for start, end in ranges.values())
+        return ranges
 
-    def _copy(self, consumer: Consumer, starts: dict[tuple[str, int], int], publisher: Publisher,
+    def _offsets_at(self, partitions: list[tuple[str, int]], at_ms: int,
+                    timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
+        """ListOffsets by time, asked again while the broker answers with a retriable error: a topic
+        created a moment ago has partitions whose leader the client does not know yet (Kafka answers
+        NOT_LEADER_OR_FOLLOWER until its metadata has caught up)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return offsets_at_or_after(self.bootstrap, partitions, at_ms)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None or not (err.retriable() or err.code() in _LEADER_UNKNOWN) \
+                        or time.monotonic() >= deadline:
+                    raise ReplayError(f"no offsets by time for {partitions[0][0]}...: {exc}") from exc
+            except OffsetLookupError as exc:  # errors per partition (a leader moving): asked again
+                if time.monotonic() >= deadline:
+                    raise ReplayError(str(exc)) from exc
+            time.sleep(0.2)
+
+    def _copy(self, consumer: Consumer, ranges: dict[tuple[str, int], tuple[int, int]], publisher: Publisher,
               markers: ProgressMarkers) -> None:
         catalogue = {self.source_prefix + t: t for t in self.topics}
-        consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        done: set[tuple[str, int]] = {tp for tp, (start, end) in ranges.items() if start >= end}  # nothing arrived
+        starts = {tp: start for tp, (start, _) in ranges.items()}
+        if len(done) < len(ranges):
+            consumer.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()
+                             if (t, p) not in done])
         newest: dict[tuple[str, int], int] = {}  # partition -> newest event time read
-        done: set[tuple[str, int]] = set()
         paused: set[tuple[str, int]] = set()
         heap: list[_Item] = []
         emitted_ms: int | None = None  # watermark the copy has reached (markers promise up to it)
@@ -189,12 +235,16 @@ class TopicReplay:
                     raise ReplayError(f"reading {tp[0]}[{tp[1]}]: {m.error().str()}")
                 if tp in done:
                     continue
-                stamp = m.timestamp()[1]
-                if stamp >= self.to_ms:
+                end = ranges[tp][1]
+                if m.offset() >= end:  # after the range (the range's last offset was a transaction marker)
                     done.add(tp)
                     consumer.pause([TopicPartition(*tp)])
                     continue
-                if stamp < self.from_ms:
+                self.summary.read += 1
+                if m.offset() == end - 1:  # the range's last record: nothing after it is read
+                    done.add(tp)
+                    consumer.pause([TopicPartition(*tp)])
+                if m.timestamp()[1] < self.from_ms:  # arrived after start, stamped before: a clock step back
                     self.summary.skipped_before += 1
                     continue
                 topic = catalogue[m.topic()]
@@ -204,7 +254,7 @@ class TopicReplay:
                     continue
                 event_ms = int(record[TIME_FIELDS[topic]])
                 newest[tp] = max(newest.get(tp, event_ms), event_ms)
-                heapq.heappush(heap, _Item(event_ms, self._order[topic], m.offset(), topic, m.key(), m.value(), stamp))
+                heapq.heappush(heap, _Item(event_ms, self._order[topic], m.offset(), topic, m.key(), m.value()))
             # every record at or below the watermark can no longer be preceded by one still unread
             open_parts = [tp for tp in starts if tp not in done]
             if any(tp not in newest for tp in open_parts):
@@ -219,7 +269,7 @@ class TopicReplay:
                 pace_origin = self._pace(item.time_ms, pace_origin)
                 if emitted_ms is not None and item.time_ms < emitted_ms:  # read after later ones went out
                     self.summary.late += 1
-                publisher.publish_encoded(item.topic, item.key, item.value, item.timestamp_ms)
+                publisher.publish_encoded(item.topic, item.key, item.value)  # stamped on arrival in the namespace
                 self._count(item)
                 emitted_ms = item.time_ms if emitted_ms is None else max(emitted_ms, item.time_ms)
                 tick = emitted_ms // MARKER_INTERVAL_MS
@@ -234,7 +284,7 @@ class TopicReplay:
                 self.on_progress(self.summary)
         for item in sorted(heap):  # whatever the last partitions left
             pace_origin = self._pace(item.time_ms, pace_origin)
-            publisher.publish_encoded(item.topic, item.key, item.value, item.timestamp_ms)
+            publisher.publish_encoded(item.topic, item.key, item.value)  # stamped on arrival in the namespace
             self._count(item)
 
     def _count(self, item: _Item) -> None:

@@ -315,17 +315,28 @@ register_backtest(app, lambda: state.settings())
 @app.command()
 def replay(
     to_prefix: str = typer.Option(..., "--to-prefix", help="Namespace NAME: copies go to <prefix>NAME.<topic>."),
-    from_time: str = typer.Option(..., "--from", help="Start (ISO date/time, UTC, or Unix ms), by record timestamp."),
-    to_time: str = typer.Option(..., "--to", help="End, excluded (ISO date/time, UTC, or Unix ms)."),
+    from_time: str = typer.Option(..., "--from", help="Start (ISO date/time, UTC, or Unix ms): the first records "
+                                  "copied are those that reached the broker at or after it (arrival time, the "
+                                  "records' timestamps; not event time)."),
+    to_time: str = typer.Option(..., "--to", help="End, excluded (ISO date/time, UTC, or Unix ms), in arrival time: "
+                                "records that reached the broker from then on, or after the replay started, "
+                                "are not copied."),
     topics: str = typer.Option(",".join(ENGINE_INPUTS), "--topics",
                                help="Comma-separated md.* topics (default: the engine's inputs)."),
-    speed: str = typer.Option("max", "--speed", help="1x (as it happened), 10x, ... or max."),
+    speed: str = typer.Option("max", "--speed", help="Pace on the records' event times: 1x (as the events "
+                              "happened), 10x, ... or max."),
     symbols: str | None = typer.Option(None, "--symbols", help="Only these symbols (comma-separated)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Copy a time range of md.* topics into a namespace in event-time order, with progress markers, so
-    `engine|execute|sink|up --input-prefix NAME` rehearse on it; records keep their bytes and event times."""
+    """Copy the md.* records that reached the broker between --from and --to into a namespace, in event-time
+    order, with progress markers, so `engine|execute|sink|up --input-prefix NAME` rehearse on it.
+
+    The range is in arrival time (record timestamps: the broker stamps each record when it arrives, so a
+    recording loaded today arrived today; `tapeflow topics describe` shows each topic's first and last
+    arrival). Order, --speed and the progress markers follow the event times inside the records (trade
+    time, exchange event time, receive time). Copies keep their key and bytes, hence their event times;
+    their own timestamps are their arrival in the namespace."""
     import dataclasses
     import re
 
