@@ -98,6 +98,31 @@ def _database_disk_full(workdir: Path, short: bool, bootstrap: str) -> list[dict
     return database_disk_full(workdir / "home", full_s=120.0, duration_s=240.0, trades_per_s=100.0)
 
 
+def _broker_restart(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
+    from tests.support.faults_broker import broker_restart_after_sigkill
+
+    if short:
+        return [broker_restart_after_sigkill(workdir / "home", preload=200_000, during=50_000)]
+    # a day-ish of md.trades (BTC: ~2 M aggTrades a day at 15-40 trades/s, ~100 bytes each), then the kill
+    return [broker_restart_after_sigkill(workdir / "home", preload=2_000_000, during=200_000, pad=100)]
+
+
+def _broker_mid_replay(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
+    from tests.support.faults_broker import broker_killed_mid_replay
+
+    if short:
+        return broker_killed_mid_replay(workdir / "home", duration_s=1800.0, trades_per_s=40.0)
+    return broker_killed_mid_replay(workdir / "home", duration_s=7200.0, trades_per_s=40.0)
+
+
+def _broker_disk_full(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
+    from tests.support.faults_broker import broker_disk_full
+
+    if short:
+        return broker_disk_full(workdir / "home", size="64m", full_s=8.0, duration_s=60.0)
+    return broker_disk_full(workdir / "home", size="64m", full_s=120.0, duration_s=240.0)
+
+
 REGISTRY: list[Case] = [
     Case("executor_clock_skew", _clock_skew, needs_broker=True),
     Case("stack_process_faults", _stack_process_faults),  # sigstop_engine_sink, db_backend_killed, db_unresponsive
@@ -105,8 +130,15 @@ REGISTRY: list[Case] = [
     # rest_418_ban, depth_gap, duplicate_frames, out_of_order_frames, ws_close_1006, tcp_reset, rest_429,
     # feed_stall, ws_half_open, and the whole run's md.trades and trades table
     Case("feed_faults", _feed_faults),
-    # the embedded broker SIGKILLed while trades flow (restarted empty by the supervisor): broker_sigkill
+    # the embedded Kafka SIGKILLed while trades flow live (the supervisor restarts it; Kafka recovers its
+    # log, keeps topics, offsets and groups; the clients reconnect): broker_sigkill
     Case("broker_killed", _broker_killed),
+    # issue 50: Kafka alone, its log preloaded, SIGKILLed mid-write: kill / restart to healthy, every
+    # acknowledged record once (broker_sigkill_restart_<preload>); the stack's broker killed mid-replay at
+    # max speed (broker_sigkill_mid_replay); its log disk filled (broker_disk_full, root only)
+    Case("broker_restart", _broker_restart),
+    Case("broker_mid_replay", _broker_mid_replay),
+    Case("broker_disk_full", _broker_disk_full),
     # the sink's PostgreSQL link through a TCP proxy: link_delay, link_throttle, link_loss (iptables), and
     # db_partition (a network namespace's veth link down)
     Case("link_faults", _link_faults),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -58,14 +60,64 @@ def market_data_producer_config(settings: Settings) -> dict:
     return {"linger.ms": linger}
 
 
+class BrokerWatch:
+    """Whether the broker takes this producer's records, for its /health and log (issue 50).
+
+    librdkafka reports a broker it cannot reach (refused connections while Kafka restarts, or while it
+    is held down on a full log disk) through the client's ``error_cb``, served from the publisher's
+    polls (every second at least); the records wait in the client's queue and are resent, so nothing
+    is lost, but the producer says so: "broker unavailable: <librdkafka's error>" in /health (status
+    ``broker-unavailable``, not ok) and a warning when it starts, an info line when records are
+    acknowledged again. Over once a record is acknowledged after the last error, or when no error has
+    come for `QUIET_S` (an idle producer has nothing to acknowledge)."""
+
+    QUIET_S = 15.0
+
+    def __init__(self) -> None:
+        self.delivered: Callable[[], int] = lambda: 0
+        self.error: str | None = None
+        self.since = 0.0
+        self._last_error = 0.0
+        self._delivered_at_error = 0
+
+    def on_error(self, err) -> None:
+        now = time.monotonic()
+        if self.error is None:
+            self.since = now
+            log.warning("broker unavailable: records wait in the producer and are resent", error=err.str())
+        self.error, self._last_error, self._delivered_at_error = err.str(), now, self.delivered()
+
+    def problem(self) -> str | None:
+        if self.error is None:
+            return None
+        now = time.monotonic()
+        if self.delivered() > self._delivered_at_error or now - self._last_error > self.QUIET_S:
+            log.info("broker available again", unavailable_s=round(now - self.since, 1))
+            self.error = None
+            return None
+        return f"broker unavailable for {now - self.since:.0f}s: {self.error[:200]}"
+
+    def health(self, inner: Callable[[], dict]) -> Callable[[], dict]:
+        def health() -> dict:
+            body = inner()
+            problem = self.problem()
+            if problem is not None and body.get("status") in ("connected", "priming"):
+                body = {**body, "status": "broker-unavailable", "detail": f"{problem}; {body.get('detail', '')}"}
+            return body
+        return health
+
+
 async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     live_service_allocator()  # days of streaming after the warm start's large frees (native_memory)
     paths = StackPaths(settings.home)
     bootstrap = resolve_broker(settings, paths)
     metrics = ProducerMetrics()
     metrics.expect_symbols(list(settings.symbols))
+    broker_watch = BrokerWatch()
     publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
-                          topic_prefix=settings.topic_prefix, **market_data_producer_config(settings))
+                          topic_prefix=settings.topic_prefix, error_cb=broker_watch.on_error,
+                          **market_data_producer_config(settings))
+    broker_watch.delivered = lambda: publisher.delivered
     if options.exchange == "bybit":
         from producers.bybit.producer import LIVE_WS as BYBIT_WS
         from producers.bybit.producer import BybitProducer, BybitProducerConfig
@@ -97,7 +149,7 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
             coinbase_base_url=options.coinbase_base_url, warm_start=warm, history_in_topics=history_in_topics,
             checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json")
         producer = BinanceProducer(config, publisher, metrics)
-    runner, port = await serve(build_app(metrics.registry, producer.health,
+    runner, port = await serve(build_app(metrics.registry, broker_watch.health(producer.health),
                                          frozenset({"connected", "replay-finished", "priming"})),
                                options.metrics_host, options.metrics_port)
     log.info("producer started", exchange=options.exchange, symbols=list(settings.symbols), metrics_port=port)

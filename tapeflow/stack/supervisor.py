@@ -10,6 +10,7 @@ the supervisor to stop, then makes sure no recorded process survives.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -37,6 +38,8 @@ Say = Callable[[str], None]
 
 RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW_S before the stack gives up
 RESTART_WINDOW_S = 300.0
+HELD_STATE = "disk-full"  # the state `status` shows for a service whose restart is held (`hold_restart`)
+HELD_REFRESH_S = 5.0  # how often a held service's reason (its free space) is rewritten for `status`
 
 
 def infra_services(settings: Settings, paths: StackPaths) -> list[Service]:
@@ -56,7 +59,10 @@ def default_steps(settings: Settings, paths: StackPaths) -> list[SetupStep]:
 class ComponentStatus:
     name: str
     healthy: bool
-    state: str  # running | external | stopped | stale | finished | priming | done | pending | failed
+    # running | external | stopped | stale | finished | priming | done | pending | failed | recovering
+    # (alive, not serving yet) | restarting (dead, the supervisor's backoff) | disk-full (restart held)
+    # | broker-unavailable (a producer whose broker refuses or does not answer)
+    state: str
     address: str | None
     pid: int | None
     uptime_s: float | None
@@ -84,6 +90,8 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self._next_exchange_check = 0.0  # `_report_exchange`
         self._exchange_said: dict[str, str | None] = {}
+        #: services whose restart is held (`hold_restart`): the reason said last and when
+        self.held: dict[str, tuple[str, float]] = {}
 
     # --- locking ---------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -224,7 +232,11 @@ class Supervisor:
 
     # --- supervise ---------------------------------------------------------------------------------
     def supervise(self, poll_s: float = 0.5) -> int:
-        """Block until asked to stop; restart services that die. Returns the process exit code."""
+        """Block until asked to stop; restart services that die. Returns the process exit code.
+
+        A service whose restart must wait (`hold_restart`: the broker on a full log disk) is held, not
+        restarted and not counted as a crash: the loop asks again every poll and restarts it once the
+        reason is gone, while every other service goes on (issue 50: no crash loop, no stack given up)."""
         while not self.stop_requested.wait(poll_s):
             self._report_exchange()
             for name, run in list(self.running.items()):
@@ -234,28 +246,70 @@ class Supervisor:
                 if code == 0 and run.service.finite:
                     self._finished(name, run)
                     continue
-                now = time.monotonic()
-                run.restarts = [t for t in run.restarts if now - t < RESTART_WINDOW_S] + [now]
-                if len(run.restarts) > RESTART_LIMIT:
-                    self.say(f"{name} died {len(run.restarts)} times in {RESTART_WINDOW_S:.0f}s; stopping the stack")
-                    return 1
-                delay = min(2 ** (len(run.restarts) - 1), 30)
-                self.say(f"{name} exited with code {code}: {_last_line(run.record.log)}; restarting in {delay}s")
-                if self.stop_requested.wait(delay):
+                if name in self.held:
+                    if self._still_held(name, run):
+                        continue
+                    delay = 0.0
+                else:
+                    reason = _hold_reason(run.service)
+                    if reason is not None:
+                        self._hold(name, run, code, reason)
+                        continue
+                    now = time.monotonic()
+                    run.restarts = [t for t in run.restarts if now - t < RESTART_WINDOW_S] + [now]
+                    if len(run.restarts) > RESTART_LIMIT:
+                        self.say(f"{name} died {len(run.restarts)} times in {RESTART_WINDOW_S:.0f}s; stopping the stack")
+                        return 1
+                    delay = min(2 ** (len(run.restarts) - 1), 30)
+                    last = _last_line(run.record.log)
+                    self.say(f"{name} exited with code {code}: {last}; restarting in {delay}s")
+                    self._mark_down(run, "restarting", f"exited with code {code}: {last}; restarting in {delay}s")
+                if delay and self.stop_requested.wait(delay):
                     break
-                run.log.close()
-                restarts = run.restarts
-                del self.running[name]
-                try:
-                    self._start_service(run.service)
-                    self.running[name].restarts = restarts
-                    for step in self.steps:
-                        if name in step.depends_on:
-                            self._run_step(step)
-                except TapeflowError as exc:
-                    self.say(f"{name}: restart failed: {exc}")
+                if not self._restart(name, run):
                     return 1
         return 0
+
+    def _restart(self, name: str, run: _Running) -> bool:
+        run.log.close()
+        restarts = run.restarts
+        del self.running[name]
+        self.held.pop(name, None)
+        try:
+            self._start_service(run.service)
+            self.running[name].restarts = restarts
+            for step in self.steps:
+                if name in step.depends_on:
+                    self._run_step(step)
+        except TapeflowError as exc:
+            self.say(f"{name}: restart failed: {exc}")
+            return False
+        return True
+
+    def _mark_down(self, run: _Running, state: str, detail: str) -> None:
+        """Record in the service's state file why it is down and what happens next, for `status` (another
+        process): "restarting" during the backoff, "disk-full" while held."""
+        run.record.extra["down"] = {"state": state, "detail": detail, "since": time.time()}
+        with contextlib.suppress(OSError):
+            run.record.save(self.paths.state_file(run.service.name))
+
+    def _hold(self, name: str, run: _Running, code: int, reason: str) -> None:
+        self.held[name] = (reason, time.monotonic())
+        self.say(f"{name}: {reason} (exited with code {code}: {_last_line(run.record.log)}); "
+                 "the rest of the stack goes on")
+        self._mark_down(run, HELD_STATE, reason)
+
+    def _still_held(self, name: str, run: _Running) -> bool:
+        """Ask the held service again; say when the reason is gone (then it is restarted)."""
+        reason = _hold_reason(run.service)
+        said, at = self.held[name]
+        if reason is None:
+            self.say(f"{name}: {said.split(' (')[0]}: cleared after {time.monotonic() - at:.0f}s; restarting")
+            return False
+        if reason != said and time.monotonic() - at >= HELD_REFRESH_S:  # the free space changed
+            self.held[name] = (reason, time.monotonic())
+            self._mark_down(run, HELD_STATE, reason)
+        return True
 
     def _report_exchange(self, every_s: float = 2.0) -> None:
         """Say in the foreground output when a producer cannot reach its exchange or is refused by it
@@ -272,12 +326,14 @@ class Supervisor:
             code, body = http_json(url) if url else (0, {})
             if code == 0:
                 continue  # not answering (starting, stopping): the restart loop speaks for exits
-            state = body.get("status") if body.get("status") in ("unreachable", "restricted") else None
+            state = (body.get("status") if body.get("status") in ("unreachable", "restricted", "broker-unavailable")
+                     else None)
             said = self._exchange_said.get(name)
             if state is not None and said != state:
                 self.say(f"{name:<10} {body.get('detail') or state}")
             elif state is None and said is not None:
-                self.say(f"{name:<10} the exchange answers again: {body.get('status')}")
+                again = "the broker takes its records again" if said == "broker-unavailable" else "the exchange answers again"
+                self.say(f"{name:<10} {again}: {body.get('status')}")
             self._exchange_said[name] = state
 
     def _finished(self, name: str, run: _Running) -> None:
@@ -320,6 +376,13 @@ def _with_history(settings: Settings, name: str, address: str, health: Health) -
     return f"{health.detail}; {topic} since {format_ms(span.first_ms)}"
 
 
+def _starting_detail(service: Service, rec: ProcessRecord) -> str | None:
+    """What a live service that does not answer yet is doing (`recovery_detail`), or None when it has
+    finished starting (then it is running and unhealthy) or cannot say."""
+    detail = getattr(service, "recovery_detail", None)
+    return detail(rec.log, rec.pid) if detail is not None else None
+
+
 def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
     if not rec.extra.get("finished") and rec.extra.get("finite") and not rec.is_alive() and path is not None:
         # a finite service that just exited: the supervisor records the outcome within a poll interval
@@ -331,8 +394,8 @@ def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
         return ComponentStatus(rec.name, True, "finished", rec.address, None, None,
                                f"finished: {rec.extra.get('detail', '')}")
     if not rec.is_alive():
-        return ComponentStatus(rec.name, False, "stale", rec.address, rec.pid, None,
-                               f"pid {rec.pid} is not running (stale pid file)")
+        return _down_status(rec) or ComponentStatus(rec.name, False, "stale", rec.address, rec.pid, None,
+                                                    f"pid {rec.pid} is not running (stale pid file)")
     url = rec.extra.get("health_url")
     code, body = (http_json(url, headers=bearer_headers(rec.extra.get("bearer_token_file"))) if url
                   else (0, {"error": "no health endpoint"}))
@@ -349,8 +412,23 @@ def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
         detail = "replay finished" if body["finished"] else "replaying"
     # a producer's warm start, or an exchange it cannot reach / that refuses this location (the detail says
     # what to do)
-    state = body.get("status") if body.get("status") in ("priming", "unreachable", "restricted") else "running"
+    state = body.get("status") if body.get("status") in ("priming", "unreachable", "restricted",
+                                                          "broker-unavailable") else "running"
     return ComponentStatus(rec.name, code == 200, state, rec.address, rec.pid, now - rec.started_at, detail)
+
+
+def _hold_reason(service: Service) -> str | None:
+    hold = getattr(service, "hold_restart", None)
+    return hold() if hold is not None else None
+
+
+def _down_status(rec: ProcessRecord) -> ComponentStatus | None:
+    """A dead service the supervisor is about to restart, or holds (its state file says why)."""
+    down = rec.extra.get("down")
+    if not down:
+        return None
+    return ComponentStatus(rec.name, False, down.get("state", "restarting"), rec.address, None, None,
+                           f"{rec.name}: {down.get('detail', '')}")
 
 
 def _last_line(log_path) -> str:
@@ -505,9 +583,20 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
             continue
         rec = ProcessRecord.load(paths.state_file(service.name))
         if rec is None or not rec.is_alive():
-            out.append(ComponentStatus(service.name, False, "stale" if rec else "stopped",
+            if rec is not None and sup_alive:  # died: the supervisor restarts it (or holds it, and says why)
+                down = _down_status(rec) or ComponentStatus(
+                    service.name, False, "restarting", rec.address, None, None,
+                    f"pid {rec.pid} exited; the supervisor restarts it")
+            else:
+                down = ComponentStatus(service.name, False, "stale" if rec else "stopped",
                                        rec.address if rec else None, rec.pid if rec else None, None,
-                                       f"pid {rec.pid} is not running (stale pid file)" if rec else "not running"))
+                                       f"pid {rec.pid} is not running (stale pid file)" if rec else "not running")
+            out.append(down)
+            continue
+        starting = _starting_detail(service, rec)
+        if starting is not None:  # alive, not serving yet: Kafka's log recovery after a kill, say
+            out.append(ComponentStatus(service.name, False, "recovering", rec.address, rec.pid,
+                                       now - rec.started_at, starting))
             continue
         health = service.health(rec.address)
         addresses[service.name] = rec.address

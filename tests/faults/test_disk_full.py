@@ -97,3 +97,44 @@ def test_a_full_database_disk_is_reported_retried_and_loses_nothing():
         assert d["rows"] == d["distinct"] == count and d["missing"] == 0, (d["missing_ranges"], d["log"][-20:])
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_a_full_broker_log_disk_holds_the_broker_not_the_stack_and_loses_nothing():
+    """Issue 50: Kafka's log directory on a 64 MB tmpfs, filled to its last byte while trades flow live.
+    Kafka fails the append, marks its only log directory offline and shuts down; the supervisor holds
+    its restart (not a crash: the stack is not given up) and says "log disk full"; the producer says
+    "broker unavailable" and keeps its records; nothing else is restarted. Once the filler is gone the
+    broker is restarted and every trade of the session is in md.trades once and in the table."""
+    from tests.support.faults_broker import broker_disk_full
+
+    root = Path(tempfile.mkdtemp(prefix="tapeflow-kfull-"))  # short: PostgreSQL's socket path
+    try:
+        try:
+            (full,) = broker_disk_full(root / "home", size="64m", full_s=8.0, duration_s=60.0)
+        except faults_disk.NoMount as exc:
+            pytest.skip(str(exc))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    d = full["detail"]
+    log = "\n".join(d["log"])
+    assert d["broker_exit"] is not None, d["status_full"]  # Kafka 4.4 shuts down with its only log dir failed
+    assert any("No space left on device" in ln for ln in d["broker_full_lines"]), d["broker_full_lines"]
+    broker_ok, broker_said = d["status_full"]["broker"]
+    assert not broker_ok and "log disk full (" in broker_said and "MB free" in broker_said, d["status_full"]
+    producer_ok, producer_said = d["status_full"]["producer"]
+    assert not producer_ok and producer_said.startswith("broker unavailable"), d["status_full"]
+    assert d["status_full"]["supervisor"][0], d["status_full"]
+    assert "broker: log disk full (" in log and "restarting in" not in log and "stopping the stack" not in log, log
+    assert d["others_same_pids"], d["others_pids"]  # no crash loop anywhere: nothing else restarted
+    states = {(name, state) for _, name, state, _, _ in d["states"]}
+    assert ("broker", "disk-full") in states and ("producer", "broker-unavailable") in states, d["states"]
+    assert any("broker unavailable" in ln for ln in d["producer_broker_lines"]), d["producer_broker_lines"]
+    assert any("broker available again" in ln for ln in d["producer_broker_lines"]), d["producer_broker_lines"]
+    assert full["recover_s"] is not None and full["recover_s"] < 60, d
+    assert all(ok for ok, _ in d["status_after"].values()), d["status_after"]
+    count, first, last = d["expected"]
+    assert d["topic_records"] == d["topic_distinct"] == count and d["topic_missing"] == 0, d["expected"]
+    assert d["rows"] == d["distinct"] == count and d["missing"] == 0, (d["missing_ranges"], log)
+    assert d["topic_equals_table"]

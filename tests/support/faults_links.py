@@ -135,6 +135,12 @@ def broker_killed(home: Path, *, kills: int = 1, stall_before_kill_s: float = 0.
     return _kill_rows(detail, stall_before_kill_s)
 
 
+def _state(stack, name: str) -> str | None:
+    from tapeflow.stack.supervisor import stack_status
+
+    return next((c.state for c in stack_status(stack.sup.settings, stack.sup.paths) if c.name == name), None)
+
+
 def _flowing(stack, symbol: str) -> None:
     flowing = _wait(lambda: stack.trades_stored(symbol)[0] > 50, 120)
     assert flowing, "the pipeline never stored a trade\n" + "\n".join(stack.log)
@@ -152,6 +158,7 @@ def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_be
         k: dict[str, Any] = {}
         detail["kills"].append(k)
         broker_pid = stack.service_pid("broker")
+        clients = {name: stack.service_pid(name) for name in ("sink", "producer", "engine")}
         t_fault = time.monotonic()
         if stall_before_kill_s:
             os.kill(broker_pid, signal.SIGSTOP)
@@ -170,8 +177,10 @@ def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_be
         if sink_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(sink_pid, signal.SIGCONT)
-        # `tapeflow status` while the broker is dead (the supervisor restarts it after 1 s or more)
+        # `tapeflow status` while the broker is dead (the supervisor restarts it after 1 s or more) or
+        # recovering its log: not healthy, and saying which
         k["status_dead"] = _statuses(stack, ("broker",))
+        k["state_dead"] = _state(stack, "broker")
 
         def broker_back():
             pid = stack.service_pid("broker")
@@ -187,13 +196,12 @@ def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_be
         moved = _wait(lambda: stack.trades_stored(symbol)[0] > stored_at_back
                       or _max_stored(stack, symbol) >= last, 60, 0.2)
         k["recover_s"] = round(time.monotonic() - t_back, 2) if moved else None
-        k["clients_back_s"] = (round(t - t_kill, 2) if (t := _log_time(stack, "came back empty", t_kill))
-                               else None)
         k["delivered_at_recover"] = _delivered(stack, symbol)
         k["new_pids"] = {name: stack.service_pid(name) for name in ("broker", "sink", "producer", "engine")}
+        # Kafka keeps topics, offsets and groups across its restart: the clients reconnect, none restarted
+        k["clients_same"] = all(k["new_pids"][n] == clients[n] for n in clients)
         if n < kills - 1:  # the next kill once the sink has caught up with the restarted producer
             _wait(lambda: _max_stored(stack, symbol) >= (_delivered(stack, symbol) or 0) - trades_per_s, 30, 0.2)
-    detail["rewinds"] = [line for line in stack.log if "resumes after agg id" in line or "not rewound" in line]
 
 
 def _finish(stack, detail: dict[str, Any], symbol: str, duration_s: float) -> None:

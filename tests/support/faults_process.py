@@ -311,7 +311,7 @@ def _sink_backends(stack) -> list[tuple[int, str, str]]:
 
 
 def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = True, db_stall_s: float = 5.0,
-                         starvation_window_s: float | None = None, duration_s: float = 45.0,
+                         duration_s: float = 45.0,
                          trades_per_s: float = 40.0, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
     """One live stack (`tests.support.endurance.live_stack`: supervisor, Kafka, PostgreSQL, sink, engine,
     paper executor, the producer live against the fake exchange playing a synthetic session), two faults:
@@ -326,8 +326,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
     3. ``db_unresponsive`` (`db_stall_s` > 0): the PostgreSQL process group SIGSTOPped for `db_stall_s`:
        connections stay open but nothing answers, as over a network that drops every packet (this
        kernel has no netem); `tapeflow status` must show the database down meanwhile. ``recover_s``:
-       SIGCONT to the next trade stored. The sink's own /health must turn degraded once its commits
-       have stood still for the starvation window (`starvation_window_s`, default the stack's 60 s).
+       SIGCONT to the next trade stored.
 
     At the end every trade of the session must be in md.trades and in the trades table exactly once
     (by agg id), and the features and signals topics must carry no id twice. Both rows carry the whole
@@ -350,8 +349,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
         phases[name] = round(time.monotonic() - t0, 1)
 
     watched = ("engine", "sink")
-    env = {"TAPEFLOW_STARVATION_WINDOW_S": str(starvation_window_s)} if starvation_window_s else None
-    with live_stack(home, spec, env=env) as stack:
+    with live_stack(home, spec) as stack:
         flowing = _wait(lambda: _features_stored(stack) > 0 and stack.trades_stored(symbol)[0] > 0, 120)
         assert flowing, "the pipeline never stored a feature\n" + "\n".join(stack.log)
         mark("flowing")
@@ -424,16 +422,14 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
             try:  # nothing here may query the database without a timeout
                 with ThreadPoolExecutor(1) as pool:  # `tapeflow status` takes seconds with the database stopped
                     status = pool.submit(_statuses, stack, ("database", "sink"))
-                    # the sink, its write hanging: degraded once its partitions' ends move and its commits
-                    # do not for the starvation window (TAPEFLOW_STARVATION_WINDOW_S). The stall lasts
-                    # db_stall_s, and on a loaded machine longer, until the sink says so (at most 60 s:
-                    # the run's own starvation window is seconds, so a sink that stays "ok" is a failure)
-                    while (elapsed := time.monotonic() - t_stall) < db_stall_s or (
-                            "sink_degraded_after_s" not in detail and elapsed < max(db_stall_s, 60.0)):
+                    # the sink's own /health meanwhile, for the record: "database-down" once a writer's
+                    # reconnect timed out, else still "running" (its write waits); not asserted, the
+                    # database's status is (the stand-in's starvation state is gone with it)
+                    while time.monotonic() - t_stall < db_stall_s:
                         code, body = http_json(sink_url)
-                        if code != 200 and "sink_degraded_after_s" not in detail:
-                            detail["sink_degraded_after_s"] = round(time.monotonic() - t_stall, 1)
-                            detail["sink_degraded"] = (code, body)
+                        if code != 200 and "sink_unhealthy_after_s" not in detail:
+                            detail["sink_unhealthy_after_s"] = round(time.monotonic() - t_stall, 1)
+                            detail["sink_unhealthy"] = (code, body)
                         time.sleep(0.5)
                     detail["status_db_stalled"] = status.result()
             finally:

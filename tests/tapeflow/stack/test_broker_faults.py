@@ -1,0 +1,149 @@
+"""Broker faults in the supervisor and `tapeflow status` (issue 50): a killed Kafka is "restarting", then
+"recovering" while it loads its log (read from its own log), then running, and every acknowledged
+record is there once; a service whose restart is held (the broker on a full log disk) is not a crash:
+it is never counted against the restart limit, `status` says why, and it is restarted when the reason
+is gone. The full-disk case on a real Kafka is tests/faults/test_disk_full.py."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tapeflow.stack.broker import died_of_full_disk, recovery_detail
+from tapeflow.stack.service import Launch, Service
+from tapeflow.stack.supervisor import RESTART_LIMIT, Supervisor, stack_status
+from tapeflow_runtime.health import Health
+from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.settings import Settings
+
+RUN_1 = """
+--- 2026-11-28T15:54:31+0000 starting: java kafka.Kafka server.properties
+[2026-11-28 15:54:34,159] INFO [LogLoader partition=md.trades-0, dir=/d] Loading producer state till offset 0 (org.apache.kafka.storage.internals.log.UnifiedLog)
+[2026-11-28 15:54:35,000] INFO [KafkaRaftServer nodeId=1] Kafka Server started (kafka.server.KafkaRaftServer)
+"""
+RUN_2 = """
+--- 2026-11-28T15:58:57+0000 starting: java kafka.Kafka server.properties
+[2026-11-28 15:59:01,097] INFO [LogLoader partition=__cluster_metadata-0, dir=/d] Recovering unflushed segment 0. 0 recovered for __cluster_metadata-0. (org.apache.kafka.storage.internals.log.LogLoader)
+[2026-11-28 15:59:04,302] INFO [BrokerServer id=1] Waiting for the controller to acknowledge that we are caught up (kafka.server.BrokerServer)
+[2026-11-28 15:59:04,376] INFO [LogLoader partition=md.trades-4, dir=/d] Recovering unflushed segment 0. 0 recovered for md.trades-4. (org.apache.kafka.storage.internals.log.LogLoader)
+"""
+
+
+def test_recovery_detail_reads_the_current_run_of_the_broker_log(tmp_path):
+    log = tmp_path / "broker.log"
+    log.write_text(RUN_1)
+    assert recovery_detail(log, 42) is None  # started: running (or unhealthy), not recovering
+    log.write_text(RUN_1 + RUN_2)
+    detail = recovery_detail(log, 42)
+    assert detail is not None and detail.startswith("pid 42, not serving yet: ")
+    assert "Recovering unflushed segment 0. 0 recovered for md.trades-4." in detail, detail
+    assert "2 segment recoveries so far" in detail, detail
+    log.write_text(RUN_1 + RUN_2 + "[2026-11-28 15:59:13,656] INFO [KafkaRaftServer nodeId=1] Kafka Server started "
+                   "(kafka.server.KafkaRaftServer)\n")
+    assert recovery_detail(log, 42) is None
+    fresh = tmp_path / "fresh.log"
+    fresh.write_text("\n--- 2026-11-28T16:00:00+0000 starting: java kafka.Kafka\n")
+    assert recovery_detail(fresh, 7) == "pid 7, not serving yet: starting"
+
+
+def test_a_full_disk_death_is_read_from_the_current_run_only(tmp_path):
+    log = tmp_path / "broker.log"
+    full = ("java.io.IOException: No space left on device\n[2026-11-28 15:54:50,640] ERROR Shutdown broker because "
+            "all log dirs in /d have failed (org.apache.kafka.storage.internals.log.LogManager)\n")
+    log.write_text(RUN_1 + full)
+    assert died_of_full_disk(log)
+    log.write_text(RUN_1 + full + RUN_2)
+    assert not died_of_full_disk(log)
+
+
+class Dying(Service):
+    """A real process that exits with code 1 after ``life_s``; its restart is held while ``flag`` exists."""
+
+    name = "dying"
+
+    def __init__(self, settings, paths, flag: Path, life_s: float) -> None:
+        super().__init__(settings, paths)
+        self.flag, self.life_s = flag, life_s
+        self.starts = 0
+
+    def prepare(self) -> Launch:
+        self.starts += 1
+        return Launch(argv=[sys.executable, "-c", f"import time; time.sleep({self.life_s}); raise SystemExit(1)"],
+                      address="-")
+
+    def health(self, address: str) -> Health:
+        return Health(True, "alive")
+
+    def hold_restart(self) -> str | None:
+        return f"log disk full ({self.flag.parent}, 0.0 MB free)" if self.flag.exists() else None
+
+
+def _component(sup, name):
+    return next((c for c in stack_status(sup.settings, sup.paths) if c.name == name), None)
+
+
+def _wait(cond, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := cond():
+            return value
+        time.sleep(0.05)
+    return cond()
+
+
+def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
+    home = tmp_path / "home"
+    paths = StackPaths(home)
+    paths.ensure()
+    settings = Settings(home=home, broker=None, database_url=None)
+    flag = tmp_path / "full"
+    flag.touch()
+    service = Dying(settings, paths, flag, life_s=1.0)
+    said: list[str] = []
+    sup = Supervisor(settings, paths, say=said.append, services=[service], steps=[])
+    sup.acquire_lock()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(sup.supervise(poll_s=0.05)), daemon=True)
+    try:
+        sup.start_all()
+        thread.start()
+        held = _wait(lambda: (c := _component(sup, "dying")) and c.state == "disk-full" and c, 10)
+        assert held, said
+        assert not held.healthy and held.detail == f"dying: log disk full ({tmp_path}, 0.0 MB free)", held
+        time.sleep(1.0)  # held: no restart however long, never counted, the stack not given up
+        assert service.starts == 1 and not result, said
+        assert any(line.startswith("dying: log disk full (") for line in said), said
+        for _ in range(RESTART_LIMIT + 2):  # every death while the disk is full is held, none is a crash
+            flag.unlink(missing_ok=True)
+            starts = service.starts
+            assert _wait(lambda: service.starts > starts, 10), said  # noqa: B023 - waited on at once
+            flag.touch()
+            assert _wait(lambda: "dying" in sup.held, 10), said
+        assert not result and not any("stopping the stack" in line for line in said), said
+        assert any("cleared after" in line and "restarting" in line for line in said), said
+    finally:
+        sup.stop_requested.set()
+        thread.join(10)
+        sup.stop_all()
+        sup.release()
+    assert result == [0]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_killed_kafka_says_recovering_and_keeps_every_acknowledged_record(tmp_path):
+    from tests.support.faults_broker import broker_restart_after_sigkill
+
+    r = broker_restart_after_sigkill(tmp_path / "home", preload=50_000, during=50_000)
+    d = r["detail"]
+    states = [s for _, name, s, _, _ in d["states"] if name == "broker"]
+    assert "recovering" in states and states[-1] == "running", d["states"]
+    assert not {"stale", "stopped"} & set(states), d["states"]  # the supervisor is alive: it is restarting it
+    assert d["acked_at_kill"] < d["preload"] + 50_000, "the kill was not mid-write"
+    assert r["lost"] == 0 and r["duplicates"] == 0 and d["in_topic"] == d["acked"], d
+    assert d["unflushed_after"] == 0 and d["failed_deliveries"] == 0, d
+    assert r["recover_s"] < 60, d
