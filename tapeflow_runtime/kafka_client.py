@@ -37,15 +37,24 @@ def admin_client(bootstrap: str) -> AdminClient:
 
 
 def producer_config(bootstrap: str, **extra) -> dict:
-    """Idempotent producer: acks=all + enable.idempotence, so retries never duplicate or reorder."""
-    return {
+    """Idempotent producer: acks=all + enable.idempotence, so retries never duplicate or reorder.
+
+    A record waits for the broker as long as it takes (``message.timeout.ms`` 0: no expiry): with
+    librdkafka's default of 300 s, a broker down for longer (a full log disk waiting for space) would
+    fail the records queued meanwhile. A transactional producer keeps librdkafka's bound instead: its
+    records cannot outlive the transaction that holds them."""
+    cfg = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": "lz4",
         "linger.ms": 5,
+        "message.timeout.ms": 0,
         **extra,
     }
+    if "transactional.id" in extra and "message.timeout.ms" not in extra:
+        del cfg["message.timeout.ms"]
+    return cfg
 
 
 # Large fetches: librdkafka's defaults (1 MB per partition) cap a consumer catching up on history;

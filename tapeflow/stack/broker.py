@@ -18,9 +18,9 @@ tells the supervisor to wait (not a crash, not counted against its restart limit
 
 The JVM settings are for a single machine that also runs the rest of the stack: a bounded heap, the
 serial collector, C1 only (``TieredStopAtLevel=1``: a broker at a few thousand records/s gains little
-from C2, which costs memory and start-up CPU), and the metadata and heartbeat timers stretched
-(``metadata.max.idle.interval.ms``, ``broker.heartbeat.interval.ms``: a single node has nobody to
-tell), which together halve the idle CPU of the defaults.
+from C2, which costs memory and start-up CPU), and the metadata timer stretched
+(``metadata.max.idle.interval.ms``: a single node has nobody to tell), which together halve the idle
+CPU of the defaults.
 """
 
 from __future__ import annotations
@@ -108,8 +108,10 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         # retention is checked every minute (Kafka's default is 5): topics are small on one machine
         "log.retention.check.interval.ms": "60000",
         "metadata.max.idle.interval.ms": "60000",
-        "broker.heartbeat.interval.ms": "5000",
-        "broker.session.timeout.ms": "12000",
+        # a restart after a crash waits for the old registration's session to expire: this timeout
+        # (+ ~6 s) is the time to healthy after a SIGKILL; heartbeats stay rare enough to cost nothing
+        "broker.heartbeat.interval.ms": "1500",
+        "broker.session.timeout.ms": "4500",
         # each segment preallocates its offset and time indexes at this size (sparse on most file
         # systems, but not on all: 10 MB x 2 x ~100 partitions was 2 GB on an overlay file system);
         # 1 MB still indexes ~500 MB of log per segment
