@@ -23,7 +23,9 @@ transaction holds the outputs, the state and the offsets of the same inputs, and
 between two commits leaves an aborted transaction its successor redoes exactly. A restarted or
 rebalanced worker that takes a partition initialises the same transactional id, which aborts the old
 owner's open transaction and fences it: a paused worker that wakes up (a zombie) has its writes
-refused (``ProducerFenced``) and crashes. The worker reads committed records only. The baseline
+refused (``ProducerFenced``) and crashes. The worker reads committed records only. Before it
+processes any input after an assignment, it checks that the table recovery read every changelog
+partition it owns to its end (``_check_restored``): its state is the state of the committed offsets. The baseline
 ``at_least_once`` keeps idempotent outputs (deterministic ids and contents): redelivery rewrites
 identical records, which readers that key by id (the sink) absorb. A broker that refuses Faust's
 transactional producer (transactions disabled, or an InitProducerId version it does not serve) is
@@ -99,6 +101,11 @@ async def require_transactions(bootstrap: str, transactional_id: str) -> None:
             f"broker") from exc
     finally:
         await producer.stop()
+
+
+class StateIncomplete(RuntimeError):
+    """Faust's table recovery ended before the changelog was read to its end: processing inputs from
+    the committed offsets with that state would write wrong outputs, so the worker stops instead."""
 
 
 class _EngineFaustApp(faust.App):
@@ -195,6 +202,7 @@ class EngineWorker:
         consumer.fetch_max_wait_ms = self.config.fetch_max_wait_ms
         consumer.bulk_handler = self
         self.app.topics.add(self.inputs)  # subscribe (there is no agent to do it)
+        self.app.on_rebalance_complete.connect(self._check_restored)
         await self.app.start()
         self.started_at = time.monotonic()
         self._ticker = asyncio.create_task(self._tick_forever())
@@ -220,6 +228,41 @@ class EngineWorker:
         progress = f", {len(waiting)} symbols released by progress markers" if waiting else ""
         return {"status": state, "detail": f"partitions {assigned}, {len(self.processor.owned)} symbols, "
                 f"{self.batches} batches{progress}"}
+
+    async def _check_restored(self, sender: Any = None, **_: Any) -> None:
+        """After Faust's table recovery, before the input partitions are resumed: every changelog
+        partition this worker owns has been read to its end (the last stable offset, asked of the
+        broker now). The engine's state must be the state of the committed input offsets: a recovery
+        that ended early (faust-streaming 0.15.3 measured its work against a cached offset that was
+        None before the first fetch, see ``ShortWaitConsumerThread._highwaters``) restarted symbols
+        from empty state in the middle of their input. Rather than write wrong outputs, the worker
+        crashes (exit 1; its supervisor restarts it and the recovery runs again)."""
+        changelog = self.table.changelog_topic.get_topic_name()
+        tps = sorted(tp for tp in self.app.tables.recovery.active_tps if tp.topic == changelog)
+        if not tps:
+            return
+        consumer = self.app.consumer
+        generation = self.app.consumer_generation_id
+        short: dict[int, tuple[int | None, int]] = {}
+        try:
+            ends = await consumer.highwaters(*tps)
+            for tp in tps:
+                end = ends.get(tp)
+                position = await consumer.position(tp)
+                if end is not None and (position is None or position < end):
+                    short[tp.partition] = (position, end)
+        except KafkaError as exc:
+            if self.app.consumer_generation_id != generation:
+                return  # a new rebalance began: its recovery is checked when it completes
+            raise
+        if short:
+            exc = StateIncomplete(
+                f"table recovery ended before the end of {changelog}: partition -> (read to, end) {short}")
+            log.error("engine state not restored", error=str(exc))
+            self.crashed = exc
+            await self.app.crash(exc)
+            raise exc
+        log.info("engine state restored", keys=len(self.table.data), partitions=[tp.partition for tp in tps])
 
     # -- bulk handler (called by BulkConsumer) -------------------------------------------------
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:

@@ -9,7 +9,7 @@ the agent sees, not that per-record machinery, so it cannot reach the 50,000 tra
 
 What this keeps from Faust: group membership and its co-partitioning assignor (a symbol's partition
 of every ``md.*`` topic and of the state table's changelog go to the same worker), table recovery
-from the changelog, offset commits (at-least-once, or transactions with ``exactly_once``), flow
+from the changelog (read to ends asked of the broker: ``ShortWaitConsumerThread._highwaters``), offset commits (at-least-once, or transactions with ``exactly_once``), flow
 control during rebalances, the producer. What it replaces: only the delivery of records of the
 *bulk topics* (the engine inputs), which skip events and streams and arrive as
 ``{TP: [ConsumerRecord, ...]}`` per fetch. Every other partition (table changelogs during recovery,
@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 from aiokafka.structs import TopicPartition
@@ -291,6 +291,21 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # non-transactional records reads the same records: their last stable offset is the end)
         consumer._isolation_level = "read_committed"
         return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """The ends Faust's table recovery reads the changelog to, asked of the broker every time.
+
+        With ``exactly_once`` faust-streaming 0.15.3 answers ``last_stable_offset`` here: aiokafka's
+        value cached from the last fetch response of the partition, None for a partition this process
+        has not fetched yet. A restarted worker builds its recovery ends before its first changelog
+        fetch, so it often got None ("highwater -1"), concluded that nothing needed recovering and
+        processed its inputs from the committed offsets with empty state (the SIGKILL test: the third
+        restart started BTCUSDT and ETHUSDT afresh in the middle of the replay and wrote a bar of 140
+        trades instead of 314). ``end_offsets`` sends ListOffsets with the consumer's isolation level,
+        read_committed: the last stable offset, fresh. Faust builds these ends after the worker's
+        transactional producers have started (and aborted the previous owner's open transactions), so
+        it is the end of everything committed, which is what the committed input offsets correspond to."""
+        return cast(Mapping[TP, int], await self._ensure_consumer().end_offsets(partitions))
 
 
 class OffsetsAsAiokafkaProducer(aiokafka_driver.Producer):
