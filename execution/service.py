@@ -201,6 +201,7 @@ class ExecutorService:
         self._start: dict[tuple[str, int], int] = {}  # topic-partition not read yet -> the offset it starts at
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self._group)
+        self._fence_check: list[TopicPartition] | None = None  # an assignment whose producer epoch is unchecked
         self._risk: Consumer | None = None
         self._reconciled_once = False
         self.broker = broker
@@ -236,7 +237,11 @@ class ExecutorService:
         failed = False
         try:
             while not stop.is_set():
-                for msg in self._consumer.consume(num_messages=500, timeout=0.02):
+                batch = self._consumer.consume(num_messages=500, timeout=0.02)
+                if self._fence_check is not None:  # after an assignment, before any of its records is handled
+                    assigned, self._fence_check = self._fence_check, None
+                    self._check_not_fenced(self._consumer, assigned)
+                for msg in batch:
                     if msg.error():
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error", error=msg.error().str())
@@ -308,7 +313,9 @@ class ExecutorService:
         signals = sorted(p.partition for p in partitions if p.topic == self.prefix + "signals")
         t0 = time.monotonic()
         if self.transactional:
-            self._check_not_fenced(consumer, partitions)
+            # not here: a transactional offset commit from inside the rebalance callback waits for the
+            # join this callback is part of (seen hanging after a broker restart); the loop does it next
+            self._fence_check = list(partitions)
         idle = self.options.restore_idle_s
         state = read_to_end(self.bootstrap, {self.prefix + "positions": signals, self.prefix + "orders": signals,
                                              self.prefix + "risk.events": None}, self.serde, idle_s=idle)
@@ -349,9 +356,14 @@ class ExecutorService:
         except (KafkaException, CommittedOffsetError) as exc:
             log.warning("committed offsets not read: producer epoch not checked on assignment", error=str(exc))
             return
-        if committed:
-            self.publisher.commit_transaction(committed, consumer.consumer_group_metadata())
-            self.publisher.begin_transaction()
+        if not committed:
+            return
+        try:
+            # bounded well below the group's max poll interval: this runs inside the assignment callback
+            self.publisher.commit_transaction(committed, consumer.consumer_group_metadata(), timeout=10.0)
+        except TransactionAborted as exc:  # a broker still recovering (not a fencing): checked at the next commit
+            log.warning("producer epoch not checked on assignment", error=str(exc))
+        self.publisher.begin_transaction()
 
     def _reconcile(self, ex: Executor, now: int) -> None:
         report = ex.reconcile(self.reconciler, now)

@@ -23,8 +23,9 @@ so retention counts from when a record reached the broker, never from the event 
 recording from 2023 replayed today stays its full retention, where event-time stamps had Kafka delete
 a replay's bars and features at its next retention check. Event time stays in every value (trade time,
 bar start, evaluation time), which is what the engine, the sinks and the backtest range filters read;
-lookups by time (``topics tail --from``, ``replay``, ``backtest --source topics``) use Kafka's
-ListOffsets over arrival times and then filter on event time.
+lookups by time use Kafka's ListOffsets over arrival times: ``topics tail --from`` and ``backtest
+--source topics`` then filter on event time; ``replay --from/--to`` select by arrival time and pace on
+event time.
 
 Keys are UTF-8 strings (not Avro); `symbol_key` builds the common one.
 """

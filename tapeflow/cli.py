@@ -363,7 +363,7 @@ def replay(
     def progress(summary) -> None:
         if show and time.monotonic() - last_shown[0] >= 0.5 and summary.last_event_ms is not None:
             last_shown[0] = time.monotonic()
-            done = (summary.last_event_ms - summary.from_ms) / max(summary.to_ms - summary.from_ms, 1)
+            done = summary.read / max(summary.in_range, 1)  # the range is in arrival time, the pace in event time
             sys.stderr.write(f"\rreplay {min(max(done, 0.0), 1.0):6.1%}  {summary.records:,} records  "
                              f"at {datetime.fromtimestamp(summary.last_event_ms / 1000, tz=UTC):%Y-%m-%d %H:%M:%S}")
             sys.stderr.flush()
@@ -390,7 +390,11 @@ def replay(
 def engine(
     strategy: list[Path] | None = typer.Option(
         None, "--strategy", help="Strategy file (YAML/JSON), repeatable (A/B). Default: the shipped ones."),
-    exactly_once: bool = typer.Option(False, "--exactly-once", help="Faust exactly_once processing."),
+    exactly_once: bool = typer.Option(
+        True, "--exactly-once/--at-least-once",
+        help="Exactly-once: outputs, state snapshots and input offsets commit in one Kafka transaction per "
+             "partition and commit interval (the broker must serve transactions). At-least-once: a crash can "
+             "repeat outputs in the topics (the database still stores each once)."),
     metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                      help="Port of /metrics and /health (0 = a free one, logged)."),
     eval_interval_ms: int = typer.Option(15_000, "--eval-interval-ms", min=1_000, max=60_000,

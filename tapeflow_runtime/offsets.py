@@ -14,9 +14,10 @@ error: librdkafka reports such a partition with offset -1001, the same value as 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.kafka_client import consumer_config, end_offsets
@@ -30,11 +31,27 @@ class CommittedOffsetError(TapeflowError):
     """The broker answered a committed-offset request for some partitions with an error."""
 
 
+_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                       KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._TIMED_OUT}
+
+
 def committed_offsets(consumer: Consumer, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
     """``consumer.committed`` (its group's offsets; -1001 where none is committed), raising
     ``CommittedOffsetError`` when a partition came back with an error instead of an offset: read as
-    "none committed", it would send a known group back to the start (or to a primed offset)."""
-    answer = consumer.committed(partitions, timeout=timeout)
+    "none committed", it would send a known group back to the start (or to a primed offset).
+
+    Asked again until ``timeout`` while the group's coordinator is not there yet (a broker just started
+    or restarted loads ``__consumer_offsets`` first: NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = consumer.committed(partitions, timeout=max(0.5, deadline - time.monotonic()))
+            break
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if code not in _COORDINATOR_MOVING or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     errors = {(tp.topic, tp.partition): tp.error for tp in answer if tp.error is not None}
     if errors:
         raise CommittedOffsetError(f"the broker did not say which offsets are committed: {errors}")

@@ -133,8 +133,9 @@ class Publisher:
         self._produce(self.prefix + topic, key.encode(), value, receive_time_ms, 0, on_delivered)
 
     def publish_encoded(self, topic: str, key: bytes | None, value: bytes, timestamp_ms: int = 0) -> None:
-        """Produce an already encoded record of catalogue topic `topic` (a copy), keeping its original
-        timestamp (`timestamp_ms`; 0 = now), so a later search by timestamp finds it where it was."""
+        """Produce an already encoded record of catalogue topic `topic` (a copy). `timestamp_ms` (0 = now)
+        is the record's create time, which only a CreateTime topic keeps: the catalogue's topics are
+        stamped by the broker on arrival (`schemas.catalogue`)."""
         self._produce(self.prefix + topic, key, value, None, 0, timestamp_ms=timestamp_ms)
 
     def dead_letter(self, dlq: str, source: str, raw: bytes, error: str, stage: str,

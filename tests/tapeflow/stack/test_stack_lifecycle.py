@@ -31,6 +31,24 @@ def cli(home: Path, *args, env_extra=None, timeout=120):
                           timeout=timeout, cwd=home.parent)
 
 
+def wait_healthy(home: Path, timeout_s: float = 90.0) -> dict:
+    """`status --json` once the stack is healthy (exit code 0), asked every 2 s (each call costs ~1.5
+    CPU-s). `up` returns once the engine answers, not once it runs: on Kafka its group join (after a
+    crash, the old member's session timeout first) and its transactional producers' fencing take
+    seconds more, during which `status` says "starting" and exits 1. Fails with the components that
+    stayed unhealthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = cli(home, "status", "--json")
+        report = json.loads(st.stdout) if st.stdout.startswith("{") else {}
+        if st.returncode == 0 and report.get("healthy") is True:
+            return report
+        if time.monotonic() >= deadline:
+            unhealthy = [c for c in report.get("components", []) if not c["healthy"]]
+            pytest.fail(f"the stack was not healthy within {timeout_s:.0f} s: {unhealthy or st.stdout + st.stderr}")
+        time.sleep(2)
+
+
 def recorded_pids(home: Path) -> dict[str, int]:
     out = {}
     for f in (home / "run").glob("*.json"):
@@ -68,11 +86,8 @@ def test_up_status_down_lifecycle(home):
     assert "stack healthy in" in res.stdout
     print(f"up --detach to healthy: {startup:.1f}s")
 
-    st = cli(home, "status", "--json")
-    assert st.returncode == 0, st.stdout + st.stderr
-    report = json.loads(st.stdout)
+    report = wait_healthy(home)
     by_name = {c["name"]: c for c in report["components"]}
-    assert report["healthy"] is True
     for name in ("supervisor", "broker", "database", "migrations", "topics", "fake-exchange", "producer"):
         assert by_name[name]["healthy"], by_name[name]
     assert by_name["broker"]["address"].startswith("127.0.0.1:")
@@ -191,15 +206,9 @@ def test_port_conflict_is_reported_clearly(home):
     assert not [p for p in recorded_pids(home).values() if alive(p)]
 
 
-def test_missing_broker_binary(home):
-    res = cli(home, "up", "--detach", env_extra={"JAVA_HOME": "/nonexistent/java"})
-    assert res.returncode != 0
-    assert "no Java runtime found" in res.stdout + res.stderr and "JAVA_HOME" in res.stdout + res.stderr
-    assert "Traceback" not in res.stdout + res.stderr
-
-
 def test_stale_pid_files_and_orphans_after_a_crash(home):
-    assert cli(home, "up", "--detach").returncode == 0
+    up = cli(home, "up", "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
     pids = recorded_pids(home)
     # the supervisor dies without cleaning up: its services become orphans with pid files
     os.kill(pids["supervisor"], signal.SIGKILL)
@@ -213,7 +222,7 @@ def test_stale_pid_files_and_orphans_after_a_crash(home):
     assert "orphaned" in res.stdout or "stale" in res.stdout
     for name in ("broker", "database"):
         assert not alive(pids[name]), f"orphaned {name} was not stopped"
-    assert cli(home, "status").returncode == 0
+    wait_healthy(home)
     assert cli(home, "down").returncode == 0
 
     # a pid file pointing at a dead process is reported as stale and removed by down
@@ -229,7 +238,8 @@ def test_stale_pid_files_and_orphans_after_a_crash(home):
 
 
 def test_supervisor_restarts_a_crashed_service(home):
-    assert cli(home, "up", "--detach").returncode == 0
+    up = cli(home, "up", "--detach")
+    assert up.returncode == 0, up.stdout + up.stderr
     broker_pid = recorded_pids(home)["broker"]
     before = recorded_pids(home)
     broker_address = json.loads((home / "run" / "broker.json").read_text())["address"]
@@ -241,14 +251,18 @@ def test_supervisor_restarts_a_crashed_service(home):
     # its clients reconnect by themselves (nothing else is restarted). Polled from the log file, the CLI
     # asked only once the topics step ran again: each `tapeflow` call costs ~1.5 CPU-s
     deadline = time.monotonic() + 90
+    st = None
     while time.monotonic() < deadline:
         log_text = (home / "logs" / "supervisor.log").read_text()
         after_kill = log_text.split("exited with code -9", 1)[-1] if "exited with code -9" in log_text else ""
-        if re.search(r"topics +\d+ created", after_kill) and cli(home, "status").returncode == 0:
-            break
+        if re.search(r"topics +\d+ created", after_kill):
+            st = cli(home, "status")
+            if st.returncode == 0:
+                break
         time.sleep(0.5)
     else:
-        pytest.fail("broker was not restarted to a healthy stack within 90 s:\n" + cli(home, "logs", "supervisor").stdout)
+        pytest.fail("broker was not restarted to a healthy stack within 90 s:\n" + cli(home, "logs", "supervisor").stdout
+                    + ("\nlast status:\n" + st.stdout + st.stderr if st is not None else ""))
     log = cli(home, "logs", "supervisor").stdout
     after_kill = log.split("exited with code -9", 1)[1]
     assert "restarting" in log and re.search(r"topics +0 created", after_kill), after_kill
