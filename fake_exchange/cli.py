@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a mark price per symbol this often (synthetic; the stream keeps Binance's name)")
     parser.add_argument("--synthetic-no-book-ticker", action="store_true", help="no bookTicker frames (synthetic)")
     parser.add_argument("--synthetic-start", type=float, default=1_700_000_000.0,
-                        help="session start, epoch seconds (synthetic)")
+                        help="session start, Unix seconds (synthetic)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ws-port", type=int, default=0)
     parser.add_argument("--rest-port", type=int, default=0)
