@@ -38,14 +38,12 @@ from execution.paper_broker import PaperBroker
 from execution.service import ExecuteOptions, run_executor
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.stack.broker import KafkaBroker
-from tapeflow.stack.supervisor import Supervisor
+from benchmarks.embedded_broker import start_broker
 from tapeflow_runtime.kafka_client import (
     consumer_config,
     ensure_topics,
     producer_config,
 )
-from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
 
 SERDE = AvroSerde(FileSchemaRegistry())
@@ -74,11 +72,7 @@ def pct(values: list[float], q: float) -> float:
 
 def bench_through_broker(n_signals: int, rate: float, transactional: bool = True) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        paths = StackPaths(Path(tmp))
-        paths.ensure()
-        settings = Settings(home=Path(tmp), broker=None)
-        sup = Supervisor(settings, paths, say=lambda m: None, services=[KafkaBroker(settings, paths)], steps=[])
-        sup.start_all()
+        sup = start_broker(Path(tmp))
         try:
             bootstrap = sup.addresses["broker"]
             ensure_topics(bootstrap, prefix=PREFIX)
@@ -158,11 +152,7 @@ def bench_through_broker(n_signals: int, rate: float, transactional: bool = True
 def bench_backlog(n_trades: int, transactional: bool) -> None:
     """Inputs already in the broker, the executor from the beginning: handled inputs per second."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths = StackPaths(Path(tmp))
-        paths.ensure()
-        settings = Settings(home=Path(tmp), broker=None)
-        sup = Supervisor(settings, paths, say=lambda m: None, services=[KafkaBroker(settings, paths)], steps=[])
-        sup.start_all()
+        sup = start_broker(Path(tmp))
         try:
             bootstrap = sup.addresses["broker"]
             ensure_topics(bootstrap, prefix=PREFIX)

@@ -20,12 +20,9 @@ from producers.binance.parse import parse_agg_trade
 from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from tapeflow.stack.broker import KafkaBroker
-from tapeflow.stack.supervisor import Supervisor
+from benchmarks.embedded_broker import start_broker
 from tapeflow_runtime.kafka_client import ensure_topics
-from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.publisher import Publisher
-from tapeflow_runtime.settings import Settings
 
 
 def frames(n: int) -> list[bytes]:
@@ -45,11 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     raw = frames(args.frames)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = StackPaths(Path(tmp))
-        paths.ensure()
-        settings = Settings(home=Path(tmp), broker=None)
-        sup = Supervisor(settings, paths, say=lambda m: None, services=[KafkaBroker(settings, paths)], steps=[])
-        sup.start_all()
+        sup = start_broker(Path(tmp))
         try:
             bootstrap = sup.addresses["broker"]
             ensure_topics(bootstrap, prefix="bench.")

@@ -18,6 +18,16 @@ def broker(bootstrap: str | None, home: Path) -> Iterator[str]:
     if bootstrap:
         yield bootstrap
         return
+    sup = start_broker(home)
+    try:
+        yield sup.addresses["broker"]
+    finally:
+        sup.stop_all()
+
+
+def start_broker(home: Path):
+    """The embedded Kafka under ``home``, started by the stack's supervisor (``stop_all()`` stops it);
+    its address is ``addresses["broker"]``."""
     from tapeflow.stack.broker import KafkaBroker
     from tapeflow.stack.supervisor import Supervisor
     from tapeflow_runtime.paths import StackPaths
@@ -28,7 +38,4 @@ def broker(bootstrap: str | None, home: Path) -> Iterator[str]:
     settings = Settings(home=home, broker=None, database_url=None, broker_port=0, database_port=0)
     sup = Supervisor(settings, paths, say=lambda m: None, services=[KafkaBroker(settings, paths)], steps=[])
     sup.start_all()
-    try:
-        yield sup.addresses["broker"]
-    finally:
-        sup.stop_all()
+    return sup

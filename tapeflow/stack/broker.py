@@ -154,21 +154,8 @@ class KafkaBroker(Service):
             check_port_free(HOST, wanted, "broker", "TAPEFLOW_BROKER_PORT")
             port = wanted
         else:
-            port = self._ports[0]
-            if port:
-                try:
-                    check_port_free(HOST, port, "broker", "TAPEFLOW_BROKER_PORT")
-                except StackError:
-                    port = 0
-            port = port or free_port(HOST)
-        controller = self._ports[1]
-        if controller:
-            try:
-                check_port_free(HOST, controller, "broker controller", "TAPEFLOW_BROKER_PORT")
-            except StackError:
-                controller = 0
-        controller = controller or free_port(HOST)
-        self._ports = (port, controller)
+            port = _still_free(self._ports[0]) or free_port(HOST)
+        self._ports = (port, _still_free(self._ports[1]) or free_port(HOST))
         return self._ports
 
     def cluster_id(self) -> str:
@@ -318,6 +305,17 @@ def recovery_detail(log_path: Path | str, pid: int) -> str | None:
     recovering = text.count("Recovering unflushed segment")
     more = f"; {recovering} segment recoveries so far" if recovering else ""
     return f"pid {pid}, not serving yet: {what[:240]}{more}"
+
+
+def _still_free(port: int) -> int:
+    """``port`` when it is set and nobody listens on it, else 0."""
+    if not port:
+        return 0
+    try:
+        check_port_free(HOST, port, "broker", "TAPEFLOW_BROKER_PORT")
+    except StackError:
+        return 0
+    return port
 
 
 def formatted_cluster_id(data_dir: Path) -> str | None:
