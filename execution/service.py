@@ -405,7 +405,7 @@ class ExecutorService:
                         continue
                     try:
                         out[msg.topic()].append(self.serde.decode(msg.value()))
-                    except Exception:  # noqa: BLE001 - dead-lettered when it was handled
+                    except Exception:  # noqa: BLE001 # nosec B110 # an undecodable record was dead-lettered when it was handled
                         pass
                     if msg.offset() >= ends[tp] - 1:
                         pending.discard(tp)

@@ -293,11 +293,11 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = Fal
 
     from schemas.registry import FileSchemaRegistry
     from schemas.serde import AvroSerde
-    from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config
+    from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, topic_metadata
 
     serde = AvroSerde(FileSchemaRegistry())
     c = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
-    md = c.list_topics(topic, timeout=10).topics[topic]
+    md = topic_metadata(c, topic)  # asked again while the broker is unreachable (a restart under load)
     c.assign([TopicPartition(topic, p, -2) for p in md.partitions])
     out = []
     at_end: set[int] = set()
