@@ -109,9 +109,10 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "log.retention.check.interval.ms": "60000",
         "metadata.max.idle.interval.ms": "60000",
         # a restart after a crash waits for the old registration's session to expire: this timeout
-        # (+ ~6 s) is the time to healthy after a SIGKILL; heartbeats stay rare enough to cost nothing
-        "broker.heartbeat.interval.ms": "1500",
-        "broker.session.timeout.ms": "4500",
+        # (+ ~6 s) is the time to healthy after a SIGKILL; shorter ones risk the node fencing itself
+        # when a loaded machine delays its own heartbeats
+        "broker.heartbeat.interval.ms": "3000",
+        "broker.session.timeout.ms": "9000",
         # each segment preallocates its offset and time indexes at this size (sparse on most file
         # systems, but not on all: 10 MB x 2 x ~100 partitions was 2 GB on an overlay file system);
         # 1 MB still indexes ~500 MB of log per segment
