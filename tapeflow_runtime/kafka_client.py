@@ -127,13 +127,6 @@ def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float
                 raise
 
 
-def existing_partitions(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> list[tuple[str, int]]:
-    """Every (topic, partition) of those of ``topics`` that exist, in the order given (one metadata
-    request): what a rollover step asks the true ends and committed offsets of."""
-    existing = admin_client(bootstrap).list_topics(timeout=timeout).topics
-    return [(t, p) for t in topics if t in existing for p in sorted(existing[t].partitions)]
-
-
 def broker_health(bootstrap: str, timeout: float = 3.0) -> Health:
     try:
         md = admin_client(bootstrap).list_topics(timeout=timeout)

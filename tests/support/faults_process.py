@@ -424,7 +424,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                     status = pool.submit(_statuses, stack, ("database", "sink"))
                     # the sink's own /health meanwhile, for the record: "database-down" once a writer's
                     # reconnect timed out, else still "running" (its write waits); not asserted, the
-                    # database's status is (the stand-in's starvation state is gone with it)
+                    # database's status is
                     while time.monotonic() - t_stall < db_stall_s:
                         code, body = http_json(sink_url)
                         if code != 200 and "sink_unhealthy_after_s" not in detail:

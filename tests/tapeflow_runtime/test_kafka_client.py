@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import NewTopic
 
-from tapeflow_runtime.kafka_client import admin_client, consumer_config, existing_partitions, topic_metadata
+from tapeflow_runtime.kafka_client import admin_client, consumer_config, topic_metadata
 from tests.support.faults_links import LinkProxy
 
 pytestmark = pytest.mark.integration
@@ -61,13 +61,3 @@ def test_topic_metadata_gives_up_after_its_budget_when_nothing_answers():
         finally:
             consumer.close()
     assert took >= 1.9  # it kept asking for the whole budget, not one attempt
-
-
-def test_existing_partitions_lists_the_topics_that_exist_in_the_order_asked(kafka_bootstrap):
-    first, second = f"parts-a-{time.time_ns()}", f"parts-b-{time.time_ns()}"
-    admin = admin_client(kafka_bootstrap)
-    for name, count in ((first, 3), (second, 1)):
-        admin.create_topics([NewTopic(name, count, 1)])[name].result(15)
-    assert existing_partitions(kafka_bootstrap, [second, f"{first}-missing", first]) == [
-        (second, 0), (first, 0), (first, 1), (first, 2)]
-    assert existing_partitions(kafka_bootstrap, []) == []
