@@ -251,6 +251,15 @@ def broker_restart_after_sigkill(home: Path, *, preload: int = 200_000, during: 
 def _topic_ids(stack, symbol: str) -> Counter:
     from tests.conftest import _read_topic
 
+    # the broker answering first: after a fault the supervisor may still be restarting it (under load
+    # its log recovery and the old session's expiry take longer than one metadata wait)
+    deadline = time.monotonic() + 180
+    while not ((c := status_of(stack.sup, "broker")) is not None and c.healthy):
+        if time.monotonic() > deadline:
+            tail = (stack.sup.paths.home / "logs" / "supervisor.log")
+            raise AssertionError(f"broker not healthy 180 s after the fault: {c}; supervisor said: "
+                                 f"{list(stack.log)[-10:]} {tail}")
+        time.sleep(0.5)
     return Counter(r["value"]["agg_id"] for r in _read_topic(stack.bootstrap, "md.trades", idle_s=2.0)
                    if r["value"]["symbol"] == symbol)
 
