@@ -299,10 +299,8 @@ def recovery_detail(log_path: Path | str, pid: int) -> str | None:
     text = _this_run(log_path)
     if _STARTED in text:
         return None
-    found = None
-    for found in _RECOVERY_LINE.finditer(text):
-        pass
-    what = found.group(1).strip() if found else "starting"
+    lines = _RECOVERY_LINE.findall(text)
+    what = lines[-1].strip() if lines else "starting"  # the latest recovery line
     recovering = text.count("Recovering unflushed segment")
     more = f"; {recovering} segment recoveries so far" if recovering else ""
     return f"pid {pid}, not serving yet: {what[:240]}{more}"
@@ -333,6 +331,6 @@ def log_size_mb(data_dir: Path) -> float:
         for name in files:
             try:
                 total += os.stat(os.path.join(root, name)).st_blocks * 512  # indexes are sparse
-            except OSError:
+            except OSError:  # a segment deleted by retention while we walk
                 pass
     return total / 1e6

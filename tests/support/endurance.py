@@ -130,6 +130,25 @@ def expected_trades(spec: SyntheticSpec) -> dict[str, tuple[int, int, int]]:
 
 
 @contextlib.contextmanager
+def supervised(sup, poll_s: float):
+    """``sup`` holding its home's lock, every service started and supervised on a thread (restarts as
+    under `tapeflow up`); on leaving, the supervision stopped, every service stopped, the lock released."""
+    sup.acquire_lock()
+    thread = None
+    try:
+        sup.start_all()
+        thread = threading.Thread(target=sup.supervise, kwargs={"poll_s": poll_s}, daemon=True)
+        thread.start()
+        yield sup
+    finally:
+        sup.stop_requested.set()
+        if thread is not None:
+            thread.join(120)
+        sup.stop_all()
+        sup.release()
+
+
+@contextlib.contextmanager
 def live_stack(home: Path, spec: SyntheticSpec, *, env: dict[str, str] | None = None, start: str = "first_subscriber",
                startup_timeout_s: float = 60.0, replay_speed: str | None = None) -> Iterator[RunningStack]:
     """Start the stack (broker, database, sink, engine, executor, fake exchange, live producer) under
@@ -157,21 +176,10 @@ def live_stack(home: Path, spec: SyntheticSpec, *, env: dict[str, str] | None = 
             replay = SyntheticReplay(settings, paths, spec, replay_speed)
             services += [replay, SyntheticReplayProducer(settings, paths, replay)]
         sup = Supervisor(settings, paths, say=say, services=services, steps=default_steps(settings, paths))
-        sup.acquire_lock()
-        thread = None
-        try:
-            sup.start_all()
+        with supervised(sup, poll_s=0.25):
             pg = next(s for s in sup.services if isinstance(s, EmbeddedPostgres))
             conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
-            thread = threading.Thread(target=sup.supervise, kwargs={"poll_s": 0.25}, daemon=True)
-            thread.start()
             yield RunningStack(sup, spec, conninfo, log)
-        finally:
-            sup.stop_requested.set()
-            if thread is not None:
-                thread.join(120)
-            sup.stop_all()
-            sup.release()
     finally:
         for k, v in saved.items():
             if v is None:

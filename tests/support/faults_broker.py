@@ -88,6 +88,7 @@ def broker_alone(home: Path, extra_properties: dict[str, str] | None = None) -> 
     """Kafka under a supervisor (supervising on a thread), the catalogue's topics created."""
     from tapeflow.stack.broker import KafkaBroker
     from tapeflow.stack.steps import TopicsStep
+    from tests.support.endurance import supervised
     from tapeflow.stack.supervisor import Supervisor
     from tapeflow_runtime.paths import StackPaths
     from tapeflow_runtime.settings import Settings
@@ -101,19 +102,8 @@ def broker_alone(home: Path, extra_properties: dict[str, str] | None = None) -> 
     sup = Supervisor(settings, paths, say=lambda m: log.append(f"{time.monotonic():.1f} {m}"),
                      services=[broker], steps=[TopicsStep(settings, paths)])
     sup.sayings = log
-    sup.acquire_lock()
-    thread = None
-    try:
-        sup.start_all()
-        thread = threading.Thread(target=sup.supervise, kwargs={"poll_s": 0.1}, daemon=True)
-        thread.start()
+    with supervised(sup, poll_s=0.1):
         yield sup
-    finally:
-        sup.stop_requested.set()
-        if thread is not None:
-            thread.join(120)
-        sup.stop_all()
-        sup.release()
 
 
 class SeqProducer:
