@@ -26,7 +26,7 @@ from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from stream_apps.core.durations import parse_duration_ms
 from tapeflow.stack.process import StackError
-from tapeflow_runtime.kafka_client import consumer_config
+from tapeflow_runtime.kafka_client import consumer_config, offsets_for_times
 
 def _default(obj):
     if isinstance(obj, (bytes, bytearray)):
@@ -75,7 +75,7 @@ def start_offsets(consumer: Consumer, topic: str, partitions: list[int], from_ms
         return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions]
     if from_ms is None:
         return [TopicPartition(topic, p, OFFSET_END) for p in partitions]
-    found = consumer.offsets_for_times([TopicPartition(topic, p, from_ms) for p in partitions], timeout=10)
+    found = offsets_for_times(consumer, [TopicPartition(topic, p, from_ms) for p in partitions], 10)
     # -1: no record that new in this partition, so it starts at its end
     return [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found]
 

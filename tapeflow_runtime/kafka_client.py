@@ -99,6 +99,43 @@ def start_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: floa
     return _listed_offsets(consumer, partitions, timeout, -2)
 
 
+#: ListOffsets answers that mean "not yet, ask again": a topic created a moment ago is not yet in
+#: librdkafka's metadata (_UNKNOWN_PARTITION) or has no leader in the broker's metadata cache yet, a
+#: restarted broker is still loading its partitions. A topic that truly does not exist therefore
+#: fails only after the whole timeout.
+_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.OFFSET_NOT_AVAILABLE,
+                  KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
+                  KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+                  KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+
+
+def offsets_for_times(consumer, wanted: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+    """``consumer.offsets_for_times``, asked again until ``timeout`` while the broker answers "not yet"
+    (``_LEADER_MOVING``), whether librdkafka raises it for the request or sets it on a partition.
+    Any other error is left for the caller (raised, or on the partition's ``error``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(0.5, deadline - time.monotonic())
+        try:
+            answer = consumer.offsets_for_times(wanted, timeout=left)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if code not in _LEADER_MOVING or time.monotonic() >= deadline:
+                raise
+        else:
+            moving = [tp for tp in answer if tp.error is not None and tp.error.code() in _LEADER_MOVING]
+            if not moving or time.monotonic() >= deadline:
+                return answer
+        time.sleep(0.2)
+        # librdkafka keeps what it last heard of a topic it does not fetch (for minutes): ask anew
+        for topic in {tp.topic for tp in wanted}:
+            try:
+                consumer.list_topics(topic, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+            except KafkaException:
+                pass  # the next attempt reports what is wrong
+
+
 def _listed_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float,
                     logical: int) -> dict[tuple[str, int], int]:
     """``offsets_for_times`` with a logical offset as the "time" (-1 OFFSET_END, -2 OFFSET_BEGINNING): one
@@ -107,7 +144,7 @@ def _listed_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: fl
     if not wanted:
         return {}
     return {(tp.topic, tp.partition): tp.offset
-            for tp in consumer.offsets_for_times(wanted, timeout=timeout) if tp.error is None}
+            for tp in offsets_for_times(consumer, wanted, timeout) if tp.error is None}
 
 
 def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float = 10.0):

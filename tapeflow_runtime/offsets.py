@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tapeflow_runtime.errors import TapeflowError
-from tapeflow_runtime.kafka_client import consumer_config, end_offsets
+from tapeflow_runtime.kafka_client import consumer_config, end_offsets, offsets_for_times
 
 
 class OffsetLookupError(TapeflowError):
@@ -67,7 +67,7 @@ def offsets_at_or_after(bootstrap: str, partitions: Iterable[tuple[str, int]], s
         return {}
     reader = Consumer(consumer_config(bootstrap))
     try:
-        answers = reader.offsets_for_times(wanted, timeout=timeout)
+        answers = offsets_for_times(reader, wanted, timeout)
         failed = [(tp.topic, tp.partition, tp.error) for tp in answers if tp.error is not None]
         if failed:
             raise OffsetLookupError(f"no offset by time for {failed[:3]}")

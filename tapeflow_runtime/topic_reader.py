@@ -24,7 +24,7 @@ from confluent_kafka import (
 )
 
 from schemas.serde import AvroSerde
-from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, topic_metadata
+from tapeflow_runtime.kafka_client import HISTORY_FETCH_CONFIG, consumer_config, offsets_for_times, topic_metadata
 
 
 #: messages taken from librdkafka's queue per call (one call per message cost a Python round trip each)
@@ -79,7 +79,7 @@ def read_to_end(bootstrap: str, topics: dict[str, list[int] | None], serde: Avro
             out[topic] = TopicSnapshot([], {p: 0 for p in parts})
         if start_ms is not None:  # timestamps to offsets (-1 = after the end: nothing that new)
             assignment = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
-                          for tp in consumer.offsets_for_times(assignment, timeout=10)]
+                          for tp in offsets_for_times(consumer, assignment, 10)]
         consumer.assign(assignment)
         at_end: set[tuple[str, int]] = set()
         last = time.monotonic()

@@ -13,10 +13,10 @@ import socket
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from tapeflow_runtime.kafka_client import admin_client, consumer_config, topic_metadata
+from tapeflow_runtime.kafka_client import admin_client, consumer_config, offsets_for_times, topic_metadata
 from tests.support.faults_links import LinkProxy
 
 pytestmark = pytest.mark.integration
@@ -61,3 +61,19 @@ def test_topic_metadata_gives_up_after_its_budget_when_nothing_answers():
         finally:
             consumer.close()
     assert took >= 1.9  # it kept asking for the whole budget, not one attempt
+
+
+def test_offsets_by_time_on_a_topic_created_a_moment_ago_wait_for_its_leader(kafka_bootstrap):
+    """A topic's creation returns before every broker cache knows its leader: ListOffsets asked at
+    once can answer NOT_LEADER_FOR_PARTITION (the CI's backtest died of it). The helper asks again."""
+    admin = admin_client(kafka_bootstrap)
+    consumer = _consumer(kafka_bootstrap)
+    try:
+        for i in range(12):
+            topic = f"fresh-{time.time_ns()}-{i}"
+            admin.create_topics([NewTopic(topic, 6, 1)])[topic].result(15)
+            answer = offsets_for_times(consumer, [TopicPartition(topic, p, 0) for p in range(6)], 15)
+            assert [(tp.partition, tp.error) for tp in answer] == [(p, None) for p in range(6)]
+            assert all(tp.offset == -1 for tp in answer)  # empty: nothing at or after time 0
+    finally:
+        consumer.close()
