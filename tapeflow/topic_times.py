@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from tapeflow_runtime.kafka_client import consumer_config, topic_metadata
+from tapeflow_runtime.kafka_client import consumer_config, end_offsets, start_offsets, topic_metadata
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,17 @@ def topic_spans(bootstrap: str, topics: list[str], *, newest: bool = True,
     A topic that does not exist is left out."""
     consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True}))
     try:
-        edges: dict[tuple[str, int], tuple[int, int]] = {}
+        tps: list[tuple[str, int]] = []
         for topic in topics:
             md = topic_metadata(consumer, topic, timeout_s=timeout_s, attempt_s=timeout_s)
             if md is None or md.error is not None:
                 continue
-            for p in sorted(md.partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-                edges[(topic, p)] = (low, high)
+            tps += [(topic, p) for p in sorted(md.partitions)]
+        lows, highs = start_offsets(consumer, tps, timeout_s), end_offsets(consumer, tps, timeout_s)
+        unanswered = [tp for tp in tps if tp not in lows or tp not in highs]
+        if unanswered:
+            raise RuntimeError(f"the broker did not answer the offsets of {unanswered[:3]}")
+        edges = {tp: (lows[tp], highs[tp]) for tp in tps}
         present = {t for t, _ in edges}
         first = _read_at(consumer, {tp: low for tp, (low, high) in edges.items() if high > low}, timeout_s)
         last = (_read_at(consumer, {tp: high - 1 for tp, (low, high) in edges.items() if high > low}, timeout_s)
