@@ -51,7 +51,9 @@ def test_sigstopped_consumers_and_a_killed_database_backend_lose_and_double_noth
     count, first, last = d["expected"]
     assert d["stored"] == (count, count, first, last), d
     assert d["topic_trades"] == d["topic_distinct"] == count, d
-    assert stop["lost"] == 0 and stop["duplicates"] == 0, d
+    assert stop["lost"] == 0 and stop["duplicates"] == 0, (
+        {k: d.get(k) for k in ("topic_dupes", "feature_dupes", "signal_dupes", "features_duplicated_at",
+                               "signals_duplicated_at", "phases")}, "\n".join(d.get("engine_rebalances", [])))
     assert d["feature_dupes"] == 0 and d["signal_dupes"] == 0
     assert d["db_features"][0] == d["db_features"][1] == d["feature_ids"], d
 

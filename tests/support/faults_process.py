@@ -455,9 +455,21 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                      for name in ("md.trades", "features", "signals")}
             topic_trades = [r["value"]["agg_id"] for r in reads["md.trades"].result()
                             if r["value"]["symbol"] == symbol]
-            feature_ids = [r["value"]["evaluation_id"] for r in reads["features"].result()]
-            signal_ids = [r["value"]["signal_id"] for r in reads["signals"].result()]
+            features = reads["features"].result()
+            signals = reads["signals"].result()
+            feature_ids = [r["value"]["evaluation_id"] for r in features]
+            signal_ids = [r["value"]["signal_id"] for r in signals]
         mark("topics_read")
+        # where a duplicate id sits (partition, offset), and what the engine logged about its groups
+        for name, records, field in (("features", features, "evaluation_id"), ("signals", signals, "signal_id")):
+            places: dict[str, list[tuple[int, int]]] = {}
+            for r in records:
+                places.setdefault(r["value"][field], []).append((r["partition"], r["offset"]))
+            detail[f"{name}_duplicated_at"] = [(i, at) for i, at in places.items() if len(at) > 1][:5]
+        engine_log = stack.sup.paths.home / "logs" / "engine.log"
+        detail["engine_rebalances"] = [line[:240] for line in engine_log.read_text(errors="replace").splitlines()
+                                       if any(w in line.lower() for w in ("revoked", "assigned", "restored",
+                                                                           "fenced", "transaction", "error"))][-40:]
         db_features = stack.query("SELECT count(*), count(DISTINCT evaluation_id) FROM features")[0]
         detail["log"] = list(stack.log)
         sink_log = stack.sup.paths.home / "logs" / "sink.log"
