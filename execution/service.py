@@ -227,17 +227,19 @@ class ExecutorService:
                                             "isolation.level": "read_committed",
                                             "fetch.wait.max.ms": self.settings.executor_fetch_wait_ms}))
         # risk.events is written a few times a day (a pause, the kill switch): Kafka answers a waiting
-        # fetch as soon as a record arrives, so the 500 ms wait costs no latency, and
-        # `consume(timeout=0)` below never blocks on it
+        # fetch as soon as a record arrives, so the long wait costs no latency (it only spaces the idle
+        # fetches the broker answers), and `consume(timeout=0)` below never blocks on it
         self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower",
-                                              **{"fetch.wait.max.ms": 500, "isolation.level": "read_committed"}))
+                                              **{"fetch.wait.max.ms": 5000, "isolation.level": "read_committed"}))
         self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke)
         next_clock = next_commit = 0
         failed = False
         try:
             while not stop.is_set():
-                batch = self._consumer.consume(num_messages=500, timeout=0.02)
+                # a record ends the wait at once; idle, the loop wakes for the next clock tick only
+                wait_s = min(self.options.clock_interval_ms, max(0, next_clock - self.clock())) / 1000
+                batch = self._consumer.consume(num_messages=500, timeout=wait_s)
                 if self._fence_check is not None:  # after an assignment, before any of its records is handled
                     assigned, self._fence_check = self._fence_check, None
                     self._check_not_fenced(self._consumer, assigned)

@@ -18,9 +18,11 @@ from schemas.catalogue import TopicSpec, all_topics, topic_configs
 from tapeflow_runtime.health import Health
 
 # Fast group joins on a single-node dev/test broker; production deployments override via env.
+# Heartbeats at a third of the session (Kafka's advice): every heartbeat is a request the idle broker
+# answers, and a member is still declared gone within the session's 6 s.
 FAST_GROUP_CONFIG = {
     "session.timeout.ms": 6000,
-    "heartbeat.interval.ms": 1000,
+    "heartbeat.interval.ms": 2000,
     "max.poll.interval.ms": 30000,
 }
 
@@ -363,7 +365,7 @@ class LagProbe:
     lose their series, so a rebalance leaves no stale lag behind.
     """
 
-    def __init__(self, gauge, group: str, interval_s: float = 5.0, timeout_s: float = 5.0) -> None:
+    def __init__(self, gauge, group: str, interval_s: float = 15.0, timeout_s: float = 5.0) -> None:
         self.gauge = gauge
         self.group = group
         self.interval_s = interval_s

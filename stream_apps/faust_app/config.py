@@ -74,7 +74,8 @@ class EngineAppConfig(BaseModel):
         "outputs become visible to read_committed readers at the next commit, and every changed key is "
         "snapshotted at each commit")
     broker_session_timeout_s: float = Field(default=6.0, gt=0)
-    broker_heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    broker_heartbeat_interval_s: float = Field(default=2.0, gt=0, description="a third of the session: each "
+        "heartbeat is a request the idle broker answers")
     broker_rebalance_timeout_s: float = Field(default=6.0, gt=0)
     # Kafka's default. One fetch is handled before the next is asked for, and a new group catching up
     # on hours of md.* on a loaded machine took more than 30 s for one: aiokafka then left the group and,

@@ -189,7 +189,9 @@ class KafkaBroker(Service):
                           + "".join(f"{k}={v}\n" for k, v in self.extra_properties.items()))
         log4j = self.kafka_dir / "log4j2.yaml"
         log4j.write_text(LOG4J2)
-        jvm = [java, f"-Xmx{self.settings.broker_heap_mb}m", "-Xms64m", "-XX:+UseSerialGC",
+        # -XX:-UsePerfData: no hsperfdata file in the system's /tmp, and no sampler thread waking
+        # 20 times a second (measured: -0.1 to -0.2 % of a core idle)
+        jvm = [java, f"-Xmx{self.settings.broker_heap_mb}m", "-Xms64m", "-XX:+UseSerialGC", "-XX:-UsePerfData",
                "-XX:TieredStopAtLevel=1", "-XX:MaxDirectMemorySize=256m", "-Djava.awt.headless=true",
                # IPv4 sockets: the loopback listeners show as 127.0.0.1, not as IPv6-mapped addresses
                "-Djava.net.preferIPv4Stack=true",
