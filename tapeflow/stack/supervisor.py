@@ -39,6 +39,7 @@ Say = Callable[[str], None]
 RESTART_LIMIT = 5  # restarts of one service within RESTART_WINDOW_S before the stack gives up
 RESTART_WINDOW_S = 300.0
 HELD_STATE = "disk-full"  # the state `status` shows for a service whose restart is held (`hold_restart`)
+WAITING_STATE = "waiting"  # a service that died while another is held: restarted once none is
 HELD_REFRESH_S = 5.0  # how often a held service's reason (its free space) is rewritten for `status`
 
 
@@ -92,6 +93,7 @@ class Supervisor:
         self._exchange_said: dict[str, str | None] = {}
         #: services whose restart is held (`hold_restart`): the reason said last and when
         self.held: dict[str, tuple[str, float]] = {}
+        self.waiting: set[str] = set()  # held only because another service is (`_hold_behind`)
 
     # --- locking ---------------------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -255,6 +257,9 @@ class Supervisor:
                     if reason is not None:
                         self._hold(name, run, code, reason)
                         continue
+                    if self.held:  # its restart would find the held one down (the broker): wait for it
+                        self._hold_behind(name, run, code)
+                        continue
                     now = time.monotonic()
                     run.restarts = [t for t in run.restarts if now - t < RESTART_WINDOW_S] + [now]
                     if len(run.restarts) > RESTART_LIMIT:
@@ -275,6 +280,7 @@ class Supervisor:
         restarts = run.restarts
         del self.running[name]
         self.held.pop(name, None)
+        self.waiting.discard(name)
         try:
             self._start_service(run.service)
             self.running[name].restarts = restarts
@@ -299,8 +305,21 @@ class Supervisor:
                  "the rest of the stack goes on")
         self._mark_down(run, HELD_STATE, reason)
 
+    def _hold_behind(self, name: str, run: _Running, code: int) -> None:
+        """``name`` died while another service is held (a client of a broker held on a full disk):
+        restarting it now would fail at once on the missing broker, and a failed restart stops the
+        whole stack. It waits, uncounted, and is restarted once nothing else is held."""
+        others = sorted(n for n in self.held if n not in self.waiting)
+        reason = f"waiting for {', '.join(others)} ({self.held[others[0]][0]})" if others else "waiting"
+        self.held[name] = (reason, time.monotonic())
+        self.waiting.add(name)
+        self.say(f"{name} exited with code {code}: {_last_line(run.record.log)}; {reason}")
+        self._mark_down(run, WAITING_STATE, reason)
+
     def _still_held(self, name: str, run: _Running) -> bool:
         """Ask the held service again; say when the reason is gone (then it is restarted)."""
+        if name in self.waiting:
+            return any(n not in self.waiting for n in self.held)
         reason = _hold_reason(run.service)
         said, at = self.held[name]
         if reason is None:

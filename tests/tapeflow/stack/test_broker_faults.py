@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tapeflow.stack.broker import died_of_full_disk, recovery_detail
+from tapeflow.stack.process import StackError
 from tapeflow.stack.service import Launch, Service
 from tapeflow.stack.supervisor import RESTART_LIMIT, Supervisor, stack_status
 from tapeflow_runtime.health import Health
@@ -125,6 +126,66 @@ def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
             assert _wait(lambda: "dying" in sup.held, 10), said
         assert not result and not any("stopping the stack" in line for line in said), said
         assert any("cleared after" in line and "restarting" in line for line in said), said
+    finally:
+        sup.stop_requested.set()
+        thread.join(10)
+        sup.stop_all()
+        sup.release()
+    assert result == [0]
+
+
+class Client(Service):
+    """A real process that exits with code 1 after ``life_s`` and cannot start while ``flag`` exists
+    (as the engine cannot while its broker is down: "no broker")."""
+
+    name = "client"
+
+    def __init__(self, settings, paths, flag: Path, life_s: float) -> None:
+        super().__init__(settings, paths)
+        self.flag, self.life_s = flag, life_s
+        self.starts = 0
+
+    def prepare(self) -> Launch:
+        if self.flag.exists():
+            raise StackError("client: no broker")
+        self.starts += 1
+        return Launch(argv=[sys.executable, "-c", f"import time; time.sleep({self.life_s}); raise SystemExit(1)"],
+                      address="-")
+
+    def health(self, address: str) -> Health:
+        return Health(True, "alive")
+
+
+def test_a_service_that_dies_while_another_is_held_waits_for_it_instead_of_stopping_the_stack(tmp_path):
+    """The CI's disk-full run: the broker held on a full disk, the engine died meanwhile, its restart
+    found no broker and the failed restart stopped the whole stack, so the broker never came back."""
+    home = tmp_path / "home"
+    paths = StackPaths(home)
+    paths.ensure()
+    settings = Settings(home=home, broker=None, database_url=None)
+    flag = tmp_path / "full"
+    flag.touch()
+    held = Dying(settings, paths, flag, life_s=0.5)
+    client = Client(settings, paths, flag, life_s=1.5)
+    flag.unlink()  # both start
+    said: list[str] = []
+    sup = Supervisor(settings, paths, say=said.append, services=[held, client], steps=[])
+    sup.acquire_lock()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(sup.supervise(poll_s=0.05)), daemon=True)
+    try:
+        sup.start_all()
+        flag.touch()  # the disk fills: "dying" is held at its death, "client" dies after it
+        thread.start()
+        waiting = _wait(lambda: (c := _component(sup, "client")) and c.state == "waiting" and c, 15)
+        assert waiting, said
+        assert waiting.detail == f"client: waiting for dying (log disk full ({tmp_path}, 0.0 MB free))", waiting
+        assert _component(sup, "dying").state == "disk-full"
+        time.sleep(0.5)
+        assert client.starts == 1 and not result, said  # not restarted into a missing broker, stack not stopped
+        flag.unlink()  # space again: the held one first, then the one waiting for it
+        assert _wait(lambda: held.starts > 1 and client.starts > 1, 15), said
+        assert not result and not any("restart failed" in line or "stopping the stack" in line for line in said), said
     finally:
         sup.stop_requested.set()
         thread.join(10)
