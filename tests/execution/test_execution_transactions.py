@@ -237,12 +237,16 @@ def test_sigkilled_executor_publishes_exactly_what_an_uninterrupted_run_does(kaf
 
     ref = reference.start()
     procs.append(ref)
-    for share in (0.2, 0.45, 0.7):  # three SIGKILLs, each after the group committed this share of trades
+    mid_stream = []
+    for share in (0.15, 0.35, 0.55):  # three SIGKILLs, each after the group committed this share of trades
         proc = faulted.start()
         procs.append(proc)
         done = faulted.wait("md.trades", int(share * total), [proc])
         kill(proc)
-        assert done < total, "the stream was handled before the kill: no kill mid-stream"
+        mid_stream.append(done < total)
+    # a loaded machine can let the executor finish the backlog between two looks at its commits: the
+    # first two kills at least must land mid-stream, or the test did not test the kill
+    assert mid_stream[:2] == [True, True], f"the stream was handled before the kill: {mid_stream}"
     last = faulted.start()
     procs.append(last)
     faulted.finish(last, counts)
