@@ -206,9 +206,14 @@ async def test_every_trade_once_verified_book_across_a_restart_liquidations_mark
         marks, ois = expected_marks_and_open_interest(session, sym)
         got_marks = [(m["mark_price"], m["index_price"], m["funding_rate"], m["next_funding_time"])
                      for m in records["md.mark"] if m["symbol"] == sym]
-        assert got_marks == marks and len(marks) > 3
+        # Bybit's ticker snapshot is the state at the subscription: a subscription that a loaded machine
+        # sent after the first ticker deltas had played starts later in the list (seen once in the suite)
+        skipped = len(marks) - len(got_marks)
+        assert 0 <= skipped <= 2 and got_marks == marks[skipped:] and len(got_marks) > 3, (skipped, got_marks, marks)
         got_oi = [i for i in records["md.indicators"] if i["symbol"] == sym]
-        assert [i["value"] for i in got_oi] == ois and all(i["kind"] == "open_interest" for i in got_oi)
+        skipped = len(ois) - len(got_oi)
+        assert 0 <= skipped <= 2 and [i["value"] for i in got_oi] == ois[skipped:], (skipped, got_oi, ois)
+        assert all(i["kind"] == "open_interest" for i in got_oi)
         assert all(i["extra"]["open_interest_value"] > 0 for i in got_oi)
     assert records["md.gaps"] == [] and records["dlq.md"] == []
     assert sample(metrics, "tapeflow_producer_book_resyncs_total", reason="gap") == 0
