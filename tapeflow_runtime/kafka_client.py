@@ -6,6 +6,7 @@ rebalance timeout; on a dev broker the defaults turn each join into a 20-30 s pa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -132,10 +133,8 @@ def offsets_for_times(consumer, wanted: list[TopicPartition], timeout: float) ->
         time.sleep(0.2)
         # librdkafka keeps what it last heard of a topic it does not fetch (for minutes): ask anew
         for topic in {tp.topic for tp in wanted}:
-            try:
+            with contextlib.suppress(KafkaException):  # the next attempt reports what is wrong
                 consumer.list_topics(topic, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-            except KafkaException:
-                pass  # the next attempt reports what is wrong
 
 
 def _listed_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float,

@@ -257,7 +257,7 @@ class Supervisor:
                     if reason is not None:
                         self._hold(name, run, code, reason)
                         continue
-                    if self.held:  # its restart would find the held one down (the broker): wait for it
+                    if self._held_for_themselves():  # its restart would find the held one (the broker) down
                         self._hold_behind(name, run, code)
                         continue
                     now = time.monotonic()
@@ -305,12 +305,16 @@ class Supervisor:
                  "the rest of the stack goes on")
         self._mark_down(run, HELD_STATE, reason)
 
+    def _held_for_themselves(self) -> list[str]:
+        """The held services that wait for their own reason (``hold_restart``), not behind another."""
+        return sorted(n for n in self.held if n not in self.waiting)
+
     def _hold_behind(self, name: str, run: _Running, code: int) -> None:
         """``name`` died while another service is held (a client of a broker held on a full disk):
         restarting it now would fail at once on the missing broker, and a failed restart stops the
         whole stack. It waits, uncounted, and is restarted once nothing else is held."""
-        others = sorted(n for n in self.held if n not in self.waiting)
-        reason = f"waiting for {', '.join(others)} ({self.held[others[0]][0]})" if others else "waiting"
+        others = self._held_for_themselves()
+        reason = f"waiting for {', '.join(others)} ({self.held[others[0]][0]})"
         self.held[name] = (reason, time.monotonic())
         self.waiting.add(name)
         self.say(f"{name} exited with code {code}: {_last_line(run.record.log)}; {reason}")
@@ -319,7 +323,7 @@ class Supervisor:
     def _still_held(self, name: str, run: _Running) -> bool:
         """Ask the held service again; say when the reason is gone (then it is restarted)."""
         if name in self.waiting:
-            return any(n not in self.waiting for n in self.held)
+            return bool(self._held_for_themselves())
         reason = _hold_reason(run.service)
         said, at = self.held[name]
         if reason is None:

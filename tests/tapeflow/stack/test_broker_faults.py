@@ -134,26 +134,19 @@ def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
     assert result == [0]
 
 
-class Client(Service):
-    """A real process that exits with code 1 after ``life_s`` and cannot start while ``flag`` exists
-    (as the engine cannot while its broker is down: "no broker")."""
+class Client(Dying):
+    """A ``Dying`` that is never held itself but cannot start while ``flag`` exists (as the engine
+    cannot while its broker is down: "no broker")."""
 
     name = "client"
-
-    def __init__(self, settings, paths, flag: Path, life_s: float) -> None:
-        super().__init__(settings, paths)
-        self.flag, self.life_s = flag, life_s
-        self.starts = 0
 
     def prepare(self) -> Launch:
         if self.flag.exists():
             raise StackError("client: no broker")
-        self.starts += 1
-        return Launch(argv=[sys.executable, "-c", f"import time; time.sleep({self.life_s}); raise SystemExit(1)"],
-                      address="-")
+        return super().prepare()
 
-    def health(self, address: str) -> Health:
-        return Health(True, "alive")
+    def hold_restart(self) -> str | None:
+        return None
 
 
 def test_a_service_that_dies_while_another_is_held_waits_for_it_instead_of_stopping_the_stack(tmp_path):
