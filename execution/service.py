@@ -26,9 +26,11 @@ inputs before the cut: the last `WARM_RECORDS` md.trades/md.book records of each
 are put back in the new paper book (`Executor.restore(committed_cut=True)`).
 Exchange modes commit the open transaction at the sink's `barrier()` (before an order is sent), so
 an order the exchange may have is always in a committed intent; client order ids stay the exchange's
-guard against a second order if that commit is lost. An aborted transaction (a record not delivered,
+guard against a second order if that commit is lost. An aborted transaction that held outputs (a record not delivered,
 the broker refusing the commit) stops the service with exit code 1: the in-memory state includes what
-was aborted, and a restart rebuilds it from the committed cut.
+was aborted, and a restart rebuilds it from the committed cut. One that held input offsets only (a
+broker that stopped answering during an idle commit) is aborted and the service goes on: nothing of
+its state came from it, and the next transaction commits later offsets.
 
 Input order: inputs are processed in event-time order per partition (`execution.input_order`): when
 the executor is behind (a restart, a replay already in the broker) a signal is handled before the
@@ -592,7 +594,18 @@ class ExecutorService:
             return
         if self._handled_moved or self.publisher.transaction_records:
             offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._handled.items()]
-            self.publisher.commit_transaction(offsets, self._consumer.consumer_group_metadata())
+            try:
+                self.publisher.commit_transaction(offsets, self._consumer.consumer_group_metadata())
+            except TransactionAborted as exc:
+                if self.publisher.transaction_records:
+                    raise  # outputs were aborted: the in-memory state includes them, only a restore undoes that
+                # offsets alone (inputs that published nothing): no state to undo, and offsets only move
+                # forward, so the next transaction commits these with its own. A broker that stopped
+                # answering ends here; exiting would only get us restarted into the same outage.
+                log.warning("input offsets not committed: they go with the next transaction", error=str(exc))
+                self.publisher.begin_transaction()
+                self._last_commit = time.monotonic()
+                return
             self._handled_moved = False
             self.commits += 1
             self.publisher.begin_transaction()

@@ -37,6 +37,9 @@ LATENCY_SAMPLE = 16  # observe receive->ack latency for 1 record in N: a distrib
 #: a transaction left open by a killed process blocks read_committed readers of its partitions until a
 #: new producer with the same transactional.id starts or the broker aborts it after this long
 TRANSACTION_TIMEOUT_MS = 30_000
+#: how long an abort waits for an unreachable transaction coordinator (a broker restarting, paused, or
+#: held on a full disk): aborting is always safe to retry, and giving up means the caller's exit
+ABORT_PATIENCE_S = 120.0
 
 
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
@@ -285,27 +288,28 @@ class Publisher:
             reason = self._fatal or (err.str() if err is not None else f"{type(exc).__name__}: {exc}")
             if err is not None and err.fatal():
                 raise TransactionFenced(reason) from exc
-            self.abort_transaction(max(1.0, deadline - time.monotonic()))
+            self.abort_transaction()
             raise TransactionAborted(reason) from exc
         if self._fatal:
             raise TransactionFenced(self._fatal)
         if remaining or self._transaction_error:
             reason = self._transaction_error or f"{remaining} records undelivered"
-            self.abort_transaction(max(1.0, deadline - time.monotonic()))
+            self.abort_transaction()
             raise TransactionAborted(reason)
         try:
             if offsets:
                 self._call(lambda left: self._producer.send_offsets_to_transaction(offsets, group_metadata, left),
                            max(0.1, deadline - time.monotonic()))
             self._call(lambda left: self._producer.commit_transaction(left), max(0.1, deadline - time.monotonic()))
-        except KafkaException as exc:  # abortable (e.g. the group's generation moved on)
-            self.abort_transaction(max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:  # abortable (the group's generation moved on) or the broker unreachable
+            self.abort_transaction()
             raise TransactionAborted(exc.args[0].str()) from exc
         self.in_transaction = False
         self._publish_counts()
 
-    def abort_transaction(self, timeout: float = 30.0) -> None:
-        """Abort the open transaction: none of its records will ever be visible to read_committed readers."""
+    def abort_transaction(self, timeout: float = ABORT_PATIENCE_S) -> None:
+        """Abort the open transaction: none of its records will ever be visible to read_committed readers.
+        Retried while the coordinator cannot be reached, up to `timeout` (`TransactionFenced` after it)."""
         self._retry.clear()
         if self.in_transaction:
             self.in_transaction = False
