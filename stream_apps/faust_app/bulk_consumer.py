@@ -160,6 +160,39 @@ class BulkConsumer(aiokafka_driver.Consumer):
         async with handler.transaction_boundary():
             return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)
+        if self.in_transaction and revoked:
+            await self._abort_open_transactions(revoked)
+
+    async def _abort_open_transactions(self, revoked: set[TP]) -> None:
+        """Abort the open transactions of revoked partitions, after Faust's revocation has run.
+
+        faust-streaming 0.15.3 drops the acknowledged offsets of revoked partitions before its
+        revocation commit, so that commit covers none of them and their transactions stay open, holding
+        outputs of inputs whose offsets were never committed. When the same worker gets the partitions
+        back (a pause past the group session; any eager rebalance that leaves it its partitions) Faust
+        keeps those producers and their open transactions ("Invalid state transition IN_TRANSACTION ->
+        IN_TRANSACTION" at its begin), the worker reads the inputs again from the committed offsets, and
+        the next commit made both copies of their outputs visible (duplicate feature ids, seen after a
+        SIGSTOP). Aborted here, the inputs' outputs exist once: from the re-read. A partition that moves
+        to another worker loses nothing either: the new owner's producer would have aborted them."""
+        transactions = self.transactions
+        producer = transactions.producer
+        for tid in sorted(transactions._tps_to_transactional_ids(revoked)):
+            txn = producer._transaction_producers.get(tid)
+            manager = getattr(txn, "_txn_manager", None)
+            if manager is None or not manager.is_in_transaction():
+                continue
+            try:
+                await producer.abort_transaction(tid)
+            except Exception as exc:  # noqa: BLE001 - a producer that cannot abort is fenced or failed:
+                # its transaction times out on the broker, and the next owner's producer fences it
+                log.warning("open transaction of revoked partitions not aborted", transactional_id=tid,
+                            error=repr(exc))
+            else:
+                log.info("open transaction of revoked partitions aborted", transactional_id=tid)
+
     async def wait_empty(self) -> None:
         # runs before every rebalance commit and at shutdown: let the handler persist what it
         # holds so the commit that follows covers it; records it still holds stay uncommitted

@@ -182,6 +182,7 @@ async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_an
     assert ended == "replay-finished" and publisher.healthy
     assert producer.stream.pongs >= 2  # the text ping was sent and answered
     records = read_topics(kafka_bootstrap, topic_prefix)
+    assert records["dlq.md"] == [], records["dlq.md"]  # first: a refused frame explains a missing record below
     for sym in SYMBOLS:
         want = expected_trades(session, sym)
         got = [t for t in records["md.trades"] if t["symbol"] == sym]
@@ -199,7 +200,9 @@ async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_an
         indicators = [i for i in records["md.indicators"] if i["symbol"] == sym]
         got_funding = [(i["value"], i["extra"]["next_funding_time"], i["extra"]["funding_interval_ms"])
                        for i in indicators if i["kind"] == "funding_rate"]
-        assert got_funding == funding
+        # seen once in CI: the first two funding records missing while the marks carrying their rates were
+        # all there; the whole md.indicators partition of the symbol says more next time
+        assert got_funding == funding, (sym, funding, [(i["kind"], i["value"], i["event_time"]) for i in indicators])
         divergence = [i for i in indicators if i["kind"] == "spot_perp_divergence"]
         assert [(i["extra"]["perp_price"], i["extra"]["spot_price"]) for i in divergence] == expected_divergence(
             session, sym)

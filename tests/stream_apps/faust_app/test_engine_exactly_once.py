@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 
@@ -26,6 +27,9 @@ from stream_apps.core.strategy import parse_strategy
 from stream_apps.faust_app.session import SessionProducer, synthetic_session
 from stream_apps.faust_app.session import read_topic as read_session_topic
 from stream_apps.faust_app.worker import ensure_engine_topics
+from schemas.catalogue import ENGINE_INPUTS
+from tapeflow_runtime.progress import ProgressMarkers
+from tapeflow_runtime.publisher import Publisher, PublishMetrics
 from tapeflow_runtime.kafka_client import ensure_topics
 from tests.stream_apps.faust_app.test_engine_app import (  # noqa: F401 - fixtures
     MIN,
@@ -234,4 +238,73 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(kafka_bootstrap, topic_pre
         ids = Counter(record_id(topic, row[3]) for row in rows)
         repeated = [k for k, n in ids.items() if n > 1]
         assert not repeated, f"{topic}: {len(repeated)} records twice (A's late writes?), e.g. {repeated[:3]}"
+    assert_matches_reference(outputs, want)
+
+
+@pytest.mark.timeout(600)
+def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twice(
+        kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers):
+    """One engine catching up on a backlog is SIGSTOPped past its group session (9 s against 6 s) and
+    resumes in the same process: the group took its partitions away and gives them back. Outputs it
+    had written into its open transactions for inputs whose offsets it never committed must not stay
+    there: it reads those inputs again from the committed offsets and writes their outputs again
+    (before the fix: 80 and 116 feature ids twice in two runs, the stale copy committed with the new one)."""
+    config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, processing_guarantee="exactly_once")
+    ensure_engine_topics(config)
+    session = synthetic_session(duration_ms=40 * MIN, trades_per_s=60.0, seed=29)
+    want = reference(session, strategy_files)
+    total = len(session)
+    head = total // 5
+    # every record as a replay publishes it: in steps, each followed by its progress marker (what a
+    # source promises; without them the engine cannot tell a step's end from the data's)
+    publisher = Publisher(kafka_bootstrap, serde, PublishMetrics(), topic_prefix=topic_prefix)
+    markers = ProgressMarkers(publisher, "test-feed", ENGINE_INPUTS)
+    keys = sorted({r.key for r in session})
+    step = max(1, (total - head) // 400)
+
+    def publish(start: int, stop: int, pause_s: float) -> None:
+        for i in range(start, stop, step):
+            for r in session[i:min(i + step, stop)]:
+                publisher.publish(r.topic, r.key, r.value)
+            if i + step < total:  # the session is in time order: all before the next step's first time is out
+                for key in keys:
+                    markers.mark(key, session[min(i + step, stop)].time_ms - 1)
+            publisher.flush(30)
+            markers.publish_ready()
+            time.sleep(pause_s)
+
+    publish(0, head, 0.0)
+    a = Worker(config, tmp_path, "a")
+    workers.append(a)
+    a.wait_ready()
+    _wait(lambda: a.metric("tapeflow_engine_input_records_total") >= head, 120, "A caught up")
+
+    # the rest arrives in small steps (so the engine works in small steps and its open transactions
+    # hold outputs at any moment), and the pause lands in the middle of it
+    def feed() -> None:
+        publish(head, total, 0.05)
+        markers.finish(keys)
+        publisher.flush(30)
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    _wait(lambda: a.metric("tapeflow_engine_input_records_total") >= head + (total - head) // 5, 120,
+          "A processing the live part")
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(9.0)  # the pause itself is the fault: past the 6-s session
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    feeder.join(120)
+    assert not feeder.is_alive()
+
+    from tests.stream_apps.faust_app.test_engine_app import wait_for_features
+
+    wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[a])
+    assert a.stop() == 0
+    assert "open transaction of revoked partitions aborted" in a.log()  # the pause did cost it its partitions
+    outputs = read_outputs(kafka_bootstrap, topic_prefix, serde, isolation_level="read_committed")
+    for topic, rows in outputs.items():
+        ids = Counter(record_id(topic, row[3]) for row in rows)
+        repeated = [k for k, n in ids.items() if n > 1]
+        assert not repeated, f"{topic}: {len(repeated)} records twice, e.g. {repeated[:3]}"
     assert_matches_reference(outputs, want)
