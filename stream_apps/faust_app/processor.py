@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from schemas.avro_columns import AvroColumns
 from schemas.catalogue import DLQ_MD
 from schemas.serde import AvroSerde
 from stream_apps.book_decode import BookDecoder
@@ -42,7 +43,7 @@ from stream_apps.core.strategy import StrategyConfig
 
 from .alignment import EVERYTHING, EventTimeAligner, Released
 from .config import INPUT_TOPICS, PROGRESS_TOPIC
-from .inputs import RawRecord, decode_partition
+from .inputs import TRADES, RawRecord, decode_partition
 from .progress import Marker, ProgressBook, marker_from_record
 from .keyed_engine import KeyedEngine
 from .metrics import EngineAppMetrics
@@ -107,6 +108,7 @@ class EngineProcessor:
         self.params = params
         self.serde = serde
         self.book_decoder = BookDecoder(serde)  # md.book's reader, as long as the serde (``inputs``)
+        self.trade_columns = AvroColumns.of_topic(serde, TRADES)  # md.trades' columnar reader (``inputs``)
         self.encoder = encoder
         self.metrics = metrics
         self.load_snapshot = load_snapshot
@@ -142,7 +144,8 @@ class EngineProcessor:
             self._last_delivery[(name, partition)] = self.stall_clock()
             self._read_to[(name, partition)] = max(self._read_to.get((name, partition), -1), batch[-1].offset)
             self.metrics.records_in.labels(name).inc(len(batch))
-            decoded = decode_partition(self.serde, name, topic, partition, batch, self.book_decoder)
+            decoded = decode_partition(self.serde, name, topic, partition, batch, self.book_decoder,
+                                       self.trade_columns)
             for dead in decoded.dead:
                 effects.outputs.append(self.encoder.dead_letter(dead))
                 effects.ack(topic, partition, [dead.offset])
