@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from schemas.catalogue import TopicSpec, all_topics, topic_configs
 from tapeflow_runtime.health import Health
+
+T = TypeVar("T")
 
 # Fast group joins on a single-node dev/test broker; production deployments override via env.
 # Heartbeats at a third of the session (Kafka's advice): every heartbeat is a request the idle broker
@@ -113,28 +116,61 @@ _LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVA
                   KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
 
 
+def error_code(exc: BaseException) -> int | None:
+    """The code of the KafkaError a KafkaException carries (None when it carries none)."""
+    return exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
+class _NotYet(Exception):
+    """An answer that means "ask again" (see `ask_again`); it carries the answer, returned at the deadline."""
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__("not yet")
+        self.answer = answer
+
+
+def ask_again(call: Callable[[float], T], codes: Collection[int], timeout: float, *, attempt_s: float | None = None,
+              floor_s: float = 0.5, pause_s: float = 0.2, between: Callable[[float], None] | None = None) -> T:
+    """``call(seconds)`` until it answers, asked again while it raises a KafkaException whose code is in
+    ``codes`` (the broker saying "not yet": a coordinator loading, a leader moving, a timeout), up to
+    ``timeout``; then, or for any other error, the exception is raised. Each attempt gets what is left
+    (at least ``floor_s``, at most ``attempt_s``); ``between(seconds_left)`` runs after each pause. A call
+    may raise ``_NotYet(answer)`` for an answer that is not final yet: ``answer`` is returned at the
+    deadline. The one retry loop of the Kafka lookups (committed offsets, metadata, offsets by time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return call(max(floor_s, left if attempt_s is None else min(attempt_s, left)))
+        except _NotYet as pending:
+            if time.monotonic() >= deadline:
+                return cast(T, pending.answer)
+        except KafkaException as exc:
+            if error_code(exc) not in codes or time.monotonic() >= deadline:
+                raise
+        if pause_s:
+            time.sleep(pause_s)
+        if between is not None:
+            between(deadline - time.monotonic())
+
+
 def offsets_for_times(consumer, wanted: list[TopicPartition], timeout: float) -> list[TopicPartition]:
     """``consumer.offsets_for_times``, asked again until ``timeout`` while the broker answers "not yet"
     (``_LEADER_MOVING``), whether librdkafka raises it for the request or sets it on a partition.
     Any other error is left for the caller (raised, or on the partition's ``error``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = max(0.5, deadline - time.monotonic())
-        try:
-            answer = consumer.offsets_for_times(wanted, timeout=left)
-        except KafkaException as exc:
-            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if code not in _LEADER_MOVING or time.monotonic() >= deadline:
-                raise
-        else:
-            moving = [tp for tp in answer if tp.error is not None and tp.error.code() in _LEADER_MOVING]
-            if not moving or time.monotonic() >= deadline:
-                return answer
-        time.sleep(0.2)
+    def ask(seconds: float) -> list[TopicPartition]:
+        answer = consumer.offsets_for_times(wanted, timeout=seconds)
+        if any(tp.error is not None and tp.error.code() in _LEADER_MOVING for tp in answer):
+            raise _NotYet(answer)
+        return answer
+
+    def refresh(left: float) -> None:
         # librdkafka keeps what it last heard of a topic it does not fetch (for minutes): ask anew
         for topic in {tp.topic for tp in wanted}:
             with contextlib.suppress(KafkaException):  # the next attempt reports what is wrong
-                consumer.list_topics(topic, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                consumer.list_topics(topic, timeout=max(0.5, min(5.0, left)))
+
+    return ask_again(ask, _LEADER_MOVING, timeout, between=refresh)
 
 
 def _listed_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float,
@@ -154,15 +190,9 @@ def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float
     A loaded broker can leave one metadata request unanswered for over 10 s (the CI saw an
     executor's state read die so, mid-rebalance); a live service must wait that out, not crash. Other
     errors, and a broker that stays silent for ``timeout_s``, raise ``KafkaException``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            return client.list_topics(topic, timeout=max(0.1, min(attempt_s, left))).topics.get(topic)
-        except KafkaException as exc:
-            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if code not in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT) or time.monotonic() >= deadline:
-                raise
+    return ask_again(lambda seconds: client.list_topics(topic, timeout=seconds).topics.get(topic),
+                     (KafkaError._TIMED_OUT, KafkaError._TRANSPORT), timeout_s, attempt_s=attempt_s, floor_s=0.1,
+                     pause_s=0.0)
 
 
 def broker_health(bootstrap: str, timeout: float = 3.0) -> Health:

@@ -14,13 +14,12 @@ error: librdkafka reports such a partition with offset -1001, the same value as 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from tapeflow_runtime.errors import TapeflowError
-from tapeflow_runtime.kafka_client import consumer_config, end_offsets, offsets_for_times
+from tapeflow_runtime.kafka_client import ask_again, consumer_config, end_offsets, offsets_for_times
 
 
 class OffsetLookupError(TapeflowError):
@@ -42,16 +41,7 @@ def committed_offsets(consumer: Consumer, partitions: list[TopicPartition], time
 
     Asked again until ``timeout`` while the group's coordinator is not there yet (a broker just started
     or restarted loads ``__consumer_offsets`` first: NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            answer = consumer.committed(partitions, timeout=max(0.5, deadline - time.monotonic()))
-            break
-        except KafkaException as exc:
-            code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if code not in _COORDINATOR_MOVING or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
+    answer = ask_again(lambda seconds: consumer.committed(partitions, timeout=seconds), _COORDINATOR_MOVING, timeout)
     errors = {(tp.topic, tp.partition): tp.error for tp in answer if tp.error is not None}
     if errors:
         raise CommittedOffsetError(f"the broker did not say which offsets are committed: {errors}")
