@@ -45,7 +45,7 @@ def wait_for(cond, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)  # over the default: scheduled with the long tests, first (tests/conftest.py)
 def test_an_executor_rides_out_a_broker_outage_with_uncommitted_offsets(tmp_path: Path):
     with broker_alone(tmp_path / "home") as sup:
         boot = sup.addresses["broker"]
