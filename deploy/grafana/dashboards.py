@@ -400,7 +400,7 @@ LIMIT 200""", fmt="table"),)),
         Panel("Latencies (p99)", "timeseries", width=24, unit="s",
               question="How long does a record take at each hop: receive to broker ack, evaluation to publication, "
                        "batch commit, signal to order?",
-              thresholds=(Threshold(0.2, "orange", "the receive-to-signal p99 target (DESIGN.md §7)"),),
+              thresholds=(Threshold(0.2, "orange", "the receive-to-signal p99 target, 200 ms"),),
               queries=(p99("tapeflow_producer_produce_latency_seconds", "producer receive→ack"),
                        p99("tapeflow_engine_evaluation_lag_seconds", "engine evaluation→publish"),
                        p99("tapeflow_sink_commit_seconds", "sink batch commit"),
