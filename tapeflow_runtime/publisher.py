@@ -35,8 +35,12 @@ MAX_REDELIVERIES = 5
 POLL_EVERY = 256  # serve delivery callbacks every N produces, not after each one (hot path)
 LATENCY_SAMPLE = 16  # observe receive->ack latency for 1 record in N: a distribution needs no census
 #: a transaction left open by a killed process blocks read_committed readers of its partitions until a
-#: new producer with the same transactional.id starts or the broker aborts it after this long
-TRANSACTION_TIMEOUT_MS = 30_000
+#: new producer with the same transactional.id starts (the stack restarts a dead executor within
+#: seconds) or the broker aborts it after this long. Longer than a broker restart: a broker that comes
+#: back after more than this aborts the open transaction itself and bumps the producer's epoch, which
+#: the producer can only take as fenced (the executor exited after a 31-s broker restart under load
+#: with 30 s here). The engine's is 300 s (`bulk_consumer`).
+TRANSACTION_TIMEOUT_MS = 120_000
 #: how long an abort waits for an unreachable transaction coordinator (a broker restarting, paused, or
 #: held on a full disk): aborting is always safe to retry, and giving up means the caller's exit
 ABORT_PATIENCE_S = 120.0
