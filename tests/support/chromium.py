@@ -64,11 +64,14 @@ class DevTools:
         try:
             deadline = time.monotonic() + 30
             url = None
+            seen: list[str] = []  # what chromium said before, for the error (seen once in a loaded suite)
             while url is None:
                 try:
                     line = lines.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
-                    raise RuntimeError("chromium did not open its DevTools endpoint") from None
+                    raise RuntimeError(f"chromium did not open its DevTools endpoint within 30 s (exit code "
+                                       f"{self.proc.poll()}; its stderr: {seen[-5:]})") from None
+                seen.append(line.strip()[:200])
                 m = re.search(r"DevTools listening on (ws://\S+)", line)
                 url = m.group(1) if m else None
             self.ws = self._stack.enter_context(connect(url, max_size=None, open_timeout=10))
