@@ -13,6 +13,7 @@ trade time for trades and liquidations, exchange event time for book and mark, a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -118,13 +119,13 @@ def decode_partition(serde: AvroSerde, catalogue_topic: str, topic: str, partiti
     weak-keyed cache would never let a serde go. ``trades``: the caller's columnar reader of md.trades'
     current schema (``AvroColumns.of_topic``); None decodes trades record by record."""
     if catalogue_topic == TRADES:
-        if trades is not None and not isinstance(records, list):
-            records = list(records)
-        if trades is not None and len(records) >= COLUMNAR_MIN:  # type: ignore[arg-type]
-            try:
-                return _decode_trade_columns(trades, records)  # type: ignore[arg-type]
-            except ColumnarError:
-                pass  # another schema id, a malformed record: record by record, where dead letters are made
+        if trades is not None:
+            batch = records if isinstance(records, list) else list(records)
+            if len(batch) >= COLUMNAR_MIN:
+                # another schema id, a malformed record: record by record, where dead letters are made
+                with contextlib.suppress(ColumnarError):
+                    return _decode_trade_columns(trades, batch)
+            records = batch
         return _decode_trades(serde, topic, partition, records)
     if catalogue_topic == BOOK:  # the levels straight into columns (``book_decode``)
         read: Callable[[bytes], MarketEvent] = book if book is not None else BookDecoder(serde)

@@ -91,10 +91,15 @@ def _wait(condition, timeout_s: float, what: str, services=()) -> None:
     raise AssertionError(f"not within {timeout_s} s: {what}\n" + "\n".join(s.tail() for s in services))
 
 
-def _no_duplicates(outputs: dict[str, list[dict]]) -> None:
+def _no_duplicates(outputs: dict[str, list[dict]], hint: str = "") -> None:
     for topic, values in outputs.items():
         repeated = [k for k, n in Counter(record_id(topic, v) for v in values).items() if n > 1]
-        assert not repeated, f"{topic}: {len(repeated)} records twice, e.g. {repeated[:3]}"
+        assert not repeated, f"{topic}: {len(repeated)} records twice{hint}, e.g. {repeated[:3]}"
+
+
+def _values(outputs: dict[str, list[tuple]]) -> dict[str, list[dict]]:
+    """`read_outputs`' rows (key, partition, timestamp, value) as their values."""
+    return {topic: [row[3] for row in rows] for topic, rows in outputs.items()}
 
 
 @pytest.mark.timeout(900)
@@ -234,10 +239,7 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(kafka_bootstrap, topic_pre
     wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want["features"]), workers=[b])
     assert b.stop() == 0
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde, isolation_level="read_committed")
-    for topic, rows in outputs.items():
-        ids = Counter(record_id(topic, row[3]) for row in rows)
-        repeated = [k for k, n in ids.items() if n > 1]
-        assert not repeated, f"{topic}: {len(repeated)} records twice (A's late writes?), e.g. {repeated[:3]}"
+    _no_duplicates(_values(outputs), " (A's late writes?)")
     assert_matches_reference(outputs, want)
 
 
@@ -303,8 +305,5 @@ def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twic
     assert a.stop() == 0
     assert "open transaction of revoked partitions aborted" in a.log()  # the pause did cost it its partitions
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde, isolation_level="read_committed")
-    for topic, rows in outputs.items():
-        ids = Counter(record_id(topic, row[3]) for row in rows)
-        repeated = [k for k, n in ids.items() if n > 1]
-        assert not repeated, f"{topic}: {len(repeated)} records twice, e.g. {repeated[:3]}"
+    _no_duplicates(_values(outputs))
     assert_matches_reference(outputs, want)
