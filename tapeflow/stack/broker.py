@@ -195,10 +195,18 @@ class KafkaBroker(Service):
                "-XX:TieredStopAtLevel=1", "-XX:MaxDirectMemorySize=256m", "-Djava.awt.headless=true",
                # IPv4 sockets: the loopback listeners show as 127.0.0.1, not as IPv6-mapped addresses
                "-Djava.net.preferIPv4Stack=true",
+               # lz4-java and snappy-java unpack their native libraries into java.io.tmpdir and never
+               # remove them: keep them under the broker's own directory, not the system's /tmp
+               f"-Djava.io.tmpdir={self._tmp_dir()}",
                f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath(libs)]
         if formatted_cluster_id(self.data_dir) is None:
             self._format(jvm, cluster, config)
         return Launch(argv=[*jvm, "kafka.Kafka", str(config)], address=f"{HOST}:{port}")
+
+    def _tmp_dir(self) -> Path:
+        tmp = self.kafka_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
 
     def _format(self, jvm: list[str], cluster: str, config: Path) -> None:
         """Kafka's ``StorageTool format``: writes meta.properties and the bootstrap metadata once."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import queue
 import re
 import shutil
@@ -25,10 +26,16 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--hide-scrollbars", "--disable-extensions", "--mute-audio"]
 
 
+def _env(profile: str) -> dict[str, str]:
+    """Chromium's environment: TMPDIR inside its profile, which is removed after it. Chromium leaves its
+    singleton socket directories (``org.chromium.Chromium.*``) in TMPDIR, and a test writes nowhere else."""
+    return {**os.environ, "TMPDIR": profile}
+
+
 def run_chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="tapeflow-chromium-") as profile:
         return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                              text=True, timeout=timeout, check=True)
+                              text=True, timeout=timeout, check=True, env=_env(profile))
 
 
 def dump_dom(page: Path) -> str:
@@ -57,7 +64,7 @@ class DevTools:
         self.proc = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={self._profile}", "--remote-debugging-address=127.0.0.1",
              "--remote-debugging-port=0", f"--window-size={self._size[0]},{self._size[1]}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(self._profile))
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stderr], daemon=True).start()
         self._stack = contextlib.ExitStack()

@@ -179,6 +179,9 @@ def test_topics_and_records_survive_a_broker_restart(tmp_path):
         for i in range(1000):
             producer.produce("md.trades", key=b"binance:BTCUSDT", value=json.dumps({"i": i}).encode())
         assert producer.flush(30) == 0
+        # the broker decompressed our lz4 batches to validate them: lz4-java's native library was
+        # unpacked under the broker's own directory, not into the system's /tmp
+        assert list((home / "kafka" / "tmp").glob("liblz4-java*.so")), sorted(os.listdir(home / "kafka"))
         sup.stop_all()
 
         sup = started()
