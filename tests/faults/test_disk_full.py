@@ -126,7 +126,8 @@ def test_a_full_broker_log_disk_holds_the_broker_not_the_stack_and_loses_nothing
     producer_ok, producer_said = d["status_full"]["producer"]
     assert not producer_ok and producer_said.startswith("broker unavailable"), d["status_full"]
     assert d["status_full"]["supervisor"][0], d["status_full"]
-    assert "broker: log disk full (" in log and "restarting in" not in log and "stopping the stack" not in log, log
+    assert "broker: log disk full (" in log and "restarting in" not in log and "stopping the stack" not in log, \
+        (log, d["stopped_lines"])
     assert d["others_same_pids"], d["others_pids"]  # no crash loop anywhere: nothing else restarted
     states = {(name, state) for _, name, state, _, _ in d["states"]}
     assert ("broker", "disk-full") in states and ("producer", "broker-unavailable") in states, d["states"]

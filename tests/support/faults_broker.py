@@ -370,6 +370,10 @@ def broker_disk_full(home: Path, *, size: str = "64m", full_s: float = 10.0, dur
                                            .splitlines() if "broker unavailable" in ln or "broker available" in ln][:6]
         detail["broker_full_lines"] = [ln[:300] for ln in (logs / "broker.log").read_text(errors="replace")
                                        .splitlines() if "No space left" in ln or "all log dirs" in ln][:4]
+        # why a service stopped, when one did (the supervisor's log only says that it exited)
+        detail["stopped_lines"] = {name: [ln[:400] for ln in (logs / f"{name}.log").read_text(errors="replace")
+                                          .splitlines() if "error" in ln.lower() or "stopped" in ln][-12:]
+                                   for name in ("executor", "engine", "sink") if (logs / f"{name}.log").exists()}
     return [row(f"broker_disk_full_{full_s:g}s", duration_s=round(t_free - t0, 2), trades_in=count,
                 trades_out=detail["distinct"], duplicates=detail["dupes"] + detail["topic_dupes"],
                 lost=max(detail["missing"], detail["topic_missing"]), recover_s=recover_s, detail=detail)]
