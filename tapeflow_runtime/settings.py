@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     sink_writers: int = Field(default=2, ge=1, le=16,
                               description="Sink writer threads, each with its own database connection.")
     sink_fetch_wait_ms: int = Field(
-        default=1_000, ge=1, le=5_000, description="The sink's fetch wait when nothing is new: Kafka answers a "
+        default=2_000, ge=1, le=5_000, description="The sink's fetch wait when nothing is new: Kafka answers a "
         "fetch as soon as records arrive, so this only spaces the idle fetches of the sink's ~100 partitions.")
     sink_raw_fetch: bool = Field(
         default=True, description="On a one-broker cluster (the embedded Kafka, or an external single node), the "
@@ -175,7 +175,7 @@ class Settings(BaseSettings):
         "batch (librdkafka's linger.ms): a trade reaches the engine up to this later; larger batches cost "
         "the broker and the consumers less per record.")
     executor_fetch_wait_ms: int = Field(
-        default=500, ge=1, le=5_000, description="The executor's fetch wait when nothing is new (Kafka answers "
+        default=2_000, ge=1, le=5_000, description="The executor's fetch wait when nothing is new (Kafka answers "
         "as soon as a signal arrives): spaces its idle fetches.")
     topic_retention: str = Field(
         default="7d", description="How long the broker keeps market data (md.* topics) after it arrived, set when "

@@ -46,8 +46,8 @@ KEEP_ALIVE_S = 15.0
 #: the overview and the desk re-read the database when their topics say something changed: at most
 #: this often per page (the overview's queries are the heavier ones)
 REFRESH_S = {"overview": 5.0, "desk": 3.0}
-#: and this long after the first record of a change, so that the sink has stored it (its fetch wait,
-#: ``Settings.sink_fetch_wait_ms`` 1 s, plus its 250 ms batch and the commit)
+#: and this long after the first record of a change, so that the sink has stored it (Kafka answers the
+#: sink's waiting fetch as soon as the record is there; then its 250 ms batch and the commit)
 SETTLE_S = 1.5
 #: without the broker's topics: a re-read this often
 POLL_S = 10.0

@@ -117,8 +117,17 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         # systems, but not on all: 10 MB x 2 x ~100 partitions was 2 GB on an overlay file system);
         # 1 MB still indexes ~500 MB of log per segment
         "log.index.size.max.bytes": str(1 << 20),
-        "num.network.threads": "2",
-        "num.io.threads": "4",
+        # threads sized for one node on a small machine: each idle request handler, network thread and
+        # coordinator event thread wakes several times a second to poll its queue (per thread over 60 s,
+        # the broker alone with the catalogue's topics: 1.25 % of a core with 2 network, 4 io and
+        # Kafka's 4 group-coordinator threads, 0.90 % with these); two handlers still let a slow
+        # request (a ListOffsets by time on a long log) not hold every other client
+        "num.network.threads": "1",
+        "num.io.threads": "2",
+        "background.threads": "2",
+        "group.coordinator.threads": "1",
+        "group.coordinator.background.threads": "1",
+        "share.coordinator.threads": "1",
         "num.recovery.threads.per.data.dir": "2",
         "log.cleaner.threads": "1",
         "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
