@@ -35,6 +35,7 @@ from tapeflow.stack.process import free_port
 from tapeflow_runtime.kafka_client import ensure_topics
 from tests.support.paths import REPO
 from tests.support.services import Service, database_url, metrics_text, wait_healthy
+from tests.support.waiting import services_alive, wait_until
 
 _spec = importlib.util.spec_from_file_location("tapeflow_dashboards", REPO / "deploy" / "grafana" / "dashboards.py")
 dashboards = importlib.util.module_from_spec(_spec)
@@ -137,15 +138,6 @@ def test_the_syntax_walk_finds_names_labels_and_groupings():
 
 
 # --- the scrape ---------------------------------------------------------------------------------------------
-def wait_for(condition, timeout: float, what: str, services: list[Service]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for s in services:
-            assert s.proc.poll() is None, f"{s.name} died\n{s.tail()}"
-        assert time.monotonic() < deadline, f"{what}\n" + "\n".join(s.tail(1500) for s in services)
-        time.sleep(0.5)
-
-
 def series(text: str) -> dict[str, set[str]]:
     """Sample name -> label names seen on it (union over its series)."""
     out: dict[str, set[str]] = {}
@@ -223,8 +215,9 @@ def scraped(kafka_bootstrap, pg_server) -> dict[str, set[str]]:
                   "tapeflow_executor_publish_dlq_messages_total", "tapeflow_engine_consumer_lag_messages",
                   "tapeflow_sink_consumer_lag_messages", "tapeflow_executor_consumer_lag_messages",
                   "tapeflow_sink_rows_written_total", "tapeflow_engine_input_records_total")
-        wait_for(lambda: all(w in merged() for w in wanted), 120,
-                 f"not every path was taken: missing {[w for w in wanted if w not in merged()]}", services)
+        wait_until(lambda: all(w in merged() for w in wanted), 120,
+                   lambda: f"not every path was taken: missing {[w for w in wanted if w not in merged()]}\n"
+                   + "\n".join(s.tail(1500) for s in services), interval=0.5, alive=services_alive(services))
         assert producer.proc.poll() is None
         return merged()
     finally:

@@ -24,6 +24,7 @@ from execution.service import ExecuteOptions, run_executor
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.settings import Settings
 from tests.support.executor_io import Feed, Watcher, free_port, wait_consumed
+from tests.support.waiting import wait_until
 from tests.support.faults_broker import broker_alone
 from tests.support.services import ServiceThread
 
@@ -36,13 +37,6 @@ def trades_handled(port: int) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     m = re.search(r'^tapeflow_executor_messages_in_total\{topic="md\.trades"\} (\S+)$', body, re.M)
     return float(m.group(1)) if m else 0.0
-
-
-def wait_for(cond, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, what
-        time.sleep(0.05)
 
 
 @pytest.mark.timeout(400)  # over the default: scheduled with the long tests, first (tests/conftest.py)
@@ -61,7 +55,7 @@ def test_an_executor_rides_out_a_broker_outage_with_uncommitted_offsets(tmp_path
             feed.trade(100.0)
             wait_consumed(boot, prefix, "md.trades", 1)  # the first commit: the group is up
             feed.trade(100.1)
-            wait_for(lambda: trades_handled(port) >= 2, 30, "second trade not handled")
+            wait_until(lambda: trades_handled(port) >= 2, 30, "second trade not handled", interval=0.05)
             # handled, its offset not committed (the next commit is up to 10 s away): that commit meets the outage
             broker_pid = sup.running["broker"].proc.pid
             os.kill(broker_pid, signal.SIGSTOP)

@@ -45,6 +45,7 @@ from tapeflow_runtime.settings import (
     load_settings,
     parse_duration,
 )
+from tests.support.waiting import wait_until
 
 SERDE = AvroSerde(FileSchemaRegistry())
 DAY = timedelta(days=1)
@@ -198,13 +199,12 @@ def _start_sink(env: dict) -> subprocess.Popen:
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait(predicate, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
+def _running(proc: subprocess.Popen):
+    """For `wait_until`'s ``alive``: the sink has not exited (its stderr when it has)."""
+    def check() -> None:
         if proc.poll() is not None:
             raise AssertionError(f"sink exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+    return check
 
 
 @pytest.mark.integration
@@ -217,14 +217,14 @@ def test_an_old_backfill_survives_a_sink_restart_and_its_maintenance(kafka_boots
     _produce(kafka_bootstrap, topic_prefix, trades[:10_000], depth[:2_000])
     first = _start_sink(env)
     try:
-        _wait(lambda: _counts(db) == (10_000, 2_000), 90, first)
+        wait_until(lambda: _counts(db) == (10_000, 2_000), 90, "the sink stored them", interval=0.2, alive=_running(first))
     finally:
         first.send_signal(signal.SIGKILL)  # killed in the middle of the backfill
         first.wait(10)
     _produce(kafka_bootstrap, topic_prefix, trades[10_000:], depth[2_000:])
     second = _start_sink(env)  # its maintenance runs at start: the old code dropped the day here
     try:
-        _wait(lambda: _counts(db) == (20_000, 4_000), 90, second)
+        wait_until(lambda: _counts(db) == (20_000, 4_000), 90, "the sink stored them", interval=0.2, alive=_running(second))
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
@@ -275,7 +275,7 @@ def test_a_reader_of_two_tables_is_never_deadlocked_by_the_sink_making_old_parti
             # the second table of the reader's transaction: a deadlock before the fix
             assert reader.execute("SELECT count(*) FROM depth_updates").fetchone()[0] >= 0
             reader.commit()
-            _wait(lambda: _counts(db) == (3_000, 600), 90, sink)
+            wait_until(lambda: _counts(db) == (3_000, 600), 90, "the sink stored them", interval=0.2, alive=_running(sink))
         finally:
             sink.terminate()
             sink.wait(30)

@@ -31,7 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.faults_process import _statuses, _wait, row
+from tests.support.faults_process import _statuses, row
+from tests.support.waiting import poll
 
 TOPIC = "md.trades"
 
@@ -201,7 +202,7 @@ def broker_restart_after_sigkill(home: Path, *, preload: int = 200_000, during: 
         with StateLog(sup, ("broker",)) as states:
             writer.start()
             writing.wait(10)
-            _wait(lambda: len(prod.acked) > preload + during // 10, 30, 0.01)
+            poll(lambda: len(prod.acked) > preload + during // 10, 30, 0.01)
             t_kill = time.monotonic()
             detail["acked_at_kill"] = len(prod.acked)
             os.kill(old_pid, signal.SIGKILL)
@@ -212,7 +213,7 @@ def broker_restart_after_sigkill(home: Path, *, preload: int = 200_000, during: 
                     return None
                 c = status_of(sup, "broker")
                 return c if c is not None and c.healthy and c.state == "running" else None
-            back = _wait(healthy_again, 300, 0.05)
+            back = poll(healthy_again, 300, 0.05)
             t_back, t_back_wall = time.monotonic(), time.time()
             writer.join(300)
             remaining = prod.flush(300)
@@ -282,7 +283,7 @@ def broker_killed_mid_replay(home: Path, *, duration_s: float = 1800.0, trades_p
     count, first, last = expected
     detail: dict[str, Any] = {"expected": expected}
     with live_stack(home, spec, replay_speed="max", startup_timeout_s=120.0) as stack:
-        started = _wait(lambda: stack.trades_stored(symbol)[0] >= count * kill_at, 300, 0.05)
+        started = poll(lambda: stack.trades_stored(symbol)[0] >= count * kill_at, 300, 0.05)
         assert started, "the replay stored nothing\n" + "\n".join(stack.log)
         detail["stored_at_kill"] = stack.trades_stored(symbol)[0]
         producer = stack.sup.running.get("producer")
@@ -296,12 +297,12 @@ def broker_killed_mid_replay(home: Path, *, duration_s: float = 1800.0, trades_p
                 pid = stack.service_pid("broker")
                 c = status_of(stack.sup, "broker") if pid not in (None, broker_pid) else None
                 return c if c is not None and c.healthy else None
-            healthy = _wait(back, 180, 0.1)
+            healthy = poll(back, 180, 0.1)
             t_back = time.monotonic()
             at_back = stack.trades_stored(symbol)[0]
-            moved = _wait(lambda: stack.trades_stored(symbol)[0] > at_back or at_back >= count, 120, 0.1)
+            moved = poll(lambda: stack.trades_stored(symbol)[0] > at_back or at_back >= count, 120, 0.1)
             recover_s = round(time.monotonic() - t_back, 2) if moved else None
-            _wait(lambda: stack.trades_stored(symbol)[1] >= count, 300, 0.5)
+            poll(lambda: stack.trades_stored(symbol)[1] >= count, 300, 0.5)
             time.sleep(1.0)  # a duplicate would come with the last batches
         detail["broker_back"] = healthy.detail if healthy else None
         detail["states"] = states.seen
@@ -342,7 +343,7 @@ def broker_disk_full(home: Path, *, size: str = "64m", full_s: float = 10.0, dur
                 def said():
                     st = {c: s for _, c, s, _, _ in states.seen}
                     return st.get("broker") == "disk-full" and st.get("producer") == "broker-unavailable"
-                _wait(lambda: time.monotonic() - t0 >= full_s and said(), max(3 * full_s, 60), 0.25)
+                poll(lambda: time.monotonic() - t0 >= full_s and said(), max(3 * full_s, 60), 0.25)
                 detail["broker_exit"] = stack.sup.running["broker"].proc.poll()
                 detail["status_full"] = _statuses(stack, watched)
                 detail["held"] = dict(stack.sup.held)
@@ -354,11 +355,11 @@ def broker_disk_full(home: Path, *, size: str = "64m", full_s: float = 10.0, dur
                 pid = stack.service_pid("broker")
                 c = status_of(stack.sup, "broker") if pid not in (None, broker_pid) else None
                 return c if c is not None and c.healthy else None
-            healthy = _wait(back, 180, 0.1)
+            healthy = poll(back, 180, 0.1)
             recover_s = round(time.monotonic() - t_free, 2) if healthy else None
             _wait_all_stored(stack, symbol, count, last, duration_s + 60)
-            detail["status_after"] = _wait(
-                lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30) \
+            detail["status_after"] = poll(
+                lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30, 0.25) \
                 or _statuses(stack, watched)
         detail["states"] = states.seen
         detail["others_same_pids"] = others == {n: stack.service_pid(n) for n in others}

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.support.faults_process import _statuses, _wait, row
+from tests.support.faults_process import _statuses, row
+from tests.support.waiting import poll
 
 
 class NoMount(Exception):
@@ -96,12 +97,12 @@ def database_disk_full(home: Path, *, full_s: float = 10.0, size: str = "384m", 
                 return _max_stored(stack, symbol) >= min(_delivered(stack, symbol) or 0, last)
             except Exception:  # noqa: BLE001 - the database may still be restarting
                 return False
-        recovered = _wait(caught_up, 120, 0.2)
+        recovered = poll(caught_up, 120, 0.2)
         recover_s = round(time.monotonic() - t_free, 2) if recovered else None
         detail["database_restarted"] = stack.service_pid("database") != db_pid
         _wait_all_stored(stack, symbol, count, last, duration_s + 120)
-        detail["status_after"] = _wait(
-            lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30) \
+        detail["status_after"] = poll(
+            lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30, 0.25) \
             or _statuses(stack, watched)
         detail.update(_accounting(stack, symbol, count, first, last))
         logs = stack.sup.paths.home / "logs"

@@ -42,6 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fake_exchange.synthetic import SyntheticSpec, generate_session
 from tapeflow_runtime.kafka_client import ensure_topics
 from tests.support.faults_process import row
+from tests.support.waiting import wait_until
 from tests.support.services import Service, database_url, record_counts, wait_consumed
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -59,21 +60,6 @@ def _http_json(url: str, body: dict | None = None, timeout: float = 5.0) -> Any:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1,
-             alive: Callable[[], None] | None = None) -> Any:
-    """Poll `condition` until it returns something truthy (returned); AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if alive is not None:
-            alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -197,7 +183,7 @@ class FeedRig:
                 and all(_trade_age(self, s) < 2.5 for s in SYMBOLS))
 
     def wait(self, condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-        return wait_for(condition, timeout, what, interval, alive=self.alive)
+        return wait_until(condition, timeout, what, interval=interval, alive=self.alive)
 
     def recover(self, phase: Phase, timeout: float = RECOVER_LIMIT_S + 15) -> None:
         """Wait for data to flow again after `phase` cleared; record when."""
@@ -231,7 +217,7 @@ def case_rest_418_at_start(rig: FeedRig, fault_s: float) -> Phase:
     phase.shown["rest_backoffs_418"] = rig.wait(
         lambda: rig.metric("tapeflow_producer_rest_backoffs_total", status="418"), 30, "418 back-off counted")
     phase.shown["books_live_during"] = rig.health().get("books_live")  # no snapshot inside the ban
-    wait_for(lambda: time.monotonic() >= phase.cleared, remaining + 1, "ban over", interval=0.05)
+    wait_until(lambda: time.monotonic() >= phase.cleared, remaining + 1, "ban over", interval=0.05)
     rig.recover(phase)
     phase.detail["requests_in_ban"] = rig.status()["rest_requests_in_ban"] - bans
     phase.detail["retry_after_s"] = retry
@@ -250,7 +236,7 @@ def case_rest_429(rig: FeedRig, fault_s: float) -> Phase:
         lambda: rig.metric("tapeflow_producer_rest_backoffs_total", status="429"), 30, "429 back-off counted")
     rig.wait(lambda: rig.status()["faults"]["rest_429_count"] == 0, 30, "both 429s served")
     phase.cleared = time.monotonic() + rig.status()["rest_ban_remaining_s"]
-    wait_for(lambda: time.monotonic() >= phase.cleared, 2 * retry + 1, "ban over", interval=0.05)
+    wait_until(lambda: time.monotonic() >= phase.cleared, 2 * retry + 1, "ban over", interval=0.05)
     rig.recover(phase)
     phase.detail["requests_in_ban"] = rig.status()["rest_requests_in_ban"] - bans
     phase.detail["retry_after_s"] = retry

@@ -39,7 +39,8 @@ from typing import Any
 from unittest import mock
 
 from tests.support.faults_netns import NetnsLink, netns_usable
-from tests.support.faults_process import _statuses, _wait, row
+from tests.support.waiting import poll
+from tests.support.faults_process import _statuses, row
 
 
 # ================================================================ shared
@@ -89,8 +90,8 @@ STRAGGLERS_S = 20.0
 def _wait_all_stored(stack, symbol: str, count: int, last: int, timeout_s: float) -> None:
     """Until the session's last trade is stored, then until all ``count`` are (a lasting hole costs
     `STRAGGLERS_S`)."""
-    _wait(lambda: _max_stored(stack, symbol) >= last, timeout_s, 0.5)
-    _wait(lambda: stack.trades_stored(symbol)[1] >= count, STRAGGLERS_S, 0.5)
+    poll(lambda: _max_stored(stack, symbol) >= last, timeout_s, 0.5)
+    poll(lambda: stack.trades_stored(symbol)[1] >= count, STRAGGLERS_S, 0.5)
 
 
 def _accounting(stack, symbol: str, count: int, first: int, last: int) -> dict[str, Any]:
@@ -142,7 +143,7 @@ def _state(stack, name: str) -> str | None:
 
 
 def _flowing(stack, symbol: str) -> None:
-    flowing = _wait(lambda: stack.trades_stored(symbol)[0] > 50, 120)
+    flowing = poll(lambda: stack.trades_stored(symbol)[0] > 50, 120, 0.25)
     assert flowing, "the pipeline never stored a trade\n" + "\n".join(stack.log)
 
 
@@ -188,12 +189,12 @@ def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_be
                 return None
             st = _statuses(stack, ("broker",))
             return st if st.get("broker", (False,))[0] else None
-        k["status_back"] = _wait(broker_back, 60, 0.1)
+        k["status_back"] = poll(broker_back, 60, 0.1)
         t_back = time.monotonic()
         k["broker_down_s"] = round(t_back - t_kill, 2)
         k["duration_s"] = round(t_back - t_fault, 2)
         stored_at_back = stack.trades_stored(symbol)[0]
-        moved = _wait(lambda: stack.trades_stored(symbol)[0] > stored_at_back
+        moved = poll(lambda: stack.trades_stored(symbol)[0] > stored_at_back
                       or _max_stored(stack, symbol) >= last, 60, 0.2)
         k["recover_s"] = round(time.monotonic() - t_back, 2) if moved else None
         k["delivered_at_recover"] = _delivered(stack, symbol)
@@ -201,7 +202,7 @@ def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_be
         # Kafka keeps topics, offsets and groups across its restart: the clients reconnect, none restarted
         k["clients_same"] = all(k["new_pids"][n] == clients[n] for n in clients)
         if n < kills - 1:  # the next kill once the sink has caught up with the restarted producer
-            _wait(lambda: _max_stored(stack, symbol) >= (_delivered(stack, symbol) or 0) - trades_per_s, 30, 0.2)
+            poll(lambda: _max_stored(stack, symbol) >= (_delivered(stack, symbol) or 0) - trades_per_s, 30, 0.2)
 
 
 def _finish(stack, detail: dict[str, Any], symbol: str, duration_s: float) -> None:
@@ -209,8 +210,8 @@ def _finish(stack, detail: dict[str, Any], symbol: str, duration_s: float) -> No
     count, first, last = detail["expected"]
     _wait_all_stored(stack, symbol, count, last, duration_s + 120)
     names = ("broker", "database", "sink", "producer")
-    detail["status_after"] = _wait(
-        lambda: (st := _statuses(stack, names)) and all(ok for ok, _ in st.values()) and st, 30) \
+    detail["status_after"] = poll(
+        lambda: (st := _statuses(stack, names)) and all(ok for ok, _ in st.values()) and st, 30, 0.25) \
         or _statuses(stack, names)
     detail["exchange_after"] = _statuses(stack, ("fake-exchange",)).get("fake-exchange")
     detail.update(_accounting(stack, symbol, count, first, last))
@@ -476,7 +477,7 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
                 off()
             t_clear = time.monotonic()
             target = _delivered(stack, symbol) or 0
-            caught_up = _wait(lambda: _max_stored(stack, symbol) >= min(target, last), 120, 0.1)
+            caught_up = poll(lambda: _max_stored(stack, symbol) >= min(target, last), 120, 0.1)
             f["recover_s"] = round(time.monotonic() - t_clear, 2) if caught_up else None
             f["duration_s"] = round(t_clear - t0, 2)
             f["lag_after"] = (_delivered(stack, symbol) or 0) - _max_stored(stack, symbol)

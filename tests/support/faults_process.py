@@ -46,6 +46,7 @@ from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
 from tapeflow.stack.app_services import http_json
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
 from tests.support.executor_io import Feed, Watcher, free_port
+from tests.support.waiting import poll
 from tests.support.fake_exchange import FakeOnThread
 from tests.support.paths import REPO
 
@@ -274,16 +275,6 @@ def executor_clock_skew(bootstrap: str, workdir: Path, *, start_skew_s: float = 
 
 
 # ================================================================ stack: SIGSTOP of consumers, database killed
-def _wait(condition, timeout_s: float, poll_s: float = 0.25):
-    """The first truthy value of `condition()` within `timeout_s`, else None."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(poll_s)
-
-
 def _statuses(stack, names: tuple[str, ...]) -> dict[str, tuple[bool, str]]:
     from tapeflow.stack.supervisor import stack_status
 
@@ -350,14 +341,14 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
 
     watched = ("engine", "sink")
     with live_stack(home, spec) as stack:
-        flowing = _wait(lambda: _features_stored(stack) > 0 and stack.trades_stored(symbol)[0] > 0, 120)
+        flowing = poll(lambda: _features_stored(stack) > 0 and stack.trades_stored(symbol)[0] > 0, 120, 0.25)
         assert flowing, "the pipeline never stored a feature\n" + "\n".join(stack.log)
         mark("flowing")
 
         def all_healthy():
             statuses = _statuses(stack, watched)
             return statuses if all(ok for ok, _ in statuses.values()) else None
-        detail["status_before"] = _wait(all_healthy, 30) or _statuses(stack, watched)
+        detail["status_before"] = poll(all_healthy, 30, 0.25) or _statuses(stack, watched)
 
         # --- 1. SIGSTOP engine and sink ------------------------------------------------------------------
         pids = {name: stack.service_pid(name) for name in watched}
@@ -372,9 +363,9 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                 os.killpg(pid, signal.SIGCONT)
         t_cont = time.monotonic()
         features_at_cont = _features_stored(stack)
-        resumed = _wait(lambda: _features_stored(stack) > features_at_cont, 60, 0.2)  # the session outlasts this
+        resumed = poll(lambda: _features_stored(stack) > features_at_cont, 60, 0.2)  # the session outlasts this
         recover_stop = round(time.monotonic() - t_cont, 2) if resumed else None
-        detail["status_after_stop"] = _wait(all_healthy, 30)
+        detail["status_after_stop"] = poll(all_healthy, 30, 0.25)
         detail["stopped_for_s"] = round(t_cont - t_stop, 2)
         detail["same_pids_after_stop"] = pids == {name: stack.service_pid(name) for name in watched}
         mark("sigstop_recovered")
@@ -387,7 +378,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                 busy = [b for b in backends if b[2] in ("active", "idle in transaction")]
                 return busy or None
 
-            busy = _wait(in_transaction, 10, 0.01)
+            busy = poll(in_transaction, 10, 0.01)
             victims = busy or _sink_backends(stack)
             detail["killed_backends"] = victims
             stored_at_kill = stack.trades_stored(symbol)[0]
@@ -401,10 +392,10 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                     return True
                 except Exception:  # noqa: BLE001 - any refusal while it recovers
                     return False
-            _wait(lambda: not accepting(), 3, 0.02)  # the reset may take a moment to start
-            _wait(accepting, 60, 0.1)
+            poll(lambda: not accepting(), 3, 0.02)  # the reset may take a moment to start
+            poll(accepting, 60, 0.1)
             db_down_s = round(time.monotonic() - t_kill, 2)
-            moved = _wait(lambda: (n := stack.trades_stored(symbol)[0]) > stored_at_kill or n >= count, 60, 0.2)
+            moved = poll(lambda: (n := stack.trades_stored(symbol)[0]) > stored_at_kill or n >= count, 60, 0.2)
             recover_db = round(time.monotonic() - t_kill, 2) if moved else None
             detail["sink_pid_same_after_db_kill"] = pids["sink"] == stack.service_pid("sink")
             mark("db_kill_recovered")
@@ -415,7 +406,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
             db_pid = stack.service_pid("database")
             sink_url = _health_url(stack, "sink")
             # the sink healthy first (a writer may still be backing off from the killed backend)
-            detail["sink_healthy_before_stall"] = bool(_wait(lambda: http_json(sink_url)[0] == 200, 30))
+            detail["sink_healthy_before_stall"] = bool(poll(lambda: http_json(sink_url)[0] == 200, 30, 0.25))
             stored_at_stall = stack.trades_stored(symbol)[0]
             t_stall = time.monotonic()
             os.killpg(db_pid, signal.SIGSTOP)
@@ -436,16 +427,16 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                 os.killpg(db_pid, signal.SIGCONT)
             t_resume = time.monotonic()
             detail["db_stalled_for_s"] = round(t_resume - t_stall, 2)
-            moved = _wait(lambda: (n := stack.trades_stored(symbol)[0]) > stored_at_stall or n >= count, 60, 0.2)
+            moved = poll(lambda: (n := stack.trades_stored(symbol)[0]) > stored_at_stall or n >= count, 60, 0.2)
             recover_stall = round(time.monotonic() - t_resume, 2) if moved else None
-            detail["status_after_stall"] = _wait(
+            detail["status_after_stall"] = poll(
                 lambda: (st := _statuses(stack, ("database", "sink"))) and all(ok for ok, _ in st.values()) and st,
-                30)
+                30, 0.25)
             mark("db_stall_recovered")
 
         # --- the end: every trade stored (the exchange plays the session from the producer's subscription)
         mark("faults_done")
-        _wait(lambda: stack.trades_stored(symbol)[0] >= count, duration_s + 180, 0.5)
+        poll(lambda: stack.trades_stored(symbol)[0] >= count, duration_s + 180, 0.5)
         mark("all_stored")
         time.sleep(1.0)  # a duplicate would come with the last batches
         stored = stack.trades_stored(symbol)

@@ -39,6 +39,7 @@ from tests.support.ui_session import (
     store_watchlist_session,
     watchlist_events,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (deploy/bootstrap.sh)")]
@@ -227,14 +228,6 @@ def overview_lights(site, browser) -> dict[str, dict]:
         {state: l.className, text: l.textContent, link: l.querySelector('a') && l.querySelector('a').getAttribute('href')}]))""")
 
 
-def wait_until(condition, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-    return value
-
-
 def test_quality_lights_link_to_the_book_resyncs_and_to_a_lagging_consumer_group(site, browser):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -271,7 +264,7 @@ def test_quality_lights_link_to_the_book_resyncs_and_to_a_lagging_consumer_group
 
     for offset, lag, state in ((5, 0, "ok"), (0, 5, "warn")):
         commit(offset)
-        wait_until(lambda: lag_of_probe() == lag)  # the UI's background refresh saw it
+        wait_until(lambda: lag_of_probe() == lag, 30, "the UI's background refresh saw the lag")
         light = overview_lights(site, browser)["consumer lag"]
         assert light["state"] == state and light["link"] == "/api/quality/lag", light
         if state == "warn":  # the light names the group behind, with its lag

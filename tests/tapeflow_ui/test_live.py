@@ -37,6 +37,7 @@ from tapeflow_ui import live as live_module
 from tapeflow_ui import queries as q
 from tapeflow_ui.live import VIEWS, BarFold, LiveFollower, Throttle
 from tests.support.ui_session import pair_event_record, signal_record
+from tests.support.waiting import wait_until
 
 MINUTE = 60_000
 T0 = int(datetime(2024, 5, 6, 12, 0, tzinfo=UTC).timestamp() * 1000)  # a 5-minute (and hour) boundary
@@ -151,20 +152,13 @@ class Events:
         self.close()
 
 
-def wait_for(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 def serve(app):
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), "uvicorn did not start")
+    wait_until(lambda: server.started or not thread.is_alive(), 30, "uvicorn did not start", interval=0.02)
     assert server.started
     return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
@@ -249,8 +243,7 @@ def test_a_higher_timeframe_bar_equals_the_stored_candle_once_its_minute_is_stor
 
 def test_no_consumer_while_no_page_listens_and_one_when_a_page_connects(site):
     follower = site.follower
-    wait_for(lambda: follower.listeners == 0 and not follower.consumer_open,
-             "the consumer was not closed after the last page left")
+    wait_until(lambda: follower.listeners == 0 and not follower.consumer_open, 30, "the consumer was not closed after the last page left", interval=0.02)
     polls, starts = follower.polls, follower.starts
     assert not follower.positioned and follower.reading == []
     with site.stream("LIVEDUSDT") as page:
@@ -261,9 +254,9 @@ def test_no_consumer_while_no_page_listens_and_one_when_a_page_connects(site):
             assert follower.starts == starts + 1 and follower.listeners == 2
             site.publish("bars.1m", bar("LIVEDUSDT", T0, 5.0, 6.0, 4.0, 5.5, 1.0, 2.0))
             assert page.next("bar")[1]["close"] == 5.5 and second.next("bar")[1]["close"] == 5.5
-        wait_for(lambda: follower.listeners == 1, "the second page's listener was not removed")
+        wait_until(lambda: follower.listeners == 1, 30, "the second page's listener was not removed", interval=0.02)
         assert follower.consumer_open  # one page still listens
-    wait_for(lambda: not follower.consumer_open, "the consumer was not closed after the last page left")
+    wait_until(lambda: not follower.consumer_open, 30, "the consumer was not closed after the last page left", interval=0.02)
     assert follower.polls > polls
     after = follower.polls
     assert follower.listeners == 0 and follower._thread is None and follower.polls == after
@@ -297,8 +290,7 @@ def test_the_desk_is_told_of_the_watchlist_topics_and_the_consumer_reads_what_th
             assert {site.prefix + t for t in XV} <= set(follower.reading)
             site.publish("xv.pairs", pair_event_record("ui-live-pair-1", "LIVEJ", T0, 3.0))
             assert desk.next() == ("changed", {"topics": ["xv.pairs"]})
-        wait_for(lambda: follower.following == ("bars.1m", "signals") and not [t for t in follower.reading if "xv." in t],
-                 f"the watchlist's topics were not dropped: {follower.reading}")
+        wait_until(lambda: follower.following == ("bars.1m", "signals") and not [t for t in follower.reading if "xv." in t], 30, lambda: f"the watchlist's topics were not dropped: {follower.reading}", interval=0.02)
         site.publish("bars.1m", bar("LIVEJUSDT", T0, 5.0, 6.0, 4.0, 5.5, 1.0, 2.0))
         assert chart.next("bar")[1]["close"] == 5.5  # the chart's topics kept their positions
 
@@ -378,7 +370,7 @@ def test_a_broker_that_moves_while_a_page_listens_sends_the_page_to_the_database
             assert page.next("live")[1] == {"source": "database"}
             assert page.next("bar")[1]["close"] == 1.5
         assert "the broker moved" in follower.unreachable
-        wait_for(lambda: not follower.consumer_open, "the consumer was not closed")
+        wait_until(lambda: not follower.consumer_open, 30, "the consumer was not closed", interval=0.02)
 
 
 def test_a_topic_created_after_the_page_connected_is_read_from_its_first_record(pg_server, kafka_bootstrap,

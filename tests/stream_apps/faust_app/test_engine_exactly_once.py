@@ -57,6 +57,7 @@ from tests.support.replay_runs import (
 )
 from tests.support.kafka import committed_offsets
 from tests.support.services import Service, metrics_text, record_counts, wait_consumed
+from tests.support.waiting import services_alive, wait_until
 
 pytestmark = pytest.mark.integration
 DEPTH_ARGS = ("--synthetic-depth-interval-ms", "500")  # as the parity test's two-hour session: half the frames
@@ -78,17 +79,6 @@ def _metric(port: int, name: str) -> float:
 
 def _port(engine: Service) -> int:
     return int(engine.wait_for_line(r"engine worker ready .*metrics_port=(\d+)", 120).group(1))
-
-
-def _wait(condition, timeout_s: float, what: str, services=()) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        for s in services:
-            assert s.proc.poll() is None, f"{s.name} died\n{s.tail()}"
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s} s: {what}\n" + "\n".join(s.tail() for s in services))
 
 
 def _no_duplicates(outputs: dict[str, list[dict]], hint: str = "") -> None:
@@ -143,9 +133,10 @@ def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_
             before = committed
             # this engine has committed a transaction of its own (the group's offsets moved) and is
             # processing (records flowing through it): it is killed with its next transaction open
-            _wait(lambda: sum(committed_offsets(kafka_bootstrap, group, prefix + "md.trades").values()) > before
-                  and _metric(port, "tapeflow_engine_input_records_total") > 0, 300,
-                  f"engine {kill} committing and processing", [engine])
+            wait_until(lambda: sum(committed_offsets(kafka_bootstrap, group, prefix + "md.trades").values()) > before
+                       and _metric(port, "tapeflow_engine_input_records_total") > 0, 300,
+                       lambda: f"engine {kill} committing and processing\n{engine.tail()}", interval=0.2,
+                       alive=services_alive([engine]))
             committed = sum(committed_offsets(kafka_bootstrap, group, prefix + "md.trades").values())
             during_replay += producer.proc.poll() is None
             engine.proc.send_signal(signal.SIGKILL)
@@ -215,14 +206,14 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(kafka_bootstrap, topic_pre
     workers.append(a)
     a.wait_ready()
     # mid-catch-up: records flowing, far from the end
-    _wait(lambda: a.metric("tapeflow_engine_input_records_total") >= total * 0.1, 120, "A processing")
+    wait_until(lambda: a.metric("tapeflow_engine_input_records_total") >= total * 0.1, 120, "A processing", interval=0.2)
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         b = Worker(config.model_copy(update={"datadir": tmp_path / "faust-b"}), tmp_path, "b")
         workers.append(b)
         b.wait_ready()
         # B owns every partition once A's session expired, and has processed the whole backlog
-        _wait(lambda: b.metric("tapeflow_engine_input_records_total") >= total * 0.5, 180, "B processing")
+        wait_until(lambda: b.metric("tapeflow_engine_input_records_total") >= total * 0.5, 180, "B processing", interval=0.2)
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
     # A wakes up with fetched records and open transactions of ids B now holds
@@ -279,7 +270,7 @@ def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twic
     a = Worker(config, tmp_path, "a")
     workers.append(a)
     a.wait_ready()
-    _wait(lambda: a.metric("tapeflow_engine_input_records_total") >= head, 120, "A caught up")
+    wait_until(lambda: a.metric("tapeflow_engine_input_records_total") >= head, 120, "A caught up", interval=0.2)
 
     # the rest arrives in small steps (so the engine works in small steps and its open transactions
     # hold outputs at any moment), and the pause lands in the middle of it
@@ -289,8 +280,8 @@ def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twic
         publisher.flush(30)
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
-    _wait(lambda: a.metric("tapeflow_engine_input_records_total") >= head + (total - head) // 5, 120,
-          "A processing the live part")
+    wait_until(lambda: a.metric("tapeflow_engine_input_records_total") >= head + (total - head) // 5, 120,
+               "A processing the live part", interval=0.2)
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         time.sleep(9.0)  # the pause itself is the fault: past the 6-s session

@@ -20,6 +20,7 @@ from tapeflow.stack.supervisor import RESTART_LIMIT, Supervisor, stack_status
 from tapeflow_runtime.health import Health
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support.waiting import wait_until
 
 RUN_1 = """
 --- 2026-11-28T15:54:31+0000 starting: java kafka.Kafka server.properties
@@ -89,15 +90,6 @@ def _component(sup, name):
     return next((c for c in stack_status(sup.settings, sup.paths) if c.name == name), None)
 
 
-def _wait(cond, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := cond():
-            return value
-        time.sleep(0.05)
-    return cond()
-
-
 def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
     home = tmp_path / "home"
     paths = StackPaths(home)
@@ -114,8 +106,8 @@ def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
     try:
         sup.start_all()
         thread.start()
-        held = _wait(lambda: (c := _component(sup, "dying")) and c.state == "disk-full" and c, 10)
-        assert held, said
+        held = wait_until(lambda: (c := _component(sup, "dying")) and c.state == "disk-full" and c, 10,
+                          lambda: str(said), interval=0.05)
         assert not held.healthy and held.detail == f"dying: log disk full ({tmp_path}, 0.0 MB free)", held
         time.sleep(1.0)  # held: no restart however long, never counted, the stack not given up
         assert service.starts == 1 and not result, said
@@ -123,9 +115,9 @@ def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
         for _ in range(RESTART_LIMIT + 2):  # every death while the disk is full is held, none is a crash
             flag.unlink(missing_ok=True)
             starts = service.starts
-            assert _wait(lambda: service.starts > starts, 10), said  # noqa: B023 - waited on at once
+            wait_until(lambda: service.starts > starts, 10, lambda: str(said), interval=0.05)  # noqa: B023 - waited on at once
             flag.touch()
-            assert _wait(lambda: "dying" in sup.held, 10), said
+            wait_until(lambda: "dying" in sup.held, 10, lambda: str(said), interval=0.05)
         assert not result and not any("stopping the stack" in line for line in said), said
         assert any("cleared after" in line and "restarting" in line for line in said), said
     finally:
@@ -174,14 +166,14 @@ def test_a_service_that_dies_while_another_is_held_waits_for_it_instead_of_stopp
         sup.start_all()
         flag.touch()  # the disk fills: "dying" is held at its death, "client" dies after it
         thread.start()
-        waiting = _wait(lambda: (c := _component(sup, "client")) and c.state == "waiting" and c, 15)
-        assert waiting, said
+        waiting = wait_until(lambda: (c := _component(sup, "client")) and c.state == "waiting" and c, 15,
+                             lambda: str(said), interval=0.05)
         assert waiting.detail == f"client: waiting for dying (log disk full ({tmp_path}, 0.0 MB free))", waiting
         assert _component(sup, "dying").state == "disk-full"
         time.sleep(0.5)
         assert client.starts == 1 and not result, said  # not restarted into a missing broker, stack not stopped
         flag.unlink()  # space again: the held one first, then the one waiting for it
-        assert _wait(lambda: held.starts > 1 and client.starts > 1, 15), said
+        wait_until(lambda: held.starts > 1 and client.starts > 1, 15, lambda: str(said), interval=0.05)
         assert not result and not any("restart failed" in line or "stopping the stack" in line for line in said), said
     finally:
         sup.stop_requested.set()

@@ -21,6 +21,7 @@ from tapeflow_runtime.kafka_client import admin_client, consumer_config, ensure_
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
 from tests.support.paths import RECORDING
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -82,13 +83,6 @@ def read_all(bootstrap: str, name: str, partitions: int) -> list[int]:
         values.append(int(m.value()))
     consumer.close()
     return values
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
-        time.sleep(0.2)
 
 
 def test_replayed_history_stays_past_a_retention_check(fast_retention_broker, topic_prefix):

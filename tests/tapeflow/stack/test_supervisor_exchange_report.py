@@ -19,6 +19,7 @@ from tapeflow.stack.service import Launch
 from tapeflow.stack.supervisor import Supervisor, _app_status
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.settings import Settings
+from tests.support.waiting import wait_until
 
 SERVER = """
 import json, sys
@@ -61,15 +62,6 @@ class FakeProducer(HttpHealthService):
         return Launch([sys.executable, "-c", SERVER, str(port), str(self.state_file)], f"127.0.0.1:{port}")
 
 
-def _wait(condition, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_unreachable_and_restricted_are_said_once_shown_in_status_and_never_restarted(tmp_path: Path):
     paths = StackPaths(tmp_path / "home")
     paths.ensure()
@@ -84,14 +76,17 @@ def test_unreachable_and_restricted_are_said_once_shown_in_status_and_never_rest
     try:
         record = sup.running["producer"].record
         producer.set("unreachable", UNREACHABLE)
-        assert _wait(lambda: any(UNREACHABLE in line for line in said))
+        wait_until(lambda: any(UNREACHABLE in line for line in said), 30, lambda: f"{UNREACHABLE!r} never said: {said}",
+                   interval=0.05)
         row = _app_status(record, time.time())
         assert (row.state, row.detail) == ("unreachable", UNREACHABLE)
         producer.set("restricted", RESTRICTED)
-        assert _wait(lambda: any(RESTRICTED in line for line in said))
+        wait_until(lambda: any(RESTRICTED in line for line in said), 30, lambda: f"{RESTRICTED!r} never said: {said}",
+                   interval=0.05)
         assert _app_status(record, time.time()).state == "restricted"
         producer.set("priming", "warm start: BTCUSDT rest 1,000 trades")
-        assert _wait(lambda: any("answers again" in line for line in said))
+        wait_until(lambda: any("answers again" in line for line in said), 30, lambda: f"'answers again' never said: {said}",
+                   interval=0.05)
         assert _app_status(record, time.time()).state == "priming"
         time.sleep(0.5)  # several more supervision rounds: nothing is said twice
         assert sum(UNREACHABLE in line for line in said) == 1 and sum(RESTRICTED in line for line in said) == 1
