@@ -6,6 +6,7 @@ configuration and stack problems are expected events, not bugs.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -1099,6 +1100,33 @@ from backtest.watchlist.cli import register as _register_watchlist  # noqa: E402
 
 _register_research(app)
 _register_watchlist(watchlist_app)
+
+
+def _reflowed(text: str) -> str:
+    """Each paragraph of a docstring on one line: the terminal wraps it at its own width. A paragraph
+    whose lines are a list or indented (an example, a table) keeps its lines."""
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines = para.split("\n")
+        shaped = any(line[:1].isspace() or line.lstrip().startswith(("- ", "* ", "|", "$ ", "\b")) for line in lines)
+        out.append(para if shaped else " ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Docstrings are wrapped for the source (~100 columns), and Typer keeps the line breaks of every
+    paragraph after a command's first: `--help` showed those lines ragged at any other width. Applied
+    once to every command and group, after all are registered."""
+    for command in typer_app.registered_commands:
+        text = command.help or inspect.getdoc(command.callback)
+        if text:
+            command.help = _reflowed(text)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

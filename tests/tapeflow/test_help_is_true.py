@@ -55,3 +55,31 @@ def test_produce_help_names_every_exchange_it_accepts(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tapeflow", "produce", "--exchange", "kraken"], capture_output=True,
                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "TAPEFLOW_HOME": str(tmp_path)})
     assert res.returncode == 2 and "expected binance, bybit or okx" in res.stdout + res.stderr, res
+
+
+def _commands(command, path=()):
+    """Every command of the CLI with its path (Typer's vendored click: a group is what has commands)."""
+    yield list(path), command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_paragraphs_are_wrapped_by_the_terminal_not_by_the_source():
+    """Docstrings are wrapped at ~100 columns in the source; `--help` must not keep those breaks, or a
+    wider terminal shows ragged half lines (and a narrower one, lines broken twice). On a 1000-column
+    terminal each paragraph of every command's description is one line."""
+    import typer
+    from typer.testing import CliRunner
+
+    from tapeflow.cli import app
+
+    runner = CliRunner()
+    commands = list(_commands(typer.main.get_command(app)))
+    assert len(commands) > 30  # the subcommands were walked too
+    ragged = []
+    for path, _ in commands:
+        res = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "1000", "TERM": "dumb"})
+        assert res.exit_code == 0, (path, res.output)
+        lines = [ln.strip() for ln in res.output.split("╭─")[0].splitlines() if not ln.strip().startswith("Usage:")]
+        ragged += [(" ".join(path), a[:60]) for a, b in zip(lines, lines[1:]) if a and b]
+    assert ragged == []
