@@ -319,9 +319,9 @@ def replay(
     from_time: str = typer.Option(..., "--from", help="Start (ISO date/time, UTC, or Unix ms): the first records "
                                   "copied are those that reached the broker at or after it (arrival time, the "
                                   "records' timestamps; not event time)."),
-    to_time: str = typer.Option(..., "--to", help="End, excluded (ISO date/time, UTC, or Unix ms), in arrival time: "
-                                "records that reached the broker from then on, or after the replay started, "
-                                "are not copied."),
+    to_time: str = typer.Option(..., "--to", help="End (ISO date/time, UTC, or Unix ms), in arrival time: a date "
+                                "includes that day, a time is excluded; records that reached the broker from then "
+                                "on, or after the replay started, are not copied."),
     topics: str = typer.Option(",".join(ENGINE_INPUTS), "--topics",
                                help="Comma-separated md.* topics (default: the engine's inputs)."),
     speed: str = typer.Option("max", "--speed", help="Pace on the records' event times: 1x (as the events "
@@ -357,7 +357,7 @@ def replay(
             raise ValueError
     except ValueError:
         raise fail(f"--speed {speed!r}: expected 1x, 10x, ... or max", 2)
-    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to")
+    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to", end=True)
     show = not no_progress and sys.stderr.isatty()
     last_shown = [0.0]
 
@@ -714,8 +714,15 @@ def kill_switch(
     raise typer.Exit(code)
 
 
-def _parse_time(text: str, flag: str) -> datetime:
-    """An ISO date/time (UTC unless it says otherwise) or Unix milliseconds."""
+def _parse_time(text: str, flag: str, *, end: bool = False) -> datetime:
+    """An ISO date/time (UTC unless it says otherwise) or Unix milliseconds. The CLI's one rule for a
+    range's end (``end``, every `--to`): a date includes that day, a time or Unix ms is excluded."""
+    if end and len(text.strip()) == 10 and text.strip()[4:5] == "-":
+        day = _parse_time(text, flag)
+        try:
+            return day + timedelta(days=1)
+        except OverflowError:
+            raise fail(f"{flag} {text!r}: a date's end is the next day, past year 9999", 2) from None
     if text.strip().isdigit():
         try:  # exact (a float division is a microsecond off for some times); isdigit() also holds for "²"
             return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(text))
@@ -1011,7 +1018,8 @@ def db_retention(
 def db_audit(
     symbol: str = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT."),
     from_time: str = typer.Option(..., "--from", help="Start (ISO date or time, UTC), e.g. 2024-01-01."),
-    to_time: str = typer.Option(..., "--to", help="End, exclusive (ISO date or time, UTC)."),
+    to_time: str = typer.Option(..., "--to", help="End (ISO date or time, UTC): a date includes that day, a time "
+                                "is excluded."),
     exchange: str = typer.Option("binance", "--exchange", help="Exchange name."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -1024,7 +1032,7 @@ def db_audit(
     from sinks.audit import audit, render
     from tapeflow_runtime.endpoints import resolve_database
 
-    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to")
+    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to", end=True)
     if end <= start:
         raise fail(f"--to {to_time} is not after --from {from_time}", 2)
     endpoints = resolve_database(state.settings(), state.paths())
