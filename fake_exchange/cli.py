@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ws-port", type=int, default=0)
     parser.add_argument("--rest-port", type=int, default=0)
-    parser.add_argument("--speed", default="1", help="1 = real time, 10 = ten times faster, max = no sleeping")
+    parser.add_argument("--speed", default="1", help="1x = real time, 10x = ten times faster, max = no sleeping "
+                        "(the x is optional)")
     parser.add_argument(
         "--start",
         default="first_subscriber",

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from tapeflow_runtime.speed import parse_speed
+
 from .faults import FaultSettings
 from .recording import Recording, load_recording
 from .synthetic import SyntheticSpec, generate_session
@@ -64,12 +66,7 @@ class FakeExchangeConfig(BaseModel):
     @field_validator("speed", mode="before")
     @classmethod
     def _parse_speed(cls, value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() == "max"):
-            return None
-        speed = float(value)
-        if speed <= 0:
-            raise ValueError("speed must be positive or 'max'")
-        return speed
+        return None if value is None else parse_speed(value)
 
     @field_serializer("speed")
     def _dump_speed(self, speed: float | None) -> float | str:

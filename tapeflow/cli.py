@@ -21,6 +21,7 @@ from schemas.catalogue import ENGINE_INPUTS
 from tapeflow import __version__
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.paths import StackPaths
+from tapeflow_runtime.speed import parse_speed
 
 if TYPE_CHECKING:  # settings (pydantic-settings: ~60 % of `tapeflow --help`'s imports) load when a command reads them
     from tapeflow_runtime.settings import Settings
@@ -90,7 +91,8 @@ def up(
     source: str | None = typer.Option(
         None, "--source", help="Market data: `live` (Binance) or `replay:DIR` (a recording, offline). "
         "Default: TAPEFLOW_SOURCE or live."),
-    replay_speed: str | None = typer.Option(None, "--replay-speed", help="With replay: 1, 10, ... or max."),
+    replay_speed: str | None = typer.Option(None, "--replay-speed", help="With replay: 1x, 10x, ... or max (the x is "
+                                            "optional)."),
     input_prefix: str | None = typer.Option(
         None, "--input-prefix", help="Rehearsal: run sink, engine and executor on the namespace NAME that "
         "`tapeflow replay --to-prefix NAME` fills (no producer; point TAPEFLOW_BROKER at the broker holding it)."),
@@ -350,13 +352,10 @@ def replay(
     configure_logging(settings.log_level, settings.log_format)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", to_prefix):
         raise fail(f"--to-prefix {to_prefix!r}: letters, digits, '_' and '-' only", 2)
-    factor = speed.strip().lower()
     try:
-        pace = None if factor == "max" else float(factor.removesuffix("x"))
-        if pace is not None and pace <= 0:
-            raise ValueError
-    except ValueError:
-        raise fail(f"--speed {speed!r}: expected 1x, 10x, ... or max", 2)
+        pace = parse_speed(speed)
+    except ValueError as exc:
+        raise fail(f"--speed {speed!r}: {exc}", 2) from None
     start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to", end=True)
     show = not no_progress and sys.stderr.isatty()
     last_shown = [0.0]

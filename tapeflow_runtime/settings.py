@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     exchange: Literal["binance"] = Field(default="binance", description="The venue `up` trades and primes from.")
     source: str = Field(
         default="live", description="Market data: `live` (the exchange) or `replay:DIR` (a recording, offline).")
-    replay_speed: str = Field(default="1", description="Replay speed: 1 (real time), 10, ... or max.")
+    replay_speed: str = Field(default="1", description="Replay speed: 1x (real time), 10x, ... or max (the x is optional).")
     warm_start_hours: float = Field(
         default=25.0, ge=0, le=72, description="A live producer first primes md.* with this many hours of history "
         "(Binance Vision, REST, or the database) so a new engine group has its 24 h windows at once; 0 = off.")
@@ -298,15 +298,9 @@ class Settings(BaseSettings):
     @field_validator("replay_speed")
     @classmethod
     def _speed(cls, v: str) -> str:
-        v = str(v).strip().lower()
-        if v == "max":
-            return v
-        try:
-            if float(v) > 0:
-                return v
-        except ValueError:
-            pass
-        raise ValueError(f"expected a positive number or `max`, got {v!r}")
+        from tapeflow_runtime.speed import parse_speed, speed_text
+
+        return speed_text(parse_speed(v))  # 10x and 10 alike, passed on as 10
 
     @property
     def replay_dir(self) -> Path | None:
