@@ -158,7 +158,11 @@ def footprint(conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range,
     seconds = TIMEFRAMES[timeframe]
     span = timedelta(seconds=seconds * MAX_FOOTPRINT_BARS)
     end = rng.end if around is None else min(rng.end, max(around + span / 2, rng.start + span))
-    start = max(rng.start, end - span)
+    # the window's first bar is a whole bar: its start on a bar boundary (the buckets' ORIGIN), not
+    # `end - span` mid-bar, which cut the leftmost bar's trades while the page labelled it a whole bar
+    start = end - span
+    start += timedelta(seconds=-(start - ORIGIN).total_seconds() % seconds)
+    start = max(rng.start, start)
     bars: dict[int, list[Level]] = {}
     for t, level, bought, sold in _level_rows(conn, symbol, Range(start, end), step, seconds):
         bars.setdefault(t, []).append(Level(level, bought, sold))

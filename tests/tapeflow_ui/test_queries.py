@@ -11,7 +11,7 @@ import pytest
 from sinks.partitions import ensure_partitions
 from sinks.tables import table_for_topic, write_rows
 from sinks.trade_levels import backfill_pending
-from tapeflow_ui.queries import Range, volume_profile
+from tapeflow_ui.queries import MAX_FOOTPRINT_BARS, Range, footprint, volume_profile
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
 SPEC = table_for_topic("md.trades")
@@ -113,3 +113,23 @@ def test_a_day_not_summed_yet_is_read_from_the_trades(db):
         assert conn.execute("SELECT count(*) FROM trade_levels_1m").fetchone()[0] > 0
         conn.execute("SET ROLE tapeflow_readonly")
         assert volume_profile(conn, "BTCUSDT", rng, 0.3)["levels"] == direct(conn, rng, 0.3)
+
+
+def test_the_footprint_window_holds_whole_bars_only(db):
+    """The footprint shows the last ``MAX_FOOTPRINT_BARS`` bars of the range. Its start was the range's end
+    minus that many bars: with the end mid-minute (live, "now"), the leftmost bar held only the trades
+    after that instant, and the page drew it as a whole minute. Every bar but the open one is whole."""
+    minutes = MAX_FOOTPRINT_BARS + 5
+    store(db, session(1, minutes, T0))
+    end = T0 + timedelta(minutes=minutes - 1, seconds=20)  # 20 s into the last, open minute
+    with psycopg.connect(db) as conn:
+        conn.execute("SET ROLE tapeflow_readonly")
+        shown = footprint(conn, "BTCUSDT", "1m", Range(T0, end), 0.1)
+        for bar in shown["bars"]:
+            start = datetime.fromtimestamp(bar["time"], tz=UTC)
+            whole = direct(conn, Range(start, min(start + timedelta(minutes=1), end)), 0.1)
+            assert [[lv[0], pytest.approx(lv[1]), pytest.approx(lv[2])] for lv in bar["levels"]] == whole, start
+    times = [bar["time"] for bar in shown["bars"]]
+    assert len(times) == MAX_FOOTPRINT_BARS  # 29 whole bars and the open one
+    assert times[-1] == int((end - timedelta(seconds=20)).timestamp())
+    assert times == sorted(times) and all(b - a == 60 for a, b in zip(times, times[1:]))
