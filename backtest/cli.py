@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +45,13 @@ class CliError(Exception):
         self.code = code
 
 
-def parse_time(text: str, option: str, *, end: bool = False) -> int:
-    """Unix ms of a UTC date or date-time; an end date means the end of that day."""
+def parse_time(text: str, option: str) -> int:
+    """Unix ms of a UTC date or date-time; a date is its midnight (a `--to` excludes it, as every `--to`)."""
     text = text.strip()
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            moment = datetime(day.year, day.month, day.day, tzinfo=UTC) + (timedelta(days=1) if end else timedelta())
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
         else:
             moment = datetime.fromisoformat(text)
             moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -74,7 +74,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         symbols: str | None = typer.Option(None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."),
         from_: str | None = typer.Option(
             None, "--from", help="Start, UTC date or time (2024-01-01[T00:00]); a recording: default its start."),
-        to: str | None = typer.Option(None, "--to", help="End, UTC; a date includes that day. A recording: its end."),
+        to: str | None = typer.Option(None, "--to", help="End, exclusive, UTC date or time (a date means its "
+                                      "midnight). A recording: its end."),
         source: str = typer.Option(
             "vision", "--source",
             help="vision[:DIR] | synthetic[:SEED] | recording:DIR | db | topics (md.* by time from the broker)."),
@@ -133,7 +134,7 @@ def _walk_forward(spec: str, strategy_files: list[Path], symbols: str | None, fr
         raise CliError("--walk-forward needs --from and --to")
     base = load_strategy(strategy_files[0] if strategy_files else default_strategy_dir() / "v53.yaml")
     out_dir = out or settings().home / "research" / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_walk_forward(spec, parse_time(from_, "--from"), parse_time(to, "--to", end=True), base,
+    run_walk_forward(spec, parse_time(from_, "--from"), parse_time(to, "--to"), base,
                      symbols=symbols or ",".join(settings().symbols), source=source, trials=trials, sampler="tpe",
                      objective="net_r", min_trades=20, batch=25, seed=0, out=out_dir, store_dir=None, workers=None,
                      progress=progress)
@@ -189,7 +190,7 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         symbol_list = list(DEMO_SYMBOLS) if symbols is None else symbols.split(",")
     else:
         from_ms = parse_time(from_, "--from") if from_ is not None else None
-        to_ms = parse_time(to, "--to", end=True) if to is not None else None
+        to_ms = parse_time(to, "--to") if to is not None else None
         if symbols:
             symbol_list = symbols.split(",")
         else:  # a recording's own symbols, else the configured ones
@@ -400,7 +401,7 @@ def verify_command(settings: Settings, strategies: list[StrategyConfig], config:
 
     if from_ is None or to is None:
         raise CliError("--verify-against-topics needs --from and --to (the range to compare)")
-    from_ms, to_ms = parse_time(from_, "--from"), parse_time(to, "--to", end=True)
+    from_ms, to_ms = parse_time(from_, "--from"), parse_time(to, "--to")
     if to_ms <= from_ms:
         raise CliError("--to must be after --from")
     try:

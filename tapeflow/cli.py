@@ -289,7 +289,7 @@ app.add_typer(backfill_app, name="backfill")
 def backfill_binance_vision(
     symbol: str = typer.Option(..., "--symbol", help="Binance USD-M symbol, e.g. BTCUSDT."),
     from_day: str = typer.Option(..., "--from", help="First day (YYYY-MM-DD, UTC)."),
-    to_day: str = typer.Option(..., "--to", help="Last day, included (YYYY-MM-DD, UTC)."),
+    to_day: str = typer.Option(..., "--to", help="End day, exclusive (YYYY-MM-DD, UTC: its midnight)."),
     directory: Path | None = typer.Option(
         None, "--dir", help="Read <SYMBOL>-aggTrades-<day>.zip|.csv from here instead of downloading."),
     topic: str = typer.Option("md.trades", "--topic", help="Target topic (md.trades or a replay topic name)."),
@@ -304,10 +304,13 @@ def backfill_binance_vision(
 
     settings = state.settings()
     try:
+        start, stop = parse_day(from_day, "--from"), parse_day(to_day, "--to")
+        if stop <= start:
+            raise BackfillError(f"--from {start.isoformat()} is not before --to {stop.isoformat()} (--to is excluded)")
+        # --to is excluded, as in every command; run_backfill takes its last day
         summary = run_backfill(bootstrap=_bootstrap(), topic_prefix=settings.topic_prefix, home=settings.home,
-                               symbol=symbol.upper(), start=parse_day(from_day, "--from"),
-                               end=parse_day(to_day, "--to"), directory=directory, topic=topic,
-                               progress=not no_progress, registry_url=settings.schema_registry_url)
+                               symbol=symbol.upper(), start=start, end=stop - timedelta(days=1), directory=directory,
+                               topic=topic, progress=not no_progress, registry_url=settings.schema_registry_url)
     except BackfillError as exc:
         raise fail(str(exc))
     echo(summary.to_json() if json_out else format_summary(summary))
@@ -321,9 +324,9 @@ def replay(
     from_time: str = typer.Option(..., "--from", help="Start (ISO date/time, UTC, or Unix ms): the first records "
                                   "copied are those that reached the broker at or after it (arrival time, the "
                                   "records' timestamps; not event time)."),
-    to_time: str = typer.Option(..., "--to", help="End (ISO date/time, UTC, or Unix ms), in arrival time: a date "
-                                "includes that day, a time is excluded; records that reached the broker from then "
-                                "on, or after the replay started, are not copied."),
+    to_time: str = typer.Option(..., "--to", help="End, exclusive (ISO date/time, UTC, or Unix ms; a date means its "
+                                "midnight), in arrival time: records that reached the broker from then on, or "
+                                "after the replay started, are not copied."),
     topics: str = typer.Option(",".join(ENGINE_INPUTS), "--topics",
                                help="Comma-separated md.* topics (default: the engine's inputs)."),
     speed: str = typer.Option("max", "--speed", help="Pace on the records' event times: 1x (as the events "
@@ -356,7 +359,7 @@ def replay(
         pace = parse_speed(speed)
     except ValueError as exc:
         raise fail(f"--speed {speed!r}: {exc}", 2) from None
-    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to", end=True)
+    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to")
     show = not no_progress and sys.stderr.isatty()
     last_shown = [0.0]
 
@@ -713,15 +716,9 @@ def kill_switch(
     raise typer.Exit(code)
 
 
-def _parse_time(text: str, flag: str, *, end: bool = False) -> datetime:
-    """An ISO date/time (UTC unless it says otherwise) or Unix milliseconds. The CLI's one rule for a
-    range's end (``end``, every `--to`): a date includes that day, a time or Unix ms is excluded."""
-    if end and len(text.strip()) == 10 and text.strip()[4:5] == "-":
-        day = _parse_time(text, flag)
-        try:
-            return day + timedelta(days=1)
-        except OverflowError:
-            raise fail(f"{flag} {text!r}: a date's end is the next day, past year 9999", 2) from None
+def _parse_time(text: str, flag: str) -> datetime:
+    """An ISO date/time (UTC unless it says otherwise) or Unix milliseconds; a date is its midnight.
+    The CLI's one rule for a range: `--from` included, `--to` excluded."""
     if text.strip().isdigit():
         try:  # exact (a float division is a microsecond off for some times); isdigit() also holds for "²"
             return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(text))
@@ -1017,8 +1014,8 @@ def db_retention(
 def db_audit(
     symbol: str = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT."),
     from_time: str = typer.Option(..., "--from", help="Start (ISO date or time, UTC), e.g. 2024-01-01."),
-    to_time: str = typer.Option(..., "--to", help="End (ISO date or time, UTC): a date includes that day, a time "
-                                "is excluded."),
+    to_time: str = typer.Option(..., "--to", help="End, exclusive (ISO date or time, UTC; a date means its "
+                                "midnight)."),
     exchange: str = typer.Option("binance", "--exchange", help="Exchange name."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -1031,7 +1028,7 @@ def db_audit(
     from sinks.audit import audit, render
     from tapeflow_runtime.endpoints import resolve_database
 
-    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to", end=True)
+    start, end = _parse_time(from_time, "--from"), _parse_time(to_time, "--to")
     if end <= start:
         raise fail(f"--to {to_time} is not after --from {from_time}", 2)
     endpoints = resolve_database(state.settings(), state.paths())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,12 +33,13 @@ class ResearchError(TapeflowError):
     """A research command that cannot run as asked (the message says why)."""
 
 
-def parse_day(text: str, option: str, *, end: bool = False) -> int:
+def parse_day(text: str, option: str) -> int:
+    """Unix ms of a UTC date's midnight (a `--to` excludes it, as every `--to`)."""
     try:
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise ResearchError(f"{option} {text!r}: expected a UTC date like 2024-01-01") from None
-    moment = datetime(day.year, day.month, day.day, tzinfo=UTC) + (timedelta(days=1) if end else timedelta())
+    moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 
@@ -160,7 +161,7 @@ def register(app: typer.Typer) -> None:
     @research.command("search")
     def search_command(
         from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
-        to_day: str = typer.Option(..., "--to", help="Last day, included."),
+        to_day: str = typer.Option(..., "--to", help="End day, exclusive (its midnight, UTC)."),
         strategy: Path | None = common["strategy"],
         symbols: str = common["symbols"],
         source: str = common["source"],
@@ -187,7 +188,7 @@ def register(app: typer.Typer) -> None:
 
         base = _base(strategy)
         url, where = study_storage(storage)
-        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
+        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to")
         held_ms = 0 if holdout.strip() == "0" else _duration(holdout, "--holdout", parse_duration_ms)
         store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, not no_progress)
         end = to_ms - held_ms
@@ -225,7 +226,7 @@ def register(app: typer.Typer) -> None:
         windows: str = typer.Option("train=30d,test=7d,step=7d", "--windows",
                                     help="train=,test=,step=[,embargo=][,holdout=] durations."),
         from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
-        to_day: str = typer.Option(..., "--to", help="Last day, included."),
+        to_day: str = typer.Option(..., "--to", help="End day, exclusive (its midnight, UTC)."),
         strategy: Path | None = common["strategy"],
         symbols: str = common["symbols"],
         source: str = common["source"],
@@ -243,7 +244,7 @@ def register(app: typer.Typer) -> None:
         study: str | None = common["study"],
     ) -> None:
         """Rolling windows: search on each training window only, score the choice out of sample."""
-        run_walk_forward(windows, parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True), _base(strategy),
+        run_walk_forward(windows, parse_day(from_day, "--from"), parse_day(to_day, "--to"), _base(strategy),
                          symbols=symbols, source=source, trials=trials, sampler=sampler, objective=objective,
                          min_trades=min_trades, batch=batch, seed=seed, out=out, store_dir=store_dir, workers=workers,
                          progress=not no_progress, storage=storage, study=study)
@@ -251,7 +252,7 @@ def register(app: typer.Typer) -> None:
     @research.command("labels")
     def labels_command(
         from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
-        to_day: str = typer.Option(..., "--to", help="Last day, included."),
+        to_day: str = typer.Option(..., "--to", help="End day, exclusive (its midnight, UTC)."),
         strategy: list[Path] | None = typer.Option(None, "--strategy", help="Strategy files (default: shipped)."),
         symbols: str = common["symbols"],
         source: str = common["source"],
@@ -269,7 +270,7 @@ def register(app: typer.Typer) -> None:
         from .labels import PricePath
 
         strategies = [load_strategy(p) for p in strategy] if strategy else load_strategies(default_strategy_dir())
-        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
+        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to")
         options = source_options(source)
         table = ResearchTable()
         for symbol in (s.strip().upper() for s in symbols.split(",") if s.strip()):
@@ -293,7 +294,7 @@ def register(app: typer.Typer) -> None:
     @research.command("export")
     def export_command(
         from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
-        to_day: str = typer.Option(..., "--to", help="Last day, included."),
+        to_day: str = typer.Option(..., "--to", help="End day, exclusive (its midnight, UTC)."),
         strategy: str = typer.Option("v53", "--strategy",
                                      help="A shipped strategy's name (v53, v52_8signals, v51_baseline) or a "
                                           "strategy file."),
@@ -316,9 +317,9 @@ def register(app: typer.Typer) -> None:
         from .export import DAY_MS, SCHEMA_FILE, ExportError, day_name, export
 
         cfg = _named_strategy(strategy)
-        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to", end=True)
+        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to")
         if to_ms <= from_ms:
-            raise ResearchError(f"empty range: --to {to_day} is before --from {from_day}")
+            raise ResearchError(f"empty range: --to {to_day} is not after --from {from_day} (--to is excluded)")
         names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
         options = export_source_options(source)
         began = time.perf_counter()

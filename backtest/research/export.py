@@ -358,7 +358,7 @@ def export(cfg: StrategyConfig, source: str, symbols: list[str], from_ms: int, t
     if from_ms % DAY_MS or to_ms % DAY_MS:
         raise ExportError("the range must be whole UTC days")
     if to_ms <= from_ms:
-        raise ExportError("empty range: --to must be on or after --from")
+        raise ExportError("empty range: --to must be after --from (--to is excluded)")
     if not symbols:
         raise ExportError("--symbols: at least one symbol")
     root = Path(out) / cfg.name

@@ -108,8 +108,8 @@ def register(watchlist: typer.Typer) -> None:
                                       "the last this many minutes unless --from/--to say otherwise."),
         coins: str = typer.Option("BTC,ETH", "--coins", help="synthetic: comma-separated coins."),
         from_: str | None = typer.Option(None, "--from", help="db: start, UTC date or time (2024-01-01[T00:00])."),
-        to: str | None = typer.Option(None, "--to", help="db: end (exclusive), UTC date or time; a date means "
-                                      "the end of that day."),
+        to: str | None = typer.Option(None, "--to", help="db: end, exclusive, UTC date or time (a date means "
+                                      "its midnight)."),
         out: Path | None = typer.Option(None, "--out", help="Directory for result.json (summary, pairs, signals, "
                                         "leg orders, funding payments, blocked exits)."),
         limit: int = typer.Option(20, "--limit", min=1, help="Pairs listed."),
@@ -136,7 +136,7 @@ def register(watchlist: typer.Typer) -> None:
             strategy = _strategy(strategy_file)
             model = load_model(model_path(strategy)) if strategy.model is not None else None
             start_ms = parse_time(from_, "--from") if from_ else None
-            end_ms = parse_time(to, "--to", end=True) if to else None
+            end_ms = parse_time(to, "--to") if to else None
             events = load_session(source, minutes, _coins(coins), tuple(strategy.venues), start_ms, end_ms)
             rules = InstrumentRules.load(instrument_rules) if instrument_rules is not None else None
             result = run_backtest(strategy, events, model, rules=rules, leg_latency_ms=leg_latency_ms)

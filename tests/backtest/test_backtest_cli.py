@@ -38,19 +38,19 @@ def one_error(proc: subprocess.CompletedProcess) -> str:
 def test_bad_strategy_file(tmp_path):
     bad = tmp_path / "mine.yaml"
     bad.write_text("name: mine\nversion: '1'\nwindows: {cvd_fast: 45m, cvd_mid: 30m}\n")
-    proc = tapeflow("--strategy", str(bad), "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-01",
+    proc = tapeflow("--strategy", str(bad), "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-02",
                     home=tmp_path)
     line = one_error(proc)
     assert proc.returncode == 2
     assert line.startswith(f"error: bad strategy file: {bad}: ")
     assert "cvd_fast must be shorter than cvd_mid" in line and "weights: Field required" in line
     missing = tapeflow("--strategy", str(tmp_path / "nope.yaml"), "--source", "synthetic", "--from", "2024-01-01",
-                       "--to", "2024-01-01", home=tmp_path)
+                       "--to", "2024-01-02", home=tmp_path)
     assert "cannot read" in one_error(missing)
 
 
 def test_unknown_symbol(tmp_path):
-    proc = tapeflow("--symbols", "BTCUSDT,DOGE", "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-01",
+    proc = tapeflow("--symbols", "BTCUSDT,DOGE", "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-02",
                     home=tmp_path)
     assert one_error(proc) == "error: unknown symbol 'DOGE': expected a Binance USD-M symbol such as BTCUSDT"
     proc = tapeflow("--symbols", "BTCUSDT", "--source", f"recording:{RECORDING}", home=tmp_path)
@@ -64,7 +64,7 @@ def test_a_range_with_no_data(tmp_path):
     assert proc.returncode == 1
     line = one_error(proc)
     assert line == (f"error: no market data for SUSHIUSDT,AKROUSDT,KEEPUSDT,CTKUSDT from 2024-01-01 00:00 to "
-                    f"2024-01-03 00:00 UTC in recording:{RECORDING}")
+                    f"2024-01-02 00:00 UTC in recording:{RECORDING}")
     assert not (tmp_path / "out").exists()
 
 
@@ -73,7 +73,10 @@ def test_bad_arguments(tmp_path):
         "error: --from and --to are required (or --demo for an offline example)"
     assert one_error(tapeflow("--source", "synthetic", "--from", "2024-01-02", "--to", "2024-01-01",
                               home=tmp_path)) == "error: --to must be after --from"
-    assert one_error(tapeflow("--source", "parquet:x", "--from", "2024-01-01", "--to", "2024-01-01",
+    # --to is excluded: the same day twice is an empty range
+    assert one_error(tapeflow("--source", "synthetic", "--from", "2024-01-02", "--to", "2024-01-02",
+                              home=tmp_path)) == "error: --to must be after --from"
+    assert one_error(tapeflow("--source", "parquet:x", "--from", "2024-01-01", "--to", "2024-01-02",
                               home=tmp_path)).startswith("error: unknown source 'parquet:x'")
     assert one_error(tapeflow("--source", "synthetic", "--from", "yesterday", "--to", "2024-01-01",
                               home=tmp_path)).startswith("error: --from 'yesterday': expected a UTC date")
@@ -122,7 +125,7 @@ def test_warm_start_approximation(tmp_path):
                             for b in piece.trades.values()])
     assert result["trades_processed"] == int((times >= detail_from).sum()) and (times < detail_from).sum() > 1000
     assert "TAPEFLOW_WARM_START_HOURS is 0" in one_error(tapeflow(
-        "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-02", "--warm-start-approximation",
+        "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-03", "--warm-start-approximation",
         home=tmp_path, TAPEFLOW_WARM_START_HOURS="0"))
     assert one_error(tapeflow("--source", f"recording:{RECORDING}", "--warm-start-approximation", home=tmp_path)) \
         == "error: --warm-start-approximation needs --from (the warm start's window begins there)"
@@ -134,7 +137,7 @@ def test_ctrl_c_writes_a_partial_report(tmp_path):
     env.update(TAPEFLOW_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tapeflow", "backtest", "--source", "synthetic:3", "--symbols", "BTCUSDT",
-         "--from", "2024-01-01", "--to", "2024-01-20", "--out", str(out), "--no-progress"],
+         "--from", "2024-01-01", "--to", "2024-01-21", "--out", str(out), "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         started = proc.stderr.readline()  # printed when the run begins

@@ -49,6 +49,7 @@ from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import default_strategy_dir, load_strategy, parse_strategy
 
 D1, D2 = "2024-01-01", "2024-01-02"
+D3 = "2024-01-03"  # a --to is excluded: D1 and D2 are --from D1 --to D3
 T1 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -143,7 +144,7 @@ def ms(column) -> np.ndarray:
 def test_export_end_to_end(spy, tmp_path):
     out = tmp_path / "export"
     spy.feeding = True
-    output = ok(run("--from", D1, "--to", D2, "--symbols", ",".join(SYMBOLS), "--out", str(out)))
+    output = ok(run("--from", D1, "--to", D3, "--symbols", ",".join(SYMBOLS), "--out", str(out)))
     spy.feeding = False
     assert "export: 4 symbol-days written" in output and "0 already done" in output
     assert spy.opened == [("BTCUSDT",), ("XRPUSDT",)]  # one replay per symbol
@@ -163,9 +164,9 @@ def test_export_end_to_end(spy, tmp_path):
     # a re-run skips every finished day without replaying; so does a later start (these files had more
     # warm-up: they were replayed from D1)
     before = {p: os.stat(p) for p in out.rglob("*.parquet")}
-    assert "0 symbol-days written" in ok(run("--from", D1, "--to", D2, "--symbols", ",".join(SYMBOLS),
+    assert "0 symbol-days written" in ok(run("--from", D1, "--to", D3, "--symbols", ",".join(SYMBOLS),
                                              "--out", str(out)))
-    assert "1 already done" in ok(run("--from", D2, "--to", D2, "--symbols", "XRPUSDT", "--out", str(out)))
+    assert "1 already done" in ok(run("--from", D2, "--to", D3, "--symbols", "XRPUSDT", "--out", str(out)))
     assert spy.opened == [("BTCUSDT",), ("XRPUSDT",)]
     assert {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in before} == \
         {p: (s.st_ino, s.st_mtime_ns) for p, s in before.items()}
@@ -270,7 +271,7 @@ def check_schema_file(out) -> None:
 
 def test_rerun_after_a_crash_overwrite_and_the_labels_command(spy, tmp_path):
     out = tmp_path / "export"
-    ok(run("--from", D1, "--to", D1, "--symbols", "XRPUSDT", "--out", str(out)))
+    ok(run("--from", D1, "--to", D2, "--symbols", "XRPUSDT", "--out", str(out)))
     day1 = day_path(out, D1, "XRPUSDT")
     good = day1.read_bytes()
 
@@ -278,20 +279,20 @@ def test_rerun_after_a_crash_overwrite_and_the_labels_command(spy, tmp_path):
     # truncated file under the day's own name. The re-run must not take the latter for a finished day.
     (day1.parent / f".{day1.name}.424242.tmp").write_bytes(good[:1000])
     day1.write_bytes(good[: len(good) // 2])
-    assert "1 symbol-days written" in ok(run("--from", D1, "--to", D1, "--symbols", "XRPUSDT", "--out", str(out)))
+    assert "1 symbol-days written" in ok(run("--from", D1, "--to", D2, "--symbols", "XRPUSDT", "--out", str(out)))
     assert day1.read_bytes() == good  # the same inputs give the same file
     assert [p.name for p in day1.parent.iterdir()] == [day1.name]
 
     # --overwrite rewrites a finished day (a new file, the same bytes)
     inode = os.stat(day1).st_ino
-    assert "1 symbol-days written" in ok(run("--from", D1, "--to", D1, "--symbols", "XRPUSDT", "--out", str(out),
+    assert "1 symbol-days written" in ok(run("--from", D1, "--to", D2, "--symbols", "XRPUSDT", "--out", str(out),
                                              "--overwrite"))
     assert os.stat(day1).st_ino != inode and day1.read_bytes() == good
     assert len(spy.opened) == 3
 
     # `research labels` (its replay is the export's): the same evaluations and every input; labels equal
     # wherever their hour ends inside its range (it does not read past --to)
-    ok(run("--from", D1, "--to", D1, "--symbols", "XRPUSDT", "--strategy", str(default_strategy_dir() / "v53.yaml"),
+    ok(run("--from", D1, "--to", D2, "--symbols", "XRPUSDT", "--strategy", str(default_strategy_dir() / "v53.yaml"),
            "--output", str(tmp_path / "labels.parquet"), command="labels"))
     labels = pq.read_table(tmp_path / "labels.parquet")
     labels = labels.filter(pc.less(labels.column("eval_time"), pa.scalar(T1 + DAY, pa.timestamp("ms", tz="UTC"))))
@@ -362,18 +363,19 @@ def test_bad_input_is_one_clear_error(tmp_path):
     for args, message in (
         (("--strategy", "v99"), f"--strategy 'v99': not a file or a shipped strategy ({shipped})"),
         (("--strategy", str(tmp_path / "missing.yaml")), "missing.yaml: no such file"),
-        (("--from", D2, "--to", D1), f"empty range: --to {D1} is before --from {D2}"),
+        (("--from", D2, "--to", D1), f"empty range: --to {D1} is not after --from {D2}"),
+        (("--from", D1, "--to", D1), f"empty range: --to {D1} is not after --from {D1}"),  # --to is excluded
         (("--from", "2024-02-30"), "--from '2024-02-30': expected a UTC date"),
         (("--source", f"recording:{tmp_path / 'nowhere'}"), "nowhere"),
         (("--source", "kafka"), "the export reads synthetic[:SEED]"),
         (("--strategy", str(other), "--out", str(out)), "holds an export with config_hash"),  # same name, other config
     ):
-        given = {"--from": D1, "--to": D1, "--symbols": "XRPUSDT", "--out": str(tmp_path / "fresh")}
+        given = {"--from": D1, "--to": D2, "--symbols": "XRPUSDT", "--out": str(tmp_path / "fresh")}
         given |= dict(zip(args[::2], args[1::2]))
         result = run(*[x for item in given.items() for x in item])
         assert isinstance(result.exception, ResearchError), (args, result.output, result.exception)
         assert message in str(result.exception) and "\n" not in str(result.exception), (args, str(result.exception))
     # as the user sees it: one line on stderr, exit 1
-    res = subprocess.run([sys.executable, "-m", "tapeflow", "research", "export", "--from", D1, "--to", D1,
+    res = subprocess.run([sys.executable, "-m", "tapeflow", "research", "export", "--from", D1, "--to", D2,
                           "--strategy", "v99", "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and res.stderr.startswith("error: --strategy 'v99'") and res.stderr.count("\n") == 1

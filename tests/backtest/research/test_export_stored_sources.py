@@ -43,6 +43,7 @@ from tests.support.stored_sources import store_session
 pytestmark = pytest.mark.integration
 
 DAY_TEXT = "2024-01-01"
+NEXT_TEXT = "2024-01-02"  # the --to of that one day (excluded)
 T1 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -69,7 +70,7 @@ def export(tmp_path, name: str, source: str, env: dict[str, str]):
     from tapeflow.cli import app
 
     out = tmp_path / name
-    result = CliRunner().invoke(app, ["research", "export", "--from", DAY_TEXT, "--to", DAY_TEXT, "--symbols", SYMBOL,
+    result = CliRunner().invoke(app, ["research", "export", "--from", DAY_TEXT, "--to", NEXT_TEXT, "--symbols", SYMBOL,
                                       "--source", source, "--out", str(out), "--no-progress"],
                                 env={"TAPEFLOW_HOME": str(tmp_path / "home"), **env})
     assert result.exit_code == 0, result.output + repr(result.exception)

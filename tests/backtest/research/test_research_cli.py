@@ -17,7 +17,7 @@ def tapeflow(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def test_search_writes_a_strategy_ready_for_the_engine(tmp_path):
-    res = tapeflow("research", "search", "--from", "2024-01-01", "--to", "2024-01-02", "--symbols", "XRPUSDT",
+    res = tapeflow("research", "search", "--from", "2024-01-01", "--to", "2024-01-03", "--symbols", "XRPUSDT",
                    "--trials", "4", "--batch", "2", "--min-trades", "1", "--sampler", "grid", "--holdout", "6h",
                    "--workers", "1", "--no-progress", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -38,7 +38,7 @@ def test_search_writes_a_strategy_ready_for_the_engine(tmp_path):
 
 def test_backtest_walk_forward_runs_the_research_walk_forward(tmp_path):
     res = tapeflow("backtest", "--walk-forward", "train=1d,test=6h,embargo=1h", "--from", "2024-01-01", "--to",
-                   "2024-01-02", "--symbols", "XRPUSDT", "--source", "synthetic:3", "--trials", "3", "--no-progress",
+                   "2024-01-03", "--symbols", "XRPUSDT", "--source", "synthetic:3", "--trials", "3", "--no-progress",
                    "--out", str(tmp_path / "wf"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "window 0: train 2024-01-01 00:00 .. 2024-01-02 00:00" in res.stdout
@@ -51,7 +51,7 @@ def test_bad_arguments_are_one_error_line(tmp_path):
     for args, message in (
         (("walk-forward", "--windows", "train=30d", "--from", "2024-01-01", "--to", "2024-01-05"), "test=DURATION"),
         (("search", "--from", "2024-13-01", "--to", "2024-01-05"), "--from '2024-13-01'"),
-        (("search", "--from", "2024-01-01", "--to", "2024-01-01"), "at least two days"),
+        (("search", "--from", "2024-01-01", "--to", "2024-01-02"), "at least two days"),  # one day: --to is excluded
         (("search", "--from", "2024-01-01", "--to", "2024-01-05", "--source", "db"), "synthetic[:SEED]"),
     ):
         res = tapeflow("research", *args, "--no-progress", "--out", str(tmp_path / "o"), cwd=tmp_path)

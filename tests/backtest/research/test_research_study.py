@@ -22,7 +22,7 @@ from tests.support.built_once import built_once, copy_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-COMMON = ("--from", "2024-01-01", "--to", "2024-01-02", "--symbols", "XRPUSDT", "--source", "synthetic:3",
+COMMON = ("--from", "2024-01-01", "--to", "2024-01-03", "--symbols", "XRPUSDT", "--source", "synthetic:3",
           "--min-trades", "1", "--workers", "1", "--no-progress")
 
 

@@ -367,3 +367,17 @@ def test_progress_is_off_without_a_terminal_and_shows_rows_per_second_with_one()
     text = out.getvalue()
     assert "2024-01-01" in text and "12,345 rows" in text and "rows/s" in text
     assert bar._progress.tasks[0].completed == 2 and len(bar._progress.tasks) == 1  # finished days are removed
+
+
+def test_the_cli_to_is_excluded_as_everywhere(tmp_path):
+    """`backfill binance-vision --to` is the excluded end like every `--to`: the same day twice is an empty
+    range, said before anything is fetched or published."""
+    from typer.testing import CliRunner
+
+    from tapeflow.cli import app
+
+    res = CliRunner().invoke(app, ["backfill", "binance-vision", "--symbol", "BTCUSDT", "--from", "2024-01-01",
+                                   "--to", "2024-01-01", "--dir", str(tmp_path)],
+                             env={"TAPEFLOW_HOME": str(tmp_path / "home")})
+    assert res.exit_code == 1
+    assert "--from 2024-01-01 is not before --to 2024-01-01 (--to is excluded)" in res.output
