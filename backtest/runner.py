@@ -64,7 +64,7 @@ to the accounts busy on it before a mark or book of a busy market (it waits for 
 points): such a trade changes only that market's last price and trade times, which neither record
 reads (a book only raises the market's data time, a mark sets or settles funding, which a trade inside
 the band cannot reach); accounts idle on the market still get it there, as in the dense feed. ``feed="dense"`` passes every mark, book and busy trade and ticks every
-second (the runner before issue 14); tests/backtest/test_backtest_feed.py runs both on sessions with
+second (the earlier runner); tests/backtest/test_backtest_feed.py runs both on sessions with
 pauses, daily-loss flattens, a UTC midnight, funding, staleness transitions (also of accounts idle on
 a busy market), maker entries, a shared account and funding times every few seconds (held marks of
 busy markets across them), and requires every record every account emits to be identical.

@@ -1,4 +1,4 @@
-"""Backtest runner throughput and peak memory on >= 10 million synthetic trades (issue 12; the speed
+"""Backtest runner throughput and peak memory on >= 10 million synthetic trades (the speed
 target, >= 3,000,000 trades/s end to end on cached data, belongs to the next issue: measured here).
 
 What runs is what ``tapeflow backtest --source synthetic`` runs: the synthetic source generates every

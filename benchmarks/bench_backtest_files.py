@@ -10,7 +10,7 @@ vision:DIR`` as a subprocess with the three shipped strategies, twice on one ``T
 
 Prints, per run, the wall clock of the whole command, trades/s end to end, the peak RSS of the
 process tree (sampled every 0.1 s) and the ratios to the targets (warm 3,000,000 trades/s, cold
-1,000,000) and to the baseline: issue 22's measurement of the row-at-a-time reader, 285,189 trades/s
+1,000,000) and to the baseline: the row-at-a-time reader's measurement, 285,189 trades/s
 (2 days x 4 symbols, 13.8 M trades, second run). Trades are a random walk on a tick grid with
 log-normal clustered arrivals, so the strategies evaluate, signal and trade.
 

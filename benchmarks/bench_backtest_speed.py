@@ -1,4 +1,4 @@
-"""Engine replay speed on a realistic session (issue 14 target: >= 3,000,000 trades/s, one process).
+"""Engine replay speed on a realistic session (target: >= 3,000,000 trades/s, one process).
 
 What is measured: the engine core as a replay drives it — one ``Engine`` per symbol (as the backtest
 runner and the live worker keep one per key), fed hour by hour with columnar trades, book and mark
@@ -8,7 +8,7 @@ cadence (every closed second with trades and every 15 s), a feature record for e
 replay re-runs cached data). Not included: the executor (positions, fills), which the backtest runner
 drives beside the engine.
 
-Baseline: the engine as it was before issue 14 (git commit ``BASELINE_REF``), run in a subprocess
+Baseline: the engine as it was before its compiled core (git commit ``BASELINE_REF``), run in a subprocess
 from a ``git archive`` of that commit on the first ``--baseline-hours`` of the same input (it is
 about 80x slower, so the whole session would take many minutes). The new engine runs the same
 prefix, and both print a digest of every feature record and signal (JSON, floats as repr): equal
@@ -40,7 +40,7 @@ from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import default_strategy_dir, load_strategies
 
 TARGET = 3_000_000
-BASELINE_REF = "3606ea9"  # main before issue 14 (the one-evaluation-at-a-time engine)
+BASELINE_REF = "3606ea9"  # main before the compiled core (the one-evaluation-at-a-time engine)
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
 REPO = Path(__file__).resolve().parent.parent
 

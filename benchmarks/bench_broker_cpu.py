@@ -9,12 +9,12 @@ finest), marks every second.
 
 Targets (DESIGN.md section 7): the broker idle <= 1 % of a core and the whole stack idle <= 3 %
 (PostgreSQL and the fake exchange excluded); the broker replaying two symbols at 1x is reported
-against issue 34's 10 %. The baselines are the former stand-in broker's (issue 34, before its
+against a 10 % target. The baselines are the former stand-in broker's (before its
 changes): broker 23 % replaying, 16.5 % idle, the stack ~26 % idle. The supervisor runs in this
 benchmark's process, as in `tapeflow up`'s, and is counted in the stack.
 
 Run: ``.venv/bin/python -m benchmarks.bench_broker_cpu [--minutes 5] [--idle-s 120] [--symbols BTCUSDT,ETHUSDT]
-[--attribute-s 20]``; at real rates for the four default symbols (issue 37): ``--real-rates --minutes 30
+[--attribute-s 20]``; at real rates for the four default symbols: ``--real-rates --minutes 30
 --symbols BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT``
 """
 
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--trades-per-s", type=float, default=20.0, help="Mean aggTrades/s per symbol.")
     ap.add_argument("--real-rates", action="store_true",
                     help="Each symbol at its real mean rate instead (fake_exchange.real_history.REAL_RATES: "
-                         "BTC 30, ETH 20, SOL 12, XRP 9 aggTrades/s; issue 37's per-service CPU at real rates).")
+                         "BTC 30, ETH 20, SOL 12, XRP 9 aggTrades/s; the per-service CPU at real rates).")
     ap.add_argument("--depth-ms", type=int, default=10, help="Depth diff interval (10 = the fake's finest).")
     ap.add_argument("--settle-s", type=float, default=60.0, help="Wait after the stack is up before measuring.")
     ap.add_argument("--attribute-s", type=float, default=0.0,
@@ -176,7 +176,7 @@ def main() -> None:
               f"{disk:.0f} MB, holding {total:,} records in the catalogue topics; "
               + ", ".join(f"{k} {v:,}" for k, v in sorted(held.items(), key=lambda kv: -kv[1])[:5]))
     measured = {"broker replaying": replaying["broker"], "broker idle": idle["broker"], "stack idle": idle["stack"]}
-    print("== against the target and the baseline (the former stand-in broker, issue 34)")
+    print("== against the target and the baseline (the former stand-in broker)")
     for key, value in measured.items():
         print(f"  {key:<18} {value:6.2f} %   target <= {TARGETS[key]:g} % (ratio {value / TARGETS[key]:.2f}),"
               f" baseline {BASELINE[key]:g} % (ratio {value / BASELINE[key]:.2f})")

@@ -1,4 +1,4 @@
-"""Broker round trip alone: the floor under the engine latency benchmark (issue 4 (c) baseline).
+"""Broker round trip alone: the floor under the engine latency benchmark (the baseline of the engine latency target).
 
 Why: ``bench_engine_latency`` measures producer receive → features consumed, which crosses the broker
 twice (input, output). This measures one crossing with nothing else in the path, with the same

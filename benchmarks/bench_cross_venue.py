@@ -1,4 +1,4 @@
-"""Cross-venue feature cost per book update at 20 coins x 3 venues (issue 24 item 2).
+"""Cross-venue feature cost per book update at 20 coins x 3 venues.
 
 The rate it must sustain: each venue publishes ``md.book`` per symbol every ``book_interval_ms``
 (250 ms by default in every producer: 4 books/s, 20 coins x 3 venues = 240 updates/s); with

@@ -9,7 +9,7 @@ column as the sink writes it). Then, on the same rows:
   baseline), trades/s of each and the ratio;
 * end to end: ``tapeflow backtest --source db`` as a subprocess (``TAPEFLOW_DATABASE_URL`` at the
   database, the three shipped strategies, json report), wall clock, trades/s and the ratio to the
-  3,000,000 target of ``tapeflow backtest`` (which issue 22 sets for the Vision files).
+  3,000,000 target of ``tapeflow backtest`` (the target for the Vision files).
 
     .venv/bin/python -m benchmarks.bench_db_source --days 1 --symbols 4 --trades-per-day 1000000
 """

@@ -1,4 +1,4 @@
-"""Throughput of the microstructure detectors (VPIN, Kyle's lambda, Amihud; issue 25).
+"""Throughput of the microstructure detectors (VPIN, Kyle's lambda, Amihud).
 
 Three numbers:
 

@@ -30,7 +30,7 @@ issue's first/last hour of a day compressed into the run.
 
     .venv/bin/python -m benchmarks.bench_endurance --minutes 100 --trades-per-s 300
 
-Baseline: issue 21's measurement on the former stand-in broker (the sink stopped after 28,216 of
+Baseline: the measurement on the former stand-in broker (the sink stopped after 28,216 of
 56,756 trades, ~20,000 batches in a partition); the target is a day of live BTCUSDT (1.7 M trades)
 with every trade once and memory bounded.
 """

@@ -15,7 +15,7 @@ per second of event time, so a session with more trades per second of event time
 trade. ``--rates`` runs several densities (trades per second of event time per symbol).
 
 ``--detectors`` runs the shipped strategies with a ``detectors`` section added (VPIN by aggressor side
-with per-symbol buckets of a few seconds' volume, Kyle's lambda and Amihud; issue 25), to compare the
+with per-symbol buckets of a few seconds' volume, Kyle's lambda and Amihud), to compare the
 worker with the detectors on against the same run without them; ``--book-detectors`` adds walls and
 icebergs (their defaults) to that section.
 

@@ -9,7 +9,7 @@
    - `end to end`: wall clock from producing the signal to this script receiving the order record
      (adds the executor's publisher linger of 5 ms, one more consumer fetch and, with transactions,
      the commit: the watcher reads committed records only).
-   With `--transactions both` (default) it runs once with the executor's Kafka transactions (issue 50)
+   With `--transactions both` (default) it runs once with the executor's Kafka transactions
    and once without (`ExecuteOptions.transactional=False`).
 3. backlog throughput through the broker: `--backlog-trades` trades and 1 signal per 100 of them
    already in the broker, the executor started from the beginning: inputs handled per second from its

@@ -1,4 +1,4 @@
-"""Fault suite (issue 23) with long faults: each registered case injects its fault for longer than the
+"""Fault suite with long faults: each registered case injects its fault for longer than the
 tests do (tests/faults/ run the same runners with short ones) and prints one table row per fault:
 
     fault | duration_s | trades_in | trades_out | duplicates | lost | orders_sent | orders_expected | recover_s
@@ -38,7 +38,7 @@ class Case:
     needs_broker: bool = False
 
 
-# --------------------------------------------------------------------------- process faults (issue 23)
+# --------------------------------------------------------------------------- process faults
 def _clock_skew(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
     from tests.support.faults_process import executor_clock_skew
 
@@ -133,7 +133,7 @@ REGISTRY: list[Case] = [
     # the embedded Kafka SIGKILLed while trades flow live (the supervisor restarts it; Kafka recovers its
     # log, keeps topics, offsets and groups; the clients reconnect): broker_sigkill
     Case("broker_killed", _broker_killed),
-    # issue 50: Kafka alone, its log preloaded, SIGKILLed mid-write: kill / restart to healthy, every
+    # Kafka alone, its log preloaded, SIGKILLed mid-write: kill / restart to healthy, every
     # acknowledged record once (broker_sigkill_restart_<preload>); the stack's broker killed mid-replay at
     # max speed (broker_sigkill_mid_replay); its log disk filled (broker_disk_full, root only)
     Case("broker_restart", _broker_restart),

@@ -1,4 +1,4 @@
-"""What leg latency costs the shipped watchlist strategy (issue 38, item 5).
+"""What leg latency costs the shipped watchlist strategy.
 
 The shipped strategy (``stream_apps/watchlist/strategies/xv_convergence.yaml``) is backtested on one
 generated multi-venue session (``backtest.watchlist.synthetic``: BTC, ETH and SOL on Binance, Bybit and

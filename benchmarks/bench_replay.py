@@ -1,4 +1,4 @@
-"""Replay throughput (issue 13): a recording through the producer at `max`, and `tapeflow replay` copying
+"""Replay throughput: a recording through the producer at `max`, and `tapeflow replay` copying
 the result into a namespace.
 
 (a) `tapeflow fake-exchange --speed max` and `tapeflow produce --replay-control-url` as processes (as

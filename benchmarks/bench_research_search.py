@@ -1,4 +1,4 @@
-"""A 100-configuration search over 30 days x 4 symbols of generated data (issue 14: <= 10 min, <= 4 GiB).
+"""A 100-configuration search over 30 days x 4 symbols of generated data (<= 10 min, <= 4 GiB).
 
 What runs (the same code as ``tapeflow research search``): the backtest's ``synthetic:7`` source
 (realistic rates: BTC 30, ETH 20, SOL 10, XRP 8 trades/s, bursty; about 240 M trades over 30 days,

@@ -1,7 +1,7 @@
 """Time from `tapeflow up --detach` to a healthy stack, cold (fresh home: initdb) and warm, and `down`.
 
 Run: .venv/bin/python -m benchmarks.bench_startup [--runs 5]
-Target (issue 2): startup to healthy <= 15 s on the 2-core dev machine.
+Target: startup to healthy <= 15 s on the 2-core dev machine.
 """
 
 from __future__ import annotations

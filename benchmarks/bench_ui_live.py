@@ -7,7 +7,7 @@ run. The follower is the one `tapeflow ui` builds. Three phases:
 ``--seconds`` with no page (the follower must hold no consumer), ``--seconds`` with one page listening
 and nothing published (the idle fetches it costs), then ``--samples`` bars published one at a time,
 each timed from ``produce()`` to the page's queue. Broker CPU from ``/proc/<pid>/stat``
-(utime + stime of the broker process). Target (issue 36): no broker CPU from the UI with no page open.
+(utime + stime of the broker process). Target: no broker CPU from the UI with no page open.
 
 ``--view`` says which pages listen (``tapeflow_ui.live.VIEWS``, joined by ``+``): ``chart`` (one
 symbol's bars and signals; samples: a bar), ``overview`` (every signal, bars as changes; samples: a

@@ -1,4 +1,4 @@
-"""Time to the first valid evaluation and signal after a fresh start with 25 h to prime (issue 13).
+"""Time to the first valid evaluation and signal after a fresh start with 25 h to prime.
 
 A fresh stack as `tapeflow up` starts it, without the database: an engine (a new group, waiting for
 progress) and a producer with `--warm-start-hours 25`, against the fake exchange serving a generated
@@ -13,7 +13,7 @@ start (when the market gives one within the live minutes), plus the warm start's
 (DESIGN §7): first valid signal ≤ 5 min after a fresh live start. The synthetic session's trade rate
 is far below BTCUSDT's (set with --trades-per-s): REST paging scales with trades per day.
 
-`--profile real --utc-hour H` (issue 37): the fake's real-rate profile instead (`fake_exchange.real_history`:
+`--profile real --utc-hour H`: the fake's real-rate profile instead (`fake_exchange.real_history`:
 BTC/ETH/SOL/XRP at 30/20/12/9 trades/s with BTC-like bursts, a depth diff every 10 ms, the four default
 symbols), its clock at hour H of a UTC day (so H hours of the 25 are today's, served only by REST, and
 Vision has up to yesterday), and its real weight limit (2,400 a minute, 429 then 418 bans as Binance

@@ -1,4 +1,4 @@
-"""Hedged pair paper execution (issue 24, item 4): a watchlist entry is two legs with one pair id,
+"""Hedged pair paper execution: a watchlist entry is two legs with one pair id,
 short the rich venue and long the cheap one, filled, held and closed against each venue's book.
 
 This is the *instant* model: both legs fill at the same moment against the books of that moment, all

@@ -1,4 +1,4 @@
-"""Venue instrument rules (issue 24): each perpetual's lot step, minimum order size and minimum
+"""Venue instrument rules: each perpetual's lot step, minimum order size and minimum
 notional, in coins, from the venues' public instruments endpoints, for the hedged pair model.
 
 Why a module of its own: a paper pair that trades 0.123456 BTC on a venue whose step is 0.001 is a

@@ -1,4 +1,4 @@
-"""Hedged pairs as they really fill (issue 38): each leg travels to its venue, fills IOC against the
+"""Hedged pairs as they really fill: each leg travels to its venue, fills IOC against the
 book it meets there, partly or not at all, and the model hedges exactly what filled.
 
 ``TimedPairs`` is ``execution.hedged.HedgedPairs`` with leg timing (``PairParams.legs`` set); the

@@ -1,4 +1,4 @@
-"""Operator commands to the watchlist traders: open a hedged pair by hand, close one (issue 36).
+"""Operator commands to the watchlist traders: open a hedged pair by hand, close one.
 
 The web UI's desk asks; ``publish_command`` puts the request on ``xv.commands`` (key: the coin) and
 waits for the broker's acknowledgement, as ``execution.kill_switch`` does for the kill switch: a command

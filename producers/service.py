@@ -61,7 +61,7 @@ def market_data_producer_config(settings: Settings) -> dict:
 
 
 class BrokerWatch:
-    """Whether the broker takes this producer's records, for its /health and log (issue 50).
+    """Whether the broker takes this producer's records, for its /health and log.
 
     librdkafka reports a broker it cannot reach (refused connections while Kafka restarts, or while it
     is held down on a full log disk) through the client's ``error_cb``, served from the publisher's

@@ -1,4 +1,4 @@
-"""Market alerts from the engine's feature records (issue 25): OI spikes, CVD–price divergences,
+"""Market alerts from the engine's feature records: OI spikes, CVD–price divergences,
 liquidation cascades and pulled walls, one message per symbol and kind per episode.
 
 Pure and deterministic: `MarketAlerts.notes_for(record)` reads a `features` record (FeatureEvaluation:

@@ -3,7 +3,7 @@
 Why hand-rolled: librdkafka (confluent-kafka) hands every record to Python as a `Message` with its own
 bytes, key and topic string: 1.2-1.3 CPU-s per million records in the process before anything is
 decoded. On 2 cores the sink must fit its whole work beside PostgreSQL's COPY into ~1 CPU-s per
-million to reach 0.9x of a plain COPY (benchmarks/RESULTS.md, issue 34), so that alone is over the
+million to reach 0.9x of a plain COPY (benchmarks/RESULTS.md), so that alone is over the
 budget, and no maintained Python client hands over record batches as bytes. Here aiokafka's protocol
 structs encode the Fetch request and decode its response (the record set stays one bytes object), the
 batches are decompressed by cramjam (lz4, zstd, snappy) or zlib, and one numba kernel walks the records

@@ -1,4 +1,4 @@
-"""Which part of a warm start's window comes as minute bars and which trade by trade (issue 37).
+"""Which part of a warm start's window comes as minute bars and which trade by trade.
 
 One function for both starts that must agree: the live warm start (``producers.binance.warm_start``:
 1m klines for the bars, REST aggTrades for the detail) and the backtest that starts the same way for

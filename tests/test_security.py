@@ -1,4 +1,4 @@
-"""No code-executing codec anywhere (issue 23, security): no module of the repository — product,
+"""No code-executing codec anywhere (security): no module of the repository — product,
 tests, benchmarks, deploy scripts — imports pickle or its relatives or loads YAML with a loader that
 can build objects, and the engine's Faust app reads and writes its topics and changelog with the
 "raw" codec (bytes, decoded by tapeflow's Avro serde), never Faust's pickle codec."""

@@ -1,5 +1,5 @@
 """``tapeflow backtest --warm-start-approximation``: a source that starts the way a fresh stack's warm start
-does (issue 37), so a backtest computes what the stack computed after its start (parity).
+does, so a backtest computes what the stack computed after its start (parity).
 
 A live producer primes the window ``[now - hours, now)`` with 1m klines (minute bars: taker-buy volume,
 OHLC, trade count) for all but the last ``detail_minutes`` and trades one by one only after

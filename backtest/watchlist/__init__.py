@@ -1,4 +1,4 @@
-"""The watchlist backtest (issue 24, items 3-4): recorded multi-venue sessions through the cross-venue
+"""The watchlist backtest: recorded multi-venue sessions through the cross-venue
 features, a ``kind: watchlist`` strategy and the hedged pair paper model, in process.
 
 - ``synthetic``: a generated multi-venue session (``--source synthetic[:SEED]``).

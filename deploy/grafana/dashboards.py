@@ -610,7 +610,7 @@ ORDER BY s.symbol""", fmt="table"),)),
                               legend="{{symbol}}", instant=True),)),
     ))
 
-# --- Watchlist (cross-venue hedged pairs, issue 24) --------------------------------------------------------
+# --- Watchlist (cross-venue hedged pairs) --------------------------------------------------------
 COIN = Variable("coin", "Coin", "SELECT DISTINCT coin FROM xv_features WHERE eval_time > now() - INTERVAL '1 day' "
                 "UNION SELECT DISTINCT coin FROM xv_pair_events WHERE event_time > now() - INTERVAL '7 days' "
                 "ORDER BY 1", multi=True, default=ALL)

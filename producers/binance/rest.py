@@ -12,7 +12,7 @@ IP, so a producer's clients (gap fills and snapshots, the indicator poller, the 
 through a ban the gap-fill client had met, and a real ban grows with every such request). Other origins
 (Coinbase, Binance spot) are not held back by it.
 
-The gate also keeps each origin's weight budget (`WeightBudget`, issue 37): a request's weight is spent
+The gate also keeps each origin's weight budget (`WeightBudget`): a request's weight is spent
 before it is sent, in the current UTC minute as Binance counts it, and a client waits for the next
 minute when its share of the limit is used. The warm start's share (`WARM_START_SHARE`) leaves headroom
 for the pollers, gap fills and book resyncs (`DEFAULT_SHARE`), so a start at any hour never earns a 429

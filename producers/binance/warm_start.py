@@ -4,7 +4,7 @@ group has its 24-hour windows at once, minutes after `tapeflow up`, not a day la
 Per symbol, for the window [now − hours, now) (now = the exchange's server time):
 - already in md.trades (a restarted stack whose broker kept its data): nothing to do;
 - trades from the database when it holds the window without a hole (a stack whose broker lost its data);
-- otherwise (the default, issue 37) 1m klines for all but the last `detail_minutes` (62: what the engine's
+- otherwise (the default) 1m klines for all but the last `detail_minutes` (62: what the engine's
   second buckets read, the 1-hour CVD and its slope), as md.indicators records of kind `kline_1m` that
   the engine applies as minute bars (`stream_apps.core.minute_bars`: exact for the 4h/24h CVD, the bars
   and the ATR; the feature records' `approx_until_ms` says where trade detail begins), then REST

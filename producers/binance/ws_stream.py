@@ -16,7 +16,7 @@ class BinanceStreamConfig(StreamConfig):
     # the producer subscribes `<sym>@markPrice@1s`, a frame per symbol every second however quiet the
     # market: 10 s without any frame is a dead (half-open) connection. 30 s (the base default) kept a
     # producer on a silent connection for 30 s before it reconnected and filled the hole from REST,
-    # over the 30 s in which data must flow again after a fault (tests/faults, issue 23)
+    # over the 30 s in which data must flow again after a fault (tests/faults)
     read_timeout_s: float = 10.0
 
     @property

@@ -91,7 +91,7 @@ class Features:
     iceberg_refills_ask: float | None = None
     iceberg_usd_bid: float | None = None
     iceberg_usd_ask: float | None = None
-    # the warm start's approximation (issue 37): before this time minute bars (1m klines with the taker-buy
+    # the warm start's approximation: before this time minute bars (1m klines with the taker-buy
     # volume) stood in for trades, so what needs each trade (size quantiles, large and whale flows, second
     # buckets) starts here; CVD and volume of the minute windows, bars and ATR are exact to the minute.
     # None: every minute the state holds came from trades

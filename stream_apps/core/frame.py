@@ -2,7 +2,7 @@
 
 Why columns: an evaluation is a few dozen numbers, and building a Python object (and a dict of its
 inputs) for every one of them cost more than the numbers themselves: about 300 µs per evaluation of
-three strategies, so a replay was bound by evaluations, not trades (issue 14). The engine computes a
+three strategies, so a replay was bound by evaluations, not trades. The engine computes a
 frame for all the evaluation times of a segment at once (``SymbolState.snapshot_frame``), scores it
 per strategy with array operations (``scoring.score_frame``) and keeps feature records as columns
 (``records.FeatureTable``) that become dicts only where a consumer wants dicts (the Faust worker's

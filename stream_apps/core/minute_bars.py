@@ -2,7 +2,7 @@
 
 A 1m kline of Binance carries OHLC, the volume, the quote volume, the trade count and the taker-buy volume:
 the minute's bought and sold quantity. The engine's 4h/24h CVD windows, its bars and its ATR read nothing
-finer than a minute, so a minute bar gives them exactly what the minute's trades would have (issue 37:
+finer than a minute, so a minute bar gives them exactly what the minute's trades would have (why:
 paging 25 h of BTCUSDT's aggTrades costs ~50,000 REST weight late in the UTC day; the 1,500 minute
 bars of 25 h cost 10). A bar travels as an ``md.indicators`` record (``kind`` is an open string):
 ``kind`` ``kline_1m``, ``value`` the close, ``extra`` {open, high, low, close, buy_volume, sell_volume,

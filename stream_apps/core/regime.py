@@ -1,4 +1,4 @@
-"""Regime strategies (issue 25): a named market regime as rules over the evaluation's features.
+"""Regime strategies: a named market regime as rules over the evaluation's features.
 
 A strategy with a ``regime`` section (``strategy.Regime``) is not scored by the layers. On every row:
 

@@ -823,7 +823,7 @@ class SymbolState:
             "qty_samples",
         ):
             setattr(state, name, data[name])
-        state.approx_until_ms = data.get("approx_until_ms")  # (absent from states saved before issue 37)
+        state.approx_until_ms = data.get("approx_until_ms")  # (absent from states saved before the warm start's approximation)
         state.seconds = BucketRing.from_dict(data["seconds"])
         state.minutes = BucketRing.from_dict(data["minutes"])
         state.qty_hist = HourlyQuantileWindow.from_dict(data["qty_hist"])

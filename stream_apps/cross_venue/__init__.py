@@ -1,4 +1,4 @@
-"""Cross-venue features (issue 24, item 2): per coin, across the venues that list it, the spreads
+"""Cross-venue features: per coin, across the venues that list it, the spreads
 between their books (at the touch and swept for a notional), their rolling statistics, funding and
 spot–perp basis, aligned by event time with a maximum staleness per leg.
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream_apps.core.engine import EngineOutput
 
-# 1.5, 2 and 3 s: the live-pace target is p99 <= 2 s (issue 34); with 1 and 2.5 only, a p99 inside that
+# 1.5, 2 and 3 s: the live-pace target is p99 <= 2 s; with 1 and 2.5 only, a p99 inside that
 # bucket was interpolated (2.32 s "measured" could have been anything from 1 to 2.5 s)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 15.0, 60.0)
 _BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)

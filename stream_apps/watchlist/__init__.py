@@ -1,4 +1,4 @@
-"""The watchlist service (issue 24, item 2): the cross-venue features of ``stream_apps.cross_venue``
+"""The watchlist service: the cross-venue features of ``stream_apps.cross_venue``
 run live on the md.* topics, published to ``xv.features`` (and stored by the sink in ``xv_features``).
 
 Module map:

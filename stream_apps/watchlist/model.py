@@ -4,7 +4,7 @@
 
 Factors (all from the swept spread, the one a hedge can trade, at decision time only):
 
-- the baseline five, the statistics item 2 of issue 24 lists for a spread (the old watchlist's
+- the baseline five, the statistics the watchlist plan lists for a spread (the old watchlist's
   regression inputs): ``range_1h`` (max − min over the 1 h window), ``std_1h`` (σ), ``slope`` (3-minute
   least-squares slope per minute), ``crossings_1h`` (mean-crossings per hour), ``drift_1h`` (drift ratio);
 - ``spread`` (the swept spread itself), ``z_1h`` (``(spread − mean_1h) / std_1h``) and

@@ -183,7 +183,7 @@ class WatchlistStrategy(_Model):
         return f"{self.name}:{self.version}:{self.config_hash[:12]}"
 
 
-#: fields added after strategies were hashed (issue 38): left out of config_hash while at these values
+#: fields added after strategies were hashed: left out of config_hash while at these values
 _ADDED_DEFAULTS: dict[str, Any] = {"legs": None, "max_opens_per_minute": None, "reentry_cooldown": 0}
 
 

@@ -8,7 +8,7 @@ stdout, which the supervisor appends to ``logs/broker.log``. SIGTERM is Kafka's 
 
 ``TAPEFLOW_BROKER=host:port`` switches to an external Kafka and this service is then only probed.
 
-Faults (issue 50). After a SIGKILL the restarted broker runs Kafka's log recovery (``LogLoader``:
+Faults. After a SIGKILL the restarted broker runs Kafka's log recovery (``LogLoader``:
 "Recovering unflushed segment", producer-state rebuilds) before it listens; `recovery_detail` reads
 that from its log so `tapeflow status` says "recovering" with the line, not "stopped". A full log
 disk: Kafka marks the log directory offline on the failed append and, with its only directory gone,
@@ -243,7 +243,7 @@ class KafkaBroker(Service):
                       + low)
 
 
-    # --- faults (issue 50) ------------------------------------------------------------------------------
+    # --- faults ------------------------------------------------------------------------------
     def restart_free_bytes(self) -> int:
         """Free space on the log disk before a broker that died of a full disk is started again: 10 %
         of the filesystem, at most 64 MB (Kafka's start writes checkpoints, snapshots and a fresh

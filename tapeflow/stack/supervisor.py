@@ -238,7 +238,7 @@ class Supervisor:
 
         A service whose restart must wait (`hold_restart`: the broker on a full log disk) is held, not
         restarted and not counted as a crash: the loop asks again every poll and restarts it once the
-        reason is gone, while every other service goes on (issue 50: no crash loop, no stack given up)."""
+        reason is gone, while every other service goes on (no crash loop, no stack given up)."""
         while not self.stop_requested.wait(poll_s):
             self._report_exchange()
             for name, run in list(self.running.items()):

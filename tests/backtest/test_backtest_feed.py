@@ -2,7 +2,7 @@
 
 ``BacktestRunner(feed="sparse")`` (the default) holds the marks and books of markets no account is busy
 on and skips clock ticks on which ``on_clock`` would do nothing; ``feed="dense"`` feeds every record
-and ticks every second (the runner before issue 14). Both run the same generated sessions and must
+and ticks every second (the earlier runner). Both run the same generated sessions and must
 give identical signals and identical executor output: every record every account emitted (orders,
 fills, positions, risk.events, field for field and in order), hence identical trades and risk-decision
 counts in the result.
@@ -191,7 +191,7 @@ def test_sparse_feed_equals_dense_for_accounts_idle_on_a_busy_market_with_stale_
 @pytest.mark.parametrize(("thinned", "every_ms"), [(False, 7_000), (True, 60_000)],
                          ids=["mark_every_second_funding_every_7s", "mark_every_10s_funding_every_minute"])
 def test_sparse_feed_equals_dense_with_frequent_funding_times(recorded, thinned, every_ms):
-    """Marks of busy markets are held (as of issue 14's last step): with a funding time every few
+    """Marks of busy markets are held (as the runner does now): with a funding time every few
     seconds or every minute, every position pays funding many times, so a held mark must never hide a
     funding time (passed before the first trade at or after it) nor be replaced by a mark for a later one."""
     dense = run(PER_STRATEGY, "dense", funding_every_ms=every_ms, thinned=thinned)

@@ -6,7 +6,7 @@ filled on, so only the modelled `slippage_bps` shows (never negative); TP1/TP2/S
 level. A crossed level is sent at the trade that crosses it and filled at the NEXT trade, so a
 level leg is favourable (negative) exactly when that next trade is beyond the level in our favour:
 a TP filled further out than its level, a stop filled after the price came back above it (LONG).
-That is why backtests with many TP exits can show a negative slippage total (issue 12, the demo's
+That is why backtests with many TP exits can show a negative slippage total (the demo's
 v52/v53): it is the fill model, not a sign error.
 
 Setup (tests.support.execution): R = 2, qty = 100, r_usd = 200; LONG: entry 100, SL 98, TP1 102,

@@ -1,4 +1,4 @@
-"""The transactional executor (issue 50): outputs and input offsets commit together, so a paper
+"""The transactional executor: outputs and input offsets commit together, so a paper
 executor killed (SIGKILL) mid-stream and restarted, or stopped (SIGSTOP) while a new one takes over,
 publishes exactly the orders, fills and positions of a run that was never interrupted.
 

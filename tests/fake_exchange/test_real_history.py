@@ -1,4 +1,4 @@
-"""The fake exchange's real-rate profile (issue 37): history generated an hour at a time that agrees with
+"""The fake exchange's real-rate profile: history generated an hour at a time that agrees with
 itself (REST aggTrades pages, 1m klines with taker-buy volume, Vision day files) and with the live session
 it ends at (ids and the clock), a clock set to any UTC hour, Vision files that end yesterday.
 

@@ -1,4 +1,4 @@
-"""Fault suite (issue 23), the broker and the links between services, each on one live stack
+"""Fault suite, the broker and the links between services, each on one live stack
 (`tests.support.endurance.live_stack`: the stack as `tapeflow up` runs it, the producer live against the
 fake exchange playing a synthetic session):
 
@@ -7,7 +7,7 @@ fake exchange playing a synthetic session):
   unflushed segments and keeps topics, offsets and groups, and its clients reconnect by themselves (none
   is restarted); the trades table ends with every trade the exchange played, once, and trades flow into
   it again within 30 s of the broker being back;
-- the broker SIGKILLed mid-replay (a synthetic session replayed at max speed, issue 50): `status` says
+- the broker SIGKILLed mid-replay (a synthetic session replayed at max speed): `status` says
   restarting, recovering, running (never stale or stopped), every trade of the session is in md.trades
   exactly once and in the trades table, the two agreeing;
 - the sink's PostgreSQL link through a TCP proxy: 200 ms per chunk each way, then throttled to 20 kB/s,
@@ -135,7 +135,7 @@ def test_link_faults_a_cut_link_and_a_killed_broker_keep_every_trade_exactly_onc
 
 @pytest.mark.timeout(600)
 def test_the_broker_killed_mid_replay_recovers_its_log_and_keeps_every_trade_once():
-    """Issue 50: SIGKILL of Kafka while a session replays at max speed (30 min at 40 trades/s, ~72 k
+    """SIGKILL of Kafka while a session replays at max speed (30 min at 40 trades/s, ~72 k
     trades; the kill once 30 % are stored). Restarted by the supervisor, it recovers its log; `status`
     says so honestly meanwhile; nothing acknowledged is lost, nothing doubled, topic and table agree."""
     root = Path(tempfile.mkdtemp(prefix="tapeflow-faults-"))  # short: PostgreSQL's socket path

@@ -1,4 +1,4 @@
-"""Fault suite (issue 23), executor clock skew: the testnet executor (real `BinanceBroker`) against the
+"""Fault suite, executor clock skew: the testnet executor (real `BinanceBroker`) against the
 fake exchange, its wall clock skewed with libfaketime (Debian package `faketime`).
 
 It starts 7 s behind the exchange (beyond the 5 s recvWindow): the start-up sync from `/fapi/v1/time`

@@ -1,4 +1,4 @@
-"""Fault suite (issue 23), disk full.
+"""Fault suite, disk full.
 
 For TAPEFLOW_HOME: the producer's checkpoint (the last agg id
 delivered per symbol, `<home>/producer/binance-<prefix>.json`, saved every second) on a small tmpfs that
@@ -102,7 +102,7 @@ def test_a_full_database_disk_is_reported_retried_and_loses_nothing():
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_a_full_broker_log_disk_holds_the_broker_not_the_stack_and_loses_nothing():
-    """Issue 50: Kafka's log directory on a 64 MB tmpfs, filled to its last byte while trades flow live.
+    """Kafka's log directory on a 64 MB tmpfs, filled to its last byte while trades flow live.
     Kafka fails the append, marks its only log directory offline and shuts down; the supervisor holds
     its restart (not a crash: the stack is not given up) and says "log disk full"; the producer says
     "broker unavailable" and keeps its records; nothing else is restarted. Once the filler is gone the

@@ -1,4 +1,4 @@
-"""Fault suite (issue 23), exchange-feed faults: the real producer process against the fake exchange
+"""Fault suite, exchange-feed faults: the real producer process against the fake exchange
 process (a live session), into the real broker, with the real sink into the real PostgreSQL.
 
 One run takes every feed fault in sequence (tests/support/faults_feed.py): a 418 IP ban met by the

@@ -1,4 +1,4 @@
-"""Fault suite (issue 23), process faults on one live stack (`tests.support.endurance.live_stack`: the
+"""Fault suite, process faults on one live stack (`tests.support.endurance.live_stack`: the
 stack as `tapeflow up` runs it, the producer live against the fake exchange playing a synthetic
 session): engine and sink SIGSTOPped past the consumer session timeout, then the sink's PostgreSQL
 backend SIGKILLed mid-statement (crash recovery of the whole cluster), then the whole database

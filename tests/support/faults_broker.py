@@ -1,4 +1,4 @@
-"""Broker faults on the embedded Apache Kafka (issue 50), for tests/faults/, tests/tapeflow/stack/ and
+"""Broker faults on the embedded Apache Kafka, for tests/faults/, tests/tapeflow/stack/ and
 `benchmarks/bench_faults.py`. Rows as in `tests.support.faults_process` (``row``), every file under
 ``home``.
 

@@ -1,4 +1,4 @@
-"""Disk-full faults for the fault suite (issue 23): a small tmpfs the test mounts (root only; the
+"""Disk-full faults for the fault suite: a small tmpfs the test mounts (root only; the
 callers skip elsewhere, with the reason) and fills to its last byte.
 
 - `small_tmpfs`, `fill`: the helpers (tests/faults/test_disk_full.py uses them for ``TAPEFLOW_HOME``).

@@ -1,4 +1,4 @@
-"""Exchange-feed faults for the fault suite (issue 23): the real producer process (`tapeflow produce`,
+"""Exchange-feed faults for the fault suite: the real producer process (`tapeflow produce`,
 live mode: no replay control, as against Binance) against the fake exchange process playing a
 synthetic session at its own receive times (`--start session_time`, dated from now), into the real
 broker, optionally with the real sink (`tapeflow sink`) into the real PostgreSQL.

@@ -1,4 +1,4 @@
-"""Broker and link faults for the fault suite (issue 23), in the style of `tests.support.faults_process`:
+"""Broker and link faults for the fault suite, in the style of `tests.support.faults_process`:
 each runner starts a live stack (`tests.support.endurance.live_stack`: the stack as `tapeflow up` runs
 it, the producer live against the fake exchange playing a synthetic session), injects its fault, lets
 it clear and returns rows ``{fault, duration_s, trades_in, trades_out, duplicates, lost, orders_sent,

@@ -1,5 +1,5 @@
 """A network partition the test can cut and mend: a network namespace joined to this one by a veth
-pair (issue 23's "the database unreachable for 120 s, a network namespace link down, not a stopped
+pair (the fault plan's "the database unreachable for 120 s, a network namespace link down, not a stopped
 server").
 
 `NetnsLink` creates the namespace ``tfp<hex>`` and a veth pair with a /30 of 10.213.0.0/16 (host end

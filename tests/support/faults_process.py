@@ -1,4 +1,4 @@
-"""Process faults for the fault suite (issue 23): each case runner starts what it needs, injects one fault,
+"""Process faults for the fault suite: each case runner starts what it needs, injects one fault,
 lets it clear and returns a row for `benchmarks/bench_faults.py`:
 
     {fault, duration_s, trades_in, trades_out, duplicates, lost, orders_sent, orders_expected, recover_s}

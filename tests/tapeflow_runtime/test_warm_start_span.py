@@ -1,4 +1,4 @@
-"""The warm start's span (issue 37), by hand: the live warm start and the backtest's approximation both take
+"""The warm start's span, by hand: the live warm start and the backtest's approximation both take
 it from `warm_start_span`, so its edges are checked once here."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Microstructure detectors of the engine core: VPIN, Kyle's lambda, Amihud illiquidity (issue 25),
+"""Microstructure detectors of the engine core: VPIN, Kyle's lambda, Amihud illiquidity,
 the flow detectors: CVD–price divergence, open-interest spikes, liquidation clusters and cascades,
 and the book detectors: order-book walls (pulled or filled) and iceberg refills.
 

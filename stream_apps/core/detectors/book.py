@@ -1,4 +1,4 @@
-"""Order-book walls and iceberg refills of one symbol, from ``md.book`` snapshots and trades (issue 25).
+"""Order-book walls and iceberg refills of one symbol, from ``md.book`` snapshots and trades.
 
 Inputs: the book snapshots' levels (top-N per side, e.g. 20 every 250 ms; ``BookUpdate.levels``)
 and the accepted trades, merged in time order: a trade at or before a snapshot's time happened

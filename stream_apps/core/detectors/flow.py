@@ -1,4 +1,4 @@
-"""CVD–price divergence, open-interest spikes and liquidation clusters/cascades of one symbol (issue 25).
+"""CVD–price divergence, open-interest spikes and liquidation clusters/cascades of one symbol.
 
 What each measures (the tests recompute them by hand on built paths):
 

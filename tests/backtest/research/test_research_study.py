@@ -1,4 +1,4 @@
-"""Research on more than one machine (issue 22): two `tapeflow research search` workers on one optuna
+"""Research on more than one machine: two `tapeflow research search` workers on one optuna
 study in a real PostgreSQL split its trials and report what one worker alone reports; the study's
 candidates do not depend on who evaluated them; a worker with other inputs is refused."""
 

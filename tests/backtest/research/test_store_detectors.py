@@ -1,4 +1,4 @@
-"""The research feature store and the detectors (issue 25): a store is reused only for the same
+"""The research feature store and the detectors: a store is reused only for the same
 detectors section, and a store written before the detector fields existed still reads (as missing)."""
 
 from __future__ import annotations

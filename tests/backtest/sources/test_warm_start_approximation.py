@@ -1,4 +1,4 @@
-"""`tapeflow backtest --warm-start-approximation` (issue 37): a backtest that starts the way the live warm
+"""`tapeflow backtest --warm-start-approximation`: a backtest that starts the way the live warm
 start does computes, at the first valid evaluation, exactly what the warm-started engine computes.
 
 Live side: the producer's warm start (`WarmStart`, in process) against the fake exchange serving a

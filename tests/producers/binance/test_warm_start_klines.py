@@ -1,4 +1,4 @@
-"""The warm start from minute bars (issue 37): 1m klines for all but the last `detail_minutes` of the window
+"""The warm start from minute bars: 1m klines for all but the last `detail_minutes` of the window
 and trades one by one only after, so its REST cost does not grow with the hour of the UTC day.
 
 In process against the fake exchange (a 10-minute generated session, 6 minutes of history) and the test

@@ -1,5 +1,5 @@
 """What the warm start says while it works (pure): the one line for an exchange that cannot be reached
-or refuses this machine, and the REST paging's progress with the time left at its rate (issue 37: at
+or refuses this machine, and the REST paging's progress with the time left at its rate (at
 real rates a start late in the UTC day pages for half an hour, and `status` said only "rest N trades")."""
 
 from __future__ import annotations

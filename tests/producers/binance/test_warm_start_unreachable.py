@@ -1,4 +1,4 @@
-"""An exchange that cannot be reached, or refuses this machine, during the warm start (issue 37).
+"""An exchange that cannot be reached, or refuses this machine, during the warm start.
 
 Found by a new user on a machine without network: the warm start's first request failed for two minutes
 while `status` said `ok priming ... waiting`, then the producer died with a traceback and was restarted

@@ -1,4 +1,4 @@
-"""A start from minute bars (issue 37): the engine fed 1m bars for all but the last 65 minutes and trades
+"""A start from minute bars: the engine fed 1m bars for all but the last 65 minutes and trades
 after computes, at its first valid evaluations, what an engine that saw every trade of the 25 h computes,
 but for what the record's ``approx_until_ms`` says is approximated (the size quantiles and what they
 classify: large-trade flow) and the coverage start (the first bar's minute, not its first trade).

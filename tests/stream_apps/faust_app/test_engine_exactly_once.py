@@ -1,4 +1,4 @@
-"""Exactly-once engine (issue 50): outputs, state snapshots and input offsets in one Kafka transaction
+"""Exactly-once engine: outputs, state snapshots and input offsets in one Kafka transaction
 per input partition and commit, against the real embedded Kafka and real worker processes.
 
 What users rely on: however often the engine dies (SIGKILL mid-batch) or hangs and comes back after

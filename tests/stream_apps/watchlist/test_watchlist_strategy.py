@@ -1,4 +1,4 @@
-"""Watchlist strategies as config (issue 24, item 3): the file's validation and hash, the triggers on
+"""Watchlist strategies as config: the file's validation and hash, the triggers on
 hand-built feature values, the re-check against the swept books at entry, the model's gate with a
 missing factor, deterministic signal ids and the cooldown. Pure, in process."""
 
@@ -209,7 +209,7 @@ def test_the_exit_band_must_sit_below_the_entry_and_new_defaults_keep_the_hash()
     with pytest.raises(StrategyConfigError, match="exit_spread_bp 25 must be below the entry's spread 25 bp"):
         strategy(exits={"exit_spread_bp": 25})
     assert strategy(exits={"exit_spread_bp": 24.9}).exits.exit_spread_bp == 24.9
-    # fields added with issue 38 do not change the hash of a strategy that leaves them at their defaults
+    # fields added later (leg fills) do not change the hash of a strategy that leaves them at their defaults
     plain = strategy()
     assert strategy(legs=None, reentry_cooldown=0, max_opens_per_minute=None).config_hash == plain.config_hash
     assert strategy(legs={"default_latency_ms": 50}).config_hash != plain.config_hash

@@ -1,4 +1,4 @@
-"""Broker faults in the supervisor and `tapeflow status` (issue 50): a killed Kafka is "restarting", then
+"""Broker faults in the supervisor and `tapeflow status`: a killed Kafka is "restarting", then
 "recovering" while it loads its log (read from its own log), then running, and every acknowledged
 record is there once; a service whose restart is held (the broker on a full log disk) is not a crash:
 it is never counted against the restart limit, `status` says why, and it is restarted when the reason

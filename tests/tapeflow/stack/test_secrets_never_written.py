@@ -1,4 +1,4 @@
-"""No secret in any log line, status output, metric, file or database row (issue 23, security).
+"""No secret in any log line, status output, metric, file or database row (security).
 
 A whole stack runs an offline replay with marker secrets in its environment (exchange keys, a
 notifier token) beside the database passwords it generates itself; then everything it wrote is

@@ -151,7 +151,7 @@ def assert_ui_needs_its_token(home: Path, up_output: str, status: dict) -> None:
 
 
 def assert_least_exposure(home: Path, pids: dict[str, int]) -> None:
-    """Issue 23's defaults of a running stack: every listening socket of every process it started is on
+    """The secure defaults of a running stack: every listening socket of every process it started is on
     loopback, the generated secrets are readable by their owner only, and the database roles the
     services use can do no more than their job (no superuser, no role or database creation; the
     read-only role cannot write)."""

@@ -1,6 +1,6 @@
 """A producer that cannot reach its exchange, or is refused by it, is shown as `unreachable` /
 `restricted` in `tapeflow status` and said once per change in the foreground output of `up`, with
-its one line of what to do, and is not restarted for it (issue 37: a warm start without network ended
+its one line of what to do, and is not restarted for it (a warm start without network ended
 in a traceback and a restart loop while `status` said `ok priming`).
 
 The producer here is a small real process serving /health as the producer does; its status is read
