@@ -23,6 +23,7 @@ from stream_apps.faust_app.config import (
     EngineAppConfig,
     shipped_strategy_files,
 )
+from stream_apps.faust_app.bulk_consumer import check_tested_releases
 from stream_apps.faust_app.priming import prime_group_offsets
 from stream_apps.faust_app.worker import ensure_engine_topics, run_worker
 from tapeflow_runtime.endpoints import resolve_broker
@@ -76,6 +77,7 @@ async def run_engine(settings: Settings, *, prime_history_ms: int | None = PRIME
     ``prime_history_ms`` None disables priming. ``wait_for_progress`` (a replay, a warm start) holds
     every key until its source's md.progress markers release it, but only for a new group: a
     restarted group resumes from its own offsets and state."""
+    check_tested_releases()  # before anything is created: the engine relies on their internals
     config = engine_config(settings, **options)
     config.datadir.mkdir(parents=True, exist_ok=True)
     quiet_library_loggers(config.log_level)

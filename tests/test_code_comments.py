@@ -1,5 +1,5 @@
 """Comments state invariants and reasons; history lives in docs/changelog.md and figures in
-benchmarks/RESULTS.md. A comment or docstring that cites the tracker ("issue 37: ...") tells the next
+benchmarks/RESULTS.md. A comment or docstring that cites the tracker by number tells the next
 reader where a change came from, not why the code is as it is, and means nothing outside our tracker."""
 
 from __future__ import annotations

@@ -20,14 +20,16 @@ Acknowledgement stays Faust's: ``ack_offsets`` does in bulk what ``Consumer.ack`
 offsets, producer flush before commit, transactions) is untouched. Before a rebalance or shutdown
 commits, ``wait_empty`` first lets the handler flush (snapshot state, ack what it covers).
 
-This leans on faust-streaming internals (``_drain_messages``, ``_wait_next_records``, ``_acked``);
-tested against 0.15.3. The integration tests (restart, redelivery, rebalance; exactly-once against Kafka) exercise
-every path here.
+This leans on faust-streaming and aiokafka internals (``_drain_messages``, ``_wait_next_records``,
+``_acked``, the consumer thread's worker consumer): `TESTED_RELEASES` names the releases it was read
+against and tested with, and the engine refuses to start on others (`check_tested_releases`). The
+integration tests (restart, redelivery, rebalance; exactly-once against Kafka) exercise every path here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, cast
@@ -40,7 +42,37 @@ from faust.types.tuples import ack_lock
 
 from mode.utils.futures import notify
 
+from tapeflow_runtime.errors import TapeflowError
+
 log = structlog.get_logger("engine")
+
+#: release prefixes of the libraries whose private methods this module overrides, as read and tested;
+#: another release may have renamed or changed them, and exactly-once depends on them
+TESTED_RELEASES = {"faust-streaming": ("0.15.3",), "aiokafka": ("0.14.0",)}
+#: set to run anyway on releases not in `TESTED_RELEASES` (the engine logs that it does)
+UNTESTED_ENV = "TAPEFLOW_ENGINE_UNTESTED_LIBRARIES"
+
+
+class UntestedLibraries(TapeflowError):
+    """The installed faust-streaming or aiokafka is not a release this module was tested with."""
+
+
+def check_tested_releases(installed: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None) -> None:
+    """Raise `UntestedLibraries` naming each library whose installed release is not in `TESTED_RELEASES`
+    (``installed``: name -> version, default the environment's), unless `UNTESTED_ENV` is set."""
+    from importlib.metadata import version
+
+    found = dict(installed) if installed is not None else {name: version(name) for name in TESTED_RELEASES}
+    untested = {name: v for name, v in found.items() if v not in TESTED_RELEASES[name]}
+    if not untested:
+        return
+    said = ", ".join(f"{name} {v} (tested: {' '.join(TESTED_RELEASES[name])})" for name, v in sorted(untested.items()))
+    if (environ if environ is not None else os.environ).get(UNTESTED_ENV):
+        log.warning("engine running on untested library releases", untested=said)
+        return
+    raise UntestedLibraries(f"the engine overrides private methods of these libraries and was not tested with "
+                            f"the installed releases: {said}; install the tested ones (pip install -e . does), "
+                            f"or set {UNTESTED_ENV}=1 to run anyway")
 
 
 class BulkHandler(Protocol):
