@@ -24,5 +24,8 @@ def parse_speed(value: Any) -> float | None:
 
 
 def speed_text(factor: float | None) -> str:
-    """What `parse_speed` reads back: `max`, or the factor without a needless `.0`."""
-    return "max" if factor is None else f"{factor:g}"
+    """What `parse_speed` reads back exactly: `max`, or the factor (no needless `.0`; `:g` would round
+    to 6 digits, so 1234567 came back as 1234570)."""
+    if factor is None:
+        return "max"
+    return str(int(factor)) if factor.is_integer() else repr(factor)

@@ -46,7 +46,7 @@ from tapeflow_runtime.errors import TapeflowError
 
 log = structlog.get_logger("engine")
 
-#: release prefixes of the libraries whose private methods this module overrides, as read and tested;
+#: the releases of the libraries whose private methods this module overrides, as read and tested;
 #: another release may have renamed or changed them, and exactly-once depends on them
 TESTED_RELEASES = {"faust-streaming": ("0.15.3",), "aiokafka": ("0.14.0",)}
 #: set to run anyway on releases not in `TESTED_RELEASES` (the engine logs that it does)

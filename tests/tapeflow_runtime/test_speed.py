@@ -13,7 +13,8 @@ from tapeflow_runtime.speed import parse_speed, speed_text
 
 
 @pytest.mark.parametrize(("text", "factor"), [("1", 1.0), ("1x", 1.0), (" 10X ", 10.0), ("0.5x", 0.5), ("60", 60.0),
-                                              ("max", None), ("MAX", None)])
+                                              ("max", None), ("MAX", None),
+                                              ("1234567", 1234567.0), ("0.1x", 0.1)])
 def test_a_speed_is_a_factor_or_max(text, factor):
     assert parse_speed(text) == factor
     assert parse_speed(speed_text(parse_speed(text))) == factor  # what is passed on reads back the same
