@@ -288,6 +288,8 @@ class Supervisor:
                 if name in step.depends_on:
                     self._run_step(step)
         except TapeflowError as exc:
+            if self.stop_requested.is_set():  # `down` cut the start's wait short: stopping, not a failure
+                return True
             self.say(f"{name}: restart failed: {exc}")
             return False
         return True
