@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -93,6 +94,15 @@ def sample(metrics: ProducerMetrics, name: str, **labels) -> float:
 # --- independent expectations from the raw frames --------------------------------------------------
 def raw_messages(session, topic):
     return [json.loads(f.data) for f in session.frames if f.stream == topic]
+
+
+def _list_difference(got: list, want: list) -> dict:
+    """Where two lists of trades part: the first differing position, and what each has the other lacks."""
+    at = next((i for i, (g, w) in enumerate(zip(got, want, strict=False)) if g != w), min(len(got), len(want)))
+    return {"first_difference_at": at, "lengths": (len(got), len(want)),
+            "missing": list((Counter(want) - Counter(got)).elements())[:5],  # counted: trades repeat exactly
+            "extra": list((Counter(got) - Counter(want)).elements())[:5],
+            "got_there": got[max(0, at - 2):at + 3], "wanted_there": want[max(0, at - 2):at + 3]}
 
 
 def session_trades(session, symbol):
@@ -295,8 +305,12 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
         assert [t["agg_id"] for t in after] == list(range(after[0]["agg_id"], after[0]["agg_id"] + len(after)))
         want = [(float(r["p"]), float(r["v"]), r["T"], r["S"].upper()) for r, _ in session_trades(session, sym)]
         mine = [(t["price"], t["qty"], t["trade_time"], t["taker_side"]) for t in got]
-        assert mine[:len(before)] == want[:len(before)]  # from the first trade up to the drop
-        assert mine[len(before):] == want[len(want) - len(after):]  # from after the outage to the end
+        # on a mismatch, say which session trades are missing or extra (a whole-list diff is cut in CI)
+        counters = producer.numbering[sym].counters
+        assert mine[:len(before)] == want[:len(before)], (  # from the first trade up to the drop
+            sym, counters, _list_difference(mine[:len(before)], want[:len(before)]), reasons)
+        assert mine[len(before):] == want[len(want) - len(after):], (  # from after the outage to the end
+            sym, counters, _list_difference(mine[len(before):], want[len(want) - len(after):]))
         # whatever the outage lost (possibly nothing: Bybit gives no way to know) lies between these two
         window = f"between {before[-1]['trade_time']} and {after[0]['trade_time']} (ms)"
         assert "connection lost" in gap["reason"] and window in gap["reason"] and gap["stream"] == "md.trades"
