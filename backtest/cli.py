@@ -16,12 +16,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
+from tapeflow_runtime.instants import parse_ms
 
 if TYPE_CHECKING:
     from backtest.model import RunResult
@@ -46,18 +47,11 @@ class CliError(Exception):
 
 
 def parse_time(text: str, option: str) -> int:
-    """Unix ms of a UTC date or date-time; a date is its midnight (a `--to` excludes it, as every `--to`)."""
-    text = text.strip()
+    """Unix ms of `--from`/`--to` as every command reads them (tapeflow_runtime.instants)."""
     try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        else:
-            moment = datetime.fromisoformat(text)
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):  # OverflowError: the day after 9999-12-31
-        raise CliError(f"{option} {text!r}: expected a UTC date (2024-01-01) or time (2024-01-01T12:00)") from None
-    return int(moment.timestamp() * 1000)
+        return parse_ms(text, option)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def fmt_ms(ms: int) -> str:
@@ -73,9 +67,9 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
             [], "--strategy", "-s", help="Strategy file (YAML/JSON); repeat for A/B. Default: the shipped ones."),
         symbols: str | None = typer.Option(None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."),
         from_: str | None = typer.Option(
-            None, "--from", help="Start, UTC date or time (2024-01-01[T00:00]); a recording: default its start."),
-        to: str | None = typer.Option(None, "--to", help="End, exclusive, UTC date or time (a date means its "
-                                      "midnight). A recording: its end."),
+            None, "--from", help="Start, included: a UTC date or time (2024-01-01[T00:00]) or Unix ms; a recording: default its start."),
+        to: str | None = typer.Option(None, "--to", help="End, exclusive: a UTC date (its midnight), time or Unix ms. "
+                                      "A recording: its end."),
         source: str = typer.Option(
             "vision", "--source",
             help="vision[:DIR] | synthetic[:SEED] | recording:DIR | db | topics (md.* by time from the broker)."),

@@ -717,19 +717,13 @@ def kill_switch(
 
 
 def _parse_time(text: str, flag: str) -> datetime:
-    """An ISO date/time (UTC unless it says otherwise) or Unix milliseconds; a date is its midnight.
-    The CLI's one rule for a range: `--from` included, `--to` excluded."""
-    if text.strip().isdigit():
-        try:  # exact (a float division is a microsecond off for some times); isdigit() also holds for "²"
-            return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(text))
-        except (ValueError, OverflowError):
-            raise fail(f"{flag} {text!r} is not Unix milliseconds of a time in years 1970-9999", 2) from None
+    """`--from`/`--to` as every command reads them (tapeflow_runtime.instants); a bad one exits 2."""
+    from tapeflow_runtime.instants import parse_moment
+
     try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise fail(f"{flag} {text!r} is not an ISO date/time (e.g. 2024-01-01 or 2024-01-01T12:00) "
-                   "or Unix milliseconds", 2)
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+        return parse_moment(text, flag)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
 
 
 def _use_namespace(name: str | None) -> None:
@@ -1013,9 +1007,9 @@ def db_retention(
 @db_app.command("audit")
 def db_audit(
     symbol: str = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT."),
-    from_time: str = typer.Option(..., "--from", help="Start (ISO date or time, UTC), e.g. 2024-01-01."),
-    to_time: str = typer.Option(..., "--to", help="End, exclusive (ISO date or time, UTC; a date means its "
-                                "midnight)."),
+    from_time: str = typer.Option(..., "--from", help="Start, included (ISO date or time, UTC, or Unix ms), e.g. 2024-01-01."),
+    to_time: str = typer.Option(..., "--to", help="End, exclusive (ISO date or time, UTC, or Unix ms; a date means "
+                                "its midnight)."),
     exchange: str = typer.Option("binance", "--exchange", help="Exchange name."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from tapeflow_runtime.errors import TapeflowError
+from tapeflow_runtime.instants import parse_ms
 
 if TYPE_CHECKING:
     from stream_apps.core.strategy import StrategyConfig
@@ -33,14 +34,12 @@ class ResearchError(TapeflowError):
     """A research command that cannot run as asked (the message says why)."""
 
 
-def parse_day(text: str, option: str) -> int:
-    """Unix ms of a UTC date's midnight (a `--to` excludes it, as every `--to`)."""
+def parse_time(text: str, option: str) -> int:
+    """Unix ms of `--from`/`--to` as every command reads them (tapeflow_runtime.instants)."""
     try:
-        day = date.fromisoformat(text.strip())
-    except ValueError:
-        raise ResearchError(f"{option} {text!r}: expected a UTC date like 2024-01-01") from None
-    moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return parse_ms(text, option)
+    except ValueError as exc:
+        raise ResearchError(str(exc)) from None
 
 
 def fmt_day(ms: int) -> str:
@@ -160,8 +159,8 @@ def register(app: typer.Typer) -> None:
 
     @research.command("search")
     def search_command(
-        from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
-        to_day: str = typer.Option(..., "--to", help="End day, exclusive (its midnight, UTC)."),
+        from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
+        to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
         strategy: Path | None = common["strategy"],
         symbols: str = common["symbols"],
         source: str = common["source"],
@@ -188,7 +187,7 @@ def register(app: typer.Typer) -> None:
 
         base = _base(strategy)
         url, where = study_storage(storage)
-        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to")
+        from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
         held_ms = 0 if holdout.strip() == "0" else _duration(holdout, "--holdout", parse_duration_ms)
         store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, not no_progress)
         end = to_ms - held_ms
@@ -225,8 +224,8 @@ def register(app: typer.Typer) -> None:
     def walk_forward_command(
         windows: str = typer.Option("train=30d,test=7d,step=7d", "--windows",
                                     help="train=,test=,step=[,embargo=][,holdout=] durations."),
-        from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
-        to_day: str = typer.Option(..., "--to", help="End day, exclusive (its midnight, UTC)."),
+        from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
+        to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
         strategy: Path | None = common["strategy"],
         symbols: str = common["symbols"],
         source: str = common["source"],
@@ -244,15 +243,15 @@ def register(app: typer.Typer) -> None:
         study: str | None = common["study"],
     ) -> None:
         """Rolling windows: search on each training window only, score the choice out of sample."""
-        run_walk_forward(windows, parse_day(from_day, "--from"), parse_day(to_day, "--to"), _base(strategy),
+        run_walk_forward(windows, parse_time(from_day, "--from"), parse_time(to_day, "--to"), _base(strategy),
                          symbols=symbols, source=source, trials=trials, sampler=sampler, objective=objective,
                          min_trades=min_trades, batch=batch, seed=seed, out=out, store_dir=store_dir, workers=workers,
                          progress=not no_progress, storage=storage, study=study)
 
     @research.command("labels")
     def labels_command(
-        from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
-        to_day: str = typer.Option(..., "--to", help="End day, exclusive (its midnight, UTC)."),
+        from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
+        to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
         strategy: list[Path] | None = typer.Option(None, "--strategy", help="Strategy files (default: shipped)."),
         symbols: str = common["symbols"],
         source: str = common["source"],
@@ -270,7 +269,7 @@ def register(app: typer.Typer) -> None:
         from .labels import PricePath
 
         strategies = [load_strategy(p) for p in strategy] if strategy else load_strategies(default_strategy_dir())
-        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to")
+        from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
         options = source_options(source)
         table = ResearchTable()
         for symbol in (s.strip().upper() for s in symbols.split(",") if s.strip()):
@@ -293,8 +292,8 @@ def register(app: typer.Typer) -> None:
 
     @research.command("export")
     def export_command(
-        from_day: str = typer.Option(..., "--from", help="First day (UTC date)."),
-        to_day: str = typer.Option(..., "--to", help="End day, exclusive (its midnight, UTC)."),
+        from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
+        to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
         strategy: str = typer.Option("v53", "--strategy",
                                      help="A shipped strategy's name (v53, v52_8signals, v51_baseline) or a "
                                           "strategy file."),
@@ -317,7 +316,7 @@ def register(app: typer.Typer) -> None:
         from .export import DAY_MS, SCHEMA_FILE, ExportError, day_name, export
 
         cfg = _named_strategy(strategy)
-        from_ms, to_ms = parse_day(from_day, "--from"), parse_day(to_day, "--to")
+        from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
         if to_ms <= from_ms:
             raise ResearchError(f"empty range: --to {to_day} is not after --from {from_day} (--to is excluded)")
         names = [s.strip().upper() for s in symbols.split(",") if s.strip()]

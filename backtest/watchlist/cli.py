@@ -107,9 +107,8 @@ def register(watchlist: typer.Typer) -> None:
         minutes: float = typer.Option(120.0, "--minutes", min=1.0, help="synthetic: the session's length; db: "
                                       "the last this many minutes unless --from/--to say otherwise."),
         coins: str = typer.Option("BTC,ETH", "--coins", help="synthetic: comma-separated coins."),
-        from_: str | None = typer.Option(None, "--from", help="db: start, UTC date or time (2024-01-01[T00:00])."),
-        to: str | None = typer.Option(None, "--to", help="db: end, exclusive, UTC date or time (a date means "
-                                      "its midnight)."),
+        from_: str | None = typer.Option(None, "--from", help="db: start, included: a UTC date or time (2024-01-01[T00:00]) or Unix ms."),
+        to: str | None = typer.Option(None, "--to", help="db: end, exclusive: a UTC date (its midnight), time or Unix ms."),
         out: Path | None = typer.Option(None, "--out", help="Directory for result.json (summary, pairs, signals, "
                                         "leg orders, funding payments, blocked exits)."),
         limit: int = typer.Option(20, "--limit", min=1, help="Pairs listed."),

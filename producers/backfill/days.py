@@ -10,16 +10,18 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 
 from producers.backfill.errors import BackfillError
+from tapeflow_runtime.instants import parse_date
 
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,32}$")
 
 
 def parse_day(text: str, what: str = "date") -> date:
-    """`2024-01-31` -> date; anything else is a BackfillError that quotes the input."""
+    """`2024-01-31` -> date, read as every command reads a date (tapeflow_runtime.instants); a time
+    other than midnight UTC, or anything else, is a BackfillError that quotes the input."""
     try:
-        return date.fromisoformat(text.strip())
-    except (ValueError, AttributeError):
-        raise BackfillError(f"{what} {text!r} is not a date: expected YYYY-MM-DD, e.g. 2024-01-31") from None
+        return parse_date(text, what)
+    except (ValueError, AttributeError) as exc:
+        raise BackfillError(str(exc)) from None
 
 
 def day_range(start: date, end: date) -> list[date]:

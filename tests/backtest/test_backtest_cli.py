@@ -79,7 +79,7 @@ def test_bad_arguments(tmp_path):
     assert one_error(tapeflow("--source", "parquet:x", "--from", "2024-01-01", "--to", "2024-01-02",
                               home=tmp_path)).startswith("error: unknown source 'parquet:x'")
     assert one_error(tapeflow("--source", "synthetic", "--from", "yesterday", "--to", "2024-01-01",
-                              home=tmp_path)).startswith("error: --from 'yesterday': expected a UTC date")
+                              home=tmp_path)).startswith("error: --from 'yesterday': expected a date (2024-01-01)")
 
 
 def test_recording_source_end_to_end(tmp_path):

@@ -68,16 +68,23 @@ def test_an_iso_time_is_that_moment_utc_unless_it_says_otherwise(moment, offset)
        moment=st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 30)))
 def test_every_to_means_the_same_an_excluded_end_a_date_its_midnight(day, moment):
     """One rule for every command's `--from`/`--to` (`replay` and `db audit` here; `backtest`, `watchlist
-    backtest`, the research commands and `backfill` through their own parsers): `--from` included, `--to`
-    excluded, a date its midnight. They once differed: `backtest --to 2024-01-31` included the 31st,
-    `replay --to 2024-01-31` did not."""
+    backtest`, the research commands and `backfill` through tapeflow_runtime.instants): `--from`
+    included, `--to` excluded, a date its midnight. They once differed: `backtest --to 2024-01-31`
+    included the 31st, `replay --to 2024-01-31` did not, and only `replay` took Unix milliseconds."""
     from backtest.cli import parse_time
-    from backtest.research.cli import parse_day
+    from backtest.research.cli import parse_time as research_time
+    from producers.backfill.days import parse_day
+
+    def ms(at: datetime) -> int:
+        return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
     text = day.isoformat()
     midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
     assert _parse_time(text, "--to") == _parse_time(text, "--from") == midnight
-    assert parse_time(text, "--to") == parse_day(text, "--to") == int(midnight.timestamp() * 1000)
+    assert parse_time(text, "--to") == research_time(text, "--to") == ms(midnight)
+    assert parse_day(text, "--to") == day
     time_text = moment.isoformat()
     assert _parse_time(time_text, "--to") == moment.replace(tzinfo=UTC)
-    assert parse_time(time_text, "--to") == int(moment.replace(tzinfo=UTC).timestamp() * 1000)
+    assert parse_time(time_text, "--to") == research_time(time_text, "--to") == ms(moment.replace(tzinfo=UTC))
+    millis = str(ms(moment.replace(tzinfo=UTC)))
+    assert parse_time(millis, "--to") == research_time(millis, "--to") == ms(_parse_time(millis, "--to"))

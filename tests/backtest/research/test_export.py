@@ -365,7 +365,7 @@ def test_bad_input_is_one_clear_error(tmp_path):
         (("--strategy", str(tmp_path / "missing.yaml")), "missing.yaml: no such file"),
         (("--from", D2, "--to", D1), f"empty range: --to {D1} is not after --from {D2}"),
         (("--from", D1, "--to", D1), f"empty range: --to {D1} is not after --from {D1}"),  # --to is excluded
-        (("--from", "2024-02-30"), "--from '2024-02-30': expected a UTC date"),
+        (("--from", "2024-02-30"), "--from '2024-02-30': expected a date (2024-01-01)"),
         (("--source", f"recording:{tmp_path / 'nowhere'}"), "nowhere"),
         (("--source", "kafka"), "the export reads synthetic[:SEED]"),
         (("--strategy", str(other), "--out", str(out)), "holds an export with config_hash"),  # same name, other config

@@ -101,7 +101,7 @@ def test_the_database_source_says_in_one_line_what_is_missing(tmp_path):
     env = {"TAPEFLOW_HOME": str(tmp_path / "home"), "TAPEFLOW_DATABASE_URL": None}
     for extra, words in (([], "no database: the embedded stack in"),
                          (["--from", "2024-01-02", "--to", "2024-01-01"], "is not before --to"),
-                         (["--from", "yesterday"], "--from 'yesterday': expected a UTC date")):
+                         (["--from", "yesterday"], "--from 'yesterday': expected a date (2024-01-01)")):
         result = runner.invoke(app, ["watchlist", "backtest", "--strategy", str(strategy), "--source", "db", *extra],
                                env=env)
         assert result.exit_code == 1 and words in result.output and result.output.count("\n") == 1, result.output

@@ -47,9 +47,11 @@ def test_day_range_is_inclusive_and_crosses_a_leap_day():
 def test_bad_arguments_have_clear_errors():
     with pytest.raises(BackfillError, match="--from 2024-01-07 is after --to 2024-01-01"):
         day_range(date(2024, 1, 7), DAY)
-    with pytest.raises(BackfillError, match=r"--from '2024-13-01' is not a date: expected YYYY-MM-DD"):
+    with pytest.raises(BackfillError, match=r"--from '2024-13-01': expected a date \(2024-01-01\)"):
         parse_day("2024-13-01", "--from")
-    assert parse_day(" 2024-01-31 ") == date(2024, 1, 31)
+    with pytest.raises(BackfillError, match=r"--to '2024-01-31T12:00': this command works in whole UTC days"):
+        parse_day("2024-01-31T12:00", "--to")  # a backfill downloads whole days: a time is not cut silently
+    assert parse_day(" 2024-01-31 ") == parse_day("2024-01-31T00:00Z") == date(2024, 1, 31)
     assert normalise_symbol("btcusdt") == "BTCUSDT"
     with pytest.raises(BackfillError, match="not a Binance symbol"):
         normalise_symbol("BTC/USDT")
