@@ -182,9 +182,27 @@ def gen_cli() -> str:
 def _type_name(annotation: Any) -> str:
     s = str(annotation) if not isinstance(annotation, type) else annotation.__name__
     s = re.sub(r"typing\.Annotated\[(.*), NoDecode\]", r"\1", s)
+    s = _strip_field_info(s)
     s = s.replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
     s = s.replace("tapeflow_runtime.settings.", "")
     s = re.sub(r"Literal\[(.*?)\]", lambda m: "one of " + m.group(1).replace("'", ""), s)
+    return s
+
+
+def _strip_field_info(s: str) -> str:
+    """``Annotated[float, FieldInfo(...)]`` (constraints on the items of a dict or list) as ``float``."""
+    start = 0
+    while (start := s.find("Annotated[", start)) >= 0:
+        depth = 0
+        for end in range(start + len("Annotated"), len(s)):
+            depth += {"[": 1, "]": -1}.get(s[end], 0)
+            if depth == 0:
+                break
+        inner = s[start + len("Annotated["):end]
+        if ", FieldInfo(" in inner:
+            s = s[:start] + inner[:inner.index(", FieldInfo(")] + s[end + 1:]
+        else:
+            start = end
     return s
 
 
@@ -494,13 +512,18 @@ def gen_metrics() -> str:
 
 
 # --- strategy files -------------------------------------------------------------------------------------
-def _model_tables(model: Any, title: str, seen: set[str], parts: list[str], level: int = 2) -> None:
+def _model_tables(model: Any, title: str, seen: dict[type, str], parts: list[str], level: int = 2,
+                  context: str = "") -> None:
+    """A table of ``model``'s keys under ``title``, then one per model nested in it. ``seen`` maps each model
+    written to its title: a model is written once, and one that shares its class name with another already
+    written (the strategy's and the watchlist's ``Exits``) gets ``context`` in its title instead of being
+    taken for it."""
     from pydantic import BaseModel
     from pydantic_core import PydanticUndefined
 
-    if model.__name__ in seen:
+    if model in seen:
         return
-    seen.add(model.__name__)
+    seen[model] = title
     nested = []
     rows = []
     for name, f in model.model_fields.items():
@@ -525,7 +548,10 @@ def _model_tables(model: Any, title: str, seen: set[str], parts: list[str], leve
     parts.append(f"\n{'#' * level} {title}\n\n" + (doc + "\n\n" if doc and not doc.startswith("Usage docs") else "")
                  + table(["key", "type", "default", "meaning"], rows))
     for sub in nested:
-        _model_tables(sub, f"`{sub.__name__}`", seen, parts, level=3)
+        sub_title = f"`{sub.__name__}`"
+        if sub not in seen and sub_title in seen.values():
+            sub_title += f" ({context})"
+        _model_tables(sub, sub_title, seen, parts, level=3, context=context)
 
 
 def _models_in(ann: Any) -> list[type]:
@@ -567,16 +593,16 @@ def gen_strategy() -> str:
                  "covers its whole content. Concepts: [Signal engine](../concepts/engine.md), "
                  "[Regime strategies](../concepts/regime-strategies.md), "
                  "[Microstructure measures](../concepts/microstructure.md).\n")
-    seen: set[str] = set()
-    _model_tables(StrategyConfig, "`StrategyConfig` (top level)", seen, parts, level=3)
+    seen: dict[type, str] = {}
+    _model_tables(StrategyConfig, "`StrategyConfig` (top level)", seen, parts, level=3, context="strategy")
     parts.append("\n## Watchlist strategy file (`kind: watchlist`)\n\nUsed by `tapeflow watchlist backtest`, "
                  "`tapeflow cross-venue --strategy` and `TAPEFLOW_WATCHLIST_STRATEGIES`; the example with every "
                  "key commented is `stream_apps/watchlist/strategies/xv_convergence.yaml`. Concepts: "
                  "[Watchlist strategies](../concepts/watchlist-strategies.md).\n")
-    _model_tables(WatchlistStrategy, "`WatchlistStrategy` (top level)", seen, parts, level=3)
+    _model_tables(WatchlistStrategy, "`WatchlistStrategy` (top level)", seen, parts, level=3, context="watchlist")
     parts.append("\n## Executor configuration (`tapeflow execute --executor-config FILE`)\n\nConcepts: "
                  "[Execution](../concepts/execution.md).\n")
-    _model_tables(ExecutorConfig, "`ExecutorConfig` (top level)", seen, parts, level=3)
+    _model_tables(ExecutorConfig, "`ExecutorConfig` (top level)", seen, parts, level=3, context="executor")
     return "".join(parts)
 
 
