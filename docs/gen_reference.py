@@ -161,7 +161,7 @@ def gen_cli() -> str:
     root = typer.main.get_command(app)
     lines = [HEADER + "# CLI\n",
              "Every command of `tapeflow`, with every option, generated from the typer application "
-             "(`tapeflow/cli.py` and the research and watchlist commands it registers). Every command also "
+             "(`tapeflow/commands/`, one module per command group, and the research and watchlist commands `tapeflow/cli.py` registers). Every command also "
              "has `--help`. Failures print one `error: ...` line and exit non-zero (2 for configuration "
              "errors), never a traceback.\n"]
     opts = [p for p in root.params if p.name != "help"]
