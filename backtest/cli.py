@@ -64,40 +64,68 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
     @app.command("backtest")
     def backtest(
         strategy: list[Path] = typer.Option(
-            [], "--strategy", "-s", help="Strategy file (YAML/JSON); repeat for A/B. Default: the shipped ones."),
-        symbols: str | None = typer.Option(None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."),
+            [], "--strategy", "-s", help="Strategy file (YAML/JSON); repeat for A/B. Default: the shipped ones."
+        ),
+        symbols: str | None = typer.Option(
+            None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."
+        ),
         from_: str | None = typer.Option(
-            None, "--from", help="Start, included: a UTC date or time (2024-01-01[T00:00]) or Unix ms; a recording: default its start."),
-        to: str | None = typer.Option(None, "--to", help="End, exclusive: a UTC date (its midnight), time or Unix ms. "
-                                      "A recording: its end."),
+            None,
+            "--from",
+            help="Start, included: a UTC date or time (2024-01-01[T00:00]) or Unix ms; a recording: default its start.",
+        ),
+        to: str | None = typer.Option(
+            None, "--to", help="End, exclusive: a UTC date (its midnight), time or Unix ms. A recording: its end."
+        ),
         source: str = typer.Option(
-            "vision", "--source",
-            help="vision[:DIR] | synthetic[:SEED] | recording:DIR | db | topics (md.* by time from the broker)."),
-        out: Path | None = typer.Option(None, "--out", help="Report directory. Default: TAPEFLOW_HOME/backtests/<time>."),
+            "vision",
+            "--source",
+            help="vision[:DIR] | synthetic[:SEED] | recording:DIR | db | topics (md.* by time from the broker).",
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Report directory. Default: TAPEFLOW_HOME/backtests/<time>."
+        ),
         executor_config: Path | None = typer.Option(
-            None, "--executor-config", help="Executor settings (fees, slippage model, risk limits) as for `execute`."),
+            None, "--executor-config", help="Executor settings (fees, slippage model, risk limits) as for `execute`."
+        ),
         account: str = typer.Option(
-            "per-strategy", "--account",
-            help="per-strategy: each strategy trades its own paper account; shared: one account (as one stack)."),
-        formats: str | None = typer.Option(None, "--format", help="Report formats, e.g. json,md,png,html (default all)."),
+            "per-strategy",
+            "--account",
+            help="per-strategy: each strategy trades its own paper account; shared: one account (as one stack).",
+        ),
+        formats: str | None = typer.Option(
+            None, "--format", help="Report formats, e.g. json,md,png,html (default all)."
+        ),
         vision_url: str | None = typer.Option(None, "--vision-url", help="Binance Vision base URL (a mirror)."),
-        cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Download cache. Default: TAPEFLOW_HOME/vision."),
-        demo: bool = typer.Option(False, "--demo", help=f"Offline demo: {DEMO_HOURS} h of synthetic "
-                                  f"{'/'.join(DEMO_SYMBOLS)}, shipped strategies."),
+        cache_dir: Path | None = typer.Option(
+            None, "--cache-dir", help="Download cache. Default: TAPEFLOW_HOME/vision."
+        ),
+        demo: bool = typer.Option(
+            False,
+            "--demo",
+            help=f"Offline demo: {DEMO_HOURS} h of synthetic {'/'.join(DEMO_SYMBOLS)}, shipped strategies.",
+        ),
         verify_against_topics: bool = typer.Option(
-            False, "--verify-against-topics",
-            help="Backtest md.* from the broker and compare signals and positions with what the stack published."),
+            False,
+            "--verify-against-topics",
+            help="Backtest md.* from the broker and compare signals and positions with what the stack published.",
+        ),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         walk_forward: str | None = typer.Option(
-            None, "--walk-forward", help="train=30d,test=7d,step=7d[,embargo=..][,holdout=..]: a parameter search "
+            None,
+            "--walk-forward",
+            help="train=30d,test=7d,step=7d[,embargo=..][,holdout=..]: a parameter search "
             "of the (first) strategy on each training window, scored on the next test window "
-            "(`tapeflow research walk-forward`; --trials per window)."),
+            "(`tapeflow research walk-forward`; --trials per window).",
+        ),
         trials: int = typer.Option(50, "--trials", min=2, help="With --walk-forward: configurations per window."),
         warm_start_approximation: bool = typer.Option(
-            False, "--warm-start-approximation",
+            False,
+            "--warm-start-approximation",
             help="Start as a fresh stack's warm start does (parity with it): the first TAPEFLOW_WARM_START_HOURS "
             "of the range as 1m minute bars made from its trades, but the last TAPEFLOW_WARM_START_DETAIL_MINUTES "
-            "of them trade by trade, and no books or liquidations before that live start."),
+            "of them trade by trade, and no books or liquidations before that live start.",
+        ),
     ) -> None:
         """Run strategies over history through the live engine and paper executor; write a report."""
         if walk_forward is not None:
@@ -108,18 +136,41 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
             return
         try:
             code = run_command(
-                settings, strategy_files=strategy, symbols=symbols, from_=from_, to=to, source=source, out=out,
-                executor_config=executor_config, account=account, formats=formats, vision_url=vision_url,
-                cache_dir=cache_dir, demo=demo, verify=verify_against_topics, progress=not no_progress,
-                warm_start=warm_start_approximation)
+                settings,
+                strategy_files=strategy,
+                symbols=symbols,
+                from_=from_,
+                to=to,
+                source=source,
+                out=out,
+                executor_config=executor_config,
+                account=account,
+                formats=formats,
+                vision_url=vision_url,
+                cache_dir=cache_dir,
+                demo=demo,
+                verify=verify_against_topics,
+                progress=not no_progress,
+                warm_start=warm_start_approximation,
+            )
         except CliError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.code) from None
         raise typer.Exit(code)
 
 
-def _walk_forward(spec: str, strategy_files: list[Path], symbols: str | None, from_: str | None, to: str | None,
-                  source: str, out: Path | None, trials: int, progress: bool, settings: Callable[[], Settings]) -> None:
+def _walk_forward(
+    spec: str,
+    strategy_files: list[Path],
+    symbols: str | None,
+    from_: str | None,
+    to: str | None,
+    source: str,
+    out: Path | None,
+    trials: int,
+    progress: bool,
+    settings: Callable[[], Settings],
+) -> None:
     """``--walk-forward``: the research command's logic (``backtest.research.cli.run_walk_forward``)."""
     from backtest.research.cli import run_walk_forward
     from stream_apps.core.strategy import default_strategy_dir, load_strategy
@@ -128,19 +179,47 @@ def _walk_forward(spec: str, strategy_files: list[Path], symbols: str | None, fr
         raise CliError("--walk-forward needs --from and --to")
     base = load_strategy(strategy_files[0] if strategy_files else default_strategy_dir() / "v53.yaml")
     out_dir = out or settings().home / "research" / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_walk_forward(spec, parse_time(from_, "--from"), parse_time(to, "--to"), base,
-                     symbols=symbols or ",".join(settings().symbols), source=source, trials=trials, sampler="tpe",
-                     objective="net_r", min_trades=20, batch=25, seed=0, out=out_dir, store_dir=None, workers=None,
-                     progress=progress)
+    run_walk_forward(
+        spec,
+        parse_time(from_, "--from"),
+        parse_time(to, "--to"),
+        base,
+        symbols=symbols or ",".join(settings().symbols),
+        source=source,
+        trials=trials,
+        sampler="tpe",
+        objective="net_r",
+        min_trades=20,
+        batch=25,
+        seed=0,
+        out=out_dir,
+        store_dir=None,
+        workers=None,
+        progress=progress,
+    )
 
 
-def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path], symbols: str | None,
-                from_: str | None, to: str | None, source: str, out: Path | None, executor_config: Path | None,
-                account: str, formats: str | None, vision_url: str | None, cache_dir: Path | None, demo: bool,
-                verify: bool, progress: bool, warm_start: bool = False) -> int:
+def run_command(  # noqa: C901 - over the complexity limit, to be split
+    settings: Callable[[], Settings],
+    *,
+    strategy_files: list[Path],
+    symbols: str | None,
+    from_: str | None,
+    to: str | None,
+    source: str,
+    out: Path | None,
+    executor_config: Path | None,
+    account: str,
+    formats: str | None,
+    vision_url: str | None,
+    cache_dir: Path | None,
+    demo: bool,
+    verify: bool,
+    progress: bool,
+    warm_start: bool = False,
+) -> int:
     from backtest.result_io import write_outputs
     from backtest.runner import BacktestRunner
-    from tapeflow_runtime.batch import batch_gc
     from backtest.sources import SourceError, open_source
     from execution.config import ExecutorConfigError, load_executor_config
     from stream_apps.core.strategy import (
@@ -149,9 +228,12 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         load_strategies,
         load_strategy,
     )
+    from tapeflow_runtime.batch import batch_gc
 
     try:
-        strategies = [load_strategy(p) for p in strategy_files] if strategy_files else load_strategies(default_strategy_dir())
+        strategies = (
+            [load_strategy(p) for p in strategy_files] if strategy_files else load_strategies(default_strategy_dir())
+        )
     except StrategyConfigError as exc:
         raise CliError(f"bad strategy file: {exc}") from None
     names = [s.name for s in strategies]
@@ -173,10 +255,13 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
 
     if verify:
         if warm_start:
-            raise CliError("--warm-start-approximation does not apply to --verify-against-topics (that compares "
-                           "a stack's own inputs, warm start included)")
-        return verify_command(settings(), strategies, config, symbols=symbols, from_=from_, to=to, out=out,
-                              progress=progress)
+            raise CliError(
+                "--warm-start-approximation does not apply to --verify-against-topics (that compares "
+                "a stack's own inputs, warm start included)"
+            )
+        return verify_command(
+            settings(), strategies, config, symbols=symbols, from_=from_, to=to, out=out, progress=progress
+        )
     if demo:
         source = f"synthetic:{DEMO_SEED}"
         start = int(DEMO_START.timestamp() * 1000)
@@ -222,15 +307,24 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         from backtest.sources.warm_start import WarmStartApproximation
 
         src = WarmStartApproximation(src, span)
-        bars = (f"minute bars before {fmt_ms(span.detail_from_ms)}, trade by trade after"
-                if span.detail_from_ms is not None else "every trade")
-        typer.echo(f"warm start approximation: live start {fmt_ms(span.now_ms)} UTC, {bars}; no books or "
-                   "liquidations before the live start", err=True)
+        bars = (
+            f"minute bars before {fmt_ms(span.detail_from_ms)}, trade by trade after"
+            if span.detail_from_ms is not None
+            else "every trade"
+        )
+        typer.echo(
+            f"warm start approximation: live start {fmt_ms(span.now_ms)} UTC, {bars}; no books or "
+            "liquidations before the live start",
+            err=True,
+        )
 
     runner = BacktestRunner(strategies, config, account="shared" if account == "shared" else "per_strategy")
     from_ms, to_ms = src.from_ms, src.to_ms
-    typer.echo(f"backtest: {src.name}, {','.join(src.symbols)}, {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC, "
-               f"{', '.join(names)} (Ctrl-C writes a partial report)", err=True)
+    typer.echo(
+        f"backtest: {src.name}, {','.join(src.symbols)}, {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC, "
+        f"{', '.join(names)} (Ctrl-C writes a partial report)",
+        err=True,
+    )
     try:
         with batch_gc():
             result = run_with_progress(runner, src, progress)
@@ -238,8 +332,11 @@ def run_command(settings: Callable[[], Settings], *, strategy_files: list[Path],
         raise CliError(str(exc), 1) from None
     if result.trades_processed == 0:
         where = f"; {len(result.missing)} missing, first: {result.missing[0]}" if result.missing else ""
-        raise CliError(f"no market data for {','.join(src.symbols)} from {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC "
-                       f"in {src.name}{where}", 1)
+        raise CliError(
+            f"no market data for {','.join(src.symbols)} from {fmt_ms(from_ms)} to {fmt_ms(to_ms)} UTC "
+            f"in {src.name}{where}",
+            1,
+        )
     out_dir = out or settings().home / "backtests" / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     written = write_outputs(result, out_dir, report_formats)
     print_summary(result, written, store(result, settings))
@@ -299,8 +396,9 @@ def run_with_progress(runner: Any, src: Any, progress: bool) -> RunResult:
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
-        sys.stderr.write("\ninterrupted: finishing the current slice and writing a partial report "
-                         "(Ctrl-C again to abort)\n")
+        sys.stderr.write(
+            "\ninterrupted: finishing the current slice and writing a partial report (Ctrl-C again to abort)\n"
+        )
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -329,13 +427,22 @@ class _Bar:
         )
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[stats]}"), console=Console(stderr=True), transient=False)
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[stats]}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
         self.from_ms, self.to_ms = src.from_ms, src.to_ms
         self.started = time.monotonic()
-        self.task = self.progress.add_task(f"backtest {src.name}", total=(self.to_ms - self.from_ms) / 1000,
-                                           rate="", stats="")
+        self.task = self.progress.add_task(
+            f"backtest {src.name}", total=(self.to_ms - self.from_ms) / 1000, rate="", stats=""
+        )
 
     def __enter__(self) -> _Bar:
         self.progress.start()
@@ -347,10 +454,12 @@ class _Bar:
     def update(self, p: Any) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         self.progress.update(
-            self.task, completed=(p.event_time_ms - self.from_ms) / 1000,
+            self.task,
+            completed=(p.event_time_ms - self.from_ms) / 1000,
             description=f"backtest {fmt_ms(p.event_time_ms)}",
             rate=f"{p.trades / elapsed:,.0f} trades/s",
-            stats=f"{p.trades:,} trades, {p.signals} signals, {p.closed} closed")
+            stats=f"{p.trades:,} trades, {p.signals} signals, {p.closed} closed",
+        )
 
 
 def print_summary(result: RunResult, written: dict[str, Path], stored: str = "") -> None:
@@ -358,11 +467,15 @@ def print_summary(result: RunResult, written: dict[str, Path], stored: str = "")
 
     seconds = max((result.finished_at_ms - result.started_at_ms) / 1000, 1e-9)
     status = "PARTIAL (interrupted)" if result.partial else "complete"
-    typer.echo(f"backtest {status}: {result.source}, {','.join(result.symbols)}, "
-               f"{fmt_ms(result.from_ms)} to {fmt_ms(result.to_ms)} UTC")
-    typer.echo(f"  {result.trades_processed:,} trades and {result.events_processed - result.trades_processed:,} other "
-               f"inputs in {seconds:.1f} s ({result.trades_processed / seconds:,.0f} trades/s), "
-               f"{result.evaluations:,} evaluations, {result.signals} signals")
+    typer.echo(
+        f"backtest {status}: {result.source}, {','.join(result.symbols)}, "
+        f"{fmt_ms(result.from_ms)} to {fmt_ms(result.to_ms)} UTC"
+    )
+    typer.echo(
+        f"  {result.trades_processed:,} trades and {result.events_processed - result.trades_processed:,} other "
+        f"inputs in {seconds:.1f} s ({result.trades_processed / seconds:,.0f} trades/s), "
+        f"{result.evaluations:,} evaluations, {result.signals} signals"
+    )
     by_strategy: dict[str, list[float]] = defaultdict(list)
     for t in result.trades:
         by_strategy[t.strategy].append(t.pnl_r_net)
@@ -374,7 +487,9 @@ def print_summary(result: RunResult, written: dict[str, Path], stored: str = "")
     if result.missing:
         typer.echo(f"  missing: {len(result.missing)} (e.g. {result.missing[0]})")
     if result.bad_rows:
-        typer.echo(f"  bad rows: {result.params.get('bad_row_count', len(result.bad_rows))} (e.g. {result.bad_rows[0]})")
+        typer.echo(
+            f"  bad rows: {result.params.get('bad_row_count', len(result.bad_rows))} (e.g. {result.bad_rows[0]})"
+        )
     if stored:
         typer.echo(f"  database: {stored}")
     typer.echo("report:")
@@ -382,16 +497,25 @@ def print_summary(result: RunResult, written: dict[str, Path], stored: str = "")
         typer.echo(f"  {kind}: {path}")
 
 
-def verify_command(settings: Settings, strategies: list[StrategyConfig], config: ExecutorConfig, *,
-                   symbols: str | None, from_: str | None, to: str | None, out: Path | None, progress: bool) -> int:
+def verify_command(
+    settings: Settings,
+    strategies: list[StrategyConfig],
+    config: ExecutorConfig,
+    *,
+    symbols: str | None,
+    from_: str | None,
+    to: str | None,
+    out: Path | None,
+    progress: bool,
+) -> int:
     from backtest.result_io import write_outputs
     from backtest.runner import BacktestRunner
     from backtest.sources import SourceError, check_symbols
     from backtest.sources.topics import TopicSource
     from backtest.verify import WARMUP_MS, compare
-    from tapeflow_runtime.topic_reader import StateReadError, read_topics
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
+    from tapeflow_runtime.topic_reader import StateReadError, read_topics
 
     if from_ is None or to is None:
         raise CliError("--verify-against-topics needs --from and --to (the range to compare)")
@@ -404,22 +528,44 @@ def verify_command(settings: Settings, strategies: list[StrategyConfig], config:
         raise CliError(str(exc)) from None
     bootstrap = _bootstrap(settings)
     prefix = settings.topic_prefix
-    source = TopicSource(bootstrap, symbol_list, from_ms - WARMUP_MS, to_ms, topic_prefix=prefix,
-                         registry_url=settings.schema_registry_url)
+    source = TopicSource(
+        bootstrap,
+        symbol_list,
+        from_ms - WARMUP_MS,
+        to_ms,
+        topic_prefix=prefix,
+        registry_url=settings.schema_registry_url,
+    )
     runner = BacktestRunner(strategies, config, account="shared")
-    typer.echo(f"verify: md.* of {','.join(symbol_list)} from {fmt_ms(source.from_ms)} (25 h of warm-up) to "
-               f"{fmt_ms(to_ms)} UTC, comparing {fmt_ms(from_ms)} to {fmt_ms(to_ms)}", err=True)
+    typer.echo(
+        f"verify: md.* of {','.join(symbol_list)} from {fmt_ms(source.from_ms)} (25 h of warm-up) to "
+        f"{fmt_ms(to_ms)} UTC, comparing {fmt_ms(from_ms)} to {fmt_ms(to_ms)}",
+        err=True,
+    )
     try:
         result = run_with_progress(runner, source, progress)
-        stack = read_topics(bootstrap, prefix, {"signals": None, "positions": None, "risk.events": None},
-                            AvroSerde(registry_from_url(settings.schema_registry_url)), timeout_s=600)
+        stack = read_topics(
+            bootstrap,
+            prefix,
+            {"signals": None, "positions": None, "risk.events": None},
+            AvroSerde(registry_from_url(settings.schema_registry_url)),
+            timeout_s=600,
+        )
     except (SourceError, StateReadError) as exc:
         raise CliError(str(exc), 1) from None
     if result.trades_processed == 0:
         raise CliError(f"no md.trades records for {','.join(symbol_list)} in the broker in that range", 1)
-    comparison = compare(stack["signals"].records, stack["positions"].records, runner.signals,
-                         runner.position_events(), [(s.name, s.config_hash) for s in strategies], symbol_list,
-                         from_ms, to_ms, stack["risk.events"].records)
+    comparison = compare(
+        stack["signals"].records,
+        stack["positions"].records,
+        runner.signals,
+        runner.position_events(),
+        [(s.name, s.config_hash) for s in strategies],
+        symbol_list,
+        from_ms,
+        to_ms,
+        stack["risk.events"].records,
+    )
     if out is not None:
         for kind, path in write_outputs(result, out).items():
             typer.echo(f"report {kind}: {path}")

@@ -34,8 +34,7 @@ from stream_apps.core.events import (
 Record = dict[str, Any]
 RECORD_KINDS = ("books", "marks", "liquidations", "indicators")
 # the field each record kind is ordered by in the engine (stream_apps.core.events.*_from_record)
-ENGINE_TIME = {"books": "event_time", "marks": "event_time", "liquidations": "trade_time",
-               "indicators": "receive_time"}
+ENGINE_TIME = {"books": "event_time", "marks": "event_time", "liquidations": "trade_time", "indicators": "receive_time"}
 # Slices of an hour: every source holds at least an hour in memory (synthetic and database: an hour,
 # Vision: a day, recordings and topics: the whole range), and results do not depend on the slice size
 # (``backtest.runner``; tests/backtest/test_backtest_feed.py), while the engine's per-call costs fall
@@ -99,13 +98,22 @@ class MarketSlice:
                 rows = [records[i] for i in index]
                 if kind == "books":
                     batch: BookBatch | MarkBatch = BookBatch.from_arrays(
-                        exchange, symbol, [r["event_time"] for r in rows], [r["obi_10"] for r in rows],
-                        record_column(rows))  # levels for the book detectors: the records themselves, as live
+                        exchange,
+                        symbol,
+                        [r["event_time"] for r in rows],
+                        [r["obi_10"] for r in rows],
+                        record_column(rows),
+                    )  # levels for the book detectors: the records themselves, as live
                 elif kind == "marks":
                     batch = MarkBatch.from_arrays(
-                        exchange, symbol, [r["event_time"] for r in rows], [r["mark_price"] for r in rows],
-                        [r["index_price"] for r in rows], [r["funding_rate"] for r in rows],
-                        [r["next_funding_time"] for r in rows])
+                        exchange,
+                        symbol,
+                        [r["event_time"] for r in rows],
+                        [r["mark_price"] for r in rows],
+                        [r["index_price"] for r in rows],
+                        [r["funding_rate"] for r in rows],
+                        [r["next_funding_time"] for r in rows],
+                    )
                 else:
                     raise ValueError(f"no columns for {kind!r}")
                 done.append(RecordColumns(market_key(exchange, symbol), np.asarray(index, dtype=np.int64), batch))
@@ -185,10 +193,14 @@ class SliceCutter:
             start, end = max(block.start_ms, self.from_ms), min(block.end_ms, self.to_ms)
             if end <= start:
                 continue
-            trades = {k: b.take(slice(*np.searchsorted(b.time_ms, [start, end], side="left")))
-                      for k, b in block.trades.items()}
-            times = {kind: np.fromiter((r[ENGINE_TIME[kind]] for r in recs), dtype=np.int64, count=len(recs))
-                     for kind, recs in block.records.items()}
+            trades = {
+                k: b.take(slice(*np.searchsorted(b.time_ms, [start, end], side="left")))
+                for k, b in block.trades.items()
+            }
+            times = {
+                kind: np.fromiter((r[ENGINE_TIME[kind]] for r in recs), dtype=np.int64, count=len(recs))
+                for kind, recs in block.records.items()
+            }
             edge = start
             while edge < end:
                 stop = min((edge // self.slice_ms + 1) * self.slice_ms, end)

@@ -78,11 +78,11 @@ from __future__ import annotations
 
 import math
 import time
-from operator import attrgetter
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -117,8 +117,12 @@ LAYER_INPUTS: Mapping[str, tuple[str, ...]] = {
     "funding": ("funding_rate",),
     "liquidation": ("liquidations",),
 }
-GATE_INPUTS: Mapping[str, str] = {"min_atr_price": "atr_price_ratio", "obi_against": "obi",
-                                  "spot_perp_divergence": "spot_perp_divergence", "whale_against": "whale_ratio_15m"}
+GATE_INPUTS: Mapping[str, str] = {
+    "min_atr_price": "atr_price_ratio",
+    "obi_against": "obi",
+    "spot_perp_divergence": "spot_perp_divergence",
+    "whale_against": "whale_ratio_15m",
+}
 
 
 @dataclass(frozen=True)
@@ -197,18 +201,33 @@ class BacktestSink:
 
     def _trade(self, opened: Record, closed: Record, tp1_hit: bool) -> BacktestTrade:
         return BacktestTrade(
-            position_id=closed["position_id"], signal_id=closed["signal_id"], strategy=closed["strategy"],
-            strategy_version=closed["strategy_version"], config_hash=closed["config_hash"],
-            exchange=closed["exchange"], symbol=closed["symbol"], direction=closed["direction"], tier=closed["tier"],
+            position_id=closed["position_id"],
+            signal_id=closed["signal_id"],
+            strategy=closed["strategy"],
+            strategy_version=closed["strategy_version"],
+            config_hash=closed["config_hash"],
+            exchange=closed["exchange"],
+            symbol=closed["symbol"],
+            direction=closed["direction"],
+            tier=closed["tier"],
             score=float(self.signal_scores.get(closed["signal_id"], float("nan"))),
-            entry_time=int(opened["event_time"]), exit_time=int(closed["event_time"]),
-            entry_price=float(opened["entry_price"]), exit_price=float(closed["exit_price"]),
-            sl_price=float(opened["sl_price"]), tp1_price=float(opened["tp1_price"]),
-            tp2_price=float(opened["tp2_price"]), risk_distance=abs(float(opened["entry_price"]) - float(opened["sl_price"])),
-            exit_reason=closed["exit_reason"], tp1_hit=tp1_hit, r_usd=float(closed["r_usd"]),
-            pnl_r_gross=float(closed["pnl_r_gross"]), fees_r=float(closed["fees_r"]),
-            slippage_r=float(closed["slippage_r"]), funding_r=float(closed.get("funding_r") or 0.0),
-            pnl_r_net=float(closed["pnl_r_net"]))
+            entry_time=int(opened["event_time"]),
+            exit_time=int(closed["event_time"]),
+            entry_price=float(opened["entry_price"]),
+            exit_price=float(closed["exit_price"]),
+            sl_price=float(opened["sl_price"]),
+            tp1_price=float(opened["tp1_price"]),
+            tp2_price=float(opened["tp2_price"]),
+            risk_distance=abs(float(opened["entry_price"]) - float(opened["sl_price"])),
+            exit_reason=closed["exit_reason"],
+            tp1_hit=tp1_hit,
+            r_usd=float(closed["r_usd"]),
+            pnl_r_gross=float(closed["pnl_r_gross"]),
+            fees_r=float(closed["fees_r"]),
+            slippage_r=float(closed["slippage_r"]),
+            funding_r=float(closed.get("funding_r") or 0.0),
+            pnl_r_net=float(closed["pnl_r_net"]),
+        )
 
 
 @dataclass
@@ -255,9 +274,16 @@ class _Coverage:
 class BacktestRunner:
     """Runs strategies over a source; see the module docstring. One runner = one run."""
 
-    def __init__(self, strategies: Sequence[StrategyConfig], executor_config: ExecutorConfig | None = None, *,
-                 account: Account = "per_strategy", engine_params: EngineParams | None = None,
-                 feed: Feed = "sparse", on_features: Callable[[FeatureTable], None] | None = None) -> None:
+    def __init__(
+        self,
+        strategies: Sequence[StrategyConfig],
+        executor_config: ExecutorConfig | None = None,
+        *,
+        account: Account = "per_strategy",
+        engine_params: EngineParams | None = None,
+        feed: Feed = "sparse",
+        on_features: Callable[[FeatureTable], None] | None = None,
+    ) -> None:
         """``on_features``: called with each feature table the engine produces (the run keeps none)."""
         if not strategies:
             raise ValueError("a backtest needs at least one strategy")
@@ -301,8 +327,13 @@ class BacktestRunner:
         self.evaluations = 0
 
     # ------------------------------------------------------------------------------------------
-    def run(self, source: Source, *, progress: Callable[[Progress], None] | None = None,
-            stop: Callable[[], bool] | None = None) -> RunResult:
+    def run(
+        self,
+        source: Source,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> RunResult:
         """Every slice of ``source`` through engine and executor; ``stop()`` true between slices ends the
         run early, and the result is marked partial."""
         started = int(time.time() * 1000)
@@ -319,8 +350,16 @@ class BacktestRunner:
         return self.result(source, started, partial)
 
     def progress(self, event_time_ms: int, source: Source) -> Progress:
-        return Progress(event_time_ms, source.from_ms, source.to_ms, self.trades_processed, self.events_processed,
-                        self.evaluations, len(self.signals), sum(len(b.sink.trades) for b in self._books.values()))
+        return Progress(
+            event_time_ms,
+            source.from_ms,
+            source.to_ms,
+            self.trades_processed,
+            self.events_processed,
+            self.evaluations,
+            len(self.signals),
+            sum(len(b.sink.trades) for b in self._books.values()),
+        )
 
     def feed(self, piece: MarketSlice) -> None:
         """Engine over ``piece``; then the executor over the slice before it."""
@@ -350,8 +389,9 @@ class BacktestRunner:
         for key in sorted(set(piece.trades) | set(events)):
             engine = self.engines.get(key)
             if engine is None:
-                engine = self.engines[key] = Engine(self.strategies, self.engine_params,
-                                                    state_params=StateParams.for_replay)
+                engine = self.engines[key] = Engine(
+                    self.strategies, self.engine_params, state_params=StateParams.for_replay
+                )
             batch = piece.trades.get(key)
             out = engine.process([batch] if batch is not None else (), events.get(key, ()))
             self.evaluations += out.evaluations
@@ -391,8 +431,10 @@ class BacktestRunner:
         self._future_signals = [s for s in self._future_signals if s["eval_time"] >= end]
         # (time, rank, seq) as columns, seq the position in signals + marks + books; "held" says
         # whether the record may be held (a book, or a mark before its own funding time)
-        names = sorted({market_key(s["exchange"], s["symbol"]) for s in due}
-                       | {c.key for kind in ("marks", "books") for c in piece.columns(kind)})
+        names = sorted(
+            {market_key(s["exchange"], s["symbol"]) for s in due}
+            | {c.key for kind in ("marks", "books") for c in piece.columns(kind)}
+        )
         code = {key: n for n, key in enumerate(names)}
         times = [np.array([s["eval_time"] for s in due], dtype=np.int64)]
         seqs = [np.arange(len(due), dtype=np.int64)]
@@ -406,8 +448,11 @@ class BacktestRunner:
                 seqs.append(cols.index + offset)
                 ranks.append(np.full(len(cols.index), rank, dtype=np.int64))
                 keys.append(np.full(len(cols.index), code[cols.key], dtype=np.int64))
-                held.append(cols.batch.time_ms < cols.batch.next_funding_time_ms if rank == 1
-                            else np.ones(len(cols.index), dtype=bool))
+                held.append(
+                    cols.batch.time_ms < cols.batch.next_funding_time_ms
+                    if rank == 1
+                    else np.ones(len(cols.index), dtype=bool)
+                )
             offset += len(getattr(piece, kind))
         time_col, seq_col, rank_col = np.concatenate(times), np.concatenate(seqs), np.concatenate(ranks)
         order = np.lexsort((seq_col, rank_col, time_col))
@@ -415,8 +460,14 @@ class BacktestRunner:
         time_col, rank_col, held_col = time_col[order], rank_col[order], np.concatenate(held)[order]
         key_col = np.concatenate(keys)[order]
         arrays = _ControlColumns(time_col, held_col, key_col, rank_col * max(len(names), 1) + key_col, names)
-        return _Controls(time_col.tolist(), rank_col.tolist(), held_col.tolist(),
-                         [records[i] for i in seq_col[order].tolist()], [names[k] for k in key_col.tolist()], arrays)
+        return _Controls(
+            time_col.tolist(),
+            rank_col.tolist(),
+            held_col.tolist(),
+            [records[i] for i in seq_col[order].tolist()],
+            [names[k] for k in key_col.tolist()],
+            arrays,
+        )
 
     def _executor_slice(self, piece: MarketSlice) -> None:
         if self.feed_mode == "sparse":
@@ -467,10 +518,15 @@ class BacktestRunner:
             t, rank, holdable, record, key = times[n], ranks[n], holdables[n], records[n], keys[n]
             n += 1
             if busy:
-                if (holdable and key in first.data_time and self._may_hold(rank, key, t, busy)
-                        and self._quiet_before(piece, cursors, t, busy)
-                        and (max(t, self._executor_ms) < self._next_tick
-                             or self._quiet_ticks(piece, cursors, t, busy, books))):
+                if (
+                    holdable
+                    and key in first.data_time
+                    and self._may_hold(rank, key, t, busy)
+                    and self._quiet_before(piece, cursors, t, busy)
+                    and (
+                        max(t, self._executor_ms) < self._next_tick or self._quiet_ticks(piece, cursors, t, busy, books)
+                    )
+                ):
                     # held, and no clock is due: busy markets' trades before it cannot tick either
                     # (they are older), so they wait for the next record that is not held, fed with
                     # their own times (the executor's time is left where it is)
@@ -530,8 +586,9 @@ class BacktestRunner:
         ok = cols.holdable & known[cols.market] if len(cols.names) else cols.holdable
         now = max(int(cols.times[n]), self._executor_ms) if n < len(cols.times) else self._executor_ms
         quiet_to = min(book.quiet_until(now) for book in books)  # now itself when a tick now may act
-        stop, last_tick, executor_ms = _quiet_tick_run(cols.times, ok, n, self._executor_ms, self._next_tick,
-                                                       float(quiet_to))
+        stop, last_tick, executor_ms = _quiet_tick_run(
+            cols.times, ok, n, self._executor_ms, self._next_tick, float(quiet_to)
+        )
         if stop > n:
             _, newest = np.unique(cols.slot[n:stop][::-1], return_index=True)
             held, records, ranks, keys = self._held, controls.records, controls.ranks, controls.keys
@@ -568,8 +625,9 @@ class BacktestRunner:
         held = self._held
         if (1, key) not in held and (2, key) not in held:
             return []
-        return [(int(rec["event_time"]), rank, rec) for rank in (1, 2)
-                if (rec := held.pop((rank, key), None)) is not None]
+        return [
+            (int(rec["event_time"]), rank, rec) for rank in (1, 2) if (rec := held.pop((rank, key), None)) is not None
+        ]
 
     def _pass_items(self, key: str, items: list[tuple[int, int, Any]]) -> None:
         """Marks (rank 1), books (2) and a trade (3) of ``key`` to every account, in executor order."""
@@ -626,7 +684,7 @@ class BacktestRunner:
                 book.clock_ms = now
                 book.executor.on_clock(now)
 
-    def _trades_before(self, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:
+    def _trades_before(self, piece: MarketSlice, cursors: dict[str, int], until: int) -> None:  # noqa: C901 - over the complexity limit, to be split
         """Every trade of ``piece`` before ``until`` not fed yet: one by one, in time order across
         symbols, for the markets an executor is busy on; only the newest for the others (sparse feed:
         none for the others, ``_flush_key`` feeds their newest when it matters)."""
@@ -671,8 +729,11 @@ class BacktestRunner:
             order = []
             # the newest trade of each market with trades here, fed or skipped (a skipped one left
             # is newer than any fed: feeding one feeds the skipped first)
-            last = {key: _tick(*self._skipped[key]) if key in self._skipped else last[key]
-                    for key, *_ in busy_parts if key in self._skipped or key in last}
+            last = {
+                key: _tick(*self._skipped[key]) if key in self._skipped else last[key]
+                for key, *_ in busy_parts
+                if key in self._skipped or key in last
+            }
         for batch, i in order:
             tick = _tick(batch, i)
             now = max(tick.trade_time, self._executor_ms)
@@ -687,8 +748,14 @@ class BacktestRunner:
                 if key not in book.busy_markets():
                     book.executor.on_trade_tick(tick, max(tick.trade_time, self._executor_ms))
 
-    def _busy_trades_sparse(self, piece: MarketSlice, cursors: dict[str, int], until: int,
-                            parts: list[tuple[str, Any, int, int]], last: dict[str, TradeTick]) -> None:
+    def _busy_trades_sparse(
+        self,
+        piece: MarketSlice,
+        cursors: dict[str, int],
+        until: int,
+        parts: list[tuple[str, Any, int, int]],
+        last: dict[str, TradeTick],
+    ) -> None:
         """Sparse feed of busy markets' trades (time order across symbols, equal times in key order):
         a trade inside every busy account's ``Executor.quiet_trades`` band of its market is skipped,
         remembering the newest; the newest skipped ones are fed before anything else is (a trade outside
@@ -736,17 +803,28 @@ class BacktestRunner:
                 if pos + _SCALAR_RUN < count and self._executor_ms < self._next_tick:
                     if limits is None:  # per part: (low, high, until); no band: nothing is inside
                         rows = [bands[k] or (math.inf, -math.inf, -math.inf) for k, *_ in parts]
-                        limits = (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
-                                  np.array([r[2] for r in rows]))
+                        limits = (
+                            np.array([r[0] for r in rows]),
+                            np.array([r[1] for r in rows]),
+                            np.array([r[2] for r in rows]),
+                        )
                     pos = self._skip_run(parts, times, prices, owner, local, limits, pos, skipped)
                 continue
             self._feed_skipped()
             self._pass_held(key)
             self._feed_busy(_tick(batch, lo + j))
 
-    def _skip_run(self, parts: list[tuple[str, Any, int, int]], times: np.ndarray, prices: np.ndarray,
-                  owner: np.ndarray, local: np.ndarray, limits: tuple[np.ndarray, np.ndarray, np.ndarray],
-                  pos: int, skipped: dict[str, tuple[Any, int]]) -> int:
+    def _skip_run(
+        self,
+        parts: list[tuple[str, Any, int, int]],
+        times: np.ndarray,
+        prices: np.ndarray,
+        owner: np.ndarray,
+        local: np.ndarray,
+        limits: tuple[np.ndarray, np.ndarray, np.ndarray],
+        pos: int,
+        skipped: dict[str, tuple[Any, int]],
+    ) -> int:
         """From ``pos``: the trades inside their market's band and before the next tick, in windows
         growing 4x; each market's newest of them is remembered (first-seen order, as the loop would);
         returns the position of the first trade that is not such a trade."""
@@ -816,8 +894,9 @@ class BacktestRunner:
             del self._band_memo[key]
             self._band_version += 1
 
-    def _quiet_ticks(self, piece: MarketSlice, cursors: dict[str, int], t: int, busy: set[str],
-                     books: list[_Book]) -> bool:
+    def _quiet_ticks(
+        self, piece: MarketSlice, cursors: dict[str, int], t: int, busy: set[str], books: list[_Book]
+    ) -> bool:
         """The clock ticks the dense feed makes up to a record at ``t`` whose busy trades before it are all
         inside their bands (``_quiet_before``): each at the first event at or after the next tick time
         (a busy trade not fed yet before ``t``, else the record); as long as every due account's clock is
@@ -932,10 +1011,15 @@ class BacktestRunner:
         """strategy -> [(layer or gate, input)] it depends on."""
         use: dict[str, list[tuple[str, str]]] = {}
         for cfg in self.strategies:
-            pairs = [(layer, name) for layer, names in LAYER_INPUTS.items()
-                     if getattr(cfg.weights, layer) > 0 for name in names]
-            pairs += [(f"gate:{gate}", name) for gate, name in GATE_INPUTS.items()
-                      if getattr(cfg.gates, gate) is not None]
+            pairs = [
+                (layer, name)
+                for layer, names in LAYER_INPUTS.items()
+                if getattr(cfg.weights, layer) > 0
+                for name in names
+            ]
+            pairs += [
+                (f"gate:{gate}", name) for gate, name in GATE_INPUTS.items() if getattr(cfg.gates, gate) is not None
+            ]
             use[cfg.name] = pairs
         return use
 
@@ -957,13 +1041,16 @@ class BacktestRunner:
                     if name == "trades" or (name == "liquidations" and has_liquidations):
                         row[1] += n
                     else:
-                        column = (block.frame.atr_price_ratio if name == "atr_price_ratio"
-                                  else block.frame.values.get(name))
+                        column = (
+                            block.frame.atr_price_ratio if name == "atr_price_ratio" else block.frame.values.get(name)
+                        )
                         row[1] += int(np.count_nonzero(~np.isnan(column))) if column is not None else 0
 
     def coverage_rows(self, notes: Mapping[str, str]) -> list[CoverageRow]:
-        return [CoverageRow(layer, symbol, name, evaluations, present, notes.get(name, ""))
-                for (layer, symbol, name), (evaluations, present) in sorted(self._coverage.counts.items())]
+        return [
+            CoverageRow(layer, symbol, name, evaluations, present, notes.get(name, ""))
+            for (layer, symbol, name), (evaluations, present) in sorted(self._coverage.counts.items())
+        ]
 
     def position_events(self) -> list[Record]:
         """Every positions record the executors emitted (opened, tp1, closed), in emission order per account."""
@@ -971,18 +1058,31 @@ class BacktestRunner:
 
     # ------------------------------------------------------------------------------------------ result
     def result(self, source: Source, started_ms: int, partial: bool) -> RunResult:
-        trades = sorted((t for b in self._books.values() for t in b.sink.trades), key=lambda t: (t.exit_time, t.position_id))
+        trades = sorted(
+            (t for b in self._books.values() for t in b.sink.trades), key=lambda t: (t.exit_time, t.position_id)
+        )
         open_positions = [
-            {"position_id": pos.position_id, "signal_id": pos.signal_id, "strategy": pos.strategy,
-             "symbol": pos.symbol, "direction": pos.direction, "entry_time": pos.opened_at, "entry_price": pos.entry}
-            for b in self._books.values() for pos in b.executor.positions.values()]
+            {
+                "position_id": pos.position_id,
+                "signal_id": pos.signal_id,
+                "strategy": pos.strategy,
+                "symbol": pos.symbol,
+                "direction": pos.direction,
+                "entry_time": pos.opened_at,
+                "entry_price": pos.entry,
+            }
+            for b in self._books.values()
+            for pos in b.executor.positions.values()
+        ]
         decisions: Counter[str] = Counter()
         for b in self._books.values():
             decisions.update(b.sink.decisions)
         params = {
             "executor": self.config.model_dump(mode="json", exclude={"exchange", "reconcile"}),
-            "engine": {"eval_interval_ms": self.engine_params.eval_interval_ms,
-                       "allowed_lateness_ms": self.engine_params.allowed_lateness_ms},
+            "engine": {
+                "eval_interval_ms": self.engine_params.eval_interval_ms,
+                "allowed_lateness_ms": self.engine_params.allowed_lateness_ms,
+            },
             "account": self.account,
             "mode": MODE,
             "open_positions_at_end": open_positions,
@@ -992,15 +1092,30 @@ class BacktestRunner:
             "bad_row_count": source.report.bad_row_count,
         }
         return RunResult(
-            run_id=str(uuid.uuid4()), source=source.name, exchange=source.exchange, symbols=list(source.symbols),
-            from_ms=source.from_ms, to_ms=source.to_ms,
-            strategies=[StrategyInfo(c.name, c.version, c.config_hash, c.model_dump(mode="json")) for c in self.strategies],
-            trades=trades, initial_balance=self.config.balance, started_at_ms=started_ms,
-            finished_at_ms=int(time.time() * 1000), partial=partial, events_processed=self.events_processed,
-            trades_processed=self.trades_processed, evaluations=self.evaluations, signals=len(self.signals),
-            coverage=self.coverage_rows(source.report.notes), missing=list(source.report.missing),
-            bad_rows=list(source.report.bad_rows), params=params,
-            processed_to_ms=self.processed_to_ms if partial else source.to_ms)
+            run_id=str(uuid.uuid4()),
+            source=source.name,
+            exchange=source.exchange,
+            symbols=list(source.symbols),
+            from_ms=source.from_ms,
+            to_ms=source.to_ms,
+            strategies=[
+                StrategyInfo(c.name, c.version, c.config_hash, c.model_dump(mode="json")) for c in self.strategies
+            ],
+            trades=trades,
+            initial_balance=self.config.balance,
+            started_at_ms=started_ms,
+            finished_at_ms=int(time.time() * 1000),
+            partial=partial,
+            events_processed=self.events_processed,
+            trades_processed=self.trades_processed,
+            evaluations=self.evaluations,
+            signals=len(self.signals),
+            coverage=self.coverage_rows(source.report.notes),
+            missing=list(source.report.missing),
+            bad_rows=list(source.report.bad_rows),
+            params=params,
+            processed_to_ms=self.processed_to_ms if partial else source.to_ms,
+        )
 
 
 _SCALAR_RUN = 32  # a shorter run of trades left is skipped one by one (numpy costs more than it saves)
@@ -1045,5 +1160,12 @@ def _arange(n: int) -> np.ndarray:
 
 
 def _tick(batch, i: int) -> TradeTick:
-    return TradeTick(batch.exchange, batch.symbol, int(batch.agg_id[i]), float(batch.price[i]), float(batch.qty[i]),
-                     int(batch.time_ms[i]), "SELL" if batch.taker_sell[i] else "BUY")
+    return TradeTick(
+        batch.exchange,
+        batch.symbol,
+        int(batch.agg_id[i]),
+        float(batch.price[i]),
+        float(batch.qty[i]),
+        int(batch.time_ms[i]),
+        "SELL" if batch.taker_sell[i] else "BUY",
+    )

@@ -26,12 +26,39 @@ if TYPE_CHECKING:
     pass
 
 WARMUP_MS = 25 * 3_600_000
-SIGNAL_FIELDS = ("strategy", "config_hash", "symbol", "eval_time", "direction", "tier", "score", "price",
-                 "risk_distance")
-OPENED_FIELDS = ("signal_id", "direction", "tier", "entry_price", "qty", "r_usd", "sl_price", "tp1_price",
-                 "tp2_price", "event_time")
-CLOSED_FIELDS = ("exit_price", "exit_reason", "pnl_r_gross", "pnl_r_net", "fees_r", "slippage_r", "funding_r",
-                 "event_time")
+SIGNAL_FIELDS = (
+    "strategy",
+    "config_hash",
+    "symbol",
+    "eval_time",
+    "direction",
+    "tier",
+    "score",
+    "price",
+    "risk_distance",
+)
+OPENED_FIELDS = (
+    "signal_id",
+    "direction",
+    "tier",
+    "entry_price",
+    "qty",
+    "r_usd",
+    "sl_price",
+    "tp1_price",
+    "tp2_price",
+    "event_time",
+)
+CLOSED_FIELDS = (
+    "exit_price",
+    "exit_reason",
+    "pnl_r_gross",
+    "pnl_r_net",
+    "fees_r",
+    "slippage_r",
+    "funding_r",
+    "event_time",
+)
 
 
 @dataclass
@@ -46,7 +73,9 @@ class Comparison:
         return not self.differences
 
 
-def _diff(kind: str, ident: str, stack: Mapping[str, Any], backtest: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+def _diff(
+    kind: str, ident: str, stack: Mapping[str, Any], backtest: Mapping[str, Any], names: Iterable[str]
+) -> list[str]:
     out = []
     for name in names:
         a, b = stack.get(name), backtest.get(name)
@@ -55,9 +84,17 @@ def _diff(kind: str, ident: str, stack: Mapping[str, Any], backtest: Mapping[str
     return out
 
 
-def compare(stack_signals: list[dict], stack_positions: list[dict], backtest_signals: list[dict],
-            backtest_positions: list[dict], strategies: Iterable[tuple[str, str]], symbols: Iterable[str],
-            from_ms: int, to_ms: int, stack_risk: list[dict] = ()) -> Comparison:
+def compare(  # noqa: C901 - over the complexity limit, to be split
+    stack_signals: list[dict],
+    stack_positions: list[dict],
+    backtest_signals: list[dict],
+    backtest_positions: list[dict],
+    strategies: Iterable[tuple[str, str]],
+    symbols: Iterable[str],
+    from_ms: int,
+    to_ms: int,
+    stack_risk: list[dict] = (),
+) -> Comparison:
     """Signals evaluated and positions opened in ``[from_ms, to_ms)`` for ``symbols``; see the module doc."""
     known = set(strategies)
     wanted = set(symbols)
@@ -114,8 +151,11 @@ def compare(stack_signals: list[dict], stack_positions: list[dict], backtest_sig
         result.positions_compared += 1
         if set(a) != set(b):
             result.differences.append(f"position {pid}: events stack={sorted(a)} backtest={sorted(b)}")
-        for event, names in (("opened", OPENED_FIELDS), ("tp1", ("event_time", "exit_price", "qty", "sl_price")),
-                             ("closed", CLOSED_FIELDS)):
+        for event, names in (
+            ("opened", OPENED_FIELDS),
+            ("tp1", ("event_time", "exit_price", "qty", "sl_price")),
+            ("closed", CLOSED_FIELDS),
+        ):
             if event in a and event in b:
                 result.differences += _diff(f"position {event}", pid, a[event], b[event], names)
     return result

@@ -44,9 +44,11 @@ def write_day(directory: Path, rows: int) -> Path:
             lines = []
             for i in range(start, min(rows, start + 50_000)):
                 price = 610_000 + (i * 7919) % 4_000 - 2_000
-                lines.append(f"{agg0 + i},{price // 10}.{price % 10},{(i * 31) % 2_500 / 1000 + 0.001:.3f},"
-                             f"{trade0 + 3 * i},{trade0 + 3 * i + i % 3},{T0 + i * 86 // 1},"
-                             f"{'true' if i % 2 else 'false'}\n")
+                lines.append(
+                    f"{agg0 + i},{price // 10}.{price % 10},{(i * 31) % 2_500 / 1000 + 0.001:.3f},"
+                    f"{trade0 + 3 * i},{trade0 + 3 * i + i % 3},{T0 + i * 86 // 1},"
+                    f"{'true' if i % 2 else 'false'}\n"
+                )
             out.write("".join(lines).encode())
     return path
 
@@ -90,13 +92,22 @@ def main() -> None:
         timed("parse+encode", args.rows, lambda: parse_and_encode(path))
         with broker(args.bootstrap, tmp_path / "stack") as bootstrap:
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            summary = run_backfill(bootstrap=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
-                                   home=tmp_path / "home", symbol="BTCUSDT", start=DAY, end=DAY,
-                                   directory=archives, progress=False)
+            summary = run_backfill(
+                bootstrap=bootstrap,
+                topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+                home=tmp_path / "home",
+                symbol="BTCUSDT",
+                start=DAY,
+                end=DAY,
+                directory=archives,
+                progress=False,
+            )
             rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
         assert summary.rows_published == args.rows, summary  # the run must be complete to mean anything
-        print(f"{'full backfill':<16} {summary.rows_per_second:>10,.0f} rows/s  ({summary.seconds:.2f} s, "
-              f"peak RSS growth {rss_growth / 1024:.0f} MiB)")
+        print(
+            f"{'full backfill':<16} {summary.rows_per_second:>10,.0f} rows/s  ({summary.seconds:.2f} s, "
+            f"peak RSS growth {rss_growth / 1024:.0f} MiB)"
+        )
 
 
 if __name__ == "__main__":

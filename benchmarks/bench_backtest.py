@@ -49,10 +49,17 @@ from tapeflow_runtime.batch import batch_gc
 
 START = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 H = 3_600_000
-RATES = {"BTCUSDT": 40.0, "ETHUSDT": 28.0, "SOLUSDT": 18.0, "XRPUSDT": 14.0}  # nominal 100 trades/s: 14.4 M in 30 h (bursty)
+RATES = {
+    "BTCUSDT": 40.0,
+    "ETHUSDT": 28.0,
+    "SOLUSDT": 18.0,
+    "XRPUSDT": 14.0,
+}  # nominal 100 trades/s: 14.4 M in 30 h (bursty)
 TARGET = 3_000_000
 ENGINE_CORE_RESULT = 6_904_197  # trades/s, benchmarks/RESULTS.md "Busy markets' records held" (engine core)
-RUNNER_BEFORE = 1_538_842  # trades/s, the runner in RESULTS.md "Columnar records and an executor feed off per-record Python"
+RUNNER_BEFORE = (
+    1_538_842  # trades/s, the runner in RESULTS.md "Columnar records and an executor feed off per-record Python"
+)
 
 
 def source(hours: float) -> SyntheticSource:
@@ -147,17 +154,20 @@ def cached_runs(hours: float, strategies, repeat: int, reference) -> list[float]
         if (result.signals, result.trades) != (reference.signals, reference.trades):
             raise SystemExit("a re-run on cached data gave other signals or trades than the run above")
         rates.append(n / timer.wall)
-        print(f"  re-run {k + 1} on cached data, end to end: {timer.wall:.2f} s wall / {timer.cpu:.2f} s CPU, "
-              f"{n / timer.wall:,.0f} trades/s ({n / timer.cpu:,.0f} per CPU s) = {n / timer.wall / TARGET:.2f}x the "
-              f"target")
+        print(
+            f"  re-run {k + 1} on cached data, end to end: {timer.wall:.2f} s wall / {timer.cpu:.2f} s CPU, "
+            f"{n / timer.wall:,.0f} trades/s ({n / timer.cpu:,.0f} per CPU s) = {n / timer.wall / TARGET:.2f}x the "
+            f"target"
+        )
     return rates
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=30.0, help="session length (100 trades/s over 4 symbols)")
-    parser.add_argument("--quick", action="store_true", help="2 hours instead (a smoke run, ~0.9 M trades, "
-                        "all warm-up: no signals)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 hours instead (a smoke run, ~0.9 M trades, all warm-up: no signals)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="re-runs on cached data (median reported)")
     args = parser.parse_args()
     hours = 2.0 if args.quick else args.hours
@@ -174,41 +184,63 @@ def measure(args, hours: float, strategies) -> None:
     eng_evals, eng_src, eng = engine_only(hours, strategies)
     eng_wall, eng_cpu = max(eng.wall - eng_src.wall, 1e-9), max(eng.cpu - eng_src.cpu, 1e-9)
     eng_trades = eng_src.trades
-    print(f"generation (in the engine-only run): {eng_trades:,} trades in {eng_src.wall:.1f} s wall / "
-          f"{eng_src.cpu:.1f} s CPU")
-    print(f"engine only (baseline, generation subtracted): {eng_wall:.1f} s wall / {eng_cpu:.1f} s CPU, "
-          f"{eng_trades / eng_wall:,.0f} trades/s ({eng_trades / eng_cpu:,.0f} per CPU s), "
-          f"{eng_evals / eng_wall:,.0f} strategy evaluations/s")
+    print(
+        f"generation (in the engine-only run): {eng_trades:,} trades in {eng_src.wall:.1f} s wall / "
+        f"{eng_src.cpu:.1f} s CPU"
+    )
+    print(
+        f"engine only (baseline, generation subtracted): {eng_wall:.1f} s wall / {eng_cpu:.1f} s CPU, "
+        f"{eng_trades / eng_wall:,.0f} trades/s ({eng_trades / eng_cpu:,.0f} per CPU s), "
+        f"{eng_evals / eng_wall:,.0f} strategy evaluations/s"
+    )
     result, src, run = full_run(hours, strategies)
     run_wall, run_cpu = max(run.wall - src.wall, 1e-9), max(run.cpu - src.cpu, 1e-9)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     symbol_evals = result.evaluations // len(strategies)
     n = result.trades_processed
-    print(f"full run: {n:,} trades, {result.events_processed - n:,} other inputs, {result.evaluations:,} strategy "
-          f"evaluations ({symbol_evals:,} symbol evaluations), {result.signals} signals, "
-          f"{len(result.trades)} closed positions")
-    print(f"  end to end (with generation): {run.wall:.1f} s wall / {run.cpu:.1f} s CPU, {n / run.wall:,.0f} trades/s, "
-          f"{result.evaluations / run.wall:,.0f} strategy evaluations/s")
-    print(f"  runner (generation subtracted): {run_wall:.1f} s wall / {run_cpu:.1f} s CPU, {n / run_wall:,.0f} trades/s "
-          f"({n / run_cpu:,.0f} per CPU s), {result.evaluations / run_wall:,.0f} strategy evaluations/s, "
-          f"{symbol_evals / run_wall:,.0f} symbol evaluations/s")
-    print(f"  ratio to the engine-only baseline (same slices): {eng_wall / run_wall:.2f} wall, {eng_cpu / run_cpu:.2f} "
-          f"CPU (1.0 = no runner overhead)")
-    print(f"  ratio to the engine core's recorded replay speed ({ENGINE_CORE_RESULT:,} trades/s): "
-          f"{n / run_wall / ENGINE_CORE_RESULT:.3f}")
-    print(f"  ratio to the target ({TARGET:,} trades/s): runner {n / run_wall / TARGET:.4f} "
-          f"({n / run_cpu / TARGET:.4f} per CPU s), end to end with generation {n / run.wall / TARGET:.4f}")
-    print(f"  ratio to the runner recorded before ({RUNNER_BEFORE:,} trades/s): {n / run_wall / RUNNER_BEFORE:.2f} "
-          f"({n / run_cpu / RUNNER_BEFORE:.2f} per CPU s)")
+    print(
+        f"full run: {n:,} trades, {result.events_processed - n:,} other inputs, {result.evaluations:,} strategy "
+        f"evaluations ({symbol_evals:,} symbol evaluations), {result.signals} signals, "
+        f"{len(result.trades)} closed positions"
+    )
+    print(
+        f"  end to end (with generation): {run.wall:.1f} s wall / {run.cpu:.1f} s CPU, {n / run.wall:,.0f} trades/s, "
+        f"{result.evaluations / run.wall:,.0f} strategy evaluations/s"
+    )
+    print(
+        f"  runner (generation subtracted): {run_wall:.1f} s wall / {run_cpu:.1f} s CPU, {n / run_wall:,.0f} trades/s "
+        f"({n / run_cpu:,.0f} per CPU s), {result.evaluations / run_wall:,.0f} strategy evaluations/s, "
+        f"{symbol_evals / run_wall:,.0f} symbol evaluations/s"
+    )
+    print(
+        f"  ratio to the engine-only baseline (same slices): {eng_wall / run_wall:.2f} wall, {eng_cpu / run_cpu:.2f} "
+        f"CPU (1.0 = no runner overhead)"
+    )
+    print(
+        f"  ratio to the engine core's recorded replay speed ({ENGINE_CORE_RESULT:,} trades/s): "
+        f"{n / run_wall / ENGINE_CORE_RESULT:.3f}"
+    )
+    print(
+        f"  ratio to the target ({TARGET:,} trades/s): runner {n / run_wall / TARGET:.4f} "
+        f"({n / run_cpu / TARGET:.4f} per CPU s), end to end with generation {n / run.wall / TARGET:.4f}"
+    )
+    print(
+        f"  ratio to the runner recorded before ({RUNNER_BEFORE:,} trades/s): {n / run_wall / RUNNER_BEFORE:.2f} "
+        f"({n / run_cpu / RUNNER_BEFORE:.2f} per CPU s)"
+    )
     print(f"peak RSS so far: {rss_mib:,.0f} MiB")
     rates = sorted(cached_runs(hours, strategies, max(args.repeat, 1), result))
     median = rates[len(rates) // 2]
-    print(f"re-run on cached data, median of {len(rates)}: {median:,.0f} trades/s = {median / TARGET:.2f}x the target "
-          f"({TARGET:,}), {median / RUNNER_BEFORE:.2f}x the runner recorded before ({RUNNER_BEFORE:,}), "
-          f"{median / (eng_trades / eng_wall):.2f}x the engine-only baseline above")
+    print(
+        f"re-run on cached data, median of {len(rates)}: {median:,.0f} trades/s = {median / TARGET:.2f}x the target "
+        f"({TARGET:,}), {median / RUNNER_BEFORE:.2f}x the runner recorded before ({RUNNER_BEFORE:,}), "
+        f"{median / (eng_trades / eng_wall):.2f}x the engine-only baseline above"
+    )
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS with the session cached: {rss_mib:,.0f} MiB; load average at end: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"peak RSS with the session cached: {rss_mib:,.0f} MiB; load average at end: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
 
 
 if __name__ == "__main__":

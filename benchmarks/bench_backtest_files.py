@@ -80,36 +80,80 @@ def generate(root: Path, symbols: list[str], days: list[date], trades_per_day: i
             agg += n
             firsts = ids * 2
             decimals = max(0, round(-np.log10(tick)))
-            body = csv_body([ids, path * tick, rng.integers(1, 5000, n) / 1000, firsts, firsts + 1, times,
-                             np.where(rng.random(n) < 0.5, "true", "false")],
-                            ["%d", f"%.{decimals}f", "%.3f", "%d", "%d", "%d", "%s"])
-            write_zip(root, f"futures/um/daily/aggTrades/{symbol}/{symbol}-aggTrades-{day}.zip",
-                      "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker", body)
+            body = csv_body(
+                [
+                    ids,
+                    path * tick,
+                    rng.integers(1, 5000, n) / 1000,
+                    firsts,
+                    firsts + 1,
+                    times,
+                    np.where(rng.random(n) < 0.5, "true", "false"),
+                ],
+                ["%d", f"%.{decimals}f", "%.3f", "%d", "%d", "%d", "%s"],
+            )
+            write_zip(
+                root,
+                f"futures/um/daily/aggTrades/{symbol}/{symbol}-aggTrades-{day}.zip",
+                "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker",
+                body,
+            )
             total += n
             last = np.searchsorted(minute, np.arange(1440), "right") - 1  # the minute's last trade (or the previous)
             minute_close = path[np.clip(last, 0, n - 1)] * tick
             opens = start + np.arange(1440) * 60_000
-            kl = csv_body([opens, minute_close, minute_close, minute_close, minute_close, np.zeros(1440),
-                           opens + 59_999, np.zeros(1440), np.zeros(1440), np.zeros(1440), np.zeros(1440), np.zeros(1440)],
-                          ["%d"] + [f"%.{decimals}f"] * 4 + ["%d", "%d", "%d", "%d", "%d", "%d", "%d"])
-            header = ("open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
-                      "taker_buy_quote_volume,ignore")
+            kl = csv_body(
+                [
+                    opens,
+                    minute_close,
+                    minute_close,
+                    minute_close,
+                    minute_close,
+                    np.zeros(1440),
+                    opens + 59_999,
+                    np.zeros(1440),
+                    np.zeros(1440),
+                    np.zeros(1440),
+                    np.zeros(1440),
+                    np.zeros(1440),
+                ],
+                ["%d"] + [f"%.{decimals}f"] * 4 + ["%d", "%d", "%d", "%d", "%d", "%d", "%d"],
+            )
+            header = (
+                "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
+                "taker_buy_quote_volume,ignore"
+            )
             write_zip(root, f"futures/um/daily/markPriceKlines/{symbol}/1m/{symbol}-1m-{day}.zip", header, kl)
             write_zip(root, f"spot/daily/klines/{symbol}/1m/{symbol}-1m-{day}.zip", header, kl)
             five = np.arange(1, 288)
-            stamps = [(datetime.fromtimestamp((start + k * 300_000) / 1000, tz=UTC)).strftime("%Y-%m-%d %H:%M:%S")
-                      for k in five]
-            metrics = "\n".join(f"{s},{symbol},{80_000 + k},{(80_000 + k) * price0},1.1,{1 + k / 1000},{2 - k / 1000},0.9"
-                                for s, k in zip(stamps, five, strict=True)).encode() + b"\n"
-            write_zip(root, f"futures/um/daily/metrics/{symbol}/{symbol}-metrics-{day}.zip",
-                      "create_time,symbol,sum_open_interest,sum_open_interest_value,count_toptrader_long_short_ratio,"
-                      "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio", metrics)
+            stamps = [
+                (datetime.fromtimestamp((start + k * 300_000) / 1000, tz=UTC)).strftime("%Y-%m-%d %H:%M:%S")
+                for k in five
+            ]
+            metrics = (
+                "\n".join(
+                    f"{s},{symbol},{80_000 + k},{(80_000 + k) * price0},1.1,{1 + k / 1000},{2 - k / 1000},0.9"
+                    for s, k in zip(stamps, five, strict=True)
+                ).encode()
+                + b"\n"
+            )
+            write_zip(
+                root,
+                f"futures/um/daily/metrics/{symbol}/{symbol}-metrics-{day}.zip",
+                "create_time,symbol,sum_open_interest,sum_open_interest_value,count_toptrader_long_short_ratio,"
+                "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio",
+                metrics,
+            )
         for month in sorted({(d.year, d.month) for d in days}):
             first = datetime(month[0], month[1], 1, tzinfo=UTC)
             settle = [int((first + timedelta(hours=8 * k)).timestamp() * 1000) for k in range(3 * 32)]
             rows = "\n".join(f"{t},8,{0.0001 * (1 + k % 3)}" for k, t in enumerate(settle)).encode() + b"\n"
-            write_zip(root, f"futures/um/monthly/fundingRate/{symbol}/{symbol}-fundingRate-{month[0]:04d}-{month[1]:02d}.zip",
-                      "calc_time,funding_interval_hours,last_funding_rate", rows)
+            write_zip(
+                root,
+                f"futures/um/monthly/fundingRate/{symbol}/{symbol}-fundingRate-{month[0]:04d}-{month[1]:02d}.zip",
+                "calc_time,funding_interval_hours,last_funding_rate",
+                rows,
+            )
     return total
 
 
@@ -144,20 +188,41 @@ def main() -> None:
     root = args.dir or Path(tempfile.mkdtemp(prefix="tapeflow-vision-"))
     t0 = time.monotonic()
     total = generate(root, symbols, days, args.trades_per_day, seed=5)
-    print(f"generated {total:,} trades ({len(symbols)} symbols x {len(days)} days) in {root} "
-          f"({time.monotonic() - t0:.0f}s)", flush=True)
+    print(
+        f"generated {total:,} trades ({len(symbols)} symbols x {len(days)} days) in {root} "
+        f"({time.monotonic() - t0:.0f}s)",
+        flush=True,
+    )
     home = Path(tempfile.mkdtemp(prefix="tapeflow-bt-home-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")} | {"TAPEFLOW_HOME": str(home)}
-    cmd = [sys.executable, "-m", "tapeflow", "backtest", "--source", f"vision:{root}", "--symbols", ",".join(symbols),
-           "--from", str(days[0]), "--to", str(days[-1]), "--no-progress", "--format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tapeflow",
+        "backtest",
+        "--source",
+        f"vision:{root}",
+        "--symbols",
+        ",".join(symbols),
+        "--from",
+        str(days[0]),
+        "--to",
+        str(days[-1]),
+        "--no-progress",
+        "--format",
+        "json",
+    ]
     for name, target in (("cold", COLD_TARGET), ("warm", WARM_TARGET)):
         wall, peak, res = run([*cmd, "--out", str(home / f"report-{name}")], env)
         if res.returncode != 0:
             print(res.stdout[-2000:], res.stderr[-3000:])
             raise SystemExit(f"{name} run failed ({res.returncode})")
         rate = total / wall
-        print(f"{name}: {wall:.1f}s wall for {total:,} trades = {rate:,.0f} trades/s end to end; peak RSS {peak:,.0f} MiB; "
-              f"{rate / target:.2f}x the {target:,} target, {rate / BASELINE:.1f}x the row reader's {BASELINE:,}", flush=True)
+        print(
+            f"{name}: {wall:.1f}s wall for {total:,} trades = {rate:,.0f} trades/s end to end; peak RSS {peak:,.0f} MiB; "
+            f"{rate / target:.2f}x the {target:,} target, {rate / BASELINE:.1f}x the row reader's {BASELINE:,}",
+            flush=True,
+        )
     cache = sum(p.stat().st_size for p in (home / "cache" / "columns").glob("*.arrow"))
     print(f"cache: {cache / 2**20:,.0f} MiB in {home / 'cache' / 'columns'}")
 

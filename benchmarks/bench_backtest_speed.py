@@ -68,8 +68,14 @@ def run_new(sessions, state_params, hours: float | None = None) -> tuple[dict, l
             if hours is not None:
                 outputs.append(out)
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
-    return {"trades": trades, "feature_records": evaluations, "signals": signals, "bars": bars,
-            "seconds": elapsed, "cpu_seconds": cpu}, outputs
+    return {
+        "trades": trades,
+        "feature_records": evaluations,
+        "signals": signals,
+        "bars": bars,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+    }, outputs
 
 
 def digest(features: list[dict], signals: list[dict]) -> str:
@@ -79,7 +85,7 @@ def digest(features: list[dict], signals: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-_BASELINE_SCRIPT = textwrap.dedent('''
+_BASELINE_SCRIPT = textwrap.dedent("""
     import hashlib, json, sys, time
     import numpy as np
     import stream_apps.core.events as ev
@@ -119,7 +125,7 @@ _BASELINE_SCRIPT = textwrap.dedent('''
         h.update(json.dumps(item, sort_keys=True).encode())
     print(json.dumps({"trades": trades, "feature_records": features, "signals": signals, "seconds": elapsed,
                       "digest": h.hexdigest()[:16]}))
-''')
+""")
 
 
 def run_baseline(sessions, hours: float, ref: str) -> dict:
@@ -131,14 +137,27 @@ def run_baseline(sessions, hours: float, ref: str) -> dict:
             if len(batch) and batch.time_ms[0] >= end:
                 break
             books, marks, *others = events
-            slices.append(((batch.agg_id, batch.time_ms, batch.price, batch.qty, batch.taker_sell),
-                           (books.time_ms, books.obi),
-                           (marks.time_ms, marks.mark_price, marks.index_price, marks.funding_rate,
-                            marks.next_funding_time_ms), others))
+            slices.append(
+                (
+                    (batch.agg_id, batch.time_ms, batch.price, batch.qty, batch.taker_sell),
+                    (books.time_ms, books.obi),
+                    (
+                        marks.time_ms,
+                        marks.mark_price,
+                        marks.index_price,
+                        marks.funding_rate,
+                        marks.next_funding_time_ms,
+                    ),
+                    others,
+                )
+            )
         data.append((session.symbol, slices))
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "stream_apps", "schemas", "tapeflow_runtime"],
-                                 check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", ref, "stream_apps", "schemas", "tapeflow_runtime"],
+            check=True,
+            capture_output=True,
+        ).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         # numpy arrays and JSON, never pickle (no code-executing codec anywhere, benchmarks included)
         path = Path(tmp) / "input"
@@ -148,15 +167,17 @@ def run_baseline(sessions, hours: float, ref: str) -> dict:
                 for group, columns in (("t", t), ("b", books), ("m", marks)):
                     for j, column in enumerate(columns):
                         arrays[f"{s}_{k}_{group}{j}"] = np.asarray(column)
-            index.append([symbol, [[[type(e).__name__, dataclasses.asdict(e)] for e in others]
-                                   for _t, _b, _m, others in slices]])
+            index.append(
+                [symbol, [[[type(e).__name__, dataclasses.asdict(e)] for e in others] for _t, _b, _m, others in slices]]
+            )
         np.savez(f"{path}.npz", **arrays)
         Path(f"{path}.json").write_text(json.dumps(index))
         script = Path(tmp) / "baseline.py"
         script.write_text(_BASELINE_SCRIPT)
         env = {**os.environ, "PYTHONPATH": tmp}
-        done = subprocess.run([sys.executable, str(script), str(path)], check=True, capture_output=True, text=True,
-                              env=env, cwd=tmp)
+        done = subprocess.run(
+            [sys.executable, str(script), str(path)], check=True, capture_output=True, text=True, env=env, cwd=tmp
+        )
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -176,23 +197,28 @@ def main() -> None:
     total = sum(len(s.trades) for s in sessions)
     events = sum(len(s.books) + len(s.marks) + len(s.others) for s in sessions)
     hours = (max(int(s.trades.time_ms[-1]) for s in sessions) - START_MS) / HOUR_MS
-    print(f"session: {total:,} trades, {events:,} other inputs, {len(symbols)} symbols, {hours:.1f} h "
-          f"(generated in {time.perf_counter() - began:.1f} s, not timed)")
+    print(
+        f"session: {total:,} trades, {events:,} other inputs, {len(symbols)} symbols, {hours:.1f} h "
+        f"(generated in {time.perf_counter() - began:.1f} s, not timed)"
+    )
 
     result, _ = run_new(sessions, StateParams.for_replay)
     rate = result["trades"] / result["seconds"]
     cpu_rate = result["trades"] / result["cpu_seconds"]
     evals_per_s = result["feature_records"] / len(load_strategies(default_strategy_dir())) / result["seconds"]
-    print(f"engine (replay rings, ~1 h segments): {result['trades']:,} trades in {result['seconds']:.2f} s "
-          f"(cpu {result['cpu_seconds']:.2f} s) = {rate:,.0f} trades/s = {rate / TARGET:.2f}x the 3 M target "
-          f"({cpu_rate:,.0f} per CPU second = {cpu_rate / TARGET:.2f}x; load {os.getloadavg()[0]:.1f}); "
-          f"{result['feature_records']:,} feature records ({evals_per_s:,.0f} symbol evaluations/s), "
-          f"{result['signals']:,} signals, {result['bars']:,} bars; peak RSS {peak_rss_mib():,.0f} MiB")
+    print(
+        f"engine (replay rings, ~1 h segments): {result['trades']:,} trades in {result['seconds']:.2f} s "
+        f"(cpu {result['cpu_seconds']:.2f} s) = {rate:,.0f} trades/s = {rate / TARGET:.2f}x the 3 M target "
+        f"({cpu_rate:,.0f} per CPU second = {cpu_rate / TARGET:.2f}x; load {os.getloadavg()[0]:.1f}); "
+        f"{result['feature_records']:,} feature records ({evals_per_s:,.0f} symbol evaluations/s), "
+        f"{result['signals']:,} signals, {result['bars']:,} bars; peak RSS {peak_rss_mib():,.0f} MiB"
+    )
     if args.live_params:
         live, _ = run_new(sessions, StateParams.for_symbol)
         live_rate = live["trades"] / live["seconds"]
-        print(f"engine (live rings, ~1.5 min segments): {live_rate:,.0f} trades/s = "
-              f"{live_rate / TARGET:.2f}x the target")
+        print(
+            f"engine (live rings, ~1.5 min segments): {live_rate:,.0f} trades/s = {live_rate / TARGET:.2f}x the target"
+        )
 
     if args.baseline_hours > 0:
         base = run_baseline(sessions, args.baseline_hours, args.baseline_ref)
@@ -205,12 +231,16 @@ def main() -> None:
         prefix_rate = prefix["trades"] / prefix["seconds"]
         equal = new_digest == base["digest"] and base["feature_records"] == len(merged.features)
         same = "identical" if equal else "DIFFERENT"
-        print(f"baseline engine {args.baseline_ref} on the first {args.baseline_hours:g} h: {base['trades']:,} "
-              f"trades in "
-              f"{base['seconds']:.2f} s = {base_rate:,.0f} trades/s; new engine on the same prefix {prefix_rate:,.0f} "
-              f"trades/s ({prefix_rate / base_rate:.1f}x); full-session rate / baseline rate = {rate / base_rate:.1f}x")
-        print(f"output on the prefix: {same} ({len(merged.features):,} feature records, {len(merged.signals)} signals; "
-              f"digest {new_digest} vs {base['digest']})")
+        print(
+            f"baseline engine {args.baseline_ref} on the first {args.baseline_hours:g} h: {base['trades']:,} "
+            f"trades in "
+            f"{base['seconds']:.2f} s = {base_rate:,.0f} trades/s; new engine on the same prefix {prefix_rate:,.0f} "
+            f"trades/s ({prefix_rate / base_rate:.1f}x); full-session rate / baseline rate = {rate / base_rate:.1f}x"
+        )
+        print(
+            f"output on the prefix: {same} ({len(merged.features):,} feature records, {len(merged.signals)} signals; "
+            f"digest {new_digest} vs {base['digest']})"
+        )
 
 
 if __name__ == "__main__":

@@ -80,8 +80,14 @@ def topic_records(home: Path) -> dict[str, int]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env["TAPEFLOW_HOME"] = str(home)
-    out = subprocess.run([sys.executable, "-m", "tapeflow", "topics", "list", "--json"], capture_output=True,
-                         text=True, env=env, timeout=120, check=True).stdout  # nosec B603
+    out = subprocess.run(
+        [sys.executable, "-m", "tapeflow", "topics", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    ).stdout  # nosec B603
     rows = [json.loads(line) for line in out.splitlines()]
     return {r["topic"]: r.get("messages", 0) for r in rows if r.get("catalogue")}
 
@@ -133,21 +139,36 @@ def main() -> None:
     ap.add_argument("--idle-s", type=float, default=120.0, help="Idle measurement after the session.")
     ap.add_argument("--symbols", default="BTCUSDT,ETHUSDT")
     ap.add_argument("--trades-per-s", type=float, default=20.0, help="Mean aggTrades/s per symbol.")
-    ap.add_argument("--real-rates", action="store_true",
-                    help="Each symbol at its real mean rate instead (fake_exchange.real_history.REAL_RATES: "
-                         "BTC 30, ETH 20, SOL 12, XRP 9 aggTrades/s; the per-service CPU at real rates).")
+    ap.add_argument(
+        "--real-rates",
+        action="store_true",
+        help="Each symbol at its real mean rate instead (fake_exchange.real_history.REAL_RATES: "
+        "BTC 30, ETH 20, SOL 12, XRP 9 aggTrades/s; the per-service CPU at real rates).",
+    )
     ap.add_argument("--depth-ms", type=int, default=10, help="Depth diff interval (10 = the fake's finest).")
     ap.add_argument("--settle-s", type=float, default=60.0, help="Wait after the stack is up before measuring.")
-    ap.add_argument("--attribute-s", type=float, default=0.0,
-                    help="After the idle measurement: pause (SIGSTOP) each client in turn for this long and "
-                         "measure the idle broker without it (where its idle CPU comes from); 0 = skip.")
+    ap.add_argument(
+        "--attribute-s",
+        type=float,
+        default=0.0,
+        help="After the idle measurement: pause (SIGSTOP) each client in turn for this long and "
+        "measure the idle broker without it (where its idle CPU comes from); 0 = skip.",
+    )
     args = ap.parse_args()
     symbols = tuple(s.strip().upper() for s in args.symbols.split(","))
     lead = args.settle_s + 30
     rates = {s: REAL_RATES.get(s, args.trades_per_s) for s in symbols} if args.real_rates else None
-    spec = SyntheticSpec(seed=34, symbols=symbols, duration_s=args.minutes * 60, trades_per_s=args.trades_per_s,
-                         rates=rates, burstiness=1.0, depth_interval_ms=args.depth_ms,
-                         start_time=time.time() + lead, binance_stream_names=True)
+    spec = SyntheticSpec(
+        seed=34,
+        symbols=symbols,
+        duration_s=args.minutes * 60,
+        trades_per_s=args.trades_per_s,
+        rates=rates,
+        burstiness=1.0,
+        depth_interval_ms=args.depth_ms,
+        start_time=time.time() + lead,
+        binance_stream_names=True,
+    )
     root = Path(tempfile.mkdtemp(prefix="tapeflow-cpu-"))
     with live_stack(root / "home", spec, start="session_time", startup_timeout_s=max(120.0, args.settle_s)) as stack:
         while time.time() < spec.start_time + 5:
@@ -156,11 +177,15 @@ def main() -> None:
         while time.time() < spec.start_time + spec.duration_s:
             time.sleep(1.0)
         t1, c1 = time.monotonic(), sample(stack)
-        per_symbol = (", ".join(f"{s} {r:g}" for s, r in rates.items()) + " trades/s" if rates
-                      else f"{args.trades_per_s:g} trades/s each")
-        replaying = report(f"replaying {len(symbols)} symbols at 1x, {per_symbol}, "
-                           f"depth every {args.depth_ms} ms ({t1 - t0:.0f} s)",
-                           shares(c0, c1, t1 - t0))
+        per_symbol = (
+            ", ".join(f"{s} {r:g}" for s, r in rates.items()) + " trades/s"
+            if rates
+            else f"{args.trades_per_s:g} trades/s each"
+        )
+        replaying = report(
+            f"replaying {len(symbols)} symbols at 1x, {per_symbol}, depth every {args.depth_ms} ms ({t1 - t0:.0f} s)",
+            shares(c0, c1, t1 - t0),
+        )
         time.sleep(10)  # the last records through
         t2, c2 = time.monotonic(), sample(stack)
         time.sleep(args.idle_s)
@@ -172,14 +197,18 @@ def main() -> None:
         rss = psutil.Process(stack.sup.running["broker"].proc.pid).memory_info().rss / 2**20
         total = sum(held.values())
         disk = sum(f.stat().st_size for f in (root / "home" / "kafka" / "data").rglob("*") if f.is_file()) / 2**20
-        print(f"== broker memory: RSS {rss:.0f} MB (heap bounded by TAPEFLOW_BROKER_HEAP_MB), log on disk "
-              f"{disk:.0f} MB, holding {total:,} records in the catalogue topics; "
-              + ", ".join(f"{k} {v:,}" for k, v in sorted(held.items(), key=lambda kv: -kv[1])[:5]))
+        print(
+            f"== broker memory: RSS {rss:.0f} MB (heap bounded by TAPEFLOW_BROKER_HEAP_MB), log on disk "
+            f"{disk:.0f} MB, holding {total:,} records in the catalogue topics; "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(held.items(), key=lambda kv: -kv[1])[:5])
+        )
     measured = {"broker replaying": replaying["broker"], "broker idle": idle["broker"], "stack idle": idle["stack"]}
     print("== against the target and the baseline (the former stand-in broker)")
     for key, value in measured.items():
-        print(f"  {key:<18} {value:6.2f} %   target <= {TARGETS[key]:g} % (ratio {value / TARGETS[key]:.2f}),"
-              f" baseline {BASELINE[key]:g} % (ratio {value / BASELINE[key]:.2f})")
+        print(
+            f"  {key:<18} {value:6.2f} %   target <= {TARGETS[key]:g} % (ratio {value / TARGETS[key]:.2f}),"
+            f" baseline {BASELINE[key]:g} % (ratio {value / BASELINE[key]:.2f})"
+        )
 
 
 if __name__ == "__main__":

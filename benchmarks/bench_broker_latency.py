@@ -68,14 +68,19 @@ def read_confluent(bootstrap: str, topic: str, partitions: int, until: float, sk
     return out
 
 
-def read_aiokafka(bootstrap: str, topic: str, partitions: int, until: float, skip_until: float,
-                  fetch_max_wait_ms: int) -> list[float]:
+def read_aiokafka(
+    bootstrap: str, topic: str, partitions: int, until: float, skip_until: float, fetch_max_wait_ms: int
+) -> list[float]:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition as AioTP
 
     async def run() -> list[float]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=fetch_max_wait_ms, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         consumer.assign([AioTP(topic, p) for p in range(partitions)])
         out = []
@@ -102,8 +107,11 @@ def measure(bootstrap: str, client: str, args: argparse.Namespace) -> list[float
         future.result(30)
     time.sleep(1.0)
     skip_until = time.time() + args.warmup
-    feed = threading.Thread(target=publish, daemon=True,
-                            args=(bootstrap, topic, args.rate, args.warmup + args.seconds, args.size, args.partitions))
+    feed = threading.Thread(
+        target=publish,
+        daemon=True,
+        args=(bootstrap, topic, args.rate, args.warmup + args.seconds, args.size, args.partitions),
+    )
     until = time.monotonic() + args.warmup + args.seconds + 2.0
     feed.start()
     if client == "confluent":
@@ -122,8 +130,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=120, help="record value bytes (a trade record is ~100)")
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--client", choices=("confluent", "aiokafka", "both"), default="both")
-    ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
-                    help="aiokafka fetch wait (the engine worker's default)")
+    ap.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
+        help="aiokafka fetch wait (the engine worker's default)",
+    )
     ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start the embedded Kafka)")
     args = ap.parse_args()
     clients = ("confluent", "aiokafka") if args.client == "both" else (args.client,)
@@ -134,8 +146,10 @@ def main() -> None:
                 print(f"{client}: nothing received")
                 continue
             p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-            print(f"{client:9s} load={os.getloadavg()[0]:.2f} records={len(lat):,}  publish -> receive (ms): "
-                  f"p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}  max {lat.max():.1f}")
+            print(
+                f"{client:9s} load={os.getloadavg()[0]:.2f} records={len(lat):,}  publish -> receive (ms): "
+                f"p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}  max {lat.max():.1f}"
+            )
 
 
 if __name__ == "__main__":

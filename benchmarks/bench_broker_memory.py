@@ -59,12 +59,22 @@ def main() -> None:
             producer = Producer(producer_config(bootstrap, **{"linger.ms": 25}))
             t0 = time.monotonic()
             for i in range(args.trades):
-                value = serde.encode("md.trades", {
-                    "exchange": "binance", "symbol": "BTCUSDT", "agg_id": 2_000_000_000 + i,
-                    "price": 42_000.0 + (i % 997) * 0.1, "qty": 0.001 * (1 + i % 13),
-                    "first_trade_id": 4_000_000_000 + 2 * i, "last_trade_id": 4_000_000_001 + 2 * i,
-                    "event_time": T0 + i * 30, "trade_time": T0 + i * 30, "receive_time": T0 + i * 30 + 4,
-                    "taker_side": "SELL" if i % 3 else "BUY"})
+                value = serde.encode(
+                    "md.trades",
+                    {
+                        "exchange": "binance",
+                        "symbol": "BTCUSDT",
+                        "agg_id": 2_000_000_000 + i,
+                        "price": 42_000.0 + (i % 997) * 0.1,
+                        "qty": 0.001 * (1 + i % 13),
+                        "first_trade_id": 4_000_000_000 + 2 * i,
+                        "last_trade_id": 4_000_000_001 + 2 * i,
+                        "event_time": T0 + i * 30,
+                        "trade_time": T0 + i * 30,
+                        "receive_time": T0 + i * 30 + 4,
+                        "taker_side": "SELL" if i % 3 else "BUY",
+                    },
+                )
                 while True:
                     try:
                         producer.produce("md.trades", key=b"binance:BTCUSDT", value=value)
@@ -96,13 +106,19 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
 
     assert read == args.trades, f"read {read} of {args.trades}"
-    print(f"trades held: {args.trades:,} ({args.trades / 86_400:.1f}/s over a day), log on disk {disk:.0f} MB "
-          f"({disk * 1e6 / args.trades:.0f} B/trade)")
-    print(f"written in {write_s:.1f} s ({args.trades / write_s:,.0f}/s), read back in {read_s:.1f} s "
-          f"({args.trades / read_s:,.0f}/s)")
+    print(
+        f"trades held: {args.trades:,} ({args.trades / 86_400:.1f}/s over a day), log on disk {disk:.0f} MB "
+        f"({disk * 1e6 / args.trades:.0f} B/trade)"
+    )
+    print(
+        f"written in {write_s:.1f} s ({args.trades / write_s:,.0f}/s), read back in {read_s:.1f} s "
+        f"({args.trades / read_s:,.0f}/s)"
+    )
     for label, (rss, uss) in (("idle, empty", idle), ("after the writes", written), ("after reading all", after_read)):
-        print(f"broker {label:<18} RSS {rss:6.0f} MB  USS {uss:6.0f} MB   RSS/target {rss / TARGET_MB:.2f} "
-              f"(target ≤ {TARGET_MB:.0f} MB)")
+        print(
+            f"broker {label:<18} RSS {rss:6.0f} MB  USS {uss:6.0f} MB   RSS/target {rss / TARGET_MB:.2f} "
+            f"(target ≤ {TARGET_MB:.0f} MB)"
+        )
 
 
 if __name__ == "__main__":

@@ -64,11 +64,16 @@ class Market:
         tick = m * 1e-5
         bid0, ask0 = m - tick * rng.randint(1, 3), m + tick * rng.randint(1, 3)
         # ~20 levels of 500-5,000 USD: a 10,000 USD sweep walks a few of them
-        return {"exchange": venue, "symbol": pattern.format(c=coin), "last_update_id": t, "event_time": t,
-                "receive_time": t + 5,
-                "bids": [{"price": bid0 - k * tick, "qty": rng.uniform(500, 5_000) / m} for k in range(20)],
-                "asks": [{"price": ask0 + k * tick, "qty": rng.uniform(500, 5_000) / m} for k in range(20)],
-                "obi_10": 0.0}
+        return {
+            "exchange": venue,
+            "symbol": pattern.format(c=coin),
+            "last_update_id": t,
+            "event_time": t,
+            "receive_time": t + 5,
+            "bids": [{"price": bid0 - k * tick, "qty": rng.uniform(500, 5_000) / m} for k in range(20)],
+            "asks": [{"price": ask0 + k * tick, "qty": rng.uniform(500, 5_000) / m} for k in range(20)],
+            "obi_10": 0.0,
+        }
 
     def second(self, t0: int, per_leg: int) -> list:
         """One second of events: `per_leg` books per leg at jittered times, one funding per leg."""
@@ -80,8 +85,13 @@ class Market:
                     t = t0 + k * 1_000 // per_leg + self.rng.randrange(1_000 // per_leg)
                     out.append((t, 0, self.book(c, venue, pattern, t)))
                 symbol = pattern.format(c=c)
-                out.append((t0 + self.rng.randrange(1_000), 1, FundingEvent(
-                    venue, symbol, 0, 1e-4, (t0 // (8 * HOUR) + 1) * 8 * HOUR, 8 * HOUR)))
+                out.append(
+                    (
+                        t0 + self.rng.randrange(1_000),
+                        1,
+                        FundingEvent(venue, symbol, 0, 1e-4, (t0 // (8 * HOUR) + 1) * 8 * HOUR, 8 * HOUR),
+                    )
+                )
                 if venue == "binance" and (t0 // 1_000) % 300 == 0:
                     out.append((t0, 2, SpotEvent(venue, symbol, t0, self.mid[c])))
         out.sort(key=lambda x: (x[0], x[1]))
@@ -106,8 +116,11 @@ def run(n_coins: int, minutes: int, per_leg: int, trader=None) -> dict:
             if kind == 0:
                 events.append(book_event_from_record(item))
             elif kind == 1:
-                events.append(FundingEvent(item.exchange, item.symbol, t, item.funding_rate,
-                                           item.next_funding_time_ms, item.interval_ms))
+                events.append(
+                    FundingEvent(
+                        item.exchange, item.symbol, t, item.funding_rate, item.next_funding_time_ms, item.interval_ms
+                    )
+                )
             else:
                 events.append(item)
         evaluations += len(state.feed(events))
@@ -121,8 +134,15 @@ def run(n_coins: int, minutes: int, per_leg: int, trader=None) -> dict:
         others += sum(1 for _, kind, _ in second if kind != 0)
     rss = proc.memory_info().rss
     assert state.counters["late"] == 0 and state.counters["stale"] == 0, state.counters
-    return {"books": books, "others": others, "evaluations": evaluations, "seconds": timed,
-            "rss_growth_mib": (rss - rss0) / 2**20, "trader_seconds": traded, "trader_records": records}
+    return {
+        "books": books,
+        "others": others,
+        "evaluations": evaluations,
+        "seconds": timed,
+        "rss_growth_mib": (rss - rss0) / 2**20,
+        "trader_seconds": traded,
+        "trader_records": records,
+    }
 
 
 def _numba_sweep():
@@ -185,19 +205,25 @@ def main() -> None:
     print(f"  book updates {r['books']:,}, funding/spot events {r['others']:,}, coin evaluations {r['evaluations']:,}")
     print(f"  time in feed (conversion + state + evaluations): {r['seconds']:.2f} s")
     print(f"  {rate:,.0f} book updates/s, {per_update_us:.1f} us per update (everything included)")
-    print(f"  ratio to the live rate {LIVE_RATE:.0f}/s (depth@100ms): {rate / LIVE_RATE:.1f}x; "
-          f"to {DEFAULT_RATE:.0f}/s (book_interval_ms=250): {rate / DEFAULT_RATE:.1f}x")
+    print(
+        f"  ratio to the live rate {LIVE_RATE:.0f}/s (depth@100ms): {rate / LIVE_RATE:.1f}x; "
+        f"to {DEFAULT_RATE:.0f}/s (book_interval_ms=250): {rate / DEFAULT_RATE:.1f}x"
+    )
     print(f"  one core busy at the live rate: {LIVE_RATE / rate * 100:.1f} %")
     print(f"  RSS growth over the run: {r['rss_growth_mib']:.1f} MiB")
     if trader is not None:
         both = r["seconds"] + r["trader_seconds"]
-        print(f"  the trader of {trader.name}: {r['trader_seconds']:.2f} s, "
-              f"{r['trader_seconds'] / r['books'] * 1e6:.1f} us per update ({r['trader_records']:,} records: "
-              f"{dict(trader.counters)}); features + trader {r['books'] / both:,.0f} updates/s, "
-              f"{r['books'] / both / LIVE_RATE:.1f}x the live rate")
+        print(
+            f"  the trader of {trader.name}: {r['trader_seconds']:.2f} s, "
+            f"{r['trader_seconds'] / r['books'] * 1e6:.1f} us per update ({r['trader_records']:,} records: "
+            f"{dict(trader.counters)}); features + trader {r['books'] / both:,.0f} updates/s, "
+            f"{r['books'] / both / LIVE_RATE:.1f}x the live rate"
+        )
     python, compiled = sweep_cost()
-    print(f"  levels read + both sweeps alone (20 levels, 10,000 USD): {python:.2f} us per update in Python, "
-          f"{compiled:.2f} us with numba (arrays built from the record)")
+    print(
+        f"  levels read + both sweeps alone (20 levels, 10,000 USD): {python:.2f} us per update in Python, "
+        f"{compiled:.2f} us with numba (arrays built from the record)"
+    )
 
 
 if __name__ == "__main__":

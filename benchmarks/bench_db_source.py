@@ -50,7 +50,8 @@ def load(conninfo: str, symbols: tuple[str, ...], days: int, per_day: int) -> in
                 "0.001 + (i %% 97) / 50.0, i, i, t, t, t + interval '5 ms', CASE WHEN i %% 3 = 0 THEN 'SELL' ELSE 'BUY' END "
                 "FROM generate_series(0, %(n)s - 1) AS i, LATERAL (SELECT %(t0)s::timestamptz + "
                 "(i::bigint * %(span)s::bigint / %(n)s) * interval '1 ms' AS t) AS times",
-                {"s": symbol, "p": base, "n": per_day * days, "t0": START, "span": days * 86_400_000})
+                {"s": symbol, "p": base, "n": per_day * days, "t0": START, "span": days * 86_400_000},
+            )
             conn.commit()
         conn.commit()
         conn.autocommit = True
@@ -79,19 +80,24 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=4, choices=range(1, 5))
     ap.add_argument("--trades-per-day", type=int, default=1_000_000)
     args = ap.parse_args()
-    symbols = SYMBOLS[:args.symbols]
+    symbols = SYMBOLS[: args.symbols]
     from_ms = int(START.timestamp() * 1000)
     to_ms = from_ms + args.days * 86_400_000
     with embedded_stack(with_broker=False) as (_, conninfo):
         t = time.perf_counter()
         total = load(conninfo, symbols, args.days, args.trades_per_day)
-        print(f"loaded {total:,} trades ({args.days} day(s) x {len(symbols)} symbols) in {time.perf_counter() - t:.0f} s; "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"loaded {total:,} trades ({args.days} day(s) x {len(symbols)} symbols) in {time.perf_counter() - t:.0f} s; "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
         n_new, s_new = read_all(conninfo, list(symbols), from_ms, to_ms, rows=False)
         n_old, s_old = read_all(conninfo, list(symbols), from_ms, to_ms, rows=True)
         assert n_new == n_old == total, (n_new, n_old, total)
-        print(f"trades only: binary COPY {n_new / s_new:,.0f} trades/s ({s_new:.1f} s); row reader (baseline) "
-              f"{n_old / s_old:,.0f} trades/s ({s_old:.1f} s); {s_old / s_new:.1f}x the baseline")
+        print(
+            f"trades only: binary COPY {n_new / s_new:,.0f} trades/s ({s_new:.1f} s); row reader (baseline) "
+            f"{n_old / s_old:,.0f} trades/s ({s_old:.1f} s); {s_old / s_new:.1f}x the baseline"
+        )
         p = conninfo_to_dict(conninfo)
         url = f"postgresql://{p['user']}:{p['password']}@{p['host']}:{p['port']}/{p['dbname']}"
         with tempfile.TemporaryDirectory() as home:
@@ -99,18 +105,40 @@ def main() -> None:
             day = START.date()
             last = day + timedelta(days=args.days - 1)
             t = time.perf_counter()
-            res = subprocess.run([sys.executable, "-m", "tapeflow", "backtest", "--source", "db", "--from",
-                                  day.isoformat(), "--to", last.isoformat(), "--symbols", ",".join(symbols),
-                                  "--format", "json", "--no-progress", "--out", str(Path(home) / "out")],
-                                 capture_output=True, text=True, env=env)
+            res = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tapeflow",
+                    "backtest",
+                    "--source",
+                    "db",
+                    "--from",
+                    day.isoformat(),
+                    "--to",
+                    last.isoformat(),
+                    "--symbols",
+                    ",".join(symbols),
+                    "--format",
+                    "json",
+                    "--no-progress",
+                    "--out",
+                    str(Path(home) / "out"),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             wall = time.perf_counter() - t
             if res.returncode != 0:
                 raise SystemExit(res.stderr)
             report = json.loads((Path(home) / "out" / "report.json").read_text())
         processed = report["run"]["trades_processed"]
-        print(f"tapeflow backtest --source db: {wall:.1f} s wall, {processed:,} trades, "
-              f"{processed / wall:,.0f} trades/s end to end = {processed / wall / TARGET:.2f}x the 3 M target; "
-              f"load {os.getloadavg()[0]:.1f}")
+        print(
+            f"tapeflow backtest --source db: {wall:.1f} s wall, {processed:,} trades, "
+            f"{processed / wall:,.0f} trades/s end to end = {processed / wall / TARGET:.2f}x the 3 M target; "
+            f"load {os.getloadavg()[0]:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import numpy as np
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
+from stream_apps.book_decode import BookDecoder
 from stream_apps.core.detectors import (
     BookDetectors,
     BookParams,
@@ -80,18 +81,19 @@ from stream_apps.core.strategy import (
     default_strategy_dir,
     load_strategies,
 )
-from stream_apps.core.units import qty_to_units
 from stream_apps.core.symbol_state import SymbolState
 from stream_apps.core.synthetic import synthetic_trades
-from stream_apps.book_decode import BookDecoder
+from stream_apps.core.units import qty_to_units
 
 SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6))
 START = 1_700_006_400_000
 
 
 def streams(duration_ms: int, rate_per_s: float) -> list[TradeBatch]:
-    return [synthetic_trades(symbol, start_ms=START, duration_ms=duration_ms, rate_per_s=rate_per_s, price0=price,
-                             seed=i) for i, (symbol, price) in enumerate(SYMBOLS)]
+    return [
+        synthetic_trades(symbol, start_ms=START, duration_ms=duration_ms, rate_per_s=rate_per_s, price0=price, seed=i)
+        for i, (symbol, price) in enumerate(SYMBOLS)
+    ]
 
 
 def section(batches: list[TradeBatch], classification: str = "bvc") -> Detectors:
@@ -100,8 +102,9 @@ def section(batches: list[TradeBatch], classification: str = "bvc") -> Detectors
 
 
 def bench_alone(stream: TradeBatch, classification: str, batch_size: int) -> float:
-    params = DetectorParams(vpin_bucket_volume=float(np.sum(stream.price * stream.qty)) / 500,
-                            vpin_classification=classification)
+    params = DetectorParams(
+        vpin_bucket_volume=float(np.sum(stream.price * stream.qty)) / 500, vpin_classification=classification
+    )
     detectors = MicrostructureDetectors(params)
     chunks = [stream.take(slice(i, i + batch_size)) for i in range(0, len(stream), batch_size)]
     began = time.process_time()
@@ -111,10 +114,15 @@ def bench_alone(stream: TradeBatch, classification: str, batch_size: int) -> flo
 
 
 def bench_incremental(batches: list[TradeBatch], detectors: Detectors | None, batch_size: int) -> float:
-    states = [SymbolState("binance", b.symbol, detectors=detectors.params_for(b.symbol) if detectors else None)
-              for b in batches]
-    chunks = [(state, b.take(slice(i, i + batch_size))) for state, b in zip(states, batches)
-              for i in range(0, len(b), batch_size)]
+    states = [
+        SymbolState("binance", b.symbol, detectors=detectors.params_for(b.symbol) if detectors else None)
+        for b in batches
+    ]
+    chunks = [
+        (state, b.take(slice(i, i + batch_size)))
+        for state, b in zip(states, batches)
+        for i in range(0, len(b), batch_size)
+    ]
     chunks.sort(key=lambda item: int(item[1].time_ms[0]))
     began = time.process_time()
     for state, chunk in chunks:
@@ -122,8 +130,13 @@ def bench_incremental(batches: list[TradeBatch], detectors: Detectors | None, ba
     return time.process_time() - began
 
 
-def bench_engine(batches: list[TradeBatch], duration_ms: int, detectors: Detectors | None,
-                 batch_ms: int = 60_000, events: list | None = None) -> tuple[float, int]:
+def bench_engine(
+    batches: list[TradeBatch],
+    duration_ms: int,
+    detectors: Detectors | None,
+    batch_ms: int = 60_000,
+    events: list | None = None,
+) -> tuple[float, int]:
     strategies = load_strategies(default_strategy_dir())
     if detectors is not None:
         strategies = [cfg.model_copy(update={"detectors": detectors}) for cfg in strategies]
@@ -148,9 +161,13 @@ def bench_engine(batches: list[TradeBatch], duration_ms: int, detectors: Detecto
 def flow_section(batches: list[TradeBatch]) -> Detectors:
     """``section`` (aggressor VPIN) with the three flow parts: 30-bar divergence, OI z over 288 periods
     (a day of 5-minute points), 5-minute liquidation windows with 30 s cascades."""
-    return section(batches, "aggressor").model_copy(update={
-        "divergence": Divergence(window=1_800_000), "oi_spike": OiSpike(window=288),
-        "liquidations": Liquidations(window=300_000, cascade=Cascade(window=30_000, min_count=5, min_usd=1e6))})
+    return section(batches, "aggressor").model_copy(
+        update={
+            "divergence": Divergence(window=1_800_000),
+            "oi_spike": OiSpike(window=288),
+            "liquidations": Liquidations(window=300_000, cascade=Cascade(window=30_000, min_count=5, min_usd=1e6)),
+        }
+    )
 
 
 def market_events(batches: list[TradeBatch], duration_ms: int, per_min: float = 10.0, seed: int = 3) -> list:
@@ -175,8 +192,9 @@ def market_events(batches: list[TradeBatch], duration_ms: int, per_min: float = 
 def bench_divergence_alone(stream: TradeBatch, batch_size: int) -> float:
     flow = FlowDetectors(FlowParams(divergence_bars=30))
     units = qty_to_units(stream.qty)
-    chunks = [(stream.take(slice(i, i + batch_size)), units[i:i + batch_size])
-              for i in range(0, len(stream), batch_size)]
+    chunks = [
+        (stream.take(slice(i, i + batch_size)), units[i : i + batch_size]) for i in range(0, len(stream), batch_size)
+    ]
     began = time.process_time()
     for chunk, chunk_units in chunks:
         flow.update(chunk.time_ms, chunk.price, chunk_units, chunk.taker_sell)
@@ -184,16 +202,19 @@ def bench_divergence_alone(stream: TradeBatch, batch_size: int) -> float:
 
 
 def run_flow(args: argparse.Namespace, scale: float) -> None:
-    FlowDetectors(FlowParams(divergence_bars=2)).update(np.array([START, START + 60_000]), np.array([1.0, 1.0]),
-                                                        np.ones(2, dtype=np.int64), np.zeros(2, dtype=bool))
+    FlowDetectors(FlowParams(divergence_bars=2)).update(
+        np.array([START, START + 60_000]), np.array([1.0, 1.0]), np.ones(2, dtype=np.int64), np.zeros(2, dtype=bool)
+    )
     stream = synthetic_trades(duration_ms=int(4 * 3_600_000 * scale), rate_per_s=200.0)
     print(f"divergence alone (FlowDetectors.update, 30 bars), {len(stream):,} trades of one symbol")
     for batch_size in (len(stream), 10_000, 100):
         best = min(bench_divergence_alone(stream, batch_size) for _ in range(args.repeat))
         print(f"  batch {batch_size:>9,}: {len(stream) / best:>13,.0f} trades/s")
 
-    print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + OI + liquidations:"
-          " off / microstructure / microstructure + flow")
+    print(
+        "full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + OI + liquidations:"
+        " off / microstructure / microstructure + flow"
+    )
     engine_three_ways(args, scale, ((50.0, 2.0), (500.0, 0.25)), market_events, "flow", flow_section)
 
 
@@ -212,15 +233,18 @@ def engine_three_ways(args: argparse.Namespace, scale: float, runs, make_events,
             for name, detectors in sections.items():  # alternate, so load swings hit all three alike
                 elapsed, evaluations = bench_engine(batches, duration, detectors, events=events)
                 best[name] = min(best[name], elapsed)
-        print(f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} events,"
-              f" {evaluations:>7,} evaluations: off {total / best['off']:>10,.0f} trades/s,"
-              f" micro {total / best['micro']:>10,.0f} ({best['off'] / best['micro']:.2f}),"
-              f" micro+{part} {total / best[part]:>10,.0f} ({best['off'] / best[part]:.2f});"
-              f" {part} parts alone {best['micro'] / best[part]:.2f}")
+        print(
+            f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} events,"
+            f" {evaluations:>7,} evaluations: off {total / best['off']:>10,.0f} trades/s,"
+            f" micro {total / best['micro']:>10,.0f} ({best['off'] / best['micro']:.2f}),"
+            f" micro+{part} {total / best[part]:>10,.0f} ({best['off'] / best[part]:.2f});"
+            f" {part} parts alone {best['micro'] / best[part]:.2f}"
+        )
 
 
-def book_updates(batches: list[TradeBatch], duration_ms: int, every_ms: int = 250, seed: int = 5,
-                 columns: bool = False) -> list:
+def book_updates(
+    batches: list[TradeBatch], duration_ms: int, every_ms: int = 250, seed: int = 5, columns: bool = False
+) -> list:
     """Per symbol a snapshot every ``every_ms``: 20 levels a side one tick (1 bp) apart around the last
     trade price, sizes lognormal, now and then a level 10x (a wall); time-ordered ``BookUpdate``s, their
     levels as ``book_from_record`` gives them (the records' dicts) or, with ``columns``, ``BookLevels``."""
@@ -253,23 +277,40 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
     params = BookParams(wall_multiple=5.0, iceberg_min_refills=3)
     b = batches[0]
     units = qty_to_units(b.qty)
-    BookDetectors(params).update(np.array([START]), [records[0].levels], b.time_ms[:2], b.price[:2], units[:2],
-                                 b.taker_sell[:2])  # compile (or load the cache) outside the clocks
+    BookDetectors(params).update(
+        np.array([START]), [records[0].levels], b.time_ms[:2], b.price[:2], units[:2], b.taker_sell[:2]
+    )  # compile (or load the cache) outside the clocks
     best = float("inf")
     for _ in range(args.repeat):
         began = time.process_time()
         books = [BookUpdate(u.exchange, u.symbol, u.time_ms, u.obi, book_levels(u.levels)) for u in records]
         best = min(best, time.process_time() - began)
-    print(f"reading a record's levels into columns (book_levels, the engine's reading of dicts):"
-          f" {best / len(records) * 1e6:6.1f} µs per 20-level snapshot")
+    print(
+        f"reading a record's levels into columns (book_levels, the engine's reading of dicts):"
+        f" {best / len(records) * 1e6:6.1f} µs per 20-level snapshot"
+    )
     serde = AvroSerde(FileSchemaRegistry())
-    encoded = [serde.encode("md.book", {"exchange": "binance", "symbol": u.symbol, "last_update_id": u.time_ms,
-                                        "event_time": u.time_ms, "receive_time": u.time_ms + 20,
-                                        "bids": u.levels[0], "asks": u.levels[1], "obi_10": 0.0})
-               for u in records[:20_000]]
+    encoded = [
+        serde.encode(
+            "md.book",
+            {
+                "exchange": "binance",
+                "symbol": u.symbol,
+                "last_update_id": u.time_ms,
+                "event_time": u.time_ms,
+                "receive_time": u.time_ms + 20,
+                "bids": u.levels[0],
+                "asks": u.levels[1],
+                "obi_10": 0.0,
+            },
+        )
+        for u in records[:20_000]
+    ]
     decoder = BookDecoder(serde)
-    for name, read in (("fastavro + book_from_record (dicts)", lambda v: book_from_record(serde.decode(v))),
-                       ("book_decode (columns)", decoder)):
+    for name, read in (
+        ("fastavro + book_from_record (dicts)", lambda v: book_from_record(serde.decode(v))),
+        ("book_decode (columns)", decoder),
+    ):
         best = float("inf")
         for _ in range(args.repeat):
             began = time.process_time()
@@ -277,8 +318,10 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
                 read(value)
             best = min(best, time.process_time() - began)
         print(f"the live worker's md.book decode, {name}: {best / len(encoded) * 1e6:6.1f} µs per 20-level record")
-    print(f"book detectors alone (BookDetectors.update), {len(books):,} snapshots of 20 levels a side and"
-          f" {len(b):,} trades of one symbol")
+    print(
+        f"book detectors alone (BookDetectors.update), {len(books):,} snapshots of 20 levels a side and"
+        f" {len(b):,} trades of one symbol"
+    )
     for form, updates in (("columns", books), ("dicts", records)):
         for per_call in (len(updates), 240, 1):
             best = float("inf")
@@ -288,22 +331,32 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
                 ends = np.searchsorted(b.time_ms, [updates[hi - 1].time_ms for _, hi in cuts], side="right")
                 chunks, lo_trade = [], 0
                 for (lo, hi), end in zip(cuts, ends.tolist()):
-                    chunks.append((np.array([u.time_ms for u in updates[lo:hi]]), [u.levels for u in updates[lo:hi]],
-                                   slice(lo_trade, end)))
+                    chunks.append(
+                        (
+                            np.array([u.time_ms for u in updates[lo:hi]]),
+                            [u.levels for u in updates[lo:hi]],
+                            slice(lo_trade, end),
+                        )
+                    )
                     lo_trade = end
                 began = time.process_time()
                 for times, levels, part in chunks:
                     detectors.update(times, levels, b.time_ms[part], b.price[part], units[part], b.taker_sell[part])
                 best = min(best, time.process_time() - began)
-            print(f"  levels as {form:>7}, {per_call:>6,} snapshots a call: {best / len(updates) * 1e6:6.1f} µs"
-                  f" per snapshot")
+            print(
+                f"  levels as {form:>7}, {per_call:>6,} snapshots a call: {best / len(updates) * 1e6:6.1f} µs"
+                f" per snapshot"
+            )
 
-    print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per symbol"
-          " every 250 ms (md.book's live cadence): off / microstructure / + walls + icebergs compared once a"
-          " second (book_sample: 1s, the default) / + walls + icebergs compared at every snapshot (book_sample: 0)")
-    for form, columns in (("BookLevels columns (the live worker's decoder; the database, topics, recording and"
-                           " generated sources)", True), ("the records' dicts (records without columns: read inside"
-                                                          " the engine)", False)):
+    print(
+        "full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + a 20-level snapshot per symbol"
+        " every 250 ms (md.book's live cadence): off / microstructure / + walls + icebergs compared once a"
+        " second (book_sample: 1s, the default) / + walls + icebergs compared at every snapshot (book_sample: 0)"
+    )
+    for form, columns in (
+        ("BookLevels columns (the live worker's decoder; the database, topics, recording and generated sources)", True),
+        ("the records' dicts (records without columns: read inside the engine)", False),
+    ):
         print(f" levels as {form}:")
         for rate, hours in ((20.0, 1.0), (50.0, 1.0), (500.0, 0.25)):
             duration = int(hours * 3_600_000 * scale)
@@ -311,17 +364,23 @@ def run_book(args: argparse.Namespace, scale: float) -> None:
             events = book_updates(batches, duration, columns=columns)
             total = sum(len(b) for b in batches)
             book = book_section(batches)
-            sections = {"off": None, "micro": section(batches, "aggressor"), "1s": book,
-                        "every": book.model_copy(update={"book_sample": 0})}
+            sections = {
+                "off": None,
+                "micro": section(batches, "aggressor"),
+                "1s": book,
+                "every": book.model_copy(update={"book_sample": 0}),
+            }
             best = dict.fromkeys(sections, float("inf"))
             for _ in range(args.repeat):
                 for name, detectors in sections.items():  # alternate, so load swings hit all alike
                     best[name] = min(best[name], bench_engine(batches, duration, detectors, events=events)[0])
-            print(f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} snapshots:"
-                  f" off {total / best['off']:>10,.0f} trades/s, micro {total / best['micro']:>10,.0f}"
-                  f" ({best['off'] / best['micro']:.2f}), + book 1s {total / best['1s']:>10,.0f}"
-                  f" (**{best['off'] / best['1s']:.2f}**), + book every {total / best['every']:>10,.0f}"
-                  f" ({best['off'] / best['every']:.2f}); ratios to off, target >= 0.7")
+            print(
+                f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} snapshots:"
+                f" off {total / best['off']:>10,.0f} trades/s, micro {total / best['micro']:>10,.0f}"
+                f" ({best['off'] / best['micro']:.2f}), + book 1s {total / best['1s']:>10,.0f}"
+                f" (**{best['off'] / best['1s']:.2f}**), + book every {total / best['every']:>10,.0f}"
+                f" ({best['off'] / best['every']:.2f}); ratios to off, target >= 0.7"
+            )
 
 
 def main() -> None:
@@ -345,27 +404,33 @@ def run_all(args: argparse.Namespace, scale: float) -> None:
     """Every detector at once (the issue's "new features on"): microstructure, divergence, OI spikes,
     liquidations, walls and icebergs at their defaults, fed trades, the flow inputs and a 20-level
     snapshot every 250 ms as columns, against the engine with no detectors on the same inputs."""
-    print("full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + OI + liquidations + a 20-level"
-          " snapshot per symbol every 250 ms (columns): off / every detector (micro, flow, walls, icebergs)")
+    print(
+        "full engine (Engine.process, 3 shipped strategies), 4 symbols, trades + OI + liquidations + a 20-level"
+        " snapshot per symbol every 250 ms (columns): off / every detector (micro, flow, walls, icebergs)"
+    )
     for rate, hours in ((20.0, 1.0), (50.0, 1.0), (500.0, 0.25)):
         duration = int(hours * 3_600_000 * scale)
         batches = streams(duration, rate)
-        events = sorted(book_updates(batches, duration, columns=True) + market_events(batches, duration),
-                        key=lambda e: e.time_ms)
+        events = sorted(
+            book_updates(batches, duration, columns=True) + market_events(batches, duration), key=lambda e: e.time_ms
+        )
         total = sum(len(b) for b in batches)
         every = flow_section(batches).model_copy(update={"walls": Walls(), "icebergs": Icebergs()})
         best = {"off": float("inf"), "all": float("inf")}
         for _ in range(args.repeat):
             for name, detectors in (("off", None), ("all", every)):
                 best[name] = min(best[name], bench_engine(batches, duration, detectors, events=events)[0])
-        print(f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} events: off"
-              f" {total / best['off']:>10,.0f} trades/s, every detector {total / best['all']:>10,.0f}"
-              f" (**{best['off'] / best['all']:.2f}**, target >= 0.7)")
+        print(
+            f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {len(events):>6,} events: off"
+            f" {total / best['off']:>10,.0f} trades/s, every detector {total / best['all']:>10,.0f}"
+            f" (**{best['off'] / best['all']:.2f}**, target >= 0.7)"
+        )
 
 
 def run_microstructure(args: argparse.Namespace, scale: float) -> None:
-    MicrostructureDetectors().update(np.array([START, START + 60_000]), np.array([1.0, 1.0]), np.ones(2),
-                                     np.zeros(2, dtype=bool))  # compile (or load the cache) outside the clocks
+    MicrostructureDetectors().update(
+        np.array([START, START + 60_000]), np.array([1.0, 1.0]), np.ones(2), np.zeros(2, dtype=bool)
+    )  # compile (or load the cache) outside the clocks
 
     stream = synthetic_trades(duration_ms=int(4 * 3_600_000 * scale), rate_per_s=200.0)
     print(f"detectors alone (MicrostructureDetectors.update), {len(stream):,} trades of one symbol")
@@ -382,8 +447,10 @@ def run_microstructure(args: argparse.Namespace, scale: float) -> None:
         for _ in range(args.repeat):
             off = min(off, bench_incremental(batches, None, batch_size))
             on = min(on, bench_incremental(batches, section(batches), batch_size))
-        print(f"  batch {batch_size:>6,}: off {total / off:>11,.0f} trades/s, on {total / on:>11,.0f} trades/s,"
-              f" ratio {off / on:.2f}")
+        print(
+            f"  batch {batch_size:>6,}: off {total / off:>11,.0f} trades/s, on {total / on:>11,.0f} trades/s,"
+            f" ratio {off / on:.2f}"
+        )
 
     print("full engine (Engine.process, 3 shipped strategies), 4 symbols: off vs on")
     for rate, hours in ((50.0, 2.0), (500.0, 0.25)):
@@ -397,8 +464,10 @@ def run_microstructure(args: argparse.Namespace, scale: float) -> None:
                 elapsed, evaluations = bench_engine(batches, duration, None)
                 off = min(off, elapsed)
                 on = min(on, bench_engine(batches, duration, section(batches, classification))[0])
-            print(f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {evaluations:>7,} evaluations, {classification}:"
-                  f" off {total / off:>10,.0f} trades/s, on {total / on:>10,.0f} trades/s, ratio {off / on:.2f}")
+            print(
+                f"  {rate:>4.0f} trades/s/symbol, {total:>9,} trades, {evaluations:>7,} evaluations, {classification}:"
+                f" off {total / off:>10,.0f} trades/s, on {total / on:>10,.0f} trades/s, ratio {off / on:.2f}"
+            )
 
 
 if __name__ == "__main__":

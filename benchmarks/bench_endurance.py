@@ -66,6 +66,7 @@ def process_tree(pid: int) -> list[psutil.Process]:
     except psutil.Error:
         return []
 
+
 def memory_mb(pid: int | None) -> tuple[float, float]:
     """(PSS, USS) of a process and its children, MB. Not RSS: PostgreSQL's backends each map the same
     shared buffers, and summing their RSS counts those pages once per backend (the 55-minute run
@@ -106,9 +107,13 @@ class LagScraper:
                     text = r.read().decode()
             except (OSError, KeyError):
                 continue
-            now = {float(sample.labels["le"]): sample.value
-                   for family in text_string_to_metric_families(text) if family.name == LAG
-                   for sample in family.samples if sample.name == LAG + "_bucket"}
+            now = {
+                float(sample.labels["le"]): sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == LAG
+                for sample in family.samples
+                if sample.name == LAG + "_bucket"
+            }
             before = self.last.get(run.proc.pid, {})
             if any(now.get(le, 0) < n for le, n in before.items()):
                 before = {}
@@ -168,9 +173,25 @@ def read_history(home: Path) -> tuple[int, int, int, int, int, float]:
     seen: set[int] = set()
     dupes = disorder = 0
     last = -1
-    with subprocess.Popen([sys.executable, "-m", "tapeflow", "topics", "tail", "md.trades", "--from-beginning",
-                           "--symbol", SYMBOL, "--json", "--timeout", "30"], stdout=subprocess.PIPE, text=True,
-                          env=env) as proc:  # nosec B603
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "topics",
+            "tail",
+            "md.trades",
+            "--from-beginning",
+            "--symbol",
+            SYMBOL,
+            "--json",
+            "--timeout",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:  # nosec B603
         assert proc.stdout is not None
         for line in proc.stdout:
             value = json.loads(line).get("value")
@@ -189,26 +210,37 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="session length (real time)")
     ap.add_argument("--trades-per-s", type=float, default=300.0)
     ap.add_argument("--sample-s", type=float, default=10.0)
-    ap.add_argument("--read-history", action=argparse.BooleanOptionalAction, default=True,
-                    help="at the end, read md.trades back from its beginning with `tapeflow topics tail`")
+    ap.add_argument(
+        "--read-history",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="at the end, read md.trades back from its beginning with `tapeflow topics tail`",
+    )
     ap.add_argument("--burstiness", type=float, default=1.0, help="0 = constant-rate Poisson, 1 = BTC-like")
     args = ap.parse_args()
 
-    spec = SyntheticSpec(seed=17, symbols=(SYMBOL,), duration_s=args.minutes * 60, trades_per_s=args.trades_per_s,
-                         burstiness=args.burstiness)
+    spec = SyntheticSpec(
+        seed=17,
+        symbols=(SYMBOL,),
+        duration_s=args.minutes * 60,
+        trades_per_s=args.trades_per_s,
+        burstiness=args.burstiness,
+    )
     t = time.monotonic()
     count, first, last = expected_trades(spec)[SYMBOL]  # independent of the start time
     generate_s = time.monotonic() - t
     # the fake exchange generates it again, then the stack starts: the session begins after both
     spec = spec.model_copy(update={"start_time": time.time() + 2 * generate_s + 60})
-    print(f"session: {count} trades of {SYMBOL} over {args.minutes:.0f} min ({count / spec.duration_s:.0f}/s, "
-          f"burstiness {args.burstiness})", flush=True)
+    print(
+        f"session: {count} trades of {SYMBOL} over {args.minutes:.0f} min ({count / spec.duration_s:.0f}/s, "
+        f"burstiness {args.burstiness})",
+        flush=True,
+    )
     home = Path(tempfile.mkdtemp(prefix="tapeflow-endurance-")) / "home"
     samples: list[tuple[float, dict[str, float]]] = []
     lags: list[tuple[float, dict[float, float]]] = []
     scraper = LagScraper()
-    with live_stack(home, spec, start="session_time",
-                    startup_timeout_s=max(60.0, 3 * generate_s + 60)) as stack:
+    with live_stack(home, spec, start="session_time", startup_timeout_s=max(60.0, 3 * generate_s + 60)) as stack:
         t0 = time.monotonic()
         end = spec.start_time + spec.duration_s
         printed = 0
@@ -223,58 +255,90 @@ def main() -> None:
                 lags.append((time.monotonic() - t0, scraper.scrape(stack)))
             rows = stack.trades_stored(SYMBOL)[0]
             lag = lags[-1][1] if lags else {}
-            print(f"{time.monotonic() - t0:6.0f}s rows {rows}/{count} "
-                  f"lag p50 {fmt(quantile(lag, 0.5))} p99 {fmt(quantile(lag, 0.99))} "
-                  f"pss {({n: round(m[0], 1) for n, m in samples[-1][1].items()})}", flush=True)
+            print(
+                f"{time.monotonic() - t0:6.0f}s rows {rows}/{count} "
+                f"lag p50 {fmt(quantile(lag, 0.5))} p99 {fmt(quantile(lag, 0.99))} "
+                f"pss { ({n: round(m[0], 1) for n, m in samples[-1][1].items()}) }",
+                flush=True,
+            )
             if time.time() > end + 10 and rows >= count:
                 break
             if time.time() > end + 600:
                 print("gave up waiting for the last trades", flush=True)
                 break
         rows, distinct, low, high = stack.trades_stored(SYMBOL)
-        features = [r[0] for r in stack.query(
-            "SELECT eval_time FROM features WHERE symbol = %s AND strategy = (SELECT min(strategy) FROM features) "
-            "ORDER BY eval_time", SYMBOL)]
-        delay = stack.query("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM receive_time - "
-                            "event_time)) FROM trades WHERE symbol = %s", SYMBOL)[0][0]
+        features = [
+            r[0]
+            for r in stack.query(
+                "SELECT eval_time FROM features WHERE symbol = %s AND strategy = (SELECT min(strategy) FROM features) "
+                "ORDER BY eval_time",
+                SYMBOL,
+            )
+        ]
+        delay = stack.query(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM receive_time - "
+            "event_time)) FROM trades WHERE symbol = %s",
+            SYMBOL,
+        )[0][0]
         topic = stack.sup.settings.topic_prefix + "md.trades"
-        busiest = max(latest_offsets(stack.bootstrap, [(topic, p) for p in range(TOPICS["md.trades"].partitions)]).values())
+        busiest = max(
+            latest_offsets(stack.bootstrap, [(topic, p) for p in range(TOPICS["md.trades"].partitions)]).values()
+        )
         disk_mb = sum(f.stat().st_size for f in (home / "kafka" / "data").rglob("*") if f.is_file()) / 2**20
         history = read_history(home) if args.read_history else None
     gaps = [(b - a).total_seconds() for a, b in zip(features, features[1:])]
     fifth = max(1, len(samples) // 5)
     print("\n== result ==")
-    print(f"trades: session {count}, database rows {rows}, distinct {distinct}, agg ids {low}..{high} "
-          f"(expected {first}..{last}) -> {'EXACT' if (rows, distinct, low, high) == (count, count, first, last) else 'MISMATCH'}")
-    print(f"broker: {busiest} records in the busiest md.trades partition (end offset; a day of live "
-          f"BTCUSDT is {TARGET_TRADES:,} trades: {count / TARGET_TRADES:.3f} of it in this session); "
-          f"log on disk {disk_mb:.0f} MB")
+    print(
+        f"trades: session {count}, database rows {rows}, distinct {distinct}, agg ids {low}..{high} "
+        f"(expected {first}..{last}) -> {'EXACT' if (rows, distinct, low, high) == (count, count, first, last) else 'MISMATCH'}"
+    )
+    print(
+        f"broker: {busiest} records in the busiest md.trades partition (end offset; a day of live "
+        f"BTCUSDT is {TARGET_TRADES:,} trades: {count / TARGET_TRADES:.3f} of it in this session); "
+        f"log on disk {disk_mb:.0f} MB"
+    )
     print(f"features: {len(features)} evaluations; largest hole {max(gaps, default=0):.0f}s of event time")
     lfifth = max(1, len(lags) // 5)
-    head, tail, whole = merged([b for _, b in lags[:lfifth]]), merged([b for _, b in lags[-lfifth:]]), merged([b for _, b in lags])
-    print(f"evaluation latency (publication - event time): whole run p50 {fmt(quantile(whole, 0.5))} "
-          f"p99 {fmt(quantile(whole, 0.99))}; first fifth p50 {fmt(quantile(head, 0.5))} p99 {fmt(quantile(head, 0.99))}; "
-          f"last fifth p50 {fmt(quantile(tail, 0.5))} p99 {fmt(quantile(tail, 0.99))}; "
-          f"{whole.get(float('inf'), 0):.0f} evaluation times; exchange->producer median {delay or 0:.3f}s")
+    head, tail, whole = (
+        merged([b for _, b in lags[:lfifth]]),
+        merged([b for _, b in lags[-lfifth:]]),
+        merged([b for _, b in lags]),
+    )
+    print(
+        f"evaluation latency (publication - event time): whole run p50 {fmt(quantile(whole, 0.5))} "
+        f"p99 {fmt(quantile(whole, 0.99))}; first fifth p50 {fmt(quantile(head, 0.5))} p99 {fmt(quantile(head, 0.99))}; "
+        f"last fifth p50 {fmt(quantile(tail, 0.5))} p99 {fmt(quantile(tail, 0.99))}; "
+        f"{whole.get(float('inf'), 0):.0f} evaluation times; exchange->producer median {delay or 0:.3f}s"
+    )
     windows_10 = sorted({int(t // 600) for t, _ in lags})
     over_time = [(w, merged([b for t, b in lags if int(t // 600) == w])) for w in windows_10]
-    print("latency per 10 min: " + ", ".join(f"{w * 10}-{w * 10 + 10}min p50 {fmt(quantile(b, 0.5))} "
-                                             f"p99 {fmt(quantile(b, 0.99))} ({over(b, 2.0)} over 2 s)"
-                                             for w, b in over_time))
+    print(
+        "latency per 10 min: "
+        + ", ".join(
+            f"{w * 10}-{w * 10 + 10}min p50 {fmt(quantile(b, 0.5))} "
+            f"p99 {fmt(quantile(b, 0.99))} ({over(b, 2.0)} over 2 s)"
+            for w, b in over_time
+        )
+    )
     if history is not None:
         n, dupes, disorder, h_first, h_last, seconds = history
         whole = (n, h_first, h_last) == (count, first, last)
         window = "the whole session" if whole else f"the session's last {n} trades (agg ids {h_first}..{h_last})"
         ok = dupes == 0 and disorder == 0 and h_last == last and h_last - h_first + 1 == n
-        print(f"topic history: `tapeflow topics tail md.trades --from-beginning` read {window} in {seconds:.0f}s "
-              f"(retention {Settings().topic_retention}): {dupes} duplicates, {disorder} "
-              f"out of order, {'contiguous to the last trade' if ok else 'NOT contiguous to the last trade'}")
+        print(
+            f"topic history: `tapeflow topics tail md.trades --from-beginning` read {window} in {seconds:.0f}s "
+            f"(retention {Settings().topic_retention}): {dupes} duplicates, {disorder} "
+            f"out of order, {'contiguous to the last trade' if ok else 'NOT contiguous to the last trade'}"
+        )
     for kind, k in (("pss", 0), ("uss", 1)):
         for name in samples[0][1]:
             head = statistics.mean(s[1][name][k] for s in samples[:fifth])
             tail = statistics.mean(s[1][name][k] for s in samples[-fifth:])
-            print(f"{kind} {name:<9} first fifth {head:7.1f} MB, last fifth {tail:7.1f} MB, "
-                  f"ratio {tail / head if head else 0:.2f}")
+            print(
+                f"{kind} {name:<9} first fifth {head:7.1f} MB, last fifth {tail:7.1f} MB, "
+                f"ratio {tail / head if head else 0:.2f}"
+            )
     # over time, per 10 minutes (median of the samples): a cache that fills and stays (the database's
     # shared buffers) shows as a plateau, a leak as a climb to the end
     windows = sorted({int(t // 600) for t, _ in samples})
@@ -300,11 +364,14 @@ def main() -> None:
             for name in samples[0][1]:
                 head = statistics.median(s[1][name][k] for s in first)
                 tail = statistics.median(s[1][name][k] for s in last)
-                print(f"{kind} {name:<9} window full: {full_from / 60:.0f}-{full_from / 60 + 10:.0f} min {head:7.1f} MB, "
-                      f"last 10 min {tail:7.1f} MB, ratio {tail / head if head else 0:.2f} (target <= 1.2)")
+                print(
+                    f"{kind} {name:<9} window full: {full_from / 60:.0f}-{full_from / 60 + 10:.0f} min {head:7.1f} MB, "
+                    f"last 10 min {tail:7.1f} MB, ratio {tail / head if head else 0:.2f} (target <= 1.2)"
+                )
     else:
-        print("memory with the window full: not measured (no retention, or the run ends < 20 min after "
-              "retention + 5 min)")
+        print(
+            "memory with the window full: not measured (no retention, or the run ends < 20 min after retention + 5 min)"
+        )
 
 
 if __name__ == "__main__":

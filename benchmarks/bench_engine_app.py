@@ -61,10 +61,15 @@ from tapeflow_runtime.logs import configure_logging
 
 TARGET = 250_000  # trades/s per worker through Kafka (DESIGN §7)
 SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6))
-DETECTORS = {"bar": "1m", "vpin": {"bucket_volume": {"symbols": {"BTCUSDT": 2_000_000, "ETHUSDT": 150_000,
-                                                                 "SOLUSDT": 5_000, "XRPUSDT": 50}},
-                                   "classification": "aggressor"},
-             "kyle_window_bars": 30, "amihud_window_bars": 30}
+DETECTORS = {
+    "bar": "1m",
+    "vpin": {
+        "bucket_volume": {"symbols": {"BTCUSDT": 2_000_000, "ETHUSDT": 150_000, "SOLUSDT": 5_000, "XRPUSDT": 50}},
+        "classification": "aggressor",
+    },
+    "kyle_window_bars": 30,
+    "amihud_window_bars": 30,
+}
 
 
 def strategies_with_detectors(directory: Path, book: bool = False) -> list[Path]:
@@ -80,8 +85,9 @@ def strategies_with_detectors(directory: Path, book: bool = False) -> list[Path]
 
 
 def produce(bootstrap: str, prefix: str, minutes: int, rate: float) -> tuple[int, int]:
-    session = synthetic_session(SYMBOLS, duration_ms=minutes * 60_000, trades_per_s=rate, book_every_ms=250,
-                                mark_every_ms=1_000, seed=5)
+    session = synthetic_session(
+        SYMBOLS, duration_ms=minutes * 60_000, trades_per_s=rate, book_every_ms=250, mark_every_ms=1_000, seed=5
+    )
     SessionProducer(bootstrap, AvroSerde(FileSchemaRegistry()), prefix).produce_all(session)
     return sum(1 for r in session if r.topic == "md.trades"), len(session)
 
@@ -104,8 +110,10 @@ async def run_bulk(config: EngineAppConfig, total_records: int, timeout_s: float
     cpu0 = time.process_time()
     try:
         while time.monotonic() < deadline:
-            done = sum(registry.get_sample_value("tapeflow_engine_input_records_total", {"topic": t}) or 0
-                       for t in ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators"))
+            done = sum(
+                registry.get_sample_value("tapeflow_engine_input_records_total", {"topic": t}) or 0
+                for t in ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
+            )
             if done >= total_records:
                 break
             await asyncio.sleep(0.02)
@@ -129,10 +137,18 @@ async def run_stream(config: EngineAppConfig, total_trades: int, timeout_s: floa
     import faust
 
     serde = AvroSerde(FileSchemaRegistry())
-    app = faust.App(config.app_id + "-stream", broker=f"kafka://{config.bootstrap}", store="memory://",
-                    datadir=str(config.datadir), broker_session_timeout=6, broker_heartbeat_interval=1,
-                    broker_rebalance_timeout=6, topic_allow_declare=True, web_enabled=False,
-                    consumer_auto_offset_reset="earliest")
+    app = faust.App(
+        config.app_id + "-stream",
+        broker=f"kafka://{config.bootstrap}",
+        store="memory://",
+        datadir=str(config.datadir),
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        broker_rebalance_timeout=6,
+        topic_allow_declare=True,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+    )
     topic = app.topic(config.topic("md.trades"), key_serializer="raw", value_serializer="raw")
     state = {"n": 0, "first": 0.0, "done": asyncio.Event()}
 
@@ -171,33 +187,52 @@ def main() -> None:
     ap.add_argument("--book-detectors", action="store_true", help="--detectors with walls and icebergs too")
     ap.add_argument("--guarantee", choices=("both", "exactly_once", "at_least_once"), default="both")
     ap.add_argument("--rounds", type=int, default=1, help="runs per rate and guarantee (alternating)")
-    ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
-                    help="the worker's fetch wait (Faust's own: 1500)")
+    ap.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
+        help="the worker's fetch wait (Faust's own: 1500)",
+    )
     args = ap.parse_args()
     configure_logging("WARNING")
-    print(f"mode={args.mode}  symbols={len(SYMBOLS)}  session={args.minutes} min  "
-          f"fetch wait={args.fetch_max_wait_ms} ms  detectors="
-          f"{'book' if args.book_detectors else 'on' if args.detectors else 'off'}  "
-          f"load={os.getloadavg()[0]:.2f}")
-    print(f"{'trades/s/sym':>12} {'trades':>10} {'records':>10} {'seconds':>8} {'trades/s':>10} {'records/s':>10} "
-          f"{'CPU s':>7} {'RSS MiB':>8}  guarantee     (trades/s vs the 250 k target, vs the other)")
+    print(
+        f"mode={args.mode}  symbols={len(SYMBOLS)}  session={args.minutes} min  "
+        f"fetch wait={args.fetch_max_wait_ms} ms  detectors="
+        f"{'book' if args.book_detectors else 'on' if args.detectors else 'off'}  "
+        f"load={os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'trades/s/sym':>12} {'trades':>10} {'records':>10} {'seconds':>8} {'trades/s':>10} {'records/s':>10} "
+        f"{'CPU s':>7} {'RSS MiB':>8}  guarantee     (trades/s vs the 250 k target, vs the other)"
+    )
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bootstrap:
-        files = (strategies_with_detectors(Path(tmp), book=args.book_detectors)
-                 if args.detectors or args.book_detectors else shipped_strategy_files())
+        files = (
+            strategies_with_detectors(Path(tmp), book=args.book_detectors)
+            if args.detectors or args.book_detectors
+            else shipped_strategy_files()
+        )
         guarantees = ("exactly_once", "at_least_once") if args.guarantee == "both" else (args.guarantee,)
         for rate in (float(r) for r in args.rates.split(",")):
             prefix = f"bench{uuid.uuid4().hex[:6]}."
-            base = EngineAppConfig(bootstrap=bootstrap, app_id=prefix + "engine", topic_prefix=prefix,
-                                   datadir=Path(tmp) / prefix, metrics_port=None, log_level="WARNING",
-                                   fetch_max_wait_ms=args.fetch_max_wait_ms, strategy_files=files)
+            base = EngineAppConfig(
+                bootstrap=bootstrap,
+                app_id=prefix + "engine",
+                topic_prefix=prefix,
+                datadir=Path(tmp) / prefix,
+                metrics_port=None,
+                log_level="WARNING",
+                fetch_max_wait_ms=args.fetch_max_wait_ms,
+                strategy_files=files,
+            )
             ensure_engine_topics(base)
             trades, records = produce(bootstrap, prefix, args.minutes, rate)
             speeds: dict[str, list[float]] = {g: [] for g in guarantees}
             for round_ in range(args.rounds):
                 for guarantee in guarantees:
                     group = f"{prefix}engine-{guarantee}-{round_}"  # a new group reads the session from the start
-                    config = base.model_copy(update={"app_id": group, "processing_guarantee": guarantee,
-                                                     "datadir": Path(tmp) / group})
+                    config = base.model_copy(
+                        update={"app_id": group, "processing_guarantee": guarantee, "datadir": Path(tmp) / group}
+                    )
                     if args.mode == "bulk":
                         elapsed, cpu, rss = asyncio.run(run_bulk(config, records, args.timeout))
                         n_records = records
@@ -207,9 +242,12 @@ def main() -> None:
                     speeds[guarantee].append(trades / elapsed)
                     other = [g for g in guarantees if g != guarantee and speeds[g]]
                     vs = f"  x{speeds[guarantee][-1] / speeds[other[0]][-1]:.2f} of {other[0]}" if other else ""
-                    print(f"{rate:>12,.0f} {trades:>10,} {n_records:>10,} {elapsed:>8.2f} {trades / elapsed:>10,.0f} "
-                          f"{n_records / elapsed:>10,.0f} {cpu:>7.1f} {rss / 2**20:>8.0f}  {guarantee:<13} "
-                          f"{trades / elapsed / TARGET:.2f} of target{vs}", flush=True)
+                    print(
+                        f"{rate:>12,.0f} {trades:>10,} {n_records:>10,} {elapsed:>8.2f} {trades / elapsed:>10,.0f} "
+                        f"{n_records / elapsed:>10,.0f} {cpu:>7.1f} {rss / 2**20:>8.0f}  {guarantee:<13} "
+                        f"{trades / elapsed / TARGET:.2f} of target{vs}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

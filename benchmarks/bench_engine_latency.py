@@ -85,11 +85,26 @@ class LiveFeed(threading.Thread):
             while owed >= 1:
                 symbol, _ = SYMBOLS[self.trades % len(SYMBOLS)]
                 prices[symbol] *= float(np.exp(rng.normal(0, 1e-4)))
-                self.producer.produce(SessionRecord("md.trades", f"binance:{symbol}", stamp, {
-                    "exchange": "binance", "symbol": symbol, "agg_id": agg[symbol], "price": round(prices[symbol], 6),
-                    "qty": round(float(rng.lognormal(-3, 1.2)) + 0.001, 3), "first_trade_id": agg[symbol],
-                    "last_trade_id": agg[symbol], "event_time": stamp, "trade_time": stamp, "receive_time": stamp,
-                    "taker_side": "SELL" if rng.random() < 0.5 else "BUY"}))
+                self.producer.produce(
+                    SessionRecord(
+                        "md.trades",
+                        f"binance:{symbol}",
+                        stamp,
+                        {
+                            "exchange": "binance",
+                            "symbol": symbol,
+                            "agg_id": agg[symbol],
+                            "price": round(prices[symbol], 6),
+                            "qty": round(float(rng.lognormal(-3, 1.2)) + 0.001, 3),
+                            "first_trade_id": agg[symbol],
+                            "last_trade_id": agg[symbol],
+                            "event_time": stamp,
+                            "trade_time": stamp,
+                            "receive_time": stamp,
+                            "taker_side": "SELL" if rng.random() < 0.5 else "BUY",
+                        },
+                    )
+                )
                 agg[symbol] += 1
                 self.trades += 1
                 owed -= 1
@@ -99,17 +114,46 @@ class LiveFeed(threading.Thread):
                     mid = prices[symbol]
                     bids = [{"price": mid * (1 - 1e-4 * (n + 1)), "qty": 1.0 + rng.random()} for n in range(20)]
                     asks = [{"price": mid * (1 + 1e-4 * (n + 1)), "qty": 1.0 + rng.random()} for n in range(20)]
-                    obi = obi_from_levels([(b["price"], b["qty"]) for b in bids], [(a["price"], a["qty"]) for a in asks])
-                    self.producer.produce(SessionRecord("md.book", f"binance:{symbol}", stamp, {
-                        "exchange": "binance", "symbol": symbol, "last_update_id": stamp, "event_time": stamp,
-                        "receive_time": stamp, "bids": bids, "asks": asks, "obi_10": obi}))
+                    obi = obi_from_levels(
+                        [(b["price"], b["qty"]) for b in bids], [(a["price"], a["qty"]) for a in asks]
+                    )
+                    self.producer.produce(
+                        SessionRecord(
+                            "md.book",
+                            f"binance:{symbol}",
+                            stamp,
+                            {
+                                "exchange": "binance",
+                                "symbol": symbol,
+                                "last_update_id": stamp,
+                                "event_time": stamp,
+                                "receive_time": stamp,
+                                "bids": bids,
+                                "asks": asks,
+                                "obi_10": obi,
+                            },
+                        )
+                    )
             if t - start >= next_mark:
                 next_mark += 1.0
                 for symbol, _ in SYMBOLS:
-                    self.producer.produce(SessionRecord("md.mark", f"binance:{symbol}", stamp, {
-                        "exchange": "binance", "symbol": symbol, "mark_price": prices[symbol],
-                        "index_price": prices[symbol], "funding_rate": 0.0001, "next_funding_time": stamp + 3_600_000,
-                        "event_time": stamp, "receive_time": stamp}))
+                    self.producer.produce(
+                        SessionRecord(
+                            "md.mark",
+                            f"binance:{symbol}",
+                            stamp,
+                            {
+                                "exchange": "binance",
+                                "symbol": symbol,
+                                "mark_price": prices[symbol],
+                                "index_price": prices[symbol],
+                                "funding_rate": 0.0001,
+                                "next_funding_time": stamp + 3_600_000,
+                                "event_time": stamp,
+                                "receive_time": stamp,
+                            },
+                        )
+                    )
             self.producer.producer.poll(0)
             time.sleep(0.005)
         self.producer.flush()
@@ -163,21 +207,35 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="measured duration")
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds not counted at the start")
     ap.add_argument("--bootstrap", help="Kafka bootstrap servers (default: start the embedded Kafka)")
-    ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
-                    help="the worker's fetch wait (Faust's own: 1500)")
+    ap.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=EngineAppConfig.model_fields["fetch_max_wait_ms"].default,
+        help="the worker's fetch wait (Faust's own: 1500)",
+    )
     args = ap.parse_args()
     serde = AvroSerde(FileSchemaRegistry())
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "stack") as bootstrap:
         prefix = f"lat{uuid.uuid4().hex[:6]}."
-        config = EngineAppConfig(bootstrap=bootstrap, app_id=prefix + "engine", topic_prefix=prefix,
-                                 datadir=Path(tmp) / "faust", metrics_port=0, log_level="WARNING",
-                                 fetch_max_wait_ms=args.fetch_max_wait_ms)
+        config = EngineAppConfig(
+            bootstrap=bootstrap,
+            app_id=prefix + "engine",
+            topic_prefix=prefix,
+            datadir=Path(tmp) / "faust",
+            metrics_port=0,
+            log_level="WARNING",
+            fetch_max_wait_ms=args.fetch_max_wait_ms,
+        )
         ensure_engine_topics(config)
         config_path = Path(tmp) / "engine.json"
         config_path.write_text(config.model_dump_json())
         log_path = Path(tmp) / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "stream_apps.faust_app", "--config", str(config_path)],
-                                  cwd=REPO, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "stream_apps.faust_app", "--config", str(config_path)],
+            cwd=REPO,
+            stdout=open(log_path, "w"),
+            stderr=subprocess.STDOUT,
+        )
         try:
             port = None
             deadline = time.monotonic() + 90
@@ -192,8 +250,13 @@ def main() -> None:
             feed = LiveFeed(producer, args.rate, args.warmup + args.seconds)
             count_from = now_ms() + int(args.warmup * 1000)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                reader = pool.submit(collect_latencies, bootstrap, prefix,
-                                     time.monotonic() + args.warmup + args.seconds + 5.0, count_from)
+                reader = pool.submit(
+                    collect_latencies,
+                    bootstrap,
+                    prefix,
+                    time.monotonic() + args.warmup + args.seconds + 5.0,
+                    count_from,
+                )
                 feed.start()
                 latencies, crossing = reader.result()
             feed.stop_event.set()
@@ -205,11 +268,15 @@ def main() -> None:
             worker.wait(60)
     lat = np.asarray(latencies)
     produced_rate = feed.trades / (args.warmup + args.seconds)
-    print(f"load={os.getloadavg()[0]:.2f}  trades published: {feed.trades:,} ({produced_rate:,.0f}/s)  "
-          f"evaluations measured: {len(lat):,}  worker CPU: {cpu:.1f} s")
+    print(
+        f"load={os.getloadavg()[0]:.2f}  trades published: {feed.trades:,} ({produced_rate:,.0f}/s)  "
+        f"evaluations measured: {len(lat):,}  worker CPU: {cpu:.1f} s"
+    )
     base = np.asarray(crossing)
-    for label, values in (("receive -> features published and consumed", lat),
-                          ("baseline, one broker crossing: md.trades publish -> consumed", base)):
+    for label, values in (
+        ("receive -> features published and consumed", lat),
+        ("baseline, one broker crossing: md.trades publish -> consumed", base),
+    ):
         if len(values):
             p50, p90, p99 = np.percentile(values, [50, 90, 99])
             print(f"{label} (ms): p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}  max {values.max():.1f}")
@@ -217,8 +284,10 @@ def main() -> None:
         print(f"features p99 / one-crossing p99: {np.percentile(lat, 99) / np.percentile(base, 99):.2f}")
     total = max(histogram.values()) if histogram else 0
     within = {le: n / total for le, n in sorted(histogram.items())} if total else {}
-    print("worker's own evaluation-lag histogram (share published within): "
-          + json.dumps({f"{le:g}s": round(share, 4) for le, share in within.items()}))
+    print(
+        "worker's own evaluation-lag histogram (share published within): "
+        + json.dumps({f"{le:g}s": round(share, 4) for le, share in within.items()})
+    )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,15 @@ def fill(symbols: int, rate: float) -> dict[str, float]:
         state = SymbolState("binance", f"SYM{i}USDT")
         for hour in range(HOURS):  # generated an hour at a time: the input never sits in memory whole
             # agg ids continue across hours, so the state sees one unbroken stream
-            batch = synthetic_trades(f"SYM{i}USDT", start_ms=START + hour * 3_600_000, duration_ms=3_600_000,
-                                     rate_per_s=rate, price0=100.0 + i, seed=1000 * i + hour,
-                                     first_agg_id=max(state.last_agg_id, 0) + 1)
+            batch = synthetic_trades(
+                f"SYM{i}USDT",
+                start_ms=START + hour * 3_600_000,
+                duration_ms=3_600_000,
+                rate_per_s=rate,
+                price0=100.0 + i,
+                seed=1000 * i + hour,
+                first_agg_id=max(state.last_agg_id, 0) + 1,
+            )
             for start in range(0, len(batch), max(int(rate * 60), 1)):
                 state.apply_trades(batch.take(slice(start, start + max(int(rate * 60), 1))))
             trades += len(batch)
@@ -57,9 +63,13 @@ def fill(symbols: int, rate: float) -> dict[str, float]:
     gc.collect()
     grown = psutil.Process().memory_info().rss - before
     persisted = [len(zlib.compress(orjson.dumps(s.to_dict()), 1)) for s in states]
-    return {"rate": rate, "symbols": symbols, "trades_per_symbol": trades / symbols,
-            "rss_per_symbol_mib": grown / symbols / 2**20,
-            "persisted_kib": sum(persisted) / len(persisted) / 1024}
+    return {
+        "rate": rate,
+        "symbols": symbols,
+        "trades_per_symbol": trades / symbols,
+        "rss_per_symbol_mib": grown / symbols / 2**20,
+        "persisted_kib": sum(persisted) / len(persisted) / 1024,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,11 +83,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{'trades/s/sym':>12} {'trades/sym (25 h)':>18} {'RSS MiB/sym':>12} {'persisted KiB/sym':>18}")
     for rate in (float(r) for r in args.rates.split(",")):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_engine_memory", "--symbols", str(args.symbols),
-                              "--one", str(rate)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_engine_memory",
+                "--symbols",
+                str(args.symbols),
+                "--one",
+                str(rate),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{row['rate']:>12g} {row['trades_per_symbol']:>18,.0f} {row['rss_per_symbol_mib']:>12.2f} "
-              f"{row['persisted_kib']:>18.1f}", flush=True)
+        print(
+            f"{row['rate']:>12g} {row['trades_per_symbol']:>18,.0f} {row['rss_per_symbol_mib']:>12.2f} "
+            f"{row['persisted_kib']:>18.1f}",
+            flush=True,
+        )
     return 0
 
 

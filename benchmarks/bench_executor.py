@@ -32,13 +32,13 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from benchmarks.embedded_broker import start_broker
 from execution.config import ExecutorConfig, RiskLimits
 from execution.executor import Executor, ListSink
 from execution.paper_broker import PaperBroker
 from execution.service import ExecuteOptions, run_executor
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from benchmarks.embedded_broker import start_broker
 from tapeflow_runtime.kafka_client import (
     consumer_config,
     ensure_topics,
@@ -52,17 +52,45 @@ PREFIX = "bench."
 
 
 def signal(i: int, t: int) -> dict:
-    return {"signal_id": f"bench_{i}:h:binance:BTCUSDT:{t}:LONG", "strategy": f"bench_{i}", "strategy_version": "1",
-            "config_hash": "h", "exchange": "binance", "symbol": "BTCUSDT", "eval_time": t, "direction": "LONG",
-            "tier": "standard", "score": 80.0, "factors": {}, "price": 100.0, "atr": 1.0, "risk_distance": 1.5,
-            "sl_price": 98.5, "tp1_price": 101.5, "tp2_price": 103.0, "sl_r": 1.0, "tp1_r": 1.0, "tp2_r": 2.0,
-            "is_flip": False}
+    return {
+        "signal_id": f"bench_{i}:h:binance:BTCUSDT:{t}:LONG",
+        "strategy": f"bench_{i}",
+        "strategy_version": "1",
+        "config_hash": "h",
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "eval_time": t,
+        "direction": "LONG",
+        "tier": "standard",
+        "score": 80.0,
+        "factors": {},
+        "price": 100.0,
+        "atr": 1.0,
+        "risk_distance": 1.5,
+        "sl_price": 98.5,
+        "tp1_price": 101.5,
+        "tp2_price": 103.0,
+        "sl_r": 1.0,
+        "tp1_r": 1.0,
+        "tp2_r": 2.0,
+        "is_flip": False,
+    }
 
 
 def trade(i: int, t: int, price: float = 100.0) -> dict:
-    return {"exchange": "binance", "symbol": "BTCUSDT", "agg_id": i, "price": price, "qty": 0.01,
-            "first_trade_id": i, "last_trade_id": i, "event_time": t, "trade_time": t, "receive_time": t,
-            "taker_side": "BUY"}
+    return {
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "agg_id": i,
+        "price": price,
+        "qty": 0.01,
+        "first_trade_id": i,
+        "last_trade_id": i,
+        "event_time": t,
+        "trade_time": t,
+        "receive_time": t,
+        "taker_side": "BUY",
+    }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -80,8 +108,9 @@ def bench_through_broker(n_signals: int, rate: float, transactional: bool = True
             config_file.write_text("risk:\n  max_open_positions: 1000000\n")
             stop = threading.Event()
             run_settings = Settings(home=Path(tmp), broker=bootstrap, topic_prefix=PREFIX)
-            options = ExecuteOptions(config_path=config_file, start_from="latest", stop=stop, restore_idle_s=0.3,
-                                     transactional=transactional)
+            options = ExecuteOptions(
+                config_path=config_file, start_from="latest", stop=stop, restore_idle_s=0.3, transactional=transactional
+            )
             runner = threading.Thread(target=lambda: asyncio.run(run_executor(run_settings, "paper", options)))
             runner.start()
 
@@ -93,8 +122,11 @@ def bench_through_broker(n_signals: int, rate: float, transactional: bool = True
                 i = 0
                 while feeding.is_set():
                     i += 1
-                    producer.produce(PREFIX + "md.trades", key=KEY,
-                                     value=SERDE.encode("md.trades", trade(i, int(time.time() * 1000))))
+                    producer.produce(
+                        PREFIX + "md.trades",
+                        key=KEY,
+                        value=SERDE.encode("md.trades", trade(i, int(time.time() * 1000))),
+                    )
                     producer.poll(0)
                     time.sleep(0.02)
 
@@ -139,14 +171,18 @@ def bench_through_broker(n_signals: int, rate: float, transactional: bool = True
             watcher.close()
         finally:
             sup.stop_all()
-    print(f"signal -> order through the broker (paper, embedded Kafka, transactions "
-          f"{'on' if transactional else 'off'}), {len(e2e_ms)} signals at {rate:g}/s:")
+    print(
+        f"signal -> order through the broker (paper, embedded Kafka, transactions "
+        f"{'on' if transactional else 'off'}), {len(e2e_ms)} signals at {rate:g}/s:"
+    )
     for name, values in (("executor (Kafka timestamps)", executor_ms), ("end to end (wall clock)", e2e_ms)):
         if not values:
             print(f"  {name}: no orders seen")
             continue
-        print(f"  {name:30s} p50 {pct(values, 50):7.1f} ms   p99 {pct(values, 99):7.1f} ms   "
-              f"max {max(values):7.1f} ms   mean {statistics.fmean(values):6.1f} ms")
+        print(
+            f"  {name:30s} p50 {pct(values, 50):7.1f} ms   p99 {pct(values, 99):7.1f} ms   "
+            f"max {max(values):7.1f} ms   mean {statistics.fmean(values):6.1f} ms"
+        )
 
 
 def bench_backlog(n_trades: int, transactional: bool) -> None:
@@ -159,6 +195,7 @@ def bench_backlog(n_trades: int, transactional: bool) -> None:
             producer = Producer(producer_config(bootstrap))
             t0 = int(time.time() * 1000) - 3_600_000
             n_signals = 0
+
             def send(topic: str, value: bytes) -> None:
                 while True:
                     try:
@@ -176,19 +213,29 @@ def bench_backlog(n_trades: int, transactional: bool) -> None:
                 producer.poll(0)
             producer.flush(60)
             config_file = Path(tmp) / "executor.yaml"
-            config_file.write_text("risk:\n  max_open_positions: 1000000\n  max_signal_age_s: 100000000\n"
-                                   "  stale_market_data_s: 100000000\n  max_consecutive_losses: 1000000\n"
-                                   "  daily_loss_limit_r: 1000000\n")
+            config_file.write_text(
+                "risk:\n  max_open_positions: 1000000\n  max_signal_age_s: 100000000\n"
+                "  stale_market_data_s: 100000000\n  max_consecutive_losses: 1000000\n"
+                "  daily_loss_limit_r: 1000000\n"
+            )
             stop = threading.Event()
             run_settings = Settings(home=Path(tmp), broker=bootstrap, topic_prefix=PREFIX)
-            options = ExecuteOptions(config_path=config_file, start_from="earliest", stop=stop, restore_idle_s=0.3,
-                                     transactional=transactional)
+            options = ExecuteOptions(
+                config_path=config_file,
+                start_from="earliest",
+                stop=stop,
+                restore_idle_s=0.3,
+                transactional=transactional,
+            )
             runner = threading.Thread(target=lambda: asyncio.run(run_executor(run_settings, "paper", options)))
             runner.start()
             group = Consumer(consumer_config(bootstrap, PREFIX + "tapeflow-executor-paper"))
             parts = [TopicPartition(PREFIX + t, 0) for t in ("md.trades", "signals")]
-            parts = [TopicPartition(tp.topic, p) for tp in parts
-                     for p in group.list_topics(tp.topic, timeout=10).topics[tp.topic].partitions]
+            parts = [
+                TopicPartition(tp.topic, p)
+                for tp in parts
+                for p in group.list_topics(tp.topic, timeout=10).topics[tp.topic].partitions
+            ]
             total = n_trades + n_signals
             first = first_at = None
             deadline = time.monotonic() + 600
@@ -206,8 +253,10 @@ def bench_backlog(n_trades: int, transactional: bool) -> None:
         finally:
             sup.stop_all()
     rate = (total - first) / (done_at - first_at) if first is not None and done_at > first_at else float("nan")
-    print(f"backlog through the broker (transactions {'on' if transactional else 'off'}): {total:,} inputs "
-          f"({n_signals} signals), {rate:,.0f} inputs/s from the first commit to the last")
+    print(
+        f"backlog through the broker (transactions {'on' if transactional else 'off'}): {total:,} inputs "
+        f"({n_signals} signals), {rate:,.0f} inputs/s from the first commit to the last"
+    )
 
 
 def bench_core(n_signals: int, n_ticks: int, report_decisions: bool = True) -> None:
@@ -228,10 +277,14 @@ def bench_core(n_signals: int, n_ticks: int, report_decisions: bool = True) -> N
         ex.on_trade(trade(2 + i, t + 2 + i, 100.0 + (i % 7) * 0.01), t + 2 + i)  # inside every position's levels
     ticks = time.perf_counter() - t0
     if report_decisions:
-        print(f"pure core: {n_signals / decide:,.0f} signal decisions/s (signal -> entry intent, "
-              f"{decide / n_signals * 1e6:.1f} µs each)")
-    print(f"pure core: {n_ticks / ticks:,.0f} trade ticks/s with {n_signals} open positions on the symbol "
-          f"({n_ticks * n_signals / ticks:,.0f} position evaluations/s)")
+        print(
+            f"pure core: {n_signals / decide:,.0f} signal decisions/s (signal -> entry intent, "
+            f"{decide / n_signals * 1e6:.1f} µs each)"
+        )
+    print(
+        f"pure core: {n_ticks / ticks:,.0f} trade ticks/s with {n_signals} open positions on the symbol "
+        f"({n_ticks * n_signals / ticks:,.0f} position evaluations/s)"
+    )
 
 
 def main() -> None:

@@ -54,10 +54,8 @@ def _stack_process_faults(workdir: Path, short: bool, bootstrap: str) -> list[di
     from tests.support.faults_process import stack_process_faults
 
     if short:
-        return stack_process_faults(workdir / "home", stop_s=8.0, db_stall_s=7.0, duration_s=50.0,
-                                    trades_per_s=40.0)
-    return stack_process_faults(workdir / "home", stop_s=60.0, db_stall_s=120.0, duration_s=300.0,
-                                trades_per_s=100.0)
+        return stack_process_faults(workdir / "home", stop_s=8.0, db_stall_s=7.0, duration_s=50.0, trades_per_s=40.0)
+    return stack_process_faults(workdir / "home", stop_s=60.0, db_stall_s=120.0, duration_s=300.0, trades_per_s=100.0)
 
 
 def _feed_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
@@ -74,20 +72,39 @@ def _broker_killed(workdir: Path, short: bool, bootstrap: str) -> list[dict[str,
     # longer: killed three times in a row (the supervisor's backoff grows 1, 2, 4 s), then once more after
     # 20 s SIGSTOPped (the producer's buffer fills with trades the broker never acknowledged)
     rows = broker_killed(workdir / "home", kills=3, duration_s=180.0, trades_per_s=100.0)
-    return rows + broker_killed(workdir / "home-stalled", kills=1, stall_before_kill_s=20.0, duration_s=120.0,
-                                trades_per_s=100.0)
+    return rows + broker_killed(
+        workdir / "home-stalled", kills=1, stall_before_kill_s=20.0, duration_s=120.0, trades_per_s=100.0
+    )
 
 
 def _link_faults(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:
     from tests.support.faults_links import sink_db_link_faults
 
     if short:
-        return sink_db_link_faults(workdir / "home", delay_ms=200.0, delay_s=3.0, bytes_per_s=20_000.0,
-                                   throttle_s=3.0, loss=0.1, loss_s=3.0, partition_s=15.0, duration_s=60.0,
-                                   trades_per_s=40.0)
-    return sink_db_link_faults(workdir / "home", delay_ms=500.0, delay_s=60.0, bytes_per_s=10_000.0,
-                               throttle_s=60.0, loss=0.2, loss_s=60.0, partition_s=120.0, duration_s=420.0,
-                               trades_per_s=100.0)
+        return sink_db_link_faults(
+            workdir / "home",
+            delay_ms=200.0,
+            delay_s=3.0,
+            bytes_per_s=20_000.0,
+            throttle_s=3.0,
+            loss=0.1,
+            loss_s=3.0,
+            partition_s=15.0,
+            duration_s=60.0,
+            trades_per_s=40.0,
+        )
+    return sink_db_link_faults(
+        workdir / "home",
+        delay_ms=500.0,
+        delay_s=60.0,
+        bytes_per_s=10_000.0,
+        throttle_s=60.0,
+        loss=0.2,
+        loss_s=60.0,
+        partition_s=120.0,
+        duration_s=420.0,
+        trades_per_s=100.0,
+    )
 
 
 def _database_disk_full(workdir: Path, short: bool, bootstrap: str) -> list[dict[str, Any]]:

@@ -48,11 +48,21 @@ def symbols(n: int) -> list[str]:
 
 def feature(symbol: str, strategy: str, t_ms: int, rng: random.Random) -> dict:
     scores = {name: float(rng.randint(-3, 3)) for name in LAYERS}
-    return {"evaluation_id": f"{strategy}:abc123:binance:{symbol}:{t_ms}", "strategy": strategy,
-            "strategy_version": "1", "config_hash": "abc123", "exchange": "binance", "symbol": symbol,
-            "eval_time": t_ms, "inputs": {k: rng.gauss(0, 1) * 1000 for k in INPUT_NAMES},
-            "layer_scores": scores, "score": sum(scores.values()), "direction": rng.choice((None, "LONG", "SHORT")),
-            "gate": None, "block_reason": rng.choice(("below_entry", "cooldown", None))}
+    return {
+        "evaluation_id": f"{strategy}:abc123:binance:{symbol}:{t_ms}",
+        "strategy": strategy,
+        "strategy_version": "1",
+        "config_hash": "abc123",
+        "exchange": "binance",
+        "symbol": symbol,
+        "eval_time": t_ms,
+        "inputs": {k: rng.gauss(0, 1) * 1000 for k in INPUT_NAMES},
+        "layer_scores": scores,
+        "score": sum(scores.values()),
+        "direction": rng.choice((None, "LONG", "SHORT")),
+        "gate": None,
+        "block_reason": rng.choice(("below_entry", "cooldown", None)),
+    }
 
 
 def sink_at_cadence(bootstrap: str, conninfo: str, n_symbols: int, seconds: int) -> tuple[int, float]:
@@ -64,13 +74,20 @@ def sink_at_cadence(bootstrap: str, conninfo: str, n_symbols: int, seconds: int)
     for s in range(seconds):
         for sym in symbols(n_symbols):
             for strategy in STRATEGIES:
-                p.produce("bench.features", key=f"binance:{sym}".encode(),
-                          value=serde.encode("features", feature(sym, strategy, t0 + 1000 * s, rng)))
+                p.produce(
+                    "bench.features",
+                    key=f"binance:{sym}".encode(),
+                    value=serde.encode("features", feature(sym, strategy, t0 + 1000 * s, rng)),
+                )
                 n += 1
         p.poll(0)
     p.flush(120)
-    sink = TopicSink(SinkConfig(topics=["features"], topic_prefix="bench.", group_id="bench.features-sink"),
-                     bootstrap, conninfo, serde)
+    sink = TopicSink(
+        SinkConfig(topics=["features"], topic_prefix="bench.", group_id="bench.features-sink"),
+        bootstrap,
+        conninfo,
+        serde,
+    )
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set})
     thread.start()
@@ -103,9 +120,23 @@ def fill_interleaved(conninfo: str, n_symbols: int, hours: float) -> int:
                 inputs = Jsonb({k: rng.gauss(0, 1) * 1000 for k in INPUT_NAMES})
                 for strategy in STRATEGIES:
                     scores = {name: float(rng.randint(-3, 3)) for name in LAYERS}
-                    rows.append((f"{strategy}:abc123:binance:{sym}:{int(ts.timestamp() * 1000)}", strategy, "1",
-                                 "abc123", "binance", sym, ts, inputs, Jsonb(scores), float(sum(scores.values())),
-                                 None, None, "below_entry"))
+                    rows.append(
+                        (
+                            f"{strategy}:abc123:binance:{sym}:{int(ts.timestamp() * 1000)}",
+                            strategy,
+                            "1",
+                            "abc123",
+                            "binance",
+                            sym,
+                            ts,
+                            inputs,
+                            Jsonb(scores),
+                            float(sum(scores.values())),
+                            None,
+                            None,
+                            "below_entry",
+                        )
+                    )
             if len(rows) >= 30_000:
                 flush()
         if rows:
@@ -115,15 +146,12 @@ def fill_interleaved(conninfo: str, n_symbols: int, hours: float) -> int:
 
 
 QUERIES = {
-    "rows (eval_time, strategy, score, direction, gate, block_reason)":
-        "SELECT eval_time, strategy, score, direction, gate, block_reason FROM features "
-        "WHERE exchange = 'binance' AND symbol = %s AND eval_time >= %s AND eval_time < %s",
-    "per strategy (count, avg score, signals)":
-        "SELECT strategy, count(*), avg(score), count(*) FILTER (WHERE block_reason IS NULL) FROM features "
-        "WHERE exchange = 'binance' AND symbol = %s AND eval_time >= %s AND eval_time < %s GROUP BY strategy",
-    "one strategy's input series (inputs->>'in_00', from the heap)":
-        "SELECT eval_time, (inputs->>'in_00')::float8 FROM features "
-        "WHERE exchange = 'binance' AND symbol = %s AND strategy = 'v53' AND eval_time >= %s AND eval_time < %s",
+    "rows (eval_time, strategy, score, direction, gate, block_reason)": "SELECT eval_time, strategy, score, direction, gate, block_reason FROM features "
+    "WHERE exchange = 'binance' AND symbol = %s AND eval_time >= %s AND eval_time < %s",
+    "per strategy (count, avg score, signals)": "SELECT strategy, count(*), avg(score), count(*) FILTER (WHERE block_reason IS NULL) FROM features "
+    "WHERE exchange = 'binance' AND symbol = %s AND eval_time >= %s AND eval_time < %s GROUP BY strategy",
+    "one strategy's input series (inputs->>'in_00', from the heap)": "SELECT eval_time, (inputs->>'in_00')::float8 FROM features "
+    "WHERE exchange = 'binance' AND symbol = %s AND strategy = 'v53' AND eval_time >= %s AND eval_time < %s",
 }
 
 
@@ -160,15 +188,20 @@ def main() -> None:
         total = fill_interleaved(conninfo, args.symbols, args.hours)
         fill_s = time.perf_counter() - t
         with psycopg.connect(conninfo) as conn:
-            size = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
-                                "WHERE inhparent = 'features'::regclass").fetchone()[0]
+            size = conn.execute(
+                "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = 'features'::regclass"
+            ).fetchone()[0]
         results = time_queries(conninfo, symbols(1)[0], args.hours)
     live = args.symbols * len(STRATEGIES)
     rate = n / elapsed
-    print(f"sink, features topic: {n:,} rows ({args.seconds} s of {args.symbols} symbols x {len(STRATEGIES)} "
-          f"strategies) in {elapsed:.2f} s = {rate:,.0f} rows/s; live cadence {live} rows/s: ratio {rate / live:,.0f}x")
-    print(f"table for queries: {total:,} rows ({args.symbols} symbols x {args.hours:g} h, interleaved), "
-          f"{int(size) / 2**20:,.0f} MiB, written at {total / fill_s:,.0f} rows/s")
+    print(
+        f"sink, features topic: {n:,} rows ({args.seconds} s of {args.symbols} symbols x {len(STRATEGIES)} "
+        f"strategies) in {elapsed:.2f} s = {rate:,.0f} rows/s; live cadence {live} rows/s: ratio {rate / live:,.0f}x"
+    )
+    print(
+        f"table for queries: {total:,} rows ({args.symbols} symbols x {args.hours:g} h, interleaved), "
+        f"{int(size) / 2**20:,.0f} MiB, written at {total / fill_s:,.0f} rows/s"
+    )
     per_day = 24 / args.hours
     print(f"one symbol over {args.hours:g} h (x{per_day:g} for a symbol-day):")
     for name, rows, seconds, access in results:

@@ -60,16 +60,29 @@ def main() -> int:
     import pytest
 
     recorder = _Recorder()
-    pytest_args = [*FILES, "-p", "no:randomly", "-p", "no:cacheprovider", "-q", "-o", "timeout=0",
-                   "--hypothesis-show-statistics", "-o", "addopts="]
+    pytest_args = [
+        *FILES,
+        "-p",
+        "no:randomly",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-o",
+        "timeout=0",
+        "--hypothesis-show-statistics",
+        "-o",
+        "addopts=",
+    ]
     if args.k:
         pytest_args += ["-k", args.k]
     started = time.perf_counter()
     code = pytest.main(pytest_args, plugins=[recorder])
     wall = time.perf_counter() - started
 
-    print(f"\nfuzz properties, {args.examples:,} examples asked per property, one process "
-          f"({os.cpu_count()} CPUs on this machine)")
+    print(
+        f"\nfuzz properties, {args.examples:,} examples asked per property, one process "
+        f"({os.cpu_count()} CPUs on this machine)"
+    )
     header = f"{'parser: property':<92} {'examples':>9} {'failures':>8} {'seconds':>8} {'examples/s':>10}"
     print(header)
     print("-" * len(header))
@@ -81,13 +94,18 @@ def main() -> int:
         run = sum(int(p) + int(f) for phase, p, f in _PHASES.findall(row["stats"]) if phase != "shrink")
         failures = 1 if row["failed"] else 0
         rate = run / row["seconds"] if row["seconds"] > 0 and run else 0.0
-        total_examples, total_failures, total_seconds = (total_examples + run, total_failures + failures,
-                                                         total_seconds + row["seconds"])
+        total_examples, total_failures, total_seconds = (
+            total_examples + run,
+            total_failures + failures,
+            total_seconds + row["seconds"],
+        )
         shown = f"{run:>9,}" if row["stats"] else f"{'plain':>9}"  # a plain test beside the properties
         print(f"{_parser(nodeid):<92} {shown} {failures:>8} {row['seconds']:>8.1f} {rate:>10,.0f}")
     print("-" * len(header))
-    print(f"{'total (' + str(len(recorder.rows)) + ' properties)':<92} {total_examples:>9,} {total_failures:>8} "
-          f"{total_seconds:>8.1f} {total_examples / max(total_seconds, 1e-9):>10,.0f}")
+    print(
+        f"{'total (' + str(len(recorder.rows)) + ' properties)':<92} {total_examples:>9,} {total_failures:>8} "
+        f"{total_seconds:>8.1f} {total_examples / max(total_seconds, 1e-9):>10,.0f}"
+    )
     print(f"wall time {wall:.0f} s; pytest exit code {int(code)}")
     return 0 if int(code) == 0 else 1
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import orjson
 
+from benchmarks.embedded_broker import start_broker
 from producers.base.sequencer import AggTradeSequencer
 from producers.binance.parse import parse_agg_trade
 from producers.metrics import ProducerMetrics
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
-from benchmarks.embedded_broker import start_broker
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.publisher import Publisher
 
@@ -29,9 +29,18 @@ def frames(n: int) -> list[bytes]:
     out = []
     t0 = 1_700_000_000_000
     for i in range(n):
-        data = {"e": "aggTrade", "E": t0 + i, "s": "BTCUSDT", "a": 1_000_000 + i, "p": f"{67000 + (i % 500) * 0.1:.1f}",
-                "q": f"{0.001 * (1 + i % 97):.3f}", "f": 5_000_000 + 2 * i, "l": 5_000_001 + 2 * i, "T": t0 + i,
-                "m": bool(i % 2)}
+        data = {
+            "e": "aggTrade",
+            "E": t0 + i,
+            "s": "BTCUSDT",
+            "a": 1_000_000 + i,
+            "p": f"{67000 + (i % 500) * 0.1:.1f}",
+            "q": f"{0.001 * (1 + i % 97):.3f}",
+            "f": 5_000_000 + 2 * i,
+            "l": 5_000_001 + 2 * i,
+            "T": t0 + i,
+            "m": bool(i % 2),
+        }
         out.append(orjson.dumps({"stream": "btcusdt@aggTrade", "data": data}))
     return out
 
@@ -46,8 +55,13 @@ def main() -> None:
         try:
             bootstrap = sup.addresses["broker"]
             ensure_topics(bootstrap, prefix="bench.")
-            publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry()), ProducerMetrics(), topic_prefix="bench.",
-                                  **{"queue.buffering.max.messages": 1_000_000, "linger.ms": 20})
+            publisher = Publisher(
+                bootstrap,
+                AvroSerde(FileSchemaRegistry()),
+                ProducerMetrics(),
+                topic_prefix="bench.",
+                **{"queue.buffering.max.messages": 1_000_000, "linger.ms": 20},
+            )
             seq = AggTradeSequencer("BTCUSDT")
             cpu0, wall0 = time.process_time(), time.perf_counter()
             for i, frame in enumerate(raw):

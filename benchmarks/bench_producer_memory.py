@@ -52,7 +52,8 @@ runpy.run_module("tapeflow", run_name="__main__")
 """
 
 #: the same with a thread calling ``malloc_trim(0)`` every minute
-TRIM60 = """
+TRIM60 = (
+    """
 import ctypes, threading, time
 libc = ctypes.CDLL("libc.so.6")
 def trim():
@@ -60,7 +61,9 @@ def trim():
         time.sleep(60)
         libc.malloc_trim(0)
 threading.Thread(target=trim, daemon=True).start()
-""" + DYNAMIC
+"""
+    + DYNAMIC
+)
 
 VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "default": ({}, (sys.executable, "-m", "tapeflow")),
@@ -104,14 +107,18 @@ def main() -> None:
     parser.add_argument("--trades-per-s", type=float, default=20.0, help="per symbol")
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--settle-min", type=float, default=5.0, help="samples before this are not in the slope")
-    parser.add_argument("--variants", default="default,dynamic,trim60",
-                        help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default="default,dynamic,trim60", help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--bootstrap", default=None, help="a broker to use instead of the embedded Kafka")
     parser.add_argument("--out", default=None, help="also write every sample as JSON here")
     args = parser.parse_args()
     names = [v for v in args.variants.split(",") if v]
     duration_s = args.minutes * 60 + 300  # the session outlasts the run
-    with tempfile.TemporaryDirectory(prefix="bench-producer-memory-") as tmp, broker(args.bootstrap, Path(tmp) / "broker") as bootstrap:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-producer-memory-") as tmp,
+        broker(args.bootstrap, Path(tmp) / "broker") as bootstrap,
+    ):
         from tapeflow_runtime.kafka_client import ensure_topics
 
         print(f"logs under {tmp}", flush=True)
@@ -126,16 +133,48 @@ def main() -> None:
                 prefix = f"mem{name}."
                 ensure_topics(bootstrap, prefix=prefix)
                 env = service_env(bootstrap, prefix, workdir) | {"TAPEFLOW_SYMBOLS": ",".join(SYMBOLS)} | extra_env
-                fake = Service(f"fake-{name}", ["fake-exchange", "--synthetic-seed", "7", "--synthetic-symbols",
-                                                ",".join(SYMBOLS), "--synthetic-duration", str(duration_s),
-                                                "--synthetic-trades-per-s", str(args.trades_per_s),
-                                                "--synthetic-burstiness", "1", "--speed", "1"], env, workdir)
+                fake = Service(
+                    f"fake-{name}",
+                    [
+                        "fake-exchange",
+                        "--synthetic-seed",
+                        "7",
+                        "--synthetic-symbols",
+                        ",".join(SYMBOLS),
+                        "--synthetic-duration",
+                        str(duration_s),
+                        "--synthetic-trades-per-s",
+                        str(args.trades_per_s),
+                        "--synthetic-burstiness",
+                        "1",
+                        "--speed",
+                        "1",
+                    ],
+                    env,
+                    workdir,
+                )
                 services.append(fake)
                 urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 300).group(0))
                 rest = urls["rest_url"]
-                producers[name] = Service(name, ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest,
-                                                 "--spot-url", rest, "--coinbase-url", rest, "--metrics-port", "0"],
-                                          env, workdir, command=command)
+                producers[name] = Service(
+                    name,
+                    [
+                        "produce",
+                        "--ws-url",
+                        urls["ws_url"],
+                        "--rest-url",
+                        rest,
+                        "--spot-url",
+                        rest,
+                        "--coinbase-url",
+                        rest,
+                        "--metrics-port",
+                        "0",
+                    ],
+                    env,
+                    workdir,
+                    command=command,
+                )
                 services.append(producers[name])
             began = time.monotonic()
             samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
@@ -157,14 +196,20 @@ def main() -> None:
     settle = args.settle_min * 60
     slopes = {name: slope_per_hour([(t, r) for t, r, _ in rows if t >= settle]) for name, rows in samples.items()}
     base = slopes.get(BASELINE)
-    print(f"\nproducer memory, {args.minutes:g} min at {args.trades_per_s:g} trades/s x {len(SYMBOLS)} symbols "
-          f"(slopes after {args.settle_min:g} min; baseline: {BASELINE}, glibc's dynamic threshold; target: ~0 MB/h)")
-    print(f"{'variant':9} {'RSS first':>9} {'RSS last':>9} {'RSS MB/h':>9} {'dirty MB/h':>10} {'CPU s':>6} {'vs ' + BASELINE:>11}")
+    print(
+        f"\nproducer memory, {args.minutes:g} min at {args.trades_per_s:g} trades/s x {len(SYMBOLS)} symbols "
+        f"(slopes after {args.settle_min:g} min; baseline: {BASELINE}, glibc's dynamic threshold; target: ~0 MB/h)"
+    )
+    print(
+        f"{'variant':9} {'RSS first':>9} {'RSS last':>9} {'RSS MB/h':>9} {'dirty MB/h':>10} {'CPU s':>6} {'vs ' + BASELINE:>11}"
+    )
     for name, rows in samples.items():
         dirty_slope = slope_per_hour([(t, d) for t, _, d in rows if t >= settle])
         ratio = f"{slopes[name] / base:.2f}" if base else "-"
-        print(f"{name:9} {rows[0][1]:9.1f} {rows[-1][1]:9.1f} {slopes[name]:9.2f} {dirty_slope:10.2f} "
-              f"{cpu[name]:6.1f} {ratio:>11}")
+        print(
+            f"{name:9} {rows[0][1]:9.1f} {rows[-1][1]:9.1f} {slopes[name]:9.2f} {dirty_slope:10.2f} "
+            f"{cpu[name]:6.1f} {ratio:>11}"
+        )
 
 
 if __name__ == "__main__":

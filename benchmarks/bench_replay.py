@@ -61,27 +61,74 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
-    print("load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-          + f" on {os.cpu_count()} CPUs (a shared machine)")
+    print(
+        "load average (1, 5, 15 min) at the start: "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        + f" on {os.cpu_count()} CPUs (a shared machine)"
+    )
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "broker") as bootstrap:
         prefix = f"bench{os.getpid()}."
         ensure_topics(bootstrap, prefix=prefix)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-        env.update({"TAPEFLOW_HOME": str(Path(tmp) / "home"), "TAPEFLOW_BROKER": bootstrap,
-                    "TAPEFLOW_TOPIC_PREFIX": prefix, "TAPEFLOW_SYMBOLS": args.symbols, "PYTHONUNBUFFERED": "1"})
-        fake = subprocess.Popen([sys.executable, "-m", "tapeflow", "fake-exchange", "--synthetic-seed", str(args.seed),
-                                 "--synthetic-symbols", args.symbols, "--synthetic-duration", str(args.hours * 3600),
-                                 "--speed", "max", "--rest-clock", "recording"], env=env, stdout=subprocess.PIPE,
-                                text=True)
+        env.update(
+            {
+                "TAPEFLOW_HOME": str(Path(tmp) / "home"),
+                "TAPEFLOW_BROKER": bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": prefix,
+                "TAPEFLOW_SYMBOLS": args.symbols,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        fake = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tapeflow",
+                "fake-exchange",
+                "--synthetic-seed",
+                str(args.seed),
+                "--synthetic-symbols",
+                args.symbols,
+                "--synthetic-duration",
+                str(args.hours * 3600),
+                "--speed",
+                "max",
+                "--rest-clock",
+                "recording",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             urls = json.loads(next(line for line in fake.stdout if line.startswith('{"ws_url"')))
             rest = urls["rest_url"]
             began, published_from = time.perf_counter(), time.time()
             with open(Path(tmp) / "producer.log", "w") as log:  # a file, not a pipe nobody reads while it runs
                 producer = subprocess.Popen(
-                    [sys.executable, "-m", "tapeflow", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest,
-                     "--spot-url", rest, "--coinbase-url", rest, "--replay-control-url", rest, "--metrics-port", "0"],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+                    [
+                        sys.executable,
+                        "-m",
+                        "tapeflow",
+                        "produce",
+                        "--ws-url",
+                        urls["ws_url"],
+                        "--rest-url",
+                        rest,
+                        "--spot-url",
+                        rest,
+                        "--coinbase-url",
+                        rest,
+                        "--replay-control-url",
+                        rest,
+                        "--metrics-port",
+                        "0",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
                 cpu = cpu_until_exit(producer)
             wall = time.perf_counter() - began
             out = (Path(tmp) / "producer.log").read_text()
@@ -91,23 +138,38 @@ def main() -> None:
         summary = next(line for line in out.splitlines() if line.startswith("replay-finished:"))
         frames = int(re.search(r"(\d+) frames in", summary).group(1))
         records = int(re.search(r"(\d+) records delivered", summary).group(1))
-        print(f"(a) producer, {args.hours:g} h of {args.symbols} at max: {frames:,} frames in, {records:,} records "
-              f"delivered in {wall:.1f} s wall, {cpu:.1f} s CPU")
-        print(f"    {frames / wall:,.0f} frames/s wall, {frames / cpu:,.0f} frames per CPU second "
-              f"({frames / cpu / HOT_PATH_BASELINE:.2f}x the hot-path baseline, {frames / cpu / TARGET:.2f}x the "
-              f"100k target); {records / wall:,.0f} records/s wall")
+        print(
+            f"(a) producer, {args.hours:g} h of {args.symbols} at max: {frames:,} frames in, {records:,} records "
+            f"delivered in {wall:.1f} s wall, {cpu:.1f} s CPU"
+        )
+        print(
+            f"    {frames / wall:,.0f} frames/s wall, {frames / cpu:,.0f} frames per CPU second "
+            f"({frames / cpu / HOT_PATH_BASELINE:.2f}x the hot-path baseline, {frames / cpu / TARGET:.2f}x the "
+            f"100k target); {records / wall:,.0f} records/s wall"
+        )
         print(f"    {summary}")
 
         # (b) the real command, as a user runs it: its one output line is the console example in docs/concepts/replay-and-warm-start.md
         # record timestamps are when the producer published (live: ~ the event time), so the range is the run's
         start = datetime.fromtimestamp(published_from, tz=UTC).replace(second=0, microsecond=0)
         end = datetime.fromtimestamp(time.time(), tz=UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        command = ["replay", "--to-prefix", "rehearsal", "--from", f"{start:%Y-%m-%dT%H:%M}", "--to",
-                   f"{end:%Y-%m-%dT%H:%M}", "--speed", "max", "--no-progress"]
+        command = [
+            "replay",
+            "--to-prefix",
+            "rehearsal",
+            "--from",
+            f"{start:%Y-%m-%dT%H:%M}",
+            "--to",
+            f"{end:%Y-%m-%dT%H:%M}",
+            "--speed",
+            "max",
+            "--no-progress",
+        ]
         wall0 = time.perf_counter()
         with open(Path(tmp) / "replay.out", "w") as stdout, open(Path(tmp) / "replay.err", "w") as stderr:
-            copy = subprocess.Popen([sys.executable, "-m", "tapeflow", *command], env=env, stdout=stdout,
-                                    stderr=stderr, text=True)
+            copy = subprocess.Popen(
+                [sys.executable, "-m", "tapeflow", *command], env=env, stdout=stdout, stderr=stderr, text=True
+            )
             cpu = cpu_until_exit(copy)
         wall = time.perf_counter() - wall0
         out = (Path(tmp) / "replay.out").read_text()
@@ -116,8 +178,10 @@ def main() -> None:
         line = out.strip().splitlines()[-1]
         records = int(re.search(r"replayed (\d+) records", line).group(1))
         print(f"(b) $ tapeflow {' '.join(command)}\n    {line}")
-        print(f"    {records / wall:,.0f} records/s wall of the whole command ({wall:.1f} s, with start-up and the "
-              f"~{IDLE_S:g} s end-of-input wait), {records / cpu:,.0f} records per CPU second of the process")
+        print(
+            f"    {records / wall:,.0f} records/s wall of the whole command ({wall:.1f} s, with start-up and the "
+            f"~{IDLE_S:g} s end-of-input wait), {records / cpu:,.0f} records per CPU second of the process"
+        )
     print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 

@@ -67,9 +67,15 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=3600.0)
     args = ap.parse_args()
     start = time.time() - args.minutes * 60 - 3600  # an hour-old session: event times in the past, as a replay's
-    spec = SyntheticSpec(seed=34, symbols=tuple(s.strip().upper() for s in args.symbols.split(",")),
-                         duration_s=args.minutes * 60, trades_per_s=args.trades_per_s, burstiness=1.0,
-                         start_time=start, binance_stream_names=True)
+    spec = SyntheticSpec(
+        seed=34,
+        symbols=tuple(s.strip().upper() for s in args.symbols.split(",")),
+        duration_s=args.minutes * 60,
+        trades_per_s=args.trades_per_s,
+        burstiness=1.0,
+        start_time=start,
+        binance_stream_names=True,
+    )
     expected = expected_trades(spec)
     total = sum(n for n, _, _ in expected.values())
     print(f"session: {total:,} trades over {args.minutes:g} min of {', '.join(spec.symbols)}", flush=True)
@@ -103,14 +109,21 @@ def main() -> None:
         return
     settled = max(last_change, trades_at or last_change) - ended
     print(f"replay: {ended - t0:.1f} s from the stack up to the producer's exit")
-    print(f"trades: {stored:,} rows, {distinct:,} distinct of {total:,} "
-          f"({'EXACT' if stored == distinct == total else 'MISMATCH'}); all stored "
-          f"{(trades_at - ended) if trades_at else float('nan'):+.1f} s after the replay ended")
-    print(f"features: {count:,} evaluations, newest {last_eval}; last written {last_change - ended:+.1f} s "
-          f"after the replay ended")
+    print(
+        f"trades: {stored:,} rows, {distinct:,} distinct of {total:,} "
+        f"({'EXACT' if stored == distinct == total else 'MISMATCH'}); all stored "
+        f"{(trades_at - ended) if trades_at else float('nan'):+.1f} s after the replay ended"
+    )
+    print(
+        f"features: {count:,} evaluations, newest {last_eval}; last written {last_change - ended:+.1f} s "
+        f"after the replay ended"
+    )
     print(f"settled {settled:.1f} s after the replay ended (target <= {TARGET_S:g} s, ratio {settled / TARGET_S:.2f})")
-    print(f"home {root / 'home'}; CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items()))
-          + f"; total {sum(cpu.values()):.1f}")
+    print(
+        f"home {root / 'home'}; CPU s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items()))
+        + f"; total {sum(cpu.values()):.1f}"
+    )
 
 
 if __name__ == "__main__":

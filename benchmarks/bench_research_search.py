@@ -83,33 +83,52 @@ def main() -> None:
 
     base = load_strategy(default_strategy_dir() / "v53.yaml")
     symbols = tuple(args.symbols.split(","))
-    spec = StoreSpec("synthetic:7", symbols, START_MS, START_MS + args.days * DAY_MS, base.windows.cvd_fast,
-                     base.windows.cvd_mid)
+    spec = StoreSpec(
+        "synthetic:7", symbols, START_MS, START_MS + args.days * DAY_MS, base.windows.cvd_fast, base.windows.cvd_mid
+    )
     directory = args.store or Path(tempfile.mkdtemp(prefix="tapeflow-research-"))
     try:
         with TreeMemory() as memory:
             began, cpu0 = time.perf_counter(), tree_cpu_s()
             store = build_store(directory, spec, base, args.workers, show_progress=False)
             built, cpu_built = time.perf_counter() - began, tree_cpu_s() - cpu0
-            report = search(store, base, trials=args.trials, from_ms=spec.from_ms, to_ms=spec.to_ms, sampler="tpe",
-                            objective="net_r", min_trades=20, batch=args.batch, workers=args.workers,
-                            show_progress=False)
+            report = search(
+                store,
+                base,
+                trials=args.trials,
+                from_ms=spec.from_ms,
+                to_ms=spec.to_ms,
+                sampler="tpe",
+                objective="net_r",
+                min_trades=20,
+                batch=args.batch,
+                workers=args.workers,
+                show_progress=False,
+            )
             total, cpu_total = time.perf_counter() - began, tree_cpu_s() - cpu0
         trades = store.manifest["trades"]
         best = report.best
-        print(f"session: {args.days} days x {len(symbols)} symbols, {trades:,} trades (generated and run through "
-              f"the engine once: {built:.0f} s = {trades / built:,.0f} trades/s with {args.workers} workers)")
+        print(
+            f"session: {args.days} days x {len(symbols)} symbols, {trades:,} trades (generated and run through "
+            f"the engine once: {built:.0f} s = {trades / built:,.0f} trades/s with {args.workers} workers)"
+        )
         print(f"search: {len(report.trials)} configurations (TPE, batches of {args.batch}) in {total - built:.0f} s")
-        print(f"CPU: feature store {cpu_built:.0f} s ({trades / cpu_built:,.0f} trades per CPU-second), search "
-              f"{cpu_total - cpu_built:.0f} s, total {cpu_total:.0f} s; / {args.workers} workers = "
-              f"{cpu_total / args.workers:.0f} s = {cpu_total / args.workers / TARGET_S:.2f}x the budget on an idle "
-              f"machine (this run got {cpu_total / total:.2f} of its {args.workers} cores)")
-        print(f"total {total:.0f} s = {total / TARGET_S:.2f}x the 10-minute budget; peak RSS (process tree) "
-              f"{memory.peak / 2**30:.2f} GiB = {memory.peak / 2**30 / TARGET_RSS_GIB:.2f}x the 4 GiB budget; "
-              f"load {psutil.getloadavg()[0]:.1f}")
-        print(f"best {best.candidate.config.name}: {best.result.trades} trades, net {best.result.net_r:+.1f}R; "
-              f"DSR {report.dsr if report.dsr is None else round(report.dsr, 3)}, "
-              f"PBO {report.pbo if report.pbo is None else round(report.pbo, 2)}")
+        print(
+            f"CPU: feature store {cpu_built:.0f} s ({trades / cpu_built:,.0f} trades per CPU-second), search "
+            f"{cpu_total - cpu_built:.0f} s, total {cpu_total:.0f} s; / {args.workers} workers = "
+            f"{cpu_total / args.workers:.0f} s = {cpu_total / args.workers / TARGET_S:.2f}x the budget on an idle "
+            f"machine (this run got {cpu_total / total:.2f} of its {args.workers} cores)"
+        )
+        print(
+            f"total {total:.0f} s = {total / TARGET_S:.2f}x the 10-minute budget; peak RSS (process tree) "
+            f"{memory.peak / 2**30:.2f} GiB = {memory.peak / 2**30 / TARGET_RSS_GIB:.2f}x the 4 GiB budget; "
+            f"load {psutil.getloadavg()[0]:.1f}"
+        )
+        print(
+            f"best {best.candidate.config.name}: {best.result.trades} trades, net {best.result.net_r:+.1f}R; "
+            f"DSR {report.dsr if report.dsr is None else round(report.dsr, 3)}, "
+            f"PBO {report.pbo if report.pbo is None else round(report.pbo, 2)}"
+        )
     finally:
         if args.store is None:
             shutil.rmtree(directory, ignore_errors=True)

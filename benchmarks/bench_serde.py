@@ -20,10 +20,16 @@ def trades(n: int) -> list[dict]:
     t0 = 1_718_000_000_000
     return [
         {
-            "exchange": "binance", "symbol": "BTCUSDT", "agg_id": 2_270_000_000 + i,
-            "price": 67_012.4 + (i % 50) * 0.1, "qty": 0.003 + (i % 7) * 0.011,
-            "first_trade_id": 5_100_000_000 + 2 * i, "last_trade_id": 5_100_000_001 + 2 * i,
-            "event_time": t0 + i, "trade_time": t0 + i - 3, "receive_time": t0 + i + 41,
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "agg_id": 2_270_000_000 + i,
+            "price": 67_012.4 + (i % 50) * 0.1,
+            "qty": 0.003 + (i % 7) * 0.011,
+            "first_trade_id": 5_100_000_000 + 2 * i,
+            "last_trade_id": 5_100_000_001 + 2 * i,
+            "event_time": t0 + i,
+            "trade_time": t0 + i - 3,
+            "receive_time": t0 + i + 41,
             "taker_side": "BUY" if i % 3 else "SELL",
         }
         for i in range(n)

@@ -70,10 +70,22 @@ TARGET = 300_000
 
 def records(n: int) -> list[dict]:
     symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
-    return [{"exchange": "binance", "symbol": symbols[i % 4], "agg_id": 3_000_000_000 + i,
-             "price": 42_000.0 + (i % 997) * 0.1, "qty": 0.001 * (1 + i % 13), "first_trade_id": 6_000_000_000 + 2 * i,
-             "last_trade_id": 6_000_000_001 + 2 * i, "event_time": T0 + i, "trade_time": T0 + i,
-             "receive_time": T0 + i + 3, "taker_side": "SELL" if i % 3 else "BUY"} for i in range(n)]
+    return [
+        {
+            "exchange": "binance",
+            "symbol": symbols[i % 4],
+            "agg_id": 3_000_000_000 + i,
+            "price": 42_000.0 + (i % 997) * 0.1,
+            "qty": 0.001 * (1 + i % 13),
+            "first_trade_id": 6_000_000_000 + 2 * i,
+            "last_trade_id": 6_000_000_001 + 2 * i,
+            "event_time": T0 + i,
+            "trade_time": T0 + i,
+            "receive_time": T0 + i + 3,
+            "taker_side": "SELL" if i % 3 else "BUY",
+        }
+        for i in range(n)
+    ]
 
 
 def cpu_seconds() -> dict[str, float]:
@@ -109,8 +121,8 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
                 stat = f.read()
         except OSError:  # the thread ended meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[int(tid)] = (stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / hz)
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(tid)] = (stat[stat.index("(") + 1 : stat.rindex(")")], (int(fields[11]) + int(fields[12])) / hz)
     return out
 
 
@@ -121,9 +133,19 @@ def sink_threads(before: dict[int, tuple[str, float]], consumer: threading.Threa
     split: dict[str, float] = defaultdict(float)
     for tid, (comm, cpu) in thread_cpu().items():
         name = names.get(tid, comm)
-        kind = ("consumer thread" if tid == consumer.native_id else "writers" if name.startswith("sink-writer")
-                else "sealer" if name == "sink-sealer" else "raw fetch" if name == "raw-fetch"
-                else "librdkafka" if comm.startswith("rdk:") else "other")
+        kind = (
+            "consumer thread"
+            if tid == consumer.native_id
+            else "writers"
+            if name.startswith("sink-writer")
+            else "sealer"
+            if name == "sink-sealer"
+            else "raw fetch"
+            if name == "raw-fetch"
+            else "librdkafka"
+            if comm.startswith("rdk:")
+            else "other"
+        )
         split[kind] += (cpu - before.get(tid, (comm, 0.0))[1]) * 1_000_000 / rows
     return dict(split)
 
@@ -136,6 +158,7 @@ def cpu_delta(before: dict[str, float], rows: int) -> dict[str, float]:
 
 def plain_copy(conninfo: str, payloads: list[bytes], rows: int, connections: int) -> tuple[float, dict]:
     """(rows/s, CPU s per 1M rows) of binary-COPYing `payloads` into trades, a transaction each, over `connections`."""
+
     def work(k: int) -> None:
         with psycopg.connect(conninfo) as conn:
             for payload in payloads[k::connections]:
@@ -169,14 +192,14 @@ def hypertable_vs_plain(rows: list[tuple], rounds: int = 2) -> tuple[float, floa
 
     def insert(table: str, n: int) -> str:
         row = "(" + ", ".join(["%s"] * len(TRADES.columns)) + ")"
-        return (f"INSERT INTO {table} ({', '.join(TRADES.columns)}) VALUES {', '.join([row] * n)} "
-                "ON CONFLICT DO NOTHING")
+        return f"INSERT INTO {table} ({', '.join(TRADES.columns)}) VALUES {', '.join([row] * n)} ON CONFLICT DO NOTHING"
 
     with pglite_timescale() as ts:
         migrate_pglite(ts)
         with psycopg.connect(ts, autocommit=True) as conn:
-            kind = conn.execute("SELECT count(*) FROM timescaledb_information.hypertables "
-                                "WHERE hypertable_name = 'trades'").fetchone()[0]
+            kind = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'trades'"
+            ).fetchone()[0]
             if kind != 1:
                 raise SystemExit("trades is not a hypertable on PGlite")
             conn.execute("CREATE TABLE trades_plain (LIKE trades INCLUDING ALL)")
@@ -187,7 +210,7 @@ def hypertable_vs_plain(rows: list[tuple], rounds: int = 2) -> tuple[float, floa
                     for lo in range(0, len(rows), 50_000):
                         with conn.transaction():
                             for i in range(lo, min(lo + 50_000, len(rows)), per):
-                                chunk = rows[i:i + per]
+                                chunk = rows[i : i + per]
                                 conn.execute(insert(table, len(chunk)), [v for r in chunk for v in r])
                     times[table] += time.perf_counter() - t
                     stored = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -209,8 +232,11 @@ def layout_databases(conninfo: str, wanted: str) -> dict[str, str]:
     from sinks.migrate import migrate
 
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        default = "timescaledb" if conn.execute(
-            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() else "plain"
+        default = (
+            "timescaledb"
+            if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+            else "plain"
+        )
     if wanted == "timescaledb" and default != "timescaledb":
         raise SystemExit("--layout timescaledb: this machine's PostgreSQL does not preload TimescaleDB")
     out = {default: conninfo}
@@ -223,15 +249,36 @@ def layout_databases(conninfo: str, wanted: str) -> dict[str, str]:
     return {k: v for k, v in out.items() if wanted in ("all", k)}
 
 
-def run_sink(bootstrap: str, conninfo: str, serde: AvroSerde, prefix: str, n: int, batch: int,
-             columnar: bool, writers: int, layout: str, fetch_wait_ms: int,
-             raw_fetch: bool = True) -> tuple[float, float, int, dict]:
+def run_sink(
+    bootstrap: str,
+    conninfo: str,
+    serde: AvroSerde,
+    prefix: str,
+    n: int,
+    batch: int,
+    columnar: bool,
+    writers: int,
+    layout: str,
+    fetch_wait_ms: int,
+    raw_fetch: bool = True,
+) -> tuple[float, float, int, dict]:
     # each run reads the topic from the start
     group = f"{prefix}sink-{layout}-{'columnar' if columnar else 'records'}-{raw_fetch}"
-    sink = TopicSink(SinkConfig(topics=["md.trades"], topic_prefix=prefix, group_id=group,
-                                batch_rows=batch, columnar=columnar, writers=writers,
-                                fetch_wait_ms=fetch_wait_ms, raw_fetch=raw_fetch),
-                     bootstrap, conninfo, serde)
+    sink = TopicSink(
+        SinkConfig(
+            topics=["md.trades"],
+            topic_prefix=prefix,
+            group_id=group,
+            batch_rows=batch,
+            columnar=columnar,
+            writers=writers,
+            fetch_wait_ms=fetch_wait_ms,
+            raw_fetch=raw_fetch,
+        ),
+        bootstrap,
+        conninfo,
+        serde,
+    )
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set})
     cpu = cpu_seconds()
@@ -261,18 +308,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=50_000)
-    ap.add_argument("--writers", type=int, default=SinkConfig.writers,
-                    help="the sink's writer threads (= connections of the N-connection COPY baseline)")
-    ap.add_argument("--layout", choices=("all", *LAYOUT_NAMES), default="all",
-                    help="storage layout(s) to measure; all = plain, and TimescaleDB where the server has it")
-    ap.add_argument("--fetch-wait-ms", type=int, default=Settings.model_fields["sink_fetch_wait_ms"].default,
-                    help="the sink's fetch wait (default: the service's, TAPEFLOW_SINK_FETCH_WAIT_MS)")
-    ap.add_argument("--raw-fetch", action=argparse.BooleanOptionalAction, default=True,
-                    help="md.trades fetched as whole record batches, as the stack's sink does on a one-broker "
-                         "cluster; --no-raw-fetch: every record through librdkafka")
+    ap.add_argument(
+        "--writers",
+        type=int,
+        default=SinkConfig.writers,
+        help="the sink's writer threads (= connections of the N-connection COPY baseline)",
+    )
+    ap.add_argument(
+        "--layout",
+        choices=("all", *LAYOUT_NAMES),
+        default="all",
+        help="storage layout(s) to measure; all = plain, and TimescaleDB where the server has it",
+    )
+    ap.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=Settings.model_fields["sink_fetch_wait_ms"].default,
+        help="the sink's fetch wait (default: the service's, TAPEFLOW_SINK_FETCH_WAIT_MS)",
+    )
+    ap.add_argument(
+        "--raw-fetch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="md.trades fetched as whole record batches, as the stack's sink does on a one-broker "
+        "cluster; --no-raw-fetch: every record through librdkafka",
+    )
     ap.add_argument("--record-path", action="store_true", help="also run the record-by-record path (slow)")
-    ap.add_argument("--hypertable-rows", type=int, default=0,
-                    help="also time INSERTs into a hypertable vs a plain table on PGlite-TimescaleDB (rows)")
+    ap.add_argument(
+        "--hypertable-rows",
+        type=int,
+        default=0,
+        help="also time INSERTs into a hypertable vs a plain table on PGlite-TimescaleDB (rows)",
+    )
     args = ap.parse_args()
     load_before = os.getloadavg()
     serde = AvroSerde(FileSchemaRegistry())
@@ -280,7 +347,7 @@ def main() -> None:
     values = [serde.encode("md.trades", r) for r in recs]
     codec = ColumnarCodec.for_topic(TRADES, serde, "md.trades")
     t = time.perf_counter()
-    parts = [codec.encode(values[i:i + 10_000]) for i in range(0, len(values), 10_000)]
+    parts = [codec.encode(values[i : i + 10_000]) for i in range(0, len(values), 10_000)]
     fast_decode = args.rows / (time.perf_counter() - t)
     t = time.perf_counter()
     for v in values[:200_000]:
@@ -297,28 +364,55 @@ def main() -> None:
         p.flush(120)
         # baselines: binary COPY of the same rows, batches of --batch, 1 and --writers connections
         per = max(1, args.batch // 10_000)
-        payloads = [copy_payload([p.data for p in parts[i:i + per]]) for i in range(0, len(parts), per)]
+        payloads = [copy_payload([p.data for p in parts[i : i + per]]) for i in range(0, len(parts), per)]
         for layout, db in databases.items():
             with psycopg.connect(db, autocommit=True) as conn:  # partitions for the rows (hypertables: nothing)
                 ensure_partitions(conn, "trades", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))
             copy_1 = plain_copy(db, payloads, args.rows, 1)
             copy_n = plain_copy(db, payloads, args.rows, args.writers) if args.writers > 1 else copy_1
-            fast = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, True, args.writers, layout,
-                            args.fetch_wait_ms, args.raw_fetch)
-            slow = run_sink(bootstrap, db, serde, "bench.", args.rows, args.batch, False, args.writers, layout,
-                            args.fetch_wait_ms) \
-                if args.record_path else None
+            fast = run_sink(
+                bootstrap,
+                db,
+                serde,
+                "bench.",
+                args.rows,
+                args.batch,
+                True,
+                args.writers,
+                layout,
+                args.fetch_wait_ms,
+                args.raw_fetch,
+            )
+            slow = (
+                run_sink(
+                    bootstrap,
+                    db,
+                    serde,
+                    "bench.",
+                    args.rows,
+                    args.batch,
+                    False,
+                    args.writers,
+                    layout,
+                    args.fetch_wait_ms,
+                )
+                if args.record_path
+                else None
+            )
             results[layout] = {"copy_1": copy_1, "copy_n": copy_n, "fast": fast, "slow": slow}
-    hyper = hypertable_vs_plain([TRADES.to_row(r) for r in recs[:args.hypertable_rows]]) \
-        if args.hypertable_rows else None
+    hyper = (
+        hypertable_vs_plain([TRADES.to_row(r) for r in recs[: args.hypertable_rows]]) if args.hypertable_rows else None
+    )
     load_after = os.getloadavg()
     cores = os.cpu_count() or 1
 
     def cpu_line(label: str, cpu: dict) -> str:
         total = sum(cpu.values())
-        return (f"CPU per 1M rows, {label}: sink process {cpu['sink']:.2f} s, broker {cpu['broker']:.2f} s, "
-                f"PostgreSQL {cpu['postgres']:.2f} s; total {total:.2f} s -> at most "
-                f"{cores * 1_000_000 / total:,.0f} rows/s on {cores} cores with nothing else running")
+        return (
+            f"CPU per 1M rows, {label}: sink process {cpu['sink']:.2f} s, broker {cpu['broker']:.2f} s, "
+            f"PostgreSQL {cpu['postgres']:.2f} s; total {total:.2f} s -> at most "
+            f"{cores * 1_000_000 / total:,.0f} rows/s on {cores} cores with nothing else running"
+        )
 
     if args.layout == "all" and "timescaledb" not in results:
         print("layout timescaledb: not measured (this machine's PostgreSQL does not preload TimescaleDB)")
@@ -328,29 +422,41 @@ def main() -> None:
         rate = n / elapsed
         print(f"== layout {LAYOUT_NAMES[layout]}")
         reader = "a consumer group, " + ("record batches fetched raw" if args.raw_fetch else "librdkafka")
-        print(f"rows committed: {n:,} of {args.rows:,} in {elapsed:.2f} s after a {join_s:.2f} s start "
-              f"(batch {args.batch:,}, {args.writers} writer(s), reading {reader})")
-        print(f"sink end to end:      {rate:>10,.0f} rows/s   ratio to target 300k: {rate / TARGET:.2f}   "
-              f"to plain COPY: {rate / copy_rate:.2f} (1 conn), {rate / copy_rate_n:.2f} ({args.writers} conn)")
+        print(
+            f"rows committed: {n:,} of {args.rows:,} in {elapsed:.2f} s after a {join_s:.2f} s start "
+            f"(batch {args.batch:,}, {args.writers} writer(s), reading {reader})"
+        )
+        print(
+            f"sink end to end:      {rate:>10,.0f} rows/s   ratio to target 300k: {rate / TARGET:.2f}   "
+            f"to plain COPY: {rate / copy_rate:.2f} (1 conn), {rate / copy_rate_n:.2f} ({args.writers} conn)"
+        )
         if res["slow"]:
             slow = res["slow"]
             print(f"record-by-record:     {slow[2] / slow[0]:>10,.0f} rows/s   (same pipeline, fastavro + tuples)")
-        print(f"plain binary COPY:    {copy_rate:>10,.0f} rows/s   (baseline: encoded rows straight into the table, "
-              f"1 connection)")
-        print(f"plain COPY, {args.writers} conn:  {copy_rate_n:>10,.0f} rows/s   (the same over {args.writers} "
-              f"connections in parallel)")
+        print(
+            f"plain binary COPY:    {copy_rate:>10,.0f} rows/s   (baseline: encoded rows straight into the table, "
+            f"1 connection)"
+        )
+        print(
+            f"plain COPY, {args.writers} conn:  {copy_rate_n:>10,.0f} rows/s   (the same over {args.writers} "
+            f"connections in parallel)"
+        )
         print(cpu_line("sink end to end", sink_cpu))
         if threads:
-            print("  the sink process by thread (CPU s per 1M rows): "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])))
+            print(
+                "  the sink process by thread (CPU s per 1M rows): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]))
+            )
         print(cpu_line("plain COPY, 1 conn", copy_cpu))
         if args.writers > 1:
             print(cpu_line(f"plain COPY, {args.writers} conn", copy_cpu_n))
     print(f"fast-path decode:     {fast_decode:>10,.0f} rows/s   (Avro -> COPY bytes, sinks._avro_copy, one thread)")
     print(f"fastavro decode:      {fastavro_decode:>10,.0f} rows/s")
     if hyper:
-        print(f"PGlite-TimescaleDB INSERT ({args.hypertable_rows:,} rows x 2): hypertable {hyper[0]:,.0f} rows/s, "
-              f"plain table {hyper[1]:,.0f} rows/s, ratio hypertable/plain {hyper[0] / hyper[1]:.2f}")
+        print(
+            f"PGlite-TimescaleDB INSERT ({args.hypertable_rows:,} rows x 2): hypertable {hyper[0]:,.0f} rows/s, "
+            f"plain table {hyper[1]:,.0f} rows/s, ratio hypertable/plain {hyper[0] / hyper[1]:.2f}"
+        )
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores)")
 
 

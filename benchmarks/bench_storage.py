@@ -41,7 +41,7 @@ ROWS_PER_DAY = {
 }
 
 
-def gen_rows(table: str, n: int, rng: random.Random) -> list[tuple]:
+def gen_rows(table: str, n: int, rng: random.Random) -> list[tuple]:  # noqa: C901 - over the complexity limit, to be split
     """Rows (already in the table's column order) shaped like the live data of one symbol."""
     per_day, _ = ROWS_PER_DAY[table]
     step = timedelta(days=1) / per_day
@@ -53,14 +53,30 @@ def gen_rows(table: str, n: int, rng: random.Random) -> list[tuple]:
         price = round(max(1.0, price + rng.choice((-0.1, 0.0, 0.0, 0.1)) * rng.randint(1, 5)), 1)
         if table == "trades":
             first = 5_000_000_000 + 2 * i
-            rows.append(("binance", "BTCUSDT", 3_000_000_000 + i, price, round(rng.lognormvariate(-5, 1.5), 3) or 0.001,
-                         first, first + rng.randint(0, 3), t, t, t + MS * rng.randint(2, 40),
-                         rng.choice(("BUY", "SELL"))))
+            rows.append(
+                (
+                    "binance",
+                    "BTCUSDT",
+                    3_000_000_000 + i,
+                    price,
+                    round(rng.lognormvariate(-5, 1.5), 3) or 0.001,
+                    first,
+                    first + rng.randint(0, 3),
+                    t,
+                    t,
+                    t + MS * rng.randint(2, 40),
+                    rng.choice(("BUY", "SELL")),
+                )
+            )
         elif table == "depth_updates":
+
             def side(sign):
                 k = rng.randint(1, 16)  # ~8 levels per diff on average (recording)
-                return ([round(price + sign * 0.1 * rng.randint(1, 200), 1) for _ in range(k)],
-                        [round(rng.lognormvariate(0, 1.5), 3) if rng.random() > 0.2 else 0.0 for _ in range(k)])
+                return (
+                    [round(price + sign * 0.1 * rng.randint(1, 200), 1) for _ in range(k)],  # noqa: B023 - called within this iteration
+                    [round(rng.lognormvariate(0, 1.5), 3) if rng.random() > 0.2 else 0.0 for _ in range(k)],
+                )
+
             bp, bq = side(-1)
             ap, aq = side(1)
             fid = 9_000_000_000 + 30 * i
@@ -70,37 +86,112 @@ def gen_rows(table: str, n: int, rng: random.Random) -> list[tuple]:
             ap = [round(price + 0.1 * (k + 1), 1) for k in range(20)]
             bq = [round(rng.lognormvariate(0, 1.5), 3) for _ in range(20)]
             aq = [round(rng.lognormvariate(0, 1.5), 3) for _ in range(20)]
-            rows.append(("binance", "BTCUSDT", 9_000_000_000 + 30 * i, t, t + MS * 5, bp, bq, ap, aq,
-                         round((sum(bq[:10]) - sum(aq[:10])) / (sum(bq[:10]) + sum(aq[:10])), 6)))
+            rows.append(
+                (
+                    "binance",
+                    "BTCUSDT",
+                    9_000_000_000 + 30 * i,
+                    t,
+                    t + MS * 5,
+                    bp,
+                    bq,
+                    ap,
+                    aq,
+                    round((sum(bq[:10]) - sum(aq[:10])) / (sum(bq[:10]) + sum(aq[:10])), 6),
+                )
+            )
         elif table == "mark_prices":
             nf = DAY0 + timedelta(hours=8 * (1 + i // 28_800))
             rows.append(("binance", "BTCUSDT", price + 0.37, price + 0.12, 0.0001, nf, t, t + MS * 7))
         elif table == "features":
             inputs = {f"x{k:02d}": round(rng.gauss(0, 1) * 10 ** rng.randint(-4, 6), 6) for k in range(40)}
-            scores = {name: float(rng.randint(-3, 3)) for name in ("direction", "crowding", "environment",
-                      "confirmation", "auxiliary", "funding", "liquidation")}
+            scores = {
+                name: float(rng.randint(-3, 3))
+                for name in (
+                    "direction",
+                    "crowding",
+                    "environment",
+                    "confirmation",
+                    "auxiliary",
+                    "funding",
+                    "liquidation",
+                )
+            }
             for strategy in ("v51", "v52", "v53"):
                 if len(rows) >= n:
                     break
                 ts = DAY0 + timedelta(seconds=i)
-                rows.append((f"{strategy}:abc123:binance:BTCUSDT:{int(ts.timestamp() * 1000)}", strategy, "1",
-                             "abc123", "binance", "BTCUSDT", ts, inputs, scores, float(sum(scores.values())),
-                             rng.choice((None, "LONG", "SHORT")), None, rng.choice(("below_entry", "cooldown", None))))
+                rows.append(
+                    (
+                        f"{strategy}:abc123:binance:BTCUSDT:{int(ts.timestamp() * 1000)}",
+                        strategy,
+                        "1",
+                        "abc123",
+                        "binance",
+                        "BTCUSDT",
+                        ts,
+                        inputs,
+                        scores,
+                        float(sum(scores.values())),
+                        rng.choice((None, "LONG", "SHORT")),
+                        None,
+                        rng.choice(("below_entry", "cooldown", None)),
+                    )
+                )
             if len(rows) >= n:
                 break
         elif table == "market_indicators":
-            kind = ("open_interest", "oi_hist", "long_short_ratio", "top_trader_ratio", "taker_ratio",
-                    "funding_rate", "coinbase_premium", "spot_perp_divergence")[i % 8]
+            kind = (
+                "open_interest",
+                "oi_hist",
+                "long_short_ratio",
+                "top_trader_ratio",
+                "taker_ratio",
+                "funding_rate",
+                "coinbase_premium",
+                "spot_perp_divergence",
+            )[i % 8]
             rows.append(("binance", "BTCUSDT", kind, rng.uniform(0, 1e5), "5m", {}, t, t + MS * 300))
         elif table == "bars_1m":
             o = price
-            rows.append(("binance", "BTCUSDT", DAY0 + timedelta(minutes=i), DAY0 + timedelta(minutes=i + 1), o,
-                         o + 20, o - 20, o + 3, 700.0, 350.0, 350.0, 700.0 * o, o + 1, 700 + i % 300,
-                         3_000_000_000 + 700 * i, 3_000_000_699 + 700 * i))
+            rows.append(
+                (
+                    "binance",
+                    "BTCUSDT",
+                    DAY0 + timedelta(minutes=i),
+                    DAY0 + timedelta(minutes=i + 1),
+                    o,
+                    o + 20,
+                    o - 20,
+                    o + 3,
+                    700.0,
+                    350.0,
+                    350.0,
+                    700.0 * o,
+                    o + 1,
+                    700 + i % 300,
+                    3_000_000_000 + 700 * i,
+                    3_000_000_699 + 700 * i,
+                )
+            )
         elif table == "liquidations":
             side = rng.choice(("BUY", "SELL"))
-            rows.append(("binance", "BTCUSDT", side, "SHORT" if side == "BUY" else "LONG", price, price, 0.5, 0.5,
-                         0.5 * price, t, t, t + MS * 9))
+            rows.append(
+                (
+                    "binance",
+                    "BTCUSDT",
+                    side,
+                    "SHORT" if side == "BUY" else "LONG",
+                    price,
+                    price,
+                    0.5,
+                    0.5,
+                    0.5 * price,
+                    t,
+                    t,
+                    t + MS * 9,
+                )
+            )
     from psycopg.types.json import Jsonb
 
     if table == "features":
@@ -116,10 +207,11 @@ def plain_bytes_per_row(conninfo: str, table: str, rows: list[tuple]) -> float:
         ensure_partitions(conn, table, DAY0, DAY0 + timedelta(days=2))
         for i in range(0, len(rows), 20_000):
             with conn.transaction():
-                write_rows(conn, TABLES[table], rows[i:i + 20_000])
+                write_rows(conn, TABLES[table], rows[i : i + 20_000])
         conn.execute(f"VACUUM ANALYZE {table}")
-        size = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
-                            "WHERE inhparent = %s::regclass", (table,)).fetchone()[0]
+        size = conn.execute(
+            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = %s::regclass", (table,)
+        ).fetchone()[0]
         conn.execute(f"TRUNCATE {table}")
     return float(size) / len(rows)
 
@@ -131,14 +223,17 @@ def compressed_bytes_per_row(conninfo: str, table: str, rows: list[tuple]) -> tu
     with psycopg.connect(conninfo, autocommit=True) as conn:
         per = max(1, 600 // len(spec.columns))  # pglite-socket drops larger messages
         for i in range(0, len(rows), per):
-            chunk = rows[i:i + per]
+            chunk = rows[i : i + per]
             marks = ", ".join(["(" + ", ".join(["%s"] * len(spec.columns)) + ")"] * len(chunk))
-            conn.execute(f"INSERT INTO {table} ({cols}) VALUES {marks} ON CONFLICT DO NOTHING",
-                         [v for r in chunk for v in r])
+            conn.execute(
+                f"INSERT INTO {table} ({cols}) VALUES {marks} ON CONFLICT DO NOTHING", [v for r in chunk for v in r]
+            )
         conn.execute(f"SELECT compress_chunk(c) FROM show_chunks('{table}') c")
         before, after = conn.execute(
             "SELECT before_compression_total_bytes, after_compression_total_bytes "
-            "FROM hypertable_compression_stats(%s)", (table,)).fetchone()
+            "FROM hypertable_compression_stats(%s)",
+            (table,),
+        ).fetchone()
         conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")  # keep PGlite's memory small
     return float(before) / len(rows), float(after) / len(rows)
 
@@ -172,8 +267,10 @@ def main() -> None:
             migrate_pglite(ts)
             for t in tables:
                 compressed[t] = compressed_bytes_per_row(ts, t, samples[t])
-    print(f"{'table':<18}{'rows/symbol-day':>16}{'sample':>9}{'plain B/row':>12}{'plain/day':>12}"
-          f"{'TS raw B/row':>13}{'compr B/row':>12}{'compr/day':>12}{'ratio':>7}")
+    print(
+        f"{'table':<18}{'rows/symbol-day':>16}{'sample':>9}{'plain B/row':>12}{'plain/day':>12}"
+        f"{'TS raw B/row':>13}{'compr B/row':>12}{'compr/day':>12}{'ratio':>7}"
+    )
     total_plain = total_comp = 0.0
     for t in tables:
         per_day = ROWS_PER_DAY[t][0]
@@ -185,8 +282,10 @@ def main() -> None:
             total_comp += after * per_day
             line += f"{before:>13.1f}{after:>12.1f}{fmt_bytes(after * per_day):>12}{p / after:>6.1f}x"
         print(line)
-    print(f"{'all tables':<18}{'':>16}{'':>9}{'':>12}{fmt_bytes(total_plain):>12}"
-          + (f"{'':>13}{'':>12}{fmt_bytes(total_comp):>12}" if compressed else ""))
+    print(
+        f"{'all tables':<18}{'':>16}{'':>9}{'':>12}{fmt_bytes(total_plain):>12}"
+        + (f"{'':>13}{'':>12}{fmt_bytes(total_comp):>12}" if compressed else "")
+    )
     if why:
         print(f"compressed sizes not measured: {why}")
     for t in tables:

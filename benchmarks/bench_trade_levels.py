@@ -39,7 +39,8 @@ def insert(conn: psycopg.Connection, first: int, rows: int, batch: int) -> float
             "round((0.001 * (1 + i %% 50))::numeric, 3), i, i, t, t, t, CASE WHEN i %% 3 = 0 THEN 'SELL' ELSE 'BUY' END "
             "FROM generate_series(%s::bigint, %s::bigint) AS i, "
             "LATERAL (SELECT %s::timestamptz + i * %s * interval '1 second' AS t) AS tt",
-            (lo, min(lo + batch, first + rows) - 1, DAY, SPACING_S))
+            (lo, min(lo + batch, first + rows) - 1, DAY, SPACING_S),
+        )
         conn.commit()
     return time.perf_counter() - t
 
@@ -68,14 +69,19 @@ def main() -> None:
                 cpu[enabled].append((sum(backend.cpu_times()[:2]) - before) / args.rows * 1e6)
                 first += args.rows
                 rates[enabled].append(args.rows / took)
-                print(f"round {r + 1}, aggregate {'on ' if enabled else 'off'}: {args.rows / took:,.0f} rows/s, "
-                      f"PostgreSQL {cpu[enabled][-1]:.2f} CPU-s per 1M rows", flush=True)
+                print(
+                    f"round {r + 1}, aggregate {'on ' if enabled else 'off'}: {args.rows / took:,.0f} rows/s, "
+                    f"PostgreSQL {cpu[enabled][-1]:.2f} CPU-s per 1M rows",
+                    flush=True,
+                )
         levels = conn.execute("SELECT count(*), count(DISTINCT open_time) FROM trade_levels_1m").fetchone()
         on, off = statistics.median(rates[True]), statistics.median(rates[False])
-        print(f"median: with the aggregate {on:,.0f} rows/s, without {off:,.0f} rows/s: ratio {on / off:.2f} "
-              f"(rows/minute in trade_levels_1m: {levels[0] / max(levels[1], 1):,.0f}); PostgreSQL per 1M rows "
-              f"{statistics.median(cpu[True]):.2f} CPU-s with, {statistics.median(cpu[False]):.2f} without; "
-              f"load {os.getloadavg()[0]:.1f}")
+        print(
+            f"median: with the aggregate {on:,.0f} rows/s, without {off:,.0f} rows/s: ratio {on / off:.2f} "
+            f"(rows/minute in trade_levels_1m: {levels[0] / max(levels[1], 1):,.0f}); PostgreSQL per 1M rows "
+            f"{statistics.median(cpu[True]):.2f} CPU-s with, {statistics.median(cpu[False]):.2f} without; "
+            f"load {os.getloadavg()[0]:.1f}"
+        )
 
 
 if __name__ == "__main__":

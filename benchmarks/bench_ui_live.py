@@ -51,10 +51,24 @@ def cpu_s(pid: int) -> float:
 
 
 def bar(i: int, symbol: str = "BTCUSDT") -> dict:
-    return {"exchange": "binance", "symbol": symbol, "open_time": T0 + i * 60_000, "close_time": T0 + (i + 1) * 60_000,
-            "open": 100.0, "high": 101.0, "low": 99.0, "close": 100.5, "volume": 3.0, "buy_volume": 2.0,
-            "sell_volume": 1.0, "quote_volume": 301.5, "vwap": 100.5, "trade_count": 3, "first_agg_id": i,
-            "last_agg_id": i}
+    return {
+        "exchange": "binance",
+        "symbol": symbol,
+        "open_time": T0 + i * 60_000,
+        "close_time": T0 + (i + 1) * 60_000,
+        "open": 100.0,
+        "high": 101.0,
+        "low": 99.0,
+        "close": 100.5,
+        "volume": 3.0,
+        "buy_volume": 2.0,
+        "sell_volume": 1.0,
+        "quote_volume": 301.5,
+        "vwap": 100.5,
+        "trade_count": 3,
+        "first_agg_id": i,
+        "last_agg_id": i,
+    }
 
 
 async def measure(args, bootstrap: str, pid: int) -> None:
@@ -66,7 +80,11 @@ async def measure(args, bootstrap: str, pid: int) -> None:
     views = args.view.split("+")
     if "desk" in views:
         for i in range(args.history):
-            producer.produce(PREFIX + "xv.pairs", key=b"ETH", value=serde.encode("xv.pairs", pair_event_record(f"h{i}", "ETH", T0, 1.0)))
+            producer.produce(
+                PREFIX + "xv.pairs",
+                key=b"ETH",
+                value=serde.encode("xv.pairs", pair_event_record(f"h{i}", "ETH", T0, 1.0)),
+            )
             producer.flush(10)
     follower = LiveFollower(lambda: bootstrap, serde, PREFIX, linger_s=2.0, fetch_wait_ms=args.fetch_wait_ms)
 
@@ -74,14 +92,19 @@ async def measure(args, bootstrap: str, pid: int) -> None:
         before, t = cpu_s(pid), time.monotonic()
         time.sleep(args.seconds)
         pct = 100.0 * (cpu_s(pid) - before) / (time.monotonic() - t)
-        print(f"{label}: broker {pct:.2f} % of a core over {args.seconds:.0f} s "
-              f"(consumer open: {follower.consumer_open}, polls so far {follower.polls})", flush=True)
+        print(
+            f"{label}: broker {pct:.2f} % of a core over {args.seconds:.0f} s "
+            f"(consumer open: {follower.consumer_open}, polls so far {follower.polls})",
+            flush=True,
+        )
         return pct
 
     none = await asyncio.to_thread(window, "no page open")
     async with contextlib.AsyncExitStack() as stack:
-        pages = {v: await stack.enter_async_context(follower.listen("BTCUSDT" if v == "chart" else None, VIEWS[v]))
-                 for v in views}
+        pages = {
+            v: await stack.enter_async_context(follower.listen("BTCUSDT" if v == "chart" else None, VIEWS[v]))
+            for v in views
+        }
         for page in pages.values():
             kind, _ = await asyncio.wait_for(page.queue.get(), 30)
             assert kind == "live", kind
@@ -90,7 +113,11 @@ async def measure(args, bootstrap: str, pid: int) -> None:
         latencies = []
         for i in range(args.samples):
             if "overview" in views:
-                page, topic, record = pages["overview"], "signals", signal_record("BTCUSDT", T0 + i * 1000, "LONG", 100.0, i)
+                page, topic, record = (
+                    pages["overview"],
+                    "signals",
+                    signal_record("BTCUSDT", T0 + i * 1000, "LONG", 100.0, i),
+                )
                 key, want = b"binance:BTCUSDT", ("signal", record["signal_id"])
             elif "chart" in views:
                 page, topic, record = pages["chart"], "bars.1m", bar(10_000 + i)
@@ -110,15 +137,21 @@ async def measure(args, bootstrap: str, pid: int) -> None:
                     break
             latencies.append(1000 * (time.monotonic() - sent))
             await asyncio.sleep(0.37)  # samples fall at different points of the fetch cycle
-    print(f"{topic} record published -> page queue, {len(latencies)} samples, ms: "
-          f"{', '.join(f'{v:.0f}' for v in latencies)}; median {statistics.median(latencies):.0f}, "
-          f"max {max(latencies):.0f}", flush=True)
+    print(
+        f"{topic} record published -> page queue, {len(latencies)} samples, ms: "
+        f"{', '.join(f'{v:.0f}' for v in latencies)}; median {statistics.median(latencies):.0f}, "
+        f"max {max(latencies):.0f}",
+        flush=True,
+    )
     deadline = time.monotonic() + 30
     while follower.consumer_open and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     after = await asyncio.to_thread(window, "page closed again")
-    print(f"broker CPU, % of a core: none {none:.2f}, {args.view} {one:.2f} (+{one - none:.2f}), after {after:.2f}; "
-          f"fetch wait {args.fetch_wait_ms} ms", flush=True)
+    print(
+        f"broker CPU, % of a core: none {none:.2f}, {args.view} {one:.2f} (+{one - none:.2f}), after {after:.2f}; "
+        f"fetch wait {args.fetch_wait_ms} ms",
+        flush=True,
+    )
     follower.close()
 
 

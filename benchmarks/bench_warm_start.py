@@ -38,10 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
-
-import urllib.request
 
 import yaml
 from confluent_kafka import Consumer, TopicPartition
@@ -58,9 +57,13 @@ START_S = 1_699_963_800.0  # 2023-11-14 12:10 UTC: "now" after 25 h is 2023-11-1
 HISTORY_S = 25 * 3600
 TARGET_S = 300.0
 STRATEGY = {  # the shipped weights need crowding inputs; direction alone gives a synthetic market signals
-    "name": "bench_24h", "version": "1", "windows": {"cvd_fast": "30m", "cvd_mid": "4h"}, "warmup": "24h",
+    "name": "bench_24h",
+    "version": "1",
+    "windows": {"cvd_fast": "30m", "cvd_mid": "4h"},
+    "warmup": "24h",
     "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "10m",
+    "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+    "cooldown": "10m",
     "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30},
 }
 
@@ -91,7 +94,7 @@ def fake_status(rest: str) -> dict:
         return json.loads(resp.read())
 
 
-def main() -> None:
+def main() -> None:  # noqa: C901 - over the complexity limit, to be split
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trades-per-s", type=float, default=2.0)
     ap.add_argument("--symbols", default=None, help="default: BTCUSDT,ETHUSDT (synthetic), the four (real)")
@@ -102,39 +105,89 @@ def main() -> None:
     ap.add_argument("--utc-hour", type=float, default=12.0, help="real profile: the hour of the UTC day at start")
     ap.add_argument("--max-minutes", type=float, default=30.0, help="end the run after this long")
     ap.add_argument("--json", action="store_true", help="the last line: the result as one JSON object")
-    ap.add_argument("--detail-minutes", type=float, default=62.0,
-                    help="the producer's --warm-start-detail-minutes (0: every trade, Vision + REST)")
+    ap.add_argument(
+        "--detail-minutes",
+        type=float,
+        default=62.0,
+        help="the producer's --warm-start-detail-minutes (0: every trade, Vision + REST)",
+    )
     args = ap.parse_args()
     real = args.profile == "real"
     args.symbols = args.symbols or ("BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT" if real else "BTCUSDT,ETHUSDT")
-    print("load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-          + f" on {os.cpu_count()} CPUs (a shared machine)")
+    print(
+        "load average (1, 5, 15 min) at the start: "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        + f" on {os.cpu_count()} CPUs (a shared machine)"
+    )
     symbols = tuple(args.symbols.split(","))
     if real:
         live_start_ms = int((REAL_PROFILE_DAY_S + args.utc_hour * 3600) * 1000)
-        fake_args = ["--synthetic-seed", str(args.seed), "--synthetic-symbols", args.symbols, "--profile", "real",
-                     "--utc-hour", str(args.utc_hour), "--synthetic-duration", str(args.live_min * 60),
-                     "--speed", "1", "--aggtrades-visibility", "replayed"]
-        print(f"real profile: live start {datetime.fromtimestamp(live_start_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC "
-              f"({args.utc_hour:g} of the 25 hours are today's: not in Vision yet), warm start trade by trade "
-              f"for the last {args.detail_minutes:g} min (0: all)")
+        fake_args = [
+            "--synthetic-seed",
+            str(args.seed),
+            "--synthetic-symbols",
+            args.symbols,
+            "--profile",
+            "real",
+            "--utc-hour",
+            str(args.utc_hour),
+            "--synthetic-duration",
+            str(args.live_min * 60),
+            "--speed",
+            "1",
+            "--aggtrades-visibility",
+            "replayed",
+        ]
+        print(
+            f"real profile: live start {datetime.fromtimestamp(live_start_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC "
+            f"({args.utc_hour:g} of the 25 hours are today's: not in Vision yet), warm start trade by trade "
+            f"for the last {args.detail_minutes:g} min (0: all)"
+        )
     else:
         duration = HISTORY_S + args.live_min * 60
-        spec = dict(trades_per_s=args.trades_per_s, depth_interval_ms=5_000, mark_interval_s=5, book_ticker=False,
-                    binance_stream_names=True, start_time=START_S)
+        spec = dict(
+            trades_per_s=args.trades_per_s,
+            depth_interval_ms=5_000,
+            mark_interval_s=5,
+            book_ticker=False,
+            binance_stream_names=True,
+            start_time=START_S,
+        )
         t0 = time.perf_counter()
         session = generate_session(SyntheticSpec(seed=args.seed, symbols=symbols, duration_s=duration, **spec))
         live = history_end(session.frames, HISTORY_S)
-        live_start_ms = min(f.payload["E"] for f in session.frames[live:live + 50])
+        live_start_ms = min(f.payload["E"] for f in session.frames[live : live + 50])
         history_trades = sum(1 for f in session.frames[:live] if f.event == "aggTrade")
         del session
-        print(f"session: {history_trades:,} trades of history over {len(symbols)} symbols "
-              f"(generated in {time.perf_counter() - t0:.0f} s, not timed)")
-        fake_args = ["--synthetic-seed", str(args.seed), "--synthetic-symbols", args.symbols, "--synthetic-duration",
-                     str(duration), "--synthetic-trades-per-s", str(args.trades_per_s),
-                     "--synthetic-depth-interval-ms", "5000", "--synthetic-mark-interval-s", "5",
-                     "--synthetic-no-book-ticker", "--synthetic-start", str(START_S), "--history-s", str(HISTORY_S),
-                     "--speed", "1", "--rest-clock", "recording", "--aggtrades-visibility", "replayed"]
+        print(
+            f"session: {history_trades:,} trades of history over {len(symbols)} symbols "
+            f"(generated in {time.perf_counter() - t0:.0f} s, not timed)"
+        )
+        fake_args = [
+            "--synthetic-seed",
+            str(args.seed),
+            "--synthetic-symbols",
+            args.symbols,
+            "--synthetic-duration",
+            str(duration),
+            "--synthetic-trades-per-s",
+            str(args.trades_per_s),
+            "--synthetic-depth-interval-ms",
+            "5000",
+            "--synthetic-mark-interval-s",
+            "5",
+            "--synthetic-no-book-ticker",
+            "--synthetic-start",
+            str(START_S),
+            "--history-s",
+            str(HISTORY_S),
+            "--speed",
+            "1",
+            "--rest-clock",
+            "recording",
+            "--aggtrades-visibility",
+            "replayed",
+        ]
     first_valid: dict[str, float | None] = {s: None for s in symbols}
     status: dict = {}
     with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "broker") as bootstrap:
@@ -143,14 +196,28 @@ def main() -> None:
         home = Path(tmp)
         (home / "strategy.yaml").write_text(yaml.safe_dump(STRATEGY))
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-        env.update({"TAPEFLOW_HOME": str(home / "home"), "TAPEFLOW_BROKER": bootstrap, "TAPEFLOW_TOPIC_PREFIX": prefix,
-                    "TAPEFLOW_SYMBOLS": args.symbols, "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "TAPEFLOW_HOME": str(home / "home"),
+                "TAPEFLOW_BROKER": bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": prefix,
+                "TAPEFLOW_SYMBOLS": args.symbols,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         logs = {name: open(home / f"{name}.log", "w") for name in ("engine", "fake", "producer")}
         procs = []
 
         def start(name: str, *argv: str) -> subprocess.Popen:
-            procs.append(subprocess.Popen([sys.executable, "-m", "tapeflow", *argv], env=env, stdout=logs[name],
-                                          stderr=subprocess.STDOUT, cwd=home))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tapeflow", *argv],
+                    env=env,
+                    stdout=logs[name],
+                    stderr=subprocess.STDOUT,
+                    cwd=home,
+                )
+            )
             return procs[-1]
 
         def wait_log(name: str, pattern: str, timeout: float) -> str:
@@ -164,21 +231,53 @@ def main() -> None:
 
         marks: dict[str, float] = {}
         try:
-            start("engine", "engine", "--strategy", str(home / "strategy.yaml"), "--metrics-port", "0",
-                  "--prime-hours", "0", "--wait-for-progress", "--signal-max-age-s", "1e9")
+            start(
+                "engine",
+                "engine",
+                "--strategy",
+                str(home / "strategy.yaml"),
+                "--metrics-port",
+                "0",
+                "--prime-hours",
+                "0",
+                "--wait-for-progress",
+                "--signal-max-age-s",
+                "1e9",
+            )
             wait_log("engine", r"engine worker ready", 120)
             start("fake", "fake-exchange", *fake_args)
             urls = json.loads(wait_log("fake", r"\{\"ws_url\".*\}", 600))
             rest = urls["rest_url"]
             watcher = Watcher(bootstrap, prefix)
             began = time.perf_counter()
-            producer = start("producer", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
-                             rest, "--coinbase-url", rest, "--replay-control-url", rest, "--vision-url", rest,
-                             "--warm-start-hours", "25", "--warm-start-detail-minutes", str(args.detail_minutes),
-                             "--metrics-port", "0")
+            producer = start(
+                "producer",
+                "produce",
+                "--ws-url",
+                urls["ws_url"],
+                "--rest-url",
+                rest,
+                "--spot-url",
+                rest,
+                "--coinbase-url",
+                rest,
+                "--replay-control-url",
+                rest,
+                "--vision-url",
+                rest,
+                "--warm-start-hours",
+                "25",
+                "--warm-start-detail-minutes",
+                str(args.detail_minutes),
+                "--metrics-port",
+                "0",
+            )
             deadline = began + args.max_minutes * 60
-            while producer.poll() is None and time.perf_counter() < deadline and (
-                    None in first_valid.values() or (not real and len(marks) < 3)):
+            while (
+                producer.poll() is None
+                and time.perf_counter() < deadline
+                and (None in first_valid.values() or (not real and len(marks) < 3))
+            ):
                 if "warm start finished" not in marks and "warm start finished" in (home / "producer.log").read_text():
                     marks["warm start finished"] = time.perf_counter() - began
                 for topic, record in watcher.poll():
@@ -204,22 +303,34 @@ def main() -> None:
     for name, seconds in marks.items():
         print(f"{name}: {seconds:.1f} s ({seconds / TARGET_S:.2f}x the 5-minute target)")
     for symbol, seconds in first_valid.items():
-        shown = f"{seconds:.1f} s ({seconds / TARGET_S:.2f}x the 5-minute target)" if seconds is not None else \
-            f"not within {args.max_minutes:g} min"
+        shown = (
+            f"{seconds:.1f} s ({seconds / TARGET_S:.2f}x the 5-minute target)"
+            if seconds is not None
+            else f"not within {args.max_minutes:g} min"
+        )
         print(f"{symbol}: first valid evaluation after the live start {shown}")
     if not real and "first signal after the live start" not in marks:
         print(f"no signal in the {args.live_min:g} live minutes")
     print(detail or "(no warm start summary)")
     limit = status.get("rest_weight_limit_1m", 0)
-    print(f"REST: {status.get('rest_requests', 0):,} requests, busiest minute {status.get('rest_max_weight_1m', 0):,} "
-          f"weight of the {limit:,} limit ({status.get('rest_max_weight_1m', 0) / max(limit, 1):.2f}x), "
-          f"{status.get('rest_http_429', 0)} x 429, {status.get('rest_http_418', 0)} x 418, "
-          f"{status.get('rest_requests_in_ban', 0)} requests inside a ban")
+    print(
+        f"REST: {status.get('rest_requests', 0):,} requests, busiest minute {status.get('rest_max_weight_1m', 0):,} "
+        f"weight of the {limit:,} limit ({status.get('rest_max_weight_1m', 0) / max(limit, 1):.2f}x), "
+        f"{status.get('rest_http_429', 0)} x 429, {status.get('rest_http_418', 0)} x 418, "
+        f"{status.get('rest_requests_in_ban', 0)} requests inside a ban"
+    )
     print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     if args.json:
-        print(json.dumps({"first_valid_evaluation_s": first_valid, "http_429": status.get("rest_http_429", 0),
-                          "http_418": status.get("rest_http_418", 0),
-                          "max_weight_per_minute": status.get("rest_max_weight_1m", 0)}))
+        print(
+            json.dumps(
+                {
+                    "first_valid_evaluation_s": first_valid,
+                    "http_429": status.get("rest_http_429", 0),
+                    "http_418": status.get("rest_http_418", 0),
+                    "max_weight_per_minute": status.get("rest_max_weight_1m", 0),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

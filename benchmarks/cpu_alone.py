@@ -75,7 +75,7 @@ def main() -> int:
         words = [os.path.basename(w) if i == 0 else w for i, w in enumerate(cmdline)]
         if "-m" in words:  # python -m tapeflow engine ... / python -m pytest ...
             at = words.index("-m")
-            label = " ".join(words[at + 1:at + 3] if words[at + 1] == "tapeflow" else words[at + 1:at + 2])
+            label = " ".join(words[at + 1 : at + 3] if words[at + 1] == "tapeflow" else words[at + 1 : at + 2])
         else:
             label = " ".join(words[:2])
         groups[label[:60]][0] += cpu
@@ -84,8 +84,10 @@ def main() -> int:
         if cpu >= 0.5:
             print(f"{cpu:8.1f} CPU-s {n:3d}x {label}")
     total = usage.ru_utime + usage.ru_stime
-    print(f"total {total:.1f} CPU-s (user {usage.ru_utime:.1f}, system {usage.ru_stime:.1f}), "
-          f"{time.monotonic() - began:.0f} s wall, load {load0:.1f} -> {os.getloadavg()[0]:.1f}, pytest exit {code}")
+    print(
+        f"total {total:.1f} CPU-s (user {usage.ru_utime:.1f}, system {usage.ru_stime:.1f}), "
+        f"{time.monotonic() - began:.0f} s wall, load {load0:.1f} -> {os.getloadavg()[0]:.1f}, pytest exit {code}"
+    )
     return code or 0
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def embedded_stack(with_broker: bool = True, engine_extension: str | None = "timescaledb"
-                   ) -> Iterator[tuple[str | None, str]]:
+def embedded_stack(
+    with_broker: bool = True, engine_extension: str | None = "timescaledb"
+) -> Iterator[tuple[str | None, str]]:
     """Yield (broker bootstrap or None, superuser conninfo of the migrated `tapeflow` database).
 
     The database gets the server's layout (hypertables where this machine's PostgreSQL has

@@ -66,8 +66,13 @@ def pglite_timescale() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "server.mjs"
         script.write_text(SERVER.replace("__DIST__", DIST.as_posix()).replace("__SOCKET__", SOCKET.as_posix()))
-        proc = subprocess.Popen(["node", str(script), str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            ["node", str(script), str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             line = proc.stdout.readline()
             if line.strip() != "ready":

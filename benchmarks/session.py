@@ -66,7 +66,7 @@ class SymbolGenerator:
         self.base_rate = rate if rate is not None else RATES.get(symbol, 10.0)
         self.price0 = PRICES.get(symbol, 50.0)
         self.decimals = min(8, max(0, 5 - math.floor(math.log10(self.price0))))
-        self.tick = 10.0 ** -self.decimals
+        self.tick = 10.0**-self.decimals
         self.log_price = math.log(self.price0)
         self.next_id = int(_rng(seed, symbol).integers(1_000_000, 900_000_000))
         self.open_interest = 2e8 / self.price0
@@ -79,8 +79,9 @@ class SymbolGenerator:
         return session
 
 
-def generate_symbol(symbol: str, start_ms: int, seconds: int, seed: int = 0,
-                    rate: float | None = None) -> SymbolSession:
+def generate_symbol(
+    symbol: str, start_ms: int, seconds: int, seed: int = 0, rate: float | None = None
+) -> SymbolSession:
     return SymbolGenerator(symbol, seed, rate).span(start_ms, seconds)
 
 
@@ -109,7 +110,7 @@ def _generate(gen: SymbolGenerator, rng: np.random.Generator, start_ms: int, sec
     s = 0
     while s < seconds:
         length = max(int(rng.exponential(90 * 60)), 60)
-        regime[s:s + length] = rng.choice((-1, 0, 1), p=(0.3, 0.4, 0.3))
+        regime[s : s + length] = rng.choice((-1, 0, 1), p=(0.3, 0.4, 0.3))
         s += length
     sigma = 0.00012 * np.sqrt(rate_s / base_rate)
     returns = regime * 2.8e-6 + sigma * rng.normal(0.0, 1.0, seconds)
@@ -143,8 +144,9 @@ def _generate(gen: SymbolGenerator, rng: np.random.Generator, start_ms: int, sec
     trend = np.convolve(regime.astype(float), np.ones(3600) / 3600, mode="full")[:seconds]
     funding = np.clip(0.0001 + 0.0004 * np.tanh(trend * 3) + rng.normal(0, 0.00002, seconds), -0.0075, 0.0075)
     next_funding = (sec_times // (8 * HOUR_MS) + 1) * (8 * HOUR_MS)
-    marks = MarkBatch.from_arrays(EXCHANGE, symbol, sec_times + 500, mark, mark * (1 + rng.normal(0, 2e-5, seconds)),
-                                  funding, next_funding)
+    marks = MarkBatch.from_arrays(
+        EXCHANGE, symbol, sec_times + 500, mark, mark * (1 + rng.normal(0, 2e-5, seconds)), funding, next_funding
+    )
     book_s = np.arange(0, seconds, 2)
     obi = np.clip(0.6 * np.tanh(returns[book_s] / sigma[book_s]) + rng.normal(0, 0.2, len(book_s)), -1, 1)
     books = BookBatch.from_arrays(EXCHANGE, symbol, sec_times[book_s] + 250, obi)
@@ -152,8 +154,13 @@ def _generate(gen: SymbolGenerator, rng: np.random.Generator, start_ms: int, sec
     # liquidations after sharp moves, on the side the move hurts
     sharp = np.flatnonzero(np.abs(returns) > 3.2 * sigma)
     others: list[LiquidationEvent | IndicatorUpdate] = [
-        LiquidationEvent(EXCHANGE, symbol, int(sec_times[s] + rng.integers(0, 1000)),
-                         "LONG" if returns[s] < 0 else "SHORT", float(round(rng.lognormal(10.5, 1.2), 2)))
+        LiquidationEvent(
+            EXCHANGE,
+            symbol,
+            int(sec_times[s] + rng.integers(0, 1000)),
+            "LONG" if returns[s] < 0 else "SHORT",
+            float(round(rng.lognormal(10.5, 1.2), 2)),
+        )
         for s in sharp.tolist()
     ]
     # 5-minute metrics, known 30-90 s after their period

@@ -67,11 +67,13 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no measurements in {args.directory}: run pytest with -p benchmarks.suite_cpu and {ENV}")
     own, kids, wall = (sum(r[i] for r in rows) for i in range(3))
-    print(f"{len(rows)} tests: {own + kids:,.0f} CPU-s in the tests ({own:,.0f} in the pytest workers, {kids:,.0f} in "
-          f"their children), {wall:,.0f} s of test wall time")
+    print(
+        f"{len(rows)} tests: {own + kids:,.0f} CPU-s in the tests ({own:,.0f} in the pytest workers, {kids:,.0f} in "
+        f"their children), {wall:,.0f} s of test wall time"
+    )
     print(f"{'CPU-s':>7} {'child':>7} {'wall s':>7}  test")
     cores = os.cpu_count() or 1
-    for o, k, w, nodeid in sorted(rows, key=lambda r: -(r[0] + r[1]))[:args.top]:
+    for o, k, w, nodeid in sorted(rows, key=lambda r: -(r[0] + r[1]))[: args.top]:
         reaped = "*" if k > w * cores else " "  # more than the machine could run in its time: fixtures'
         print(f"{o + k:7.1f} {k:7.1f}{reaped}{w:7.1f}  {nodeid}")
     print("* children reaped at the test's teardown include fixtures' processes that ran through earlier tests")

@@ -72,7 +72,11 @@ def _param_type(p: Any) -> str:
     text = re.sub(r"\bstr\b", "text", text)
     lo, hi = getattr(p, "min", None), getattr(p, "max", None)
     if lo is not None or hi is not None:
-        text += " (" + ", ".join(x for x in (f"≥ {lo}" if lo is not None else "", f"≤ {hi}" if hi is not None else "") if x) + ")"
+        text += (
+            " ("
+            + ", ".join(x for x in (f"≥ {lo}" if lo is not None else "", f"≤ {hi}" if hi is not None else "") if x)
+            + ")"
+        )
     return text
 
 
@@ -110,8 +114,12 @@ def _cli_command(lines: list[str], cmd: Any, path: list[str]) -> None:
             usage += "..."
     lines.append(f"```text\n{usage}\n```\n")
     if args:
-        lines.append(table(["argument", "type", "required"],
-                           [[code(a.name.upper()), _param_type(a), "yes" if a.required else "no"] for a in args]))
+        lines.append(
+            table(
+                ["argument", "type", "required"],
+                [[code(a.name.upper()), _param_type(a), "yes" if a.required else "no"] for a in args],
+            )
+        )
     if opts:
         rows = []
         for o in opts:
@@ -125,8 +133,9 @@ def _cli_command(lines: list[str], cmd: Any, path: list[str]) -> None:
         lines.append(table(["option", "type", "default", "meaning"], rows))
     if group:
         subs = [(n, c) for n, c in cmd.commands.items() if not getattr(c, "hidden", False)]
-        lines.append("Sub-commands: " + ", ".join(f"[`{n}`](#{_anchor(' '.join([*path, n]))})" for n, c in subs)
-                     + ".\n")
+        lines.append(
+            "Sub-commands: " + ", ".join(f"[`{n}`](#{_anchor(' '.join([*path, n]))})" for n, c in subs) + ".\n"
+        )
         for n, c in subs:
             _cli_command(lines, c, [*path, n])
 
@@ -147,10 +156,14 @@ def _fake_exchange_help() -> str:
         if not action.option_strings or action.dest == "help":
             continue
         default = "" if action.default in (None, False, argparse.SUPPRESS) or action.default == [] else action.default
-        rows.append([", ".join(code(o) for o in action.option_strings), code(default) if default != "" else "",
-                     action.help or ""])
-    return ("Its options (those of `python -m fake_exchange`):\n\n"
-            + table(["option", "default", "meaning"], rows))
+        rows.append(
+            [
+                ", ".join(code(o) for o in action.option_strings),
+                code(default) if default != "" else "",
+                action.help or "",
+            ]
+        )
+    return "Its options (those of `python -m fake_exchange`):\n\n" + table(["option", "default", "meaning"], rows)
 
 
 def gen_cli() -> str:
@@ -159,16 +172,24 @@ def gen_cli() -> str:
     from tapeflow.cli import app
 
     root = typer.main.get_command(app)
-    lines = [HEADER + "# CLI\n",
-             "Every command of `tapeflow`, with every option, generated from the typer application "
-             "(`tapeflow/commands/`, one module per command group, and the research and watchlist commands `tapeflow/cli.py` registers). Every command also "
-             "has `--help`. Failures print one `error: ...` line and exit non-zero (2 for configuration "
-             "errors), never a traceback.\n"]
+    lines = [
+        HEADER + "# CLI\n",
+        "Every command of `tapeflow`, with every option, generated from the typer application "
+        "(`tapeflow/commands/`, one module per command group, and the research and watchlist commands `tapeflow/cli.py` registers). Every command also "
+        "has `--help`. Failures print one `error: ...` line and exit non-zero (2 for configuration "
+        "errors), never a traceback.\n",
+    ]
     opts = [p for p in root.params if p.name != "help"]
     lines.append("Global options (before the command, e.g. `tapeflow --config tapeflow.yaml up`):\n")
-    lines.append(table(["option", "meaning"],
-                       [[", ".join(code(n) for n in o.opts), (o.help or "") + (f" (env: {o.envvar})" if o.envvar else "")]
-                        for o in opts]))
+    lines.append(
+        table(
+            ["option", "meaning"],
+            [
+                [", ".join(code(n) for n in o.opts), (o.help or "") + (f" (env: {o.envvar})" if o.envvar else "")]
+                for o in opts
+            ],
+        )
+    )
     for name, cmd in sorted(root.commands.items()):
         if getattr(cmd, "hidden", False):
             continue
@@ -198,9 +219,9 @@ def _strip_field_info(s: str) -> str:
             depth += {"[": 1, "]": -1}.get(s[end], 0)
             if depth == 0:
                 break
-        inner = s[start + len("Annotated["):end]
+        inner = s[start + len("Annotated[") : end]
         if ", FieldInfo(" in inner:
-            s = s[:start] + inner[:inner.index(", FieldInfo(")] + s[end + 1:]
+            s = s[:start] + inner[: inner.index(", FieldInfo(")] + s[end + 1 :]
         else:
             start = end
     return s
@@ -240,28 +261,47 @@ def gen_settings() -> str:
             type_text = type_text.replace("SecretStr", "str")
         if name in secret_files:
             meaning += f" Also from a file: `{env}_FILE=/path`."
-        bounds = [f"{k} {getattr(m, k)}" for m in field.metadata for k in ("ge", "gt", "le", "lt")
-                  if getattr(m, k, None) is not None]
+        bounds = [
+            f"{k} {getattr(m, k)}"
+            for m in field.metadata
+            for k in ("ge", "gt", "le", "lt")
+            if getattr(m, k, None) is not None
+        ]
         if bounds:
-            type_text += " (" + ", ".join(b.replace("ge ", "≥ ").replace("gt ", "> ").replace("le ", "≤ ")
-                                          .replace("lt ", "< ") for b in bounds) + ")"
+            type_text += (
+                " ("
+                + ", ".join(
+                    b.replace("ge ", "≥ ").replace("gt ", "> ").replace("le ", "≤ ").replace("lt ", "< ")
+                    for b in bounds
+                )
+                + ")"
+            )
         default = _default_text(field, name)
         rows.append([code(env), code(name), type_text, code(default) if default else "unset", meaning])
-    other = _other_env_vars(set(f"TAPEFLOW_{n.upper()}" for n in Settings.model_fields) | {"TAPEFLOW_CONFIG"}
-                            | {f"TAPEFLOW_{n.upper()}_FILE" for n in secret_files})
+    other = _other_env_vars(
+        set(f"TAPEFLOW_{n.upper()}" for n in Settings.model_fields)
+        | {"TAPEFLOW_CONFIG"}
+        | {f"TAPEFLOW_{n.upper()}_FILE" for n in secret_files}
+    )
     doc = inspect.cleandoc(settings_module.__doc__ or "")
-    retention_rows = [[code(n), _type_name(f.annotation), f.description or ""]
-                      for n, f in TableRetention.model_fields.items()]
-    return (HEADER + "# Settings\n\n"
-            + "Generated from `tapeflow_runtime.settings.Settings`. " + doc.split("\n\n")[0].replace("\n", " ")
-            + "\n\nIn a YAML file (`--config FILE` or `TAPEFLOW_CONFIG`) the keys are the lower-case names in "
-            "the second column. Lists from the environment are comma-separated. How to set them, with "
-            "examples: [Configuration](../how-to/configure.md).\n\n"
-            + table(["environment variable", "YAML key", "type", "default", "meaning"], rows)
-            + "\n## `retention` entries\n\nEach table named under `retention` (YAML) or in `TAPEFLOW_RETENTION` "
-            "(JSON) takes:\n\n" + table(["key", "type", "meaning"], retention_rows)
-            + "\n## Other environment variables\n\nRead directly by the modules named, outside the settings "
-            "object:\n\n" + table(["variable", "read in"], other))
+    retention_rows = [
+        [code(n), _type_name(f.annotation), f.description or ""] for n, f in TableRetention.model_fields.items()
+    ]
+    return (
+        HEADER
+        + "# Settings\n\n"
+        + "Generated from `tapeflow_runtime.settings.Settings`. "
+        + doc.split("\n\n")[0].replace("\n", " ")
+        + "\n\nIn a YAML file (`--config FILE` or `TAPEFLOW_CONFIG`) the keys are the lower-case names in "
+        "the second column. Lists from the environment are comma-separated. How to set them, with "
+        "examples: [Configuration](../how-to/configure.md).\n\n"
+        + table(["environment variable", "YAML key", "type", "default", "meaning"], rows)
+        + "\n## `retention` entries\n\nEach table named under `retention` (YAML) or in `TAPEFLOW_RETENTION` "
+        "(JSON) takes:\n\n"
+        + table(["key", "type", "meaning"], retention_rows)
+        + "\n## Other environment variables\n\nRead directly by the modules named, outside the settings "
+        "object:\n\n" + table(["variable", "read in"], other)
+    )
 
 
 def _secret_file_names(module: Any) -> list[str]:
@@ -270,8 +310,18 @@ def _secret_file_names(module: Any) -> list[str]:
     return re.findall(r'"([a-z_]+)"', m.group(1)) if m else []
 
 
-RUNTIME_PACKAGES = ("tapeflow", "tapeflow_runtime", "schemas", "producers", "sinks", "stream_apps", "execution",
-                    "backtest", "tapeflow_notify", "fake_exchange")
+RUNTIME_PACKAGES = (
+    "tapeflow",
+    "tapeflow_runtime",
+    "schemas",
+    "producers",
+    "sinks",
+    "stream_apps",
+    "execution",
+    "backtest",
+    "tapeflow_notify",
+    "fake_exchange",
+)
 
 
 def _other_env_vars(known: set[str]) -> list[list[str]]:
@@ -317,53 +367,86 @@ def gen_topics() -> str:
     from schemas import catalogue
 
     specs = catalogue.all_topics()
-    overview = [[f"[{code(s.name)}](#{_anchor(s.name)})", code(s.key), s.partitions, _retention(s.retention_ms),
-                 code(s.value_schema), s.description] for s in specs]
-    parts = [HEADER + "# Topics and schemas\n\n",
-             "Every topic, from the catalogue `schemas/catalogue.py`, with its Avro value schema from "
-             "`schemas/avro/`. Keys are UTF-8 strings; values use the Confluent wire format (magic byte, "
-             "4-byte schema id, Avro body). With `TAPEFLOW_TOPIC_PREFIX` every name gets the prefix. "
-             "Concepts: [Topics and schemas](../concepts/topics-and-schemas.md).\n\n",
-             inspect.cleandoc(catalogue.__doc__ or "").split("\n\n", 1)[1].strip() + "\n\n",
-             table(["topic", "key", "partitions", "retention", "value schema", "what"], overview)]
+    overview = [
+        [
+            f"[{code(s.name)}](#{_anchor(s.name)})",
+            code(s.key),
+            s.partitions,
+            _retention(s.retention_ms),
+            code(s.value_schema),
+            s.description,
+        ]
+        for s in specs
+    ]
+    parts = [
+        HEADER + "# Topics and schemas\n\n",
+        "Every topic, from the catalogue `schemas/catalogue.py`, with its Avro value schema from "
+        "`schemas/avro/`. Keys are UTF-8 strings; values use the Confluent wire format (magic byte, "
+        "4-byte schema id, Avro body). With `TAPEFLOW_TOPIC_PREFIX` every name gets the prefix. "
+        "Concepts: [Topics and schemas](../concepts/topics-and-schemas.md).\n\n",
+        inspect.cleandoc(catalogue.__doc__ or "").split("\n\n", 1)[1].strip() + "\n\n",
+        table(["topic", "key", "partitions", "retention", "value schema", "what"], overview),
+    ]
     seen: set[str] = set()
     parts.append("\n## Schemas\n")
     for s in specs:
-        parts.append(f"\n### {s.name}\n\n{s.description} Key {code(s.key)}, {s.partitions} partition(s), "
-                     f"retention {_retention(s.retention_ms)}, value `{s.value_schema}.avsc`"
-                     + (" (the same schema as above)." if s.value_schema in seen else ":") + "\n")
+        parts.append(
+            f"\n### {s.name}\n\n{s.description} Key {code(s.key)}, {s.partitions} partition(s), "
+            f"retention {_retention(s.retention_ms)}, value `{s.value_schema}.avsc`"
+            + (" (the same schema as above)." if s.value_schema in seen else ":")
+            + "\n"
+        )
         if s.value_schema in seen:
             continue
         seen.add(s.value_schema)
         avsc = json.loads((REPO / "schemas" / "avro" / f"{s.value_schema}.avsc").read_text())
         if avsc.get("doc"):
             parts.append("\n" + " ".join(avsc["doc"].split()) + "\n")
-        rows = [[code(f["name"]), _avro_type(f["type"]),
-                 code(json.dumps(f["default"])) if "default" in f else "", f.get("doc", "")]
-                for f in avsc.get("fields", [])]
+        rows = [
+            [
+                code(f["name"]),
+                _avro_type(f["type"]),
+                code(json.dumps(f["default"])) if "default" in f else "",
+                f.get("doc", ""),
+            ]
+            for f in avsc.get("fields", [])
+        ]
         parts.append("\n" + table(["field", "type", "default", "meaning"], rows))
     return "".join(parts)
 
 
 # --- tables ---------------------------------------------------------------------------------------------
-_PG_TYPES = {"int8": "bigint", "int4": "integer", "int2": "smallint", "float8": "double precision",
-             "float4": "real", "bool": "boolean", "timestamptz": "timestamptz", "varchar": "varchar",
-             "numeric": "numeric", "text": "text", "jsonb": "jsonb", "bytea": "bytea", "date": "date"}
+_PG_TYPES = {
+    "int8": "bigint",
+    "int4": "integer",
+    "int2": "smallint",
+    "float8": "double precision",
+    "float4": "real",
+    "bool": "boolean",
+    "timestamptz": "timestamptz",
+    "varchar": "varchar",
+    "numeric": "numeric",
+    "text": "text",
+    "jsonb": "jsonb",
+    "bytea": "bytea",
+    "date": "date",
+}
 
 
 def _type_of(type_name: Any) -> str:
     name = type_name.names[-1].sval
     out = _PG_TYPES.get(name, name)
     if type_name.typmods:
-        mods = [str(getattr(m, "val", m).ival) if hasattr(getattr(m, "val", m), "ival") else "?"
-                for m in type_name.typmods]
+        mods = [
+            str(getattr(m, "val", m).ival) if hasattr(getattr(m, "val", m), "ival") else "?" for m in type_name.typmods
+        ]
         out += "(" + ",".join(mods) + ")"
     if type_name.arrayBounds:
         out += "[]"
     return out
 
 
-def gen_tables() -> str:
+def gen_tables() -> str:  # noqa: C901 - over the complexity limit, to be split
     import pglast
     from pglast import ast
     from pglast.enums import ConstrType, ObjectType
@@ -390,8 +473,16 @@ def gen_tables() -> str:
                     elif isinstance(e, ast.Constraint) and e.contype == ConstrType.CONSTR_PRIMARY:
                         pk = [k.sval for k in e.keys]
                 partitioned = st.partspec is not None
-                tables.setdefault(name, {"cols": cols, "pk": pk, "file": path.name, "partitioned": partitioned,
-                                         "timescale_only": timescale})
+                tables.setdefault(
+                    name,
+                    {
+                        "cols": cols,
+                        "pk": pk,
+                        "file": path.name,
+                        "partitioned": partitioned,
+                        "timescale_only": timescale,
+                    },
+                )
             elif isinstance(st, ast.AlterTableStmt) and st.objtype == ObjectType.OBJECT_TABLE:
                 name = st.relation.relname
                 for cmd in st.cmds or ():
@@ -403,28 +494,38 @@ def gen_tables() -> str:
             elif isinstance(st, ast.ViewStmt):
                 views.setdefault(st.view.relname, {"file": path.name, "kind": "view"})
             elif isinstance(st, ast.CreateTableAsStmt) and getattr(st, "objtype", None) == ObjectType.OBJECT_MATVIEW:
-                views.setdefault(st.into.rel.relname, {"file": path.name, "kind": "continuous aggregate"
-                                                       if timescale else "materialized view"})
+                views.setdefault(
+                    st.into.rel.relname,
+                    {"file": path.name, "kind": "continuous aggregate" if timescale else "materialized view"},
+                )
             elif isinstance(st, ast.CommentStmt) and st.comment:
                 obj = st.object
                 if st.objtype in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW, ObjectType.OBJECT_MATVIEW):
                     comments[obj[-1].sval] = st.comment
                 elif st.objtype == ObjectType.OBJECT_COLUMN:
                     column_comments[(obj[-2].sval, obj[-1].sval)] = st.comment
-    parts = [HEADER + "# Tables\n\n",
-             "Every table and view the migrations in `sinks/migrations/` create, parsed with PostgreSQL's own "
-             "parser (pglast). `NNNN_name.sql` always runs; `NNNN_name.timescale.sql` only where TimescaleDB "
-             "is usable, where the same tables become hypertables and some views become continuous "
-             "aggregates with the same columns. Column names are the Avro field names; times are "
-             "`timestamptz`. Concepts: [Storage](../concepts/storage.md); retention: "
-             "[Retention and storage sizing](../how-to/retention.md).\n\n"]
-    overview = [[f"[{code(n)}](#{_anchor(n)})", t["file"], ", ".join(t["pk"]), comments.get(n, "")]
-                for n, t in sorted(tables.items())]
+    parts = [
+        HEADER + "# Tables\n\n",
+        "Every table and view the migrations in `sinks/migrations/` create, parsed with PostgreSQL's own "
+        "parser (pglast). `NNNN_name.sql` always runs; `NNNN_name.timescale.sql` only where TimescaleDB "
+        "is usable, where the same tables become hypertables and some views become continuous "
+        "aggregates with the same columns. Column names are the Avro field names; times are "
+        "`timestamptz`. Concepts: [Storage](../concepts/storage.md); retention: "
+        "[Retention and storage sizing](../how-to/retention.md).\n\n",
+    ]
+    overview = [
+        [f"[{code(n)}](#{_anchor(n)})", t["file"], ", ".join(t["pk"]), comments.get(n, "")]
+        for n, t in sorted(tables.items())
+    ]
     parts.append(table(["table", "created in", "primary key", "what"], overview))
     if views:
-        parts.append("\nViews:\n\n" + table(["view", "kind", "created in", "what"],
-                                            [[code(n), v["kind"], v["file"], comments.get(n, "")]
-                                             for n, v in sorted(views.items())]))
+        parts.append(
+            "\nViews:\n\n"
+            + table(
+                ["view", "kind", "created in", "what"],
+                [[code(n), v["kind"], v["file"], comments.get(n, "")] for n, v in sorted(views.items())],
+            )
+        )
     for n, t in sorted(tables.items()):
         parts.append(f"\n## {n}\n\n")
         if comments.get(n):
@@ -434,11 +535,21 @@ def gen_tables() -> str:
             notes.append("partitioned by time on plain PostgreSQL")
         if t["timescale_only"]:
             notes.append("TimescaleDB only")
-        parts.append(f"Created in `{t['file']}`" + (f" ({', '.join(notes)})" if notes else "")
-                     + (f"; primary key ({', '.join(t['pk'])})" if t["pk"] else "") + ".\n\n")
-        parts.append(table(["column", "type", "not null", "added in", "meaning"],
-                           [[code(c[0]), c[1], "yes" if c[2] else "", c[3], column_comments.get((n, c[0]), "")]
-                            for c in t["cols"]]))
+        parts.append(
+            f"Created in `{t['file']}`"
+            + (f" ({', '.join(notes)})" if notes else "")
+            + (f"; primary key ({', '.join(t['pk'])})" if t["pk"] else "")
+            + ".\n\n"
+        )
+        parts.append(
+            table(
+                ["column", "type", "not null", "added in", "meaning"],
+                [
+                    [code(c[0]), c[1], "yes" if c[2] else "", c[3], column_comments.get((n, c[0]), "")]
+                    for c in t["cols"]
+                ],
+            )
+        )
     return "".join(parts)
 
 
@@ -460,11 +571,17 @@ def _metric_sources() -> list[tuple[str, str, Callable[[Any], Any]]]:
     return [
         ("producer", "every exchange producer (`tapeflow produce`), and the backfill", producer),
         ("engine", "the signal engine worker (`tapeflow engine`)", EngineAppMetrics),
-        ("executor", "the executor (`tapeflow execute`), its own publishing included",
-         lambda r: (ExecutorMetrics(r), PublishMetrics(r, prefix="tapeflow_executor_publish"))),
+        (
+            "executor",
+            "the executor (`tapeflow execute`), its own publishing included",
+            lambda r: (ExecutorMetrics(r), PublishMetrics(r, prefix="tapeflow_executor_publish")),
+        ),
         ("sink", "the sink (`tapeflow sink`)", SinkMetrics),
-        ("watchlist", "the cross-venue watchlist service (`tapeflow cross-venue`), its publishing included",
-         lambda r: (WatchlistMetrics(r), PublishMetrics(r, prefix="tapeflow_watchlist_publish"))),
+        (
+            "watchlist",
+            "the cross-venue watchlist service (`tapeflow cross-venue`), its publishing included",
+            lambda r: (WatchlistMetrics(r), PublishMetrics(r, prefix="tapeflow_watchlist_publish")),
+        ),
         ("notify", "the notifier (`tapeflow notify`)", NotifyMetrics),
         ("replay", "`tapeflow replay` (its publishing)", lambda r: PublishMetrics(r, prefix="tapeflow_replay")),
     ]
@@ -474,11 +591,13 @@ def gen_metrics() -> str:
     import yaml
     from prometheus_client import CollectorRegistry
 
-    parts = [HEADER + "# Metrics and alert rules\n\n",
-             "Every service serves Prometheus metrics on `/metrics` and its health on `/health` beside them "
-             "(the address is in `tapeflow status`; `--metrics-port` fixes it). Metric names follow "
-             "`tapeflow_<component>_<what>_<unit>`. Generated by instantiating each service's metrics on a "
-             "private registry.\n"]
+    parts = [
+        HEADER + "# Metrics and alert rules\n\n",
+        "Every service serves Prometheus metrics on `/metrics` and its health on `/health` beside them "
+        "(the address is in `tapeflow status`; `--metrics-port` fixes it). Metric names follow "
+        "`tapeflow_<component>_<what>_<unit>`. Generated by instantiating each service's metrics on a "
+        "private registry.\n",
+    ]
     for component, what, make in _metric_sources():
         registry = CollectorRegistry()
         make(registry)
@@ -492,28 +611,39 @@ def gen_metrics() -> str:
             labels = ", ".join(getattr(collector, "_labelnames", ()) or ())
             name = metric.name + ("_total" if metric.type == "counter" else "")
             rows.append([code(name), metric.type, labels, metric.documentation])
-        parts.append(f"\n## {component}\n\n{what.capitalize()}.\n\n"
-                     + table(["metric", "type", "labels", "meaning"], rows))
+        parts.append(
+            f"\n## {component}\n\n{what.capitalize()}.\n\n" + table(["metric", "type", "labels", "meaning"], rows)
+        )
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
-    parts.append("\n## Alert rules\n\nFrom `deploy/prometheus/alerts.yml` (each rule has a `promtool test "
-                 "rules` case in `alerts_test.yml`). docker-compose's Prometheus loads them; there is no "
-                 "Alertmanager in the dev stack: alerts show in Prometheus under `/alerts`, and alerts to "
-                 "people come from `tapeflow notify`.\n\n")
+    parts.append(
+        "\n## Alert rules\n\nFrom `deploy/prometheus/alerts.yml` (each rule has a `promtool test "
+        "rules` case in `alerts_test.yml`). docker-compose's Prometheus loads them; there is no "
+        "Alertmanager in the dev stack: alerts show in Prometheus under `/alerts`, and alerts to "
+        "people come from `tapeflow notify`.\n\n"
+    )
     rows = []
     for group in rules.get("groups", []):
         for rule in group.get("rules", []):
             if "alert" not in rule:
                 continue
             ann = rule.get("annotations", {})
-            rows.append([code(rule["alert"]), rule.get("labels", {}).get("severity", ""), rule.get("for", ""),
-                         ann.get("description") or ann.get("summary", ""), code(" ".join(str(rule["expr"]).split()))])
+            rows.append(
+                [
+                    code(rule["alert"]),
+                    rule.get("labels", {}).get("severity", ""),
+                    rule.get("for", ""),
+                    ann.get("description") or ann.get("summary", ""),
+                    code(" ".join(str(rule["expr"]).split())),
+                ]
+            )
     parts.append(table(["alert", "severity", "for", "fires when", "expression"], rows))
     return "".join(parts)
 
 
 # --- strategy files -------------------------------------------------------------------------------------
-def _model_tables(model: Any, title: str, seen: dict[type, str], parts: list[str], level: int = 2,
-                  context: str = "") -> None:
+def _model_tables(
+    model: Any, title: str, seen: dict[type, str], parts: list[str], level: int = 2, context: str = ""
+) -> None:
     """A table of ``model``'s keys under ``title``, then one per model nested in it. ``seen`` maps each model
     written to its title: a model is written once, and one that shares its class name with another already
     written (the strategy's and the watchlist's ``Exits``) gets ``context`` in its title instead of being
@@ -545,8 +675,11 @@ def _model_tables(model: Any, title: str, seen: dict[type, str], parts: list[str
         type_text = re.sub(r"\b[a-z_]+(\.[a-z_]+)+\.([A-Z]\w*)", r"\2", type_text)
         rows.append([code(key), type_text, default, f.description or ""])
     doc = inspect.cleandoc(model.__doc__ or "")
-    parts.append(f"\n{'#' * level} {title}\n\n" + (doc + "\n\n" if doc and not doc.startswith("Usage docs") else "")
-                 + table(["key", "type", "default", "meaning"], rows))
+    parts.append(
+        f"\n{'#' * level} {title}\n\n"
+        + (doc + "\n\n" if doc and not doc.startswith("Usage docs") else "")
+        + table(["key", "type", "default", "meaning"], rows)
+    )
     for sub in nested:
         sub_title = f"`{sub.__name__}`"
         if sub not in seen and sub_title in seen.values():
@@ -583,25 +716,33 @@ def gen_strategy() -> str:
     from stream_apps.core.strategy import StrategyConfig
     from stream_apps.watchlist.strategy import WatchlistStrategy
 
-    parts = [HEADER + "# Strategy and executor files\n\n",
-             "The keys of the files tapeflow reads, generated from their pydantic models. Files are YAML or "
-             "JSON; unknown keys, wrong types and contradictions are refused with one `error:` line naming "
-             "the field. Durations are written `30s`, `15m`, `4h`, `1d` and held in milliseconds, which is the type and default shown (`86400000` is 24 h).\n"]
-    parts.append("\n## Strategy file (`tapeflow engine --strategy`, `tapeflow backtest --strategy`)\n\n"
-                 "Shipped examples: `stream_apps/strategies/v51_baseline.yaml`, `v52_8signals.yaml`, `v53.yaml` "
-                 "and the regime strategies in `stream_apps/strategies/regimes/`. A strategy's `config_hash` "
-                 "covers its whole content. Concepts: [Signal engine](../concepts/engine.md), "
-                 "[Regime strategies](../concepts/regime-strategies.md), "
-                 "[Microstructure measures](../concepts/microstructure.md).\n")
+    parts = [
+        HEADER + "# Strategy and executor files\n\n",
+        "The keys of the files tapeflow reads, generated from their pydantic models. Files are YAML or "
+        "JSON; unknown keys, wrong types and contradictions are refused with one `error:` line naming "
+        "the field. Durations are written `30s`, `15m`, `4h`, `1d` and held in milliseconds, which is the type and default shown (`86400000` is 24 h).\n",
+    ]
+    parts.append(
+        "\n## Strategy file (`tapeflow engine --strategy`, `tapeflow backtest --strategy`)\n\n"
+        "Shipped examples: `stream_apps/strategies/v51_baseline.yaml`, `v52_8signals.yaml`, `v53.yaml` "
+        "and the regime strategies in `stream_apps/strategies/regimes/`. A strategy's `config_hash` "
+        "covers its whole content. Concepts: [Signal engine](../concepts/engine.md), "
+        "[Regime strategies](../concepts/regime-strategies.md), "
+        "[Microstructure measures](../concepts/microstructure.md).\n"
+    )
     seen: dict[type, str] = {}
     _model_tables(StrategyConfig, "`StrategyConfig` (top level)", seen, parts, level=3, context="strategy")
-    parts.append("\n## Watchlist strategy file (`kind: watchlist`)\n\nUsed by `tapeflow watchlist backtest`, "
-                 "`tapeflow cross-venue --strategy` and `TAPEFLOW_WATCHLIST_STRATEGIES`; the example with every "
-                 "key commented is `stream_apps/watchlist/strategies/xv_convergence.yaml`. Concepts: "
-                 "[Watchlist strategies](../concepts/watchlist-strategies.md).\n")
+    parts.append(
+        "\n## Watchlist strategy file (`kind: watchlist`)\n\nUsed by `tapeflow watchlist backtest`, "
+        "`tapeflow cross-venue --strategy` and `TAPEFLOW_WATCHLIST_STRATEGIES`; the example with every "
+        "key commented is `stream_apps/watchlist/strategies/xv_convergence.yaml`. Concepts: "
+        "[Watchlist strategies](../concepts/watchlist-strategies.md).\n"
+    )
     _model_tables(WatchlistStrategy, "`WatchlistStrategy` (top level)", seen, parts, level=3, context="watchlist")
-    parts.append("\n## Executor configuration (`tapeflow execute --executor-config FILE`)\n\nConcepts: "
-                 "[Execution](../concepts/execution.md).\n")
+    parts.append(
+        "\n## Executor configuration (`tapeflow execute --executor-config FILE`)\n\nConcepts: "
+        "[Execution](../concepts/execution.md).\n"
+    )
     _model_tables(ExecutorConfig, "`ExecutorConfig` (top level)", seen, parts, level=3, context="executor")
     return "".join(parts)
 
@@ -618,13 +759,21 @@ PAGES: dict[str, tuple[str, Callable[[], str]]] = {
 
 
 def gen_index() -> str:
-    rows = [[f"[{title.split(':')[0]}]({name})", title.split(": ", 1)[1] if ": " in title else title]
-            for name, (title, _) in PAGES.items()]
-    rows.append(["[Dashboards](dashboards.md)", "every Grafana panel with its question, query and thresholds "
-                 "(generated by `deploy/grafana/dashboards.py`)"])
-    return (HEADER + "# Reference\n\nGenerated from the code, so it cannot drift: `python docs/gen_reference.py` "
-            "rewrites these pages, and the test suite fails when the committed pages differ from what the code "
-            "gives.\n\n" + table(["page", "what"], rows))
+    rows = [
+        [f"[{title.split(':')[0]}]({name})", title.split(": ", 1)[1] if ": " in title else title]
+        for name, (title, _) in PAGES.items()
+    ]
+    rows.append(
+        [
+            "[Dashboards](dashboards.md)",
+            "every Grafana panel with its question, query and thresholds (generated by `deploy/grafana/dashboards.py`)",
+        ]
+    )
+    return (
+        HEADER + "# Reference\n\nGenerated from the code, so it cannot drift: `python docs/gen_reference.py` "
+        "rewrites these pages, and the test suite fails when the committed pages differ from what the code "
+        "gives.\n\n" + table(["page", "what"], rows)
+    )
 
 
 def generate(out: Path) -> list[Path]:

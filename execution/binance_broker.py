@@ -143,10 +143,19 @@ class UserDataStream:
 class BinanceBroker:
     """`Broker` for `--mode testnet|live` against Binance USD-M (or the fake exchange in tests)."""
 
-    def __init__(self, mode: str, rest: SignedRestClient, filters: dict[str, SymbolFilters], *,
-                 stream: UserDataStream | None = None, exchange: str = "binance", settle_timeout_s: float = 2.0,
-                 probe_interval_s: float = 5.0, stream_check_after_s: float = 10.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        mode: str,
+        rest: SignedRestClient,
+        filters: dict[str, SymbolFilters],
+        *,
+        stream: UserDataStream | None = None,
+        exchange: str = "binance",
+        settle_timeout_s: float = 2.0,
+        probe_interval_s: float = 5.0,
+        stream_check_after_s: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.mode = mode
         self.rest = rest
         self.accepted_key_problems: list[str] = []  # live: risky permissions the operator accepted (safety.py)
@@ -175,8 +184,9 @@ class BinanceBroker:
         self.malformed_events = 0  # stream events that could not be read (see _handle)
 
     @classmethod
-    def connect(cls, mode: str, rest_url: str, ws_url: str, api_key: SecretStr, api_secret: SecretStr,
-                **kwargs: Any) -> BinanceBroker:
+    def connect(
+        cls, mode: str, rest_url: str, ws_url: str, api_key: SecretStr, api_secret: SecretStr, **kwargs: Any
+    ) -> BinanceBroker:
         """Sync the clock, load the filters, open the user-data stream (`ws_url` + `/ws/<listenKey>`).
 
         Raises (`BinanceApiError`, `ConnectionError`) with nothing left running when any step fails."""
@@ -251,8 +261,9 @@ class BinanceBroker:
             return self._take()
         tracked.cancel_reason = reason
         try:
-            body = self.rest.signed("DELETE", "/fapi/v1/order", {"symbol": tracked.request.symbol,
-                                                                 "origClientOrderId": client_order_id})
+            body = self.rest.signed(
+                "DELETE", "/fapi/v1/order", {"symbol": tracked.request.symbol, "origClientOrderId": client_order_id}
+            )
             self._rest_down = False
         except BinanceApiError as exc:
             self._note(exc)
@@ -293,8 +304,10 @@ class BinanceBroker:
             self._stream_down_since = None
         elif self._stream_down_since is None:
             self._stream_down_since = self._monotonic()
-        stream_stuck = (self._stream_down_since is not None
-                        and self._monotonic() - self._stream_down_since >= self.stream_check_after_s)
+        stream_stuck = (
+            self._stream_down_since is not None
+            and self._monotonic() - self._stream_down_since >= self.stream_check_after_s
+        )
         if not self._renew_stream and (stream_stuck or now_ms - self._listen_key_at >= LISTEN_KEY_KEEPALIVE_MS):
             try:
                 self.rest.keyed("PUT", "/fapi/v1/listenKey")
@@ -350,21 +363,47 @@ class BinanceBroker:
         except FilterViolation as exc:
             raise AmendRejected(f"filter {exc}") from None
         try:
-            self.rest.signed("PUT", "/fapi/v1/order", {
-                "symbol": req.symbol, "origClientOrderId": client_order_id, "side": req.side,
-                "quantity": plain(new_qty), "price": plain(new_price)})
+            self.rest.signed(
+                "PUT",
+                "/fapi/v1/order",
+                {
+                    "symbol": req.symbol,
+                    "origClientOrderId": client_order_id,
+                    "side": req.side,
+                    "quantity": plain(new_qty),
+                    "price": plain(new_price),
+                },
+            )
             self._rest_down = False
         except BinanceApiError as exc:
             self._note(exc)
             raise AmendRejected(f"binance {exc.code}: {exc.msg}") from None
-        tracked.request = OrderRequest(req.client_order_id, req.exchange, req.symbol, req.side, req.type,
-                                       float(new_qty), float(new_price), req.post_only, req.reduce_only,
-                                       req.not_before_ms)
+        tracked.request = OrderRequest(
+            req.client_order_id,
+            req.exchange,
+            req.symbol,
+            req.side,
+            req.type,
+            float(new_qty),
+            float(new_price),
+            req.post_only,
+            req.reduce_only,
+            req.not_before_ms,
+        )
         self._drain()
         return self._take()
 
-    def place_stop(self, client_order_id: str, symbol: str, side: str, qty: float, stop_price: float, now_ms: int,
-                   *, working_type: str = "MARK_PRICE") -> list[BrokerEvent]:
+    def place_stop(
+        self,
+        client_order_id: str,
+        symbol: str,
+        side: str,
+        qty: float,
+        stop_price: float,
+        now_ms: int,
+        *,
+        working_type: str = "MARK_PRICE",
+    ) -> list[BrokerEvent]:
         """A reduce-only STOP_MARKET held by the exchange (fills as taker once the stop is touched)."""
         f = self.filters[symbol]
         try:
@@ -374,9 +413,16 @@ class BinanceBroker:
         except FilterViolation as exc:
             return [OrderUpdate(client_order_id, "REJECTED", 0.0, None, None, now_ms, f"filter {exc}")]
         request = OrderRequest(client_order_id, self.exchange, symbol, side, "MARKET", float(q), reduce_only=True)
-        params = {"symbol": symbol, "side": side, "type": "STOP_MARKET", "quantity": plain(q),
-                  "stopPrice": plain(sp), "reduceOnly": True, "workingType": working_type,
-                  "newClientOrderId": client_order_id}
+        params = {
+            "symbol": symbol,
+            "side": side,
+            "type": "STOP_MARKET",
+            "quantity": plain(q),
+            "stopPrice": plain(sp),
+            "reduceOnly": True,
+            "workingType": working_type,
+            "newClientOrderId": client_order_id,
+        }
         self._place(request, params, now_ms)
         return self._take()
 
@@ -402,8 +448,13 @@ class BinanceBroker:
             raise FilterViolation("symbol", f"{request.symbol} not listed in exchangeInfo")
         market = request.type == "MARKET"
         qty = f.round_qty(request.qty, market=market)
-        params: dict[str, Any] = {"symbol": request.symbol, "side": request.side, "type": request.type,
-                                  "quantity": plain(qty), "newClientOrderId": request.client_order_id}
+        params: dict[str, Any] = {
+            "symbol": request.symbol,
+            "side": request.side,
+            "type": request.type,
+            "quantity": plain(qty),
+            "newClientOrderId": request.client_order_id,
+        }
         price: Decimal | None = None
         if request.type == "LIMIT":
             if request.price is None:
@@ -413,13 +464,25 @@ class BinanceBroker:
             params.update(price=plain(price), timeInForce="GTX" if request.post_only else "GTC")
         if request.reduce_only:
             params["reduceOnly"] = True
-        reference = price if price is not None else (
-            Decimal(str(self._last_price[request.symbol])) if request.symbol in self._last_price else None)
+        reference = (
+            price
+            if price is not None
+            else (Decimal(str(self._last_price[request.symbol])) if request.symbol in self._last_price else None)
+        )
         if reference is not None:
             f.check_notional(qty, reference, reduce_only=request.reduce_only)
-        sent = OrderRequest(request.client_order_id, request.exchange, request.symbol, request.side, request.type,
-                            float(qty), float(price) if price is not None else None, request.post_only,
-                            request.reduce_only, request.not_before_ms)
+        sent = OrderRequest(
+            request.client_order_id,
+            request.exchange,
+            request.symbol,
+            request.side,
+            request.type,
+            float(qty),
+            float(price) if price is not None else None,
+            request.post_only,
+            request.reduce_only,
+            request.not_before_ms,
+        )
         return params, sent
 
     def _place(self, request: OrderRequest, params: dict[str, Any], now_ms: int, resends: int = 1) -> None:
@@ -436,7 +499,9 @@ class BinanceBroker:
                 self._recover(tracked, now_ms, resend=params if resends > 0 else None, resends=resends - 1)
             else:
                 tracked.state = "REJECTED"
-                self._buffer.append(OrderUpdate(cid, "REJECTED", 0.0, None, None, now_ms, f"binance {exc.code}: {exc.msg}"))
+                self._buffer.append(
+                    OrderUpdate(cid, "REJECTED", 0.0, None, None, now_ms, f"binance {exc.code}: {exc.msg}")
+                )
             return
         self._rest_down = False
         tracked.exchange_order_id = str(body["orderId"])
@@ -460,8 +525,14 @@ class BinanceBroker:
                 return
             if exc.kind is ErrorKind.NOT_FOUND:
                 tracked.unknown = False
-                self._update(tracked, "REJECTED" if tracked.state == "PENDING_NEW" else "EXPIRED",
-                             tracked.filled, None, now_ms, "not found at the exchange")
+                self._update(
+                    tracked,
+                    "REJECTED" if tracked.state == "PENDING_NEW" else "EXPIRED",
+                    tracked.filled,
+                    None,
+                    now_ms,
+                    "not found at the exchange",
+                )
                 return
             tracked.unknown = True
             return
@@ -477,11 +548,20 @@ class BinanceBroker:
             self._update(tracked, "NEW", 0.0, None, int(body.get("time", now_ms)))
         executed = float(body.get("executedQty", 0))
         if executed > tracked.filled + 1e-12:
-            rows = self.rest.signed("GET", "/fapi/v1/userTrades", {"symbol": tracked.request.symbol,
-                                                                   "orderId": body["orderId"]})
+            rows = self.rest.signed(
+                "GET", "/fapi/v1/userTrades", {"symbol": tracked.request.symbol, "orderId": body["orderId"]}
+            )
             for row in sorted(rows, key=lambda r: r["id"]):
-                self._execution(tracked, str(row["id"]), float(row["price"]), float(row["qty"]),
-                                float(row["commission"]), row["commissionAsset"], bool(row["maker"]), int(row["time"]))
+                self._execution(
+                    tracked,
+                    str(row["id"]),
+                    float(row["price"]),
+                    float(row["qty"]),
+                    float(row["commission"]),
+                    row["commissionAsset"],
+                    bool(row["maker"]),
+                    int(row["time"]),
+                )
         status = body["status"]
         avg = float(body.get("avgPrice") or 0) or None
         self._update(tracked, status, executed, avg, int(body.get("updateTime", now_ms)))
@@ -544,24 +624,60 @@ class BinanceBroker:
             return
         tracked.exchange_order_id = str(o["i"])
         if o["x"] == "TRADE":
-            self._execution(tracked, str(o["t"]), float(o["L"]), float(o["l"]), float(o.get("n") or 0),
-                            o.get("N") or "USDT", bool(o.get("m")), int(o["T"]))
+            self._execution(
+                tracked,
+                str(o["t"]),
+                float(o["L"]),
+                float(o["l"]),
+                float(o.get("n") or 0),
+                o.get("N") or "USDT",
+                bool(o.get("m")),
+                int(o["T"]),
+            )
         if tracked.state == "PENDING_NEW" and o["X"] != "NEW":
             self._update(tracked, "NEW", 0.0, None, int(event["E"]))
         self._update(tracked, o["X"], float(o["z"]), float(o.get("ap") or 0) or None, int(event["E"]))
 
-    def _execution(self, tracked: _Tracked, trade_id: str, price: float, qty: float, fee: float, fee_asset: str,
-                   maker: bool, time_ms: int) -> None:
+    def _execution(
+        self,
+        tracked: _Tracked,
+        trade_id: str,
+        price: float,
+        qty: float,
+        fee: float,
+        fee_asset: str,
+        maker: bool,
+        time_ms: int,
+    ) -> None:
         key = f"b:{tracked.request.symbol}:{trade_id}"
         if key in tracked.trade_ids:
             return
         tracked.trade_ids.add(key)
-        self._buffer.append(Execution(tracked.request.client_order_id, tracked.exchange_order_id or "", key,
-                                      tracked.request.side, price, qty, fee, fee_asset,
-                                      "maker" if maker else "taker", price, time_ms))
+        self._buffer.append(
+            Execution(
+                tracked.request.client_order_id,
+                tracked.exchange_order_id or "",
+                key,
+                tracked.request.side,
+                price,
+                qty,
+                fee,
+                fee_asset,
+                "maker" if maker else "taker",
+                price,
+                time_ms,
+            )
+        )
 
-    def _update(self, tracked: _Tracked, state: str, filled: float, avg: float | None, event_time: int,
-                reason: str | None = None) -> None:
+    def _update(
+        self,
+        tracked: _Tracked,
+        state: str,
+        filled: float,
+        avg: float | None,
+        event_time: int,
+        reason: str | None = None,
+    ) -> None:
         if tracked.terminal or (state == tracked.state and abs(filled - tracked.filled) < 1e-12):
             return
         if state == "CANCELED":
@@ -569,8 +685,11 @@ class BinanceBroker:
         elif state == "EXPIRED":
             reason = reason or "expired"
         tracked.state, tracked.filled = state, filled
-        self._buffer.append(OrderUpdate(tracked.request.client_order_id, state, filled, avg,
-                                        tracked.exchange_order_id, event_time, reason))
+        self._buffer.append(
+            OrderUpdate(
+                tracked.request.client_order_id, state, filled, avg, tracked.exchange_order_id, event_time, reason
+            )
+        )
 
     def _note(self, exc: BinanceApiError) -> None:
         self._rest_down = exc.kind is ErrorKind.UNKNOWN_STATE

@@ -85,8 +85,9 @@ def sign(secret: SecretStr, query: str) -> str:
     return hmac.new(secret.get_secret_value().encode(), query.encode(), hashlib.sha256).hexdigest()
 
 
-def signed_query(params: Mapping[str, Any], secret: SecretStr, timestamp_ms: int,
-                 recv_window_ms: int = DEFAULT_RECV_WINDOW_MS) -> str:
+def signed_query(
+    params: Mapping[str, Any], secret: SecretStr, timestamp_ms: int, recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
+) -> str:
     """`params` + timestamp + recvWindow, url-encoded in that order, with `&signature=` appended."""
     items = [(k, _text(v)) for k, v in params.items() if v is not None]
     items += [("timestamp", str(timestamp_ms)), ("recvWindow", str(recv_window_ms))]
@@ -107,8 +108,16 @@ class SignedRestClient:
     it for `timestamp`, and `sync_time()` sets it from `GET /fapi/v1/time`.
     """
 
-    def __init__(self, base_url: str, api_key: SecretStr, api_secret: SecretStr, *, timeout_s: float = 5.0,
-                 recv_window_ms: int = DEFAULT_RECV_WINDOW_MS, clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr,
+        api_secret: SecretStr,
+        *,
+        timeout_s: float = 5.0,
+        recv_window_ms: int = DEFAULT_RECV_WINDOW_MS,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base url must be http(s)://host[:port], got {base_url!r}")
@@ -149,8 +158,14 @@ class SignedRestClient:
         before = self.time_offset_ms
         self.sync_time()
         ids = {k: v for k, v in (params or {}).items() if k in ("newClientOrderId", "origClientOrderId")}
-        log.warning("exchange refused the request time (-1021): clock offset resynced, request resent",
-                    method=method, path=path, offset_ms=self.time_offset_ms, previous_offset_ms=before, **ids)
+        log.warning(
+            "exchange refused the request time (-1021): clock offset resynced, request resent",
+            method=method,
+            path=path,
+            offset_ms=self.time_offset_ms,
+            previous_offset_ms=before,
+            **ids,
+        )
         return self._signed_once(method, path, params)
 
     def _signed_once(self, method: str, path: str, params: Mapping[str, Any] | None) -> Any:

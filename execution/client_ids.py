@@ -22,8 +22,18 @@ BINANCE_CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 # The `pair_*` roles are the two legs of a hedged cross-venue pair (`execution.hedged`): its short and
 # long leg's entry, and the order that closes each leg (the exit, or the unwind of a leg whose partner
 # failed), so one watchlist signal gives four ids and none of them collides with a directional one.
-LEG_CODES = {"entry": "en", "entry_fallback": "ef", "tp1": "t1", "tp2": "t2", "sl": "sl", "exit": "ex",
-             "pair_short_entry": "se", "pair_long_entry": "le", "pair_short_exit": "sx", "pair_long_exit": "lx"}
+LEG_CODES = {
+    "entry": "en",
+    "entry_fallback": "ef",
+    "tp1": "t1",
+    "tp2": "t2",
+    "sl": "sl",
+    "exit": "ex",
+    "pair_short_entry": "se",
+    "pair_long_entry": "le",
+    "pair_short_exit": "sx",
+    "pair_long_exit": "lx",
+}
 
 
 def signal_digest(signal_id: str) -> str:

@@ -37,10 +37,18 @@ class _Model(BaseModel):
 class Fees(_Model):
     """Commission per fill as a fraction of notional, by liquidity."""
 
-    taker: float = Field(default=TAKER_FEE, ge=0, lt=0.01, description="fee of a taker fill (market order) as a "
-                         "fraction of notional, 0.0005 = 0.05 %")
-    maker: float = Field(default=MAKER_FEE, ge=-0.001, lt=0.01, description="fee of a maker fill (resting limit "
-                         "order) as a fraction of notional; negative = rebate")
+    taker: float = Field(
+        default=TAKER_FEE,
+        ge=0,
+        lt=0.01,
+        description="fee of a taker fill (market order) as a fraction of notional, 0.0005 = 0.05 %",
+    )
+    maker: float = Field(
+        default=MAKER_FEE,
+        ge=-0.001,
+        lt=0.01,
+        description="fee of a maker fill (resting limit order) as a fraction of notional; negative = rebate",
+    )
 
 
 class PaperFills(_Model):
@@ -57,14 +65,26 @@ class PaperFills(_Model):
     `touch` assumes the front and fills on a trade at our price. Fills are never partial.
     """
 
-    slippage_bps: float = Field(default=0.0, ge=0, le=500, description="every market fill moved this many bp "
-                                "against the order from the trade price")
-    slippage_model: Literal["fixed", "book"] = Field(default="fixed", description="fixed: slippage_bps only; book: "
-                                                     "also half the spread and the walk through a fresh md.book")
-    book_max_age_ms: int = Field(default=5_000, gt=0, description="book model: the snapshot at most this much older "
-                                 "than the filling trade (ms); older: the fixed model")
-    limit_queue: Literal["through", "touch"] = Field(default="through", description="a resting limit fills on a "
-                                                     "trade strictly beyond its price (through) or at it (touch)")
+    slippage_bps: float = Field(
+        default=0.0,
+        ge=0,
+        le=500,
+        description="every market fill moved this many bp against the order from the trade price",
+    )
+    slippage_model: Literal["fixed", "book"] = Field(
+        default="fixed",
+        description="fixed: slippage_bps only; book: also half the spread and the walk through a fresh md.book",
+    )
+    book_max_age_ms: int = Field(
+        default=5_000,
+        gt=0,
+        description="book model: the snapshot at most this much older "
+        "than the filling trade (ms); older: the fixed model",
+    )
+    limit_queue: Literal["through", "touch"] = Field(
+        default="through",
+        description="a resting limit fills on a trade strictly beyond its price (through) or at it (touch)",
+    )
 
 
 class EntryPolicy(_Model):
@@ -72,22 +92,37 @@ class EntryPolicy(_Model):
     for SHORT), cancelled after `maker_timeout_ms`, then a market order for the whole size if the mid
     moved at most `fallback_slippage_cap_bps` from the signal price, otherwise no trade."""
 
-    kind: Literal["taker", "maker_first"] = Field(default="taker", description="taker: market entry; maker_first: "
-                                                  "post-only limit at the touch, then the market fallback")
-    maker_timeout_ms: int = Field(default=4000, gt=0, description="maker_first: the limit is cancelled this long "
-                                  "after it was sent (ms)")
-    fallback_slippage_cap_bps: float = Field(default=10.0, ge=0, description="maker_first: the market fallback only "
-                                             "when the mid moved at most this many bp from the signal price")
+    kind: Literal["taker", "maker_first"] = Field(
+        default="taker",
+        description="taker: market entry; maker_first: post-only limit at the touch, then the market fallback",
+    )
+    maker_timeout_ms: int = Field(
+        default=4000, gt=0, description="maker_first: the limit is cancelled this long after it was sent (ms)"
+    )
+    fallback_slippage_cap_bps: float = Field(
+        default=10.0,
+        ge=0,
+        description="maker_first: the market fallback only "
+        "when the mid moved at most this many bp from the signal price",
+    )
 
 
 class RiskLimits(_Model):
     daily_loss_limit_r: float = Field(default=5.0, gt=0, description="flatten and stop for the UTC day")
-    max_consecutive_losses: int = Field(default=5, ge=1, description="this many losing trades in a row (net pnl_r "
-                                        "<= 0) pause new entries for pause_min")
-    pause_min: int = Field(default=60, gt=0, description="minutes new entries are paused after "
-                           "max_consecutive_losses; the streak then restarts at 0")
-    stale_market_data_s: float = Field(default=30.0, gt=0, description="no new entry on a symbol whose newest trade "
-                                       "or book is older than this many seconds, or that has none yet")
+    max_consecutive_losses: int = Field(
+        default=5, ge=1, description="this many losing trades in a row (net pnl_r <= 0) pause new entries for pause_min"
+    )
+    pause_min: int = Field(
+        default=60,
+        gt=0,
+        description="minutes new entries are paused after max_consecutive_losses; the streak then restarts at 0",
+    )
+    stale_market_data_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="no new entry on a symbol whose newest trade "
+        "or book is older than this many seconds, or that has none yet",
+    )
     max_open_positions: int = Field(default=12, ge=1, description="over all strategies and symbols")
     max_signal_age_s: float = Field(default=60.0, gt=0, description="older signals are not traded")
 
@@ -107,16 +142,28 @@ class ExchangeVenue(_Model):
     after `request_timeout_s` the order is looked up by its client id (`execution.binance_broker`).
     """
 
-    rest_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+", description="REST base URL (unset: "
-                                 "Binance's for the mode); TAPEFLOW_BINANCE_REST_URL wins over it")
-    ws_url: str | None = Field(default=None, pattern=r"^wss?://[^/\s]+", description="websocket base URL (unset: "
-                               "Binance's for the mode); TAPEFLOW_BINANCE_WS_URL wins over it")
-    request_timeout_s: float = Field(default=5.0, gt=0, le=120, description="seconds to wait for a REST answer; an "
-                                     "order without one is then looked up by its client id")
-    connect_timeout_s: float = Field(default=10.0, gt=0, le=300,
-                                     description="start-up: clock sync, exchangeInfo, user-data stream")
-    probe_interval_s: float = Field(default=5.0, gt=0,
-                                    description="while the exchange is unreachable, how often to check it again")
+    rest_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/\s]+",
+        description="REST base URL (unset: Binance's for the mode); TAPEFLOW_BINANCE_REST_URL wins over it",
+    )
+    ws_url: str | None = Field(
+        default=None,
+        pattern=r"^wss?://[^/\s]+",
+        description="websocket base URL (unset: Binance's for the mode); TAPEFLOW_BINANCE_WS_URL wins over it",
+    )
+    request_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="seconds to wait for a REST answer; an order without one is then looked up by its client id",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="start-up: clock sync, exchangeInfo, user-data stream"
+    )
+    probe_interval_s: float = Field(
+        default=5.0, gt=0, description="while the exchange is unreachable, how often to check it again"
+    )
 
 
 class Reconciliation(_Model):
@@ -128,37 +175,52 @@ class Reconciliation(_Model):
     market order; `adopt` leaves them and reports them once. Either way every finding is published.
     """
 
-    orphans: Literal["adopt", "flatten"] = Field(default="flatten", description="positions and orders on the "
-                                                 "exchange that are not ours: flatten (cancel, close) or adopt "
-                                                 "(report)")
+    orphans: Literal["adopt", "flatten"] = Field(
+        default="flatten",
+        description="positions and orders on the exchange that are not ours: flatten (cancel, close) or adopt (report)",
+    )
     interval_s: float = Field(default=300.0, gt=0, description="seconds between reconciliation runs")
-    retry_s: float = Field(default=10.0, gt=0, description="seconds to the next run after a failed one; new entries "
-                           "are blocked until one succeeds")
+    retry_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds to the next run after a failed one; new entries are blocked until one succeeds",
+    )
 
 
 class ExecutorConfig(_Model):
     balance: float = Field(default=10_000.0, gt=0, description="account balance in quote currency")
     risk_pct: float = Field(default=2.0, gt=0, le=100, description="percent of balance per 1R")
-    tier_multipliers: dict[str, float] = Field(default_factory=lambda: {"standard": 1.0, "heavy": 1.5},
-                                               description="1R multiplier per tier for signals that carry none (a "
-                                               "signal carries its strategy's sizing.tier_multipliers)")
+    tier_multipliers: dict[str, float] = Field(
+        default_factory=lambda: {"standard": 1.0, "heavy": 1.5},
+        description="1R multiplier per tier for signals that carry none (a "
+        "signal carries its strategy's sizing.tier_multipliers)",
+    )
     fees: Fees = Field(default=Fees(), description="the paper broker's fees per fill (on an exchange its own apply)")
-    paper: PaperFills = Field(default=PaperFills(), description="how the paper broker fills orders (paper mode, "
-                              "backtests)")
-    entry: EntryPolicy = Field(default=EntryPolicy(), description="how an entry order is placed: market, or "
-                               "maker first")
-    timeout_min: int = Field(default=240, gt=0,
-                             description="default position timeout for signals that carry none (signals "
-                                         "carry their strategy's exits.timeout_min as timeout_ms)")
+    paper: PaperFills = Field(
+        default=PaperFills(), description="how the paper broker fills orders (paper mode, backtests)"
+    )
+    entry: EntryPolicy = Field(
+        default=EntryPolicy(), description="how an entry order is placed: market, or maker first"
+    )
+    timeout_min: int = Field(
+        default=240,
+        gt=0,
+        description="default position timeout for signals that carry none (signals "
+        "carry their strategy's exits.timeout_min as timeout_ms)",
+    )
     timeout_min_by_strategy: dict[str, int] = Field(
-        default_factory=dict, description="per-strategy default timeout for signals that carry none")
-    breakeven_offset_r: float = Field(default=0.0, ge=0, lt=1,
-                                      description="after TP1 the stop moves to entry + this many R")
+        default_factory=dict, description="per-strategy default timeout for signals that carry none"
+    )
+    breakeven_offset_r: float = Field(
+        default=0.0, ge=0, lt=1, description="after TP1 the stop moves to entry + this many R"
+    )
     risk: RiskLimits = Field(default=RiskLimits(), description="the risk guard's limits")
-    exchange: ExchangeVenue = Field(default=ExchangeVenue(), description="testnet/live: exchange endpoints and "
-                                    "timeouts")
-    reconcile: Reconciliation = Field(default=Reconciliation(), description="testnet/live: when and how exchange "
-                                      "state is checked against ours")
+    exchange: ExchangeVenue = Field(
+        default=ExchangeVenue(), description="testnet/live: exchange endpoints and timeouts"
+    )
+    reconcile: Reconciliation = Field(
+        default=Reconciliation(), description="testnet/live: when and how exchange state is checked against ours"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExecutorConfig:

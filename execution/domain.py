@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from schemas.catalogue import market_key
+
 Direction = Literal["LONG", "SHORT"]
 Side = Literal["BUY", "SELL"]
 Tier = Literal["standard", "heavy"]
 TradingMode = Literal["paper", "testnet", "live"]
 MODES: tuple[TradingMode, ...] = ("paper", "testnet", "live")
-
-from schemas.catalogue import market_key
 
 
 class InvalidSignal(ValueError):
@@ -68,8 +68,15 @@ class TradeTick:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> TradeTick:
-        return cls(rec["exchange"], rec["symbol"], int(rec["agg_id"]), float(rec["price"]), float(rec["qty"]),
-                   int(rec["trade_time"]), rec["taker_side"])
+        return cls(
+            rec["exchange"],
+            rec["symbol"],
+            int(rec["agg_id"]),
+            float(rec["price"]),
+            float(rec["qty"]),
+            int(rec["trade_time"]),
+            rec["taker_side"],
+        )
 
 
 Levels = tuple[tuple[float, float], ...]  # (price, qty), best first
@@ -102,8 +109,15 @@ class BookTop:
     def from_record(cls, rec: Mapping[str, Any]) -> BookTop:
         bids = tuple([(float(level["price"]), float(level["qty"])) for level in rec["bids"]])
         asks = tuple([(float(level["price"]), float(level["qty"])) for level in rec["asks"]])
-        return cls(rec["exchange"], rec["symbol"], bids[0][0] if bids else None, asks[0][0] if asks else None,
-                   int(rec["event_time"]), bids, asks)
+        return cls(
+            rec["exchange"],
+            rec["symbol"],
+            bids[0][0] if bids else None,
+            asks[0][0] if asks else None,
+            int(rec["event_time"]),
+            bids,
+            asks,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +138,14 @@ class MarkTick:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> MarkTick:
-        return cls(rec["exchange"], rec["symbol"], float(rec["mark_price"]), float(rec["funding_rate"]),
-                   int(rec["next_funding_time"]), int(rec["event_time"]))
+        return cls(
+            rec["exchange"],
+            rec["symbol"],
+            float(rec["mark_price"]),
+            float(rec["funding_rate"]),
+            int(rec["next_funding_time"]),
+            int(rec["event_time"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +190,22 @@ class Signal:
         ``timeout_ms`` is optional: signals written before the field existed carry none (None).
         """
         sig = cls(
-            signal_id=rec["signal_id"], strategy=rec["strategy"], strategy_version=rec["strategy_version"],
-            config_hash=rec["config_hash"], exchange=rec["exchange"], symbol=rec["symbol"],
-            eval_time=int(rec["eval_time"]), direction=rec["direction"], tier=rec["tier"], score=float(rec["score"]),
-            price=float(rec["price"]), atr=float(rec["atr"]), risk_distance=float(rec["risk_distance"]),
-            sl_r=float(rec["sl_r"]), tp1_r=float(rec["tp1_r"]), tp2_r=float(rec["tp2_r"]),
+            signal_id=rec["signal_id"],
+            strategy=rec["strategy"],
+            strategy_version=rec["strategy_version"],
+            config_hash=rec["config_hash"],
+            exchange=rec["exchange"],
+            symbol=rec["symbol"],
+            eval_time=int(rec["eval_time"]),
+            direction=rec["direction"],
+            tier=rec["tier"],
+            score=float(rec["score"]),
+            price=float(rec["price"]),
+            atr=float(rec["atr"]),
+            risk_distance=float(rec["risk_distance"]),
+            sl_r=float(rec["sl_r"]),
+            tp1_r=float(rec["tp1_r"]),
+            tp2_r=float(rec["tp2_r"]),
             is_flip=bool(rec.get("is_flip", False)),
             risk_multiplier=(rec.get("factors") or {}).get("risk_multiplier"),
             timeout_ms=None if rec.get("timeout_ms") is None else int(rec["timeout_ms"]),

@@ -41,18 +41,29 @@ class PendingEntry:
         return self.maker and now_ms - self.submitted_ms >= policy.maker_timeout_ms
 
 
-def first_entry_order(signal: Signal, client_order_id: str, qty: float, policy: EntryPolicy,
-                      book: BookTop | None) -> OrderRequest:
+def first_entry_order(
+    signal: Signal, client_order_id: str, qty: float, policy: EntryPolicy, book: BookTop | None
+) -> OrderRequest:
     """The first entry order: a post-only limit at our side of the touch when maker-first and a book is
     known, else a market order. Either fills only on trades at or after the signal's evaluation."""
     side = entry_side(signal.direction)
     if policy.kind == "maker_first" and book is not None:
         price = book.best_bid if side == "BUY" else book.best_ask
         if price is not None:
-            return OrderRequest(client_order_id, signal.exchange, signal.symbol, side, "LIMIT", qty, price=price,
-                                post_only=True, not_before_ms=signal.eval_time)
-    return OrderRequest(client_order_id, signal.exchange, signal.symbol, side, "MARKET", qty,
-                        not_before_ms=signal.eval_time)
+            return OrderRequest(
+                client_order_id,
+                signal.exchange,
+                signal.symbol,
+                side,
+                "LIMIT",
+                qty,
+                price=price,
+                post_only=True,
+                not_before_ms=signal.eval_time,
+            )
+    return OrderRequest(
+        client_order_id, signal.exchange, signal.symbol, side, "MARKET", qty, not_before_ms=signal.eval_time
+    )
 
 
 def fallback_slippage_bps(signal: Signal, market_price: float) -> float:
@@ -62,5 +73,12 @@ def fallback_slippage_bps(signal: Signal, market_price: float) -> float:
 
 def fallback_order(entry: PendingEntry, client_order_id: str, not_before_ms: int) -> OrderRequest:
     sig = entry.signal
-    return OrderRequest(client_order_id, sig.exchange, sig.symbol, entry_side(sig.direction), "MARKET",
-                        entry.size.qty, not_before_ms=not_before_ms)
+    return OrderRequest(
+        client_order_id,
+        sig.exchange,
+        sig.symbol,
+        entry_side(sig.direction),
+        "MARKET",
+        entry.size.qty,
+        not_before_ms=not_before_ms,
+    )

@@ -79,9 +79,12 @@ class SymbolFilters:
         d = Decimal
         return cls(
             symbol=info["symbol"],
-            tick_size=d(price.get("tickSize", "0")), min_price=d(price.get("minPrice", "0")),
+            tick_size=d(price.get("tickSize", "0")),
+            min_price=d(price.get("minPrice", "0")),
             max_price=d(price.get("maxPrice", "0")),
-            step_size=d(lot.get("stepSize", "0")), min_qty=d(lot.get("minQty", "0")), max_qty=d(lot.get("maxQty", "0")),
+            step_size=d(lot.get("stepSize", "0")),
+            min_qty=d(lot.get("minQty", "0")),
+            max_qty=d(lot.get("maxQty", "0")),
             market_step_size=d(market.get("stepSize", lot.get("stepSize", "0"))),
             market_min_qty=d(market.get("minQty", lot.get("minQty", "0"))),
             market_max_qty=d(market.get("maxQty", lot.get("maxQty", "0"))),
@@ -100,8 +103,11 @@ class SymbolFilters:
 
     def round_qty(self, qty: float | str | Decimal, *, market: bool = False) -> Decimal:
         """Quantity rounded down to the step (LOT_SIZE, or MARKET_LOT_SIZE for market orders)."""
-        step, lo, hi = ((self.market_step_size, self.market_min_qty, self.market_max_qty) if market
-                        else (self.step_size, self.min_qty, self.max_qty))
+        step, lo, hi = (
+            (self.market_step_size, self.market_min_qty, self.market_max_qty)
+            if market
+            else (self.step_size, self.min_qty, self.max_qty)
+        )
         value = quantize_to(to_decimal(qty), step, ROUND_FLOOR)
         if value <= 0 or value < lo:
             raise FilterViolation("min_qty", f"{self.symbol} qty {qty} rounds to {plain(value)}, below {plain(lo)}")
@@ -114,8 +120,9 @@ class SymbolFilters:
         if reduce_only or self.min_notional <= 0:
             return
         if qty * price < self.min_notional:
-            raise FilterViolation("min_notional", f"{self.symbol} notional {plain(qty * price)} below "
-                                                  f"{plain(self.min_notional)}")
+            raise FilterViolation(
+                "min_notional", f"{self.symbol} notional {plain(qty * price)} below {plain(self.min_notional)}"
+            )
 
 
 def parse_exchange_info(body: Mapping[str, Any]) -> dict[str, SymbolFilters]:
@@ -132,8 +139,11 @@ def parse_exchange_info(body: Mapping[str, Any]) -> dict[str, SymbolFilters]:
             raise ExchangeInfoError(f"{where}: {type(exc).__name__}: {exc!s:.200}") from None
         if not isinstance(filters.symbol, str):
             raise ExchangeInfoError(f"{where}: symbol is not a string")
-        bad = [f for f in SymbolFilters.__dataclass_fields__ if f != "symbol"
-               and not (getattr(filters, f).is_finite() and getattr(filters, f) >= 0)]
+        bad = [
+            f
+            for f in SymbolFilters.__dataclass_fields__
+            if f != "symbol" and not (getattr(filters, f).is_finite() and getattr(filters, f) >= 0)
+        ]
         if bad:
             raise ExchangeInfoError(f"{where}: {', '.join(bad)} not a finite number >= 0")
         out[filters.symbol] = filters

@@ -100,8 +100,15 @@ log = structlog.get_logger("executor")
 ORDERS, FILLS, POSITIONS, RISK = "orders", "fills", "positions", "risk.events"
 RECONCILE_FLATTEN = "reconcile_flatten"
 # risk.events decision per reconciliation outcome (reason: `<finding kind>:<outcome>`)
-_OUTCOME_DECISION = {"adopted": "allow", "adoption_ended": "allow", "reported": "allow", "flatten_sent": "flatten", "cancelled": "flatten",
-                     "flatten_rejected": "block", "cancel_failed": "block"}
+_OUTCOME_DECISION = {
+    "adopted": "allow",
+    "adoption_ended": "allow",
+    "reported": "allow",
+    "flatten_sent": "flatten",
+    "cancelled": "flatten",
+    "flatten_rejected": "block",
+    "cancel_failed": "block",
+}
 
 
 class OutputSink(Protocol):
@@ -138,8 +145,15 @@ class ListSink:
 class _OrderInfo:
     __slots__ = ("leg", "position_id", "reason", "reference", "request", "signal_id")
 
-    def __init__(self, request: OrderRequest, leg: str, signal_id: str | None, position_id: str | None,
-                 reference: float | None, reason: str | None) -> None:
+    def __init__(
+        self,
+        request: OrderRequest,
+        leg: str,
+        signal_id: str | None,
+        position_id: str | None,
+        reference: float | None,
+        reason: str | None,
+    ) -> None:
         self.request, self.leg, self.signal_id, self.position_id = request, leg, signal_id, position_id
         self.reference, self.reason = reference, reason
 
@@ -213,9 +227,14 @@ class Executor:
             self._cancel_entry(entering, "signal_flip", now_ms)
 
         decision = self.guard.check_entry(
-            now_ms=now_ms, scope=scope, market_data_age_ms=self._data_age(sig.key, now_ms),
-            venue_up=self.venue_up, output_up=self.sink.healthy, sole_writer=self.owner_ok,
-            open_positions=len(self.positions) + len(self.entries) - flipping)
+            now_ms=now_ms,
+            scope=scope,
+            market_data_age_ms=self._data_age(sig.key, now_ms),
+            venue_up=self.venue_up,
+            output_up=self.sink.healthy,
+            sole_writer=self.owner_ok,
+            open_positions=len(self.positions) + len(self.entries) - flipping,
+        )
         if not decision.allowed:
             return self._decide(decision)
         try:
@@ -225,8 +244,9 @@ class Executor:
             return self._decide(RiskDecision("block", scope, "sizing", now_ms))
         self._decide(decision)
         pid = position_id(sig.signal_id)
-        request = first_entry_order(sig, client_order_id(sig.signal_id, "entry"), size.qty, self.config.entry,
-                                    self.books.get(sig.key))
+        request = first_entry_order(
+            sig, client_order_id(sig.signal_id, "entry"), size.qty, self.config.entry, self.books.get(sig.key)
+        )
         entry = PendingEntry(sig, pid, size, request, "entry", now_ms)
         self.entries[pid] = entry
         self.slot_entry[sig.slot] = pid
@@ -320,7 +340,8 @@ class Executor:
         trade may matter (an entry or an order on the market). The backtest runner feeds only the
         others and the newest one."""
         if any(e.signal.key == key for e in self.entries.values()) or any(
-                market_key(i.request.exchange, i.request.symbol) == key for i in self.orders.values()):
+            market_key(i.request.exchange, i.request.symbol) == key for i in self.orders.values()
+        ):
             return None
         due = self.funding_due.get(key)
         low, high, until = -math.inf, math.inf, (due.time if due is not None else math.inf)
@@ -396,10 +417,16 @@ class Executor:
         return until
 
     # ================================================================ restore
-    def restore(self, positions: Iterable[Mapping[str, Any]], orders: Iterable[Mapping[str, Any]],
-                risk: Iterable[Mapping[str, Any]], now_ms: int, *,
-                signals: Callable[[set[str]], Mapping[str, Mapping[str, Any]]] | None = None,
-                committed_cut: bool = False) -> dict[str, int]:
+    def restore(
+        self,
+        positions: Iterable[Mapping[str, Any]],
+        orders: Iterable[Mapping[str, Any]],
+        risk: Iterable[Mapping[str, Any]],
+        now_ms: int,
+        *,
+        signals: Callable[[set[str]], Mapping[str, Mapping[str, Any]]] | None = None,
+        committed_cut: bool = False,
+    ) -> dict[str, int]:
         """Rebuild state from the executor's own output topics (records of every mode may be passed).
 
         `signals(ids)` returns the signal records of those ids that can still be found; exchange modes
@@ -434,8 +461,9 @@ class Executor:
             opened = evs["opened"]
             # the timeout it was opened with (events from before positions carried it: the setting)
             timeout_ms = opened.get("timeout_ms") or self.config.timeout_ms(opened["strategy"])
-            pos = Position.restore(opened, evs.get("tp1"), timeout_ms=int(timeout_ms),
-                                   breakeven_offset_r=self.config.breakeven_offset_r)
+            pos = Position.restore(
+                opened, evs.get("tp1"), timeout_ms=int(timeout_ms), breakeven_offset_r=self.config.breakeven_offset_r
+            )
             self._register(pos)
         cancelled = resumed = 0
         unfinished = {cid: rec for cid, rec in last_order.items() if rec["state"] not in TERMINAL_STATES}
@@ -444,13 +472,20 @@ class Executor:
         reenter = committed_cut and self.mode == "paper"
         found = dict(signals(wanted)) if (resume is not None or reenter) and wanted and signals is not None else {}
         for cid, rec in unfinished.items():
-            req = OrderRequest(cid, rec["exchange"], rec["symbol"], rec["side"], rec["type"], float(rec["qty"]),
-                               price=rec.get("price"), reduce_only=bool(rec.get("reduce_only")),
-                               not_before_ms=int(rec["event_time"]))
+            req = OrderRequest(
+                cid,
+                rec["exchange"],
+                rec["symbol"],
+                rec["side"],
+                rec["type"],
+                float(rec["qty"]),
+                price=rec.get("price"),
+                reduce_only=bool(rec.get("reduce_only")),
+                not_before_ms=int(rec["event_time"]),
+            )
             pos = self.positions.get(rec.get("position_id") or "")
             if resume is not None:
-                self._resume_order(req, rec, pos, intent_reason.get(cid), found.get(rec.get("signal_id") or ""),
-                                   now_ms)
+                self._resume_order(req, rec, pos, intent_reason.get(cid), found.get(rec.get("signal_id") or ""), now_ms)
                 resumed += 1
                 continue
             if reenter and rec["leg"] == "entry" and self._reenter_entry(req, rec, found):
@@ -461,13 +496,24 @@ class Executor:
             if rec["leg"] == "entry" or pos is None or self.mode != "paper":
                 # an entry cut short by the restart is dropped (its signal is old by now); exits of
                 # other modes are the reconciler's job
-                self._emit_order(req, rec["leg"], rec.get("signal_id"), rec.get("position_id"), "CANCELED",
-                                 now_ms, None, "executor_restart")
+                self._emit_order(
+                    req,
+                    rec["leg"],
+                    rec.get("signal_id"),
+                    rec.get("position_id"),
+                    "CANCELED",
+                    now_ms,
+                    None,
+                    "executor_restart",
+                )
                 cancelled += 1
                 continue
             leg = rec["leg"]
-            reason = {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg) \
-                or intent_reason.get(cid) or "timeout"
+            reason = (
+                {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg)
+                or intent_reason.get(cid)
+                or "timeout"
+            )
             reference = {"tp1": pos.plan.tp1, "tp2": pos.plan.tp2, "sl": pos.stop}.get(leg)
             intent = ExitIntent(rec["leg"], reason, req.qty, reference, req.not_before_ms)
             pos.exit_sent(intent, cid)
@@ -505,8 +551,9 @@ class Executor:
                 self._decide(RiskDecision("block", f"reconcile:{exchange}", "reconcile_failed", now_ms))
         for f in report.findings:
             scope = f"reconcile:{exchange}:{f.symbol}" + (f":{f.client_order_id}" if f.client_order_id else "")
-            self._decide(RiskDecision(_OUTCOME_DECISION.get(f.outcome, "block"), scope, f"{f.kind}:{f.outcome}",
-                                      now_ms))
+            self._decide(
+                RiskDecision(_OUTCOME_DECISION.get(f.outcome, "block"), scope, f"{f.kind}:{f.outcome}", now_ms)
+            )
         if report.ok and not self.reconcile_ok:
             self._decide(RiskDecision("resume", f"reconcile:{exchange}", "reconcile_ok", now_ms))
         self.reconcile_ok = report.ok
@@ -522,8 +569,15 @@ class Executor:
         return self.broker.healthy and self.reconcile_ok
 
     # ================================================================ internals
-    def _resume_order(self, req: OrderRequest, rec: Mapping[str, Any], pos: Position | None, reason: str | None,
-                      signal: Mapping[str, Any] | None, now_ms: int) -> None:
+    def _resume_order(
+        self,
+        req: OrderRequest,
+        rec: Mapping[str, Any],
+        pos: Position | None,
+        reason: str | None,
+        signal: Mapping[str, Any] | None,
+        now_ms: int,
+    ) -> None:
         """Exchange modes after a restart: follow an order the previous run sent; never send it again."""
         cid, leg = req.client_order_id, rec["leg"]
         sid, pid = rec.get("signal_id"), rec.get("position_id")
@@ -534,8 +588,9 @@ class Executor:
             entry = self._restored_entry(req, leg, signal, pid)
             reference = entry.signal.price if entry is not None else None
         elif pos is not None:
-            reason = {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg) or reason \
-                or "timeout"
+            reason = (
+                {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg) or reason or "timeout"
+            )
             reference = {"tp1": pos.plan.tp1, "tp2": pos.plan.tp2, "sl": pos.stop}.get(leg)
             pos.exit_sent(ExitIntent(leg, reason, req.qty, reference, req.not_before_ms), cid)
         self.orders[cid] = _OrderInfo(req, leg, sid, pid, reference, reason)
@@ -560,12 +615,15 @@ class Executor:
         self.broker.submit(req, now_ms=int(rec["event_time"]))
         return True
 
-    def _restored_entry(self, req: OrderRequest, leg: str, signal: Mapping[str, Any] | None,
-                        pid: str | None) -> PendingEntry | None:
+    def _restored_entry(
+        self, req: OrderRequest, leg: str, signal: Mapping[str, Any] | None, pid: str | None
+    ) -> PendingEntry | None:
         """The pending entry of an unfinished entry order, if its signal can still be read."""
         if signal is None:
-            log.warning("signal of an unfinished entry not found: a fill will be left to reconciliation",
-                        client_order_id=req.client_order_id)
+            log.warning(
+                "signal of an unfinished entry not found: a fill will be left to reconciliation",
+                client_order_id=req.client_order_id,
+            )
             return None
         try:
             sig = Signal.from_record(signal)
@@ -607,14 +665,43 @@ class Executor:
         if self.slot_position.get(pos.slot) == pos.position_id:
             del self.slot_position[pos.slot]
 
-    def _emit_order(self, req: OrderRequest, leg: str, signal_id: str | None, pid: str | None, state: str,
-                    event_time: int, update: OrderUpdate | None, reason: str | None) -> None:
-        self.sink.emit(ORDERS, market_key(req.exchange, req.symbol),
-                       order_record(req, mode=self.mode, leg=leg, state=state, event_time=event_time,
-                                    signal_id=signal_id, position_id=pid, update=update, reason=reason))
+    def _emit_order(
+        self,
+        req: OrderRequest,
+        leg: str,
+        signal_id: str | None,
+        pid: str | None,
+        state: str,
+        event_time: int,
+        update: OrderUpdate | None,
+        reason: str | None,
+    ) -> None:
+        self.sink.emit(
+            ORDERS,
+            market_key(req.exchange, req.symbol),
+            order_record(
+                req,
+                mode=self.mode,
+                leg=leg,
+                state=state,
+                event_time=event_time,
+                signal_id=signal_id,
+                position_id=pid,
+                update=update,
+                reason=reason,
+            ),
+        )
 
-    def _send(self, req: OrderRequest, leg: str, signal_id: str | None, pid: str | None, reference: float | None,
-              reason: str | None, now_ms: int) -> list:
+    def _send(
+        self,
+        req: OrderRequest,
+        leg: str,
+        signal_id: str | None,
+        pid: str | None,
+        reference: float | None,
+        reason: str | None,
+        now_ms: int,
+    ) -> list:
         """Record the intent, then hand the order to the broker; returns the broker's events (routed)."""
         self.changes += 1
         self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
@@ -627,8 +714,16 @@ class Executor:
 
     def _send_exit(self, pos: Position, intent: ExitIntent, now_ms: int) -> None:
         cid = client_order_id(pos.signal_id, intent.leg, pos.next_attempt(intent.leg))
-        req = OrderRequest(cid, pos.exchange, pos.symbol, exit_side(pos.direction), "MARKET", intent.qty,
-                           reduce_only=True, not_before_ms=intent.trigger_time)
+        req = OrderRequest(
+            cid,
+            pos.exchange,
+            pos.symbol,
+            exit_side(pos.direction),
+            "MARKET",
+            intent.qty,
+            reduce_only=True,
+            not_before_ms=intent.trigger_time,
+        )
         pos.exit_sent(intent, cid)
         self._send(req, intent.leg, pos.signal_id, pos.position_id, intent.reference, intent.reason, now_ms)
 
@@ -666,9 +761,13 @@ class Executor:
                 continue
             req = info.request
             if isinstance(ev, Execution):
-                self.sink.emit(FILLS, market_key(req.exchange, req.symbol),
-                               fill_record(ev, exchange=req.exchange, symbol=req.symbol, mode=self.mode,
-                                           reference_price=info.reference))
+                self.sink.emit(
+                    FILLS,
+                    market_key(req.exchange, req.symbol),
+                    fill_record(
+                        ev, exchange=req.exchange, symbol=req.symbol, mode=self.mode, reference_price=info.reference
+                    ),
+                )
                 if info.leg.startswith("entry"):
                     entry = self.entries.get(info.position_id or "")
                     if entry is not None:
@@ -711,9 +810,15 @@ class Executor:
         if abs(filled - entry.size.qty) > 1e-12 * entry.size.qty:
             r_usd = entry.size.r_usd * filled / entry.size.qty
         sig = entry.signal
-        pos = Position.open(position_id=entry.position_id, signal=sig, mode=self.mode, fills=entry.fills,
-                            r_usd=r_usd, timeout_ms=self.config.timeout_ms(sig.strategy, sig.timeout_ms),
-                            breakeven_offset_r=self.config.breakeven_offset_r)
+        pos = Position.open(
+            position_id=entry.position_id,
+            signal=sig,
+            mode=self.mode,
+            fills=entry.fills,
+            r_usd=r_usd,
+            timeout_ms=self.config.timeout_ms(sig.strategy, sig.timeout_ms),
+            breakeven_offset_r=self.config.breakeven_offset_r,
+        )
         self._register(pos)
         self.sink.emit(POSITIONS, market_key(pos.exchange, pos.symbol), position_record(pos, "opened", pos.opened_at))
 
@@ -727,15 +832,21 @@ class Executor:
             self._decide(RiskDecision("block", scope, "slippage_cap", now_ms))
             return
         decision = self.guard.check_entry(
-            now_ms=now_ms, scope=scope, market_data_age_ms=self._data_age(sig.key, now_ms),
-            venue_up=self.venue_up, output_up=self.sink.healthy, sole_writer=self.owner_ok,
-            open_positions=len(self.positions) + len(self.entries) - 1)
+            now_ms=now_ms,
+            scope=scope,
+            market_data_age_ms=self._data_age(sig.key, now_ms),
+            venue_up=self.venue_up,
+            output_up=self.sink.healthy,
+            sole_writer=self.owner_ok,
+            open_positions=len(self.positions) + len(self.entries) - 1,
+        )
         if not decision.allowed:
             self._drop_entry(entry)
             self._decide(decision)
             return
-        request = fallback_order(entry, client_order_id(sig.signal_id, "entry_fallback"),
-                                 self.trade_time.get(sig.key, sig.eval_time))
+        request = fallback_order(
+            entry, client_order_id(sig.signal_id, "entry_fallback"), self.trade_time.get(sig.key, sig.eval_time)
+        )
         entry.request, entry.leg, entry.submitted_ms = request, "entry_fallback", now_ms
         self._send(request, "entry_fallback", sig.signal_id, entry.position_id, sig.price, None, now_ms)
 

@@ -320,8 +320,12 @@ class PairLeg:
         if self.exit is not None and self.entry is not None:
             sign = 1 if self.role == "long" else -1
             gross = sign * self.entry.qty * (self.exit.top_price - self.entry.top_price)
-        return PairPnl(gross, sum((o.fee for o in fills), 0.0), sum((o.slippage_usd for o in fills), 0.0),
-                       sum((p.paid for p in self.funding), 0.0))
+        return PairPnl(
+            gross,
+            sum((o.fee for o in fills), 0.0),
+            sum((o.slippage_usd for o in fills), 0.0),
+            sum((p.paid for p in self.funding), 0.0),
+        )
 
 
 @dataclass(slots=True)
@@ -349,29 +353,53 @@ class PairPosition:
 
     def pnl(self) -> PairPnl:
         parts = [leg.pnl() for leg in self.legs.values()]
-        return PairPnl(*(sum((getattr(p, name) for p in parts), 0.0)
-                         for name in ("gross", "fees", "slippage", "funding", "leg_latency", "liquidation")))
+        return PairPnl(
+            *(
+                sum((getattr(p, name) for p in parts), 0.0)
+                for name in ("gross", "fees", "slippage", "funding", "leg_latency", "liquidation")
+            )
+        )
 
     def to_record(self) -> dict[str, Any]:
         pnl = self.pnl()
         short, long_ = self.legs["short"], self.legs["long"]
         record = {
-            "pair_id": self.pair_id, "signal_id": self.signal_id, "pair_key": self.pair_key, "coin": self.coin,
-            "short_venue": short.venue, "short_symbol": short.symbol, "long_venue": long_.venue,
-            "long_symbol": long_.symbol, "notional_usd": self.notional_usd, "qty": self.qty,
-            "status": self.status, "reason": self.reason, "close_reason": self.close_reason,
-            "opened_ms": self.opened_ms, "closed_ms": self.closed_ms,
-            "entry_spread": self.entry_spread, "exit_spread": self.exit_spread,
-            "gross_usd": pnl.gross, "fees_usd": pnl.fees, "slippage_usd": pnl.slippage,
-            "funding_usd": pnl.funding, "leg_latency_usd": pnl.leg_latency, "liquidation_usd": pnl.liquidation,
+            "pair_id": self.pair_id,
+            "signal_id": self.signal_id,
+            "pair_key": self.pair_key,
+            "coin": self.coin,
+            "short_venue": short.venue,
+            "short_symbol": short.symbol,
+            "long_venue": long_.venue,
+            "long_symbol": long_.symbol,
+            "notional_usd": self.notional_usd,
+            "qty": self.qty,
+            "status": self.status,
+            "reason": self.reason,
+            "close_reason": self.close_reason,
+            "opened_ms": self.opened_ms,
+            "closed_ms": self.closed_ms,
+            "entry_spread": self.entry_spread,
+            "exit_spread": self.exit_spread,
+            "gross_usd": pnl.gross,
+            "fees_usd": pnl.fees,
+            "slippage_usd": pnl.slippage,
+            "funding_usd": pnl.funding,
+            "leg_latency_usd": pnl.leg_latency,
+            "liquidation_usd": pnl.liquidation,
             "net_usd": pnl.net,
         }
         for role, leg in self.legs.items():
             leg_pnl = leg.pnl()
-            record |= {f"{role}_gross_usd": leg_pnl.gross, f"{role}_fees_usd": leg_pnl.fees,
-                       f"{role}_slippage_usd": leg_pnl.slippage, f"{role}_funding_usd": leg_pnl.funding,
-                       f"{role}_leg_latency_usd": leg_pnl.leg_latency, f"{role}_liquidation_usd": leg_pnl.liquidation,
-                       f"{role}_net_usd": leg_pnl.net}
+            record |= {
+                f"{role}_gross_usd": leg_pnl.gross,
+                f"{role}_fees_usd": leg_pnl.fees,
+                f"{role}_slippage_usd": leg_pnl.slippage,
+                f"{role}_funding_usd": leg_pnl.funding,
+                f"{role}_leg_latency_usd": leg_pnl.leg_latency,
+                f"{role}_liquidation_usd": leg_pnl.liquidation,
+                f"{role}_net_usd": leg_pnl.net,
+            }
         return record
 
 
@@ -440,19 +468,23 @@ class HedgedPairs:
         return model
 
     # -- entry -------------------------------------------------------------------------------------
-    def _admit(self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent],
-               leg_type: type = PairLeg) -> tuple[PairPosition | None, PairEvents, dict[str, str]]:
+    def _admit(
+        self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent], leg_type: type = PairLeg
+    ) -> tuple[PairPosition | None, PairEvents, dict[str, str]]:
         """The pair for `entry` with its quantity, or None with the events that say why not (a
         duplicate, a rejection); and the legs whose book could not be swept at `now_ms`, with why."""
         pid = pair_id(entry.signal_id)
         if pid in self.pairs:
             return None, PairEvents(duplicate=True), {}
         notional = self.params.notional_usd if entry.notional_usd is None else entry.notional_usd
-        legs = {"short": leg_type("short", entry.short_venue, entry.short_symbol),
-                "long": leg_type("long", entry.long_venue, entry.long_symbol)}
+        legs = {
+            "short": leg_type("short", entry.short_venue, entry.short_symbol),
+            "long": leg_type("long", entry.long_venue, entry.long_symbol),
+        }
         coin, problem = _coin_of(entry)
-        pair = self.pairs[pid] = PairPosition(pid, entry.signal_id, pair_key(coin, entry.short_venue, entry.long_venue),
-                                              coin, notional, now_ms, legs)
+        pair = self.pairs[pid] = PairPosition(
+            pid, entry.signal_id, pair_key(coin, entry.short_venue, entry.long_venue), coin, notional, now_ms, legs
+        )
         events = PairEvents()
         if problem is None and not (notional > 0 and math.isfinite(notional)):
             problem = f"notional must be positive, not {notional!r}"
@@ -480,15 +512,19 @@ class HedgedPairs:
             qty = round_to_steps(min(amounts), [self._lot_step(leg) for leg in legs.values()])
             if not qty:
                 pair.status = "rejected"
-                pair.reason = (f"{min(amounts)!r} {coin} rounds to zero at the lot steps" if qty == 0.0 else
-                               f"no quantity is a multiple of every lot step near {min(amounts)!r}")
+                pair.reason = (
+                    f"{min(amounts)!r} {coin} rounds to zero at the lot steps"
+                    if qty == 0.0
+                    else f"no quantity is a multiple of every lot step near {min(amounts)!r}"
+                )
                 events.positions.append(pair.to_record())
                 return None, events, {}
             pair.qty = qty
         return pair, events, reasons
 
-    def open(self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent],
-             refusals: Mapping[str, str] | None = None) -> PairEvents:
+    def open(
+        self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent], refusals: Mapping[str, str] | None = None
+    ) -> PairEvents:
         pair, events, reasons = self._admit(entry, now_ms, books)
         if pair is None:
             return events
@@ -516,8 +552,15 @@ class HedgedPairs:
         return events
 
     # -- funding -----------------------------------------------------------------------------------
-    def settle_funding(self, venue: str, symbol: str, funding_time_ms: int, rate: float,
-                       mark_price: float, predicted_rate: float | None = None) -> PairEvents:
+    def settle_funding(
+        self,
+        venue: str,
+        symbol: str,
+        funding_time_ms: int,
+        rate: float,
+        mark_price: float,
+        predicted_rate: float | None = None,
+    ) -> PairEvents:
         """One settlement of `venue`'s `symbol` at `funding_time_ms` at the settled `rate` (see the module docstring);
         `predicted_rate`, the forecast announced earlier, is only recorded beside it."""
         events = PairEvents()
@@ -529,8 +572,18 @@ class HedgedPairs:
                 if not _open_at(leg, funding_time_ms):
                     continue
                 paid = funding_payment(leg.direction, leg.entry.qty, mark_price, rate)
-                payment = FundingPayment(pair.pair_id, leg.role, venue, symbol, funding_time_ms, rate, mark_price,
-                                         leg.entry.qty, paid, predicted_rate)
+                payment = FundingPayment(
+                    pair.pair_id,
+                    leg.role,
+                    venue,
+                    symbol,
+                    funding_time_ms,
+                    rate,
+                    mark_price,
+                    leg.entry.qty,
+                    paid,
+                    predicted_rate,
+                )
                 pair.settled.add((leg.role, funding_time_ms))
                 leg.funding.append(payment)
                 events.funding.append(payment)
@@ -552,8 +605,13 @@ class HedgedPairs:
         return PairEvents()
 
     # -- exits -------------------------------------------------------------------------------------
-    def evaluate(self, now_ms: int, books: Mapping[str, BookEvent], funding: Mapping[str, FundingEvent] | None = None,
-                 marks: Mapping[str, float] | None = None) -> PairEvents:
+    def evaluate(
+        self,
+        now_ms: int,
+        books: Mapping[str, BookEvent],
+        funding: Mapping[str, FundingEvent] | None = None,
+        marks: Mapping[str, float] | None = None,
+    ) -> PairEvents:
         """Check every active pair's exits at `now_ms` (and retry unwinds); close those that hold."""
         events = PairEvents()
         for pair in [p for p in self.pairs.values() if p.active]:
@@ -565,16 +623,23 @@ class HedgedPairs:
                 events.extend(self.close(pair.pair_id, reason, now_ms, books))
         return events
 
-    def exit_reason(self, pair: PairPosition, now_ms: int, books: Mapping[str, BookEvent],
-                    funding: Mapping[str, FundingEvent], marks: Mapping[str, float]) -> str | None:
+    def exit_reason(
+        self,
+        pair: PairPosition,
+        now_ms: int,
+        books: Mapping[str, BookEvent],
+        funding: Mapping[str, FundingEvent],
+        marks: Mapping[str, float],
+    ) -> str | None:
         p = self.params
         legs = pair.legs
         for leg in legs.values():
             mark = self._mark(leg, now_ms, books, marks)
             if mark is None:
                 continue
-            liq = liquidation_price(leg.direction, leg.entry.avg_price, p.leverage,
-                                    p.venue(leg.venue).maintenance_margin_rate)
+            liq = liquidation_price(
+                leg.direction, leg.entry.avg_price, p.leverage, p.venue(leg.venue).maintenance_margin_rate
+            )
             if liquidation_distance(leg.direction, liq, mark) < p.min_liquidation_distance:
                 return "liquidation"
         closable = self.closable_spread(pair, now_ms, books)
@@ -617,8 +682,9 @@ class HedgedPairs:
         orders = {role: self._fill(pair, leg, "exit", now_ms, books) for role, leg in pair.legs.items()}
         failed = [f"{role} leg {o.venue}: {o.reason}" for role, o in orders.items() if not o.filled]
         if failed:
-            events.blocked.append({"pair_id": pid, "close_reason": reason, "time_ms": now_ms,
-                                   "reason": "; ".join(failed)})
+            events.blocked.append(
+                {"pair_id": pid, "close_reason": reason, "time_ms": now_ms, "reason": "; ".join(failed)}
+            )
             return events
         for role, order in orders.items():
             pair.legs[role].exit = order
@@ -636,8 +702,14 @@ class HedgedPairs:
                 continue
             order = self._fill(pair, leg, "unwind", now_ms, books)
             if not order.filled:
-                events.blocked.append({"pair_id": pair.pair_id, "close_reason": "unwind", "time_ms": now_ms,
-                                       "reason": f"{leg.role} leg {leg.venue}: {order.reason}"})
+                events.blocked.append(
+                    {
+                        "pair_id": pair.pair_id,
+                        "close_reason": "unwind",
+                        "time_ms": now_ms,
+                        "reason": f"{leg.role} leg {leg.venue}: {order.reason}",
+                    }
+                )
                 return events
             leg.exit = order
             events.orders.append(order)
@@ -674,7 +746,9 @@ class HedgedPairs:
         step = self.params.venue(leg.venue).lot_step
         return None if step is None else to_decimal(step) / instrument(leg.venue, leg.symbol).multiplier
 
-    def _mark(self, leg: PairLeg, now_ms: int, books: Mapping[str, BookEvent], marks: Mapping[str, float]) -> float | None:
+    def _mark(
+        self, leg: PairLeg, now_ms: int, books: Mapping[str, BookEvent], marks: Mapping[str, float]
+    ) -> float | None:
         if leg.venue in marks:
             return marks[leg.venue]
         book, reason = self._book(leg, now_ms, books)
@@ -682,8 +756,16 @@ class HedgedPairs:
             return None
         return (book.bids[0][0] + book.asks[0][0]) / 2
 
-    def _fill(self, pair: PairPosition, leg: PairLeg, action: str, now_ms: int, books: Mapping[str, BookEvent],
-              refused: str | None = None, known_failure: str | None = None) -> LegOrder:
+    def _fill(
+        self,
+        pair: PairPosition,
+        leg: PairLeg,
+        action: str,
+        now_ms: int,
+        books: Mapping[str, BookEvent],
+        refused: str | None = None,
+        known_failure: str | None = None,
+    ) -> LegOrder:
         """One leg order of `pair.qty` against the leg's book now: FILLED at the sweep's VWAP or FAILED."""
         side = _ENTRY_SIDE[leg.role] if action == "entry" else _EXIT_SIDE[leg.role]
         code = f"pair_{leg.role}_{'entry' if action == 'entry' else 'exit'}"
@@ -700,43 +782,101 @@ class HedgedPairs:
                 vwap, top = swept.vwap, levels[0][0]
                 coins = to_decimal(pair.qty) * instrument(leg.venue, leg.symbol).multiplier if venue.min_qty else None
                 if coins is not None and coins < to_decimal(venue.min_qty):
-                    reason = (f"venue refused: {coins.normalize():f} {pair.coin} below the {leg.venue} minimum "
-                              f"order size {venue.min_qty!r}")
+                    reason = (
+                        f"venue refused: {coins.normalize():f} {pair.coin} below the {leg.venue} minimum "
+                        f"order size {venue.min_qty!r}"
+                    )
                     vwap = top = None
                 elif pair.qty * vwap < venue.min_notional_usd:
                     reason = f"venue refused: {pair.qty * vwap:,.2f} USD below the {leg.venue} minimum notional"
                     vwap = top = None
         if reason is not None:
-            return LegOrder(client_order_id(pair.signal_id, code), pair.pair_id, pair.signal_id, leg.role, action,
-                            leg.venue, leg.symbol, side, pair.qty, None, None, 0.0, 0.0, "FAILED", reason, now_ms,
-                            book.time_ms if book is not None else None)
+            return LegOrder(
+                client_order_id(pair.signal_id, code),
+                pair.pair_id,
+                pair.signal_id,
+                leg.role,
+                action,
+                leg.venue,
+                leg.symbol,
+                side,
+                pair.qty,
+                None,
+                None,
+                0.0,
+                0.0,
+                "FAILED",
+                reason,
+                now_ms,
+                book.time_ms if book is not None else None,
+            )
         worse = vwap - top if side == "BUY" else top - vwap
-        return LegOrder(client_order_id(pair.signal_id, code), pair.pair_id, pair.signal_id, leg.role, action,
-                        leg.venue, leg.symbol, side, pair.qty, vwap, top, venue.taker_fee * vwap * pair.qty,
-                        pair.qty * worse, "FILLED", None, now_ms, book.time_ms)
+        return LegOrder(
+            client_order_id(pair.signal_id, code),
+            pair.pair_id,
+            pair.signal_id,
+            leg.role,
+            action,
+            leg.venue,
+            leg.symbol,
+            side,
+            pair.qty,
+            vwap,
+            top,
+            venue.taker_fee * vwap * pair.qty,
+            pair.qty * worse,
+            "FILLED",
+            None,
+            now_ms,
+            book.time_ms,
+        )
 
 
-_PAIR_FIELDS = ("pair_id", "signal_id", "pair_key", "coin", "notional_usd", "opened_ms", "qty", "status", "reason",
-                "close_reason", "closed_ms", "entry_spread", "exit_spread")
+_PAIR_FIELDS = (
+    "pair_id",
+    "signal_id",
+    "pair_key",
+    "coin",
+    "notional_usd",
+    "opened_ms",
+    "qty",
+    "status",
+    "reason",
+    "close_reason",
+    "closed_ms",
+    "entry_spread",
+    "exit_spread",
+)
 
 
 def _pair_to_dict(pair: PairPosition) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(pair, name) for name in _PAIR_FIELDS}
     out["settled"] = sorted([role, t] for role, t in pair.settled)
-    out["legs"] = {role: {"venue": leg.venue, "symbol": leg.symbol,
-                          "entry": leg.entry.to_record() if leg.entry else None,
-                          "exit": leg.exit.to_record() if leg.exit else None,
-                          "funding": [p.to_record() for p in leg.funding]}
-                   for role, leg in pair.legs.items()}
+    out["legs"] = {
+        role: {
+            "venue": leg.venue,
+            "symbol": leg.symbol,
+            "entry": leg.entry.to_record() if leg.entry else None,
+            "exit": leg.exit.to_record() if leg.exit else None,
+            "funding": [p.to_record() for p in leg.funding],
+        }
+        for role, leg in pair.legs.items()
+    }
     return out
 
 
 def _pair_from_dict(data: Mapping[str, Any]) -> PairPosition:
-    legs = {role: PairLeg(role, leg["venue"], leg["symbol"],
-                          LegOrder(**leg["entry"]) if leg["entry"] else None,
-                          LegOrder(**leg["exit"]) if leg["exit"] else None,
-                          [FundingPayment(**p) for p in leg["funding"]])
-            for role, leg in data["legs"].items()}
+    legs = {
+        role: PairLeg(
+            role,
+            leg["venue"],
+            leg["symbol"],
+            LegOrder(**leg["entry"]) if leg["entry"] else None,
+            LegOrder(**leg["exit"]) if leg["exit"] else None,
+            [FundingPayment(**p) for p in leg["funding"]],
+        )
+        for role, leg in data["legs"].items()
+    }
     pair = PairPosition(**{name: data[name] for name in _PAIR_FIELDS}, legs=legs)
     pair.settled = {(role, int(t)) for role, t in data["settled"]}
     return pair
@@ -759,9 +899,13 @@ def _coin_of(entry: PairEntry) -> tuple[str, str | None]:
     if entry.short_venue == entry.long_venue:
         return short.coin, f"both legs on {entry.short_venue}"
     if (short.coin, short.quote) != (long_.coin, long_.quote) or "spot" in (short.kind, long_.kind):
-        return short.coin, (f"not one perpetual on two venues: {entry.short_symbol} on {entry.short_venue}, "
-                            f"{entry.long_symbol} on {entry.long_venue}")
+        return short.coin, (
+            f"not one perpetual on two venues: {entry.short_symbol} on {entry.short_venue}, "
+            f"{entry.long_symbol} on {entry.long_venue}"
+        )
     if short.multiplier != long_.multiplier:
-        return short.coin, (f"{entry.short_symbol} quotes {short.multiplier} coins, {entry.long_symbol} "
-                            f"{long_.multiplier}: equal quantities across contract sizes are not modelled yet")
+        return short.coin, (
+            f"{entry.short_symbol} quotes {short.multiplier} coins, {entry.long_symbol} "
+            f"{long_.multiplier}: equal quantities across contract sizes are not modelled yet"
+        )
     return short.coin, None

@@ -78,22 +78,38 @@ class InstrumentRule:
 
     def hedged_params(self) -> dict[str, float]:
         """The fields of ``execution.hedged.VenueParams`` this rule sets (coins, quote currency)."""
-        return {"lot_step": float(self.lot_step), "min_qty": float(self.min_qty),
-                "min_notional_usd": float(self.min_notional)}
+        return {
+            "lot_step": float(self.lot_step),
+            "min_qty": float(self.min_qty),
+            "min_notional_usd": float(self.min_notional),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"venue": self.venue, "symbol": self.symbol, "coin": self.coin, "quote": self.quote,
-                "lot_step": plain(self.lot_step), "min_qty": plain(self.min_qty),
-                "min_notional": plain(self.min_notional),
-                "contract_value": None if self.contract_value is None else plain(self.contract_value)}
+        return {
+            "venue": self.venue,
+            "symbol": self.symbol,
+            "coin": self.coin,
+            "quote": self.quote,
+            "lot_step": plain(self.lot_step),
+            "min_qty": plain(self.min_qty),
+            "min_notional": plain(self.min_notional),
+            "contract_value": None if self.contract_value is None else plain(self.contract_value),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InstrumentRule:
         try:
             cv = data.get("contract_value")
-            return cls(str(data["venue"]), str(data["symbol"]), str(data["coin"]), str(data["quote"]),
-                       Decimal(str(data["lot_step"])), Decimal(str(data["min_qty"])),
-                       Decimal(str(data["min_notional"])), None if cv is None else Decimal(str(cv)))
+            return cls(
+                str(data["venue"]),
+                str(data["symbol"]),
+                str(data["coin"]),
+                str(data["quote"]),
+                Decimal(str(data["lot_step"])),
+                Decimal(str(data["min_qty"])),
+                Decimal(str(data["min_notional"])),
+                None if cv is None else Decimal(str(cv)),
+            )
         except (KeyError, TypeError, DecimalException) as exc:
             raise InstrumentRulesError(f"instrument rule {dict(data)!r:.200}: {type(exc).__name__}: {exc}") from None
 
@@ -147,15 +163,18 @@ class InstrumentRules:
 
     # -- plain data ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"version": FORMAT_VERSION,
-                "rules": [self.rules[key].to_dict() for key in sorted(self.rules)]}
+        return {"version": FORMAT_VERSION, "rules": [self.rules[key].to_dict() for key in sorted(self.rules)]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InstrumentRules:
-        if (not isinstance(data, Mapping) or data.get("version") != FORMAT_VERSION
-                or not isinstance(data.get("rules"), list)):
-            raise InstrumentRulesError(f"instrument rules: expected an object with version {FORMAT_VERSION} "
-                                       "and a rules list")
+        if (
+            not isinstance(data, Mapping)
+            or data.get("version") != FORMAT_VERSION
+            or not isinstance(data.get("rules"), list)
+        ):
+            raise InstrumentRulesError(
+                f"instrument rules: expected an object with version {FORMAT_VERSION} and a rules list"
+            )
         return cls(InstrumentRule.from_dict(item) for item in data["rules"])
 
     def save(self, path: Path) -> None:
@@ -164,8 +183,9 @@ class InstrumentRules:
     @classmethod
     def load(cls, path: Path) -> InstrumentRules:
         if not Path(path).is_file():
-            raise InstrumentRulesError(f"instrument rules file {path} does not exist (write one with `tapeflow "
-                                       f"watchlist rules --out {path}`)")
+            raise InstrumentRulesError(
+                f"instrument rules file {path} does not exist (write one with `tapeflow watchlist rules --out {path}`)"
+            )
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -214,15 +234,20 @@ def parse_binance(body: Any) -> list[InstrumentRule]:
         if named is None or f is None or f.market_step_size <= 0:
             continue
         coin, quote, m = named
-        out.append(InstrumentRule("binance", symbol, coin, quote, f.market_step_size * m, f.market_min_qty * m,
-                                  f.min_notional))
+        out.append(
+            InstrumentRule("binance", symbol, coin, quote, f.market_step_size * m, f.market_min_qty * m, f.min_notional)
+        )
     return out
 
 
 def parse_bybit(body: Any) -> list[InstrumentRule]:
     """Rules of the linear perpetuals in a v5 ``instruments-info?category=linear`` body (one page)."""
-    if not isinstance(body, Mapping) or body.get("retCode") != 0 or not isinstance(body.get("result"), Mapping) \
-            or not isinstance(body["result"].get("list"), list):
+    if (
+        not isinstance(body, Mapping)
+        or body.get("retCode") != 0
+        or not isinstance(body.get("result"), Mapping)
+        or not isinstance(body["result"].get("list"), list)
+    ):
         code = body.get("retCode") if isinstance(body, Mapping) else None
         raise InstrumentRulesError(f"bybit instruments-info: not a successful answer (retCode={code!r})")
     out = []
@@ -238,9 +263,17 @@ def parse_bybit(body: Any) -> list[InstrumentRule]:
         step = _decimal(lot.get("qtyStep"), "bybit", symbol, "qtyStep")
         if step <= 0:
             raise InstrumentRulesError(f"bybit {symbol}: qtyStep {step} is not positive")
-        out.append(InstrumentRule("bybit", symbol, coin, quote, step * m,
-                                  _decimal(lot.get("minOrderQty"), "bybit", symbol, "minOrderQty", "0") * m,
-                                  _decimal(lot.get("minNotionalValue"), "bybit", symbol, "minNotionalValue", "0")))
+        out.append(
+            InstrumentRule(
+                "bybit",
+                symbol,
+                coin,
+                quote,
+                step * m,
+                _decimal(lot.get("minOrderQty"), "bybit", symbol, "minOrderQty", "0") * m,
+                _decimal(lot.get("minNotionalValue"), "bybit", symbol, "minNotionalValue", "0"),
+            )
+        )
     return out
 
 
@@ -263,14 +296,24 @@ def parse_okx(body: Any) -> list[InstrumentRule]:
         if named is None or row.get("ctValCcy") not in ("", None, named[0]):
             continue
         coin, quote, _ = named
-        ct_val = _decimal(row.get("ctVal"), "okx", inst_id, "ctVal") * _decimal(row.get("ctMult"), "okx", inst_id,
-                                                                                "ctMult", "1")
+        ct_val = _decimal(row.get("ctVal"), "okx", inst_id, "ctVal") * _decimal(
+            row.get("ctMult"), "okx", inst_id, "ctMult", "1"
+        )
         lot = _decimal(row.get("lotSz"), "okx", inst_id, "lotSz")
         if ct_val <= 0 or lot <= 0:
             raise InstrumentRulesError(f"okx {inst_id}: ctVal × ctMult {ct_val} and lotSz {lot} must be positive")
-        out.append(InstrumentRule("okx", inst_id, coin, quote, lot * ct_val,
-                                  _decimal(row.get("minSz"), "okx", inst_id, "minSz", "0") * ct_val, Decimal(0),
-                                  ct_val))
+        out.append(
+            InstrumentRule(
+                "okx",
+                inst_id,
+                coin,
+                quote,
+                lot * ct_val,
+                _decimal(row.get("minSz"), "okx", inst_id, "minSz", "0") * ct_val,
+                Decimal(0),
+                ct_val,
+            )
+        )
     return out
 
 

@@ -27,15 +27,22 @@ from execution.instrument_rules import (
     parse_okx,
 )
 
-LIVE_URLS: Mapping[str, str] = {"binance": "https://fapi.binance.com", "bybit": "https://api.bybit.com",
-                                "okx": "https://www.okx.com"}
-PATHS: Mapping[str, str] = {"binance": "/fapi/v1/exchangeInfo", "bybit": "/v5/market/instruments-info",
-                            "okx": "/api/v5/public/instruments"}
+LIVE_URLS: Mapping[str, str] = {
+    "binance": "https://fapi.binance.com",
+    "bybit": "https://api.bybit.com",
+    "okx": "https://www.okx.com",
+}
+PATHS: Mapping[str, str] = {
+    "binance": "/fapi/v1/exchangeInfo",
+    "bybit": "/v5/market/instruments-info",
+    "okx": "/api/v5/public/instruments",
+}
 MAX_PAGES = 50
 
 
-async def _get(session: aiohttp.ClientSession, venue: str, url: str, params: Mapping[str, str],
-               attempts: int, backoff_s: float) -> Any:
+async def _get(
+    session: aiohttp.ClientSession, venue: str, url: str, params: Mapping[str, str], attempts: int, backoff_s: float
+) -> Any:
     """One public GET with a few retries (429 and 5xx, network errors) and doubling backoff.
     Hand-written: a one-shot fetch of three unauthenticated endpoints a few times a day; the producers'
     REST clients carry Binance's weight accounting and ban windows, which these calls never approach,
@@ -57,8 +64,15 @@ async def _get(session: aiohttp.ClientSession, venue: str, url: str, params: Map
     raise InstrumentRulesError(f"{venue}: GET {url} failed: {why}")
 
 
-async def fetch_venue(session: aiohttp.ClientSession, venue: str, base_url: str, *, attempts: int = 3,
-                      backoff_s: float = 0.5, page_size: int = 1000) -> list[InstrumentRule]:
+async def fetch_venue(
+    session: aiohttp.ClientSession,
+    venue: str,
+    base_url: str,
+    *,
+    attempts: int = 3,
+    backoff_s: float = 0.5,
+    page_size: int = 1000,
+) -> list[InstrumentRule]:
     """The rules of one venue's perpetuals, from its instruments endpoint at `base_url`."""
     url = base_url.rstrip("/") + PATHS[venue]
     if venue == "binance":
@@ -79,24 +93,35 @@ async def fetch_venue(session: aiohttp.ClientSession, venue: str, base_url: str,
     raise InstrumentRulesError(f"no instruments endpoint known for venue {venue!r} (known: {', '.join(VENUES)})")
 
 
-async def fetch_rules(venues: Iterable[str] = VENUES, base_urls: Mapping[str, str] | None = None, *,
-                      timeout_s: float = 20.0, attempts: int = 3, backoff_s: float = 0.5,
-                      page_size: int = 1000) -> InstrumentRules:
+async def fetch_rules(
+    venues: Iterable[str] = VENUES,
+    base_urls: Mapping[str, str] | None = None,
+    *,
+    timeout_s: float = 20.0,
+    attempts: int = 3,
+    backoff_s: float = 0.5,
+    page_size: int = 1000,
+) -> InstrumentRules:
     """Every venue's rules (in `venues`' order, concurrently); `base_urls` override ``LIVE_URLS``."""
     urls = dict(LIVE_URLS) | dict(base_urls or {})
     names = list(venues)
     unknown = [v for v in names if v not in PATHS]
     if unknown:
-        raise InstrumentRulesError(f"no instruments endpoint known for {', '.join(unknown)} "
-                                   f"(known: {', '.join(VENUES)})")
+        raise InstrumentRulesError(
+            f"no instruments endpoint known for {', '.join(unknown)} (known: {', '.join(VENUES)})"
+        )
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-        found = await asyncio.gather(*(fetch_venue(session, v, urls[v], attempts=attempts, backoff_s=backoff_s,
-                                                   page_size=page_size)
-                                       for v in names))
+        found = await asyncio.gather(
+            *(
+                fetch_venue(session, v, urls[v], attempts=attempts, backoff_s=backoff_s, page_size=page_size)
+                for v in names
+            )
+        )
     return InstrumentRules(rule for rules in found for rule in rules)
 
 
-def fetch_rules_blocking(venues: Iterable[str] = VENUES, base_urls: Mapping[str, str] | None = None,
-                         **kw: Any) -> InstrumentRules:
+def fetch_rules_blocking(
+    venues: Iterable[str] = VENUES, base_urls: Mapping[str, str] | None = None, **kw: Any
+) -> InstrumentRules:
     """``fetch_rules`` for a caller without an event loop (the CLI)."""
     return asyncio.run(fetch_rules(venues, base_urls, **kw))

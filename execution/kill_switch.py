@@ -36,13 +36,30 @@ def kill_switch_record(on: bool, mode: str, now_ms: int, *, flatten: bool = Fals
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     decision = ("flatten" if flatten else "halt") if on else "resume"
-    return {"scope": KILL_SWITCH, "mode": mode, "decision": decision, "state": "halted" if on else "active",
-            "reason": KILL_SWITCH if on else "kill_switch_off", "daily_pnl_r": None, "consecutive_losses": None,
-            "paused_until": None, "event_time": now_ms}
+    return {
+        "scope": KILL_SWITCH,
+        "mode": mode,
+        "decision": decision,
+        "state": "halted" if on else "active",
+        "reason": KILL_SWITCH if on else "kill_switch_off",
+        "daily_pnl_r": None,
+        "consecutive_losses": None,
+        "paused_until": None,
+        "event_time": now_ms,
+    }
 
 
-def publish_kill_switch(bootstrap: str, topic_prefix: str, serde: AvroSerde, on: bool, *, modes: Iterable[str] = MODES,
-                        flatten: bool = False, now_ms: int | None = None, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+def publish_kill_switch(
+    bootstrap: str,
+    topic_prefix: str,
+    serde: AvroSerde,
+    on: bool,
+    *,
+    modes: Iterable[str] = MODES,
+    flatten: bool = False,
+    now_ms: int | None = None,
+    timeout_s: float = 10.0,
+) -> list[dict[str, Any]]:
     """Produce one kill-switch record per mode and wait until the broker has them all."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     records = [kill_switch_record(on, mode, now_ms, flatten=flatten) for mode in modes]
@@ -54,8 +71,12 @@ def publish_kill_switch(bootstrap: str, topic_prefix: str, serde: AvroSerde, on:
 
     producer = Producer(producer_config(bootstrap, **{"message.timeout.ms": int(timeout_s * 1000)}))
     for rec in records:
-        producer.produce(topic_prefix + "risk.events", key=risk_key(rec["mode"], KILL_SWITCH).encode(),
-                         value=serde.encode("risk.events", rec), on_delivery=delivered)
+        producer.produce(
+            topic_prefix + "risk.events",
+            key=risk_key(rec["mode"], KILL_SWITCH).encode(),
+            value=serde.encode("risk.events", rec),
+            on_delivery=delivered,
+        )
     remaining = producer.flush(timeout_s + 1)
     if remaining or errors:
         raise KillSwitchNotDelivered(f"kill switch not acknowledged: {remaining} pending, errors {errors}")
@@ -80,9 +101,14 @@ def run_kill_switch(settings, on: bool, *, flatten: bool = False, modes: Iterabl
     try:
         bootstrap = resolve_broker(settings, StackPaths(settings.home))
         ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec("risk.events")])
-        records = publish_kill_switch(bootstrap, settings.topic_prefix,
-                                      AvroSerde(registry_from_url(settings.schema_registry_url)), on,
-                                      modes=modes, flatten=flatten)
+        records = publish_kill_switch(
+            bootstrap,
+            settings.topic_prefix,
+            AvroSerde(registry_from_url(settings.schema_registry_url)),
+            on,
+            modes=modes,
+            flatten=flatten,
+        )
     except (TapeflowError, KillSwitchNotDelivered) as exc:
         log.error("kill switch NOT set", error=str(exc))
         return 1

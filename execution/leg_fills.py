@@ -179,9 +179,14 @@ class TimedLeg:
             ref_in = math.fsum(o.done_qty * o.ref_price for o in adds) / q_in
             ref_out = math.fsum(o.done_qty * o.ref_price for o in takes) / q_out
             gross = (1 if self.role == "long" else -1) * closed * (ref_out - ref_in)
-        return PairPnl(gross, math.fsum(o.fee for o in fills), math.fsum(o.slippage_usd for o in fills),
-                       math.fsum(p.paid for p in self.funding), math.fsum(o.latency_usd for o in fills),
-                       math.fsum(o.liquidation_usd for o in fills))
+        return PairPnl(
+            gross,
+            math.fsum(o.fee for o in fills),
+            math.fsum(o.slippage_usd for o in fills),
+            math.fsum(p.paid for p in self.funding),
+            math.fsum(o.latency_usd for o in fills),
+            math.fsum(o.liquidation_usd for o in fills),
+        )
 
 
 class TimedPairs(HedgedPairs):
@@ -202,21 +207,38 @@ class TimedPairs(HedgedPairs):
         for pair in self.pairs.values():
             item = {name: getattr(pair, name) for name in _FIELDS}
             item["settled"] = sorted([role, t] for role, t in pair.settled)
-            item["legs"] = {role: {"venue": leg.venue, "symbol": leg.symbol,
-                                   "orders": [o.to_record() for o in leg.orders],
-                                   "funding": [p.to_record() for p in leg.funding]}
-                            for role, leg in pair.legs.items()}
+            item["legs"] = {
+                role: {
+                    "venue": leg.venue,
+                    "symbol": leg.symbol,
+                    "orders": [o.to_record() for o in leg.orders],
+                    "funding": [p.to_record() for p in leg.funding],
+                }
+                for role, leg in pair.legs.items()
+            }
             pairs.append(item)
-        return {"timed": True, "pairs": pairs, "pending": [dict(s) for s in self.pending],
-                "flow": {pid: dict(f) for pid, f in self.flow.items()}, "seq": self.seq}
+        return {
+            "timed": True,
+            "pairs": pairs,
+            "pending": [dict(s) for s in self.pending],
+            "flow": {pid: dict(f) for pid, f in self.flow.items()},
+            "seq": self.seq,
+        }
 
     @classmethod
     def from_dict(cls, params: PairParams, data: Mapping[str, Any]) -> TimedPairs:
         model = cls(params)
         for item in data["pairs"]:
-            legs = {role: TimedLeg(role, leg["venue"], leg["symbol"], [LegOrder(**o) for o in leg["orders"]],
-                                   [FundingPayment(**p) for p in leg["funding"]])
-                    for role, leg in item["legs"].items()}
+            legs = {
+                role: TimedLeg(
+                    role,
+                    leg["venue"],
+                    leg["symbol"],
+                    [LegOrder(**o) for o in leg["orders"]],
+                    [FundingPayment(**p) for p in leg["funding"]],
+                )
+                for role, leg in item["legs"].items()
+            }
             pair = PairPosition(**{name: item[name] for name in _FIELDS}, legs=legs)  # type: ignore[arg-type]
             pair.settled = {(role, int(t)) for role, t in item["settled"]}
             model.pairs[pair.pair_id] = pair
@@ -229,8 +251,9 @@ class TimedPairs(HedgedPairs):
         return model
 
     # -- entry -------------------------------------------------------------------------------------
-    def open(self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent],
-             refusals: Mapping[str, str] | None = None) -> PairEvents:
+    def open(
+        self, entry: PairEntry, now_ms: int, books: Mapping[str, BookEvent], refusals: Mapping[str, str] | None = None
+    ) -> PairEvents:
         pair, events, reasons = self._admit(entry, now_ms, books, TimedLeg)
         if pair is None:
             return events
@@ -251,18 +274,34 @@ class TimedPairs(HedgedPairs):
             levels = book.bids if role == "short" else book.asks
             fill = ioc_fill(levels, pair.qty, _ENTRY_SIDE[role])
             vwaps[role], refs[role] = fill.vwap, fill.touch
-        need = rules.min_entry_spread + 2 * (p.venue(pair.legs["short"].venue).taker_fee
-                                             + p.venue(pair.legs["long"].venue).taker_fee)
+        need = rules.min_entry_spread + 2 * (
+            p.venue(pair.legs["short"].venue).taker_fee + p.venue(pair.legs["long"].venue).taker_fee
+        )
         limits = {"short": vwaps["long"] * math.exp(need), "long": vwaps["short"] * math.exp(-need)}
         self.active_by_key[pair.pair_key] = pair.pair_id
-        flow = self.flow[pair.pair_id] = {"target": pair.qty, "limits": limits, "refs": refs,
-                                          "retries": {"short": 0, "long": 0}, "out": {}, "attempts": {},
-                                          "refusals": dict(refusals or {}), "exit": None, "need": need}
+        flow = self.flow[pair.pair_id] = {
+            "target": pair.qty,
+            "limits": limits,
+            "refs": refs,
+            "retries": {"short": 0, "long": 0},
+            "out": {},
+            "attempts": {},
+            "refusals": dict(refusals or {}),
+            "exit": None,
+            "need": need,
+        }
         pair.qty = 0.0  # the hedged quantity: set when both legs have answered
         events.positions.append(pair.to_record())
         if rules.sequential:  # the leg on the thinner book (inside its limit) first; ties: the short leg
-            depth = {role: ioc_fill(books[leg.venue].bids if role == "short" else books[leg.venue].asks, math.inf,
-                                    _ENTRY_SIDE[role], limits[role]).qty for role, leg in pair.legs.items()}
+            depth = {
+                role: ioc_fill(
+                    books[leg.venue].bids if role == "short" else books[leg.venue].asks,
+                    math.inf,
+                    _ENTRY_SIDE[role],
+                    limits[role],
+                ).qty
+                for role, leg in pair.legs.items()
+            }
             flow["lead"] = "long" if depth["long"] < depth["short"] else "short"
             self._send(pair, flow["lead"], "entry", flow["target"], limits[flow["lead"]], refs[flow["lead"]], now_ms)
         else:
@@ -278,7 +317,9 @@ class TimedPairs(HedgedPairs):
         hedge = "long" if lead == "short" else "short"
         filled = pair.legs[lead].entered
         if filled <= _EPS:
-            pair.reason = f"{lead} leg {pair.legs[lead].venue}: {pair.legs[lead].orders[-1].reason}; the hedge was not sent"
+            pair.reason = (
+                f"{lead} leg {pair.legs[lead].venue}: {pair.legs[lead].orders[-1].reason}; the hedge was not sent"
+            )
             self._finish(pair, "failed", None, now)
             return PairEvents(positions=[pair.to_record()])
         price = pair.legs[lead].avg_price(True)
@@ -300,8 +341,16 @@ class TimedPairs(HedgedPairs):
         return None
 
     # -- steps -------------------------------------------------------------------------------------
-    def _send(self, pair: PairPosition, role: str, action: str, qty: float, limit: float | None,
-              ref: float | None, now_ms: int) -> None:
+    def _send(
+        self,
+        pair: PairPosition,
+        role: str,
+        action: str,
+        qty: float,
+        limit: float | None,
+        ref: float | None,
+        now_ms: int,
+    ) -> None:
         """An order leaves now; it meets its venue's book at now + latency."""
         flow = self.flow[pair.pair_id]
         code = f"pair_{role}_{'entry' if action == 'entry' else 'exit'}"
@@ -309,8 +358,20 @@ class TimedPairs(HedgedPairs):
         flow["attempts"][code] = attempt + 1
         flow["out"][role] = True
         latency = self.params.venue(pair.legs[role].venue).latency_ms
-        self._push({"t": now_ms + latency, "kind": "arrive", "pid": pair.pair_id, "role": role, "action": action,
-                    "qty": qty, "limit": limit, "ref": ref, "sent": now_ms, "attempt": attempt})
+        self._push(
+            {
+                "t": now_ms + latency,
+                "kind": "arrive",
+                "pid": pair.pair_id,
+                "role": role,
+                "action": action,
+                "qty": qty,
+                "limit": limit,
+                "ref": ref,
+                "sent": now_ms,
+                "attempt": attempt,
+            }
+        )
 
     def _push(self, step: dict[str, Any]) -> None:
         self.seq += 1
@@ -345,11 +406,17 @@ class TimedPairs(HedgedPairs):
             fill = ioc_fill(book.bids if side == "SELL" else book.asks, qty, side, limit)
             filled = round_to_steps(fill.qty, [self._lot_step(leg)]) or 0.0
             if filled < fill.qty - _EPS:  # whole lots only: walk again for the rounded quantity
-                fill = ioc_fill(book.bids if side == "SELL" else book.asks, filled, side, limit) if filled else \
-                    IocFill(0.0, 0.0, fill.touch)
+                fill = (
+                    ioc_fill(book.bids if side == "SELL" else book.asks, filled, side, limit)
+                    if filled
+                    else IocFill(0.0, 0.0, fill.touch)
+                )
             if fill.qty <= _EPS:
-                reason = ("IOC filled nothing: no level inside the limit " f"{limit!r}" if fill.touch is not None
-                          else "IOC filled nothing: the book side is empty")
+                reason = (
+                    f"IOC filled nothing: no level inside the limit {limit!r}"
+                    if fill.touch is not None
+                    else "IOC filled nothing: the book side is empty"
+                )
         filled_qty = fill.qty if reason is None else 0.0
         status = "FAILED" if filled_qty <= _EPS else ("FILLED" if _same(filled_qty, qty) else "PARTIAL")
         vwap, top = fill.vwap if filled_qty else None, fill.touch if filled_qty else None
@@ -360,14 +427,36 @@ class TimedPairs(HedgedPairs):
             slip = filled_qty * sign * (vwap - top)
             lat = filled_qty * sign * (top - ref)
             fee = venue.taker_fee * vwap * filled_qty
-        order = LegOrder(client_order_id(pair.signal_id, code, step["attempt"]), pair.pair_id, pair.signal_id,
-                         leg.role, action, leg.venue, leg.symbol, side, qty, vwap, top, fee, slip, status, reason, now,
-                         book.time_ms if book is not None else None, filled_qty, ref, limit, step["sent"],
-                         step["attempt"], lat)
+        order = LegOrder(
+            client_order_id(pair.signal_id, code, step["attempt"]),
+            pair.pair_id,
+            pair.signal_id,
+            leg.role,
+            action,
+            leg.venue,
+            leg.symbol,
+            side,
+            qty,
+            vwap,
+            top,
+            fee,
+            slip,
+            status,
+            reason,
+            now,
+            book.time_ms if book is not None else None,
+            filled_qty,
+            ref,
+            limit,
+            step["sent"],
+            step["attempt"],
+            lat,
+        )
         leg.orders.append(order)
         events = PairEvents(orders=[order])
-        self._push({"t": now + venue.latency_ms, "kind": "answer", "pid": pair.pair_id, "role": leg.role,
-                    "action": action})
+        self._push(
+            {"t": now + venue.latency_ms, "kind": "answer", "pid": pair.pair_id, "role": leg.role, "action": action}
+        )
         return events
 
     def _answer(self, step: Mapping[str, Any], books: Mapping[str, BookEvent]) -> PairEvents:
@@ -385,14 +474,17 @@ class TimedPairs(HedgedPairs):
             return self._after_entry(pair, flow, now, books)
         return self._after_exit(pair, now)
 
-    def _after_entry(self, pair: PairPosition, flow: dict[str, Any], now: int,
-                     books: Mapping[str, BookEvent]) -> PairEvents:
+    def _after_entry(
+        self, pair: PairPosition, flow: dict[str, Any], now: int, books: Mapping[str, BookEvent]
+    ) -> PairEvents:
         events = PairEvents()
         got = {role: leg.entered for role, leg in pair.legs.items()}
         if _same(got["short"], got["long"]):
             if got["short"] <= _EPS:
-                pair.reason = "; ".join(f"{role} leg {pair.legs[role].venue}: {pair.legs[role].orders[-1].reason}"
-                                        for role in ("short", "long"))
+                pair.reason = "; ".join(
+                    f"{role} leg {pair.legs[role].venue}: {pair.legs[role].orders[-1].reason}"
+                    for role in ("short", "long")
+                )
                 self._finish(pair, "failed", None, now)
             else:
                 self._opened(pair, got["short"])
@@ -403,16 +495,19 @@ class TimedPairs(HedgedPairs):
         rules = self.params.legs
         if done < rules.retries:
             flow["retries"][short_of] = done + 1
-            worse = (1 + (done + 1) * rules.retry_step_bp * 1e-4)
+            worse = 1 + (done + 1) * rules.retry_step_bp * 1e-4
             limit = flow["limits"][short_of] * (worse if short_of == "long" else 1 / worse)
-            self._send(pair, short_of, "entry", got[max(got, key=got.get)] - got[short_of], limit,
-                       flow["refs"][short_of], now)
+            self._send(
+                pair, short_of, "entry", got[max(got, key=got.get)] - got[short_of], limit, flow["refs"][short_of], now
+            )
             return events
         hedged = got[short_of]
         pair.qty = hedged
         pair.status = "unwinding"
-        pair.reason = (f"{short_of} leg filled {hedged!r} of {flow['target']!r} after {done} retries: "
-                       f"the excess of the other leg is unwound")
+        pair.reason = (
+            f"{short_of} leg filled {hedged!r} of {flow['target']!r} after {done} retries: "
+            f"the excess of the other leg is unwound"
+        )
         events.positions.append(pair.to_record())
         events.extend(self._unwind_excess(pair, now, books))
         return events
@@ -466,8 +561,15 @@ class TimedPairs(HedgedPairs):
         self.flow.pop(pair.pair_id, None)
 
     # -- funding -----------------------------------------------------------------------------------
-    def settle_funding(self, venue: str, symbol: str, funding_time_ms: int, rate: float,
-                       mark_price: float, predicted_rate: float | None = None) -> PairEvents:
+    def settle_funding(
+        self,
+        venue: str,
+        symbol: str,
+        funding_time_ms: int,
+        rate: float,
+        mark_price: float,
+        predicted_rate: float | None = None,
+    ) -> PairEvents:
         """As ``HedgedPairs.settle_funding``, on the quantity each leg held at the funding time."""
         events = PairEvents()
         for pair in self.pairs.values():
@@ -479,8 +581,9 @@ class TimedPairs(HedgedPairs):
                 if held <= _EPS:
                     continue
                 paid = funding_payment(leg.direction, held, mark_price, rate)
-                payment = FundingPayment(pair.pair_id, leg.role, venue, symbol, funding_time_ms, rate, mark_price,
-                                         held, paid, predicted_rate)
+                payment = FundingPayment(
+                    pair.pair_id, leg.role, venue, symbol, funding_time_ms, rate, mark_price, held, paid, predicted_rate
+                )
                 pair.settled.add((leg.role, funding_time_ms))
                 leg.funding.append(payment)
                 events.funding.append(payment)
@@ -490,8 +593,14 @@ class TimedPairs(HedgedPairs):
         return events
 
     # -- exits -------------------------------------------------------------------------------------
-    def evaluate(self, now_ms: int, books: Mapping[str, BookEvent], funding: Mapping[str, FundingEvent] | None = None,
-                 marks: Mapping[str, float] | None = None, adl: Mapping[str, bool] | None = None) -> PairEvents:
+    def evaluate(
+        self,
+        now_ms: int,
+        books: Mapping[str, BookEvent],
+        funding: Mapping[str, FundingEvent] | None = None,
+        marks: Mapping[str, float] | None = None,
+        adl: Mapping[str, bool] | None = None,
+    ) -> PairEvents:
         """Steps due by `now_ms` first; then per active pair: liquidation/ADL of a leg, a resend of what
         an unwind or a close left, or the instant model's exits (sent, filling on arrival)."""
         events = self.run_due(now_ms, books)
@@ -513,8 +622,14 @@ class TimedPairs(HedgedPairs):
                     events.extend(self.close(pair.pair_id, reason, now_ms, books))
         return events
 
-    def _forced(self, pair: PairPosition, now: int, books: Mapping[str, BookEvent], marks: Mapping[str, float],
-                adl: Mapping[str, bool]) -> PairEvents | None:
+    def _forced(
+        self,
+        pair: PairPosition,
+        now: int,
+        books: Mapping[str, BookEvent],
+        marks: Mapping[str, float],
+        adl: Mapping[str, bool],
+    ) -> PairEvents | None:
         """A leg liquidated (its mark at or beyond its liquidation price) or auto-deleveraged: closed by
         the venue now; the other leg is then closed by rule."""
         for leg in pair.legs.values():
@@ -539,10 +654,32 @@ class TimedPairs(HedgedPairs):
             code = f"pair_{leg.role}_exit"
             attempt = flow["attempts"].get(code, 0)
             flow["attempts"][code] = attempt + 1
-            order = LegOrder(client_order_id(pair.signal_id, code, attempt), pair.pair_id, pair.signal_id, leg.role,
-                             why, leg.venue, leg.symbol, side, held, price, price, 0.0, 0.0, "FILLED",
-                             f"{why} at {price!r} (mark {mark!r})", now, None, held, price, None, now, attempt, 0.0,
-                             penalty)
+            order = LegOrder(
+                client_order_id(pair.signal_id, code, attempt),
+                pair.pair_id,
+                pair.signal_id,
+                leg.role,
+                why,
+                leg.venue,
+                leg.symbol,
+                side,
+                held,
+                price,
+                price,
+                0.0,
+                0.0,
+                "FILLED",
+                f"{why} at {price!r} (mark {mark!r})",
+                now,
+                None,
+                held,
+                price,
+                None,
+                now,
+                attempt,
+                0.0,
+                penalty,
+            )
             leg.orders.append(order)
             flow["exit"] = why
             pair.status = "closing"
@@ -556,11 +693,15 @@ class TimedPairs(HedgedPairs):
         pair = self.pairs[pid]
         if pair.status != "open":
             return PairEvents()
-        failed = [f"{role} leg {leg.venue}: {why}" for role, leg in pair.legs.items()
-                  if (why := self._book(leg, now_ms, books)[1]) is not None]
+        failed = [
+            f"{role} leg {leg.venue}: {why}"
+            for role, leg in pair.legs.items()
+            if (why := self._book(leg, now_ms, books)[1]) is not None
+        ]
         if failed:
-            return PairEvents(blocked=[{"pair_id": pid, "close_reason": reason, "time_ms": now_ms,
-                                        "reason": "; ".join(failed)}])
+            return PairEvents(
+                blocked=[{"pair_id": pid, "close_reason": reason, "time_ms": now_ms, "reason": "; ".join(failed)}]
+            )
         flow = self.flow.setdefault(pid, {"out": {}, "attempts": {}, "refusals": {}, "exit": None})
         flow["exit"] = reason
         pair.status = "closing"
@@ -609,8 +750,14 @@ class TimedPairs(HedgedPairs):
                 break
         return events
 
-    def exit_reason(self, pair: PairPosition, now_ms: int, books: Mapping[str, BookEvent],
-                    funding: Mapping[str, FundingEvent], marks: Mapping[str, float]) -> str | None:
+    def exit_reason(
+        self,
+        pair: PairPosition,
+        now_ms: int,
+        books: Mapping[str, BookEvent],
+        funding: Mapping[str, FundingEvent],
+        marks: Mapping[str, float],
+    ) -> str | None:
         view = _EntryView(pair)
         return super().exit_reason(view, now_ms, books, funding, marks)  # type: ignore[arg-type]
 
@@ -639,8 +786,21 @@ class _Entry:
     qty: float
 
 
-_FIELDS = ("pair_id", "signal_id", "pair_key", "coin", "notional_usd", "opened_ms", "qty", "status", "reason",
-           "close_reason", "closed_ms", "entry_spread", "exit_spread")
+_FIELDS = (
+    "pair_id",
+    "signal_id",
+    "pair_key",
+    "coin",
+    "notional_usd",
+    "opened_ms",
+    "qty",
+    "status",
+    "reason",
+    "close_reason",
+    "closed_ms",
+    "entry_spread",
+    "exit_spread",
+)
 
 
 def _json_flow(flow: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,30 +18,51 @@ class ExecutorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages_in = Counter("tapeflow_executor_messages_in_total", "Input records consumed", ["topic"],
-                                   registry=r)
-        self.decode_errors = Counter("tapeflow_executor_decode_errors_total",
-                                     "Input records that could not be decoded (dead-lettered)", ["topic"], registry=r)
-        self.decisions = Counter("tapeflow_executor_risk_decisions_total", "Risk-guard and signal decisions",
-                                 ["decision", "reason"], registry=r)
-        self.orders = Counter("tapeflow_executor_orders_total", "Order state transitions", ["leg", "state"],
-                              registry=r)
+        self.messages_in = Counter(
+            "tapeflow_executor_messages_in_total", "Input records consumed", ["topic"], registry=r
+        )
+        self.decode_errors = Counter(
+            "tapeflow_executor_decode_errors_total",
+            "Input records that could not be decoded (dead-lettered)",
+            ["topic"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "tapeflow_executor_risk_decisions_total",
+            "Risk-guard and signal decisions",
+            ["decision", "reason"],
+            registry=r,
+        )
+        self.orders = Counter("tapeflow_executor_orders_total", "Order state transitions", ["leg", "state"], registry=r)
         self.fills = Counter("tapeflow_executor_fills_total", "Executions", ["liquidity"], registry=r)
-        self.closed = Counter("tapeflow_executor_positions_closed_total", "Closed positions", ["exit_reason"],
-                              registry=r)
-        self.pnl_r = Gauge("tapeflow_executor_realised_pnl_r", "Net pnl_r summed over positions closed by "
-                           "this process", registry=r)
+        self.closed = Counter(
+            "tapeflow_executor_positions_closed_total", "Closed positions", ["exit_reason"], registry=r
+        )
+        self.pnl_r = Gauge(
+            "tapeflow_executor_realised_pnl_r", "Net pnl_r summed over positions closed by this process", registry=r
+        )
         self.open_positions = Gauge("tapeflow_executor_open_positions", "Open positions", registry=r)
-        self.risk_state = Gauge("tapeflow_executor_risk_state", "Risk guard state: 0 active, 1 paused, 2 halted",
-                                registry=r)
+        self.risk_state = Gauge(
+            "tapeflow_executor_risk_state", "Risk guard state: 0 active, 1 paused, 2 halted", registry=r
+        )
         self.signal_to_order = Histogram(
             "tapeflow_executor_signal_to_order_seconds",
             "Signal produced (Kafka timestamp) to entry order intent emitted",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
-        self.lag = Gauge("tapeflow_executor_consumer_lag_messages", "High watermark minus committed offset "
-                         "of the executor's input partitions", ["group", "topic", "partition"], registry=r)
-        self.data_age = Gauge("tapeflow_executor_market_data_age_seconds", "Age of the newest trade or book "
-                              "record per market", ["market"], registry=r)
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.lag = Gauge(
+            "tapeflow_executor_consumer_lag_messages",
+            "High watermark minus committed offset of the executor's input partitions",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.data_age = Gauge(
+            "tapeflow_executor_market_data_age_seconds",
+            "Age of the newest trade or book record per market",
+            ["market"],
+            registry=r,
+        )
 
     def observe_record(self, topic: str, record: dict[str, Any]) -> None:
         if topic == "orders":

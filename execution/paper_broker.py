@@ -143,9 +143,19 @@ class PaperBroker:
         fee = rate * price * req.qty
         # the price before modelled costs: the trade for a market order, the limit itself for a maker fill
         market_price = trade.price if req.type == "MARKET" else price
-        execution = Execution(req.client_order_id, order.exchange_order_id, f"p:{trade.agg_id}:{req.client_order_id}",
-                              req.side, price, req.qty, fee, quote_asset(req.symbol), liquidity, market_price,
-                              trade.trade_time)
+        execution = Execution(
+            req.client_order_id,
+            order.exchange_order_id,
+            f"p:{trade.agg_id}:{req.client_order_id}",
+            req.side,
+            price,
+            req.qty,
+            fee,
+            quote_asset(req.symbol),
+            liquidity,
+            market_price,
+            trade.trade_time,
+        )
         update = OrderUpdate(req.client_order_id, "FILLED", req.qty, price, order.exchange_order_id, trade.trade_time)
         return [execution, update]
 

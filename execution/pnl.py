@@ -44,8 +44,16 @@ def price_move_r(direction: str, entry: float, price: float, risk_distance: floa
     return direction_sign(direction) * (price - entry) / risk_distance
 
 
-def gross_pnl_r(reason: str, tp1_r: float, tp2_r: float, *, tp1_hit: bool, exit_move_r: float | None = None,
-                sl_r: float = 1.0, breakeven_offset_r: float = 0.0) -> float:
+def gross_pnl_r(
+    reason: str,
+    tp1_r: float,
+    tp2_r: float,
+    *,
+    tp1_hit: bool,
+    exit_move_r: float | None = None,
+    sl_r: float = 1.0,
+    breakeven_offset_r: float = 0.0,
+) -> float:
     """Gross pnl_r of a whole position closed for `reason` (the DESIGN §5 table above)."""
     banked = TP1_FRACTION * tp1_r if tp1_hit else 0.0
     rest = 1.0 - TP1_FRACTION if tp1_hit else 1.0
@@ -79,8 +87,9 @@ def funding_payment(direction: str, qty: float, mark_price: float, rate: float) 
     return direction_sign(direction) * qty * mark_price * rate
 
 
-def slippage_r(direction: str, *, opening: bool, reference: float, price: float, fraction: float,
-               risk_distance: float) -> float:
+def slippage_r(
+    direction: str, *, opening: bool, reference: float, price: float, fraction: float, risk_distance: float
+) -> float:
     """Cost in R of filling `fraction` of the position at `price` instead of `reference` (> 0 = worse).
 
     Opening a LONG buys (paying more is worse); closing it sells (receiving less is worse).

@@ -118,28 +118,63 @@ class Position:
 
     # --- construction ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, *, position_id: str, signal: Signal, mode: str, fills: list[Execution], r_usd: float,
-             timeout_ms: int, breakeven_offset_r: float = 0.0) -> Position:
+    def open(
+        cls,
+        *,
+        position_id: str,
+        signal: Signal,
+        mode: str,
+        fills: list[Execution],
+        r_usd: float,
+        timeout_ms: int,
+        breakeven_offset_r: float = 0.0,
+    ) -> Position:
         """A position from its entry fills; levels anchored at their (qty-weighted) market price."""
         qty = sum(f.qty for f in fills)
         if not fills or qty <= 0:
             raise ValueError("a position needs at least one entry fill")
         anchor = sum(f.qty * f.market_price for f in fills) / qty
         plan = plan_from_signal(signal, anchor, timeout_ms)
-        pos = cls(position_id, signal.signal_id, signal.strategy, signal.strategy_version, signal.config_hash,
-                  signal.exchange, signal.symbol, mode, signal.tier, plan, qty, r_usd,
-                  opened_at=max(f.event_time for f in fills), breakeven_offset_r=breakeven_offset_r,
-                  qty_open=qty, stop=plan.sl)
+        pos = cls(
+            position_id,
+            signal.signal_id,
+            signal.strategy,
+            signal.strategy_version,
+            signal.config_hash,
+            signal.exchange,
+            signal.symbol,
+            mode,
+            signal.tier,
+            plan,
+            qty,
+            r_usd,
+            opened_at=max(f.event_time for f in fills),
+            breakeven_offset_r=breakeven_offset_r,
+            qty_open=qty,
+            stop=plan.sl,
+        )
         pos.last_event_time = pos.opened_at
         for f in fills:
             pos.fees_r += fee_r(f.fee, r_usd)
-            pos.slippage_r += slippage_r(plan.direction, opening=True, reference=f.market_price, price=f.price,
-                                         fraction=f.qty / qty, risk_distance=plan.risk_distance)
+            pos.slippage_r += slippage_r(
+                plan.direction,
+                opening=True,
+                reference=f.market_price,
+                price=f.price,
+                fraction=f.qty / qty,
+                risk_distance=plan.risk_distance,
+            )
         return pos
 
     @classmethod
-    def restore(cls, opened: Mapping[str, Any], tp1: Mapping[str, Any] | None, *, timeout_ms: int,
-                breakeven_offset_r: float = 0.0) -> Position:
+    def restore(
+        cls,
+        opened: Mapping[str, Any],
+        tp1: Mapping[str, Any] | None,
+        *,
+        timeout_ms: int,
+        breakeven_offset_r: float = 0.0,
+    ) -> Position:
         """Rebuild an open position from its `opened` (and `tp1`) events on the positions topic.
 
         R is recovered as r_usd / initial qty (r_usd is by construction qty x R), the R multiples of
@@ -156,16 +191,43 @@ class Position:
         tp1_r = sign * (float(opened["tp1_price"]) - entry) / R
         tp2_r = sign * (float(opened["tp2_price"]) - entry) / R
         sl_r = -sign * (float(opened["sl_price"]) - entry) / R
-        plan = ExitPlan(direction=direction, entry=entry, atr=0.0, risk_distance=R, sl=float(opened["sl_price"]),
-                        tp1=float(opened["tp1_price"]), tp2=float(opened["tp2_price"]), tp1_r=tp1_r, tp2_r=tp2_r,
-                        timeout_ms=timeout_ms, risk_multiplier=1.0, sl_r=sl_r)
+        plan = ExitPlan(
+            direction=direction,
+            entry=entry,
+            atr=0.0,
+            risk_distance=R,
+            sl=float(opened["sl_price"]),
+            tp1=float(opened["tp1_price"]),
+            tp2=float(opened["tp2_price"]),
+            tp1_r=tp1_r,
+            tp2_r=tp2_r,
+            timeout_ms=timeout_ms,
+            risk_multiplier=1.0,
+            sl_r=sl_r,
+        )
         last = tp1 or opened
-        pos = cls(opened["position_id"], opened["signal_id"], opened["strategy"], opened["strategy_version"],
-                  opened["config_hash"], opened["exchange"], opened["symbol"], opened["mode"], opened["tier"], plan,
-                  qty0, r_usd, opened_at=int(opened["event_time"]), qty_open=float(last["qty"]),
-                  stop=float(last["sl_price"]), fees_r=float(last["fees_r"]), slippage_r=float(last["slippage_r"]),
-                  funding_r=float(last.get("funding_r") or 0.0), last_event_time=int(last["event_time"]),
-                  breakeven_offset_r=breakeven_offset_r)
+        pos = cls(
+            opened["position_id"],
+            opened["signal_id"],
+            opened["strategy"],
+            opened["strategy_version"],
+            opened["config_hash"],
+            opened["exchange"],
+            opened["symbol"],
+            opened["mode"],
+            opened["tier"],
+            plan,
+            qty0,
+            r_usd,
+            opened_at=int(opened["event_time"]),
+            qty_open=float(last["qty"]),
+            stop=float(last["sl_price"]),
+            fees_r=float(last["fees_r"]),
+            slippage_r=float(last["slippage_r"]),
+            funding_r=float(last.get("funding_r") or 0.0),
+            last_event_time=int(last["event_time"]),
+            breakeven_offset_r=breakeven_offset_r,
+        )
         if tp1 is not None:
             pos.phase = "tp1"
             pos.tp1_done = True
@@ -258,8 +320,14 @@ class Position:
         p.notional += ex.qty * ex.price
         p.market_notional += ex.qty * ex.market_price
         p.fees_r += fee_r(ex.fee, self.r_usd)
-        p.slippage_r += slippage_r(self.direction, opening=False, reference=reference, price=ex.price,
-                                   fraction=ex.qty / self.qty_initial, risk_distance=self.plan.risk_distance)
+        p.slippage_r += slippage_r(
+            self.direction,
+            opening=False,
+            reference=reference,
+            price=ex.price,
+            fraction=ex.qty / self.qty_initial,
+            risk_distance=self.plan.risk_distance,
+        )
 
     def on_order_update(self, update: OrderUpdate) -> tuple[list[str], ExitIntent | None]:
         """Apply a state change of the pending exit order.
@@ -297,8 +365,15 @@ class Position:
         move = None
         if p.intent.reason in MARKET_REASONS:
             move = price_move_r(self.direction, self.entry, p.market_notional / p.filled_qty, self.plan.risk_distance)
-        gross = gross_pnl_r(p.intent.reason, self.plan.tp1_r, self.plan.tp2_r, tp1_hit=self.tp1_done,
-                            exit_move_r=move, sl_r=self.plan.sl_r, breakeven_offset_r=self.breakeven_offset_r)
+        gross = gross_pnl_r(
+            p.intent.reason,
+            self.plan.tp1_r,
+            self.plan.tp2_r,
+            tp1_hit=self.tp1_done,
+            exit_move_r=move,
+            sl_r=self.plan.sl_r,
+            breakeven_offset_r=self.breakeven_offset_r,
+        )
         self.phase = "closed"
         self.exit_reason = p.intent.reason
         self.result = PnlBreakdown(gross, self.fees_r, self.slippage_r, self.funding_r)

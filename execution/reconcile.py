@@ -59,8 +59,9 @@ class Finding:
         return "_".join(self.action.split(":", 1)[0].split()[:2])
 
     def with_action(self, action: str) -> Finding:
-        return Finding(self.kind, self.symbol, self.detail, self.exchange_amount, self.our_amount,
-                       self.client_order_id, action)
+        return Finding(
+            self.kind, self.symbol, self.detail, self.exchange_amount, self.our_amount, self.client_order_id, action
+        )
 
 
 @dataclass(slots=True)
@@ -81,10 +82,15 @@ class ReconcileReport:
         return self.error is None and not any(f.outcome in FAILED_OUTCOMES for f in self.findings)
 
 
-def compare(exchange_positions: Mapping[str, float], exchange_orders: Iterable[Mapping[str, Any]],
-            our_positions: Mapping[str, float], our_orders: Iterable[str],
-            known: Iterable[str] = (), in_flight: Iterable[str] = (),
-            adopted: Mapping[str, float] | None = None) -> list[Finding]:
+def compare(
+    exchange_positions: Mapping[str, float],
+    exchange_orders: Iterable[Mapping[str, Any]],
+    our_positions: Mapping[str, float],
+    our_orders: Iterable[str],
+    known: Iterable[str] = (),
+    in_flight: Iterable[str] = (),
+    adopted: Mapping[str, float] | None = None,
+) -> list[Finding]:
     """Differences between the exchange and us. Amounts are signed (long > 0); `known` = adopted orders
     (`order:<client id>`) that are not reported again; `adopted` = adopted position amounts by symbol,
     expected on the exchange on top of ours; positions of `in_flight` symbols are not compared."""
@@ -98,22 +104,36 @@ def compare(exchange_positions: Mapping[str, float], exchange_orders: Iterable[M
         if abs(theirs - mine - adopted.get(symbol, 0.0)) <= QTY_EPS:
             continue
         if symbol in adopted:
-            findings.append(Finding("size_mismatch", symbol, f"exchange {theirs} vs ours {mine} + adopted "
-                                    f"{adopted[symbol]}: the adopted position changed", theirs, mine))
+            findings.append(
+                Finding(
+                    "size_mismatch",
+                    symbol,
+                    f"exchange {theirs} vs ours {mine} + adopted {adopted[symbol]}: the adopted position changed",
+                    theirs,
+                    mine,
+                )
+            )
         elif abs(mine) <= QTY_EPS:
-            findings.append(Finding("orphan_position", symbol, f"exchange holds {theirs}, we hold nothing",
-                                    theirs, mine))
+            findings.append(
+                Finding("orphan_position", symbol, f"exchange holds {theirs}, we hold nothing", theirs, mine)
+            )
         elif abs(theirs) <= QTY_EPS:
-            findings.append(Finding("missing_position", symbol, f"we hold {mine}, the exchange holds nothing",
-                                    theirs, mine))
+            findings.append(
+                Finding("missing_position", symbol, f"we hold {mine}, the exchange holds nothing", theirs, mine)
+            )
         else:
             findings.append(Finding("size_mismatch", symbol, f"exchange {theirs} vs ours {mine}", theirs, mine))
     for order in exchange_orders:
         cid = order["clientOrderId"]
         if cid not in ours and f"order:{cid}" not in known:
-            findings.append(Finding("orphan_order", order["symbol"],
-                                    f"{order['side']} {order['type']} {order['origQty']} @ {order['price']} "
-                                    f"not ours", client_order_id=cid))
+            findings.append(
+                Finding(
+                    "orphan_order",
+                    order["symbol"],
+                    f"{order['side']} {order['type']} {order['origQty']} @ {order['price']} not ours",
+                    client_order_id=cid,
+                )
+            )
     return findings
 
 
@@ -125,8 +145,14 @@ def flatten_client_id(symbol: str, amount: float, run_ms: int) -> str:
 class Reconciler:
     """Runs `compare` against a `BinanceBroker` and applies the orphan policy."""
 
-    def __init__(self, broker: Any, policy: Policy = "flatten", interval_ms: int = RECONCILE_INTERVAL_MS,
-                 exchange: str = "binance", retry_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        broker: Any,
+        policy: Policy = "flatten",
+        interval_ms: int = RECONCILE_INTERVAL_MS,
+        exchange: str = "binance",
+        retry_ms: int | None = None,
+    ) -> None:
         if policy not in ("adopt", "flatten"):
             raise ValueError(f"policy must be adopt or flatten, got {policy!r}")
         self.broker = broker
@@ -143,9 +169,15 @@ class Reconciler:
         wait = self.retry_ms if self.last_failed else self.interval_ms
         return self.last_run_ms is None or now_ms - self.last_run_ms >= wait
 
-    def run(self, our_positions: Mapping[str, float], our_orders: Iterable[str], now_ms: int, *,
-            in_flight: Iterable[str] = (),
-            submit: Callable[[OrderRequest, int], list[BrokerEvent]] | None = None) -> ReconcileReport:
+    def run(
+        self,
+        our_positions: Mapping[str, float],
+        our_orders: Iterable[str],
+        now_ms: int,
+        *,
+        in_flight: Iterable[str] = (),
+        submit: Callable[[OrderRequest, int], list[BrokerEvent]] | None = None,
+    ) -> ReconcileReport:
         """Compare and repair. `submit` sends a flatten order (default `broker.submit`; the executor passes
         one that records the intent on the orders topic first)."""
         self.last_run_ms = now_ms
@@ -167,20 +199,36 @@ class Reconciler:
             log.warning("reconciliation finding", kind=f.kind, symbol=f.symbol, detail=f.detail, action=f.action)
         return report
 
-    def _apply(self, finding: Finding, orders: list[Mapping[str, Any]], report: ReconcileReport,
-               now_ms: int, submit: Callable[[OrderRequest, int], list[BrokerEvent]]) -> Finding:
+    def _apply(
+        self,
+        finding: Finding,
+        orders: list[Mapping[str, Any]],
+        report: ReconcileReport,
+        now_ms: int,
+        submit: Callable[[OrderRequest, int], list[BrokerEvent]],
+    ) -> Finding:
         if finding.kind == "orphan_order":
             order = next(o for o in orders if o["clientOrderId"] == finding.client_order_id)
             if self.policy == "adopt":
                 self.known.add(f"order:{finding.client_order_id}")
-                self.broker.track(OrderRequest(order["clientOrderId"], self.exchange, order["symbol"], order["side"],
-                                               "LIMIT" if order["type"] == "LIMIT" else "MARKET",
-                                               float(order["origQty"]), float(order["price"]) or None,
-                                               reduce_only=bool(order.get("reduceOnly"))), str(order["orderId"]))
+                self.broker.track(
+                    OrderRequest(
+                        order["clientOrderId"],
+                        self.exchange,
+                        order["symbol"],
+                        order["side"],
+                        "LIMIT" if order["type"] == "LIMIT" else "MARKET",
+                        float(order["origQty"]),
+                        float(order["price"]) or None,
+                        reduce_only=bool(order.get("reduceOnly")),
+                    ),
+                    str(order["orderId"]),
+                )
                 return finding.with_action("adopted")
             try:
-                self.broker.rest.signed("DELETE", "/fapi/v1/order", {"symbol": order["symbol"],
-                                                                     "origClientOrderId": order["clientOrderId"]})
+                self.broker.rest.signed(
+                    "DELETE", "/fapi/v1/order", {"symbol": order["symbol"], "origClientOrderId": order["clientOrderId"]}
+                )
             except BinanceApiError as exc:
                 return finding.with_action(f"cancel failed: {exc}")
             return finding.with_action("cancelled")
@@ -198,8 +246,15 @@ class Reconciler:
                 return finding.with_action("adopted")
             amount = finding.exchange_amount
             cid = flatten_client_id(finding.symbol, amount, now_ms)
-            request = OrderRequest(cid, self.exchange, finding.symbol, "SELL" if amount > 0 else "BUY", "MARKET",
-                                   abs(amount), reduce_only=True)
+            request = OrderRequest(
+                cid,
+                self.exchange,
+                finding.symbol,
+                "SELL" if amount > 0 else "BUY",
+                "MARKET",
+                abs(amount),
+                reduce_only=True,
+            )
             events = submit(request, now_ms)
             report.events.extend(events)
             rejected = [e for e in events if getattr(e, "state", None) == "REJECTED"]

@@ -13,8 +13,18 @@ from execution.broker import Execution, OrderRequest, OrderUpdate
 from execution.position_manager import Position
 
 
-def order_record(req: OrderRequest, *, mode: str, leg: str, state: str, event_time: int, signal_id: str | None,
-                 position_id: str | None, update: OrderUpdate | None = None, reason: str | None = None) -> dict[str, Any]:
+def order_record(
+    req: OrderRequest,
+    *,
+    mode: str,
+    leg: str,
+    state: str,
+    event_time: int,
+    signal_id: str | None,
+    position_id: str | None,
+    update: OrderUpdate | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
     """One OrderEvent: the request as sent plus the state it is in after `update` (if any)."""
     return {
         "client_order_id": req.client_order_id,
@@ -39,7 +49,9 @@ def order_record(req: OrderRequest, *, mode: str, leg: str, state: str, event_ti
     }
 
 
-def fill_record(ex: Execution, *, exchange: str, symbol: str, mode: str, reference_price: float | None) -> dict[str, Any]:
+def fill_record(
+    ex: Execution, *, exchange: str, symbol: str, mode: str, reference_price: float | None
+) -> dict[str, Any]:
     return {
         "exchange": exchange,
         "symbol": symbol,

@@ -106,8 +106,17 @@ class RiskGuard:
         return "paused" if self.paused(now_ms) else "active"
 
     # --- entries ----------------------------------------------------------------------------------------
-    def check_entry(self, *, now_ms: int, scope: str, market_data_age_ms: float | None, venue_up: bool,
-                    output_up: bool, open_positions: int, sole_writer: bool = True) -> RiskDecision:
+    def check_entry(
+        self,
+        *,
+        now_ms: int,
+        scope: str,
+        market_data_age_ms: float | None,
+        venue_up: bool,
+        output_up: bool,
+        open_positions: int,
+        sole_writer: bool = True,
+    ) -> RiskDecision:
         """Allow or block one new entry; the first rule that fires is the reason."""
         stale_ms = self.limits.stale_market_data_s * 1000
 
@@ -159,8 +168,9 @@ class RiskGuard:
 
     def tick_quiet(self, now_ms: int) -> bool:
         """Whether ``tick(now_ms)`` would change nothing: the UTC day is the guard's and no pause ends."""
-        return utc_day(now_ms) <= self.state.day and (self.state.paused_until is None
-                                                       or now_ms < self.state.paused_until)
+        return utc_day(now_ms) <= self.state.day and (
+            self.state.paused_until is None or now_ms < self.state.paused_until
+        )
 
     def tick_quiet_until(self) -> float:
         """The end of the time in which ``tick_quiet`` is true (for a time it is true at): the next UTC
@@ -187,8 +197,11 @@ class RiskGuard:
             return [RiskDecision("flatten", GLOBAL, KILL_SWITCH, now_ms)]
         if not changed:
             return []
-        return [RiskDecision("halt", GLOBAL, KILL_SWITCH, now_ms) if on
-                else RiskDecision("resume", GLOBAL, "kill_switch_off", now_ms)]
+        return [
+            RiskDecision("halt", GLOBAL, KILL_SWITCH, now_ms)
+            if on
+            else RiskDecision("resume", GLOBAL, "kill_switch_off", now_ms)
+        ]
 
     def market_data(self, key: str, scope: str, age_ms: float | None, now_ms: int) -> RiskDecision | None:
         """Report a symbol going stale or fresh again (transitions only)."""
@@ -206,8 +219,9 @@ class RiskGuard:
         fresh at ``age_ms``. Also true for any younger age: a caller that has not passed the newest data
         of a market yet (so ``age_ms`` is too old) may rely on it. A key flagged stale or never flagged
         is never quiet (newer data could change it)."""
-        return self._stale.get(key) is False and age_ms is not None \
-            and not age_ms > self.limits.stale_market_data_s * 1000
+        return (
+            self._stale.get(key) is False and age_ms is not None and not age_ms > self.limits.stale_market_data_s * 1000
+        )
 
     def venue(self, up: bool, now_ms: int) -> RiskDecision | None:
         before, self._venue_up = self._venue_up, up

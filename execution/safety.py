@@ -44,9 +44,11 @@ KEY_OVERRIDE_VALUE = "I_UNDERSTAND"
 SPOT_REST_URL = "https://api.binance.com"
 API_RESTRICTIONS_PATH = "/sapi/v1/account/apiRestrictions"
 #: permissions a trading key must not have: (field, what it means) - and ipRestrict must be true
-RISKY_PERMISSIONS = (("enableWithdrawals", "can withdraw"),
-                     ("enableInternalTransfer", "can transfer between accounts"),
-                     ("permitsUniversalTransfer", "can make universal transfers"))
+RISKY_PERMISSIONS = (
+    ("enableWithdrawals", "can withdraw"),
+    ("enableInternalTransfer", "can transfer between accounts"),
+    ("permitsUniversalTransfer", "can make universal transfers"),
+)
 
 
 class LiveTradingRefused(Exception):
@@ -70,10 +72,16 @@ def check_mode_allowed(mode: str, settings: Settings, environ: Mapping[str, str]
     if environ.get(LIVE_OPT_IN_ENV) != LIVE_OPT_IN_VALUE:
         raise LiveTradingRefused(
             f"--mode {mode} sends orders to Binance and is refused: set {LIVE_OPT_IN_ENV}={LIVE_OPT_IN_VALUE} "
-            "to confirm you understand")
-    missing = [name for name, value in (("TAPEFLOW_BINANCE_API_KEY", settings.binance_api_key),
-                                        ("TAPEFLOW_BINANCE_API_SECRET", settings.binance_api_secret))
-               if not _present(value)]
+            "to confirm you understand"
+        )
+    missing = [
+        name
+        for name, value in (
+            ("TAPEFLOW_BINANCE_API_KEY", settings.binance_api_key),
+            ("TAPEFLOW_BINANCE_API_SECRET", settings.binance_api_secret),
+        )
+        if not _present(value)
+    ]
     if missing:
         raise LiveTradingRefused(f"--mode {mode} needs exchange keys: set {' and '.join(missing)} (or *_FILE)")
 
@@ -109,8 +117,9 @@ def key_problems(restrictions: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def check_key_permissions(settings: Settings, environ: Mapping[str, str], time_offset_ms: int,
-                          timeout_s: float = 5.0) -> list[str]:
+def check_key_permissions(
+    settings: Settings, environ: Mapping[str, str], time_offset_ms: int, timeout_s: float = 5.0
+) -> list[str]:
     """Live mode's key check (module docstring). Returns the problems the operator accepted ([] for a
     clean key); raises `LiveTradingRefused` for a risky key without the override, or when the
     permissions cannot be read. A key that cannot trade futures is refused even with the override."""
@@ -122,25 +131,30 @@ def check_key_permissions(settings: Settings, environ: Mapping[str, str], time_o
     try:
         answer = rest.signed("GET", API_RESTRICTIONS_PATH)
     except (BinanceApiError, OSError, ValueError) as exc:
-        raise LiveTradingRefused(f"--mode live refused: cannot read the key's permissions at {url}"
-                                 f"{API_RESTRICTIONS_PATH}: {exc}") from None
+        raise LiveTradingRefused(
+            f"--mode live refused: cannot read the key's permissions at {url}{API_RESTRICTIONS_PATH}: {exc}"
+        ) from None
     finally:
         rest.close()
     if not isinstance(answer, Mapping):
-        raise LiveTradingRefused(f"--mode live refused: {url}{API_RESTRICTIONS_PATH} answered {type(answer).__name__}, "
-                                 "not the key's permissions")
+        raise LiveTradingRefused(
+            f"--mode live refused: {url}{API_RESTRICTIONS_PATH} answered {type(answer).__name__}, "
+            "not the key's permissions"
+        )
     if answer.get("enableFutures") is not True:
         raise LiveTradingRefused("--mode live refused: the API key cannot trade futures (enable Futures for it)")
     problems = key_problems(answer)
     if problems and environ.get(KEY_OVERRIDE_ENV) != KEY_OVERRIDE_VALUE:
         raise LiveTradingRefused(
             f"--mode live refused: the API key {', '.join(problems)}; give it only Reading and Futures with an "
-            f"IP restriction, or accept the risk with {KEY_OVERRIDE_ENV}={KEY_OVERRIDE_VALUE}")
+            f"IP restriction, or accept the risk with {KEY_OVERRIDE_ENV}={KEY_OVERRIDE_VALUE}"
+        )
     return problems
 
 
-def build_broker(mode: str, config: ExecutorConfig, settings: Settings | None = None,
-                 environ: Mapping[str, str] | None = None) -> Broker:
+def build_broker(
+    mode: str, config: ExecutorConfig, settings: Settings | None = None, environ: Mapping[str, str] | None = None
+) -> Broker:
     """The broker for `mode`: a fresh `PaperBroker`, or a connected `BinanceBroker` (the caller closes it).
 
     Exchange modes need `settings` with the keys (run `check_mode_allowed` first); live mode also checks
@@ -158,17 +172,27 @@ def build_broker(mode: str, config: ExecutorConfig, settings: Settings | None = 
     check_endpoints(mode, rest_url, ws_url)
     venue = config.exchange
     try:
-        broker = BinanceBroker.connect(mode, rest_url, ws_url, settings.binance_api_key, settings.binance_api_secret,
-                                       timeout_s=venue.request_timeout_s, stream_timeout_s=venue.connect_timeout_s,
-                                       probe_interval_s=venue.probe_interval_s)
+        broker = BinanceBroker.connect(
+            mode,
+            rest_url,
+            ws_url,
+            settings.binance_api_key,
+            settings.binance_api_secret,
+            timeout_s=venue.request_timeout_s,
+            stream_timeout_s=venue.connect_timeout_s,
+            probe_interval_s=venue.probe_interval_s,
+        )
     except (BinanceApiError, OSError, KeyError, TypeError, ValueError) as exc:
         # unreachable, keys refused, no user-data stream, an answer that is not Binance's: never half-connected
         raise BrokerUnavailable(f"cannot reach the exchange at {rest_url} / {ws_url}: {exc}") from None
     if mode == "live":
         try:
             broker.accepted_key_problems = check_key_permissions(
-                settings, os.environ if environ is None else environ, broker.rest.time_offset_ms,
-                venue.request_timeout_s)
+                settings,
+                os.environ if environ is None else environ,
+                broker.rest.time_offset_ms,
+                venue.request_timeout_s,
+            )
         except BaseException:
             broker.close()
             raise

@@ -132,8 +132,9 @@ class ExecuteOptions:
 class KafkaSink:
     """The executor's `OutputSink` on the Kafka publisher; also feeds metrics and echoes the first order."""
 
-    def __init__(self, publisher: Publisher, metrics: ExecutorMetrics, mode: str,
-                 commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, publisher: Publisher, metrics: ExecutorMetrics, mode: str, commit: Callable[[], None] | None = None
+    ) -> None:
         """`commit`: the transactional service's commit of its open transaction (the barrier's)."""
         self.publisher = publisher
         self.metrics = metrics
@@ -146,9 +147,17 @@ class KafkaSink:
         self.metrics.observe_record(topic, record)
         if topic == "orders" and record["state"] == "PENDING_NEW" and not self.first_order_logged:
             self.first_order_logged = True
-            log.warning("first order of this run", mode=self.mode, client_order_id=record["client_order_id"],
-                        symbol=record["symbol"], side=record["side"], type=record["type"], qty=record["qty"],
-                        price=record["price"], leg=record["leg"])
+            log.warning(
+                "first order of this run",
+                mode=self.mode,
+                client_order_id=record["client_order_id"],
+                symbol=record["symbol"],
+                side=record["side"],
+                type=record["type"],
+                qty=record["qty"],
+                price=record["price"],
+                leg=record["leg"],
+            )
 
     def barrier(self) -> None:
         if self.commit is not None:  # committed, not only acknowledged: raises when it was aborted
@@ -165,9 +174,17 @@ class KafkaSink:
 
 
 class ExecutorService:
-    def __init__(self, settings: Settings, mode: str, config: ExecutorConfig, bootstrap: str, serde: AvroSerde,
-                 options: ExecuteOptions, clock: Callable[[], int] | None = None,
-                 broker: Broker | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        mode: str,
+        config: ExecutorConfig,
+        bootstrap: str,
+        serde: AvroSerde,
+        options: ExecuteOptions,
+        clock: Callable[[], int] | None = None,
+        broker: Broker | None = None,
+    ) -> None:
         """`broker`: the connected exchange broker of testnet/live (None: a fresh paper broker per assignment)."""
         self.settings = settings
         self.mode = mode
@@ -180,12 +197,16 @@ class ExecutorService:
         self.metrics = ExecutorMetrics()
         self._group = options.group_id or f"{self.prefix}tapeflow-executor-{mode}"
         self.transactional = options.transactional
-        self.publisher = Publisher(bootstrap, serde,
-                                   PublishMetrics(self.metrics.registry, prefix="tapeflow_executor_publish"),
-                                   topic_prefix=self.prefix,
-                                   transactional_id=self._group if self.transactional else None)
-        self.sink = KafkaSink(self.publisher, self.metrics, mode,
-                              commit=self._commit_transaction if self.transactional else None)
+        self.publisher = Publisher(
+            bootstrap,
+            serde,
+            PublishMetrics(self.metrics.registry, prefix="tapeflow_executor_publish"),
+            topic_prefix=self.prefix,
+            transactional_id=self._group if self.transactional else None,
+        )
+        self.sink = KafkaSink(
+            self.publisher, self.metrics, mode, commit=self._commit_transaction if self.transactional else None
+        )
         # transactional: (topic, partition) -> the offset after the last input handled (committed with the outputs)
         self._handled: dict[tuple[str, int], int] = {}
         self._handled_moved = False  # inputs handled since the last commit
@@ -207,34 +228,54 @@ class ExecutorService:
         self._risk: Consumer | None = None
         self._reconciled_once = False
         self.broker = broker
-        self.reconciler = None if broker is None else Reconciler(
-            broker, config.reconcile.orphans, int(config.reconcile.interval_s * 1000),
-            retry_ms=int(config.reconcile.retry_s * 1000))
+        self.reconciler = (
+            None
+            if broker is None
+            else Reconciler(
+                broker,
+                config.reconcile.orphans,
+                int(config.reconcile.interval_s * 1000),
+                retry_ms=int(config.reconcile.retry_s * 1000),
+            )
+        )
 
     @property
     def group_id(self) -> str:
         return self._group
 
     # --- lifecycle ------------------------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event) -> None:  # noqa: C901 - over the complexity limit, to be split
         if self.transactional:  # fences an older executor and aborts its open transaction: before any state is read
             self.publisher.init_transactions()
             self.publisher.begin_transaction()
             self._last_commit = time.monotonic()
-        self._consumer = Consumer(consumer_config(
-            self.bootstrap, self._group, **{"enable.auto.offset.store": False,
-                                            "auto.offset.reset": self.options.start_from,
-                                            "partition.assignment.strategy": "range",
-                                            "enable.partition.eof": True,
-                                            "isolation.level": "read_committed",
-                                            "fetch.wait.max.ms": self.settings.executor_fetch_wait_ms}))
+        self._consumer = Consumer(
+            consumer_config(
+                self.bootstrap,
+                self._group,
+                **{
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": self.options.start_from,
+                    "partition.assignment.strategy": "range",
+                    "enable.partition.eof": True,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": self.settings.executor_fetch_wait_ms,
+                },
+            )
+        )
         # risk.events is written a few times a day (a pause, the kill switch): Kafka answers a waiting
         # fetch as soon as a record arrives, so the long wait costs no latency (it only spaces the idle
         # fetches the broker answers), and `consume(timeout=0)` below never blocks on it
-        self._risk = Consumer(consumer_config(self.bootstrap, f"{self._group}-risk-follower",
-                                              **{"fetch.wait.max.ms": 5000, "isolation.level": "read_committed"}))
-        self._consumer.subscribe([self.prefix + name for name in INPUTS], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke)
+        self._risk = Consumer(
+            consumer_config(
+                self.bootstrap,
+                f"{self._group}-risk-follower",
+                **{"fetch.wait.max.ms": 5000, "isolation.level": "read_committed"},
+            )
+        )
+        self._consumer.subscribe(
+            [self.prefix + name for name in INPUTS], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         next_clock = next_commit = 0
         failed = False
         try:
@@ -277,16 +318,21 @@ class ExecutorService:
                     if self._lag.due(time.monotonic()):  # the assignment is built only when it is asked
                         self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic())
                 self.publisher.poll(0)
-                if now >= next_commit or (self.transactional and self.publisher.transaction_records and
-                                          time.monotonic() - self._last_commit
-                                          >= self.options.transaction_interval_ms / 1000):
+                if now >= next_commit or (
+                    self.transactional
+                    and self.publisher.transaction_records
+                    and time.monotonic() - self._last_commit >= self.options.transaction_interval_ms / 1000
+                ):
                     next_commit = now + self.options.commit_interval_ms
                     self._commit()
         except (TransactionAborted, TransactionFenced) as exc:
             failed = True
             self.status = "failed"
-            log.error("executor transaction failed: stopping (a restart restores the last committed state)",
-                      fenced=isinstance(exc, TransactionFenced), error=str(exc))
+            log.error(
+                "executor transaction failed: stopping (a restart restores the last committed state)",
+                fenced=isinstance(exc, TransactionFenced),
+                error=str(exc),
+            )
             raise
         except KafkaException as exc:
             failed = True
@@ -321,27 +367,43 @@ class ExecutorService:
             # join this callback is part of (seen hanging after a broker restart); the loop does it next
             self._fence_check = list(partitions)
         idle = self.options.restore_idle_s
-        state = read_to_end(self.bootstrap, {self.prefix + "positions": signals, self.prefix + "orders": signals,
-                                             self.prefix + "risk.events": None}, self.serde, idle_s=idle)
+        state = read_to_end(
+            self.bootstrap,
+            {self.prefix + "positions": signals, self.prefix + "orders": signals, self.prefix + "risk.events": None},
+            self.serde,
+            idle_s=idle,
+        )
         positions, orders, risk = (state[self.prefix + name] for name in ("positions", "orders", "risk.events"))
         now = self.clock()
         broker = self.broker if self.broker is not None else build_broker(self.mode, self.config)
         executor = Executor(self.config, self.mode, broker, self.sink, now)
-        summary = executor.restore(positions.records, orders.records, risk.records, now,
-                                   signals=lambda ids: self._read_signals(signals, ids),
-                                   committed_cut=self.transactional)
+        summary = executor.restore(
+            positions.records,
+            orders.records,
+            risk.records,
+            now,
+            signals=lambda ids: self._read_signals(signals, ids),
+            committed_cut=self.transactional,
+        )
         if self.transactional:
             trades, books = self._read_before_committed(consumer, signals)
             executor.warm_market(trades, books)
         total = len(topic_metadata(consumer, self.prefix + "signals").partitions)
         executor.owner_ok = signals == list(range(total))
         self._risk.assign([TopicPartition(self.prefix + "risk.events", p, off) for p, off in risk.next_offsets.items()])
-        log.info("executor state restored", partitions=signals, seconds=round(time.monotonic() - t0, 3),
-                 risk_state=executor.guard.state_name(now), daily_pnl_r=executor.guard.state.daily_pnl_r,
-                 sole_writer=executor.owner_ok, **summary)
+        log.info(
+            "executor state restored",
+            partitions=signals,
+            seconds=round(time.monotonic() - t0, 3),
+            risk_state=executor.guard.state_name(now),
+            daily_pnl_r=executor.guard.state.daily_pnl_r,
+            sole_writer=executor.owner_ok,
+            **summary,
+        )
         if not executor.owner_ok:
-            log.error("another executor shares the input partitions: new entries blocked", assigned=signals,
-                      partitions=total)
+            log.error(
+                "another executor shares the input partitions: new entries blocked", assigned=signals, partitions=total
+            )
         if self.reconciler is not None:  # reconcile first, then trade
             self._reconcile(executor, self.clock())
         self.executor = executor
@@ -374,8 +436,12 @@ class ExecutorService:
         if report.error is not None:
             log.error("reconciliation failed: new entries blocked", error=report.error)
         elif report.findings or not self._reconciled_once:  # the first run and every run that found something
-            log.info("reconciliation done", policy=report.policy, findings=len(report.findings),
-                     outcomes=sorted({f"{f.kind}:{f.outcome}" for f in report.findings}))
+            log.info(
+                "reconciliation done",
+                policy=report.policy,
+                findings=len(report.findings),
+                outcomes=sorted({f"{f.kind}:{f.outcome}" for f in report.findings}),
+            )
             self._reconciled_once = True
 
     def _read_before_committed(self, consumer: Consumer, partitions: list[int]) -> tuple[list[dict], list[dict]]:
@@ -392,8 +458,13 @@ class ExecutorService:
         out: dict[str, list[dict]] = {name: [] for name in names}
         if not ends:
             return [], []
-        reader = Consumer(consumer_config(self.bootstrap, group_id=f"{self._group}-warm",
-                                          **{"enable.partition.eof": True, "isolation.level": "read_committed"}))
+        reader = Consumer(
+            consumer_config(
+                self.bootstrap,
+                group_id=f"{self._group}-warm",
+                **{"enable.partition.eof": True, "isolation.level": "read_committed"},
+            )
+        )
         try:
             reader.assign([TopicPartition(t, p, max(0, end - WARM_RECORDS)) for (t, p), end in ends.items()])
             pending, deadline = set(ends), time.monotonic() + 30
@@ -422,8 +493,9 @@ class ExecutorService:
     def _read_signals(self, partitions: list[int], ids: set[str]) -> dict[str, dict[str, Any]]:
         """The signal records of `ids` still on the assigned `signals` partitions (for unfinished entries)."""
         try:
-            snap = read_to_end(self.bootstrap, {self.prefix + "signals": partitions}, self.serde,
-                               idle_s=self.options.restore_idle_s)
+            snap = read_to_end(
+                self.bootstrap, {self.prefix + "signals": partitions}, self.serde, idle_s=self.options.restore_idle_s
+            )
         except StateReadError as exc:
             log.error("signals of unfinished entries not readable", error=str(exc))
             return {}
@@ -465,10 +537,15 @@ class ExecutorService:
             if released:
                 self._holding.pop(partition, None)
                 self._reported.pop(partition, None)
-            elif now - self._holding.setdefault(partition, now) >= self.options.max_hold_s \
-                    and not self._catching_up(partition):
-                log.warning("inputs released without event-time order", partition=partition,
-                            held=self.aligner.held(partition), topics=self.aligner.describe(partition))
+            elif now - self._holding.setdefault(partition, now) >= self.options.max_hold_s and not self._catching_up(
+                partition
+            ):
+                log.warning(
+                    "inputs released without event-time order",
+                    partition=partition,
+                    held=self.aligner.held(partition),
+                    topics=self.aligner.describe(partition),
+                )
                 released = self.aligner.release(partition, force=True)
                 self._holding.pop(partition, None)
             for held in released:
@@ -502,8 +579,14 @@ class ExecutorService:
                 behind[topic] = f"{position}/{high}"
         if behind and now - self._reported.setdefault(partition, now) >= 10:  # say why, every 10 s
             self._reported[partition] = now + 10
-            log.info("inputs held for event-time order", partition=partition, held=self.aligner.held(partition),
-                     topics=self.aligner.describe(partition), reading=behind, paused=sorted(self._paused))
+            log.info(
+                "inputs held for event-time order",
+                partition=partition,
+                held=self.aligner.held(partition),
+                topics=self.aligner.describe(partition),
+                reading=behind,
+                paused=sorted(self._paused),
+            )
         self._checked[partition] = (now, bool(behind))
         return bool(behind)
 
@@ -552,8 +635,9 @@ class ExecutorService:
     def _handle(self, ex: Executor, name: str, record: dict | Exception, msg) -> None:
         if isinstance(record, Exception):
             self.metrics.decode_errors.labels(name).inc()
-            self.publisher.dead_letter(dlq_topic(name), msg.topic(), msg.value() or b"", f"{record}", "decode",
-                                       key=msg.key())
+            self.publisher.dead_letter(
+                dlq_topic(name), msg.topic(), msg.value() or b"", f"{record}", "decode", key=msg.key()
+            )
             return
         now = self.clock()
         if name == "md.trades":
@@ -578,8 +662,11 @@ class ExecutorService:
             return
         remaining = self.publisher.flush(10)
         if remaining or not self.publisher.healthy:
-            log.error("outputs not delivered; input offsets not committed", undelivered=remaining,
-                      failed=len(self.publisher.failed))
+            log.error(
+                "outputs not delivered; input offsets not committed",
+                undelivered=remaining,
+                failed=len(self.publisher.failed),
+            )
             return
         try:
             self._consumer.commit(asynchronous=False)
@@ -629,16 +716,20 @@ class ExecutorService:
     def health(self) -> dict[str, Any]:
         ex = self.executor
         now = self.clock()
-        return {"status": self.status, "mode": self.mode,
-                "open_positions": len(ex.positions) if ex else 0,
-                "risk_state": ex.guard.state_name(now) if ex else None,
-                "sole_writer": ex.owner_ok if ex else False,
-                "exchange_up": ex.venue_up if ex else False,
-                "outputs_healthy": self.publisher.healthy}
+        return {
+            "status": self.status,
+            "mode": self.mode,
+            "open_positions": len(ex.positions) if ex else 0,
+            "risk_state": ex.guard.state_name(now) if ex else None,
+            "sole_writer": ex.owner_ok if ex else False,
+            "exchange_up": ex.venue_up if ex else False,
+            "outputs_healthy": self.publisher.healthy,
+        }
 
 
-async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | None = None, *,
-                       environ: Mapping[str, str] | None = None) -> int:
+async def run_executor(
+    settings: Settings, mode: str, options: ExecuteOptions | None = None, *, environ: Mapping[str, str] | None = None
+) -> int:
     """Entry point of `tapeflow execute`; returns the process exit code."""
     options = options or ExecuteOptions()
     environ = os.environ if environ is None else environ
@@ -655,8 +746,10 @@ async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | 
             exchange = await asyncio.to_thread(build_broker, mode, config, settings, environ)
             log.info("exchange connected", mode=mode, symbols_listed=len(exchange.filters))
             if getattr(exchange, "accepted_key_problems", None):
-                log.warning("live trading with a key that " + "; ".join(exchange.accepted_key_problems),
-                            accepted_by="TAPEFLOW_ALLOW_UNRESTRICTED_KEY")
+                log.warning(
+                    "live trading with a key that " + "; ".join(exchange.accepted_key_problems),
+                    accepted_by="TAPEFLOW_ALLOW_UNRESTRICTED_KEY",
+                )
     except (LiveTradingRefused, BrokerUnavailable) as exc:
         log.error("executor refused to start", mode=mode, reason=str(exc))
         return 2
@@ -668,27 +761,37 @@ async def run_executor(settings: Settings, mode: str, options: ExecuteOptions | 
             log.info("exchange disconnected", mode=mode)
 
 
-async def _run_service(settings: Settings, mode: str, config: ExecutorConfig, options: ExecuteOptions,
-                       exchange: Any) -> int:
+async def _run_service(
+    settings: Settings, mode: str, config: ExecutorConfig, options: ExecuteOptions, exchange: Any
+) -> int:
     from tapeflow_runtime.endpoints import resolve_broker
     from tapeflow_runtime.errors import TapeflowError
     from tapeflow_runtime.paths import StackPaths
 
     try:
         bootstrap = resolve_broker(settings, StackPaths(settings.home))
-        ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec(n) for n in INPUTS + OUTPUTS]
-                      + [topic_spec(dlq_topic(n)) for n in ("signals", "md.trades")])
+        ensure_topics(
+            bootstrap,
+            prefix=settings.topic_prefix,
+            specs=[topic_spec(n) for n in INPUTS + OUTPUTS]
+            + [topic_spec(dlq_topic(n)) for n in ("signals", "md.trades")],
+        )
     except (TapeflowError, KafkaException) as exc:
         log.error("no Kafka", error=str(exc))
         return 2
     serde = AvroSerde(registry_from_url(settings.schema_registry_url))
     service = ExecutorService(settings, mode, config, bootstrap, serde, options, broker=exchange)
     ran = await run_thread_with_endpoint(
-        service.run, build_app(service.metrics.registry, service.health, frozenset({"running"})),
-        options.metrics_host, options.metrics_port, log, options.stop,
-        started=lambda port: log.info("executor started", mode=mode, metrics_port=port, group=service._group))
+        service.run,
+        build_app(service.metrics.registry, service.health, frozenset({"running"})),
+        options.metrics_host,
+        options.metrics_port,
+        log,
+        options.stop,
+        started=lambda port: log.info("executor started", mode=mode, metrics_port=port, group=service._group),
+    )
     code = 0 if ran and service.publisher.healthy else 1
-    log.info("executor stopped", code=code, delivered=service.publisher.delivered,
-             undelivered=len(service.publisher.failed))
+    log.info(
+        "executor stopped", code=code, delivered=service.publisher.delivered, undelivered=len(service.publisher.failed)
+    )
     return code
-

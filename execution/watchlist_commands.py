@@ -34,11 +34,24 @@ class CommandNotDelivered(RuntimeError):
     """The broker did not acknowledge the command."""
 
 
-def command_record(command_id: str, action: str, strategy: str, coin: str, who: str, reason: str, *,
-                   sell_venue: str | None = None, sell_symbol: str | None = None, buy_venue: str | None = None,
-                   buy_symbol: str | None = None, pair_id: str | None = None, notional_usd: float | None = None,
-                   shown_spread: float | None = None, shown_time: int | None = None,
-                   requested_time: int | None = None) -> dict[str, Any]:
+def command_record(
+    command_id: str,
+    action: str,
+    strategy: str,
+    coin: str,
+    who: str,
+    reason: str,
+    *,
+    sell_venue: str | None = None,
+    sell_symbol: str | None = None,
+    buy_venue: str | None = None,
+    buy_symbol: str | None = None,
+    pair_id: str | None = None,
+    notional_usd: float | None = None,
+    shown_spread: float | None = None,
+    shown_time: int | None = None,
+    requested_time: int | None = None,
+) -> dict[str, Any]:
     """A request (status ``requested``) with every field of the schema; ValueError when it cannot be one."""
     if action not in ACTIONS:
         raise ValueError(f"action: one of {', '.join(ACTIONS)}")
@@ -48,15 +61,31 @@ def command_record(command_id: str, action: str, strategy: str, coin: str, who: 
         raise ValueError("close: the pair's id")
     if not reason.strip():
         raise ValueError("reason: say why")
-    return {"command_id": command_id, "status": "requested", "action": action, "strategy": strategy, "coin": coin,
-            "sell_venue": sell_venue, "sell_symbol": sell_symbol, "buy_venue": buy_venue, "buy_symbol": buy_symbol,
-            "pair_id": pair_id, "notional_usd": notional_usd, "shown_spread": shown_spread, "shown_time": shown_time,
-            "requested_time": int(time.time() * 1000) if requested_time is None else requested_time,
-            "acted_time": None, "who": who, "reason": reason.strip(), "detail": None}
+    return {
+        "command_id": command_id,
+        "status": "requested",
+        "action": action,
+        "strategy": strategy,
+        "coin": coin,
+        "sell_venue": sell_venue,
+        "sell_symbol": sell_symbol,
+        "buy_venue": buy_venue,
+        "buy_symbol": buy_symbol,
+        "pair_id": pair_id,
+        "notional_usd": notional_usd,
+        "shown_spread": shown_spread,
+        "shown_time": shown_time,
+        "requested_time": int(time.time() * 1000) if requested_time is None else requested_time,
+        "acted_time": None,
+        "who": who,
+        "reason": reason.strip(),
+        "detail": None,
+    }
 
 
-def publish_command(bootstrap: str, topic_prefix: str, serde: AvroSerde, record: dict[str, Any],
-                    timeout_s: float = 10.0) -> None:
+def publish_command(
+    bootstrap: str, topic_prefix: str, serde: AvroSerde, record: dict[str, Any], timeout_s: float = 10.0
+) -> None:
     """Produce one command keyed by its coin and wait until the broker has it."""
     errors: list[str] = []
 
@@ -65,8 +94,9 @@ def publish_command(bootstrap: str, topic_prefix: str, serde: AvroSerde, record:
             errors.append(err.str())
 
     producer = Producer(producer_config(bootstrap, **{"message.timeout.ms": int(timeout_s * 1000)}))
-    producer.produce(topic_prefix + TOPIC, key=record["coin"].encode(), value=serde.encode(TOPIC, record),
-                     on_delivery=delivered)
+    producer.produce(
+        topic_prefix + TOPIC, key=record["coin"].encode(), value=serde.encode(TOPIC, record), on_delivery=delivered
+    )
     remaining = producer.flush(timeout_s + 1)
     if remaining or errors:
         raise CommandNotDelivered(f"command not acknowledged: {remaining} pending, errors {errors}")

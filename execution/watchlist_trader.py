@@ -88,8 +88,8 @@ from typing import Any
 
 from execution.client_ids import pair_id
 from execution.hedged import HedgedPairs, LegRules, PairEntry, PairEvents, PairParams, VenueParams
-from execution.leg_fills import AT, model_from_dict, pair_model
 from execution.instrument_rules import InstrumentRule, InstrumentRules
+from execution.leg_fills import AT, model_from_dict, pair_model
 from stream_apps.cross_venue.events import BookEvent, CrossVenueEvent, FundingEvent, event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
 from stream_apps.watchlist.model import PairModel
@@ -98,8 +98,13 @@ from stream_apps.watchlist.signals import BP, WatchlistSignals, expected_carry, 
 from stream_apps.watchlist.strategy import Legs, WatchlistStrategy
 
 #: record kind -> the topic it is published to (``blocked`` exits are counted, not published)
-TOPICS: Mapping[str, str] = {"signal": "xv.signals", "order": "xv.orders", "funding": "xv.funding",
-                             "pair": "xv.pairs", "command": "xv.commands"}
+TOPICS: Mapping[str, str] = {
+    "signal": "xv.signals",
+    "order": "xv.orders",
+    "funding": "xv.funding",
+    "pair": "xv.pairs",
+    "command": "xv.commands",
+}
 STATE_VERSION = 1
 COMMANDS_TOPIC = "xv.commands"
 #: an open command is refused when the spread the desk showed is older than this at the trader's clock
@@ -113,8 +118,11 @@ def manual_signal_id(strategy: WatchlistStrategy, command_id: str) -> str:
 
 def cross_venue_params(strategy: WatchlistStrategy, **overrides: Any) -> CrossVenueParams:
     """The feature state for a strategy: its venues, swept for its order notional, its staleness."""
-    values: dict[str, Any] = {"venues": tuple(strategy.venues), "sweep_notional_usd": strategy.notional_usd,
-                              "max_staleness_ms": strategy.max_book_age}
+    values: dict[str, Any] = {
+        "venues": tuple(strategy.venues),
+        "sweep_notional_usd": strategy.notional_usd,
+        "max_staleness_ms": strategy.max_book_age,
+    }
     return CrossVenueParams(**(values | overrides))
 
 
@@ -131,28 +139,47 @@ def pair_params(strategy: WatchlistStrategy, leg_latency_ms: int | None = None) 
         entry_bp = legs.min_entry_spread_bp
         if entry_bp is None:
             entry_bp = strategy.triggers.min_net_spread_bp or 0.0
-        rules = LegRules(min_entry_spread=entry_bp * BP, retries=legs.retries, retry_step_bp=legs.retry_step_bp,
-                         sequential=legs.sequential)
+        rules = LegRules(
+            min_entry_spread=entry_bp * BP,
+            retries=legs.retries,
+            retry_step_bp=legs.retry_step_bp,
+            sequential=legs.sequential,
+        )
         timing = {"liquidation_fee": legs.liquidation_fee}
 
     def venue(name: str | None, fee: float) -> VenueParams:
         if rules is None:
             return VenueParams(taker_fee=fee, max_book_age_ms=strategy.max_book_age)
-        latency = leg_latency_ms if leg_latency_ms is not None else (
-            legs.latency(name) if name is not None else legs.default_latency_ms)
+        latency = (
+            leg_latency_ms
+            if leg_latency_ms is not None
+            else (legs.latency(name) if name is not None else legs.default_latency_ms)
+        )
         return VenueParams(taker_fee=fee, max_book_age_ms=strategy.max_book_age, latency_ms=latency, **timing)
 
     venues = {v: venue(v, strategy.fees.of(v)) for v in strategy.venues}
     x = strategy.exits
-    return PairParams(notional_usd=strategy.notional_usd, venues=venues,
-                      default_venue=venue(None, strategy.fees.default),
-                      leverage=x.leverage, exit_spread=x.exit_spread_bp * BP, max_holding_ms=x.max_holding,
-                      funding_lead_ms=x.funding_lead, funding_exit_threshold=x.funding_exit_threshold,
-                      min_liquidation_distance=x.min_liquidation_distance, legs=rules)
+    return PairParams(
+        notional_usd=strategy.notional_usd,
+        venues=venues,
+        default_venue=venue(None, strategy.fees.default),
+        leverage=x.leverage,
+        exit_spread=x.exit_spread_bp * BP,
+        max_holding_ms=x.max_holding,
+        funding_lead_ms=x.funding_lead,
+        funding_exit_threshold=x.funding_exit_threshold,
+        min_liquidation_distance=x.min_liquidation_distance,
+        legs=rules,
+    )
 
 
-def coin_pair_params(strategy: WatchlistStrategy, coin: str, rules: InstrumentRules,
-                     quotes: Iterable[str] = ("USDT",), leg_latency_ms: int | None = None) -> tuple[PairParams, list[str]]:
+def coin_pair_params(
+    strategy: WatchlistStrategy,
+    coin: str,
+    rules: InstrumentRules,
+    quotes: Iterable[str] = ("USDT",),
+    leg_latency_ms: int | None = None,
+) -> tuple[PairParams, list[str]]:
     """``pair_params(strategy)`` with each venue's lot step, minimum order size and minimum notional
     of `coin`'s listing there (``InstrumentRules.for_coin``, in coins), and the venues without one."""
     base = pair_params(strategy, leg_latency_ms)
@@ -171,19 +198,42 @@ def coin_pair_params(strategy: WatchlistStrategy, coin: str, rules: InstrumentRu
 
 def _event_to_dict(event: BookEvent | FundingEvent) -> dict[str, Any]:
     if isinstance(event, BookEvent):
-        return {"kind": "book", "exchange": event.exchange, "symbol": event.symbol, "time_ms": event.time_ms,
-                "bids": [list(level) for level in event.bids], "asks": [list(level) for level in event.asks]}
-    return {"kind": "funding", "exchange": event.exchange, "symbol": event.symbol, "time_ms": event.time_ms,
-            "funding_rate": event.funding_rate, "next_funding_time_ms": event.next_funding_time_ms,
-            "interval_ms": event.interval_ms}
+        return {
+            "kind": "book",
+            "exchange": event.exchange,
+            "symbol": event.symbol,
+            "time_ms": event.time_ms,
+            "bids": [list(level) for level in event.bids],
+            "asks": [list(level) for level in event.asks],
+        }
+    return {
+        "kind": "funding",
+        "exchange": event.exchange,
+        "symbol": event.symbol,
+        "time_ms": event.time_ms,
+        "funding_rate": event.funding_rate,
+        "next_funding_time_ms": event.next_funding_time_ms,
+        "interval_ms": event.interval_ms,
+    }
 
 
 def _event_from_dict(data: Mapping[str, Any]) -> BookEvent | FundingEvent:
     if data["kind"] == "book":
-        return BookEvent(data["exchange"], data["symbol"], data["time_ms"], tuple(tuple(lv) for lv in data["bids"]),
-                         tuple(tuple(lv) for lv in data["asks"]))
-    return FundingEvent(data["exchange"], data["symbol"], data["time_ms"], data["funding_rate"],
-                        data["next_funding_time_ms"], data["interval_ms"])
+        return BookEvent(
+            data["exchange"],
+            data["symbol"],
+            data["time_ms"],
+            tuple(tuple(lv) for lv in data["bids"]),
+            tuple(tuple(lv) for lv in data["asks"]),
+        )
+    return FundingEvent(
+        data["exchange"],
+        data["symbol"],
+        data["time_ms"],
+        data["funding_rate"],
+        data["next_funding_time_ms"],
+        data["interval_ms"],
+    )
 
 
 class WatchlistTrader:
@@ -192,9 +242,14 @@ class WatchlistTrader:
 
     topics: Mapping[str, str] = TOPICS
 
-    def __init__(self, strategy: WatchlistStrategy, model: PairModel | None = None,
-                 params: CrossVenueParams | None = None, rules: InstrumentRules | None = None,
-                 leg_latency_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        strategy: WatchlistStrategy,
+        model: PairModel | None = None,
+        params: CrossVenueParams | None = None,
+        rules: InstrumentRules | None = None,
+        leg_latency_ms: int | None = None,
+    ) -> None:
         self.strategy = strategy
         self.rules = rules
         self.leg_latency_ms = leg_latency_ms
@@ -294,8 +349,12 @@ class WatchlistTrader:
                 return
             funding = self.funding.setdefault(coin, {})
             held = funding.get(event.exchange)
-            if held is not None and held.symbol == event.symbol and event.time_ms >= held.time_ms \
-                    and held.next_funding_time_ms < event.next_funding_time_ms:
+            if (
+                held is not None
+                and held.symbol == event.symbol
+                and event.time_ms >= held.time_ms
+                and held.next_funding_time_ms < event.next_funding_time_ms
+            ):
                 self._settle(coin, held, event.time_ms)  # a settlement no evaluation reached yet
             if held is None or (held.symbol == event.symbol and event.time_ms >= held.time_ms):
                 funding[event.exchange] = event
@@ -350,8 +409,13 @@ class WatchlistTrader:
         if book is None or not book.bids or not book.asks:
             return
         mark = (book.bids[0][0] + book.asks[0][0]) / 2
-        self._collect(coin, now_ms, self._model(coin).settle_funding(announced.exchange, announced.symbol, t,
-                                                                     announced.funding_rate, mark, predicted))
+        self._collect(
+            coin,
+            now_ms,
+            self._model(coin).settle_funding(
+                announced.exchange, announced.symbol, t, announced.funding_rate, mark, predicted
+            ),
+        )
 
     def _evaluate(self, features: CoinFeatures) -> None:
         e, coin = features.time_ms, features.coin
@@ -368,8 +432,14 @@ class WatchlistTrader:
             self._emit("signal", coin, signal)
             if signal["status"] != "signal":
                 continue
-            entry = PairEntry(signal["signal_id"], signal["sell_venue"], signal["sell_symbol"], signal["buy_venue"],
-                              signal["buy_symbol"], self.strategy.notional_usd)
+            entry = PairEntry(
+                signal["signal_id"],
+                signal["sell_venue"],
+                signal["sell_symbol"],
+                signal["buy_venue"],
+                signal["buy_symbol"],
+                self.strategy.notional_usd,
+            )
             self._collect(coin, e, model.open(entry, e, books))
 
     # -- operator commands (xv.commands) -------------------------------------------------------------
@@ -409,8 +479,9 @@ class WatchlistTrader:
         else:
             self._answer(record, now, "rejected", f"unknown action {record['action']!r}: open or close")
 
-    def _manual_open(self, record: Mapping[str, Any], coin: str, now: int, books: Mapping[str, BookEvent],
-                     model: HedgedPairs) -> None:
+    def _manual_open(
+        self, record: Mapping[str, Any], coin: str, now: int, books: Mapping[str, BookEvent], model: HedgedPairs
+    ) -> None:
         s = self.strategy
         sell, buy = record.get("sell_venue"), record.get("buy_venue")
         shown = record.get("shown_time")
@@ -418,8 +489,10 @@ class WatchlistTrader:
         if sell not in s.venues or buy not in s.venues or sell == buy:
             problem = f"sell {sell} and buy {buy}: two of the strategy's venues ({', '.join(s.venues)})"
         elif shown is not None and now - shown > MAX_COMMAND_AGE_MS:
-            problem = (f"the spread shown ({shown} ms) is {(now - shown) / 1000:.0f} s older than the trader's books "
-                       f"({now} ms), limit {MAX_COMMAND_AGE_MS // 1000} s: review it again")
+            problem = (
+                f"the spread shown ({shown} ms) is {(now - shown) / 1000:.0f} s older than the trader's books "
+                f"({now} ms), limit {MAX_COMMAND_AGE_MS // 1000} s: review it again"
+            )
         symbols = {}
         for venue, key in ((sell, "sell_symbol"), (buy, "buy_symbol")):
             symbols[venue] = record.get(key) or (books[venue].symbol if venue in books else None)
@@ -431,16 +504,38 @@ class WatchlistTrader:
         notional = record.get("notional_usd") or s.notional_usd
         entry = recheck(s, sell, buy, books, now)
         shown_spread = record.get("shown_spread")
-        self._emit("signal", coin, {
-            "signal_id": sid, "strategy": s.name, "strategy_version": s.version, "config_hash": s.config_hash,
-            "coin": coin, "eval_time": now, "sell_venue": sell, "buy_venue": buy, "sell_symbol": symbols[sell],
-            "buy_symbol": symbols[buy], "notional_usd": notional, "status": "signal", "reason": "manual",
-            "z_1h": None, "spread_sweep": shown_spread,
-            "net_spread": None if shown_spread is None else shown_spread - s.four_fees(sell, buy),
-            "funding_diff_8h": None, "entry_spread": entry.spread, "entry_net_spread": entry.net_spread,
-            "entry_sell_vwap": entry.sell_vwap, "entry_buy_vwap": entry.buy_vwap, "expected_pnl": None,
-            "win_prob": None, "imputed": {}, "feature_id": None,
-            **expected_carry(s, sell, buy, None, entry.sweep_cost)})
+        self._emit(
+            "signal",
+            coin,
+            {
+                "signal_id": sid,
+                "strategy": s.name,
+                "strategy_version": s.version,
+                "config_hash": s.config_hash,
+                "coin": coin,
+                "eval_time": now,
+                "sell_venue": sell,
+                "buy_venue": buy,
+                "sell_symbol": symbols[sell],
+                "buy_symbol": symbols[buy],
+                "notional_usd": notional,
+                "status": "signal",
+                "reason": "manual",
+                "z_1h": None,
+                "spread_sweep": shown_spread,
+                "net_spread": None if shown_spread is None else shown_spread - s.four_fees(sell, buy),
+                "funding_diff_8h": None,
+                "entry_spread": entry.spread,
+                "entry_net_spread": entry.net_spread,
+                "entry_sell_vwap": entry.sell_vwap,
+                "entry_buy_vwap": entry.buy_vwap,
+                "expected_pnl": None,
+                "win_prob": None,
+                "imputed": {},
+                "feature_id": None,
+                **expected_carry(s, sell, buy, None, entry.sweep_cost),
+            },
+        )
         events = model.open(PairEntry(sid, sell, symbols[sell], buy, symbols[buy], notional), now, books)
         self._collect(coin, now, events)
         pid = pair_id(sid)
@@ -451,28 +546,55 @@ class WatchlistTrader:
         detail = f"pair {pid} {pair.status}" + (f": {pair.reason}" if pair.reason else "")
         self._answer(record, now, status, detail, pid)
 
-    def _manual_close(self, record: Mapping[str, Any], coin: str, now: int, books: Mapping[str, BookEvent],
-                      model: HedgedPairs) -> None:
+    def _manual_close(
+        self, record: Mapping[str, Any], coin: str, now: int, books: Mapping[str, BookEvent], model: HedgedPairs
+    ) -> None:
         pid = record.get("pair_id")
         pair = model.pairs.get(pid) if pid else None
         if pair is None:
-            return self._answer(record, now, "rejected", f"no pair {pid} of {coin} in strategy {self.strategy.name}", pid)
+            return self._answer(
+                record, now, "rejected", f"no pair {pid} of {coin} in strategy {self.strategy.name}", pid
+            )
         if pair.status != "open":
             return self._answer(record, now, "rejected", f"pair {pid} is {pair.status}, not open", pid)
         events = model.close(pid, "manual", now, books)
         self._collect(coin, now, events)
         if events.blocked:
-            return self._answer(record, now, "rejected", "close blocked, the pair stays open: "
-                                + "; ".join(b["reason"] for b in events.blocked), pid)
+            return self._answer(
+                record,
+                now,
+                "rejected",
+                "close blocked, the pair stays open: " + "; ".join(b["reason"] for b in events.blocked),
+                pid,
+            )
         self._answer(record, now, "done", f"pair {pid} {model.pairs[pid].status} (manual)", pid)
 
-    def _answer(self, record: Mapping[str, Any], now: int | None, status: str, detail: str,
-                pid: str | None = None) -> None:
+    def _answer(
+        self, record: Mapping[str, Any], now: int | None, status: str, detail: str, pid: str | None = None
+    ) -> None:
         pair = None if pid is None else self.models.get(record["coin"], HedgedPairs()).pairs.get(pid)
-        legs = {} if pair is None else {"sell_venue": pair.legs["short"].venue, "sell_symbol": pair.legs["short"].symbol,
-                                        "buy_venue": pair.legs["long"].venue, "buy_symbol": pair.legs["long"].symbol}
-        self._emit("command", record["coin"], {**record, **legs, "status": status, "acted_time": now, "detail": detail,
-                                               "pair_id": pid if pid is not None else record.get("pair_id")})
+        legs = (
+            {}
+            if pair is None
+            else {
+                "sell_venue": pair.legs["short"].venue,
+                "sell_symbol": pair.legs["short"].symbol,
+                "buy_venue": pair.legs["long"].venue,
+                "buy_symbol": pair.legs["long"].symbol,
+            }
+        )
+        self._emit(
+            "command",
+            record["coin"],
+            {
+                **record,
+                **legs,
+                "status": status,
+                "acted_time": now,
+                "detail": detail,
+                "pair_id": pid if pid is not None else record.get("pair_id"),
+            },
+        )
 
     def close_open_pairs(self, reason: str = "end_of_session") -> None:
         """Close every open pair at its coin's newest book time (the end of a backtest)."""
@@ -487,14 +609,20 @@ class WatchlistTrader:
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-safe (the queued records are not in it: ``take`` them first)."""
         return {
-            "version": STATE_VERSION, "state": self.state.to_dict(), "signals": self.signals.to_dict(),
+            "version": STATE_VERSION,
+            "state": self.state.to_dict(),
+            "signals": self.signals.to_dict(),
             "models": {coin: model.to_dict() for coin, model in self.models.items()},
             "books": {coin: {v: _event_to_dict(b) for v, b in books.items()} for coin, books in self.books.items()},
             "funding": {coin: {v: _event_to_dict(f) for v, f in fs.items()} for coin, fs in self.funding.items()},
-            "settled": sorted([list(k) for k in self.settled]), "pair_seq": dict(self.pair_seq),
+            "settled": sorted([list(k) for k in self.settled]),
+            "pair_seq": dict(self.pair_seq),
             "forecast": sorted([*k, v] for k, v in self.forecast.items()),
-            "evaluations": self.evaluations, "counters": dict(self.counters),
-            "clock": self.clock, "commands": sorted(self.commands), "pending_commands": [dict(r) for r in self.pending],
+            "evaluations": self.evaluations,
+            "counters": dict(self.counters),
+            "clock": self.clock,
+            "commands": sorted(self.commands),
+            "pending_commands": [dict(r) for r in self.pending],
         }
 
     def load_dict(self, data: Mapping[str, Any]) -> None:
@@ -504,10 +632,14 @@ class WatchlistTrader:
         self.state = CrossVenueState.from_dict(self.params, data["state"])
         self.signals = WatchlistSignals.from_dict(self.strategy, self.model, data["signals"])
         self.models = {coin: model_from_dict(self._coin_params(coin), m) for coin, m in data["models"].items()}
-        self.books = {coin: {v: _event_from_dict(b) for v, b in books.items()}  # type: ignore[misc]
-                      for coin, books in data["books"].items()}
-        self.funding = {coin: {v: _event_from_dict(f) for v, f in fs.items()}  # type: ignore[misc]
-                        for coin, fs in data["funding"].items()}
+        self.books = {
+            coin: {v: _event_from_dict(b) for v, b in books.items()}  # type: ignore[misc]
+            for coin, books in data["books"].items()
+        }
+        self.funding = {
+            coin: {v: _event_from_dict(f) for v, f in fs.items()}  # type: ignore[misc]
+            for coin, fs in data["funding"].items()
+        }
         self.settled = {(c, v, int(t)) for c, v, t in data["settled"]}
         self.forecast = {(c, v, int(t)): rate for c, v, t, rate in data.get("forecast", [])}
         self.pair_seq = dict(data["pair_seq"])
@@ -519,9 +651,15 @@ class WatchlistTrader:
         self.outbox = []
 
     @classmethod
-    def from_dict(cls, strategy: WatchlistStrategy, model: PairModel | None, data: Mapping[str, Any],
-                  params: CrossVenueParams | None = None, rules: InstrumentRules | None = None,
-                  leg_latency_ms: int | None = None) -> WatchlistTrader:
+    def from_dict(
+        cls,
+        strategy: WatchlistStrategy,
+        model: PairModel | None,
+        data: Mapping[str, Any],
+        params: CrossVenueParams | None = None,
+        rules: InstrumentRules | None = None,
+        leg_latency_ms: int | None = None,
+    ) -> WatchlistTrader:
         trader = cls(strategy, model, params, rules=rules, leg_latency_ms=leg_latency_ms)
         trader.load_dict(data)
         return trader

@@ -28,6 +28,7 @@ from .config import FakeExchangeConfig
 from .control_api import add_control_routes
 from .faults import FaultSettings
 from .orders import add_order_routes
+from .real_history import real_history_for
 from .recording import Recording
 from .replay import ReplayEngine
 from .rest_api import (
@@ -38,7 +39,6 @@ from .rest_api import (
 )
 from .state import ExchangeState
 from .vision import add_vision_routes
-from .real_history import real_history_for
 from .weights import WeightLimiter
 from .ws_server import StreamServerHandlers, cancel_background, drop_connections
 
@@ -78,10 +78,16 @@ class FakeExchange:
         )
         if config.real_history_hours > 0:
             spec = config.synthetic
-            self.state.history = real_history_for(self.recording, config.real_history_hours,
-                                                  spec.seed if spec else 0, spec.rates if spec else None)
-        self.replay = ReplayEngine(self.state, config.speed, clock=clock, history_s=config.history_s,
-                                   at_session_time=config.start == "session_time")
+            self.state.history = real_history_for(
+                self.recording, config.real_history_hours, spec.seed if spec else 0, spec.rates if spec else None
+            )
+        self.replay = ReplayEngine(
+            self.state,
+            config.speed,
+            clock=clock,
+            history_s=config.history_s,
+            at_session_time=config.start == "session_time",
+        )
         self.ws_port = 0
         self.rest_port = 0
         self._ws_server: Server | None = None
@@ -203,8 +209,11 @@ class FakeExchange:
         try:
             await asyncio.wait_for(awaitable, self.STOP_STEP_S)
         except TimeoutError:
-            stuck = {t.get_name(): [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in t.get_stack()]
-                     for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+            stuck = {
+                t.get_name(): [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in t.get_stack()]
+                for t in asyncio.all_tasks()
+                if t is not asyncio.current_task() and not t.done()
+            }
             log.error("fake exchange stop: step overran, abandoned", step=step, seconds=self.STOP_STEP_S, tasks=stuck)
 
     async def __aenter__(self) -> FakeExchange:

@@ -134,8 +134,12 @@ class FaultState:
     def snapshot(self) -> FaultSettings:
         """Settings with the failure and stall windows shown as seconds remaining."""
         now = self._clock()
-        return self.settings.model_copy(update={"rest_fail_for_s": round(max(0.0, self._fail_until - now), 3),
-                                                "stall_for_s": round(max(0.0, self._stall_until - now), 3)})
+        return self.settings.model_copy(
+            update={
+                "rest_fail_for_s": round(max(0.0, self._fail_until - now), 3),
+                "stall_for_s": round(max(0.0, self._stall_until - now), 3),
+            }
+        )
 
     # -- websocket side -------------------------------------------------------------------------
     def should_skip(self, stream: str) -> bool:
@@ -227,9 +231,12 @@ class FaultState:
 # what Binance answers with a status of the failure window (451 and 403: a restricted location, a blocked
 # client; the rest: its internal error)
 _FAIL_BODIES = {
-    451: (0, "Service unavailable from a restricted location according to 'b. Eligibility' in "
-             "https://www.binance.com/en/terms. Please contact customer service if you believe you received this "
-             "message in error."),
+    451: (
+        0,
+        "Service unavailable from a restricted location according to 'b. Eligibility' in "
+        "https://www.binance.com/en/terms. Please contact customer service if you believe you received this "
+        "message in error.",
+    ),
     403: (0, "Forbidden: the request was blocked (WAF)."),
     500: (-1001, "Internal error; unable to process your request. Please try again."),
 }

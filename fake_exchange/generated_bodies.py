@@ -148,8 +148,9 @@ def funding_rate_history(symbol: str, price: float, stamps: list[int]) -> list[d
     ]
 
 
-def klines(stamps: list[int], interval_ms: int, times: list[int], prices: list[float],
-           fallback: float) -> list[list[Any]]:
+def klines(
+    stamps: list[int], interval_ms: int, times: list[int], prices: list[float], fallback: float
+) -> list[list[Any]]:
     """Binance kline rows (open time, OHLC as strings, close time, zero volumes) of a price series
     sampled at ``times``; an interval with no sample repeats the previous close (``fallback`` first)."""
     rows: list[list[Any]] = []
@@ -166,8 +167,9 @@ def klines(stamps: list[int], interval_ms: int, times: list[int], prices: list[f
             i += 1
         open_, high, low, close = (inside[0], max(inside), min(inside), inside[-1]) if inside else (last,) * 4
         last = close
-        rows.append([start, fmt(open_, 8), fmt(high, 8), fmt(low, 8), fmt(close, 8), "0", end - 1, "0", 0, "0",
-                     "0", "0"])
+        rows.append(
+            [start, fmt(open_, 8), fmt(high, 8), fmt(low, 8), fmt(close, 8), "0", end - 1, "0", 0, "0", "0", "0"]
+        )
     return rows
 
 
@@ -277,7 +279,20 @@ def trade_klines(trades: list, first_open_ms: int, last_open_ms: int, now_ms: in
         prices = [Decimal(b["p"]) for b in body]
         qty = [Decimal(b["q"]) for b in body]
         buy = [(p, q) for p, q, b in zip(prices, qty, body, strict=True) if not b["m"]]
-        rows.append([minute, body[0]["p"], str(max(prices)), str(min(prices)), body[-1]["p"], str(sum(qty)),
-                     minute + 59_999, str(sum(p * q for p, q in zip(prices, qty, strict=True))), len(body),
-                     str(sum((q for _, q in buy), Decimal(0))), str(sum((p * q for p, q in buy), Decimal(0))), "0"])
+        rows.append(
+            [
+                minute,
+                body[0]["p"],
+                str(max(prices)),
+                str(min(prices)),
+                body[-1]["p"],
+                str(sum(qty)),
+                minute + 59_999,
+                str(sum(p * q for p, q in zip(prices, qty, strict=True))),
+                len(body),
+                str(sum((q for _, q in buy), Decimal(0))),
+                str(sum((p * q for p, q in buy), Decimal(0))),
+                "0",
+            ]
+        )
     return rows

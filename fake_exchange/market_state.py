@@ -70,8 +70,11 @@ class MarketView:
         view.price_decimals = self.price_decimals
         view._snapshot_mid = self._snapshot_mid
         view._timeline = self._timeline
-        view._seed_trade_price, view._seed_mark, view._seed_touch = \
-            self._seed_trade_price, self._seed_mark, self._seed_touch
+        view._seed_trade_price, view._seed_mark, view._seed_touch = (
+            self._seed_trade_price,
+            self._seed_mark,
+            self._seed_touch,
+        )
         for kind in ("trade_price", "mark", "touch"):
             seeded = dict(getattr(self, "_seed_" + kind))
             for symbol, (times, values) in self._timeline[kind].items():

@@ -61,10 +61,20 @@ class RealHistory:
     """History of ``symbols`` over ``[start_ms, end_ms)`` (``start_ms``: ``hours`` before ``end_ms``, earlier
     when needed to begin at a UTC midnight so that yesterday's Vision archive is whole)."""
 
-    def __init__(self, symbols: list[str], end_ms: int, first_live_ids: dict[str, int],
-                 end_ticks: dict[str, int], decimals: dict[str, int], *, hours: float = 26.0, seed: int = 0,
-                 burstiness: float = 1.0, burst_memory_s: float = 10.0,
-                 rates: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        symbols: list[str],
+        end_ms: int,
+        first_live_ids: dict[str, int],
+        end_ticks: dict[str, int],
+        decimals: dict[str, int],
+        *,
+        hours: float = 26.0,
+        seed: int = 0,
+        burstiness: float = 1.0,
+        burst_memory_s: float = 10.0,
+        rates: dict[str, float] | None = None,
+    ) -> None:
         self.symbols = list(symbols)
         self.end_ms = end_ms
         yesterday = (end_ms // DAY_MS - 1) * DAY_MS
@@ -120,7 +130,7 @@ class RealHistory:
             if got is not None:
                 self._cache.move_to_end(key)
                 return got
-        counts = self._per_second[symbol][h * 3600:(h + 1) * 3600]
+        counts = self._per_second[symbol][h * 3600 : (h + 1) * 3600]
         n = int(counts.sum())
         rng = np.random.default_rng([self.seed, self.symbols.index(symbol), h])
         second_of = np.repeat(np.arange(3600, dtype=np.int64), counts)
@@ -148,13 +158,29 @@ class RealHistory:
 
     def _rows(self, symbol: str, trades: HourTrades, lo: int, hi: int) -> list[dict]:
         d = self.decimals[symbol]
-        return [{"a": int(trades.ids[i]), "p": _fmt(int(trades.ticks[i]), d), "q": _fmt(int(trades.qty[i]), QTY_DECIMALS),
-                 "f": int(trades.ids[i]) * 2, "l": int(trades.ids[i]) * 2, "T": int(trades.times[i]),
-                 "m": bool(trades.buyer_maker[i])} for i in range(lo, hi)]
+        return [
+            {
+                "a": int(trades.ids[i]),
+                "p": _fmt(int(trades.ticks[i]), d),
+                "q": _fmt(int(trades.qty[i]), QTY_DECIMALS),
+                "f": int(trades.ids[i]) * 2,
+                "l": int(trades.ids[i]) * 2,
+                "T": int(trades.times[i]),
+                "m": bool(trades.buyer_maker[i]),
+            }
+            for i in range(lo, hi)
+        ]
 
     # -- what the exchange serves ---------------------------------------------------------------
-    def agg_trades(self, symbol: str, *, from_id: int | None = None, start_time: int | None = None,
-                   end_time: int | None = None, limit: int = 500) -> list[dict]:
+    def agg_trades(
+        self,
+        symbol: str,
+        *,
+        from_id: int | None = None,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        limit: int = 500,
+    ) -> list[dict]:
         """``/fapi/v1/aggTrades`` over the history (Binance's semantics, as :mod:`.agg_trades`): ascending,
         at most ``limit``; the caller appends the live session's trades when the page reaches them."""
         out: list[dict] = []
@@ -210,16 +236,26 @@ class RealHistory:
 
     def _kline(self, symbol: str, minute: int, trades: HourTrades, lo: int, hi: int, d: int) -> list:
         ticks, qty, maker = trades.ticks[lo:hi], trades.qty[lo:hi], trades.buyer_maker[lo:hi]
-        scale = 10 ** d
+        scale = 10**d
         if hi == lo:  # no trade in the minute: the walk's price, zero volume
             price = _fmt(int(self._minute_ticks[symbol][(minute - self.start_ms) // 60_000]), d)
             return [minute, price, price, price, price, "0", minute + 59_999, "0", 0, "0", "0", "0"]
-        quote = (ticks * qty).astype(np.float64) / scale / 10 ** QTY_DECIMALS
+        quote = (ticks * qty).astype(np.float64) / scale / 10**QTY_DECIMALS
         buy = ~maker
-        return [minute, _fmt(int(ticks[0]), d), _fmt(int(ticks.max()), d), _fmt(int(ticks.min()), d),
-                _fmt(int(ticks[-1]), d), _fmt(int(qty.sum()), QTY_DECIMALS), minute + 59_999,
-                f"{quote.sum():.8f}", int(hi - lo), _fmt(int(qty[buy].sum()), QTY_DECIMALS),
-                f"{quote[buy].sum():.8f}", "0"]
+        return [
+            minute,
+            _fmt(int(ticks[0]), d),
+            _fmt(int(ticks.max()), d),
+            _fmt(int(ticks.min()), d),
+            _fmt(int(ticks[-1]), d),
+            _fmt(int(qty.sum()), QTY_DECIMALS),
+            minute + 59_999,
+            f"{quote.sum():.8f}",
+            int(hi - lo),
+            _fmt(int(qty[buy].sum()), QTY_DECIMALS),
+            f"{quote[buy].sum():.8f}",
+            "0",
+        ]
 
     def covers_day(self, day: date) -> bool:
         start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
@@ -232,18 +268,29 @@ class RealHistory:
         start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(["agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time",
-                         "is_buyer_maker"])
+        writer.writerow(
+            ["agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time", "is_buyer_maker"]
+        )
         d = self.decimals[symbol]
         first_hour = (start - self.start_ms) // HOUR_MS
         for h in range(first_hour, first_hour + 24):
             t = self.hour(symbol, h)
-            prices = np.char.mod(f"%.{d}f", t.ticks / 10 ** d) if d else t.ticks.astype(str)
+            prices = np.char.mod(f"%.{d}f", t.ticks / 10**d) if d else t.ticks.astype(str)
             qtys = np.char.mod("%.3f", t.qty / 1000)
             makers = np.where(t.buyer_maker, "true", "false")
             ids2 = t.ids * 2
-            writer.writerows(zip(t.ids.tolist(), prices.tolist(), qtys.tolist(), ids2.tolist(), ids2.tolist(),
-                                 t.times.tolist(), makers.tolist(), strict=True))
+            writer.writerows(
+                zip(
+                    t.ids.tolist(),
+                    prices.tolist(),
+                    qtys.tolist(),
+                    ids2.tolist(),
+                    ids2.tolist(),
+                    t.times.tolist(),
+                    makers.tolist(),
+                    strict=True,
+                )
+            )
         name = f"{symbol}-aggTrades-{day.isoformat()}"
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:

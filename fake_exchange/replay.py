@@ -121,7 +121,7 @@ class ReplayEngine:
     async def run(self) -> None:
         state = self.state
         await state.start_requested.wait()
-        frames = state.recording.frames[self.first:]
+        frames = state.recording.frames[self.first :]
         offsets = due_offsets(frames, self.speed)
         if self.at_session_time and frames:  # the first frame when the wall clock says so (late: now)
             await self._sleep(max(0.0, frames[0].receive_time - state.wall_clock()))

@@ -45,7 +45,7 @@ def as_of(request: web.Request) -> int | None:
 
 
 def now_ms(request: web.Request) -> int:
-    """"Now" for this request: the client's as-of time, else the fake's clock."""
+    """ "Now" for this request: the client's as-of time, else the fake's clock."""
     moment = as_of(request)
     return moment if moment is not None else request.app[STATE_KEY].now_ms()
 
@@ -156,11 +156,15 @@ async def exchange_middleware(request: web.Request, handler: Handler) -> web.Str
         limit = request.app[WEIGHTS_KEY].limit
         if status == 418:
             until = int((state.wall_clock() + retry) * 1000)
-            msg = (f"Way too many requests; IP({request.remote}) banned until {until}. Please use the websocket "
-                   "for live updates to avoid bans.")
+            msg = (
+                f"Way too many requests; IP({request.remote}) banned until {until}. Please use the websocket "
+                "for live updates to avoid bans."
+            )
         else:
-            msg = (f"Too many requests; current limit of IP({request.remote}) is {limit} requests per minute. "
-                   "Please use the websocket for live updates to avoid polling the API.")
+            msg = (
+                f"Too many requests; current limit of IP({request.remote}) is {limit} requests per minute. "
+                "Please use the websocket for live updates to avoid polling the API."
+            )
         return json_response(error_body(-1003, msg), status, headers)
     try:
         response = await handler(request)
@@ -196,9 +200,14 @@ async def agg_trades(request: web.Request) -> web.Response:
     from_id = int_param(request, "fromId")
     rows: list[dict[str, Any]] = []
     history = state.history
-    if history is not None and symbol in history.symbols and (
+    if (
+        history is not None
+        and symbol in history.symbols
+        and (
             (from_id is not None and from_id <= history.last_id(symbol))
-            or (from_id is None and start is not None and start < history.end_ms)):
+            or (from_id is None and start is not None and start < history.end_ms)
+        )
+    ):
         rows = history.agg_trades(symbol, from_id=from_id, start_time=start, end_time=end, limit=limit)
         if len(rows) == limit or (end is not None and end < history.end_ms):
             return json_response(rows)
@@ -256,8 +265,9 @@ async def funding_rate(request: web.Request) -> web.Response:
     stamps = gen.period_stamps(
         gen.FUNDING_INTERVAL_MS, now_ms(request), int_param(request, "startTime"), int_param(request, "endTime"), limit
     )
-    return json_response([row for ts in stamps
-                          for row in gen.funding_rate_history(symbol, price_at(request, symbol, ts), [ts])])
+    return json_response(
+        [row for ts in stamps for row in gen.funding_rate_history(symbol, price_at(request, symbol, ts), [ts])]
+    )
 
 
 def price_at(request: web.Request, symbol: str, ts: int) -> float:
@@ -268,8 +278,11 @@ def price_at(request: web.Request, symbol: str, ts: int) -> float:
 
 async def open_interest_hist(request: web.Request) -> web.Response:
     symbol, period = symbol_param(request), period_param(request)
-    rows = [row for ts in series_stamps(request, period)
-            for row in gen.open_interest_hist(symbol, price_at(request, symbol, ts), [ts])]
+    rows = [
+        row
+        for ts in series_stamps(request, period)
+        for row in gen.open_interest_hist(symbol, price_at(request, symbol, ts), [ts])
+    ]
     return json_response(rows)
 
 
@@ -283,13 +296,15 @@ def ratio_handler(kind: str) -> Handler:
 
 async def taker_ratio(request: web.Request) -> web.Response:
     symbol, period = symbol_param(request), period_param(request)
-    rows = [row for ts in series_stamps(request, period)
-            for row in gen.taker_long_short_ratio(symbol, price_at(request, symbol, ts), [ts])]
+    rows = [
+        row
+        for ts in series_stamps(request, period)
+        for row in gen.taker_long_short_ratio(symbol, price_at(request, symbol, ts), [ts])
+    ]
     return json_response(rows)
 
 
-KLINE_INTERVALS_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
-                      "1h": 3_600_000}
+KLINE_INTERVALS_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000}
 
 
 async def mark_price_klines(request: web.Request) -> web.Response:
@@ -303,8 +318,9 @@ async def mark_price_klines(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1500:
         raise invalid("limit")
     state = request.app[STATE_KEY]
-    stamps = gen.period_stamps(interval, now_ms(request), int_param(request, "startTime"),
-                               int_param(request, "endTime"), limit)
+    stamps = gen.period_stamps(
+        interval, now_ms(request), int_param(request, "startTime"), int_param(request, "endTime"), limit
+    )
     times, prices = state.market.mark_series(symbol)
     return json_response(gen.klines(stamps, interval, times, prices, state.market.price(symbol)))
 
@@ -329,8 +345,9 @@ async def klines(request: web.Request) -> web.Response:
         rows = history.klines(symbol, start, end, limit)
     next_open = rows[-1][0] + 60_000 if rows else (start if start is not None else end - limit * 60_000)
     if len(rows) < limit:
-        rows += gen.trade_klines(state.agg_trades.all(symbol), -(-next_open // 60_000) * 60_000, end, now,
-                                 limit - len(rows))
+        rows += gen.trade_klines(
+            state.agg_trades.all(symbol), -(-next_open // 60_000) * 60_000, end, now, limit - len(rows)
+        )
     return json_response(rows)
 
 

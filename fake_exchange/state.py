@@ -111,7 +111,7 @@ class ExchangeState:
         return self.started_at is not None
 
     def now_ms(self) -> int:
-        """"Now" for REST answers: the wall clock, or with ``rest_clock="recording"`` the recorded
+        """ "Now" for REST answers: the wall clock, or with ``rest_clock="recording"`` the recorded
         receive time of the last frame replayed (the first frame's before the replay starts)."""
         frames = self.recording.frames
         if self.rest_clock == "recording" and frames:
@@ -163,8 +163,9 @@ class ExchangeState:
             "connections_total": self.connections_total,
             "rest_requests": self.rest_requests,
             "rest_requests_in_ban": self.faults.requests_in_ban + (limiter.requests_in_ban if limiter else 0),
-            "rest_ban_remaining_s": round(max(self.faults.ban_remaining_s(),
-                                              limiter.ban_remaining_s() if limiter else 0.0), 3),
+            "rest_ban_remaining_s": round(
+                max(self.faults.ban_remaining_s(), limiter.ban_remaining_s() if limiter else 0.0), 3
+            ),
             # the weight limit as applied (weights.WeightLimiter): answers and the busiest wall-clock minute
             "rest_http_429": limiter.http_429 if limiter else 0,
             "rest_http_418": limiter.http_418 if limiter else 0,

@@ -120,9 +120,16 @@ class SubscribedExchange(FakeExchange):
         config = self.config
         handlers = self.handlers_class(self.state, self.market, auto_start=config.start == "first_subscriber")
         ws_sock = _bound_socket(config.host, config.ws_port)
-        self._ws_server = await ws_serve(handlers.handle, sock=ws_sock, process_request=handlers.process_request,
-                                         compression=None, ping_interval=config.ping_interval_s,
-                                         ping_timeout=config.ping_timeout_s, close_timeout=2, max_queue=None)
+        self._ws_server = await ws_serve(
+            handlers.handle,
+            sock=ws_sock,
+            process_request=handlers.process_request,
+            compression=None,
+            ping_interval=config.ping_interval_s,
+            ping_timeout=config.ping_timeout_s,
+            close_timeout=2,
+            max_queue=None,
+        )
         self.ws_port = ws_sock.getsockname()[1]
         app = web.Application()
         app[STATE_KEY] = self.state
@@ -140,4 +147,3 @@ class SubscribedExchange(FakeExchange):
             self.state.request_start()
         log.info("fake exchange serving %s on %s", self.recording.source, self.venue_url)
         return self
-

@@ -37,8 +37,9 @@ def archive_bytes(trades: list, name: str) -> bytes:
     """A zip holding ``name`` (the CSV) with the given REST-shaped aggTrades (keys a, p, q, f, l, T, m)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time",
-                     "is_buyer_maker"])
+    writer.writerow(
+        ["agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time", "is_buyer_maker"]
+    )
     for t in trades:
         writer.writerow([t["a"], t["p"], t["q"], t["f"], t["l"], t["T"], "true" if t["m"] else "false"])
     out = io.BytesIO()
@@ -76,4 +77,3 @@ async def vision_file(request: web.Request) -> web.Response:
 def add_vision_routes(app: web.Application) -> None:
     app[_CACHE] = {}
     app.router.add_get(VISION_PATH + "/{symbol}/{name}", vision_file)
-

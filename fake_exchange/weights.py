@@ -121,7 +121,7 @@ class WeightLimiter:
         if used <= self.limit:
             return used, 200, 0
         if now < self._limited_until:  # did not back off after a 429: banned, longer for each repeat
-            ban = min(BAN_MAX_S, BAN_FIRST_S * 2 ** self.bans)
+            ban = min(BAN_MAX_S, BAN_FIRST_S * 2**self.bans)
             self.bans += 1
             self._ban_until = now + ban
             self.http_418 += 1

@@ -104,9 +104,14 @@ class StreamConnection:
 
     def end_marker_text(self) -> str:
         state = self.state
-        data = {"e": "replayEnd", "messages": self.messages_sent, "frames": self.frames_sent,
-                "frames_total": len(state.recording.frames), "frames_sent_total": sum(state.frames_sent.values()),
-                "frames_skipped_total": sum(state.frames_skipped.values())}
+        data = {
+            "e": "replayEnd",
+            "messages": self.messages_sent,
+            "frames": self.frames_sent,
+            "frames_total": len(state.recording.frames),
+            "frames_sent_total": sum(state.frames_sent.values()),
+            "frames_skipped_total": sum(state.frames_skipped.values()),
+        }
         return orjson.dumps({"stream": REPLAY_END_STREAM, "data": data}).decode()
 
     def describe(self) -> dict[str, Any]:

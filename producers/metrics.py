@@ -25,26 +25,33 @@ class ProducerMetrics(PublishMetrics):
         super().__init__(registry, prefix)
         r = self.registry
         self.messages_in = Counter(f"{prefix}_messages_in_total", "Frames/rows received", ["stream"], registry=r)
-        self.gaps_detected = Counter(f"{prefix}_gaps_detected_total", "aggTrade holes seen", ["symbol"],
-                                     registry=r)
-        self.gaps_filled = Counter(f"{prefix}_gaps_filled_total", "aggTrade holes filled from REST",
-                                   ["symbol"], registry=r)
-        self.gaps_unfilled = Counter(f"{prefix}_gaps_unfilled_total",
-                                     "aggTrade holes given up and published on md.gaps", ["symbol"], registry=r)
-        self.duplicates_dropped = Counter(f"{prefix}_duplicates_dropped_total",
-                                          "Stream trades dropped as already published (repeated frames, "
-                                          "reconnect overlap)", ["symbol"], registry=r)
-        self.book_resyncs = Counter(f"{prefix}_book_resyncs_total", "Order-book resynchronisations",
-                                    ["symbol", "reason"], registry=r)
-        self.reconnects = Counter(f"{prefix}_reconnects_total", "Websocket reconnects", ["reason"],
-                                  registry=r)
-        self.rest_backoffs = Counter(f"{prefix}_rest_backoffs_total", "REST 429/418/5xx back-offs",
-                                     ["status"], registry=r)
-        self.last_event_age = Gauge(f"{prefix}_last_event_age_seconds",
-                                    "Seconds since the last event per exchange, symbol and stream (freshness)",
-                                    ["exchange", "symbol", "stream"], registry=r)
-        self.clock_drift = Gauge(f"{prefix}_clock_drift_seconds",
-                                 "Local clock minus exchange server time", registry=r)
+        self.gaps_detected = Counter(f"{prefix}_gaps_detected_total", "aggTrade holes seen", ["symbol"], registry=r)
+        self.gaps_filled = Counter(
+            f"{prefix}_gaps_filled_total", "aggTrade holes filled from REST", ["symbol"], registry=r
+        )
+        self.gaps_unfilled = Counter(
+            f"{prefix}_gaps_unfilled_total", "aggTrade holes given up and published on md.gaps", ["symbol"], registry=r
+        )
+        self.duplicates_dropped = Counter(
+            f"{prefix}_duplicates_dropped_total",
+            "Stream trades dropped as already published (repeated frames, reconnect overlap)",
+            ["symbol"],
+            registry=r,
+        )
+        self.book_resyncs = Counter(
+            f"{prefix}_book_resyncs_total", "Order-book resynchronisations", ["symbol", "reason"], registry=r
+        )
+        self.reconnects = Counter(f"{prefix}_reconnects_total", "Websocket reconnects", ["reason"], registry=r)
+        self.rest_backoffs = Counter(
+            f"{prefix}_rest_backoffs_total", "REST 429/418/5xx back-offs", ["status"], registry=r
+        )
+        self.last_event_age = Gauge(
+            f"{prefix}_last_event_age_seconds",
+            "Seconds since the last event per exchange, symbol and stream (freshness)",
+            ["exchange", "symbol", "stream"],
+            registry=r,
+        )
+        self.clock_drift = Gauge(f"{prefix}_clock_drift_seconds", "Local clock minus exchange server time", registry=r)
         self._last_event: dict[tuple[str, str, str], float] = {}
 
     def expect_symbols(self, symbols: list[str]) -> None:

@@ -104,6 +104,7 @@ class BrokerWatch:
             if problem is not None and body.get("status") in ("connected", "priming"):
                 body = {**body, "status": "broker-unavailable", "detail": f"{problem}; {body.get('detail', '')}"}
             return body
+
         return health
 
 
@@ -114,44 +115,76 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     metrics = ProducerMetrics()
     metrics.expect_symbols(list(settings.symbols))
     broker_watch = BrokerWatch()
-    publisher = Publisher(bootstrap, AvroSerde(registry_from_url(settings.schema_registry_url)), metrics,
-                          topic_prefix=settings.topic_prefix, error_cb=broker_watch.on_error,
-                          **market_data_producer_config(settings))
+    publisher = Publisher(
+        bootstrap,
+        AvroSerde(registry_from_url(settings.schema_registry_url)),
+        metrics,
+        topic_prefix=settings.topic_prefix,
+        error_cb=broker_watch.on_error,
+        **market_data_producer_config(settings),
+    )
     broker_watch.delivered = lambda: publisher.delivered
     if options.exchange == "bybit":
         from producers.bybit.producer import LIVE_WS as BYBIT_WS
         from producers.bybit.producer import BybitProducer, BybitProducerConfig
 
-        producer = BybitProducer(BybitProducerConfig(symbols=list(settings.symbols),
-                                                     ws_url=options.bybit_ws_url or BYBIT_WS,
-                                                     replay_control_url=options.replay_control_url),
-                                 publisher, metrics)
+        producer = BybitProducer(
+            BybitProducerConfig(
+                symbols=list(settings.symbols),
+                ws_url=options.bybit_ws_url or BYBIT_WS,
+                replay_control_url=options.replay_control_url,
+            ),
+            publisher,
+            metrics,
+        )
     elif options.exchange == "okx":
         from producers.okx.producer import LIVE_WS as OKX_WS
         from producers.okx.producer import OkxProducer, OkxProducerConfig
         from producers.okx.rest import LIVE_REST as OKX_REST
 
-        producer = OkxProducer(OkxProducerConfig(symbols=list(settings.symbols), ws_url=options.okx_ws_url or OKX_WS,
-                                                 rest_url=options.okx_rest_url or OKX_REST,
-                                                 replay_control_url=options.replay_control_url),
-                               publisher, metrics)
+        producer = OkxProducer(
+            OkxProducerConfig(
+                symbols=list(settings.symbols),
+                ws_url=options.okx_ws_url or OKX_WS,
+                rest_url=options.okx_rest_url or OKX_REST,
+                replay_control_url=options.replay_control_url,
+            ),
+            publisher,
+            metrics,
+        )
     else:
         warm = None
         history_in_topics = None
         if options.warm_start_hours > 0:
-            warm = WarmStartConfig(hours=options.warm_start_hours, vision_url=options.vision_url,
-                                   detail_minutes=options.warm_start_detail_minutes,
-                                   cache_dir=paths.home / "vision", database_url=_readonly_database(settings, paths))
+            warm = WarmStartConfig(
+                hours=options.warm_start_hours,
+                vision_url=options.vision_url,
+                detail_minutes=options.warm_start_detail_minutes,
+                cache_dir=paths.home / "vision",
+                database_url=_readonly_database(settings, paths),
+            )
             history_in_topics = trades_in_topics(bootstrap, publisher.prefix, publisher.serde)
         config = ProducerConfig(
-            symbols=list(settings.symbols), ws_base_url=options.ws_base_url, rest_base_url=options.rest_base_url,
-            replay_control_url=options.replay_control_url, spot_base_url=options.spot_base_url,
-            coinbase_base_url=options.coinbase_base_url, warm_start=warm, history_in_topics=history_in_topics,
-            checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json")
+            symbols=list(settings.symbols),
+            ws_base_url=options.ws_base_url,
+            rest_base_url=options.rest_base_url,
+            replay_control_url=options.replay_control_url,
+            spot_base_url=options.spot_base_url,
+            coinbase_base_url=options.coinbase_base_url,
+            warm_start=warm,
+            history_in_topics=history_in_topics,
+            checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json",
+        )
         producer = BinanceProducer(config, publisher, metrics)
-    runner, port = await serve(build_app(metrics.registry, broker_watch.health(producer.health),
-                                         frozenset({"connected", "replay-finished", "priming"})),
-                               options.metrics_host, options.metrics_port)
+    runner, port = await serve(
+        build_app(
+            metrics.registry,
+            broker_watch.health(producer.health),
+            frozenset({"connected", "replay-finished", "priming"}),
+        ),
+        options.metrics_host,
+        options.metrics_port,
+    )
     log.info("producer started", exchange=options.exchange, symbols=list(settings.symbols), metrics_port=port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -69,8 +69,11 @@ log = structlog.get_logger("replay")
 
 SOURCE = "topic-replay"
 MARKER_INTERVAL_MS = 5_000
-_LEADER_UNKNOWN = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                   KafkaError.UNKNOWN_TOPIC_OR_PART)
+_LEADER_UNKNOWN = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
 TIME_FIELDS = {**ENGINE_INPUT_TIME, "md.depth": "event_time", "md.gaps": "detected_time"}
 
 
@@ -101,9 +104,11 @@ class ReplaySummary:
     def line(self) -> str:
         rate = self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
         topics = ", ".join(f"{t} {n}" for t, n in sorted(self.copied.items()))
-        return (f"replayed {self.records} records ({topics}) in {self.elapsed_s:.1f} s ({rate:,.0f} records/s), "
-                f"{self.markers} progress markers, {self.late} late, {self.undelivered} undelivered"
-                + (f", {self.skipped_before} stamped before --from skipped" if self.skipped_before else ""))
+        return (
+            f"replayed {self.records} records ({topics}) in {self.elapsed_s:.1f} s ({rate:,.0f} records/s), "
+            f"{self.markers} progress markers, {self.late} late, {self.undelivered} undelivered"
+            + (f", {self.skipped_before} stamped before --from skipped" if self.skipped_before else "")
+        )
 
 
 @dataclass(order=True)
@@ -127,11 +132,25 @@ def validate_topics(topics: Iterable[str]) -> list[str]:
 class TopicReplay:
     """One copy of `[from_ms, to_ms)` of `topics` from `source_prefix` into `target_prefix`."""
 
-    def __init__(self, bootstrap: str, serde: AvroSerde, *, source_prefix: str, target_prefix: str,
-                 topics: Iterable[str], from_ms: int, to_ms: int, speed: float | None = None,
-                 symbols: Iterable[str] | None = None, slack_ms: int = 5_000, max_ahead_ms: int = 600_000,
-                 stall_s: float = 120.0, on_progress: Callable[[ReplaySummary], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, pace_clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        serde: AvroSerde,
+        *,
+        source_prefix: str,
+        target_prefix: str,
+        topics: Iterable[str],
+        from_ms: int,
+        to_ms: int,
+        speed: float | None = None,
+        symbols: Iterable[str] | None = None,
+        slack_ms: int = 5_000,
+        max_ahead_ms: int = 600_000,
+        stall_s: float = 120.0,
+        on_progress: Callable[[ReplaySummary], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        pace_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if to_ms <= from_ms:
             raise ReplayError("--to must be after --from")
         if source_prefix == target_prefix:
@@ -150,10 +169,12 @@ class TopicReplay:
     # ------------------------------------------------------------------------------------------
     def run(self) -> ReplaySummary:
         began = time.monotonic()
-        ensure_topics(self.bootstrap, prefix=self.target_prefix,
-                      specs=[TOPICS[t] for t in (*self.topics, "md.progress")])
-        publisher = Publisher(self.bootstrap, self.serde, PublishMetrics(prefix="tapeflow_replay"),
-                              topic_prefix=self.target_prefix)
+        ensure_topics(
+            self.bootstrap, prefix=self.target_prefix, specs=[TOPICS[t] for t in (*self.topics, "md.progress")]
+        )
+        publisher = Publisher(
+            self.bootstrap, self.serde, PublishMetrics(prefix="tapeflow_replay"), topic_prefix=self.target_prefix
+        )
         markers = ProgressMarkers(publisher, SOURCE, [t for t in self.topics if t in ENGINE_INPUTS])
         consumer = Consumer(consumer_config(self.bootstrap, **{"enable.partition.eof": True, **HISTORY_FETCH_CONFIG}))
         try:
@@ -183,8 +204,9 @@ class TopicReplay:
         self.summary.in_range = sum(end - start for start, end in ranges.values())
         return ranges
 
-    def _offsets_at(self, partitions: list[tuple[str, int]], at_ms: int,
-                    timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
+    def _offsets_at(
+        self, partitions: list[tuple[str, int]], at_ms: int, timeout_s: float = 30.0
+    ) -> dict[tuple[str, int], int]:
         """ListOffsets by time, asked again while the broker answers with a retriable error: a topic
         created a moment ago has partitions whose leader the client does not know yet (Kafka answers
         NOT_LEADER_OR_FOLLOWER until its metadata has caught up)."""
@@ -194,22 +216,31 @@ class TopicReplay:
                 return offsets_at_or_after(self.bootstrap, partitions, at_ms)
             except KafkaException as exc:
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if err is None or not (err.retriable() or err.code() in _LEADER_UNKNOWN) \
-                        or time.monotonic() >= deadline:
+                if (
+                    err is None
+                    or not (err.retriable() or err.code() in _LEADER_UNKNOWN)
+                    or time.monotonic() >= deadline
+                ):
                     raise ReplayError(f"no offsets by time for {partitions[0][0]}...: {exc}") from exc
             except OffsetLookupError as exc:  # errors per partition (a leader moving): asked again
                 if time.monotonic() >= deadline:
                     raise ReplayError(str(exc)) from exc
             time.sleep(0.2)
 
-    def _copy(self, consumer: Consumer, ranges: dict[tuple[str, int], tuple[int, int]], publisher: Publisher,
-              markers: ProgressMarkers) -> None:
+    def _copy(  # noqa: C901 - over the complexity limit, to be split
+        self,
+        consumer: Consumer,
+        ranges: dict[tuple[str, int], tuple[int, int]],
+        publisher: Publisher,
+        markers: ProgressMarkers,
+    ) -> None:
         catalogue = {self.source_prefix + t: t for t in self.topics}
         done: set[tuple[str, int]] = {tp for tp, (start, end) in ranges.items() if start >= end}  # nothing arrived
         starts = {tp: start for tp, (start, _) in ranges.items()}
         if len(done) < len(ranges):
-            consumer.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()
-                             if (t, p) not in done])
+            consumer.assign(
+                [TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items() if (t, p) not in done]
+            )
         newest: dict[tuple[str, int], int] = {}  # partition -> newest event time read
         paused: set[tuple[str, int]] = set()
         heap: list[_Item] = []
@@ -222,8 +253,10 @@ class TopicReplay:
             if not messages:
                 if time.monotonic() - quiet_since >= self.stall_s:
                     short = sorted(f"{t}[{p}]" for t, p in set(starts) - done)
-                    raise ReplayError(f"the broker delivered nothing for {self.stall_s:.0f} s before the end of "
-                                      f"{', '.join(short)}: the copy is incomplete")
+                    raise ReplayError(
+                        f"the broker delivered nothing for {self.stall_s:.0f} s before the end of "
+                        f"{', '.join(short)}: the copy is incomplete"
+                    )
                 continue
             quiet_since = time.monotonic()
             for m in messages:

@@ -94,8 +94,10 @@ class AvroColumns:
             if nullable:
                 self._check_exprs.append(pl.col(name).is_null().alias("null:" + name))
         framed = dict(schema)
-        framed["fields"] = [{"name": _FRAME_FIELD, "type": {"type": "fixed", "name": "ConfluentFrame", "size": 5}},
-                            *schema["fields"]]
+        framed["fields"] = [
+            {"name": _FRAME_FIELD, "type": {"type": "fixed", "name": "ConfluentFrame", "size": 5}},
+            *schema["fields"],
+        ]
         buf = io.BytesIO()
         fastavro.writer(buf, fastavro.parse_schema(framed), [], codec="null", sync_marker=_SYNC)
         self._ocf_header = buf.getvalue()

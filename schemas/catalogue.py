@@ -72,7 +72,9 @@ class TopicSpec:
         if self.retention_ms is not None and self.retention_ms <= 0:
             raise ValueError(f"{self.name}: retention_ms must be positive (None keeps records forever)")
         if self.cleanup_policy == "compact" and self.retention_ms is not None:
-            raise ValueError(f"{self.name}: a compacted topic keeps the latest value per key; retention_ms must be None")
+            raise ValueError(
+                f"{self.name}: a compacted topic keeps the latest value per key; retention_ms must be None"
+            )
 
     @property
     def value_subject(self) -> str:
@@ -97,30 +99,90 @@ _PRIMARY: tuple[TopicSpec, ...] = (
     _symbol_topic("md.liquidations", 7, "liquidation", "Forced liquidation orders."),
     _symbol_topic("md.mark", 7, "mark_price", "Mark/index price and funding rate."),
     _symbol_topic("md.indicators", 7, "market_indicator", "Polled indicators: OI, long/short ratios, premiums."),
-    _symbol_topic("md.progress", 7, "progress_marker",
-                  "Progress markers of replays and warm starts: per key, md.* complete up to an event time."),
-    TopicSpec("md.gaps", "exchange:symbol", 1, "delete", 30 * DAY_MS, "data_gap",
-              "Market-data holes that could not be filled."),
+    _symbol_topic(
+        "md.progress",
+        7,
+        "progress_marker",
+        "Progress markers of replays and warm starts: per key, md.* complete up to an event time.",
+    ),
+    TopicSpec(
+        "md.gaps",
+        "exchange:symbol",
+        1,
+        "delete",
+        30 * DAY_MS,
+        "data_gap",
+        "Market-data holes that could not be filled.",
+    ),
     _symbol_topic("bars.1m", 30, "bar", "Closed 1-minute OHLCV bars with taker buy/sell volume."),
     _symbol_topic("features", 30, "feature_evaluation", "Every strategy evaluation with its factor breakdown."),
     _symbol_topic("signals", 30, "signal", "Trade signals with exit plan and provenance."),
     _symbol_topic("orders", None, "order_event", "Order state transitions (paper, testnet, live)."),
     _symbol_topic("fills", None, "fill", "Order executions."),
     _symbol_topic("positions", None, "position_event", "Position lifecycle events with P&L in R."),
-    TopicSpec("risk.events", "scope", 1, "compact", None, "risk_event",
-              "Risk-guard decisions; compacted to the latest state per scope."),
-    TopicSpec("xv.features", "coin", 1, "delete", 30 * DAY_MS, "cross_venue_feature",
-              "Cross-venue features per coin and ordered venue pair (the watchlist service)."),
-    TopicSpec("xv.signals", "coin", 1, "delete", None, "watchlist_signal",
-              "Watchlist signals and rejected candidates per coin and ordered venue pair."),
-    TopicSpec("xv.orders", "coin", 1, "delete", None, "watchlist_leg_order",
-              "Leg orders of hedged pairs (entry, exit, unwind) and their outcome."),
-    TopicSpec("xv.funding", "coin", 1, "delete", None, "watchlist_funding_payment",
-              "Funding paid or received by the legs of hedged pairs."),
-    TopicSpec("xv.pairs", "coin", 1, "delete", None, "watchlist_pair_event",
-              "Hedged pair state after each change (seq per pair), with P&L per pair and leg."),
-    TopicSpec("xv.commands", "coin", 1, "delete", None, "watchlist_command",
-              "Operator commands to the watchlist traders (open or close a hedged pair) and their answers."),
+    TopicSpec(
+        "risk.events",
+        "scope",
+        1,
+        "compact",
+        None,
+        "risk_event",
+        "Risk-guard decisions; compacted to the latest state per scope.",
+    ),
+    TopicSpec(
+        "xv.features",
+        "coin",
+        1,
+        "delete",
+        30 * DAY_MS,
+        "cross_venue_feature",
+        "Cross-venue features per coin and ordered venue pair (the watchlist service).",
+    ),
+    TopicSpec(
+        "xv.signals",
+        "coin",
+        1,
+        "delete",
+        None,
+        "watchlist_signal",
+        "Watchlist signals and rejected candidates per coin and ordered venue pair.",
+    ),
+    TopicSpec(
+        "xv.orders",
+        "coin",
+        1,
+        "delete",
+        None,
+        "watchlist_leg_order",
+        "Leg orders of hedged pairs (entry, exit, unwind) and their outcome.",
+    ),
+    TopicSpec(
+        "xv.funding",
+        "coin",
+        1,
+        "delete",
+        None,
+        "watchlist_funding_payment",
+        "Funding paid or received by the legs of hedged pairs.",
+    ),
+    TopicSpec(
+        "xv.pairs",
+        "coin",
+        1,
+        "delete",
+        None,
+        "watchlist_pair_event",
+        "Hedged pair state after each change (seq per pair), with P&L per pair and leg.",
+    ),
+    TopicSpec(
+        "xv.commands",
+        "coin",
+        1,
+        "delete",
+        None,
+        "watchlist_command",
+        "Operator commands to the watchlist traders (open or close a hedged pair) and their answers.",
+    ),
 )
 
 TOPICS: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in _PRIMARY})
@@ -128,21 +190,38 @@ TOPICS: Mapping[str, TopicSpec] = MappingProxyType({t.name: t for t in _PRIMARY}
 # The engine's inputs and the field each is ordered by in event time (trade time for trades and
 # liquidations, exchange event time for book and mark, receive time for polled indicators). Progress
 # markers (md.progress) speak about exactly these topics.
-ENGINE_INPUT_TIME: Mapping[str, str] = MappingProxyType({
-    "md.trades": "trade_time", "md.book": "event_time", "md.mark": "event_time",
-    "md.liquidations": "trade_time", "md.indicators": "receive_time"})
+ENGINE_INPUT_TIME: Mapping[str, str] = MappingProxyType(
+    {
+        "md.trades": "trade_time",
+        "md.book": "event_time",
+        "md.mark": "event_time",
+        "md.liquidations": "trade_time",
+        "md.indicators": "receive_time",
+    }
+)
 ENGINE_INPUTS: tuple[str, ...] = tuple(ENGINE_INPUT_TIME)
 PROGRESS_TOPIC = "md.progress"
 
 
 def _dlq_spec(name: str, sources: str) -> TopicSpec:
-    return TopicSpec(name, "source key", 1, "delete", 30 * DAY_MS, DLQ_SCHEMA,
-                     f"Dead letters of {sources}: raw bytes plus the error.")
+    return TopicSpec(
+        name,
+        "source key",
+        1,
+        "delete",
+        30 * DAY_MS,
+        DLQ_SCHEMA,
+        f"Dead letters of {sources}: raw bytes plus the error.",
+    )
 
 
 DLQ_TOPICS: Mapping[str, TopicSpec] = MappingProxyType(
     {DLQ_MD: _dlq_spec(DLQ_MD, "every md.* topic")}
-    | {DLQ_PREFIX + t.name: _dlq_spec(DLQ_PREFIX + t.name, t.name) for t in _PRIMARY if not t.name.startswith(MD_PREFIX)}
+    | {
+        DLQ_PREFIX + t.name: _dlq_spec(DLQ_PREFIX + t.name, t.name)
+        for t in _PRIMARY
+        if not t.name.startswith(MD_PREFIX)
+    }
 )
 
 

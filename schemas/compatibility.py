@@ -94,8 +94,11 @@ class _Resolver:
 
     def _names_match(self, reader: dict, writer: dict) -> bool:
         aliases = reader.get("aliases", [])
-        return (_unqualified(reader["name"]) == _unqualified(writer["name"])
-                or writer["name"] in aliases or _unqualified(writer["name"]) in aliases)
+        return (
+            _unqualified(reader["name"]) == _unqualified(writer["name"])
+            or writer["name"] in aliases
+            or _unqualified(writer["name"]) in aliases
+        )
 
     def _same_kind(self, reader: Any, writer: Any) -> bool:
         """The spec's notion of 'matches', used to pick a reader union branch."""
@@ -119,8 +122,11 @@ class _Resolver:
             branches = [self._deref(b, self.reader_named) for b in reader]
             match = next((b for b in branches if self._same_kind(b, writer)), None)
             if match is None:
-                self._problem(path, f"writer type {_describe(writer)} is not in reader union "
-                                    f"[{', '.join(_describe(b) for b in branches)}]")
+                self._problem(
+                    path,
+                    f"writer type {_describe(writer)} is not in reader union "
+                    f"[{', '.join(_describe(b) for b in branches)}]",
+                )
             else:
                 self.check(match, writer, path)
             return

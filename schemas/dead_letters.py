@@ -12,10 +12,25 @@ import time
 ERROR_MAX_CHARS = 2000
 
 
-def dead_letter_record(*, source_topic: str, value: bytes, error: str, stage: str, key: bytes | None = None,
-                       partition: int | None = None, offset: int | None = None,
-                       event_time_ms: int | None = None) -> dict:
+def dead_letter_record(
+    *,
+    source_topic: str,
+    value: bytes,
+    error: str,
+    stage: str,
+    key: bytes | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    event_time_ms: int | None = None,
+) -> dict:
     """A `dlq.*` record; `event_time_ms` defaults to now (when the failure was seen)."""
-    return {"source_topic": source_topic, "partition": partition, "offset": offset, "key": key,
-            "value": value, "error": error[:ERROR_MAX_CHARS], "stage": stage,
-            "event_time": int(time.time() * 1000) if event_time_ms is None else event_time_ms}
+    return {
+        "source_topic": source_topic,
+        "partition": partition,
+        "offset": offset,
+        "key": key,
+        "value": value,
+        "error": error[:ERROR_MAX_CHARS],
+        "stage": stage,
+        "event_time": int(time.time() * 1000) if event_time_ms is None else event_time_ms,
+    }

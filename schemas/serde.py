@@ -129,8 +129,9 @@ class AvroSerde:
         return buf.getvalue()
 
     # --- decode ---------------------------------------------------------------------------------
-    def decode(self, data: bytes, *, topic: str | None = None,
-               reader_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    def decode(
+        self, data: bytes, *, topic: str | None = None, reader_schema: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The record in framed `data`, as written (default), or resolved to a reader schema.
 
         `topic=` reads with that topic's current schema (schema evolution: fields added since the
@@ -151,9 +152,13 @@ class AvroSerde:
         try:
             record = schemaless_reader(buf, writer, reader)
         except SchemaResolutionError as exc:
-            raise IncompatibleSchemaError(f"schema id {schema_id} cannot be read with the reader schema: {exc}") from None
+            raise IncompatibleSchemaError(
+                f"schema id {schema_id} cannot be read with the reader schema: {exc}"
+            ) from None
         except (EOFError, ValueError, IndexError, struct.error) as exc:
-            raise WireFormatError(f"schema id {schema_id}: truncated or corrupt Avro body ({type(exc).__name__}: {exc})") from None
+            raise WireFormatError(
+                f"schema id {schema_id}: truncated or corrupt Avro body ({type(exc).__name__}: {exc})"
+            ) from None
         if buf.tell() != len(data):
             raise WireFormatError(f"schema id {schema_id}: {len(data) - buf.tell()} trailing bytes after the Avro body")
         return record
@@ -181,17 +186,18 @@ def _reject_unknown_fields(topic: str, parsed: dict[str, Any], record: Any) -> N
         known = {f["name"] for f in parsed["fields"]}
         unknown = sorted(k for k in record if k not in known)
         if unknown:
-            raise SchemaValidationError(topic, unknown[0], f"field {unknown[0]!r} is not in the schema "
-                                                           f"(unknown field(s): {', '.join(unknown)})")
+            raise SchemaValidationError(
+                topic, unknown[0], f"field {unknown[0]!r} is not in the schema (unknown field(s): {', '.join(unknown)})"
+            )
 
 
 def _field_name(qualified: str, record_name: str) -> str:
     """'tapeflow.Trade.price' -> 'price'; nested records keep their type: 'PriceLevel.price'."""
     if record_name and qualified.startswith(record_name + "."):
-        return qualified[len(record_name) + 1:]
+        return qualified[len(record_name) + 1 :]
     namespace = record_name.rpartition(".")[0]
     if namespace and qualified.startswith(namespace + "."):
-        return qualified[len(namespace) + 1:]
+        return qualified[len(namespace) + 1 :]
     return qualified
 
 

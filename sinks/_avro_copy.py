@@ -22,7 +22,7 @@ from tapeflow_runtime._record_walk import varint as _varint  # Avro's longs are 
 K_LONG, K_TS, K_INT, K_DOUBLE, K_FLOAT, K_BOOL, K_STRING, K_ENUM = range(8)
 PG_ZERO_US = 946_684_800_000_000  # PostgreSQL's time zero, 2000-01-01, in microseconds since 1970
 MIN_MS, MAX_MS = -62_135_596_800_000, 253_402_300_799_999  # datetime(1, 1, 1) .. datetime(9999, 12, 31, ...)
-NO_TIME = -(2 ** 63)  # a null time field
+NO_TIME = -(2**63)  # a null time field
 
 
 @njit(cache=True, nogil=True)
@@ -70,8 +70,21 @@ def _utf8(buf, i, n):
 
 
 @njit(cache=True, nogil=True)
-def encode(buf, lengths, frame, kinds, nullable, column_field, enum_bytes, enum_off, enum_first, enum_count,
-           time_field, out, times):
+def encode(  # noqa: C901 - over the complexity limit, to be split
+    buf,
+    lengths,
+    frame,
+    kinds,
+    nullable,
+    column_field,
+    enum_bytes,
+    enum_off,
+    enum_first,
+    enum_count,
+    time_field,
+    out,
+    times,
+):
     """The records of `buf` (`lengths[r]` bytes each) as COPY rows into `out`; `times[r]` the time field's
     ms (NO_TIME where it is null). Returns (bytes written, -1), or (0, r) for the first record r it refuses."""
     nf = kinds.shape[0]
@@ -175,5 +188,18 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) `encode` with the argument types `ColumnarCodec` passes."""
     i64 = np.zeros(1, dtype=np.int64)
     u8 = np.zeros(1, dtype=np.uint8)
-    encode(np.frombuffer(b"", dtype=np.uint8), np.zeros(0, dtype=np.int64), u8, i64, np.zeros(1, dtype=np.bool_),
-           i64, u8, i64, i64, i64, 0, u8, np.zeros(0, dtype=np.int64))
+    encode(
+        np.frombuffer(b"", dtype=np.uint8),
+        np.zeros(0, dtype=np.int64),
+        u8,
+        i64,
+        np.zeros(1, dtype=np.bool_),
+        i64,
+        u8,
+        i64,
+        i64,
+        i64,
+        0,
+        u8,
+        np.zeros(0, dtype=np.int64),
+    )

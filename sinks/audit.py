@@ -137,13 +137,17 @@ class AuditReport:
         out = []
         silent = [g for g in self.trades.gaps if not g.known]
         if self.trades.gap_count:
-            out.append(f"{self.trades.missing} agg_ids missing in {self.trades.gap_count} gap(s)"
-                       + (f", {len(silent)} not reported on md.gaps" if silent else ""))
+            out.append(
+                f"{self.trades.missing} agg_ids missing in {self.trades.gap_count} gap(s)"
+                + (f", {len(silent)} not reported on md.gaps" if silent else "")
+            )
         if self.trades.duplicate_rows:
             out.append(f"{self.trades.duplicate_rows} duplicate trade row(s)")
         if self.bars.bar_trade_count != self.bars.trades_in_bar_span:
-            out.append(f"bars count {self.bars.bar_trade_count} trades but the trades table has "
-                       f"{self.bars.trades_in_bar_span} in the same minutes")
+            out.append(
+                f"bars count {self.bars.bar_trade_count} trades but the trades table has "
+                f"{self.bars.trades_in_bar_span} in the same minutes"
+            )
         parked = [d for d in self.default_rows if d.rows]
         if parked:
             out.append("rows in DEFAULT partitions: " + ", ".join(f"{d.table} {d.rows}" for d in parked))
@@ -155,6 +159,7 @@ class AuditReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (`--json`): datetimes as ISO 8601 UTC strings, derived figures included."""
+
         def conv(v: Any) -> Any:
             if isinstance(v, datetime):
                 return _iso(v)
@@ -244,9 +249,12 @@ def _trade_continuity(conn: psycopg.Connection, p: dict[str, Any], max_listed: i
                 gaps.append((prev_id + 1, agg_id - 1, prev_time, trade_time))
     known = []
     if gaps:
-        known = conn.execute(_KNOWN_GAPS, {**p, "stream": TRADES_STREAM, "lo": gaps[0][0], "hi": gaps[-1][1]}).fetchall()
-    listed = tuple(AggGap(lo, hi, a, b, any(k_lo <= lo and hi <= k_hi for k_lo, k_hi in known))
-                   for lo, hi, a, b in gaps)
+        known = conn.execute(
+            _KNOWN_GAPS, {**p, "stream": TRADES_STREAM, "lo": gaps[0][0], "hi": gaps[-1][1]}
+        ).fetchall()
+    listed = tuple(
+        AggGap(lo, hi, a, b, any(k_lo <= lo and hi <= k_hi for k_lo, k_hi in known)) for lo, hi, a, b in gaps
+    )
     return TradeContinuity(rows, first, last, t0, t1, missing, dups, gap_count, listed, tuple(dup_ids), previous)
 
 
@@ -285,24 +293,39 @@ def _counts(conn: psycopg.Connection, p: dict[str, Any], trades_rows: int) -> di
     for table, (time_col, _) in _PER_SYMBOL_TABLES.items():
         if table == "trades":
             continue
-        q = sql.SQL("SELECT count(*) FROM {} WHERE exchange = %(exchange)s AND symbol = %(symbol)s "
-                    "AND {} >= %(start)s AND {} < %(end)s").format(
-            sql.Identifier(table), sql.Identifier(time_col), sql.Identifier(time_col))
+        q = sql.SQL(
+            "SELECT count(*) FROM {} WHERE exchange = %(exchange)s AND symbol = %(symbol)s "
+            "AND {} >= %(start)s AND {} < %(end)s"
+        ).format(sql.Identifier(table), sql.Identifier(time_col), sql.Identifier(time_col))
         counts[table] = conn.execute(q, p).fetchone()[0]
     for table, time_col in _GLOBAL_TABLES.items():
         q = sql.SQL("SELECT count(*) FROM {} WHERE {} >= %(start)s AND {} < %(end)s").format(
-            sql.Identifier(table), sql.Identifier(time_col), sql.Identifier(time_col))
+            sql.Identifier(table), sql.Identifier(time_col), sql.Identifier(time_col)
+        )
         counts[table] = conn.execute(q, p).fetchone()[0]
     return counts
 
 
 def _freshness(conn: psycopg.Connection, p: dict[str, Any], now: datetime) -> tuple[Freshness, ...]:
     out = []
-    queries = [(t, sql.SQL("SELECT {} FROM {} WHERE exchange = %(exchange)s AND symbol = %(symbol)s "
-                           "ORDER BY {} DESC LIMIT 1").format(sql.Identifier(tc), sql.Identifier(t), sql.Identifier(oc)))
-               for t, (tc, oc) in _PER_SYMBOL_TABLES.items()]
-    queries += [(t, sql.SQL("SELECT {} FROM {} ORDER BY {} DESC LIMIT 1").format(
-        sql.Identifier(tc), sql.Identifier(t), sql.Identifier(tc))) for t, tc in _GLOBAL_TABLES.items()]
+    queries = [
+        (
+            t,
+            sql.SQL(
+                "SELECT {} FROM {} WHERE exchange = %(exchange)s AND symbol = %(symbol)s ORDER BY {} DESC LIMIT 1"
+            ).format(sql.Identifier(tc), sql.Identifier(t), sql.Identifier(oc)),
+        )
+        for t, (tc, oc) in _PER_SYMBOL_TABLES.items()
+    ]
+    queries += [
+        (
+            t,
+            sql.SQL("SELECT {} FROM {} ORDER BY {} DESC LIMIT 1").format(
+                sql.Identifier(tc), sql.Identifier(t), sql.Identifier(tc)
+            ),
+        )
+        for t, tc in _GLOBAL_TABLES.items()
+    ]
     for table, q in queries:
         row = conn.execute(q, p).fetchone()
         latest = row[0] if row else None
@@ -310,8 +333,16 @@ def _freshness(conn: psycopg.Connection, p: dict[str, Any], now: datetime) -> tu
     return tuple(out)
 
 
-def audit(conn: psycopg.Connection, symbol: str, start: datetime, end: datetime, exchange: str = "binance",
-          *, now: datetime | None = None, max_listed: int = 1000) -> AuditReport:
+def audit(
+    conn: psycopg.Connection,
+    symbol: str,
+    start: datetime,
+    end: datetime,
+    exchange: str = "binance",
+    *,
+    now: datetime | None = None,
+    max_listed: int = 1000,
+) -> AuditReport:
     """Audit `exchange:symbol` over [start, end) (aware datetimes); read-only, any role with SELECT."""
     start, end = _utc(start, "start"), _utc(end, "end")
     if end <= start:
@@ -320,7 +351,11 @@ def audit(conn: psycopg.Connection, symbol: str, start: datetime, end: datetime,
     p = {"exchange": exchange, "symbol": symbol, "start": start, "end": end}
     trades = _trade_continuity(conn, p, max_listed)
     return AuditReport(
-        exchange=exchange, symbol=symbol, start=start, end=end, now=now,
+        exchange=exchange,
+        symbol=symbol,
+        start=start,
+        end=end,
+        now=now,
         trades=trades,
         bars=_bar_coverage(conn, p),
         counts=_counts(conn, p, trades.rows),
@@ -344,26 +379,35 @@ def _age(seconds: float | None) -> str:
 def render(report: AuditReport) -> str:
     """The report as text for a terminal."""
     t = report.trades
-    header = (f"audit {report.exchange}:{report.symbol}  {_iso(report.start)} .. {_iso(report.end)}  "
-              f"(now {_iso(report.now)})")
+    header = (
+        f"audit {report.exchange}:{report.symbol}  {_iso(report.start)} .. {_iso(report.end)}  (now {_iso(report.now)})"
+    )
     lines = [header, ""]
     if t.rows:
         cont = f"{t.continuity * 100:.4f}%"
-        lines.append(f"trades: {t.rows:,} rows, agg_id {t.first_agg_id}..{t.last_agg_id}, continuity {cont} "
-                     f"({t.missing:,} missing in {t.gap_count} gap(s), {t.duplicate_rows} duplicate row(s))")
+        lines.append(
+            f"trades: {t.rows:,} rows, agg_id {t.first_agg_id}..{t.last_agg_id}, continuity {cont} "
+            f"({t.missing:,} missing in {t.gap_count} gap(s), {t.duplicate_rows} duplicate row(s))"
+        )
     else:
         lines.append("trades: none in range")
     for g in t.gaps:
-        around = f"between {_iso(g.after_time) if g.after_time else '?'} and {_iso(g.before_time) if g.before_time else '?'}"
-        lines.append(f"  gap {g.from_id}..{g.to_id} ({g.missing:,} missing) {around}"
-                     f"{'  [reported on md.gaps]' if g.known else '  [NOT reported]'}")
+        around = (
+            f"between {_iso(g.after_time) if g.after_time else '?'} and {_iso(g.before_time) if g.before_time else '?'}"
+        )
+        lines.append(
+            f"  gap {g.from_id}..{g.to_id} ({g.missing:,} missing) {around}"
+            f"{'  [reported on md.gaps]' if g.known else '  [NOT reported]'}"
+        )
     if t.truncated:
         lines.append(f"  ... {t.gap_count - len(t.gaps)} more gap(s) not listed")
     if t.duplicate_ids:
         lines.append("  duplicated agg_ids: " + ", ".join(map(str, t.duplicate_ids)))
     b = report.bars
-    bars_line = (f"bars_1m: {b.bars:,} of {b.minutes:,} minutes ({b.minutes_without_bar:,} without a bar); "
-                 f"trades per bars {b.bar_trade_count:,}, per trades table {b.trades_in_bar_span:,}")
+    bars_line = (
+        f"bars_1m: {b.bars:,} of {b.minutes:,} minutes ({b.minutes_without_bar:,} without a bar); "
+        f"trades per bars {b.bar_trade_count:,}, per trades table {b.trades_in_bar_span:,}"
+    )
     lines += ["", bars_line]
     lines += ["", "rows in range:"]
     lines += [f"  {table:<18} {n:>12,}" for table, n in report.counts.items()]

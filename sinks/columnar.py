@@ -50,8 +50,15 @@ class ColumnarPart:
     days: frozenset[int]  # UTC days (Unix ms // DAY_MS) of the time column
 
 
-_COPY_TYPE_FOR = {"long": "int8", "int": "int4", "double": "float8", "float": "float4", "string": "text",
-                  "enum": "text", "boolean": "bool"}
+_COPY_TYPE_FOR = {
+    "long": "int8",
+    "int": "int4",
+    "double": "float8",
+    "float": "float4",
+    "string": "text",
+    "enum": "text",
+    "boolean": "bool",
+}
 
 
 class ColumnarCodec(AvroColumns):
@@ -82,8 +89,15 @@ class ColumnarCodec(AvroColumns):
         ms), which are [null, T], each column's field, the enums' symbols, the time field."""
         from sinks import _avro_copy as k
 
-        kinds = {"long": k.K_LONG, "int": k.K_INT, "double": k.K_DOUBLE, "float": k.K_FLOAT, "boolean": k.K_BOOL,
-                 "string": k.K_STRING, "enum": k.K_ENUM}
+        kinds = {
+            "long": k.K_LONG,
+            "int": k.K_INT,
+            "double": k.K_DOUBLE,
+            "float": k.K_FLOAT,
+            "boolean": k.K_BOOL,
+            "string": k.K_STRING,
+            "enum": k.K_ENUM,
+        }
         copy_type = dict(zip(self.spec.columns, self.spec.copy_types, strict=True))
         names = [name for name, _, _ in self.fields]
         field_kinds, symbols, first, count = [], [], [], []
@@ -142,9 +156,21 @@ class ColumnarCodec(AvroColumns):
         buf = np.frombuffer(joined, dtype=np.uint8)
         out = np.empty(len(buf) + n * self._row_extra, dtype=np.uint8)
         times = np.empty(n, dtype=np.int64)
-        written, bad = encode(buf, lengths.astype(np.int64, copy=False), self._frame_bytes, self._kinds,
-                              self._nullable, self._column_field, self._enum_bytes, self._enum_off, self._enum_first,
-                              self._enum_count, self._time_field, out, times)
+        written, bad = encode(
+            buf,
+            lengths.astype(np.int64, copy=False),
+            self._frame_bytes,
+            self._kinds,
+            self._nullable,
+            self._column_field,
+            self._enum_bytes,
+            self._enum_off,
+            self._enum_first,
+            self._enum_count,
+            self._time_field,
+            out,
+            times,
+        )
         if bad >= 0:
             raise ColumnarError(f"record {bad} of {n} is not exactly this schema's (frame, a length, a value)")
         if int(lengths.sum()) != len(buf):
@@ -179,7 +205,7 @@ class ColumnarCodec(AvroColumns):
         ms = times.to_numpy()
         lo, hi = int(ms.min()), int(ms.max())
         days = {lo // DAY_MS} if lo // DAY_MS == hi // DAY_MS else set(np.unique(ms // DAY_MS).tolist())
-        return ColumnarPart(self.spec.table, df.height, data[:-len(COPY_TRAILER)], lo, hi, frozenset(days))
+        return ColumnarPart(self.spec.table, df.height, data[: -len(COPY_TRAILER)], lo, hi, frozenset(days))
 
 
 def copy_payload(parts: list[bytes]) -> bytes:

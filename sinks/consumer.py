@@ -89,7 +89,6 @@ from sinks.retention import (
     record_writes,
     resolve_policies,
 )
-from sinks.trade_levels import backfill_pending, compact_written_days, pending_days
 from sinks.tables import (
     PIPELINE_ERRORS,
     TableSpec,
@@ -97,6 +96,7 @@ from sinks.tables import (
     table_for_topic,
     write_rows,
 )
+from sinks.trade_levels import backfill_pending, compact_written_days, pending_days
 from tapeflow_runtime.db_liveness import liveness_kwargs
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
 from tapeflow_runtime.record_batches import RawFetcher, RecordChunk, SplitConsumer, one_broker
@@ -173,8 +173,9 @@ class _Stopped(Exception):
 
 
 class TopicSink:
-    def __init__(self, config: SinkConfig, bootstrap: str, conninfo: str, serde: AvroSerde,
-                 metrics: SinkMetrics | None = None) -> None:
+    def __init__(
+        self, config: SinkConfig, bootstrap: str, conninfo: str, serde: AvroSerde, metrics: SinkMetrics | None = None
+    ) -> None:
         self.config = config
         self.bootstrap = bootstrap
         self.conninfo = conninfo
@@ -231,13 +232,22 @@ class TopicSink:
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def _make_consumer(self) -> Consumer:
-        consumer = Consumer(consumer_config(self.bootstrap, self.config.group_id,
-                                            **{"enable.auto.offset.store": False, **PREFETCH_CONFIG,
-                                               "fetch.wait.max.ms": self.config.fetch_wait_ms}))
+        consumer = Consumer(
+            consumer_config(
+                self.bootstrap,
+                self.config.group_id,
+                **{
+                    "enable.auto.offset.store": False,
+                    **PREFETCH_CONFIG,
+                    "fetch.wait.max.ms": self.config.fetch_wait_ms,
+                },
+            )
+        )
         broker = one_broker(consumer) if self.config.raw_fetch and self.codecs else None
         if broker is not None:
-            consumer = SplitConsumer(consumer, RawFetcher(broker, fetch_wait_ms=self.config.fetch_wait_ms),
-                                     raw=self._raw_fetched)
+            consumer = SplitConsumer(
+                consumer, RawFetcher(broker, fetch_wait_ms=self.config.fetch_wait_ms), raw=self._raw_fetched
+            )
         self._split = consumer if isinstance(consumer, SplitConsumer) else None
         consumer.subscribe(list(self.specs), on_assign=self._on_assign, on_revoke=self._on_revoke)
         return consumer
@@ -293,14 +303,19 @@ class TopicSink:
             log.warning("partition maintenance failed", error=str(exc).splitlines()[0])
             return
         if backfill and (self._backfill is None or not self._backfill.is_alive()):
-            self._backfill = threading.Thread(target=self._backfill_trade_levels, name="sink-trade-levels-backfill",
-                                              daemon=True)
+            self._backfill = threading.Thread(
+                target=self._backfill_trade_levels, name="sink-trade-levels-backfill", daemon=True
+            )
             self._backfill.start()
         new = sum(len(v) for v in created.values())
         gone = sum(len(v) for v in dropped.values())
         if new or gone:
-            log.info("partition maintenance", created=new, dropped=gone,
-                     dropped_tables={t: len(v) for t, v in dropped.items() if v})
+            log.info(
+                "partition maintenance",
+                created=new,
+                dropped=gone,
+                dropped_tables={t: len(v) for t, v in dropped.items() if v},
+            )
 
     def _backfill_trade_levels(self) -> None:
         """The days of trades stored before migration 0021, one transaction each, beside the consumer
@@ -319,9 +334,10 @@ class TopicSink:
         self._consumer = self._make_consumer()
         self._dlq_producer = Producer(producer_config(self.bootstrap))
         self._pending = Batch()
-        self._writers = [threading.Thread(target=self._seal_loop, name="sink-sealer", daemon=True)] + \
-            [threading.Thread(target=self._write_loop, args=(slot,), name=f"sink-writer-{slot}", daemon=True)
-             for slot in range(self.config.writers)]
+        self._writers = [threading.Thread(target=self._seal_loop, name="sink-sealer", daemon=True)] + [
+            threading.Thread(target=self._write_loop, args=(slot,), name=f"sink-writer-{slot}", daemon=True)
+            for slot in range(self.config.writers)
+        ]
         for writer in self._writers:
             writer.start()
         self.maintain()
@@ -376,8 +392,9 @@ class TopicSink:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            msgs = self._consumer.consume(num_messages=min(10_000, self.config.batch_rows - batch.count),
-                                          timeout=remaining)
+            msgs = self._consumer.consume(
+                num_messages=min(10_000, self.config.batch_rows - batch.count), timeout=remaining
+            )
             if msgs:
                 self._absorb(batch, msgs)
             if self.stop_requested:
@@ -425,8 +442,9 @@ class TopicSink:
         """The raw fetcher's chunks through the fast path at once; if they are not all provably right, each
         chunk's records go the way of messages (`_encode`: halved down to the bad ones, dead letters)."""
         try:
-            part = codec.encode_joined(b"".join(c.values for c in chunks),
-                                       np.concatenate([c.value_lengths for c in chunks]))
+            part = codec.encode_joined(
+                b"".join(c.values for c in chunks), np.concatenate([c.value_lengths for c in chunks])
+            )
         except ColumnarError:
             for chunk in chunks:
                 self._encode(batch, codec, chunk.records())
@@ -542,15 +560,21 @@ class TopicSink:
 
     @staticmethod
     def _dead_letter_record(msg: Message, reason: str) -> dict:
-        return dead_letter_record(source_topic=msg.topic(), value=msg.value() or b"", error=reason, stage="sink",
-                                  key=msg.key(), partition=msg.partition(), offset=msg.offset())
+        return dead_letter_record(
+            source_topic=msg.topic(),
+            value=msg.value() or b"",
+            error=reason,
+            stage="sink",
+            key=msg.key(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+        )
 
     def _send_dlq(self, batch: Batch) -> None:
         for topic, key, dead in batch.dlq:
             name = self.catalogue_name[topic]
             dlq = dlq_topic(name)
-            self._dlq_producer.produce(self.config.topic_prefix + dlq, key=key,
-                                       value=self.serde.encode(dlq, dead))
+            self._dlq_producer.produce(self.config.topic_prefix + dlq, key=key, value=self.serde.encode(dlq, dead))
             self.metrics.dlq.labels(dlq, dead["stage"]).inc()
         if batch.dlq:
             self._dlq_producer.flush(10)
@@ -626,8 +650,10 @@ class TopicSink:
                 batch.written = self._write(batch, slot)
                 batch.commit_s = time.perf_counter() - t0
                 if self.database_down:
-                    log.info("database reachable again", down_s=round(time.monotonic() - (self.database_down_since
-                                                                                        or time.monotonic()), 1))
+                    log.info(
+                        "database reachable again",
+                        down_s=round(time.monotonic() - (self.database_down_since or time.monotonic()), 1),
+                    )
                 self.database_down, self.database_down_since = False, None
                 self.metrics.database_state.set(0)
                 return
@@ -650,8 +676,12 @@ class TopicSink:
                 attempt += 1
                 backoff = min(self.config.max_backoff_s, self.config.first_backoff_s * 2 ** (attempt - 1))
                 delay = backoff * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
-                log.warning("database unavailable, retrying the batch", error=str(exc).splitlines()[0],
-                            retry_in_s=round(delay, 2), attempt=attempt)
+                log.warning(
+                    "database unavailable, retrying the batch",
+                    error=str(exc).splitlines()[0],
+                    retry_in_s=round(delay, 2),
+                    attempt=attempt,
+                )
                 self.metrics.db_retries.inc()
                 end = time.monotonic() + delay
                 while time.monotonic() < end:
@@ -745,8 +775,7 @@ class TopicSink:
         self._learn_covered(self._cover(conn, batch))
         with conn.transaction():
             for table, parts in batch.copies.items():
-                written[table] += copy_binary(conn, self._by_table[table], copy_payload(parts),
-                                              batch.copy_rows[table])
+                written[table] += copy_binary(conn, self._by_table[table], copy_payload(parts), batch.copy_rows[table])
             for table, rows in batch.rows.items():
                 written[table] += write_rows(conn, self._by_table[table], rows)
             recorded = self._record_writes(conn, batch)

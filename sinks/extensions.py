@@ -100,16 +100,15 @@ def probe_create(conninfo: str, name: str) -> tuple[bool, BaseException | None, 
         conn.close()
 
 
-def extension_state(conninfo: str, name: str,
-                    probe: Callable[[str, str], tuple[bool, BaseException | None, bool]] = probe_create
-                    ) -> ExtensionState:
+def extension_state(
+    conninfo: str, name: str, probe: Callable[[str, str], tuple[bool, BaseException | None, bool]] = probe_create
+) -> ExtensionState:
     """What `name` looks like on the server behind `conninfo` (see the module docstring)."""
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
         installed = conn.execute("SELECT extversion FROM pg_extension WHERE extname = %s", (name,)).fetchone()
         if installed:
             return ExtensionState(name, "installed", installed[0])
-        listed = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = %s",
-                              (name,)).fetchone()
+        listed = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = %s", (name,)).fetchone()
         if not listed:
             return ExtensionState(name, "unavailable", None, f"{name} is not installed on the server")
         preloaded = name in preloaded_libraries(conn)
@@ -141,10 +140,12 @@ def create_extension(conninfo: str, name: str) -> ExtensionState:
 def preload_hint(state: ExtensionState) -> str:
     """One line: what is wrong and how to enable the extension (empty when nothing is to be said)."""
     if state.state == "needs_preload":
-        return (f"{state.name} is installed on the database server but not preloaded ({state.detail}); "
-                f"using plain PostgreSQL. To enable it: add shared_preload_libraries = '{state.name}' to "
-                f"postgresql.conf, restart PostgreSQL and run `tapeflow db migrate` (a database already "
-                f"migrated with plain partitions keeps them)")
+        return (
+            f"{state.name} is installed on the database server but not preloaded ({state.detail}); "
+            f"using plain PostgreSQL. To enable it: add shared_preload_libraries = '{state.name}' to "
+            f"postgresql.conf, restart PostgreSQL and run `tapeflow db migrate` (a database already "
+            f"migrated with plain partitions keeps them)"
+        )
     if state.state == "failed":
         return f"{state.detail}; using plain PostgreSQL"
     return ""

@@ -123,8 +123,9 @@ def locked_layout(migrations: list[Migration], done: dict[str, str]) -> str | No
     return None
 
 
-def choose_engine(conninfo: str, migrations: list[Migration], done: dict[str, str],
-                  extension: str | None = ENGINE_EXTENSION) -> tuple[bool, str]:
+def choose_engine(
+    conninfo: str, migrations: list[Migration], done: dict[str, str], extension: str | None = ENGINE_EXTENSION
+) -> tuple[bool, str]:
     """(use TimescaleDB, one-line notice or ""): creates the extension when it is usable and wanted.
 
     Never tries CREATE EXTENSION on a server that would answer with a FATAL (see sinks.extensions).
@@ -138,8 +139,10 @@ def choose_engine(conninfo: str, migrations: list[Migration], done: dict[str, st
     state = extension_state(conninfo, extension)
     if layout == "plain":
         if state.usable:
-            return False, (f"{extension} is available but this database was migrated with plain PostgreSQL "
-                           f"partitions; keeping them (a new database would use {extension})")
+            return False, (
+                f"{extension} is available but this database was migrated with plain PostgreSQL "
+                f"partitions; keeping them (a new database would use {extension})"
+            )
         return False, ""
     if state.state == "installed":
         return True, ""
@@ -148,13 +151,15 @@ def choose_engine(conninfo: str, migrations: list[Migration], done: dict[str, st
         if state.state == "installed":
             return True, ""
     if layout == "timescaledb":
-        raise MigrationError(f"this database uses {extension} but the extension is not usable: "
-                             f"{preload_hint(state) or state.detail}")
+        raise MigrationError(
+            f"this database uses {extension} but the extension is not usable: {preload_hint(state) or state.detail}"
+        )
     return False, preload_hint(state)
 
 
-def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None,
-            engine_extension: str | None = ENGINE_EXTENSION) -> MigrationReport:
+def migrate(
+    conninfo: str, log: Callable[[str], None] = lambda _m: None, engine_extension: str | None = ENGINE_EXTENSION
+) -> MigrationReport:
     """Apply pending migrations; `engine_extension` is the extension the `.timescale.sql` files need.
 
     `engine_extension=None` gives the plain layout (time partitions) even where TimescaleDB is usable:
@@ -175,7 +180,8 @@ def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None,
                 if mig.key in done:
                     if done[mig.key] not in (mig.checksum, REWORDED.get(mig.key)):
                         raise MigrationError(
-                            f"migration {mig.key} was changed after it was applied; add a new migration instead")
+                            f"migration {mig.key} was changed after it was applied; add a new migration instead"
+                        )
                     already.append(mig.key)
                     continue
                 if mig.timescale and not ts:
@@ -187,7 +193,8 @@ def migrate(conninfo: str, log: Callable[[str], None] = lambda _m: None,
                         conn.execute(mig.sql)
                         conn.execute(
                             "INSERT INTO schema_migrations (key, version, checksum, timescale) VALUES (%s,%s,%s,%s)",
-                            (mig.key, mig.version, mig.checksum, mig.timescale))
+                            (mig.key, mig.version, mig.checksum, mig.timescale),
+                        )
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {mig.key} failed: {str(exc).strip().splitlines()[0]}") from exc
                 applied.append(mig.key)
@@ -223,8 +230,10 @@ def pending_migrations(conninfo: str) -> list[str]:
         if has_table:
             done = {r[0] for r in conn.execute("SELECT key FROM schema_migrations").fetchall()}
         layout = locked_layout(migrations, dict.fromkeys(done, ""))
-        ts = layout == "timescaledb" or (layout is None and bool(conn.execute(
-            "SELECT 1 FROM pg_extension WHERE extname = %s", (ENGINE_EXTENSION,)).fetchone()))
+        ts = layout == "timescaledb" or (
+            layout is None
+            and bool(conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s", (ENGINE_EXTENSION,)).fetchone())
+        )
     return [m.key for m in migrations if m.key not in done and (ts or not m.timescale)]
 
 
@@ -234,8 +243,7 @@ def storage_engine(conninfo: str) -> str:
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=3) as conn:
         done = _applied(conn)
         layout = locked_layout(migrations, done)
-        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = %s",
-                               (ENGINE_EXTENSION,)).fetchone()
+        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = %s", (ENGINE_EXTENSION,)).fetchone()
     if layout == "timescaledb":
         return f"TimescaleDB {version[0] if version else '?'} (hypertables, compression)"
     if layout == "plain":

@@ -56,21 +56,26 @@ class PartitionPlan:
         return add_periods(self.granularity, current, -1), add_periods(self.granularity, current, self.premake)
 
 
-PLANS: Mapping[str, PartitionPlan] = MappingProxyType({p.table: p for p in (
-    PartitionPlan("trades", "trade_time", "day", 3),
-    PartitionPlan("depth_updates", "event_time", "day", 3),
-    PartitionPlan("depth_snapshots", "event_time", "day", 3),
-    PartitionPlan("liquidations", "trade_time", "month", 1),
-    PartitionPlan("mark_prices", "event_time", "month", 1),
-    PartitionPlan("market_indicators", "event_time", "month", 1),
-    PartitionPlan("bars_1m", "open_time", "month", 1),
-    PartitionPlan("features", "eval_time", "month", 1),
-    PartitionPlan("xv_features", "eval_time", "month", 1),
-    PartitionPlan("xv_signals", "eval_time", "month", 1),
-    PartitionPlan("xv_leg_orders", "order_time", "month", 1),
-    PartitionPlan("xv_funding_payments", "funding_time", "month", 1),
-    PartitionPlan("xv_pair_events", "event_time", "month", 1),
-)})
+PLANS: Mapping[str, PartitionPlan] = MappingProxyType(
+    {
+        p.table: p
+        for p in (
+            PartitionPlan("trades", "trade_time", "day", 3),
+            PartitionPlan("depth_updates", "event_time", "day", 3),
+            PartitionPlan("depth_snapshots", "event_time", "day", 3),
+            PartitionPlan("liquidations", "trade_time", "month", 1),
+            PartitionPlan("mark_prices", "event_time", "month", 1),
+            PartitionPlan("market_indicators", "event_time", "month", 1),
+            PartitionPlan("bars_1m", "open_time", "month", 1),
+            PartitionPlan("features", "eval_time", "month", 1),
+            PartitionPlan("xv_features", "eval_time", "month", 1),
+            PartitionPlan("xv_signals", "eval_time", "month", 1),
+            PartitionPlan("xv_leg_orders", "order_time", "month", 1),
+            PartitionPlan("xv_funding_payments", "funding_time", "month", 1),
+            PartitionPlan("xv_pair_events", "event_time", "month", 1),
+        )
+    }
+)
 
 
 def partition_plan(table: str) -> PartitionPlan:
@@ -120,8 +125,14 @@ def count_periods(granularity: Granularity, start: datetime, end: datetime) -> i
 MAX_PARTITIONS_PER_CALL = 400
 
 
-def ensure_partitions(conn: psycopg.Connection, table: str, start: datetime, end: datetime,
-                      *, max_partitions: int = MAX_PARTITIONS_PER_CALL) -> list[str]:
+def ensure_partitions(
+    conn: psycopg.Connection,
+    table: str,
+    start: datetime,
+    end: datetime,
+    *,
+    max_partitions: int = MAX_PARTITIONS_PER_CALL,
+) -> list[str]:
     """Create every missing partition of `table` intersecting [start, end]; return the names created.
 
     Idempotent (existing partitions are left alone) and safe against concurrent callers (the SQL
@@ -136,8 +147,10 @@ def ensure_partitions(conn: psycopg.Connection, table: str, start: datetime, end
         raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
     n = count_periods(plan.granularity, start, end)
     if n > max_partitions:
-        raise ValueError(f"{table}: [{start.isoformat()}, {end.isoformat()}] spans {n} {plan.granularity}s, "
-                         f"more than max_partitions={max_partitions}")
+        raise ValueError(
+            f"{table}: [{start.isoformat()}, {end.isoformat()}] spans {n} {plan.granularity}s, "
+            f"more than max_partitions={max_partitions}"
+        )
     if not is_partitioned(conn, table):
         return []
     with conn.transaction():
@@ -145,8 +158,9 @@ def ensure_partitions(conn: psycopg.Connection, table: str, start: datetime, end
     return [r[0] for r in rows]
 
 
-def ensure_partitions_ahead(conn: psycopg.Connection, now: datetime,
-                            tables: tuple[str, ...] | None = None) -> dict[str, list[str]]:
+def ensure_partitions_ahead(
+    conn: psycopg.Connection, now: datetime, tables: tuple[str, ...] | None = None
+) -> dict[str, list[str]]:
     """What the sink runs at start and hourly: each table's `window(now)`; returns what was created."""
     return {t: ensure_partitions(conn, t, *partition_plan(t).window(now)) for t in (tables or tuple(PLANS))}
 
@@ -168,12 +182,16 @@ def default_partition_rows(conn: psycopg.Connection) -> list[DefaultPartitionRow
     """
     if conn.execute("SELECT to_regproc('tapeflow_default_partition_rows')").fetchone()[0] is None:
         return []
-    rows = conn.execute("SELECT table_name, row_count, first_time, last_time "
-                        "FROM tapeflow_default_partition_rows()").fetchall()
+    rows = conn.execute(
+        "SELECT table_name, row_count, first_time, last_time FROM tapeflow_default_partition_rows()"
+    ).fetchall()
     return [DefaultPartitionRows(*r) for r in rows]
 
 
 def adopt_default_rows(conn: psycopg.Connection) -> dict[str, list[str]]:
     """Create the partitions that rows in DEFAULT partitions belong to, moving those rows there."""
-    return {d.table: ensure_partitions(conn, d.table, d.first_time, d.last_time)
-            for d in default_partition_rows(conn) if d.rows}
+    return {
+        d.table: ensure_partitions(conn, d.table, d.first_time, d.last_time)
+        for d in default_partition_rows(conn)
+        if d.rows
+    }

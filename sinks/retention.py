@@ -44,23 +44,26 @@ class RetentionPolicy:
         return None if self.keep is None else now - self.keep
 
 
-DEFAULTS: Mapping[str, RetentionPolicy] = {p.table: p for p in (
-    RetentionPolicy("trades", None, DAY),
-    RetentionPolicy("depth_updates", 7 * DAY, DAY),
-    RetentionPolicy("depth_snapshots", 30 * DAY, DAY),
-    RetentionPolicy("liquidations", None, 30 * DAY),
-    RetentionPolicy("mark_prices", None, 7 * DAY),
-    RetentionPolicy("market_indicators", None, 30 * DAY),
-    RetentionPolicy("bars_1m", None, 30 * DAY),
-    RetentionPolicy("features", None, 7 * DAY),
-    RetentionPolicy("xv_features", None, 7 * DAY),
-    # the watchlist's trading records: kept like the features they came from; compressed a month on, since
-    # a pair's legs, funding and state keep arriving while it is open (up to a week)
-    RetentionPolicy("xv_signals", None, 30 * DAY),
-    RetentionPolicy("xv_leg_orders", None, 30 * DAY),
-    RetentionPolicy("xv_funding_payments", None, 30 * DAY),
-    RetentionPolicy("xv_pair_events", None, 30 * DAY),
-)}
+DEFAULTS: Mapping[str, RetentionPolicy] = {
+    p.table: p
+    for p in (
+        RetentionPolicy("trades", None, DAY),
+        RetentionPolicy("depth_updates", 7 * DAY, DAY),
+        RetentionPolicy("depth_snapshots", 30 * DAY, DAY),
+        RetentionPolicy("liquidations", None, 30 * DAY),
+        RetentionPolicy("mark_prices", None, 7 * DAY),
+        RetentionPolicy("market_indicators", None, 30 * DAY),
+        RetentionPolicy("bars_1m", None, 30 * DAY),
+        RetentionPolicy("features", None, 7 * DAY),
+        RetentionPolicy("xv_features", None, 7 * DAY),
+        # the watchlist's trading records: kept like the features they came from; compressed a month on, since
+        # a pair's legs, funding and state keep arriving while it is open (up to a week)
+        RetentionPolicy("xv_signals", None, 30 * DAY),
+        RetentionPolicy("xv_leg_orders", None, 30 * DAY),
+        RetentionPolicy("xv_funding_payments", None, 30 * DAY),
+        RetentionPolicy("xv_pair_events", None, 30 * DAY),
+    )
+}
 assert set(DEFAULTS) == set(PLANS), "every time-partitioned table needs a default policy"
 
 
@@ -85,8 +88,12 @@ def protect_since(sink_started: datetime, now: datetime) -> datetime:
 def storage_layout(conn: psycopg.Connection) -> str:
     """'timescaledb' when the tables are hypertables, else 'plain'."""
     row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
-    if row and conn.execute("SELECT 1 FROM timescaledb_information.hypertables "
-                            "WHERE hypertable_name = 'trades'").fetchone():
+    if (
+        row
+        and conn.execute(
+            "SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'trades'"
+        ).fetchone()
+    ):
         return "timescaledb"
     return "plain"
 
@@ -95,14 +102,17 @@ def record_writes(conn: psycopg.Connection, table: str, days: Iterable[date]) ->
     """Remember that `table` received rows for these UTC days now (the retention guard reads it)."""
     days = sorted(set(days))
     if days:
-        conn.execute("INSERT INTO tapeflow_partition_writes (table_name, day, last_write) "
-                     "SELECT %s, d, now() FROM unnest(%s::date[]) AS d "
-                     "ON CONFLICT (table_name, day) DO UPDATE SET last_write = excluded.last_write",
-                     (table, days))
+        conn.execute(
+            "INSERT INTO tapeflow_partition_writes (table_name, day, last_write) "
+            "SELECT %s, d, now() FROM unnest(%s::date[]) AS d "
+            "ON CONFLICT (table_name, day) DO UPDATE SET last_write = excluded.last_write",
+            (table, days),
+        )
 
 
-def drop_expired(conn: psycopg.Connection, policy: RetentionPolicy, now: datetime, guard: datetime,
-                 layout: str | None = None) -> list[str]:
+def drop_expired(
+    conn: psycopg.Connection, policy: RetentionPolicy, now: datetime, guard: datetime, layout: str | None = None
+) -> list[str]:
     """Drop what `policy` says has expired at `now`, except days written since `guard`; names dropped."""
     cutoff = policy.cutoff(now)
     if cutoff is None:
@@ -123,15 +133,22 @@ def _drop_trade_levels(conn: psycopg.Connection, dropped: list[str]) -> None:
     see inserts and deletes, not a dropped partition), so the UI's volume profile keeps equalling the
     trades that remain."""
     plan = PLANS["trades"]
-    days = [datetime.strptime(name.removeprefix("trades_p"), "%Y%m%d").replace(tzinfo=UTC) for name in dropped
-            if name != plan.default_partition]
+    days = [
+        datetime.strptime(name.removeprefix("trades_p"), "%Y%m%d").replace(tzinfo=UTC)
+        for name in dropped
+        if name != plan.default_partition
+    ]
     if days:
-        conn.execute("DELETE FROM trade_levels_1m l USING unnest(%s::timestamptz[]) AS d(day) "
-                     "WHERE l.open_time >= d.day AND l.open_time < d.day + interval '1 day'", (days,))
+        conn.execute(
+            "DELETE FROM trade_levels_1m l USING unnest(%s::timestamptz[]) AS d(day) "
+            "WHERE l.open_time >= d.day AND l.open_time < d.day + interval '1 day'",
+            (days,),
+        )
 
 
-def apply_retention(conn: psycopg.Connection, policies: Mapping[str, RetentionPolicy], now: datetime,
-                    guard: datetime) -> dict[str, list[str]]:
+def apply_retention(
+    conn: psycopg.Connection, policies: Mapping[str, RetentionPolicy], now: datetime, guard: datetime
+) -> dict[str, list[str]]:
     """Every table's drops (see `drop_expired`); {table: dropped partition or chunk names}."""
     layout = storage_layout(conn)
     return {t: drop_expired(conn, p, now, guard, layout) for t, p in policies.items()}
@@ -143,8 +160,10 @@ def _interval(td: timedelta) -> str:
 
 def compression_jobs(conn: psycopg.Connection) -> dict[str, timedelta]:
     """TimescaleDB compression policy per hypertable: {table: compress_after}."""
-    rows = conn.execute("SELECT hypertable_name, (config->>'compress_after')::interval "
-                        "FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'").fetchall()
+    rows = conn.execute(
+        "SELECT hypertable_name, (config->>'compress_after')::interval "
+        "FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'"
+    ).fetchall()
     return {r[0]: r[1] for r in rows}
 
 
@@ -165,8 +184,10 @@ def apply_compression(conn: psycopg.Connection, policies: Mapping[str, Retention
             if current is not None:
                 conn.execute("SELECT remove_compression_policy(%s::regclass, if_exists => true)", (table,))
             if policy.compress_after is not None:
-                conn.execute("SELECT add_compression_policy(%s::regclass, %s::interval)",
-                             (table, _interval(policy.compress_after)))
+                conn.execute(
+                    "SELECT add_compression_policy(%s::regclass, %s::interval)",
+                    (table, _interval(policy.compress_after)),
+                )
         changed[table] = f"compress after {format_duration(policy.compress_after)}"
     return changed
 
@@ -203,8 +224,12 @@ class TableRetentionReport:
         return asdict(self)
 
 
-def retention_report(conn: psycopg.Connection, policies: Mapping[str, RetentionPolicy], now: datetime | None = None,
-                     guard: datetime | None = None) -> list[TableRetentionReport]:
+def retention_report(
+    conn: psycopg.Connection,
+    policies: Mapping[str, RetentionPolicy],
+    now: datetime | None = None,
+    guard: datetime | None = None,
+) -> list[TableRetentionReport]:
     now = now or datetime.now(UTC)
     guard = guard or now - PROTECT_AT_LEAST
     layout = storage_layout(conn)
@@ -213,18 +238,24 @@ def retention_report(conn: psycopg.Connection, policies: Mapping[str, RetentionP
     for table, p in policies.items():
         cutoff = p.cutoff(now)
         if layout == "timescaledb":
-            rows = conn.execute("SELECT chunk_name, range_start, range_end, is_compressed "
-                                "FROM timescaledb_information.chunks WHERE hypertable_name = %s "
-                                "ORDER BY range_start", (table,)).fetchall()
+            rows = conn.execute(
+                "SELECT chunk_name, range_start, range_end, is_compressed "
+                "FROM timescaledb_information.chunks WHERE hypertable_name = %s "
+                "ORDER BY range_start",
+                (table,),
+            ).fetchall()
             pieces = [(r[0], r[1], r[2]) for r in rows]
             compressed = sum(1 for r in rows if r[3])
         else:
-            pieces = conn.execute("SELECT partition_name, range_start, range_end FROM tapeflow_partitions "
-                                  "WHERE table_name = %s AND NOT is_default ORDER BY range_start",
-                                  (table,)).fetchall()
+            pieces = conn.execute(
+                "SELECT partition_name, range_start, range_end FROM tapeflow_partitions "
+                "WHERE table_name = %s AND NOT is_default ORDER BY range_start",
+                (table,),
+            ).fetchall()
             compressed = None
-        written = conn.execute("SELECT day FROM tapeflow_partition_writes WHERE table_name = %s "
-                               "AND last_write >= %s", (table, guard)).fetchall()
+        written = conn.execute(
+            "SELECT day FROM tapeflow_partition_writes WHERE table_name = %s AND last_write >= %s", (table, guard)
+        ).fetchall()
         written_days = [datetime(d[0].year, d[0].month, d[0].day, tzinfo=UTC) for d in written]
         expired, protected = [], []
         oldest_written = min(written_days, default=None)
@@ -237,9 +268,19 @@ def retention_report(conn: psycopg.Connection, policies: Mapping[str, RetentionP
                 keep = any(d < end and d + DAY > start for d in written_days)
             (protected if keep else expired).append(name)
         job = jobs.get(table)
-        out.append(TableRetentionReport(
-            table, format_duration(p.keep), format_duration(p.compress_after) if layout == "timescaledb" else "n/a",
-            "configured" if p.configured else "default", layout, len(pieces), compressed,
-            pieces[0][1] if pieces else None, expired, protected,
-            format_duration(job) if job is not None else (None if layout == "plain" else "none")))
+        out.append(
+            TableRetentionReport(
+                table,
+                format_duration(p.keep),
+                format_duration(p.compress_after) if layout == "timescaledb" else "n/a",
+                "configured" if p.configured else "default",
+                layout,
+                len(pieces),
+                compressed,
+                pieces[0][1] if pieces else None,
+                expired,
+                protected,
+                format_duration(job) if job is not None else (None if layout == "plain" else "none"),
+            )
+        )
     return out

@@ -36,13 +36,23 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
     paths = StackPaths(settings.home)
     # the group carries the prefix like the engine's and executor's: sinks of two prefixes on one
     # cluster must not share (and split) one group
-    config = SinkConfig(topics=topics or default_topics(), topic_prefix=settings.topic_prefix,
-                        group_id=f"{settings.topic_prefix}tapeflow-sink",
-                        retention=resolve_policies(settings.retention), writers=settings.sink_writers,
-                        fetch_wait_ms=settings.sink_fetch_wait_ms, raw_fetch=settings.sink_raw_fetch)
+    config = SinkConfig(
+        topics=topics or default_topics(),
+        topic_prefix=settings.topic_prefix,
+        group_id=f"{settings.topic_prefix}tapeflow-sink",
+        retention=resolve_policies(settings.retention),
+        writers=settings.sink_writers,
+        fetch_wait_ms=settings.sink_fetch_wait_ms,
+        raw_fetch=settings.sink_raw_fetch,
+    )
     metrics = SinkMetrics()
-    sink = TopicSink(config, resolve_broker(settings, paths), resolve_database(settings, paths).writer,
-                     AvroSerde(registry_from_url(settings.schema_registry_url)), metrics)
+    sink = TopicSink(
+        config,
+        resolve_broker(settings, paths),
+        resolve_database(settings, paths).writer,
+        AvroSerde(registry_from_url(settings.schema_registry_url)),
+        metrics,
+    )
     started = time.time()
 
     def health() -> dict:
@@ -54,8 +64,9 @@ async def run_sink(settings: Settings, topics: list[str] | None, metrics_port: i
             detail = f"database writes failing for {down_s:.0f} s ({sink.database_error}); {detail}"
         return {"status": status, "detail": detail}
 
-    runner, port = await serve(build_app(metrics.registry, health, frozenset({"running", "idle"})),
-                               metrics_host, metrics_port)
+    runner, port = await serve(
+        build_app(metrics.registry, health, frozenset({"running", "idle"})), metrics_host, metrics_port
+    )
     log.info("sink started", topics=config.topics, metrics_port=port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

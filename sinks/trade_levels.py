@@ -20,17 +20,25 @@ import psycopg
 def compact_written_days(conn: psycopg.Connection, since: datetime) -> int:
     """Merge the partial rows of every day of ``trades`` written at or after ``since``
     (``tapeflow_partition_writes``); returns the merged rows written (0 on TimescaleDB)."""
-    if conn.execute("SELECT to_regprocedure('tapeflow_compact_trade_levels(timestamptz, timestamptz)')"
-                    ).fetchone()[0] is None:
+    if (
+        conn.execute("SELECT to_regprocedure('tapeflow_compact_trade_levels(timestamptz, timestamptz)')").fetchone()[0]
+        is None
+    ):
         return 0
-    days = [r[0] for r in conn.execute("SELECT day FROM tapeflow_partition_writes WHERE table_name = 'trades' "
-                                       "AND last_write >= %s ORDER BY day", (since,)).fetchall()]
+    days = [
+        r[0]
+        for r in conn.execute(
+            "SELECT day FROM tapeflow_partition_writes WHERE table_name = 'trades' AND last_write >= %s ORDER BY day",
+            (since,),
+        ).fetchall()
+    ]
     left = 0
     for day in days:
         lo = datetime.combine(day, time(), tzinfo=UTC)
         with conn.transaction():
-            left += conn.execute("SELECT tapeflow_compact_trade_levels(%s, %s)",
-                                 (lo, lo + timedelta(days=1))).fetchone()[0]
+            left += conn.execute(
+                "SELECT tapeflow_compact_trade_levels(%s, %s)", (lo, lo + timedelta(days=1))
+            ).fetchone()[0]
     return left
 
 

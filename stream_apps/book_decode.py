@@ -29,8 +29,16 @@ from stream_apps.core.events import BookLevels, BookRecord, BookUpdate, book_fro
 __all__ = ["LAYOUT", "BookDecoder", "decode_book", "decode_book_record"]
 
 _LEVELS = ("array", (("price", "double"), ("qty", "double")))
-LAYOUT = (("exchange", "string"), ("symbol", "string"), ("last_update_id", "long"), ("event_time", "long"),
-          ("receive_time", "long"), ("bids", _LEVELS), ("asks", _LEVELS), ("obi_10", "double"))
+LAYOUT = (
+    ("exchange", "string"),
+    ("symbol", "string"),
+    ("last_update_id", "long"),
+    ("event_time", "long"),
+    ("receive_time", "long"),
+    ("bids", _LEVELS),
+    ("asks", _LEVELS),
+    ("obi_10", "double"),
+)
 _DOUBLE = struct.Struct("<d")
 
 
@@ -48,7 +56,7 @@ def layout(schema: Any, named: dict[str, Any] | None = None) -> Any:
         shape = tuple((f["name"], layout(f["type"], named)) for f in schema["fields"])
         named[schema["name"]] = shape
         if "namespace" in schema:
-            named[f'{schema["namespace"]}.{schema["name"]}'] = shape
+            named[f"{schema['namespace']}.{schema['name']}"] = shape
         return shape
     if kind == "array":
         return ("array", layout(schema["items"], named))
@@ -119,8 +127,8 @@ def _read(data: bytes) -> tuple[str, str, int, int, int, np.ndarray, np.ndarray,
     columns = np.empty(2 * n)
     columns[:n_bids] = bids[:, 0]
     columns[n_bids:n] = asks[:, 0]
-    columns[n:n + n_bids] = bids[:, 1]
-    columns[n + n_bids:] = asks[:, 1]
+    columns[n : n + n_bids] = bids[:, 1]
+    columns[n + n_bids :] = asks[:, 1]
     return exchange, symbol, update_id, event_time, receive_time, bids, asks, obi, BookLevels(columns, n_bids)
 
 
@@ -133,10 +141,19 @@ def decode_book(data: bytes) -> BookUpdate:
 def decode_book_record(data: bytes) -> BookRecord:
     """The same as the record (``AvroSerde.decode``'s dict, equal to it) with its ``columns``."""
     exchange, symbol, update_id, event_time, receive_time, bids, asks, obi, levels = _read(data)
-    return BookRecord({"exchange": exchange, "symbol": symbol, "last_update_id": update_id, "event_time": event_time,
-                       "receive_time": receive_time,
-                       "bids": [{"price": p, "qty": q} for p, q in bids.tolist()],
-                       "asks": [{"price": p, "qty": q} for p, q in asks.tolist()], "obi_10": obi}, levels)
+    return BookRecord(
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "last_update_id": update_id,
+            "event_time": event_time,
+            "receive_time": receive_time,
+            "bids": [{"price": p, "qty": q} for p, q in bids.tolist()],
+            "asks": [{"price": p, "qty": q} for p, q in asks.tolist()],
+            "obi_10": obi,
+        },
+        levels,
+    )
 
 
 class BookDecoder:

@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 import structlog
 
+from stream_apps.faust_app.bulk_consumer import check_tested_releases
 from stream_apps.faust_app.config import (
     INPUT_TOPICS,
     PROGRESS_TOPIC,
     EngineAppConfig,
     shipped_strategy_files,
 )
-from stream_apps.faust_app.bulk_consumer import check_tested_releases
 from stream_apps.faust_app.priming import prime_group_offsets
 from stream_apps.faust_app.worker import ensure_engine_topics, run_worker
 from tapeflow_runtime.endpoints import resolve_broker
@@ -83,14 +83,26 @@ async def run_engine(settings: Settings, *, prime_history_ms: int | None = PRIME
     quiet_library_loggers(config.log_level)
     await asyncio.to_thread(ensure_engine_topics, config)
     if prime_history_ms is not None:
-        primed = await asyncio.to_thread(prime_group_offsets, config.bootstrap, config.app_id,
-                                         [config.topic(t) for t in (*INPUT_TOPICS, PROGRESS_TOPIC)],
-                                         int(time.time() * 1000) - prime_history_ms)
+        primed = await asyncio.to_thread(
+            prime_group_offsets,
+            config.bootstrap,
+            config.app_id,
+            [config.topic(t) for t in (*INPUT_TOPICS, PROGRESS_TOPIC)],
+            int(time.time() * 1000) - prime_history_ms,
+        )
         if primed:
-            log.info("new engine group primed from history", group=config.app_id, partitions=len(primed),
-                     hours=prime_history_ms / 3_600_000)
+            log.info(
+                "new engine group primed from history",
+                group=config.app_id,
+                partitions=len(primed),
+                hours=prime_history_ms / 3_600_000,
+            )
         elif config.wait_for_progress:
             config = config.model_copy(update={"wait_for_progress": False})  # not new: resume, do not wait
-    log.info("engine starting", group=config.app_id, strategies=[p.name for p in config.strategy_files],
-             guarantee=config.processing_guarantee)
+    log.info(
+        "engine starting",
+        group=config.app_id,
+        strategies=[p.name for p in config.strategy_files],
+        guarantee=config.processing_guarantee,
+    )
     return await run_worker(config)  # compiles the kernels before it joins its group

@@ -28,12 +28,21 @@ from backtest.watchlist.cli import register as _register_watchlist  # noqa: E402
 from tapeflow.commands.services import _instrument_rules, _watchlist_traders, watchlist_app  # noqa: E402
 from tapeflow.commands.topics import _ui_consumer_lag  # noqa: E402
 
-__all__ = ["_instrument_rules", "_parse_time", "_ui_consumer_lag", "_use_namespace", "_watchlist_traders", "app",
-           "echo", "fail", "main", "state"]
+__all__ = [
+    "_instrument_rules",
+    "_parse_time",
+    "_ui_consumer_lag",
+    "_use_namespace",
+    "_watchlist_traders",
+    "app",
+    "echo",
+    "fail",
+    "main",
+    "state",
+]
 
 _register_research(app)
 _register_watchlist(watchlist_app)
-
 
 
 def _reflowed(text: str) -> str:
@@ -85,8 +94,7 @@ def main() -> None:
             typer.echo(f"error: broker: {getattr(err, 'str', lambda: str(err))()}", err=True)
             sys.exit(1)
         if psycopg is not None and isinstance(exc, psycopg.Error):
-            typer.echo(f"error: database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
-                       err=True)
+            typer.echo(f"error: database: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}", err=True)
             sys.exit(1)
         raise
 

@@ -51,8 +51,13 @@ class GroupLag:
         return GroupLag(self.group, self.state, self.members, [p for p in self.partitions if p.topic == topic])
 
     def as_dict(self) -> dict:
-        return {"group": self.group, "state": self.state, "members": self.members, "total_lag": self.total,
-                "partitions": [{**asdict(p), "lag": p.lag} for p in self.partitions]}
+        return {
+            "group": self.group,
+            "state": self.state,
+            "members": self.members,
+            "total_lag": self.total,
+            "partitions": [{**asdict(p), "lag": p.lag} for p in self.partitions],
+        }
 
 
 def list_groups(admin: AdminClient) -> list[str]:
@@ -88,8 +93,10 @@ def group_lag(bootstrap: str, group: str, admin: AdminClient | None = None) -> G
     committed = _committed(admin, group)
     ends = _ends(admin, committed)
     state, members = _describe(admin, group)
-    parts = sorted((PartitionLag(tp.topic, tp.partition, tp.offset, ends[(tp.topic, tp.partition)])
-                    for tp in committed), key=lambda p: (p.topic, p.partition))
+    parts = sorted(
+        (PartitionLag(tp.topic, tp.partition, tp.offset, ends[(tp.topic, tp.partition)]) for tp in committed),
+        key=lambda p: (p.topic, p.partition),
+    )
     return GroupLag(group, state, members, parts)
 
 
@@ -102,8 +109,7 @@ def groups_lag(bootstrap: str, group: str | None = None, prefix: str = "") -> li
         found = group_lag(bootstrap, group, admin)
         if not found.partitions:
             mine = [g for g in known if g.startswith(prefix)]
-            raise StackError(f"consumer group {group!r} has no committed offsets "
-                             f"(groups: {', '.join(mine) or 'none'})")
+            raise StackError(f"consumer group {group!r} has no committed offsets (groups: {', '.join(mine) or 'none'})")
         return [found]
     return [group_lag(bootstrap, g, admin) for g in known if g.startswith(prefix)]
 

@@ -28,6 +28,7 @@ from stream_apps.core.durations import parse_duration_ms
 from tapeflow.stack.process import StackError
 from tapeflow_runtime.kafka_client import consumer_config, offsets_for_times
 
+
 def _default(obj):
     if isinstance(obj, (bytes, bytearray)):
         return base64.b64encode(obj).decode()
@@ -59,15 +60,17 @@ def parse_start_time(text: str, now_ms: int) -> int:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise StackError(f"--from {text!r} is neither a duration (10m, 2h, 1d) nor an ISO-8601 time "
-                         "(2024-01-01T12:00:00Z)") from None
+        raise StackError(
+            f"--from {text!r} is neither a duration (10m, 2h, 1d) nor an ISO-8601 time (2024-01-01T12:00:00Z)"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
 
 
-def start_offsets(consumer: Consumer, topic: str, partitions: list[int], from_ms: int | None,
-                  from_beginning: bool) -> list[TopicPartition]:
+def start_offsets(
+    consumer: Consumer, topic: str, partitions: list[int], from_ms: int | None, from_beginning: bool
+) -> list[TopicPartition]:
     """Where each partition starts: its oldest record, the first record at or after ``from_ms``
     (the broker's offsets-by-timestamp lookup: record timestamps are arrival times, LogAppendTime,
     so they grow with the offset and the answer is exact), or its end."""
@@ -80,10 +83,21 @@ def start_offsets(consumer: Consumer, topic: str, partitions: list[int], from_ms
     return [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found]
 
 
-def tail(bootstrap: str, topic: str, registry_url: str | None, *, from_beginning: bool,
-         max_records: int | None, idle_timeout: float | None, symbol: str | None, json_out: bool,
-         out: Callable[[str], None], from_ms: int | None = None, key: str | None = None,
-         follow: bool = False) -> int:
+def tail(
+    bootstrap: str,
+    topic: str,
+    registry_url: str | None,
+    *,
+    from_beginning: bool,
+    max_records: int | None,
+    idle_timeout: float | None,
+    symbol: str | None,
+    json_out: bool,
+    out: Callable[[str], None],
+    from_ms: int | None = None,
+    key: str | None = None,
+    follow: bool = False,
+) -> int:
     """Print the records of ``topic`` (its full name) and return how many were printed.
 
     Starting from the oldest record or from a time, it stops once every partition has been read to
@@ -108,9 +122,23 @@ def tail(bootstrap: str, topic: str, registry_url: str | None, *, from_beginning
 class _Printer:
     """Filters and prints records with their topic name and offset; counts what it printed."""
 
-    def __init__(self, serde: AvroSerde, shown: str, symbol: str | None, key: str | None, json_out: bool,
-                 out: Callable[[str], None]) -> None:
-        self.serde, self.shown, self.symbol, self.key, self.json_out, self.out = serde, shown, symbol, key, json_out, out
+    def __init__(
+        self,
+        serde: AvroSerde,
+        shown: str,
+        symbol: str | None,
+        key: str | None,
+        json_out: bool,
+        out: Callable[[str], None],
+    ) -> None:
+        self.serde, self.shown, self.symbol, self.key, self.json_out, self.out = (
+            serde,
+            shown,
+            symbol,
+            key,
+            json_out,
+            out,
+        )
         self.count = 0
 
     def __call__(self, msg) -> None:
@@ -121,21 +149,34 @@ class _Printer:
         value, error = decode_value(self.serde, msg.value())
         if self.symbol and not _matches_symbol(self.symbol, record_key, value):
             return
-        record = {"topic": self.shown, "partition": msg.partition(), "offset": offset,
-                  "timestamp": ts, "key": record_key, "value": value}
+        record = {
+            "topic": self.shown,
+            "partition": msg.partition(),
+            "offset": offset,
+            "timestamp": ts,
+            "key": record_key,
+            "value": value,
+        }
         if error:
             record["error"] = error
         if self.json_out:
             self.out(orjson.dumps(record, default=_default).decode())
         else:
             self.out(f"{self.shown}[{msg.partition()}]@{offset} key={record_key} ts={ts}")
-            self.out("  " + orjson.dumps(value, default=_default, option=orjson.OPT_INDENT_2).decode()
-                     .replace("\n", "\n  "))
+            self.out(
+                "  " + orjson.dumps(value, default=_default, option=orjson.OPT_INDENT_2).decode().replace("\n", "\n  ")
+            )
         self.count += 1
 
 
-def _read(consumer: Consumer, partitions: set[tuple[str, int]], printer: _Printer, follow: bool,
-          max_records: int | None, idle_timeout: float | None) -> int:
+def _read(
+    consumer: Consumer,
+    partitions: set[tuple[str, int]],
+    printer: _Printer,
+    follow: bool,
+    max_records: int | None,
+    idle_timeout: float | None,
+) -> int:
     at_end: set[tuple[str, int]] = set()
     last = time.monotonic()
     while max_records is None or printer.count < max_records:

@@ -23,8 +23,9 @@ class TopicSpan:
     last_ms: int | None  # newest record over the partitions
 
 
-def topic_spans(bootstrap: str, topics: list[str], *, newest: bool = True,
-                timeout_s: float = 10.0) -> dict[str, TopicSpan]:
+def topic_spans(
+    bootstrap: str, topics: list[str], *, newest: bool = True, timeout_s: float = 10.0
+) -> dict[str, TopicSpan]:
     """topic -> its ``TopicSpan``; ``newest=False`` reads only the oldest records (``last_ms`` None).
     A topic that does not exist is left out."""
     consumer = Consumer(consumer_config(bootstrap, **{"enable.partition.eof": True}))
@@ -42,8 +43,11 @@ def topic_spans(bootstrap: str, topics: list[str], *, newest: bool = True,
         edges = {tp: (lows[tp], highs[tp]) for tp in tps}
         present = {t for t, _ in edges}
         first = _read_at(consumer, {tp: low for tp, (low, high) in edges.items() if high > low}, timeout_s)
-        last = (_read_at(consumer, {tp: high - 1 for tp, (low, high) in edges.items() if high > low}, timeout_s)
-                if newest else {})
+        last = (
+            _read_at(consumer, {tp: high - 1 for tp, (low, high) in edges.items() if high > low}, timeout_s)
+            if newest
+            else {}
+        )
     finally:
         consumer.close()
     out = {}

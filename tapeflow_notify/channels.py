@@ -37,8 +37,12 @@ class Channel:
 
     async def send(self, session: aiohttp.ClientSession, note: Note) -> None:
         try:
-            async with session.post(self._url, data=orjson.dumps(self.body(note), default=str),
-                                    headers={"Content-Type": "application/json"}, timeout=TIMEOUT) as resp:
+            async with session.post(
+                self._url,
+                data=orjson.dumps(self.body(note), default=str),
+                headers={"Content-Type": "application/json"},
+                timeout=TIMEOUT,
+            ) as resp:
                 if resp.status >= 300:
                     raise DeliveryError(f"{self.name}: HTTP {resp.status}")
         except DeliveryError:

@@ -54,8 +54,14 @@ class TokenBucket:
 class ChannelSender:
     """One channel: its bucket, its queue, its sender task and what it held back."""
 
-    def __init__(self, channel: Channel, rate_per_minute: int, metrics: NotifyMetrics,
-                 clock: Callable[[], float] = time.monotonic, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        rate_per_minute: int,
+        metrics: NotifyMetrics,
+        clock: Callable[[], float] = time.monotonic,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
         self.channel = channel
         self.rate = rate_per_minute
         self.metrics = metrics
@@ -123,8 +129,14 @@ class ChannelSender:
 class Dispatcher:
     """Fans each note out to every channel; `run()` drives the senders until cancelled."""
 
-    def __init__(self, channels: list[Channel], rate_per_minute: int, metrics: NotifyMetrics,
-                 clock: Callable[[], float] = time.monotonic, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        channels: list[Channel],
+        rate_per_minute: int,
+        metrics: NotifyMetrics,
+        clock: Callable[[], float] = time.monotonic,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
         self.metrics = metrics
         metrics.expect_channels([c.name for c in channels])
         self.senders = [ChannelSender(c, rate_per_minute, metrics, clock, queue_size) for c in channels]
@@ -150,10 +162,17 @@ class Dispatcher:
         """At shutdown: give queued messages, and the one each sender is delivering, a moment to go out."""
         try:
             await asyncio.wait_for(asyncio.gather(*(s.queue.join() for s in self.senders)), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def health(self) -> dict:
-        channels = {s.channel.name: {"delivered": s.delivered, "queued": s.queue.qsize(), "held": sum(s.held.values()),
-                                     "failing": s.failing} for s in self.senders}
+        channels = {
+            s.channel.name: {
+                "delivered": s.delivered,
+                "queued": s.queue.qsize(),
+                "held": sum(s.held.values()),
+                "failing": s.failing,
+            }
+            for s in self.senders
+        }
         return {"channels": channels, "all_failing": all(s.failing for s in self.senders)}

@@ -32,6 +32,7 @@ from typing import Any
 
 from tapeflow_notify.messages import Note
 
+
 @dataclass(frozen=True)
 class AlertRules:
     """Thresholds of the market alerts (reaching a threshold fires)."""
@@ -49,8 +50,9 @@ class AlertRules:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown alert threshold(s) {', '.join(unknown)}: expected some of "
-                             f"{', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown alert threshold(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}"
+            )
         parsed = {k: float(v) for k, v in values.items()}
         negative = sorted(k for k, v in parsed.items() if not v >= 0)
         if negative:
@@ -113,8 +115,10 @@ def _liquidation_cascade(inputs: Mapping[str, Any], rules: AlertRules) -> str | 
         known = True
         if flag >= 1 and (usd or 0.0) >= rules.liquidation_usd:
             count = _get(inputs, f"liq_{side}_count")
-            parts.append(f"{side}s liquidated: {'' if count is None else f'{count:.0f}, '}"
-                         f"{'-' if usd is None else f'{usd:,.0f}'} USD")
+            parts.append(
+                f"{side}s liquidated: {'' if count is None else f'{count:.0f}, '}"
+                f"{'-' if usd is None else f'{usd:,.0f}'} USD"
+            )
     if not known:
         return None
     return "; ".join(parts) + " (at least: one liquidation a second is reported)" if parts else ""
@@ -131,8 +135,12 @@ def _wall_pulled(inputs: Mapping[str, Any], rules: AlertRules) -> str | None:
     return f"wall{'s' if total != 1 else ''} pulled: {', '.join(sides)}"
 
 
-RULES: dict[str, Rule] = {"oi_spike": _oi_spike, "divergence": _divergence,
-                          "liquidation_cascade": _liquidation_cascade, "wall_pulled": _wall_pulled}
+RULES: dict[str, Rule] = {
+    "oi_spike": _oi_spike,
+    "divergence": _divergence,
+    "liquidation_cascade": _liquidation_cascade,
+    "wall_pulled": _wall_pulled,
+}
 
 
 @dataclass
@@ -174,16 +182,27 @@ class MarketAlerts:
             if episode.last_alert_ms is not None and t - episode.last_alert_ms < self.cooldown_ms:
                 continue  # still armed: alerts once the cooldown is over if the condition holds
             episode.open, episode.last_alert_ms = True, t
-            out.append(Note(kind, f"{kind.replace('_', ' ')} {symbol} ({exchange}): {detail}",
-                            {"exchange": exchange, "symbol": symbol, "eval_time": t, "kind": kind,
-                             "inputs": {k: v for k, v in inputs.items() if k in _FIELDS[kind]}}))
+            out.append(
+                Note(
+                    kind,
+                    f"{kind.replace('_', ' ')} {symbol} ({exchange}): {detail}",
+                    {
+                        "exchange": exchange,
+                        "symbol": symbol,
+                        "eval_time": t,
+                        "kind": kind,
+                        "inputs": {k: v for k, v in inputs.items() if k in _FIELDS[kind]},
+                    },
+                )
+            )
         return out
 
 
 _FIELDS: dict[str, frozenset[str]] = {
     "oi_spike": frozenset({"oi_spike_z", "oi_change_5m"}),
     "divergence": frozenset({"cvd_divergence", "cvd_divergence_price", "cvd_divergence_cvd"}),
-    "liquidation_cascade": frozenset({"liq_cascade_long", "liq_cascade_short", "liq_long_usd", "liq_short_usd",
-                                      "liq_long_count", "liq_short_count"}),
+    "liquidation_cascade": frozenset(
+        {"liq_cascade_long", "liq_cascade_short", "liq_long_usd", "liq_short_usd", "liq_long_count", "liq_short_count"}
+    ),
     "wall_pulled": frozenset({"wall_pulled_bid", "wall_pulled_ask"}),
 }

@@ -42,8 +42,14 @@ POLL_S = 0.5
 
 
 class NotifyService:
-    def __init__(self, settings: Settings, bootstrap: str, dispatcher: Dispatcher, metrics: NotifyMetrics,
-                 rules: AlertRules | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        dispatcher: Dispatcher,
+        metrics: NotifyMetrics,
+        rules: AlertRules | None = None,
+    ) -> None:
         """``rules``: the market alerts' thresholds, parsed by the caller (default: from the settings)."""
         self.settings = settings
         self.dispatcher = dispatcher
@@ -51,10 +57,13 @@ class NotifyService:
         self.serde = AvroSerde(registry_from_url(settings.schema_registry_url))
         self.names = {settings.topic(t): t for t in settings.notify_events}  # topic -> catalogue name
         # `features` among the events turns the market alerts on (tapeflow_notify/market_alerts.py)
-        self.alerts = MarketAlerts(rules if rules is not None else AlertRules.from_mapping(settings.notify_alert_thresholds))
+        self.alerts = MarketAlerts(
+            rules if rules is not None else AlertRules.from_mapping(settings.notify_alert_thresholds)
+        )
         self.group = f"{settings.topic_prefix}tapeflow-notify"
-        self.consumer = Consumer(consumer_config(bootstrap, self.group, **{
-            "enable.auto.commit": True, "auto.offset.reset": "latest"}))
+        self.consumer = Consumer(
+            consumer_config(bootstrap, self.group, **{"enable.auto.commit": True, "auto.offset.reset": "latest"})
+        )
         self.assigned = False
         self.consumer.subscribe(list(self.names), on_assign=self._on_assign, on_revoke=self._on_revoke)
 
@@ -114,9 +123,11 @@ async def run_notifier(settings: Settings, metrics_port: int, metrics_host: str)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if not channels:
-        raise ConfigError("no notification channel configured: set TAPEFLOW_TELEGRAM_BOT_TOKEN and "
-                          "TAPEFLOW_TELEGRAM_CHAT_ID, TAPEFLOW_DISCORD_WEBHOOK_URL or TAPEFLOW_NOTIFY_WEBHOOK_URL "
-                          "(or their *_FILE variants)")
+        raise ConfigError(
+            "no notification channel configured: set TAPEFLOW_TELEGRAM_BOT_TOKEN and "
+            "TAPEFLOW_TELEGRAM_CHAT_ID, TAPEFLOW_DISCORD_WEBHOOK_URL or TAPEFLOW_NOTIFY_WEBHOOK_URL "
+            "(or their *_FILE variants)"
+        )
     try:
         rules = AlertRules.from_mapping(settings.notify_alert_thresholds)
     except ValueError as exc:
@@ -125,10 +136,16 @@ async def run_notifier(settings: Settings, metrics_port: int, metrics_host: str)
     dispatcher = Dispatcher(channels, settings.notify_rate_per_minute, metrics)
     bootstrap = resolve_broker(settings, StackPaths(settings.home))
     service = NotifyService(settings, bootstrap, dispatcher, metrics, rules)
-    runner, port = await serve(build_app(metrics.registry, service.health, frozenset({"running"})),
-                               metrics_host, metrics_port)
-    log.info("notifier started", channels=[c.name for c in channels], events=settings.notify_events,
-             rate_per_minute=settings.notify_rate_per_minute, metrics_port=port)
+    runner, port = await serve(
+        build_app(metrics.registry, service.health, frozenset({"running"})), metrics_host, metrics_port
+    )
+    log.info(
+        "notifier started",
+        channels=[c.name for c in channels],
+        events=settings.notify_events,
+        rate_per_minute=settings.notify_rate_per_minute,
+        metrics_port=port,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,6 +160,9 @@ async def run_notifier(settings: Settings, metrics_port: int, metrics_host: str)
         await asyncio.gather(senders, return_exceptions=True)
         await asyncio.to_thread(service.consumer.close)
         await runner.cleanup()
-    log.info("notifier stopped", seconds=round(time.monotonic() - started, 1),
-             delivered={s.channel.name: s.delivered for s in dispatcher.senders})
+    log.info(
+        "notifier stopped",
+        seconds=round(time.monotonic() - started, 1),
+        delivered={s.channel.name: s.delivered for s in dispatcher.senders},
+    )
     return 0

@@ -38,7 +38,7 @@ def gather(buf, i, end, out, pos):
     if i < 0 or n < -1 or i + max(n, 0) > end:
         return 0, -1, pos
     if n > 0:
-        out[pos:pos + n] = buf[i:i + n]
+        out[pos : pos + n] = buf[i : i + n]
         pos += n
         i += n
     return n, i, pos

@@ -31,8 +31,16 @@ def liveness_kwargs(conninfo: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict
     idle = max(1, round(timeout_s / 2))
     interval = max(1, round(timeout_s / 6))
     user_timeout_ms = int(timeout_s * 1000)
-    server = (f"-c tcp_user_timeout={user_timeout_ms} -c tcp_keepalives_idle={idle} "
-              f"-c tcp_keepalives_interval={interval} -c tcp_keepalives_count=3")
+    server = (
+        f"-c tcp_user_timeout={user_timeout_ms} -c tcp_keepalives_idle={idle} "
+        f"-c tcp_keepalives_interval={interval} -c tcp_keepalives_count=3"
+    )
     existing = psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or ""
-    return {"keepalives": 1, "keepalives_idle": idle, "keepalives_interval": interval, "keepalives_count": 3,
-            "tcp_user_timeout": user_timeout_ms, "options": f"{existing} {server}".strip()}
+    return {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": 3,
+        "tcp_user_timeout": user_timeout_ms,
+        "options": f"{existing} {server}".strip(),
+    }

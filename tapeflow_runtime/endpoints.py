@@ -51,8 +51,9 @@ def embedded_endpoints(settings: Settings, paths: StackPaths, address: str) -> D
         password = read_or_create_secret(paths.secrets_dir / f"postgres-{user}")
         return make_conninfo(host=host, port=port, user=user, password=password, dbname=settings.database_name)
 
-    return DatabaseEndpoints(owner=conninfo(SUPERUSER), writer=conninfo(WRITER_ROLE),
-                             readonly=conninfo(READONLY_ROLE), embedded=True)
+    return DatabaseEndpoints(
+        owner=conninfo(SUPERUSER), writer=conninfo(WRITER_ROLE), readonly=conninfo(READONLY_ROLE), embedded=True
+    )
 
 
 def resolve_broker(settings: Settings, paths: StackPaths) -> str:

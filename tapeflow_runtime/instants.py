@@ -13,7 +13,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-EXPECTED = "expected a date (2024-01-01), a date-time (2024-01-01T12:00, UTC unless it says otherwise) or Unix milliseconds"
+EXPECTED = (
+    "expected a date (2024-01-01), a date-time (2024-01-01T12:00, UTC unless it says otherwise) or Unix milliseconds"
+)
 _ONE_MS = timedelta(milliseconds=1)
 
 

@@ -109,11 +109,18 @@ def start_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: floa
 #: librdkafka's metadata (_UNKNOWN_PARTITION) or has no leader in the broker's metadata cache yet, a
 #: restarted broker is still loading its partitions. A topic that truly does not exist therefore
 #: fails only after the whole timeout.
-_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.OFFSET_NOT_AVAILABLE,
-                  KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
-                  KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
-                  KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
+_LEADER_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.OFFSET_NOT_AVAILABLE,
+    KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -129,8 +136,16 @@ class _NotYet(Exception):
         self.answer = answer
 
 
-def ask_again(call: Callable[[float], T], codes: Collection[int], timeout: float, *, attempt_s: float | None = None,
-              floor_s: float = 0.5, pause_s: float = 0.2, between: Callable[[float], None] | None = None) -> T:
+def ask_again(
+    call: Callable[[float], T],
+    codes: Collection[int],
+    timeout: float,
+    *,
+    attempt_s: float | None = None,
+    floor_s: float = 0.5,
+    pause_s: float = 0.2,
+    between: Callable[[float], None] | None = None,
+) -> T:
     """``call(seconds)`` until it answers, asked again while it raises a KafkaException whose code is in
     ``codes`` (the broker saying "not yet": a coordinator loading, a leader moving, a timeout), up to
     ``timeout``; then, or for any other error, the exception is raised. Each attempt gets what is left
@@ -158,6 +173,7 @@ def offsets_for_times(consumer, wanted: list[TopicPartition], timeout: float) ->
     """``consumer.offsets_for_times``, asked again until ``timeout`` while the broker answers "not yet"
     (``_LEADER_MOVING``), whether librdkafka raises it for the request or sets it on a partition.
     Any other error is left for the caller (raised, or on the partition's ``error``)."""
+
     def ask(seconds: float) -> list[TopicPartition]:
         answer = consumer.offsets_for_times(wanted, timeout=seconds)
         if any(tp.error is not None and tp.error.code() in _LEADER_MOVING for tp in answer):
@@ -173,15 +189,17 @@ def offsets_for_times(consumer, wanted: list[TopicPartition], timeout: float) ->
     return ask_again(ask, _LEADER_MOVING, timeout, between=refresh)
 
 
-def _listed_offsets(consumer, partitions: Iterable[tuple[str, int]], timeout: float,
-                    logical: int) -> dict[tuple[str, int], int]:
+def _listed_offsets(
+    consumer, partitions: Iterable[tuple[str, int]], timeout: float, logical: int
+) -> dict[tuple[str, int], int]:
     """``offsets_for_times`` with a logical offset as the "time" (-1 OFFSET_END, -2 OFFSET_BEGINNING): one
     ListOffsets request for every partition, answered by the broker."""
     wanted = [TopicPartition(t, p, logical) for t, p in partitions]
     if not wanted:
         return {}
-    return {(tp.topic, tp.partition): tp.offset
-            for tp in offsets_for_times(consumer, wanted, timeout) if tp.error is None}
+    return {
+        (tp.topic, tp.partition): tp.offset for tp in offsets_for_times(consumer, wanted, timeout) if tp.error is None
+    }
 
 
 def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float = 10.0):
@@ -190,9 +208,14 @@ def topic_metadata(client, topic: str, timeout_s: float = 60.0, attempt_s: float
     A loaded broker can leave one metadata request unanswered for over 10 s (the CI saw an
     executor's state read die so, mid-rebalance); a live service must wait that out, not crash. Other
     errors, and a broker that stays silent for ``timeout_s``, raise ``KafkaException``."""
-    return ask_again(lambda seconds: client.list_topics(topic, timeout=seconds).topics.get(topic),
-                     (KafkaError._TIMED_OUT, KafkaError._TRANSPORT), timeout_s, attempt_s=attempt_s, floor_s=0.1,
-                     pause_s=0.0)
+    return ask_again(
+        lambda seconds: client.list_topics(topic, timeout=seconds).topics.get(topic),
+        (KafkaError._TIMED_OUT, KafkaError._TRANSPORT),
+        timeout_s,
+        attempt_s=attempt_s,
+        floor_s=0.1,
+        pause_s=0.0,
+    )
 
 
 def broker_health(bootstrap: str, timeout: float = 3.0) -> Health:
@@ -207,8 +230,13 @@ def broker_health(bootstrap: str, timeout: float = 3.0) -> Health:
 #: and transactional producer (InitProducerId v3, TxnOffsetCommit v3: KIP-447's consumer group metadata,
 #: Kafka 2.5), ListOffsets by timestamp with isolation level (v2), and DescribeCluster (Kafka 2.8, which
 #: also stands for "KRaft-era broker"). A broker missing one is refused at start with its name.
-REQUIRED_APIS = {0: ("Produce", 3), 2: ("ListOffsets", 2), 22: ("InitProducerId", 3),
-                 28: ("TxnOffsetCommit", 3), 60: ("DescribeCluster", 0)}
+REQUIRED_APIS = {
+    0: ("Produce", 3),
+    2: ("ListOffsets", 2),
+    22: ("InitProducerId", 3),
+    28: ("TxnOffsetCommit", 3),
+    60: ("DescribeCluster", 0),
+}
 OLDEST_KAFKA = "2.8"
 
 
@@ -241,11 +269,13 @@ def kafka_protocol_problem(bootstrap: str, timeout: float = 3.0) -> str | None:
         error, count = struct.unpack(">hi", answer[4:10])
         if error != 0 or count < 0 or len(answer) < 10 + 6 * count:
             return f"{address} answers, but not as a Kafka broker (ApiVersions error {error})"
-        versions = {key: high for key, _low, high in struct.iter_unpack(">hhh", answer[10:10 + 6 * count])}
+        versions = {key: high for key, _low, high in struct.iter_unpack(">hhh", answer[10 : 10 + 6 * count])}
         missing = [f"{name} v{need}" for key, (name, need) in REQUIRED_APIS.items() if versions.get(key, -1) < need]
         if missing:
-            return (f"{address} is a Kafka broker older than {OLDEST_KAFKA} (it lacks {', '.join(missing)}); "
-                    "tapeflow needs Apache Kafka >= 2.8 (the embedded one is 4.4)")
+            return (
+                f"{address} is a Kafka broker older than {OLDEST_KAFKA} (it lacks {', '.join(missing)}); "
+                "tapeflow needs Apache Kafka >= 2.8 (the embedded one is 4.4)"
+            )
         return None
     return "; ".join(problems) or "no address"
 
@@ -282,8 +312,13 @@ class TopicResult:
     detail: str = ""
 
 
-def ensure_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] | None = None,
-                  timeout: float = 15.0, md_retention_ms: int | None = None) -> list[TopicResult]:
+def ensure_topics(
+    bootstrap: str,
+    prefix: str = "",
+    specs: Iterable[TopicSpec] | None = None,
+    timeout: float = 15.0,
+    md_retention_ms: int | None = None,
+) -> list[TopicResult]:
     """Create every catalogue topic that is missing; existing topics are checked, never altered.
 
     Idempotent: running it twice creates nothing the second time. ``md_retention_ms``: the market
@@ -303,8 +338,17 @@ def ensure_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] |
             else:
                 results.append(TopicResult(name, "exists"))
             continue
-        to_create.append((spec, NewTopic(name, num_partitions=spec.partitions, replication_factor=-1,
-                                         config=topic_configs(spec, md_retention_ms))))
+        to_create.append(
+            (
+                spec,
+                NewTopic(
+                    name,
+                    num_partitions=spec.partitions,
+                    replication_factor=-1,
+                    config=topic_configs(spec, md_retention_ms),
+                ),
+            )
+        )
     if to_create:
         futures = admin.create_topics([nt for _, nt in to_create], operation_timeout=timeout)
         for spec, nt in to_create:
@@ -319,8 +363,9 @@ def ensure_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] |
                 # checked like any existing topic, so a partition mismatch is never reported as "exists"
                 have = _partition_count(admin, nt.topic, timeout)
                 if have != spec.partitions:
-                    results.append(TopicResult(nt.topic, "mismatch",
-                                               f"{have} partitions, catalogue says {spec.partitions}"))
+                    results.append(
+                        TopicResult(nt.topic, "mismatch", f"{have} partitions, catalogue says {spec.partitions}")
+                    )
                 else:
                     results.append(TopicResult(nt.topic, "exists"))
     return results
@@ -364,19 +409,36 @@ def describe_topics(bootstrap: str, names: list[str], timeout: float = 10.0) -> 
             for pid in pids:
                 low, high = lows.get((name, pid), -1), highs.get((name, pid), -1)
                 stable = stables.get((name, pid), -1)
-                parts.append({"partition": pid, "leader": tmd.partitions[pid].leader, "low": low, "high": high,
-                              "last_stable": stable, "open_transaction": 0 <= stable < high})
+                parts.append(
+                    {
+                        "partition": pid,
+                        "leader": tmd.partitions[pid].leader,
+                        "low": low,
+                        "high": high,
+                        "last_stable": stable,
+                        "open_transaction": 0 <= stable < high,
+                    }
+                )
             configs = {}
             try:
                 res = admin.describe_configs([ConfigResource("topic", name)])
                 for _, fut in res.items():
-                    configs = {k: v.value for k, v in fut.result(timeout).items()
-                               if k in ("cleanup.policy", "retention.ms", "compression.type",
-                                       "message.timestamp.type")}
+                    configs = {
+                        k: v.value
+                        for k, v in fut.result(timeout).items()
+                        if k in ("cleanup.policy", "retention.ms", "compression.type", "message.timestamp.type")
+                    }
             except KafkaException:
                 configs = {}
-            out.append({"topic": name, "exists": True, "partitions": parts,
-                        "messages": sum(p["high"] - p["low"] for p in parts), "config": configs})
+            out.append(
+                {
+                    "topic": name,
+                    "exists": True,
+                    "partitions": parts,
+                    "messages": sum(p["high"] - p["low"] for p in parts),
+                    "config": configs,
+                }
+            )
     finally:
         consumer.close()
         committed_reader.close()
@@ -421,8 +483,9 @@ class LagProbe:
             committed = consumer.committed([TopicPartition(t, p) for t, p in parts], timeout=self.timeout_s)
             ends = end_offsets(consumer, parts, self.timeout_s)
             # nothing committed yet: everything from the log start is unread
-            starts = start_offsets(consumer, [(tp.topic, tp.partition) for tp in committed if tp.offset < 0],
-                                   self.timeout_s)
+            starts = start_offsets(
+                consumer, [(tp.topic, tp.partition) for tp in committed if tp.offset < 0], self.timeout_s
+            )
             for tp in committed:
                 high = ends.get((tp.topic, tp.partition), -1)
                 done = tp.offset if tp.offset >= 0 else starts.get((tp.topic, tp.partition), -1)

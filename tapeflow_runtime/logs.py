@@ -21,8 +21,7 @@ NOISY_LIBRARIES = ("faust", "aiokafka", "mode")
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     """Configure structlog and the standard library's root logger; `fmt` is `console` or `json`."""
     numeric = getattr(logging, level.upper())
-    renderer = (structlog.processors.JSONRenderer() if fmt == "json"
-                else structlog.dev.ConsoleRenderer(colors=False))
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     shared = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
@@ -31,10 +30,17 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processor=renderer,
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.PositionalArgumentsFormatter(),
-                           structlog.processors.format_exc_info]))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                *shared,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.PositionalArgumentsFormatter(),
+                structlog.processors.format_exc_info,
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)

@@ -30,8 +30,12 @@ class CommittedOffsetError(TapeflowError):
     """The broker answered a committed-offset request for some partitions with an error."""
 
 
-_COORDINATOR_MOVING = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                       KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError._TIMED_OUT}
+_COORDINATOR_MOVING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError._TIMED_OUT,
+}
 
 
 def committed_offsets(consumer: Consumer, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
@@ -48,8 +52,9 @@ def committed_offsets(consumer: Consumer, partitions: list[TopicPartition], time
     return answer
 
 
-def offsets_at_or_after(bootstrap: str, partitions: Iterable[tuple[str, int]], since_ms: int,
-                        timeout: float = 15.0) -> dict[tuple[str, int], int]:
+def offsets_at_or_after(
+    bootstrap: str, partitions: Iterable[tuple[str, int]], since_ms: int, timeout: float = 15.0
+) -> dict[tuple[str, int], int]:
     """(topic, partition) -> first offset whose timestamp is >= ``since_ms`` (the end when none is).
     A partition the broker answered with an error raises ``OffsetLookupError``, never a guess."""
     wanted = [TopicPartition(t, p, since_ms) for t, p in partitions]

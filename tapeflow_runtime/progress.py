@@ -119,8 +119,17 @@ class ProgressMarkers:
 
     def _publish(self, marker: _Marker) -> None:
         exchange, _, symbol = marker.key.decode().partition(":")
-        self.publisher.publish(PROGRESS_TOPIC, marker.key.decode(), {
-            "exchange": exchange, "symbol": symbol, "source": self.source, "watermark_ms": marker.watermark,
-            "offsets": {self._full[t]: o for t, o in marker.offsets.items()}, "final": marker.final,
-            "sequence": marker.sequence})
+        self.publisher.publish(
+            PROGRESS_TOPIC,
+            marker.key.decode(),
+            {
+                "exchange": exchange,
+                "symbol": symbol,
+                "source": self.source,
+                "watermark_ms": marker.watermark,
+                "offsets": {self._full[t]: o for t, o in marker.offsets.items()},
+                "final": marker.final,
+                "sequence": marker.sequence,
+            },
+        )
         self.published += 1

@@ -76,28 +76,42 @@ class PublishMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "tapeflow_producer") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages_out = Counter(f"{prefix}_messages_out_total", "Records delivered to Kafka", ["topic"],
-                                    registry=r)
-        self.delivery_errors = Counter(f"{prefix}_delivery_errors_total",
-                                       "Kafka delivery failures (each is retried)", ["topic"], registry=r)
+        self.messages_out = Counter(f"{prefix}_messages_out_total", "Records delivered to Kafka", ["topic"], registry=r)
+        self.delivery_errors = Counter(
+            f"{prefix}_delivery_errors_total", "Kafka delivery failures (each is retried)", ["topic"], registry=r
+        )
         # topic = the dead-letter topic written to, reason = the stage that gave up (normalise, decode, ...)
-        self.dlq = Counter(f"{prefix}_dlq_messages_total", "Frames sent to a dead-letter topic",
-                           ["topic", "reason"], registry=r)
+        self.dlq = Counter(
+            f"{prefix}_dlq_messages_total", "Frames sent to a dead-letter topic", ["topic", "reason"], registry=r
+        )
         self.produce_latency = Histogram(
-            f"{prefix}_produce_latency_seconds", "Receive-to-Kafka-acknowledgement latency",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+            f"{prefix}_produce_latency_seconds",
+            "Receive-to-Kafka-acknowledgement latency",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
 
 
 class Publisher:
-    def __init__(self, bootstrap: str, serde: AvroSerde, metrics: PublishMetrics, topic_prefix: str = "",
-                 transactional_id: str | None = None, **producer_overrides: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        serde: AvroSerde,
+        metrics: PublishMetrics,
+        topic_prefix: str = "",
+        transactional_id: str | None = None,
+        **producer_overrides: Any,
+    ) -> None:
         self.serde = serde
         self.metrics = metrics
         self.prefix = topic_prefix
         self.transactional = transactional_id is not None
         if self.transactional:
-            producer_overrides = {"transactional.id": transactional_id,
-                                  "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS, **producer_overrides}
+            producer_overrides = {
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                **producer_overrides,
+            }
         self._producer = Producer(producer_config(bootstrap, **producer_overrides))
         self.in_transaction = False
         self.transaction_records = 0  # records produced into the open transaction
@@ -128,8 +142,14 @@ class Publisher:
         its offset are known exactly; `tapeflow_runtime.progress` builds its markers from that."""
         self._tracked = frozenset(self.prefix + t for t in topics)
 
-    def publish(self, topic: str, key: str, record: dict, receive_time_ms: int | None = None,
-                on_delivered: Callable[[], None] | None = None) -> None:
+    def publish(
+        self,
+        topic: str,
+        key: str,
+        record: dict,
+        receive_time_ms: int | None = None,
+        on_delivered: Callable[[], None] | None = None,
+    ) -> None:
         """Encode `record` for catalogue topic `topic` and produce it keyed by `key`.
 
         `on_delivered` runs once the broker acknowledged the record (used for checkpoints).
@@ -145,8 +165,7 @@ class Publisher:
         stamped by the broker on arrival (`schemas.catalogue`)."""
         self._produce(self.prefix + topic, key, value, None, 0, timestamp_ms=timestamp_ms)
 
-    def dead_letter(self, dlq: str, source: str, raw: bytes, error: str, stage: str,
-                    key: bytes | None = None) -> None:
+    def dead_letter(self, dlq: str, source: str, raw: bytes, error: str, stage: str, key: bytes | None = None) -> None:
         """Send an unusable input to the dead-letter topic `dlq` with its raw bytes and why.
 
         `source` says where it came from or was going (a topic, or `ws:<stream>` for a frame that
@@ -161,9 +180,17 @@ class Publisher:
         self.delivered += 1
         self._acked[topic] = self._acked.get(topic, 0) + 1
 
-    def _failed_one(self, err: KafkaError, topic: str, key: bytes | None, value: bytes,
-                    receive_time_ms: int | None, attempt: int, on_delivered: Callable[[], None] | None,
-                    timestamp_ms: int = 0) -> None:
+    def _failed_one(
+        self,
+        err: KafkaError,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        receive_time_ms: int | None,
+        attempt: int,
+        on_delivered: Callable[[], None] | None,
+        timestamp_ms: int = 0,
+    ) -> None:
         self.metrics.delivery_errors.labels(topic).inc()
         if self.transactional:  # never produced again: the transaction is aborted at its commit
             log.error("delivery failed inside a transaction", topic=topic, error=err.str())
@@ -189,8 +216,16 @@ class Publisher:
         else:
             self._failed_one(err, msg.topic(), msg.key(), msg.value(), None, 0, None)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, receive_time_ms: int | None,
-                 attempt: int, on_delivered: Callable[[], None] | None = None, timestamp_ms: int = 0) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        receive_time_ms: int | None,
+        attempt: int,
+        on_delivered: Callable[[], None] | None = None,
+        timestamp_ms: int = 0,
+    ) -> None:
         if receive_time_ms is not None:
             self._sample += 1
             if self._sample < LATENCY_SAMPLE:
@@ -200,6 +235,7 @@ class Publisher:
         if attempt == 0 and on_delivered is None and receive_time_ms is None and not timestamp_ms:
             on_delivery = self._plain_delivery
         else:
+
             def on_delivery(err: KafkaError | None, msg) -> None:
                 if err is not None:
                     self._failed_one(err, topic, key, value, receive_time_ms, attempt, on_delivered, timestamp_ms)
@@ -302,8 +338,10 @@ class Publisher:
             raise TransactionAborted(reason)
         try:
             if offsets:
-                self._call(lambda left: self._producer.send_offsets_to_transaction(offsets, group_metadata, left),
-                           max(0.1, deadline - time.monotonic()))
+                self._call(
+                    lambda left: self._producer.send_offsets_to_transaction(offsets, group_metadata, left),
+                    max(0.1, deadline - time.monotonic()),
+                )
             self._call(lambda left: self._producer.commit_transaction(left), max(0.1, deadline - time.monotonic()))
         except KafkaException as exc:  # abortable (the group's generation moved on) or the broker unreachable
             self.abort_transaction()

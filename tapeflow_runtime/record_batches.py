@@ -62,8 +62,15 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) the record walk with the argument types the fetcher passes."""
     empty = np.zeros(0, dtype=np.uint8)
     lengths = np.zeros(0, dtype=np.int64)
-    _walk_kernel()(np.frombuffer(b"", dtype=np.uint8),  # read-only, as a fetched record set is
-                   np.zeros((0, 4), dtype=np.int64), empty, empty, lengths, lengths, lengths)
+    _walk_kernel()(
+        np.frombuffer(b"", dtype=np.uint8),  # read-only, as a fetched record set is
+        np.zeros((0, 4), dtype=np.int64),
+        empty,
+        empty,
+        lengths,
+        lengths,
+        lengths,
+    )
 
 
 def _decompress(codec: int, body: bytes) -> bytes:
@@ -80,7 +87,7 @@ def _decompress(codec: int, body: bytes) -> bytes:
             out, pos = [], 16
             while pos < len(body):
                 (n,) = _SIZE.unpack_from(body, pos)
-                out.append(bytes(cramjam.snappy.decompress_raw(body[pos + 4:pos + 4 + n])))
+                out.append(bytes(cramjam.snappy.decompress_raw(body[pos + 4 : pos + 4 + n])))
                 pos += 4 + n
             return b"".join(out)
         return bytes(cramjam.snappy.decompress_raw(body))
@@ -109,20 +116,37 @@ class RecordChunk:
         so the sink's batches keep their size (`SinkConfig.batch_rows`)."""
         vcut = int(np.maximum(self.value_lengths[:n], 0).sum())
         kcut = int(np.maximum(self.key_lengths[:n], 0).sum())
-        head = RecordChunk(self.topic, self.partition, self.values[:vcut], self.value_lengths[:n], self.keys[:kcut],
-                           self.key_lengths[:n], self.record_offsets[:n], int(self.record_offsets[n]))
-        tail = RecordChunk(self.topic, self.partition, self.values[vcut:], self.value_lengths[n:], self.keys[kcut:],
-                           self.key_lengths[n:], self.record_offsets[n:], self.next_offset)
+        head = RecordChunk(
+            self.topic,
+            self.partition,
+            self.values[:vcut],
+            self.value_lengths[:n],
+            self.keys[:kcut],
+            self.key_lengths[:n],
+            self.record_offsets[:n],
+            int(self.record_offsets[n]),
+        )
+        tail = RecordChunk(
+            self.topic,
+            self.partition,
+            self.values[vcut:],
+            self.value_lengths[n:],
+            self.keys[kcut:],
+            self.key_lengths[n:],
+            self.record_offsets[n:],
+            self.next_offset,
+        )
         return head, tail
 
     def records(self) -> list[RawRecord]:
         """One object per record (the slow path: dead letters need each record's bytes and offset)."""
         out: list[RawRecord] = []
         vpos = kpos = 0
-        for vlen, klen, offset in zip(self.value_lengths.tolist(), self.key_lengths.tolist(),
-                                      self.record_offsets.tolist(), strict=True):
-            value = None if vlen < 0 else self.values[vpos:vpos + vlen]
-            key = None if klen < 0 else self.keys[kpos:kpos + klen]
+        for vlen, klen, offset in zip(
+            self.value_lengths.tolist(), self.key_lengths.tolist(), self.record_offsets.tolist(), strict=True
+        ):
+            value = None if vlen < 0 else self.values[vpos : vpos + vlen]
+            key = None if klen < 0 else self.keys[kpos : kpos + klen]
             vpos += max(vlen, 0)
             kpos += max(klen, 0)
             out.append(RawRecord(self.topic, self.partition, offset, key, value))
@@ -173,7 +197,7 @@ def parse_record_set(topic: str, partition: int, data: bytes, fetch_offset: int)
             raise RecordBatchError(f"{topic}[{partition}]: record batch magic {magic} at offset {base}, not 2")
         if length < _BATCH.size - 12 or count < 0:
             raise RecordBatchError(f"{topic}[{partition}]: malformed batch header at offset {base}")
-        body = data[pos + _BATCH.size:end]
+        body = data[pos + _BATCH.size : end]
         nxt = max(nxt, base + last_delta + 1)
         pos = end
         if attrs & _CONTROL or count == 0:
@@ -196,8 +220,9 @@ def parse_record_set(topic: str, partition: int, data: bytes, fetch_offset: int)
     if k != records:
         raise RecordBatchError(f"{topic}[{partition}]: malformed record in the batches from offset {rows[0][3]}")
     if records > 1 and not (np.diff(offsets) > 0).all():
-        raise RecordBatchError(f"{topic}[{partition}]: record offsets not increasing in the batches from offset "
-                               f"{rows[0][3]}")
+        raise RecordBatchError(
+            f"{topic}[{partition}]: record offsets not increasing in the batches from offset {rows[0][3]}"
+        )
     keep = offsets >= fetch_offset
     if not keep.all():  # a batch that began before the position asked for (Kafka answers from its start)
         if not keep.any():
@@ -205,10 +230,19 @@ def parse_record_set(topic: str, partition: int, data: bytes, fetch_offset: int)
         vstart = int(np.maximum(value_len, 0)[~keep].sum())
         kstart = int(np.maximum(key_len, 0)[~keep].sum())
         first = int(np.argmax(keep))
-        return RecordChunk(topic, partition, values[vstart:vbytes].tobytes(), value_len[first:],
-                           keys[kstart:kbytes].tobytes(), key_len[first:], offsets[first:], nxt), nxt
-    return RecordChunk(topic, partition, values[:vbytes].tobytes(), value_len, keys[:kbytes].tobytes(), key_len,
-                       offsets, nxt), nxt
+        return RecordChunk(
+            topic,
+            partition,
+            values[vstart:vbytes].tobytes(),
+            value_len[first:],
+            keys[kstart:kbytes].tobytes(),
+            key_len[first:],
+            offsets[first:],
+            nxt,
+        ), nxt
+    return RecordChunk(
+        topic, partition, values[:vbytes].tobytes(), value_len, keys[:kbytes].tobytes(), key_len, offsets, nxt
+    ), nxt
 
 
 class RawFetcher:
@@ -222,9 +256,15 @@ class RawFetcher:
     from the next `take`.
     """
 
-    def __init__(self, address: str, fetch_wait_ms: int = 500, max_bytes: int = 52_428_800,
-                 partition_max_bytes: int = 10_485_760, queued_bytes: int = 64 << 20,
-                 client_id: str = "tapeflow-raw-fetch") -> None:
+    def __init__(
+        self,
+        address: str,
+        fetch_wait_ms: int = 500,
+        max_bytes: int = 52_428_800,
+        partition_max_bytes: int = 10_485_760,
+        queued_bytes: int = 64 << 20,
+        client_id: str = "tapeflow-raw-fetch",
+    ) -> None:
         host, port = address.rsplit(":", 1)
         self._address = (host, int(port))
         self.fetch_wait_ms = fetch_wait_ms
@@ -322,8 +362,11 @@ class RawFetcher:
         with self._lock:
             while not self._closed:
                 now = time.monotonic()
-                wanted = {key: (offset, self._generation[key]) for key, offset in self._position.items()
-                          if key not in self._paused and self._retry_at.get(key, 0.0) <= now}
+                wanted = {
+                    key: (offset, self._generation[key])
+                    for key, offset in self._position.items()
+                    if key not in self._paused and self._retry_at.get(key, 0.0) <= now
+                }
                 if wanted and self._ready_bytes < self.queued_bytes:
                     return wanted
                 self._lock.wait(0.25)
@@ -386,8 +429,10 @@ class RawFetcher:
                     continue
                 chunk, nxt = parse_record_set(topic, partition, data, offset)
                 if chunk is None and nxt == offset:
-                    raise RecordBatchError(f"{topic}[{partition}]: a record batch at offset {offset} is larger "
-                                           f"than the fetch's {self.partition_max_bytes:,} bytes per partition")
+                    raise RecordBatchError(
+                        f"{topic}[{partition}]: a record batch at offset {offset} is larger "
+                        f"than the fetch's {self.partition_max_bytes:,} bytes per partition"
+                    )
                 with self._lock:
                     if self._generation.get(key) != generation or self._position.get(key) != offset:
                         continue  # unassigned or moved while the fetch was out
@@ -510,9 +555,12 @@ class SplitConsumer:
 
             keys = {(tp.topic, tp.partition) for tp in raw}
             committed = _asked_until_answered(
-                lambda: {(tp.topic, tp.partition): tp.offset
-                         for tp in self.consumer.committed([TopicPartition(t, p) for t, p in sorted(keys)], timeout=10)},
-                keys)
+                lambda: {
+                    (tp.topic, tp.partition): tp.offset
+                    for tp in self.consumer.committed([TopicPartition(t, p) for t, p in sorted(keys)], timeout=10)
+                },
+                keys,
+            )
             offsets = {key: committed.get(key, -1) for key in keys}
             # nothing committed: the partition's first record (auto.offset.reset=earliest), one request for all
             unread = {key for key, offset in offsets.items() if offset < 0}

@@ -44,9 +44,15 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     return runner, bound
 
 
-async def run_thread_with_endpoint(run: Callable[[threading.Event], None], app: web.Application, host: str,
-                                   port: int, log: Any, stop: threading.Event | None = None,
-                                   started: Callable[[int], None] | None = None) -> bool:
+async def run_thread_with_endpoint(
+    run: Callable[[threading.Event], None],
+    app: web.Application,
+    host: str,
+    port: int,
+    log: Any,
+    stop: threading.Event | None = None,
+    started: Callable[[int], None] | None = None,
+) -> bool:
     """Serve ``app`` (`/metrics`, `/health`), call ``started(bound port)``, then ``run(stop)`` in a thread
     until it returns; SIGINT/SIGTERM set ``stop`` (when this is the main thread). The endpoint is closed
     after. Returns False when ``run`` raised (logged on ``log``): the services with a blocking consumer

@@ -46,8 +46,14 @@ class ConfigError(TapeflowError):
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|min|h|d|w|y)\s*$")
-_UNIT = {"m": timedelta(minutes=1), "min": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
-         "w": timedelta(weeks=1), "y": timedelta(days=365)}
+_UNIT = {
+    "m": timedelta(minutes=1),
+    "min": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+    "y": timedelta(days=365),
+}
 FOREVER = ("forever", "never", "none", "off")
 
 
@@ -71,7 +77,8 @@ class TableRetention(BaseModel):
     model_config = ConfigDict(extra="forbid")
     keep: str | None = Field(default=None, description="How long rows are kept: 90d, 12h, 2w, 1y or forever.")
     compress_after: str | None = Field(
-        default=None, description="TimescaleDB: compress chunks older than this (1d, 7d, ...) or never.")
+        default=None, description="TimescaleDB: compress chunks older than this (1d, 7d, ...) or never."
+    )
 
     @field_validator("keep", "compress_after", mode="before")
     @classmethod
@@ -109,8 +116,9 @@ class Settings(BaseSettings):
         default=None, description="External PostgreSQL/TimescaleDB URL; unset = embedded PostgreSQL."
     )
     database_port: int = Field(default=0, ge=0, le=65535, description="Embedded PostgreSQL port; 0 = free one.")
-    database_name: str = Field(default="tapeflow", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
-                               description="Database the embedded stack creates.")
+    database_name: str = Field(
+        default="tapeflow", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="Database the embedded stack creates."
+    )
     schema_registry_url: str | None = Field(
         default=None, description="Confluent-compatible Schema Registry; unset = file registry in the repo."
     )
@@ -118,104 +126,172 @@ class Settings(BaseSettings):
         default="", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix for every topic (shared clusters, tests)."
     )
     namespace: str = Field(
-        default="", pattern=r"^[A-Za-z0-9_-]*$",
+        default="",
+        pattern=r"^[A-Za-z0-9_-]*$",
         description="Rehearsal namespace (`--input-prefix NAME`): topic_prefix already ends in `NAME.`; "
-                    "services read history `tapeflow replay` copied there, never live topics.")
+        "services read history `tapeflow replay` copied there, never live topics.",
+    )
     exchange: Literal["binance"] = Field(default="binance", description="The venue `up` trades and primes from.")
     source: str = Field(
-        default="live", description="Market data: `live` (the exchange) or `replay:DIR` (a recording, offline).")
-    replay_speed: str = Field(default="1", description="Replay speed: 1x (real time), 10x, ... or max (the x is optional).")
+        default="live", description="Market data: `live` (the exchange) or `replay:DIR` (a recording, offline)."
+    )
+    replay_speed: str = Field(
+        default="1", description="Replay speed: 1x (real time), 10x, ... or max (the x is optional)."
+    )
     warm_start_hours: float = Field(
-        default=25.0, ge=0, le=72, description="A live producer first primes md.* with this many hours of history "
-        "(Binance Vision, REST, or the database) so a new engine group has its 24 h windows at once; 0 = off.")
+        default=25.0,
+        ge=0,
+        le=72,
+        description="A live producer first primes md.* with this many hours of history "
+        "(Binance Vision, REST, or the database) so a new engine group has its 24 h windows at once; 0 = off.",
+    )
     warm_start_detail_minutes: float = Field(
-        default=62.0, ge=0, le=4320, description="The warm start pages trades one by one (REST aggTrades) only for "
+        default=62.0,
+        ge=0,
+        le=4320,
+        description="The warm start pages trades one by one (REST aggTrades) only for "
         "the last this many minutes and takes 1m klines (minute bars: exact for the 4h/24h CVD, bars and ATR) "
         "before, so its REST cost does not grow with the hour of the UTC day; the feature records say what is "
-        "approximated (`approx_until_ms`). 0 = every trade of the window (Vision archives and REST).")
+        "approximated (`approx_until_ms`). 0 = every trade of the window (Vision archives and REST).",
+    )
     metrics_host: str = Field(default="127.0.0.1", description="Where service /metrics and /health listen.")
-    ui: bool = Field(default=True, description="`up` also runs the web UI (`tapeflow ui`): order-flow charts, market "
-                     "overview and the watchlist desk; its login URL (with the token) is printed by `up`.")
-    ui_host: str = Field(default="127.0.0.1", description="Where the web UI listens: loopback unless you mean to "
-                         "expose it (every request needs the token of TAPEFLOW_HOME/secrets/ui-token either way).")
+    ui: bool = Field(
+        default=True,
+        description="`up` also runs the web UI (`tapeflow ui`): order-flow charts, market "
+        "overview and the watchlist desk; its login URL (with the token) is printed by `up`.",
+    )
+    ui_host: str = Field(
+        default="127.0.0.1",
+        description="Where the web UI listens: loopback unless you mean to "
+        "expose it (every request needs the token of TAPEFLOW_HOME/secrets/ui-token either way).",
+    )
     ui_port: int = Field(default=0, ge=0, le=65535, description="Web UI port; 0 = a free one (printed by `up`).")
     watchlist: bool = Field(
-        default=False, description="`up` also runs the cross-venue watchlist service (`tapeflow cross-venue`: "
+        default=False,
+        description="`up` also runs the cross-venue watchlist service (`tapeflow cross-venue`: "
         "xv.features, stored in xv_features); it needs a second venue's producer (`tapeflow produce --exchange "
-        "bybit|okx`) to have pairs.")
+        "bybit|okx`) to have pairs.",
+    )
     watchlist_strategies: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Watchlist strategy files (comma-separated) the watchlist service trades "
-        "as hedged paper pairs (`tapeflow cross-venue --strategy`): xv.signals, xv.orders, xv.funding, xv.pairs.")
+        default_factory=list,
+        description="Watchlist strategy files (comma-separated) the watchlist service trades "
+        "as hedged paper pairs (`tapeflow cross-venue --strategy`): xv.signals, xv.orders, xv.funding, xv.pairs.",
+    )
     watchlist_instrument_rules: Path | None = Field(
-        default=None, description="The venues' lot steps and minimums (`tapeflow watchlist rules --out FILE`) for "
-        "the watchlist strategies' pairs (`cross-venue --instrument-rules`); unset: unrounded quantities.")
+        default=None,
+        description="The venues' lot steps and minimums (`tapeflow watchlist rules --out FILE`) for "
+        "the watchlist strategies' pairs (`cross-venue --instrument-rules`); unset: unrounded quantities.",
+    )
     venues: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["binance"], description="Venues a live `up` runs a producer for (comma-separated: "
-        "binance plus bybit and/or okx), all into the same md.* topics; the others are for the cross-venue watchlist.")
+        default_factory=lambda: ["binance"],
+        description="Venues a live `up` runs a producer for (comma-separated: "
+        "binance plus bybit and/or okx), all into the same md.* topics; the others are for the cross-venue watchlist.",
+    )
     symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_SYMBOLS),
-        description="Binance USD-M symbols (comma-separated, validated); a replay uses the recording's.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level of every process.")
+        description="Binance USD-M symbols (comma-separated, validated); a replay uses the recording's.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of every process."
+    )
     log_format: Literal["console", "json"] = Field(
-        default="console", description="Log lines for people (console) or one JSON object per line (json).")
-    sink_writers: int = Field(default=2, ge=1, le=16,
-                              description="Sink writer threads, each with its own database connection.")
+        default="console", description="Log lines for people (console) or one JSON object per line (json)."
+    )
+    sink_writers: int = Field(
+        default=2, ge=1, le=16, description="Sink writer threads, each with its own database connection."
+    )
     sink_fetch_wait_ms: int = Field(
-        default=2_000, ge=1, le=5_000, description="The sink's fetch wait when nothing is new: Kafka answers a "
-        "fetch as soon as records arrive, so this only spaces the idle fetches of the sink's ~100 partitions.")
+        default=2_000,
+        ge=1,
+        le=5_000,
+        description="The sink's fetch wait when nothing is new: Kafka answers a "
+        "fetch as soon as records arrive, so this only spaces the idle fetches of the sink's ~100 partitions.",
+    )
     sink_raw_fetch: bool = Field(
-        default=True, description="On a one-broker cluster (the embedded Kafka, or an external single node), the "
+        default=True,
+        description="On a one-broker cluster (the embedded Kafka, or an external single node), the "
         "sink fetches trades, liquidations, mark prices and 1-minute bars as whole record batches (no Python "
-        "object per record: about a quarter of the sink's CPU per row); false: every record through librdkafka.")
+        "object per record: about a quarter of the sink's CPU per row); false: every record through librdkafka.",
+    )
     engine_fetch_wait_ms: int = Field(
-        default=500, ge=1, le=1_500, description="The engine's fetch wait when nothing is new (Kafka answers as "
-        "soon as records arrive): spaces its idle fetches.")
+        default=500,
+        ge=1,
+        le=1_500,
+        description="The engine's fetch wait when nothing is new (Kafka answers as "
+        "soon as records arrive): spaces its idle fetches.",
+    )
     market_data_linger_ms: int = Field(
-        default=25, ge=0, le=1_000, description="How long the market-data producers hold a record for its "
+        default=25,
+        ge=0,
+        le=1_000,
+        description="How long the market-data producers hold a record for its "
         "batch (librdkafka's linger.ms): a trade reaches the engine up to this later; larger batches cost "
-        "the broker and the consumers less per record.")
+        "the broker and the consumers less per record.",
+    )
     executor_fetch_wait_ms: int = Field(
-        default=2_000, ge=1, le=5_000, description="The executor's fetch wait when nothing is new (Kafka answers "
-        "as soon as a signal arrives): spaces its idle fetches.")
+        default=2_000,
+        ge=1,
+        le=5_000,
+        description="The executor's fetch wait when nothing is new (Kafka answers "
+        "as soon as a signal arrives): spaces its idle fetches.",
+    )
     topic_retention: str = Field(
-        default="7d", description="How long the broker keeps market data (md.* topics) after it arrived, set when "
-        "the topics are created (30m, 24h, 7d, forever); derived topics keep 30 days, trading records forever.")
-    startup_timeout_s: float = Field(default=60.0, gt=0, description="`up`: how long each service may take to be healthy.")
+        default="7d",
+        description="How long the broker keeps market data (md.* topics) after it arrived, set when "
+        "the topics are created (30m, 24h, 7d, forever); derived topics keep 30 days, trading records forever.",
+    )
+    startup_timeout_s: float = Field(
+        default=60.0, gt=0, description="`up`: how long each service may take to be healthy."
+    )
     stop_timeout_s: float = Field(default=10.0, gt=0, description="`down`: SIGTERM grace before SIGKILL.")
     writer_password: SecretStr | None = Field(
-        default=None, description="External database: LOGIN password given to tapeflow_writer by `db migrate`.")
+        default=None, description="External database: LOGIN password given to tapeflow_writer by `db migrate`."
+    )
     readonly_password: SecretStr | None = Field(
-        default=None, description="External database: LOGIN password given to tapeflow_readonly (Grafana).")
+        default=None, description="External database: LOGIN password given to tapeflow_readonly (Grafana)."
+    )
     retention: dict[str, TableRetention] = Field(
         default_factory=dict,
         description="Per-table retention/compression, e.g. {trades: {keep: 90d, compress_after: 1d}}; "
-                    "unset tables keep the defaults (only raw depth expires).")
+        "unset tables keep the defaults (only raw depth expires).",
+    )
     binance_api_key: SecretStr | None = Field(
-        default=None, description="Binance API key; only `execute --mode testnet|live` uses it.")
+        default=None, description="Binance API key; only `execute --mode testnet|live` uses it."
+    )
     binance_api_secret: SecretStr | None = Field(default=None, description="Binance API secret of that key.")
     binance_rest_url: str | None = Field(
-        default=None, description="Binance USD-M REST base for `execute --mode testnet|live` (default: the mode's).")
+        default=None, description="Binance USD-M REST base for `execute --mode testnet|live` (default: the mode's)."
+    )
     binance_ws_url: str | None = Field(
-        default=None, description="Binance USD-M websocket base for the user-data stream (default: the mode's).")
+        default=None, description="Binance USD-M websocket base for the user-data stream (default: the mode's)."
+    )
     binance_spot_rest_url: str | None = Field(
-        default=None, description="Binance spot REST base where `execute --mode live` checks the key's permissions "
-                                  "(GET /sapi/v1/account/apiRestrictions; default https://api.binance.com).")
+        default=None,
+        description="Binance spot REST base where `execute --mode live` checks the key's permissions "
+        "(GET /sapi/v1/account/apiRestrictions; default https://api.binance.com).",
+    )
     # `tapeflow notify`: each channel is on when its secret is set (tapeflow_notify/channels.py)
     telegram_bot_token: SecretStr | None = Field(default=None, description="`tapeflow notify`: Telegram bot token.")
     telegram_chat_id: str | None = Field(default=None, description="Chat the Telegram bot writes to.")
-    telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://[^/\s]+",
-                                  description="Telegram Bot API base (a proxy, or a local server in tests).")
+    telegram_api_url: str = Field(
+        default="https://api.telegram.org",
+        pattern=r"^https?://[^/\s]+",
+        description="Telegram Bot API base (a proxy, or a local server in tests).",
+    )
     discord_webhook_url: SecretStr | None = Field(default=None, description="`tapeflow notify`: Discord webhook.")
     notify_webhook_url: SecretStr | None = Field(default=None, description="Generic webhook: JSON POST per event.")
-    notify_rate_per_minute: int = Field(default=20, ge=1, le=600,
-                                        description="Messages per minute per channel; the rest is summarised.")
+    notify_rate_per_minute: int = Field(
+        default=20, ge=1, le=600, description="Messages per minute per channel; the rest is summarised."
+    )
     notify_events: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["signals", "fills", "positions", "risk.events"],
-        description="Topics whose events are notified (comma-separated); add `features` for the market alerts.")
+        description="Topics whose events are notified (comma-separated); add `features` for the market alerts.",
+    )
     notify_alert_thresholds: Annotated[dict[str, float], NoDecode] = Field(
         default_factory=dict,
         description="Market-alert thresholds as name=value pairs, e.g. `oi_spike_z=4,cooldown_s=600` "
-                    "(tapeflow_notify/market_alerts.py; unset names keep their defaults).")
+        "(tapeflow_notify/market_alerts.py; unset names keep their defaults).",
+    )
 
     # --- sources -------------------------------------------------------------------------------
     @classmethod
@@ -306,8 +382,14 @@ class Settings(BaseSettings):
     def replay_dir(self) -> Path | None:
         return Path(self.source.removeprefix("replay:")) if self.source.startswith("replay:") else None
 
-    @field_validator("telegram_bot_token", "telegram_chat_id", "discord_webhook_url", "notify_webhook_url",
-                     "watchlist_instrument_rules", mode="before")
+    @field_validator(
+        "telegram_bot_token",
+        "telegram_chat_id",
+        "discord_webhook_url",
+        "notify_webhook_url",
+        "watchlist_instrument_rules",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         """docker-compose passes an unset channel or file as an empty variable: that means off, not ''."""
@@ -349,8 +431,10 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown venue(s) {', '.join(unknown)}: expected binance, bybit, okx")
         if "binance" not in out:
-            raise ValueError("binance is required (the engine's history, warm start and replays are Binance's); "
-                             "add bybit and/or okx beside it")
+            raise ValueError(
+                "binance is required (the engine's history, warm start and replays are Binance's); "
+                "add bybit and/or okx beside it"
+            )
         return out
 
     @field_validator("symbols")
@@ -373,8 +457,16 @@ class Settings(BaseSettings):
         """`TAPEFLOW_<NAME>_FILE=/path` reads a secret from a file (Docker/K8s secrets style)."""
         if not isinstance(data, dict):
             return data
-        for name in ("database_url", "writer_password", "readonly_password", "binance_api_key", "binance_api_secret",
-                     "telegram_bot_token", "discord_webhook_url", "notify_webhook_url"):
+        for name in (
+            "database_url",
+            "writer_password",
+            "readonly_password",
+            "binance_api_key",
+            "binance_api_secret",
+            "telegram_bot_token",
+            "discord_webhook_url",
+            "notify_webhook_url",
+        ):
             path = os.environ.get(f"TAPEFLOW_{name.upper()}_FILE")
             if path and not data.get(name):
                 try:

@@ -117,8 +117,9 @@ def _row(row) -> dict[str, Any]:
 _COLUMNS = "action_id, kind, params, who, reason, requested_time, status, detail, completed_time"
 
 
-def run_once(writer: str, kind: str, nonce: str, params: dict[str, Any], who_: str, reason: str,
-             act: Callable[[], str]) -> tuple[dict[str, Any], bool]:
+def run_once(
+    writer: str, kind: str, nonce: str, params: dict[str, Any], who_: str, reason: str, act: Callable[[], str]
+) -> tuple[dict[str, Any], bool]:
     """Insert the action's row; if this call made it, ``act()`` and record its outcome. Returns the row
     and whether it was a duplicate (a row for this action id existed: nothing was done)."""
     aid = action_id(kind, nonce)
@@ -126,7 +127,8 @@ def run_once(writer: str, kind: str, nonce: str, params: dict[str, Any], who_: s
         made = conn.execute(
             "INSERT INTO ui_actions (action_id, kind, params, who, reason, requested_time, status) "
             "VALUES (%s, %s, %s, %s, %s, now(), 'pending') ON CONFLICT (action_id) DO NOTHING RETURNING action_id",
-            (aid, kind, Jsonb(params), who_, reason)).fetchone()
+            (aid, kind, Jsonb(params), who_, reason),
+        ).fetchone()
         if made is None:
             query = f"SELECT {_COLUMNS} FROM ui_actions WHERE action_id = %s"  # nosec B608 # a constant column list; the value is a parameter
             return _row(conn.execute(query, (aid,)).fetchone()), True
@@ -140,7 +142,7 @@ def run_once(writer: str, kind: str, nonce: str, params: dict[str, Any], who_: s
     return _row(row), False
 
 
-def action_routes(actions: Actions, pool) -> list[Route]:
+def action_routes(actions: Actions, pool) -> list[Route]:  # noqa: C901 - over the complexity limit, to be split
     """The POST endpoints (the token guard has already checked the token, the CSRF value and the origin)
     and the audit list the desk shows (read through the read-only pool)."""
 
@@ -151,7 +153,12 @@ def action_routes(actions: Actions, pool) -> list[Route]:
         modes = body.get("modes") or list(MODES)
         if not isinstance(on, bool) or not isinstance(flatten, bool):
             raise HTTPException(400, "on and flatten: true or false")
-        if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes) or len(set(modes)) < len(modes):
+        if (
+            not isinstance(modes, list)
+            or not modes
+            or any(m not in MODES for m in modes)
+            or len(set(modes)) < len(modes)
+        ):
             raise HTTPException(400, f"modes: some of {', '.join(MODES)}")
         try:
             kill_switch_record(on, modes[0], 0, flatten=flatten)  # the CLI's checks (flatten only with on)
@@ -163,8 +170,9 @@ def action_routes(actions: Actions, pool) -> list[Route]:
             records = actions.publish_kill_switch(on, modes, flatten)
             return "; ".join(f"{r['mode']}: {r['decision']}" for r in records) + " (acknowledged by the broker)"
 
-        row, duplicate = await asyncio.to_thread(run_once, actions.writer, "kill_switch", nonce, params, who(request),
-                                                 reason, act)
+        row, duplicate = await asyncio.to_thread(
+            run_once, actions.writer, "kill_switch", nonce, params, who(request), reason, act
+        )
         if duplicate and row["params"] != params:
             raise HTTPException(409, "this form's nonce was already used for another action")
         return JSONResponse(row | {"duplicate": duplicate}, status_code=200 if row["status"] != "failed" else 502)
@@ -172,14 +180,25 @@ def action_routes(actions: Actions, pool) -> list[Route]:
     def strategy_of(name: Any):
         strategy = actions.strategies.get(name) if isinstance(name, str) else None
         if strategy is None:
-            raise HTTPException(400, "strategy: one the stack trades (" + (", ".join(actions.strategies) or
-                                "none: set TAPEFLOW_WATCHLIST_STRATEGIES") + ")")
+            raise HTTPException(
+                400,
+                "strategy: one the stack trades ("
+                + (", ".join(actions.strategies) or "none: set TAPEFLOW_WATCHLIST_STRATEGIES")
+                + ")",
+            )
         return strategy
 
     def pair_venues(params) -> tuple[str, str, str]:
         coin, sell, buy = (params.get(k) for k in ("coin", "sell_venue", "buy_venue"))
-        if not (isinstance(coin, str) and COIN.match(coin) and isinstance(sell, str) and VENUE.match(sell)
-                and isinstance(buy, str) and VENUE.match(buy) and sell != buy):
+        if not (
+            isinstance(coin, str)
+            and COIN.match(coin)
+            and isinstance(sell, str)
+            and VENUE.match(sell)
+            and isinstance(buy, str)
+            and VENUE.match(buy)
+            and sell != buy
+        ):
             raise HTTPException(400, "coin, sell_venue and buy_venue: a coin (BTC) and two different venues")
         return coin, sell, buy
 
@@ -215,17 +234,42 @@ def action_routes(actions: Actions, pool) -> list[Route]:
             raise HTTPException(404, f"no evaluation of {coin} {sell} -> {buy} at {at}")
         aid = action_id("pair_open", nonce)
         pid = pair_id(manual_signal_id(strategy, aid))
-        params = {"strategy": strategy.name, "coin": coin, "sell_venue": sell, "buy_venue": buy, "shown_time": at,
-                  "spread_sweep": shown["spread_sweep"], "four_fees": shown["four_fees"],
-                  "break_even_hours": shown["break_even_hours"], "notional_usd": shown["notional_usd"], "pair_id": pid}
+        params = {
+            "strategy": strategy.name,
+            "coin": coin,
+            "sell_venue": sell,
+            "buy_venue": buy,
+            "shown_time": at,
+            "spread_sweep": shown["spread_sweep"],
+            "four_fees": shown["four_fees"],
+            "break_even_hours": shown["break_even_hours"],
+            "notional_usd": shown["notional_usd"],
+            "pair_id": pid,
+        }
         who_ = who(request)
 
         def act() -> str:
-            publish(command_record(aid, "open", strategy.name, coin, who_, reason, sell_venue=sell,
-                                   sell_symbol=shown["sell_symbol"], buy_venue=buy, buy_symbol=shown["buy_symbol"],
-                                   notional_usd=shown["notional_usd"], shown_spread=shown["spread_sweep"], shown_time=at))
-            return (f"open command sent to {strategy.name} on xv.commands (acknowledged by the broker): pair {pid} "
-                    "at its newest books")
+            publish(
+                command_record(
+                    aid,
+                    "open",
+                    strategy.name,
+                    coin,
+                    who_,
+                    reason,
+                    sell_venue=sell,
+                    sell_symbol=shown["sell_symbol"],
+                    buy_venue=buy,
+                    buy_symbol=shown["buy_symbol"],
+                    notional_usd=shown["notional_usd"],
+                    shown_spread=shown["spread_sweep"],
+                    shown_time=at,
+                )
+            )
+            return (
+                f"open command sent to {strategy.name} on xv.commands (acknowledged by the broker): pair {pid} "
+                "at its newest books"
+            )
 
         return await _once(actions, "pair_open", nonce, params, who_, reason, act)
 
@@ -244,9 +288,21 @@ def action_routes(actions: Actions, pool) -> list[Route]:
         who_ = who(request)
 
         def act() -> str:
-            publish(command_record(action_id("pair_close", nonce), "close", pair["strategy"], pair["coin"], who_, reason,
-                                   sell_venue=pair["short_venue"], sell_symbol=pair["short_symbol"],
-                                   buy_venue=pair["long_venue"], buy_symbol=pair["long_symbol"], pair_id=pid))
+            publish(
+                command_record(
+                    action_id("pair_close", nonce),
+                    "close",
+                    pair["strategy"],
+                    pair["coin"],
+                    who_,
+                    reason,
+                    sell_venue=pair["short_venue"],
+                    sell_symbol=pair["short_symbol"],
+                    buy_venue=pair["long_venue"],
+                    buy_symbol=pair["long_symbol"],
+                    pair_id=pid,
+                )
+            )
             return f"close command sent to {pair['strategy']} on xv.commands (acknowledged by the broker): pair {pid}"
 
         return await _once(actions, "pair_close", nonce, params, who_, reason, act)
@@ -255,23 +311,37 @@ def action_routes(actions: Actions, pool) -> list[Route]:
         with pool.connection() as conn:
             query = f"SELECT {_COLUMNS} FROM ui_actions ORDER BY requested_time DESC LIMIT 50"  # nosec B608 # a constant column list
             rows = conn.execute(query).fetchall()
-            answers = {cid: {"status": st, "detail": d, "acted_time": t} for cid, st, d, t in conn.execute(
-                "SELECT command_id, status, detail, extract(epoch FROM acted_time)::float8 FROM xv_commands "
-                "WHERE status <> 'requested' AND command_id = ANY(%s)", ([r[0] for r in rows],)).fetchall()}
-            switch = conn.execute("SELECT DISTINCT ON (mode) mode, decision, extract(epoch FROM event_time)::bigint "
-                                  "FROM risk_events WHERE scope = 'kill_switch' ORDER BY mode, event_time DESC").fetchall()
-        return JSONResponse({"actions": [_row(r) | {"answer": answers.get(r[0])} for r in rows],
-                             "kill_switch": {m: {"decision": d, "time": t} for m, d, t in switch}})
+            answers = {
+                cid: {"status": st, "detail": d, "acted_time": t}
+                for cid, st, d, t in conn.execute(
+                    "SELECT command_id, status, detail, extract(epoch FROM acted_time)::float8 FROM xv_commands "
+                    "WHERE status <> 'requested' AND command_id = ANY(%s)",
+                    ([r[0] for r in rows],),
+                ).fetchall()
+            }
+            switch = conn.execute(
+                "SELECT DISTINCT ON (mode) mode, decision, extract(epoch FROM event_time)::bigint "
+                "FROM risk_events WHERE scope = 'kill_switch' ORDER BY mode, event_time DESC"
+            ).fetchall()
+        return JSONResponse(
+            {
+                "actions": [_row(r) | {"answer": answers.get(r[0])} for r in rows],
+                "kill_switch": {m: {"decision": d, "time": t} for m, d, t in switch},
+            }
+        )
 
-    return [Route("/api/actions/kill-switch", kill_switch, methods=["POST"]),
-            Route("/api/actions/pair-open", pair_open, methods=["POST"]),
-            Route("/api/actions/pair-close", pair_close, methods=["POST"]),
-            Route("/api/desk/quote", quote),
-            Route("/api/actions", recent)]
+    return [
+        Route("/api/actions/kill-switch", kill_switch, methods=["POST"]),
+        Route("/api/actions/pair-open", pair_open, methods=["POST"]),
+        Route("/api/actions/pair-close", pair_close, methods=["POST"]),
+        Route("/api/desk/quote", quote),
+        Route("/api/actions", recent),
+    ]
 
 
-async def _once(actions: Actions, kind: str, nonce: str, params: dict[str, Any], who_: str, reason: str,
-                act: Callable[[], str]) -> Response:
+async def _once(
+    actions: Actions, kind: str, nonce: str, params: dict[str, Any], who_: str, reason: str, act: Callable[[], str]
+) -> Response:
     row, duplicate = await asyncio.to_thread(run_once, actions.writer, kind, nonce, params, who_, reason, act)
     if duplicate and row["params"] != params:
         raise HTTPException(409, "this form's nonce was already used for another action")

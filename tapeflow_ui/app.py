@@ -88,8 +88,15 @@ def _number(request: Request, name: str) -> float | None:
 class UI:
     """The views over one read-only connection pool."""
 
-    def __init__(self, pool: ConnectionPool, lag: ov.LagWatch | None = None, live: LiveFollower | None = None,
-                 refresh_s: dict[str, float] | None = None, settle_s: float = SETTLE_S, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        lag: ov.LagWatch | None = None,
+        live: LiveFollower | None = None,
+        refresh_s: dict[str, float] | None = None,
+        settle_s: float = SETTLE_S,
+        poll_s: float = POLL_S,
+    ) -> None:
         self.pool = pool
         self.lag = lag
         self.live = live  # the stream follows the topics (None: it polls the database)
@@ -109,8 +116,9 @@ class UI:
         default = q.default_range(conn, symbol, tf)
         if default is None:
             raise HTTPException(404, f"no bars stored for {symbol}")
-        rng = q.Range(q.from_ts(start) if start is not None else default.start,
-                      q.from_ts(end) if end is not None else default.end)
+        rng = q.Range(
+            q.from_ts(start) if start is not None else default.start, q.from_ts(end) if end is not None else default.end
+        )
         if rng.seconds <= 0 or rng.seconds > MAX_RANGE_S:
             raise HTTPException(400, "from/to: a range of up to 7 days, from before to")
         return rng
@@ -128,19 +136,34 @@ class UI:
         symbol, tf = _symbol(request), _timeframe(request)
         with self.pool.connection() as conn:
             rng = self._range(conn, request, symbol, tf)
-            return ORJSONResponse({
-                "symbol": symbol, "timeframe": tf, "from": q.ts(rng.start), "to": q.ts(rng.end),
-                "step": self._step(conn, request, symbol, rng),
-                "candles": q.candles(conn, symbol, tf, rng, self.timescale(conn)),
-                "signals": q.signals(conn, symbol, rng), "liquidations": q.liquidations(conn, symbol, rng)})
+            return ORJSONResponse(
+                {
+                    "symbol": symbol,
+                    "timeframe": tf,
+                    "from": q.ts(rng.start),
+                    "to": q.ts(rng.end),
+                    "step": self._step(conn, request, symbol, rng),
+                    "candles": q.candles(conn, symbol, tf, rng, self.timescale(conn)),
+                    "signals": q.signals(conn, symbol, rng),
+                    "liquidations": q.liquidations(conn, symbol, rng),
+                }
+            )
 
     def footprint(self, request: Request) -> Response:
         symbol, tf = _symbol(request), _timeframe(request)
         with self.pool.connection() as conn:
             rng = self._range(conn, request, symbol, tf)
             bar = _number(request, "bar")
-            return ORJSONResponse(q.footprint(conn, symbol, tf, rng, self._step(conn, request, symbol, rng),
-                                              around=None if bar is None else q.from_ts(bar)))
+            return ORJSONResponse(
+                q.footprint(
+                    conn,
+                    symbol,
+                    tf,
+                    rng,
+                    self._step(conn, request, symbol, rng),
+                    around=None if bar is None else q.from_ts(bar),
+                )
+            )
 
     def profile(self, request: Request) -> Response:
         symbol, tf = _symbol(request), _timeframe(request)
@@ -176,16 +199,25 @@ class UI:
         if stream not in (None, "md.trades", "md.depth"):
             raise HTTPException(400, "stream: md.trades (trade-id holes) or md.depth (book resyncs)")
         with self.pool.connection() as conn:
-            rows = conn.execute("SELECT symbol, stream, from_id, to_id, extract(epoch FROM detected_time)::bigint, "
-                                "reason FROM data_gaps WHERE %(s)s::text IS NULL OR stream = %(s)s "
-                                "ORDER BY detected_time DESC LIMIT 500", {"s": stream}).fetchall()
-        return ORJSONResponse([{"symbol": r[0], "stream": r[1], "from_id": r[2], "to_id": r[3], "detected": r[4],
-                                "reason": r[5]} for r in rows])
+            rows = conn.execute(
+                "SELECT symbol, stream, from_id, to_id, extract(epoch FROM detected_time)::bigint, "
+                "reason FROM data_gaps WHERE %(s)s::text IS NULL OR stream = %(s)s "
+                "ORDER BY detected_time DESC LIMIT 500",
+                {"s": stream},
+            ).fetchall()
+        return ORJSONResponse(
+            [
+                {"symbol": r[0], "stream": r[1], "from_id": r[2], "to_id": r[3], "detected": r[4], "reason": r[5]}
+                for r in rows
+            ]
+        )
 
     def errors(self, request: Request) -> Response:
         with self.pool.connection() as conn:
-            rows = conn.execute("SELECT source_topic, stage, error, extract(epoch FROM event_time)::bigint "
-                                "FROM pipeline_errors ORDER BY event_time DESC LIMIT 200").fetchall()
+            rows = conn.execute(
+                "SELECT source_topic, stage, error, extract(epoch FROM event_time)::bigint "
+                "FROM pipeline_errors ORDER BY event_time DESC LIMIT 200"
+            ).fetchall()
         return ORJSONResponse([{"topic": r[0], "stage": r[1], "error": r[2], "time": r[3]} for r in rows])
 
     def desk(self, request: Request) -> Response:
@@ -273,7 +305,9 @@ class UI:
                     yield _event("signal", item)
                 elif kind == "bar":
                     if seconds > 60 and fold.is_new(item):  # a new bar: its minutes stored already (if any)
-                        for minute in await asyncio.to_thread(self.bucket_minutes, symbol, tf, fold.bucket(item["time"])):
+                        for minute in await asyncio.to_thread(
+                            self.bucket_minutes, symbol, tf, fold.bucket(item["time"])
+                        ):
                             fold.add(minute)
                     if fold.add(item) and (bar := fold.bar()) != last:
                         last = bar
@@ -299,7 +333,6 @@ class UI:
                 return False
             await asyncio.sleep(0.5)
         return True
-
 
     async def overview_stream(self, request: Request) -> Response:
         return self.view_stream(request, "overview")
@@ -381,11 +414,21 @@ def _event(name: str, data) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size: int = 4,
-               actions: Actions | None = None, consumer_lag: Callable[[], list[dict]] | None = None,
-               lag_limits: tuple[int, int] = (ov.LAG_WARN, ov.LAG_BAD), lag_refresh_s: float = ov.LAG_REFRESH_S,
-               live: LiveFollower | None = None, refresh_s: dict[str, float] | None = None,
-               settle_s: float = SETTLE_S, poll_s: float = POLL_S) -> Starlette:
+def create_app(
+    conninfo: str,
+    token: str,
+    *,
+    host: str = "127.0.0.1",
+    pool_size: int = 4,
+    actions: Actions | None = None,
+    consumer_lag: Callable[[], list[dict]] | None = None,
+    lag_limits: tuple[int, int] = (ov.LAG_WARN, ov.LAG_BAD),
+    lag_refresh_s: float = ov.LAG_REFRESH_S,
+    live: LiveFollower | None = None,
+    refresh_s: dict[str, float] | None = None,
+    settle_s: float = SETTLE_S,
+    poll_s: float = POLL_S,
+) -> Starlette:
     """The application reading ``conninfo`` (the read-only role; every transaction read-only too);
     with ``actions`` the desk's manual actions too (``tapeflow_ui.actions``); with ``consumer_lag``
     (the groups' lag, as ``tapeflow topics lag --json``) the overview's consumer-lag light, refreshed in
@@ -395,8 +438,14 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
     # jit off: the views are index lookups and bounded scans answering in milliseconds; a misestimated
     # row count (a LATERAL over generate_series, a partition's stale statistics) made PostgreSQL spend
     # ~0.6 s compiling a 60 ms query
-    pool = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=False, name="tapeflow-ui",
-                          kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000 -c jit=off"})
+    pool = ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=pool_size,
+        open=False,
+        name="tapeflow-ui",
+        kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000 -c jit=off"},
+    )
     lag = None if consumer_lag is None else ov.LagWatch(consumer_lag, lag_refresh_s, *lag_limits)
     ui = UI(pool, lag, live, refresh_s, settle_s, poll_s)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -404,12 +453,18 @@ def create_app(conninfo: str, token: str, *, host: str = "127.0.0.1", pool_size:
 
     def page(name: str, title: str, **extra) -> Callable:
         def endpoint(request: Request) -> Response:
-            context = {"title": title, "csrf": csrf, "page": name, "actions": actions is not None,
-                       "strategies": list(actions.strategies) if actions is not None and actions.publish_command else [],
-                       **extra}
+            context = {
+                "title": title,
+                "csrf": csrf,
+                "page": name,
+                "actions": actions is not None,
+                "strategies": list(actions.strategies) if actions is not None and actions.publish_command else [],
+                **extra,
+            }
             if "symbol" in request.path_params:
                 context["symbol"] = _symbol(request)
             return templates.TemplateResponse(request, f"{name}.html", context)
+
         return endpoint
 
     def health(request: Request) -> Response:

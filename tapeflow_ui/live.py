@@ -73,23 +73,42 @@ RETRY_S = 30.0
 CHECK_S = 2.0
 EXCHANGE = "binance"  # the pages' venue (queries.EXCHANGE)
 #: what a broker answers about a topic it has created but not yet given a leader everywhere
-NEW_TOPIC_CODES = frozenset((KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.OFFSET_NOT_AVAILABLE))
+NEW_TOPIC_CODES = frozenset(
+    (
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+    )
+)
 
 
 def bar_event(record: dict) -> dict:
     """A ``bars.1m`` record as the pages' 1-minute bar (``queries.candles``' fields, times in seconds)."""
-    return {"time": record["open_time"] // 1000, "open": record["open"], "high": record["high"],
-            "low": record["low"], "close": record["close"], "volume": record["volume"],
-            "bought": record["buy_volume"], "sold": record["sell_volume"]}
+    return {
+        "time": record["open_time"] // 1000,
+        "open": record["open"],
+        "high": record["high"],
+        "low": record["low"],
+        "close": record["close"],
+        "volume": record["volume"],
+        "bought": record["buy_volume"],
+        "sold": record["sell_volume"],
+    }
 
 
 def signal_event(record: dict) -> dict:
     """A ``signals`` record as ``queries.signals`` gives it (with its symbol: the overview's timeline)."""
-    return {"time": record["eval_time"] // 1000, "symbol": record["symbol"], "direction": record["direction"],
-            "tier": record["tier"],
-            "score": record["score"], "price": record["price"], "strategy": record["strategy"],
-            "signal_id": record["signal_id"]}
+    return {
+        "time": record["eval_time"] // 1000,
+        "symbol": record["symbol"],
+        "direction": record["direction"],
+        "tier": record["tier"],
+        "score": record["score"],
+        "price": record["price"],
+        "strategy": record["strategy"],
+        "signal_id": record["signal_id"],
+    }
 
 
 class BarFold:
@@ -126,9 +145,17 @@ class BarFold:
             return None
         ms = [self.minutes[t] for t in sorted(self.minutes)]
         bought, sold = sum(m["bought"] for m in ms), sum(m["sold"] for m in ms)
-        return {"time": self.start, "open": ms[0]["open"], "high": max(m["high"] for m in ms),
-                "low": min(m["low"] for m in ms), "close": ms[-1]["close"], "volume": sum(m["volume"] for m in ms),
-                "bought": bought, "sold": sold, "delta": bought - sold}
+        return {
+            "time": self.start,
+            "open": ms[0]["open"],
+            "high": max(m["high"] for m in ms),
+            "low": min(m["low"] for m in ms),
+            "close": ms[-1]["close"],
+            "volume": sum(m["volume"] for m in ms),
+            "bought": bought,
+            "sold": sold,
+            "delta": bought - sold,
+        }
 
 
 class Throttle:
@@ -164,8 +191,9 @@ class Listener:
     topic)`` for its ``CHANGE`` topics (at most one queued per topic: taken with ``seen``), or
     ``("poll", reason)`` when the broker cannot be read. ``symbol`` None: every symbol's records."""
 
-    def __init__(self, symbol: str | None, loop: asyncio.AbstractEventLoop,
-                 topics: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, symbol: str | None, loop: asyncio.AbstractEventLoop, topics: dict[str, str] | None = None
+    ) -> None:
         self.symbol, self.loop = symbol, loop
         self.topics = dict(VIEWS["chart"] if topics is None else topics)
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -193,9 +221,16 @@ class LiveFollower:
     yet makes it add that topic (from its end, then the page is told ``live``); topics no page wants
     any more are dropped, except while nobody listens (the linger keeps what was read)."""
 
-    def __init__(self, bootstrap: Callable[[], str], serde: AvroSerde, prefix: str,
-                 linger_s: float = LINGER_S, fetch_wait_ms: int = FETCH_WAIT_MS, retry_s: float = RETRY_S,
-                 check_s: float = CHECK_S) -> None:
+    def __init__(
+        self,
+        bootstrap: Callable[[], str],
+        serde: AvroSerde,
+        prefix: str,
+        linger_s: float = LINGER_S,
+        fetch_wait_ms: int = FETCH_WAIT_MS,
+        retry_s: float = RETRY_S,
+        check_s: float = CHECK_S,
+    ) -> None:
         self.bootstrap, self.serde, self.prefix = bootstrap, serde, prefix
         self.linger_s, self.fetch_wait_ms, self.retry_s = linger_s, fetch_wait_ms, retry_s
         self.check_s = check_s
@@ -302,9 +337,17 @@ class LiveFollower:
         consumer = None
         try:
             bootstrap = self.bootstrap()
-            consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-ui-live-{uuid.uuid4().hex[:8]}", **{
-                "fetch.wait.max.ms": self.fetch_wait_ms,
-                "auto.offset.reset": "latest", "allow.auto.create.topics": False}))
+            consumer = Consumer(
+                consumer_config(
+                    bootstrap,
+                    group_id=f"tapeflow-ui-live-{uuid.uuid4().hex[:8]}",
+                    **{
+                        "fetch.wait.max.ms": self.fetch_wait_ms,
+                        "auto.offset.reset": "latest",
+                        "allow.auto.create.topics": False,
+                    },
+                )
+            )
             with self._lock:
                 self._open += 1
             _Reader(self, consumer, bootstrap).run()
@@ -317,8 +360,11 @@ class LiveFollower:
                 for listener in self._listeners:
                     listener.put("poll", reason)
             if first:
-                log.warning("live updates: cannot read the broker's topics; pages poll the database "
-                            "instead", error=reason, retry_s=self.retry_s)
+                log.warning(
+                    "live updates: cannot read the broker's topics; pages poll the database instead",
+                    error=reason,
+                    retry_s=self.retry_s,
+                )
         finally:
             if consumer is not None:
                 consumer.close()
@@ -385,8 +431,9 @@ class _Reader:
         version, names = self.owner.wanted()
         drop = set(self.followed) - set(names)
         added = [n for n in names if n not in self.followed]
-        self._drop([t for t, n in self.names.items() if n in drop]
-                   + [t for t, (n, _e) in self.waiting.items() if n in drop])
+        self._drop(
+            [t for t, n in self.names.items() if n in drop] + [t for t, (n, _e) in self.waiting.items() if n in drop]
+        )
         for name in added:
             self.waiting[self.owner.prefix + name] = (name, True)
         self._assign_waiting(timeout)
@@ -426,8 +473,12 @@ class _Reader:
         # OFFSET_END lazily after the assignment, and a record published in between (after the pages
         # were told "live") would fall before the end it finds
         ends = self._ends([(tp.topic, tp.partition) for tp in add if tp.offset == OFFSET_END], timeout)
-        add = [TopicPartition(tp.topic, tp.partition, ends.get((tp.topic, tp.partition), tp.offset))
-               if tp.offset == OFFSET_END else tp for tp in add]
+        add = [
+            TopicPartition(tp.topic, tp.partition, ends.get((tp.topic, tp.partition), tp.offset))
+            if tp.offset == OFFSET_END
+            else tp
+            for tp in add
+        ]
         if add:
             self.consumer.incremental_assign(add)
             self.owner.reading = sorted(self.names)

@@ -68,8 +68,7 @@ def value_area(levels: Sequence[Level], share: float = VALUE_AREA_SHARE) -> tupl
     return lo, hi
 
 
-def imbalances(levels: Sequence[Level], ratio: float = IMBALANCE_RATIO, min_qty: float = 0.0
-               ) -> dict[int, str]:
+def imbalances(levels: Sequence[Level], ratio: float = IMBALANCE_RATIO, min_qty: float = 0.0) -> dict[int, str]:
     """{level: "buy" | "sell"} for the diagonal imbalances of one bar's levels (a level that is
     both is marked by its larger side)."""
     by_level = {lv.level: lv for lv in levels}
@@ -94,8 +93,9 @@ def cumulative(values: Iterable[float]) -> list[float]:
     return out
 
 
-def session_vwap(times_s: Sequence[int], quote: Sequence[float], volume: Sequence[float],
-                 session_s: int = 86_400) -> list[float | None]:
+def session_vwap(
+    times_s: Sequence[int], quote: Sequence[float], volume: Sequence[float], session_s: int = 86_400
+) -> list[float | None]:
     """VWAP anchored at each UTC day's start (the session), from per-bar quote volume and volume."""
     out: list[float | None] = []
     day, q_sum, v_sum = None, 0.0, 0.0
@@ -117,6 +117,6 @@ def nice_step(price: float, levels: int = 6000) -> float:
         return 1.0
     raw = price / levels
     exp = math.floor(math.log10(raw))
-    base = raw / 10 ** exp
+    base = raw / 10**exp
     mult = 1 if base < 1.5 else 2 if base < 3.5 else 5 if base < 7.5 else 10
-    return float(f"{mult * 10 ** exp:.12g}")
+    return float(f"{mult * 10**exp:.12g}")

@@ -40,9 +40,13 @@ LAG_ACTIVE_S = 120.0  # LagWatch asks the broker only while a page asked for the
 #: the last VACUUM is not summarized, so "the last 30 min" read every such range (on a day of BTC 55 k
 #: trades and a day of evaluations: ~100 and ~70 ms, growing until autovacuum runs). Trade and book ids
 #: rise with time, so the newest id in the window is the newest row.
-FRESHNESS = {"trades": ("trade_time", "agg_id"), "depth_snapshots": ("event_time", "last_update_id"),
-             "mark_prices": ("event_time", "event_time"), "bars_1m": ("close_time", "open_time"),
-             "features": ("eval_time", "eval_time")}
+FRESHNESS = {
+    "trades": ("trade_time", "agg_id"),
+    "depth_snapshots": ("event_time", "last_update_id"),
+    "mark_prices": ("event_time", "event_time"),
+    "bars_1m": ("close_time", "open_time"),
+    "features": ("eval_time", "eval_time"),
+}
 
 
 def market_table(conn: psycopg.Connection, now: datetime) -> list[dict]:
@@ -60,9 +64,20 @@ def market_table(conn: psycopg.Connection, now: datetime) -> list[dict]:
         "SELECT b.symbol, b.vol, b.price, (b.price / nullif(b.open, 0) - 1), f.funding_rate, "
         "  (oi.last / nullif(oi.first, 0) - 1), b.cvd "
         "FROM b LEFT JOIN f USING (symbol) LEFT JOIN oi USING (symbol) ORDER BY b.vol DESC",
-        {"x": EXCHANGE, "a": day, "b": now}).fetchall()
-    return [{"symbol": r[0], "volume_usd": r[1], "price": r[2], "change": r[3], "funding": r[4], "oi_change": r[5],
-             "cvd": r[6]} for r in rows]
+        {"x": EXCHANGE, "a": day, "b": now},
+    ).fetchall()
+    return [
+        {
+            "symbol": r[0],
+            "volume_usd": r[1],
+            "price": r[2],
+            "change": r[3],
+            "funding": r[4],
+            "oi_change": r[5],
+            "cvd": r[6],
+        }
+        for r in rows
+    ]
 
 
 def funding_heatmap(conn: psycopg.Connection, now: datetime, hours: int = 24, symbols: list[str] | None = None) -> dict:
@@ -83,22 +98,42 @@ def funding_heatmap(conn: psycopg.Connection, now: datetime, hours: int = 24, sy
         "CROSS JOIN LATERAL (SELECT avg(funding_rate) AS v FROM mark_prices WHERE exchange = %(x)s AND symbol = s.symbol "
         "  AND event_time >= greatest(h.h, %(a)s::timestamptz) AND event_time < h.h + INTERVAL '1 hour' "
         "  AND event_time <= %(b)s) AS a "
-        "WHERE a.v IS NOT NULL ORDER BY 1, 2", {"s": list(symbols), "x": EXCHANGE, "a": since, "b": now, "n": hours + 1}).fetchall()
+        "WHERE a.v IS NOT NULL ORDER BY 1, 2",
+        {"s": list(symbols), "x": EXCHANGE, "a": since, "b": now, "n": hours + 1},
+    ).fetchall()
     return {"cells": [[r[0], r[1], r[2]] for r in rows]}
 
 
 def _bar_symbols(conn: psycopg.Connection, since: datetime, now: datetime) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT DISTINCT symbol FROM bars_1m WHERE exchange = %s AND open_time >= %s "
-                                       "AND open_time <= %s ORDER BY 1", (EXCHANGE, since, now)).fetchall()]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT symbol FROM bars_1m WHERE exchange = %s AND open_time >= %s "
+            "AND open_time <= %s ORDER BY 1",
+            (EXCHANGE, since, now),
+        ).fetchall()
+    ]
 
 
 def signal_timeline(conn: psycopg.Connection, now: datetime, limit: int = 200) -> list[dict]:
     rows = conn.execute(
         "SELECT extract(epoch FROM eval_time)::bigint, symbol, direction, tier, score, price, strategy, signal_id FROM signals "
         "WHERE eval_time >= %s AND eval_time <= %s ORDER BY eval_time DESC LIMIT %s",
-        (now - timedelta(days=1), now, limit)).fetchall()
-    return [{"time": r[0], "symbol": r[1], "direction": r[2], "tier": r[3], "score": r[4], "price": r[5],
-             "strategy": r[6], "signal_id": r[7]} for r in rows]
+        (now - timedelta(days=1), now, limit),
+    ).fetchall()
+    return [
+        {
+            "time": r[0],
+            "symbol": r[1],
+            "direction": r[2],
+            "tier": r[3],
+            "score": r[4],
+            "price": r[5],
+            "strategy": r[6],
+            "signal_id": r[7],
+        }
+        for r in rows
+    ]
 
 
 def whale_radar(conn: psycopg.Connection, now: datetime, min_usd: float = WHALE_USD, limit: int = 40) -> list[dict]:
@@ -106,7 +141,9 @@ def whale_radar(conn: psycopg.Connection, now: datetime, min_usd: float = WHALE_
     rows = conn.execute(
         "SELECT extract(epoch FROM trade_time)::float8, symbol, price, qty, taker_side, price * qty FROM trades "
         "WHERE exchange = %s AND trade_time >= %s AND trade_time <= %s AND price * qty >= %s "
-        "ORDER BY price * qty DESC LIMIT %s", (EXCHANGE, now - timedelta(hours=1), now, min_usd, limit)).fetchall()
+        "ORDER BY price * qty DESC LIMIT %s",
+        (EXCHANGE, now - timedelta(hours=1), now, min_usd, limit),
+    ).fetchall()
     return [{"time": r[0], "symbol": r[1], "price": r[2], "qty": r[3], "side": r[4], "usd": r[5]} for r in rows]
 
 
@@ -154,6 +191,7 @@ class LagWatch:
                     self.refresh()
                 self._wake.wait(self.refresh_s)
                 self._wake.clear()
+
         self._thread = threading.Thread(target=loop, name="tapeflow-ui-lag", daemon=True)
         self._thread.start()
 
@@ -168,20 +206,33 @@ class LagWatch:
         self.asked_at = self.clock()
         if idle:
             self._wake.set()  # nobody looked for a while: ask the broker now, not at the next period
-        return {"groups": self.groups, "fetched_at": self.fetched_at, "error": self.error, "warn": self.warn,
-                "bad": self.bad}
+        return {
+            "groups": self.groups,
+            "fetched_at": self.fetched_at,
+            "error": self.error,
+            "warn": self.warn,
+            "bad": self.bad,
+        }
 
 
 def lag_light(snapshot: dict | None, now_s: float) -> dict:
     """The consumer-lag light from a ``LagWatch.snapshot()`` (None: the UI was started without a broker)."""
     link = "/api/quality/lag"
     if snapshot is None:
-        return {"check": "consumer lag", "state": "info", "link": None,
-                "detail": "no broker configured for the UI: see `tapeflow topics lag`"}
+        return {
+            "check": "consumer lag",
+            "state": "info",
+            "link": None,
+            "detail": "no broker configured for the UI: see `tapeflow topics lag`",
+        }
     groups, at, error = snapshot["groups"], snapshot["fetched_at"], snapshot["error"]
     if groups is None:
-        return {"check": "consumer lag", "state": "warn" if error is None else "bad", "link": link,
-                "detail": "asking the broker…" if error is None else f"the broker did not answer: {error}"}
+        return {
+            "check": "consumer lag",
+            "state": "warn" if error is None else "bad",
+            "link": link,
+            "detail": "asking the broker…" if error is None else f"the broker did not answer: {error}",
+        }
     age, warn, bad = now_s - at, snapshot.get("warn", LAG_WARN), snapshot.get("bad", LAG_BAD)
     behind = sorted((g for g in groups if g["total_lag"] > warn), key=lambda g: -g["total_lag"])
     worst = max((g["total_lag"] for g in groups), default=0)
@@ -189,35 +240,61 @@ def lag_light(snapshot: dict | None, now_s: float) -> dict:
     stale = age > LAG_STALE_S or error is not None
     if stale:
         state = "bad" if state == "bad" else "warn"
-    detail = ("; ".join(f"{g['group']}: {g['total_lag']:,} behind ({g['state']}, {g['members']} members)"
-                        for g in behind[:4]) or
-              f"{len(groups)} groups, at most {worst:,} records behind")
+    detail = (
+        "; ".join(f"{g['group']}: {g['total_lag']:,} behind ({g['state']}, {g['members']} members)" for g in behind[:4])
+        or f"{len(groups)} groups, at most {worst:,} records behind"
+    )
     if stale:
         detail += f"; figure {age:.0f} s old" + (f" ({error})" if error else "")
     return {"check": "consumer lag", "state": state, "detail": detail, "link": link}
 
 
-def data_quality(conn: psycopg.Connection, now: datetime, lag: dict | None = None,
-                 now_s: float | None = None, symbols: list[str] | None = None) -> list[dict]:
+def data_quality(
+    conn: psycopg.Connection,
+    now: datetime,
+    lag: dict | None = None,
+    now_s: float | None = None,
+    symbols: list[str] | None = None,
+) -> list[dict]:
     """One light per check: ok, warn or bad, with what is wrong and where to look. ``symbols``: those
     whose newest rows the freshness lights look up (``FRESHNESS``; default: those with a bar in 24 h)."""
     lights = []
     day = now - timedelta(days=1)
-    gaps = conn.execute("SELECT symbol, stream, count(*), sum(to_id - from_id + 1) FROM data_gaps "
-                        "WHERE detected_time >= %s GROUP BY 1, 2 ORDER BY 1, 2", (day,)).fetchall()
+    gaps = conn.execute(
+        "SELECT symbol, stream, count(*), sum(to_id - from_id + 1) FROM data_gaps "
+        "WHERE detected_time >= %s GROUP BY 1, 2 ORDER BY 1, 2",
+        (day,),
+    ).fetchall()
     trade_gaps = [g for g in gaps if g[1] != "md.depth"]
-    lights.append({"check": "gaps", "state": "bad" if trade_gaps else "ok",
-                   "detail": "; ".join(f"{s} {st}: {n} holes, {ids} ids" for s, st, n, ids in trade_gaps) or
-                   "no trade-id holes given up in 24 h", "link": "/api/quality/gaps?stream=md.trades"})
+    lights.append(
+        {
+            "check": "gaps",
+            "state": "bad" if trade_gaps else "ok",
+            "detail": "; ".join(f"{s} {st}: {n} holes, {ids} ids" for s, st, n, ids in trade_gaps)
+            or "no trade-id holes given up in 24 h",
+            "link": "/api/quality/gaps?stream=md.trades",
+        }
+    )
     resyncs = sorted(((s, n) for s, st, n, _ in gaps if st == "md.depth"), key=lambda r: (-r[1], r[0]))
     worst = max((n for _, n in resyncs), default=0)
-    lights.append({"check": "book resyncs", "state": "bad" if worst >= RESYNC_BAD else "warn" if worst else "ok",
-                   "detail": "; ".join(f"{s}: {n} resync{'' if n == 1 else 's'}" for s, n in resyncs[:6]) or
-                   "no order book broke in 24 h", "link": "/api/quality/gaps?stream=md.depth"})
+    lights.append(
+        {
+            "check": "book resyncs",
+            "state": "bad" if worst >= RESYNC_BAD else "warn" if worst else "ok",
+            "detail": "; ".join(f"{s}: {n} resync{'' if n == 1 else 's'}" for s, n in resyncs[:6])
+            or "no order book broke in 24 h",
+            "link": "/api/quality/gaps?stream=md.depth",
+        }
+    )
     errors = conn.execute("SELECT count(*) FROM pipeline_errors WHERE event_time >= %s", (day,)).fetchone()[0]
-    lights.append({"check": "dead letters", "state": "bad" if errors else "ok",
-                   "detail": f"{errors} records no stage could process in 24 h (pipeline_errors)",
-                   "link": "/api/quality/errors"})
+    lights.append(
+        {
+            "check": "dead letters",
+            "state": "bad" if errors else "ok",
+            "detail": f"{errors} records no stage could process in 24 h (pipeline_errors)",
+            "link": "/api/quality/errors",
+        }
+    )
     if symbols is None:
         symbols = _bar_symbols(conn, day, now)
     since = now - timedelta(seconds=FRESH_WINDOW_S)
@@ -225,12 +302,21 @@ def data_quality(conn: psycopg.Connection, now: datetime, lag: dict | None = Non
         newest = conn.execute(
             f"SELECT max(n.t) FROM unnest(%(s)s::text[]) AS s(symbol) CROSS JOIN LATERAL (SELECT {column} AS t "  # nosec B608 # fixed table and column names
             f"FROM {table} WHERE exchange = %(x)s AND symbol = s.symbol AND {column} >= %(a)s AND {column} <= %(b)s "
-            f"ORDER BY {key} DESC LIMIT 1) AS n", {"s": list(symbols), "x": EXCHANGE, "a": since, "b": now}).fetchone()[0]
+            f"ORDER BY {key} DESC LIMIT 1) AS n",
+            {"s": list(symbols), "x": EXCHANGE, "a": since, "b": now},
+        ).fetchone()[0]
         age = None if newest is None else (now - newest).total_seconds()
         state = "bad" if age is None else "warn" if age > STALE_AFTER_S[table] else "ok"
-        lights.append({"check": f"{table} fresh", "state": state,
-                       "detail": f"nothing in the {FRESH_WINDOW_S // 60} min before the newest bar" if age is None else
-                       f"newest row {age:.0f} s before the newest bar", "link": None})
+        lights.append(
+            {
+                "check": f"{table} fresh",
+                "state": state,
+                "detail": f"nothing in the {FRESH_WINDOW_S // 60} min before the newest bar"
+                if age is None
+                else f"newest row {age:.0f} s before the newest bar",
+                "link": None,
+            }
+        )
     lights.append(lag_light(lag, time.time() if now_s is None else now_s))
     return lights
 
@@ -241,6 +327,11 @@ def overview(conn: psycopg.Connection, lag: dict | None = None) -> dict:
         return {"now": None, "market": [], "funding": {"cells": []}, "signals": [], "whales": [], "quality": []}
     market = market_table(conn, now)
     symbols = [r["symbol"] for r in market]  # those with a bar in the 24 h
-    return {"now": ts(now), "market": market, "funding": funding_heatmap(conn, now, symbols=symbols),
-            "signals": signal_timeline(conn, now), "whales": whale_radar(conn, now),
-            "quality": data_quality(conn, now, lag, symbols=symbols)}
+    return {
+        "now": ts(now),
+        "market": market,
+        "funding": funding_heatmap(conn, now, symbols=symbols),
+        "signals": signal_timeline(conn, now),
+        "whales": whale_radar(conn, now),
+        "quality": data_quality(conn, now, lag, symbols=symbols),
+    }

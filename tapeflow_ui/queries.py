@@ -30,8 +30,10 @@ MAX_BUBBLE_RANGE_S = 12 * 3600  # large trades scan every trade of the range: sh
 MAX_HEATMAP_COLUMNS = 240
 LARGE_TRADES = 150
 EXCHANGE = "binance"
-LIQUIDATION_NOTE = ("Liquidations are a lower bound: Binance pushes at most one liquidation order per "
-                    "symbol per second (forceOrder), so bursts are undercounted.")
+LIQUIDATION_NOTE = (
+    "Liquidations are a lower bound: Binance pushes at most one liquidation order per "
+    "symbol per second (forceOrder), so bursts are undercounted."
+)
 
 
 def ts(dt: datetime) -> int:
@@ -61,8 +63,11 @@ def symbols(conn: psycopg.Connection) -> list[str]:
     latest = data_time(conn)
     if latest is None:
         return []
-    rows = conn.execute("SELECT symbol FROM bars_1m WHERE exchange = %s AND open_time >= %s GROUP BY symbol "
-                        "ORDER BY sum(quote_volume) DESC", (EXCHANGE, latest - timedelta(days=1))).fetchall()
+    rows = conn.execute(
+        "SELECT symbol FROM bars_1m WHERE exchange = %s AND open_time >= %s GROUP BY symbol "
+        "ORDER BY sum(quote_volume) DESC",
+        (EXCHANGE, latest - timedelta(days=1)),
+    ).fetchall()
     return [r[0] for r in rows]
 
 
@@ -71,8 +76,9 @@ def data_time(conn: psycopg.Connection, symbol: str | None = None) -> datetime |
     if symbol is None:
         row = conn.execute("SELECT max(close_time) FROM bars_1m WHERE exchange = %s", (EXCHANGE,)).fetchone()
     else:
-        row = conn.execute("SELECT max(close_time) FROM bars_1m WHERE exchange = %s AND symbol = %s",
-                           (EXCHANGE, symbol)).fetchone()
+        row = conn.execute(
+            "SELECT max(close_time) FROM bars_1m WHERE exchange = %s AND symbol = %s", (EXCHANGE, symbol)
+        ).fetchone()
     return row[0] if row else None
 
 
@@ -88,29 +94,40 @@ def candles(conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range, t
     session VWAP (anchored at each UTC day)."""
     seconds = TIMEFRAMES[timeframe]
     if timescale and timeframe in CAGGS:
-        query = (f"SELECT extract(epoch FROM open_time)::bigint, open, high, low, close, volume, buy_volume, "  # nosec B608 # the table name is CAGGS' constant
-                 f"sell_volume, quote_volume FROM {CAGGS[timeframe]} WHERE exchange = %(x)s AND symbol = %(s)s "
-                 "AND open_time >= %(a)s AND open_time < %(b)s ORDER BY open_time")
+        query = (
+            f"SELECT extract(epoch FROM open_time)::bigint, open, high, low, close, volume, buy_volume, "  # nosec B608 # the table name is CAGGS' constant
+            f"sell_volume, quote_volume FROM {CAGGS[timeframe]} WHERE exchange = %(x)s AND symbol = %(s)s "
+            "AND open_time >= %(a)s AND open_time < %(b)s ORDER BY open_time"
+        )
     else:
-        query = ("SELECT extract(epoch FROM date_bin(%(tf)s, open_time, %(o)s))::bigint AS t, "
-                 "(array_agg(open ORDER BY open_time))[1], max(high), min(low), "
-                 "(array_agg(close ORDER BY open_time DESC))[1], sum(volume), sum(buy_volume), sum(sell_volume), "
-                 "sum(quote_volume) FROM bars_1m WHERE exchange = %(x)s AND symbol = %(s)s "
-                 "AND open_time >= %(a)s AND open_time < %(b)s GROUP BY 1 ORDER BY 1")
-    rows = conn.execute(query, {"tf": timedelta(seconds=seconds), "o": ORIGIN, "x": EXCHANGE, "s": symbol,
-                                "a": rng.start, "b": rng.end}).fetchall()
+        query = (
+            "SELECT extract(epoch FROM date_bin(%(tf)s, open_time, %(o)s))::bigint AS t, "
+            "(array_agg(open ORDER BY open_time))[1], max(high), min(low), "
+            "(array_agg(close ORDER BY open_time DESC))[1], sum(volume), sum(buy_volume), sum(sell_volume), "
+            "sum(quote_volume) FROM bars_1m WHERE exchange = %(x)s AND symbol = %(s)s "
+            "AND open_time >= %(a)s AND open_time < %(b)s GROUP BY 1 ORDER BY 1"
+        )
+    rows = conn.execute(
+        query, {"tf": timedelta(seconds=seconds), "o": ORIGIN, "x": EXCHANGE, "s": symbol, "a": rng.start, "b": rng.end}
+    ).fetchall()
     times = [r[0] for r in rows]
     deltas = [r[6] - r[7] for r in rows]
     return {
-        "time": times, "open": [r[1] for r in rows], "high": [r[2] for r in rows], "low": [r[3] for r in rows],
-        "close": [r[4] for r in rows], "volume": [r[5] for r in rows], "bought": [r[6] for r in rows],
-        "sold": [r[7] for r in rows], "delta": deltas, "cvd": cumulative(deltas),
+        "time": times,
+        "open": [r[1] for r in rows],
+        "high": [r[2] for r in rows],
+        "low": [r[3] for r in rows],
+        "close": [r[4] for r in rows],
+        "volume": [r[5] for r in rows],
+        "bought": [r[6] for r in rows],
+        "sold": [r[7] for r in rows],
+        "delta": deltas,
+        "cvd": cumulative(deltas),
         "vwap": session_vwap(times, [r[8] for r in rows], [r[5] for r in rows]),
     }
 
 
-def bucket_minutes(conn: psycopg.Connection, symbol: str, timeframe: str, start: datetime | None = None
-                   ) -> list[dict]:
+def bucket_minutes(conn: psycopg.Connection, symbol: str, timeframe: str, start: datetime | None = None) -> list[dict]:
     """The stored 1-minute bars of one bar at ``timeframe``: the one starting at ``start``, or the
     symbol's newest (what the live stream folds its topic updates into, ``live.BarFold``)."""
     rows = conn.execute(
@@ -119,40 +136,73 @@ def bucket_minutes(conn: psycopg.Connection, symbol: str, timeframe: str, start:
         "SELECT extract(epoch FROM open_time)::bigint, open, high, low, close, volume, buy_volume, sell_volume "
         "FROM bars_1m, b WHERE exchange = %(x)s AND symbol = %(s)s AND open_time >= b.a AND open_time < b.a + %(tf)s "
         "ORDER BY open_time",
-        {"t": start, "tf": timedelta(seconds=TIMEFRAMES[timeframe]), "o": ORIGIN, "x": EXCHANGE, "s": symbol}
+        {"t": start, "tf": timedelta(seconds=TIMEFRAMES[timeframe]), "o": ORIGIN, "x": EXCHANGE, "s": symbol},
     ).fetchall()
-    return [{"time": r[0], "open": r[1], "high": r[2], "low": r[3], "close": r[4], "volume": r[5], "bought": r[6],
-             "sold": r[7]} for r in rows]
+    return [
+        {
+            "time": r[0],
+            "open": r[1],
+            "high": r[2],
+            "low": r[3],
+            "close": r[4],
+            "volume": r[5],
+            "bought": r[6],
+            "sold": r[7],
+        }
+        for r in rows
+    ]
 
 
 def signals(conn: psycopg.Connection, symbol: str, rng: Range) -> list[dict]:
     rows = conn.execute(
         "SELECT extract(epoch FROM eval_time)::bigint, direction, tier, score, price, strategy, signal_id "
         "FROM signals WHERE exchange = %s AND symbol = %s AND eval_time >= %s AND eval_time < %s ORDER BY eval_time",
-        (EXCHANGE, symbol, rng.start, rng.end)).fetchall()
-    return [{"time": r[0], "direction": r[1], "tier": r[2], "score": r[3], "price": r[4], "strategy": r[5],
-             "signal_id": r[6]} for r in rows]
+        (EXCHANGE, symbol, rng.start, rng.end),
+    ).fetchall()
+    return [
+        {
+            "time": r[0],
+            "direction": r[1],
+            "tier": r[2],
+            "score": r[3],
+            "price": r[4],
+            "strategy": r[5],
+            "signal_id": r[6],
+        }
+        for r in rows
+    ]
 
 
 def default_step(conn: psycopg.Connection, symbol: str, rng: Range, levels: int = 6000) -> float:
-    row = conn.execute("SELECT avg(close) FROM bars_1m WHERE exchange = %s AND symbol = %s AND open_time >= %s "
-                       "AND open_time < %s", (EXCHANGE, symbol, rng.start, rng.end)).fetchone()
+    row = conn.execute(
+        "SELECT avg(close) FROM bars_1m WHERE exchange = %s AND symbol = %s AND open_time >= %s AND open_time < %s",
+        (EXCHANGE, symbol, rng.start, rng.end),
+    ).fetchone()
     return nice_step(float(row[0]) if row and row[0] else 0.0, levels)
 
 
 def _level_rows(conn: psycopg.Connection, symbol: str, rng: Range, step: float, bucket_s: int | None) -> list:
-    bucket = ("extract(epoch FROM date_bin(%(tf)s, trade_time, %(o)s))::bigint" if bucket_s else "0")
+    bucket = "extract(epoch FROM date_bin(%(tf)s, trade_time, %(o)s))::bigint" if bucket_s else "0"
     return conn.execute(
         f"SELECT {bucket} AS t, floor(price / %(step)s)::bigint AS level, "  # nosec B608 # bucket is one of two fixed expressions
         "coalesce(sum(qty) FILTER (WHERE taker_side = 'BUY'), 0), coalesce(sum(qty) FILTER (WHERE taker_side = 'SELL'), 0) "
         "FROM trades WHERE exchange = %(x)s AND symbol = %(s)s AND trade_time >= %(a)s AND trade_time < %(b)s "
         "GROUP BY 1, 2 ORDER BY 1, 2",
-        {"tf": timedelta(seconds=bucket_s or 60), "o": ORIGIN, "step": step, "x": EXCHANGE, "s": symbol,
-         "a": rng.start, "b": rng.end}).fetchall()
+        {
+            "tf": timedelta(seconds=bucket_s or 60),
+            "o": ORIGIN,
+            "step": step,
+            "x": EXCHANGE,
+            "s": symbol,
+            "a": rng.start,
+            "b": rng.end,
+        },
+    ).fetchall()
 
 
-def footprint(conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range, step: float,
-              around: datetime | None = None) -> dict:
+def footprint(
+    conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range, step: float, around: datetime | None = None
+) -> dict:
     """Bought and sold volume per price level per bar, with each bar's delta, POC and imbalances, for
     at most ``MAX_FOOTPRINT_BARS`` bars of the range: its last ones, or those around ``around``."""
     seconds = TIMEFRAMES[timeframe]
@@ -169,8 +219,14 @@ def footprint(conn: psycopg.Connection, symbol: str, timeframe: str, rng: Range,
     out = []
     for t, levels in bars.items():
         marks = imbalances(levels)
-        out.append({"time": t, "poc": poc(levels), "delta": sum(lv.delta for lv in levels),
-                    "levels": [[lv.level, lv.bought, lv.sold, marks.get(lv.level, "")] for lv in levels]})
+        out.append(
+            {
+                "time": t,
+                "poc": poc(levels),
+                "delta": sum(lv.delta for lv in levels),
+                "levels": [[lv.level, lv.bought, lv.sold, marks.get(lv.level, "")] for lv in levels],
+            }
+        )
     return {"step": step, "timeframe": timeframe, "from": ts(start), "to": ts(end), "bars": out}
 
 
@@ -184,7 +240,8 @@ def _profile_rows(conn: psycopg.Connection, symbol: str, rng: Range, step: float
     hi = rng.end.astimezone(UTC).replace(second=0, microsecond=0)
     pending = conn.execute(  # a day of trades stored before 0021 and not summed yet: read trades for it
         "SELECT EXISTS (SELECT 1 FROM trade_levels_backfill WHERE day BETWEEN %s AND %s)",
-        (rng.start.astimezone(UTC).date(), rng.end.astimezone(UTC).date())).fetchone()[0]
+        (rng.start.astimezone(UTC).date(), rng.end.astimezone(UTC).date()),
+    ).fetchone()[0]
     if lo >= hi or pending:  # no whole minute inside, or not summed yet: all from trades
         lo = hi = rng.end
     return conn.execute(
@@ -199,7 +256,8 @@ def _profile_rows(conn: psycopg.Connection, symbol: str, rng: Range, step: float
         "  WHERE exchange = %(x)s AND symbol = %(s)s AND trade_time >= %(hi)s AND trade_time < %(b)s) "
         "SELECT floor(price / %(step)s)::bigint AS level, sum(bought)::float8, sum(sold)::float8 FROM v "
         "GROUP BY 1 ORDER BY 1",
-        {"x": EXCHANGE, "s": symbol, "a": rng.start, "b": rng.end, "lo": lo, "hi": hi, "step": step}).fetchall()
+        {"x": EXCHANGE, "s": symbol, "a": rng.start, "b": rng.end, "lo": lo, "hi": hi, "step": step},
+    ).fetchall()
 
 
 def volume_profile(conn: psycopg.Connection, symbol: str, rng: Range, step: float) -> dict:
@@ -207,18 +265,30 @@ def volume_profile(conn: psycopg.Connection, symbol: str, rng: Range, step: floa
     minute and price (``_profile_rows``), so a whole day reads ~10^5 rows, not every trade."""
     levels = [Level(level, bought, sold) for level, bought, sold in _profile_rows(conn, symbol, rng, step)]
     area = value_area(levels)
-    return {"step": step, "from": ts(rng.start), "to": ts(rng.end), "poc": poc(levels),
-            "value_area": list(area) if area else None, "total": sum(lv.volume for lv in levels),
-            "levels": [[lv.level, lv.bought, lv.sold] for lv in levels]}
+    return {
+        "step": step,
+        "from": ts(rng.start),
+        "to": ts(rng.end),
+        "poc": poc(levels),
+        "value_area": list(area) if area else None,
+        "total": sum(lv.volume for lv in levels),
+        "levels": [[lv.level, lv.bought, lv.sold] for lv in levels],
+    }
 
 
-def heatmap(conn: psycopg.Connection, symbol: str, rng: Range, step: float, columns: int = MAX_HEATMAP_COLUMNS
-            ) -> dict:
+def heatmap(conn: psycopg.Connection, symbol: str, rng: Range, step: float, columns: int = MAX_HEATMAP_COLUMNS) -> dict:
     """Resting size per price level over time: for each time column the last stored book in it, its
     bid and ask sizes summed per level (a cell is exactly the stored sizes of that book's levels)."""
     column_s = max(1, int(-(-rng.seconds // columns)))
-    args = {"col": timedelta(seconds=column_s), "o": ORIGIN, "x": EXCHANGE, "s": symbol, "a": rng.start,
-            "b": rng.end, "step": step}
+    args = {
+        "col": timedelta(seconds=column_s),
+        "o": ORIGIN,
+        "x": EXCHANGE,
+        "s": symbol,
+        "a": rng.start,
+        "b": rng.end,
+        "step": step,
+    }
     # the newest book per column first, from the times alone; then only those books' levels (sorting the
     # day's wide rows, as DISTINCT ON would, cost seconds)
     rows = conn.execute(
@@ -230,7 +300,9 @@ def heatmap(conn: psycopg.Connection, symbol: str, rng: Range, step: float, colu
         "lv AS (SELECT col, event_time, 'bid' AS side, p, q FROM last, unnest(bid_prices, bid_qtys) AS u(p, q) "
         "  UNION ALL SELECT col, event_time, 'ask', p, q FROM last, unnest(ask_prices, ask_qtys) AS u(p, q)) "
         "SELECT extract(epoch FROM col)::bigint, (extract(epoch FROM event_time) * 1000)::bigint, side, "
-        "floor(p / %(step)s)::bigint, sum(q) FROM lv GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 4", args).fetchall()
+        "floor(p / %(step)s)::bigint, sum(q) FROM lv GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 4",
+        args,
+    ).fetchall()
     cells = [[col, book_ms, side, level, qty] for col, book_ms, side, level, qty in rows]
     return {"step": step, "column_s": column_s, "from": ts(rng.start), "to": ts(rng.end), "cells": cells}
 
@@ -295,8 +367,18 @@ def walls(conn: psycopg.Connection, symbol: str, rng: Range, column_s: int) -> l
         "  bid_usd AS usd, bid_age AS age FROM m WHERE bid_bps IS NOT NULL "
         "  UNION ALL SELECT col, t, strategy, 'ask', book_mid * (1 + ask_bps / 10000), ask_usd, ask_age "
         "  FROM m WHERE ask_bps IS NOT NULL) w ORDER BY 1, 7, 3",
-        {"col": timedelta(seconds=column_s), "o": ORIGIN, "x": EXCHANGE, "s": symbol, "a": rng.start, "b": rng.end,
-         "age": WALL_BOOK_MAX_AGE, "win": WALL_EVAL_WINDOW, "need": WALL_EVAL_WINDOW + WALL_BOOK_MAX_AGE}).fetchall()
+        {
+            "col": timedelta(seconds=column_s),
+            "o": ORIGIN,
+            "x": EXCHANGE,
+            "s": symbol,
+            "a": rng.start,
+            "b": rng.end,
+            "age": WALL_BOOK_MAX_AGE,
+            "win": WALL_EVAL_WINDOW,
+            "need": WALL_EVAL_WINDOW + WALL_BOOK_MAX_AGE,
+        },
+    ).fetchall()
     return [list(r) for r in rows]
 
 
@@ -308,7 +390,8 @@ def large_trades(conn: psycopg.Connection, symbol: str, rng: Range, limit: int =
     rows = conn.execute(
         "SELECT extract(epoch FROM trade_time)::float8, price, qty, taker_side, price * qty AS usd FROM trades "
         "WHERE exchange = %s AND symbol = %s AND trade_time >= %s AND trade_time < %s ORDER BY qty DESC LIMIT %s",
-        (EXCHANGE, symbol, rng.start, rng.end, limit)).fetchall()
+        (EXCHANGE, symbol, rng.start, rng.end, limit),
+    ).fetchall()
     return [{"time": r[0], "price": r[1], "qty": r[2], "side": r[3], "usd": r[4]} for r in sorted(rows)]
 
 
@@ -316,7 +399,12 @@ def liquidations(conn: psycopg.Connection, symbol: str, rng: Range) -> dict:
     rows = conn.execute(
         "SELECT extract(epoch FROM trade_time)::float8, side, liquidated_side, avg_price, filled_qty, usd_value "
         "FROM liquidations WHERE exchange = %s AND symbol = %s AND trade_time >= %s AND trade_time < %s "
-        "ORDER BY trade_time", (EXCHANGE, symbol, rng.start, rng.end)).fetchall()
-    return {"note": LIQUIDATION_NOTE,
-            "items": [{"time": r[0], "side": r[1], "liquidated": r[2], "price": r[3], "qty": r[4], "usd": r[5]}
-                      for r in rows]}
+        "ORDER BY trade_time",
+        (EXCHANGE, symbol, rng.start, rng.end),
+    ).fetchall()
+    return {
+        "note": LIQUIDATION_NOTE,
+        "items": [
+            {"time": r[0], "side": r[1], "liquidated": r[2], "price": r[3], "qty": r[4], "usd": r[5]} for r in rows
+        ],
+    }

@@ -39,11 +39,19 @@ TOKEN_FILE = "ui-token"  # nosec B105 # the file name under secrets/, not a secr
 COOKIE = "tapeflow_ui_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
-       "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-           (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store"),
-           (b"cross-origin-opener-policy", b"same-origin"), (b"cross-origin-resource-policy", b"same-origin")]
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
 
 
 def token_path(paths: StackPaths) -> Path:
@@ -101,24 +109,35 @@ class TokenGuard:
         if not self._authenticated(headers, cookies):
             query = dict(parse_qsl(scope.get("query_string", b"").decode()))
             offered = query.pop("token", None)
-            if offered is not None and method in SAFE_METHODS and hmac.compare_digest(offered.encode(), self.token.encode()):
+            if (
+                offered is not None
+                and method in SAFE_METHODS
+                and hmac.compare_digest(offered.encode(), self.token.encode())
+            ):
                 target = scope.get("path", "/") + (f"?{urlencode(query)}" if query else "")
                 response = RedirectResponse(target, status_code=303)
                 response.set_cookie(COOKIE, self.session, httponly=True, samesite="strict", path="/")
                 await response(scope, receive, send_with_headers)
                 return
-            response = PlainTextResponse("401: this tapeflow UI needs its token: open the URL `tapeflow up` printed, "
-                                         "or `tapeflow ui --print-url`", status_code=401)
+            response = PlainTextResponse(
+                "401: this tapeflow UI needs its token: open the URL `tapeflow up` printed, "
+                "or `tapeflow ui --print-url`",
+                status_code=401,
+            )
             await response(scope, receive, send_with_headers)
             return
         if method not in SAFE_METHODS:
             origin = headers.get("origin")
             host = headers.get("host", "")
             if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
-                await PlainTextResponse("403: cross-origin request refused", status_code=403)(scope, receive, send_with_headers)
+                await PlainTextResponse("403: cross-origin request refused", status_code=403)(
+                    scope, receive, send_with_headers
+                )
                 return
             if not hmac.compare_digest(headers.get(CSRF_HEADER, "").encode(), self.csrf.encode()):
-                await PlainTextResponse("403: missing or wrong CSRF token", status_code=403)(scope, receive, send_with_headers)
+                await PlainTextResponse("403: missing or wrong CSRF token", status_code=403)(
+                    scope, receive, send_with_headers
+                )
                 return
         await self.app(scope, receive, send_with_headers)
 

@@ -25,8 +25,10 @@ def readonly_conninfo(settings: Settings, paths: StackPaths) -> str:
     if endpoints.readonly is not None:
         return endpoints.readonly
     if settings.readonly_password is None:
-        raise UIError("the UI reads with the read-only role: set TAPEFLOW_READONLY_PASSWORD (and run "
-                      "`tapeflow db migrate`, which gives tapeflow_readonly that password)")
+        raise UIError(
+            "the UI reads with the read-only role: set TAPEFLOW_READONLY_PASSWORD (and run "
+            "`tapeflow db migrate`, which gives tapeflow_readonly that password)"
+        )
     params = psycopg.conninfo.conninfo_to_dict(endpoints.owner)
     params.update(user=READONLY_ROLE, password=settings.readonly_password.get_secret_value())
     return psycopg.conninfo.make_conninfo(**params)
@@ -40,10 +42,10 @@ def desk_actions(settings: Settings, paths: StackPaths):
     xv.commands under the stack's topic prefix, where the watchlist service reads them."""
     from execution.kill_switch import publish_kill_switch
     from execution.watchlist_commands import TOPIC, publish_command
-    from stream_apps.watchlist.strategy import load_watchlist_strategy
     from schemas.catalogue import topic as topic_spec
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
+    from stream_apps.watchlist.strategy import load_watchlist_strategy
     from tapeflow_runtime.endpoints import resolve_broker
     from tapeflow_runtime.kafka_client import ensure_topics
     from tapeflow_ui.actions import Actions
@@ -53,16 +55,23 @@ def desk_actions(settings: Settings, paths: StackPaths):
     def publish(on: bool, modes, flatten: bool) -> list[dict]:
         bootstrap = resolve_broker(settings, paths)
         ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec("risk.events")])
-        return publish_kill_switch(bootstrap, settings.topic_prefix,
-                                   AvroSerde(registry_from_url(settings.schema_registry_url)), on,
-                                   modes=list(modes), flatten=flatten)
+        return publish_kill_switch(
+            bootstrap,
+            settings.topic_prefix,
+            AvroSerde(registry_from_url(settings.schema_registry_url)),
+            on,
+            modes=list(modes),
+            flatten=flatten,
+        )
 
     strategies = {s.name: s for s in (load_watchlist_strategy(p) for p in settings.watchlist_strategies)}
 
     def command(record: dict) -> None:
         bootstrap = resolve_broker(settings, paths)
         ensure_topics(bootstrap, prefix=settings.topic_prefix, specs=[topic_spec(TOPIC)])
-        publish_command(bootstrap, settings.topic_prefix, AvroSerde(registry_from_url(settings.schema_registry_url)), record)
+        publish_command(
+            bootstrap, settings.topic_prefix, AvroSerde(registry_from_url(settings.schema_registry_url)), record
+        )
 
     return Actions(writer=writer, publish_kill_switch=publish, strategies=strategies, publish_command=command)
 
@@ -75,8 +84,11 @@ def live_follower(settings: Settings, paths: StackPaths):
     from tapeflow_runtime.endpoints import resolve_broker
     from tapeflow_ui.live import LiveFollower
 
-    return LiveFollower(lambda: resolve_broker(settings, paths), AvroSerde(registry_from_url(settings.schema_registry_url)),
-                        settings.topic_prefix)
+    return LiveFollower(
+        lambda: resolve_broker(settings, paths),
+        AvroSerde(registry_from_url(settings.schema_registry_url)),
+        settings.topic_prefix,
+    )
 
 
 def login_url(address: str, token: str) -> str:
@@ -93,11 +105,26 @@ def run_ui(settings: Settings, paths: StackPaths, host: str, port: int, say=prin
     from tapeflow_ui.app import create_app
 
     token = load_token(paths)
-    app = create_app(readonly_conninfo(settings, paths), token, host=host, actions=desk_actions(settings, paths),
-                     consumer_lag=consumer_lag, live=live_follower(settings, paths))
-    config = uvicorn.Config(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
-                            proxy_headers=False, server_header=False, date_header=False, lifespan="on",
-                            timeout_graceful_shutdown=10)  # a backstop: the streams end on their own
+    app = create_app(
+        readonly_conninfo(settings, paths),
+        token,
+        host=host,
+        actions=desk_actions(settings, paths),
+        consumer_lag=consumer_lag,
+        live=live_follower(settings, paths),
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )  # a backstop: the streams end on their own
     say(f"tapeflow ui on http://{host}:{port}/ (read-only role; token in {paths.secrets_dir}/ui-token)")
 
     class Server(uvicorn.Server):

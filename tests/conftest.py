@@ -39,8 +39,13 @@ from tests.support.migrated import MigratedTemplates
 
 #: per-user directories that libraries write on their own (matplotlib's font cache, Chromium's
 #: crash reports, dconf, tapeflow's default home): pointed at the run's own temporary directory
-_USER_DIRS = {"XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data",
-              "XDG_STATE_HOME": "state", "MPLCONFIGDIR": "matplotlib"}
+_USER_DIRS = {
+    "XDG_CACHE_HOME": "cache",
+    "XDG_CONFIG_HOME": "config",
+    "XDG_DATA_HOME": "data",
+    "XDG_STATE_HOME": "state",
+    "MPLCONFIGDIR": "matplotlib",
+}
 _user_dirs_root: str | None = None
 
 
@@ -96,8 +101,11 @@ def _system_paths_unchanged():
     yield
     changed = guard.differences(before, guard.fingerprint(roots))
     if changed:
-        pytest.fail("the tests changed system paths (a test must write only in its temporary directories):\n"
-                    + "\n".join(changed), pytrace=False)
+        pytest.fail(
+            "the tests changed system paths (a test must write only in its temporary directories):\n"
+            + "\n".join(changed),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -139,8 +147,9 @@ class PgServer:
     timescaledb: bool
 
     def conninfo(self, dbname: str = "postgres") -> str:
-        return psycopg.conninfo.make_conninfo(host=self.host, port=self.port, user=self.user,
-                                              password=self.password, dbname=dbname)
+        return psycopg.conninfo.make_conninfo(
+            host=self.host, port=self.port, user=self.user, password=self.password, dbname=dbname
+        )
 
 
 def _timeout_s(item: pytest.Item) -> float:
@@ -176,8 +185,7 @@ def session_home() -> StackPaths:
     # Moved aside at once, removed by an `rm` that outlives the worker.
     gone = f"{home}.gone"
     os.rename(home, gone)
-    subprocess.Popen(["rm", "-rf", gone], start_new_session=True,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.Popen(["rm", "-rf", gone], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="session")
@@ -190,8 +198,9 @@ def kafka_bootstrap(session_home) -> str:
             yield kafka.get_bootstrap_server()
         return
     settings = Settings(home=session_home.home, broker=None, database_url=None, broker_port=0, database_port=0)
-    sup = Supervisor(settings, session_home, say=lambda m: None, services=[KafkaBroker(settings, session_home)],
-                     steps=[])
+    sup = Supervisor(
+        settings, session_home, say=lambda m: None, services=[KafkaBroker(settings, session_home)], steps=[]
+    )
     sup.start_all()
     try:
         yield sup.addresses["broker"]
@@ -204,8 +213,9 @@ def pg_server(session_home) -> PgServer:
     if USE_DOCKER:
         from testcontainers.postgres import PostgresContainer
 
-        with PostgresContainer("timescale/timescaledb:2.17.2-pg16", username="postgres",
-                               password="postgres", dbname="postgres") as pg:
+        with PostgresContainer(
+            "timescale/timescaledb:2.17.2-pg16", username="postgres", password="postgres", dbname="postgres"
+        ) as pg:
             yield PgServer(pg.get_container_host_ip(), int(pg.get_exposed_port(5432)), "postgres", "postgres", True)
         return
     settings = Settings(home=session_home.home, broker=None, database_url=None, broker_port=0, database_port=0)
@@ -286,8 +296,9 @@ def recording_dir() -> str:
     return RECORDING_DIR
 
 
-def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = False,
-                timeout_s: float = 600.0, settled: bool = False) -> list[dict]:
+def _read_topic(
+    bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = False, timeout_s: float = 600.0, settled: bool = False
+) -> list[dict]:
     """Every record of `topic`, decoded (with `raw`: the value's bytes and the record timestamp instead).
 
     Reads until every partition has reported its end (partition EOF at the last stable offset: the
@@ -325,11 +336,24 @@ def _read_topic(bootstrap: str, topic: str, idle_s: float = 2.0, raw: bool = Fal
         quiet = 0.0
         at_end.discard(m.partition())
         if raw:
-            out.append({"key": m.key(), "partition": m.partition(), "offset": m.offset(), "value": m.value(),
-                        "timestamp": m.timestamp()[1]})
+            out.append(
+                {
+                    "key": m.key(),
+                    "partition": m.partition(),
+                    "offset": m.offset(),
+                    "value": m.value(),
+                    "timestamp": m.timestamp()[1],
+                }
+            )
             continue
-        out.append({"key": m.key().decode() if m.key() else None, "partition": m.partition(), "offset": m.offset(),
-                    "value": serde.decode(m.value())})
+        out.append(
+            {
+                "key": m.key().decode() if m.key() else None,
+                "partition": m.partition(),
+                "offset": m.offset(),
+                "value": serde.decode(m.value()),
+            }
+        )
     c.close()
     return out
 

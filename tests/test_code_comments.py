@@ -13,10 +13,17 @@ CITATION = re.compile(r"\b[Ii]ssue \d+")
 
 
 def test_no_code_cites_an_issue_number():
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "*.py", "*.sh", "*.toml", "*.yml", "*.yaml", "Makefile"],
-                           check=True, capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "*.py", "*.sh", "*.toml", "*.yml", "*.yaml", "Makefile"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert len(files) > 300  # the repository's code was listed
-    found = [f"{name}:{n}: {line.strip()[:100]}" for name in files
-             for n, line in enumerate((REPO / name).read_text(encoding="utf-8", errors="replace").splitlines(), 1)
-             if CITATION.search(line)]
+    found = [
+        f"{name}:{n}: {line.strip()[:100]}"
+        for name in files
+        for n, line in enumerate((REPO / name).read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if CITATION.search(line)
+    ]
     assert found == []

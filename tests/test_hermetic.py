@@ -48,8 +48,18 @@ def _damage(tree: Path, how: str) -> None:
         (tree / "share" / "extension" / "pg_cron.control").unlink()
 
 
-@pytest.mark.parametrize("how", ["write through a link", "same size, other bytes", "chmod", "chmod a directory",
-                                 "retarget a link", "create", "delete"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "write through a link",
+        "same size, other bytes",
+        "chmod",
+        "chmod a directory",
+        "retarget a link",
+        "create",
+        "delete",
+    ],
+)
 def test_every_kind_of_write_changes_the_fingerprint(tree, how):
     roots = [str(tree / "share" / "extension"), str(tree / "lib")]
     before = guard.fingerprint(roots)

@@ -20,7 +20,11 @@ from tests.support.paths import REPO
 LAYERS: dict[str, int] = {
     "schemas": 0,
     "tapeflow_runtime": 1,
-    "producers": 2, "sinks": 2, "stream_apps": 2, "fake_exchange": 2, "tapeflow_notify": 2,
+    "producers": 2,
+    "sinks": 2,
+    "stream_apps": 2,
+    "fake_exchange": 2,
+    "tapeflow_notify": 2,
     "execution": 3,
     "backtest": 4,
     "tapeflow_ui": 5,
@@ -117,21 +121,33 @@ def test_venues_never_import_each_other_and_the_base_imports_none():
 
 def test_the_checks_catch_planted_violations():
     """The rules themselves can fail: upward, sideways and cross-venue imports are all reported."""
-    planted = {"tapeflow_runtime.endpoints": [("tapeflow.stack.postgres", 3)],
-               "sinks.consumer": [("producers.publisher", 4)],
-               "producers.bybit.parse": [("producers.binance.parse", 5)],
-               "producers.base.venue": [("producers.binance.producer", 6)],
-               "execution.service": [("stream_apps.core.exits", 7), ("tapeflow_runtime.settings", 8)]}
-    assert layer_violations(planted) == ["tapeflow_runtime.endpoints:3 imports tapeflow.stack.postgres",
-                                         "sinks.consumer:4 imports producers.publisher"]
-    assert venue_violations(planted) == ["producers.bybit.parse:5 imports producers.binance.parse",
-                                         "producers.base.venue:6 imports producers.binance.producer"]
+    planted = {
+        "tapeflow_runtime.endpoints": [("tapeflow.stack.postgres", 3)],
+        "sinks.consumer": [("producers.publisher", 4)],
+        "producers.bybit.parse": [("producers.binance.parse", 5)],
+        "producers.base.venue": [("producers.binance.producer", 6)],
+        "execution.service": [("stream_apps.core.exits", 7), ("tapeflow_runtime.settings", 8)],
+    }
+    assert layer_violations(planted) == [
+        "tapeflow_runtime.endpoints:3 imports tapeflow.stack.postgres",
+        "sinks.consumer:4 imports producers.publisher",
+    ]
+    assert venue_violations(planted) == [
+        "producers.bybit.parse:5 imports producers.binance.parse",
+        "producers.base.venue:6 imports producers.binance.producer",
+    ]
 
 
 def test_the_fake_exchange_is_outside_producers_and_no_service_imports_it():
     assert not (REPO / "producers" / "fake_exchange").exists()
-    users = sorted({name.split(".")[0] for name, imports in GRAPH.items()
-                    for imp, _ in imports if imp.split(".")[0] == "fake_exchange" and not name.startswith("fake_exchange")})
+    users = sorted(
+        {
+            name.split(".")[0]
+            for name, imports in GRAPH.items()
+            for imp, _ in imports
+            if imp.split(".")[0] == "fake_exchange" and not name.startswith("fake_exchange")
+        }
+    )
     assert set(users) <= {"tapeflow"}  # only the CLI and the stack's replay source start it
 
 

@@ -62,16 +62,24 @@ LATENESS_MS = 180_000  # 3 s of wall time at this speed (see the module docstrin
 FAR_PAST_S = 1e9  # "older than ~31 years": the generated session is from 2023, the guards use the wall clock
 
 STRATEGY = {
-    "name": "e2e_test", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
+    "name": "e2e_test",
+    "version": "1",
+    "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+    "warmup": "10m",
     "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "2m",
+    "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+    "cooldown": "2m",
     "exits": {"sl_atr_mult": 0.5, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 3},
 }
 EXECUTOR_CONFIG = {
     "timeout_min": 3,
-    "risk": {"max_signal_age_s": FAR_PAST_S, "stale_market_data_s": FAR_PAST_S,
-             # a losing streak of a random walk must not pause the paper account mid-test
-             "daily_loss_limit_r": 1000, "max_consecutive_losses": 1000},
+    "risk": {
+        "max_signal_age_s": FAR_PAST_S,
+        "stale_market_data_s": FAR_PAST_S,
+        # a losing streak of a random walk must not pause the paper account mid-test
+        "daily_loss_limit_r": 1000,
+        "max_consecutive_losses": 1000,
+    },
 }
 SINK_TOPICS = ("md.trades", "signals", "orders", "fills", "positions")
 LEG_CODES = {"entry": "en", "tp1": "t1", "tp2": "t2", "sl": "sl", "exit": "ex"}
@@ -107,8 +115,9 @@ def home():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kafka_bootstrap, database,
-                                                                             topic_prefix, read_topic, home):
+def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  # noqa: C901 - over the complexity limit, to be split
+    kafka_bootstrap, database, topic_prefix, read_topic, home
+):
     migrate(database)
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     strategy_file = home / "e2e_test.yaml"
@@ -116,9 +125,16 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
     executor_file = home / "executor.yaml"
     executor_file.write_text(yaml.safe_dump(EXECUTOR_CONFIG))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update({"TAPEFLOW_HOME": str(home / "home"), "TAPEFLOW_BROKER": kafka_bootstrap,
-                "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_DATABASE_URL": database_url(database),
-                "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "TAPEFLOW_HOME": str(home / "home"),
+            "TAPEFLOW_BROKER": kafka_bootstrap,
+            "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
+            "TAPEFLOW_DATABASE_URL": database_url(database),
+            "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     services: list[Service] = []
 
     def start(name: str, *args: str) -> Service:
@@ -132,22 +148,59 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
     try:
         # consumers first; the executor starts at the end of its inputs, so it must own them before data flows
         sink = start("sink", "sink", "--topics", ",".join(SINK_TOPICS), "--metrics-port", "0")
-        engine = start("engine", "engine", "--strategy", str(strategy_file), "--metrics-port", "0",
-                       "--allowed-lateness-ms", str(LATENESS_MS), "--prime-hours", "0",
-                       "--signal-max-age-s", str(FAR_PAST_S))
-        executor = start("executor", "execute", "--mode", "paper", "--executor-config", str(executor_file),
-                         "--metrics-port", "0")
+        engine = start(
+            "engine",
+            "engine",
+            "--strategy",
+            str(strategy_file),
+            "--metrics-port",
+            "0",
+            "--allowed-lateness-ms",
+            str(LATENESS_MS),
+            "--prime-hours",
+            "0",
+            "--signal-max-age-s",
+            str(FAR_PAST_S),
+        )
+        executor = start(
+            "executor", "execute", "--mode", "paper", "--executor-config", str(executor_file), "--metrics-port", "0"
+        )
         port = int(executor.wait_for_line(r"executor started.*metrics_port=(\d+)", 90).group(1))
         wait_healthy(executor, port, 90)  # "running" once its input partitions are assigned
         engine_port = int(engine.wait_for_line(r"engine worker ready .*metrics_port=(\d+)", 90).group(1))
 
-        fake = start("fake-exchange", "fake-exchange", "--synthetic-seed", str(SEED),
-                     "--synthetic-symbols", ",".join(SYMBOLS), "--synthetic-duration", str(SESSION_S),
-                     "--speed", str(SPEED), "--rest-clock", "recording")
+        fake = start(
+            "fake-exchange",
+            "fake-exchange",
+            "--synthetic-seed",
+            str(SEED),
+            "--synthetic-symbols",
+            ",".join(SYMBOLS),
+            "--synthetic-duration",
+            str(SESSION_S),
+            "--speed",
+            str(SPEED),
+            "--rest-clock",
+            "recording",
+        )
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 90).group(0))
         rest = urls["rest_url"]
-        producer = start("producer", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url", rest,
-                         "--coinbase-url", rest, "--replay-control-url", rest, "--metrics-port", "0")
+        producer = start(
+            "producer",
+            "produce",
+            "--ws-url",
+            urls["ws_url"],
+            "--rest-url",
+            rest,
+            "--spot-url",
+            rest,
+            "--coinbase-url",
+            rest,
+            "--replay-control-url",
+            rest,
+            "--metrics-port",
+            "0",
+        )
         try:
             assert producer.proc.wait(SESSION_S / SPEED + 90) == 0, producer.tail()
         except subprocess.TimeoutExpired:
@@ -159,20 +212,37 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
         # read once each, when their writer has stopped (md.trades: the producer; signals: the engine)
         trades = topic("md.trades")
         trades_end = record_counts(trades)
-        wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-engine", {topic_prefix + "md.trades": trades_end},
-                      [engine, executor, sink], 90)
+        wait_consumed(
+            kafka_bootstrap,
+            topic_prefix + "tapeflow-engine",
+            {topic_prefix + "md.trades": trades_end},
+            [engine, executor, sink],
+            90,
+        )
         engine_counters = scrape(engine_port, "tapeflow_engine_state_counter")  # late trades, gaps (diagnosis)
         assert engine.stop() == 0, engine.tail()
         signals = topic("signals")
         signals_end = record_counts(signals)
-        wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-executor-paper",
-                      {topic_prefix + "md.trades": trades_end, topic_prefix + "signals": signals_end},
-                      [executor, sink], 60)
+        wait_consumed(
+            kafka_bootstrap,
+            topic_prefix + "tapeflow-executor-paper",
+            {topic_prefix + "md.trades": trades_end, topic_prefix + "signals": signals_end},
+            [executor, sink],
+            60,
+        )
         assert executor.stop() == 0, executor.tail()
-        published = {"md.trades": trades, "signals": signals,
-                     **{name: topic(name) for name in SINK_TOPICS if name not in ("md.trades", "signals")}}
-        wait_consumed(kafka_bootstrap, topic_prefix + "tapeflow-sink",
-                      {topic_prefix + name: record_counts(recs) for name, recs in published.items()}, [sink], 60)
+        published = {
+            "md.trades": trades,
+            "signals": signals,
+            **{name: topic(name) for name in SINK_TOPICS if name not in ("md.trades", "signals")},
+        }
+        wait_consumed(
+            kafka_bootstrap,
+            topic_prefix + "tapeflow-sink",
+            {topic_prefix + name: record_counts(recs) for name, recs in published.items()},
+            [sink],
+            60,
+        )
         assert sink.stop() == 0, sink.tail()
     finally:
         for service in services:
@@ -181,8 +251,10 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
     values = {name: [r["value"] for r in recs] for name, recs in published.items()}
     signals, orders, fills, positions = (values[n] for n in ("signals", "orders", "fills", "positions"))
     closed = [p for p in positions if p["event"] == "closed"]
-    print(f"{len(values['md.trades'])} trades, {len(signals)} signals, {len(orders)} order events, "
-          f"{len(fills)} fills, {len(closed)} closed: {Counter(p['exit_reason'] for p in closed)}")
+    print(
+        f"{len(values['md.trades'])} trades, {len(signals)} signals, {len(orders)} order events, "
+        f"{len(fills)} fills, {len(closed)} closed: {Counter(p['exit_reason'] for p in closed)}"
+    )
 
     # --- the executor traded the engine's signals ----------------------------------------------------
     assert len(closed) >= 3, f"only {len(closed)} positions closed; engine counters:\n{engine_counters}"
@@ -194,8 +266,13 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
     for p in positions:
         s = signal_by_id.get(p["signal_id"])
         assert s is not None, f"position {p['position_id']} has no signal on `signals`"
-        assert (p["strategy"], p["strategy_version"], p["config_hash"], p["symbol"], p["direction"]) == \
-            (s["strategy"], s["strategy_version"], s["config_hash"], s["symbol"], s["direction"])
+        assert (p["strategy"], p["strategy_version"], p["config_hash"], p["symbol"], p["direction"]) == (
+            s["strategy"],
+            s["strategy_version"],
+            s["config_hash"],
+            s["symbol"],
+            s["direction"],
+        )
         assert p["position_id"] == "pos-" + digest(p["signal_id"])
     for o in orders:
         assert o["signal_id"] in signal_by_id and o["position_id"] == "pos-" + digest(o["signal_id"])
@@ -223,10 +300,35 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
     db_by_key = {(r["position_id"], r["event"]): r for r in db_positions}
     for p in positions:
         r = db_by_key[(p["position_id"], p["event"])]
-        assert (r["signal_id"], r["mode"], r["strategy"], r["config_hash"], r["symbol"], r["direction"], r["tier"],
-                r["exit_reason"], r["entry_price"], r["exit_price"], r["qty"], r["sl_price"], ms(r["event_time"])) == \
-            (p["signal_id"], p["mode"], p["strategy"], p["config_hash"], p["symbol"], p["direction"], p["tier"],
-             p["exit_reason"], p["entry_price"], p["exit_price"], p["qty"], p["sl_price"], p["event_time"])
+        assert (
+            r["signal_id"],
+            r["mode"],
+            r["strategy"],
+            r["config_hash"],
+            r["symbol"],
+            r["direction"],
+            r["tier"],
+            r["exit_reason"],
+            r["entry_price"],
+            r["exit_price"],
+            r["qty"],
+            r["sl_price"],
+            ms(r["event_time"]),
+        ) == (
+            p["signal_id"],
+            p["mode"],
+            p["strategy"],
+            p["config_hash"],
+            p["symbol"],
+            p["direction"],
+            p["tier"],
+            p["exit_reason"],
+            p["entry_price"],
+            p["exit_price"],
+            p["qty"],
+            p["sl_price"],
+            p["event_time"],
+        )
         for column in ("pnl_r_gross", "pnl_r_net", "fees_r", "slippage_r", "r_usd"):
             want = p[column]
             assert num(r[column]) == (None if want is None else pytest.approx(want, rel=1e-12, abs=1e-12)), column
@@ -237,32 +339,62 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
     opened_at = {p["position_id"]: p["event_time"] for p in positions if p["event"] == "opened"}
     for p in closed:
         t = trades_closed[p["position_id"]]
-        assert (t["signal_id"], t["exit_reason"], t["entry_price"], t["exit_price"]) == \
-            (p["signal_id"], p["exit_reason"], p["entry_price"], p["exit_price"])
+        assert (t["signal_id"], t["exit_reason"], t["entry_price"], t["exit_price"]) == (
+            p["signal_id"],
+            p["exit_reason"],
+            p["entry_price"],
+            p["exit_price"],
+        )
         assert num(t["pnl_r_gross"]) == pytest.approx(p["pnl_r_gross"], rel=1e-12)
         assert num(t["pnl_r_net"]) == pytest.approx(p["pnl_r_net"], rel=1e-12)
         assert ms(t["entry_time"]) == opened_at[p["position_id"]] and ms(t["exit_time"]) == p["event_time"]
 
     order_keys = Counter((o["mode"], o["client_order_id"], o["state"], o["filled_qty"]) for o in orders)
     assert max(order_keys.values()) == 1, "an order transition published twice"
-    db_orders = {(r["mode"], r["client_order_id"], r["state"], r["filled_qty"]): r
-                 for r in rows(database, "SELECT * FROM orders")}
+    db_orders = {
+        (r["mode"], r["client_order_id"], r["state"], r["filled_qty"]): r
+        for r in rows(database, "SELECT * FROM orders")
+    }
     assert set(db_orders) == set(order_keys)
     for o in orders:
         r = db_orders[(o["mode"], o["client_order_id"], o["state"], o["filled_qty"])]
-        assert (r["signal_id"], r["position_id"], r["leg"], r["side"], r["type"], r["price"], r["qty"],
-                r["avg_fill_price"], ms(r["event_time"])) == \
-            (o["signal_id"], o["position_id"], o["leg"], o["side"], o["type"], o["price"], o["qty"],
-             o["avg_fill_price"], o["event_time"])
+        assert (
+            r["signal_id"],
+            r["position_id"],
+            r["leg"],
+            r["side"],
+            r["type"],
+            r["price"],
+            r["qty"],
+            r["avg_fill_price"],
+            ms(r["event_time"]),
+        ) == (
+            o["signal_id"],
+            o["position_id"],
+            o["leg"],
+            o["side"],
+            o["type"],
+            o["price"],
+            o["qty"],
+            o["avg_fill_price"],
+            o["event_time"],
+        )
 
     db_fills = {(r["client_order_id"], r["trade_id"]): r for r in rows(database, "SELECT * FROM fills")}
     assert set(db_fills) == {(f["client_order_id"], f["trade_id"]) for f in fills} and len(db_fills) == len(fills)
-    db_trades = {(r["symbol"], r["agg_id"]): r["price"] for r in rows(database, "SELECT symbol, agg_id, price FROM trades")}
+    db_trades = {
+        (r["symbol"], r["agg_id"]): r["price"] for r in rows(database, "SELECT symbol, agg_id, price FROM trades")
+    }
     assert len(db_trades) == len(values["md.trades"])
     for f in fills:
         r = db_fills[(f["client_order_id"], f["trade_id"])]
-        assert (r["price"], r["qty"], r["side"], r["liquidity"], ms(r["event_time"])) == \
-            (f["price"], f["qty"], f["side"], f["liquidity"], f["event_time"])
+        assert (r["price"], r["qty"], r["side"], r["liquidity"], ms(r["event_time"])) == (
+            f["price"],
+            f["qty"],
+            f["side"],
+            f["liquidity"],
+            f["event_time"],
+        )
         assert num(r["fee"]) == pytest.approx(f["fee"], rel=1e-12)
         # priced from a market trade the producer published (paper trade ids: p:<agg_id>:<client order id>)
         agg_id = int(f["trade_id"].split(":")[1])
@@ -276,8 +408,23 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(kaf
     assert set(db_signals) == set(signal_by_id)
     for sid, s in signal_by_id.items():
         r = db_signals[sid]
-        assert (r["strategy"], r["config_hash"], r["symbol"], r["direction"], r["tier"], r["price"],
-                r["risk_distance"], ms(r["eval_time"])) == \
-            (s["strategy"], s["config_hash"], s["symbol"], s["direction"], s["tier"], s["price"], s["risk_distance"],
-             s["eval_time"])
+        assert (
+            r["strategy"],
+            r["config_hash"],
+            r["symbol"],
+            r["direction"],
+            r["tier"],
+            r["price"],
+            r["risk_distance"],
+            ms(r["eval_time"]),
+        ) == (
+            s["strategy"],
+            s["config_hash"],
+            s["symbol"],
+            s["direction"],
+            s["tier"],
+            s["price"],
+            s["risk_distance"],
+            s["eval_time"],
+        )
     assert {p["signal_id"] for p in positions} <= set(db_signals)

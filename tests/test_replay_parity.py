@@ -51,8 +51,9 @@ def test_replay_output_is_identical_at_1x_60x_and_max(kafka_bootstrap, read_topi
     runs, prefixes = {}, {}
     for speed in ("max", "60", "1"):
         prefix = prefixes[speed] = f"rp{os.getpid()}{speed}{tmp_path.name[-6:]}."
-        runs[speed] = replay(kafka_bootstrap, prefix, read_topic, tmp_path / speed, seed=21, duration_s=240,
-                             speed=speed)
+        runs[speed] = replay(
+            kafka_bootstrap, prefix, read_topic, tmp_path / speed, seed=21, duration_s=240, speed=speed
+        )
     outputs, inputs, summary = runs["max"]
     print(f"\nmax: {summary}\n" + ", ".join(f"{t} {len(v)}" for t, v in outputs.items()))
     assert len(outputs["bars.1m"]) >= 6 and len(outputs["features"]) > 300 and outputs["signals"], outputs["signals"]
@@ -62,8 +63,9 @@ def test_replay_output_is_identical_at_1x_60x_and_max(kafka_bootstrap, read_topi
         assert_same(runs[speed][0], outputs, f"{speed}x vs max")
         # the same trades in the same order per symbol (receive_time is the producer's wall clock)
         for sym in SYMBOLS:
-            assert [{**t, "receive_time": 0} for t in runs[speed][1]["md.trades"] if t["symbol"] == sym] == \
-                [{**t, "receive_time": 0} for t in inputs["md.trades"] if t["symbol"] == sym], sym
+            assert [{**t, "receive_time": 0} for t in runs[speed][1]["md.trades"] if t["symbol"] == sym] == [
+                {**t, "receive_time": 0} for t in inputs["md.trades"] if t["symbol"] == sym
+            ], sym
     # and the engine core called directly on what the producer published (what the backtest does)
     reference = canonical(direct_engine_outputs(session_records(inputs), [parse_strategy(STRATEGY)]))
     assert_same(outputs, reference, "streaming vs engine core")
@@ -86,8 +88,16 @@ def test_a_two_hour_replay_at_max_equals_the_engine_core_and_loses_no_frame(kafk
     walks the partition's batch list), and speed independence is what the 4-minute 1x/60x/max test and
     the loaded 20-minute max/60x test check."""
     prefix = f"rq{os.getpid()}max{tmp_path.name[-6:]}."
-    outputs, inputs, summary = replay(kafka_bootstrap, prefix, read_topic, tmp_path / "max", seed=22,
-                                      duration_s=2 * 3600, speed="max", fake_args=TWO_HOURS_ARGS)
+    outputs, inputs, summary = replay(
+        kafka_bootstrap,
+        prefix,
+        read_topic,
+        tmp_path / "max",
+        seed=22,
+        duration_s=2 * 3600,
+        speed="max",
+        fake_args=TWO_HOURS_ARGS,
+    )
     print(f"\nmax: {summary}\n" + ", ".join(f"{t} {len(v)}" for t, v in outputs.items()))
     assert len(outputs["bars.1m"]) >= 2 * 119 and outputs["signals"]
     # the exact agg-id set of the session: nothing lost at max, nothing twice
@@ -95,8 +105,16 @@ def test_a_two_hour_replay_at_max_equals_the_engine_core_and_loses_no_frame(kafk
     for sym in SYMBOLS:
         ids = [t["agg_id"] for t in inputs["md.trades"] if t["symbol"] == sym]
         assert ids == sorted(ids), sym
-    assert_summary_true(summary, kafka_bootstrap, prefix, read_topic, seed=22, duration_s=2 * 3600,
-                        fake_args=TWO_HOURS_ARGS, inputs=inputs)
+    assert_summary_true(
+        summary,
+        kafka_bootstrap,
+        prefix,
+        read_topic,
+        seed=22,
+        duration_s=2 * 3600,
+        fake_args=TWO_HOURS_ARGS,
+        inputs=inputs,
+    )
     reference = canonical(direct_engine_outputs(session_records(inputs), [parse_strategy(STRATEGY)]))
     assert_same(outputs, reference, "streaming vs engine core")
     assert backtest_signals(kafka_bootstrap, prefix, inputs) == outputs["signals"]
@@ -110,8 +128,9 @@ LOADED_S = 600
 
 
 @pytest.mark.timeout(1800)
-def test_two_speeds_on_a_loaded_machine_give_the_same_features_signals_and_positions(kafka_bootstrap, read_topic,
-                                                                                     tmp_path):
+def test_two_speeds_on_a_loaded_machine_give_the_same_features_signals_and_positions(
+    kafka_bootstrap, read_topic, tmp_path
+):
     """The same 10-minute session at max and at 60x (paced writes: 10 s; 20x took 60 s of the broker's
     most expensive regime, many small batches; 20 minutes, until 2026-11-26, cost 364 CPU-s in a loaded
     suite, the most of any test) while every core is kept busy by a CPU hog
@@ -124,13 +143,18 @@ def test_two_speeds_on_a_loaded_machine_give_the_same_features_signals_and_posit
     with cpu_hog():
         for speed in ("max", "60"):
             prefix = f"rl{os.getpid()}{speed}{tmp_path.name[-6:]}."
-            runs[speed] = replay(kafka_bootstrap, prefix, read_topic, tmp_path / speed, seed=23,
-                                 duration_s=LOADED_S, speed=speed)
-            positions[speed] = sorted(paper_positions(kafka_bootstrap, prefix, read_topic, tmp_path / f"x{speed}"),
-                                      key=_positions_key)
+            runs[speed] = replay(
+                kafka_bootstrap, prefix, read_topic, tmp_path / speed, seed=23, duration_s=LOADED_S, speed=speed
+            )
+            positions[speed] = sorted(
+                paper_positions(kafka_bootstrap, prefix, read_topic, tmp_path / f"x{speed}"), key=_positions_key
+            )
     outputs, inputs, summary = runs["max"]
-    print(f"\nmax: {summary}\n" + ", ".join(f"{t} {len(v)}" for t, v in outputs.items())
-          + f", positions {len(positions['max'])}")
+    print(
+        f"\nmax: {summary}\n"
+        + ", ".join(f"{t} {len(v)}" for t, v in outputs.items())
+        + f", positions {len(positions['max'])}"
+    )
     assert outputs["signals"] and any(p["event"] == "closed" for p in positions["max"]), positions["max"][:3]
     for speed in ("max", "60"):
         assert_every_trade_once(23, LOADED_S, runs[speed][1]["md.trades"])

@@ -12,15 +12,15 @@ import subprocess
 from tests.support.paths import REPO
 
 #: modules that turn bytes into arbitrary objects (or code)
-FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "jsonpickle", "marshal", "shelve",
-                     "joblib"}
+FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "jsonpickle", "marshal", "shelve", "joblib"}
 #: yaml calls that can construct arbitrary Python objects
 UNSAFE_YAML = {"unsafe_load", "unsafe_load_all", "full_load", "full_load_all", "load", "load_all"}
 
 
 def python_files() -> list:
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "*.py"], check=True, capture_output=True,
-                            text=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "*.py"], check=True, capture_output=True, text=True
+    ).stdout.split()
     return [REPO / name for name in listed]
 
 
@@ -35,8 +35,13 @@ def findings(path) -> list[str]:
         else:
             names = []
         found += [f"{path.relative_to(REPO)}:{node.lineno} imports {n}" for n in names if n in FORBIDDEN_MODULES]
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in UNSAFE_YAML \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "yaml":
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in UNSAFE_YAML
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "yaml"
+        ):
             loader = {k.arg: k.value for k in node.keywords}.get("Loader")
             safe = isinstance(loader, ast.Attribute) and loader.attr in ("SafeLoader", "CSafeLoader")
             if not safe:
@@ -58,11 +63,17 @@ def test_the_scan_finds_what_it_forbids(tmp_path, monkeypatch):
 
     monkeypatch.setattr(me, "REPO", tmp_path)
     bad = tmp_path / "bad.py"
-    bad.write_text("import pickle\nfrom marshal import loads\nimport yaml\nyaml.load(s)\n"
-                   "yaml.load(s, Loader=yaml.SafeLoader)\nyaml.unsafe_load(s)\neval('1')\n")
-    assert findings(bad) == ["bad.py:1 imports pickle", "bad.py:2 imports marshal",
-                             "bad.py:4 yaml.load without SafeLoader", "bad.py:6 yaml.unsafe_load without SafeLoader",
-                             "bad.py:7 calls eval"]
+    bad.write_text(
+        "import pickle\nfrom marshal import loads\nimport yaml\nyaml.load(s)\n"
+        "yaml.load(s, Loader=yaml.SafeLoader)\nyaml.unsafe_load(s)\neval('1')\n"
+    )
+    assert findings(bad) == [
+        "bad.py:1 imports pickle",
+        "bad.py:2 imports marshal",
+        "bad.py:4 yaml.load without SafeLoader",
+        "bad.py:6 yaml.unsafe_load without SafeLoader",
+        "bad.py:7 calls eval",
+    ]
 
 
 def test_the_engine_app_uses_raw_codecs(tmp_path):
@@ -70,21 +81,40 @@ def test_the_engine_app_uses_raw_codecs(tmp_path):
     from stream_apps.faust_app.app import EngineWorker
     from stream_apps.faust_app.config import EngineAppConfig
 
-    config = EngineAppConfig(bootstrap="127.0.0.1:1", app_id="sec.engine", topic_prefix="sec.",
-                             strategy_files=sorted(default_strategy_dir().glob("*.yaml")), datadir=tmp_path / "faust")
+    config = EngineAppConfig(
+        bootstrap="127.0.0.1:1",
+        app_id="sec.engine",
+        topic_prefix="sec.",
+        strategy_files=sorted(default_strategy_dir().glob("*.yaml")),
+        datadir=tmp_path / "faust",
+    )
     worker = EngineWorker(config)
     table, inputs = worker.table, worker.inputs
-    codecs = {"table": (table.key_serializer, table.value_serializer),
-              "changelog": (table.changelog_topic.key_serializer, table.changelog_topic.value_serializer),
-              "inputs": (inputs.key_serializer, inputs.value_serializer),
-              "app default key": (worker.app.conf.key_serializer,)}
+    codecs = {
+        "table": (table.key_serializer, table.value_serializer),
+        "changelog": (table.changelog_topic.key_serializer, table.changelog_topic.value_serializer),
+        "inputs": (inputs.key_serializer, inputs.value_serializer),
+        "app default key": (worker.app.conf.key_serializer,),
+    }
     assert all(codec == "raw" for pair in codecs.values() for codec in pair), codecs
     assert worker.app.conf.value_serializer != "pickle"
 
 
 #: what bandit scans: every package the project ships or runs (tests and benchmarks are not deployed)
-BANDIT_TREES = ("producers", "stream_apps", "schemas", "sinks", "execution", "backtest", "tapeflow",
-                "tapeflow_runtime", "tapeflow_notify", "tapeflow_ui", "fake_exchange", "deploy")
+BANDIT_TREES = (
+    "producers",
+    "stream_apps",
+    "schemas",
+    "sinks",
+    "execution",
+    "backtest",
+    "tapeflow",
+    "tapeflow_runtime",
+    "tapeflow_notify",
+    "tapeflow_ui",
+    "fake_exchange",
+    "deploy",
+)
 
 
 def test_bandit_finds_nothing_unjustified():
@@ -96,16 +126,37 @@ def test_bandit_finds_nothing_unjustified():
     import json
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "bandit", "-q", "-r", *BANDIT_TREES, "-x", "deploy/grafana/dashboards.py",
-                          "-s", "B101", "-f", "json"], cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bandit",
+            "-q",
+            "-r",
+            *BANDIT_TREES,
+            "-x",
+            "deploy/grafana/dashboards.py",
+            "-s",
+            "B101",
+            "-f",
+            "json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     report = json.loads(res.stdout)
     assert report["results"] == [], [(r["filename"], r["line_number"], r["test_id"]) for r in report["results"]]
     assert res.returncode == 0, res.stderr
     scanned = report["metrics"]["_totals"]["loc"]
     assert scanned > 20_000  # the trees were really read
-    nosec = [(path.relative_to(REPO), line.strip()) for path in python_files()
-             if path.relative_to(REPO).parts[0] in BANDIT_TREES
-             for line in path.read_text(encoding="utf-8").splitlines() if "# nosec" in line]
+    nosec = [
+        (path.relative_to(REPO), line.strip())
+        for path in python_files()
+        if path.relative_to(REPO).parts[0] in BANDIT_TREES
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if "# nosec" in line
+    ]
     assert len(nosec) >= 20 and [n for n in nosec if not re.search(r"# nosec (B\d+ ?)+ # \w", n[1])] == []
 
 
@@ -116,10 +167,10 @@ def test_bandit_finds_nothing_unjustified():
 SECRET_SCAN_EXCLUDED = {
     r"^\.secrets\.baseline$": "the audited baseline itself (its hashes, not secrets)",
     r"^docs/reference/[^/]+\.md$": "every page is docs/gen_reference.py's output, or deploy/grafana/dashboards.py's "
-                                  "(dashboards.md): tests/docs/test_reference.py compares each page with what they "
-                                  "generate and that no other page is there",
+    "(dashboards.md): tests/docs/test_reference.py compares each page with what they "
+    "generate and that no other page is there",
     r"^deploy/grafana/dashboards/[^/]+\.json$": "deploy/grafana/dashboards.py's output: tests/deploy/test_dashboards.py "
-                                               "compares each file (`dashboards.py --check`) and that no other is there",
+    "compares each file (`dashboards.py --check`) and that no other is there",
 }
 
 
@@ -138,23 +189,34 @@ def test_no_secret_beyond_the_audited_baseline(tmp_path):
     assert all(item["is_secret"] is False for items in baseline["results"].values() for item in items)
     known = {(name, item["hashed_secret"]) for name, items in baseline["results"].items() for item in items}
     excluded = [a for regex in SECRET_SCAN_EXCLUDED for a in ("--exclude-files", regex)]
-    res = subprocess.run([sys.executable, "-m", "detect_secrets", "scan", *excluded], cwd=REPO, capture_output=True,
-                         text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    res = subprocess.run(
+        [sys.executable, "-m", "detect_secrets", "scan", *excluded],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     assert res.returncode == 0, res.stderr
     found = json.loads(res.stdout)["results"]
-    new = sorted((name, item["type"], item["line_number"]) for name, items in found.items() for item in items
-                 if (name, item["hashed_secret"]) not in known)
+    new = sorted(
+        (name, item["type"], item["line_number"])
+        for name, items in found.items()
+        for item in items
+        if (name, item["hashed_secret"]) not in known
+    )
     assert new == []
 
 
 def test_the_secret_scan_leaves_out_only_generated_files():
     """What ``SECRET_SCAN_EXCLUDED`` leaves out is what it says: the baseline and the generated pages and
     dashboards, and nothing hand-written beside them (a regex that grew would narrow the scan)."""
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files"], check=True, capture_output=True,
-                            text=True).stdout.split("\n")
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files"], check=True, capture_output=True, text=True
+    ).stdout.split("\n")
     left_out = {name for name in listed if any(re.search(regex, name) for regex in SECRET_SCAN_EXCLUDED)}
-    generated = {f"docs/reference/{p.name}" for p in (REPO / "docs" / "reference").glob("*.md")} | \
-        {f"deploy/grafana/dashboards/{p.name}" for p in (REPO / "deploy" / "grafana" / "dashboards").glob("*.json")}
+    generated = {f"docs/reference/{p.name}" for p in (REPO / "docs" / "reference").glob("*.md")} | {
+        f"deploy/grafana/dashboards/{p.name}" for p in (REPO / "deploy" / "grafana" / "dashboards").glob("*.json")
+    }
     assert left_out == generated | {".secrets.baseline"}
     assert len(generated) >= 14  # the 8 reference pages and the 6 dashboards
 
@@ -165,9 +227,16 @@ def test_the_secret_scan_finds_a_planted_key(tmp_path):
     import sys
 
     planted = tmp_path / "config.py"
-    planted.write_text('api_secret = "q8Zr2LwX9vPn4TkY7mB3sD6hJ1cF5gA0"\naws = "AKIAZ7Q2X4R6T8Y0U2W4"\n')  # pragma: allowlist secret
-    res = subprocess.run([sys.executable, "-m", "detect_secrets", "scan", str(planted)], cwd=tmp_path,
-                         capture_output=True, text=True, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    planted.write_text(
+        'api_secret = "q8Zr2LwX9vPn4TkY7mB3sD6hJ1cF5gA0"\naws = "AKIAZ7Q2X4R6T8Y0U2W4"\n'
+    )  # pragma: allowlist secret
+    res = subprocess.run(
+        [sys.executable, "-m", "detect_secrets", "scan", str(planted)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     types = {item["type"] for items in json.loads(res.stdout)["results"].values() for item in items}
     assert {"Secret Keyword", "AWS Access Key"} <= types, types
 
@@ -188,8 +257,13 @@ def test_no_installed_dependency_has_a_known_vulnerability():
 
     import pytest
 
-    res = subprocess.run([sys.executable, "-m", "pip_audit", "-l", "-f", "json", "--progress-spinner", "off"],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip_audit", "-l", "-f", "json", "--progress-spinner", "off"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     try:
         deps = json.loads(res.stdout)["dependencies"]
     except (ValueError, KeyError):
@@ -198,6 +272,7 @@ def test_no_installed_dependency_has_a_known_vulnerability():
     if not audited:
         reason = deps[0]["skip_reason"] if deps else res.stderr.strip()[-200:]
         pytest.skip(f"pip-audit: the vulnerability service audited none of {len(deps)} packages ({reason})")
-    found = [(d["name"], d["version"], v["id"]) for d in audited for v in d.get("vulns", [])
-             if v["id"] not in AUDIT_ACCEPTED]
+    found = [
+        (d["name"], d["version"], v["id"]) for d in audited for v in d.get("vulns", []) if v["id"] not in AUDIT_ACCEPTED
+    ]
     assert found == [], found

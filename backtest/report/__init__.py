@@ -22,8 +22,9 @@ FORMATS = tuple(FILES)
 __all__ = ["FILES", "FORMATS", "store_run", "write_report"]
 
 
-def write_report(result: RunResult, out_dir: Path,
-                 formats: Iterable[str] = ("json", "md", "png", "html")) -> dict[str, Path]:
+def write_report(
+    result: RunResult, out_dir: Path, formats: Iterable[str] = ("json", "md", "png", "html")
+) -> dict[str, Path]:
     """Write the chosen formats into `out_dir` (created); returns {format: path}."""
     wanted = list(dict.fromkeys(formats))
     unknown = [f for f in wanted if f not in FILES]
@@ -36,8 +37,9 @@ def write_report(result: RunResult, out_dir: Path,
     for fmt in wanted:
         path = out_dir / FILES[fmt]
         if fmt == "json":
-            path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str)
-                             + b"\n")
+            path.write_bytes(
+                orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str) + b"\n"
+            )
         elif fmt == "md":
             from backtest.report import markdown
 

@@ -18,8 +18,14 @@ from backtest.model import BacktestTrade, RunResult
 FORMAT = "tapeflow-backtest-report"
 FORMAT_VERSION = 1
 BREAKDOWN_DIMENSIONS = ("strategy", "symbol", "tier", "utc_hour", "exit_reason", "score_band")
-BREAKDOWN_TITLES = {"strategy": "Strategy", "symbol": "Symbol", "tier": "Tier", "utc_hour": "UTC hour (entry)",
-                    "exit_reason": "Exit reason", "score_band": "Score band"}
+BREAKDOWN_TITLES = {
+    "strategy": "Strategy",
+    "symbol": "Symbol",
+    "tier": "Tier",
+    "utc_hour": "UTC hour (entry)",
+    "exit_reason": "Exit reason",
+    "score_band": "Score band",
+}
 
 
 def iso(ms: int) -> str:
@@ -32,10 +38,18 @@ _TRADE_FIELDS = tuple(f.name for f in fields(BacktestTrade))
 def trade_row(t: BacktestTrade) -> dict[str, Any]:
     # the fields read directly: dataclasses.asdict deep-copies and was most of the report's time
     d = {name: getattr(t, name) for name in _TRADE_FIELDS}
-    d.update(pnl_usd_net=t.pnl_usd_net, entry_iso=iso(t.entry_time), exit_iso=iso(t.exit_time),
-             duration_min=(t.exit_time - t.entry_time) / 60_000,
-             gross_usd=t.pnl_r_gross * t.r_usd, fees_usd=t.fees_r * t.r_usd, slippage_usd=t.slippage_r * t.r_usd,
-             funding_usd=t.funding_r * t.r_usd, utc_hour=metrics.utc_hour(t), score_band=metrics.score_band(t))
+    d.update(
+        pnl_usd_net=t.pnl_usd_net,
+        entry_iso=iso(t.entry_time),
+        exit_iso=iso(t.exit_time),
+        duration_min=(t.exit_time - t.entry_time) / 60_000,
+        gross_usd=t.pnl_r_gross * t.r_usd,
+        fees_usd=t.fees_r * t.r_usd,
+        slippage_usd=t.slippage_r * t.r_usd,
+        funding_usd=t.funding_r * t.r_usd,
+        utc_hour=metrics.utc_hour(t),
+        score_band=metrics.score_band(t),
+    )
     return d
 
 
@@ -43,9 +57,11 @@ def _curve(trades: list[BacktestTrade], from_ms: int) -> dict[str, list]:
     """Equity and drawdown after each trade, preceded by the starting point (from_ms, 0, 0)."""
     net = [t.pnl_r_net for t in trades]
     equity = metrics.equity_curve(net)
-    return {"time_ms": [from_ms] + [t.exit_time for t in trades],
-            "equity_r": [0.0] + equity,
-            "drawdown_r": [0.0] + metrics.drawdowns(equity)}
+    return {
+        "time_ms": [from_ms] + [t.exit_time for t in trades],
+        "equity_r": [0.0] + equity,
+        "drawdown_r": [0.0] + metrics.drawdowns(equity),
+    }
 
 
 def build(result: RunResult) -> dict[str, Any]:
@@ -64,38 +80,69 @@ def build(result: RunResult) -> dict[str, Any]:
         summary = metrics.summarise(st).as_dict()
         daily = metrics.daily_net_r(st, result.from_ms, result.end_ms)
         sh = metrics.sharpe([r for _d, r in daily])
-        summary.update(sharpe_per_day=sh.per_day, sharpe_annualised=sh.annualised, days=sh.days,
-                       daily_mean_r=sh.mean_r, daily_std_r=sh.std_r,
-                       final_balance=result.initial_balance + summary["net_usd"])
-        strategies.append({
-            "name": s.name, "version": s.version, "config_hash": s.config_hash, "config": s.config,
-            "summary": summary,
-            "daily": [{"day": metrics.day_label(d), "net_r": r} for d, r in daily],
-            "curve": _curve(st, result.from_ms),
-        })
+        summary.update(
+            sharpe_per_day=sh.per_day,
+            sharpe_annualised=sh.annualised,
+            days=sh.days,
+            daily_mean_r=sh.mean_r,
+            daily_std_r=sh.std_r,
+            final_balance=result.initial_balance + summary["net_usd"],
+        )
+        strategies.append(
+            {
+                "name": s.name,
+                "version": s.version,
+                "config_hash": s.config_hash,
+                "config": s.config,
+                "summary": summary,
+                "daily": [{"day": metrics.day_label(d), "net_r": r} for d, r in daily],
+                "curve": _curve(st, result.from_ms),
+            }
+        )
 
     breakdowns = {
         dim: [{"strategy": s, "key": k, **summ.as_dict()} for s, k, summ in metrics.breakdown(trades, dim)]
         for dim in BREAKDOWN_DIMENSIONS
     }
-    coverage = [{"layer": c.layer, "symbol": c.symbol, "input": c.input, "evaluations": c.evaluations,
-                 "present": c.present, "lacking": c.evaluations - c.present, "share": c.share, "note": c.note}
-                for c in sorted(result.coverage, key=lambda c: (c.layer, c.symbol, c.input))]
+    coverage = [
+        {
+            "layer": c.layer,
+            "symbol": c.symbol,
+            "input": c.input,
+            "evaluations": c.evaluations,
+            "present": c.present,
+            "lacking": c.evaluations - c.present,
+            "share": c.share,
+            "note": c.note,
+        }
+        for c in sorted(result.coverage, key=lambda c: (c.layer, c.symbol, c.input))
+    ]
     duration_s = max(result.finished_at_ms - result.started_at_ms, 0) / 1000
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "run": {
-            "run_id": result.run_id, "source": result.source, "exchange": result.exchange,
-            "symbols": list(result.symbols), "from_ms": result.from_ms, "to_ms": result.to_ms,
-            "from": iso(result.from_ms), "to": iso(result.to_ms),
-            "started_at": iso(result.started_at_ms), "finished_at": iso(result.finished_at_ms),
-            "duration_s": duration_s, "partial": result.partial,
-            "end_ms": result.end_ms, "end": iso(result.end_ms),
-            "events_processed": result.events_processed, "trades_processed": result.trades_processed,
+            "run_id": result.run_id,
+            "source": result.source,
+            "exchange": result.exchange,
+            "symbols": list(result.symbols),
+            "from_ms": result.from_ms,
+            "to_ms": result.to_ms,
+            "from": iso(result.from_ms),
+            "to": iso(result.to_ms),
+            "started_at": iso(result.started_at_ms),
+            "finished_at": iso(result.finished_at_ms),
+            "duration_s": duration_s,
+            "partial": result.partial,
+            "end_ms": result.end_ms,
+            "end": iso(result.end_ms),
+            "events_processed": result.events_processed,
+            "trades_processed": result.trades_processed,
             "trades_per_s": result.trades_processed / duration_s if duration_s > 0 else None,
-            "evaluations": result.evaluations, "signals": result.signals,
-            "initial_balance": result.initial_balance, "params": result.params,
+            "evaluations": result.evaluations,
+            "signals": result.signals,
+            "initial_balance": result.initial_balance,
+            "params": result.params,
         },
         "definitions": DEFINITIONS,
         "strategies": strategies,

@@ -12,14 +12,24 @@ NA = "—"
 
 # (key, header, kind); kind "cost_r"/"cost_usd" print like "r"/"usd" but are never coloured as gains/losses
 Column = tuple[str, str, str]
-COSTS_R: list[Column] = [("fees_r", "fees R", "cost_r"), ("slippage_r", "slippage R", "cost_r"),
-                         ("funding_r", "funding R", "cost_r")]
-_HEAD: list[Column] = [("trades", "trades", "int"), ("win_rate", "win rate", "pct"), ("net_r", "net R", "r"),
-                       ("gross_r", "gross R", "r"), *COSTS_R]
+COSTS_R: list[Column] = [
+    ("fees_r", "fees R", "cost_r"),
+    ("slippage_r", "slippage R", "cost_r"),
+    ("funding_r", "funding R", "cost_r"),
+]
+_HEAD: list[Column] = [
+    ("trades", "trades", "int"),
+    ("win_rate", "win rate", "pct"),
+    ("net_r", "net R", "r"),
+    ("gross_r", "gross R", "r"),
+    *COSTS_R,
+]
 _PF: Column = ("profit_factor", "profit factor", "ratio")
 _EXPECTANCY: Column = ("expectancy_r", "expectancy R", "r")
 STRATEGY_COLUMNS: list[Column] = [
-    *_HEAD, _PF, _EXPECTANCY,
+    *_HEAD,
+    _PF,
+    _EXPECTANCY,
     ("avg_win_r", "avg win R", "r"),
     ("avg_loss_r", "avg loss R", "r"),
     ("max_drawdown_r", "max DD R", "cost_r"),

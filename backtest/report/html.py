@@ -85,10 +85,18 @@ def _header(text: str, kind: str) -> Header:
 
 
 def _strategy_table(doc: dict[str, Any], table_id: str, cols: list[fmt.Column]) -> Table:
-    t = Table(table_id, [_header("strategy", "text"), _header("version", "text"), _header("config hash", "text")]
-              + [_header(h, k) for _c, h, k in cols])
-    t.rows = [Row([_text(s["name"]), _text(s["version"]), _text(s["config_hash"])]
-                  + [_cell(s["summary"][c], k) for c, _h, k in cols]) for s in doc["strategies"]]
+    t = Table(
+        table_id,
+        [_header("strategy", "text"), _header("version", "text"), _header("config hash", "text")]
+        + [_header(h, k) for _c, h, k in cols],
+    )
+    t.rows = [
+        Row(
+            [_text(s["name"]), _text(s["version"]), _text(s["config_hash"])]
+            + [_cell(s["summary"][c], k) for c, _h, k in cols]
+        )
+        for s in doc["strategies"]
+    ]
     return t
 
 
@@ -98,22 +106,54 @@ def _tables(doc: dict[str, Any]) -> dict[str, Any]:
     for dim, rows in doc["breakdowns"].items():
         if dim == "strategy":
             continue
-        t = Table(f"breakdown-{dim}", [_header("strategy", "text"), _header(BREAKDOWN_TITLES[dim], "text")]
-                  + [_header(h, k) for _c, h, k in cols])
+        t = Table(
+            f"breakdown-{dim}",
+            [_header("strategy", "text"), _header(BREAKDOWN_TITLES[dim], "text")]
+            + [_header(h, k) for _c, h, k in cols],
+        )
         t.rows = [Row([_text(r["strategy"]), _text(r["key"])] + [_cell(r[c], k) for c, _h, k in cols]) for r in rows]
         breakdowns.append({"dimension": dim, "title": BREAKDOWN_TITLES[dim].lower(), "table": t})
-    coverage = Table("coverage-table", [_header(h, k) for h, k in (
-        ("layer", "text"), ("symbol", "text"), ("input", "text"), ("evaluations", "int"), ("present", "int"),
-        ("lacking", "int"), ("share", "share"), ("note", "text"))])
-    coverage.rows = [Row([_text(c["layer"]), _text(c["symbol"]), _text(c["input"]), _cell(c["evaluations"], "int"),
-                          _cell(c["present"], "int"), _cell(c["lacking"], "int"), _cell(c["share"], "share"),
-                          _text(c["note"])], "lacking" if c["lacking"] else "")
-                     for c in doc["coverage"]]
+    coverage = Table(
+        "coverage-table",
+        [
+            _header(h, k)
+            for h, k in (
+                ("layer", "text"),
+                ("symbol", "text"),
+                ("input", "text"),
+                ("evaluations", "int"),
+                ("present", "int"),
+                ("lacking", "int"),
+                ("share", "share"),
+                ("note", "text"),
+            )
+        ],
+    )
+    coverage.rows = [
+        Row(
+            [
+                _text(c["layer"]),
+                _text(c["symbol"]),
+                _text(c["input"]),
+                _cell(c["evaluations"], "int"),
+                _cell(c["present"], "int"),
+                _cell(c["lacking"], "int"),
+                _cell(c["share"], "share"),
+                _text(c["note"]),
+            ],
+            "lacking" if c["lacking"] else "",
+        )
+        for c in doc["coverage"]
+    ]
     trades = Table("trades-table", [_header(h, k) for _c, h, k in fmt.TRADE_COLUMNS])
     trades.rows = [Row([_cell(t[c], k) for c, _h, k in fmt.TRADE_COLUMNS]) for t in doc["trades"]]
-    return {"strategies_table": _strategy_table(doc, "strategies-table", fmt.STRATEGY_COLUMNS),
-            "usd_table": _strategy_table(doc, "strategies-usd-table", fmt.USD_COLUMNS),
-            "breakdowns": breakdowns, "coverage_table": coverage, "trades_table": trades}
+    return {
+        "strategies_table": _strategy_table(doc, "strategies-table", fmt.STRATEGY_COLUMNS),
+        "usd_table": _strategy_table(doc, "strategies-usd-table", fmt.USD_COLUMNS),
+        "breakdowns": breakdowns,
+        "coverage_table": coverage,
+        "trades_table": trades,
+    }
 
 
 def _script_safe_json(obj: Any) -> str:
@@ -145,30 +185,44 @@ def _assets() -> dict[str, str]:
 
 @cache
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("backtest.report", "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("backtest.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     return env.get_template("report.html.j2")
 
 
 def render(doc: dict[str, Any]) -> str:
     a = _assets()
     run = doc["run"]
-    chart_data = {"end_ms": run["end_ms"],
-                  "strategies": [{"name": s["name"], **s["curve"]} for s in doc["strategies"]]}
-    csp = ("default-src 'none'; " f"script-src {_sha256(a['uplot_js'])} {_sha256(a['page_js'])}; "
-           "style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'")
+    chart_data = {"end_ms": run["end_ms"], "strategies": [{"name": s["name"], **s["curve"]} for s in doc["strategies"]]}
+    csp = (
+        "default-src 'none'; "
+        f"script-src {_sha256(a['uplot_js'])} {_sha256(a['page_js'])}; "
+        "style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+    )
     return _template().render(
-        csp=csp, run=run, strategies=doc["strategies"], definitions=doc["definitions"],
+        csp=csp,
+        run=run,
+        strategies=doc["strategies"],
+        definitions=doc["definitions"],
         params=[(k, orjson.dumps(v, default=str).decode()) for k, v in sorted(run["params"].items())],
-        coverage_incomplete=doc["coverage_incomplete"], coverage_rows=len(doc["coverage"]),
+        coverage_incomplete=doc["coverage_incomplete"],
+        coverage_rows=len(doc["coverage"]),
         evaluations_lacking=doc["evaluations_lacking_inputs"],
-        missing=doc["missing"][:LIST_LIMIT], missing_count=len(doc["missing"]),
+        missing=doc["missing"][:LIST_LIMIT],
+        missing_count=len(doc["missing"]),
         missing_more=max(len(doc["missing"]) - LIST_LIMIT, 0),
-        bad_rows=doc["bad_rows"][:LIST_LIMIT], bad_rows_count=len(doc["bad_rows"]),
+        bad_rows=doc["bad_rows"][:LIST_LIMIT],
+        bad_rows_count=len(doc["bad_rows"]),
         bad_rows_more=max(len(doc["bad_rows"]) - LIST_LIMIT, 0),
         chart_data=_inline(_script_safe_json(chart_data), "script"),
-        uplot_js=_inline(a["uplot_js"], "script"), page_js=_inline(a["page_js"], "script"),
-        uplot_css=_inline(a["uplot_css"], "style"), page_css=_inline(a["page_css"], "style"),
+        uplot_js=_inline(a["uplot_js"], "script"),
+        page_js=_inline(a["page_js"], "script"),
+        uplot_css=_inline(a["uplot_css"], "style"),
+        page_css=_inline(a["page_css"], "style"),
         **_tables(doc),
     )
 

@@ -34,8 +34,11 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
     run = doc["run"]
     lines = [f"# Backtest {fmt.md(run['run_id'])}", ""]
     if run["partial"]:
-        lines += [f"> **PARTIAL RUN** — interrupted at {run['end']}, before the end of its range ({run['to']}): "
-                  f"the numbers cover only the {run['events_processed']:,} events processed until then.", ""]
+        lines += [
+            f"> **PARTIAL RUN** — interrupted at {run['end']}, before the end of its range ({run['to']}): "
+            f"the numbers cover only the {run['events_processed']:,} events processed until then.",
+            "",
+        ]
     lines += [
         f"- source: {fmt.md(run['source'])}, exchange {fmt.md(run['exchange'])}, "
         f"symbols {fmt.md(', '.join(run['symbols']))}",
@@ -50,9 +53,14 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
         "",
     ]
     for cols in (fmt.STRATEGY_COLUMNS, fmt.USD_COLUMNS):
-        lines += _table(["strategy", "version", "config hash"] + [h for _k, h, _ in cols],
-                        [[fmt.md(s["name"]), fmt.md(s["version"]), f"`{fmt.md(s['config_hash'])}`"]
-                         + [fmt.value(s["summary"][k], kind) for k, _h, kind in cols] for s in doc["strategies"]])
+        lines += _table(
+            ["strategy", "version", "config hash"] + [h for _k, h, _ in cols],
+            [
+                [fmt.md(s["name"]), fmt.md(s["version"]), f"`{fmt.md(s['config_hash'])}`"]
+                + [fmt.value(s["summary"][k], kind) for k, _h, kind in cols]
+                for s in doc["strategies"]
+            ],
+        )
         lines.append("")
     lines += [f"Definitions: {'; '.join(f'**{fmt.md(k)}**: {fmt.md(v)}' for k, v in doc['definitions'].items())}.", ""]
     if png_name:
@@ -62,18 +70,39 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
         if dim == "strategy":
             continue  # the Strategies table above
         lines += [f"## By {BREAKDOWN_TITLES[dim].lower()}", ""]
-        lines += _table(["strategy", BREAKDOWN_TITLES[dim]] + [h for _k, h, _ in fmt.BREAKDOWN_COLUMNS],
-                        [[fmt.md(r["strategy"]), fmt.md(r["key"])]
-                         + [fmt.value(r[k], kind) for k, _h, kind in fmt.BREAKDOWN_COLUMNS] for r in rows])
+        lines += _table(
+            ["strategy", BREAKDOWN_TITLES[dim]] + [h for _k, h, _ in fmt.BREAKDOWN_COLUMNS],
+            [
+                [fmt.md(r["strategy"]), fmt.md(r["key"])]
+                + [fmt.value(r[k], kind) for k, _h, kind in fmt.BREAKDOWN_COLUMNS]
+                for r in rows
+            ],
+        )
         lines.append("")
 
-    lines += ["## Data coverage", "",
-              f"{doc['coverage_incomplete']} of {len(doc['coverage'])} (layer, symbol, input) rows lacked inputs "
-              f"for some evaluations; {doc['evaluations_lacking_inputs']:,} evaluation-inputs lacking in all.", ""]
-    lines += _table(["layer", "symbol", "input", "evaluations", "present", "lacking", "share", "note"],
-                    [[fmt.md(c["layer"]), fmt.md(c["symbol"]), fmt.md(c["input"]), f"{c['evaluations']:,}",
-                      f"{c['present']:,}", f"{c['lacking']:,}", fmt.value(c["share"], "share"), fmt.md(c["note"])]
-                     for c in doc["coverage"]])
+    lines += [
+        "## Data coverage",
+        "",
+        f"{doc['coverage_incomplete']} of {len(doc['coverage'])} (layer, symbol, input) rows lacked inputs "
+        f"for some evaluations; {doc['evaluations_lacking_inputs']:,} evaluation-inputs lacking in all.",
+        "",
+    ]
+    lines += _table(
+        ["layer", "symbol", "input", "evaluations", "present", "lacking", "share", "note"],
+        [
+            [
+                fmt.md(c["layer"]),
+                fmt.md(c["symbol"]),
+                fmt.md(c["input"]),
+                f"{c['evaluations']:,}",
+                f"{c['present']:,}",
+                f"{c['lacking']:,}",
+                fmt.value(c["share"], "share"),
+                fmt.md(c["note"]),
+            ]
+            for c in doc["coverage"]
+        ],
+    )
     lines.append("")
     lines += _listing("Missing days and files", doc["missing"])
     lines += _listing("Bad rows", doc["bad_rows"])
@@ -81,7 +110,14 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
     lines += ["## Execution model", ""]
     lines += [f"- {fmt.md(k)}: {fmt.md(v)}" for k, v in sorted(doc["run"]["params"].items())] or ["- (none given)"]
     lines += ["", f"## Trades ({len(doc['trades'])})", ""]
-    lines += _table([h for _k, h, _ in fmt.TRADE_COLUMNS],
-                    [[fmt.md(fmt.value(t[k], kind)) if kind == "text" else fmt.value(t[k], kind)
-                      for k, _h, kind in fmt.TRADE_COLUMNS] for t in doc["trades"]])
+    lines += _table(
+        [h for _k, h, _ in fmt.TRADE_COLUMNS],
+        [
+            [
+                fmt.md(fmt.value(t[k], kind)) if kind == "text" else fmt.value(t[k], kind)
+                for k, _h, kind in fmt.TRADE_COLUMNS
+            ]
+            for t in doc["trades"]
+        ],
+    )
     return "\n".join(lines) + "\n"

@@ -30,18 +30,17 @@ def _times(ms: list[int]) -> list[datetime]:
 
 def render(doc: dict[str, Any], path: Path) -> Path:
     run = doc["run"]
-    fig, (ax_eq, ax_dd) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True,
-                                       gridspec_kw={"height_ratios": [3, 1.4]})
+    fig, (ax_eq, ax_dd) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.4]})
     try:
         for s in doc["strategies"]:
             c = s["curve"]
             t = _times(c["time_ms"] + [run["end_ms"]])  # hold the last value to the end of the range
             label = f"{_plain(s['name'])} ({s['summary']['trades']} trades, {s['summary']['net_r']:+.2f} R)"
             (line,) = ax_eq.step(t, c["equity_r"] + c["equity_r"][-1:], where="post", label=label, linewidth=1.4)
-            ax_dd.step(t, c["drawdown_r"] + c["drawdown_r"][-1:], where="post", color=line.get_color(),
-                       linewidth=1.1)
-            ax_dd.fill_between(t, c["drawdown_r"] + c["drawdown_r"][-1:], step="post", alpha=0.15,
-                               color=line.get_color())
+            ax_dd.step(t, c["drawdown_r"] + c["drawdown_r"][-1:], where="post", color=line.get_color(), linewidth=1.1)
+            ax_dd.fill_between(
+                t, c["drawdown_r"] + c["drawdown_r"][-1:], step="post", alpha=0.15, color=line.get_color()
+            )
         title = _plain(f"Backtest {run['run_id']}: {', '.join(run['symbols'])}, {run['from'][:10]} → {run['to'][:10]}")
         title = textwrap.fill(title, 110)
         if run["partial"]:

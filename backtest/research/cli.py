@@ -66,8 +66,17 @@ def source_options(source: str) -> dict:
     raise ResearchError(f"--source {source!r}: research reads synthetic[:SEED], vision[:DIR] or recording:DIR")
 
 
-def _store(out: Path, store_dir: Path | None, source: str, symbols: str, from_ms: int, to_ms: int,
-           base: StrategyConfig, workers: int | None, progress: bool):
+def _store(
+    out: Path,
+    store_dir: Path | None,
+    source: str,
+    symbols: str,
+    from_ms: int,
+    to_ms: int,
+    base: StrategyConfig,
+    workers: int | None,
+    progress: bool,
+):
     from backtest.sources import SourceError
 
     from .store import StoreSpec, build_store
@@ -78,8 +87,15 @@ def _store(out: Path, store_dir: Path | None, source: str, symbols: str, from_ms
         raise ResearchError("--symbols: at least one symbol")
     if to_ms - from_ms < 2 * 86_400_000:
         raise ResearchError("the range must cover at least two days (the strategies warm up on the first)")
-    spec = StoreSpec(source, names, from_ms, to_ms, base.windows.cvd_fast, base.windows.cvd_mid,
-                     base.detectors.model_dump_json() if base.detectors is not None else "")
+    spec = StoreSpec(
+        source,
+        names,
+        from_ms,
+        to_ms,
+        base.windows.cvd_fast,
+        base.windows.cvd_mid,
+        base.detectors.model_dump_json() if base.detectors is not None else "",
+    )
     began = time.perf_counter()
     try:
         store = build_store(store_dir or out / "store", spec, base, workers, show_progress=progress, options=options)
@@ -87,8 +103,11 @@ def _store(out: Path, store_dir: Path | None, source: str, symbols: str, from_ms
         raise ResearchError(str(error)) from None
     if store.manifest["trades"] == 0:
         raise ResearchError(f"no trades for {','.join(names)} from {fmt_day(from_ms)} to {fmt_day(to_ms)} in {source}")
-    typer.echo(f"features: {store.manifest['trades']:,} trades, {len(names)} symbols "
-               f"({time.perf_counter() - began:.0f} s; store {store.directory})", err=True)
+    typer.echo(
+        f"features: {store.manifest['trades']:,} trades, {len(names)} symbols "
+        f"({time.perf_counter() - began:.0f} s; store {store.directory})",
+        err=True,
+    )
     return store
 
 
@@ -126,20 +145,25 @@ def _result_line(label: str, result) -> str:
         return f"{label}: -"
     pf = "-" if result.profit_factor is None else f"{result.profit_factor:.2f}"
     sharpe = "-" if result.sharpe_per_day is None else f"{result.sharpe_per_day:.2f}"
-    return (f"{label}: {result.trades} trades, net {result.net_r:+.2f}R, PF {pf}, Sharpe/day {sharpe}, "
-            f"max DD {result.max_drawdown_r:.2f}R")
+    return (
+        f"{label}: {result.trades} trades, net {result.net_r:+.2f}R, PF {pf}, Sharpe/day {sharpe}, "
+        f"max DD {result.max_drawdown_r:.2f}R"
+    )
 
 
-def register(app: typer.Typer) -> None:
-    research = typer.Typer(help="Research at machine speed: parameter search, walk-forward, labels, training "
-                                "data export.", no_args_is_help=True)
+def register(app: typer.Typer) -> None:  # noqa: C901 - over the complexity limit, to be split
+    research = typer.Typer(
+        help="Research at machine speed: parameter search, walk-forward, labels, training data export.",
+        no_args_is_help=True,
+    )
     app.add_typer(research, name="research")
 
     common = {
         "strategy": typer.Option(None, "--strategy", help="Base strategy file (default: the shipped v53)."),
         "symbols": typer.Option(DEFAULT_SYMBOLS, "--symbols", help="Comma-separated symbols."),
-        "source": typer.Option("synthetic:7", "--source",
-                               help="synthetic[:SEED] (generated, offline), vision[:DIR] or recording:DIR."),
+        "source": typer.Option(
+            "synthetic:7", "--source", help="synthetic[:SEED] (generated, offline), vision[:DIR] or recording:DIR."
+        ),
         "out": typer.Option(Path("research-out"), "--out", help="Directory for strategies, report and store."),
         "store": typer.Option(None, "--store", help="Feature store directory (reused for the same inputs)."),
         "workers": typer.Option(None, "--workers", min=1, help="Processes (default: the machine's cores)."),
@@ -149,18 +173,27 @@ def register(app: typer.Typer) -> None:
         "min_trades": typer.Option(20, "--min-trades", min=1, help="Fewer trades score -inf."),
         "batch": typer.Option(25, "--batch", min=1, help="Candidates scored together (TPE asks a batch)."),
         "seed": typer.Option(0, "--seed", help="Sampler seed."),
-        "storage": typer.Option(None, "--storage",
-                                help="Optuna storage shared by every worker of the study: an RDB URL "
-                                     "(postgresql://user:pass@host/db, sqlite:///file.db) or 'memory'. "
-                                     "Default: the stack's PostgreSQL when one runs, else memory."),
-        "study": typer.Option(None, "--study", help="Study name (default: derived from the inputs, so workers "
-                                                    "started with the same options join one study)."),
+        "storage": typer.Option(
+            None,
+            "--storage",
+            help="Optuna storage shared by every worker of the study: an RDB URL "
+            "(postgresql://user:pass@host/db, sqlite:///file.db) or 'memory'. "
+            "Default: the stack's PostgreSQL when one runs, else memory.",
+        ),
+        "study": typer.Option(
+            None,
+            "--study",
+            help="Study name (default: derived from the inputs, so workers "
+            "started with the same options join one study).",
+        ),
     }
 
     @research.command("search")
     def search_command(
         from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
-        to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
+        to_day: str = typer.Option(
+            ..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."
+        ),
         strategy: Path | None = common["strategy"],
         symbols: str = common["symbols"],
         source: str = common["source"],
@@ -194,9 +227,22 @@ def register(app: typer.Typer) -> None:
         began = time.perf_counter()
         typer.echo(f"study: {where}", err=True)
         try:
-            report = search(store, base, trials=trials, from_ms=from_ms, to_ms=end, sampler=sampler,
-                            objective=objective, min_trades=min_trades, batch=batch, seed=seed, workers=workers,
-                            show_progress=not no_progress, storage=url, study_name=study)
+            report = search(
+                store,
+                base,
+                trials=trials,
+                from_ms=from_ms,
+                to_ms=end,
+                sampler=sampler,
+                objective=objective,
+                min_trades=min_trades,
+                batch=batch,
+                seed=seed,
+                workers=workers,
+                show_progress=not no_progress,
+                storage=url,
+                study_name=study,
+            )
         except (StudyError, ValueError) as error:
             raise ResearchError(str(error)) from None
         if held_ms:
@@ -205,15 +251,21 @@ def register(app: typer.Typer) -> None:
         path, config_hash = write_strategy(report.best.candidate.config, out / "strategies")
         summary = report.summary() | {"strategy_file": str(path), "seconds": time.perf_counter() - began}
         report_path = write_report(out, summary)
-        typer.echo(f"search: {len(report.trials)} trials ({sampler}, objective {objective}) on "
-                   f"{fmt_day(from_ms)} .. {fmt_day(end)} in {summary['seconds']:.0f} s")
+        typer.echo(
+            f"search: {len(report.trials)} trials ({sampler}, objective {objective}) on "
+            f"{fmt_day(from_ms)} .. {fmt_day(end)} in {summary['seconds']:.0f} s"
+        )
         if report.study is not None:
-            typer.echo(f"study {report.study}: {report.evaluated_here} of its {len(report.trials)} trials "
-                       f"evaluated by this worker")
+            typer.echo(
+                f"study {report.study}: {report.evaluated_here} of its {len(report.trials)} trials "
+                f"evaluated by this worker"
+            )
         typer.echo(_result_line(f"best {report.best.candidate.config.name}", report.best.result))
-        typer.echo(f"deflated Sharpe ratio of the winner given {len(report.trials)} trials: "
-                   f"{'-' if report.dsr is None else f'{report.dsr:.3f}'}; "
-                   f"PBO (CSCV): {'-' if report.pbo is None else f'{report.pbo:.2f}'}")
+        typer.echo(
+            f"deflated Sharpe ratio of the winner given {len(report.trials)} trials: "
+            f"{'-' if report.dsr is None else f'{report.dsr:.3f}'}; "
+            f"PBO (CSCV): {'-' if report.pbo is None else f'{report.pbo:.2f}'}"
+        )
         if report.holdout is not None:
             typer.echo(_result_line(f"hold-out {fmt_day(end)} .. {fmt_day(to_ms)}", report.holdout))
         typer.echo(f"strategy: {path} (config_hash {config_hash})")
@@ -222,10 +274,13 @@ def register(app: typer.Typer) -> None:
 
     @research.command("walk-forward")
     def walk_forward_command(
-        windows: str = typer.Option("train=30d,test=7d,step=7d", "--windows",
-                                    help="train=,test=,step=[,embargo=][,holdout=] durations."),
+        windows: str = typer.Option(
+            "train=30d,test=7d,step=7d", "--windows", help="train=,test=,step=[,embargo=][,holdout=] durations."
+        ),
         from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
-        to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
+        to_day: str = typer.Option(
+            ..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."
+        ),
         strategy: Path | None = common["strategy"],
         symbols: str = common["symbols"],
         source: str = common["source"],
@@ -243,21 +298,40 @@ def register(app: typer.Typer) -> None:
         study: str | None = common["study"],
     ) -> None:
         """Rolling windows: search on each training window only, score the choice out of sample."""
-        run_walk_forward(windows, parse_time(from_day, "--from"), parse_time(to_day, "--to"), _base(strategy),
-                         symbols=symbols, source=source, trials=trials, sampler=sampler, objective=objective,
-                         min_trades=min_trades, batch=batch, seed=seed, out=out, store_dir=store_dir, workers=workers,
-                         progress=not no_progress, storage=storage, study=study)
+        run_walk_forward(
+            windows,
+            parse_time(from_day, "--from"),
+            parse_time(to_day, "--to"),
+            _base(strategy),
+            symbols=symbols,
+            source=source,
+            trials=trials,
+            sampler=sampler,
+            objective=objective,
+            min_trades=min_trades,
+            batch=batch,
+            seed=seed,
+            out=out,
+            store_dir=store_dir,
+            workers=workers,
+            progress=not no_progress,
+            storage=storage,
+            study=study,
+        )
 
     @research.command("labels")
     def labels_command(
         from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
-        to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
+        to_day: str = typer.Option(
+            ..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."
+        ),
         strategy: list[Path] | None = typer.Option(None, "--strategy", help="Strategy files (default: shipped)."),
         symbols: str = common["symbols"],
         source: str = common["source"],
         output: Path = typer.Option(Path("research-out/labels.parquet"), "--output", help="Parquet file to write."),
-        database: str | None = typer.Option(None, "--database", help="Also upsert into feature_labels here "
-                                                                     "(a PostgreSQL conninfo)."),
+        database: str | None = typer.Option(
+            None, "--database", help="Also upsert into feature_labels here (a PostgreSQL conninfo)."
+        ),
     ) -> None:
         """Every evaluation's features with y_binary_60m and forward returns: Parquet (and feature_labels)."""
         import numpy as np
@@ -293,17 +367,24 @@ def register(app: typer.Typer) -> None:
     @research.command("export")
     def export_command(
         from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
-        to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
-        strategy: str = typer.Option("v53", "--strategy",
-                                     help="A shipped strategy's name (v53, v52_8signals, v51_baseline) or a "
-                                          "strategy file."),
+        to_day: str = typer.Option(
+            ..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."
+        ),
+        strategy: str = typer.Option(
+            "v53", "--strategy", help="A shipped strategy's name (v53, v52_8signals, v51_baseline) or a strategy file."
+        ),
         symbols: str = common["symbols"],
-        source: str = typer.Option("synthetic:7", "--source",
-                                   help="synthetic[:SEED] (generated, offline), vision[:DIR], recording:DIR, db "
-                                        "(the stack's database) or topics (its broker)."),
-        out: Path = typer.Option(Path("research-out/export"), "--out",
-                                 help="Export root: OUT/STRATEGY/date=YYYY-MM-DD/SYMBOL.parquet and "
-                                      "OUT/STRATEGY/_schema.json."),
+        source: str = typer.Option(
+            "synthetic:7",
+            "--source",
+            help="synthetic[:SEED] (generated, offline), vision[:DIR], recording:DIR, db "
+            "(the stack's database) or topics (its broker).",
+        ),
+        out: Path = typer.Option(
+            Path("research-out/export"),
+            "--out",
+            help="Export root: OUT/STRATEGY/date=YYYY-MM-DD/SYMBOL.parquet and OUT/STRATEGY/_schema.json.",
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite days already exported."),
         no_progress: bool = common["no_progress"],
     ) -> None:
@@ -322,15 +403,18 @@ def register(app: typer.Typer) -> None:
         names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
         options = export_source_options(source)
         began = time.perf_counter()
-        with tqdm(total=len(names) * ((to_ms - from_ms) // DAY_MS), desc=f"export {cfg.name}", unit="day",
-                  disable=no_progress) as bar:
+        with tqdm(
+            total=len(names) * ((to_ms - from_ms) // DAY_MS), desc=f"export {cfg.name}", unit="day", disable=no_progress
+        ) as bar:
+
             def on_day(symbol: str, day_ms: int, outcome: str) -> None:
                 bar.set_postfix_str(f"{symbol} {day_name(day_ms)}{'' if outcome == 'written' else f' ({outcome})'}")
                 bar.update()
 
             try:
-                summary = export(cfg, source, names, from_ms, to_ms, out, options=options, overwrite=overwrite,
-                                 on_day=on_day)
+                summary = export(
+                    cfg, source, names, from_ms, to_ms, out, options=options, overwrite=overwrite, on_day=on_day
+                )
             except (ExportError, SourceError) as error:
                 raise ResearchError(str(error)) from None
         seconds = time.perf_counter() - began
@@ -338,9 +422,11 @@ def register(app: typer.Typer) -> None:
             raise ResearchError(f"no evaluations for {','.join(names)} from {from_day} to {to_day} in {source}")
         root = out / cfg.name
         rate = f", {summary.trades / seconds:,.0f} trades/s" if summary.trades and seconds > 0 else ""
-        typer.echo(f"export: {summary.written} symbol-days written ({summary.rows:,} evaluations, "
-                   f"{summary.trades:,} trades replayed{rate}), {summary.skipped} already done, "
-                   f"{summary.empty} without data, in {seconds:.1f} s -> {root} (schema {root / SCHEMA_FILE})")
+        typer.echo(
+            f"export: {summary.written} symbol-days written ({summary.rows:,} evaluations, "
+            f"{summary.trades:,} trades replayed{rate}), {summary.skipped} already done, "
+            f"{summary.empty} without data, in {seconds:.1f} s -> {root} (schema {root / SCHEMA_FILE})"
+        )
 
 
 def _named_strategy(text: str) -> StrategyConfig:
@@ -363,8 +449,9 @@ def export_source_options(source: str) -> dict:
     (``db``) or broker (``topics``), found as ``tapeflow backtest`` finds them."""
     kind = source.partition(":")[0]
     if kind not in ("synthetic", "vision", "recording", "db", "topics"):
-        raise ResearchError(f"--source {source!r}: the export reads synthetic[:SEED], vision[:DIR], recording:DIR, "
-                            "db or topics")
+        raise ResearchError(
+            f"--source {source!r}: the export reads synthetic[:SEED], vision[:DIR], recording:DIR, db or topics"
+        )
     if kind not in ("db", "topics"):
         return source_options(source)
     # found with tapeflow_runtime.endpoints as backtest.cli finds them (that module imports this one)
@@ -379,16 +466,36 @@ def export_source_options(source: str) -> dict:
         if kind == "db":
             endpoints = resolve_database(settings, paths)
             return {"database_url": endpoints.readonly or endpoints.owner}
-        return {"bootstrap": resolve_broker(settings, paths), "topic_prefix": settings.topic_prefix,
-                "registry_url": settings.schema_registry_url}
+        return {
+            "bootstrap": resolve_broker(settings, paths),
+            "topic_prefix": settings.topic_prefix,
+            "registry_url": settings.schema_registry_url,
+        }
     except TapeflowError as error:
         raise ResearchError(str(error)) from None
 
 
-def run_walk_forward(windows: str, from_ms: int, to_ms: int, base: StrategyConfig, *, symbols: str, source: str,
-                     trials: int, sampler: str, objective: str, min_trades: int, batch: int, seed: int, out: Path,
-                     store_dir: Path | None, workers: int | None, progress: bool, storage: str | None = "memory",
-                     study: str | None = None) -> None:
+def run_walk_forward(
+    windows: str,
+    from_ms: int,
+    to_ms: int,
+    base: StrategyConfig,
+    *,
+    symbols: str,
+    source: str,
+    trials: int,
+    sampler: str,
+    objective: str,
+    min_trades: int,
+    batch: int,
+    seed: int,
+    out: Path,
+    store_dir: Path | None,
+    workers: int | None,
+    progress: bool,
+    storage: str | None = "memory",
+    study: str | None = None,
+) -> None:
     """``tapeflow research walk-forward`` and ``tapeflow backtest --walk-forward``."""
     from .search import walk_forward, write_report, write_strategy
     from .study import StudyError
@@ -402,23 +509,39 @@ def run_walk_forward(windows: str, from_ms: int, to_ms: int, base: StrategyConfi
     store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, progress)
     typer.echo(f"study: {where}", err=True)
     try:
-        results, last, held = walk_forward(store, base, spec, trials=trials, sampler=sampler, objective=objective,
-                                           min_trades=min_trades, batch=batch, seed=seed, workers=workers,
-                                           show_progress=progress, storage=url, study_name=study)
+        results, last, held = walk_forward(
+            store,
+            base,
+            spec,
+            trials=trials,
+            sampler=sampler,
+            objective=objective,
+            min_trades=min_trades,
+            batch=batch,
+            seed=seed,
+            workers=workers,
+            show_progress=progress,
+            storage=url,
+            study_name=study,
+        )
     except (StudyError, ValueError) as error:
         raise ResearchError(str(error)) from None
     rows = []
     for r in results:
         w = r.window
-        typer.echo(f"window {w.index}: train {fmt_day(w.train_start)} .. {fmt_day(w.train_end)} -> "
-                   f"{r.search.best.candidate.config.name} (DSR "
-                   f"{'-' if r.search.dsr is None else f'{r.search.dsr:.2f}'}, PBO "
-                   f"{'-' if r.search.pbo is None else f'{r.search.pbo:.2f}'})")
+        typer.echo(
+            f"window {w.index}: train {fmt_day(w.train_start)} .. {fmt_day(w.train_end)} -> "
+            f"{r.search.best.candidate.config.name} (DSR "
+            f"{'-' if r.search.dsr is None else f'{r.search.dsr:.2f}'}, PBO "
+            f"{'-' if r.search.pbo is None else f'{r.search.pbo:.2f}'})"
+        )
         typer.echo("  " + _result_line(f"test {fmt_day(w.test_start)} .. {fmt_day(w.test_end)}", r.test))
         rows.append({"window": w.__dict__, "search": r.search.summary(), "test": r.test.as_dict()})
     oos = sum(r.test.net_r for r in results)
-    typer.echo(f"out of sample: {sum(r.test.trades for r in results)} trades, net {oos:+.2f}R over "
-               f"{len(results)} windows ({spec})")
+    typer.echo(
+        f"out of sample: {sum(r.test.trades for r in results)} trades, net {oos:+.2f}R over "
+        f"{len(results)} windows ({spec})"
+    )
     payload = {"windows": rows, "spec": str(spec)}
     if last is not None:
         path, config_hash = write_strategy(last.best.candidate.config, out / "strategies")

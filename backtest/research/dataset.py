@@ -43,8 +43,9 @@ def evaluation_columns(block: FeatureBlock) -> dict[str, np.ndarray]:
     n = len(frame)
     times = frame.time_ms
     columns: dict[str, np.ndarray] = {
-        "evaluation_id": np.array([f"{cfg.name}:{cfg.config_hash}:{frame.exchange}:{frame.symbol}:{t}"
-                                   for t in times.tolist()], dtype=object),
+        "evaluation_id": np.array(
+            [f"{cfg.name}:{cfg.config_hash}:{frame.exchange}:{frame.symbol}:{t}" for t in times.tolist()], dtype=object
+        ),
         "strategy": np.full(n, cfg.name, dtype=object),
         "strategy_version": np.full(n, cfg.version, dtype=object),
         "config_hash": np.full(n, cfg.config_hash, dtype=object),
@@ -89,8 +90,15 @@ class ResearchTable:
         for name in DETECTOR_FIELDS:
             if f"in_{name}" in columns and np.isnan(columns[f"in_{name}"]).all():
                 del columns[f"in_{name}"]  # detectors off (or not yet filled): no column, as before they existed
-        columns.update(label_columns(columns["eval_time"], columns["in_last_price"], columns["in_atr"],
-                                     block.scores.sign.astype(np.int64), path))
+        columns.update(
+            label_columns(
+                columns["eval_time"],
+                columns["in_last_price"],
+                columns["in_atr"],
+                block.scores.sign.astype(np.int64),
+                path,
+            )
+        )
         self._parts.append(columns)
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -133,8 +141,18 @@ class ResearchTable:
         c = self.columns()
         if not len(self):
             return 0
-        fields = ("evaluation_id", "eval_time", "strategy", "config_hash", "exchange", "symbol", "direction",
-                  "in_last_price", "in_atr", *LABELS)
+        fields = (
+            "evaluation_id",
+            "eval_time",
+            "strategy",
+            "config_hash",
+            "exchange",
+            "symbol",
+            "direction",
+            "in_last_price",
+            "in_atr",
+            *LABELS,
+        )
         with psycopg.connect(conninfo) as conn:
             conn.execute("CREATE TEMP TABLE labels_in (LIKE feature_labels INCLUDING DEFAULTS) ON COMMIT DROP")
             with conn.cursor().copy(
@@ -155,7 +173,8 @@ class ResearchTable:
                 "ON CONFLICT (evaluation_id, eval_time) DO UPDATE SET "
                 "y_binary_60m = EXCLUDED.y_binary_60m, fwd_return_5m = EXCLUDED.fwd_return_5m, "
                 "fwd_return_15m = EXCLUDED.fwd_return_15m, fwd_return_60m = EXCLUDED.fwd_return_60m, "
-                "entry_price = EXCLUDED.entry_price, atr = EXCLUDED.atr")
+                "entry_price = EXCLUDED.entry_price, atr = EXCLUDED.atr"
+            )
             return cursor.rowcount
 
 

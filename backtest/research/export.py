@@ -65,8 +65,11 @@ FEATURE_DOCS: dict[str, tuple[str, str]] = {
     "last_price": ("quote currency", "price of the last trade before eval_time (the labels' entry price)"),
     "last_trade_ms": ("ms since 1970 UTC", "time of the last trade before eval_time"),
     "coverage_start_ms": ("ms since 1970 UTC", "start of the uninterrupted trade data that reaches eval_time"),
-    "approx_until_ms": ("ms since 1970 UTC", "a warm start's minute bars stood in for trades before this (size "
-                                          "quantiles and large/whale flows from the trades after); empty: none"),
+    "approx_until_ms": (
+        "ms since 1970 UTC",
+        "a warm start's minute bars stood in for trades before this (size "
+        "quantiles and large/whale flows from the trades after); empty: none",
+    ),
     "vwap_30m": ("quote currency", "30-minute VWAP minus last_price (the confirmation layer's term)"),
     "volume_30m": ("base quantity", "traded quantity over the last 30 minutes"),
     "atr": ("quote currency", "average true range of the strategy's bars (the labels' barrier unit)"),
@@ -171,37 +174,63 @@ def export_columns(cfg: StrategyConfig) -> list[Column]:
         Column("config_hash", text, "", "hash of the strategy configuration"),
         Column("exchange", text, "", "venue"),
         Column("symbol", text, "", "contract, e.g. BTCUSDT"),
-        Column("eval_time", pa.timestamp("ms", tz="UTC"), "UTC",
-               "evaluation time (the features use data before it)"),
+        Column("eval_time", pa.timestamp("ms", tz="UTC"), "UTC", "evaluation time (the features use data before it)"),
         Column("direction", text, "", "LONG, SHORT or null (no direction)"),
         Column("score", f64, "points", "final score"),
         Column("raw_score", f64, "points", "score before normalisation to the layers' maximum"),
         Column("gate", text, "", f"first gate that blocked ({', '.join(GATES)}) or null"),
-        Column("block_reason", text, "", "why no signal: " + ", ".join(r for r in BLOCK_REASONS if r)
-               + "; null = a signal"),
+        Column(
+            "block_reason", text, "", "why no signal: " + ", ".join(r for r in BLOCK_REASONS if r) + "; null = a signal"
+        ),
     ]
-    cols += [Column(f"layer_{name}", f64, "points", f"points of the {name} layer (null: not a layer of the strategy)")
-             for name in LAYER_ORDER]
+    cols += [
+        Column(f"layer_{name}", f64, "points", f"points of the {name} layer (null: not a layer of the strategy)")
+        for name in LAYER_ORDER
+    ]
     for name in SCALAR_FIELDS:
         if _detectors_off(cfg, name):
             continue  # no detectors section: no column
-        unit, meaning = FEATURE_DOCS.get(name, ("see meaning", f"engine feature {name} "
-                                                "(stream_apps.core.features.Features)"))
+        unit, meaning = FEATURE_DOCS.get(
+            name, ("see meaning", f"engine feature {name} (stream_apps.core.features.Features)")
+        )
         cols.append(Column(f"in_{name}", pa.int64() if name in _INT_FIELDS else f64, unit, meaning))
     cvd_windows, slope_windows = feature_windows(cfg)
-    cols += [Column(f"in_cvd_{duration_name(w)}", f64, "base quantity",
-                    f"CVD (taker buy - taker sell quantity) over {duration_name(w)}") for w in cvd_windows]
+    cols += [
+        Column(
+            f"in_cvd_{duration_name(w)}",
+            f64,
+            "base quantity",
+            f"CVD (taker buy - taker sell quantity) over {duration_name(w)}",
+        )
+        for w in cvd_windows
+    ]
     for prefix, what in (("cvd_slope", "slope"), ("cvd_accel", "acceleration")):
-        cols += [Column(f"in_{prefix}_{duration_name(w)}", f64, "base quantity",
-                        f"{what} of the {duration_name(w)} CVD") for w in slope_windows]
+        cols += [
+            Column(f"in_{prefix}_{duration_name(w)}", f64, "base quantity", f"{what} of the {duration_name(w)} CVD")
+            for w in slope_windows
+        ]
     cols.append(Column("in_atr_price_ratio", f64, "fraction", "atr / last_price"))
     cols += [Column(f"in_{name}", f64, *doc) for name, doc in _STRATEGY_INPUT_DOCS.items()]
-    cols.append(Column("y_binary_60m", pa.int8(), "0/1",
-                       f"1: +{TARGET_ATR:g} ATR in the direction reached before -{STOP_ATR:g} ATR within "
-                       f"{BARRIER_HORIZON_MS // 60_000} min (first touch, trade by trade); 0: stop first or "
-                       "neither; null: no direction or ATR, or the data ends first"))
-    cols += [Column(f"fwd_return_{h}", f64, "fraction", f"last trade price before eval_time + {h} / last_price - 1 "
-                    "(not signed by direction; null when the data ends first)") for h in HORIZONS_MS]
+    cols.append(
+        Column(
+            "y_binary_60m",
+            pa.int8(),
+            "0/1",
+            f"1: +{TARGET_ATR:g} ATR in the direction reached before -{STOP_ATR:g} ATR within "
+            f"{BARRIER_HORIZON_MS // 60_000} min (first touch, trade by trade); 0: stop first or "
+            "neither; null: no direction or ATR, or the data ends first",
+        )
+    )
+    cols += [
+        Column(
+            f"fwd_return_{h}",
+            f64,
+            "fraction",
+            f"last trade price before eval_time + {h} / last_price - 1 "
+            "(not signed by direction; null when the data ends first)",
+        )
+        for h in HORIZONS_MS
+    ]
     return cols
 
 
@@ -211,14 +240,17 @@ def arrow_schema(cfg: StrategyConfig) -> pa.Schema:
 
 def schema_document(cfg: StrategyConfig, source: str) -> dict:
     return {
-        "format": FORMAT, "strategy": cfg.name, "strategy_version": cfg.version, "config_hash": cfg.config_hash,
+        "format": FORMAT,
+        "strategy": cfg.name,
+        "strategy_version": cfg.version,
+        "config_hash": cfg.config_hash,
         "source": source,
         "layout": "<strategy>/date=YYYY-MM-DD/<SYMBOL>.parquet: one file per symbol and UTC day of eval_time "
-                  "(none for a day without evaluations); date is a Hive partition key, not a column of the "
-                  "files; rows in eval_time order",
+        "(none for a day without evaluations); date is a Hive partition key, not a column of the "
+        "files; rows in eval_time order",
         "missing": "null (never NaN)",
         "provenance": f"each file's Parquet key-value metadata {METADATA_KEY.decode()}: format, config_hash, "
-                      "source, replay_from (ms since 1970 UTC: where the engine's replay began)",
+        "source, replay_from (ms since 1970 UTC: where the engine's replay began)",
         "columns": [c.as_dict() for c in export_columns(cfg)],
     }
 
@@ -248,6 +280,7 @@ def to_table(columns: dict[str, np.ndarray], schema: pa.Schema, metadata: dict |
 
 # -- the engine pass --------------------------------------------------------------------------------------
 
+
 @dataclass
 class Step:
     """One source slice through the engine: its time range, the blocks it produced, its trades and the
@@ -261,8 +294,9 @@ class Step:
     sealed_ms: int | None
 
 
-def replay_symbol(source: str, symbol: str, strategies: list[StrategyConfig], from_ms: int, to_ms: int,
-                  options: dict) -> Iterator[Step]:
+def replay_symbol(
+    source: str, symbol: str, strategies: list[StrategyConfig], from_ms: int, to_ms: int, options: dict
+) -> Iterator[Step]:
     """The engine over one symbol's history from a backtest source, slice by slice, as research runs it
     (replay state parameters; books and marks as columns, the others as events, as the backtest runner
     gives them)."""
@@ -276,12 +310,18 @@ def replay_symbol(source: str, symbol: str, strategies: list[StrategyConfig], fr
         events = [event for group in piece.engine_events().values() for event in group]
         batch = next(iter(piece.trades.values()), None)
         tables = engine.process([batch] if batch is not None else (), events).tables
-        yield Step(piece.start_ms, piece.end_ms, [b for t in tables for b in t.blocks if len(b)],
-                   batch.time_ms if batch is not None else None, batch.price if batch is not None else None,
-                   engine.sealed_ms)
+        yield Step(
+            piece.start_ms,
+            piece.end_ms,
+            [b for t in tables for b in t.blocks if len(b)],
+            batch.time_ms if batch is not None else None,
+            batch.price if batch is not None else None,
+            engine.sealed_ms,
+        )
 
 
 # -- writing ----------------------------------------------------------------------------------------------
+
 
 def day_name(day_ms: int) -> str:
     return datetime.fromtimestamp(day_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
@@ -325,9 +365,13 @@ def _is_done(path: Path, provenance: dict, schema: pa.Schema) -> bool:
     """A day to skip: its file exists, has this run's columns, configuration and source, and its replay
     began on or before this run's (as much warm-up or more)."""
     found = file_provenance(path) if path.exists() else None
-    return (found is not None and found["schema"].equals(schema)
-            and all(found.get(key) == provenance[key] for key in ("config_hash", "source"))
-            and isinstance(found.get("replay_from"), int) and found["replay_from"] <= provenance["replay_from"])
+    return (
+        found is not None
+        and found["schema"].equals(schema)
+        and all(found.get(key) == provenance[key] for key in ("config_hash", "source"))
+        and isinstance(found.get("replay_from"), int)
+        and found["replay_from"] <= provenance["replay_from"]
+    )
 
 
 def _day_path(times: np.ndarray, prices: np.ndarray, end_ms: int) -> PricePath | None:
@@ -349,9 +393,18 @@ class ExportSummary:
     trades: int = 0
 
 
-def export(cfg: StrategyConfig, source: str, symbols: list[str], from_ms: int, to_ms: int, out: str | Path, *,
-           options: dict | None = None, overwrite: bool = False,
-           on_day: Callable[[str, int, str], None] | None = None) -> ExportSummary:
+def export(
+    cfg: StrategyConfig,
+    source: str,
+    symbols: list[str],
+    from_ms: int,
+    to_ms: int,
+    out: str | Path,
+    *,
+    options: dict | None = None,
+    overwrite: bool = False,
+    on_day: Callable[[str, int, str], None] | None = None,
+) -> ExportSummary:
     """Write ``<out>/<strategy>/date=*/<SYMBOL>.parquet`` for every UTC day of ``[from_ms, to_ms)`` (whole
     days) and every symbol (see the module docstring). ``on_day(symbol, day_ms, outcome)`` after each
     day, outcome ``written``, ``skipped`` (done before) or ``empty`` (no evaluations, no file)."""
@@ -375,8 +428,9 @@ def export(cfg: StrategyConfig, source: str, symbols: list[str], from_ms: int, t
                 if on_day:
                     on_day(symbol, d, "skipped")
         if todo:
-            _export_symbol(cfg, source, symbol, from_ms, to_ms, root, schema, provenance, set(todo), options or {},
-                           summary, on_day)
+            _export_symbol(
+                cfg, source, symbol, from_ms, to_ms, root, schema, provenance, set(todo), options or {}, summary, on_day
+            )
     return summary
 
 
@@ -393,8 +447,10 @@ def _prepare(root: Path, document: dict, overwrite: bool) -> None:
                 raise ExportError(f"{path} is not an export schema: use another --out or --overwrite") from None
             for key in ("config_hash", "source"):
                 if old.get(key) != document[key]:
-                    raise ExportError(f"{root} holds an export with {key} {old.get(key)!r}, not "
-                                      f"{document[key]!r}: use another --out or --overwrite")
+                    raise ExportError(
+                        f"{root} holds an export with {key} {old.get(key)!r}, not "
+                        f"{document[key]!r}: use another --out or --overwrite"
+                    )
         text = json.dumps(document, indent=2) + "\n"
         if not path.exists() or path.read_text() != text:
             temporary = root / f".{SCHEMA_FILE}.{os.getpid()}.tmp"
@@ -404,9 +460,20 @@ def _prepare(root: Path, document: dict, overwrite: bool) -> None:
         raise ExportError(f"--out {root.parent}: cannot write ({error.strerror or error})") from None
 
 
-def _export_symbol(cfg: StrategyConfig, source: str, symbol: str, from_ms: int, to_ms: int, root: Path,
-                   schema: pa.Schema, provenance: dict, todo: set[int], options: dict, summary: ExportSummary,
-                   on_day: Callable[[str, int, str], None] | None) -> None:
+def _export_symbol(
+    cfg: StrategyConfig,
+    source: str,
+    symbol: str,
+    from_ms: int,
+    to_ms: int,
+    root: Path,
+    schema: pa.Schema,
+    provenance: dict,
+    todo: set[int],
+    options: dict,
+    summary: ExportSummary,
+    on_day: Callable[[str, int, str], None] | None,
+) -> None:
     pending: list[dict[str, np.ndarray]] = []
     times: list[np.ndarray] = []
     prices: list[np.ndarray] = []
@@ -428,8 +495,9 @@ def _export_symbol(cfg: StrategyConfig, source: str, symbol: str, from_ms: int, 
                 index = index[np.argsort(rows["eval_time"][index], kind="stable")]
                 day_rows = {name: column[index] for name, column in rows.items()}
                 sign = day_rows.pop("_sign")
-                day_rows.update(label_columns(day_rows["eval_time"], day_rows["in_last_price"], day_rows["in_atr"],
-                                              sign, path))
+                day_rows.update(
+                    label_columns(day_rows["eval_time"], day_rows["in_last_price"], day_rows["in_atr"], sign, path)
+                )
                 write_atomic(to_table(day_rows, schema, provenance), day_file(root, d, symbol))
                 summary.written += 1
                 summary.rows += len(index)
@@ -462,8 +530,12 @@ def _export_symbol(cfg: StrategyConfig, source: str, symbol: str, from_ms: int, 
             summary.trades += len(step.times)
         # a day is final once the engine has evaluated its last second and the trades of the hour after
         # it (its labels' horizon) are in
-        while (day <= last and step.sealed_ms is not None and step.sealed_ms >= day + DAY_MS - 1000
-               and step.end_ms >= day + DAY_MS + BARRIER_HORIZON_MS):
+        while (
+            day <= last
+            and step.sealed_ms is not None
+            and step.sealed_ms >= day + DAY_MS - 1000
+            and step.end_ms >= day + DAY_MS + BARRIER_HORIZON_MS
+        ):
             finish(day)
             day += DAY_MS
         if day > last:

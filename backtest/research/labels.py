@@ -76,8 +76,23 @@ class PricePath:
 
 
 @njit(cache=True)
-def _barrier_kernel(eval_times, entry, atr, sign, times, prices, first_second, high, low, starts, horizon_s,
-                    target_mult, stop_mult, end_ms, out):  # pragma: no cover - compiled
+def _barrier_kernel(
+    eval_times,
+    entry,
+    atr,
+    sign,
+    times,
+    prices,
+    first_second,
+    high,
+    low,
+    starts,
+    horizon_s,
+    target_mult,
+    stop_mult,
+    end_ms,
+    out,
+):  # pragma: no cover - compiled
     n_seconds = high.shape[0]
     for k in range(eval_times.shape[0]):
         out[k] = np.nan
@@ -116,24 +131,45 @@ def _barrier_kernel(eval_times, entry, atr, sign, times, prices, first_second, h
             out[k] = 0.0  # the whole hour is known and neither level was touched
 
 
-def barrier_labels(eval_times: np.ndarray, entry: np.ndarray, atr: np.ndarray, sign: np.ndarray, path: PricePath,
-                   horizon_ms: int = BARRIER_HORIZON_MS, target_atr: float = TARGET_ATR,
-                   stop_atr: float = STOP_ATR) -> np.ndarray:
+def barrier_labels(
+    eval_times: np.ndarray,
+    entry: np.ndarray,
+    atr: np.ndarray,
+    sign: np.ndarray,
+    path: PricePath,
+    horizon_ms: int = BARRIER_HORIZON_MS,
+    target_atr: float = TARGET_ATR,
+    stop_atr: float = STOP_ATR,
+) -> np.ndarray:
     """``y_binary`` per evaluation (1, 0 or NaN; see the module docstring). Evaluation times are
     whole seconds (the engine's) and the horizon whole seconds."""
     eval_times = np.asarray(eval_times, dtype=np.int64)
     if np.any(eval_times % 1000) or horizon_ms % 1000:
         raise ValueError("evaluation times and the horizon must be whole seconds")
     out = np.empty(len(eval_times))
-    _barrier_kernel(eval_times, np.asarray(entry, dtype=np.float64), np.asarray(atr, dtype=np.float64),
-                    np.asarray(sign, dtype=np.int64), path.times, path.prices, path.first_second, path.second_high,
-                    path.second_low, path.second_start, horizon_ms // 1000, float(target_atr), float(stop_atr),
-                    path.end_ms, out)
+    _barrier_kernel(
+        eval_times,
+        np.asarray(entry, dtype=np.float64),
+        np.asarray(atr, dtype=np.float64),
+        np.asarray(sign, dtype=np.int64),
+        path.times,
+        path.prices,
+        path.first_second,
+        path.second_high,
+        path.second_low,
+        path.second_start,
+        horizon_ms // 1000,
+        float(target_atr),
+        float(stop_atr),
+        path.end_ms,
+        out,
+    )
     return out
 
 
-def forward_returns(eval_times: np.ndarray, entry: np.ndarray, path: PricePath,
-                    horizons: dict[str, int] = HORIZONS_MS) -> dict[str, np.ndarray]:
+def forward_returns(
+    eval_times: np.ndarray, entry: np.ndarray, path: PricePath, horizons: dict[str, int] = HORIZONS_MS
+) -> dict[str, np.ndarray]:
     """``fwd_return_<h>`` = price at t + h / entry - 1, NaN where the data ends before t + h."""
     eval_times = np.asarray(eval_times, dtype=np.int64)
     entry = np.asarray(entry, dtype=np.float64)
@@ -147,8 +183,9 @@ def forward_returns(eval_times: np.ndarray, entry: np.ndarray, path: PricePath,
     return out
 
 
-def label_columns(eval_times: np.ndarray, entry: np.ndarray, atr: np.ndarray, sign: np.ndarray,
-                  path: PricePath) -> dict[str, np.ndarray]:
+def label_columns(
+    eval_times: np.ndarray, entry: np.ndarray, atr: np.ndarray, sign: np.ndarray, path: PricePath
+) -> dict[str, np.ndarray]:
     """Every label of the evaluations: ``y_binary_60m`` and the forward returns."""
     labels = {"y_binary_60m": barrier_labels(eval_times, entry, atr, sign, path)}
     labels.update(forward_returns(eval_times, entry, path))

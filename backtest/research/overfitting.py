@@ -36,8 +36,9 @@ EULER_GAMMA = 0.5772156649015329
 _NORMAL = NormalDist()
 
 
-def probabilistic_sharpe_ratio(sharpe: float, benchmark: float, n: int, skew: float = 0.0,
-                               kurtosis: float = 3.0) -> float:
+def probabilistic_sharpe_ratio(
+    sharpe: float, benchmark: float, n: int, skew: float = 0.0, kurtosis: float = 3.0
+) -> float:
     """P(true SR > ``benchmark``) for an observed per-period ``sharpe`` over ``n`` returns."""
     if n < 2:
         raise ValueError("the probabilistic Sharpe ratio needs at least 2 returns")
@@ -55,11 +56,13 @@ def expected_max_sharpe(n_trials: int, trial_variance: float) -> float:
         return 0.0
     z = _NORMAL.inv_cdf
     return math.sqrt(trial_variance) * (
-        (1.0 - EULER_GAMMA) * z(1.0 - 1.0 / n_trials) + EULER_GAMMA * z(1.0 - 1.0 / (n_trials * math.e)))
+        (1.0 - EULER_GAMMA) * z(1.0 - 1.0 / n_trials) + EULER_GAMMA * z(1.0 - 1.0 / (n_trials * math.e))
+    )
 
 
-def deflated_sharpe_ratio(sharpe: float, n_trials: int, trial_variance: float, n: int, skew: float = 0.0,
-                          kurtosis: float = 3.0) -> float:
+def deflated_sharpe_ratio(
+    sharpe: float, n_trials: int, trial_variance: float, n: int, skew: float = 0.0, kurtosis: float = 3.0
+) -> float:
     """P(true SR > 0) for the best of ``n_trials`` configurations, whose Sharpe ratios have variance
     ``trial_variance``; ``sharpe``, ``skew``, ``kurtosis`` and ``n`` describe the winner's returns."""
     return probabilistic_sharpe_ratio(sharpe, expected_max_sharpe(n_trials, trial_variance), n, skew, kurtosis)
@@ -83,8 +86,9 @@ def return_moments(returns: Sequence[float] | np.ndarray) -> ReturnMoments:
     m2 = float(np.mean(centred**2))
     if std == 0 or m2 == 0:
         return ReturnMoments(0.0, 0.0, 3.0, len(r))
-    return ReturnMoments(float(r.mean()) / std, float(np.mean(centred**3)) / m2**1.5,
-                         float(np.mean(centred**4)) / m2**2, len(r))
+    return ReturnMoments(
+        float(r.mean()) / std, float(np.mean(centred**3)) / m2**1.5, float(np.mean(centred**4)) / m2**2, len(r)
+    )
 
 
 def deflated_sharpe_of(winner: Sequence[float] | np.ndarray, trial_sharpes: Sequence[float]) -> float:
@@ -110,7 +114,8 @@ class PBOResult:
 
 
 def probability_of_backtest_overfitting(
-    results: np.ndarray, blocks: int = 16,
+    results: np.ndarray,
+    blocks: int = 16,
     metric: Callable[[np.ndarray], np.ndarray] = sharpe_metric,
 ) -> PBOResult:
     """PBO by CSCV of a (periods x configurations) matrix of per-period results.
@@ -129,7 +134,7 @@ def probability_of_backtest_overfitting(
     rows = m.shape[0] - m.shape[0] % blocks
     if rows < blocks:
         raise ValueError(f"PBO needs at least {blocks} periods for {blocks} blocks")
-    groups = np.split(m[m.shape[0] - rows:], blocks)
+    groups = np.split(m[m.shape[0] - rows :], blocks)
     n = m.shape[1]
     logits = []
     for chosen in combinations(range(blocks), blocks // 2):

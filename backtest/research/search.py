@@ -83,15 +83,26 @@ def _symbol_trades(args: tuple[str, str, list[StrategyConfig], int, int]) -> tup
             out.append(Trades.empty())
             continue
         f = found[i]
-        signals = Signals(np.asarray(f["t"], dtype=np.int64), np.asarray(f["s"], dtype=np.int8),
-                          np.asarray(f["a"], dtype=np.float64), np.asarray(f["f"], dtype=bool),
-                          np.asarray(f["m"], dtype=np.float64), np.asarray(f["sc"], dtype=np.float64))
+        signals = Signals(
+            np.asarray(f["t"], dtype=np.int64),
+            np.asarray(f["s"], dtype=np.int8),
+            np.asarray(f["a"], dtype=np.float64),
+            np.asarray(f["f"], dtype=bool),
+            np.asarray(f["m"], dtype=np.float64),
+            np.asarray(f["sc"], dtype=np.float64),
+        )
         out.append(simulate(signals, cfg, bars, symbol))
     return symbol, out
 
 
-def evaluate(store: FeatureStore, configs: Sequence[StrategyConfig], from_ms: int, to_ms: int,
-             workers: int | None = None, progress: Callable[[str], None] | None = None) -> list[Trades]:
+def evaluate(
+    store: FeatureStore,
+    configs: Sequence[StrategyConfig],
+    from_ms: int,
+    to_ms: int,
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Trades]:
     """Research trades of every candidate (all symbols) whose signals fall in [from_ms, to_ms)."""
     symbols = list(store.spec.symbols)
     tasks = [(str(store.directory), s, list(configs), from_ms, to_ms) for s in symbols]
@@ -147,8 +158,14 @@ class Result:
 def result_of(trades: Trades, from_ms: int, to_ms: int) -> Result:
     pnls = trades.pnl_r.tolist()
     s = sharpe(daily_series(trades, from_ms, to_ms).tolist())
-    return Result(len(trades), float(sum(pnls)), s.per_day, profit_factor(pnls), max_drawdown(pnls),
-                  (sum(1 for p in pnls if p > 0) / len(pnls)) if pnls else None)
+    return Result(
+        len(trades),
+        float(sum(pnls)),
+        s.per_day,
+        profit_factor(pnls),
+        max_drawdown(pnls),
+        (sum(1 for p in pnls if p > 0) / len(pnls)) if pnls else None,
+    )
 
 
 def objective_value(result: Result, objective: str, min_trades: int) -> float:
@@ -200,28 +217,72 @@ class SearchReport:
 
     def summary(self) -> dict:
         return {
-            "objective": self.objective, "sampler": self.sampler, "range": [self.from_ms, self.to_ms],
-            "trials": len(self.trials), "study": self.study, "evaluated_here": self.evaluated_here, "best": {
-                "name": self.best.candidate.config.name, "config_hash": self.best.candidate.config.config_hash,
-                "params": self.best.candidate.params, "result": self.best.result.as_dict(), "value": self.best.value},
-            "deflated_sharpe_ratio": self.dsr, "pbo": self.pbo,
-            "holdout": None if self.holdout is None else {"range": list(self.holdout_range or ()),
-                                                          "result": self.holdout.as_dict()},
+            "objective": self.objective,
+            "sampler": self.sampler,
+            "range": [self.from_ms, self.to_ms],
+            "trials": len(self.trials),
+            "study": self.study,
+            "evaluated_here": self.evaluated_here,
+            "best": {
+                "name": self.best.candidate.config.name,
+                "config_hash": self.best.candidate.config.config_hash,
+                "params": self.best.candidate.params,
+                "result": self.best.result.as_dict(),
+                "value": self.best.value,
+            },
+            "deflated_sharpe_ratio": self.dsr,
+            "pbo": self.pbo,
+            "holdout": None
+            if self.holdout is None
+            else {"range": list(self.holdout_range or ()), "result": self.holdout.as_dict()},
         }
 
 
-def study_inputs(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: int, to_ms: int, sampler: str,
-                 objective: str, min_trades: int, seed: int) -> dict:
+def study_inputs(
+    store: FeatureStore,
+    base: StrategyConfig,
+    *,
+    trials: int,
+    from_ms: int,
+    to_ms: int,
+    sampler: str,
+    objective: str,
+    min_trades: int,
+    seed: int,
+) -> dict:
     """What every worker of one study must share: a worker with other inputs is refused."""
     spec = store.spec
-    return {"base": base.config_hash, "source": spec.source, "symbols": list(spec.symbols), "range": [from_ms, to_ms],
-            "trials": trials, "sampler": sampler, "objective": objective, "min_trades": min_trades, "seed": seed}
+    return {
+        "base": base.config_hash,
+        "source": spec.source,
+        "symbols": list(spec.symbols),
+        "range": [from_ms, to_ms],
+        "trials": trials,
+        "sampler": sampler,
+        "objective": objective,
+        "min_trades": min_trades,
+        "seed": seed,
+    }
 
 
-def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: int, to_ms: int,
-           sampler: str = "tpe", objective: str = "net_r", min_trades: int = 20, batch: int = 25, seed: int = 0,
-           workers: int | None = None, name: str = "search", show_progress: bool = True,
-           storage: str | None = None, study_name: str | None = None) -> SearchReport:
+def search(
+    store: FeatureStore,
+    base: StrategyConfig,
+    *,
+    trials: int,
+    from_ms: int,
+    to_ms: int,
+    sampler: str = "tpe",
+    objective: str = "net_r",
+    min_trades: int = 20,
+    batch: int = 25,
+    seed: int = 0,
+    workers: int | None = None,
+    name: str = "search",
+    show_progress: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> SearchReport:
     """``trials`` candidates on [from_ms, to_ms) (see the module docstring); batches of ``batch``.
 
     ``storage`` (an optuna RDB URL or a PostgreSQL conninfo) shares the study with every other process
@@ -233,8 +294,17 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
         raise ValueError("sampler must be tpe or grid")
     grid_params = list(grid(base, trials)) if sampler == "grid" else []
     budget = len(grid_params) if sampler == "grid" else trials
-    inputs = study_inputs(store, base, trials=trials, from_ms=from_ms, to_ms=to_ms, sampler=sampler,
-                          objective=objective, min_trades=min_trades, seed=seed)
+    inputs = study_inputs(
+        store,
+        base,
+        trials=trials,
+        from_ms=from_ms,
+        to_ms=to_ms,
+        sampler=sampler,
+        objective=objective,
+        min_trades=min_trades,
+        seed=seed,
+    )
     study_name = study_name or f"{base.name}-{name}-{inputs_key(inputs)}"
     shared = SharedStudy(open_storage(storage), study_name, sampler, seed, inputs)
     mine: dict[int, Trial] = {}
@@ -250,9 +320,16 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
             value = objective_value(result, objective, min_trades)
             series = period_series(trades, from_ms, to_ms, GUARD_PERIOD_MS)
             mine[claim.slot] = Trial(claim.slot, candidate, result, value, series, trades)
-            shared.tell(claim, value if math.isfinite(value) else -1e9,
-                        {"params": candidate.params, "result": result.as_dict(),
-                         "objective": value if math.isfinite(value) else None, "series": series.tolist()})
+            shared.tell(
+                claim,
+                value if math.isfinite(value) else -1e9,
+                {
+                    "params": candidate.params,
+                    "result": result.as_dict(),
+                    "objective": value if math.isfinite(value) else None,
+                    "series": series.tolist(),
+                },
+            )
         bar.update(len(claims))
 
     def waiting(others: int) -> None:
@@ -267,8 +344,17 @@ def search(store: FeatureStore, base: StrategyConfig, *, trials: int, from_ms: i
     if not done:
         raise ValueError("the search has no complete trial")
     best = max(done, key=lambda t: (t.value, -t.number))
-    return SearchReport(objective, sampler, from_ms, to_ms, done, best, *_guards(done, best),
-                        study=study_name if storage is not None else None, evaluated_here=len(mine))
+    return SearchReport(
+        objective,
+        sampler,
+        from_ms,
+        to_ms,
+        done,
+        best,
+        *_guards(done, best),
+        study=study_name if storage is not None else None,
+        evaluated_here=len(mine),
+    )
 
 
 def _candidate(base: StrategyConfig, params: dict, name: str, slot: int) -> Candidate:
@@ -282,8 +368,13 @@ def _stored_trial(trial, base: StrategyConfig, name: str) -> Trial:
     slot = attrs["slot"]
     value = attrs["objective"]
     candidate = _candidate(base, attrs["params"], name, slot)
-    return Trial(slot, candidate, Result(**attrs["result"]), -math.inf if value is None else value,
-                 np.asarray(attrs["series"], dtype=np.float64))
+    return Trial(
+        slot,
+        candidate,
+        Result(**attrs["result"]),
+        -math.inf if value is None else value,
+        np.asarray(attrs["series"], dtype=np.float64),
+    )
 
 
 def _guards(trials: list[Trial], best: Trial) -> tuple[float | None, float | None]:
@@ -320,31 +411,65 @@ class WindowResult:
 
 def choose(window: Window, trades_by_candidate: Sequence[Trades], objective: str, min_trades: int) -> int:
     """Index of the candidate that is best on the window's training range only (purged)."""
-    values = [objective_value(result_of(in_range(t, window.train_start, window.train_end), window.train_start,
-                                        window.train_end), objective, min_trades) for t in trades_by_candidate]
+    values = [
+        objective_value(
+            result_of(in_range(t, window.train_start, window.train_end), window.train_start, window.train_end),
+            objective,
+            min_trades,
+        )
+        for t in trades_by_candidate
+    ]
     return max(range(len(values)), key=lambda k: (values[k], -k))
 
 
-def walk_forward(store: FeatureStore, base: StrategyConfig, spec, *, trials: int, sampler: str = "tpe",
-                 objective: str = "net_r", min_trades: int = 20, batch: int = 25, seed: int = 0,
-                 workers: int | None = None, show_progress: bool = True, storage: str | None = None,
-                 study_name: str | None = None
-                 ) -> tuple[list[WindowResult], SearchReport | None, Result | None]:
+def walk_forward(
+    store: FeatureStore,
+    base: StrategyConfig,
+    spec,
+    *,
+    trials: int,
+    sampler: str = "tpe",
+    objective: str = "net_r",
+    min_trades: int = 20,
+    batch: int = 25,
+    seed: int = 0,
+    workers: int | None = None,
+    show_progress: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> tuple[list[WindowResult], SearchReport | None, Result | None]:
     """A search per training window, its winner tested on the window's test range; then the last
     winner once on the hold-out. Returns the windows, the last search and the hold-out result.
     With ``storage`` each window's search is a shared study (``STUDY-wN``)."""
     windows, holdout = rolling_windows(spec, store.spec.from_ms, store.spec.to_ms)
     out = []
     for window in tqdm(windows, desc="walk-forward", unit="window", disable=not show_progress):
-        report = search(store, base, trials=trials, from_ms=window.train_start, to_ms=window.train_end,
-                        sampler=sampler, objective=objective, min_trades=min_trades, batch=batch,
-                        seed=seed + window.index, workers=workers, name=f"w{window.index}",
-                        show_progress=show_progress, storage=storage,
-                        study_name=f"{study_name}-w{window.index}" if study_name else None)
+        report = search(
+            store,
+            base,
+            trials=trials,
+            from_ms=window.train_start,
+            to_ms=window.train_end,
+            sampler=sampler,
+            objective=objective,
+            min_trades=min_trades,
+            batch=batch,
+            seed=seed + window.index,
+            workers=workers,
+            name=f"w{window.index}",
+            show_progress=show_progress,
+            storage=storage,
+            study_name=f"{study_name}-w{window.index}" if study_name else None,
+        )
         chosen = report.best.candidate.config
         [trades] = evaluate(store, [chosen], window.test_start, window.test_end, workers)
-        out.append(WindowResult(window, report, result_of(in_range(trades, window.test_start, window.test_end),
-                                                          window.test_start, window.test_end)))
+        out.append(
+            WindowResult(
+                window,
+                report,
+                result_of(in_range(trades, window.test_start, window.test_end), window.test_start, window.test_end),
+            )
+        )
     last = out[-1].search if out else None
     held = None
     if holdout is not None and last is not None:

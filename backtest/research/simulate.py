@@ -74,23 +74,41 @@ class Trades:
 
     @classmethod
     def empty(cls) -> Trades:
-        return cls(np.empty(0, dtype=object), *(np.empty(0, dtype=np.int64) for _ in range(2)),
-                   np.empty(0, dtype=np.int8), np.empty(0, dtype=np.int8), np.empty(0), np.empty(0))
+        return cls(
+            np.empty(0, dtype=object),
+            *(np.empty(0, dtype=np.int64) for _ in range(2)),
+            np.empty(0, dtype=np.int8),
+            np.empty(0, dtype=np.int8),
+            np.empty(0),
+            np.empty(0),
+        )
 
     @classmethod
     def concat(cls, parts: list[Trades]) -> Trades:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()
-        merged = cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                       ("symbol", "entry_ms", "exit_ms", "sign", "reason", "pnl_r", "risk_multiplier")))
+        merged = cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("symbol", "entry_ms", "exit_ms", "sign", "reason", "pnl_r", "risk_multiplier")
+            )
+        )
         order = np.argsort(merged.exit_ms, kind="stable")
-        return cls(*(getattr(merged, f)[order] for f in
-                     ("symbol", "entry_ms", "exit_ms", "sign", "reason", "pnl_r", "risk_multiplier")))
+        return cls(
+            *(
+                getattr(merged, f)[order]
+                for f in ("symbol", "entry_ms", "exit_ms", "sign", "reason", "pnl_r", "risk_multiplier")
+            )
+        )
 
     def select(self, mask: np.ndarray) -> Trades:
-        return Trades(*(getattr(self, f)[mask] for f in
-                        ("symbol", "entry_ms", "exit_ms", "sign", "reason", "pnl_r", "risk_multiplier")))
+        return Trades(
+            *(
+                getattr(self, f)[mask]
+                for f in ("symbol", "entry_ms", "exit_ms", "sign", "reason", "pnl_r", "risk_multiplier")
+            )
+        )
 
 
 _OPEN_AT_END = np.iinfo(np.int64).max
@@ -104,9 +122,29 @@ def _first_traded(traded, second):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _simulate(sig_time, sig_sign, sig_atr, sig_flip, sl_mult, tp1_r, tp2_r, timeout_ms, first_second, b_open,
-              b_high, b_low, b_close, b_high_first, b_traded, out_entry_s, out_entry_px, out_exit_ms, out_exit_px,
-              out_reason, out_tp1):  # pragma: no cover - compiled
+def _simulate(  # noqa: C901 - over the complexity limit, to be split
+    sig_time,
+    sig_sign,
+    sig_atr,
+    sig_flip,
+    sl_mult,
+    tp1_r,
+    tp2_r,
+    timeout_ms,
+    first_second,
+    b_open,
+    b_high,
+    b_low,
+    b_close,
+    b_high_first,
+    b_traded,
+    out_entry_s,
+    out_entry_px,
+    out_exit_ms,
+    out_exit_px,
+    out_reason,
+    out_tp1,
+):  # pragma: no cover - compiled
     """Per signal: entry second and price, exit time (ms of the exit's second), price, reason index
     and TP1 flag; reason -1 = not taken, or still open when the data ends."""
     n_sec = b_open.shape[0]
@@ -189,8 +227,9 @@ def _simulate(sig_time, sig_sign, sig_atr, sig_flip, sl_mult, tp1_r, tp2_r, time
             current_exit = _OPEN_AT_END
 
 
-def simulate(signals: Signals, cfg: StrategyConfig, bars: SecondBars, symbol: str,
-             costs: CostModel = CostModel()) -> Trades:
+def simulate(
+    signals: Signals, cfg: StrategyConfig, bars: SecondBars, symbol: str, costs: CostModel = CostModel()
+) -> Trades:
     """The closed research trades of ``cfg``'s signals on one symbol (see the module docstring)."""
     n = len(signals)
     if n == 0:
@@ -202,15 +241,41 @@ def simulate(signals: Signals, cfg: StrategyConfig, bars: SecondBars, symbol: st
     reason = np.zeros(n, dtype=np.int64)
     tp1 = np.zeros(n, dtype=np.bool_)
     x = cfg.exits
-    _simulate(signals.time_ms, signals.sign.astype(np.int64), signals.atr, signals.is_flip, float(x.sl_atr_mult),
-              float(x.tp1_r), float(x.tp2_r), int(x.timeout_min) * 60_000, bars.first_second, bars.open, bars.high,
-              bars.low, bars.close, bars.high_first, bars.traded, entry_s, entry_px, exit_ms, exit_px, reason, tp1)
+    _simulate(
+        signals.time_ms,
+        signals.sign.astype(np.int64),
+        signals.atr,
+        signals.is_flip,
+        float(x.sl_atr_mult),
+        float(x.tp1_r),
+        float(x.tp2_r),
+        int(x.timeout_min) * 60_000,
+        bars.first_second,
+        bars.open,
+        bars.high,
+        bars.low,
+        bars.close,
+        bars.high_first,
+        bars.traded,
+        entry_s,
+        entry_px,
+        exit_ms,
+        exit_px,
+        reason,
+        tp1,
+    )
     closed = np.flatnonzero(reason >= 0)
     pnl = np.empty(len(closed))
     for j, k in enumerate(closed.tolist()):
         direction = "LONG" if signals.sign[k] > 0 else "SHORT"
         plan = plan_exits(direction, float(entry_px[k]), float(signals.atr[k]), x)
         pnl[j] = pnl_r(plan, REASONS[reason[k]], float(exit_px[k]), bool(tp1[k]), costs)
-    return Trades(np.full(len(closed), symbol, dtype=object), (bars.first_second + entry_s[closed]) * 1000,
-                  exit_ms[closed], signals.sign[closed].astype(np.int8), reason[closed].astype(np.int8), pnl,
-                  signals.risk_multiplier[closed])
+    return Trades(
+        np.full(len(closed), symbol, dtype=object),
+        (bars.first_second + entry_s[closed]) * 1000,
+        exit_ms[closed],
+        signals.sign[closed].astype(np.int8),
+        reason[closed].astype(np.int8),
+        pnl,
+        signals.risk_multiplier[closed],
+    )

@@ -31,7 +31,6 @@ from stream_apps.core.params import StateParams
 from stream_apps.core.strategy import StrategyConfig
 from tapeflow_runtime.batch import batch_gc
 
-
 DAY_MS = 86_400_000
 
 
@@ -73,9 +72,12 @@ def second_bars(times: np.ndarray, prices: np.ndarray, first_second: int, second
     """Per-second open/high/low/close (first/max/min/last trade price; NaN without trades) and whether
     the high came before the low, for the seconds ``first_second ..`` (trades in time order)."""
     out = {
-        "bar_open": np.full(seconds, np.nan), "bar_high": np.full(seconds, np.nan),
-        "bar_low": np.full(seconds, np.nan), "bar_close": np.full(seconds, np.nan),
-        "bar_high_first": np.zeros(seconds, dtype=bool), "bar_traded": np.zeros(seconds, dtype=bool),
+        "bar_open": np.full(seconds, np.nan),
+        "bar_high": np.full(seconds, np.nan),
+        "bar_low": np.full(seconds, np.nan),
+        "bar_close": np.full(seconds, np.nan),
+        "bar_high_first": np.zeros(seconds, dtype=bool),
+        "bar_traded": np.zeros(seconds, dtype=bool),
     }
     if len(times) == 0:
         return out
@@ -109,8 +111,14 @@ def probe_strategy(base: StrategyConfig) -> StrategyConfig:
     return base.model_copy(update={"symbols": []})
 
 
-def build_symbol(directory: Path, spec: StoreSpec, symbol: str, base: StrategyConfig,
-                 options: dict | None = None, progress: Callable[[int], None] | None = None) -> int:
+def build_symbol(
+    directory: Path,
+    spec: StoreSpec,
+    symbol: str,
+    base: StrategyConfig,
+    options: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Run the engine over one symbol's history from the backtest source ``spec.source`` (any of
     ``tapeflow backtest --source``: synthetic, vision, db, topics, recording) and write its days;
     returns the trades processed. Inputs reach the engine as in the backtest runner."""
@@ -150,8 +158,12 @@ def build_symbol(directory: Path, spec: StoreSpec, symbol: str, base: StrategyCo
             np.savez(folder / f"{_day_name(day)}.npz", **data)
             day = end
 
-    adapters = (("books", book_from_record), ("marks", mark_from_record),
-                ("liquidations", liquidation_from_record), ("indicators", indicator_from_record))
+    adapters = (
+        ("books", book_from_record),
+        ("marks", mark_from_record),
+        ("liquidations", liquidation_from_record),
+        ("indicators", indicator_from_record),
+    )
     for piece in source.slices():
         events = [adapt(record) for kind, adapt in adapters for record in getattr(piece, kind)]
         batch = next(iter(piece.trades.values()), None)
@@ -206,10 +218,17 @@ class FeatureStore:
             for start in range(0, n, rows):
                 part = slice(start, start + rows)
                 yield FeatureFrame(
-                    "binance", symbol, columns["time_ms"][part],
-                    {name: columns[name][part] if name in columns else np.full(len(columns["time_ms"][part]), np.nan)
-                     for name in SCALAR_FIELDS},  # a store written before a field existed: missing
-                    _windows(columns, "cvd", part), _windows(columns, "slope", part), _windows(columns, "accel", part))
+                    "binance",
+                    symbol,
+                    columns["time_ms"][part],
+                    {
+                        name: columns[name][part] if name in columns else np.full(len(columns["time_ms"][part]), np.nan)
+                        for name in SCALAR_FIELDS
+                    },  # a store written before a field existed: missing
+                    _windows(columns, "cvd", part),
+                    _windows(columns, "slope", part),
+                    _windows(columns, "accel", part),
+                )
 
     def bars(self, symbol: str) -> SecondBars:
         parts: dict[str, list[np.ndarray]] = {}
@@ -218,13 +237,23 @@ class FeatureStore:
                 for name in ("bar_open", "bar_high", "bar_low", "bar_close", "bar_high_first", "bar_traded"):
                     parts.setdefault(name, []).append(data[name])
         c = {name: np.concatenate(p) for name, p in parts.items()}
-        return SecondBars(self.spec.from_ms // 1000, c["bar_open"], c["bar_high"], c["bar_low"], c["bar_close"],
-                          c["bar_high_first"], c["bar_traded"])
+        return SecondBars(
+            self.spec.from_ms // 1000,
+            c["bar_open"],
+            c["bar_high"],
+            c["bar_low"],
+            c["bar_close"],
+            c["bar_high_first"],
+            c["bar_traded"],
+        )
 
 
 def _windows(columns: dict[str, np.ndarray], prefix: str, part: slice) -> dict[int, np.ndarray]:
-    out = {int(name.split("_", 1)[1]): column[part] for name, column in columns.items()
-           if name.startswith(prefix + "_") and name.split("_", 1)[1].isdigit()}
+    out = {
+        int(name.split("_", 1)[1]): column[part]
+        for name, column in columns.items()
+        if name.startswith(prefix + "_") and name.split("_", 1)[1].isdigit()
+    }
     return dict(sorted(out.items()))
 
 
@@ -234,8 +263,14 @@ def _build_task(args: tuple[str, StoreSpec, str, StrategyConfig, dict]) -> tuple
         return symbol, build_symbol(Path(directory), spec, symbol, base, options)
 
 
-def build_store(directory: str | Path, spec: StoreSpec, base: StrategyConfig, workers: int | None = None,
-                show_progress: bool = True, options: dict | None = None) -> FeatureStore:
+def build_store(
+    directory: str | Path,
+    spec: StoreSpec,
+    base: StrategyConfig,
+    workers: int | None = None,
+    show_progress: bool = True,
+    options: dict | None = None,
+) -> FeatureStore:
     """Compute the store (one process per symbol, up to ``workers`` at a time) unless ``directory``
     already holds one for the same inputs; ``options`` go to ``backtest.sources.open_source``."""
     import multiprocessing

@@ -98,15 +98,18 @@ def sqlalchemy_url(storage: str) -> str:
         from sqlalchemy.engine import URL
 
         params = conninfo_to_dict(text)
-        return URL.create("postgresql+psycopg", username=params.pop("user", None),
-                          password=params.pop("password", None), host=params.pop("host", None),
-                          port=int(params["port"]) if "port" in params else None,
-                          database=params.pop("dbname", None),
-                          query={k: str(v) for k, v in params.items() if k != "port"}
-                          ).render_as_string(hide_password=False)
+        return URL.create(
+            "postgresql+psycopg",
+            username=params.pop("user", None),
+            password=params.pop("password", None),
+            host=params.pop("host", None),
+            port=int(params["port"]) if "port" in params else None,
+            database=params.pop("dbname", None),
+            query={k: str(v) for k, v in params.items() if k != "port"},
+        ).render_as_string(hide_password=False)
     for prefix in ("postgresql://", "postgres://"):
         if text.startswith(prefix):
-            return "postgresql+psycopg://" + text[len(prefix):]
+            return "postgresql+psycopg://" + text[len(prefix) :]
     return text
 
 
@@ -143,8 +146,9 @@ def open_storage(storage: str | None):
 
 def _rdb(url: str, engine_kwargs: dict[str, Any]):
     with _quiet():
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+        )
 
 
 @contextlib.contextmanager
@@ -181,8 +185,9 @@ class SharedStudy:
         chosen = SlotSeededTPE(seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                             sampler=chosen, load_if_exists=True)
+            self.study = optuna.create_study(
+                storage=storage, study_name=name, direction="maximize", sampler=chosen, load_if_exists=True
+            )
         except Exception as error:
             raise StudyError(f"study {name!r}: {type(error).__name__}: {_first_line(error)}") from None
         key = inputs_key(inputs)
@@ -191,9 +196,11 @@ class SharedStudy:
             self.study.set_user_attr("inputs_key", key)
             self.study.set_user_attr("inputs", json.loads(json.dumps(inputs, default=str)))
         elif found != key:
-            raise StudyError(f"study {name!r} was made for other inputs ({self.study.user_attrs.get('inputs')}); "
-                             "every worker of a study needs the same strategy, source, symbols, range, trials, "
-                             "sampler, objective, seed and minimum trades (or another --study name)")
+            raise StudyError(
+                f"study {name!r} was made for other inputs ({self.study.user_attrs.get('inputs')}); "
+                "every worker of a study needs the same strategy, source, symbols, range, trials, "
+                "sampler, objective, seed and minimum trades (or another --study name)"
+            )
         self._beating: dict[int, int] = {}  # trial number -> trial id, beaten by the heartbeat thread
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -221,8 +228,7 @@ class SharedStudy:
             self._thread.join(5)
 
     def counted(self) -> list[FrozenTrial]:
-        return [t for t in self.study.get_trials(deepcopy=False, states=COUNTED)
-                if not t.user_attrs.get("over_budget")]
+        return [t for t in self.study.get_trials(deepcopy=False, states=COUNTED) if not t.user_attrs.get("over_budget")]
 
     def fail_stale(self) -> None:
         if self._heartbeats():
@@ -278,8 +284,11 @@ class SharedStudy:
     def running_elsewhere(self) -> int:
         with self._lock:
             mine = set(self._beating)
-        return sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number not in mine and not t.user_attrs.get("over_budget"))
+        return sum(
+            1
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in mine and not t.user_attrs.get("over_budget")
+        )
 
     def complete(self) -> list[FrozenTrial]:
         """Every complete trial of the budget, by slot (a slot told twice after a stale failure
@@ -292,8 +301,14 @@ class SharedStudy:
         return [by_slot[s] for s in sorted(by_slot)]
 
 
-def run_study(study: SharedStudy, budget: int, batch: int, evaluate_batch: Callable[[list[Claim]], None],
-              wait: Callable[[int], None] | None = None, poll_s: float = 1.0) -> None:
+def run_study(
+    study: SharedStudy,
+    budget: int,
+    batch: int,
+    evaluate_batch: Callable[[list[Claim]], None],
+    wait: Callable[[int], None] | None = None,
+    poll_s: float = 1.0,
+) -> None:
     """Claim and evaluate batches until the budget is claimed, then wait for the other workers'
     running trials (failing stale ones and claiming their slots again)."""
     while True:

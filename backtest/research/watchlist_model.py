@@ -39,8 +39,9 @@ from stream_apps.watchlist.model import DEFAULT_FACTORS, PairModel, factor_value
 from stream_apps.watchlist.records import feature_records
 
 
-def session_records(events: Iterable[CrossVenueEvent], params: CrossVenueParams,
-                    sample_ms: int = 15_000) -> list[dict[str, Any]]:
+def session_records(
+    events: Iterable[CrossVenueEvent], params: CrossVenueParams, sample_ms: int = 15_000
+) -> list[dict[str, Any]]:
     """The xv.features records of a session, at the evaluations on a `sample_ms` grid (what the
     watchlist service publishes every ``--publish-interval-ms``)."""
     state = CrossVenueState(params)
@@ -58,8 +59,9 @@ def session_records(events: Iterable[CrossVenueEvent], params: CrossVenueParams,
     return out
 
 
-def label_records(records: Sequence[Mapping[str, Any]], horizon_ms: int,
-                  four_fees: Callable[[str, str], float]) -> tuple[list[Mapping[str, Any]], np.ndarray]:
+def label_records(
+    records: Sequence[Mapping[str, Any]], horizon_ms: int, four_fees: Callable[[str, str], float]
+) -> tuple[list[Mapping[str, Any]], np.ndarray]:
     """The records that have a label, and their labels (fraction of notional; module docstring)."""
     by_key = {(r["coin"], r["sell_venue"], r["buy_venue"], r["eval_time"]): r for r in records}
     rows: list[Mapping[str, Any]] = []
@@ -132,9 +134,16 @@ def auc(score: np.ndarray, won: np.ndarray) -> float | None:
     return float((ranks[won == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def fit_model(rows: Sequence[Mapping[str, Any]], labels: np.ndarray, horizon_ms: int, fees: float,
-              factors: Sequence[str] = DEFAULT_FACTORS, alpha: float = 0.01, l2: float = 0.01,
-              test_fraction: float = 0.3) -> PairModel:
+def fit_model(
+    rows: Sequence[Mapping[str, Any]],
+    labels: np.ndarray,
+    horizon_ms: int,
+    fees: float,
+    factors: Sequence[str] = DEFAULT_FACTORS,
+    alpha: float = 0.01,
+    l2: float = 0.01,
+    test_fraction: float = 0.3,
+) -> PairModel:
     """Fit both models on the training part of `rows` and score them on the test part (module
     docstring); the scores are in the model's ``fit``. Raises ValueError when there is too little data."""
     if not 0 < test_fraction < 1:
@@ -144,14 +153,18 @@ def fit_model(rows: Sequence[Mapping[str, Any]], labels: np.ndarray, horizon_ms:
         raise ValueError("one label per row")
     distinct = np.unique(times)
     if len(distinct) < 10:
-        raise ValueError(f"{len(rows)} labelled rows at {len(distinct)} evaluation times: too few to fit and test "
-                         "(record a longer session, or a shorter --horizon)")
+        raise ValueError(
+            f"{len(rows)} labelled rows at {len(distinct)} evaluation times: too few to fit and test "
+            "(record a longer session, or a shorter --horizon)"
+        )
     split = int(distinct[int(len(distinct) * (1 - test_fraction))])
     train = times + horizon_ms < split
     test = times >= split
     if train.sum() < 2 * len(factors) + 2 or test.sum() < 2:
-        raise ValueError(f"{int(train.sum())} training and {int(test.sum())} test rows after the embargo: too few "
-                         "(record a longer session, or a shorter --horizon)")
+        raise ValueError(
+            f"{int(train.sum())} training and {int(test.sum())} test rows after the embargo: too few "
+            "(record a longer session, or a shorter --horizon)"
+        )
     raw = factor_matrix(rows, factors)
     missing_share = np.isnan(raw[train]).mean(axis=0)
     means = np.where(np.isnan(raw[train]).all(axis=0), 0.0, np.nanmean(np.where(train[:, None], raw, np.nan), axis=0))
@@ -172,12 +185,29 @@ def fit_model(rows: Sequence[Mapping[str, Any]], labels: np.ndarray, horizon_ms:
         "auc": auc(prob, w),
         "brier": float(((prob - w) ** 2).mean()),
         "log_loss": float(-(w * np.log(prob + eps) + (1 - w) * np.log(1 - prob + eps)).mean()),
-        "base_win_rate": float(w.mean()), "mean_pnl": float(y.mean()),
+        "base_win_rate": float(w.mean()),
+        "mean_pnl": float(y.mean()),
     }
-    fit = {"rows": len(rows), "train_rows": int(train.sum()), "test_rows": int(test.sum()),
-           "embargoed_rows": int((~train & ~test).sum()), "split_time_ms": split, "alpha": alpha, "l2": l2,
-           "test_fraction": test_fraction, "train_win_rate": float(won[train].mean()),
-           "missing_share": {f: float(m) for f, m in zip(factors, missing_share)},
-           "out_of_sample": {k: (None if v is None or not math.isfinite(v) else v) for k, v in scores.items()}}
-    return PairModel(tuple(factors), tuple(float(v) for v in means), tuple(float(v) for v in scales),
-                     (b0, *map(float, b)), (c0, *map(float, c)), int(horizon_ms), float(fees), fit)
+    fit = {
+        "rows": len(rows),
+        "train_rows": int(train.sum()),
+        "test_rows": int(test.sum()),
+        "embargoed_rows": int((~train & ~test).sum()),
+        "split_time_ms": split,
+        "alpha": alpha,
+        "l2": l2,
+        "test_fraction": test_fraction,
+        "train_win_rate": float(won[train].mean()),
+        "missing_share": {f: float(m) for f, m in zip(factors, missing_share)},
+        "out_of_sample": {k: (None if v is None or not math.isfinite(v) else v) for k, v in scores.items()},
+    }
+    return PairModel(
+        tuple(factors),
+        tuple(float(v) for v in means),
+        tuple(float(v) for v in scales),
+        (b0, *map(float, b)),
+        (c0, *map(float, c)),
+        int(horizon_ms),
+        float(fees),
+        fit,
+    )

@@ -33,8 +33,11 @@ class WalkForwardSpec:
     holdout_ms: int = 0
 
     def __str__(self) -> str:
-        parts = [f"train={format_duration_ms(self.train_ms)}", f"test={format_duration_ms(self.test_ms)}",
-                 f"step={format_duration_ms(self.step_ms)}"]
+        parts = [
+            f"train={format_duration_ms(self.train_ms)}",
+            f"test={format_duration_ms(self.test_ms)}",
+            f"step={format_duration_ms(self.step_ms)}",
+        ]
         if self.embargo_ms:
             parts.append(f"embargo={format_duration_ms(self.embargo_ms)}")
         if self.holdout_ms:
@@ -62,8 +65,13 @@ def parse_walk_forward(text: str, default_embargo_ms: int = 0) -> WalkForwardSpe
     for key in ("train", "test"):
         if key not in values:
             raise ValueError(f"walk-forward: {key}=DURATION is required (e.g. train=30d,test=7d,step=7d)")
-    return WalkForwardSpec(values["train"], values["test"], values.get("step", values["test"]),
-                           values.get("embargo", default_embargo_ms), values.get("holdout", 0))
+    return WalkForwardSpec(
+        values["train"],
+        values["test"],
+        values.get("step", values["test"]),
+        values.get("embargo", default_embargo_ms),
+        values.get("holdout", 0),
+    )
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,7 @@ def check_symbols(symbols: list[str]) -> list[str]:
     return out
 
 
-def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms: int | None,
-                **options: Any) -> Source:
+def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms: int | None, **options: Any) -> Source:
     """The source named by ``spec`` for ``symbols`` over ``[from_ms, to_ms)`` (a recording may leave
     symbols and range unset: all of it).
 
@@ -56,8 +55,9 @@ def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms
 
         if not arg:
             raise SourceError("--source recording:DIR needs the recording directory")
-        return RecordingSource(Path(arg), check_symbols(symbols) if symbols else None, from_ms, to_ms,
-                               slice_ms=slice_ms)
+        return RecordingSource(
+            Path(arg), check_symbols(symbols) if symbols else None, from_ms, to_ms, slice_ms=slice_ms
+        )
     if from_ms is None or to_ms is None:
         raise SourceError("--from and --to are required (or --demo for an offline example)")
     symbols = check_symbols(symbols or [])
@@ -68,15 +68,23 @@ def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms
             seed = int(arg) if arg else 0
         except ValueError:
             raise SourceError(f"--source synthetic:SEED needs an integer seed, got {arg!r}") from None
-        return SyntheticSource(symbols, from_ms, to_ms, seed, trades_per_s=options.get("trades_per_s"),
-                               slice_ms=slice_ms)
+        return SyntheticSource(
+            symbols, from_ms, to_ms, seed, trades_per_s=options.get("trades_per_s"), slice_ms=slice_ms
+        )
     if kind == "vision":
         from backtest.sources.column_cache import ColumnCache
         from backtest.sources.vision import VisionSource
 
-        return VisionSource(symbols, from_ms, to_ms, directory=Path(arg) if arg else None,
-                            cache_dir=options.get("cache_dir"), base_url=options.get("vision_url"), slice_ms=slice_ms,
-                            column_cache=ColumnCache(options["column_cache"]) if options.get("column_cache") else None)
+        return VisionSource(
+            symbols,
+            from_ms,
+            to_ms,
+            directory=Path(arg) if arg else None,
+            cache_dir=options.get("cache_dir"),
+            base_url=options.get("vision_url"),
+            slice_ms=slice_ms,
+            column_cache=ColumnCache(options["column_cache"]) if options.get("column_cache") else None,
+        )
     if kind == "db":
         from backtest.sources.database import DatabaseSource
 
@@ -88,6 +96,13 @@ def open_source(spec: str, symbols: list[str] | None, from_ms: int | None, to_ms
 
         if not options.get("bootstrap"):
             raise SourceError("--source topics needs a broker (TAPEFLOW_BROKER, or a running stack)")
-        return TopicSource(options["bootstrap"], symbols, from_ms, to_ms, topic_prefix=options.get("topic_prefix", ""),
-                           registry_url=options.get("registry_url"), slice_ms=slice_ms)
+        return TopicSource(
+            options["bootstrap"],
+            symbols,
+            from_ms,
+            to_ms,
+            topic_prefix=options.get("topic_prefix", ""),
+            registry_url=options.get("registry_url"),
+            slice_ms=slice_ms,
+        )
     raise SourceError(f"unknown source {spec!r}: use synthetic[:SEED], recording:DIR, vision[:DIR], db or topics")

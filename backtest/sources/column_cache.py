@@ -94,7 +94,9 @@ class ColumnCache:
         st = source.stat()
         checksum = source.with_name(source.name + CHECKSUM_SUFFIX)
         stamp = checksum.read_text(errors="replace").strip() if checksum.is_file() else ""
-        return hashlib.sha256(f"{FORMAT}\0{source.name}\0{st.st_size}\0{st.st_mtime_ns}\0{stamp}".encode()).hexdigest()[:24]
+        return hashlib.sha256(f"{FORMAT}\0{source.name}\0{st.st_size}\0{st.st_mtime_ns}\0{stamp}".encode()).hexdigest()[
+            :24
+        ]
 
     def _path(self, source: Path) -> Path:
         return self.root / f"{source.name}.{self.key(source)}{SUFFIX}"
@@ -125,8 +127,10 @@ class ColumnCache:
         if not path.is_file():
             return None
         try:
-            reader = pa.ipc.open_file(pa.OSFile(str(path), "r"), options=pa.ipc.IpcReadOptions(
-                included_fields=[FIELDS.index(name) for name in ENGINE_FIELDS]))
+            reader = pa.ipc.open_file(
+                pa.OSFile(str(path), "r"),
+                options=pa.ipc.IpcReadOptions(included_fields=[FIELDS.index(name) for name in ENGINE_FIELDS]),
+            )
             meta = reader.schema.metadata or {}
             if reader.num_record_batches != HOURS or meta.get(b"day_start_ms") != str(day_start_ms).encode():
                 return None  # written for another day layout: parse again (``put`` replaces it)
@@ -155,8 +159,11 @@ class ColumnCache:
         try:
             with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 for piece in pieces:  # exactly one batch per piece, empty ones included
-                    writer.write_batch(pa.RecordBatch.from_arrays(
-                        [piece.column(name).combine_chunks() for name in FIELDS], schema=table.schema))
+                    writer.write_batch(
+                        pa.RecordBatch.from_arrays(
+                            [piece.column(name).combine_chunks() for name in FIELDS], schema=table.schema
+                        )
+                    )
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -32,18 +32,26 @@ from stream_apps.core.events import TradeBatch, book_record
 HOUR_MS = 3_600_000
 
 QUERIES = {
-    "books": ("SELECT exchange, symbol, last_update_id, event_time, receive_time, bid_prices, bid_qtys, ask_prices, "
-              "ask_qtys, obi_10 FROM depth_snapshots WHERE exchange = %s AND symbol = ANY(%s) AND event_time >= %s "
-              "AND event_time < %s ORDER BY event_time, symbol, last_update_id"),
-    "marks": ("SELECT exchange, symbol, mark_price, index_price, funding_rate, next_funding_time, event_time, "
-              "receive_time FROM mark_prices WHERE exchange = %s AND symbol = ANY(%s) AND event_time >= %s "
-              "AND event_time < %s ORDER BY event_time, symbol"),
-    "liquidations": ("SELECT exchange, symbol, side, liquidated_side, price, avg_price, qty, filled_qty, usd_value, "
-                     "event_time, trade_time, receive_time FROM liquidations WHERE exchange = %s AND symbol = ANY(%s) "
-                     "AND trade_time >= %s AND trade_time < %s ORDER BY trade_time, symbol"),
-    "indicators": ("SELECT exchange, symbol, kind, value, period, extra, event_time, receive_time FROM market_indicators "
-                   "WHERE exchange = %s AND symbol = ANY(%s) AND receive_time >= %s AND receive_time < %s "
-                   "ORDER BY receive_time, symbol, kind"),
+    "books": (
+        "SELECT exchange, symbol, last_update_id, event_time, receive_time, bid_prices, bid_qtys, ask_prices, "
+        "ask_qtys, obi_10 FROM depth_snapshots WHERE exchange = %s AND symbol = ANY(%s) AND event_time >= %s "
+        "AND event_time < %s ORDER BY event_time, symbol, last_update_id"
+    ),
+    "marks": (
+        "SELECT exchange, symbol, mark_price, index_price, funding_rate, next_funding_time, event_time, "
+        "receive_time FROM mark_prices WHERE exchange = %s AND symbol = ANY(%s) AND event_time >= %s "
+        "AND event_time < %s ORDER BY event_time, symbol"
+    ),
+    "liquidations": (
+        "SELECT exchange, symbol, side, liquidated_side, price, avg_price, qty, filled_qty, usd_value, "
+        "event_time, trade_time, receive_time FROM liquidations WHERE exchange = %s AND symbol = ANY(%s) "
+        "AND trade_time >= %s AND trade_time < %s ORDER BY trade_time, symbol"
+    ),
+    "indicators": (
+        "SELECT exchange, symbol, kind, value, period, extra, event_time, receive_time FROM market_indicators "
+        "WHERE exchange = %s AND symbol = ANY(%s) AND receive_time >= %s AND receive_time < %s "
+        "ORDER BY receive_time, symbol, kind"
+    ),
 }
 TIME_COLUMNS = ("event_time", "trade_time", "receive_time", "next_funding_time")
 
@@ -51,16 +59,32 @@ TIME_COLUMNS = ("event_time", "trade_time", "receive_time", "next_funding_time")
 # binary COPY: signature, flags, header extension length; then per row a field count and, per field,
 # a length and the value (network byte order); then a -1 field count
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-TRADE_ROW = np.dtype([("fields", ">i2"), ("ns", ">i4"), ("symbol", ">i4"), ("n0", ">i4"), ("agg_id", ">i8"),
-                      ("n1", ">i4"), ("time_us", ">i8"), ("n2", ">i4"), ("price", ">f8"), ("n3", ">i4"), ("qty", ">f8"),
-                      ("n4", ">i4"), ("sell", "u1")])
+TRADE_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("ns", ">i4"),
+        ("symbol", ">i4"),
+        ("n0", ">i4"),
+        ("agg_id", ">i8"),
+        ("n1", ">i4"),
+        ("time_us", ">i8"),
+        ("n2", ">i4"),
+        ("price", ">f8"),
+        ("n3", ">i4"),
+        ("qty", ">f8"),
+        ("n4", ">i4"),
+        ("sell", "u1"),
+    ]
+)
 TRADE_LENGTHS = {"fields": 6, "ns": 4, "n0": 8, "n1": 8, "n2": 8, "n3": 8, "n4": 1}
 PG_ORIGIN_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 # every asked symbol of an hour in one scan (the table's time index serves the range, not the symbol),
 # the symbol as its 1-based position in the asked list: a fixed-width field, rows grouped by it
-TRADES_QUERY = ("SELECT array_position(%(symbols)s::text[], symbol), agg_id, trade_time, price, qty, "
-                "taker_side = 'SELL' FROM trades WHERE exchange = %(exchange)s AND symbol = ANY(%(symbols)s) "
-                "AND trade_time >= %(lo)s AND trade_time < %(hi)s ORDER BY 1, trade_time, agg_id")
+TRADES_QUERY = (
+    "SELECT array_position(%(symbols)s::text[], symbol), agg_id, trade_time, price, qty, "
+    "taker_side = 'SELL' FROM trades WHERE exchange = %(exchange)s AND symbol = ANY(%(symbols)s) "
+    "AND trade_time >= %(lo)s AND trade_time < %(hi)s ORDER BY 1, trade_time, agg_id"
+)
 
 
 class BinaryLayoutError(ValueError):
@@ -73,7 +97,7 @@ def parse_trade_copy(data: bytes | bytearray | memoryview) -> dict[str, np.ndarr
     if bytes(buf[:11]) != COPY_SIGNATURE:
         raise BinaryLayoutError("not a binary COPY answer")
     ext = int.from_bytes(buf[15:19], "big")
-    body = buf[19 + ext:]
+    body = buf[19 + ext :]
     if len(body) < 2 or bytes(body[-2:]) != b"\xff\xff":
         raise BinaryLayoutError("no end marker")
     body = body[:-2]
@@ -88,8 +112,14 @@ def parse_trade_copy(data: bytes | bytearray | memoryview) -> dict[str, np.ndarr
     us = rows["time_us"].astype(np.int64) + PG_ORIGIN_US
     q, r = np.divmod(us, 1000)
     ms = q + ((r > 500) | ((r == 500) & (q % 2 == 1)))  # round half to even, as round() in _ms
-    return {"symbol": rows["symbol"].astype(np.int64), "agg_id": rows["agg_id"].astype(np.int64), "time_ms": ms, "price": rows["price"].astype(np.float64),
-            "qty": rows["qty"].astype(np.float64), "sell": rows["sell"].astype(bool)}
+    return {
+        "symbol": rows["symbol"].astype(np.int64),
+        "agg_id": rows["agg_id"].astype(np.int64),
+        "time_ms": ms,
+        "price": rows["price"].astype(np.float64),
+        "qty": rows["qty"].astype(np.float64),
+        "sell": rows["sell"].astype(bool),
+    }
 
 
 def _ms(value: datetime) -> int:
@@ -103,8 +133,16 @@ def _dt(ms: int) -> datetime:
 class DatabaseSource:
     exchange = "binance"
 
-    def __init__(self, conninfo: str, symbols: list[str], from_ms: int, to_ms: int, *, slice_ms: int = DEFAULT_SLICE_MS,
-                 exchange: str = "binance") -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        symbols: list[str],
+        from_ms: int,
+        to_ms: int,
+        *,
+        slice_ms: int = DEFAULT_SLICE_MS,
+        exchange: str = "binance",
+    ) -> None:
         self.conninfo = conninfo
         self.symbols = list(symbols)
         self.from_ms, self.to_ms = from_ms, to_ms
@@ -123,8 +161,10 @@ class DatabaseSource:
     def inputs(self) -> set[str]:
         if self._kinds is None:
             with self._connect() as conn:
-                rows = conn.execute("SELECT DISTINCT kind FROM market_indicators WHERE exchange = %s AND symbol = ANY(%s)",
-                                    (self.exchange, self.symbols)).fetchall()
+                rows = conn.execute(
+                    "SELECT DISTINCT kind FROM market_indicators WHERE exchange = %s AND symbol = ANY(%s)",
+                    (self.exchange, self.symbols),
+                ).fetchall()
             self._kinds = {"trades", "book", "mark", "liquidations"} | {r[0] for r in rows}
         return set(self._kinds)
 
@@ -135,8 +175,10 @@ class DatabaseSource:
         """Hour blocks; the next hour's trades are read on a second connection while the caller runs
         the engine over this one (the server's scan and sort then use the other core)."""
         seen: set[str] = set()
-        hours = [(max(start, self.from_ms), min(start + HOUR_MS, self.to_ms))
-                 for start in range(self.from_ms // HOUR_MS * HOUR_MS, self.to_ms, HOUR_MS)]
+        hours = [
+            (max(start, self.from_ms), min(start + HOUR_MS, self.to_ms))
+            for start in range(self.from_ms // HOUR_MS * HOUR_MS, self.to_ms, HOUR_MS)
+        ]
         with self._connect() as conn, self._connect() as trade_conn, ThreadPoolExecutor(1) as ahead:
             pending = ahead.submit(self._trades, trade_conn, *hours[0]) if hours else None
             for k, (lo, hi) in enumerate(hours):
@@ -146,8 +188,10 @@ class DatabaseSource:
                 block = Block(lo, hi, trades=trades)
                 seen.update(batch.symbol for batch in block.trades.values())
                 for kind, query in QUERIES.items():
-                    block.records[kind] = [self._record(kind, row) for row in
-                                           conn.execute(query, (self.exchange, self.symbols, _dt(lo), _dt(hi)))]
+                    block.records[kind] = [
+                        self._record(kind, row)
+                        for row in conn.execute(query, (self.exchange, self.symbols, _dt(lo), _dt(hi)))
+                    ]
                 yield block
         for symbol in self.symbols:
             if symbol not in seen:
@@ -172,8 +216,14 @@ class DatabaseSource:
             a, b = bounds[k], bounds[k + 1]
             if b > a:
                 out[f"{self.exchange}:{symbol}"] = TradeBatch.from_arrays(
-                    self.exchange, symbol, columns["agg_id"][a:b], columns["time_ms"][a:b], columns["price"][a:b],
-                    columns["qty"][a:b], columns["sell"][a:b])
+                    self.exchange,
+                    symbol,
+                    columns["agg_id"][a:b],
+                    columns["time_ms"][a:b],
+                    columns["price"][a:b],
+                    columns["qty"][a:b],
+                    columns["sell"][a:b],
+                )
         return out
 
     @staticmethod
@@ -183,23 +233,60 @@ class DatabaseSource:
         if not rows:
             return None
         symbols, ids, times, prices, qtys, sells = zip(*rows)
-        return {"symbol": np.asarray(symbols, dtype=np.int64), "agg_id": np.asarray(ids, dtype=np.int64),
-                "time_ms": np.fromiter((_ms(t) for t in times), np.int64, len(times)),
-                "price": np.asarray(prices, dtype=np.float64), "qty": np.asarray(qtys, dtype=np.float64),
-                "sell": np.asarray(sells, dtype=bool)}
+        return {
+            "symbol": np.asarray(symbols, dtype=np.int64),
+            "agg_id": np.asarray(ids, dtype=np.int64),
+            "time_ms": np.fromiter((_ms(t) for t in times), np.int64, len(times)),
+            "price": np.asarray(prices, dtype=np.float64),
+            "qty": np.asarray(qtys, dtype=np.float64),
+            "sell": np.asarray(sells, dtype=bool),
+        }
 
     @staticmethod
     def _record(kind: str, row: tuple[Any, ...]) -> Record:
         if kind == "books":
             ex, sym, uid, event, receive, bid_p, bid_q, ask_p, ask_q, obi = row
-            return book_record({"exchange": ex, "symbol": sym, "last_update_id": uid, "event_time": _ms(event),
-                                "receive_time": _ms(receive), "obi_10": obi}, bid_p, bid_q, ask_p, ask_q)
-        names = {"marks": ("exchange", "symbol", "mark_price", "index_price", "funding_rate", "next_funding_time",
-                           "event_time", "receive_time"),
-                 "liquidations": ("exchange", "symbol", "side", "liquidated_side", "price", "avg_price", "qty",
-                                  "filled_qty", "usd_value", "event_time", "trade_time", "receive_time"),
-                 "indicators": ("exchange", "symbol", "kind", "value", "period", "extra", "event_time",
-                                "receive_time")}[kind]
+            return book_record(
+                {
+                    "exchange": ex,
+                    "symbol": sym,
+                    "last_update_id": uid,
+                    "event_time": _ms(event),
+                    "receive_time": _ms(receive),
+                    "obi_10": obi,
+                },
+                bid_p,
+                bid_q,
+                ask_p,
+                ask_q,
+            )
+        names = {
+            "marks": (
+                "exchange",
+                "symbol",
+                "mark_price",
+                "index_price",
+                "funding_rate",
+                "next_funding_time",
+                "event_time",
+                "receive_time",
+            ),
+            "liquidations": (
+                "exchange",
+                "symbol",
+                "side",
+                "liquidated_side",
+                "price",
+                "avg_price",
+                "qty",
+                "filled_qty",
+                "usd_value",
+                "event_time",
+                "trade_time",
+                "receive_time",
+            ),
+            "indicators": ("exchange", "symbol", "kind", "value", "period", "extra", "event_time", "receive_time"),
+        }[kind]
         record = dict(zip(names, row))
         for name in TIME_COLUMNS:
             if name in record:

@@ -50,8 +50,14 @@ from stream_apps.core.events import book_record
 BOOK_INTERVAL_MS = 250  # producers.binance.producer.ProducerConfig.book_interval_ms
 BOOK_DEPTH = 20
 INDICATOR_NOTE = "REST-polled by the live producer; a websocket recording does not hold it"
-INDICATOR_KINDS = ("open_interest_hist", "long_short_account_ratio", "top_trader_position_ratio",
-                   "taker_buy_sell_ratio", "coinbase_premium", "spot_perp_divergence")
+INDICATOR_KINDS = (
+    "open_interest_hist",
+    "long_short_account_ratio",
+    "top_trader_position_ratio",
+    "taker_buy_sell_ratio",
+    "coinbase_premium",
+    "spot_perp_divergence",
+)
 EVENTS = {"aggTrade": "trades", "depthUpdate": "book", "markPriceUpdate": "mark", "forceOrder": "liquidations"}
 
 
@@ -131,8 +137,15 @@ def recording_span(recording: Recording) -> tuple[int, int]:
 class RecordingSource:
     exchange = EXCHANGE
 
-    def __init__(self, directory: Path, symbols: list[str] | None, from_ms: int | None, to_ms: int | None, *,
-                 slice_ms: int = DEFAULT_SLICE_MS) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        symbols: list[str] | None,
+        from_ms: int | None,
+        to_ms: int | None,
+        *,
+        slice_ms: int = DEFAULT_SLICE_MS,
+    ) -> None:
         try:
             self.recording = read_recording(directory)
         except (OSError, UnicodeError, ValueError) as exc:
@@ -141,8 +154,10 @@ class RecordingSource:
         chosen = symbols or available
         unknown = [s for s in chosen if s not in available]
         if unknown:
-            raise SourceError(f"unknown symbol {', '.join(unknown)}: the recording {directory} has "
-                              f"{', '.join(available) or 'no symbols'}")
+            raise SourceError(
+                f"unknown symbol {', '.join(unknown)}: the recording {directory} has "
+                f"{', '.join(available) or 'no symbols'}"
+            )
         start, end = recording_span(self.recording)
         self.name = f"recording:{directory}"
         self.symbols = list(chosen)
@@ -166,9 +181,19 @@ class RecordingSource:
 
     def slices(self) -> Iterator[MarketSlice]:
         recs = self.records()
-        inner = RecordSource(self.name, EXCHANGE, self.symbols, self.from_ms, self.to_ms, trades=recs["trades"],
-                             books=recs["books"], marks=recs["marks"], liquidations=recs["liquidations"],
-                             report=self.report, slice_ms=self.slice_ms)
+        inner = RecordSource(
+            self.name,
+            EXCHANGE,
+            self.symbols,
+            self.from_ms,
+            self.to_ms,
+            trades=recs["trades"],
+            books=recs["books"],
+            marks=recs["marks"],
+            liquidations=recs["liquidations"],
+            report=self.report,
+            slice_ms=self.slice_ms,
+        )
         return inner.slices()
 
 
@@ -203,15 +228,22 @@ class _Producer:
                 self.report.add_bad_row(f"ws_frames.txt frame {frame.index} ({frame.event}): {exc}")
         for sym, seq in sorted(self.sequencers.items()):
             if seq.counters.ids_given_up:
-                self.report.missing.append(f"{sym}: {seq.counters.ids_given_up} agg ids missing from the recording "
-                                           f"({seq.counters.gaps_given_up} holes)")
+                self.report.missing.append(
+                    f"{sym}: {seq.counters.ids_given_up} agg ids missing from the recording "
+                    f"({seq.counters.gaps_given_up} holes)"
+                )
         for sym, book in sorted(self.books.items()):
-            if book.resyncs or (sym not in self.snapshot_used and any(f.event == "depthUpdate" for f in self.recording.frames)):
-                self.report.notes[f"book:{sym}"] = ("the recording's depth snapshot does not continue its diffs "
-                                                    "(or there is none): no md.book from the point it broke")
+            if book.resyncs or (
+                sym not in self.snapshot_used and any(f.event == "depthUpdate" for f in self.recording.frames)
+            ):
+                self.report.notes[f"book:{sym}"] = (
+                    "the recording's depth snapshot does not continue its diffs "
+                    "(or there is none): no md.book from the point it broke"
+                )
         if self.ignored:
-            self.report.notes["ignored_streams"] = (f"{', '.join(sorted(self.ignored))}: not streams the producer "
-                                                    "subscribes to")
+            self.report.notes["ignored_streams"] = (
+                f"{', '.join(sorted(self.ignored))}: not streams the producer subscribes to"
+            )
         return self.out
 
     def _frame(self, frame: Frame, received: int) -> None:
@@ -262,8 +294,11 @@ class _Producer:
                 continue
             self.published_u[sym] = book.last_update_id
             fields, bids, asks = book_snapshot_parts(EXCHANGE, book, BOOK_DEPTH, now_ms=now_ms)
-            self.out["books"].append(book_record(fields, [p for p, _ in bids], [q for _, q in bids],
-                                                 [p for p, _ in asks], [q for _, q in asks]))
+            self.out["books"].append(
+                book_record(
+                    fields, [p for p, _ in bids], [q for _, q in bids], [p for p, _ in asks], [q for _, q in asks]
+                )
+            )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,48 +329,118 @@ def write_recording(blocks: Iterable[Block], directory: Path, latency_ms: int = 
             sym = batch.symbol
             symbols.setdefault(sym, None)
             stream = f"{sym.lower()}@aggTrade"
-            for a, t, p, q, sell in zip(batch.agg_id.tolist(), batch.time_ms.tolist(), batch.price.tolist(),
-                                        batch.qty.tolist(), batch.taker_sell.tolist()):
-                frame(stream, t, {"e": "aggTrade", "E": t + 2, "a": a, "s": sym, "p": _num(p), "q": _num(q),
-                                  "f": a, "l": a, "T": t, "m": sell})
+            for a, t, p, q, sell in zip(
+                batch.agg_id.tolist(),
+                batch.time_ms.tolist(),
+                batch.price.tolist(),
+                batch.qty.tolist(),
+                batch.taker_sell.tolist(),
+            ):
+                frame(
+                    stream,
+                    t,
+                    {
+                        "e": "aggTrade",
+                        "E": t + 2,
+                        "a": a,
+                        "s": sym,
+                        "p": _num(p),
+                        "q": _num(q),
+                        "f": a,
+                        "l": a,
+                        "T": t,
+                        "m": sell,
+                    },
+                )
         for m in block.records.get("marks", []):
-            frame(f"{m['symbol'].lower()}@markPrice@1s", m["event_time"],
-                  {"e": "markPriceUpdate", "E": m["event_time"], "s": m["symbol"], "p": _num(m["mark_price"]),
-                   "i": _num(m["index_price"]), "P": _num(m["index_price"]), "r": _num(m["funding_rate"]),
-                   "T": m["next_funding_time"]})
+            frame(
+                f"{m['symbol'].lower()}@markPrice@1s",
+                m["event_time"],
+                {
+                    "e": "markPriceUpdate",
+                    "E": m["event_time"],
+                    "s": m["symbol"],
+                    "p": _num(m["mark_price"]),
+                    "i": _num(m["index_price"]),
+                    "P": _num(m["index_price"]),
+                    "r": _num(m["funding_rate"]),
+                    "T": m["next_funding_time"],
+                },
+            )
         for liq in block.records.get("liquidations", []):
             qty = _num(liq["qty"])
-            frame("!forceOrder@arr", liq["event_time"],
-                  {"e": "forceOrder", "E": liq["event_time"],
-                   "o": {"s": liq["symbol"], "S": liq["side"], "o": "LIMIT", "f": "IOC", "q": qty,
-                         "p": _num(liq["price"]), "ap": _num(liq["avg_price"]), "X": "FILLED", "l": qty, "z": qty,
-                         "T": liq["trade_time"]}})
+            frame(
+                "!forceOrder@arr",
+                liq["event_time"],
+                {
+                    "e": "forceOrder",
+                    "E": liq["event_time"],
+                    "o": {
+                        "s": liq["symbol"],
+                        "S": liq["side"],
+                        "o": "LIMIT",
+                        "f": "IOC",
+                        "q": qty,
+                        "p": _num(liq["price"]),
+                        "ap": _num(liq["avg_price"]),
+                        "X": "FILLED",
+                        "l": qty,
+                        "z": qty,
+                        "T": liq["trade_time"],
+                    },
+                },
+            )
         for b in block.records.get("books", []):
             sym, t = b["symbol"], b["event_time"]
-            state = {"bids": {lv["price"]: lv["qty"] for lv in b["bids"]},
-                     "asks": {lv["price"]: lv["qty"] for lv in b["asks"]}}
+            state = {
+                "bids": {lv["price"]: lv["qty"] for lv in b["bids"]},
+                "asks": {lv["price"]: lv["qty"] for lv in b["asks"]},
+            }
             if sym not in books:
                 last_u[sym] = 1_000_000
-                snapshots[sym] = (t + latency_ms, {
-                    "lastUpdateId": last_u[sym], "E": t, "T": t - 5,
-                    "bids": [[_num(p), _num(q)] for p, q in state["bids"].items()],
-                    "asks": [[_num(p), _num(q)] for p, q in state["asks"].items()]})
+                snapshots[sym] = (
+                    t + latency_ms,
+                    {
+                        "lastUpdateId": last_u[sym],
+                        "E": t,
+                        "T": t - 5,
+                        "bids": [[_num(p), _num(q)] for p, q in state["bids"].items()],
+                        "asks": [[_num(p), _num(q)] for p, q in state["asks"].items()],
+                    },
+                )
             else:
-                diff = {side: [[_num(p), _num(q)] for p, q in state[side].items() if books[sym][side].get(p) != q]
-                        + [[_num(p), "0"] for p in books[sym][side] if p not in state[side]]
-                        for side in ("bids", "asks")}
+                diff = {
+                    side: [[_num(p), _num(q)] for p, q in state[side].items() if books[sym][side].get(p) != q]
+                    + [[_num(p), "0"] for p in books[sym][side] if p not in state[side]]
+                    for side in ("bids", "asks")
+                }
                 if sym in chained:
                     first, pu = last_u[sym] + 1, last_u[sym]
                 else:  # the first diff straddles the snapshot's id (Binance's sync rule)
                     first, pu = last_u[sym], last_u[sym] - 1
                     chained.add(sym)
                 last_u[sym] = first + 2
-                frame(f"{sym.lower()}@depth@100ms", t, {"e": "depthUpdate", "E": t, "T": t - 5, "s": sym, "U": first,
-                                                        "u": last_u[sym], "pu": pu, "b": diff["bids"], "a": diff["asks"]})
+                frame(
+                    f"{sym.lower()}@depth@100ms",
+                    t,
+                    {
+                        "e": "depthUpdate",
+                        "E": t,
+                        "T": t - 5,
+                        "s": sym,
+                        "U": first,
+                        "u": last_u[sym],
+                        "pu": pu,
+                        "b": diff["bids"],
+                        "a": diff["asks"],
+                    },
+                )
             books[sym] = state
     frames.sort()
-    streams = sorted({orjson.loads(text)["stream"] for _, _, text in frames[:10_000]} |
-                     {f"{s.lower()}@{k}" for s in symbols for k in ("aggTrade", "depth@100ms", "markPrice@1s")})
+    streams = sorted(
+        {orjson.loads(text)["stream"] for _, _, text in frames[:10_000]}
+        | {f"{s.lower()}@{k}" for s in symbols for k in ("aggTrade", "depth@100ms", "markPrice@1s")}
+    )
     start = frames[0][0] / 1000 if frames else 0.0
     with (directory / "ws_frames.txt").open("w", encoding="utf-8") as out:
         out.write(f"wss://fstream.binance.com/stream?streams={'/'.join(streams)} <-> {start:.6f}\n")
@@ -343,8 +448,10 @@ def write_recording(blocks: Iterable[Block], directory: Path, latency_ms: int = 
             out.write(f"{received / 1000:.6f}: {text}\n")
     with (directory / "rest_responses.txt").open("w", encoding="utf-8") as out:
         for sym, (received, body) in snapshots.items():
-            out.write(f"https://fapi.binance.com/fapi/v1/depth?symbol={sym}&limit=1000 -> {received / 1000:.6f}: "
-                      f"{orjson.dumps(body).decode()}\n")
+            out.write(
+                f"https://fapi.binance.com/fapi/v1/depth?symbol={sym}&limit=1000 -> {received / 1000:.6f}: "
+                f"{orjson.dumps(body).decode()}\n"
+            )
     return directory
 
 

@@ -37,19 +37,36 @@ def trade_block(trades: Iterable[Record]) -> dict[str, TradeBatch]:
 class RecordSource:
     """``name`` over ``[from_ms, to_ms)`` from lists of records (see the module docstring)."""
 
-    def __init__(self, name: str, exchange: str, symbols: list[str], from_ms: int, to_ms: int, *,
-                 trades: Iterable[Record] = (), books: Iterable[Record] = (), marks: Iterable[Record] = (),
-                 liquidations: Iterable[Record] = (), indicators: Iterable[Record] = (),
-                 inputs: set[str] | None = None, report: SourceReport | None = None,
-                 slice_ms: int = DEFAULT_SLICE_MS, trade_batches: dict[str, TradeBatch] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        exchange: str,
+        symbols: list[str],
+        from_ms: int,
+        to_ms: int,
+        *,
+        trades: Iterable[Record] = (),
+        books: Iterable[Record] = (),
+        marks: Iterable[Record] = (),
+        liquidations: Iterable[Record] = (),
+        indicators: Iterable[Record] = (),
+        inputs: set[str] | None = None,
+        report: SourceReport | None = None,
+        slice_ms: int = DEFAULT_SLICE_MS,
+        trade_batches: dict[str, TradeBatch] | None = None,
+    ) -> None:
         self.name, self.exchange, self.symbols = name, exchange, list(symbols)
         self.from_ms, self.to_ms = from_ms, to_ms
         self.report = report or SourceReport()
         self.slice_ms = slice_ms
         self._trades = list(trades)
         self._trade_batches = trade_batches  # already columnar, in (trade time, agg id) order
-        self._records = {"books": list(books), "marks": list(marks), "liquidations": list(liquidations),
-                         "indicators": list(indicators)}
+        self._records = {
+            "books": list(books),
+            "marks": list(marks),
+            "liquidations": list(liquidations),
+            "indicators": list(indicators),
+        }
         self._inputs = inputs
 
     def inputs(self) -> set[str]:
@@ -66,6 +83,7 @@ class RecordSource:
 
     def slices(self) -> Iterator[MarketSlice]:
         trades = trade_block(self._trades) if self._trade_batches is None else self._trade_batches
-        block = Block(self.from_ms, self.to_ms, trades,
-                      {kind: sort_records(self._records[kind], kind) for kind in RECORD_KINDS})
+        block = Block(
+            self.from_ms, self.to_ms, trades, {kind: sort_records(self._records[kind], kind) for kind in RECORD_KINDS}
+        )
         return SliceCutter(self.from_ms, self.to_ms, self.slice_ms).cut([block])

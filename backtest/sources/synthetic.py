@@ -57,9 +57,19 @@ BOOK_LEVELS = 10
 DEFAULT_PRICES = {"BTCUSDT": 30_000.0, "ETHUSDT": 2_000.0, "SOLUSDT": 100.0, "XRPUSDT": 0.5}
 DEFAULT_RATES = {"BTCUSDT": 30.0, "ETHUSDT": 20.0, "SOLUSDT": 10.0, "XRPUSDT": 8.0}
 COINBASE_SYMBOLS = ("BTCUSDT", "ETHUSDT")
-INPUTS = {"trades", "book", "mark", "liquidations", "open_interest_hist", "long_short_account_ratio",
-          "top_trader_position_ratio", "taker_buy_sell_ratio", "coinbase_premium", "spot_perp_divergence",
-          "funding_rate"}
+INPUTS = {
+    "trades",
+    "book",
+    "mark",
+    "liquidations",
+    "open_interest_hist",
+    "long_short_account_ratio",
+    "top_trader_position_ratio",
+    "taker_buy_sell_ratio",
+    "coinbase_premium",
+    "spot_perp_divergence",
+    "funding_rate",
+}
 
 
 def price_decimals(price: float) -> int:
@@ -90,7 +100,7 @@ class SymbolGenerator:
         self.rng = np.random.default_rng(_symbol_seed(self.seed, self.symbol))
         base = DEFAULT_PRICES.get(self.symbol) or float(round(10 ** self.rng.uniform(0, 3), 4))
         self.decimals = price_decimals(base)
-        self.tick = 10.0 ** -self.decimals
+        self.tick = 10.0**-self.decimals
         self.log_price = math.log(base)
         self.anchor = self.log_price
         # quantity: about 3,000 USDT per trade at the median, on a lot of ~1e-5 of the price in USDT
@@ -124,7 +134,7 @@ class SymbolGenerator:
                     self.anchor = self.log_price
                 self.regime_left_s -= 1
                 regime[s] = self.regime
-            rate[minute * 60:(minute + 1) * 60] = self.trades_per_s * math.exp(self.activity) * self.burst
+            rate[minute * 60 : (minute + 1) * 60] = self.trades_per_s * math.exp(self.activity) * self.burst
         # price per second: trend drift, range pull, volatility rising with activity
         scale = np.sqrt(rate / self.trades_per_s)
         sigma = 0.00012 * scale  # ~0.7 % per hour at normal activity
@@ -181,8 +191,9 @@ class SymbolGenerator:
     def _funding_rate(self, funding_time: int) -> float:
         rate = self.funding.get(funding_time)
         if rate is None:
-            rate = float(np.clip(0.0001 + 0.0004 * math.tanh(self.trend_memory) + self.rng.normal(0, 0.00005),
-                                 -0.003, 0.003))
+            rate = float(
+                np.clip(0.0001 + 0.0004 * math.tanh(self.trend_memory) + self.rng.normal(0, 0.00005), -0.003, 0.003)
+            )
             self.funding = {funding_time: rate}
         return rate
 
@@ -196,10 +207,18 @@ class SymbolGenerator:
             t = (sec_start + s) * 1000
             next_funding = (t // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS
             mark = round(float(mid_ticks[s]) * self.tick + self.tick / 2, 8)
-            out.append({"exchange": EXCHANGE, "symbol": self.symbol, "mark_price": mark,
-                        "index_price": round(mark * (1 + float(noise[s])), 8),
-                        "funding_rate": self._funding_rate(next_funding),
-                        "next_funding_time": next_funding, "event_time": t, "receive_time": t + 15})
+            out.append(
+                {
+                    "exchange": EXCHANGE,
+                    "symbol": self.symbol,
+                    "mark_price": mark,
+                    "index_price": round(mark * (1 + float(noise[s])), 8),
+                    "funding_rate": self._funding_rate(next_funding),
+                    "next_funding_time": next_funding,
+                    "event_time": t,
+                    "receive_time": t + 15,
+                }
+            )
         return out
 
     def _books(self, sec_start: int, mid_ticks: np.ndarray, returns: np.ndarray, sigma: np.ndarray) -> list[Record]:
@@ -223,10 +242,22 @@ class SymbolGenerator:
                     prices[tick] = self._price(tick)
             bid_sizes, ask_sizes = sizes[k, 0], sizes[k, 1]
             bid_qty, ask_qty = float(bid_sizes.sum()), float(ask_sizes.sum())
-            out.append(book_record({"exchange": EXCHANGE, "symbol": self.symbol, "last_update_id": t, "event_time": t,
-                                    "receive_time": t + 20, "obi_10": (bid_qty - ask_qty) / (bid_qty + ask_qty)},
-                                   [prices[bid - i] for i in range(len(bid_sizes))], bid_sizes.tolist(),
-                                   [prices[bid + 1 + i] for i in range(len(ask_sizes))], ask_sizes.tolist()))
+            out.append(
+                book_record(
+                    {
+                        "exchange": EXCHANGE,
+                        "symbol": self.symbol,
+                        "last_update_id": t,
+                        "event_time": t,
+                        "receive_time": t + 20,
+                        "obi_10": (bid_qty - ask_qty) / (bid_qty + ask_qty),
+                    },
+                    [prices[bid - i] for i in range(len(bid_sizes))],
+                    bid_sizes.tolist(),
+                    [prices[bid + 1 + i] for i in range(len(ask_sizes))],
+                    ask_sizes.tolist(),
+                )
+            )
         return out
 
     def _liquidations(self, sec_start: int, mid_ticks: np.ndarray, returns: np.ndarray) -> list[Record]:
@@ -243,14 +274,33 @@ class SymbolGenerator:
             usd = float(self.rng.lognormal(math.log(20_000), 1.3))
             qty = float(self._lots(np.array([usd / avg]))[0])
             t = (sec_start + int(s)) * 1000 + int(self.rng.integers(0, 1000))
-            out.append({"exchange": EXCHANGE, "symbol": self.symbol, "side": side,
-                        "liquidated_side": "LONG" if side == "SELL" else "SHORT", "price": avg, "avg_price": avg,
-                        "qty": qty, "filled_qty": qty, "usd_value": avg * qty, "event_time": t + 3, "trade_time": t,
-                        "receive_time": t + 25})
+            out.append(
+                {
+                    "exchange": EXCHANGE,
+                    "symbol": self.symbol,
+                    "side": side,
+                    "liquidated_side": "LONG" if side == "SELL" else "SHORT",
+                    "price": avg,
+                    "avg_price": avg,
+                    "qty": qty,
+                    "filled_qty": qty,
+                    "usd_value": avg * qty,
+                    "event_time": t + 3,
+                    "trade_time": t,
+                    "receive_time": t + 25,
+                }
+            )
         return out
 
-    def _indicators(self, start_ms: int, times: np.ndarray, price: np.ndarray, qty: np.ndarray,
-                    taker_sell: np.ndarray, mid_ticks: np.ndarray) -> list[Record]:
+    def _indicators(
+        self,
+        start_ms: int,
+        times: np.ndarray,
+        price: np.ndarray,
+        qty: np.ndarray,
+        taker_sell: np.ndarray,
+        mid_ticks: np.ndarray,
+    ) -> list[Record]:
         out = []
         rng = self.rng
         for period in range(start_ms, start_ms + HOUR_MS, METRIC_PERIOD_MS):
@@ -265,26 +315,68 @@ class SymbolGenerator:
             buy_vol = float(qty[lo:hi][~sells].sum())
             sell_vol = float(qty[lo:hi][sells].sum())
 
-            def indicator(kind: str, value: float, extra: dict[str, float], period_name: str | None = "5m",
-                          _at=at, _received=received) -> Record:
-                return {"exchange": EXCHANGE, "symbol": self.symbol, "kind": kind, "value": value,
-                        "period": period_name, "extra": extra, "event_time": _at, "receive_time": _received}
+            def indicator(
+                kind: str,
+                value: float,
+                extra: dict[str, float],
+                period_name: str | None = "5m",
+                _at=at,
+                _received=received,
+            ) -> Record:
+                return {
+                    "exchange": EXCHANGE,
+                    "symbol": self.symbol,
+                    "kind": kind,
+                    "value": value,
+                    "period": period_name,
+                    "extra": extra,
+                    "event_time": _at,
+                    "receive_time": _received,
+                }
 
-            out.append(indicator("open_interest_hist", round(self.open_interest, 3),
-                                 {"sum_open_interest_value": round(self.open_interest * mid, 2)}))
-            out.append(indicator("long_short_account_ratio", round(ratio, 4),
-                                 {"long_account": round(ratio / (1 + ratio), 4), "short_account": round(1 / (1 + ratio), 4)}))
-            out.append(indicator("top_trader_position_ratio", round(top, 4),
-                                 {"long_account": round(top / (1 + top), 4), "short_account": round(1 / (1 + top), 4)}))
+            out.append(
+                indicator(
+                    "open_interest_hist",
+                    round(self.open_interest, 3),
+                    {"sum_open_interest_value": round(self.open_interest * mid, 2)},
+                )
+            )
+            out.append(
+                indicator(
+                    "long_short_account_ratio",
+                    round(ratio, 4),
+                    {"long_account": round(ratio / (1 + ratio), 4), "short_account": round(1 / (1 + ratio), 4)},
+                )
+            )
+            out.append(
+                indicator(
+                    "top_trader_position_ratio",
+                    round(top, 4),
+                    {"long_account": round(top / (1 + top), 4), "short_account": round(1 / (1 + top), 4)},
+                )
+            )
             if sell_vol > 0:
-                out.append(indicator("taker_buy_sell_ratio", round(buy_vol / sell_vol, 4),
-                                     {"buy_vol": round(buy_vol, 4), "sell_vol": round(sell_vol, 4)}))
+                out.append(
+                    indicator(
+                        "taker_buy_sell_ratio",
+                        round(buy_vol / sell_vol, 4),
+                        {"buy_vol": round(buy_vol, 4), "sell_vol": round(sell_vol, 4)},
+                    )
+                )
             spot = mid * (1 + rng.normal(0, 0.0004))
-            out.append(indicator("spot_perp_divergence", (mid - spot) / spot, {"perp_price": mid, "spot_price": spot}, None))
+            out.append(
+                indicator("spot_perp_divergence", (mid - spot) / spot, {"perp_price": mid, "spot_price": spot}, None)
+            )
             if self.symbol in COINBASE_SYMBOLS:
                 coinbase = mid * (1 + 0.0004 * math.tanh(self.trend_memory) + rng.normal(0, 0.0004))
-                out.append(indicator("coinbase_premium", (coinbase - mid) / mid,
-                                     {"coinbase_price": coinbase, "binance_price": mid}, None))
+                out.append(
+                    indicator(
+                        "coinbase_premium",
+                        (coinbase - mid) / mid,
+                        {"coinbase_price": coinbase, "binance_price": mid},
+                        None,
+                    )
+                )
         out.sort(key=lambda r: r["receive_time"])
         return out
 
@@ -294,8 +386,16 @@ class SyntheticSource:
 
     exchange = EXCHANGE
 
-    def __init__(self, symbols: list[str], from_ms: int, to_ms: int, seed: int = 0, *,
-                 trades_per_s: dict[str, float] | float | None = None, slice_ms: int = DEFAULT_SLICE_MS) -> None:
+    def __init__(
+        self,
+        symbols: list[str],
+        from_ms: int,
+        to_ms: int,
+        seed: int = 0,
+        *,
+        trades_per_s: dict[str, float] | float | None = None,
+        slice_ms: int = DEFAULT_SLICE_MS,
+    ) -> None:
         self.symbols = [s.upper() for s in symbols]
         self.seed = seed
         self.name = f"synthetic:{seed}"

@@ -39,8 +39,13 @@ from stream_apps.book_decode import BookDecoder
 from stream_apps.core.events import TradeBatch
 from tapeflow_runtime.topic_reader import RawRecord, StateReadError, read_topics
 
-TOPICS = {"md.trades": "trades", "md.book": "books", "md.mark": "marks", "md.liquidations": "liquidations",
-          "md.indicators": "indicators"}
+TOPICS = {
+    "md.trades": "trades",
+    "md.book": "books",
+    "md.mark": "marks",
+    "md.liquidations": "liquidations",
+    "md.indicators": "indicators",
+}
 TIME = dict(ENGINE_TIME, trades="trade_time")
 DECODE_CHUNK = 200_000
 
@@ -48,9 +53,21 @@ DECODE_CHUNK = 200_000
 class TopicSource:
     exchange = "binance"
 
-    def __init__(self, bootstrap: str, symbols: list[str], from_ms: int, to_ms: int, *, topic_prefix: str = "",
-                 registry_url: str | None = None, slice_ms: int = DEFAULT_SLICE_MS, lead_ms: int = 60_000,
-                 exchange: str = "binance", idle_s: float = 0.0, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        symbols: list[str],
+        from_ms: int,
+        to_ms: int,
+        *,
+        topic_prefix: str = "",
+        registry_url: str | None = None,
+        slice_ms: int = DEFAULT_SLICE_MS,
+        lead_ms: int = 60_000,
+        exchange: str = "binance",
+        idle_s: float = 0.0,
+        timeout_s: float = 600.0,
+    ) -> None:
         self.bootstrap, self.prefix = bootstrap, topic_prefix
         self.symbols = list(symbols)
         self.from_ms, self.to_ms = from_ms, to_ms
@@ -94,14 +111,25 @@ class TopicSource:
             if topic == book_topic:
                 record = read_book(record.value)
             kind = kinds[topic]
-            if record.get("exchange") == self.exchange and record.get("symbol") in wanted \
-                    and self.from_ms <= record[TIME[kind]] < self.to_ms:
+            if (
+                record.get("exchange") == self.exchange
+                and record.get("symbol") in wanted
+                and self.from_ms <= record[TIME[kind]] < self.to_ms
+            ):
                 out[kind].append(record)
 
         try:
-            read_topics(self.bootstrap, self.prefix, {topic: None for topic in kinds}, self.serde,
-                        idle_s=self.idle_s, timeout_s=self.timeout_s, start_ms=self.from_ms - self.lead_ms,
-                        on_record=keep, raw_topics=frozenset({trades_topic, book_topic}))
+            read_topics(
+                self.bootstrap,
+                self.prefix,
+                {topic: None for topic in kinds},
+                self.serde,
+                idle_s=self.idle_s,
+                timeout_s=self.timeout_s,
+                start_ms=self.from_ms - self.lead_ms,
+                on_record=keep,
+                raw_topics=frozenset({trades_topic, book_topic}),
+            )
             batches = self._trades(raw)
         except StateReadError as exc:
             raise SourceError(f"topics: {exc}") from None
@@ -116,25 +144,43 @@ class TopicSource:
         codec = ColumnarCodec.for_topic(table_for_topic("md.trades"), self.serde, "md.trades")
         frames = []
         for start in range(0, len(values), DECODE_CHUNK):
-            chunk = values[start:start + DECODE_CHUNK]
+            chunk = values[start : start + DECODE_CHUNK]
             try:
                 if codec is None:
                     raise ColumnarError("no columnar decoder for md.trades")
                 df = codec.decode_frame(chunk).select(
-                    "exchange", "symbol", "agg_id", "trade_time", "price", "qty",
-                    (pl.col("taker_side").cast(pl.String) == "SELL").alias("sell"))
+                    "exchange",
+                    "symbol",
+                    "agg_id",
+                    "trade_time",
+                    "price",
+                    "qty",
+                    (pl.col("taker_side").cast(pl.String) == "SELL").alias("sell"),
+                )
             except ColumnarError:
                 df = self._decode_each(chunk, start)
-            frames.append(df.filter((pl.col("exchange") == self.exchange) & pl.col("symbol").is_in(self.symbols)
-                                    & (pl.col("trade_time") >= self.from_ms) & (pl.col("trade_time") < self.to_ms)))
+            frames.append(
+                df.filter(
+                    (pl.col("exchange") == self.exchange)
+                    & pl.col("symbol").is_in(self.symbols)
+                    & (pl.col("trade_time") >= self.from_ms)
+                    & (pl.col("trade_time") < self.to_ms)
+                )
+            )
         if not frames:
             return {}
         trades = pl.concat(frames).sort(["symbol", "trade_time", "agg_id"])
         out = {}
         for (symbol,), part in trades.group_by(["symbol"], maintain_order=True):
             out[f"{self.exchange}:{symbol}"] = TradeBatch.from_arrays(
-                self.exchange, symbol, part["agg_id"].to_numpy(), part["trade_time"].to_numpy().astype(np.int64),
-                part["price"].to_numpy(), part["qty"].to_numpy(), part["sell"].to_numpy())
+                self.exchange,
+                symbol,
+                part["agg_id"].to_numpy(),
+                part["trade_time"].to_numpy().astype(np.int64),
+                part["price"].to_numpy(),
+                part["qty"].to_numpy(),
+                part["sell"].to_numpy(),
+            )
         return out
 
     def _decode_each(self, values: list[bytes], first: int) -> pl.DataFrame:
@@ -144,20 +190,44 @@ class TopicSource:
             try:
                 rows.append(self.serde.decode(value))
             except Exception as exc:
-                raise StateReadError(f"{self.prefix}md.trades: record {first + k} of the range cannot be decoded: "
-                                     f"{exc}") from exc
-        return pl.DataFrame({"exchange": [r["exchange"] for r in rows], "symbol": [r["symbol"] for r in rows],
-                             "agg_id": [r["agg_id"] for r in rows], "trade_time": [r["trade_time"] for r in rows],
-                             "price": [r["price"] for r in rows], "qty": [r["qty"] for r in rows],
-                             "sell": [r["taker_side"] == "SELL" for r in rows]},
-                            schema={"exchange": pl.String, "symbol": pl.String, "agg_id": pl.Int64,
-                                    "trade_time": pl.Int64, "price": pl.Float64, "qty": pl.Float64,
-                                    "sell": pl.Boolean})
+                raise StateReadError(
+                    f"{self.prefix}md.trades: record {first + k} of the range cannot be decoded: {exc}"
+                ) from exc
+        return pl.DataFrame(
+            {
+                "exchange": [r["exchange"] for r in rows],
+                "symbol": [r["symbol"] for r in rows],
+                "agg_id": [r["agg_id"] for r in rows],
+                "trade_time": [r["trade_time"] for r in rows],
+                "price": [r["price"] for r in rows],
+                "qty": [r["qty"] for r in rows],
+                "sell": [r["taker_side"] == "SELL" for r in rows],
+            },
+            schema={
+                "exchange": pl.String,
+                "symbol": pl.String,
+                "agg_id": pl.Int64,
+                "trade_time": pl.Int64,
+                "price": pl.Float64,
+                "qty": pl.Float64,
+                "sell": pl.Boolean,
+            },
+        )
 
     def slices(self) -> Iterator[MarketSlice]:
         recs = self.records()
-        inner = RecordSource(self.name, self.exchange, self.symbols, self.from_ms, self.to_ms,
-                             trade_batches=self.trade_batches(), books=recs["books"], marks=recs["marks"],
-                             liquidations=recs["liquidations"], indicators=recs["indicators"], report=self.report,
-                             slice_ms=self.slice_ms)
+        inner = RecordSource(
+            self.name,
+            self.exchange,
+            self.symbols,
+            self.from_ms,
+            self.to_ms,
+            trade_batches=self.trade_batches(),
+            books=recs["books"],
+            marks=recs["marks"],
+            liquidations=recs["liquidations"],
+            indicators=recs["indicators"],
+            report=self.report,
+            slice_ms=self.slice_ms,
+        )
         return inner.slices()

@@ -93,7 +93,7 @@ NOTES = {
     "liquidations": f"{NO_HISTORY} (Binance Vision has no USD-M liquidation archive)",
     "obi": "approximated from bookDepth: (depth within -1% - depth within +1%) / sum, not the top 10 levels",
     "funding_rate": "engine: rate of the last settlement (Binance's live estimate is not archived); "
-                    "positions pay each settlement's own rate",
+    "positions pay each settlement's own rate",
     "index_price": "not archived here: set to the mark price",
 }
 
@@ -156,7 +156,9 @@ class VisionFiles:
             raise SourceError(f"vision:{directory}: not a directory")
         self.directory = directory
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-        self.downloader = None if directory is not None else VisionDownloader(self.base_url, cache_dir or Path(".vision-cache"))
+        self.downloader = (
+            None if directory is not None else VisionDownloader(self.base_url, cache_dir or Path(".vision-cache"))
+        )
         self.cache_dir = cache_dir
 
     def where(self, rel: str) -> str:
@@ -221,8 +223,9 @@ class _CachedDayTrades(_DayTrades):
 
     def hour(self, i: int) -> TradeBatch:
         c = self.cached.hour(i)
-        return TradeBatch.from_arrays(EXCHANGE, self.symbol, c["agg_id"], c["time_ms"], c["price"], c["qty"],
-                                      c["taker_sell"])
+        return TradeBatch.from_arrays(
+            EXCHANGE, self.symbol, c["agg_id"], c["time_ms"], c["price"], c["qty"], c["taker_sell"]
+        )
 
 
 class VisionSource:
@@ -230,9 +233,19 @@ class VisionSource:
 
     exchange = EXCHANGE
 
-    def __init__(self, symbols: list[str], from_ms: int, to_ms: int, *, directory: Path | None = None,
-                 cache_dir: Path | None = None, base_url: str | None = None, slice_ms: int = DEFAULT_SLICE_MS,
-                 indicator_delay_ms: int = INDICATOR_DELAY_MS, column_cache: ColumnCache | None = None) -> None:
+    def __init__(
+        self,
+        symbols: list[str],
+        from_ms: int,
+        to_ms: int,
+        *,
+        directory: Path | None = None,
+        cache_dir: Path | None = None,
+        base_url: str | None = None,
+        slice_ms: int = DEFAULT_SLICE_MS,
+        indicator_delay_ms: int = INDICATOR_DELAY_MS,
+        column_cache: ColumnCache | None = None,
+    ) -> None:
         self.symbols = list(symbols)
         self.column_cache = column_cache  # parsed aggTrades files (``column_cache``); None: parse every time
         system_arrow_pool()  # day files are parsed one after another: their buffers must not pile up
@@ -246,8 +259,16 @@ class VisionSource:
         self._found_kinds: set[str] = set()
 
     def inputs(self) -> set[str]:
-        return {"trades", "mark", "book", "open_interest_hist", "long_short_account_ratio", "top_trader_position_ratio",
-                "taker_buy_sell_ratio", "spot_perp_divergence"}
+        return {
+            "trades",
+            "mark",
+            "book",
+            "open_interest_hist",
+            "long_short_account_ratio",
+            "top_trader_position_ratio",
+            "taker_buy_sell_ratio",
+            "spot_perp_divergence",
+        }
 
     def days(self) -> list[date]:
         first = datetime.fromtimestamp(self.from_ms / 1000, tz=UTC).date()
@@ -278,8 +299,10 @@ class VisionSource:
                 recs = sort_records(recs, kind)
                 cut = sum(1 for r in recs if r[ENGINE_TIME[kind]] < start + DAY_MS)
                 day_records[kind], carry[kind] = recs[:cut], recs[cut:]
-            times = {kind: np.fromiter((r[ENGINE_TIME[kind]] for r in recs), dtype=np.int64, count=len(recs))
-                     for kind, recs in day_records.items()}
+            times = {
+                kind: np.fromiter((r[ENGINE_TIME[kind]] for r in recs), dtype=np.int64, count=len(recs))
+                for kind, recs in day_records.items()
+            }
             for hour in range(HOURS):
                 lo_ms = start + hour * HOUR_MS
                 if lo_ms + HOUR_MS <= self.from_ms or lo_ms >= self.to_ms:
@@ -307,8 +330,10 @@ class VisionSource:
         if found is None:
             # an optional kind never seen is a note (see blocks), not a gap
             if listed and (required or kind in self._found_kinds):
-                self.report.missing.append(f"{symbol} {day.isoformat() if FILES[kind][1] else rel} {kind}: "
-                                           f"not found at {self.files.where(rel)}")
+                self.report.missing.append(
+                    f"{symbol} {day.isoformat() if FILES[kind][1] else rel} {kind}: "
+                    f"not found at {self.files.where(rel)}"
+                )
             return None
         self._found_kinds.add(kind)
         return found.path
@@ -353,37 +378,60 @@ class VisionSource:
                 cached = self.column_cache.day(path, start)
                 if cached is not None:
                     return cached
-        return _MemoryDayTrades(TradeBatch.from_arrays(EXCHANGE, symbol, cols.agg_id, cols.time_ms, cols.price,
-                                                       cols.qty, cols.taker_sell), start)
+        return _MemoryDayTrades(
+            TradeBatch.from_arrays(EXCHANGE, symbol, cols.agg_id, cols.time_ms, cols.price, cols.qty, cols.taker_sell),
+            start,
+        )
 
     def _trades_by_row(self, path: Path, symbol: str) -> TradeBatch:
         """A file with bad rows: the backfill's row reader, which names each one in the report."""
         ids, times, prices, qtys, sells = array("q"), array("q"), array("d"), array("d"), array("b")
         with open_archive(path) as (raw, _):
-            reader = AggTradeCsvReader(raw, source=path.name, symbol=symbol, receive_time=0,
-                                       on_bad=lambda bad: self.report.add_bad_row(str(bad)))
+            reader = AggTradeCsvReader(
+                raw,
+                source=path.name,
+                symbol=symbol,
+                receive_time=0,
+                on_bad=lambda bad: self.report.add_bad_row(str(bad)),
+            )
             for t in reader:
                 ids.append(t["agg_id"])
                 times.append(t["trade_time"])
                 prices.append(t["price"])
                 qtys.append(t["qty"])
                 sells.append(t["taker_side"] == "SELL")
-        return TradeBatch.from_arrays(EXCHANGE, symbol, np.frombuffer(ids, dtype=np.int64),
-                                      np.frombuffer(times, dtype=np.int64), np.frombuffer(prices),
-                                      np.frombuffer(qtys), np.frombuffer(sells, dtype=np.int8).astype(bool))
+        return TradeBatch.from_arrays(
+            EXCHANGE,
+            symbol,
+            np.frombuffer(ids, dtype=np.int64),
+            np.frombuffer(times, dtype=np.int64),
+            np.frombuffer(prices),
+            np.frombuffer(qtys),
+            np.frombuffer(sells, dtype=np.int8).astype(bool),
+        )
 
     def _metrics(self, symbol: str, day: date) -> list[Record]:
         path = self._fetch("metrics", symbol, day)
         if path is None:
             return []
         out: list[Record] = []
-        mapping = (("sum_open_interest", "open_interest_hist"), ("count_long_short_ratio", "long_short_account_ratio"),
-                   ("sum_toptrader_long_short_ratio", "top_trader_position_ratio"),
-                   ("sum_taker_long_short_vol_ratio", "taker_buy_sell_ratio"))
+        mapping = (
+            ("sum_open_interest", "open_interest_hist"),
+            ("count_long_short_ratio", "long_short_account_ratio"),
+            ("sum_toptrader_long_short_ratio", "top_trader_position_ratio"),
+            ("sum_taker_long_short_vol_ratio", "taker_buy_sell_ratio"),
+        )
         for line, row, header in _rows(path, self.report.add_bad_row):
-            cols = header or ["create_time", "symbol", "sum_open_interest", "sum_open_interest_value",
-                              "count_toptrader_long_short_ratio", "sum_toptrader_long_short_ratio",
-                              "count_long_short_ratio", "sum_taker_long_short_vol_ratio"]
+            cols = header or [
+                "create_time",
+                "symbol",
+                "sum_open_interest",
+                "sum_open_interest_value",
+                "count_toptrader_long_short_ratio",
+                "sum_toptrader_long_short_ratio",
+                "count_long_short_ratio",
+                "sum_taker_long_short_vol_ratio",
+            ]
             if len(row) != len(cols):
                 self.report.add_bad_row(f"{path.name}:{line}: {len(row)} fields, expected {len(cols)}")
                 continue
@@ -415,8 +463,18 @@ class VisionSource:
                         continue
                 elif kind in ("long_short_account_ratio", "top_trader_position_ratio") and value > 0:
                     extra = {"long_account": value / (1 + value), "short_account": 1 / (1 + value)}
-                out.append({"exchange": EXCHANGE, "symbol": symbol, "kind": kind, "value": value, "period": "5m",
-                            "extra": extra, "event_time": at, "receive_time": at + self.indicator_delay_ms})
+                out.append(
+                    {
+                        "exchange": EXCHANGE,
+                        "symbol": symbol,
+                        "kind": kind,
+                        "value": value,
+                        "period": "5m",
+                        "extra": extra,
+                        "event_time": at,
+                        "receive_time": at + self.indicator_delay_ms,
+                    }
+                )
         return out
 
     def _mark_klines(self, symbol: str, day: date) -> list[tuple[int, float]]:
@@ -454,8 +512,9 @@ class VisionSource:
             out += self._funding[key]
         return sorted(out)
 
-    def _marks(self, symbol: str, day: date, start: int, klines: list[tuple[int, float]],
-               trades: _DayTrades | None) -> list[Record]:
+    def _marks(
+        self, symbol: str, day: date, start: int, klines: list[tuple[int, float]], trades: _DayTrades | None
+    ) -> list[Record]:
         settlements = self._settlements(symbol, day)
         if not settlements:
             return []
@@ -467,8 +526,16 @@ class VisionSource:
             return int(i) if i < len(times) else None
 
         def record(t: int, mark: float, rate: float, funding_time: int) -> Record:
-            return {"exchange": EXCHANGE, "symbol": symbol, "mark_price": mark, "index_price": mark,
-                    "funding_rate": rate, "next_funding_time": funding_time, "event_time": t, "receive_time": t}
+            return {
+                "exchange": EXCHANGE,
+                "symbol": symbol,
+                "mark_price": mark,
+                "index_price": mark,
+                "funding_rate": rate,
+                "next_funding_time": funding_time,
+                "event_time": t,
+                "receive_time": t,
+            }
 
         out = []
         for t, close in klines:
@@ -511,9 +578,16 @@ class VisionSource:
 
     @staticmethod
     def _book(symbol: str, t: int, bids: list, asks: list, obi: float) -> Record:
-        return {"exchange": EXCHANGE, "symbol": symbol, "last_update_id": t, "event_time": t, "receive_time": t,
-                "bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks],
-                "obi_10": obi}
+        return {
+            "exchange": EXCHANGE,
+            "symbol": symbol,
+            "last_update_id": t,
+            "event_time": t,
+            "receive_time": t,
+            "bids": [{"price": p, "qty": q} for p, q in bids],
+            "asks": [{"price": p, "qty": q} for p, q in asks],
+            "obi_10": obi,
+        }
 
     def _book_depth(self, symbol: str, day: date) -> list[tuple[int, float]]:
         path = self._fetch("bookDepth", symbol, day)
@@ -555,7 +629,16 @@ class VisionSource:
         for t, perp in marks:
             if t % POLL_MS or t not in spot or spot[t] <= 0:
                 continue
-            out.append({"exchange": EXCHANGE, "symbol": symbol, "kind": "spot_perp_divergence",
-                        "value": (perp - spot[t]) / spot[t], "period": None,
-                        "extra": {"perp_price": perp, "spot_price": spot[t]}, "event_time": t, "receive_time": t})
+            out.append(
+                {
+                    "exchange": EXCHANGE,
+                    "symbol": symbol,
+                    "kind": "spot_perp_divergence",
+                    "value": (perp - spot[t]) / spot[t],
+                    "period": None,
+                    "extra": {"perp_price": perp, "spot_price": spot[t]},
+                    "event_time": t,
+                    "receive_time": t,
+                }
+            )
         return out

@@ -94,10 +94,12 @@ class WarmStartApproximation:
     def _note(self) -> None:
         span, notes = self.span, self.report.notes
         if span.detail_from_ms is not None:
-            notes["trades"] = (f"warm start approximation: 1m minute bars made from the trades before "
-                               f"{_fmt(span.detail_from_ms)} UTC (exact for the 4h/24h CVD, bars and ATR; size "
-                               "quantiles, large and whale flows and the second buckets from trades after: the "
-                               "feature records' approx_until_ms), trade by trade after")
+            notes["trades"] = (
+                f"warm start approximation: 1m minute bars made from the trades before "
+                f"{_fmt(span.detail_from_ms)} UTC (exact for the 4h/24h CVD, bars and ATR; size "
+                "quantiles, large and whale flows and the second buckets from trades after: the "
+                "feature records' approx_until_ms), trade by trade after"
+            )
         for name in ("book", "liquidations"):
             notes[name] = f"warm start approximation: none before the live start {_fmt(span.now_ms)} UTC (no history)"
 

@@ -26,7 +26,15 @@ from stream_apps.watchlist.strategy import WatchlistStrategy
 #: the parts of a pair's pnl: net = gross - fees - slippage (the sweep) - funding - leg_latency - liquidation
 PNL_PARTS = ("gross_usd", "fees_usd", "slippage_usd", "funding_usd", "leg_latency_usd", "liquidation_usd", "net_usd")
 
-__all__ = ["PNL_PARTS", "BacktestResult", "WatchlistBacktest", "cross_venue_params", "pair_params", "run_backtest", "summarise"]
+__all__ = [
+    "PNL_PARTS",
+    "BacktestResult",
+    "WatchlistBacktest",
+    "cross_venue_params",
+    "pair_params",
+    "run_backtest",
+    "summarise",
+]
 
 
 @dataclass
@@ -39,8 +47,14 @@ class BacktestResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary, "pairs": self.pairs, "signals": self.signals, "orders": self.orders,
-                "funding": self.funding, "blocked": self.blocked}
+        return {
+            "summary": self.summary,
+            "pairs": self.pairs,
+            "signals": self.signals,
+            "orders": self.orders,
+            "funding": self.funding,
+            "blocked": self.blocked,
+        }
 
 
 class WatchlistBacktest(WatchlistTrader):
@@ -48,14 +62,24 @@ class WatchlistBacktest(WatchlistTrader):
     ``BacktestResult``: feed events (or ``(topic, record)`` pairs) in event-time order with ``feed``;
     ``advance_to`` a watermark when wanted; ``finish`` for the result."""
 
-    def __init__(self, strategy: WatchlistStrategy, model: PairModel | None = None,
-                 params: CrossVenueParams | None = None, close_at_end: bool = True,
-                 rules: InstrumentRules | None = None, leg_latency_ms: int | None = None) -> None:
+    def __init__(
+        self,
+        strategy: WatchlistStrategy,
+        model: PairModel | None = None,
+        params: CrossVenueParams | None = None,
+        close_at_end: bool = True,
+        rules: InstrumentRules | None = None,
+        leg_latency_ms: int | None = None,
+    ) -> None:
         super().__init__(strategy, model, params, rules, leg_latency_ms)
         self.close_at_end = close_at_end
         self.result = BacktestResult()
-        self._lists = {"signal": self.result.signals, "order": self.result.orders, "funding": self.result.funding,
-                       "blocked": self.result.blocked}
+        self._lists = {
+            "signal": self.result.signals,
+            "order": self.result.orders,
+            "funding": self.result.funding,
+            "blocked": self.result.blocked,
+        }
 
     def _emit(self, kind: str, coin: str, record: dict[str, Any]) -> None:
         self.counters[kind] += 1
@@ -96,16 +120,20 @@ def summarise(result: BacktestResult, run: WatchlistBacktest | None = None) -> d
     summary: dict[str, Any] = {
         "signals": sum(s["status"] == "signal" for s in result.signals),
         "rejected": sum(s["status"] == "rejected" for s in result.signals),
-        "pairs": len(pairs), "closed": len(closed), "failed": len(failed),
+        "pairs": len(pairs),
+        "closed": len(closed),
+        "failed": len(failed),
         "open": sum(p["status"] in ("opening", "open", "unwinding", "closing") for p in pairs),
         "refused": sum(p["status"] == "rejected" for p in pairs),
         **totals,
         "win_rate": len(wins) / len(closed) if closed else None,
-        "mean_net_bp": (math.fsum(p["net_usd"] / p["notional_usd"] for p in closed) / len(closed) / 1e-4
-                        if closed else None),
+        "mean_net_bp": (
+            math.fsum(p["net_usd"] / p["notional_usd"] for p in closed) / len(closed) / 1e-4 if closed else None
+        ),
         "by_close_reason": dict(sorted(by_reason.items())),
         "by_pair": by_pair(traded),
-        "blocked_exits": len(result.blocked), "funding_payments": len(result.funding),
+        "blocked_exits": len(result.blocked),
+        "funding_payments": len(result.funding),
     }
     if run is not None:
         summary["evaluations"] = run.evaluations
@@ -127,10 +155,15 @@ def by_pair(pairs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     return dict(sorted(out.items()))
 
 
-def run_backtest(strategy: WatchlistStrategy, events: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]],
-                 model: PairModel | None = None, params: CrossVenueParams | None = None,
-                 close_at_end: bool = True, rules: InstrumentRules | None = None,
-                 leg_latency_ms: int | None = None) -> BacktestResult:
+def run_backtest(
+    strategy: WatchlistStrategy,
+    events: Iterable[CrossVenueEvent | tuple[str, Mapping[str, Any]]],
+    model: PairModel | None = None,
+    params: CrossVenueParams | None = None,
+    close_at_end: bool = True,
+    rules: InstrumentRules | None = None,
+    leg_latency_ms: int | None = None,
+) -> BacktestResult:
     """A whole session in one call (`rules`: the venues' lot steps and minimums, or None: unrounded;
     `leg_latency_ms`: every venue's leg latency, ``execution.leg_fills``, for a what-if run)."""
     run = WatchlistBacktest(strategy, model, params, close_at_end, rules, leg_latency_ms)

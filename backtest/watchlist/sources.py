@@ -75,8 +75,9 @@ def _in_service_order(keyed: list[tuple], max_ahead_ms: int) -> list[CrossVenueE
     return [k[-1] for k in keyed if ahead.keep(k[0], k[-1])]
 
 
-def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = MAX_AHEAD_MS,
-                timeout_s: float = 300.0) -> list[CrossVenueEvent]:
+def read_broker(
+    bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = MAX_AHEAD_MS, timeout_s: float = 300.0
+) -> list[CrossVenueEvent]:
     """The inputs of ``prefix``'s md.book, md.mark and md.indicators in the order the watchlist service
     feeds them (``stream_apps.watchlist.service``): records it cannot decode skipped, the rest sorted by
     (event time, topic, partition, offset) and those far ahead of the books dropped
@@ -85,8 +86,9 @@ def read_broker(bootstrap: str, prefix: str, serde: Any, max_ahead_ms: int = MAX
     from tapeflow_runtime.topic_reader import StateReadError, read_topics
 
     try:
-        snapshots = read_topics(bootstrap, prefix, dict.fromkeys(TOPICS), serde, raw_topics=frozenset(TOPICS),
-                                timeout_s=timeout_s)
+        snapshots = read_topics(
+            bootstrap, prefix, dict.fromkeys(TOPICS), serde, raw_topics=frozenset(TOPICS), timeout_s=timeout_s
+        )
     except StateReadError as error:
         raise WatchlistSourceError(f"--source broker: {error}") from None
     keyed = []
@@ -117,49 +119,75 @@ def _broker_session(prefix: str | None) -> list[CrossVenueEvent]:
     bootstrap = resolve_broker(settings, paths)
     events = read_broker(bootstrap, prefix, AvroSerde(registry_from_url(settings.schema_registry_url)))
     if not events:
-        raise WatchlistSourceError(f"--source broker: no md.book, md.mark or md.indicators records under "
-                                   f"prefix {prefix!r}")
+        raise WatchlistSourceError(
+            f"--source broker: no md.book, md.mark or md.indicators records under prefix {prefix!r}"
+        )
     return events
 
 
 _DB_QUERIES = (
     # (topic, query): each row as the record the sink stored it from (event_from_record reads those)
-    ("md.book", "SELECT exchange, symbol, (extract(epoch FROM event_time) * 1000)::bigint, bid_prices, bid_qtys, "
-                "ask_prices, ask_qtys FROM depth_snapshots WHERE event_time >= %(start)s AND event_time < %(end)s"),
-    ("md.indicators", "SELECT exchange, symbol, (extract(epoch FROM receive_time) * 1000)::bigint, kind, value, extra "
-                      "FROM market_indicators WHERE kind IN ('spot_perp_divergence', 'funding_rate') "
-                      "AND receive_time >= %(start)s AND receive_time < %(end)s"),
-    ("md.mark", "SELECT exchange, symbol, (extract(epoch FROM event_time) * 1000)::bigint, funding_rate, "
-                "(extract(epoch FROM next_funding_time) * 1000)::bigint FROM mark_prices "
-                "WHERE event_time >= %(start)s AND event_time < %(end)s"),
+    (
+        "md.book",
+        "SELECT exchange, symbol, (extract(epoch FROM event_time) * 1000)::bigint, bid_prices, bid_qtys, "
+        "ask_prices, ask_qtys FROM depth_snapshots WHERE event_time >= %(start)s AND event_time < %(end)s",
+    ),
+    (
+        "md.indicators",
+        "SELECT exchange, symbol, (extract(epoch FROM receive_time) * 1000)::bigint, kind, value, extra "
+        "FROM market_indicators WHERE kind IN ('spot_perp_divergence', 'funding_rate') "
+        "AND receive_time >= %(start)s AND receive_time < %(end)s",
+    ),
+    (
+        "md.mark",
+        "SELECT exchange, symbol, (extract(epoch FROM event_time) * 1000)::bigint, funding_rate, "
+        "(extract(epoch FROM next_funding_time) * 1000)::bigint FROM mark_prices "
+        "WHERE event_time >= %(start)s AND event_time < %(end)s",
+    ),
 )
 
 
 def _db_record(topic: str, row: tuple) -> dict[str, Any]:
     if topic == "md.book":
         exchange, symbol, t, bp, bq, ap, aq = row
-        return {"exchange": exchange, "symbol": symbol, "event_time": t,
-                "bids": [{"price": p, "qty": q} for p, q in zip(bp, bq, strict=True)],
-                "asks": [{"price": p, "qty": q} for p, q in zip(ap, aq, strict=True)]}
+        return {
+            "exchange": exchange,
+            "symbol": symbol,
+            "event_time": t,
+            "bids": [{"price": p, "qty": q} for p, q in zip(bp, bq, strict=True)],
+            "asks": [{"price": p, "qty": q} for p, q in zip(ap, aq, strict=True)],
+        }
     if topic == "md.indicators":
         exchange, symbol, t, kind, value, extra = row
-        return {"exchange": exchange, "symbol": symbol, "receive_time": t, "kind": kind, "value": value,
-                "extra": extra or {}}
+        return {
+            "exchange": exchange,
+            "symbol": symbol,
+            "receive_time": t,
+            "kind": kind,
+            "value": value,
+            "extra": extra or {},
+        }
     exchange, symbol, t, rate, next_funding = row
-    return {"exchange": exchange, "symbol": symbol, "event_time": t, "funding_rate": rate,
-            "next_funding_time": next_funding}
+    return {
+        "exchange": exchange,
+        "symbol": symbol,
+        "event_time": t,
+        "funding_rate": rate,
+        "next_funding_time": next_funding,
+    }
 
 
-def read_database(conninfo: str, start_ms: int, end_ms: int,
-                  max_ahead_ms: int = MAX_AHEAD_MS) -> list[CrossVenueEvent]:
+def read_database(conninfo: str, start_ms: int, end_ms: int, max_ahead_ms: int = MAX_AHEAD_MS) -> list[CrossVenueEvent]:
     """The watchlist's inputs stored between ``start_ms`` and ``end_ms`` (event time; receive time for
     indicators, as the service times them), in event-time order, far-ahead inputs dropped."""
     from datetime import UTC, datetime
 
     import psycopg
 
-    bounds = {"start": datetime.fromtimestamp(start_ms / 1000, tz=UTC),
-              "end": datetime.fromtimestamp(end_ms / 1000, tz=UTC)}
+    bounds = {
+        "start": datetime.fromtimestamp(start_ms / 1000, tz=UTC),
+        "end": datetime.fromtimestamp(end_ms / 1000, tz=UTC),
+    }
     keyed = []
     try:
         with psycopg.connect(conninfo, connect_timeout=10) as conn:
@@ -183,8 +211,9 @@ def _db_session(start_ms: int, end_ms: int) -> list[CrossVenueEvent]:
     endpoints = resolve_database(settings, StackPaths(settings.home))
     events = read_database(endpoints.readonly or endpoints.owner, start_ms, end_ms)
     if not events:
-        raise WatchlistSourceError("--source db: no stored books, marks or funding/spot indicators from "
-                                   f"{_iso(start_ms)} to {_iso(end_ms)}")
+        raise WatchlistSourceError(
+            f"--source db: no stored books, marks or funding/spot indicators from {_iso(start_ms)} to {_iso(end_ms)}"
+        )
     return events
 
 
@@ -194,9 +223,14 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def load_session(source: str, minutes: float = 120.0, coins: tuple[str, ...] = ("BTC", "ETH"),
-                 venues: tuple[str, ...] = ("binance", "bybit", "okx"), start_ms: int | None = None,
-                 end_ms: int | None = None) -> list[CrossVenueEvent]:
+def load_session(
+    source: str,
+    minutes: float = 120.0,
+    coins: tuple[str, ...] = ("BTC", "ETH"),
+    venues: tuple[str, ...] = ("binance", "bybit", "okx"),
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+) -> list[CrossVenueEvent]:
     kind, sep, arg = source.partition(":")
     if kind == "broker":
         return _broker_session(arg if sep else None)

@@ -40,9 +40,16 @@ def symbol_of(venue: str, coin: str) -> str:
     return SYMBOLS[venue].format(c=coin)
 
 
-def session(seed: int = 1, minutes: float = 60.0, coins: tuple[str, ...] = ("BTC", "ETH"),
-            venues: tuple[str, ...] = ("binance", "bybit", "okx"), start_ms: int = START_MS,
-            half_life_s: float = 240.0, jump_per_hour: float = 3.0, jump_bp: float = 25.0) -> list[CrossVenueEvent]:
+def session(
+    seed: int = 1,
+    minutes: float = 60.0,
+    coins: tuple[str, ...] = ("BTC", "ETH"),
+    venues: tuple[str, ...] = ("binance", "bybit", "okx"),
+    start_ms: int = START_MS,
+    half_life_s: float = 240.0,
+    jump_per_hour: float = 3.0,
+    jump_bp: float = 25.0,
+) -> list[CrossVenueEvent]:
     end = start_ms + int(minutes * 60_000)
     events: list[CrossVenueEvent] = []
     for coin in coins:
@@ -76,8 +83,11 @@ def session(seed: int = 1, minutes: float = 60.0, coins: tuple[str, ...] = ("BTC
                 events.append(BookEvent(venue, symbol, t, bids, asks))
                 if t >= next_funding_push:
                     rate += float(rng.normal(0, 1e-5))
-                    events.append(FundingEvent(venue, symbol, t, rate, (t // interval + 1) * interval,
-                                               interval if venue == "okx" else None))
+                    events.append(
+                        FundingEvent(
+                            venue, symbol, t, rate, (t // interval + 1) * interval, interval if venue == "okx" else None
+                        )
+                    )
                     next_funding_push = t + 60_000
                 if venue == "binance" and t >= next_spot:
                     events.append(SpotEvent(venue, symbol, t, float(mid[second]) * (1 - 2e-4)))

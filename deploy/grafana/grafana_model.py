@@ -31,8 +31,14 @@ class Sql:
     fmt: Literal["time_series", "table"] = "time_series"
 
     def target(self, ref: str) -> dict[str, Any]:
-        return {"refId": ref, "datasource": TIMESCALEDB, "editorMode": "code", "rawQuery": True,
-                "format": self.fmt, "rawSql": self.sql.strip()}
+        return {
+            "refId": ref,
+            "datasource": TIMESCALEDB,
+            "editorMode": "code",
+            "rawQuery": True,
+            "format": self.fmt,
+            "rawSql": self.sql.strip(),
+        }
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,15 @@ class PromQL:
     instant: bool = False
 
     def target(self, ref: str) -> dict[str, Any]:
-        return {"refId": ref, "datasource": PROMETHEUS, "editorMode": "code", "expr": self.expr.strip(),
-                "legendFormat": self.legend or "__auto", "range": not self.instant, "instant": self.instant}
+        return {
+            "refId": ref,
+            "datasource": PROMETHEUS,
+            "editorMode": "code",
+            "expr": self.expr.strip(),
+            "legendFormat": self.legend or "__auto",
+            "range": not self.instant,
+            "instant": self.instant,
+        }
 
 
 Query = Sql | PromQL
@@ -145,37 +158,65 @@ def _field_config(p: Panel) -> dict[str, Any]:
     if p.decimals is not None:
         defaults["decimals"] = p.decimals
     if p.kind in ("timeseries", "barchart"):
-        defaults["custom"] = {"drawStyle": "bars" if p.kind == "barchart" else "line", "lineWidth": 1,
-                              "fillOpacity": 10, "showPoints": "never", "spanNulls": False,
-                              "stacking": {"mode": "normal" if p.stack else "none", "group": "A"},
-                              "thresholdsStyle": {"mode": "line" if p.thresholds else "off"}}
+        defaults["custom"] = {
+            "drawStyle": "bars" if p.kind == "barchart" else "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+            "spanNulls": False,
+            "stacking": {"mode": "normal" if p.stack else "none", "group": "A"},
+            "thresholdsStyle": {"mode": "line" if p.thresholds else "off"},
+        }
     if p.kind in ("stat", "status-history", "state-timeline") and p.thresholds:
         defaults["color"] = {"mode": "thresholds"}
-    overrides = [{"matcher": {"id": "byName", "options": name},
-                  "properties": [{"id": "custom.drawStyle", "value": "points"},
-                                 {"id": "custom.pointSize", "value": 8}]} for name in p.points]
-    overrides += [{"matcher": {"id": "byName", "options": c.column},
-                   "properties": [{"id": "thresholds", "value": {"mode": "absolute", "steps": _steps(c.thresholds)}},
-                                  {"id": "color", "value": {"mode": "thresholds"}},
-                                  {"id": "custom.cellOptions", "value": {"type": "color-background"}}]}
-                  for c in p.columns]
+    overrides = [
+        {
+            "matcher": {"id": "byName", "options": name},
+            "properties": [{"id": "custom.drawStyle", "value": "points"}, {"id": "custom.pointSize", "value": 8}],
+        }
+        for name in p.points
+    ]
+    overrides += [
+        {
+            "matcher": {"id": "byName", "options": c.column},
+            "properties": [
+                {"id": "thresholds", "value": {"mode": "absolute", "steps": _steps(c.thresholds)}},
+                {"id": "color", "value": {"mode": "thresholds"}},
+                {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+            ],
+        }
+        for c in p.columns
+    ]
     return {"defaults": defaults, "overrides": overrides}
 
 
 def _panel_json(p: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     kind = "timeseries" if p.kind == "barchart" else p.kind  # bars over time: a time series drawn as bars
-    options: dict[str, Any] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                               "tooltip": {"mode": "multi", "sort": "desc"}}
+    options: dict[str, Any] = {
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
     if p.kind == "stat":
-        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                   "colorMode": "background", "graphMode": "none", "textMode": "auto"}
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "background",
+            "graphMode": "none",
+            "textMode": "auto",
+        }
     elif p.kind == "table":
         options = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
     options.update(p.options)
-    out = {"id": panel_id, "type": kind, "title": p.title, "description": p.question,
-           "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height}, "datasource": p.datasource,
-           "targets": [q.target(chr(ord("A") + i)) for i, q in enumerate(p.queries)],
-           "fieldConfig": _field_config(p), "options": options}
+    out = {
+        "id": panel_id,
+        "type": kind,
+        "title": p.title,
+        "description": p.question,
+        "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height},
+        "datasource": p.datasource,
+        "targets": [q.target(chr(ord("A") + i)) for i, q in enumerate(p.queries)],
+        "fieldConfig": _field_config(p),
+        "options": options,
+    }
     if p.transformations:
         out["transformations"] = [dict(t) for t in p.transformations]
     return out
@@ -187,18 +228,41 @@ def _variable_json(v: Variable) -> dict[str, Any]:
     else:
         current = {"text": v.default, "value": v.default} if v.default else {}
     if v.choices:
-        return {"name": v.name, "label": v.label, "type": "custom", "query": ",".join(v.choices),
-                "options": [{"text": c, "value": c, "selected": c == v.default} for c in v.choices],
-                "multi": v.multi, "includeAll": False, "current": current, "hide": 0}
-    return {"name": v.name, "label": v.label, "type": "query", "datasource": TIMESCALEDB, "query": v.sql.strip(),
-            "definition": v.sql.strip(), "refresh": 2, "multi": v.multi, "includeAll": v.multi,
-            "current": current, "sort": 1, "hide": 0}
+        return {
+            "name": v.name,
+            "label": v.label,
+            "type": "custom",
+            "query": ",".join(v.choices),
+            "options": [{"text": c, "value": c, "selected": c == v.default} for c in v.choices],
+            "multi": v.multi,
+            "includeAll": False,
+            "current": current,
+            "hide": 0,
+        }
+    return {
+        "name": v.name,
+        "label": v.label,
+        "type": "query",
+        "datasource": TIMESCALEDB,
+        "query": v.sql.strip(),
+        "definition": v.sql.strip(),
+        "refresh": 2,
+        "multi": v.multi,
+        "includeAll": v.multi,
+        "current": current,
+        "sort": 1,
+        "hide": 0,
+    }
 
 
 def _annotation_json(a: Annotation) -> dict[str, Any]:
-    return {"name": a.name, "datasource": TIMESCALEDB, "enable": True, "iconColor": a.color,
-            "target": {"refId": "Anno", "editorMode": "code", "rawQuery": True, "format": "table",
-                       "rawSql": a.sql.strip()}}
+    return {
+        "name": a.name,
+        "datasource": TIMESCALEDB,
+        "enable": True,
+        "iconColor": a.color,
+        "target": {"refId": "Anno", "editorMode": "code", "rawQuery": True, "format": "table", "rawSql": a.sql.strip()},
+    }
 
 
 def render(d: Dashboard) -> dict[str, Any]:
@@ -209,11 +273,28 @@ def render(d: Dashboard) -> dict[str, Any]:
             x, y, row_height = 0, y + row_height, 0
         panels.append(_panel_json(p, i, x, y))
         x, row_height = x + p.width, max(row_height, p.height)
-    builtin = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
-               "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}
-    return {"uid": d.uid, "title": d.title, "description": d.description, "tags": ["tapeflow"],
-            "timezone": "utc", "editable": False, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
-            "refresh": d.refresh, "time": {"from": d.time_from, "to": "now"},
-            "templating": {"list": [_variable_json(v) for v in d.variables]},
-            "annotations": {"list": [builtin] + [_annotation_json(a) for a in d.annotations]},
-            "panels": panels}
+    builtin = {
+        "builtIn": 1,
+        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+        "enable": True,
+        "hide": True,
+        "iconColor": "rgba(0, 211, 255, 1)",
+        "name": "Annotations & Alerts",
+        "type": "dashboard",
+    }
+    return {
+        "uid": d.uid,
+        "title": d.title,
+        "description": d.description,
+        "tags": ["tapeflow"],
+        "timezone": "utc",
+        "editable": False,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": d.refresh,
+        "time": {"from": d.time_from, "to": "now"},
+        "templating": {"list": [_variable_json(v) for v in d.variables]},
+        "annotations": {"list": [builtin] + [_annotation_json(a) for a in d.annotations]},
+        "panels": panels,
+    }

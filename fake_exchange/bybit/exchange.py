@@ -33,14 +33,16 @@ from .market import BybitMarket
 from .synthetic import BybitSession, BybitSyntheticSpec, generate_bybit_session
 from .ws_server import BybitHandlers
 
-
 MARKET_KEY: web.AppKey[BybitMarket] = web.AppKey("bybit_market", BybitMarket)
 
 
-def _answer(request: web.Request, result: dict[str, Any], code: int = 0, msg: str = "OK",
-            status: int = 200) -> web.Response:
-    return web.json_response({"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {},
-                              "time": request.app[STATE_KEY].now_ms()}, status=status)
+def _answer(
+    request: web.Request, result: dict[str, Any], code: int = 0, msg: str = "OK", status: int = 200
+) -> web.Response:
+    return web.json_response(
+        {"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": request.app[STATE_KEY].now_ms()},
+        status=status,
+    )
 
 
 async def instruments_info(request: web.Request) -> web.Response:
@@ -99,8 +101,12 @@ async def _serve_until_signalled(spec: BybitSyntheticSpec, config: dict[str, Any
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    print(orjson.dumps({"ws_url": exchange.linear_url, "control_url": exchange.rest_url,
-                        "source": exchange.recording.source}).decode(), flush=True)
+    print(
+        orjson.dumps(
+            {"ws_url": exchange.linear_url, "control_url": exchange.rest_url, "source": exchange.recording.source}
+        ).decode(),
+        flush=True,
+    )
     try:
         await stop.wait()
     finally:

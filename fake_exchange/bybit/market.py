@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+
 from schemas.symbols import base_quote
 
 from ..depth_book import _apply
@@ -64,19 +65,40 @@ class BybitMarket:
             decimals = max((len(p.split(".", 1)[1]) if "." in p else 0 for p in prices), default=2)
             tick = format(Decimal(1).scaleb(-decimals), "f")
             base, quote = base_quote(symbol)
-            out.append({"symbol": symbol, "symbolId": number, "contractType": "LinearPerpetual", "status": "Trading",
-                        "baseCoin": base, "quoteCoin": quote, "launchTime": "1585526400000",
-                        "deliveryTime": "0", "deliveryFeeRate": "", "priceScale": str(decimals),
-                        "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
-                        "priceFilter": {"minPrice": tick, "maxPrice": "1999999.80", "tickSize": tick},
-                        "lotSizeFilter": {"maxOrderQty": "1190.000", "minOrderQty": "0.001", "qtyStep": "0.001",
-                                          "postOnlyMaxOrderQty": "1190.000", "maxMktOrderQty": "500.000",
-                                          "minNotionalValue": "5"},
-                        "unifiedMarginTrade": True, "fundingInterval": 480, "settleCoin": quote,
-                        "copyTrading": "both", "upperFundingRate": "0.00375", "lowerFundingRate": "-0.00375",
-                        "isPreListing": False, "preListingInfo": None,
-                        "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
-                        "symbolType": ""})
+            out.append(
+                {
+                    "symbol": symbol,
+                    "symbolId": number,
+                    "contractType": "LinearPerpetual",
+                    "status": "Trading",
+                    "baseCoin": base,
+                    "quoteCoin": quote,
+                    "launchTime": "1585526400000",
+                    "deliveryTime": "0",
+                    "deliveryFeeRate": "",
+                    "priceScale": str(decimals),
+                    "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
+                    "priceFilter": {"minPrice": tick, "maxPrice": "1999999.80", "tickSize": tick},
+                    "lotSizeFilter": {
+                        "maxOrderQty": "1190.000",
+                        "minOrderQty": "0.001",
+                        "qtyStep": "0.001",
+                        "postOnlyMaxOrderQty": "1190.000",
+                        "maxMktOrderQty": "500.000",
+                        "minNotionalValue": "5",
+                    },
+                    "unifiedMarginTrade": True,
+                    "fundingInterval": 480,
+                    "settleCoin": quote,
+                    "copyTrading": "both",
+                    "upperFundingRate": "0.00375",
+                    "lowerFundingRate": "-0.00375",
+                    "isPreListing": False,
+                    "preListingInfo": None,
+                    "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
+                    "symbolType": "",
+                }
+            )
         return out
 
     def book_levels(self, symbol: str, depth: int) -> tuple[list[list[str]], list[list[str]]]:
@@ -93,11 +115,20 @@ class BybitMarket:
             return None
         ts = self.ts[symbol]
         if kind == "tickers":
-            msg: dict[str, Any] = {"topic": topic, "type": "snapshot", "ts": ts, "cs": self.seq[symbol],
-                                   "data": dict(self.tickers[symbol])}
+            msg: dict[str, Any] = {
+                "topic": topic,
+                "type": "snapshot",
+                "ts": ts,
+                "cs": self.seq[symbol],
+                "data": dict(self.tickers[symbol]),
+            }
         else:
             bids, asks = self.book_levels(symbol, int(parts[1]))
-            msg = {"topic": topic, "type": "snapshot", "ts": ts,
-                   "data": {"s": symbol, "b": bids, "a": asks, "u": self.update_id[symbol], "seq": self.seq[symbol]},
-                   "cts": ts}
+            msg = {
+                "topic": topic,
+                "type": "snapshot",
+                "ts": ts,
+                "data": {"s": symbol, "b": bids, "a": asks, "u": self.update_id[symbol], "seq": self.seq[symbol]},
+                "cts": ts,
+            }
         return orjson.dumps(msg).decode()

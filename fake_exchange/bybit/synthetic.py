@@ -54,11 +54,18 @@ class BybitSyntheticSpec(BaseModel):
 
     def market(self) -> SyntheticSpec:
         """The Binance generator's parameters for the same market."""
-        return SyntheticSpec(seed=self.seed, symbols=self.symbols, duration_s=self.duration_s,
-                             start_time=self.start_time, depth_interval_ms=self.book_interval_ms,
-                             trades_per_s=self.trades_per_s, mark_interval_s=self.mark_interval_s,
-                             liquidations_per_min=self.liquidations_per_min, book_levels=self.book_levels,
-                             book_ticker=False)
+        return SyntheticSpec(
+            seed=self.seed,
+            symbols=self.symbols,
+            duration_s=self.duration_s,
+            start_time=self.start_time,
+            depth_interval_ms=self.book_interval_ms,
+            trades_per_s=self.trades_per_s,
+            mark_interval_s=self.mark_interval_s,
+            liquidations_per_min=self.liquidations_per_min,
+            book_levels=self.book_levels,
+            book_ticker=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,14 +109,24 @@ class _Translator:
         self.state: dict[str, _Symbol] = {}
         for symbol, book in self.market.initial_books.items():
             oi = self.rng.randint(10**6, 10**8)
-            self.state[symbol] = _Symbol(u=book.last_update_id, seq=self.rng.randrange(10**10, 10**11),
-                                         open_interest=oi, bids=dict(book.bids), asks=dict(book.asks))
-            self.state[symbol].ticker = {"symbol": symbol, "lastPrice": book.bids[0][0], **self._touch(symbol),
-                                         **self._open_interest(symbol, float(book.bids[0][0]))}
+            self.state[symbol] = _Symbol(
+                u=book.last_update_id,
+                seq=self.rng.randrange(10**10, 10**11),
+                open_interest=oi,
+                bids=dict(book.bids),
+                asks=dict(book.asks),
+            )
+            self.state[symbol].ticker = {
+                "symbol": symbol,
+                "lastPrice": book.bids[0][0],
+                **self._touch(symbol),
+                **self._open_interest(symbol, float(book.bids[0][0])),
+            }
 
     def emit(self, receive_time: float, topic: str, payload: dict[str, Any]) -> None:
-        self.frames.append(RecordedFrame(len(self.frames), receive_time, topic, orjson.dumps(payload).decode(),
-                                         payload, False))
+        self.frames.append(
+            RecordedFrame(len(self.frames), receive_time, topic, orjson.dumps(payload).decode(), payload, False)
+        )
 
     def _touch(self, symbol: str) -> dict[str, str]:
         st = self.state[symbol]
@@ -119,8 +136,10 @@ class _Translator:
 
     def _open_interest(self, symbol: str, price: float) -> dict[str, str]:
         units = self.state[symbol].open_interest
-        return {"openInterest": format_fixed(units, QTY_DECIMALS),
-                "openInterestValue": f"{units * price / 10**QTY_DECIMALS:.2f}"}
+        return {
+            "openInterest": format_fixed(units, QTY_DECIMALS),
+            "openInterestValue": f"{units * price / 10**QTY_DECIMALS:.2f}",
+        }
 
     def _ticker_delta(self, receive_time: float, symbol: str, ts: int, fields: dict[str, str]) -> None:
         st = self.state[symbol]
@@ -129,8 +148,17 @@ class _Translator:
             return
         st.ticker.update(changed)
         st.seq += 1
-        self.emit(receive_time, f"tickers.{symbol}", {"topic": f"tickers.{symbol}", "type": "delta", "ts": ts,
-                                                      "cs": st.seq, "data": {"symbol": symbol, **changed}})
+        self.emit(
+            receive_time,
+            f"tickers.{symbol}",
+            {
+                "topic": f"tickers.{symbol}",
+                "type": "delta",
+                "ts": ts,
+                "cs": st.seq,
+                "data": {"symbol": symbol, **changed},
+            },
+        )
 
     # -- one translation per Binance event -------------------------------------------------------
     def trade(self, receive_time: float, d: dict[str, Any]) -> None:
@@ -139,12 +167,25 @@ class _Translator:
         n = max(1, min(d["l"] - d["f"] + 1, units))
         sizes = [units // n + (1 if k < units % n else 0) for k in range(n)]
         st.seq += self.rng.randint(1, 5)
-        fills = [{"T": d["T"], "s": symbol, "S": "Sell" if d["m"] else "Buy",
-                  "v": format_fixed(size, QTY_DECIMALS), "p": d["p"], "L": "ZeroPlusTick",
-                  "i": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), "BT": False, "seq": st.seq}
-                 for size in sizes]
-        self.emit(receive_time, f"publicTrade.{symbol}",
-                  {"topic": f"publicTrade.{symbol}", "type": "snapshot", "ts": d["E"], "data": fills})
+        fills = [
+            {
+                "T": d["T"],
+                "s": symbol,
+                "S": "Sell" if d["m"] else "Buy",
+                "v": format_fixed(size, QTY_DECIMALS),
+                "p": d["p"],
+                "L": "ZeroPlusTick",
+                "i": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                "BT": False,
+                "seq": st.seq,
+            }
+            for size in sizes
+        ]
+        self.emit(
+            receive_time,
+            f"publicTrade.{symbol}",
+            {"topic": f"publicTrade.{symbol}", "type": "snapshot", "ts": d["E"], "data": fills},
+        )
         self._ticker_delta(receive_time, symbol, d["E"], {"lastPrice": d["p"]})
 
     def book(self, receive_time: float, d: dict[str, Any]) -> None:
@@ -160,8 +201,17 @@ class _Translator:
             asks = [[p, st.asks[p]] for p in sorted(st.asks, key=float)]
         else:
             st.u, kind, bids, asks = st.u + 1, "delta", d["b"], d["a"]
-        self.emit(receive_time, topic, {"topic": topic, "type": kind, "ts": d["E"], "cts": d["T"], "data": {
-            "s": symbol, "b": bids, "a": asks, "u": st.u, "seq": st.seq}})
+        self.emit(
+            receive_time,
+            topic,
+            {
+                "topic": topic,
+                "type": kind,
+                "ts": d["E"],
+                "cts": d["T"],
+                "data": {"s": symbol, "b": bids, "a": asks, "u": st.u, "seq": st.seq},
+            },
+        )
         self._ticker_delta(receive_time + 1e-6, symbol, d["E"], self._touch(symbol))
 
     def mark(self, receive_time: float, d: dict[str, Any]) -> None:
@@ -178,12 +228,26 @@ class _Translator:
     def liquidation(self, receive_time: float, d: dict[str, Any]) -> None:
         o = d["o"]
         topic = f"allLiquidation.{o['s']}"
-        self.emit(receive_time, topic, {"topic": topic, "type": "snapshot", "ts": d["E"], "data": [{
-            "T": o["T"], "s": o["s"], "S": "Buy" if o["S"] == "SELL" else "Sell", "v": o["z"], "p": o["ap"]}]})
+        self.emit(
+            receive_time,
+            topic,
+            {
+                "topic": topic,
+                "type": "snapshot",
+                "ts": d["E"],
+                "data": [
+                    {"T": o["T"], "s": o["s"], "S": "Buy" if o["S"] == "SELL" else "Sell", "v": o["z"], "p": o["ap"]}
+                ],
+            },
+        )
 
     def run(self) -> BybitSession:
-        handlers = {"aggTrade": self.trade, "depthUpdate": self.book, "markPriceUpdate": self.mark,
-                    "forceOrder": self.liquidation}
+        handlers = {
+            "aggTrade": self.trade,
+            "depthUpdate": self.book,
+            "markPriceUpdate": self.mark,
+            "forceOrder": self.liquidation,
+        }
         first_marks = {}
         for frame in self.market.frames:
             if frame.event == "markPriceUpdate":
@@ -197,10 +261,14 @@ class _Translator:
         for frame in self.market.frames:
             if frame.index not in first_marks.values() and frame.event in handlers:
                 handlers[frame.event](frame.receive_time, frame.payload)
-        recording = Recording(frames=tuple(self.frames), rest={}, symbols=self.market.symbols,
-                              initial_books=initial_books,
-                              configuration={"synthetic": self.spec.model_dump(mode="json")},
-                              source=f"bybit-synthetic(seed={self.spec.seed})")
+        recording = Recording(
+            frames=tuple(self.frames),
+            rest={},
+            symbols=self.market.symbols,
+            initial_books=initial_books,
+            configuration={"synthetic": self.spec.model_dump(mode="json")},
+            source=f"bybit-synthetic(seed={self.spec.seed})",
+        )
         return BybitSession(recording, initial_tickers, initial_seq, self.start_ms)
 
 

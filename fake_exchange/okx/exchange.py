@@ -29,6 +29,7 @@ from ..subscribed import SubscribedExchange
 from .market import OkxMarket
 from .synthetic import OkxSession, OkxSyntheticSpec, generate_okx_session
 from .ws_server import OkxHandlers
+
 MARKET_KEY: web.AppKey[OkxMarket] = web.AppKey("okx_market", OkxMarket)
 
 

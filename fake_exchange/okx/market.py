@@ -65,8 +65,12 @@ class OkxMarket:
             return None
         bids = sorted(st.bids.items(), key=lambda kv: float(kv[0]), reverse=True)[:depth]
         asks = sorted(st.asks.items(), key=lambda kv: float(kv[0]))[:depth]
-        return {"asks": [[p, q, "0", "1"] for p, q in asks], "bids": [[p, q, "0", "1"] for p, q in bids],
-                "ts": str(st.ts), "seqId": st.seq_id}
+        return {
+            "asks": [[p, q, "0", "1"] for p, q in asks],
+            "bids": [[p, q, "0", "1"] for p, q in bids],
+            "ts": str(st.ts),
+            "seqId": st.seq_id,
+        }
 
     def history_trades(self, inst_id: str, after: int | None, limit: int) -> list[dict[str, str]] | None:
         """`GET /api/v5/market/history-trades?type=1`: the fills that have happened with tradeId < `after`
@@ -93,11 +97,11 @@ class OkxMarket:
             row = self.book_row(inst_id, 400)
             if row is None:
                 return None
-            msg: dict[str, Any] = {"arg": arg, "action": "snapshot",
-                                   "data": [{**row, "checksum": 0, "prevSeqId": -1}]}
+            msg: dict[str, Any] = {"arg": arg, "action": "snapshot", "data": [{**row, "checksum": 0, "prevSeqId": -1}]}
         else:
-            row = {"mark-price": st.mark, "index-tickers": st.index, "funding-rate": st.funding,
-                   "tickers": st.spot}[channel]
+            row = {"mark-price": st.mark, "index-tickers": st.index, "funding-rate": st.funding, "tickers": st.spot}[
+                channel
+            ]
             if not row:
                 return None
             msg = {"arg": arg, "data": [dict(row)]}
@@ -108,15 +112,49 @@ class OkxMarket:
         out = []
         for st in self.by_symbol.values():
             base, quote = st.index_id.split("-")
-            out.append({"alias": "", "auctionEndTime": "", "baseCcy": "", "category": "1", "ctMult": "1",
-                        "ctType": "linear", "ctVal": str(st.ct_val), "ctValCcy": base, "contTdSwTime": "",
-                        "expTime": "", "futureSettlement": False, "groupId": "2", "instFamily": st.index_id,
-                        "instId": st.inst_id, "instType": "SWAP", "lever": "100", "listTime": "1611916828000",
-                        "lotSz": "0.01", "maxIcebergSz": "100000000.0000000000000000", "maxLmtAmt": "20000000",
-                        "maxLmtSz": "100000000", "maxMktAmt": "", "maxMktSz": "12000", "maxStopSz": "12000",
-                        "maxTriggerSz": "100000000.0000000000000000", "maxTwapSz": "100000000.0000000000000000",
-                        "minSz": "0.01", "optType": "", "openType": "", "preMktSwTime": "", "quoteCcy": "",
-                        "tradeQuoteCcyList": [], "settleCcy": quote, "state": "live", "ruleType": "normal",
-                        "stk": "", "tickSz": "0.1", "uly": st.index_id, "instIdCode": None, "instCategory": "1",
-                        "upcChg": []})
+            out.append(
+                {
+                    "alias": "",
+                    "auctionEndTime": "",
+                    "baseCcy": "",
+                    "category": "1",
+                    "ctMult": "1",
+                    "ctType": "linear",
+                    "ctVal": str(st.ct_val),
+                    "ctValCcy": base,
+                    "contTdSwTime": "",
+                    "expTime": "",
+                    "futureSettlement": False,
+                    "groupId": "2",
+                    "instFamily": st.index_id,
+                    "instId": st.inst_id,
+                    "instType": "SWAP",
+                    "lever": "100",
+                    "listTime": "1611916828000",
+                    "lotSz": "0.01",
+                    "maxIcebergSz": "100000000.0000000000000000",
+                    "maxLmtAmt": "20000000",
+                    "maxLmtSz": "100000000",
+                    "maxMktAmt": "",
+                    "maxMktSz": "12000",
+                    "maxStopSz": "12000",
+                    "maxTriggerSz": "100000000.0000000000000000",
+                    "maxTwapSz": "100000000.0000000000000000",
+                    "minSz": "0.01",
+                    "optType": "",
+                    "openType": "",
+                    "preMktSwTime": "",
+                    "quoteCcy": "",
+                    "tradeQuoteCcyList": [],
+                    "settleCcy": quote,
+                    "state": "live",
+                    "ruleType": "normal",
+                    "stk": "",
+                    "tickSz": "0.1",
+                    "uly": st.index_id,
+                    "instIdCode": None,
+                    "instCategory": "1",
+                    "upcChg": [],
+                }
+            )
         return out

@@ -73,10 +73,18 @@ class OkxSyntheticSpec(BaseModel):
     reset_at_s: float | None = Field(default=None, gt=0)
 
     def market(self) -> SyntheticSpec:
-        return SyntheticSpec(seed=self.seed, symbols=self.symbols, duration_s=self.duration_s,
-                             start_time=self.start_time, depth_interval_ms=self.book_interval_ms,
-                             trades_per_s=self.trades_per_s, mark_interval_s=self.mark_interval_s,
-                             liquidations_per_min=0.0, book_levels=self.book_levels, book_ticker=False)
+        return SyntheticSpec(
+            seed=self.seed,
+            symbols=self.symbols,
+            duration_s=self.duration_s,
+            start_time=self.start_time,
+            depth_interval_ms=self.book_interval_ms,
+            trades_per_s=self.trades_per_s,
+            mark_interval_s=self.mark_interval_s,
+            liquidations_per_min=0.0,
+            book_levels=self.book_levels,
+            book_ticker=False,
+        )
 
 
 @dataclass
@@ -117,9 +125,21 @@ class OkxSession:
 
 
 def _copy(st: OkxSymbolState) -> OkxSymbolState:
-    return OkxSymbolState(st.symbol, st.inst_id, st.index_id, st.ct_val, st.seq_id, st.trade_id, dict(st.bids),
-                          dict(st.asks), st.ts, mark=dict(st.mark), index=dict(st.index), funding=dict(st.funding),
-                          spot=dict(st.spot))
+    return OkxSymbolState(
+        st.symbol,
+        st.inst_id,
+        st.index_id,
+        st.ct_val,
+        st.seq_id,
+        st.trade_id,
+        dict(st.bids),
+        dict(st.asks),
+        st.ts,
+        mark=dict(st.mark),
+        index=dict(st.index),
+        funding=dict(st.funding),
+        spot=dict(st.spot),
+    )
 
 
 class _Translator:
@@ -135,17 +155,28 @@ class _Translator:
         for symbol, book in self.market.initial_books.items():
             ct = ct_val_of(symbol)
             self.state[symbol] = OkxSymbolState(
-                symbol, okx_swap_inst_id(symbol), okx_index_id(symbol), ct, seq_id=self.rng.randrange(10**9, 10**10),
-                trade_id=self.rng.randrange(10**8, 10**9), bids={p: contracts(q, ct) for p, q in book.bids},
-                asks={p: contracts(q, ct) for p, q in book.asks}, ts=self.start_ms)
+                symbol,
+                okx_swap_inst_id(symbol),
+                okx_index_id(symbol),
+                ct,
+                seq_id=self.rng.randrange(10**9, 10**10),
+                trade_id=self.rng.randrange(10**8, 10**9),
+                bids={p: contracts(q, ct) for p, q in book.bids},
+                asks={p: contracts(q, ct) for p, q in book.asks},
+                ts=self.start_ms,
+            )
 
     def emit(self, receive_time: float, stream: str, payload: dict[str, Any]) -> None:
-        self.frames.append(RecordedFrame(len(self.frames), receive_time, stream, orjson.dumps(payload).decode(),
-                                         payload, False))
+        self.frames.append(
+            RecordedFrame(len(self.frames), receive_time, stream, orjson.dumps(payload).decode(), payload, False)
+        )
 
     def push(self, receive_time: float, channel: str, inst_id: str, rows: list[dict], **extra: Any) -> None:
-        self.emit(receive_time, f"{channel}:{inst_id}",
-                  {"arg": {"channel": channel, "instId": inst_id}, **extra, "data": rows})
+        self.emit(
+            receive_time,
+            f"{channel}:{inst_id}",
+            {"arg": {"channel": channel, "instId": inst_id}, **extra, "data": rows},
+        )
 
     def trade(self, receive_time: float, d: dict[str, Any]) -> None:
         st = self.state[d["s"]]
@@ -155,13 +186,36 @@ class _Translator:
         side = "sell" if d["m"] else "buy"
         for k in range(count):  # the individual fills, as GET /api/v5/market/history-trades lists them
             lots = units // count + (1 if k < units % count else 0)
-            self.fills.setdefault(st.inst_id, []).append({
-                "instId": st.inst_id, "side": side, "sz": format((lots * FILL_LOT).normalize(), "f"), "px": d["p"],
-                "source": "0", "tradeId": str(st.trade_id + 1 + k), "ts": str(d["T"])})
+            self.fills.setdefault(st.inst_id, []).append(
+                {
+                    "instId": st.inst_id,
+                    "side": side,
+                    "sz": format((lots * FILL_LOT).normalize(), "f"),
+                    "px": d["p"],
+                    "source": "0",
+                    "tradeId": str(st.trade_id + 1 + k),
+                    "ts": str(d["T"]),
+                }
+            )
         st.trade_id += count
-        self.push(receive_time, "trades", st.inst_id, [{
-            "instId": st.inst_id, "tradeId": str(st.trade_id), "px": d["p"], "sz": size, "side": side,
-            "ts": str(d["T"]), "count": str(count), "source": "0", "seqId": st.seq_id}])
+        self.push(
+            receive_time,
+            "trades",
+            st.inst_id,
+            [
+                {
+                    "instId": st.inst_id,
+                    "tradeId": str(st.trade_id),
+                    "px": d["p"],
+                    "sz": size,
+                    "side": side,
+                    "ts": str(d["T"]),
+                    "count": str(count),
+                    "source": "0",
+                    "seqId": st.seq_id,
+                }
+            ],
+        )
 
     def book(self, receive_time: float, d: dict[str, Any]) -> None:
         st = self.state[d["s"]]
@@ -177,33 +231,89 @@ class _Translator:
         else:
             st.seq_id += self.rng.randint(1, 20)
         st.ts = d["E"]
-        self.push(receive_time, "books", st.inst_id, [{"asks": asks, "bids": bids, "ts": str(d["E"]), "checksum": 0,
-                                                       "prevSeqId": prev, "seqId": st.seq_id}], action="update")
+        self.push(
+            receive_time,
+            "books",
+            st.inst_id,
+            [{"asks": asks, "bids": bids, "ts": str(d["E"]), "checksum": 0, "prevSeqId": prev, "seqId": st.seq_id}],
+            action="update",
+        )
         if self.rng.random() < self.spec.heartbeat_probability:
-            self.push(receive_time + 1e-6, "books", st.inst_id, [{"asks": [], "bids": [], "ts": str(d["E"]),
-                                                                  "checksum": 0, "prevSeqId": st.seq_id,
-                                                                  "seqId": st.seq_id}], action="update")
+            self.push(
+                receive_time + 1e-6,
+                "books",
+                st.inst_id,
+                [
+                    {
+                        "asks": [],
+                        "bids": [],
+                        "ts": str(d["E"]),
+                        "checksum": 0,
+                        "prevSeqId": st.seq_id,
+                        "seqId": st.seq_id,
+                    }
+                ],
+                action="update",
+            )
 
     def mark(self, receive_time: float, d: dict[str, Any], initial: bool = False) -> None:
         st = self.state[d["s"]]
         ts = str(d["E"])
         st.mark = {"instId": st.inst_id, "instType": "SWAP", "markPx": d["p"], "ts": ts}
         index_moved = st.index.get("idxPx") != d["i"]
-        st.index = {"instId": st.index_id, "idxPx": d["i"], "high24h": d["i"], "low24h": d["i"], "open24h": d["i"],
-                    "sodUtc0": d["i"], "sodUtc8": d["i"], "ts": ts}
-        funding_due = (st.funding.get("fundingRate") != d["r"] or st.funding.get("fundingTime") != str(d["T"])
-                       or d["E"] - int(st.funding.get("ts", 0)) >= FUNDING_PUSH_MS)
+        st.index = {
+            "instId": st.index_id,
+            "idxPx": d["i"],
+            "high24h": d["i"],
+            "low24h": d["i"],
+            "open24h": d["i"],
+            "sodUtc0": d["i"],
+            "sodUtc8": d["i"],
+            "ts": ts,
+        }
+        funding_due = (
+            st.funding.get("fundingRate") != d["r"]
+            or st.funding.get("fundingTime") != str(d["T"])
+            or d["E"] - int(st.funding.get("ts", 0)) >= FUNDING_PUSH_MS
+        )
         if funding_due:
-            st.funding = {"formulaType": "noRate", "fundingRate": d["r"], "fundingTime": str(d["T"]), "impactValue": "",
-                          "instId": st.inst_id, "instType": "SWAP", "interestRate": "", "method": "current_period",
-                          "maxFundingRate": "0.00375", "minFundingRate": "-0.00375", "nextFundingRate": "",
-                          "nextFundingTime": str(d["T"] + FUNDING_INTERVAL_MS), "premium": "0.0001",
-                          "settFundingRate": d["r"], "settState": "settled", "ts": ts}
+            st.funding = {
+                "formulaType": "noRate",
+                "fundingRate": d["r"],
+                "fundingTime": str(d["T"]),
+                "impactValue": "",
+                "instId": st.inst_id,
+                "instType": "SWAP",
+                "interestRate": "",
+                "method": "current_period",
+                "maxFundingRate": "0.00375",
+                "minFundingRate": "-0.00375",
+                "nextFundingRate": "",
+                "nextFundingTime": str(d["T"] + FUNDING_INTERVAL_MS),
+                "premium": "0.0001",
+                "settFundingRate": d["r"],
+                "settState": "settled",
+                "ts": ts,
+            }
         index = Decimal(d["i"])
-        st.spot = {"instType": "SPOT", "instId": st.index_id, "last": d["i"], "lastSz": "0.1",
-                   "askPx": format(index + SPOT_HALF_SPREAD, "f"), "askSz": "1", "bidPx": format(index - SPOT_HALF_SPREAD, "f"),
-                   "bidSz": "1", "open24h": d["i"], "high24h": d["i"], "low24h": d["i"], "volCcy24h": "0", "vol24h": "0",
-                   "sodUtc0": d["i"], "sodUtc8": d["i"], "ts": ts}
+        st.spot = {
+            "instType": "SPOT",
+            "instId": st.index_id,
+            "last": d["i"],
+            "lastSz": "0.1",
+            "askPx": format(index + SPOT_HALF_SPREAD, "f"),
+            "askSz": "1",
+            "bidPx": format(index - SPOT_HALF_SPREAD, "f"),
+            "bidSz": "1",
+            "open24h": d["i"],
+            "high24h": d["i"],
+            "low24h": d["i"],
+            "volCcy24h": "0",
+            "vol24h": "0",
+            "sodUtc0": d["i"],
+            "sodUtc8": d["i"],
+            "ts": ts,
+        }
         if initial:
             return
         self.push(receive_time, "mark-price", st.inst_id, [dict(st.mark)])
@@ -225,10 +335,14 @@ class _Translator:
         for frame in self.market.frames:
             if frame.index not in first_marks.values() and frame.event in handlers:
                 handlers[frame.event](frame.receive_time, frame.payload)
-        recording = Recording(frames=tuple(self.frames), rest={}, symbols=self.market.symbols,
-                              initial_books=dict(self.market.initial_books),
-                              configuration={"synthetic": self.spec.model_dump(mode="json")},
-                              source=f"okx-synthetic(seed={self.spec.seed})")
+        recording = Recording(
+            frames=tuple(self.frames),
+            rest={},
+            symbols=self.market.symbols,
+            initial_books=dict(self.market.initial_books),
+            configuration={"synthetic": self.spec.model_dump(mode="json")},
+            source=f"okx-synthetic(seed={self.spec.seed})",
+        )
         return OkxSession(recording, initial, self.start_ms, {i: tuple(f) for i, f in self.fills.items()})
 
 

@@ -73,12 +73,23 @@ def handle_op(conn: OkxConnection, message: str | bytes, market: OkxMarket) -> l
         return [_event(conn, "error", None, code="60012", msg="Invalid request: not a JSON object")]
     op, request_id, args = request.get("op"), request.get("id"), request.get("args")
     if op not in ("subscribe", "unsubscribe") or not isinstance(args, list) or not args:
-        return [_event(conn, "error", request_id, code="60012", msg=f"Invalid request: {orjson.dumps(request).decode()}"[:300])]
+        return [
+            _event(
+                conn, "error", request_id, code="60012", msg=f"Invalid request: {orjson.dumps(request).decode()}"[:300]
+            )
+        ]
     keys = [known_arg(a, market) for a in args]
     for arg, key in zip(args, keys, strict=True):
         if key is None:
-            return [_event(conn, "error", request_id, code="60018",
-                           msg=f"Wrong URL or channel:{orjson.dumps(arg).decode()}, doesn't exist"[:300])]
+            return [
+                _event(
+                    conn,
+                    "error",
+                    request_id,
+                    code="60018",
+                    msg=f"Wrong URL or channel:{orjson.dumps(arg).decode()}, doesn't exist"[:300],
+                )
+            ]
     out = []
     for arg, key in zip(args, keys, strict=True):
         assert key is not None

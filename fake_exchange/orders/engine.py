@@ -65,12 +65,27 @@ class Order:
         return self.quote / self.filled if self.filled else D0
 
     def body(self) -> dict[str, Any]:
-        return {"orderId": self.order_id, "symbol": self.symbol, "status": self.status, "clientOrderId": self.client_id,
-                "price": str(self.price), "avgPrice": str(self.avg_price), "origQty": str(self.qty),
-                "executedQty": str(self.filled), "cumQuote": str(self.quote), "timeInForce": self.tif,
-                "type": self.type, "origType": self.type, "reduceOnly": self.reduce_only, "side": self.side,
-                "positionSide": "BOTH", "stopPrice": str(self.stop_price), "workingType": self.working_type,
-                "time": self.time, "updateTime": self.update_time or self.time}
+        return {
+            "orderId": self.order_id,
+            "symbol": self.symbol,
+            "status": self.status,
+            "clientOrderId": self.client_id,
+            "price": str(self.price),
+            "avgPrice": str(self.avg_price),
+            "origQty": str(self.qty),
+            "executedQty": str(self.filled),
+            "cumQuote": str(self.quote),
+            "timeInForce": self.tif,
+            "type": self.type,
+            "origType": self.type,
+            "reduceOnly": self.reduce_only,
+            "side": self.side,
+            "positionSide": "BOTH",
+            "stopPrice": str(self.stop_price),
+            "workingType": self.working_type,
+            "time": self.time,
+            "updateTime": self.update_time or self.time,
+        }
 
 
 @dataclass
@@ -130,18 +145,34 @@ class AccountEngine:
         market = self.markets.setdefault(symbol, Market())
         ref = price or stop or market.last
         if not reduce_only and ref is not None and qty * ref < rules.min_notional:
-            raise OrderError(-4164, f"Order's notional must be no smaller than {rules.min_notional} "
-                                    "(unless you choose reduce only).")
+            raise OrderError(
+                -4164, f"Order's notional must be no smaller than {rules.min_notional} (unless you choose reduce only)."
+            )
         if reduce_only and not self._reduces(symbol, side):
             raise OrderError(-2022, "ReduceOnly Order is rejected.")
         tif = p.get("timeInForce", "GTC")
         if typ == "LIMIT" and tif == "GTX" and self._crosses_touch(market, side, price):
-            raise OrderError(-5022, "Due to the order could not be executed as maker, the Post Only order will be "
-                                    "rejected. The order will not be recorded in the order history")
+            raise OrderError(
+                -5022,
+                "Due to the order could not be executed as maker, the Post Only order will be "
+                "rejected. The order will not be recorded in the order history",
+            )
         if typ == "MARKET" and market.last is None:
             raise OrderError(-2010, "No market price to fill a MARKET order.")
-        order = Order(self._next_order, cid, symbol, side, typ, tif, qty, price, stop, reduce_only,
-                      p.get("workingType", "CONTRACT_PRICE"), now)
+        order = Order(
+            self._next_order,
+            cid,
+            symbol,
+            side,
+            typ,
+            tif,
+            qty,
+            price,
+            stop,
+            reduce_only,
+            p.get("workingType", "CONTRACT_PRICE"),
+            now,
+        )
         self._next_order += 1
         self.orders[order.order_id] = order
         self.by_client[(symbol, cid)] = order.order_id
@@ -186,15 +217,19 @@ class AccountEngine:
         if qty <= order.filled:
             raise OrderError(-4005, "Quantity greater than max quantity.")
         if order.tif == "GTX" and self._crosses_touch(self.markets[order.symbol], order.side, price):
-            raise OrderError(-5022, "Due to the order could not be executed as maker, the Post Only order will be "
-                                    "rejected.")
+            raise OrderError(
+                -5022, "Due to the order could not be executed as maker, the Post Only order will be rejected."
+            )
         order.qty, order.price = qty, price
         self._order_event(order, "AMENDMENT", now)
         return order
 
     def open_orders(self, symbol: str | None) -> list[Order]:
-        return [o for o in self.orders.values() if o.status in ("NEW", "PARTIALLY_FILLED")
-                and (symbol is None or o.symbol == symbol)]
+        return [
+            o
+            for o in self.orders.values()
+            if o.status in ("NEW", "PARTIALLY_FILLED") and (symbol is None or o.symbol == symbol)
+        ]
 
     # --- market -----------------------------------------------------------------------------------------
     def on_trade(self, symbol: str, price: Decimal, qty: Decimal | None, now: int) -> None:
@@ -275,35 +310,115 @@ class AccountEngine:
         self.balance += realized - fee
         order.filled += qty
         order.quote += price * qty
-        order.status = "FILLED" if order.filled >= order.qty or order.reduce_only and pos.amount == 0 \
-            else "PARTIALLY_FILLED"
+        order.status = (
+            "FILLED" if order.filled >= order.qty or order.reduce_only and pos.amount == 0 else "PARTIALLY_FILLED"
+        )
         trade_id = self._next_trade
         self._next_trade += 1
-        self.trades.append({"symbol": order.symbol, "id": trade_id, "orderId": order.order_id, "side": order.side,
-                            "price": str(price), "qty": str(qty), "realizedPnl": str(realized),
-                            "quoteQty": str(price * qty), "commission": str(fee), "commissionAsset": "USDT",
-                            "time": now, "positionSide": "BOTH", "buyer": order.side == "BUY", "maker": maker})
-        self._order_event(order, "TRADE", now, last_qty=qty, last_price=price, fee=fee, maker=maker,
-                          trade_id=trade_id, realized=realized)
+        self.trades.append(
+            {
+                "symbol": order.symbol,
+                "id": trade_id,
+                "orderId": order.order_id,
+                "side": order.side,
+                "price": str(price),
+                "qty": str(qty),
+                "realizedPnl": str(realized),
+                "quoteQty": str(price * qty),
+                "commission": str(fee),
+                "commissionAsset": "USDT",
+                "time": now,
+                "positionSide": "BOTH",
+                "buyer": order.side == "BUY",
+                "maker": maker,
+            }
+        )
+        self._order_event(
+            order,
+            "TRADE",
+            now,
+            last_qty=qty,
+            last_price=price,
+            fee=fee,
+            maker=maker,
+            trade_id=trade_id,
+            realized=realized,
+        )
         self._account_event(order.symbol, now)
 
-    def _order_event(self, order: Order, execution: str, now: int, *, last_qty: Decimal = D0,
-                     last_price: Decimal = D0, fee: Decimal = D0, maker: bool = False, trade_id: int = 0,
-                     realized: Decimal = D0) -> None:
+    def _order_event(
+        self,
+        order: Order,
+        execution: str,
+        now: int,
+        *,
+        last_qty: Decimal = D0,
+        last_price: Decimal = D0,
+        fee: Decimal = D0,
+        maker: bool = False,
+        trade_id: int = 0,
+        realized: Decimal = D0,
+    ) -> None:
         order.update_time = now
-        self.events.append({"e": "ORDER_TRADE_UPDATE", "E": now, "T": now, "o": {
-            "s": order.symbol, "c": order.client_id, "S": order.side, "o": order.type, "f": order.tif,
-            "q": str(order.qty), "p": str(order.price), "ap": str(order.avg_price), "sp": str(order.stop_price),
-            "x": execution, "X": order.status, "i": order.order_id, "l": str(last_qty), "z": str(order.filled),
-            "L": str(last_price), "N": "USDT", "n": str(fee), "T": now, "t": trade_id, "m": maker,
-            "R": order.reduce_only, "wt": order.working_type, "ot": order.type, "ps": "BOTH", "rp": str(realized)}})
+        self.events.append(
+            {
+                "e": "ORDER_TRADE_UPDATE",
+                "E": now,
+                "T": now,
+                "o": {
+                    "s": order.symbol,
+                    "c": order.client_id,
+                    "S": order.side,
+                    "o": order.type,
+                    "f": order.tif,
+                    "q": str(order.qty),
+                    "p": str(order.price),
+                    "ap": str(order.avg_price),
+                    "sp": str(order.stop_price),
+                    "x": execution,
+                    "X": order.status,
+                    "i": order.order_id,
+                    "l": str(last_qty),
+                    "z": str(order.filled),
+                    "L": str(last_price),
+                    "N": "USDT",
+                    "n": str(fee),
+                    "T": now,
+                    "t": trade_id,
+                    "m": maker,
+                    "R": order.reduce_only,
+                    "wt": order.working_type,
+                    "ot": order.type,
+                    "ps": "BOTH",
+                    "rp": str(realized),
+                },
+            }
+        )
 
     def _account_event(self, symbol: str, now: int) -> None:
         pos = self.positions.get(symbol, Position())
-        self.events.append({"e": "ACCOUNT_UPDATE", "E": now, "T": now, "a": {
-            "m": "ORDER", "B": [{"a": "USDT", "wb": str(self.balance), "cw": str(self.balance), "bc": "0"}],
-            "P": [{"s": symbol, "pa": str(pos.amount), "ep": str(pos.entry), "up": "0", "mt": "cross", "iw": "0",
-                   "ps": "BOTH"}]}})
+        self.events.append(
+            {
+                "e": "ACCOUNT_UPDATE",
+                "E": now,
+                "T": now,
+                "a": {
+                    "m": "ORDER",
+                    "B": [{"a": "USDT", "wb": str(self.balance), "cw": str(self.balance), "bc": "0"}],
+                    "P": [
+                        {
+                            "s": symbol,
+                            "pa": str(pos.amount),
+                            "ep": str(pos.entry),
+                            "up": "0",
+                            "mt": "cross",
+                            "iw": "0",
+                            "ps": "BOTH",
+                        }
+                    ],
+                },
+            }
+        )
 
     def position_rows(self, symbol: str | None) -> list[dict[str, Any]]:
         rows = []
@@ -313,10 +428,21 @@ class AccountEngine:
             pos = self.positions.get(sym, Position())
             market = self.markets.get(sym, Market())
             mark = market.mark or market.last or pos.entry
-            rows.append({"symbol": sym, "positionAmt": str(pos.amount), "entryPrice": str(pos.entry),
-                         "markPrice": str(mark), "unRealizedProfit": str((mark - pos.entry) * pos.amount),
-                         "liquidationPrice": "0", "leverage": "20", "marginType": "cross", "positionSide": "BOTH",
-                         "notional": str(mark * pos.amount), "updateTime": 0})
+            rows.append(
+                {
+                    "symbol": sym,
+                    "positionAmt": str(pos.amount),
+                    "entryPrice": str(pos.entry),
+                    "markPrice": str(mark),
+                    "unRealizedProfit": str((mark - pos.entry) * pos.amount),
+                    "liquidationPrice": "0",
+                    "leverage": "20",
+                    "marginType": "cross",
+                    "positionSide": "BOTH",
+                    "notional": str(mark * pos.amount),
+                    "updateTime": 0,
+                }
+            )
         return rows
 
 

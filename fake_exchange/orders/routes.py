@@ -64,14 +64,24 @@ class OrderVenue:
         self.replayed = 0
         #: GET /sapi/v1/account/apiRestrictions (Binance's spot API, signed): the key's permissions
         self.api_restrictions: dict[str, Any] = {
-            "ipRestrict": True, "createTime": 1_700_000_000_000, "enableReading": True, "enableFutures": True,
-            "enableWithdrawals": False, "enableInternalTransfer": False, "permitsUniversalTransfer": False,
-            "enableSpotAndMarginTrading": False, "enableMargin": False, "enableVanillaOptions": False,
-            "enablePortfolioMarginTrading": False, "enableFixApiTrade": False, "enableFixReadOnly": False}
+            "ipRestrict": True,
+            "createTime": 1_700_000_000_000,
+            "enableReading": True,
+            "enableFutures": True,
+            "enableWithdrawals": False,
+            "enableInternalTransfer": False,
+            "permitsUniversalTransfer": False,
+            "enableSpotAndMarginTrading": False,
+            "enableMargin": False,
+            "enableVanillaOptions": False,
+            "enablePortfolioMarginTrading": False,
+            "enableFixApiTrade": False,
+            "enableFixReadOnly": False,
+        }
 
     async def publish(self) -> None:
         """Send the engine's new user-data events to every connected stream, in order."""
-        events = self.engine.events[self.sent_events:]
+        events = self.engine.events[self.sent_events :]
         self.sent_events = len(self.engine.events)
         for event in events:
             data = orjson.dumps(event).decode()
@@ -83,7 +93,7 @@ class OrderVenue:
 
     def follow(self, state: ExchangeState) -> None:
         """Feed the frames replayed since the last call to the account."""
-        frames = state.recording.frames[self.replayed:state.position]
+        frames = state.recording.frames[self.replayed : state.position]
         self.replayed = state.position
         for frame in frames:
             data = frame.payload
@@ -119,7 +129,8 @@ def rules_from_exchange_info(body: dict[str, Any]) -> dict[str, SymbolRules]:
         rules[info["symbol"]] = SymbolRules(
             Decimal(f.get("PRICE_FILTER", {}).get("tickSize", "0.01")),
             Decimal(f.get("LOT_SIZE", {}).get("stepSize", "0.001")),
-            Decimal(str(f.get("MIN_NOTIONAL", {}).get("notional", "0"))))
+            Decimal(str(f.get("MIN_NOTIONAL", {}).get("notional", "0"))),
+        )
     return rules
 
 
@@ -198,8 +209,12 @@ async def cancel_order(request: web.Request) -> web.Response:
     p = authenticate(request)
     venue = request.app[VENUE_KEY]
     venue.order_requests.append(("DELETE", p.get("origClientOrderId", "")))
-    return await _order_fault(venue, lambda: venue.engine.cancel(p.get("symbol", ""), p.get("orderId"),
-                                                                 p.get("origClientOrderId"), venue.state.now_ms()).body())
+    return await _order_fault(
+        venue,
+        lambda: venue.engine.cancel(
+            p.get("symbol", ""), p.get("orderId"), p.get("origClientOrderId"), venue.state.now_ms()
+        ).body(),
+    )
 
 
 @guarded
@@ -226,16 +241,31 @@ async def position_risk(request: web.Request) -> web.Response:
 async def balance(request: web.Request) -> web.Response:
     authenticate(request)
     b = str(request.app[VENUE_KEY].engine.balance)
-    return json_response([{"accountAlias": "fake", "asset": "USDT", "balance": b, "crossWalletBalance": b,
-                           "availableBalance": b, "maxWithdrawAmount": b, "marginAvailable": True, "updateTime": 0}])
+    return json_response(
+        [
+            {
+                "accountAlias": "fake",
+                "asset": "USDT",
+                "balance": b,
+                "crossWalletBalance": b,
+                "availableBalance": b,
+                "maxWithdrawAmount": b,
+                "marginAvailable": True,
+                "updateTime": 0,
+            }
+        ]
+    )
 
 
 @guarded
 async def user_trades(request: web.Request) -> web.Response:
     p = authenticate(request)
     engine = request.app[VENUE_KEY].engine
-    rows = [t for t in engine.trades if t["symbol"] == p.get("symbol")
-            and (not p.get("orderId") or str(t["orderId"]) == p["orderId"])]
+    rows = [
+        t
+        for t in engine.trades
+        if t["symbol"] == p.get("symbol") and (not p.get("orderId") or str(t["orderId"]) == p["orderId"])
+    ]
     return json_response(rows)
 
 
@@ -306,8 +336,9 @@ async def control_orphan(request: web.Request) -> web.Response:
     now = venue.state.now_ms()
     result: dict[str, Any] = {}
     if "position_amt" in body:
-        venue.engine.inject_position(body["symbol"], Decimal(str(body["position_amt"])),
-                                     Decimal(str(body.get("entry_price", "0"))), now)
+        venue.engine.inject_position(
+            body["symbol"], Decimal(str(body["position_amt"])), Decimal(str(body.get("entry_price", "0"))), now
+        )
     if "order" in body:
         try:
             result["order"] = venue.engine.place({k: str(v) for k, v in body["order"].items()}, now).body()
@@ -340,8 +371,9 @@ async def control_config(request: web.Request) -> web.Response:
     engine.queue = body.get("queue", engine.queue)
     engine.cap_by_trade_qty = bool(body.get("cap_by_trade_qty", engine.cap_by_trade_qty))
     venue.api_restrictions.update(body.get("api_restrictions", {}))
-    return json_response({"queue": engine.queue, "cap_by_trade_qty": engine.cap_by_trade_qty,
-                          "api_restrictions": venue.api_restrictions})
+    return json_response(
+        {"queue": engine.queue, "cap_by_trade_qty": engine.cap_by_trade_qty, "api_restrictions": venue.api_restrictions}
+    )
 
 
 @guarded
@@ -353,15 +385,17 @@ async def api_restrictions(request: web.Request) -> web.Response:
 async def control_state(request: web.Request) -> web.Response:
     venue = request.app[VENUE_KEY]
     engine = venue.engine
-    return json_response({
-        "open_orders": [o.body() for o in engine.open_orders(None)],
-        "orders": [o.body() for o in engine.orders.values()],
-        "positions": {s: {"amount": str(p.amount), "entry": str(p.entry)} for s, p in engine.positions.items()},
-        "placements": engine.placements,
-        "order_requests": venue.order_requests,
-        "refused": venue.refused,
-        "streams": len(venue.sockets),
-    })
+    return json_response(
+        {
+            "open_orders": [o.body() for o in engine.open_orders(None)],
+            "orders": [o.body() for o in engine.orders.values()],
+            "positions": {s: {"amount": str(p.amount), "entry": str(p.entry)} for s, p in engine.positions.items()},
+            "placements": engine.placements,
+            "order_requests": venue.order_requests,
+            "refused": venue.refused,
+            "streams": len(venue.sockets),
+        }
+    )
 
 
 def _maybe(value: Any) -> Decimal | None:

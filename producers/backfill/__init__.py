@@ -10,5 +10,11 @@ from producers.backfill.binance_vision import DEFAULT_BASE_URL, run_backfill
 from producers.backfill.errors import BackfillError, ChecksumMismatchError
 from producers.backfill.summary import BackfillSummary, format_summary
 
-__all__ = ["DEFAULT_BASE_URL", "BackfillError", "BackfillSummary", "ChecksumMismatchError", "format_summary",
-           "run_backfill"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "BackfillError",
+    "BackfillSummary",
+    "ChecksumMismatchError",
+    "format_summary",
+    "run_backfill",
+]

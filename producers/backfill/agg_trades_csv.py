@@ -36,8 +36,7 @@ from producers.binance.parse import EXCHANGE
 if TYPE_CHECKING:  # numpy is imported where the columns are read: the live producer (its warm start
     import numpy as np  # reads archives row by row) need not import it
 
-COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time",
-           "is_buyer_maker")
+COLUMNS = ("agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time", "is_buyer_maker")
 _CANONICAL = tuple(range(len(COLUMNS)))
 _INF = float("inf")
 _INT64_MAX = 2**63 - 1
@@ -91,8 +90,9 @@ def _header_index(row: list[str], source: str) -> tuple[int, ...] | None:
 class AggTradeCsvReader:
     """Iterate the normalised trades of one aggTrades CSV stream; bad rows go to `on_bad`."""
 
-    def __init__(self, stream: BinaryIO, *, source: str, symbol: str, receive_time: int,
-                 on_bad: Callable[[BadRow], None]) -> None:
+    def __init__(
+        self, stream: BinaryIO, *, source: str, symbol: str, receive_time: int, on_bad: Callable[[BadRow], None]
+    ) -> None:
         self._stream = stream
         self.source = source
         self.symbol = symbol
@@ -159,9 +159,17 @@ class AggTradeCsvReader:
                         self._bad("ids and transact_time must fit a 64-bit integer (Avro long)", row)
                         continue
                     yield {
-                        "exchange": exchange, "symbol": symbol, "agg_id": agg_id, "price": price, "qty": qty,
-                        "first_trade_id": first_id, "last_trade_id": last_id, "event_time": ts, "trade_time": ts,
-                        "receive_time": receive_time, "taker_side": side,
+                        "exchange": exchange,
+                        "symbol": symbol,
+                        "agg_id": agg_id,
+                        "price": price,
+                        "qty": qty,
+                        "first_trade_id": first_id,
+                        "last_trade_id": last_id,
+                        "event_time": ts,
+                        "trade_time": ts,
+                        "receive_time": receive_time,
+                        "taker_side": side,
                     }
                 return
             except csv.Error as exc:  # e.g. a field over the csv module's size limit: that line, not the file
@@ -213,17 +221,30 @@ def read_agg_trade_columns(stream: BinaryIO) -> AggTradeColumns | None:
     names = [n.strip().lstrip("\ufeff").lower() for n in first_row] if header is not None else list(COLUMNS)
     if header is None and len(first_row) != len(COLUMNS):
         return None
-    types = {"agg_trade_id": pa.int64(), "price": pa.float64(), "quantity": pa.float64(),
-             "first_trade_id": pa.int64(), "last_trade_id": pa.int64(), "transact_time": pa.int64(),
-             "is_buyer_maker": pa.bool_()}
+    types = {
+        "agg_trade_id": pa.int64(),
+        "price": pa.float64(),
+        "quantity": pa.float64(),
+        "first_trade_id": pa.int64(),
+        "last_trade_id": pa.int64(),
+        "transact_time": pa.int64(),
+        "is_buyer_maker": pa.bool_(),
+    }
     try:
         table = pacsv.read_csv(
             pa.BufferReader(data),
             read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if header is not None else 0),
             parse_options=pacsv.ParseOptions(newlines_in_values=False),
-            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(COLUMNS),
-                                                 true_values=_TRUE, false_values=_FALSE, strings_can_be_null=False,
-                                                 quoted_strings_can_be_null=False, null_values=[]))
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                include_columns=list(COLUMNS),
+                true_values=_TRUE,
+                false_values=_FALSE,
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                null_values=[],
+            ),
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     if any(table.column(c).null_count for c in COLUMNS):
@@ -232,8 +253,23 @@ def read_agg_trade_columns(stream: BinaryIO) -> AggTradeColumns | None:
     def col(name: str) -> np.ndarray:
         return table.column(name).to_numpy()
 
-    cols = AggTradeColumns(col("agg_trade_id"), col("price"), col("quantity"), col("first_trade_id"),
-                           col("last_trade_id"), col("transact_time"), col("is_buyer_maker").astype(bool))
-    ok = ((cols.price > 0) & (cols.price < np.inf) & (cols.qty > 0) & (cols.qty < np.inf) & (cols.agg_id >= 0)
-          & (cols.first_trade_id >= 0) & (cols.first_trade_id <= cols.last_trade_id) & (cols.time_ms > 0))
+    cols = AggTradeColumns(
+        col("agg_trade_id"),
+        col("price"),
+        col("quantity"),
+        col("first_trade_id"),
+        col("last_trade_id"),
+        col("transact_time"),
+        col("is_buyer_maker").astype(bool),
+    )
+    ok = (
+        (cols.price > 0)
+        & (cols.price < np.inf)
+        & (cols.qty > 0)
+        & (cols.qty < np.inf)
+        & (cols.agg_id >= 0)
+        & (cols.first_trade_id >= 0)
+        & (cols.first_trade_id <= cols.last_trade_id)
+        & (cols.time_ms > 0)
+    )
     return cols if bool(ok.all()) else None

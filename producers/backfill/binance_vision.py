@@ -68,12 +68,25 @@ def cache_dir_for(home: Path) -> Path:
     return home / "backfill" / "cache"
 
 
-def run_backfill(*, bootstrap: str, topic_prefix: str, home: Path, symbol: str, start: date, end: date,
-                 directory: Path | None, topic: str = TRADES, base_url: str = DEFAULT_BASE_URL,
-                 progress: bool = True, cache_dir: Path | None = None, registry_url: str | None = None,
-                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, reorder_window: int = DEFAULT_REORDER_WINDOW,
-                 clock: Callable[[], int] = wall_clock_ms,
-                 producer_overrides: dict[str, Any] | None = None) -> BackfillSummary:
+def run_backfill(
+    *,
+    bootstrap: str,
+    topic_prefix: str,
+    home: Path,
+    symbol: str,
+    start: date,
+    end: date,
+    directory: Path | None,
+    topic: str = TRADES,
+    base_url: str = DEFAULT_BASE_URL,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+    registry_url: str | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    reorder_window: int = DEFAULT_REORDER_WINDOW,
+    clock: Callable[[], int] = wall_clock_ms,
+    producer_overrides: dict[str, Any] | None = None,
+) -> BackfillSummary:
     """Publish `symbol`'s aggTrades from `start` to `end` (inclusive) to `topic_prefix + topic`.
 
     `directory` set: read `<SYMBOL>-aggTrades-<day>.zip|.csv` from it; else download from
@@ -86,18 +99,26 @@ def run_backfill(*, bootstrap: str, topic_prefix: str, home: Path, symbol: str, 
     trade_topic_spec(topic)
     if checkpoint_every < 1:
         raise BackfillError("checkpoint_every must be >= 1")
-    source: ArchiveSource = (LocalDirectory(directory) if directory is not None
-                             else VisionDownloader(base_url, cache_dir or cache_dir_for(home)))
+    source: ArchiveSource = (
+        LocalDirectory(directory)
+        if directory is not None
+        else VisionDownloader(base_url, cache_dir or cache_dir_for(home))
+    )
     with Checkpoint.locked(home, symbol, topic_prefix + topic) as checkpoint:
-        summary = BackfillSummary(symbol, topic_prefix + topic, start.isoformat(), end.isoformat(),
-                                  checkpoint=str(checkpoint.path))
+        summary = BackfillSummary(
+            symbol, topic_prefix + topic, start.isoformat(), end.isoformat(), checkpoint=str(checkpoint.path)
+        )
         ensure_destination(bootstrap, topic_prefix, topic)
-        producer = TradeTopicProducer(bootstrap, AvroSerde(registry_from_url(registry_url)), ProducerMetrics(),
-                                      topic_prefix, topic,
-                                      **(BACKFILL_PRODUCER_OVERRIDES | (producer_overrides or {})))
+        producer = TradeTopicProducer(
+            bootstrap,
+            AvroSerde(registry_from_url(registry_url)),
+            ProducerMetrics(),
+            topic_prefix,
+            topic,
+            **(BACKFILL_PRODUCER_OVERRIDES | (producer_overrides or {})),
+        )
         bar = make_progress(progress, len(days))
-        day_run = _DayPublisher(symbol, producer, checkpoint, summary, bar, clock, checkpoint_every,
-                                reorder_window)
+        day_run = _DayPublisher(symbol, producer, checkpoint, summary, bar, clock, checkpoint_every, reorder_window)
         started = time.monotonic()
         try:
             _run_days(days, source, day_run)
@@ -213,8 +234,9 @@ class _DayPublisher:
         try:
             with open_archive(archive.path) as (raw, size):
                 self.bar.start_day(day, size)
-                reader = state.reader = AggTradeCsvReader(raw, source=archive.path.name, symbol=self.symbol,
-                                                          receive_time=receive_time, on_bad=on_bad)
+                reader = state.reader = AggTradeCsvReader(
+                    raw, source=archive.path.name, symbol=self.symbol, receive_time=receive_time, on_bad=on_bad
+                )
                 rows = 0
                 for trade in reader:
                     rows += 1
@@ -260,5 +282,12 @@ class _DayPublisher:
         summary.duplicates += c.duplicates
         summary.late += c.late
         summary.add_gaps(c.gaps, c.missing_ids, c.gap_ranges)
-        log.info("day published", day=day, origin=archive.origin, rows=state.result.rows_published,
-                 duplicates=c.duplicates, gaps=c.gaps, bad_rows=state.result.bad_rows)
+        log.info(
+            "day published",
+            day=day,
+            origin=archive.origin,
+            rows=state.result.rows_published,
+            duplicates=c.duplicates,
+            gaps=c.gaps,
+            bad_rows=state.result.bad_rows,
+        )

@@ -73,8 +73,9 @@ class Checkpoint:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise BackfillError(f"another backfill of {symbol} into {topic} is running "
-                                    f"(lock {lock.name})") from None
+                raise BackfillError(
+                    f"another backfill of {symbol} into {topic} is running (lock {lock.name})"
+                ) from None
             try:
                 yield cls.load(home, symbol, topic)
             finally:
@@ -88,12 +89,12 @@ class Checkpoint:
         try:
             data = orjson.loads(path.read_bytes())
             if data.get("version") != VERSION or data["symbol"] != symbol or data["topic"] != topic:
-                raise ValueError(f"written for {data.get('symbol')}/{data.get('topic')} "
-                                 f"version {data.get('version')}")
+                raise ValueError(f"written for {data.get('symbol')}/{data.get('topic')} version {data.get('version')}")
             completed = {day: DayResult(**result) for day, result in data["completed"].items()}
             partial = data.get("partial") or {}
-            return cls(path, symbol, topic, completed, partial.get("day"), partial.get("last_agg_id"),
-                       partial.get("line", 0))
+            return cls(
+                path, symbol, topic, completed, partial.get("day"), partial.get("last_agg_id"), partial.get("line", 0)
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise BackfillError(f"checkpoint {path} is unreadable ({exc}); move it away to start over") from None
 
@@ -125,10 +126,12 @@ class Checkpoint:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
-            "version": VERSION, "symbol": self.symbol, "topic": self.topic,
+            "version": VERSION,
+            "symbol": self.symbol,
+            "topic": self.topic,
             "completed": {day: asdict(r) for day, r in sorted(self.completed.items())},
-            "partial": None if self.partial_day is None else {"day": self.partial_day,
-                                                               "last_agg_id": self.partial_last_agg_id,
-                                                               "line": self.partial_line},
+            "partial": None
+            if self.partial_day is None
+            else {"day": self.partial_day, "last_agg_id": self.partial_last_agg_id, "line": self.partial_line},
         }
         atomic_write_bytes(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))

@@ -64,8 +64,13 @@ class _RowsColumn(ProgressColumn):
 class RichProgress:
     def __init__(self, days: int, console: Console | None = None) -> None:
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _RowsColumn(), TimeElapsedColumn(),
-            console=console or Console(file=sys.stderr), transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            _RowsColumn(),
+            TimeElapsedColumn(),
+            console=console or Console(file=sys.stderr),
+            transient=False,
         )
         self._progress.start()
         self._days = self._progress.add_task("days", total=days, rows=0)

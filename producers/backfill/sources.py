@@ -93,8 +93,16 @@ class LocalDirectory:
 class VisionDownloader:
     """Downloads from data.binance.vision (or a mirror at `base_url`) into `cache_dir/<SYMBOL>/`."""
 
-    def __init__(self, base_url: str, cache_dir: Path, *, timeout: float = 60.0, attempts: int = 4,
-                 backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        cache_dir: Path,
+        *,
+        timeout: float = 60.0,
+        attempts: int = 4,
+        backoff_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.cache_dir = cache_dir
         self.timeout = timeout
@@ -131,8 +139,10 @@ class VisionDownloader:
             return None
         if actual != expected:
             part.unlink(missing_ok=True)
-            raise ChecksumMismatchError(f"{target.name}: downloaded SHA-256 {actual} does not match its "
-                                        f"{CHECKSUM_SUFFIX} ({expected}); from {url}")
+            raise ChecksumMismatchError(
+                f"{target.name}: downloaded SHA-256 {actual} does not match its "
+                f"{CHECKSUM_SUFFIX} ({expected}); from {url}"
+            )
         os.replace(part, target)
         atomic_write_text(checksum_file, checksum_text)
         return target, "download"
@@ -141,10 +151,12 @@ class VisionDownloader:
     def _get_text(self, url: str) -> str | None:
         def read(resp) -> str:
             return resp.read(1 << 16).decode("utf-8", errors="replace")
+
         return self._with_retries(url, read)
 
     def _download(self, url: str, dest: Path) -> str | None:
         """Stream `url` to `dest`; its SHA-256, or None on 404."""
+
         def stream(resp) -> str:
             h = hashlib.sha256()
             with open(dest, "wb") as out:
@@ -152,6 +164,7 @@ class VisionDownloader:
                     h.update(block)
                     out.write(block)
             return h.hexdigest()
+
         return self._with_retries(url, stream)
 
     def _with_retries(self, url: str, consume: Callable) -> str | None:
@@ -170,8 +183,7 @@ class VisionDownloader:
             except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             if attempt + 1 < self.attempts:
-                delay = self.backoff_s * 2 ** attempt
+                delay = self.backoff_s * 2**attempt
                 log.warning("download failed, retrying", url=url, error=error, retry_in_s=delay)
                 self.sleep(delay)
         raise BackfillError(f"GET {url} failed after {self.attempts} attempts: {error}")
-

@@ -58,19 +58,34 @@ class BackfillSummary:
 
     def to_dict(self) -> dict:
         return {
-            "symbol": self.symbol, "topic": self.topic, "from": self.start, "to": self.end,
-            "days": {"done": len(self.days_done), "skipped": len(self.days_skipped),
-                     "missing": len(self.days_missing), "resumed": len(self.days_resumed)},
-            "days_done": self.days_done, "days_skipped": self.days_skipped, "days_missing": self.days_missing,
+            "symbol": self.symbol,
+            "topic": self.topic,
+            "from": self.start,
+            "to": self.end,
+            "days": {
+                "done": len(self.days_done),
+                "skipped": len(self.days_skipped),
+                "missing": len(self.days_missing),
+                "resumed": len(self.days_resumed),
+            },
+            "days_done": self.days_done,
+            "days_skipped": self.days_skipped,
+            "days_missing": self.days_missing,
             "days_resumed": self.days_resumed,
-            "rows_read": self.rows_read, "rows_published": self.rows_published,
-            "rows_already_published": self.rows_already_published, "duplicates": self.duplicates,
-            "late": self.late, "gaps": self.gaps, "missing_ids": self.missing_ids,
+            "rows_read": self.rows_read,
+            "rows_published": self.rows_published,
+            "rows_already_published": self.rows_already_published,
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "gaps": self.gaps,
+            "missing_ids": self.missing_ids,
             "gap_ranges": [list(r) for r in self.gap_ranges],
             "bad_rows": self.bad_rows,
-            "bad_row_samples": [{"file": b.source, "line": b.line, "reason": b.reason, "text": b.text}
-                                for b in self.bad_row_samples],
-            "seconds": round(self.seconds, 3), "rows_per_second": round(self.rows_per_second, 1),
+            "bad_row_samples": [
+                {"file": b.source, "line": b.line, "reason": b.reason, "text": b.text} for b in self.bad_row_samples
+            ],
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second, 1),
             "checkpoint": self.checkpoint,
         }
 
@@ -82,15 +97,19 @@ def format_summary(s: BackfillSummary) -> str:
     """Human-readable summary, one fact per line."""
     lines = [
         f"backfill {s.symbol} {s.start}..{s.end} -> {s.topic}",
-        (f"  days: {len(s.days_done)} done ({len(s.days_resumed)} resumed), {len(s.days_skipped)} skipped "
-        f"(already complete), {len(s.days_missing)} missing"),
+        (
+            f"  days: {len(s.days_done)} done ({len(s.days_resumed)} resumed), {len(s.days_skipped)} skipped "
+            f"(already complete), {len(s.days_missing)} missing"
+        ),
     ]
     if s.days_missing:
         lines.append(f"  missing days: {', '.join(s.days_missing)}")
     lines += [
-        (f"  rows: {s.rows_published:,} published of {s.rows_read:,} read "
-        f"({s.rows_already_published:,} already published before a resume) in {s.seconds:.1f} s "
-        f"({s.rows_per_second:,.0f} rows/s)"),
+        (
+            f"  rows: {s.rows_published:,} published of {s.rows_read:,} read "
+            f"({s.rows_already_published:,} already published before a resume) in {s.seconds:.1f} s "
+            f"({s.rows_per_second:,.0f} rows/s)"
+        ),
         f"  duplicates: {s.duplicates:,}   late (out of order beyond the window): {s.late:,}",
         f"  gaps: {s.gaps:,} ({s.missing_ids:,} agg ids missing)",
     ]

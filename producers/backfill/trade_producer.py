@@ -68,16 +68,24 @@ def ensure_destination(bootstrap: str, prefix: str, name: str) -> None:
 class TradeTopicProducer:
     """md.trades records to one destination topic, bad archive rows to dlq.md; order kept, failures fatal."""
 
-    def __init__(self, bootstrap: str, serde: AvroSerde, metrics: ProducerMetrics, topic_prefix: str,
-                 topic: str, **producer_overrides: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        serde: AvroSerde,
+        metrics: ProducerMetrics,
+        topic_prefix: str,
+        topic: str,
+        **producer_overrides: Any,
+    ) -> None:
         trade_topic_spec(topic)
         self.serde = serde
         self.metrics = metrics
         self.prefix = topic_prefix
         self.topic = topic_prefix + topic
         self._dlq = topic_prefix + DLQ_MD
-        self._producer = Producer(producer_config(bootstrap, **{"delivery.report.only.error": True,
-                                                                **producer_overrides}))
+        self._producer = Producer(
+            producer_config(bootstrap, **{"delivery.report.only.error": True, **producer_overrides})
+        )
         self._encode = serde.encode
         self._since_poll = 0
         self.produced = 0  # trades handed to librdkafka
@@ -90,8 +98,14 @@ class TradeTopicProducer:
         self.produced += 1
 
     def dead_letter_row(self, bad: BadRow, key: bytes, now_ms: int) -> None:
-        record = dead_letter_record(source_topic=self.topic, value=bad.text.encode(), error=str(bad),
-                                    stage=DLQ_STAGE, key=key, event_time_ms=now_ms)
+        record = dead_letter_record(
+            source_topic=self.topic,
+            value=bad.text.encode(),
+            error=str(bad),
+            stage=DLQ_STAGE,
+            key=key,
+            event_time_ms=now_ms,
+        )
         self.metrics.dlq.labels(DLQ_MD, DLQ_STAGE).inc()
         self._produce(self._dlq, key, self.serde.encode(DLQ_MD, record))
         self.dead_lettered += 1
@@ -125,8 +139,10 @@ class TradeTopicProducer:
         """Block until the broker acknowledged everything produced; BackfillError if anything was lost."""
         left = self.flush(timeout)
         if left:
-            raise BackfillError(f"{left} record(s) to {self.topic} still unacknowledged after {timeout:.0f} s; "
-                                "is the broker up? (the checkpoint keeps the last confirmed position)")
+            raise BackfillError(
+                f"{left} record(s) to {self.topic} still unacknowledged after {timeout:.0f} s; "
+                "is the broker up? (the checkpoint keeps the last confirmed position)"
+            )
         if self.failed:
             topic, error = self.failed[0]
             raise BackfillError(f"{len(self.failed)} record(s) could not be delivered to {topic}: {error}")

@@ -51,5 +51,7 @@ def verify_checksum(path: Path, expected_sha256: str) -> None:
     """ChecksumMismatchError naming `path` unless its SHA-256 is `expected_sha256`."""
     actual = sha256_file(path)
     if actual != expected_sha256:
-        raise ChecksumMismatchError(f"{path.name}: SHA-256 {actual} does not match its {CHECKSUM_SUFFIX} "
-                                    f"({expected_sha256}); the file is corrupt or was altered ({path})")
+        raise ChecksumMismatchError(
+            f"{path.name}: SHA-256 {actual} does not match its {CHECKSUM_SUFFIX} "
+            f"({expected_sha256}); the file is corrupt or was altered ({path})"
+        )

@@ -38,6 +38,7 @@ def finite_number(raw: Any, field: str) -> float:
 def normalising(kind: str) -> Callable[[F], F]:
     """Decorate a parser of `kind` frames: the errors of a malformed frame (`MALFORMED`) become one-line
     `FrameError`s naming the kind; a `FrameError` the parser raised itself passes unchanged."""
+
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
@@ -47,5 +48,7 @@ def normalising(kind: str) -> Callable[[F], F]:
                 raise
             except MALFORMED as exc:
                 raise FrameError(f"bad {kind} frame: {type(exc).__name__}: {exc}".replace("\n", " ")) from None
+
         return inner  # type: ignore[return-value]
+
     return wrap

@@ -42,9 +42,17 @@ MARKER_INTERVAL_MS = 5_000  # each marker is one engine step: fewer, larger step
 class ReplayClock:
     """Event-time clock, due-work ticks and progress markers of one replaying producer."""
 
-    def __init__(self, publisher: Publisher, keys: Iterable[str], *, book_interval_ms: int, poll_interval_ms: int,
-                 disorder_ms: int = 2_000, source: str = "producer-replay",
-                 markers: ProgressMarkers | None = None) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        keys: Iterable[str],
+        *,
+        book_interval_ms: int,
+        poll_interval_ms: int,
+        disorder_ms: int = 2_000,
+        source: str = "producer-replay",
+        markers: ProgressMarkers | None = None,
+    ) -> None:
         self.keys = list(keys)
         self.book_interval_ms = book_interval_ms
         self.poll_interval_ms = poll_interval_ms
@@ -93,8 +101,13 @@ class ReplayClock:
         if field is not None and promised is not None and record.get(field, promised + 1) <= promised:
             self.violations += 1
             if self.violations <= 10:
-                log.warning("record at or below a promised watermark (counted; the engine applies it late)",
-                            topic=topic, key=key, time=record.get(field), watermark=promised)
+                log.warning(
+                    "record at or below a promised watermark (counted; the engine applies it late)",
+                    topic=topic,
+                    key=key,
+                    time=record.get(field),
+                    watermark=promised,
+                )
 
     def finish(self) -> int:
         """Final markers for every key once everything is delivered; returns markers left unpublished."""

@@ -62,10 +62,16 @@ class StreamConfig:
 class CombinedStream:
     """Delivers `(stream, data, receive_time_ms, raw)` for every frame until `stop` is set."""
 
-    def __init__(self, config: StreamConfig, on_frame: OnFrame, on_bad_frame: Callable[[bytes, str], None],
-                 on_status: OnStatus, on_reconnect: Callable[[str], None],
-                 on_replay_end: OnReplayEnd | None = None,
-                 hold: Callable[[], Awaitable[None] | None] | None = None) -> None:
+    def __init__(
+        self,
+        config: StreamConfig,
+        on_frame: OnFrame,
+        on_bad_frame: Callable[[bytes, str], None],
+        on_status: OnStatus,
+        on_reconnect: Callable[[str], None],
+        on_replay_end: OnReplayEnd | None = None,
+        hold: Callable[[], Awaitable[None] | None] | None = None,
+    ) -> None:
         """`hold()` before each frame: an awaitable means "not yet" (a replay's lockstep repairs)."""
         self.config = config
         self.on_replay_end = on_replay_end
@@ -106,8 +112,13 @@ class CombinedStream:
             if outcome == "failed":
                 self._lost(task)
                 attempt += 1
-                delay = random.uniform(0, min(self.config.backoff_max_s,  # nosec B311 # reconnect jitter, not a secret
-                                              self.config.backoff_initial_s * 2 ** min(attempt, 10)))
+                delay = random.uniform(
+                    0,
+                    min(
+                        self.config.backoff_max_s,  # nosec B311 # reconnect jitter, not a secret
+                        self.config.backoff_initial_s * 2 ** min(attempt, 10),
+                    ),
+                )
                 if await sleep_or_stop(stop, delay):
                     return
                 continue
@@ -136,8 +147,14 @@ class CombinedStream:
         cfg = self.config
         opened = False
         try:
-            async with websockets.connect(cfg.url, ping_interval=cfg.ping_interval_s, ping_timeout=None,
-                                          max_size=2**24, open_timeout=10, close_timeout=2) as ws:
+            async with websockets.connect(
+                cfg.url,
+                ping_interval=cfg.ping_interval_s,
+                ping_timeout=None,
+                max_size=2**24,
+                open_timeout=10,
+                close_timeout=2,
+            ) as ws:
                 opened = True
                 self.connections += 1
                 read_here = 0
@@ -207,15 +224,19 @@ class CombinedStream:
             return
         self._offline_reported = state
         if silent:
-            detail = (f"the exchange websocket at {self.config.base_url} accepted the connection but sent "
-                      f"nothing for {self.config.read_timeout_s:g} s. Reconnecting with backoff.")
+            detail = (
+                f"the exchange websocket at {self.config.base_url} accepted the connection but sent "
+                f"nothing for {self.config.read_timeout_s:g} s. Reconnecting with backoff."
+            )
             log.error("exchange silent", read_timeout_s=self.config.read_timeout_s)
             self.on_status(state, detail)
             return
         text = f"{type(exc).__name__}: {exc}"
-        hint = ("cannot reach the exchange websocket at " + self.config.base_url + f" ({text}). "
-                "If this machine has no internet access, run offline from a recording: "
-                "tapeflow up --source replay:DIR. Retrying with backoff.")
+        hint = (
+            "cannot reach the exchange websocket at " + self.config.base_url + f" ({text}). "
+            "If this machine has no internet access, run offline from a recording: "
+            "tapeflow up --source replay:DIR. Retrying with backoff."
+        )
         log.error("exchange unreachable", detail=text, hint="tapeflow up --source replay:DIR")
         self.on_status(state, hint)
 
@@ -242,8 +263,9 @@ class SubscribingStream(CombinedStream):
         cfg = self.config
         opened = False
         try:
-            async with websockets.connect(cfg.url, ping_interval=None, max_size=2**24, open_timeout=10,
-                                          close_timeout=2) as ws:
+            async with websockets.connect(
+                cfg.url, ping_interval=None, max_size=2**24, open_timeout=10, close_timeout=2
+            ) as ws:
                 opened = True
                 self.connections += 1
                 for request in self._subscribe_requests():
@@ -278,14 +300,15 @@ class SubscribingStream(CombinedStream):
                 return
 
 
-async def _first_of(stop: asyncio.Event, task: asyncio.Task, *, event: asyncio.Event | None = None,
-                    timeout: float | None = None) -> str:
+async def _first_of(
+    stop: asyncio.Event, task: asyncio.Task, *, event: asyncio.Event | None = None, timeout: float | None = None
+) -> str:
     """Wait for whichever comes first: "stop", "failed" (the task ended), "ready" (`event`) or "timeout"."""
     waiters = {asyncio.create_task(stop.wait()): "stop", task: "failed"}
     if event is not None:
         waiters[asyncio.create_task(event.wait())] = "ready"
     done, _ = await asyncio.wait(set(waiters), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for w, name in waiters.items():
+    for w in waiters:
         if w is not task:
             w.cancel()
     if stop.is_set():
@@ -320,4 +343,3 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
         return True
     except TimeoutError:
         return False
-

@@ -76,16 +76,26 @@ class TopBook(Protocol):
     def top(self, depth: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]: ...
 
 
-def book_snapshot_parts(exchange: str, book: TopBook, depth: int, now_ms: int | None = None
-                        ) -> tuple[dict, list[tuple[float, float]], list[tuple[float, float]]]:
+def book_snapshot_parts(
+    exchange: str, book: TopBook, depth: int, now_ms: int | None = None
+) -> tuple[dict, list[tuple[float, float]], list[tuple[float, float]]]:
     """An md.book record's fields but its levels (``obi_10`` included), and the levels: the verified
     book's top ``depth`` bids and asks as (price, qty), best first. A backtest source that wants the
     levels as arrays too builds them from these (``backtest.sources.recording``)."""
     bids, asks = book.top(depth)
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    return ({"exchange": exchange, "symbol": book.symbol, "last_update_id": book.last_update_id,
-             "event_time": book.last_event_time, "receive_time": now,
-             "obi_10": order_book_imbalance(bids, asks, 10)}, bids, asks)
+    return (
+        {
+            "exchange": exchange,
+            "symbol": book.symbol,
+            "last_update_id": book.last_update_id,
+            "event_time": book.last_event_time,
+            "receive_time": now,
+            "obi_10": order_book_imbalance(bids, asks, 10),
+        },
+        bids,
+        asks,
+    )
 
 
 def book_snapshot_record(exchange: str, book: TopBook, depth: int, now_ms: int | None = None) -> dict:
@@ -108,8 +118,9 @@ class VenueProducer:
     exchange: ClassVar[str]
     dlq_source: ClassVar[str]  # `source_topic` prefix of dead-lettered frames, e.g. "ws:" or "ws:bybit:"
 
-    def __init__(self, publisher: Publisher, metrics: ProducerMetrics, *, book_depth: int,
-                 book_interval_ms: int) -> None:
+    def __init__(
+        self, publisher: Publisher, metrics: ProducerMetrics, *, book_depth: int, book_interval_ms: int
+    ) -> None:
         self.publisher = publisher
         self.metrics = metrics
         self.status = ProducerStatus()
@@ -137,9 +148,19 @@ class VenueProducer:
 
     def _publish_gap(self, symbol: str, from_id: int, to_id: int, reason: str) -> None:
         """A hole in `md.trades` that will not be filled, on `md.gaps` for the sink and the audit."""
-        self.publisher.publish("md.gaps", self._key(symbol), {
-            "exchange": self.exchange, "symbol": symbol, "stream": "md.trades", "from_id": from_id,
-            "to_id": to_id, "detected_time": int(time.time() * 1000), "reason": reason[:500]})
+        self.publisher.publish(
+            "md.gaps",
+            self._key(symbol),
+            {
+                "exchange": self.exchange,
+                "symbol": symbol,
+                "stream": "md.trades",
+                "from_id": from_id,
+                "to_id": to_id,
+                "detected_time": int(time.time() * 1000),
+                "reason": reason[:500],
+            },
+        )
 
     def _count_resync(self, symbol: str, reason: str) -> None:
         """A broken order book: counted, logged and recorded on `md.gaps` (stream ``md.depth``, reason
@@ -152,9 +173,19 @@ class VenueProducer:
         log.warning("order book resync", exchange=self.exchange, symbol=symbol, reason=reason)
         book = self.books.get(symbol)
         after = (getattr(book, "last_update_id", None) or 0) + 1
-        self.publisher.publish("md.gaps", self._key(symbol), {
-            "exchange": self.exchange, "symbol": symbol, "stream": "md.depth", "from_id": after, "to_id": after,
-            "detected_time": int(time.time() * 1000), "reason": f"resync: {reason}"[:500]})
+        self.publisher.publish(
+            "md.gaps",
+            self._key(symbol),
+            {
+                "exchange": self.exchange,
+                "symbol": symbol,
+                "stream": "md.depth",
+                "from_id": after,
+                "to_id": after,
+                "detected_time": int(time.time() * 1000),
+                "reason": f"resync: {reason}"[:500],
+            },
+        )
 
     # --- md.book ----------------------------------------------------------------------------------
     def _book_version(self, symbol: str) -> Any:
@@ -204,8 +235,9 @@ class VenueProducer:
         if replaying and reason != "rotation" and stream.messages_in > 0 and self.replay_end is None:
             # frames queued for the lost connection (and those sent while none was open) are gone
             self.replay_losses.append(f"connection lost mid-replay after {stream.messages_in} messages ({reason})")
-            log.error("replay connection lost: frames in flight are lost", reason=reason,
-                      messages_in=stream.messages_in)
+            log.error(
+                "replay connection lost: frames in flight are lost", reason=reason, messages_in=stream.messages_in
+            )
 
     @property
     def replay_incomplete(self) -> bool:
@@ -225,8 +257,9 @@ class VenueProducer:
         self.replay_end = {**marker, "received": received}
         if sent != received:  # a transport loss the replay cannot repair: said loudly, never hidden
             log.error("replay connection lost messages", sent=sent, received=received)
-            self.replay_losses.append(f"{sent - received if isinstance(sent, int) else '?'} messages of the last "
-                                      f"connection unread")
+            self.replay_losses.append(
+                f"{sent - received if isinstance(sent, int) else '?'} messages of the last connection unread"
+            )
         self._repairs.ensure("replay-end", self._end_replay_when_repaired(marker))
 
     def _repair_delays_end(self, name: str) -> bool:
@@ -238,8 +271,11 @@ class VenueProducer:
         while any(not t.done() for name, t in self._repairs.tasks.items() if self._repair_delays_end(name)):
             await asyncio.sleep(0.02)  # a gap fill or book snapshot still publishing
         self._replay_finished({"frames_sent_total": marker.get("frames_sent_total")})
-        log.info("replay finished", frames_sent=marker.get("frames_sent_total"),
-                 received=(self.replay_end or {}).get("received"))
+        log.info(
+            "replay finished",
+            frames_sent=marker.get("frames_sent_total"),
+            received=(self.replay_end or {}).get("received"),
+        )
         if self._stop is not None:
             self._stop.set()
 
@@ -250,15 +286,22 @@ class VenueProducer:
     def summary(self, ended: str, frames_in: int, undelivered: int) -> str:
         """One line, the last of the log (`tapeflow status` shows it): what the run really did."""
         prefix = self.publisher.prefix
-        by_topic = sorted((t[len(prefix):] if t.startswith(prefix) else t, n)
-                          for t, n in self.publisher.delivered_by_topic.items())
+        by_topic = sorted(
+            (t[len(prefix) :] if t.startswith(prefix) else t, n) for t, n in self.publisher.delivered_by_topic.items()
+        )
         sent = (self.replay_end or {}).get("frames_sent_total")
         frames = f"{frames_in} frames in" + (f" ({sent} sent by the fake exchange)" if sent is not None else "")
         topics = ", ".join(f"{t} {n}" for t, n in by_topic)
-        counts = {"duplicates dropped": 0, "gaps unfilled": 0, **self._continuity_counts(),
-                  "dead letters": self.publisher.dead_lettered, "undelivered": undelivered}
-        line = (f"{ended}: {frames}, {self.publisher.delivered} records delivered ({topics}), "
-                + ", ".join(f"{n} {label}" for label, n in counts.items()))
+        counts = {
+            "duplicates dropped": 0,
+            "gaps unfilled": 0,
+            **self._continuity_counts(),
+            "dead letters": self.publisher.dead_lettered,
+            "undelivered": undelivered,
+        }
+        line = f"{ended}: {frames}, {self.publisher.delivered} records delivered ({topics}), " + ", ".join(
+            f"{n} {label}" for label, n in counts.items()
+        )
         if self.replay_losses:
             line += f"; INCOMPLETE: {'; '.join(self.replay_losses)}"
         return line
@@ -267,7 +310,12 @@ class VenueProducer:
         return {}
 
     def health(self) -> dict:
-        return {"status": self.status.state, "detail": self.status.detail,
-                "books_live": sum(b.is_live for b in self.books.values()), "symbols": len(self.books),
-                "publisher_healthy": self.publisher.healthy, "topic_prefix": self.publisher.prefix,
-                **self._health_extra()}
+        return {
+            "status": self.status.state,
+            "detail": self.status.detail,
+            "books_live": sum(b.is_live for b in self.books.values()),
+            "symbols": len(self.books),
+            "publisher_healthy": self.publisher.healthy,
+            "topic_prefix": self.publisher.prefix,
+            **self._health_extra(),
+        }

@@ -111,8 +111,16 @@ def _check_symbol(row: dict, symbol: str, what: str) -> None:
         raise IndicatorParseError(f"{what}: body is for {row['symbol']!r}, asked for {symbol!r}")
 
 
-def indicator(symbol: str, kind: str, value: float, *, event_time: int, receive_time: int,
-              period: str | None = None, extra: dict[str, float] | None = None) -> dict:
+def indicator(
+    symbol: str,
+    kind: str,
+    value: float,
+    *,
+    event_time: int,
+    receive_time: int,
+    period: str | None = None,
+    extra: dict[str, float] | None = None,
+) -> dict:
     """One `md.indicators` record (field names of `MarketIndicator`)."""
     return {
         "exchange": EXCHANGE,
@@ -132,8 +140,15 @@ def parse_open_interest(body: Any, symbol: str, receive_time: int) -> list[dict]
     what = f"openInterest {symbol}"
     row = _object(body, what)
     _check_symbol(row, symbol, what)
-    return [indicator(symbol, "open_interest", _number(row, "openInterest", what),
-                      event_time=_millis(row, "time", what), receive_time=receive_time)]
+    return [
+        indicator(
+            symbol,
+            "open_interest",
+            _number(row, "openInterest", what),
+            event_time=_millis(row, "time", what),
+            receive_time=receive_time,
+        )
+    ]
 
 
 def parse_funding_rate(body: Any, symbol: str, receive_time: int) -> list[dict]:
@@ -148,8 +163,16 @@ def parse_funding_rate(body: Any, symbol: str, receive_time: int) -> list[dict]:
     }
     if "interestRate" in row:
         extra["interest_rate"] = _number(row, "interestRate", what)
-    return [indicator(symbol, "funding_rate", _number(row, "lastFundingRate", what),
-                      event_time=_millis(row, "time", what), receive_time=receive_time, extra=extra)]
+    return [
+        indicator(
+            symbol,
+            "funding_rate",
+            _number(row, "lastFundingRate", what),
+            event_time=_millis(row, "time", what),
+            receive_time=receive_time,
+            extra=extra,
+        )
+    ]
 
 
 def perp_mark_price(body: Any, symbol: str, receive_time: int) -> PricePoint:
@@ -168,10 +191,17 @@ def parse_open_interest_hist(body: Any, symbol: str, period: str, receive_time: 
     out = []
     for row in _rows(body, what):
         _check_symbol(row, symbol, what)
-        out.append(indicator(
-            symbol, "open_interest_hist", _number(row, "sumOpenInterest", what),
-            period=period, extra={"sum_open_interest_value": _number(row, "sumOpenInterestValue", what)},
-            event_time=_millis(row, "timestamp", what), receive_time=receive_time))
+        out.append(
+            indicator(
+                symbol,
+                "open_interest_hist",
+                _number(row, "sumOpenInterest", what),
+                period=period,
+                extra={"sum_open_interest_value": _number(row, "sumOpenInterestValue", what)},
+                event_time=_millis(row, "timestamp", what),
+                receive_time=receive_time,
+            )
+        )
     return out
 
 
@@ -179,26 +209,37 @@ def _long_short_rows(body: Any, symbol: str, period: str, receive_time: int, kin
     out = []
     for row in _rows(body, what):
         _check_symbol(row, symbol, what)
-        out.append(indicator(
-            symbol, kind, _number(row, "longShortRatio", what), period=period,
-            extra={"long_account": _number(row, "longAccount", what),
-                   "short_account": _number(row, "shortAccount", what)},
-            event_time=_millis(row, "timestamp", what), receive_time=receive_time))
+        out.append(
+            indicator(
+                symbol,
+                kind,
+                _number(row, "longShortRatio", what),
+                period=period,
+                extra={
+                    "long_account": _number(row, "longAccount", what),
+                    "short_account": _number(row, "shortAccount", what),
+                },
+                event_time=_millis(row, "timestamp", what),
+                receive_time=receive_time,
+            )
+        )
     return out
 
 
 def parse_long_short_account_ratio(body: Any, symbol: str, period: str, receive_time: int) -> list[dict]:
     """`globalLongShortAccountRatio`: value = `longShortRatio`; extra `long_account`/`short_account`
     are the shares (0..1) of all accounts net long/short."""
-    return _long_short_rows(body, symbol, period, receive_time, "long_short_account_ratio",
-                            f"globalLongShortAccountRatio {symbol}")
+    return _long_short_rows(
+        body, symbol, period, receive_time, "long_short_account_ratio", f"globalLongShortAccountRatio {symbol}"
+    )
 
 
 def parse_top_trader_position_ratio(body: Any, symbol: str, period: str, receive_time: int) -> list[dict]:
     """`topLongShortPositionRatio`: value = `longShortRatio`; extra `long_account` is the top traders'
     long share of *positions* (0..1, the old engine's crowding input), despite Binance's field name."""
-    return _long_short_rows(body, symbol, period, receive_time, "top_trader_position_ratio",
-                            f"topLongShortPositionRatio {symbol}")
+    return _long_short_rows(
+        body, symbol, period, receive_time, "top_trader_position_ratio", f"topLongShortPositionRatio {symbol}"
+    )
 
 
 def parse_taker_buy_sell_ratio(body: Any, symbol: str, period: str, receive_time: int) -> list[dict]:
@@ -207,10 +248,17 @@ def parse_taker_buy_sell_ratio(body: Any, symbol: str, period: str, receive_time
     out = []
     for row in _rows(body, what):
         _check_symbol(row, symbol, what)
-        out.append(indicator(
-            symbol, "taker_buy_sell_ratio", _number(row, "buySellRatio", what), period=period,
-            extra={"buy_vol": _number(row, "buyVol", what), "sell_vol": _number(row, "sellVol", what)},
-            event_time=_millis(row, "timestamp", what), receive_time=receive_time))
+        out.append(
+            indicator(
+                symbol,
+                "taker_buy_sell_ratio",
+                _number(row, "buySellRatio", what),
+                period=period,
+                extra={"buy_vol": _number(row, "buyVol", what), "sell_vol": _number(row, "sellVol", what)},
+                event_time=_millis(row, "timestamp", what),
+                receive_time=receive_time,
+            )
+        )
     return out
 
 
@@ -236,10 +284,13 @@ def coinbase_last_price(body: Any, product: str, receive_time: int) -> PricePoin
 
 def _relative_gap(kind: str, symbol: str, of: PricePoint, against: PricePoint, extra_names: tuple[str, str]) -> dict:
     return indicator(
-        symbol, kind, (of.price - against.price) / against.price,
+        symbol,
+        kind,
+        (of.price - against.price) / against.price,
         extra={extra_names[0]: of.price, extra_names[1]: against.price},
         event_time=max(of.event_time, against.event_time),
-        receive_time=max(of.receive_time, against.receive_time))
+        receive_time=max(of.receive_time, against.receive_time),
+    )
 
 
 def coinbase_premium(symbol: str, coinbase: PricePoint, binance: PricePoint) -> list[dict]:
@@ -296,13 +347,36 @@ def parse_klines_1m(body: Any, symbol: str) -> list[dict]:
     out = []
     for row in body:
         try:
-            open_ms, o, h, lo, c, volume = int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4]), \
-                float(row[5])
+            open_ms, o, h, lo, c, volume = (
+                int(row[0]),
+                float(row[1]),
+                float(row[2]),
+                float(row[3]),
+                float(row[4]),
+                float(row[5]),
+            )
             quote, trades, buy = float(row[7]), int(row[8]), float(row[9])
         except (TypeError, ValueError, IndexError) as exc:
             raise IndicatorParseError(f"bad kline row {row!r}: {exc}") from None
-        out.append({"exchange": "binance", "symbol": symbol, "kind": "kline_1m", "value": c, "period": "1m",
-                    "extra": {"open": o, "high": h, "low": lo, "close": c, "buy_volume": buy,
-                              "sell_volume": round(volume - buy, 8), "quote_volume": quote, "trades": float(trades)},
-                    "event_time": open_ms, "receive_time": open_ms + 59_999})
+        out.append(
+            {
+                "exchange": "binance",
+                "symbol": symbol,
+                "kind": "kline_1m",
+                "value": c,
+                "period": "1m",
+                "extra": {
+                    "open": o,
+                    "high": h,
+                    "low": lo,
+                    "close": c,
+                    "buy_volume": buy,
+                    "sell_volume": round(volume - buy, 8),
+                    "quote_volume": quote,
+                    "trades": float(trades),
+                },
+                "event_time": open_ms,
+                "receive_time": open_ms + 59_999,
+            }
+        )
     return out

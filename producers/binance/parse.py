@@ -100,8 +100,14 @@ def parse_depth_diff(d: dict, receive_time: int) -> DepthDiff:
 
 def parse_depth_snapshot(d: dict, symbol: str, receive_time: int) -> DepthSnapshot:
     try:
-        return DepthSnapshot(symbol=symbol, last_update_id=int(d["lastUpdateId"]), bids=_levels(d["bids"], "bid"),
-                             asks=_levels(d["asks"], "ask"), event_time=int(d.get("E", 0)), receive_time=receive_time)
+        return DepthSnapshot(
+            symbol=symbol,
+            last_update_id=int(d["lastUpdateId"]),
+            bids=_levels(d["bids"], "bid"),
+            asks=_levels(d["asks"], "ask"),
+            event_time=int(d.get("E", 0)),
+            receive_time=receive_time,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"bad depth snapshot: {type(exc).__name__}: {exc}") from None
 

@@ -95,9 +95,12 @@ def poll_errors_counter(registry: CollectorRegistry) -> Counter:
     poller on the same metrics reuses it instead of failing on a duplicate name)."""
     counter = _poll_error_counters.get(registry)
     if counter is None:
-        counter = Counter("tapeflow_producer_poll_errors_total",
-                          "Indicator REST polls that failed (unavailable, rejected or malformed)", ["endpoint"],
-                          registry=registry)
+        counter = Counter(
+            "tapeflow_producer_poll_errors_total",
+            "Indicator REST polls that failed (unavailable, rejected or malformed)",
+            ["endpoint"],
+            registry=registry,
+        )
         for endpoint in ENDPOINT_KINDS:
             counter.labels(endpoint)  # export zeros, so a rate() exists before the first failure
         _poll_error_counters[registry] = counter

@@ -112,13 +112,18 @@ class BinanceProducer(VenueProducer):
         replaying = config.replay_control_url is not None and config.replay_clock
         markers = None
         if replaying or config.warm_start is not None:  # one marker sequence per key, warm start then replay
-            markers = ProgressMarkers(publisher, "warm-start" if config.warm_start else "producer-replay",
-                                      ENGINE_INPUTS)
+            markers = ProgressMarkers(
+                publisher, "warm-start" if config.warm_start else "producer-replay", ENGINE_INPUTS
+            )
         if replaying:
-            self.replay = ReplayClock(publisher, [self._key(s) for s in config.symbols],
-                                      book_interval_ms=config.book_interval_ms,
-                                      poll_interval_ms=round(config.poll_interval_s * 1000),
-                                      disorder_ms=config.replay_disorder_ms, markers=markers)
+            self.replay = ReplayClock(
+                publisher,
+                [self._key(s) for s in config.symbols],
+                book_interval_ms=config.book_interval_ms,
+                poll_interval_ms=round(config.poll_interval_s * 1000),
+                disorder_ms=config.replay_disorder_ms,
+                markers=markers,
+            )
         self._markers = markers
         self._load_checkpoint()
 
@@ -131,20 +136,31 @@ class BinanceProducer(VenueProducer):
         headers = replay.headers if replay is not None else None
         gate = self._rate_gate  # one IP: a ban met by any client holds them all back
         async with aiohttp.ClientSession() as session:
-            self._rest = RestClient(session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s,
-                                    headers=headers, gate=gate)
+            self._rest = RestClient(
+                session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s, headers=headers, gate=gate
+            )
             if self.config.warm_start is not None and self._markers is not None:
                 await self._warm_start(session, self._markers)
                 if stop.is_set():
                     return "stopped"
             self.stream = stream = CombinedStream(
-                BinanceStreamConfig(self.config.ws_base_url, self.config.streams(),
-                                    replay_end=self.config.replay_control_url is not None,
-                                    **self.config.stream_config),
-                self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect, self._on_replay_end,
-                hold=self._hold if replay is not None else None)
-            workers = [asyncio.create_task(stream.run(stop), name="ws"),
-                       asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
+                BinanceStreamConfig(
+                    self.config.ws_base_url,
+                    self.config.streams(),
+                    replay_end=self.config.replay_control_url is not None,
+                    **self.config.stream_config,
+                ),
+                self.on_frame,
+                self._bad_frame,
+                self._on_ws_status,
+                self._on_reconnect,
+                self._on_replay_end,
+                hold=self._hold if replay is not None else None,
+            )
+            workers = [
+                asyncio.create_task(stream.run(stop), name="ws"),
+                asyncio.create_task(self._housekeeping(stop), name="housekeeping"),
+            ]
             if self.config.replay_control_url is None:  # live (a replay's REST serves its whole session)
                 for sym, seq in self.sequencers.items():
                     if seq.last_id is not None:  # a checkpoint (or a warm start): fill the downtime now
@@ -158,11 +174,17 @@ class BinanceProducer(VenueProducer):
                 # its own client: a Coinbase 429 must not pause Binance gap fills
                 self.poller = IndicatorPoller(
                     RestClient(session, self.metrics, give_up_after_s=30.0, headers=headers, gate=gate),
-                    symbols=self.config.symbols, publish=self.publisher.publish, metrics=self.metrics,
-                    futures_url=self.config.rest_base_url, spot_url=self.config.spot_base_url,
-                    coinbase_url=self.config.coinbase_base_url, interval_s=self.config.poll_interval_s,
-                    stagger_s=self.config.poll_stagger_s, as_of=replay.as_of if replay is not None else None,
-                    exchange_clock=self.config.replay_control_url is not None)
+                    symbols=self.config.symbols,
+                    publish=self.publisher.publish,
+                    metrics=self.metrics,
+                    futures_url=self.config.rest_base_url,
+                    spot_url=self.config.spot_base_url,
+                    coinbase_url=self.config.coinbase_base_url,
+                    interval_s=self.config.poll_interval_s,
+                    stagger_s=self.config.poll_stagger_s,
+                    as_of=replay.as_of if replay is not None else None,
+                    exchange_clock=self.config.replay_control_url is not None,
+                )
                 if replay is None:  # a replay polls on its own clock, lockstep (ReplayClock)
                     workers.append(asyncio.create_task(self.poller.run(stop), name="pollers"))
             await stop.wait()
@@ -206,11 +228,22 @@ class BinanceProducer(VenueProducer):
         assert self.config.warm_start is not None
         # a short budget per request: an exchange that does not answer is reported (`unreachable`) within
         # seconds and retried by the warm start itself, with backoff, instead of a 2-minute silence
-        rest = RestClient(session, self.metrics, give_up_after_s=self.config.warm_start.request_budget_s,
-                          gate=self._rate_gate, share=WARM_START_SHARE)  # headroom for the live repairs
-        self.warm_start = warm = WarmStart(self.config.warm_start, rest, self.config.rest_base_url, self.publisher,
-                                           markers, self.config.symbols,
-                                           in_topics=self.config.history_in_topics or (lambda symbol, since: False))
+        rest = RestClient(
+            session,
+            self.metrics,
+            give_up_after_s=self.config.warm_start.request_budget_s,
+            gate=self._rate_gate,
+            share=WARM_START_SHARE,
+        )  # headroom for the live repairs
+        self.warm_start = warm = WarmStart(
+            self.config.warm_start,
+            rest,
+            self.config.rest_base_url,
+            self.publisher,
+            markers,
+            self.config.symbols,
+            in_topics=self.config.history_in_topics or (lambda symbol, since: False),
+        )
 
         def show() -> None:  # `priming`, or `unreachable`/`restricted` with what to do while it retries
             self.status.set(warm.trouble[0] if warm.trouble is not None else "priming", warm.describe())
@@ -305,8 +338,9 @@ class BinanceProducer(VenueProducer):
         """Up to a REST page (1,000) of `sym`'s aggregate trades from `from_id`, parsed; raises
         ``RestUnavailable``/``RestRejected``/``FrameError`` (the gap fill gives up, the catch-up logs)."""
         assert self._rest is not None
-        rows, received = await self._rest.get_json(f"{self.config.rest_base_url}/fapi/v1/aggTrades",
-                                                   {"symbol": sym, "fromId": from_id, "limit": REST_PAGE})
+        rows, received = await self._rest.get_json(
+            f"{self.config.rest_base_url}/fapi/v1/aggTrades", {"symbol": sym, "fromId": from_id, "limit": REST_PAGE}
+        )
         return [parse_rest_agg_trade(r, sym, received) for r in rows]
 
     async def _fill_gap(self, sym: str) -> None:
@@ -333,8 +367,11 @@ class BinanceProducer(VenueProducer):
                 self.metrics.gaps_filled.labels(sym).inc(seq.counters.gaps_filled - before)
             if seq.gap == gap and not trades:
                 if time.monotonic() > deadline:
-                    self._give_up(sym, gap, f"REST has no trades from id {gap.from_id} after "
-                                            f"{self.config.gap_fill_timeout_s:.0f}s")
+                    self._give_up(
+                        sym,
+                        gap,
+                        f"REST has no trades from id {gap.from_id} after {self.config.gap_fill_timeout_s:.0f}s",
+                    )
                     continue
                 await asyncio.sleep(0.5)  # the REST view can lag the stream by a moment
 
@@ -353,11 +390,15 @@ class BinanceProducer(VenueProducer):
         deadline = time.monotonic() + self.config.gap_fill_timeout_s
         while first is None:
             try:
-                rows, received = await self._rest.get_json(f"{self.config.rest_base_url}/fapi/v1/aggTrades",
-                                                           {"symbol": sym, "startTime": since_ms, "limit": 1})
+                rows, received = await self._rest.get_json(
+                    f"{self.config.rest_base_url}/fapi/v1/aggTrades", {"symbol": sym, "startTime": since_ms, "limit": 1}
+                )
             except (RestUnavailable, RestRejected, FrameError) as exc:
-                log.warning("no first trade since the start from REST; the chain starts at the first frame",
-                            symbol=sym, error=str(exc))
+                log.warning(
+                    "no first trade since the start from REST; the chain starts at the first frame",
+                    symbol=sym,
+                    error=str(exc),
+                )
                 break
             if rows:
                 first = parse_rest_agg_trade(rows[0], sym, received)["agg_id"]
@@ -389,8 +430,12 @@ class BinanceProducer(VenueProducer):
             try:
                 trades = await self._rest_page(sym, seq.last_id + 1)
             except (RestUnavailable, RestRejected, FrameError) as exc:
-                log.warning("catch-up from the checkpoint failed; the stream's next trade opens the gap",
-                            symbol=sym, from_id=seq.last_id + 1, error=str(exc))
+                log.warning(
+                    "catch-up from the checkpoint failed; the stream's next trade opens the gap",
+                    symbol=sym,
+                    from_id=seq.last_id + 1,
+                    error=str(exc),
+                )
                 return
             fetched += len(trades)
             self._publish_trades(sym, seq.offer_many(trades))
@@ -424,8 +469,12 @@ class BinanceProducer(VenueProducer):
                 continue
             per_update = self.config.book_interval_ms == 0
             states: list[dict] = []  # per-update cadence: every state the snapshot replay goes through
-            result = book.on_snapshot(snap, after_each=(lambda _d: states.append(
-                book_snapshot_record(EXCHANGE, book, self.config.book_depth))) if per_update else None)
+            result = book.on_snapshot(
+                snap,
+                after_each=(lambda _d: states.append(book_snapshot_record(EXCHANGE, book, self.config.book_depth)))  # noqa: B023 - called within this iteration
+                if per_update
+                else None,
+            )
             if result.resync_reason is None:  # publish only states of a replay that verified
                 for record in states:
                     self.publisher.publish("md.book", self._key(book.symbol), record, record["receive_time"])
@@ -453,8 +502,10 @@ class BinanceProducer(VenueProducer):
         return self.warm_start is not None and not self.warm_start.done
 
     def _continuity_counts(self) -> dict[str, int]:
-        return {"duplicates dropped": sum(s.counters.duplicates for s in self.sequencers.values()),
-                "gaps unfilled": sum(s.counters.gaps_given_up for s in self.sequencers.values())}
+        return {
+            "duplicates dropped": sum(s.counters.duplicates for s in self.sequencers.values()),
+            "gaps unfilled": sum(s.counters.gaps_given_up for s in self.sequencers.values()),
+        }
 
     # --- checkpoint ----------------------------------------------------------------------------------
     def _load_checkpoint(self) -> None:
@@ -483,14 +534,19 @@ class BinanceProducer(VenueProducer):
             self._checkpoint_saved = dict(self.delivered_agg_id)
         except OSError as exc:  # a full disk, say: keep producing (the data is in Kafka), say it once
             if self._checkpoint_error is None:
-                log.error("checkpoint not saved: a restart would resume from the last one saved",
-                          path=str(path), error=str(exc))
+                log.error(
+                    "checkpoint not saved: a restart would resume from the last one saved",
+                    path=str(path),
+                    error=str(exc),
+                )
             self._checkpoint_error = f"checkpoint not saved: {exc.strerror or exc}"
             if self._checkpoint_error not in self.status.detail:
                 self.status.set(self.status.state, f"{self.status.detail}; {self._checkpoint_error}".lstrip("; "))
             return
         if self._checkpoint_error is not None:
             log.info("checkpoint saved again", path=str(path))
-            self.status.set(self.status.state, self.status.detail.replace(f"; {self._checkpoint_error}", "")
-                            .replace(self._checkpoint_error, ""))
+            self.status.set(
+                self.status.state,
+                self.status.detail.replace(f"; {self._checkpoint_error}", "").replace(self._checkpoint_error, ""),
+            )
             self._checkpoint_error = None

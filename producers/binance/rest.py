@@ -43,8 +43,12 @@ WEIGHT_LIMIT_1M = 2400
 DEFAULT_SHARE = 0.9  # of the limit: pollers, gap fills, resyncs (10 % margin: clock skew, other users of the IP)
 WARM_START_SHARE = 0.6  # the warm start: 30 % of the limit stays free for the live repairs meanwhile
 _DEPTH_WEIGHTS = {5: 2, 10: 2, 20: 2, 50: 2, 100: 5, 500: 10, 1000: 20}
-_WEIGHTS = {"/fapi/v1/aggTrades": 20, "/fapi/v1/exchangeInfo": 1, "/fapi/v1/fundingRate": 1,
-            "/api/v3/ticker/bookTicker": 2}
+_WEIGHTS = {
+    "/fapi/v1/aggTrades": 20,
+    "/fapi/v1/exchangeInfo": 1,
+    "/fapi/v1/fundingRate": 1,
+    "/api/v3/ticker/bookTicker": 2,
+}
 
 
 def binance_weight(url: str, params: dict[str, Any] | None = None) -> int:
@@ -193,10 +197,18 @@ class RateLimitGate:
 
 
 class RestClient:
-    def __init__(self, session: aiohttp.ClientSession, metrics: ProducerMetrics, *,
-                 give_up_after_s: float = 60.0, max_backoff_s: float = 30.0, timeout_s: float = 10.0,
-                 headers: Callable[[], dict[str, str]] | None = None, gate: RateLimitGate | None = None,
-                 share: float = DEFAULT_SHARE) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        metrics: ProducerMetrics,
+        *,
+        give_up_after_s: float = 60.0,
+        max_backoff_s: float = 30.0,
+        timeout_s: float = 10.0,
+        headers: Callable[[], dict[str, str]] | None = None,
+        gate: RateLimitGate | None = None,
+        share: float = DEFAULT_SHARE,
+    ) -> None:
         """`headers`: extra headers per request (a replay names its clock to the fake exchange, which meters
         it by that clock: no wall-clock budget then); `gate`: the rate-limit windows and weight budgets
         shared with the process's other clients (default: this client's own); `share`: the fraction of
@@ -227,8 +239,13 @@ class RestClient:
             if weight and (wait := self.gate.budget(url).spend(weight, self.share)) > 0:
                 if time.monotonic() + wait > deadline:
                     raise RestUnavailable(f"{url}: weight budget spent for {wait:.0f}s more", "rate-limited")
-                log.info("REST weight budget spent, waiting for the next minute", url=origin(url),
-                         used_weight=self.gate.budget(url).used, share=self.share, wait_s=round(wait, 1))
+                log.info(
+                    "REST weight budget spent, waiting for the next minute",
+                    url=origin(url),
+                    used_weight=self.gate.budget(url).used,
+                    share=self.share,
+                    wait_s=round(wait, 1),
+                )
                 await asyncio.sleep(wait)
                 continue
             async with self.gate.turn(url):
@@ -259,10 +276,13 @@ class RestClient:
                         self.metrics.rest_backoffs.labels(str(resp.status)).inc()
                 except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
                     last_error = f"{type(exc).__name__}: {exc}"
-                    reason = "server" if isinstance(exc, (orjson.JSONDecodeError, aiohttp.ClientResponseError)) \
+                    reason = (
+                        "server"
+                        if isinstance(exc, (orjson.JSONDecodeError, aiohttp.ClientResponseError))
                         else "network"
+                    )
             attempt += 1
-            delay = min(self.max_backoff_s, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
+            delay = min(self.max_backoff_s, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
             if time.monotonic() + delay > deadline:
                 raise RestUnavailable(f"{url}: {last_error}", reason)
             await asyncio.sleep(delay)

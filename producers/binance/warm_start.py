@@ -124,15 +124,19 @@ class SymbolPriming:
             start, end = self.rest_span
             done = (self.rest_at_ms - start) / max(1, end - start)
             left = (time.monotonic() - self.rest_began) * (1 - done) / done
-            return (f"{self.symbol} rest {self.trades:,} trades, {(self.rest_at_ms - start) / HOUR_MS:.1f} of "
-                    f"{(end - start) / HOUR_MS:.1f} h paged, ~{left / 60:.0f} min left at this rate")
+            return (
+                f"{self.symbol} rest {self.trades:,} trades, {(self.rest_at_ms - start) / HOUR_MS:.1f} of "
+                f"{(end - start) / HOUR_MS:.1f} h paged, ~{left / 60:.0f} min left at this rate"
+            )
         if self.phase in ("rest", "database"):
             return f"{self.symbol} {self.phase} {self.trades:,} trades"
         if self.phase == "done":
             days = f" ({self.days_done}/{self.days_total} days)" if self.days_total else ""
             bars = f" after {self.minute_bars:,} minute bars" if self.minute_bars else ""
-            return (f"{self.symbol} done ({self.source}{days}: {self.trades:,} trades{bars}, "
-                    f"{self.records - self.minute_bars:,} other records)")
+            return (
+                f"{self.symbol} done ({self.source}{days}: {self.trades:,} trades{bars}, "
+                f"{self.records - self.minute_bars:,} other records)"
+            )
         if self.phase == "failed":
             return f"{self.symbol} FAILED: {self.error}"
         return f"{self.symbol} {self.phase}"
@@ -155,9 +159,17 @@ class _Series:
 class WarmStart:
     """Primes md.* with the last `hours` of every symbol before the live stream starts."""
 
-    def __init__(self, config: WarmStartConfig, rest: RestClient, rest_base_url: str, publisher: Publisher,
-                 markers: ProgressMarkers, symbols: Iterable[str], *,
-                 in_topics: Callable[[str, int], bool] = lambda symbol, since_ms: False) -> None:
+    def __init__(
+        self,
+        config: WarmStartConfig,
+        rest: RestClient,
+        rest_base_url: str,
+        publisher: Publisher,
+        markers: ProgressMarkers,
+        symbols: Iterable[str],
+        *,
+        in_topics: Callable[[str, int], bool] = lambda symbol, since_ms: False,
+    ) -> None:
         self.config = config
         self.rest = rest
         self.rest_url = rest_base_url.rstrip("/")
@@ -236,8 +248,9 @@ class WarmStart:
                 state.phase = "done"
             except (RestUnavailable, RestRejected, BackfillError, FrameError, IndicatorParseError, OSError) as exc:
                 state.phase, state.error = "failed", f"{type(exc).__name__}: {exc}"
-                log.error("warm start failed for a symbol; it warms up from the live stream", symbol=symbol,
-                          error=state.error)
+                log.error(
+                    "warm start failed for a symbol; it warms up from the live stream", symbol=symbol, error=state.error
+                )
         await asyncio.to_thread(self.publisher.flush, 60.0)
         if final_markers:
             await asyncio.to_thread(self.markers.finish, [market_key(EXCHANGE, s) for s in self.symbols])
@@ -283,9 +296,11 @@ class WarmStart:
             pending = []
             self.publisher.poll(0)
 
-        async for trade in (self._database_trades(symbol, trades, now_ms, state) if trades is not None
-                            else self._exchange_trades(symbol, trades_from_ms, now_ms, state,
-                                                       vision=trades_from_ms == since_ms)):
+        async for trade in (
+            self._database_trades(symbol, trades, now_ms, state)
+            if trades is not None
+            else self._exchange_trades(symbol, trades_from_ms, now_ms, state, vision=trades_from_ms == since_ms)
+        ):
             if last_id is not None and trade["agg_id"] <= last_id:
                 continue  # an overlap between an archive and REST
             pending.append(trade)
@@ -302,8 +317,9 @@ class WarmStart:
         return last_id
 
     # --- trades from the exchange ---------------------------------------------------------------
-    async def _exchange_trades(self, symbol: str, since_ms: int, now_ms: int, state: SymbolPriming, *,
-                               vision: bool = True):
+    async def _exchange_trades(
+        self, symbol: str, since_ms: int, now_ms: int, state: SymbolPriming, *, vision: bool = True
+    ):
         today = _day(now_ms)
         days = [d for d in _days(since_ms, now_ms) if d < today] if vision else []
         state.phase, state.days_total = "vision", len(days)
@@ -339,8 +355,13 @@ class WarmStart:
             return None
         received = int(time.time() * 1000)
         with open_archive(archive.path) as (stream, _size):
-            reader = AggTradeCsvReader(stream, source=archive.path.name, symbol=symbol, receive_time=received,
-                                       on_bad=lambda bad: log.warning("bad archive row skipped", row=str(bad)))
+            reader = AggTradeCsvReader(
+                stream,
+                source=archive.path.name,
+                symbol=symbol,
+                receive_time=received,
+                on_bad=lambda bad: log.warning("bad archive row skipped", row=str(bad)),
+            )
             rows = [row for row in reader if since_ms <= row["trade_time"] < now_ms]
         for row in rows:
             row["receive_time"] = row["trade_time"]
@@ -351,9 +372,9 @@ class WarmStart:
         if last_id is None:  # find the first trade at or after from_ms, an hour at a time (Binance's limit)
             start = from_ms
             while start < now_ms and last_id is None:
-                rows, received = await self._get(url, {"symbol": symbol, "startTime": start,
-                                                                "endTime": min(start + HOUR_MS, now_ms) - 1,
-                                                                "limit": 1})
+                rows, received = await self._get(
+                    url, {"symbol": symbol, "startTime": start, "endTime": min(start + HOUR_MS, now_ms) - 1, "limit": 1}
+                )
                 if rows:
                     last_id = parse_rest_agg_trade(_first(rows), symbol, received)["agg_id"] - 1
                 start += HOUR_MS
@@ -379,8 +400,10 @@ class WarmStart:
         out: list[tuple[str, int, dict]] = []
         start, until_ms = span.bars_from_ms, span.detail_from_ms or span.bars_from_ms
         while start < until_ms:
-            rows, _ = await self._get(f"{self.rest_url}/fapi/v1/klines", {
-                "symbol": symbol, "interval": "1m", "startTime": start, "endTime": until_ms - 1, "limit": 1500})
+            rows, _ = await self._get(
+                f"{self.rest_url}/fapi/v1/klines",
+                {"symbol": symbol, "interval": "1m", "startTime": start, "endTime": until_ms - 1, "limit": 1500},
+            )
             for record in parse_klines_1m(rows, symbol):
                 if start <= record["event_time"] < until_ms:
                     out.append(("md.indicators", record["receive_time"], record))
@@ -394,16 +417,22 @@ class WarmStart:
     async def _series(self, symbol: str, since_ms: int, now_ms: int) -> _Series:
         out: list[tuple[str, int, dict]] = []
         for path, parse in SERIES:
-            body, _ = await self._get(f"{self.rest_url}{path}", {
-                "symbol": symbol, "period": PERIOD, "startTime": since_ms, "endTime": now_ms, "limit": 500})
+            body, _ = await self._get(
+                f"{self.rest_url}{path}",
+                {"symbol": symbol, "period": PERIOD, "startTime": since_ms, "endTime": now_ms, "limit": 500},
+            )
             for record in parse(body, symbol, PERIOD, 0):
                 record["receive_time"] = record["event_time"]  # known at its own time, as a live poll saw it
                 out.append(("md.indicators", record["event_time"], record))
-        funding, _ = await self._get(f"{self.rest_url}/fapi/v1/fundingRate", {
-            "symbol": symbol, "startTime": since_ms - FUNDING_INTERVAL_MS, "endTime": now_ms, "limit": 1000})
+        funding, _ = await self._get(
+            f"{self.rest_url}/fapi/v1/fundingRate",
+            {"symbol": symbol, "startTime": since_ms - FUNDING_INTERVAL_MS, "endTime": now_ms, "limit": 1000},
+        )
         settled = parse_funding_history(funding, symbol)
-        klines, _ = await self._get(f"{self.rest_url}/fapi/v1/markPriceKlines", {
-            "symbol": symbol, "interval": "1m", "startTime": since_ms, "endTime": now_ms, "limit": 1500})
+        klines, _ = await self._get(
+            f"{self.rest_url}/fapi/v1/markPriceKlines",
+            {"symbol": symbol, "interval": "1m", "startTime": since_ms, "endTime": now_ms, "limit": 1500},
+        )
         rate, i = 0.0, 0
         for open_ms, price in parse_mark_price_klines(klines, symbol):
             close_ms = open_ms + 60_000
@@ -412,10 +441,22 @@ class WarmStart:
             while i < len(settled) and settled[i][0] <= close_ms:
                 rate = settled[i][1]
                 i += 1
-            out.append(("md.mark", close_ms, {
-                "exchange": EXCHANGE, "symbol": symbol, "mark_price": price, "index_price": price,
-                "funding_rate": rate, "next_funding_time": (close_ms // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS,
-                "event_time": close_ms, "receive_time": close_ms}))
+            out.append(
+                (
+                    "md.mark",
+                    close_ms,
+                    {
+                        "exchange": EXCHANGE,
+                        "symbol": symbol,
+                        "mark_price": price,
+                        "index_price": price,
+                        "funding_rate": rate,
+                        "next_funding_time": (close_ms // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS,
+                        "event_time": close_ms,
+                        "receive_time": close_ms,
+                    },
+                )
+            )
         out.sort(key=lambda r: r[1])
         return _Series(out)
 
@@ -433,29 +474,44 @@ class WarmStart:
                 trades = conn.execute(
                     "SELECT exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, event_time, "
                     "trade_time, taker_side FROM trades WHERE exchange = %s AND symbol = %s AND trade_time >= %s "
-                    "AND trade_time < %s ORDER BY agg_id", (EXCHANGE, symbol, since, now)).fetchall()
-                if not trades or _ms(trades[0]["trade_time"]) > since_ms + 60_000 or \
-                        trades[-1]["agg_id"] - trades[0]["agg_id"] + 1 != len(trades):
+                    "AND trade_time < %s ORDER BY agg_id",
+                    (EXCHANGE, symbol, since, now),
+                ).fetchall()
+                if (
+                    not trades
+                    or _ms(trades[0]["trade_time"]) > since_ms + 60_000
+                    or trades[-1]["agg_id"] - trades[0]["agg_id"] + 1 != len(trades)
+                ):
                     return None  # not from the window's start, or with a hole: fetch from the exchange
                 marks = conn.execute(
                     "SELECT exchange, symbol, mark_price, index_price, funding_rate, next_funding_time, event_time, "
                     "receive_time FROM mark_prices WHERE exchange = %s AND symbol = %s AND event_time >= %s "
-                    "AND event_time < %s ORDER BY event_time", (EXCHANGE, symbol, since, now)).fetchall()
+                    "AND event_time < %s ORDER BY event_time",
+                    (EXCHANGE, symbol, since, now),
+                ).fetchall()
                 indicators = conn.execute(
                     "SELECT exchange, symbol, kind, value, period, extra, event_time, receive_time FROM "
                     "market_indicators WHERE exchange = %s AND symbol = %s AND receive_time >= %s AND "
                     "receive_time < %s AND kind <> 'kline_1m' ORDER BY receive_time",  # (trades here: no bars)
-                    (EXCHANGE, symbol, since, now)).fetchall()
+                    (EXCHANGE, symbol, since, now),
+                ).fetchall()
         except psycopg.Error as exc:
             log.warning("database not usable for the warm start; fetching from the exchange", error=str(exc))
             return None
         out = [_plain(t, ("event_time", "trade_time")) | {"receive_time": _ms(t["trade_time"])} for t in trades]
-        series = [("md.mark", _ms(m["event_time"]), _plain(m, ("next_funding_time", "event_time", "receive_time")))
-                  for m in marks]
-        series += [("md.indicators", _ms(r["receive_time"]),
-                    _plain(r, ("event_time", "receive_time")) | {"extra": {k: float(v) for k, v in
-                                                                           (r["extra"] or {}).items()}})
-                   for r in indicators]
+        series = [
+            ("md.mark", _ms(m["event_time"]), _plain(m, ("next_funding_time", "event_time", "receive_time")))
+            for m in marks
+        ]
+        series += [
+            (
+                "md.indicators",
+                _ms(r["receive_time"]),
+                _plain(r, ("event_time", "receive_time"))
+                | {"extra": {k: float(v) for k, v in (r["extra"] or {}).items()}},
+            )
+            for r in indicators
+        ]
         series.sort(key=lambda r: r[1])
         return out, _Series(series)
 
@@ -473,18 +529,25 @@ OFFLINE_HINT = "or run offline from a recording: tapeflow up --source replay:DIR
 
 def unreachable_message(exc: RestUnavailable, rest_url: str, retry_s: float) -> str:
     """The one line for an exchange that does not answer (DNS, refused connection, 5xx)."""
-    return (f"unreachable: the warm start cannot reach the exchange at {origin(rest_url)} ({exc}); check this "
-            "machine's network, point `tapeflow produce --rest-url/--ws-url` at a reachable Binance endpoint, "
-            f"{OFFLINE_HINT}. Retrying in {retry_s:g} s.")
+    return (
+        f"unreachable: the warm start cannot reach the exchange at {origin(rest_url)} ({exc}); check this "
+        "machine's network, point `tapeflow produce --rest-url/--ws-url` at a reachable Binance endpoint, "
+        f"{OFFLINE_HINT}. Retrying in {retry_s:g} s."
+    )
 
 
 def restricted_message(exc: RestRestricted, rest_url: str, retry_s: float) -> str:
     """The one line for an exchange that refuses this machine: 451 (a restricted location) or 403 (blocked)."""
-    why = ("refuses this location (HTTP 451: Binance does not serve restricted countries, the US among them)"
-           if exc.status == 451 else "refuses this client (HTTP 403: blocked)")
-    return (f"restricted: the exchange at {origin(rest_url)} {why}; use a venue you may use, point "
-            f"`tapeflow produce --rest-url/--ws-url` at an endpoint that serves you, {OFFLINE_HINT}. "
-            f"Retrying in {retry_s:g} s.")
+    why = (
+        "refuses this location (HTTP 451: Binance does not serve restricted countries, the US among them)"
+        if exc.status == 451
+        else "refuses this client (HTTP 403: blocked)"
+    )
+    return (
+        f"restricted: the exchange at {origin(rest_url)} {why}; use a venue you may use, point "
+        f"`tapeflow produce --rest-url/--ws-url` at an endpoint that serves you, {OFFLINE_HINT}. "
+        f"Retrying in {retry_s:g} s."
+    )
 
 
 def _first(rows: Any) -> Any:
@@ -519,8 +582,9 @@ def _days(start_ms: int, end_ms: int) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def trades_in_topics(bootstrap: str, topic_prefix: str, serde: Any,
-                     timeout_s: float = 15.0) -> Callable[[str, int], bool]:
+def trades_in_topics(
+    bootstrap: str, topic_prefix: str, serde: Any, timeout_s: float = 15.0
+) -> Callable[[str, int], bool]:
     """`(symbol, since_ms) -> bool`: does md.trades already hold the symbol from `since_ms` on (its first
     trade stamped at or after then is within a minute of it)? Then a warm start has nothing to do."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition

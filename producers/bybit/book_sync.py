@@ -57,8 +57,19 @@ class BybitBookSync(OrderBookSync):
 
     def on_snapshot(self, snap: DepthSnapshot) -> SyncResult:
         """A REST snapshot (`/v5/market/orderbook`) installs like a websocket snapshot."""
-        return self._install(DepthDiff(snap.symbol, snap.last_update_id, snap.last_update_id, None,  # type: ignore[arg-type]
-                                       snap.event_time, snap.event_time, snap.receive_time, snap.bids, snap.asks))
+        return self._install(
+            DepthDiff(
+                snap.symbol,
+                snap.last_update_id,
+                snap.last_update_id,
+                None,  # type: ignore[arg-type]
+                snap.event_time,
+                snap.event_time,
+                snap.receive_time,
+                snap.bids,
+                snap.asks,
+            )
+        )
 
     def invalidate(self) -> None:
         """The connection carrying the book is gone: stop vouching for it until the next snapshot.

@@ -32,8 +32,17 @@ TAKER_SIDES = {"Buy": "BUY", "Sell": "SELL"}
 # allLiquidation S (position side) -> (liquidation order side, liquidated position)
 LIQUIDATION_SIDES = {"Buy": ("SELL", "LONG"), "Sell": ("BUY", "SHORT")}
 
-__all__ = ["EXCHANGE", "FrameError", "TradePrint", "bybit_depth_record", "parse_all_liquidation", "parse_orderbook",
-           "parse_public_trades", "split_topic", "ticker_fields"]
+__all__ = [
+    "EXCHANGE",
+    "FrameError",
+    "TradePrint",
+    "bybit_depth_record",
+    "parse_all_liquidation",
+    "parse_orderbook",
+    "parse_public_trades",
+    "split_topic",
+    "ticker_fields",
+]
 
 
 def split_topic(topic: str) -> tuple[str, str]:
@@ -110,9 +119,20 @@ def parse_public_trades(msg: Any, receive_time: int) -> list[TradePrint]:
         seq = row.get("seq")
         if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
             raise FrameError(f"publicTrade: seq={seq!r} is not an integer")
-        out.append(TradePrint(symbol=row["s"], trade_id=trade_id, seq=seq, price=_finite(row["p"], "p"),
-                              qty=_finite(row["v"], "v"), taker_side=side, trade_time=int(row["T"]),
-                              event_time=ts, receive_time=receive_time, block_trade=bool(row.get("BT", False))))
+        out.append(
+            TradePrint(
+                symbol=row["s"],
+                trade_id=trade_id,
+                seq=seq,
+                price=_finite(row["p"], "p"),
+                qty=_finite(row["v"], "v"),
+                taker_side=side,
+                trade_time=int(row["T"]),
+                event_time=ts,
+                receive_time=receive_time,
+                block_trade=bool(row.get("BT", False)),
+            )
+        )
     return out
 
 
@@ -156,20 +176,22 @@ def parse_all_liquidation(msg: Any, receive_time: int) -> list[dict]:
         if sides is None:
             raise FrameError(f"allLiquidation: unknown side {row['S']!r}")
         price, qty = _finite(row["p"], "p"), _finite(row["v"], "v")
-        out.append({
-            "exchange": EXCHANGE,
-            "symbol": row["s"],
-            "side": sides[0],
-            "liquidated_side": sides[1],
-            "price": price,
-            "avg_price": price,
-            "qty": qty,
-            "filled_qty": qty,
-            "usd_value": price * qty,
-            "event_time": ts,
-            "trade_time": int(row["T"]),
-            "receive_time": receive_time,
-        })
+        out.append(
+            {
+                "exchange": EXCHANGE,
+                "symbol": row["s"],
+                "side": sides[0],
+                "liquidated_side": sides[1],
+                "price": price,
+                "avg_price": price,
+                "qty": qty,
+                "filled_qty": qty,
+                "usd_value": price * qty,
+                "event_time": ts,
+                "trade_time": int(row["T"]),
+                "receive_time": receive_time,
+            }
+        )
     return out
 
 
@@ -198,6 +220,5 @@ def ticker_fields(msg: Any) -> tuple[str, str, int, dict[str, float | int]]:
     symbol = data["symbol"]
     if not isinstance(symbol, str) or not symbol:
         raise FrameError(f"tickers: symbol={symbol!r} is not a symbol")
-    fields = {name: convert(data[name]) for name, convert in TICKER_FIELDS.items()
-              if data.get(name) not in (None, "")}
+    fields = {name: convert(data[name]) for name, convert in TICKER_FIELDS.items() if data.get(name) not in (None, "")}
     return kind, symbol, ts, fields

@@ -88,20 +88,27 @@ class BybitProducer(VenueProducer):
         self.books: dict[str, BybitBookSync] = {s: BybitBookSync(s) for s in config.symbols}
         self.numbering = {s: TradeNumbering(s) for s in config.symbols}
         self.tickers = {s: TickerState(s) for s in config.symbols}
-        self.stream = BybitStream(BybitStreamConfig(config.ws_url, config.topics(),
-                                                    replay_end=config.replay_control_url is not None,
-                                                    **config.stream_config),
-                                  self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect,
-                                  self._on_replay_end)
+        self.stream = BybitStream(
+            BybitStreamConfig(
+                config.ws_url, config.topics(), replay_end=config.replay_control_url is not None, **config.stream_config
+            ),
+            self.on_frame,
+            self._bad_frame,
+            self._on_ws_status,
+            self._on_reconnect,
+            self._on_replay_end,
+        )
         self._book_updates: dict[str, int] = dict.fromkeys(config.symbols, 0)  # verified updates applied
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> str:
         """Run until `stop` (or the end of a replay); returns why it ended."""
         self._stop = stop
-        workers = [asyncio.create_task(self.stream.run(stop), name="ws"),
-                   asyncio.create_task(self._book_snapshots(stop), name="book"),
-                   asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
+        workers = [
+            asyncio.create_task(self.stream.run(stop), name="ws"),
+            asyncio.create_task(self._book_snapshots(stop), name="book"),
+            asyncio.create_task(self._housekeeping(stop), name="housekeeping"),
+        ]
         await stop.wait()
         # the stream ends by itself on `stop` (closing its connection); cancelling it from outside
         # would orphan the connection task
@@ -150,8 +157,11 @@ class BybitProducer(VenueProducer):
             since = numbering.last_trade_time
             record, gap = numbering.number(p)
             if gap is not None:
-                self._publish_possible_gap(gap, f"connection lost: Bybit does not replay publicTrade, trades between "
-                                       f"{since} and {p.trade_time} (ms) may be missing")
+                self._publish_possible_gap(
+                    gap,
+                    f"connection lost: Bybit does not replay publicTrade, trades between "
+                    f"{since} and {p.trade_time} (ms) may be missing",
+                )
             if record is not None:
                 self.publisher.publish("md.trades", self._key(p.symbol), record, p.receive_time)
 

@@ -27,8 +27,9 @@ class TickerState:
     _mark: tuple | None = None  # last published mark tuple
     _open_interest: float | None = None  # last published open interest
 
-    def on_message(self, kind: str, ts: int, changed: dict[str, float | int],
-                   receive_time: int) -> tuple[dict | None, dict | None]:
+    def on_message(
+        self, kind: str, ts: int, changed: dict[str, float | int], receive_time: int
+    ) -> tuple[dict | None, dict | None]:
         """Merge one snapshot/delta; returns (md.mark record or None, md.indicators record or None)."""
         if kind == "snapshot":
             self.fields = dict(changed)

@@ -61,7 +61,8 @@ class TradeNumbering:
     def number(self, trade: TradePrint) -> tuple[dict | None, Gap | None]:
         """(the `md.trades` record, or None for a duplicate; the hole this trade opens, if any)."""
         if trade.trade_id in self._seen or (
-                trade.seq is not None and self.last_seq is not None and trade.seq < self.last_seq):
+            trade.seq is not None and self.last_seq is not None and trade.seq < self.last_seq
+        ):
             self.counters.duplicates += 1
             return None, None
         gap = None

@@ -64,7 +64,7 @@ class BybitStream(SubscribingStream):
 
     def _subscribe_requests(self) -> list[str | bytes]:
         topics = list(self.config.streams)
-        return [_op("subscribe", topics[i:i + SUBSCRIBE_CHUNK]) for i in range(0, len(topics), SUBSCRIBE_CHUNK)]
+        return [_op("subscribe", topics[i : i + SUBSCRIBE_CHUNK]) for i in range(0, len(topics), SUBSCRIBE_CHUNK)]
 
     def _ping(self) -> bytes:
         return _op("ping")

@@ -63,8 +63,17 @@ class OkxBookSync(OrderBookSync):
         if self.is_live or not self.resync_needed:
             return SyncResult()
         buffered = self._buffer
-        full = DepthDiff(snap.symbol, snap.last_update_id, snap.last_update_id, None,  # type: ignore[arg-type]
-                         snap.event_time, snap.event_time, snap.receive_time, snap.bids, snap.asks)
+        full = DepthDiff(
+            snap.symbol,
+            snap.last_update_id,
+            snap.last_update_id,
+            None,  # type: ignore[arg-type]
+            snap.event_time,
+            snap.event_time,
+            snap.receive_time,
+            snap.bids,
+            snap.asks,
+        )
         result = self._install(full)
         if result.resync_reason:
             return result

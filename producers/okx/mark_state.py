@@ -48,15 +48,29 @@ class OkxMarkState:
             return None
         self._spot_published_ts = ts
         spot = (bid + ask) / 2
-        return {"exchange": EXCHANGE, "symbol": self.symbol, "kind": "spot_perp_divergence",
-                "value": (self.mark - spot) / spot, "period": None,
-                "extra": {"perp_price": self.mark, "spot_price": spot}, "event_time": ts, "receive_time": receive_time}
+        return {
+            "exchange": EXCHANGE,
+            "symbol": self.symbol,
+            "kind": "spot_perp_divergence",
+            "value": (self.mark - spot) / spot,
+            "period": None,
+            "extra": {"perp_price": self.mark, "spot_price": spot},
+            "event_time": ts,
+            "receive_time": receive_time,
+        }
 
     def _record(self, ts: int, receive_time: int) -> dict | None:
         values = (self.mark, self.index, self.funding_rate, self.next_funding_time)
         if any(v is None for v in values) or values == self._published:
             return None
         self._published = values
-        return {"exchange": EXCHANGE, "symbol": self.symbol, "mark_price": self.mark, "index_price": self.index,
-                "funding_rate": self.funding_rate, "next_funding_time": self.next_funding_time,
-                "event_time": ts, "receive_time": receive_time}
+        return {
+            "exchange": EXCHANGE,
+            "symbol": self.symbol,
+            "mark_price": self.mark,
+            "index_price": self.index,
+            "funding_rate": self.funding_rate,
+            "next_funding_time": self.next_funding_time,
+            "event_time": ts,
+            "receive_time": receive_time,
+        }

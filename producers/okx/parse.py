@@ -44,10 +44,24 @@ from schemas.symbols import symbol_from_okx
 EXCHANGE = "okx"
 TAKER_SIDES = {"buy": "BUY", "sell": "SELL"}
 
-__all__ = ["EXCHANGE", "FrameError", "FundingPoint", "Instrument", "TradePrint", "channel_of", "okx_depth_record",
-           "parse_books", "parse_funding_rate", "parse_history_trades", "parse_index_tickers", "parse_instruments",
-           "parse_mark_price",
-           "parse_rest_books", "parse_spot_tickers", "parse_trades"]
+__all__ = [
+    "EXCHANGE",
+    "FrameError",
+    "FundingPoint",
+    "Instrument",
+    "TradePrint",
+    "channel_of",
+    "okx_depth_record",
+    "parse_books",
+    "parse_funding_rate",
+    "parse_history_trades",
+    "parse_index_tickers",
+    "parse_instruments",
+    "parse_mark_price",
+    "parse_rest_books",
+    "parse_spot_tickers",
+    "parse_trades",
+]
 
 
 def _millis(raw: Any, field: str) -> int:
@@ -66,7 +80,13 @@ def _integer(raw: Any, field: str) -> int:
         raise FrameError(f"{field}={raw!r} is not an integer")
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and raw.isascii() and raw.lstrip("-").isdigit() and raw.count("-") <= 1 and raw[-1:].isdigit():
+    if (
+        isinstance(raw, str)
+        and raw.isascii()
+        and raw.lstrip("-").isdigit()
+        and raw.count("-") <= 1
+        and raw[-1:].isdigit()
+    ):
         return int(raw)
     raise FrameError(f"{field}={raw!r} is not an integer")
 
@@ -76,7 +96,9 @@ def _decimal(raw: Any, field: str) -> Decimal:
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
         raise FrameError(f"{field}={raw!r} is not a number")
     try:
-        value = Decimal(str(raw).strip()) if isinstance(raw, str) else Decimal(repr(raw) if isinstance(raw, float) else raw)
+        value = (
+            Decimal(str(raw).strip()) if isinstance(raw, str) else Decimal(repr(raw) if isinstance(raw, float) else raw)
+        )
     except DecimalException:
         raise FrameError(f"{field}={raw!r} is not a number") from None
     if not value.is_finite():
@@ -119,7 +141,9 @@ def parse_instruments(body: Any) -> dict[str, Instrument]:
     (`BTC-USD-SWAP`, ctVal in USD) and instruments tapeflow cannot name are left out.
     """
     if not isinstance(body, dict) or str(body.get("code")) != "0" or not isinstance(body.get("data"), list):
-        raise FrameError(f"instruments: not a successful OKX answer (code={body.get('code') if isinstance(body, dict) else None!r})")
+        raise FrameError(
+            f"instruments: not a successful OKX answer (code={body.get('code') if isinstance(body, dict) else None!r})"
+        )
     out = {}
     for row in body["data"]:
         if not isinstance(row, dict) or row.get("instType") != "SWAP" or row.get("ctType") != "linear":
@@ -212,10 +236,18 @@ def parse_trades(msg: Any, instrument: Instrument, receive_time: int) -> list[Tr
         count = _integer(row.get("count", "1"), "count")
         if trade_id < 0 or count < 1 or count > trade_id + 1:
             raise FrameError(f"trades: tradeId={trade_id} with count={count} is not a trade id range")
-        out.append(TradePrint(symbol=instrument.symbol, trade_id=trade_id, count=count,
-                              price=_price(row["px"], "px", instrument.multiplier),
-                              qty=_base_qty(row["sz"], instrument.qty_per_contract, "sz"), taker_side=side,
-                              trade_time=_millis(row["ts"], "ts"), receive_time=receive_time))
+        out.append(
+            TradePrint(
+                symbol=instrument.symbol,
+                trade_id=trade_id,
+                count=count,
+                price=_price(row["px"], "px", instrument.multiplier),
+                qty=_base_qty(row["sz"], instrument.qty_per_contract, "sz"),
+                taker_side=side,
+                trade_time=_millis(row["ts"], "ts"),
+                receive_time=receive_time,
+            )
+        )
     return out
 
 
@@ -232,10 +264,18 @@ def parse_history_trades(body: Any, instrument: Instrument, receive_time: int) -
         side = TAKER_SIDES.get(row["side"]) if isinstance(row["side"], str) else None
         if side is None:
             raise FrameError(f"history-trades: unknown taker side {row['side']!r}")
-        out.append(TradePrint(symbol=instrument.symbol, trade_id=_integer(row["tradeId"], "tradeId"), count=1,
-                              price=_price(row["px"], "px", instrument.multiplier),
-                              qty=_base_qty(row["sz"], instrument.qty_per_contract, "sz"), taker_side=side,
-                              trade_time=_millis(row["ts"], "ts"), receive_time=receive_time))
+        out.append(
+            TradePrint(
+                symbol=instrument.symbol,
+                trade_id=_integer(row["tradeId"], "tradeId"),
+                count=1,
+                price=_price(row["px"], "px", instrument.multiplier),
+                qty=_base_qty(row["sz"], instrument.qty_per_contract, "sz"),
+                taker_side=side,
+                trade_time=_millis(row["ts"], "ts"),
+                receive_time=receive_time,
+            )
+        )
     return sorted(out, key=lambda p: p.trade_id)
 
 
@@ -268,10 +308,17 @@ def parse_books(msg: Any, instrument: Instrument, receive_time: int) -> DepthDif
     if seq < 0 or (action == "update" and prev < 0):
         raise FrameError(f"books: seqId={seq} prevSeqId={prev} for an {action}")
     ts = _millis(row["ts"], "ts")
-    return DepthDiff(symbol=instrument.symbol, first_update_id=seq, final_update_id=seq,
-                     prev_final_update_id=None if action == "snapshot" else prev,  # type: ignore[arg-type]
-                     event_time=ts, transaction_time=ts, receive_time=receive_time,
-                     bids=_levels(row["bids"], instrument, "bids"), asks=_levels(row["asks"], instrument, "asks"))
+    return DepthDiff(
+        symbol=instrument.symbol,
+        first_update_id=seq,
+        final_update_id=seq,
+        prev_final_update_id=None if action == "snapshot" else prev,  # type: ignore[arg-type]
+        event_time=ts,
+        transaction_time=ts,
+        receive_time=receive_time,
+        bids=_levels(row["bids"], instrument, "bids"),
+        asks=_levels(row["asks"], instrument, "asks"),
+    )
 
 
 @normalising("rest books")
@@ -281,9 +328,14 @@ def parse_rest_books(body: Any, instrument: Instrument, receive_time: int) -> De
         raise FrameError("rest books: not a successful OKX answer")
     (row,) = body["data"]
     ts = _millis(row["ts"], "ts")
-    return DepthSnapshot(symbol=instrument.symbol, last_update_id=_integer(row["seqId"], "seqId"),
-                         bids=_levels(row["bids"], instrument, "bids"), asks=_levels(row["asks"], instrument, "asks"),
-                         event_time=ts, receive_time=receive_time)
+    return DepthSnapshot(
+        symbol=instrument.symbol,
+        last_update_id=_integer(row["seqId"], "seqId"),
+        bids=_levels(row["bids"], instrument, "bids"),
+        asks=_levels(row["asks"], instrument, "asks"),
+        event_time=ts,
+        receive_time=receive_time,
+    )
 
 
 def okx_depth_record(diff: DepthDiff) -> dict:
@@ -324,8 +376,14 @@ def parse_spot_tickers(msg: Any, multiplier: int = 1) -> list[tuple[str, float, 
             raise FrameError(f"tickers: instId={inst_id!r}")
         if row.get("bidPx") in ("", None) or row.get("askPx") in ("", None):
             continue
-        out.append((inst_id, _price(row["bidPx"], "bidPx", multiplier), _price(row["askPx"], "askPx", multiplier),
-                    _millis(row["ts"], "ts")))
+        out.append(
+            (
+                inst_id,
+                _price(row["bidPx"], "bidPx", multiplier),
+                _price(row["askPx"], "askPx", multiplier),
+                _millis(row["ts"], "ts"),
+            )
+        )
     return out
 
 
@@ -348,8 +406,16 @@ class FundingPoint:
             extra["funding_interval_ms"] = float(self.next_funding_time - self.funding_time)
         if self.premium is not None:
             extra["premium"] = self.premium
-        return {"exchange": EXCHANGE, "symbol": symbol, "kind": "funding_rate", "value": self.rate, "period": None,
-                "extra": extra, "event_time": self.ts, "receive_time": receive_time}
+        return {
+            "exchange": EXCHANGE,
+            "symbol": symbol,
+            "kind": "funding_rate",
+            "value": self.rate,
+            "period": None,
+            "extra": extra,
+            "event_time": self.ts,
+            "receive_time": receive_time,
+        }
 
 
 @normalising("funding-rate")
@@ -362,11 +428,16 @@ def parse_funding_rate(msg: Any) -> list[FundingPoint]:
             raise FrameError(f"funding-rate: instId={inst_id!r}")
         following = row.get("nextFundingTime")
         premium = row.get("premium")
-        out.append(FundingPoint(
-            inst_id=inst_id,
-            rate=finite_number(float(_decimal(row["fundingRate"], "fundingRate")), "fundingRate"),
-            funding_time=_millis(row["fundingTime"], "fundingTime"),
-            next_funding_time=None if following in (None, "") else _millis(following, "nextFundingTime"),
-            premium=None if premium in (None, "") else finite_number(float(_decimal(premium, "premium")), "premium"),
-            ts=_millis(row["ts"], "ts")))
+        out.append(
+            FundingPoint(
+                inst_id=inst_id,
+                rate=finite_number(float(_decimal(row["fundingRate"], "fundingRate")), "fundingRate"),
+                funding_time=_millis(row["fundingTime"], "fundingTime"),
+                next_funding_time=None if following in (None, "") else _millis(following, "nextFundingTime"),
+                premium=None
+                if premium in (None, "")
+                else finite_number(float(_decimal(premium, "premium")), "premium"),
+                ts=_millis(row["ts"], "ts"),
+            )
+        )
     return out

@@ -81,8 +81,14 @@ class OkxProducerConfig:
         for sym in self.symbols:
             inst = okx_swap_inst_id(sym)
             pair = okx_index_id(sym)  # the index and the spot pair share the id: BTC-USDT
-            out += [f"trades:{inst}", f"{BOOK_CHANNEL}:{inst}", f"mark-price:{inst}", f"funding-rate:{inst}",
-                    f"index-tickers:{pair}", f"tickers:{pair}"]
+            out += [
+                f"trades:{inst}",
+                f"{BOOK_CHANNEL}:{inst}",
+                f"mark-price:{inst}",
+                f"funding-rate:{inst}",
+                f"index-tickers:{pair}",
+                f"tickers:{pair}",
+            ]
         return out
 
 
@@ -108,11 +114,19 @@ class OkxProducer(VenueProducer):
         self.gaps_filled = 0
         self.gaps_unfilled = 0
         self.rest = OkxRestClient(config.rest_url, metrics, give_up_after_s=config.rest_give_up_after_s)
-        self.stream = OkxStream(OkxStreamConfig(config.ws_url, config.streams(),
-                                                replay_end=config.replay_control_url is not None,
-                                                **config.stream_config),
-                                self.on_frame, self._bad_frame, self._on_ws_status, self._on_reconnect,
-                                self._on_replay_end)
+        self.stream = OkxStream(
+            OkxStreamConfig(
+                config.ws_url,
+                config.streams(),
+                replay_end=config.replay_control_url is not None,
+                **config.stream_config,
+            ),
+            self.on_frame,
+            self._bad_frame,
+            self._on_ws_status,
+            self._on_reconnect,
+            self._on_replay_end,
+        )
         self._book_updates: dict[str, int] = dict.fromkeys(config.symbols, 0)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -121,9 +135,11 @@ class OkxProducer(VenueProducer):
         self._stop = stop
         try:
             if await self._load_instruments(stop):
-                workers = [asyncio.create_task(self.stream.run(stop), name="ws"),
-                           asyncio.create_task(self._book_snapshots(stop), name="book"),
-                           asyncio.create_task(self._housekeeping(stop), name="housekeeping")]
+                workers = [
+                    asyncio.create_task(self.stream.run(stop), name="ws"),
+                    asyncio.create_task(self._book_snapshots(stop), name="book"),
+                    asyncio.create_task(self._housekeeping(stop), name="housekeeping"),
+                ]
                 await stop.wait()
                 await asyncio.wait(workers[:1], timeout=5.0)  # the stream closes its connection on `stop`
                 for t in workers:
@@ -153,11 +169,15 @@ class OkxProducer(VenueProducer):
                     self.missing_swaps = missing
                     log.error("okx lists no linear swap for some symbols: not subscribed", missing=missing)
                     gone = {self.swap_symbols[i] for i in missing}
-                    self.stream.config.streams = [s for sym in self.config.symbols if sym not in gone
-                                                  for s in OkxProducerConfig([sym]).streams()]
+                    self.stream.config.streams = [
+                        s for sym in self.config.symbols if sym not in gone for s in OkxProducerConfig([sym]).streams()
+                    ]
                 # in the configured symbol's units (1000PEPEUSDT: PEPE-USDT-SWAP with prices × 1000)
-                self.instruments = {i: Instrument(i, sym, known[i].ct_val, coin_multiplier(sym)[2])
-                                    for i, sym in self.swap_symbols.items() if i in known}
+                self.instruments = {
+                    i: Instrument(i, sym, known[i].ct_val, coin_multiplier(sym)[2])
+                    for i, sym in self.swap_symbols.items()
+                    if i in known
+                }
                 log.info("okx instruments loaded", ct_val={i: str(v.ct_val) for i, v in self.instruments.items()})
                 return True
             except (OkxRestUnavailable, OkxRestRejected, FrameError) as exc:
@@ -194,13 +214,15 @@ class OkxProducer(VenueProducer):
                         self.publisher.publish("md.indicators", self._key(symbol), record, received)
             elif channel == "funding-rate":
                 for point in parse_funding_rate(msg):
-                    self._publish_mark(self.marks[symbol].on_funding(point.rate, point.funding_time, point.ts,
-                                                                     received), received)
+                    self._publish_mark(
+                        self.marks[symbol].on_funding(point.rate, point.funding_time, point.ts, received), received
+                    )
                     key = (point.rate, point.funding_time, point.next_funding_time)
                     if self._funding_published.get(symbol) != key:
                         self._funding_published[symbol] = key
-                        self.publisher.publish("md.indicators", self._key(symbol), point.indicator(symbol, received),
-                                               received)
+                        self.publisher.publish(
+                            "md.indicators", self._key(symbol), point.indicator(symbol, received), received
+                        )
             else:
                 raise FrameError(f"unexpected channel {channel!r}")
         except (FrameError, SchemaValidationError) as exc:
@@ -217,7 +239,9 @@ class OkxProducer(VenueProducer):
             if hole is not None:
                 self.metrics.gaps_detected.labels(sym).inc()
                 if hole.okx_from is not None and hole.okx_to - hole.okx_from + 1 <= MAX_FILL_FILLS:
-                    log.info("okx trade hole: filling from REST", symbol=sym, okx_from=hole.okx_from, okx_to=hole.okx_to)
+                    log.info(
+                        "okx trade hole: filling from REST", symbol=sym, okx_from=hole.okx_from, okx_to=hole.okx_to
+                    )
                     self._holes[sym].append(hole)
                     self._repairs.ensure(f"fill:{sym}", self._fill_holes(sym))
                 else:
@@ -246,8 +270,9 @@ class OkxProducer(VenueProducer):
             fills = await self._fetch_fills(instrument, hole)
             if fills is not None:
                 for k, fill in enumerate(fills):
-                    self.publisher.publish("md.trades", self._key(symbol), fill.record(hole.gap.from_id + k),
-                                           fill.receive_time)
+                    self.publisher.publish(
+                        "md.trades", self._key(symbol), fill.record(hole.gap.from_id + k), fill.receive_time
+                    )
                 self.gaps_filled += 1
                 self.metrics.gaps_filled.labels(symbol).inc()
                 log.info("okx trade hole filled from REST", symbol=symbol, fills=len(fills))
@@ -271,8 +296,10 @@ class OkxProducer(VenueProducer):
         after = hole.okx_to + 1
         try:
             while True:
-                body = await self.rest.get("/api/v5/market/history-trades", {
-                    "instId": instrument.inst_id, "type": "1", "after": str(after), "limit": "100"})
+                body = await self.rest.get(
+                    "/api/v5/market/history-trades",
+                    {"instId": instrument.inst_id, "type": "1", "after": str(after), "limit": "100"},
+                )
                 page = parse_history_trades(body, instrument, int(time.time() * 1000))
                 got.update((p.trade_id, p) for p in page if hole.okx_from <= p.trade_id <= hole.okx_to)
                 if not page or page[0].trade_id <= hole.okx_from or page[0].trade_id >= after:
@@ -323,8 +350,9 @@ class OkxProducer(VenueProducer):
                     return
                 tries_after_end -= 1
             try:
-                body = await self.rest.get("/api/v5/market/books", {"instId": instrument.inst_id,
-                                                                    "sz": str(REST_BOOK_DEPTH)})
+                body = await self.rest.get(
+                    "/api/v5/market/books", {"instId": instrument.inst_id, "sz": str(REST_BOOK_DEPTH)}
+                )
                 snap = parse_rest_books(body, instrument, int(time.time() * 1000))
             except (OkxRestUnavailable, OkxRestRejected, FrameError) as exc:
                 log.warning("okx book snapshot failed", symbol=book.symbol, error=str(exc))
@@ -349,12 +377,19 @@ class OkxProducer(VenueProducer):
         return detail + (f" (OKX lists no swap for {', '.join(self.missing_swaps)})" if self.missing_swaps else "")
 
     def _continuity_counts(self) -> dict[str, int]:
-        return {"duplicates dropped": sum(n.counters.duplicates for n in self.numbering.values()),
-                "gaps filled": self.gaps_filled, "gaps unfilled": self.gaps_unfilled}
+        return {
+            "duplicates dropped": sum(n.counters.duplicates for n in self.numbering.values()),
+            "gaps filled": self.gaps_filled,
+            "gaps unfilled": self.gaps_unfilled,
+        }
 
     def _health_extra(self) -> dict:
-        return {"trade_gaps_filled": self.gaps_filled, "trade_gaps_unfilled": self.gaps_unfilled,
-                "instruments_loaded": len(self.instruments), "okx_swaps_missing": self.missing_swaps}
+        return {
+            "trade_gaps_filled": self.gaps_filled,
+            "trade_gaps_unfilled": self.gaps_unfilled,
+            "instruments_loaded": len(self.instruments),
+            "okx_swaps_missing": self.missing_swaps,
+        }
 
     def _on_reconnect(self, reason: str) -> None:
         super()._on_reconnect(reason)

@@ -35,8 +35,14 @@ class OkxRestRejected(Exception):
 
 
 class OkxRestClient:
-    def __init__(self, base_url: str, metrics: ProducerMetrics | None = None, *, timeout_s: float = 10.0,
-                 give_up_after_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        metrics: ProducerMetrics | None = None,
+        *,
+        timeout_s: float = 10.0,
+        give_up_after_s: float = 60.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.metrics = metrics
         self.timeout_s = timeout_s
@@ -63,7 +69,9 @@ class OkxRestClient:
                         data = orjson.loads(body)
                         if isinstance(data, dict) and str(data.get("code")) == "0":
                             return data
-                        raise OkxRestRejected(f"{path}: OKX code {data.get('code') if isinstance(data, dict) else '?'!r}")
+                        raise OkxRestRejected(
+                            f"{path}: OKX code {data.get('code') if isinstance(data, dict) else '?'!r}"
+                        )
                     if resp.status == 429:
                         wait = 2.0
                         if self.metrics is not None:
@@ -73,7 +81,7 @@ class OkxRestClient:
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
                 log.debug("okx rest attempt failed", path=path, error=type(exc).__name__)
             attempt += 1
-            delay = max(wait, random.uniform(0, min(10.0, 0.25 * 2 ** attempt)))  # nosec B311 # retry jitter
+            delay = max(wait, random.uniform(0, min(10.0, 0.25 * 2**attempt)))  # nosec B311 # retry jitter
             if time.monotonic() + delay > deadline:
                 raise OkxRestUnavailable(f"{path}: no useful answer in {self.give_up_after_s:.0f} s")
             await asyncio.sleep(delay)

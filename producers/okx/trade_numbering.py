@@ -42,8 +42,10 @@ class TradeHole:
     def reason(self) -> str:
         if self.okx_from is None:
             return "OKX trade ids went backwards (instrument renumbered): trades around the restart may be missing"
-        return (f"OKX trade ids {self.okx_from}..{self.okx_to} ({self.okx_to - self.okx_from + 1} fills) never "
-                f"arrived: OKX does not replay the trades channel")
+        return (
+            f"OKX trade ids {self.okx_from}..{self.okx_to} ({self.okx_to - self.okx_from + 1} fills) never "
+            f"arrived: OKX does not replay the trades channel"
+        )
 
 
 @dataclass
@@ -81,8 +83,9 @@ class OkxTradeNumbering:
         elif trade.first_trade_id > self.last_trade_id + 1:
             missing = trade.first_trade_id - self.last_trade_id - 1
             agg_id = self.last_id + 1 + missing
-            hole = TradeHole(Gap(self.symbol, self.last_id + 1, agg_id - 1), self.last_trade_id + 1,
-                             trade.first_trade_id - 1)
+            hole = TradeHole(
+                Gap(self.symbol, self.last_id + 1, agg_id - 1), self.last_trade_id + 1, trade.first_trade_id - 1
+            )
             self.counters.okx_ids_missing += missing
         else:
             agg_id = self.last_id + 1

@@ -51,8 +51,10 @@ class OkxStream(SubscribingStream):
 
     def _subscribe_requests(self) -> list[str | bytes]:
         args = [channel_arg(s) for s in self.config.streams]
-        return [orjson.dumps({"op": "subscribe", "args": args[i:i + SUBSCRIBE_CHUNK]}).decode()
-                for i in range(0, len(args), SUBSCRIBE_CHUNK)]
+        return [
+            orjson.dumps({"op": "subscribe", "args": args[i : i + SUBSCRIBE_CHUNK]}).decode()
+            for i in range(0, len(args), SUBSCRIBE_CHUNK)
+        ]
 
     def _ping(self) -> str:
         return "ping"

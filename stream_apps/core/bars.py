@@ -61,9 +61,21 @@ class Bar:
 
     def relabel(self, open_time: int, close_time: int) -> Bar:
         """The same trades as a bar of a coarser interval."""
-        return Bar(open_time, close_time, self.open, self.high, self.low, self.close, self.volume_units,
-                   self.buy_units, self.sell_units, self.quote_units, self.trade_count, self.first_agg_id,
-                   self.last_agg_id)
+        return Bar(
+            open_time,
+            close_time,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.volume_units,
+            self.buy_units,
+            self.sell_units,
+            self.quote_units,
+            self.trade_count,
+            self.first_agg_id,
+            self.last_agg_id,
+        )
 
     def to_record(self, exchange: str, symbol: str) -> dict[str, Any]:
         """The ``bars.1m`` Avro record (schemas/avro/bar.avsc)."""
@@ -135,8 +147,21 @@ def segments_from_groups(
     for k, (number, (buys, sells, quote)) in enumerate(zip(bar_numbers.tolist(), sums[:, :3].tolist())):
         open_time = number * interval_ms
         out.append(
-            Bar(open_time, open_time + interval_ms, firsts[k], highs[k], lows[k], closes[k],
-                buys + sells, buys, sells, quote, counts[k], first_ids[k], last_ids[k])
+            Bar(
+                open_time,
+                open_time + interval_ms,
+                firsts[k],
+                highs[k],
+                lows[k],
+                closes[k],
+                buys + sells,
+                buys,
+                sells,
+                quote,
+                counts[k],
+                first_ids[k],
+                last_ids[k],
+            )
         )
     return out
 

@@ -77,8 +77,18 @@ def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, b
     state = book.symbol_state(ex, sym, NONE_TIME)
     fired = np.zeros(len(frame), dtype=np.bool_)
     flip = np.zeros(len(frame), dtype=np.bool_)
-    cooldown_rows(frame.time_ms, scores.sign, scores.score, rows, cfg.cooldown, float(cfg.thresholds.flip),
-                  cfg.exits.timeout_min * 60_000, state, fired, flip)
+    cooldown_rows(
+        frame.time_ms,
+        scores.sign,
+        scores.score,
+        rows,
+        cfg.cooldown,
+        float(cfg.thresholds.flip),
+        cfg.exits.timeout_min * 60_000,
+        state,
+        fired,
+        flip,
+    )
     book.set_symbol_state(ex, sym, state, NONE_TIME)
     block[rows[~fired[rows]]] = COOLDOWN
     for i in np.flatnonzero(fired).tolist():
@@ -94,8 +104,11 @@ def decide(evaluation: Evaluation, features: Features, cfg: StrategyConfig, book
     frame = FeatureFrame.from_features([features])
     scores = ScoreFrame(
         np.array([1 if evaluation.direction == LONG else -1 if evaluation.direction == SHORT else 0], dtype=np.int8),
-        {}, np.array([evaluation.raw_score]), np.array([evaluation.score]),
-        np.array([TIERS.index(evaluation.tier)], dtype=np.int8), np.zeros(1, dtype=np.int8),
+        {},
+        np.array([evaluation.raw_score]),
+        np.array([evaluation.score]),
+        np.array([TIERS.index(evaluation.tier)], dtype=np.int8),
+        np.zeros(1, dtype=np.int8),
         np.array([BLOCK_REASONS.index(evaluation.block_reason)], dtype=np.int8),
     )
     decided = decide_frame(frame, scores, cfg, book)

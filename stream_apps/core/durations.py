@@ -34,8 +34,9 @@ def parse_duration_ms(value: str | int) -> int:
 
 def parse_duration_or_zero_ms(value: str | int) -> int:
     """``parse_duration_ms`` that also takes zero (``0``, ``"0s"``, ``"0ms"``...): a setting's "off"."""
-    if not isinstance(value, bool) and (value == 0 or (isinstance(value, str) and _PATTERN.match(value)
-                                                       and int(_PATTERN.match(value).group(1)) == 0)):
+    if not isinstance(value, bool) and (
+        value == 0 or (isinstance(value, str) and _PATTERN.match(value) and int(_PATTERN.match(value).group(1)) == 0)
+    ):
         return 0
     return parse_duration_ms(value)
 

@@ -49,9 +49,8 @@ from typing import Any
 import numpy as np
 
 from .cooldown import CooldownBook
-from .detectors import BookParams, DetectorParams, FlowParams
 from .decision import decide_frame
-from .frame import distinct_sorted
+from .detectors import BookParams, DetectorParams, FlowParams
 from .events import (
     BookBatch,
     BookLevels,
@@ -65,6 +64,7 @@ from .events import (
     book_levels,
     concat_columns,
 )
+from .frame import distinct_sorted
 from .market_records import MarketTimeline
 from .params import StateParams
 from .records import FeatureBlock, FeatureTable, signal_record
@@ -106,8 +106,12 @@ class EngineOutput:
     dicts: the Faust worker's encoder, tests). ``evaluations`` counts them without that.
     """
 
-    def __init__(self, bars: list[dict[str, Any]] | None = None, features: list[dict[str, Any]] | None = None,
-                 signals: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        bars: list[dict[str, Any]] | None = None,
+        features: list[dict[str, Any]] | None = None,
+        signals: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.bars: list[dict[str, Any]] = bars if bars is not None else []
         self.signals: list[dict[str, Any]] = signals if signals is not None else []
         self._parts: list[list[dict[str, Any]] | FeatureTable] = [features] if features else []
@@ -193,13 +197,18 @@ class Engine:
         self._pending_marks: dict[Key, MarkBatch] = {}
         self._pending_other: dict[Key, list[LiquidationEvent | IndicatorUpdate]] = {}
         self._cvd_windows = tuple(
-            sorted(set(STANDARD_CVD_WINDOWS_MS) | {w for c in self.strategies for w in (c.windows.cvd_fast, c.windows.cvd_mid)})
+            sorted(
+                set(STANDARD_CVD_WINDOWS_MS)
+                | {w for c in self.strategies for w in (c.windows.cvd_fast, c.windows.cvd_mid)}
+            )
         )
         self._slope_windows = tuple(sorted({1_800_000} | {c.windows.cvd_fast for c in self.strategies}))
         detecting = [cfg for cfg in self.strategies if cfg.detectors is not None]
         if len({cfg.detectors.model_dump_json() for cfg in detecting}) > 1:
-            raise ValueError("strategies that set detectors must set the same (a symbol has one state): "
-                             + ", ".join(cfg.name for cfg in detecting))
+            raise ValueError(
+                "strategies that set detectors must set the same (a symbol has one state): "
+                + ", ".join(cfg.name for cfg in detecting)
+            )
         self._detecting = detecting
         self._limits: dict[str, int] = {}
 
@@ -207,8 +216,14 @@ class Engine:
     def state(self, exchange: str, symbol: str) -> SymbolState:
         key = (exchange, symbol)
         if key not in self.states:
-            self.states[key] = SymbolState(exchange, symbol, self._state_params(symbol), self.detector_params(symbol),
-                                           self.flow_params(symbol), self.book_params(symbol))
+            self.states[key] = SymbolState(
+                exchange,
+                symbol,
+                self._state_params(symbol),
+                self.detector_params(symbol),
+                self.flow_params(symbol),
+                self.book_params(symbol),
+            )
         return self.states[key]
 
     def flow_params(self, symbol: str) -> FlowParams | None:
@@ -233,7 +248,7 @@ class Engine:
                 return cfg.detectors.params_for(symbol)
         return None
 
-    def process(
+    def process(  # noqa: C901 - over the complexity limit, to be split
         self,
         trades: Iterable[TradeBatch] = (),
         events: Iterable[MarketEvent | BookBatch | MarkBatch] = (),
@@ -292,8 +307,9 @@ class Engine:
             self._run(points, out)
         return out
 
-    def _buffer_events(self, events: Iterable[MarketEvent | BookBatch | MarkBatch], lowest: int,
-                       highest: int) -> int | None:
+    def _buffer_events(
+        self, events: Iterable[MarketEvent | BookBatch | MarkBatch], lowest: int, highest: int
+    ) -> int | None:
         """Add events to the pending inputs (books and marks as columns); return the newest clock reach."""
         books: dict[Key, list] = {}
         marks: dict[Key, list] = {}
@@ -323,8 +339,10 @@ class Engine:
                     others.setdefault(key, []).append(event)
                 reach = event.time_ms - delay
             newest = reach if newest is None else max(newest, reach)
-        for pieces, pending, column_type in ((books, self._pending_books, BookBatch),
-                                             (marks, self._pending_marks, MarkBatch)):
+        for pieces, pending, column_type in (
+            (books, self._pending_books, BookBatch),
+            (marks, self._pending_marks, MarkBatch),
+        ):
             for key, items in pieces.items():
                 parts = [pending[key]] if key in pending else []
                 run: list = []
@@ -347,8 +365,10 @@ class Engine:
 
     def _event_times(self) -> np.ndarray:
         parts = [b.time_ms for b in self._pending_books.values()] + [m.time_ms for m in self._pending_marks.values()]
-        parts += [np.fromiter((e.time_ms for e in items), dtype=np.int64, count=len(items))
-                  for items in self._pending_other.values()]
+        parts += [
+            np.fromiter((e.time_ms for e in items), dtype=np.int64, count=len(items))
+            for items in self._pending_other.values()
+        ]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def _evaluation_points(self, low: int) -> np.ndarray:
@@ -377,7 +397,9 @@ class Engine:
         parts += [batch.time_ms for batch in self._pending_trades.values()]
         if self.applied_input_ms is not None:
             parts.append(np.asarray([self.applied_input_ms], dtype=np.int64))
-        times = np.sort(np.concatenate(parts), kind="stable") if parts else np.empty(0, dtype=np.int64)  # sorted runs: merged in linear time
+        times = (
+            np.sort(np.concatenate(parts), kind="stable") if parts else np.empty(0, dtype=np.int64)
+        )  # sorted runs: merged in linear time
         limit = self.params.idle_eval_limit_ms
         spans: list[tuple[int, int]] = []
         if len(times) == 0:
@@ -439,7 +461,7 @@ class Engine:
                 first = t if first is None else min(first, t)
         return first
 
-    def _evaluate_segment(self, segment: np.ndarray, out: EngineOutput, table: FeatureTable) -> None:
+    def _evaluate_segment(self, segment: np.ndarray, out: EngineOutput, table: FeatureTable) -> None:  # noqa: C901 - over the complexity limit, to be split
         """Evaluate the points of ``segment`` (ascending); output as if one point at a time.
 
         One point at a time, the engine would at each point ``p``: apply every input before ``p``,
@@ -609,8 +631,14 @@ class Engine:
                     levels = [[dict(r) if isinstance(r, dict) else list(r) for r in side] for side in levels]
             else:
                 levels = None
-            return {"type": "BookUpdate", "exchange": event.exchange, "symbol": event.symbol,
-                    "time_ms": event.time_ms, "obi": event.obi, "levels": levels}
+            return {
+                "type": "BookUpdate",
+                "exchange": event.exchange,
+                "symbol": event.symbol,
+                "time_ms": event.time_ms,
+                "obi": event.obi,
+                "levels": levels,
+            }
         return {"type": type(event).__name__, **asdict(event)}
 
     @classmethod
@@ -628,8 +656,11 @@ class Engine:
         engine.applied_input_ms = data.get("applied_input_ms")  # absent in snapshots before it existed
         for state_data in data["states"]:
             state = SymbolState.from_dict(state_data)
-            state.use_detectors(engine.detector_params(state.symbol),  # the strategies' section may have changed
-                                engine.flow_params(state.symbol), engine.book_params(state.symbol))
+            state.use_detectors(
+                engine.detector_params(state.symbol),  # the strategies' section may have changed
+                engine.flow_params(state.symbol),
+                engine.book_params(state.symbol),
+            )
             engine.states[(state.exchange, state.symbol)] = state
         for name, book in data["books"].items():
             if name in engine.books:

@@ -127,16 +127,16 @@ class BookLevels:
 
     @property
     def prices(self) -> np.ndarray:
-        return self.data[:len(self.data) // 2]
+        return self.data[: len(self.data) // 2]
 
     @property
     def qtys(self) -> np.ndarray:
-        return self.data[len(self.data) // 2:]
+        return self.data[len(self.data) // 2 :]
 
     def pairs(self) -> list[list[list[float]]]:
         """``[bids, asks]`` of ``[price, qty]`` (plain data; ``book_levels`` reads it back exactly)."""
         rows = self.data.reshape(2, -1).T.tolist()
-        return [rows[:self.n_bids], rows[self.n_bids:]]
+        return [rows[: self.n_bids], rows[self.n_bids :]]
 
 
 class BookRecord(dict):
@@ -162,8 +162,9 @@ def attached_levels(item: Any) -> Any:
     return item.columns if type(item) is BookRecord and item.columns is not None else item
 
 
-def book_record(fields: dict[str, Any], bid_prices: list, bid_qtys: list, ask_prices: list,
-                ask_qtys: list) -> BookRecord:
+def book_record(
+    fields: dict[str, Any], bid_prices: list, bid_qtys: list, ask_prices: list, ask_qtys: list
+) -> BookRecord:
     """An md.book record from its other ``fields`` and its levels as four lists (best first): the
     ``bids``/``asks`` items and the columns from the same values."""
     has_obi = "obi_10" in fields
@@ -282,8 +283,13 @@ class BookBatch:
     @classmethod
     def from_updates(cls, updates: list[BookUpdate]) -> BookBatch:
         first = updates[0]
-        return cls.from_arrays(first.exchange, first.symbol, [u.time_ms for u in updates], [u.obi for u in updates],
-                               [u.levels for u in updates])
+        return cls.from_arrays(
+            first.exchange,
+            first.symbol,
+            [u.time_ms for u in updates],
+            [u.obi for u in updates],
+            [u.levels for u in updates],
+        )
 
     def __len__(self) -> int:
         return len(self.time_ms)
@@ -292,8 +298,10 @@ class BookBatch:
         return BookBatch(self.exchange, self.symbol, self.time_ms[index], self.obi[index], self.levels[index])
 
     def updates(self) -> list[BookUpdate]:
-        return [BookUpdate(self.exchange, self.symbol, t, o, lv)
-                for t, o, lv in zip(self.time_ms.tolist(), self.obi.tolist(), self.levels.tolist())]
+        return [
+            BookUpdate(self.exchange, self.symbol, t, o, lv)
+            for t, o, lv in zip(self.time_ms.tolist(), self.obi.tolist(), self.levels.tolist())
+        ]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -309,31 +317,58 @@ class MarkBatch:
     next_funding_time_ms: np.ndarray  # int64
 
     @classmethod
-    def from_arrays(cls, exchange: str, symbol: str, time_ms, mark_price, index_price, funding_rate,
-                    next_funding_time_ms) -> MarkBatch:
+    def from_arrays(
+        cls, exchange: str, symbol: str, time_ms, mark_price, index_price, funding_rate, next_funding_time_ms
+    ) -> MarkBatch:
         f64 = np.float64
-        return cls(exchange, symbol, np.asarray(time_ms, dtype=np.int64), np.asarray(mark_price, dtype=f64),
-                   np.asarray(index_price, dtype=f64), np.asarray(funding_rate, dtype=f64),
-                   np.asarray(next_funding_time_ms, dtype=np.int64))
+        return cls(
+            exchange,
+            symbol,
+            np.asarray(time_ms, dtype=np.int64),
+            np.asarray(mark_price, dtype=f64),
+            np.asarray(index_price, dtype=f64),
+            np.asarray(funding_rate, dtype=f64),
+            np.asarray(next_funding_time_ms, dtype=np.int64),
+        )
 
     @classmethod
     def from_updates(cls, updates: list[MarkUpdate]) -> MarkBatch:
         first = updates[0]
-        return cls.from_arrays(first.exchange, first.symbol, [u.time_ms for u in updates],
-                               [u.mark_price for u in updates], [u.index_price for u in updates],
-                               [u.funding_rate for u in updates], [u.next_funding_time_ms for u in updates])
+        return cls.from_arrays(
+            first.exchange,
+            first.symbol,
+            [u.time_ms for u in updates],
+            [u.mark_price for u in updates],
+            [u.index_price for u in updates],
+            [u.funding_rate for u in updates],
+            [u.next_funding_time_ms for u in updates],
+        )
 
     def __len__(self) -> int:
         return len(self.time_ms)
 
     def take(self, index: np.ndarray | slice) -> MarkBatch:
-        return MarkBatch(self.exchange, self.symbol, self.time_ms[index], self.mark_price[index],
-                         self.index_price[index], self.funding_rate[index], self.next_funding_time_ms[index])
+        return MarkBatch(
+            self.exchange,
+            self.symbol,
+            self.time_ms[index],
+            self.mark_price[index],
+            self.index_price[index],
+            self.funding_rate[index],
+            self.next_funding_time_ms[index],
+        )
 
     def updates(self) -> list[MarkUpdate]:
-        return [MarkUpdate(self.exchange, self.symbol, *row) for row in zip(
-            self.time_ms.tolist(), self.mark_price.tolist(), self.index_price.tolist(), self.funding_rate.tolist(),
-            self.next_funding_time_ms.tolist())]
+        return [
+            MarkUpdate(self.exchange, self.symbol, *row)
+            for row in zip(
+                self.time_ms.tolist(),
+                self.mark_price.tolist(),
+                self.index_price.tolist(),
+                self.funding_rate.tolist(),
+                self.next_funding_time_ms.tolist(),
+            )
+        ]
 
 
 ColumnarEvents = BookBatch | MarkBatch
@@ -348,7 +383,9 @@ def concat_columns(batches: list) -> BookBatch | MarkBatch:
     return type(first)(first.exchange, first.symbol, *(np.concatenate([getattr(b, n) for b in batches]) for n in names))
 
 
-def obi_from_levels(bids: Iterable[tuple[float, float]], asks: Iterable[tuple[float, float]], depth: int = 10) -> float | None:
+def obi_from_levels(
+    bids: Iterable[tuple[float, float]], asks: Iterable[tuple[float, float]], depth: int = 10
+) -> float | None:
     """(bid_qty - ask_qty) / (bid_qty + ask_qty) over the top ``depth`` levels; None for an empty book."""
     bid_qty = sum(q for _, q in list(bids)[:depth])
     ask_qty = sum(q for _, q in list(asks)[:depth])
@@ -386,8 +423,9 @@ def record_column(records: list[Mapping[str, Any]]) -> np.ndarray:
 
 def book_from_record(record: Mapping[str, Any]) -> BookUpdate:
     levels = attached_levels(record)
-    return BookUpdate(record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]),
-                      levels)  # a reference (or the columns a source attached): read only where the detectors are on
+    return BookUpdate(
+        record["exchange"], record["symbol"], int(record["event_time"]), float(record["obi_10"]), levels
+    )  # a reference (or the columns a source attached): read only where the detectors are on
 
 
 def mark_from_record(record: Mapping[str, Any]) -> MarkUpdate:

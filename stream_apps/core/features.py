@@ -16,7 +16,6 @@ from functools import lru_cache
 
 from .durations import format_duration_ms
 
-
 # after a start from minute bars (``approx_until_ms``), how much of trades an evaluation needs before it is
 # valid: the longest window read from second buckets (the 1-hour CVD) and its slope's two 15-s steps
 DETAIL_NEEDED_MS = 3_600_000 + 2 * 15_000
@@ -120,22 +119,45 @@ class Features:
     def covers(self, window_ms: int) -> bool:
         """True when uninterrupted trade data covers ``[time_ms - window_ms, time_ms)``; after a start from
         minute bars also the trades themselves cover what the second buckets read (``DETAIL_NEEDED_MS``)."""
-        return (self.coverage_start_ms is not None and self.coverage_start_ms <= self.time_ms - window_ms
-                and (self.approx_until_ms is None or self.approx_until_ms <= self.time_ms - DETAIL_NEEDED_MS))
+        return (
+            self.coverage_start_ms is not None
+            and self.coverage_start_ms <= self.time_ms - window_ms
+            and (self.approx_until_ms is None or self.approx_until_ms <= self.time_ms - DETAIL_NEEDED_MS)
+        )
 
     def inputs(self) -> dict[str, float]:
         """Every available number by name (the ``inputs`` map of a feature record)."""
         ratio = self.atr_price_ratio
         scalars = {name: [math.nan if (v := getattr(self, name)) is None else float(v)] for name in SCALAR_FIELDS}
-        return input_rows(scalars, {w: [v] for w, v in self.cvd}, {w: [v] for w, v in self.cvd_slope},
-                          {w: [v] for w, v in self.cvd_accel}, [math.nan if ratio is None else ratio], 1)[0]
+        return input_rows(
+            scalars,
+            {w: [v] for w, v in self.cvd},
+            {w: [v] for w, v in self.cvd_slope},
+            {w: [v] for w, v in self.cvd_accel},
+            [math.nan if ratio is None else ratio],
+            1,
+        )[0]
 
 
 _NAMED = ("exchange", "symbol", "time_ms", "cvd", "cvd_slope", "cvd_accel")
 SCALAR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Features) if f.name not in _NAMED)
-_ALWAYS = frozenset({"volume_30m", "atr_percentile", "atr_bars", "p95_qty", "p99_qty", "qty_samples",
-                     "large_buy_qty_15m", "large_sell_qty_15m", "whale_buy_usd_15m", "whale_sell_usd_15m",
-                     "whale_ratio_15m", "liq_long_usd_5m", "liq_short_usd_5m"})  # never None
+_ALWAYS = frozenset(
+    {
+        "volume_30m",
+        "atr_percentile",
+        "atr_bars",
+        "p95_qty",
+        "p99_qty",
+        "qty_samples",
+        "large_buy_qty_15m",
+        "large_sell_qty_15m",
+        "whale_buy_usd_15m",
+        "whale_sell_usd_15m",
+        "whale_ratio_15m",
+        "liq_long_usd_5m",
+        "liq_short_usd_5m",
+    }
+)  # never None
 
 
 @lru_cache(maxsize=256)
@@ -143,14 +165,20 @@ def duration_name(window_ms: int) -> str:
     return format_duration_ms(window_ms)
 
 
-def input_rows(scalars: Mapping[str, Sequence[float]], cvd: Mapping[int, Sequence[float]],
-               slope: Mapping[int, Sequence[float]], accel: Mapping[int, Sequence[float]],
-               atr_price_ratio: Sequence[float], n: int) -> list[dict[str, float]]:
+def input_rows(
+    scalars: Mapping[str, Sequence[float]],
+    cvd: Mapping[int, Sequence[float]],
+    slope: Mapping[int, Sequence[float]],
+    accel: Mapping[int, Sequence[float]],
+    atr_price_ratio: Sequence[float],
+    n: int,
+) -> list[dict[str, float]]:
     """The ``inputs`` map of ``n`` snapshots given as columns (NaN = not available): the scalar
     fields in declaration order, then ``cvd_<w>``, ``cvd_slope_<w>``, ``cvd_accel_<w>`` per window,
     then ``atr_price_ratio``. ``Features.inputs`` and ``FeatureFrame.input_rows`` both use it."""
-    columns: list[tuple[str, Sequence[float], bool]] = [(name, scalars[name], name not in _ALWAYS)
-                                                        for name in SCALAR_FIELDS]
+    columns: list[tuple[str, Sequence[float], bool]] = [
+        (name, scalars[name], name not in _ALWAYS) for name in SCALAR_FIELDS
+    ]
     for prefix, pairs in (("cvd", cvd), ("cvd_slope", slope), ("cvd_accel", accel)):
         for window_ms, column in pairs.items():
             columns.append((f"{prefix}_{duration_name(window_ms)}", column, False))

@@ -61,14 +61,21 @@ class FeatureFrame:
         """``Features.covers`` per row."""
         start, approx = self.values["coverage_start_ms"], self.values["approx_until_ms"]
         with np.errstate(invalid="ignore"):
-            return ~np.isnan(start) & (start <= self.time_ms - window_ms) & (
-                np.isnan(approx) | (approx <= self.time_ms - DETAIL_NEEDED_MS))
+            return (
+                ~np.isnan(start)
+                & (start <= self.time_ms - window_ms)
+                & (np.isnan(approx) | (approx <= self.time_ms - DETAIL_NEEDED_MS))
+            )
 
     # -- rows -----------------------------------------------------------------------------------
     def take(self, index: np.ndarray) -> FeatureFrame:
         return FeatureFrame(
-            self.exchange, self.symbol, self.time_ms[index], {k: v[index] for k, v in self.values.items()},
-            {w: v[index] for w, v in self.cvd.items()}, {w: v[index] for w, v in self.cvd_slope.items()},
+            self.exchange,
+            self.symbol,
+            self.time_ms[index],
+            {k: v[index] for k, v in self.values.items()},
+            {w: v[index] for w, v in self.cvd.items()},
+            {w: v[index] for w, v in self.cvd_slope.items()},
             {w: v[index] for w, v in self.cvd_accel.items()},
         )
 
@@ -97,11 +104,22 @@ class FeatureFrame:
         for name in SCALAR_FIELDS:
             column = [getattr(r, name) for r in rows]
             values[name] = np.array([np.nan if v is None else v for v in column], dtype=np.float64)
+
         def pairs(attr: str) -> dict[int, np.ndarray]:
-            return {w: np.array([dict(getattr(r, attr))[w] for r in rows], dtype=np.float64)
-                    for w, _ in getattr(first, attr)}
-        return cls(first.exchange, first.symbol, np.array([r.time_ms for r in rows], dtype=np.int64), values,
-                   pairs("cvd"), pairs("cvd_slope"), pairs("cvd_accel"))
+            return {
+                w: np.array([dict(getattr(r, attr))[w] for r in rows], dtype=np.float64)
+                for w, _ in getattr(first, attr)
+            }
+
+        return cls(
+            first.exchange,
+            first.symbol,
+            np.array([r.time_ms for r in rows], dtype=np.int64),
+            values,
+            pairs("cvd"),
+            pairs("cvd_slope"),
+            pairs("cvd_accel"),
+        )
 
     def input_rows(self, index: np.ndarray | None = None) -> list[dict[str, float]]:
         """``Features.inputs()`` of the rows ``index`` (all by default): every available number by name."""
@@ -111,8 +129,14 @@ class FeatureFrame:
         def lists(columns: dict) -> dict:
             return {key: column[index].tolist() for key, column in columns.items()}
 
-        return input_rows(lists(self.values), lists(self.cvd), lists(self.cvd_slope), lists(self.cvd_accel),
-                          self.atr_price_ratio[index].tolist(), len(index))
+        return input_rows(
+            lists(self.values),
+            lists(self.cvd),
+            lists(self.cvd_slope),
+            lists(self.cvd_accel),
+            self.atr_price_ratio[index].tolist(),
+            len(index),
+        )
 
 
 def distinct_sorted(values: np.ndarray) -> np.ndarray:

@@ -26,9 +26,36 @@ from numba import njit
 
 
 @njit(cache=True)
-def score_rows(fast, mid, accel, large_net, ls_ratio, top_share, oi_change, vwap, price, premium, funding,
-               liq_long, liq_short, atr_ratio, obi, spot_perp, whale, weights, raw_max, ls_long, ls_short, rules,
-               gates, veto_missing, sign_out, layers_out, total_out, gate_out):  # pragma: no cover - compiled
+def score_rows(  # noqa: C901 - over the complexity limit, to be split
+    fast,
+    mid,
+    accel,
+    large_net,
+    ls_ratio,
+    top_share,
+    oi_change,
+    vwap,
+    price,
+    premium,
+    funding,
+    liq_long,
+    liq_short,
+    atr_ratio,
+    obi,
+    spot_perp,
+    whale,
+    weights,
+    raw_max,
+    ls_long,
+    ls_short,
+    rules,
+    gates,
+    veto_missing,
+    sign_out,
+    layers_out,
+    total_out,
+    gate_out,
+):  # pragma: no cover - compiled
     n_strategies, n = fast.shape
     raw = np.zeros(7)
     for k in range(n_strategies):
@@ -174,8 +201,9 @@ def window_quantiles(rows, total, ids, hour, window_hours, qs, sub_buckets, min_
 
 
 @njit(cache=True)
-def _thresholds(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent,
-                out):  # pragma: no cover - compiled
+def _thresholds(
+    rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent, out
+):  # pragma: no cover - compiled
     """P95/P99 at ``hour`` with the floors (``SymbolState._thresholds_at``) into out = (p95, p99, n)."""
     qs = np.array([0.95, 0.99])
     values = np.zeros(2)
@@ -188,16 +216,35 @@ def _thresholds(rows, total, ids, hour, window_hours, floors, min_samples, sub_b
 
 
 @njit(cache=True)
-def thresholds_at(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets,
-                  min_exponent):  # pragma: no cover - compiled
+def thresholds_at(
+    rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent
+):  # pragma: no cover - compiled
     out = np.zeros(3)
     _thresholds(rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent, out)
     return out
 
 
 @njit(cache=True)
-def apply_minutes(qtys, bins, starts, minutes, rows, total, ids, head, window_hours, floors, min_samples,
-                  sub_buckets, min_exponent, state, wanted, wanted_out, minute_out, large):  # pragma: no cover
+def apply_minutes(
+    qtys,
+    bins,
+    starts,
+    minutes,
+    rows,
+    total,
+    ids,
+    head,
+    window_hours,
+    floors,
+    min_samples,
+    sub_buckets,
+    min_exponent,
+    state,
+    wanted,
+    wanted_out,
+    minute_out,
+    large,
+):  # pragma: no cover
     """The per-minute loop of ``SymbolState._apply_accepted`` for trades grouped by minute (``starts``):
     P95/P99 frozen at each new minute from the trades before it, "large" = qty above that P99, then
     the minute's sizes counted into its hour. ``state`` = [threshold minute, p95, p99, samples] is
@@ -220,12 +267,23 @@ def apply_minutes(qtys, bins, starts, minutes, rows, total, ids, head, window_ho
                 if wanted[w] == int(state[0]):
                     wanted_out[w, 0], wanted_out[w, 1], wanted_out[w, 2] = state[1], state[2], state[3]
                 else:
-                    _thresholds(rows, total, ids, (wanted[w] * 60_000) // 3_600_000, window_hours, floors,
-                                min_samples, sub_buckets, min_exponent, tmp)
+                    _thresholds(
+                        rows,
+                        total,
+                        ids,
+                        (wanted[w] * 60_000) // 3_600_000,
+                        window_hours,
+                        floors,
+                        min_samples,
+                        sub_buckets,
+                        min_exponent,
+                        tmp,
+                    )
                     wanted_out[w, 0], wanted_out[w, 1], wanted_out[w, 2] = tmp[0], tmp[1], tmp[2]
                 w += 1
-            _thresholds(rows, total, ids, hour_of_minute, window_hours, floors, min_samples, sub_buckets,
-                        min_exponent, tmp)
+            _thresholds(
+                rows, total, ids, hour_of_minute, window_hours, floors, min_samples, sub_buckets, min_exponent, tmp
+            )
             state[0], state[1], state[2], state[3] = minute, tmp[0], tmp[1], tmp[2]
             minute_out[g, 0], minute_out[g, 1], minute_out[g, 2] = tmp[0], tmp[1], tmp[2]
         p99 = state[2]
@@ -287,8 +345,9 @@ NONE_TIME = -(2**62)  # "never fired"
 
 
 @njit(cache=True)
-def cooldown_rows(times, signs, scores, candidates, cooldown_ms, flip_threshold, timeout_ms, state, fired,
-                  flips):  # pragma: no cover - compiled
+def cooldown_rows(
+    times, signs, scores, candidates, cooldown_ms, flip_threshold, timeout_ms, state, fired, flips
+):  # pragma: no cover - compiled
     """The candidate rows (time order) that fire: not within ``cooldown_ms`` of the same direction's
     last signal on this symbol; a firing row is a flip when its score reaches ``flip_threshold`` and
     the previous signal on the symbol was the other direction at most ``timeout_ms`` earlier.
@@ -309,4 +368,3 @@ def cooldown_rows(times, signs, scores, candidates, cooldown_ms, flip_threshold,
             state[1] = now
         state[2] = sign
         state[3] = now
-

@@ -39,8 +39,9 @@ _NO_VALUES = np.empty(0, dtype=np.float64)
 _NO_MARKS = np.empty((0, 3), dtype=np.float64)
 
 
-def _latest(times: np.ndarray, update_times: np.ndarray, update_values: np.ndarray, before: Any,
-            fields_of) -> tuple[np.ndarray, np.ndarray]:
+def _latest(
+    times: np.ndarray, update_times: np.ndarray, update_values: np.ndarray, before: Any, fields_of
+) -> tuple[np.ndarray, np.ndarray]:
     """Per time: the values and time of the newest update strictly before it, else of ``before``
     (time -inf and NaN values when there is none)."""
     width = update_values.shape[1]
@@ -82,9 +83,21 @@ class LatestValue:
     prev_value_time_ms: int | None = None
 
 
-MARKET_FIELDS = ("obi", "mark_price", "index_price", "funding_rate", "open_interest", "oi_change",
-                 "long_short_ratio", "top_trader_long_share", "taker_buy_sell_ratio", "coinbase_premium",
-                 "spot_perp_divergence", "liq_long_usd_5m", "liq_short_usd_5m")
+MARKET_FIELDS = (
+    "obi",
+    "mark_price",
+    "index_price",
+    "funding_rate",
+    "open_interest",
+    "oi_change",
+    "long_short_ratio",
+    "top_trader_long_share",
+    "taker_buy_sell_ratio",
+    "coinbase_premium",
+    "spot_perp_divergence",
+    "liq_long_usd_5m",
+    "liq_short_usd_5m",
+)
 
 
 @dataclass
@@ -162,8 +175,9 @@ class MarketRecords:
             self.mark = accepted.take(slice(-1, None)).updates()[0]
         return accepted
 
-    def apply_segment(self, books: BookBatch | None, marks: MarkBatch | None,
-                      others: list[LiquidationEvent | IndicatorUpdate]) -> MarketTimeline:
+    def apply_segment(
+        self, books: BookBatch | None, marks: MarkBatch | None, others: list[LiquidationEvent | IndicatorUpdate]
+    ) -> MarketTimeline:
         """Apply a segment's inputs (each kind in time order) and say what every time in it saw."""
         pre_book, pre_mark = self.book, self.mark
         accepted_books = self.apply_books(books) if books is not None and len(books) else None
@@ -173,8 +187,10 @@ class MarketRecords:
             accepted_books.obi if accepted_books is not None else _NO_VALUES,
             accepted_marks.time_ms if accepted_marks is not None else _NO_TIMES,
             np.column_stack((accepted_marks.mark_price, accepted_marks.index_price, accepted_marks.funding_rate))
-            if accepted_marks is not None else _NO_MARKS,
-            pre_book, pre_mark,
+            if accepted_marks is not None
+            else _NO_MARKS,
+            pre_book,
+            pre_mark,
         )
         liquidations = [event for event in others if isinstance(event, LiquidationEvent)]
         if liquidations:  # the ring only sums them; indicators are versioned apart: order between is free
@@ -252,19 +268,32 @@ class MarketRecords:
             timeline = MarketTimeline(_NO_TIMES, _NO_VALUES, _NO_TIMES, _NO_MARKS, self.book, self.mark)
 
         # book and mark: the newest accepted update before each time, else the one before the segment
-        obi, book_time = _latest(times, timeline.book_time, timeline.book_obi[:, None], timeline.pre_book,
-                                 lambda b: (b.obi,))
+        obi, book_time = _latest(
+            times, timeline.book_time, timeline.book_obi[:, None], timeline.pre_book, lambda b: (b.obi,)
+        )
         fresh = book_time >= times - p.book_max_age_ms
         out["obi"] = np.where(fresh, obi[:, 0], np.nan)
-        marks, mark_time = _latest(times, timeline.mark_time, timeline.mark_values, timeline.pre_mark,
-                                   lambda m: (m.mark_price, m.index_price, m.funding_rate))
+        marks, mark_time = _latest(
+            times,
+            timeline.mark_time,
+            timeline.mark_values,
+            timeline.pre_mark,
+            lambda m: (m.mark_price, m.index_price, m.funding_rate),
+        )
         fresh = mark_time >= times - p.mark_max_age_ms
         for k, name in enumerate(("mark_price", "index_price", "funding_rate")):
             out[name] = np.where(fresh, marks[:, k], np.nan)
 
         # indicators: one version per indicator update of the segment
-        for name in ("open_interest", "oi_change", "long_short_ratio", "top_trader_long_share",
-                     "taker_buy_sell_ratio", "coinbase_premium", "spot_perp_divergence"):
+        for name in (
+            "open_interest",
+            "oi_change",
+            "long_short_ratio",
+            "top_trader_long_share",
+            "taker_buy_sell_ratio",
+            "coinbase_premium",
+            "spot_perp_divergence",
+        ):
             out[name] = np.full(n, np.nan)
         if timeline.indicator_versions:
             version = np.searchsorted(np.asarray(timeline.indicator_times, dtype=np.int64), times, side="left")
@@ -281,8 +310,9 @@ class MarketRecords:
         out["liq_short_usd_5m"] = exact_ratio(sums[:, 1], NOTIONAL_SCALE)
         return out
 
-    def _indicator_values(self, indicators: dict[str, LatestValue], times: np.ndarray, rows: np.ndarray,
-                          out: dict[str, np.ndarray]) -> None:
+    def _indicator_values(
+        self, indicators: dict[str, LatestValue], times: np.ndarray, rows: np.ndarray, out: dict[str, np.ndarray]
+    ) -> None:
         limit = times - self.params.indicator_max_age_ms
 
         def fresh(kind: str) -> tuple[LatestValue | None, np.ndarray]:
@@ -306,9 +336,12 @@ class MarketRecords:
             ):
                 out["oi_change"][rows[use]] = (latest.value - latest.prev_value) / latest.prev_value
             chosen |= mask
-        for name, kind in (("long_short_ratio", "long_short_account_ratio"), ("taker_buy_sell_ratio",
-                           "taker_buy_sell_ratio"), ("coinbase_premium", "coinbase_premium"),
-                           ("spot_perp_divergence", "spot_perp_divergence")):
+        for name, kind in (
+            ("long_short_ratio", "long_short_account_ratio"),
+            ("taker_buy_sell_ratio", "taker_buy_sell_ratio"),
+            ("coinbase_premium", "coinbase_premium"),
+            ("spot_perp_divergence", "spot_perp_divergence"),
+        ):
             latest, mask = fresh(kind)
             if latest is not None:
                 out[name][rows[mask]] = latest.value

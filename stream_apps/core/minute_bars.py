@@ -25,12 +25,38 @@ from .params import MINUTE_MS
 MINUTE_BAR_KIND = "kline_1m"
 
 
-def minute_bar(exchange: str, symbol: str, open_ms: int, o: float, h: float, lo: float, c: float,
-               buy_volume: float, sell_volume: float, quote_volume: float, trades: int) -> IndicatorUpdate:
+def minute_bar(
+    exchange: str,
+    symbol: str,
+    open_ms: int,
+    o: float,
+    h: float,
+    lo: float,
+    c: float,
+    buy_volume: float,
+    sell_volume: float,
+    quote_volume: float,
+    trades: int,
+) -> IndicatorUpdate:
     """The event of one minute bar, known at the minute's last millisecond."""
-    return IndicatorUpdate(exchange, symbol, open_ms + MINUTE_MS - 1, MINUTE_BAR_KIND, c, open_ms,
-                           {"open": o, "high": h, "low": lo, "close": c, "buy_volume": buy_volume,
-                            "sell_volume": sell_volume, "quote_volume": quote_volume, "trades": float(trades)})
+    return IndicatorUpdate(
+        exchange,
+        symbol,
+        open_ms + MINUTE_MS - 1,
+        MINUTE_BAR_KIND,
+        c,
+        open_ms,
+        {
+            "open": o,
+            "high": h,
+            "low": lo,
+            "close": c,
+            "buy_volume": buy_volume,
+            "sell_volume": sell_volume,
+            "quote_volume": quote_volume,
+            "trades": float(trades),
+        },
+    )
 
 
 def minute_bars_from_trades(batch: TradeBatch) -> list[IndicatorUpdate]:
@@ -45,15 +71,34 @@ def minute_bars_from_trades(batch: TradeBatch) -> list[IndicatorUpdate]:
     out = []
     for a, b in zip(starts.tolist(), ends.tolist()):
         prices = batch.price[a:b]
-        out.append(minute_bar(batch.exchange, batch.symbol, int(minutes[a]) * MINUTE_MS, float(prices[0]),
-                              float(prices.max()), float(prices.min()), float(prices[-1]),
-                              round(float(buy_qty[a:b].sum()), 8), round(float(sell_qty[a:b].sum()), 8),
-                              float((prices * batch.qty[a:b]).sum()), b - a))
+        out.append(
+            minute_bar(
+                batch.exchange,
+                batch.symbol,
+                int(minutes[a]) * MINUTE_MS,
+                float(prices[0]),
+                float(prices.max()),
+                float(prices.min()),
+                float(prices[-1]),
+                round(float(buy_qty[a:b].sum()), 8),
+                round(float(sell_qty[a:b].sum()), 8),
+                float((prices * batch.qty[a:b]).sum()),
+                b - a,
+            )
+        )
     return out
 
 
 def minute_bar_record(bar: IndicatorUpdate) -> dict:
     """The md.indicators record of a bar, as the live warm start publishes a 1m kline
     (``producers.binance.indicator_parse.parse_klines_1m``): ``indicator_from_record`` gives ``bar`` back."""
-    return {"exchange": bar.exchange, "symbol": bar.symbol, "kind": bar.kind, "value": bar.value, "period": "1m",
-            "extra": dict(bar.extra), "event_time": bar.value_time_ms, "receive_time": bar.time_ms}
+    return {
+        "exchange": bar.exchange,
+        "symbol": bar.symbol,
+        "kind": bar.kind,
+        "value": bar.value,
+        "period": "1m",
+        "extra": dict(bar.extra),
+        "event_time": bar.value_time_ms,
+        "receive_time": bar.time_ms,
+    }

@@ -52,8 +52,17 @@ def quantile_from_counts(counts: np.ndarray, q: float) -> tuple[float | None, in
     counts = np.asarray(counts, dtype=np.int64)
     out = np.zeros(1)
     no_hours = np.full(1, -1, dtype=np.int64)
-    n = window_quantiles(np.zeros((1, len(counts)), dtype=np.int32), counts, no_hours, 0, 0,
-                         np.array([q], dtype=np.float64), SUB_BUCKETS, MIN_EXPONENT, out)
+    n = window_quantiles(
+        np.zeros((1, len(counts)), dtype=np.int32),
+        counts,
+        no_hours,
+        0,
+        0,
+        np.array([q], dtype=np.float64),
+        SUB_BUCKETS,
+        MIN_EXPONENT,
+        out,
+    )
     return (float(out[0]) if n else None), int(n)
 
 
@@ -94,8 +103,17 @@ class HourlyQuantileWindow:
     def quantiles_at(self, hour: int, qs: Sequence[float]) -> tuple[list[float | None], int]:
         """The ``qs`` quantiles (ascending) of the window ending in ``hour``, and the sample count."""
         out = np.zeros(len(qs))
-        n = window_quantiles(self._rows, self._total, self._ids, hour, self.window_hours,
-                             np.asarray(qs, dtype=np.float64), SUB_BUCKETS, MIN_EXPONENT, out)
+        n = window_quantiles(
+            self._rows,
+            self._total,
+            self._ids,
+            hour,
+            self.window_hours,
+            np.asarray(qs, dtype=np.float64),
+            SUB_BUCKETS,
+            MIN_EXPONENT,
+            out,
+        )
         return ([float(v) for v in out] if n else [None] * len(qs)), int(n)
 
     @property

@@ -38,9 +38,20 @@ _SIGNAL_FACTOR_INPUTS = (
 )
 
 
-def feature_dict(strategy: str, version: str, config_hash: str, exchange: str, symbol: str, eval_time: int,
-                 inputs: dict[str, float], layer_scores: dict[str, float], score: float, direction: str | None,
-                 gate: str | None, block_reason: str | None) -> dict[str, Any]:
+def feature_dict(
+    strategy: str,
+    version: str,
+    config_hash: str,
+    exchange: str,
+    symbol: str,
+    eval_time: int,
+    inputs: dict[str, float],
+    layer_scores: dict[str, float],
+    score: float,
+    direction: str | None,
+    gate: str | None,
+    block_reason: str | None,
+) -> dict[str, Any]:
     """One ``features`` record (FeatureEvaluation): every evaluation, signal or not."""
     return {
         "evaluation_id": f"{strategy}:{config_hash}:{exchange}:{symbol}:{eval_time}",
@@ -61,12 +72,23 @@ def feature_dict(strategy: str, version: str, config_hash: str, exchange: str, s
 
 def feature_record(evaluation: Evaluation) -> dict[str, Any]:
     """The ``features`` record of one ``Evaluation``."""
-    assert evaluation.evaluation_id == (f"{evaluation.strategy}:{evaluation.config_hash}:{evaluation.exchange}:"
-                                        f"{evaluation.symbol}:{evaluation.time_ms}")
-    return feature_dict(evaluation.strategy, evaluation.strategy_version, evaluation.config_hash,
-                        evaluation.exchange, evaluation.symbol, evaluation.time_ms, dict(evaluation.inputs),
-                        dict(evaluation.layer_scores), evaluation.score, evaluation.direction, evaluation.gate,
-                        evaluation.block_reason)
+    assert evaluation.evaluation_id == (
+        f"{evaluation.strategy}:{evaluation.config_hash}:{evaluation.exchange}:{evaluation.symbol}:{evaluation.time_ms}"
+    )
+    return feature_dict(
+        evaluation.strategy,
+        evaluation.strategy_version,
+        evaluation.config_hash,
+        evaluation.exchange,
+        evaluation.symbol,
+        evaluation.time_ms,
+        dict(evaluation.inputs),
+        dict(evaluation.layer_scores),
+        evaluation.score,
+        evaluation.direction,
+        evaluation.gate,
+        evaluation.block_reason,
+    )
 
 
 @dataclass(slots=True)
@@ -95,11 +117,22 @@ class FeatureBlock:
             inputs = dict(base[k])
             for name, column in extra:
                 inputs[name] = column[k]
-            out.append(feature_dict(
-                cfg.name, cfg.version, cfg.config_hash, frame.exchange, frame.symbol, eval_time, inputs,
-                {name: column[k] for name, column in layers}, score_values[k], DIRECTIONS[signs[k]],
-                GATES[gates[k] - 1] if gates[k] else None, BLOCK_REASONS[blocks[k]],
-            ))
+            out.append(
+                feature_dict(
+                    cfg.name,
+                    cfg.version,
+                    cfg.config_hash,
+                    frame.exchange,
+                    frame.symbol,
+                    eval_time,
+                    inputs,
+                    {name: column[k] for name, column in layers},
+                    score_values[k],
+                    DIRECTIONS[signs[k]],
+                    GATES[gates[k] - 1] if gates[k] else None,
+                    BLOCK_REASONS[blocks[k]],
+                )
+            )
         return out
 
 
@@ -130,8 +163,11 @@ class FeatureTable:
         frame_inputs: dict[int, list[dict[str, float]]] = {}
         for b, (block, (key, rank)) in enumerate(zip(self.blocks, self._ranks)):
             n = len(block)
-            columns.append(np.column_stack((block.frame.time_ms, np.full(n, key_rank[key]), np.full(n, rank),
-                                            np.full(n, b), np.arange(n))))
+            columns.append(
+                np.column_stack(
+                    (block.frame.time_ms, np.full(n, key_rank[key]), np.full(n, rank), np.full(n, b), np.arange(n))
+                )
+            )
             if id(block.frame) not in frame_inputs:  # the snapshot's own inputs, once for every strategy
                 frame_inputs[id(block.frame)] = block.frame.input_rows()
             per_block.append(block.records(np.arange(n), frame_inputs[id(block.frame)]))

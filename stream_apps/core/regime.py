@@ -31,8 +31,7 @@ import numpy as np
 from .frame import FeatureFrame
 from .strategy import Condition, StrategyConfig
 
-_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
-        "!=": operator.ne}
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne}
 HOLDS, FALSE, MISSING = 1, 0, -1
 
 
@@ -84,8 +83,9 @@ def feature_column(frame: FeatureFrame, cfg: StrategyConfig, name: str) -> np.nd
     return v[name]
 
 
-def _status(frame: FeatureFrame, cfg: StrategyConfig, conditions: list[Condition],
-            sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _status(
+    frame: FeatureFrame, cfg: StrategyConfig, conditions: list[Condition], sign: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     n = len(frame)
     status = np.empty((len(conditions), n), dtype=np.int8)
     values = np.empty((len(conditions), n))
@@ -139,8 +139,10 @@ def regime_notes(cfg: StrategyConfig, r: RegimeFrame, i: int) -> tuple[str, ...]
                 notes.append(f"missing:{c.feature}")
             elif status[j, i] == FALSE:
                 aligned = " aligned" if c.aligned else ""
-                notes.append(f"regime:{regime.name}: {prefix}{c.feature}{aligned} = {float(values[j, i]):.6g}, "
-                             f"not {c.op} {c.value:g}")
+                notes.append(
+                    f"regime:{regime.name}: {prefix}{c.feature}{aligned} = {float(values[j, i]):.6g}, "
+                    f"not {c.op} {c.value:g}"
+                )
 
     explain(regime.conditions, r.status, r.values, "")
     if r.fires[i] and regime.heavy:

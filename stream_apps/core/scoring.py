@@ -95,8 +95,17 @@ class Evaluation:
 
 DIRECTIONS = {1: LONG, -1: SHORT, 0: None}
 GATES = ("min_atr", "obi", "spot_perp_divergence", "whale_flow")  # checked in this order
-BLOCK_REASONS = (None, "no_direction", "gate", "below_entry", "warmup", "missing_atr", "cooldown",
-                 "rules_not_met", "missing_input")  # the last two: regime strategies (``core.regime``)
+BLOCK_REASONS = (
+    None,
+    "no_direction",
+    "gate",
+    "below_entry",
+    "warmup",
+    "missing_atr",
+    "cooldown",
+    "rules_not_met",
+    "missing_input",
+)  # the last two: regime strategies (``core.regime``)
 NO_DIRECTION, GATE, BELOW_ENTRY, WARMUP, MISSING_ATR, COOLDOWN, RULES_NOT_MET, MISSING_INPUT = range(1, 9)
 TIERS = (None, "standard", "heavy")
 
@@ -148,12 +157,35 @@ def _params(cfgs: Sequence[StrategyConfig], symbol: str) -> _Params:
         weights=np.array([[getattr(c.weights, name) for name in LAYER_ORDER] for c in cfgs], dtype=np.float64),
         ls_long=np.array([c.rules.long_short_long_levels for c in cfgs], dtype=np.float64),
         ls_short=np.array([c.rules.long_short_short_levels for c in cfgs], dtype=np.float64),
-        rules=np.array([[c.rules.top_trader_high, c.rules.top_trader_low, c.rules.oi_strong_change,
-                         c.rules.premium_band, c.rules.funding_extreme, c.rules.funding_moderate,
-                         c.rules.liquidation_ratio_long, c.rules.liquidation_ratio_short,
-                         c.rules.liquidation_min_usd.value_for(symbol) or 0.0] for c in cfgs], dtype=np.float64),
-        gates=np.array([[gate(c.gates.min_atr_price), gate(c.gates.obi_against), gate(c.gates.spot_perp_divergence),
-                         gate(c.gates.whale_against)] for c in cfgs], dtype=np.float64),
+        rules=np.array(
+            [
+                [
+                    c.rules.top_trader_high,
+                    c.rules.top_trader_low,
+                    c.rules.oi_strong_change,
+                    c.rules.premium_band,
+                    c.rules.funding_extreme,
+                    c.rules.funding_moderate,
+                    c.rules.liquidation_ratio_long,
+                    c.rules.liquidation_ratio_short,
+                    c.rules.liquidation_min_usd.value_for(symbol) or 0.0,
+                ]
+                for c in cfgs
+            ],
+            dtype=np.float64,
+        ),
+        gates=np.array(
+            [
+                [
+                    gate(c.gates.min_atr_price),
+                    gate(c.gates.obi_against),
+                    gate(c.gates.spot_perp_divergence),
+                    gate(c.gates.whale_against),
+                ]
+                for c in cfgs
+            ],
+            dtype=np.float64,
+        ),
         veto_missing=np.array([c.gates.on_missing_input == "veto" for c in cfgs]),
         entry=np.array([[c.thresholds.entry] for c in cfgs], dtype=np.float64),
         heavy=np.array([[c.thresholds.heavy] for c in cfgs], dtype=np.float64),
@@ -181,11 +213,36 @@ def score_frames(frame: FeatureFrame, cfgs: Sequence[StrategyConfig]) -> list[Sc
     layers = np.empty((count, len(LAYER_ORDER), n))
     total = np.empty((count, n))
     gate = np.empty((count, n), dtype=np.int8)
-    score_rows(fast, mid, accel, frame.large_net_qty_15m, v["long_short_ratio"], v["top_trader_long_share"],
-               v["oi_change"], v["vwap_30m"], v["last_price"], v["coinbase_premium"], v["funding_rate"],
-               v["liq_long_usd_5m"], v["liq_short_usd_5m"], frame.atr_price_ratio, v["obi"],
-               v["spot_perp_divergence"], v["whale_ratio_15m"], params.weights, RAW_MAX_ARRAY, params.ls_long,
-               params.ls_short, params.rules, params.gates, params.veto_missing, sign, layers, total, gate)
+    score_rows(
+        fast,
+        mid,
+        accel,
+        frame.large_net_qty_15m,
+        v["long_short_ratio"],
+        v["top_trader_long_share"],
+        v["oi_change"],
+        v["vwap_30m"],
+        v["last_price"],
+        v["coinbase_premium"],
+        v["funding_rate"],
+        v["liq_long_usd_5m"],
+        v["liq_short_usd_5m"],
+        frame.atr_price_ratio,
+        v["obi"],
+        v["spot_perp_divergence"],
+        v["whale_ratio_15m"],
+        params.weights,
+        RAW_MAX_ARRAY,
+        params.ls_long,
+        params.ls_short,
+        params.rules,
+        params.gates,
+        params.veto_missing,
+        sign,
+        layers,
+        total,
+        gate,
+    )
     raw_score = _round6(total)
     block = np.where(sign == 0, NO_DIRECTION, np.where(gate > 0, GATE, 0)).astype(np.int8)
     final = np.where(block == 0, raw_score, 0.0)
@@ -209,8 +266,15 @@ def _regime_scores(frame: FeatureFrame, cfg: StrategyConfig, layers: dict[str, n
     sign = np.where(r.fires, r.sign, 0).astype(np.int8)
     final = np.where(r.heavy, float(cfg.thresholds.heavy), np.where(r.fires, float(cfg.thresholds.entry), 0.0))
     tier = np.where(r.heavy, 2, np.where(r.fires, 1, 0)).astype(np.int8)
-    block = np.where(r.fires, 0, np.where(r.direction_missing, MISSING_INPUT, np.where(
-        r.sign == 0, NO_DIRECTION, np.where(r.missing, MISSING_INPUT, RULES_NOT_MET)))).astype(np.int8)
+    block = np.where(
+        r.fires,
+        0,
+        np.where(
+            r.direction_missing,
+            MISSING_INPUT,
+            np.where(r.sign == 0, NO_DIRECTION, np.where(r.missing, MISSING_INPUT, RULES_NOT_MET)),
+        ),
+    ).astype(np.int8)
     return ScoreFrame(sign, layers, final.copy(), final, tier, np.zeros(len(frame), dtype=np.int8), block, r)
 
 
@@ -250,8 +314,9 @@ def strategy_input_columns(frame: FeatureFrame, cfg: StrategyConfig) -> list[tup
     ]
 
 
-def evaluation_at(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, i: int,
-                  base_inputs: Mapping[str, float] | None = None) -> Evaluation:
+def evaluation_at(
+    frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, i: int, base_inputs: Mapping[str, float] | None = None
+) -> Evaluation:
     """Row ``i`` of a scored frame as an ``Evaluation`` (the object the one-row API returns)."""
     direction = DIRECTIONS[int(scores.sign[i])]
     notes: tuple[str, ...] = ()
@@ -259,8 +324,11 @@ def evaluation_at(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, 
         notes = regime_notes(cfg, scores.regime, i)
     elif direction is not None:  # inputs a layer needed and did not have (confirmation/funding only when used)
         v, weights = frame.values, cfg.weights
-        needed = {"long_short_ratio": v["long_short_ratio"][i], "top_trader_long_share": v["top_trader_long_share"][i],
-                  "oi_change": v["oi_change"][i]}
+        needed = {
+            "long_short_ratio": v["long_short_ratio"][i],
+            "top_trader_long_share": v["top_trader_long_share"][i],
+            "oi_change": v["oi_change"][i],
+        }
         if weights.confirmation > 0:
             needed["vwap_30m"] = v["vwap_30m"][i] + v["last_price"][i]
         needed["coinbase_premium"] = v["coinbase_premium"][i]
@@ -300,6 +368,20 @@ def score(f: Features, cfg: StrategyConfig, base_inputs: Mapping[str, float] | N
 def with_block(e: Evaluation, reason: str) -> Evaluation:
     """The same evaluation, not emitted, for ``reason`` (warmup, cooldown, missing_atr...)."""
     return Evaluation(
-        e.strategy, e.strategy_version, e.config_hash, e.exchange, e.symbol, e.time_ms, e.direction, e.score,
-        e.raw_score, e.layer_scores, e.tier, e.gate, reason, e.notes, e.inputs, False,
+        e.strategy,
+        e.strategy_version,
+        e.config_hash,
+        e.exchange,
+        e.symbol,
+        e.time_ms,
+        e.direction,
+        e.score,
+        e.raw_score,
+        e.layer_scores,
+        e.tier,
+        e.gate,
+        reason,
+        e.notes,
+        e.inputs,
+        False,
     )

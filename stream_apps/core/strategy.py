@@ -27,8 +27,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    field_validator,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -65,10 +65,14 @@ class _Model(BaseModel):
 class PerSymbol(_Model):
     """A value per symbol with an optional default for symbols not listed."""
 
-    default: float | None = Field(default=None, description="the value of a symbol not listed under symbols; "
-                                  "null: such a symbol has no value (a gate does not apply to it, VPIN is off)")
-    symbols: dict[str, float] = Field(default_factory=dict, description="value per symbol, e.g. BTCUSDT: 500000; "
-                                      "overrides default")
+    default: float | None = Field(
+        default=None,
+        description="the value of a symbol not listed under symbols; "
+        "null: such a symbol has no value (a gate does not apply to it, VPIN is off)",
+    )
+    symbols: dict[str, float] = Field(
+        default_factory=dict, description="value per symbol, e.g. BTCUSDT: 500000; overrides default"
+    )
 
     def value_for(self, symbol: str) -> float | None:
         return self.symbols.get(symbol, self.default)
@@ -95,20 +99,46 @@ class Windows(_Model):
 class Weights(_Model):
     """Maximum points of each layer; 0 switches a layer off."""
 
-    direction: float = Field(ge=0, le=100, description="points for CVD direction (raw 55: fast and mid CVD agree 30, "
-                             "P99 large-trade flow 20/10/0, CVD acceleration 5), scaled weight x raw / 55")
-    crowding: float = Field(ge=0, le=100, description="points for crowding (raw 25: contrarian long/short account "
-                            "ratio 7/10/15, top traders' long share 10/5/0; see rules)")
-    environment: float = Field(ge=0, le=100, description="points for the open-interest change (raw 15: at least "
-                               "rules.oi_strong_change 15, above 0 10, else 5)")
-    confirmation: float = Field(default=0, ge=0, le=100, description="points when price is on the signal's side of "
-                                "VWAP 30m and large-trade flow is not against it (raw 15)")
-    auxiliary: float = Field(ge=0, le=100, description="points for the Coinbase premium (raw 5: beyond "
-                             "rules.premium_band in the signal's direction 5, within the band 2, else 0)")
+    direction: float = Field(
+        ge=0,
+        le=100,
+        description="points for CVD direction (raw 55: fast and mid CVD agree 30, "
+        "P99 large-trade flow 20/10/0, CVD acceleration 5), scaled weight x raw / 55",
+    )
+    crowding: float = Field(
+        ge=0,
+        le=100,
+        description="points for crowding (raw 25: contrarian long/short account "
+        "ratio 7/10/15, top traders' long share 10/5/0; see rules)",
+    )
+    environment: float = Field(
+        ge=0,
+        le=100,
+        description="points for the open-interest change (raw 15: at least "
+        "rules.oi_strong_change 15, above 0 10, else 5)",
+    )
+    confirmation: float = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="points when price is on the signal's side of "
+        "VWAP 30m and large-trade flow is not against it (raw 15)",
+    )
+    auxiliary: float = Field(
+        ge=0,
+        le=100,
+        description="points for the Coinbase premium (raw 5: beyond "
+        "rules.premium_band in the signal's direction 5, within the band 2, else 0)",
+    )
     funding: float = Field(default=0, ge=0, le=100, description="v52: +/- this many points")
-    liquidation: float = Field(default=0, ge=0, le=100, description="points when the 5-min short/long liquidated USD "
-                               "ratio favours the signal (rules.liquidation_ratio_long and _short, above "
-                               "rules.liquidation_min_usd)")
+    liquidation: float = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="points when the 5-min short/long liquidated USD "
+        "ratio favours the signal (rules.liquidation_ratio_long and _short, above "
+        "rules.liquidation_min_usd)",
+    )
 
     def max_score(self) -> float:
         return sum(self.model_dump().values())
@@ -132,30 +162,69 @@ class Rules(_Model):
     """Thresholds inside the layers (DESIGN §4 values as defaults). Raw points are fixed in ``scoring``."""
 
     long_short_long_levels: tuple[float, float, float] = Field(
-        default=(1.0, 0.7, 0.5), description="long/short account ratio levels, decreasing: a LONG scores 7/10/15 "
-                                             "raw crowding points below the first/second/third")
+        default=(1.0, 0.7, 0.5),
+        description="long/short account ratio levels, decreasing: a LONG scores 7/10/15 "
+        "raw crowding points below the first/second/third",
+    )
     long_short_short_levels: tuple[float, float, float] = Field(
-        default=(1.0, 1.5, 2.0), description="long/short account ratio levels, increasing: a SHORT scores 7/10/15 "
-                                             "raw crowding points above the first/second/third")
-    top_trader_high: float = Field(default=0.55, gt=0, lt=1, description="top traders' long share (fraction) at or "
-                                   "above which a LONG scores 10 raw crowding points and a SHORT 0")
-    top_trader_low: float = Field(default=0.45, gt=0, lt=1, description="top traders' long share at or below which a "
-                                  "SHORT scores 10 and a LONG 0; between the two levels both score 5")
-    oi_strong_change: float = Field(default=0.03, gt=0, description="open-interest change (fraction, 0.03 = 3 %) at "
-                                    "or above which the environment layer scores its full 15 raw points")
-    premium_band: float = Field(default=0.0005, gt=0, description="Coinbase premium (fraction): beyond it in the "
-                                "signal's direction scores 5 raw auxiliary points, within +/- it 2, against 0")
-    funding_extreme: float = Field(default=0.001, gt=0, description="|funding rate| (fraction) at or above which the "
-                                   "funding layer scores -5 raw on the paying side (rate x direction > 0), +5 against")
-    funding_moderate: float = Field(default=0.0003, gt=0, description="|funding rate| from which up to "
-                                    "funding_extreme a signal on the receiving side scores +5 raw; below it 0")
-    liquidation_ratio_long: float = Field(default=2.0, gt=0, description="5-min short/long liquidated USD ratio at "
-                                          "or above which a LONG scores the liquidation layer's 5 raw points")
-    liquidation_ratio_short: float = Field(default=0.5, gt=0, description="5-min short/long liquidated USD ratio at "
-                                           "or below which a SHORT scores the liquidation layer's 5 raw points")
+        default=(1.0, 1.5, 2.0),
+        description="long/short account ratio levels, increasing: a SHORT scores 7/10/15 "
+        "raw crowding points above the first/second/third",
+    )
+    top_trader_high: float = Field(
+        default=0.55,
+        gt=0,
+        lt=1,
+        description="top traders' long share (fraction) at or "
+        "above which a LONG scores 10 raw crowding points and a SHORT 0",
+    )
+    top_trader_low: float = Field(
+        default=0.45,
+        gt=0,
+        lt=1,
+        description="top traders' long share at or below which a "
+        "SHORT scores 10 and a LONG 0; between the two levels both score 5",
+    )
+    oi_strong_change: float = Field(
+        default=0.03,
+        gt=0,
+        description="open-interest change (fraction, 0.03 = 3 %) at "
+        "or above which the environment layer scores its full 15 raw points",
+    )
+    premium_band: float = Field(
+        default=0.0005,
+        gt=0,
+        description="Coinbase premium (fraction): beyond it in the "
+        "signal's direction scores 5 raw auxiliary points, within +/- it 2, against 0",
+    )
+    funding_extreme: float = Field(
+        default=0.001,
+        gt=0,
+        description="|funding rate| (fraction) at or above which the "
+        "funding layer scores -5 raw on the paying side (rate x direction > 0), +5 against",
+    )
+    funding_moderate: float = Field(
+        default=0.0003,
+        gt=0,
+        description="|funding rate| from which up to "
+        "funding_extreme a signal on the receiving side scores +5 raw; below it 0",
+    )
+    liquidation_ratio_long: float = Field(
+        default=2.0,
+        gt=0,
+        description="5-min short/long liquidated USD ratio at "
+        "or above which a LONG scores the liquidation layer's 5 raw points",
+    )
+    liquidation_ratio_short: float = Field(
+        default=0.5,
+        gt=0,
+        description="5-min short/long liquidated USD ratio at "
+        "or below which a SHORT scores the liquidation layer's 5 raw points",
+    )
     liquidation_min_usd: PerSymbol = Field(
         default=PerSymbol(default=100_000, symbols={"BTCUSDT": 500_000, "ETHUSDT": 200_000}),
-        description="per symbol, the 5-min liquidated USD (long + short) below which the liquidation layer scores 0")
+        description="per symbol, the 5-min liquidated USD (long + short) below which the liquidation layer scores 0",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Rules:
@@ -175,25 +244,40 @@ class Rules(_Model):
 class Gates(_Model):
     """Vetoes (score 0 with the gate's name). A gate without a value for a symbol does not apply to it."""
 
-    min_atr_price: PerSymbol | None = Field(default=None, description="veto when ATR (5-min bars) / price is below "
-                                            "this fraction: too quiet to trade")
-    obi_against: PerSymbol | None = Field(default=None, description="veto when the top-10-level order-book imbalance "
-                                          "(-1 to 1) is below -x for a LONG or above +x for a SHORT")
-    spot_perp_divergence: PerSymbol | None = Field(default=None, description="veto when (perp - spot) / spot is "
-                                                   "below -x for a LONG or above +x for a SHORT")
-    whale_against: PerSymbol | None = Field(default=None, description="veto when the 15-min whale flow ratio (trades "
-                                            "of 100k USD and more, -1 to 1) is below -x (LONG) or above +x (SHORT)")
-    on_missing_input: Literal["veto", "pass"] = Field(default="veto", description="a set gate whose input is missing: "
-                                                      "veto the signal, or pass (skip that gate)")
+    min_atr_price: PerSymbol | None = Field(
+        default=None, description="veto when ATR (5-min bars) / price is below this fraction: too quiet to trade"
+    )
+    obi_against: PerSymbol | None = Field(
+        default=None,
+        description="veto when the top-10-level order-book imbalance "
+        "(-1 to 1) is below -x for a LONG or above +x for a SHORT",
+    )
+    spot_perp_divergence: PerSymbol | None = Field(
+        default=None, description="veto when (perp - spot) / spot is below -x for a LONG or above +x for a SHORT"
+    )
+    whale_against: PerSymbol | None = Field(
+        default=None,
+        description="veto when the 15-min whale flow ratio (trades "
+        "of 100k USD and more, -1 to 1) is below -x (LONG) or above +x (SHORT)",
+    )
+    on_missing_input: Literal["veto", "pass"] = Field(
+        default="veto", description="a set gate whose input is missing: veto the signal, or pass (skip that gate)"
+    )
 
 
 class Exits(_Model):
     sl_atr_mult: float = Field(gt=0, description="1R = sl_atr_mult * ATR (5m)")
-    tp1_r: float = Field(gt=0, description="first take-profit, entry +/- this many R: closes half the position and "
-                         "moves the stop to break-even")
+    tp1_r: float = Field(
+        gt=0,
+        description="first take-profit, entry +/- this many R: closes half the position and "
+        "moves the stop to break-even",
+    )
     tp2_r: float = Field(gt=0, description="second take-profit, entry +/- this many R: closes the rest (above tp1_r)")
-    timeout_min: int = Field(gt=0, description="minutes after which an open position closes at market; also how "
-                             "recent an opposite signal must be for a new one to be a flip")
+    timeout_min: int = Field(
+        gt=0,
+        description="minutes after which an open position closes at market; also how "
+        "recent an opposite signal must be for a new one to be a flip",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Exits:
@@ -203,31 +287,51 @@ class Exits(_Model):
 
 
 class TierMultipliers(_Model):
-    standard: float = Field(default=1.0, gt=0, description="risk of a standard-tier signal in multiples of the "
-                            "executor's 1R; carried on the signal, the executor sizes by it")
-    heavy: float = Field(default=1.5, gt=0, description="risk of a heavy-tier signal in multiples of the executor's "
-                         "1R; carried on the signal, the executor sizes by it")
+    standard: float = Field(
+        default=1.0,
+        gt=0,
+        description="risk of a standard-tier signal in multiples of the "
+        "executor's 1R; carried on the signal, the executor sizes by it",
+    )
+    heavy: float = Field(
+        default=1.5,
+        gt=0,
+        description="risk of a heavy-tier signal in multiples of the executor's "
+        "1R; carried on the signal, the executor sizes by it",
+    )
 
 
 class Sizing(_Model):
-    risk_pct: float = Field(default=2.0, gt=0, le=100, description="percent of balance risked per 1R; part of the "
-                            "config_hash but not read: the executor's risk_pct sizes positions")
-    tier_multipliers: TierMultipliers = Field(default=TierMultipliers(), description="risk multiplier per signal "
-                                              "tier, carried on each signal")
+    risk_pct: float = Field(
+        default=2.0,
+        gt=0,
+        le=100,
+        description="percent of balance risked per 1R; part of the "
+        "config_hash but not read: the executor's risk_pct sizes positions",
+    )
+    tier_multipliers: TierMultipliers = Field(
+        default=TierMultipliers(), description="risk multiplier per signal tier, carried on each signal"
+    )
 
 
 class Vpin(_Model):
     """VPIN's buckets and classification (``core.detectors.microstructure`` has the definitions)."""
 
-    bucket_volume: PerSymbol = Field(default=PerSymbol(default=1_000_000), description="volume of one VPIN bucket "
-                                     "per symbol, in volume_unit; a symbol without a value has VPIN, Kyle's lambda "
-                                     "and Amihud off; larger buckets update VPIN less often")
-    volume_unit: Literal["quote", "base"] = Field(default="quote", description="unit of bucket_volume: quote (price "
-                                                  "x qty, e.g. USDT) or base (qty)")
+    bucket_volume: PerSymbol = Field(
+        default=PerSymbol(default=1_000_000),
+        description="volume of one VPIN bucket "
+        "per symbol, in volume_unit; a symbol without a value has VPIN, Kyle's lambda "
+        "and Amihud off; larger buckets update VPIN less often",
+    )
+    volume_unit: Literal["quote", "base"] = Field(
+        default="quote", description="unit of bucket_volume: quote (price x qty, e.g. USDT) or base (qty)"
+    )
     buckets: int = Field(default=50, ge=1, le=10_000, description="n: VPIN over the last n buckets")
     classification: Literal["bvc", "aggressor", "tick"] = Field(
-        default="bvc", description="how volume is split into bought and sold: bvc (bulk-volume classification per "
-                                   "bar), aggressor (the exchange's taker side), tick (tick rule)")
+        default="bvc",
+        description="how volume is split into bought and sold: bvc (bulk-volume classification per "
+        "bar), aggressor (the exchange's taker side), tick (tick rule)",
+    )
     sigma_bars: int = Field(default=100, ge=2, le=100_000, description="BVC: sigma of the last K bar changes")
 
     @model_validator(mode="after")
@@ -248,10 +352,16 @@ class OiSpike(_Model):
     """Z-score of the open-interest change per ``period`` over the previous ``window`` changes."""
 
     kind: Literal["open_interest_hist", "open_interest"] = Field(
-        default="open_interest_hist", description="open interest sampled: open_interest_hist (Binance's 5-minute "
-                                                  "history) or open_interest (the polled current value)")
-    period: Duration = Field(default=300_000, gt=0, description="sampling period: the first point of each period is "
-                             "its sample; oi_change_5m is the change between consecutive samples")
+        default="open_interest_hist",
+        description="open interest sampled: open_interest_hist (Binance's 5-minute "
+        "history) or open_interest (the polled current value)",
+    )
+    period: Duration = Field(
+        default=300_000,
+        gt=0,
+        description="sampling period: the first point of each period is "
+        "its sample; oi_change_5m is the change between consecutive samples",
+    )
     window: int = Field(default=288, ge=2, le=100_000, description="changes in the mean and deviation")
     max_age: Duration = Field(default=900_000, gt=0, description="the value is missing once its data is older")
 
@@ -260,44 +370,71 @@ class Cascade(_Model):
     """A side's liquidations within ``window``: at least ``min_count`` of them or ``min_usd`` USD."""
 
     window: Duration = Field(default=30_000, description="window of the cascade test, whole seconds")
-    min_count: int | None = Field(default=5, ge=1, description="liquidations of one side within window that make a "
-                                  "cascade (null: not tested; min_count or min_usd must be set)")
-    min_usd: float | None = Field(default=1_000_000.0, gt=0, description="liquidated USD of one side within window "
-                                  "that make a cascade (null: not tested); either threshold reached is enough")
+    min_count: int | None = Field(
+        default=5,
+        ge=1,
+        description="liquidations of one side within window that make a "
+        "cascade (null: not tested; min_count or min_usd must be set)",
+    )
+    min_usd: float | None = Field(
+        default=1_000_000.0,
+        gt=0,
+        description="liquidated USD of one side within window "
+        "that make a cascade (null: not tested); either threshold reached is enough",
+    )
 
 
 class Liquidations(_Model):
     """Liquidation counts and USD per side over ``window`` and the cascade flags (lower bounds)."""
 
-    window: Duration = Field(default=300_000, description="window of the per-side liquidation counts and USD "
-                             "(liq_long_count, liq_short_usd, ...), whole seconds")
-    cascade: Cascade = Field(default=Cascade(), description="when a side's liquidations set its cascade flag "
-                             "(liq_cascade_long / liq_cascade_short)")
+    window: Duration = Field(
+        default=300_000,
+        description="window of the per-side liquidation counts and USD "
+        "(liq_long_count, liq_short_usd, ...), whole seconds",
+    )
+    cascade: Cascade = Field(
+        default=Cascade(),
+        description="when a side's liquidations set its cascade flag (liq_cascade_long / liq_cascade_short)",
+    )
 
 
 class Walls(_Model):
     """Order-book walls (``core.detectors.book``): levels within ``band_bps`` of mid of at least
     ``multiple`` x the median level; pulled/filled counted over ``window``."""
 
-    band_bps: float = Field(default=25.0, gt=0, le=10_000, description="levels within this many bp of mid are "
-                            "considered, for the median and as walls")
-    multiple: float = Field(default=5.0, gt=1, description="a level is a wall at this many times the median USD "
-                            "size of the levels in the band or more; raising it finds fewer, bigger walls")
+    band_bps: float = Field(
+        default=25.0,
+        gt=0,
+        le=10_000,
+        description="levels within this many bp of mid are considered, for the median and as walls",
+    )
+    multiple: float = Field(
+        default=5.0,
+        gt=1,
+        description="a level is a wall at this many times the median USD "
+        "size of the levels in the band or more; raising it finds fewer, bigger walls",
+    )
     fill_ratio: float = Field(default=0.5, gt=0, description="traded share of the drop that makes it filled")
-    window: Duration = Field(default=300_000, description="pulled and filled walls are counted over this window, "
-                             "whole seconds")
+    window: Duration = Field(
+        default=300_000, description="pulled and filled walls are counted over this window, whole seconds"
+    )
     max_age: Duration = Field(default=10_000, gt=0, description="walls are missing once the book is older")
 
 
 class Icebergs(_Model):
     """Iceberg refills (``core.detectors.book``): ``min_refills`` refills at one price within ``window``."""
 
-    band_bps: float = Field(default=25.0, gt=0, le=10_000, description="levels within this many bp of mid are "
-                            "watched for refills")
-    min_refills: int = Field(default=3, ge=2, le=1_000, description="refills at one price within window that make it "
-                             "an iceberg")
-    window: Duration = Field(default=300_000, description="the refills of an iceberg fall within this; iceberg "
-                             "refills and USD are counted over it, whole seconds")
+    band_bps: float = Field(
+        default=25.0, gt=0, le=10_000, description="levels within this many bp of mid are watched for refills"
+    )
+    min_refills: int = Field(
+        default=3, ge=2, le=1_000, description="refills at one price within window that make it an iceberg"
+    )
+    window: Duration = Field(
+        default=300_000,
+        description="the refills of an iceberg fall within this; iceberg "
+        "refills and USD are counted over it, whole seconds",
+    )
     trade_fraction: float = Field(default=0.5, gt=0, description="traded at the price, share of its size")
     refill_fraction: float = Field(default=0.8, gt=0, description="size shown again, share of its size")
 
@@ -309,22 +446,42 @@ class Detectors(_Model):
 
     bar: Duration = Field(default=60_000, description="time bars of BVC, Kyle's lambda, Amihud and divergence")
     vpin: Vpin = Field(default=Vpin(), description="VPIN's bucket size and trade classification")
-    kyle_window_bars: int = Field(default=30, ge=2, le=100_000, description="bars in Kyle's lambda (OLS slope of "
-                                  "price change on signed volume); missing until that many; more: smoother, slower")
-    amihud_window_bars: int = Field(default=30, ge=1, le=100_000, description="bars averaged in Amihud illiquidity "
-                                    "(|return| per million quote traded); missing until that many")
-    divergence: Divergence | None = Field(default=None, description="CVD-price divergence (cvd_divergence, "
-                                          "cvd_divergence_price, cvd_divergence_cvd); off when absent")
-    oi_spike: OiSpike | None = Field(default=None, description="open-interest change and its z-score (oi_change_5m, "
-                                     "oi_spike_z); off when absent")
-    liquidations: Liquidations | None = Field(default=None, description="liquidation counts, USD and cascade flags "
-                                              "per side (liq_long_count, liq_cascade_short, ...); off when absent")
-    walls: Walls | None = Field(default=None, description="order-book walls (wall_bid_usd, wall_pulled_ask, ...); off "
-                                "when absent")
-    icebergs: Icebergs | None = Field(default=None, description="iceberg refills (iceberg_refills_bid, "
-                                      "iceberg_usd_ask, ...); off when absent")
-    book_sample: OptionalDuration = Field(default=1_000, description="walls and icebergs compare the first md.book "
-                                  "snapshot of each interval this long (0: every snapshot)")
+    kyle_window_bars: int = Field(
+        default=30,
+        ge=2,
+        le=100_000,
+        description="bars in Kyle's lambda (OLS slope of "
+        "price change on signed volume); missing until that many; more: smoother, slower",
+    )
+    amihud_window_bars: int = Field(
+        default=30,
+        ge=1,
+        le=100_000,
+        description="bars averaged in Amihud illiquidity (|return| per million quote traded); missing until that many",
+    )
+    divergence: Divergence | None = Field(
+        default=None,
+        description="CVD-price divergence (cvd_divergence, cvd_divergence_price, cvd_divergence_cvd); off when absent",
+    )
+    oi_spike: OiSpike | None = Field(
+        default=None, description="open-interest change and its z-score (oi_change_5m, oi_spike_z); off when absent"
+    )
+    liquidations: Liquidations | None = Field(
+        default=None,
+        description="liquidation counts, USD and cascade flags "
+        "per side (liq_long_count, liq_cascade_short, ...); off when absent",
+    )
+    walls: Walls | None = Field(
+        default=None, description="order-book walls (wall_bid_usd, wall_pulled_ask, ...); off when absent"
+    )
+    icebergs: Icebergs | None = Field(
+        default=None, description="iceberg refills (iceberg_refills_bid, iceberg_usd_ask, ...); off when absent"
+    )
+    book_sample: OptionalDuration = Field(
+        default=1_000,
+        description="walls and icebergs compare the first md.book "
+        "snapshot of each interval this long (0: every snapshot)",
+    )
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
@@ -344,8 +501,10 @@ class Detectors(_Model):
         if self.divergence is not None and (self.divergence.window <= 0 or self.divergence.window % self.bar):
             raise ValueError("divergence.window must be a positive whole number of bars")
         if self.liquidations is not None:
-            for name, value in (("liquidations.window", self.liquidations.window),
-                                ("liquidations.cascade.window", self.liquidations.cascade.window)):
+            for name, value in (
+                ("liquidations.window", self.liquidations.window),
+                ("liquidations.cascade.window", self.liquidations.cascade.window),
+            ):
                 if value <= 0 or value % 1000:
                     raise ValueError(f"{name} must be a positive whole number of seconds")
             if self.liquidations.cascade.min_count is None and self.liquidations.cascade.min_usd is None:
@@ -376,7 +535,8 @@ class Detectors(_Model):
             iceberg_window_ms=ice.window if ice else defaults.iceberg_window_ms,
             iceberg_trade_fraction=ice.trade_fraction if ice else defaults.iceberg_trade_fraction,
             iceberg_refill_fraction=ice.refill_fraction if ice else defaults.iceberg_refill_fraction,
-            sample_ms=self.book_sample)
+            sample_ms=self.book_sample,
+        )
 
     def flow_params(self) -> FlowParams | None:
         """``FlowParams`` of divergence, OI spikes and liquidations (None: all three off)."""
@@ -386,34 +546,58 @@ class Detectors(_Model):
         return FlowParams(
             bar_ms=self.bar,
             divergence_bars=self.divergence.window // self.bar if self.divergence is not None else None,
-            oi_kind=oi.kind if oi else "open_interest_hist", oi_period_ms=oi.period if oi else 300_000,
-            oi_window=oi.window if oi else None, oi_max_age_ms=oi.max_age if oi else 900_000,
-            liq_window_ms=liq.window if liq else None, cascade_window_ms=liq.cascade.window if liq else 30_000,
+            oi_kind=oi.kind if oi else "open_interest_hist",
+            oi_period_ms=oi.period if oi else 300_000,
+            oi_window=oi.window if oi else None,
+            oi_max_age_ms=oi.max_age if oi else 900_000,
+            liq_window_ms=liq.window if liq else None,
+            cascade_window_ms=liq.cascade.window if liq else 30_000,
             cascade_min_count=liq.cascade.min_count if liq else None,
-            cascade_min_usd=liq.cascade.min_usd if liq else None)
+            cascade_min_usd=liq.cascade.min_usd if liq else None,
+        )
 
     def params_for(self, symbol: str) -> DetectorParams | None:
         """The symbol's ``DetectorParams`` (None: no bucket volume for it, detectors off)."""
         volume = self.vpin.bucket_volume.value_for(symbol)
         if volume is None:
             return None
-        return DetectorParams(bar_ms=self.bar, vpin_bucket_volume=volume, vpin_volume_unit=self.vpin.volume_unit,
-                              vpin_buckets=self.vpin.buckets, vpin_classification=self.vpin.classification,
-                              bvc_sigma_bars=self.vpin.sigma_bars, kyle_window_bars=self.kyle_window_bars,
-                              amihud_window_bars=self.amihud_window_bars)
+        return DetectorParams(
+            bar_ms=self.bar,
+            vpin_bucket_volume=volume,
+            vpin_volume_unit=self.vpin.volume_unit,
+            vpin_buckets=self.vpin.buckets,
+            vpin_classification=self.vpin.classification,
+            bvc_sigma_bars=self.vpin.sigma_bars,
+            kyle_window_bars=self.kyle_window_bars,
+            amihud_window_bars=self.amihud_window_bars,
+        )
 
 
 # features a regime condition may read: every scalar of ``Features`` (``features.SCALAR_FIELDS``) and
 # these, derived from the frame by ``core.regime`` (the strategy's own CVD windows, price vs VWAP)
-REGIME_DERIVED = ("cvd_fast", "cvd_mid", "cvd_fast_slope", "cvd_fast_accel", "large_net_qty_15m",
-                  "atr_price_ratio", "price_vwap_dev", "liq_net_usd_5m", "liq_net_usd", "liq_cascade_net")
+REGIME_DERIVED = (
+    "cvd_fast",
+    "cvd_mid",
+    "cvd_fast_slope",
+    "cvd_fast_accel",
+    "large_net_qty_15m",
+    "atr_price_ratio",
+    "price_vwap_dev",
+    "liq_net_usd_5m",
+    "liq_net_usd",
+    "liq_cascade_net",
+)
 # detector outputs and the part of the ``detectors`` section that computes them ("" = the section
 # itself), from the detectors' own field lists; plus the derived liquidation features
 REGIME_DETECTOR_PART = {
-    **dict.fromkeys(MICROSTRUCTURE_FIELDS, ""), **dict.fromkeys(DIVERGENCE_FIELDS, "divergence"),
-    **dict.fromkeys(OI_FIELDS, "oi_spike"), **dict.fromkeys(LIQUIDATION_FIELDS, "liquidations"),
-    **dict.fromkeys(WALL_FIELDS, "walls"), **dict.fromkeys(ICEBERG_FIELDS, "icebergs"),
-    "liq_net_usd": "liquidations", "liq_cascade_net": "liquidations",
+    **dict.fromkeys(MICROSTRUCTURE_FIELDS, ""),
+    **dict.fromkeys(DIVERGENCE_FIELDS, "divergence"),
+    **dict.fromkeys(OI_FIELDS, "oi_spike"),
+    **dict.fromkeys(LIQUIDATION_FIELDS, "liquidations"),
+    **dict.fromkeys(WALL_FIELDS, "walls"),
+    **dict.fromkeys(ICEBERG_FIELDS, "icebergs"),
+    "liq_net_usd": "liquidations",
+    "liq_cascade_net": "liquidations",
 }
 ComparisonOp = Literal[">", ">=", "<", "<=", "==", "!="]
 
@@ -428,12 +612,15 @@ class Condition(_Model):
     """``feature op value``; with ``aligned`` the feature is first multiplied by the direction's sign
     (+1 LONG, -1 SHORT), so one rule reads "in the signal's direction" for either side."""
 
-    feature: str = Field(description="the feature compared: a Features field or a derived one (cvd_fast, "
-                         "price_vwap_dev, ...); a missing value never holds")
+    feature: str = Field(
+        description="the feature compared: a Features field or a derived one (cvd_fast, "
+        "price_vwap_dev, ...); a missing value never holds"
+    )
     op: ComparisonOp = Field(description="the comparison: >, >=, <, <=, == or !=")
     value: float = Field(description="the number the feature is compared with, in the feature's own unit")
-    aligned: bool = Field(default=False, description="first multiply the feature by the direction's sign (+1 LONG, "
-                          "-1 SHORT)")
+    aligned: bool = Field(
+        default=False, description="first multiply the feature by the direction's sign (+1 LONG, -1 SHORT)"
+    )
 
     @field_validator("feature")
     @classmethod
@@ -453,18 +640,30 @@ class Regime(_Model):
     ``heavy`` condition holds as well; otherwise no signal, with the reason. The layers and gates do
     not score such a strategy."""
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$", description="the regime's name, quoted in the notes of "
-                      "its evaluations (regime:<name>: ...)")
-    direction: Literal["LONG", "SHORT"] | None = Field(default=None, description="a fixed direction; set this or "
-                                                       "sign_of, exactly one")
-    sign_of: str | None = Field(default=None, description="a feature whose sign is the direction: > 0 LONG, < 0 "
-                                "SHORT, 0 or missing none")
-    invert: bool = Field(default=False, description="with sign_of: take the opposite side (to fade what the feature "
-                         "shows)")
-    conditions: list[Condition] = Field(min_length=1, max_length=32, description="1 to 32 conditions that must all "
-                                        "hold for a signal (score thresholds.entry, standard tier)")
-    heavy: list[Condition] = Field(default_factory=list, max_length=32, description="up to 32 more conditions: when "
-                                   "they hold too the signal is heavy (score thresholds.heavy); empty: never heavy")
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,47}$",
+        description="the regime's name, quoted in the notes of its evaluations (regime:<name>: ...)",
+    )
+    direction: Literal["LONG", "SHORT"] | None = Field(
+        default=None, description="a fixed direction; set this or sign_of, exactly one"
+    )
+    sign_of: str | None = Field(
+        default=None, description="a feature whose sign is the direction: > 0 LONG, < 0 SHORT, 0 or missing none"
+    )
+    invert: bool = Field(
+        default=False, description="with sign_of: take the opposite side (to fade what the feature shows)"
+    )
+    conditions: list[Condition] = Field(
+        min_length=1,
+        max_length=32,
+        description="1 to 32 conditions that must all hold for a signal (score thresholds.entry, standard tier)",
+    )
+    heavy: list[Condition] = Field(
+        default_factory=list,
+        max_length=32,
+        description="up to 32 more conditions: when "
+        "they hold too the signal is heavy (score thresholds.heavy); empty: never heavy",
+    )
 
     @field_validator("sign_of")
     @classmethod
@@ -487,24 +686,36 @@ class Regime(_Model):
 
 
 class StrategyConfig(_Model):
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$", description="the strategy's name (lower case, digits, "
-                      "_), unique among the strategies loaded; on every evaluation and signal")
-    version: str = Field(min_length=1, max_length=32, description="a version label, carried on every evaluation and "
-                         "signal as strategy_version")
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,47}$",
+        description="the strategy's name (lower case, digits, "
+        "_), unique among the strategies loaded; on every evaluation and signal",
+    )
+    version: str = Field(
+        min_length=1,
+        max_length=32,
+        description="a version label, carried on every evaluation and signal as strategy_version",
+    )
     description: str = Field(default="", description="free text for people; part of the config_hash")
     symbols: list[str] = Field(default_factory=list, description="empty = every symbol")
     windows: Windows = Field(description="the fast and mid CVD windows whose agreement gives the direction")
     warmup: Duration = Field(default=DAY_MS, description="data that must cover the past before any signal")
     weights: Weights = Field(description="maximum points of each scoring layer (all 0, or left out, for a regime)")
     thresholds: Thresholds = Field(description="the scores of a standard and a heavy signal and of a flip")
-    cooldown: Duration = Field(default=600_000, description="no signal for a symbol and direction within this long "
-                               "after the strategy's last one there; the other direction is not held back")
+    cooldown: Duration = Field(
+        default=600_000,
+        description="no signal for a symbol and direction within this long "
+        "after the strategy's last one there; the other direction is not held back",
+    )
     rules: Rules = Field(default=Rules(), description="the levels inside the scoring layers")
     gates: Gates = Field(default=Gates(), description="vetoes with per-symbol values; none by default")
     exits: Exits = Field(description="stop, take-profits and timeout of a signal's position, in R")
     sizing: Sizing = Field(default=Sizing(), description="the risk multiplier of each signal tier")
-    detectors: Detectors | None = Field(default=None, description="microstructure detectors (VPIN, Kyle's lambda, "
-                                        "Amihud, flow and book) as features; off when absent")
+    detectors: Detectors | None = Field(
+        default=None,
+        description="microstructure detectors (VPIN, Kyle's lambda, "
+        "Amihud, flow and book) as features; off when absent",
+    )
     regime: Regime | None = Field(default=None, description="rules instead of layers (core.regime); off when absent")
 
     @model_serializer(mode="wrap")
@@ -543,8 +754,11 @@ class StrategyConfig(_Model):
         if self.gates != Gates():
             raise ValueError("gates: a regime strategy has no gates; write the veto as a regime condition")
         reads = [("regime.sign_of", regime.sign_of)] if regime.sign_of is not None else []
-        reads += [(f"regime.{kind}.{i}.feature", c.feature)
-                  for kind in ("conditions", "heavy") for i, c in enumerate(getattr(regime, kind))]
+        reads += [
+            (f"regime.{kind}.{i}.feature", c.feature)
+            for kind in ("conditions", "heavy")
+            for i, c in enumerate(getattr(regime, kind))
+        ]
         for path, name in reads:
             part = REGIME_DETECTOR_PART.get(name)
             if part is None:

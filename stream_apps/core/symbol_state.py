@@ -71,10 +71,10 @@ from .events import (
 )
 from .features import Features
 from .frame import SCALAR_FIELDS, FeatureFrame, distinct_sorted, exact_ratio
+from .kernels import apply_minutes, ring_window_sums, thresholds_at
 from .market_records import MarketRecords, MarketTimeline
 from .minute_bars import MINUTE_BAR_KIND
 from .params import MINUTE_MS, SECOND_MS, Counters, StateParams
-from .kernels import apply_minutes, ring_window_sums, thresholds_at
 from .quantiles import HOUR_MS, MIN_EXPONENT, SUB_BUCKETS, HourlyQuantileWindow, bin_index
 from .ring import BucketRing
 from .units import NOTIONAL_SCALE, QTY_SCALE, notional_to_units, qty_to_units
@@ -122,9 +122,15 @@ class SegmentLog:
 class SymbolState:
     """All state of one (exchange, symbol): update with ``apply_*``, read with ``snapshot``."""
 
-    def __init__(self, exchange: str, symbol: str, params: StateParams | None = None,
-                 detectors: DetectorParams | None = None, flow: FlowParams | None = None,
-                 book: BookParams | None = None) -> None:
+    def __init__(
+        self,
+        exchange: str,
+        symbol: str,
+        params: StateParams | None = None,
+        detectors: DetectorParams | None = None,
+        flow: FlowParams | None = None,
+        book: BookParams | None = None,
+    ) -> None:
         self.exchange = exchange
         self.symbol = symbol
         self.params = params or StateParams.for_symbol(symbol)
@@ -200,8 +206,12 @@ class SymbolState:
         with np.errstate(invalid="ignore"):
             ok = (prices > 0) & np.isfinite(prices) & (qty_to_units(qtys) > 0)
         ok[1:] &= (ids[1:] - ids[:-1] == 1) & (times[1:] >= times[:-1])
-        first_ok = (ids[0] >= 0 and (self.last_agg_id < 0 or ids[0] == self.last_agg_id + 1)
-                    and times[0] >= self.sealed_ms and times[0] // SECOND_MS >= self.head_second)
+        first_ok = (
+            ids[0] >= 0
+            and (self.last_agg_id < 0 or ids[0] == self.last_agg_id + 1)
+            and times[0] >= self.sealed_ms
+            and times[0] // SECOND_MS >= self.head_second
+        )
         ok[0] &= bool(first_ok)
         bad = np.flatnonzero(~ok)
         return int(bad[0]) if len(bad) else n
@@ -347,8 +357,9 @@ class SymbolState:
         self.head_second = max(self.head_second, int(seconds[-1]))
         return closed
 
-    def _minute_thresholds(self, qtys: np.ndarray, bins: np.ndarray, starts: np.ndarray,
-                           minute_numbers: np.ndarray) -> np.ndarray:
+    def _minute_thresholds(
+        self, qtys: np.ndarray, bins: np.ndarray, starts: np.ndarray, minute_numbers: np.ndarray
+    ) -> np.ndarray:
         """Per minute group: freeze P95/P99 at the minute's first trade (from the trades before it),
         flag the trades above P99 as large, count the sizes into the hourly histogram; with a segment
         log, also the thresholds of the wanted minutes and of every minute frozen."""
@@ -358,12 +369,34 @@ class SymbolState:
         minute_out = np.full((len(starts), 3), np.nan)
         state = np.array([self.threshold_minute, self.p95, self.p99, self.qty_samples], dtype=np.float64)
         large = np.empty(len(qtys), dtype=bool)
-        hist.head = int(apply_minutes(
-            qtys, bins, starts, minute_numbers, hist._rows, hist._total, hist._ids, hist.head, hist.window_hours,
-            np.array([p.p95_floor, p.p99_floor]), p.min_quantile_samples, SUB_BUCKETS, MIN_EXPONENT, state, wanted,
-            wanted_out, minute_out, large))
-        self.threshold_minute, self.p95, self.p99, self.qty_samples = (int(state[0]), float(state[1]), float(state[2]),
-                                                                       int(state[3]))
+        hist.head = int(
+            apply_minutes(
+                qtys,
+                bins,
+                starts,
+                minute_numbers,
+                hist._rows,
+                hist._total,
+                hist._ids,
+                hist.head,
+                hist.window_hours,
+                np.array([p.p95_floor, p.p99_floor]),
+                p.min_quantile_samples,
+                SUB_BUCKETS,
+                MIN_EXPONENT,
+                state,
+                wanted,
+                wanted_out,
+                minute_out,
+                large,
+            )
+        )
+        self.threshold_minute, self.p95, self.p99, self.qty_samples = (
+            int(state[0]),
+            float(state[1]),
+            float(state[2]),
+            int(state[3]),
+        )
         if log is not None:
             done = ~np.isnan(wanted_out[:, 0])
             for minute, (p95, p99, n) in zip(wanted[done].tolist(), wanted_out[done].tolist()):
@@ -376,9 +409,17 @@ class SymbolState:
 
     def _thresholds_at(self, time_ms: int) -> tuple[float, float, int]:
         p, hist = self.params, self.qty_hist
-        p95, p99, n = thresholds_at(hist._rows, hist._total, hist._ids, time_ms // HOUR_MS, hist.window_hours,
-                                    np.array([p.p95_floor, p.p99_floor]), p.min_quantile_samples, SUB_BUCKETS,
-                                    MIN_EXPONENT).tolist()
+        p95, p99, n = thresholds_at(
+            hist._rows,
+            hist._total,
+            hist._ids,
+            time_ms // HOUR_MS,
+            hist.window_hours,
+            np.array([p.p95_floor, p.p99_floor]),
+            p.min_quantile_samples,
+            SUB_BUCKETS,
+            MIN_EXPONENT,
+        ).tolist()
         return p95, p99, int(n)
 
     # ------------------------------------------------------------------------------------------
@@ -423,19 +464,32 @@ class SymbolState:
                 self.counters.rejected += 1
                 continue
             late = self.first_trade_ms is not None or minute * MINUTE_MS < (self.approx_until_ms or 0)
-            if late or not (0 < lo <= min(o, c) <= max(o, c) <= h) or min(buy, sell, quote, n) < 0 \
-                    or not all(np.isfinite((o, h, lo, c, buy, sell, quote))):
+            if (
+                late
+                or not (0 < lo <= min(o, c) <= max(o, c) <= h)
+                or min(buy, sell, quote, n) < 0
+                or not all(np.isfinite((o, h, lo, c, buy, sell, quote)))
+            ):
                 self.counters.rejected += 1
                 continue
-            rows.append((minute, int(qty_to_units(np.array([buy]))[0]), int(qty_to_units(np.array([sell]))[0]),
-                         int(notional_to_units(np.array([quote]))[0]), int(n)))
+            rows.append(
+                (
+                    minute,
+                    int(qty_to_units(np.array([buy]))[0]),
+                    int(qty_to_units(np.array([sell]))[0]),
+                    int(notional_to_units(np.array([quote]))[0]),
+                    int(n),
+                )
+            )
             kept.append((minute, o, h, lo, c))
         if not rows:
             return
         table = np.array(rows, dtype=np.int64)
         self.minutes.add_grouped(table[:, 0], table[:, 1:])
-        segments = [Bar(m * MINUTE_MS, (m + 1) * MINUTE_MS, o, h, lo, c, int(b + s_), int(b), int(s_), int(q), int(n),
-                        -1, -1) for (m, o, h, lo, c), (_, b, s_, q, n) in zip(kept, table.tolist())]
+        segments = [
+            Bar(m * MINUTE_MS, (m + 1) * MINUTE_MS, o, h, lo, c, int(b + s_), int(b), int(s_), int(q), int(n), -1, -1)
+            for (m, o, h, lo, c), (_, b, s_, q, n) in zip(kept, table.tolist())
+        ]
         self.bars_1m.apply(segments)  # (their bars are not published: the minutes were history)
         for bar in self.bars_atr.apply(segments):
             self._update_atr(bar)
@@ -549,9 +603,16 @@ class SymbolState:
         to be read afterwards (``snapshot_frame``): the trades, every ATR update with the close time of
         its bar, and the P95/P99 of each minute of ``times``. Returns the log and the 1-minute bars
         the trades closed (the engine places each at the evaluation that would have emitted it)."""
-        log = SegmentLog(self.last_price, self.last_trade_ms, self.atr.value, self.atr.percentile(), self.atr.bars,
-                         self.threshold_minute, (self.p95, self.p99, self.qty_samples),
-                         distinct_sorted(times // MINUTE_MS).tolist())
+        log = SegmentLog(
+            self.last_price,
+            self.last_trade_ms,
+            self.atr.value,
+            self.atr.percentile(),
+            self.atr.bars,
+            self.threshold_minute,
+            (self.p95, self.p99, self.qty_samples),
+            distinct_sorted(times // MINUTE_MS).tolist(),
+        )
         if self.detectors is not None:
             log.pre_detectors = self.detectors.values
         if self.flow is not None:
@@ -591,7 +652,7 @@ class SymbolState:
         finally:
             self._log = None
 
-    def snapshot_frame(
+    def snapshot_frame(  # noqa: C901 - over the complexity limit, to be split
         self,
         times: np.ndarray,
         cvd_windows_ms: Iterable[int] = STANDARD_CVD_WINDOWS_MS,
@@ -632,18 +693,28 @@ class SymbolState:
         lagged = {lag: ends(lag) for lag in (1, 2)} if slope_windows else {}
         for w in slope_windows:
             specs += [(lagged[1], w // SECOND_MS), (lagged[2], w // SECOND_MS)]
-        specs += [(end0, p.vwap_window_ms // SECOND_MS), (end0, p.large_window_ms // SECOND_MS),
-                  (end0, p.whale_window_ms // SECOND_MS)]
+        specs += [
+            (end0, p.vwap_window_ms // SECOND_MS),
+            (end0, p.large_window_ms // SECOND_MS),
+            (end0, p.whale_window_ms // SECOND_MS),
+        ]
         minute_windows = [w for w in windows if w > p.second_window_limit_ms]
         if minute_windows:
             hi_minute = (times - 1) // MINUTE_MS  # the minute holding t - 1 ms: in the window up to t
             partial_start = hi_minute * (MINUTE_MS // SECOND_MS)  # its seconds before t: from the second ring
             specs.append((end0, -1))
         starts = np.concatenate([e - w if w >= 0 else partial_start for e, w in specs])
-        sums = ring_window_sums(self.seconds._values, self.seconds.head, starts,
-                                np.concatenate([e for e, _ in specs])).reshape(len(specs), n, -1)
-        at = dict(zip([("cvd", w) for w in second_windows] + [(lag, w) for w in slope_windows for lag in (1, 2)]
-                      + ["vwap", "large", "whale", "partial"], sums))
+        sums = ring_window_sums(
+            self.seconds._values, self.seconds.head, starts, np.concatenate([e for e, _ in specs])
+        ).reshape(len(specs), n, -1)
+        at = dict(
+            zip(
+                [("cvd", w) for w in second_windows]
+                + [(lag, w) for w in slope_windows for lag in (1, 2)]
+                + ["vwap", "large", "whale", "partial"],
+                sums,
+            )
+        )
         cvd_now: dict[int, np.ndarray] = {w: at[("cvd", w)][:, 0] - at[("cvd", w)][:, 1] for w in second_windows}
         if minute_windows:
             m_ends = np.concatenate([hi_minute] * len(minute_windows))
@@ -664,8 +735,9 @@ class SymbolState:
             qty_columns += [c0 - c1, (c0 - c1) - (c1 - c2)]
         qty_columns += [volume_units, large_sums[:, 4], large_sums[:, 5]]
         qty_values = exact_ratio(np.concatenate(qty_columns), QTY_SCALE).reshape(len(qty_columns), n)
-        notional_values = exact_ratio(np.concatenate((vwap_sums[:, 2], whale_sums[:, 6], whale_sums[:, 7])),
-                                      NOTIONAL_SCALE).reshape(3, n)
+        notional_values = exact_ratio(
+            np.concatenate((vwap_sums[:, 2], whale_sums[:, 6], whale_sums[:, 7])), NOTIONAL_SCALE
+        ).reshape(3, n)
         cvd = dict(zip(windows, qty_values[: len(windows)]))
         slopes = {w: qty_values[len(windows) + 2 * k] for k, w in enumerate(slope_windows)}
         accels = {w: qty_values[len(windows) + 2 * k + 1] for k, w in enumerate(slope_windows)}
@@ -709,15 +781,20 @@ class SymbolState:
         else:
             minute_values: dict[int, tuple[float, float, int]] = {}
             for m in set((times // MINUTE_MS).tolist()):
-                minute_values[m] = ((self.p95, self.p99, self.qty_samples) if m == self.threshold_minute
-                                    else self._thresholds_at(m * MINUTE_MS))
-            quantiles = np.array([minute_values[m] for m in (times // MINUTE_MS).tolist()],
-                                 dtype=np.float64).reshape(n, 3)
+                minute_values[m] = (
+                    (self.p95, self.p99, self.qty_samples)
+                    if m == self.threshold_minute
+                    else self._thresholds_at(m * MINUTE_MS)
+                )
+            quantiles = np.array([minute_values[m] for m in (times // MINUTE_MS).tolist()], dtype=np.float64).reshape(
+                n, 3
+            )
 
         values["last_price"] = last_price
         values["last_trade_ms"] = last_trade
-        values["coverage_start_ms"] = np.full(n, np.nan if self.coverage_start_ms is None else
-                                              float(self.coverage_start_ms))
+        values["coverage_start_ms"] = np.full(
+            n, np.nan if self.coverage_start_ms is None else float(self.coverage_start_ms)
+        )
         values["approx_until_ms"] = np.full(n, np.nan if self.approx_until_ms is None else float(self.approx_until_ms))
         values["vwap_30m"] = vwap
         values["volume_30m"] = volume
@@ -751,8 +828,9 @@ class SymbolState:
         else:
             walls = log.walls.at(times, log.pre_walls) if log is not None else None
             values.update(self.orderbook.values_many(times, walls))
-        return FeatureFrame(self.exchange, self.symbol, times, {name: values[name] for name in SCALAR_FIELDS},
-                            cvd, slopes, accels)
+        return FeatureFrame(
+            self.exchange, self.symbol, times, {name: values[name] for name in SCALAR_FIELDS}, cvd, slopes, accels
+        )
 
     # ------------------------------------------------------------------------------------------
     # size and plain-data form
@@ -823,7 +901,9 @@ class SymbolState:
             "qty_samples",
         ):
             setattr(state, name, data[name])
-        state.approx_until_ms = data.get("approx_until_ms")  # (absent from states saved before the warm start's approximation)
+        state.approx_until_ms = data.get(
+            "approx_until_ms"
+        )  # (absent from states saved before the warm start's approximation)
         state.seconds = BucketRing.from_dict(data["seconds"])
         state.minutes = BucketRing.from_dict(data["minutes"])
         state.qty_hist = HourlyQuantileWindow.from_dict(data["qty_hist"])
@@ -839,8 +919,9 @@ class SymbolState:
             state.orderbook = BookDetectors.from_dict(data["orderbook"])
         return state
 
-    def use_detectors(self, params: DetectorParams | None, flow: FlowParams | None = None,
-                      book: BookParams | None = None) -> None:
+    def use_detectors(
+        self, params: DetectorParams | None, flow: FlowParams | None = None, book: BookParams | None = None
+    ) -> None:
         """Keep the detectors if their parameters are ``params`` (and ``flow``); otherwise start them
         afresh (their windows fill again from the next inputs) or, with None, drop them (a restored
         state after the strategies' ``detectors`` section changed)."""
@@ -878,8 +959,12 @@ class SymbolState:
                 order = np.argsort(times, kind="stable")
                 times, prices, units, sells = times[order], prices[order], units[order], sells[order]
         else:
-            times, prices, units, sells = (np.empty(0, dtype=np.int64), np.empty(0), np.empty(0, dtype=np.int64),
-                                           np.empty(0, dtype=bool))
+            times, prices, units, sells = (
+                np.empty(0, dtype=np.int64),
+                np.empty(0),
+                np.empty(0, dtype=np.int64),
+                np.empty(0, dtype=bool),
+            )
         changes = self.orderbook.update(book_times, levels, times, prices, units, sells)
         if self._log is not None:
             self._log.walls.extend(changes)

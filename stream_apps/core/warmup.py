@@ -21,6 +21,7 @@ import numpy as np
 from .cooldown import CooldownBook
 from .engine import Engine
 from .events import BookUpdate, IndicatorUpdate, LiquidationEvent, book_levels
+from .kernels import NONE_TIME, cooldown_rows
 from .strategy import (
     Detectors,
     Divergence,
@@ -28,18 +29,23 @@ from .strategy import (
     Liquidations,
     OiSpike,
     PerSymbol,
-    Vpin,
     StrategyConfig,
+    Vpin,
     Walls,
     default_strategy_dir,
     load_strategies,
 )
-from .kernels import NONE_TIME, cooldown_rows
 from .synthetic import synthetic_trades
 
 T0 = 1_700_000_000_000
-EVERY_DETECTOR = Detectors(vpin=Vpin(bucket_volume=PerSymbol(default=20_000.0)), divergence=Divergence(window=120_000),
-                           oi_spike=OiSpike(window=2), liquidations=Liquidations(), walls=Walls(), icebergs=Icebergs())
+EVERY_DETECTOR = Detectors(
+    vpin=Vpin(bucket_volume=PerSymbol(default=20_000.0)),
+    divergence=Divergence(window=120_000),
+    oi_spike=OiSpike(window=2),
+    liquidations=Liquidations(),
+    walls=Walls(),
+    icebergs=Icebergs(),
+)
 
 
 def warm_up(strategies: Sequence[StrategyConfig] | None = None) -> None:
@@ -70,9 +76,18 @@ def _warm_decisions() -> None:
     (the test runs a session with signals after the warm-up and finds no new compilation)."""
     state = CooldownBook().symbol_state("binance", "BTCUSDT", NONE_TIME)
     rows = np.flatnonzero(np.ones(2, dtype=np.bool_))
-    cooldown_rows(np.array([T0, T0 + 60_000], dtype=np.int64), np.array([1, -1], dtype=np.int8),
-                  np.array([80.0, 80.0]), rows, 600_000, 75.0, 3_600_000, state, np.zeros(2, dtype=np.bool_),
-                  np.zeros(2, dtype=np.bool_))
+    cooldown_rows(
+        np.array([T0, T0 + 60_000], dtype=np.int64),
+        np.array([1, -1], dtype=np.int8),
+        np.array([80.0, 80.0]),
+        rows,
+        600_000,
+        75.0,
+        3_600_000,
+        state,
+        np.zeros(2, dtype=np.bool_),
+        np.zeros(2, dtype=np.bool_),
+    )
 
 
 def _warm_detectors(strategies: Sequence[StrategyConfig]) -> None:
@@ -81,11 +96,14 @@ def _warm_detectors(strategies: Sequence[StrategyConfig]) -> None:
     detected = Engine([strategies[0].model_copy(update={"detectors": EVERY_DETECTOR})])
     symbol = (strategies[0].symbols or ["BTCUSDT"])[0]  # empty: every symbol
     price = float(synthetic_trades(symbol, start_ms=T0, duration_ms=1_000, rate_per_s=2.0).price[0])
-    levels = book_levels(([(price - 0.5 * k, 1.0 + 9 * (k == 3)) for k in range(1, 6)],
-                          [(price + 0.5 * k, 1.0) for k in range(1, 6)]))
+    levels = book_levels(
+        ([(price - 0.5 * k, 1.0 + 9 * (k == 3)) for k in range(1, 6)], [(price + 0.5 * k, 1.0) for k in range(1, 6)])
+    )
     events = [BookUpdate("binance", symbol, T0 + 250 * k, 0.0, levels) for k in range(1, 400)]
-    events += [IndicatorUpdate("binance", symbol, T0 + 60_000 * k + 30_000, "open_interest_hist", 1e6 + k, T0 + 60_000 * k)
-               for k in range(3)]
+    events += [
+        IndicatorUpdate("binance", symbol, T0 + 60_000 * k + 30_000, "open_interest_hist", 1e6 + k, T0 + 60_000 * k)
+        for k in range(3)
+    ]
     events += [LiquidationEvent("binance", symbol, T0 + 1_000 * k, "LONG", 50_000.0) for k in range(1, 20)]
     events.sort(key=lambda e: e.time_ms)
     _session(detected, symbol, events)

@@ -59,14 +59,24 @@ CrossVenueEvent = BookEvent | FundingEvent | SpotEvent
 
 def book_event_from_record(record: Mapping[str, Any]) -> BookEvent:
     """An ``md.book`` record (book_snapshot.avsc)."""
-    return BookEvent(record["exchange"], record["symbol"], int(record["event_time"]),
-                     tuple(level_pairs(record["bids"])), tuple(level_pairs(record["asks"])))
+    return BookEvent(
+        record["exchange"],
+        record["symbol"],
+        int(record["event_time"]),
+        tuple(level_pairs(record["bids"])),
+        tuple(level_pairs(record["asks"])),
+    )
 
 
 def funding_event_from_record(record: Mapping[str, Any]) -> FundingEvent:
     """An ``md.mark`` record (mark_price.avsc): it has no funding interval field."""
-    return FundingEvent(record["exchange"], record["symbol"], int(record["event_time"]),
-                        float(record["funding_rate"]), int(record["next_funding_time"]))
+    return FundingEvent(
+        record["exchange"],
+        record["symbol"],
+        int(record["event_time"]),
+        float(record["funding_rate"]),
+        int(record["next_funding_time"]),
+    )
 
 
 def spot_event_from_record(record: Mapping[str, Any]) -> SpotEvent | None:
@@ -86,8 +96,14 @@ def funding_event_from_indicator(record: Mapping[str, Any]) -> FundingEvent | No
     if record.get("kind") != "funding_rate" or "next_funding_time" not in extra:
         return None
     interval = extra.get("funding_interval_ms")
-    return FundingEvent(record["exchange"], record["symbol"], int(record["receive_time"]), float(record["value"]),
-                        int(extra["next_funding_time"]), int(interval) if interval else None)
+    return FundingEvent(
+        record["exchange"],
+        record["symbol"],
+        int(record["receive_time"]),
+        float(record["value"]),
+        int(extra["next_funding_time"]),
+        int(interval) if interval else None,
+    )
 
 
 def event_from_record(topic: str, record: Mapping[str, Any]) -> CrossVenueEvent | None:

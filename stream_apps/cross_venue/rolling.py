@@ -201,9 +201,21 @@ class RollingWindow:
         n = self.n
         if n == 0:
             why = f"{name} has no sample"
-            return WindowStats(0, 0, None, None, None, None, None, None, None,
-                               tuple((f, why) for f in ("mean", "std", "min", "max", "slope_per_min",
-                                                        "crossings_per_hour", "drift_ratio")))
+            return WindowStats(
+                0,
+                0,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                tuple(
+                    (f, why)
+                    for f in ("mean", "std", "min", "max", "slope_per_min", "crossings_per_hour", "drift_ratio")
+                ),
+            )
         reasons: list[tuple[str, str]] = []
         oldest = self._start
         newest = (self._start + n - 1) % self.capacity
@@ -225,19 +237,28 @@ class RollingWindow:
         else:
             why = f"{name} has 1 sample"
             reasons += [(f, why) for f in ("std", "slope_per_min", "crossings_per_hour", "drift_ratio")]
-        return WindowStats(n, span_ms, mean, std, self._min[0][1], self._max[0][1], slope, crossings, drift,
-                           tuple(reasons))
+        return WindowStats(
+            n, span_ms, mean, std, self._min[0][1], self._max[0][1], slope, crossings, drift, tuple(reasons)
+        )
 
     # -- plain data (a Faust table's value; JSON-safe) --------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Everything, running sums included, so a restored window answers bit for bit the same."""
         slots = self._slots()
-        return {"window_ms": self.window_ms, "sample_ms": self.sample_ms,
-                "t": self._t[slots].tolist(), "v": self._v[slots].tolist(), "cross": self._cross[slots].tolist(),
-                "absdiff": self._absdiff[slots].tolist(), "last": [self._last_t, self._last_v, self._last_side],
-                "ref": [self._k, self._t0], "sums": [self._s1, self._s2, self._st, self._stt, self._stv],
-                "totals": [self._cross_total, self._absdiff_total, self._since_rebuild],
-                "min": [list(x) for x in self._min], "max": [list(x) for x in self._max]}
+        return {
+            "window_ms": self.window_ms,
+            "sample_ms": self.sample_ms,
+            "t": self._t[slots].tolist(),
+            "v": self._v[slots].tolist(),
+            "cross": self._cross[slots].tolist(),
+            "absdiff": self._absdiff[slots].tolist(),
+            "last": [self._last_t, self._last_v, self._last_side],
+            "ref": [self._k, self._t0],
+            "sums": [self._s1, self._s2, self._st, self._stt, self._stv],
+            "totals": [self._cross_total, self._absdiff_total, self._since_rebuild],
+            "min": [list(x) for x in self._min],
+            "max": [list(x) for x in self._max],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RollingWindow:

@@ -94,8 +94,12 @@ class CrossVenueParams:
         for name, window_ms, sample_ms in self.windows:
             if sample_ms % self.eval_interval_ms or window_ms < sample_ms:
                 raise ValueError(f"window {name}: sample_ms must be a multiple of eval_interval_ms and <= window_ms")
-        for value in (self.max_staleness_ms, self.funding_max_age_ms, self.spot_max_age_ms,
-                      *self.staleness_by_venue.values()):
+        for value in (
+            self.max_staleness_ms,
+            self.funding_max_age_ms,
+            self.spot_max_age_ms,
+            *self.staleness_by_venue.values(),
+        ):
             if value < 0:
                 raise ValueError("maximum ages must not be negative")
 
@@ -185,9 +189,15 @@ class CoinFeatures:
         """One flat dict per ordered pair (what a sink row or an Avro record would hold)."""
         out = []
         for p in self.pairs:
-            row: dict[str, Any] = {"coin": self.coin, "eval_time": self.time_ms, "sell_venue": p.sell_venue,
-                                   "buy_venue": p.buy_venue, "leg_skew_ms": p.leg_skew_ms,
-                                   "funding_diff": p.funding_diff, "funding_diff_8h": p.funding_diff_8h}
+            row: dict[str, Any] = {
+                "coin": self.coin,
+                "eval_time": self.time_ms,
+                "sell_venue": p.sell_venue,
+                "buy_venue": p.buy_venue,
+                "leg_skew_ms": p.leg_skew_ms,
+                "funding_diff": p.funding_diff,
+                "funding_diff_8h": p.funding_diff_8h,
+            }
             for kind, series in (("top", p.top), ("sweep", p.sweep)):
                 row[f"spread_{kind}"] = series.value
                 row[f"{kind}_slope_per_min"] = series.slope_per_min
@@ -209,9 +219,24 @@ class CoinFeatures:
 class _Leg:
     """What one venue's perpetual of a coin last said."""
 
-    __slots__ = ("symbol", "multiplier", "quote", "book_time", "bid", "ask", "sweep_bid", "sweep_ask", "book_reason",
-                 "funding_time", "funding_rate", "next_funding", "interval_ms", "interval_time", "spot_time",
-                 "spot_price")
+    __slots__ = (
+        "symbol",
+        "multiplier",
+        "quote",
+        "book_time",
+        "bid",
+        "ask",
+        "sweep_bid",
+        "sweep_ask",
+        "book_reason",
+        "funding_time",
+        "funding_rate",
+        "next_funding",
+        "interval_ms",
+        "interval_time",
+        "spot_time",
+        "spot_price",
+    )
 
     def __init__(self, symbol: str, multiplier: int, quote: str) -> None:
         self.symbol = symbol  # the first name it was seen under (BTCUSDT and BTC-USDT-SWAP are one leg)
@@ -256,8 +281,9 @@ class _Series:
 
     def __init__(self, params: CrossVenueParams) -> None:
         self.slope = RollingWindow(params.slope_window_ms, params.eval_interval_ms)
-        self.windows = [(name, sample_ms, RollingWindow(window_ms, sample_ms))
-                        for name, window_ms, sample_ms in params.windows]
+        self.windows = [
+            (name, sample_ms, RollingWindow(window_ms, sample_ms)) for name, window_ms, sample_ms in params.windows
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {"slope": self.slope.to_dict(), "windows": [w.to_dict() for _, _, w in self.windows]}
@@ -268,8 +294,10 @@ class _Series:
         if len(data["windows"]) != len(series.windows):
             raise ValueError("the snapshot's windows are not the parameters' windows")
         series.slope = RollingWindow.from_dict(data["slope"])
-        series.windows = [(name, sample_ms, RollingWindow.from_dict(w))
-                          for (name, sample_ms, _), w in zip(series.windows, data["windows"])]
+        series.windows = [
+            (name, sample_ms, RollingWindow.from_dict(w))
+            for (name, sample_ms, _), w in zip(series.windows, data["windows"])
+        ]
         return series
 
     def evaluate(self, t: int, value: float | None) -> SeriesFeatures:
@@ -293,9 +321,12 @@ class _Coin:
         self.active_until = -1  # the last time at which some leg's book is still fresh
 
     def to_dict(self) -> dict[str, Any]:
-        return {"coin": self.coin, "active_until": self.active_until,
-                "legs": {venue: leg.to_dict() for venue, leg in self.legs.items()},
-                "series": [[*key, s.to_dict()] for key, s in self.series.items()]}
+        return {
+            "coin": self.coin,
+            "active_until": self.active_until,
+            "legs": {venue: leg.to_dict() for venue, leg in self.legs.items()},
+            "series": [[*key, s.to_dict()] for key, s in self.series.items()],
+        }
 
     @classmethod
     def from_dict(cls, params: CrossVenueParams, data: Mapping[str, Any]) -> _Coin:
@@ -330,8 +361,11 @@ class CrossVenueState:
     # -- plain data ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The whole state as JSON-safe plain data (the parameters are not in it: restore with the same)."""
-        return {"next_eval": self.next_eval, "counters": dict(self.counters),
-                "coins": [coin.to_dict() for coin in self.coins.values()]}
+        return {
+            "next_eval": self.next_eval,
+            "counters": dict(self.counters),
+            "coins": [coin.to_dict() for coin in self.coins.values()],
+        }
 
     @classmethod
     def from_dict(cls, params: CrossVenueParams, data: Mapping[str, Any]) -> CrossVenueState:
@@ -409,8 +443,7 @@ class CrossVenueState:
             if leg.funding_time is not None and t < leg.funding_time:
                 self.counters["stale"] += 1
                 return
-            if (not event.interval_ms and leg.next_funding is not None
-                    and event.next_funding_time_ms > leg.next_funding):
+            if not event.interval_ms and leg.next_funding is not None and event.next_funding_time_ms > leg.next_funding:
                 leg.interval_ms, leg.interval_time = event.next_funding_time_ms - leg.next_funding, t
             leg.funding_time, leg.funding_rate, leg.next_funding = t, event.funding_rate, event.next_funding_time_ms
         elif isinstance(event, SpotEvent):
@@ -455,8 +488,21 @@ class CrossVenueState:
         leg = coin.legs.get(venue)
         if leg is None:
             why = f"no data from {venue} yet"
-            return VenueFeatures(venue, None, None, None, None, None, None, None, None, None, None, None,
-                                 (("book", why), ("funding", why), ("basis", why))), why
+            return VenueFeatures(
+                venue,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                (("book", why), ("funding", why), ("basis", why)),
+            ), why
         reasons: list[tuple[str, str]] = []
         book_why = None
         age = None
@@ -498,9 +544,21 @@ class CrossVenueState:
             reasons.append(("basis", book_why or f"{venue} book has no touch"))
         else:
             basis = math.log((leg.bid + leg.ask) / 2 / leg.spot_price)
-        features = VenueFeatures(venue, leg.symbol, leg.book_time, age, leg.bid if fresh else None,
-                                 leg.ask if fresh else None, sweep_bid, sweep_ask, funding_rate, interval,
-                                 next_funding, basis, tuple(reasons))
+        features = VenueFeatures(
+            venue,
+            leg.symbol,
+            leg.book_time,
+            age,
+            leg.bid if fresh else None,
+            leg.ask if fresh else None,
+            sweep_bid,
+            sweep_ask,
+            funding_rate,
+            interval,
+            next_funding,
+            basis,
+            tuple(reasons),
+        )
         return features, book_why
 
     def _evaluate_coin(self, coin: _Coin, t: int) -> CoinFeatures:
@@ -521,29 +579,58 @@ class CrossVenueState:
                 top = math.log(va.bid / vb.ask)
                 if va.sweep_bid is None or vb.sweep_ask is None:
                     # the sell leg's bids and the buy leg's asks: the sides this direction sweeps
-                    reasons.append(("spread_sweep", "; ".join(
-                        [r for n, r in va.reasons if n == "sweep_bid"] + [r for n, r in vb.reasons if n == "sweep_ask"])))
+                    reasons.append(
+                        (
+                            "spread_sweep",
+                            "; ".join(
+                                [r for n, r in va.reasons if n == "sweep_bid"]
+                                + [r for n, r in vb.reasons if n == "sweep_ask"]
+                            ),
+                        )
+                    )
                 else:
                     swept = math.log(va.sweep_bid / vb.sweep_ask)
-            skew = (abs(va.book_time_ms - vb.book_time_ms)
-                    if va.book_time_ms is not None and vb.book_time_ms is not None else None)
+            skew = (
+                abs(va.book_time_ms - vb.book_time_ms)
+                if va.book_time_ms is not None and vb.book_time_ms is not None
+                else None
+            )
             fdiff = fdiff8 = None
             if va.funding_rate is None or vb.funding_rate is None:
-                reasons.append(("funding_diff", "; ".join(
-                    r for v in (va, vb) for n, r in v.reasons if n == "funding") or "no funding"))
+                reasons.append(
+                    (
+                        "funding_diff",
+                        "; ".join(r for v in (va, vb) for n, r in v.reasons if n == "funding") or "no funding",
+                    )
+                )
             else:
                 fdiff = va.funding_rate - vb.funding_rate
                 if va.funding_interval_ms and vb.funding_interval_ms:
-                    fdiff8 = (va.funding_rate / va.funding_interval_ms
-                              - vb.funding_rate / vb.funding_interval_ms) * EIGHT_HOURS_MS
+                    fdiff8 = (
+                        va.funding_rate / va.funding_interval_ms - vb.funding_rate / vb.funding_interval_ms
+                    ) * EIGHT_HOURS_MS
                 else:
-                    reasons.append(("funding_diff_8h", "; ".join(
-                        r for v in (va, vb) for n, r in v.reasons if n == "funding_interval")))
+                    reasons.append(
+                        (
+                            "funding_diff_8h",
+                            "; ".join(r for v in (va, vb) for n, r in v.reasons if n == "funding_interval"),
+                        )
+                    )
             series = coin.series
             top_s = series.get((a, b, "top"))
             if top_s is None:
                 top_s = series[(a, b, "top")] = _Series(self.params)
                 series[(a, b, "sweep")] = _Series(self.params)
-            pairs.append(PairFeatures(a, b, skew, top_s.evaluate(t, top), series[(a, b, "sweep")].evaluate(t, swept),
-                                      fdiff, fdiff8, tuple(reasons)))
+            pairs.append(
+                PairFeatures(
+                    a,
+                    b,
+                    skew,
+                    top_s.evaluate(t, top),
+                    series[(a, b, "sweep")].evaluate(t, swept),
+                    fdiff,
+                    fdiff8,
+                    tuple(reasons),
+                )
+            )
         return CoinFeatures(coin.coin, t, tuple(venues[v] for v in self.params.venues), tuple(pairs))

@@ -21,9 +21,9 @@ creating the first numpy array would (benchmarks/bench_cross_venue.py measures t
 from __future__ import annotations
 
 import math
-from operator import itemgetter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 BUY = "buy"  # take the asks
@@ -70,11 +70,11 @@ def sweep(levels: Iterable[tuple[float, float]], notional: float, side: str) -> 
     first = 0.0
     for price, level_qty in levels:
         if not (price > 0 and level_qty > 0 and math.isfinite(price) and math.isfinite(level_qty)):
-            return Sweep(notional, None, qty, n, previous,
-                         f"bad level in {book_side}: price {price!r} qty {level_qty!r}")
+            return Sweep(
+                notional, None, qty, n, previous, f"bad level in {book_side}: price {price!r} qty {level_qty!r}"
+            )
         if previous is not None and (price <= previous if side == BUY else price >= previous):
-            return Sweep(notional, None, qty, n, previous,
-                         f"{book_side} out of order: {price!r} after {previous!r}")
+            return Sweep(notional, None, qty, n, previous, f"{book_side} out of order: {price!r} after {previous!r}")
         if n == 0:
             first = price
         n += 1
@@ -89,5 +89,11 @@ def sweep(levels: Iterable[tuple[float, float]], notional: float, side: str) -> 
             return Sweep(notional, vwap, qty, n, price)
         filled_usd += level_usd
         qty += level_qty
-    return Sweep(notional, None, qty, n, previous,
-                 f"insufficient depth: {book_side} hold {filled_usd:,.0f} USD of {notional:,.0f} in {n} levels")
+    return Sweep(
+        notional,
+        None,
+        qty,
+        n,
+        previous,
+        f"insufficient depth: {book_side} hold {filled_usd:,.0f} USD of {notional:,.0f} in {n} levels",
+    )

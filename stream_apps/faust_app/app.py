@@ -48,7 +48,7 @@ from aiokafka.errors import KafkaError
 from faust.tables.manager import TableManager
 from faust.types import TP
 
-from schemas.catalogue import SYMBOL_PARTITIONS
+from schemas.catalogue import PROGRESS_TOPIC, SYMBOL_PARTITIONS
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from stream_apps.core.engine import EngineParams
@@ -56,7 +56,7 @@ from stream_apps.core.strategy import StrategyConfig, load_strategy
 from tapeflow_runtime.settings import ConfigError
 
 from .bulk_consumer import BulkConsumer, BulkTransport
-from .config import INPUT_TOPICS, PROGRESS_TOPIC, STATE_TABLE, EngineAppConfig
+from .config import INPUT_TOPICS, STATE_TABLE, EngineAppConfig
 from .effects_runner import EffectsRunner
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
@@ -76,7 +76,7 @@ def fetch_steps(records: Mapping[TP, Sequence[Any]], size: int) -> list[dict[tup
         for i, start in enumerate(range(0, len(batch), size)):
             if i == len(steps):
                 steps.append({})
-            steps[i][(tp.topic, tp.partition)] = batch[start:start + size]
+            steps[i][(tp.topic, tp.partition)] = batch[start : start + size]
     return steps
 
 
@@ -89,8 +89,9 @@ async def require_transactions(bootstrap: str, transactional_id: str) -> None:
     """Open (and close) one transactional producer as Faust's would: InitProducerId is where a broker
     that cannot serve aiokafka's transactions says so. Asking before the worker joins its group turns
     a crash in the middle of a rebalance into one clear refusal. The probe's id is its own (``...-preflight``), so it fences no worker."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id,
-                                enable_idempotence=True, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=transactional_id, enable_idempotence=True, acks="all"
+    )
     try:
         await producer.start()
     except KafkaError as exc:
@@ -98,7 +99,8 @@ async def require_transactions(bootstrap: str, transactional_id: str) -> None:
             f"processing_guarantee=exactly_once needs a broker that accepts Faust's transactional "
             f"producers; {bootstrap} refused one ({exc!r}). "
             f"Run at-least-once (the default: outputs are idempotent) or enable transactions on the "
-            f"broker") from exc
+            f"broker"
+        ) from exc
     finally:
         await producer.stop()
 
@@ -134,10 +136,16 @@ def _broker_urls(bootstrap: str) -> list[str]:
 class EngineWorker:
     """One engine worker: the Faust app, the processor, and the order in which effects reach Kafka."""
 
-    def __init__(self, config: EngineAppConfig, strategies: Sequence[StrategyConfig] | None = None,
-                 metrics: EngineAppMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineAppConfig,
+        strategies: Sequence[StrategyConfig] | None = None,
+        metrics: EngineAppMetrics | None = None,
+    ) -> None:
         self.config = config
-        self.strategies = list(strategies) if strategies is not None else [load_strategy(p) for p in config.strategy_files]
+        self.strategies = (
+            list(strategies) if strategies is not None else [load_strategy(p) for p in config.strategy_files]
+        )
         self.metrics = metrics or EngineAppMetrics()
         self.serde = AvroSerde(registry_from_url(config.schema_registry_url))
         self.input_topics = tuple(config.topic(name) for name in INPUT_TOPICS)
@@ -168,8 +176,13 @@ class EngineWorker:
         # ``exactly_once`` silently runs at-least-once.
         self.app.in_worker = True
         # bytes in, bytes out: Faust then reads and writes the changelog with the "raw" codec
-        self.table = self.app.Table(STATE_TABLE, partitions=SYMBOL_PARTITIONS, key_type=bytes, value_type=bytes,
-                                    help="engine state per exchange:symbol")
+        self.table = self.app.Table(
+            STATE_TABLE,
+            partitions=SYMBOL_PARTITIONS,
+            key_type=bytes,
+            value_type=bytes,
+            help="engine state per exchange:symbol",
+        )
         self.inputs = self.app.topic(*self.read_topics, key_serializer="raw", value_serializer="raw")
         self.processor = EngineProcessor(
             self.strategies,
@@ -226,8 +239,10 @@ class EngineWorker:
         state = "rebalancing" if self.app.rebalancing else "running"
         waiting = self.processor.progress.waiting()
         progress = f", {len(waiting)} symbols released by progress markers" if waiting else ""
-        return {"status": state, "detail": f"partitions {assigned}, {len(self.processor.owned)} symbols, "
-                f"{self.batches} batches{progress}"}
+        return {
+            "status": state,
+            "detail": f"partitions {assigned}, {len(self.processor.owned)} symbols, {self.batches} batches{progress}",
+        }
 
     async def _check_restored(self, sender: Any = None, **_: Any) -> None:
         """After Faust's table recovery, before the input partitions are resumed: every changelog
@@ -251,13 +266,14 @@ class EngineWorker:
                 position = await consumer.position(tp)
                 if end is not None and (position is None or position < end):
                     short[tp.partition] = (position, end)
-        except KafkaError as exc:
+        except KafkaError:
             if self.app.consumer_generation_id != generation:
                 return  # a new rebalance began: its recovery is checked when it completes
             raise
         if short:
             exc = StateIncomplete(
-                f"table recovery ended before the end of {changelog}: partition -> (read to, end) {short}")
+                f"table recovery ended before the end of {changelog}: partition -> (read to, end) {short}"
+            )
             log.error("engine state not restored", error=str(exc))
             self.crashed = exc
             await self.app.crash(exc)
@@ -283,9 +299,11 @@ class EngineWorker:
                 for i, step in enumerate(steps):
                     if i and (not consumer.flow_active or self.app.consumer_generation_id != generation):
                         break  # a rebalance began: what is left is read again after the new assignment
-                    later = {tp for following in steps[i + 1:] for tp in following}
+                    later = {tp for following in steps[i + 1 :] for tp in following}
                     effects = self.processor.on_records(
-                        step, lambda topic, partition: (topic, partition) not in later and self._caught_up(topic, partition))
+                        step,
+                        lambda topic, partition: (topic, partition) not in later and self._caught_up(topic, partition),  # noqa: B023 - called within this iteration
+                    )
                     await self._apply(effects)
                     if i + 1 < len(steps):
                         await asyncio.sleep(0)  # a catch-up fetch is large: let /health, timers and commits run
@@ -365,8 +383,15 @@ class EngineWorker:
             group = self.app.assignor.group_for_topic(self.input_topics[0])
             producer = self.app.consumer.transactions.producer  # type: ignore[attr-defined]
             send = producer.send_and_wait if wait else producer.send
-            await send(record.topic, record.key, record.value, record.partition, timestamp, None,
-                       transactional_id=f"{self.app.conf.id}-{group}-{source}")
+            await send(
+                record.topic,
+                record.key,
+                record.value,
+                record.partition,
+                timestamp,
+                None,
+                transactional_id=f"{self.app.conf.id}-{group}-{source}",
+            )
         else:
             send = self.app.producer.send_and_wait if wait else self.app.producer.send
             await send(record.topic, record.key, record.value, record.partition, timestamp, None)

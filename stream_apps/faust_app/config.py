@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC
+from schemas.catalogue import ENGINE_INPUTS, PROGRESS_TOPIC  # noqa: F401 - PROGRESS_TOPIC: the engine modules read their topics here
 from stream_apps.core.strategy import default_strategy_dir
 
 INPUT_TOPICS = ENGINE_INPUTS
@@ -35,8 +35,11 @@ class EngineAppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bootstrap: str = Field(description="Kafka bootstrap servers host:port[,host:port]")
-    app_id: str = Field(default="tapeflow-engine", pattern=r"^[A-Za-z0-9._-]+$",
-                        description="Faust app id = consumer group id = prefix of the changelog topic")
+    app_id: str = Field(
+        default="tapeflow-engine",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Faust app id = consumer group id = prefix of the changelog topic",
+    )
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
     strategy_files: list[Path] = Field(default_factory=shipped_strategy_files, min_length=1)
     schema_registry_url: str | None = None
@@ -48,34 +51,53 @@ class EngineAppConfig(BaseModel):
 
     # batching, state persistence and input alignment
     snapshot_interval_s: float = Field(
-        default=5.0, gt=0, description="write a changed symbol's engine state to the table at most this often; "
-        "input offsets become committable only once a snapshot holds them")
+        default=5.0,
+        gt=0,
+        description="write a changed symbol's engine state to the table at most this often; "
+        "input offsets become committable only once a snapshot holds them",
+    )
     max_hold_s: float = Field(
-        default=5.0, gt=0, description="release inputs held for event-time alignment after this long without "
-        "progress on the topic that holds them back")
+        default=5.0,
+        gt=0,
+        description="release inputs held for event-time alignment after this long without "
+        "progress on the topic that holds them back",
+    )
     wait_for_progress: bool = Field(
-        default=False, description="hold every key's inputs until md.progress markers release them (a new group "
-        "reading a replay or a warm start); a key also waits once a marker for it arrives")
+        default=False,
+        description="hold every key's inputs until md.progress markers release them (a new group "
+        "reading a replay or a warm start); a key also waits once a marker for it arrives",
+    )
     progress_timeout_s: float = Field(
-        default=60.0, gt=0, description="a key waiting for markers whose source sent none this long is released "
-        "by the caught-up rule")
+        default=60.0,
+        gt=0,
+        description="a key waiting for markers whose source sent none this long is released by the caught-up rule",
+    )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
-        default="at_least_once", description="exactly_once (what the stack runs: `tapeflow engine --exactly-once`): outputs, "
+        default="at_least_once",
+        description="exactly_once (what the stack runs: `tapeflow engine --exactly-once`): outputs, "
         "state snapshots and input offsets commit in one Kafka transaction per input partition every "
         "commit_interval_s (the broker must serve transactions); at_least_once: idempotent outputs that a "
-        "crash may write twice")
+        "crash may write twice",
+    )
     signal_max_age_ms: int | None = Field(
-        default=None, gt=0, description="do not publish signals whose eval_time is older than this (wall clock); "
-        "None publishes every signal (replays, tests)")
+        default=None,
+        gt=0,
+        description="do not publish signals whose eval_time is older than this (wall clock); "
+        "None publishes every signal (replays, tests)",
+    )
 
     # Faust / consumer group
     commit_interval_s: float = Field(
-        default=1.0, gt=0, description="Faust's commit timer; with exactly_once also the transaction length: "
+        default=1.0,
+        gt=0,
+        description="Faust's commit timer; with exactly_once also the transaction length: "
         "outputs become visible to read_committed readers at the next commit, and every changed key is "
-        "snapshotted at each commit")
+        "snapshotted at each commit",
+    )
     broker_session_timeout_s: float = Field(default=6.0, gt=0)
-    broker_heartbeat_interval_s: float = Field(default=2.0, gt=0, description="a third of the session: each "
-        "heartbeat is a request the idle broker answers")
+    broker_heartbeat_interval_s: float = Field(
+        default=2.0, gt=0, description="a third of the session: each heartbeat is a request the idle broker answers"
+    )
     broker_rebalance_timeout_s: float = Field(default=6.0, gt=0)
     # Kafka's default. One fetch is handled before the next is asked for, and a new group catching up
     # on hours of md.* on a loaded machine took more than 30 s for one: aiokafka then left the group and,
@@ -84,9 +106,12 @@ class EngineAppConfig(BaseModel):
     broker_max_poll_interval_s: float = Field(default=300.0, gt=0)
     max_fetch_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="per partition and fetch")
     fetch_max_wait_ms: int = Field(
-        default=100, gt=0, le=1500,
+        default=100,
+        gt=0,
+        le=1500,
         description="longest a fetch waits for data (Faust: 1500): lower = lower latency, more CPU on "
-                    "empty fetches (benchmarks/RESULTS.md)")
+        "empty fetches (benchmarks/RESULTS.md)",
+    )
 
     # observability
     metrics_host: str = "127.0.0.1"

@@ -24,6 +24,7 @@ import polars as pl
 from schemas.avro_columns import AvroColumns, ColumnarError
 from schemas.catalogue import market_key
 from schemas.serde import AvroSerde
+from stream_apps.book_decode import BookDecoder
 from stream_apps.core.events import (
     MarketEvent,
     TradeBatch,
@@ -32,7 +33,6 @@ from stream_apps.core.events import (
     liquidation_from_record,
     mark_from_record,
 )
-from stream_apps.book_decode import BookDecoder
 
 TRADES = "md.trades"
 BOOK = "md.book"
@@ -69,8 +69,16 @@ class TradeRows:
         return len(self.offsets)
 
     def take(self, index: np.ndarray | slice) -> TradeRows:
-        return TradeRows(self.exchange, self.symbol, self.offsets[index], self.agg_id[index], self.time_ms[index],
-                         self.price[index], self.qty[index], self.taker_sell[index])
+        return TradeRows(
+            self.exchange,
+            self.symbol,
+            self.offsets[index],
+            self.agg_id[index],
+            self.time_ms[index],
+            self.price[index],
+            self.qty[index],
+            self.taker_sell[index],
+        )
 
     def batch(self) -> TradeBatch:
         return TradeBatch(self.exchange, self.symbol, self.agg_id, self.time_ms, self.price, self.qty, self.taker_sell)
@@ -80,9 +88,14 @@ class TradeRows:
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
-        return TradeRows(first.exchange, first.symbol,
-                         *(np.concatenate([getattr(p, name) for p in parts])
-                           for name in ("offsets", "agg_id", "time_ms", "price", "qty", "taker_sell")))
+        return TradeRows(
+            first.exchange,
+            first.symbol,
+            *(
+                np.concatenate([getattr(p, name) for p in parts])
+                for name in ("offsets", "agg_id", "time_ms", "price", "qty", "taker_sell")
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +123,15 @@ def symbol_key(exchange: str, symbol: str) -> str:
     return market_key(exchange, symbol)
 
 
-def decode_partition(serde: AvroSerde, catalogue_topic: str, topic: str, partition: int,
-                     records: Iterable[RawRecord], book: BookDecoder | None = None,
-                     trades: AvroColumns | None = None) -> DecodedPartition:
+def decode_partition(
+    serde: AvroSerde,
+    catalogue_topic: str,
+    topic: str,
+    partition: int,
+    records: Iterable[RawRecord],
+    book: BookDecoder | None = None,
+    trades: AvroColumns | None = None,
+) -> DecodedPartition:
     """Decode the records of one input partition (``catalogue_topic`` is the unprefixed name). ``book``:
     the caller's md.book decoder (it remembers each schema id's layout), kept as long as ``serde``; a
     new one otherwise. Not a module-level cache keyed by the serde: a decoder holds its serde, so a
@@ -160,18 +179,22 @@ def _decode_trade_columns(reader: AvroColumns, records: list[RawRecord]) -> Deco
     else:  # several symbols hash to the partition: each keeps its records' offset order
         indexed = df.with_row_index("__row")
         groups = {}
-        for (exchange, symbol), part in indexed.partition_by(["exchange", "symbol"], as_dict=True,
-                                                             maintain_order=True).items():
+        for (exchange, symbol), part in indexed.partition_by(
+            ["exchange", "symbol"], as_dict=True, maintain_order=True
+        ).items():
             groups[(exchange, symbol)] = (part, offsets[part.get_column("__row").to_numpy()])
     for (exchange, symbol), (part, offs) in groups.items():
         sell = (part.get_column("taker_side").cast(pl.String) == "SELL").to_numpy()
         out.trades[symbol_key(exchange, symbol)] = TradeRows(
-            exchange, symbol, offs,
+            exchange,
+            symbol,
+            offs,
             part.get_column("agg_id").to_numpy().astype(np.int64, copy=False),
             part.get_column("trade_time").to_numpy().astype(np.int64, copy=False),
             part.get_column("price").to_numpy().astype(np.float64, copy=False),
             part.get_column("qty").to_numpy().astype(np.float64, copy=False),
-            sell.astype(bool, copy=False))
+            sell.astype(bool, copy=False),
+        )
     return out
 
 
@@ -194,10 +217,15 @@ def _decode_trades(serde: AvroSerde, topic: str, partition: int, records: Iterab
             col.append(value)
     for (exchange, symbol), cols in columns.items():
         out.trades[symbol_key(exchange, symbol)] = TradeRows(
-            exchange, symbol,
-            np.asarray(cols[0], dtype=np.int64), np.asarray(cols[1], dtype=np.int64),
-            np.asarray(cols[2], dtype=np.int64), np.asarray(cols[3], dtype=np.float64),
-            np.asarray(cols[4], dtype=np.float64), np.asarray(cols[5], dtype=bool))
+            exchange,
+            symbol,
+            np.asarray(cols[0], dtype=np.int64),
+            np.asarray(cols[1], dtype=np.int64),
+            np.asarray(cols[2], dtype=np.int64),
+            np.asarray(cols[3], dtype=np.float64),
+            np.asarray(cols[4], dtype=np.float64),
+            np.asarray(cols[5], dtype=bool),
+        )
     return out
 
 

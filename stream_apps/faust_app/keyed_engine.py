@@ -36,8 +36,9 @@ class SnapshotError(ValueError):
 class KeyedEngine:
     """An ``Engine`` that only ever sees one key's inputs, and the offsets it has applied."""
 
-    def __init__(self, key: str, engine: Engine, applied: dict[str, int] | None = None,
-                 progress_finished: bool = False) -> None:
+    def __init__(
+        self, key: str, engine: Engine, applied: dict[str, int] | None = None, progress_finished: bool = False
+    ) -> None:
         self.key = key
         self.engine = engine
         self.applied: dict[str, int] = dict(applied or {})  # catalogue topic -> highest offset applied
@@ -50,8 +51,9 @@ class KeyedEngine:
     def is_new(self, topic: str, offset: int) -> bool:
         return offset > self.applied.get(topic, -1)
 
-    def process(self, trades: TradeBatch | None, events: Sequence[MarketEvent],
-                offsets: dict[str, list[int]]) -> EngineOutput:
+    def process(
+        self, trades: TradeBatch | None, events: Sequence[MarketEvent], offsets: dict[str, list[int]]
+    ) -> EngineOutput:
         out = self.engine.process([trades] if trades is not None else (), events)
         for topic, seen in offsets.items():
             if seen:
@@ -60,8 +62,13 @@ class KeyedEngine:
 
     # ------------------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        data: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "key": self.key, "applied": self.applied,
-                                "progress_finished": self.progress_finished, "engine": self.engine.to_dict()}
+        data: dict[str, Any] = {
+            "format": SNAPSHOT_FORMAT,
+            "key": self.key,
+            "applied": self.applied,
+            "progress_finished": self.progress_finished,
+            "engine": self.engine.to_dict(),
+        }
         return zlib.compress(orjson.dumps(data), 1)
 
     @classmethod
@@ -76,5 +83,9 @@ class KeyedEngine:
             raise SnapshotError(f"engine snapshot format {data.get('format')!r}, expected {SNAPSHOT_FORMAT}")
         engine = Engine.from_dict(data["engine"], strategies)
         engine.params = params
-        return cls(data["key"], engine, {k: int(v) for k, v in data["applied"].items()},
-                   bool(data.get("progress_finished", False)))
+        return cls(
+            data["key"],
+            engine,
+            {k: int(v) for k, v in data["applied"].items()},
+            bool(data.get("progress_finished", False)),
+        )

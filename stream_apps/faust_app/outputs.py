@@ -43,8 +43,13 @@ class OutRecord:
 class OutputEncoder:
     """Avro-encodes engine output for the prefixed output topics."""
 
-    def __init__(self, serde: AvroSerde, topic_prefix: str = "", signal_max_age_ms: int | None = None,
-                 wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+    def __init__(
+        self,
+        serde: AvroSerde,
+        topic_prefix: str = "",
+        signal_max_age_ms: int | None = None,
+        wall_clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
         self.serde = serde
         self.prefix = topic_prefix
         self.signal_max_age_ms = signal_max_age_ms
@@ -55,8 +60,11 @@ class OutputEncoder:
         signals = self.fresh_signals(out.signals)
         records: list[OutRecord] = []
         encode = self.serde.encode
-        for topic, items, time_field in (("bars.1m", out.bars, "close_time"), ("features", out.features, "eval_time"),
-                                         ("signals", signals, "eval_time")):
+        for topic, items, time_field in (
+            ("bars.1m", out.bars, "close_time"),
+            ("features", out.features, "eval_time"),
+            ("signals", signals, "eval_time"),
+        ):
             full = self.prefix + topic
             for item in items:
                 key = f"{item['exchange']}:{item['symbol']}".encode()
@@ -70,8 +78,16 @@ class OutputEncoder:
         return [s for s in signals if s["eval_time"] >= oldest]
 
     def dead_letter(self, dead: DeadInput, stage: str = "engine:decode") -> OutRecord:
-        record = dead_letter_record(source_topic=dead.topic, value=dead.value, error=dead.error, stage=stage,
-                                    key=dead.key, partition=dead.partition, offset=dead.offset,
-                                    event_time_ms=self.wall_clock_ms())
-        return OutRecord(self.prefix + "dlq.md", 0, dead.key or b"", self.serde.encode("dlq.md", record),
-                         None, dead.partition)
+        record = dead_letter_record(
+            source_topic=dead.topic,
+            value=dead.value,
+            error=dead.error,
+            stage=stage,
+            key=dead.key,
+            partition=dead.partition,
+            offset=dead.offset,
+            event_time_ms=self.wall_clock_ms(),
+        )
+        return OutRecord(
+            self.prefix + "dlq.md", 0, dead.key or b"", self.serde.encode("dlq.md", record), None, dead.partition
+        )

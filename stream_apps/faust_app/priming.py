@@ -24,8 +24,9 @@ from tapeflow_runtime.kafka_client import consumer_config, topic_metadata
 from tapeflow_runtime.offsets import committed_offsets, offsets_at_or_after
 
 
-def prime_group_offsets(bootstrap: str, group: str, topics: Iterable[str], since_ms: int,
-                        timeout: float = 15.0) -> dict[tuple[str, int], int]:
+def prime_group_offsets(
+    bootstrap: str, group: str, topics: Iterable[str], since_ms: int, timeout: float = 15.0
+) -> dict[tuple[str, int], int]:
     """Commit, for ``group``, the first offset at or after ``since_ms`` of every partition of
     ``topics`` that has no committed offset; returns what was committed."""
     consumer = Consumer(consumer_config(bootstrap, group_id=group))

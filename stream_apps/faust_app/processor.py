@@ -44,10 +44,10 @@ from stream_apps.core.strategy import StrategyConfig
 from .alignment import EVERYTHING, EventTimeAligner, Released
 from .config import INPUT_TOPICS, PROGRESS_TOPIC
 from .inputs import TRADES, RawRecord, decode_partition
-from .progress import Marker, ProgressBook, marker_from_record
 from .keyed_engine import KeyedEngine
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
+from .progress import Marker, ProgressBook, marker_from_record
 
 log = structlog.get_logger("engine")
 CaughtUp = Callable[[str, int], bool]  # (full topic, partition) -> read to the end?
@@ -144,8 +144,7 @@ class EngineProcessor:
             self._last_delivery[(name, partition)] = self.stall_clock()
             self._read_to[(name, partition)] = max(self._read_to.get((name, partition), -1), batch[-1].offset)
             self.metrics.records_in.labels(name).inc(len(batch))
-            decoded = decode_partition(self.serde, name, topic, partition, batch, self.book_decoder,
-                                       self.trade_columns)
+            decoded = decode_partition(self.serde, name, topic, partition, batch, self.book_decoder, self.trade_columns)
             for dead in decoded.dead:
                 effects.outputs.append(self.encoder.dead_letter(dead))
                 effects.ack(topic, partition, [dead.offset])
@@ -220,20 +219,32 @@ class EngineProcessor:
                     continue  # its source's markers decide; forced release would break their order
                 else:
                     self.metrics.progress_timeouts.inc()
-                    log.warning("no progress marker for %s in %.0f s: its source went quiet; releasing its "
-                                "inputs by the caught-up rule", key, self.progress.timeout_s)
+                    log.warning(
+                        "no progress marker for %s in %.0f s: its source went quiet; releasing its "
+                        "inputs by the caught-up rule",
+                        key,
+                        self.progress.timeout_s,
+                    )
             if not self.aligner.held(key):
                 continue
             self._release(key, caught_up, effects, force=False)
             if not self.aligner.held(key) or owned.holding_since is None:
                 continue
             blocking = [name for name in INPUT_TOPICS if not caught_up(self.prefix + name, owned.partition)]
-            stalled = all(now - self._last_delivery.get((name, owned.partition), owned.holding_since)
-                          >= self.max_hold_s for name in blocking)
+            stalled = all(
+                now - self._last_delivery.get((name, owned.partition), owned.holding_since) >= self.max_hold_s
+                for name in blocking
+            )
             if now - owned.holding_since >= self.max_hold_s and stalled:
                 self.metrics.forced_releases.inc()
-                log.warning("forced release of %s (partition %d): %d inputs held %.0f s behind %s", key,
-                            owned.partition, self.aligner.held(key), now - owned.holding_since, blocking)
+                log.warning(
+                    "forced release of %s (partition %d): %d inputs held %.0f s behind %s",
+                    key,
+                    owned.partition,
+                    self.aligner.held(key),
+                    now - owned.holding_since,
+                    blocking,
+                )
                 self._release(key, caught_up, effects, force=True)
         self._snapshot_due(effects, force=False)
         self.metrics.held.set(self.held())
@@ -274,10 +285,16 @@ class EngineProcessor:
             else:
                 engine = KeyedEngine.restore(blob, self.strategies, self.params)
                 self.metrics.restores.inc()
-                log.info("restored %s (partition %d) at clock %s, offsets %s", key, partition,
-                         engine.engine.clock_ms, engine.applied)
-            owned = self.owned[key] = _Owned(engine, partition, dict(engine.applied), dict(engine.applied),
-                                             last_snapshot=self.monotonic())
+                log.info(
+                    "restored %s (partition %d) at clock %s, offsets %s",
+                    key,
+                    partition,
+                    engine.engine.clock_ms,
+                    engine.applied,
+                )
+            owned = self.owned[key] = _Owned(
+                engine, partition, dict(engine.applied), dict(engine.applied), last_snapshot=self.monotonic()
+            )
             self.progress.restored(key, engine.progress_finished)
             self.metrics.symbols.set(len(self.owned))
         return owned
@@ -347,8 +364,9 @@ class EngineProcessor:
     def _process(self, key: str, owned: _Owned, released: Released, effects: Effects) -> None:
         now = self.stall_clock()
         if released or released.offsets:
-            out = owned.engine.process(released.trades.batch() if released.trades is not None else None,
-                                       released.events, released.offsets)
+            out = owned.engine.process(
+                released.trades.batch() if released.trades is not None else None, released.events, released.offsets
+            )
             for name, offsets in released.offsets.items():
                 owned.unsnapshotted.setdefault(name, []).extend(offsets)
             if out.bars or out.features or out.signals:
@@ -377,8 +395,13 @@ class EngineProcessor:
             self.metrics.snapshots.inc()
             effects.snapshots.append((owned.partition, key, blob))
             if force and not quiet:
-                log.info("saved %s (partition %d) at clock %s, offsets %s", key, owned.partition,
-                         owned.engine.engine.clock_ms, owned.engine.applied)
+                log.info(
+                    "saved %s (partition %d) at clock %s, offsets %s",
+                    key,
+                    owned.partition,
+                    owned.engine.engine.clock_ms,
+                    owned.engine.applied,
+                )
             for name, offsets in owned.unsnapshotted.items():
                 effects.ack(self.prefix + name, owned.partition, offsets)
             owned.unsnapshotted = {}

@@ -38,9 +38,14 @@ class Marker:
 def marker_from_record(record: Mapping[str, Any], offset: int = -1) -> tuple[str, Marker]:
     """(exchange:symbol, Marker) of a decoded md.progress record."""
     key = f"{record['exchange']}:{record['symbol']}"
-    return key, Marker(str(record["source"]), int(record["watermark_ms"]),
-                       {str(t): int(o) for t, o in record["offsets"].items()}, bool(record["final"]),
-                       int(record["sequence"]), offset)
+    return key, Marker(
+        str(record["source"]),
+        int(record["watermark_ms"]),
+        {str(t): int(o) for t, o in record["offsets"].items()},
+        bool(record["final"]),
+        int(record["sequence"]),
+        offset,
+    )
 
 
 @dataclass

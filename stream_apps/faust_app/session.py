@@ -46,12 +46,33 @@ class SessionRecord:
 def trade_records(batch: TradeBatch, receive_delay_ms: int = 20) -> list[SessionRecord]:
     key = market_key(batch.exchange, batch.symbol)
     out = []
-    for agg_id, t, price, qty, sell in zip(batch.agg_id.tolist(), batch.time_ms.tolist(), batch.price.tolist(),
-                                           batch.qty.tolist(), batch.taker_sell.tolist()):
-        out.append(SessionRecord("md.trades", key, t, {
-            "exchange": batch.exchange, "symbol": batch.symbol, "agg_id": agg_id, "price": price, "qty": qty,
-            "first_trade_id": agg_id * 3, "last_trade_id": agg_id * 3 + 2, "event_time": t + 1, "trade_time": t,
-            "receive_time": t + receive_delay_ms, "taker_side": "SELL" if sell else "BUY"}))
+    for agg_id, t, price, qty, sell in zip(
+        batch.agg_id.tolist(),
+        batch.time_ms.tolist(),
+        batch.price.tolist(),
+        batch.qty.tolist(),
+        batch.taker_sell.tolist(),
+    ):
+        out.append(
+            SessionRecord(
+                "md.trades",
+                key,
+                t,
+                {
+                    "exchange": batch.exchange,
+                    "symbol": batch.symbol,
+                    "agg_id": agg_id,
+                    "price": price,
+                    "qty": qty,
+                    "first_trade_id": agg_id * 3,
+                    "last_trade_id": agg_id * 3 + 2,
+                    "event_time": t + 1,
+                    "trade_time": t,
+                    "receive_time": t + receive_delay_ms,
+                    "taker_side": "SELL" if sell else "BUY",
+                },
+            )
+        )
     return out
 
 
@@ -73,33 +94,71 @@ def synthetic_session(
     records: list[SessionRecord] = []
     for i, (symbol, price0) in enumerate(symbols):
         key = market_key(exchange, symbol)
-        trades = synthetic_trades(symbol, exchange=exchange, start_ms=start_ms, duration_ms=duration_ms,
-                                  rate_per_s=trades_per_s, price0=price0, seed=seed + i)
+        trades = synthetic_trades(
+            symbol,
+            exchange=exchange,
+            start_ms=start_ms,
+            duration_ms=duration_ms,
+            rate_per_s=trades_per_s,
+            price0=price0,
+            seed=seed + i,
+        )
         records += trade_records(trades)
         times, prices = trades.time_ms, trades.price
 
         def price_at(t: int) -> float:
-            j = int(np.searchsorted(times, t, side="right")) - 1
-            return float(prices[max(j, 0)])
+            j = int(np.searchsorted(times, t, side="right")) - 1  # noqa: B023 - called within this iteration
+            return float(prices[max(j, 0)])  # noqa: B023 - called within this iteration
 
         for k, t in enumerate(range(start_ms + 137, start_ms + duration_ms, book_every_ms)):
             mid = price_at(t)
             tilt = 0.4 * np.sin(k / 40.0 + i) + 0.1 * rng.normal()
             step = mid * 1e-4
-            bids = [{"price": round(mid - step * (n + 1), 6), "qty": round(float(1 + tilt + rng.random()), 4)}
-                    for n in range(10)]
-            asks = [{"price": round(mid + step * (n + 1), 6), "qty": round(float(1 - tilt + rng.random()), 4)}
-                    for n in range(10)]
+            bids = [
+                {"price": round(mid - step * (n + 1), 6), "qty": round(float(1 + tilt + rng.random()), 4)}
+                for n in range(10)
+            ]
+            asks = [
+                {"price": round(mid + step * (n + 1), 6), "qty": round(float(1 - tilt + rng.random()), 4)}
+                for n in range(10)
+            ]
             obi = obi_from_levels([(b["price"], b["qty"]) for b in bids], [(a["price"], a["qty"]) for a in asks])
-            records.append(SessionRecord("md.book", key, t, {
-                "exchange": exchange, "symbol": symbol, "last_update_id": k + 1, "event_time": t,
-                "receive_time": t + 15, "bids": bids, "asks": asks, "obi_10": obi}))
+            records.append(
+                SessionRecord(
+                    "md.book",
+                    key,
+                    t,
+                    {
+                        "exchange": exchange,
+                        "symbol": symbol,
+                        "last_update_id": k + 1,
+                        "event_time": t,
+                        "receive_time": t + 15,
+                        "bids": bids,
+                        "asks": asks,
+                        "obi_10": obi,
+                    },
+                )
+            )
         for k, t in enumerate(range(start_ms + 311, start_ms + duration_ms, mark_every_ms)):
             mark = price_at(t)
-            records.append(SessionRecord("md.mark", key, t, {
-                "exchange": exchange, "symbol": symbol, "mark_price": mark, "index_price": mark * (1 - 2e-4),
-                "funding_rate": round(0.0004 * np.sin(k / 300.0 + i), 7),
-                "next_funding_time": (t // 28_800_000 + 1) * 28_800_000, "event_time": t, "receive_time": t + 10}))
+            records.append(
+                SessionRecord(
+                    "md.mark",
+                    key,
+                    t,
+                    {
+                        "exchange": exchange,
+                        "symbol": symbol,
+                        "mark_price": mark,
+                        "index_price": mark * (1 - 2e-4),
+                        "funding_rate": round(0.0004 * np.sin(k / 300.0 + i), 7),
+                        "next_funding_time": (t // 28_800_000 + 1) * 28_800_000,
+                        "event_time": t,
+                        "receive_time": t + 10,
+                    },
+                )
+            )
         for k, t in enumerate(range(start_ms + 29_000, start_ms + duration_ms, indicator_every_ms)):
             value_time = t - 29_000
             kinds: list[tuple[str, float, dict[str, float]]] = [
@@ -114,19 +173,49 @@ def synthetic_session(
             for kind, value, extra in kinds:
                 if kind == "top_trader_position_ratio":
                     extra = {"long_account": round(value / (1 + value), 6)}
-                records.append(SessionRecord("md.indicators", key, t, {
-                    "exchange": exchange, "symbol": symbol, "kind": kind, "value": value, "period": "5m",
-                    "extra": extra, "event_time": value_time, "receive_time": t}))
+                records.append(
+                    SessionRecord(
+                        "md.indicators",
+                        key,
+                        t,
+                        {
+                            "exchange": exchange,
+                            "symbol": symbol,
+                            "kind": kind,
+                            "value": value,
+                            "period": "5m",
+                            "extra": extra,
+                            "event_time": value_time,
+                            "receive_time": t,
+                        },
+                    )
+                )
         n_liq = rng.poisson(liquidations_per_min * duration_ms / 60_000)
         for t in np.sort(rng.integers(start_ms, start_ms + duration_ms, n_liq)).tolist():
             side = "BUY" if rng.random() < 0.5 else "SELL"
             qty = round(float(rng.lognormal(0.0, 1.0)) * 50_000 / price0, 4)
             avg = price_at(t)
-            records.append(SessionRecord("md.liquidations", key, t, {
-                "exchange": exchange, "symbol": symbol, "side": side,
-                "liquidated_side": "SHORT" if side == "BUY" else "LONG", "price": avg, "avg_price": avg, "qty": qty,
-                "filled_qty": qty, "usd_value": avg * qty, "event_time": t + 5, "trade_time": t,
-                "receive_time": t + 20}))
+            records.append(
+                SessionRecord(
+                    "md.liquidations",
+                    key,
+                    t,
+                    {
+                        "exchange": exchange,
+                        "symbol": symbol,
+                        "side": side,
+                        "liquidated_side": "SHORT" if side == "BUY" else "LONG",
+                        "price": avg,
+                        "avg_price": avg,
+                        "qty": qty,
+                        "filled_qty": qty,
+                        "usd_value": avg * qty,
+                        "event_time": t + 5,
+                        "trade_time": t,
+                        "receive_time": t + 20,
+                    },
+                )
+            )
     order = {"md.trades": 0, "md.book": 1, "md.mark": 2, "md.liquidations": 3, "md.indicators": 4}
     records.sort(key=lambda r: (r.time_ms, order[r.topic]))
     return records
@@ -137,17 +226,28 @@ def engine_inputs(records: Iterable[SessionRecord]) -> tuple[list[TradeBatch], l
     trades: dict[str, list[dict]] = {}
     events = []
     adapters: dict[str, Callable[[dict], Any]] = {
-        "md.book": book_from_record, "md.mark": mark_from_record,
-        "md.liquidations": liquidation_from_record, "md.indicators": indicator_from_record}
+        "md.book": book_from_record,
+        "md.mark": mark_from_record,
+        "md.liquidations": liquidation_from_record,
+        "md.indicators": indicator_from_record,
+    }
     for r in records:
         if r.topic == "md.trades":
             trades.setdefault(r.key, []).append(r.value)
         else:
             events.append(adapters[r.topic](r.value))
-    batches = [TradeBatch.from_arrays(rows[0]["exchange"], rows[0]["symbol"], [t["agg_id"] for t in rows],
-                                      [t["trade_time"] for t in rows], [t["price"] for t in rows],
-                                      [t["qty"] for t in rows], [t["taker_side"] == "SELL" for t in rows])
-               for rows in trades.values()]
+    batches = [
+        TradeBatch.from_arrays(
+            rows[0]["exchange"],
+            rows[0]["symbol"],
+            [t["agg_id"] for t in rows],
+            [t["trade_time"] for t in rows],
+            [t["price"] for t in rows],
+            [t["qty"] for t in rows],
+            [t["taker_side"] == "SELL" for t in rows],
+        )
+        for rows in trades.values()
+    ]
     return batches, events
 
 
@@ -157,9 +257,17 @@ class SessionProducer:
     def __init__(self, bootstrap: str, serde: AvroSerde, topic_prefix: str = "", **overrides: Any) -> None:
         self.serde = serde
         self.prefix = topic_prefix
-        self.producer = Producer(producer_config(bootstrap, **{"linger.ms": 20, "batch.num.messages": 10_000,
-                                                               "queue.buffering.max.messages": 1_000_000,
-                                                               **overrides}))
+        self.producer = Producer(
+            producer_config(
+                bootstrap,
+                **{
+                    "linger.ms": 20,
+                    "batch.num.messages": 10_000,
+                    "queue.buffering.max.messages": 1_000_000,
+                    **overrides,
+                },
+            )
+        )
         self.produced = 0
 
     def produce(self, record: SessionRecord, value_override: dict[str, Any] | None = None) -> None:
@@ -192,8 +300,14 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
-def read_topic(bootstrap: str, topic: str, serde: AvroSerde, idle_s: float = 2.0, timeout_s: float = 120.0,
-               isolation_level: str = "read_uncommitted") -> list[tuple[bytes | None, int, int, dict[str, Any]]]:
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    serde: AvroSerde,
+    idle_s: float = 2.0,
+    timeout_s: float = 120.0,
+    isolation_level: str = "read_uncommitted",
+) -> list[tuple[bytes | None, int, int, dict[str, Any]]]:
     """Every record of ``topic`` as (key, partition, timestamp_ms, decoded value), read until nothing
     arrived for ``idle_s``: a topic still being written has no end to read to."""
     from confluent_kafka import Consumer, TopicPartition

@@ -41,8 +41,9 @@ def ensure_engine_topics(config: EngineAppConfig) -> None:
     ensure_topics(config.bootstrap, prefix=config.topic_prefix, specs=specs)
 
 
-async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None = None,
-                     stop: asyncio.Event | None = None) -> int:
+async def run_worker(
+    config: EngineAppConfig, metrics: EngineAppMetrics | None = None, stop: asyncio.Event | None = None
+) -> int:
     """Run until ``stop`` is set (or SIGINT/SIGTERM); returns 0, or 1 when the app crashed."""
     await asyncio.to_thread(ensure_engine_topics, config)
     began = time.monotonic()
@@ -63,8 +64,9 @@ async def run_worker(config: EngineAppConfig, metrics: EngineAppMetrics | None =
     runner = None
     port = None
     if config.metrics_port is not None:
-        runner, port = await serve(build_app(metrics.registry, health, HEALTHY), config.metrics_host,
-                                   config.metrics_port)
+        runner, port = await serve(
+            build_app(metrics.registry, health, HEALTHY), config.metrics_host, config.metrics_port
+        )
     try:
         await worker.start()
     except BaseException:

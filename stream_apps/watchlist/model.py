@@ -45,6 +45,7 @@ def _stat(name: str) -> Callable[[Mapping[str, Any]], tuple[float | None, str | 
     def read(record: Mapping[str, Any]) -> tuple[float | None, str | None]:
         value = (record.get("stats") or {}).get(name)
         return (float(value), None) if value is not None else (None, f"{name} not available")
+
     return read
 
 
@@ -54,6 +55,7 @@ def _field(name: str) -> Callable[[Mapping[str, Any]], tuple[float | None, str |
         if value is None:
             return None, (record.get("missing") or {}).get(name) or f"{name} missing"
         return float(value), None
+
     return read
 
 
@@ -165,10 +167,19 @@ def load_model(path: str | Path) -> PairModel:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelFileError(f"{path}: not a model file: {error}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a model file: format must be {FORMAT!r} "
-                             "(write one with `tapeflow watchlist fit`)")
+        raise ModelFileError(
+            f"{path}: not a model file: format must be {FORMAT!r} (write one with `tapeflow watchlist fit`)"
+        )
     try:
-        return PairModel(tuple(data["factors"]), tuple(data["means"]), tuple(data["scales"]), tuple(data["linear"]),
-                         tuple(data["logistic"]), int(data["horizon_ms"]), float(data["fees"]), data.get("fit", {}))
+        return PairModel(
+            tuple(data["factors"]),
+            tuple(data["means"]),
+            tuple(data["scales"]),
+            tuple(data["linear"]),
+            tuple(data["logistic"]),
+            int(data["horizon_ms"]),
+            float(data["fees"]),
+            data.get("fit", {}),
+        )
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFileError(f"{path}: bad model file: {error}") from None

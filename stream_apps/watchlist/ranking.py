@@ -66,20 +66,26 @@ def _bp(value: float | None) -> str:
 
 def render(pairs: list[RankedPair], limit: int = 20) -> str:
     if not pairs:
-        return ("no cross-venue features yet: the watchlist service (`tapeflow cross-venue`, run by `tapeflow up`) "
-                "writes them to xv_features once a coin has books from two venues (add venues with "
-                "`tapeflow produce --exchange bybit|okx`)")
+        return (
+            "no cross-venue features yet: the watchlist service (`tapeflow cross-venue`, run by `tapeflow up`) "
+            "writes them to xv_features once a coin has books from two venues (add venues with "
+            "`tapeflow produce --exchange bybit|okx`)"
+        )
     ready = [p for p in pairs if p.spread_sweep is not None]
     missing = [p for p in pairs if p.spread_sweep is None]
     newest = max(p.eval_time for p in pairs)
     notional = pairs[0].sweep_notional_usd
-    lines = [f"cross-venue watchlist at {newest:%Y-%m-%d %H:%M:%S} UTC: {len(ready)} pair(s) executable, "
-             f"{len(missing)} missing; spreads in bp before fees, swept for {notional:,.0f} USD",
-             f"{'#':>3}  {'coin':<8} {'sell -> buy':<20} {'swept':>8} {'top':>8} {'z 1h':>6} {'fund 8h':>8}  at"]
+    lines = [
+        f"cross-venue watchlist at {newest:%Y-%m-%d %H:%M:%S} UTC: {len(ready)} pair(s) executable, "
+        f"{len(missing)} missing; spreads in bp before fees, swept for {notional:,.0f} USD",
+        f"{'#':>3}  {'coin':<8} {'sell -> buy':<20} {'swept':>8} {'top':>8} {'z 1h':>6} {'fund 8h':>8}  at",
+    ]
     for i, p in enumerate(ready[:limit], 1):
         z = "-" if p.z_1h is None else f"{p.z_1h:.1f}"
-        lines.append(f"{i:>3}  {p.coin:<8} {p.sell_venue + ' -> ' + p.buy_venue:<20} {_bp(p.spread_sweep):>8} "
-                     f"{_bp(p.spread_top):>8} {z:>6} {_bp(p.funding_diff_8h):>8}  {p.eval_time:%H:%M:%S}")
+        lines.append(
+            f"{i:>3}  {p.coin:<8} {p.sell_venue + ' -> ' + p.buy_venue:<20} {_bp(p.spread_sweep):>8} "
+            f"{_bp(p.spread_top):>8} {z:>6} {_bp(p.funding_diff_8h):>8}  {p.eval_time:%H:%M:%S}"
+        )
     if len(ready) > limit:
         lines.append(f"     ... {len(ready) - limit} more")
     for p in missing[:limit]:

@@ -47,19 +47,37 @@ def feature_records(features: CoinFeatures, sweep_notional_usd: float) -> list[d
                 missing[f"{kind}_slope_per_min"] = series.slope_reason
         _leg_reasons("sell", sell, missing)
         _leg_reasons("buy", buy, missing)
-        out.append({
-            "feature_id": feature_id(features.coin, features.time_ms, p.sell_venue, p.buy_venue),
-            "coin": features.coin, "eval_time": features.time_ms,
-            "sell_venue": p.sell_venue, "buy_venue": p.buy_venue,
-            "sell_symbol": sell.symbol, "buy_symbol": buy.symbol, "sweep_notional_usd": float(sweep_notional_usd),
-            "spread_top": p.spread_top, "spread_sweep": p.spread_sweep,
-            "sell_bid": sell.bid, "buy_ask": buy.ask, "sell_sweep_bid": sell.sweep_bid, "buy_sweep_ask": buy.sweep_ask,
-            "top_slope_per_min": p.top.slope_per_min, "sweep_slope_per_min": p.sweep.slope_per_min,
-            "leg_skew_ms": p.leg_skew_ms, "sell_book_age_ms": sell.book_age_ms, "buy_book_age_ms": buy.book_age_ms,
-            "funding_diff": p.funding_diff, "funding_diff_8h": p.funding_diff_8h,
-            "sell_funding_rate": sell.funding_rate, "buy_funding_rate": buy.funding_rate,
-            "sell_next_funding_time": sell.next_funding_time_ms, "buy_next_funding_time": buy.next_funding_time_ms,
-            "sell_basis": sell.basis, "buy_basis": buy.basis,
-            "stats": stats, "missing": missing,
-        })
+        out.append(
+            {
+                "feature_id": feature_id(features.coin, features.time_ms, p.sell_venue, p.buy_venue),
+                "coin": features.coin,
+                "eval_time": features.time_ms,
+                "sell_venue": p.sell_venue,
+                "buy_venue": p.buy_venue,
+                "sell_symbol": sell.symbol,
+                "buy_symbol": buy.symbol,
+                "sweep_notional_usd": float(sweep_notional_usd),
+                "spread_top": p.spread_top,
+                "spread_sweep": p.spread_sweep,
+                "sell_bid": sell.bid,
+                "buy_ask": buy.ask,
+                "sell_sweep_bid": sell.sweep_bid,
+                "buy_sweep_ask": buy.sweep_ask,
+                "top_slope_per_min": p.top.slope_per_min,
+                "sweep_slope_per_min": p.sweep.slope_per_min,
+                "leg_skew_ms": p.leg_skew_ms,
+                "sell_book_age_ms": sell.book_age_ms,
+                "buy_book_age_ms": buy.book_age_ms,
+                "funding_diff": p.funding_diff,
+                "funding_diff_8h": p.funding_diff_8h,
+                "sell_funding_rate": sell.funding_rate,
+                "buy_funding_rate": buy.funding_rate,
+                "sell_next_funding_time": sell.next_funding_time_ms,
+                "buy_next_funding_time": buy.next_funding_time_ms,
+                "sell_basis": sell.basis,
+                "buy_basis": buy.basis,
+                "stats": stats,
+                "missing": missing,
+            }
+        )
     return out

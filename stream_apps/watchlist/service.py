@@ -113,8 +113,10 @@ class WatchlistOptions:
 
     def __post_init__(self) -> None:
         if self.publish_interval_ms <= 0 or self.publish_interval_ms % self.params.eval_interval_ms:
-            raise ValueError("publish_interval_ms must be a positive multiple of the evaluation interval "
-                             f"({self.params.eval_interval_ms} ms)")
+            raise ValueError(
+                "publish_interval_ms must be a positive multiple of the evaluation interval "
+                f"({self.params.eval_interval_ms} ms)"
+            )
 
     def fingerprint(self) -> str:
         """What a checkpoint's state depends on: restored only under the same parameters."""
@@ -132,24 +134,39 @@ class WatchlistMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.inputs = Counter("tapeflow_watchlist_inputs_total", "Input records read", ["topic"], registry=r)
-        self.decode_errors = Counter("tapeflow_watchlist_decode_errors_total", "Input records not decodable "
-                                     "(skipped; the engine dead-letters them)", ["topic"], registry=r)
-        self.evaluations = Counter("tapeflow_watchlist_evaluations_total", "Coin evaluations published",
-                                   registry=r)
-        self.records_out = Counter("tapeflow_watchlist_records_out_total", "xv.features records published",
-                                   registry=r)
-        self.dropped = Gauge("tapeflow_watchlist_dropped_inputs", "Inputs the cross-venue state ignored, by why "
-                             "(late, stale, unknown_venue, bad_symbol, other_market, ahead_of_books)", ["reason"],
-                             registry=r)
+        self.decode_errors = Counter(
+            "tapeflow_watchlist_decode_errors_total",
+            "Input records not decodable (skipped; the engine dead-letters them)",
+            ["topic"],
+            registry=r,
+        )
+        self.evaluations = Counter("tapeflow_watchlist_evaluations_total", "Coin evaluations published", registry=r)
+        self.records_out = Counter("tapeflow_watchlist_records_out_total", "xv.features records published", registry=r)
+        self.dropped = Gauge(
+            "tapeflow_watchlist_dropped_inputs",
+            "Inputs the cross-venue state ignored, by why "
+            "(late, stale, unknown_venue, bad_symbol, other_market, ahead_of_books)",
+            ["reason"],
+            registry=r,
+        )
         self.held = Gauge("tapeflow_watchlist_held_inputs", "Inputs held for event-time order", registry=r)
-        self.last_eval = Gauge("tapeflow_watchlist_last_eval_time_seconds", "Event time of the last evaluation",
-                               registry=r)
-        self.trading = Counter("tapeflow_watchlist_trading_records_total", "Records of the watchlist strategies "
-                               "(signal, order, funding, pair; blocked: exits a stale book blocked, not published)",
-                               ["strategy", "kind"], registry=r)
+        self.last_eval = Gauge(
+            "tapeflow_watchlist_last_eval_time_seconds", "Event time of the last evaluation", registry=r
+        )
+        self.trading = Counter(
+            "tapeflow_watchlist_trading_records_total",
+            "Records of the watchlist strategies "
+            "(signal, order, funding, pair; blocked: exits a stale book blocked, not published)",
+            ["strategy", "kind"],
+            registry=r,
+        )
         self.checkpoints = Counter("tapeflow_watchlist_checkpoints_total", "Checkpoints written", registry=r)
-        self.lag = Gauge("tapeflow_watchlist_consumer_lag_messages", "High watermark minus committed offset",
-                         ["group", "topic", "partition"], registry=r)
+        self.lag = Gauge(
+            "tapeflow_watchlist_consumer_lag_messages",
+            "High watermark minus committed offset",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
 
 
 class WatchlistService:
@@ -161,9 +178,12 @@ class WatchlistService:
         self.prefix = settings.topic_prefix
         self.group = options.group_id or f"{self.prefix}tapeflow-watchlist"
         self.metrics = WatchlistMetrics()
-        self.publisher = Publisher(bootstrap, serde, PublishMetrics(self.metrics.registry,
-                                                                    prefix="tapeflow_watchlist_publish"),
-                                   topic_prefix=self.prefix)
+        self.publisher = Publisher(
+            bootstrap,
+            serde,
+            PublishMetrics(self.metrics.registry, prefix="tapeflow_watchlist_publish"),
+            topic_prefix=self.prefix,
+        )
         self.checkpoint_path = Path(settings.home) / "watchlist" / f"{self.group}.json"
         # inputs far ahead of the newest book fed to the state are dropped (merge.AheadOfBooks)
         self.ahead_filter = AheadOfBooks(options.max_ahead_ms)
@@ -201,10 +221,14 @@ class WatchlistService:
                 trader.load_dict(entry["state"])
                 log.info("watchlist strategy state restored", strategy=trader.name)
             else:
-                log.warning("watchlist strategy starts with an empty state (not in the checkpoint, or written "
-                            "with another configuration)", strategy=trader.name)
-        log.info("watchlist state restored", coins=len(state.coins), partitions=len(positions),
-                 next_eval=state.next_eval)
+                log.warning(
+                    "watchlist strategy starts with an empty state (not in the checkpoint, or written "
+                    "with another configuration)",
+                    strategy=trader.name,
+                )
+        log.info(
+            "watchlist state restored", coins=len(state.coins), partitions=len(positions), next_eval=state.next_eval
+        )
         return state, positions
 
     def checkpoint(self) -> bool:
@@ -215,12 +239,16 @@ class WatchlistService:
             log.error("outputs not delivered; no checkpoint", undelivered=remaining, failed=len(self.publisher.failed))
             return False
         self.positions = {**self.positions, **self.merge.positions(), **self.command_positions}
-        data = {"version": CHECKPOINT_VERSION, "fingerprint": self.options.fingerprint(), "group": self.group,
-                "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
-                "newest_book": self.ahead_filter.newest_book, "ahead": self.ahead_filter.dropped,
-                "state": self.state.to_dict(),
-                "traders": {t.name: {"fingerprint": t.fingerprint(), "state": t.to_dict()}
-                            for t in self.options.traders}}
+        data = {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": self.options.fingerprint(),
+            "group": self.group,
+            "positions": [[t, p, o] for (t, p), o in sorted(self.positions.items())],
+            "newest_book": self.ahead_filter.newest_book,
+            "ahead": self.ahead_filter.dropped,
+            "state": self.state.to_dict(),
+            "traders": {t.name: {"fingerprint": t.fingerprint(), "state": t.to_dict()} for t in self.options.traders},
+        }
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.checkpoint_path, orjson.dumps(data))
         self.metrics.checkpoints.inc()
@@ -251,16 +279,23 @@ class WatchlistService:
         for key in foreign:
             del self.positions[key]
         if foreign:
-            log.warning("checkpoint positions the group never committed ignored (topics recreated)",
-                        partitions=len(foreign))
+            log.warning(
+                "checkpoint positions the group never committed ignored (topics recreated)", partitions=len(foreign)
+            )
         return len(foreign)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        self._consumer = Consumer(consumer_config(self.bootstrap, self.group, **{
-            "auto.offset.reset": self.options.start_from, "enable.partition.eof": True}))
-        self._consumer.subscribe([self.prefix + name for name in self.input_topics()], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke)
+        self._consumer = Consumer(
+            consumer_config(
+                self.bootstrap,
+                self.group,
+                **{"auto.offset.reset": self.options.start_from, "enable.partition.eof": True},
+            )
+        )
+        self._consumer.subscribe(
+            [self.prefix + name for name in self.input_topics()], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         now = time.monotonic()
         next_checkpoint = now + self.options.checkpoint_interval_s
         stalled_since = None
@@ -287,8 +322,9 @@ class WatchlistService:
                 elif now - stalled_since >= self.options.max_hold_s:
                     released = self.merge.release(force=True)
                     if released:
-                        log.warning("inputs released without event-time order", released=len(released),
-                                    held=self.merge.held())
+                        log.warning(
+                            "inputs released without event-time order", released=len(released), held=self.merge.held()
+                        )
                     stalled_since = None
                 if released:
                     self._process(released)
@@ -313,22 +349,39 @@ class WatchlistService:
             if known is not None:
                 tp.offset = known
         consumer.assign(partitions)
-        self.merge.assign({(self._names.get(tp.topic, tp.topic), tp.partition): tp.offset if tp.offset >= 0 else None
-                           for tp in partitions if self._names.get(tp.topic) != COMMANDS})
+        self.merge.assign(
+            {
+                (self._names.get(tp.topic, tp.topic), tp.partition): tp.offset if tp.offset >= 0 else None
+                for tp in partitions
+                if self._names.get(tp.topic) != COMMANDS
+            }
+        )
         total = sum(len(topic_metadata(consumer, self.prefix + name).partitions) for name in INPUTS)
         self.sole_reader = len(self.merge.partitions()) == total
         if not self.sole_reader:
-            log.error("another watchlist service shares the input partitions: a coin's legs are split",
-                      assigned=len(self.merge.partitions()), partitions=total)
+            log.error(
+                "another watchlist service shares the input partitions: a coin's legs are split",
+                assigned=len(self.merge.partitions()),
+                partitions=total,
+            )
         self.status = "running" if self.sole_reader else "degraded"
-        log.info("watchlist partitions assigned", partitions=len(partitions), sole_reader=self.sole_reader,
-                 restored_positions=sum(1 for tp in partitions if tp.offset >= 0))
+        log.info(
+            "watchlist partitions assigned",
+            partitions=len(partitions),
+            sole_reader=self.sole_reader,
+            restored_positions=sum(1 for tp in partitions if tp.offset >= 0),
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # what is held is read again from the checkpoint's positions by whoever gets the partitions
         self.checkpoint()
-        self.merge.revoke([(self._names.get(tp.topic, tp.topic), tp.partition) for tp in partitions
-                           if self._names.get(tp.topic) != COMMANDS])
+        self.merge.revoke(
+            [
+                (self._names.get(tp.topic, tp.topic), tp.partition)
+                for tp in partitions
+                if self._names.get(tp.topic) != COMMANDS
+            ]
+        )
         self._commands = []  # read again from the checkpoint's position by whoever gets the partition
         self.status = "rebalancing"
 
@@ -361,8 +414,14 @@ class WatchlistService:
         commands, self._commands = self._commands, []
         for tp, offset, record in commands:
             if record.get("status") == "requested":
-                log.info("operator command", command_id=record.get("command_id"), action=record.get("action"),
-                         strategy=record.get("strategy"), coin=record.get("coin"), who=record.get("who"))
+                log.info(
+                    "operator command",
+                    command_id=record.get("command_id"),
+                    action=record.get("action"),
+                    strategy=record.get("strategy"),
+                    coin=record.get("coin"),
+                    who=record.get("who"),
+                )
             for trader in self.options.traders:
                 trader.command(record)
                 self._publish_trading(trader)
@@ -404,11 +463,21 @@ class WatchlistService:
                 continue
             self.publisher.publish(topic, coin, record)
             if kind == "signal":
-                log.info("watchlist signal", strategy=trader.name, signal_id=record["signal_id"],
-                         status=record["status"], reason=record["reason"])
+                log.info(
+                    "watchlist signal",
+                    strategy=trader.name,
+                    signal_id=record["signal_id"],
+                    status=record["status"],
+                    reason=record["reason"],
+                )
             elif kind == "command":
-                log.info("operator command answered", strategy=trader.name, command_id=record["command_id"],
-                         status=record["status"], detail=record["detail"])
+                log.info(
+                    "operator command answered",
+                    strategy=trader.name,
+                    command_id=record["command_id"],
+                    status=record["status"],
+                    detail=record["detail"],
+                )
 
     def health(self) -> dict[str, Any]:
         status = self.status
@@ -418,11 +487,16 @@ class WatchlistService:
             detail = "degraded: outputs undeliverable"
         elif status == "degraded" and not self.sole_reader:
             detail = "degraded: not sole reader (another watchlist service shares the input partitions)"
-        body: dict[str, Any] = {"status": status, "coins": len(self.state.coins), "held": self.merge.held(),
-                                "published": self.published, "next_eval": self.state.next_eval,
-                                "dropped": {**self.state.counters, "ahead_of_books": self.ahead_filter.dropped},
-                                "sole_reader": self.sole_reader,
-                                "strategies": {t.name: dict(t.counters) for t in self.options.traders}}
+        body: dict[str, Any] = {
+            "status": status,
+            "coins": len(self.state.coins),
+            "held": self.merge.held(),
+            "published": self.published,
+            "next_eval": self.state.next_eval,
+            "dropped": {**self.state.counters, "ahead_of_books": self.ahead_filter.dropped},
+            "sole_reader": self.sole_reader,
+            "strategies": {t.name: dict(t.counters) for t in self.options.traders},
+        }
         if detail:
             body["detail"] = detail
         return body
@@ -438,8 +512,12 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
     options = options or WatchlistOptions()
     try:
         bootstrap = resolve_broker(settings, StackPaths(settings.home))
-        await asyncio.to_thread(ensure_topics, bootstrap, settings.topic_prefix,
-                                [topic_spec(n) for n in (*INPUTS, *options.output_topics())])
+        await asyncio.to_thread(
+            ensure_topics,
+            bootstrap,
+            settings.topic_prefix,
+            [topic_spec(n) for n in (*INPUTS, *options.output_topics())],
+        )
     except (TapeflowError, KafkaException) as exc:
         log.error("no Kafka", error=str(exc))
         return 2
@@ -450,11 +528,18 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
         service = WatchlistService(settings, bootstrap, serde, options)
         service.forget_foreign_positions()
         if options.prime_history_ms is not None:
-            primed = prime_group_offsets(bootstrap, service.group, [service.prefix + n for n in INPUTS],
-                                         int(time.time() * 1000) - options.prime_history_ms)
+            primed = prime_group_offsets(
+                bootstrap,
+                service.group,
+                [service.prefix + n for n in INPUTS],
+                int(time.time() * 1000) - options.prime_history_ms,
+            )
             if primed:
-                log.info("new watchlist group primed from history", partitions=len(primed),
-                         minutes=options.prime_history_ms / 60_000)
+                log.info(
+                    "new watchlist group primed from history",
+                    partitions=len(primed),
+                    minutes=options.prime_history_ms / 60_000,
+                )
         return service
 
     service = await asyncio.to_thread(begin)
@@ -463,12 +548,21 @@ async def run_watchlist(settings: Settings, options: WatchlistOptions | None = N
         return {**service.health(), "topic_prefix": service.prefix}
 
     ran = await run_thread_with_endpoint(
-        service.run, build_app(service.metrics.registry, health, frozenset({"running"})),
-        options.metrics_host, options.metrics_port, log, options.stop,
-        started=lambda port: log.info("watchlist started", metrics_port=port, group=service.group,
-                                      venues=list(options.params.venues),
-                                      strategies=[t.name for t in options.traders],
-                                      publish_interval_ms=options.publish_interval_ms))
+        service.run,
+        build_app(service.metrics.registry, health, frozenset({"running"})),
+        options.metrics_host,
+        options.metrics_port,
+        log,
+        options.stop,
+        started=lambda port: log.info(
+            "watchlist started",
+            metrics_port=port,
+            group=service.group,
+            venues=list(options.params.venues),
+            strategies=[t.name for t in options.traders],
+            publish_interval_ms=options.publish_interval_ms,
+        ),
+    )
     code = 0 if ran and service.publisher.healthy else 1
     log.info("watchlist stopped", code=code, published=service.published)
     return code

@@ -84,11 +84,23 @@ def check_triggers(strategy: WatchlistStrategy, record: Mapping[str, Any]) -> Tr
     if t.min_z is not None:
         checks.append(("z", z, t.min_z, z_why))
     if t.min_net_spread_bp is not None:
-        checks.append(("net spread", net, t.min_net_spread_bp * BP,
-                       (record.get("missing") or {}).get("spread_sweep") or "spread_sweep missing"))
+        checks.append(
+            (
+                "net spread",
+                net,
+                t.min_net_spread_bp * BP,
+                (record.get("missing") or {}).get("spread_sweep") or "spread_sweep missing",
+            )
+        )
     if t.min_funding_diff_8h is not None:
-        checks.append(("funding diff 8h", funding, t.min_funding_diff_8h,
-                       (record.get("missing") or {}).get("funding_diff_8h") or "funding_diff_8h missing"))
+        checks.append(
+            (
+                "funding diff 8h",
+                funding,
+                t.min_funding_diff_8h,
+                (record.get("missing") or {}).get("funding_diff_8h") or "funding_diff_8h missing",
+            )
+        )
     for name, value, limit, why in checks:
         if value is None:
             return TriggerCheck(False, z, net, funding, f"{name} missing: {why}")
@@ -107,8 +119,9 @@ class Recheck:
     sweep_cost: float | None = None  # both legs' VWAP beyond their touch, a fraction of the price
 
 
-def recheck(strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, books: Mapping[str, BookEvent],
-            now_ms: int) -> Recheck:
+def recheck(
+    strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, books: Mapping[str, BookEvent], now_ms: int
+) -> Recheck:
     """The executable spread after fees for the order notional on the books at `now_ms` (step 3)."""
     prices: dict[str, float] = {}
     cost = 0.0
@@ -119,8 +132,13 @@ def recheck(strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, books:
             return Recheck(None, None, None, None, f"no book for {venue}")
         age = now_ms - book.time_ms
         if age < 0 or age > strategy.max_book_age:
-            return Recheck(None, None, None, None, f"{venue} book {age / 1000:.1f} s old at entry, "
-                                                   f"limit {strategy.max_book_age / 1000:.1f} s")
+            return Recheck(
+                None,
+                None,
+                None,
+                None,
+                f"{venue} book {age / 1000:.1f} s old at entry, limit {strategy.max_book_age / 1000:.1f} s",
+            )
         try:
             multiplier = instrument(venue, book.symbol).multiplier
         except SymbolError as error:
@@ -139,13 +157,15 @@ def recheck(strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, books:
     if skew > strategy.max_leg_skew:
         reason = f"books {skew} ms apart, limit {strategy.max_leg_skew} ms"
     elif strategy.triggers.min_net_spread_bp is not None and net < strategy.triggers.min_net_spread_bp * BP:
-        reason = (f"executable spread after fees {net / BP:.2f} bp at entry, below "
-                  f"{strategy.triggers.min_net_spread_bp:g} bp")
+        reason = (
+            f"executable spread after fees {net / BP:.2f} bp at entry, below {strategy.triggers.min_net_spread_bp:g} bp"
+        )
     return Recheck(spread, net, prices[sell_venue], prices[buy_venue], reason, cost)
 
 
-def expected_carry(strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, funding_8h: float | None,
-                   sweep_cost: float | None) -> dict[str, float | None]:
+def expected_carry(
+    strategy: WatchlistStrategy, sell_venue: str, buy_venue: str, funding_8h: float | None, sweep_cost: float | None
+) -> dict[str, float | None]:
     """What the hedge is forecast to receive in funding per 8 h (``funding_8h`` x notional: from the
     venues' predicted rates, a forecast only) and the hours it needs to earn back four taker fees and
     both legs' entry sweeps, ``(four fees + sweep cost) / funding_8h x 8``; None when it receives
@@ -167,23 +187,38 @@ class WatchlistSignals:
         self.model = model
         self.last_signal: dict[str, int] = {}  # pair_of(...) -> eval time of its last signal
         self.recent: list[int] = []  # eval times of the signals of the last minute (max_opens_per_minute)
-        self.counters: dict[str, int] = {"evaluated": 0, "not_fired": 0, "trigger_missing": 0, "cooldown": 0,
-                                         "held": 0, "reentry_cooldown": 0, "signal": 0, "rejected": 0}
+        self.counters: dict[str, int] = {
+            "evaluated": 0,
+            "not_fired": 0,
+            "trigger_missing": 0,
+            "cooldown": 0,
+            "held": 0,
+            "reentry_cooldown": 0,
+            "signal": 0,
+            "rejected": 0,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {"last_signal": dict(self.last_signal), "recent": list(self.recent), "counters": dict(self.counters)}
 
     @classmethod
-    def from_dict(cls, strategy: WatchlistStrategy, model: PairModel | None, data: Mapping[str, Any]) -> WatchlistSignals:
+    def from_dict(
+        cls, strategy: WatchlistStrategy, model: PairModel | None, data: Mapping[str, Any]
+    ) -> WatchlistSignals:
         state = cls(strategy, model)
         state.last_signal = dict(data["last_signal"])
         state.recent = list(data.get("recent", []))
         state.counters.update(data["counters"])
         return state
 
-    def evaluate(self, records: Iterable[Mapping[str, Any]], books: Mapping[str, BookEvent],
-                 now_ms: int, held: Container[str] = (),
-                 closed: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    def evaluate(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        books: Mapping[str, BookEvent],
+        now_ms: int,
+        held: Container[str] = (),
+        closed: Mapping[str, int] | None = None,
+    ) -> list[dict[str, Any]]:
         """Signal records of one coin's evaluation at `now_ms` (its xv.features records and the coin's
         book per venue at that moment), in a deterministic order. `held`: the pair keys
         (``pair_of``, the hedged model's ``active_by_key``) that already hold a pair: not signalled
@@ -194,8 +229,12 @@ class WatchlistSignals:
             return []
         candidates = []
         for record in records:
-            if (record["eval_time"] != now_ms or not s.applies_to(record["coin"])
-                    or record["sell_venue"] not in s.venues or record["buy_venue"] not in s.venues):
+            if (
+                record["eval_time"] != now_ms
+                or not s.applies_to(record["coin"])
+                or record["sell_venue"] not in s.venues
+                or record["buy_venue"] not in s.venues
+            ):
                 continue
             self.counters["evaluated"] += 1
             check = check_triggers(s, record)
@@ -203,8 +242,13 @@ class WatchlistSignals:
                 self.counters["trigger_missing" if "missing" in (check.reason or "") else "not_fired"] += 1
                 continue
             candidates.append((record, check))
-        candidates.sort(key=lambda c: (-(c[1].net_spread if c[1].net_spread is not None else -math.inf),
-                                       c[0]["sell_venue"], c[0]["buy_venue"]))
+        candidates.sort(
+            key=lambda c: (
+                -(c[1].net_spread if c[1].net_spread is not None else -math.inf),
+                c[0]["sell_venue"],
+                c[0]["buy_venue"],
+            )
+        )
         out = []
         for record, check in candidates:
             key = pair_of(record["coin"], record["sell_venue"], record["buy_venue"])
@@ -222,8 +266,9 @@ class WatchlistSignals:
             out.append(self._decide(record, check, books, now_ms, key))
         return out
 
-    def _decide(self, record: Mapping[str, Any], check: TriggerCheck, books: Mapping[str, BookEvent], now_ms: int,
-                key: str) -> dict[str, Any]:
+    def _decide(
+        self, record: Mapping[str, Any], check: TriggerCheck, books: Mapping[str, BookEvent], now_ms: int, key: str
+    ) -> dict[str, Any]:
         s = self.strategy
         sell, buy, coin = record["sell_venue"], record["buy_venue"], record["coin"]
         entry = recheck(s, sell, buy, books, now_ms)
@@ -234,15 +279,19 @@ class WatchlistSignals:
             if prediction.reason is not None:
                 reason = f"model: {prediction.reason}"
             elif s.model.min_expected_pnl_bp is not None and prediction.expected_pnl < s.model.min_expected_pnl_bp * BP:
-                reason = (f"model: expected pnl {prediction.expected_pnl / BP:.2f} bp below "
-                          f"{s.model.min_expected_pnl_bp:g} bp")
+                reason = (
+                    f"model: expected pnl {prediction.expected_pnl / BP:.2f} bp below "
+                    f"{s.model.min_expected_pnl_bp:g} bp"
+                )
             elif s.model.min_win_prob is not None and prediction.win_prob < s.model.min_win_prob:
                 reason = f"model: win probability {prediction.win_prob:.3f} below {s.model.min_win_prob:g}"
         if reason is None and s.max_opens_per_minute is not None:
             self.recent = [t for t in self.recent if now_ms - t < 60_000]
             if len(self.recent) >= s.max_opens_per_minute:
-                reason = (f"limit: {len(self.recent)} pairs opened in the last minute, max_opens_per_minute "
-                          f"{s.max_opens_per_minute}")
+                reason = (
+                    f"limit: {len(self.recent)} pairs opened in the last minute, max_opens_per_minute "
+                    f"{s.max_opens_per_minute}"
+                )
         status = "signal" if reason is None else "rejected"
         self.counters[status] += 1
         if status == "signal":
@@ -250,13 +299,27 @@ class WatchlistSignals:
             if s.max_opens_per_minute is not None:
                 self.recent.append(now_ms)
         return {
-            "signal_id": signal_id(s, coin, sell, buy, now_ms), "strategy": s.name, "strategy_version": s.version,
-            "config_hash": s.config_hash, "coin": coin, "eval_time": now_ms, "sell_venue": sell, "buy_venue": buy,
-            "sell_symbol": record.get("sell_symbol"), "buy_symbol": record.get("buy_symbol"),
-            "notional_usd": s.notional_usd, "status": status, "reason": reason,
-            "z_1h": check.z, "spread_sweep": record.get("spread_sweep"), "net_spread": check.net_spread,
-            "funding_diff_8h": check.funding_8h, "entry_spread": entry.spread, "entry_net_spread": entry.net_spread,
-            "entry_sell_vwap": entry.sell_vwap, "entry_buy_vwap": entry.buy_vwap,
+            "signal_id": signal_id(s, coin, sell, buy, now_ms),
+            "strategy": s.name,
+            "strategy_version": s.version,
+            "config_hash": s.config_hash,
+            "coin": coin,
+            "eval_time": now_ms,
+            "sell_venue": sell,
+            "buy_venue": buy,
+            "sell_symbol": record.get("sell_symbol"),
+            "buy_symbol": record.get("buy_symbol"),
+            "notional_usd": s.notional_usd,
+            "status": status,
+            "reason": reason,
+            "z_1h": check.z,
+            "spread_sweep": record.get("spread_sweep"),
+            "net_spread": check.net_spread,
+            "funding_diff_8h": check.funding_8h,
+            "entry_spread": entry.spread,
+            "entry_net_spread": entry.net_spread,
+            "entry_sell_vwap": entry.sell_vwap,
+            "entry_buy_vwap": entry.buy_vwap,
             "expected_pnl": prediction.expected_pnl if prediction else None,
             "win_prob": prediction.win_prob if prediction else None,
             "imputed": dict(prediction.imputed) if prediction else {},

@@ -35,11 +35,16 @@ class _Model(BaseModel):
 class Fees(_Model):
     """Taker fee per fill, per venue (a venue not listed pays ``default``)."""
 
-    default: float = Field(default=TAKER_FEE, ge=0, lt=0.01, description="taker fee per fill as a fraction of "
-                           "notional (0.0005 = 0.05 %) on a venue not listed under venues")
-    venues: dict[str, Annotated[float, Field(ge=0, lt=0.01)]] = Field(default_factory=dict, description="taker fee "
-                                                                      "per fill by venue name, each from 0 to below "
-                                                                      "0.01; overrides default")
+    default: float = Field(
+        default=TAKER_FEE,
+        ge=0,
+        lt=0.01,
+        description="taker fee per fill as a fraction of notional (0.0005 = 0.05 %) on a venue not listed under venues",
+    )
+    venues: dict[str, Annotated[float, Field(ge=0, lt=0.01)]] = Field(
+        default_factory=dict,
+        description="taker fee per fill by venue name, each from 0 to below 0.01; overrides default",
+    )
 
     def of(self, venue: str) -> float:
         return self.venues.get(venue, self.default)
@@ -56,15 +61,27 @@ class Triggers(_Model):
     - ``min_funding_diff_8h``: what the hedge receives per 8 h (sell venue's rate minus buy venue's).
     """
 
-    min_z: float | None = Field(default=None, description="minimum z-score of the swept spread against its 1 h "
-                                "window (null: not checked); raising it fires on rarer spreads only")
-    min_window_samples: int = Field(default=30, ge=2, description="samples the 1 h spread window needs before its "
-                                    "z-score exists; with fewer, min_z does not fire")
-    min_net_spread_bp: float | None = Field(default=None, description="minimum executable spread after four taker "
-                                            "fees, bp of notional; re-checked on the books at entry (null: not "
-                                            "checked)")
-    min_funding_diff_8h: float | None = Field(default=None, description="minimum funding the hedge receives per 8 h, "
-                                              "sell venue's rate minus buy venue's, fraction (null: not checked)")
+    min_z: float | None = Field(
+        default=None,
+        description="minimum z-score of the swept spread against its 1 h "
+        "window (null: not checked); raising it fires on rarer spreads only",
+    )
+    min_window_samples: int = Field(
+        default=30,
+        ge=2,
+        description="samples the 1 h spread window needs before its z-score exists; with fewer, min_z does not fire",
+    )
+    min_net_spread_bp: float | None = Field(
+        default=None,
+        description="minimum executable spread after four taker "
+        "fees, bp of notional; re-checked on the books at entry (null: not "
+        "checked)",
+    )
+    min_funding_diff_8h: float | None = Field(
+        default=None,
+        description="minimum funding the hedge receives per 8 h, "
+        "sell venue's rate minus buy venue's, fraction (null: not checked)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Triggers:
@@ -77,12 +94,15 @@ class ModelRef(_Model):
     """The expected-pnl / win-probability model (``tapeflow watchlist fit`` writes the file)."""
 
     file: Path = Field(description="model JSON, relative to the strategy file")
-    min_expected_pnl_bp: float | None = Field(default=None, description="minimum predicted expected pnl, bp of "
-                                              "notional (null: not checked)")
-    min_win_prob: float | None = Field(default=None, ge=0, le=1, description="minimum predicted win probability, 0 "
-                                       "to 1 (null: not checked)")
+    min_expected_pnl_bp: float | None = Field(
+        default=None, description="minimum predicted expected pnl, bp of notional (null: not checked)"
+    )
+    min_win_prob: float | None = Field(
+        default=None, ge=0, le=1, description="minimum predicted win probability, 0 to 1 (null: not checked)"
+    )
     missing: Literal["impute", "skip"] = Field(
-        default="impute", description="a missing factor: impute the training mean (recorded) or give no prediction")
+        default="impute", description="a missing factor: impute the training mean (recorded) or give no prediction"
+    )
     max_imputed: int = Field(default=2, ge=0, description="more missing factors than this: no prediction")
 
 
@@ -91,15 +111,28 @@ class Exits(_Model):
 
     exit_spread_bp: float = Field(default=0.0, description="convergence: the closable spread at or below this (bp)")
     max_holding: Duration = Field(default=7 * 86_400_000, description="a pair open this long closes (max_holding)")
-    funding_lead: Duration = Field(default=600_000, description="the funding exit looks at settlements due within "
-                                   "this long")
-    funding_exit_threshold: float = Field(default=0.0005, ge=0, description="close before the settlements within "
-                                          "funding_lead when they would cost the pair more than this fraction of "
-                                          "notional")
-    leverage: float = Field(default=1.0, ge=1, description="each leg's leverage in the liquidation-price "
-                            "approximation (initial margin = notional / leverage); more brings liquidation nearer")
-    min_liquidation_distance: float = Field(default=0.1, ge=0, lt=1, description="close the pair when a leg's "
-                                            "liquidation price is nearer than this fraction of the mark")
+    funding_lead: Duration = Field(
+        default=600_000, description="the funding exit looks at settlements due within this long"
+    )
+    funding_exit_threshold: float = Field(
+        default=0.0005,
+        ge=0,
+        description="close before the settlements within "
+        "funding_lead when they would cost the pair more than this fraction of "
+        "notional",
+    )
+    leverage: float = Field(
+        default=1.0,
+        ge=1,
+        description="each leg's leverage in the liquidation-price "
+        "approximation (initial margin = notional / leverage); more brings liquidation nearer",
+    )
+    min_liquidation_distance: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="close the pair when a leg's liquidation price is nearer than this fraction of the mark",
+    )
 
 
 class Legs(_Model):
@@ -107,17 +140,28 @@ class Legs(_Model):
     the signal's books at once (the instant model)."""
 
     latency_ms: dict[str, int] = Field(
-        default_factory=dict, description="one-way latency per venue, 0 to 60000 (send -> matching engine; the "
-                                          "answer takes as long again)")
-    default_latency_ms: int = Field(default=50, ge=0, le=60_000, description="a venue not in latency_ms; 50: the "
-                                    "producers' receive-minus-exchange time, median 46 ms in the recorded Binance frames")
+        default_factory=dict,
+        description="one-way latency per venue, 0 to 60000 (send -> matching engine; the answer takes as long again)",
+    )
+    default_latency_ms: int = Field(
+        default=50,
+        ge=0,
+        le=60_000,
+        description="a venue not in latency_ms; 50: the "
+        "producers' receive-minus-exchange time, median 46 ms in the recorded Binance frames",
+    )
     min_entry_spread_bp: float | None = Field(
-        default=None, description="IOC limits keep the net spread after four fees at or above this; "
-                                  "null: triggers.min_net_spread_bp, or 0 (break-even)")
+        default=None,
+        description="IOC limits keep the net spread after four fees at or above this; "
+        "null: triggers.min_net_spread_bp, or 0 (break-even)",
+    )
     retries: int = Field(default=1, ge=0, le=10, description="IOC retries of the leg that filled less")
     retry_step_bp: float = Field(default=5.0, ge=0, le=1_000, description="each retry's limit this much worse")
-    sequential: bool = Field(default=False, description="send the thinner book's leg first and the hedge for what "
-                                                        "it filled, limited by its actual price (one more round trip)")
+    sequential: bool = Field(
+        default=False,
+        description="send the thinner book's leg first and the hedge for what "
+        "it filled, limited by its actual price (one more round trip)",
+    )
     liquidation_fee: float = Field(default=0.005, ge=0, lt=0.1, description="venue penalty on a liquidated leg")
 
     @model_validator(mode="after")
@@ -133,13 +177,17 @@ class Legs(_Model):
 
 class WatchlistStrategy(_Model):
     kind: Literal["watchlist"] = Field(description="always watchlist: marks the file as a watchlist strategy")
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,47}$", description="the strategy's name (lower case, digits, _); "
-                      "in every signal id")
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,47}$", description="the strategy's name (lower case, digits, _); in every signal id"
+    )
     version: str = Field(min_length=1, max_length=32, description="a version label, in every signal id")
     description: str = Field(default="", description="free text for people; part of the config_hash")
     coins: list[str] = Field(default_factory=list, description="empty = every coin")
-    venues: list[str] = Field(default_factory=lambda: ["binance", "bybit", "okx"], description="the venues whose "
-                              "books are compared, at least two, each once: a pair sells on one and buys on another")
+    venues: list[str] = Field(
+        default_factory=lambda: ["binance", "bybit", "okx"],
+        description="the venues whose "
+        "books are compared, at least two, each once: a pair sells on one and buys on another",
+    )
     notional_usd: float = Field(default=10_000.0, gt=0, description="per leg")
     eval_interval: Duration = Field(default=15_000, description="evaluate on this grid of event time")
     max_book_age: Duration = Field(default=2_000, description="a leg's book older than this is not traded")
@@ -147,15 +195,21 @@ class WatchlistStrategy(_Model):
     cooldown: Duration = Field(default=1_800_000, description="per coin and pair of venues after a signal")
     fees: Fees = Field(default=Fees(), description="taker fee per fill, per venue")
     triggers: Triggers = Field(description="when a pair fires: every trigger set must hold")
-    model: ModelRef | None = Field(default=None, description="a fitted expected-pnl / win-probability model the "
-                                   "signal must pass; none when absent")
+    model: ModelRef | None = Field(
+        default=None, description="a fitted expected-pnl / win-probability model the signal must pass; none when absent"
+    )
     exits: Exits = Field(default=Exits(), description="when an open pair closes")
-    legs: Legs | None = Field(default=None, description="leg latency and IOC fills; absent: both legs fill at the "
-                              "signal's books at once")
-    max_opens_per_minute: int | None = Field(default=None, ge=1, description="signals (pairs opened) per "
-                                             "60 s of event time over every coin; more are rejected")
-    reentry_cooldown: DurationOrZero = Field(default=0, ge=0, description="a pair key does not signal again this "
-                                       "long after its last pair closed or failed")
+    legs: Legs | None = Field(
+        default=None, description="leg latency and IOC fills; absent: both legs fill at the signal's books at once"
+    )
+    max_opens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="signals (pairs opened) per 60 s of event time over every coin; more are rejected",
+    )
+    reentry_cooldown: DurationOrZero = Field(
+        default=0, ge=0, description="a pair key does not signal again this long after its last pair closed or failed"
+    )
     _model_file: Path | None = PrivateAttr(default=None)  # resolved against the strategy file's directory
     _model_digest: str | None = PrivateAttr(default=None)  # sha256 of the model file's bytes
 
@@ -172,9 +226,11 @@ class WatchlistStrategy(_Model):
             # above that would close a pair at the spread it was opened at, and reopen it, and close it ...
             four = min(self.four_fees(a, b) for a in self.venues for b in self.venues if a != b) / 1e-4
             if self.exits.exit_spread_bp >= self.triggers.min_net_spread_bp + four:
-                raise ValueError(f"exits.exit_spread_bp {self.exits.exit_spread_bp:g} must be below the entry's spread "
-                                 f"{self.triggers.min_net_spread_bp + four:g} bp (min_net_spread_bp + four fees): "
-                                 "the exit band and the entry must not overlap")
+                raise ValueError(
+                    f"exits.exit_spread_bp {self.exits.exit_spread_bp:g} must be below the entry's spread "
+                    f"{self.triggers.min_net_spread_bp + four:g} bp (min_net_spread_bp + four fees): "
+                    "the exit band and the entry must not overlap"
+                )
         return self
 
     def applies_to(self, coin: str) -> bool:
@@ -240,6 +296,7 @@ def load_watchlist_strategy(path: str | Path) -> WatchlistStrategy:
     path = Path(path)
     data = read_strategy_file(path)
     if isinstance(data, dict) and data.get("kind") != KIND:
-        raise StrategyConfigError(f"{path}: kind: expected 'watchlist' (a watchlist strategy), "
-                                  f"got {data.get('kind')!r}")
+        raise StrategyConfigError(
+            f"{path}: kind: expected 'watchlist' (a watchlist strategy), got {data.get('kind')!r}"
+        )
     return parse_watchlist_strategy(data, str(path), path.parent)

@@ -29,8 +29,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-topics_app = typer.Typer(help="Inspect and create Kafka topics (schema-aware: records are decoded from Avro).",
-                         no_args_is_help=True)
+topics_app = typer.Typer(
+    help="Inspect and create Kafka topics (schema-aware: records are decoded from Avro).", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database tasks.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
@@ -75,6 +76,7 @@ def parse_time(text: str, flag: str) -> datetime:
         return parse_moment(text, flag)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
+
 
 def use_namespace(name: str | None) -> None:
     """`--input-prefix NAME`: every topic (inputs, outputs, consumer groups) moves to `<prefix>NAME.`,

@@ -27,16 +27,26 @@ register_backtest(app, lambda: state.settings())
 @app.command()
 def replay(
     to_prefix: str = typer.Option(..., "--to-prefix", help="Namespace NAME: copies go to <prefix>NAME.<topic>."),
-    from_time: str = typer.Option(..., "--from", help="Start (ISO date/time, UTC, or Unix ms): the first records "
-                                  "copied are those that reached the broker at or after it (arrival time, the "
-                                  "records' timestamps; not event time)."),
-    to_time: str = typer.Option(..., "--to", help="End, exclusive (ISO date/time, UTC, or Unix ms; a date means its "
-                                "midnight), in arrival time: records that reached the broker from then on, or "
-                                "after the replay started, are not copied."),
-    topics: str = typer.Option(",".join(ENGINE_INPUTS), "--topics",
-                               help="Comma-separated md.* topics (default: the engine's inputs)."),
-    speed: str = typer.Option("max", "--speed", help="Pace on the records' event times: 1x (as the events "
-                              "happened), 10x, ... or max."),
+    from_time: str = typer.Option(
+        ...,
+        "--from",
+        help="Start (ISO date/time, UTC, or Unix ms): the first records "
+        "copied are those that reached the broker at or after it (arrival time, the "
+        "records' timestamps; not event time).",
+    ),
+    to_time: str = typer.Option(
+        ...,
+        "--to",
+        help="End, exclusive (ISO date/time, UTC, or Unix ms; a date means its "
+        "midnight), in arrival time: records that reached the broker from then on, or "
+        "after the replay started, are not copied.",
+    ),
+    topics: str = typer.Option(
+        ",".join(ENGINE_INPUTS), "--topics", help="Comma-separated md.* topics (default: the engine's inputs)."
+    ),
+    speed: str = typer.Option(
+        "max", "--speed", help="Pace on the records' event times: 1x (as the events happened), 10x, ... or max."
+    ),
     symbols: str | None = typer.Option(None, "--symbols", help="Only these symbols (comma-separated)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -73,19 +83,28 @@ def replay(
         if show and time.monotonic() - last_shown[0] >= 0.5 and summary.last_event_ms is not None:
             last_shown[0] = time.monotonic()
             done = summary.read / max(summary.in_range, 1)  # the range is in arrival time, the pace in event time
-            sys.stderr.write(f"\rreplay {min(max(done, 0.0), 1.0):6.1%}  {summary.records:,} records  "
-                             f"at {datetime.fromtimestamp(summary.last_event_ms / 1000, tz=UTC):%Y-%m-%d %H:%M:%S}")
+            sys.stderr.write(
+                f"\rreplay {min(max(done, 0.0), 1.0):6.1%}  {summary.records:,} records  "
+                f"at {datetime.fromtimestamp(summary.last_event_ms / 1000, tz=UTC):%Y-%m-%d %H:%M:%S}"
+            )
             sys.stderr.flush()
 
     try:
-        job = TopicReplay(bootstrap_address(), AvroSerde(registry_from_url(settings.schema_registry_url)),
-                          source_prefix=settings.topic_prefix, target_prefix=f"{settings.topic_prefix}{to_prefix}.",
-                          topics=topics.split(","), from_ms=int(start.timestamp() * 1000),
-                          to_ms=int(end.timestamp() * 1000), speed=pace,
-                          symbols=symbols.split(",") if symbols else None, on_progress=progress)
+        job = TopicReplay(
+            bootstrap_address(),
+            AvroSerde(registry_from_url(settings.schema_registry_url)),
+            source_prefix=settings.topic_prefix,
+            target_prefix=f"{settings.topic_prefix}{to_prefix}.",
+            topics=topics.split(","),
+            from_ms=int(start.timestamp() * 1000),
+            to_ms=int(end.timestamp() * 1000),
+            speed=pace,
+            symbols=symbols.split(",") if symbols else None,
+            on_progress=progress,
+        )
         summary = job.run()
     except ReplayError as exc:
-        raise fail(str(exc), 2)
+        raise fail(str(exc), 2) from None
     if show:
         sys.stderr.write("\n")
     echo(orjson.dumps(dataclasses.asdict(summary)).decode() if json_out else summary.line())

@@ -19,38 +19,61 @@ from tapeflow.commands._common import (
 
 @app.command()
 def produce(
-    exchange: str = typer.Option("binance", "--exchange",
-                                 help="binance (USD-M futures), bybit (v5 linear) or okx (USDT perpetual swaps)."),
+    exchange: str = typer.Option(
+        "binance", "--exchange", help="binance (USD-M futures), bybit (v5 linear) or okx (USDT perpetual swaps)."
+    ),
     bybit_ws_url: str | None = typer.Option(
-        None, "--bybit-ws-url", help="Bybit v5 public linear websocket URL (default: wss://stream.bybit.com/v5/public/linear)."),
+        None,
+        "--bybit-ws-url",
+        help="Bybit v5 public linear websocket URL (default: wss://stream.bybit.com/v5/public/linear).",
+    ),
     okx_ws_url: str | None = typer.Option(
-        None, "--okx-ws-url", help="OKX v5 public websocket URL (default: wss://ws.okx.com:8443/ws/v5/public)."),
+        None, "--okx-ws-url", help="OKX v5 public websocket URL (default: wss://ws.okx.com:8443/ws/v5/public)."
+    ),
     okx_rest_url: str | None = typer.Option(
-        None, "--okx-rest-url", help="OKX v5 REST base URL for instruments and book snapshots (default: https://www.okx.com)."),
+        None,
+        "--okx-rest-url",
+        help="OKX v5 REST base URL for instruments and book snapshots (default: https://www.okx.com).",
+    ),
     ws_url: str = typer.Option("wss://fstream.binance.com", "--ws-url", help="Binance USD-M websocket base URL."),
     rest_url: str = typer.Option(BINANCE_REST_URL, "--rest-url", help="Binance USD-M REST base URL."),
     spot_url: str = typer.Option("https://api.binance.com", "--spot-url", help="Binance spot REST (divergence)."),
-    coinbase_url: str = typer.Option("https://api.exchange.coinbase.com", "--coinbase-url",
-                                     help="Coinbase REST (premium)."),
+    coinbase_url: str = typer.Option(
+        "https://api.exchange.coinbase.com", "--coinbase-url", help="Coinbase REST (premium)."
+    ),
     replay_control_url: str | None = typer.Option(
-        None, "--replay-control-url", help="Fake exchange control URL: stop cleanly when its replay ends."),
+        None, "--replay-control-url", help="Fake exchange control URL: stop cleanly when its replay ends."
+    ),
     symbols_from_recording: bool = typer.Option(
-        False, "--symbols-from-recording", help="Use the symbols of the TAPEFLOW_SOURCE=replay:DIR recording."),
-    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
-                                     help="Port of /metrics and /health (0 = a free one, logged)."),
+        False, "--symbols-from-recording", help="Use the symbols of the TAPEFLOW_SOURCE=replay:DIR recording."
+    ),
+    metrics_port: int = typer.Option(
+        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
+    ),
     warm_start_hours: float | None = typer.Option(
-        None, "--warm-start-hours", min=0.0, max=72.0,
+        None,
+        "--warm-start-hours",
+        min=0.0,
+        max=72.0,
         help="Binance: before streaming, publish this many hours of history into md.* (Vision archives, REST "
-             "aggTrades, OI/ratio/funding/mark history, or the database when it holds them). Default: "
-             "TAPEFLOW_WARM_START_HOURS (25) live, 0 with --replay-control-url."),
+        "aggTrades, OI/ratio/funding/mark history, or the database when it holds them). Default: "
+        "TAPEFLOW_WARM_START_HOURS (25) live, 0 with --replay-control-url.",
+    ),
     warm_start_detail_minutes: float | None = typer.Option(
-        None, "--warm-start-detail-minutes", min=0.0, max=4320.0,
+        None,
+        "--warm-start-detail-minutes",
+        min=0.0,
+        max=4320.0,
         help="Binance warm start: trade by trade (REST aggTrades) only for the last this many minutes, 1m klines "
-             "before (0 = every trade: Vision and REST). Default: TAPEFLOW_WARM_START_DETAIL_MINUTES (62)."),
+        "before (0 = every trade: Vision and REST). Default: TAPEFLOW_WARM_START_DETAIL_MINUTES (62).",
+    ),
     vision_url: str | None = typer.Option(
-        None, "--vision-url", help="Binance Vision base URL (or a mirror) for the warm start's archives. Default: "
-                                   "https://data.binance.vision, or --rest-url when that is not Binance's (the local "
-                                   "fake exchange serves both)."),
+        None,
+        "--vision-url",
+        help="Binance Vision base URL (or a mirror) for the warm start's archives. Default: "
+        "https://data.binance.vision, or --rest-url when that is not Binance's (the local "
+        "fake exchange serves both).",
+    ),
 ) -> None:
     """Run an exchange producer into the md.* topics (Binance: aggTrade, depth, markPrice, forceOrder, REST
     indicators; Bybit: publicTrade, orderbook.50, allLiquidation, tickers; OKX: trades, books, mark-price,
@@ -75,16 +98,24 @@ def produce(
         warm_start_hours = 0.0 if replay_control_url else settings.warm_start_hours
     if vision_url is None:
         vision_url = "https://data.binance.vision" if rest_url == BINANCE_REST_URL else rest_url
-    options = ProduceOptions(exchange=exchange, bybit_ws_url=bybit_ws_url, okx_ws_url=okx_ws_url,
-                             okx_rest_url=okx_rest_url, ws_base_url=ws_url, rest_base_url=rest_url,
-                             spot_base_url=spot_url, coinbase_base_url=coinbase_url,
-                             replay_control_url=replay_control_url, metrics_port=metrics_port,
-                             metrics_host=settings.metrics_host,
-                             warm_start_hours=warm_start_hours if exchange == "binance" else 0.0,
-                             vision_url=vision_url,
-                             warm_start_detail_minutes=(settings.warm_start_detail_minutes
-                                                        if warm_start_detail_minutes is None
-                                                        else warm_start_detail_minutes))
+    options = ProduceOptions(
+        exchange=exchange,
+        bybit_ws_url=bybit_ws_url,
+        okx_ws_url=okx_ws_url,
+        okx_rest_url=okx_rest_url,
+        ws_base_url=ws_url,
+        rest_base_url=rest_url,
+        spot_base_url=spot_url,
+        coinbase_base_url=coinbase_url,
+        replay_control_url=replay_control_url,
+        metrics_port=metrics_port,
+        metrics_host=settings.metrics_host,
+        warm_start_hours=warm_start_hours if exchange == "binance" else 0.0,
+        vision_url=vision_url,
+        warm_start_detail_minutes=(
+            settings.warm_start_detail_minutes if warm_start_detail_minutes is None else warm_start_detail_minutes
+        ),
+    )
     raise typer.Exit(asyncio.run(run_producer(settings, options)))
 
 
@@ -110,7 +141,8 @@ def backfill_binance_vision(
     from_day: str = typer.Option(..., "--from", help="First day (YYYY-MM-DD, UTC)."),
     to_day: str = typer.Option(..., "--to", help="End day, exclusive (YYYY-MM-DD, UTC: its midnight)."),
     directory: Path | None = typer.Option(
-        None, "--dir", help="Read <SYMBOL>-aggTrades-<day>.zip|.csv from here instead of downloading."),
+        None, "--dir", help="Read <SYMBOL>-aggTrades-<day>.zip|.csv from here instead of downloading."
+    ),
     topic: str = typer.Option("md.trades", "--topic", help="Target topic (md.trades or a replay topic name)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -127,9 +159,18 @@ def backfill_binance_vision(
         if stop <= start:
             raise BackfillError(f"--from {start.isoformat()} is not before --to {stop.isoformat()} (--to is excluded)")
         # --to is excluded, as in every command; run_backfill takes its last day
-        summary = run_backfill(bootstrap=bootstrap_address(), topic_prefix=settings.topic_prefix, home=settings.home,
-                               symbol=symbol.upper(), start=start, end=stop - timedelta(days=1), directory=directory,
-                               topic=topic, progress=not no_progress, registry_url=settings.schema_registry_url)
+        summary = run_backfill(
+            bootstrap=bootstrap_address(),
+            topic_prefix=settings.topic_prefix,
+            home=settings.home,
+            symbol=symbol.upper(),
+            start=start,
+            end=stop - timedelta(days=1),
+            directory=directory,
+            topic=topic,
+            progress=not no_progress,
+            registry_url=settings.schema_registry_url,
+        )
     except BackfillError as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
     echo(summary.to_json() if json_out else format_summary(summary))

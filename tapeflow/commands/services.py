@@ -20,36 +20,60 @@ from tapeflow_runtime.errors import TapeflowError
 @app.command()
 def engine(
     strategy: list[Path] | None = typer.Option(
-        None, "--strategy", help="Strategy file (YAML/JSON), repeatable (A/B). Default: the shipped ones."),
+        None, "--strategy", help="Strategy file (YAML/JSON), repeatable (A/B). Default: the shipped ones."
+    ),
     exactly_once: bool = typer.Option(
-        True, "--exactly-once/--at-least-once",
+        True,
+        "--exactly-once/--at-least-once",
         help="Exactly-once: outputs, state snapshots and input offsets commit in one Kafka transaction per "
-             "partition and commit interval (the broker must serve transactions). At-least-once: a crash can "
-             "repeat outputs in the topics (the database still stores each once)."),
-    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
-                                     help="Port of /metrics and /health (0 = a free one, logged)."),
-    eval_interval_ms: int = typer.Option(15_000, "--eval-interval-ms", min=1_000, max=60_000,
-                                         help="Evaluate at least this often per symbol (also on every closed "
-                                              "1-second bucket with new trades)."),
-    prime_hours: float = typer.Option(25.0, "--prime-hours", min=0.0,
-                                      help="A new engine group starts this many hours back in md.* so the 24 h "
-                                           "windows fill from history (0 = no priming: read everything retained)."),
+        "partition and commit interval (the broker must serve transactions). At-least-once: a crash can "
+        "repeat outputs in the topics (the database still stores each once).",
+    ),
+    metrics_port: int = typer.Option(
+        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
+    ),
+    eval_interval_ms: int = typer.Option(
+        15_000,
+        "--eval-interval-ms",
+        min=1_000,
+        max=60_000,
+        help="Evaluate at least this often per symbol (also on every closed 1-second bucket with new trades).",
+    ),
+    prime_hours: float = typer.Option(
+        25.0,
+        "--prime-hours",
+        min=0.0,
+        help="A new engine group starts this many hours back in md.* so the 24 h "
+        "windows fill from history (0 = no priming: read everything retained).",
+    ),
     allowed_lateness_ms: int = typer.Option(
-        0, "--allowed-lateness-ms", min=0, max=600_000,
+        0,
+        "--allowed-lateness-ms",
+        min=0,
+        max=600_000,
         help="Hold evaluation this long in event time so inputs from other topics that arrive a little "
-             "out of order are not late. Replays need none: their progress markers order the inputs."),
+        "out of order are not late. Replays need none: their progress markers order the inputs.",
+    ),
     wait_for_progress: bool | None = typer.Option(
-        None, "--wait-for-progress/--no-wait-for-progress",
+        None,
+        "--wait-for-progress/--no-wait-for-progress",
         help="A new group holds every symbol until md.progress markers (a replay's producer, `tapeflow replay`, "
-             "the warm start) release it, so its output does not depend on how the topics' fetches "
-             "interleave. Default: on for a replay:DIR source or an --input-prefix namespace."),
+        "the warm start) release it, so its output does not depend on how the topics' fetches "
+        "interleave. Default: on for a replay:DIR source or an --input-prefix namespace.",
+    ),
     signal_max_age_s: float | None = typer.Option(
-        None, "--signal-max-age-s", min=0.0,
+        None,
+        "--signal-max-age-s",
+        min=0.0,
         help="Keep signals evaluated more than this long ago (wall clock) off `signals`; features are still "
-             "written. Default: 60 s for a live source, unlimited for replay:DIR or --input-prefix."),
+        "written. Default: 60 s for a live source, unlimited for replay:DIR or --input-prefix.",
+    ),
     input_prefix: str | None = typer.Option(
-        None, "--input-prefix", help="Read md.* from, and write outputs to, the namespace NAME that "
-        "`tapeflow replay --to-prefix NAME` fills (never the live topics)."),
+        None,
+        "--input-prefix",
+        help="Read md.* from, and write outputs to, the namespace NAME that "
+        "`tapeflow replay --to-prefix NAME` fills (never the live topics).",
+    ),
 ) -> None:
     """Run the signal engine (Faust): md.* in, bars.1m / features / signals out, state in Faust tables.
 
@@ -70,31 +94,49 @@ def engine(
     if wait_for_progress is None:
         wait_for_progress = rehearsal
     configure_logging(settings.log_level, settings.log_format)
-    code = asyncio.run(run_engine(
-        settings, metrics_port=metrics_port, strategies=list(strategy) if strategy else None,
-        processing_guarantee="exactly_once" if exactly_once else "at_least_once",
-        eval_interval_ms=eval_interval_ms, allowed_lateness_ms=allowed_lateness_ms,
-        wait_for_progress=wait_for_progress,
-        signal_max_age_ms=None if signal_max_age_s is None else int(signal_max_age_s * 1000),
-        prime_history_ms=int(prime_hours * 3_600_000) if prime_hours > 0 else None))
+    code = asyncio.run(
+        run_engine(
+            settings,
+            metrics_port=metrics_port,
+            strategies=list(strategy) if strategy else None,
+            processing_guarantee="exactly_once" if exactly_once else "at_least_once",
+            eval_interval_ms=eval_interval_ms,
+            allowed_lateness_ms=allowed_lateness_ms,
+            wait_for_progress=wait_for_progress,
+            signal_max_age_ms=None if signal_max_age_s is None else int(signal_max_age_s * 1000),
+            prime_history_ms=int(prime_hours * 3_600_000) if prime_hours > 0 else None,
+        )
+    )
     raise typer.Exit(code)
 
 
 # --- execution ----------------------------------------------------------------------------------
 @app.command()
 def execute(
-    mode: str = typer.Option("paper", "--mode", help="paper (default), testnet or live. Live needs "
-                             "TAPEFLOW_LIVE_TRADING=I_UNDERSTAND and Binance keys in the environment."),
-    config: Path | None = typer.Option(None, "--executor-config",
-                                          help="Executor settings (YAML/JSON): balance, risk %, fees, risk guard."),
-    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
-                                     help="Port of /metrics and /health (0 = a free one, logged)."),
-    from_beginning: bool = typer.Option(False, "--from-beginning",
-                                        help="A new consumer group starts at the beginning of its inputs, not "
-                                             "their end (trade a replay already in the broker)."),
+    mode: str = typer.Option(
+        "paper",
+        "--mode",
+        help="paper (default), testnet or live. Live needs "
+        "TAPEFLOW_LIVE_TRADING=I_UNDERSTAND and Binance keys in the environment.",
+    ),
+    config: Path | None = typer.Option(
+        None, "--executor-config", help="Executor settings (YAML/JSON): balance, risk %, fees, risk guard."
+    ),
+    metrics_port: int = typer.Option(
+        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
+    ),
+    from_beginning: bool = typer.Option(
+        False,
+        "--from-beginning",
+        help="A new consumer group starts at the beginning of its inputs, not "
+        "their end (trade a replay already in the broker).",
+    ),
     input_prefix: str | None = typer.Option(
-        None, "--input-prefix", help="Trade the signals of the namespace NAME (`tapeflow replay --to-prefix "
-        "NAME`), writing orders/fills/positions there too; paper only; starts at the namespace's beginning."),
+        None,
+        "--input-prefix",
+        help="Trade the signals of the namespace NAME (`tapeflow replay --to-prefix "
+        "NAME`), writing orders/fills/positions there too; paper only; starts at the namespace's beginning.",
+    ),
 ) -> None:
     """Turn signals into orders: position manager, risk guard and the paper broker (or an exchange when keyed)."""
     import asyncio
@@ -109,44 +151,76 @@ def execute(
     use_namespace(input_prefix)
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
-    options = ExecuteOptions(config_path=config, metrics_port=metrics_port, metrics_host=settings.metrics_host,
-                             start_from="earliest" if from_beginning or settings.namespace else "latest")
+    options = ExecuteOptions(
+        config_path=config,
+        metrics_port=metrics_port,
+        metrics_host=settings.metrics_host,
+        start_from="earliest" if from_beginning or settings.namespace else "latest",
+    )
     raise typer.Exit(asyncio.run(run_executor(settings, mode, options)))
 
 
 # --- cross-venue watchlist ------------------------------------------------------------------------
 @app.command("cross-venue")
 def cross_venue(
-    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
-                                     help="Port of /metrics and /health (0 = a free one, logged)."),
-    venues: str = typer.Option("binance,bybit,okx", "--venues", help="Comma-separated venues: the legs; every "
-                               "ordered pair of them is a feature record."),
-    sweep_notional_usd: float = typer.Option(10_000.0, "--sweep-notional-usd", min=1.0,
-                                             help="Notional the swept (executable) spread is computed for."),
-    max_staleness_ms: int = typer.Option(2_000, "--max-staleness-ms", min=0,
-                                         help="A leg whose book is older than this at an evaluation makes the "
-                                              "pair's spreads missing, with the reason."),
-    publish_interval_ms: int = typer.Option(15_000, "--publish-interval-ms", min=1_000,
-                                            help="Event time between two records of a coin (whole seconds; the "
-                                                 "state evaluates every second for its rolling statistics)."),
-    lateness_ms: int = typer.Option(1_000, "--lateness-ms", min=0, max=60_000,
-                                    help="Hold inputs this long in event time, so a venue whose books arrive "
-                                         "a little later than another's is not late."),
-    prime_minutes: float = typer.Option(15.0, "--prime-minutes", min=0.0,
-                                        help="A new group without a checkpoint starts this far back in md.* "
-                                             "(0 = where --from-beginning says)."),
-    from_beginning: bool = typer.Option(False, "--from-beginning",
-                                        help="A new group without priming reads md.* from the beginning, not "
-                                             "the end."),
-    strategies: list[Path] = typer.Option([], "--strategy", help="A watchlist strategy file (`kind: watchlist`) "
-                                          "to trade as hedged paper pairs on the same inputs: xv.signals, "
-                                          "xv.orders, xv.funding, xv.pairs (repeat for several; default: "
-                                          "TAPEFLOW_WATCHLIST_STRATEGIES)."),
-    instrument_rules: Path | None = typer.Option(None, "--instrument-rules", help="The venues' lot steps, minimum "
-                                                 "order sizes and minimum notionals (a file of `tapeflow watchlist "
-                                                 "rules --out`): the strategies' pairs trade quantities the venues "
-                                                 "accept. Without it they are unrounded (default: "
-                                                 "TAPEFLOW_WATCHLIST_INSTRUMENT_RULES)."),
+    metrics_port: int = typer.Option(
+        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
+    ),
+    venues: str = typer.Option(
+        "binance,bybit,okx",
+        "--venues",
+        help="Comma-separated venues: the legs; every ordered pair of them is a feature record.",
+    ),
+    sweep_notional_usd: float = typer.Option(
+        10_000.0, "--sweep-notional-usd", min=1.0, help="Notional the swept (executable) spread is computed for."
+    ),
+    max_staleness_ms: int = typer.Option(
+        2_000,
+        "--max-staleness-ms",
+        min=0,
+        help="A leg whose book is older than this at an evaluation makes the pair's spreads missing, with the reason.",
+    ),
+    publish_interval_ms: int = typer.Option(
+        15_000,
+        "--publish-interval-ms",
+        min=1_000,
+        help="Event time between two records of a coin (whole seconds; the "
+        "state evaluates every second for its rolling statistics).",
+    ),
+    lateness_ms: int = typer.Option(
+        1_000,
+        "--lateness-ms",
+        min=0,
+        max=60_000,
+        help="Hold inputs this long in event time, so a venue whose books arrive "
+        "a little later than another's is not late.",
+    ),
+    prime_minutes: float = typer.Option(
+        15.0,
+        "--prime-minutes",
+        min=0.0,
+        help="A new group without a checkpoint starts this far back in md.* (0 = where --from-beginning says).",
+    ),
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning", help="A new group without priming reads md.* from the beginning, not the end."
+    ),
+    strategies: list[Path] = typer.Option(
+        [],
+        "--strategy",
+        help="A watchlist strategy file (`kind: watchlist`) "
+        "to trade as hedged paper pairs on the same inputs: xv.signals, "
+        "xv.orders, xv.funding, xv.pairs (repeat for several; default: "
+        "TAPEFLOW_WATCHLIST_STRATEGIES).",
+    ),
+    instrument_rules: Path | None = typer.Option(
+        None,
+        "--instrument-rules",
+        help="The venues' lot steps, minimum "
+        "order sizes and minimum notionals (a file of `tapeflow watchlist "
+        "rules --out`): the strategies' pairs trade quantities the venues "
+        "accept. Without it they are unrounded (default: "
+        "TAPEFLOW_WATCHLIST_INSTRUMENT_RULES).",
+    ),
 ) -> None:
     """Run the watchlist service: md.book/md.mark/md.indicators of every venue in, cross-venue features per
     coin and venue pair out to xv.features (the sink stores them in xv_features); with --strategy, each
@@ -159,14 +233,25 @@ def cross_venue(
 
     settings = state.settings()
     try:  # every input checked before logging is configured: a refusal is one line on stderr
-        traders = _watchlist_traders(strategies or [Path(p) for p in settings.watchlist_strategies],
-                                     _instrument_rules(instrument_rules or settings.watchlist_instrument_rules))
-        params = CrossVenueParams(venues=tuple(v.strip() for v in venues.split(",") if v.strip()),
-                                  sweep_notional_usd=sweep_notional_usd, max_staleness_ms=max_staleness_ms)
-        options = WatchlistOptions(params=params, publish_interval_ms=publish_interval_ms, lateness_ms=lateness_ms,
-                                   prime_history_ms=int(prime_minutes * 60_000) if prime_minutes > 0 else None,
-                                   start_from="earliest" if from_beginning else "latest",
-                                   metrics_port=metrics_port, metrics_host=settings.metrics_host, traders=traders)
+        traders = _watchlist_traders(
+            strategies or [Path(p) for p in settings.watchlist_strategies],
+            _instrument_rules(instrument_rules or settings.watchlist_instrument_rules),
+        )
+        params = CrossVenueParams(
+            venues=tuple(v.strip() for v in venues.split(",") if v.strip()),
+            sweep_notional_usd=sweep_notional_usd,
+            max_staleness_ms=max_staleness_ms,
+        )
+        options = WatchlistOptions(
+            params=params,
+            publish_interval_ms=publish_interval_ms,
+            lateness_ms=lateness_ms,
+            prime_history_ms=int(prime_minutes * 60_000) if prime_minutes > 0 else None,
+            start_from="earliest" if from_beginning else "latest",
+            metrics_port=metrics_port,
+            metrics_host=settings.metrics_host,
+            traders=traders,
+        )
     except (ValueError, TapeflowError) as exc:
         raise fail(str(exc), 2) from None
     configure_logging(settings.log_level, settings.log_format)
@@ -204,9 +289,12 @@ def _watchlist_traders(paths: list[Path], rules=None) -> tuple:
     return tuple(traders)
 
 
-watchlist_app = typer.Typer(invoke_without_command=True, help="The cross-venue watchlist: with no command, the live "
-                             "ranking of venue pairs by executable (swept) spread, from the database's xv_features; "
-                             "`backtest` and `fit` run a watchlist strategy and fit its model offline.")
+watchlist_app = typer.Typer(
+    invoke_without_command=True,
+    help="The cross-venue watchlist: with no command, the live "
+    "ranking of venue pairs by executable (swept) spread, from the database's xv_features; "
+    "`backtest` and `fit` run a watchlist strategy and fit its model offline.",
+)
 app.add_typer(watchlist_app, name="watchlist")
 
 
@@ -214,9 +302,12 @@ app.add_typer(watchlist_app, name="watchlist")
 def watchlist(
     ctx: typer.Context,
     limit: int = typer.Option(20, "--limit", min=1, help="Pairs shown (and missing pairs listed)."),
-    window_s: float = typer.Option(300.0, "--window-s", min=1.0,
-                                   help="A coin is shown at its latest evaluation within this many seconds "
-                                        "before the newest one in the table."),
+    window_s: float = typer.Option(
+        300.0,
+        "--window-s",
+        min=1.0,
+        help="A coin is shown at its latest evaluation within this many seconds before the newest one in the table.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print the live ranking of venue pairs by executable (swept) spread, from the database's xv_features."""
@@ -254,8 +345,9 @@ def watchlist_rules(
 
     names = [v.strip() for v in venues.split(",") if v.strip()]
     try:
-        rules = fetch_rules_blocking(names, {"binance": binance_url, "bybit": bybit_url, "okx": okx_url},
-                                     timeout_s=timeout_s)
+        rules = fetch_rules_blocking(
+            names, {"binance": binance_url, "bybit": bybit_url, "okx": okx_url}, timeout_s=timeout_s
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         rules.save(out)
     except (InstrumentRulesError, OSError) as exc:
@@ -266,8 +358,9 @@ def watchlist_rules(
 
 @app.command()
 def notify(
-    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
-                                     help="Port of /metrics and /health (0 = a free one, logged)."),
+    metrics_port: int = typer.Option(
+        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
+    ),
 ) -> None:
     """Send signals, fills, closed positions and risk events to Telegram, Discord or a webhook.
 
@@ -287,10 +380,14 @@ def notify(
 @app.command()
 def ui(
     host: str | None = typer.Option(None, "--host", help="Listen address (default: TAPEFLOW_UI_HOST, 127.0.0.1)."),
-    port: int | None = typer.Option(None, "--port", min=0, max=65535,
-                                    help="Port (default: TAPEFLOW_UI_PORT; 0 = a free one, printed)."),
-    print_url: bool = typer.Option(False, "--print-url", help="Print the login URL (with the token) of the UI "
-                                   "`tapeflow up` runs in this TAPEFLOW_HOME, and exit."),
+    port: int | None = typer.Option(
+        None, "--port", min=0, max=65535, help="Port (default: TAPEFLOW_UI_PORT; 0 = a free one, printed)."
+    ),
+    print_url: bool = typer.Option(
+        False,
+        "--print-url",
+        help="Print the login URL (with the token) of the UI `tapeflow up` runs in this TAPEFLOW_HOME, and exit.",
+    ),
 ) -> None:
     """Serve the web UI: order-flow charts per symbol (candles, CVD, VWAP, signals, footprint, volume
     profile, liquidity heatmap), the market overview and the watchlist desk. Reads the database with
@@ -317,9 +414,11 @@ def ui(
     host = host or settings.ui_host
     port = port if port is not None else settings.ui_port
     try:
-        code = run_ui(settings, paths, host, port or free_port(host), echo, consumer_lag=ui_consumer_lag(settings, paths))
+        code = run_ui(
+            settings, paths, host, port or free_port(host), echo, consumer_lag=ui_consumer_lag(settings, paths)
+        )
     except TapeflowError as exc:
-        raise fail(str(exc))
+        raise fail(str(exc)) from None
     raise typer.Exit(code)
 
 

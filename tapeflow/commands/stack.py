@@ -22,8 +22,13 @@ from tapeflow.commands._common import (
 @app.callback()
 def main_options(
     config: Path | None = typer.Option(
-        None, "--config", "-c", help="YAML settings file (same keys as the TAPEFLOW_* variables, lower case).",
-        envvar="TAPEFLOW_CONFIG", show_envvar=True),
+        None,
+        "--config",
+        "-c",
+        help="YAML settings file (same keys as the TAPEFLOW_* variables, lower case).",
+        envvar="TAPEFLOW_CONFIG",
+        show_envvar=True,
+    ),
 ) -> None:
     """Settings come from TAPEFLOW_* environment variables, a .env file and an optional YAML file."""
     state.config_file = config
@@ -34,13 +39,19 @@ def main_options(
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and return once healthy."),
     source: str | None = typer.Option(
-        None, "--source", help="Market data: `live` (Binance) or `replay:DIR` (a recording, offline). "
-        "Default: TAPEFLOW_SOURCE or live."),
-    replay_speed: str | None = typer.Option(None, "--replay-speed", help="With replay: 1x, 10x, ... or max (the x is "
-                                            "optional)."),
+        None,
+        "--source",
+        help="Market data: `live` (Binance) or `replay:DIR` (a recording, offline). Default: TAPEFLOW_SOURCE or live.",
+    ),
+    replay_speed: str | None = typer.Option(
+        None, "--replay-speed", help="With replay: 1x, 10x, ... or max (the x is optional)."
+    ),
     input_prefix: str | None = typer.Option(
-        None, "--input-prefix", help="Rehearsal: run sink, engine and executor on the namespace NAME that "
-        "`tapeflow replay --to-prefix NAME` fills (no producer; point TAPEFLOW_BROKER at the broker holding it)."),
+        None,
+        "--input-prefix",
+        help="Rehearsal: run sink, engine and executor on the namespace NAME that "
+        "`tapeflow replay --to-prefix NAME` fills (no producer; point TAPEFLOW_BROKER at the broker holding it).",
+    ),
 ) -> None:
     """Start the stack and supervise it: broker, PostgreSQL, migrations, topics, then the sink, the signal
     engine and the paper executor (and the cross-venue watchlist when TAPEFLOW_WATCHLIST=true), then the
@@ -76,13 +87,19 @@ def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable
     components = stack_status(settings, state.paths())
     healthy = all(c.healthy for c in components)
     if json_out:
-        typer.echo(orjson.dumps({"healthy": healthy, "components": [c.as_dict() for c in components],
-                                 "config": settings.masked()}, option=orjson.OPT_INDENT_2).decode())
+        typer.echo(
+            orjson.dumps(
+                {"healthy": healthy, "components": [c.as_dict() for c in components], "config": settings.masked()},
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
     else:
         echo(f"{'COMPONENT':<15}{'HEALTH':<8}{'STATE':<10}{'ADDRESS':<22}{'PID':<8}{'UPTIME':<9}DETAIL")
         for c in components:
-            echo(f"{c.name:<15}{'ok' if c.healthy else 'FAIL':<8}{c.state:<10}{c.address or '-':<22}"
-                 f"{c.pid or '-':<8}{_fmt_uptime(c.uptime_s):<9}{c.detail}")
+            echo(
+                f"{c.name:<15}{'ok' if c.healthy else 'FAIL':<8}{c.state:<10}{c.address or '-':<22}"
+                f"{c.pid or '-':<8}{_fmt_uptime(c.uptime_s):<9}{c.detail}"
+            )
         echo("")
         echo("config (secrets masked):")
         for k, v in settings.masked().items():

@@ -35,14 +35,20 @@ def db_migrate() -> None:
         echo(f"{table}: {what}")
     for role in provision_external_roles(settings):
         echo(f"role {role}: LOGIN password set")
-    echo(f"{len(report.applied)} applied, {len(report.already)} already applied, "
-         f"{len(report.skipped_timescale)} TimescaleDB-only skipped ({report.engine})")
+    echo(
+        f"{len(report.applied)} applied, {len(report.already)} already applied, "
+        f"{len(report.skipped_timescale)} TimescaleDB-only skipped ({report.engine})"
+    )
 
 
 @db_app.command("retention")
 def db_retention(
-    apply: bool = typer.Option(False, "--apply", help="Apply now: compression policies (TimescaleDB) and "
-                               "drops of what expired (days written in the last 24 h are kept)."),
+    apply: bool = typer.Option(
+        False,
+        "--apply",
+        help="Apply now: compression policies (TimescaleDB) and "
+        "drops of what expired (days written in the last 24 h are kept).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Per-table retention and compression: the configuration (`retention:` setting) and the database now.
@@ -72,13 +78,17 @@ def db_retention(
     if apply:
         with psycopg.connect(endpoints.owner, autocommit=True) as conn:
             applied["compression"] = apply_compression(conn, policies)
-            applied["dropped"] = {t: v for t, v in apply_retention(conn, policies, now, now - PROTECT_AT_LEAST).items()
-                                  if v}
+            applied["dropped"] = {
+                t: v for t, v in apply_retention(conn, policies, now, now - PROTECT_AT_LEAST).items() if v
+            }
     with psycopg.connect(endpoints.owner, autocommit=True) as conn:
         report = retention_report(conn, policies, now)
     if json_out:
-        typer.echo(orjson.dumps({"tables": [r.as_dict() for r in report], **applied}, default=str,
-                                option=orjson.OPT_INDENT_2).decode())
+        typer.echo(
+            orjson.dumps(
+                {"tables": [r.as_dict() for r in report], **applied}, default=str, option=orjson.OPT_INDENT_2
+            ).decode()
+        )
         return
     engine = report[0].engine if report else "plain"
     pieces = "CHUNKS(COMPRESSED)" if engine == "timescaledb" else "PARTITIONS"
@@ -89,8 +99,10 @@ def db_retention(
         compress = r.compress_after
         if r.compression_job is not None and r.compression_job != r.compress_after:
             compress += f" (job: {r.compression_job}, run `tapeflow db retention --apply`)"
-        echo(f"{r.table:<19}{r.keep:<9}{compress:<10}{r.source:<12}{count:<20}"
-             f"{r.oldest.date().isoformat() if r.oldest else '-':<12}{len(r.expired):<9}{len(r.protected)}")
+        echo(
+            f"{r.table:<19}{r.keep:<9}{compress:<10}{r.source:<12}{count:<20}"
+            f"{r.oldest.date().isoformat() if r.oldest else '-':<12}{len(r.expired):<9}{len(r.protected)}"
+        )
     if apply:
         for table, what in applied["compression"].items():
             echo(f"{table}: {what}")
@@ -103,9 +115,12 @@ def db_retention(
 @db_app.command("audit")
 def db_audit(
     symbol: str = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT."),
-    from_time: str = typer.Option(..., "--from", help="Start, included (ISO date or time, UTC, or Unix ms), e.g. 2024-01-01."),
-    to_time: str = typer.Option(..., "--to", help="End, exclusive (ISO date or time, UTC, or Unix ms; a date means "
-                                "its midnight)."),
+    from_time: str = typer.Option(
+        ..., "--from", help="Start, included (ISO date or time, UTC, or Unix ms), e.g. 2024-01-01."
+    ),
+    to_time: str = typer.Option(
+        ..., "--to", help="End, exclusive (ISO date or time, UTC, or Unix ms; a date means its midnight)."
+    ),
     exchange: str = typer.Option("binance", "--exchange", help="Exchange name."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -134,11 +149,15 @@ def db_audit(
 @app.command()
 def sink(
     topics: str | None = typer.Option(None, "--topics", help="Comma-separated catalogue topics (default: all)."),
-    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
-                                     help="Port of /metrics and /health (0 = a free one, logged)."),
+    metrics_port: int = typer.Option(
+        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
+    ),
     input_prefix: str | None = typer.Option(
-        None, "--input-prefix", help="Store the namespace NAME's topics (`tapeflow replay --to-prefix NAME`); "
-        "rows go to the configured database, so point TAPEFLOW_DATABASE_URL at a rehearsal database."),
+        None,
+        "--input-prefix",
+        help="Store the namespace NAME's topics (`tapeflow replay --to-prefix NAME`); "
+        "rows go to the configured database, so point TAPEFLOW_DATABASE_URL at a rehearsal database.",
+    ),
 ) -> None:
     """Copy topics into PostgreSQL/TimescaleDB: batched COPY, idempotent on natural keys, offsets after commit."""
     import asyncio
@@ -158,8 +177,9 @@ def sink(
 
 
 # --- cache ----------------------------------------------------------------------------------------
-cache_app = typer.Typer(help="The local columnar cache of parsed aggTrades files (TAPEFLOW_HOME/cache/columns).",
-                        no_args_is_help=True)
+cache_app = typer.Typer(
+    help="The local columnar cache of parsed aggTrades files (TAPEFLOW_HOME/cache/columns).", no_args_is_help=True
+)
 app.add_typer(cache_app, name="cache")
 
 

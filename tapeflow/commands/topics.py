@@ -33,8 +33,10 @@ def topics_list(json_out: bool = typer.Option(False, "--json", help="Machine-rea
         return
     echo(f"{'TOPIC':<32}{'PARTS':>6}{'RECORDS':>12}  CATALOGUE")
     for r in rows:
-        echo(f"{r['topic']:<32}{len(r.get('partitions', [])):>6}{r.get('messages', 0):>12}  "
-             f"{'yes' if r['catalogue'] else 'no'}")
+        echo(
+            f"{r['topic']:<32}{len(r.get('partitions', [])):>6}{r.get('messages', 0):>12}  "
+            f"{'yes' if r['catalogue'] else 'no'}"
+        )
     missing = sorted(catalogue - {r["topic"] for r in rows})
     if missing:
         echo(f"\n{len(missing)} catalogue topic(s) missing: {', '.join(missing)} (run `tapeflow topics create`)")
@@ -65,11 +67,20 @@ def topics_describe(
     spans = topic_spans(bootstrap, [r["topic"] for r in rows if r.get("exists")])
     groups = groups_lag(bootstrap, prefix=base)
     for row in rows:
-        name = row["topic"][len(base):] if row["topic"].startswith(base) else row["topic"]
+        name = row["topic"][len(base) :] if row["topic"].startswith(base) else row["topic"]
         spec = by_name.get(name)
-        row["catalogue"] = None if spec is None else {
-            "key": spec.key, "partitions": spec.partitions, "cleanup_policy": spec.cleanup_policy,
-            "retention_ms": spec.retention_ms, "value_schema": spec.value_schema, "description": spec.description}
+        row["catalogue"] = (
+            None
+            if spec is None
+            else {
+                "key": spec.key,
+                "partitions": spec.partitions,
+                "cleanup_policy": spec.cleanup_policy,
+                "retention_ms": spec.retention_ms,
+                "value_schema": spec.value_schema,
+                "description": spec.description,
+            }
+        )
         if not row["exists"]:
             continue
         span = spans.get(row["topic"])
@@ -91,12 +102,13 @@ def topics_describe(
             echo(f"  {c['description']}")
             echo(f"  key {c['key']}, value schema {c['value_schema']}, cleanup {c['cleanup_policy']}")
         config = r.get("config", {})
-        echo(f"  retention {format_retention(config.get('retention.ms'))}, {r['messages']} record(s), "
-             f"first {format_ms(r['first_record_ms'])}, last {format_ms(r['last_record_ms'])}")
+        echo(
+            f"  retention {format_retention(config.get('retention.ms'))}, {r['messages']} record(s), "
+            f"first {format_ms(r['first_record_ms'])}, last {format_ms(r['last_record_ms'])}"
+        )
         echo(f"  config {config}")
         for p in r["partitions"]:
-            stable = (f", last stable {p['last_stable']}: a transaction is open"
-                      if p["open_transaction"] else "")
+            stable = f", last stable {p['last_stable']}: a transaction is open" if p["open_transaction"] else ""
             echo(f"  partition {p['partition']}: leader {p['leader']}, offsets {p['low']}..{p['high']}{stable}")
         open_tx = sum(p["open_transaction"] for p in r["partitions"])
         if open_tx:
@@ -146,7 +158,9 @@ def topics_create() -> None:
     from tapeflow_runtime.kafka_client import ensure_topics
 
     settings = state.settings()
-    results = ensure_topics(bootstrap_address(), prefix=settings.topic_prefix, md_retention_ms=settings.topic_retention_ms())
+    results = ensure_topics(
+        bootstrap_address(), prefix=settings.topic_prefix, md_retention_ms=settings.topic_retention_ms()
+    )
     for r in results:
         echo(f"{r.name:<32}{r.action}{': ' + r.detail if r.detail else ''}")
     created = sum(r.action == "created" for r in results)
@@ -159,13 +173,19 @@ def topics_tail(
     topic: str = typer.Argument(..., help="Topic to read (catalogue name; the prefix is applied)."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
     from_time: str | None = typer.Option(
-        None, "--from", help="Start at the first record at or after this time: a duration back from now "
-        "(10m, 2h, 1d) or ISO-8601 (2024-01-01T12:00:00Z; no zone = UTC)."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep waiting for new records after the end "
-                                "(always so when starting from the end, the default)."),
+        None,
+        "--from",
+        help="Start at the first record at or after this time: a duration back from now "
+        "(10m, 2h, 1d) or ISO-8601 (2024-01-01T12:00:00Z; no zone = UTC).",
+    ),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        "-f",
+        help="Keep waiting for new records after the end (always so when starting from the end, the default).",
+    ),
     max_records: int | None = typer.Option(None, "--max", min=1, help="Stop after N records."),
-    timeout: float | None = typer.Option(None, "--timeout", min=0.1,
-                                            help="Stop after S seconds without a new record."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.1, help="Stop after S seconds without a new record."),
     symbol: str | None = typer.Option(None, "--symbol", help="Only records for this symbol."),
     key: str | None = typer.Option(None, "--key", help="Only records with exactly this key (e.g. binance:BTCUSDT)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line."),
@@ -182,8 +202,19 @@ def topics_tail(
     from_ms = None if from_time is None else parse_start_time(from_time, int(time.time() * 1000))
     base = settings.topic_prefix
     name = topic if base and topic.startswith(base) else base + topic
-    count = tail(bootstrap_address(), name, settings.schema_registry_url, from_beginning=from_beginning,
-                 max_records=max_records, idle_timeout=timeout, symbol=symbol, json_out=json_out, out=echo,
-                 from_ms=from_ms, key=key, follow=follow)
+    count = tail(
+        bootstrap_address(),
+        name,
+        settings.schema_registry_url,
+        from_beginning=from_beginning,
+        max_records=max_records,
+        idle_timeout=timeout,
+        symbol=symbol,
+        json_out=json_out,
+        out=echo,
+        from_ms=from_ms,
+        key=key,
+        follow=follow,
+    )
     if not json_out:
         typer.echo(f"-- {count} record(s)", err=True)

@@ -67,10 +67,25 @@ class FakeExchangeService(HttpHealthService):
         self.rest_port = free_port(HOST)
 
     def prepare(self) -> Launch:
-        return Launch(argv=[sys.executable, "-m", "tapeflow", "fake-exchange", "--recording", str(self.settings.replay_dir),
-                            "--ws-port", str(self.ws_port), "--rest-port", str(self.rest_port),
-                            "--speed", self.settings.replay_speed, "--rest-clock", "recording"],
-                      address=f"{HOST}:{self.rest_port}")
+        return Launch(
+            argv=[
+                sys.executable,
+                "-m",
+                "tapeflow",
+                "fake-exchange",
+                "--recording",
+                str(self.settings.replay_dir),
+                "--ws-port",
+                str(self.ws_port),
+                "--rest-port",
+                str(self.rest_port),
+                "--speed",
+                self.settings.replay_speed,
+                "--rest-clock",
+                "recording",
+            ],
+            address=f"{HOST}:{self.rest_port}",
+        )
 
     def health_url(self, address: str) -> str:
         return f"http://{address}/_control/status"
@@ -104,9 +119,21 @@ class ProducerService(HttpHealthService):
         if self.fake is not None:
             ws = f"ws://{HOST}:{self.fake.ws_port}"
             rest = f"http://{HOST}:{self.fake.rest_port}"
-            argv += ["--ws-url", ws, "--rest-url", rest, "--spot-url", rest, "--coinbase-url", rest,
-                     "--replay-control-url", rest, "--symbols-from-recording"]
+            argv += [
+                "--ws-url",
+                ws,
+                "--rest-url",
+                rest,
+                "--spot-url",
+                rest,
+                "--coinbase-url",
+                rest,
+                "--replay-control-url",
+                rest,
+                "--symbols-from-recording",
+            ]
         return Launch(argv=argv, address=f"{HOST}:{port}")
+
 
 class VenueProducerService(HttpHealthService):
     """Another venue's producer in a live stack (``venues``: `tapeflow produce --exchange bybit|okx`):
@@ -137,8 +164,11 @@ class ConsumerService(HttpHealthService):
 
     def launch(self, argv: list[str]) -> Launch:
         port = free_port(HOST)
-        return Launch(argv=[*argv, "--metrics-port", str(port)], address=f"{HOST}:{port}",
-                      env={"TAPEFLOW_TOPIC_PREFIX": self.prefix})
+        return Launch(
+            argv=[*argv, "--metrics-port", str(port)],
+            address=f"{HOST}:{port}",
+            env={"TAPEFLOW_TOPIC_PREFIX": self.prefix},
+        )
 
 
 class SinkService(ConsumerService):
@@ -174,8 +204,9 @@ class ExecutorService(ConsumerService):
         path = self.paths.home / "executor" / "replay.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         ten_years_s = 10 * 365 * 86_400.0
-        path.write_text(orjson.dumps({"risk": {"max_signal_age_s": ten_years_s,
-                                                "stale_market_data_s": ten_years_s}}).decode())
+        path.write_text(
+            orjson.dumps({"risk": {"max_signal_age_s": ten_years_s, "stale_market_data_s": ten_years_s}}).decode()
+        )
         return path
 
 
@@ -238,8 +269,9 @@ class UIService(HttpHealthService):
     def prepare(self) -> Launch:
         host = self.settings.ui_host
         port = self.settings.ui_port or free_port(host if host not in ("0.0.0.0", "::") else HOST)  # nosec B104 # the configured bind address
-        return Launch(argv=[sys.executable, "-m", "tapeflow", "ui", "--host", host, "--port", str(port)],
-                      address=f"{host}:{port}")
+        return Launch(
+            argv=[sys.executable, "-m", "tapeflow", "ui", "--host", host, "--port", str(port)], address=f"{host}:{port}"
+        )
 
     def bearer_token_file(self) -> Path | None:
         from tapeflow_ui.security import load_token, token_path
@@ -281,6 +313,7 @@ def app_services(settings, paths) -> list[Service]:
     if settings.replay_dir is not None:
         fake = FakeExchangeService(settings, paths)
         return consumers + [fake, ProducerService(settings, paths, fake)] + ui
-    producers = [ProducerService(settings, paths)] + [VenueProducerService(settings, paths, venue)
-                                                      for venue in settings.venues if venue != "binance"]
+    producers = [ProducerService(settings, paths)] + [
+        VenueProducerService(settings, paths, venue) for venue in settings.venues if venue != "binance"
+    ]
     return consumers + producers + ui

@@ -180,7 +180,8 @@ class KafkaBroker(Service):
         if formatted is not None and formatted != mine:
             raise StackError(
                 f"broker: {self.data_dir} was formatted for Kafka cluster {formatted}, but this home's cluster id "
-                f"({path}) is {mine}: restore {path} to {formatted}, or move {self.data_dir} away to start empty")
+                f"({path}) is {mine}: restore {path} to {formatted}, or move {self.data_dir} away to start empty"
+            )
         return mine
 
     def prepare(self) -> Launch:
@@ -194,20 +195,32 @@ class KafkaBroker(Service):
         cluster = self.cluster_id()
         port, controller = self._pick_ports()
         config = self.kafka_dir / "server.properties"
-        config.write_text(server_properties(self.data_dir, port, controller)
-                          + "".join(f"{k}={v}\n" for k, v in self.extra_properties.items()))
+        config.write_text(
+            server_properties(self.data_dir, port, controller)
+            + "".join(f"{k}={v}\n" for k, v in self.extra_properties.items())
+        )
         log4j = self.kafka_dir / "log4j2.yaml"
         log4j.write_text(LOG4J2)
         # -XX:-UsePerfData: no hsperfdata file in the system's /tmp, and no sampler thread waking
         # 20 times a second (measured: -0.1 to -0.2 % of a core idle)
-        jvm = [java, f"-Xmx{self.settings.broker_heap_mb}m", "-Xms64m", "-XX:+UseSerialGC", "-XX:-UsePerfData",
-               "-XX:TieredStopAtLevel=1", "-XX:MaxDirectMemorySize=256m", "-Djava.awt.headless=true",
-               # IPv4 sockets: the loopback listeners show as 127.0.0.1, not as IPv6-mapped addresses
-               "-Djava.net.preferIPv4Stack=true",
-               # lz4-java and snappy-java unpack their native libraries into java.io.tmpdir and never
-               # remove them: keep them under the broker's own directory, not the system's /tmp
-               f"-Djava.io.tmpdir={self._tmp_dir()}",
-               f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath(libs)]
+        jvm = [
+            java,
+            f"-Xmx{self.settings.broker_heap_mb}m",
+            "-Xms64m",
+            "-XX:+UseSerialGC",
+            "-XX:-UsePerfData",
+            "-XX:TieredStopAtLevel=1",
+            "-XX:MaxDirectMemorySize=256m",
+            "-Djava.awt.headless=true",
+            # IPv4 sockets: the loopback listeners show as 127.0.0.1, not as IPv6-mapped addresses
+            "-Djava.net.preferIPv4Stack=true",
+            # lz4-java and snappy-java unpack their native libraries into java.io.tmpdir and never
+            # remove them: keep them under the broker's own directory, not the system's /tmp
+            f"-Djava.io.tmpdir={self._tmp_dir()}",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath(libs),
+        ]
         if formatted_cluster_id(self.data_dir) is None:
             self._format(jvm, cluster, config)
         return Launch(argv=[*jvm, "kafka.Kafka", str(config)], address=f"{HOST}:{port}")
@@ -220,8 +233,12 @@ class KafkaBroker(Service):
     def _format(self, jvm: list[str], cluster: str, config: Path) -> None:
         """Kafka's ``StorageTool format``: writes meta.properties and the bootstrap metadata once."""
         t0 = time.monotonic()
-        done = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)],  # nosec B603 # fixed argument list
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(config)],  # nosec B603 # fixed argument list
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
             raise StackError(f"broker: formatting {self.data_dir} failed: {last[0][:300]}")
@@ -237,11 +254,14 @@ class KafkaBroker(Service):
         if not health.ok:
             return health
         free = self.disk_free_bytes()
-        low = (f"; log disk nearly full ({free / 1e6:.1f} MB free)"
-               if free is not None and free < self.restart_free_bytes() else "")
-        return Health(True, f"Apache Kafka {kafka_version()}, {health.detail}, log {log_size_mb(self.data_dir):.1f} MB"
-                      + low)
-
+        low = (
+            f"; log disk nearly full ({free / 1e6:.1f} MB free)"
+            if free is not None and free < self.restart_free_bytes()
+            else ""
+        )
+        return Health(
+            True, f"Apache Kafka {kafka_version()}, {health.detail}, log {log_size_mb(self.data_dir):.1f} MB" + low
+        )
 
     # --- faults ------------------------------------------------------------------------------
     def restart_free_bytes(self) -> int:
@@ -270,8 +290,9 @@ class KafkaBroker(Service):
         need = self.restart_free_bytes()
         if free is None or free >= need:
             return None
-        return (f"log disk full ({self.data_dir}, {free / 1e6:.1f} MB free); "
-                f"restarting once {need / 1e6:.1f} MB are free")
+        return (
+            f"log disk full ({self.data_dir}, {free / 1e6:.1f} MB free); restarting once {need / 1e6:.1f} MB are free"
+        )
 
     def recovery_detail(self, log_path: Path | str, pid: int) -> str | None:
         """While the running broker (``pid``) has not finished starting, what it is doing, from its log:
@@ -302,7 +323,7 @@ def _this_run(log_path: Path | str, tail: int = 1 << 20) -> str:
     except OSError:
         return ""
     at = data.rfind(_START_MARK)
-    return data[at + 1 if at >= 0 else 0:].decode(errors="replace")
+    return data[at + 1 if at >= 0 else 0 :].decode(errors="replace")
 
 
 def died_of_full_disk(log_path: Path | str) -> bool:
@@ -310,8 +331,11 @@ def died_of_full_disk(log_path: Path | str) -> bool:
     return any(marker in text for marker in _FULL_DISK)
 
 
-_RECOVERY_LINE = re.compile(r"\] (?:INFO|WARN) (.*(?:LogLoader|Recover|recover|Loading logs|loaded log|"
-                            r"Loaded|producer state|snapshot).*?)(?: \([\w.$]+\))?$", re.MULTILINE)
+_RECOVERY_LINE = re.compile(
+    r"\] (?:INFO|WARN) (.*(?:LogLoader|Recover|recover|Loading logs|loaded log|"
+    r"Loaded|producer state|snapshot).*?)(?: \([\w.$]+\))?$",
+    re.MULTILINE,
+)
 
 
 def recovery_detail(log_path: Path | str, pid: int) -> str | None:

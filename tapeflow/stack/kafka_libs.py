@@ -71,7 +71,8 @@ def java_binary() -> str:
     if not candidate or not os.access(candidate, os.X_OK):
         raise KafkaSetupError(
             f"no Java runtime found (the embedded Kafka needs Java >= {MIN_JAVA}): install one "
-            "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless; `make run` does it as root) or set JAVA_HOME")
+            "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless; `make run` does it as root) or set JAVA_HOME"
+        )
     try:
         out = subprocess.run([candidate, "-version"], capture_output=True, text=True, timeout=30)  # nosec B603 # fixed argument list, no shell
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -81,8 +82,10 @@ def java_binary() -> str:
     if major == 1 and found and found.group(2):  # "1.8.0_x" is Java 8
         major = int(found.group(2))
     if major < MIN_JAVA:
-        raise KafkaSetupError(f"{candidate} is Java {major or '?'}; the embedded Kafka needs Java >= {MIN_JAVA} "
-                              "(install openjdk-17-jre-headless or set JAVA_HOME to a newer one)")
+        raise KafkaSetupError(
+            f"{candidate} is Java {major or '?'}; the embedded Kafka needs Java >= {MIN_JAVA} "
+            "(install openjdk-17-jre-headless or set JAVA_HOME to a newer one)"
+        )
     return candidate
 
 
@@ -92,22 +95,37 @@ def resolve(pom: Path = POM, say=lambda m: None) -> Path:
     if is_complete(libs):
         return libs
     if os.environ.get(LIBS_ENV):
-        raise KafkaSetupError(f"{LIBS_ENV}={libs} holds no kafka_2.13 jar; fill it with "
-                              f"`mvn -f {pom} dependency:copy-dependencies -DoutputDirectory={libs}` or unset it")
+        raise KafkaSetupError(
+            f"{LIBS_ENV}={libs} holds no kafka_2.13 jar; fill it with "
+            f"`mvn -f {pom} dependency:copy-dependencies -DoutputDirectory={libs}` or unset it"
+        )
     mvn = shutil.which("mvn")
     if mvn is None:
         raise KafkaSetupError(
             f"Apache Kafka's libraries are not in {libs} and Maven is not installed to fetch them: install Maven "
             "(Debian/Ubuntu: apt-get install maven; `make run` does it as root), or fill that directory on "
-            f"another machine with `mvn -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=DIR`")
+            f"another machine with `mvn -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=DIR`"
+        )
     libs.parent.mkdir(parents=True, exist_ok=True)
     say(f"resolving Apache Kafka {kafka_version(pom)} from Maven Central into {libs} (once per user)")
     staging = Path(tempfile.mkdtemp(prefix=libs.name + ".part-", dir=libs.parent))
     try:
         try:
             done = subprocess.run(  # nosec B603 # fixed argument list
-                [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies", "-DincludeScope=runtime",
-                 f"-DoutputDirectory={staging}"], capture_output=True, text=True, timeout=900)
+                [
+                    mvn,
+                    "-B",
+                    "-q",
+                    "-f",
+                    str(pom),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-DoutputDirectory={staging}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
         except subprocess.TimeoutExpired:
             done = None
         if done is None or done.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
@@ -115,7 +133,8 @@ def resolve(pom: Path = POM, say=lambda m: None) -> Path:
             raise KafkaSetupError(
                 f"could not download Apache Kafka {kafka_version(pom)} from Maven Central ({why}); on a machine "
                 f"that can, run `mvn -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=DIR` "
-                f"and copy DIR's jars into {libs} (or point {LIBS_ENV} at them)")
+                f"and copy DIR's jars into {libs} (or point {LIBS_ENV} at them)"
+            )
         (staging / COMPLETE).write_text(kafka_version(pom) + "\n")
         if libs.exists():  # an incomplete directory of an earlier, interrupted run
             shutil.rmtree(libs)

@@ -51,8 +51,13 @@ def server_dirs(bindir: Path) -> tuple[Path, Path]:
     pg_config = bindir / "pg_config"
     if pg_config.is_file() and os.access(pg_config, os.X_OK):
         try:
-            out = subprocess.run([str(pg_config), "--pkglibdir", "--sharedir"], capture_output=True, text=True,  # nosec B603 # a fixed argument list, no shell
-                                 timeout=10, check=True).stdout.split()
+            out = subprocess.run(
+                [str(pg_config), "--pkglibdir", "--sharedir"],
+                capture_output=True,
+                text=True,  # nosec B603 # a fixed argument list, no shell
+                timeout=10,
+                check=True,
+            ).stdout.split()
             if len(out) == 2:
                 return Path(out[0]), Path(out[1])
         except (OSError, subprocess.SubprocessError):
@@ -75,8 +80,10 @@ def preloadable_libraries(bindir: Path, candidates: tuple[str, ...] = PRELOAD_CA
 
 def render_conf(preload: list[str], extra: dict[str, str] | None = None) -> str:
     """The content of tapeflow.conf: what the embedded cluster needs beyond initdb's defaults."""
-    lines = ["# Written by tapeflow at every start of the embedded PostgreSQL; changes here are lost.",
-             "# Put your own settings in postgresql.conf after the include line instead."]
+    lines = [
+        "# Written by tapeflow at every start of the embedded PostgreSQL; changes here are lost.",
+        "# Put your own settings in postgresql.conf after the include line instead.",
+    ]
     if preload:
         lines.append(f"shared_preload_libraries = '{','.join(preload)}'")
     if "timescaledb" in preload:
@@ -126,8 +133,18 @@ def _run_as_user() -> str | None:
     try:
         pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",  # nosec B603 B607 # useradd from the system PATH with a fixed argument list, as root only
-                        PG_SYSTEM_USER], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",  # nosec B603 B607 # useradd from the system PATH with a fixed argument list, as root only
+                PG_SYSTEM_USER,
+            ],
+            check=True,
+            capture_output=True,
+        )
     return PG_SYSTEM_USER
 
 
@@ -181,9 +198,19 @@ class EmbeddedPostgres(Service):
             self._initdb(bindir, user)
         self.preloaded = preloadable_libraries(bindir, self.preload_candidates)
         self._write_conf(user)
-        argv = [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(port),
-                "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories=",
-                "-c", "logging_collector=off"]
+        argv = [
+            str(bindir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(port),
+            "-c",
+            f"listen_addresses={HOST}",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "logging_collector=off",
+        ]
         for k, v in self.extra_options.items():
             argv += ["-c", f"{k}={v}"]
         return Launch(argv=argv, address=f"{HOST}:{port}", user=user, cwd=str(self.paths.postgres_dir))
@@ -218,23 +245,38 @@ class EmbeddedPostgres(Service):
         pwfile.chmod(0o600)
         try:
             res = subprocess.run(  # nosec B603 # a fixed argument list, no shell
-                [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=scram-sha-256",
-                 f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale"],
-                capture_output=True, text=True, cwd=str(pgdir), **as_user_kwargs(user),
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ],
+                capture_output=True,
+                text=True,
+                cwd=str(pgdir),
+                **as_user_kwargs(user),
             )
         finally:
             pwfile.unlink(missing_ok=True)
         if res.returncode != 0:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             lines = (res.stderr or res.stdout).strip().splitlines()
-            errors = [ln for ln in lines if "error" in ln.lower() and "removing" not in ln] or lines[-1:] or ["no output"]
+            errors = (
+                [ln for ln in lines if "error" in ln.lower() and "removing" not in ln] or lines[-1:] or ["no output"]
+            )
             raise StackError(f"initdb failed: {errors[0].strip()}")
 
     def admin_conninfo(self, address: str, dbname: str = "postgres") -> str:
         host, port = address.rsplit(":", 1)
-        return psycopg.conninfo.make_conninfo(host=host, port=port, user=SUPERUSER,
-                                              password=self.password(SUPERUSER), dbname=dbname,
-                                              connect_timeout=3)
+        return psycopg.conninfo.make_conninfo(
+            host=host, port=port, user=SUPERUSER, password=self.password(SUPERUSER), dbname=dbname, connect_timeout=3
+        )
 
     def health(self, address: str) -> Health:
         if self.external:
@@ -249,8 +291,11 @@ class EmbeddedPostgres(Service):
             for role in (WRITER_ROLE, READONLY_ROLE):
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
                 verb = "ALTER" if exists else "CREATE"
-                conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                    sql.SQL(verb), sql.Identifier(role), sql.Literal(self.password(role))))
+                conn.execute(
+                    sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                        sql.SQL(verb), sql.Identifier(role), sql.Literal(self.password(role))
+                    )
+                )
             db = self.settings.database_name
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))

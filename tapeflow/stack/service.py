@@ -80,7 +80,7 @@ class Service(ABC):
         recorded so `status` can send it from another shell. None: no token."""
         return None
 
-    def after_start(self, address: str) -> None:
+    def after_start(self, address: str) -> None:  # noqa: B027 - an optional hook: most services need none
         """Hook run once the service is healthy (e.g. create roles)."""
 
     def external_address(self) -> str | None:

@@ -53,9 +53,14 @@ def provision_external_roles(settings: Settings) -> list[str]:
     """On an external database, give the roles the passwords from TAPEFLOW_{WRITER,READONLY}_PASSWORD."""
     if settings.database_url is None:
         return []  # the embedded stack provisions its own roles with generated passwords
-    wanted = {role: secret.get_secret_value() for role, secret in
-              (("tapeflow_writer", settings.writer_password), ("tapeflow_readonly", settings.readonly_password))
-              if secret is not None}
+    wanted = {
+        role: secret.get_secret_value()
+        for role, secret in (
+            ("tapeflow_writer", settings.writer_password),
+            ("tapeflow_readonly", settings.readonly_password),
+        )
+        if secret is not None
+    }
     return set_role_passwords(settings.database_url.get_secret_value(), wanted) if wanted else []
 
 
@@ -104,8 +109,9 @@ class TopicsStep(SetupStep):
     depends_on = ("broker",)
 
     def run(self, addresses, say) -> str:
-        results = ensure_topics(addresses["broker"], prefix=self.settings.topic_prefix,
-                                md_retention_ms=self.settings.topic_retention_ms())
+        results = ensure_topics(
+            addresses["broker"], prefix=self.settings.topic_prefix, md_retention_ms=self.settings.topic_retention_ms()
+        )
         created = sum(r.action == "created" for r in results)
         for r in results:
             if r.action == "mismatch":

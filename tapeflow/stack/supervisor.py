@@ -80,8 +80,14 @@ class _Running:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, paths: StackPaths, say: Say = print,
-                 services: list[Service] | None = None, steps: list[SetupStep] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        paths: StackPaths,
+        say: Say = print,
+        services: list[Service] | None = None,
+        steps: list[SetupStep] | None = None,
+    ) -> None:
         self.settings, self.paths, self.say = settings, paths, say
         self.services = services if services is not None else default_services(settings, paths)
         self.steps = steps if steps is not None else default_steps(settings, paths)
@@ -107,11 +113,18 @@ class Supervisor:
             who = f" (supervisor pid {rec.pid})" if rec else ""
             raise StackError(
                 f"tapeflow is already running in {self.paths.home}{who}; see `tapeflow status`, "
-                "or stop it with `tapeflow down`") from None
+                "or stop it with `tapeflow down`"
+            ) from None
         self._lock_fd = fd
         self._clear_stale_records()
-        me = ProcessRecord("supervisor", os.getpid(), process_create_time(os.getpid()), "-", time.time(),
-                           str(self.paths.log_file("supervisor")))
+        me = ProcessRecord(
+            "supervisor",
+            os.getpid(),
+            process_create_time(os.getpid()),
+            "-",
+            time.time(),
+            str(self.paths.log_file("supervisor")),
+        )
         me.save(self.paths.state_file("supervisor"))
 
     def _clear_stale_records(self) -> None:
@@ -123,8 +136,12 @@ class Supervisor:
             if rec.is_alive() and name != "supervisor":
                 # an orphan of a supervisor that was SIGKILLed: we hold the lock, so it is ours to stop
                 self.say(f"{name}: stopping orphaned pid {rec.pid} left by a previous run")
-                terminate(rec.pid, rec.create_time, self.settings.stop_timeout_s,
-                          rec.extra.get("stop_signal", int(signal.SIGTERM)))
+                terminate(
+                    rec.pid,
+                    rec.create_time,
+                    self.settings.stop_timeout_s,
+                    rec.extra.get("stop_signal", int(signal.SIGTERM)),
+                )
             elif not rec.is_alive() and not rec.extra.get("finished"):
                 self.say(f"{name}: removing stale pid file (pid {rec.pid} is not running)")
             path.unlink(missing_ok=True)
@@ -182,16 +199,33 @@ class Supervisor:
         log = open(log_path, "ab", buffering=0)
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting: {' '.join(launch.argv)}\n".encode())
         try:
-            proc = subprocess.Popen(launch.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,  # nosec B603 # the service's own fixed argument list, no shell
-                                    start_new_session=True, cwd=launch.cwd, **launch.credentials(),
-                                    env={**child_env(self.settings, self.paths), **(launch.env or {})})
+            proc = subprocess.Popen(
+                launch.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,  # nosec B603 # the service's own fixed argument list, no shell
+                start_new_session=True,
+                cwd=launch.cwd,
+                **launch.credentials(),
+                env={**child_env(self.settings, self.paths), **(launch.env or {})},
+            )
         except OSError as exc:
             log.close()
             raise StackError(f"{service.name}: cannot start {launch.argv[0]}: {exc.strerror}") from None
-        record = ProcessRecord(service.name, proc.pid, process_create_time(proc.pid), launch.address, time.time(),
-                               str(log_path), extra={"stop_signal": int(service.stop_signal), "finite": service.finite,
-                                                     "health_url": service.health_url(launch.address),
-                                                     "bearer_token_file": str(service.bearer_token_file() or "")})
+        record = ProcessRecord(
+            service.name,
+            proc.pid,
+            process_create_time(proc.pid),
+            launch.address,
+            time.time(),
+            str(log_path),
+            extra={
+                "stop_signal": int(service.stop_signal),
+                "finite": service.finite,
+                "health_url": service.health_url(launch.address),
+                "bearer_token_file": str(service.bearer_token_file() or ""),
+            },
+        )
         record.save(self.paths.state_file(service.name))
         self.running[service.name] = _Running(service, proc, record, log)
         self.addresses[service.name] = launch.address
@@ -205,8 +239,9 @@ class Supervisor:
         address = self.addresses[service.name]
         health = self._wait_healthy(service, run.proc, address, run.record.log)
         service.after_start(address)
-        self.say(f"{service.name:<10} pid {run.proc.pid} on {address}: {health.detail} "
-                 f"({time.monotonic() - started:.1f}s)")
+        self.say(
+            f"{service.name:<10} pid {run.proc.pid} on {address}: {health.detail} ({time.monotonic() - started:.1f}s)"
+        )
 
     def _wait_healthy(self, service: Service, proc: subprocess.Popen, address: str, log_path) -> Health:
         deadline = time.monotonic() + self.settings.startup_timeout_s
@@ -218,14 +253,18 @@ class Supervisor:
                     # broker after the fake exchange's recording was played: done, not a failure (the
                     # watch loop records it as finished)
                     return Health(True, f"finished during startup: {_last_line(log_path)}")
-                raise StackError(f"{service.name} exited with code {proc.returncode} during startup: "
-                                 f"{_last_line(log_path)} (log: {log_path})")
+                raise StackError(
+                    f"{service.name} exited with code {proc.returncode} during startup: "
+                    f"{_last_line(log_path)} (log: {log_path})"
+                )
             health = service.ready(address)
             if health.ok:
                 return health
             time.sleep(0.1)
-        raise StackError(f"{service.name} not healthy after {self.settings.startup_timeout_s:.0f}s: "
-                         f"{health.detail} (log: {log_path})")
+        raise StackError(
+            f"{service.name} not healthy after {self.settings.startup_timeout_s:.0f}s: "
+            f"{health.detail} (log: {log_path})"
+        )
 
     def _run_step(self, step: SetupStep) -> None:
         t0 = time.monotonic()
@@ -263,7 +302,9 @@ class Supervisor:
                     now = time.monotonic()
                     run.restarts = [t for t in run.restarts if now - t < RESTART_WINDOW_S] + [now]
                     if len(run.restarts) > RESTART_LIMIT:
-                        self.say(f"{name} died {len(run.restarts)} times in {RESTART_WINDOW_S:.0f}s; stopping the stack")
+                        self.say(
+                            f"{name} died {len(run.restarts)} times in {RESTART_WINDOW_S:.0f}s; stopping the stack"
+                        )
                         return 1
                     delay = min(2 ** (len(run.restarts) - 1), 30)
                     last = _last_line(run.record.log)
@@ -303,8 +344,9 @@ class Supervisor:
 
     def _hold(self, name: str, run: _Running, code: int, reason: str) -> None:
         self.held[name] = (reason, time.monotonic())
-        self.say(f"{name}: {reason} (exited with code {code}: {_last_line(run.record.log)}); "
-                 "the rest of the stack goes on")
+        self.say(
+            f"{name}: {reason} (exited with code {code}: {_last_line(run.record.log)}); the rest of the stack goes on"
+        )
         self._mark_down(run, HELD_STATE, reason)
 
     def _held_for_themselves(self) -> list[str]:
@@ -351,13 +393,20 @@ class Supervisor:
             code, body = http_json(url) if url else (0, {})
             if code == 0:
                 continue  # not answering (starting, stopping): the restart loop speaks for exits
-            state = (body.get("status") if body.get("status") in ("unreachable", "restricted", "broker-unavailable")
-                     else None)
+            state = (
+                body.get("status")
+                if body.get("status") in ("unreachable", "restricted", "broker-unavailable")
+                else None
+            )
             said = self._exchange_said.get(name)
             if state is not None and said != state:
                 self.say(f"{name:<10} {body.get('detail') or state}")
             elif state is None and said is not None:
-                again = "the broker takes its records again" if said == "broker-unavailable" else "the exchange answers again"
+                again = (
+                    "the broker takes its records again"
+                    if said == "broker-unavailable"
+                    else "the exchange answers again"
+                )
                 self.say(f"{name:<10} {again}: {body.get('status')}")
             self._exchange_said[name] = state
 
@@ -365,8 +414,7 @@ class Supervisor:
         """A finite service (a replay) completed: keep its record as 'finished', never restart it."""
         del self.running[name]
         run.log.close()
-        run.record.extra.update(finished=True, exit_code=0, finished_at=time.time(),
-                                detail=_last_line(run.record.log))
+        run.record.extra.update(finished=True, exit_code=0, finished_at=time.time(), detail=_last_line(run.record.log))
         run.record.save(self.paths.state_file(name))
         self.say(f"{name:<10} finished: {run.record.extra['detail']}")
 
@@ -374,8 +422,9 @@ class Supervisor:
     def stop_all(self) -> None:
         for name in reversed(list(self.running)):
             run = self.running.pop(name)
-            result = terminate(run.proc.pid, run.record.create_time, self.settings.stop_timeout_s,
-                               run.service.stop_signal)
+            result = terminate(
+                run.proc.pid, run.record.create_time, self.settings.stop_timeout_s, run.service.stop_signal
+            )
             run.proc.poll()
             run.log.close()
             self.paths.state_file(name).unlink(missing_ok=True)
@@ -416,14 +465,19 @@ def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
             time.sleep(0.1)
             rec = ProcessRecord.load(path) or rec
     if rec.extra.get("finished"):
-        return ComponentStatus(rec.name, True, "finished", rec.address, None, None,
-                               f"finished: {rec.extra.get('detail', '')}")
+        return ComponentStatus(
+            rec.name, True, "finished", rec.address, None, None, f"finished: {rec.extra.get('detail', '')}"
+        )
     if not rec.is_alive():
-        return _down_status(rec) or ComponentStatus(rec.name, False, "stale", rec.address, rec.pid, None,
-                                                    f"pid {rec.pid} is not running (stale pid file)")
+        return _down_status(rec) or ComponentStatus(
+            rec.name, False, "stale", rec.address, rec.pid, None, f"pid {rec.pid} is not running (stale pid file)"
+        )
     url = rec.extra.get("health_url")
-    code, body = (http_json(url, headers=bearer_headers(rec.extra.get("bearer_token_file"))) if url
-                  else (0, {"error": "no health endpoint"}))
+    code, body = (
+        http_json(url, headers=bearer_headers(rec.extra.get("bearer_token_file")))
+        if url
+        else (0, {"error": "no health endpoint"})
+    )
     if code != 200 and rec.extra.get("finite") and path is not None:
         # a finite service (the producer of a replay) closes its endpoint first when it ends: give
         # it the time to exit, then report what the supervisor records (finished, or a crash)
@@ -437,8 +491,11 @@ def _app_status(rec: ProcessRecord, now: float, path=None) -> ComponentStatus:
         detail = "replay finished" if body["finished"] else "replaying"
     # a producer's warm start, or an exchange it cannot reach / that refuses this location (the detail says
     # what to do)
-    state = body.get("status") if body.get("status") in ("priming", "unreachable", "restricted",
-                                                          "broker-unavailable") else "running"
+    state = (
+        body.get("status")
+        if body.get("status") in ("priming", "unreachable", "restricted", "broker-unavailable")
+        else "running"
+    )
     return ComponentStatus(rec.name, code == 200, state, rec.address, rec.pid, now - rec.started_at, detail)
 
 
@@ -452,8 +509,15 @@ def _down_status(rec: ProcessRecord) -> ComponentStatus | None:
     down = rec.extra.get("down")
     if not down:
         return None
-    return ComponentStatus(rec.name, False, down.get("state", "restarting"), rec.address, None, None,
-                           f"{rec.name}: {down.get('detail', '')}")
+    return ComponentStatus(
+        rec.name,
+        False,
+        down.get("state", "restarting"),
+        rec.address,
+        None,
+        None,
+        f"{rec.name}: {down.get('detail', '')}",
+    )
 
 
 def _last_line(log_path) -> str:
@@ -480,8 +544,10 @@ def run_foreground(settings: Settings, paths: StackPaths, say: Say = print) -> i
     try:
         try:
             elapsed = sup.start_all()
-            say(f"stack healthy in {elapsed:.1f}s (home {paths.home}); `tapeflow status` to inspect, "
-                "Ctrl-C or `tapeflow down` to stop")
+            say(
+                f"stack healthy in {elapsed:.1f}s (home {paths.home}); `tapeflow status` to inspect, "
+                "Ctrl-C or `tapeflow down` to stop"
+            )
             if "ui" in sup.addresses:  # the token only to a terminal: a detached supervisor's stdout is its log
                 say(ui_line(sup.addresses["ui"], paths, with_token=sys.stdout.isatty()))
         except TapeflowError as exc:
@@ -503,14 +569,21 @@ def start_detached(settings: Settings, paths: StackPaths, say: Say = print) -> i
     paths.ensure()
     rec = ProcessRecord.load(paths.state_file("supervisor"))
     if rec is not None and rec.is_alive():
-        raise StackError(f"tapeflow is already running in {paths.home} (supervisor pid {rec.pid}); "
-                         "see `tapeflow status`, or stop it with `tapeflow down`")
+        raise StackError(
+            f"tapeflow is already running in {paths.home} (supervisor pid {rec.pid}); "
+            "see `tapeflow status`, or stop it with `tapeflow down`"
+        )
     log_path = paths.log_file("supervisor")
     with open(log_path, "ab") as log:
         start = log.tell()
-        proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "up"], stdin=subprocess.DEVNULL,  # nosec B603 # the stack's own fixed argument list, no shell
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=child_env(settings, paths))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tapeflow", "up"],
+            stdin=subprocess.DEVNULL,  # nosec B603 # the stack's own fixed argument list, no shell
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=child_env(settings, paths),
+        )
     deadline = time.monotonic() + settings.startup_timeout_s + 15
     while time.monotonic() < deadline:
         code = proc.poll()
@@ -545,9 +618,14 @@ def ui_line(address: str, paths: StackPaths, with_token: bool) -> str:
 
 def child_env(settings: Settings, paths: StackPaths) -> dict[str, str]:
     """Environment for processes we spawn: same settings sources, including a `--config` file."""
-    env = {**os.environ, "TAPEFLOW_HOME": str(paths.home), "TAPEFLOW_SOURCE": settings.source,
-           "TAPEFLOW_REPLAY_SPEED": settings.replay_speed, "TAPEFLOW_TOPIC_PREFIX": settings.topic_prefix,
-           "TAPEFLOW_NAMESPACE": settings.namespace}
+    env = {
+        **os.environ,
+        "TAPEFLOW_HOME": str(paths.home),
+        "TAPEFLOW_SOURCE": settings.source,
+        "TAPEFLOW_REPLAY_SPEED": settings.replay_speed,
+        "TAPEFLOW_TOPIC_PREFIX": settings.topic_prefix,
+        "TAPEFLOW_NAMESPACE": settings.namespace,
+    }
     if settings.config_file:
         env["TAPEFLOW_CONFIG"] = os.path.abspath(settings.config_file)
     return env
@@ -594,39 +672,78 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
     now = time.time()
     sup = ProcessRecord.load(paths.state_file("supervisor"))
     sup_alive = sup is not None and sup.is_alive()
-    out.append(ComponentStatus("supervisor", sup_alive, "running" if sup_alive else ("stale" if sup else "stopped"),
-                               None, sup.pid if sup else None, now - sup.started_at if sup_alive else None,
-                               "" if sup_alive else "not running (start with `tapeflow up`)"))
+    out.append(
+        ComponentStatus(
+            "supervisor",
+            sup_alive,
+            "running" if sup_alive else ("stale" if sup else "stopped"),
+            None,
+            sup.pid if sup else None,
+            now - sup.started_at if sup_alive else None,
+            "" if sup_alive else "not running (start with `tapeflow up`)",
+        )
+    )
     addresses: dict[str, str] = {}
     for service in infra_services(settings, paths):
         if service.external:
             address = service.external_address() or "?"
             health = service.health(address)
             addresses[service.name] = address
-            out.append(ComponentStatus(service.name, health.ok, "external", address, None, None,
-                                       _with_history(settings, service.name, address, health)))
+            out.append(
+                ComponentStatus(
+                    service.name,
+                    health.ok,
+                    "external",
+                    address,
+                    None,
+                    None,
+                    _with_history(settings, service.name, address, health),
+                )
+            )
             continue
         rec = ProcessRecord.load(paths.state_file(service.name))
         if rec is None or not rec.is_alive():
             if rec is not None and sup_alive:  # died: the supervisor restarts it (or holds it, and says why)
                 down = _down_status(rec) or ComponentStatus(
-                    service.name, False, "restarting", rec.address, None, None,
-                    f"pid {rec.pid} exited; the supervisor restarts it")
+                    service.name,
+                    False,
+                    "restarting",
+                    rec.address,
+                    None,
+                    None,
+                    f"pid {rec.pid} exited; the supervisor restarts it",
+                )
             else:
-                down = ComponentStatus(service.name, False, "stale" if rec else "stopped",
-                                       rec.address if rec else None, rec.pid if rec else None, None,
-                                       f"pid {rec.pid} is not running (stale pid file)" if rec else "not running")
+                down = ComponentStatus(
+                    service.name,
+                    False,
+                    "stale" if rec else "stopped",
+                    rec.address if rec else None,
+                    rec.pid if rec else None,
+                    None,
+                    f"pid {rec.pid} is not running (stale pid file)" if rec else "not running",
+                )
             out.append(down)
             continue
         starting = _starting_detail(service, rec)
         if starting is not None:  # alive, not serving yet: Kafka's log recovery after a kill, say
-            out.append(ComponentStatus(service.name, False, "recovering", rec.address, rec.pid,
-                                       now - rec.started_at, starting))
+            out.append(
+                ComponentStatus(service.name, False, "recovering", rec.address, rec.pid, now - rec.started_at, starting)
+            )
             continue
         health = service.health(rec.address)
         addresses[service.name] = rec.address
-        out.append(ComponentStatus(service.name, health.ok, "running", rec.address, rec.pid,
-                                   now - rec.started_at, _with_history(settings, service.name, rec.address, health)))
+        out.append(
+            ComponentStatus(
+                service.name,
+                health.ok,
+                "running",
+                rec.address,
+                rec.pid,
+                now - rec.started_at,
+                _with_history(settings, service.name, rec.address, health),
+            )
+        )
     infra = {s.name for s in infra_services(settings, paths)}
     for path in sorted(paths.run_dir.glob("*.json")) if paths.run_dir.exists() else []:
         rec = ProcessRecord.load(path)
@@ -635,10 +752,14 @@ def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]
         out.append(_app_status(rec, now, path))
     for step in default_steps(settings, paths):
         if not all(dep in addresses for dep in step.depends_on):
-            out.append(ComponentStatus(step.name, False, "pending", None, None, None,
-                                       "waiting for " + ", ".join(step.depends_on)))
+            out.append(
+                ComponentStatus(
+                    step.name, False, "pending", None, None, None, "waiting for " + ", ".join(step.depends_on)
+                )
+            )
             continue
         health = step.health(addresses)
-        out.append(ComponentStatus(step.name, health.ok, "done" if health.ok else "failed", None, None, None,
-                                   health.detail))
+        out.append(
+            ComponentStatus(step.name, health.ok, "done" if health.ok else "failed", None, None, None, health.detail)
+        )
     return out

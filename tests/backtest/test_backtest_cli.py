@@ -21,8 +21,15 @@ RECORDING = REPO / "tests" / "data" / "binance_futures_ws"
 def tapeflow(*args: str, home: Path, timeout: float = 120, **settings: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update(TAPEFLOW_HOME=str(home), PYTHONUNBUFFERED="1", **settings)
-    return subprocess.run([sys.executable, "-m", "tapeflow", "backtest", *args], capture_output=True, text=True,
-                          env=env, cwd=home, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", "backtest", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=home,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_error(proc: subprocess.CompletedProcess) -> str:
@@ -38,48 +45,87 @@ def one_error(proc: subprocess.CompletedProcess) -> str:
 def test_bad_strategy_file(tmp_path):
     bad = tmp_path / "mine.yaml"
     bad.write_text("name: mine\nversion: '1'\nwindows: {cvd_fast: 45m, cvd_mid: 30m}\n")
-    proc = tapeflow("--strategy", str(bad), "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-02",
-                    home=tmp_path)
+    proc = tapeflow(
+        "--strategy", str(bad), "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-02", home=tmp_path
+    )
     line = one_error(proc)
     assert proc.returncode == 2
     assert line.startswith(f"error: bad strategy file: {bad}: ")
     assert "cvd_fast must be shorter than cvd_mid" in line and "weights: Field required" in line
-    missing = tapeflow("--strategy", str(tmp_path / "nope.yaml"), "--source", "synthetic", "--from", "2024-01-01",
-                       "--to", "2024-01-02", home=tmp_path)
+    missing = tapeflow(
+        "--strategy",
+        str(tmp_path / "nope.yaml"),
+        "--source",
+        "synthetic",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-02",
+        home=tmp_path,
+    )
     assert "cannot read" in one_error(missing)
 
 
 def test_unknown_symbol(tmp_path):
-    proc = tapeflow("--symbols", "BTCUSDT,DOGE", "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-02",
-                    home=tmp_path)
+    proc = tapeflow(
+        "--symbols",
+        "BTCUSDT,DOGE",
+        "--source",
+        "synthetic",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-02",
+        home=tmp_path,
+    )
     assert one_error(proc) == "error: unknown symbol 'DOGE': expected a Binance USD-M symbol such as BTCUSDT"
     proc = tapeflow("--symbols", "BTCUSDT", "--source", f"recording:{RECORDING}", home=tmp_path)
-    assert one_error(proc) == (f"error: unknown symbol BTCUSDT: the recording {RECORDING} has "
-                               "SUSHIUSDT, AKROUSDT, KEEPUSDT, CTKUSDT")
+    assert one_error(proc) == (
+        f"error: unknown symbol BTCUSDT: the recording {RECORDING} has SUSHIUSDT, AKROUSDT, KEEPUSDT, CTKUSDT"
+    )
 
 
 def test_a_range_with_no_data(tmp_path):
-    proc = tapeflow("--source", f"recording:{RECORDING}", "--from", "2024-01-01", "--to", "2024-01-02",
-                    "--out", str(tmp_path / "out"), home=tmp_path)
+    proc = tapeflow(
+        "--source",
+        f"recording:{RECORDING}",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-02",
+        "--out",
+        str(tmp_path / "out"),
+        home=tmp_path,
+    )
     assert proc.returncode == 1
     line = one_error(proc)
-    assert line == (f"error: no market data for SUSHIUSDT,AKROUSDT,KEEPUSDT,CTKUSDT from 2024-01-01 00:00 to "
-                    f"2024-01-02 00:00 UTC in recording:{RECORDING}")
+    assert line == (
+        f"error: no market data for SUSHIUSDT,AKROUSDT,KEEPUSDT,CTKUSDT from 2024-01-01 00:00 to "
+        f"2024-01-02 00:00 UTC in recording:{RECORDING}"
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_arguments(tmp_path):
-    assert one_error(tapeflow("--source", "synthetic", home=tmp_path)) == \
-        "error: --from and --to are required (or --demo for an offline example)"
-    assert one_error(tapeflow("--source", "synthetic", "--from", "2024-01-02", "--to", "2024-01-01",
-                              home=tmp_path)) == "error: --to must be after --from"
+    assert (
+        one_error(tapeflow("--source", "synthetic", home=tmp_path))
+        == "error: --from and --to are required (or --demo for an offline example)"
+    )
+    assert (
+        one_error(tapeflow("--source", "synthetic", "--from", "2024-01-02", "--to", "2024-01-01", home=tmp_path))
+        == "error: --to must be after --from"
+    )
     # --to is excluded: the same day twice is an empty range
-    assert one_error(tapeflow("--source", "synthetic", "--from", "2024-01-02", "--to", "2024-01-02",
-                              home=tmp_path)) == "error: --to must be after --from"
-    assert one_error(tapeflow("--source", "parquet:x", "--from", "2024-01-01", "--to", "2024-01-02",
-                              home=tmp_path)).startswith("error: unknown source 'parquet:x'")
-    assert one_error(tapeflow("--source", "synthetic", "--from", "yesterday", "--to", "2024-01-01",
-                              home=tmp_path)).startswith("error: --from 'yesterday': expected a date (2024-01-01)")
+    assert (
+        one_error(tapeflow("--source", "synthetic", "--from", "2024-01-02", "--to", "2024-01-02", home=tmp_path))
+        == "error: --to must be after --from"
+    )
+    assert one_error(
+        tapeflow("--source", "parquet:x", "--from", "2024-01-01", "--to", "2024-01-02", home=tmp_path)
+    ).startswith("error: unknown source 'parquet:x'")
+    assert one_error(
+        tapeflow("--source", "synthetic", "--from", "yesterday", "--to", "2024-01-01", home=tmp_path)
+    ).startswith("error: --from 'yesterday': expected a date (2024-01-01)")
 
 
 def test_recording_source_end_to_end(tmp_path):
@@ -105,12 +151,29 @@ def test_warm_start_approximation(tmp_path):
     tests/backtest/sources/test_warm_start_approximation.py.)"""
     out = tmp_path / "report"
     warm = {"TAPEFLOW_WARM_START_HOURS": "0.5", "TAPEFLOW_WARM_START_DETAIL_MINUTES": "10"}
-    proc = tapeflow("--source", "synthetic:3", "--symbols", "BTCUSDT", "--from", "2024-01-01T00:00:30", "--to",
-                    "2024-01-01T00:40", "--warm-start-approximation", "--format", "json", "--out", str(out),
-                    "--no-progress", home=tmp_path, **warm)
+    proc = tapeflow(
+        "--source",
+        "synthetic:3",
+        "--symbols",
+        "BTCUSDT",
+        "--from",
+        "2024-01-01T00:00:30",
+        "--to",
+        "2024-01-01T00:40",
+        "--warm-start-approximation",
+        "--format",
+        "json",
+        "--out",
+        str(out),
+        "--no-progress",
+        home=tmp_path,
+        **warm,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert ("warm start approximation: live start 2024-01-01 00:30 UTC, minute bars before 2024-01-01 00:20, "
-            "trade by trade after; no books or liquidations before the live start") in proc.stderr
+    assert (
+        "warm start approximation: live start 2024-01-01 00:30 UTC, minute bars before 2024-01-01 00:20, "
+        "trade by trade after; no books or liquidations before the live start"
+    ) in proc.stderr
     result = orjson.loads((out / "result.json").read_bytes())
     assert result["from_ms"] == 1_704_067_200_000 and result["source"] == "synthetic:3 (warm start approximation)"
     notes = result["params"]["source_notes"]
@@ -120,15 +183,31 @@ def test_warm_start_approximation(tmp_path):
     from backtest.sources import open_source
 
     detail_from = 1_704_067_200_000 + 20 * 60_000
-    times = np.concatenate([b.time_ms for piece in open_source("synthetic:3", ["BTCUSDT"], 1_704_067_200_000,
-                                                               detail_from + 20 * 60_000).slices()
-                            for b in piece.trades.values()])
+    times = np.concatenate(
+        [
+            b.time_ms
+            for piece in open_source("synthetic:3", ["BTCUSDT"], 1_704_067_200_000, detail_from + 20 * 60_000).slices()
+            for b in piece.trades.values()
+        ]
+    )
     assert result["trades_processed"] == int((times >= detail_from).sum()) and (times < detail_from).sum() > 1000
-    assert "TAPEFLOW_WARM_START_HOURS is 0" in one_error(tapeflow(
-        "--source", "synthetic", "--from", "2024-01-01", "--to", "2024-01-03", "--warm-start-approximation",
-        home=tmp_path, TAPEFLOW_WARM_START_HOURS="0"))
-    assert one_error(tapeflow("--source", f"recording:{RECORDING}", "--warm-start-approximation", home=tmp_path)) \
+    assert "TAPEFLOW_WARM_START_HOURS is 0" in one_error(
+        tapeflow(
+            "--source",
+            "synthetic",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-03",
+            "--warm-start-approximation",
+            home=tmp_path,
+            TAPEFLOW_WARM_START_HOURS="0",
+        )
+    )
+    assert (
+        one_error(tapeflow("--source", f"recording:{RECORDING}", "--warm-start-approximation", home=tmp_path))
         == "error: --warm-start-approximation needs --from (the warm start's window begins there)"
+    )
 
 
 def test_ctrl_c_writes_a_partial_report(tmp_path):
@@ -136,9 +215,29 @@ def test_ctrl_c_writes_a_partial_report(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update(TAPEFLOW_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tapeflow", "backtest", "--source", "synthetic:3", "--symbols", "BTCUSDT",
-         "--from", "2024-01-01", "--to", "2024-01-21", "--out", str(out), "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "backtest",
+            "--source",
+            "synthetic:3",
+            "--symbols",
+            "BTCUSDT",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-21",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         started = proc.stderr.readline()  # printed when the run begins
         assert started.startswith("backtest: synthetic:3, BTCUSDT"), started

@@ -19,13 +19,13 @@ from backtest.runner import BacktestRunner
 from backtest.sources.synthetic import SyntheticSource
 from execution.config import ExecutorConfig
 from execution.service import ExecuteOptions, run_executor
+from producers.metrics import ProducerMetrics
+from schemas.registry import FileSchemaRegistry
+from schemas.serde import AvroSerde
 from stream_apps.core.strategy import parse_strategy
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.publisher import Publisher
 from tapeflow_runtime.settings import Settings
-from producers.metrics import ProducerMetrics
-from schemas.registry import FileSchemaRegistry
-from schemas.serde import AvroSerde
 from tests.backtest.test_backtest_stored_sources import trade_records
 from tests.support.executor_io import free_port, wait_consumed
 
@@ -34,16 +34,45 @@ pytestmark = pytest.mark.integration
 H = 3_600_000
 START = 1_704_090_600_000  # 2024-01-01 06:30 UTC: the 08:00 funding time falls inside
 END = START + 3 * H
-STRATEGY = parse_strategy({
-    "name": "replay", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "20m"}, "warmup": "30m",
-    "weights": {"direction": 55, "crowding": 0, "environment": 0, "confirmation": 15, "auxiliary": 0},
-    "thresholds": {"entry": 55, "heavy": 70, "flip": 55}, "cooldown": "3m",
-    "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.6, "tp2_r": 1.2, "timeout_min": 20}})
-EXECUTOR = {"timeout_min": 20, "paper": {"slippage_bps": 1.0},
-            "risk": {"max_signal_age_s": 1e9, "stale_market_data_s": 1e9, "daily_loss_limit_r": 1000,
-                     "max_consecutive_losses": 1000, "max_open_positions": 100}}
-FIELDS = ("position_id", "event", "signal_id", "event_time", "entry_price", "qty", "sl_price", "exit_price",
-          "exit_reason", "pnl_r_gross", "fees_r", "slippage_r", "funding_r", "pnl_r_net")
+STRATEGY = parse_strategy(
+    {
+        "name": "replay",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "20m"},
+        "warmup": "30m",
+        "weights": {"direction": 55, "crowding": 0, "environment": 0, "confirmation": 15, "auxiliary": 0},
+        "thresholds": {"entry": 55, "heavy": 70, "flip": 55},
+        "cooldown": "3m",
+        "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.6, "tp2_r": 1.2, "timeout_min": 20},
+    }
+)
+EXECUTOR = {
+    "timeout_min": 20,
+    "paper": {"slippage_bps": 1.0},
+    "risk": {
+        "max_signal_age_s": 1e9,
+        "stale_market_data_s": 1e9,
+        "daily_loss_limit_r": 1000,
+        "max_consecutive_losses": 1000,
+        "max_open_positions": 100,
+    },
+}
+FIELDS = (
+    "position_id",
+    "event",
+    "signal_id",
+    "event_time",
+    "entry_price",
+    "qty",
+    "sl_price",
+    "exit_price",
+    "exit_reason",
+    "pnl_r_gross",
+    "fees_r",
+    "slippage_r",
+    "funding_r",
+    "pnl_r_net",
+)
 
 
 def view(events) -> dict[tuple[str, str], tuple]:
@@ -51,8 +80,9 @@ def view(events) -> dict[tuple[str, str], tuple]:
 
 
 @pytest.mark.timeout(900)
-def test_the_executor_trades_a_replay_already_in_the_broker_as_the_backtest(kafka_bootstrap, topic_prefix, tmp_path,
-                                                                           read_topic):
+def test_the_executor_trades_a_replay_already_in_the_broker_as_the_backtest(
+    kafka_bootstrap, topic_prefix, tmp_path, read_topic
+):
     session = SyntheticSource(["BTCUSDT", "ETHUSDT"], START, END, seed=5, trades_per_s={"BTCUSDT": 3, "ETHUSDT": 2})
     runner = BacktestRunner([STRATEGY], ExecutorConfig.model_validate(EXECUTOR), account="shared")
     runner.run(session)
@@ -61,10 +91,13 @@ def test_the_executor_trades_a_replay_already_in_the_broker_as_the_backtest(kafk
     assert any(e["funding_r"] for e in expected if e["event"] == "closed")
 
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    publisher = Publisher(kafka_bootstrap, AvroSerde(FileSchemaRegistry()), ProducerMetrics(), topic_prefix=topic_prefix)
+    publisher = Publisher(
+        kafka_bootstrap, AvroSerde(FileSchemaRegistry()), ProducerMetrics(), topic_prefix=topic_prefix
+    )
     counts = {"md.trades": 0, "md.mark": 0, "md.book": 0, "signals": len(runner.signals)}
-    for block in SyntheticSource(["BTCUSDT", "ETHUSDT"], START, END, seed=5,
-                                 trades_per_s={"BTCUSDT": 3, "ETHUSDT": 2}).blocks():
+    for block in SyntheticSource(
+        ["BTCUSDT", "ETHUSDT"], START, END, seed=5, trades_per_s={"BTCUSDT": 3, "ETHUSDT": 2}
+    ).blocks():
         for batch in block.trades.values():  # the source's blocks are whole hours: only the run's range
             for r in trade_records(batch):
                 if START <= r["trade_time"] < END:
@@ -83,10 +116,12 @@ def test_the_executor_trades_a_replay_already_in_the_broker_as_the_backtest(kafk
     config.write_text(yaml.safe_dump(EXECUTOR))
     settings = Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix)
     stop, code = threading.Event(), []
-    options = ExecuteOptions(config_path=config, start_from="earliest", stop=stop, restore_idle_s=0.3,
-                             metrics_port=free_port())
-    thread = threading.Thread(target=lambda: code.append(asyncio.run(run_executor(settings, "paper", options))),
-                              daemon=True)
+    options = ExecuteOptions(
+        config_path=config, start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=free_port()
+    )
+    thread = threading.Thread(
+        target=lambda: code.append(asyncio.run(run_executor(settings, "paper", options))), daemon=True
+    )
     thread.start()
     try:
         for topic, count in counts.items():

@@ -37,15 +37,29 @@ START = 1_704_067_200_000 - 2 * H  # 2023-12-31 22:00 UTC
 END = START + 3 * H
 RATES = {"BTCUSDT": 3.0, "ETHUSDT": 2.5, "SOLUSDT": 2.0}
 RISK = {"daily_loss_limit_r": 3, "max_consecutive_losses": 2, "pause_min": 15, "max_open_positions": 4}
-PER_STRATEGY = ExecutorConfig.model_validate({
-    "timeout_min": 30, "timeout_min_by_strategy": {"ws_only": 20},
-    "paper": {"slippage_bps": 1.0, "slippage_model": "book"}, "risk": RISK})
-PER_STRATEGY_MAKER = PER_STRATEGY.model_copy(update={"entry": ExecutorConfig.model_validate(
-    {"entry": {"kind": "maker_first", "maker_timeout_ms": 3000, "fallback_slippage_cap_bps": 5.0}}).entry})
-SHARED_MAKER = ExecutorConfig.model_validate({
-    "timeout_min": 30, "paper": {"slippage_bps": 1.0, "limit_queue": "touch"},
-    "entry": {"kind": "maker_first", "maker_timeout_ms": 3000, "fallback_slippage_cap_bps": 5.0},
-    "risk": {**RISK, "stale_market_data_s": 1.0}})
+PER_STRATEGY = ExecutorConfig.model_validate(
+    {
+        "timeout_min": 30,
+        "timeout_min_by_strategy": {"ws_only": 20},
+        "paper": {"slippage_bps": 1.0, "slippage_model": "book"},
+        "risk": RISK,
+    }
+)
+PER_STRATEGY_MAKER = PER_STRATEGY.model_copy(
+    update={
+        "entry": ExecutorConfig.model_validate(
+            {"entry": {"kind": "maker_first", "maker_timeout_ms": 3000, "fallback_slippage_cap_bps": 5.0}}
+        ).entry
+    }
+)
+SHARED_MAKER = ExecutorConfig.model_validate(
+    {
+        "timeout_min": 30,
+        "paper": {"slippage_bps": 1.0, "limit_queue": "touch"},
+        "entry": {"kind": "maker_first", "maker_timeout_ms": 3000, "fallback_slippage_cap_bps": 5.0},
+        "risk": {**RISK, "stale_market_data_s": 1.0},
+    }
+)
 
 
 @pytest.fixture
@@ -99,14 +113,27 @@ class FrequentFunding:
                     continue
                 t = m["event_time"]
                 n = (t - 500) // self.every  # funding times at 500 ms past a mark: trades settle them
-                marks.append({**m, "next_funding_time": (n + 1) * self.every + 500,
-                              "funding_rate": 0.0005 * (1 + n % 3) * (-1) ** n})
+                marks.append(
+                    {
+                        **m,
+                        "next_funding_time": (n + 1) * self.every + 500,
+                        "funding_rate": 0.0005 * (1 + n % 3) * (-1) ** n,
+                    }
+                )
             piece.marks = marks
             yield piece
 
 
-def run(config: ExecutorConfig, feed: str, *, account: str = "per_strategy", slice_ms: int = 3_600_000,
-        seed: int = 5, thinned: bool = False, funding_every_ms: int = 0):
+def run(
+    config: ExecutorConfig,
+    feed: str,
+    *,
+    account: str = "per_strategy",
+    slice_ms: int = 3_600_000,
+    seed: int = 5,
+    thinned: bool = False,
+    funding_every_ms: int = 0,
+):
     source = SyntheticSource(list(RATES), START, END, seed=seed, trades_per_s=RATES, slice_ms=slice_ms)
     if funding_every_ms:
         source = FrequentFunding(source, thinned, funding_every_ms)
@@ -164,8 +191,12 @@ def test_sparse_feed_equals_dense_with_stale_data_maker_entries_and_a_shared_acc
         same_run(dense, run(SHARED_MAKER, "sparse", account="shared", thinned=thinned))
         _, result, outputs = dense
         seen += reasons(outputs)
-        cancels += Counter(r.get("reason") for records in outputs.values() for topic, _, r in records
-                           if topic == "orders" and r["state"] == "CANCELED")
+        cancels += Counter(
+            r.get("reason")
+            for records in outputs.values()
+            for topic, _, r in records
+            if topic == "orders" and r["state"] == "CANCELED"
+        )
         assert len(result.trades) >= 5
     assert seen["stale_market_data"] > 100 and seen["market_data_fresh"] > 100, seen
     assert {"consecutive_losses", "pause_over"} <= set(seen), seen
@@ -178,8 +209,7 @@ def test_sparse_feed_equals_dense_for_accounts_idle_on_a_busy_market_with_stale_
     (the sparse feed passes the busy accounts a skipped trade only where one of them decides, but the
     idle ones learn the newest trade at every record, as in the dense feed), so their stale/fresh
     transitions show when they learn it."""
-    config = PER_STRATEGY.model_copy(update={"risk": PER_STRATEGY.risk.model_copy(
-        update={"stale_market_data_s": 1.0})})
+    config = PER_STRATEGY.model_copy(update={"risk": PER_STRATEGY.risk.model_copy(update={"stale_market_data_s": 1.0})})
     dense = run(config, "dense", thinned=True)
     same_run(dense, run(config, "sparse", thinned=True))
     _, result, outputs = dense
@@ -188,8 +218,11 @@ def test_sparse_feed_equals_dense_for_accounts_idle_on_a_busy_market_with_stale_
     assert len(result.trades) >= 5
 
 
-@pytest.mark.parametrize(("thinned", "every_ms"), [(False, 7_000), (True, 60_000)],
-                         ids=["mark_every_second_funding_every_7s", "mark_every_10s_funding_every_minute"])
+@pytest.mark.parametrize(
+    ("thinned", "every_ms"),
+    [(False, 7_000), (True, 60_000)],
+    ids=["mark_every_second_funding_every_7s", "mark_every_10s_funding_every_minute"],
+)
 def test_sparse_feed_equals_dense_with_frequent_funding_times(recorded, thinned, every_ms):
     """Marks of busy markets are held (as the runner does now): with a funding time every few
     seconds or every minute, every position pays funding many times, so a held mark must never hide a
@@ -213,13 +246,22 @@ def test_a_market_first_seen_between_ticks_is_flagged_as_the_dense_feed_flags_it
     else would make that tick act)."""
     sec, t0 = 1000, 1_704_067_200_000
     btc = [trade("BTCUSDT", 1000 + k, t0 + k * sec, 40_000.0) for k in (10, *range(100, 300))]
-    marks = [{"exchange": "binance", "symbol": "ETHUSDT", "mark_price": 2000.0, "index_price": 2000.0,
-              "funding_rate": 0.0001, "next_funding_time": t0 + 8 * H, "event_time": t0 + k * sec,
-              "receive_time": t0 + k * sec + 15} for k in range(300)]
+    marks = [
+        {
+            "exchange": "binance",
+            "symbol": "ETHUSDT",
+            "mark_price": 2000.0,
+            "index_price": 2000.0,
+            "funding_rate": 0.0001,
+            "next_funding_time": t0 + 8 * H,
+            "event_time": t0 + k * sec,
+            "receive_time": t0 + k * sec + 15,
+        }
+        for k in range(300)
+    ]
     outputs = []
     for feed in ("dense", "sparse"):
-        source = RecordSource("hand", "binance", ["BTCUSDT", "ETHUSDT"], t0, t0 + 300 * sec, trades=btc,
-                              marks=marks)
+        source = RecordSource("hand", "binance", ["BTCUSDT", "ETHUSDT"], t0, t0 + 300 * sec, trades=btc, marks=marks)
         runner = BacktestRunner([parse_strategy(STRATEGIES[0])], ExecutorConfig(), feed=feed)
         runner.run(source)
         outputs.append([r for book in runner._books.values() for r in book.sink.__dict__.get("records", [])])
@@ -230,9 +272,19 @@ def test_a_market_first_seen_between_ticks_is_flagged_as_the_dense_feed_flags_it
 
 
 def trade(symbol: str, agg_id: int, t: int, price: float) -> dict:
-    return {"exchange": "binance", "symbol": symbol, "agg_id": agg_id, "price": price, "qty": 1.0,
-            "first_trade_id": agg_id, "last_trade_id": agg_id, "event_time": t, "trade_time": t,
-            "receive_time": t + 5, "taker_side": "BUY"}
+    return {
+        "exchange": "binance",
+        "symbol": symbol,
+        "agg_id": agg_id,
+        "price": price,
+        "qty": 1.0,
+        "first_trade_id": agg_id,
+        "last_trade_id": agg_id,
+        "event_time": t,
+        "trade_time": t,
+        "receive_time": t + 5,
+        "taker_side": "BUY",
+    }
 
 
 def test_the_idle_run_ticks_a_second_after_the_last_tick_and_stops_where_a_tick_may_act():

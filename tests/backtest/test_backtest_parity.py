@@ -80,20 +80,48 @@ SEED = 5
 SPEED = "max"  # the fake starts with the first subscription and paces to the producer (--replay-control-url)
 FAR = 1e9  # the session is from 2024: the services' wall-clock age limits must not apply
 STRATEGIES = [
-    {"name": "ws_only", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "20m"}, "warmup": "30m",
-     "weights": {"direction": 55, "crowding": 0, "environment": 0, "confirmation": 15, "auxiliary": 0,
-                 "funding": 5, "liquidation": 5},
-     "thresholds": {"entry": 55, "heavy": 70, "flip": 55}, "cooldown": "3m",
-     "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.6, "tp2_r": 1.2, "timeout_min": 20}},
-    {"name": "all_inputs", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "30m",
-     "weights": {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 5},
-     "thresholds": {"entry": 50, "heavy": 75, "flip": 60}, "cooldown": "5m",  # the replay polls indicators rarely
-     "gates": {"obi_against": {"default": 0.5}, "on_missing_input": "pass"},
-     "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30}},
+    {
+        "name": "ws_only",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "20m"},
+        "warmup": "30m",
+        "weights": {
+            "direction": 55,
+            "crowding": 0,
+            "environment": 0,
+            "confirmation": 15,
+            "auxiliary": 0,
+            "funding": 5,
+            "liquidation": 5,
+        },
+        "thresholds": {"entry": 55, "heavy": 70, "flip": 55},
+        "cooldown": "3m",
+        "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.6, "tp2_r": 1.2, "timeout_min": 20},
+    },
+    {
+        "name": "all_inputs",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "30m",
+        "weights": {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 5},
+        "thresholds": {"entry": 50, "heavy": 75, "flip": 60},
+        "cooldown": "5m",  # the replay polls indicators rarely
+        "gates": {"obi_against": {"default": 0.5}, "on_missing_input": "pass"},
+        "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30},
+    },
 ]
-EXECUTOR = {"timeout_min": 30, "timeout_min_by_strategy": {"ws_only": 20}, "paper": {"slippage_bps": 1.0},
-            "risk": {"max_signal_age_s": FAR, "stale_market_data_s": FAR, "daily_loss_limit_r": 1000,
-                     "max_consecutive_losses": 1000, "max_open_positions": 100}}
+EXECUTOR = {
+    "timeout_min": 30,
+    "timeout_min_by_strategy": {"ws_only": 20},
+    "paper": {"slippage_bps": 1.0},
+    "risk": {
+        "max_signal_age_s": FAR,
+        "stale_market_data_s": FAR,
+        "daily_loss_limit_r": 1000,
+        "max_consecutive_losses": 1000,
+        "max_open_positions": 100,
+    },
+}
 EXIT_REASONS = {"sl", "sl_be", "tp", "timeout", "signal_flip"}
 MD = ("md.trades", "md.mark", "md.liquidations", "md.book", "md.indicators")
 
@@ -110,16 +138,42 @@ def session() -> SyntheticSource:
 
 
 def signal_view(signals: list[dict]) -> dict[str, tuple]:
-    return {s["signal_id"]: (s["strategy"], s["symbol"], s["eval_time"], s["direction"], s["tier"], s["score"],
-                             s["price"], s["risk_distance"], s["is_flip"]) for s in signals}
+    return {
+        s["signal_id"]: (
+            s["strategy"],
+            s["symbol"],
+            s["eval_time"],
+            s["direction"],
+            s["tier"],
+            s["score"],
+            s["price"],
+            s["risk_distance"],
+            s["is_flip"],
+        )
+        for s in signals
+    }
 
 
 def position_view(events: list[dict]) -> dict[tuple[str, str], tuple]:
-    return {(e["position_id"], e["event"]): (e["signal_id"], e["event_time"], e["entry_price"], e["qty"], e["sl_price"],
-                                             e["tp1_price"], e["tp2_price"], e["exit_price"], e["exit_reason"],
-                                             e["pnl_r_gross"], e["fees_r"], e["slippage_r"], e["funding_r"],
-                                             e["pnl_r_net"])
-            for e in events}
+    return {
+        (e["position_id"], e["event"]): (
+            e["signal_id"],
+            e["event_time"],
+            e["entry_price"],
+            e["qty"],
+            e["sl_price"],
+            e["tp1_price"],
+            e["tp2_price"],
+            e["exit_price"],
+            e["exit_reason"],
+            e["pnl_r_gross"],
+            e["fees_r"],
+            e["slippage_r"],
+            e["funding_r"],
+            e["pnl_r_net"],
+        )
+        for e in events
+    }
 
 
 def only(view: dict, strategy: str, signal_of) -> dict:
@@ -138,9 +192,15 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
     executor_file.write_text(yaml.safe_dump(EXECUTOR))
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    base_env.update({"TAPEFLOW_HOME": str(home / "home"), "TAPEFLOW_BROKER": kafka_bootstrap,
-                     "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
-                     "PYTHONUNBUFFERED": "1"})
+    base_env.update(
+        {
+            "TAPEFLOW_HOME": str(home / "home"),
+            "TAPEFLOW_BROKER": kafka_bootstrap,
+            "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
+            "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     services: list[Service] = []
 
     def start(name: str, *args: str, env: dict[str, str] | None = None) -> Service:
@@ -162,18 +222,42 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
     stage = topic_prefix + "x."  # where engine and executor run (see the module docstring)
     try:
         # 1. the replay into md.*
-        fake = start("fake-exchange", "fake-exchange", "--recording", str(recording), "--speed", str(SPEED),
-                     "--rest-clock", "recording")
+        fake = start(
+            "fake-exchange",
+            "fake-exchange",
+            "--recording",
+            str(recording),
+            "--speed",
+            str(SPEED),
+            "--rest-clock",
+            "recording",
+        )
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 90).group(0))
         rest = urls["rest_url"]
-        producer = start("producer", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url", rest,
-                         "--coinbase-url", rest, "--replay-control-url", rest, "--metrics-port", "0")
+        producer = start(
+            "producer",
+            "produce",
+            "--ws-url",
+            urls["ws_url"],
+            "--rest-url",
+            rest,
+            "--spot-url",
+            rest,
+            "--coinbase-url",
+            rest,
+            "--replay-control-url",
+            rest,
+            "--metrics-port",
+            "0",
+        )
         assert producer.proc.wait(600) == 0, producer.tail()
         assert "replay-finished" in producer.log(), producer.tail()
         assert fake.stop() == 0, fake.tail()
         frames = (recording / "ws_frames.txt").read_text().splitlines()[1:]
-        counts = {"md.trades": sum('"e":"aggTrade"' in f for f in frames),
-                  "md.mark": sum('"e":"markPriceUpdate"' in f for f in frames)}
+        counts = {
+            "md.trades": sum('"e":"aggTrade"' in f for f in frames),
+            "md.mark": sum('"e":"markPriceUpdate"' in f for f in frames),
+        }
         md = {name: topic(name, topic_prefix, counts.get(name)) for name in MD}
 
         # the same records, same keys and timestamps, written by one producer in large batches
@@ -186,24 +270,52 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
 
         # 2. the engine reads all of it (a new group primed from far back: the beginning)
         strategy_args = [a for f in files for a in ("--strategy", str(f))]
-        engine = start("engine", "engine", *strategy_args, "--metrics-port", "0", "--prime-hours", "100000",
-                       "--signal-max-age-s", str(FAR), "--no-wait-for-progress",  # the copy has no md.progress
-                       env={"TAPEFLOW_TOPIC_PREFIX": stage})
+        engine = start(
+            "engine",
+            "engine",
+            *strategy_args,
+            "--metrics-port",
+            "0",
+            "--prime-hours",
+            "100000",
+            "--signal-max-age-s",
+            str(FAR),
+            "--no-wait-for-progress",  # the copy has no md.progress
+            env={"TAPEFLOW_TOPIC_PREFIX": stage},
+        )
         # the copy read back whole (every record there): the ends the engine and the executor wait for
         stage_ends = {name: record_counts(topic(name, stage, len(md[name]))) for name in md}
-        wait_consumed(kafka_bootstrap, stage + "tapeflow-engine", {stage + name: stage_ends[name] for name in md},
-                      [engine], 600)
+        wait_consumed(
+            kafka_bootstrap, stage + "tapeflow-engine", {stage + name: stage_ends[name] for name in md}, [engine], 600
+        )
         assert engine.stop() == 0, engine.tail()
         signals_published = topic("signals", stage)
 
         # 3. the paper executor trades them from the beginning of its inputs
-        executor = start("executor", "execute", "--mode", "paper", "--executor-config", str(executor_file),
-                         "--metrics-port", "0", "--from-beginning", env={"TAPEFLOW_TOPIC_PREFIX": stage})
-        wait_consumed(kafka_bootstrap, stage + "tapeflow-executor-paper",
-                      {stage + "signals": record_counts(signals_published),
-                       # written once, by the test's publisher, before the engine started: the ends read above
-                       stage + "md.trades": stage_ends["md.trades"], stage + "md.mark": stage_ends["md.mark"]},
-                      [executor], 600)
+        executor = start(
+            "executor",
+            "execute",
+            "--mode",
+            "paper",
+            "--executor-config",
+            str(executor_file),
+            "--metrics-port",
+            "0",
+            "--from-beginning",
+            env={"TAPEFLOW_TOPIC_PREFIX": stage},
+        )
+        wait_consumed(
+            kafka_bootstrap,
+            stage + "tapeflow-executor-paper",
+            {
+                stage + "signals": record_counts(signals_published),
+                # written once, by the test's publisher, before the engine started: the ends read above
+                stage + "md.trades": stage_ends["md.trades"],
+                stage + "md.mark": stage_ends["md.mark"],
+            },
+            [executor],
+            600,
+        )
         assert executor.stop() == 0, executor.tail()
         # a forced release (the service found every holding topic read to its high watermark, and no
         # news for max_hold_s) is allowed only with the signature of the session's end, the last trades
@@ -230,10 +342,30 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
 
     # --- 1. over the md.* the stack consumed: the command, then the test's own comparison -----------
     verify = subprocess.run(
-        [sys.executable, "-m", "tapeflow", "backtest", "--verify-against-topics", *strategy_args, "--executor-config",
-         str(executor_file), "--symbols", ",".join(SYMBOLS), "--from", "2024-01-01T06:00", "--to", "2024-01-01T10:00",
-         "--no-progress"], capture_output=True, text=True, env=base_env | {"TAPEFLOW_TOPIC_PREFIX": stage}, cwd=home,
-        timeout=900, check=False)
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "backtest",
+            "--verify-against-topics",
+            *strategy_args,
+            "--executor-config",
+            str(executor_file),
+            "--symbols",
+            ",".join(SYMBOLS),
+            "--from",
+            "2024-01-01T06:00",
+            "--to",
+            "2024-01-01T10:00",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=base_env | {"TAPEFLOW_TOPIC_PREFIX": stage},
+        cwd=home,
+        timeout=900,
+        check=False,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "identical: the backtest reproduces every signal and position the stack published" in verify.stdout
     assert f"signals compared: {len(stack_signals)}, positions compared: " in verify.stdout
@@ -255,14 +387,17 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
         return sorted((r["symbol"], r["agg_id"], r["trade_time"], r["price"], r["qty"], r["taker_side"]) for r in recs)
 
     assert trades(records["trades"]) == trades(r["value"] for r in md["md.trades"])
-    for kind, name, fields in (("marks", "md.mark", ("symbol", "event_time", "mark_price", "funding_rate",
-                                                      "next_funding_time")),
-                               ("liquidations", "md.liquidations", ("symbol", "trade_time", "side", "usd_value"))):
-        assert sorted(tuple(r[f] for f in fields) for r in records[kind]) == \
-            sorted(tuple(r["value"][f] for f in fields) for r in md[name])
+    for kind, name, fields in (
+        ("marks", "md.mark", ("symbol", "event_time", "mark_price", "funding_rate", "next_funding_time")),
+        ("liquidations", "md.liquidations", ("symbol", "trade_time", "side", "usd_value")),
+    ):
+        assert sorted(tuple(r[f] for f in fields) for r in records[kind]) == sorted(
+            tuple(r["value"][f] for f in fields) for r in md[name]
+        )
     ws_only = BacktestRunner([strategies[0]], config, account="shared")
     ws_only.run(source)
     signal_of = {s["signal_id"]: s for s in stack_signals}
     assert signal_view(ws_only.signals) == only(signal_view(stack_signals), "ws_only", lambda k, v: k)
-    assert position_view(ws_only.position_events()) == \
-        only(position_view(stack_positions), "ws_only", lambda k, v: signal_of[v[0]]["signal_id"])
+    assert position_view(ws_only.position_events()) == only(
+        position_view(stack_positions), "ws_only", lambda k, v: signal_of[v[0]]["signal_id"]
+    )

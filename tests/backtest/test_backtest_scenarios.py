@@ -30,9 +30,13 @@ S = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 SEC = 1000
 EX, SYM = "binance", "ETHUSDT"
 SPEC = {
-    "name": "hand", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "10m"}, "warmup": "10m",
+    "name": "hand",
+    "version": "1",
+    "windows": {"cvd_fast": "5m", "cvd_mid": "10m"},
+    "warmup": "10m",
     "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "60m",
+    "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+    "cooldown": "60m",
     "exits": {"sl_atr_mult": 1.0, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 240},
 }
 STRATEGY = parse_strategy(SPEC)
@@ -46,9 +50,19 @@ QTY = 100.0  # 200 USDT / R of 2
 
 def trade(k: int, price: float) -> dict:
     t = S + 10 * SEC * k
-    return {"exchange": EX, "symbol": SYM, "agg_id": 1000 + k, "price": price, "qty": 1.0,
-            "first_trade_id": 5000 + k, "last_trade_id": 5000 + k, "event_time": t, "trade_time": t,
-            "receive_time": t + 5, "taker_side": "BUY"}
+    return {
+        "exchange": EX,
+        "symbol": SYM,
+        "agg_id": 1000 + k,
+        "price": price,
+        "qty": 1.0,
+        "first_trade_id": 5000 + k,
+        "last_trade_id": 5000 + k,
+        "event_time": t,
+        "trade_time": t,
+        "receive_time": t + 5,
+        "taker_side": "BUY",
+    }
 
 
 def market(after: dict[int, float], until: int, default: float = 103.0) -> list[dict]:
@@ -61,8 +75,13 @@ def market(after: dict[int, float], until: int, default: float = 103.0) -> list[
     return trades
 
 
-def run(trades: list[dict], *, marks: list[dict] = (), config: ExecutorConfig | None = None,
-        strategy: StrategyConfig = STRATEGY):
+def run(
+    trades: list[dict],
+    *,
+    marks: list[dict] = (),
+    config: ExecutorConfig | None = None,
+    strategy: StrategyConfig = STRATEGY,
+):
     config = config or ExecutorConfig(paper=PaperFills(slippage_bps=2.0))
     end = trades[-1]["trade_time"] + SEC
     source = RecordSource("hand", EX, [SYM], S, end, trades=trades, marks=list(marks))
@@ -84,8 +103,18 @@ def check_signal(result, strategy: StrategyConfig = STRATEGY) -> None:
 
 def test_tp1_then_break_even_stop_with_a_funding_payment():
     funding_time = S + 800 * SEC
-    marks = [{"exchange": EX, "symbol": SYM, "mark_price": 103.0, "index_price": 103.0, "funding_rate": 0.0001,
-              "next_funding_time": funding_time, "event_time": S + 700 * SEC, "receive_time": S + 700 * SEC}]
+    marks = [
+        {
+            "exchange": EX,
+            "symbol": SYM,
+            "mark_price": 103.0,
+            "index_price": 103.0,
+            "funding_rate": 0.0001,
+            "next_funding_time": funding_time,
+            "event_time": S + 700 * SEC,
+            "receive_time": S + 700 * SEC,
+        }
+    ]
     # k=60 (600 s) 102: entry; 103 until k=90 (900 s) 104.5 crosses TP1 (104); k=91 fills the half;
     # k=92 (920 s) 101.5 crosses the break-even stop (102); k=93 fills the rest
     result = run(market({60: 102.0, 61: 103.0, 90: 104.5, 91: 104.5, 92: 101.5, 93: 101.5}, 93), marks=marks)
@@ -103,8 +132,13 @@ def test_tp1_then_break_even_stop_with_a_funding_payment():
     funding = QTY * 103.0 * 0.0001 / R_USD  # open at the funding time: qty x mark x rate, a long pays
     assert t.funding_r == pytest.approx(funding)
     assert t.pnl_r_net == pytest.approx(0.5 - t.fees_r - slippage - funding)
-    cash = 50 * tp1_fill + 50 * stop_fill - QTY * entry_fill - FEE * (QTY * entry_fill + 50 * tp1_fill + 50 * stop_fill) \
+    cash = (
+        50 * tp1_fill
+        + 50 * stop_fill
+        - QTY * entry_fill
+        - FEE * (QTY * entry_fill + 50 * tp1_fill + 50 * stop_fill)
         - QTY * 103.0 * 0.0001
+    )
     assert t.pnl_r_net == pytest.approx(cash / R_USD)
 
 
@@ -118,7 +152,9 @@ def test_stop_loss():
     assert t.pnl_r_gross == -1.0
     assert t.fees_r == pytest.approx(fee_r(QTY * entry_fill, QTY * stop_fill))
     assert t.slippage_r == pytest.approx((entry_fill - 102.0) / 2 + (100.0 - stop_fill) / 2)
-    assert t.pnl_r_net == pytest.approx((QTY * stop_fill - QTY * entry_fill - FEE * QTY * (entry_fill + stop_fill)) / R_USD)
+    assert t.pnl_r_net == pytest.approx(
+        (QTY * stop_fill - QTY * entry_fill - FEE * QTY * (entry_fill + stop_fill)) / R_USD
+    )
 
 
 def test_take_profit_after_tp1():
@@ -130,8 +166,10 @@ def test_take_profit_after_tp1():
     assert (t.exit_reason, t.tp1_hit, t.exit_time) == ("tp", True, S + 930 * SEC)
     assert t.pnl_r_gross == pytest.approx(0.5 * 1.0 + 0.5 * 2.0)
     assert t.fees_r == pytest.approx(fee_r(QTY * entry_fill, 50 * tp1_fill, 50 * tp2_fill))
-    assert t.pnl_r_net == pytest.approx((50 * tp1_fill + 50 * tp2_fill - QTY * entry_fill
-                                         - FEE * (QTY * entry_fill + 50 * tp1_fill + 50 * tp2_fill)) / R_USD)
+    assert t.pnl_r_net == pytest.approx(
+        (50 * tp1_fill + 50 * tp2_fill - QTY * entry_fill - FEE * (QTY * entry_fill + 50 * tp1_fill + 50 * tp2_fill))
+        / R_USD
+    )
 
 
 def test_timeout_closes_at_market_after_the_strategys_timeout():
@@ -144,7 +182,9 @@ def test_timeout_closes_at_market_after_the_strategys_timeout():
     assert (t.exit_reason, t.tp1_hit, t.exit_time) == ("timeout", False, S + 910 * SEC)
     assert t.pnl_r_gross == pytest.approx((103.0 - 102.0) / 2)  # (exit market price - entry) / R
     assert t.slippage_r == pytest.approx((entry_fill - 102.0) / 2 + (103.0 - exit_fill) / 2)
-    assert t.pnl_r_net == pytest.approx((QTY * exit_fill - QTY * entry_fill - FEE * QTY * (entry_fill + exit_fill)) / R_USD)
+    assert t.pnl_r_net == pytest.approx(
+        (QTY * exit_fill - QTY * entry_fill - FEE * QTY * (entry_fill + exit_fill)) / R_USD
+    )
 
 
 def test_the_executors_timeout_setting_does_not_override_the_strategys():

@@ -29,13 +29,19 @@ END = START + 3 * H
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 RATES = {"BTCUSDT": 2.0, "ETHUSDT": 1.5}
 # every input kind counts: direction, crowding (ratios), environment (OI), funding, liquidations; OBI gate
-STRATEGY = parse_strategy({
-    "name": "stored", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "30m",
-    "weights": {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 0, "funding": 5, "liquidation": 5},
-    "thresholds": {"entry": 55, "heavy": 75, "flip": 75}, "cooldown": "5m",
-    "gates": {"obi_against": {"default": 0.6}, "on_missing_input": "pass"},
-    "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30},
-})
+STRATEGY = parse_strategy(
+    {
+        "name": "stored",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "30m",
+        "weights": {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 0, "funding": 5, "liquidation": 5},
+        "thresholds": {"entry": 55, "heavy": 75, "flip": 75},
+        "cooldown": "5m",
+        "gates": {"obi_against": {"default": 0.6}, "on_missing_input": "pass"},
+        "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30},
+    }
+)
 TOPIC_OF = {"books": "md.book", "marks": "md.mark", "liquidations": "md.liquidations", "indicators": "md.indicators"}
 
 
@@ -44,10 +50,22 @@ def session() -> SyntheticSource:
 
 
 def trade_records(batch) -> list[dict]:
-    return [{"exchange": batch.exchange, "symbol": batch.symbol, "agg_id": int(a), "price": float(p), "qty": float(q),
-             "first_trade_id": int(a), "last_trade_id": int(a), "event_time": int(t), "trade_time": int(t),
-             "receive_time": int(t) + 5, "taker_side": "SELL" if s else "BUY"}
-            for a, t, p, q, s in zip(batch.agg_id, batch.time_ms, batch.price, batch.qty, batch.taker_sell)]
+    return [
+        {
+            "exchange": batch.exchange,
+            "symbol": batch.symbol,
+            "agg_id": int(a),
+            "price": float(p),
+            "qty": float(q),
+            "first_trade_id": int(a),
+            "last_trade_id": int(a),
+            "event_time": int(t),
+            "trade_time": int(t),
+            "receive_time": int(t) + 5,
+            "taker_side": "SELL" if s else "BUY",
+        }
+        for a, t, p, q, s in zip(batch.agg_id, batch.time_ms, batch.price, batch.qty, batch.taker_sell)
+    ]
 
 
 def all_records() -> dict[str, list[dict]]:
@@ -66,7 +84,9 @@ def run(source):
 
 def test_topics_and_database_sources_reproduce_the_session(kafka_bootstrap, database, topic_prefix):
     reference = run(session())
-    assert reference.signals >= 3 and len(reference.trades) >= 2, "the session must trade for the comparison to mean anything"
+    assert reference.signals >= 3 and len(reference.trades) >= 2, (
+        "the session must trade for the comparison to mean anything"
+    )
 
     records = all_records()
     store_session(kafka_bootstrap, topic_prefix, database, records)
@@ -110,17 +130,30 @@ def test_the_binary_copy_trade_reader_gives_the_row_readers_columns(database):
         times = np.sort(rng.integers(START - H, END + H, n))
         for k, t in enumerate(times):
             price = float(rng.choice([1e-8, 0.5, 30_000.123456789, 1.7976931348623157e308, float(rng.random()) * 1e5]))
-            records.append({"exchange": exchange, "symbol": symbol, "agg_id": 10**12 + k, "price": price,
-                            "qty": float(rng.random()) * 10**int(rng.integers(-6, 6)), "first_trade_id": k,
-                            "last_trade_id": k, "event_time": int(t), "trade_time": int(t), "receive_time": int(t) + 3,
-                            "taker_side": "SELL" if rng.random() < 0.5 else "BUY"})
+            records.append(
+                {
+                    "exchange": exchange,
+                    "symbol": symbol,
+                    "agg_id": 10**12 + k,
+                    "price": price,
+                    "qty": float(rng.random()) * 10 ** int(rng.integers(-6, 6)),
+                    "first_trade_id": k,
+                    "last_trade_id": k,
+                    "event_time": int(t),
+                    "trade_time": int(t),
+                    "receive_time": int(t) + 3,
+                    "taker_side": "SELL" if rng.random() < 0.5 else "BUY",
+                }
+            )
     migrate(database)
     with psycopg.connect(database) as conn:
         spec = table_for_topic("md.trades")
         assert write_rows(conn, spec, (spec.to_row(r) for r in records)) == len(records)
-        conn.execute("INSERT INTO trades SELECT exchange, symbol, agg_id + 1000000, price, qty, first_trade_id, "
-                     "last_trade_id, event_time, trade_time + interval '250 microseconds' * (agg_id % 4), receive_time, "
-                     "taker_side FROM trades WHERE symbol = 'ETHUSDT' AND agg_id % 7 = 0")
+        conn.execute(
+            "INSERT INTO trades SELECT exchange, symbol, agg_id + 1000000, price, qty, first_trade_id, "
+            "last_trade_id, event_time, trade_time + interval '250 microseconds' * (agg_id % 4), receive_time, "
+            "taker_side FROM trades WHERE symbol = 'ETHUSDT' AND agg_id % 7 = 0"
+        )
         conn.commit()
     source = DatabaseSource(database, ["BTCUSDT", "ETHUSDT"], START - H, END + H)
     compared = 0
@@ -138,8 +171,9 @@ def test_the_binary_copy_trade_reader_gives_the_row_readers_columns(database):
                 assert batch.price.tolist() == old["price"].tolist() and batch.qty.tolist() == old["qty"].tolist()
                 assert batch.taker_sell.tolist() == old["sell"].tolist()
                 compared += len(old["agg_id"])
-    assert compared == sum(1 for r in records if r["exchange"] == "binance") + \
-        sum(1 for r in records if r["symbol"] == "ETHUSDT" and r["agg_id"] % 7 == 0)
+    assert compared == sum(1 for r in records if r["exchange"] == "binance") + sum(
+        1 for r in records if r["symbol"] == "ETHUSDT" and r["agg_id"] % 7 == 0
+    )
     # an answer in any other layout is refused, not misread; the source then reads that hour row by row
     with pytest.raises(ValueError):
         parse_trade_copy(b"PGCOPY\n\xff\r\n\x00" + bytes(8) + bytes(10) + b"\xff\xff")
@@ -167,13 +201,17 @@ def test_the_topics_sources_columnar_trade_decoding_equals_record_by_record():
     for block in session().blocks():
         for batch in block.trades.values():
             records += trade_records(batch)
-    records += [dict(records[0], exchange="bybit"), dict(records[1], symbol="SOLUSDT"),
-                dict(records[2], trade_time=END + 1, agg_id=10**9)]
+    records += [
+        dict(records[0], exchange="bybit"),
+        dict(records[1], symbol="SOLUSDT"),
+        dict(records[2], trade_time=END + 1, agg_id=10**9),
+    ]
     rng = np.random.default_rng(5)
     shuffled = [records[i] for i in rng.permutation(len(records))]  # partitions interleave symbols
     values = [serde.encode("md.trades", r) for r in shuffled]
-    wanted = [r for r in records if r["exchange"] == "binance" and r["symbol"] in SYMBOLS
-              and START <= r["trade_time"] < END]
+    wanted = [
+        r for r in records if r["exchange"] == "binance" and r["symbol"] in SYMBOLS and START <= r["trade_time"] < END
+    ]
     reference = trade_block(wanted)
     source = TopicSource("127.0.0.1:1", SYMBOLS, START, END)
     odd = bytearray(values[7])

@@ -48,17 +48,25 @@ def price_at(minute: int) -> float:
 def build_archive(root: Path) -> None:
     trades = ["agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"]
     for i in range(1440):
-        trades.append(f"{100 + i},{price_at(i)},0.5,{1000 + i},{1000 + i},{D1 + i * M + 30_000},{'true' if i % 2 else 'false'}")
+        trades.append(
+            f"{100 + i},{price_at(i)},0.5,{1000 + i},{1000 + i},{D1 + i * M + 30_000},{'true' if i % 2 else 'false'}"
+        )
     trades.insert(10, "109,not-a-price,0.5,1,1,1704067800000,true")  # physical line 11
     write_zip(root, f"futures/um/daily/aggTrades/{SYM}/{SYM}-aggTrades-2024-01-01.zip", trades)
-    metrics = ["create_time,symbol,sum_open_interest,sum_open_interest_value,count_toptrader_long_short_ratio,"
-               "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio"]
+    metrics = [
+        "create_time,symbol,sum_open_interest,sum_open_interest_value,count_toptrader_long_short_ratio,"
+        "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio"
+    ]
     for k in range(1, 288):
-        metrics.append(f"{stamp(D1 + k * 300_000)},{SYM},{80_000 + k},{(80_000 + k) * 42_000},1.1,{1 + k / 1000},"
-                       f"{2 - k / 1000},0.9")
+        metrics.append(
+            f"{stamp(D1 + k * 300_000)},{SYM},{80_000 + k},{(80_000 + k) * 42_000},1.1,{1 + k / 1000},"
+            f"{2 - k / 1000},0.9"
+        )
     write_zip(root, f"futures/um/daily/metrics/{SYM}/{SYM}-metrics-2024-01-01.zip", metrics)
-    klines = ["open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
-              "taker_buy_quote_volume,ignore"]
+    klines = [
+        "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
+        "taker_buy_quote_volume,ignore"
+    ]
     spot = []
     for i in range(1440):
         t = D1 + i * M
@@ -120,16 +128,23 @@ def test_download_verify_cache_and_records(vision_server, tmp_path):
     assert got["trades"] == 1440  # the bad row is not a trade
     assert source.report.bad_rows == [
         "BTCUSDT-aggTrades-2024-01-01.zip:11: not a number (could not convert string to float: 'not-a-price'): "
-        "'109,not-a-price,0.5,1,1,1704067800000,true'"]
-    assert f"BTCUSDT 2024-01-02 aggTrades: not found at {url}/data/futures/um/daily/aggTrades/BTCUSDT/" \
-           f"BTCUSDT-aggTrades-2024-01-02.zip" in source.report.missing
+        "'109,not-a-price,0.5,1,1,1704067800000,true'"
+    ]
+    assert (
+        f"BTCUSDT 2024-01-02 aggTrades: not found at {url}/data/futures/um/daily/aggTrades/BTCUSDT/"
+        f"BTCUSDT-aggTrades-2024-01-02.zip" in source.report.missing
+    )
     assert source.report.notes["coinbase_premium"] == "no public history (Coinbase premium)"
 
     marks = {m["event_time"]: m for m in got["marks"]}
     five = marks[D1 + 5 * H]  # the close of the 04:59 kline, known at 05:00
     assert (five["mark_price"], five["funding_rate"], five["next_funding_time"]) == (price_at(299), 0.0001, D1 + 8 * H)
     settle = marks[D1 + 8 * H - 1]  # just before 08:00: the rate that settlement charged, the newest mark
-    assert (settle["mark_price"], settle["funding_rate"], settle["next_funding_time"]) == (price_at(478), 0.0002, D1 + 8 * H)
+    assert (settle["mark_price"], settle["funding_rate"], settle["next_funding_time"]) == (
+        price_at(478),
+        0.0002,
+        D1 + 8 * H,
+    )
     assert marks[D1 + 16 * H - 1]["funding_rate"] == -0.0001
     assert marks[D1 + 9 * H]["funding_rate"] == 0.0002  # after 08:00 the engine knows 08:00's rate
 
@@ -189,8 +204,10 @@ def test_the_columnar_reader_gives_the_same_run_as_the_row_reader(tmp_path, monk
     build_archive(root)
     clean = ["agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"]
     for i in range(20_000):  # a trade every 4.32 s, prices with 1-3 decimals, quantities down to 0.001
-        clean.append(f"{100 + i},{42_000 + (i * 37 % 1000) / 10 ** (1 + i % 3)},{(1 + i * 13 % 997) / 1000},"
-                     f"{1000 + 2 * i},{1001 + 2 * i},{D1 + i * 4_320 + 1},{'true' if i * 7 % 3 else 'FALSE'}")
+        clean.append(
+            f"{100 + i},{42_000 + (i * 37 % 1000) / 10 ** (1 + i % 3)},{(1 + i * 13 % 997) / 1000},"
+            f"{1000 + 2 * i},{1001 + 2 * i},{D1 + i * 4_320 + 1},{'true' if i * 7 % 3 else 'FALSE'}"
+        )
     write_zip(root, f"futures/um/daily/aggTrades/{SYM}/{SYM}-aggTrades-2024-01-01.zip", clean)
     calls = []
     real = vision.read_agg_trade_columns
@@ -198,9 +215,13 @@ def test_the_columnar_reader_gives_the_same_run_as_the_row_reader(tmp_path, monk
 
     def run():
         result = BacktestRunner(load_strategies(default_strategy_dir())).run(
-            open_source(f"vision:{root}", [SYM], D1, D1 + 24 * H))
-        return {k: v for k, v in dataclasses.asdict(result).items()
-                if k not in ("run_id", "started_at_ms", "finished_at_ms")}
+            open_source(f"vision:{root}", [SYM], D1, D1 + 24 * H)
+        )
+        return {
+            k: v
+            for k, v in dataclasses.asdict(result).items()
+            if k not in ("run_id", "started_at_ms", "finished_at_ms")
+        }
 
     columnar = run()
     assert calls and columnar["trades_processed"] == 20_000 and columnar["bad_rows"] == []
@@ -233,8 +254,11 @@ def test_the_column_cache_serves_later_runs_and_follows_file_changes(tmp_path, m
         out: dict[str, tuple[list, ...]] = {}  # per market, the hourly blocks' trades joined
         for block in source.blocks():
             for key, t in block.trades.items():
-                for col, values in zip(out.setdefault(key, ([], [], [], [], [])),
-                                       (t.agg_id, t.price, t.qty, t.time_ms, t.taker_sell), strict=True):
+                for col, values in zip(
+                    out.setdefault(key, ([], [], [], [], [])),
+                    (t.agg_id, t.price, t.qty, t.time_ms, t.taker_sell),
+                    strict=True,
+                ):
                     col.extend(values.tolist())
         return list(out.values()), source.report.bad_rows
 
@@ -242,8 +266,15 @@ def test_the_column_cache_serves_later_runs_and_follows_file_changes(tmp_path, m
     assert len(first[0][0]) == 1440 and bad and cache.entries() == []  # a bad row: row reader, not cached
 
     def write(n: int, price: float) -> None:
-        write_zip(root, rel, [f"{100 + i},{price + i / 10},0.25,{1000 + i},{1000 + i},{D1 + i * 60_000 + 7},"
-                              f"{'true' if i % 3 else 'false'}" for i in range(n)])
+        write_zip(
+            root,
+            rel,
+            [
+                f"{100 + i},{price + i / 10},0.25,{1000 + i},{1000 + i},{D1 + i * 60_000 + 7},"
+                f"{'true' if i % 3 else 'false'}"
+                for i in range(n)
+            ],
+        )
 
     write(500, 41_000.0)
     calls.clear()
@@ -264,7 +295,9 @@ def test_the_column_cache_serves_later_runs_and_follows_file_changes(tmp_path, m
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")} | {"TAPEFLOW_HOME": str(home)}
     ls = subprocess.run([sys.executable, "-m", "tapeflow", "cache", "ls"], capture_output=True, text=True, env=env)
     assert ls.returncode == 0 and f"{SYM}-aggTrades-2024-01-01.zip" in ls.stdout and "700 rows" in ls.stdout
-    clear = subprocess.run([sys.executable, "-m", "tapeflow", "cache", "clear"], capture_output=True, text=True, env=env)
+    clear = subprocess.run(
+        [sys.executable, "-m", "tapeflow", "cache", "clear"], capture_output=True, text=True, env=env
+    )
     assert clear.returncode == 0 and "removed 1 file(s)" in clear.stdout and cache.entries() == []
 
 
@@ -282,8 +315,10 @@ def test_a_cached_day_is_read_an_hour_at_a_time_and_an_old_cache_layout_is_repla
     build_archive(root)
     rel = f"futures/um/daily/aggTrades/{SYM}/{SYM}-aggTrades-2024-01-01.zip"
     # 3 trades per hour, written out of time order, two of them in the same millisecond
-    rows = [f"{500 + i},{40_000 + i},0.5,{900 + i},{900 + i},{D1 + (71 - i) // 3 * H + (i % 3) // 2 * 1000},true"
-            for i in range(72)]
+    rows = [
+        f"{500 + i},{40_000 + i},0.5,{900 + i},{900 + i},{D1 + (71 - i) // 3 * H + (i % 3) // 2 * 1000},true"
+        for i in range(72)
+    ]
     write_zip(root, rel, rows)
     cache = ColumnCache(tmp_path / "columns")
 

@@ -15,8 +15,12 @@ from hypothesis import strategies as st
 from backtest.cli import CliError, parse_time
 from tests.support.fuzz import FUZZ, outcome
 
-texts = st.one_of(st.text(max_size=30), st.dates().map(date.isoformat), st.datetimes().map(datetime.isoformat),
-                  st.sampled_from(["9999-12-31", "0001-01-01", "2024-02-30", "2024-01-01T25:00", "1704067200000"]))
+texts = st.one_of(
+    st.text(max_size=30),
+    st.dates().map(date.isoformat),
+    st.datetimes().map(datetime.isoformat),
+    st.sampled_from(["9999-12-31", "0001-01-01", "2024-02-30", "2024-01-01T25:00", "1704067200000"]),
+)
 
 
 @FUZZ

@@ -21,10 +21,33 @@ def test_regime_strategies_backtest_on_synthetic_data(tmp_path):
     env.update(TAPEFLOW_HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     strategies = [arg for path in REGIMES for arg in ("--strategy", str(path))]
     proc = subprocess.run(
-        [sys.executable, "-m", "tapeflow", "backtest", *strategies, "--source", "synthetic:7",
-         "--symbols", "BTCUSDT,ETHUSDT", "--from", "2024-03-01T00:00", "--to", "2024-03-01T09:00",
-         "--format", "json", "--no-progress", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "backtest",
+            *strategies,
+            "--source",
+            "synthetic:7",
+            "--symbols",
+            "BTCUSDT,ETHUSDT",
+            "--from",
+            "2024-03-01T00:00",
+            "--to",
+            "2024-03-01T09:00",
+            "--format",
+            "json",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("backtest complete: synthetic:7, BTCUSDT,ETHUSDT"), proc.stdout
     for path in REGIMES:  # every strategy has its line in the summary
@@ -50,8 +73,7 @@ def test_regime_signals_do_not_depend_on_how_the_stream_is_cut():
     start = 1_709_251_200_000  # 2024-03-01
     runs = []
     for slice_ms in (3_600_000, 60_000):
-        source = SyntheticSource(["BTCUSDT"], start, start + 7 * 3_600_000, seed=7, trades_per_s=10,
-                                 slice_ms=slice_ms)
+        source = SyntheticSource(["BTCUSDT"], start, start + 7 * 3_600_000, seed=7, trades_per_s=10, slice_ms=slice_ms)
         runner = BacktestRunner([load_strategy(p) for p in REGIMES])
         runs.append((runner, runner.run(source)))
     (a, result_a), (b, result_b) = runs

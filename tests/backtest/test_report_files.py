@@ -96,12 +96,43 @@ def test_write_report_writes_every_format_and_refuses_unknown_ones(tmp_path):
     assert {k: p.name for k, p in paths.items()} == FILES and all(p.stat().st_size > 0 for p in paths.values())
     doc = orjson.loads(paths["json"].read_bytes())
     assert doc["format"] == "tapeflow-backtest-report" and doc["format_version"] == 1
-    assert list(doc) == ["format", "format_version", "run", "definitions", "strategies", "breakdowns", "coverage",
-                         "coverage_incomplete", "evaluations_lacking_inputs", "missing", "bad_rows", "trades"]
+    assert list(doc) == [
+        "format",
+        "format_version",
+        "run",
+        "definitions",
+        "strategies",
+        "breakdowns",
+        "coverage",
+        "coverage_incomplete",
+        "evaluations_lacking_inputs",
+        "missing",
+        "bad_rows",
+        "trades",
+    ]
     assert set(doc["strategies"][0]["summary"]) >= {
-        "trades", "wins", "losses", "win_rate", "gross_r", "fees_r", "slippage_r", "funding_r", "net_r", "net_usd",
-        "fees_usd", "slippage_usd", "funding_usd", "profit_factor", "expectancy_r", "avg_win_r", "avg_loss_r",
-        "max_drawdown_r", "sharpe_per_day", "sharpe_annualised", "final_balance"}
+        "trades",
+        "wins",
+        "losses",
+        "win_rate",
+        "gross_r",
+        "fees_r",
+        "slippage_r",
+        "funding_r",
+        "net_r",
+        "net_usd",
+        "fees_usd",
+        "slippage_usd",
+        "funding_usd",
+        "profit_factor",
+        "expectancy_r",
+        "avg_win_r",
+        "avg_loss_r",
+        "max_drawdown_r",
+        "sharpe_per_day",
+        "sharpe_annualised",
+        "final_balance",
+    }
     assert doc["missing"] == run.missing and doc["bad_rows"] == run.bad_rows
     assert write_report(run, tmp_path / "only", ["json"]).keys() == {"json"}
     assert [p.name for p in (tmp_path / "only").iterdir()] == ["report.json"]
@@ -154,7 +185,8 @@ def test_html_is_self_contained_with_a_strict_policy():
     scripts = _inline_scripts(page)
     assert len(scripts) == 2  # uPlot and the page's own script
     assert sorted(script_src) == sorted(
-        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'" for s in scripts)
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'" for s in scripts
+    )
     # nothing to load: no src/href other than in-page anchors
     assert re.findall(r'\s(?:src|href)="(?!#)[^"]*"', page) == []
     assert "<link" not in page and "@import" not in page
@@ -186,8 +218,9 @@ def test_html_tables_hold_every_trade_and_breakdown_row():
 
 
 def test_empty_run_renders(tmp_path):
-    run = replace(make_result([], strategies=["v53"]),
-                  coverage=[CoverageRow("direction", "BTCUSDT", "aggTrades", 0, 0)])
+    run = replace(
+        make_result([], strategies=["v53"]), coverage=[CoverageRow("direction", "BTCUSDT", "aggTrades", 0, 0)]
+    )
     paths = write_report(run, tmp_path)
     doc = orjson.loads(paths["json"].read_bytes())
     assert doc["strategies"][0]["summary"]["trades"] == 0 and doc["trades"] == []

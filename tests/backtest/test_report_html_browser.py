@@ -16,16 +16,20 @@ from backtest.report import document, fmt, write_report
 from tests.support.backtest_runs import HOSTILE_STRATEGY, make_run
 from tests.support.chromium import CHROMIUM, DevTools, dump_dom, screenshot
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (deploy/bootstrap.sh "
-                                                          "installs it as root: apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian chromium is not installed (deploy/bootstrap.sh installs it as root: apt-get install chromium)",
+)
 STRATEGY_COLOURS = [(0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28)]  # report.js COLORS[0], COLORS[1]
 
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("reports")
-    return {name: write_report(run, base / name, ["html"])["html"]
-            for name, run in {"full": make_run(), "partial": make_run(partial=True, hostile=True)}.items()}
+    return {
+        name: write_report(run, base / name, ["html"])["html"]
+        for name, run in {"full": make_run(), "partial": make_run(partial=True, hostile=True)}.items()
+    }
 
 
 def _keep(path: Path) -> None:
@@ -99,14 +103,16 @@ def test_hover_shows_values_drag_zooms_both_charts_and_headers_sort(reports):
         # hover the middle of the equity chart: the legends of both charts show the values there
         r = dt.rect("#chart-equity .u-over")
         dt.mouse("mouseMoved", r["x"] + r["width"] * 0.55, r["y"] + r["height"] / 2)
-        legend = dt.evaluate("Array.from(document.querySelectorAll('#chart-equity .u-legend .u-value'))"
-                             ".map(e => e.textContent)")
+        legend = dt.evaluate(
+            "Array.from(document.querySelectorAll('#chart-equity .u-legend .u-value')).map(e => e.textContent)"
+        )
         x_s = dt.evaluate("reportCharts[0].data[0][reportCharts[0].cursor.idx]")
         assert re.fullmatch(r"2024-03-0\d \d\d:\d\d", legend[0])
         for s, text in zip(doc["strategies"], legend[1:], strict=True):
             assert text == f"{_equity_at(s['curve'], x_s):+.3f} R", s["name"]
-        dd_legend = dt.evaluate("Array.from(document.querySelectorAll('#chart-drawdown .u-legend .u-value'))"
-                                ".map(e => e.textContent)")
+        dd_legend = dt.evaluate(
+            "Array.from(document.querySelectorAll('#chart-drawdown .u-legend .u-value')).map(e => e.textContent)"
+        )
         assert dd_legend[0] == legend[0] and all(re.fullmatch(r"[+-]\d+\.\d{3} R", v) for v in dd_legend[1:])
 
         # drag from 30 % to 60 % of the width: both charts zoom to the same, narrower range
@@ -125,8 +131,7 @@ def test_hover_shows_values_drag_zooms_both_charts_and_headers_sort(reports):
 
         # sort the trades by net R, ascending then descending; then by symbol
         net_col = [h for _k, h, _ in fmt.TRADE_COLUMNS].index("net R")
-        read = (f"Array.from(document.querySelectorAll('#trades-table tbody tr'))"
-                f".map(r => r.cells[{net_col}].dataset.v)")
+        read = f"Array.from(document.querySelectorAll('#trades-table tbody tr')).map(r => r.cells[{net_col}].dataset.v)"
         header = f"document.querySelectorAll('#trades-table thead th')[{net_col}]"
         dt.evaluate(f"{header}.click()")
         values = [float(v) for v in dt.evaluate(read)]
@@ -135,8 +140,9 @@ def test_hover_shows_values_drag_zooms_both_charts_and_headers_sort(reports):
         dt.evaluate(f"{header}.click()")
         assert [float(v) for v in dt.evaluate(read)] == sorted(values, reverse=True)
         dt.evaluate("document.querySelectorAll('#trades-table thead th')[1].click()")
-        symbols = dt.evaluate("Array.from(document.querySelectorAll('#trades-table tbody tr'))"
-                              ".map(r => r.cells[1].textContent)")
+        symbols = dt.evaluate(
+            "Array.from(document.querySelectorAll('#trades-table tbody tr')).map(r => r.cells[1].textContent)"
+        )
         assert symbols == sorted(t["symbol"] for t in doc["trades"])
 
         assert dt.problems() == []
@@ -160,6 +166,7 @@ def test_the_page_cannot_fetch_anything(reports, tmp_path):
         problems = dt.problems()
         assert any(p.startswith("Connecting to 'http://127.0.0.1:9/y' violates") for p in problems), problems
         assert any(p.startswith("Loading the image 'http://127.0.0.1:9/x.png' violates") for p in problems), problems
-        legend = dt.evaluate("Array.from(document.querySelectorAll('#chart-equity .u-legend .u-label'))"
-                             ".map(e => e.textContent)")
+        legend = dt.evaluate(
+            "Array.from(document.querySelectorAll('#chart-equity .u-legend .u-label')).map(e => e.textContent)"
+        )
         assert HOSTILE_STRATEGY in legend  # the name is shown as text, exactly

@@ -11,11 +11,28 @@ from backtest import metrics
 from tests.support.backtest_runs import DAY, HOUR, T0, make_trade
 
 
-def _t(net: float, gross: float, fees: float, slip: float, funding: float, *, r_usd: float = 200.0,
-       exit_time: int = T0 + HOUR, **kw) -> object:
+def _t(
+    net: float,
+    gross: float,
+    fees: float,
+    slip: float,
+    funding: float,
+    *,
+    r_usd: float = 200.0,
+    exit_time: int = T0 + HOUR,
+    **kw,
+) -> object:
     base = make_trade(entry_time=exit_time - HOUR, duration_ms=HOUR, fees=False, **kw)
-    return replace(base, pnl_r_net=net, pnl_r_gross=gross, fees_r=fees, slippage_r=slip, funding_r=funding,
-                   r_usd=r_usd, position_id=f"p{exit_time}")
+    return replace(
+        base,
+        pnl_r_net=net,
+        pnl_r_gross=gross,
+        fees_r=fees,
+        slippage_r=slip,
+        funding_r=funding,
+        r_usd=r_usd,
+        position_id=f"p{exit_time}",
+    )
 
 
 # A: +1.5 gross, 0.2 fees, 0.1 slippage          -> +1.2 net, 1R = 200 USDT
@@ -73,9 +90,11 @@ def test_equity_drawdown_and_max_drawdown():
 
 
 def test_daily_series_includes_days_without_trades_and_ends_before_to():
-    trades = [_t(1.0, 1.0, 0, 0, 0, exit_time=T0 + 5 * HOUR),
-              _t(-0.5, -0.5, 0, 0, 0, exit_time=T0 + 2 * DAY + HOUR),
-              _t(0.25, 0.25, 0, 0, 0, exit_time=T0 + 2 * DAY + 9 * HOUR)]
+    trades = [
+        _t(1.0, 1.0, 0, 0, 0, exit_time=T0 + 5 * HOUR),
+        _t(-0.5, -0.5, 0, 0, 0, exit_time=T0 + 2 * DAY + HOUR),
+        _t(0.25, 0.25, 0, 0, 0, exit_time=T0 + 2 * DAY + 9 * HOUR),
+    ]
     day0 = T0 // DAY
     # [T0, T0 + 3 days) is three UTC days; to_ms at midnight does not open a fourth
     assert metrics.daily_net_r(trades, T0, T0 + 3 * DAY) == [(day0, 1.0), (day0 + 1, 0.0), (day0 + 2, -0.25)]
@@ -105,13 +124,14 @@ def test_hour_and_score_band_keys():
 
 
 def test_breakdowns_keep_strategies_apart_and_sort_bands_numerically():
-    trades = [make_trade(strategy="a", score=100.0, exit_reason="tp", entry_time=T0),
-              make_trade(strategy="a", score=95.5, exit_reason="sl", entry_time=T0 + HOUR),
-              make_trade(strategy="a", score=96.0, exit_reason="sl", entry_time=T0 + 2 * HOUR),
-              make_trade(strategy="b", score=80.0, exit_reason="sl", entry_time=T0)]
+    trades = [
+        make_trade(strategy="a", score=100.0, exit_reason="tp", entry_time=T0),
+        make_trade(strategy="a", score=95.5, exit_reason="sl", entry_time=T0 + HOUR),
+        make_trade(strategy="a", score=96.0, exit_reason="sl", entry_time=T0 + 2 * HOUR),
+        make_trade(strategy="b", score=80.0, exit_reason="sl", entry_time=T0),
+    ]
     rows = metrics.breakdown(trades, "score_band")
-    assert [(s, k, summ.trades) for s, k, summ in rows] == [("a", "95–100", 2), ("a", "100–105", 1),
-                                                             ("b", "80–85", 1)]
+    assert [(s, k, summ.trades) for s, k, summ in rows] == [("a", "95–100", 2), ("a", "100–105", 1), ("b", "80–85", 1)]
     by_reason = {(s, k): summ for s, k, summ in metrics.breakdown(trades, "exit_reason")}
     assert set(by_reason) == {("a", "tp"), ("a", "sl"), ("b", "sl")}
     assert by_reason[("a", "sl")].trades == 2 and by_reason[("a", "sl")].gross_r == -2.0

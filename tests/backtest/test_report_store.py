@@ -20,10 +20,34 @@ def db(migrated_database) -> str:
 
 
 def _runs(conn):
-    cols = ("run_id", "run_group", "strategy", "config_hash", "status", "partial", "trades", "wins", "losses",
-            "win_rate", "gross_r", "fees_r", "slippage_r", "funding_r", "net_r", "expectancy_r", "profit_factor",
-            "max_drawdown_r", "sharpe", "sharpe_per_day", "final_balance", "symbols", "from_time", "to_time",
-            "evaluations", "report")
+    cols = (
+        "run_id",
+        "run_group",
+        "strategy",
+        "config_hash",
+        "status",
+        "partial",
+        "trades",
+        "wins",
+        "losses",
+        "win_rate",
+        "gross_r",
+        "fees_r",
+        "slippage_r",
+        "funding_r",
+        "net_r",
+        "expectancy_r",
+        "profit_factor",
+        "max_drawdown_r",
+        "sharpe",
+        "sharpe_per_day",
+        "final_balance",
+        "symbols",
+        "from_time",
+        "to_time",
+        "evaluations",
+        "report",
+    )
     rows = conn.execute(f"SELECT {', '.join(cols)} FROM backtest_runs ORDER BY run_id").fetchall()
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -44,13 +68,27 @@ def test_store_and_read_back_one_row_per_strategy(db):
         for row, s in zip(runs, doc["strategies"], strict=True):
             m = s["summary"]
             assert (row["run_group"], row["strategy"], row["config_hash"], row["status"], row["partial"]) == (
-                run.run_id, s["name"], s["config_hash"], "finished", False)
+                run.run_id,
+                s["name"],
+                s["config_hash"],
+                "finished",
+                False,
+            )
             assert (row["trades"], row["wins"], row["losses"]) == (m["trades"], m["wins"], m["losses"])
-            for col, key in [("gross_r", "gross_r"), ("fees_r", "fees_r"), ("slippage_r", "slippage_r"),
-                             ("funding_r", "funding_r"), ("net_r", "net_r"), ("expectancy_r", "expectancy_r"),
-                             ("profit_factor", "profit_factor"), ("max_drawdown_r", "max_drawdown_r"),
-                             ("sharpe", "sharpe_annualised"), ("sharpe_per_day", "sharpe_per_day"),
-                             ("win_rate", "win_rate"), ("final_balance", "final_balance")]:
+            for col, key in [
+                ("gross_r", "gross_r"),
+                ("fees_r", "fees_r"),
+                ("slippage_r", "slippage_r"),
+                ("funding_r", "funding_r"),
+                ("net_r", "net_r"),
+                ("expectancy_r", "expectancy_r"),
+                ("profit_factor", "profit_factor"),
+                ("max_drawdown_r", "max_drawdown_r"),
+                ("sharpe", "sharpe_annualised"),
+                ("sharpe_per_day", "sharpe_per_day"),
+                ("win_rate", "win_rate"),
+                ("final_balance", "final_balance"),
+            ]:
                 assert _close(row[col], m[key]), col
             assert row["symbols"] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
             assert row["from_time"] == datetime.fromtimestamp(T0 / 1000, UTC)
@@ -59,8 +97,9 @@ def test_store_and_read_back_one_row_per_strategy(db):
             # the jsonb report holds this strategy's breakdowns only, and the run's coverage
             assert {r["strategy"] for r in row["report"]["breakdowns"]["symbol"]} == {s["name"]}
             assert len(row["report"]["coverage"]) == len(run.coverage)
-        trades = conn.execute("SELECT run_id, position_id, entry_time, funding_r, pnl_r_net, pnl_usd_net "
-                              "FROM backtest_trades").fetchall()
+        trades = conn.execute(
+            "SELECT run_id, position_id, entry_time, funding_r, pnl_r_net, pnl_usd_net FROM backtest_trades"
+        ).fetchall()
         assert len(trades) == len(run.trades)
         by_id = {t.position_id: t for t in run.trades}
         for run_id, pid, entry_time, funding_r, net, usd in trades:
@@ -92,8 +131,9 @@ def test_storing_again_replaces_the_run_partial_then_finished(db):
     other = make_run(run_id="another-run")
     store_run(other, db)
     with psycopg.connect(db) as conn:
-        groups = conn.execute("SELECT run_group, count(*), bool_or(partial) FROM backtest_runs "
-                              "GROUP BY run_group ORDER BY run_group").fetchall()
+        groups = conn.execute(
+            "SELECT run_group, count(*), bool_or(partial) FROM backtest_runs GROUP BY run_group ORDER BY run_group"
+        ).fetchall()
         assert groups == [("another-run", 2, False), ("bt-20240301-demo", 1, False)]
         n = conn.execute("SELECT count(*) FROM backtest_trades WHERE run_id LIKE 'bt-20240301-demo:%'").fetchone()[0]
         assert n == len(full.trades)

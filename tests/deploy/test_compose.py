@@ -268,10 +268,12 @@ def test_notifier_secrets_exist_only_in_the_env_file(raw: dict[str, Any]) -> Non
     and the notifier only starts on request (it refuses to start without a channel)."""
     notifier = raw["services"]["notifier"]
     assert notifier["profiles"] == ["notify"]
-    secrets = {k: v for k, v in _env(notifier).items()
-               if k.endswith(("_TOKEN", "_WEBHOOK_URL"))}
-    assert set(secrets) == {"TAPEFLOW_TELEGRAM_BOT_TOKEN", "TAPEFLOW_DISCORD_WEBHOOK_URL",
-                            "TAPEFLOW_NOTIFY_WEBHOOK_URL"}
+    secrets = {k: v for k, v in _env(notifier).items() if k.endswith(("_TOKEN", "_WEBHOOK_URL"))}
+    assert set(secrets) == {
+        "TAPEFLOW_TELEGRAM_BOT_TOKEN",
+        "TAPEFLOW_DISCORD_WEBHOOK_URL",
+        "TAPEFLOW_NOTIFY_WEBHOOK_URL",
+    }
     for key, value in secrets.items():
         assert value == f"${{{key}:-}}", f"{key} must come from .env with an empty default, got {value!r}"
     ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO, capture_output=True)
@@ -410,11 +412,7 @@ def test_alert_metric_names_follow_the_convention_and_are_documented() -> None:
 
     exprs = [rule["expr"] for rule in _alert_rules()]
     name_patterns = [re.compile(p) for e in exprs for p in re.findall(r'__name__=~"([^"]+)"', e)]
-    literal = {
-        name
-        for e in exprs
-        for name in re.findall(r"tapeflow_[a-z0-9_]+", re.sub(r'__name__=~"[^"]+"', "", e))
-    }
+    literal = {name for e in exprs for name in re.findall(r"tapeflow_[a-z0-9_]+", re.sub(r'__name__=~"[^"]+"', "", e))}
     assert literal <= documented, f"used but not listed in the header: {sorted(literal - documented)}"
     for pattern in name_patterns:
         assert any(pattern.fullmatch(m) for m in documented), f"{pattern.pattern} matches no listed metric"
@@ -432,9 +430,7 @@ def test_promtool_accepts_the_prometheus_config() -> None:
 
 
 def test_promtool_accepts_the_alert_rules() -> None:
-    result = subprocess.run(
-        [_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -493,7 +489,9 @@ def test_grafana_provisioning_and_dashboards_are_mounted_where_grafana_looks(
     assert all(ro for _, target, ro in _volumes(grafana) if target.startswith("/etc/grafana"))
 
 
-def test_the_web_ui_is_published_on_loopback_and_reads_as_the_readonly_role(services: dict[str, dict[str, Any]]) -> None:
+def test_the_web_ui_is_published_on_loopback_and_reads_as_the_readonly_role(
+    services: dict[str, dict[str, Any]],
+) -> None:
     ui = services["ui"]
     assert [(host, container) for host, _, container in _ports(ui)] == [("127.0.0.1", 8050)]
     env = _env(ui)

@@ -37,8 +37,9 @@ def test_every_tapeflow_command_in_compose_exists_with_its_options():
         for argv in commands(service):
             assert argv[0] == "tapeflow", (name, argv)
             # `--help` after the options: click validates every option given before it
-            res = subprocess.run([sys.executable, "-m", "tapeflow", *argv[1:], "--help"], capture_output=True,
-                                 text=True, timeout=60)
+            res = subprocess.run(
+                [sys.executable, "-m", "tapeflow", *argv[1:], "--help"], capture_output=True, text=True, timeout=60
+            )
             assert res.returncode == 0, f"{name}: {argv!r}: {res.stderr}"
         if name == "init":
             continue

@@ -30,7 +30,6 @@ spec.loader.exec_module(dashboards)
 model = __import__("grafana_model")  # the generator put deploy/grafana on sys.path
 
 
-
 def time_range() -> tuple[datetime, datetime]:
     """The dashboard's range as Grafana sends it when the query runs: the last 6 h (and 5 min ahead).
 
@@ -41,9 +40,16 @@ def time_range() -> tuple[datetime, datetime]:
 
 
 INTERVAL_S = 60  # $__interval of a 6 h range on a wide panel
-VALUES = {"exchange": ["binance"], "symbol": ["BTCUSDT"], "symbols": ["BTCUSDT", "ETHUSDT"],
-          "strategy": ["v53", "v52_8signals"], "mode": ["paper"], "top": ["20"], "whale": ["250000"],
-          "coin": ["BTC", "ETH"]}
+VALUES = {
+    "exchange": ["binance"],
+    "symbol": ["BTCUSDT"],
+    "symbols": ["BTCUSDT", "ETHUSDT"],
+    "strategy": ["v53", "v52_8signals"],
+    "mode": ["paper"],
+    "top": ["20"],
+    "whale": ["250000"],
+    "coin": ["BTC", "ETH"],
+}
 
 # A little of everything, in the last hours: minutes of bars and trades for two symbols, books,
 # liquidations both ways, funding of two symbols, indicators, evaluations (one vetoed by a gate) whose
@@ -186,6 +192,7 @@ def _seconds(interval: str) -> int:
 
 def expand(sql: str, variables: dict[str, model.Variable], timescale: bool) -> str:
     """What Grafana sends to the database for `sql` (Grafana 11, PostgreSQL datasource)."""
+
     def group(column: str, interval: str) -> str:
         s = _seconds(interval)
         return f"time_bucket('{s:.3f}s',{column})" if timescale else f"floor(extract(epoch from {column})/{s})*{s}"
@@ -193,8 +200,9 @@ def expand(sql: str, variables: dict[str, model.Variable], timescale: bool) -> s
     out = re.sub(r"\$__timeGroupAlias\(([^,]+),([^)]+)\)", lambda m: group(m[1].strip(), m[2]) + ' AS "time"', sql)
     out = re.sub(r"\$__timeGroup\(([^,]+),([^)]+)\)", lambda m: group(m[1].strip(), m[2]), out)
     time_from, time_to = time_range()
-    out = re.sub(r"\$__timeFilter\(([^)]+)\)",
-                 lambda m: f"{m[1].strip()} BETWEEN {_quote(time_from)} AND {_quote(time_to)}", out)
+    out = re.sub(
+        r"\$__timeFilter\(([^)]+)\)", lambda m: f"{m[1].strip()} BETWEEN {_quote(time_from)} AND {_quote(time_to)}", out
+    )
     out = out.replace("$__timeFrom()", _quote(time_from)).replace("$__timeTo()", _quote(time_to))
     out = out.replace("$__interval", f"{INTERVAL_S}s")
     for name in sorted(variables, key=len, reverse=True):  # $symbols before $symbol
@@ -239,27 +247,68 @@ def check_results(results: dict[str, dict]) -> None:
 def test_provisioned_dashboards_and_docs_are_generated_from_the_definitions():
     assert dashboards.main(["--check"]) == 0, "run `python deploy/grafana/dashboards.py` and commit the result"
     provisioned = sorted(p.name for p in (REPO / "deploy" / "grafana" / "dashboards").iterdir())
-    assert provisioned == ["intelligence.json", "market.json", "pipeline.json", "signals.json", "trading.json",
-                           "watchlist.json"]
+    assert provisioned == [
+        "intelligence.json",
+        "market.json",
+        "pipeline.json",
+        "signals.json",
+        "trading.json",
+        "watchlist.json",
+    ]
 
 
 def test_dashboards_are_the_six_asked_for_with_their_panels():
     titles = {d.title: [p.title for p in d.panels] for d in dashboards.DASHBOARDS}
-    assert set(titles) == {"tapeflow · Market", "tapeflow · Signals", "tapeflow · Trading",
-                           "tapeflow · Pipeline health", "tapeflow · Intelligence", "tapeflow · Watchlist"}
+    assert set(titles) == {
+        "tapeflow · Market",
+        "tapeflow · Signals",
+        "tapeflow · Trading",
+        "tapeflow · Pipeline health",
+        "tapeflow · Intelligence",
+        "tapeflow · Watchlist",
+    }
     panels = {t for ts in titles.values() for t in ts}
-    for wanted in ("Price and liquidations", "CVD fast (30m) and mid (4h)", "Order-book imbalance (top 10 levels)",
-                   "Funding rate across symbols", "Open interest", "Long/short ratios", "Volume by taker side",
-                   "Signal timeline", "Score by layer", "Gate vetoes by reason", "Latest features per symbol",
-                   "Equity in R", "Win rate", "Profit factor", "Max drawdown", "Open positions",
-                   "Closed trades by exit reason", "Fees and slippage in R", "Backtest runs side by side",
-                   "Records published per second", "Consumer lag", "Market-data freshness", "Trade gaps",
-                   "Dead letters per second", "Order-book resyncs (10 min)", "Latencies (p99)",
-                   "Funding heatmap: top contracts by 24 h volume", "Open interest change per symbol",
-                   "Liquidated USD by side", "Whale flow", "Whale trades", "Order-book walls and icebergs now",
-                   "Data quality per symbol", "Order-book resyncs per symbol (10 min)",
-                   "Spread matrix (bp)", "Funding per venue pair", "Swept spread by venue pair (bp)", "Hedged pairs",
-                   "Watchlist signals and rejections"):
+    for wanted in (
+        "Price and liquidations",
+        "CVD fast (30m) and mid (4h)",
+        "Order-book imbalance (top 10 levels)",
+        "Funding rate across symbols",
+        "Open interest",
+        "Long/short ratios",
+        "Volume by taker side",
+        "Signal timeline",
+        "Score by layer",
+        "Gate vetoes by reason",
+        "Latest features per symbol",
+        "Equity in R",
+        "Win rate",
+        "Profit factor",
+        "Max drawdown",
+        "Open positions",
+        "Closed trades by exit reason",
+        "Fees and slippage in R",
+        "Backtest runs side by side",
+        "Records published per second",
+        "Consumer lag",
+        "Market-data freshness",
+        "Trade gaps",
+        "Dead letters per second",
+        "Order-book resyncs (10 min)",
+        "Latencies (p99)",
+        "Funding heatmap: top contracts by 24 h volume",
+        "Open interest change per symbol",
+        "Liquidated USD by side",
+        "Whale flow",
+        "Whale trades",
+        "Order-book walls and icebergs now",
+        "Data quality per symbol",
+        "Order-book resyncs per symbol (10 min)",
+        "Spread matrix (bp)",
+        "Funding per venue pair",
+        "Swept spread by venue pair (bp)",
+        "Hedged pairs",
+        "Watchlist signals and rejections",
+    ):
         assert wanted in panels, wanted
     # the signal timeline lives in Signals only; Intelligence points to it instead of repeating it
     intelligence = next(d for d in dashboards.DASHBOARDS if d.uid == "tapeflow-intelligence")
@@ -307,19 +356,26 @@ def test_every_sql_query_runs_on_plain_postgresql_as_grafanas_role(migrated_data
             except psycopg.Error as exc:
                 results[qid] = {"error": str(exc).strip().splitlines()[0]}
         check_results(results)
-        watchlist = {qid.removeprefix("tapeflow-watchlist").strip(" /"): conn.execute(sql).fetchall()
-                     for qid, (sql, _) in queries(False).items() if qid.startswith("tapeflow-watchlist")}
+        watchlist = {
+            qid.removeprefix("tapeflow-watchlist").strip(" /"): conn.execute(sql).fetchall()
+            for qid, (sql, _) in queries(False).items()
+            if qid.startswith("tapeflow-watchlist")
+        }
     # the seed's pairs: entries where each became open (pair-1 once, though two changes say open), the
     # exit where pair-1 closed, each pair once in the table at its newest state
     assert [r[2] for r in watchlist["annotation Pair entries"]] == ["BTC,entry", "ETH,entry"]
     ((_, exit_text, exit_tags),) = watchlist["annotation Pair exits"]
-    assert exit_tags == "BTC,exit" and exit_text == ("closed BTC short okx / long binance: convergence, exit 2.0 bp, "
-                                                     "net 7.60 USD")
+    assert exit_tags == "BTC,exit" and exit_text == (
+        "closed BTC short okx / long binance: convergence, exit 2.0 bp, net 7.60 USD"
+    )
     assert sorted((r[0], r[1], r[2]) for r in watchlist["Hedged pairs / A"]) == [
-        ("BTC", "okx → binance", "closed"), ("ETH", "okx → binance", "open")]
+        ("BTC", "okx → binance", "closed"),
+        ("ETH", "okx → binance", "open"),
+    ]
     matrix = watchlist["Spread matrix (bp) / A"]  # rows (coin, sell → buy, bp): 2 coins x 3 venue pairs
-    assert [(r[0], r[1]) for r in matrix] == [(c, p) for c in ("BTC", "ETH")
-                                              for p in ("binance → okx", "bybit → binance", "okx → binance")]
+    assert [(r[0], r[1]) for r in matrix] == [
+        (c, p) for c in ("BTC", "ETH") for p in ("binance → okx", "bybit → binance", "okx → binance")
+    ]
 
 
 SCRIPT = r"""
@@ -343,12 +399,15 @@ console.log(JSON.stringify(out));
 @needs_pglite
 def test_every_sql_query_runs_on_timescaledb(tmp_path):
     migrations = [m.sql for m in load_migrations() if m.version != 1]  # PGlite is single-user: no roles
-    (tmp_path / "input.json").write_text(json.dumps({
-        "migrations": migrations, "seed": SEED,
-        "queries": {qid: sql for qid, (sql, _) in queries(True).items()}}))
+    (tmp_path / "input.json").write_text(
+        json.dumps(
+            {"migrations": migrations, "seed": SEED, "queries": {qid: sql for qid, (sql, _) in queries(True).items()}}
+        )
+    )
     script = tmp_path / "run.mjs"
     script.write_text(SCRIPT.replace("__DIST__", DIST.as_posix()))
-    proc = subprocess.run(["node", str(script), str(tmp_path / "input.json")], capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        ["node", str(script), str(tmp_path / "input.json")], capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_results(json.loads(proc.stdout.strip().splitlines()[-1]))

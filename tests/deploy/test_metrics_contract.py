@@ -66,8 +66,11 @@ def test_promtool_parses_every_expression(tmp_path):
     if promtool is None:
         pytest.fail("promtool is not installed (Debian package prometheus; deploy/bootstrap.sh installs it)")
     exprs = list(expressions().items())
-    rules = {"groups": [{"name": "parse", "rules": [{"record": f"tapeflow:check_{i}", "expr": e}
-                                                    for i, (_, e) in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {"name": "parse", "rules": [{"record": f"tapeflow:check_{i}", "expr": e} for i, (_, e) in enumerate(exprs)]}
+        ]
+    }
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules))
     res = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -162,10 +165,17 @@ def scraped(kafka_bootstrap, pg_server) -> dict[str, set[str]]:
     migrate(conninfo)
     ensure_topics(kafka_bootstrap, prefix=prefix)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update({"TAPEFLOW_HOME": str(home / "home"), "TAPEFLOW_BROKER": kafka_bootstrap,
-                "TAPEFLOW_TOPIC_PREFIX": prefix, "TAPEFLOW_DATABASE_URL": database_url(conninfo),
-                "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS), "TAPEFLOW_NOTIFY_WEBHOOK_URL": "http://127.0.0.1:9/nothing",
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "TAPEFLOW_HOME": str(home / "home"),
+            "TAPEFLOW_BROKER": kafka_bootstrap,
+            "TAPEFLOW_TOPIC_PREFIX": prefix,
+            "TAPEFLOW_DATABASE_URL": database_url(conninfo),
+            "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
+            "TAPEFLOW_NOTIFY_WEBHOOK_URL": "http://127.0.0.1:9/nothing",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     services: list[Service] = []
     ports: dict[str, int] = {}
 
@@ -175,27 +185,61 @@ def scraped(kafka_bootstrap, pg_server) -> dict[str, set[str]]:
         return service
 
     try:
-        for name, args in (("sink", ["sink"]), ("engine", ["engine", "--prime-hours", "0"]),
-                           ("executor", ["execute", "--mode", "paper"]), ("notifier", ["notify"])):
+        for name, args in (
+            ("sink", ["sink"]),
+            ("engine", ["engine", "--prime-hours", "0"]),
+            ("executor", ["execute", "--mode", "paper"]),
+            ("notifier", ["notify"]),
+        ):
             ports[name] = free_port()
             start(name, *args, "--metrics-port", str(ports[name]))
-        fake = start("fake-exchange", "fake-exchange", "--synthetic-seed", "11", "--synthetic-symbols",
-                     ",".join(SYMBOLS), "--synthetic-duration", "1800", "--speed", "20", "--rest-clock", "recording",
-                     "--fault", "garbage_every=400")
+        fake = start(
+            "fake-exchange",
+            "fake-exchange",
+            "--synthetic-seed",
+            "11",
+            "--synthetic-symbols",
+            ",".join(SYMBOLS),
+            "--synthetic-duration",
+            "1800",
+            "--speed",
+            "20",
+            "--rest-clock",
+            "recording",
+            "--fault",
+            "garbage_every=400",
+        )
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 90).group(0))
         rest = urls["rest_url"]
         ports["producer"] = free_port()
-        producer = start("producer", "produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url", rest,
-                         "--coinbase-url", rest, "--metrics-port", str(ports["producer"]),
-                         # no warm start: it would ask the real Binance Vision (unreachable) before streaming
-                         "--warm-start-hours", "0")
+        producer = start(
+            "producer",
+            "produce",
+            "--ws-url",
+            urls["ws_url"],
+            "--rest-url",
+            rest,
+            "--spot-url",
+            rest,
+            "--coinbase-url",
+            rest,
+            "--metrics-port",
+            str(ports["producer"]),
+            # no warm start: it would ask the real Binance Vision (unreachable) before streaming
+            "--warm-start-hours",
+            "0",
+        )
         for name, port in ports.items():
             wait_healthy(next(s for s in services if s.name == name), port, 120)
 
         # frames that never arrive: an agg-id gap (filled from REST) and a broken depth chain (resync)
         time.sleep(3)
-        request = urllib.request.Request(f"{rest}/_control/faults", data=json.dumps({"skip_frames": 40}).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            f"{rest}/_control/faults",
+            data=json.dumps({"skip_frames": 40}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         urllib.request.urlopen(request, timeout=10).close()
         # records nobody can decode: the engine, the sink and the executor dead-letter them
         garbage = Producer({"bootstrap.servers": kafka_bootstrap})
@@ -210,14 +254,28 @@ def scraped(kafka_bootstrap, pg_server) -> dict[str, set[str]]:
                     out.setdefault(name, set()).update(labels)
             return out
 
-        wanted = ("tapeflow_producer_dlq_messages_total", "tapeflow_producer_book_resyncs_total",
-                  "tapeflow_engine_dlq_messages_total", "tapeflow_sink_dlq_messages_total",
-                  "tapeflow_executor_publish_dlq_messages_total", "tapeflow_engine_consumer_lag_messages",
-                  "tapeflow_sink_consumer_lag_messages", "tapeflow_executor_consumer_lag_messages",
-                  "tapeflow_sink_rows_written_total", "tapeflow_engine_input_records_total")
-        wait_until(lambda: all(w in merged() for w in wanted), 120,
-                   lambda: f"not every path was taken: missing {[w for w in wanted if w not in merged()]}\n"
-                   + "\n".join(s.tail(1500) for s in services), interval=0.5, alive=services_alive(services))
+        wanted = (
+            "tapeflow_producer_dlq_messages_total",
+            "tapeflow_producer_book_resyncs_total",
+            "tapeflow_engine_dlq_messages_total",
+            "tapeflow_sink_dlq_messages_total",
+            "tapeflow_executor_publish_dlq_messages_total",
+            "tapeflow_engine_consumer_lag_messages",
+            "tapeflow_sink_consumer_lag_messages",
+            "tapeflow_executor_consumer_lag_messages",
+            "tapeflow_sink_rows_written_total",
+            "tapeflow_engine_input_records_total",
+        )
+        wait_until(
+            lambda: all(w in merged() for w in wanted),
+            120,
+            lambda: (
+                f"not every path was taken: missing {[w for w in wanted if w not in merged()]}\n"
+                + "\n".join(s.tail(1500) for s in services)
+            ),
+            interval=0.5,
+            alive=services_alive(services),
+        )
         assert producer.proc.poll() is None
         return merged()
     finally:
@@ -263,6 +321,8 @@ def test_every_metric_and_label_the_rules_and_dashboards_read_is_exported(scrape
                 for n, exported in matched[i].items():
                     missing = labels - exported - TARGET_LABELS
                     if missing:
-                        problems.append(f"{where}: grouping by {sorted(missing)}, which {n} does not carry "
-                                        f"(it has {sorted(exported)})")
+                        problems.append(
+                            f"{where}: grouping by {sorted(missing)}, which {n} does not carry "
+                            f"(it has {sorted(exported)})"
+                        )
     assert not problems, "\n".join(problems)

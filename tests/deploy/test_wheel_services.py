@@ -73,15 +73,19 @@ def build_stage() -> tuple[list[tuple[list[str], str]], str, str]:
 
 
 def docker_ignored(relative: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(relative, p.removeprefix("**/"))
-               or any(fnmatch.fnmatch(part, p.removeprefix("**/")) for part in Path(relative).parts)
-               for p in patterns)
+    return any(
+        fnmatch.fnmatch(relative, p)
+        or fnmatch.fnmatch(relative, p.removeprefix("**/"))
+        or any(fnmatch.fnmatch(part, p.removeprefix("**/")) for part in Path(relative).parts)
+        for p in patterns
+    )
 
 
 def build_wheel(workdir: Path) -> Path:
     copies, _, run = build_stage()
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip()
-                and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (REPO / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     context = workdir / "context"  # stands for the stage's WORKDIR; COPY destinations are relative to it
     for sources, dest in copies:
         target = context / dest
@@ -138,13 +142,20 @@ def make_venv(workdir: Path, wheel: Path) -> Path:
     venv = workdir / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                          "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     with zipfile.ZipFile(wheel) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        requires = [line.split(":", 1)[1].strip() for line in zf.read(meta).decode().splitlines()
-                    if line.startswith("Requires-Dist:")]
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in zf.read(meta).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
     requires = [r for r in requires if "extra ==" not in r]
     # the declared dependencies, linked (not copied) from this environment into one directory that a
     # .pth file adds to the clean virtualenv's path; nothing else of this environment is visible. The
@@ -161,8 +172,12 @@ def make_venv(workdir: Path, wheel: Path) -> Path:
             source = site / top
             if source.exists():
                 (deps / top).symlink_to(source)
-    clean_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+    clean_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (Path(clean_site) / "declared_dependencies.pth").write_text(f"{deps}\n")
     return venv
 
@@ -192,8 +207,9 @@ def wait_ui_healthy(service: Service, port: int, token_file: Path, timeout: floa
     while time.monotonic() < deadline:
         assert service.proc.poll() is None, f"ui exited: {service.tail(3000)}"
         if token_file.exists():
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/health",
-                                         headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/health", headers={"Authorization": f"Bearer {token_file.read_text().strip()}"}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=5) as resp:
                     if resp.status == 200:
@@ -229,12 +245,20 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     # every source package and every data file the code reads is in the wheel
-    for package in sorted(p.parent.name for p in REPO.glob("*/__init__.py")
-                          if p.parent.name not in ("tests", "benchmarks")):
+    for package in sorted(
+        p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name not in ("tests", "benchmarks")
+    ):
         assert f"{package}/__init__.py" in names, f"package {package} is not in the wheel"
-    for pattern in ("stream_apps/strategies/*.yaml", "stream_apps/watchlist/strategies/*.yaml", "sinks/migrations/*.sql",
-                    "schemas/avro/*.avsc", "tapeflow_ui/templates/*.html", "tapeflow_ui/static/*.js",
-                    "tapeflow_ui/static/*.css", "tapeflow_ui/static/vendor/*.js"):
+    for pattern in (
+        "stream_apps/strategies/*.yaml",
+        "stream_apps/watchlist/strategies/*.yaml",
+        "sinks/migrations/*.sql",
+        "schemas/avro/*.avsc",
+        "tapeflow_ui/templates/*.html",
+        "tapeflow_ui/static/*.js",
+        "tapeflow_ui/static/*.css",
+        "tapeflow_ui/static/vendor/*.js",
+    ):
         shipped = sorted(p.relative_to(REPO).as_posix() for p in REPO.glob(pattern))
         assert shipped and set(shipped) <= names, f"missing from the wheel: {sorted(set(shipped) - names)}"
 
@@ -243,16 +267,34 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
     run_dir = workdir / "run"  # not the checkout: nothing is importable from the working directory
     run_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAPEFLOW_", "PYTHON", "VIRTUAL_ENV"))}
-    env.update({"PATH": f"{bin_dir}:{env['PATH']}", "TAPEFLOW_HOME": str(workdir / "home"),
-                "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
-                "TAPEFLOW_DATABASE_URL": database_url(database), "TAPEFLOW_SYMBOLS": "BTCUSDT,ETHUSDT",
-                "TAPEFLOW_METRICS_HOST": "127.0.0.1", "TAPEFLOW_NOTIFY_WEBHOOK_URL": NOTIFY_URL,
-                # compose's: `db migrate` gives tapeflow_readonly this login, the UI reads with it
-                "TAPEFLOW_READONLY_PASSWORD": "wheel-test-readonly",
-                "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"})
-    where = subprocess.run([str(bin_dir / "python"), "-c", "import stream_apps, tapeflow_notify, numpy; "
-                            "print(stream_apps.__file__); print(numpy.__file__)"],
-                           cwd=run_dir, env=env, capture_output=True, text=True, timeout=120)
+    env.update(
+        {
+            "PATH": f"{bin_dir}:{env['PATH']}",
+            "TAPEFLOW_HOME": str(workdir / "home"),
+            "TAPEFLOW_BROKER": kafka_bootstrap,
+            "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
+            "TAPEFLOW_DATABASE_URL": database_url(database),
+            "TAPEFLOW_SYMBOLS": "BTCUSDT,ETHUSDT",
+            "TAPEFLOW_METRICS_HOST": "127.0.0.1",
+            "TAPEFLOW_NOTIFY_WEBHOOK_URL": NOTIFY_URL,
+            # compose's: `db migrate` gives tapeflow_readonly this login, the UI reads with it
+            "TAPEFLOW_READONLY_PASSWORD": "wheel-test-readonly",
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    where = subprocess.run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "import stream_apps, tapeflow_notify, numpy; print(stream_apps.__file__); print(numpy.__file__)",
+        ],
+        cwd=run_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert where.returncode == 0, where.stderr
     ours, numpy_file = where.stdout.split()
     assert ours.startswith(str(venv)), f"tapeflow imported from {ours}, not from the wheel"
@@ -276,8 +318,21 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
         with psycopg.connect(database) as conn:
             assert conn.execute("SELECT count(*) FROM trades").fetchone()[0] == 0  # the tables exist
 
-        fake = start("fake-exchange", ["tapeflow", "fake-exchange", "--synthetic-seed", "3", "--synthetic-symbols",
-                                       "BTCUSDT,ETHUSDT", "--synthetic-duration", "3600", "--speed", "1"])
+        fake = start(
+            "fake-exchange",
+            [
+                "tapeflow",
+                "fake-exchange",
+                "--synthetic-seed",
+                "3",
+                "--synthetic-symbols",
+                "BTCUSDT,ETHUSDT",
+                "--synthetic-duration",
+                "3600",
+                "--speed",
+                "1",
+            ],
+        )
         urls = json.loads(fake.wait_for_line(r'\{"ws_url".*\}', 60).group(0))
         ws_url, rest_url = urls["ws_url"], urls["rest_url"]
 
@@ -304,13 +359,19 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
                 wait_healthy(process, port, 180)
             # compose's healthcheck command, with this run's port, from the clean virtualenv
             check = service["healthcheck"]["test"][1:]
-            check = [bin_dir / "python" if a == "python" else a.replace(re.search(r"localhost:(\d+)", a).group(0),
-                                                                         f"127.0.0.1:{port}")
-                     if "localhost:" in a else a for a in check]
+            check = [
+                bin_dir / "python"
+                if a == "python"
+                else a.replace(re.search(r"localhost:(\d+)", a).group(0), f"127.0.0.1:{port}")
+                if "localhost:" in a
+                else a
+                for a in check
+            ]
             # 120 s: compose's own check has no timeout of ours; in the suite at load 15 a fresh Python
             # plus the service's answer took more than 30 s once
-            res = subprocess.run([str(a) for a in check], cwd=run_dir, env=env, capture_output=True, text=True,
-                                 timeout=120)
+            res = subprocess.run(
+                [str(a) for a in check], cwd=run_dir, env=env, capture_output=True, text=True, timeout=120
+            )
             assert res.returncode == 0, f"{name}: compose healthcheck failed: {res.stderr}"
         assert set(ports) == {"producer", "engine", "sink", "executor", "notifier", "watchlist", "ui", *OFFLINE_VENUES}
     finally:

@@ -18,8 +18,13 @@ pytestmark = pytest.mark.integration
 
 def test_make_run_is_tapeflow_up_with_the_readme_source():
     """`make -n` prints what `make run SOURCE=...` would do, without doing it (bootstrap included)."""
-    res = subprocess.run(["make", "-n", "run", "SOURCE=replay:tests/data/binance_futures_ws"], cwd=REPO,
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["make", "-n", "run", "SOURCE=replay:tests/data/binance_futures_ws"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     assert "bash deploy/bootstrap.sh" in res.stdout
     assert ".venv/bin/tapeflow up --source replay:tests/data/binance_futures_ws" in res.stdout
@@ -32,9 +37,14 @@ def test_make_run_is_tapeflow_up_with_the_readme_source():
 def test_the_readme_walk_reaches_a_stack_a_topic_tail_and_a_backtest_report():
     commands = [c for b in README_BLOCKS for c in b.commands]
     assert [c.split()[:3] for c in commands] == [
-        ["tapeflow", "up", "--detach"], ["tapeflow", "status"], ["tapeflow", "topics", "list"],
-        ["tapeflow", "topics", "tail"], ["tapeflow", "down"], ["tapeflow", "backtest", "--demo"],
-        ["ls", "backtest-report"]]
+        ["tapeflow", "up", "--detach"],
+        ["tapeflow", "status"],
+        ["tapeflow", "topics", "list"],
+        ["tapeflow", "topics", "tail"],
+        ["tapeflow", "down"],
+        ["tapeflow", "backtest", "--demo"],
+        ["ls", "backtest-report"],
+    ]
     session = Session()
     try:
         results = session.run_blocks(README_BLOCKS)

@@ -34,8 +34,14 @@ def test_the_reference_covers_what_the_code_declares():
     settings = (ref / "settings.md").read_text()
     assert all(f"`TAPEFLOW_{name.upper()}`" in settings for name in Settings.model_fields)
     cli = (ref / "cli.md").read_text()
-    for command in ("tapeflow up", "tapeflow topics tail", "tapeflow research walk-forward",
-                    "tapeflow watchlist backtest", "tapeflow db retention", "tapeflow backfill binance-vision"):
+    for command in (
+        "tapeflow up",
+        "tapeflow topics tail",
+        "tapeflow research walk-forward",
+        "tapeflow watchlist backtest",
+        "tapeflow db retention",
+        "tapeflow backfill binance-vision",
+    ):
         assert f"## `{command}`" in cli, command
     tables = (ref / "tables.md").read_text()
     for table in ("trades", "features", "signals", "positions", "backtest_runs", "xv_pair_events", "pipeline_errors"):
@@ -43,7 +49,9 @@ def test_the_reference_covers_what_the_code_declares():
     metrics = (ref / "metrics.md").read_text()
     alerts = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text()
     assert all(f"`{name}`" in metrics for name in re.findall(r"- alert: (\w+)", alerts))
-    assert "`tapeflow_sink_rows_written_total`" in metrics and "`tapeflow_executor_publish_messages_out_total`" in metrics
+    assert (
+        "`tapeflow_sink_rows_written_total`" in metrics and "`tapeflow_executor_publish_messages_out_total`" in metrics
+    )
     strategy = (ref / "strategy.md").read_text()
     assert "### `Regime`" in strategy and "`WatchlistStrategy` (top level)" in strategy
 
@@ -56,8 +64,13 @@ def test_runtime_code_never_imports_the_docs_tooling():
     for package in gen_reference.RUNTIME_PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
                 if any(n.split(".")[0] in ("gen_reference", "docs", "mkdocs", "material") for n in names):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []

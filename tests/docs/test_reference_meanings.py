@@ -21,8 +21,10 @@ if gen_reference is _module:
     _spec.loader.exec_module(_module)
 
 # what gen_settings adds to every secret's or file-backed setting's meaning: not a meaning by itself
-_BOILERPLATE = (re.compile(r"\*\*secret\*\* \(masked in `tapeflow status`, never logged\)\.?"),
-                re.compile(r"Also from a file: `TAPEFLOW_[A-Z0-9_]+_FILE=/path`\."))
+_BOILERPLATE = (
+    re.compile(r"\*\*secret\*\* \(masked in `tapeflow status`, never logged\)\.?"),
+    re.compile(r"Also from a file: `TAPEFLOW_[A-Z0-9_]+_FILE=/path`\."),
+)
 
 
 def key_meanings(page: str, key_column: str) -> list[tuple[str, str, str]]:
@@ -72,15 +74,19 @@ def _reachable_fields(*roots: type) -> int:
 def test_every_strategy_watchlist_and_executor_key_has_a_meaning():
     rows = key_meanings(gen_reference.gen_strategy(), "key")
     missing = [f"{section}: {key}" for section, key, meaning in rows if blank(meaning)]
-    assert missing == [], (f"{len(missing)} of {len(rows)} keys in reference/strategy.md have no meaning; give each "
-                           "a Field(description=...) in its pydantic model: " + ", ".join(missing))
+    assert missing == [], (
+        f"{len(missing)} of {len(rows)} keys in reference/strategy.md have no meaning; give each "
+        "a Field(description=...) in its pydantic model: " + ", ".join(missing)
+    )
 
 
 def test_every_setting_has_a_meaning():
     rows = key_meanings(gen_reference.gen_settings(), "YAML key")
     missing = [f"{section}: {key}" for section, key, meaning in rows if blank(meaning)]
-    assert missing == [], (f"{len(missing)} of {len(rows)} settings in reference/settings.md have no meaning; give "
-                           "each a Field(description=...) in tapeflow_runtime/settings.py: " + ", ".join(missing))
+    assert missing == [], (
+        f"{len(missing)} of {len(rows)} settings in reference/settings.md have no meaning; give "
+        "each a Field(description=...) in tapeflow_runtime/settings.py: " + ", ".join(missing)
+    )
 
 
 def test_the_strategy_reference_lists_every_key_of_every_model():
@@ -93,17 +99,21 @@ def test_the_strategy_reference_lists_every_key_of_every_model():
 
     strategy_rows = key_meanings(gen_reference.gen_strategy(), "key")
     fields = _reachable_fields(StrategyConfig, WatchlistStrategy, ExecutorConfig)
-    assert len(strategy_rows) == fields, (f"reference/strategy.md lists {len(strategy_rows)} keys, the models have "
-                                          f"{fields}: a model's table is missing or doubled")
+    assert len(strategy_rows) == fields, (
+        f"reference/strategy.md lists {len(strategy_rows)} keys, the models have "
+        f"{fields}: a model's table is missing or doubled"
+    )
     settings_rows = key_meanings(gen_reference.gen_settings(), "YAML key")
     assert len(settings_rows) == len(Settings.model_fields) + len(TableRetention.model_fields)
 
 
 def test_a_blank_meaning_is_found_and_named():
-    page = ("### `Exits`\n\n| key | type | default | meaning |\n|---|---|---|---|\n"
-            "| `tp1_r` | float | **required** | first take-profit |\n| `tp2_r` | float | **required** |  |\n\n"
-            "## Settings\n\n| environment variable | YAML key | type | default | meaning |\n|---|---|---|---|---|\n"
-            "| `TAPEFLOW_X` | `x` | str | unset | **secret** (masked in `tapeflow status`, never logged). "
-            "Also from a file: `TAPEFLOW_X_FILE=/path`. |\n")
+    page = (
+        "### `Exits`\n\n| key | type | default | meaning |\n|---|---|---|---|\n"
+        "| `tp1_r` | float | **required** | first take-profit |\n| `tp2_r` | float | **required** |  |\n\n"
+        "## Settings\n\n| environment variable | YAML key | type | default | meaning |\n|---|---|---|---|---|\n"
+        "| `TAPEFLOW_X` | `x` | str | unset | **secret** (masked in `tapeflow status`, never logged). "
+        "Also from a file: `TAPEFLOW_X_FILE=/path`. |\n"
+    )
     blanks = [(s, k) for s, k, m in key_meanings(page, "YAML key") if blank(m)]
     assert blanks == [("`Exits`", "tp2_r"), ("Settings", "x")]

@@ -27,8 +27,13 @@ ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
 
 
 def build(config: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*MKDOCS, "build", "--strict", "--config-file", str(config), "--site-dir", str(out)],
-                          capture_output=True, text=True, timeout=120, env=ENV)
+    return subprocess.run(
+        [*MKDOCS, "build", "--strict", "--config-file", str(config), "--site-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +75,10 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         """No line on stderr per request: the test's output stays readable."""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (deploy/bootstrap.sh installs it "
-                                              "as root: apt-get install chromium)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian chromium is not installed (deploy/bootstrap.sh installs it as root: apt-get install chromium)",
+)
 def test_pages_open_in_chromium_with_title_navigation_and_no_errors(site):
     # served over HTTP, as a user's `make docs-serve` or a web server would: the search worker needs it
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(site)))
@@ -81,10 +88,14 @@ def test_pages_open_in_chromium_with_title_navigation_and_no_errors(site):
         with DevTools() as browser:
             # (page, its title in the navigation and <title>, its heading)
             for path, title, heading in [
-                    ("index.html", "tapeflow", "tapeflow"),
-                    ("tutorials/strategy-walk-forward.html", "A strategy to a walk-forward verdict",
-                     "A strategy from idea to walk-forward verdict"),
-                    ("reference/cli.html", "CLI", "CLI")]:
+                ("index.html", "tapeflow", "tapeflow"),
+                (
+                    "tutorials/strategy-walk-forward.html",
+                    "A strategy to a walk-forward verdict",
+                    "A strategy from idea to walk-forward verdict",
+                ),
+                ("reference/cli.html", "CLI", "CLI"),
+            ]:
                 browser.events.clear()
                 for domain in ("Page", "Network", "Runtime", "Log"):
                     browser.call(f"{domain}.enable")
@@ -94,13 +105,23 @@ def test_pages_open_in_chromium_with_title_navigation_and_no_errors(site):
                 browser.call("Runtime.evaluate", expression="1")  # drain the events that came meanwhile
                 page_title = browser.evaluate("document.title")
                 assert page_title.startswith(title) and page_title.endswith("tapeflow"), (path, page_title)
-                assert browser.evaluate("document.querySelector('h1').textContent.replace('¶', '').trim()") == heading, path
-                nav = browser.evaluate("Array.from(document.querySelectorAll('nav.md-nav--primary .md-nav__link'))"
-                                       ".map(a => a.textContent.trim())")
-                assert {"Getting started", "Tutorials", "Reference", "Exchange notes", "Install", "CLI"} <= set(nav), (path, nav)
+                assert (
+                    browser.evaluate("document.querySelector('h1').textContent.replace('¶', '').trim()") == heading
+                ), path
+                nav = browser.evaluate(
+                    "Array.from(document.querySelectorAll('nav.md-nav--primary .md-nav__link'))"
+                    ".map(a => a.textContent.trim())"
+                )
+                assert {"Getting started", "Tutorials", "Reference", "Exchange notes", "Install", "CLI"} <= set(nav), (
+                    path,
+                    nav,
+                )
                 failed = [u for u, why in browser.blocked().items()]
                 assert failed == [] and browser.problems() == [], (path, failed, browser.problems())
-                assert all(u.startswith((base, "data:")) for u in browser.requests()), (path, browser.requests())  # offline
+                assert all(u.startswith((base, "data:")) for u in browser.requests()), (
+                    path,
+                    browser.requests(),
+                )  # offline
     finally:
         server.shutdown()
 
@@ -111,7 +132,10 @@ def test_no_page_sends_a_user_to_what_they_do_not_have():
     aside) names them."""
     unwanted = re.compile(r"DESIGN\.md|\bshared/|\b[Ii]ssue \d+|development machine|\bdev machine")
     pages = [p for p in DOCS.rglob("*.md") if "development" not in p.relative_to(DOCS).parts]
-    found = [f"{page.relative_to(REPO)}:{n}: {line.strip()[:120]}"
-             for page in [*pages, REPO / "README.md"]
-             for n, line in enumerate(page.read_text().splitlines(), 1) if unwanted.search(line)]
+    found = [
+        f"{page.relative_to(REPO)}:{n}: {line.strip()[:120]}"
+        for page in [*pages, REPO / "README.md"]
+        for n, line in enumerate(page.read_text().splitlines(), 1)
+        if unwanted.search(line)
+    ]
     assert len(pages) > 40 and found == []

@@ -41,8 +41,9 @@ def connect(fake):
     made = []
 
     def make(**kw) -> BinanceBroker:
-        b = BinanceBroker.connect("testnet", fake.rest_url, fake.ws_url, SecretStr(TEST_API_KEY),
-                                  SecretStr(TEST_API_SECRET), **kw)
+        b = BinanceBroker.connect(
+            "testnet", fake.rest_url, fake.ws_url, SecretStr(TEST_API_KEY), SecretStr(TEST_API_SECRET), **kw
+        )
         made.append(b)
         return b
 
@@ -71,8 +72,9 @@ def states(events) -> list[str]:
 
 
 def req(cid, side="BUY", type_="LIMIT", qty=0.01, price=None, post_only=False, reduce_only=False):
-    return OrderRequest(cid, "binance", SYM, side, type_, qty, price=price, post_only=post_only,
-                        reduce_only=reduce_only)
+    return OrderRequest(
+        cid, "binance", SYM, side, type_, qty, price=price, post_only=post_only, reduce_only=reduce_only
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -83,7 +85,11 @@ def test_place_amend_cancel_with_filters_applied(fake, connect):
     [order] = fake.control("state")["open_orders"]
     # qty floored to the 0.001 step, post-only buy price floored to the 0.01 tick
     assert (order["clientOrderId"], D(order["origQty"]), D(order["price"]), order["timeInForce"]) == (
-        "c-1", D("0.012"), D("49990.00"), "GTX")
+        "c-1",
+        D("0.012"),
+        D("49990.00"),
+        "GTX",
+    )
     broker.amend("c-1", now(), price=49980.006)
     assert D(fake.control("state")["open_orders"][0]["price"]) == D("49980.00")
     with pytest.raises(AmendRejected, match="-5022"):
@@ -106,8 +112,9 @@ def test_rejects_local_filters_and_exchange_codes(fake, connect):
     assert sent == ["r-gtx"]  # the filter rejects never left the process
     # with the filters loosened locally, the exchange's own check answers -4164 / -1111
     real = broker.filters[SYM]
-    broker.filters[SYM] = SymbolFilters(**{**{s: getattr(real, s) for s in real.__slots__},
-                                           "min_notional": 0, "tick_size": real.tick_size / 1000})
+    broker.filters[SYM] = SymbolFilters(
+        **{**{s: getattr(real, s) for s in real.__slots__}, "min_notional": 0, "tick_size": real.tick_size / 1000}
+    )
     [ex_small] = broker.submit(req("r-ex-small", qty=0.001, price=4000.0), now())
     assert ex_small.state == "REJECTED" and "-4164" in ex_small.reason
     [precision] = broker.submit(req("r-prec", qty=0.001, price=49000.005), now())
@@ -142,7 +149,11 @@ def test_stop_loss_is_a_reduce_only_stop_market_filled_as_taker(fake, connect):
     assert states(broker.place_stop("sl-1", SYM, "SELL", 0.01, 49500.009, now())) == ["NEW"]
     [stop] = fake.control("state")["open_orders"]
     assert (stop["type"], D(stop["stopPrice"]), stop["reduceOnly"], stop["workingType"]) == (
-        "STOP_MARKET", D("49500.00"), True, "MARK_PRICE")  # a sell stop never rounds towards the market
+        "STOP_MARKET",
+        D("49500.00"),
+        True,
+        "MARK_PRICE",
+    )  # a sell stop never rounds towards the market
     fake.market(mark=49600.0)
     fake.market(mark=49499.0)
     events = poll_until(broker, lambda ev: "FILLED" in states(ev))
@@ -217,8 +228,13 @@ def test_clock_outside_recv_window_is_resynced_and_retried(fake, connect):
 
 def test_maker_first_entry_times_out_then_falls_back_to_taker(fake, connect):
     broker = connect()
-    ex = Executor(ExecutorConfig(entry=EntryPolicy(kind="maker_first", maker_timeout_ms=300,
-                                                   fallback_slippage_cap_bps=10)), "testnet", broker, ListSink(), now())
+    ex = Executor(
+        ExecutorConfig(entry=EntryPolicy(kind="maker_first", maker_timeout_ms=300, fallback_slippage_cap_bps=10)),
+        "testnet",
+        broker,
+        ListSink(),
+        now(),
+    )
     t0 = now()
     ex.on_book(book_record(50000.0, 50000.1, t0, symbol=SYM), t0)
     ex.on_trade(trade_record(50000.0, t0, symbol=SYM), t0)
@@ -228,7 +244,7 @@ def test_maker_first_entry_times_out_then_falls_back_to_taker(fake, connect):
     ex.on_clock(t0 + 300)
     seq = [(o["client_order_id"][-2:], o["state"], o["reason"]) for o in ex.sink.of("orders")]
     at = seq.index(("en", "CANCELED", "maker_timeout"))
-    assert seq[at + 1:at + 3] == [("ef", "PENDING_NEW", None), ("ef", "NEW", None)]
+    assert seq[at + 1 : at + 3] == [("ef", "PENDING_NEW", None), ("ef", "NEW", None)]
     deadline = time.monotonic() + 3
     while not ex.sink.of("positions") and time.monotonic() < deadline:
         ex.on_clock(now())
@@ -240,8 +256,13 @@ def test_maker_first_entry_times_out_then_falls_back_to_taker(fake, connect):
 
 def test_maker_timeout_beyond_the_slippage_cap_sends_nothing_more(fake, connect):
     broker = connect()
-    ex = Executor(ExecutorConfig(entry=EntryPolicy(kind="maker_first", maker_timeout_ms=300,
-                                                   fallback_slippage_cap_bps=10)), "testnet", broker, ListSink(), now())
+    ex = Executor(
+        ExecutorConfig(entry=EntryPolicy(kind="maker_first", maker_timeout_ms=300, fallback_slippage_cap_bps=10)),
+        "testnet",
+        broker,
+        ListSink(),
+        now(),
+    )
     t0 = now()
     ex.on_book(book_record(50000.0, 50000.1, t0, symbol=SYM), t0)
     ex.on_signal(signal_record(price=50000.0, risk=500.0, eval_time=t0, symbol=SYM), t0)
@@ -255,8 +276,19 @@ def test_maker_timeout_beyond_the_slippage_cap_sends_nothing_more(fake, connect)
 def test_reconciliation_reports_and_handles_orphans(fake, connect, policy):
     broker = connect()
     fake.control("orphan", {"symbol": SYM, "position_amt": "0.5", "entry_price": "49000"})
-    fake.control("orphan", {"order": {"symbol": SYM, "side": "SELL", "type": "LIMIT", "quantity": "0.1",
-                                      "price": "51000", "newClientOrderId": "manual-1"}})
+    fake.control(
+        "orphan",
+        {
+            "order": {
+                "symbol": SYM,
+                "side": "SELL",
+                "type": "LIMIT",
+                "quantity": "0.1",
+                "price": "51000",
+                "newClientOrderId": "manual-1",
+            }
+        },
+    )
     rec = Reconciler(broker, policy)
     assert rec.due(now())
     report = rec.run({}, set(), now())

@@ -32,7 +32,11 @@ def filters():
 def test_real_exchange_info_filters_are_parsed(filters):
     btc = filters["BTCUSDT"]
     assert (btc.tick_size, btc.step_size, btc.min_qty, btc.min_notional) == (
-        Decimal("0.01"), Decimal("0.001"), Decimal("0.001"), Decimal(5))
+        Decimal("0.01"),
+        Decimal("0.001"),
+        Decimal("0.001"),
+        Decimal(5),
+    )
     assert btc.min_price == Decimal("556.72") and btc.market_step_size == Decimal("0.001")
 
 
@@ -70,26 +74,39 @@ def test_min_notional_and_reduce_only_exemption(filters):
 def test_signature_is_hmac_sha256_hex_rfc4231_vector():
     # RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?"
     assert sign(SecretStr("Jefe"), "what do ya want for nothing?") == (
-        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    )
 
 
 def test_signed_query_is_the_hmac_of_exactly_what_is_sent():
     secret = SecretStr("s3cr3t")
-    q = signed_query({"symbol": "BTCUSDT", "reduceOnly": True, "price": None, "quantity": "0.01"}, secret,
-                     1_700_000_000_000, 4000)
+    q = signed_query(
+        {"symbol": "BTCUSDT", "reduceOnly": True, "price": None, "quantity": "0.01"}, secret, 1_700_000_000_000, 4000
+    )
     body, _, signature = q.rpartition("&signature=")
     assert body == "symbol=BTCUSDT&reduceOnly=true&quantity=0.01&timestamp=1700000000000&recvWindow=4000"
     assert signature == hmac.new(b"s3cr3t", body.encode(), hashlib.sha256).hexdigest()
     assert dict(parse_qsl(q))["signature"] == signature
 
 
-@pytest.mark.parametrize(("status", "code", "kind"), [
-    (None, None, ErrorKind.UNKNOWN_STATE), (503, -1001, ErrorKind.UNKNOWN_STATE), (500, None, ErrorKind.UNKNOWN_STATE),
-    (400, -1021, ErrorKind.RETRYABLE), (429, -1003, ErrorKind.RETRYABLE), (418, -1003, ErrorKind.RETRYABLE),
-    (400, -2011, ErrorKind.NOT_FOUND), (400, -2013, ErrorKind.NOT_FOUND), (400, -4116, ErrorKind.DUPLICATE),
-    (400, -2010, ErrorKind.REJECTED), (400, -4164, ErrorKind.REJECTED), (400, -1111, ErrorKind.REJECTED),
-    (400, -5022, ErrorKind.REJECTED),
-])
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (None, None, ErrorKind.UNKNOWN_STATE),
+        (503, -1001, ErrorKind.UNKNOWN_STATE),
+        (500, None, ErrorKind.UNKNOWN_STATE),
+        (400, -1021, ErrorKind.RETRYABLE),
+        (429, -1003, ErrorKind.RETRYABLE),
+        (418, -1003, ErrorKind.RETRYABLE),
+        (400, -2011, ErrorKind.NOT_FOUND),
+        (400, -2013, ErrorKind.NOT_FOUND),
+        (400, -4116, ErrorKind.DUPLICATE),
+        (400, -2010, ErrorKind.REJECTED),
+        (400, -4164, ErrorKind.REJECTED),
+        (400, -1111, ErrorKind.REJECTED),
+        (400, -5022, ErrorKind.REJECTED),
+    ],
+)
 def test_error_classes(status, code, kind):
     assert classify(status, code) is kind
 
@@ -97,15 +114,34 @@ def test_error_classes(status, code, kind):
 def test_compare_reports_every_kind_of_difference():
     findings = compare(
         exchange_positions={"BTCUSDT": 0.5, "ETHUSDT": -2.0, "SOLUSDT": 3.0},
-        exchange_orders=[{"clientOrderId": "manual-1", "symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT",
-                          "origQty": "0.5", "price": "60000"},
-                         {"clientOrderId": "tfours-en", "symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT",
-                          "origQty": "1", "price": "2000"}],
+        exchange_orders=[
+            {
+                "clientOrderId": "manual-1",
+                "symbol": "BTCUSDT",
+                "side": "SELL",
+                "type": "LIMIT",
+                "origQty": "0.5",
+                "price": "60000",
+            },
+            {
+                "clientOrderId": "tfours-en",
+                "symbol": "ETHUSDT",
+                "side": "BUY",
+                "type": "LIMIT",
+                "origQty": "1",
+                "price": "2000",
+            },
+        ],
         our_positions={"ETHUSDT": -1.0, "XRPUSDT": 10.0, "SOLUSDT": 3.0},
-        our_orders={"tfours-en"})
+        our_orders={"tfours-en"},
+    )
     kinds = {(f.kind, f.symbol) for f in findings}
-    assert kinds == {("orphan_position", "BTCUSDT"), ("size_mismatch", "ETHUSDT"), ("missing_position", "XRPUSDT"),
-                     ("orphan_order", "BTCUSDT")}
+    assert kinds == {
+        ("orphan_position", "BTCUSDT"),
+        ("size_mismatch", "ETHUSDT"),
+        ("missing_position", "XRPUSDT"),
+        ("orphan_order", "BTCUSDT"),
+    }
     assert compare({"BTCUSDT": 0.5}, [], {}, [], adopted={"BTCUSDT": 0.5}) == []
 
 
@@ -113,6 +149,7 @@ def test_an_adopted_position_is_compared_under_our_own_trades_and_followed_when_
     """The exchange nets an adopted orphan and our own position on one symbol into one amount: no
     mismatch is reported for it. When its owner changes or closes it, that is reported once and the
     adoption follows (new amount, or ended)."""
+
     class Exchange:
         def __init__(self):
             self.amounts = {"BTCUSDT": 0.5}

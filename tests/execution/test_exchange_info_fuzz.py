@@ -46,9 +46,15 @@ def test_any_json_body_is_filters_or_an_exchange_info_error(body):
 
 symbol_infos = st.one_of(
     mutated(SYMBOL, ["symbol", "filters"], numberish | json_values),
-    st.builds(lambda fs: {**SYMBOL, "filters": fs},
-              st.lists(st.sampled_from([PRICE, LOT, MARKET, NOTIONAL]).flatmap(
-                  lambda f: mutated(f, sorted(f), numberish | json_values)), max_size=4)),
+    st.builds(
+        lambda fs: {**SYMBOL, "filters": fs},
+        st.lists(
+            st.sampled_from([PRICE, LOT, MARKET, NOTIONAL]).flatmap(
+                lambda f: mutated(f, sorted(f), numberish | json_values)
+            ),
+            max_size=4,
+        ),
+    ),
 )
 
 
@@ -64,15 +70,31 @@ def test_odd_filters_are_refused_on_one_line(infos):
 
 
 @FUZZ
-@given(tick=st.decimals(min_value="0.00000001", max_value="1000", places=8),
-       step=st.decimals(min_value="0.00000001", max_value="1000", places=8),
-       notional=st.decimals(min_value=0, max_value="1000", places=2))
+@given(
+    tick=st.decimals(min_value="0.00000001", max_value="1000", places=8),
+    step=st.decimals(min_value="0.00000001", max_value="1000", places=8),
+    notional=st.decimals(min_value=0, max_value="1000", places=2),
+)
 def test_well_formed_filters_parse_to_their_values(tick, step, notional):
-    body = {"symbols": [{**SYMBOL, "filters": [{**PRICE, "tickSize": str(tick)}, {**LOT, "stepSize": str(step)},
-                                                {**NOTIONAL, "notional": str(notional)}]}]}
+    body = {
+        "symbols": [
+            {
+                **SYMBOL,
+                "filters": [
+                    {**PRICE, "tickSize": str(tick)},
+                    {**LOT, "stepSize": str(step)},
+                    {**NOTIONAL, "notional": str(notional)},
+                ],
+            }
+        ]
+    }
     f = parse_exchange_info(orjson.loads(orjson.dumps(body)))["BTCUSDT"]
     assert (f.tick_size, f.step_size, f.market_step_size, f.min_notional) == (
-        Decimal(str(tick)), Decimal(str(step)), Decimal(str(step)), Decimal(str(notional)))
+        Decimal(str(tick)),
+        Decimal(str(step)),
+        Decimal(str(step)),
+        Decimal(str(notional)),
+    )
 
 
 @FUZZ

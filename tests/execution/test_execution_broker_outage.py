@@ -24,9 +24,9 @@ from execution.service import ExecuteOptions, run_executor
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.settings import Settings
 from tests.support.executor_io import Feed, Watcher, free_port, wait_consumed
-from tests.support.waiting import wait_until
 from tests.support.faults_broker import broker_alone
 from tests.support.services import ServiceThread
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +47,15 @@ def test_an_executor_rides_out_a_broker_outage_with_uncommitted_offsets(tmp_path
         ensure_topics(boot, prefix=prefix)
         settings = Settings(home=tmp_path / "exec", broker=boot, topic_prefix=prefix)
         port = free_port()
-        ex = ServiceThread(lambda stop: run_executor(settings, "paper", ExecuteOptions(
-            start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=port, commit_interval_ms=10_000)))
+        ex = ServiceThread(
+            lambda stop: run_executor(
+                settings,
+                "paper",
+                ExecuteOptions(
+                    start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=port, commit_interval_ms=10_000
+                ),
+            )
+        )
         feed = Feed(boot, prefix)
         watcher = None
         try:

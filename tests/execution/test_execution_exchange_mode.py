@@ -95,20 +95,27 @@ def fake():
     venue.stop()
 
 
-def executor_config(tmp_path: Path, fake: FakeVenue, *, orphans: str = "flatten", interval_s: float = 300,
-                    request_timeout_s: float = 5) -> Path:
+def executor_config(
+    tmp_path: Path, fake: FakeVenue, *, orphans: str = "flatten", interval_s: float = 300, request_timeout_s: float = 5
+) -> Path:
     path = tmp_path / f"executor-{orphans}.yaml"
     path.write_text(
         f"exchange:\n  rest_url: {fake.rest_url}\n  ws_url: {fake.ws_url}\n  request_timeout_s: {request_timeout_s}\n"
-        f"  probe_interval_s: 0.5\nreconcile:\n  orphans: {orphans}\n  interval_s: {interval_s}\n  retry_s: 0.5\n")
+        f"  probe_interval_s: 0.5\nreconcile:\n  orphans: {orphans}\n  interval_s: {interval_s}\n  retry_s: 0.5\n"
+    )
     return path
 
 
 @pytest.fixture
 def env(kafka_bootstrap, topic_prefix, tmp_path):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    settings = Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix,
-                        binance_api_key=TEST_API_KEY, binance_api_secret=TEST_API_SECRET)
+    settings = Settings(
+        home=tmp_path,
+        broker=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        binance_api_key=TEST_API_KEY,
+        binance_api_secret=TEST_API_SECRET,
+    )
     watcher = Watcher(kafka_bootstrap, topic_prefix, ["orders", "fills", "positions", "risk.events"])
     yield settings, Feed(kafka_bootstrap, topic_prefix), watcher
     watcher.close()
@@ -119,9 +126,17 @@ class RunningExecutor(ServiceThread):
 
     def __init__(self, settings: Settings, config: Path, mode: str = "testnet") -> None:
         self.port = free_port()
-        super().__init__(lambda stop: run_executor(settings, mode, ExecuteOptions(
-            config_path=config, start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=self.port),
-            environ=OPT_IN), join_s=60.0)
+        super().__init__(
+            lambda stop: run_executor(
+                settings,
+                mode,
+                ExecuteOptions(
+                    config_path=config, start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=self.port
+                ),
+                environ=OPT_IN,
+            ),
+            join_s=60.0,
+        )
 
 
 def wait_running(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> dict:
@@ -220,8 +235,12 @@ def test_testnet_executor_trades_a_signal_on_the_fake_exchange(env, fake, tmp_pa
     entry_fill = fills[cid]
     assert (entry_fill["price"], entry_fill["qty"], entry_fill["liquidity"]) == (50000.0, 0.4, "taker")
     assert entry_fill["fee"] == pytest.approx(0.0004 * 50000 * 0.4)  # 8.0 USDT
-    assert (opened["entry_price"], opened["qty"], opened["sl_price"], opened["tp1_price"]) == (50000.0, 0.4, 49500.0,
-                                                                                             50500.0)
+    assert (opened["entry_price"], opened["qty"], opened["sl_price"], opened["tp1_price"]) == (
+        50000.0,
+        0.4,
+        49500.0,
+        50500.0,
+    )
     assert opened["r_usd"] == pytest.approx(200.0)
 
     # stop-loss: reduce-only market sell at 49,400, 100 below the stop = 0.2 R slippage;
@@ -262,23 +281,35 @@ sys.exit(asyncio.run(run_executor(settings, "testnet", options)))
 """
 
 
-def test_killed_after_sending_the_entry_the_restart_finds_it_by_client_id_and_never_resends(
-        env, fake, tmp_path):
+def test_killed_after_sending_the_entry_the_restart_finds_it_by_client_id_and_never_resends(env, fake, tmp_path):
     settings, feed, w = env
     boot, prefix = settings.broker, settings.topic_prefix
     (tmp_path / "key").write_text(TEST_API_KEY)
     (tmp_path / "secret").write_text(TEST_API_SECRET)
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    child_env.update({"PYTHONPATH": str(REPO), "TAPEFLOW_HOME": str(tmp_path), "TAPEFLOW_BROKER": boot,
-                      "TAPEFLOW_TOPIC_PREFIX": prefix, "TAPEFLOW_BINANCE_API_KEY_FILE": str(tmp_path / "key"),
-                      "TAPEFLOW_BINANCE_API_SECRET_FILE": str(tmp_path / "secret"), **OPT_IN})
+    child_env.update(
+        {
+            "PYTHONPATH": str(REPO),
+            "TAPEFLOW_HOME": str(tmp_path),
+            "TAPEFLOW_BROKER": boot,
+            "TAPEFLOW_TOPIC_PREFIX": prefix,
+            "TAPEFLOW_BINANCE_API_KEY_FILE": str(tmp_path / "key"),
+            "TAPEFLOW_BINANCE_API_SECRET_FILE": str(tmp_path / "secret"),
+            **OPT_IN,
+        }
+    )
     # the exchange acts on the next order at once but answers only after 8 s; the executor waits up to 30 s
     config = executor_config(tmp_path, fake, request_timeout_s=30)
     port = free_port()
     log_path = tmp_path / "executor.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(config), str(port)], cwd=tmp_path, env=child_env,
-                                stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(config), str(port)],
+            cwd=tmp_path,
+            env=child_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_running(port, proc=proc)
             feed.trade(50000.0)
@@ -304,8 +335,9 @@ def test_killed_after_sending_the_entry_the_restart_finds_it_by_client_id_and_ne
     restart = int(time.time() * 1000)
     ex = RunningExecutor(settings, executor_config(tmp_path, fake))
     try:
-        opened = w.wait("positions", lambda p: p["signal_id"] == sig["signal_id"] and p["event"] == "opened",
-                        timeout=60)
+        opened = w.wait(
+            "positions", lambda p: p["signal_id"] == sig["signal_id"] and p["event"] == "opened", timeout=60
+        )
         # the signal was never committed by the dead process: it comes again and is refused
         w.wait("risk.events", lambda r: r["reason"] == "duplicate_signal" and r["event_time"] >= restart)
         w.pump(0.5)
@@ -324,12 +356,25 @@ def test_killed_after_sending_the_entry_the_restart_finds_it_by_client_id_and_ne
 
 @pytest.mark.parametrize("policy", ["flatten", "adopt"])
 def test_reconciliation_reports_and_handles_orphans_then_an_unreachable_exchange_blocks_entries(
-        env, fake, tmp_path, policy):
+    env, fake, tmp_path, policy
+):
     settings, feed, w = env
     fake.market(symbol="ETHUSDT", bid=2999.9, ask=3000.0, price=3000.0, qty=0.0, mark=3000.0)
     fake.control("orphan", {"symbol": SYM, "position_amt": "0.5", "entry_price": "49000"})
-    fake.control("orphan", {"order": {"symbol": SYM, "side": "SELL", "type": "LIMIT", "quantity": "0.1",
-                                      "price": "51000", "timeInForce": "GTC", "newClientOrderId": "manual-1"}})
+    fake.control(
+        "orphan",
+        {
+            "order": {
+                "symbol": SYM,
+                "side": "SELL",
+                "type": "LIMIT",
+                "quantity": "0.1",
+                "price": "51000",
+                "timeInForce": "GTC",
+                "newClientOrderId": "manual-1",
+            }
+        },
+    )
     ex = RunningExecutor(settings, executor_config(tmp_path, fake, orphans=policy, interval_s=1))
     try:
         wait_running(ex.port)
@@ -350,8 +395,10 @@ def test_reconciliation_reports_and_handles_orphans_then_an_unreachable_exchange
         w.wait("risk.events", lambda r: r["scope"] == "reconcile:binance" and r["reason"] == "reconcile_failed")
         feed.trade(50000.0)
         blocked = feed.signal(price=50000.0, risk=500.0)
-        refusal = w.wait("risk.events", lambda r: r["scope"] == "strategy:v53:binance:BTCUSDT"
-                         and r["event_time"] >= blocked["eval_time"])
+        refusal = w.wait(
+            "risk.events",
+            lambda r: r["scope"] == "strategy:v53:binance:BTCUSDT" and r["event_time"] >= blocked["eval_time"],
+        )
         w.pump(0.5)
     finally:
         assert ex.close() == 0
@@ -360,7 +407,10 @@ def test_reconciliation_reports_and_handles_orphans_then_an_unreachable_exchange
     assert not [o for o in w.seen["orders"] if o["signal_id"] == blocked["signal_id"]]
     reconcile_events = [r for r in w.seen["risk.events"] if r["scope"].startswith("reconcile:binance:")]
     if policy == "flatten":
-        assert (on_start_position["decision"], on_start_position["reason"]) == ("flatten", "orphan_position:flatten_sent")
+        assert (on_start_position["decision"], on_start_position["reason"]) == (
+            "flatten",
+            "orphan_position:flatten_sent",
+        )
         assert (on_start_order["decision"], on_start_order["reason"]) == ("flatten", "orphan_order:cancelled")
         assert periodic["reason"] == "orphan_position:flatten_sent"
         assert D(st["positions"][SYM]["amount"]) == 0 and D(st["positions"]["ETHUSDT"]["amount"]) == 0
@@ -369,12 +419,16 @@ def test_reconciliation_reports_and_handles_orphans_then_an_unreachable_exchange
         repairs = [o for o in w.seen["orders"] if o["reason"] == "reconcile_flatten"]
         by_symbol = {o["symbol"]: o for o in repairs}
         assert {(o["symbol"], o["side"], o["qty"], o["leg"], o["reduce_only"]) for o in repairs} == {
-            (SYM, "SELL", 0.5, "exit", True), ("ETHUSDT", "BUY", 2.0, "exit", True)}
+            (SYM, "SELL", 0.5, "exit", True),
+            ("ETHUSDT", "BUY", 2.0, "exit", True),
+        }
         for symbol, order in by_symbol.items():
             states = [o["state"] for o in w.seen["orders"] if o["client_order_id"] == order["client_order_id"]]
             assert states == ["PENDING_NEW", "NEW", "FILLED"], (symbol, states)
-        assert {(f["symbol"], f["qty"], f["price"]) for f in w.seen["fills"]} == {(SYM, 0.5, 50000.0),
-                                                                                 ("ETHUSDT", 2.0, 3000.0)}
+        assert {(f["symbol"], f["qty"], f["price"]) for f in w.seen["fills"]} == {
+            (SYM, 0.5, 50000.0),
+            ("ETHUSDT", 2.0, 3000.0),
+        }
     else:
         assert (on_start_position["decision"], on_start_position["reason"]) == ("allow", "orphan_position:adopted")
         assert (on_start_order["decision"], on_start_order["reason"]) == ("allow", "orphan_order:adopted")
@@ -387,13 +441,16 @@ def test_reconciliation_reports_and_handles_orphans_then_an_unreachable_exchange
 
 
 async def test_live_mode_refuses_without_the_opt_in_or_keys_and_never_logs_them(tmp_path, capfd):
-    keyed = Settings(home=tmp_path, broker="127.0.0.1:1", binance_api_key=TEST_API_KEY,
-                     binance_api_secret=TEST_API_SECRET)
+    keyed = Settings(
+        home=tmp_path, broker="127.0.0.1:1", binance_api_key=TEST_API_KEY, binance_api_secret=TEST_API_SECRET
+    )
     # a loopback port nobody listens on: a start that got past the checks could not reach anything else
     config = tmp_path / "executor.yaml"
     port = free_port()
-    config.write_text(f"exchange:\n  rest_url: http://127.0.0.1:{port}\n  ws_url: ws://127.0.0.1:{port}\n"
-                      "  request_timeout_s: 1\n  connect_timeout_s: 1\n")
+    config.write_text(
+        f"exchange:\n  rest_url: http://127.0.0.1:{port}\n  ws_url: ws://127.0.0.1:{port}\n"
+        "  request_timeout_s: 1\n  connect_timeout_s: 1\n"
+    )
     options = ExecuteOptions(config_path=config)
 
     async def refused(s: Settings, environ: dict) -> str:
@@ -449,7 +506,9 @@ def test_a_failed_reconciliation_is_retried_sooner_and_blocks_entries_until_one_
     assert ex.reconcile(rec, T0 + 20_000).ok and ex.venue_up
     assert not rec.due(T0 + 20_000 + 299_999) and rec.due(T0 + 320_000)
     assert [(r["decision"], r["scope"], r["reason"]) for r in ex.sink.of("risk.events")] == [
-        ("block", "reconcile:binance", "reconcile_failed"), ("resume", "reconcile:binance", "reconcile_ok")]
+        ("block", "reconcile:binance", "reconcile_failed"),
+        ("resume", "reconcile:binance", "reconcile_ok"),
+    ]
 
 
 def test_an_entry_that_ends_part_filled_opens_a_position_of_what_filled():
@@ -463,9 +522,12 @@ def test_an_entry_that_ends_part_filled_opens_a_position_of_what_filled():
             return [OrderUpdate(request.client_order_id, "NEW", 0.0, None, "9", now_ms)]
 
         def cancel(self, client_order_id, now_ms, reason):
-            return [Execution(client_order_id, "9", "b:BTCUSDT:1", "BUY", 100.0, 40.0, 0.8, "USDT", "maker", 100.0,
-                              now_ms - 1),
-                    OrderUpdate(client_order_id, "CANCELED", 40.0, 100.0, "9", now_ms, reason)]
+            return [
+                Execution(
+                    client_order_id, "9", "b:BTCUSDT:1", "BUY", 100.0, 40.0, 0.8, "USDT", "maker", 100.0, now_ms - 1
+                ),
+                OrderUpdate(client_order_id, "CANCELED", 40.0, 100.0, "9", now_ms, reason),
+            ]
 
     cfg = ExecutorConfig(entry=EntryPolicy(kind="maker_first", maker_timeout_ms=1000))
     sink = ListSink()

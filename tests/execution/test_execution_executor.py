@@ -62,9 +62,22 @@ def test_outside_paper_the_intent_is_made_durable_before_sending():
             return super().submit(request, now_ms)
 
     ex = Executor(cfg, "testnet", CountingBroker(cfg.fees, cfg.paper), sink, T0)
-    ex.on_trade({"exchange": "binance", "symbol": "BTCUSDT", "agg_id": 1, "price": 100.0, "qty": 1.0,
-                 "first_trade_id": 1, "last_trade_id": 1, "event_time": T0, "trade_time": T0, "receive_time": T0,
-                 "taker_side": "BUY"}, T0)
+    ex.on_trade(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "agg_id": 1,
+            "price": 100.0,
+            "qty": 1.0,
+            "first_trade_id": 1,
+            "last_trade_id": 1,
+            "event_time": T0,
+            "trade_time": T0,
+            "receive_time": T0,
+            "taker_side": "BUY",
+        },
+        T0,
+    )
     ex.on_signal(signal_record(), T0)
     assert seen_barriers == [1] and sink.of("orders")[0]["state"] == "PENDING_NEW"
 
@@ -157,8 +170,9 @@ def test_maker_first_entry_fills_as_maker_at_the_touch():
 
 
 def test_maker_timeout_falls_back_to_taker_within_the_slippage_cap():
-    h = Harness(ExecutorConfig(entry=EntryPolicy(kind="maker_first", maker_timeout_ms=4000,
-                                                 fallback_slippage_cap_bps=10)))
+    h = Harness(
+        ExecutorConfig(entry=EntryPolicy(kind="maker_first", maker_timeout_ms=4000, fallback_slippage_cap_bps=10))
+    )
     h.book(99.9, 100.0, T0)
     h.signal()
     h.clock(T0 + 3999)
@@ -198,14 +212,33 @@ def test_restart_restores_positions_and_refuses_the_same_signal_again():
 
     sink = ListSink()
     ex = Executor(cfg, "paper", PaperBroker(cfg.fees, cfg.paper), sink, T0 + 4 * S)
-    summary = ex.restore([r for t, _, r in records if t == "positions"], [r for t, _, r in records if t == "orders"],
-                         [r for t, _, r in records if t == "risk.events"], T0 + 4 * S)
+    summary = ex.restore(
+        [r for t, _, r in records if t == "positions"],
+        [r for t, _, r in records if t == "orders"],
+        [r for t, _, r in records if t == "risk.events"],
+        T0 + 4 * S,
+    )
     assert summary == {"positions": 1, "orders_resumed": 0, "orders_cancelled": 1}
     assert [o["reason"] for o in sink.of("orders")] == ["executor_restart"]
-    trade = {"exchange": "binance", "symbol": "BTCUSDT", "first_trade_id": 1, "last_trade_id": 1, "qty": 1.0,
-             "taker_side": "SELL"}
-    ex.on_trade({**trade, "agg_id": 10, "price": 100.5, "event_time": T0 + 4 * S, "trade_time": T0 + 4 * S,
-                 "receive_time": T0 + 4 * S}, T0 + 4 * S)
+    trade = {
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "first_trade_id": 1,
+        "last_trade_id": 1,
+        "qty": 1.0,
+        "taker_side": "SELL",
+    }
+    ex.on_trade(
+        {
+            **trade,
+            "agg_id": 10,
+            "price": 100.5,
+            "event_time": T0 + 4 * S,
+            "trade_time": T0 + 4 * S,
+            "receive_time": T0 + 4 * S,
+        },
+        T0 + 4 * S,
+    )
     assert ex.on_signal(rec, T0 + 4 * S).reason == "duplicate_signal"
     for i, price in enumerate((99.95, 99.9)):  # break-even stop, then its fill
         t = T0 + (5 + i) * S
@@ -233,7 +266,9 @@ def test_unreachable_exchange_blocks_entries_and_recovers():
     h.broker.up = True
     h.clock(T0 + 1)
     assert [(r["decision"], r["reason"]) for r in h.risk() if r["scope"] == "global"] == [
-        ("block", "exchange_down"), ("resume", "exchange_up")]
+        ("block", "exchange_down"),
+        ("resume", "exchange_up"),
+    ]
     assert h.signal(strategy="b", eval_time=T0 + 1).allowed
 
 

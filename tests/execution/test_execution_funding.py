@@ -19,8 +19,16 @@ FUNDING_T = (T0 // H8 + 1) * H8  # the first funding time after T0
 
 
 def mark_record(t: int, *, mark: float, rate: float, next_funding: int = FUNDING_T) -> dict:
-    return {"exchange": EXCHANGE, "symbol": SYMBOL, "mark_price": mark, "index_price": mark, "funding_rate": rate,
-            "next_funding_time": next_funding, "event_time": t, "receive_time": t}
+    return {
+        "exchange": EXCHANGE,
+        "symbol": SYMBOL,
+        "mark_price": mark,
+        "index_price": mark,
+        "funding_rate": rate,
+        "next_funding_time": next_funding,
+        "event_time": t,
+        "receive_time": t,
+    }
 
 
 def _open_long(h: Harness) -> None:
@@ -47,8 +55,9 @@ def test_a_long_open_over_a_funding_time_pays_rate_times_mark_notional():
     assert closed["fees_r"] == pytest.approx(fees_usdt / 200)
     # net = gross - fees - slippage - funding; TP1 filled at the next trade (103, not the level 102): the
     # level's gross 0.5 x 1R, the better fill shows as negative slippage
-    assert closed["pnl_r_net"] == pytest.approx(closed["pnl_r_gross"] - closed["fees_r"] - closed["slippage_r"]
-                                                - closed["funding_r"])
+    assert closed["pnl_r_net"] == pytest.approx(
+        closed["pnl_r_gross"] - closed["fees_r"] - closed["slippage_r"] - closed["funding_r"]
+    )
     cash = (50 * 103.0 + 50 * 96.0 - 100 * 100.0) - fees_usdt - funding_usdt
     assert closed["pnl_r_net"] == pytest.approx(cash / 200)
 
@@ -86,7 +95,9 @@ def test_no_funding_for_a_position_opened_after_or_closed_before_the_funding_tim
 
 
 def test_book_model_pays_half_spread_plus_the_walk_through_the_levels():
-    book = BookTop(EXCHANGE, SYMBOL, 99.9, 100.1, T0, bids=((99.9, 1.0), (99.8, 2.0)), asks=((100.1, 1.0), (100.2, 2.0)))
+    book = BookTop(
+        EXCHANGE, SYMBOL, 99.9, 100.1, T0, bids=((99.9, 1.0), (99.8, 2.0)), asks=((100.1, 1.0), (100.2, 2.0))
+    )
     # buying 2: 1 at 100.1 and 1 at 100.2 -> VWAP 100.15, mid 100.0 => 0.15 per unit
     assert book_impact(book, "BUY", 2.0) == pytest.approx(0.15)
     # selling 5: 1 at 99.9, 2 at 99.8, the 2 beyond the levels shown at the last one (99.8) -> VWAP 99.82
@@ -94,10 +105,19 @@ def test_book_model_pays_half_spread_plus_the_walk_through_the_levels():
 
     cfg = ExecutorConfig(paper=PaperFills(slippage_model="book", slippage_bps=1.0))
     h = Harness(cfg, now=T0)
-    h.ex.on_book({"exchange": EXCHANGE, "symbol": SYMBOL, "last_update_id": 1, "event_time": T0 - S,
-                  "receive_time": T0, "obi_10": 0.0,
-                  "bids": [{"price": 99.9, "qty": 50.0}, {"price": 99.8, "qty": 500.0}],
-                  "asks": [{"price": 100.1, "qty": 50.0}, {"price": 100.2, "qty": 500.0}]}, T0)
+    h.ex.on_book(
+        {
+            "exchange": EXCHANGE,
+            "symbol": SYMBOL,
+            "last_update_id": 1,
+            "event_time": T0 - S,
+            "receive_time": T0,
+            "obi_10": 0.0,
+            "bids": [{"price": 99.9, "qty": 50.0}, {"price": 99.8, "qty": 500.0}],
+            "asks": [{"price": 100.1, "qty": 50.0}, {"price": 100.2, "qty": 500.0}],
+        },
+        T0,
+    )
     assert h.signal(eval_time=T0, price=100.0, risk=2.0).allowed
     h.trade(100.0, T0 + S)  # qty 100: 50 at 100.1 and 50 at 100.2 -> impact 0.15; plus 1 bp of 100
     fill = h.fills()[0]

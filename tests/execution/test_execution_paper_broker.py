@@ -21,8 +21,9 @@ def market(cid: str, side: str = "BUY", qty: float = 2.0, not_before: int = T) -
 
 
 def limit(cid: str, side: str, price: float, post_only: bool = True) -> OrderRequest:
-    return OrderRequest(cid, "binance", "BTCUSDT", side, "LIMIT", 2.0, price=price, post_only=post_only,
-                        not_before_ms=T)
+    return OrderRequest(
+        cid, "binance", "BTCUSDT", side, "LIMIT", 2.0, price=price, post_only=post_only, not_before_ms=T
+    )
 
 
 def test_implements_the_broker_protocol():

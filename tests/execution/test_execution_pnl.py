@@ -230,7 +230,9 @@ def test_fills_exactly_at_levels_agree_with_the_engine_pnl():
             t += 2 * S
         c = h.closed()
         assert c["exit_reason"] == reason
-        assert c["pnl_r_net"] == pytest.approx(engine_pnl_r(plan, reason, tp1_hit=tp1_hit, costs=CostModel()), abs=1e-12)
+        assert c["pnl_r_net"] == pytest.approx(
+            engine_pnl_r(plan, reason, tp1_hit=tp1_hit, costs=CostModel()), abs=1e-12
+        )
 
 
 def test_gross_table_and_win_rate():

@@ -19,8 +19,19 @@ S = 1000
 
 
 def fill(cid: str, side: str, price: float, qty: float, t: int, market: float | None = None, rate: float = 0.0005):
-    return Execution(cid, "P" + cid, f"p:{t}:{cid}", side, price, qty, rate * price * qty, "USDT", "taker",
-                     price if market is None else market, t)
+    return Execution(
+        cid,
+        "P" + cid,
+        f"p:{t}:{cid}",
+        side,
+        price,
+        qty,
+        rate * price * qty,
+        "USDT",
+        "taker",
+        price if market is None else market,
+        t,
+    )
 
 
 def done(cid: str, qty: float, price: float, t: int, state: str = "FILLED") -> OrderUpdate:
@@ -29,16 +40,26 @@ def done(cid: str, qty: float, price: float, t: int, state: str = "FILLED") -> O
 
 def open_long(timeout_ms: int = 240 * 60_000) -> Position:
     sig = Signal.from_record(signal_record())
-    return Position.open(position_id="p1", signal=sig, mode="paper", fills=[fill("e", "BUY", 100.0, 100.0, T0)],
-                         r_usd=200.0, timeout_ms=timeout_ms)
+    return Position.open(
+        position_id="p1",
+        signal=sig,
+        mode="paper",
+        fills=[fill("e", "BUY", 100.0, 100.0, T0)],
+        r_usd=200.0,
+        timeout_ms=timeout_ms,
+    )
 
 
 def test_levels_are_reanchored_at_the_entry_market_price():
     sig = Signal.from_record(signal_record(price=100.0))
-    pos = Position.open(position_id="p", signal=sig, mode="paper",
-                        fills=[fill("e", "BUY", 100.55, 60.0, T0, market=100.5), fill("e", "BUY", 101.02, 40.0, T0,
-                                                                                        market=101.0)],
-                        r_usd=200.0, timeout_ms=60_000)
+    pos = Position.open(
+        position_id="p",
+        signal=sig,
+        mode="paper",
+        fills=[fill("e", "BUY", 100.55, 60.0, T0, market=100.5), fill("e", "BUY", 101.02, 40.0, T0, market=101.0)],
+        r_usd=200.0,
+        timeout_ms=60_000,
+    )
     # anchor = (60 x 100.5 + 40 x 101) / 100 = 100.7; SL 98.7, TP1 102.7, TP2 104.7
     assert pos.entry == pytest.approx(100.7)
     assert (pos.stop, pos.plan.tp1, pos.plan.tp2) == pytest.approx((98.7, 102.7, 104.7))
@@ -119,12 +140,26 @@ def test_restore_resumes_an_exit_that_was_in_flight():
     records = list(h.sink.records)
     sink = ListSink()
     ex = Executor(cfg, "paper", PaperBroker(cfg.fees, cfg.paper), sink, T0 + 3 * S)
-    summary = ex.restore([r for t, _, r in records if t == "positions"], [r for t, _, r in records if t == "orders"],
-                         [], T0 + 3 * S)
+    summary = ex.restore(
+        [r for t, _, r in records if t == "positions"], [r for t, _, r in records if t == "orders"], [], T0 + 3 * S
+    )
     assert summary == {"positions": 1, "orders_resumed": 1, "orders_cancelled": 0}
-    ex.on_trade({"exchange": "binance", "symbol": "BTCUSDT", "agg_id": 77, "price": 97.8, "qty": 1.0,
-                 "first_trade_id": 1, "last_trade_id": 1, "event_time": T0 + 3 * S, "trade_time": T0 + 3 * S,
-                 "receive_time": T0 + 3 * S, "taker_side": "SELL"}, T0 + 3 * S)
+    ex.on_trade(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "agg_id": 77,
+            "price": 97.8,
+            "qty": 1.0,
+            "first_trade_id": 1,
+            "last_trade_id": 1,
+            "event_time": T0 + 3 * S,
+            "trade_time": T0 + 3 * S,
+            "receive_time": T0 + 3 * S,
+            "taker_side": "SELL",
+        },
+        T0 + 3 * S,
+    )
     [closed] = [p for p in sink.of("positions") if p["event"] == "closed"]
     assert closed["exit_reason"] == "sl" and closed["pnl_r_net"] == pytest.approx(-1.14945)  # as without the crash
 

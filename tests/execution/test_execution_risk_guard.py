@@ -12,10 +12,25 @@ MIN = 60_000
 LIMITS = RiskLimits()  # -5R/day, 5 losses -> 60 min, 30 s stale, 12 positions
 
 
-def entry(g: RiskGuard, now: int, *, age: float | None = 1000.0, venue: bool = True, output: bool = True,
-          open_positions: int = 0, sole: bool = True):
-    return g.check_entry(now_ms=now, scope="symbol:binance:BTCUSDT", market_data_age_ms=age, venue_up=venue,
-                         output_up=output, open_positions=open_positions, sole_writer=sole)
+def entry(
+    g: RiskGuard,
+    now: int,
+    *,
+    age: float | None = 1000.0,
+    venue: bool = True,
+    output: bool = True,
+    open_positions: int = 0,
+    sole: bool = True,
+):
+    return g.check_entry(
+        now_ms=now,
+        scope="symbol:binance:BTCUSDT",
+        market_data_age_ms=age,
+        venue_up=venue,
+        output_up=output,
+        open_positions=open_positions,
+        sole_writer=sole,
+    )
 
 
 def test_all_clear_allows():
@@ -119,8 +134,17 @@ def test_state_survives_a_restart_through_its_records_and_modes_stay_apart():
     for rec in records:
         SERDE.encode("risk.events", rec)
     assert records[-1]["decision"] == "pause"
-    kill = {"scope": "kill_switch", "mode": "live", "decision": "halt", "state": "halted", "reason": "kill_switch",
-            "daily_pnl_r": None, "consecutive_losses": None, "paused_until": None, "event_time": T0}
+    kill = {
+        "scope": "kill_switch",
+        "mode": "live",
+        "decision": "halt",
+        "state": "halted",
+        "reason": "kill_switch",
+        "daily_pnl_r": None,
+        "consecutive_losses": None,
+        "paused_until": None,
+        "event_time": T0,
+    }
     live_loss = {**records[0], "mode": "live", "daily_pnl_r": -4.0, "event_time": T0 + 100}
     restored = RiskGuard.restore(LIMITS, "paper", list(reversed(records)) + [kill, live_loss], T0 + 10)
     assert restored.state.daily_pnl_r == pytest.approx(-2.5) and restored.state.consecutive_losses == 5

@@ -39,8 +39,10 @@ def loopback_config(directory: Path) -> Path:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again when this block ends: connections are refused
     path = directory / "executor.yaml"
-    path.write_text(f"exchange:\n  rest_url: http://127.0.0.1:{port}\n  ws_url: ws://127.0.0.1:{port}\n"
-                    "  request_timeout_s: 1\n  connect_timeout_s: 1\n")
+    path.write_text(
+        f"exchange:\n  rest_url: http://127.0.0.1:{port}\n  ws_url: ws://127.0.0.1:{port}\n"
+        "  request_timeout_s: 1\n  connect_timeout_s: 1\n"
+    )
     return path
 
 
@@ -56,15 +58,16 @@ async def test_refuses_without_the_opt_in(tmp_path, mode):
     assert code == 2
     [refusal] = [e for e in logs if e["event"] == "executor refused to start"]
     assert LIVE_OPT_IN_ENV in refusal["reason"] and "I_UNDERSTAND" in refusal["reason"]
-    code, _ = await run(settings(tmp_path, binance_api_key=KEY, binance_api_secret=SECRET), mode,
-                        {LIVE_OPT_IN_ENV: "yes"})
+    code, _ = await run(
+        settings(tmp_path, binance_api_key=KEY, binance_api_secret=SECRET), mode, {LIVE_OPT_IN_ENV: "yes"}
+    )
     assert code == 2  # only the exact phrase counts
 
 
 @pytest.mark.parametrize("missing", ["binance_api_key", "binance_api_secret", "both"])
 async def test_refuses_without_keys(tmp_path, missing):
     keys = {"binance_api_key": KEY, "binance_api_secret": SECRET}
-    for name in (keys if missing == "both" else [missing]):
+    for name in keys if missing == "both" else [missing]:
         keys[name] = None
     code, logs = await run(settings(tmp_path, **keys), "live", OPT_IN)
     assert code == 2
@@ -99,11 +102,18 @@ async def test_rendered_log_lines_do_not_contain_keys_either(tmp_path, capsys):
 
     buf = io.StringIO()
     saved = structlog.get_config()
-    structlog.configure(processors=[structlog.processors.JSONRenderer()],
-                        logger_factory=structlog.PrintLoggerFactory(buf), cache_logger_on_first_use=False)
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(buf),
+        cache_logger_on_first_use=False,
+    )
     try:
-        code = await run_executor(settings(tmp_path, binance_api_key=KEY, binance_api_secret=SECRET), "live",
-                                  ExecuteOptions(config_path=loopback_config(tmp_path)), environ=OPT_IN)
+        code = await run_executor(
+            settings(tmp_path, binance_api_key=KEY, binance_api_secret=SECRET),
+            "live",
+            ExecuteOptions(config_path=loopback_config(tmp_path)),
+            environ=OPT_IN,
+        )
     finally:
         structlog.configure(**saved)
     text = buf.getvalue()
@@ -137,11 +147,18 @@ def test_exchange_endpoints_from_settings_then_executor_config_then_binance(tmp_
 
     config = ExecutorConfig()
     assert exchange_endpoints("testnet", config, Settings(home=tmp_path)) == (
-        "https://testnet.binancefuture.com", "wss://stream.binancefuture.com")
+        "https://testnet.binancefuture.com",
+        "wss://stream.binancefuture.com",
+    )
     assert exchange_endpoints("live", config, Settings(home=tmp_path)) == (
-        "https://fapi.binance.com", "wss://fstream.binance.com")
+        "https://fapi.binance.com",
+        "wss://fstream.binance.com",
+    )
     configured = ExecutorConfig.model_validate({"exchange": {"rest_url": "http://127.0.0.1:1/"}})
     assert exchange_endpoints("testnet", configured, Settings(home=tmp_path))[0] == "http://127.0.0.1:1"
     monkeypatch.setenv("TAPEFLOW_BINANCE_REST_URL", "http://127.0.0.1:2")
     monkeypatch.setenv("TAPEFLOW_BINANCE_WS_URL", "ws://127.0.0.1:3/")
-    assert exchange_endpoints("testnet", configured, Settings(home=tmp_path)) == ("http://127.0.0.1:2", "ws://127.0.0.1:3")
+    assert exchange_endpoints("testnet", configured, Settings(home=tmp_path)) == (
+        "http://127.0.0.1:2",
+        "ws://127.0.0.1:3",
+    )

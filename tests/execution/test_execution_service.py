@@ -47,8 +47,13 @@ def wait_consumed(bootstrap: str, prefix: str, topic: str, count: int) -> None:
 class RunningExecutor(ServiceThread):
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
-        super().__init__(lambda stop: run_executor(settings, "paper", ExecuteOptions(
-            start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=self.port)))
+        super().__init__(
+            lambda stop: run_executor(
+                settings,
+                "paper",
+                ExecuteOptions(start_from="earliest", stop=stop, restore_idle_s=0.3, metrics_port=self.port),
+            )
+        )
 
 
 @pytest.fixture
@@ -113,8 +118,11 @@ def test_paper_trades_through_the_broker_and_survives_a_restart(env):
     entries = [o for o in w.seen["orders"] if o["leg"] == "entry" and o["state"] == "PENDING_NEW"]
     assert len(entries) == 2 and len({o["client_order_id"] for o in entries}) == 2
     # fills match the paper broker's model: next trade, taker fee 0.05 %
-    fills = {f["client_order_id"][-2:]: f for f in w.seen["fills"] if f["client_order_id"].startswith(
-        entries[1]["client_order_id"][:-3])}
+    fills = {
+        f["client_order_id"][-2:]: f
+        for f in w.seen["fills"]
+        if f["client_order_id"].startswith(entries[1]["client_order_id"][:-3])
+    }
     assert fills["t2"]["price"] == 103.9 and fills["t2"]["fee"] == pytest.approx(0.0005 * 103.9 * 50)
     assert w.keys == {KEY}
 
@@ -155,8 +163,10 @@ def test_kill_switch_blocks_entries_and_survives_a_restart(env, kafka_bootstrap)
     deadline = time.monotonic() + 30
     counted = f'tapeflow_executor_publish_messages_out_total{{topic="{settings.topic_prefix}orders"}}'
     # consumer lag per group and input partition (everything consumed and committed: 0)
-    lag = (f'tapeflow_executor_consumer_lag_messages{{group="{settings.topic_prefix}tapeflow-executor-paper",'
-           f'partition="0",topic="{settings.topic_prefix}signals"}} 0.0')
+    lag = (
+        f'tapeflow_executor_consumer_lag_messages{{group="{settings.topic_prefix}tapeflow-executor-paper",'
+        f'partition="0",topic="{settings.topic_prefix}signals"}} 0.0'
+    )
     while counted not in metrics or lag not in metrics:
         assert time.monotonic() < deadline, "published orders never counted"
         time.sleep(0.2)

@@ -33,11 +33,17 @@ TRADES_P, EMPTY_P = 0, 1  # md.trades partition 0 holds records, partition 1 non
 def held_service(bootstrap: str, prefix: str, tmp_path, start_from: str, partition: int) -> ExecutorService:
     """A service whose consumer is assigned every input of `partition` and has read nothing; its aligner
     holds one signal there, with signals, md.book and md.mark at their end (md.trades holds it back)."""
-    service = ExecutorService(Settings(home=tmp_path, broker=bootstrap, topic_prefix=prefix), "paper",
-                              ExecutorConfig(), bootstrap, AvroSerde(FileSchemaRegistry()),
-                              ExecuteOptions(start_from=start_from))
-    consumer = Consumer(consumer_config(bootstrap, f"{prefix}catching-up-{start_from}-{partition}",
-                                        **{"auto.offset.reset": start_from}))
+    service = ExecutorService(
+        Settings(home=tmp_path, broker=bootstrap, topic_prefix=prefix),
+        "paper",
+        ExecutorConfig(),
+        bootstrap,
+        AvroSerde(FileSchemaRegistry()),
+        ExecuteOptions(start_from=start_from),
+    )
+    consumer = Consumer(
+        consumer_config(bootstrap, f"{prefix}catching-up-{start_from}-{partition}", **{"auto.offset.reset": start_from})
+    )
     consumer.assign([TopicPartition(prefix + name, partition) for name in INPUTS])
     service._consumer = consumer
     service.aligner.add("signals", partition, 1_000, 0, None)
@@ -90,8 +96,9 @@ def test_an_empty_topic_partition_does_not_hold(kafka_bootstrap, topic_prefix, t
         service._consumer.close()
 
 
-def test_a_group_starting_at_the_end_does_not_wait_for_old_trades(kafka_bootstrap, topic_prefix, tmp_path,
-                                                                  trades_in_partition_0):
+def test_a_group_starting_at_the_end_does_not_wait_for_old_trades(
+    kafka_bootstrap, topic_prefix, tmp_path, trades_in_partition_0
+):
     service = held_service(kafka_bootstrap, topic_prefix, tmp_path, "latest", TRADES_P)
     try:
         assert not decided(service, TRADES_P)  # live: it reads from the end, nothing is coming

@@ -59,7 +59,9 @@ def test_stop_filled_through_its_level_costs(direction):
     h.trade(px(direction, 97.8), T0 + 3 * S)  # LONG: sell @ 97.8 x 0.9998 = 97.78044, (98 - 97.78044) / 2 = 0.10978
     c = h.closed()
     assert c["exit_reason"] == "sl"
-    assert c["slippage_r"] == pytest.approx(ENTRY + close_cost(direction, px(direction, 98.0), px(direction, 97.8), 1.0))
+    assert c["slippage_r"] == pytest.approx(
+        ENTRY + close_cost(direction, px(direction, 98.0), px(direction, 97.8), 1.0)
+    )
     assert c["slippage_r"] > ENTRY  # worse than the stop: a cost
     if direction == "LONG":
         assert c["slippage_r"] == pytest.approx(0.01 + 0.10978)
@@ -73,7 +75,9 @@ def test_stop_filled_after_the_price_came_back_is_price_improvement(direction):
     c = h.closed()
     assert c["exit_reason"] == "sl"
     assert c["pnl_r_gross"] == -1.0  # the level's result; the better fill is in slippage
-    assert c["slippage_r"] == pytest.approx(ENTRY + close_cost(direction, px(direction, 98.0), px(direction, 98.5), 1.0))
+    assert c["slippage_r"] == pytest.approx(
+        ENTRY + close_cost(direction, px(direction, 98.0), px(direction, 98.5), 1.0)
+    )
     assert c["slippage_r"] < 0
     if direction == "LONG":
         assert c["slippage_r"] == pytest.approx(0.01 - 0.24015)
@@ -83,14 +87,21 @@ def test_stop_filled_after_the_price_came_back_is_price_improvement(direction):
 def test_take_profits_filled_beyond_their_levels_are_price_improvement(direction):
     h = opened(direction)
     h.trade(px(direction, 102.0), T0 + 2 * S)  # TP1 crossed
-    h.trade(px(direction, 102.6), T0 + 3 * S)  # LONG: 50 @ 102.6 x 0.9998 = 102.57948: 0.5 x (102 - 102.57948) / 2 = -0.14487
+    h.trade(
+        px(direction, 102.6), T0 + 3 * S
+    )  # LONG: 50 @ 102.6 x 0.9998 = 102.57948: 0.5 x (102 - 102.57948) / 2 = -0.14487
     h.trade(px(direction, 104.0), T0 + 4 * S)  # TP2 crossed
-    h.trade(px(direction, 104.4), T0 + 5 * S)  # LONG: 50 @ 104.4 x 0.9998 = 104.37912: 0.5 x (104 - 104.37912) / 2 = -0.09478
+    h.trade(
+        px(direction, 104.4), T0 + 5 * S
+    )  # LONG: 50 @ 104.4 x 0.9998 = 104.37912: 0.5 x (104 - 104.37912) / 2 = -0.09478
     c = h.closed()
     assert c["exit_reason"] == "tp"
     assert c["pnl_r_gross"] == pytest.approx(1.5)
-    expected = ENTRY + close_cost(direction, px(direction, 102.0), px(direction, 102.6), 0.5) \
+    expected = (
+        ENTRY
+        + close_cost(direction, px(direction, 102.0), px(direction, 102.6), 0.5)
         + close_cost(direction, px(direction, 104.0), px(direction, 104.4), 0.5)
+    )
     assert c["slippage_r"] == pytest.approx(expected)
     assert c["slippage_r"] < 0
     if direction == "LONG":
@@ -106,8 +117,11 @@ def test_take_profits_filled_short_of_their_levels_cost(direction):
     h.trade(px(direction, 103.9), T0 + 5 * S)  # LONG: 50 @ 103.87922: 0.5 x (104 - 103.87922) / 2 = 0.030195
     c = h.closed()
     assert c["exit_reason"] == "tp"
-    expected = ENTRY + close_cost(direction, px(direction, 102.0), px(direction, 101.9), 0.5) \
+    expected = (
+        ENTRY
+        + close_cost(direction, px(direction, 102.0), px(direction, 101.9), 0.5)
         + close_cost(direction, px(direction, 104.0), px(direction, 103.9), 0.5)
+    )
     assert c["slippage_r"] == pytest.approx(expected)
     assert c["slippage_r"] > ENTRY
     if direction == "LONG":
@@ -123,8 +137,11 @@ def test_break_even_stop_after_tp1_improved_by_a_bounce(direction):
     h.trade(px(direction, 100.3), T0 + 5 * S)  # LONG: 50 @ 100.27994: 0.5 x (100 - 100.27994) / 2 = -0.069985
     c = h.closed()
     assert c["exit_reason"] == "sl_be"
-    expected = ENTRY + close_cost(direction, px(direction, 102.0), px(direction, 102.0), 0.5) \
+    expected = (
+        ENTRY
+        + close_cost(direction, px(direction, 102.0), px(direction, 102.0), 0.5)
         + close_cost(direction, 100.0, px(direction, 100.3), 0.5)
+    )
     assert c["slippage_r"] == pytest.approx(expected)
     assert c["slippage_r"] < 0
     if direction == "LONG":

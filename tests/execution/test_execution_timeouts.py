@@ -66,10 +66,13 @@ def test_the_signals_timeout_wins_over_a_per_strategy_setting_too():
     assert (h.closed()["exit_reason"], h.closed()["event_time"]) == ("timeout", ENTRY + 5 * MIN + S)
 
 
-@pytest.mark.parametrize("config, minutes", [
-    (ExecutorConfig(timeout_min=7), 7),
-    (ExecutorConfig(timeout_min=240, timeout_min_by_strategy={"v53": 3}), 3),
-])
+@pytest.mark.parametrize(
+    "config, minutes",
+    [
+        (ExecutorConfig(timeout_min=7), 7),
+        (ExecutorConfig(timeout_min=240, timeout_min_by_strategy={"v53": 3}), 3),
+    ],
+)
 @pytest.mark.parametrize("form", ["null", "absent"])
 def test_a_signal_without_a_timeout_runs_the_executors_setting(config, minutes, form):
     rec = signal_record(eval_time=T0)
@@ -121,8 +124,9 @@ def restarted(h: Harness, config: ExecutorConfig, now: int, *, drop_timeout: boo
         positions = [{k: v for k, v in r.items() if k != "timeout_ms"} for r in positions]
     sink = ListSink()
     ex = Executor(config, "paper", PaperBroker(config.fees, config.paper), sink, now)
-    summary = ex.restore(positions, [r for t, _, r in records if t == "orders"],
-                         [r for t, _, r in records if t == "risk.events"], now)
+    summary = ex.restore(
+        positions, [r for t, _, r in records if t == "orders"], [r for t, _, r in records if t == "risk.events"], now
+    )
     assert summary["positions"] == 1
     return ex, sink
 
@@ -140,13 +144,17 @@ def test_a_restart_keeps_the_timeout_the_position_was_opened_with():
         if t < ENTRY + 5 * MIN:
             assert not [p for p in sink.of("positions") if p["event"] == "closed"]
     [closed] = [p for p in sink.of("positions") if p["event"] == "closed"]
-    assert (closed["exit_reason"], closed["event_time"], closed["timeout_ms"]) == ("timeout", ENTRY + 5 * MIN + S,
-                                                                                   5 * MIN)
+    assert (closed["exit_reason"], closed["event_time"], closed["timeout_ms"]) == (
+        "timeout",
+        ENTRY + 5 * MIN + S,
+        5 * MIN,
+    )
 
 
 def test_a_restart_from_events_without_the_timeout_applies_the_setting():
     h = open_long(ExecutorConfig(timeout_min=240), timeout_ms=5 * MIN)
-    ex, _ = restarted(h, ExecutorConfig(timeout_min=30, timeout_min_by_strategy={"v53": 45}), ENTRY + MIN,
-                      drop_timeout=True)
+    ex, _ = restarted(
+        h, ExecutorConfig(timeout_min=30, timeout_min_by_strategy={"v53": 45}), ENTRY + MIN, drop_timeout=True
+    )
     [pos] = ex.positions.values()
     assert pos.plan.timeout_ms == 45 * MIN

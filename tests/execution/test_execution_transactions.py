@@ -70,13 +70,25 @@ def make_stream(steps: int, seed: int = 50) -> list[tuple[str, bytes, dict]]:
             t = t0 + step * 100 + j
             price[sym] = round(price[sym] * (1 + rng.gauss(0, 0.0015)), 4)
             agg[sym] += 1
-            out.append(("md.trades", symbol_key("binance", sym),
-                        trade_record(price[sym], t, symbol=sym, agg_id=agg[sym])))
+            out.append(
+                ("md.trades", symbol_key("binance", sym), trade_record(price[sym], t, symbol=sym, agg_id=agg[sym]))
+            )
             if rng.random() < 0.012:
-                out.append(("signals", symbol_key("binance", sym), signal_record(
-                    direction=rng.choice(("LONG", "SHORT")), price=price[sym], risk=round(price[sym] * 0.004, 4),
-                    strategy=f"s{rng.randrange(6)}", eval_time=t + 50, symbol=sym,
-                    timeout_ms=rng.choice((1_500, 60_000)))))
+                out.append(
+                    (
+                        "signals",
+                        symbol_key("binance", sym),
+                        signal_record(
+                            direction=rng.choice(("LONG", "SHORT")),
+                            price=price[sym],
+                            risk=round(price[sym] * 0.004, 4),
+                            strategy=f"s{rng.randrange(6)}",
+                            eval_time=t + 50,
+                            symbol=sym,
+                            timeout_ms=rng.choice((1_500, 60_000)),
+                        ),
+                    )
+                )
     return out
 
 
@@ -104,16 +116,27 @@ class Executors:
         self.config = tmp / "executor.yaml"
         self.config.write_text(CONFIG)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-        self.env.update({"PYTHONPATH": str(REPO), "TAPEFLOW_HOME": str(tmp), "TAPEFLOW_BROKER": bootstrap,
-                         "TAPEFLOW_TOPIC_PREFIX": prefix})
+        self.env.update(
+            {
+                "PYTHONPATH": str(REPO),
+                "TAPEFLOW_HOME": str(tmp),
+                "TAPEFLOW_BROKER": bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": prefix,
+            }
+        )
         self.group = Consumer(consumer_config(bootstrap, f"{prefix}tapeflow-executor-paper"))
         self.started = 0
 
     def start(self) -> subprocess.Popen:
         self.started += 1
         log = open(self.tmp / f"executor-{self.started}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(self.config)], cwd=self.tmp, env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(self.config)],
+            cwd=self.tmp,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         proc.log_path = log.name  # type: ignore[attr-defined]
         log.close()
         return proc
@@ -141,8 +164,9 @@ class Executors:
             if done >= count:
                 return done
             time.sleep(0.05)
-        raise AssertionError(f"{self.prefix}: fewer than {count} {topic} committed within {timeout}s "
-                             f"(have {self.committed(topic)})")
+        raise AssertionError(
+            f"{self.prefix}: fewer than {count} {topic} committed within {timeout}s (have {self.committed(topic)})"
+        )
 
     def finish(self, proc: subprocess.Popen, counts: dict[str, int]) -> None:
         """Wait until every input is handled and committed, then stop `proc` cleanly."""
@@ -183,8 +207,11 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 def assert_no_duplicates(outputs: dict[str, dict[str, list[dict]]]) -> None:
-    ident = {"orders": lambda r: (r["client_order_id"], r["state"]), "fills": lambda r: r["trade_id"],
-             "positions": lambda r: (r["position_id"], r["event"])}
+    ident = {
+        "orders": lambda r: (r["client_order_id"], r["state"]),
+        "fills": lambda r: r["trade_id"],
+        "positions": lambda r: (r["position_id"], r["event"]),
+    }
     for topic, by_market in outputs.items():
         keys = [ident[topic](r) for records in by_market.values() for r in records]
         assert len(keys) == len(set(keys)), f"duplicate {topic}"
@@ -195,7 +222,8 @@ def same(a: dict, b: dict) -> bool:
     P&L along another path than the one that lived through it (0.4999999999999928 R against 0.5)."""
     return a.keys() == b.keys() and all(
         x == pytest.approx(y, rel=1e-9, abs=1e-12) if isinstance(x, float) and isinstance(y, float) else x == y
-        for x, y in ((a[k], b[k]) for k in a))
+        for x, y in ((a[k], b[k]) for k in a)
+    )
 
 
 def assert_same(got: dict[str, dict[str, list[dict]]], want: dict[str, dict[str, list[dict]]]) -> None:

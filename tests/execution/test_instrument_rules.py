@@ -48,9 +48,24 @@ def okx_swap_body(**values) -> dict:
     ctVal 0.01 BTC, lotSz and minSz in contracts (only the documented fields' values change)."""
     body = fixture("okx_instruments.json")
     row = body["data"][0]
-    row.update({"instType": "SWAP", "instId": "BTC-USDT-SWAP", "instFamily": "BTC-USDT", "uly": "BTC-USDT",
-                "baseCcy": "", "quoteCcy": "", "settleCcy": "USDT", "ctType": "linear", "ctVal": "0.01",
-                "ctMult": "1", "ctValCcy": "BTC", "lotSz": "0.1", "minSz": "0.1"} | values)
+    row.update(
+        {
+            "instType": "SWAP",
+            "instId": "BTC-USDT-SWAP",
+            "instFamily": "BTC-USDT",
+            "uly": "BTC-USDT",
+            "baseCcy": "",
+            "quoteCcy": "",
+            "settleCcy": "USDT",
+            "ctType": "linear",
+            "ctVal": "0.01",
+            "ctMult": "1",
+            "ctValCcy": "BTC",
+            "lotSz": "0.1",
+            "minSz": "0.1",
+        }
+        | values
+    )
     return body
 
 
@@ -59,8 +74,9 @@ def test_binance_perpetuals_from_exchange_info_market_lot_and_min_notional():
     # BTCUSDT: MARKET_LOT_SIZE stepSize 0.001, minQty 0.001; MIN_NOTIONAL notional 5
     assert rules["BTCUSDT"] == InstrumentRule("binance", "BTCUSDT", "BTC", "USDT", D("0.001"), D("0.001"), D("5"))
     # 1000SHIBUSDT: stepSize 1 and minQty 1 of a 1,000-SHIB unit = 1,000 SHIB
-    assert rules["1000SHIBUSDT"] == InstrumentRule("binance", "1000SHIBUSDT", "SHIB", "USDT", D("1000"), D("1000"),
-                                                   D("5"))
+    assert rules["1000SHIBUSDT"] == InstrumentRule(
+        "binance", "1000SHIBUSDT", "SHIB", "USDT", D("1000"), D("1000"), D("5")
+    )
     # SUSHIUSDT: LOT_SIZE maxQty 10,000,000 but MARKET_LOT_SIZE maxQty 100,000: the market filter is read
     assert rules["SUSHIUSDT"].lot_step == 1 and rules["SUSHIUSDT"].min_qty == 1
     assert not any("_" in s for s in rules)  # quarterlies (BTCUSDT_210924) are not perpetuals
@@ -92,8 +108,9 @@ def test_okx_contracts_become_coins_by_the_contract_value():
     # lotSz 0.1 and minSz 0.1 contracts of ctVal 0.01 BTC: 0.001 BTC each
     assert btc == InstrumentRule("okx", "BTC-USDT-SWAP", "BTC", "USDT", D("0.001"), D("0.001"), D("0"), D("0.01"))
     # ctMult multiplies in; PEPE: 10,000,000 coins a contract, lotSz 1 -> 10,000,000 PEPE
-    [pepe] = parse_okx(okx_swap_body(instId="PEPE-USDT-SWAP", ctValCcy="PEPE", ctVal="1000000", ctMult="10",
-                                     lotSz="1", minSz="2"))
+    [pepe] = parse_okx(
+        okx_swap_body(instId="PEPE-USDT-SWAP", ctValCcy="PEPE", ctVal="1000000", ctMult="10", lotSz="1", minSz="2")
+    )
     assert (pepe.coin, pepe.lot_step, pepe.min_qty, pepe.contract_value) == ("PEPE", 10**7, 2 * 10**7, 10**7)
     assert parse_okx(okx_swap_body(ctType="inverse", instId="BTC-USD-SWAP", ctValCcy="USD")) == []
     with pytest.raises(InstrumentRulesError, match="ctVal"):
@@ -102,8 +119,7 @@ def test_okx_contracts_become_coins_by_the_contract_value():
 
 def test_a_rule_is_found_by_the_book_symbol_and_converted_to_its_units():
     binance = {r.symbol: r for r in parse_binance(binance_body())}
-    okx_shib = parse_okx(okx_swap_body(instId="SHIB-USDT-SWAP", ctValCcy="SHIB", ctVal="1000000", lotSz="1",
-                                       minSz="1"))
+    okx_shib = parse_okx(okx_swap_body(instId="SHIB-USDT-SWAP", ctValCcy="SHIB", ctVal="1000000", lotSz="1", minSz="1"))
     rules = InstrumentRules([binance["1000SHIBUSDT"], binance["BTCUSDT"], *okx_shib])
     # the OKX producer publishes SHIB-USDT-SWAP under 1000SHIBUSDT (prices x 1000, quantities / 1000)
     assert rules.for_symbol("okx", "1000SHIBUSDT") == rules.for_symbol("okx", "SHIB-USDT-SWAP") == okx_shib[0]
@@ -132,8 +148,13 @@ def test_the_books_units_are_the_symbols_the_state_divides_only_prices():
 
 
 def test_rules_as_plain_data_and_a_file(tmp_path):
-    rules = InstrumentRules([*parse_binance(binance_body()), *parse_bybit(fixture("bybit_instruments_linear.json")),
-                             *parse_okx(okx_swap_body())])
+    rules = InstrumentRules(
+        [
+            *parse_binance(binance_body()),
+            *parse_bybit(fixture("bybit_instruments_linear.json")),
+            *parse_okx(okx_swap_body()),
+        ]
+    )
     path = tmp_path / "rules.json"
     rules.save(path)
     again = InstrumentRules.load(path)

@@ -25,10 +25,13 @@ SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 @pytest.fixture
 async def fakes():
-    started = [await serve(FakeExchangeConfig(synthetic=SyntheticSpec(symbols=SYMBOLS, duration_s=2),
-                                              speed="max", start="manual")),
-               await serve_bybit(BybitSyntheticSpec(symbols=SYMBOLS, duration_s=2), speed=None, start="manual"),
-               await serve_okx(OkxSyntheticSpec(symbols=SYMBOLS, duration_s=2), speed=None, start="manual")]
+    started = [
+        await serve(
+            FakeExchangeConfig(synthetic=SyntheticSpec(symbols=SYMBOLS, duration_s=2), speed="max", start="manual")
+        ),
+        await serve_bybit(BybitSyntheticSpec(symbols=SYMBOLS, duration_s=2), speed=None, start="manual"),
+        await serve_okx(OkxSyntheticSpec(symbols=SYMBOLS, duration_s=2), speed=None, start="manual"),
+    ]
     try:
         yield dict(zip(("binance", "bybit", "okx"), (f.rest_url for f in started), strict=True))
     finally:
@@ -38,15 +41,22 @@ async def fakes():
 
 async def test_rules_of_every_venue_from_the_fake_exchanges(fakes):
     rules = await fetch_rules(base_urls=fakes, page_size=1)  # Bybit in pages of one: the cursor is followed
-    assert sorted(rules.rules) == [(v, s) for v in ("binance", "bybit", "okx")
-                                   for s in (("BTC-USDT-SWAP", "ETH-USDT-SWAP") if v == "okx" else SYMBOLS)]
+    assert sorted(rules.rules) == [
+        (v, s)
+        for v in ("binance", "bybit", "okx")
+        for s in (("BTC-USDT-SWAP", "ETH-USDT-SWAP") if v == "okx" else SYMBOLS)
+    ]
     for venue in ("binance", "bybit"):
         for coin in ("BTC", "ETH"):
             rule = rules.for_coin(venue, coin)
             assert (rule.lot_step, rule.min_qty, rule.min_notional) == (Decimal("0.001"), Decimal("0.001"), 5)
     okx_btc, okx_eth = rules.for_symbol("okx", "BTCUSDT"), rules.for_symbol("okx", "ETHUSDT")
     assert (okx_btc.lot_step, okx_btc.min_qty, okx_btc.min_notional, okx_btc.contract_value) == (
-        Decimal("0.0001"), Decimal("0.0001"), 0, Decimal("0.01"))
+        Decimal("0.0001"),
+        Decimal("0.0001"),
+        0,
+        Decimal("0.01"),
+    )
     assert (okx_eth.lot_step, okx_eth.contract_value) == (Decimal("0.001"), Decimal("0.1"))
     assert (await fetch_rules(["okx"], fakes)).rules == {k: r for k, r in rules.rules.items() if k[0] == "okx"}
 

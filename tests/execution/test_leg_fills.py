@@ -34,16 +34,21 @@ SHORT_LIMIT = (986 / 9.9) * math.exp(0.0018)
 
 
 def timed(**overrides) -> TimedPairs:
-    venues = {"binance": VenueParams(taker_fee=0.0005, lot_step=0.1, latency_ms=100),
-              "okx": VenueParams(taker_fee=0.0004, lot_step=0.001, latency_ms=300)}
+    venues = {
+        "binance": VenueParams(taker_fee=0.0005, lot_step=0.1, latency_ms=100),
+        "okx": VenueParams(taker_fee=0.0004, lot_step=0.001, latency_ms=300),
+    }
     rules = {"legs": LegRules(min_entry_spread=0.0, retries=1, retry_step_bp=5.0)}
     return TimedPairs(params(venues=venues, **(rules | overrides)))
 
 
 def cash(orders) -> float:
     """Independent of the model's P&L: + what the sales received, - what the purchases paid, - fees."""
-    return sum((o.done_qty * o.avg_price if o.side == "SELL" else -o.done_qty * o.avg_price) - o.fee - o.liquidation_usd
-               for o in orders if o.done_qty)
+    return sum(
+        (o.done_qty * o.avg_price if o.side == "SELL" else -o.done_qty * o.avg_price) - o.fee - o.liquidation_usd
+        for o in orders
+        if o.done_qty
+    )
 
 
 class Tape:
@@ -83,7 +88,12 @@ def test_the_second_leg_arriving_after_the_book_moved_fills_at_the_later_book():
     tape.at(T0 + 700, okx=okx(T0 + 700, asks=((120.0, 50.0),)))  # after its arrival: not seen by it
     short, long_ = tape.orders()
     # Binance met its T0 book at T0+100: 5 x 101 + 4.9 x 100 = 995, as at the signal
-    assert (short.time_ms, short.sent_ms, short.book_time_ms, short.avg_price) == (T0 + 100, T0, T0, pytest.approx(995 / 9.9))
+    assert (short.time_ms, short.sent_ms, short.book_time_ms, short.avg_price) == (
+        T0 + 100,
+        T0,
+        T0,
+        pytest.approx(995 / 9.9),
+    )
     assert short.latency_usd == 0 and short.slippage_usd == pytest.approx(4.9)
     # OKX met the T0+200 book at T0+300, inside the limit 100.324: 4 x 99.5 + 5.9 x 100.2 = 989.18
     assert (long_.time_ms, long_.book_time_ms, long_.status) == (T0 + 300, T0 + 200, "FILLED")
@@ -142,8 +152,10 @@ def test_a_partial_fill_hedges_exactly_the_filled_quantity_and_the_pnl_matches_t
     assert pair.legs["short"].position() == pytest.approx(5.0) == pair.legs["long"].position()
     # close at the converged books of test_pairs: Binance buys 5 at 100, OKX sells 5 at 100.2
     t = T0 + 2_000
-    books = {"binance": binance(t, bids=((99.9, 20.0),), asks=((100.0, 20.0),)),
-             "okx": okx(t, bids=((100.2, 5.0), (100.0, 20.0)), asks=((100.3, 20.0),))}
+    books = {
+        "binance": binance(t, bids=((99.9, 20.0),), asks=((100.0, 20.0),)),
+        "okx": okx(t, bids=((100.2, 5.0), (100.0, 20.0)), asks=((100.3, 20.0),)),
+    }
     closing = model.close(pair.pair_id, "operator", t, books)
     assert closing.orders == [] and pair.status == "closing"  # sent, not there yet
     done = model.run_due(t + 600, books)
@@ -156,8 +168,11 @@ def test_a_partial_fill_hedges_exactly_the_filled_quantity_and_the_pnl_matches_t
     assert record["short_gross_usd"] == pytest.approx(2.55) and record["long_gross_usd"] == pytest.approx(6.0)
     assert record["short_net_usd"] == pytest.approx(-3.346175) and record["long_net_usd"] == pytest.approx(3.40072)
     assert record["leg_latency_usd"] == pytest.approx(2.2) and record["slippage_usd"] == pytest.approx(4.9)
-    assert record["net_usd"] == pytest.approx(-3.346175 + 3.40072) == pytest.approx(cash(pair.legs["short"].orders
-                                                                                           + pair.legs["long"].orders))
+    assert (
+        record["net_usd"]
+        == pytest.approx(-3.346175 + 3.40072)
+        == pytest.approx(cash(pair.legs["short"].orders + pair.legs["long"].orders))
+    )
 
 
 def test_zero_latency_fills_at_the_signal_books_within_the_call():
@@ -202,14 +217,21 @@ def test_a_liquidated_leg_closes_at_its_price_with_the_penalty_and_the_other_unw
     done = model.run_due(t + 200, books)
     [short_exit] = done.orders
     assert (short_exit.action, short_exit.side, short_exit.time_ms, short_exit.avg_price) == (
-        "exit", "BUY", t + 100, 50.5)
+        "exit",
+        "BUY",
+        t + 100,
+        50.5,
+    )
     record = pair.to_record()
     assert (record["status"], record["close_reason"]) == ("closed", "liquidated")
     assert record["liquidation_usd"] == pytest.approx(0.005 * 9.9 * liq)
     # long: -986 - 0.3944 fee, +9.9 x liq; short: +995 - 0.4975, -9.9 x 50.5 - its fee
     by_hand = (9.9 * liq - 986 - 0.3944 - 0.005 * 9.9 * liq) + (995 - 0.4975 - 9.9 * 50.5 * 1.0005)
-    assert record["net_usd"] == pytest.approx(by_hand) == pytest.approx(cash(pair.legs["short"].orders
-                                                                             + pair.legs["long"].orders))
+    assert (
+        record["net_usd"]
+        == pytest.approx(by_hand)
+        == pytest.approx(cash(pair.legs["short"].orders + pair.legs["long"].orders))
+    )
     assert model.active_by_key == {}
 
 
@@ -234,9 +256,12 @@ def test_a_model_restored_between_any_two_steps_does_what_the_uninterrupted_one_
         model = timed()
         tape = Tape(model)
         model.open(ENTRY, T0, tape.books)
-        script = [(T0 + 200, {"okx": okx(T0 + 200, asks=((99.2, 3.0), (100.4, 10.0)))}),
-                  (T0 + 800, {"okx": okx(T0 + 800, asks=((99.8, 2.0), (100.6, 10.0)))}),
-                  (T0 + 1_200, {"binance": binance(T0 + 1_200, asks=((101.5, 20.0),))}), (T0 + 1_500, {})]
+        script = [
+            (T0 + 200, {"okx": okx(T0 + 200, asks=((99.2, 3.0), (100.4, 10.0)))}),
+            (T0 + 800, {"okx": okx(T0 + 800, asks=((99.8, 2.0), (100.6, 10.0)))}),
+            (T0 + 1_200, {"binance": binance(T0 + 1_200, asks=((101.5, 20.0),))}),
+            (T0 + 1_500, {}),
+        ]
         for t, books in script:
             tape.at(t, **books)
             if restore:
@@ -256,7 +281,11 @@ def test_the_end_of_a_session_lets_legs_in_flight_arrive_and_then_closes_the_pai
     events = model.close_all("end_of_session", T0, books)
     # entries meet the books at T0+100 / T0+300 and answer by T0+600; the exits leave then and answer by T0+1200
     assert [(o.action, o.time_ms) for o in events.orders] == [
-        ("entry", T0 + 100), ("entry", T0 + 300), ("exit", T0 + 700), ("exit", T0 + 900)]
+        ("entry", T0 + 100),
+        ("entry", T0 + 300),
+        ("exit", T0 + 700),
+        ("exit", T0 + 900),
+    ]
     pair = model.pairs[pair_id(SIG)]
     assert (pair.status, pair.close_reason, pair.closed_ms) == ("closed", "end_of_session", T0 + 1_200)
     assert model.pending == [] and model.active_by_key == {}
@@ -276,23 +305,36 @@ def test_a_venue_that_refuses_the_entry_gets_its_retry_refused_too_and_the_other
 
 
 # --- property: whatever the books do while the legs travel ---------------------------------------------
-moves = st.lists(st.tuples(st.integers(1, 3_000), st.sampled_from(["binance", "okx"]), levels, levels,
-                           st.floats(-1.5, 1.5)), max_size=8)
+moves = st.lists(
+    st.tuples(st.integers(1, 3_000), st.sampled_from(["binance", "okx"]), levels, levels, st.floats(-1.5, 1.5)),
+    max_size=8,
+)
 BASE = {"binance": 101.1, "okx": 99.1}  # the entry books' mids: binance rich
 
 
 @FUZZ
-@given(latency=st.tuples(st.integers(0, 500), st.integers(0, 500)), moves=moves, retries=st.integers(0, 2),
-       entry=st.tuples(levels, levels), rate=st.floats(-0.003, 0.003), sequential=st.booleans())
-def test_the_pair_always_hedges_what_filled_and_its_pnl_is_the_cash_of_the_fills(latency, moves, retries, entry,
-                                                                                 rate, sequential):
+@given(
+    latency=st.tuples(st.integers(0, 500), st.integers(0, 500)),
+    moves=moves,
+    retries=st.integers(0, 2),
+    entry=st.tuples(levels, levels),
+    rate=st.floats(-0.003, 0.003),
+    sequential=st.booleans(),
+)
+def test_the_pair_always_hedges_what_filled_and_its_pnl_is_the_cash_of_the_fills(
+    latency, moves, retries, entry, rate, sequential
+):
     """50 USD a leg on random books that move while the legs travel (at 200 examples, about a third of
     the pairs close, half of those after a partial fill; the rest fail at sizing or fill nothing)."""
-    venues = {"binance": VenueParams(taker_fee=0.0005, lot_step=0.1, latency_ms=latency[0]),
-              "okx": VenueParams(taker_fee=0.0004, lot_step=0.001, latency_ms=latency[1])}
+    venues = {
+        "binance": VenueParams(taker_fee=0.0005, lot_step=0.1, latency_ms=latency[0]),
+        "okx": VenueParams(taker_fee=0.0004, lot_step=0.001, latency_ms=latency[1]),
+    }
     model = TimedPairs(params(notional_usd=50.0, venues=venues, legs=LegRules(retries=retries, sequential=sequential)))
-    books = {"binance": binance(T0, bids=_side(entry[0], 101.0, True), asks=_side(entry[0], 101.2, False)),
-             "okx": okx(T0, bids=_side(entry[1], 99.0, True), asks=_side(entry[1], 99.2, False))}
+    books = {
+        "binance": binance(T0, bids=_side(entry[0], 101.0, True), asks=_side(entry[0], 101.2, False)),
+        "okx": okx(T0, bids=_side(entry[1], 99.0, True), asks=_side(entry[1], 99.2, False)),
+    }
     events = model.open(ENTRY, T0, books)
     for dt, venue, bids, asks, move in sorted(moves, key=lambda m: m[0]):  # books move while legs travel
         t, mid = T0 + dt, BASE[venue] + move
@@ -303,14 +345,18 @@ def test_the_pair_always_hedges_what_filled_and_its_pnl_is_the_cash_of_the_fills
             events.extend(model.settle_funding("okx", "BTC-USDT-SWAP", t, rate, mid))
     events.extend(model.evaluate(T0 + 3_000, books))
     end = T0 + 3_000
-    events.extend(model.close_all("end_of_session", end, {v: b.__class__(b.exchange, b.symbol, end, b.bids, b.asks)
-                                                          for v, b in books.items()}))
+    events.extend(
+        model.close_all(
+            "end_of_session", end, {v: b.__class__(b.exchange, b.symbol, end, b.bids, b.asks) for v, b in books.items()}
+        )
+    )
     pair = model.pairs[pair_id(SIG)]
     record = pair.to_record()
     parts = ("gross", "fees", "slippage", "funding", "leg_latency", "liquidation")
     for prefix in ("", "short_", "long_"):
         assert record[f"{prefix}net_usd"] == pytest.approx(
-            record[f"{prefix}gross_usd"] - sum(record[f"{prefix}{k}_usd"] for k in parts[1:]), abs=1e-9)
+            record[f"{prefix}gross_usd"] - sum(record[f"{prefix}{k}_usd"] for k in parts[1:]), abs=1e-9
+        )
     assert all(o.done_qty <= o.qty + 1e-9 and o.fee >= 0 and o.slippage_usd >= -1e-9 for o in events.orders)
     if pair.status in ("open", "closing", "unwinding"):
         return  # a book that could not take an exit (the resend waits for the next evaluation)
@@ -327,6 +373,7 @@ def test_sequential_legs_send_the_hedge_for_what_the_lead_filled_limited_by_its_
     """The thinner book leads: inside their limits OKX's asks hold 14 coins, Binance's bids 15, so
     the long leg goes first (T0 -> OKX at T0+300, answer T0+600); the short hedge leaves at T0+600 for
     the 9.9 filled, limit 99.596 x exp(0.0018) = 99.7753 (from the lead's actual VWAP 986 / 9.9)."""
+
     def run(binance_then):
         model = timed(legs=LegRules(min_entry_spread=0.0, retries=1, retry_step_bp=5.0, sequential=True))
         tape = Tape(model)
@@ -349,11 +396,15 @@ def test_sequential_legs_send_the_hedge_for_what_the_lead_filled_limited_by_its_
     # nothing inside the limit: the hedge and its retry (99.7753 / 1.0005 = 99.7254) fill nothing, the lead unwinds
     model, orders = run(binance(T0 + 650, bids=((99.7, 50.0),)))
     assert [(o.leg, o.action, o.status, o.time_ms) for o in orders] == [
-        ("long", "entry", "FILLED", T0 + 300), ("short", "entry", "FAILED", T0 + 700),
-        ("short", "entry", "FAILED", T0 + 900), ("long", "unwind", "FILLED", T0 + 1_300)]
+        ("long", "entry", "FILLED", T0 + 300),
+        ("short", "entry", "FAILED", T0 + 700),
+        ("short", "entry", "FAILED", T0 + 900),
+        ("long", "unwind", "FILLED", T0 + 1_300),
+    ]
     assert orders[2].limit_price == pytest.approx((986 / 9.9) * math.exp(0.0018) / 1.0005)
     pair = model.pairs[pair_id(SIG)]
     assert (pair.status, pair.close_reason) == ("failed", "unwind")
     # 986 bought, 9.9 x 98.5 = 975.15 sold: net -(10.85 + 0.3944 + 0.39006) = cash
-    assert pair.to_record()["net_usd"] == pytest.approx(-(986 - 975.15 + 0.0004 * 986 + 0.0004 * 975.15)) == \
-        cash(orders)
+    assert (
+        pair.to_record()["net_usd"] == pytest.approx(-(986 - 975.15 + 0.0004 * 986 + 0.0004 * 975.15)) == cash(orders)
+    )

@@ -42,9 +42,13 @@ ENTRY = PairEntry(SIG, "binance", "BTCUSDT", "okx", "BTC-USDT-SWAP")
 
 
 def params(**overrides) -> PairParams:
-    base = dict(notional_usd=1_000.0,
-                venues={"binance": VenueParams(taker_fee=0.0005, lot_step=0.1),
-                        "okx": VenueParams(taker_fee=0.0004, lot_step=0.001)})
+    base = dict(
+        notional_usd=1_000.0,
+        venues={
+            "binance": VenueParams(taker_fee=0.0005, lot_step=0.1),
+            "okx": VenueParams(taker_fee=0.0004, lot_step=0.001),
+        },
+    )
     return PairParams(**(base | overrides))
 
 
@@ -64,8 +68,10 @@ def converged_books(t: int) -> dict[str, BookEvent]:
     """Binance asks (100, 20): buy back 9.9 at 100 = 990 USD, no slippage, fee 0.0005 x 990 = 0.495.
     OKX bids (100.2, 5) (100, 20): sell 5 x 100.2 + 4.9 x 100 = 991 USD; touch 100.2 -> slippage
     9.9 x 100.2 - 991 = 0.98; fee 0.0004 x 991 = 0.3964. Closable spread log(100 / (991 / 9.9)) < 0."""
-    return {"binance": binance(t, bids=((99.9, 20.0),), asks=((100.0, 20.0),)),
-            "okx": okx(t, bids=((100.2, 5.0), (100.0, 20.0)), asks=((100.3, 20.0),))}
+    return {
+        "binance": binance(t, bids=((99.9, 20.0),), asks=((100.0, 20.0),)),
+        "okx": okx(t, bids=((100.2, 5.0), (100.0, 20.0)), asks=((100.3, 20.0),)),
+    }
 
 
 def opened(p: PairParams | None = None) -> HedgedPairs:
@@ -77,8 +83,11 @@ def opened(p: PairParams | None = None) -> HedgedPairs:
 
 def cash(orders) -> float:
     """Independent of the model's P&L: + what a sale received, - what a purchase paid, - fees."""
-    return sum((o.qty * o.avg_price if o.side == "SELL" else -o.qty * o.avg_price) - o.fee
-               for o in orders if o.status == "FILLED")
+    return sum(
+        (o.qty * o.avg_price if o.side == "SELL" else -o.qty * o.avg_price) - o.fee
+        for o in orders
+        if o.status == "FILLED"
+    )
 
 
 # --- entry ------------------------------------------------------------------------------------------
@@ -87,7 +96,13 @@ def test_entry_fills_both_legs_at_the_sweep_with_equal_quantity_and_per_venue_fe
     events = model.open(ENTRY, T0, entry_books())
     short, long_ = events.orders
     assert (short.leg, short.venue, short.side, long_.leg, long_.venue, long_.side) == (
-        "short", "binance", "SELL", "long", "okx", "BUY")
+        "short",
+        "binance",
+        "SELL",
+        "long",
+        "okx",
+        "BUY",
+    )
     assert short.qty == long_.qty == pytest.approx(9.9)
     assert short.avg_price == pytest.approx(995 / 9.9) and long_.avg_price == pytest.approx(986 / 9.9)
     assert short.fee == pytest.approx(0.4975) and long_.fee == pytest.approx(0.3944)
@@ -190,12 +205,15 @@ def test_exit_waits_when_a_book_is_stale_and_closes_both_legs_or_neither():
 
 
 # --- one leg failing --------------------------------------------------------------------------------
-@pytest.mark.parametrize("okx_book, refusals, words", [
-    (okx(T0 - 5_000), None, "stale book okx: 5.0 s old"),
-    (okx(T0), {"okx": "leverage not set"}, "venue refused: leverage not set"),
-    (okx(T0, asks=((99.0, 1.0),)), None, "insufficient depth"),
-    (None, None, "no book for okx"),
-])
+@pytest.mark.parametrize(
+    "okx_book, refusals, words",
+    [
+        (okx(T0 - 5_000), None, "stale book okx: 5.0 s old"),
+        (okx(T0), {"okx": "leverage not set"}, "venue refused: leverage not set"),
+        (okx(T0, asks=((99.0, 1.0),)), None, "insufficient depth"),
+        (None, None, "no book for okx"),
+    ],
+)
 def test_one_leg_failing_unwinds_the_other_and_records_its_cost(okx_book, refusals, words):
     model = HedgedPairs(params())
     books = {"binance": binance(T0, asks=((102.0, 20.0),))}
@@ -239,7 +257,7 @@ def test_both_legs_failing_costs_nothing_and_an_unwind_that_cannot_fill_is_retri
 # --- other exits --------------------------------------------------------------------------------------
 def test_max_holding_exit():
     model = opened(params(max_holding_ms=24 * HOUR))
-    wide = lambda t: entry_books(t)  # never converges: closable log(101.5 / 98.5) > 0
+    wide = entry_books  # never converges: closable log(101.5 / 98.5) > 0
     assert model.evaluate(T0 + 24 * HOUR - 1, wide(T0 + 24 * HOUR - 1)).orders == []
     events = model.evaluate(T0 + 24 * HOUR, wide(T0 + 24 * HOUR))
     assert events.positions[-1]["close_reason"] == "max_holding"
@@ -260,6 +278,8 @@ def test_funding_rule_exits_before_a_settlement_that_would_cost_more_than_the_th
     small = {"binance": FundingEvent("binance", "BTCUSDT", t, -0.0004, t + 5 * MIN)}  # 0.40 USD < 0.5
     for funding in (later, receiving, small):
         assert model.evaluate(t, books, funding).orders == []
+    # (the costly settlement was set up and never asserted)
+    assert opened().evaluate(t, books, costly).positions[-1]["close_reason"] == "funding"
     # both legs settling within the lead add up: the long pays a positive rate at the okx mid
     # (98.5 + 99) / 2 = 98.75: 9.9 x 98.75 x 0.0006 = 0.587, and 0.401 + 0.587 > 0.5 closes
     both = small | {"okx": FundingEvent("okx", "BTC-USDT-SWAP", t, 0.0006, t + 5 * MIN)}
@@ -285,7 +305,9 @@ def test_liquidation_distance_exit():
 def test_a_model_restored_from_its_plain_state_after_every_step_does_what_the_uninterrupted_one_does():
     steps = [
         lambda m: m.open(ENTRY, T0, entry_books()),
-        lambda m: m.open(PairEntry("other", "binance", "BTCUSDT", "bybit", "BTCUSDT"), T0, entry_books()),  # no bybit book
+        lambda m: m.open(
+            PairEntry("other", "binance", "BTCUSDT", "bybit", "BTCUSDT"), T0, entry_books()
+        ),  # no bybit book
         lambda m: m.settle_funding("binance", "BTCUSDT", T0 + HOUR, 0.0001, 100.0),
         lambda m: m.open(ENTRY, T0 + HOUR, entry_books(T0 + HOUR)),  # duplicate
         lambda m: m.settle_funding("binance", "BTCUSDT", T0 + HOUR, 0.0001, 100.0),  # paid already
@@ -296,7 +318,11 @@ def test_a_model_restored_from_its_plain_state_after_every_step_does_what_the_un
         restored = HedgedPairs.from_dict(params(), json.loads(json.dumps(restored.to_dict())))
         a, b = step(plain), step(restored)
         assert ([o.to_record() for o in a.orders], [p.to_record() for p in a.funding], a.positions, a.duplicate) == (
-            [o.to_record() for o in b.orders], [p.to_record() for p in b.funding], b.positions, b.duplicate)
+            [o.to_record() for o in b.orders],
+            [p.to_record() for p in b.funding],
+            b.positions,
+            b.duplicate,
+        )
     assert plain.to_dict() == restored.to_dict()
     assert [p["status"] for p in plain.to_dict()["pairs"]] == ["closed", "failed"]
 
@@ -328,29 +354,50 @@ def _side(steps, start: float, down: bool) -> tuple[tuple[float, float], ...]:
 
 
 @FUZZ
-@given(short_bids=levels, long_asks=levels, exit_asks=levels, exit_bids=levels,
-       prices=st.tuples(st.floats(90, 110), st.floats(90, 110), st.floats(90, 110), st.floats(90, 110)),
-       rates=st.tuples(st.floats(-0.003, 0.003), st.floats(-0.003, 0.003)),
-       notional=st.floats(10, 2_000), refuse=st.booleans())
-def test_pnl_always_decomposes_and_matches_the_cash_of_the_fills(short_bids, long_asks, exit_asks, exit_bids,
-                                                                  prices, rates, notional, refuse):
+@given(
+    short_bids=levels,
+    long_asks=levels,
+    exit_asks=levels,
+    exit_bids=levels,
+    prices=st.tuples(st.floats(90, 110), st.floats(90, 110), st.floats(90, 110), st.floats(90, 110)),
+    rates=st.tuples(st.floats(-0.003, 0.003), st.floats(-0.003, 0.003)),
+    notional=st.floats(10, 2_000),
+    refuse=st.booleans(),
+)
+def test_pnl_always_decomposes_and_matches_the_cash_of_the_fills(
+    short_bids, long_asks, exit_asks, exit_bids, prices, rates, notional, refuse
+):
     model = HedgedPairs(params(notional_usd=notional))
-    books = {"binance": binance(T0, bids=_side(short_bids, prices[0], True), asks=_side(exit_asks, prices[0] + 1, False)),
-             "okx": okx(T0, bids=_side(exit_bids, prices[1] - 1, True), asks=_side(long_asks, prices[1], False))}
+    books = {
+        "binance": binance(T0, bids=_side(short_bids, prices[0], True), asks=_side(exit_asks, prices[0] + 1, False)),
+        "okx": okx(T0, bids=_side(exit_bids, prices[1] - 1, True), asks=_side(long_asks, prices[1], False)),
+    }
     events = model.open(ENTRY, T0, books, {"okx": "no"} if refuse else None)
     events.extend(model.settle_funding("binance", "BTCUSDT", T0 + HOUR, rates[0], prices[2]))
     events.extend(model.settle_funding("okx", "BTC-USDT-SWAP", T0 + HOUR, rates[1], prices[3]))
     t = T0 + 2 * HOUR
-    events.extend(model.close(pair_id(SIG), "operator", t,
-                              {"binance": binance(t, asks=_side(exit_asks, prices[2], False)),
-                               "okx": okx(t, bids=_side(exit_bids, prices[3], True))}))
+    events.extend(
+        model.close(
+            pair_id(SIG),
+            "operator",
+            t,
+            {
+                "binance": binance(t, asks=_side(exit_asks, prices[2], False)),
+                "okx": okx(t, bids=_side(exit_bids, prices[3], True)),
+            },
+        )
+    )
     record = model.pairs[pair_id(SIG)].to_record()
     total = record["gross_usd"] - record["fees_usd"] - record["slippage_usd"] - record["funding_usd"]
     assert record["net_usd"] == pytest.approx(total, abs=1e-9)
     for role in ("short", "long"):
         assert record[f"{role}_net_usd"] == pytest.approx(
-            record[f"{role}_gross_usd"] - record[f"{role}_fees_usd"] - record[f"{role}_slippage_usd"]
-            - record[f"{role}_funding_usd"], abs=1e-9)
+            record[f"{role}_gross_usd"]
+            - record[f"{role}_fees_usd"]
+            - record[f"{role}_slippage_usd"]
+            - record[f"{role}_funding_usd"],
+            abs=1e-9,
+        )
     assert record["net_usd"] == pytest.approx(record["short_net_usd"] + record["long_net_usd"], abs=1e-9)
     paid = sum(p.paid for p in events.funding)
     filled = [o for o in events.orders if o.status == "FILLED"]
@@ -362,9 +409,15 @@ def test_pnl_always_decomposes_and_matches_the_cash_of_the_fills(short_bids, lon
         assert record["status"] in ("failed", "unwinding") and record["long_fees_usd"] == 0
 
 
-actions = st.lists(st.tuples(st.sampled_from(["open", "close", "evaluate"]), st.integers(0, 5),
-                             st.sampled_from([("binance", "okx"), ("okx", "binance"), ("binance", "bybit"),
-                                              ("bybit", "okx")]), st.booleans()), max_size=25)
+actions = st.lists(
+    st.tuples(
+        st.sampled_from(["open", "close", "evaluate"]),
+        st.integers(0, 5),
+        st.sampled_from([("binance", "okx"), ("okx", "binance"), ("binance", "bybit"), ("bybit", "okx")]),
+        st.booleans(),
+    ),
+    max_size=25,
+)
 SYMBOLS = {"binance": "BTCUSDT", "okx": "BTC-USDT-SWAP", "bybit": "BTCUSDT"}
 
 
@@ -374,8 +427,10 @@ def test_never_two_active_pairs_for_one_pair_key(steps):
     model = HedgedPairs(params(venues={}))
     for i, (action, signal, (rich, cheap), stale) in enumerate(steps):
         t = T0 + i * 1000
-        books = {v: BookEvent(v, SYMBOLS[v], t - (5_000 if stale and v == cheap else 0),
-                              ((101.0, 50.0),), ((101.2, 50.0),)) for v in SYMBOLS}
+        books = {
+            v: BookEvent(v, SYMBOLS[v], t - (5_000 if stale and v == cheap else 0), ((101.0, 50.0),), ((101.2, 50.0),))
+            for v in SYMBOLS
+        }
         if action == "open":
             model.open(PairEntry(f"s{signal}:{rich}>{cheap}", rich, SYMBOLS[rich], cheap, SYMBOLS[cheap]), t, books)
         elif action == "close" and model.pairs:
@@ -395,8 +450,9 @@ def venue_rules(**okx_row) -> dict[str, VenueParams]:
     from execution.instrument_rules import InstrumentRules, parse_binance, parse_okx
     from tests.execution.test_instrument_rules import binance_body, okx_swap_body
 
-    rules = InstrumentRules([*parse_binance(binance_body()),
-                             *parse_okx(okx_swap_body(**({"lotSz": "1", "minSz": "1"} | okx_row)))])
+    rules = InstrumentRules(
+        [*parse_binance(binance_body()), *parse_okx(okx_swap_body(**({"lotSz": "1", "minSz": "1"} | okx_row)))]
+    )
     fees = {"binance": 0.0005, "okx": 0.0004}
     return {v: VenueParams(taker_fee=fees[v], **rules.for_coin(v, "BTC").hedged_params()) for v in fees}
 
@@ -427,8 +483,10 @@ def test_a_leg_below_the_venue_minimum_notional_fails_and_the_other_is_unwound()
     gross -0.05 x (101.5 - 101) = -0.025, fees 0.0004 x (5.05 + 5.075) = 0.00405, no slippage."""
     model = HedgedPairs(params(notional_usd=6.0, venues=venue_rules()))
     entry = PairEntry(SIG, "okx", "BTC-USDT-SWAP", "binance", "BTCUSDT")
-    books = {"okx": okx(T0, bids=((101.0, 5.0),), asks=((101.5, 5.0),)),
-             "binance": binance(T0, bids=((98.5, 5.0),), asks=((99.0, 4.0),))}
+    books = {
+        "okx": okx(T0, bids=((101.0, 5.0),), asks=((101.5, 5.0),)),
+        "binance": binance(T0, bids=((98.5, 5.0),), asks=((99.0, 4.0),)),
+    }
     events = model.open(entry, T0, books)
     short, long_, unwind = events.orders
     assert (short.status, short.qty, short.avg_price) == ("FILLED", 0.05, 101.0)
@@ -463,13 +521,18 @@ def test_steps_in_coins_apply_to_a_book_quoted_per_1000_coins():
     from execution.instrument_rules import InstrumentRules, parse_binance, parse_okx
     from tests.execution.test_instrument_rules import binance_body, okx_swap_body
 
-    rules = InstrumentRules([*parse_binance(binance_body()),
-                             *parse_okx(okx_swap_body(instId="SHIB-USDT-SWAP", ctValCcy="SHIB", ctVal="1000000",
-                                                      lotSz="1", minSz="1"))])
+    rules = InstrumentRules(
+        [
+            *parse_binance(binance_body()),
+            *parse_okx(okx_swap_body(instId="SHIB-USDT-SWAP", ctValCcy="SHIB", ctVal="1000000", lotSz="1", minSz="1")),
+        ]
+    )
     venues = {v: VenueParams(**rules.for_coin(v, "SHIB").hedged_params()) for v in ("binance", "okx")}
     model = HedgedPairs(PairParams(notional_usd=100.0, venues=venues))
-    books = {"binance": BookEvent("binance", "1000SHIBUSDT", T0, ((0.0101, 20_000.0),), ((0.0102, 20_000.0),)),
-             "okx": BookEvent("okx", "1000SHIBUSDT", T0, ((0.0098, 20_000.0),), ((0.0099, 20_000.0),))}
+    books = {
+        "binance": BookEvent("binance", "1000SHIBUSDT", T0, ((0.0101, 20_000.0),), ((0.0102, 20_000.0),)),
+        "okx": BookEvent("okx", "1000SHIBUSDT", T0, ((0.0098, 20_000.0),), ((0.0099, 20_000.0),)),
+    }
     events = model.open(PairEntry(SIG, "binance", "1000SHIBUSDT", "okx", "1000SHIBUSDT"), T0, books)
     assert [(o.status, o.qty) for o in events.orders] == [("FILLED", 9000.0), ("FILLED", 9000.0)]
     assert events.orders[0].avg_price * 9000 == pytest.approx(90.9)  # 9,000 units x 0.0101 USD

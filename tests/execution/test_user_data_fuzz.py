@@ -18,9 +18,26 @@ from execution.broker import OrderRequest
 from tests.support.fuzz import FUZZ, json_values, mutated, numberish
 
 CID = "tf-fuzz-1"
-ORDER = {"s": "BTCUSDT", "c": CID, "S": "BUY", "o": "LIMIT", "q": "0.010", "p": "37000", "ap": "37000",
-         "X": "FILLED", "x": "TRADE", "i": 8886774, "l": "0.010", "z": "0.010", "L": "37000", "N": "USDT", "n": "0.148",
-         "T": 1700000000000, "t": 123456, "m": True}
+ORDER = {
+    "s": "BTCUSDT",
+    "c": CID,
+    "S": "BUY",
+    "o": "LIMIT",
+    "q": "0.010",
+    "p": "37000",
+    "ap": "37000",
+    "X": "FILLED",
+    "x": "TRADE",
+    "i": 8886774,
+    "l": "0.010",
+    "z": "0.010",
+    "L": "37000",
+    "N": "USDT",
+    "n": "0.148",
+    "T": 1700000000000,
+    "t": 123456,
+    "m": True,
+}
 EVENT = {"e": "ORDER_TRADE_UPDATE", "E": 1700000000001, "T": 1700000000000, "o": ORDER}
 
 
@@ -34,8 +51,11 @@ def broker_with_an_open_order() -> tuple[BinanceBroker, _Tracked]:
 
 events = st.one_of(
     json_values,
-    st.builds(lambda o, e: {**e, "o": o}, mutated(ORDER, sorted(ORDER), numberish | json_values),
-              mutated(EVENT, ["e", "E", "T"], numberish)),
+    st.builds(
+        lambda o, e: {**e, "o": o},
+        mutated(ORDER, sorted(ORDER), numberish | json_values),
+        mutated(EVENT, ["e", "E", "T"], numberish),
+    ),
     st.builds(lambda a: {"e": "ACCOUNT_UPDATE", "E": 1, "a": a}, json_values),
 )
 

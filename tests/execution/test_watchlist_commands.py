@@ -19,19 +19,42 @@ from stream_apps.watchlist.strategy import parse_watchlist_strategy
 from tests.backtest.watchlist.test_runner import FEE, STRATEGY, T0, hand_session
 
 #: the hand strategy with triggers no spread reaches: the trader opens nothing by itself
-QUIET = parse_watchlist_strategy(STRATEGY.model_dump(mode="json") | {"name": "xv_quiet",
-                                                                      "triggers": {"min_net_spread_bp": 10_000}})
+QUIET = parse_watchlist_strategy(
+    STRATEGY.model_dump(mode="json") | {"name": "xv_quiet", "triggers": {"min_net_spread_bp": 10_000}}
+)
 
 
 def command(cid: str, action: str = "open", strategy=QUIET, **extra) -> dict:
     """A request as the desk publishes it (every field of the schema)."""
-    base = {"command_id": cid, "status": "requested", "action": action, "strategy": strategy.name, "coin": "BTC",
-            "sell_venue": None, "sell_symbol": None, "buy_venue": None, "buy_symbol": None, "pair_id": None,
-            "notional_usd": None, "shown_spread": None, "shown_time": None, "requested_time": 1_800_000_000_000,
-            "acted_time": None, "who": "ui cookie session from 127.0.0.1", "reason": "test", "detail": None}
+    base = {
+        "command_id": cid,
+        "status": "requested",
+        "action": action,
+        "strategy": strategy.name,
+        "coin": "BTC",
+        "sell_venue": None,
+        "sell_symbol": None,
+        "buy_venue": None,
+        "buy_symbol": None,
+        "pair_id": None,
+        "notional_usd": None,
+        "shown_spread": None,
+        "shown_time": None,
+        "requested_time": 1_800_000_000_000,
+        "acted_time": None,
+        "who": "ui cookie session from 127.0.0.1",
+        "reason": "test",
+        "detail": None,
+    }
     if action == "open":
-        base |= {"sell_venue": "binance", "sell_symbol": "BTCUSDT", "buy_venue": "okx", "buy_symbol": "BTC-USDT-SWAP",
-                 "shown_spread": 0.0099, "shown_time": T0}
+        base |= {
+            "sell_venue": "binance",
+            "sell_symbol": "BTCUSDT",
+            "buy_venue": "okx",
+            "buy_symbol": "BTC-USDT-SWAP",
+            "shown_spread": 0.0099,
+            "shown_time": T0,
+        }
     return base | extra
 
 
@@ -59,7 +82,12 @@ def test_a_manual_open_is_one_pair_however_often_it_is_sent_and_a_manual_close_e
     [signal] = of(opened, "signal")
     sid = manual_signal_id(QUIET, "c-open")
     pid = pair_id(sid)
-    assert (signal["signal_id"], signal["status"], signal["reason"], signal["eval_time"]) == (sid, "signal", "manual", T0 + 9_500)
+    assert (signal["signal_id"], signal["status"], signal["reason"], signal["eval_time"]) == (
+        sid,
+        "signal",
+        "manual",
+        T0 + 9_500,
+    )
     assert sid.startswith(f"xv:{QUIET.name}:")
     # the entry as for a strategy's signal: 1,000 USD into binance's bids is 5 BTC at 101.0 and 495 USD at
     # 100.9; okx's asks give 10 BTC: both legs take the smaller amount
@@ -69,26 +97,42 @@ def test_a_manual_open_is_one_pair_however_often_it_is_sent_and_a_manual_close_e
     assert signal["net_spread"] == pytest.approx(0.0099 - 4 * FEE, rel=1e-12)
     orders = of(opened, "order")
     assert [(o["leg"], o["action"], o["client_order_id"]) for o in orders] == [
-        ("short", "entry", client_order_id(sid, "pair_short_entry")), ("long", "entry", client_order_id(sid, "pair_long_entry"))]
+        ("short", "entry", client_order_id(sid, "pair_short_entry")),
+        ("long", "entry", client_order_id(sid, "pair_long_entry")),
+    ]
     assert orders[0]["avg_price"] == pytest.approx(short_entry, rel=1e-12) and orders[1]["avg_price"] == 100.0
     [pair] = of(opened, "pair")
     assert (pair["pair_id"], pair["status"], pair["opened_ms"], pair["seq"]) == (pid, "open", T0 + 9_500, 1)
     assert pair["qty"] == pytest.approx(qty, rel=1e-12)
     [answer] = of(opened, "command")
-    assert (answer["status"], answer["acted_time"], answer["pair_id"], answer["detail"]) == ("done", T0 + 9_500, pid, f"pair {pid} open")
-    assert (answer["who"], answer["reason"], answer["command_id"]) == ("ui cookie session from 127.0.0.1", "test", "c-open")
+    assert (answer["status"], answer["acted_time"], answer["pair_id"], answer["detail"]) == (
+        "done",
+        T0 + 9_500,
+        pid,
+        f"pair {pid} open",
+    )
+    assert (answer["who"], answer["reason"], answer["command_id"]) == (
+        "ui cookie session from 127.0.0.1",
+        "test",
+        "c-open",
+    )
 
     # a second open of the same venues (another command): the model refuses it, the pair key is taken
     trader.command(command("c-open-2"))
     [answer2] = of(trader.take(), "command")
     assert answer2["status"] == "rejected" and answer2["detail"].endswith(f"already has an active pair {pid}")
 
-    trader.feed(until(T0 + 20_000)[len(until(T0 + 10_000)):])
+    trader.feed(until(T0 + 20_000)[len(until(T0 + 10_000)) :])
     assert trader.take() == []  # binance still rich: no exit rule holds (closable spread 119 bp > 20 bp)
     trader.command(command("c-close", "close", pair_id=pid))
     closed = trader.take()
     [last] = of(closed, "pair")
-    assert (last["status"], last["close_reason"], last["closed_ms"], last["seq"]) == ("closed", "manual", T0 + 19_500, 2)
+    assert (last["status"], last["close_reason"], last["closed_ms"], last["seq"]) == (
+        "closed",
+        "manual",
+        T0 + 19_500,
+        2,
+    )
     # out: buy back binance's ask 101.1, sell okx's bid 99.9
     assert last["exit_spread"] == pytest.approx(math.log(101.1 / 99.9), rel=1e-12)
     cash = qty * short_entry - qty * 101.1 + qty * 99.9 - qty * 100.0
@@ -103,7 +147,11 @@ def test_a_close_of_an_unknown_or_closed_pair_and_a_stale_open_are_refused_with_
     trader = WatchlistTrader(QUIET)
     trader.command(command("c-early", "close", pair_id="pair-x"))
     [early] = of(trader.take(), "command")
-    assert (early["status"], early["acted_time"], early["detail"]) == ("rejected", None, "the trader has seen no input yet")
+    assert (early["status"], early["acted_time"], early["detail"]) == (
+        "rejected",
+        None,
+        "the trader has seen no input yet",
+    )
     trader.feed(until(T0 + 10_000))
     trader.command(command("c-unknown", "close", pair_id="pair-nope"))
     trader.command(command("c-stale", shown_time=T0 + 9_500 - MAX_COMMAND_AGE_MS - 1))
@@ -111,9 +159,15 @@ def test_a_close_of_an_unknown_or_closed_pair_and_a_stale_open_are_refused_with_
     trader.command(command("c-what", "flip"))
     answers = of(trader.take(), "command")
     assert [(a["command_id"], a["status"]) for a in answers] == [
-        ("c-unknown", "rejected"), ("c-stale", "rejected"), ("c-venue", "rejected"), ("c-what", "rejected")]
+        ("c-unknown", "rejected"),
+        ("c-stale", "rejected"),
+        ("c-venue", "rejected"),
+        ("c-what", "rejected"),
+    ]
     assert answers[0]["detail"] == "no pair pair-nope of BTC in strategy xv_quiet"
-    assert answers[1]["detail"].startswith(f"the spread shown ({T0 + 9_500 - MAX_COMMAND_AGE_MS - 1} ms) is 120 s older")
+    assert answers[1]["detail"].startswith(
+        f"the spread shown ({T0 + 9_500 - MAX_COMMAND_AGE_MS - 1} ms) is 120 s older"
+    )
     assert answers[2]["detail"] == "sell bybit and buy okx: two of the strategy's venues (binance, okx)"
     assert answers[3]["detail"] == "unknown action 'flip': open or close"
     assert trader.counters["pair"] == 0 and trader.counters["order"] == 0  # nothing traded
@@ -122,8 +176,11 @@ def test_a_close_of_an_unknown_or_closed_pair_and_a_stale_open_are_refused_with_
     trader.command(command("c-close", "close", pair_id=pid))
     trader.command(command("c-close-again", "close", pair_id=pid))
     answers = of(trader.take(), "command")
-    assert [(a["command_id"], a["status"]) for a in answers] == [("c-open", "done"), ("c-close", "done"),
-                                                                   ("c-close-again", "rejected")]
+    assert [(a["command_id"], a["status"]) for a in answers] == [
+        ("c-open", "done"),
+        ("c-close", "done"),
+        ("c-close-again", "rejected"),
+    ]
     assert answers[2]["detail"] == f"pair {pid} is closed, not open"
 
 
@@ -134,8 +191,9 @@ def test_a_trader_restored_with_a_command_in_flight_emits_what_an_uninterrupted_
     strategy's signal) are travelling later on. A trader restored from its plain state (through JSON, as
     the service's checkpoint) at each of those moments emits what an uninterrupted one does, and the same
     command read again after a restart is a duplicate."""
-    timed = parse_watchlist_strategy(QUIET.model_dump(mode="json") | {"legs": {"default_latency_ms": 300,
-                                                                               "min_entry_spread_bp": 5}})
+    timed = parse_watchlist_strategy(
+        QUIET.model_dump(mode="json") | {"legs": {"default_latency_ms": 300, "min_entry_spread_bp": 5}}
+    )
     first, rest = until(T0 + 10_000), after(T0 + 10_000)
     cmd = ("xv.commands", command("c-open", strategy=timed, shown_time=T0 + 10_000))
     pid = pair_id(manual_signal_id(timed, "c-open"))
@@ -145,10 +203,14 @@ def test_a_trader_restored_with_a_command_in_flight_emits_what_an_uninterrupted_
     whole.feed(items)
     expected = whole.take()
     pairs = of(expected, "pair")
-    assert [p["status"] for p in pairs] == ["opening", "open", "closing", "closed"] and pairs[-1]["close_reason"] == "manual"
+    assert [p["status"] for p in pairs] == ["opening", "open", "closing", "closed"] and pairs[-1][
+        "close_reason"
+    ] == "manual"
     assert pairs[0]["opened_ms"] == T0 + 10_000 and {p["pair_id"] for p in pairs} == {pid}
     assert [(a["command_id"], a["status"], a["acted_time"]) for a in of(expected, "command")] == [
-        ("c-open", "done", T0 + 10_000), ("c-close", "done", T0 + 19_500)]  # 20 ticks of 500 ms later
+        ("c-open", "done", T0 + 10_000),
+        ("c-close", "done", T0 + 19_500),
+    ]  # 20 ticks of 500 ms later
 
     n = len(first)
     got, start, trader = [], 0, WatchlistTrader(timed)

@@ -10,7 +10,7 @@ import pytest
 
 from execution.client_ids import pair_id
 from execution.watchlist_trader import TOPICS, WatchlistTrader, cross_venue_params
-from tests.backtest.watchlist.test_runner import EVENTS, SMALL, XV, hand_session, STRATEGY
+from tests.backtest.watchlist.test_runner import EVENTS, SMALL, STRATEGY, XV, hand_session
 
 
 def _trader(strategy=XV, small=True) -> WatchlistTrader:
@@ -65,8 +65,11 @@ def _rules(okx_lot="1", venues=("binance", "okx")):
     from execution.instrument_rules import InstrumentRules, parse_binance, parse_bybit, parse_okx
     from tests.execution.test_instrument_rules import binance_body, fixture, okx_swap_body
 
-    found = {"binance": parse_binance(binance_body()), "okx": parse_okx(okx_swap_body(lotSz=okx_lot, minSz=okx_lot)),
-             "bybit": parse_bybit(fixture("bybit_instruments_linear.json"))}
+    found = {
+        "binance": parse_binance(binance_body()),
+        "okx": parse_okx(okx_swap_body(lotSz=okx_lot, minSz=okx_lot)),
+        "bybit": parse_bybit(fixture("bybit_instruments_linear.json")),
+    }
     return InstrumentRules(rule for v in venues for rule in found[v])
 
 
@@ -165,11 +168,15 @@ def test_a_restart_with_an_open_pair_across_a_funding_time_closes_nothing_by_its
     second.feed(held[cut:])
     got += second.take()
     orders = [r for k, _, r in got if k == "order"]
-    assert [(o["leg"], o["action"], o["time_ms"] - o["sent_ms"]) for o in orders] == [("short", "entry", 150),
-                                                                                        ("long", "entry", 150)]
+    assert [(o["leg"], o["action"], o["time_ms"] - o["sent_ms"]) for o in orders] == [
+        ("short", "entry", 150),
+        ("long", "entry", 150),
+    ]
     payments = [r for k, _, r in got if k == "funding"]
     assert sorted((p["leg"], p["funding_time_ms"], p["rate"]) for p in payments) == [
-        ("long", SETTLE, -0.0002), ("short", SETTLE, 0.0001)]
+        ("long", SETTLE, -0.0002),
+        ("short", SETTLE, 0.0001),
+    ]
     assert [r["status"] for k, _, r in got if k == "pair"][-1] == "open"
     # and the pair does close once the spread converges, after the restart
     second.feed([e for e in hand_session() if e.time_ms >= T0 + 85_000])
@@ -182,8 +189,9 @@ def test_funding_books_the_rate_published_last_before_the_settlement_and_keeps_t
     from tests.backtest.watchlist.test_runner import SETTLE, STRATEGY, T0, hand_session
 
     # binance announced +1 bp for 08:00 at 07:59:00, then +3 bp at 07:59:30: +3 bp is what settles
-    events = sorted([*hand_session(), FundingEvent("binance", "BTCUSDT", T0 + 30_000, 0.0003, SETTLE)],
-                    key=lambda e: e.time_ms)
+    events = sorted(
+        [*hand_session(), FundingEvent("binance", "BTCUSDT", T0 + 30_000, 0.0003, SETTLE)], key=lambda e: e.time_ms
+    )
     result = run_backtest(STRATEGY, events)
     [pair] = result.pairs
     short = next(p for p in result.funding if p["leg"] == "short")
@@ -198,8 +206,10 @@ def test_a_funding_rate_that_is_not_a_number_is_never_booked():
     from stream_apps.cross_venue.events import FundingEvent
     from tests.backtest.watchlist.test_runner import SETTLE, STRATEGY, T0, hand_session
 
-    events = sorted([*hand_session(), FundingEvent("binance", "BTCUSDT", T0 + 30_000, float("nan"), SETTLE)],
-                    key=lambda e: e.time_ms)
+    events = sorted(
+        [*hand_session(), FundingEvent("binance", "BTCUSDT", T0 + 30_000, float("nan"), SETTLE)],
+        key=lambda e: e.time_ms,
+    )
     trader = WatchlistTrader(STRATEGY)
     trader.feed(events)
     paid = [r for k, _, r in trader.take() if k == "funding"]
@@ -217,13 +227,20 @@ def test_a_leg_liquidated_in_the_backtest_closes_at_its_liquidation_price_and_th
     from stream_apps.watchlist.strategy import parse_watchlist_strategy
     from tests.backtest.watchlist.test_runner import STRATEGY, T0, hand_session
 
-    levered = parse_watchlist_strategy(STRATEGY.model_dump(mode="json") | {
-        "exits": {"exit_spread_bp": 20, "leverage": 10, "min_liquidation_distance": 0},
-        "legs": {"default_latency_ms": 100}})
+    levered = parse_watchlist_strategy(
+        STRATEGY.model_dump(mode="json")
+        | {
+            "exits": {"exit_spread_bp": 20, "leverage": 10, "min_liquidation_distance": 0},
+            "legs": {"default_latency_ms": 100},
+        }
+    )
     jump = T0 + 30_000
-    events = [e for e in hand_session() if not (isinstance(e, BookEvent) and e.exchange == "binance"
-                                                and e.time_ms >= jump)]
-    events += [BookEvent("binance", "BTCUSDT", t, ((113.0, 50.0),), ((113.1, 50.0),)) for t in range(jump, T0 + 40_000, 500)]
+    events = [
+        e for e in hand_session() if not (isinstance(e, BookEvent) and e.exchange == "binance" and e.time_ms >= jump)
+    ]
+    events += [
+        BookEvent("binance", "BTCUSDT", t, ((113.0, 50.0),), ((113.1, 50.0),)) for t in range(jump, T0 + 40_000, 500)
+    ]
     result = run_backtest(levered, sorted(events, key=lambda e: e.time_ms))
     [pair] = result.pairs
     entry = next(o for o in result.orders if o["leg"] == "short" and o["action"] == "entry")

@@ -204,8 +204,9 @@ async def test_instruments_info_is_shaped_like_bybits_documented_answer_and_page
     from tests.support.paths import DATA_DIR
 
     documented = json.loads((DATA_DIR / "instrument_rules" / "bybit_instruments_linear.json").read_text())
-    fake = await serve_bybit(generate_bybit_session(seed=3, duration_s=1, symbols=("BTCUSDT", "ETHUSDT")),
-                             speed=None, start="manual")
+    fake = await serve_bybit(
+        generate_bybit_session(seed=3, duration_s=1, symbols=("BTCUSDT", "ETHUSDT")), speed=None, start="manual"
+    )
     url = f"{fake.rest_url}/v5/market/instruments-info"
     try:
         async with aiohttp.ClientSession() as http:
@@ -213,8 +214,9 @@ async def test_instruments_info_is_shaped_like_bybits_documented_answer_and_page
                 body = await r.json()
             async with http.get(url, params={"category": "linear", "limit": "1"}) as r:
                 first = await r.json()
-            async with http.get(url, params={"category": "linear", "limit": "1",
-                                             "cursor": first["result"]["nextPageCursor"]}) as r:
+            async with http.get(
+                url, params={"category": "linear", "limit": "1", "cursor": first["result"]["nextPageCursor"]}
+            ) as r:
                 second = await r.json()
             async with http.get(url, params={"category": "spot"}) as r:
                 refused = await r.json()

@@ -418,8 +418,10 @@ async def test_end_of_replay_marker_counts_every_message_sent_and_only_when_aske
     stream = "sushiusdt@aggTrade"
     expected = [text for s, text, _ in FRAMES if s == stream]
     url = exchange.stream_url([stream])
-    async with websockets.connect(url + "&replayEnd=true", max_queue=None) as asking, \
-            websockets.connect(url, max_queue=None) as plain:
+    async with (
+        websockets.connect(url + "&replayEnd=true", max_queue=None) as asking,
+        websockets.connect(url, max_queue=None) as plain,
+    ):
         await asyncio.sleep(0.1)  # both connected before the replay starts
         await asking.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 1}))  # a reply is a message too
         await asyncio.sleep(0.1)
@@ -586,12 +588,19 @@ async def test_history_is_served_by_vision_and_rest_but_not_replayed(make_exchan
     import io
     import zipfile
 
-    session = generate_session(seed=4, symbols=("BTCUSDT",), duration_s=2 * 86_400 + 600, trades_per_s=0.02,
-                               depth_interval_ms=60_000, start_time=1_699_920_000.0)  # 2023-11-14 00:00 UTC
+    session = generate_session(
+        seed=4,
+        symbols=("BTCUSDT",),
+        duration_s=2 * 86_400 + 600,
+        trades_per_s=0.02,
+        depth_interval_ms=60_000,
+        start_time=1_699_920_000.0,
+    )  # 2023-11-14 00:00 UTC
     trades = [f.payload for f in session.frames if f.event == "aggTrade"]
     history_s = 2 * 86_400 + 300  # the replay begins on day 3, five minutes in
-    exchange = await make_exchange(session=session, start="manual", history_s=history_s,
-                                   aggtrades_visibility="replayed", rest_clock="recording")
+    exchange = await make_exchange(
+        session=session, start="manual", history_s=history_s, aggtrades_visibility="replayed", rest_clock="recording"
+    )
     base = f"{exchange.rest_url}/data/futures/um/daily/aggTrades/BTCUSDT/"
     day1 = [t for t in trades if t["T"] < 1_699_920_000_000 + 86_400_000]
     async with http.get(base + "BTCUSDT-aggTrades-2023-11-14.zip") as resp:
@@ -606,30 +615,51 @@ async def test_history_is_served_by_vision_and_rest_but_not_replayed(make_exchan
     async with http.get(base + "BTCUSDT-aggTrades-2023-11-16.zip") as resp:
         assert resp.status == 404  # today: not published before the day is over
     # REST pages the history up to "now" (the replay's start), nothing after it
-    status, _, page = await get_json(http, f"{exchange.rest_url}/fapi/v1/aggTrades", symbol="BTCUSDT",
-                                     fromId=day1[-1]["a"] + 1, limit=1000)
+    status, _, page = await get_json(
+        http, f"{exchange.rest_url}/fapi/v1/aggTrades", symbol="BTCUSDT", fromId=day1[-1]["a"] + 1, limit=1000
+    )
     cut = session.frames[0].receive_time + history_s
     seen = [f.payload["a"] for f in session.frames if f.event == "aggTrade" and f.receive_time < cut]
-    assert status == 200 and [r["a"] for r in page] == seen[len(day1):][:1000]
-    status, _, tail = await get_json(http, f"{exchange.rest_url}/fapi/v1/aggTrades", symbol="BTCUSDT",
-                                     fromId=seen[-1], limit=1000)
+    assert status == 200 and [r["a"] for r in page] == seen[len(day1) :][:1000]
+    status, _, tail = await get_json(
+        http, f"{exchange.rest_url}/fapi/v1/aggTrades", symbol="BTCUSDT", fromId=seen[-1], limit=1000
+    )
     assert [r["a"] for r in tail] == [seen[-1]]  # the next trade is not visible before it is replayed
     # the history endpoints end at "now" too, and their rows do not depend on when they are asked
-    now = int(session.frames[next(i for i, f in enumerate(session.frames) if f.receive_time >= cut) - 1]
-              .receive_time * 1000)
-    status, _, hist = await get_json(http, f"{exchange.rest_url}/futures/data/openInterestHist", symbol="BTCUSDT",
-                                     period="5m", startTime=now - 3_600_000, limit=500)
+    now = int(
+        session.frames[next(i for i, f in enumerate(session.frames) if f.receive_time >= cut) - 1].receive_time * 1000
+    )
+    status, _, hist = await get_json(
+        http,
+        f"{exchange.rest_url}/futures/data/openInterestHist",
+        symbol="BTCUSDT",
+        period="5m",
+        startTime=now - 3_600_000,
+        limit=500,
+    )
     assert status == 200 and len(hist) == 12 and hist[-1]["timestamp"] <= now
-    status, _, klines = await get_json(http, f"{exchange.rest_url}/fapi/v1/markPriceKlines", symbol="BTCUSDT",
-                                       interval="1m", startTime=now - 600_000, limit=1500)
+    status, _, klines = await get_json(
+        http,
+        f"{exchange.rest_url}/fapi/v1/markPriceKlines",
+        symbol="BTCUSDT",
+        interval="1m",
+        startTime=now - 600_000,
+        limit=1500,
+    )
     marks = [f.payload for f in session.frames if f.event == "markPriceUpdate"]
     assert status == 200 and len(klines) == 10 and klines[-1][0] <= now
     first = next(m for m in marks if m["E"] >= klines[0][0])
     assert klines[0][1] == first["p"]  # the open is the interval's first mark price
     exchange.start_replay()
     await exchange.wait_finished(30)
-    status, _, later = await get_json(http, f"{exchange.rest_url}/futures/data/openInterestHist", symbol="BTCUSDT",
-                                      period="5m", startTime=now - 3_600_000, limit=12)
+    status, _, later = await get_json(
+        http,
+        f"{exchange.rest_url}/futures/data/openInterestHist",
+        symbol="BTCUSDT",
+        period="5m",
+        startTime=now - 3_600_000,
+        limit=12,
+    )
     assert later == hist
 
 
@@ -638,10 +668,17 @@ async def test_a_slow_vision_link_delays_every_archive_answer_and_changes_no_byt
     later, with the same bytes; switched off, answers come at once again."""
     import time as _time
 
-    session = generate_session(seed=4, symbols=("BTCUSDT",), duration_s=86_400 + 600, trades_per_s=0.01,
-                               depth_interval_ms=60_000, start_time=1_699_920_000.0)
-    exchange = await make_exchange(session=session, start="manual", history_s=86_400 + 300,
-                                   aggtrades_visibility="replayed", rest_clock="recording")
+    session = generate_session(
+        seed=4,
+        symbols=("BTCUSDT",),
+        duration_s=86_400 + 600,
+        trades_per_s=0.01,
+        depth_interval_ms=60_000,
+        start_time=1_699_920_000.0,
+    )
+    exchange = await make_exchange(
+        session=session, start="manual", history_s=86_400 + 300, aggtrades_visibility="replayed", rest_clock="recording"
+    )
     url = f"{exchange.rest_url}/data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2023-11-14.zip"
 
     async def timed(suffix: str = "") -> tuple[float, bytes]:
@@ -654,8 +691,12 @@ async def test_a_slow_vision_link_delays_every_archive_answer_and_changes_no_byt
     exchange.set_faults(vision_delay_ms=400)
     slow, slow_body = await timed()
     slow_sum, digest = await timed(".CHECKSUM")
-    assert slow >= 0.4 and slow_sum >= 0.4 and slow_body == body and digest.split()[0].decode() == \
-        __import__("hashlib").sha256(body).hexdigest()
+    assert (
+        slow >= 0.4
+        and slow_sum >= 0.4
+        and slow_body == body
+        and digest.split()[0].decode() == __import__("hashlib").sha256(body).hexdigest()
+    )
     assert exchange.set_faults(vision_delay_ms=0).vision_delay_ms == 0
     assert (await timed())[1] == body
 
@@ -670,12 +711,18 @@ async def test_rest_answers_as_of_a_clients_clock(make_exchange, http):
         async with http.get(f"{exchange.rest_url}{path}", params=params, headers=as_of) as resp:
             return resp.status, await resp.json(content_type=None)
 
-    before = [await ask("/fapi/v1/depth", symbol="BTCUSDT", limit=1000), await ask("/fapi/v1/premiumIndex",
-              symbol="BTCUSDT"), await ask("/fapi/v1/time")]
+    before = [
+        await ask("/fapi/v1/depth", symbol="BTCUSDT", limit=1000),
+        await ask("/fapi/v1/premiumIndex", symbol="BTCUSDT"),
+        await ask("/fapi/v1/time"),
+    ]
     exchange.start_replay()
     await exchange.wait_finished(30)
-    after = [await ask("/fapi/v1/depth", symbol="BTCUSDT", limit=1000), await ask("/fapi/v1/premiumIndex",
-             symbol="BTCUSDT"), await ask("/fapi/v1/time")]
+    after = [
+        await ask("/fapi/v1/depth", symbol="BTCUSDT", limit=1000),
+        await ask("/fapi/v1/premiumIndex", symbol="BTCUSDT"),
+        await ask("/fapi/v1/time"),
+    ]
     assert before == after  # the same answers before and after the replay ran past that time
     depth = before[0][1]
     diffs = [f.payload for f in session.frames if f.event == "depthUpdate" and f.payload["E"] <= mid.payload["E"]]

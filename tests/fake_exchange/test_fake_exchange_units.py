@@ -210,8 +210,16 @@ def test_synthetic_bursts_keep_the_mean_rate_and_cluster_the_seconds():
     busy seconds following busy seconds (autocorrelated), where the Poisson stream has neither."""
     import statistics
 
-    kwargs = dict(seed=3, symbols=("BTCUSDT",), duration_s=3600, trades_per_s=10, book_ticker=False,
-                  depth_interval_ms=5_000, mark_interval_s=60, liquidations_per_min=0)  # trades are what counts
+    kwargs = dict(
+        seed=3,
+        symbols=("BTCUSDT",),
+        duration_s=3600,
+        trades_per_s=10,
+        book_ticker=False,
+        depth_interval_ms=5_000,
+        mark_interval_s=60,
+        liquidations_per_min=0,
+    )  # trades are what counts
     calm = _trades_per_second(generate_session(**kwargs))
     bursty = _trades_per_second(generate_session(**kwargs, burstiness=1.0))
 
@@ -343,8 +351,9 @@ async def test_replay_schedule_scales_gaps_by_speed():
     state = ExchangeState(rec, clock=clock)
     dispatched: list[tuple[int, float]] = []
     ended: list[int] = []
-    state.connections.add(Recorder(lambda frame: dispatched.append((frame.index, clock.now)),
-                                   lambda: ended.append(len(dispatched))))
+    state.connections.add(
+        Recorder(lambda frame: dispatched.append((frame.index, clock.now)), lambda: ended.append(len(dispatched)))
+    )
     state.request_start()
     await ReplayEngine(state, 10.0, clock=clock, sleep=clock.sleep).run()
     assert [i for i, _ in dispatched] == list(range(len(rec.frames)))
@@ -500,8 +509,13 @@ def test_the_weight_limit_answers_429_then_bans_a_client_that_does_not_back_off(
     a ban is a 418 with the ban's remaining seconds."""
     now = [600.0]  # 00:10:00 UTC
     limiter = WeightLimiter(100, lambda: now[0])
-    assert [limiter.admit(20) for _ in range(5)] == [(20, 200, 0), (40, 200, 0), (60, 200, 0), (80, 200, 0),
-                                                     (100, 200, 0)]
+    assert [limiter.admit(20) for _ in range(5)] == [
+        (20, 200, 0),
+        (40, 200, 0),
+        (60, 200, 0),
+        (80, 200, 0),
+        (100, 200, 0),
+    ]
     now[0] = 630.0
     assert limiter.admit(20) == (120, 429, 30)  # 30 s to the minute's end
     now[0] = 640.0

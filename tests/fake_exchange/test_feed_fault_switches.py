@@ -57,10 +57,21 @@ class Recorder:
 
 
 def test_new_switches_are_validated_and_parsed():
-    assert parse_fault_assignments(["duplicate_frames=3", "disorder_stream=btcusdt@aggTrade", "stall_for_s=2.5",
-                                    "reorder_frames=1", "drop_mode=stall"]) == {
-        "duplicate_frames": 3, "disorder_stream": "btcusdt@aggTrade", "stall_for_s": 2.5, "reorder_frames": 1,
-        "drop_mode": "stall"}
+    assert parse_fault_assignments(
+        [
+            "duplicate_frames=3",
+            "disorder_stream=btcusdt@aggTrade",
+            "stall_for_s=2.5",
+            "reorder_frames=1",
+            "drop_mode=stall",
+        ]
+    ) == {
+        "duplicate_frames": 3,
+        "disorder_stream": "btcusdt@aggTrade",
+        "stall_for_s": 2.5,
+        "reorder_frames": 1,
+        "drop_mode": "stall",
+    }
     for bad in ({"duplicate_frames": -1}, {"reorder_frames": -2}, {"stall_for_s": -0.1}, {"drop_mode": "hang"}):
         with pytest.raises(ValidationError):
             FaultSettings(**bad)
@@ -104,8 +115,7 @@ async def test_duplicated_and_reordered_frames_at_dispatch():
     rec = generate_session(seed=4, duration_s=2, trades_per_s=10, liquidations_per_min=0)
     stream = "btcusdt@aggTrade"
     clock = Clock()
-    state = ExchangeState(rec, FaultSettings(duplicate_frames=2, reorder_frames=2, disorder_stream=stream),
-                          clock=clock)
+    state = ExchangeState(rec, FaultSettings(duplicate_frames=2, reorder_frames=2, disorder_stream=stream), clock=clock)
     recorder = Recorder()
     state.connections.add(recorder)
     state.request_start()
@@ -176,8 +186,9 @@ async def test_stall_drop_leaves_a_silent_open_connection_and_serves_new_ones(ht
     session = generate_session(seed=2, duration_s=4, trades_per_s=20, liquidations_per_min=0)
     exchange = await serve(FakeExchangeConfig(session=session, speed=1.0, start="immediate"))
     try:
-        async with websockets.connect(exchange.stream_url(["btcusdt@aggTrade"]), max_queue=None,
-                                      close_timeout=0.2) as dead:
+        async with websockets.connect(
+            exchange.stream_url(["btcusdt@aggTrade"]), max_queue=None, close_timeout=0.2
+        ) as dead:
             await asyncio.wait_for(dead.recv(), 5)
             body = await post_faults(http, exchange, drop_mode="stall", drop_now=True)
             assert body["dropped"] == 1

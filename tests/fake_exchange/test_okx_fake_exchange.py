@@ -38,8 +38,9 @@ def book_after_all(session, symbol):
 
 
 def test_sessions_are_deterministic_chained_consecutive_and_never_crossed():
-    spec = OkxSyntheticSpec(seed=5, symbols=("BTCUSDT", "ETHUSDT"), duration_s=6, reset_at_s=3,
-                            heartbeat_probability=0.2)
+    spec = OkxSyntheticSpec(
+        seed=5, symbols=("BTCUSDT", "ETHUSDT"), duration_s=6, reset_at_s=3, heartbeat_probability=0.2
+    )
     a, b = generate_okx_session(spec), generate_okx_session(spec)
     assert [f.data for f in a.frames] == [f.data for f in b.frames]
     assert [f.data for f in generate_okx_session(spec, seed=6).frames] != [f.data for f in a.frames]
@@ -81,11 +82,22 @@ async def test_subscribe_snapshot_ping_errors_chain_and_rest():
     fake = await serve_okx(session, speed=None, start="manual")
     try:
         async with websockets.connect(fake.public_url, close_timeout=0.5) as ws:
-            await ws.send(json.dumps({"id": "1", "op": "subscribe", "args": [{"channel": "books", "instId": "DOGE-USDT-SWAP"}]}))
+            await ws.send(
+                json.dumps({"id": "1", "op": "subscribe", "args": [{"channel": "books", "instId": "DOGE-USDT-SWAP"}]})
+            )
             err = await recv_json(ws)
             assert (err["event"], err["code"], err["id"]) == ("error", "60018", "1")
-            await ws.send(json.dumps({"op": "subscribe", "args": [{"channel": "books", "instId": "BTC-USDT-SWAP"},
-                                                                  {"channel": "funding-rate", "instId": "BTC-USDT-SWAP"}]}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "op": "subscribe",
+                        "args": [
+                            {"channel": "books", "instId": "BTC-USDT-SWAP"},
+                            {"channel": "funding-rate", "instId": "BTC-USDT-SWAP"},
+                        ],
+                    }
+                )
+            )
             ack = await recv_json(ws)
             assert ack["event"] == "subscribe" and ack["arg"] == {"channel": "books", "instId": "BTC-USDT-SWAP"}
             snap = await recv_json(ws)
@@ -113,8 +125,11 @@ async def test_subscribe_snapshot_ping_errors_chain_and_rest():
             async with http.get(f"{fake.rest_url}/api/v5/public/instruments", params={"instType": "SWAP"}) as r:
                 body = await r.json()
             assert body["code"] == "0" and [(i["instId"], i["ctVal"], i["ctType"]) for i in body["data"]] == [
-                ("BTC-USDT-SWAP", "0.01", "linear")]
-            async with http.get(f"{fake.rest_url}/api/v5/market/books", params={"instId": "BTC-USDT-SWAP", "sz": "400"}) as r:
+                ("BTC-USDT-SWAP", "0.01", "linear")
+            ]
+            async with http.get(
+                f"{fake.rest_url}/api/v5/market/books", params={"instId": "BTC-USDT-SWAP", "sz": "400"}
+            ) as r:
                 book = (await r.json())["data"][0]
             bids, asks = book_after_all(session, "BTCUSDT")
             assert book["seqId"] == prev
@@ -125,11 +140,14 @@ async def test_subscribe_snapshot_ping_errors_chain_and_rest():
             page = {"instId": "BTC-USDT-SWAP", "type": "1", "limit": "5"}
             async with http.get(f"{fake.rest_url}/api/v5/market/history-trades", params=page) as r:
                 newest = [int(f["tradeId"]) for f in (await r.json())["data"]]
-            async with http.get(f"{fake.rest_url}/api/v5/market/history-trades",
-                                params={**page, "after": str(newest[-1])}) as r:
+            async with http.get(
+                f"{fake.rest_url}/api/v5/market/history-trades", params={**page, "after": str(newest[-1])}
+            ) as r:
                 older = [int(f["tradeId"]) for f in (await r.json())["data"]]
             assert newest + older == fills[::-1][:10]  # newest first, paged by trade id
             async with http.get(f"{fake.rest_url}/api/v5/public/funding-rate", params={"instId": "BTC-USDT-SWAP"}) as r:
-                assert (await r.json())["data"][0]["fundingRate"] == pushes(session, "funding-rate:BTC-USDT-SWAP")[-1]["data"][0]["fundingRate"]
+                assert (await r.json())["data"][0]["fundingRate"] == pushes(session, "funding-rate:BTC-USDT-SWAP")[-1][
+                    "data"
+                ][0]["fundingRate"]
     finally:
         await fake.stop()

@@ -24,8 +24,16 @@ END_MS = 1_795_651_200_000 + 23 * 3_600_000 + 300_000  # 2026-11-26 23:05 UTC
 
 
 def _history(rate: float = 0.5) -> RealHistory:
-    return RealHistory(["BTCUSDT"], END_MS, {"BTCUSDT": 5_000_000}, {"BTCUSDT": 300_000}, {"BTCUSDT": 1},
-                       hours=26, seed=3, rates={"BTCUSDT": rate})
+    return RealHistory(
+        ["BTCUSDT"],
+        END_MS,
+        {"BTCUSDT": 5_000_000},
+        {"BTCUSDT": 300_000},
+        {"BTCUSDT": 1},
+        hours=26,
+        seed=3,
+        rates={"BTCUSDT": rate},
+    )
 
 
 def test_the_history_reaches_back_to_yesterday_s_midnight_and_ends_right_before_the_live_ids():
@@ -78,33 +86,62 @@ def test_a_vision_day_holds_exactly_the_trades_rest_serves_for_it():
     day_ms = 1_795_564_800_000
     rest = h.agg_trades("BTCUSDT", from_id=int(rows[0]["agg_trade_id"]), limit=1000)
     assert int(rows[0]["transact_time"]) >= day_ms and int(rows[-1]["transact_time"]) < day_ms + 86_400_000
-    assert [int(r["agg_trade_id"]) for r in rows] == list(range(int(rows[0]["agg_trade_id"]),
-                                                                int(rows[-1]["agg_trade_id"]) + 1))
+    assert [int(r["agg_trade_id"]) for r in rows] == list(
+        range(int(rows[0]["agg_trade_id"]), int(rows[-1]["agg_trade_id"]) + 1)
+    )
     for r, t in zip(rows, rest, strict=False):
-        assert (int(r["agg_trade_id"]), r["price"], r["quantity"], int(r["transact_time"]),
-                r["is_buyer_maker"] == "true") == (t["a"], t["p"], t["q"], t["T"], t["m"])
+        assert (
+            int(r["agg_trade_id"]),
+            r["price"],
+            r["quantity"],
+            int(r["transact_time"]),
+            r["is_buyer_maker"] == "true",
+        ) == (t["a"], t["p"], t["q"], t["T"], t["m"])
 
 
 def test_the_cli_s_real_profile():
-    config = config_from_args(["--synthetic-seed", "5", "--profile", "real", "--utc-hour", "1",
-                               "--synthetic-symbols", "BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT", "--synthetic-duration", "60"])
+    config = config_from_args(
+        [
+            "--synthetic-seed",
+            "5",
+            "--profile",
+            "real",
+            "--utc-hour",
+            "1",
+            "--synthetic-symbols",
+            "BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT",
+            "--synthetic-duration",
+            "60",
+        ]
+    )
     assert config.synthetic.rates == REAL_RATES and config.synthetic.burstiness == 1.0
     assert config.synthetic.start_time == REAL_PROFILE_DAY_S + 3600 and config.rest_clock == "recording"
     assert config.real_history_hours == 26.0
-    plain = config_from_args(["--synthetic-seed", "5", "--synthetic-rates", "BTCUSDT=30,ETHUSDT=2.5",
-                              "--synthetic-symbols", "BTCUSDT,ETHUSDT"])
+    plain = config_from_args(
+        [
+            "--synthetic-seed",
+            "5",
+            "--synthetic-rates",
+            "BTCUSDT=30,ETHUSDT=2.5",
+            "--synthetic-symbols",
+            "BTCUSDT,ETHUSDT",
+        ]
+    )
     assert plain.synthetic.rates == {"BTCUSDT": 30.0, "ETHUSDT": 2.5} and plain.real_history_hours == 0
 
 
 async def test_served_at_a_set_utc_hour_rest_pages_from_the_history_into_the_live_session():
     spec = real_profile_spec(7, ("BTCUSDT",), 60.0, utc_hour=23).model_copy(
-        update={"rates": {"BTCUSDT": 0.5}, "depth_interval_ms": 1000})
-    fake = await serve(FakeExchangeConfig(synthetic=spec, speed=1.0, start="manual", rest_clock="recording",
-                                          real_history_hours=26))
+        update={"rates": {"BTCUSDT": 0.5}, "depth_interval_ms": 1000}
+    )
+    fake = await serve(
+        FakeExchangeConfig(synthetic=spec, speed=1.0, start="manual", rest_clock="recording", real_history_hours=26)
+    )
     try:
         history = fake.state.history
         live_ids = [f.payload["a"] for f in fake.recording.frames if f.event == "aggTrade"]
         async with aiohttp.ClientSession() as http:
+
             async def get(path, **params):
                 async with http.get(f"{fake.rest_url}{path}", params=params) as resp:
                     if resp.status != 200 or resp.content_type != "application/json":
@@ -113,11 +150,13 @@ async def test_served_at_a_set_utc_hour_rest_pages_from_the_history_into_the_liv
 
             _, now = await get("/fapi/v1/time")
             assert datetime.fromtimestamp(now["serverTime"] / 1000, UTC).hour == 23  # the clock as set
-            status, rows = await get("/fapi/v1/aggTrades", symbol="BTCUSDT", fromId=history.last_id("BTCUSDT") - 4,
-                                     limit=10)
+            status, rows = await get(
+                "/fapi/v1/aggTrades", symbol="BTCUSDT", fromId=history.last_id("BTCUSDT") - 4, limit=10
+            )
             assert [r["a"] for r in rows] == list(range(history.last_id("BTCUSDT") - 4, live_ids[0] + 5))
-            _, klines = await get("/fapi/v1/klines", symbol="BTCUSDT", interval="1m", startTime=history.start_ms,
-                                  limit=1500)
+            _, klines = await get(
+                "/fapi/v1/klines", symbol="BTCUSDT", interval="1m", startTime=history.start_ms, limit=1500
+            )
             assert len(klines) == 1500 and klines[0][0] == history.start_ms
             vision = "/data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-{}.zip.CHECKSUM"
             assert (await get(vision.format("2026-11-25")))[0] == 200  # yesterday

@@ -36,10 +36,15 @@ pytestmark = pytest.mark.integration
 
 def _context(d: dict) -> dict:
     """What places a hole: the kill's marks, the producer's gap lines, the sink's retries."""
-    return {"missing_ranges": d.get("missing_ranges"), "expected": d.get("expected"), "kills": d.get("kills"),
-            "sink_db_retries": d.get("sink_log_db_retries"),
-            "producer_gap_lines": [ln for ln in d.get("producer_log_tail", "").splitlines()
-                                   if "gap" in ln or "caught up" in ln][-10:]}
+    return {
+        "missing_ranges": d.get("missing_ranges"),
+        "expected": d.get("expected"),
+        "kills": d.get("kills"),
+        "sink_db_retries": d.get("sink_log_db_retries"),
+        "producer_gap_lines": [
+            ln for ln in d.get("producer_log_tail", "").splitlines() if "gap" in ln or "caught up" in ln
+        ][-10:],
+    }
 
 
 def _check_links(rows) -> None:
@@ -100,7 +105,9 @@ def _check_broker_kill(rows) -> None:
     ok, text = after.pop("producer")
     if not ok:  # restarted after the session's end (a loaded run): the fake exchange has nothing left to send
         assert "sent nothing" in text and d["exchange_after"][1].startswith("replay finished"), (
-            text, d["exchange_after"])
+            text,
+            d["exchange_after"],
+        )
     assert all(ok for ok, _ in after.values()), d["status_after"]
 
 
@@ -116,9 +123,21 @@ def test_link_faults_a_cut_link_and_a_killed_broker_keep_every_trade_exactly_onc
     trade the exchange played is in the table exactly once."""
     root = Path(tempfile.mkdtemp(prefix="tapeflow-faults-"))  # short: PostgreSQL's socket path
     try:
-        rows = sink_db_link_faults(root / "home", delay_ms=200.0, delay_s=3.0, bytes_per_s=20_000.0, throttle_s=3.0,
-                                   loss=0.1, loss_s=3.0, partition_s=15.0, duration_s=60.0, trades_per_s=40.0,
-                                   then_kill_broker=True, sink_pause_s=1.5, stop_timeout_s=3.0)
+        rows = sink_db_link_faults(
+            root / "home",
+            delay_ms=200.0,
+            delay_s=3.0,
+            bytes_per_s=20_000.0,
+            throttle_s=3.0,
+            loss=0.1,
+            loss_s=3.0,
+            partition_s=15.0,
+            duration_s=60.0,
+            trades_per_s=40.0,
+            then_kill_broker=True,
+            sink_pause_s=1.5,
+            stop_timeout_s=3.0,
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     d = rows[0]["detail"]

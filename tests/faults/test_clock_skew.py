@@ -61,8 +61,9 @@ def test_every_signed_request_resyncs_on_1021_not_only_orders():
     where they used to fail with -1021 until an order happened to resync the clock."""
     fake = FakeOnThread()
     try:
-        broker = BinanceBroker.connect("testnet", fake.rest_url, fake.ws_url, SecretStr(TEST_API_KEY),
-                                       SecretStr(TEST_API_SECRET))
+        broker = BinanceBroker.connect(
+            "testnet", fake.rest_url, fake.ws_url, SecretStr(TEST_API_KEY), SecretStr(TEST_API_SECRET)
+        )
         try:
             for step_ms in (+3_000, -8_000):  # ahead of the 1 s tolerance; behind the 5 s recvWindow
                 broker.rest.time_offset_ms += step_ms

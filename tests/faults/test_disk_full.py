@@ -45,8 +45,9 @@ def test_a_full_home_is_reported_and_the_saved_checkpoint_survives(tmp_path):
         checkpoint = home / "producer" / "binance-default.json"
         publisher = Publisher("127.0.0.1:9", AvroSerde(FileSchemaRegistry(), strict=True), ProducerMetrics())
         # nothing is published: the broker address is never reached
-        producer = BinanceProducer(ProducerConfig(symbols=["BTCUSDT"], checkpoint_path=checkpoint),
-                                   publisher, ProducerMetrics())
+        producer = BinanceProducer(
+            ProducerConfig(symbols=["BTCUSDT"], checkpoint_path=checkpoint), publisher, ProducerMetrics()
+        )
         producer.status.set("connected", "4 streams")
         producer.delivered_agg_id["BTCUSDT"] = 100
         producer._every_second()
@@ -126,8 +127,10 @@ def test_a_full_broker_log_disk_holds_the_broker_not_the_stack_and_loses_nothing
     producer_ok, producer_said = d["status_full"]["producer"]
     assert not producer_ok and producer_said.startswith("broker unavailable"), d["status_full"]
     assert d["status_full"]["supervisor"][0], d["status_full"]
-    assert "broker: log disk full (" in log and "restarting in" not in log and "stopping the stack" not in log, \
-        (log, d["stopped_lines"])
+    assert "broker: log disk full (" in log and "restarting in" not in log and "stopping the stack" not in log, (
+        log,
+        d["stopped_lines"],
+    )
     assert d["others_same_pids"], d["others_pids"]  # no crash loop anywhere: nothing else restarted
     states = {(name, state) for _, name, state, _, _ in d["states"]}
     assert ("broker", "disk-full") in states and ("producer", "broker-unavailable") in states, d["states"]

@@ -27,9 +27,12 @@ def test_feed_faults_lose_nothing_duplicate_nothing_and_recover(kafka_bootstrap,
     whole = [r for r in rows if r["fault"].startswith("feed_run:")]
     rows = [r for r in rows if not r["fault"].startswith("feed_run:")]
     by_fault = {r["fault"]: r for r in rows}
-    table = "\n".join(f"{r['fault']:>20} lasted {r['duration_s']:>5} s, trades {r['trades_in']:>4} in "
-                      f"{r['trades_out']:>4} out, dup {r['duplicates']}, lost {r['lost']}, recover {r['recover_s']} s, "
-                      f"shown {r['detail']['shown']}" for r in rows)
+    table = "\n".join(
+        f"{r['fault']:>20} lasted {r['duration_s']:>5} s, trades {r['trades_in']:>4} in "
+        f"{r['trades_out']:>4} out, dup {r['duplicates']}, lost {r['lost']}, recover {r['recover_s']} s, "
+        f"shown {r['detail']['shown']}"
+        for r in rows
+    )
     print("\n" + table + f"\nrun: { {k: v for k, v in run.items() if k != 'health_at_end'} }")
 
     # --- whole run: exactly once through the broker and the database -------------------------------------

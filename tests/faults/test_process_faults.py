@@ -23,8 +23,9 @@ pytestmark = pytest.mark.integration
 def test_sigstopped_consumers_and_a_killed_database_backend_lose_and_double_nothing():
     root = Path(tempfile.mkdtemp(prefix="tapeflow-faults-"))  # short: PostgreSQL's socket path
     try:
-        stop, db, stall = stack_process_faults(root / "home", stop_s=8.0, db_stall_s=7.0,
-                                               duration_s=50.0, trades_per_s=40.0)
+        stop, db, stall = stack_process_faults(
+            root / "home", stop_s=8.0, db_stall_s=7.0, duration_s=50.0, trades_per_s=40.0
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     d = stop["detail"]
@@ -43,7 +44,9 @@ def test_sigstopped_consumers_and_a_killed_database_backend_lose_and_double_noth
     # the database unresponsive (SIGSTOPped): status shows it down meanwhile; the sink resumes after
     assert d["status_db_stalled"]["database"][0] is False, d["status_db_stalled"]
     assert d["sink_healthy_before_stall"], d
-    if "sink_unhealthy" in d and d["sink_unhealthy"][0] == 503:  # the sink's own word, when a writer's reconnect timed out within the stall
+    if (
+        "sink_unhealthy" in d and d["sink_unhealthy"][0] == 503
+    ):  # the sink's own word, when a writer's reconnect timed out within the stall
         assert d["sink_unhealthy"][1]["status"] == "database-down", d["sink_unhealthy"]
     assert d["status_after_stall"], "database and sink not healthy again within 30 s"
     assert stall["recover_s"] is not None and stall["recover_s"] < 30, d
@@ -51,12 +54,23 @@ def test_sigstopped_consumers_and_a_killed_database_backend_lose_and_double_noth
     count, first, last = d["expected"]
     assert d["stored"] == (count, count, first, last), d
     assert d["topic_trades"] == d["topic_distinct"] == count, d
-    diagnosis = ({k: d.get(k) for k in ("topic_dupes", "feature_dupes", "signal_dupes", "features_duplicated_at",
-                                        "signals_duplicated_at", "phases")}, "\n".join(d.get("engine_rebalances", [])))
+    diagnosis = (
+        {
+            k: d.get(k)
+            for k in (
+                "topic_dupes",
+                "feature_dupes",
+                "signal_dupes",
+                "features_duplicated_at",
+                "signals_duplicated_at",
+                "phases",
+            )
+        },
+        "\n".join(d.get("engine_rebalances", [])),
+    )
     # feature_dupes: 3 of ~500 in 2 of 3 suites until the engine aborted the open transactions of the
     # partitions its pause cost it (tests/stream_apps/faust_app/test_engine_exactly_once.py reproduces it alone)
-    assert stop["lost"] == 0 and d["topic_dupes"] == 0 and d["signal_dupes"] == 0 and d["feature_dupes"] == 0, \
-        diagnosis
+    assert stop["lost"] == 0 and d["topic_dupes"] == 0 and d["signal_dupes"] == 0 and d["feature_dupes"] == 0, diagnosis
     assert stop["duplicates"] == 0, diagnosis
     assert d["db_features"][0] == d["db_features"][1] == d["feature_ids"], d
 
@@ -73,7 +87,10 @@ def test_the_engine_runs_no_faust_agent_so_none_with_concurrency(tmp_path):
 
     worker = EngineWorker(EngineAppConfig(bootstrap="127.0.0.1:9", datadir=tmp_path))
     assert list(worker.app.agents) == []
-    offenders = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "stream_apps").rglob("*.py"))
-                 for n, line in enumerate(path.read_text().splitlines(), 1)
-                 if ".agent(" in line or "concurrency=" in line]
+    offenders = [
+        f"{path.relative_to(REPO)}:{n}"
+        for path in sorted((REPO / "stream_apps").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if ".agent(" in line or "concurrency=" in line
+    ]
     assert offenders == []

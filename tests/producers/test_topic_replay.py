@@ -39,8 +39,10 @@ INPUTS = ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
 
 def raw_records(read_topic, bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes, int]]:
     """(partition, key, value bytes, timestamp) of every record."""
-    return [(r["partition"], r["key"], r["value"], r["timestamp"])
-            for r in read_topic(bootstrap, topic, raw=True, settled=True)]
+    return [
+        (r["partition"], r["key"], r["value"], r["timestamp"])
+        for r in read_topic(bootstrap, topic, raw=True, settled=True)
+    ]
 
 
 def unstamped(records) -> list[tuple[int, bytes, bytes]]:
@@ -53,15 +55,18 @@ def now_ms() -> int:
 
 
 def cli(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tapeflow", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.timeout(1200)
-def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafka_bootstrap, topic_prefix,
-                                                                            read_topic, tmp_path):
-    original, _, _ = replay(kafka_bootstrap, topic_prefix, read_topic, tmp_path / "original", seed=31,
-                            duration_s=240, speed="max")
+def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(
+    kafka_bootstrap, topic_prefix, read_topic, tmp_path
+):
+    original, _, _ = replay(
+        kafka_bootstrap, topic_prefix, read_topic, tmp_path / "original", seed=31, duration_s=240, speed="max"
+    )
     assert original["signals"], "the original run must have signals to reproduce"
     live = {t: raw_records(read_topic, kafka_bootstrap, topic_prefix + t) for t in INPUTS}
     stamps = sorted(ts for records in live.values() for *_, ts in records)
@@ -69,8 +74,19 @@ def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafk
     (tmp_path / "rehearsal").mkdir()
 
     copied_from = now_ms()
-    res = cli(env, "replay", "--to-prefix", "rehearsal", "--from", str(stamps[0]), "--to", str(stamps[-1] + 1),
-              "--speed", "max", "--json")
+    res = cli(
+        env,
+        "replay",
+        "--to-prefix",
+        "rehearsal",
+        "--from",
+        str(stamps[0]),
+        "--to",
+        str(stamps[-1] + 1),
+        "--speed",
+        "max",
+        "--json",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads(res.stdout)
     assert summary["copied"] == {t: len(live[t]) for t in INPUTS if live[t]}, "the replay's own count"
@@ -95,8 +111,21 @@ def test_replaying_a_range_into_a_namespace_reproduces_the_original_signals(kafk
     # a sub-range: exactly the records that arrived inside it (by the live topics' arrival stamps)
     middle = stamps[len(stamps) // 2]
     assert stamps[0] < middle, "the original run's records arrived over more than one millisecond"
-    res = cli(env, "replay", "--to-prefix", "half", "--from", str(middle), "--to", str(stamps[-1] + 1),
-              "--topics", "md.trades,md.mark", "--symbols", "BTCUSDT", "--json")
+    res = cli(
+        env,
+        "replay",
+        "--to-prefix",
+        "half",
+        "--from",
+        str(middle),
+        "--to",
+        str(stamps[-1] + 1),
+        "--topics",
+        "md.trades,md.mark",
+        "--symbols",
+        "BTCUSDT",
+        "--json",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     serde = AvroSerde(FileSchemaRegistry())
     for t in ("md.trades", "md.mark"):
@@ -130,9 +159,18 @@ def test_replay_paces_on_event_time(kafka_bootstrap, topic_prefix, read_topic, t
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    job = TopicReplay(kafka_bootstrap, serde, source_prefix=topic_prefix, target_prefix=topic_prefix + "paced.",
-                      topics=["md.trades", "md.mark"], from_ms=0, to_ms=2**62, speed=10.0, sleep=sleep,
-                      pace_clock=lambda: now[0])
+    job = TopicReplay(
+        kafka_bootstrap,
+        serde,
+        source_prefix=topic_prefix,
+        target_prefix=topic_prefix + "paced.",
+        topics=["md.trades", "md.mark"],
+        from_ms=0,
+        to_ms=2**62,
+        speed=10.0,
+        sleep=sleep,
+        pace_clock=lambda: now[0],
+    )
     summary = job.run()
     span_s = (summary.last_event_ms - summary.first_event_ms) / 1000
     assert summary.copied["md.trades"] == sum(1 for r in session if r.topic == "md.trades")
@@ -156,9 +194,15 @@ def _produce_one_by_one(bootstrap: str, topic: str, serde: AvroSerde, records, t
 
     for i, record in enumerate(records):
         while kept and now_ms() <= kept[-1]:  # the broker's clock is this machine's
-                time.sleep(0.001)
-        producer.produce(topic, key=record.key.encode(), value=serde.encode("md.trades", record.value), partition=0,
-                         on_delivery=delivered, **({} if timestamps is None else {"timestamp": timestamps[i]}))
+            time.sleep(0.001)
+        producer.produce(
+            topic,
+            key=record.key.encode(),
+            value=serde.encode("md.trades", record.value),
+            partition=0,
+            on_delivery=delivered,
+            **({} if timestamps is None else {"timestamp": timestamps[i]}),
+        )
         assert producer.flush(30) == 0 and len(kept) == i + 1
     return kept
 
@@ -182,8 +226,16 @@ def test_replay_copies_exactly_the_records_that_arrived_in_the_range(kafka_boots
     asked = [now_ms() - 86_400_000] * len(trades)  # a producer's own stamp, a day old: overwritten on arrival
     arrived = _produce_one_by_one(kafka_bootstrap, topic_prefix + "md.trades", serde, trades, timestamps=asked)
     assert arrived == sorted(set(arrived)) and arrived[0] > asked[0], "LogAppendTime: stamped on arrival"
-    job = TopicReplay(kafka_bootstrap, serde, source_prefix=topic_prefix, target_prefix=topic_prefix + "range.",
-                      topics=["md.trades"], from_ms=arrived[1], to_ms=arrived[4], stall_s=60)
+    job = TopicReplay(
+        kafka_bootstrap,
+        serde,
+        source_prefix=topic_prefix,
+        target_prefix=topic_prefix + "range.",
+        topics=["md.trades"],
+        from_ms=arrived[1],
+        to_ms=arrived[4],
+        stall_s=60,
+    )
     summary = job.run()
     copies = raw_records(read_topic, kafka_bootstrap, topic_prefix + "range.md.trades")
     assert [value for _, _, value, _ in copies] == [serde.encode("md.trades", t.value) for t in trades[1:4]]
@@ -204,14 +256,23 @@ def test_replay_skips_records_stamped_before_the_range_after_its_start(kafka_boo
     serde = AvroSerde(FileSchemaRegistry())
     source = topic_prefix + "md.trades"
     admin = admin_client(kafka_bootstrap)
-    admin.create_topics([NewTopic(source, num_partitions=1, replication_factor=-1,
-                                  config={"message.timestamp.type": "CreateTime"})])[source].result(30)
+    admin.create_topics(
+        [NewTopic(source, num_partitions=1, replication_factor=-1, config={"message.timestamp.type": "CreateTime"})]
+    )[source].result(30)
     assert topic_metadata(admin, source, timeout_s=30) is not None
     stamps = [1_000, 3_000, 2_000, 4_000, 1_500, 5_000]  # out of order, as a clock step back leaves them
     trades = _trades(6)
     assert _produce_one_by_one(kafka_bootstrap, source, serde, trades, timestamps=stamps) == stamps
-    job = TopicReplay(kafka_bootstrap, serde, source_prefix=topic_prefix, target_prefix=topic_prefix + "range.",
-                      topics=["md.trades"], from_ms=2_000, to_ms=4_500, stall_s=60)
+    job = TopicReplay(
+        kafka_bootstrap,
+        serde,
+        source_prefix=topic_prefix,
+        target_prefix=topic_prefix + "range.",
+        topics=["md.trades"],
+        from_ms=2_000,
+        to_ms=4_500,
+        stall_s=60,
+    )
     summary = job.run()
     copies = raw_records(read_topic, kafka_bootstrap, topic_prefix + "range.md.trades")
     # offsets 1..4 lie in the range by ListOffsets (first stamped >= 2000, first stamped >= 4500);

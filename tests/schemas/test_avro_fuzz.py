@@ -38,9 +38,16 @@ def _strategy(schema: Any, named: dict[str, Any]) -> st.SearchStrategy:
     if isinstance(schema, str):
         if schema in named:
             return _strategy(named[schema], named)
-        return {"null": st.none(), "boolean": st.booleans(), "int": st.integers(-(2**31), 2**31 - 1), "long": LONG,
-                "double": st.floats(allow_nan=False), "float": st.floats(width=32, allow_nan=False),
-                "string": st.text(max_size=12), "bytes": st.binary(max_size=12)}[schema]
+        return {
+            "null": st.none(),
+            "boolean": st.booleans(),
+            "int": st.integers(-(2**31), 2**31 - 1),
+            "long": LONG,
+            "double": st.floats(allow_nan=False),
+            "float": st.floats(width=32, allow_nan=False),
+            "string": st.text(max_size=12),
+            "bytes": st.binary(max_size=12),
+        }[schema]
     if isinstance(schema, list):
         return st.one_of([_strategy(s, named) for s in schema])
     kind = schema["type"]
@@ -82,14 +89,22 @@ def _decoded_or_schema_error(serde: AvroSerde, data: bytes, topic: str | None = 
 
 
 @FUZZ
-@given(case=topic_records, how=st.sampled_from(["cut", "flip", "append", "insert"]), at=st.integers(0, 10_000),
-       junk=st.binary(min_size=1, max_size=16))
+@given(
+    case=topic_records,
+    how=st.sampled_from(["cut", "flip", "append", "insert"]),
+    at=st.integers(0, 10_000),
+    junk=st.binary(min_size=1, max_size=16),
+)
 def test_a_damaged_message_decodes_or_is_a_schema_error(serde, case, how, at, junk):
     topic, record = case
     data = serde.encode(topic, record)
     i = at % len(data)
-    damaged = {"cut": data[:i], "flip": data[:i] + bytes([data[i] ^ junk[0]]) + data[i + 1:],
-               "append": data + junk, "insert": data[:i] + junk + data[i:]}[how]
+    damaged = {
+        "cut": data[:i],
+        "flip": data[:i] + bytes([data[i] ^ junk[0]]) + data[i + 1 :],
+        "append": data + junk,
+        "insert": data[:i] + junk + data[i:],
+    }[how]
     _decoded_or_schema_error(serde, damaged)
     _decoded_or_schema_error(serde, damaged, topic=topic)
 
@@ -101,7 +116,23 @@ def test_a_damaged_message_decodes_or_is_a_schema_error(serde, case, how, at, ju
 @example(data=b"\x01", schema_id="known")  # a negative block count
 def test_any_bytes_decode_or_are_a_schema_error(serde, data, schema_id):
     if schema_id == "known":
-        data = serde.encode("md.trades", {"exchange": "binance", "symbol": "BTCUSDT", "agg_id": 1, "price": 1.0,
-                                          "qty": 1.0, "first_trade_id": 1, "last_trade_id": 1, "event_time": 1,
-                                          "trade_time": 1, "receive_time": 1, "taker_side": "BUY"})[:5] + data
+        data = (
+            serde.encode(
+                "md.trades",
+                {
+                    "exchange": "binance",
+                    "symbol": "BTCUSDT",
+                    "agg_id": 1,
+                    "price": 1.0,
+                    "qty": 1.0,
+                    "first_trade_id": 1,
+                    "last_trade_id": 1,
+                    "event_time": 1,
+                    "trade_time": 1,
+                    "receive_time": 1,
+                    "taker_side": "BUY",
+                },
+            )[:5]
+            + data
+        )
     _decoded_or_schema_error(serde, data)

@@ -39,126 +39,290 @@ from tests.support.watchlist_trading import XV_COMMAND, XV_FUNDING_PAYMENT, XV_L
 # md.trades: the first aggTrade frame of the recording (receive time 1626992742.289739 s), and a
 # BTCUSDT trade in the style of 2024 prices/ids.
 CTK_TRADE = {  # {"E":1626992741575,"a":16599292,"s":"CTKUSDT","p":"1.01100","q":"10","f":23961322,"l":23961322,"T":1626992741421,"m":false}
-    "exchange": "binance", "symbol": "CTKUSDT", "agg_id": 16599292, "price": 1.011, "qty": 10.0,
-    "first_trade_id": 23961322, "last_trade_id": 23961322, "event_time": 1626992741575,
-    "trade_time": 1626992741421, "receive_time": 1626992742289, "taker_side": "BUY",  # m=false: buyer took
+    "exchange": "binance",
+    "symbol": "CTKUSDT",
+    "agg_id": 16599292,
+    "price": 1.011,
+    "qty": 10.0,
+    "first_trade_id": 23961322,
+    "last_trade_id": 23961322,
+    "event_time": 1626992741575,
+    "trade_time": 1626992741421,
+    "receive_time": 1626992742289,
+    "taker_side": "BUY",  # m=false: buyer took
 }
 BTC_TRADE = {
-    "exchange": "binance", "symbol": "BTCUSDT", "agg_id": 2270511834, "price": 67012.4, "qty": 0.153,
-    "first_trade_id": 5102938811, "last_trade_id": 5102938814, "event_time": 1718000000123,
-    "trade_time": 1718000000119, "receive_time": 1718000000161, "taker_side": "SELL",
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "agg_id": 2270511834,
+    "price": 67012.4,
+    "qty": 0.153,
+    "first_trade_id": 5102938811,
+    "last_trade_id": 5102938814,
+    "event_time": 1718000000123,
+    "trade_time": 1718000000119,
+    "receive_time": 1718000000161,
+    "taker_side": "SELL",
 }
 # md.depth: {"E":1626992741037,"T":1626992741024,"s":"SUSHIUSDT","U":600859599090,"u":600859600917,
 #            "pu":600859598061,"b":[["7.5040","813"],["7.6090","0"],["7.6110","2"]],"a":[["7.6150","1563"],["7.6220","3284"]]}
 SUSHI_DIFF = {
-    "exchange": "binance", "symbol": "SUSHIUSDT", "first_update_id": 600859599090,
-    "final_update_id": 600859600917, "prev_final_update_id": 600859598061, "event_time": 1626992741037,
-    "transaction_time": 1626992741024, "receive_time": 1626992741081,
+    "exchange": "binance",
+    "symbol": "SUSHIUSDT",
+    "first_update_id": 600859599090,
+    "final_update_id": 600859600917,
+    "prev_final_update_id": 600859598061,
+    "event_time": 1626992741037,
+    "transaction_time": 1626992741024,
+    "receive_time": 1626992741081,
     "bids": [{"price": 7.504, "qty": 813.0}, {"price": 7.609, "qty": 0.0}, {"price": 7.611, "qty": 2.0}],
     "asks": [{"price": 7.615, "qty": 1563.0}, {"price": 7.622, "qty": 3284.0}],
 }
 # md.book: top 3 levels of the recorded REST snapshot (lastUpdateId 600859605926, E 1626992741264).
 # OBI by hand: bids 6+161+285 = 452, asks 297+177+758 = 1232, (452-1232)/(452+1232) = -780/1684.
 SUSHI_BOOK = {
-    "exchange": "binance", "symbol": "SUSHIUSDT", "last_update_id": 600859605926,
-    "event_time": 1626992741264, "receive_time": 1626992741301,
+    "exchange": "binance",
+    "symbol": "SUSHIUSDT",
+    "last_update_id": 600859605926,
+    "event_time": 1626992741264,
+    "receive_time": 1626992741301,
     "bids": [{"price": 7.611, "qty": 6.0}, {"price": 7.608, "qty": 161.0}, {"price": 7.607, "qty": 285.0}],
     "asks": [{"price": 7.612, "qty": 297.0}, {"price": 7.613, "qty": 177.0}, {"price": 7.614, "qty": 758.0}],
     "obi_10": -780 / 1684,
 }
 # md.liquidations: a SELL forceOrder (a LONG liquidated): usd = 66890.2 * 0.412 = 27558.7624.
 BTC_LIQUIDATION = {
-    "exchange": "binance", "symbol": "BTCUSDT", "side": "SELL", "liquidated_side": "LONG",
-    "price": 66712.5, "avg_price": 66890.2, "qty": 0.412, "filled_qty": 0.412, "usd_value": 27558.7624,
-    "event_time": 1718000012345, "trade_time": 1718000012341, "receive_time": 1718000012399,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "side": "SELL",
+    "liquidated_side": "LONG",
+    "price": 66712.5,
+    "avg_price": 66890.2,
+    "qty": 0.412,
+    "filled_qty": 0.412,
+    "usd_value": 27558.7624,
+    "event_time": 1718000012345,
+    "trade_time": 1718000012341,
+    "receive_time": 1718000012399,
 }
 BTC_MARK = {
-    "exchange": "binance", "symbol": "BTCUSDT", "mark_price": 67010.8, "index_price": 67041.53243478,
-    "funding_rate": 0.0001, "next_funding_time": 1718006400000, "event_time": 1718000001000,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "mark_price": 67010.8,
+    "index_price": 67041.53243478,
+    "funding_rate": 0.0001,
+    "next_funding_time": 1718006400000,
+    "event_time": 1718000001000,
     "receive_time": 1718000001047,
 }
 BTC_LS_RATIO = {
-    "exchange": "binance", "symbol": "BTCUSDT", "kind": "long_short_account_ratio", "value": 1.8542,
-    "period": "5m", "extra": {"long_account": 0.6496, "short_account": 0.3504},
-    "event_time": 1717999800000, "receive_time": 1718000002210,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "kind": "long_short_account_ratio",
+    "value": 1.8542,
+    "period": "5m",
+    "extra": {"long_account": 0.6496, "short_account": 0.3504},
+    "event_time": 1717999800000,
+    "receive_time": 1718000002210,
 }
 BTC_GAP = {
-    "exchange": "binance", "symbol": "BTCUSDT", "stream": "md.trades", "from_id": 2270511835,
-    "to_id": 2270511902, "detected_time": 1718000030000, "reason": "rest_backfill_exhausted",
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "stream": "md.trades",
+    "from_id": 2270511835,
+    "to_id": 2270511902,
+    "detected_time": 1718000030000,
+    "reason": "rest_backfill_exhausted",
 }
 BTC_PROGRESS = {
-    "exchange": "binance", "symbol": "BTCUSDT", "source": "producer-replay", "watermark_ms": 1718000028000,
-    "offsets": {"md.trades": 41250, "md.book": 9120, "md.mark": 310}, "final": False, "sequence": 27,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "source": "producer-replay",
+    "watermark_ms": 1718000028000,
+    "offsets": {"md.trades": 41250, "md.book": 9120, "md.mark": 310},
+    "final": False,
+    "sequence": 27,
 }
 BTC_BAR = {
-    "exchange": "binance", "symbol": "BTCUSDT", "open_time": 1717999980000, "close_time": 1718000040000,
-    "open": 67001.1, "high": 67019.9, "low": 66995.0, "close": 67012.4, "volume": 48.213,
-    "buy_volume": 21.004, "sell_volume": 27.209, "quote_volume": 3230837.54, "vwap": 67011.12,
-    "trade_count": 1873, "first_agg_id": 2270509962, "last_agg_id": 2270511834,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "open_time": 1717999980000,
+    "close_time": 1718000040000,
+    "open": 67001.1,
+    "high": 67019.9,
+    "low": 66995.0,
+    "close": 67012.4,
+    "volume": 48.213,
+    "buy_volume": 21.004,
+    "sell_volume": 27.209,
+    "quote_volume": 3230837.54,
+    "vwap": 67011.12,
+    "trade_count": 1873,
+    "first_agg_id": 2270509962,
+    "last_agg_id": 2270511834,
 }
 EVAL_TIME = 1718000040000
 CONFIG_HASH = "9f2c1e4b7a3d5f60"
 BTC_FEATURES = {
-    "evaluation_id": f"v53:{CONFIG_HASH}:binance:BTCUSDT:{EVAL_TIME}", "strategy": "v53",
-    "strategy_version": "5.3.0", "config_hash": CONFIG_HASH, "exchange": "binance", "symbol": "BTCUSDT",
+    "evaluation_id": f"v53:{CONFIG_HASH}:binance:BTCUSDT:{EVAL_TIME}",
+    "strategy": "v53",
+    "strategy_version": "5.3.0",
+    "config_hash": CONFIG_HASH,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
     "eval_time": EVAL_TIME,
     "inputs": {"cvd_fast": 412.5, "cvd_mid": 1830.2, "atr": 161.4, "atr_percentile": 63.0, "obi_10": 0.18},
     "layer_scores": {"direction": 55.0, "crowding": 20.0, "environment": 10.0, "auxiliary": 2.0},
-    "score": 87.0, "direction": "LONG", "gate": None, "block_reason": None,
+    "score": 87.0,
+    "direction": "LONG",
+    "gate": None,
+    "block_reason": None,
 }
 SIGNAL_ID = f"v53:{CONFIG_HASH}:binance:BTCUSDT:{EVAL_TIME}:LONG"
 # risk_distance = 1.5 * 161.4 = 242.1; sl = 67012.4 - 242.1; tp1 = + 1.0R; tp2 = + 2.0R.
 BTC_SIGNAL = {
-    "signal_id": SIGNAL_ID, "strategy": "v53", "strategy_version": "5.3.0", "config_hash": CONFIG_HASH,
-    "exchange": "binance", "symbol": "BTCUSDT", "eval_time": EVAL_TIME, "direction": "LONG", "tier": "heavy",
-    "score": 87.0, "factors": {"direction": 55.0, "crowding": 20.0, "environment": 10.0, "auxiliary": 2.0},
-    "price": 67012.4, "atr": 161.4, "risk_distance": 242.1, "sl_price": 66770.3, "tp1_price": 67254.5,
-    "tp2_price": 67496.6, "sl_r": 1.0, "tp1_r": 1.0, "tp2_r": 2.0, "is_flip": False, "timeout_ms": 14_400_000,
+    "signal_id": SIGNAL_ID,
+    "strategy": "v53",
+    "strategy_version": "5.3.0",
+    "config_hash": CONFIG_HASH,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "eval_time": EVAL_TIME,
+    "direction": "LONG",
+    "tier": "heavy",
+    "score": 87.0,
+    "factors": {"direction": 55.0, "crowding": 20.0, "environment": 10.0, "auxiliary": 2.0},
+    "price": 67012.4,
+    "atr": 161.4,
+    "risk_distance": 242.1,
+    "sl_price": 66770.3,
+    "tp1_price": 67254.5,
+    "tp2_price": 67496.6,
+    "sl_r": 1.0,
+    "tp1_r": 1.0,
+    "tp2_r": 2.0,
+    "is_flip": False,
+    "timeout_ms": 14_400_000,
 }
 BTC_ORDER = {
-    "client_order_id": "tf-7c1d0a9e-entry", "signal_id": SIGNAL_ID, "position_id": "pos-7c1d0a9e",
-    "exchange_order_id": "4058231907", "exchange": "binance", "symbol": "BTCUSDT", "mode": "testnet",
-    "leg": "entry", "side": "BUY", "type": "LIMIT", "price": 67012.4, "stop_price": None, "qty": 1.239,
-    "filled_qty": 1.239, "avg_fill_price": 67012.4, "reduce_only": False, "state": "FILLED", "reason": None,
+    "client_order_id": "tf-7c1d0a9e-entry",
+    "signal_id": SIGNAL_ID,
+    "position_id": "pos-7c1d0a9e",
+    "exchange_order_id": "4058231907",
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "mode": "testnet",
+    "leg": "entry",
+    "side": "BUY",
+    "type": "LIMIT",
+    "price": 67012.4,
+    "stop_price": None,
+    "qty": 1.239,
+    "filled_qty": 1.239,
+    "avg_fill_price": 67012.4,
+    "reduce_only": False,
+    "state": "FILLED",
+    "reason": None,
     "event_time": 1718000040412,
 }
 BTC_FILL = {
-    "exchange": "binance", "symbol": "BTCUSDT", "mode": "testnet", "client_order_id": "tf-7c1d0a9e-entry",
-    "exchange_order_id": "4058231907", "trade_id": "5102940077", "side": "BUY", "price": 67012.4,
-    "qty": 1.239, "fee": 16.6056727, "fee_asset": "USDT", "liquidity": "maker", "reference_price": 67012.4,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "mode": "testnet",
+    "client_order_id": "tf-7c1d0a9e-entry",
+    "exchange_order_id": "4058231907",
+    "trade_id": "5102940077",
+    "side": "BUY",
+    "price": 67012.4,
+    "qty": 1.239,
+    "fee": 16.6056727,
+    "fee_asset": "USDT",
+    "liquidity": "maker",
+    "reference_price": 67012.4,
     "event_time": 1718000040398,
 }
 BTC_POSITION_CLOSED = {
-    "position_id": "pos-7c1d0a9e", "signal_id": SIGNAL_ID, "strategy": "v53", "strategy_version": "5.3.0",
-    "config_hash": CONFIG_HASH, "exchange": "binance", "symbol": "BTCUSDT", "mode": "paper", "event": "closed",
-    "direction": "LONG", "tier": "heavy", "entry_price": 67012.4, "qty": 0.0, "r_usd": 300.0,
-    "sl_price": 67012.4, "tp1_price": 67254.5, "tp2_price": 67496.6, "exit_price": 67012.4,
-    "exit_reason": "sl_be", "pnl_r_gross": 0.5, "pnl_r_net": 0.221, "fees_r": 0.2768, "slippage_r": 0.0022, "funding_r": 0.0,
-    "event_time": 1718001912007, "timeout_ms": 14_400_000,
+    "position_id": "pos-7c1d0a9e",
+    "signal_id": SIGNAL_ID,
+    "strategy": "v53",
+    "strategy_version": "5.3.0",
+    "config_hash": CONFIG_HASH,
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "mode": "paper",
+    "event": "closed",
+    "direction": "LONG",
+    "tier": "heavy",
+    "entry_price": 67012.4,
+    "qty": 0.0,
+    "r_usd": 300.0,
+    "sl_price": 67012.4,
+    "tp1_price": 67254.5,
+    "tp2_price": 67496.6,
+    "exit_price": 67012.4,
+    "exit_reason": "sl_be",
+    "pnl_r_gross": 0.5,
+    "pnl_r_net": 0.221,
+    "fees_r": 0.2768,
+    "slippage_r": 0.0022,
+    "funding_r": 0.0,
+    "event_time": 1718001912007,
+    "timeout_ms": 14_400_000,
 }
 RISK_PAUSE = {
-    "scope": "global", "mode": "paper", "decision": "pause", "state": "paused", "reason": "consecutive_losses",
-    "daily_pnl_r": -3.7, "consecutive_losses": 5, "paused_until": 1718005600000, "event_time": 1718002000000,
+    "scope": "global",
+    "mode": "paper",
+    "decision": "pause",
+    "state": "paused",
+    "reason": "consecutive_losses",
+    "daily_pnl_r": -3.7,
+    "consecutive_losses": 5,
+    "paused_until": 1718005600000,
+    "event_time": 1718002000000,
 }
 DEAD_FRAME = {
-    "source_topic": "md.trades", "partition": None, "offset": None, "key": b"binance:BTCUSDT",
+    "source_topic": "md.trades",
+    "partition": None,
+    "offset": None,
+    "key": b"binance:BTCUSDT",
     "value": b'{"e":"aggTrade","E":1718000000123,"a":2270511834,"s":"BTCUSDT","p":"67012.40","q":"abc"}',
-    "error": "ValueError: could not convert string to float: 'abc'", "stage": "producer.binance:parse",
+    "error": "ValueError: could not convert string to float: 'abc'",
+    "stage": "producer.binance:parse",
     "event_time": 1718000000170,
 }
 DEAD_CONSUMED = {
-    "source_topic": "signals", "partition": 3, "offset": 18211, "key": b"binance:BTCUSDT",
-    "value": b"\x00\x00\x00\x00\x0a\x02", "error": "WireFormatError: truncated", "stage": "sink.postgres:decode",
+    "source_topic": "signals",
+    "partition": 3,
+    "offset": 18211,
+    "key": b"binance:BTCUSDT",
+    "value": b"\x00\x00\x00\x00\x0a\x02",
+    "error": "WireFormatError: truncated",
+    "stage": "sink.postgres:decode",
     "event_time": 1718000050000,
 }
 
 SAMPLES: dict[str, list[dict]] = {
-    "md.trades": [CTK_TRADE, BTC_TRADE], "md.depth": [SUSHI_DIFF], "md.book": [SUSHI_BOOK],
-    "md.liquidations": [BTC_LIQUIDATION], "md.mark": [BTC_MARK], "md.indicators": [BTC_LS_RATIO],
-    "md.gaps": [BTC_GAP], "md.progress": [BTC_PROGRESS], "bars.1m": [BTC_BAR], "features": [BTC_FEATURES], "signals": [BTC_SIGNAL],
-    "orders": [BTC_ORDER], "fills": [BTC_FILL], "positions": [BTC_POSITION_CLOSED], "risk.events": [RISK_PAUSE],
-    "xv.features": [XV_FEATURE], "xv.signals": [XV_SIGNAL], "xv.orders": [XV_LEG_ORDER],
-    "xv.funding": [XV_FUNDING_PAYMENT], "xv.pairs": [XV_PAIR_EVENT], "xv.commands": [XV_COMMAND],
+    "md.trades": [CTK_TRADE, BTC_TRADE],
+    "md.depth": [SUSHI_DIFF],
+    "md.book": [SUSHI_BOOK],
+    "md.liquidations": [BTC_LIQUIDATION],
+    "md.mark": [BTC_MARK],
+    "md.indicators": [BTC_LS_RATIO],
+    "md.gaps": [BTC_GAP],
+    "md.progress": [BTC_PROGRESS],
+    "bars.1m": [BTC_BAR],
+    "features": [BTC_FEATURES],
+    "signals": [BTC_SIGNAL],
+    "orders": [BTC_ORDER],
+    "fills": [BTC_FILL],
+    "positions": [BTC_POSITION_CLOSED],
+    "risk.events": [RISK_PAUSE],
+    "xv.features": [XV_FEATURE],
+    "xv.signals": [XV_SIGNAL],
+    "xv.orders": [XV_LEG_ORDER],
+    "xv.funding": [XV_FUNDING_PAYMENT],
+    "xv.pairs": [XV_PAIR_EVENT],
+    "xv.commands": [XV_COMMAND],
 }
 for _dlq in DLQ_TOPICS:
     SAMPLES[_dlq] = [DEAD_FRAME, DEAD_CONSUMED]
@@ -230,15 +394,22 @@ def test_all_topics_primary_then_dlq_with_unique_names():
     names = [t.name for t in all_topics()]
     assert len(names) == len(set(names))
     assert names[: len(TOPICS)] == list(TOPICS)
-    assert set(names[len(TOPICS):]) == set(DLQ_TOPICS) == {"dlq.md"} | {
-        "dlq." + n for n in TOPICS if not n.startswith("md.")}
+    assert (
+        set(names[len(TOPICS) :])
+        == set(DLQ_TOPICS)
+        == {"dlq.md"} | {"dlq." + n for n in TOPICS if not n.startswith("md.")}
+    )
 
 
 def test_topic_configs_are_kafka_strings():
     day = 86_400_000
     arrival = {"message.timestamp.type": "LogAppendTime"}
-    assert topic_configs(topic("md.trades")) == {"cleanup.policy": "delete", "retention.ms": str(7 * day),
-                                                 "segment.ms": str(day), **arrival}
+    assert topic_configs(topic("md.trades")) == {
+        "cleanup.policy": "delete",
+        "retention.ms": str(7 * day),
+        "segment.ms": str(day),
+        **arrival,
+    }
     assert topic_configs(topic("risk.events")) == {"cleanup.policy": "compact", **arrival}
 
 
@@ -254,8 +425,19 @@ def test_retention_market_data_settable_derived_30_days_trading_records_kept():
 
 
 def test_topics_the_engine_and_executor_join_are_co_partitioned():
-    joined = ["md.trades", "md.book", "md.liquidations", "md.mark", "md.indicators", "bars.1m",
-              "features", "signals", "orders", "fills", "positions"]
+    joined = [
+        "md.trades",
+        "md.book",
+        "md.liquidations",
+        "md.mark",
+        "md.indicators",
+        "bars.1m",
+        "features",
+        "signals",
+        "orders",
+        "fills",
+        "positions",
+    ]
     assert {(topic(n).key, topic(n).partitions) for n in joined} == {("exchange:symbol", SYMBOL_PARTITIONS)}
 
 
@@ -348,13 +530,35 @@ def test_timestamps_stay_ints(serde):
 
 
 def test_optional_fields_get_their_defaults(serde):
-    order = {k: v for k, v in BTC_ORDER.items()
-             if k not in ("signal_id", "position_id", "exchange_order_id", "price", "stop_price",
-                          "filled_qty", "avg_fill_price", "reduce_only", "reason")}
+    order = {
+        k: v
+        for k, v in BTC_ORDER.items()
+        if k
+        not in (
+            "signal_id",
+            "position_id",
+            "exchange_order_id",
+            "price",
+            "stop_price",
+            "filled_qty",
+            "avg_fill_price",
+            "reduce_only",
+            "reason",
+        )
+    }
     decoded = serde.decode(serde.encode("orders", order))
-    assert decoded == {**order, "signal_id": None, "position_id": None, "exchange_order_id": None,
-                       "price": None, "stop_price": None, "filled_qty": 0.0, "avg_fill_price": None,
-                       "reduce_only": False, "reason": None}
+    assert decoded == {
+        **order,
+        "signal_id": None,
+        "position_id": None,
+        "exchange_order_id": None,
+        "price": None,
+        "stop_price": None,
+        "filled_qty": 0.0,
+        "avg_fill_price": None,
+        "reduce_only": False,
+        "reason": None,
+    }
 
 
 # --- wire format -------------------------------------------------------------------------------
@@ -366,9 +570,14 @@ def _avro_string(s: str) -> bytes:
 def test_wire_format_matches_hand_encoding(serde, registry):
     schema_id = registry.id_for("md.gaps-value", load_avsc("data_gap"))
     expected = (
-        b"\x00" + struct.pack(">I", schema_id)
-        + _avro_string("binance") + _avro_string("BTCUSDT") + _avro_string("md.trades")
-        + zigzag_varint(2270511835) + zigzag_varint(2270511902) + zigzag_varint(1718000030000)
+        b"\x00"
+        + struct.pack(">I", schema_id)
+        + _avro_string("binance")
+        + _avro_string("BTCUSDT")
+        + _avro_string("md.trades")
+        + zigzag_varint(2270511835)
+        + zigzag_varint(2270511902)
+        + zigzag_varint(1718000030000)
         + _avro_string("rest_backfill_exhausted")
     )
     assert zigzag_varint(1) == b"\x02" and zigzag_varint(-1) == b"\x01" and zigzag_varint(64) == b"\x80\x01"
@@ -392,16 +601,37 @@ def test_every_dlq_topic_shares_one_schema_id(serde):
 
 
 # --- validation errors -------------------------------------------------------------------------
-@pytest.mark.parametrize("topic_name, change, field, message", [
-    ("md.trades", {"price": "abc"}, "price", "md.trades: field 'price' expected double, got str 'abc'"),
-    ("md.trades", {"taker_side": "HOLD"}, "taker_side",
-     "md.trades: field 'taker_side' expected enum Side ['BUY', 'SELL'], got str 'HOLD'"),
-    ("md.trades", {"symbol": None}, "symbol", "md.trades: field 'symbol' expected string, got nothing (missing or None)"),
-    ("orders", {"price": "67012.4"}, "price", "orders: field 'price' expected one of null, double, got str '67012.4'"),
-    ("md.depth", {"bids": [{"price": "n/a", "qty": 813.0}]}, "PriceLevel.price",
-     "md.depth: field 'PriceLevel.price' expected double, got str 'n/a'"),
-    ("signals", {"factors": {"direction": "55"}}, "factors", None),
-])
+@pytest.mark.parametrize(
+    "topic_name, change, field, message",
+    [
+        ("md.trades", {"price": "abc"}, "price", "md.trades: field 'price' expected double, got str 'abc'"),
+        (
+            "md.trades",
+            {"taker_side": "HOLD"},
+            "taker_side",
+            "md.trades: field 'taker_side' expected enum Side ['BUY', 'SELL'], got str 'HOLD'",
+        ),
+        (
+            "md.trades",
+            {"symbol": None},
+            "symbol",
+            "md.trades: field 'symbol' expected string, got nothing (missing or None)",
+        ),
+        (
+            "orders",
+            {"price": "67012.4"},
+            "price",
+            "orders: field 'price' expected one of null, double, got str '67012.4'",
+        ),
+        (
+            "md.depth",
+            {"bids": [{"price": "n/a", "qty": 813.0}]},
+            "PriceLevel.price",
+            "md.depth: field 'PriceLevel.price' expected double, got str 'n/a'",
+        ),
+        ("signals", {"factors": {"direction": "55"}}, "factors", None),
+    ],
+)
 @pytest.mark.parametrize("strict", [False, True])
 def test_invalid_records_name_topic_and_field(registry, topic_name, change, field, message, strict):
     serde = AvroSerde(registry, strict=strict)
@@ -419,12 +649,15 @@ def test_missing_required_field_is_named(serde):
         serde.encode("md.trades", record)
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"agg_id": 2270511834.5}, "agg_id"),  # the fast writer would truncate this
-    ({"price": True}, "price"),  # ... and write this as 1.0
-    ({"prcie": 1.0}, "prcie"),  # ... and drop this typo
-    ({"price": "67012.40"}, "price"),  # ... and parse this Binance-style string
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"agg_id": 2270511834.5}, "agg_id"),  # the fast writer would truncate this
+        ({"price": True}, "price"),  # ... and write this as 1.0
+        ({"prcie": 1.0}, "prcie"),  # ... and drop this typo
+        ({"price": "67012.40"}, "price"),  # ... and parse this Binance-style string
+    ],
+)
 def test_strict_mode_rejects_silent_coercions(strict_serde, change, field):
     with pytest.raises(SchemaValidationError) as info:
         strict_serde.encode("md.trades", {**BTC_TRADE, **change})
@@ -512,8 +745,9 @@ def test_records_written_before_timeout_ms_read_it_as_null(topic, sample):
     """Signals and position events still in the topics from before they carried the strategy's timeout:
     the current schema reads them with timeout_ms null (the executor then applies its own setting)."""
     registry = FileSchemaRegistry()
-    previous = [v for v in registry.versions(f"{topic}-value")
-                if "timeout_ms" not in {f["name"] for f in v["schema"]["fields"]}][-1]
+    previous = [
+        v for v in registry.versions(f"{topic}-value") if "timeout_ms" not in {f["name"] for f in v["schema"]["fields"]}
+    ][-1]
     old = {k: v for k, v in sample.items() if k != "timeout_ms"}
     buf = io.BytesIO()
     schemaless_writer(buf, parse_schema(strip_logical_types(previous["schema"])), old)

@@ -51,6 +51,7 @@ def _enum_symbols(name, symbols, default=None):
         t["symbols"] = symbols
         if default:
             t["default"] = default
+
     return change
 
 
@@ -61,19 +62,48 @@ def _price_level_price_type(new_type):
 # (case id, avsc stem, change, compatible?, path expected in the rule report)
 CASES = [
     ("added field without default", "trade", _add_field({"name": "source", "type": "string"}), False, "Trade.source"),
-    ("added field with default", "trade", _add_field({"name": "source", "type": "string", "default": "ws"}), True, None),
-    ("added nullable field with null default", "signal",
-     _add_field({"name": "note", "type": ["null", "string"], "default": None}), True, None),
+    (
+        "added field with default",
+        "trade",
+        _add_field({"name": "source", "type": "string", "default": "ws"}),
+        True,
+        None,
+    ),
+    (
+        "added nullable field with null default",
+        "signal",
+        _add_field({"name": "note", "type": ["null", "string"], "default": None}),
+        True,
+        None,
+    ),
     ("removed field", "trade", _drop_field("first_trade_id"), True, None),
     ("removed enum symbol", "trade", _enum_symbols("taker_side", ["BUY"]), False, "Trade.taker_side"),
-    ("removed enum symbol, enum has default", "trade",
-     _enum_symbols("taker_side", ["BUY", "UNKNOWN"], default="UNKNOWN"), True, None),
-    ("added enum symbol", "order_event", _enum_symbols("state", [
-        "PENDING_NEW", "NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED", "EXPIRED_IN_MATCH"]),
-     True, None),
-    ("removed symbol of a nullable enum", "position_event",
-     _enum_symbols("exit_reason", ["tp", "sl", "timeout", "signal_flip", "risk_flatten", "kill_switch", "reconcile"]),
-     False, "PositionEvent.exit_reason"),
+    (
+        "removed enum symbol, enum has default",
+        "trade",
+        _enum_symbols("taker_side", ["BUY", "UNKNOWN"], default="UNKNOWN"),
+        True,
+        None,
+    ),
+    (
+        "added enum symbol",
+        "order_event",
+        _enum_symbols(
+            "state",
+            ["PENDING_NEW", "NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED", "EXPIRED_IN_MATCH"],
+        ),
+        True,
+        None,
+    ),
+    (
+        "removed symbol of a nullable enum",
+        "position_event",
+        _enum_symbols(
+            "exit_reason", ["tp", "sl", "timeout", "signal_flip", "risk_flatten", "kill_switch", "reconcile"]
+        ),
+        False,
+        "PositionEvent.exit_reason",
+    ),
     ("string -> long", "trade", _set_type("symbol", "long"), False, "Trade.symbol"),
     ("int -> long (nullable)", "risk_event", _set_type("consecutive_losses", ["null", "long"]), True, None),
     ("long -> int", "bar", _set_type("trade_count", "int"), False, "Bar.trade_count"),
@@ -84,18 +114,38 @@ CASES = [
     ("bytes -> string", "dead_letter", _set_type("value", "string"), False, "DeadLetter.value"),
     ("double -> float", "trade", _set_type("price", "float"), False, "Trade.price"),
     ("required -> nullable", "trade", _set_type("qty", ["null", "double"]), True, None),
-    ("nullable -> required", "order_event",
-     lambda s: (_field(s, "price").update(type="double"), _field(s, "price").pop("default")), False, "OrderEvent.price"),
+    (
+        "nullable -> required",
+        "order_event",
+        lambda s: (_field(s, "price").update(type="double"), _field(s, "price").pop("default")),
+        False,
+        "OrderEvent.price",
+    ),
     ("nested array item type", "depth_diff", _price_level_price_type("string"), False, "DepthDiff.bids[].price"),
-    ("map values double -> string", "signal", _set_type("factors", {"type": "map", "values": "string"}),
-     False, "Signal.factors{}"),
+    (
+        "map values double -> string",
+        "signal",
+        _set_type("factors", {"type": "map", "values": "string"}),
+        False,
+        "Signal.factors{}",
+    ),
     ("map values int -> double", "market_indicator", None, True, None),  # built below
     ("record renamed", "trade", lambda s: s.update(name="AggTrade"), False, "AggTrade"),
     ("record renamed with alias", "trade", lambda s: s.update(name="AggTrade", aliases=["Trade"]), True, None),
-    ("field renamed with alias", "trade",
-     lambda s: _field(s, "qty").update(name="quantity", aliases=["qty"]), True, None),
-    ("field renamed without alias", "trade", lambda s: _field(s, "qty").update(name="quantity"), False,
-     "Trade.quantity"),
+    (
+        "field renamed with alias",
+        "trade",
+        lambda s: _field(s, "qty").update(name="quantity", aliases=["qty"]),
+        True,
+        None,
+    ),
+    (
+        "field renamed without alias",
+        "trade",
+        lambda s: _field(s, "qty").update(name="quantity"),
+        False,
+        "Trade.quantity",
+    ),
 ]
 
 
@@ -123,7 +173,9 @@ def test_rules_and_samples_agree_with_the_spec(case):
 
 def test_check_backward_raises_with_subject_and_path():
     new, old = _edit("trade", _add_field({"name": "source", "type": "string"}))
-    with pytest.raises(IncompatibleSchemaError, match=r"^md\.trades-value: .*Trade\.source: field added without a default"):
+    with pytest.raises(
+        IncompatibleSchemaError, match=r"^md\.trades-value: .*Trade\.source: field added without a default"
+    ):
         check_backward(new, old, subject="md.trades-value")
     check_backward(*_edit("trade", _add_field({"name": "source", "type": "string", "default": "ws"})))
 
@@ -136,9 +188,12 @@ def test_every_committed_schema_reads_itself(stem):
 
 
 def test_recursive_schema_terminates():
-    node = {"type": "record", "name": "Node", "namespace": "t", "fields": [
-        {"name": "value", "type": "long"},
-        {"name": "next", "type": ["null", "Node"], "default": None}]}
+    node = {
+        "type": "record",
+        "name": "Node",
+        "namespace": "t",
+        "fields": [{"name": "value", "type": "long"}, {"name": "next", "type": ["null", "Node"], "default": None}],
+    }
     grown = copy.deepcopy(node)
     grown["fields"].append({"name": "label", "type": "string", "default": ""})
     assert backward_incompatibilities(grown, node) == []

@@ -42,9 +42,17 @@ from schemas.serde import AvroSerde
 from tests.support.paths import REPO
 
 BTC_TRADE = {
-    "exchange": "binance", "symbol": "BTCUSDT", "agg_id": 2270511834, "price": 67012.4, "qty": 0.153,
-    "first_trade_id": 5102938811, "last_trade_id": 5102938814, "event_time": 1718000000123,
-    "trade_time": 1718000000119, "receive_time": 1718000000161, "taker_side": "SELL",
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "agg_id": 2270511834,
+    "price": 67012.4,
+    "qty": 0.153,
+    "first_trade_id": 5102938811,
+    "last_trade_id": 5102938814,
+    "event_time": 1718000000123,
+    "trade_time": 1718000000119,
+    "receive_time": 1718000000161,
+    "taker_side": "SELL",
 }
 
 
@@ -66,8 +74,9 @@ def test_committed_registry_matches_the_avsc_files():
 
 
 def test_check_command_passes_on_the_committed_registry():
-    result = subprocess.run([sys.executable, "-m", "schemas.registry", "check"], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "schemas.registry", "check"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "ok:" in result.stdout
 
@@ -123,7 +132,8 @@ def test_new_version_appends_with_next_id_and_keeps_old_entries(tmp_path):
     assert after["md.trades-value"][:-1] == before["md.trades-value"]
     assert after["md.trades-value"][-1]["version"] == len(before["md.trades-value"]) + 1
     assert {s: v for s, v in after.items() if s != "md.trades-value"} == {
-        s: v for s, v in before.items() if s != "md.trades-value"}
+        s: v for s, v in before.items() if s != "md.trades-value"
+    }
     reloaded = FileSchemaRegistry(path)
     assert reloaded.id_for("md.trades-value", _trade_with_default_field()) == new_id
     assert reloaded.id_for("md.trades-value", load_avsc("trade")) == before["md.trades-value"][0]["id"]
@@ -185,7 +195,8 @@ def test_check_reports_unregistered_schemas(tmp_path):
 def test_check_reports_a_compatible_but_unregistered_change(tmp_path):
     registry = _registry_with(tmp_path, _trade_with_default_field())  # .avsc lacks `source`: compatible
     assert check_registry(registry) == [
-        "md.trades-value: .avsc differs from the latest registered version (run `python -m schemas.registry update`)"]
+        "md.trades-value: .avsc differs from the latest registered version (run `python -m schemas.registry update`)"
+    ]
 
 
 def test_check_reports_an_incompatible_avsc(tmp_path):
@@ -254,8 +265,11 @@ class FakeConfluentRegistry:
 
     @staticmethod
     def _error(status, code, message):
-        return web.json_response({"error_code": code, "message": message}, status=status,
-                                 content_type="application/vnd.schemaregistry.v1+json")
+        return web.json_response(
+            {"error_code": code, "message": message},
+            status=status,
+            content_type="application/vnd.schemaregistry.v1+json",
+        )
 
     async def register(self, request):
         subject = request.match_info["subject"]
@@ -285,7 +299,9 @@ class FakeConfluentRegistry:
         versions = self.subjects.get(request.match_info["subject"])
         if not versions:
             return self._error(404, 40401, "Subject not found.")
-        return web.json_response({"version": len(versions), "id": versions[-1], "schema": self.schemas[versions[-1] - 1]})
+        return web.json_response(
+            {"version": len(versions), "id": versions[-1], "schema": self.schemas[versions[-1] - 1]}
+        )
 
     async def by_id(self, request):
         schema_id = int(request.match_info["id"])

@@ -18,17 +18,45 @@ START_MS = int(START.timestamp() * 1000)
 
 
 def trade(agg_id: int, ms: int, side: str = "BUY", symbol: str = "BTCUSDT") -> tuple:
-    return TRADES.to_row({"exchange": "binance", "symbol": symbol, "agg_id": agg_id, "price": 42000.0, "qty": 0.5,
-                          "first_trade_id": agg_id, "last_trade_id": agg_id, "event_time": ms, "trade_time": ms,
-                          "receive_time": ms + 10, "taker_side": side})
+    return TRADES.to_row(
+        {
+            "exchange": "binance",
+            "symbol": symbol,
+            "agg_id": agg_id,
+            "price": 42000.0,
+            "qty": 0.5,
+            "first_trade_id": agg_id,
+            "last_trade_id": agg_id,
+            "event_time": ms,
+            "trade_time": ms,
+            "receive_time": ms + 10,
+            "taker_side": side,
+        }
+    )
 
 
 def bar(minute: datetime, trade_count: int, first: int) -> tuple:
     ms = int(minute.timestamp() * 1000)
-    return BARS_1M.to_row({"exchange": "binance", "symbol": "BTCUSDT", "open_time": ms, "close_time": ms + 60_000,
-                           "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0, "buy_volume": 1.0,
-                           "sell_volume": 0.0, "quote_volume": 1.0, "vwap": 1.0, "trade_count": trade_count,
-                           "first_agg_id": first, "last_agg_id": first + trade_count - 1})
+    return BARS_1M.to_row(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "open_time": ms,
+            "close_time": ms + 60_000,
+            "open": 1.0,
+            "high": 1.0,
+            "low": 1.0,
+            "close": 1.0,
+            "volume": 1.0,
+            "buy_volume": 1.0,
+            "sell_volume": 0.0,
+            "quote_volume": 1.0,
+            "vwap": 1.0,
+            "trade_count": trade_count,
+            "first_agg_id": first,
+            "last_agg_id": first + trade_count - 1,
+        }
+    )
 
 
 @pytest.fixture
@@ -47,9 +75,23 @@ def load_scenario(conn) -> None:
     rows += [trade(i, START_MS - 60_000 + i - 990) for i in range(990, 996)]
     rows += [trade(i, START_MS + i, symbol="ETHUSDT") for i in range(5, 9)]
     write_rows(conn, TRADES, rows)
-    write_rows(conn, DATA_GAPS, [DATA_GAPS.to_row({"exchange": "binance", "symbol": "BTCUSDT", "stream": "md.trades",
-                                                   "from_id": 1050, "to_id": 1050, "detected_time": START_MS,
-                                                   "reason": "rest_backfill_exhausted"})])
+    write_rows(
+        conn,
+        DATA_GAPS,
+        [
+            DATA_GAPS.to_row(
+                {
+                    "exchange": "binance",
+                    "symbol": "BTCUSDT",
+                    "stream": "md.trades",
+                    "from_id": 1050,
+                    "to_id": 1050,
+                    "detected_time": START_MS,
+                    "reason": "rest_backfill_exhausted",
+                }
+            )
+        ],
+    )
     conn.commit()
 
 
@@ -61,10 +103,15 @@ def test_gaps_duplicates_and_continuity_are_exact(db):
     assert t.rows == 120 - 6 + 1
     assert (t.first_agg_id, t.last_agg_id, t.previous_agg_id) == (1000, 1119, 995)
     assert [(g.from_id, g.to_id, g.missing, g.known) for g in t.gaps] == [
-        (996, 999, 4, False), (1020, 1024, 5, False), (1050, 1050, 1, True)]
+        (996, 999, 4, False),
+        (1020, 1024, 5, False),
+        (1050, 1050, 1, True),
+    ]
     assert t.gaps[0].after_time == START - timedelta(milliseconds=60_000 - 5)
     assert t.gaps[0].before_time == START
-    assert t.gaps[1].after_time == START + timedelta(seconds=38) and t.gaps[1].before_time == START + timedelta(seconds=50)
+    assert t.gaps[1].after_time == START + timedelta(seconds=38) and t.gaps[1].before_time == START + timedelta(
+        seconds=50
+    )
     assert (t.gap_count, t.missing, t.duplicate_rows, t.duplicate_ids) == (3, 10, 1, (1030,))
     assert t.expected == 124  # 996..1119
     assert t.continuity == pytest.approx(114 / 124)
@@ -79,10 +126,21 @@ def test_a_clean_range_is_ok_and_freshness_counts_come_from_the_tables(db):
         write_rows(conn, TRADES, rows)
         bars = [bar(START + timedelta(minutes=m), 60, 1 + 60 * m) for m in range(3)]  # 3 full minutes
         write_rows(conn, BARS_1M, bars)
-        marks = [MARK_PRICES.to_row({"exchange": "binance", "symbol": "BTCUSDT", "mark_price": 1.0,
-                                     "index_price": 1.0, "funding_rate": 0.0001, "next_funding_time": START_MS,
-                                     "event_time": START_MS + s * 1000, "receive_time": START_MS})
-                 for s in (-5, 0, 100, 239, 240)]  # two outside [START, END)
+        marks = [
+            MARK_PRICES.to_row(
+                {
+                    "exchange": "binance",
+                    "symbol": "BTCUSDT",
+                    "mark_price": 1.0,
+                    "index_price": 1.0,
+                    "funding_rate": 0.0001,
+                    "next_funding_time": START_MS,
+                    "event_time": START_MS + s * 1000,
+                    "receive_time": START_MS,
+                }
+            )
+            for s in (-5, 0, 100, 239, 240)
+        ]  # two outside [START, END)
         write_rows(conn, MARK_PRICES, marks)
         conn.commit()
         now = START + timedelta(hours=1)
@@ -126,14 +184,20 @@ def test_render_and_json(db):
         load_scenario(conn)
         report = audit(conn, "BTCUSDT", START, END, now=END)
     text = render(report)
-    assert "gap 1020..1024 (5 missing) between 2024-01-31T23:58:38.000Z and 2024-01-31T23:58:50.000Z  [NOT reported]" in text
+    assert (
+        "gap 1020..1024 (5 missing) between 2024-01-31T23:58:38.000Z and 2024-01-31T23:58:50.000Z  [NOT reported]"
+        in text
+    )
     assert "gap 1050..1050 (1 missing)" in text and "[reported on md.gaps]" in text
     assert "duplicated agg_ids: 1030" in text
     assert "RESULT: PROBLEMS" in text
     d = json.loads(json.dumps(report.as_dict()))
     assert d["ok"] is False and d["start"] == "2024-01-31T23:58:00.000Z"
     assert [(g["from_id"], g["to_id"], g["missing"]) for g in d["trades"]["gaps"]] == [
-        (996, 999, 4), (1020, 1024, 5), (1050, 1050, 1)]
+        (996, 999, 4),
+        (1020, 1024, 5),
+        (1050, 1050, 1),
+    ]
     assert d["trades"]["expected"] == 124
 
 

@@ -30,8 +30,10 @@ def db(migrated_database) -> str:
 
 
 def _relkinds(conn) -> dict[str, str]:
-    rows = conn.execute("SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = 'public' AND NOT c.relispartition").fetchall()
+    rows = conn.execute(
+        "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND NOT c.relispartition"
+    ).fetchall()
     return dict(rows)
 
 
@@ -49,8 +51,9 @@ def test_migrating_twice_creates_every_table_once_with_current_partitions(databa
         assert {t for t in TABLE_NAMES if kinds[t] == "p"} == set(PLANS)
         assert all(kinds[v] == "v" for v in VIEW_NAMES)
         now = conn.execute("SELECT now()").fetchone()[0]
-        rows = conn.execute("SELECT table_name, partition_name, range_start, range_end, is_default "
-                            "FROM tapeflow_partitions").fetchall()
+        rows = conn.execute(
+            "SELECT table_name, partition_name, range_start, range_end, is_default FROM tapeflow_partitions"
+        ).fetchall()
     for table, plan in PLANS.items():
         mine = [r for r in rows if r[0] == table]
         assert [r[1] for r in mine if r[4]] == [f"{table}_default"]
@@ -72,13 +75,16 @@ def test_registry_matches_the_python_plans(db, pg_server):
 def test_primary_keys_are_the_natural_keys_of_sinks_tables(db):
     with psycopg.connect(db) as conn:
         for spec in TABLES.values():
-            keys = conn.execute("""
+            keys = conn.execute(
+                """
                 SELECT con.contype, array_agg(a.attname ORDER BY k.ord)
                 FROM pg_constraint con
                 CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
                 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
                 WHERE con.conrelid = %s::regclass AND con.contype IN ('p', 'u')
-                GROUP BY con.oid, con.contype""", (spec.table,)).fetchall()
+                GROUP BY con.oid, con.contype""",
+                (spec.table,),
+            ).fetchall()
             assert list(spec.natural_key) in [k for _, k in keys], (spec.table, keys)
             if spec.table in PLANS:  # both engines require the time column in every unique key
                 assert all(PLANS[spec.table].time_column in k for _, k in keys), spec.table
@@ -87,16 +93,24 @@ def test_primary_keys_are_the_natural_keys_of_sinks_tables(db):
 def test_time_columns_have_a_brin_index_on_partitioned_tables(db):
     with psycopg.connect(db) as conn:
         for table, plan in PLANS.items():
-            found = conn.execute("""
+            found = conn.execute(
+                """
                 SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
                 WHERE i.indrelid = %s::regclass AND am.amname = 'brin'
-                  AND pg_get_indexdef(i.indexrelid) LIKE %s""", (table, f"%({plan.time_column})")).fetchone()
+                  AND pg_get_indexdef(i.indexrelid) LIKE %s""",
+                (table, f"%({plan.time_column})"),
+            ).fetchone()
             assert found, table
 
 
 def _types(conn, table: str) -> dict[str, str]:
-    return dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
-                             "WHERE table_schema = 'public' AND table_name = %s", (table,)).fetchall())
+    return dict(
+        conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name = %s",
+            (table,),
+        ).fetchall()
+    )
 
 
 def test_money_is_numeric_market_values_are_double_and_times_are_timestamptz(db):
@@ -121,9 +135,11 @@ def test_money_is_numeric_market_values_are_double_and_times_are_timestamptz(db)
 def test_readonly_reads_everything_and_writes_nothing_writer_writes(db):
     everything = sorted(TABLE_NAMES | VIEW_NAMES)
     with psycopg.connect(db, autocommit=True) as conn:
-        partitions = [r[0] for r in conn.execute(
-            "SELECT partition_name FROM tapeflow_partitions").fetchall()] if conn.execute(
-            "SELECT to_regclass('tapeflow_partitions')").fetchone()[0] else []
+        partitions = (
+            [r[0] for r in conn.execute("SELECT partition_name FROM tapeflow_partitions").fetchall()]
+            if conn.execute("SELECT to_regclass('tapeflow_partitions')").fetchone()[0]
+            else []
+        )
         conn.execute("SET ROLE tapeflow_readonly")
         for rel in everything + partitions + ["tapeflow_partitions"]:
             conn.execute(f'SELECT * FROM "{rel}" LIMIT 1')
@@ -133,22 +149,44 @@ def test_readonly_reads_everything_and_writes_nothing_writer_writes(db):
         conn.execute("RESET ROLE")
         conn.execute("SET ROLE tapeflow_writer")
         conn.execute("INSERT INTO data_gaps VALUES ('binance','BTCUSDT','md.trades',1,2,now(),'x')")
-        conn.execute("INSERT INTO pipeline_errors (source_topic, raw_value, error, stage, event_time, content_sha256) "
-                     "VALUES ('md.trades', '\\x00', 'boom', 'sink:decode', now(), '\\x01')")  # identity sequence
-        conn.execute("INSERT INTO ui_actions (action_id, kind, params, who, reason, requested_time, status) "
-                     "VALUES ('a1', 'kill_switch', '{}', 'ui', 'why', now(), 'pending')")  # the UI's audit rows
+        conn.execute(
+            "INSERT INTO pipeline_errors (source_topic, raw_value, error, stage, event_time, content_sha256) "
+            "VALUES ('md.trades', '\\x00', 'boom', 'sink:decode', now(), '\\x01')"
+        )  # identity sequence
+        conn.execute(
+            "INSERT INTO ui_actions (action_id, kind, params, who, reason, requested_time, status) "
+            "VALUES ('a1', 'kill_switch', '{}', 'ui', 'why', now(), 'pending')"
+        )  # the UI's audit rows
         conn.execute("UPDATE ui_actions SET status = 'done' WHERE action_id = 'a1'")
         with pytest.raises(psycopg.errors.CheckViolation):  # an action without a reason is not kept
-            conn.execute("INSERT INTO ui_actions (action_id, kind, params, who, reason, requested_time, status) "
-                         "VALUES ('a2', 'kill_switch', '{}', 'ui', '  ', now(), 'pending')")
+            conn.execute(
+                "INSERT INTO ui_actions (action_id, kind, params, who, reason, requested_time, status) "
+                "VALUES ('a2', 'kill_switch', '{}', 'ui', '  ', now(), 'pending')"
+            )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE TABLE sneaky (x int)")
 
 
 def _bar(minute: datetime, o, h, lo, c, buy, sell, trades, first):
     vol = buy + sell
-    return ("binance", "BTCUSDT", minute, minute + timedelta(minutes=1), o, h, lo, c, vol, buy, sell,
-            vol * c, c, trades, first, first + trades - 1)
+    return (
+        "binance",
+        "BTCUSDT",
+        minute,
+        minute + timedelta(minutes=1),
+        o,
+        h,
+        lo,
+        c,
+        vol,
+        buy,
+        sell,
+        vol * c,
+        c,
+        trades,
+        first,
+        first + trades - 1,
+    )
 
 
 #: the trades of each bar below, (taker side, qty) in agg_id order: they add up to the bar's buy and
@@ -181,19 +219,26 @@ def test_rollup_views_aggregate_bars_by_hand_computed_values(db):
         assert len(sides) == bar[13] and sum(q for s, q in sides if s == "BUY") == bar[9]
         for k, (side, qty) in enumerate(sides):
             when = bar[2] + timedelta(seconds=k)
-            trades.append(("binance", "BTCUSDT", bar[14] + k, bar[7], qty, bar[14] + k, bar[14] + k, when, when,
-                           when, side))
+            trades.append(
+                ("binance", "BTCUSDT", bar[14] + k, bar[7], qty, bar[14] + k, bar[14] + k, when, when, when, side)
+            )
     with psycopg.connect(db) as conn:
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO bars_1m VALUES (" + ", ".join(["%s"] * 16) + ")", bars)
             cur.executemany("INSERT INTO trades VALUES (" + ", ".join(["%s"] * 11) + ")", trades)
-        five = conn.execute("SELECT open_time, open, high, low, close, volume, buy_volume, sell_volume, "
-                            "trade_count, first_agg_id, last_agg_id, bar_count FROM bars_5m "
-                            "WHERE symbol = 'BTCUSDT' ORDER BY open_time").fetchall()
-        hour = conn.execute("SELECT open_time, open, high, low, close, volume, trade_count, bar_count, vwap "
-                            "FROM bars_1h WHERE symbol = 'BTCUSDT' ORDER BY open_time").fetchall()
-        cvd = conn.execute("SELECT open_time, buy_qty, sell_qty, delta_qty, trade_count FROM cvd_1m "
-                           "WHERE symbol = 'BTCUSDT' ORDER BY open_time").fetchall()
+        five = conn.execute(
+            "SELECT open_time, open, high, low, close, volume, buy_volume, sell_volume, "
+            "trade_count, first_agg_id, last_agg_id, bar_count FROM bars_5m "
+            "WHERE symbol = 'BTCUSDT' ORDER BY open_time"
+        ).fetchall()
+        hour = conn.execute(
+            "SELECT open_time, open, high, low, close, volume, trade_count, bar_count, vwap "
+            "FROM bars_1h WHERE symbol = 'BTCUSDT' ORDER BY open_time"
+        ).fetchall()
+        cvd = conn.execute(
+            "SELECT open_time, buy_qty, sell_qty, delta_qty, trade_count FROM cvd_1m "
+            "WHERE symbol = 'BTCUSDT' ORDER BY open_time"
+        ).fetchall()
     h10 = datetime(2024, 3, 4, 10, 0, tzinfo=UTC)
     assert five == [
         (datetime(2024, 3, 4, 9, 55, tzinfo=UTC), 100, 102, 99, 101, 5.5, 3.0, 2.5, 5, 1, 5, 2),
@@ -206,8 +251,13 @@ def test_rollup_views_aggregate_bars_by_hand_computed_values(db):
     assert hour[1][:8] == (h10, 101, 104, 97, 98, 13.5, 17, 4)
     assert hour[1][8] == pytest.approx(q / 13.5)
     assert [(r[0].minute, r[1], r[2], r[3], r[4]) for r in cvd] == [
-        (58, 1.0, 2.0, -1.0, 3), (59, 2.0, 0.5, 1.5, 2), (0, 1.5, 1.5, 0.0, 4), (1, 3.0, 1.0, 2.0, 5),
-        (4, 0.5, 4.0, -3.5, 6), (5, 1.0, 1.0, 0.0, 2)]
+        (58, 1.0, 2.0, -1.0, 3),
+        (59, 2.0, 0.5, 1.5, 2),
+        (0, 1.5, 1.5, 0.0, 4),
+        (1, 3.0, 1.0, 2.0, 5),
+        (4, 0.5, 4.0, -3.5, 6),
+        (5, 1.0, 1.0, 0.0, 2),
+    ]
 
 
 def test_trades_closed_view_joins_the_lifecycle_of_a_position(db):
@@ -218,13 +268,22 @@ def test_trades_closed_view_joins_the_lifecycle_of_a_position(db):
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO positions VALUES (" + ", ".join(["%s"] * 24) + ")",
-                [base + ("opened",) + plan + (1.0, 200, 2970.0, 3022.5, 3045.0, None, None, None, None, 0.05, 0, t),
-                 base + ("tp1",) + plan + (0.5, 200, 3000.0, 3022.5, 3045.0, 3022.5, None, None, None, 0.1, 0,
-                                           t + timedelta(minutes=30)),
-                 base + ("closed",) + plan + (0.0, 200, 3000.0, 3022.5, 3045.0, 3045.0, "tp", 1.225, 1.1, 0.125, 0,
-                                              t + timedelta(minutes=50))])
-        row = conn.execute("SELECT entry_time, exit_time, tp1_hit, exit_reason, pnl_r_net, pnl_usd_net "
-                           "FROM trades_closed WHERE position_id = 'p1'").fetchone()
+                [
+                    base + ("opened",) + plan + (1.0, 200, 2970.0, 3022.5, 3045.0, None, None, None, None, 0.05, 0, t),
+                    base
+                    + ("tp1",)
+                    + plan
+                    + (0.5, 200, 3000.0, 3022.5, 3045.0, 3022.5, None, None, None, 0.1, 0, t + timedelta(minutes=30)),
+                    base
+                    + ("closed",)
+                    + plan
+                    + (0.0, 200, 3000.0, 3022.5, 3045.0, 3045.0, "tp", 1.225, 1.1, 0.125, 0, t + timedelta(minutes=50)),
+                ],
+            )
+        row = conn.execute(
+            "SELECT entry_time, exit_time, tp1_hit, exit_reason, pnl_r_net, pnl_usd_net "
+            "FROM trades_closed WHERE position_id = 'p1'"
+        ).fetchone()
     assert row[:4] == (t, t + timedelta(minutes=50), True, "tp")
     # numeric: 1.1 R x 200 USD is exactly 220 (as doubles it would be 220.00000000000003)
     assert row[4] == Decimal("1.1") and row[5] == Decimal(220)

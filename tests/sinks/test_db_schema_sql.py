@@ -14,13 +14,14 @@ import json
 import pytest
 
 pglast = pytest.importorskip("pglast", reason="pglast (libpg_query) is a test dependency: pip install 'pglast>=7'")
-from pglast import ast
-from pglast.parser import ParseError, parse_plpgsql_json, parse_sql
+from pglast import ast  # noqa: E402 - after the skip that names the missing test dependency
+from pglast.parser import ParseError, parse_plpgsql_json, parse_sql  # noqa: E402
 
-from sinks.migrate import load_migrations
-from sinks.partitions import PLANS
+from sinks.migrate import load_migrations  # noqa: E402
+from sinks.partitions import PLANS  # noqa: E402
 
 # --- the validator ----------------------------------------------------------------------------------
+
 
 def _defelem(options, name):
     for opt in options or ():
@@ -33,7 +34,9 @@ def _plpgsql_sources(stmt, text: str) -> list[str]:
     """CREATE FUNCTION statements (as plpgsql source) to parse for a DO block or plpgsql function."""
     if isinstance(stmt, ast.DoStmt):
         body = _defelem(stmt.args, "as").sval
-        return [f"CREATE FUNCTION tapeflow_do_block() RETURNS void LANGUAGE plpgsql AS $tapeflow_do${body}$tapeflow_do$"]
+        return [
+            f"CREATE FUNCTION tapeflow_do_block() RETURNS void LANGUAGE plpgsql AS $tapeflow_do${body}$tapeflow_do$"
+        ]
     if isinstance(stmt, ast.CreateFunctionStmt):
         lang = _defelem(stmt.options, "language")
         if lang is not None and lang.sval == "plpgsql":
@@ -57,8 +60,11 @@ def validate_sql(text: str) -> list:
     """
     raw = parse_sql(text)
     for r in raw:
-        stmt_text = text.encode()[r.stmt_location:r.stmt_location + r.stmt_len].decode() if r.stmt_len else \
-            text.encode()[r.stmt_location:].decode()
+        stmt_text = (
+            text.encode()[r.stmt_location : r.stmt_location + r.stmt_len].decode()
+            if r.stmt_len
+            else text.encode()[r.stmt_location :].decode()
+        )
         for source in _plpgsql_sources(r.stmt, stmt_text):
             parse_plpgsql_json(source)
         for body in _sql_function_bodies(r.stmt):
@@ -84,8 +90,7 @@ def _plpgsql_queries(text: str) -> list[str]:
     for r in parse_sql(text):
         if isinstance(r.stmt, ast.DoStmt):
             body = _defelem(r.stmt.args, "as").sval
-            walk(json.loads(parse_plpgsql_json(
-                f"CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $b${body}$b$")))
+            walk(json.loads(parse_plpgsql_json(f"CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $b${body}$b$")))
     return out
 
 
@@ -170,29 +175,35 @@ def _views(stmts) -> dict[str, list[str]]:
 
 # --- tests --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("migration", MIGRATIONS, ids=[m.key for m in MIGRATIONS])
 def test_every_migration_parses_with_the_postgresql_grammar(migration):
     stmts = validate_sql(migration.sql)
     assert stmts, f"{migration.key} has no statements"
 
 
-@pytest.mark.parametrize("broken", [
-    "CREATE TABLE t (a int,, b int);",
-    "SELECT create_hypertable('trades' 'trade_time');",
-    "DO $$ BEGIN IF true THEN CREATE TABLE t (a int,, b int); END IF; END $$;",
-    "DO $$ BEGIN PERFORM f(1; END $$;",
-    "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN SELECT FROM WHERE; END $$;",
-    "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM FROM $$;",
-    "CREATE MATERIALIZED VIEW v WITH (timescaledb.continuous) AS SELECT FROM trades GROUP BY WITH NO DATA;",
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "CREATE TABLE t (a int,, b int);",
+        "SELECT create_hypertable('trades' 'trade_time');",
+        "DO $$ BEGIN IF true THEN CREATE TABLE t (a int,, b int); END IF; END $$;",
+        "DO $$ BEGIN PERFORM f(1; END $$;",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN SELECT FROM WHERE; END $$;",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM FROM $$;",
+        "CREATE MATERIALIZED VIEW v WITH (timescaledb.continuous) AS SELECT FROM trades GROUP BY WITH NO DATA;",
+    ],
+)
 def test_the_validator_rejects_syntax_errors(broken):
     with pytest.raises(ParseError):
         validate_sql(broken)
 
 
 def test_validator_accepts_a_timescale_sample():
-    validate_sql("SELECT add_retention_policy('trades', INTERVAL '90 days');\n"
-                 "DO $$ BEGIN IF to_regclass('x') IS NULL THEN RAISE NOTICE 'x'; END IF; END $$;")
+    validate_sql(
+        "SELECT add_retention_policy('trades', INTERVAL '90 days');\n"
+        "DO $$ BEGIN IF to_regclass('x') IS NULL THEN RAISE NOTICE 'x'; END IF; END $$;"
+    )
 
 
 def test_each_timescale_file_pairs_with_a_plain_file():

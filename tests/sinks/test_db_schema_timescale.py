@@ -115,53 +115,87 @@ def _insert(topic: str, records: list[dict]) -> str:
     """INSERT ... ON CONFLICT DO NOTHING of `records` as the sink's converter makes the rows."""
     spec = table_for_topic(topic)
     values = ", ".join("(" + ", ".join(map(_literal, spec.to_row(r))) + ")" for r in records)
-    return (f"INSERT INTO {spec.table} ({', '.join(spec.columns)}) VALUES {values} "
-            f"ON CONFLICT DO NOTHING RETURNING 1")
+    return f"INSERT INTO {spec.table} ({', '.join(spec.columns)}) VALUES {values} ON CONFLICT DO NOTHING RETURNING 1"
 
 
 #: one pair with three changes (stored out of order) and another with one, for xv_pairs_latest
-_PAIR_EVENTS = [XV_PAIR_EVENT, dict(XV_PAIR_EVENT, seq=1, status="open", event_time=XV_PAIR_EVENT["opened_ms"]),
-                dict(XV_PAIR_EVENT, seq=2, status="open", event_time=XV_PAIR_EVENT["opened_ms"] + 1000),
-                dict(XV_PAIR_EVENT, pair_id="pair-other", seq=1, status="failed")]
+_PAIR_EVENTS = [
+    XV_PAIR_EVENT,
+    dict(XV_PAIR_EVENT, seq=1, status="open", event_time=XV_PAIR_EVENT["opened_ms"]),
+    dict(XV_PAIR_EVENT, seq=2, status="open", event_time=XV_PAIR_EVENT["opened_ms"] + 1000),
+    dict(XV_PAIR_EVENT, pair_id="pair-other", seq=1, status="failed"),
+]
 
 
 def test_timescale_branch_runs_on_timescaledb(tmp_path):
     migrations = [{"key": m.key, "sql": m.sql} for m in load_migrations() if m.version != 1]
-    watchlist = {"xv_signals": _insert("xv.signals", [XV_SIGNAL]),
-                 "xv_leg_orders": _insert("xv.orders", [XV_LEG_ORDER]),
-                 "xv_funding_payments": _insert("xv.funding", [XV_FUNDING_PAYMENT]),
-                 "xv_pair_events": _insert("xv.pairs", _PAIR_EVENTS)}
-    before = {"0021_trade_levels": "INSERT INTO trades VALUES ('binance','ETHUSDT',9,50,4,9,9,'2023-12-31T23:59:00Z',"
-                                   "'2023-12-31T23:59:00Z','2023-12-31T23:59:00Z','SELL')"}  # stored before 0021
-    (tmp_path / "input.json").write_text(json.dumps({"migrations": migrations, "watchlist": watchlist, "before": before}))
+    watchlist = {
+        "xv_signals": _insert("xv.signals", [XV_SIGNAL]),
+        "xv_leg_orders": _insert("xv.orders", [XV_LEG_ORDER]),
+        "xv_funding_payments": _insert("xv.funding", [XV_FUNDING_PAYMENT]),
+        "xv_pair_events": _insert("xv.pairs", _PAIR_EVENTS),
+    }
+    before = {
+        "0021_trade_levels": "INSERT INTO trades VALUES ('binance','ETHUSDT',9,50,4,9,9,'2023-12-31T23:59:00Z',"
+        "'2023-12-31T23:59:00Z','2023-12-31T23:59:00Z','SELL')"
+    }  # stored before 0021
+    (tmp_path / "input.json").write_text(
+        json.dumps({"migrations": migrations, "watchlist": watchlist, "before": before})
+    )
     script = tmp_path / "run.mjs"
     script.write_text(SCRIPT.replace("__DIST__", DIST.as_posix()))
-    proc = subprocess.run(["node", str(script), str(tmp_path / "input.json")], capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        ["node", str(script), str(tmp_path / "input.json")], capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["failed"] is None, out["failed"]
     assert out["applied"] == [m["key"] for m in migrations]
     assert {h["hypertable_name"]: h["compression_enabled"] for h in out["hypertables"]} == {t: True for t in PLANS}
     assert {c["view_name"]: c["materialized_only"] for c in out["caggs"]} == {
-        "bars_5m": False, "bars_1h": False, "cvd_1m": False, "trade_levels_1m": False}
+        "bars_5m": False,
+        "bars_1h": False,
+        "cvd_1m": False,
+        "trade_levels_1m": False,
+    }
     assert out["retention"] == []  # 0006 removed the jobs: sinks/retention.py drops, guarded
     # cvd_1m from raw trades (real-time part of the aggregate): 00:00 buy 2 sell 3; 00:01 buy 1.5
-    assert out["cvd"] == [{"m": "00:00", "buy_qty": 2, "sell_qty": 3, "delta_qty": -1, "trade_count": 2},
-                          {"m": "00:01", "buy_qty": 1.5, "sell_qty": 0, "delta_qty": 1.5, "trade_count": 1}]
-    assert out["bars_5m"] == [{"open": 100, "high": 110, "low": 99, "close": 108, "volume": 30, "buy_volume": 21,
-                               "trade_count": 12, "first_agg_id": 1, "last_agg_id": 12, "bar_count": 2}]
-    btc = [{"symbol": "BTCUSDT", "m": "2024-01-01 00:00", "price": 100, "bought": 2, "sold": 0, "n": 1},
-           {"symbol": "BTCUSDT", "m": "2024-01-01 00:00", "price": 101, "bought": 0, "sold": 3, "n": 1},
-           {"symbol": "BTCUSDT", "m": "2024-01-01 00:01", "price": 102, "bought": 1.5, "sold": 0, "n": 1}]
+    assert out["cvd"] == [
+        {"m": "00:00", "buy_qty": 2, "sell_qty": 3, "delta_qty": -1, "trade_count": 2},
+        {"m": "00:01", "buy_qty": 1.5, "sell_qty": 0, "delta_qty": 1.5, "trade_count": 1},
+    ]
+    assert out["bars_5m"] == [
+        {
+            "open": 100,
+            "high": 110,
+            "low": 99,
+            "close": 108,
+            "volume": 30,
+            "buy_volume": 21,
+            "trade_count": 12,
+            "first_agg_id": 1,
+            "last_agg_id": 12,
+            "bar_count": 2,
+        }
+    ]
+    btc = [
+        {"symbol": "BTCUSDT", "m": "2024-01-01 00:00", "price": 100, "bought": 2, "sold": 0, "n": 1},
+        {"symbol": "BTCUSDT", "m": "2024-01-01 00:00", "price": 101, "bought": 0, "sold": 3, "n": 1},
+        {"symbol": "BTCUSDT", "m": "2024-01-01 00:01", "price": 102, "bought": 1.5, "sold": 0, "n": 1},
+    ]
     eth = [{"symbol": "ETHUSDT", "m": "2023-12-31 23:59", "price": 50, "bought": 0, "sold": 4, "n": 1}]
     assert out["levels_backfill"] == [{"day": "2023-12-31"}]
     assert out["levels_realtime"] == eth + btc  # nothing materialized yet: all from trades
     assert out["levels_policy"] == btc
     assert out["levels_backfilled"] == eth + btc
     assert out["dup_into_compressed"] == 0 and out["trades"] == 3
-    assert out["watchlist"] == {"xv_signals": [1, 0, 0, 1], "xv_leg_orders": [1, 0, 0, 1],
-                                "xv_funding_payments": [1, 0, 0, 1], "xv_pair_events": [4, 0, 0, 4]}
-    assert out["pairs_latest"] == sorted([{"pair_id": PAIR_ID, "seq": 3, "status": "closed"},
-                                          {"pair_id": "pair-other", "seq": 1, "status": "failed"}],
-                                         key=lambda r: r["pair_id"])
+    assert out["watchlist"] == {
+        "xv_signals": [1, 0, 0, 1],
+        "xv_leg_orders": [1, 0, 0, 1],
+        "xv_funding_payments": [1, 0, 0, 1],
+        "xv_pair_events": [4, 0, 0, 4],
+    }
+    assert out["pairs_latest"] == sorted(
+        [{"pair_id": PAIR_ID, "seq": 3, "status": "closed"}, {"pair_id": "pair-other", "seq": 1, "status": "failed"}],
+        key=lambda r: r["pair_id"],
+    )

@@ -85,8 +85,13 @@ def test_concurrent_runners_do_not_race(database):
 def test_role_passwords_for_external_servers(database, pg_server):
     migrate(database)
     set_role_passwords(database, {"tapeflow_readonly": "ro-pass-123"})
-    ro = psycopg.conninfo.make_conninfo(host=pg_server.host, port=pg_server.port, user="tapeflow_readonly",
-                                        password="ro-pass-123", dbname=psycopg.conninfo.conninfo_to_dict(database)["dbname"])
+    ro = psycopg.conninfo.make_conninfo(
+        host=pg_server.host,
+        port=pg_server.port,
+        user="tapeflow_readonly",
+        password="ro-pass-123",
+        dbname=psycopg.conninfo.conninfo_to_dict(database)["dbname"],
+    )
     with psycopg.connect(ro) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == "tapeflow_readonly"
     with pytest.raises(MigrationError, match="does not exist"):
@@ -100,13 +105,13 @@ def _schema(conninfo: str) -> dict[str, list]:
     queries = {
         "database_acl": "SELECT coalesce(datacl::text[], '{}') FROM pg_database WHERE datname = current_database()",
         "relations": "SELECT c.relname, c.relkind, c.relispartition, coalesce(c.relacl::text[], '{}'), "
-                     "pg_get_expr(c.relpartbound, c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                     "WHERE n.nspname = 'public' ORDER BY 1",
+        "pg_get_expr(c.relpartbound, c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' ORDER BY 1",
         "functions": "SELECT p.proname, pg_get_function_identity_arguments(p.oid), md5(p.prosrc), p.prosecdef, "
-                     "coalesce(p.proacl::text[], '{}') FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                     "WHERE n.nspname = 'public' ORDER BY 1, 2",
+        "coalesce(p.proacl::text[], '{}') FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'public' ORDER BY 1, 2",
         "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-                       "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+        "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
         "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
         "triggers": "SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2",
         "default_acl": "SELECT defaclrole::regrole::text, defaclobjtype, defaclacl::text[] FROM pg_default_acl ORDER BY 1, 2",
@@ -117,8 +122,9 @@ def _schema(conninfo: str) -> dict[str, list]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         out = {k: conn.execute(q).fetchall() for k, q in queries.items()}
         if conn.execute("SELECT to_regclass('_timescaledb_catalog.hypertable')").fetchone()[0]:
-            out["hypertables"] = conn.execute("SELECT table_name, num_dimensions, compression_state FROM "
-                                              "_timescaledb_catalog.hypertable ORDER BY 1").fetchall()
+            out["hypertables"] = conn.execute(
+                "SELECT table_name, num_dimensions, compression_state FROM _timescaledb_catalog.hypertable ORDER BY 1"
+            ).fetchall()
     return out
 
 

@@ -53,10 +53,22 @@ DAY = timedelta(days=1)
 
 # --- configuration -----------------------------------------------------------------------------------
 
+
 def test_defaults_keep_all_market_data_and_expire_only_raw_depth():
     forever = {t for t, p in DEFAULTS.items() if p.keep is None}
-    assert forever == {"trades", "bars_1m", "liquidations", "mark_prices", "market_indicators", "features",
-                     "xv_features", "xv_signals", "xv_leg_orders", "xv_funding_payments", "xv_pair_events"}
+    assert forever == {
+        "trades",
+        "bars_1m",
+        "liquidations",
+        "mark_prices",
+        "market_indicators",
+        "features",
+        "xv_features",
+        "xv_signals",
+        "xv_leg_orders",
+        "xv_funding_payments",
+        "xv_pair_events",
+    }
     assert DEFAULTS["depth_updates"].keep == 7 * DAY and DEFAULTS["depth_snapshots"].keep == 30 * DAY
     assert all(p.compress_after is not None for p in DEFAULTS.values())  # compressed where TimescaleDB is
     assert set(DEFAULTS) == set(PLANS)
@@ -94,14 +106,21 @@ def test_bad_retention_settings_fail_in_one_line(tmp_path, monkeypatch):
 
 # --- plain PostgreSQL --------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def db(plain_db) -> str:
     return plain_db  # plain partitions on any server; TimescaleDB: tests/sinks/test_retention_timescale.py
 
 
 def _partitions(conn, table: str) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT partition_name FROM tapeflow_partitions WHERE table_name = %s "
-                                       "AND NOT is_default ORDER BY range_start", (table,)).fetchall()]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT partition_name FROM tapeflow_partitions WHERE table_name = %s "
+            "AND NOT is_default ORDER BY range_start",
+            (table,),
+        ).fetchall()
+    ]
 
 
 @pytest.mark.integration
@@ -123,8 +142,9 @@ def test_configured_retention_drops_old_partitions_but_never_recently_written_on
         assert dropped == report.expired
         assert protected in _partitions(conn, "trades")
         # the guard is what kept it: a maintenance that protects nothing would drop it
-        assert conn.execute("SELECT * FROM tapeflow_droppable_partitions('trades', %s, %s)",
-                            (now - 2 * DAY, now + DAY)).fetchall() == [(protected,)]
+        assert conn.execute(
+            "SELECT * FROM tapeflow_droppable_partitions('trades', %s, %s)", (now - 2 * DAY, now + DAY)
+        ).fetchall() == [(protected,)]
         # defaults never drop trades, whatever their age
         assert apply_retention(conn, resolve_policies(), now + 3650 * DAY, now + 3650 * DAY)["trades"] == []
 
@@ -167,16 +187,35 @@ BACKFILL_DAY = datetime(2026, 1, 1, tzinfo=UTC)  # older than every default rete
 
 def _trade(i: int) -> dict:
     t = int((BACKFILL_DAY + timedelta(seconds=2 * i)).timestamp() * 1000)
-    return {"exchange": "binance", "symbol": "BTCUSDT", "agg_id": 1_000 + i, "price": 87_000.0 + i % 50,
-            "qty": 0.01, "first_trade_id": 3 * i, "last_trade_id": 3 * i + 2, "event_time": t, "trade_time": t,
-            "receive_time": t + 4, "taker_side": "BUY" if i % 2 else "SELL"}
+    return {
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "agg_id": 1_000 + i,
+        "price": 87_000.0 + i % 50,
+        "qty": 0.01,
+        "first_trade_id": 3 * i,
+        "last_trade_id": 3 * i + 2,
+        "event_time": t,
+        "trade_time": t,
+        "receive_time": t + 4,
+        "taker_side": "BUY" if i % 2 else "SELL",
+    }
 
 
 def _depth(i: int) -> dict:
     t = int((BACKFILL_DAY + timedelta(seconds=5 * i)).timestamp() * 1000)
-    return {"exchange": "binance", "symbol": "BTCUSDT", "first_update_id": 10 * i, "final_update_id": 10 * i + 9,
-            "prev_final_update_id": 10 * i - 1, "event_time": t, "transaction_time": t, "receive_time": t + 3,
-            "bids": [{"price": 86_999.0, "qty": 1.5}], "asks": [{"price": 87_001.0, "qty": 0.5}]}
+    return {
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "first_update_id": 10 * i,
+        "final_update_id": 10 * i + 9,
+        "prev_final_update_id": 10 * i - 1,
+        "event_time": t,
+        "transaction_time": t,
+        "receive_time": t + 3,
+        "bids": [{"price": 86_999.0, "qty": 1.5}],
+        "asks": [{"price": 87_001.0, "qty": 0.5}],
+    }
 
 
 def _produce(bootstrap: str, prefix: str, trades: list[dict], depth: list[dict]) -> None:
@@ -190,20 +229,28 @@ def _produce(bootstrap: str, prefix: str, trades: list[dict], depth: list[dict])
 
 def _counts(conninfo: str) -> tuple[int, int]:
     with psycopg.connect(conninfo) as conn:
-        return (conn.execute("SELECT count(*) FROM trades").fetchone()[0],
-                conn.execute("SELECT count(*) FROM depth_updates").fetchone()[0])
+        return (
+            conn.execute("SELECT count(*) FROM trades").fetchone()[0],
+            conn.execute("SELECT count(*) FROM depth_updates").fetchone()[0],
+        )
 
 
 def _start_sink(env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tapeflow", "sink", "--topics", "md.trades,md.depth"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tapeflow", "sink", "--topics", "md.trades,md.depth"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _running(proc: subprocess.Popen):
     """For `wait_until`'s ``alive``: the sink has not exited (its stderr when it has)."""
+
     def check() -> None:
         if proc.poll() is not None:
             raise AssertionError(f"sink exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+
     return check
 
 
@@ -211,20 +258,29 @@ def _running(proc: subprocess.Popen):
 def test_an_old_backfill_survives_a_sink_restart_and_its_maintenance(kafka_bootstrap, topic_prefix, db, tmp_path):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     trades, depth = [_trade(i) for i in range(20_000)], [_depth(i) for i in range(4_000)]
-    env = {**os.environ, "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_DATABASE_URL": _url(db),
-           "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "TAPEFLOW_BROKER": kafka_bootstrap,
+        "TAPEFLOW_DATABASE_URL": _url(db),
+        "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
+        "TAPEFLOW_HOME": str(tmp_path / "home"),
+    }
     env.pop("TAPEFLOW_RETENTION", None)
     _produce(kafka_bootstrap, topic_prefix, trades[:10_000], depth[:2_000])
     first = _start_sink(env)
     try:
-        wait_until(lambda: _counts(db) == (10_000, 2_000), 90, "the sink stored them", interval=0.2, alive=_running(first))
+        wait_until(
+            lambda: _counts(db) == (10_000, 2_000), 90, "the sink stored them", interval=0.2, alive=_running(first)
+        )
     finally:
         first.send_signal(signal.SIGKILL)  # killed in the middle of the backfill
         first.wait(10)
     _produce(kafka_bootstrap, topic_prefix, trades[10_000:], depth[2_000:])
     second = _start_sink(env)  # its maintenance runs at start: the old code dropped the day here
     try:
-        wait_until(lambda: _counts(db) == (20_000, 4_000), 90, "the sink stored them", interval=0.2, alive=_running(second))
+        wait_until(
+            lambda: _counts(db) == (20_000, 4_000), 90, "the sink stored them", interval=0.2, alive=_running(second)
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
@@ -235,27 +291,37 @@ def test_an_old_backfill_survives_a_sink_restart_and_its_maintenance(kafka_boots
         days = {r[0] for r in conn.execute("SELECT day FROM tapeflow_partition_writes").fetchall()}
         assert date(2026, 1, 1) in days
         # depth's 7 days have long passed: only the guard keeps that partition
-        assert conn.execute("SELECT * FROM tapeflow_droppable_partitions('depth_updates', %s, %s)",
-                            (now - 7 * DAY, now + DAY)).fetchall() == [("depth_updates_p20260101",)]
+        assert conn.execute(
+            "SELECT * FROM tapeflow_droppable_partitions('depth_updates', %s, %s)", (now - 7 * DAY, now + DAY)
+        ).fetchall() == [("depth_updates_p20260101",)]
     assert _counts(db) == (20_000, 4_000)
 
 
 def _lock_waiter(conn, exclude_pid: int) -> int | None:
-    row = conn.execute("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s "
-                       "AND datname = current_database()", (exclude_pid,)).fetchone()
+    row = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s "
+        "AND datname = current_database()",
+        (exclude_pid,),
+    ).fetchone()
     return row[0] if row else None
 
 
 @pytest.mark.integration
-def test_a_reader_of_two_tables_is_never_deadlocked_by_the_sink_making_old_partitions(kafka_bootstrap, topic_prefix,
-                                                                                      db, tmp_path):
+def test_a_reader_of_two_tables_is_never_deadlocked_by_the_sink_making_old_partitions(
+    kafka_bootstrap, topic_prefix, db, tmp_path
+):
     """The sink makes each table's partitions in a transaction of its own: while it waits for one
     parent's lock it holds no other's. It once made them inside the batch's write transaction
     (depth_updates, then trades), and a reader counting trades, then depth_updates, in one
     transaction deadlocked with it; PostgreSQL aborted the reader (a suite run, 2026-11-25)."""
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    env = {**os.environ, "TAPEFLOW_BROKER": kafka_bootstrap, "TAPEFLOW_DATABASE_URL": _url(db),
-           "TAPEFLOW_TOPIC_PREFIX": topic_prefix, "TAPEFLOW_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "TAPEFLOW_BROKER": kafka_bootstrap,
+        "TAPEFLOW_DATABASE_URL": _url(db),
+        "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
+        "TAPEFLOW_HOME": str(tmp_path / "home"),
+    }
     env.pop("TAPEFLOW_RETENTION", None)
     _produce(kafka_bootstrap, topic_prefix, [_trade(i) for i in range(3_000)], [_depth(i) for i in range(600)])
     with psycopg.connect(db) as reader, psycopg.connect(db, autocommit=True) as watcher:
@@ -270,12 +336,16 @@ def test_a_reader_of_two_tables_is_never_deadlocked_by_the_sink_making_old_parti
                 time.sleep(0.05)
             held = watcher.execute(
                 "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                "WHERE l.pid = %s AND l.granted AND l.mode = 'AccessExclusiveLock'", (waiter,)).fetchall()
+                "WHERE l.pid = %s AND l.granted AND l.mode = 'AccessExclusiveLock'",
+                (waiter,),
+            ).fetchall()
             assert not [name for name, _ in held if name.startswith("depth_updates")], held
             # the second table of the reader's transaction: a deadlock before the fix
             assert reader.execute("SELECT count(*) FROM depth_updates").fetchone()[0] >= 0
             reader.commit()
-            wait_until(lambda: _counts(db) == (3_000, 600), 90, "the sink stored them", interval=0.2, alive=_running(sink))
+            wait_until(
+                lambda: _counts(db) == (3_000, 600), 90, "the sink stored them", interval=0.2, alive=_running(sink)
+            )
         finally:
             sink.terminate()
             sink.wait(30)

@@ -32,10 +32,19 @@ T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
 
 def trade(i: int, symbol: str = "BTCUSDT") -> dict:
-    return {"exchange": "binance", "symbol": symbol, "agg_id": 10_000 + i, "price": 42_000.0 + (i % 97) * 0.1,
-            "qty": 0.001 * (1 + i % 13), "first_trade_id": 50_000 + 2 * i, "last_trade_id": 50_001 + 2 * i,
-            "event_time": T0 + i * 10, "trade_time": T0 + i * 10, "receive_time": T0 + i * 10 + 3,
-            "taker_side": "SELL" if i % 3 else "BUY"}
+    return {
+        "exchange": "binance",
+        "symbol": symbol,
+        "agg_id": 10_000 + i,
+        "price": 42_000.0 + (i % 97) * 0.1,
+        "qty": 0.001 * (1 + i % 13),
+        "first_trade_id": 50_000 + 2 * i,
+        "last_trade_id": 50_001 + 2 * i,
+        "event_time": T0 + i * 10,
+        "trade_time": T0 + i * 10,
+        "receive_time": T0 + i * 10 + 3,
+        "taker_side": "SELL" if i % 3 else "BUY",
+    }
 
 
 def produce(bootstrap: str, topic: str, records: list[dict], raw: list[bytes] = ()) -> None:
@@ -58,20 +67,35 @@ def table_rows(conninfo: str) -> list[tuple]:
     """The trades as stored, trade_time back in Unix milliseconds (exact: integer timedelta arithmetic)."""
     unix_zero = datetime(1970, 1, 1, tzinfo=UTC)
     with psycopg.connect(conninfo) as conn:
-        rows = conn.execute("SELECT exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, "
-                            "trade_time, taker_side FROM trades").fetchall()
+        rows = conn.execute(
+            "SELECT exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, "
+            "trade_time, taker_side FROM trades"
+        ).fetchall()
     return [(*r[:7], (r[7] - unix_zero) // timedelta(milliseconds=1), r[8]) for r in rows]
 
 
 def expected_rows(records: list[dict]) -> list[tuple]:
-    return [(r["exchange"], r["symbol"], r["agg_id"], r["price"], r["qty"], r["first_trade_id"],
-             r["last_trade_id"], r["trade_time"], r["taker_side"]) for r in records]
+    return [
+        (
+            r["exchange"],
+            r["symbol"],
+            r["agg_id"],
+            r["price"],
+            r["qty"],
+            r["first_trade_id"],
+            r["last_trade_id"],
+            r["trade_time"],
+            r["taker_side"],
+        )
+        for r in records
+    ]
 
 
 def run_sink_until(sink: TopicSink, done, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    thread = threading.Thread(target=sink.run, daemon=True,
-                              kwargs={"should_stop": lambda: done() or time.monotonic() > deadline})
+    thread = threading.Thread(
+        target=sink.run, daemon=True, kwargs={"should_stop": lambda: done() or time.monotonic() > deadline}
+    )
     thread.start()
     thread.join(timeout + 30)
     assert not thread.is_alive()
@@ -95,8 +119,15 @@ def db(database, pg_server):
 
 
 def make_sink(bootstrap, prefix, conninfo, **kw) -> TopicSink:
-    cfg = SinkConfig(topics=["md.trades"], topic_prefix=prefix, group_id=f"{prefix}sink", batch_rows=500,
-                     batch_ms=100, max_backoff_s=1.0, **kw)
+    cfg = SinkConfig(
+        topics=["md.trades"],
+        topic_prefix=prefix,
+        group_id=f"{prefix}sink",
+        batch_rows=500,
+        batch_ms=100,
+        max_backoff_s=1.0,
+        **kw,
+    )
     return TopicSink(cfg, bootstrap, conninfo, SERDE)
 
 
@@ -233,9 +264,12 @@ def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_p
         lag = 0.0
         while time.monotonic() - down_since < 20 and lag == 0:  # the lag gauge shows the backlog meanwhile
             time.sleep(0.5)
-            lag = sum(s.value for m in sink.metrics.registry.collect() for s in m.samples
-                      if s.name == "tapeflow_sink_consumer_lag_messages"
-                      and s.labels["group"] == sink.config.group_id)
+            lag = sum(
+                s.value
+                for m in sink.metrics.registry.collect()
+                for s in m.samples
+                if s.name == "tapeflow_sink_consumer_lag_messages" and s.labels["group"] == sink.config.group_id
+            )
         time.sleep(max(0.0, 30 - (time.monotonic() - down_since)))  # ...for 30 s, while records keep arriving
         sup.start_all()
         produce(kafka_bootstrap, topic_prefix + "md.trades", records[4_000:])
@@ -256,8 +290,12 @@ def test_database_down_for_30s_mid_stream_loses_nothing(kafka_bootstrap, topic_p
         rows = table_rows(conninfo)
         assert len(rows) == 6_000 and checksum(rows) == checksum(expected_rows(records))
         assert sink.metrics.db_retries._value.get() >= 1
-        assert sink.metrics.registry.get_sample_value("tapeflow_sink_errors_total",
-                                                      {"table": "trades", "kind": "database"}) >= 1
+        assert (
+            sink.metrics.registry.get_sample_value(
+                "tapeflow_sink_errors_total", {"table": "trades", "kind": "database"}
+            )
+            >= 1
+        )
         assert lag > 0, "the lag gauge did not grow while the database was down"
     finally:
         sup.stop_all()
@@ -273,8 +311,9 @@ def test_a_writer_in_backoff_retries_as_soon_as_another_writer_reaches_the_datab
     from tapeflow.stack.process import free_port
 
     dead = f"postgresql://tapeflow@127.0.0.1:{free_port()}/tapeflow?connect_timeout=2"  # nothing listens
-    sink = TopicSink(SinkConfig(topics=["md.trades"], first_backoff_s=60.0, max_backoff_s=60.0),
-                     "127.0.0.1:9", dead, SERDE)  # the broker is never reached: the writers are called directly
+    sink = TopicSink(
+        SinkConfig(topics=["md.trades"], first_backoff_s=60.0, max_backoff_s=60.0), "127.0.0.1:9", dead, SERDE
+    )  # the broker is never reached: the writers are called directly
     first = threading.Thread(target=sink._flush, args=(Batch(), 0), daemon=True)
     first.start()
     deadline = time.monotonic() + 30
@@ -300,11 +339,27 @@ def test_an_aborted_transactions_records_never_reach_the_table(kafka_bootstrap, 
 
     def bar(minute: int) -> bytes:
         start = T0 + minute * 60_000
-        return SERDE.encode("bars.1m", {
-            "exchange": "binance", "symbol": "BTCUSDT", "open_time": start, "close_time": start + 59_999,
-            "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0, "buy_volume": 2.0,
-            "sell_volume": 1.0, "quote_volume": 4.5, "vwap": 1.5, "trade_count": 7, "first_agg_id": minute * 10,
-            "last_agg_id": minute * 10 + 6})
+        return SERDE.encode(
+            "bars.1m",
+            {
+                "exchange": "binance",
+                "symbol": "BTCUSDT",
+                "open_time": start,
+                "close_time": start + 59_999,
+                "open": 1.0,
+                "high": 2.0,
+                "low": 0.5,
+                "close": 1.5,
+                "volume": 3.0,
+                "buy_volume": 2.0,
+                "sell_volume": 1.0,
+                "quote_volume": 4.5,
+                "vwap": 1.5,
+                "trade_count": 7,
+                "first_agg_id": minute * 10,
+                "last_agg_id": minute * 10 + 6,
+            },
+        )
 
     tx = Producer(producer_config(kafka_bootstrap, **{"transactional.id": topic_prefix + "engine-test"}))
     tx.init_transactions(30)
@@ -315,8 +370,14 @@ def test_an_aborted_transactions_records_never_reach_the_table(kafka_bootstrap, 
         assert tx.flush(15) == 0
         (tx.commit_transaction if commit else tx.abort_transaction)(30)
 
-    cfg = SinkConfig(topics=["bars.1m"], topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink", batch_rows=500,
-                     batch_ms=100, max_backoff_s=1.0)
+    cfg = SinkConfig(
+        topics=["bars.1m"],
+        topic_prefix=topic_prefix,
+        group_id=f"{topic_prefix}sink",
+        batch_rows=500,
+        batch_ms=100,
+        max_backoff_s=1.0,
+    )
     sink = TopicSink(cfg, kafka_bootstrap, database, SERDE)
     run_sink_until(sink, lambda: count(database, "bars_1m") >= 3, timeout=30)
     with psycopg.connect(database) as conn:

@@ -36,16 +36,16 @@ def random_record(schema: dict, rng: random.Random, i: int) -> dict:
         elif kind == "string":
             out[name] = rng.choice(["binance", "bybit", "BTCUSDT", "1000PEPEUSDT", "Ω-test", ""]) + str(i % 7)
         elif kind == "double":
-            out[name] = rng.choice([0.0, -0.0, 1e-12, 123456.789, -42.5, 2.0 ** 60, rng.uniform(-1e6, 1e6)])
+            out[name] = rng.choice([0.0, -0.0, 1e-12, 123456.789, -42.5, 2.0**60, rng.uniform(-1e6, 1e6)])
         elif kind in ("long", "int"):
             if name.endswith("_time"):  # Unix ms between 1990 and 2090
                 out[name] = rng.randint(631_152_000_000, 3_786_912_000_000)
             elif name in ("agg_id",):
                 out[name] = i  # the natural key: unique per row
             else:
-                out[name] = rng.choice([0, -1, 63, 64, -65, 2 ** 31 - 1, -(2 ** 62), 2 ** 62, rng.randint(-10 ** 9, 10 ** 9)])
+                out[name] = rng.choice([0, -1, 63, 64, -65, 2**31 - 1, -(2**62), 2**62, rng.randint(-(10**9), 10**9)])
                 if kind == "int":
-                    out[name] = max(-(2 ** 31), min(2 ** 31 - 1, out[name]))
+                    out[name] = max(-(2**31), min(2**31 - 1, out[name]))
         elif kind == "boolean":
             out[name] = bool(i % 2)
     return out
@@ -86,7 +86,7 @@ def test_columnar_rows_equal_record_by_record_rows(migrated_database, table):
     by_record = _dump(migrated_database, table)
     with psycopg.connect(migrated_database) as conn:
         conn.execute(f"TRUNCATE {table}")
-        parts = [codec.encode(values[i:i + 400]) for i in range(0, len(values), 400)]
+        parts = [codec.encode(values[i : i + 400]) for i in range(0, len(values), 400)]
         assert copy_binary(conn, spec, copy_payload([p.data for p in parts]), len(values)) == len(values)
         conn.commit()
     assert _dump(migrated_database, table) == by_record
@@ -115,11 +115,21 @@ def test_direct_copy_tables_have_the_copy_types(migrated_database, table):
     """Binary COPY straight into the table needs its column types to be the staging types."""
     spec = TABLES[table]
     with psycopg.connect(migrated_database) as conn:
-        types = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-                                  "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-                                  (table,)).fetchall())
-    names = {"text": "text", "int8": "bigint", "int4": "integer", "float8": "double precision",
-             "timestamptz": "timestamp with time zone", "bool": "boolean"}
+        types = dict(
+            conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (table,),
+            ).fetchall()
+        )
+    names = {
+        "text": "text",
+        "int8": "bigint",
+        "int4": "integer",
+        "float8": "double precision",
+        "timestamptz": "timestamp with time zone",
+        "bool": "boolean",
+    }
     assert {c: types[c] for c in spec.columns} == {c: names[t] for c, t in zip(spec.columns, spec.copy_types)}
 
 
@@ -127,16 +137,20 @@ def _trade_values(n: int = 5) -> list[bytes]:
     return [SERDE.encode("md.trades", r) for r in _unique_records("trades", n, seed=3)]
 
 
-@pytest.mark.parametrize("corrupt", [
-    lambda v: v[:4] + [v[4] + b"\x01"],                      # a trailing byte on the last record
-    lambda v: v[:2] + [v[2] + b"\x01"] + v[3:],              # ... on a middle one
-    lambda v: v[:4] + [v[4][:-1]],                           # truncated
-    lambda v: v[:2] + [b""] + v[3:],                         # empty value
-    lambda v: v[:2] + [b"garbage"] + v[3:],                  # not Avro at all
-    lambda v: v[:4] + [v[4][:-1] + b"\x08"],                 # enum index out of range
-    lambda v: v[:4] + [b"\x00\x00\x00\x00\x63" + v[4][5:]],  # another schema id
-    lambda v: v[:4] + [v[4][:5] + v[4][6:] + v[4][5:6]],     # bytes moved around
-], ids=["trailing-last", "trailing-middle", "truncated", "empty", "garbage", "enum", "schema-id", "shuffled"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda v: v[:4] + [v[4] + b"\x01"],  # a trailing byte on the last record
+        lambda v: v[:2] + [v[2] + b"\x01"] + v[3:],  # ... on a middle one
+        lambda v: v[:4] + [v[4][:-1]],  # truncated
+        lambda v: v[:2] + [b""] + v[3:],  # empty value
+        lambda v: v[:2] + [b"garbage"] + v[3:],  # not Avro at all
+        lambda v: v[:4] + [v[4][:-1] + b"\x08"],  # enum index out of range
+        lambda v: v[:4] + [b"\x00\x00\x00\x00\x63" + v[4][5:]],  # another schema id
+        lambda v: v[:4] + [v[4][:5] + v[4][6:] + v[4][5:6]],  # bytes moved around
+    ],
+    ids=["trailing-last", "trailing-middle", "truncated", "empty", "garbage", "enum", "schema-id", "shuffled"],
+)
 def test_anything_not_provably_right_leaves_the_fast_path(corrupt):
     codec = ColumnarCodec.for_topic(TABLES["trades"], SERDE, "md.trades")
     good = _trade_values()
@@ -164,11 +178,15 @@ def _trade_value(**changes) -> bytes:
     return SERDE.encode("md.trades", {**record, **changes})
 
 
-@pytest.mark.parametrize("value", [
-    _trade_value(symbol="BTCUSDT").replace(b"BTC", b"\xff\xfeC"),  # not UTF-8
-    _trade_value(symbol="BTCUSDT").replace(b"BTC", b"\xed\xa0\x80"),  # a UTF-16 surrogate: not UTF-8
-    _trade_value(trade_time=253_402_300_800_000),  # year 10000: no datetime holds it
-], ids=["not-utf8", "surrogate", "year-10000"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        _trade_value(symbol="BTCUSDT").replace(b"BTC", b"\xff\xfeC"),  # not UTF-8
+        _trade_value(symbol="BTCUSDT").replace(b"BTC", b"\xed\xa0\x80"),  # a UTF-16 surrogate: not UTF-8
+        _trade_value(trade_time=253_402_300_800_000),  # year 10000: no datetime holds it
+    ],
+    ids=["not-utf8", "surrogate", "year-10000"],
+)
 def test_values_the_record_path_refuses_leave_the_compiled_walk_too(value):
     """The fast path may not store what the record path would dead-letter."""
     codec = ColumnarCodec.for_topic(TABLES["trades"], SERDE, "md.trades")
@@ -192,8 +210,24 @@ def test_varint_sizes_are_the_avro_encodings_lengths():
 
     from sinks.columnar import varint_sizes
 
-    cases = {0: 1, -1: 1, 63: 1, -64: 1, 64: 2, -65: 2, 8191: 2, -8192: 2, 8192: 3, -8193: 3,
-             2 ** 62 - 1: 9, -(2 ** 62): 9, 2 ** 62: 10, -(2 ** 62) - 1: 10, 2 ** 63 - 1: 10, -(2 ** 63): 10}
+    cases = {
+        0: 1,
+        -1: 1,
+        63: 1,
+        -64: 1,
+        64: 2,
+        -65: 2,
+        8191: 2,
+        -8192: 2,
+        8192: 3,
+        -8193: 3,
+        2**62 - 1: 9,
+        -(2**62): 9,
+        2**62: 10,
+        -(2**62) - 1: 10,
+        2**63 - 1: 10,
+        -(2**63): 10,
+    }
     got = varint_sizes(np.array(list(cases), dtype=np.int64))
     assert got.tolist() == list(cases.values())
 
@@ -225,9 +259,16 @@ def _chunk(topic: str, values: list[bytes | None], first_offset: int):
     from tapeflow_runtime.record_batches import RecordChunk
 
     lengths = np.array([-1 if v is None else len(v) for v in values], dtype=np.int64)
-    return RecordChunk(topic, 0, b"".join(v for v in values if v is not None), lengths, b"k" * len(values),
-                       np.ones(len(values), dtype=np.int64), np.arange(first_offset, first_offset + len(values)),
-                       first_offset + len(values))
+    return RecordChunk(
+        topic,
+        0,
+        b"".join(v for v in values if v is not None),
+        lengths,
+        b"k" * len(values),
+        np.ones(len(values), dtype=np.int64),
+        np.arange(first_offset, first_offset + len(values)),
+        first_offset + len(values),
+    )
 
 
 def test_the_raw_fetchers_chunks_encode_as_the_same_messages_would():
@@ -241,8 +282,9 @@ def test_the_raw_fetchers_chunks_encode_as_the_same_messages_would():
     values = [SERDE.encode("md.trades", r) for r in _unique_records("trades", 3_000, seed=7)]
     raw, plain = Batch(), Batch()
     raw.columnar["md.trades"] += [_chunk("md.trades", values[:1_200], 0), _chunk("md.trades", values[1_200:], 1_200)]
-    plain.columnar["md.trades"] += [Message(topic="md.trades", partition=0, offset=i, key=b"k", value=v)
-                                    for i, v in enumerate(values)]
+    plain.columnar["md.trades"] += [
+        Message(topic="md.trades", partition=0, offset=i, key=b"k", value=v) for i, v in enumerate(values)
+    ]
     sink._seal(raw)
     sink._seal(plain)
     assert raw.copy_rows["trades"] == 3_000 and b"".join(raw.copies["trades"]) == b"".join(plain.copies["trades"])
@@ -274,7 +316,7 @@ def test_a_nul_in_a_text_field_is_dead_lettered_not_written():
 
     sink = TopicSink(SinkConfig(topics=["md.trades"]), "127.0.0.1:9", "dbname=unused", SERDE)
     values = [SERDE.encode("md.trades", r) for r in _unique_records("trades", 3_000, seed=13)]
-    values[2_222] = _trade_value(symbol="BT\x00C", agg_id=10 ** 9)
+    values[2_222] = _trade_value(symbol="BT\x00C", agg_id=10**9)
     batch = Batch()
     batch.columnar["md.trades"].append(_chunk("md.trades", values, 0))
     sink._seal(batch)

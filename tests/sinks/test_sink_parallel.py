@@ -97,8 +97,9 @@ def _offsets_of(bootstrap: str, topic: str, partition: int, n: int) -> dict[int,
 
 
 @pytest.mark.integration
-def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(kafka_bootstrap, topic_prefix, database,
-                                                                       pg_server):
+def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(
+    kafka_bootstrap, topic_prefix, database, pg_server
+):
     migrate_for_rows(database, {"trades": (datetime(2023, 12, 31, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC))})
     assert table_layout(database, "trades") == expected_layout(pg_server.timescaledb)
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
@@ -116,18 +117,31 @@ def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(kafka_boo
     # the chunk of the records' day exists before the blocker's transaction: on TimescaleDB the
     # transaction that creates a chunk holds every other writer of that chunk until it ends
     with psycopg.connect(database) as conn:
-        conn.execute("INSERT INTO trades VALUES (%s, %s, -1, 1, 1, 0, 0, now(), to_timestamp(%s / 1000.0), now(), "
-                     "'BUY')", (held["exchange"], held["symbol"], held["trade_time"]))
+        conn.execute(
+            "INSERT INTO trades VALUES (%s, %s, -1, 1, 1, 0, 0, now(), to_timestamp(%s / 1000.0), now(), 'BUY')",
+            (held["exchange"], held["symbol"], held["trade_time"]),
+        )
         conn.commit()
         conn.execute("DELETE FROM trades WHERE agg_id = -1")
         conn.commit()
     # an open transaction of the test holds the record's natural key: its batch waits in PostgreSQL
     blocker = psycopg.connect(database)
-    blocker.execute("INSERT INTO trades (exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, "
-                    "event_time, trade_time, receive_time, taker_side) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-                    "now(), to_timestamp(%s / 1000.0), now(), %s)",
-                    (held["exchange"], held["symbol"], held["agg_id"], held["price"], held["qty"],
-                     held["first_trade_id"], held["last_trade_id"], held["trade_time"], held["taker_side"]))
+    blocker.execute(
+        "INSERT INTO trades (exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, "
+        "event_time, trade_time, receive_time, taker_side) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+        "now(), to_timestamp(%s / 1000.0), now(), %s)",
+        (
+            held["exchange"],
+            held["symbol"],
+            held["agg_id"],
+            held["price"],
+            held["qty"],
+            held["first_trade_id"],
+            held["last_trade_id"],
+            held["trade_time"],
+            held["taker_side"],
+        ),
+    )
     first = make_sink(kafka_bootstrap, topic_prefix, database, writers=3)
     crashed: list[BaseException] = []
 
@@ -171,8 +185,10 @@ def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(kafka_boo
     thread.start()
     end = max(offsets.values()) + 1
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _committed_offset(kafka_bootstrap, second.config.group_id, topic,
-                                                             partition) < end:
+    while (
+        time.monotonic() < deadline
+        and _committed_offset(kafka_bootstrap, second.config.group_id, topic, partition) < end
+    ):
         time.sleep(0.5)
     done.set()
     thread.join(60)

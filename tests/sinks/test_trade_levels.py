@@ -20,15 +20,29 @@ DAY0 = datetime(2024, 3, 1, tzinfo=UTC)
 
 def trade(agg_id: int, at: datetime, price: float, qty: float, side: str) -> tuple:
     ms = int(at.timestamp() * 1000)
-    return SPEC.to_row({"exchange": "binance", "symbol": "BTCUSDT", "agg_id": agg_id, "price": price, "qty": qty,
-                        "first_trade_id": agg_id, "last_trade_id": agg_id, "event_time": ms, "trade_time": ms,
-                        "receive_time": ms, "taker_side": side})
+    return SPEC.to_row(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "agg_id": agg_id,
+            "price": price,
+            "qty": qty,
+            "first_trade_id": agg_id,
+            "last_trade_id": agg_id,
+            "event_time": ms,
+            "trade_time": ms,
+            "receive_time": ms,
+            "taker_side": side,
+        }
+    )
 
 
 def levels(conn: psycopg.Connection) -> list[tuple]:
     """The table's sums per (minute, price), as the UI reads them (partial rows summed)."""
-    return conn.execute("SELECT open_time, price, sum(bought)::float8, sum(sold)::float8, sum(trade_count) "
-                        "FROM trade_levels_1m GROUP BY 1, 2 HAVING sum(trade_count) <> 0 ORDER BY 1, 2").fetchall()
+    return conn.execute(
+        "SELECT open_time, price, sum(bought)::float8, sum(sold)::float8, sum(trade_count) "
+        "FROM trade_levels_1m GROUP BY 1, 2 HAVING sum(trade_count) <> 0 ORDER BY 1, 2"
+    ).fetchall()
 
 
 def row_count(conn: psycopg.Connection) -> int:
@@ -40,13 +54,18 @@ def recomputed(conn: psycopg.Connection) -> list[tuple]:
         "SELECT date_bin('1 minute', trade_time, TIMESTAMPTZ '2000-01-03 00:00:00+00'), price, "
         "sum(CASE WHEN taker_side = 'BUY' THEN qty::numeric ELSE 0 END)::float8, "
         "sum(CASE WHEN taker_side = 'SELL' THEN qty::numeric ELSE 0 END)::float8, count(*) FROM trades "
-        "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
 
 
 def test_inserts_redeliveries_deletes_and_truncate_keep_the_levels_equal_to_the_trades(plain_db):
     t = DAY0 + timedelta(hours=10)
-    rows = [trade(1, t, 100.0, 0.5, "BUY"), trade(2, t + timedelta(seconds=10), 100.0, 0.25, "SELL"),
-            trade(3, t + timedelta(seconds=20), 100.0, 1.0, "BUY"), trade(4, t + timedelta(seconds=70), 100.1, 2.0, "SELL")]
+    rows = [
+        trade(1, t, 100.0, 0.5, "BUY"),
+        trade(2, t + timedelta(seconds=10), 100.0, 0.25, "SELL"),
+        trade(3, t + timedelta(seconds=20), 100.0, 1.0, "BUY"),
+        trade(4, t + timedelta(seconds=70), 100.1, 2.0, "SELL"),
+    ]
     with psycopg.connect(plain_db) as conn:
         ensure_partitions(conn, "trades", DAY0, DAY0 + timedelta(days=1))
         write_rows(conn, SPEC, rows)
@@ -67,8 +86,10 @@ def test_inserts_redeliveries_deletes_and_truncate_keep_the_levels_equal_to_the_
 
 def exact_levels(conn: psycopg.Connection) -> dict[tuple, tuple]:
     """The table's sums per (minute, price) as numeric text (value and scale), partial rows summed."""
-    rows = conn.execute("SELECT open_time, price, sum(bought)::text, sum(sold)::text, sum(trade_count) "
-                        "FROM trade_levels_1m GROUP BY 1, 2 HAVING sum(trade_count) <> 0").fetchall()
+    rows = conn.execute(
+        "SELECT open_time, price, sum(bought)::text, sum(sold)::text, sum(trade_count) "
+        "FROM trade_levels_1m GROUP BY 1, 2 HAVING sum(trade_count) <> 0"
+    ).fetchall()
     return {(at, price): (Decimal(bought), Decimal(sold), int(n)) for at, price, bought, sold, n in rows}
 
 
@@ -96,17 +117,20 @@ def test_the_triggers_sums_are_exact_per_side_against_a_recomputation(plain_db):
     for i in range(600):
         at = t + timedelta(seconds=rng.randrange(0, 600))
         side = "BUY" if rng.random() < 0.6 else "SELL"
-        price = round(100 + rng.randrange(0, 6) * 0.1, 1) if side == "BUY" else round(99.0 - rng.randrange(0, 3) * 0.1, 1)
+        price = (
+            round(100 + rng.randrange(0, 6) * 0.1, 1) if side == "BUY" else round(99.0 - rng.randrange(0, 3) * 0.1, 1)
+        )
         written.append((i + 1, at, price, rng.choice([0.001, 0.013, 0.25, 1.5, 2.125, 0.3333, 7.0]), side))
     with psycopg.connect(plain_db) as conn:
         ensure_partitions(conn, "trades", DAY0, DAY0 + timedelta(days=1))
         for lo in range(0, len(written), 150):  # four statements: several partial rows per key
-            write_rows(conn, SPEC, [trade(*w) for w in written[lo:lo + 150]])
+            write_rows(conn, SPEC, [trade(*w) for w in written[lo : lo + 150]])
         conn.commit()
         got, want = exact_levels(conn), decimal_sums([w[1:] for w in written])
         assert got == want
-        assert {k: tuple(v.as_tuple().exponent for v in s[:2]) for k, s in got.items()} == \
-            {k: tuple(v.as_tuple().exponent for v in s[:2]) for k, s in want.items()}  # the same scale
+        assert {k: tuple(v.as_tuple().exponent for v in s[:2]) for k, s in got.items()} == {
+            k: tuple(v.as_tuple().exponent for v in s[:2]) for k, s in want.items()
+        }  # the same scale
         assert any(s[0] == 0 for s in want.values()) and any(s[1] == 0 for s in want.values())
         gone = {w[0] for w in written if w[0] % 3 == 0}
         conn.execute("DELETE FROM trades WHERE agg_id = ANY(%s)", (sorted(gone),))
@@ -126,8 +150,10 @@ def test_the_sinks_maintenance_compacts_the_days_it_wrote(plain_db):
         single = conn.execute("SELECT ctid FROM trade_levels_1m WHERE price = 99.0").fetchone()[0]
         assert row_count(conn) == 5
         assert compact_written_days(conn, datetime.now(UTC) - timedelta(hours=1)) == 1  # the one merged row
-        assert row_count(conn) == 2 and levels(conn) == recomputed(conn) == [(t - timedelta(minutes=1), 99.0, 0.0, 1.0, 1),
-                                                                            (t, 100.0, 2.0, 0.0, 4)]
+        assert row_count(conn) == 2 and levels(conn) == recomputed(conn) == [
+            (t - timedelta(minutes=1), 99.0, 0.0, 1.0, 1),
+            (t, 100.0, 2.0, 0.0, 4),
+        ]
         # the key that had one row was not rewritten; a second pass has nothing to merge
         assert conn.execute("SELECT ctid FROM trade_levels_1m WHERE price = 99.0").fetchone()[0] == single
         assert compact_written_days(conn, datetime.now(UTC) - timedelta(hours=1)) == 0 and row_count(conn) == 2
@@ -136,14 +162,23 @@ def test_the_sinks_maintenance_compacts_the_days_it_wrote(plain_db):
 def test_rows_moved_out_of_the_default_partition_count_once_and_retention_drops_their_days(plain_db):
     with psycopg.connect(plain_db) as conn:
         # no partition for these days yet: the rows land in trades_default
-        write_rows(conn, SPEC, [trade(1, DAY0 + timedelta(hours=1), 50.0, 1.0, "BUY"),
-                                trade(2, DAY0 + timedelta(days=1, hours=1), 51.0, 2.0, "SELL")])
+        write_rows(
+            conn,
+            SPEC,
+            [
+                trade(1, DAY0 + timedelta(hours=1), 50.0, 1.0, "BUY"),
+                trade(2, DAY0 + timedelta(days=1, hours=1), 51.0, 2.0, "SELL"),
+            ],
+        )
         conn.commit()
         ensure_partitions(conn, "trades", DAY0, DAY0 + timedelta(days=1, hours=2))  # moves them out of DEFAULT
         conn.commit()
         assert conn.execute("SELECT count(*) FROM trades_default").fetchone()[0] == 0
-        assert levels(conn) == recomputed(conn) == [(DAY0 + timedelta(hours=1), 50.0, 1.0, 0.0, 1),
-                                                    (DAY0 + timedelta(days=1, hours=1), 51.0, 0.0, 2.0, 1)]
+        assert (
+            levels(conn)
+            == recomputed(conn)
+            == [(DAY0 + timedelta(hours=1), 50.0, 1.0, 0.0, 1), (DAY0 + timedelta(days=1, hours=1), 51.0, 0.0, 2.0, 1)]
+        )
         now = DAY0 + timedelta(days=30)
         dropped = drop_expired(conn, RetentionPolicy("trades", timedelta(days=29), None, True), now, now)
         assert dropped == ["trades_p20240301"]
@@ -162,9 +197,16 @@ def test_trades_stored_before_the_migration_are_summed_later_one_day_at_a_time(d
     t, late = DAY0 + timedelta(hours=10), DAY0 + timedelta(days=5, hours=1)
     with psycopg.connect(database) as conn:
         ensure_partitions(conn, "trades", DAY0, DAY0 + timedelta(days=1))
-        write_rows(conn, SPEC, [trade(1, t, 100.0, 0.5, "BUY"), trade(2, t + timedelta(seconds=5), 100.0, 0.25, "SELL"),
-                                trade(3, t + timedelta(minutes=1), 100.1, 2.0, "SELL"),
-                                trade(4, late, 90.0, 1.0, "BUY")])  # no partition for that day: DEFAULT
+        write_rows(
+            conn,
+            SPEC,
+            [
+                trade(1, t, 100.0, 0.5, "BUY"),
+                trade(2, t + timedelta(seconds=5), 100.0, 0.25, "SELL"),
+                trade(3, t + timedelta(minutes=1), 100.1, 2.0, "SELL"),
+                trade(4, late, 90.0, 1.0, "BUY"),
+            ],
+        )  # no partition for that day: DEFAULT
     monkeypatch.setattr(mig, "load_migrations", lambda: every)
     mig.migrate(database, engine_extension=None)
     with psycopg.connect(database, autocommit=True) as conn:
@@ -174,5 +216,12 @@ def test_trades_stored_before_the_migration_are_summed_later_one_day_at_a_time(d
         conn.execute("SET ROLE tapeflow_writer")  # as the sink runs it
         assert backfill_pending(conn) == 2
         assert pending_days(conn) == [] and backfill_pending(conn) == 0
-        assert levels(conn) == recomputed(conn) == [(t, 100.0, 1.5, 0.25, 3), (t + timedelta(minutes=1), 100.1, 0.0, 2.0, 1),
-                                                    (late.replace(minute=0), 90.0, 1.0, 0.0, 1)]
+        assert (
+            levels(conn)
+            == recomputed(conn)
+            == [
+                (t, 100.0, 1.5, 0.25, 3),
+                (t + timedelta(minutes=1), 100.1, 0.0, 2.0, 1),
+                (late.replace(minute=0), 90.0, 1.0, 0.0, 1),
+            ]
+        )

@@ -34,8 +34,12 @@ from tests.support.watchlist_trading import (
 
 pytestmark = pytest.mark.integration
 
-SAMPLES = {"xv.signals": XV_SIGNAL, "xv.orders": XV_LEG_ORDER, "xv.funding": XV_FUNDING_PAYMENT,
-           "xv.pairs": XV_PAIR_EVENT}
+SAMPLES = {
+    "xv.signals": XV_SIGNAL,
+    "xv.orders": XV_LEG_ORDER,
+    "xv.funding": XV_FUNDING_PAYMENT,
+    "xv.pairs": XV_PAIR_EVENT,
+}
 TABLES = ("xv_signals", "xv_leg_orders", "xv_funding_payments", "xv_pair_events")
 
 
@@ -83,8 +87,7 @@ def test_each_record_written_twice_is_stored_once(db):
 
 def _pair_event(pair_id: str, seq: int, status: str, **changes) -> dict:
     t0 = XV_PAIR_EVENT["opened_ms"]
-    return dict(XV_PAIR_EVENT, pair_id=pair_id, seq=seq, status=status, event_time=t0 + (seq - 1) * HOUR,
-                **changes)
+    return dict(XV_PAIR_EVENT, pair_id=pair_id, seq=seq, status=status, event_time=t0 + (seq - 1) * HOUR, **changes)
 
 
 def test_pairs_latest_is_the_highest_seq_of_each_pair(db):
@@ -101,10 +104,13 @@ def test_pairs_latest_is_the_highest_seq_of_each_pair(db):
         assert write_rows(conn, spec, [spec.to_row(decoded("xv.pairs", e)) for e in events]) == 5
         assert write_rows(conn, spec, [spec.to_row(decoded("xv.pairs", events[1]))]) == 0
         conn.commit()
-        latest = conn.execute("SELECT pair_id, seq, status, close_reason, closed_time IS NULL, net_usd "
-                              "FROM xv_pairs_latest ORDER BY pair_id").fetchall()
-    assert sorted(r[:5] for r in latest) == sorted([(PAIR_ID, 3, "closed", "convergence", False),
-                                                    (other, 2, "unwinding", None, True)])
+        latest = conn.execute(
+            "SELECT pair_id, seq, status, close_reason, closed_time IS NULL, net_usd "
+            "FROM xv_pairs_latest ORDER BY pair_id"
+        ).fetchall()
+    assert sorted(r[:5] for r in latest) == sorted(
+        [(PAIR_ID, 3, "closed", "convergence", False), (other, 2, "unwinding", None, True)]
+    )
     assert [float(r[5]) for r in latest if r[0] == PAIR_ID] == [XV_PAIR_EVENT["net_usd"]]
 
 
@@ -115,11 +121,25 @@ def test_the_sink_stores_each_redelivered_record_once_in_its_own_partition(kafka
         for topic, record in SAMPLES.items():
             producer.produce(topic_prefix + topic, key=record["coin"].encode(), value=SERDE.encode(topic, record))
     assert producer.flush(15) == 0
-    sink = TopicSink(SinkConfig(topics=list(SAMPLES), topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink",
-                                batch_rows=500, batch_ms=100, max_backoff_s=1.0), kafka_bootstrap, plain_db, SERDE)
+    sink = TopicSink(
+        SinkConfig(
+            topics=list(SAMPLES),
+            topic_prefix=topic_prefix,
+            group_id=f"{topic_prefix}sink",
+            batch_rows=500,
+            batch_ms=100,
+            max_backoff_s=1.0,
+        ),
+        kafka_bootstrap,
+        plain_db,
+        SERDE,
+    )
     deadline = time.monotonic() + 60
-    thread = threading.Thread(target=sink.run, daemon=True, kwargs={
-        "should_stop": lambda: sink.metrics.records._value.get() >= 8 or time.monotonic() > deadline})
+    thread = threading.Thread(
+        target=sink.run,
+        daemon=True,
+        kwargs={"should_stop": lambda: sink.metrics.records._value.get() >= 8 or time.monotonic() > deadline},
+    )
     thread.start()
     thread.join(90)
     assert not thread.is_alive()

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde, frame_header
-from stream_apps.core.events import BookLevels, BookRecord, book_from_record, book_levels
 from stream_apps.book_decode import LAYOUT, BookDecoder, decode_book, layout
+from stream_apps.core.events import BookLevels, BookRecord, book_from_record, book_levels
 from stream_apps.faust_app.inputs import decode_partition
 from tests.support.avro import zigzag_varint
 from tests.support.fuzz import FUZZ
@@ -43,9 +43,17 @@ def record(rng: np.random.Generator, n_bids: int, n_asks: int, symbol: str = "BT
             if rng.random() < 0.1:
                 level["qty" if rng.random() < 0.5 else "price"] = float(rng.choice(ODD))
         return levels
-    return {"exchange": "binance", "symbol": symbol, "last_update_id": int(rng.integers(0, 2**62)),
-            "event_time": 1_700_000_000_000 + int(rng.integers(-10**6, 10**9)), "receive_time": 1_700_000_000_050,
-            "bids": side(n_bids, -1.0), "asks": side(n_asks, 1.0), "obi_10": float(rng.uniform(-1, 1))}
+
+    return {
+        "exchange": "binance",
+        "symbol": symbol,
+        "last_update_id": int(rng.integers(0, 2**62)),
+        "event_time": 1_700_000_000_000 + int(rng.integers(-(10**6), 10**9)),
+        "receive_time": 1_700_000_000_050,
+        "bids": side(n_bids, -1.0),
+        "asks": side(n_asks, 1.0),
+        "obi_10": float(rng.uniform(-1, 1)),
+    }
 
 
 def slow(data: bytes):
@@ -79,33 +87,57 @@ def test_arrays_in_several_blocks_with_and_without_their_size():
     rec = record(rng, 7, 5)
     header = frame_header(SERDE.schema_id("md.book"))
     head = io.BytesIO()
-    schemaless_writer(head, parse_schema({"type": "record", "name": "H", "fields": [
-        {"name": "exchange", "type": "string"}, {"name": "symbol", "type": "string"},
-        {"name": "last_update_id", "type": "long"}, {"name": "event_time", "type": "long"},
-        {"name": "receive_time", "type": "long"}]}), rec)
+    schemaless_writer(
+        head,
+        parse_schema(
+            {
+                "type": "record",
+                "name": "H",
+                "fields": [
+                    {"name": "exchange", "type": "string"},
+                    {"name": "symbol", "type": "string"},
+                    {"name": "last_update_id", "type": "long"},
+                    {"name": "event_time", "type": "long"},
+                    {"name": "receive_time", "type": "long"},
+                ],
+            }
+        ),
+        rec,
+    )
 
     def levels(items, cuts, sized):
         body = b""
         for lo, hi in zip([0, *cuts], [*cuts, len(items)]):
             payload = b"".join(np.array([lv["price"], lv["qty"]], dtype="<f8").tobytes() for lv in items[lo:hi])
-            body += (zigzag_varint(-(hi - lo)) + zigzag_varint(len(payload)) if sized else zigzag_varint(hi - lo)) + payload
+            body += (
+                zigzag_varint(-(hi - lo)) + zigzag_varint(len(payload)) if sized else zigzag_varint(hi - lo)
+            ) + payload
         return body + zigzag_varint(0)
 
-    data = (header + head.getvalue() + levels(rec["bids"], [2, 3], sized=True) + levels(rec["asks"], [4], sized=False)
-            + np.float64(rec["obi_10"]).astype("<f8").tobytes())
+    data = (
+        header
+        + head.getvalue()
+        + levels(rec["bids"], [2, 3], sized=True)
+        + levels(rec["asks"], [4], sized=False)
+        + np.float64(rec["obi_10"]).astype("<f8").tobytes()
+    )
     assert json.dumps(SERDE.decode(data), sort_keys=True) == json.dumps(rec, sort_keys=True)  # valid, as fastavro reads
     same(decode_book(data), data)
 
 
 @settings(FUZZ, max_examples=300)
-@given(seed=st.integers(0, 2**32 - 1), edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
-                                                     max_size=4), cut=st.integers(0, 10_000), extra=st.binary(max_size=3))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 10_000),
+    extra=st.binary(max_size=3),
+)
 def test_a_damaged_body_fails_where_the_serde_fails_and_agrees_where_it_reads(seed, edits, cut, extra):
     rng = np.random.default_rng(seed)
     data = bytearray(SERDE.encode("md.book", record(rng, int(rng.integers(0, 6)), int(rng.integers(0, 6)))))
     for at, byte in edits:
         data[5 + at % (len(data) - 5)] = byte  # the body; the header is the serde's business
-    data = bytes(data[:5 + cut % (len(data) - 4)]) + extra
+    data = bytes(data[: 5 + cut % (len(data) - 4)]) + extra
     try:
         slow(data)
     except Exception:  # noqa: BLE001 - whatever the serde raises, the fast reader must raise too
@@ -117,11 +149,16 @@ def test_a_damaged_body_fails_where_the_serde_fails_and_agrees_where_it_reads(se
 
 def test_another_writer_layout_goes_through_the_serde():
     current = SERDE.registry.schema_for(SERDE.schema_id("md.book"))
-    swapped = {**current, "fields": [f for f in current["fields"] if f["name"] != "bids"]
-               + [f for f in current["fields"] if f["name"] == "bids"]}  # bids moved last: another layout
+    swapped = {
+        **current,
+        "fields": [f for f in current["fields"] if f["name"] != "bids"]
+        + [f for f in current["fields"] if f["name"] == "bids"],
+    }  # bids moved last: another layout
     swapped["fields"][-1] = {**swapped["fields"][-1], "type": {"type": "array", "items": "PriceLevel"}}
-    swapped["fields"][5] = {**swapped["fields"][5], "type": next(f["type"] for f in current["fields"]
-                                                                  if f["name"] == "bids")}
+    swapped["fields"][5] = {
+        **swapped["fields"][5],
+        "type": next(f["type"] for f in current["fields"] if f["name"] == "bids"),
+    }
     assert layout(swapped) != LAYOUT
     files = FileSchemaRegistry()
     registry = SimpleNamespace(id_for=files.id_for, schema_for=lambda i: swapped if i == 999 else files.schema_for(i))

@@ -35,23 +35,42 @@ def _fields(agg_id: int, day: date) -> tuple[int, int, int, int, int, bool]:
 
 def csv_row(agg_id: int, day: date) -> str:
     price_cents, qty_milli, first, last, ts, buyer_maker = _fields(agg_id, day)
-    return (f"{agg_id},{price_cents // 100}.{price_cents % 100:02d},{qty_milli // 1000}.{qty_milli % 1000:03d},"
-            f"{first},{last},{ts},{'true' if buyer_maker else 'false'}")
+    return (
+        f"{agg_id},{price_cents // 100}.{price_cents % 100:02d},{qty_milli // 1000}.{qty_milli % 1000:03d},"
+        f"{first},{last},{ts},{'true' if buyer_maker else 'false'}"
+    )
 
 
 def expected_record(agg_id: int, day: date, receive_time: int, symbol: str = "BTCUSDT") -> dict:
     price_cents, qty_milli, first, last, ts, buyer_maker = _fields(agg_id, day)
-    return {"exchange": "binance", "symbol": symbol, "agg_id": agg_id, "price": price_cents / 100,
-            "qty": qty_milli / 1000, "first_trade_id": first, "last_trade_id": last, "event_time": ts,
-            "trade_time": ts, "receive_time": receive_time, "taker_side": "SELL" if buyer_maker else "BUY"}
+    return {
+        "exchange": "binance",
+        "symbol": symbol,
+        "agg_id": agg_id,
+        "price": price_cents / 100,
+        "qty": qty_milli / 1000,
+        "first_trade_id": first,
+        "last_trade_id": last,
+        "event_time": ts,
+        "trade_time": ts,
+        "receive_time": receive_time,
+        "taker_side": "SELL" if buyer_maker else "BUY",
+    }
 
 
 def stem(symbol: str, day: date) -> str:
     return f"{symbol}-aggTrades-{day.isoformat()}"
 
 
-def write_zip(directory: Path, symbol: str, day: date, lines: list[str], *,
-              compression: int = zipfile.ZIP_DEFLATED, checksum: str | None = "auto") -> Path:
+def write_zip(
+    directory: Path,
+    symbol: str,
+    day: date,
+    lines: list[str],
+    *,
+    compression: int = zipfile.ZIP_DEFLATED,
+    checksum: str | None = "auto",
+) -> Path:
     """`<stem>.zip` holding `<stem>.csv`; with `<stem>.zip.CHECKSUM` unless checksum is None."""
     path = directory / f"{stem(symbol, day)}.zip"
     with zipfile.ZipFile(path, "w", compression=compression) as zf:

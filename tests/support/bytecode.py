@@ -28,8 +28,21 @@ from pathlib import Path
 from tests.support.paths import REPO
 
 #: the packages the services and the CLI import (tests/test_layers.py's layers) and the tests' helpers
-PACKAGES = ("schemas", "tapeflow_runtime", "producers", "sinks", "stream_apps", "fake_exchange", "tapeflow_notify",
-            "execution", "backtest", "tapeflow_ui", "tapeflow", "benchmarks", "tests/support")
+PACKAGES = (
+    "schemas",
+    "tapeflow_runtime",
+    "producers",
+    "sinks",
+    "stream_apps",
+    "fake_exchange",
+    "tapeflow_notify",
+    "execution",
+    "backtest",
+    "tapeflow_ui",
+    "tapeflow",
+    "benchmarks",
+    "tests/support",
+)
 
 
 def write_bytecode(config) -> None:
@@ -76,4 +89,3 @@ def _test_modules(config) -> list[Path]:
             found.add(path)
             found.update(c for c in (d / "conftest.py" for d in path.parents) if c.is_file())
     return sorted(p for p in found if p.suffix == ".py" and REPO in p.parents)
-

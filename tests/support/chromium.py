@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-         "--hide-scrollbars", "--disable-extensions", "--mute-audio"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--disable-extensions",
+    "--mute-audio",
+]
 
 
 def _env(profile: str) -> dict[str, str]:
@@ -34,8 +42,14 @@ def _env(profile: str) -> dict[str, str]:
 
 def run_chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="tapeflow-chromium-") as profile:
-        return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                              text=True, timeout=timeout, check=True, env=_env(profile))
+        return subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+            env=_env(profile),
+        )
 
 
 def dump_dom(page: Path) -> str:
@@ -44,8 +58,9 @@ def dump_dom(page: Path) -> str:
 
 
 def screenshot(page: Path, out: Path, width: int = 1400, height: int = 2400) -> Path:
-    run_chromium("--virtual-time-budget=3000", f"--window-size={width},{height}", f"--screenshot={out}",
-                 page.resolve().as_uri())
+    run_chromium(
+        "--virtual-time-budget=3000", f"--window-size={width},{height}", f"--screenshot={out}", page.resolve().as_uri()
+    )
     return out
 
 
@@ -62,9 +77,20 @@ class DevTools:
 
         self._profile = tempfile.mkdtemp(prefix="tapeflow-chromium-")
         self.proc = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={self._profile}", "--remote-debugging-address=127.0.0.1",
-             "--remote-debugging-port=0", f"--window-size={self._size[0]},{self._size[1]}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(self._profile))
+            [
+                CHROMIUM,
+                *FLAGS,
+                f"--user-data-dir={self._profile}",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                f"--window-size={self._size[0]},{self._size[1]}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(self._profile),
+        )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stderr], daemon=True).start()
         self._stack = contextlib.ExitStack()
@@ -76,15 +102,16 @@ class DevTools:
                 try:
                     line = lines.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
-                    raise RuntimeError(f"chromium did not open its DevTools endpoint within 30 s (exit code "
-                                       f"{self.proc.poll()}; its stderr: {seen[-5:]})") from None
+                    raise RuntimeError(
+                        f"chromium did not open its DevTools endpoint within 30 s (exit code "
+                        f"{self.proc.poll()}; its stderr: {seen[-5:]})"
+                    ) from None
                 seen.append(line.strip()[:200])
                 m = re.search(r"DevTools listening on (ws://\S+)", line)
                 url = m.group(1) if m else None
             self.ws = self._stack.enter_context(connect(url, max_size=None, open_timeout=10))
             target = self.call("Target.createTarget", session=False, url="about:blank")["targetId"]
-            self.session = self.call("Target.attachToTarget", session=False, targetId=target,
-                                     flatten=True)["sessionId"]
+            self.session = self.call("Target.attachToTarget", session=False, targetId=target, flatten=True)["sessionId"]
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -157,8 +184,13 @@ class DevTools:
 
         metrics = self.call("Page.getLayoutMetrics")
         size = metrics.get("cssContentSize") or metrics["contentSize"]
-        self.call("Emulation.setDeviceMetricsOverride", width=int(size["width"]), height=int(size["height"]),
-                  deviceScaleFactor=1, mobile=False)
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=int(size["width"]),
+            height=int(size["height"]),
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         try:
             self.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(1))))")
             data = self.call("Page.captureScreenshot", format="png")["data"]
@@ -175,9 +207,11 @@ class DevTools:
 
     def rect(self, selector: str) -> dict[str, float]:
         """Viewport rectangle of an element, scrolled into view first."""
-        return self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-                             "e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-                             "return {x: r.x, y: r.y, width: r.width, height: r.height}; })()")
+        return self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            "e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            "return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
+        )
 
     def mouse(self, kind: str, x: float, y: float, buttons: int = 0, button: str = "none") -> None:
         self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, buttons=buttons, button=button, clickCount=1)
@@ -188,10 +222,16 @@ class DevTools:
 
     def blocked(self) -> dict[str, str]:
         """URL -> why the browser refused to load it (e.g. "csp")."""
-        urls = {ev["params"]["requestId"]: ev["params"]["request"]["url"]
-                for ev in self.events if ev["method"] == "Network.requestWillBeSent"}
-        return {urls[ev["params"]["requestId"]]: ev["params"].get("blockedReason", ev["params"].get("errorText"))
-                for ev in self.events if ev["method"] == "Network.loadingFailed" and ev["params"]["requestId"] in urls}
+        urls = {
+            ev["params"]["requestId"]: ev["params"]["request"]["url"]
+            for ev in self.events
+            if ev["method"] == "Network.requestWillBeSent"
+        }
+        return {
+            urls[ev["params"]["requestId"]]: ev["params"].get("blockedReason", ev["params"].get("errorText"))
+            for ev in self.events
+            if ev["method"] == "Network.loadingFailed" and ev["params"]["requestId"] in urls
+        }
 
     def problems(self) -> list[str]:
         """Uncaught exceptions, console errors and browser log errors (CSP violations land there)."""

@@ -28,12 +28,30 @@ from tapeflow_runtime.settings import Settings
 
 def synthetic_argv(s: SyntheticSpec, ws_port: int, rest_port: int) -> list[str]:
     """The fake exchange's command line for the synthetic session ``s`` on these ports."""
-    return [sys.executable, "-m", "fake_exchange", "--synthetic-seed", str(s.seed),
-            "--synthetic-symbols", ",".join(s.symbols), "--synthetic-duration", str(s.duration_s),
-            "--synthetic-trades-per-s", str(s.trades_per_s), "--synthetic-burstiness", str(s.burstiness),
-            "--synthetic-depth-interval-ms", str(s.depth_interval_ms),
-            *(["--synthetic-rates", ",".join(f"{k}={v:g}" for k, v in s.rates.items())] if s.rates else []),
-            "--synthetic-start", str(s.start_time), "--ws-port", str(ws_port), "--rest-port", str(rest_port)]
+    return [
+        sys.executable,
+        "-m",
+        "fake_exchange",
+        "--synthetic-seed",
+        str(s.seed),
+        "--synthetic-symbols",
+        ",".join(s.symbols),
+        "--synthetic-duration",
+        str(s.duration_s),
+        "--synthetic-trades-per-s",
+        str(s.trades_per_s),
+        "--synthetic-burstiness",
+        str(s.burstiness),
+        "--synthetic-depth-interval-ms",
+        str(s.depth_interval_ms),
+        *(["--synthetic-rates", ",".join(f"{k}={v:g}" for k, v in s.rates.items())] if s.rates else []),
+        "--synthetic-start",
+        str(s.start_time),
+        "--ws-port",
+        str(ws_port),
+        "--rest-port",
+        str(rest_port),
+    ]
 
 
 class SyntheticExchange(FakeExchangeService):
@@ -46,9 +64,20 @@ class SyntheticExchange(FakeExchangeService):
         self.spec, self.start = spec, start
 
     def prepare(self) -> Launch:
-        return Launch(argv=[*synthetic_argv(self.spec, self.ws_port, self.rest_port), "--speed", "1",
-                            "--start", self.start, "--aggtrades-visibility", "replayed", "--log-level", "WARNING"],
-                      address=f"{HOST}:{self.rest_port}")
+        return Launch(
+            argv=[
+                *synthetic_argv(self.spec, self.ws_port, self.rest_port),
+                "--speed",
+                "1",
+                "--start",
+                self.start,
+                "--aggtrades-visibility",
+                "replayed",
+                "--log-level",
+                "WARNING",
+            ],
+            address=f"{HOST}:{self.rest_port}",
+        )
 
 
 class SyntheticReplay(FakeExchangeService):
@@ -60,9 +89,18 @@ class SyntheticReplay(FakeExchangeService):
         self.spec, self.speed = spec, speed
 
     def prepare(self) -> Launch:
-        return Launch(argv=[*synthetic_argv(self.spec, self.ws_port, self.rest_port), "--speed", self.speed,
-                            "--rest-clock", "recording", "--log-level", "WARNING"],
-                      address=f"{HOST}:{self.rest_port}")
+        return Launch(
+            argv=[
+                *synthetic_argv(self.spec, self.ws_port, self.rest_port),
+                "--speed",
+                self.speed,
+                "--rest-clock",
+                "recording",
+                "--log-level",
+                "WARNING",
+            ],
+            address=f"{HOST}:{self.rest_port}",
+        )
 
 
 class SyntheticReplayProducer(ProducerService):
@@ -71,8 +109,9 @@ class SyntheticReplayProducer(ProducerService):
 
     def prepare(self) -> Launch:
         launch = super().prepare()
-        return Launch(argv=[a for a in launch.argv if a != "--symbols-from-recording"], address=launch.address,
-                      env=launch.env)
+        return Launch(
+            argv=[a for a in launch.argv if a != "--symbols-from-recording"], address=launch.address, env=launch.env
+        )
 
 
 class LiveProducer(ProducerService):
@@ -85,8 +124,11 @@ class LiveProducer(ProducerService):
     def prepare(self) -> Launch:
         launch = super().prepare()
         ws, rest = f"ws://{HOST}:{self.exchange.ws_port}", f"http://{HOST}:{self.exchange.rest_port}"
-        return Launch(argv=[*launch.argv, "--ws-url", ws, "--rest-url", rest, "--spot-url", rest,
-                            "--coinbase-url", rest], address=launch.address, env=launch.env)
+        return Launch(
+            argv=[*launch.argv, "--ws-url", ws, "--rest-url", rest, "--spot-url", rest, "--coinbase-url", rest],
+            address=launch.address,
+            env=launch.env,
+        )
 
 
 @dataclass
@@ -106,8 +148,9 @@ class RunningStack:
 
     def trades_stored(self, symbol: str) -> tuple[int, int, int | None, int | None]:
         """(rows, distinct agg ids, min agg id, max agg id) of ``symbol`` in the database."""
-        return self.query("SELECT count(*), count(DISTINCT agg_id), min(agg_id), max(agg_id) FROM trades "
-                          "WHERE symbol = %s", symbol)[0]
+        return self.query(
+            "SELECT count(*), count(DISTINCT agg_id), min(agg_id), max(agg_id) FROM trades WHERE symbol = %s", symbol
+        )[0]
 
     def service_pid(self, name: str) -> int | None:
         run = self.sup.running.get(name)
@@ -149,8 +192,15 @@ def supervised(sup, poll_s: float):
 
 
 @contextlib.contextmanager
-def live_stack(home: Path, spec: SyntheticSpec, *, env: dict[str, str] | None = None, start: str = "first_subscriber",
-               startup_timeout_s: float = 60.0, replay_speed: str | None = None) -> Iterator[RunningStack]:
+def live_stack(
+    home: Path,
+    spec: SyntheticSpec,
+    *,
+    env: dict[str, str] | None = None,
+    start: str = "first_subscriber",
+    startup_timeout_s: float = 60.0,
+    replay_speed: str | None = None,
+) -> Iterator[RunningStack]:
     """Start the stack (broker, database, sink, engine, executor, fake exchange, live producer) under
     ``home``; supervise it on a thread until the block ends.
     ``start="session_time"`` plays each frame at its own receive time (event times = the wall clock's).
@@ -165,8 +215,14 @@ def live_stack(home: Path, spec: SyntheticSpec, *, env: dict[str, str] | None = 
     try:
         paths = StackPaths(home)
         paths.ensure()
-        settings = Settings(home=home, broker=None, database_url=None, symbols=list(spec.symbols),
-                            warm_start_hours=0, startup_timeout_s=startup_timeout_s)
+        settings = Settings(
+            home=home,
+            broker=None,
+            database_url=None,
+            symbols=list(spec.symbols),
+            warm_start_hours=0,
+            startup_timeout_s=startup_timeout_s,
+        )
         probe = Supervisor(settings, paths, say=say)  # the services `up` would run
         services = [s for s in probe.services if s.name not in ("producer", "fake-exchange")]
         if replay_speed is None:
@@ -186,4 +242,3 @@ def live_stack(home: Path, spec: SyntheticSpec, *, env: dict[str, str] | None = 
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-

@@ -27,8 +27,9 @@ def session_records(records_by_topic: dict[str, Iterable[dict]]) -> list[Session
     return out
 
 
-def direct_engine_outputs(records: Sequence[SessionRecord], strategies: Sequence[StrategyConfig],
-                          params: EngineParams | None = None) -> dict[str, list[dict]]:
+def direct_engine_outputs(
+    records: Sequence[SessionRecord], strategies: Sequence[StrategyConfig], params: EngineParams | None = None
+) -> dict[str, list[dict]]:
     out = Engine(strategies, params).process(*engine_inputs(records))
     newest: dict[str, int] = defaultdict(int)
     for r in records:
@@ -37,14 +38,19 @@ def direct_engine_outputs(records: Sequence[SessionRecord], strategies: Sequence
     def reached(record: dict, field: str) -> bool:
         return record[field] <= newest[f"{record['exchange']}:{record['symbol']}"]
 
-    return {"bars.1m": [b for b in out.bars if reached(b, "close_time")],
-            "features": [f for f in out.features if reached(f, "eval_time")],
-            "signals": [s for s in out.signals if reached(s, "eval_time")]}
+    return {
+        "bars.1m": [b for b in out.bars if reached(b, "close_time")],
+        "features": [f for f in out.features if reached(f, "eval_time")],
+        "signals": [s for s in out.signals if reached(s, "eval_time")],
+    }
 
 
 def canonical(outputs: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Outputs in one order (by symbol, time, strategy, direction), so runs can be compared with ==."""
     order = {"bars.1m": "open_time", "features": "eval_time", "signals": "eval_time"}
-    return {topic: sorted(values, key=lambda r: (r["symbol"], r[order[topic]], r.get("strategy", ""),
-                                                 r.get("direction") or ""))
-            for topic, values in outputs.items()}
+    return {
+        topic: sorted(
+            values, key=lambda r: (r["symbol"], r[order[topic]], r.get("strategy", ""), r.get("direction") or "")
+        )
+        for topic, values in outputs.items()
+    }

@@ -20,45 +20,94 @@ T0 = 1_790_000_000_000  # 2026-09-21T13:33:20Z, a fixed event time
 EXCHANGE, SYMBOL = "binance", "BTCUSDT"
 
 
-def signal_record(*, direction: str = "LONG", price: float = 100.0, risk: float = 2.0, tp1_r: float = 1.0,
-                  tp2_r: float = 2.0, tier: str = "standard", strategy: str = "v53", eval_time: int = T0,
-                  symbol: str = SYMBOL, is_flip: bool = False, signal_id: str | None = None,
-                  timeout_ms: int | None = None) -> dict[str, Any]:
+def signal_record(
+    *,
+    direction: str = "LONG",
+    price: float = 100.0,
+    risk: float = 2.0,
+    tp1_r: float = 1.0,
+    tp2_r: float = 2.0,
+    tier: str = "standard",
+    strategy: str = "v53",
+    eval_time: int = T0,
+    symbol: str = SYMBOL,
+    is_flip: bool = False,
+    signal_id: str | None = None,
+    timeout_ms: int | None = None,
+) -> dict[str, Any]:
     """A signal record; `timeout_ms` None is what a signal written before signals carried their
     strategy's timeout decodes to (the executor then applies its own setting)."""
     sign = 1 if direction == "LONG" else -1
     sid = signal_id or f"{strategy}:abc123:{EXCHANGE}:{symbol}:{eval_time}:{direction}"
-    return {"signal_id": sid, "strategy": strategy, "strategy_version": "1.0", "config_hash": "abc123",
-            "exchange": EXCHANGE, "symbol": symbol, "eval_time": eval_time, "direction": direction, "tier": tier,
-            "score": 80.0, "factors": {"direction": 40.0}, "price": price, "atr": risk / 1.5,
-            "risk_distance": risk, "sl_price": price - sign * risk, "tp1_price": price + sign * tp1_r * risk,
-            "tp2_price": price + sign * tp2_r * risk, "sl_r": 1.0, "tp1_r": tp1_r, "tp2_r": tp2_r,
-            "is_flip": is_flip, "timeout_ms": timeout_ms}
+    return {
+        "signal_id": sid,
+        "strategy": strategy,
+        "strategy_version": "1.0",
+        "config_hash": "abc123",
+        "exchange": EXCHANGE,
+        "symbol": symbol,
+        "eval_time": eval_time,
+        "direction": direction,
+        "tier": tier,
+        "score": 80.0,
+        "factors": {"direction": 40.0},
+        "price": price,
+        "atr": risk / 1.5,
+        "risk_distance": risk,
+        "sl_price": price - sign * risk,
+        "tp1_price": price + sign * tp1_r * risk,
+        "tp2_price": price + sign * tp2_r * risk,
+        "sl_r": 1.0,
+        "tp1_r": tp1_r,
+        "tp2_r": tp2_r,
+        "is_flip": is_flip,
+        "timeout_ms": timeout_ms,
+    }
 
 
 _AGG = [1000]
 
 
-def trade_record(price: float, t: int, *, qty: float = 1.0, symbol: str = SYMBOL, taker_side: str = "BUY",
-                 agg_id: int | None = None) -> dict[str, Any]:
+def trade_record(
+    price: float, t: int, *, qty: float = 1.0, symbol: str = SYMBOL, taker_side: str = "BUY", agg_id: int | None = None
+) -> dict[str, Any]:
     if agg_id is None:
         _AGG[0] += 1
         agg_id = _AGG[0]
-    return {"exchange": EXCHANGE, "symbol": symbol, "agg_id": agg_id, "price": price, "qty": qty,
-            "first_trade_id": agg_id * 2, "last_trade_id": agg_id * 2, "event_time": t, "trade_time": t,
-            "receive_time": t, "taker_side": taker_side}
+    return {
+        "exchange": EXCHANGE,
+        "symbol": symbol,
+        "agg_id": agg_id,
+        "price": price,
+        "qty": qty,
+        "first_trade_id": agg_id * 2,
+        "last_trade_id": agg_id * 2,
+        "event_time": t,
+        "trade_time": t,
+        "receive_time": t,
+        "taker_side": taker_side,
+    }
 
 
 def book_record(bid: float, ask: float, t: int, symbol: str = SYMBOL) -> dict[str, Any]:
-    return {"exchange": EXCHANGE, "symbol": symbol, "last_update_id": t, "event_time": t, "receive_time": t,
-            "bids": [{"price": bid, "qty": 1.0}], "asks": [{"price": ask, "qty": 1.0}], "obi_10": 0.0}
+    return {
+        "exchange": EXCHANGE,
+        "symbol": symbol,
+        "last_update_id": t,
+        "event_time": t,
+        "receive_time": t,
+        "bids": [{"price": bid, "qty": 1.0}],
+        "asks": [{"price": ask, "qty": 1.0}],
+        "obi_10": 0.0,
+    }
 
 
 class Harness:
     """Executor + paper broker + list sink; `now` is the injected clock (defaults to the trade times)."""
 
-    def __init__(self, config: ExecutorConfig | None = None, mode: str = "paper", now: int = T0,
-                 warm: bool = True) -> None:
+    def __init__(
+        self, config: ExecutorConfig | None = None, mode: str = "paper", now: int = T0, warm: bool = True
+    ) -> None:
         self.config = config or ExecutorConfig()
         self.sink = ListSink()
         self.broker = PaperBroker(self.config.fees, self.config.paper)

@@ -41,7 +41,7 @@ class Watcher:
             msg = self.c.poll(0.05)
             if msg is None or msg.error():
                 continue
-            name = msg.topic()[len(self.prefix):]
+            name = msg.topic()[len(self.prefix) :]
             self.seen[name].append(SERDE.decode(msg.value()))
             if name != "risk.events":
                 self.keys.add(msg.key())

@@ -36,9 +36,11 @@ class FakeOnThread:
         self.ws_url = self.rest_url.replace("http://", "ws://")
 
     def control(self, path: str, body: dict | None = None):
-        req = urllib.request.Request(f"{self.rest_url}/_control/orders/{path}",
-                                     data=None if body is None else orjson.dumps(body),
-                                     method="GET" if body is None else "POST")
+        req = urllib.request.Request(
+            f"{self.rest_url}/_control/orders/{path}",
+            data=None if body is None else orjson.dumps(body),
+            method="GET" if body is None else "POST",
+        )
         with urllib.request.urlopen(req, timeout=self.control_timeout_s) as resp:
             return orjson.loads(resp.read())
 

@@ -89,10 +89,10 @@ def broker_alone(home: Path, extra_properties: dict[str, str] | None = None) -> 
     """Kafka under a supervisor (supervising on a thread), the catalogue's topics created."""
     from tapeflow.stack.broker import KafkaBroker
     from tapeflow.stack.steps import TopicsStep
-    from tests.support.endurance import supervised
     from tapeflow.stack.supervisor import Supervisor
     from tapeflow_runtime.paths import StackPaths
     from tapeflow_runtime.settings import Settings
+    from tests.support.endurance import supervised
 
     paths = StackPaths(home)
     paths.ensure()
@@ -100,8 +100,13 @@ def broker_alone(home: Path, extra_properties: dict[str, str] | None = None) -> 
     broker = KafkaBroker(settings, paths)
     broker.extra_properties.update(extra_properties or {})
     log: list[str] = []
-    sup = Supervisor(settings, paths, say=lambda m: log.append(f"{time.monotonic():.1f} {m}"),
-                     services=[broker], steps=[TopicsStep(settings, paths)])
+    sup = Supervisor(
+        settings,
+        paths,
+        say=lambda m: log.append(f"{time.monotonic():.1f} {m}"),
+        services=[broker],
+        steps=[TopicsStep(settings, paths)],
+    )
     sup.sayings = log
     with supervised(sup, poll_s=0.1):
         yield sup
@@ -162,8 +167,14 @@ def read_seqs(bootstrap: str, idle_s: float = 3.0) -> Counter:
 
     from tapeflow_runtime.kafka_client import consumer_config
 
-    c = Consumer({**consumer_config(bootstrap, f"faults-read-{os.getpid()}-{time.monotonic_ns()}"),
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "logger": _quiet()})
+    c = Consumer(
+        {
+            **consumer_config(bootstrap, f"faults-read-{os.getpid()}-{time.monotonic_ns()}"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "logger": _quiet(),
+        }
+    )
     seen: Counter = Counter()
     try:
         c.subscribe([TOPIC])
@@ -178,8 +189,14 @@ def read_seqs(bootstrap: str, idle_s: float = 3.0) -> Counter:
     return seen
 
 
-def broker_restart_after_sigkill(home: Path, *, preload: int = 200_000, during: int = 50_000,
-                                 pad: int = 80, extra_properties: dict[str, str] | None = None) -> dict[str, Any]:
+def broker_restart_after_sigkill(
+    home: Path,
+    *,
+    preload: int = 200_000,
+    during: int = 50_000,
+    pad: int = 80,
+    extra_properties: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The row ``broker_sigkill_restart_<preload>``; see the module docstring."""
     from tapeflow.stack.broker import log_size_mb
 
@@ -198,6 +215,7 @@ def broker_restart_after_sigkill(home: Path, *, preload: int = 200_000, during: 
         def write() -> None:  # mid-write: the kill lands while this one produces
             writing.set()
             prod.produce(during)
+
         writer = threading.Thread(target=write, daemon=True)
         with StateLog(sup, ("broker",)) as states:
             writer.start()
@@ -213,6 +231,7 @@ def broker_restart_after_sigkill(home: Path, *, preload: int = 200_000, during: 
                     return None
                 c = status_of(sup, "broker")
                 return c if c is not None and c.healthy and c.state == "running" else None
+
             back = poll(healthy_again, 300, 0.05)
             t_back, t_back_wall = time.monotonic(), time.time()
             writer.join(300)
@@ -225,17 +244,31 @@ def broker_restart_after_sigkill(home: Path, *, preload: int = 200_000, during: 
         seen = read_seqs(bootstrap)
         sayings = list(sup.sayings)
     broker_log = (home / "logs" / "broker.log").read_text(errors="replace")
-    run = broker_log[broker_log.rfind("\n--- "):]
+    run = broker_log[broker_log.rfind("\n--- ") :]
     detail["recovery_lines"] = [ln[:200] for ln in run.splitlines() if "ecover" in ln][:8]
     detail["recovered_segments"] = run.count("Recovering unflushed segment")
     detail["sayings"] = sayings
     lost = sorted(prod.acked - set(seen))
     dupes = sum(n - 1 for n in seen.values() if n > 1)
-    detail.update({"acked": len(prod.acked), "in_topic": sum(seen.values()), "distinct": len(seen),
-                   "lost_seqs": lost[:20], "failed_deliveries": prod.failed})
-    return row(f"broker_sigkill_restart_{preload}", duration_s=round(t_back - t_kill, 2),
-               trades_in=len(prod.acked), trades_out=len(seen), duplicates=dupes, lost=len(lost),
-               recover_s=restart_to_healthy, detail=detail)
+    detail.update(
+        {
+            "acked": len(prod.acked),
+            "in_topic": sum(seen.values()),
+            "distinct": len(seen),
+            "lost_seqs": lost[:20],
+            "failed_deliveries": prod.failed,
+        }
+    )
+    return row(
+        f"broker_sigkill_restart_{preload}",
+        duration_s=round(t_back - t_kill, 2),
+        trades_in=len(prod.acked),
+        trades_out=len(seen),
+        duplicates=dupes,
+        lost=len(lost),
+        recover_s=restart_to_healthy,
+        detail=detail,
+    )
 
 
 # ================================================================ the whole stack
@@ -247,12 +280,16 @@ def _topic_ids(stack, symbol: str) -> Counter:
     deadline = time.monotonic() + 180
     while not ((c := status_of(stack.sup, "broker")) is not None and c.healthy):
         if time.monotonic() > deadline:
-            tail = (stack.sup.paths.home / "logs" / "supervisor.log")
-            raise AssertionError(f"broker not healthy 180 s after the fault: {c}; supervisor said: "
-                                 f"{list(stack.log)[-10:]} {tail}")
+            tail = stack.sup.paths.home / "logs" / "supervisor.log"
+            raise AssertionError(
+                f"broker not healthy 180 s after the fault: {c}; supervisor said: {list(stack.log)[-10:]} {tail}"
+            )
         time.sleep(0.5)
-    return Counter(r["value"]["agg_id"] for r in _read_topic(stack.bootstrap, "md.trades", idle_s=2.0)
-                   if r["value"]["symbol"] == symbol)
+    return Counter(
+        r["value"]["agg_id"]
+        for r in _read_topic(stack.bootstrap, "md.trades", idle_s=2.0)
+        if r["value"]["symbol"] == symbol
+    )
 
 
 def _agreement(stack, symbol: str, count: int, first: int, last: int) -> dict[str, Any]:
@@ -263,14 +300,21 @@ def _agreement(stack, symbol: str, count: int, first: int, last: int) -> dict[st
     table = set(_stored_ids(stack, symbol))
     out = _accounting(stack, symbol, count, first, last)
     expected = set(range(first, last + 1))
-    out.update({"topic_records": sum(topic.values()), "topic_distinct": len(topic),
-                "topic_dupes": sum(n - 1 for n in topic.values() if n > 1),
-                "topic_missing": len(expected - set(topic)), "topic_equals_table": set(topic) == table})
+    out.update(
+        {
+            "topic_records": sum(topic.values()),
+            "topic_distinct": len(topic),
+            "topic_dupes": sum(n - 1 for n in topic.values() if n > 1),
+            "topic_missing": len(expected - set(topic)),
+            "topic_equals_table": set(topic) == table,
+        }
+    )
     return out
 
 
-def broker_killed_mid_replay(home: Path, *, duration_s: float = 1800.0, trades_per_s: float = 40.0,
-                             kill_at: float = 0.3, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
+def broker_killed_mid_replay(
+    home: Path, *, duration_s: float = 1800.0, trades_per_s: float = 40.0, kill_at: float = 0.3, symbol: str = "BTCUSDT"
+) -> list[dict[str, Any]]:
     """The row ``broker_sigkill_mid_replay``: the stack replaying a synthetic session at max speed, the
     broker SIGKILLed once ``kill_at`` of the session is in the trades table (the replay still running).
     ``duration_s`` of the row: kill to the broker healthy; ``recover_s``: then to the next trade stored.
@@ -297,6 +341,7 @@ def broker_killed_mid_replay(home: Path, *, duration_s: float = 1800.0, trades_p
                 pid = stack.service_pid("broker")
                 c = status_of(stack.sup, "broker") if pid not in (None, broker_pid) else None
                 return c if c is not None and c.healthy else None
+
             healthy = poll(back, 180, 0.1)
             t_back = time.monotonic()
             at_back = stack.trades_stored(symbol)[0]
@@ -310,13 +355,29 @@ def broker_killed_mid_replay(home: Path, *, duration_s: float = 1800.0, trades_p
         detail.update(_agreement(stack, symbol, count, first, last))
         detail["log"] = list(stack.log)
         detail["pids_after"] = {n: stack.service_pid(n) for n in ("broker", "sink", "engine", "producer")}
-    return [row("broker_sigkill_mid_replay", duration_s=round(t_back - t_kill, 2), trades_in=count,
-                trades_out=detail["distinct"], duplicates=detail["dupes"] + detail["topic_dupes"],
-                lost=max(detail["missing"], detail["topic_missing"]), recover_s=recover_s, detail=detail)]
+    return [
+        row(
+            "broker_sigkill_mid_replay",
+            duration_s=round(t_back - t_kill, 2),
+            trades_in=count,
+            trades_out=detail["distinct"],
+            duplicates=detail["dupes"] + detail["topic_dupes"],
+            lost=max(detail["missing"], detail["topic_missing"]),
+            recover_s=recover_s,
+            detail=detail,
+        )
+    ]
 
 
-def broker_disk_full(home: Path, *, size: str = "64m", full_s: float = 10.0, duration_s: float = 60.0,
-                     trades_per_s: float = 40.0, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
+def broker_disk_full(
+    home: Path,
+    *,
+    size: str = "64m",
+    full_s: float = 10.0,
+    duration_s: float = 60.0,
+    trades_per_s: float = 40.0,
+    symbol: str = "BTCUSDT",
+) -> list[dict[str, Any]]:
     """The row ``broker_disk_full_<S>s``: Kafka's log directory (``<home>/kafka/data``) on a tmpfs of
     ``size``, filled to its last byte while trades flow; held full until the broker has died of it and
     `tapeflow status` has said so for both the broker and the producer (at least ``full_s``), then the
@@ -329,8 +390,7 @@ def broker_disk_full(home: Path, *, size: str = "64m", full_s: float = 10.0, dur
     spec, expected = _session(duration_s, trades_per_s, symbol)
     count, first, last = expected
     detail: dict[str, Any] = {"expected": expected}
-    with small_tmpfs(home / "kafka" / "data", size=size, mode="0755") as data, \
-            live_stack(home, spec) as stack:
+    with small_tmpfs(home / "kafka" / "data", size=size, mode="0755") as data, live_stack(home, spec) as stack:
         _flowing(stack, symbol)
         others = {n: stack.service_pid(n) for n in ("database", "sink", "engine", "executor", "producer")}
         broker_pid = stack.service_pid("broker")
@@ -340,9 +400,11 @@ def broker_disk_full(home: Path, *, size: str = "64m", full_s: float = 10.0, dur
             filler = fill(data)
             detail["filler_bytes"] = filler.stat().st_size
             try:
+
                 def said():
                     st = {c: s for _, c, s, _, _ in states.seen}
                     return st.get("broker") == "disk-full" and st.get("producer") == "broker-unavailable"
+
                 poll(lambda: time.monotonic() - t0 >= full_s and said(), max(3 * full_s, 60), 0.25)
                 detail["broker_exit"] = stack.sup.running["broker"].proc.poll()
                 detail["status_full"] = _statuses(stack, watched)
@@ -355,26 +417,48 @@ def broker_disk_full(home: Path, *, size: str = "64m", full_s: float = 10.0, dur
                 pid = stack.service_pid("broker")
                 c = status_of(stack.sup, "broker") if pid not in (None, broker_pid) else None
                 return c if c is not None and c.healthy else None
+
             healthy = poll(back, 180, 0.1)
             recover_s = round(time.monotonic() - t_free, 2) if healthy else None
             _wait_all_stored(stack, symbol, count, last, duration_s + 60)
             detail["status_after"] = poll(
-                lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30, 0.25) \
-                or _statuses(stack, watched)
+                lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30, 0.25
+            ) or _statuses(stack, watched)
         detail["states"] = states.seen
         detail["others_same_pids"] = others == {n: stack.service_pid(n) for n in others}
         detail["others_pids"] = (others, {n: stack.service_pid(n) for n in others})
         detail.update(_agreement(stack, symbol, count, first, last))
         detail["log"] = list(stack.log)
         logs = stack.sup.paths.home / "logs"
-        detail["producer_broker_lines"] = [ln[:300] for ln in (logs / "producer.log").read_text(errors="replace")
-                                           .splitlines() if "broker unavailable" in ln or "broker available" in ln][:6]
-        detail["broker_full_lines"] = [ln[:300] for ln in (logs / "broker.log").read_text(errors="replace")
-                                       .splitlines() if "No space left" in ln or "all log dirs" in ln][:4]
+        detail["producer_broker_lines"] = [
+            ln[:300]
+            for ln in (logs / "producer.log").read_text(errors="replace").splitlines()
+            if "broker unavailable" in ln or "broker available" in ln
+        ][:6]
+        detail["broker_full_lines"] = [
+            ln[:300]
+            for ln in (logs / "broker.log").read_text(errors="replace").splitlines()
+            if "No space left" in ln or "all log dirs" in ln
+        ][:4]
         # why a service stopped, when one did (the supervisor's log only says that it exited)
-        detail["stopped_lines"] = {name: [ln[:400] for ln in (logs / f"{name}.log").read_text(errors="replace")
-                                          .splitlines() if "error" in ln.lower() or "stopped" in ln][-12:]
-                                   for name in ("executor", "engine", "sink") if (logs / f"{name}.log").exists()}
-    return [row(f"broker_disk_full_{full_s:g}s", duration_s=round(t_free - t0, 2), trades_in=count,
-                trades_out=detail["distinct"], duplicates=detail["dupes"] + detail["topic_dupes"],
-                lost=max(detail["missing"], detail["topic_missing"]), recover_s=recover_s, detail=detail)]
+        detail["stopped_lines"] = {
+            name: [
+                ln[:400]
+                for ln in (logs / f"{name}.log").read_text(errors="replace").splitlines()
+                if "error" in ln.lower() or "stopped" in ln
+            ][-12:]
+            for name in ("executor", "engine", "sink")
+            if (logs / f"{name}.log").exists()
+        }
+    return [
+        row(
+            f"broker_disk_full_{full_s:g}s",
+            duration_s=round(t_free - t0, 2),
+            trades_in=count,
+            trades_out=detail["distinct"],
+            duplicates=detail["dupes"] + detail["topic_dupes"],
+            lost=max(detail["missing"], detail["topic_missing"]),
+            recover_s=recover_s,
+            detail=detail,
+        )
+    ]

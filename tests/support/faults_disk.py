@@ -31,8 +31,9 @@ class NoMount(Exception):
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str = "64k", mode: str = "0700") -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise NoMount(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
     try:
@@ -55,22 +56,27 @@ def fill(path: Path) -> Path:
     return filler
 
 
-def database_disk_full(home: Path, *, full_s: float = 10.0, size: str = "384m", duration_s: float = 50.0,
-                       trades_per_s: float = 40.0, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
+def database_disk_full(
+    home: Path,
+    *,
+    full_s: float = 10.0,
+    size: str = "384m",
+    duration_s: float = 50.0,
+    trades_per_s: float = 40.0,
+    symbol: str = "BTCUSDT",
+) -> list[dict[str, Any]]:
     """The row ``database_disk_full_<S>s``: ``duration_s`` how long the disk was full; ``recover_s``
     from the space freed to the table caught up with what the producer had delivered. The detail has
     the sink's and the database's status while full (``status_full``: the first not-ok status seen, and
     when), the sink's log lines about it, the database's restarts, and the whole run's accounting."""
     from tests.support.endurance import live_stack
-    from tests.support.faults_links import (_accounting, _delivered, _flowing, _max_stored, _session,
-                                            _wait_all_stored)
+    from tests.support.faults_links import _accounting, _delivered, _flowing, _max_stored, _session, _wait_all_stored
 
     spec, expected = _session(duration_s, trades_per_s, symbol)
     count, first, last = expected
     detail: dict[str, Any] = {"expected": expected}
     watched = ("database", "sink")
-    with small_tmpfs(home / "postgres", size=size, mode="0755") as pgdir, \
-            live_stack(home, spec) as stack:
+    with small_tmpfs(home / "postgres", size=size, mode="0755") as pgdir, live_stack(home, spec) as stack:
         _flowing(stack, symbol)
         db_pid = stack.service_pid("database")
         t0 = time.monotonic()
@@ -97,20 +103,31 @@ def database_disk_full(home: Path, *, full_s: float = 10.0, size: str = "384m", 
                 return _max_stored(stack, symbol) >= min(_delivered(stack, symbol) or 0, last)
             except Exception:  # noqa: BLE001 - the database may still be restarting
                 return False
+
         recovered = poll(caught_up, 120, 0.2)
         recover_s = round(time.monotonic() - t_free, 2) if recovered else None
         detail["database_restarted"] = stack.service_pid("database") != db_pid
         _wait_all_stored(stack, symbol, count, last, duration_s + 120)
         detail["status_after"] = poll(
-            lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30, 0.25) \
-            or _statuses(stack, watched)
+            lambda: (st := _statuses(stack, watched)) and all(ok for ok, _ in st.values()) and st, 30, 0.25
+        ) or _statuses(stack, watched)
         detail.update(_accounting(stack, symbol, count, first, last))
         logs = stack.sup.paths.home / "logs"
         sink_log = (logs / "sink.log").read_text(errors="replace")
-        detail["sink_full_lines"] = [ln for ln in sink_log.splitlines()
-                                     if "No space left" in ln or "could not extend" in ln][:5]
+        detail["sink_full_lines"] = [
+            ln for ln in sink_log.splitlines() if "No space left" in ln or "could not extend" in ln
+        ][:5]
         detail["sink_retries"] = sink_log.count("database unavailable")
         detail["log"] = list(stack.log)
-    return [row(f"database_disk_full_{full_s:g}s", duration_s=round(t_free - t0, 2), trades_in=count,
-                trades_out=detail["distinct"], duplicates=detail["dupes"], lost=detail["missing"],
-                recover_s=recover_s, detail=detail)]
+    return [
+        row(
+            f"database_disk_full_{full_s:g}s",
+            duration_s=round(t_free - t0, 2),
+            trades_in=count,
+            trades_out=detail["distinct"],
+            duplicates=detail["dupes"],
+            lost=detail["missing"],
+            recover_s=recover_s,
+            detail=detail,
+        )
+    ]

@@ -42,8 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fake_exchange.synthetic import SyntheticSpec, generate_session
 from tapeflow_runtime.kafka_client import ensure_topics
 from tests.support.faults_process import row
-from tests.support.waiting import wait_until
 from tests.support.services import Service, database_url, record_counts, wait_consumed
+from tests.support.waiting import wait_until
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 TRADES_PER_S = 10.0  # per symbol
@@ -55,9 +55,12 @@ DEPTH = "btcusdt@depth@100ms"
 
 # ------------------------------------------------------------------------------------------- helpers
 def _http_json(url: str, body: dict | None = None, timeout: float = 5.0) -> Any:
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
@@ -79,24 +82,43 @@ class Phase:
 class FeedRig:
     """The fake exchange, the producer and (with `database`) the sink as processes, plus their probes."""
 
-    def __init__(self, bootstrap: str, workdir: Path, *, session_s: float, database: str | None = None,
-                 fake_faults: list[str] = ()) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        workdir: Path,
+        *,
+        session_s: float,
+        database: str | None = None,
+        fake_faults: list[str] = (),
+    ) -> None:
         self.bootstrap, self.workdir, self.database = bootstrap, workdir, database
         workdir.mkdir(parents=True, exist_ok=True)
         self.prefix = f"feed{uuid.uuid4().hex[:8]}."
         ensure_topics(bootstrap, prefix=self.prefix)
         home = workdir / "home"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-        self.env.update({"TAPEFLOW_HOME": str(home), "TAPEFLOW_BROKER": bootstrap,
-                         "TAPEFLOW_TOPIC_PREFIX": self.prefix, "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
-                         "PYTHONUNBUFFERED": "1"})
+        self.env.update(
+            {
+                "TAPEFLOW_HOME": str(home),
+                "TAPEFLOW_BROKER": bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": self.prefix,
+                "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if database is not None:
             self.env["TAPEFLOW_DATABASE_URL"] = database_url(database)
         self.services: list[Service] = []
         # a session dated from now, played at its own receive times: the fake is a live exchange
         start = round(time.time() + 4.0, 3)  # after the fake's start-up, so it plays on time
-        self.spec = SyntheticSpec(seed=SEED, symbols=SYMBOLS, duration_s=session_s, trades_per_s=TRADES_PER_S,
-                                  start_time=start, binance_stream_names=True)
+        self.spec = SyntheticSpec(
+            seed=SEED,
+            symbols=SYMBOLS,
+            duration_s=session_s,
+            trades_per_s=TRADES_PER_S,
+            start_time=start,
+            binance_stream_names=True,
+        )
         self.session = generate_session(self.spec)  # the same frames the fake process generates
         self.trades = [f.payload for f in self.session.frames if f.event == "aggTrade"]
         # the producer's checkpoint says it delivered up to just before the session's first trade, so
@@ -105,10 +127,25 @@ class FeedRig:
         self.checkpoint = home / "producer" / f"binance-{self.prefix}.json"
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         self.checkpoint.write_text(json.dumps({"last_agg_id": {s: i - 1 for s, i in self.first_id.items()}}))
-        args = ["fake-exchange", "--synthetic-seed", str(SEED), "--synthetic-symbols", ",".join(SYMBOLS),
-                "--synthetic-duration", str(session_s), "--synthetic-trades-per-s", str(TRADES_PER_S),
-                "--synthetic-start", repr(start), "--start", "session_time", "--aggtrades-visibility", "replayed",
-                "--log-level", "WARNING"]
+        args = [
+            "fake-exchange",
+            "--synthetic-seed",
+            str(SEED),
+            "--synthetic-symbols",
+            ",".join(SYMBOLS),
+            "--synthetic-duration",
+            str(session_s),
+            "--synthetic-trades-per-s",
+            str(TRADES_PER_S),
+            "--synthetic-start",
+            repr(start),
+            "--start",
+            "session_time",
+            "--aggtrades-visibility",
+            "replayed",
+            "--log-level",
+            "WARNING",
+        ]
         for fault in fake_faults:
             args += ["--fault", fault]
         self.fake = self._start("fake-exchange", *args)
@@ -128,9 +165,22 @@ class FeedRig:
 
     def start_producer(self) -> None:
         rest = self.rest
-        self.producer = self._start("producer", "produce", "--ws-url", self.ws, "--rest-url", rest,
-                                    "--spot-url", rest, "--coinbase-url", rest, "--metrics-port", "0",
-                                    "--warm-start-hours", "0")
+        self.producer = self._start(
+            "producer",
+            "produce",
+            "--ws-url",
+            self.ws,
+            "--rest-url",
+            rest,
+            "--spot-url",
+            rest,
+            "--coinbase-url",
+            rest,
+            "--metrics-port",
+            "0",
+            "--warm-start-hours",
+            "0",
+        )
         self.port = int(self.producer.wait_for_line(r"producer started.*metrics_port=(\d+)", 90).group(1))
 
     def close(self) -> None:
@@ -165,8 +215,10 @@ class FeedRig:
             for sample in family.samples:
                 if sample.name != name:
                     continue
-                if all((sample.labels.get(k, "").endswith(v) if k == "topic" else sample.labels.get(k) == v)
-                       for k, v in labels.items()):
+                if all(
+                    (sample.labels.get(k, "").endswith(v) if k == "topic" else sample.labels.get(k) == v)
+                    for k, v in labels.items()
+                ):
                     total += sample.value
         return total
 
@@ -178,9 +230,12 @@ class FeedRig:
         websocket itself delivers again (a trade frame of every symbol within ~2 s: the freshness gauge,
         refreshed every second), not only the REST fills."""
         h = self.health()
-        return (h.get("gaps_open") == 0 and h.get("books_live") == len(SYMBOLS)
-                and self.delivered_trades() > since_delivered
-                and all(_trade_age(self, s) < 2.5 for s in SYMBOLS))
+        return (
+            h.get("gaps_open") == 0
+            and h.get("books_live") == len(SYMBOLS)
+            and self.delivered_trades() > since_delivered
+            and all(_trade_age(self, s) < 2.5 for s in SYMBOLS)
+        )
 
     def wait(self, condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
         return wait_until(condition, timeout, what, interval=interval, alive=self.alive)
@@ -215,7 +270,8 @@ def case_rest_418_at_start(rig: FeedRig, fault_s: float) -> Phase:
     phase.injected = phase.cleared - retry  # when the 418 was answered (the ban's start)
     phase.wall_from_ms = int((time.time() + remaining - retry) * 1000)
     phase.shown["rest_backoffs_418"] = rig.wait(
-        lambda: rig.metric("tapeflow_producer_rest_backoffs_total", status="418"), 30, "418 back-off counted")
+        lambda: rig.metric("tapeflow_producer_rest_backoffs_total", status="418"), 30, "418 back-off counted"
+    )
     phase.shown["books_live_during"] = rig.health().get("books_live")  # no snapshot inside the ban
     wait_until(lambda: time.monotonic() >= phase.cleared, remaining + 1, "ban over", interval=0.05)
     rig.recover(phase)
@@ -233,7 +289,8 @@ def case_rest_429(rig: FeedRig, fault_s: float) -> Phase:
     rig.faults(skip_frames=3, skip_stream=AGG)
     phase.shown["gaps_open"] = rig.wait(lambda: rig.health().get("gaps_open"), 30, "the hole shows in /health")
     phase.shown["rest_backoffs_429"] = rig.wait(
-        lambda: rig.metric("tapeflow_producer_rest_backoffs_total", status="429"), 30, "429 back-off counted")
+        lambda: rig.metric("tapeflow_producer_rest_backoffs_total", status="429"), 30, "429 back-off counted"
+    )
     rig.wait(lambda: rig.status()["faults"]["rest_429_count"] == 0, 30, "both 429s served")
     phase.cleared = time.monotonic() + rig.status()["rest_ban_remaining_s"]
     wait_until(lambda: time.monotonic() >= phase.cleared, 2 * retry + 1, "ban over", interval=0.05)
@@ -251,8 +308,8 @@ def case_depth_gap(rig: FeedRig, fault_s: float) -> Phase:
     rig.wait(lambda: rig.status()["faults"]["skip_frames"] == 0, 30, "depth frames skipped")
     phase.cleared = time.monotonic()
     phase.shown["book_resyncs"] = rig.wait(
-        lambda: rig.metric("tapeflow_producer_book_resyncs_total", symbol="BTCUSDT") - before, 30,
-        "the resync counted")
+        lambda: rig.metric("tapeflow_producer_book_resyncs_total", symbol="BTCUSDT") - before, 30, "the resync counted"
+    )
     rig.recover(phase)
     return phase
 
@@ -291,8 +348,9 @@ def _drop(rig: FeedRig, fault: str, mode: str) -> Phase:
     dropped = rig.faults(drop_mode=mode, drop_now=True)["dropped"]
     rig.faults(drop_mode="tcp_close")
     phase.cleared = time.monotonic()  # the exchange takes new connections at once
-    phase.shown["reconnects"] = rig.wait(lambda: rig.metric("tapeflow_producer_reconnects_total") - before, 60,
-                                         f"{fault}: reconnect counted")
+    phase.shown["reconnects"] = rig.wait(
+        lambda: rig.metric("tapeflow_producer_reconnects_total") - before, 60, f"{fault}: reconnect counted"
+    )
     phase.detail["dropped"] = dropped
     rig.recover(phase)
     return phase
@@ -310,8 +368,7 @@ def case_tcp_reset(rig: FeedRig, fault_s: float) -> Phase:
 
 def _trade_age(rig: FeedRig, symbol: str = "BTCUSDT") -> float:
     """Seconds since the producer's last aggTrade frame of `symbol` (its freshness gauge)."""
-    return rig.metric("tapeflow_producer_last_event_age_seconds", exchange="binance", symbol=symbol,
-                      stream="aggTrade")
+    return rig.metric("tapeflow_producer_last_event_age_seconds", exchange="binance", symbol=symbol, stream="aggTrade")
 
 
 def case_stall(rig: FeedRig, fault_s: float) -> Phase:
@@ -376,16 +433,28 @@ def _read_records(bootstrap: str, topic: str) -> list[dict]:
     return _read_topic(bootstrap, topic, idle_s=2.0)
 
 
-def feed_faults(bootstrap: str, workdir: Path, *, fault_s: float = 3.0, database: str | None = None,
-                cases: tuple[str, ...] = tuple(CASES), session_s: float | None = None) -> list[dict[str, Any]]:
+def feed_faults(
+    bootstrap: str,
+    workdir: Path,
+    *,
+    fault_s: float = 3.0,
+    database: str | None = None,
+    cases: tuple[str, ...] = tuple(CASES),
+    session_s: float | None = None,
+) -> list[dict[str, Any]]:
     """One producer run through the 418 ban at start-up and then `cases` in order, each fault lasting about
     `fault_s`; returns one row per fault plus a ``run`` row-detail with the whole-run invariants.
 
     With `database` (a migrated database's conninfo) the sink runs too and the `trades` table is checked."""
     if session_s is None:  # room for every case; the run stops as soon as they are done
         session_s = 120.0 + (len(cases) + 1) * (fault_s + 20.0) + (40.0 if "ws_half_open" in cases else 0.0)
-    rig = FeedRig(bootstrap, workdir, session_s=session_s, database=database,
-                  fake_faults=["rest_418_count=1", f"retry_after_s={max(1, round(fault_s))}"])
+    rig = FeedRig(
+        bootstrap,
+        workdir,
+        session_s=session_s,
+        database=database,
+        fake_faults=["rest_418_count=1", f"retry_after_s={max(1, round(fault_s))}"],
+    )
     phases: list[Phase] = []
     try:
         phases.append(STARTUP_CASE(rig, fault_s))
@@ -411,8 +480,13 @@ def feed_faults(bootstrap: str, workdir: Path, *, fault_s: float = 3.0, database
         depth = [r["value"] for r in _read_records(bootstrap, rig.prefix + "md.depth")]
         db_counts: Counter | None = None
         if rig.sink is not None:
-            wait_consumed(bootstrap, rig.prefix + "tapeflow-sink", {rig.prefix + "md.trades": record_counts(records)},
-                          [rig.sink], 120)
+            wait_consumed(
+                bootstrap,
+                rig.prefix + "tapeflow-sink",
+                {rig.prefix + "md.trades": record_counts(records)},
+                [rig.sink],
+                120,
+            )
             assert rig.sink.stop(60) == 0, rig.sink.tail()
             import psycopg
 
@@ -428,41 +502,74 @@ def feed_faults(bootstrap: str, workdir: Path, *, fault_s: float = 3.0, database
     time_of = {(t["s"], t["a"]): t["T"] for t in rig.trades}
     resyncs = sum(1 for line in producer_log.splitlines() if "order book resync" in line)
     run = {
-        "expected": len(expected), "published": sum(published.values()), "distinct": len(published),
+        "expected": len(expected),
+        "published": sum(published.values()),
+        "distinct": len(published),
         "duplicates": sum(n - 1 for n in published.values() if n > 1),
-        "missing": sorted(expected - set(published))[:20], "missing_count": len(expected - set(published)),
+        "missing": sorted(expected - set(published))[:20],
+        "missing_count": len(expected - set(published)),
         "unexpected": sorted(set(published) - expected)[:20],
         "owed_reached": {s: int(checkpoint.get(s, -1)) >= owed[s] for s in SYMBOLS},
         "db_rows": None if db_counts is None else sum(db_counts.values()),
         "db_duplicates": None if db_counts is None else sum(n - 1 for n in db_counts.values() if n > 1),
         "db_missing": None if db_counts is None else len(expected - set(db_counts)),
-        "depth_breaks": _depth_breaks(depth), "resyncs_logged": resyncs,
-        "requests_in_ban": fake_status["rest_requests_in_ban"], "exit_code": exit_code,
-        "health_at_end": health, "checkpoint": checkpoint, "owed": owed, "gaps_line": [ln for ln in producer_log.splitlines() if "not fillable" in ln][:5],
+        "depth_breaks": _depth_breaks(depth),
+        "resyncs_logged": resyncs,
+        "requests_in_ban": fake_status["rest_requests_in_ban"],
+        "exit_code": exit_code,
+        "health_at_end": health,
+        "checkpoint": checkpoint,
+        "owed": owed,
+        "gaps_line": [ln for ln in producer_log.splitlines() if "not fillable" in ln][:5],
         "summary": producer_log.strip().splitlines()[-1] if producer_log.strip() else "",
     }
     rows = []
     # the whole run first: every trade the exchange produced, in the topic and (with the sink) the table
-    rows.append(row("feed_run:md.trades", duration_s=round(sum(
-                        max(0.0, (p.cleared or p.injected) - p.injected) for p in phases), 2),
-                    trades_in=len(expected), trades_out=len(set(published) & expected),
-                    duplicates=run["duplicates"], lost=run["missing_count"], detail={"shown": {}, "run": run}))
+    rows.append(
+        row(
+            "feed_run:md.trades",
+            duration_s=round(sum(max(0.0, (p.cleared or p.injected) - p.injected) for p in phases), 2),
+            trades_in=len(expected),
+            trades_out=len(set(published) & expected),
+            duplicates=run["duplicates"],
+            lost=run["missing_count"],
+            detail={"shown": {}, "run": run},
+        )
+    )
     if db_counts is not None:
-        rows.append(row("feed_run:trades_table", duration_s=rows[0]["duration_s"], trades_in=len(expected),
-                        trades_out=len(set(db_counts) & expected), duplicates=run["db_duplicates"],
-                        lost=run["db_missing"], detail={"shown": {}, "run": run}))
+        rows.append(
+            row(
+                "feed_run:trades_table",
+                duration_s=rows[0]["duration_s"],
+                trades_in=len(expected),
+                trades_out=len(set(db_counts) & expected),
+                duplicates=run["db_duplicates"],
+                lost=run["db_missing"],
+                detail={"shown": {}, "run": run},
+            )
+        )
     for phase in phases:
-        window = {k for k, t in time_of.items()
-                  if phase.wall_from_ms <= t <= (phase.wall_to_ms or phase.wall_from_ms)}
+        window = {k for k, t in time_of.items() if phase.wall_from_ms <= t <= (phase.wall_to_ms or phase.wall_from_ms)}
         found = {k for k in window if k in published}
         cleared = phase.cleared if phase.cleared is not None else phase.injected
-        rows.append(row(phase.fault, duration_s=round(max(0.0, cleared - phase.injected), 2),
-                        trades_in=len(window), trades_out=len(found),
-                        duplicates=sum(published[k] - 1 for k in found),
-                        lost=len(window - found),
-                        recover_s=None if phase.recovered is None else round(phase.recovered - cleared, 2),
-                        detail={"shown": phase.shown, **phase.detail, "lost_ids": sorted(window - found)[:10],
-                                "window_ms": (phase.wall_from_ms, phase.wall_to_ms), "run": run}))
+        rows.append(
+            row(
+                phase.fault,
+                duration_s=round(max(0.0, cleared - phase.injected), 2),
+                trades_in=len(window),
+                trades_out=len(found),
+                duplicates=sum(published[k] - 1 for k in found),
+                lost=len(window - found),
+                recover_s=None if phase.recovered is None else round(phase.recovered - cleared, 2),
+                detail={
+                    "shown": phase.shown,
+                    **phase.detail,
+                    "lost_ids": sorted(window - found)[:10],
+                    "window_ms": (phase.wall_from_ms, phase.wall_to_ms),
+                    "run": run,
+                },
+            )
+        )
     return rows
 
 

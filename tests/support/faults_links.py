@@ -39,8 +39,8 @@ from typing import Any
 from unittest import mock
 
 from tests.support.faults_netns import NetnsLink, netns_usable
-from tests.support.waiting import poll
 from tests.support.faults_process import _statuses, row
+from tests.support.waiting import poll
 
 
 # ================================================================ shared
@@ -48,8 +48,9 @@ def _session(duration_s: float, trades_per_s: float, symbol: str):
     from fake_exchange.synthetic import SyntheticSpec
     from tests.support.endurance import expected_trades
 
-    spec = SyntheticSpec(seed=23, symbols=(symbol,), duration_s=duration_s, trades_per_s=trades_per_s,
-                         start_time=time.time() + 10)  # event times; the exchange plays from the subscription
+    spec = SyntheticSpec(
+        seed=23, symbols=(symbol,), duration_s=duration_s, trades_per_s=trades_per_s, start_time=time.time() + 10
+    )  # event times; the exchange plays from the subscription
     return spec, expected_trades(spec)[symbol]
 
 
@@ -104,14 +105,27 @@ def _accounting(stack, symbol: str, count: int, first: int, last: int) -> dict[s
             ranges[-1] = (ranges[-1][0], agg)
         else:
             ranges.append((agg, agg))
-    return {"rows": len(ids), "distinct": len(seen), "dupes": sum(n - 1 for n in seen.values()),
-            "missing": len(missing), "missing_ranges": ranges[:20], "expected": (count, first, last)}
+    return {
+        "rows": len(ids),
+        "distinct": len(seen),
+        "dupes": sum(n - 1 for n in seen.values()),
+        "missing": len(missing),
+        "missing_ranges": ranges[:20],
+        "expected": (count, first, last),
+    }
 
 
 # ================================================================ 1. the broker SIGKILLed
-def broker_killed(home: Path, *, kills: int = 1, stall_before_kill_s: float = 0.0, duration_s: float = 40.0,
-                  trades_per_s: float = 40.0, stop_timeout_s: float | None = None,
-                  symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
+def broker_killed(
+    home: Path,
+    *,
+    kills: int = 1,
+    stall_before_kill_s: float = 0.0,
+    duration_s: float = 40.0,
+    trades_per_s: float = 40.0,
+    stop_timeout_s: float | None = None,
+    symbol: str = "BTCUSDT",
+) -> list[dict[str, Any]]:
     """The embedded broker SIGKILLed ``kills`` times while trades flow, each
     time once the stack has recovered from the previous one; with ``stall_before_kill_s`` it is first
     SIGSTOPped that long (unresponsive, the producer buffering unacknowledged trades), then killed.
@@ -147,8 +161,15 @@ def _flowing(stack, symbol: str) -> None:
     assert flowing, "the pipeline never stored a trade\n" + "\n".join(stack.log)
 
 
-def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_before_kill_s: float,
-                trades_per_s: float, sink_pause_s: float = 0.0) -> None:
+def _kill_phase(
+    stack,
+    detail: dict[str, Any],
+    symbol: str,
+    kills: int,
+    stall_before_kill_s: float,
+    trades_per_s: float,
+    sink_pause_s: float = 0.0,
+) -> None:
     """``sink_pause_s``: the sink SIGSTOPped that long before each kill (SIGCONT right after it), so the
     dead broker surely held acknowledged trades the sink had not stored (without it the sink is often
     level with the producer at the kill, and there is nothing to lose)."""
@@ -185,17 +206,21 @@ def _kill_phase(stack, detail: dict[str, Any], symbol: str, kills: int, stall_be
 
         def broker_back():
             pid = stack.service_pid("broker")
-            if pid in (None, broker_pid):
+            if pid in (None, broker_pid):  # noqa: B023 - called within this iteration
                 return None
             st = _statuses(stack, ("broker",))
             return st if st.get("broker", (False,))[0] else None
+
         k["status_back"] = poll(broker_back, 60, 0.1)
         t_back = time.monotonic()
         k["broker_down_s"] = round(t_back - t_kill, 2)
         k["duration_s"] = round(t_back - t_fault, 2)
         stored_at_back = stack.trades_stored(symbol)[0]
-        moved = poll(lambda: stack.trades_stored(symbol)[0] > stored_at_back
-                      or _max_stored(stack, symbol) >= last, 60, 0.2)
+        moved = poll(
+            lambda: stack.trades_stored(symbol)[0] > stored_at_back or _max_stored(stack, symbol) >= last,  # noqa: B023 - called within this iteration
+            60,
+            0.2,
+        )
         k["recover_s"] = round(time.monotonic() - t_back, 2) if moved else None
         k["delivered_at_recover"] = _delivered(stack, symbol)
         k["new_pids"] = {name: stack.service_pid(name) for name in ("broker", "sink", "producer", "engine")}
@@ -211,8 +236,8 @@ def _finish(stack, detail: dict[str, Any], symbol: str, duration_s: float) -> No
     _wait_all_stored(stack, symbol, count, last, duration_s + 120)
     names = ("broker", "database", "sink", "producer")
     detail["status_after"] = poll(
-        lambda: (st := _statuses(stack, names)) and all(ok for ok, _ in st.values()) and st, 30, 0.25) \
-        or _statuses(stack, names)
+        lambda: (st := _statuses(stack, names)) and all(ok for ok, _ in st.values()) and st, 30, 0.25
+    ) or _statuses(stack, names)
     detail["exchange_after"] = _statuses(stack, ("fake-exchange",)).get("fake-exchange")
     detail.update(_accounting(stack, symbol, count, first, last))
     detail["log"] = list(stack.log)
@@ -223,10 +248,21 @@ def _finish(stack, detail: dict[str, Any], symbol: str, duration_s: float) -> No
 
 def _kill_rows(detail: dict[str, Any], stall_before_kill_s: float) -> list[dict[str, Any]]:
     kills = detail["kills"]
-    return [row("broker_sigkill" + (f"_stalled_{stall_before_kill_s:g}s" if stall_before_kill_s else "")
-                + (f"#{i + 1}" if len(kills) > 1 else ""), duration_s=k["duration_s"],
-                trades_in=detail["expected"][0], trades_out=detail["distinct"], duplicates=detail["dupes"],
-                lost=detail["missing"], recover_s=k["recover_s"], detail=detail) for i, k in enumerate(kills)]
+    return [
+        row(
+            "broker_sigkill"
+            + (f"_stalled_{stall_before_kill_s:g}s" if stall_before_kill_s else "")
+            + (f"#{i + 1}" if len(kills) > 1 else ""),
+            duration_s=k["duration_s"],
+            trades_in=detail["expected"][0],
+            trades_out=detail["distinct"],
+            duplicates=detail["dupes"],
+            lost=detail["missing"],
+            recover_s=k["recover_s"],
+            detail=detail,
+        )
+        for i, k in enumerate(kills)
+    ]
 
 
 # ================================================================ 2. latency, throttling and loss on a link
@@ -262,6 +298,7 @@ class LinkProxy:
     def _run(self) -> None:
         if self.netns:
             from tests.support.faults_netns import enter_netns
+
             enter_netns(self.netns)
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(asyncio.start_server(self._client, self.host, 0))
@@ -340,14 +377,30 @@ def packet_loss(port: int, probability: float, host: str = "127.0.0.1") -> Itera
     a veth (`tests.support.faults_netns`) what arrives at ``port`` passes INPUT and what it sends passes
     OUTPUT."""
     tag = f"tapeflow-test-{uuid.uuid4().hex[:12]}"
-    loss = ["-m", "statistic", "--mode", "random", "--probability", f"{probability:.4f}", "-m", "comment",
-            "--comment", tag, "-j", "DROP"]
+    loss = [
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        f"{probability:.4f}",
+        "-m",
+        "comment",
+        "--comment",
+        tag,
+        "-j",
+        "DROP",
+    ]
     if host == "127.0.0.1":
-        rules = [["INPUT", "-i", "lo", "-p", "tcp", "-d", host, direction, str(port), *loss]
-                 for direction in ("--dport", "--sport")]
+        rules = [
+            ["INPUT", "-i", "lo", "-p", "tcp", "-d", host, direction, str(port), *loss]
+            for direction in ("--dport", "--sport")
+        ]
     else:
-        rules = [["INPUT", "-p", "tcp", "-d", host, "--dport", str(port), *loss],
-                 ["OUTPUT", "-p", "tcp", "-s", host, "--sport", str(port), *loss]]
+        rules = [
+            ["INPUT", "-p", "tcp", "-d", host, "--dport", str(port), *loss],
+            ["OUTPUT", "-p", "tcp", "-s", host, "--sport", str(port), *loss],
+        ]
     added: list[list[str]] = []
     try:
         for rule in rules:
@@ -372,8 +425,10 @@ def _sink_through(proxy: LinkProxy):
     def prepare(self):
         launch = original(self)
         password = read_or_create_secret(self.paths.secrets_dir / f"postgres-{WRITER_ROLE}")
-        url = (f"postgresql://{WRITER_ROLE}:{urllib.parse.quote(password, safe='')}@{proxy.host}:{proxy.port}/"
-               f"{self.settings.database_name}")
+        url = (
+            f"postgresql://{WRITER_ROLE}:{urllib.parse.quote(password, safe='')}@{proxy.host}:{proxy.port}/"
+            f"{self.settings.database_name}"
+        )
         return dataclasses.replace(launch, env={**(launch.env or {}), "TAPEFLOW_DATABASE_URL": url})
 
     return mock.patch.object(SinkService, "prepare", prepare)
@@ -403,15 +458,27 @@ def _db_upstream(home: Path):
         rec = ProcessRecord.load(paths.state_file("database"))
         host, port = rec.address.rsplit(":", 1)
         return host, int(port)
+
     return upstream
 
 
-def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float = 6.0,
-                        bytes_per_s: float | None = 20_000.0, throttle_s: float = 5.0, loss: float = 0.1,
-                        loss_s: float = 6.0, duration_s: float = 40.0, trades_per_s: float = 40.0,
-                        then_kill_broker: bool = False, sink_pause_s: float = 0.0,
-                        stop_timeout_s: float | None = None, partition_s: float = 0.0,
-                        symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
+def sink_db_link_faults(
+    home: Path,
+    *,
+    delay_ms: float = 200.0,
+    delay_s: float = 6.0,
+    bytes_per_s: float | None = 20_000.0,
+    throttle_s: float = 5.0,
+    loss: float = 0.1,
+    loss_s: float = 6.0,
+    duration_s: float = 40.0,
+    trades_per_s: float = 40.0,
+    then_kill_broker: bool = False,
+    sink_pause_s: float = 0.0,
+    stop_timeout_s: float | None = None,
+    partition_s: float = 0.0,
+    symbol: str = "BTCUSDT",
+) -> list[dict[str, Any]]:
     """The sink's PostgreSQL link through `LinkProxy`, up to four faults in turn, each cleared before the next:
 
     1. ``link_delay_<D>ms``: every chunk delayed ``delay_ms`` each way for ``delay_s``;
@@ -446,8 +513,9 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
         if why_no_partition is None:  # sink -> relay in the namespace -> veth -> proxy -> PostgreSQL
             link = scope.enter_context(NetnsLink())
             proxy = scope.enter_context(LinkProxy(_db_upstream(home), host=link.host_addr))
-            entry = scope.enter_context(LinkProxy(lambda: (link.host_addr, proxy.port), host=link.ns_addr,
-                                                  netns=link.name))
+            entry = scope.enter_context(
+                LinkProxy(lambda: (link.host_addr, proxy.port), host=link.ns_addr, netns=link.name)
+            )
         else:
             proxy = entry = scope.enter_context(LinkProxy(_db_upstream(home)))
         scope.enter_context(_sink_through(entry))
@@ -492,17 +560,21 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
             proxy.bytes_per_s = value
 
         if delay_ms:
-            run_fault(f"link_delay_{delay_ms:g}ms", delay_s, lambda: set_delay(delay_ms / 1000),
-                      lambda: set_delay(0.0))
+            run_fault(f"link_delay_{delay_ms:g}ms", delay_s, lambda: set_delay(delay_ms / 1000), lambda: set_delay(0.0))
         if bytes_per_s:
-            run_fault(f"link_throttle_{bytes_per_s:g}Bps", throttle_s, lambda: set_rate(bytes_per_s),
-                      lambda: set_rate(None))
+            run_fault(
+                f"link_throttle_{bytes_per_s:g}Bps", throttle_s, lambda: set_rate(bytes_per_s), lambda: set_rate(None)
+            )
         if loss and why_no_loss is None:
             rules = contextlib.ExitStack()
-            run_fault(f"link_loss_{loss * 100:g}pct", loss_s,
-                      lambda: detail.__setitem__("loss_rules",
-                                                 rules.enter_context(packet_loss(proxy.port, loss, proxy.host))),
-                      rules.close)
+            run_fault(
+                f"link_loss_{loss * 100:g}pct",
+                loss_s,
+                lambda: detail.__setitem__(
+                    "loss_rules", rules.enter_context(packet_loss(proxy.port, loss, proxy.host))
+                ),
+                rules.close,
+            )
         if link is not None:
             run_fault(f"db_partition_{partition_s:g}s", partition_s, link.down, link.up)
         detail["sink_pid_same"] = sink_pid == stack.service_pid("sink")
@@ -511,7 +583,17 @@ def sink_db_link_faults(home: Path, *, delay_ms: float = 200.0, delay_s: float =
         _finish(stack, detail, symbol, duration_s)
         detail["proxy"] = {"connections": proxy.connections, "bytes": proxy.bytes}
 
-    rows = [row(name, duration_s=length, trades_in=expected[0], trades_out=detail["distinct"],
-                duplicates=detail["dupes"], lost=detail["missing"], recover_s=detail["faults"][name]["recover_s"],
-                detail=detail) for name, length in faults]
+    rows = [
+        row(
+            name,
+            duration_s=length,
+            trades_in=expected[0],
+            trades_out=detail["distinct"],
+            duplicates=detail["dupes"],
+            lost=detail["missing"],
+            recover_s=detail["faults"][name]["recover_s"],
+            detail=detail,
+        )
+        for name, length in faults
+    ]
     return rows + (_kill_rows(detail, 0.0) if then_kill_broker else [])

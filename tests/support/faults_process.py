@@ -46,12 +46,21 @@ from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
 from tapeflow.stack.app_services import http_json
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
 from tests.support.executor_io import Feed, Watcher, free_port
-from tests.support.waiting import poll
 from tests.support.fake_exchange import FakeOnThread
 from tests.support.paths import REPO
+from tests.support.waiting import poll
 
-ROW_KEYS = ("fault", "duration_s", "trades_in", "trades_out", "duplicates", "lost", "orders_sent",
-            "orders_expected", "recover_s")
+ROW_KEYS = (
+    "fault",
+    "duration_s",
+    "trades_in",
+    "trades_out",
+    "duplicates",
+    "lost",
+    "orders_sent",
+    "orders_expected",
+    "recover_s",
+)
 
 
 def row(fault: str, **values: Any) -> dict[str, Any]:
@@ -66,8 +75,11 @@ def row(fault: str, **values: Any) -> dict[str, Any]:
 # ================================================================ executor clock skew (libfaketime)
 def libfaketime() -> str | None:
     """The preload library of the `faketime` package (multi-arch path), or None when not installed."""
-    for pattern in ("/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
-                    "/usr/local/lib/faketime/libfaketime.so.1"):
+    for pattern in (
+        "/usr/lib/*/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ):
         found = sorted(glob.glob(pattern))
         if found:
             return found[0]
@@ -132,8 +144,9 @@ def _skew_spec(seconds: float) -> str:
     return f"{seconds:+g}s"
 
 
-def executor_clock_skew(bootstrap: str, workdir: Path, *, start_skew_s: float = -7.0, step_s: float = 2.0,
-                        recover_timeout_s: float = 30.0) -> dict[str, Any]:
+def executor_clock_skew(
+    bootstrap: str, workdir: Path, *, start_skew_s: float = -7.0, step_s: float = 2.0, recover_timeout_s: float = 30.0
+) -> dict[str, Any]:
     """The testnet executor under libfaketime, started `start_skew_s` off the exchange's clock (its
     start-up sync must absorb that), then stepped forward by `step_s` twice:
 
@@ -186,30 +199,45 @@ def executor_clock_skew(bootstrap: str, workdir: Path, *, start_skew_s: float = 
     try:
         fake.market(bid=49999.9, ask=50000.0, price=50000.0, qty=0.0, mark=50000.0)
         config = workdir / "executor.yaml"
-        config.write_text(f"exchange:\n  rest_url: {fake.rest_url}\n  ws_url: {fake.ws_url}\n  request_timeout_s: 5\n"
-                          "  probe_interval_s: 0.5\nreconcile:\n  orphans: flatten\n  interval_s: 2\n"
-                          "  retry_s: 0.5\n")
+        config.write_text(
+            f"exchange:\n  rest_url: {fake.rest_url}\n  ws_url: {fake.ws_url}\n  request_timeout_s: 5\n"
+            "  probe_interval_s: 0.5\nreconcile:\n  orphans: flatten\n  interval_s: 2\n"
+            "  retry_s: 0.5\n"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TAPEFLOW_", "FAKETIME"))}
-        env.update({"PYTHONPATH": str(REPO), "TAPEFLOW_HOME": str(workdir), "TAPEFLOW_BROKER": bootstrap,
-                    "TAPEFLOW_TOPIC_PREFIX": prefix, "TAPEFLOW_BINANCE_API_KEY_FILE": str(workdir / "key"),
-                    "TAPEFLOW_BINANCE_API_SECRET_FILE": str(workdir / "secret"), LIVE_OPT_IN_ENV: LIVE_OPT_IN_VALUE,
-                    # libfaketime: the offset is read from the file, so the runner can step the clock of
-                    # the running process; a cache of 0 re-reads it when the second changes (measured:
-                    # within 0.7 s; the default 10 s, and even 1, took up to 1.7 s)
-                    "LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(clock_file),
-                    "FAKETIME_CACHE_DURATION": "0"})
+        env.update(
+            {
+                "PYTHONPATH": str(REPO),
+                "TAPEFLOW_HOME": str(workdir),
+                "TAPEFLOW_BROKER": bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": prefix,
+                "TAPEFLOW_BINANCE_API_KEY_FILE": str(workdir / "key"),
+                "TAPEFLOW_BINANCE_API_SECRET_FILE": str(workdir / "secret"),
+                LIVE_OPT_IN_ENV: LIVE_OPT_IN_VALUE,
+                # libfaketime: the offset is read from the file, so the runner can step the clock of
+                # the running process; a cache of 0 re-reads it when the second changes (measured:
+                # within 0.7 s; the default 10 s, and even 1, took up to 1.7 s)
+                "LD_PRELOAD": lib,
+                "FAKETIME_TIMESTAMP_FILE": str(clock_file),
+                "FAKETIME_CACHE_DURATION": "0",
+            }
+        )
         port = free_port()
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-c", EXECUTOR_RUNNER, str(config), str(port)], cwd=workdir,
-                                    env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", EXECUTOR_RUNNER, str(config), str(port)],
+                cwd=workdir,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         _wait_running(port, proc, log_path)
         mark("running")
 
         feed.trade(50000.0)
         trades_in += 1
         sig1 = feed.signal(price=50000.0, risk=500.0)  # stop at 49,500
-        watcher.wait("positions", lambda p: p["signal_id"] == sig1["signal_id"] and p["event"] == "opened",
-                     timeout=60)
+        watcher.wait("positions", lambda p: p["signal_id"] == sig1["signal_id"] and p["event"] == "opened", timeout=60)
         mark("entry1")
         refused_before = len(fake.control("state")["refused"])
 
@@ -218,8 +246,11 @@ def executor_clock_skew(bootstrap: str, workdir: Path, *, start_skew_s: float = 
         fake.market(price=49400.0, qty=0.0)  # below the stop: the exit fills here
         feed.trade(49400.0)
         trades_in += 1
-        closed = watcher.wait("positions", lambda p: p["signal_id"] == sig1["signal_id"] and p["event"] == "closed",
-                              timeout=recover_timeout_s)
+        closed = watcher.wait(
+            "positions",
+            lambda p: p["signal_id"] == sig1["signal_id"] and p["event"] == "closed",
+            timeout=recover_timeout_s,
+        )
         recover.append(time.monotonic() - stepped)
         mark("exit")
 
@@ -234,8 +265,11 @@ def executor_clock_skew(bootstrap: str, workdir: Path, *, start_skew_s: float = 
         sig2 = feed.signal(price=49400.0, risk=400.0)
         opened2 = None
         with contextlib.suppress(AssertionError):
-            opened2 = watcher.wait("positions", lambda p: p["signal_id"] == sig2["signal_id"]
-                                   and p["event"] == "opened", timeout=recover_timeout_s)
+            opened2 = watcher.wait(
+                "positions",
+                lambda p: p["signal_id"] == sig2["signal_id"] and p["event"] == "opened",
+                timeout=recover_timeout_s,
+            )
             recover.append(time.monotonic() - stepped)
         mark("entry2")
         trades_out = _wait_committed(bootstrap, group, prefix + "md.trades", trades_in, timeout=15)
@@ -257,29 +291,44 @@ def executor_clock_skew(bootstrap: str, workdir: Path, *, start_skew_s: float = 
     refused = [tuple(r) for r in state["refused"]] if state else []
     intents = sorted({o["client_order_id"] for o in watcher.seen["orders"]})
     posts = Counter(c for m, c in state["order_requests"] if m == "POST") if state else Counter()
-    order_states = {cid: [o["state"] for o in watcher.seen["orders"] if o["client_order_id"] == cid]
-                    for cid in intents}
+    order_states = {cid: [o["state"] for o in watcher.seen["orders"] if o["client_order_id"] == cid] for cid in intents}
     blocked = [(r["reason"], r["scope"]) for r in watcher.seen["risk.events"] if r["decision"] == "block"]
-    return row("executor_clock_skew", duration_s=abs(start_skew_s), trades_in=trades_in,
-               trades_out=trades_out, duplicates=sum(n - 1 for n in placements.values() if n > 1),
-               lost=sum(1 for cid in intents if placements.get(cid, 0) == 0), orders_sent=sum(placements.values()),
-               orders_expected=len(intents), recover_s=round(max(recover), 2) if opened2 else None,
-               detail={"placements": placements, "posts": dict(posts), "intents": intents,
-                       "order_states": order_states, "refused_before_steps": refused[:refused_before],
-                       "refused_step1": refused[refused_at[0]:refused_at[1]] if len(refused_at) > 1 else [],
-                       "refused_step2": refused[refused_at[1]:] if len(refused_at) > 1 else [],
-                       "entry1": client_order_id(sig1["signal_id"], "entry"),
-                       "entry2": client_order_id(sig2["signal_id"], "entry"), "entry2_opened": opened2 is not None,
-                       "closed": closed, "blocked": blocked, "health": health, "phases": phases,
-                       "resyncs_logged": log_text.count("clock offset resynced"), "log_tail": log_text[-3000:]})
+    return row(
+        "executor_clock_skew",
+        duration_s=abs(start_skew_s),
+        trades_in=trades_in,
+        trades_out=trades_out,
+        duplicates=sum(n - 1 for n in placements.values() if n > 1),
+        lost=sum(1 for cid in intents if placements.get(cid, 0) == 0),
+        orders_sent=sum(placements.values()),
+        orders_expected=len(intents),
+        recover_s=round(max(recover), 2) if opened2 else None,
+        detail={
+            "placements": placements,
+            "posts": dict(posts),
+            "intents": intents,
+            "order_states": order_states,
+            "refused_before_steps": refused[:refused_before],
+            "refused_step1": refused[refused_at[0] : refused_at[1]] if len(refused_at) > 1 else [],
+            "refused_step2": refused[refused_at[1] :] if len(refused_at) > 1 else [],
+            "entry1": client_order_id(sig1["signal_id"], "entry"),
+            "entry2": client_order_id(sig2["signal_id"], "entry"),
+            "entry2_opened": opened2 is not None,
+            "closed": closed,
+            "blocked": blocked,
+            "health": health,
+            "phases": phases,
+            "resyncs_logged": log_text.count("clock offset resynced"),
+            "log_tail": log_text[-3000:],
+        },
+    )
 
 
 # ================================================================ stack: SIGSTOP of consumers, database killed
 def _statuses(stack, names: tuple[str, ...]) -> dict[str, tuple[bool, str]]:
     from tapeflow.stack.supervisor import stack_status
 
-    return {c.name: (c.healthy, c.detail) for c in stack_status(stack.sup.settings, stack.sup.paths)
-            if c.name in names}
+    return {c.name: (c.healthy, c.detail) for c in stack_status(stack.sup.settings, stack.sup.paths) if c.name in names}
 
 
 def _health_url(stack, name: str) -> str:
@@ -296,14 +345,25 @@ def _features_stored(stack) -> int:
 
 def _sink_backends(stack) -> list[tuple[int, str, str]]:
     """(pid, user, state) of the client backends other than this query's own."""
-    return [tuple(r) for r in stack.query(
-        "SELECT pid, usename, coalesce(state, '') FROM pg_stat_activity WHERE backend_type = 'client backend' "
-        "AND pid <> pg_backend_pid() AND usename <> current_user")]
+    return [
+        tuple(r)
+        for r in stack.query(
+            "SELECT pid, usename, coalesce(state, '') FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            "AND pid <> pg_backend_pid() AND usename <> current_user"
+        )
+    ]
 
 
-def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = True, db_stall_s: float = 5.0,
-                         duration_s: float = 45.0,
-                         trades_per_s: float = 40.0, symbol: str = "BTCUSDT") -> list[dict[str, Any]]:
+def stack_process_faults(  # noqa: C901 - over the complexity limit, to be split
+    home: Path,
+    *,
+    stop_s: float = 8.0,
+    kill_db: bool = True,
+    db_stall_s: float = 5.0,
+    duration_s: float = 45.0,
+    trades_per_s: float = 40.0,
+    symbol: str = "BTCUSDT",
+) -> list[dict[str, Any]]:
     """One live stack (`tests.support.endurance.live_stack`: supervisor, Kafka, PostgreSQL, sink, engine,
     paper executor, the producer live against the fake exchange playing a synthetic session), two faults:
 
@@ -327,8 +387,9 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
     from tests.conftest import _read_topic
     from tests.support.endurance import expected_trades, live_stack
 
-    spec = SyntheticSpec(seed=23, symbols=(symbol,), duration_s=duration_s, trades_per_s=trades_per_s,
-                         start_time=time.time() + 10)  # event times; the exchange plays from the subscription
+    spec = SyntheticSpec(
+        seed=23, symbols=(symbol,), duration_s=duration_s, trades_per_s=trades_per_s, start_time=time.time() + 10
+    )  # event times; the exchange plays from the subscription
     count, first, last = expected_trades(spec)[symbol]
     detail: dict[str, Any] = {"expected": (count, first, last)}
     rows: list[dict[str, Any]] = []
@@ -348,6 +409,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
         def all_healthy():
             statuses = _statuses(stack, watched)
             return statuses if all(ok for ok, _ in statuses.values()) else None
+
         detail["status_before"] = poll(all_healthy, 30, 0.25) or _statuses(stack, watched)
 
         # --- 1. SIGSTOP engine and sink ------------------------------------------------------------------
@@ -373,6 +435,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
         # --- 2. the sink's database backend SIGKILLed ------------------------------------------------------
         db_down_s = recover_db = None
         if kill_db:
+
             def in_transaction():
                 backends = _sink_backends(stack)
                 busy = [b for b in backends if b[2] in ("active", "idle in transaction")]
@@ -392,6 +455,7 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                     return True
                 except Exception:  # noqa: BLE001 - any refusal while it recovers
                     return False
+
             poll(lambda: not accepting(), 3, 0.02)  # the reset may take a moment to start
             poll(accepting, 60, 0.1)
             db_down_s = round(time.monotonic() - t_kill, 2)
@@ -431,7 +495,9 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
             recover_stall = round(time.monotonic() - t_resume, 2) if moved else None
             detail["status_after_stall"] = poll(
                 lambda: (st := _statuses(stack, ("database", "sink"))) and all(ok for ok, _ in st.values()) and st,
-                30, 0.25)
+                30,
+                0.25,
+            )
             mark("db_stall_recovered")
 
         # --- the end: every trade stored (the exchange plays the session from the producer's subscription)
@@ -442,10 +508,11 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
         stored = stack.trades_stored(symbol)
         bootstrap = stack.bootstrap
         with ThreadPoolExecutor(3) as pool:
-            reads = {name: pool.submit(_read_topic, bootstrap, name, idle_s=2.0)
-                     for name in ("md.trades", "features", "signals")}
-            topic_trades = [r["value"]["agg_id"] for r in reads["md.trades"].result()
-                            if r["value"]["symbol"] == symbol]
+            reads = {
+                name: pool.submit(_read_topic, bootstrap, name, idle_s=2.0)
+                for name in ("md.trades", "features", "signals")
+            }
+            topic_trades = [r["value"]["agg_id"] for r in reads["md.trades"].result() if r["value"]["symbol"] == symbol]
             features = reads["features"].result()
             signals = reads["signals"].result()
             feature_ids = [r["value"]["evaluation_id"] for r in features]
@@ -458,9 +525,11 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
                 places.setdefault(r["value"][field], []).append((r["partition"], r["offset"]))
             detail[f"{name}_duplicated_at"] = [(i, at) for i, at in places.items() if len(at) > 1][:5]
         engine_log = stack.sup.paths.home / "logs" / "engine.log"
-        detail["engine_rebalances"] = [line[:240] for line in engine_log.read_text(errors="replace").splitlines()
-                                       if any(w in line.lower() for w in ("revoked", "assigned", "restored",
-                                                                           "fenced", "transaction", "error"))][-40:]
+        detail["engine_rebalances"] = [
+            line[:240]
+            for line in engine_log.read_text(errors="replace").splitlines()
+            if any(w in line.lower() for w in ("revoked", "assigned", "restored", "fenced", "transaction", "error"))
+        ][-40:]
         db_features = stack.query("SELECT count(*), count(DISTINCT evaluation_id) FROM features")[0]
         detail["log"] = list(stack.log)
         sink_log = stack.sup.paths.home / "logs" / "sink.log"
@@ -473,16 +542,38 @@ def stack_process_faults(home: Path, *, stop_s: float = 8.0, kill_db: bool = Tru
     signal_dupes = sum(n - 1 for n in Counter(signal_ids).values())
     expected_ids = set(range(first, last + 1))
     lost = len(expected_ids - set(in_topic)) + (count - distinct)
-    detail.update({"stored": stored, "topic_trades": len(topic_trades), "topic_distinct": len(in_topic),
-                   "topic_dupes": topic_dupes, "feature_ids": len(feature_ids), "feature_dupes": feature_dupes,
-                   "signal_ids": len(signal_ids), "signal_dupes": signal_dupes, "db_features": db_features})
-    common = {"trades_in": count, "trades_out": distinct, "duplicates": topic_dupes + (rows_n - distinct)
-              + feature_dupes + signal_dupes, "lost": lost}
-    rows.append(row("sigstop_engine_sink", duration_s=detail["stopped_for_s"], recover_s=recover_stop,
-                    detail=detail, **common))
+    detail.update(
+        {
+            "stored": stored,
+            "topic_trades": len(topic_trades),
+            "topic_distinct": len(in_topic),
+            "topic_dupes": topic_dupes,
+            "feature_ids": len(feature_ids),
+            "feature_dupes": feature_dupes,
+            "signal_ids": len(signal_ids),
+            "signal_dupes": signal_dupes,
+            "db_features": db_features,
+        }
+    )
+    common = {
+        "trades_in": count,
+        "trades_out": distinct,
+        "duplicates": topic_dupes + (rows_n - distinct) + feature_dupes + signal_dupes,
+        "lost": lost,
+    }
+    rows.append(
+        row("sigstop_engine_sink", duration_s=detail["stopped_for_s"], recover_s=recover_stop, detail=detail, **common)
+    )
     if kill_db:
         rows.append(row("db_backend_killed", duration_s=db_down_s, recover_s=recover_db, detail=detail, **common))
     if db_stall_s:
-        rows.append(row("db_unresponsive", duration_s=detail["db_stalled_for_s"], recover_s=recover_stall,
-                        detail=detail, **common))
+        rows.append(
+            row(
+                "db_unresponsive",
+                duration_s=detail["db_stalled_for_s"],
+                recover_s=recover_stall,
+                detail=detail,
+                **common,
+            )
+        )
     return rows

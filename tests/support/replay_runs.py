@@ -23,9 +23,13 @@ from tests.support.services import Service, record_counts, wait_consumed
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 FAR_PAST_S = 1e9  # generated sessions are from 2023; the engine's wall-clock signal age must not filter them
 STRATEGY = {
-    "name": "replay_parity", "version": "1", "windows": {"cvd_fast": "1m", "cvd_mid": "5m"}, "warmup": "2m",
+    "name": "replay_parity",
+    "version": "1",
+    "windows": {"cvd_fast": "1m", "cvd_mid": "5m"},
+    "warmup": "2m",
     "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "1m",
+    "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+    "cooldown": "1m",
     "exits": {"sl_atr_mult": 0.5, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 3},
 }
 OUTPUTS = ("bars.1m", "features", "signals")
@@ -34,8 +38,15 @@ INPUTS = ("md.trades", "md.book", "md.mark", "md.liquidations", "md.indicators")
 
 def synthetic_args(seed: int, duration_s: float, fake_args: tuple[str, ...] = ()) -> list[str]:
     """`tapeflow fake-exchange` arguments of the generated session `replay` serves."""
-    return ["--synthetic-seed", str(seed), "--synthetic-symbols", ",".join(SYMBOLS), "--synthetic-duration",
-            str(duration_s), *fake_args]
+    return [
+        "--synthetic-seed",
+        str(seed),
+        "--synthetic-symbols",
+        ",".join(SYMBOLS),
+        "--synthetic-duration",
+        str(duration_s),
+        *fake_args,
+    ]
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,8 +72,15 @@ def assert_every_trade_once(seed: int, duration_s: float, trades: list[dict], fa
 
 def service_env(kafka_bootstrap: str, prefix: str, workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update({"TAPEFLOW_HOME": str(workdir / "home"), "TAPEFLOW_BROKER": kafka_bootstrap,
-                "TAPEFLOW_TOPIC_PREFIX": prefix, "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "TAPEFLOW_HOME": str(workdir / "home"),
+            "TAPEFLOW_BROKER": kafka_bootstrap,
+            "TAPEFLOW_TOPIC_PREFIX": prefix,
+            "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -70,15 +88,31 @@ def start_engine(env: dict[str, str], workdir: Path, *extra: str, strategy: dict
     """`tapeflow engine` with the test strategy, waiting for progress markers, ready to read."""
     strategy_file = workdir / "strategy.yaml"
     strategy_file.write_text(yaml.safe_dump(strategy or STRATEGY))
-    engine = Service("engine", ["engine", "--strategy", str(strategy_file), "--metrics-port", "0", "--prime-hours",
-                                "0", "--wait-for-progress", "--signal-max-age-s", str(FAR_PAST_S), *extra],
-                     env, workdir)
+    engine = Service(
+        "engine",
+        [
+            "engine",
+            "--strategy",
+            str(strategy_file),
+            "--metrics-port",
+            "0",
+            "--prime-hours",
+            "0",
+            "--wait-for-progress",
+            "--signal-max-age-s",
+            str(FAR_PAST_S),
+            *extra,
+        ],
+        env,
+        workdir,
+    )
     engine.wait_for_line(r"engine worker ready", 120)
     return engine
 
 
-def drain_engine(engine: Service, kafka_bootstrap: str, prefix: str, read_topic,
-                 trades: list[dict] | None = None) -> None:
+def drain_engine(
+    engine: Service, kafka_bootstrap: str, prefix: str, read_topic, trades: list[dict] | None = None
+) -> None:
     """Until the engine (group of namespace `prefix`) has committed every trade, then stop it cleanly.
 
     `trades`: md.trades as `read_topic` returned it once every writer had stopped (its partitions and
@@ -86,8 +120,9 @@ def drain_engine(engine: Service, kafka_bootstrap: str, prefix: str, read_topic,
     topic cost the broker and the test a second full fetch of every trade (~72,000 in the two-hour replay)."""
     if trades is None:
         trades = read_topic(kafka_bootstrap, prefix + "md.trades", settled=True)
-    wait_consumed(kafka_bootstrap, prefix + "tapeflow-engine", {prefix + "md.trades": record_counts(trades)},
-                  [engine], 600)
+    wait_consumed(
+        kafka_bootstrap, prefix + "tapeflow-engine", {prefix + "md.trades": record_counts(trades)}, [engine], 600
+    )
     assert engine.stop() == 0, engine.tail()
     assert "no progress marker for" not in engine.log(), engine.tail()
 
@@ -96,9 +131,19 @@ def read_outputs(kafka_bootstrap: str, prefix: str, read_topic) -> dict[str, lis
     return canonical({t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, settled=True)] for t in OUTPUTS})
 
 
-def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed: int, duration_s: float,
-           speed: str, fake_args: tuple[str, ...] = (), strategy: dict | None = None, engine: bool = True,
-           ) -> tuple[dict[str, list[dict]] | None, dict[str, list[dict]], str]:
+def replay(
+    kafka_bootstrap: str,
+    prefix: str,
+    read_topic,
+    workdir: Path,
+    *,
+    seed: int,
+    duration_s: float,
+    speed: str,
+    fake_args: tuple[str, ...] = (),
+    strategy: dict | None = None,
+    engine: bool = True,
+) -> tuple[dict[str, list[dict]] | None, dict[str, list[dict]], str]:
     """One replay through the three processes; (engine outputs, md.* inputs, producer summary). With
     ``engine=False`` only the fake exchange and the producer run (outputs None): for a reference the
     engine core computes from the inputs (``direct_engine_outputs``), which the parity tests prove equal."""
@@ -111,14 +156,42 @@ def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed
         if engine:
             worker = start_engine(env, workdir, strategy=strategy)
             services.append(worker)
-        fake = Service("fake-exchange", ["fake-exchange", *synthetic_args(seed, duration_s, fake_args), "--speed",
-                                         speed, "--rest-clock", "recording"], env, workdir)
+        fake = Service(
+            "fake-exchange",
+            [
+                "fake-exchange",
+                *synthetic_args(seed, duration_s, fake_args),
+                "--speed",
+                speed,
+                "--rest-clock",
+                "recording",
+            ],
+            env,
+            workdir,
+        )
         services.append(fake)
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 120).group(0))
         rest = urls["rest_url"]
-        producer = Service("producer", ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
-                                        rest, "--coinbase-url", rest, "--replay-control-url", rest, "--metrics-port",
-                                        "0"], env, workdir)
+        producer = Service(
+            "producer",
+            [
+                "produce",
+                "--ws-url",
+                urls["ws_url"],
+                "--rest-url",
+                rest,
+                "--spot-url",
+                rest,
+                "--coinbase-url",
+                rest,
+                "--replay-control-url",
+                rest,
+                "--metrics-port",
+                "0",
+            ],
+            env,
+            workdir,
+        )
         services.append(producer)
         wall = duration_s / (1.0 if speed == "max" else float(speed))
         try:
@@ -137,9 +210,17 @@ def replay(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path, *, seed
     return (read_outputs(kafka_bootstrap, prefix, read_topic) if worker is not None else None), inputs, summary
 
 
-def assert_summary_true(summary: str, kafka_bootstrap: str, prefix: str, read_topic, *, seed: int,
-                        duration_s: float, fake_args: tuple[str, ...] = (),
-                        inputs: dict[str, list[dict]] | None = None) -> None:
+def assert_summary_true(
+    summary: str,
+    kafka_bootstrap: str,
+    prefix: str,
+    read_topic,
+    *,
+    seed: int,
+    duration_s: float,
+    fake_args: tuple[str, ...] = (),
+    inputs: dict[str, list[dict]] | None = None,
+) -> None:
     """The producer's `replay-finished` line is true: frames in = every frame the fake sent on the
     subscribed streams, md.trades = the session's trades, records delivered = what the md.* topics
     hold, and nothing dropped, undelivered or dead-lettered. (The fake at `max` finishes sending long
@@ -186,8 +267,12 @@ def backtest_signals(kafka_bootstrap: str, prefix: str, inputs: dict[str, list[d
 #: streak of a random walk must not pause the account mid-run
 EXECUTOR_CONFIG = {
     "timeout_min": 3,
-    "risk": {"max_signal_age_s": FAR_PAST_S, "stale_market_data_s": FAR_PAST_S,
-             "daily_loss_limit_r": 1000, "max_consecutive_losses": 1000},
+    "risk": {
+        "max_signal_age_s": FAR_PAST_S,
+        "stale_market_data_s": FAR_PAST_S,
+        "daily_loss_limit_r": 1000,
+        "max_consecutive_losses": 1000,
+    },
 }
 
 
@@ -198,11 +283,17 @@ def paper_positions(kafka_bootstrap: str, prefix: str, read_topic, workdir: Path
     config = workdir / "executor.yaml"
     config.write_text(yaml.safe_dump(EXECUTOR_CONFIG))
     env = service_env(kafka_bootstrap, prefix, workdir)
-    executor = Service("executor", ["execute", "--mode", "paper", "--from-beginning", "--executor-config",
-                                    str(config), "--metrics-port", "0"], env, workdir)
+    executor = Service(
+        "executor",
+        ["execute", "--mode", "paper", "--from-beginning", "--executor-config", str(config), "--metrics-port", "0"],
+        env,
+        workdir,
+    )
     try:
-        ends = {prefix + t: record_counts(read_topic(kafka_bootstrap, prefix + t, settled=True))
-                for t in ("signals", "md.trades")}
+        ends = {
+            prefix + t: record_counts(read_topic(kafka_bootstrap, prefix + t, settled=True))
+            for t in ("signals", "md.trades")
+        }
         wait_consumed(kafka_bootstrap, prefix + "tapeflow-executor-paper", ends, [executor], 600)
         assert executor.stop() == 0, executor.tail()
     finally:

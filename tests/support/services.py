@@ -14,9 +14,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from urllib.parse import quote
 
@@ -46,14 +46,22 @@ class ServiceThread:
 class Service:
     """One `python -m tapeflow ...` process with its log file; killed by the test's cleanup if still alive."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], workdir: Path,
-                 command: tuple[str, ...] = (sys.executable, "-m", "tapeflow"), cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        command: tuple[str, ...] = (sys.executable, "-m", "tapeflow"),
+        cwd: Path | None = None,
+    ) -> None:
         """`command`: how tapeflow is invoked (another virtualenv's `tapeflow` script, for instance)."""
         self.name = name
         self.log_path = workdir / f"{name}.log"
         with open(self.log_path, "w") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([*command, *args], cwd=cwd or workdir, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [*command, *args], cwd=cwd or workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -115,8 +123,10 @@ def scrape(port: int, prefix: str) -> str:
 def database_url(conninfo: str) -> str:
     """TAPEFLOW_DATABASE_URL (a postgresql:// URL) for the fixture's key=value conninfo."""
     p = psycopg.conninfo.conninfo_to_dict(conninfo)
-    return (f"postgresql://{quote(p['user'], safe='')}:{quote(p.get('password') or '', safe='')}"
-            f"@{p['host']}:{p['port']}/{p['dbname']}")
+    return (
+        f"postgresql://{quote(p['user'], safe='')}:{quote(p.get('password') or '', safe='')}"
+        f"@{p['host']}:{p['port']}/{p['dbname']}"
+    )
 
 
 def metrics_text(port: int) -> str:
@@ -133,8 +143,9 @@ def record_counts(records: list[dict]) -> dict[int, int]:
     return ends
 
 
-def wait_consumed(bootstrap: str, group: str, ends: dict[str, dict[int, int]], services: list[Service],
-                  timeout: float) -> None:
+def wait_consumed(
+    bootstrap: str, group: str, ends: dict[str, dict[int, int]], services: list[Service], timeout: float
+) -> None:
     """Until `group` has committed every topic in `ends` up to those offsets (it processed everything).
 
     One client asks the broker every 0.5 s for the partitions in `ends` (a new client per topic per
@@ -160,5 +171,3 @@ def wait_consumed(bootstrap: str, group: str, ends: dict[str, dict[int, int]], s
         consumer.close()
     logs = "\n".join(s.tail() for s in services)
     raise AssertionError(f"group {group} did not consume everything within {timeout} s: {behind}\n{logs}")
-
-

@@ -19,9 +19,13 @@ from sinks.partitions import ensure_partitions
 def table_layout(conninfo: str, table: str) -> str:
     """'hypertable', 'partitioned' (plain time partitions) or 'table'."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        hyper = conn.execute("SELECT to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL").fetchone()[0] and \
-            conn.execute("SELECT 1 FROM _timescaledb_catalog.hypertable WHERE schema_name = 'public' "
-                         "AND table_name = %s", (table,)).fetchone()
+        hyper = (
+            conn.execute("SELECT to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL").fetchone()[0]
+            and conn.execute(
+                "SELECT 1 FROM _timescaledb_catalog.hypertable WHERE schema_name = 'public' AND table_name = %s",
+                (table,),
+            ).fetchone()
+        )
         if hyper:
             return "hypertable"
         kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (table,)).fetchone()
@@ -33,8 +37,9 @@ def expected_layout(timescaledb: bool) -> str:
     return "hypertable" if timescaledb else "partitioned"
 
 
-def migrate_for_rows(conninfo: str, tables: dict[str, tuple[datetime, datetime]],
-                     engine_extension: str | None = ENGINE_EXTENSION) -> MigrationReport:
+def migrate_for_rows(
+    conninfo: str, tables: dict[str, tuple[datetime, datetime]], engine_extension: str | None = ENGINE_EXTENSION
+) -> MigrationReport:
     """Migrate, then make the partitions of each table's [start, end] (hypertables need nothing)."""
     report = migrate(conninfo, engine_extension=engine_extension)
     with psycopg.connect(conninfo, autocommit=True) as conn:

@@ -17,8 +17,7 @@ from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.publisher import Publisher
 
 
-def store_session(bootstrap: str, topic_prefix: str, database: str,
-                  records: Mapping[str, Sequence[Mapping]]) -> None:
+def store_session(bootstrap: str, topic_prefix: str, database: str, records: Mapping[str, Sequence[Mapping]]) -> None:
     """Every record on ``<topic_prefix><topic>`` (keyed exchange:symbol, timestamped by its receive
     time) and in the topic's table of a freshly migrated ``database``."""
     ensure_topics(bootstrap, prefix=topic_prefix)

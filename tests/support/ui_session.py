@@ -21,24 +21,42 @@ from sinks.tables import table_for_topic, write_rows
 from stream_apps.core.bars import BarBuilder
 from stream_apps.core.units import notional_to_units, qty_to_units
 
-TOPIC_OF_KIND = {"books": "md.book", "marks": "md.mark", "liquidations": "md.liquidations",
-                 "indicators": "md.indicators"}
+TOPIC_OF_KIND = {
+    "books": "md.book",
+    "marks": "md.mark",
+    "liquidations": "md.liquidations",
+    "indicators": "md.indicators",
+}
 PARTITIONED = ("trades", "depth_snapshots", "liquidations", "mark_prices", "market_indicators", "bars_1m")
 
 
 def trade_records(batch) -> list[dict]:
     sells = batch.taker_sell.tolist()
     out = []
-    for agg, t, p, q, s in zip(batch.agg_id.tolist(), batch.time_ms.tolist(), batch.price.tolist(),
-                               batch.qty.tolist(), sells):
-        out.append({"exchange": batch.exchange, "symbol": batch.symbol, "agg_id": agg, "price": p, "qty": q,
-                    "first_trade_id": agg, "last_trade_id": agg, "event_time": t, "trade_time": t,
-                    "receive_time": t + 20, "taker_side": "SELL" if s else "BUY"})
+    for agg, t, p, q, s in zip(
+        batch.agg_id.tolist(), batch.time_ms.tolist(), batch.price.tolist(), batch.qty.tolist(), sells
+    ):
+        out.append(
+            {
+                "exchange": batch.exchange,
+                "symbol": batch.symbol,
+                "agg_id": agg,
+                "price": p,
+                "qty": q,
+                "first_trade_id": agg,
+                "last_trade_id": agg,
+                "event_time": t,
+                "trade_time": t,
+                "receive_time": t + 20,
+                "taker_side": "SELL" if s else "BUY",
+            }
+        )
     return out
 
 
-def store_synthetic(conninfo: str, symbols: list[str], from_ms: int, to_ms: int, seed: int = 7,
-                    trades_per_s: float | None = None) -> dict[str, int]:
+def store_synthetic(
+    conninfo: str, symbols: list[str], from_ms: int, to_ms: int, seed: int = 7, trades_per_s: float | None = None
+) -> dict[str, int]:
     """Generate ``[from_ms, to_ms)`` and store it in the migrated database ``conninfo``; returns rows
     written per table."""
     source = SyntheticSource(symbols, from_ms, to_ms, seed, trades_per_s=trades_per_s)
@@ -52,14 +70,26 @@ def store_synthetic(conninfo: str, symbols: list[str], from_ms: int, to_ms: int,
         conn.commit()
         for block in source.blocks():
             bars = []
-            for key, batch in block.trades.items():
+            for batch in block.trades.values():
                 keep = (batch.time_ms >= from_ms) & (batch.time_ms < to_ms)
-                batch = type(batch).from_arrays(batch.exchange, batch.symbol, batch.agg_id[keep], batch.time_ms[keep],
-                                                batch.price[keep], batch.qty[keep], batch.taker_sell[keep])
+                batch = type(batch).from_arrays(
+                    batch.exchange,
+                    batch.symbol,
+                    batch.agg_id[keep],
+                    batch.time_ms[keep],
+                    batch.price[keep],
+                    batch.qty[keep],
+                    batch.taker_sell[keep],
+                )
                 _write(conn, "md.trades", trade_records(batch), counts)
-                closed = builders[batch.symbol].update(batch.time_ms, batch.price, qty_to_units(batch.qty),
-                                                       ~batch.taker_sell, notional_to_units(batch.price * batch.qty),
-                                                       batch.agg_id)
+                closed = builders[batch.symbol].update(
+                    batch.time_ms,
+                    batch.price,
+                    qty_to_units(batch.qty),
+                    ~batch.taker_sell,
+                    notional_to_units(batch.price * batch.qty),
+                    batch.agg_id,
+                )
                 bars += [b.to_record(batch.exchange, batch.symbol) for b in closed]
             _write(conn, "bars.1m", bars, counts)
             for kind, recs in block.records.items():
@@ -85,12 +115,30 @@ def signal_record(symbol: str, eval_ms: int, direction: str, price: float, n: in
     """A scored signal as the engine publishes it on ``signals`` (values hand-picked)."""
     risk = price * 0.004
     sign = 1 if direction == "LONG" else -1
-    return {"signal_id": f"ui-test-{symbol}-{n}", "strategy": "flow_scalper", "strategy_version": "1",
-            "config_hash": "abc", "exchange": "binance", "symbol": symbol, "eval_time": eval_ms,
-            "direction": direction, "tier": "standard", "score": 61.5, "factors": {"cvd": 1.0}, "price": price,
-            "atr": risk, "risk_distance": risk, "sl_price": price - sign * risk, "tp1_price": price + sign * risk,
-            "tp2_price": price + 2 * sign * risk, "sl_r": -1.0, "tp1_r": 1.0, "tp2_r": 2.0, "is_flip": False,
-            "timeout_ms": None}
+    return {
+        "signal_id": f"ui-test-{symbol}-{n}",
+        "strategy": "flow_scalper",
+        "strategy_version": "1",
+        "config_hash": "abc",
+        "exchange": "binance",
+        "symbol": symbol,
+        "eval_time": eval_ms,
+        "direction": direction,
+        "tier": "standard",
+        "score": 61.5,
+        "factors": {"cvd": 1.0},
+        "price": price,
+        "atr": risk,
+        "risk_distance": risk,
+        "sl_price": price - sign * risk,
+        "tp1_price": price + sign * risk,
+        "tp2_price": price + 2 * sign * risk,
+        "sl_r": -1.0,
+        "tp1_r": 1.0,
+        "tp2_r": 2.0,
+        "is_flip": False,
+        "timeout_ms": None,
+    }
 
 
 def store_signals(conninfo: str, records: list[dict]) -> int:
@@ -103,17 +151,49 @@ def pair_event_record(pair_id: str, coin: str, opened_ms: int, net_usd: float) -
     """A closed hedged pair's snapshot as the watchlist trader publishes it on ``xv.pairs`` (values
     hand-picked: gross - fees - slippage + funding = net, each leg half of it)."""
     gross, fees, slip, funding = net_usd + 6.0, 4.0, 1.5, -0.5
-    half = {k: v / 2 for k, v in {"gross_usd": gross, "fees_usd": fees, "slippage_usd": slip, "funding_usd": funding,
-                                  "net_usd": net_usd}.items()}
-    return {"pair_id": pair_id, "seq": 2, "event_time": opened_ms + 60_000, "signal_id": f"{pair_id}-signal",
-            "pair_key": f"{coin}:binance:bybit", "coin": coin, "short_venue": "binance", "short_symbol": f"{coin}USDT",
-            "long_venue": "bybit", "long_symbol": f"{coin}USDT", "notional_usd": 10_000.0, "qty": 0.25,
-            "status": "closed", "reason": None, "close_reason": "target", "opened_ms": opened_ms,
-            "closed_ms": opened_ms + 60_000, "entry_spread": 0.0012, "exit_spread": 0.0002, "gross_usd": gross,
-            "fees_usd": fees, "slippage_usd": slip, "funding_usd": funding, "net_usd": net_usd,
-            **{f"{leg}_{k}": v for leg in ("short", "long") for k, v in half.items()},
-            "leg_latency_usd": 0.0, "liquidation_usd": 0.0, "short_leg_latency_usd": 0.0,
-            "short_liquidation_usd": 0.0, "long_leg_latency_usd": 0.0, "long_liquidation_usd": 0.0}
+    half = {
+        k: v / 2
+        for k, v in {
+            "gross_usd": gross,
+            "fees_usd": fees,
+            "slippage_usd": slip,
+            "funding_usd": funding,
+            "net_usd": net_usd,
+        }.items()
+    }
+    return {
+        "pair_id": pair_id,
+        "seq": 2,
+        "event_time": opened_ms + 60_000,
+        "signal_id": f"{pair_id}-signal",
+        "pair_key": f"{coin}:binance:bybit",
+        "coin": coin,
+        "short_venue": "binance",
+        "short_symbol": f"{coin}USDT",
+        "long_venue": "bybit",
+        "long_symbol": f"{coin}USDT",
+        "notional_usd": 10_000.0,
+        "qty": 0.25,
+        "status": "closed",
+        "reason": None,
+        "close_reason": "target",
+        "opened_ms": opened_ms,
+        "closed_ms": opened_ms + 60_000,
+        "entry_spread": 0.0012,
+        "exit_spread": 0.0002,
+        "gross_usd": gross,
+        "fees_usd": fees,
+        "slippage_usd": slip,
+        "funding_usd": funding,
+        "net_usd": net_usd,
+        **{f"{leg}_{k}": v for leg in ("short", "long") for k, v in half.items()},
+        "leg_latency_usd": 0.0,
+        "liquidation_usd": 0.0,
+        "short_leg_latency_usd": 0.0,
+        "short_liquidation_usd": 0.0,
+        "long_leg_latency_usd": 0.0,
+        "long_liquidation_usd": 0.0,
+    }
 
 
 def floor_index(price: float, step: float) -> int:
@@ -122,9 +202,15 @@ def floor_index(price: float, step: float) -> int:
 
 
 #: the watchlist strategy of the generated session, and the trader's window sizes for a 12-minute session
-UI_STRATEGY = {"kind": "watchlist", "name": "xv_ui", "version": "1", "notional_usd": 10_000, "cooldown": "2m",
-               "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12},
-               "exits": {"exit_spread_bp": -2}}
+UI_STRATEGY = {
+    "kind": "watchlist",
+    "name": "xv_ui",
+    "version": "1",
+    "notional_usd": 10_000,
+    "cooldown": "2m",
+    "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12},
+    "exits": {"exit_spread_bp": -2},
+}
 UI_WINDOWS = {"slope_window_ms": 60_000, "windows": (("1h", 3_600_000, 5_000), ("12h", 43_200_000, 60_000))}
 
 
@@ -163,7 +249,10 @@ def store_watchlist_session(conninfo: str, seed: int = 11, minutes: float = 12.0
     counts: dict[str, int] = {}
     with psycopg.connect(conninfo) as conn:
         times = [r["eval_time"] for r in features]
-        lo, hi = datetime.fromtimestamp(min(times) / 1000 - 86_400, tz=UTC), datetime.fromtimestamp(max(times) / 1000 + 86_400, tz=UTC)
+        lo, hi = (
+            datetime.fromtimestamp(min(times) / 1000 - 86_400, tz=UTC),
+            datetime.fromtimestamp(max(times) / 1000 + 86_400, tz=UTC),
+        )
         for table in ("xv_features", "xv_signals", "xv_leg_orders", "xv_funding_payments", "xv_pair_events"):
             ensure_partitions(conn, table, lo, hi)
         for topic, recs in records.items():
@@ -184,8 +273,12 @@ def store_wall_features(conninfo: str, symbol: str, from_ms: int, to_ms: int) ->
     distance from mid in bps, USD size, age; ``book_walls`` reports no ask wall at the second
     evaluation of a book (a side without a wall has no field). Returns the rows written."""
     with psycopg.connect(conninfo) as conn:
-        ensure_partitions(conn, "features", datetime.fromtimestamp(from_ms / 1000 - 86_400, tz=UTC),
-                          datetime.fromtimestamp(to_ms / 1000 + 86_400, tz=UTC))
+        ensure_partitions(
+            conn,
+            "features",
+            datetime.fromtimestamp(from_ms / 1000 - 86_400, tz=UTC),
+            datetime.fromtimestamp(to_ms / 1000 + 86_400, tz=UTC),
+        )
         cur = conn.execute(
             "INSERT INTO features (evaluation_id, strategy, strategy_version, config_hash, exchange, symbol, eval_time, "
             "  inputs, layer_scores, score, direction, gate, block_reason) "
@@ -202,8 +295,13 @@ def store_wall_features(conninfo: str, symbol: str, from_ms: int, to_ms: int) ->
             "CROSS JOIN LATERAL (SELECT k, d.event_time + make_interval(secs => k) AS t FROM generate_series(0, 1) k) e "
             "CROSS JOIN unnest(%s::text[]) s(strategy) "
             "WHERE d.exchange = 'binance' AND d.symbol = %s AND d.event_time >= %s AND d.event_time < %s",
-            (list(WALL_STRATEGIES), symbol, datetime.fromtimestamp(from_ms / 1000, tz=UTC),
-             datetime.fromtimestamp(to_ms / 1000, tz=UTC)))
+            (
+                list(WALL_STRATEGIES),
+                symbol,
+                datetime.fromtimestamp(from_ms / 1000, tz=UTC),
+                datetime.fromtimestamp(to_ms / 1000, tz=UTC),
+            ),
+        )
         conn.commit()
         conn.autocommit = True
         conn.execute("ANALYZE features")

@@ -23,8 +23,14 @@ def poll(condition: Callable[[], Any], timeout: float, interval: float = 0.1) ->
         time.sleep(interval)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str | Callable[[], str] = "the condition",
-               *, interval: float = 0.1, alive: Callable[[], None] | None = None) -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str | Callable[[], str] = "the condition",
+    *,
+    interval: float = 0.1,
+    alive: Callable[[], None] | None = None,
+) -> Any:
     """Poll ``condition()`` every ``interval`` s until it returns something truthy, and return that.
 
     ``alive()`` runs between polls to fail at once instead of at the deadline (`services_alive`: a
@@ -50,4 +56,5 @@ def services_alive(services: Iterable[Any]) -> Callable[[], None]:
     def check() -> None:
         for s in services:
             assert s.proc.poll() is None, f"{s.name} died\n{s.tail()}"
+
     return check

@@ -19,10 +19,27 @@ from hypothesis import strategies as st
 from tapeflow.cli import _parse_time
 from tests.support.fuzz import FUZZ, one_line
 
-texts = st.one_of(st.text(max_size=30), st.integers(0, 10**25).map(str),
-                  st.datetimes().map(datetime.isoformat),
-                  st.sampled_from(["", " ", "0", "²", "١٢٣", "2024-01-01", "2024-02-30", "9999-12-31T23:59:59+14:00",
-                                   "0001-01-01T00:00-14:00", "now", "1e12", "-1"]))
+texts = st.one_of(
+    st.text(max_size=30),
+    st.integers(0, 10**25).map(str),
+    st.datetimes().map(datetime.isoformat),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "0",
+            "²",
+            "١٢٣",
+            "2024-01-01",
+            "2024-02-30",
+            "9999-12-31T23:59:59+14:00",
+            "0001-01-01T00:00-14:00",
+            "now",
+            "1e12",
+            "-1",
+        ]
+    ),
+)
 
 
 @FUZZ
@@ -54,18 +71,21 @@ def test_unix_milliseconds_are_that_moment(ms):
 
 
 @FUZZ
-@given(moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
-       offset=st.one_of(st.none(), st.integers(-14 * 60, 14 * 60)))
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    offset=st.one_of(st.none(), st.integers(-14 * 60, 14 * 60)),
+)
 def test_an_iso_time_is_that_moment_utc_unless_it_says_otherwise(moment, offset):
     tz = UTC if offset is None else timezone(timedelta(minutes=offset))
     text = moment.isoformat() if offset is None else moment.replace(tzinfo=tz).isoformat()
     assert _parse_time(text, "--from") == moment.replace(tzinfo=tz)
 
 
-
 @FUZZ
-@given(day=st.dates(min_value=date(1970, 1, 1), max_value=date(9999, 12, 31)),
-       moment=st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 30)))
+@given(
+    day=st.dates(min_value=date(1970, 1, 1), max_value=date(9999, 12, 31)),
+    moment=st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 30)),
+)
 def test_every_to_means_the_same_an_excluded_end_a_date_its_midnight(day, moment):
     """One rule for every command's `--from`/`--to` (`replay` and `db audit` here; `backtest`, `watchlist
     backtest`, the research commands and `backfill` through tapeflow_runtime.instants): `--from`

@@ -14,13 +14,23 @@ from tapeflow_runtime.settings import Settings
 from tests.support.paths import RECORDING
 
 # how the help text names a component (service or step name -> words)
-SPOKEN = {"database": "PostgreSQL", "fake-exchange": "fake exchange", "executor": "paper executor",
-          "engine": "signal engine", "ui": "web UI"}
+SPOKEN = {
+    "database": "PostgreSQL",
+    "fake-exchange": "fake exchange",
+    "executor": "paper executor",
+    "engine": "signal engine",
+    "ui": "web UI",
+}
 
 
 def help_text(*args: str) -> str:
-    res = subprocess.run([sys.executable, "-m", "tapeflow", *args, "--help"], capture_output=True, text=True,
-                         timeout=60, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin", "TERM": "dumb"})
+    res = subprocess.run(
+        [sys.executable, "-m", "tapeflow", *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin", "TERM": "dumb"},
+    )
     assert res.returncode == 0, res.stderr
     return " ".join(res.stdout.split())
 
@@ -29,8 +39,18 @@ def test_up_help_names_every_component_up_starts(tmp_path):
     settings = Settings(home=tmp_path, source=f"replay:{RECORDING}")  # a replay adds the fake exchange
     paths = StackPaths(tmp_path)
     names = [s.name for s in default_services(settings, paths)] + [s.name for s in default_steps(settings, paths)]
-    assert {"broker", "database", "migrations", "topics", "sink", "engine", "executor", "producer",
-            "fake-exchange", "ui"} == set(names)
+    assert {
+        "broker",
+        "database",
+        "migrations",
+        "topics",
+        "sink",
+        "engine",
+        "executor",
+        "producer",
+        "fake-exchange",
+        "ui",
+    } == set(names)
     text = help_text("up")
     for name in names:
         assert SPOKEN.get(name, name) in text, f"`up --help` does not mention {name}: {text}"
@@ -52,8 +72,13 @@ def test_produce_help_names_every_exchange_it_accepts(tmp_path):
     for venue in ("binance", "bybit", "okx"):
         assert venue in text.split("--exchange", 1)[1].split("--", 1)[0], text
     assert "--okx-ws-url" in text and "--okx-rest-url" in text and "BTC-USDT-SWAP" in text, text
-    res = subprocess.run([sys.executable, "-m", "tapeflow", "produce", "--exchange", "kraken"], capture_output=True,
-                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "TAPEFLOW_HOME": str(tmp_path)})
+    res = subprocess.run(
+        [sys.executable, "-m", "tapeflow", "produce", "--exchange", "kraken"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "TAPEFLOW_HOME": str(tmp_path)},
+    )
     assert res.returncode == 2 and "expected binance, bybit or okx" in res.stdout + res.stderr, res
 
 

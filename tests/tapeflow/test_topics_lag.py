@@ -27,14 +27,25 @@ T0 = 1_700_000_000_000  # trade times: one minute apart from here
 
 def trade(i: int, symbol: str) -> dict:
     t = T0 + i * 60_000
-    return {"exchange": "binance", "symbol": symbol, "agg_id": 1_000 + i, "price": 100.0 + i, "qty": 1.0,
-            "first_trade_id": i, "last_trade_id": i, "event_time": t, "trade_time": t, "receive_time": t,
-            "taker_side": "BUY"}
+    return {
+        "exchange": "binance",
+        "symbol": symbol,
+        "agg_id": 1_000 + i,
+        "price": 100.0 + i,
+        "qty": 1.0,
+        "first_trade_id": i,
+        "last_trade_id": i,
+        "event_time": t,
+        "trade_time": t,
+        "receive_time": t,
+        "taker_side": "BUY",
+    }
 
 
 def cli(env, *args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[int, dict]], timestamp=None) -> None:
@@ -42,8 +53,13 @@ def produce(bootstrap: str, topic: str, records: list[tuple[int, dict]], timesta
     catalogue topic's broker replaces it with the arrival time)."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     for partition, rec in records:
-        p.produce(topic, key=f"binance:{rec['symbol']}".encode(), value=SERDE.encode("md.trades", rec),
-                  partition=partition, timestamp=timestamp or rec["trade_time"])
+        p.produce(
+            topic,
+            key=f"binance:{rec['symbol']}".encode(),
+            value=SERDE.encode("md.trades", rec),
+            partition=partition,
+            timestamp=timestamp or rec["trade_time"],
+        )
         assert p.flush(10) == 0
 
 
@@ -73,16 +89,21 @@ def consume_and_commit(bootstrap: str, group: str, topic: str, partition: int, c
 def test_lag_of_a_stopped_consumer_grows_per_partition_and_in_total(env, kafka_bootstrap, topic_prefix):
     topic = topic_prefix + "md.trades"
     group = topic_prefix + "reader"
-    produce(kafka_bootstrap, topic, [(0, trade(i, "BTCUSDT")) for i in range(5)] +
-            [(1, trade(i, "ETHUSDT")) for i in range(5, 8)])
+    produce(
+        kafka_bootstrap,
+        topic,
+        [(0, trade(i, "BTCUSDT")) for i in range(5)] + [(1, trade(i, "ETHUSDT")) for i in range(5, 8)],
+    )
     consume_and_commit(kafka_bootstrap, group, topic, 0, 3)
     consume_and_commit(kafka_bootstrap, group, topic, 1, 3)
 
     res = cli(env, "topics", "lag", group, "--json")
     assert res.returncode == 0, res.stderr
     before = json.loads(res.stdout)
-    assert [(p["partition"], p["committed"], p["end"], p["lag"]) for p in before["partitions"]] == \
-        [(0, 3, 5, 2), (1, 3, 3, 0)]
+    assert [(p["partition"], p["committed"], p["end"], p["lag"]) for p in before["partitions"]] == [
+        (0, 3, 5, 2),
+        (1, 3, 3, 0),
+    ]
     assert before["total_lag"] == 2 and before["group"] == group
 
     # the consumer is gone: what producers write now is all lag
@@ -159,8 +180,12 @@ def test_tail_from_a_relative_time_and_by_key(env, kafka_bootstrap, topic_prefix
     admin.create_topics([NewTopic(topic, 2, 1, config={"message.timestamp.type": "CreateTime"})])[topic].result(15)
     now = int(time.time() * 1000)
     produce(kafka_bootstrap, topic, [(0, trade(0, "BTCUSDT"))], timestamp=now - 3_600_000)  # an hour ago
-    produce(kafka_bootstrap, topic, [(0, trade(1, "BTCUSDT")), (1, trade(2, "ETHUSDT")), (0, trade(3, "BTCUSDT"))],
-            timestamp=now - 60_000)  # a minute ago
+    produce(
+        kafka_bootstrap,
+        topic,
+        [(0, trade(1, "BTCUSDT")), (1, trade(2, "ETHUSDT")), (0, trade(3, "BTCUSDT"))],
+        timestamp=now - 60_000,
+    )  # a minute ago
     res = cli(env, "topics", "tail", "created.md.trades", "--from", "10m", "--json")
     assert res.returncode == 0, res.stderr
     assert sorted(json.loads(line)["value"]["agg_id"] for line in res.stdout.splitlines()) == [1001, 1002, 1003]
@@ -175,9 +200,25 @@ def test_tail_from_a_relative_time_and_by_key(env, kafka_bootstrap, topic_prefix
 def test_tail_follow_prints_records_written_after_it_reached_the_end(env, kafka_bootstrap, topic_prefix):
     topic = topic_prefix + "md.trades"
     produce(kafka_bootstrap, topic, [(0, trade(0, "BTCUSDT"))])
-    proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "topics", "tail", "md.trades", "--from-beginning",
-                             "--follow", "--json", "--max", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "topics",
+            "tail",
+            "md.trades",
+            "--from-beginning",
+            "--follow",
+            "--json",
+            "--max",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         first = json.loads(proc.stdout.readline())
         assert first["value"]["agg_id"] == 1000

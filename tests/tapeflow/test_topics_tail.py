@@ -20,15 +20,25 @@ pytestmark = pytest.mark.integration
 
 
 def trade(i: int, symbol: str) -> dict:
-    return {"exchange": "binance", "symbol": symbol, "agg_id": 1_000 + i, "price": 67_000.5 + i, "qty": 0.012,
-            "first_trade_id": 5_000 + i, "last_trade_id": 5_000 + i, "event_time": 1_700_000_000_000 + i,
-            "trade_time": 1_700_000_000_000 + i, "receive_time": 1_700_000_000_050 + i,
-            "taker_side": "BUY" if i % 2 else "SELL"}
+    return {
+        "exchange": "binance",
+        "symbol": symbol,
+        "agg_id": 1_000 + i,
+        "price": 67_000.5 + i,
+        "qty": 0.012,
+        "first_trade_id": 5_000 + i,
+        "last_trade_id": 5_000 + i,
+        "event_time": 1_700_000_000_000 + i,
+        "trade_time": 1_700_000_000_000 + i,
+        "receive_time": 1_700_000_000_050 + i,
+        "taker_side": "BUY" if i % 2 else "SELL",
+    }
 
 
 def cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 @pytest.fixture
@@ -38,7 +48,9 @@ def populated(kafka_bootstrap, topic_prefix, tmp_path):
     p = Producer(producer_config(kafka_bootstrap))
     sent = [trade(i, "BTCUSDT" if i % 3 else "ETHUSDT") for i in range(12)]
     for rec in sent:
-        p.produce(topic_prefix + "md.trades", key=f"binance:{rec['symbol']}".encode(), value=serde.encode("md.trades", rec))
+        p.produce(
+            topic_prefix + "md.trades", key=f"binance:{rec['symbol']}".encode(), value=serde.encode("md.trades", rec)
+        )
     p.produce(topic_prefix + "md.trades", key=b"binance:BTCUSDT", value=b"not avro at all")
     assert p.flush(10) == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
@@ -60,11 +72,11 @@ def test_tail_json_decodes_every_record(populated):
 
 def test_tail_symbol_filter_and_max(populated):
     env, sent = populated
-    res = cli(env, "topics", "tail", "md.trades", "--from-beginning", "--symbol", "ETHUSDT", "--timeout", "3",
-              "--json")
+    res = cli(env, "topics", "tail", "md.trades", "--from-beginning", "--symbol", "ETHUSDT", "--timeout", "3", "--json")
     rows = [json.loads(line) for line in res.stdout.splitlines()]
-    assert [r["value"]["agg_id"] for r in sorted(rows, key=lambda r: r["value"]["agg_id"])] == \
-        [s["agg_id"] for s in sent if s["symbol"] == "ETHUSDT"]
+    assert [r["value"]["agg_id"] for r in sorted(rows, key=lambda r: r["value"]["agg_id"])] == [
+        s["agg_id"] for s in sent if s["symbol"] == "ETHUSDT"
+    ]
     res = cli(env, "topics", "tail", "md.trades", "--from-beginning", "--max", "2", "--json")
     assert len(res.stdout.splitlines()) == 2
 

@@ -26,23 +26,46 @@ S = 1000
 
 
 def rec(inputs: dict, t: int = T0, symbol: str = "BTCUSDT", strategy: str = "v53") -> dict:
-    return {"evaluation_id": f"{strategy}:h:binance:{symbol}:{t}", "strategy": strategy, "strategy_version": "1",
-            "config_hash": "h", "exchange": "binance", "symbol": symbol, "eval_time": t, "inputs": inputs,
-            "layer_scores": {}, "score": 0.0, "direction": None, "gate": None, "block_reason": "below_entry"}
+    return {
+        "evaluation_id": f"{strategy}:h:binance:{symbol}:{t}",
+        "strategy": strategy,
+        "strategy_version": "1",
+        "config_hash": "h",
+        "exchange": "binance",
+        "symbol": symbol,
+        "eval_time": t,
+        "inputs": inputs,
+        "layer_scores": {},
+        "score": 0.0,
+        "direction": None,
+        "gate": None,
+        "block_reason": "below_entry",
+    }
 
 
 def kinds(alerts: MarketAlerts, inputs: dict, t: int = T0, **kw) -> list[str]:
     return [n.kind for n in alerts.notes_for(rec(inputs, t, **kw))]
 
 
-FIRING = {"oi_spike": {"oi_spike_z": 3.0, "oi_change_5m": 0.021},
-          "divergence": {"cvd_divergence": -1.0, "cvd_divergence_price": 0.001, "cvd_divergence_cvd": 12.5},
-          "liquidation_cascade": {"liq_cascade_long": 1.0, "liq_cascade_short": 0.0, "liq_long_usd": 2.5e6,
-                                  "liq_short_usd": 0.0, "liq_long_count": 40.0, "liq_short_count": 0.0},
-          "wall_pulled": {"wall_pulled_bid": 1.0, "wall_pulled_ask": 0.0}}
-CLEAR = {"oi_spike": {"oi_spike_z": 0.5}, "divergence": {"cvd_divergence": 0.0, "cvd_divergence_price": 0.0},
-         "liquidation_cascade": {"liq_cascade_long": 0.0, "liq_cascade_short": 0.0},
-         "wall_pulled": {"wall_pulled_bid": 0.0, "wall_pulled_ask": 0.0}}
+FIRING = {
+    "oi_spike": {"oi_spike_z": 3.0, "oi_change_5m": 0.021},
+    "divergence": {"cvd_divergence": -1.0, "cvd_divergence_price": 0.001, "cvd_divergence_cvd": 12.5},
+    "liquidation_cascade": {
+        "liq_cascade_long": 1.0,
+        "liq_cascade_short": 0.0,
+        "liq_long_usd": 2.5e6,
+        "liq_short_usd": 0.0,
+        "liq_long_count": 40.0,
+        "liq_short_count": 0.0,
+    },
+    "wall_pulled": {"wall_pulled_bid": 1.0, "wall_pulled_ask": 0.0},
+}
+CLEAR = {
+    "oi_spike": {"oi_spike_z": 0.5},
+    "divergence": {"cvd_divergence": 0.0, "cvd_divergence_price": 0.0},
+    "liquidation_cascade": {"liq_cascade_long": 0.0, "liq_cascade_short": 0.0},
+    "wall_pulled": {"wall_pulled_bid": 0.0, "wall_pulled_ask": 0.0},
+}
 
 
 @pytest.mark.parametrize("kind", list(FIRING))
@@ -57,37 +80,53 @@ def test_each_rule_fires_with_its_text(kind):
 
 def test_texts():
     a = MarketAlerts()
-    assert a.notes_for(rec(FIRING["oi_spike"]))[0].text == \
-        "oi spike BTCUSDT (binance): open interest up, z +3.00, OI +2.10% in 5 min"
-    assert a.notes_for(rec(FIRING["divergence"]))[0].text == \
-        "divergence BTCUSDT (binance): bearish: price 0.10% above its high, CVD not (CVD 12.5 short of it)"
+    assert (
+        a.notes_for(rec(FIRING["oi_spike"]))[0].text
+        == "oi spike BTCUSDT (binance): open interest up, z +3.00, OI +2.10% in 5 min"
+    )
+    assert (
+        a.notes_for(rec(FIRING["divergence"]))[0].text
+        == "divergence BTCUSDT (binance): bearish: price 0.10% above its high, CVD not (CVD 12.5 short of it)"
+    )
     assert "longs liquidated: 40, 2,500,000 USD (at least" in a.notes_for(rec(FIRING["liquidation_cascade"]))[0].text
     assert a.notes_for(rec(FIRING["wall_pulled"]))[0].text == "wall pulled BTCUSDT (binance): wall pulled: 1 bid"
 
 
-@pytest.mark.parametrize("inputs,fires", [
-    ({"oi_spike_z": 3.0}, True), ({"oi_spike_z": -3.0}, True), ({"oi_spike_z": 2.999}, False),
-    ({"oi_spike_z": -2.999}, False),
-    ({"cvd_divergence": 1.0, "cvd_divergence_price": 0.001}, True),
-    ({"cvd_divergence": -1.0, "cvd_divergence_price": 0.000999}, False),
-    ({"cvd_divergence": 0.0, "cvd_divergence_price": 0.5}, False),
-    ({"liq_cascade_short": 1.0, "liq_short_usd": 0.0}, True), ({"liq_cascade_short": 0.0, "liq_short_usd": 9e9}, False),
-    ({"wall_pulled_bid": 0.0, "wall_pulled_ask": 1.0}, True), ({"wall_pulled_bid": 0.0, "wall_pulled_ask": 0.0}, False),
-])
+@pytest.mark.parametrize(
+    "inputs,fires",
+    [
+        ({"oi_spike_z": 3.0}, True),
+        ({"oi_spike_z": -3.0}, True),
+        ({"oi_spike_z": 2.999}, False),
+        ({"oi_spike_z": -2.999}, False),
+        ({"cvd_divergence": 1.0, "cvd_divergence_price": 0.001}, True),
+        ({"cvd_divergence": -1.0, "cvd_divergence_price": 0.000999}, False),
+        ({"cvd_divergence": 0.0, "cvd_divergence_price": 0.5}, False),
+        ({"liq_cascade_short": 1.0, "liq_short_usd": 0.0}, True),
+        ({"liq_cascade_short": 0.0, "liq_short_usd": 9e9}, False),
+        ({"wall_pulled_bid": 0.0, "wall_pulled_ask": 1.0}, True),
+        ({"wall_pulled_bid": 0.0, "wall_pulled_ask": 0.0}, False),
+    ],
+)
 def test_default_thresholds_fire_at_and_not_below(inputs, fires):
     assert bool(kinds(MarketAlerts(), inputs)) is fires
 
 
 def test_configured_thresholds_fire_at_and_not_below():
-    rules = AlertRules.from_mapping({"oi_spike_z": 4, "divergence_price": 0.005, "liquidation_usd": 1e6,
-                                     "wall_pulled": 2})
-    cases = [({"oi_spike_z": 4.0}, True), ({"oi_spike_z": 3.99}, False),
-             ({"cvd_divergence": 1.0, "cvd_divergence_price": 0.005}, True),
-             ({"cvd_divergence": 1.0, "cvd_divergence_price": 0.0049}, False),
-             ({"liq_cascade_long": 1.0, "liq_long_usd": 1e6}, True),
-             ({"liq_cascade_long": 1.0, "liq_long_usd": 999_999.0}, False),
-             ({"liq_cascade_long": 1.0}, False),  # the USD threshold needs the USD
-             ({"wall_pulled_bid": 1.0, "wall_pulled_ask": 1.0}, True), ({"wall_pulled_bid": 1.0}, False)]
+    rules = AlertRules.from_mapping(
+        {"oi_spike_z": 4, "divergence_price": 0.005, "liquidation_usd": 1e6, "wall_pulled": 2}
+    )
+    cases = [
+        ({"oi_spike_z": 4.0}, True),
+        ({"oi_spike_z": 3.99}, False),
+        ({"cvd_divergence": 1.0, "cvd_divergence_price": 0.005}, True),
+        ({"cvd_divergence": 1.0, "cvd_divergence_price": 0.0049}, False),
+        ({"liq_cascade_long": 1.0, "liq_long_usd": 1e6}, True),
+        ({"liq_cascade_long": 1.0, "liq_long_usd": 999_999.0}, False),
+        ({"liq_cascade_long": 1.0}, False),  # the USD threshold needs the USD
+        ({"wall_pulled_bid": 1.0, "wall_pulled_ask": 1.0}, True),
+        ({"wall_pulled_bid": 1.0}, False),
+    ]
     for inputs, fires in cases:
         assert bool(kinds(MarketAlerts(rules), inputs)) is fires, inputs
 
@@ -142,29 +181,49 @@ def test_missing_fields_neither_alert_nor_clear():
     assert kinds(a, FIRING["oi_spike"], T0 + 5 * S) == ["oi_spike"]
 
 
-@pytest.mark.parametrize("inputs", [
-    {}, {"cvd_divergence": 1.0}, {"cvd_divergence_price": 0.5}, {"liq_long_usd": 1e9, "liq_long_count": 99.0},
-    {"oi_change_5m": 9.0}, {"wall_filled_bid": 5.0}, {"oi_spike_z": "huge"}, {"oi_spike_z": None},
-    {"oi_spike_z": True}, {"cvd_divergence": math.nan, "cvd_divergence_price": 1.0},
-    {"wall_pulled_bid": math.nan}, {"oi_spike_z": math.inf * 0},
-])
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {},
+        {"cvd_divergence": 1.0},
+        {"cvd_divergence_price": 0.5},
+        {"liq_long_usd": 1e9, "liq_long_count": 99.0},
+        {"oi_change_5m": 9.0},
+        {"wall_filled_bid": 5.0},
+        {"oi_spike_z": "huge"},
+        {"oi_spike_z": None},
+        {"oi_spike_z": True},
+        {"cvd_divergence": math.nan, "cvd_divergence_price": 1.0},
+        {"wall_pulled_bid": math.nan},
+        {"oi_spike_z": math.inf * 0},
+    ],
+)
 def test_missing_or_odd_fields_never_alert_nor_raise(inputs):
     assert kinds(MarketAlerts(), inputs) == []
 
 
-@pytest.mark.parametrize("record", [
-    {}, {"symbol": "BTCUSDT"}, {"symbol": "BTCUSDT", "eval_time": T0, "inputs": None},
-    {"symbol": "BTCUSDT", "eval_time": "x", "inputs": {"oi_spike_z": 9.0}},
-    {"symbol": None, "eval_time": T0, "inputs": {"oi_spike_z": 9.0}},
-])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {},
+        {"symbol": "BTCUSDT"},
+        {"symbol": "BTCUSDT", "eval_time": T0, "inputs": None},
+        {"symbol": "BTCUSDT", "eval_time": "x", "inputs": {"oi_spike_z": 9.0}},
+        {"symbol": None, "eval_time": T0, "inputs": {"oi_spike_z": 9.0}},
+    ],
+)
 def test_malformed_records_never_alert_nor_raise(record):
     assert MarketAlerts().notes_for(record) == []
 
 
 def test_same_records_same_alerts():
-    records = [rec({**FIRING["oi_spike"], "oi_spike_z": z}, T0 + i * 30 * S, symbol=sym)
-               for i, (z, sym) in enumerate([(3.5, "BTCUSDT"), (0.1, "BTCUSDT"), (4.0, "ETHUSDT"), (3.2, "BTCUSDT"),
-                                             (0.0, "ETHUSDT"), (5.0, "BTCUSDT")] * 5)]
+    records = [
+        rec({**FIRING["oi_spike"], "oi_spike_z": z}, T0 + i * 30 * S, symbol=sym)
+        for i, (z, sym) in enumerate(
+            [(3.5, "BTCUSDT"), (0.1, "BTCUSDT"), (4.0, "ETHUSDT"), (3.2, "BTCUSDT"), (0.0, "ETHUSDT"), (5.0, "BTCUSDT")]
+            * 5
+        )
+    ]
 
     def run() -> list:
         a = MarketAlerts(AlertRules(cooldown_s=100))
@@ -221,6 +280,7 @@ def test_thresholds_setting(monkeypatch):
 def test_the_service_routes_features_to_the_alerts():
     """NotifyService.handle on stand-ins (no broker): a `features` record goes to the market alerts, the
     other topics to note_for as before."""
+
     class Msg:
         def __init__(self, topic, record):
             self._topic, self._record = topic, record
@@ -244,12 +304,32 @@ def test_the_service_routes_features_to_the_alerts():
             return 0
 
     submitted = []
-    fake = SimpleNamespace(names={"t.features": "features", "t.risk.events": "risk.events"}, metrics=NotifyMetrics(), serde=SimpleNamespace(decode=lambda v: v),
-                           alerts=MarketAlerts(), dispatcher=SimpleNamespace(submit=submitted.append))
-    risk = {"scope": "global", "mode": "paper", "decision": "halt", "state": "halted", "reason": "kill_switch",
-            "daily_pnl_r": None, "consecutive_losses": 0, "paused_until": None, "event_time": T0}
-    NotifyService.handle(fake, [Msg("t.features", rec({**FIRING["oi_spike"], **FIRING["wall_pulled"]})),
-                                Msg("t.features", rec(FIRING["oi_spike"], T0 + S)),
-                                Msg("t.risk.events", risk), Msg("t.other", risk)])
+    fake = SimpleNamespace(
+        names={"t.features": "features", "t.risk.events": "risk.events"},
+        metrics=NotifyMetrics(),
+        serde=SimpleNamespace(decode=lambda v: v),
+        alerts=MarketAlerts(),
+        dispatcher=SimpleNamespace(submit=submitted.append),
+    )
+    risk = {
+        "scope": "global",
+        "mode": "paper",
+        "decision": "halt",
+        "state": "halted",
+        "reason": "kill_switch",
+        "daily_pnl_r": None,
+        "consecutive_losses": 0,
+        "paused_until": None,
+        "event_time": T0,
+    }
+    NotifyService.handle(
+        fake,
+        [
+            Msg("t.features", rec({**FIRING["oi_spike"], **FIRING["wall_pulled"]})),
+            Msg("t.features", rec(FIRING["oi_spike"], T0 + S)),
+            Msg("t.risk.events", risk),
+            Msg("t.other", risk),
+        ],
+    )
     assert [n.kind for n in submitted] == ["oi_spike", "wall_pulled", "risk"]
     assert submitted[2] == note_for("risk.events", risk)

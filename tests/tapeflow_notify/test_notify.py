@@ -38,23 +38,82 @@ from tests.tapeflow_notify.test_market_alerts import rec as feature_record
 TOKEN = "123456:SECRET-bot-token-do-not-log"
 HOOK_SECRET = "hook-secret-xyz"
 
-SIGNAL = {"signal_id": "v53:abc:binance:BTCUSDT:1700000000000", "strategy": "v53", "strategy_version": "1",
-          "config_hash": "abc", "exchange": "binance", "symbol": "BTCUSDT", "eval_time": 1_700_000_000_000,
-          "direction": "LONG", "tier": "heavy", "score": 87.5, "factors": {"direction": 55.0}, "price": 67000.5, "atr": 120.0,
-          "risk_distance": 180.0, "sl_price": 66820.5, "tp1_price": 67270.5, "tp2_price": 67540.5, "sl_r": -1.0,
-          "tp1_r": 1.5, "tp2_r": 3.0, "is_flip": False}
-FILL = {"exchange": "binance", "symbol": "BTCUSDT", "mode": "paper", "client_order_id": "tfabc-en",
-        "exchange_order_id": "p1", "trade_id": "p:1:tfabc-en", "side": "BUY", "price": 67001.0, "qty": 0.003,
-        "fee": 0.1005, "fee_asset": "USDT", "liquidity": "taker", "reference_price": 67000.5,
-        "event_time": 1_700_000_000_100}
-POSITION = {"position_id": "pos-abc", "signal_id": SIGNAL["signal_id"], "strategy": "v53", "strategy_version": "1",
-            "config_hash": "abc", "exchange": "binance", "symbol": "BTCUSDT", "mode": "paper", "event": "closed",
-            "direction": "LONG", "tier": "heavy", "entry_price": 67001.0, "qty": 0.003, "r_usd": 300.0,
-            "sl_price": 66820.5, "tp1_price": 67270.5, "tp2_price": 67540.5, "exit_price": 67540.5,
-            "exit_reason": "tp", "pnl_r_gross": 2.25, "pnl_r_net": 2.1, "fees_r": 0.15, "slippage_r": 0.0,
-            "event_time": 1_700_000_600_000}
-RISK = {"scope": "global", "mode": "paper", "decision": "halt", "state": "halted", "reason": "kill_switch",
-        "daily_pnl_r": -1.5, "consecutive_losses": 2, "paused_until": None, "event_time": 1_700_000_700_000}
+SIGNAL = {
+    "signal_id": "v53:abc:binance:BTCUSDT:1700000000000",
+    "strategy": "v53",
+    "strategy_version": "1",
+    "config_hash": "abc",
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "eval_time": 1_700_000_000_000,
+    "direction": "LONG",
+    "tier": "heavy",
+    "score": 87.5,
+    "factors": {"direction": 55.0},
+    "price": 67000.5,
+    "atr": 120.0,
+    "risk_distance": 180.0,
+    "sl_price": 66820.5,
+    "tp1_price": 67270.5,
+    "tp2_price": 67540.5,
+    "sl_r": -1.0,
+    "tp1_r": 1.5,
+    "tp2_r": 3.0,
+    "is_flip": False,
+}
+FILL = {
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "mode": "paper",
+    "client_order_id": "tfabc-en",
+    "exchange_order_id": "p1",
+    "trade_id": "p:1:tfabc-en",
+    "side": "BUY",
+    "price": 67001.0,
+    "qty": 0.003,
+    "fee": 0.1005,
+    "fee_asset": "USDT",
+    "liquidity": "taker",
+    "reference_price": 67000.5,
+    "event_time": 1_700_000_000_100,
+}
+POSITION = {
+    "position_id": "pos-abc",
+    "signal_id": SIGNAL["signal_id"],
+    "strategy": "v53",
+    "strategy_version": "1",
+    "config_hash": "abc",
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "mode": "paper",
+    "event": "closed",
+    "direction": "LONG",
+    "tier": "heavy",
+    "entry_price": 67001.0,
+    "qty": 0.003,
+    "r_usd": 300.0,
+    "sl_price": 66820.5,
+    "tp1_price": 67270.5,
+    "tp2_price": 67540.5,
+    "exit_price": 67540.5,
+    "exit_reason": "tp",
+    "pnl_r_gross": 2.25,
+    "pnl_r_net": 2.1,
+    "fees_r": 0.15,
+    "slippage_r": 0.0,
+    "event_time": 1_700_000_600_000,
+}
+RISK = {
+    "scope": "global",
+    "mode": "paper",
+    "decision": "halt",
+    "state": "halted",
+    "reason": "kill_switch",
+    "daily_pnl_r": -1.5,
+    "consecutive_losses": 2,
+    "paused_until": None,
+    "event_time": 1_700_000_700_000,
+}
 
 
 # --- a local server that records every request -----------------------------------------------------------
@@ -111,14 +170,23 @@ def recorder():
 
 
 def settings_for(recorder: Recorder, **extra) -> Settings:
-    return Settings(telegram_bot_token=TOKEN, telegram_chat_id="-1001", telegram_api_url=recorder.url + "/tg",
-                    discord_webhook_url=recorder.url + "/discord/1/" + HOOK_SECRET,
-                    notify_webhook_url=recorder.url + "/hook?key=" + HOOK_SECRET, **extra)
+    return Settings(
+        telegram_bot_token=TOKEN,
+        telegram_chat_id="-1001",
+        telegram_api_url=recorder.url + "/tg",
+        discord_webhook_url=recorder.url + "/discord/1/" + HOOK_SECRET,
+        notify_webhook_url=recorder.url + "/hook?key=" + HOOK_SECRET,
+        **extra,
+    )
 
 
 def sample(metrics: NotifyMetrics, name: str, **labels) -> float:
-    return sum(s.value for m in metrics.registry.collect() for s in m.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for m in metrics.registry.collect()
+        for s in m.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 async def settle(dispatcher: Dispatcher, expect: int, recorder: Recorder, timeout: float = 10.0) -> None:
@@ -131,11 +199,14 @@ async def settle(dispatcher: Dispatcher, expect: int, recorder: Recorder, timeou
 # --- what is worth a message and its words -------------------------------------------------------------
 def test_every_event_kind_reads_as_one_line():
     assert note_for("signals", SIGNAL).text == (
-        "signal LONG BTCUSDT (binance): v53 heavy, score 87.5, price 67000.5, SL 66820.5, TP1 67270.5, TP2 67540.5")
+        "signal LONG BTCUSDT (binance): v53 heavy, score 87.5, price 67000.5, SL 66820.5, TP1 67270.5, TP2 67540.5"
+    )
     assert note_for("fills", FILL).text == (
-        "fill paper BUY 0.003 BTCUSDT @ 67001 (taker, fee 0.1005 USDT, order tfabc-en)")
+        "fill paper BUY 0.003 BTCUSDT @ 67001 (taker, fee 0.1005 USDT, order tfabc-en)"
+    )
     assert note_for("positions", POSITION).text == (
-        "closed paper LONG BTCUSDT v53: tp, net +2.10R (gross +2.25R), entry 67001 -> exit 67540.5")
+        "closed paper LONG BTCUSDT v53: tp, net +2.10R (gross +2.25R), entry 67001 -> exit 67540.5"
+    )
     assert note_for("risk.events", RISK).text == "risk paper global: halt (kill_switch), state halted, day -1.50R"
 
 
@@ -226,8 +297,9 @@ async def test_over_the_rate_the_rest_is_summarised_once_a_token_is_free(recorde
 
 async def test_a_failing_channel_is_counted_and_the_others_still_deliver(recorder):
     metrics = NotifyMetrics()
-    settings = Settings(notify_webhook_url=recorder.url + "/hook",
-                        discord_webhook_url="http://127.0.0.1:9/unreachable/" + HOOK_SECRET)  # nothing listens
+    settings = Settings(
+        notify_webhook_url=recorder.url + "/hook", discord_webhook_url="http://127.0.0.1:9/unreachable/" + HOOK_SECRET
+    )  # nothing listens
     dispatcher = Dispatcher(channels_from(settings), 20, metrics)
     runner = asyncio.create_task(dispatcher.run())
     try:
@@ -255,8 +327,9 @@ async def test_a_hanging_channel_never_blocks_submit(recorder):
     what does not fit is held back and counted."""
     recorder.delay_s = 30.0
     metrics = NotifyMetrics()
-    dispatcher = Dispatcher(channels_from(Settings(notify_webhook_url=recorder.url + "/hook")), 600, metrics,
-                            queue_size=5)
+    dispatcher = Dispatcher(
+        channels_from(Settings(notify_webhook_url=recorder.url + "/hook")), 600, metrics, queue_size=5
+    )
     runner = asyncio.create_task(dispatcher.run())
     try:
         await asyncio.sleep(0)
@@ -278,28 +351,42 @@ async def test_a_hanging_channel_never_blocks_submit(recorder):
 
 # --- the process --------------------------------------------------------------------------------------
 @pytest.mark.integration
-def test_notify_process_delivers_topic_events_and_never_prints_its_secrets(kafka_bootstrap, topic_prefix,
-                                                                           recorder, tmp_path):
+def test_notify_process_delivers_topic_events_and_never_prints_its_secrets(
+    kafka_bootstrap, topic_prefix, recorder, tmp_path
+):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    env.update(TAPEFLOW_BROKER=kafka_bootstrap, TAPEFLOW_TOPIC_PREFIX=topic_prefix, TAPEFLOW_HOME=str(tmp_path),
-               TAPEFLOW_TELEGRAM_BOT_TOKEN_FILE=str(token_file), TAPEFLOW_TELEGRAM_CHAT_ID="-1001",
-               TAPEFLOW_TELEGRAM_API_URL=recorder.url + "/tg",
-               TAPEFLOW_DISCORD_WEBHOOK_URL=recorder.url + "/discord/1/" + HOOK_SECRET,
-               TAPEFLOW_NOTIFY_WEBHOOK_URL=recorder.url + "/hook?key=" + HOOK_SECRET, TAPEFLOW_LOG_LEVEL="DEBUG",
-               TAPEFLOW_NOTIFY_EVENTS="signals,fills,positions,risk.events,features")
+    env.update(
+        TAPEFLOW_BROKER=kafka_bootstrap,
+        TAPEFLOW_TOPIC_PREFIX=topic_prefix,
+        TAPEFLOW_HOME=str(tmp_path),
+        TAPEFLOW_TELEGRAM_BOT_TOKEN_FILE=str(token_file),
+        TAPEFLOW_TELEGRAM_CHAT_ID="-1001",
+        TAPEFLOW_TELEGRAM_API_URL=recorder.url + "/tg",
+        TAPEFLOW_DISCORD_WEBHOOK_URL=recorder.url + "/discord/1/" + HOOK_SECRET,
+        TAPEFLOW_NOTIFY_WEBHOOK_URL=recorder.url + "/hook?key=" + HOOK_SECRET,
+        TAPEFLOW_LOG_LEVEL="DEBUG",
+        TAPEFLOW_NOTIFY_EVENTS="signals,fills,positions,risk.events,features",
+    )
     serde = AvroSerde(FileSchemaRegistry())
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     # history: a first run starts at the end, so this one is never announced
-    producer.produce(topic_prefix + "signals", key=b"binance:BTCUSDT", value=serde.encode("signals", {
-        **SIGNAL, "signal_id": "old", "score": 76.0}))
+    producer.produce(
+        topic_prefix + "signals",
+        key=b"binance:BTCUSDT",
+        value=serde.encode("signals", {**SIGNAL, "signal_id": "old", "score": 76.0}),
+    )
     assert producer.flush(10) == 0
     log_path = tmp_path / "notify.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "notify", "--metrics-port", "0"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tapeflow", "notify", "--metrics-port", "0"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         port = None
         deadline = time.monotonic() + 60
@@ -311,14 +398,22 @@ def test_notify_process_delivers_topic_events_and_never_prints_its_secrets(kafka
             assert proc.poll() is None, log_path.read_text()
             time.sleep(0.2)
         assert port, f"not healthy:\n{log_path.read_text()}"
-        for topic, record in (("signals", SIGNAL), ("fills", FILL), ("positions", {**POSITION, "event": "opened"}),
-                              ("positions", POSITION), ("risk.events", RISK)):
+        for topic, record in (
+            ("signals", SIGNAL),
+            ("fills", FILL),
+            ("positions", {**POSITION, "event": "opened"}),
+            ("positions", POSITION),
+            ("risk.events", RISK),
+        ):
             producer.produce(topic_prefix + topic, key=b"binance:BTCUSDT", value=serde.encode(topic, record))
         # the market alerts: engine feature records with detector fields (each rule once; an OI spike
         # still holding a tick later is not sent again), as the engine writes them to `features`
-        for k, (kind, inputs) in enumerate([*FIRING.items(), ("oi_spike", FIRING["oi_spike"])]):
-            producer.produce(topic_prefix + "features", key=b"binance:ETHUSDT", value=serde.encode(
-                "features", feature_record(inputs, MARKET_T0 + (k // 4) * 15_000, "ETHUSDT")))
+        for k, (_kind, inputs) in enumerate([*FIRING.items(), ("oi_spike", FIRING["oi_spike"])]):
+            producer.produce(
+                topic_prefix + "features",
+                key=b"binance:ETHUSDT",
+                value=serde.encode("features", feature_record(inputs, MARKET_T0 + (k // 4) * 15_000, "ETHUSDT")),
+            )
         assert producer.flush(10) == 0
         deadline = time.monotonic() + 30
         while len(recorder.requests) < 24 and time.monotonic() < deadline:
@@ -332,14 +427,19 @@ def test_notify_process_delivers_topic_events_and_never_prints_its_secrets(kafka
     output = log_path.read_text()
     telegram = [b["text"] for b in recorder.bodies(f"/tg/bot{TOKEN}/sendMessage")]
     market = [t for t in telegram if "(binance):" in t and "ETHUSDT" in t]
-    assert sorted(t.split(" ETHUSDT")[0] for t in market) == ["divergence", "liquidation cascade", "oi spike",
-                                                               "wall pulled"], telegram
+    assert sorted(t.split(" ETHUSDT")[0] for t in market) == [
+        "divergence",
+        "liquidation cascade",
+        "oi spike",
+        "wall pulled",
+    ], telegram
     assert sorted(t.split()[0] for t in telegram if t not in market) == ["closed", "fill", "risk", "signal"], output
     assert "score 87.5" in " ".join(telegram) and "score 76.0" not in " ".join(telegram)
     assert len(recorder.bodies("/discord/")) == 8 and len(recorder.bodies("/hook")) == 8
     hooked = [b for b in recorder.bodies("/hook") if b["kind"] in FIRING]
     assert sorted(b["kind"] for b in hooked) == sorted(FIRING) and {b["record"]["symbol"] for b in hooked} == {
-        "ETHUSDT"}, hooked
+        "ETHUSDT"
+    }, hooked
     assert 'tapeflow_notify_sent_total{channel="telegram",kind="signal"} 1.0' in metrics
     assert 'tapeflow_notify_events_total{topic="positions"} 2.0' in metrics
     assert TOKEN not in output and HOOK_SECRET not in output
@@ -349,7 +449,8 @@ def test_notify_process_delivers_topic_events_and_never_prints_its_secrets(kafka
 def test_notify_without_a_channel_refuses_to_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update(TAPEFLOW_HOME=str(tmp_path), TAPEFLOW_BROKER="127.0.0.1:9")
-    res = subprocess.run([sys.executable, "-m", "tapeflow", "notify"], env=env, capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "tapeflow", "notify"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 2 and res.stderr.startswith("error: no notification channel configured")
     assert "Traceback" not in res.stderr

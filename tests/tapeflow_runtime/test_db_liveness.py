@@ -14,8 +14,13 @@ pytestmark = pytest.mark.integration
 
 
 def _server_settings(conninfo: str, **kwargs) -> dict[str, str]:
-    names = ("tcp_user_timeout", "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
-             "application_name")
+    names = (
+        "tcp_user_timeout",
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "application_name",
+    )
     with psycopg.connect(conninfo, autocommit=True, **kwargs) as conn:
         return {n: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(n))).fetchone()[0] for n in names}
 
@@ -31,15 +36,26 @@ def test_an_unprivileged_session_gets_the_server_side_timeouts_and_keeps_its_own
         kwargs = liveness_kwargs(conninfo, timeout_s=12)
         got = _server_settings(conninfo, **kwargs)
         assert got["tcp_user_timeout"] == "12000"  # ms (its show hook prints the number)
-        assert (got["tcp_keepalives_idle"], got["tcp_keepalives_interval"], got["tcp_keepalives_count"]) == \
-            ("6", "2", "3")
+        assert (got["tcp_keepalives_idle"], got["tcp_keepalives_interval"], got["tcp_keepalives_count"]) == (
+            "6",
+            "2",
+            "3",
+        )
         assert got["application_name"] == "mine"  # the caller's own options survive
         # the client side: libpq's own parameters, as the connection reports them
         with psycopg.connect(conninfo, **kwargs) as conn:
-            info = {k: v for k, v in psycopg.conninfo.conninfo_to_dict(conn.info.dsn).items()
-                    if k.startswith(("keepalives", "tcp_user"))}
-        assert info == {"keepalives": "1", "keepalives_idle": "6", "keepalives_interval": "2",
-                        "keepalives_count": "3", "tcp_user_timeout": "12000"}
+            info = {
+                k: v
+                for k, v in psycopg.conninfo.conninfo_to_dict(conn.info.dsn).items()
+                if k.startswith(("keepalives", "tcp_user"))
+            }
+        assert info == {
+            "keepalives": "1",
+            "keepalives_idle": "6",
+            "keepalives_interval": "2",
+            "keepalives_count": "3",
+            "tcp_user_timeout": "12000",
+        }
         # without them, the defaults that wait out a partition for minutes
         assert _server_settings(conninfo)["tcp_user_timeout"] == "0"
     finally:

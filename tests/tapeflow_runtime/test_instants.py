@@ -18,14 +18,17 @@ def test_a_date_a_time_an_offset_and_milliseconds():
     assert parse_ms("1969-12-31T23:59:59.9995", "--from") == -1  # before 1970: cut toward the past too
 
 
-@pytest.mark.parametrize(("text", "says"), [
-    ("yesterday", "expected a date (2024-01-01), a date-time"),
-    ("2024-02-30", "expected a date"),
-    ("1e12", "expected a date"),
-    ("-1", "expected a date"),  # digits only: a sign is not Unix milliseconds
-    ("²", "expected a date"),  # str.isdigit() holds for it, int() does not
-    ("99999999999999999999", "Unix milliseconds past the year 9999"),
-])
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("yesterday", "expected a date (2024-01-01), a date-time"),
+        ("2024-02-30", "expected a date"),
+        ("1e12", "expected a date"),
+        ("-1", "expected a date"),  # digits only: a sign is not Unix milliseconds
+        ("²", "expected a date"),  # str.isdigit() holds for it, int() does not
+        ("99999999999999999999", "Unix milliseconds past the year 9999"),
+    ],
+)
 def test_anything_else_is_one_value_error_naming_the_option_and_the_text(text, says):
     with pytest.raises(ValueError) as err:
         parse_ms(text, "--to")

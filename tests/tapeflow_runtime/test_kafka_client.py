@@ -91,15 +91,19 @@ def test_ask_again_retries_only_the_codes_it_is_given_and_returns_a_pending_answ
         if len(calls) < 3:
             raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR))
         return "answer"
+
     assert ask_again(flaky, {KafkaError.NOT_COORDINATOR}, 10, pause_s=0) == "answer" and len(calls) == 3
     assert all(0.5 <= s <= 10 for s in calls)  # each attempt gets what is left, at least the floor
 
     def refused(seconds: float) -> str:
         raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
     with pytest.raises(KafkaException):
         ask_again(refused, {KafkaError.NOT_COORDINATOR}, 10, pause_s=0)
 
     between: list[float] = []
-    assert ask_again(lambda s: (_ for _ in ()).throw(_NotYet("partial")), set(), 0.3, pause_s=0.05,
-                     between=between.append) == "partial"
+    assert (
+        ask_again(lambda s: (_ for _ in ()).throw(_NotYet("partial")), set(), 0.3, pause_s=0.05, between=between.append)
+        == "partial"
+    )
     assert between and all(left <= 0.3 for left in between)

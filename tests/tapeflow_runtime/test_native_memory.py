@@ -32,6 +32,7 @@ held = bytearray(256 << 10)
 print(json.dumps({"set": set_to, "mapped": libc.mallinfo2().hblks - before}))
 """
 
+
 def _glibc_with_mallinfo2() -> bool:
     try:
         return hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "mallinfo2")
@@ -45,8 +46,9 @@ pytestmark = pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc's mal
 def spawn(mode: str, script: str, **env: str) -> subprocess.CompletedProcess:
     """``script`` in a fresh interpreter, without the caller's MALLOC_ settings (plus ``env``)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, env=base | env,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script, mode], capture_output=True, text=True, env=base | env, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return done
 

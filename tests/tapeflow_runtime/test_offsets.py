@@ -39,9 +39,15 @@ def _stamped_topic(kafka_bootstrap) -> str:
 def test_first_offset_at_or_after_a_time_and_the_end_past_the_newest(kafka_bootstrap):
     topic = _stamped_topic(kafka_bootstrap)
     parts = [(topic, 0), (topic, 1)]
-    for since, want in ((T0 - 5, 0), (T0, 0), (T0 + 1, 1), (T0 + 10 * 1_700, 1_700),
-                        (T0 + 10 * 1_700 - 3, 1_700), (T0 + 10 * (RECORDS - 1), RECORDS - 1),
-                        (T0 + 10 * RECORDS, RECORDS)):
+    for since, want in (
+        (T0 - 5, 0),
+        (T0, 0),
+        (T0 + 1, 1),
+        (T0 + 10 * 1_700, 1_700),
+        (T0 + 10 * 1_700 - 3, 1_700),
+        (T0 + 10 * (RECORDS - 1), RECORDS - 1),
+        (T0 + 10 * RECORDS, RECORDS),
+    ):
         assert offsets_at_or_after(kafka_bootstrap, parts, since) == {(topic, 0): want, (topic, 1): 0}, since
     assert latest_offsets(kafka_bootstrap, parts) == {(topic, 0): RECORDS, (topic, 1): 0}
     assert offsets_at_or_after(kafka_bootstrap, [], T0) == {}

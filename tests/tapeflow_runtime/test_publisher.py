@@ -12,8 +12,19 @@ from tapeflow_runtime.publisher import MAX_REDELIVERIES, Publisher
 
 pytestmark = pytest.mark.integration
 
-TRADE = {"exchange": "binance", "symbol": "BTCUSDT", "agg_id": 1, "price": 1.0, "qty": 1.0, "first_trade_id": 1,
-         "last_trade_id": 1, "event_time": 1, "trade_time": 1, "receive_time": 1, "taker_side": "BUY"}
+TRADE = {
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "agg_id": 1,
+    "price": 1.0,
+    "qty": 1.0,
+    "first_trade_id": 1,
+    "last_trade_id": 1,
+    "event_time": 1,
+    "trade_time": 1,
+    "receive_time": 1,
+    "taker_side": "BUY",
+}
 
 
 def test_undeliverable_records_are_retried_counted_and_reported():
@@ -24,8 +35,12 @@ def test_undeliverable_records_are_retried_counted_and_reported():
         pub.publish("md.trades", "binance:BTCUSDT", TRADE)
     remaining = pub.flush(10)
     assert not pub.healthy and len(pub.failed) == 3 and remaining == 0
-    errors = sum(s.value for m in metrics.registry.collect() for s in m.samples
-                 if s.name == "tapeflow_producer_delivery_errors_total")
+    errors = sum(
+        s.value
+        for m in metrics.registry.collect()
+        for s in m.samples
+        if s.name == "tapeflow_producer_delivery_errors_total"
+    )
     assert errors == 3 * MAX_REDELIVERIES
 
 

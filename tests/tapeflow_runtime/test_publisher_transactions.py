@@ -18,8 +18,19 @@ from tapeflow_runtime.topic_reader import read_to_end
 pytestmark = pytest.mark.integration
 
 SERDE = AvroSerde(FileSchemaRegistry())
-TRADE = {"exchange": "binance", "symbol": "BTCUSDT", "agg_id": 1, "price": 1.0, "qty": 1.0, "first_trade_id": 1,
-         "last_trade_id": 1, "event_time": 1, "trade_time": 1, "receive_time": 1, "taker_side": "BUY"}
+TRADE = {
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "agg_id": 1,
+    "price": 1.0,
+    "qty": 1.0,
+    "first_trade_id": 1,
+    "last_trade_id": 1,
+    "event_time": 1,
+    "trade_time": 1,
+    "receive_time": 1,
+    "taker_side": "BUY",
+}
 
 
 def publisher(bootstrap: str, prefix: str, tid: str) -> Publisher:
@@ -60,8 +71,7 @@ def test_commit_publishes_records_with_offsets_and_abort_hides_them(kafka_bootst
     consumer.close()
 
 
-def test_a_newer_producer_with_the_same_id_fences_the_older_and_aborts_its_transaction(kafka_bootstrap,
-                                                                                        topic_prefix):
+def test_a_newer_producer_with_the_same_id_fences_the_older_and_aborts_its_transaction(kafka_bootstrap, topic_prefix):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     tid = f"{topic_prefix}tx-{uuid.uuid4().hex[:6]}"
     old = publisher(kafka_bootstrap, topic_prefix, tid)

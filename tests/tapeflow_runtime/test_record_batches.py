@@ -79,9 +79,17 @@ def test_every_record_as_librdkafka_reads_it_for_each_compression(kafka_bootstra
     records = _records(3_000)
     # many records a batch, then one record a batch (linger 0, one message in flight)
     _produce(kafka_bootstrap, topic, records[:2_500], **{"compression.type": compression, "linger.ms": 20})
-    _produce(kafka_bootstrap, topic, records[2_500:], **{"compression.type": compression, "linger.ms": 0,
-                                                         "max.in.flight.requests.per.connection": 1,
-                                                         "batch.num.messages": 1})
+    _produce(
+        kafka_bootstrap,
+        topic,
+        records[2_500:],
+        **{
+            "compression.type": compression,
+            "linger.ms": 0,
+            "max.in.flight.requests.per.connection": 1,
+            "batch.num.messages": 1,
+        },
+    )
     fetcher = RawFetcher(kafka_bootstrap, fetch_wait_ms=200)
     try:
         for p in (0, 1):
@@ -145,8 +153,12 @@ def record_set(kafka_bootstrap) -> bytes:
     """A real record set as the broker answers a fetch: two lz4 batches of 40 records each."""
     topic = _topic(kafka_bootstrap, partitions=1)
     for _ in range(2):
-        _produce(kafka_bootstrap, topic, [(f"k{i}".encode(), f"value-{i}".encode() * 3, 0) for i in range(40)],
-                 **{"compression.type": "lz4", "linger.ms": 50})
+        _produce(
+            kafka_bootstrap,
+            topic,
+            [(f"k{i}".encode(), f"value-{i}".encode() * 3, 0) for i in range(40)],
+            **{"compression.type": "lz4", "linger.ms": 50},
+        )
     fetcher = RawFetcher(kafka_bootstrap, fetch_wait_ms=100)
     try:
         return fetcher._fetch({(topic, 0): 0}).topics[0][1][0][5]
@@ -156,8 +168,9 @@ def record_set(kafka_bootstrap) -> bytes:
 
 def test_a_reader_asking_for_n_records_gets_n_and_the_rest_next(kafka_bootstrap):
     topic = _topic(kafka_bootstrap, partitions=1)
-    records = [(None if i % 5 == 0 else f"k{i}".encode(), None if i % 7 == 0 else f"v{i}".encode(), 0)
-               for i in range(1_000)]
+    records = [
+        (None if i % 5 == 0 else f"k{i}".encode(), None if i % 7 == 0 else f"v{i}".encode(), 0) for i in range(1_000)
+    ]
     _produce(kafka_bootstrap, topic, records, **{"compression.type": "lz4", "linger.ms": 50})
     expected = _reference(kafka_bootstrap, topic, 0, 1_000)
     fetcher = RawFetcher(kafka_bootstrap, fetch_wait_ms=100)

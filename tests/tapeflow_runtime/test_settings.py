@@ -25,8 +25,9 @@ def clean_env(monkeypatch, tmp_path):
 def run_cli(*args, env_extra=None, cwd=None):
     env = {k: v for k, v in os.environ.items()}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
 
 
 def test_defaults():
@@ -35,15 +36,18 @@ def test_defaults():
     assert s.broker is None and s.database_url is None  # embedded stack by default
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"TAPEFLOW_BROKER": "localhost"}, "TAPEFLOW_BROKER"),
-    ({"TAPEFLOW_BROKER": "kafka:99999"}, "TAPEFLOW_BROKER"),
-    ({"TAPEFLOW_SYMBOLS": "BTCUSDT,DOGE-PERP"}, "unknown symbol 'DOGE-PERP'"),
-    ({"TAPEFLOW_DATABASE_URL": "mysql://u:p@h/db"}, "TAPEFLOW_DATABASE_URL"),
-    ({"TAPEFLOW_SCHEMA_REGISTRY_URL": "registry:8081"}, "TAPEFLOW_SCHEMA_REGISTRY_URL"),
-    ({"TAPEFLOW_LOG_LEVEL": "LOUD"}, "TAPEFLOW_LOG_LEVEL"),
-    ({"TAPEFLOW_SINK_WRITERS": "0"}, "TAPEFLOW_SINK_WRITERS"),
-])
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"TAPEFLOW_BROKER": "localhost"}, "TAPEFLOW_BROKER"),
+        ({"TAPEFLOW_BROKER": "kafka:99999"}, "TAPEFLOW_BROKER"),
+        ({"TAPEFLOW_SYMBOLS": "BTCUSDT,DOGE-PERP"}, "unknown symbol 'DOGE-PERP'"),
+        ({"TAPEFLOW_DATABASE_URL": "mysql://u:p@h/db"}, "TAPEFLOW_DATABASE_URL"),
+        ({"TAPEFLOW_SCHEMA_REGISTRY_URL": "registry:8081"}, "TAPEFLOW_SCHEMA_REGISTRY_URL"),
+        ({"TAPEFLOW_LOG_LEVEL": "LOUD"}, "TAPEFLOW_LOG_LEVEL"),
+        ({"TAPEFLOW_SINK_WRITERS": "0"}, "TAPEFLOW_SINK_WRITERS"),
+    ],
+)
 def test_invalid_values_name_the_setting(monkeypatch, env, needle):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -119,8 +123,11 @@ def test_cli_unreadable_config_flag(tmp_path):
 
 
 def test_status_never_prints_secrets(tmp_path):
-    env = {"TAPEFLOW_DATABASE_URL": f"postgresql://u:{SECRET}@127.0.0.1:1/x",
-           "TAPEFLOW_BINANCE_API_SECRET": SECRET, "TAPEFLOW_BROKER": "127.0.0.1:1"}
+    env = {
+        "TAPEFLOW_DATABASE_URL": f"postgresql://u:{SECRET}@127.0.0.1:1/x",
+        "TAPEFLOW_BINANCE_API_SECRET": SECRET,
+        "TAPEFLOW_BROKER": "127.0.0.1:1",
+    }
     for args in (["status"], ["status", "--json"]):
         res = run_cli(*args, env_extra=env, cwd=tmp_path)
         assert res.returncode == 1  # nothing is reachable, so not healthy

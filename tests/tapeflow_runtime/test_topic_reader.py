@@ -37,8 +37,15 @@ def test_read_topics_gives_every_record_by_catalogue_name_and_from_a_time(kafka_
         time.sleep(0.001)
     _write(kafka_bootstrap, topic_prefix + "signals", [b"late0", b"late1"])
     seen: list[tuple[str, bytes]] = []
-    read_topics(kafka_bootstrap, topic_prefix, {"signals": None}, None, start_ms=later, timeout_s=60,
-                on_record=lambda name, raw: seen.append((name, raw.value)))
+    read_topics(
+        kafka_bootstrap,
+        topic_prefix,
+        {"signals": None},
+        None,
+        start_ms=later,
+        timeout_s=60,
+        on_record=lambda name, raw: seen.append((name, raw.value)),
+    )
     assert seen == [("signals", b"late0"), ("signals", b"late1")]
 
 

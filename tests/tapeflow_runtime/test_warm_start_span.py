@@ -20,4 +20,6 @@ def test_no_bars_without_detail_minutes_or_when_they_cover_the_window():
     for detail in (0, 60, 90):
         span = warm_start_span(NOW, 1, detail)
         assert span.detail_from_ms is None and len(span.bar_minutes()) == 0, detail
-    assert warm_start_span(NOW, 1, 59.5).detail_from_ms == NOW - 30_250 - 59 * MIN  # 12:00:30.25 - 59.5 min: 11:01:00.25
+    assert (
+        warm_start_span(NOW, 1, 59.5).detail_from_ms == NOW - 30_250 - 59 * MIN
+    )  # 12:00:30.25 - 59.5 min: 11:01:00.25

@@ -7,8 +7,15 @@ import pytest
 from tapeflow_ui.orderflow import Level, imbalances, nice_step, poc, session_vwap, value_area
 
 # volumes per level 10..16: 2, 5, 9, 12, 4, 3, 1 (total 36; 70 % = 25.2)
-PROFILE = [Level(10, 1, 1), Level(11, 3, 2), Level(12, 4, 5), Level(13, 6, 6), Level(14, 1, 3), Level(15, 2, 1),
-           Level(16, 0, 1)]
+PROFILE = [
+    Level(10, 1, 1),
+    Level(11, 3, 2),
+    Level(12, 4, 5),
+    Level(13, 6, 6),
+    Level(14, 1, 3),
+    Level(15, 2, 1),
+    Level(16, 0, 1),
+]
 
 
 def test_poc_is_the_level_with_most_volume_and_the_lower_one_on_a_tie():
@@ -28,8 +35,12 @@ def test_value_area_grows_from_the_poc_towards_the_larger_neighbour_until_it_hol
 
 
 def test_diagonal_imbalances_compare_the_ask_with_the_bid_one_level_below():
-    levels = [Level(100, bought=1, sold=2), Level(101, bought=6, sold=1), Level(102, bought=0.5, sold=9),
-              Level(103, bought=2, sold=0)]
+    levels = [
+        Level(100, bought=1, sold=2),
+        Level(101, bought=6, sold=1),
+        Level(102, bought=0.5, sold=9),
+        Level(103, bought=2, sold=0),
+    ]
     # 101: bought 6 >= 3 x sold@100 (2) -> buy; 102: sold 9 >= 3 x bought@103 (2) -> sell;
     # 100: sold 2 vs bought@101 6 -> none, bought 1 vs nothing below -> buy (a zero side counts);
     # 103: bought 2 >= 3 x sold@102 (9)? no; sold 0 -> none
@@ -62,7 +73,15 @@ def test_the_ui_reads_an_external_database_as_the_readonly_role_or_not_at_all(tm
     url = "postgresql://owner:ownerpw@db.example:5433/tapeflow"
     with pytest.raises(UIError, match="TAPEFLOW_READONLY_PASSWORD"):
         readonly_conninfo(Settings(home=tmp_path, database_url=url), StackPaths(tmp_path))
-    info = psycopg.conninfo.conninfo_to_dict(readonly_conninfo(
-        Settings(home=tmp_path, database_url=url, readonly_password=SecretStr("ro-pw")), StackPaths(tmp_path)))
+    info = psycopg.conninfo.conninfo_to_dict(
+        readonly_conninfo(
+            Settings(home=tmp_path, database_url=url, readonly_password=SecretStr("ro-pw")), StackPaths(tmp_path)
+        )
+    )
     assert (info["user"], info["password"], info["host"], info["port"], info["dbname"]) == (
-        "tapeflow_readonly", "ro-pw", "db.example", "5433", "tapeflow")
+        "tapeflow_readonly",
+        "ro-pw",
+        "db.example",
+        "5433",
+        "tapeflow",
+    )

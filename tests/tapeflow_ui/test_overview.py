@@ -29,7 +29,11 @@ def test_the_worst_group_sets_the_light_at_the_documented_limits():
     assert bad["state"] == "bad" and bad["detail"].startswith(f"sink: {LAG_BAD + 1:,} behind (empty, 0 members); a: ")
     assert bad["link"] == "/api/quality/lag"
     assert lag_light(snap([]), 1000.0) | {"link": None} == {
-        "check": "consumer lag", "state": "ok", "detail": "0 groups, at most 0 records behind", "link": None}
+        "check": "consumer lag",
+        "state": "ok",
+        "detail": "0 groups, at most 0 records behind",
+        "link": None,
+    }
 
 
 def test_an_old_figure_or_a_silent_broker_is_not_ok():
@@ -98,18 +102,24 @@ T = datetime(2024, 3, 1, 11, 30, tzinfo=UTC)  # the data's "now": the newest bar
 
 
 def _mark(conn, exchange: str, symbol: str, at: datetime, rate: float) -> None:
-    conn.execute("INSERT INTO mark_prices VALUES (%s, %s, 100, 100, %s, %s, %s, %s)",
-                 (exchange, symbol, rate, at + timedelta(hours=8), at, at))
+    conn.execute(
+        "INSERT INTO mark_prices VALUES (%s, %s, 100, 100, %s, %s, %s, %s)",
+        (exchange, symbol, rate, at + timedelta(hours=8), at, at),
+    )
 
 
 def _bar(conn, symbol: str, open_time: datetime) -> None:
-    conn.execute("INSERT INTO bars_1m VALUES ('binance', %s, %s, %s, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1)",
-                 (symbol, open_time, open_time + timedelta(minutes=1)))
+    conn.execute(
+        "INSERT INTO bars_1m VALUES ('binance', %s, %s, %s, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1)",
+        (symbol, open_time, open_time + timedelta(minutes=1)),
+    )
 
 
 def _trade(conn, agg_id: int, at: datetime) -> None:
-    conn.execute("INSERT INTO trades VALUES ('binance', 'BTCUSDT', %s, 100, 1, %s, %s, %s, %s, %s, 'BUY')",
-                 (agg_id, agg_id, agg_id, at, at, at))
+    conn.execute(
+        "INSERT INTO trades VALUES ('binance', 'BTCUSDT', %s, 100, 1, %s, %s, %s, %s, %s, 'BUY')",
+        (agg_id, agg_id, agg_id, at, at, at),
+    )
 
 
 @pytest.fixture

@@ -19,9 +19,19 @@ SPEC = table_for_topic("md.trades")
 
 def trade(agg_id: int, at: datetime, price: float, qty: float, side: str) -> dict:
     ms = int(at.timestamp() * 1000)
-    return {"exchange": "binance", "symbol": "BTCUSDT", "agg_id": agg_id, "price": price, "qty": qty,
-            "first_trade_id": agg_id, "last_trade_id": agg_id, "event_time": ms, "trade_time": ms,
-            "receive_time": ms + 20, "taker_side": side}
+    return {
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "agg_id": agg_id,
+        "price": price,
+        "qty": qty,
+        "first_trade_id": agg_id,
+        "last_trade_id": agg_id,
+        "event_time": ms,
+        "trade_time": ms,
+        "receive_time": ms + 20,
+        "taker_side": side,
+    }
 
 
 def store(conninfo: str, records: list[dict]) -> None:
@@ -35,8 +45,15 @@ def session(first_id: int, minutes: int, start: datetime) -> list[dict]:
     for s in range(0, minutes * 60, 3):
         for k in range(3):
             price = round(62_000.0 + ((s * 7 + k * 13) % 41) * 0.1, 1)
-            out.append(trade(n, start + timedelta(seconds=s, milliseconds=250 * k), price,
-                             round(0.001 * (1 + (s + k) % 9), 3), "BUY" if (s + k) % 3 else "SELL"))
+            out.append(
+                trade(
+                    n,
+                    start + timedelta(seconds=s, milliseconds=250 * k),
+                    price,
+                    round(0.001 * (1 + (s + k) % 9), 3),
+                    "BUY" if (s + k) % 3 else "SELL",
+                )
+            )
             n += 1
     return out
 
@@ -46,7 +63,8 @@ def direct(conn: psycopg.Connection, rng: Range, step: float) -> list[list]:
         "SELECT floor(price / %(step)s)::bigint, sum(CASE WHEN taker_side = 'BUY' THEN qty::numeric ELSE 0 END)::float8, "
         "sum(CASE WHEN taker_side = 'SELL' THEN qty::numeric ELSE 0 END)::float8 FROM trades WHERE symbol = 'BTCUSDT' "
         "AND trade_time >= %(a)s AND trade_time < %(b)s GROUP BY 1 ORDER BY 1",
-        {"step": step, "a": rng.start, "b": rng.end}).fetchall()
+        {"step": step, "a": rng.start, "b": rng.end},
+    ).fetchall()
     return [list(r) for r in rows]
 
 
@@ -84,10 +102,15 @@ def test_the_profile_equals_a_group_by_over_trades_with_an_open_minute_and_a_coa
 
 def test_the_profile_sums_by_hand(db):
     # minute 10:00: 62000.0 BUY 0.1 + 62000.2 SELL 0.2 ; minute 10:01: 62000.4 BUY 0.3 ; 62000.5 SELL 0.4 at 10:01:30
-    store(db, [trade(1, T0 + timedelta(seconds=5), 62000.0, 0.1, "BUY"),
-               trade(2, T0 + timedelta(seconds=50), 62000.2, 0.2, "SELL"),
-               trade(3, T0 + timedelta(minutes=1, seconds=1), 62000.4, 0.3, "BUY"),
-               trade(4, T0 + timedelta(minutes=1, seconds=30), 62000.5, 0.4, "SELL")])
+    store(
+        db,
+        [
+            trade(1, T0 + timedelta(seconds=5), 62000.0, 0.1, "BUY"),
+            trade(2, T0 + timedelta(seconds=50), 62000.2, 0.2, "SELL"),
+            trade(3, T0 + timedelta(minutes=1, seconds=1), 62000.4, 0.3, "BUY"),
+            trade(4, T0 + timedelta(minutes=1, seconds=30), 62000.5, 0.4, "SELL"),
+        ],
+    )
     with psycopg.connect(db) as conn:
         conn.execute("SET ROLE tapeflow_readonly")
         # step 0.5: levels 124000 (62000.0, .2, .4) and 124001 (62000.5); the range cuts 10:01:30 off

@@ -15,13 +15,28 @@ from .params import DETECTOR_FIELDS as MICROSTRUCTURE_FIELDS
 
 DETECTOR_FIELDS = MICROSTRUCTURE_FIELDS + FLOW_FIELDS + BOOK_FIELDS  # every feature a ``detectors`` section may add
 
-__all__ = ["BOOK_FIELDS", "DETECTOR_FIELDS", "FLOW_FIELDS", "MICROSTRUCTURE_FIELDS", "BookDetectors", "BookParams",
-           "DetectorLog", "DetectorParams", "FlowDetectors", "FlowParams", "MicrostructureDetectors"]
+__all__ = [
+    "BOOK_FIELDS",
+    "DETECTOR_FIELDS",
+    "FLOW_FIELDS",
+    "MICROSTRUCTURE_FIELDS",
+    "BookDetectors",
+    "BookParams",
+    "DetectorLog",
+    "DetectorParams",
+    "FlowDetectors",
+    "FlowParams",
+    "MicrostructureDetectors",
+]
 
 #: the detectors themselves, imported on first use (PEP 562): they import numba and the compiled
 #: kernels, which a process that only reads strategy files (the executor, the web UI) never runs
-_LAZY = {"BookDetectors": ".book", "FlowDetectors": ".flow", "DetectorLog": ".microstructure",
-         "MicrostructureDetectors": ".microstructure"}
+_LAZY = {
+    "BookDetectors": ".book",
+    "FlowDetectors": ".flow",
+    "DetectorLog": ".microstructure",
+    "MicrostructureDetectors": ".microstructure",
+}
 
 
 def __getattr__(name: str):

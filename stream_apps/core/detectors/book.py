@@ -56,7 +56,7 @@ fixed by the parameters; the state is plain data.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -73,8 +73,16 @@ __all__ = ["BOOK_FIELDS", "ICEBERG_FIELDS", "WALL_FIELDS", "BookDetectors", "Boo
 
 MAX_LEVELS = 64  # levels per side considered (md.book carries 20)
 ICEBERG_PRICES = 64  # prices with refills tracked per side
-_RING_FIELDS = ("pulled_bid", "pulled_ask", "filled_bid", "filled_ask", "ice_bid", "ice_ask", "ice_usd_bid",
-                "ice_usd_ask")
+_RING_FIELDS = (
+    "pulled_bid",
+    "pulled_ask",
+    "filled_bid",
+    "filled_ask",
+    "ice_bid",
+    "ice_ask",
+    "ice_usd_bid",
+    "ice_usd_ask",
+)
 BID, ASK = 0, 1
 _PRICE, _QTY, _FIRST, _SECOND = itemgetter("price"), itemgetter("qty"), itemgetter(0), itemgetter(1)
 _N_BIDS = attrgetter("n_bids")
@@ -126,8 +134,13 @@ def flatten_levels(levels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
                 prices.extend(map(_FIRST, rows))
                 qtys.extend(map(_SECOND, rows))
     start = np.array(starts, dtype=np.int64).reshape(-1, 2)
-    return (np.array(prices, dtype=np.float64), np.array(qtys, dtype=np.float64), start, start,
-            np.array(counts, dtype=np.int64).reshape(-1, 2))
+    return (
+        np.array(prices, dtype=np.float64),
+        np.array(qtys, dtype=np.float64),
+        start,
+        start,
+        np.array(counts, dtype=np.int64).reshape(-1, 2),
+    )
 
 
 def _flatten_columns(columns: list, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -154,8 +167,13 @@ def _flatten_columns(columns: list, n: int) -> tuple[np.ndarray, np.ndarray, np.
             data.append(c.data)
             offset += size
         flat = data[0] if len(data) == 1 else np.concatenate(data) if data else np.empty(0)
-        return (flat, flat, np.array(starts, dtype=np.int64).reshape(-1, 2),
-                np.array(qstarts, dtype=np.int64).reshape(-1, 2), np.array(counts, dtype=np.int64).reshape(-1, 2))
+        return (
+            flat,
+            flat,
+            np.array(starts, dtype=np.int64).reshape(-1, 2),
+            np.array(qstarts, dtype=np.int64).reshape(-1, 2),
+            np.array(counts, dtype=np.int64).reshape(-1, 2),
+        )
     present = [c for c in columns if c is not None] if None in columns else columns
     starts = np.zeros((n, 2), dtype=np.int64)
     qstarts = np.zeros((n, 2), dtype=np.int64)
@@ -187,10 +205,20 @@ class BookDetectors:
         self.params = params
         p = params
         nan = math.nan
-        self._fparams = np.array([p.wall_multiple or nan, p.wall_band_bps, p.wall_fill_ratio, p.iceberg_band_bps,
-                                  p.iceberg_trade_fraction, p.iceberg_refill_fraction, p.band_bps])
-        self._iparams = np.array([p.walls_on, p.icebergs_on, p.iceberg_min_refills or 2, p.iceberg_window_ms],
-                                 dtype=np.int64)
+        self._fparams = np.array(
+            [
+                p.wall_multiple or nan,
+                p.wall_band_bps,
+                p.wall_fill_ratio,
+                p.iceberg_band_bps,
+                p.iceberg_trade_fraction,
+                p.iceberg_refill_fraction,
+                p.band_bps,
+            ]
+        )
+        self._iparams = np.array(
+            [p.walls_on, p.icebergs_on, p.iceberg_min_refills or 2, p.iceberg_window_ms], dtype=np.int64
+        )
         self.ints = np.full(bk.N_INTS, -1, dtype=np.int64)
         self.floats = np.full(bk.N_FLOATS, nan)
         self.prices = np.full((2, MAX_LEVELS), nan)
@@ -208,8 +236,16 @@ class BookDetectors:
         self.ring = BucketRing(SECOND_MS, p.ring_seconds, _RING_FIELDS)
         self._current = np.full(7, nan)
         self._sampled = -1  # the latest sampling interval a snapshot was taken from (-1: none)
-        self._iparams_read = np.array([p.walls_on, p.icebergs_on, p.wall_window_ms // SECOND_MS,
-                                       p.iceberg_window_ms // SECOND_MS, p.wall_max_age_ms], dtype=np.int64)
+        self._iparams_read = np.array(
+            [
+                p.walls_on,
+                p.icebergs_on,
+                p.wall_window_ms // SECOND_MS,
+                p.iceberg_window_ms // SECOND_MS,
+                p.wall_max_age_ms,
+            ],
+            dtype=np.int64,
+        )
 
     @property
     def current(self) -> tuple[float, ...]:
@@ -221,8 +257,15 @@ class BookDetectors:
         return int(self.ints[bk.I_BOOK_TIME])
 
     # -- updates ----------------------------------------------------------------------------------
-    def update(self, book_times: np.ndarray, book_levels: Any, times: np.ndarray, prices: np.ndarray,
-               units: np.ndarray, sells: np.ndarray) -> DetectorLog:
+    def update(
+        self,
+        book_times: np.ndarray,
+        book_levels: Any,
+        times: np.ndarray,
+        prices: np.ndarray,
+        units: np.ndarray,
+        sells: np.ndarray,
+    ) -> DetectorLog:
         """Apply snapshots (time order; ``book_levels[i]``: ``BookUpdate.levels``) and accepted trades
         (time order; ``units``: base quantity in 1e-8) merged by time, a trade at a snapshot's time
         before it. Returns the log of the nearest walls: (bid distance, USD, first seen, ask ...,
@@ -231,9 +274,15 @@ class BookDetectors:
         n = len(book_times)
         if n == 0:  # trades alone: counted against the latest snapshot (none yet: nothing to count)
             if self.book_time >= 0 and len(times):
-                bk.add_trades(np.ascontiguousarray(prices, dtype=np.float64),
-                              np.ascontiguousarray(units, dtype=np.int64), np.ascontiguousarray(sells, dtype=np.bool_),
-                              self.prices, self.counts, self.traded_at, self.traded_deepest)
+                bk.add_trades(
+                    np.ascontiguousarray(prices, dtype=np.float64),
+                    np.ascontiguousarray(units, dtype=np.int64),
+                    np.ascontiguousarray(sells, dtype=np.bool_),
+                    self.prices,
+                    self.counts,
+                    self.traded_at,
+                    self.traded_deepest,
+                )
             return DetectorLog()
         if self.params.sample_ms:
             book_times, book_levels = self._sample(book_times, book_levels)
@@ -248,11 +297,37 @@ class BookDetectors:
         buckets = np.empty(n, dtype=np.int64)
         rows = np.empty((n, len(_RING_FIELDS)), dtype=np.int64)
         written, grouped = bk.book_update(
-            book_times, lv_prices, lv_qtys, lv_start, lv_qstart, lv_count, np.ascontiguousarray(times, dtype=np.int64),
-            np.ascontiguousarray(prices, dtype=np.float64), np.ascontiguousarray(units, dtype=np.int64),
-            np.ascontiguousarray(sells, dtype=np.bool_), self._fparams, self._iparams, self.ints, self.floats,
-            self.prices, self.units, self.counts, self.first_seen, self.traded_at, self.traded_deepest, self.ice_prices,
-            self.ice_last, self.ice_times, self.ice_usd, self.ice_counted, self._current, keys, values, buckets, rows)
+            book_times,
+            lv_prices,
+            lv_qtys,
+            lv_start,
+            lv_qstart,
+            lv_count,
+            np.ascontiguousarray(times, dtype=np.int64),
+            np.ascontiguousarray(prices, dtype=np.float64),
+            np.ascontiguousarray(units, dtype=np.int64),
+            np.ascontiguousarray(sells, dtype=np.bool_),
+            self._fparams,
+            self._iparams,
+            self.ints,
+            self.floats,
+            self.prices,
+            self.units,
+            self.counts,
+            self.first_seen,
+            self.traded_at,
+            self.traded_deepest,
+            self.ice_prices,
+            self.ice_last,
+            self.ice_times,
+            self.ice_usd,
+            self.ice_counted,
+            self._current,
+            keys,
+            values,
+            buckets,
+            rows,
+        )
         if not written:
             return DetectorLog()
         if grouped:  # per second, increasing (as ``BucketRing.add`` would group them)
@@ -285,18 +360,42 @@ class BookDetectors:
             walls = np.empty((n, 7))
             walls[:] = self.current
         out = np.empty((len(BOOK_FIELDS), n))
-        bk.book_values(times, np.ascontiguousarray(walls, dtype=np.float64), self.ring._values, self.ring.head,
-                       self._iparams_read, out)
+        bk.book_values(
+            times,
+            np.ascontiguousarray(walls, dtype=np.float64),
+            self.ring._values,
+            self.ring.head,
+            self._iparams_read,
+            out,
+        )
         return dict(zip(BOOK_FIELDS, out))
 
     @property
     def capacity_cells(self) -> int:
-        return (sum(getattr(self, name).size for name in self._ARRAYS) + self._fparams.size + self._iparams.size
-                + self.ring.capacity_cells)
+        return (
+            sum(getattr(self, name).size for name in self._ARRAYS)
+            + self._fparams.size
+            + self._iparams.size
+            + self.ring.capacity_cells
+        )
 
     # -- plain-data form --------------------------------------------------------------------------
-    _ARRAYS = ("ints", "floats", "prices", "units", "counts", "first_seen", "traded_at", "traded_deepest",
-               "ice_prices", "ice_last", "ice_times", "ice_usd", "ice_counted", "_current")
+    _ARRAYS = (
+        "ints",
+        "floats",
+        "prices",
+        "units",
+        "counts",
+        "first_seen",
+        "traded_at",
+        "traded_deepest",
+        "ice_prices",
+        "ice_last",
+        "ice_times",
+        "ice_usd",
+        "ice_counted",
+        "_current",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"params": asdict(self.params), "ring": self.ring.to_dict(), "sampled": self._sampled}

@@ -44,8 +44,9 @@ NOTIONAL_SCALE = 1_000_000
 
 
 @njit(cache=True)
-def _add_trades(t_prices, t_units, t_sells, lo, hi, prices, counts, traded_at,
-                traded_deepest):  # pragma: no cover - compiled
+def _add_trades(
+    t_prices, t_units, t_sells, lo, hi, prices, counts, traded_at, traded_deepest
+):  # pragma: no cover - compiled
     """Trades ``lo..hi`` against the latest snapshot's levels: a taker sell reaches the bid levels at
     or above its price, a buy the ask levels at or below. The levels are ordered nearest first, so
     those reached are a prefix, found by bisection.
@@ -141,8 +142,9 @@ def _median(values, n, work):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _iceberg(t, side, price, usd, min_refills, window, ice_prices, ice_last, ice_times, ice_usd, ice_counted,
-             row):  # pragma: no cover - compiled
+def _iceberg(  # noqa: C901 - over the complexity limit, to be split
+    t, side, price, usd, min_refills, window, ice_prices, ice_last, ice_times, ice_usd, ice_counted, row
+):  # pragma: no cover - compiled
     """A refill at ``price``: count it and the refills before it not yet counted once the price has
     ``min_refills`` refills less than ``window`` apart; remember it."""
     m = ice_prices.shape[1]
@@ -200,10 +202,38 @@ def _iceberg(t, side, price, usd, min_refills, window, ice_prices, ice_last, ice
 
 
 @njit(cache=True)
-def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_qstart, lv_count, t_times, t_prices, t_units, t_sells,
-                fparams, iparams, ints, floats, prices, units, counts, first_seen, traded_at, traded_deepest,
-                ice_prices, ice_last, ice_times, ice_usd, ice_counted, current, out_keys, out_values, out_buckets,
-                out_rows):  # pragma: no cover - compiled
+def book_update(  # noqa: C901 - over the complexity limit, to be split
+    book_times,
+    lv_prices,
+    lv_qtys,
+    lv_start,
+    lv_qstart,
+    lv_count,
+    t_times,
+    t_prices,
+    t_units,
+    t_sells,
+    fparams,
+    iparams,
+    ints,
+    floats,
+    prices,
+    units,
+    counts,
+    first_seen,
+    traded_at,
+    traded_deepest,
+    ice_prices,
+    ice_last,
+    ice_times,
+    ice_usd,
+    ice_counted,
+    current,
+    out_keys,
+    out_values,
+    out_buckets,
+    out_rows,
+):  # pragma: no cover - compiled
     """Apply snapshots (``lv_*``: their levels flattened: a side's prices from ``lv_prices[lv_start]``,
     quantities from ``lv_qtys[lv_qstart]``, ``lv_count`` of them, -1: none) and trades merged by
     time (a trade at a snapshot's time first); one log entry (time, ``current``) per snapshot used,
@@ -345,8 +375,9 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_qstart, lv_count, t
                 jj = 0  # both lists are ordered nearest first: the first new level at or beyond p
                 for i in range(n_old):
                     p = prices[side, i]
-                    while jj < n_new and ((side == 0 and new_prices[side, jj] > p) or
-                                          (side == 1 and new_prices[side, jj] < p)):
+                    while jj < n_new and (
+                        (side == 0 and new_prices[side, jj] > p) or (side == 1 and new_prices[side, jj] < p)
+                    ):
                         jj += 1
                     j = jj if jj < n_new and new_prices[side, jj] == p else -1
                     if walls_on and first_seen[side, i] >= 0:
@@ -357,18 +388,37 @@ def book_update(book_times, lv_prices, lv_qtys, lv_start, lv_qstart, lv_count, t
                             if drop > 0:
                                 if at_or_through[i] >= fparams[P_FILL] * drop:
                                     row[2 + side] += 1  # filled
-                                elif listed[side] > 0 and _distance(p, mid, side) <= fparams[P_WALL_BAND] and (
-                                        (side == 0 and p >= deepest[side]) or (side == 1 and p <= deepest[side])):
+                                elif (
+                                    listed[side] > 0
+                                    and _distance(p, mid, side) <= fparams[P_WALL_BAND]
+                                    and ((side == 0 and p >= deepest[side]) or (side == 1 and p <= deepest[side]))
+                                ):
                                     row[side] += 1  # pulled: gone while in view, not traded away
                     # (the cheap tests first: most levels were not traded at their price)
-                    if ice_on and j >= 0 and traded_at[side, i] > 0 and \
-                            _distance(p, floats[F_MID], side) <= fparams[P_ICE_BAND]:
+                    if (
+                        ice_on
+                        and j >= 0
+                        and traded_at[side, i] > 0
+                        and _distance(p, floats[F_MID], side) <= fparams[P_ICE_BAND]
+                    ):
                         before = units[side, i]
                         traded = traded_at[side, i]
                         if traded >= fparams[P_TRADE] * before and new_units[side, j] >= fparams[P_REFILL] * before:
                             usd = np.int64(np.rint(traded * p / QTY_SCALE * NOTIONAL_SCALE))
-                            _iceberg(t, side, p, usd, iparams[P_MIN_REFILLS], iparams[P_ICE_WINDOW], ice_prices,
-                                     ice_last, ice_times, ice_usd, ice_counted, row)
+                            _iceberg(
+                                t,
+                                side,
+                                p,
+                                usd,
+                                iparams[P_MIN_REFILLS],
+                                iparams[P_ICE_WINDOW],
+                                ice_prices,
+                                ice_last,
+                                ice_times,
+                                ice_usd,
+                                ice_counted,
+                                row,
+                            )
         # the new snapshot becomes the reference
         for side in range(2):
             current[3 * side] = math.nan

@@ -64,11 +64,23 @@ from ..units import NOTIONAL_SCALE, QTY_SCALE
 from . import flow_kernels as fk
 from .microstructure import DetectorLog
 from .params import (  # noqa: F401 (re-exported)
-    DIVERGENCE_FIELDS, FLOW_FIELDS, LIQUIDATION_FIELDS, OI_FIELDS, OI_KINDS, FlowParams,
+    DIVERGENCE_FIELDS,
+    FLOW_FIELDS,
+    LIQUIDATION_FIELDS,
+    OI_FIELDS,
+    OI_KINDS,
+    FlowParams,
 )
 
-__all__ = ["DIVERGENCE_FIELDS", "FLOW_FIELDS", "LIQUIDATION_FIELDS", "OI_FIELDS", "FlowDetectors", "FlowParams",
-           "OiLog"]
+__all__ = [
+    "DIVERGENCE_FIELDS",
+    "FLOW_FIELDS",
+    "LIQUIDATION_FIELDS",
+    "OI_FIELDS",
+    "FlowDetectors",
+    "FlowParams",
+    "OiLog",
+]
 
 _LIQ_RING_FIELDS = ("long_n", "short_n", "long_usd", "short_usd")
 
@@ -114,10 +126,16 @@ class FlowDetectors:
         self.oi_current: tuple[float, float, float] = (math.nan, math.nan, math.nan)
         self.liquidations = BucketRing(SECOND_MS, p.liq_ring_seconds, _LIQ_RING_FIELDS)
         on = p.liq_window_ms is not None
-        self._liq_read = np.array([  # ``flow_kernels.flow_values``' liquidation parameters
-            on, (p.liq_window_ms or 0) // SECOND_MS, p.cascade_window_ms // SECOND_MS,
-            -1 if p.cascade_min_count is None else p.cascade_min_count,
-            -1 if p.cascade_min_usd is None else int(round(p.cascade_min_usd * NOTIONAL_SCALE))], dtype=np.int64)
+        self._liq_read = np.array(
+            [  # ``flow_kernels.flow_values``' liquidation parameters
+                on,
+                (p.liq_window_ms or 0) // SECOND_MS,
+                p.cascade_window_ms // SECOND_MS,
+                -1 if p.cascade_min_count is None else p.cascade_min_count,
+                -1 if p.cascade_min_usd is None else int(round(p.cascade_min_usd * NOTIONAL_SCALE)),
+            ],
+            dtype=np.int64,
+        )
 
     # -- divergence (trades) ----------------------------------------------------------------------
     @property
@@ -131,12 +149,21 @@ class FlowDetectors:
             return DetectorLog()
         keys = np.empty(n, dtype=np.int64)
         values = np.empty((n, 3), dtype=np.float64)
-        written = fk.divergence_trades(np.ascontiguousarray(times, dtype=np.int64),
-                                       np.ascontiguousarray(prices, dtype=np.float64),
-                                       np.ascontiguousarray(qty_units, dtype=np.int64),
-                                       np.ascontiguousarray(sells, dtype=np.bool_), self.params.bar_ms, QTY_SCALE,
-                                       self._d_ints, self._d_floats, self._d_ids, self._d_prices, self._d_cvds,
-                                       keys, values)
+        written = fk.divergence_trades(
+            np.ascontiguousarray(times, dtype=np.int64),
+            np.ascontiguousarray(prices, dtype=np.float64),
+            np.ascontiguousarray(qty_units, dtype=np.int64),
+            np.ascontiguousarray(sells, dtype=np.bool_),
+            self.params.bar_ms,
+            QTY_SCALE,
+            self._d_ints,
+            self._d_floats,
+            self._d_ids,
+            self._d_prices,
+            self._d_cvds,
+            keys,
+            values,
+        )
         if written == 0:
             return DetectorLog()
         return DetectorLog(keys[:written].copy(), values[:written].copy())
@@ -148,8 +175,18 @@ class FlowDetectors:
             return DetectorLog()
         keys = np.empty(1, dtype=np.int64)
         values = np.empty((1, 3), dtype=np.float64)
-        written = fk.divergence_advance(int(now_ms), self.params.bar_ms, QTY_SCALE, self._d_ints, self._d_floats,
-                                        self._d_ids, self._d_prices, self._d_cvds, keys, values)
+        written = fk.divergence_advance(
+            int(now_ms),
+            self.params.bar_ms,
+            QTY_SCALE,
+            self._d_ints,
+            self._d_floats,
+            self._d_ids,
+            self._d_prices,
+            self._d_cvds,
+            keys,
+            values,
+        )
         return DetectorLog(keys[:written], values[:written])
 
     @property
@@ -214,8 +251,9 @@ class FlowDetectors:
         self.liquidations.add(ids, rows)
 
     # -- reads ------------------------------------------------------------------------------------
-    def values_many(self, times: np.ndarray, divergence: np.ndarray | None = None,
-                    oi: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def values_many(
+        self, times: np.ndarray, divergence: np.ndarray | None = None, oi: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Every flow field at ``times`` (NaN where off or missing). ``divergence``/``oi``: what each
         time saw (rows x 3, from the segment's logs); the current values otherwise."""
         n = len(times)
@@ -226,15 +264,30 @@ class FlowDetectors:
             oi = np.empty((n, 3))
             oi[:] = self.oi_current
         out = np.empty((len(FLOW_FIELDS), n))
-        fk.flow_values(np.ascontiguousarray(times, dtype=np.int64), np.ascontiguousarray(divergence, dtype=np.float64),
-                       np.ascontiguousarray(oi, dtype=np.float64), self.params.oi_max_age_ms,
-                       self.liquidations._values, self.liquidations.head, self._liq_read, out)
+        fk.flow_values(
+            np.ascontiguousarray(times, dtype=np.int64),
+            np.ascontiguousarray(divergence, dtype=np.float64),
+            np.ascontiguousarray(oi, dtype=np.float64),
+            self.params.oi_max_age_ms,
+            self.liquidations._values,
+            self.liquidations.head,
+            self._liq_read,
+            out,
+        )
         return dict(zip(FLOW_FIELDS, out))
 
     @property
     def capacity_cells(self) -> int:
-        return (self._d_ints.size + self._d_floats.size + self._d_ids.size + self._d_prices.size + self._d_cvds.size
-                + self.oi_changes.size + 6 + self.liquidations.capacity_cells)
+        return (
+            self._d_ints.size
+            + self._d_floats.size
+            + self._d_ids.size
+            + self._d_prices.size
+            + self._d_cvds.size
+            + self.oi_changes.size
+            + 6
+            + self.liquidations.capacity_cells
+        )
 
     # -- plain-data form --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

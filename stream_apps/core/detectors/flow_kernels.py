@@ -110,13 +110,13 @@ def _close_divergence_bar(qty_scale, ints, floats, ids, prices, cvds):  # pragma
 
 @njit(cache=True)
 def _log(key, ints, floats, out_keys, out_values, n_out):  # pragma: no cover - compiled
-    return log_values(key, ints, D_KEY, floats[DF_SIGN], floats[DF_PRICE], floats[DF_CVD], out_keys, out_values,
-                      n_out)
+    return log_values(key, ints, D_KEY, floats[DF_SIGN], floats[DF_PRICE], floats[DF_CVD], out_keys, out_values, n_out)
 
 
 @njit(cache=True)
-def divergence_trades(times, prices, units, sells, bar_ms, qty_scale, ints, floats, ids, bar_prices, bar_cvds,
-                      out_keys, out_values):  # pragma: no cover - compiled
+def divergence_trades(
+    times, prices, units, sells, bar_ms, qty_scale, ints, floats, ids, bar_prices, bar_cvds, out_keys, out_values
+):  # pragma: no cover - compiled
     """Apply trades in order (``units``: base quantity in integer units); log every bar close (key =
     the bar's end - 1: the value holds for evaluations after the bar ended). Returns entries written
     (at most one per trade)."""
@@ -147,8 +147,9 @@ def divergence_trades(times, prices, units, sells, bar_ms, qty_scale, ints, floa
 
 
 @njit(cache=True)
-def divergence_advance(now_ms, bar_ms, qty_scale, ints, floats, ids, bar_prices, bar_cvds, out_keys,
-                       out_values):  # pragma: no cover - compiled
+def divergence_advance(
+    now_ms, bar_ms, qty_scale, ints, floats, ids, bar_prices, bar_cvds, out_keys, out_values
+):  # pragma: no cover - compiled
     """Close the open bar if it ended by ``now_ms``; return the entries written (0 or 1)."""
     if ints[D_BAR] < 0 or (ints[D_BAR] + 1) * bar_ms > now_ms:
         return 0
@@ -194,5 +195,6 @@ def flow_values(times, divergence, oi, oi_max_age_ms, ring_values, ring_head, li
         out[8, i] = sums[i, 3] / NOTIONAL_SCALE
         for side in range(2):
             hit = (min_count >= 0 and sums[n + i, side] >= min_count) or (
-                min_usd >= 0 and sums[n + i, 2 + side] >= min_usd)
+                min_usd >= 0 and sums[n + i, 2 + side] >= min_usd
+            )
             out[9 + side, i] = 1.0 if hit else 0.0

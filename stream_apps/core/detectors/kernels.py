@@ -38,17 +38,21 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from numba import njit
 
 # ints
-I_BAR, I_BAR_UNITS, I_FILL, I_BUCKETS, I_DP_COUNT, I_KYLE_COUNT, I_AMIHUD_COUNT, I_TICK_SIGN, I_HAS_PREV, I_KEY = range(10)
+I_BAR, I_BAR_UNITS, I_FILL, I_BUCKETS, I_DP_COUNT, I_KYLE_COUNT, I_AMIHUD_COUNT, I_TICK_SIGN, I_HAS_PREV, I_KEY = range(
+    10
+)
 N_INTS = 10
 # floats
-F_CLOSE, F_BUY, F_SELL, F_QUOTE, F_PREV_CLOSE, F_BUCKET_BUY, F_BUCKET_SELL, F_LAST_PRICE, F_VPIN, F_KYLE, F_AMIHUD = range(11)
+F_CLOSE, F_BUY, F_SELL, F_QUOTE, F_PREV_CLOSE, F_BUCKET_BUY, F_BUCKET_SELL, F_LAST_PRICE, F_VPIN, F_KYLE, F_AMIHUD = (
+    range(11)
+)
 N_FLOATS = 11
 # classification modes
-from .params import AGGRESSOR, BVC, TICK  # noqa: E402 (the modes, one definition for both)
+from .params import AGGRESSOR, BVC  # noqa: E402 (the modes, one definition for both)
+
 AMIHUD_SCALE = 1e6  # |return| per 1,000,000 quote currency traded
 _SQRT2 = math.sqrt(2.0)
 
@@ -82,7 +86,9 @@ def _fill_buckets(units, buy_fraction, bucket_units, n_buckets, ints, floats, im
 
 
 @njit(cache=True)
-def _close_bar(bar_units, bucket_units, n_buckets, mode, ints, floats, imbalances, changes, kyle, amihud):  # pragma: no cover
+def _close_bar(
+    bar_units, bucket_units, n_buckets, mode, ints, floats, imbalances, changes, kyle, amihud
+):  # pragma: no cover
     """Close the open bar: BVC pours its volume into the buckets (buy fraction Phi(dP / sigma), sigma
     from the previous K changes), and its (signed volume, dP) and |r| / dollar volume enter the
     Kyle and Amihud windows. The first bar only sets the reference close. Returns True when a value
@@ -170,8 +176,7 @@ def log_values(key, ints, key_slot, a, b, c, out_keys, out_values, n_out):  # pr
 
 @njit(cache=True)
 def _log(key, floats, ints, out_keys, out_values, n_out):  # pragma: no cover - compiled
-    return log_values(key, ints, I_KEY, floats[F_VPIN], floats[F_KYLE], floats[F_AMIHUD], out_keys, out_values,
-                      n_out)
+    return log_values(key, ints, I_KEY, floats[F_VPIN], floats[F_KYLE], floats[F_AMIHUD], out_keys, out_values, n_out)
 
 
 @njit(cache=True)
@@ -184,8 +189,24 @@ def _reset_bar(bar, ints, floats):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def apply_trades(times, prices, qtys, sells, units, bar_ms, bucket_units, mode, ints, floats, imbalances,
-                 changes, kyle, amihud, out_keys, out_values):  # pragma: no cover - compiled
+def apply_trades(
+    times,
+    prices,
+    qtys,
+    sells,
+    units,
+    bar_ms,
+    bucket_units,
+    mode,
+    ints,
+    floats,
+    imbalances,
+    changes,
+    kyle,
+    amihud,
+    out_keys,
+    out_values,
+):  # pragma: no cover - compiled
     """Apply trades in order (``units``: each trade's VPIN volume in integer units); log every change
     into ``out_keys``/``out_values`` (room for 2 * len(times) entries: a bar close and a bucket per trade); return the entries written."""
     n_buckets = imbalances.shape[0]
@@ -195,8 +216,9 @@ def apply_trades(times, prices, qtys, sells, units, bar_ms, bucket_units, mode, 
         price = prices[i]
         bar = t // bar_ms
         if ints[I_BAR] >= 0 and bar > ints[I_BAR]:
-            if _close_bar(ints[I_BAR_UNITS], bucket_units, n_buckets, mode, ints, floats, imbalances, changes,
-                          kyle, amihud):
+            if _close_bar(
+                ints[I_BAR_UNITS], bucket_units, n_buckets, mode, ints, floats, imbalances, changes, kyle, amihud
+            ):
                 n_out = _log((ints[I_BAR] + 1) * bar_ms - 1, floats, ints, out_keys, out_values, n_out)
             _reset_bar(bar, ints, floats)
         elif ints[I_BAR] < 0:
@@ -233,14 +255,16 @@ def apply_trades(times, prices, qtys, sells, units, bar_ms, bucket_units, mode, 
 
 
 @njit(cache=True)
-def advance_to(now_ms, bar_ms, bucket_units, mode, ints, floats, imbalances, changes, kyle, amihud, out_keys,
-               out_values):  # pragma: no cover - compiled
+def advance_to(
+    now_ms, bar_ms, bucket_units, mode, ints, floats, imbalances, changes, kyle, amihud, out_keys, out_values
+):  # pragma: no cover - compiled
     """Close the open bar if it ended by ``now_ms`` (logging any change); return the entries written."""
     if ints[I_BAR] < 0 or (ints[I_BAR] + 1) * bar_ms > now_ms:
         return 0
     n_out = 0
-    if _close_bar(ints[I_BAR_UNITS], bucket_units, imbalances.shape[0], mode, ints, floats, imbalances, changes,
-                  kyle, amihud):
+    if _close_bar(
+        ints[I_BAR_UNITS], bucket_units, imbalances.shape[0], mode, ints, floats, imbalances, changes, kyle, amihud
+    ):
         n_out = _log((ints[I_BAR] + 1) * bar_ms - 1, floats, ints, out_keys, out_values, 0)
     ints[I_BAR] = -1
     ints[I_BAR_UNITS] = 0

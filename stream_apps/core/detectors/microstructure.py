@@ -116,8 +116,14 @@ class MicrostructureDetectors:
             return qty_to_units(qtys)
         return notional_to_units(np.asarray(prices, dtype=np.float64) * np.asarray(qtys, dtype=np.float64))
 
-    def update(self, time_ms: np.ndarray, price: np.ndarray, qty: np.ndarray, taker_sell: np.ndarray,
-               units: np.ndarray | None = None) -> DetectorLog:
+    def update(
+        self,
+        time_ms: np.ndarray,
+        price: np.ndarray,
+        qty: np.ndarray,
+        taker_sell: np.ndarray,
+        units: np.ndarray | None = None,
+    ) -> DetectorLog:
         """Apply trades (time order; valid positive prices and quantities) and return the log of the
         values they changed. ``units``: each trade's VPIN volume in integer units, when the caller
         already has them (the engine does); computed with ``volume_units`` otherwise."""
@@ -131,8 +137,22 @@ class MicrostructureDetectors:
         units = self.volume_units(prices, qtys) if units is None else np.ascontiguousarray(units, dtype=np.int64)
         keys = np.empty(2 * n, dtype=np.int64)
         values = np.empty((2 * n, 3), dtype=np.float64)
-        written = k.apply_trades(times, prices, qtys, sells, units, *self._config, self._ints, self._floats,
-                                 self._imbalances, self._changes, self._kyle, self._amihud, keys, values)
+        written = k.apply_trades(
+            times,
+            prices,
+            qtys,
+            sells,
+            units,
+            *self._config,
+            self._ints,
+            self._floats,
+            self._imbalances,
+            self._changes,
+            self._kyle,
+            self._amihud,
+            keys,
+            values,
+        )
         if written == 0:
             return DetectorLog()
         return DetectorLog(keys[:written].copy(), values[:written].copy())
@@ -147,8 +167,18 @@ class MicrostructureDetectors:
             return DetectorLog()  # no bar to close: spare the compiled call
         keys = np.empty(1, dtype=np.int64)
         values = np.empty((1, 3), dtype=np.float64)
-        written = k.advance_to(int(now_ms), *self._config, self._ints, self._floats, self._imbalances, self._changes,
-                               self._kyle, self._amihud, keys, values)
+        written = k.advance_to(
+            int(now_ms),
+            *self._config,
+            self._ints,
+            self._floats,
+            self._imbalances,
+            self._changes,
+            self._kyle,
+            self._amihud,
+            keys,
+            values,
+        )
         return DetectorLog(keys[:written], values[:written])
 
     # -- reads ------------------------------------------------------------------------------------
@@ -176,8 +206,14 @@ class MicrostructureDetectors:
     @property
     def capacity_cells(self) -> int:
         """Allocated cells: fixed by the parameters, whatever the number of trades."""
-        return (self._ints.size + self._floats.size + self._imbalances.size + self._changes.size + self._kyle.size
-                + self._amihud.size)
+        return (
+            self._ints.size
+            + self._floats.size
+            + self._imbalances.size
+            + self._changes.size
+            + self._kyle.size
+            + self._amihud.size
+        )
 
     # -- plain-data form --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -14,9 +14,23 @@ from dataclasses import dataclass
 from ..params import SECOND_MS
 from ..units import NOTIONAL_SCALE, QTY_SCALE
 
-__all__ = ["AGGRESSOR", "BOOK_FIELDS", "BVC", "DETECTOR_FIELDS", "DIVERGENCE_FIELDS", "FLOW_FIELDS", "ICEBERG_FIELDS",
-           "LIQUIDATION_FIELDS", "OI_FIELDS", "OI_KINDS", "TICK", "WALL_FIELDS", "BookParams", "DetectorParams",
-           "FlowParams"]
+__all__ = [
+    "AGGRESSOR",
+    "BOOK_FIELDS",
+    "BVC",
+    "DETECTOR_FIELDS",
+    "DIVERGENCE_FIELDS",
+    "FLOW_FIELDS",
+    "ICEBERG_FIELDS",
+    "LIQUIDATION_FIELDS",
+    "OI_FIELDS",
+    "OI_KINDS",
+    "TICK",
+    "WALL_FIELDS",
+    "BookParams",
+    "DetectorParams",
+    "FlowParams",
+]
 
 #: VPIN's trade classification modes, as the compiled kernels (``kernels``) take them
 BVC, TICK, AGGRESSOR = 0, 1, 2
@@ -66,8 +80,18 @@ class DetectorParams:
         return _MODES[self.vpin_classification]
 
 
-WALL_FIELDS = ("wall_bid_distance_bps", "wall_bid_usd", "wall_bid_age_s", "wall_ask_distance_bps", "wall_ask_usd",
-               "wall_ask_age_s", "wall_pulled_bid", "wall_pulled_ask", "wall_filled_bid", "wall_filled_ask")
+WALL_FIELDS = (
+    "wall_bid_distance_bps",
+    "wall_bid_usd",
+    "wall_bid_age_s",
+    "wall_ask_distance_bps",
+    "wall_ask_usd",
+    "wall_ask_age_s",
+    "wall_pulled_bid",
+    "wall_pulled_ask",
+    "wall_filled_bid",
+    "wall_filled_ask",
+)
 ICEBERG_FIELDS = ("iceberg_refills_bid", "iceberg_refills_ask", "iceberg_usd_bid", "iceberg_usd_ask")
 BOOK_FIELDS = WALL_FIELDS + ICEBERG_FIELDS
 
@@ -97,8 +121,13 @@ class BookParams:
             raise ValueError("wall_multiple must be above 1 (a wall is k times the median level)")
         if self.iceberg_min_refills is not None and self.iceberg_min_refills < 2:
             raise ValueError("iceberg_min_refills must be at least 2 (one refill is an ordinary order)")
-        for name in ("wall_band_bps", "iceberg_band_bps", "wall_fill_ratio", "iceberg_trade_fraction",
-                     "iceberg_refill_fraction"):
+        for name in (
+            "wall_band_bps",
+            "iceberg_band_bps",
+            "wall_fill_ratio",
+            "iceberg_trade_fraction",
+            "iceberg_refill_fraction",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("wall_window_ms", "iceberg_window_ms"):
@@ -132,8 +161,14 @@ class BookParams:
 
 DIVERGENCE_FIELDS = ("cvd_divergence", "cvd_divergence_price", "cvd_divergence_cvd")
 OI_FIELDS = ("oi_change_5m", "oi_spike_z")
-LIQUIDATION_FIELDS = ("liq_long_count", "liq_short_count", "liq_long_usd", "liq_short_usd", "liq_cascade_long",
-                      "liq_cascade_short")
+LIQUIDATION_FIELDS = (
+    "liq_long_count",
+    "liq_short_count",
+    "liq_long_usd",
+    "liq_short_usd",
+    "liq_cascade_long",
+    "liq_cascade_short",
+)
 FLOW_FIELDS = DIVERGENCE_FIELDS + OI_FIELDS + LIQUIDATION_FIELDS
 OI_KINDS = ("open_interest_hist", "open_interest")
 

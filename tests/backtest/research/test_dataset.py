@@ -16,18 +16,25 @@ from stream_apps.core.strategy import parse_strategy
 from stream_apps.core.synthetic import synthetic_trades
 
 T = 1_700_006_400_000
-FAST = parse_strategy({
-    "name": "fast_test", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
-    "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "2m",
-    "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60},
-})
+FAST = parse_strategy(
+    {
+        "name": "fast_test",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "10m",
+        "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
+        "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+        "cooldown": "2m",
+        "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60},
+    }
+)
 
 
 @pytest.fixture(scope="module")
 def research():
-    trades = synthetic_trades("BTCUSDT", start_ms=T, duration_ms=3 * 3_600_000, rate_per_s=3.0, seed=4,
-                              volatility_bps=4.0)
+    trades = synthetic_trades(
+        "BTCUSDT", start_ms=T, duration_ms=3 * 3_600_000, rate_per_s=3.0, seed=4, volatility_bps=4.0
+    )
     engine = Engine([FAST])
     out = engine.process([trades])
     path = PricePath.from_trades(trades.time_ms, trades.price)
@@ -81,9 +88,12 @@ def test_feature_labels_table_upserts_beside_features(research, migrated_databas
     with psycopg.connect(migrated_database) as conn:
         count, ones, nulls = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE y_binary_60m = 1), count(*) FILTER (WHERE y_binary_60m IS NULL) "
-            "FROM feature_labels").fetchone()
-        row = conn.execute("SELECT fwd_return_15m, entry_price FROM feature_labels WHERE evaluation_id = %s",
-                           (c["evaluation_id"][500],)).fetchone()
+            "FROM feature_labels"
+        ).fetchone()
+        row = conn.execute(
+            "SELECT fwd_return_15m, entry_price FROM feature_labels WHERE evaluation_id = %s",
+            (c["evaluation_id"][500],),
+        ).fetchone()
     assert count == len(table)
     assert ones == int(np.nansum(c["y_binary_60m"] == 1)) and nulls == int(np.isnan(c["y_binary_60m"]).sum())
     expected = c["fwd_return_15m"][500]

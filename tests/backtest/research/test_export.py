@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -58,8 +57,12 @@ SYMBOLS = ("BTCUSDT", "XRPUSDT")
 LABELS = ("y_binary_60m", "fwd_return_5m", "fwd_return_15m", "fwd_return_60m")
 CFG = load_strategy(default_strategy_dir() / "v53.yaml")
 REAL_OPEN_SOURCE = sources.open_source
-ADAPTERS = {"books": book_from_record, "marks": mark_from_record, "liquidations": liquidation_from_record,
-            "indicators": indicator_from_record}
+ADAPTERS = {
+    "books": book_from_record,
+    "marks": mark_from_record,
+    "liquidations": liquidation_from_record,
+    "indicators": indicator_from_record,
+}
 
 
 class Spy:
@@ -96,8 +99,11 @@ class Spy:
         batch = next(iter(piece.trades.values()), None)
         # every record as one event object (the research store's form; the export gives books and marks
         # as columns, as the backtest runner does)
-        events = [(record[ENGINE_TIME[kind]], adapt(record)) for kind, adapt in ADAPTERS.items()
-                  for record in getattr(piece, kind)]
+        events = [
+            (record[ENGINE_TIME[kind]], adapt(record))
+            for kind, adapt in ADAPTERS.items()
+            for record in getattr(piece, kind)
+        ]
         middle = (piece.start_ms + piece.end_ms) // 2
         for lo, hi in ((piece.start_ms, middle), (middle, piece.end_ms)):
             given = [event for t, event in events if lo <= t < hi]
@@ -141,6 +147,7 @@ def ms(column) -> np.ndarray:
 
 # -- the export of two days and two symbols ----------------------------------------------------------------
 
+
 def test_export_end_to_end(spy, tmp_path):
     out = tmp_path / "export"
     spy.feeding = True
@@ -150,8 +157,9 @@ def test_export_end_to_end(spy, tmp_path):
     assert spy.opened == [("BTCUSDT",), ("XRPUSDT",)]  # one replay per symbol
 
     # files where promised; the folder is one Hive-partitioned dataset (pyarrow skips _schema.json)
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == \
-        ["v53/_schema.json"] + [f"v53/date={d}/{s}.parquet" for d in (D1, D2) for s in SYMBOLS]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["v53/_schema.json"] + [
+        f"v53/date={d}/{s}.parquet" for d in (D1, D2) for s in SYMBOLS
+    ]
     dataset = ds.dataset(out / "v53", format="parquet", partitioning="hive").to_table(columns=["date"])
     assert dataset.num_rows == sum(pq.read_metadata(day_path(out, d, s)).num_rows for d in (D1, D2) for s in SYMBOLS)
     assert sorted(set(dataset.column("date").to_pylist())) == [D1, D2]
@@ -164,12 +172,14 @@ def test_export_end_to_end(spy, tmp_path):
     # a re-run skips every finished day without replaying; so does a later start (these files had more
     # warm-up: they were replayed from D1)
     before = {p: os.stat(p) for p in out.rglob("*.parquet")}
-    assert "0 symbol-days written" in ok(run("--from", D1, "--to", D3, "--symbols", ",".join(SYMBOLS),
-                                             "--out", str(out)))
+    assert "0 symbol-days written" in ok(
+        run("--from", D1, "--to", D3, "--symbols", ",".join(SYMBOLS), "--out", str(out))
+    )
     assert "1 already done" in ok(run("--from", D2, "--to", D3, "--symbols", "XRPUSDT", "--out", str(out)))
     assert spy.opened == [("BTCUSDT",), ("XRPUSDT",)]
-    assert {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in before} == \
-        {p: (s.st_ino, s.st_mtime_ns) for p, s in before.items()}
+    assert {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in before} == {
+        p: (s.st_ino, s.st_mtime_ns) for p, s in before.items()
+    }
 
 
 def check_rows(out, spy, symbol: str) -> None:
@@ -188,8 +198,18 @@ def check_rows(out, spy, symbol: str) -> None:
     assert len(records) > 400
     for record, row in zip(records, sample):
         assert int(row["eval_time"].timestamp() * 1000) == record["eval_time"]
-        for name in ("evaluation_id", "strategy", "strategy_version", "config_hash", "exchange", "symbol",
-                     "direction", "gate", "block_reason", "score"):
+        for name in (
+            "evaluation_id",
+            "strategy",
+            "strategy_version",
+            "config_hash",
+            "exchange",
+            "symbol",
+            "direction",
+            "gate",
+            "block_reason",
+            "score",
+        ):
             assert row[name] == record[name], name
         for name, value in record["layer_scores"].items():
             assert row[f"layer_{name}"] == value, name
@@ -255,8 +275,11 @@ def check_schema_file(out) -> None:
             schema = pq.read_schema(day_path(out, day, symbol))
             assert [(f.name, str(f.type)) for f in schema] == [(c["name"], c["type"]) for c in columns]
             assert json.loads(schema.metadata[METADATA_KEY]) == {
-                "format": document["format"], "config_hash": CFG.config_hash, "source": "synthetic:7",
-                "replay_from": T1}
+                "format": document["format"],
+                "config_hash": CFG.config_hash,
+                "source": "synthetic:7",
+                "replay_from": T1,
+            }
     names = {c["name"] for c in columns}
     # every field of Features is a column by itself (a new field needs no change to the export)
     assert {f"in_{n}" for n in SCALAR_FIELDS if n not in DETECTOR_FIELDS} <= names
@@ -268,6 +291,7 @@ def check_schema_file(out) -> None:
 
 
 # -- one symbol: crash leftovers, overwrite, and `research labels` on the same data -------------------------
+
 
 def test_rerun_after_a_crash_overwrite_and_the_labels_command(spy, tmp_path):
     out = tmp_path / "export"
@@ -285,15 +309,29 @@ def test_rerun_after_a_crash_overwrite_and_the_labels_command(spy, tmp_path):
 
     # --overwrite rewrites a finished day (a new file, the same bytes)
     inode = os.stat(day1).st_ino
-    assert "1 symbol-days written" in ok(run("--from", D1, "--to", D2, "--symbols", "XRPUSDT", "--out", str(out),
-                                             "--overwrite"))
+    assert "1 symbol-days written" in ok(
+        run("--from", D1, "--to", D2, "--symbols", "XRPUSDT", "--out", str(out), "--overwrite")
+    )
     assert os.stat(day1).st_ino != inode and day1.read_bytes() == good
     assert len(spy.opened) == 3
 
     # `research labels` (its replay is the export's): the same evaluations and every input; labels equal
     # wherever their hour ends inside its range (it does not read past --to)
-    ok(run("--from", D1, "--to", D2, "--symbols", "XRPUSDT", "--strategy", str(default_strategy_dir() / "v53.yaml"),
-           "--output", str(tmp_path / "labels.parquet"), command="labels"))
+    ok(
+        run(
+            "--from",
+            D1,
+            "--to",
+            D2,
+            "--symbols",
+            "XRPUSDT",
+            "--strategy",
+            str(default_strategy_dir() / "v53.yaml"),
+            "--output",
+            str(tmp_path / "labels.parquet"),
+            command="labels",
+        )
+    )
     labels = pq.read_table(tmp_path / "labels.parquet")
     labels = labels.filter(pc.less(labels.column("eval_time"), pa.scalar(T1 + DAY, pa.timestamp("ms", tz="UTC"))))
     ours = pq.read_table(day1)
@@ -330,8 +368,12 @@ def test_a_failed_write_leaves_no_file_under_the_days_name(tmp_path, monkeypatch
 def test_a_day_replayed_from_a_later_start_is_not_done(tmp_path):
     schema = arrow_schema(CFG)
     empty = {name: np.empty(0) for name in schema.names}
-    provenance = {"format": export_module.FORMAT, "config_hash": CFG.config_hash, "source": "synthetic:7",
-                  "replay_from": T1 + DAY}
+    provenance = {
+        "format": export_module.FORMAT,
+        "config_hash": CFG.config_hash,
+        "source": "synthetic:7",
+        "replay_from": T1 + DAY,
+    }
     path = tmp_path / "day.parquet"
     write_atomic(to_table(empty, schema, provenance), path)
     done = export_module._is_done  # noqa: SLF001 - the rule itself
@@ -376,6 +418,24 @@ def test_bad_input_is_one_clear_error(tmp_path):
         assert isinstance(result.exception, ResearchError), (args, result.output, result.exception)
         assert message in str(result.exception) and "\n" not in str(result.exception), (args, str(result.exception))
     # as the user sees it: one line on stderr, exit 1
-    res = subprocess.run([sys.executable, "-m", "tapeflow", "research", "export", "--from", D1, "--to", D2,
-                          "--strategy", "v99", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "research",
+            "export",
+            "--from",
+            D1,
+            "--to",
+            D2,
+            "--strategy",
+            "v99",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 1 and res.stderr.startswith("error: --strategy 'v99'") and res.stderr.count("\n") == 1

@@ -70,19 +70,37 @@ def export(tmp_path, name: str, source: str, env: dict[str, str]):
     from tapeflow.cli import app
 
     out = tmp_path / name
-    result = CliRunner().invoke(app, ["research", "export", "--from", DAY_TEXT, "--to", NEXT_TEXT, "--symbols", SYMBOL,
-                                      "--source", source, "--out", str(out), "--no-progress"],
-                                env={"TAPEFLOW_HOME": str(tmp_path / "home"), **env})
+    result = CliRunner().invoke(
+        app,
+        [
+            "research",
+            "export",
+            "--from",
+            DAY_TEXT,
+            "--to",
+            NEXT_TEXT,
+            "--symbols",
+            SYMBOL,
+            "--source",
+            source,
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        env={"TAPEFLOW_HOME": str(tmp_path / "home"), **env},
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "export: 1 symbol-days written" in result.output and "0 without data" in result.output, result.output
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["v53/_schema.json", f"v53/date={DAY_TEXT}/{SYMBOL}.parquet"], files
-    return pq.read_table(out / "v53" / f"date={DAY_TEXT}" / f"{SYMBOL}.parquet"), \
-        json.loads((out / "v53" / "_schema.json").read_text())
+    return pq.read_table(out / "v53" / f"date={DAY_TEXT}" / f"{SYMBOL}.parquet"), json.loads(
+        (out / "v53" / "_schema.json").read_text()
+    )
 
 
-def test_export_from_the_database_and_the_topics_equals_the_synthetic_export(kafka_bootstrap, database,
-                                                                             topic_prefix, tmp_path, monkeypatch):
+def test_export_from_the_database_and_the_topics_equals_the_synthetic_export(
+    kafka_bootstrap, database, topic_prefix, tmp_path, monkeypatch
+):
     monkeypatch.setattr(synthetic, "BOOK_INTERVAL_MS", 10_000)
     real_open_source = sources.open_source
 
@@ -111,10 +129,10 @@ def test_export_from_the_database_and_the_topics_equals_the_synthetic_export(kaf
         table, schema_file = export(tmp_path, source, source, env)
         # provenance names the source; the rest of the schema file is the reference's
         assert schema_file == reference_schema | {"source": source}
-        assert json.loads(table.schema.metadata[METADATA_KEY]) == \
-            json.loads(reference.schema.metadata[METADATA_KEY]) | {"source": source}
+        assert json.loads(table.schema.metadata[METADATA_KEY]) == json.loads(
+            reference.schema.metadata[METADATA_KEY]
+        ) | {"source": source}
         assert table.schema.remove_metadata().equals(reference.schema.remove_metadata()), source
         assert table.num_rows == reference.num_rows, source
-        differing = [name for name in reference.column_names
-                     if not table.column(name).equals(reference.column(name))]
+        differing = [name for name in reference.column_names if not table.column(name).equals(reference.column(name))]
         assert differing == [], (source, differing)

@@ -24,7 +24,9 @@ def y(p, direction=1, entry=100.0, atr=1.0, at=T):
 
 def test_long_target_before_stop_is_one_and_stop_first_is_zero():
     # entry 100, ATR 1: target 102, stop 99
-    up = path([(T + 1_000, 100.5), (T + 10 * MIN, 101.9), (T + 20 * MIN, 102.0), (T + 30 * MIN, 98.0)], T + 2 * 3_600_000)
+    up = path(
+        [(T + 1_000, 100.5), (T + 10 * MIN, 101.9), (T + 20 * MIN, 102.0), (T + 30 * MIN, 98.0)], T + 2 * 3_600_000
+    )
     assert y(up) == 1.0  # 102 reached (at the level counts) before 98
     down = path([(T + 1_000, 99.5), (T + 5 * MIN, 99.0), (T + 20 * MIN, 103.0)], T + 2 * 3_600_000)
     assert y(down) == 0.0  # 99 touched first; the later +3 does not count
@@ -73,8 +75,10 @@ def test_atr_scales_the_levels():
 
 
 def test_forward_returns_use_the_last_trade_before_each_horizon():
-    p = path([(T - 1_000, 100.0), (T + 4 * MIN, 101.0), (T + 5 * MIN, 150.0), (T + 14 * MIN, 99.0),
-              (T + 59 * MIN, 110.0)], T + 61 * MIN)
+    p = path(
+        [(T - 1_000, 100.0), (T + 4 * MIN, 101.0), (T + 5 * MIN, 150.0), (T + 14 * MIN, 99.0), (T + 59 * MIN, 110.0)],
+        T + 61 * MIN,
+    )
     out = forward_returns(np.array([T]), np.array([100.0]), p)
     assert out["fwd_return_5m"][0] == pytest.approx(0.01)  # the trade at exactly t + 5 min is after it
     assert out["fwd_return_15m"][0] == pytest.approx(-0.01)

@@ -75,8 +75,10 @@ def test_pbo_by_hand_three_configurations_four_blocks():
 
 def test_pbo_of_pure_noise_is_one_half_on_average_and_of_a_real_edge_near_zero():
     # one noise matrix's splits overlap, so its PBO varies a lot; over many it averages one half
-    values = [probability_of_backtest_overfitting(np.random.default_rng(seed).normal(0, 1, (120, 10)), blocks=6).pbo
-              for seed in range(40)]
+    values = [
+        probability_of_backtest_overfitting(np.random.default_rng(seed).normal(0, 1, (120, 10)), blocks=6).pbo
+        for seed in range(40)
+    ]
     assert 0.4 < float(np.mean(values)) < 0.6
     edge = np.random.default_rng(3).normal(0, 1, (400, 20))
     edge[:, 7] += 0.5  # one configuration really is better

@@ -12,14 +12,38 @@ from stream_apps.core.strategy import load_strategy
 
 def tapeflow(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
+    )
 
 
 def test_search_writes_a_strategy_ready_for_the_engine(tmp_path):
-    res = tapeflow("research", "search", "--from", "2024-01-01", "--to", "2024-01-03", "--symbols", "XRPUSDT",
-                   "--trials", "4", "--batch", "2", "--min-trades", "1", "--sampler", "grid", "--holdout", "6h",
-                   "--workers", "1", "--no-progress", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    res = tapeflow(
+        "research",
+        "search",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-03",
+        "--symbols",
+        "XRPUSDT",
+        "--trials",
+        "4",
+        "--batch",
+        "2",
+        "--min-trades",
+        "1",
+        "--sampler",
+        "grid",
+        "--holdout",
+        "6h",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     strategy_line = next(line for line in lines if line.startswith("strategy: "))
@@ -37,9 +61,25 @@ def test_search_writes_a_strategy_ready_for_the_engine(tmp_path):
 
 
 def test_backtest_walk_forward_runs_the_research_walk_forward(tmp_path):
-    res = tapeflow("backtest", "--walk-forward", "train=1d,test=6h,embargo=1h", "--from", "2024-01-01", "--to",
-                   "2024-01-03", "--symbols", "XRPUSDT", "--source", "synthetic:3", "--trials", "3", "--no-progress",
-                   "--out", str(tmp_path / "wf"), cwd=tmp_path)
+    res = tapeflow(
+        "backtest",
+        "--walk-forward",
+        "train=1d,test=6h,embargo=1h",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-03",
+        "--symbols",
+        "XRPUSDT",
+        "--source",
+        "synthetic:3",
+        "--trials",
+        "3",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "wf"),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     assert "window 0: train 2024-01-01 00:00 .. 2024-01-02 00:00" in res.stdout
     assert "out of sample:" in res.stdout

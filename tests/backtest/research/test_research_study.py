@@ -22,14 +22,33 @@ from tests.support.built_once import built_once, copy_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-COMMON = ("--from", "2024-01-01", "--to", "2024-01-03", "--symbols", "XRPUSDT", "--source", "synthetic:3",
-          "--min-trades", "1", "--workers", "1", "--no-progress")
+COMMON = (
+    "--from",
+    "2024-01-01",
+    "--to",
+    "2024-01-03",
+    "--symbols",
+    "XRPUSDT",
+    "--source",
+    "synthetic:3",
+    "--min-trades",
+    "1",
+    "--workers",
+    "1",
+    "--no-progress",
+)
 
 
 def tapeflow(*args: str, cwd, env=None) -> subprocess.Popen:
     env = {**{k: v for k, v in os.environ.items() if k != "TAPEFLOW_DATABASE_URL"}, "COLUMNS": "200", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "tapeflow", "research", "search", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tapeflow", "research", "search", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finished(proc: subprocess.Popen) -> str:
@@ -47,8 +66,20 @@ def built_store(tmp_path_factory) -> Path:
     test_walk_forward.py test; here it is only the input the workers share."""
 
     def build(work: Path) -> None:
-        finished(tapeflow(*COMMON, "--trials", "2", "--storage", "memory", "--store", str(work / "store"),
-                          "--out", str(work / "out"), cwd=work))
+        finished(
+            tapeflow(
+                *COMMON,
+                "--trials",
+                "2",
+                "--storage",
+                "memory",
+                "--store",
+                str(work / "store"),
+                "--out",
+                str(work / "out"),
+                cwd=work,
+            )
+        )
 
     store = built_once(tmp_path_factory, "research-study-store", build) / "store"
     assert (store / "manifest.json").is_file()
@@ -66,8 +97,13 @@ def writer_db(migrated_database):
     """The database migrated as the stack does it, and the writer's conninfo (what research workers use)."""
     set_role_passwords(migrated_database, {"tapeflow_writer": "writer-pass-22"})
     params = conninfo_to_dict(migrated_database)
-    return make_conninfo(host=params["host"], port=params["port"], dbname=params["dbname"],
-                         user="tapeflow_writer", password="writer-pass-22")
+    return make_conninfo(
+        host=params["host"],
+        port=params["port"],
+        dbname=params["dbname"],
+        user="tapeflow_writer",
+        password="writer-pass-22",
+    )
 
 
 def report(out_dir) -> dict:
@@ -80,10 +116,20 @@ def evaluated_here(stdout: str) -> int:
 
 
 @pytest.mark.parametrize("sampler,trials", [("grid", 30), ("tpe", 10)])
-def test_two_workers_share_one_study_and_report_what_one_worker_does(tmp_path, writer_db, store_copy, sampler,
-                                                                     trials):
-    options = (*COMMON, "--sampler", sampler, "--trials", str(trials), "--batch", "2", "--seed", "3",
-               "--store", str(store_copy))
+def test_two_workers_share_one_study_and_report_what_one_worker_does(tmp_path, writer_db, store_copy, sampler, trials):
+    options = (
+        *COMMON,
+        "--sampler",
+        sampler,
+        "--trials",
+        str(trials),
+        "--batch",
+        "2",
+        "--seed",
+        "3",
+        "--store",
+        str(store_copy),
+    )
     # one worker alone, in memory (on the feature store the others reuse)
     alone = finished(tapeflow(*options, "--storage", "memory", "--out", str(tmp_path / "alone"), cwd=tmp_path))
     assert "study " not in alone
@@ -108,11 +154,13 @@ def test_two_workers_share_one_study_and_report_what_one_worker_does(tmp_path, w
         assert shared["deflated_sharpe_ratio"] == one["deflated_sharpe_ratio"] and shared["pbo"] == one["pbo"]
     # the study is in the database, in tapeflow's schema, owned by the writer, with one trial per slot
     with psycopg.connect(writer_db) as conn:
-        owner = conn.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'optuna' AND tablename = 'trials'"
-                             ).fetchone()
+        owner = conn.execute(
+            "SELECT tableowner FROM pg_tables WHERE schemaname = 'optuna' AND tablename = 'trials'"
+        ).fetchone()
         assert owner == ("tapeflow_writer",)
-        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'trials'"
-                            ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'trials'"
+        ).fetchone() == (0,)
     study = optuna.load_study(study_name=ra["study"], storage=open_storage(writer_db))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.user_attrs["slot"] for t in complete) == list(range(trials))
@@ -124,8 +172,21 @@ def test_two_workers_share_one_study_and_report_what_one_worker_does(tmp_path, w
 
 
 def test_a_worker_with_other_inputs_is_refused_in_one_line(tmp_path, writer_db, store_copy):
-    options = (*COMMON, "--sampler", "grid", "--trials", "4", "--batch", "2", "--study", "shared-name",
-               "--storage", writer_db, "--store", str(store_copy))
+    options = (
+        *COMMON,
+        "--sampler",
+        "grid",
+        "--trials",
+        "4",
+        "--batch",
+        "2",
+        "--study",
+        "shared-name",
+        "--storage",
+        writer_db,
+        "--store",
+        str(store_copy),
+    )
     finished(tapeflow(*options, "--out", str(tmp_path / "a"), cwd=tmp_path))
     other = tapeflow(*options[:-4], "--objective", "pf", *options[-4:], "--out", str(tmp_path / "b"), cwd=tmp_path)
     out, err = other.communicate(timeout=600)
@@ -136,8 +197,16 @@ def test_a_worker_with_other_inputs_is_refused_in_one_line(tmp_path, writer_db, 
 
 
 def test_a_bad_storage_is_one_error_line_without_the_password(tmp_path):
-    proc = tapeflow(*COMMON, "--trials", "2", "--storage", "postgresql://someone:secret-pw@127.0.0.1:1/nothing",
-                    "--out", str(tmp_path / "o"), cwd=tmp_path)
+    proc = tapeflow(
+        *COMMON,
+        "--trials",
+        "2",
+        "--storage",
+        "postgresql://someone:secret-pw@127.0.0.1:1/nothing",
+        "--out",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
     out, err = proc.communicate(timeout=600)
     assert proc.returncode != 0 and err.strip().splitlines()[-1].startswith("error: study storage:")
     assert "Traceback" not in err

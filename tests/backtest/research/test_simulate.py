@@ -12,25 +12,32 @@ from stream_apps.core.exits import CostModel, plan_exits, pnl_r
 from stream_apps.core.strategy import parse_strategy
 
 T = 1_700_006_400_000
-CFG = parse_strategy({
-    "name": "sim", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
-    "weights": {"direction": 100, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 50, "heavy": 60, "flip": 60},
-    "exits": {"sl_atr_mult": 1.0, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 10},
-})
+CFG = parse_strategy(
+    {
+        "name": "sim",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "weights": {"direction": 100, "crowding": 0, "environment": 0, "auxiliary": 0},
+        "thresholds": {"entry": 50, "heavy": 60, "flip": 60},
+        "exits": {"sl_atr_mult": 1.0, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 10},
+    }
+)
 
 
 def bars(points, seconds=3600) -> SecondBars:
     times, prices = (np.array(v) for v in zip(*points))
     c = second_bars(times.astype(np.int64), prices.astype(float), T // 1000, seconds)
-    return SecondBars(T // 1000, c["bar_open"], c["bar_high"], c["bar_low"], c["bar_close"], c["bar_high_first"],
-                      c["bar_traded"])
+    return SecondBars(
+        T // 1000, c["bar_open"], c["bar_high"], c["bar_low"], c["bar_close"], c["bar_high_first"], c["bar_traded"]
+    )
 
 
 def signals(*rows) -> Signals:
     t, s, atr, flip = (np.array(v) for v in zip(*rows))
     n = len(t)
-    return Signals(t.astype(np.int64), s.astype(np.int8), atr.astype(float), flip.astype(bool), np.ones(n), np.full(n, 70.0))
+    return Signals(
+        t.astype(np.int64), s.astype(np.int8), atr.astype(float), flip.astype(bool), np.ones(n), np.full(n, 70.0)
+    )
 
 
 def expect(direction, entry, reason, exit_price=None, tp1=False):
@@ -78,10 +85,12 @@ def test_short_timeout_at_the_market():
 
 def test_flip_closes_the_open_position_and_other_signals_wait():
     b = bars([(T + 1_500, 100.0), (T + 20_500, 100.3), (T + 40_500, 100.1), (T + 60_500, 100.2)])
-    s = signals((T + 1_000, 1, 1.0, False),  # opens LONG at 100
-                (T + 20_000, 1, 1.0, False),  # same direction while open: not taken
-                (T + 40_000, -1, 1.0, False),  # reverse but not a flip: not taken
-                (T + 60_000, -1, 1.0, True))  # flip: closes the LONG at 100.2 and opens a SHORT (open at the end)
+    s = signals(
+        (T + 1_000, 1, 1.0, False),  # opens LONG at 100
+        (T + 20_000, 1, 1.0, False),  # same direction while open: not taken
+        (T + 40_000, -1, 1.0, False),  # reverse but not a flip: not taken
+        (T + 60_000, -1, 1.0, True),
+    )  # flip: closes the LONG at 100.2 and opens a SHORT (open at the end)
     trades = simulate(s, CFG, b, "X")
     assert len(trades) == 1 and REASONS[trades.reason[0]] == "signal_flip"
     assert trades.exit_ms[0] == T + 60_000
@@ -97,9 +106,16 @@ def test_a_position_closed_before_the_next_signal_frees_the_symbol():
 # ------------------------------------------------------------------------------------------------
 # the screen against the executor's own position model (what `tapeflow backtest` runs)
 # ------------------------------------------------------------------------------------------------
-RELAXED = {"paper": {"slippage_bps": 0.0},
-           "risk": {"max_signal_age_s": 1e9, "stale_market_data_s": 1e9, "daily_loss_limit_r": 1000,
-                    "max_consecutive_losses": 1000, "max_open_positions": 100}}
+RELAXED = {
+    "paper": {"slippage_bps": 0.0},
+    "risk": {
+        "max_signal_age_s": 1e9,
+        "stale_market_data_s": 1e9,
+        "daily_loss_limit_r": 1000,
+        "max_consecutive_losses": 1000,
+        "max_open_positions": 100,
+    },
+}
 # the executor's own timeout stays at its default (240 min): the strategy's 10 minutes travel in its
 # signals (``timeout_ms``, as the engine writes them) and the executor runs them, as the screen does
 EXECUTOR = RELAXED
@@ -108,18 +124,41 @@ STRATEGY_TIMEOUT_MS = CFG.exits.timeout_min * 60_000
 # the next trade (where the executor's market exit fills) is at the same price half a second later;
 # signals, entries and timeouts fall on whole seconds. (seconds after T, price)
 PATH = [
-    (1.0, 100.0), (5.0, 101.0), (5.5, 101.0), (9.0, 102.0), (9.5, 102.0),  # LONG: TP1, then TP2 -> tp
-    (20.0, 102.0), (25.0, 103.0), (25.5, 103.0),  # SHORT from 102: stop 103 -> sl
-    (40.0, 100.0), (42.0, 101.0), (42.5, 101.0), (45.0, 100.0), (45.5, 100.0),  # LONG: TP1, back to entry -> sl_be
-    (60.0, 100.0), (70.0, 100.2), (360.0, 100.5), (660.0, 100.4), (660.5, 100.4),  # LONG: 10 min -> timeout
-    (700.0, 100.0), (710.0, 100.3),  # SHORT from 100 ...
-    (720.0, 99.5), (720.5, 99.5),  # ... closed by a LONG flip, which opens at 99.5
-    (730.0, 100.5), (730.5, 100.5), (740.0, 101.5), (740.5, 101.5),  # the LONG: TP1, TP2 -> tp
+    (1.0, 100.0),
+    (5.0, 101.0),
+    (5.5, 101.0),
+    (9.0, 102.0),
+    (9.5, 102.0),  # LONG: TP1, then TP2 -> tp
+    (20.0, 102.0),
+    (25.0, 103.0),
+    (25.5, 103.0),  # SHORT from 102: stop 103 -> sl
+    (40.0, 100.0),
+    (42.0, 101.0),
+    (42.5, 101.0),
+    (45.0, 100.0),
+    (45.5, 100.0),  # LONG: TP1, back to entry -> sl_be
+    (60.0, 100.0),
+    (70.0, 100.2),
+    (360.0, 100.5),
+    (660.0, 100.4),
+    (660.5, 100.4),  # LONG: 10 min -> timeout
+    (700.0, 100.0),
+    (710.0, 100.3),  # SHORT from 100 ...
+    (720.0, 99.5),
+    (720.5, 99.5),  # ... closed by a LONG flip, which opens at 99.5
+    (730.0, 100.5),
+    (730.5, 100.5),
+    (740.0, 101.5),
+    (740.5, 101.5),  # the LONG: TP1, TP2 -> tp
 ]
 SIGNALS = [  # (seconds after T, sign, is_flip)
-    (1, 1, False), (20, -1, False), (40, 1, False),
-    (60, 1, False), (70, 1, False),  # the second LONG comes while the first is open: taken by neither model
-    (700, -1, False), (720, 1, True),
+    (1, 1, False),
+    (20, -1, False),
+    (40, 1, False),
+    (60, 1, False),
+    (70, 1, False),  # the second LONG comes while the first is open: taken by neither model
+    (700, -1, False),
+    (720, 1, True),
 ]
 
 
@@ -136,21 +175,40 @@ def _executor_trades(config: dict = EXECUTOR, timeout_ms: int | None = STRATEGY_
         if kind == 0:
             _, sign, flip = SIGNALS[k]
             price = next(p for s, p in PATH if T + int(s * 1000) >= t)
-            h.signal(direction="LONG" if sign > 0 else "SHORT", price=price, risk=1.0, tp1_r=1.0, tp2_r=2.0,
-                     strategy="sim", eval_time=t, is_flip=flip, signal_id=f"sim:{t}", timeout_ms=timeout_ms)
+            h.signal(
+                direction="LONG" if sign > 0 else "SHORT",
+                price=price,
+                risk=1.0,
+                tp1_r=1.0,
+                tp2_r=2.0,
+                strategy="sim",
+                eval_time=t,
+                is_flip=flip,
+                signal_id=f"sim:{t}",
+                timeout_ms=timeout_ms,
+            )
         else:
             h.trade(PATH[k][1], t)
     opened = {p["position_id"]: p for p in h.positions("opened")}
-    return [{"entry_ms": opened[c["position_id"]]["event_time"], "entry_price": opened[c["position_id"]]["entry_price"],
-             **c} for c in h.positions("closed")]
+    return [
+        {
+            "entry_ms": opened[c["position_id"]]["event_time"],
+            "entry_price": opened[c["position_id"]]["entry_price"],
+            **c,
+        }
+        for c in h.positions("closed")
+    ]
 
 
 def test_the_screen_agrees_with_the_executors_position_model_where_both_are_exact():
     b = bars([(T + int(s * 1000), p) for s, p in PATH], seconds=800)
     research = simulate(signals(*[(T + s * 1000, sign, 1.0, flip) for s, sign, flip in SIGNALS]), CFG, b, "BTCUSDT")
     executed = _executor_trades()
-    assert [REASONS[r] for r in research.reason] == [e["exit_reason"] for e in executed] == \
-        ["tp", "sl", "sl_be", "timeout", "signal_flip", "tp"]
+    assert (
+        [REASONS[r] for r in research.reason]
+        == [e["exit_reason"] for e in executed]
+        == ["tp", "sl", "sl_be", "timeout", "signal_flip", "tp"]
+    )
     for k, e in enumerate(executed):
         # entries: the same trade's second (the executor's flip entry fills at the next trade, in that second)
         assert research.entry_ms[k] // 1000 == e["entry_ms"] // 1000
@@ -168,7 +226,8 @@ def test_the_executor_runs_the_strategys_timeout_its_own_setting_only_for_signal
     timed_out = [e for e in _executor_trades() if e["exit_reason"] == "timeout"]
     # the LONG entered at 60 s closes on the first trade 10 minutes later (660 s), filled half a second on
     assert [(e["entry_ms"], e["event_time"], e["timeout_ms"]) for e in timed_out] == [
-        (T + 60_000, T + 660_500, STRATEGY_TIMEOUT_MS)]
+        (T + 60_000, T + 660_500, STRATEGY_TIMEOUT_MS)
+    ]
     # signals from before they carried the timeout: the executor's 240 min, no timeout on this path
     reasons = [e["exit_reason"] for e in _executor_trades(timeout_ms=None)]
     assert "timeout" not in reasons and reasons[:3] == ["tp", "sl", "sl_be"]

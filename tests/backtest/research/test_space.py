@@ -20,13 +20,29 @@ def test_whole_weights_sum_to_exactly_100():
 
 
 def test_build_applies_every_parameter_and_validates():
-    params = {"w_direction": 2, "w_crowding": 1, "w_environment": 1, "w_auxiliary": 0, "entry": 70.0,
-              "heavy_step": 10.0, "flip_step": 40.0, "min_atr_scale": 0.5, "obi_scale": 1.2, "sl_atr_mult": 1.5,
-              "tp1_r": 1.0, "tp2_step": 0.5, "timeout_min": 120}
+    params = {
+        "w_direction": 2,
+        "w_crowding": 1,
+        "w_environment": 1,
+        "w_auxiliary": 0,
+        "entry": 70.0,
+        "heavy_step": 10.0,
+        "flip_step": 40.0,
+        "min_atr_scale": 0.5,
+        "obi_scale": 1.2,
+        "sl_atr_mult": 1.5,
+        "tp1_r": 1.0,
+        "tp2_step": 0.5,
+        "timeout_min": 120,
+    }
     cfg = build(V53, params, "v53_try_001")
     assert cfg.name == "v53_try_001" and cfg.windows == V53.windows
     assert (cfg.weights.direction, cfg.weights.crowding, cfg.weights.environment, cfg.weights.auxiliary) == (
-        50.0, 25.0, 25.0, 0.0)
+        50.0,
+        25.0,
+        25.0,
+        0.0,
+    )
     assert (cfg.thresholds.entry, cfg.thresholds.heavy, cfg.thresholds.flip) == (70.0, 80.0, 100.0)  # capped
     assert cfg.gates.min_atr_price.symbols["BTCUSDT"] == pytest.approx(0.001)
     assert cfg.gates.obi_against.symbols["SOLUSDT"] == pytest.approx(0.54)

@@ -17,13 +17,29 @@ T0 = 1_704_096_000_000 - 3_600_000
 
 
 def row(t, sell="binance", buy="okx", spread=0.001, sell_rate=None, buy_rate=None, next_funding=None, **factors):
-    stats = {"sweep_1h_mean": factors.get("mean", 0.0), "sweep_1h_std": factors.get("std", 0.001),
-             "sweep_1h_min": -0.001, "sweep_1h_max": -0.001 + factors.get("range", 0.002),
-             "sweep_1h_crossings_per_hour": factors.get("crossings", 4.0), "sweep_1h_drift_ratio": 0.3}
-    return {"coin": "BTC", "eval_time": t, "sell_venue": sell, "buy_venue": buy, "spread_sweep": spread,
-            "sweep_slope_per_min": factors.get("slope", 0.0), "funding_diff_8h": factors.get("funding_8h", 0.0),
-            "sell_funding_rate": sell_rate, "buy_funding_rate": buy_rate, "sell_next_funding_time": next_funding,
-            "buy_next_funding_time": next_funding, "stats": stats, "missing": factors.get("missing", {})}
+    stats = {
+        "sweep_1h_mean": factors.get("mean", 0.0),
+        "sweep_1h_std": factors.get("std", 0.001),
+        "sweep_1h_min": -0.001,
+        "sweep_1h_max": -0.001 + factors.get("range", 0.002),
+        "sweep_1h_crossings_per_hour": factors.get("crossings", 4.0),
+        "sweep_1h_drift_ratio": 0.3,
+    }
+    return {
+        "coin": "BTC",
+        "eval_time": t,
+        "sell_venue": sell,
+        "buy_venue": buy,
+        "spread_sweep": spread,
+        "sweep_slope_per_min": factors.get("slope", 0.0),
+        "funding_diff_8h": factors.get("funding_8h", 0.0),
+        "sell_funding_rate": sell_rate,
+        "buy_funding_rate": buy_rate,
+        "sell_next_funding_time": next_funding,
+        "buy_next_funding_time": next_funding,
+        "stats": stats,
+        "missing": factors.get("missing", {}),
+    }
 
 
 def test_labels_are_the_round_trip_of_the_swept_spreads_net_of_four_fees_plus_funding_by_hand():
@@ -77,16 +93,23 @@ def test_a_known_relationship_is_recovered_out_of_sample_with_a_missing_factor_i
     loaded = load_model(tmp_path / "m.json")
     assert loaded == model
     # a record without funding: predicted with its training mean, and the prediction says so
-    probe = row(T0, spread=0.002, crossings=5.0, funding_8h=None,
-                missing={"funding_diff_8h": "funding interval of okx not known yet"})
+    probe = row(
+        T0,
+        spread=0.002,
+        crossings=5.0,
+        funding_8h=None,
+        missing={"funding_diff_8h": "funding interval of okx not known yet"},
+    )
     p = loaded.predict(probe)
     mean_funding = model.means[2]
     expected = -0.002 + 0.8 * 0.002 + 0.0002 * 5.0 + 2.0 * mean_funding
     assert p.expected_pnl == pytest.approx(expected, abs=1e-4) and p.imputed == {
-        "funding_8h": "funding interval of okx not known yet"}
+        "funding_8h": "funding interval of okx not known yet"
+    }
     assert loaded.predict(probe, missing="skip").expected_pnl is None
     assert loaded.predict(probe, max_imputed=0).reason == (
-        "missing factor(s) funding_8h: funding interval of okx not known yet")
+        "missing factor(s) funding_8h: funding interval of okx not known yet"
+    )
 
 
 def test_the_fits_solve_their_objectives_and_refuse_too_little_data():
@@ -105,5 +128,6 @@ def test_the_fits_solve_their_objectives_and_refuse_too_little_data():
     rows, labels = generated(n_times=8)
     with pytest.raises(ValueError, match="too few to fit and test"):
         fit_model(rows, labels, 15_000, 0.002)
-    assert math.isclose(PairModel(("spread",), (0.0,), (1.0,), (0.0, 0.0), (0.0, 0.0), H, 0.002)
-                        .predict(row(T0)).win_prob, 0.5)
+    assert math.isclose(
+        PairModel(("spread",), (0.0,), (1.0,), (0.0, 0.0), (0.0, 0.0), H, 0.002).predict(row(T0)).win_prob, 0.5
+    )

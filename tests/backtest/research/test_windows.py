@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backtest.research.windows import Window, WalkForwardSpec, parse_walk_forward, rolling_windows
+from backtest.research.windows import WalkForwardSpec, Window, parse_walk_forward, rolling_windows
 
 DAY = 86_400_000
 T0 = 1_704_067_200_000
@@ -19,8 +19,17 @@ def test_parse_the_issue_example_and_defaults():
     assert parse_walk_forward("train=1d,test=1d", default_embargo_ms=3_600_000).embargo_ms == 3_600_000
 
 
-@pytest.mark.parametrize("text", ["train=30d", "test=7d", "train=30d,test=7x", "train=30d,test=7d,foo=1d",
-                                  "train=30d,train=20d,test=7d", "train=-1d,test=7d"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "train=30d",
+        "test=7d",
+        "train=30d,test=7x",
+        "train=30d,test=7d,foo=1d",
+        "train=30d,train=20d,test=7d",
+        "train=-1d,test=7d",
+    ],
+)
 def test_parse_errors_name_the_problem(text):
     with pytest.raises(ValueError, match="walk-forward"):
         parse_walk_forward(text)

@@ -28,24 +28,47 @@ DAY = date(2024, 1, 15)
 START = int(datetime(2024, 1, 15, tzinfo=UTC).timestamp() * 1000)
 
 GOOD = {
-    "metrics": ("create_time,symbol,sum_open_interest,sum_open_interest_value,count_toptrader_long_short_ratio,"
-                "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio",
-                "2024-01-15 00:05:00,BTCUSDT,80000.1,3400000000.5,1.5,1.2,1.8,0.9"),
-    "markPriceKlines": ("open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
-                        "taker_buy_quote_volume,ignore",
-                        f"{START},42000.1,42010,41990,42005.5,0,{START + 59_999},0,60,0,0,0"),
+    "metrics": (
+        "create_time,symbol,sum_open_interest,sum_open_interest_value,count_toptrader_long_short_ratio,"
+        "sum_toptrader_long_short_ratio,count_long_short_ratio,sum_taker_long_short_vol_ratio",
+        "2024-01-15 00:05:00,BTCUSDT,80000.1,3400000000.5,1.5,1.2,1.8,0.9",
+    ),
+    "markPriceKlines": (
+        "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
+        "taker_buy_quote_volume,ignore",
+        f"{START},42000.1,42010,41990,42005.5,0,{START + 59_999},0,60,0,0,0",
+    ),
     "fundingRate": ("calc_time,funding_interval_hours,last_funding_rate", f"{START + 8 * 3_600_000},8,0.0001"),
-    "bookDepth": ("timestamp,percentage,depth,notional", "2024-01-15 00:00:09,-1.00,1234.5,51834567.2\n"
-                  "2024-01-15 00:00:09,1.00,1034.5,43834567.2"),
-    "bookTicker": ("update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,event_time",
-                   f"3993633458813,42000.1,3.2,42000.2,1.1,{START + 1000},{START + 1001}"),
+    "bookDepth": (
+        "timestamp,percentage,depth,notional",
+        "2024-01-15 00:00:09,-1.00,1234.5,51834567.2\n2024-01-15 00:00:09,1.00,1034.5,43834567.2",
+    ),
+    "bookTicker": (
+        "update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,event_time",
+        f"3993633458813,42000.1,3.2,42000.2,1.1,{START + 1000},{START + 1001}",
+    ),
 }
 
 field = st.one_of(
     st.integers(-(2**70), 2**70).map(str),
     st.decimals(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["", "nan", "inf", "-Infinity", "1e400", "2024-01-15 00:05:00", "2024-13-45 00:00:00",
-                     "9999-12-31 23:59:59", "-1.00", "1.00", "BTCUSDT", "²", "１２"]),
+    st.sampled_from(
+        [
+            "",
+            "nan",
+            "inf",
+            "-Infinity",
+            "1e400",
+            "2024-01-15 00:05:00",
+            "2024-13-45 00:00:00",
+            "9999-12-31 23:59:59",
+            "-1.00",
+            "1.00",
+            "BTCUSDT",
+            "²",
+            "１２",
+        ]
+    ),
     st.text(st.characters(blacklist_characters='",\r\n', blacklist_categories=("Cs",)), max_size=6),
 )
 
@@ -53,8 +76,11 @@ field = st.one_of(
 def lines_for(kind: str) -> st.SearchStrategy[list[str]]:
     header, good = GOOD[kind]
     width = len(header.split(","))
-    row = st.one_of(st.just(good), st.lists(field, min_size=width, max_size=width).map(",".join),
-                    st.lists(field, max_size=width + 2).map(",".join))
+    row = st.one_of(
+        st.just(good),
+        st.lists(field, min_size=width, max_size=width).map(",".join),
+        st.lists(field, max_size=width + 2).map(",".join),
+    )
     return st.tuples(st.sampled_from([[header], []]), st.lists(row, max_size=8)).map(lambda hr: hr[0] + hr[1])
 
 

@@ -49,27 +49,51 @@ pytestmark = pytest.mark.integration
 START_S = 1_700_049_630.0  # 2023-11-15 12:00:30 UTC
 HISTORY_S = 80 * 60
 HOURS, DETAIL_MIN = 1.25, 62.0
-SPEC = SyntheticSpec(seed=37, symbols=("BTCUSDT",), duration_s=HISTORY_S + 30, trades_per_s=1.0,
-                     depth_interval_ms=5_000, mark_interval_s=5, book_ticker=False, binance_stream_names=True,
-                     liquidations_per_min=0.0, start_time=START_S)
-STRATEGY = parse_strategy({
-    "name": "warm_parity", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "1h",
-    "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "10m",
-    "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30}})
+SPEC = SyntheticSpec(
+    seed=37,
+    symbols=("BTCUSDT",),
+    duration_s=HISTORY_S + 30,
+    trades_per_s=1.0,
+    depth_interval_ms=5_000,
+    mark_interval_s=5,
+    book_ticker=False,
+    binance_stream_names=True,
+    liquidations_per_min=0.0,
+    start_time=START_S,
+)
+STRATEGY = parse_strategy(
+    {
+        "name": "warm_parity",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "1h",
+        "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
+        "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+        "cooldown": "10m",
+        "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30},
+    }
+)
 
 
 async def _warm_start(bootstrap: str, prefix: str, session) -> WarmStart:
-    fake = await serve(FakeExchangeConfig(session=session, speed="max", history_s=HISTORY_S, rest_clock="recording",
-                                          aggtrades_visibility="replayed"))
+    fake = await serve(
+        FakeExchangeConfig(
+            session=session, speed="max", history_s=HISTORY_S, rest_clock="recording", aggtrades_visibility="replayed"
+        )
+    )
     ensure_topics(bootstrap, prefix=prefix)
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
     try:
         async with aiohttp.ClientSession() as http:
-            warm = WarmStart(WarmStartConfig(hours=HOURS, detail_minutes=DETAIL_MIN), RestClient(http, metrics),
-                             fake.rest_url, publisher, ProgressMarkers(publisher, "warm-start", ENGINE_INPUTS),
-                             ["BTCUSDT"])
+            warm = WarmStart(
+                WarmStartConfig(hours=HOURS, detail_minutes=DETAIL_MIN),
+                RestClient(http, metrics),
+                fake.rest_url,
+                publisher,
+                ProgressMarkers(publisher, "warm-start", ENGINE_INPUTS),
+                ["BTCUSDT"],
+            )
             await warm.run()
     finally:
         await fake.stop()
@@ -90,22 +114,38 @@ def _valid_features(source) -> dict[int, dict]:
 
 
 def test_the_backtest_with_the_approximation_computes_what_the_warm_started_engine_computed(
-        kafka_bootstrap, topic_prefix, database, read_topic):
+    kafka_bootstrap, topic_prefix, database, read_topic
+):
     session = generate_session(SPEC)
     warm = asyncio.run(_warm_start(kafka_bootstrap, topic_prefix, session))
     span = warm.span
     assert warm.progress["BTCUSDT"].phase == "done" and warm.progress["BTCUSDT"].minute_bars >= 10
     assert span.bars_from_ms < span.since_ms  # the first kline holds the minute the window starts in
 
-    live = _valid_features(TopicSource(kafka_bootstrap, ["BTCUSDT"], span.bars_from_ms, span.now_ms,
-                                       topic_prefix=topic_prefix))
+    live = _valid_features(
+        TopicSource(kafka_bootstrap, ["BTCUSDT"], span.bars_from_ms, span.now_ms, topic_prefix=topic_prefix)
+    )
 
-    trades = [{"exchange": "binance", "symbol": t["s"], "agg_id": t["a"], "price": float(t["p"]), "qty": float(t["q"]),
-               "first_trade_id": t["f"], "last_trade_id": t["l"], "event_time": t["E"], "trade_time": t["T"],
-               "receive_time": t["T"], "taker_side": "SELL" if t["m"] else "BUY"}
-              for t in (f.payload for f in session.frames if f.event == "aggTrade")]
-    published = {topic: [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + topic, settled=True)]
-                 for topic in ("md.mark", "md.indicators")}
+    trades = [
+        {
+            "exchange": "binance",
+            "symbol": t["s"],
+            "agg_id": t["a"],
+            "price": float(t["p"]),
+            "qty": float(t["q"]),
+            "first_trade_id": t["f"],
+            "last_trade_id": t["l"],
+            "event_time": t["E"],
+            "trade_time": t["T"],
+            "receive_time": t["T"],
+            "taker_side": "SELL" if t["m"] else "BUY",
+        }
+        for t in (f.payload for f in session.frames if f.event == "aggTrade")
+    ]
+    published = {
+        topic: [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + topic, settled=True)]
+        for topic in ("md.mark", "md.indicators")
+    }
     bars = [r for r in published["md.indicators"] if r["kind"] == "kline_1m"]
     published["md.indicators"] = [r for r in published["md.indicators"] if r["kind"] != "kline_1m"]
     assert len(bars) == len(span.bar_minutes()) and published["md.mark"] and published["md.indicators"]
@@ -113,8 +153,9 @@ def test_the_backtest_with_the_approximation_computes_what_the_warm_started_engi
 
     approximation = approximation_span(span.since_ms, HOURS, DETAIL_MIN)
     assert approximation == span  # the live warm start's own span
-    source = WarmStartApproximation(DatabaseSource(database, ["BTCUSDT"], span.bars_from_ms, span.now_ms),
-                                    approximation)
+    source = WarmStartApproximation(
+        DatabaseSource(database, ["BTCUSDT"], span.bars_from_ms, span.now_ms), approximation
+    )
     backtest = _valid_features(source)
     assert source.bars == len(bars)
     assert "minute bars" in source.report.notes["trades"] and "approx_until_ms" in source.report.notes["trades"]

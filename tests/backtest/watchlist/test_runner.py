@@ -20,12 +20,20 @@ T0 = 1_704_096_000_000 - 60_000  # 07:59:00 UTC; binance and okx settle funding 
 SETTLE = T0 + 60_000
 FEE = 0.0005
 
-STRATEGY = parse_watchlist_strategy({
-    "kind": "watchlist", "name": "xv_hand", "version": "1", "venues": ["binance", "okx"], "notional_usd": 1_000,
-    "fees": {"default": FEE}, "triggers": {"min_net_spread_bp": 5}, "exits": {"exit_spread_bp": 20}})
+STRATEGY = parse_watchlist_strategy(
+    {
+        "kind": "watchlist",
+        "name": "xv_hand",
+        "version": "1",
+        "venues": ["binance", "okx"],
+        "notional_usd": 1_000,
+        "fees": {"default": FEE},
+        "triggers": {"min_net_spread_bp": 5},
+        "exits": {"exit_spread_bp": 20},
+    }
+)
 
-RICH = {"binance": (((101.0, 5.0), (100.9, 50.0)), ((101.1, 50.0),)),
-        "okx": (((99.9, 50.0),), ((100.0, 50.0),))}
+RICH = {"binance": (((101.0, 5.0), (100.9, 50.0)), ((101.1, 50.0),)), "okx": (((99.9, 50.0),), ((100.0, 50.0),))}
 CONVERGED = {"binance": (((100.5, 50.0),), ((100.6, 50.0),)), "okx": (((100.5, 50.0),), ((100.6, 50.0),))}
 SYMBOL = {"binance": "BTCUSDT", "okx": "BTC-USDT-SWAP"}
 
@@ -33,8 +41,10 @@ SYMBOL = {"binance": "BTCUSDT", "okx": "BTC-USDT-SWAP"}
 def hand_session():
     """Books every 500 ms on both venues: binance rich until T0 + 90 s, then both converge; funding
     announced at T0 for the 08:00 settlement (binance +1 bp: shorts receive; okx -2 bp: longs receive)."""
-    events = [FundingEvent("binance", "BTCUSDT", T0, 0.0001, SETTLE),
-              FundingEvent("okx", "BTC-USDT-SWAP", T0, -0.0002, SETTLE, 4 * 3_600_000)]
+    events = [
+        FundingEvent("binance", "BTCUSDT", T0, 0.0001, SETTLE),
+        FundingEvent("okx", "BTC-USDT-SWAP", T0, -0.0002, SETTLE, 4 * 3_600_000),
+    ]
     for t in range(T0, T0 + 100_000, 500):
         for venue in ("binance", "okx"):
             bids, asks = (RICH if t < T0 + 90_000 else CONVERGED)[venue]
@@ -58,8 +68,11 @@ def test_a_hedged_pair_through_the_backtest_with_its_pnl_by_hand():
     orders = {(o["leg"], o["action"]): o for o in result.orders}
     assert orders[("short", "entry")]["avg_price"] == pytest.approx(short_entry, rel=1e-12)
     assert orders[("short", "entry")]["client_order_id"] == client_order_id(signal["signal_id"], "pair_short_entry")
-    assert (orders[("long", "entry")]["avg_price"], orders[("short", "exit")]["avg_price"],
-            orders[("long", "exit")]["avg_price"]) == (100.0, 100.6, 100.5)
+    assert (
+        orders[("long", "entry")]["avg_price"],
+        orders[("short", "exit")]["avg_price"],
+        orders[("long", "exit")]["avg_price"],
+    ) == (100.0, 100.6, 100.5)
     # funding at 08:00 on both legs, at the mid of each venue's book then (both received)
     paid = {p["venue"]: p["paid"] for p in result.funding}
     assert paid["binance"] == pytest.approx(-qty * 101.05 * 0.0001, rel=1e-12)
@@ -83,15 +96,24 @@ def test_a_pair_still_open_at_the_end_is_closed_there_or_reported_open():
     rich_only = [e for e in hand_session() if e.time_ms < T0 + 90_000]
     result = run_backtest(STRATEGY, rich_only)
     assert [(p["status"], p["close_reason"], p["closed_ms"]) for p in result.pairs] == [
-        ("closed", "end_of_session", T0 + 89_500)]
+        ("closed", "end_of_session", T0 + 89_500)
+    ]
     kept = run_backtest(STRATEGY, rich_only, close_at_end=False)
     assert [p["status"] for p in kept.pairs] == ["open"] and kept.summary["open"] == 1
 
 
 SMALL = dict(slope_window_ms=60_000, windows=(("1h", 3_600_000, 5_000), ("12h", 43_200_000, 60_000)))
-XV = parse_watchlist_strategy({
-    "kind": "watchlist", "name": "xv_generated", "version": "1", "notional_usd": 10_000, "cooldown": "2m",
-    "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12}, "exits": {"exit_spread_bp": -2}})
+XV = parse_watchlist_strategy(
+    {
+        "kind": "watchlist",
+        "name": "xv_generated",
+        "version": "1",
+        "notional_usd": 10_000,
+        "cooldown": "2m",
+        "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12},
+        "exits": {"exit_spread_bp": -2},
+    }
+)
 EVENTS = session(11, 12, coins=("BTC", "ETH"), jump_per_hour=12.0)
 
 

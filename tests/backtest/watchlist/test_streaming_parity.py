@@ -37,9 +37,15 @@ from tests.support.services import database_url
 
 pytestmark = pytest.mark.integration
 
-STRATEGY = {"kind": "watchlist", "name": "xv_stream", "version": "1", "notional_usd": 10_000, "cooldown": "2m",
-            "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12},
-            "exits": {"exit_spread_bp": -2}}
+STRATEGY = {
+    "kind": "watchlist",
+    "name": "xv_stream",
+    "version": "1",
+    "notional_usd": 10_000,
+    "cooldown": "2m",
+    "triggers": {"min_net_spread_bp": 2, "min_z": 1.5, "min_window_samples": 12},
+    "exits": {"exit_spread_bp": -2},
+}
 XV = parse_watchlist_strategy(STRATEGY)
 #: the same strategy with legs 300 ms from their venues (execution.leg_fills), traded beside it
 XV_LEGS = parse_watchlist_strategy(STRATEGY | {"name": "xv_stream_legs", "legs": {"default_latency_ms": 300}})
@@ -47,12 +53,17 @@ EVENTS = session(11, 12, coins=("BTC", "ETH"), jump_per_hour=12.0)
 OUTPUTS = ("xv.signals", "xv.orders", "xv.funding", "xv.pairs")
 #: what identifies one record of each output (a re-published record has the same key and values)
 KEYS: dict[str, Callable[[dict], tuple]] = {
-    "xv.signals": lambda r: (r["signal_id"],), "xv.orders": lambda r: (r["client_order_id"], r["time_ms"]),
+    "xv.signals": lambda r: (r["signal_id"],),
+    "xv.orders": lambda r: (r["client_order_id"], r["time_ms"]),
     "xv.funding": lambda r: (r["pair_id"], r["leg"], r["funding_time_ms"]),
-    "xv.pairs": lambda r: (r["pair_id"], r["seq"])}
+    "xv.pairs": lambda r: (r["pair_id"], r["seq"]),
+}
 TIMES: dict[str, Callable[[dict], int]] = {
-    "xv.signals": lambda r: r["eval_time"], "xv.orders": lambda r: r["time_ms"],
-    "xv.funding": lambda r: r["funding_time_ms"], "xv.pairs": lambda r: r["event_time"]}
+    "xv.signals": lambda r: r["eval_time"],
+    "xv.orders": lambda r: r["time_ms"],
+    "xv.funding": lambda r: r["funding_time_ms"],
+    "xv.pairs": lambda r: r["event_time"],
+}
 
 
 def _records(events):
@@ -62,8 +73,7 @@ def _records(events):
         if isinstance(e, BookEvent):
             out.append(("md.book", key, book(e.exchange, e.symbol, e.time_ms, list(e.bids), list(e.asks))))
         elif isinstance(e, FundingEvent):
-            out.append(("md.mark", key, mark(e.exchange, e.symbol, e.time_ms, e.funding_rate,
-                                             e.next_funding_time_ms)))
+            out.append(("md.mark", key, mark(e.exchange, e.symbol, e.time_ms, e.funding_rate, e.next_funding_time_ms)))
     return out
 
 
@@ -90,8 +100,10 @@ def _wait_evaluated(trader: WatchlistTrader, run, until_ms: int, timeout: float 
 
 def _of(strategy, streamed: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """The records of one strategy's trader (both publish to the same topics)."""
-    mine = {t: [r for r in streamed[t] if r["signal_id"].startswith(f"xv:{strategy.name}:")]
-            for t in ("xv.signals", "xv.orders", "xv.pairs")}
+    mine = {
+        t: [r for r in streamed[t] if r["signal_id"].startswith(f"xv:{strategy.name}:")]
+        for t in ("xv.signals", "xv.orders", "xv.pairs")
+    }
     pairs = {p["pair_id"] for p in mine["xv.pairs"]}
     return mine | {"xv.funding": [r for r in streamed["xv.funding"] if r["pair_id"] in pairs]}
 
@@ -104,9 +116,9 @@ def _unique(topic: str, records: list[dict]) -> list[dict]:
     return list(seen.values())
 
 
-def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(kafka_bootstrap, topic_prefix,
-                                                                                 tmp_path, read_topic, database,
-                                                                                 monkeypatch):
+def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
+    kafka_bootstrap, topic_prefix, tmp_path, read_topic, database, monkeypatch
+):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     records = _records(EVENTS)
     half = len(records) // 2
@@ -114,9 +126,15 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     settings = Settings(home=tmp_path / "home", broker=kafka_bootstrap, topic_prefix=topic_prefix)
 
     def options(*traders: WatchlistTrader) -> WatchlistOptions:
-        return WatchlistOptions(params=CrossVenueParams(), lateness_ms=1_000, prime_history_ms=None,
-                                start_from="earliest", group_id=topic_prefix + "wl", checkpoint_interval_s=1.0,
-                                traders=traders)
+        return WatchlistOptions(
+            params=CrossVenueParams(),
+            lateness_ms=1_000,
+            prime_history_ms=None,
+            start_from="earliest",
+            group_id=topic_prefix + "wl",
+            checkpoint_interval_s=1.0,
+            traders=traders,
+        )
 
     _produce(kafka_bootstrap, topic_prefix, records[:half])
     first = WatchlistTrader(XV)
@@ -133,8 +151,10 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     finally:
         if run.thread.is_alive():
             run.close()
-    everything = {t: _unique(t, [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + t, settled=True)])
-                  for t in OUTPUTS}
+    everything = {
+        t: _unique(t, [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + t, settled=True)])
+        for t in OUTPUTS
+    }
     streamed, legs = _of(XV, everything), _of(XV_LEGS, everything)
     print("\nstreamed: " + ", ".join(f"{t} {len(v)} + {len(legs[t])} with leg timing" for t, v in streamed.items()))
     assert len(streamed["xv.signals"]) >= 3 and len(streamed["xv.orders"]) >= 8, streamed
@@ -165,27 +185,55 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
     strategy_file.write_bytes(orjson.dumps(STRATEGY))
     from tapeflow.cli import app
 
-    result = CliRunner().invoke(app, ["watchlist", "backtest", "--strategy", str(strategy_file), "--source",
-                                      f"broker:{topic_prefix}", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "watchlist",
+            "backtest",
+            "--strategy",
+            str(strategy_file),
+            "--source",
+            f"broker:{topic_prefix}",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"{len(records):,} inputs" in result.output
     report = orjson.loads((tmp_path / "out" / "result.json").read_bytes())
-    assert [s for s in report["signals"] if s["eval_time"] <= cutoff] == \
-        [s for s in streamed["xv.signals"] if s["eval_time"] <= cutoff]
+    assert [s for s in report["signals"] if s["eval_time"] <= cutoff] == [
+        s for s in streamed["xv.signals"] if s["eval_time"] <= cutoff
+    ]
 
     # the sink keeps one row per record, re-published ones included (and stores the inputs too)
     migrate(database)
-    sink = TopicSink(SinkConfig(topics=[*OUTPUTS, "md.book", "md.mark"], topic_prefix=topic_prefix,
-                                group_id=f"{topic_prefix}sink",
-                                batch_rows=500, batch_ms=100, max_backoff_s=1.0), kafka_bootstrap, database, SERDE)
+    sink = TopicSink(
+        SinkConfig(
+            topics=[*OUTPUTS, "md.book", "md.mark"],
+            topic_prefix=topic_prefix,
+            group_id=f"{topic_prefix}sink",
+            batch_rows=500,
+            batch_ms=100,
+            max_backoff_s=1.0,
+        ),
+        kafka_bootstrap,
+        database,
+        SERDE,
+    )
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set}, daemon=True)
     thread.start()
-    tables = {"xv.signals": "xv_signals", "xv.orders": "xv_leg_orders", "xv.funding": "xv_funding_payments",
-              "xv.pairs": "xv_pair_events"}
+    tables = {
+        "xv.signals": "xv_signals",
+        "xv.orders": "xv_leg_orders",
+        "xv.funding": "xv_funding_payments",
+        "xv.pairs": "xv_pair_events",
+    }
     want_rows = {t: len(everything[topic]) for topic, t in tables.items()}
-    want_rows |= {"depth_snapshots": sum(t == "md.book" for t, _, _ in records),
-                  "mark_prices": sum(t == "md.mark" for t, _, _ in records)}
+    want_rows |= {
+        "depth_snapshots": sum(t == "md.book" for t, _, _ in records),
+        "mark_prices": sum(t == "md.mark" for t, _, _ in records),
+    }
     try:
         end = time.monotonic() + 60
         while True:
@@ -213,8 +261,23 @@ def test_the_backtest_over_the_topics_equals_the_live_service_through_a_restart(
 
     stored = read_database(database, EVENTS[0].time_ms, end_ms + 1)
     assert stored != events and sorted(stored, key=tie_order) == sorted(events, key=tie_order)
-    result = CliRunner().invoke(app, ["watchlist", "backtest", "--strategy", str(strategy_file), "--source", "db",
-                                      "--from", "2024-01-01T06:59", "--to", "2024-01-01T08:00", "--out",
-                                      str(tmp_path / "db")], env={"TAPEFLOW_DATABASE_URL": database_url(database)})
+    result = CliRunner().invoke(
+        app,
+        [
+            "watchlist",
+            "backtest",
+            "--strategy",
+            str(strategy_file),
+            "--source",
+            "db",
+            "--from",
+            "2024-01-01T06:59",
+            "--to",
+            "2024-01-01T08:00",
+            "--out",
+            str(tmp_path / "db"),
+        ],
+        env={"TAPEFLOW_DATABASE_URL": database_url(database)},
+    )
     assert result.exit_code == 0, result.output
     assert orjson.loads((tmp_path / "db" / "result.json").read_bytes()) == report

@@ -28,8 +28,25 @@ INT64_MAX = 2**63 - 1
 field = st.one_of(
     st.integers(-(2**70), 2**70).map(str),
     st.decimals(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["true", "false", "TRUE", " False ", "yes", "", "nan", "inf", "1e400", "1_000", "١٢٣",
-                     "\ufeffagg_trade_id", "agg_trade_id", "price", "0x1f"]),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "TRUE",
+            " False ",
+            "yes",
+            "",
+            "nan",
+            "inf",
+            "1e400",
+            "1_000",
+            "١٢٣",
+            "\ufeffagg_trade_id",
+            "agg_trade_id",
+            "price",
+            "0x1f",
+        ]
+    ),
     st.text(st.characters(blacklist_characters='",\r\n', blacklist_categories=("Cs",)), max_size=6),
 )
 line = st.one_of(st.just(GOOD), st.just(HEADER), st.lists(field, min_size=0, max_size=9).map(",".join))
@@ -37,8 +54,15 @@ line = st.one_of(st.just(GOOD), st.just(HEADER), st.lists(field, min_size=0, max
 
 def read(text: bytes) -> tuple[list[dict], list[BadRow]]:
     bad: list[BadRow] = []
-    trades = list(AggTradeCsvReader(io.BytesIO(text), source="BTCUSDT-aggTrades-2024-01-01.csv", symbol="BTCUSDT",
-                                    receive_time=1, on_bad=bad.append))
+    trades = list(
+        AggTradeCsvReader(
+            io.BytesIO(text),
+            source="BTCUSDT-aggTrades-2024-01-01.csv",
+            symbol="BTCUSDT",
+            receive_time=1,
+            on_bad=bad.append,
+        )
+    )
     return trades, bad
 
 
@@ -73,8 +97,11 @@ def test_every_line_is_a_trade_or_a_bad_row(lines):
 
 
 @FUZZ
-@given(head=st.lists(st.just(GOOD), max_size=2), size=st.integers(131_073, 140_000), tail=st.lists(st.just(GOOD),
-                                                                                                      max_size=2))
+@given(
+    head=st.lists(st.just(GOOD), max_size=2),
+    size=st.integers(131_073, 140_000),
+    tail=st.lists(st.just(GOOD), max_size=2),
+)
 # found by this property: a line longer than the csv module's field limit raised csv.Error out of the
 # reader (the backfill stopped); now that line is a bad row and the rows after it are read
 @example(head=[GOOD], size=200_000, tail=[GOOD])
@@ -97,22 +124,54 @@ def test_the_columnar_reader_accepts_only_what_the_row_reader_reads_cleanly(data
         return
     trades, bad = read(data)
     assert bad == []
-    assert [(t["agg_id"], t["price"], t["qty"], t["first_trade_id"], t["last_trade_id"], t["trade_time"],
-             t["taker_side"] == "SELL") for t in trades] == [
+    assert [
+        (
+            t["agg_id"],
+            t["price"],
+            t["qty"],
+            t["first_trade_id"],
+            t["last_trade_id"],
+            t["trade_time"],
+            t["taker_side"] == "SELL",
+        )
+        for t in trades
+    ] == [
         (int(a), float(p), float(q), int(f), int(la), int(ts), bool(s))
-        for a, p, q, f, la, ts, s in zip(cols.agg_id, cols.price, cols.qty, cols.first_trade_id, cols.last_trade_id,
-                                         cols.time_ms, cols.taker_sell, strict=True)]
+        for a, p, q, f, la, ts, s in zip(
+            cols.agg_id,
+            cols.price,
+            cols.qty,
+            cols.first_trade_id,
+            cols.last_trade_id,
+            cols.time_ms,
+            cols.taker_sell,
+            strict=True,
+        )
+    ]
 
 
 @FUZZ
-@given(rows=st.lists(st.tuples(st.integers(0, INT64_MAX), st.decimals(min_value="0.00000001", max_value="1e9",
-                                                                       places=8), st.integers(0, 2**40),
-                               st.integers(0, 100), st.integers(1, INT64_MAX), st.booleans()), max_size=8),
-       header=st.booleans())
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, INT64_MAX),
+            st.decimals(min_value="0.00000001", max_value="1e9", places=8),
+            st.integers(0, 2**40),
+            st.integers(0, 100),
+            st.integers(1, INT64_MAX),
+            st.booleans(),
+        ),
+        max_size=8,
+    ),
+    header=st.booleans(),
+)
 def test_well_formed_rows_parse_to_their_fields(rows, header):
-    lines = ([HEADER] if header else []) + [f"{a},{p},{p},{f},{f + d},{t},{str(m).lower()}"
-                                             for a, p, f, d, t, m in rows]
+    lines = ([HEADER] if header else []) + [
+        f"{a},{p},{p},{f},{f + d},{t},{str(m).lower()}" for a, p, f, d, t, m in rows
+    ]
     trades, bad = read("\n".join(lines).encode())
     assert bad == []
-    assert [(t["agg_id"], t["price"], t["first_trade_id"], t["last_trade_id"], t["trade_time"], t["taker_side"])
-            for t in trades] == [(a, float(p), f, f + d, t, "SELL" if m else "BUY") for a, p, f, d, t, m in rows]
+    assert [
+        (t["agg_id"], t["price"], t["first_trade_id"], t["last_trade_id"], t["trade_time"], t["taker_side"])
+        for t in trades
+    ] == [(a, float(p), f, f + d, t, "SELL" if m else "BUY") for a, p, f, d, t, m in rows]

@@ -81,9 +81,11 @@ def day3_lines() -> list[str]:
 
 
 def expected_all() -> list[dict]:
-    return ([expected_record(i, D1, RECEIVE_TIME) for i in DAY1_IDS]
-            + [expected_record(i, D2, RECEIVE_TIME) for i in DAY2_IDS]
-            + [expected_record(i, D3, RECEIVE_TIME) for i in DAY3_IDS])
+    return (
+        [expected_record(i, D1, RECEIVE_TIME) for i in DAY1_IDS]
+        + [expected_record(i, D2, RECEIVE_TIME) for i in DAY2_IDS]
+        + [expected_record(i, D3, RECEIVE_TIME) for i in DAY3_IDS]
+    )
 
 
 @pytest.fixture
@@ -131,13 +133,21 @@ def trades_in(bootstrap: str, topic: str) -> list[dict]:
 
 def run(kafka_bootstrap, topic_prefix, home, start=D1, end=D3, **kw):
     kw.setdefault("directory", None)
-    return run_backfill(bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, home=home, symbol=SYMBOL,
-                        start=start, end=end, progress=False, clock=clock, **kw)
+    return run_backfill(
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        home=home,
+        symbol=SYMBOL,
+        start=start,
+        end=end,
+        progress=False,
+        clock=clock,
+        **kw,
+    )
 
 
 # --- tests -----------------------------------------------------------------------------------------------
-def test_directory_backfill_publishes_every_row_once_in_order(kafka_bootstrap, topic_prefix, tmp_path,
-                                                              archive_dir):
+def test_directory_backfill_publishes_every_row_once_in_order(kafka_bootstrap, topic_prefix, tmp_path, archive_dir):
     summary = run(kafka_bootstrap, topic_prefix, tmp_path / "home", directory=archive_dir)
 
     got = trades_in(kafka_bootstrap, topic_prefix + "md.trades")
@@ -152,13 +162,16 @@ def test_directory_backfill_publishes_every_row_once_in_order(kafka_bootstrap, t
     assert summary.gap_ranges == [(1030, 1032), (1040, 1044)]
     assert summary.bad_rows == 2
     assert [(b.source, b.line) for b in summary.bad_row_samples] == [
-        (f"{stem(SYMBOL, D1)}.zip", 7), (f"{stem(SYMBOL, D2)}.zip", 15)]
+        (f"{stem(SYMBOL, D1)}.zip", 7),
+        (f"{stem(SYMBOL, D2)}.zip", 15),
+    ]
     assert summary.bad_row_samples[0].text == BAD_DAY1
 
     dead = [SERDE.decode(m.value()) for m in consume(kafka_bootstrap, topic_prefix + "dlq.md")]
     assert [d["value"].decode() for d in dead] == [BAD_DAY1, BAD_DAY2]
-    assert all(d["stage"] == "producer.backfill:parse" and d["source_topic"] == topic_prefix + "md.trades"
-               for d in dead)
+    assert all(
+        d["stage"] == "producer.backfill:parse" and d["source_topic"] == topic_prefix + "md.trades" for d in dead
+    )
     assert ":7:" in dead[0]["error"] and ":15:" in dead[1]["error"]
 
     as_json = json.loads(summary.to_json())
@@ -187,8 +200,7 @@ def test_rerun_resumes_after_completed_days(kafka_bootstrap, topic_prefix, tmp_p
     assert third.days_skipped == ["2024-01-01", "2024-01-02", "2024-01-03"] and third.rows_published == 0
 
 
-def test_unreadable_archive_checkpoints_confirmed_rows_and_resume_repeats_none(kafka_bootstrap, topic_prefix,
-                                                                                tmp_path):
+def test_unreadable_archive_checkpoints_confirmed_rows_and_resume_repeats_none(kafka_bootstrap, topic_prefix, tmp_path):
     """A day whose zip fails its CRC at the end: what was delivered is checkpointed, the re-run
     with a good file publishes only the rest."""
     directory = tmp_path / "archives"
@@ -224,8 +236,9 @@ def test_unreadable_archive_checkpoints_confirmed_rows_and_resume_repeats_none(k
 
 
 def test_named_replay_topic_uses_md_trades_schema(kafka_bootstrap, topic_prefix, tmp_path, archive_dir):
-    summary = run(kafka_bootstrap, topic_prefix, tmp_path / "home", end=D1, directory=archive_dir,
-                  topic="replay.btc-jan")
+    summary = run(
+        kafka_bootstrap, topic_prefix, tmp_path / "home", end=D1, directory=archive_dir, topic="replay.btc-jan"
+    )
     assert summary.topic == topic_prefix + "replay.btc-jan"
     md = admin_client(kafka_bootstrap).list_topics(timeout=10).topics
     assert len(md[topic_prefix + "replay.btc-jan"].partitions) == 6  # co-partitioned like md.trades
@@ -264,8 +277,10 @@ def test_download_verifies_caches_and_reports_missing_days(kafka_bootstrap, topi
         # the chain runs on from day 1 (1019) to day 3 (1045): the missing day is one gap
         assert summary.gap_ranges == [(1020, 1044)] and summary.missing_ids == 25
         got = trades_in(kafka_bootstrap, topic_prefix + "md.trades")
-        assert got == ([expected_record(i, D1, RECEIVE_TIME) for i in DAY1_IDS]
-                       + [expected_record(i, D3, RECEIVE_TIME) for i in DAY3_IDS])
+        assert got == (
+            [expected_record(i, D1, RECEIVE_TIME) for i in DAY1_IDS]
+            + [expected_record(i, D3, RECEIVE_TIME) for i in DAY3_IDS]
+        )
         for day in (D1, D3):
             cached = cache / SYMBOL / f"{stem(SYMBOL, day)}.zip"
             assert cached.read_bytes() == (src / cached.name).read_bytes()
@@ -273,8 +288,14 @@ def test_download_verifies_caches_and_reports_missing_days(kafka_bootstrap, topi
 
         # a second backfill (another topic, fresh checkpoint) verifies the cache and downloads no zip again
         zips_before = [p for p in server.requests if p.endswith(".zip")]
-        again = run(kafka_bootstrap, topic_prefix, tmp_path / "home", base_url=server.url, cache_dir=cache,
-                    topic="replay.cached")
+        again = run(
+            kafka_bootstrap,
+            topic_prefix,
+            tmp_path / "home",
+            base_url=server.url,
+            cache_dir=cache,
+            topic="replay.cached",
+        )
         assert again.rows_published == summary.rows_published
         assert [p for p in server.requests if p.endswith(".zip")] == zips_before
         assert zips_before == [ArchiveServer.path(f"{stem(SYMBOL, d)}.zip") for d in (D1, D3)]

@@ -40,7 +40,11 @@ RT = 1_720_000_000_000
 # --- arguments -------------------------------------------------------------------------------------
 def test_day_range_is_inclusive_and_crosses_a_leap_day():
     assert day_range(date(2024, 2, 27), date(2024, 3, 1)) == [
-        date(2024, 2, 27), date(2024, 2, 28), date(2024, 2, 29), date(2024, 3, 1)]
+        date(2024, 2, 27),
+        date(2024, 2, 28),
+        date(2024, 2, 29),
+        date(2024, 3, 1),
+    ]
     assert day_range(DAY, DAY) == [DAY]
 
 
@@ -57,17 +61,28 @@ def test_bad_arguments_have_clear_errors():
         normalise_symbol("BTC/USDT")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"start": date(2024, 1, 2), "end": DAY}, "is after --to"),
-    ({"symbol": "btc usdt"}, "not a Binance symbol"),
-    ({"topic": "md.book"}, "carries book_snapshot records, not trades"),
-    ({"topic": "replay/btc"}, "use letters, digits"),
-    ({"topic": "dlq.md"}, "dead-letter"),
-    ({"directory": Path("/nonexistent/archives")}, "not a directory"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"start": date(2024, 1, 2), "end": DAY}, "is after --to"),
+        ({"symbol": "btc usdt"}, "not a Binance symbol"),
+        ({"topic": "md.book"}, "carries book_snapshot records, not trades"),
+        ({"topic": "replay/btc"}, "use letters, digits"),
+        ({"topic": "dlq.md"}, "dead-letter"),
+        ({"directory": Path("/nonexistent/archives")}, "not a directory"),
+    ],
+)
 def test_run_backfill_rejects_bad_arguments_before_touching_the_broker(tmp_path, kwargs, message):
-    args = {"bootstrap": "127.0.0.1:9", "topic_prefix": "", "home": tmp_path, "symbol": "BTCUSDT",
-            "start": DAY, "end": DAY, "directory": tmp_path, "progress": False} | kwargs
+    args = {
+        "bootstrap": "127.0.0.1:9",
+        "topic_prefix": "",
+        "home": tmp_path,
+        "symbol": "BTCUSDT",
+        "start": DAY,
+        "end": DAY,
+        "directory": tmp_path,
+        "progress": False,
+    } | kwargs
     with pytest.raises(BackfillError, match=message):
         run_backfill(**args)
 
@@ -75,13 +90,16 @@ def test_run_backfill_rejects_bad_arguments_before_touching_the_broker(tmp_path,
 # --- file names and checksums ----------------------------------------------------------------------
 def test_archive_url_matches_the_official_layout():
     assert archive_url("https://data.binance.vision/", "BTCUSDT", DAY) == (
-        "https://data.binance.vision/data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-01-01.zip")
+        "https://data.binance.vision/data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-01-01.zip"
+    )
 
 
 def test_parse_checksum():
     digest = "ab" * 32
-    assert parse_checksum(f"{digest.upper()}  BTCUSDT-aggTrades-2024-01-01.zip\n",
-                          "BTCUSDT-aggTrades-2024-01-01.zip") == digest
+    assert (
+        parse_checksum(f"{digest.upper()}  BTCUSDT-aggTrades-2024-01-01.zip\n", "BTCUSDT-aggTrades-2024-01-01.zip")
+        == digest
+    )
     with pytest.raises(BackfillError, match="names 'ETHUSDT"):
         parse_checksum(f"{digest}  ETHUSDT-aggTrades-2024-01-01.zip", "BTCUSDT-aggTrades-2024-01-01.zip")
     with pytest.raises(BackfillError, match="expected '<sha256>  <file name>'"):
@@ -91,8 +109,9 @@ def test_parse_checksum():
 # --- CSV parsing -------------------------------------------------------------------------------------
 def parse(lines: list[str], symbol: str = "BTCUSDT") -> tuple[list[dict], list[BadRow], AggTradeCsvReader]:
     bad: list[BadRow] = []
-    reader = AggTradeCsvReader(io.BytesIO("\n".join(lines).encode()), source="f.csv", symbol=symbol,
-                               receive_time=RT, on_bad=bad.append)
+    reader = AggTradeCsvReader(
+        io.BytesIO("\n".join(lines).encode()), source="f.csv", symbol=symbol, receive_time=RT, on_bad=bad.append
+    )
     return list(reader), bad, reader
 
 
@@ -110,17 +129,33 @@ def test_header_and_headerless_files_give_the_same_records():
 def test_one_row_by_hand():
     trades, bad, _ = parse(["1,42000.10,0.005,10,12,1704067200123,true"], symbol="ETHUSDT")
     assert bad == []
-    assert trades == [{"exchange": "binance", "symbol": "ETHUSDT", "agg_id": 1, "price": 42000.1, "qty": 0.005,
-                       "first_trade_id": 10, "last_trade_id": 12, "event_time": 1704067200123,
-                       "trade_time": 1704067200123, "receive_time": RT, "taker_side": "SELL"}]
+    assert trades == [
+        {
+            "exchange": "binance",
+            "symbol": "ETHUSDT",
+            "agg_id": 1,
+            "price": 42000.1,
+            "qty": 0.005,
+            "first_trade_id": 10,
+            "last_trade_id": 12,
+            "event_time": 1704067200123,
+            "trade_time": 1704067200123,
+            "receive_time": RT,
+            "taker_side": "SELL",
+        }
+    ]
 
 
 def test_header_columns_are_found_by_name_with_bom_and_extra_columns():
     header = "\ufeffprice,agg_trade_id,extra,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker"
     trades, bad, reader = parse([header, "42000.10,1,x,0.005,10,12,1704067200123,False"])
     assert bad == [] and reader.had_header
-    assert (trades[0]["agg_id"], trades[0]["price"], trades[0]["qty"], trades[0]["taker_side"]) == (1, 42000.1, 0.005,
-                                                                                                     "BUY")
+    assert (trades[0]["agg_id"], trades[0]["price"], trades[0]["qty"], trades[0]["taker_side"]) == (
+        1,
+        42000.1,
+        0.005,
+        "BUY",
+    )
 
 
 def test_header_missing_a_column_is_an_error_naming_the_file():
@@ -130,17 +165,17 @@ def test_header_missing_a_column_is_an_error_naming_the_file():
 
 def test_bad_rows_are_reported_with_line_numbers_and_reasons():
     lines = [
-        HEADER,                                                    # 1
-        csv_row(1, DAY),                                           # 2
-        "2,abc,0.005,10,10,1704067200123,true",                    # 3 not a number
-        "3,42000.1,0.005,10,10,1704067200123",                     # 4 six fields
-        "",                                                        # 5 blank: skipped, not bad
-        "4,42000.1,0.005,10,10,1704067200123,maybe",               # 6 not true/false
-        "5,-1,0.005,10,10,1704067200123,true",                     # 7 price <= 0
-        "6,nan,0.005,10,10,1704067200123,true",                    # 8 not finite
-        "7,42000.1,0.005,12,10,1704067200123,true",                # 9 first > last
-        "8,42000.1,0,10,10,1704067200123,true",                    # 10 qty 0
-        csv_row(9, DAY),                                           # 11
+        HEADER,  # 1
+        csv_row(1, DAY),  # 2
+        "2,abc,0.005,10,10,1704067200123,true",  # 3 not a number
+        "3,42000.1,0.005,10,10,1704067200123",  # 4 six fields
+        "",  # 5 blank: skipped, not bad
+        "4,42000.1,0.005,10,10,1704067200123,maybe",  # 6 not true/false
+        "5,-1,0.005,10,10,1704067200123,true",  # 7 price <= 0
+        "6,nan,0.005,10,10,1704067200123,true",  # 8 not finite
+        "7,42000.1,0.005,12,10,1704067200123,true",  # 9 first > last
+        "8,42000.1,0,10,10,1704067200123,true",  # 10 qty 0
+        csv_row(9, DAY),  # 11
     ]
     trades, bad, reader = parse(lines)
     assert [t["agg_id"] for t in trades] == [1, 9]
@@ -152,19 +187,50 @@ def test_bad_rows_are_reported_with_line_numbers_and_reasons():
 
 
 def columns_as_records(cols, symbol="BTCUSDT"):
-    return [{"exchange": "binance", "symbol": symbol, "agg_id": int(a), "price": float(p), "qty": float(q),
-             "first_trade_id": int(f), "last_trade_id": int(la), "event_time": int(t), "trade_time": int(t),
-             "receive_time": RT, "taker_side": "SELL" if s else "BUY"}
-            for a, p, q, f, la, t, s in zip(cols.agg_id, cols.price, cols.qty, cols.first_trade_id,
-                                            cols.last_trade_id, cols.time_ms, cols.taker_sell, strict=True)]
+    return [
+        {
+            "exchange": "binance",
+            "symbol": symbol,
+            "agg_id": int(a),
+            "price": float(p),
+            "qty": float(q),
+            "first_trade_id": int(f),
+            "last_trade_id": int(la),
+            "event_time": int(t),
+            "trade_time": int(t),
+            "receive_time": RT,
+            "taker_side": "SELL" if s else "BUY",
+        }
+        for a, p, q, f, la, t, s in zip(
+            cols.agg_id,
+            cols.price,
+            cols.qty,
+            cols.first_trade_id,
+            cols.last_trade_id,
+            cols.time_ms,
+            cols.taker_sell,
+            strict=True,
+        )
+    ]
 
 
 @settings(max_examples=200, deadline=None, database=None)
-@given(rows=st.lists(st.tuples(
-    st.integers(0, 2**62), st.decimals(min_value="0.00000001", max_value="99999999", places=8, allow_nan=False),
-    st.floats(min_value=1e-8, max_value=1e9, allow_nan=False, allow_infinity=False), st.integers(0, 2**40),
-    st.integers(0, 1000), st.integers(1, 2**50), st.sampled_from(["true", "false", "True", "False", "TRUE", "FALSE"])),
-    min_size=1, max_size=60), header=st.booleans())
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 2**62),
+            st.decimals(min_value="0.00000001", max_value="99999999", places=8, allow_nan=False),
+            st.floats(min_value=1e-8, max_value=1e9, allow_nan=False, allow_infinity=False),
+            st.integers(0, 2**40),
+            st.integers(0, 1000),
+            st.integers(1, 2**50),
+            st.sampled_from(["true", "false", "True", "False", "TRUE", "FALSE"]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    header=st.booleans(),
+)
 def test_the_columnar_reader_equals_the_row_reader_field_by_field(rows, header):
     lines = [HEADER] if header else []
     lines += [f"{a},{p},{q!r},{f},{f + d},{t},{m}" for a, p, q, f, d, t, m in rows]
@@ -181,13 +247,20 @@ def test_the_columnar_reader_finds_columns_by_name_and_leaves_every_unclean_file
     cols = read_agg_trade_columns(io.BytesIO("\n".join(lines).encode()))
     assert cols is not None and columns_as_records(cols) == parse(lines)[0]
     good = csv_row(1, DAY)
-    for bad in ["2,abc,0.005,10,10,1704067200123,true", "3,42000.1,0.005,10,10,1704067200123",
-                "4,42000.1,0.005,10,10,1704067200123,maybe", "5,-1,0.005,10,10,1704067200123,true",
-                "6,nan,0.005,10,10,1704067200123,true", "6,inf,0.005,10,10,1704067200123,true",
-                "7,42000.1,0.005,12,10,1704067200123,true", "8,42000.1,0,10,10,1704067200123,true",
-                "9,42000.1,0.005,10,10,0,true", "-1,42000.1,0.005,10,10,1704067200123,true",
-                "10,42000.1,0.005,10,10,1704067200123,1",
-                "12,42000.1,0.005,10,10,1704067200123,true,extra"]:
+    for bad in [
+        "2,abc,0.005,10,10,1704067200123,true",
+        "3,42000.1,0.005,10,10,1704067200123",
+        "4,42000.1,0.005,10,10,1704067200123,maybe",
+        "5,-1,0.005,10,10,1704067200123,true",
+        "6,nan,0.005,10,10,1704067200123,true",
+        "6,inf,0.005,10,10,1704067200123,true",
+        "7,42000.1,0.005,12,10,1704067200123,true",
+        "8,42000.1,0,10,10,1704067200123,true",
+        "9,42000.1,0.005,10,10,0,true",
+        "-1,42000.1,0.005,10,10,1704067200123,true",
+        "10,42000.1,0.005,10,10,1704067200123,1",
+        "12,42000.1,0.005,10,10,1704067200123,true,extra",
+    ]:
         for lines in ([HEADER, good, bad], [good, bad], [bad, good]):
             assert read_agg_trade_columns(io.BytesIO("\n".join(lines).encode())) is None, (lines, bad)
     assert read_agg_trade_columns(io.BytesIO(b"")) is None
@@ -308,8 +381,10 @@ def test_downloader_retries_transient_errors(tmp_path):
     src.mkdir()
     zip_path = write_zip(src, "BTCUSDT", DAY, [csv_row(1, DAY)])
     name = zip_path.name
-    files = {ArchiveServer.path(name): zip_path.read_bytes(),
-             ArchiveServer.path(name + ".CHECKSUM"): (src / f"{name}.CHECKSUM").read_bytes()}
+    files = {
+        ArchiveServer.path(name): zip_path.read_bytes(),
+        ArchiveServer.path(name + ".CHECKSUM"): (src / f"{name}.CHECKSUM").read_bytes(),
+    }
     sleeps: list[float] = []
     with ArchiveServer(files) as server:
         server.failures = {ArchiveServer.path(name): 2}
@@ -333,8 +408,10 @@ def test_a_damaged_cached_archive_is_downloaded_again(tmp_path):
     src.mkdir()
     zip_path = write_zip(src, "BTCUSDT", DAY, [csv_row(1, DAY)])
     name = zip_path.name
-    files = {ArchiveServer.path(name): zip_path.read_bytes(),
-             ArchiveServer.path(name + ".CHECKSUM"): (src / f"{name}.CHECKSUM").read_bytes()}
+    files = {
+        ArchiveServer.path(name): zip_path.read_bytes(),
+        ArchiveServer.path(name + ".CHECKSUM"): (src / f"{name}.CHECKSUM").read_bytes(),
+    }
     with ArchiveServer(files) as server:
         dl = VisionDownloader(server.url, tmp_path / "cache")
         first = dl.fetch("BTCUSDT", DAY)
@@ -378,8 +455,21 @@ def test_the_cli_to_is_excluded_as_everywhere(tmp_path):
 
     from tapeflow.cli import app
 
-    res = CliRunner().invoke(app, ["backfill", "binance-vision", "--symbol", "BTCUSDT", "--from", "2024-01-01",
-                                   "--to", "2024-01-01", "--dir", str(tmp_path)],
-                             env={"TAPEFLOW_HOME": str(tmp_path / "home")})
+    res = CliRunner().invoke(
+        app,
+        [
+            "backfill",
+            "binance-vision",
+            "--symbol",
+            "BTCUSDT",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-01",
+            "--dir",
+            str(tmp_path),
+        ],
+        env={"TAPEFLOW_HOME": str(tmp_path / "home")},
+    )
     assert res.exit_code == 1
     assert "--from 2024-01-01 is not before --to 2024-01-01 (--to is excluded)" in res.output

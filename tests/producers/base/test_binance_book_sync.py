@@ -18,8 +18,7 @@ from producers.binance.parse import parse_depth_diff, parse_depth_snapshot
 def replay_books(recording_dir):
     """Replay frames in receive order, installing each REST snapshot when it was received."""
     rec = load_recording(recording_dir)
-    snapshots = sorted(
-        (r for r in rec.rest.values() if r.path == "/fapi/v1/depth"), key=lambda r: r.receive_time)
+    snapshots = sorted((r for r in rec.rest.values() if r.path == "/fapi/v1/depth"), key=lambda r: r.receive_time)
     books = {s: OrderBookSync(s) for s in rec.symbols}
     after_u: dict[tuple[str, int], tuple[float, float]] = {}
     tickers: list[dict] = []
@@ -68,8 +67,8 @@ def _snap(last):
 def test_buffered_diffs_older_than_snapshot_are_dropped_and_first_must_straddle():
     book = OrderBookSync("BTCUSDT")
     assert book.needs_snapshot
-    book.on_diff(_diff(1, 5, 0, bids=[(100.0, 9.0)]))        # u < L: dropped
-    book.on_diff(_diff(6, 12, 5, bids=[(100.0, 7.0)]))       # straddles L=10
+    book.on_diff(_diff(1, 5, 0, bids=[(100.0, 9.0)]))  # u < L: dropped
+    book.on_diff(_diff(6, 12, 5, bids=[(100.0, 7.0)]))  # straddles L=10
     res = book.on_snapshot(_snap(10))
     assert [d.final_update_id for d in res.applied] == [12]
     assert book.is_live and book.best_bid() == (100.0, 7.0)

@@ -33,8 +33,8 @@ def test_gap_holds_newer_trades_until_rest_fills_it():
 
 def test_partial_fill_then_second_gap_counts_two_gaps():
     s = AggTradeSequencer("BTCUSDT", last_id=0)
-    s.offer(t(5))              # gap 1..4
-    s.offer(t(9))              # held behind a second hole 6..8
+    s.offer(t(5))  # gap 1..4
+    s.offer(t(9))  # held behind a second hole 6..8
     assert ids(s.offer_many([t(1), t(2)])) == [1, 2]  # partial REST page
     assert s.gap == Gap("BTCUSDT", 3, 4)
     assert ids(s.offer_many([t(3), t(4)])) == [3, 4, 5]

@@ -20,8 +20,13 @@ async def test_rotation_overlaps_connections_so_no_frame_is_lost():
     stop = asyncio.Event()
     # 0.4 s: about 5 rotations in the 3 s session (0.7 s once gave only 1 on a loaded machine)
     cfg = BinanceStreamConfig(fake.ws_url, ["btcusdt@aggTrade"], max_age_s=0.4)
-    stream = CombinedStream(cfg, lambda s, d, r, raw: seen.append(d["a"]), lambda raw, why: None,
-                            lambda state, detail: None, reconnects.append)
+    stream = CombinedStream(
+        cfg,
+        lambda s, d, r, raw: seen.append(d["a"]),
+        lambda raw, why: None,
+        lambda state, detail: None,
+        reconnects.append,
+    )
     task = asyncio.create_task(stream.run(stop))
     try:
         await asyncio.wait_for(fake.wait_finished(), 20)
@@ -42,9 +47,16 @@ async def test_unreachable_exchange_is_reported_once_with_the_offline_hint():
     statuses: list[tuple[str, str]] = []
     reconnects: list[str] = []
     stop = asyncio.Event()
-    cfg = BinanceStreamConfig(f"ws://127.0.0.1:{port}", ["btcusdt@aggTrade"], backoff_initial_s=0.01, backoff_max_s=0.05)
-    stream = CombinedStream(cfg, lambda *a: None, lambda raw, why: None,
-                            lambda state, detail: statuses.append((state, detail)), reconnects.append)
+    cfg = BinanceStreamConfig(
+        f"ws://127.0.0.1:{port}", ["btcusdt@aggTrade"], backoff_initial_s=0.01, backoff_max_s=0.05
+    )
+    stream = CombinedStream(
+        cfg,
+        lambda *a: None,
+        lambda raw, why: None,
+        lambda state, detail: statuses.append((state, detail)),
+        reconnects.append,
+    )
     task = asyncio.create_task(stream.run(stop))
     await asyncio.sleep(1.0)
     stop.set()
@@ -67,10 +79,20 @@ async def test_a_websocket_that_opens_but_stays_silent_is_reported_silent_not_un
         statuses: list[tuple[str, str]] = []
         reconnects: list[str] = []
         stop = asyncio.Event()
-        cfg = BinanceStreamConfig(f"ws://127.0.0.1:{port}", ["btcusdt@aggTrade"], read_timeout_s=0.2,
-                                  backoff_initial_s=0.01, backoff_max_s=0.05)
-        stream = CombinedStream(cfg, lambda *a: None, lambda raw, why: None,
-                                lambda state, detail: statuses.append((state, detail)), reconnects.append)
+        cfg = BinanceStreamConfig(
+            f"ws://127.0.0.1:{port}",
+            ["btcusdt@aggTrade"],
+            read_timeout_s=0.2,
+            backoff_initial_s=0.01,
+            backoff_max_s=0.05,
+        )
+        stream = CombinedStream(
+            cfg,
+            lambda *a: None,
+            lambda raw, why: None,
+            lambda state, detail: statuses.append((state, detail)),
+            reconnects.append,
+        )
         task = asyncio.create_task(stream.run(stop))
         deadline = asyncio.get_running_loop().time() + 20
         while len(reconnects) < 3 and asyncio.get_running_loop().time() < deadline:

@@ -97,7 +97,12 @@ def make_poller(exchange, http):
         kwargs.setdefault("stagger_s", 0.0)
         poller = IndicatorPoller(
             RestClient(http, metrics, give_up_after_s=1.0, max_backoff_s=0.2),
-            symbols=SYMBOLS, publish=published, metrics=metrics, history_limit=HISTORY, **urls, **kwargs,
+            symbols=SYMBOLS,
+            publish=published,
+            metrics=metrics,
+            history_limit=HISTORY,
+            **urls,
+            **kwargs,
         )
         return poller, published, metrics
 
@@ -120,9 +125,13 @@ def errors(metrics: ProducerMetrics, endpoint: str) -> float:
 
 
 def all_errors(metrics: ProducerMetrics) -> dict[str, float]:
-    return {s.labels["endpoint"]: s.value
-            for m in metrics.registry.collect() if m.name == "tapeflow_producer_poll_errors"
-            for s in m.samples if s.name.endswith("_total") and s.value}
+    return {
+        s.labels["endpoint"]: s.value
+        for m in metrics.registry.collect()
+        if m.name == "tapeflow_producer_poll_errors"
+        for s in m.samples
+        if s.name.endswith("_total") and s.value
+    }
 
 
 def full_tick_pairs() -> set[tuple[str, str]]:
@@ -134,42 +143,95 @@ def full_tick_pairs() -> set[tuple[str, str]]:
 def test_point_bodies_parse_to_hand_checked_records():
     # Binance's documented openInterest example
     [oi] = parse_open_interest({"openInterest": "10659.509", "symbol": "BTCUSDT", "time": 1589437530011}, "BTCUSDT", 7)
-    assert oi == {"exchange": "binance", "symbol": "BTCUSDT", "kind": "open_interest", "value": 10659.509,
-                  "period": None, "extra": {}, "event_time": 1589437530011, "receive_time": 7}
-    premium_index = {"symbol": "BTCUSDT", "markPrice": "11793.63104562", "indexPrice": "11781.80495970",
-                     "estimatedSettlePrice": "11781.16138815", "lastFundingRate": "0.00038246",
-                     "interestRate": "0.00010000", "nextFundingTime": 1597392000000, "time": 1597370495002}
+    assert oi == {
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "kind": "open_interest",
+        "value": 10659.509,
+        "period": None,
+        "extra": {},
+        "event_time": 1589437530011,
+        "receive_time": 7,
+    }
+    premium_index = {
+        "symbol": "BTCUSDT",
+        "markPrice": "11793.63104562",
+        "indexPrice": "11781.80495970",
+        "estimatedSettlePrice": "11781.16138815",
+        "lastFundingRate": "0.00038246",
+        "interestRate": "0.00010000",
+        "nextFundingTime": 1597392000000,
+        "time": 1597370495002,
+    }
     [funding] = parse_funding_rate(premium_index, "BTCUSDT", 9)
     assert funding["kind"] == "funding_rate" and funding["value"] == 0.00038246
     assert funding["event_time"] == 1597370495002 and funding["period"] is None
-    assert funding["extra"] == {"mark_price": 11793.63104562, "index_price": 11781.8049597,
-                                "next_funding_time": 1597392000000.0, "interest_rate": 0.0001}
+    assert funding["extra"] == {
+        "mark_price": 11793.63104562,
+        "index_price": 11781.8049597,
+        "next_funding_time": 1597392000000.0,
+        "interest_rate": 0.0001,
+    }
 
 
 def test_series_bodies_parse_every_row():
-    rows = [{"symbol": "ETHUSDT", "longShortRatio": "1.5000", "longAccount": "0.6000", "shortAccount": "0.4000",
-             "timestamp": 1_700_000_100_000},
-            {"symbol": "ETHUSDT", "longShortRatio": "0.2500", "longAccount": "0.2000", "shortAccount": "0.8000",
-             "timestamp": 1_700_000_400_000}]
-    for parse, kind in ((parse_long_short_account_ratio, "long_short_account_ratio"),
-                        (parse_top_trader_position_ratio, "top_trader_position_ratio")):
+    rows = [
+        {
+            "symbol": "ETHUSDT",
+            "longShortRatio": "1.5000",
+            "longAccount": "0.6000",
+            "shortAccount": "0.4000",
+            "timestamp": 1_700_000_100_000,
+        },
+        {
+            "symbol": "ETHUSDT",
+            "longShortRatio": "0.2500",
+            "longAccount": "0.2000",
+            "shortAccount": "0.8000",
+            "timestamp": 1_700_000_400_000,
+        },
+    ]
+    for parse, kind in (
+        (parse_long_short_account_ratio, "long_short_account_ratio"),
+        (parse_top_trader_position_ratio, "top_trader_position_ratio"),
+    ):
         got = parse(rows, "ETHUSDT", "5m", 11)
         assert [(r["kind"], r["value"], r["extra"], r["event_time"], r["period"]) for r in got] == [
             (kind, 1.5, {"long_account": 0.6, "short_account": 0.4}, 1_700_000_100_000, "5m"),
-            (kind, 0.25, {"long_account": 0.2, "short_account": 0.8}, 1_700_000_400_000, "5m")]
-    [oih] = parse_open_interest_hist([{"symbol": "ETHUSDT", "sumOpenInterest": "20403.63700000",
-                                       "sumOpenInterestValue": "150570784.07809979", "timestamp": 1583127900000}],
-                                     "ETHUSDT", "5m", 1)
+            (kind, 0.25, {"long_account": 0.2, "short_account": 0.8}, 1_700_000_400_000, "5m"),
+        ]
+    [oih] = parse_open_interest_hist(
+        [
+            {
+                "symbol": "ETHUSDT",
+                "sumOpenInterest": "20403.63700000",
+                "sumOpenInterestValue": "150570784.07809979",
+                "timestamp": 1583127900000,
+            }
+        ],
+        "ETHUSDT",
+        "5m",
+        1,
+    )
     assert (oih["value"], oih["extra"]) == (20403.637, {"sum_open_interest_value": 150570784.07809979})
-    [taker] = parse_taker_buy_sell_ratio([{"buySellRatio": "1.5586", "buyVol": "387.3300", "sellVol": "248.5030",
-                                           "timestamp": 1585614900000}], "ETHUSDT", "5m", 1)
+    [taker] = parse_taker_buy_sell_ratio(
+        [{"buySellRatio": "1.5586", "buyVol": "387.3300", "sellVol": "248.5030", "timestamp": 1585614900000}],
+        "ETHUSDT",
+        "5m",
+        1,
+    )
     assert (taker["value"], taker["extra"], taker["event_time"]) == (
-        1.5586, {"buy_vol": 387.33, "sell_vol": 248.503}, 1585614900000)
+        1.5586,
+        {"buy_vol": 387.33, "sell_vol": 248.503},
+        1585614900000,
+    )
     assert parse_open_interest_hist([], "ETHUSDT", "5m", 1) == []  # a new listing has no history yet
 
 
 def test_premium_and_divergence_from_two_known_prices():
-    coinbase = coinbase_last_price({"price": "30030.00", "time": "2023-11-14T22:15:24.500000Z"}, "BTC-USD", 1_700_000_125_000)
+    coinbase = coinbase_last_price(
+        {"price": "30030.00", "time": "2023-11-14T22:15:24.500000Z"}, "BTC-USD", 1_700_000_125_000
+    )
     assert coinbase == PricePoint(30030.0, 1_700_000_124_500, 1_700_000_125_000)
     binance = PricePoint(30000.0, 1_700_000_124_000, 1_700_000_124_900)
     [premium] = coinbase_premium("BTCUSDT", coinbase, binance)
@@ -177,11 +239,15 @@ def test_premium_and_divergence_from_two_known_prices():
     assert premium["extra"] == {"coinbase_price": 30030.0, "binance_price": 30000.0}
     assert (premium["event_time"], premium["receive_time"]) == (1_700_000_124_500, 1_700_000_125_000)
 
-    spot = spot_mid_price({"symbol": "BTCUSDT", "bidPrice": "29999.00", "bidQty": "1", "askPrice": "30001.00",
-                           "askQty": "2"}, "BTCUSDT", 1_700_000_126_000)
+    spot = spot_mid_price(
+        {"symbol": "BTCUSDT", "bidPrice": "29999.00", "bidQty": "1", "askPrice": "30001.00", "askQty": "2"},
+        "BTCUSDT",
+        1_700_000_126_000,
+    )
     assert spot == PricePoint(30000.0, 1_700_000_126_000, 1_700_000_126_000)  # mid; no exchange time in the body
-    perp = perp_mark_price({"symbol": "BTCUSDT", "markPrice": "30015.0", "time": 1_700_000_124_000},
-                           "BTCUSDT", 1_700_000_124_100)
+    perp = perp_mark_price(
+        {"symbol": "BTCUSDT", "markPrice": "30015.0", "time": 1_700_000_124_000}, "BTCUSDT", 1_700_000_124_100
+    )
     [div] = spot_perp_divergence("BTCUSDT", perp, spot)
     assert div["value"] == pytest.approx(15.0 / 30000.0, rel=1e-12)  # perp rich to spot: positive
     assert div["extra"] == {"perp_price": 30015.0, "spot_price": 30000.0}
@@ -199,17 +265,27 @@ MALFORMED = [
     pytest.param(lambda: parse_open_interest({**GOOD_OI, "time": "1"}, "BTCUSDT", 1), id="time-as-string"),
     pytest.param(lambda: parse_open_interest(GOOD_OI, "ETHUSDT", 1), id="other-symbol"),
     pytest.param(lambda: parse_open_interest_hist({"symbol": "BTCUSDT"}, "BTCUSDT", "5m", 1), id="object-for-array"),
-    pytest.param(lambda: parse_taker_buy_sell_ratio([{"buySellRatio": "1", "buyVol": "1", "timestamp": 1}],
-                                                    "BTCUSDT", "5m", 1), id="missing-sellVol"),
+    pytest.param(
+        lambda: parse_taker_buy_sell_ratio([{"buySellRatio": "1", "buyVol": "1", "timestamp": 1}], "BTCUSDT", "5m", 1),
+        id="missing-sellVol",
+    ),
     pytest.param(lambda: parse_long_short_account_ratio([None], "BTCUSDT", "5m", 1), id="null-row"),
-    pytest.param(lambda: parse_funding_rate({"symbol": "BTCUSDT", "markPrice": "1", "indexPrice": "1",
-                                             "nextFundingTime": 1, "time": 1}, "BTCUSDT", 1), id="no-lastFundingRate"),
-    pytest.param(lambda: perp_mark_price({"symbol": "BTCUSDT", "markPrice": "0", "time": 1}, "BTCUSDT", 1),
-                 id="zero-price"),
-    pytest.param(lambda: spot_mid_price({"symbol": "BTCUSDT", "bidPrice": "2", "askPrice": "1"}, "BTCUSDT", 1),
-                 id="crossed-touch"),
-    pytest.param(lambda: coinbase_last_price({"price": "1", "time": "2023-11-14T22:15:24"}, "BTC-USD", 1),
-                 id="naive-time"),
+    pytest.param(
+        lambda: parse_funding_rate(
+            {"symbol": "BTCUSDT", "markPrice": "1", "indexPrice": "1", "nextFundingTime": 1, "time": 1}, "BTCUSDT", 1
+        ),
+        id="no-lastFundingRate",
+    ),
+    pytest.param(
+        lambda: perp_mark_price({"symbol": "BTCUSDT", "markPrice": "0", "time": 1}, "BTCUSDT", 1), id="zero-price"
+    ),
+    pytest.param(
+        lambda: spot_mid_price({"symbol": "BTCUSDT", "bidPrice": "2", "askPrice": "1"}, "BTCUSDT", 1),
+        id="crossed-touch",
+    ),
+    pytest.param(
+        lambda: coinbase_last_price({"price": "1", "time": "2023-11-14T22:15:24"}, "BTC-USD", 1), id="naive-time"
+    ),
     pytest.param(lambda: coinbase_last_price({"message": "NotFound"}, "BTC-USD", 1), id="coinbase-error"),
 ]
 
@@ -239,7 +315,8 @@ async def test_one_tick_publishes_every_kind_with_the_exchange_values(exchange, 
 
         oi = await fetch(http, f"{base}/fapi/v1/openInterest", symbol=symbol)
         assert [(r["value"], r["event_time"]) for r in published.by(symbol, "open_interest")] == [
-            (float(oi["openInterest"]), oi["time"])]
+            (float(oi["openInterest"]), oi["time"])
+        ]
 
         book = await fetch(http, f"{base}/api/v3/ticker/bookTicker", symbol=symbol)
         spot_mid = (float(book["bidPrice"]) + float(book["askPrice"])) / 2
@@ -249,20 +326,27 @@ async def test_one_tick_publishes_every_kind_with_the_exchange_values(exchange, 
 
         params = {"symbol": symbol, "period": "5m", "limit": str(HISTORY)}
         hist = await fetch(http, f"{base}/futures/data/openInterestHist", **params)
-        assert [(r["value"], r["extra"]["sum_open_interest_value"], r["event_time"], r["period"])
-                for r in published.by(symbol, "open_interest_hist")] == [
-            (float(h["sumOpenInterest"]), float(h["sumOpenInterestValue"]), h["timestamp"], "5m") for h in hist]
-        for path, kind in (("globalLongShortAccountRatio", "long_short_account_ratio"),
-                           ("topLongShortPositionRatio", "top_trader_position_ratio")):
+        assert [
+            (r["value"], r["extra"]["sum_open_interest_value"], r["event_time"], r["period"])
+            for r in published.by(symbol, "open_interest_hist")
+        ] == [(float(h["sumOpenInterest"]), float(h["sumOpenInterestValue"]), h["timestamp"], "5m") for h in hist]
+        for path, kind in (
+            ("globalLongShortAccountRatio", "long_short_account_ratio"),
+            ("topLongShortPositionRatio", "top_trader_position_ratio"),
+        ):
             rows = await fetch(http, f"{base}/futures/data/{path}", **params)
-            assert [(r["value"], r["extra"]["long_account"], r["extra"]["short_account"], r["event_time"])
-                    for r in published.by(symbol, kind)] == [
+            assert [
+                (r["value"], r["extra"]["long_account"], r["extra"]["short_account"], r["event_time"])
+                for r in published.by(symbol, kind)
+            ] == [
                 (float(x["longShortRatio"]), float(x["longAccount"]), float(x["shortAccount"]), x["timestamp"])
-                for x in rows]
+                for x in rows
+            ]
         taker = await fetch(http, f"{base}/futures/data/takerlongshortRatio", **params)
         assert [(r["value"], r["extra"], r["event_time"]) for r in published.by(symbol, "taker_buy_sell_ratio")] == [
-            (float(t["buySellRatio"]), {"buy_vol": float(t["buyVol"]), "sell_vol": float(t["sellVol"])},
-             t["timestamp"]) for t in taker]
+            (float(t["buySellRatio"]), {"buy_vol": float(t["buyVol"]), "sell_vol": float(t["sellVol"])}, t["timestamp"])
+            for t in taker
+        ]
 
         product = {"BTCUSDT": "BTC-USD", "ETHUSDT": "ETH-USD"}.get(symbol)
         if product:
@@ -296,18 +380,24 @@ async def test_series_rows_are_published_once_and_missed_periods_caught_up(excha
 REQUEST_ORDER_CASES = [
     # (request index the fault hits, status, endpoint expected to fail, (symbol, kind) pairs expected missing)
     pytest.param(0, 400, "time", set(), id="time-rejected"),
-    pytest.param(1, 503, "premiumIndex",
-                 {("BTCUSDT", "funding_rate"), ("BTCUSDT", "spot_perp_divergence"), ("BTCUSDT", "coinbase_premium")},
-                 id="premiumIndex-unavailable"),
+    pytest.param(
+        1,
+        503,
+        "premiumIndex",
+        {("BTCUSDT", "funding_rate"), ("BTCUSDT", "spot_perp_divergence"), ("BTCUSDT", "coinbase_premium")},
+        id="premiumIndex-unavailable",
+    ),
     pytest.param(3, 404, "coinbase_ticker", {("BTCUSDT", "coinbase_premium")}, id="coinbase-rejected"),
-    pytest.param(14, 400, "globalLongShortAccountRatio", {("ETHUSDT", "long_short_account_ratio")},
-                 id="ratio-rejected"),
+    pytest.param(
+        14, 400, "globalLongShortAccountRatio", {("ETHUSDT", "long_short_account_ratio")}, id="ratio-rejected"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("index", "status", "endpoint", "missing"), REQUEST_ORDER_CASES)
 async def test_one_failing_endpoint_is_counted_and_the_rest_published(
-        exchange, http, make_poller, index, status, endpoint, missing):
+    exchange, http, make_poller, index, status, endpoint, missing
+):
     """The fault is armed just before request `index` and cleared before the next one (via the stagger
     sleep, which runs before every request but the first): exactly one request fails."""
     calls = 0
@@ -343,6 +433,7 @@ async def test_rate_limit_answers_are_waited_out_without_losing_data(exchange, h
 
 async def test_malformed_body_is_counted_and_skipped():
     """A Coinbase stand-in on loopback answering 200 with a body missing `price`."""
+
     async def ticker(_request):
         return web.json_response({"bid": "1", "ask": "2", "time": "2023-11-14T22:15:24.5Z"})
 
@@ -354,16 +445,24 @@ async def test_malformed_body_is_counted_and_skipped():
     await site.start()
     port = runner.addresses[0][1]
     session = generate_session(seed=5, symbols=SYMBOLS, duration_s=2)
-    fake = await FakeExchange(FakeExchangeConfig(session=session, speed="max", start="manual"),
-                              wall_clock=lambda: NOW).start()
+    fake = await FakeExchange(
+        FakeExchangeConfig(session=session, speed="max", start="manual"), wall_clock=lambda: NOW
+    ).start()
     try:
         async with aiohttp.ClientSession() as http:
             metrics = ProducerMetrics()
             published = Published()
-            poller = IndicatorPoller(RestClient(http, metrics, give_up_after_s=1.0), symbols=SYMBOLS,
-                                     publish=published, metrics=metrics, futures_url=fake.rest_url,
-                                     spot_url=fake.rest_url, coinbase_url=f"http://127.0.0.1:{port}",
-                                     history_limit=HISTORY, stagger_s=0.0)
+            poller = IndicatorPoller(
+                RestClient(http, metrics, give_up_after_s=1.0),
+                symbols=SYMBOLS,
+                publish=published,
+                metrics=metrics,
+                futures_url=fake.rest_url,
+                spot_url=fake.rest_url,
+                coinbase_url=f"http://127.0.0.1:{port}",
+                history_limit=HISTORY,
+                stagger_s=0.0,
+            )
             await poller.run_once()
     finally:
         await fake.stop()
@@ -378,20 +477,30 @@ async def test_clock_drift_is_local_minus_server_at_the_request_midpoint(make_po
     await poller.run_once()
     expected = local - NOW_MS / 1000
     assert poller.last_clock_drift_s == pytest.approx(expected, abs=1e-9)
-    assert metrics.registry.get_sample_value("tapeflow_producer_clock_drift_seconds") == pytest.approx(expected, abs=1e-9)
+    assert metrics.registry.get_sample_value("tapeflow_producer_clock_drift_seconds") == pytest.approx(
+        expected, abs=1e-9
+    )
 
 
 async def test_clock_drift_with_real_clocks(http):
     import time
 
     session = generate_session(seed=5, symbols=("BTCUSDT",), duration_s=2)
-    fake = await FakeExchange(FakeExchangeConfig(session=session, speed="max", start="manual"),
-                              wall_clock=lambda: time.time() - 2.5).start()  # the server is 2.5 s behind
+    fake = await FakeExchange(
+        FakeExchangeConfig(session=session, speed="max", start="manual"), wall_clock=lambda: time.time() - 2.5
+    ).start()  # the server is 2.5 s behind
     try:
         metrics = ProducerMetrics()
-        poller = IndicatorPoller(RestClient(http, metrics), symbols=["BTCUSDT"], publish=Published(),
-                                 metrics=metrics, futures_url=fake.rest_url, spot_url=fake.rest_url,
-                                 coinbase_url=fake.rest_url, stagger_s=0.0)
+        poller = IndicatorPoller(
+            RestClient(http, metrics),
+            symbols=["BTCUSDT"],
+            publish=Published(),
+            metrics=metrics,
+            futures_url=fake.rest_url,
+            spot_url=fake.rest_url,
+            coinbase_url=fake.rest_url,
+            stagger_s=0.0,
+        )
         await poller.run_once()
     finally:
         await fake.stop()
@@ -436,8 +545,11 @@ async def test_stop_between_requests_interrupts_the_tick(make_poller):
     poller, published, _ = make_poller(sleep=sleep, stagger_s=0.1)
     await asyncio.wait_for(poller.run(stop), 10)
     # requests 0..3 ran (time, BTC premiumIndex, spot, coinbase); the fifth was never sent
-    assert published.pairs() == {("BTCUSDT", "funding_rate"), ("BTCUSDT", "spot_perp_divergence"),
-                                 ("BTCUSDT", "coinbase_premium")}
+    assert published.pairs() == {
+        ("BTCUSDT", "funding_rate"),
+        ("BTCUSDT", "spot_perp_divergence"),
+        ("BTCUSDT", "coinbase_premium"),
+    }
 
 
 async def test_two_pollers_share_one_error_counter(make_poller):

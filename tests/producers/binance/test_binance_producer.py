@@ -27,18 +27,26 @@ from tests.support.staging import until
 pytestmark = pytest.mark.integration
 
 
-async def run_producer(bootstrap, prefix, fake_cfg, *, symbols, during=None, checkpoint=None, book_interval_ms=250,
-                       gap_fill_timeout_s=10.0):
+async def run_producer(
+    bootstrap, prefix, fake_cfg, *, symbols, during=None, checkpoint=None, book_interval_ms=250, gap_fill_timeout_s=10.0
+):
     ensure_topics(bootstrap, prefix=prefix)
     fake = await serve(fake_cfg)
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
-    cfg = ProducerConfig(symbols=symbols, ws_base_url=fake.ws_url, rest_base_url=fake.rest_url,
-                         spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url,
-                         replay_control_url=fake.rest_url, gap_fill_timeout_s=gap_fill_timeout_s,
-                         checkpoint_path=checkpoint,
-                         book_interval_ms=book_interval_ms, poll_stagger_s=0.0,
-                         replay_clock=False)  # the live timers: these tests exercise live behaviour
+    cfg = ProducerConfig(
+        symbols=symbols,
+        ws_base_url=fake.ws_url,
+        rest_base_url=fake.rest_url,
+        spot_base_url=fake.rest_url,
+        coinbase_base_url=fake.rest_url,
+        replay_control_url=fake.rest_url,
+        gap_fill_timeout_s=gap_fill_timeout_s,
+        checkpoint_path=checkpoint,
+        book_interval_ms=book_interval_ms,
+        poll_stagger_s=0.0,
+        replay_clock=False,
+    )  # the live timers: these tests exercise live behaviour
     producer = BinanceProducer(cfg, publisher, metrics)
     stop = asyncio.Event()
     try:
@@ -56,9 +64,15 @@ async def run_live_btc_until(bootstrap, prefix, fake, checkpoint, last_id: int) 
     """A live BTCUSDT producer against ``fake`` until it delivered ``last_id`` (30 s at most), stopped."""
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
-    cfg = ProducerConfig(symbols=["BTCUSDT"], ws_base_url=fake.ws_url, rest_base_url=fake.rest_url,
-                         spot_base_url=fake.rest_url, coinbase_base_url=fake.rest_url, checkpoint_path=checkpoint,
-                         poll_interval_s=0.0)
+    cfg = ProducerConfig(
+        symbols=["BTCUSDT"],
+        ws_base_url=fake.ws_url,
+        rest_base_url=fake.rest_url,
+        spot_base_url=fake.rest_url,
+        coinbase_base_url=fake.rest_url,
+        checkpoint_path=checkpoint,
+        poll_interval_s=0.0,
+    )
     producer = BinanceProducer(cfg, publisher, metrics)
     stop = asyncio.Event()
     task = asyncio.create_task(producer.run(stop))
@@ -80,8 +94,9 @@ def sample(metrics: ProducerMetrics, name: str, **labels) -> float:
     return total
 
 
-async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(kafka_bootstrap, topic_prefix,
-                                                                               recording_dir, read_topic):
+async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
+    kafka_bootstrap, topic_prefix, recording_dir, read_topic
+):
     rec = load_recording(recording_dir)
     symbols = list(rec.symbols)
     first_diffs = {}
@@ -103,8 +118,13 @@ async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
         fake.resume_replay()
 
     producer, metrics, ended, publisher = await run_producer(
-        kafka_bootstrap, topic_prefix, FakeExchangeConfig(recording=recording_dir, speed=10.0), symbols=symbols,
-        book_interval_ms=0, during=during)
+        kafka_bootstrap,
+        topic_prefix,
+        FakeExchangeConfig(recording=recording_dir, speed=10.0),
+        symbols=symbols,
+        book_interval_ms=0,
+        during=during,
+    )
     assert ended == "replay-finished" and publisher.healthy
 
     raw = [f.payload for f in rec.frames if f.event == "aggTrade"]
@@ -114,8 +134,14 @@ async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
         want = sorted((r for r in raw if r["s"] == sym), key=lambda r: r["a"])
         assert [t["agg_id"] for t in got] == [r["a"] for r in want], sym  # once, in order, no hole
         for t, r in zip(got, want):  # spot-check normalisation against the raw frame
-            assert (t["price"], t["qty"], t["first_trade_id"], t["last_trade_id"], t["trade_time"], t["event_time"]) == \
-                (float(r["p"]), float(r["q"]), r["f"], r["l"], r["T"], r["E"])
+            assert (
+                t["price"],
+                t["qty"],
+                t["first_trade_id"],
+                t["last_trade_id"],
+                t["trade_time"],
+                t["event_time"],
+            ) == (float(r["p"]), float(r["q"]), r["f"], r["l"], r["T"], r["E"])
             assert t["taker_side"] == ("SELL" if r["m"] else "BUY") and t["exchange"] == "binance"
     # keys and partitioning: one key per symbol, all of a symbol's trades in one partition
     by_key = {}
@@ -123,8 +149,10 @@ async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
         by_key.setdefault(r["key"], set()).add(r["partition"])
     assert set(by_key) == {f"binance:{s}" for s in symbols} and all(len(p) == 1 for p in by_key.values())
 
-    books = {(b["value"]["symbol"], b["value"]["last_update_id"]): b["value"]
-             for b in read_topic(kafka_bootstrap, topic_prefix + "md.book")}
+    books = {
+        (b["value"]["symbol"], b["value"]["last_update_id"]): b["value"]
+        for b in read_topic(kafka_bootstrap, topic_prefix + "md.book")
+    }
     # from the first book of a symbol on (its snapshot: how early depends on when the producer asked
     # for it), every depth update has its book, so every bookTicker naming that update id has one to
     # match; before it no book exists
@@ -142,15 +170,21 @@ async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
         assert (book["bids"][0]["price"], book["asks"][0]["price"]) == (float(f.payload["b"]), float(f.payload["a"]))
         compared += 1
     # every bookTicker after the hold (all 50 of the recording's that name a depth update) has its book
-    want = sum(f.event == "bookTicker" and f.index >= held_before and (f.payload["s"], f.payload["u"]) in depth_ids
-               for f in rec.frames)
+    want = sum(
+        f.event == "bookTicker" and f.index >= held_before and (f.payload["s"], f.payload["u"]) in depth_ids
+        for f in rec.frames
+    )
     assert set(first_book) == set(symbols) and compared == want >= 40
     assert sample(metrics, "tapeflow_producer_book_resyncs_total") == 0
     # freshness per exchange, symbol and stream (what the stale-data alert groups by)
     metrics.refresh_freshness()
     for sym in symbols:
-        assert sample(metrics, "tapeflow_producer_last_event_age_seconds", exchange="binance", symbol=sym,
-                      stream="aggTrade") > 0, sym
+        assert (
+            sample(
+                metrics, "tapeflow_producer_last_event_age_seconds", exchange="binance", symbol=sym, stream="aggTrade"
+            )
+            > 0
+        ), sym
 
     # the REST pollers ran against the same fake exchange
     indicators = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.indicators", idle_s=1)]
@@ -159,18 +193,21 @@ async def test_recording_every_trade_once_in_order_and_book_matches_book_ticker(
         assert {"open_interest", "funding_rate", "spot_perp_divergence", "long_short_account_ratio"} <= kinds, sym
 
 
-async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothing(kafka_bootstrap, topic_prefix,
-                                                                                   tmp_path, read_topic):
-    spec = SyntheticSpec(seed=7, symbols=("BTCUSDT", "ETHUSDT"), duration_s=20, trades_per_s=20,
-                         liquidations_per_min=30)
+async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothing(
+    kafka_bootstrap, topic_prefix, tmp_path, read_topic
+):
+    spec = SyntheticSpec(
+        seed=7, symbols=("BTCUSDT", "ETHUSDT"), duration_s=20, trades_per_s=20, liquidations_per_min=30
+    )
     session = generate_session(spec)
     agg = sorted((f.payload for f in session.frames if f.event == "aggTrade"), key=lambda p: p["a"])
     first_btc = next(p["a"] for p in agg if p["s"] == "BTCUSDT")
     # a previous run delivered up to first_btc-1: the late start below is a hole to fill from REST
     checkpoint = tmp_path / "ckpt.json"
     checkpoint.write_text(json.dumps({"last_agg_id": {"BTCUSDT": first_btc - 1}}))
-    cfg = FakeExchangeConfig(session=session, speed=10.0, faults={
-        "skip_frames": 6, "skip_stream": "btcusdt@aggTrade", "garbage_every": 97})
+    cfg = FakeExchangeConfig(
+        session=session, speed=10.0, faults={"skip_frames": 6, "skip_stream": "btcusdt@aggTrade", "garbage_every": 97}
+    )
 
     # staged on the fake's frame positions, the replay held at each step, so a loaded machine can
     # neither end the session before a step nor run a step late (a fixed 0.3 s once let the break go
@@ -185,8 +222,13 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
         # connection, the replay held until the producer has connected again
         fake.pause_replay(before=first_hold)
         book = producer.books["BTCUSDT"]
-        await until(lambda: not fake.state.running.is_set() and not book.needs_snapshot
-                    and producer.sequencers["BTCUSDT"].counters.published > 40)
+        await until(
+            lambda: (
+                not fake.state.running.is_set()
+                and not book.needs_snapshot
+                and producer.sequencers["BTCUSDT"].counters.published > 40
+            )
+        )
         fake.set_faults(skip_frames=3, skip_stream="btcusdt@depth@100ms")
         fake.pause_replay(before=second_hold)
         fake.resume_replay()
@@ -195,12 +237,17 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
         connections = fake.state.connections_total
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
-        await until(lambda: sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
-                    and fake.state.connections_total > connections)
+        await until(
+            lambda: (
+                sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
+                and fake.state.connections_total > connections
+            )
+        )
         fake.resume_replay()
 
     producer, metrics, ended, publisher = await run_producer(
-        kafka_bootstrap, topic_prefix, cfg, symbols=["BTCUSDT", "ETHUSDT"], during=during, checkpoint=checkpoint)
+        kafka_bootstrap, topic_prefix, cfg, symbols=["BTCUSDT", "ETHUSDT"], during=during, checkpoint=checkpoint
+    )
     assert ended == "replay-finished"
     # the trades are repaired from REST, but whatever else was in flight on the aborted connection is
     # gone: the replay says so (summary, status; `tapeflow produce` exits 1) instead of looking clean
@@ -235,13 +282,16 @@ async def test_gaps_filled_from_rest_garbage_dead_lettered_and_drop_loses_nothin
     assert {"coinbase_premium", "spot_perp_divergence"} <= {i["kind"] for i in indicators if i["symbol"] == "BTCUSDT"}
     liqs = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.liquidations", idle_s=1)]
     raw_liq = [f.payload["o"] for f in session.frames if f.event == "forceOrder"]
-    assert liqs and all(l["liquidated_side"] == ("SHORT" if l["side"] == "BUY" else "LONG") for l in liqs)
-    assert all(l["usd_value"] == pytest.approx(l["avg_price"] * l["filled_qty"]) for l in liqs)
+    assert liqs and all(q["liquidated_side"] == ("SHORT" if q["side"] == "BUY" else "LONG") for q in liqs)
+    assert all(q["usd_value"] == pytest.approx(q["avg_price"] * q["filled_qty"]) for q in liqs)
     assert len(liqs) <= len(raw_liq)
     marks = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.mark", idle_s=1)]
     assert marks and all(m["funding_rate"] is not None and m["mark_price"] > 0 for m in marks)
-    assert json.loads(checkpoint.read_text())["last_agg_id"]["BTCUSDT"] == agg[-1]["a"] if agg[-1]["s"] == "BTCUSDT" \
+    assert (
+        json.loads(checkpoint.read_text())["last_agg_id"]["BTCUSDT"] == agg[-1]["a"]
+        if agg[-1]["s"] == "BTCUSDT"
         else max(p["a"] for p in agg if p["s"] == "BTCUSDT")
+    )
 
 
 async def test_unfillable_gap_is_published_on_md_gaps(kafka_bootstrap, topic_prefix, tmp_path, read_topic):
@@ -250,10 +300,12 @@ async def test_unfillable_gap_is_published_on_md_gaps(kafka_bootstrap, topic_pre
     first = min(f.payload["a"] for f in session.frames if f.event == "aggTrade")
     checkpoint = tmp_path / "ckpt.json"
     checkpoint.write_text(json.dumps({"last_agg_id": {"BTCUSDT": first - 1}}))
-    cfg = FakeExchangeConfig(session=session, speed=10.0,
-                             faults={"skip_frames": 4, "skip_stream": "btcusdt@aggTrade", "rest_fail_for_s": 4})
-    producer, metrics, ended, _ = await run_producer(kafka_bootstrap, topic_prefix, cfg, symbols=["BTCUSDT"],
-                                                     checkpoint=checkpoint, gap_fill_timeout_s=1.5)
+    cfg = FakeExchangeConfig(
+        session=session, speed=10.0, faults={"skip_frames": 4, "skip_stream": "btcusdt@aggTrade", "rest_fail_for_s": 4}
+    )
+    producer, metrics, ended, _ = await run_producer(
+        kafka_bootstrap, topic_prefix, cfg, symbols=["BTCUSDT"], checkpoint=checkpoint, gap_fill_timeout_s=1.5
+    )
     gaps = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.gaps", idle_s=1)]
     assert gaps and gaps[0]["from_id"] == first and gaps[0]["to_id"] >= first + 3
     assert "REST" in gaps[0]["reason"]
@@ -261,7 +313,8 @@ async def test_unfillable_gap_is_published_on_md_gaps(kafka_bootstrap, topic_pre
 
 
 async def test_a_live_restart_fills_its_downtime_from_rest_without_waiting_for_a_new_trade(
-        kafka_bootstrap, topic_prefix, tmp_path, read_topic):
+    kafka_bootstrap, topic_prefix, tmp_path, read_topic
+):
     """The session has ended (the exchange sends no more trades) while the producer was down: the
     restarted producer still fills everything after its checkpoint, from REST, at once. REST shows only
     the trades already played (as Binance's does). Before the catch-up the hole waited for the stream's
@@ -274,8 +327,9 @@ async def test_a_live_restart_fills_its_downtime_from_rest_without_waiting_for_a
     checkpoint = tmp_path / "ckpt.json"
     checkpoint.write_text(json.dumps({"last_agg_id": {"BTCUSDT": behind - 1}}))
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    fake = await serve(FakeExchangeConfig(session=session, speed=None, start="immediate",
-                                          aggtrades_visibility="replayed"))
+    fake = await serve(
+        FakeExchangeConfig(session=session, speed=None, start="immediate", aggtrades_visibility="replayed")
+    )
     try:
         await fake.wait_finished(30)
         await run_live_btc_until(kafka_bootstrap, topic_prefix, fake, checkpoint, ids[-1])
@@ -288,7 +342,8 @@ async def test_a_live_restart_fills_its_downtime_from_rest_without_waiting_for_a
 
 
 async def test_a_first_live_start_captures_from_its_start_even_the_trades_its_first_frames_missed(
-        kafka_bootstrap, topic_prefix, tmp_path, read_topic):
+    kafka_bootstrap, topic_prefix, tmp_path, read_topic
+):
     """No checkpoint, a live start, and the websocket never delivers the session's first 60 trades
     (they happened at the exchange: REST has them). The chain is anchored at the first trade since
     the producer started (REST ``startTime``), so those 60 are a gap filled from REST, not history
@@ -296,14 +351,21 @@ async def test_a_first_live_start_captures_from_its_start_even_the_trades_its_fi
     connection timed out before the session began)."""
     import time
 
-    spec = SyntheticSpec(seed=12, symbols=("BTCUSDT",), duration_s=8, trades_per_s=25,
-                         start_time=time.time() + 5.0)  # after the producer's start (1 s lost 24 trades in a loaded suite)
+    spec = SyntheticSpec(
+        seed=12, symbols=("BTCUSDT",), duration_s=8, trades_per_s=25, start_time=time.time() + 5.0
+    )  # after the producer's start (1 s lost 24 trades in a loaded suite)
     session = generate_session(spec)
     ids = sorted(f.payload["a"] for f in session.frames if f.event == "aggTrade")
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    fake = await serve(FakeExchangeConfig(session=session, speed=1.0, start="first_subscriber",
-                                          aggtrades_visibility="replayed",
-                                          faults={"skip_frames": 60, "skip_stream": "btcusdt@aggTrade"}))
+    fake = await serve(
+        FakeExchangeConfig(
+            session=session,
+            speed=1.0,
+            start="first_subscriber",
+            aggtrades_visibility="replayed",
+            faults={"skip_frames": 60, "skip_stream": "btcusdt@aggTrade"},
+        )
+    )
     try:
         metrics = await run_live_btc_until(kafka_bootstrap, topic_prefix, fake, tmp_path / "ckpt.json", ids[-1])
     finally:

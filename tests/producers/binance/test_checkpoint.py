@@ -15,8 +15,9 @@ from tapeflow_runtime.publisher import Publisher
 def test_the_checkpoint_is_written_again_only_after_a_new_delivery(tmp_path):
     checkpoint = tmp_path / "producer" / "binance-default.json"
     publisher = Publisher("127.0.0.1:9", AvroSerde(FileSchemaRegistry(), strict=True), ProducerMetrics())
-    producer = BinanceProducer(ProducerConfig(symbols=["BTCUSDT", "ETHUSDT"], checkpoint_path=checkpoint),
-                               publisher, ProducerMetrics())
+    producer = BinanceProducer(
+        ProducerConfig(symbols=["BTCUSDT", "ETHUSDT"], checkpoint_path=checkpoint), publisher, ProducerMetrics()
+    )
     producer._every_second()
     assert not checkpoint.exists()  # nothing delivered yet: nothing to resume from
 

@@ -35,16 +35,37 @@ from tests.support.fuzz import FUZZ, floats_in, json_values, mutated, numberish,
 S, R = "BTCUSDT", 1_700_000_000_000
 
 OPEN_INTEREST = {"openInterest": "10659.509", "symbol": S, "time": 1589437530011}
-PREMIUM = {"symbol": S, "markPrice": "11793.63104562", "indexPrice": "11781.80495970",
-           "estimatedSettlePrice": "11781.16138815", "lastFundingRate": "0.00038246", "interestRate": "0.00010000",
-           "nextFundingTime": 1597392000000, "time": 1597370495002}
-OI_HIST = {"symbol": S, "sumOpenInterest": "20403.63700000", "sumOpenInterestValue": "150570784.07809979",
-           "timestamp": 1583127900000}
-LONG_SHORT = {"symbol": S, "longShortRatio": "0.1960", "longAccount": "0.6622", "shortAccount": "0.3378",
-              "timestamp": 1583139600000}
+PREMIUM = {
+    "symbol": S,
+    "markPrice": "11793.63104562",
+    "indexPrice": "11781.80495970",
+    "estimatedSettlePrice": "11781.16138815",
+    "lastFundingRate": "0.00038246",
+    "interestRate": "0.00010000",
+    "nextFundingTime": 1597392000000,
+    "time": 1597370495002,
+}
+OI_HIST = {
+    "symbol": S,
+    "sumOpenInterest": "20403.63700000",
+    "sumOpenInterestValue": "150570784.07809979",
+    "timestamp": 1583127900000,
+}
+LONG_SHORT = {
+    "symbol": S,
+    "longShortRatio": "0.1960",
+    "longAccount": "0.6622",
+    "shortAccount": "0.3378",
+    "timestamp": 1583139600000,
+}
 TAKER = {"buySellRatio": "1.5586", "buyVol": "387.3300", "sellVol": "248.5030", "timestamp": 1585614900000}
-BOOK_TICKER = {"symbol": S, "bidPrice": "4.00000000", "bidQty": "431.00000000", "askPrice": "4.00000200",
-               "askQty": "9.00000000"}
+BOOK_TICKER = {
+    "symbol": S,
+    "bidPrice": "4.00000000",
+    "bidQty": "431.00000000",
+    "askPrice": "4.00000200",
+    "askQty": "9.00000000",
+}
 COINBASE = {"trade_id": 4729088, "price": "333.99", "size": "0.193", "time": "2015-11-14T20:46:03.511254Z"}
 FUNDING = {"symbol": S, "fundingTime": 1698768000000, "fundingRate": "-0.00003020", "markPrice": "34651.4"}
 KLINE = [1607444700000, "18879.99", "18900.00", "18878.98", "18896.13", "0", 1607444759999, "0", 60, "0", "0", "0"]
@@ -105,17 +126,23 @@ def test_mark_price_klines_parse_or_are_an_indicator_parse_error(rows):
 
 
 @FUZZ
-@given(opens=st.lists(st.integers(0, 2**45), max_size=5),
-       closes=st.lists(st.decimals(min_value="0.0001", max_value="1000000", places=4), min_size=5, max_size=5))
+@given(
+    opens=st.lists(st.integers(0, 2**45), max_size=5),
+    closes=st.lists(st.decimals(min_value="0.0001", max_value="1000000", places=4), min_size=5, max_size=5),
+)
 def test_well_formed_klines_keep_open_time_and_close(opens, closes):
     body = [[t, "1", "1", "1", str(c), "0", t + 59_999] for t, c in zip(opens, closes, strict=False)]
     assert parse_mark_price_klines(orjson.loads(orjson.dumps(body)), S) == [
-        (t, float(c)) for t, c in zip(opens, closes, strict=False)]
+        (t, float(c)) for t, c in zip(opens, closes, strict=False)
+    ]
 
 
 @FUZZ
-@given(rows=st.lists(st.tuples(st.integers(0, 2**45), st.decimals(min_value="-0.01", max_value="0.01", places=8)),
-                     max_size=6))
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 2**45), st.decimals(min_value="-0.01", max_value="0.01", places=8)), max_size=6
+    )
+)
 def test_well_formed_funding_history_is_sorted_by_time(rows):
     body = [{"symbol": S, "fundingTime": t, "fundingRate": str(r), "markPrice": "1"} for t, r in rows]
     assert parse_funding_history(body, S) == sorted((t, float(r)) for t, r in rows)

@@ -30,8 +30,11 @@ async def _two_clients(shared: bool) -> tuple[int, float]:
     """Client A meets a 418 (Retry-After 1 s); client B asks right after. Returns (requests the exchange
     saw inside the ban, seconds B waited)."""
     session = generate_session(seed=1, duration_s=1, trades_per_s=1)
-    fake = await serve(FakeExchangeConfig(session=session, speed="max", start="manual",
-                                          faults={"rest_418_count": 1, "retry_after_s": 1}))
+    fake = await serve(
+        FakeExchangeConfig(
+            session=session, speed="max", start="manual", faults={"rest_418_count": 1, "retry_after_s": 1}
+        )
+    )
     try:
         metrics = ProducerMetrics()
         async with aiohttp.ClientSession() as http:
@@ -61,8 +64,11 @@ async def _burst(n: int, gate: RateLimitGate) -> tuple[int, int]:
     """``n`` requests at once to an origin never answered yet, the first to arrive met by a 418
     (Retry-After 1 s). Returns (requests the exchange saw inside the ban, requests answered 200)."""
     session = generate_session(seed=1, duration_s=1, trades_per_s=1)
-    fake = await serve(FakeExchangeConfig(session=session, speed="max", start="manual",
-                                          faults={"rest_418_count": 1, "retry_after_s": 1}))
+    fake = await serve(
+        FakeExchangeConfig(
+            session=session, speed="max", start="manual", faults={"rest_418_count": 1, "retry_after_s": 1}
+        )
+    )
     try:
         async with aiohttp.ClientSession() as http:
             clients = [RestClient(http, ProducerMetrics(), gate=gate) for _ in range(n)]
@@ -135,8 +141,14 @@ async def test_a_429_and_418_storm_is_waited_out_with_no_request_inside_a_ban():
     """Three 429s then two 418s (Retry-After 1 s each) in front of six requests of clients sharing a gate:
     every request is answered and none arrives inside a ban."""
     session = generate_session(seed=1, duration_s=1, trades_per_s=1)
-    fake = await serve(FakeExchangeConfig(session=session, speed="max", start="manual",
-                                          faults={"rest_429_count": 3, "rest_418_count": 2, "retry_after_s": 1}))
+    fake = await serve(
+        FakeExchangeConfig(
+            session=session,
+            speed="max",
+            start="manual",
+            faults={"rest_429_count": 3, "rest_418_count": 2, "retry_after_s": 1},
+        )
+    )
     try:
         gate = RateLimitGate()
         async with aiohttp.ClientSession() as http:

@@ -36,11 +36,11 @@ import pytest
 
 from fake_exchange.replay import history_end
 from fake_exchange.synthetic import SyntheticSpec, generate_session
+from stream_apps.core.strategy import parse_strategy
 from tapeflow.stack.supervisor import ComponentStatus, _app_status
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_runtime.process_records import ProcessRecord
-from stream_apps.core.strategy import parse_strategy
 from tests.support.engine_reference import canonical, direct_engine_outputs, session_records
 from tests.support.replay_runs import (
     SYMBOLS,
@@ -58,14 +58,33 @@ SEED = 41
 START_S = 1_700_003_400.0  # 2023-11-14 23:10 UTC: now (after 25 h) is 2023-11-16 00:10
 HISTORY_S = 25 * 3600
 DURATION_S = HISTORY_S + 20 * 60
-SPEC = dict(trades_per_s=0.15, depth_interval_ms=5_000, mark_interval_s=5, book_ticker=False,
-            binance_stream_names=True, start_time=START_S)
-FAKE_ARGS = ("--synthetic-trades-per-s", "0.15", "--synthetic-depth-interval-ms", "5000",
-             "--synthetic-mark-interval-s", "5", "--synthetic-no-book-ticker", "--synthetic-start", str(START_S))
+SPEC = dict(
+    trades_per_s=0.15,
+    depth_interval_ms=5_000,
+    mark_interval_s=5,
+    book_ticker=False,
+    binance_stream_names=True,
+    start_time=START_S,
+)
+FAKE_ARGS = (
+    "--synthetic-trades-per-s",
+    "0.15",
+    "--synthetic-depth-interval-ms",
+    "5000",
+    "--synthetic-mark-interval-s",
+    "5",
+    "--synthetic-no-book-ticker",
+    "--synthetic-start",
+    str(START_S),
+)
 STRATEGY = {
-    "name": "warm_24h", "version": "1", "windows": {"cvd_fast": "30m", "cvd_mid": "4h"}, "warmup": "24h",
+    "name": "warm_24h",
+    "version": "1",
+    "windows": {"cvd_fast": "30m", "cvd_mid": "4h"},
+    "warmup": "24h",
     "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "10m",
+    "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+    "cooldown": "10m",
     "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30},
 }
 SETTLE_MS = 10 * 60_000
@@ -79,9 +98,15 @@ def watch_status_while_priming(producer: Service, env: dict[str, str]) -> list[C
     address = f"127.0.0.1:{port}"
     paths = StackPaths(Path(env["TAPEFLOW_HOME"]))
     paths.ensure()
-    record = ProcessRecord("producer", producer.proc.pid, psutil.Process(producer.proc.pid).create_time(), address,
-                           time.time(), str(producer.log_path), {"finite": False,
-                                                                 "health_url": f"http://{address}/health"})
+    record = ProcessRecord(
+        "producer",
+        producer.proc.pid,
+        psutil.Process(producer.proc.pid).create_time(),
+        address,
+        time.time(),
+        str(producer.log_path),
+        {"finite": False, "health_url": f"http://{address}/health"},
+    )
     record.save(paths.state_file("producer"))
     rows: list[ComponentStatus] = []
     while True:
@@ -94,18 +119,28 @@ def watch_status_while_priming(producer: Service, env: dict[str, str]) -> list[C
 
 
 @pytest.mark.timeout(2400)
-def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_25_hours(kafka_bootstrap,
-                                                                                         read_topic, tmp_path):
+def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_25_hours(
+    kafka_bootstrap, read_topic, tmp_path
+):
     session = generate_session(SyntheticSpec(seed=SEED, symbols=SYMBOLS, duration_s=DURATION_S, **SPEC))
     live_index = history_end(session.frames, HISTORY_S)
-    live_ms = min(f.payload["E"] for f in session.frames[live_index:live_index + 50])
+    live_ms = min(f.payload["E"] for f in session.frames[live_index : live_index + 50])
     history_trades = {(f.payload["s"], f.payload["a"]) for f in session.frames[:live_index] if f.event == "aggTrade"}
 
     # the reference: the whole session streamed through the producer, and the engine core over what it
     # published (what the streaming engine computes from it: the replay parity tests; streaming it here
     # too cost ~50 CPU-s and a 70 s drain)
-    _, published, _ = replay(kafka_bootstrap, f"wr{os.getpid()}{tmp_path.name[-6:]}.", read_topic, tmp_path / "ref",
-                             seed=SEED, duration_s=DURATION_S, speed="max", fake_args=FAKE_ARGS, engine=False)
+    _, published, _ = replay(
+        kafka_bootstrap,
+        f"wr{os.getpid()}{tmp_path.name[-6:]}.",
+        read_topic,
+        tmp_path / "ref",
+        seed=SEED,
+        duration_s=DURATION_S,
+        speed="max",
+        fake_args=FAKE_ARGS,
+        engine=False,
+    )
     reference = canonical(direct_engine_outputs(session_records(published), [parse_strategy(STRATEGY)]))
 
     # the warm start: 25 h of history, then the last 20 minutes live
@@ -119,25 +154,65 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
     try:
         engine = start_engine(env, workdir, strategy=STRATEGY)
         services.append(engine)
-        fake = Service("fake-exchange", ["fake-exchange", "--synthetic-seed", str(SEED), "--synthetic-symbols",
-                                         ",".join(SYMBOLS), "--synthetic-duration", str(DURATION_S), *FAKE_ARGS,
-                                         "--history-s", str(HISTORY_S), "--speed", "20", "--rest-clock",
-                                         "recording", "--aggtrades-visibility", "replayed",
-                                         # each archive answered 1.5 s late (a slow link): the vision
-                                         # phase lasts seconds, so the status sampled below sees it
-                                         # however loaded the machine is
-                                         "--fault", "vision_delay_ms=1500"], env, workdir)
+        fake = Service(
+            "fake-exchange",
+            [
+                "fake-exchange",
+                "--synthetic-seed",
+                str(SEED),
+                "--synthetic-symbols",
+                ",".join(SYMBOLS),
+                "--synthetic-duration",
+                str(DURATION_S),
+                *FAKE_ARGS,
+                "--history-s",
+                str(HISTORY_S),
+                "--speed",
+                "20",
+                "--rest-clock",
+                "recording",
+                "--aggtrades-visibility",
+                "replayed",
+                # each archive answered 1.5 s late (a slow link): the vision
+                # phase lasts seconds, so the status sampled below sees it
+                # however loaded the machine is
+                "--fault",
+                "vision_delay_ms=1500",
+            ],
+            env,
+            workdir,
+        )
         services.append(fake)
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 300).group(0))
         rest = urls["rest_url"]
         began = time.monotonic()
         # no --vision-url: it follows --rest-url when that is not Binance's (the fake serves the archives)
-        producer = Service("producer", ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
-                                        rest, "--coinbase-url", rest, "--replay-control-url", rest,
-                                        "--warm-start-hours", "25", "--metrics-port", "0",
-                                        # every trade (Vision + REST): the start from minute bars (the
-                                        # default) is test_minute_bars's and test_warm_start_klines's
-                                        "--warm-start-detail-minutes", "0"], env, workdir)
+        producer = Service(
+            "producer",
+            [
+                "produce",
+                "--ws-url",
+                urls["ws_url"],
+                "--rest-url",
+                rest,
+                "--spot-url",
+                rest,
+                "--coinbase-url",
+                rest,
+                "--replay-control-url",
+                rest,
+                "--warm-start-hours",
+                "25",
+                "--metrics-port",
+                "0",
+                # every trade (Vision + REST): the start from minute bars (the
+                # default) is test_minute_bars's and test_warm_start_klines's
+                "--warm-start-detail-minutes",
+                "0",
+            ],
+            env,
+            workdir,
+        )
         services.append(producer)
         statuses = watch_status_while_priming(producer, env)
         print("\nstatus while priming: " + " | ".join(dict.fromkeys(c.detail for c in statuses)))
@@ -145,8 +220,9 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
         priming = [c for c in statuses if c.state == "priming"]
         assert priming, statuses
         assert all(c.healthy and c.detail.startswith("warm start") for c in priming), priming
-        assert any(re.search(r"(BTCUSDT|ETHUSDT) vision [0-2]/2 days, [\d,]+ trades", c.detail) for c in priming), \
-            [c.detail for c in priming]
+        assert any(re.search(r"(BTCUSDT|ETHUSDT) vision [0-2]/2 days, [\d,]+ trades", c.detail) for c in priming), [
+            c.detail for c in priming
+        ]
         assert statuses[-1].state == "running", statuses[-1]
         producer.wait_for_line(r"warm start finished", 900)
         timings["warm start finished"] = time.monotonic() - began
@@ -173,8 +249,10 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
 
     warm = read_outputs(kafka_bootstrap, prefix, read_topic)
     for sym in SYMBOLS:  # the first evaluation after the live start: as valid, as timed as the reference's
-        first = [next(f for f in run["features"] if f["symbol"] == sym and f["eval_time"] >= live_ms)
-                 for run in (warm, reference)]
+        first = [
+            next(f for f in run["features"] if f["symbol"] == sym and f["eval_time"] >= live_ms)
+            for run in (warm, reference)
+        ]
         assert first[0]["block_reason"] != "warmup" and first[1]["block_reason"] != "warmup", first
         assert first[0]["eval_time"] == first[1]["eval_time"], first
     cut = live_ms + SETTLE_MS
@@ -188,8 +266,7 @@ def test_warm_start_reaches_full_windows_at_once_and_matches_an_engine_that_saw_
 
 
 @pytest.mark.timeout(1200)
-def test_warm_start_primes_from_the_database_when_it_holds_the_window(kafka_bootstrap, database, read_topic,
-                                                                      tmp_path):
+def test_warm_start_primes_from_the_database_when_it_holds_the_window(kafka_bootstrap, database, read_topic, tmp_path):
     """The sink already stored the 25 h (a stack whose broker lost its data): the warm start publishes
     them from the database, and asks the exchange only for what came after."""
     import psycopg
@@ -203,27 +280,82 @@ def test_warm_start_primes_from_the_database_when_it_holds_the_window(kafka_boot
     stored = history[:-40]  # the database lags the exchange by a few trades: REST supplies the rest
     migrate(database)
     with psycopg.connect(database) as conn, conn.cursor() as cur:
-        with cur.copy("COPY trades (exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, event_time, "
-                      "trade_time, receive_time, taker_side) FROM STDIN") as copy:
+        with cur.copy(
+            "COPY trades (exchange, symbol, agg_id, price, qty, first_trade_id, last_trade_id, event_time, "
+            "trade_time, receive_time, taker_side) FROM STDIN"
+        ) as copy:
             for t in stored:
                 at = datetime.fromtimestamp(t["T"] / 1000, tz=UTC)
-                copy.write_row(("binance", t["s"], t["a"], float(t["p"]), float(t["q"]), t["f"], t["l"], at, at, at,
-                                "SELL" if t["m"] else "BUY"))
+                copy.write_row(
+                    (
+                        "binance",
+                        t["s"],
+                        t["a"],
+                        float(t["p"]),
+                        float(t["q"]),
+                        t["f"],
+                        t["l"],
+                        at,
+                        at,
+                        at,
+                        "SELL" if t["m"] else "BUY",
+                    )
+                )
     prefix = f"wd{os.getpid()}{tmp_path.name[-6:]}."
     ensure_topics(kafka_bootstrap, prefix=prefix)
     env = service_env(kafka_bootstrap, prefix, tmp_path) | {"TAPEFLOW_DATABASE_URL": database_url(database)}
     services: list[Service] = []
     try:
-        fake = Service("fake-exchange", ["fake-exchange", "--synthetic-seed", str(SEED), "--synthetic-symbols",
-                                         ",".join(SYMBOLS), "--synthetic-duration", str(HISTORY_S + 120), *FAKE_ARGS,
-                                         "--history-s", str(HISTORY_S), "--speed", "max", "--rest-clock",
-                                         "recording", "--aggtrades-visibility", "replayed"], env, tmp_path)
+        fake = Service(
+            "fake-exchange",
+            [
+                "fake-exchange",
+                "--synthetic-seed",
+                str(SEED),
+                "--synthetic-symbols",
+                ",".join(SYMBOLS),
+                "--synthetic-duration",
+                str(HISTORY_S + 120),
+                *FAKE_ARGS,
+                "--history-s",
+                str(HISTORY_S),
+                "--speed",
+                "max",
+                "--rest-clock",
+                "recording",
+                "--aggtrades-visibility",
+                "replayed",
+            ],
+            env,
+            tmp_path,
+        )
         services.append(fake)
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 300).group(0))
         rest = urls["rest_url"]
-        producer = Service("producer", ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
-                                        rest, "--coinbase-url", rest, "--replay-control-url", rest, "--vision-url",
-                                        rest, "--warm-start-hours", "25", "--metrics-port", "0"], env, tmp_path)
+        producer = Service(
+            "producer",
+            [
+                "produce",
+                "--ws-url",
+                urls["ws_url"],
+                "--rest-url",
+                rest,
+                "--spot-url",
+                rest,
+                "--coinbase-url",
+                rest,
+                "--replay-control-url",
+                rest,
+                "--vision-url",
+                rest,
+                "--warm-start-hours",
+                "25",
+                "--metrics-port",
+                "0",
+            ],
+            env,
+            tmp_path,
+        )
         services.append(producer)
         assert producer.proc.wait(600) == 0, producer.tail()
         log = producer.log()

@@ -28,13 +28,15 @@ from tests.producers.binance.test_warm_start_unreachable import HISTORY_S, SPEC,
 pytestmark = pytest.mark.integration
 
 
-async def test_minutes_before_the_detail_span_come_as_klines_and_trades_only_after(kafka_bootstrap, topic_prefix,
-                                                                                  read_topic):
+async def test_minutes_before_the_detail_span_come_as_klines_and_trades_only_after(
+    kafka_bootstrap, topic_prefix, read_topic
+):
     session = generate_session(SPEC)
     fake = await serve(_fake_config(session))
     producer = _producer(kafka_bootstrap, topic_prefix, fake.rest_url, fake.ws_url)
-    producer.config.warm_start = WarmStartConfig(hours=HISTORY_S / 3600 - 0.01, vision_url=fake.rest_url,
-                                                 detail_minutes=2.0)
+    producer.config.warm_start = WarmStartConfig(
+        hours=HISTORY_S / 3600 - 0.01, vision_url=fake.rest_url, detail_minutes=2.0
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(producer.run(stop))
     try:
@@ -47,8 +49,11 @@ async def test_minutes_before_the_detail_span_come_as_klines_and_trades_only_aft
     now_ms = session.frames[0].receive_time * 1000 + HISTORY_S * 1000  # about: the fake's "now" at the start
     indicators = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.indicators", settled=True)]
     bars = [r for r in indicators if r["kind"] == "kline_1m"]
-    trades = [r["value"] for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades", settled=True)
-              if "agg_id" in r["value"]]
+    trades = [
+        r["value"]
+        for r in read_topic(kafka_bootstrap, topic_prefix + "md.trades", settled=True)
+        if "agg_id" in r["value"]
+    ]
     detail_start = trades[0]["trade_time"] // 60_000 * 60_000
     assert warm.progress["BTCUSDT"].minute_bars == len(bars) >= 3
     assert [b["event_time"] for b in bars] == list(range(bars[0]["event_time"], detail_start, 60_000))
@@ -60,8 +65,11 @@ async def test_minutes_before_the_detail_span_come_as_klines_and_trades_only_aft
         assert x["trades"] == len(mine) and bar["value"] == x["close"] == float(mine[-1]["p"])
         assert Decimal(str(x["buy_volume"])) == sum(Decimal(t["q"]) for t in mine if not t["m"])
         assert Decimal(str(x["sell_volume"])) == sum(Decimal(t["q"]) for t in mine if t["m"])
-        assert (x["open"], x["high"], x["low"]) == (float(mine[0]["p"]), max(float(t["p"]) for t in mine),
-                                                    min(float(t["p"]) for t in mine))
+        assert (x["open"], x["high"], x["low"]) == (
+            float(mine[0]["p"]),
+            max(float(t["p"]) for t in mine),
+            min(float(t["p"]) for t in mine),
+        )
         assert bar["receive_time"] == bar["event_time"] + 59_999
     # trades: from the detail span's first on, once each, to the session's end; none before it
     ids = [t["agg_id"] for t in trades]
@@ -83,10 +91,15 @@ async def test_a_restarted_stack_whose_topics_hold_the_detail_span_primes_nothin
     asked: list[int] = []
     try:
         async with aiohttp.ClientSession() as http:
-            warm = WarmStart(WarmStartConfig(hours=0.09, detail_minutes=2.0), RestClient(http, ProducerMetrics()),
-                             fake.rest_url, producer.publisher,
-                             ProgressMarkers(producer.publisher, "warm-start", ENGINE_INPUTS), ["BTCUSDT"],
-                             in_topics=lambda symbol, since: asked.append(since) or True)
+            warm = WarmStart(
+                WarmStartConfig(hours=0.09, detail_minutes=2.0),
+                RestClient(http, ProducerMetrics()),
+                fake.rest_url,
+                producer.publisher,
+                ProgressMarkers(producer.publisher, "warm-start", ENGINE_INPUTS),
+                ["BTCUSDT"],
+                in_topics=lambda symbol, since: asked.append(since) or True,
+            )
             assert await warm.run() == {}
     finally:
         await fake.stop()

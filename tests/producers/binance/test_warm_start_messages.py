@@ -11,8 +11,14 @@ from producers.binance.warm_start import HOUR_MS, SymbolPriming, restricted_mess
 
 
 def test_the_rest_phase_says_how_far_it_has_paged_and_how_long_is_left_at_its_rate():
-    state = SymbolPriming("BTCUSDT", phase="rest", trades=250_000, rest_span=(0, 10 * HOUR_MS),
-                          rest_at_ms=int(2.5 * HOUR_MS), rest_began=time.monotonic() - 60.0)
+    state = SymbolPriming(
+        "BTCUSDT",
+        phase="rest",
+        trades=250_000,
+        rest_span=(0, 10 * HOUR_MS),
+        rest_at_ms=int(2.5 * HOUR_MS),
+        rest_began=time.monotonic() - 60.0,
+    )
     # a quarter in a minute: three more minutes
     assert state.describe() == "BTCUSDT rest 250,000 trades, 2.5 of 10.0 h paged, ~3 min left at this rate"
     assert SymbolPriming("BTCUSDT", phase="rest", trades=0).describe() == "BTCUSDT rest 0 trades"

@@ -61,7 +61,7 @@ def read_topics(bootstrap: str, prefix: str) -> dict[str, list[dict]]:
             continue
         ended.discard((m.topic(), m.partition()))
         key = m.key().decode() if m.key() is not None else None
-        out[m.topic()[len(prefix):]].append({"key": key, **serde.decode(m.value())})
+        out[m.topic()[len(prefix) :]].append({"key": key, **serde.decode(m.value())})
     c.close()
     return out
 
@@ -71,8 +71,13 @@ async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, 
     fake = await serve_bybit(session, speed=speed, faults=faults or {})
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
-    config = BybitProducerConfig(symbols=SYMBOLS, ws_url=fake.linear_url, book_interval_ms=0,
-                                 replay_control_url=fake.rest_url, stream_config=stream_config or {})
+    config = BybitProducerConfig(
+        symbols=SYMBOLS,
+        ws_url=fake.linear_url,
+        book_interval_ms=0,
+        replay_control_url=fake.rest_url,
+        stream_config=stream_config or {},
+    )
     producer = BybitProducer(config, publisher, metrics)
     stop = asyncio.Event()
     try:
@@ -87,8 +92,12 @@ async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, 
 
 
 def sample(metrics: ProducerMetrics, name: str, **labels) -> float:
-    return sum(s.value for metric in metrics.registry.collect() for s in metric.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for metric in metrics.registry.collect()
+        for s in metric.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 # --- independent expectations from the raw frames --------------------------------------------------
@@ -99,10 +108,14 @@ def raw_messages(session, topic):
 def _list_difference(got: list, want: list) -> dict:
     """Where two lists of trades part: the first differing position, and what each has the other lacks."""
     at = next((i for i, (g, w) in enumerate(zip(got, want, strict=False)) if g != w), min(len(got), len(want)))
-    return {"first_difference_at": at, "lengths": (len(got), len(want)),
-            "missing": list((Counter(want) - Counter(got)).elements())[:5],  # counted: trades repeat exactly
-            "extra": list((Counter(got) - Counter(want)).elements())[:5],
-            "got_there": got[max(0, at - 2):at + 3], "wanted_there": want[max(0, at - 2):at + 3]}
+    return {
+        "first_difference_at": at,
+        "lengths": (len(got), len(want)),
+        "missing": list((Counter(want) - Counter(got)).elements())[:5],  # counted: trades repeat exactly
+        "extra": list((Counter(got) - Counter(want)).elements())[:5],
+        "got_there": got[max(0, at - 2) : at + 3],
+        "wanted_there": want[max(0, at - 2) : at + 3],
+    }
 
 
 def session_trades(session, symbol):
@@ -178,8 +191,12 @@ def expected_marks_and_open_interest(session, symbol):
     for msg in [None, *raw_messages(session, f"tickers.{symbol}")]:
         if msg is not None:
             state.update(msg["data"])
-        mark = (float(state["markPrice"]), float(state["indexPrice"]), float(state["fundingRate"]),
-                int(state["nextFundingTime"]))
+        mark = (
+            float(state["markPrice"]),
+            float(state["indexPrice"]),
+            float(state["fundingRate"]),
+            int(state["nextFundingTime"]),
+        )
         if not marks or marks[-1] != mark:
             marks.append(mark)
         if not ois or ois[-1] != float(state["openInterest"]):
@@ -189,11 +206,16 @@ def expected_marks_and_open_interest(session, symbol):
 
 # --- tests -----------------------------------------------------------------------------------------
 async def test_every_trade_once_verified_book_across_a_restart_liquidations_mark_and_open_interest(
-        kafka_bootstrap, topic_prefix):
-    session = generate_bybit_session(BybitSyntheticSpec(seed=21, symbols=tuple(SYMBOLS), duration_s=10,
-                                                        trades_per_s=8, liquidations_per_min=40, restart_at_s=6))
-    producer, metrics, ended, publisher, _ = await run_producer(kafka_bootstrap, topic_prefix, session,
-                                                                stream_config={"ping_interval_s": 0.2})
+    kafka_bootstrap, topic_prefix
+):
+    session = generate_bybit_session(
+        BybitSyntheticSpec(
+            seed=21, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8, liquidations_per_min=40, restart_at_s=6
+        )
+    )
+    producer, metrics, ended, publisher, _ = await run_producer(
+        kafka_bootstrap, topic_prefix, session, stream_config={"ping_interval_s": 0.2}
+    )
     assert ended == "replay-finished" and publisher.healthy
     assert producer.stream.pongs >= 2  # the JSON heartbeat was sent and answered
     records = read_topics(kafka_bootstrap, topic_prefix)
@@ -205,8 +227,12 @@ async def test_every_trade_once_verified_book_across_a_restart_liquidations_mark
         first = want[0][0]["T"] * 1000
         assert [t["agg_id"] for t in got] == list(range(first, first + len(want)))  # once, in order, no hole
         for t, (row, ts) in zip(got, want):
-            assert (t["price"], t["qty"], t["trade_time"], t["event_time"]) == (float(row["p"]), float(row["v"]),
-                                                                                row["T"], ts)
+            assert (t["price"], t["qty"], t["trade_time"], t["event_time"]) == (
+                float(row["p"]),
+                float(row["v"]),
+                row["T"],
+                ts,
+            )
             assert t["taker_side"] == row["S"].upper() and t["key"] == f"bybit:{sym}"
             assert t["first_trade_id"] == t["last_trade_id"] == t["agg_id"]
         depth = check_depth_and_books(records, books_by_u(session, sym), sym)
@@ -214,8 +240,11 @@ async def test_every_trade_once_verified_book_across_a_restart_liquidations_mark
         assert sample(metrics, "tapeflow_producer_book_resyncs_total", symbol=sym, reason="restart") == 1
         check_liquidations(records, session, sym)
         marks, ois = expected_marks_and_open_interest(session, sym)
-        got_marks = [(m["mark_price"], m["index_price"], m["funding_rate"], m["next_funding_time"])
-                     for m in records["md.mark"] if m["symbol"] == sym]
+        got_marks = [
+            (m["mark_price"], m["index_price"], m["funding_rate"], m["next_funding_time"])
+            for m in records["md.mark"]
+            if m["symbol"] == sym
+        ]
         # Bybit's ticker snapshot is the state at the subscription: a subscription that a loaded machine
         # sent after the first ticker deltas had played starts later in the list (seen once in the suite)
         skipped = len(marks) - len(got_marks)
@@ -230,12 +259,12 @@ async def test_every_trade_once_verified_book_across_a_restart_liquidations_mark
     assert producer.health()["books_live"] == 2
 
 
-async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_reported(
-        kafka_bootstrap, topic_prefix):
+async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_reported(kafka_bootstrap, topic_prefix):
     # 36 s at 8x (4.5 s): the session must outlast the break, its re-subscription and the drop's
     # reconnect; 12 s (1.5 s of replay) had ended before them in two loaded suite runs (1 snapshot of 3)
-    session = generate_bybit_session(BybitSyntheticSpec(seed=22, symbols=tuple(SYMBOLS), duration_s=36,
-                                                        trades_per_s=8, liquidations_per_min=40))
+    session = generate_bybit_session(
+        BybitSyntheticSpec(seed=22, symbols=tuple(SYMBOLS), duration_s=36, trades_per_s=8, liquidations_per_min=40)
+    )
 
     # staged on the fake's frame positions, the replay held at each step, so a loaded machine can
     # neither end the session before a step nor run a step late
@@ -249,8 +278,13 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
         # snapshot made the book live again; then drop the connection, held until the producer is
         # back with every book live from the reconnect's snapshots
         fake.pause_replay(before=first_hold)
-        await until(lambda: not fake.state.running.is_set() and producer.books["BTCUSDT"].is_live
-                    and producer.numbering["BTCUSDT"].counters.published > 20)
+        await until(
+            lambda: (
+                not fake.state.running.is_set()
+                and producer.books["BTCUSDT"].is_live
+                and producer.numbering["BTCUSDT"].counters.published > 20
+            )
+        )
         fake.set_faults(skip_frames=2, skip_stream="orderbook.50.BTCUSDT")
         fake.pause_replay(before=second_hold)
         fake.resume_replay()
@@ -259,12 +293,17 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
         await until(lambda: producer.books["BTCUSDT"].is_live)
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
-        await until(lambda: sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
-                    and all(book.is_live for book in producer.books.values()))
+        await until(
+            lambda: (
+                sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
+                and all(book.is_live for book in producer.books.values())
+            )
+        )
         fake.resume_replay()
 
     producer, metrics, ended, publisher, fake = await run_producer(
-        kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 31}, speed=8.0)
+        kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 31}, speed=8.0
+    )
     assert ended == "replay-finished" and publisher.healthy
     records = read_topics(kafka_bootstrap, topic_prefix)
 
@@ -291,8 +330,9 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
     # the forced book break: on md.gaps too (stream md.depth), once per counted resync (a service
     # restart, u=1, is a new book and not a break)
     depth_gaps = [g for g in records["md.gaps"] if g["stream"] == "md.depth"]
-    breaks = (sample(metrics, "tapeflow_producer_book_resyncs_total")
-              - sample(metrics, "tapeflow_producer_book_resyncs_total", reason="restart"))
+    breaks = sample(metrics, "tapeflow_producer_book_resyncs_total") - sample(
+        metrics, "tapeflow_producer_book_resyncs_total", reason="restart"
+    )
     assert len(depth_gaps) == breaks >= 1 and any(g["reason"].startswith("resync: gap") for g in depth_gaps)
     for sym in SYMBOLS:
         gap = gaps[sym]
@@ -307,10 +347,17 @@ async def test_forced_book_break_resyncs_garbage_is_dead_lettered_and_a_drop_is_
         mine = [(t["price"], t["qty"], t["trade_time"], t["taker_side"]) for t in got]
         # on a mismatch, say which session trades are missing or extra (a whole-list diff is cut in CI)
         counters = producer.numbering[sym].counters
-        assert mine[:len(before)] == want[:len(before)], (  # from the first trade up to the drop
-            sym, counters, _list_difference(mine[:len(before)], want[:len(before)]), reasons)
-        assert mine[len(before):] == want[len(want) - len(after):], (  # from after the outage to the end
-            sym, counters, _list_difference(mine[len(before):], want[len(want) - len(after):]))
+        assert mine[: len(before)] == want[: len(before)], (  # from the first trade up to the drop
+            sym,
+            counters,
+            _list_difference(mine[: len(before)], want[: len(before)]),
+            reasons,
+        )
+        assert mine[len(before) :] == want[len(want) - len(after) :], (  # from after the outage to the end
+            sym,
+            counters,
+            _list_difference(mine[len(before) :], want[len(want) - len(after) :]),
+        )
         # whatever the outage lost (possibly nothing: Bybit gives no way to know) lies between these two
         window = f"between {before[-1]['trade_time']} and {after[0]['trade_time']} (ms)"
         assert "connection lost" in gap["reason"] and window in gap["reason"] and gap["stream"] == "md.trades"
@@ -330,13 +377,28 @@ async def test_cli_produce_exchange_bybit_runs_against_the_fake(kafka_bootstrap,
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     fake = await serve_bybit(BybitSyntheticSpec(seed=5, symbols=("BTCUSDT",), duration_s=4), speed=10.0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update(TAPEFLOW_BROKER=kafka_bootstrap, TAPEFLOW_TOPIC_PREFIX=topic_prefix, TAPEFLOW_HOME=str(tmp_path),
-               TAPEFLOW_SYMBOLS="BTCUSDT")
+    env.update(
+        TAPEFLOW_BROKER=kafka_bootstrap,
+        TAPEFLOW_TOPIC_PREFIX=topic_prefix,
+        TAPEFLOW_HOME=str(tmp_path),
+        TAPEFLOW_SYMBOLS="BTCUSDT",
+    )
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tapeflow", "produce", "--exchange", "bybit", "--bybit-ws-url", fake.linear_url,
-            "--replay-control-url", fake.rest_url, env=env, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "produce",
+            "--exchange",
+            "bybit",
+            "--bybit-ws-url",
+            fake.linear_url,
+            "--replay-control-url",
+            fake.rest_url,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 90)
     finally:
         await fake.stop()
@@ -352,8 +414,7 @@ async def test_a_reconnect_after_the_replay_ended_still_ends_the_run(kafka_boots
     """The connection drops and the exchange is unreachable until the fake has sent its last frame (a
     loaded machine once reconnected that late): the run still ends, as an incomplete replay, instead of
     waiting for an end marker that never came (the fake sent none to a connection made after the end)."""
-    session = generate_bybit_session(BybitSyntheticSpec(seed=23, symbols=tuple(SYMBOLS), duration_s=12,
-                                                        trades_per_s=8))
+    session = generate_bybit_session(BybitSyntheticSpec(seed=23, symbols=tuple(SYMBOLS), duration_s=12, trades_per_s=8))
 
     async def during(fake, producer):
         for _ in range(500):
@@ -369,8 +430,9 @@ async def test_a_reconnect_after_the_replay_ended_still_ends_the_run(kafka_boots
         assert fake.state.connections_total == 1  # no reconnect before the end
         object.__setattr__(config, "base_url", url)
 
-    producer, metrics, ended, _, _ = await run_producer(kafka_bootstrap, topic_prefix, session, during=during,
-                                                        speed=8.0, stream_config={"backoff_initial_s": 0.2})
+    producer, metrics, ended, _, _ = await run_producer(
+        kafka_bootstrap, topic_prefix, session, during=during, speed=8.0, stream_config={"backoff_initial_s": 0.2}
+    )
     assert ended == "replay-finished"
     assert producer.status.detail.startswith("INCOMPLETE replay"), producer.status.detail
     assert sample(metrics, "tapeflow_producer_reconnects_total") >= 1

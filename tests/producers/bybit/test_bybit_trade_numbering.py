@@ -14,8 +14,10 @@ def trade(trade_id, t, seq=None):
 
 def test_ids_start_at_the_first_trade_time_and_count_up():
     n = TradeNumbering("BTCUSDT")
-    out = [n.number(trade(i, t, seq=s)) for i, t, s in (("a", 1_700_000_000_123, 50), ("b", 1_700_000_000_123, 50),
-                                                       ("c", 1_700_000_000_200, 57))]
+    out = [
+        n.number(trade(i, t, seq=s))
+        for i, t, s in (("a", 1_700_000_000_123, 50), ("b", 1_700_000_000_123, 50), ("c", 1_700_000_000_200, 57))
+    ]
     # fills of one match share seq 50: both are kept and numbered 1700000000123000, ...001, ...002
     assert [r["agg_id"] for r, _ in out] == [1_700_000_000_123_000, 1_700_000_000_123_001, 1_700_000_000_123_002]
     assert [(r["first_trade_id"], r["last_trade_id"]) for r, _ in out][2] == (1_700_000_000_123_002,) * 2
@@ -63,19 +65,39 @@ def test_duplicate_memory_is_bounded():
 
 
 # --- tickers ----------------------------------------------------------------------------------
-SNAPSHOT = {"markPrice": 17217.33, "indexPrice": 17227.36, "fundingRate": -0.000212, "nextFundingTime": 1673280000000,
-            "openInterest": 68744.761, "openInterestValue": 1183601235.91}
+SNAPSHOT = {
+    "markPrice": 17217.33,
+    "indexPrice": 17227.36,
+    "fundingRate": -0.000212,
+    "nextFundingTime": 1673280000000,
+    "openInterest": 68744.761,
+    "openInterestValue": 1183601235.91,
+}
 
 
 def test_snapshot_publishes_mark_and_open_interest():
     state = TickerState("BTCUSDT")
     mark, oi = state.on_message("snapshot", 1673272861686, SNAPSHOT, 1673272861700)
-    assert mark == {"exchange": "bybit", "symbol": "BTCUSDT", "mark_price": 17217.33, "index_price": 17227.36,
-                    "funding_rate": -0.000212, "next_funding_time": 1673280000000, "event_time": 1673272861686,
-                    "receive_time": 1673272861700}
-    assert oi == {"exchange": "bybit", "symbol": "BTCUSDT", "kind": "open_interest", "value": 68744.761,
-                  "period": None, "extra": {"open_interest_value": 1183601235.91}, "event_time": 1673272861686,
-                  "receive_time": 1673272861700}
+    assert mark == {
+        "exchange": "bybit",
+        "symbol": "BTCUSDT",
+        "mark_price": 17217.33,
+        "index_price": 17227.36,
+        "funding_rate": -0.000212,
+        "next_funding_time": 1673280000000,
+        "event_time": 1673272861686,
+        "receive_time": 1673272861700,
+    }
+    assert oi == {
+        "exchange": "bybit",
+        "symbol": "BTCUSDT",
+        "kind": "open_interest",
+        "value": 68744.761,
+        "period": None,
+        "extra": {"open_interest_value": 1183601235.91},
+        "event_time": 1673272861686,
+        "receive_time": 1673272861700,
+    }
 
 
 def test_deltas_publish_only_what_changed():

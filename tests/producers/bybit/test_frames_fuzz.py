@@ -28,17 +28,37 @@ from tests.support.fuzz import FUZZ, floats_in, json_values, mutated, numberish,
 
 RECEIVED = 1_700_000_000_123
 
-TRADE_ROW = {"T": 1672304486865, "s": "BTCUSDT", "S": "Buy", "v": "0.001", "p": "16578.50", "L": "PlusTick",
-             "i": "20f43950-d8dd-5b31-9112-a178eb6023af", "BT": False, "seq": 1783284617}
+TRADE_ROW = {
+    "T": 1672304486865,
+    "s": "BTCUSDT",
+    "S": "Buy",
+    "v": "0.001",
+    "p": "16578.50",
+    "L": "PlusTick",
+    "i": "20f43950-d8dd-5b31-9112-a178eb6023af",
+    "BT": False,
+    "seq": 1783284617,
+}
 TRADE = {"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1672304486868, "data": [TRADE_ROW]}
-BOOK_DATA = {"s": "BTCUSDT", "b": [["16493.50", "0.006"]], "a": [["16611.00", "0.029"]], "u": 18521288,
-             "seq": 7961638724}
-BOOK = {"topic": "orderbook.50.BTCUSDT", "type": "delta", "ts": 1672304484998, "data": BOOK_DATA,
-        "cts": 1672304484990}
+BOOK_DATA = {
+    "s": "BTCUSDT",
+    "b": [["16493.50", "0.006"]],
+    "a": [["16611.00", "0.029"]],
+    "u": 18521288,
+    "seq": 7961638724,
+}
+BOOK = {"topic": "orderbook.50.BTCUSDT", "type": "delta", "ts": 1672304484998, "data": BOOK_DATA, "cts": 1672304484990}
 LIQ_ROW = {"T": 1739502302929, "s": "ROSEUSDT", "S": "Sell", "v": "20000", "p": "0.04499"}
 LIQUIDATION = {"topic": "allLiquidation.ROSEUSDT", "type": "snapshot", "ts": 1739502303204, "data": [LIQ_ROW]}
-TICKER_DATA = {"symbol": "BTCUSDT", "markPrice": "17217.33", "indexPrice": "17227.36", "openInterest": "68744.761",
-               "openInterestValue": "1183601235.91", "nextFundingTime": "1673280000000", "fundingRate": "-0.000212"}
+TICKER_DATA = {
+    "symbol": "BTCUSDT",
+    "markPrice": "17217.33",
+    "indexPrice": "17227.36",
+    "openInterest": "68744.761",
+    "openInterestValue": "1183601235.91",
+    "nextFundingTime": "1673280000000",
+    "fundingRate": "-0.000212",
+}
 TICKER = {"topic": "tickers.BTCUSDT", "type": "snapshot", "ts": 1673272861686, "data": TICKER_DATA}
 
 PARSERS = {
@@ -62,8 +82,9 @@ def _odd(kind: str) -> st.SearchStrategy[tuple[str, dict]]:
     inner = mutated(data, sorted(data), numberish | json_values)
     if isinstance(msg["data"], list):
         inner = st.lists(inner, min_size=1, max_size=3)
-    return st.tuples(st.just(kind), st.builds(lambda m, d, keep: m if keep else {**m, "data": d},
-                                              envelope, inner, st.booleans()))
+    return st.tuples(
+        st.just(kind), st.builds(lambda m, d, keep: m if keep else {**m, "data": d}, envelope, inner, st.booleans())
+    )
 
 
 @FUZZ
@@ -94,22 +115,43 @@ prices = st.decimals(min_value="0.00000001", max_value="1000000", places=8, allo
 
 
 @FUZZ
-@given(rows=st.lists(st.tuples(prices, prices, st.sampled_from(["Buy", "Sell"]), st.integers(1, 2**41),
-                               st.uuids().map(str)), min_size=1, max_size=5), ts=st.integers(1, 2**41))
+@given(
+    rows=st.lists(
+        st.tuples(prices, prices, st.sampled_from(["Buy", "Sell"]), st.integers(1, 2**41), st.uuids().map(str)),
+        min_size=1,
+        max_size=5,
+    ),
+    ts=st.integers(1, 2**41),
+)
 def test_well_formed_trades_keep_their_fields(rows, ts):
-    msg = {"topic": "publicTrade.ETHUSDT", "type": "snapshot", "ts": ts,
-           "data": [{"T": t, "s": "ETHUSDT", "S": side, "v": str(q), "p": str(p), "i": i, "BT": False}
-                    for p, q, side, t, i in rows]}
+    msg = {
+        "topic": "publicTrade.ETHUSDT",
+        "type": "snapshot",
+        "ts": ts,
+        "data": [
+            {"T": t, "s": "ETHUSDT", "S": side, "v": str(q), "p": str(p), "i": i, "BT": False}
+            for p, q, side, t, i in rows
+        ],
+    }
     prints = parse_public_trades(orjson.loads(orjson.dumps(msg)), RECEIVED)
     assert [(x.price, x.qty, x.taker_side, x.trade_time, x.trade_id, x.event_time) for x in prints] == [
-        (float(p), float(q), side.upper(), t, i, ts) for p, q, side, t, i in rows]
+        (float(p), float(q), side.upper(), t, i, ts) for p, q, side, t, i in rows
+    ]
 
 
 @FUZZ
-@given(raw=st.one_of(st.binary(max_size=48), st.builds(orjson.dumps, json_values),
-                     st.builds(lambda v, op: orjson.dumps({"op": op, **v} if isinstance(v, dict) else {"op": op}),
-                               json_values, st.sampled_from(["ping", "pong", "subscribe", "unsubscribe", "auth", 3])),
-                     st.sampled_from([orjson.dumps(TRADE), orjson.dumps(BOOK), orjson.dumps(TICKER)])))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=48),
+        st.builds(orjson.dumps, json_values),
+        st.builds(
+            lambda v, op: orjson.dumps({"op": op, **v} if isinstance(v, dict) else {"op": op}),
+            json_values,
+            st.sampled_from(["ping", "pong", "subscribe", "unsubscribe", "auth", 3]),
+        ),
+        st.sampled_from([orjson.dumps(TRADE), orjson.dumps(BOOK), orjson.dumps(TICKER)]),
+    )
+)
 @example(raw=b'{"op":"subscribe","success":false,"ret_msg":"line one\\nline two"}')
 def test_every_raw_message_has_one_outcome(raw):
     """BybitStream._dispatch: a market message is delivered (and parsed), a control message consumed,
@@ -122,8 +164,13 @@ def test_every_raw_message_has_one_outcome(raw):
             PARSERS[kind][0](msg)
         delivered.append(topic)
 
-    stream = BybitStream(BybitStreamConfig("ws://127.0.0.1:1", ["publicTrade.BTCUSDT"]), on_frame,
-                         lambda raw_, why: dead.append(why), lambda *a: None, lambda *a: None)
+    stream = BybitStream(
+        BybitStreamConfig("ws://127.0.0.1:1", ["publicTrade.BTCUSDT"]),
+        on_frame,
+        lambda raw_, why: dead.append(why),
+        lambda *a: None,
+        lambda *a: None,
+    )
     pongs = stream.pongs
     stream._dispatch(raw, RECEIVED)
     assert len(delivered) + len(dead) + (stream.pongs - pongs) <= 1

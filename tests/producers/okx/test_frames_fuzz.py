@@ -44,9 +44,19 @@ def doc(name: str) -> dict:
     return json.loads((DATA / name).read_text())
 
 
-TRADE, BOOK, MARK, INDEX, FUNDING, REST_BOOK, HISTORY, SPOT = (doc(n) for n in (
-    "trades.json", "books_update.json", "mark_price.json", "index_tickers.json", "funding_rate.json",
-    "rest_books.json", "rest_history_trades.json", "spot_tickers.json"))
+TRADE, BOOK, MARK, INDEX, FUNDING, REST_BOOK, HISTORY, SPOT = (
+    doc(n)
+    for n in (
+        "trades.json",
+        "books_update.json",
+        "mark_price.json",
+        "index_tickers.json",
+        "funding_rate.json",
+        "rest_books.json",
+        "rest_history_trades.json",
+        "spot_tickers.json",
+    )
+)
 
 PARSERS = {  # kind: (parse, documented frame, the row the odd values go into)
     "trades": (lambda m: parse_trades(m, SWAP, RECEIVED), TRADE, TRADE["data"][0]),
@@ -57,10 +67,31 @@ PARSERS = {  # kind: (parse, documented frame, the row the odd values go into)
     "funding-rate": (parse_funding_rate, FUNDING, FUNDING["data"][0]),
     "rest-books": (lambda m: parse_rest_books(m, SWAP, RECEIVED), REST_BOOK, REST_BOOK["data"][0]),
     "history-trades": (lambda m: parse_history_trades(m, SWAP, RECEIVED), HISTORY, HISTORY["data"][0]),
-    "instruments": (parse_instruments, {"code": "0", "msg": "", "data": [
-        {"instType": "SWAP", "instId": "BTC-USDT-SWAP", "ctType": "linear", "ctVal": "0.01", "ctMult": "1",
-         "ctValCcy": "BTC"}]}, {"instType": "SWAP", "instId": "BTC-USDT-SWAP", "ctType": "linear", "ctVal": "0.01",
-                                "ctMult": "1", "ctValCcy": "BTC"}),
+    "instruments": (
+        parse_instruments,
+        {
+            "code": "0",
+            "msg": "",
+            "data": [
+                {
+                    "instType": "SWAP",
+                    "instId": "BTC-USDT-SWAP",
+                    "ctType": "linear",
+                    "ctVal": "0.01",
+                    "ctMult": "1",
+                    "ctValCcy": "BTC",
+                }
+            ],
+        },
+        {
+            "instType": "SWAP",
+            "instId": "BTC-USDT-SWAP",
+            "ctType": "linear",
+            "ctVal": "0.01",
+            "ctMult": "1",
+            "ctValCcy": "BTC",
+        },
+    ),
 }
 
 
@@ -74,8 +105,10 @@ def _odd(kind: str) -> st.SearchStrategy[tuple[str, dict]]:
     _, msg, row = PARSERS[kind]
     envelope = mutated(msg, sorted(msg), numberish | json_values)
     inner = st.lists(mutated(row, sorted(row), numberish | json_values), min_size=1, max_size=3)
-    return st.tuples(st.just(kind), st.builds(lambda m, rows, keep: m if keep else {**m, "data": rows},
-                                              envelope, inner, st.booleans()))
+    return st.tuples(
+        st.just(kind),
+        st.builds(lambda m, rows, keep: m if keep else {**m, "data": rows}, envelope, inner, st.booleans()),
+    )
 
 
 @FUZZ
@@ -100,22 +133,57 @@ sizes = st.decimals(min_value="0.01", max_value="100000", places=2, allow_nan=Fa
 
 
 @FUZZ
-@given(rows=st.lists(st.tuples(prices, sizes, st.sampled_from(["buy", "sell"]), st.integers(1, 2**41),
-                               st.integers(1, 2**40), st.integers(1, 50)), min_size=1, max_size=5))
+@given(
+    rows=st.lists(
+        st.tuples(
+            prices,
+            sizes,
+            st.sampled_from(["buy", "sell"]),
+            st.integers(1, 2**41),
+            st.integers(1, 2**40),
+            st.integers(1, 50),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_well_formed_trades_keep_their_fields_in_base_coin(rows):
-    msg = {"arg": {"channel": "trades", "instId": "BTC-USDT"},
-           "data": [{"instId": "BTC-USDT", "tradeId": str(i + c), "px": str(p), "sz": str(q), "side": side,
-                     "ts": str(t), "count": str(c), "source": "0", "seqId": 1} for p, q, side, t, i, c in rows]}
+    msg = {
+        "arg": {"channel": "trades", "instId": "BTC-USDT"},
+        "data": [
+            {
+                "instId": "BTC-USDT",
+                "tradeId": str(i + c),
+                "px": str(p),
+                "sz": str(q),
+                "side": side,
+                "ts": str(t),
+                "count": str(c),
+                "source": "0",
+                "seqId": 1,
+            }
+            for p, q, side, t, i, c in rows
+        ],
+    }
     prints = parse_trades(orjson.loads(orjson.dumps(msg)), SWAP, RECEIVED)
     assert [(x.price, x.qty, x.taker_side, x.trade_time, x.first_trade_id, x.trade_id) for x in prints] == [
-        (float(p), float(q * Decimal("0.01")), side.upper(), t, i + 1, i + c) for p, q, side, t, i, c in rows]
+        (float(p), float(q * Decimal("0.01")), side.upper(), t, i + 1, i + c) for p, q, side, t, i, c in rows
+    ]
 
 
 @FUZZ
-@given(raw=st.one_of(st.binary(max_size=48), st.builds(orjson.dumps, json_values),
-                     st.builds(lambda v, ev: orjson.dumps({"event": ev, **v} if isinstance(v, dict) else {"event": ev}),
-                               json_values, st.sampled_from(["subscribe", "unsubscribe", "error", "login", 3])),
-                     st.sampled_from([b"pong", b"ping", orjson.dumps(TRADE), orjson.dumps(BOOK), orjson.dumps(FUNDING)])))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=48),
+        st.builds(orjson.dumps, json_values),
+        st.builds(
+            lambda v, ev: orjson.dumps({"event": ev, **v} if isinstance(v, dict) else {"event": ev}),
+            json_values,
+            st.sampled_from(["subscribe", "unsubscribe", "error", "login", 3]),
+        ),
+        st.sampled_from([b"pong", b"ping", orjson.dumps(TRADE), orjson.dumps(BOOK), orjson.dumps(FUNDING)]),
+    )
+)
 @example(raw=b'{"event":"error","code":"60012","msg":"line one\\nline two"}')
 def test_every_raw_message_has_one_outcome(raw):
     """OkxStream._dispatch: a push is delivered (and parsed), a control message consumed, anything else
@@ -129,8 +197,13 @@ def test_every_raw_message_has_one_outcome(raw):
             PARSERS[kind][0](msg)
         delivered.append(topic)
 
-    stream = OkxStream(OkxStreamConfig("ws://127.0.0.1:1", ["trades:BTC-USDT"]), on_frame,
-                       lambda raw_, why: dead.append(why), lambda *a: None, lambda *a: None)
+    stream = OkxStream(
+        OkxStreamConfig("ws://127.0.0.1:1", ["trades:BTC-USDT"]),
+        on_frame,
+        lambda raw_, why: dead.append(why),
+        lambda *a: None,
+        lambda *a: None,
+    )
     pongs = stream.pongs
     stream._dispatch(raw, RECEIVED)
     assert len(delivered) + len(dead) + (stream.pongs - pongs) <= 1

@@ -73,8 +73,12 @@ def test_a_rest_snapshot_older_than_the_stream_is_refused_and_a_newer_one_accept
     book.on_diff(update(60, 70))
     newer = book.on_rest_snapshot(rest(45))  # every buffered update was kept for this one: 40->50 straddles it
     assert newer.resync_reason is None and book.is_live and book.last_update_id == 70
-    assert [(d.prev_final_update_id, d.final_update_id) for d in newer.applied] == [(None, 45), (40, 50), (50, 60),
-                                                                                    (60, 70)]
+    assert [(d.prev_final_update_id, d.final_update_id) for d in newer.applied] == [
+        (None, 45),
+        (40, 50),
+        (50, 60),
+        (60, 70),
+    ]
 
 
 def test_a_new_connection_snapshot_replaces_everything_and_a_late_rest_answer_is_ignored():

@@ -30,15 +30,31 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 INST = {"BTCUSDT": "BTC-USDT-SWAP", "ETHUSDT": "ETH-USDT-SWAP"}
 
 
-async def run_producer(bootstrap, prefix, session, *, during=None, faults=None, speed=10.0, rest_give_up_after_s=60.0,
-                       spot_interval_ms=60_000):
+async def run_producer(
+    bootstrap,
+    prefix,
+    session,
+    *,
+    during=None,
+    faults=None,
+    speed=10.0,
+    rest_give_up_after_s=60.0,
+    spot_interval_ms=60_000,
+):
     ensure_topics(bootstrap, prefix=prefix)
     fake = await serve_okx(session, speed=speed, faults=faults or {})
     metrics = ProducerMetrics()
     publisher = Publisher(bootstrap, AvroSerde(FileSchemaRegistry(), strict=True), metrics, topic_prefix=prefix)
-    config = OkxProducerConfig(symbols=SYMBOLS, ws_url=fake.public_url, rest_url=fake.rest_url, book_interval_ms=0,
-                               replay_control_url=fake.rest_url, stream_config={"ping_interval_s": 0.2},
-                               rest_give_up_after_s=rest_give_up_after_s, spot_interval_ms=spot_interval_ms)
+    config = OkxProducerConfig(
+        symbols=SYMBOLS,
+        ws_url=fake.public_url,
+        rest_url=fake.rest_url,
+        book_interval_ms=0,
+        replay_control_url=fake.rest_url,
+        stream_config={"ping_interval_s": 0.2},
+        rest_give_up_after_s=rest_give_up_after_s,
+        spot_interval_ms=spot_interval_ms,
+    )
     producer = OkxProducer(config, publisher, metrics)
     stop = asyncio.Event()
     try:
@@ -99,8 +115,10 @@ def check_depth_and_books(records, books, symbol):
                     side[Decimal(str(lvl["price"]))] = Decimal(str(lvl["qty"]))
         last = r["final_update_id"]
         want_bids, want_asks = books[last]
-        assert (bids, asks) == ({p: Decimal(str(float(q))) for p, q in want_bids.items()},
-                                {p: Decimal(str(float(q))) for p, q in want_asks.items()}), f"{symbol} seqId={last}"
+        assert (bids, asks) == (
+            {p: Decimal(str(float(q))) for p, q in want_bids.items()},
+            {p: Decimal(str(float(q))) for p, q in want_asks.items()},
+        ), f"{symbol} seqId={last}"
     published = [b for b in records["md.book"] if b["symbol"] == symbol]
     assert len(published) == len(depth)  # book_interval_ms=0: one md.book per verified update
     for b in published:
@@ -114,28 +132,51 @@ def check_depth_and_books(records, books, symbol):
 
 def expected_trades(session, symbol):
     ct = Decimal(session.initial[symbol].ct_val)
-    return [(int(r["tradeId"]) - int(r["count"]) + 1, int(r["tradeId"]), float(Decimal(r["px"])),
-             float(Decimal(r["sz"]) * ct), int(r["ts"]), r["side"].upper())
-            for m in pushes(session, "trades", INST[symbol]) for r in m["data"]]
+    return [
+        (
+            int(r["tradeId"]) - int(r["count"]) + 1,
+            int(r["tradeId"]),
+            float(Decimal(r["px"])),
+            float(Decimal(r["sz"]) * ct),
+            int(r["ts"]),
+            r["side"].upper(),
+        )
+        for m in pushes(session, "trades", INST[symbol])
+        for r in m["data"]
+    ]
 
 
 def expected_fills(session, symbol):
     """{OKX trade id: the fill as `mine` shows it}: what GET history-trades gives for each id."""
     ct = Decimal(session.initial[symbol].ct_val)
-    return {int(f["tradeId"]): (int(f["tradeId"]), int(f["tradeId"]), float(Decimal(f["px"])),
-                                float(Decimal(f["sz"]) * ct), int(f["ts"]), f["side"].upper())
-            for f in session.fills[INST[symbol]]}
+    return {
+        int(f["tradeId"]): (
+            int(f["tradeId"]),
+            int(f["tradeId"]),
+            float(Decimal(f["px"])),
+            float(Decimal(f["sz"]) * ct),
+            int(f["ts"]),
+            f["side"].upper(),
+        )
+        for f in session.fills[INST[symbol]]
+    }
 
 
 def mine(trades):
-    return [(t["first_trade_id"], t["last_trade_id"], t["price"], t["qty"], t["trade_time"], t["taker_side"])
-            for t in trades]
+    return [
+        (t["first_trade_id"], t["last_trade_id"], t["price"], t["qty"], t["trade_time"], t["taker_side"])
+        for t in trades
+    ]
 
 
 def expected_marks_and_funding(session, symbol):
     st = session.initial[symbol]
-    state = {"mark": st.mark["markPx"], "index": st.index["idxPx"], "rate": st.funding["fundingRate"],
-             "time": st.funding["fundingTime"]}
+    state = {
+        "mark": st.mark["markPx"],
+        "index": st.index["idxPx"],
+        "rate": st.funding["fundingRate"],
+        "time": st.funding["fundingTime"],
+    }
     # subscribing pushes the current mark, funding and index: the first record holds those
     marks = [(float(state["mark"]), float(state["index"]), float(state["rate"]), int(state["time"]))]
     funding = [(st.funding["fundingRate"], st.funding["fundingTime"], st.funding["nextFundingTime"])]
@@ -174,11 +215,16 @@ def expected_divergence(session, symbol):
 
 
 async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_and_a_reset_mark_and_funding(
-        kafka_bootstrap, topic_prefix):
-    session = generate_okx_session(OkxSyntheticSpec(seed=31, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8,
-                                                    reset_at_s=6, heartbeat_probability=0.1))
-    producer, metrics, ended, publisher, _ = await run_producer(kafka_bootstrap, topic_prefix, session,
-                                                                spot_interval_ms=0)
+    kafka_bootstrap, topic_prefix
+):
+    session = generate_okx_session(
+        OkxSyntheticSpec(
+            seed=31, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8, reset_at_s=6, heartbeat_probability=0.1
+        )
+    )
+    producer, metrics, ended, publisher, _ = await run_producer(
+        kafka_bootstrap, topic_prefix, session, spot_interval_ms=0
+    )
     assert ended == "replay-finished" and publisher.healthy
     assert producer.stream.pongs >= 2  # the text ping was sent and answered
     records = read_topics(kafka_bootstrap, topic_prefix)
@@ -194,20 +240,29 @@ async def test_every_trade_once_in_base_coin_verified_book_through_heartbeats_an
         check_depth_and_books(records, books_by_seq(session, sym), sym)
         assert producer.books[sym].sequence_resets == 1 and producer.books[sym].heartbeats > 0
         marks, funding = expected_marks_and_funding(session, sym)
-        got_marks = [(m["mark_price"], m["index_price"], m["funding_rate"], m["next_funding_time"])
-                     for m in records["md.mark"] if m["symbol"] == sym]
+        got_marks = [
+            (m["mark_price"], m["index_price"], m["funding_rate"], m["next_funding_time"])
+            for m in records["md.mark"]
+            if m["symbol"] == sym
+        ]
         assert got_marks == marks and len(marks) > 3
         indicators = [i for i in records["md.indicators"] if i["symbol"] == sym]
-        got_funding = [(i["value"], i["extra"]["next_funding_time"], i["extra"]["funding_interval_ms"])
-                       for i in indicators if i["kind"] == "funding_rate"]
+        got_funding = [
+            (i["value"], i["extra"]["next_funding_time"], i["extra"]["funding_interval_ms"])
+            for i in indicators
+            if i["kind"] == "funding_rate"
+        ]
         # seen once in CI: the first two funding records missing while the marks carrying their rates were
         # all there; the whole md.indicators partition of the symbol says more next time
         assert got_funding == funding, (sym, funding, [(i["kind"], i["value"], i["event_time"]) for i in indicators])
         divergence = [i for i in indicators if i["kind"] == "spot_perp_divergence"]
         assert [(i["extra"]["perp_price"], i["extra"]["spot_price"]) for i in divergence] == expected_divergence(
-            session, sym)
-        assert all(i["value"] == (i["extra"]["perp_price"] - i["extra"]["spot_price"]) / i["extra"]["spot_price"]
-                   for i in divergence)
+            session, sym
+        )
+        assert all(
+            i["value"] == (i["extra"]["perp_price"] - i["extra"]["spot_price"]) / i["extra"]["spot_price"]
+            for i in divergence
+        )
         assert {i["kind"] for i in indicators} == {"funding_rate", "spot_perp_divergence"}
     assert records["md.gaps"] == [] and records["dlq.md"] == []
     assert sample(metrics, "tapeflow_producer_book_resyncs_total") == 0
@@ -223,8 +278,9 @@ async def test_lost_pushes_are_repaired_from_rest_the_book_by_snapshot_the_trade
         await until(reached(fake, 0.5), timeout_s=10.0)
         fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
 
-    producer, metrics, ended, publisher, fake = await run_producer(kafka_bootstrap, topic_prefix, session,
-                                                                   during=during, speed=8.0)
+    producer, metrics, ended, publisher, fake = await run_producer(
+        kafka_bootstrap, topic_prefix, session, during=during, speed=8.0
+    )
     assert ended == "replay-finished" and publisher.healthy
     records = read_topics(kafka_bootstrap, topic_prefix)
 
@@ -241,7 +297,9 @@ async def test_lost_pushes_are_repaired_from_rest_the_book_by_snapshot_the_trade
     got = [t for t in records["md.trades"] if t["symbol"] == "ETHUSDT"]
     (lost,) = [w for w in want if w not in mine(got)]
     fills = expected_fills(session, "ETHUSDT")
-    assert mine(got) == [r for w in want for r in ([fills[i] for i in range(lost[0], lost[1] + 1)] if w == lost else [w])]
+    assert mine(got) == [
+        r for w in want for r in ([fills[i] for i in range(lost[0], lost[1] + 1)] if w == lost else [w])
+    ]
     assert [t["agg_id"] for t in got] == list(range(got[0]["agg_id"], got[0]["agg_id"] + len(got)))
     assert check_trades_and_gaps(records, session, "ETHUSDT") == []
     # md.gaps holds the book's break only (stream md.depth), after the last sequence id the book applied
@@ -277,11 +335,14 @@ def check_trades_and_gaps(records, session, symbol):
 
 
 async def test_with_rest_down_a_lost_push_is_reported_a_dropped_connection_resubscribes_garbage_is_dead_lettered(
-        kafka_bootstrap, topic_prefix):
+    kafka_bootstrap, topic_prefix
+):
     session = generate_okx_session(OkxSyntheticSpec(seed=33, symbols=tuple(SYMBOLS), duration_s=10, trades_per_s=8))
 
     async def during(fake, producer):
-        await until(lambda: producer.books["ETHUSDT"].is_live, timeout_s=10.0)  # subscribed: the instruments were loaded
+        await until(
+            lambda: producer.books["ETHUSDT"].is_live, timeout_s=10.0
+        )  # subscribed: the instruments were loaded
         fake.set_faults(rest_fail_for_s=60.0)  # from here REST answers 503: no hole can be filled
         await until(reached(fake, 0.3), timeout_s=10.0)
         fake.set_faults(skip_frames=1, skip_stream="trades:ETH-USDT-SWAP")
@@ -292,12 +353,18 @@ async def test_with_rest_down_a_lost_push_is_reported_a_dropped_connection_resub
         fake.pause_replay()
         fake.set_faults(drop_mode="abort")
         fake.drop_connections()
-        await until(lambda: sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
-                    and all(book.is_live for book in producer.books.values()), timeout_s=30.0)
+        await until(
+            lambda: (
+                sample(producer.metrics, "tapeflow_producer_reconnects_total") >= 1
+                and all(book.is_live for book in producer.books.values())
+            ),
+            timeout_s=30.0,
+        )
         fake.resume_replay()
 
     producer, metrics, ended, publisher, fake = await run_producer(
-        kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 37}, rest_give_up_after_s=1.0)
+        kafka_bootstrap, topic_prefix, session, during=during, faults={"garbage_every": 37}, rest_give_up_after_s=1.0
+    )
     assert ended == "replay-finished" and publisher.healthy
     records = read_topics(kafka_bootstrap, topic_prefix)
     assert sample(metrics, "tapeflow_producer_reconnects_total") >= 1
@@ -307,7 +374,9 @@ async def test_with_rest_down_a_lost_push_is_reported_a_dropped_connection_resub
         gaps = check_trades_and_gaps(records, session, sym)  # once, in order; every jump a reported hole
         assert all("could not fill" in g["reason"] for g in gaps)
     assert [g for g in records["md.gaps"] if g["symbol"] == "ETHUSDT"]  # at least the skipped push
-    assert producer.gaps_filled == 0 and sample(metrics, "tapeflow_producer_gaps_unfilled_total") == len(records["md.gaps"])
+    assert producer.gaps_filled == 0 and sample(metrics, "tapeflow_producer_gaps_unfilled_total") == len(
+        records["md.gaps"]
+    )
     assert producer.health()["books_live"] == 2
     assert sample(metrics, "tapeflow_producer_book_resyncs_total") == 0  # a reconnect is not a broken chain
     dlq = records["dlq.md"]
@@ -326,13 +395,30 @@ async def test_cli_produce_exchange_okx_runs_against_the_fake(kafka_bootstrap, t
     session = generate_okx_session(OkxSyntheticSpec(seed=5, symbols=("BTCUSDT",), duration_s=4))
     fake = await serve_okx(session, speed=10.0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update(TAPEFLOW_BROKER=kafka_bootstrap, TAPEFLOW_TOPIC_PREFIX=topic_prefix, TAPEFLOW_HOME=str(tmp_path),
-               TAPEFLOW_SYMBOLS="BTCUSDT,SOLUSDT")
+    env.update(
+        TAPEFLOW_BROKER=kafka_bootstrap,
+        TAPEFLOW_TOPIC_PREFIX=topic_prefix,
+        TAPEFLOW_HOME=str(tmp_path),
+        TAPEFLOW_SYMBOLS="BTCUSDT,SOLUSDT",
+    )
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tapeflow", "produce", "--exchange", "okx", "--okx-ws-url", fake.public_url,
-            "--okx-rest-url", fake.rest_url, "--replay-control-url", fake.rest_url, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "produce",
+            "--exchange",
+            "okx",
+            "--okx-ws-url",
+            fake.public_url,
+            "--okx-rest-url",
+            fake.rest_url,
+            "--replay-control-url",
+            fake.rest_url,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 90)
     finally:
         await fake.stop()

@@ -16,7 +16,10 @@ def test_aggregated_rows_get_consecutive_ids_and_keep_okx_ranges():
     assert all(hole is None for _, hole in records)
     start = 1_700_000_000_000 * IDS_PER_MS
     assert [(r["agg_id"], r["first_trade_id"], r["last_trade_id"]) for r, _ in records] == [
-        (start, 10, 10), (start + 1, 11, 13), (start + 2, 14, 14)]
+        (start, 10, 10),
+        (start + 1, 11, 13),
+        (start + 2, 14, 14),
+    ]
 
 
 def test_repeats_are_dropped():

@@ -30,10 +30,16 @@ from tests.support.fuzz import FUZZ
 
 T0 = 1_700_000_040_000  # a whole minute
 U = 10**8
-WALLS = BookParams(wall_multiple=3.0, wall_band_bps=50.0, wall_fill_ratio=0.5, wall_window_ms=60_000,
-                   wall_max_age_ms=10_000)
-ICEBERGS = BookParams(iceberg_min_refills=3, iceberg_band_bps=50.0, iceberg_window_ms=60_000,
-                      iceberg_trade_fraction=0.5, iceberg_refill_fraction=0.8)
+WALLS = BookParams(
+    wall_multiple=3.0, wall_band_bps=50.0, wall_fill_ratio=0.5, wall_window_ms=60_000, wall_max_age_ms=10_000
+)
+ICEBERGS = BookParams(
+    iceberg_min_refills=3,
+    iceberg_band_bps=50.0,
+    iceberg_window_ms=60_000,
+    iceberg_trade_fraction=0.5,
+    iceberg_refill_fraction=0.8,
+)
 
 
 def step(d: BookDetectors, t: int, bids=None, asks=None, trades=(), levels="given"):
@@ -41,8 +47,14 @@ def step(d: BookDetectors, t: int, bids=None, asks=None, trades=(), levels="give
     if levels == "given":
         levels = (bids or [], asks or [])
     times, prices, qtys, sells = (np.array(c) for c in zip(*trades)) if trades else ([],) * 4
-    return d.update(np.array([t]), [levels], np.asarray(times, dtype=np.int64), np.asarray(prices, dtype=np.float64),
-                    np.rint(np.asarray(qtys, dtype=np.float64) * U).astype(np.int64), np.asarray(sells, dtype=bool))
+    return d.update(
+        np.array([t]),
+        [levels],
+        np.asarray(times, dtype=np.int64),
+        np.asarray(prices, dtype=np.float64),
+        np.rint(np.asarray(qtys, dtype=np.float64) * U).astype(np.int64),
+        np.asarray(sells, dtype=bool),
+    )
 
 
 def at(d: BookDetectors, *times: int) -> dict[str, list[float]]:
@@ -82,11 +94,19 @@ def test_a_wall_traded_through_is_filled_one_gone_untouched_is_pulled_and_the_wi
     # taker sells of 3 + 3 at 99.97 reach the bid wall (6 >= 0.5 x its drop of 10): filled; a taker
     # buy of 1 at 100.04 is 1 < 0.5 x 12 and the ask wall is gone while 100.04 is still in view
     # (4 bps from the new mid 100, not beyond the deepest ask listed, 100.05): pulled
-    step(d, T0 + 1_000, *PLAIN, trades=[(T0 + 200, 99.97, 3, True), (T0 + 300, 100.04, 1, False),
-                                         (T0 + 1_000, 99.97, 3, True)])  # a trade at the snapshot's ms: before it
+    step(
+        d,
+        T0 + 1_000,
+        *PLAIN,
+        trades=[(T0 + 200, 99.97, 3, True), (T0 + 300, 100.04, 1, False), (T0 + 1_000, 99.97, 3, True)],
+    )  # a trade at the snapshot's ms: before it
     v = at(d, T0 + 2_000)
-    assert (v["wall_filled_bid"], v["wall_pulled_bid"], v["wall_pulled_ask"], v["wall_filled_ask"]) == \
-        ([1.0], [0.0], [1.0], [0.0])
+    assert (v["wall_filled_bid"], v["wall_pulled_bid"], v["wall_pulled_ask"], v["wall_filled_ask"]) == (
+        [1.0],
+        [0.0],
+        [1.0],
+        [0.0],
+    )
     assert math.isnan(v["wall_bid_usd"][0]) and math.isnan(v["wall_ask_distance_bps"][0])  # no wall any more
     # counted in the snapshot's second (T0 + 1 s) over [t - 60 s, t): in up to t = T0 + 61 s, out after
     assert at(d, T0 + 1_000)["wall_filled_bid"] == [0.0]  # not before the snapshot
@@ -179,8 +199,14 @@ def test_no_refill_without_enough_traded_or_shown_again_or_from_the_other_side(k
 
 
 def test_bad_parameters_are_refused():
-    for bad in ({}, {"wall_multiple": 1.0}, {"iceberg_min_refills": 1}, {"wall_multiple": 2, "wall_window_ms": 1500},
-                {"wall_multiple": 2, "wall_band_bps": 0}, {"iceberg_min_refills": 3, "iceberg_refill_fraction": 0}):
+    for bad in (
+        {},
+        {"wall_multiple": 1.0},
+        {"iceberg_min_refills": 1},
+        {"wall_multiple": 2, "wall_window_ms": 1500},
+        {"wall_multiple": 2, "wall_band_bps": 0},
+        {"iceberg_min_refills": 3, "iceberg_refill_fraction": 0},
+    ):
         with pytest.raises(ValueError):
             BookParams(**bad)
 
@@ -189,12 +215,14 @@ def test_bad_parameters_are_refused():
 # generated sessions: the same logs and state whatever the batching and across a round trip
 # ----------------------------------------------------------------------------------------------
 SESSION = 1_700_006_400_000
-BOTH = BookParams(wall_multiple=4.0, wall_band_bps=30.0, wall_window_ms=60_000, iceberg_min_refills=3,
-                  iceberg_window_ms=60_000)
+BOTH = BookParams(
+    wall_multiple=4.0, wall_band_bps=30.0, wall_window_ms=60_000, iceberg_min_refills=3, iceberg_window_ms=60_000
+)
 
 
-def book_session(symbol: str = "BTCUSDT", seconds: int = 300, seed: int = 5, tick: float = 0.5,
-                 mid0: float = 30_000.0) -> tuple[TradeBatch, list[BookUpdate]]:
+def book_session(
+    symbol: str = "BTCUSDT", seconds: int = 300, seed: int = 5, tick: float = 0.5, mid0: float = 30_000.0
+) -> tuple[TradeBatch, list[BookUpdate]]:
     """A tick-grid market: 10 levels a side of 1-3 every second (now and then a wall of 25), taker
     buys at the best ask and sells at the best bid or, now and then, through several bids."""
     rng = np.random.default_rng(seed)
@@ -220,8 +248,9 @@ def book_session(symbol: str = "BTCUSDT", seconds: int = 300, seed: int = 5, tic
 
 
 TRADES, BOOKS = book_session()
-INPUTS = sorted([(int(TRADES.time_ms[i]), 0, i) for i in range(len(TRADES))] + [(b.time_ms, 1, k) for k, b in
-                                                                                 enumerate(BOOKS)])
+INPUTS = sorted(
+    [(int(TRADES.time_ms[i]), 0, i) for i in range(len(TRADES))] + [(b.time_ms, 1, k) for k, b in enumerate(BOOKS)]
+)
 
 
 def run_in_pieces(cuts, restore: bool = False, params: BookParams = BOTH, inputs=None):
@@ -234,9 +263,14 @@ def run_in_pieces(cuts, restore: bool = False, params: BookParams = BOTH, inputs
         piece = INPUTS[lo:hi]
         index = np.array([i for _, kind, i in piece if kind == 0], dtype=np.int64)
         books = [BOOKS[i] for _, kind, i in piece if kind == 1]
-        log = d.update(np.array([b.time_ms for b in books], dtype=np.int64), [b.levels for b in books],
-                       TRADES.time_ms[index], TRADES.price[index], np.rint(TRADES.qty[index] * U).astype(np.int64),
-                       TRADES.taker_sell[index])
+        log = d.update(
+            np.array([b.time_ms for b in books], dtype=np.int64),
+            [b.levels for b in books],
+            TRADES.time_ms[index],
+            TRADES.price[index],
+            np.rint(TRADES.qty[index] * U).astype(np.int64),
+            TRADES.taker_sell[index],
+        )
         keys.append(log.keys)
         values.append(log.values.reshape(-1, 7))
         if restore:
@@ -356,8 +390,14 @@ def test_engine_features_are_the_detectors_values_before_each_evaluation(referen
         trades = TradeBatch.concat([p for kind, p in ENGINE_ITEMS if kind == "trade" and p.symbol == symbol])
         books = [p for kind, p in ENGINE_ITEMS if kind == "event" and p.symbol == symbol]
         alone = BookDetectors(params)
-        log = alone.update(np.array([b.time_ms for b in books]), [b.levels for b in books], trades.time_ms,
-                           trades.price, np.rint(trades.qty * U).astype(np.int64), trades.taker_sell)
+        log = alone.update(
+            np.array([b.time_ms for b in books]),
+            [b.levels for b in books],
+            trades.time_ms,
+            trades.price,
+            np.rint(trades.qty * U).astype(np.int64),
+            trades.taker_sell,
+        )
         expected = alone.values_many(times, log.at(times, (math.nan,) * 7))
         got = {name: np.array([f["inputs"].get(name, np.nan) for f in rows]) for name in BOOK_FIELDS}
         for name in BOOK_FIELDS:
@@ -392,8 +432,9 @@ def test_book_detectors_off_change_nothing_and_on_change_only_their_own_fields(r
     strip = [{k: v for k, v in f["inputs"].items() if k not in BOOK_FIELDS} for f in reference.features]
     assert strip == [f["inputs"] for f in off.features]
     assert set(BOOK_FIELDS) <= set(DETECTOR_FIELDS)  # the research table drops them when off, like vpin
-    walls_only = run_engine(Engine([strategy(detectors={**DETECTORS, "walls": BOOK_SECTION["walls"]})]),
-                            ENGINE_ITEMS[:1500], 1000)
+    walls_only = run_engine(
+        Engine([strategy(detectors={**DETECTORS, "walls": BOOK_SECTION["walls"]})]), ENGINE_ITEMS[:1500], 1000
+    )
     names = set().union(*(f["inputs"] for f in walls_only.features)) & set(BOOK_FIELDS)
     assert names and all(n.startswith("wall_") for n in names)
 
@@ -403,8 +444,10 @@ def test_a_section_without_walls_or_icebergs_keeps_its_hash_and_store_key():
     assert cfg.config_hash == HASH_BEFORE and cfg.detectors.model_dump_json() == STORE_KEY_BEFORE
     assert cfg.detectors.book_params() is None
     assert strategy(detectors=SECTION).config_hash != HASH_BEFORE
-    assert strategy(detectors={**DETECTORS, "walls": {}}).config_hash == \
-        strategy(detectors={**DETECTORS, "walls": {"multiple": 5, "band_bps": 25, "window": "5m"}}).config_hash
+    assert (
+        strategy(detectors={**DETECTORS, "walls": {}}).config_hash
+        == strategy(detectors={**DETECTORS, "walls": {"multiple": 5, "band_bps": 25, "window": "5m"}}).config_hash
+    )
     p = strategy(detectors={**DETECTORS, "walls": {}}).detectors.book_params()
     assert (p.wall_multiple, p.wall_band_bps, p.wall_window_ms, p.iceberg_min_refills) == (5.0, 25.0, 300_000, None)
     assert p.sample_ms == 1_000 and "book_sample" not in cfg.detectors.model_dump()  # read by the book parts only
@@ -413,16 +456,19 @@ def test_a_section_without_walls_or_icebergs_keeps_its_hash_and_store_key():
         assert p.sample_ms == ms
 
 
-@pytest.mark.parametrize("part, match", [
-    ({"walls": {"multiple": 1}}, "multiple"),
-    ({"walls": {"window": "1500ms"}}, "walls.window"),
-    ({"walls": {"band_bps": 0}}, "band_bps"),
-    ({"icebergs": {"min_refills": 1}}, "min_refills"),
-    ({"icebergs": {"window": 0}}, "icebergs.window"),
-    ({"icebergs": {"refills": 3}}, "refills"),  # unknown key
-    ({"walls": {}, "book_sample": -1}, "book_sample"),
-    ({"walls": {}, "book_sample": False}, "book_sample"),
-])
+@pytest.mark.parametrize(
+    "part, match",
+    [
+        ({"walls": {"multiple": 1}}, "multiple"),
+        ({"walls": {"window": "1500ms"}}, "walls.window"),
+        ({"walls": {"band_bps": 0}}, "band_bps"),
+        ({"icebergs": {"min_refills": 1}}, "min_refills"),
+        ({"icebergs": {"window": 0}}, "icebergs.window"),
+        ({"icebergs": {"refills": 3}}, "refills"),  # unknown key
+        ({"walls": {}, "book_sample": -1}, "book_sample"),
+        ({"walls": {}, "book_sample": False}, "book_sample"),
+    ],
+)
 def test_bad_book_sections_are_refused_when_loaded(part, match):
     with pytest.raises(StrategyConfigError, match=match):
         strategy(detectors={**DETECTORS, **part})

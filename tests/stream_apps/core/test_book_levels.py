@@ -43,9 +43,15 @@ NAN = math.nan
 
 
 def record(bids, asks, **extra):
-    return {"exchange": "binance", "symbol": "BTCUSDT", "event_time": T0, "obi_10": 0.1,
-            "bids": [{"price": p, "qty": q} for p, q in bids], "asks": [{"price": p, "qty": q} for p, q in asks],
-            **extra}
+    return {
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "event_time": T0,
+        "obi_10": 0.1,
+        "bids": [{"price": p, "qty": q} for p, q in bids],
+        "asks": [{"price": p, "qty": q} for p, q in asks],
+        **extra,
+    }
 
 
 DEEP = [(100.0 - 0.01 * i, 1.0 + i % 3) for i in range(1, 80)]  # more than MAX_LEVELS
@@ -75,9 +81,10 @@ def sides(flat):
             if c < 0:
                 row.append(None)
                 continue
-            p, q = prices[starts[k, side]:starts[k, side] + c], qtys[qstarts[k, side]:qstarts[k, side] + c]
-            row.append([[None if math.isnan(v) else v for v in p.tolist()],
-                        [None if math.isnan(v) else v for v in q.tolist()]])
+            p, q = prices[starts[k, side] : starts[k, side] + c], qtys[qstarts[k, side] : qstarts[k, side] + c]
+            row.append(
+                [[None if math.isnan(v) else v for v in p.tolist()], [None if math.isnan(v) else v for v in q.tolist()]]
+            )
         out.append(row)
     return out
 
@@ -120,8 +127,13 @@ def as_book_record(item):
         return item
     fields = {k: v for k, v in item.items() if k not in ("bids", "asks")}
     bids, asks = item["bids"], item["asks"]
-    return book_record(fields, [lv["price"] for lv in bids], [lv["qty"] for lv in bids],
-                       [lv["price"] for lv in asks], [lv["qty"] for lv in asks])
+    return book_record(
+        fields,
+        [lv["price"] for lv in bids],
+        [lv["qty"] for lv in bids],
+        [lv["price"] for lv in asks],
+        [lv["qty"] for lv in asks],
+    )
 
 
 def test_an_object_column_holds_each_form_of_levels_as_one_cell():
@@ -146,7 +158,9 @@ def test_a_book_record_is_the_record_and_carries_what_the_dict_read_gives():
         assert rec.columns.n_bids == expected.n_bids and rec.columns.data.tobytes() == expected.data.tobytes()
         assert book_levels(rec) is rec.columns and book_from_record(rec).levels is rec.columns
         for back in (copy.deepcopy(rec), copy.copy(rec)):  # (the protocol pickling uses too)
-            assert type(back) is BookRecord and back == rec and back.columns.data.tobytes() == rec.columns.data.tobytes()
+            assert (
+                type(back) is BookRecord and back == rec and back.columns.data.tobytes() == rec.columns.data.tobytes()
+            )
         assert json.loads(json.dumps(rec)) == item
     column = record_column([made[0][0], LEVELS[1]])
     assert column[0] is made[0][0].columns and column[1] is LEVELS[1]
@@ -157,8 +171,14 @@ def test_a_book_record_is_the_record_and_carries_what_the_dict_read_gives():
 
 
 def test_the_detectors_give_the_same_logs_state_and_values_fed_columns_or_dicts():
-    params = BookParams(wall_multiple=2.0, wall_band_bps=50.0, wall_window_ms=60_000, iceberg_min_refills=2,
-                        iceberg_band_bps=50.0, iceberg_window_ms=60_000)
+    params = BookParams(
+        wall_multiple=2.0,
+        wall_band_bps=50.0,
+        wall_window_ms=60_000,
+        iceberg_min_refills=2,
+        iceberg_band_bps=50.0,
+        iceberg_window_ms=60_000,
+    )
     times = T0 + 500 * np.arange(len(LEVELS), dtype=np.int64)
     trade_times = times - 100
     trade_prices = np.array([99.99, 100.01, 99.98, 99.99, 100.01, 99.99, 100.02, 100.01, 99.99, 99.99, 99.99])
@@ -171,21 +191,29 @@ def test_the_detectors_give_the_same_logs_state_and_values_fed_columns_or_dicts(
             keys, values = [], []
             for lo in range(0, len(LEVELS), size):
                 part = slice(lo, lo + size)
-                log = d.update(times[part], form[part], trade_times[part], trade_prices[part], units[part],
-                               sells[part])
+                log = d.update(times[part], form[part], trade_times[part], trade_prices[part], units[part], sells[part])
                 keys += np.asarray(log.keys if log.keys is not None else [], dtype=np.int64).tolist()
                 values += np.asarray(log.values if log.values is not None else [], dtype=float).reshape(-1, 7).tolist()
             read = d.values_many(times + 250)
-            runs.append((json.dumps([keys, values]), json.dumps(d.to_dict()),
-                         json.dumps({k: v.tolist() for k, v in read.items()})))
+            runs.append(
+                (
+                    json.dumps([keys, values]),
+                    json.dumps(d.to_dict()),
+                    json.dumps({k: v.tolist() for k, v in read.items()}),
+                )
+            )
     assert all(run == runs[0] for run in runs)
     assert len(json.loads(runs[0][0])[0]) > 0
 
 
 def test_the_engine_gives_the_same_output_fed_columns_and_resumes_with_pending_columns():
     items = engine_items()[:2000]
-    columns = [(kind, BookUpdate(p.exchange, p.symbol, p.time_ms, p.obi, book_levels(p.levels)))
-               if kind == "event" else (kind, p) for kind, p in items]
+    columns = [
+        (kind, BookUpdate(p.exchange, p.symbol, p.time_ms, p.obi, book_levels(p.levels)))
+        if kind == "event"
+        else (kind, p)
+        for kind, p in items
+    ]
     reference = run_engine(Engine([strategy(detectors=SECTION)]), items, 1000)
     assert any(f["inputs"].get("wall_bid_usd", NAN) > 0 for f in reference.features)  # walls were seen
     assert run_engine(Engine([strategy(detectors=SECTION)]), columns, 1000).features == reference.features

@@ -122,7 +122,9 @@ def test_real_recording_bars_and_cvd_match_exact_decimal_arithmetic(recording_di
 
 
 def _bar(i, high, low, close, open_=None):
-    return Bar(i * 300_000, (i + 1) * 300_000, open_ if open_ is not None else close, high, low, close, 0, 0, 0, 0, 1, i, i)
+    return Bar(
+        i * 300_000, (i + 1) * 300_000, open_ if open_ is not None else close, high, low, close, 0, 0, 0, 0, 1, i, i
+    )
 
 
 def test_wilder_atr_by_hand():
@@ -155,9 +157,13 @@ def test_atr_matches_ta_after_the_seed_difference_decays():
     assert len(bars) >= 800
     ours = WilderATR()
     values = [ours.update(bar) for bar in bars]
-    frame = pd.DataFrame({"high": [b.high for b in bars], "low": [b.low for b in bars], "close": [b.close for b in bars]})
+    frame = pd.DataFrame(
+        {"high": [b.high for b in bars], "low": [b.low for b in bars], "close": [b.close for b in bars]}
+    )
     reference = AverageTrueRange(frame["high"], frame["low"], frame["close"], window=14).average_true_range().to_numpy()
-    true_ranges = AverageTrueRange(frame["high"], frame["low"], frame["close"], window=1).average_true_range().to_numpy()
+    true_ranges = (
+        AverageTrueRange(frame["high"], frame["low"], frame["close"], window=1).average_true_range().to_numpy()
+    )
     assert values[0] == true_ranges[0]  # seeded with the first TR
     gap = values[13] - reference[13]
     expected_gap = gap * (13 / 14) ** np.arange(len(bars) - 13)

@@ -26,7 +26,13 @@ def test_signal_carries_an_exit_plan_in_r():
     e, plan = decision.evaluation, decision.plan
     assert e.fired and e.tier == "heavy" and not e.is_flip
     # v53: 1R = 2.0 x ATR 150 = 300; entry 30000
-    assert (plan.entry, plan.risk_distance, plan.sl, plan.tp1, plan.tp2) == (30_000.0, 300.0, 29_700.0, 30_225.0, 30_450.0)
+    assert (plan.entry, plan.risk_distance, plan.sl, plan.tp1, plan.tp2) == (
+        30_000.0,
+        300.0,
+        29_700.0,
+        30_225.0,
+        30_450.0,
+    )
     assert (plan.tp1_r, plan.tp2_r, plan.timeout_ms, plan.risk_multiplier) == (0.75, 1.5, 240 * MIN, 1.5)
     short = run(CooldownBook(), SHORT).plan
     assert (short.sl, short.tp1, short.tp2) == (30_300.0, 29_775.0, 29_550.0)

@@ -52,12 +52,40 @@ def _stream(minutes=40, seed=1):
         for k in range(minutes * 4):  # a book and mark update every 15 s, offset from the grid
             t = T + k * 15_000 + 7_300
             items.append((t, 1, ("event", BookUpdate("binance", symbol, t, float(np.sin(k / 5)) * 0.5))))
-            items.append((t, 1, ("event", MarkUpdate("binance", symbol, t, price, price, 0.0001 * np.cos(k), T + 8 * 3_600_000))))
+            items.append(
+                (t, 1, ("event", MarkUpdate("binance", symbol, t, price, price, 0.0001 * np.cos(k), T + 8 * 3_600_000)))
+            )
         for k in range(minutes // 5):
             t = T + k * 5 * MIN + 31_000
-            items.append((t, 1, ("event", IndicatorUpdate("binance", symbol, t, "open_interest_hist", 1e6 * (1 + 0.01 * k), t - 30_000))))
-            items.append((t, 1, ("event", IndicatorUpdate("binance", symbol, t, "long_short_account_ratio", 0.8 + 0.1 * (k % 5), t - 30_000))))
-            items.append((t + 1, 1, ("event", LiquidationEvent("binance", symbol, t + 1, "LONG" if k % 2 else "SHORT", 250_000.0))))
+            items.append(
+                (
+                    t,
+                    1,
+                    (
+                        "event",
+                        IndicatorUpdate("binance", symbol, t, "open_interest_hist", 1e6 * (1 + 0.01 * k), t - 30_000),
+                    ),
+                )
+            )
+            items.append(
+                (
+                    t,
+                    1,
+                    (
+                        "event",
+                        IndicatorUpdate(
+                            "binance", symbol, t, "long_short_account_ratio", 0.8 + 0.1 * (k % 5), t - 30_000
+                        ),
+                    ),
+                )
+            )
+            items.append(
+                (
+                    t + 1,
+                    1,
+                    ("event", LiquidationEvent("binance", symbol, t + 1, "LONG" if k % 2 else "SHORT", 250_000.0)),
+                )
+            )
     items.sort(key=lambda item: (item[0], item[1]))
     return [item[2] for item in items]
 
@@ -109,7 +137,15 @@ def test_output_does_not_depend_on_batching(stream, reference, batch_size):
 def test_cadence_every_closed_second_with_trades_and_every_15s():
     engine = Engine([FAST])
     times = [T + 200, T + 700, T + 3_500, T + 17_000]
-    batch = TradeBatch.from_arrays("binance", "BTCUSDT", [1, 2, 3, 4], times, [100.0, 101.0, 102.0, 103.0], [1.0, 2.0, 4.0, 8.0], [False, False, True, False])
+    batch = TradeBatch.from_arrays(
+        "binance",
+        "BTCUSDT",
+        [1, 2, 3, 4],
+        times,
+        [100.0, 101.0, 102.0, 103.0],
+        [1.0, 2.0, 4.0, 8.0],
+        [False, False, True, False],
+    )
     out = engine.process([batch], now_ms=T + 40_000)
     assert [f["eval_time"] for f in out.features] == [T + 1_000, T + 4_000, T + 15_000, T + 18_000, T + 30_000]
     cvd = [f["inputs"]["cvd_5m"] for f in out.features]
@@ -132,8 +168,16 @@ def test_eval_interval_is_a_parameter_and_lateness_delays_evaluation():
 
 def test_late_trades_are_counted_and_ignored():
     engine = Engine([FAST])
-    engine.process([TradeBatch.from_arrays("binance", "BTCUSDT", [1, 2], [T + 100, T + 5_000], [1.0, 1.0], [1.0, 1.0], [False, False])])
-    out = engine.process([TradeBatch.from_arrays("binance", "BTCUSDT", [3], [T + 900], [1.0], [50.0], [False])], now_ms=T + 6_000)
+    engine.process(
+        [
+            TradeBatch.from_arrays(
+                "binance", "BTCUSDT", [1, 2], [T + 100, T + 5_000], [1.0, 1.0], [1.0, 1.0], [False, False]
+            )
+        ]
+    )
+    out = engine.process(
+        [TradeBatch.from_arrays("binance", "BTCUSDT", [3], [T + 900], [1.0], [50.0], [False])], now_ms=T + 6_000
+    )
     assert engine.states[("binance", "BTCUSDT")].counters.late == 1
     assert [f["inputs"]["cvd_5m"] for f in out.features] == [2.0]  # at T+6 s: the late 50 is not there
 
@@ -186,8 +230,14 @@ def test_restart_with_a_cooldown_running_blocks_the_same_signal():
     assert out.signals
     last = out.signals[-1]
     restored = Engine.from_dict(json.loads(json.dumps(engine.to_dict())), [FAST])
-    assert restored.books["fast_test"].in_cooldown("binance", "BTCUSDT", last["direction"], last["eval_time"] + MIN, FAST.cooldown)
-    assert not Engine([FAST]).books["fast_test"].in_cooldown("binance", "BTCUSDT", last["direction"], last["eval_time"] + MIN, FAST.cooldown)
+    assert restored.books["fast_test"].in_cooldown(
+        "binance", "BTCUSDT", last["direction"], last["eval_time"] + MIN, FAST.cooldown
+    )
+    assert (
+        not Engine([FAST])
+        .books["fast_test"]
+        .in_cooldown("binance", "BTCUSDT", last["direction"], last["eval_time"] + MIN, FAST.cooldown)
+    )
 
 
 def test_no_signal_before_warm_up_and_not_after_a_gap():
@@ -198,7 +248,9 @@ def test_no_signal_before_warm_up_and_not_after_a_gap():
     assert out.signals and min(s["eval_time"] for s in out.signals) >= T + 10 * MIN
     # agg ids jump: the data no longer covers the past, so warm-up starts again
     gap_start = int(trades.agg_id[-1]) + 100
-    more = synthetic_trades("BTCUSDT", start_ms=T + 25 * MIN, duration_ms=5 * MIN, rate_per_s=2, seed=6, first_agg_id=gap_start)
+    more = synthetic_trades(
+        "BTCUSDT", start_ms=T + 25 * MIN, duration_ms=5 * MIN, rate_per_s=2, seed=6, first_agg_id=gap_start
+    )
     after = engine.process([more], now_ms=T + 30 * MIN)
     assert engine.states[("binance", "BTCUSDT")].counters.gaps == 1
     assert after.features and {f["block_reason"] for f in after.features} == {"warmup"}
@@ -206,7 +258,9 @@ def test_no_signal_before_warm_up_and_not_after_a_gap():
 
 def test_implausible_times_are_rejected_and_do_not_move_the_clock():
     engine = Engine([FAST])
-    good = TradeBatch.from_arrays("binance", "BTCUSDT", [1, 2, 3], [T + 100, 32_503_680_000_000, T + 200], [1.0] * 3, [1.0] * 3, [False] * 3)
+    good = TradeBatch.from_arrays(
+        "binance", "BTCUSDT", [1, 2, 3], [T + 100, 32_503_680_000_000, T + 200], [1.0] * 3, [1.0] * 3, [False] * 3
+    )
     out = engine.process([good], [BookUpdate("binance", "BTCUSDT", -5, 0.1)], now_ms=T + 1_000)
     future = TradeBatch.from_arrays("binance", "BTCUSDT", [4], [T + 3_600_000], [1.0], [1.0], [False])
     out.extend(engine.process([future], now_ms=T + 2_000))  # an hour ahead of the caller's clock
@@ -220,7 +274,9 @@ def test_implausible_times_are_rejected_and_do_not_move_the_clock():
 SCHEMA_DIR = str(REPO / "schemas" / "avro")
 
 
-@pytest.mark.parametrize("kind, schema_file", [("bars", "bar.avsc"), ("features", "feature_evaluation.avsc"), ("signals", "signal.avsc")])
+@pytest.mark.parametrize(
+    "kind, schema_file", [("bars", "bar.avsc"), ("features", "feature_evaluation.avsc"), ("signals", "signal.avsc")]
+)
 def test_records_match_the_avro_schemas(reference, kind, schema_file):
     import fastavro
 
@@ -247,8 +303,11 @@ def test_periodic_evaluations_stop_an_idle_limit_after_the_newest_input():
     out.extend(engine.process([second], now_ms=years_later + 40_000))
     # T+1 s (closed second), then every 15 s while the trade at T+0.2 s is at most 2 min old
     # (T+15 s .. T+120 s: 8 points), then the next trade's closed second and T' + 15/30 s
-    expected = [T + 1_000] + [T + k * 15_000 for k in range(1, 9)] + [years_later + 1_000, years_later + 15_000,
-                                                                       years_later + 30_000]
+    expected = (
+        [T + 1_000]
+        + [T + k * 15_000 for k in range(1, 9)]
+        + [years_later + 1_000, years_later + 15_000, years_later + 30_000]
+    )
     assert [f["eval_time"] for f in out.features] == expected
 
 
@@ -256,10 +315,17 @@ def test_idle_limit_keeps_output_independent_of_batching():
     stream = _stream(minutes=12, seed=4)
     gap = 3 * 3_600_000  # the second half arrives 3 h later: longer than the 1 h default limit
     shifted = []
-    for kind, payload in stream[len(stream) // 2:]:
+    for kind, payload in stream[len(stream) // 2 :]:
         if kind == "trade":
-            payload = TradeBatch.from_arrays(payload.exchange, payload.symbol, payload.agg_id, payload.time_ms + gap,
-                                             payload.price, payload.qty, payload.taker_sell)
+            payload = TradeBatch.from_arrays(
+                payload.exchange,
+                payload.symbol,
+                payload.agg_id,
+                payload.time_ms + gap,
+                payload.price,
+                payload.qty,
+                payload.taker_sell,
+            )
         else:
             payload = dataclasses.replace(payload, time_ms=payload.time_ms + gap)
         shifted.append((kind, payload))
@@ -274,6 +340,7 @@ def test_idle_limit_keeps_output_independent_of_batching():
 def test_a_rest_input_stamped_ahead_of_trades_in_flight_does_not_make_them_late():
     """Open interest stamped "now" by the REST server arrives before the websocket delivers the last
     few hundred ms of trades; it moves the clock only to its time minus ``event_clock_delay_ms``."""
+
     def trade(agg_id, at, qty):
         return TradeBatch.from_arrays("binance", "BTCUSDT", [agg_id], [at], [100.0], [qty], [False])
 
@@ -296,6 +363,7 @@ def test_a_rest_input_stamped_ahead_of_trades_in_flight_does_not_make_them_late(
 
 def test_a_late_trade_is_counted_and_does_not_restart_the_warm_up():
     """Dropped as late, its agg id still continues the sequence: the next on-time trade is not a gap."""
+
     def trade(agg_id, at):
         return TradeBatch.from_arrays("binance", "BTCUSDT", [agg_id], [at], [100.0], [1.0], [False])
 

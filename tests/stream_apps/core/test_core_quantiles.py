@@ -71,7 +71,9 @@ def test_hourly_window_keeps_current_hour_plus_24_whole_hours():
 
 def _trades(symbol, times, qtys, first_id=1):
     n = len(times)
-    return TradeBatch.from_arrays("binance", symbol, np.arange(first_id, first_id + n), times, [100.0] * n, qtys, [False] * n)
+    return TradeBatch.from_arrays(
+        "binance", symbol, np.arange(first_id, first_id + n), times, [100.0] * n, qtys, [False] * n
+    )
 
 
 def test_floors_apply_below_100_samples_btc_5_10_others_50_100():

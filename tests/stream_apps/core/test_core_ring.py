@@ -88,7 +88,9 @@ def test_cvd_of_every_window_is_exactly_zero_after_the_market_goes_quiet():
     start = 1_700_000_000_000
     times = start + np.sort(rng.integers(0, 3 * 3_600_000, n))
     qty = np.round(rng.lognormal(0, 1, n), 3) + 0.001
-    batch = TradeBatch.from_arrays("binance", "ETHUSDT", np.arange(n), times, np.full(n, 2000.0), qty, rng.random(n) < 0.5)
+    batch = TradeBatch.from_arrays(
+        "binance", "ETHUSDT", np.arange(n), times, np.full(n, 2000.0), qty, rng.random(n) < 0.5
+    )
     state.apply_trades(batch)
     busy = (int(times[-1]) // 1000 + 1) * 1000
     state.advance_to(busy)
@@ -105,7 +107,9 @@ def test_integer_cvd_equals_the_exact_decimal_sum():
     state = SymbolState("binance", "ETHUSDT")
     t0 = 1_700_000_000_000
     state.apply_trades(
-        TradeBatch.from_arrays("binance", "ETHUSDT", [1, 2, 3], [t0, t0 + 1, t0 + 2], [1.0] * 3, [0.1, 0.2, 0.3], [False, False, True])
+        TradeBatch.from_arrays(
+            "binance", "ETHUSDT", [1, 2, 3], [t0, t0 + 1, t0 + 2], [1.0] * 3, [0.1, 0.2, 0.3], [False, False, True]
+        )
     )
     state.advance_to(t0 + 1000)
     assert state.snapshot(t0 + 1000).cvd_at(300_000) == 0.0

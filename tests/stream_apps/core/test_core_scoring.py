@@ -42,8 +42,20 @@ def test_direction_layer_points(large_buy, large_sell, accel, expected_raw):
 @pytest.mark.parametrize(
     "direction, ratio, points",
     [
-        (LONG, 0.45, 15), (LONG, 0.5, 10), (LONG, 0.65, 10), (LONG, 0.7, 7), (LONG, 0.99, 7), (LONG, 1.0, 0), (LONG, 1.4, 0),
-        (SHORT, 2.1, 15), (SHORT, 2.0, 10), (SHORT, 1.6, 10), (SHORT, 1.5, 7), (SHORT, 1.01, 7), (SHORT, 1.0, 0), (SHORT, 0.5, 0),
+        (LONG, 0.45, 15),
+        (LONG, 0.5, 10),
+        (LONG, 0.65, 10),
+        (LONG, 0.7, 7),
+        (LONG, 0.99, 7),
+        (LONG, 1.0, 0),
+        (LONG, 1.4, 0),
+        (SHORT, 2.1, 15),
+        (SHORT, 2.0, 10),
+        (SHORT, 1.6, 10),
+        (SHORT, 1.5, 7),
+        (SHORT, 1.01, 7),
+        (SHORT, 1.0, 0),
+        (SHORT, 0.5, 0),
     ],
 )
 def test_crowding_long_short_ratio_is_contrarian(direction, ratio, points):
@@ -69,7 +81,14 @@ def test_environment_open_interest_change(change, points):
 
 
 def test_missing_inputs_score_zero_with_a_reason():
-    f = feats(LONG, oi_change=None, coinbase_premium=None, long_short_ratio=None, top_trader_long_share=None, funding_rate=None)
+    f = feats(
+        LONG,
+        oi_change=None,
+        coinbase_premium=None,
+        long_short_ratio=None,
+        top_trader_long_share=None,
+        funding_rate=None,
+    )
     evaluation = score(f, V52)
     assert evaluation.layer_scores["environment"] == 0
     assert evaluation.layer_scores["auxiliary"] == 0
@@ -156,7 +175,9 @@ def test_v53_total_by_hand_and_tiers():
     standard = score(feats(LONG, long_short_ratio=0.9, top_trader_long_share=0.5, oi_change=0.01), V53)
     assert (standard.score, standard.tier) == (82, "standard")
     # 55 + 0 + 10 + 2 = 67 < 75
-    weak = score(feats(LONG, long_short_ratio=1.2, top_trader_long_share=0.45, oi_change=0.01, coinbase_premium=0.0), V53)
+    weak = score(
+        feats(LONG, long_short_ratio=1.2, top_trader_long_share=0.45, oi_change=0.01, coinbase_premium=0.0), V53
+    )
     assert (weak.score, weak.tier, weak.block_reason) == (67, None, "below_entry")
 
 

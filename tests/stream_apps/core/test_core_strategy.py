@@ -39,11 +39,30 @@ def test_shipped_strategies_follow_design():
         assert (c.thresholds.entry, c.thresholds.heavy) == (75, 85)
         assert c.cooldown == 600_000 and c.warmup == 86_400_000
         assert (c.windows.cvd_fast, c.windows.cvd_mid) == (1_800_000, 14_400_000)
-        assert (c.sizing.risk_pct, c.sizing.tier_multipliers.standard, c.sizing.tier_multipliers.heavy) == (2.0, 1.0, 1.5)
+        assert (c.sizing.risk_pct, c.sizing.tier_multipliers.standard, c.sizing.tier_multipliers.heavy) == (
+            2.0,
+            1.0,
+            1.5,
+        )
     gates = v53.gates
-    assert [gates.min_atr_price.value_for(s) for s in ("BTCUSDT", "ETHUSDT", "XRPUSDT", "SOLUSDT")] == [0.002, 0.003, 0.004, 0.006]
-    assert [gates.obi_against.value_for(s) for s in ("BTCUSDT", "ETHUSDT", "XRPUSDT", "SOLUSDT")] == [0.30, 0.35, 0.40, 0.45]
-    assert [gates.spot_perp_divergence.value_for(s) for s in ("BTCUSDT", "ETHUSDT", "XRPUSDT", "SOLUSDT")] == [0.003, 0.005, 0.006, 0.008]
+    assert [gates.min_atr_price.value_for(s) for s in ("BTCUSDT", "ETHUSDT", "XRPUSDT", "SOLUSDT")] == [
+        0.002,
+        0.003,
+        0.004,
+        0.006,
+    ]
+    assert [gates.obi_against.value_for(s) for s in ("BTCUSDT", "ETHUSDT", "XRPUSDT", "SOLUSDT")] == [
+        0.30,
+        0.35,
+        0.40,
+        0.45,
+    ]
+    assert [gates.spot_perp_divergence.value_for(s) for s in ("BTCUSDT", "ETHUSDT", "XRPUSDT", "SOLUSDT")] == [
+        0.003,
+        0.005,
+        0.006,
+        0.008,
+    ]
     assert gates.whale_against.value_for("BTCUSDT") == 0.5 and gates.whale_against.value_for("ETHUSDT") is None
     assert v51.gates.min_atr_price is None and v52.gates.obi_against is None
 
@@ -96,7 +115,10 @@ def _error(mutate) -> str:
         (lambda d: d["windows"].update(cvd_fast="4h"), "cvd_fast must be at most 1h"),
         (lambda d: d["windows"].update(cvd_fast="4h", cvd_mid="2h"), "windows"),
         (lambda d: d["windows"].update(cvd_fast="20m", cvd_mid="15m"), "cvd_fast must be shorter than cvd_mid"),
-        (lambda d: d["thresholds"].update(entry=101, heavy=101, flip=101), "thresholds.entry (101.0) can never be reached"),
+        (
+            lambda d: d["thresholds"].update(entry=101, heavy=101, flip=101),
+            "thresholds.entry (101.0) can never be reached",
+        ),
         (lambda d: d["weights"].update(direction="lots"), "weights.direction: Input should be a valid number"),
         (lambda d: d["weights"].pop("crowding"), "weights.crowding: Field required"),
         (lambda d: d.update(name="Bad Name"), "name: String should match pattern"),

@@ -59,14 +59,18 @@ def test_cvd_windows_by_hand():
 
 
 def test_window_edges_are_exact_on_second_boundaries():
-    state = _state(trades=[(T - 5 * M - 1, 100.0, 7.0, False), (T - 5 * M, 100.0, 1.0, False), (T - 1, 100.0, 2.0, True)])
+    state = _state(
+        trades=[(T - 5 * M - 1, 100.0, 7.0, False), (T - 5 * M, 100.0, 1.0, False), (T - 1, 100.0, 2.0, True)]
+    )
     f = _snap(state)
     assert f.cvd_at(5 * M) == 1.0 - 2.0  # [T-5m, T): the trade 1 ms earlier is out
     assert f.cvd_at(15 * M) == 7.0 + 1.0 - 2.0
 
 
 def test_vwap_30m_by_hand():
-    state = _state(trades=[(T - 31 * M, 1000.0, 5.0, False), (T - 20 * M, 100.0, 1.0, False), (T - 1 * M, 110.0, 3.0, True)])
+    state = _state(
+        trades=[(T - 31 * M, 1000.0, 5.0, False), (T - 20 * M, 100.0, 1.0, False), (T - 1 * M, 110.0, 3.0, True)]
+    )
     f = _snap(state)
     assert f.vwap_30m == pytest.approx((100.0 * 1 + 110.0 * 3) / 4)  # 107.5; the 31-min trade is out
     assert f.volume_30m == 4.0
@@ -111,9 +115,17 @@ def test_market_records_latest_values_and_staleness():
     state.apply_book(BookUpdate("binance", "BTCUSDT", T - 2 * S, 0.25))
     state.apply_mark(MarkUpdate("binance", "BTCUSDT", T - 5 * S, 100.1, 100.0, 0.0004, T + H))
     state.apply_mark(MarkUpdate("binance", "BTCUSDT", T - 9 * S, 99.0, 99.0, 0.9, T + H))  # older: ignored
-    for kind, value in (("coinbase_premium", 0.0007), ("spot_perp_divergence", -0.004), ("long_short_account_ratio", 1.8)):
+    for kind, value in (
+        ("coinbase_premium", 0.0007),
+        ("spot_perp_divergence", -0.004),
+        ("long_short_account_ratio", 1.8),
+    ):
         state.apply_indicator(IndicatorUpdate("binance", "BTCUSDT", T - 60 * S, kind, value, T - 5 * M))
-    state.apply_indicator(IndicatorUpdate("binance", "BTCUSDT", T - 60 * S, "top_trader_position_ratio", 1.5, T - 5 * M, {"long_account": 0.62}))
+    state.apply_indicator(
+        IndicatorUpdate(
+            "binance", "BTCUSDT", T - 60 * S, "top_trader_position_ratio", 1.5, T - 5 * M, {"long_account": 0.62}
+        )
+    )
     f = _snap(state)
     assert (f.obi, f.funding_rate, f.mark_price) == (0.25, 0.0004, 100.1)
     assert state.counters.stale_records == 1
@@ -133,7 +145,10 @@ def test_top_trader_share_derived_from_the_ratio_when_the_shares_are_missing():
 
 def test_open_interest_change_is_between_data_points_not_ticks():
     state = _state(trades=[(T - 1000, 100.0, 1.0, False)])
-    oi = lambda value, t: IndicatorUpdate("binance", "BTCUSDT", t + 30 * S, "open_interest_hist", value, t)
+
+    def oi(value, t):
+        return IndicatorUpdate("binance", "BTCUSDT", t + 30 * S, "open_interest_hist", value, t)
+
     state.apply_indicator(oi(1000.0, T - 10 * M))
     assert _snap(state).oi_change is None  # one data point: no change yet
     state.apply_indicator(oi(1030.0, T - 5 * M))
@@ -163,7 +178,19 @@ def test_bad_trades_are_counted_and_never_crash():
         "binance",
         "ETHUSDT",
         agg_id=[1, 2, 3, 4, 5, 6, 2, 7, 10, 11, 12],
-        time_ms=[T - 9000, T - 8000, T - 8000, T - 8000, T - 8000, T - 8000, T - 7000, T - 7000, T - 5000, T - 6500, T - 4000],
+        time_ms=[
+            T - 9000,
+            T - 8000,
+            T - 8000,
+            T - 8000,
+            T - 8000,
+            T - 8000,
+            T - 7000,
+            T - 7000,
+            T - 5000,
+            T - 6500,
+            T - 4000,
+        ],
         price=[100.0, np.nan, 100.0, -1.0, 100.0, np.inf, 100.0, 100.0, 100.0, 100.0, 100.0],
         qty=[1.0, 1.0, 0.0, 1.0, 1e-12, 1.0, 50.0, 2.0, 3.0, 4.0, 5.0],
         taker_sell=[False] * 11,
@@ -222,7 +249,9 @@ def test_plain_data_round_trip_gives_the_same_snapshot():
     restored = SymbolState.from_dict(json.loads(text))
     assert restored.snapshot(T) == state.snapshot(T)
     assert restored.to_dict() == state.to_dict()
-    more = synthetic_trades("BTCUSDT", start_ms=T, duration_ms=H, rate_per_s=5, seed=3, first_agg_id=int(trades.agg_id[-1]) + 1)
+    more = synthetic_trades(
+        "BTCUSDT", start_ms=T, duration_ms=H, rate_per_s=5, seed=3, first_agg_id=int(trades.agg_id[-1]) + 1
+    )
     assert restored.apply_trades(more) == state.apply_trades(more)
     restored.advance_to(T + H)
     state.advance_to(T + H)
@@ -274,8 +303,9 @@ def test_clean_prefix_is_the_longest_prefix_apply_trades_takes_cleanly(defect):
     """The engine cuts its segments at the first trade the clean path would not take."""
     state = SymbolState("binance", "BTCUSDT")
     state.apply_trades(synthetic_trades("BTCUSDT", start_ms=T, duration_ms=60_000, rate_per_s=5.0, seed=2))
-    nxt = synthetic_trades("BTCUSDT", start_ms=T + 61_000, duration_ms=60_000, rate_per_s=5.0, seed=3,
-                           first_agg_id=state.last_agg_id + 1)
+    nxt = synthetic_trades(
+        "BTCUSDT", start_ms=T + 61_000, duration_ms=60_000, rate_per_s=5.0, seed=3, first_agg_id=state.last_agg_id + 1
+    )
     ids, times, prices, qtys = nxt.agg_id.copy(), nxt.time_ms.copy(), nxt.price.copy(), nxt.qty.copy()
     k = 150
     if defect == "gap":
@@ -315,8 +345,11 @@ def test_liquidations_applied_at_once_leave_what_one_at_a_time_leaves(seed):
     events = []
     for k, t in enumerate(times.tolist()):
         side = ("LONG", "SHORT", "BOTH")[int(rng.integers(0, 3))] if k % 7 else "LONG"
-        usd = (float("nan"), -5.0, float(rng.uniform(1e3, 1e6)))[int(rng.integers(0, 3))] if k % 5 == 0 \
+        usd = (
+            (float("nan"), -5.0, float(rng.uniform(1e3, 1e6)))[int(rng.integers(0, 3))]
+            if k % 5 == 0
             else float(rng.uniform(1e3, 1e6))
+        )
         events.append(LiquidationEvent("binance", "BTCUSDT", int(t), side, usd))
     for event in events:
         one.market.apply_liquidation(event)

@@ -46,10 +46,12 @@ def run(params: DetectorParams, df: pd.DataFrame):
 def bars_of(df: pd.DataFrame, bar_ms: int, units: np.ndarray) -> pd.DataFrame:
     """Time bars with trades: close, signed base volume, quote volume, VPIN volume units; the first
     bar only gives the reference close (its change is NaN)."""
-    frame = df.assign(bar=df.time // bar_ms, signed=np.where(df.sell, -df.qty, df.qty), quote=df.price * df.qty,
-                      units=units)
-    bars = frame.groupby("bar").agg(close=("price", "last"), signed=("signed", "sum"), quote=("quote", "sum"),
-                                    units=("units", "sum"))
+    frame = df.assign(
+        bar=df.time // bar_ms, signed=np.where(df.sell, -df.qty, df.qty), quote=df.price * df.qty, units=units
+    )
+    bars = frame.groupby("bar").agg(
+        close=("price", "last"), signed=("signed", "sum"), quote=("quote", "sum"), units=("units", "sum")
+    )
     bars["end"] = (bars.index + 1) * bar_ms
     bars["dp"] = bars.close.diff()
     bars["ret"] = bars.close / bars.close.shift(1) - 1.0
@@ -112,8 +114,9 @@ def test_vpin_of_trade_classifications_equals_the_bucket_definition(mode, unit):
 
 def test_vpin_of_bulk_volume_classification_equals_the_bar_definition():
     df = generated_trades(8_000, seed=3, minutes=600)
-    p = DetectorParams(vpin_classification="bvc", vpin_volume_unit="base", vpin_bucket_volume=40.0, vpin_buckets=10,
-                       bvc_sigma_bars=30)
+    p = DetectorParams(
+        vpin_classification="bvc", vpin_volume_unit="base", vpin_bucket_volume=40.0, vpin_buckets=10, bvc_sigma_bars=30
+    )
     detectors, log = run(p, df)
     units = np.rint(df.qty.to_numpy() * 10**8).astype(np.int64)
     bars = bars_of(df, p.bar_ms, units).iloc[1:]
@@ -131,8 +134,11 @@ def test_vpin_of_bulk_volume_classification_equals_the_bar_definition():
 # VPIN buckets by hand: aggressor side, base volume, buckets of 10, n = 2
 # ----------------------------------------------------------------------------------------------
 def hand() -> MicrostructureDetectors:
-    return MicrostructureDetectors(DetectorParams(vpin_classification="aggressor", vpin_volume_unit="base",
-                                                  vpin_bucket_volume=10.0, vpin_buckets=2))
+    return MicrostructureDetectors(
+        DetectorParams(
+            vpin_classification="aggressor", vpin_volume_unit="base", vpin_bucket_volume=10.0, vpin_buckets=2
+        )
+    )
 
 
 def feed(d: MicrostructureDetectors, t: int, qty: float, sell: bool):
@@ -172,8 +178,11 @@ def test_a_trade_spanning_three_buckets_is_split_across_them():
 
 
 def test_fewer_than_n_buckets_is_missing():
-    d = MicrostructureDetectors(DetectorParams(vpin_classification="aggressor", vpin_volume_unit="base",
-                                               vpin_bucket_volume=10.0, vpin_buckets=3))
+    d = MicrostructureDetectors(
+        DetectorParams(
+            vpin_classification="aggressor", vpin_volume_unit="base", vpin_bucket_volume=10.0, vpin_buckets=3
+        )
+    )
     feed(d, T0, 29.999, False)
     assert d.completed_buckets == 2 and np.isnan(d.values[0])
     feed(d, T0 + 1, 0.001, True)
@@ -182,8 +191,11 @@ def test_fewer_than_n_buckets_is_missing():
 
 def test_bvc_with_flat_history_takes_the_limit_of_phi():
     """sigma = 0 (the previous changes all equal): an up bar is wholly bought, a flat one half."""
-    d = MicrostructureDetectors(DetectorParams(vpin_classification="bvc", vpin_volume_unit="base",
-                                               vpin_bucket_volume=5.0, vpin_buckets=1, bvc_sigma_bars=2))
+    d = MicrostructureDetectors(
+        DetectorParams(
+            vpin_classification="bvc", vpin_volume_unit="base", vpin_bucket_volume=5.0, vpin_buckets=1, bvc_sigma_bars=2
+        )
+    )
     for minute, price in enumerate([100.0, 100.0, 100.0, 101.0, 101.0]):  # changes 0, 0, +1, 0
         d.update(np.array([T0 + minute * BAR]), np.array([price]), np.array([5.0]), np.array([True]))
     d.advance_to(T0 + 5 * BAR)
@@ -218,8 +230,17 @@ def test_memory_is_fixed_by_the_parameters():
     assert d.completed_buckets > p.vpin_buckets  # the ring wrapped
 
 
-@pytest.mark.parametrize("bad", [dict(bar_ms=1500), dict(vpin_volume_unit="usd"), dict(vpin_classification="lee"),
-                                 dict(vpin_bucket_volume=0.0), dict(vpin_buckets=0), dict(kyle_window_bars=1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(bar_ms=1500),
+        dict(vpin_volume_unit="usd"),
+        dict(vpin_classification="lee"),
+        dict(vpin_bucket_volume=0.0),
+        dict(vpin_buckets=0),
+        dict(kyle_window_bars=1),
+    ],
+)
 def test_bad_parameters_are_refused(bad):
     with pytest.raises(ValueError):
         DetectorParams(**bad)
@@ -232,12 +253,22 @@ TRADES = generated_trades(2_000, seed=5, minutes=60)
 
 
 @settings(FUZZ, max_examples=40)
-@given(mode=st.sampled_from(["bvc", "aggressor", "tick"]),
-       cuts=st.lists(st.integers(1, len(TRADES) - 1), max_size=12, unique=True).map(sorted),
-       advance=st.booleans(), restore=st.booleans())
+@given(
+    mode=st.sampled_from(["bvc", "aggressor", "tick"]),
+    cuts=st.lists(st.integers(1, len(TRADES) - 1), max_size=12, unique=True).map(sorted),
+    advance=st.booleans(),
+    restore=st.booleans(),
+)
 def test_any_batching_gives_the_same_log_and_state(mode, cuts, advance, restore):
-    p = DetectorParams(vpin_classification=mode, vpin_volume_unit="base", vpin_bucket_volume=3.0, vpin_buckets=5,
-                       bvc_sigma_bars=5, kyle_window_bars=4, amihud_window_bars=3)
+    p = DetectorParams(
+        vpin_classification=mode,
+        vpin_volume_unit="base",
+        vpin_bucket_volume=3.0,
+        vpin_buckets=5,
+        bvc_sigma_bars=5,
+        kyle_window_bars=4,
+        amihud_window_bars=3,
+    )
     whole, whole_log = run(p, TRADES)
     d = MicrostructureDetectors(p)
     keys, values = [], []
@@ -262,18 +293,33 @@ def test_any_batching_gives_the_same_log_and_state(mode, cuts, advance, restore)
 # ----------------------------------------------------------------------------------------------
 MIN = 60_000
 SESSION_START = 1_700_006_400_000
-DETECTORS = {"bar": "1m", "vpin": {"bucket_volume": {"default": 20_000, "symbols": {"BTCUSDT": 200_000}},
-                                   "buckets": 8, "classification": "aggressor", "sigma_bars": 10},
-             "kyle_window_bars": 5, "amihud_window_bars": 4}
+DETECTORS = {
+    "bar": "1m",
+    "vpin": {
+        "bucket_volume": {"default": 20_000, "symbols": {"BTCUSDT": 200_000}},
+        "buckets": 8,
+        "classification": "aggressor",
+        "sigma_bars": 10,
+    },
+    "kyle_window_bars": 5,
+    "amihud_window_bars": 4,
+}
 
 
 def strategy(name="detecting", detectors=None, **overrides):
     from stream_apps.core.strategy import parse_strategy
 
-    data = {"name": name, "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
-            "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-            "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "2m",
-            "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60}, **overrides}
+    data = {
+        "name": name,
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "10m",
+        "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
+        "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+        "cooldown": "2m",
+        "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60},
+        **overrides,
+    }
     if detectors is not None:
         data["detectors"] = detectors
     return parse_strategy(data)
@@ -282,9 +328,10 @@ def strategy(name="detecting", detectors=None, **overrides):
 def engine_trades():
     from stream_apps.core.synthetic import synthetic_trades
 
-    return [synthetic_trades(symbol, start_ms=SESSION_START, duration_ms=25 * MIN, rate_per_s=4.0, price0=price,
-                             seed=seed) for seed, (symbol, price) in enumerate((("BTCUSDT", 30_000.0),
-                                                                                ("ETHUSDT", 2_000.0)))]
+    return [
+        synthetic_trades(symbol, start_ms=SESSION_START, duration_ms=25 * MIN, rate_per_s=4.0, price0=price, seed=seed)
+        for seed, (symbol, price) in enumerate((("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0)))
+    ]
 
 
 def process_in_batches(engine, streams, batch_ms):
@@ -292,8 +339,10 @@ def process_in_batches(engine, streams, batch_ms):
 
     out = EngineOutput()
     for begin in range(SESSION_START, SESSION_START + 25 * MIN, batch_ms):
-        parts = [s.take(slice(int(s.time_ms.searchsorted(begin)), int(s.time_ms.searchsorted(begin + batch_ms))))
-                 for s in streams]
+        parts = [
+            s.take(slice(int(s.time_ms.searchsorted(begin)), int(s.time_ms.searchsorted(begin + batch_ms))))
+            for s in streams
+        ]
         out.extend(engine.process([p for p in parts if len(p)], now_ms=begin + batch_ms))
     return out
 
@@ -306,8 +355,9 @@ def test_engine_features_are_the_detectors_values_before_each_evaluation(classif
 
     section = {**DETECTORS, "vpin": {**DETECTORS["vpin"], "classification": classification}}
     streams = engine_trades()
-    outputs = [process_in_batches(Engine([strategy(detectors=section)]), streams, batch_ms)
-               for batch_ms in (MIN, 7_000)]
+    outputs = [
+        process_in_batches(Engine([strategy(detectors=section)]), streams, batch_ms) for batch_ms in (MIN, 7_000)
+    ]
     assert outputs[0] == outputs[1]
     features = outputs[0].features
     assert {"vpin", "kyle_lambda", "amihud"} <= set(features[-1]["inputs"])
@@ -333,8 +383,9 @@ def test_detectors_off_change_nothing_and_on_change_only_their_own_fields():
     assert "detectors" not in strategy().model_dump()  # so the config hash of every older file is unchanged
     strip = [{k: v for k, v in f["inputs"].items() if k not in ("vpin", "kyle_lambda", "amihud")} for f in on.features]
     assert strip == [f["inputs"] for f in off.features]
-    assert [(s["eval_time"], s["direction"], s["score"]) for s in on.signals] == \
-        [(s["eval_time"], s["direction"], s["score"]) for s in off.signals]
+    assert [(s["eval_time"], s["direction"], s["score"]) for s in on.signals] == [
+        (s["eval_time"], s["direction"], s["score"]) for s in off.signals
+    ]
     assert on.bars == off.bars
 
 
@@ -391,9 +442,16 @@ def test_the_stream_worker_and_the_backtest_give_the_same_detector_values():
     from stream_apps.faust_app.processor import EngineProcessor
     from stream_apps.faust_app.session import synthetic_session
 
-    cfg = strategy(detectors={**DETECTORS, "divergence": {"window": "5m"}, "oi_spike": {"window": 2},
-                              "liquidations": {"window": "5m", "cascade": {"min_count": 2}},
-                              "walls": {"multiple": 1.5, "window": "1m"}, "icebergs": {}})
+    cfg = strategy(
+        detectors={
+            **DETECTORS,
+            "divergence": {"window": "5m"},
+            "oi_spike": {"window": 2},
+            "liquidations": {"window": "5m", "cascade": {"min_count": 2}},
+            "walls": {"multiple": 1.5, "window": "1m"},
+            "icebergs": {},
+        }
+    )
     session = synthetic_session(duration_ms=25 * MIN, trades_per_s=4.0, seed=3)
 
     class Capturing(BacktestRunner):
@@ -408,28 +466,36 @@ def test_the_stream_worker_and_the_backtest_give_the_same_detector_values():
                 self.features += table.records()
             super()._count_coverage(tables)
 
-    kinds = {"md.trades": "trades", "md.book": "books", "md.mark": "marks", "md.liquidations": "liquidations",
-             "md.indicators": "indicators"}
+    kinds = {
+        "md.trades": "trades",
+        "md.book": "books",
+        "md.mark": "marks",
+        "md.liquidations": "liquidations",
+        "md.indicators": "indicators",
+    }
     records = {kind: [r.value for r in session if r.topic == topic] for topic, kind in kinds.items()}
     runner = Capturing([cfg])
-    runner.run(RecordSource("session", "binance", ["BTCUSDT", "ETHUSDT"], SESSION_START, SESSION_START + 25 * MIN,
-                            **records))
+    runner.run(
+        RecordSource("session", "binance", ["BTCUSDT", "ETHUSDT"], SESSION_START, SESSION_START + 25 * MIN, **records)
+    )
 
     serde = AvroSerde(FileSchemaRegistry())
-    processor = EngineProcessor([cfg], EngineParams(), serde, OutputEncoder(serde), EngineAppMetrics(),
-                                lambda key: None, monotonic=lambda: 0.0)
+    processor = EngineProcessor(
+        [cfg], EngineParams(), serde, OutputEncoder(serde), EngineAppMetrics(), lambda key: None, monotonic=lambda: 0.0
+    )
     logs: dict = {}
     for r in session:
         log = logs.setdefault((r.topic, 0), [])
-        log.append(type("Record", (), {"offset": len(log), "key": r.key.encode(),
-                                       "value": serde.encode(r.topic, r.value)})())
+        log.append(
+            type("Record", (), {"offset": len(log), "key": r.key.encode(), "value": serde.encode(r.topic, r.value)})()
+        )
     rng, position, streamed = random.Random(1), dict.fromkeys(logs, 0), []
     done = lambda topic, partition: position[(topic, partition)] >= len(logs[(topic, partition)])  # noqa: E731
     while not all(done(*tp) for tp in logs):
         fetch = {}
         for tp in logs:
             n = rng.randint(0, 500)
-            fetch[tp] = logs[tp][position[tp]:position[tp] + n]
+            fetch[tp] = logs[tp][position[tp] : position[tp] + n]
             position[tp] += len(fetch[tp])
         for effects in (processor.on_records(fetch, done), processor.tick(done)):
             streamed += [serde.decode(o.value) for o in effects.outputs if o.topic == "features"]

@@ -91,8 +91,11 @@ def divergence_reference(df: pd.DataFrame, n: int) -> pd.DataFrame:
     """Per bar with trades (end time), the divergence from the definition, in batch form."""
     units = np.rint(df.qty.to_numpy() * U).astype(np.int64)
     cum = np.cumsum(np.where(df.sell, -units, units))
-    bars = df.assign(bar=df.time // BAR, cum=cum).groupby("bar").agg(
-        high=("price", "max"), low=("price", "min"), cvd_high=("cum", "max"), cvd_low=("cum", "min"))
+    bars = (
+        df.assign(bar=df.time // BAR, cum=cum)
+        .groupby("bar")
+        .agg(high=("price", "max"), low=("price", "min"), cvd_high=("cum", "max"), cvd_low=("cum", "min"))
+    )
     rows = []
     for k, bar in bars.iterrows():
         ref = bars[(bars.index >= k - n) & (bars.index < k)]
@@ -112,8 +115,9 @@ def divergence_reference(df: pd.DataFrame, n: int) -> pd.DataFrame:
 
 def run_divergence(params: FlowParams, df: pd.DataFrame):
     d = FlowDetectors(params)
-    log = d.update(df.time.to_numpy(), df.price.to_numpy(), np.rint(df.qty.to_numpy() * U).astype(np.int64),
-                   df.sell.to_numpy())
+    log = d.update(
+        df.time.to_numpy(), df.price.to_numpy(), np.rint(df.qty.to_numpy() * U).astype(np.int64), df.sell.to_numpy()
+    )
     log.extend(d.advance_to((int(df.time.iloc[-1]) // BAR + 1) * BAR))
     return d, log
 
@@ -134,8 +138,9 @@ def test_a_huge_cumulative_cvd_is_rebased_without_changing_a_value():
     _, plain = run_divergence(FlowParams(divergence_bars=3), df)
     d = FlowDetectors(FlowParams(divergence_bars=3))
     d._d_ints[fk.D_CVD] = fk.CVD_REBASE - 3 * U  # the first bar closes beyond it
-    log = d.update(df.time.to_numpy(), df.price.to_numpy(), np.rint(df.qty.to_numpy() * U).astype(np.int64),
-                   df.sell.to_numpy())
+    log = d.update(
+        df.time.to_numpy(), df.price.to_numpy(), np.rint(df.qty.to_numpy() * U).astype(np.int64), df.sell.to_numpy()
+    )
     log.extend(d.advance_to((int(df.time.iloc[-1]) // BAR + 1) * BAR))
     assert abs(int(d._d_ints[fk.D_CVD])) < 10**4 * U  # rebased
     np.testing.assert_array_equal(log.keys, plain.keys)
@@ -159,8 +164,15 @@ def test_oi_change_and_spike_z_by_hand():
     d = FlowDetectors(FlowParams(oi_window=3, oi_max_age_ms=900_000))
     values = [1000.0, 1010.0, 1030.2, 1030.2, 1133.22]  # changes 1 %, 2 %, 0 %, 10 %
     changes = [values[i + 1] / values[i] - 1 for i in range(4)]
-    log = d.apply_events([oi(0, values[0]), oi(1, values[1]), oi(1, 5000.0, delay_ms=60_000),  # same period: ignored
-                          oi(2, values[2]), oi(3, values[3])])
+    log = d.apply_events(
+        [
+            oi(0, values[0]),
+            oi(1, values[1]),
+            oi(1, 5000.0, delay_ms=60_000),  # same period: ignored
+            oi(2, values[2]),
+            oi(3, values[3]),
+        ]
+    )
     assert log.keys == [oi(p, 0).time_ms for p in range(4)]
     assert all(math.isnan(v) for v in log.values[0])  # the first point: no change yet
     assert [v[0] for v in log.values[1:]] == pytest.approx(changes[:3])
@@ -205,12 +217,20 @@ def liq(t: int, side: str, usd: float) -> LiquidationEvent:
 
 
 def test_liquidation_counts_usd_and_cascades_by_hand():
-    d = FlowDetectors(FlowParams(liq_window_ms=60_000, cascade_window_ms=10_000, cascade_min_count=3,
-                                 cascade_min_usd=100_000.0))
-    d.apply_events([liq(T0 + 1_000, "LONG", 10_000.0), liq(T0 + 1_500, "LONG", 20_000.0),
-                    liq(T0 + 5_000, "SHORT", 50_000.0), liq(T0 + 8_000, "LONG", 30_000.0),
-                    liq(T0 + 9_000, "LONG", float("nan")), liq(T0 + 9_000, "BOTH", 1e6),  # invalid: ignored
-                    liq(T0 + 30_000, "SHORT", 120_000.0)])
+    d = FlowDetectors(
+        FlowParams(liq_window_ms=60_000, cascade_window_ms=10_000, cascade_min_count=3, cascade_min_usd=100_000.0)
+    )
+    d.apply_events(
+        [
+            liq(T0 + 1_000, "LONG", 10_000.0),
+            liq(T0 + 1_500, "LONG", 20_000.0),
+            liq(T0 + 5_000, "SHORT", 50_000.0),
+            liq(T0 + 8_000, "LONG", 30_000.0),
+            liq(T0 + 9_000, "LONG", float("nan")),
+            liq(T0 + 9_000, "BOTH", 1e6),  # invalid: ignored
+            liq(T0 + 30_000, "SHORT", 120_000.0),
+        ]
+    )
     d.apply_events([liq(T0 + 2_000, "SHORT", 1_000.0)])  # late: lands in its own second
     times = np.array([T0 + 9_000, T0 + 12_000, T0 + 31_000, T0 + 61_000, T0 + 62_000])
     got = d.values_many(times)
@@ -239,10 +259,19 @@ def test_parts_left_out_read_as_missing():
     assert set(got) == set(FLOW_FIELDS) and all(np.isnan(v).all() for v in got.values())
 
 
-@pytest.mark.parametrize("bad", [dict(divergence_bars=0), dict(oi_window=1), dict(oi_kind="funding"),
-                                 dict(oi_period_ms=0), dict(liq_window_ms=1_500, cascade_min_count=1),
-                                 dict(liq_window_ms=60_000), dict(liq_window_ms=60_000, cascade_min_usd=0.0),
-                                 dict(bar_ms=1_500)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(divergence_bars=0),
+        dict(oi_window=1),
+        dict(oi_kind="funding"),
+        dict(oi_period_ms=0),
+        dict(liq_window_ms=1_500, cascade_min_count=1),
+        dict(liq_window_ms=60_000),
+        dict(liq_window_ms=60_000, cascade_min_usd=0.0),
+        dict(bar_ms=1_500),
+    ],
+)
 def test_bad_parameters_are_refused(bad):
     with pytest.raises(ValueError):
         FlowParams(**bad)
@@ -251,8 +280,16 @@ def test_bad_parameters_are_refused(bad):
 # ----------------------------------------------------------------------------------------------
 # same input, same output, whatever the batching and across a round trip of the state
 # ----------------------------------------------------------------------------------------------
-PARAMS = FlowParams(divergence_bars=3, oi_period_ms=60_000, oi_window=4, oi_max_age_ms=180_000, liq_window_ms=120_000,
-                    cascade_window_ms=20_000, cascade_min_count=3, cascade_min_usd=300_000.0)
+PARAMS = FlowParams(
+    divergence_bars=3,
+    oi_period_ms=60_000,
+    oi_window=4,
+    oi_max_age_ms=180_000,
+    liq_window_ms=120_000,
+    cascade_window_ms=20_000,
+    cascade_min_count=3,
+    cascade_min_usd=300_000.0,
+)
 
 
 def flow_inputs(minutes: int = 60, seed: int = 9) -> list[tuple[int, str, object]]:
@@ -264,8 +301,13 @@ def flow_inputs(minutes: int = 60, seed: int = 9) -> list[tuple[int, str, object
     for k in range(minutes):
         value *= 1 + rng.normal(0, 0.002) + (0.03 if k % 17 == 16 else 0.0)  # now and then a spike
         start = T0 + k * BAR
-        items.append((start + BAR + 20_000, "event",
-                      IndicatorUpdate("binance", "BTCUSDT", start + BAR + 20_000, "open_interest_hist", value, start)))
+        items.append(
+            (
+                start + BAR + 20_000,
+                "event",
+                IndicatorUpdate("binance", "BTCUSDT", start + BAR + 20_000, "open_interest_hist", value, start),
+            )
+        )
     for t in np.sort(rng.integers(T0, T0 + minutes * BAR, 6 * minutes)).tolist():
         items.append((t, "event", liq(t, "LONG" if rng.random() < 0.5 else "SHORT", float(rng.lognormal(11, 1)))))
     items.sort(key=lambda item: (item[0], item[1] == "event"))
@@ -280,8 +322,12 @@ def feed(d: FlowDetectors, piece) -> tuple:
     trades = [p for _, kind, p in piece if kind == "trade"]
     events = [p for _, kind, p in piece if kind == "event"]
     times, prices, units, sells = (np.array(column) for column in zip(*trades)) if trades else ([],) * 4
-    return d.update(np.asarray(times, dtype=np.int64), np.asarray(prices, dtype=np.float64),
-                    np.asarray(units, dtype=np.int64), np.asarray(sells, dtype=bool)), d.apply_events(events)
+    return d.update(
+        np.asarray(times, dtype=np.int64),
+        np.asarray(prices, dtype=np.float64),
+        np.asarray(units, dtype=np.int64),
+        np.asarray(sells, dtype=bool),
+    ), d.apply_events(events)
 
 
 def run_in_pieces(cuts, restore: bool = False, advance: bool = False):
@@ -334,8 +380,11 @@ def test_batches_of_1_7_and_1000_inputs_give_the_same_logs_and_state(size):
 
 
 @settings(FUZZ, max_examples=30)
-@given(cuts=st.lists(st.integers(1, len(ITEMS) - 1), max_size=12, unique=True).map(sorted),
-       advance=st.booleans(), restore=st.booleans())
+@given(
+    cuts=st.lists(st.integers(1, len(ITEMS) - 1), max_size=12, unique=True).map(sorted),
+    advance=st.booleans(),
+    restore=st.booleans(),
+)
 def test_any_batching_gives_the_same_logs_and_state(cuts, advance, restore):
     assert_same_as_whole(*run_in_pieces(cuts, restore=restore, advance=advance))
 
@@ -353,8 +402,11 @@ def test_the_state_round_trips_through_json():
 # ----------------------------------------------------------------------------------------------
 MIN = 60_000
 SESSION = 1_700_006_400_000
-FLOW = {"divergence": {"window": "3m"}, "oi_spike": {"period": "1m", "window": 4, "max_age": "3m"},
-        "liquidations": {"window": "2m", "cascade": {"window": "20s", "min_count": 3, "min_usd": 300_000}}}
+FLOW = {
+    "divergence": {"window": "3m"},
+    "oi_spike": {"period": "1m", "window": 4, "max_age": "3m"},
+    "liquidations": {"window": "2m", "cascade": {"window": "20s", "min_count": 3, "min_usd": 300_000}},
+}
 SECTION = {**DETECTORS, **FLOW}
 SYMBOLS = (("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0))
 
@@ -364,15 +416,17 @@ def engine_items(minutes: int = 15) -> list[tuple[str, object]]:
     rng = np.random.default_rng(4)
     items = []
     for seed, (symbol, price) in enumerate(SYMBOLS):
-        trades = synthetic_trades(symbol, start_ms=SESSION, duration_ms=minutes * MIN, rate_per_s=0.5, price0=price,
-                                  seed=seed)
+        trades = synthetic_trades(
+            symbol, start_ms=SESSION, duration_ms=minutes * MIN, rate_per_s=0.5, price0=price, seed=seed
+        )
         items += [(int(trades.time_ms[i]), 0, ("trade", trades.take(slice(i, i + 1)))) for i in range(len(trades))]
         value = 1e6
         for k in range(minutes):
             value *= 1 + rng.normal(0, 0.002) + (0.02 if k % 7 == 6 else 0.0)
             t = SESSION + (k + 1) * MIN + 17_000  # the minute's point, known 17 s after it ends
-            items.append((t, 1, ("event", IndicatorUpdate("binance", symbol, t, "open_interest_hist", value,
-                                                          SESSION + k * MIN))))
+            items.append(
+                (t, 1, ("event", IndicatorUpdate("binance", symbol, t, "open_interest_hist", value, SESSION + k * MIN)))
+            )
         for t in np.sort(rng.integers(SESSION, SESSION + minutes * MIN, 8 * minutes)).tolist():
             side = "LONG" if rng.random() < 0.5 else "SHORT"
             items.append((t, 1, ("event", LiquidationEvent("binance", symbol, t, side, float(rng.lognormal(11, 1))))))
@@ -387,7 +441,7 @@ def run_engine(engine: Engine, items, batch_size: int) -> EngineOutput:
     """``items`` in chunks of ``batch_size``, the clock at each chunk's newest input."""
     out = EngineOutput()
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+        chunk = items[start : start + batch_size]
         trades: dict[str, list[TradeBatch]] = {}
         for kind, payload in chunk:
             if kind == "trade":
@@ -405,8 +459,10 @@ def reference() -> EngineOutput:
 
 def flow_inputs_of(features: list[dict], symbol: str) -> tuple[np.ndarray, np.ndarray]:
     rows = [f for f in features if f["symbol"] == symbol]
-    return (np.array([f["eval_time"] for f in rows]),
-            np.array([[f["inputs"].get(name, np.nan) for name in FLOW_FIELDS] for f in rows]))
+    return (
+        np.array([f["eval_time"] for f in rows]),
+        np.array([[f["inputs"].get(name, np.nan) for name in FLOW_FIELDS] for f in rows]),
+    )
 
 
 def test_engine_features_are_the_flow_values_before_each_evaluation(reference):
@@ -431,9 +487,13 @@ def test_engine_features_are_the_flow_values_before_each_evaluation(reference):
             cascade = [e for e in window if e.time_ms // 1000 > newest - 20]
             counts = [sum(e.liquidated_side == side for e in window) for side in ("LONG", "SHORT")]
             micro = [sum(round(e.usd * 1e6) for e in window if e.liquidated_side == side) for side in ("LONG", "SHORT")]
-            flags = [float(sum(e.liquidated_side == side for e in cascade) >= 3
-                           or sum(e.usd for e in cascade if e.liquidated_side == side) >= 300_000)
-                     for side in ("LONG", "SHORT")]
+            flags = [
+                float(
+                    sum(e.liquidated_side == side for e in cascade) >= 3
+                    or sum(e.usd for e in cascade if e.liquidated_side == side) >= 300_000
+                )
+                for side in ("LONG", "SHORT")
+            ]
             assert row.tolist() == [*counts, *(m / 1e6 for m in micro), *flags]  # USD summed in 1e-6 units
         finite = np.isfinite(got)
         assert finite[:, 0].mean() > 0.8 and finite[:, 4].sum() > 100 and np.nanmax(np.abs(got[:, 4])) > 3
@@ -476,8 +536,9 @@ def test_flow_off_changes_nothing_and_on_changes_only_its_own_fields(reference):
     assert all(s.flow is None for s in Engine([strategy(detectors=DETECTORS)]).states.values())
     strip = [{k: v for k, v in f["inputs"].items() if k not in FLOW_FIELDS} for f in reference.features]
     assert strip == [f["inputs"] for f in off.features]
-    assert [(s["eval_time"], s["direction"], s["score"]) for s in reference.signals] == \
-        [(s["eval_time"], s["direction"], s["score"]) for s in off.signals]
+    assert [(s["eval_time"], s["direction"], s["score"]) for s in reference.signals] == [
+        (s["eval_time"], s["direction"], s["score"]) for s in off.signals
+    ]
     assert set(FLOW_FIELDS) <= set(DETECTOR_FIELDS)  # so the research table drops them when off, like vpin
 
 
@@ -487,16 +548,24 @@ def test_only_the_parts_present_are_on():
     assert p.divergence_bars is None and p.oi_window is None and p.liq_window_ms == 120_000
     out = run_engine(Engine([liquidations_only]), ENGINE_ITEMS[:2_000], 1000)
     names = set().union(*(f["inputs"] for f in out.features)) & set(FLOW_FIELDS)
-    assert names == {"liq_long_count", "liq_short_count", "liq_long_usd", "liq_short_usd", "liq_cascade_long",
-                     "liq_cascade_short"}
+    assert names == {
+        "liq_long_count",
+        "liq_short_count",
+        "liq_long_usd",
+        "liq_short_usd",
+        "liq_cascade_long",
+        "liq_cascade_short",
+    }
 
 
 # the config hash and the research store key of the section without flow parts, as they were before
 # the flow detectors existed (computed at commit c51a81a)
 HASH_BEFORE = "f5ee28f49b9d338f466555a5204f5a49913387cce2f31de26d267b8a21ceb0a1"
-STORE_KEY_BEFORE = ('{"bar":60000,"vpin":{"bucket_volume":{"default":20000.0,"symbols":{"BTCUSDT":200000.0}},'
-                    '"volume_unit":"quote","buckets":8,"classification":"aggressor","sigma_bars":10},'
-                    '"kyle_window_bars":5,"amihud_window_bars":4}')
+STORE_KEY_BEFORE = (
+    '{"bar":60000,"vpin":{"bucket_volume":{"default":20000.0,"symbols":{"BTCUSDT":200000.0}},'
+    '"volume_unit":"quote","buckets":8,"classification":"aggressor","sigma_bars":10},'
+    '"kyle_window_bars":5,"amihud_window_bars":4}'
+)
 
 
 def test_a_section_without_the_flow_parts_keeps_its_hash_and_store_key():
@@ -507,22 +576,27 @@ def test_a_section_without_the_flow_parts_keeps_its_hash_and_store_key():
     with_flow = strategy(detectors=SECTION)
     assert with_flow.config_hash != HASH_BEFORE and '"divergence"' in with_flow.detectors.model_dump_json()
     # defaults spelled out or left out: the same meaning, the same hash
-    assert strategy(detectors={**DETECTORS, "divergence": {}}).config_hash == \
-        strategy(detectors={**DETECTORS, "divergence": {"window": "30m"}}).config_hash
+    assert (
+        strategy(detectors={**DETECTORS, "divergence": {}}).config_hash
+        == strategy(detectors={**DETECTORS, "divergence": {"window": "30m"}}).config_hash
+    )
 
 
-@pytest.mark.parametrize("part, match", [
-    ({"divergence": {"window": "90s"}}, "divergence.window"),  # not whole 1-minute bars
-    ({"divergence": {"window": 0}}, "divergence.window"),
-    ({"oi_spike": {"window": 1}}, "window"),
-    ({"oi_spike": {"period": "0s"}}, "period"),
-    ({"oi_spike": {"kind": "funding_rate"}}, "kind"),
-    ({"liquidations": {"window": "1500ms"}}, "liquidations.window"),
-    ({"liquidations": {"cascade": {"window": "-10s"}}}, "cascade"),
-    ({"liquidations": {"cascade": {"min_count": None, "min_usd": None}}}, "min_count or min_usd"),
-    ({"liquidations": {"cascade": {"min_count": 0}}}, "min_count"),
-    ({"liquidations": {"windows": "5m"}}, "windows"),  # unknown key
-])
+@pytest.mark.parametrize(
+    "part, match",
+    [
+        ({"divergence": {"window": "90s"}}, "divergence.window"),  # not whole 1-minute bars
+        ({"divergence": {"window": 0}}, "divergence.window"),
+        ({"oi_spike": {"window": 1}}, "window"),
+        ({"oi_spike": {"period": "0s"}}, "period"),
+        ({"oi_spike": {"kind": "funding_rate"}}, "kind"),
+        ({"liquidations": {"window": "1500ms"}}, "liquidations.window"),
+        ({"liquidations": {"cascade": {"window": "-10s"}}}, "cascade"),
+        ({"liquidations": {"cascade": {"min_count": None, "min_usd": None}}}, "min_count or min_usd"),
+        ({"liquidations": {"cascade": {"min_count": 0}}}, "min_count"),
+        ({"liquidations": {"windows": "5m"}}, "windows"),  # unknown key
+    ],
+)
 def test_bad_flow_sections_are_refused_when_loaded(part, match):
     with pytest.raises(StrategyConfigError, match=match):
         strategy(detectors={**DETECTORS, **part})

@@ -20,14 +20,28 @@ MIN, HOUR = 60_000, 3_600_000
 T0 = 1_700_000_040_000  # a minute boundary
 NOW = T0 + 26 * HOUR
 DETAIL = 62 * MIN
-STRATEGY = parse_strategy({
-    "name": "warm_24h", "version": "1", "windows": {"cvd_fast": "30m", "cvd_mid": "4h"}, "warmup": "24h",
-    "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "10m",
-    "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30}})
-APPROXIMATED = {"p95_qty", "p99_qty", "qty_samples", "large_buy_qty_15m", "large_sell_qty_15m", "large_net_qty_15m",
-                "coverage_start_ms",
-                "approx_until_ms"}
+STRATEGY = parse_strategy(
+    {
+        "name": "warm_24h",
+        "version": "1",
+        "windows": {"cvd_fast": "30m", "cvd_mid": "4h"},
+        "warmup": "24h",
+        "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
+        "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+        "cooldown": "10m",
+        "exits": {"sl_atr_mult": 1.0, "tp1_r": 0.5, "tp2_r": 1.0, "timeout_min": 30},
+    }
+)
+APPROXIMATED = {
+    "p95_qty",
+    "p99_qty",
+    "qty_samples",
+    "large_buy_qty_15m",
+    "large_sell_qty_15m",
+    "large_net_qty_15m",
+    "coverage_start_ms",
+    "approx_until_ms",
+}
 
 
 def _run(trades, events=()) -> EngineOutput:
@@ -42,8 +56,7 @@ def _run(trades, events=()) -> EngineOutput:
 
 
 def test_minute_bars_then_trades_give_the_features_of_all_trades_but_what_is_stated_approximated():
-    trades = synthetic_trades("BTCUSDT", start_ms=T0, duration_ms=NOW - T0, rate_per_s=0.2, seed=11,
-                              median_qty=2.0)
+    trades = synthetic_trades("BTCUSDT", start_ms=T0, duration_ms=NOW - T0, rate_per_s=0.2, seed=11, median_qty=2.0)
     split = int(np.searchsorted(trades.time_ms, NOW - DETAIL))
     full = _run(trades)
     bars = minute_bars_from_trades(trades.take(slice(0, split)))

@@ -25,8 +25,10 @@ BASE = {
     "regime": {
         "name": "demo",
         "sign_of": "cvd_fast",
-        "conditions": [{"feature": "whale_ratio_15m", "op": ">=", "value": 0.2, "aligned": True},
-                       {"feature": "vpin", "op": ">", "value": 0.5}],
+        "conditions": [
+            {"feature": "whale_ratio_15m", "op": ">=", "value": 0.2, "aligned": True},
+            {"feature": "vpin", "op": ">", "value": 0.5},
+        ],
         "heavy": [{"feature": "cvd_divergence", "op": ">", "value": 0, "aligned": True}],
     },
 }
@@ -65,39 +67,47 @@ def test_regime_strategy_loads_with_zero_weights_and_no_layers():
     assert CFG.regime.features() == ["cvd_fast", "whale_ratio_15m", "vpin", "cvd_divergence"]
 
 
-@pytest.mark.parametrize("path, value, expected", [
-    ("regime.conditions.0.extra", 1, "regime.conditions.0.extra: Extra inputs are not permitted"),
-    ("regime.conditions.1.value", "high", "regime.conditions.1.value: Input should be a valid number"),
-    ("regime.conditions.0.op", "=>", "regime.conditions.0.op: Input should be '>', '>=', '<', '<=', '==' or '!='"),
-    ("regime.conditions.0.feature", "whale_ratio", "regime.conditions.0.feature: unknown feature 'whale_ratio'"),
-    ("regime.direction", "UP", "regime.direction: Input should be 'LONG' or 'SHORT'"),
-    ("regime.sign_of", "nope", "regime.sign_of: unknown feature 'nope'"),
-    ("regime.direction", "LONG", "regime: set direction (LONG or SHORT) or sign_of (a feature), exactly one"),
-    ("regime.sign_of", _DELETE, "regime: set direction (LONG or SHORT) or sign_of (a feature), exactly one"),
-    ("regime.conditions", [], "regime.conditions: List should have at least 1 item"),
-    ("regime.name", "Bad Name", "regime.name: String should match pattern"),
-])
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        ("regime.conditions.0.extra", 1, "regime.conditions.0.extra: Extra inputs are not permitted"),
+        ("regime.conditions.1.value", "high", "regime.conditions.1.value: Input should be a valid number"),
+        ("regime.conditions.0.op", "=>", "regime.conditions.0.op: Input should be '>', '>=', '<', '<=', '==' or '!='"),
+        ("regime.conditions.0.feature", "whale_ratio", "regime.conditions.0.feature: unknown feature 'whale_ratio'"),
+        ("regime.direction", "UP", "regime.direction: Input should be 'LONG' or 'SHORT'"),
+        ("regime.sign_of", "nope", "regime.sign_of: unknown feature 'nope'"),
+        ("regime.direction", "LONG", "regime: set direction (LONG or SHORT) or sign_of (a feature), exactly one"),
+        ("regime.sign_of", _DELETE, "regime: set direction (LONG or SHORT) or sign_of (a feature), exactly one"),
+        ("regime.conditions", [], "regime.conditions: List should have at least 1 item"),
+        ("regime.name", "Bad Name", "regime.name: String should match pattern"),
+    ],
+)
 def test_schema_refuses_bad_regimes_in_one_line(path, value, expected):
     assert expected in error(with_(path, value))
 
 
 def test_a_rule_over_a_detector_output_needs_that_detector():
     no_section = with_("detectors", _DELETE)
-    assert error(no_section) == ("demo.yaml: regime.conditions.1.feature: vpin is a detector output and the "
-                                 "strategy has no detectors section")
+    assert error(no_section) == (
+        "demo.yaml: regime.conditions.1.feature: vpin is a detector output and the strategy has no detectors section"
+    )
     no_divergence = with_("detectors.divergence", _DELETE)
-    assert error(no_divergence) == ("demo.yaml: regime.heavy.0.feature: cvd_divergence needs detectors.divergence, "
-                                    "which the strategy does not turn on")
+    assert error(no_divergence) == (
+        "demo.yaml: regime.heavy.0.feature: cvd_divergence needs detectors.divergence, "
+        "which the strategy does not turn on"
+    )
     signed = with_("regime.sign_of", "liq_cascade_net")
     signed["detectors"] = {"bar": "1m"}
-    assert error(signed) == ("demo.yaml: regime.sign_of: liq_cascade_net needs detectors.liquidations, "
-                             "which the strategy does not turn on")
+    assert error(signed) == (
+        "demo.yaml: regime.sign_of: liq_cascade_net needs detectors.liquidations, which the strategy does not turn on"
+    )
 
 
 def test_a_regime_strategy_has_no_layers_and_no_gates():
     weighted = with_("weights", {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 5})
-    assert error(weighted) == ("demo.yaml: weights: a regime strategy is scored by its rules, not by layers; "
-                               "leave weights out")
+    assert error(weighted) == (
+        "demo.yaml: weights: a regime strategy is scored by its rules, not by layers; leave weights out"
+    )
     gated = with_("gates", {"obi_against": {"default": 0.3}})
     assert error(gated) == "demo.yaml: gates: a regime strategy has no gates; write the veto as a regime condition"
 
@@ -140,8 +150,11 @@ def test_missing_input_never_counts_as_true():
 
 def test_direction_from_a_sign_zero_or_missing_is_no_signal():
     flat = score(feats(LONG, vpin=0.7, cvd=((1_800_000, 0.0), (14_400_000, 5.0))), CFG)
-    assert (flat.direction, flat.block_reason, flat.notes[0]) == (None, "no_direction",
-                                                                  "regime:demo: cvd_fast is 0, no direction")
+    assert (flat.direction, flat.block_reason, flat.notes[0]) == (
+        None,
+        "no_direction",
+        "regime:demo: cvd_fast is 0, no direction",
+    )
     data = with_("regime.sign_of", "obi")
     data["regime"]["invert"] = True
     faded = score(feats(LONG, vpin=0.7, obi=-0.2, whale_ratio_15m=0.3), parse_strategy(data))
@@ -151,10 +164,18 @@ def test_direction_from_a_sign_zero_or_missing_is_no_signal():
 
 
 def test_fixed_direction_and_derived_features():
-    data = with_("regime", {"name": "quiet", "direction": "SHORT", "conditions": [
-        {"feature": "price_vwap_dev", "op": "<=", "value": -0.0003},
-        {"feature": "liq_net_usd_5m", "op": ">", "value": 1000},
-        {"feature": "atr_price_ratio", "op": ">=", "value": 0.004}]})
+    data = with_(
+        "regime",
+        {
+            "name": "quiet",
+            "direction": "SHORT",
+            "conditions": [
+                {"feature": "price_vwap_dev", "op": "<=", "value": -0.0003},
+                {"feature": "liq_net_usd_5m", "op": ">", "value": 1000},
+                {"feature": "atr_price_ratio", "op": ">=", "value": 0.004},
+            ],
+        },
+    )
     cfg = parse_strategy(data)
     row = feats(SHORT, last_price=29_990.0, vwap_30m=30_005.0, liq_short_usd_5m=5000.0, liq_long_usd_5m=1000.0)
     e = score(row, cfg)
@@ -167,16 +188,27 @@ def test_fixed_direction_and_derived_features():
 def _random_rows(rng: np.random.Generator, n: int) -> list:
     rows = []
     for i in range(n):
+
         def maybe(value):
             return None if rng.random() < 0.1 else value
+
         s = LONG if rng.random() < 0.5 else SHORT
         fast = float(rng.choice([-1.0, 0.0, 1.0]) * rng.uniform(0, 100))
-        rows.append(feats(
-            s, time_ms=1_700_006_400_000 + 1000 * i, cvd=((1_800_000, fast), (14_400_000, rng.normal(0, 50))),
-            vpin=maybe(float(rng.uniform(0, 1))), whale_ratio_15m=float(rng.uniform(-1, 1)),
-            cvd_divergence=maybe(float(rng.choice([-1.0, 0.0, 1.0]))), obi=maybe(float(rng.uniform(-0.5, 0.5))),
-            vwap_30m=maybe(30_000.0 + rng.normal(0, 30)), liq_cascade_long=maybe(float(rng.integers(0, 2))),
-            liq_cascade_short=maybe(float(rng.integers(0, 2))), oi_change_5m=maybe(float(rng.normal(0, 0.003)))))
+        rows.append(
+            feats(
+                s,
+                time_ms=1_700_006_400_000 + 1000 * i,
+                cvd=((1_800_000, fast), (14_400_000, rng.normal(0, 50))),
+                vpin=maybe(float(rng.uniform(0, 1))),
+                whale_ratio_15m=float(rng.uniform(-1, 1)),
+                cvd_divergence=maybe(float(rng.choice([-1.0, 0.0, 1.0]))),
+                obi=maybe(float(rng.uniform(-0.5, 0.5))),
+                vwap_30m=maybe(30_000.0 + rng.normal(0, 30)),
+                liq_cascade_long=maybe(float(rng.integers(0, 2))),
+                liq_cascade_short=maybe(float(rng.integers(0, 2))),
+                oi_change_5m=maybe(float(rng.normal(0, 0.003))),
+            )
+        )
     return rows
 
 

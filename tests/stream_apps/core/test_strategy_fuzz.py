@@ -40,9 +40,14 @@ def load(folder: Path, suffix: str, content: bytes):
 
 
 @FUZZ
-@given(suffix=st.sampled_from([".yaml", ".yml", ".json"]),
-       content=st.one_of(st.binary(max_size=80), st.text(max_size=80).map(str.encode),
-                         st.builds(lambda v: yaml.safe_dump(v).encode(), json_values)))
+@given(
+    suffix=st.sampled_from([".yaml", ".yml", ".json"]),
+    content=st.one_of(
+        st.binary(max_size=80),
+        st.text(max_size=80).map(str.encode),
+        st.builds(lambda v: yaml.safe_dump(v).encode(), json_values),
+    ),
+)
 # found by this property: bytes that are not UTF-8 escaped as UnicodeDecodeError (only OSError was caught)
 @example(suffix=".yaml", content=b"name: \xff\n")
 # found by this property: YAML's own messages span lines ("while parsing ...\n  in ..., line 1")
@@ -65,8 +70,27 @@ def _replace(value, path, new):
     return {**value, path[0]: _replace(value[path[0]], path[1:], new)}
 
 
-odd = st.one_of(json_values, st.sampled_from(["30m", "0s", "-5m", "25h", "", "nan", ".inf", -1, 0, 1e308, True,
-                                               "99999999999999999999d", [1, 0.5, 2], {"BTCUSDT": "x"}]))
+odd = st.one_of(
+    json_values,
+    st.sampled_from(
+        [
+            "30m",
+            "0s",
+            "-5m",
+            "25h",
+            "",
+            "nan",
+            ".inf",
+            -1,
+            0,
+            1e308,
+            True,
+            "99999999999999999999d",
+            [1, 0.5, 2],
+            {"BTCUSDT": "x"},
+        ]
+    ),
+)
 
 
 @FUZZ

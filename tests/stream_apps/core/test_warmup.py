@@ -49,8 +49,14 @@ print(json.dumps([before, core, after, warmed, signatures(), len(out.signals)]))
 
 
 def test_warm_up_compiles_every_kernel_the_engine_and_its_detectors_call():
-    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(KERNELS)], cwd=REPO, capture_output=True,
-                         text=True, timeout=600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(KERNELS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     before, core, after, warmed, session, signals = json.loads(out.stdout.strip().splitlines()[-1])
     assert not any(before.values()), before  # nothing compiled by importing alone
     assert all(after.values()), [name for name, done in after.items() if not done]

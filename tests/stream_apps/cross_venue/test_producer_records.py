@@ -47,24 +47,41 @@ def wire(serde, topic, record):
 
 
 def test_producer_records_through_avro_are_the_inputs_and_features_follow(serde):
-    binance_book = book_snapshot_record("binance", Book("BTCUSDT", [(100_010.0, 0.5), (100_000.0, 1.0)],
-                                                        [(100_020.0, 0.5), (100_030.0, 1.0)]), 20, T + 3)
-    okx_book = book_snapshot_record("okx", Book("BTCUSDT", [(99_950.0, 2.0)], [(99_960.0, 0.05), (99_970.0, 2.0)]),
-                                    20, T + 4)
+    binance_book = book_snapshot_record(
+        "binance",
+        Book("BTCUSDT", [(100_010.0, 0.5), (100_000.0, 1.0)], [(100_020.0, 0.5), (100_030.0, 1.0)]),
+        20,
+        T + 3,
+    )
+    okx_book = book_snapshot_record(
+        "okx", Book("BTCUSDT", [(99_950.0, 2.0)], [(99_960.0, 0.05), (99_970.0, 2.0)]), 20, T + 4
+    )
     b, o = wire(serde, "md.book", binance_book), wire(serde, "md.book", okx_book)
     assert isinstance(b, BookEvent) and b.time_ms == T and b.bids == ((100_010.0, 0.5), (100_000.0, 1.0))
     assert o.asks == ((99_960.0, 0.05), (99_970.0, 2.0))
-    premium = parse_funding_rate({"symbol": "BTCUSDT", "markPrice": "100015.0", "indexPrice": "100000.0",
-                                  "lastFundingRate": "0.00010000", "nextFundingTime": T + HOUR,
-                                  "interestRate": "0.0001", "time": T - 500}, "BTCUSDT", T - 400)[0]
+    premium = parse_funding_rate(
+        {
+            "symbol": "BTCUSDT",
+            "markPrice": "100015.0",
+            "indexPrice": "100000.0",
+            "lastFundingRate": "0.00010000",
+            "nextFundingTime": T + HOUR,
+            "interestRate": "0.0001",
+            "time": T - 500,
+        },
+        "BTCUSDT",
+        T - 400,
+    )[0]
     fb = wire(serde, "md.indicators", premium)
     assert fb == FundingEvent("binance", "BTCUSDT", T - 400, 0.0001, T + HOUR)
     okx_funding = FundingPoint("BTC-USDT-SWAP", 0.0003, T + HOUR, T + 5 * HOUR, None, T - 300).indicator(
-        "BTCUSDT", T - 200)
+        "BTCUSDT", T - 200
+    )
     fo = wire(serde, "md.indicators", okx_funding)
     assert fo == FundingEvent("okx", "BTCUSDT", T - 200, 0.0003, T + HOUR, 4 * HOUR)
-    divergence = spot_perp_divergence("BTCUSDT", PricePoint(100_015.0, T - 600, T - 590),
-                                      PricePoint(99_990.0, T - 590, T - 580))[0]
+    divergence = spot_perp_divergence(
+        "BTCUSDT", PricePoint(100_015.0, T - 600, T - 590), PricePoint(99_990.0, T - 590, T - 580)
+    )[0]
     spot = wire(serde, "md.indicators", divergence)
     assert spot == SpotEvent("binance", "BTCUSDT", T - 580, 99_990.0)
 

@@ -37,12 +37,15 @@ def reference(times: np.ndarray, values: np.ndarray, i: int, window_ms: int) -> 
     return out
 
 
-@pytest.mark.parametrize("seed, window_ms, sample_ms, gap_p", [
-    (1, 60_000, 1_000, 0.0),
-    (2, 300_000, 5_000, 0.3),
-    (3, 3_600_000, 60_000, 0.1),
-    (4, 10_000, 1_000, 0.6),  # many gaps: windows often hold 0-2 samples
-])
+@pytest.mark.parametrize(
+    "seed, window_ms, sample_ms, gap_p",
+    [
+        (1, 60_000, 1_000, 0.0),
+        (2, 300_000, 5_000, 0.3),
+        (3, 3_600_000, 60_000, 0.1),
+        (4, 10_000, 1_000, 0.6),  # many gaps: windows often hold 0-2 samples
+    ],
+)
 def test_every_statistic_matches_a_recomputation(seed, window_ms, sample_ms, gap_p):
     times, values = series(seed, 400, sample_ms, gap_p)
     window = RollingWindow(window_ms, sample_ms)

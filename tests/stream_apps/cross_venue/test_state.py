@@ -65,13 +65,16 @@ def test_a_notional_the_book_cannot_fill_leaves_the_touch_spread_and_says_why():
     f = last(deep.feed([BINANCE, OKX]) + deep.advance_to(2_000))
     p = f.pair("binance", "okx")
     assert p.spread_top == pytest.approx(math.log(101.0 / 100.9)) and p.spread_sweep is None
-    assert p.reason("spread_sweep") == ("binance: insufficient depth: bids hold 302 USD of 400 in 2 levels; "
-                                        "okx: insufficient depth: asks hold 303 USD of 400 in 2 levels")
+    assert p.reason("spread_sweep") == (
+        "binance: insufficient depth: bids hold 302 USD of 400 in 2 levels; "
+        "okx: insufficient depth: asks hold 303 USD of 400 in 2 levels"
+    )
 
 
 def test_a_stale_leg_makes_the_pair_missing_with_its_age_never_zero():
-    params = CrossVenueParams(max_staleness_ms=2_000, eval_interval_ms=100, slope_window_ms=1_000,
-                              windows=(("1m", 60_000, 1_000),))
+    params = CrossVenueParams(
+        max_staleness_ms=2_000, eval_interval_ms=100, slope_window_ms=1_000, windows=(("1m", 60_000, 1_000),)
+    )
     state = CrossVenueState(params)
     okx = book("okx", "BTC-USDT-SWAP", 0, OKX.bids, OKX.asks)
     binance = book("binance", "BTCUSDT", 3_200, BINANCE.bids, BINANCE.asks)
@@ -103,13 +106,17 @@ def test_an_evaluation_sees_events_up_to_its_time_and_late_or_older_events_are_c
     state.feed([book("binance", "BTCUSDT", 1_999, [(1.0, 1.0)], [(2.0, 1.0)])])  # before 2,000: late
     state.feed([book("okx", "BTC-USDT-SWAP", 2_000, OKX.bids, OKX.asks)])  # at the evaluated point: late
     state.feed([book("binance", "BTCUSDT", 2_400, [(1.0, 1.0)], [(2.0, 1.0)])])  # not late, older than 2,500: stale
-    state.feed([book("binance", "ETHUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
-                book("kraken", "BTCUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
-                book("okx", "BTCUSDT_240329", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
-                book("okx", "BTC-USDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),  # spot, not a perpetual
-                book("binance", "BTCUSDC", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),  # not the configured quote
-                book("bybit", "BTCUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
-                book("bybit", "BTCPERP", 2_500, [(1.0, 1.0)], [(2.0, 1.0)])])  # no known quote
+    state.feed(
+        [
+            book("binance", "ETHUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
+            book("kraken", "BTCUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
+            book("okx", "BTCUSDT_240329", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
+            book("okx", "BTC-USDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),  # spot, not a perpetual
+            book("binance", "BTCUSDC", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),  # not the configured quote
+            book("bybit", "BTCUSDT", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
+            book("bybit", "BTCPERP", 2_500, [(1.0, 1.0)], [(2.0, 1.0)]),
+        ]
+    )  # no known quote
     assert state.counters == {"late": 2, "stale": 1, "unknown_venue": 1, "bad_symbol": 2, "other_market": 2}
     f = last(state.advance_to(3_000))
     assert f.time_ms == 3_000 and f.venue("binance").bid == 103.0 and f.venue("okx").symbol is None
@@ -122,9 +129,11 @@ def test_funding_per_venue_interval_learned_from_the_exchange_and_the_difference
     state = CrossVenueState(params)
     # the OKX producer publishes under tapeflow's symbol (okx:BTCUSDT), as here
     books = [book(v, "BTCUSDT", 1_000, BINANCE.bids, BINANCE.asks) for v in ("binance", "bybit", "okx")]
-    events = [*books,
-              FundingEvent("binance", "BTCUSDT", 1_000, 0.0001, 8 * HOUR),
-              FundingEvent("bybit", "BTCUSDT", 1_000, 0.0002, 4 * HOUR, interval_ms=4 * HOUR)]
+    events = [
+        *books,
+        FundingEvent("binance", "BTCUSDT", 1_000, 0.0001, 8 * HOUR),
+        FundingEvent("bybit", "BTCUSDT", 1_000, 0.0002, 4 * HOUR, interval_ms=4 * HOUR),
+    ]
     f = last(state.feed(events) + state.advance_to(1_000))
     p = f.pair("binance", "bybit")
     assert p.funding_diff == pytest.approx(0.0001 - 0.0002)
@@ -133,42 +142,60 @@ def test_funding_per_venue_interval_learned_from_the_exchange_and_the_difference
     assert f.venue("bybit").funding_interval_ms == 4 * HOUR and f.venue("bybit").next_funding_time_ms == 4 * HOUR
     # binance's next funding time moves on from 8 h to 16 h: its interval is 8 h
     books2 = [book(b.exchange, b.symbol, 2_000, b.bids, b.asks) for b in books]
-    f = last(state.feed([FundingEvent("binance", "BTCUSDT", 2_000, 0.0003, 16 * HOUR), *books2])
-             + state.advance_to(2_000))
+    f = last(
+        state.feed([FundingEvent("binance", "BTCUSDT", 2_000, 0.0003, 16 * HOUR), *books2]) + state.advance_to(2_000)
+    )
     p = f.pair("binance", "bybit")
     # per 8 h: binance 0.0003 (8 h interval), bybit 0.0002 every 4 h = 0.0004
     assert p.funding_diff == pytest.approx(0.0001) and p.funding_diff_8h == pytest.approx(0.0003 - 0.0004)
     assert f.pair("bybit", "binance").funding_diff_8h == pytest.approx(0.0004 - 0.0003)
     # okx: the rate from md.mark, the interval from an md.indicators record timed a little earlier
-    state.feed([FundingEvent("okx", "BTCUSDT", 2_500, 0.0001, 8 * HOUR),
-                book("okx", "BTCUSDT", 2_600, BINANCE.bids, BINANCE.asks)])
+    state.feed(
+        [
+            FundingEvent("okx", "BTCUSDT", 2_500, 0.0001, 8 * HOUR),
+            book("okx", "BTCUSDT", 2_600, BINANCE.bids, BINANCE.asks),
+        ]
+    )
     state.feed([FundingEvent("okx", "BTCUSDT", 2_550, 0.0001, 8 * HOUR, interval_ms=8 * HOUR)])
     assert state.counters["stale"] == 0  # not older than the newest rate: applied, interval and all
-    state.feed([FundingEvent("okx", "BTCUSDT", 2_700, 0.0005, 8 * HOUR),
-                FundingEvent("okx", "BTCUSDT", 2_650, 0.0009, 8 * HOUR, interval_ms=4 * HOUR)])
+    state.feed(
+        [
+            FundingEvent("okx", "BTCUSDT", 2_700, 0.0005, 8 * HOUR),
+            FundingEvent("okx", "BTCUSDT", 2_650, 0.0009, 8 * HOUR, interval_ms=4 * HOUR),
+        ]
+    )
     assert state.counters["stale"] == 1  # the older rate is dropped, its stated interval is kept
     f = last(state.advance_to(3_000))
     assert (f.venue("okx").funding_rate, f.venue("okx").funding_interval_ms) == (0.0005, 4 * HOUR)
     assert state.counters["other_market"] == 0 and state.counters["late"] == 0
     # OKX's own name for the swap is the same leg; a second PEPE perp quoted per coin is not
-    state.feed([FundingEvent("okx", "BTC-USDT-SWAP", 3_500, 0.0006, 8 * HOUR),
-                book("binance", "PEPEUSDT", 3_500, [(1e-5, 1.0)], [(2e-5, 1.0)]),
-                book("binance", "1000PEPEUSDT", 3_500, [(1e-2, 1.0)], [(2e-2, 1.0)])])
+    state.feed(
+        [
+            FundingEvent("okx", "BTC-USDT-SWAP", 3_500, 0.0006, 8 * HOUR),
+            book("binance", "PEPEUSDT", 3_500, [(1e-5, 1.0)], [(2e-5, 1.0)]),
+            book("binance", "1000PEPEUSDT", 3_500, [(1e-2, 1.0)], [(2e-2, 1.0)]),
+        ]
+    )
     assert state.counters["other_market"] == 1 and state.counters["late"] == 0
     assert last(state.advance_to(4_000)).venue("okx").funding_rate == 0.0006
     # a minute later without funding news both are too old to use
     late_books = [book(b.exchange, b.symbol, 63_000, b.bids, b.asks) for b in books]
     f = last(state.feed(late_books) + state.advance_to(63_000))
     assert f.pair("binance", "bybit").funding_diff is None
-    assert f.pair("binance", "bybit").reason("funding_diff") == ("stale funding binance: 61.0 s old; "
-                                                                 "stale funding bybit: 62.0 s old")
+    assert f.pair("binance", "bybit").reason("funding_diff") == (
+        "stale funding binance: 61.0 s old; stale funding bybit: 62.0 s old"
+    )
 
 
 def test_spot_perp_basis_per_venue_and_coins_quoted_per_thousand():
     state = CrossVenueState(CrossVenueParams())
-    events = [BINANCE, SpotEvent("binance", "BTCUSDT", 1_000, 100.0),
-              book("binance", "1000PEPEUSDT", 1_000, [(0.0123, 1e6)], [(0.0124, 1e6)]),
-              book("okx", "PEPE-USDT-SWAP", 1_000, [(0.0000121, 1e9)], [(0.0000122, 1e9)]), OKX]
+    events = [
+        BINANCE,
+        SpotEvent("binance", "BTCUSDT", 1_000, 100.0),
+        book("binance", "1000PEPEUSDT", 1_000, [(0.0123, 1e6)], [(0.0124, 1e6)]),
+        book("okx", "PEPE-USDT-SWAP", 1_000, [(0.0000121, 1e9)], [(0.0000122, 1e9)]),
+        OKX,
+    ]
     out = state.feed(events) + state.advance_to(2_000)
     btc = last(out)
     assert btc.venue("binance").basis == pytest.approx(math.log((101.0 + 101.2) / 2 / 100.0), rel=1e-12)
@@ -200,14 +227,25 @@ def session(seed: int, seconds: int, coins=("BTC", "ETH")) -> list:
                     m = mid * math.exp(offset + 3e-4 * math.sin(t / 20_000) + rng.normal(0, 2e-4))
                     half = m * 1e-4
                     depth = int(rng.integers(1, 5))
-                    events.append(book(venue, symbol, t,
-                                       [(round(m - half - k * m * 1e-4, 6), float(rng.integers(1, 40)) / 10)
-                                        for k in range(depth)],
-                                       [(round(m + half + k * m * 1e-4, 6), float(rng.integers(1, 40)) / 10)
-                                        for k in range(depth)]))
+                    events.append(
+                        book(
+                            venue,
+                            symbol,
+                            t,
+                            [
+                                (round(m - half - k * m * 1e-4, 6), float(rng.integers(1, 40)) / 10)
+                                for k in range(depth)
+                            ],
+                            [
+                                (round(m + half + k * m * 1e-4, 6), float(rng.integers(1, 40)) / 10)
+                                for k in range(depth)
+                            ],
+                        )
+                    )
                 if rng.random() < 0.05:
-                    events.append(FundingEvent(venue, symbol, t, float(rng.normal(1e-4, 1e-4)),
-                                               (t // (8 * HOUR) + 1) * 8 * HOUR))
+                    events.append(
+                        FundingEvent(venue, symbol, t, float(rng.normal(1e-4, 1e-4)), (t // (8 * HOUR) + 1) * 8 * HOUR)
+                    )
                 if venue == "binance" and rng.random() < 0.02:
                     events.append(SpotEvent(venue, symbol, t, mid * (1 + float(rng.normal(0, 1e-3)))))
                 t += int(rng.integers(500, 1_500))
@@ -215,8 +253,12 @@ def session(seed: int, seconds: int, coins=("BTC", "ETH")) -> list:
     return events
 
 
-SMALL = CrossVenueParams(sweep_notional_usd=200.0, eval_interval_ms=1_000, slope_window_ms=20_000,
-                         windows=(("1m", 60_000, 5_000), ("3m", 180_000, 10_000)))
+SMALL = CrossVenueParams(
+    sweep_notional_usd=200.0,
+    eval_interval_ms=1_000,
+    slope_window_ms=20_000,
+    windows=(("1m", 60_000, 5_000), ("3m", 180_000, 10_000)),
+)
 
 
 def test_rolling_features_are_the_statistics_of_the_spreads_emitted():
@@ -231,8 +273,7 @@ def test_rolling_features_are_the_statistics_of_the_spreads_emitted():
         o = out[i]
         p = o.pair("bybit", "okx")
         for name, window_ms, sample_ms in SMALL.windows:
-            mask = ((times > o.time_ms - window_ms) & (times <= o.time_ms) & (times % sample_ms == 0)
-                    & ~np.isnan(top))
+            mask = (times > o.time_ms - window_ms) & (times <= o.time_ms) & (times % sample_ms == 0) & ~np.isnan(top)
             w = dict(p.top.windows)[name]
             assert w.n == mask.sum()
             if w.n >= 2:

@@ -100,17 +100,20 @@ def test_sweep_equals_an_exact_walk_in_fractions(case):
         assert min(prices) <= got.vwap <= max(prices)
 
 
-@pytest.mark.parametrize("exchange, symbol, expected", [
-    ("binance", "BTCUSDT", Instrument("BTC", "USDT")),
-    ("bybit", "ETHUSDC", Instrument("ETH", "USDC")),
-    ("okx", "BTC-USDT-SWAP", Instrument("BTC", "USDT")),
-    ("okx", "BTC-USDT", Instrument("BTC", "USDT", 1, "spot")),
-    ("binance", "1000PEPEUSDT", Instrument("PEPE", "USDT", 1000)),
-    ("bybit", "10000SATSUSDT", Instrument("SATS", "USDT", 10000)),
-    ("binance", "1INCHUSDT", Instrument("1INCH", "USDT")),
-    ("binance", "BTCFDUSD", Instrument("BTC", "FDUSD")),
-    ("bybit", "BTCUSD", Instrument("BTC", "USD")),
-])
+@pytest.mark.parametrize(
+    "exchange, symbol, expected",
+    [
+        ("binance", "BTCUSDT", Instrument("BTC", "USDT")),
+        ("bybit", "ETHUSDC", Instrument("ETH", "USDC")),
+        ("okx", "BTC-USDT-SWAP", Instrument("BTC", "USDT")),
+        ("okx", "BTC-USDT", Instrument("BTC", "USDT", 1, "spot")),
+        ("binance", "1000PEPEUSDT", Instrument("PEPE", "USDT", 1000)),
+        ("bybit", "10000SATSUSDT", Instrument("SATS", "USDT", 10000)),
+        ("binance", "1INCHUSDT", Instrument("1INCH", "USDT")),
+        ("binance", "BTCFDUSD", Instrument("BTC", "FDUSD")),
+        ("bybit", "BTCUSD", Instrument("BTC", "USD")),
+    ],
+)
 def test_symbols_map_to_their_coin(exchange, symbol, expected):
     assert instrument(exchange, symbol) == expected
 
@@ -123,28 +126,63 @@ def test_one_coin_across_venues_and_unmappable_symbols():
 
 
 def test_records_adapt_to_events():
-    book = book_event_from_record({"exchange": "okx", "symbol": "BTC-USDT-SWAP", "last_update_id": 1, "event_time": 5,
-                                   "receive_time": 6, "bids": [{"price": 99.0, "qty": 2.0}],
-                                   "asks": [{"price": 100.0, "qty": 1.0}], "obi_10": 0.3})
+    book = book_event_from_record(
+        {
+            "exchange": "okx",
+            "symbol": "BTC-USDT-SWAP",
+            "last_update_id": 1,
+            "event_time": 5,
+            "receive_time": 6,
+            "bids": [{"price": 99.0, "qty": 2.0}],
+            "asks": [{"price": 100.0, "qty": 1.0}],
+            "obi_10": 0.3,
+        }
+    )
     assert (book.time_ms, book.bids, book.asks) == (5, ((99.0, 2.0),), ((100.0, 1.0),))
-    mark = funding_event_from_record({"exchange": "binance", "symbol": "BTCUSDT", "mark_price": 1.0,
-                                      "index_price": 1.0, "funding_rate": 0.0001, "next_funding_time": 28_800_000,
-                                      "event_time": 7, "receive_time": 8})
+    mark = funding_event_from_record(
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "mark_price": 1.0,
+            "index_price": 1.0,
+            "funding_rate": 0.0001,
+            "next_funding_time": 28_800_000,
+            "event_time": 7,
+            "receive_time": 8,
+        }
+    )
     assert (mark.time_ms, mark.funding_rate, mark.next_funding_time_ms) == (7, 0.0001, 28_800_000)
     assert mark.interval_ms is None  # md.mark has no interval: the state learns it
-    base = {"exchange": "binance", "symbol": "BTCUSDT", "value": 0.001, "period": None, "event_time": 1,
-            "receive_time": 9}
-    spot = spot_event_from_record({**base, "kind": "spot_perp_divergence",
-                                   "extra": {"perp_price": 100.1, "spot_price": 100.0}})
+    base = {
+        "exchange": "binance",
+        "symbol": "BTCUSDT",
+        "value": 0.001,
+        "period": None,
+        "event_time": 1,
+        "receive_time": 9,
+    }
+    spot = spot_event_from_record(
+        {**base, "kind": "spot_perp_divergence", "extra": {"perp_price": 100.1, "spot_price": 100.0}}
+    )
     assert (spot.time_ms, spot.price) == (9, 100.0)  # the receive time: when the value became known
     assert spot_event_from_record({**base, "kind": "open_interest", "extra": {}}) is None
-    assert event_from_record("md.indicators", {**base, "kind": "spot_perp_divergence",
-                                               "extra": {"spot_price": 100.0}}) == spot
+    assert (
+        event_from_record("md.indicators", {**base, "kind": "spot_perp_divergence", "extra": {"spot_price": 100.0}})
+        == spot
+    )
     assert event_from_record("md.trades", {**base, "kind": "spot_perp_divergence"}) is None
     # OKX's funding-rate channel states the interval (fundingTime 8 h, nextFundingTime 16 h)
-    okx = {**base, "exchange": "okx", "kind": "funding_rate", "value": 0.0002,
-           "extra": {"next_funding_time": 28_800_000.0, "following_funding_time": 57_600_000.0,
-                     "funding_interval_ms": 28_800_000.0}}
+    okx = {
+        **base,
+        "exchange": "okx",
+        "kind": "funding_rate",
+        "value": 0.0002,
+        "extra": {
+            "next_funding_time": 28_800_000.0,
+            "following_funding_time": 57_600_000.0,
+            "funding_interval_ms": 28_800_000.0,
+        },
+    }
     assert event_from_record("md.indicators", okx) == FundingEvent("okx", "BTCUSDT", 9, 0.0002, 28_800_000, 28_800_000)
     binance = {**base, "kind": "funding_rate", "value": 0.0001, "extra": {"next_funding_time": 28_800_000.0}}
     assert event_from_record("md.indicators", binance) == FundingEvent("binance", "BTCUSDT", 9, 0.0001, 28_800_000)

@@ -16,8 +16,11 @@ from tests.support.paths import REPO
 
 def test_the_installed_releases_are_the_tested_ones_and_pyproject_pins_them():
     check_tested_releases()  # this environment was installed from pyproject.toml
-    pins = {m.group(1): m.group(2) for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-            if (m := re.fullmatch(r"([a-z-]+)==([\d.]+)", dep.strip()))}
+    pins = {
+        m.group(1): m.group(2)
+        for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        if (m := re.fullmatch(r"([a-z-]+)==([\d.]+)", dep.strip()))
+    }
     assert {name: (pins.get(name),) for name in TESTED_RELEASES} == TESTED_RELEASES
     assert {name: version(name) for name in TESTED_RELEASES} == {name: pins[name] for name in TESTED_RELEASES}
 

@@ -45,16 +45,26 @@ pytestmark = pytest.mark.integration
 MIN = 60_000
 STRATEGY_FILES = {
     "fast_test.yaml": {
-        "name": "fast_test", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
+        "name": "fast_test",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "10m",
         "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-        "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "2m",
-        "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60}},
+        "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+        "cooldown": "2m",
+        "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60},
+    },
     "gated_test.yaml": {
-        "name": "gated_test", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
+        "name": "gated_test",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "10m",
         "weights": {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 5},
-        "thresholds": {"entry": 55, "heavy": 70, "flip": 70}, "cooldown": "3m",
+        "thresholds": {"entry": 55, "heavy": 70, "flip": 70},
+        "cooldown": "3m",
         "gates": {"obi_against": {"default": 0.2}, "spot_perp_divergence": {"default": 0.0015}},
-        "exits": {"sl_atr_mult": 2.0, "tp1_r": 0.75, "tp2_r": 1.5, "timeout_min": 240}},
+        "exits": {"sl_atr_mult": 2.0, "tp1_r": 0.75, "tp2_r": 1.5, "timeout_min": 240},
+    },
 }
 ID_FIELD = {"features": "evaluation_id", "signals": "signal_id"}
 
@@ -82,10 +92,16 @@ def make_config(bootstrap, prefix, tmp_path, strategy_files, name="w", **overrid
     cannot survive one. On a loaded machine a partition newly assigned after a rebalance can stay
     silent for 5 s (the zombie test's gated strategy once differed on book-dependent features while
     its trades-only twin did not); every record is in the broker here, so no partition is stuck."""
-    return EngineAppConfig(bootstrap=bootstrap, app_id=prefix + "engine", topic_prefix=prefix,
-                           strategy_files=strategy_files, datadir=tmp_path / f"faust-{name}",
-                           snapshot_interval_s=1.0, commit_interval_s=0.5,
-                           **{"max_hold_s": 300.0, **overrides})
+    return EngineAppConfig(
+        bootstrap=bootstrap,
+        app_id=prefix + "engine",
+        topic_prefix=prefix,
+        strategy_files=strategy_files,
+        datadir=tmp_path / f"faust-{name}",
+        snapshot_interval_s=1.0,
+        commit_interval_s=0.5,
+        **{"max_hold_s": 300.0, **overrides},
+    )
 
 
 class Worker:
@@ -96,9 +112,13 @@ class Worker:
         self.config_path = tmp_path / f"{name}.json"
         self.config_path.write_text(config.model_dump_json())
         self.log_path = tmp_path / f"{name}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream_apps.faust_app", "--config", str(self.config_path)],
-                                     cwd=REPO, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_apps.faust_app", "--config", str(self.config_path)],
+            cwd=REPO,
+            stdout=open(self.log_path, "w"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.port = None
 
     def log(self) -> str:
@@ -161,7 +181,8 @@ def reference(records, strategy_files, lateness_ms: int = 0):
     """One direct Engine.process call on all records; per symbol, only the points its own newest input
     reaches (a worker evaluates a symbol on that symbol's event time)."""
     out = Engine([load_strategy(p) for p in strategy_files], EngineParams(allowed_lateness_ms=lateness_ms)).process(
-        *engine_inputs(records))
+        *engine_inputs(records)
+    )
     newest = defaultdict(int)
     for r in records:
         newest[r.value["symbol"]] = max(newest[r.value["symbol"]], r.time_ms)
@@ -169,9 +190,11 @@ def reference(records, strategy_files, lateness_ms: int = 0):
     def reached(record, field):
         return record[field] <= newest[record["symbol"]] - lateness_ms
 
-    return {"bars.1m": [b for b in out.bars if reached(b, "close_time")],
-            "features": [f for f in out.features if reached(f, "eval_time")],
-            "signals": [s for s in out.signals if reached(s, "eval_time")]}
+    return {
+        "bars.1m": [b for b in out.bars if reached(b, "close_time")],
+        "features": [f for f in out.features if reached(f, "eval_time")],
+        "signals": [s for s in out.signals if reached(s, "eval_time")],
+    }
 
 
 def record_id(topic: str, value: dict) -> str:
@@ -181,8 +204,10 @@ def record_id(topic: str, value: dict) -> str:
 
 
 def read_outputs(bootstrap, prefix, serde, **kw) -> dict[str, list[tuple]]:
-    return {topic: read_topic(bootstrap, prefix + topic, serde, idle_s=1.0, **kw)
-            for topic in ("bars.1m", "features", "signals")}
+    return {
+        topic: read_topic(bootstrap, prefix + topic, serde, idle_s=1.0, **kw)
+        for topic in ("bars.1m", "features", "signals")
+    }
 
 
 def distinct(topic: str, rows) -> dict[str, dict]:
@@ -198,8 +223,9 @@ def assert_matches_reference(outputs, want):
     for topic in ("bars.1m", "features", "signals"):
         got = distinct(topic, outputs[topic])
         expected = {record_id(topic, v): v for v in want[topic]}
-        assert set(got) == set(expected), f"{topic}: {len(set(got) - set(expected))} unexpected, " \
-                                          f"{len(set(expected) - set(got))} missing"
+        assert set(got) == set(expected), (
+            f"{topic}: {len(set(got) - set(expected))} unexpected, {len(set(expected) - set(got))} missing"
+        )
         assert got == expected, topic
 
 
@@ -215,6 +241,7 @@ def wait_for_features(bootstrap, prefix, serde, count: int, timeout: float = 120
             assert w.proc.poll() is None or w.proc.returncode == 0, f"{w.name} died:\n{w.log()[-3000:]}"
         time.sleep(0.5)
     logs = "\n".join(f"--- {w.name}:\n{w.log()[-4000:]}\n{worker_state(w)}" for w in workers)
+
     # the summary last as well: CI shows a failure's tail
     def brief(w) -> str:
         try:
@@ -222,9 +249,12 @@ def wait_for_features(bootstrap, prefix, serde, count: int, timeout: float = 120
             return f"{w.name}: {w.get('/health')[1]} {held}"
         except OSError as exc:
             return f"{w.name}: {exc!r}"
+
     health = "; ".join(brief(w) for w in workers if w.proc.poll() is None)
-    raise AssertionError(f"only {len(ids)} of {count} evaluations after {timeout} s\n{logs}\n"
-                         f"only {len(ids)} of {count} evaluations after {timeout} s; health {health}")
+    raise AssertionError(
+        f"only {len(ids)} of {count} evaluations after {timeout} s\n{logs}\n"
+        f"only {len(ids)} of {count} evaluations after {timeout} s; health {health}"
+    )
 
 
 def worker_state(worker) -> str:
@@ -233,8 +263,15 @@ def worker_state(worker) -> str:
         text = worker.get("/metrics")[1]
     except OSError as exc:
         return f"(no metrics: {exc})"
-    wanted = ("held_inputs", "consumer_lag", "forced_releases_total", "engine_symbols", "state_counter",
-              "input_records_total", "restores_total")
+    wanted = (
+        "held_inputs",
+        "consumer_lag",
+        "forced_releases_total",
+        "engine_symbols",
+        "state_counter",
+        "input_records_total",
+        "restores_total",
+    )
     return "\n".join(line for line in text.splitlines() if not line.startswith("#") and any(w in line for w in wanted))
 
 
@@ -257,8 +294,9 @@ def trade_partitions(bootstrap, prefix, serde) -> dict[bytes, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-def test_signals_equal_the_engine_core_called_directly(kafka_bootstrap, topic_prefix, tmp_path, strategy_files,
-                                                       serde, workers):
+def test_signals_equal_the_engine_core_called_directly(
+    kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers
+):
     config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files)
     ensure_engine_topics(config)
     session = synthetic_session(duration_ms=24 * MIN, trades_per_s=4.0, seed=21)
@@ -297,8 +335,9 @@ def test_signals_equal_the_engine_core_called_directly(kafka_bootstrap, topic_pr
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde,
-                                             workers, guarantee):
+def test_restart_restores_state_and_cooldown(
+    kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers, guarantee
+):
     """A stops cleanly after the first part of the session; B starts when the second part is on the
     broker, restores both symbols from A's snapshots (windows, warm-up, cooldown books) and reads
     only what A committed past. Their outputs together are what the engine produces directly, so no
@@ -321,8 +360,9 @@ def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_
     a.wait_ready()
     wait_for_features(kafka_bootstrap, topic_prefix, serde, len(want_first["features"]), workers=[a])
     assert a.stop() == 0  # stopping saves every symbol and commits what the saved state holds
-    trades_first = Counter(p for _, p, _, _ in read_topic(kafka_bootstrap, topic_prefix + "md.trades", serde,
-                                                           idle_s=1.0))
+    trades_first = Counter(
+        p for _, p, _, _ in read_topic(kafka_bootstrap, topic_prefix + "md.trades", serde, idle_s=1.0)
+    )
     # A committed what its saved state holds (inside its transactions with exactly_once): B will not
     # read the first part again
     committed_first = committed_offsets(kafka_bootstrap, config.app_id, topic_prefix + "md.trades")
@@ -330,8 +370,9 @@ def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_
     if guarantee == "exactly_once":
         # written in transactions: each commit marker takes an offset of its partition, so the
         # partitions end past the records they hold
-        features = read_topic(kafka_bootstrap, topic_prefix + "features", serde, idle_s=1.0,
-                              isolation_level="read_committed")
+        features = read_topic(
+            kafka_bootstrap, topic_prefix + "features", serde, idle_s=1.0, isolation_level="read_committed"
+        )
         assert features and end_offsets(kafka_bootstrap, topic_prefix + "features") > len(features)
 
     producer.produce_all(second)
@@ -345,8 +386,9 @@ def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_
     outputs = read_outputs(kafka_bootstrap, topic_prefix, serde, isolation_level="read_committed")
     assert_matches_reference(outputs, want)
     committed = committed_offsets(kafka_bootstrap, config.app_id, topic_prefix + "md.trades")
-    produced = Counter(partition for _, partition, _, _ in read_topic(kafka_bootstrap, topic_prefix + "md.trades",
-                                                                       serde, idle_s=1.0))
+    produced = Counter(
+        partition for _, partition, _, _ in read_topic(kafka_bootstrap, topic_prefix + "md.trades", serde, idle_s=1.0)
+    )
     assert committed == dict(produced), b.log()[-4000:]  # every trade consumed and its offset committed
 
     # the cooldown held across the restart: a strategy never fired the same direction within it
@@ -359,14 +401,18 @@ def test_restart_restores_state_and_cooldown(kafka_bootstrap, topic_prefix, tmp_
     for (strategy, _, _), times in fired.items():
         times.sort()
         assert all(later - earlier >= cooldown_ms[strategy] for earlier, later in zip(times, times[1:]))
-    blocked = [f for f in distinct("features", outputs["features"]).values()
-               if f["block_reason"] == "cooldown" and cut <= f["eval_time"] <= cut + 3 * MIN]
+    blocked = [
+        f
+        for f in distinct("features", outputs["features"]).values()
+        if f["block_reason"] == "cooldown" and cut <= f["eval_time"] <= cut + 3 * MIN
+    ]
     assert blocked  # evaluated after the restart and held back by a cooldown that A's signals started
 
 
 @pytest.mark.timeout(600)
-def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topic_prefix, tmp_path,
-                                                           strategy_files, serde, workers):
+def test_workers_joining_and_crashing_keep_outputs_correct(
+    kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers
+):
     """Input arrives while it happens (paced). `two` joins: `one` saves and hands over half the
     partitions (a cooperative rebalance). Then `one` is killed without saving anything since: after
     the session timeout `two` owns every partition, restores `one`'s last saved state and processes
@@ -387,12 +433,16 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     to evaluate after it. `one` is killed once it has evaluated something after the hand-over, so
     `two` really has unsaved work of `one`'s to redo."""
     lateness = 120_000
-    config = make_config(kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness,
-                         max_hold_s=300.0)
+    config = make_config(
+        kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness, max_hold_s=300.0
+    )
     ensure_engine_topics(config)
     session = synthetic_session(
         [("BTCUSDT", 30_000.0), ("ETHUSDT", 2_000.0), ("SOLUSDT", 60.0), ("XRPUSDT", 0.6)],
-        duration_ms=20 * MIN, trades_per_s=3.0, seed=23)
+        duration_ms=20 * MIN,
+        trades_per_s=3.0,
+        seed=23,
+    )
     want = reference(session, strategy_files, lateness)
     producer = SessionProducer(kafka_bootstrap, serde, topic_prefix, **{"batch.num.messages": 200})
     done = threading.Event()
@@ -436,11 +486,17 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
         time.sleep(0.5)
     split = (owned(one), owned(two))
     assert split[0] and split[1] and not set(split[0]) & set(split[1]), split
+
     # `one`'s outputs on its own partitions (features are co-partitioned with the inputs) before the
     # rest of the session flows to both workers
     def features_of(partitions) -> int:
-        return len({v["evaluation_id"] for _, partition, _, v in read_topic(
-            kafka_bootstrap, topic_prefix + "features", serde, idle_s=0.5) if partition in partitions})
+        return len(
+            {
+                v["evaluation_id"]
+                for _, partition, _, v in read_topic(kafka_bootstrap, topic_prefix + "features", serde, idle_s=0.5)
+                if partition in partitions
+            }
+        )
 
     ones = set(split[0])
     at_handover = features_of(ones)
@@ -472,8 +528,7 @@ def test_workers_joining_and_crashing_keep_outputs_correct(kafka_bootstrap, topi
     assert repeated  # `two` redid what `one` had not saved
 
 
-def test_a_new_group_is_primed_from_a_point_in_time_and_a_known_group_is_left_alone(kafka_bootstrap,
-                                                                                    topic_prefix):
+def test_a_new_group_is_primed_from_a_point_in_time_and_a_known_group_is_left_alone(kafka_bootstrap, topic_prefix):
     """Priming searches the records' timestamps, which the catalogue's topics take from the broker on
     arrival (LogAppendTime): a new group starts at each partition's first record that arrived at or
     after the point in time (``run_engine`` asks for 25 h back)."""
@@ -511,12 +566,21 @@ def test_service_config_follows_the_shared_settings(tmp_path):
     from stream_apps.service import engine_config
     from tapeflow_runtime.settings import Settings
 
-    settings = Settings(home=tmp_path, broker="10.0.0.5:9092", topic_prefix="lab.", metrics_host="0.0.0.0",
-                        schema_registry_url="http://registry:8081", database_url=None)
+    settings = Settings(
+        home=tmp_path,
+        broker="10.0.0.5:9092",
+        topic_prefix="lab.",
+        metrics_host="0.0.0.0",
+        schema_registry_url="http://registry:8081",
+        database_url=None,
+    )
     config = engine_config(settings, metrics_port=9310, processing_guarantee="exactly_once")
     assert (config.bootstrap, config.topic_prefix, config.app_id) == ("10.0.0.5:9092", "lab.", "lab.tapeflow-engine")
-    assert (config.metrics_host, config.metrics_port, config.schema_registry_url) == ("0.0.0.0", 9310,
-                                                                                      "http://registry:8081")
+    assert (config.metrics_host, config.metrics_port, config.schema_registry_url) == (
+        "0.0.0.0",
+        9310,
+        "http://registry:8081",
+    )
     assert config.datadir == tmp_path / "engine" / "lab.tapeflow-engine"
     assert [p.name for p in config.strategy_files] == ["v51_baseline.yaml", "v52_8signals.yaml", "v53.yaml"]
     assert config.processing_guarantee == "exactly_once" and config.signal_max_age_ms is None

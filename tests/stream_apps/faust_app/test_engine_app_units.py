@@ -32,17 +32,31 @@ from tests.support.engine_reference import direct_engine_outputs
 
 T0 = 1_700_006_400_000
 MIN = 60_000
-FAST = parse_strategy({
-    "name": "fast_test", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
-    "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
-    "thresholds": {"entry": 40, "heavy": 50, "flip": 50}, "cooldown": "2m",
-    "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60}})
-GATED = parse_strategy({
-    "name": "gated_test", "version": "1", "windows": {"cvd_fast": "5m", "cvd_mid": "30m"}, "warmup": "10m",
-    "weights": {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 5},
-    "thresholds": {"entry": 55, "heavy": 70, "flip": 70}, "cooldown": "3m",
-    "gates": {"obi_against": {"default": 0.2}, "spot_perp_divergence": {"default": 0.0015}},
-    "exits": {"sl_atr_mult": 2.0, "tp1_r": 0.75, "tp2_r": 1.5, "timeout_min": 240}})
+FAST = parse_strategy(
+    {
+        "name": "fast_test",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "10m",
+        "weights": {"direction": 55, "crowding": 0, "environment": 0, "auxiliary": 0},
+        "thresholds": {"entry": 40, "heavy": 50, "flip": 50},
+        "cooldown": "2m",
+        "exits": {"sl_atr_mult": 1.5, "tp1_r": 1.0, "tp2_r": 2.0, "timeout_min": 60},
+    }
+)
+GATED = parse_strategy(
+    {
+        "name": "gated_test",
+        "version": "1",
+        "windows": {"cvd_fast": "5m", "cvd_mid": "30m"},
+        "warmup": "10m",
+        "weights": {"direction": 55, "crowding": 25, "environment": 15, "auxiliary": 5},
+        "thresholds": {"entry": 55, "heavy": 70, "flip": 70},
+        "cooldown": "3m",
+        "gates": {"obi_against": {"default": 0.2}, "spot_perp_divergence": {"default": 0.0015}},
+        "exits": {"sl_atr_mult": 2.0, "tp1_r": 0.75, "tp2_r": 1.5, "timeout_min": 240},
+    }
+)
 STRATEGIES = [FAST, GATED]
 PARTITION = {"binance:BTCUSDT": 2, "binance:ETHUSDT": 5}
 
@@ -90,8 +104,16 @@ def partitions(session, serde):
 
 
 def make_processor(serde, clock, load=lambda key: None, metrics=None, **kw) -> EngineProcessor:
-    return EngineProcessor(STRATEGIES, EngineParams(), serde, OutputEncoder(serde), metrics or EngineAppMetrics(),
-                           load, monotonic=clock, **kw)
+    return EngineProcessor(
+        STRATEGIES,
+        EngineParams(),
+        serde,
+        OutputEncoder(serde),
+        metrics or EngineAppMetrics(),
+        load,
+        monotonic=clock,
+        **kw,
+    )
 
 
 class FakeBroker:
@@ -111,7 +133,7 @@ class FakeBroker:
         batch = {}
         for tp in self.rng.sample(live, k=self.rng.randint(1, len(live))) if live else []:
             n = self.rng.randint(1, max_records)
-            batch[tp] = self.logs[tp][self.position[tp]:self.position[tp] + n]
+            batch[tp] = self.logs[tp][self.position[tp] : self.position[tp] + n]
             self.position[tp] += len(batch[tp])
         return batch
 
@@ -239,8 +261,9 @@ def test_restart_from_a_snapshot_resumes_exactly_and_skips_redelivered_input(ser
     run(second, broker2, serde, clock, 300, apply)
     registry = second.metrics.registry
     assert registry.get_sample_value("tapeflow_engine_restores_total") == len(PARTITION)
-    redelivered = sum(registry.get_sample_value("tapeflow_engine_redelivered_records_total", {"topic": t}) or 0
-                      for t in INPUT_TOPICS)
+    redelivered = sum(
+        registry.get_sample_value("tapeflow_engine_redelivered_records_total", {"topic": t}) or 0 for t in INPUT_TOPICS
+    )
     assert redelivered > 0
     assert_same(without_repeats(decode_outputs(serde, outputs)), reference)
 
@@ -263,11 +286,23 @@ def without_repeats(got: dict[str, list[dict]]) -> dict[str, list[dict]]:
 def test_dead_letters_for_undecodable_input(serde):
     clock = Clock()
     processor = make_processor(serde, clock)
-    good = serde.encode("md.book", {"exchange": "binance", "symbol": "BTCUSDT", "last_update_id": 1,
-                                    "event_time": T0, "receive_time": T0, "bids": [], "asks": [], "obi_10": 0.1})
-    effects = processor.on_records({("md.book", 2): [FakeRecord(0, b"binance:BTCUSDT", b"\x00garbage"),
-                                                     FakeRecord(1, b"binance:BTCUSDT", good)]},
-                                   lambda topic, partition: True)
+    good = serde.encode(
+        "md.book",
+        {
+            "exchange": "binance",
+            "symbol": "BTCUSDT",
+            "last_update_id": 1,
+            "event_time": T0,
+            "receive_time": T0,
+            "bids": [],
+            "asks": [],
+            "obi_10": 0.1,
+        },
+    )
+    effects = processor.on_records(
+        {("md.book", 2): [FakeRecord(0, b"binance:BTCUSDT", b"\x00garbage"), FakeRecord(1, b"binance:BTCUSDT", good)]},
+        lambda topic, partition: True,
+    )
     dead = [serde.decode(r.value) for r in effects.outputs if r.topic == "dlq.md"]
     assert len(dead) == 1 and dead[0]["value"] == b"\x00garbage" and dead[0]["offset"] == 0
     assert dead[0]["source_topic"] == "md.book" and dead[0]["error"]
@@ -278,17 +313,25 @@ def test_stale_signals_are_not_published_but_still_hold_the_cooldown(serde, part
     now = T0 + 20 * MIN
     clock = Clock()
     metrics = EngineAppMetrics()
-    processor = EngineProcessor([FAST], EngineParams(), serde,
-                                OutputEncoder(serde, signal_max_age_ms=MIN, wall_clock_ms=lambda: now),
-                                metrics, lambda key: None, monotonic=clock, wall_clock_ms=lambda: now)
+    processor = EngineProcessor(
+        [FAST],
+        EngineParams(),
+        serde,
+        OutputEncoder(serde, signal_max_age_ms=MIN, wall_clock_ms=lambda: now),
+        metrics,
+        lambda key: None,
+        monotonic=clock,
+        wall_clock_ms=lambda: now,
+    )
     effects: list[Effects] = []
     run(processor, FakeBroker(partitions, 5), serde, clock, 1000, effects.append)
     published = decode_outputs(serde, effects)["signals"]
     newest = defaultdict(int)
     for r in session:
         newest[r.value["symbol"]] = max(newest[r.value["symbol"]], r.time_ms)
-    direct = [s for s in Engine([FAST]).process(*engine_inputs(session)).signals
-              if s["eval_time"] <= newest[s["symbol"]]]
+    direct = [
+        s for s in Engine([FAST]).process(*engine_inputs(session)).signals if s["eval_time"] <= newest[s["symbol"]]
+    ]
     fresh = [s for s in direct if s["eval_time"] >= now - MIN]
     assert fresh and len(fresh) < len(direct)
     # the old ones were evaluated (and set cooldowns) exactly as without the filter, just not published
@@ -299,8 +342,16 @@ def test_stale_signals_are_not_published_but_still_hold_the_cooldown(serde, part
 # ---------------------------------------------------------------------------------------------
 def _rows(key_symbol, offsets, times):
     n = len(offsets)
-    return TradeRows("binance", key_symbol, np.asarray(offsets), np.arange(1, n + 1), np.asarray(times),
-                     np.full(n, 100.0), np.full(n, 1.0), np.zeros(n, dtype=bool))
+    return TradeRows(
+        "binance",
+        key_symbol,
+        np.asarray(offsets),
+        np.arange(1, n + 1),
+        np.asarray(times),
+        np.full(n, 100.0),
+        np.full(n, 1.0),
+        np.zeros(n, dtype=bool),
+    )
 
 
 def test_aligner_holds_trades_beyond_a_lagging_topic_and_releases_prefixes():
@@ -375,8 +426,11 @@ def test_a_large_fetch_is_cut_into_bounded_steps_in_offset_order():
 
     records = {TP("md.trades", 1): list(range(12)), TP("md.book", 1): list(range(3)), TP("md.mark", 4): []}
     steps = fetch_steps(records, 5)
-    assert steps == [{("md.trades", 1): [0, 1, 2, 3, 4], ("md.book", 1): [0, 1, 2]},
-                     {("md.trades", 1): [5, 6, 7, 8, 9]}, {("md.trades", 1): [10, 11]}]
+    assert steps == [
+        {("md.trades", 1): [0, 1, 2, 3, 4], ("md.book", 1): [0, 1, 2]},
+        {("md.trades", 1): [5, 6, 7, 8, 9]},
+        {("md.trades", 1): [10, 11]},
+    ]
 
 
 def test_input_redelivered_before_its_snapshot_is_acked_exactly_once(serde, partitions):
@@ -431,8 +485,19 @@ def published_with_markers(session, serde, seed, *, disorder_ms=1_500, lag_ms=2_
     def mark(key, watermark, final=False):
         exchange, symbol = key.split(":")
         offsets = {t: o for (k, t), o in last.items() if k == key}
-        write("md.progress", key, {"exchange": exchange, "symbol": symbol, "source": "test", "offsets": offsets,
-                                   "watermark_ms": watermark, "final": final, "sequence": sequence[key]})
+        write(
+            "md.progress",
+            key,
+            {
+                "exchange": exchange,
+                "symbol": symbol,
+                "source": "test",
+                "offsets": offsets,
+                "watermark_ms": watermark,
+                "final": final,
+                "sequence": sequence[key],
+            },
+        )
         sequence[key] += 1
 
     for r in order:
@@ -460,7 +525,7 @@ class GrowingBroker(FakeBroker):
 
     def fetch(self, max_records):
         step = self.rng.randint(1, self.reveal_max)
-        for tp, record in self.writes[self.revealed:self.revealed + step]:
+        for tp, record in self.writes[self.revealed : self.revealed + step]:
             self.logs[tp].append(record)
             self.position.setdefault(tp, 0)
         self.revealed += step
@@ -482,8 +547,9 @@ def run_growing(serde, writes, seed, **kw):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_progress_markers_give_the_direct_engine_output_while_the_source_is_still_writing(serde, session,
-                                                                                          reference, seed):
+def test_progress_markers_give_the_direct_engine_output_while_the_source_is_still_writing(
+    serde, session, reference, seed
+):
     got, processor = run_growing(serde, published_with_markers(session, serde, seed), seed, wait_for_progress=True)
     assert_same(got, reference)
     assert processor.metrics.progress_timeouts._value.get() == 0
@@ -493,8 +559,9 @@ def test_progress_markers_give_the_direct_engine_output_while_the_source_is_stil
 def test_without_markers_a_source_still_writing_changes_the_result(serde, session, reference):
     """The guard against a vacuous marker test: the same writes without markers, released by the
     caught-up rule (the consumer is "caught up" whenever it has read what is written so far)."""
-    results = [run_growing(serde, published_with_markers(session, serde, seed, markers=False), seed)[0]
-               for seed in (1, 2, 3)]
+    results = [
+        run_growing(serde, published_with_markers(session, serde, seed, markers=False), seed)[0] for seed in (1, 2, 3)
+    ]
     assert any(by_id(got["features"], "eval_time") != by_id(reference["features"], "eval_time") for got in results)
 
 
@@ -503,8 +570,9 @@ def test_a_marker_waits_for_every_partition_it_names_or_a_start_past_it(serde):
 
     clock = Clock()
     starts = {}
-    processor = make_processor(serde, clock, wait_for_progress=True,
-                               start_offset=lambda topic, partition: starts.get((topic, partition)))
+    processor = make_processor(
+        serde, clock, wait_for_progress=True, start_offset=lambda topic, partition: starts.get((topic, partition))
+    )
     marker = Marker("test", 1_000, {"md.trades": 10, "md.book": 3}, False, 0)
     processor._read_to[("md.trades", 2)] = 10
     assert not processor._covered(marker, 2)  # md.book read to nowhere yet

@@ -23,14 +23,14 @@ from collections import Counter
 
 import pytest
 
+from schemas.catalogue import ENGINE_INPUTS
 from stream_apps.core.strategy import parse_strategy
 from stream_apps.faust_app.session import SessionProducer, synthetic_session
 from stream_apps.faust_app.session import read_topic as read_session_topic
 from stream_apps.faust_app.worker import ensure_engine_topics
-from schemas.catalogue import ENGINE_INPUTS
+from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher, PublishMetrics
-from tapeflow_runtime.kafka_client import ensure_topics
 from tests.stream_apps.faust_app.test_engine_app import (  # noqa: F401 - fixtures
     MIN,
     Worker,
@@ -45,17 +45,19 @@ from tests.stream_apps.faust_app.test_engine_app import (  # noqa: F401 - fixtur
     workers,
 )
 from tests.support.engine_reference import canonical, direct_engine_outputs, session_records
+from tests.support.kafka import committed_offsets
 from tests.support.replay_runs import (
     INPUTS,
     OUTPUTS,
     STRATEGY,
     assert_same,
-    read_outputs as read_replay_outputs,
     service_env,
     start_engine,
     synthetic_args,
 )
-from tests.support.kafka import committed_offsets
+from tests.support.replay_runs import (
+    read_outputs as read_replay_outputs,
+)
 from tests.support.services import Service, metrics_text, record_counts, wait_consumed
 from tests.support.waiting import services_alive, wait_until
 
@@ -94,8 +96,9 @@ def _values(outputs: dict[str, list[tuple]]) -> dict[str, list[dict]]:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
-def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_gap(kafka_bootstrap, read_topic,
-                                                                                     tmp_path, guarantee):
+def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_gap(
+    kafka_bootstrap, read_topic, tmp_path, guarantee
+):
     """A max-speed replay (fake exchange -> producer -> `tapeflow engine`); the engine is SIGKILLed three
     times while it is processing (its input counter rising, its transactions open), restarted each time
     in the same group; a fourth one finishes. Every restarted engine first restores the state its group's
@@ -116,14 +119,42 @@ def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_
     try:
         engine = start_engine(env, tmp_path, flag)
         services.append(engine)
-        fake = Service("fake-exchange", ["fake-exchange", *synthetic_args(seed, duration_s, DEPTH_ARGS), "--speed", "max",
-                                         "--rest-clock", "recording"], env, tmp_path)
+        fake = Service(
+            "fake-exchange",
+            [
+                "fake-exchange",
+                *synthetic_args(seed, duration_s, DEPTH_ARGS),
+                "--speed",
+                "max",
+                "--rest-clock",
+                "recording",
+            ],
+            env,
+            tmp_path,
+        )
         services.append(fake)
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 120).group(0))
         rest = urls["rest_url"]
-        producer = Service("producer", ["produce", "--ws-url", urls["ws_url"], "--rest-url", rest, "--spot-url",
-                                        rest, "--coinbase-url", rest, "--replay-control-url", rest,
-                                        "--metrics-port", "0"], env, tmp_path)
+        producer = Service(
+            "producer",
+            [
+                "produce",
+                "--ws-url",
+                urls["ws_url"],
+                "--rest-url",
+                rest,
+                "--spot-url",
+                rest,
+                "--coinbase-url",
+                rest,
+                "--replay-control-url",
+                rest,
+                "--metrics-port",
+                "0",
+            ],
+            env,
+            tmp_path,
+        )
         services.append(producer)
         group = prefix + "tapeflow-engine"
         committed = 0
@@ -133,10 +164,16 @@ def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_
             before = committed
             # this engine has committed a transaction of its own (the group's offsets moved) and is
             # processing (records flowing through it): it is killed with its next transaction open
-            wait_until(lambda: sum(committed_offsets(kafka_bootstrap, group, prefix + "md.trades").values()) > before
-                       and _metric(port, "tapeflow_engine_input_records_total") > 0, 300,
-                       lambda: f"engine {kill} committing and processing\n{engine.tail()}", interval=0.2,
-                       alive=services_alive([engine]))
+            wait_until(
+                lambda: (
+                    sum(committed_offsets(kafka_bootstrap, group, prefix + "md.trades").values()) > before  # noqa: B023 - called within this iteration
+                    and _metric(port, "tapeflow_engine_input_records_total") > 0  # noqa: B023 - called within this iteration
+                ),
+                300,
+                lambda: f"engine {kill} committing and processing\n{engine.tail()}",  # noqa: B023 - called within this iteration
+                interval=0.2,
+                alive=services_alive([engine]),
+            )
             committed = sum(committed_offsets(kafka_bootstrap, group, prefix + "md.trades").values())
             during_replay += producer.proc.poll() is None
             engine.proc.send_signal(signal.SIGKILL)
@@ -149,8 +186,9 @@ def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_
         assert producer.proc.wait(900) == 0, producer.tail()
         assert engine.proc.poll() is None, engine.tail()
         trades = read_topic(kafka_bootstrap, prefix + "md.trades", settled=True)
-        wait_consumed(kafka_bootstrap, prefix + "tapeflow-engine", {prefix + "md.trades": record_counts(trades)},
-                      [engine], 600)
+        wait_consumed(
+            kafka_bootstrap, prefix + "tapeflow-engine", {prefix + "md.trades": record_counts(trades)}, [engine], 600
+        )
         assert engine.stop() == 0, engine.tail()
         inputs = {t: [r["value"] for r in read_topic(kafka_bootstrap, prefix + t, settled=True)] for t in INPUTS}
     finally:
@@ -177,20 +215,34 @@ def test_three_sigkills_mid_batch_during_a_max_replay_leave_no_duplicate_and_no_
     from schemas.serde import AvroSerde
 
     any_serde = AvroSerde(FileSchemaRegistry())
-    uncommitted = sum(len(read_session_topic(kafka_bootstrap, prefix + t, any_serde, idle_s=1.0,
-                                             isolation_level="read_uncommitted")) for t in OUTPUTS)
+    uncommitted = sum(
+        len(read_session_topic(kafka_bootstrap, prefix + t, any_serde, idle_s=1.0, isolation_level="read_uncommitted"))
+        for t in OUTPUTS
+    )
     assert uncommitted > sum(len(v) for v in outputs.values())
 
 
 def engine_args(workdir, flag: str = "--exactly-once") -> list[str]:
     """`start_engine`'s arguments (its strategy file is already written) with ``flag``, the guarantee."""
-    return ["engine", "--strategy", str(workdir / "strategy.yaml"), "--metrics-port", "0", "--prime-hours", "0",
-            "--wait-for-progress", "--signal-max-age-s", "1e9", flag]
+    return [
+        "engine",
+        "--strategy",
+        str(workdir / "strategy.yaml"),
+        "--metrics-port",
+        "0",
+        "--prime-hours",
+        "0",
+        "--wait-for-progress",
+        "--signal-max-age-s",
+        "1e9",
+        flag,
+    ]
 
 
 @pytest.mark.timeout(600)
-def test_a_zombie_engine_is_fenced_and_writes_nothing(kafka_bootstrap, topic_prefix, tmp_path, strategy_files,
-                                                      serde, workers):
+def test_a_zombie_engine_is_fenced_and_writes_nothing(
+    kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers
+):
     """Engine A catches up on a backlog; SIGSTOP while it works; engine B joins the same group, takes
     every partition (A's session expires), fences A's transactional ids and processes everything;
     SIGCONT A. A's late outputs never become visible: read committed, every output is there once and
@@ -206,14 +258,18 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(kafka_bootstrap, topic_pre
     workers.append(a)
     a.wait_ready()
     # mid-catch-up: records flowing, far from the end
-    wait_until(lambda: a.metric("tapeflow_engine_input_records_total") >= total * 0.1, 120, "A processing", interval=0.2)
+    wait_until(
+        lambda: a.metric("tapeflow_engine_input_records_total") >= total * 0.1, 120, "A processing", interval=0.2
+    )
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         b = Worker(config.model_copy(update={"datadir": tmp_path / "faust-b"}), tmp_path, "b")
         workers.append(b)
         b.wait_ready()
         # B owns every partition once A's session expired, and has processed the whole backlog
-        wait_until(lambda: b.metric("tapeflow_engine_input_records_total") >= total * 0.5, 180, "B processing", interval=0.2)
+        wait_until(
+            lambda: b.metric("tapeflow_engine_input_records_total") >= total * 0.5, 180, "B processing", interval=0.2
+        )
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
     # A wakes up with fetched records and open transactions of ids B now holds
@@ -237,7 +293,8 @@ def test_a_zombie_engine_is_fenced_and_writes_nothing(kafka_bootstrap, topic_pre
 
 @pytest.mark.timeout(600)
 def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twice(
-        kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers):
+    kafka_bootstrap, topic_prefix, tmp_path, strategy_files, serde, workers
+):
     """One engine catching up on a backlog is SIGSTOPped past its group session (9 s against 6 s) and
     resumes in the same process: the group took its partitions away and gives them back. Outputs it
     had written into its open transactions for inputs whose offsets it never committed must not stay
@@ -258,7 +315,7 @@ def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twic
 
     def publish(start: int, stop: int, pause_s: float) -> None:
         for i in range(start, stop, step):
-            for r in session[i:min(i + step, stop)]:
+            for r in session[i : min(i + step, stop)]:
                 publisher.publish(r.topic, r.key, r.value)
             if i + step < total:  # the session is in time order: all before the next step's first time is out
                 for key in keys:
@@ -279,10 +336,15 @@ def test_an_engine_paused_past_its_session_resumes_without_writing_anything_twic
         publish(head, total, 0.05)
         markers.finish(keys)
         publisher.flush(30)
+
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
-    wait_until(lambda: a.metric("tapeflow_engine_input_records_total") >= head + (total - head) // 5, 120,
-               "A processing the live part", interval=0.2)
+    wait_until(
+        lambda: a.metric("tapeflow_engine_input_records_total") >= head + (total - head) // 5,
+        120,
+        "A processing the live part",
+        interval=0.2,
+    )
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         time.sleep(9.0)  # the pause itself is the fault: past the 6-s session

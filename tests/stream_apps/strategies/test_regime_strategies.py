@@ -13,8 +13,16 @@ REGIMES = {c.regime.name: c for c in load_strategies(default_strategy_dir() / "r
 
 
 def test_every_seed_regime_public_data_supports_ships_and_none_runs_by_default():
-    assert sorted(REGIMES) == ["accumulation", "distribution", "fake_breakout", "liquidation_cascade",
-                               "real_breakout", "stop_hunt", "whale_dump", "whale_pump"]
+    assert sorted(REGIMES) == [
+        "accumulation",
+        "distribution",
+        "fake_breakout",
+        "liquidation_cascade",
+        "real_breakout",
+        "stop_hunt",
+        "whale_dump",
+        "whale_pump",
+    ]
     assert all(c.name == f"regime_{name}" for name, c in REGIMES.items())
     assert len({c.detectors.model_dump_json() for c in REGIMES.values()}) == 1  # one engine can run them all
     assert [c.name for c in load_strategies(default_strategy_dir())] == ["v51_baseline", "v52_8signals", "v53"]
@@ -22,10 +30,25 @@ def test_every_seed_regime_public_data_supports_ships_and_none_runs_by_default()
 
 def row(direction: str, **overrides):
     """A snapshot with every detector output present and neutral, then ``overrides``."""
-    neutral = dict(vpin=0.3, kyle_lambda=0.1, amihud=1e-4, cvd_divergence=0.0, cvd_divergence_price=0.0,
-                   cvd_divergence_cvd=0.0, oi_change_5m=0.0, oi_spike_z=0.0, liq_long_count=0.0, liq_short_count=0.0,
-                   liq_long_usd=0.0, liq_short_usd=0.0, liq_cascade_long=0.0, liq_cascade_short=0.0,
-                   iceberg_refills_bid=0.0, iceberg_refills_ask=0.0, atr_percentile=40.0)
+    neutral = dict(
+        vpin=0.3,
+        kyle_lambda=0.1,
+        amihud=1e-4,
+        cvd_divergence=0.0,
+        cvd_divergence_price=0.0,
+        cvd_divergence_cvd=0.0,
+        oi_change_5m=0.0,
+        oi_spike_z=0.0,
+        liq_long_count=0.0,
+        liq_short_count=0.0,
+        liq_long_usd=0.0,
+        liq_short_usd=0.0,
+        liq_cascade_long=0.0,
+        liq_cascade_short=0.0,
+        iceberg_refills_bid=0.0,
+        iceberg_refills_ask=0.0,
+        atr_percentile=40.0,
+    )
     neutral.update(overrides)
     return feats(direction, **neutral)
 
@@ -37,8 +60,13 @@ def s(direction: str) -> float:
 # each case: regime, a row where it fires (expected direction and tier), a change that breaks one rule,
 # and an input that, when missing, stops it
 def whale(direction):
-    return row(direction, whale_ratio_15m=0.6 * s(direction), vwap_30m=30_000.0 - 60 * s(direction), vpin=0.7,
-               oi_change_5m=0.001)
+    return row(
+        direction,
+        whale_ratio_15m=0.6 * s(direction),
+        vwap_30m=30_000.0 - 60 * s(direction),
+        vpin=0.7,
+        oi_change_5m=0.001,
+    )
 
 
 def quiet(direction, **more):
@@ -56,13 +84,17 @@ def cascade(direction):
 
 
 def breakout(direction, whale=0.3):  # whale flow 0.3 in the break's direction makes it heavy
-    return row(direction, vwap_30m=30_000.0 - 120 * s(direction), vpin=0.6, oi_change_5m=0.002,
-               whale_ratio_15m=whale * s(direction))
+    return row(
+        direction,
+        vwap_30m=30_000.0 - 120 * s(direction),
+        vpin=0.6,
+        oi_change_5m=0.002,
+        whale_ratio_15m=whale * s(direction),
+    )
 
 
 def fake(direction):  # price broke the other way by 0.4 %, flow already back in the signal's direction
-    return row(direction, vwap_30m=30_000.0 + 120 * s(direction), oi_change_5m=-0.001,
-               cvd_divergence=s(direction))
+    return row(direction, vwap_30m=30_000.0 + 120 * s(direction), oi_change_5m=-0.001, cvd_divergence=s(direction))
 
 
 CASES = [
@@ -83,8 +115,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("regime, snapshot, direction, tier, breaks, needed", CASES,
-                         ids=[f"{c[0]}-{c[1].cvd[0][1] > 0 and 'up' or 'down'}" for c in CASES])
+@pytest.mark.parametrize(
+    "regime, snapshot, direction, tier, breaks, needed",
+    CASES,
+    ids=[f"{c[0]}-{c[1].cvd[0][1] > 0 and 'up' or 'down'}" for c in CASES],
+)
 def test_regime_rules_on_hand_built_rows(regime, snapshot, direction, tier, breaks, needed):
     cfg = REGIMES[regime]
     e = score(snapshot, cfg)

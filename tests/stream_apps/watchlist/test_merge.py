@@ -53,8 +53,11 @@ def test_lateness_holds_the_newest_inputs_even_when_every_partition_is_at_its_en
 
 
 def test_the_released_sequence_does_not_depend_on_how_the_reads_interleave():
-    records = [(tp, off, t) for tp, times in ((A, [100, 250, 250, 900]), (B, [90, 250, 700]), (M, [95, 600]))
-               for off, t in enumerate(times)]
+    records = [
+        (tp, off, t)
+        for tp, times in ((A, [100, 250, 250, 900]), (B, [90, 250, 700]), (M, [95, 600]))
+        for off, t in enumerate(times)
+    ]
     expected = None
     rng = random.Random(7)
     for _ in range(50):

@@ -61,20 +61,31 @@ def _wait_count(watcher: Watcher, n: int, timeout: float = 40.0) -> list[dict]:
     return watcher.seen["xv.features"]
 
 
-def test_features_from_two_venues_by_hand_stale_leg_restart_and_sink(kafka_bootstrap, topic_prefix, tmp_path,
-                                                                     database):
+def test_features_from_two_venues_by_hand_stale_leg_restart_and_sink(kafka_bootstrap, topic_prefix, tmp_path, database):
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     settings = Settings(home=tmp_path / "a", broker=kafka_bootstrap, topic_prefix=topic_prefix)
 
     def options(group: str) -> WatchlistOptions:
-        return WatchlistOptions(params=CrossVenueParams(venues=("binance", "okx"), sweep_notional_usd=NOTIONAL),
-                                publish_interval_ms=1_000, lateness_ms=1_000, prime_history_ms=None,
-                                start_from="earliest", group_id=topic_prefix + group, checkpoint_interval_s=1.0)
+        return WatchlistOptions(
+            params=CrossVenueParams(venues=("binance", "okx"), sweep_notional_usd=NOTIONAL),
+            publish_interval_ms=1_000,
+            lateness_ms=1_000,
+            prime_history_ms=None,
+            start_from="earliest",
+            group_id=topic_prefix + group,
+            checkpoint_interval_s=1.0,
+        )
 
     # the first half: marks, then books of both venues every second from T+100 (binance) / T+200 (okx)
-    _produce(kafka_bootstrap, topic_prefix, [
-        ("md.mark", "binance:BTCUSDT", mark("binance", "BTCUSDT", T + 50, 0.0001, T + 3_600_000)),
-        ("md.mark", "okx:BTCUSDT", mark("okx", "BTCUSDT", T + 60, 0.0003, T + 3_600_000))] + _books(range(5)))
+    _produce(
+        kafka_bootstrap,
+        topic_prefix,
+        [
+            ("md.mark", "binance:BTCUSDT", mark("binance", "BTCUSDT", T + 50, 0.0001, T + 3_600_000)),
+            ("md.mark", "okx:BTCUSDT", mark("okx", "BTCUSDT", T + 60, 0.0003, T + 3_600_000)),
+        ]
+        + _books(range(5)),
+    )
     watcher = Watcher(kafka_bootstrap, topic_prefix, ["xv.features"])
     run = fresh = None
     try:
@@ -88,8 +99,9 @@ def test_features_from_two_venues_by_hand_stale_leg_restart_and_sink(kafka_boots
         _wait_count(watcher, 16)  # evaluations T+1000..T+8000 (released up to T+9100-1000)
         assert run.close() == 0
         # a fresh group and home computes the same records from scratch, in one go
-        fresh = running_watchlist(Settings(home=tmp_path / "b", broker=kafka_bootstrap, topic_prefix=topic_prefix),
-                                 options("fresh"))
+        fresh = running_watchlist(
+            Settings(home=tmp_path / "b", broker=kafka_bootstrap, topic_prefix=topic_prefix), options("fresh")
+        )
         seen = _wait_count(watcher, 32)
         assert fresh.close() == 0
         watcher.pump(1.0)
@@ -128,8 +140,19 @@ def test_features_from_two_venues_by_hand_stale_leg_restart_and_sink(kafka_boots
 
     # the sink stores the 32 deliveries (16 re-delivered) as 16 rows
     migrate(database)
-    sink = TopicSink(SinkConfig(topics=["xv.features"], topic_prefix=topic_prefix, group_id=f"{topic_prefix}sink",
-                                batch_rows=500, batch_ms=100, max_backoff_s=1.0), kafka_bootstrap, database, SERDE)
+    sink = TopicSink(
+        SinkConfig(
+            topics=["xv.features"],
+            topic_prefix=topic_prefix,
+            group_id=f"{topic_prefix}sink",
+            batch_rows=500,
+            batch_ms=100,
+            max_backoff_s=1.0,
+        ),
+        kafka_bootstrap,
+        database,
+        SERDE,
+    )
     done = threading.Event()
     thread = threading.Thread(target=sink.run, kwargs={"should_stop": done.is_set}, daemon=True)
     thread.start()
@@ -144,8 +167,9 @@ def test_features_from_two_venues_by_hand_stale_leg_restart_and_sink(kafka_boots
         time.sleep(1.0)  # the re-delivered half, if it came later, would be here now
         with psycopg.connect(database) as conn:
             rows = conn.execute("SELECT count(*), count(DISTINCT feature_id) FROM xv_features").fetchone()
-            spread = conn.execute("SELECT spread_sweep FROM xv_features WHERE feature_id = %s",
-                                  (ok["feature_id"],)).fetchone()[0]
+            spread = conn.execute(
+                "SELECT spread_sweep FROM xv_features WHERE feature_id = %s", (ok["feature_id"],)
+            ).fetchone()[0]
     finally:
         done.set()
         thread.join(30)
@@ -177,11 +201,23 @@ def test_an_indicator_timed_far_ahead_of_the_books_is_dropped(kafka_bootstrap, t
     books after it are evaluated as usual."""
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
     settings = Settings(home=tmp_path, broker=kafka_bootstrap, topic_prefix=topic_prefix)
-    options = WatchlistOptions(params=CrossVenueParams(venues=("binance", "okx"), sweep_notional_usd=NOTIONAL),
-                               publish_interval_ms=1_000, lateness_ms=0, prime_history_ms=None,
-                               start_from="earliest")
-    future = {"exchange": "okx", "symbol": "BTCUSDT", "kind": "funding_rate", "value": 0.0001, "period": None,
-              "extra": {"next_funding_time": float(T + 3_600_000)}, "event_time": T, "receive_time": T + 3_600_000}
+    options = WatchlistOptions(
+        params=CrossVenueParams(venues=("binance", "okx"), sweep_notional_usd=NOTIONAL),
+        publish_interval_ms=1_000,
+        lateness_ms=0,
+        prime_history_ms=None,
+        start_from="earliest",
+    )
+    future = {
+        "exchange": "okx",
+        "symbol": "BTCUSDT",
+        "kind": "funding_rate",
+        "value": 0.0001,
+        "period": None,
+        "extra": {"next_funding_time": float(T + 3_600_000)},
+        "event_time": T,
+        "receive_time": T + 3_600_000,
+    }
     _produce(kafka_bootstrap, topic_prefix, _books(range(5)) + [("md.indicators", "okx:BTCUSDT", future)])
     watcher = Watcher(kafka_bootstrap, topic_prefix, ["xv.features"])
     run = running_watchlist(settings, options)

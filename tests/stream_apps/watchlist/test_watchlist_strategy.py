@@ -20,39 +20,84 @@ from tests.support.paths import REPO
 T = 1_704_096_000_000  # on every grid
 FEE = 0.0005
 
-BASE = {"kind": "watchlist", "name": "xv_test", "version": "1", "venues": ["binance", "okx"], "notional_usd": 1_000,
-        "cooldown": "10m", "triggers": {"min_z": 2.0, "min_window_samples": 30, "min_net_spread_bp": 5}}
+BASE = {
+    "kind": "watchlist",
+    "name": "xv_test",
+    "version": "1",
+    "venues": ["binance", "okx"],
+    "notional_usd": 1_000,
+    "cooldown": "10m",
+    "triggers": {"min_z": 2.0, "min_window_samples": 30, "min_net_spread_bp": 5},
+}
 
 
 def strategy(**overrides):
     return parse_watchlist_strategy({**BASE, **overrides})
 
 
-def record(sell="binance", buy="okx", t=T, spread=0.0040, mean=0.0010, std=0.0010, n=60, funding_8h=0.0001,
-           missing=None, **stats):
-    return {"feature_id": f"BTC:{t}:{sell}:{buy}", "coin": "BTC", "eval_time": t, "sell_venue": sell, "buy_venue": buy,
-            "sell_symbol": "BTCUSDT" if sell == "binance" else "BTC-USDT-SWAP",
-            "buy_symbol": "BTCUSDT" if buy == "binance" else "BTC-USDT-SWAP",
-            "spread_sweep": spread, "funding_diff_8h": funding_8h, "sweep_slope_per_min": -1e-5,
-            "stats": {"sweep_1h_n": n, "sweep_1h_mean": mean, "sweep_1h_std": std, "sweep_1h_min": -0.001,
-                      "sweep_1h_max": 0.005, "sweep_1h_crossings_per_hour": 4.0, "sweep_1h_drift_ratio": 0.2, **stats},
-            "missing": missing or {}}
+def record(
+    sell="binance",
+    buy="okx",
+    t=T,
+    spread=0.0040,
+    mean=0.0010,
+    std=0.0010,
+    n=60,
+    funding_8h=0.0001,
+    missing=None,
+    **stats,
+):
+    return {
+        "feature_id": f"BTC:{t}:{sell}:{buy}",
+        "coin": "BTC",
+        "eval_time": t,
+        "sell_venue": sell,
+        "buy_venue": buy,
+        "sell_symbol": "BTCUSDT" if sell == "binance" else "BTC-USDT-SWAP",
+        "buy_symbol": "BTCUSDT" if buy == "binance" else "BTC-USDT-SWAP",
+        "spread_sweep": spread,
+        "funding_diff_8h": funding_8h,
+        "sweep_slope_per_min": -1e-5,
+        "stats": {
+            "sweep_1h_n": n,
+            "sweep_1h_mean": mean,
+            "sweep_1h_std": std,
+            "sweep_1h_min": -0.001,
+            "sweep_1h_max": 0.005,
+            "sweep_1h_crossings_per_hour": 4.0,
+            "sweep_1h_drift_ratio": 0.2,
+            **stats,
+        },
+        "missing": missing or {},
+    }
 
 
 def books(t=T, binance_bids=((101.0, 5.0), (100.9, 5.0)), okx_asks=((100.4, 3.0), (100.6, 10.0))):
     """Binance rich, OKX cheap: selling 1,000 USD into binance's bids takes 5 coins at 101.0 (505 USD),
     then 495 USD at 100.9; buying 1,000 USD from okx's asks takes 3 coins at 100.4 (301.2 USD), then 698.8 USD at 100.6."""
-    return {"binance": BookEvent("binance", "BTCUSDT", t - 100, tuple(binance_bids), ((101.2, 5.0),)),
-            "okx": BookEvent("okx", "BTC-USDT-SWAP", t - 300, ((100.2, 5.0),), tuple(okx_asks))}
+    return {
+        "binance": BookEvent("binance", "BTCUSDT", t - 100, tuple(binance_bids), ((101.2, 5.0),)),
+        "okx": BookEvent("okx", "BTC-USDT-SWAP", t - 300, ((100.2, 5.0),), tuple(okx_asks)),
+    }
 
 
 def test_a_strategy_file_is_validated_with_one_line_errors_and_hashed_by_meaning(tmp_path):
     yaml_file = tmp_path / "xv.yaml"
-    yaml_file.write_text("kind: watchlist\nname: xv_test\nversion: '1'\ncooldown: 30m\n"
-                         "triggers: {min_net_spread_bp: 5}\n")
+    yaml_file.write_text(
+        "kind: watchlist\nname: xv_test\nversion: '1'\ncooldown: 30m\ntriggers: {min_net_spread_bp: 5}\n"
+    )
     json_file = tmp_path / "xv.json"
-    json_file.write_text(json.dumps({"triggers": {"min_net_spread_bp": 5.0}, "cooldown": 1_800_000, "version": "1",
-                                     "name": "xv_test", "kind": "watchlist"}))
+    json_file.write_text(
+        json.dumps(
+            {
+                "triggers": {"min_net_spread_bp": 5.0},
+                "cooldown": 1_800_000,
+                "version": "1",
+                "name": "xv_test",
+                "kind": "watchlist",
+            }
+        )
+    )
     a, b = load_watchlist_strategy(yaml_file), load_watchlist_strategy(json_file)
     assert a.config_hash == b.config_hash and a.cooldown == 1_800_000
     assert strategy().config_hash != strategy(notional_usd=2_000).config_hash
@@ -80,8 +125,9 @@ def test_a_strategy_file_is_validated_with_one_line_errors_and_hashed_by_meaning
     model = PairModel(("spread",), (0.0,), (1.0,), (0.0, 1.0), (0.0, 1.0), 600_000, 0.002)
     model.save(tmp_path / "m.json")
     ref = tmp_path / "with_model.yaml"
-    ref.write_text("kind: watchlist\nname: xv_test\nversion: '1'\ntriggers: {min_z: 2}\n"
-                   "model: {file: m.json, min_win_prob: 0.6}\n")
+    ref.write_text(
+        "kind: watchlist\nname: xv_test\nversion: '1'\ntriggers: {min_z: 2}\nmodel: {file: m.json, min_win_prob: 0.6}\n"
+    )
     first = load_watchlist_strategy(ref).config_hash
     PairModel(("spread",), (0.0,), (1.0,), (0.0, 2.0), (0.0, 1.0), 600_000, 0.002).save(tmp_path / "m.json")
     assert load_watchlist_strategy(ref).config_hash != first
@@ -104,9 +150,9 @@ def test_triggers_on_hand_built_feature_values():
     funding = strategy(triggers={"min_funding_diff_8h": 0.0002})
     assert not check_triggers(funding, record()).fired
     assert check_triggers(funding, record(funding_8h=0.0003)).fired
-    assert check_triggers(funding, record(funding_8h=None, missing={"funding_diff_8h": "funding interval of "
-                                                                     "binance not known yet"})).reason == (
-        "funding diff 8h missing: funding interval of binance not known yet")
+    assert check_triggers(
+        funding, record(funding_8h=None, missing={"funding_diff_8h": "funding interval of binance not known yet"})
+    ).reason == ("funding diff 8h missing: funding interval of binance not known yet")
     per_venue = strategy(fees={"default": FEE, "venues": {"okx": 0.0002}})  # 2 x (5 + 2) bp = 14 bp
     assert check_triggers(per_venue, record()).net_spread == pytest.approx(0.0040 - 0.0014)
 
@@ -121,11 +167,17 @@ def test_entry_is_rechecked_on_the_books_swept_for_the_order_notional():
     # the features said 40 bp, the books say less after fees at this notional: rejected, with the number
     flat = books(binance_bids=((100.7, 20.0),))
     r = recheck(s, "binance", "okx", flat, T)
-    assert r.reason == f"executable spread after fees {(math.log(100.7 / buy_vwap) - 4 * FEE) / 1e-4:.2f} bp at entry, below 5 bp"
+    assert (
+        r.reason
+        == f"executable spread after fees {(math.log(100.7 / buy_vwap) - 4 * FEE) / 1e-4:.2f} bp at entry, below 5 bp"
+    )
     stale = {**books(), "okx": books(t=T - 2_500)["okx"]}
     assert recheck(s, "binance", "okx", stale, T).reason == "okx book 2.8 s old at entry, limit 2.0 s"
     thin = books(okx_asks=((100.4, 1.0),))
-    assert recheck(s, "binance", "okx", thin, T).reason == "okx: insufficient depth: asks hold 100 USD of 1,000 in 1 levels"
+    assert (
+        recheck(s, "binance", "okx", thin, T).reason
+        == "okx: insufficient depth: asks hold 100 USD of 1,000 in 1 levels"
+    )
     skewed = {**books(), "okx": BookEvent("okx", "BTC-USDT-SWAP", T - 1_500, ((100.2, 5.0),), ((100.4, 20.0),))}
     assert recheck(s, "binance", "okx", skewed, T).reason == "books 1400 ms apart, limit 1000 ms"
 
@@ -140,7 +192,9 @@ def test_signals_have_deterministic_ids_a_cooldown_and_a_rejection_reason():
     assert sid == signal_id(s, "BTC", "binance", "okx", T) == f"xv:xv_test:1:{s.config_hash[:12]}:BTC:binance>okx:{T}"
     assert state.counters["cooldown"] == 1
     again = WatchlistSignals(s).evaluate([record()], books(), T)  # a re-run: same id, same client ids
-    assert again == out and client_order_id(again[0]["signal_id"], "pair_short_entry") == client_order_id(sid, "pair_short_entry")
+    assert again == out and client_order_id(again[0]["signal_id"], "pair_short_entry") == client_order_id(
+        sid, "pair_short_entry"
+    )
     assert state.evaluate([record(t=T + 15_000)], books(T + 15_000), T + 15_000) == []  # cooldown 10 min
     assert state.evaluate([record(t=T + 1_000)], books(T + 1_000), T + 1_000) == []  # off the 15 s grid
     held = WatchlistSignals(s)  # a pair key that holds a pair (the hedged model's active_by_key) waits
@@ -156,8 +210,15 @@ def test_signals_have_deterministic_ids_a_cooldown_and_a_rejection_reason():
 
 def test_the_model_gate_imputes_a_missing_factor_or_says_why_there_is_no_prediction(tmp_path):
     n = len(DEFAULT_FACTORS)
-    model = PairModel(DEFAULT_FACTORS, (0.0,) * n, (1.0,) * n, (0.001,) + (0.0,) * n,
-                      (2.0,) + (0.0,) * (n - 1) + (1_000.0,), 600_000, 0.002)  # win prob rises with funding_8h
+    model = PairModel(
+        DEFAULT_FACTORS,
+        (0.0,) * n,
+        (1.0,) * n,
+        (0.001,) + (0.0,) * n,
+        (2.0,) + (0.0,) * (n - 1) + (1_000.0,),
+        600_000,
+        0.002,
+    )  # win prob rises with funding_8h
     model.save(tmp_path / "m.json")
     base = {**BASE, "model": {"file": "m.json", "min_expected_pnl_bp": 5, "min_win_prob": 0.8, "max_imputed": 1}}
     s = parse_watchlist_strategy(base, "t", tmp_path)
@@ -170,17 +231,23 @@ def test_the_model_gate_imputes_a_missing_factor_or_says_why_there_is_no_predict
     out = WatchlistSignals(s, model).evaluate([no_funding], books(), T)
     assert out[0]["imputed"] == {"funding_8h": why} and out[0]["win_prob"] == pytest.approx(1 / (1 + math.exp(-2.0)))
     # two missing with max_imputed 1: no prediction, rejected with every reason
-    no_slope = {**no_funding, "sweep_slope_per_min": None, "missing": {**no_funding["missing"],
-                                                                      "sweep_slope_per_min": "slope window has 1 sample"}}
+    no_slope = {
+        **no_funding,
+        "sweep_slope_per_min": None,
+        "missing": {**no_funding["missing"], "sweep_slope_per_min": "slope window has 1 sample"},
+    }
     out = WatchlistSignals(s, model).evaluate([no_slope], books(), T)
     assert out[0]["status"] == "rejected" and out[0]["reason"] == (
-        f"model: missing factor(s) slope: slope window has 1 sample; funding_8h: {why}")
+        f"model: missing factor(s) slope: slope window has 1 sample; funding_8h: {why}"
+    )
     skip = parse_watchlist_strategy({**base, "model": {**base["model"], "missing": "skip"}}, "t", tmp_path)
     assert WatchlistSignals(skip, model).evaluate([no_funding], books(), T)[0]["reason"] == (
-        f"model: missing factor(s) funding_8h: {why}")
+        f"model: missing factor(s) funding_8h: {why}"
+    )
     picky = parse_watchlist_strategy({**base, "model": {**base["model"], "min_win_prob": 0.9}}, "t", tmp_path)
     assert WatchlistSignals(picky, model).evaluate([record()], books(), T)[0]["reason"] == (
-        "model: win probability 0.891 below 0.9")
+        "model: win probability 0.891 below 0.9"
+    )
     with pytest.raises(ValueError, match="needs its model"):
         WatchlistSignals(s)
 
@@ -197,7 +264,9 @@ def test_hysteresis_a_reentry_cooldown_after_a_close_and_a_cap_on_opens_per_minu
     t2, t3, t4 = T + 15_000, T + 30_000, T + 60_000
     assert state.evaluate([record(t=t2)], books(t2), t2)[0]["status"] == "signal"
     capped = state.evaluate([record(t=t3)], books(t3), t3)
-    assert capped[0]["status"] == "rejected" and capped[0]["reason"].startswith("limit: 2 pairs opened in the last minute")
+    assert capped[0]["status"] == "rejected" and capped[0]["reason"].startswith(
+        "limit: 2 pairs opened in the last minute"
+    )
     # at T + 60 s the signal at T is a minute old: one in the window, so this one passes
     assert state.evaluate([record(t=t4)], books(t4), t4)[0]["status"] == "signal"
     restored = WatchlistSignals.from_dict(s, None, json.loads(json.dumps(state.to_dict())))

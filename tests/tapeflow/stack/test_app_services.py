@@ -58,7 +58,9 @@ def test_the_watchlist_trades_the_configured_strategies_by_absolute_path(tmp_pat
     monkeypatch.setenv("TAPEFLOW_WATCHLIST_INSTRUMENT_RULES", "rules.json")
     argv = launches(Settings(home=tmp_path, watchlist=True), tmp_path)["watchlist"]
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--strategy"] == [
-        str(tmp_path / "a.yaml"), str(tmp_path / "strategies" / "b.yaml")]
+        str(tmp_path / "a.yaml"),
+        str(tmp_path / "strategies" / "b.yaml"),
+    ]
     assert argv[argv.index("--instrument-rules") + 1] == str(tmp_path / "rules.json")
     monkeypatch.setenv("TAPEFLOW_WATCHLIST_INSTRUMENT_RULES", "")  # compose's unset variable: none
     assert "--instrument-rules" not in launches(Settings(home=tmp_path, watchlist=True), tmp_path)["watchlist"]

@@ -44,8 +44,10 @@ def test_recovery_detail_reads_the_current_run_of_the_broker_log(tmp_path):
     assert detail is not None and detail.startswith("pid 42, not serving yet: ")
     assert "Recovering unflushed segment 0. 0 recovered for md.trades-4." in detail, detail
     assert "2 segment recoveries so far" in detail, detail
-    log.write_text(RUN_1 + RUN_2 + "[2026-11-28 15:59:13,656] INFO [KafkaRaftServer nodeId=1] Kafka Server started "
-                   "(kafka.server.KafkaRaftServer)\n")
+    log.write_text(
+        RUN_1 + RUN_2 + "[2026-11-28 15:59:13,656] INFO [KafkaRaftServer nodeId=1] Kafka Server started "
+        "(kafka.server.KafkaRaftServer)\n"
+    )
     assert recovery_detail(log, 42) is None
     fresh = tmp_path / "fresh.log"
     fresh.write_text("\n--- 2026-11-28T16:00:00+0000 starting: java kafka.Kafka\n")
@@ -54,8 +56,10 @@ def test_recovery_detail_reads_the_current_run_of_the_broker_log(tmp_path):
 
 def test_a_full_disk_death_is_read_from_the_current_run_only(tmp_path):
     log = tmp_path / "broker.log"
-    full = ("java.io.IOException: No space left on device\n[2026-11-28 15:54:50,640] ERROR Shutdown broker because "
-            "all log dirs in /d have failed (org.apache.kafka.storage.internals.log.LogManager)\n")
+    full = (
+        "java.io.IOException: No space left on device\n[2026-11-28 15:54:50,640] ERROR Shutdown broker because "
+        "all log dirs in /d have failed (org.apache.kafka.storage.internals.log.LogManager)\n"
+    )
     log.write_text(RUN_1 + full)
     assert died_of_full_disk(log)
     log.write_text(RUN_1 + full + RUN_2)
@@ -76,8 +80,7 @@ class Dying(Service):
     def prepare(self) -> Launch:
         life = self.life_s if self.starts == 0 else self.later_s
         self.starts += 1
-        return Launch(argv=[sys.executable, "-c", f"import time; time.sleep({life}); raise SystemExit(1)"],
-                      address="-")
+        return Launch(argv=[sys.executable, "-c", f"import time; time.sleep({life}); raise SystemExit(1)"], address="-")
 
     def health(self, address: str) -> Health:
         return Health(True, "alive")
@@ -106,8 +109,12 @@ def test_a_held_restart_is_not_a_crash_and_status_says_why(tmp_path):
     try:
         sup.start_all()
         thread.start()
-        held = wait_until(lambda: (c := _component(sup, "dying")) and c.state == "disk-full" and c, 10,
-                          lambda: str(said), interval=0.05)
+        held = wait_until(
+            lambda: (c := _component(sup, "dying")) and c.state == "disk-full" and c,
+            10,
+            lambda: str(said),
+            interval=0.05,
+        )
         assert not held.healthy and held.detail == f"dying: log disk full ({tmp_path}, 0.0 MB free)", held
         time.sleep(1.0)  # held: no restart however long, never counted, the stack not given up
         assert service.starts == 1 and not result, said
@@ -166,8 +173,12 @@ def test_a_service_that_dies_while_another_is_held_waits_for_it_instead_of_stopp
         sup.start_all()
         flag.touch()  # the disk fills: "dying" is held at its death, "client" dies after it
         thread.start()
-        waiting = wait_until(lambda: (c := _component(sup, "client")) and c.state == "waiting" and c, 15,
-                             lambda: str(said), interval=0.05)
+        waiting = wait_until(
+            lambda: (c := _component(sup, "client")) and c.state == "waiting" and c,
+            15,
+            lambda: str(said),
+            interval=0.05,
+        )
         assert waiting.detail == f"client: waiting for dying (log disk full ({tmp_path}, 0.0 MB free))", waiting
         assert _component(sup, "dying").state == "disk-full"
         time.sleep(0.5)

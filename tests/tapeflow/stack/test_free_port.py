@@ -50,10 +50,17 @@ def test_a_port_handed_out_is_not_handed_out_again_to_this_or_another_process_un
     lost its port this way): the claim is shared across processes and ends with its holder."""
     ours = [free_port() for _ in range(200)]
     assert len(set(ours)) == len(ours)  # this process never gets a port twice
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys; from tapeflow.stack.process import free_port; "
-                               "print(free_port(), flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tapeflow.stack.process import free_port; "
+            "print(free_port(), flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         theirs = int(holder.stdout.readline())
         assert theirs not in ours

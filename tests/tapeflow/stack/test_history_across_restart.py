@@ -26,8 +26,14 @@ FROM, TO = "2021-07-22", "2021-07-24"
 def cli(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update({"TAPEFLOW_HOME": str(home), "TAPEFLOW_SOURCE": f"replay:{RECORDING}", "TAPEFLOW_REPLAY_SPEED": "max"})
-    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=home.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=home.parent,
+    )
 
 
 def components(home: Path) -> dict[str, dict]:
@@ -67,8 +73,24 @@ def wait_stored(home: Path, want: set[tuple[str, int]], timeout: float = 60) -> 
 
 
 def backtest(home: Path, source: str, out: Path) -> dict:
-    res = cli(home, "backtest", "--source", source, "--symbols", "SUSHIUSDT,AKROUSDT,KEEPUSDT,CTKUSDT",
-              "--from", FROM, "--to", TO, "--out", str(out), "--format", "json", "--no-progress", timeout=300)
+    res = cli(
+        home,
+        "backtest",
+        "--source",
+        source,
+        "--symbols",
+        "SUSHIUSDT,AKROUSDT,KEEPUSDT,CTKUSDT",
+        "--from",
+        FROM,
+        "--to",
+        TO,
+        "--out",
+        str(out),
+        "--format",
+        "json",
+        "--no-progress",
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return json.loads((out / "report.json").read_text())
 

@@ -31,8 +31,14 @@ pytestmark = pytest.mark.integration
 def up(home: Path, env_extra: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update({"TAPEFLOW_HOME": str(home), "TAPEFLOW_SOURCE": f"replay:{RECORDING}", **env_extra})
-    return subprocess.run([sys.executable, "-m", "tapeflow", "up", "--detach"], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=home.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", "up", "--detach"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=home.parent,
+    )
 
 
 def nothing_running(home: Path) -> list[str]:
@@ -60,8 +66,12 @@ def one_line_error(res: subprocess.CompletedProcess) -> str:
 def home():
     root = Path(tempfile.mkdtemp(prefix="tapeflow-kafka-"))
     yield root / "home"
-    subprocess.run([sys.executable, "-m", "tapeflow", "down"], capture_output=True,
-                   env={**os.environ, "TAPEFLOW_HOME": str(root / "home")}, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "tapeflow", "down"],
+        capture_output=True,
+        env={**os.environ, "TAPEFLOW_HOME": str(root / "home")},
+        timeout=120,
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -81,10 +91,10 @@ def test_maven_central_unreachable_names_the_cache_to_fill(home):
     (user / ".m2").mkdir(parents=True)
     (user / ".m2" / "settings.xml").write_text(
         f"<settings><localRepository>{user / 'repo'}</localRepository><mirrors><mirror><id>none</id>"
-        "<mirrorOf>*</mirrorOf><url>http://127.0.0.1:9/</url></mirror></mirrors></settings>")
+        "<mirrorOf>*</mirrorOf><url>http://127.0.0.1:9/</url></mirror></mirrors></settings>"
+    )
     cache = home.parent / "cache"
-    res = up(home, {"HOME": str(user), "XDG_CACHE_HOME": str(cache), "MAVEN_OPTS": f"-Duser.home={user}"},
-             timeout=300)
+    res = up(home, {"HOME": str(user), "XDG_CACHE_HOME": str(cache), "MAVEN_OPTS": f"-Duser.home={user}"}, timeout=300)
     out = one_line_error(res)
     assert f"could not download Apache Kafka {kafka_version()} from Maven Central" in out, out
     assert str(cache / "tapeflow") in out, out
@@ -143,6 +153,7 @@ def test_an_old_kafka_is_refused_by_its_api_versions(kafka_bootstrap):
         with conn:
             conn.recv(1024)
             import struct
+
             apis = [(0, 0, 2), (1, 0, 3), (2, 0, 1), (3, 0, 2), (18, 0, 0)]  # Kafka 0.10.1's
             body = struct.pack(">ihi", 1, 0, len(apis)) + b"".join(struct.pack(">hhh", *a) for a in apis)
             conn.sendall(struct.pack(">i", len(body)) + body)

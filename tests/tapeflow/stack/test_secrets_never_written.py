@@ -17,8 +17,11 @@ from psycopg import sql
 
 from tests.tapeflow.stack.test_stack_lifecycle import cli, home  # noqa: F401 (the fixture)
 
-MARKERS = {"TAPEFLOW_BINANCE_API_KEY": "mrkKEY7f3a9c1e5b", "TAPEFLOW_BINANCE_API_SECRET": "mrkSECRET2d8e4b6a0c",
-           "TAPEFLOW_TELEGRAM_BOT_TOKEN": "mrkTOKEN9b1f7d3e5a"}
+MARKERS = {
+    "TAPEFLOW_BINANCE_API_KEY": "mrkKEY7f3a9c1e5b",
+    "TAPEFLOW_BINANCE_API_SECRET": "mrkSECRET2d8e4b6a0c",
+    "TAPEFLOW_TELEGRAM_BOT_TOKEN": "mrkTOKEN9b1f7d3e5a",
+}
 
 
 def test_no_secret_is_written_anywhere(home):  # noqa: F811
@@ -35,8 +38,10 @@ def test_no_secret_is_written_anywhere(home):  # noqa: F811
     assert any(name.startswith("postgres-") for name in secrets)
     markers = {**MARKERS, **{f"generated {name}": value for name, value in secrets.items() if len(value) >= 8}}
 
-    said = {"status": cli(home, "status", env_extra=MARKERS).stdout,
-            "status --json": cli(home, "status", "--json", env_extra=MARKERS).stdout}
+    said = {
+        "status": cli(home, "status", env_extra=MARKERS).stdout,
+        "status --json": cli(home, "status", "--json", env_extra=MARKERS).stdout,
+    }
     assert "present" in said["status"] or "***" in said["status"] or "config (secrets masked)" in said["status"]
     records = {f.stem: json.loads(f.read_text()) for f in (home / "run").glob("*.json")}
     for name in records:
@@ -54,18 +59,24 @@ def test_no_secret_is_written_anywhere(home):  # noqa: F811
     assert served >= 6, sorted(said)  # sink, engine and executor at least answered both
 
     host, port = records["database"]["address"].rsplit(":", 1)
-    owner = psycopg.conninfo.make_conninfo(host=host, port=port, user="postgres", dbname="tapeflow",
-                                           password=secrets["postgres-postgres"])
+    owner = psycopg.conninfo.make_conninfo(
+        host=host, port=port, user="postgres", dbname="tapeflow", password=secrets["postgres-postgres"]
+    )
     rows_searched = 0
     with psycopg.connect(owner) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname NOT IN "
-            "('pg_catalog', 'information_schema', '_timescaledb_catalog', '_timescaledb_config', "
-            "'_timescaledb_internal', '_timescaledb_cache', 'timescaledb_information')")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname NOT IN "
+                "('pg_catalog', 'information_schema', '_timescaledb_catalog', '_timescaledb_config', "
+                "'_timescaledb_internal', '_timescaledb_cache', 'timescaledb_information')"
+            )
+        ]
         for table in tables:
             for label, marker in markers.items():
-                found = conn.execute(sql.SQL("SELECT count(*) FROM {} t WHERE t::text LIKE %s").format(
-                    sql.SQL(table)), (f"%{marker}%",)).fetchone()[0]
+                found = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {} t WHERE t::text LIKE %s").format(sql.SQL(table)), (f"%{marker}%",)
+                ).fetchone()[0]
                 assert found == 0, f"{label} in {table}"
             rows_searched += conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table))).fetchone()[0]
     assert rows_searched > 1000  # the replay's trades, features, ... were there to search

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,15 +20,25 @@ from tests.support.paths import RECORDING
 pytestmark = pytest.mark.integration
 
 
-
-
 def cli(home: Path, *args, env_extra=None, timeout=120):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     # offline, as on our machines: market data comes from the recording through the fake exchange
-    env.update({"TAPEFLOW_HOME": str(home), "TAPEFLOW_SOURCE": f"replay:{RECORDING}", "TAPEFLOW_REPLAY_SPEED": "max",
-                **(env_extra or {})})
-    return subprocess.run([sys.executable, "-m", "tapeflow", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=home.parent)
+    env.update(
+        {
+            "TAPEFLOW_HOME": str(home),
+            "TAPEFLOW_SOURCE": f"replay:{RECORDING}",
+            "TAPEFLOW_REPLAY_SPEED": "max",
+            **(env_extra or {}),
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "tapeflow", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=home.parent,
+    )
 
 
 def wait_healthy(home: Path, timeout_s: float = 90.0) -> dict:
@@ -92,8 +102,10 @@ def test_up_status_down_lifecycle(home):
         assert by_name[name]["healthy"], by_name[name]
     assert by_name["broker"]["address"].startswith("127.0.0.1:")
     # the broker line: Kafka's version and log size, and how far back md.trades goes (or that it is empty)
-    assert re.search(r"Apache Kafka [\d.]+, .*log [\d.]+ MB; md\.trades (since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC|empty)",
-                     by_name["broker"]["detail"]), by_name["broker"]
+    assert re.search(
+        r"Apache Kafka [\d.]+, .*log [\d.]+ MB; md\.trades (since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC|empty)",
+        by_name["broker"]["detail"],
+    ), by_name["broker"]
     assert by_name["database"]["pid"] and by_name["database"]["uptime_s"] >= 0
 
     text = cli(home, "status")
@@ -145,7 +157,9 @@ def assert_ui_needs_its_token(home: Path, up_output: str, status: dict) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://{status['address']}/api/overview", timeout=10)
     assert refused.value.code == 401
-    req = urllib.request.Request(f"http://{status['address']}/api/overview", headers={"Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(
+        f"http://{status['address']}/api/overview", headers={"Authorization": f"Bearer {token}"}
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.status == 200 and "market" in json.loads(resp.read())
 
@@ -175,17 +189,32 @@ def assert_least_exposure(home: Path, pids: dict[str, int]) -> None:
     assert oct(secrets.stat().st_mode & 0o777) == "0o700"
     files = list(secrets.iterdir())
     assert files and all(oct(f.stat().st_mode & 0o777) == "0o600" for f in files), [
-        (f.name, oct(f.stat().st_mode & 0o777)) for f in files]
+        (f.name, oct(f.stat().st_mode & 0o777)) for f in files
+    ]
     address = json.loads((home / "run" / "database.json").read_text())["address"]
     host, port = address.rsplit(":", 1)
-    owner = psycopg.conninfo.make_conninfo(host=host, port=port, user="postgres", dbname="tapeflow",
-                                           password=(secrets / "postgres-postgres").read_text().strip())
+    owner = psycopg.conninfo.make_conninfo(
+        host=host,
+        port=port,
+        user="postgres",
+        dbname="tapeflow",
+        password=(secrets / "postgres-postgres").read_text().strip(),
+    )
     with psycopg.connect(owner) as conn:
-        roles = dict(conn.execute("SELECT rolname, (rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication "
-                                  "OR rolbypassrls) FROM pg_roles WHERE rolname LIKE 'tapeflow_%'").fetchall())
+        roles = dict(
+            conn.execute(
+                "SELECT rolname, (rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication "
+                "OR rolbypassrls) FROM pg_roles WHERE rolname LIKE 'tapeflow_%'"
+            ).fetchall()
+        )
     assert roles == {"tapeflow_writer": False, "tapeflow_readonly": False}
-    readonly = psycopg.conninfo.make_conninfo(host=host, port=port, user="tapeflow_readonly", dbname="tapeflow",
-                                              password=(secrets / "postgres-tapeflow_readonly").read_text().strip())
+    readonly = psycopg.conninfo.make_conninfo(
+        host=host,
+        port=port,
+        user="tapeflow_readonly",
+        dbname="tapeflow",
+        password=(secrets / "postgres-tapeflow_readonly").read_text().strip(),
+    )
     with psycopg.connect(readonly) as conn:
         conn.execute("SELECT count(*) FROM trades")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -227,9 +256,19 @@ def test_stale_pid_files_and_orphans_after_a_crash(home):
 
     # a pid file pointing at a dead process is reported as stale and removed by down
     (home / "run").mkdir(exist_ok=True)
-    (home / "run" / "broker.json").write_text(json.dumps({
-        "name": "broker", "pid": 999999, "create_time": 1.0, "address": "127.0.0.1:1",
-        "started_at": 1.0, "log": "x", "extra": {}}))
+    (home / "run" / "broker.json").write_text(
+        json.dumps(
+            {
+                "name": "broker",
+                "pid": 999999,
+                "create_time": 1.0,
+                "address": "127.0.0.1:1",
+                "started_at": 1.0,
+                "log": "x",
+                "extra": {},
+            }
+        )
+    )
     st = cli(home, "status", "--json")
     broker = {c["name"]: c for c in json.loads(st.stdout)["components"]}["broker"]
     assert broker["state"] == "stale" and "stale pid file" in broker["detail"]
@@ -261,8 +300,11 @@ def test_supervisor_restarts_a_crashed_service(home):
                 break
         time.sleep(0.5)
     else:
-        pytest.fail("broker was not restarted to a healthy stack within 90 s:\n" + cli(home, "logs", "supervisor").stdout
-                    + ("\nlast status:\n" + st.stdout + st.stderr if st is not None else ""))
+        pytest.fail(
+            "broker was not restarted to a healthy stack within 90 s:\n"
+            + cli(home, "logs", "supervisor").stdout
+            + ("\nlast status:\n" + st.stdout + st.stderr if st is not None else "")
+        )
     log = cli(home, "logs", "supervisor").stdout
     after_kill = log.split("exited with code -9", 1)[1]
     assert "restarting" in log and re.search(r"topics +0 created", after_kill), after_kill
@@ -280,8 +322,9 @@ def test_supervisor_restarts_a_crashed_service(home):
 def test_foreground_up_stops_everything_on_ctrl_c(home):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
     env.update(TAPEFLOW_HOME=str(home), TAPEFLOW_SOURCE=f"replay:{RECORDING}")
-    proc = subprocess.Popen([sys.executable, "-m", "tapeflow", "up"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tapeflow", "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     lines = []
     deadline = time.monotonic() + 60
     for line in proc.stdout:

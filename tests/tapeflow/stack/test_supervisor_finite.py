@@ -27,8 +27,10 @@ class QuickReplay(Service):
         self.code = code
 
     def prepare(self) -> Launch:
-        return Launch([sys.executable, "-c", f"print('replay-finished: 0 frames in'); raise SystemExit({self.code})"],
-                      "127.0.0.1:1")
+        return Launch(
+            [sys.executable, "-c", f"print('replay-finished: 0 frames in'); raise SystemExit({self.code})"],
+            "127.0.0.1:1",
+        )
 
     def health(self, address: str) -> Health:
         return Health(False, "no health endpoint before the process ends")

@@ -31,8 +31,7 @@ class SlowRestart(Service):
     def prepare(self) -> Launch:
         life = 0.3 if self.starts == 0 else 600
         self.starts += 1
-        return Launch(argv=[sys.executable, "-c", f"import time; time.sleep({life}); raise SystemExit(1)"],
-                      address="-")
+        return Launch(argv=[sys.executable, "-c", f"import time; time.sleep({life}); raise SystemExit(1)"], address="-")
 
     def health(self, address: str) -> Health:
         return Health(self.starts < 2, "ready" if self.starts < 2 else "replaying its log")
