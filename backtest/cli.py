@@ -64,7 +64,10 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
     @app.command("backtest")
     def backtest(
         strategy: list[Path] = typer.Option(
-            [], "--strategy", "-s", help="Strategy file (YAML/JSON); repeat for A/B. Default: the shipped ones."
+            [],
+            "--strategy",
+            "-s",
+            help="Strategy file (YAML/JSON) or a shipped strategy's name (v53); repeat for A/B. Default: the shipped ones.",
         ),
         symbols: str | None = typer.Option(
             None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."

@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         "xv.features, stored in xv_features); it needs a second venue's producer (`tapeflow produce --exchange "
         "bybit|okx`) to have pairs.",
     )
+    strategies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Strategy files (comma-separated) the engine runs: `up`'s engine and `tapeflow engine` "
+        "without --strategy; empty: the shipped ones (`tapeflow strategy list`). Start one with "
+        "`tapeflow strategy new`.",
+    )
     watchlist_strategies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Watchlist strategy files (comma-separated) the watchlist service trades "
@@ -395,7 +401,7 @@ class Settings(BaseSettings):
         """docker-compose passes an unset channel or file as an empty variable: that means off, not ''."""
         return None if v == "" else v
 
-    @field_validator("notify_events", "watchlist_strategies", "venues", "symbols", mode="before")
+    @field_validator("notify_events", "strategies", "watchlist_strategies", "venues", "symbols", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
         """A list from the environment is comma- or space-separated."""

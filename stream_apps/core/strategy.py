@@ -159,7 +159,7 @@ class Thresholds(_Model):
 
 
 class Rules(_Model):
-    """Thresholds inside the layers (DESIGN §4 values as defaults). Raw points are fixed in ``scoring``."""
+    """Thresholds inside the layers (the scoring model's values as defaults). Raw points are fixed in ``scoring``."""
 
     long_short_long_levels: tuple[float, float, float] = Field(
         default=(1.0, 0.7, 0.5),
@@ -804,8 +804,23 @@ def parse_strategy(data: Any, source: str = "<strategy>") -> StrategyConfig:
         raise StrategyConfigError(f"{source}: {_format_errors(error)}") from None
 
 
+def strategy_path(ref: str | Path) -> Path:
+    """A strategy as a user names it on the command line or in TAPEFLOW_STRATEGIES: a file, or the name
+    of a shipped strategy (``v53``) when no such file exists; a bare name that is neither is an error
+    that lists the shipped ones."""
+    path = Path(ref)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    shipped = default_strategy_dir() / f"{path.name}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in default_strategy_dir().glob("*.yaml")))
+    raise StrategyConfigError(f"{ref}: neither a strategy file nor a shipped strategy ({names})")
+
+
 def load_strategy(path: str | Path) -> StrategyConfig:
-    """Load one ``.yaml``/``.yml``/``.json`` strategy file."""
+    """Load one ``.yaml``/``.yml``/``.json`` strategy file, or a shipped strategy by name (``v53``)."""
+    path = strategy_path(path)
     return parse_strategy(read_strategy_file(path), str(path))
 
 

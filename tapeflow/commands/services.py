@@ -20,7 +20,10 @@ from tapeflow_runtime.errors import TapeflowError
 @app.command()
 def engine(
     strategy: list[Path] | None = typer.Option(
-        None, "--strategy", help="Strategy file (YAML/JSON), repeatable (A/B). Default: the shipped ones."
+        None,
+        "--strategy",
+        help="Strategy file (YAML/JSON) or a shipped strategy's name (v53), repeatable (A/B). "
+        "Default: TAPEFLOW_STRATEGIES, else the shipped ones.",
     ),
     exactly_once: bool = typer.Option(
         True,
@@ -85,7 +88,13 @@ def engine(
 
     use_namespace(input_prefix)
     settings = state.settings()
-    for path in strategy or []:
+    from stream_apps.core.strategy import strategy_path
+
+    try:  # a file or a shipped strategy's name; none given: TAPEFLOW_STRATEGIES, else the shipped ones
+        strategy = [strategy_path(p) for p in strategy or settings.strategies]
+    except TapeflowError as exc:
+        raise fail(str(exc), 2) from None
+    for path in strategy:
         if not path.is_file():
             raise fail(f"strategy file {path} does not exist", 2)
     rehearsal = settings.replay_dir is not None or bool(settings.namespace)

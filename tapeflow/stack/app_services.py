@@ -230,6 +230,10 @@ class EngineService(ConsumerService):
         # live, a new group waits for the producer's warm start the same way (its history comes first)
         if self.settings.replay_dir is None and not self.settings.namespace and self.settings.warm_start_hours > 0:
             argv.append("--wait-for-progress")
+        from stream_apps.core.strategy import strategy_path
+
+        for path in self.settings.strategies:  # relative to where `up` was run, not the child's cwd
+            argv += ["--strategy", str(strategy_path(path).resolve())]
         return self.launch(argv)
 
     @property

@@ -66,6 +66,17 @@ def test_the_watchlist_trades_the_configured_strategies_by_absolute_path(tmp_pat
     assert "--instrument-rules" not in launches(Settings(home=tmp_path, watchlist=True), tmp_path)["watchlist"]
 
 
+def test_the_engine_runs_the_configured_strategies_by_absolute_path_else_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "--strategy" not in launches(Settings(home=tmp_path), tmp_path)["engine"]  # the shipped ones
+    monkeypatch.setenv("TAPEFLOW_STRATEGIES", "mine.yaml, strategies/other.yaml")
+    argv = launches(Settings(home=tmp_path), tmp_path)["engine"]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--strategy"] == [
+        str(tmp_path / "mine.yaml"),
+        str(tmp_path / "strategies" / "other.yaml"),
+    ]
+
+
 def test_other_venues_get_their_own_producer_in_a_live_stack_only(tmp_path):
     import pytest
     from pydantic import ValidationError
