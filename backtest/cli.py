@@ -83,7 +83,8 @@ def register(app: typer.Typer, settings: Callable[[], Settings]) -> None:
         source: str = typer.Option(
             "vision",
             "--source",
-            help="vision[:DIR] | synthetic[:SEED] | recording:DIR | db | topics (md.* by time from the broker).",
+            help="vision (downloads Binance's public daily archives once, cached in TAPEFLOW_HOME/vision) | "
+            "vision:DIR | synthetic[:SEED] (offline) | recording:DIR | db | topics (md.* by time from the broker).",
         ),
         out: Path | None = typer.Option(
             None, "--out", help="Report directory. Default: TAPEFLOW_HOME/backtests/<time>."
@@ -306,6 +307,16 @@ def run_command(  # noqa: C901 - over the complexity limit, to be split
         src = open_source(source, symbol_list, from_ms, to_ms, **options)
     except SourceError as exc:
         raise CliError(str(exc)) from None
+    if kind == "vision" and source == "vision":  # the default: say that it downloads, and where it keeps
+        from producers.backfill.vision_files import DEFAULT_BASE_URL as DEFAULT_VISION_URL
+
+        typer.echo(
+            f"source vision: Binance's public daily archives for {len(src.symbols)} symbol(s) x "
+            f"{len(src.days())} day(s), downloaded from {(vision_url or DEFAULT_VISION_URL).rstrip('/')} on first "
+            f"use and kept in {options['cache_dir']} (checksums verified); --source synthetic runs offline, "
+            "--source vision:DIR reads archives from a directory",
+            err=True,
+        )
     if span is not None:
         from backtest.sources.warm_start import WarmStartApproximation
 

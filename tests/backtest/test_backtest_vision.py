@@ -353,3 +353,51 @@ def test_a_cached_day_is_read_an_hour_at_a_time_and_an_old_cache_layout_is_repla
     read.clear()  # a second run: served by the cache, still an hour at a time
     again = VisionSource([SYM], D1 + 5 * H, D1 + 7 * H, directory=root, column_cache=cache)
     assert [b.start_ms for b in again.blocks()] == [D1 + 5 * H, D1 + 6 * H] and read == [5, 6]
+
+
+def test_the_default_source_says_it_downloads_and_where_it_keeps_the_archives(vision_server, tmp_path):
+    """`tapeflow backtest` without --source reads Binance's archives over the network: it says so (how
+    much, from where, kept where, and how to run offline) before it downloads anything."""
+    import os
+    import subprocess
+    import sys
+
+    url, _ = vision_server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env["TAPEFLOW_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "backtest",
+            "--vision-url",
+            url,
+            "--symbols",
+            SYM,
+            "--strategy",
+            "v53",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-02",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stderr.splitlines()
+    first = next(i for i, line in enumerate(said) if line.startswith("source vision: "))
+    assert (
+        f"1 symbol(s) x 1 day(s), downloaded from {url} on first use and kept in {tmp_path / 'home' / 'vision'}"
+        in said[first]
+    )
+    assert "--source synthetic runs offline" in said[first]
+    assert CountingHandler.requests, "the archives were downloaded"
