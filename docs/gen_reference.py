@@ -190,7 +190,10 @@ def gen_cli() -> str:
             ],
         )
     )
-    for name, cmd in sorted(root.commands.items()):
+    import click
+
+    for name in root.list_commands(click.Context(root)):  # in `tapeflow --help`'s order
+        cmd = root.commands[name]
         if getattr(cmd, "hidden", False):
             continue
         _cli_command(lines, cmd, ["tapeflow", name])

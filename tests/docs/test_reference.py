@@ -74,3 +74,20 @@ def test_runtime_code_never_imports_the_docs_tooling():
                 if any(n.split(".")[0] in ("gen_reference", "docs", "mkdocs", "material") for n in names):
                     offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_cli_reference_lists_the_commands_in_the_order_of_help():
+    """A reader who found a command in `tapeflow --help` finds it at the same place in the reference."""
+    import subprocess
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "tapeflow", "--help"],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
+    in_help = [m.group(1) for m in re.finditer(r"^│ ([a-z][a-z-]+)\s", shown, re.M)]
+    page = (DOCS / "reference" / "cli.md").read_text()
+    in_page = [m.group(1) for m in re.finditer(r"^## `tapeflow ([a-z-]+)`$", page, re.M)]
+    assert len(in_help) >= 20 and in_page == in_help
