@@ -45,7 +45,6 @@ import faust
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from faust.tables.manager import TableManager
 from faust.types import TP
 
 from schemas.catalogue import PROGRESS_TOPIC, SYMBOL_PARTITIONS
@@ -55,7 +54,7 @@ from stream_apps.core.engine import EngineParams
 from stream_apps.core.strategy import StrategyConfig, load_strategy
 from tapeflow_runtime.settings import ConfigError
 
-from .bulk_consumer import BulkConsumer, BulkTransport
+from .bulk_consumer import BulkConsumer, BulkTransport, PromptTableManager
 from .config import INPUT_TOPICS, STATE_TABLE, EngineAppConfig
 from .effects_runner import EffectsRunner
 from .metrics import EngineAppMetrics
@@ -117,18 +116,6 @@ class _EngineFaustApp(faust.App):
         return BulkTransport(self.conf.broker_consumer, self)
 
 
-class _PromptTableManager(TableManager):
-    """Faust's table manager without the 1 s sleep its ``on_start`` begins with (faust-streaming
-    0.15.3, ``faust/tables/manager.py``), which gives an app's module-level tables time to be
-    declared. The engine declares its one table before the app starts, so the sleep only delayed
-    every start by 1 s."""
-
-    async def on_start(self) -> None:
-        if not self.should_stop:
-            await self._update_channels()
-            await self.recovery.start()
-
-
 def _broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
@@ -169,7 +156,7 @@ class EngineWorker:
             stream_wait_empty=True,
             web_enabled=False,
             worker_redirect_stdouts=False,
-            TableManager=_PromptTableManager,
+            TableManager=PromptTableManager,
         )
         # What faust.Worker sets, and before anything reads ``in_transaction``: Faust caches that
         # property (and the consumer copies it when it is created), so set later it stays False and
@@ -354,7 +341,7 @@ class EngineWorker:
         return self.app.consumer.caught_up(TP(topic, partition))  # type: ignore[attr-defined]
 
     def _start_offset(self, topic: str, partition: int) -> int | None:
-        return self.app.consumer._start_offset.get(TP(topic, partition))  # type: ignore[attr-defined]
+        return self.app.consumer.start_offset(TP(topic, partition))  # type: ignore[attr-defined]
 
     def _load_snapshot(self, key: str) -> bytes | None:
         return self.table.data.get(key.encode())

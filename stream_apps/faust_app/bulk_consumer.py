@@ -20,8 +20,9 @@ Acknowledgement stays Faust's: ``ack_offsets`` does in bulk what ``Consumer.ack`
 offsets, producer flush before commit, transactions) is untouched. Before a rebalance or shutdown
 commits, ``wait_empty`` first lets the handler flush (snapshot state, ack what it covers).
 
-This leans on faust-streaming and aiokafka internals (``_drain_messages``, ``_wait_next_records``,
-``_acked``, the consumer thread's worker consumer): `TESTED_RELEASES` names the releases it was read
+This module is the one place of the engine that leans on faust-streaming and aiokafka internals
+(``_drain_messages``, ``_wait_next_records``, ``_acked``, the consumer thread's worker consumer, the
+table manager's start; a test keeps other modules to their public API): `TESTED_RELEASES` names the releases it was read
 against and tested with, and the engine refuses to start on others (`check_tested_releases`). The
 integration tests (restart, redelivery, rebalance; exactly-once against Kafka) exercise every path here.
 """
@@ -36,6 +37,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 from aiokafka.structs import TopicPartition
+from faust.tables.manager import TableManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -144,6 +146,10 @@ class BulkConsumer(aiokafka_driver.Consumer):
             return False
         next_offset = self.read_position(tp)
         return next_offset is not None and next_offset >= highwater
+
+    def start_offset(self, tp: TP) -> int | None:
+        """Where reading of ``tp`` (re)started at the last seek, if known."""
+        return self._start_offset.get(tp)
 
     async def resolve_start_offsets(self, tps: Sequence[TP]) -> None:
         """Partitions that restarted without a committed offset start at their log start."""
@@ -402,3 +408,15 @@ class OffsetsAsAiokafkaProducer(aiokafka_driver.Producer):
 class BulkTransport(aiokafka_driver.Transport):
     Consumer = BulkConsumer
     Producer = OffsetsAsAiokafkaProducer
+
+
+class PromptTableManager(TableManager):
+    """Faust's table manager without the 1 s sleep its ``on_start`` begins with (faust-streaming
+    0.15.3, ``faust/tables/manager.py``), which gives an app's module-level tables time to be
+    declared. The engine declares its one table before the app starts, so the sleep only delayed
+    every start by 1 s."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
