@@ -28,6 +28,7 @@ convex fits do not need them):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -167,8 +168,13 @@ def fit_model(
         )
     raw = factor_matrix(rows, factors)
     missing_share = np.isnan(raw[train]).mean(axis=0)
-    means = np.where(np.isnan(raw[train]).all(axis=0), 0.0, np.nanmean(np.where(train[:, None], raw, np.nan), axis=0))
-    scales = np.nanstd(np.where(train[:, None], raw, np.nan), axis=0)
+    # a factor with no training value (funding_8h in a session shorter than its window) is centred on 0
+    # and unscaled below; numpy warns on that empty column's mean, which is not a problem to report
+    trained = np.where(train[:, None], raw, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.where(np.isnan(raw[train]).all(axis=0), 0.0, np.nanmean(trained, axis=0))
+        scales = np.nanstd(trained, axis=0)
     scales = np.where(~np.isfinite(scales) | (scales == 0), 1.0, scales)
     x = np.nan_to_num((raw - means) / scales, nan=0.0)  # missing: the training mean
     won = (labels > 0).astype(float)
