@@ -4,8 +4,8 @@ A network partition between a service and PostgreSQL drops packets without a res
 defaults, the service's write then waits for TCP's retransmissions to give up (``tcp_retries2``: about
 15 minutes) while its status says ``ok``, and the server's backend of that connection stays "idle in
 transaction" for hours (keepalive after 2 h), holding the row locks of the half-written batch: the
-batch written again on a new connection would wait on them. Measured in the fault suite before this
-module (a 40 s partition of the sink's link): the sink reported ``ok`` throughout and never retried.
+batch written again on a new connection would wait on them. Without this module, a 40-s partition of
+the sink's link (the fault suite's) left the sink reporting ``ok`` throughout, never retrying.
 
 `liveness_kwargs` returns what ``psycopg.connect`` needs so that:
 

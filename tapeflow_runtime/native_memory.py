@@ -12,15 +12,14 @@ parse buffers, the sorted columns), freed before the next file. Two allocators k
   value the adjustment converges to) and the heap's free pages are handed back (``malloc_trim``).
 
 Why only around a file's parse and not for the whole process: every hour-sized temporary array of the
-engine would then be mapped and unmapped too, measured at +1.5 s of system time (page faults) per
-10 M trades of a warm backtest.
+engine would then be mapped and unmapped too, paying a page fault for every page of each.
 
-Measured in benchmarks/RESULTS.md ("Vision backtest: peak RSS against the range"). Nothing here
+Figures: benchmarks/RESULTS.md ("Vision backtest: peak RSS against the range"). Nothing here
 changes results; where the C library is not glibc, only the Arrow pool is switched.
 
 A live service is the other case (``live_service_allocator``): it runs for days, and each large free
 (a warm start's archive or REST page, for one) can raise glibc's dynamic mmap threshold, after which
-larger blocks of the streaming come from the heap and the holes they leave are kept. Measured on
+larger blocks of the streaming come from the heap and the holes they leave are kept. On
 ``tapeflow produce`` (``benchmarks/bench_producer_memory.py``, RESULTS.md "The producer's slow memory
 growth"): resident memory grew ~9 MB an hour with the dynamic threshold and stayed flat with it fixed
 at 64 KiB, for 4-7 % more CPU (the mapping's page faults). Which blocks fragmented the heap was not

@@ -15,8 +15,8 @@ A day's file is written in time order as 24 record batches, one per UTC hour of 
 reads one hour of one symbol at a time (``day``): its memory is bounded by an hour per symbol, not by
 the day or the range (benchmarks/RESULTS.md, "Vision backtest: peak RSS against the range"). The hour is
 read into memory rather than memory-mapped: mapped pages stay resident (and count in the RSS) for as
-long as the map lives, which would be the whole day of every symbol; reading 24 batches costs the same
-CPU (measured: warm run 4.1-4.3 CPU s per 10.4 M trades against 4.6-4.8 for the mapped whole day).
+long as the map lives, which would be the whole day of every symbol; reading 24 batches costs no more
+CPU than mapping the day.
 
 ``tapeflow cache ls`` lists the entries, ``tapeflow cache clear`` removes them.
 """

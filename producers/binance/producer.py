@@ -379,9 +379,9 @@ class BinanceProducer(VenueProducer):
         """A live start without a checkpoint: the symbol's chain starts at the first trade at or after
         ``since_ms`` (REST ``startTime``), so the trades before the stream's first frame are a gap that
         ``_fill_gap`` fills. REST is asked once the first frame is held (so it has a trade since the
-        start to show: ``_on_trade`` starts it then), and the chain starts at whichever is earlier. Measured without it (bench_endurance, 2026-11-25): the first connection met
-        a fake exchange that had not begun and reconnected after its 10 s read timeout; the 1,060
-        trades sent meanwhile never entered the pipeline and nothing said so. Trades are held
+        start to show: ``_on_trade`` starts it then), and the chain starts at whichever is earlier. Without
+        it, a first connection that found the exchange not sending yet reconnected after its read
+        timeout, and the trades sent meanwhile never entered the pipeline, with nothing said. Trades are held
         (``AggTradeSequencer.anchoring``) until REST answers; if it cannot, the chain starts at the
         first frame as before, with a warning."""
         seq = self.sequencers[sym]
@@ -419,9 +419,8 @@ class BinanceProducer(VenueProducer):
         page (REST's present), then whatever hole the stream has opened meanwhile (`_fill_gap`).
 
         Without it the hole a restart left was only seen at the stream's next trade of the symbol: a quiet
-        symbol, or a session that ended while the producer was down (measured: a broker restart under load
-        whose clients came back 22 s after the kill, when the exchange had sent its last trade), kept the
-        hole. At most ``max_resume_gap_ids`` trades this way; a longer downtime is then the gap the stream's
+        symbol, or a session that ended while the producer was down (a broker restart after the exchange's
+        last trade), kept the hole. At most ``max_resume_gap_ids`` trades this way; a longer downtime is then the gap the stream's
         next trade opens, given up on `md.gaps` as before. A REST failure here only logs: the stream's next
         trade opens the gap and `_fill_gap` retries it."""
         seq = self.sequencers[sym]

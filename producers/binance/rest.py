@@ -149,8 +149,7 @@ class RateLimitGate:
     Why one at a time: a request already in flight when another meets a 418 arrives inside the ban, and
     Binance lengthens a ban with every such request. A start-up burst (each symbol's catch-up from the
     checkpoint, the depth snapshots, the first indicator poll) or the requests a window held back, all
-    released together at its end, would otherwise meet a ban with all of them (measured: 2 requests in
-    the ban window once the catch-up joined the start-up burst); now it meets it with one."""
+    released together at its end, would otherwise meet a ban with all of them; now it meets it with one."""
 
     def __init__(self, weight_limit: int = WEIGHT_LIMIT_1M) -> None:
         self._origins: dict[str, _OriginState] = {}

@@ -1,11 +1,10 @@
 """A Faust consumer that hands whole fetches of the ``md.*`` partitions to one batch handler.
 
 Why: stock Faust turns every Kafka record into an event that crosses a queue, a stream, its
-processors and an ack, and its fetch loop waits on ``asyncio.wait`` twice per record. Measured on the
-2-core dev machine (benchmarks/bench_engine_app.py ``--mode stream``): ≈ 6,700 records/s through
-``stream.noack_take(5000, within=0.05)`` with nothing but Avro decoding in the agent, while aiokafka
-alone reads ≈ 500,000 records/s from the same broker. ``take()`` batches what
-the agent sees, not that per-record machinery, so it cannot reach the 50,000 trades/s target.
+processors and an ack, and its fetch loop waits on ``asyncio.wait`` twice per record: through
+``stream.noack_take`` stock Faust delivers two orders of magnitude fewer records per second than
+aiokafka reads from the same broker (benchmarks/bench_engine_app.py ``--mode stream``; figures in
+benchmarks/RESULTS.md). ``take()`` batches what the agent sees, not that per-record machinery.
 
 What this keeps from Faust: group membership and its co-partitioning assignor (a symbol's partition
 of every ``md.*`` topic and of the state table's changelog go to the same worker), table recovery
@@ -349,8 +348,8 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     """Faust hard-codes ``fetch_max_wait_ms=1500``. aiokafka keeps one fetch in flight per broker and
     leaves out partitions whose records are still buffered, so while a fetch for the quiet partitions
     (``md.mark`` once a second, ``md.indicators`` every few minutes) waits for data, the busy
-    ``md.trades`` partitions wait behind it: measured at 5,000 trades/s, receive -> features p99
-    ~790 ms. A short wait bounds that delay; the cost is more (empty) fetch round trips on loopback.
+    ``md.trades`` partitions wait behind it, up to the whole wait added to a trade's latency. A short
+    wait bounds that delay; the cost is more (empty) fetch round trips on loopback.
     It also makes the worker read committed records only, whatever the processing guarantee."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
