@@ -251,10 +251,18 @@ def dlq_topic(name: str) -> str:
 SEGMENT_MS = DAY_MS
 
 
+#: md.* topics that describe the market data rather than carry it: kept at least as long as the
+#: catalogue says (a gap report outlives the trades around it, to be investigated), longer when the
+#: market data is kept longer
+OUTLIVES_MARKET_DATA = frozenset({"md.gaps"})
+
+
 def retention_ms(spec: TopicSpec, md_retention_ms: int | None = None) -> int | None:
     """How long records of `spec` are kept (None: forever): the catalogue's, or for market data
     (md.*) ``md_retention_ms`` when given (the stack's ``TAPEFLOW_TOPIC_RETENTION``; 0 = forever)."""
     if md_retention_ms is not None and spec.name.startswith(MD_PREFIX) and spec.cleanup_policy == "delete":
+        if spec.name in OUTLIVES_MARKET_DATA and md_retention_ms and spec.retention_ms is not None:
+            return max(md_retention_ms, spec.retention_ms)
         return md_retention_ms or None
     return spec.retention_ms
 

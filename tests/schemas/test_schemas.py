@@ -418,6 +418,10 @@ def test_retention_market_data_settable_derived_30_days_trading_records_kept():
     assert topic_configs(topic("md.trades"), md_retention_ms=3_600_000)["retention.ms"] == "3600000"
     assert topic_configs(topic("md.trades"), md_retention_ms=3_600_000)["segment.ms"] == "3600000"
     assert topic_configs(topic("md.trades"), md_retention_ms=0)["retention.ms"] == "-1"
+    # gap reports outlive the market data they describe (they were cut to its 7 days), never the reverse
+    assert topic_configs(topic("md.gaps"), md_retention_ms=7 * day)["retention.ms"] == str(30 * day)
+    assert topic_configs(topic("md.gaps"), md_retention_ms=90 * day)["retention.ms"] == str(90 * day)
+    assert topic_configs(topic("md.gaps"), md_retention_ms=0)["retention.ms"] == "-1"
     for derived in ("bars.1m", "features", "signals"):
         assert topic_configs(topic(derived), md_retention_ms=3_600_000)["retention.ms"] == str(30 * day)
     for kept in ("orders", "fills", "positions"):
