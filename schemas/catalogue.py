@@ -5,7 +5,7 @@ Partitions. Every topic keyed by `exchange:symbol` that the engine or the execut
 same count, SYMBOL_PARTITIONS = 6, because Faust tables and joins need co-partitioned inputs (same
 key, same partition count), and the executor evaluates exits on md.trades in the same process that
 owns the symbol's signals and positions (one writer per position). Six divides evenly among 1, 2,
-3 or 6 workers: two on a 2-core machine, more on a server, without repartitioning, which
+3 or 6 workers: two on a laptop, more on a server, without repartitioning, which
 would re-key existing data and break per-symbol ordering. Four default symbols leave some
 partitions empty; an empty partition costs next to nothing. Low-volume side topics (md.gaps,
 risk.events, the xv.* topics, every dlq.*) use one partition: total order and trivial consumers
