@@ -205,6 +205,11 @@ def kafka_bootstrap(session_home) -> str:
     try:
         yield sup.addresses["broker"]
     finally:
+        # clients a test dropped without closing are destroyed now, while their broker still answers:
+        # collected after it stopped, each librdkafka client logged "Connection refused" until exit
+        import gc
+
+        gc.collect()
         sup.stop_all()
 
 
