@@ -50,67 +50,56 @@ sink process took 1.1 instead of 4.0 CPU-s per million trades (benchmarks/RESULT
 Apache Kafka"). On a cluster of several brokers (partition leaders spread, moving at a failover)
 librdkafka fetches everything; `SinkConfig.raw_fetch` turns the raw fetch off.
 
-Maintenance (at start and hourly, never per flush): partitions ahead (plain PostgreSQL) and
-retention (sinks.retention): nothing holding a day the sink wrote since it started is dropped.
+The sink's jobs, one module each (as Quix Streams' sinks are built): this module consumes, runs the
+threads and hands batches (`sinks.batch`) over; `sinks.decoding` turns records into rows, COPY data
+and dead letters; `sinks.writer` writes them (and only writes); `sinks.checkpoint` decides which
+offsets may be committed; `sinks.maintenance` keeps partitions, retention and the trade-level
+summaries beside the write path (at start and hourly, never per batch).
 """
 
 from __future__ import annotations
 
 import queue
-import random
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
-import numpy as np
-import psycopg
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from schemas.catalogue import MD_PREFIX, dlq_topic
-from schemas.dead_letters import dead_letter_record
 from schemas.serde import AvroSerde
-from sinks.columnar import DAY_MS, ColumnarCodec, ColumnarError, copy_payload
+from sinks.batch import Batch
+from sinks.checkpoint import OffsetCheckpoint, newest_offsets
+from sinks.columnar import ColumnarCodec
+from sinks.decoding import BatchDecoder
+from sinks.maintenance import INTERVAL_S as MAINTENANCE_INTERVAL_S
+from sinks.maintenance import SinkMaintenance
 from sinks.metrics import SinkMetrics
-from sinks.partitions import (
-    PLANS,
-    add_periods,
-    ensure_partitions,
-    ensure_partitions_ahead,
-    period_start,
-)
 from sinks.retention import (
     RetentionPolicy,
-    apply_retention,
-    protect_since,
-    record_writes,
     resolve_policies,
 )
 from sinks.tables import (
     PIPELINE_ERRORS,
     TableSpec,
-    copy_binary,
     table_for_topic,
-    write_rows,
 )
-from sinks.trade_levels import backfill_pending, compact_written_days, pending_days
+from sinks.writer import BatchWriter, Stopped
 from tapeflow_runtime.db_liveness import liveness_kwargs
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, producer_config
 from tapeflow_runtime.record_batches import RawFetcher, RecordChunk, SplitConsumer, one_broker
 
 log = structlog.get_logger("sink")
 
-MAINTENANCE_INTERVAL_S = 3600.0
-RECORD_WRITES_EVERY_S = 600.0  # a (table, day) written again is re-recorded at most this often
 PAUSE_AFTER_S = 0.5  # the writer busy this long with a full queue: pause the partitions
 # librdkafka fetches ahead until this many records wait locally (default 100,000); more keeps fetches
 # to the broker going while the consumer thread hands a batch over, so a 50,000-row batch is never
 # waited for. Memory stays capped by queued.max.messages.kbytes (64 MiB by default).
 PREFETCH_CONFIG = {"queued.min.messages": 500_000}
-SPLIT_BELOW = 2_000  # records of a flat topic that failed the fast path: halved until this few (_encode)
 
 
 @dataclass
@@ -131,45 +120,6 @@ class SinkConfig:
     # a one-broker cluster: the flat topics' partitions fetched as whole record batches
     # (tapeflow_runtime.record_batches), no Python object per record; False: librdkafka for all
     raw_fetch: bool = True
-
-
-@dataclass
-class Batch:
-    rows: dict[str, list[tuple]] = field(default_factory=lambda: defaultdict(list))  # table -> rows
-    copies: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))  # table -> COPY row data
-    copy_rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    dlq: list[tuple[str, bytes | None, dict]] = field(default_factory=list)  # (topic, key, dead letter)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
-    max_time: dict[str, int] = field(default_factory=dict)  # table -> newest event time (ms)
-    min_time: dict[str, int] = field(default_factory=dict)  # table -> oldest event time (ms)
-    days: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))  # table -> UTC days written
-    # topic -> its flat-topic records not decoded yet: encoded into `copies` once per batch by
-    # the writer that takes it (TopicSink._seal), since each encode call has a fixed cost of ~2 ms
-    columnar: dict[str, list[Message]] = field(default_factory=lambda: defaultdict(list))
-    count: int = 0
-    written: dict[str, int] = field(default_factory=dict)
-    commit_s: float = 0.0
-    seq: tuple[int, int] = (0, -1)  # (assignment generation, number): set when handed to the writers
-
-    def clear(self) -> None:
-        """Empty in place (a rebalance took the partitions: whoever holds this batch sees it empty)."""
-        for name in ("rows", "copies", "copy_rows", "days", "columnar"):
-            getattr(self, name).clear()
-        self.dlq.clear()
-        self.offsets.clear()
-        self.max_time.clear()
-        self.min_time.clear()
-        self.count = 0
-
-    def note_time(self, table: str, lo: int, hi: int) -> None:
-        if hi > self.max_time.get(table, -1):
-            self.max_time[table] = hi
-        if lo < self.min_time.get(table, 1 << 62):
-            self.min_time[table] = lo
-
-
-class _Stopped(Exception):
-    """The writer gave up a batch because the sink is stopping (it will be re-delivered)."""
 
 
 class TopicSink:
@@ -193,15 +143,30 @@ class TopicSink:
             codec = ColumnarCodec.for_topic(spec, self.serde, name) if config.columnar else None
             if codec is not None:
                 self.codecs[topic] = codec
+        self.decoder = BatchDecoder(self.specs, self.codecs, self.serde, self.metrics)
         self._by_table = {table_for_topic(t).table: table_for_topic(t) for t in config.topics}
         self._by_table[PIPELINE_ERRORS.table] = PIPELINE_ERRORS
-        self._covered: dict[str, set[datetime]] = {}  # partition periods known to exist, per table
-        self._covered_stale = False
-        self._recorded: dict[tuple[str, int], float] = {}  # (table, day) -> when recorded (monotonic)
         if config.writers < 1:
             raise ValueError(f"writers must be at least 1, not {config.writers}")
-        self._conns: list[psycopg.Connection | None] = [None] * config.writers  # one per writer thread
-        self._cache_lock = threading.Lock()  # _covered, _covered_stale and _recorded, shared by the writers
+        self.writer = BatchWriter(
+            conninfo,
+            self._liveness,
+            self._by_table,
+            self.metrics,
+            slots=config.writers,
+            first_backoff_s=config.first_backoff_s,
+            max_backoff_s=config.max_backoff_s,
+            stopping=lambda: self.stop_requested,
+        )
+        self.maintenance = SinkMaintenance(
+            conninfo,
+            self._liveness,
+            config.retention,
+            writes_trades=any(spec.table == "trades" for spec in self.specs.values()),
+            started_at=lambda: self.started_at,
+            stopping=lambda: self.stop_requested,
+            partitions_dropped=self.writer.partitions_dropped,
+        )
         self._consumer: Consumer | SplitConsumer | None = None
         self._split: SplitConsumer | None = None  # _consumer when the raw fetcher takes the flat topics
         self._dlq_producer: Producer | None = None
@@ -210,23 +175,13 @@ class TopicSink:
         self._done: queue.Queue[Batch] = queue.Queue()
         self._writers: list[threading.Thread] = []  # the sealer first, then the writers
         self._writer_error: BaseException | None = None
-        # the offset watermark (consumer thread only): batches are numbered per assignment generation
-        # (one per rebalance that took the partitions)
-        self._generation = 0
-        self._next_seq = 0  # number of the next batch handed to the writers
-        self._next_commit = 0  # lowest number whose offsets are not committed yet
-        self._finished: dict[int, Batch] = {}  # committed in the database, waiting for earlier batches
+        self.checkpoint = OffsetCheckpoint()  # offsets only after their rows are durable (consumer thread only)
         self._pending = Batch()
         self.assignment: list[TopicPartition] = []
         self.rebalances = 0  # group rebalances that took the partitions
         self.stop_requested = False
         self.committed_batches = 0
         self.started_at = datetime.now(UTC)
-        self._last_maintenance: datetime | None = None
-        self._backfill: threading.Thread | None = None  # trade_levels_1m's old days (migration 0021)
-        self.database_down = False  # a batch is waiting for the database (what /health reports)
-        self.database_error = ""  # the last error while it is down, and since when (monotonic)
-        self.database_down_since: float | None = None
         self.metrics.expect_tables(sorted(self._by_table))
         self._lag = LagProbe(self.metrics.lag, config.group_id)
 
@@ -275,59 +230,28 @@ class TopicSink:
                 self._todo.get_nowait()
             except queue.Empty:
                 break
-        self._generation += 1
+        self.checkpoint.reset()
         self.rebalances += 1
-        self._next_seq = self._next_commit = 0
-        self._finished.clear()
         self.assignment = []
         if self._split is not None:
             self._split.revoke()
 
     def maintain(self) -> None:
-        """Partitions ahead, retention, trade_levels_1m compaction (and its backfill, in a thread): at start and
-        hourly, never per flush."""
-        now = datetime.now(UTC)
-        try:
-            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5, **self._liveness) as conn:
-                created = ensure_partitions_ahead(conn, now)
-                dropped = apply_retention(conn, self.config.retention, now, protect_since(self.started_at, now))
-                # days written since the last maintenance (at start: in the last 2 h, the predecessor's), by
-                # the sink that writes trades (the others would only repeat it)
-                if any(spec.table == "trades" for spec in self.specs.values()):
-                    compact_written_days(conn, self._last_maintenance or self.started_at - timedelta(hours=2))
-                self._last_maintenance = now
-                backfill = bool(pending_days(conn))
-            with self._cache_lock:
-                self._covered_stale = True  # re-learn after drops
-        except psycopg.Error as exc:  # the batch path retries on its own; maintenance tries again next hour
-            log.warning("partition maintenance failed", error=str(exc).splitlines()[0])
-            return
-        if backfill and (self._backfill is None or not self._backfill.is_alive()):
-            self._backfill = threading.Thread(
-                target=self._backfill_trade_levels, name="sink-trade-levels-backfill", daemon=True
-            )
-            self._backfill.start()
-        new = sum(len(v) for v in created.values())
-        gone = sum(len(v) for v in dropped.values())
-        if new or gone:
-            log.info(
-                "partition maintenance",
-                created=new,
-                dropped=gone,
-                dropped_tables={t: len(v) for t, v in dropped.items() if v},
-            )
+        """Partitions ahead, retention, trade_levels_1m compaction and backfill (`sinks.maintenance`)."""
+        self.maintenance.run()
 
-    def _backfill_trade_levels(self) -> None:
-        """The days of trades stored before migration 0021, one transaction each, beside the consumer
-        (a big history takes minutes; the consumer and its writers keep going, a writer into the day
-        being summed waits for that day only)."""
-        try:
-            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5, **self._liveness) as conn:
-                done = backfill_pending(conn, lambda: self.stop_requested)
-            if done:
-                log.info("trade_levels_1m backfilled", days=done)
-        except psycopg.Error as exc:  # tried again at the next maintenance; the UI reads trades meanwhile
-            log.warning("trade_levels_1m backfill failed", error=str(exc).splitlines()[0])
+    # the database's state as /health reports it: the writers'
+    @property
+    def database_down(self) -> bool:
+        return self.writer.database_down
+
+    @property
+    def database_error(self) -> str:
+        return self.writer.database_error
+
+    @property
+    def database_down_since(self) -> float | None:
+        return self.writer.database_down_since
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.started_at = datetime.now(UTC)
@@ -379,8 +303,7 @@ class TopicSink:
         finally:
             self._consumer.close()
             self._dlq_producer.flush(10)
-            for slot in range(len(self._conns)):
-                self._drop_connection(slot)
+            self.writer.close()
         if self._writer_error is not None:
             raise self._writer_error
 
@@ -423,80 +346,11 @@ class TopicSink:
                 batch.columnar[topic] += topic_msgs
                 continue
             for msg in topic_msgs:
-                self._add(batch, msg)
+                self.decoder.add(batch, msg)
 
     def _seal(self, batch: Batch) -> None:
-        """Decode the batch's flat-topic records, a topic at a time, into binary COPY row data (sealer
-        thread: the consumer thread only consumes, so its ~2 µs a record of consume() is not added to
-        the ~1.5 µs a record of decoding in one thread; polars and pgpq run partly outside the GIL)."""
-        for topic, items in batch.columnar.items():
-            chunks = [x for x in items if isinstance(x, RecordChunk)]
-            msgs = [x for x in items if not isinstance(x, RecordChunk)] if len(chunks) < len(items) else []
-            if chunks:
-                self._encode_chunks(batch, self.codecs[topic], chunks)
-            if msgs:
-                self._encode(batch, self.codecs[topic], msgs)
-        batch.columnar.clear()
-
-    def _encode_chunks(self, batch: Batch, codec: ColumnarCodec, chunks: list[RecordChunk]) -> None:
-        """The raw fetcher's chunks through the fast path at once; if they are not all provably right, each
-        chunk's records go the way of messages (`_encode`: halved down to the bad ones, dead letters)."""
-        try:
-            part = codec.encode_joined(
-                b"".join(c.values for c in chunks), np.concatenate([c.value_lengths for c in chunks])
-            )
-        except ColumnarError:
-            for chunk in chunks:
-                self._encode(batch, codec, chunk.records())
-            return
-        self._add_part(batch, part)
-
-    def _encode(self, batch: Batch, codec: ColumnarCodec, msgs: list[Message]) -> None:
-        """`msgs` through the fast path; if they are not all provably right, each half on its own, down to
-        SPLIT_BELOW records, which go record by record (where dead letters are made): a bad record sends
-        a few thousand of a batch's records down the slow path, not all of them."""
-        try:
-            part = codec.encode([m.value() for m in msgs])
-        except ColumnarError:
-            if len(msgs) > SPLIT_BELOW:
-                half = len(msgs) // 2
-                self._encode(batch, codec, msgs[:half])
-                self._encode(batch, codec, msgs[half:])
-            else:
-                for msg in msgs:
-                    self._add(batch, msg)
-            return
-        self._add_part(batch, part)
-
-    @staticmethod
-    def _add_part(batch: Batch, part) -> None:
-        batch.copies[part.table].append(part.data)
-        batch.copy_rows[part.table] += part.rows
-        batch.note_time(part.table, part.min_ms, part.max_ms)
-        batch.days[part.table].update(part.days)
-
-    def _add(self, batch: Batch, msg: Message) -> None:
-        topic = msg.topic()
-        spec = self.specs[topic]
-        kind = "decode"
-        try:
-            record = self.serde.decode(msg.value())
-            kind = "map"
-            row = spec.to_row(record)
-            if any(isinstance(v, str) and "\x00" in v for v in row):  # PostgreSQL text cannot hold NUL: the
-                raise ValueError("a text field holds a NUL character")  # batch's write would fail for ever
-        except Exception as exc:  # any record we cannot decode or map: dead-letter it, keep the batch
-            reason = f"{type(exc).__name__}: {exc}"[:2000]
-            dead = self._dead_letter_record(msg, reason)
-            batch.dlq.append((topic, msg.key(), dead))
-            batch.rows[PIPELINE_ERRORS.table].append(PIPELINE_ERRORS.to_row(dead))
-            self.metrics.errors.labels(spec.table, kind).inc()
-            return
-        batch.rows[spec.table].append(row)
-        t = record.get(spec.time_field) if spec.time_field else None
-        if t is not None:
-            batch.note_time(spec.table, t, t)
-            batch.days[spec.table].add(t // DAY_MS)
+        """Decode the batch's flat-topic records into COPY data (sealer thread; `sinks.decoding`)."""
+        self.decoder.seal(batch)
 
     def _submit(self, batch: Batch, give_up_after: float | None = None) -> None:
         """Hand `batch` to the writer; while it is busy for long, pause the partitions (back-pressure)."""
@@ -504,10 +358,10 @@ class TopicSink:
         paused: list[TopicPartition] = []
         try:
             while True:
-                batch.seq = (self._generation, self._next_seq)  # a rebalance during the wait starts a new one
+                self.checkpoint.stamp(batch)  # again after a rebalance during the wait: a new generation
                 try:
                     self._todo.put(batch, timeout=0.05)
-                    self._next_seq += 1
+                    self.checkpoint.handed()
                     return
                 except queue.Full:
                     pass
@@ -546,29 +400,12 @@ class TopicSink:
                 break
             self.metrics.observe_batch(batch.count, batch.commit_s, batch.written, batch.max_time)
             self.committed_batches += 1
-            generation, number = batch.seq
-            if generation == self._generation:
-                self._finished[number] = batch
-        ready: list[Batch] = []
-        while self._next_commit in self._finished:
-            ready.append(self._finished.pop(self._next_commit))
-            self._next_commit += 1
+            self.checkpoint.written(batch)
+        ready = self.checkpoint.ready()
         if ready:
             for batch in ready:
                 self._send_dlq(batch)
             self._commit_offsets(ready)
-
-    @staticmethod
-    def _dead_letter_record(msg: Message, reason: str) -> dict:
-        return dead_letter_record(
-            source_topic=msg.topic(),
-            value=msg.value() or b"",
-            error=reason,
-            stage="sink",
-            key=msg.key(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-        )
 
     def _send_dlq(self, batch: Batch) -> None:
         for topic, key, dead in batch.dlq:
@@ -581,12 +418,9 @@ class TopicSink:
 
     def _commit_offsets(self, batches: list[Batch]) -> None:
         """Commit the offsets of `batches` (consecutive, all in the database): the newest per partition."""
-        newest: dict[tuple[str, int], int] = {}
-        for batch in batches:
-            newest.update(batch.offsets)  # later batches hold later offsets of a partition
-        if not newest:
+        offsets = newest_offsets(batches)
+        if not offsets:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in newest.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # e.g. a rebalance took the partitions: rows are in, re-delivery is harmless
@@ -635,160 +469,9 @@ class TopicSink:
                 if batch is None:
                     return
                 try:
-                    self._flush(batch, slot)
-                except _Stopped:  # never handed back: the watermark holds every later batch's offsets
+                    self.writer.flush(batch, slot)
+                except Stopped:  # never handed back: the watermark holds every later batch's offsets
                     continue
                 self._done.put(batch)
         except BaseException as exc:  # re-raised in the consumer thread: the process fails as before
             self._writer_error = exc
-
-    def _flush(self, batch: Batch, slot: int = 0) -> None:
-        attempt = 0
-        while True:
-            try:
-                t0 = time.perf_counter()
-                batch.written = self._write(batch, slot)
-                batch.commit_s = time.perf_counter() - t0
-                if self.database_down:
-                    log.info(
-                        "database reachable again",
-                        down_s=round(time.monotonic() - (self.database_down_since or time.monotonic()), 1),
-                    )
-                self.database_down, self.database_down_since = False, None
-                self.metrics.database_state.set(0)
-                return
-            except psycopg.errors.DeadlockDetected as exc:
-                # two writers storing the same keys in a different order (re-delivered records): the
-                # transaction was rolled back whole, so writing it again is safe; the database is up
-                log.info("deadlock between sink writers, writing the batch again", error=str(exc).splitlines()[0])
-                continue
-            except psycopg.Error as exc:
-                for table in {*batch.rows, *batch.copies}:
-                    self.metrics.errors.labels(table, "database").inc()
-                if not isinstance(exc, psycopg.OperationalError):
-                    raise
-                self._drop_connection(slot)
-                self.database_error = str(exc).splitlines()[0]
-                if not self.database_down:
-                    self.database_down_since = time.monotonic()
-                self.database_down = True
-                self.metrics.database_state.set(1)
-                attempt += 1
-                backoff = min(self.config.max_backoff_s, self.config.first_backoff_s * 2 ** (attempt - 1))
-                delay = backoff * random.uniform(0.5, 1.0)  # nosec B311 # retry jitter, not a secret
-                log.warning(
-                    "database unavailable, retrying the batch",
-                    error=str(exc).splitlines()[0],
-                    retry_in_s=round(delay, 2),
-                    attempt=attempt,
-                )
-                self.metrics.db_retries.inc()
-                end = time.monotonic() + delay
-                while time.monotonic() < end:
-                    if self.stop_requested:
-                        raise _Stopped() from None
-                    if not self.database_down:  # another writer got through: the database is back, retry now
-                        break
-                    time.sleep(0.05)
-
-    def _connection(self, slot: int) -> psycopg.Connection:
-        conn = self._conns[slot]
-        if conn is None or conn.closed:
-            conn = self._conns[slot] = psycopg.connect(self.conninfo, connect_timeout=5, **self._liveness)
-        return conn
-
-    def _drop_connection(self, slot: int) -> None:
-        conn, self._conns[slot] = self._conns[slot], None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # nosec B110 # closing a consumer that is already failing: the error that matters was logged
-                pass
-
-    def _cover(self, conn: psycopg.Connection, batch: Batch) -> dict[str, list[datetime]]:
-        """Make partitions for data outside the maintained window (a replay or backfill of old days).
-
-        Partition periods already known to exist are cached, so live data costs a set lookup per
-        table and batch; only a batch reaching into a new period touches the catalog. Each table's
-        partitions are made and committed in a transaction of their own, before the batch's write:
-        creating one locks its parent ACCESS EXCLUSIVE, and holding that lock while waiting for the
-        next table's deadlocked with any reader of both tables in the other order (seen in the suite:
-        a count of trades, then of depth_updates, while the sink made old days of depth_updates, then
-        of trades; PostgreSQL aborted the reader). Returns the periods ensured, now visible to every
-        writer (`_learn_covered`).
-        """
-        with self._cache_lock:
-            if self._covered_stale:
-                self._covered.clear()
-                self._covered_stale = False
-            known = {table: set(periods) for table, periods in self._covered.items()}
-        ensured: dict[str, list[datetime]] = {}
-        for table, lo in sorted(batch.min_time.items()):
-            plan = PLANS.get(table)
-            if plan is None:
-                continue
-            first = period_start(plan.granularity, _ms_to_dt(lo))
-            last = period_start(plan.granularity, _ms_to_dt(batch.max_time[table]))
-            periods, p = [], first
-            while p <= last:
-                periods.append(p)
-                p = add_periods(plan.granularity, p, 1)
-            covered = known.get(table, set())
-            if all(p in covered for p in periods):
-                continue
-            try:
-                with conn.transaction():  # this table only: its parent's lock ends here
-                    ensure_partitions(conn, table, first, last)
-            except ValueError as exc:  # a wild timestamp: leave those rows to the DEFAULT partition
-                log.warning("not creating partitions", table=table, reason=str(exc))
-                continue
-            ensured[table] = periods
-        return ensured
-
-    def _learn_covered(self, ensured: dict[str, list[datetime]]) -> None:
-        with self._cache_lock:
-            if not self._covered_stale:
-                for table, periods in ensured.items():
-                    self._covered.setdefault(table, set()).update(periods)
-
-    def _record_writes(self, conn: psycopg.Connection, batch: Batch) -> list[tuple[str, int]]:
-        """Remember the days written (retention never drops them soon after); what was recorded.
-
-        Tables in name order: two writers upserting the same (table, day) rows lock them in one order.
-        """
-        now = time.monotonic()
-        recorded = []
-        for table, days in sorted(batch.days.items()):
-            if table not in PLANS:
-                continue
-            with self._cache_lock:
-                due = [d for d in days if now - self._recorded.get((table, d), -1e18) > RECORD_WRITES_EVERY_S]
-            if due:
-                record_writes(conn, table, [_day(d) for d in due])
-                recorded += [(table, d) for d in due]
-        return recorded
-
-    def _write(self, batch: Batch, slot: int = 0) -> dict[str, int]:
-        """Every table of the batch in one transaction: all of it lands, or none of it."""
-        conn = self._connection(slot)
-        written: dict[str, int] = defaultdict(int)
-        self._learn_covered(self._cover(conn, batch))
-        with conn.transaction():
-            for table, parts in batch.copies.items():
-                written[table] += copy_binary(conn, self._by_table[table], copy_payload(parts), batch.copy_rows[table])
-            for table, rows in batch.rows.items():
-                written[table] += write_rows(conn, self._by_table[table], rows)
-            recorded = self._record_writes(conn, batch)
-        now = time.monotonic()
-        with self._cache_lock:
-            for key in recorded:
-                self._recorded[key] = now
-        return dict(written)
-
-
-def _ms_to_dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _day(day_number: int) -> date:
-    return date(1970, 1, 1) + timedelta(days=day_number)

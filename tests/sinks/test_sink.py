@@ -314,15 +314,15 @@ def test_a_writer_in_backoff_retries_as_soon_as_another_writer_reaches_the_datab
     sink = TopicSink(
         SinkConfig(topics=["md.trades"], first_backoff_s=60.0, max_backoff_s=60.0), "127.0.0.1:9", dead, SERDE
     )  # the broker is never reached: the writers are called directly
-    first = threading.Thread(target=sink._flush, args=(Batch(), 0), daemon=True)
+    first = threading.Thread(target=sink.writer.flush, args=(Batch(), 0), daemon=True)
     first.start()
     deadline = time.monotonic() + 30
     while sink.metrics.db_retries._value.get() < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sink.metrics.db_retries._value.get() == 1 and sink.database_down, sink.database_error
     assert "Connection refused" in sink.database_error or "connection" in sink.database_error.lower()
-    sink.conninfo = db  # the database is back
-    sink._flush(Batch(), 1)  # writer 1 gets through
+    sink.writer.conninfo = db  # the database is back
+    sink.writer.flush(Batch(), 1)  # writer 1 gets through
     assert not sink.database_down
     first.join(20)  # its own backoff would end 30-60 s after its failure
     assert not first.is_alive(), "the writer in backoff did not retry when the database came back"

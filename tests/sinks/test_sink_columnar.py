@@ -237,7 +237,8 @@ def test_a_bad_record_sends_only_its_share_of_a_batch_down_the_record_path():
     are copied, 2,500-3,749 goes record by record (1,249 rows) and 3,000 is dead-lettered."""
     from confluent_kafka import Message
 
-    from sinks.consumer import SPLIT_BELOW, Batch, SinkConfig, TopicSink
+    from sinks.consumer import Batch, SinkConfig, TopicSink
+    from sinks.decoding import SPLIT_BELOW
 
     assert SPLIT_BELOW == 2_000
     sink = TopicSink(SinkConfig(topics=["md.trades"]), "127.0.0.1:9", "dbname=unused", SERDE)
