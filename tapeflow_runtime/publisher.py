@@ -53,7 +53,7 @@ def _kafka_error(exc: Any) -> KafkaError | None:
     """The KafkaError an exception from the client carries (a KafkaException's argument, or itself)."""
     for candidate in (exc, *getattr(exc, "args", ())):
         if callable(getattr(candidate, "fatal", None)) and callable(getattr(candidate, "str", None)):
-            return candidate  # type: ignore[return-value]
+            return candidate
     return None
 
 
