@@ -13,7 +13,7 @@ import sys
 from tests.support.paths import REPO
 
 #: functions over the complexity limit when it was set; lower this as they are split, never raise it
-COMPLEXITY_DEBT = 21
+COMPLEXITY_DEBT = 20
 
 
 def _ruff(*args: str, cwd=REPO) -> subprocess.CompletedProcess:

@@ -151,282 +151,280 @@ def _result_line(label: str, result) -> str:
     )
 
 
-def register(app: typer.Typer) -> None:  # noqa: C901 - over the complexity limit, to be split
-    research = typer.Typer(
-        help="Research at machine speed: parameter search, walk-forward, labels, training data export.",
-        no_args_is_help=True,
-    )
-    app.add_typer(research, name="research")
+research = typer.Typer(
+    help="Research at machine speed: parameter search, walk-forward, labels, training data export.",
+    no_args_is_help=True,
+)
 
-    common = {
-        "strategy": typer.Option(None, "--strategy", help="Base strategy file (default: the shipped v53)."),
-        "symbols": typer.Option(DEFAULT_SYMBOLS, "--symbols", help="Comma-separated symbols."),
-        "source": typer.Option(
-            "synthetic:7", "--source", help="synthetic[:SEED] (generated, offline), vision[:DIR] or recording:DIR."
-        ),
-        "out": typer.Option(Path("research-out"), "--out", help="Directory for strategies, report and store."),
-        "store": typer.Option(None, "--store", help="Feature store directory (reused for the same inputs)."),
-        "workers": typer.Option(None, "--workers", min=1, help="Processes (default: the machine's cores)."),
-        "no_progress": typer.Option(False, "--no-progress", help="No progress bars."),
-        "sampler": typer.Option("tpe", "--sampler", help="tpe (optuna) or grid."),
-        "objective": typer.Option("net_r", "--objective", help="net_r, sharpe or pf."),
-        "min_trades": typer.Option(20, "--min-trades", min=1, help="Fewer trades score -inf."),
-        "batch": typer.Option(25, "--batch", min=1, help="Candidates scored together (TPE asks a batch)."),
-        "seed": typer.Option(0, "--seed", help="Sampler seed."),
-        "storage": typer.Option(
-            None,
-            "--storage",
-            help="Optuna storage shared by every worker of the study: an RDB URL "
-            "(postgresql://user:pass@host/db, sqlite:///file.db) or 'memory'. "
-            "Default: the stack's PostgreSQL when one runs, else memory.",
-        ),
-        "study": typer.Option(
-            None,
-            "--study",
-            help="Study name (default: derived from the inputs, so workers "
-            "started with the same options join one study).",
-        ),
-    }
+# the options several research commands share
+common = {
+    "strategy": typer.Option(None, "--strategy", help="Base strategy file (default: the shipped v53)."),
+    "symbols": typer.Option(DEFAULT_SYMBOLS, "--symbols", help="Comma-separated symbols."),
+    "source": typer.Option(
+        "synthetic:7", "--source", help="synthetic[:SEED] (generated, offline), vision[:DIR] or recording:DIR."
+    ),
+    "out": typer.Option(Path("research-out"), "--out", help="Directory for strategies, report and store."),
+    "store": typer.Option(None, "--store", help="Feature store directory (reused for the same inputs)."),
+    "workers": typer.Option(None, "--workers", min=1, help="Processes (default: the machine's cores)."),
+    "no_progress": typer.Option(False, "--no-progress", help="No progress bars."),
+    "sampler": typer.Option("tpe", "--sampler", help="tpe (optuna) or grid."),
+    "objective": typer.Option("net_r", "--objective", help="net_r, sharpe or pf."),
+    "min_trades": typer.Option(20, "--min-trades", min=1, help="Fewer trades score -inf."),
+    "batch": typer.Option(25, "--batch", min=1, help="Candidates scored together (TPE asks a batch)."),
+    "seed": typer.Option(0, "--seed", help="Sampler seed."),
+    "storage": typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage shared by every worker of the study: an RDB URL "
+        "(postgresql://user:pass@host/db, sqlite:///file.db) or 'memory'. "
+        "Default: the stack's PostgreSQL when one runs, else memory.",
+    ),
+    "study": typer.Option(
+        None,
+        "--study",
+        help="Study name (default: derived from the inputs, so workers started with the same options join one study).",
+    ),
+}
 
-    @research.command("search")
-    def search_command(
-        from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
-        to_day: str = typer.Option(
-            ..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."
-        ),
-        strategy: Path | None = common["strategy"],
-        symbols: str = common["symbols"],
-        source: str = common["source"],
-        trials: int = typer.Option(100, "--trials", min=2, help="Configurations to try."),
-        sampler: str = common["sampler"],
-        objective: str = common["objective"],
-        min_trades: int = common["min_trades"],
-        batch: int = common["batch"],
-        holdout: str = typer.Option("0", "--holdout", help="Duration cut off the end, touched once (e.g. 7d)."),
-        seed: int = common["seed"],
-        out: Path = common["out"],
-        store_dir: Path | None = common["store"],
-        workers: int | None = common["workers"],
-        no_progress: bool = common["no_progress"],
-        storage: str | None = common["storage"],
-        study: str | None = common["study"],
-    ) -> None:
-        """Search layer weights, thresholds, gates and exits of a base strategy; write the winner.
-        Run it on several machines with the same options and --storage to share the trials."""
-        from stream_apps.core.durations import parse_duration_ms
 
-        from .search import evaluate, in_range, result_of, search, write_report, write_strategy
-        from .study import StudyError
+@research.command("search")
+def search_command(
+    from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
+    to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
+    strategy: Path | None = common["strategy"],
+    symbols: str = common["symbols"],
+    source: str = common["source"],
+    trials: int = typer.Option(100, "--trials", min=2, help="Configurations to try."),
+    sampler: str = common["sampler"],
+    objective: str = common["objective"],
+    min_trades: int = common["min_trades"],
+    batch: int = common["batch"],
+    holdout: str = typer.Option("0", "--holdout", help="Duration cut off the end, touched once (e.g. 7d)."),
+    seed: int = common["seed"],
+    out: Path = common["out"],
+    store_dir: Path | None = common["store"],
+    workers: int | None = common["workers"],
+    no_progress: bool = common["no_progress"],
+    storage: str | None = common["storage"],
+    study: str | None = common["study"],
+) -> None:
+    """Search layer weights, thresholds, gates and exits of a base strategy; write the winner.
+    Run it on several machines with the same options and --storage to share the trials."""
+    from stream_apps.core.durations import parse_duration_ms
 
-        base = _base(strategy)
-        url, where = study_storage(storage)
-        from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
-        held_ms = 0 if holdout.strip() == "0" else _duration(holdout, "--holdout", parse_duration_ms)
-        store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, not no_progress)
-        end = to_ms - held_ms
-        began = time.perf_counter()
-        typer.echo(f"study: {where}", err=True)
-        try:
-            report = search(
-                store,
-                base,
-                trials=trials,
-                from_ms=from_ms,
-                to_ms=end,
-                sampler=sampler,
-                objective=objective,
-                min_trades=min_trades,
-                batch=batch,
-                seed=seed,
-                workers=workers,
-                show_progress=not no_progress,
-                storage=url,
-                study_name=study,
-            )
-        except (StudyError, ValueError) as error:
-            raise ResearchError(str(error)) from None
-        if held_ms:
-            [trades] = evaluate(store, [report.best.candidate.config], end, to_ms, workers)
-            report.holdout, report.holdout_range = result_of(in_range(trades, end, to_ms), end, to_ms), (end, to_ms)
-        path, config_hash = write_strategy(report.best.candidate.config, out / "strategies")
-        summary = report.summary() | {"strategy_file": str(path), "seconds": time.perf_counter() - began}
-        report_path = write_report(out, summary)
-        typer.echo(
-            f"search: {len(report.trials)} trials ({sampler}, objective {objective}) on "
-            f"{fmt_day(from_ms)} .. {fmt_day(end)} in {summary['seconds']:.0f} s"
-        )
-        if report.study is not None:
-            typer.echo(
-                f"study {report.study}: {report.evaluated_here} of its {len(report.trials)} trials "
-                f"evaluated by this worker"
-            )
-        typer.echo(_result_line(f"best {report.best.candidate.config.name}", report.best.result))
-        typer.echo(
-            f"deflated Sharpe ratio of the winner given {len(report.trials)} trials: "
-            f"{'-' if report.dsr is None else f'{report.dsr:.3f}'}; "
-            f"PBO (CSCV): {'-' if report.pbo is None else f'{report.pbo:.2f}'}"
-        )
-        if report.holdout is not None:
-            typer.echo(_result_line(f"hold-out {fmt_day(end)} .. {fmt_day(to_ms)}", report.holdout))
-        typer.echo(f"strategy: {path} (config_hash {config_hash})")
-        typer.echo(f"report: {report_path}")
-        typer.echo(f"run it live: tapeflow engine --strategy {path}")
+    from .search import evaluate, in_range, result_of, search, write_report, write_strategy
+    from .study import StudyError
 
-    @research.command("walk-forward")
-    def walk_forward_command(
-        windows: str = typer.Option(
-            "train=30d,test=7d,step=7d", "--windows", help="train=,test=,step=[,embargo=][,holdout=] durations."
-        ),
-        from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
-        to_day: str = typer.Option(
-            ..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."
-        ),
-        strategy: Path | None = common["strategy"],
-        symbols: str = common["symbols"],
-        source: str = common["source"],
-        trials: int = typer.Option(50, "--trials", min=2, help="Configurations per training window."),
-        sampler: str = common["sampler"],
-        objective: str = common["objective"],
-        min_trades: int = common["min_trades"],
-        batch: int = common["batch"],
-        seed: int = common["seed"],
-        out: Path = common["out"],
-        store_dir: Path | None = common["store"],
-        workers: int | None = common["workers"],
-        no_progress: bool = common["no_progress"],
-        storage: str | None = common["storage"],
-        study: str | None = common["study"],
-    ) -> None:
-        """Rolling windows: search on each training window only, score the choice out of sample."""
-        run_walk_forward(
-            windows,
-            parse_time(from_day, "--from"),
-            parse_time(to_day, "--to"),
-            _base(strategy),
-            symbols=symbols,
-            source=source,
+    base = _base(strategy)
+    url, where = study_storage(storage)
+    from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
+    held_ms = 0 if holdout.strip() == "0" else _duration(holdout, "--holdout", parse_duration_ms)
+    store = _store(out, store_dir, source, symbols, from_ms, to_ms, base, workers, not no_progress)
+    end = to_ms - held_ms
+    began = time.perf_counter()
+    typer.echo(f"study: {where}", err=True)
+    try:
+        report = search(
+            store,
+            base,
             trials=trials,
+            from_ms=from_ms,
+            to_ms=end,
             sampler=sampler,
             objective=objective,
             min_trades=min_trades,
             batch=batch,
             seed=seed,
-            out=out,
-            store_dir=store_dir,
             workers=workers,
-            progress=not no_progress,
-            storage=storage,
-            study=study,
+            show_progress=not no_progress,
+            storage=url,
+            study_name=study,
         )
-
-    @research.command("labels")
-    def labels_command(
-        from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
-        to_day: str = typer.Option(
-            ..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."
-        ),
-        strategy: list[Path] | None = typer.Option(None, "--strategy", help="Strategy files (default: shipped)."),
-        symbols: str = common["symbols"],
-        source: str = common["source"],
-        output: Path = typer.Option(Path("research-out/labels.parquet"), "--output", help="Parquet file to write."),
-        database: str | None = typer.Option(
-            None, "--database", help="Also upsert into feature_labels here (a PostgreSQL conninfo)."
-        ),
-    ) -> None:
-        """Every evaluation's features with y_binary_60m and forward returns: Parquet (and feature_labels)."""
-        import numpy as np
-
-        from stream_apps.core.strategy import default_strategy_dir, load_strategies, load_strategy
-
-        from .dataset import ResearchTable
-        from .export import replay_symbol
-        from .labels import PricePath
-
-        strategies = [load_strategy(p) for p in strategy] if strategy else load_strategies(default_strategy_dir())
-        from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
-        options = source_options(source)
-        table = ResearchTable()
-        for symbol in (s.strip().upper() for s in symbols.split(",") if s.strip()):
-            blocks, times, prices = [], [], []
-            for step in replay_symbol(source, symbol, strategies, from_ms, to_ms, options):
-                if step.times is not None:
-                    times.append(step.times)
-                    prices.append(step.prices)
-                blocks += step.blocks
-            if not times:
-                continue
-            path = PricePath.from_trades(np.concatenate(times), np.concatenate(prices), to_ms)
-            for block in blocks:
-                table.add_block(block, path)
-        written = table.write_parquet(output)
-        typer.echo(f"labels: {len(table):,} evaluations -> {written}")
-        if database:
-            typer.echo(f"feature_labels: {table.store(database):,} rows")
-        typer.echo(json.dumps({"rows": len(table), "file": str(written)}))
-
-    @research.command("export")
-    def export_command(
-        from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
-        to_day: str = typer.Option(
-            ..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."
-        ),
-        strategy: str = typer.Option(
-            "v53", "--strategy", help="A shipped strategy's name (v53, v52_8signals, v51_baseline) or a strategy file."
-        ),
-        symbols: str = common["symbols"],
-        source: str = typer.Option(
-            "synthetic:7",
-            "--source",
-            help="synthetic[:SEED] (generated, offline), vision[:DIR], recording:DIR, db "
-            "(the stack's database) or topics (its broker).",
-        ),
-        out: Path = typer.Option(
-            Path("research-out/export"),
-            "--out",
-            help="Export root: OUT/STRATEGY/date=YYYY-MM-DD/SYMBOL.parquet and OUT/STRATEGY/_schema.json.",
-        ),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite days already exported."),
-        no_progress: bool = common["no_progress"],
-    ) -> None:
-        """Training data: every evaluation's features, decision and labels as Parquet per symbol and UTC
-        day, with _schema.json (each column's type, unit and meaning). Re-runs skip finished days."""
-        from tqdm import tqdm
-
-        from backtest.sources import SourceError
-
-        from .export import DAY_MS, SCHEMA_FILE, ExportError, day_name, export
-
-        cfg = _named_strategy(strategy)
-        from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
-        if to_ms <= from_ms:
-            raise ResearchError(f"empty range: --to {to_day} is not after --from {from_day} (--to is excluded)")
-        names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
-        options = export_source_options(source)
-        began = time.perf_counter()
-        with tqdm(
-            total=len(names) * ((to_ms - from_ms) // DAY_MS), desc=f"export {cfg.name}", unit="day", disable=no_progress
-        ) as bar:
-
-            def on_day(symbol: str, day_ms: int, outcome: str) -> None:
-                bar.set_postfix_str(f"{symbol} {day_name(day_ms)}{'' if outcome == 'written' else f' ({outcome})'}")
-                bar.update()
-
-            try:
-                summary = export(
-                    cfg, source, names, from_ms, to_ms, out, options=options, overwrite=overwrite, on_day=on_day
-                )
-            except (ExportError, SourceError) as error:
-                raise ResearchError(str(error)) from None
-        seconds = time.perf_counter() - began
-        if summary.written == summary.skipped == 0:
-            raise ResearchError(f"no evaluations for {','.join(names)} from {from_day} to {to_day} in {source}")
-        root = out / cfg.name
-        rate = f", {summary.trades / seconds:,.0f} trades/s" if summary.trades and seconds > 0 else ""
+    except (StudyError, ValueError) as error:
+        raise ResearchError(str(error)) from None
+    if held_ms:
+        [trades] = evaluate(store, [report.best.candidate.config], end, to_ms, workers)
+        report.holdout, report.holdout_range = result_of(in_range(trades, end, to_ms), end, to_ms), (end, to_ms)
+    path, config_hash = write_strategy(report.best.candidate.config, out / "strategies")
+    summary = report.summary() | {"strategy_file": str(path), "seconds": time.perf_counter() - began}
+    report_path = write_report(out, summary)
+    typer.echo(
+        f"search: {len(report.trials)} trials ({sampler}, objective {objective}) on "
+        f"{fmt_day(from_ms)} .. {fmt_day(end)} in {summary['seconds']:.0f} s"
+    )
+    if report.study is not None:
         typer.echo(
-            f"export: {summary.written} symbol-days written ({summary.rows:,} evaluations, "
-            f"{summary.trades:,} trades replayed{rate}), {summary.skipped} already done, "
-            f"{summary.empty} without data, in {seconds:.1f} s -> {root} (schema {root / SCHEMA_FILE})"
+            f"study {report.study}: {report.evaluated_here} of its {len(report.trials)} trials evaluated by this worker"
         )
+    typer.echo(_result_line(f"best {report.best.candidate.config.name}", report.best.result))
+    typer.echo(
+        f"deflated Sharpe ratio of the winner given {len(report.trials)} trials: "
+        f"{'-' if report.dsr is None else f'{report.dsr:.3f}'}; "
+        f"PBO (CSCV): {'-' if report.pbo is None else f'{report.pbo:.2f}'}"
+    )
+    if report.holdout is not None:
+        typer.echo(_result_line(f"hold-out {fmt_day(end)} .. {fmt_day(to_ms)}", report.holdout))
+    typer.echo(f"strategy: {path} (config_hash {config_hash})")
+    typer.echo(f"report: {report_path}")
+    typer.echo(f"run it live: tapeflow engine --strategy {path}")
+
+
+@research.command("walk-forward")
+def walk_forward_command(
+    windows: str = typer.Option(
+        "train=30d,test=7d,step=7d", "--windows", help="train=,test=,step=[,embargo=][,holdout=] durations."
+    ),
+    from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
+    to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
+    strategy: Path | None = common["strategy"],
+    symbols: str = common["symbols"],
+    source: str = common["source"],
+    trials: int = typer.Option(50, "--trials", min=2, help="Configurations per training window."),
+    sampler: str = common["sampler"],
+    objective: str = common["objective"],
+    min_trades: int = common["min_trades"],
+    batch: int = common["batch"],
+    seed: int = common["seed"],
+    out: Path = common["out"],
+    store_dir: Path | None = common["store"],
+    workers: int | None = common["workers"],
+    no_progress: bool = common["no_progress"],
+    storage: str | None = common["storage"],
+    study: str | None = common["study"],
+) -> None:
+    """Rolling windows: search on each training window only, score the choice out of sample."""
+    run_walk_forward(
+        windows,
+        parse_time(from_day, "--from"),
+        parse_time(to_day, "--to"),
+        _base(strategy),
+        symbols=symbols,
+        source=source,
+        trials=trials,
+        sampler=sampler,
+        objective=objective,
+        min_trades=min_trades,
+        batch=batch,
+        seed=seed,
+        out=out,
+        store_dir=store_dir,
+        workers=workers,
+        progress=not no_progress,
+        storage=storage,
+        study=study,
+    )
+
+
+@research.command("labels")
+def labels_command(
+    from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
+    to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
+    strategy: list[Path] | None = typer.Option(None, "--strategy", help="Strategy files (default: shipped)."),
+    symbols: str = common["symbols"],
+    source: str = common["source"],
+    output: Path = typer.Option(Path("research-out/labels.parquet"), "--output", help="Parquet file to write."),
+    database: str | None = typer.Option(
+        None, "--database", help="Also upsert into feature_labels here (a PostgreSQL conninfo)."
+    ),
+) -> None:
+    """Every evaluation's features with y_binary_60m and forward returns: Parquet (and feature_labels)."""
+    import numpy as np
+
+    from stream_apps.core.strategy import default_strategy_dir, load_strategies, load_strategy
+
+    from .dataset import ResearchTable
+    from .export import replay_symbol
+    from .labels import PricePath
+
+    strategies = [load_strategy(p) for p in strategy] if strategy else load_strategies(default_strategy_dir())
+    from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
+    options = source_options(source)
+    table = ResearchTable()
+    for symbol in (s.strip().upper() for s in symbols.split(",") if s.strip()):
+        blocks, times, prices = [], [], []
+        for step in replay_symbol(source, symbol, strategies, from_ms, to_ms, options):
+            if step.times is not None:
+                times.append(step.times)
+                prices.append(step.prices)
+            blocks += step.blocks
+        if not times:
+            continue
+        path = PricePath.from_trades(np.concatenate(times), np.concatenate(prices), to_ms)
+        for block in blocks:
+            table.add_block(block, path)
+    written = table.write_parquet(output)
+    typer.echo(f"labels: {len(table):,} evaluations -> {written}")
+    if database:
+        typer.echo(f"feature_labels: {table.store(database):,} rows")
+    typer.echo(json.dumps({"rows": len(table), "file": str(written)}))
+
+
+@research.command("export")
+def export_command(
+    from_day: str = typer.Option(..., "--from", help="Start, included: a UTC date, date-time or Unix ms."),
+    to_day: str = typer.Option(..., "--to", help="End, exclusive: a UTC date (its midnight), date-time or Unix ms."),
+    strategy: str = typer.Option(
+        "v53", "--strategy", help="A shipped strategy's name (v53, v52_8signals, v51_baseline) or a strategy file."
+    ),
+    symbols: str = common["symbols"],
+    source: str = typer.Option(
+        "synthetic:7",
+        "--source",
+        help="synthetic[:SEED] (generated, offline), vision[:DIR], recording:DIR, db "
+        "(the stack's database) or topics (its broker).",
+    ),
+    out: Path = typer.Option(
+        Path("research-out/export"),
+        "--out",
+        help="Export root: OUT/STRATEGY/date=YYYY-MM-DD/SYMBOL.parquet and OUT/STRATEGY/_schema.json.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite days already exported."),
+    no_progress: bool = common["no_progress"],
+) -> None:
+    """Training data: every evaluation's features, decision and labels as Parquet per symbol and UTC
+    day, with _schema.json (each column's type, unit and meaning). Re-runs skip finished days."""
+    from tqdm import tqdm
+
+    from backtest.sources import SourceError
+
+    from .export import DAY_MS, SCHEMA_FILE, ExportError, day_name, export
+
+    cfg = _named_strategy(strategy)
+    from_ms, to_ms = parse_time(from_day, "--from"), parse_time(to_day, "--to")
+    if to_ms <= from_ms:
+        raise ResearchError(f"empty range: --to {to_day} is not after --from {from_day} (--to is excluded)")
+    names = [s.strip().upper() for s in symbols.split(",") if s.strip()]
+    options = export_source_options(source)
+    began = time.perf_counter()
+    with tqdm(
+        total=len(names) * ((to_ms - from_ms) // DAY_MS), desc=f"export {cfg.name}", unit="day", disable=no_progress
+    ) as bar:
+
+        def on_day(symbol: str, day_ms: int, outcome: str) -> None:
+            bar.set_postfix_str(f"{symbol} {day_name(day_ms)}{'' if outcome == 'written' else f' ({outcome})'}")
+            bar.update()
+
+        try:
+            summary = export(
+                cfg, source, names, from_ms, to_ms, out, options=options, overwrite=overwrite, on_day=on_day
+            )
+        except (ExportError, SourceError) as error:
+            raise ResearchError(str(error)) from None
+    seconds = time.perf_counter() - began
+    if summary.written == summary.skipped == 0:
+        raise ResearchError(f"no evaluations for {','.join(names)} from {from_day} to {to_day} in {source}")
+    root = out / cfg.name
+    rate = f", {summary.trades / seconds:,.0f} trades/s" if summary.trades and seconds > 0 else ""
+    typer.echo(
+        f"export: {summary.written} symbol-days written ({summary.rows:,} evaluations, "
+        f"{summary.trades:,} trades replayed{rate}), {summary.skipped} already done, "
+        f"{summary.empty} without data, in {seconds:.1f} s -> {root} (schema {root / SCHEMA_FILE})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``research`` (its commands are defined above, at import) to the ``tapeflow`` app."""
+    app.add_typer(research, name="research")
 
 
 def _named_strategy(text: str) -> StrategyConfig:
