@@ -114,163 +114,161 @@ def _strategy(path: Path) -> WatchlistStrategy:
     return load_watchlist_strategy(path)
 
 
-def register(watchlist: typer.Typer) -> None:
-    """Add ``backtest`` and ``fit`` to the ``tapeflow watchlist`` group."""
+def backtest(
+    strategy_file: Path = typer.Option(..., "--strategy", "-s", help="A kind: watchlist strategy file (YAML/JSON)."),
+    source: str = typer.Option("synthetic", "--source", help=SOURCE_HELP),
+    minutes: float = typer.Option(
+        120.0,
+        "--minutes",
+        min=1.0,
+        help="synthetic: the session's length; db: the last this many minutes unless --from/--to say otherwise.",
+    ),
+    coins: str = typer.Option("BTC,ETH", "--coins", help="synthetic: comma-separated coins."),
+    from_: str | None = typer.Option(
+        None, "--from", help="db: start, included: a UTC date or time (2024-01-01[T00:00]) or Unix ms."
+    ),
+    to: str | None = typer.Option(None, "--to", help="db: end, exclusive: a UTC date (its midnight), time or Unix ms."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Directory for result.json (summary, pairs, signals, leg orders, funding payments, blocked exits).",
+    ),
+    limit: int = typer.Option(20, "--limit", min=1, help="Pairs listed."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    leg_latency_ms: int | None = typer.Option(
+        None,
+        "--leg-latency-ms",
+        min=0,
+        max=60_000,
+        help="What-if: every "
+        "venue's one-way leg latency in ms (legs fill IOC on the book "
+        "they meet on arrival: docs/how-to/leg-fills.md). Overrides the "
+        "strategy's legs.latency_ms; without either, both legs fill at "
+        "the signal's books at once.",
+    ),
+    instrument_rules: Path | None = typer.Option(
+        None,
+        "--instrument-rules",
+        help="The venues' lot steps, "
+        "minimum order sizes and minimum notionals (`tapeflow "
+        "watchlist rules --out FILE`): pairs trade quantities the "
+        "venues accept. Without it they are unrounded.",
+    ),
+) -> None:
+    """Backtest a watchlist strategy: features, triggers, entry re-check and hedged paper pairs over a session."""
+    from backtest.cli import CliError, parse_time
+    from backtest.watchlist.runner import run_backtest
+    from backtest.watchlist.sources import load_session
+    from execution.instrument_rules import InstrumentRules
+    from stream_apps.core.strategy import StrategyConfigError
+    from stream_apps.watchlist.strategy import model_path
 
-    @watchlist.command("backtest")
-    def backtest(
-        strategy_file: Path = typer.Option(
-            ..., "--strategy", "-s", help="A kind: watchlist strategy file (YAML/JSON)."
-        ),
-        source: str = typer.Option("synthetic", "--source", help=SOURCE_HELP),
-        minutes: float = typer.Option(
-            120.0,
-            "--minutes",
-            min=1.0,
-            help="synthetic: the session's length; db: the last this many minutes unless --from/--to say otherwise.",
-        ),
-        coins: str = typer.Option("BTC,ETH", "--coins", help="synthetic: comma-separated coins."),
-        from_: str | None = typer.Option(
-            None, "--from", help="db: start, included: a UTC date or time (2024-01-01[T00:00]) or Unix ms."
-        ),
-        to: str | None = typer.Option(
-            None, "--to", help="db: end, exclusive: a UTC date (its midnight), time or Unix ms."
-        ),
-        out: Path | None = typer.Option(
-            None,
-            "--out",
-            help="Directory for result.json (summary, pairs, signals, leg orders, funding payments, blocked exits).",
-        ),
-        limit: int = typer.Option(20, "--limit", min=1, help="Pairs listed."),
-        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-        leg_latency_ms: int | None = typer.Option(
-            None,
-            "--leg-latency-ms",
-            min=0,
-            max=60_000,
-            help="What-if: every "
-            "venue's one-way leg latency in ms (legs fill IOC on the book "
-            "they meet on arrival: docs/how-to/leg-fills.md). Overrides the "
-            "strategy's legs.latency_ms; without either, both legs fill at "
-            "the signal's books at once.",
-        ),
-        instrument_rules: Path | None = typer.Option(
-            None,
-            "--instrument-rules",
-            help="The venues' lot steps, "
-            "minimum order sizes and minimum notionals (`tapeflow "
-            "watchlist rules --out FILE`): pairs trade quantities the "
-            "venues accept. Without it they are unrounded.",
-        ),
-    ) -> None:
-        """Backtest a watchlist strategy: features, triggers, entry re-check and hedged paper pairs over a session."""
-        from backtest.cli import CliError, parse_time
-        from backtest.watchlist.runner import run_backtest
-        from backtest.watchlist.sources import load_session
-        from execution.instrument_rules import InstrumentRules
-        from stream_apps.core.strategy import StrategyConfigError
-        from stream_apps.watchlist.strategy import model_path
-
+    try:
+        strategy = _strategy(strategy_file)
+        model = load_model(model_path(strategy)) if strategy.model is not None else None
+        start_ms = parse_time(from_, "--from") if from_ else None
+        end_ms = parse_time(to, "--to") if to else None
+        events = load_session(source, minutes, _coins(coins), tuple(strategy.venues), start_ms, end_ms)
+        rules = InstrumentRules.load(instrument_rules) if instrument_rules is not None else None
+        result = run_backtest(strategy, events, model, rules=rules, leg_latency_ms=leg_latency_ms)
+    except (TapeflowError, StrategyConfigError, ModelFileError, CliError) as error:
+        raise _fail(str(error)) from None
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+    if out is not None:
         try:
-            strategy = _strategy(strategy_file)
-            model = load_model(model_path(strategy)) if strategy.model is not None else None
-            start_ms = parse_time(from_, "--from") if from_ else None
-            end_ms = parse_time(to, "--to") if to else None
-            events = load_session(source, minutes, _coins(coins), tuple(strategy.venues), start_ms, end_ms)
-            rules = InstrumentRules.load(instrument_rules) if instrument_rules is not None else None
-            result = run_backtest(strategy, events, model, rules=rules, leg_latency_ms=leg_latency_ms)
-        except (TapeflowError, StrategyConfigError, ModelFileError, CliError) as error:
-            raise _fail(str(error)) from None
-        except ValueError as error:
-            raise _fail(str(error), 2) from None
-        if out is not None:
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "result.json").write_bytes(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2))
-            except OSError as error:
-                raise _fail(f"{out}: cannot write: {error.strerror or error}") from None
-        if json_out:
-            typer.echo(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode())
-        else:
-            typer.echo(render_backtest(strategy, source, len(events), result, limit))
-            if out is not None:
-                typer.echo(f"wrote {out / 'result.json'}")
-
-    @watchlist.command("fit")
-    def fit(
-        out: Path = typer.Option(..., "--out", "-o", help="Model file to write (JSON); a strategy's model.file."),
-        source: str = typer.Option("synthetic", "--source", help=SOURCE_HELP),
-        features: Path | None = typer.Option(
-            None,
-            "--features",
-            help="Fit on recorded xv.features records instead "
-            "(JSON lines, e.g. `tapeflow topics tail xv.features --from-beginning "
-            "--json`).",
-        ),
-        strategy_file: Path | None = typer.Option(
-            None,
-            "--strategy",
-            "-s",
-            help="Take venues, notional, fees and the sampling grid from this watchlist strategy.",
-        ),
-        minutes: float = typer.Option(240.0, "--minutes", min=1.0, help="synthetic: the session's length."),
-        coins: str = typer.Option("BTC,ETH", "--coins", help="synthetic: comma-separated coins."),
-        horizon: str = typer.Option("10m", "--horizon", help="Hold each labelled entry this long (e.g. 10m, 1h)."),
-        factors: str = typer.Option(
-            ",".join(DEFAULT_FACTORS), "--factors", help=f"Comma-separated, of: {', '.join(FACTORS)}."
-        ),
-        alpha: float = typer.Option(0.01, "--alpha", min=0.0, help="Ridge penalty of the expected-pnl model."),
-        l2: float = typer.Option(0.01, "--l2", min=0.0, help="L2 penalty of the win-probability model."),
-        test_fraction: float = typer.Option(
-            0.3, "--test-fraction", min=0.05, max=0.9, help="The last share of evaluation times kept out of the fit."
-        ),
-    ) -> None:
-        """Fit the expected-pnl (ridge) and win-probability (logistic) model, scored out of sample."""
-        from backtest.research.watchlist_model import fit_model, label_records, session_records
-        from backtest.watchlist.runner import cross_venue_params
-        from backtest.watchlist.sources import WatchlistSourceError, load_session
-        from stream_apps.core.strategy import StrategyConfigError
-        from stream_apps.watchlist.strategy import parse_watchlist_strategy
-
-        try:
-            horizon_ms = parse_duration_ms(horizon)
-            names = tuple(f.strip() for f in factors.split(",") if f.strip())
-            unknown = [f for f in names if f not in FACTORS]
-            if unknown or not names:
-                raise WatchlistSourceError(f"--factors: unknown {unknown or 'none given'}; known: {', '.join(FACTORS)}")
-            strategy = (
-                _strategy(strategy_file)
-                if strategy_file is not None
-                else parse_watchlist_strategy(
-                    {"kind": "watchlist", "name": "fit", "version": "1", "triggers": {"min_net_spread_bp": 0}}
-                )
-            )
-            if features is not None:
-                records = _read_features(features)
-                where = str(features)
-            else:
-                if horizon_ms % strategy.eval_interval:
-                    raise WatchlistSourceError(
-                        f"--horizon {horizon}: must be a whole number of the strategy's "
-                        f"eval_interval ({format_duration_ms(strategy.eval_interval)}): "
-                        "a label is the record that many evaluations later"
-                    )
-                params = cross_venue_params(strategy)
-                events = load_session(source, minutes, _coins(coins), tuple(strategy.venues))
-                records = session_records(events, params, strategy.eval_interval)
-                where = f"{source} ({len(events):,} inputs)"
-            rows, labels = label_records(records, horizon_ms, strategy.four_fees)
-            fees = 4 * strategy.fees.default  # informational: the labels take each pair's own fees
-            model = fit_model(rows, labels, horizon_ms, fees, names, alpha, l2, test_fraction)
-        except (TapeflowError, StrategyConfigError) as error:
-            raise _fail(str(error)) from None
-        except ValueError as error:
-            raise _fail(str(error), 2) from None
-        try:
-            digest = model.save(out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "result.json").write_bytes(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2))
         except OSError as error:
             raise _fail(f"{out}: cannot write: {error.strerror or error}") from None
-        typer.echo(render_fit(model, where, len(records), out, digest))
+    if json_out:
+        typer.echo(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        typer.echo(render_backtest(strategy, source, len(events), result, limit))
+        if out is not None:
+            typer.echo(f"wrote {out / 'result.json'}")
+
+
+def fit(
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (JSON); a strategy's model.file."),
+    source: str = typer.Option("synthetic", "--source", help=SOURCE_HELP),
+    features: Path | None = typer.Option(
+        None,
+        "--features",
+        help="Fit on recorded xv.features records instead "
+        "(JSON lines, e.g. `tapeflow topics tail xv.features --from-beginning "
+        "--json`).",
+    ),
+    strategy_file: Path | None = typer.Option(
+        None,
+        "--strategy",
+        "-s",
+        help="Take venues, notional, fees and the sampling grid from this watchlist strategy.",
+    ),
+    minutes: float = typer.Option(240.0, "--minutes", min=1.0, help="synthetic: the session's length."),
+    coins: str = typer.Option("BTC,ETH", "--coins", help="synthetic: comma-separated coins."),
+    horizon: str = typer.Option("10m", "--horizon", help="Hold each labelled entry this long (e.g. 10m, 1h)."),
+    factors: str = typer.Option(
+        ",".join(DEFAULT_FACTORS), "--factors", help=f"Comma-separated, of: {', '.join(FACTORS)}."
+    ),
+    alpha: float = typer.Option(0.01, "--alpha", min=0.0, help="Ridge penalty of the expected-pnl model."),
+    l2: float = typer.Option(0.01, "--l2", min=0.0, help="L2 penalty of the win-probability model."),
+    test_fraction: float = typer.Option(
+        0.3, "--test-fraction", min=0.05, max=0.9, help="The last share of evaluation times kept out of the fit."
+    ),
+) -> None:
+    """Fit the expected-pnl (ridge) and win-probability (logistic) model, scored out of sample."""
+    from backtest.research.watchlist_model import fit_model, label_records, session_records
+    from backtest.watchlist.runner import cross_venue_params
+    from backtest.watchlist.sources import WatchlistSourceError, load_session
+    from stream_apps.core.strategy import StrategyConfigError
+    from stream_apps.watchlist.strategy import parse_watchlist_strategy
+
+    try:
+        horizon_ms = parse_duration_ms(horizon)
+        names = tuple(f.strip() for f in factors.split(",") if f.strip())
+        unknown = [f for f in names if f not in FACTORS]
+        if unknown or not names:
+            raise WatchlistSourceError(f"--factors: unknown {unknown or 'none given'}; known: {', '.join(FACTORS)}")
+        strategy = (
+            _strategy(strategy_file)
+            if strategy_file is not None
+            else parse_watchlist_strategy(
+                {"kind": "watchlist", "name": "fit", "version": "1", "triggers": {"min_net_spread_bp": 0}}
+            )
+        )
+        if features is not None:
+            records = _read_features(features)
+            where = str(features)
+        else:
+            if horizon_ms % strategy.eval_interval:
+                raise WatchlistSourceError(
+                    f"--horizon {horizon}: must be a whole number of the strategy's "
+                    f"eval_interval ({format_duration_ms(strategy.eval_interval)}): "
+                    "a label is the record that many evaluations later"
+                )
+            params = cross_venue_params(strategy)
+            events = load_session(source, minutes, _coins(coins), tuple(strategy.venues))
+            records = session_records(events, params, strategy.eval_interval)
+            where = f"{source} ({len(events):,} inputs)"
+        rows, labels = label_records(records, horizon_ms, strategy.four_fees)
+        fees = 4 * strategy.fees.default  # informational: the labels take each pair's own fees
+        model = fit_model(rows, labels, horizon_ms, fees, names, alpha, l2, test_fraction)
+    except (TapeflowError, StrategyConfigError) as error:
+        raise _fail(str(error)) from None
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+    try:
+        digest = model.save(out)
+    except OSError as error:
+        raise _fail(f"{out}: cannot write: {error.strerror or error}") from None
+    typer.echo(render_fit(model, where, len(records), out, digest))
+
+
+def register(watchlist: typer.Typer) -> None:
+    """Add ``backtest`` and ``fit`` to the ``tapeflow watchlist`` group."""
+    watchlist.command("backtest")(backtest)
+    watchlist.command("fit")(fit)
 
 
 def _read_features(path: Path) -> list[dict[str, Any]]:
