@@ -98,9 +98,6 @@ class BulkConsumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._next_offset: dict[TP, int] = {}  # tp -> offset after the last record delivered
         self._start_offset: dict[TP, int] = {}  # tp -> where reading (re)started at the last seek
-        # tp -> its end (read committed) asked of the broker after the last seek, for a partition no
-        # fetch has reported a high watermark for yet (`caught_up`)
-        self._end_offset: dict[TP, int] = {}
         super().__init__(*args, **kwargs)
 
     # -- what the handler may ask -------------------------------------------------------------
@@ -144,8 +141,6 @@ class BulkConsumer(aiokafka_driver.Consumer):
         Deliberately not the fetch position: the fetcher thread may hold records it has fetched
         but not yet delivered, and calling those "read" would release younger inputs first."""
         highwater = self.highwater(tp)
-        if highwater is None:  # no fetch has answered for it since the seek: its end as the broker said
-            highwater = self._end_offset.get(tp)
         if highwater is None:
             return False
         next_offset = self.read_position(tp)
@@ -156,24 +151,13 @@ class BulkConsumer(aiokafka_driver.Consumer):
         return self._start_offset.get(tp)
 
     async def resolve_start_offsets(self, tps: Sequence[TP]) -> None:
-        """Partitions that restarted without a committed offset start at their log start; and the end of
-        each partition no fetch has reported a high watermark for yet is asked of the broker once.
-
-        Why the end: `caught_up` compares the read position with the high watermark, which aiokafka
-        learns only from a fetch that answers for the partition. A partition with nothing new since a
-        restart (md.indicators, quiet for minutes) had none, so its keys' inputs waited for the forced
-        release (`max_hold_s`), the lossy escape, after every restart."""
+        """Partitions that restarted without a committed offset start at their log start."""
         missing = [tp for tp in tps if tp not in self._next_offset and tp not in self._start_offset]
         if missing:
             earliest = await self.earliest_offsets(*missing)
             for tp, offset in earliest.items():
                 if offset is not None:
                     self._start_offset.setdefault(tp, offset)
-        unknown = [tp for tp in tps if tp not in self._end_offset and self.highwater(tp) is None]
-        if unknown:
-            for tp, offset in (await self.highwaters(*unknown)).items():
-                if offset is not None:
-                    self._end_offset[tp] = offset
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
@@ -187,7 +171,6 @@ class BulkConsumer(aiokafka_driver.Consumer):
             if offset == 0:
                 await self.seek(tp, 0)
         self._next_offset.clear()
-        self._end_offset.clear()
         self._start_offset = {tp: offset for tp, offset in committed.items() if offset and offset > 0}
         return committed
 
