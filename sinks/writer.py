@@ -26,11 +26,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 import structlog
 
+from sinks.batch import Batch
 from sinks.columnar import copy_payload
 from sinks.metrics import SinkMetrics
 from sinks.partitions import PLANS, add_periods, ensure_partitions, period_start
@@ -44,17 +45,6 @@ RECORD_WRITES_EVERY_S = 600.0  # a (table, day) written again is re-recorded at 
 
 class Stopped(Exception):
     """A stop was requested while the batch waited for the database: it is not committed."""
-
-
-class WritableBatch(Protocol):
-    rows: dict[str, list[tuple]]
-    copies: dict[str, list]
-    copy_rows: dict[str, int]
-    min_time: dict[str, int]
-    max_time: dict[str, int]
-    days: dict[str, set[int]]
-    written: dict[str, int]
-    commit_s: float
 
 
 class BatchWriter:
@@ -92,7 +82,7 @@ class BatchWriter:
         with self._lock:
             self._covered_stale = True
 
-    def flush(self, batch: WritableBatch, slot: int = 0) -> None:
+    def flush(self, batch: Batch, slot: int = 0) -> None:
         """Write ``batch`` until it is committed; raises `Stopped` if a stop comes while the database is down."""
         attempt = 0
         while True:
@@ -160,7 +150,7 @@ class BatchWriter:
         for slot in range(len(self._conns)):
             self.drop_connection(slot)
 
-    def _cover(self, conn: psycopg.Connection, batch: WritableBatch) -> dict[str, list[datetime]]:
+    def _cover(self, conn: psycopg.Connection, batch: Batch) -> dict[str, list[datetime]]:
         """Make partitions for data outside the maintained window (a replay or backfill of old days).
 
         Partition periods already known to exist are cached, so live data costs a set lookup per
@@ -206,7 +196,7 @@ class BatchWriter:
                 for table, periods in ensured.items():
                     self._covered.setdefault(table, set()).update(periods)
 
-    def _record_writes(self, conn: psycopg.Connection, batch: WritableBatch) -> list[tuple[str, int]]:
+    def _record_writes(self, conn: psycopg.Connection, batch: Batch) -> list[tuple[str, int]]:
         """Remember the days written (retention never drops them soon after); what was recorded.
 
         Tables in name order: two writers upserting the same (table, day) rows lock them in one order.
@@ -223,7 +213,7 @@ class BatchWriter:
                 recorded += [(table, d) for d in due]
         return recorded
 
-    def _write(self, batch: WritableBatch, slot: int = 0) -> dict[str, int]:
+    def _write(self, batch: Batch, slot: int = 0) -> dict[str, int]:
         """Every table of the batch in one transaction: all of it lands, or none of it."""
         conn = self.connection(slot)
         written: dict[str, int] = defaultdict(int)
