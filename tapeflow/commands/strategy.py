@@ -35,18 +35,10 @@ def _base_file(base: str) -> Path:
     shipped = _shipped()
     if base in shipped:
         return shipped[base]
-    by_name = {_name_in(path): path for path in shipped.values()}
-    if base in by_name:
-        return by_name[base]
     path = Path(base)
     if path.is_file():
         return path
     raise fail(f"--from {base!r}: not a shipped strategy ({', '.join(sorted(shipped))}) nor a file", 2)
-
-
-def _name_in(path: Path) -> str:
-    match = re.search(r"^name:\s*(\S+)\s*$", path.read_text(encoding="utf-8"), re.M)
-    return match.group(1).strip("\"'") if match else path.stem
 
 
 def new_strategy_text(base_text: str, base_label: str, base_ref: str, name: str, version: str, description: str) -> str:
