@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backtest import metrics
-from backtest.model import BacktestTrade, RunResult
+from backtest.model import BacktestTrade, RunResult, StrategyInfo
 
 FORMAT = "tapeflow-backtest-report"
 FORMAT_VERSION = 1
@@ -64,47 +64,51 @@ def _curve(trades: list[BacktestTrade], from_ms: int) -> dict[str, list]:
     }
 
 
-def build(result: RunResult) -> dict[str, Any]:
-    trades = metrics.by_exit(result.trades)
+def _trades_by_strategy(result: RunResult, trades: list[BacktestTrade]) -> dict[str, list[BacktestTrade]]:
+    """The run's trades of each of its strategies; refuses trades of an unknown strategy and duplicate names."""
     names = [s.name for s in result.strategies]
     unknown = sorted({t.strategy for t in trades} - set(names))
     if unknown:
         raise ValueError(f"trades of strategies not in the run: {', '.join(unknown)}")
     if len(set(names)) != len(names):
         raise ValueError("strategy names of a run must be unique")
-    per_strategy = {n: [t for t in trades if t.strategy == n] for n in names}
+    return {n: [t for t in trades if t.strategy == n] for n in names}
 
-    strategies = []
-    for s in result.strategies:
-        st = per_strategy[s.name]
-        summary = metrics.summarise(st).as_dict()
-        daily = metrics.daily_net_r(st, result.from_ms, result.end_ms)
-        sh = metrics.sharpe([r for _d, r in daily])
-        summary.update(
-            sharpe_per_day=sh.per_day,
-            sharpe_annualised=sh.annualised,
-            days=sh.days,
-            daily_mean_r=sh.mean_r,
-            daily_std_r=sh.std_r,
-            final_balance=result.initial_balance + summary["net_usd"],
-        )
-        strategies.append(
-            {
-                "name": s.name,
-                "version": s.version,
-                "config_hash": s.config_hash,
-                "config": s.config,
-                "summary": summary,
-                "daily": [{"day": metrics.day_label(d), "net_r": r} for d, r in daily],
-                "curve": _curve(st, result.from_ms),
-            }
-        )
 
-    breakdowns = {
+def _strategy_section(s: StrategyInfo, st: list[BacktestTrade], result: RunResult) -> dict[str, Any]:
+    """One strategy's identity, summary (with its daily Sharpe and final balance), daily net R and curve."""
+    summary = metrics.summarise(st).as_dict()
+    daily = metrics.daily_net_r(st, result.from_ms, result.end_ms)
+    sh = metrics.sharpe([r for _d, r in daily])
+    summary.update(
+        sharpe_per_day=sh.per_day,
+        sharpe_annualised=sh.annualised,
+        days=sh.days,
+        daily_mean_r=sh.mean_r,
+        daily_std_r=sh.std_r,
+        final_balance=result.initial_balance + summary["net_usd"],
+    )
+    return {
+        "name": s.name,
+        "version": s.version,
+        "config_hash": s.config_hash,
+        "config": s.config,
+        "summary": summary,
+        "daily": [{"day": metrics.day_label(d), "net_r": r} for d, r in daily],
+        "curve": _curve(st, result.from_ms),
+    }
+
+
+def _breakdowns(trades: list[BacktestTrade]) -> dict[str, list[dict[str, Any]]]:
+    return {
         dim: [{"strategy": s, "key": k, **summ.as_dict()} for s, k, summ in metrics.breakdown(trades, dim)]
         for dim in BREAKDOWN_DIMENSIONS
     }
-    coverage = [
+
+
+def _coverage(result: RunResult) -> list[dict[str, Any]]:
+    """Input coverage rows ordered by layer, symbol and input."""
+    return [
         {
             "layer": c.layer,
             "symbol": c.symbol,
@@ -117,36 +121,48 @@ def build(result: RunResult) -> dict[str, Any]:
         }
         for c in sorted(result.coverage, key=lambda c: (c.layer, c.symbol, c.input))
     ]
+
+
+def _run_section(result: RunResult) -> dict[str, Any]:
+    """What was run, over which range, and how long it took."""
     duration_s = max(result.finished_at_ms - result.started_at_ms, 0) / 1000
+    return {
+        "run_id": result.run_id,
+        "source": result.source,
+        "exchange": result.exchange,
+        "symbols": list(result.symbols),
+        "from_ms": result.from_ms,
+        "to_ms": result.to_ms,
+        "from": iso(result.from_ms),
+        "to": iso(result.to_ms),
+        "started_at": iso(result.started_at_ms),
+        "finished_at": iso(result.finished_at_ms),
+        "duration_s": duration_s,
+        "partial": result.partial,
+        "end_ms": result.end_ms,
+        "end": iso(result.end_ms),
+        "events_processed": result.events_processed,
+        "trades_processed": result.trades_processed,
+        "trades_per_s": result.trades_processed / duration_s if duration_s > 0 else None,
+        "evaluations": result.evaluations,
+        "signals": result.signals,
+        "initial_balance": result.initial_balance,
+        "params": result.params,
+    }
+
+
+def build(result: RunResult) -> dict[str, Any]:
+    trades = metrics.by_exit(result.trades)
+    per_strategy = _trades_by_strategy(result, trades)
+    strategies = [_strategy_section(s, per_strategy[s.name], result) for s in result.strategies]
+    coverage = _coverage(result)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "run": {
-            "run_id": result.run_id,
-            "source": result.source,
-            "exchange": result.exchange,
-            "symbols": list(result.symbols),
-            "from_ms": result.from_ms,
-            "to_ms": result.to_ms,
-            "from": iso(result.from_ms),
-            "to": iso(result.to_ms),
-            "started_at": iso(result.started_at_ms),
-            "finished_at": iso(result.finished_at_ms),
-            "duration_s": duration_s,
-            "partial": result.partial,
-            "end_ms": result.end_ms,
-            "end": iso(result.end_ms),
-            "events_processed": result.events_processed,
-            "trades_processed": result.trades_processed,
-            "trades_per_s": result.trades_processed / duration_s if duration_s > 0 else None,
-            "evaluations": result.evaluations,
-            "signals": result.signals,
-            "initial_balance": result.initial_balance,
-            "params": result.params,
-        },
+        "run": _run_section(result),
         "definitions": DEFINITIONS,
         "strategies": strategies,
-        "breakdowns": breakdowns,
+        "breakdowns": _breakdowns(trades),
         "coverage": coverage,
         "coverage_incomplete": sum(1 for c in coverage if c["lacking"] > 0),
         "evaluations_lacking_inputs": sum(c["lacking"] for c in coverage),

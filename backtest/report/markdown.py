@@ -30,8 +30,8 @@ def _listing(title: str, items: list[str]) -> list[str]:
     return out + [""]
 
 
-def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
-    run = doc["run"]
+def _header(run: dict[str, Any]) -> list[str]:
+    """The title, the partial-run warning if any, and what was run over which range."""
     lines = [f"# Backtest {fmt.md(run['run_id'])}", ""]
     if run["partial"]:
         lines += [
@@ -39,7 +39,7 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
             f"the numbers cover only the {run['events_processed']:,} events processed until then.",
             "",
         ]
-    lines += [
+    return lines + [
         f"- source: {fmt.md(run['source'])}, exchange {fmt.md(run['exchange'])}, "
         f"symbols {fmt.md(', '.join(run['symbols']))}",
         f"- range: {run['from']} → {run['to']}",
@@ -49,9 +49,12 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
         + f", {run['evaluations']:,} evaluations, {run['signals']:,} signals",
         f"- initial balance {run['initial_balance']:,.2f} USDT",
         "",
-        "## Strategies",
-        "",
     ]
+
+
+def _strategies(doc: dict[str, Any], png_name: str | None) -> list[str]:
+    """The strategy tables (R, then USD), the definitions, and the equity chart's link."""
+    lines = ["## Strategies", ""]
     for cols in (fmt.STRATEGY_COLUMNS, fmt.USD_COLUMNS):
         lines += _table(
             ["strategy", "version", "config hash"] + [h for _k, h, _ in cols],
@@ -65,10 +68,15 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
     lines += [f"Definitions: {'; '.join(f'**{fmt.md(k)}**: {fmt.md(v)}' for k, v in doc['definitions'].items())}.", ""]
     if png_name:
         lines += [f"![Equity and drawdown in R]({png_name})", ""]
+    return lines
 
+
+def _breakdowns(doc: dict[str, Any]) -> list[str]:
+    """A table per breakdown dimension except strategy (the Strategies tables show that one)."""
+    lines: list[str] = []
     for dim, rows in doc["breakdowns"].items():
         if dim == "strategy":
-            continue  # the Strategies table above
+            continue
         lines += [f"## By {BREAKDOWN_TITLES[dim].lower()}", ""]
         lines += _table(
             ["strategy", BREAKDOWN_TITLES[dim]] + [h for _k, h, _ in fmt.BREAKDOWN_COLUMNS],
@@ -79,8 +87,11 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
             ],
         )
         lines.append("")
+    return lines
 
-    lines += [
+
+def _coverage(doc: dict[str, Any]) -> list[str]:
+    lines = [
         "## Data coverage",
         "",
         f"{doc['coverage_incomplete']} of {len(doc['coverage'])} (layer, symbol, input) rows lacked inputs "
@@ -103,21 +114,35 @@ def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
             for c in doc["coverage"]
         ],
     )
-    lines.append("")
-    lines += _listing("Missing days and files", doc["missing"])
-    lines += _listing("Bad rows", doc["bad_rows"])
+    return lines + [""]
 
-    lines += ["## Execution model", ""]
-    lines += [f"- {fmt.md(k)}: {fmt.md(v)}" for k, v in sorted(doc["run"]["params"].items())] or ["- (none given)"]
-    lines += ["", f"## Trades ({len(doc['trades'])})", ""]
-    lines += _table(
+
+def _execution_model(run: dict[str, Any]) -> list[str]:
+    lines = ["## Execution model", ""]
+    return lines + ([f"- {fmt.md(k)}: {fmt.md(v)}" for k, v in sorted(run["params"].items())] or ["- (none given)"])
+
+
+def _trades(trades: list[dict[str, Any]]) -> list[str]:
+    lines = ["", f"## Trades ({len(trades)})", ""]
+    return lines + _table(
         [h for _k, h, _ in fmt.TRADE_COLUMNS],
         [
             [
                 fmt.md(fmt.value(t[k], kind)) if kind == "text" else fmt.value(t[k], kind)
                 for k, _h, kind in fmt.TRADE_COLUMNS
             ]
-            for t in doc["trades"]
+            for t in trades
         ],
     )
+
+
+def render(doc: dict[str, Any], png_name: str | None = "equity.png") -> str:
+    lines = _header(doc["run"])
+    lines += _strategies(doc, png_name)
+    lines += _breakdowns(doc)
+    lines += _coverage(doc)
+    lines += _listing("Missing days and files", doc["missing"])
+    lines += _listing("Bad rows", doc["bad_rows"])
+    lines += _execution_model(doc["run"])
+    lines += _trades(doc["trades"])
     return "\n".join(lines) + "\n"

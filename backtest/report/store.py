@@ -18,7 +18,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from backtest.model import RunResult
+from backtest.model import BacktestTrade, RunResult
 from backtest.report import document
 
 
@@ -124,83 +124,85 @@ def _strategy_report(doc: dict[str, Any], strategy: dict[str, Any]) -> dict[str,
     }
 
 
+def _run_row(result: RunResult, doc: dict[str, Any], s: dict[str, Any]) -> tuple[Any, ...]:
+    """One strategy's `backtest_runs` row, in `_RUN_COLUMNS` order."""
+    m = s["summary"]
+    return (
+        strategy_run_id(result.run_id, s["name"]),
+        result.run_id,
+        s["name"],
+        s["version"],
+        s["config_hash"],
+        _jsonb(s["config"]),
+        result.source,
+        result.exchange,
+        list(result.symbols),
+        _ts(result.from_ms),
+        _ts(result.to_ms),
+        _jsonb(result.params),
+        "finished",
+        _ts(result.started_at_ms),
+        _ts(result.finished_at_ms),
+        result.events_processed,
+        result.evaluations,
+        result.signals,
+        result.partial,
+        m["trades"],
+        m["wins"],
+        m["losses"],
+        m["win_rate"],
+        m["gross_r"],
+        m["fees_r"],
+        m["slippage_r"],
+        m["funding_r"],
+        m["net_r"],
+        m["expectancy_r"],
+        m["profit_factor"],
+        m["max_drawdown_r"],
+        m["sharpe_annualised"],
+        m["sharpe_per_day"],
+        result.initial_balance,
+        m["final_balance"],
+        _jsonb(_strategy_report(doc, s)),
+    )
+
+
+def _trade_row(result: RunResult, t: BacktestTrade) -> tuple[Any, ...]:
+    """One trade's `backtest_trades` row, in `_TRADE_COLUMNS` order."""
+    return (
+        strategy_run_id(result.run_id, t.strategy),
+        t.position_id,
+        t.signal_id,
+        t.exchange,
+        t.symbol,
+        t.direction,
+        t.tier,
+        t.score,
+        _ts(t.entry_time),
+        _ts(t.exit_time),
+        t.entry_price,
+        t.exit_price,
+        t.sl_price,
+        t.tp1_price,
+        t.tp2_price,
+        t.risk_distance,
+        t.exit_reason,
+        t.tp1_hit,
+        t.r_usd,
+        t.pnl_r_gross,
+        t.pnl_r_net,
+        t.fees_r,
+        t.slippage_r,
+        t.funding_r,
+        t.pnl_usd_net,
+    )
+
+
 def store_run(result: RunResult, conninfo: str) -> None:
     """Insert (or replace) the run's rows, one `backtest_runs` row per strategy, in one transaction."""
     doc = document.build(result)
-    run_rows, trade_rows = [], []
-    for s in doc["strategies"]:
-        rid = strategy_run_id(result.run_id, s["name"])
-        m = s["summary"]
-        run_rows.append(
-            (
-                rid,
-                result.run_id,
-                s["name"],
-                s["version"],
-                s["config_hash"],
-                _jsonb(s["config"]),
-                result.source,
-                result.exchange,
-                list(result.symbols),
-                _ts(result.from_ms),
-                _ts(result.to_ms),
-                _jsonb(result.params),
-                "finished",
-                _ts(result.started_at_ms),
-                _ts(result.finished_at_ms),
-                result.events_processed,
-                result.evaluations,
-                result.signals,
-                result.partial,
-                m["trades"],
-                m["wins"],
-                m["losses"],
-                m["win_rate"],
-                m["gross_r"],
-                m["fees_r"],
-                m["slippage_r"],
-                m["funding_r"],
-                m["net_r"],
-                m["expectancy_r"],
-                m["profit_factor"],
-                m["max_drawdown_r"],
-                m["sharpe_annualised"],
-                m["sharpe_per_day"],
-                result.initial_balance,
-                m["final_balance"],
-                _jsonb(_strategy_report(doc, s)),
-            )
-        )
-    for t in result.trades:
-        trade_rows.append(
-            (
-                strategy_run_id(result.run_id, t.strategy),
-                t.position_id,
-                t.signal_id,
-                t.exchange,
-                t.symbol,
-                t.direction,
-                t.tier,
-                t.score,
-                _ts(t.entry_time),
-                _ts(t.exit_time),
-                t.entry_price,
-                t.exit_price,
-                t.sl_price,
-                t.tp1_price,
-                t.tp2_price,
-                t.risk_distance,
-                t.exit_reason,
-                t.tp1_hit,
-                t.r_usd,
-                t.pnl_r_gross,
-                t.pnl_r_net,
-                t.fees_r,
-                t.slippage_r,
-                t.funding_r,
-                t.pnl_usd_net,
-            )
-        )
+    run_rows = [_run_row(result, doc, s) for s in doc["strategies"]]
+    trade_rows = [_trade_row(result, t) for t in result.trades]
     with psycopg.connect(conninfo) as conn, conn.transaction(), conn.cursor() as cur:
         cur.execute(
             "DELETE FROM backtest_runs WHERE run_group = %s OR run_id = ANY(%s)",
