@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from schemas.catalogue import ENGINE_INPUT_TIME, ENGINE_INPUTS, TOPICS
 from schemas.serde import AvroSerde
@@ -121,6 +121,21 @@ class _Item:
     value: bytes = field(compare=False)
 
 
+@dataclass
+class _Merge:
+    """One copy's state: the partitions done, each partition's newest event time read, the partitions
+    paused for running ahead, the records waiting for the watermark, and what has gone out."""
+
+    ranges: dict[tuple[str, int], tuple[int, int]]  # (topic, partition) -> [start, end) offsets
+    done: set[tuple[str, int]]
+    newest: dict[tuple[str, int], int] = field(default_factory=dict)
+    paused: set[tuple[str, int]] = field(default_factory=set)
+    heap: list[_Item] = field(default_factory=list)
+    emitted_ms: int | None = None  # watermark the copy has reached (markers promise up to it)
+    marker_tick: int | None = None
+    pace_origin: tuple[float, int] | None = None
+
+
 def validate_topics(topics: Iterable[str]) -> list[str]:
     chosen = [t.strip() for t in topics if t.strip()]
     unknown = [t for t in chosen if t not in TIME_FIELDS or t not in TOPICS]
@@ -165,6 +180,7 @@ class TopicReplay:
         self.sleep, self.pace_clock = sleep, pace_clock  # pacing only (injectable); waits use time.monotonic
         self.summary = ReplaySummary(from_ms, to_ms)
         self._order = {t: i for i, t in enumerate(self.topics)}
+        self._catalogue = {self.source_prefix + t: t for t in self.topics}  # source topic -> catalogue topic
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> ReplaySummary:
@@ -227,98 +243,113 @@ class TopicReplay:
                     raise ReplayError(str(exc)) from exc
             time.sleep(0.2)
 
-    def _copy(  # noqa: C901 - over the complexity limit, to be split
+    def _copy(
         self,
         consumer: Consumer,
         ranges: dict[tuple[str, int], tuple[int, int]],
         publisher: Publisher,
         markers: ProgressMarkers,
     ) -> None:
-        catalogue = {self.source_prefix + t: t for t in self.topics}
-        done: set[tuple[str, int]] = {tp for tp, (start, end) in ranges.items() if start >= end}  # nothing arrived
-        starts = {tp: start for tp, (start, _) in ranges.items()}
-        if len(done) < len(ranges):
+        merge = _Merge(ranges, {tp for tp, (start, end) in ranges.items() if start >= end})  # nothing arrived
+        if len(merge.done) < len(ranges):
             consumer.assign(
-                [TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items() if (t, p) not in done]
+                [TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items() if (t, p) not in merge.done]
             )
-        newest: dict[tuple[str, int], int] = {}  # partition -> newest event time read
-        paused: set[tuple[str, int]] = set()
-        heap: list[_Item] = []
-        emitted_ms: int | None = None  # watermark the copy has reached (markers promise up to it)
-        marker_tick: int | None = None
-        pace_origin: tuple[float, int] | None = None
         quiet_since = time.monotonic()
-        while len(done) < len(starts):
+        while len(merge.done) < len(ranges):
             messages = consumer.consume(2_000, 0.2)
             if not messages:
                 if time.monotonic() - quiet_since >= self.stall_s:
-                    short = sorted(f"{t}[{p}]" for t, p in set(starts) - done)
-                    raise ReplayError(
-                        f"the broker delivered nothing for {self.stall_s:.0f} s before the end of "
-                        f"{', '.join(short)}: the copy is incomplete"
-                    )
+                    self._stalled(merge)
                 continue
             quiet_since = time.monotonic()
             for m in messages:
-                tp = (m.topic(), m.partition())
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        done.add(tp)
-                        continue
-                    raise ReplayError(f"reading {tp[0]}[{tp[1]}]: {m.error().str()}")
-                if tp in done:
-                    continue
-                end = ranges[tp][1]
-                if m.offset() >= end:  # after the range (the range's last offset was a transaction marker)
-                    done.add(tp)
-                    consumer.pause([TopicPartition(*tp)])
-                    continue
-                self.summary.read += 1
-                if m.offset() == end - 1:  # the range's last record: nothing after it is read
-                    done.add(tp)
-                    consumer.pause([TopicPartition(*tp)])
-                if m.timestamp()[1] < self.from_ms:  # arrived after start, stamped before: a clock step back
-                    self.summary.skipped_before += 1
-                    continue
-                topic = catalogue[m.topic()]
-                record = self.serde.decode(m.value())
-                if self.symbols is not None and record.get("symbol") not in self.symbols:
-                    self.summary.skipped_symbols += 1
-                    continue
-                event_ms = int(record[TIME_FIELDS[topic]])
-                newest[tp] = max(newest.get(tp, event_ms), event_ms)
-                heapq.heappush(heap, _Item(event_ms, self._order[topic], m.offset(), topic, m.key(), m.value()))
-            # every record at or below the watermark can no longer be preceded by one still unread
-            open_parts = [tp for tp in starts if tp not in done]
-            if any(tp not in newest for tp in open_parts):
-                watermark = None  # a partition still being read has delivered nothing yet
-            else:
-                watermark = min((newest[tp] for tp in open_parts), default=None)
-                watermark = None if watermark is None else watermark - self.slack_ms
-            if not open_parts:
-                watermark = 2**63 - 1
-            while heap and watermark is not None and heap[0].time_ms <= watermark:
-                item = heapq.heappop(heap)
-                pace_origin = self._pace(item.time_ms, pace_origin)
-                if emitted_ms is not None and item.time_ms < emitted_ms:  # read after later ones went out
-                    self.summary.late += 1
-                publisher.publish_encoded(item.topic, item.key, item.value)  # stamped on arrival in the namespace
-                self._count(item)
-                emitted_ms = item.time_ms if emitted_ms is None else max(emitted_ms, item.time_ms)
-                tick = emitted_ms // MARKER_INTERVAL_MS
-                if marker_tick != tick:
-                    marker_tick = tick
-                    for key in sorted({k.decode() for (_, k) in publisher.produced_count if k}):
-                        markers.mark(key, emitted_ms - 1)
-                if markers.has_ready:
-                    markers.publish_ready()
-            self._balance(consumer, newest, done, paused, watermark)
+                if self._within_range(consumer, m, merge):
+                    self._take(m, merge)
+            watermark = self._watermark(merge)
+            self._release(merge, watermark, publisher, markers)
+            self._balance(consumer, merge.newest, merge.done, merge.paused, watermark)
             if self.on_progress is not None:
                 self.on_progress(self.summary)
-        for item in sorted(heap):  # whatever the last partitions left
-            pace_origin = self._pace(item.time_ms, pace_origin)
+        for item in sorted(merge.heap):  # whatever the last partitions left
+            merge.pace_origin = self._pace(item.time_ms, merge.pace_origin)
             publisher.publish_encoded(item.topic, item.key, item.value)  # stamped on arrival in the namespace
             self._count(item)
+
+    def _stalled(self, merge: _Merge) -> None:
+        """The end is never guessed from a silence: the copy fails instead of ending short."""
+        short = sorted(f"{t}[{p}]" for t, p in set(merge.ranges) - merge.done)
+        raise ReplayError(
+            f"the broker delivered nothing for {self.stall_s:.0f} s before the end of "
+            f"{', '.join(short)}: the copy is incomplete"
+        )
+
+    def _within_range(self, consumer: Consumer, m: Message, merge: _Merge) -> bool:
+        """Whether `m` is a record inside its partition's range; marks the partition done (and pauses it)
+        at its end, so nothing after the range is read."""
+        tp = (m.topic(), m.partition())
+        if m.error():
+            if m.error().code() == KafkaError._PARTITION_EOF:
+                merge.done.add(tp)
+                return False
+            raise ReplayError(f"reading {tp[0]}[{tp[1]}]: {m.error().str()}")
+        if tp in merge.done:
+            return False
+        end = merge.ranges[tp][1]
+        if m.offset() >= end:  # after the range (the range's last offset was a transaction marker)
+            merge.done.add(tp)
+            consumer.pause([TopicPartition(*tp)])
+            return False
+        self.summary.read += 1
+        if m.offset() == end - 1:  # the range's last record: nothing after it is read
+            merge.done.add(tp)
+            consumer.pause([TopicPartition(*tp)])
+        return True
+
+    def _take(self, m: Message, merge: _Merge) -> None:
+        """One record of the range into the merge, unless it is skipped (stamped before --from, or a symbol
+        not chosen)."""
+        if m.timestamp()[1] < self.from_ms:  # arrived after start, stamped before: a clock step back
+            self.summary.skipped_before += 1
+            return
+        topic = self._catalogue[m.topic()]
+        record = self.serde.decode(m.value())
+        if self.symbols is not None and record.get("symbol") not in self.symbols:
+            self.summary.skipped_symbols += 1
+            return
+        event_ms = int(record[TIME_FIELDS[topic]])
+        tp = (m.topic(), m.partition())
+        merge.newest[tp] = max(merge.newest.get(tp, event_ms), event_ms)
+        heapq.heappush(merge.heap, _Item(event_ms, self._order[topic], m.offset(), topic, m.key(), m.value()))
+
+    def _watermark(self, merge: _Merge) -> int | None:
+        """The event time at or below which no record can still be preceded by one unread (None: not known
+        yet, a partition still being read has delivered nothing)."""
+        open_parts = [tp for tp in merge.ranges if tp not in merge.done]
+        if not open_parts:
+            return 2**63 - 1
+        if any(tp not in merge.newest for tp in open_parts):
+            return None
+        return min(merge.newest[tp] for tp in open_parts) - self.slack_ms
+
+    def _release(self, merge: _Merge, watermark: int | None, publisher: Publisher, markers: ProgressMarkers) -> None:
+        """Publish every merged record at or below `watermark`, paced, with a progress marker per key each
+        `MARKER_INTERVAL_MS` of event time."""
+        while merge.heap and watermark is not None and merge.heap[0].time_ms <= watermark:
+            item = heapq.heappop(merge.heap)
+            merge.pace_origin = self._pace(item.time_ms, merge.pace_origin)
+            if merge.emitted_ms is not None and item.time_ms < merge.emitted_ms:  # read after later ones went out
+                self.summary.late += 1
+            publisher.publish_encoded(item.topic, item.key, item.value)  # stamped on arrival in the namespace
+            self._count(item)
+            merge.emitted_ms = item.time_ms if merge.emitted_ms is None else max(merge.emitted_ms, item.time_ms)
+            tick = merge.emitted_ms // MARKER_INTERVAL_MS
+            if merge.marker_tick != tick:
+                merge.marker_tick = tick
+                for key in sorted({k.decode() for (_, k) in publisher.produced_count if k}):
+                    markers.mark(key, merge.emitted_ms - 1)
+            if markers.has_ready:
+                markers.publish_ready()
 
     def _count(self, item: _Item) -> None:
         s = self.summary
