@@ -27,6 +27,15 @@ from .synthetic import SyntheticSpec
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fake_exchange", description="Run a fake Binance USD-M exchange.")
+    _add_session_arguments(parser)
+    _add_serving_arguments(parser)
+    _add_history_arguments(parser)
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is replayed: a recording, or a synthetic session and its shape."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--recording", help="recording directory (ws_frames.txt, rest_responses.txt, ...)")
     source.add_argument("--synthetic-seed", type=int, help="generate a synthetic session with this seed")
@@ -61,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--synthetic-start", type=float, default=1_700_000_000.0, help="session start, Unix seconds (synthetic)"
     )
+
+
+def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the session is served: address, speed, start, fault switches and the REST answers' clock."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ws-port", type=int, default=0)
     parser.add_argument("--rest-port", type=int, default=0)
@@ -90,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         "or the recorded time of the frame the replay has reached (consistent with the "
         "recorded websocket event times)",
     )
+
+
+def _add_history_arguments(parser: argparse.ArgumentParser) -> None:
+    """History before the live part (a warm start's), and the real profile that generates it."""
     parser.add_argument(
         "--history-s",
         type=float,
@@ -117,8 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=26.0,
         help="real profile: hours of history (at least back to yesterday's UTC midnight)",
     )
-    parser.add_argument("--log-level", default="INFO")
-    return parser
 
 
 REAL_PROFILE_DAY_S = 1_795_651_200.0  # 2026-11-26 00:00 UTC: the real profile's "today"
