@@ -460,6 +460,94 @@ def _prepare(root: Path, document: dict, overwrite: bool) -> None:
         raise ExportError(f"--out {root.parent}: cannot write ({error.strerror or error})") from None
 
 
+@dataclass
+class _DayFileTarget:
+    """Where and how one symbol's day files go, and what is counted and reported as they are written."""
+
+    symbol: str
+    root: Path
+    schema: pa.Schema
+    provenance: dict
+    todo: set[int]
+    summary: ExportSummary
+    on_day: Callable[[str, int, str], None] | None
+
+
+class _SymbolDays:
+    """One symbol's evaluations and trades read so far, cut into day files as days become final: a day
+    keeps the evaluations of later days and the trades its successors' labels still need."""
+
+    def __init__(self, target: _DayFileTarget, detectors_off: list[str], from_ms: int) -> None:
+        self.target = target
+        self.detectors_off = detectors_off
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.times: list[np.ndarray] = []
+        self.prices: list[np.ndarray] = []
+        self.data_end = from_ms  # the end of the slices read so far: the labels' price path ends there at the latest
+
+    def add(self, step: Step) -> None:
+        """Keep a step's evaluations (without the columns of detectors the configuration turns off) and trades."""
+        self.data_end = step.end_ms
+        for block in step.blocks:
+            columns = evaluation_columns(block)
+            for name in self.detectors_off:
+                del columns[name]
+            columns["_sign"] = block.scores.sign.astype(np.int64)
+            self.pending.append(columns)
+        if step.times is not None and len(step.times):
+            self.times.append(step.times)
+            self.prices.append(step.prices)
+            self.target.summary.trades += len(step.times)
+
+    def finish(self, d: int) -> None:
+        """Write day ``d`` (when it is to do) and keep only what later days need."""
+        pending = self.pending
+        end = d + DAY_MS
+        rows = {name: np.concatenate([p[name] for p in pending]) for name in pending[0]} if pending else {}
+        t_all = np.concatenate(self.times) if self.times else np.empty(0, dtype=np.int64)
+        p_all = np.concatenate(self.prices) if self.prices else np.empty(0)
+        index = np.flatnonzero(rows["eval_time"] < end) if rows else np.empty(0, dtype=np.int64)
+        if d in self.target.todo:
+            self._write_day(d, rows, index, _day_path(t_all, p_all, min(end + BARRIER_HORIZON_MS, self.data_end)))
+        if rows:
+            later = np.ones(len(rows["eval_time"]), dtype=bool)
+            later[index] = False
+            self.pending = [{name: column[later] for name, column in rows.items()}] if later.any() else []
+        keep = max(int(np.searchsorted(t_all, end, side="left")) - 1, 0)  # from the last trade before
+        self.times, self.prices = [t_all[keep:]], [p_all[keep:]]
+
+    def _write_day(self, d: int, rows: dict[str, np.ndarray], index: np.ndarray, path: PricePath | None) -> None:
+        """Day ``d``'s file from its rows (``index`` into ``rows``) labelled on ``path``, or nothing when the
+        day has no rows or no price path; counted and reported either way."""
+        target = self.target
+        if len(index) and path is not None:
+            index = index[np.argsort(rows["eval_time"][index], kind="stable")]
+            day_rows = {name: column[index] for name, column in rows.items()}
+            sign = day_rows.pop("_sign")
+            day_rows.update(
+                label_columns(day_rows["eval_time"], day_rows["in_last_price"], day_rows["in_atr"], sign, path)
+            )
+            write_atomic(to_table(day_rows, target.schema, target.provenance), day_file(target.root, d, target.symbol))
+            target.summary.written += 1
+            target.summary.rows += len(index)
+            outcome = "written"
+        else:
+            target.summary.empty += 1
+            outcome = "empty"
+        if target.on_day:
+            target.on_day(target.symbol, d, outcome)
+
+
+def _day_is_final(step: Step, day: int) -> bool:
+    """Whether the engine has evaluated ``day``'s last second and the trades of the hour after it (its
+    labels' horizon) are in."""
+    return (
+        step.sealed_ms is not None
+        and step.sealed_ms >= day + DAY_MS - 1000
+        and step.end_ms >= day + DAY_MS + BARRIER_HORIZON_MS
+    )
+
+
 def _export_symbol(
     cfg: StrategyConfig,
     source: str,
@@ -474,72 +562,18 @@ def _export_symbol(
     summary: ExportSummary,
     on_day: Callable[[str, int, str], None] | None,
 ) -> None:
-    pending: list[dict[str, np.ndarray]] = []
-    times: list[np.ndarray] = []
-    prices: list[np.ndarray] = []
     day, last = from_ms, max(todo)
     detectors_off = [f"in_{name}" for name in SCALAR_FIELDS if _detectors_off(cfg, name)]
-    data_end = from_ms  # the end of the slices read so far: the labels' price path ends there at the latest
-
-    def finish(d: int) -> None:
-        """Write day ``d`` (when it is to do) and keep only what later days need."""
-        nonlocal pending, times, prices
-        end = d + DAY_MS
-        rows = {name: np.concatenate([p[name] for p in pending]) for name in pending[0]} if pending else {}
-        t_all = np.concatenate(times) if times else np.empty(0, dtype=np.int64)
-        p_all = np.concatenate(prices) if prices else np.empty(0)
-        index = np.flatnonzero(rows["eval_time"] < end) if rows else np.empty(0, dtype=np.int64)
-        if d in todo:
-            path = _day_path(t_all, p_all, min(end + BARRIER_HORIZON_MS, data_end))
-            if len(index) and path is not None:
-                index = index[np.argsort(rows["eval_time"][index], kind="stable")]
-                day_rows = {name: column[index] for name, column in rows.items()}
-                sign = day_rows.pop("_sign")
-                day_rows.update(
-                    label_columns(day_rows["eval_time"], day_rows["in_last_price"], day_rows["in_atr"], sign, path)
-                )
-                write_atomic(to_table(day_rows, schema, provenance), day_file(root, d, symbol))
-                summary.written += 1
-                summary.rows += len(index)
-                outcome = "written"
-            else:
-                summary.empty += 1
-                outcome = "empty"
-            if on_day:
-                on_day(symbol, d, outcome)
-        if rows:
-            later = np.ones(len(rows["eval_time"]), dtype=bool)
-            later[index] = False
-            pending = [{name: column[later] for name, column in rows.items()}] if later.any() else []
-        keep = max(int(np.searchsorted(t_all, end, side="left")) - 1, 0)  # from the last trade before
-        times, prices = [t_all[keep:]], [p_all[keep:]]
-
+    days = _SymbolDays(_DayFileTarget(symbol, root, schema, provenance, todo, summary, on_day), detectors_off, from_ms)
     # the source is read an hour past the range (when it has it) so the last day's labels see their hour,
     # as every other day's do: a day's file does not depend on where the range ended
     for step in replay_symbol(source, symbol, [cfg], from_ms, to_ms + BARRIER_HORIZON_MS, options):
-        data_end = step.end_ms
-        for block in step.blocks:
-            columns = evaluation_columns(block)
-            for name in detectors_off:
-                del columns[name]
-            columns["_sign"] = block.scores.sign.astype(np.int64)
-            pending.append(columns)
-        if step.times is not None and len(step.times):
-            times.append(step.times)
-            prices.append(step.prices)
-            summary.trades += len(step.times)
-        # a day is final once the engine has evaluated its last second and the trades of the hour after
-        # it (its labels' horizon) are in
-        while (
-            day <= last
-            and step.sealed_ms is not None
-            and step.sealed_ms >= day + DAY_MS - 1000
-            and step.end_ms >= day + DAY_MS + BARRIER_HORIZON_MS
-        ):
-            finish(day)
+        days.add(step)
+        while day <= last and _day_is_final(step, day):
+            days.finish(day)
             day += DAY_MS
         if day > last:
             return  # every day still to write is written: the rest of the replay is not needed
     while day <= last:
-        finish(day)
+        days.finish(day)
         day += DAY_MS
