@@ -38,110 +38,42 @@ nothing here logs them.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-import orjson
 import structlog
 from pydantic import SecretStr
-from websockets.exceptions import WebSocketException
-from websockets.sync.client import connect as ws_connect
 
+from execution.binance_order_params import amend_params, order_params, stop_params
+from execution.binance_orders import OrderLedger, TrackedOrder
 from execution.binance_signing import BinanceApiError, ErrorKind, SignedRestClient
-from execution.broker import (
-    TERMINAL_STATES,
-    BrokerEvent,
-    Execution,
-    OrderRequest,
-    OrderUpdate,
+from execution.binance_user_stream import (  # noqa: F401 - the stream's names, importable from here as before
+    LISTEN_KEY_KEEPALIVE_MS,
+    LISTEN_KEY_UNKNOWN,
+    UserDataSession,
+    UserDataStream,
 )
+from execution.broker import BrokerEvent, OrderRequest, OrderUpdate
 from execution.domain import BookTop, TradeTick
-from execution.exchange_filters import (
-    FilterViolation,
-    SymbolFilters,
-    parse_exchange_info,
-    plain,
-)
+from execution.exchange_filters import FilterViolation, SymbolFilters, parse_exchange_info
 from schemas.catalogue import market_key
 
 log = structlog.get_logger("binance_broker")
 
-LISTEN_KEY_KEEPALIVE_MS = 30 * 60_000
-LISTEN_KEY_UNKNOWN = -1125  # "This listenKey does not exist." (expired: 60 min without a keepalive)
+_Tracked = TrackedOrder  # the name tests and older callers use
 
 
 class AmendRejected(Exception):
     """The exchange refused a modify; the order is unchanged (message: code and reason)."""
 
 
-@dataclass(slots=True)
-class _Tracked:
-    request: OrderRequest
-    exchange_order_id: str | None = None
-    state: str = "PENDING_NEW"
-    filled: float = 0.0
-    trade_ids: set[str] = field(default_factory=set)
-    cancel_reason: str | None = None
-    unknown: bool = False  # sent, answer lost, query not answered yet
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-
-class UserDataStream:
-    """The user-data websocket on a thread of its own: raw events into a queue, read by the broker.
-
-    Why a thread with the blocking `websockets` client: the broker is called from the executor's thread
-    and must see events without owning an event loop; the queue is the only thing shared.
-    """
-
-    def __init__(self, url: str, reconnect_s: float = 1.0) -> None:
-        self.url = url
-        self.reconnect_s = reconnect_s
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.connected = threading.Event()
-        self.connections = 0  # successful connects so far (a second one means events may have been missed)
-        self._stop = threading.Event()
-        self._ws = None
-        self._thread = threading.Thread(target=self._run, name="binance-user-stream", daemon=True)
-
-    def start(self, timeout_s: float = 5.0) -> None:
-        self._thread.start()
-        if not self.connected.wait(timeout_s):
-            raise ConnectionError("user-data stream did not connect")
-
-    def stop(self) -> None:
-        self._stop.set()
-        ws = self._ws
-        if ws is not None:
-            ws.close()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with ws_connect(self.url, open_timeout=5, close_timeout=1) as ws:
-                    self._ws = ws
-                    self.connections += 1
-                    self.connected.set()
-                    for raw in ws:
-                        self.events.put(orjson.loads(raw))
-            except (OSError, WebSocketException, orjson.JSONDecodeError) as exc:
-                if not self._stop.is_set():
-                    log.warning("user-data stream dropped", error=type(exc).__name__)
-            finally:
-                self._ws = None
-                self.connected.clear()
-            self._stop.wait(self.reconnect_s)
-
-
 class BinanceBroker:
-    """`Broker` for `--mode testnet|live` against Binance USD-M (or the fake exchange in tests)."""
+    """`Broker` for `--mode testnet|live` against Binance USD-M (or the fake exchange in tests).
+
+    Its parts: `OrderLedger` (tracked orders, de-duplicated events), `UserDataSession` (the listen key
+    and the user-data stream), `binance_order_params` (rounding to the filters); this class sends the
+    requests and decides what an answer, or its absence, means for an order."""
 
     def __init__(
         self,
@@ -160,25 +92,23 @@ class BinanceBroker:
         self.rest = rest
         self.accepted_key_problems: list[str] = []  # live: risky permissions the operator accepted (safety.py)
         self.filters = filters
-        self.stream = stream
         self.exchange = exchange
         self.settle_timeout_s = settle_timeout_s
         self.probe_interval_s = probe_interval_s
         self._next_probe = 0.0
-        self._stream_connections = 0  # connects of the stream already accounted for
         self._monotonic = monotonic
-        self._orders: dict[str, _Tracked] = {}
-        self._buffer: list[BrokerEvent] = []
+        self._ledger = OrderLedger()
+        self._orders = self._ledger.orders  # the same dict: client order id -> TrackedOrder
         self._last_price: dict[str, float] = {}
         self._rest_down = False
-        self._listen_key: str | None = None
-        self._listen_key_at = 0
-        self._ws_base: str | None = None  # where a renewed listen key's stream is opened
-        self._renew_stream = False  # the listen key expired: open a new one at the next poll
-        self._next_renewal = 0.0  # monotonic time of the next attempt after a failed renewal
-        self._stream_down_since: float | None = None
-        self.stream_check_after_s = stream_check_after_s
-        self.stream_renewals = 0
+        self._session = UserDataSession(
+            rest,
+            stream=stream,
+            retry_s=probe_interval_s,
+            stream_check_after_s=stream_check_after_s,
+            monotonic=monotonic,
+            on_error=self._note,
+        )
         self.account_positions: dict[str, float] = {}  # from ACCOUNT_UPDATE
         self.foreign_events = 0  # stream events of orders this broker does not track
         self.malformed_events = 0  # stream events that could not be read (see _handle)
@@ -197,8 +127,8 @@ class BinanceBroker:
             rest.sync_time()
             filters = parse_exchange_info(rest.request("GET", "/fapi/v1/exchangeInfo"))
             broker = cls(mode, rest, filters, **kwargs)
-            broker._ws_base = ws_url.rstrip("/")
-            broker._open_stream(stream_timeout_s)
+            broker._session.ws_base = ws_url.rstrip("/")
+            broker._session.open(stream_timeout_s)
         except BaseException:
             if broker is not None:
                 broker.close()
@@ -207,30 +137,24 @@ class BinanceBroker:
             raise
         return broker
 
-    def _open_stream(self, timeout_s: float = 5.0) -> None:
-        """A new listen key and its user-data stream (at start, and when the old key expired)."""
-        self._listen_key = self.rest.keyed("POST", "/fapi/v1/listenKey")["listenKey"]
-        self._listen_key_at = self.rest.now_ms()
-        self.stream = UserDataStream(f"{self._ws_base}/ws/{self._listen_key}")
-        try:
-            self.stream.start(timeout_s)
-        except ConnectionError:
-            self.stream.stop()  # no thread left retrying in the background
-            raise
-        self._stream_connections = self.stream.connections
-        self._stream_down_since = None
+    @property
+    def stream(self) -> UserDataStream | None:
+        """The user-data stream now (a renewed listen key opens a new one)."""
+        return self._session.stream
+
+    @property
+    def stream_renewals(self) -> int:
+        return self._session.renewals
 
     def close(self) -> None:
         """Stop the user-data stream and drop the REST connection (idempotent)."""
-        if self.stream is not None:
-            self.stream.stop()
+        self._session.close()
         self.rest.close()
 
     # ================================================================ Broker protocol
     @property
     def healthy(self) -> bool:
-        stream_ok = self.stream is None or self.stream.connected.is_set()
-        return stream_ok and not self._rest_down and not any(t.unknown for t in self._orders.values())
+        return self._session.connected and not self._rest_down and not self._ledger.unknown_orders()
 
     def is_open(self, client_order_id: str) -> bool:
         tracked = self._orders.get(client_order_id)
@@ -249,7 +173,7 @@ class BinanceBroker:
         if cid in self._orders:
             return [OrderUpdate(cid, "REJECTED", 0.0, None, None, now_ms, "duplicate client_order_id")]
         try:
-            params, sent = self._order_params(request)
+            params, sent = order_params(request, self.filters, self._last_price.get(request.symbol))
         except FilterViolation as exc:
             return [OrderUpdate(cid, "REJECTED", 0.0, None, None, now_ms, f"filter {exc}")]
         self._place(sent, params, now_ms)
@@ -278,62 +202,18 @@ class BinanceBroker:
         self._drain()
         if self._rest_down:
             self._probe()
-        if self.stream is not None and self.stream.connections > self._stream_connections:
-            self._stream_connections = self.stream.connections
-            missed = [t for t in self._orders.values() if not t.terminal]
+        if self._session.reconnected():
+            missed = self._ledger.open_orders()
             if missed:
                 log.warning("user-data stream reconnected: looking up open orders by client id", orders=len(missed))
             for tracked in missed:
                 tracked.unknown = True  # recovered just below
-        self._keep_stream_alive(now_ms)
-        for tracked in [t for t in self._orders.values() if t.unknown]:
+        if self._session.keep_alive(now_ms):  # a new listen key: events of the old one may be lost
+            for tracked in self._ledger.open_orders():
+                tracked.unknown = True
+        for tracked in self._ledger.unknown_orders():
             self._recover(tracked, now_ms)
         return self._take()
-
-    def _keep_stream_alive(self, now_ms: int) -> None:
-        """Extend the listen key every 30 min; replace it once it expired.
-
-        Binance drops a key after 60 min without a keepalive (an outage longer than that, a suspended
-        host) and says so with a ``listenKeyExpired`` event, or, if that was missed, with -1125 to the
-        keepalive. The stream thread cannot reconnect with a dead key, so a stream down for
-        ``stream_check_after_s`` triggers a keepalive at once instead of waiting out the 30 min. After
-        a renewal every open order is looked up by client id: its events may have been missed."""
-        if self._listen_key is None or self.stream is None:
-            return
-        if self.stream.connected.is_set():
-            self._stream_down_since = None
-        elif self._stream_down_since is None:
-            self._stream_down_since = self._monotonic()
-        stream_stuck = (
-            self._stream_down_since is not None
-            and self._monotonic() - self._stream_down_since >= self.stream_check_after_s
-        )
-        if not self._renew_stream and (stream_stuck or now_ms - self._listen_key_at >= LISTEN_KEY_KEEPALIVE_MS):
-            try:
-                self.rest.keyed("PUT", "/fapi/v1/listenKey")
-                self._listen_key_at = now_ms
-                if stream_stuck:
-                    self._stream_down_since = self._monotonic()  # the key is fine: check again later
-            except BinanceApiError as exc:
-                self._note(exc)
-                self._renew_stream = exc.code == LISTEN_KEY_UNKNOWN
-        if not self._renew_stream or self._monotonic() < self._next_renewal:
-            return
-        log.warning("user-data listen key expired: opening a new one")
-        self.stream.stop()
-        try:
-            self._open_stream()
-        except (BinanceApiError, ConnectionError) as exc:
-            if isinstance(exc, BinanceApiError):
-                self._note(exc)
-            log.warning("user-data stream not renewed yet", error=type(exc).__name__)
-            self._next_renewal = self._monotonic() + self.probe_interval_s
-            return
-        self._renew_stream = False
-        self.stream_renewals += 1
-        for tracked in self._orders.values():
-            if not tracked.terminal:
-                tracked.unknown = True
 
     # ================================================================ beyond the protocol
     def resume(self, request: OrderRequest, now_ms: int) -> list[BrokerEvent]:
@@ -341,7 +221,7 @@ class BinanceBroker:
         the exchange knows; never send it. Not found (the run died before sending): REJECTED."""
         tracked = self._orders.get(request.client_order_id)
         if tracked is None:
-            tracked = self._orders[request.client_order_id] = _Tracked(request)
+            tracked = self._orders[request.client_order_id] = TrackedOrder(request)
         if not tracked.terminal:
             self._recover(tracked, now_ms)
         return self._take()
@@ -355,41 +235,17 @@ class BinanceBroker:
         tracked = self._orders.get(client_order_id)
         if tracked is None or tracked.terminal or tracked.request.type != "LIMIT":
             raise AmendRejected(f"{client_order_id} is not an open limit order")
-        req = tracked.request
-        f = self.filters[req.symbol]
         try:
-            new_price = f.round_price(price, ("down" if req.side == "BUY" else "up") if req.post_only else "nearest")
-            new_qty = f.round_qty(req.qty if qty is None else qty)
+            params, amended = amend_params(tracked.request, self.filters[tracked.request.symbol], price, qty)
         except FilterViolation as exc:
             raise AmendRejected(f"filter {exc}") from None
         try:
-            self.rest.signed(
-                "PUT",
-                "/fapi/v1/order",
-                {
-                    "symbol": req.symbol,
-                    "origClientOrderId": client_order_id,
-                    "side": req.side,
-                    "quantity": plain(new_qty),
-                    "price": plain(new_price),
-                },
-            )
+            self.rest.signed("PUT", "/fapi/v1/order", params)
             self._rest_down = False
         except BinanceApiError as exc:
             self._note(exc)
             raise AmendRejected(f"binance {exc.code}: {exc.msg}") from None
-        tracked.request = OrderRequest(
-            req.client_order_id,
-            req.exchange,
-            req.symbol,
-            req.side,
-            req.type,
-            float(new_qty),
-            float(new_price),
-            req.post_only,
-            req.reduce_only,
-            req.not_before_ms,
-        )
+        tracked.request = amended
         self._drain()
         return self._take()
 
@@ -407,22 +263,11 @@ class BinanceBroker:
         """A reduce-only STOP_MARKET held by the exchange (fills as taker once the stop is touched)."""
         f = self.filters[symbol]
         try:
-            q = f.round_qty(qty, market=True)
-            # never move a stop towards the market: a sell stop rounds down, a buy stop up
-            sp = f.round_price(stop_price, "down" if side == "SELL" else "up")
+            params, request = stop_params(
+                client_order_id, self.exchange, f, symbol, side, qty, stop_price, working_type
+            )
         except FilterViolation as exc:
             return [OrderUpdate(client_order_id, "REJECTED", 0.0, None, None, now_ms, f"filter {exc}")]
-        request = OrderRequest(client_order_id, self.exchange, symbol, side, "MARKET", float(q), reduce_only=True)
-        params = {
-            "symbol": symbol,
-            "side": side,
-            "type": "STOP_MARKET",
-            "quantity": plain(q),
-            "stopPrice": plain(sp),
-            "reduceOnly": True,
-            "workingType": working_type,
-            "newClientOrderId": client_order_id,
-        }
         self._place(request, params, now_ms)
         return self._take()
 
@@ -439,56 +284,13 @@ class BinanceBroker:
 
     def track(self, request: OrderRequest, exchange_order_id: str) -> None:
         """Follow an order this process did not send (reconciliation adopts an orphan)."""
-        self._orders.setdefault(request.client_order_id, _Tracked(request, exchange_order_id, "NEW"))
+        self._orders.setdefault(request.client_order_id, TrackedOrder(request, exchange_order_id, "NEW"))
 
     # ================================================================ internals
-    def _order_params(self, request: OrderRequest) -> tuple[dict[str, Any], OrderRequest]:
-        f = self.filters.get(request.symbol)
-        if f is None:
-            raise FilterViolation("symbol", f"{request.symbol} not listed in exchangeInfo")
-        market = request.type == "MARKET"
-        qty = f.round_qty(request.qty, market=market)
-        params: dict[str, Any] = {
-            "symbol": request.symbol,
-            "side": request.side,
-            "type": request.type,
-            "quantity": plain(qty),
-            "newClientOrderId": request.client_order_id,
-        }
-        price: Decimal | None = None
-        if request.type == "LIMIT":
-            if request.price is None:
-                raise FilterViolation("price", "limit order without a price")
-            rounding = ("down" if request.side == "BUY" else "up") if request.post_only else "nearest"
-            price = f.round_price(request.price, rounding)
-            params.update(price=plain(price), timeInForce="GTX" if request.post_only else "GTC")
-        if request.reduce_only:
-            params["reduceOnly"] = True
-        reference = (
-            price
-            if price is not None
-            else (Decimal(str(self._last_price[request.symbol])) if request.symbol in self._last_price else None)
-        )
-        if reference is not None:
-            f.check_notional(qty, reference, reduce_only=request.reduce_only)
-        sent = OrderRequest(
-            request.client_order_id,
-            request.exchange,
-            request.symbol,
-            request.side,
-            request.type,
-            float(qty),
-            float(price) if price is not None else None,
-            request.post_only,
-            request.reduce_only,
-            request.not_before_ms,
-        )
-        return params, sent
-
     def _place(self, request: OrderRequest, params: dict[str, Any], now_ms: int, resends: int = 1) -> None:
         """Send one order; its events go to the buffer (the public caller returns them)."""
         cid = request.client_order_id
-        tracked = _Tracked(request)
+        tracked = TrackedOrder(request)
         self._orders[cid] = tracked  # before sending: stream events may overtake the REST answer
         try:
             body = self._post(params)
@@ -498,20 +300,19 @@ class BinanceBroker:
                 log.warning("order state unknown: querying by client id", client_order_id=cid, error=exc.kind.value)
                 self._recover(tracked, now_ms, resend=params if resends > 0 else None, resends=resends - 1)
             else:
-                tracked.state = "REJECTED"
-                self._buffer.append(
-                    OrderUpdate(cid, "REJECTED", 0.0, None, None, now_ms, f"binance {exc.code}: {exc.msg}")
-                )
+                self._ledger.reject(tracked, now_ms, f"binance {exc.code}: {exc.msg}")
             return
         self._rest_down = False
         tracked.exchange_order_id = str(body["orderId"])
-        self._update(tracked, "NEW", 0.0, None, now_ms)
+        self._ledger.update(tracked, "NEW", 0.0, None, now_ms)
         self._drain()
 
     def _post(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.rest.signed("POST", "/fapi/v1/order", params)  # -1021: resynced and resent by the client
 
-    def _recover(self, tracked: _Tracked, now_ms: int, resend: dict[str, Any] | None = None, resends: int = 0) -> None:
+    def _recover(
+        self, tracked: TrackedOrder, now_ms: int, resend: dict[str, Any] | None = None, resends: int = 0
+    ) -> None:
         """Find the order by client id and adopt its state; resend only when it provably does not exist."""
         req = tracked.request
         try:
@@ -525,7 +326,7 @@ class BinanceBroker:
                 return
             if exc.kind is ErrorKind.NOT_FOUND:
                 tracked.unknown = False
-                self._update(
+                self._ledger.update(
                     tracked,
                     "REJECTED" if tracked.state == "PENDING_NEW" else "EXPIRED",
                     tracked.filled,
@@ -541,30 +342,20 @@ class BinanceBroker:
         self._drain()
         self._adopt_body(tracked, body, now_ms)
 
-    def _adopt_body(self, tracked: _Tracked, body: dict[str, Any], now_ms: int) -> None:
+    def _adopt_body(self, tracked: TrackedOrder, body: dict[str, Any], now_ms: int) -> None:
         """Bring our view of one order up to an exchange order body (fills from userTrades)."""
         tracked.exchange_order_id = str(body["orderId"])
         if tracked.state == "PENDING_NEW":
-            self._update(tracked, "NEW", 0.0, None, int(body.get("time", now_ms)))
+            self._ledger.update(tracked, "NEW", 0.0, None, int(body.get("time", now_ms)))
         executed = float(body.get("executedQty", 0))
         if executed > tracked.filled + 1e-12:
             rows = self.rest.signed(
                 "GET", "/fapi/v1/userTrades", {"symbol": tracked.request.symbol, "orderId": body["orderId"]}
             )
-            for row in sorted(rows, key=lambda r: r["id"]):
-                self._execution(
-                    tracked,
-                    str(row["id"]),
-                    float(row["price"]),
-                    float(row["qty"]),
-                    float(row["commission"]),
-                    row["commissionAsset"],
-                    bool(row["maker"]),
-                    int(row["time"]),
-                )
+            self._ledger.user_trades(tracked, rows)
         status = body["status"]
         avg = float(body.get("avgPrice") or 0) or None
-        self._update(tracked, status, executed, avg, int(body.get("updateTime", now_ms)))
+        self._ledger.update(tracked, status, executed, avg, int(body.get("updateTime", now_ms)))
 
     def _settle(self, cid: str) -> bool:
         """Read the stream until `cid` is terminal or the settle timeout passes; True if it settled."""
@@ -609,87 +400,14 @@ class BinanceBroker:
     def _apply_event(self, event: dict[str, Any]) -> None:
         kind = event.get("e")
         if kind == "listenKeyExpired":
-            self._renew_stream = True
+            self._session.expired = True
             return
         if kind == "ACCOUNT_UPDATE":
             for p in event.get("a", {}).get("P", []):
                 self.account_positions[p["s"]] = float(p["pa"])
             return
-        if kind != "ORDER_TRADE_UPDATE":
-            return
-        o = event["o"]
-        tracked = self._orders.get(o["c"])
-        if tracked is None:
+        if kind == "ORDER_TRADE_UPDATE" and not self._ledger.order_trade_update(event):
             self.foreign_events += 1
-            return
-        tracked.exchange_order_id = str(o["i"])
-        if o["x"] == "TRADE":
-            self._execution(
-                tracked,
-                str(o["t"]),
-                float(o["L"]),
-                float(o["l"]),
-                float(o.get("n") or 0),
-                o.get("N") or "USDT",
-                bool(o.get("m")),
-                int(o["T"]),
-            )
-        if tracked.state == "PENDING_NEW" and o["X"] != "NEW":
-            self._update(tracked, "NEW", 0.0, None, int(event["E"]))
-        self._update(tracked, o["X"], float(o["z"]), float(o.get("ap") or 0) or None, int(event["E"]))
-
-    def _execution(
-        self,
-        tracked: _Tracked,
-        trade_id: str,
-        price: float,
-        qty: float,
-        fee: float,
-        fee_asset: str,
-        maker: bool,
-        time_ms: int,
-    ) -> None:
-        key = f"b:{tracked.request.symbol}:{trade_id}"
-        if key in tracked.trade_ids:
-            return
-        tracked.trade_ids.add(key)
-        self._buffer.append(
-            Execution(
-                tracked.request.client_order_id,
-                tracked.exchange_order_id or "",
-                key,
-                tracked.request.side,
-                price,
-                qty,
-                fee,
-                fee_asset,
-                "maker" if maker else "taker",
-                price,
-                time_ms,
-            )
-        )
-
-    def _update(
-        self,
-        tracked: _Tracked,
-        state: str,
-        filled: float,
-        avg: float | None,
-        event_time: int,
-        reason: str | None = None,
-    ) -> None:
-        if tracked.terminal or (state == tracked.state and abs(filled - tracked.filled) < 1e-12):
-            return
-        if state == "CANCELED":
-            reason = reason or tracked.cancel_reason
-        elif state == "EXPIRED":
-            reason = reason or "expired"
-        tracked.state, tracked.filled = state, filled
-        self._buffer.append(
-            OrderUpdate(
-                tracked.request.client_order_id, state, filled, avg, tracked.exchange_order_id, event_time, reason
-            )
-        )
 
     def _note(self, exc: BinanceApiError) -> None:
         self._rest_down = exc.kind is ErrorKind.UNKNOWN_STATE
@@ -708,8 +426,7 @@ class BinanceBroker:
         log.info("exchange reachable again")
 
     def _take(self) -> list[BrokerEvent]:
-        events, self._buffer = self._buffer, []
-        return events
+        return self._ledger.take()
 
     def market_key(self, symbol: str) -> str:
         return market_key(self.exchange, symbol)
