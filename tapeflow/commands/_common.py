@@ -2,6 +2,9 @@
 and error helpers, and the readings of the options several commands take (`--from`/`--to`,
 `--input-prefix`, the broker's address).
 
+The options several commands declare alike are `Annotated` types here (`MetricsPortOption`, ...): one
+declaration, one help text, wherever the option appears.
+
 The commands live in one module per group (`tapeflow.commands.*`); `tapeflow.cli` imports them in
 the order `--help` lists them and runs the app."""
 
@@ -10,7 +13,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -35,6 +38,13 @@ topics_app = typer.Typer(
 db_app = typer.Typer(help="Database tasks.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
+
+# --- options several commands take (the parameter's default is given where it is declared) ---------------
+MetricsPortOption = Annotated[
+    int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged).")
+]
+NoProgressOption = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
+JsonSummaryOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 
 class _State:

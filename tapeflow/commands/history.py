@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 
 import orjson
 import typer
@@ -12,6 +13,8 @@ import typer
 from backtest.cli import register as register_backtest
 from schemas.catalogue import ENGINE_INPUTS
 from tapeflow.commands._common import (
+    JsonSummaryOption,
+    NoProgressOption,
     app,
     bootstrap_address,
     echo,
@@ -24,32 +27,47 @@ from tapeflow_runtime.speed import parse_speed
 register_backtest(app, lambda: state.settings())
 
 
-@app.command()
-def replay(
-    to_prefix: str = typer.Option(..., "--to-prefix", help="Namespace NAME: copies go to <prefix>NAME.<topic>."),
-    from_time: str = typer.Option(
-        ...,
+# `replay`'s own options
+ENGINE_TOPICS = ",".join(ENGINE_INPUTS)
+ToPrefixOption = Annotated[str, typer.Option("--to-prefix", help="Namespace NAME: copies go to <prefix>NAME.<topic>.")]
+ArrivalFromOption = Annotated[
+    str,
+    typer.Option(
         "--from",
         help="Start (ISO date/time, UTC, or Unix ms): the first records "
         "copied are those that reached the broker at or after it (arrival time, the "
         "records' timestamps; not event time).",
     ),
-    to_time: str = typer.Option(
-        ...,
+]
+ArrivalToOption = Annotated[
+    str,
+    typer.Option(
         "--to",
         help="End, exclusive (ISO date/time, UTC, or Unix ms; a date means its "
         "midnight), in arrival time: records that reached the broker from then on, or "
         "after the replay started, are not copied.",
     ),
-    topics: str = typer.Option(
-        ",".join(ENGINE_INPUTS), "--topics", help="Comma-separated md.* topics (default: the engine's inputs)."
-    ),
-    speed: str = typer.Option(
-        "max", "--speed", help="Pace on the records' event times: 1x (as the events happened), 10x, ... or max."
-    ),
-    symbols: str | None = typer.Option(None, "--symbols", help="Only these symbols (comma-separated)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+]
+ReplayTopicsOption = Annotated[
+    str, typer.Option("--topics", help="Comma-separated md.* topics (default: the engine's inputs).")
+]
+ReplaySpeedOption = Annotated[
+    str,
+    typer.Option("--speed", help="Pace on the records' event times: 1x (as the events happened), 10x, ... or max."),
+]
+ReplaySymbolsOption = Annotated[str | None, typer.Option("--symbols", help="Only these symbols (comma-separated).")]
+
+
+@app.command()
+def replay(
+    to_prefix: ToPrefixOption,
+    from_time: ArrivalFromOption,
+    to_time: ArrivalToOption,
+    topics: ReplayTopicsOption = ENGINE_TOPICS,
+    speed: ReplaySpeedOption = "max",
+    symbols: ReplaySymbolsOption = None,
+    no_progress: NoProgressOption = False,
+    json_out: JsonSummaryOption = False,
 ) -> None:
     """Copy the md.* records that reached the broker between --from and --to into a namespace, in event-time
     order, with progress markers, so `engine|execute|sink|up --input-prefix NAME` rehearse on it.
@@ -76,19 +94,7 @@ def replay(
     except ValueError as exc:
         raise fail(f"--speed {speed!r}: {exc}", 2) from None
     start, end = parse_time(from_time, "--from"), parse_time(to_time, "--to")
-    show = not no_progress and sys.stderr.isatty()
-    last_shown = [0.0]
-
-    def progress(summary) -> None:
-        if show and time.monotonic() - last_shown[0] >= 0.5 and summary.last_event_ms is not None:
-            last_shown[0] = time.monotonic()
-            done = summary.read / max(summary.in_range, 1)  # the range is in arrival time, the pace in event time
-            sys.stderr.write(
-                f"\rreplay {min(max(done, 0.0), 1.0):6.1%}  {summary.records:,} records  "
-                f"at {datetime.fromtimestamp(summary.last_event_ms / 1000, tz=UTC):%Y-%m-%d %H:%M:%S}"
-            )
-            sys.stderr.flush()
-
+    progress = _ReplayProgress(shown=not no_progress and sys.stderr.isatty())
     try:
         job = TopicReplay(
             bootstrap_address(),
@@ -100,14 +106,35 @@ def replay(
             to_ms=int(end.timestamp() * 1000),
             speed=pace,
             symbols=symbols.split(",") if symbols else None,
-            on_progress=progress,
+            on_progress=progress.update,
         )
         summary = job.run()
     except ReplayError as exc:
         raise fail(str(exc), 2) from None
-    if show:
-        sys.stderr.write("\n")
+    progress.finish()
     echo(orjson.dumps(dataclasses.asdict(summary)).decode() if json_out else summary.line())
     if summary.records == 0:
         raise fail("nothing in that range: check --from/--to (record timestamps, UTC) and --topics")
     raise typer.Exit(0 if summary.undelivered == 0 else 1)
+
+
+class _ReplayProgress:
+    """The progress line `replay` redraws on stderr (a terminal only), at most twice a second."""
+
+    def __init__(self, shown: bool) -> None:
+        self.shown = shown
+        self._last_shown = 0.0
+
+    def update(self, summary) -> None:
+        if self.shown and time.monotonic() - self._last_shown >= 0.5 and summary.last_event_ms is not None:
+            self._last_shown = time.monotonic()
+            done = summary.read / max(summary.in_range, 1)  # the range is in arrival time, the pace in event time
+            sys.stderr.write(
+                f"\rreplay {min(max(done, 0.0), 1.0):6.1%}  {summary.records:,} records  "
+                f"at {datetime.fromtimestamp(summary.last_event_ms / 1000, tz=UTC):%Y-%m-%d %H:%M:%S}"
+            )
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")

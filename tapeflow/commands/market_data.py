@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tapeflow.commands._common import (
     BINANCE_REST_URL,
+    JsonSummaryOption,
+    MetricsPortOption,
+    NoProgressOption,
     app,
     bootstrap_address,
     echo,
@@ -16,42 +20,48 @@ from tapeflow.commands._common import (
     state,
 )
 
+if TYPE_CHECKING:
+    from tapeflow_runtime.settings import Settings
 
-@app.command()
-def produce(
-    exchange: str = typer.Option(
-        "binance", "--exchange", help="binance (USD-M futures), bybit (v5 linear) or okx (USDT perpetual swaps)."
-    ),
-    bybit_ws_url: str | None = typer.Option(
-        None,
+
+# `produce`'s own options
+ExchangeOption = Annotated[
+    str,
+    typer.Option("--exchange", help="binance (USD-M futures), bybit (v5 linear) or okx (USDT perpetual swaps)."),
+]
+BybitWsUrlOption = Annotated[
+    str | None,
+    typer.Option(
         "--bybit-ws-url",
         help="Bybit v5 public linear websocket URL (default: wss://stream.bybit.com/v5/public/linear).",
     ),
-    okx_ws_url: str | None = typer.Option(
-        None, "--okx-ws-url", help="OKX v5 public websocket URL (default: wss://ws.okx.com:8443/ws/v5/public)."
-    ),
-    okx_rest_url: str | None = typer.Option(
-        None,
+]
+OkxWsUrlOption = Annotated[
+    str | None,
+    typer.Option("--okx-ws-url", help="OKX v5 public websocket URL (default: wss://ws.okx.com:8443/ws/v5/public)."),
+]
+OkxRestUrlOption = Annotated[
+    str | None,
+    typer.Option(
         "--okx-rest-url",
         help="OKX v5 REST base URL for instruments and book snapshots (default: https://www.okx.com).",
     ),
-    ws_url: str = typer.Option("wss://fstream.binance.com", "--ws-url", help="Binance USD-M websocket base URL."),
-    rest_url: str = typer.Option(BINANCE_REST_URL, "--rest-url", help="Binance USD-M REST base URL."),
-    spot_url: str = typer.Option("https://api.binance.com", "--spot-url", help="Binance spot REST (divergence)."),
-    coinbase_url: str = typer.Option(
-        "https://api.exchange.coinbase.com", "--coinbase-url", help="Coinbase REST (premium)."
-    ),
-    replay_control_url: str | None = typer.Option(
-        None, "--replay-control-url", help="Fake exchange control URL: stop cleanly when its replay ends."
-    ),
-    symbols_from_recording: bool = typer.Option(
-        False, "--symbols-from-recording", help="Use the symbols of the TAPEFLOW_SOURCE=replay:DIR recording."
-    ),
-    metrics_port: int = typer.Option(
-        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
-    ),
-    warm_start_hours: float | None = typer.Option(
-        None,
+]
+WsUrlOption = Annotated[str, typer.Option("--ws-url", help="Binance USD-M websocket base URL.")]
+RestUrlOption = Annotated[str, typer.Option("--rest-url", help="Binance USD-M REST base URL.")]
+SpotUrlOption = Annotated[str, typer.Option("--spot-url", help="Binance spot REST (divergence).")]
+CoinbaseUrlOption = Annotated[str, typer.Option("--coinbase-url", help="Coinbase REST (premium).")]
+ReplayControlUrlOption = Annotated[
+    str | None,
+    typer.Option("--replay-control-url", help="Fake exchange control URL: stop cleanly when its replay ends."),
+]
+SymbolsFromRecordingOption = Annotated[
+    bool,
+    typer.Option("--symbols-from-recording", help="Use the symbols of the TAPEFLOW_SOURCE=replay:DIR recording."),
+]
+WarmStartHoursOption = Annotated[
+    float | None,
+    typer.Option(
         "--warm-start-hours",
         min=0.0,
         max=72.0,
@@ -59,21 +69,44 @@ def produce(
         "aggTrades, OI/ratio/funding/mark history, or the database when it holds them). Default: "
         "TAPEFLOW_WARM_START_HOURS (25) live, 0 with --replay-control-url.",
     ),
-    warm_start_detail_minutes: float | None = typer.Option(
-        None,
+]
+WarmStartDetailOption = Annotated[
+    float | None,
+    typer.Option(
         "--warm-start-detail-minutes",
         min=0.0,
         max=4320.0,
         help="Binance warm start: trade by trade (REST aggTrades) only for the last this many minutes, 1m klines "
         "before (0 = every trade: Vision and REST). Default: TAPEFLOW_WARM_START_DETAIL_MINUTES (62).",
     ),
-    vision_url: str | None = typer.Option(
-        None,
+]
+VisionUrlOption = Annotated[
+    str | None,
+    typer.Option(
         "--vision-url",
         help="Binance Vision base URL (or a mirror) for the warm start's archives. Default: "
         "https://data.binance.vision, or --rest-url when that is not Binance's (the local "
         "fake exchange serves both).",
     ),
+]
+
+
+@app.command()
+def produce(
+    exchange: ExchangeOption = "binance",
+    bybit_ws_url: BybitWsUrlOption = None,
+    okx_ws_url: OkxWsUrlOption = None,
+    okx_rest_url: OkxRestUrlOption = None,
+    ws_url: WsUrlOption = "wss://fstream.binance.com",
+    rest_url: RestUrlOption = BINANCE_REST_URL,
+    spot_url: SpotUrlOption = "https://api.binance.com",
+    coinbase_url: CoinbaseUrlOption = "https://api.exchange.coinbase.com",
+    replay_control_url: ReplayControlUrlOption = None,
+    symbols_from_recording: SymbolsFromRecordingOption = False,
+    metrics_port: MetricsPortOption = 0,
+    warm_start_hours: WarmStartHoursOption = None,
+    warm_start_detail_minutes: WarmStartDetailOption = None,
+    vision_url: VisionUrlOption = None,
 ) -> None:
     """Run an exchange producer into the md.* topics (Binance: aggTrade, depth, markPrice, forceOrder, REST
     indicators; Bybit: publicTrade, orderbook.50, allLiquidation, tickers; OKX: trades, books, mark-price,
@@ -86,12 +119,7 @@ def produce(
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
     if symbols_from_recording:
-        if settings.replay_dir is None:
-            raise fail("--symbols-from-recording needs TAPEFLOW_SOURCE=replay:DIR", 2)
-        from fake_exchange.recording import load_recording
-
-        state._settings = settings.model_copy(update={"symbols": list(load_recording(settings.replay_dir).symbols)})
-        settings = state._settings
+        settings = _use_recording_symbols(settings)
     if exchange not in ("binance", "bybit", "okx"):
         raise fail(f"unknown exchange {exchange!r}: expected binance, bybit or okx", 2)
     if warm_start_hours is None:
@@ -119,6 +147,17 @@ def produce(
     raise typer.Exit(asyncio.run(run_producer(settings, options)))
 
 
+def _use_recording_symbols(settings: Settings) -> Settings:
+    """`--symbols-from-recording`: the settings, for this command, with the symbols of the
+    TAPEFLOW_SOURCE=replay:DIR recording (exits 2 without one)."""
+    if settings.replay_dir is None:
+        raise fail("--symbols-from-recording needs TAPEFLOW_SOURCE=replay:DIR", 2)
+    from fake_exchange.recording import load_recording
+
+    state._settings = settings.model_copy(update={"symbols": list(load_recording(settings.replay_dir).symbols)})
+    return state._settings
+
+
 @app.command("fake-exchange", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def fake_exchange(ctx: typer.Context) -> None:
     """Run the local fake Binance exchange (websocket + REST) replaying a recording or a synthetic session.
@@ -144,8 +183,8 @@ def backfill_binance_vision(
         None, "--dir", help="Read <SYMBOL>-aggTrades-<day>.zip|.csv from here instead of downloading."
     ),
     topic: str = typer.Option("md.trades", "--topic", help="Target topic (md.trades or a replay topic name)."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    no_progress: NoProgressOption = False,
+    json_out: JsonSummaryOption = False,
 ) -> None:
     """Publish Binance Vision daily aggTrades (downloaded with checksum, or local) in agg-id order; resumable."""
     from producers.backfill.binance_vision import run_backfill

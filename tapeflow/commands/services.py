@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import orjson
 import typer
 
 from tapeflow.commands._common import (
+    MetricsPortOption,
     app,
     echo,
     fail,
@@ -16,67 +18,91 @@ from tapeflow.commands._common import (
 )
 from tapeflow_runtime.errors import TapeflowError
 
-
-@app.command()
-def engine(
-    strategy: list[Path] | None = typer.Option(
-        None,
+# `engine`'s own options
+StrategyFilesOption = Annotated[
+    list[Path] | None,
+    typer.Option(
         "--strategy",
         help="Strategy file (YAML/JSON) or a shipped strategy's name (v53), repeatable (A/B). "
         "Default: TAPEFLOW_STRATEGIES, else the shipped ones.",
     ),
-    exactly_once: bool = typer.Option(
-        True,
+]
+ExactlyOnceOption = Annotated[
+    bool,
+    typer.Option(
         "--exactly-once/--at-least-once",
         help="Exactly-once: outputs, state snapshots and input offsets commit in one Kafka transaction per "
         "partition and commit interval (the broker must serve transactions). At-least-once: a crash can "
         "repeat outputs in the topics (the database still stores each once).",
     ),
-    metrics_port: int = typer.Option(
-        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
-    ),
-    eval_interval_ms: int = typer.Option(
-        15_000,
+]
+EvalIntervalOption = Annotated[
+    int,
+    typer.Option(
         "--eval-interval-ms",
         min=1_000,
         max=60_000,
         help="Evaluate at least this often per symbol (also on every closed 1-second bucket with new trades).",
     ),
-    prime_hours: float = typer.Option(
-        25.0,
+]
+PrimeHoursOption = Annotated[
+    float,
+    typer.Option(
         "--prime-hours",
         min=0.0,
         help="A new engine group starts this many hours back in md.* so the 24 h "
         "windows fill from history (0 = no priming: read everything retained).",
     ),
-    allowed_lateness_ms: int = typer.Option(
-        0,
+]
+AllowedLatenessOption = Annotated[
+    int,
+    typer.Option(
         "--allowed-lateness-ms",
         min=0,
         max=600_000,
         help="Hold evaluation this long in event time so inputs from other topics that arrive a little "
         "out of order are not late. Replays need none: their progress markers order the inputs.",
     ),
-    wait_for_progress: bool | None = typer.Option(
-        None,
+]
+WaitForProgressOption = Annotated[
+    bool | None,
+    typer.Option(
         "--wait-for-progress/--no-wait-for-progress",
         help="A new group holds every symbol until md.progress markers (a replay's producer, `tapeflow replay`, "
         "the warm start) release it, so its output does not depend on how the topics' fetches "
         "interleave. Default: on for a replay:DIR source or an --input-prefix namespace.",
     ),
-    signal_max_age_s: float | None = typer.Option(
-        None,
+]
+SignalMaxAgeOption = Annotated[
+    float | None,
+    typer.Option(
         "--signal-max-age-s",
         min=0.0,
         help="Keep signals evaluated more than this long ago (wall clock) off `signals`; features are still "
         "written. Default: 60 s for a live source, unlimited for replay:DIR or --input-prefix.",
     ),
-    input_prefix: str | None = typer.Option(
-        None,
+]
+EngineInputPrefixOption = Annotated[
+    str | None,
+    typer.Option(
         "--input-prefix",
         help="Read md.* from, and write outputs to, the namespace NAME that "
         "`tapeflow replay --to-prefix NAME` fills (never the live topics).",
     ),
+]
+
+
+@app.command()
+def engine(
+    strategy: StrategyFilesOption = None,
+    exactly_once: ExactlyOnceOption = True,
+    metrics_port: MetricsPortOption = 0,
+    eval_interval_ms: EvalIntervalOption = 15_000,
+    prime_hours: PrimeHoursOption = 25.0,
+    allowed_lateness_ms: AllowedLatenessOption = 0,
+    wait_for_progress: WaitForProgressOption = None,
+    signal_max_age_s: SignalMaxAgeOption = None,
+    input_prefix: EngineInputPrefixOption = None,
 ) -> None:
     """Run the signal engine (Faust): md.* in, bars.1m / features / signals out, state in Faust tables.
 
@@ -88,15 +114,7 @@ def engine(
 
     use_namespace(input_prefix)
     settings = state.settings()
-    from stream_apps.core.strategy import strategy_path
-
-    try:  # a file or a shipped strategy's name; none given: TAPEFLOW_STRATEGIES, else the shipped ones
-        strategy = [strategy_path(p) for p in strategy or settings.strategies]
-    except TapeflowError as exc:
-        raise fail(str(exc), 2) from None
-    for path in strategy:
-        if not path.is_file():
-            raise fail(f"strategy file {path} does not exist", 2)
+    strategies = _engine_strategies(strategy or settings.strategies)
     rehearsal = settings.replay_dir is not None or bool(settings.namespace)
     if signal_max_age_s is None and not rehearsal:
         signal_max_age_s = 60.0
@@ -107,7 +125,7 @@ def engine(
         run_engine(
             settings,
             metrics_port=metrics_port,
-            strategies=list(strategy) if strategy else None,
+            strategies=strategies or None,
             processing_guarantee="exactly_once" if exactly_once else "at_least_once",
             eval_interval_ms=eval_interval_ms,
             allowed_lateness_ms=allowed_lateness_ms,
@@ -117,6 +135,21 @@ def engine(
         )
     )
     raise typer.Exit(code)
+
+
+def _engine_strategies(given: list[Path] | list[str]) -> list[Path]:
+    """The strategy files `engine` runs: each a file or a shipped strategy's name (none given: the caller
+    passes TAPEFLOW_STRATEGIES; empty: the shipped ones). A missing file exits 2."""
+    from stream_apps.core.strategy import strategy_path
+
+    try:
+        paths = [strategy_path(p) for p in given]
+    except TapeflowError as exc:
+        raise fail(str(exc), 2) from None
+    for path in paths:
+        if not path.is_file():
+            raise fail(f"strategy file {path} does not exist", 2)
+    return paths
 
 
 # --- execution ----------------------------------------------------------------------------------
@@ -131,9 +164,7 @@ def execute(
     config: Path | None = typer.Option(
         None, "--executor-config", help="Executor settings (YAML/JSON): balance, risk %, fees, risk guard."
     ),
-    metrics_port: int = typer.Option(
-        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
-    ),
+    metrics_port: MetricsPortOption = 0,
     from_beginning: bool = typer.Option(
         False,
         "--from-beginning",
@@ -170,59 +201,68 @@ def execute(
 
 
 # --- cross-venue watchlist ------------------------------------------------------------------------
-@app.command("cross-venue")
-def cross_venue(
-    metrics_port: int = typer.Option(
-        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
-    ),
-    venues: str = typer.Option(
-        "binance,bybit,okx",
-        "--venues",
-        help="Comma-separated venues: the legs; every ordered pair of them is a feature record.",
-    ),
-    sweep_notional_usd: float = typer.Option(
-        10_000.0, "--sweep-notional-usd", min=1.0, help="Notional the swept (executable) spread is computed for."
-    ),
-    max_staleness_ms: int = typer.Option(
-        2_000,
+# `cross-venue`'s own options
+EMPTY_PATHS: list[Path] = []  # `--strategy`'s default: read, never appended to
+PairVenuesOption = Annotated[
+    str,
+    typer.Option("--venues", help="Comma-separated venues: the legs; every ordered pair of them is a feature record."),
+]
+SweepNotionalOption = Annotated[
+    float,
+    typer.Option("--sweep-notional-usd", min=1.0, help="Notional the swept (executable) spread is computed for."),
+]
+MaxStalenessOption = Annotated[
+    int,
+    typer.Option(
         "--max-staleness-ms",
         min=0,
         help="A leg whose book is older than this at an evaluation makes the pair's spreads missing, with the reason.",
     ),
-    publish_interval_ms: int = typer.Option(
-        15_000,
+]
+PublishIntervalOption = Annotated[
+    int,
+    typer.Option(
         "--publish-interval-ms",
         min=1_000,
         help="Event time between two records of a coin (whole seconds; the "
         "state evaluates every second for its rolling statistics).",
     ),
-    lateness_ms: int = typer.Option(
-        1_000,
+]
+LatenessOption = Annotated[
+    int,
+    typer.Option(
         "--lateness-ms",
         min=0,
         max=60_000,
         help="Hold inputs this long in event time, so a venue whose books arrive "
         "a little later than another's is not late.",
     ),
-    prime_minutes: float = typer.Option(
-        15.0,
+]
+PrimeMinutesOption = Annotated[
+    float,
+    typer.Option(
         "--prime-minutes",
         min=0.0,
         help="A new group without a checkpoint starts this far back in md.* (0 = where --from-beginning says).",
     ),
-    from_beginning: bool = typer.Option(
-        False, "--from-beginning", help="A new group without priming reads md.* from the beginning, not the end."
-    ),
-    strategies: list[Path] = typer.Option(
-        [],
+]
+FromBeginningOption = Annotated[
+    bool,
+    typer.Option("--from-beginning", help="A new group without priming reads md.* from the beginning, not the end."),
+]
+WatchlistStrategiesOption = Annotated[
+    list[Path],
+    typer.Option(
         "--strategy",
         help="A watchlist strategy file (`kind: watchlist`) "
         "to trade as hedged paper pairs on the same inputs: xv.signals, "
         "xv.orders, xv.funding, xv.pairs (repeat for several; default: "
         "TAPEFLOW_WATCHLIST_STRATEGIES).",
     ),
-    instrument_rules: Path | None = typer.Option(
-        None,
+]
+InstrumentRulesOption = Annotated[
+    Path | None,
+    typer.Option(
         "--instrument-rules",
         help="The venues' lot steps, minimum "
         "order sizes and minimum notionals (a file of `tapeflow watchlist "
@@ -230,6 +270,21 @@ def cross_venue(
         "accept. Without it they are unrounded (default: "
         "TAPEFLOW_WATCHLIST_INSTRUMENT_RULES).",
     ),
+]
+
+
+@app.command("cross-venue")
+def cross_venue(
+    metrics_port: MetricsPortOption = 0,
+    venues: PairVenuesOption = "binance,bybit,okx",
+    sweep_notional_usd: SweepNotionalOption = 10_000.0,
+    max_staleness_ms: MaxStalenessOption = 2_000,
+    publish_interval_ms: PublishIntervalOption = 15_000,
+    lateness_ms: LatenessOption = 1_000,
+    prime_minutes: PrimeMinutesOption = 15.0,
+    from_beginning: FromBeginningOption = False,
+    strategies: WatchlistStrategiesOption = EMPTY_PATHS,
+    instrument_rules: InstrumentRulesOption = None,
 ) -> None:
     """Run the watchlist service: md.book/md.mark/md.indicators of every venue in, cross-venue features per
     coin and venue pair out to xv.features (the sink stores them in xv_features); with --strategy, each
@@ -367,9 +422,7 @@ def watchlist_rules(
 
 @app.command()
 def notify(
-    metrics_port: int = typer.Option(
-        0, "--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one, logged)."
-    ),
+    metrics_port: MetricsPortOption = 0,
 ) -> None:
     """Send signals, fills, closed positions and risk events to Telegram, Discord or a webhook.
 
