@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -41,157 +42,24 @@ ROWS_PER_DAY = {
 }
 
 
-def gen_rows(table: str, n: int, rng: random.Random) -> list[tuple]:  # noqa: C901 - over the complexity limit, to be split
+def gen_rows(table: str, n: int, rng: random.Random) -> list[tuple]:
     """Rows (already in the table's column order) shaped like the live data of one symbol."""
     per_day, _ = ROWS_PER_DAY[table]
     step = timedelta(days=1) / per_day
     spec = TABLES[table]
+    make = _ROW_MAKERS[table]
     price = 87_000.0
-    rows = []
+    rows: list[tuple] = []
     for i in range(n):
         t = DAY0 + step * i + MS * rng.randint(0, 3)
         price = round(max(1.0, price + rng.choice((-0.1, 0.0, 0.0, 0.1)) * rng.randint(1, 5)), 1)
-        if table == "trades":
-            first = 5_000_000_000 + 2 * i
-            rows.append(
-                (
-                    "binance",
-                    "BTCUSDT",
-                    3_000_000_000 + i,
-                    price,
-                    round(rng.lognormvariate(-5, 1.5), 3) or 0.001,
-                    first,
-                    first + rng.randint(0, 3),
-                    t,
-                    t,
-                    t + MS * rng.randint(2, 40),
-                    rng.choice(("BUY", "SELL")),
-                )
-            )
-        elif table == "depth_updates":
-
-            def side(sign):
-                k = rng.randint(1, 16)  # ~8 levels per diff on average (recording)
-                return (
-                    [round(price + sign * 0.1 * rng.randint(1, 200), 1) for _ in range(k)],  # noqa: B023 - called within this iteration
-                    [round(rng.lognormvariate(0, 1.5), 3) if rng.random() > 0.2 else 0.0 for _ in range(k)],
-                )
-
-            bp, bq = side(-1)
-            ap, aq = side(1)
-            fid = 9_000_000_000 + 30 * i
-            rows.append(("binance", "BTCUSDT", fid, fid + 29, fid - 1, t, t - MS, t + MS * 5, bp, bq, ap, aq))
-        elif table == "depth_snapshots":
-            bp = [round(price - 0.1 * (k + 1), 1) for k in range(20)]
-            ap = [round(price + 0.1 * (k + 1), 1) for k in range(20)]
-            bq = [round(rng.lognormvariate(0, 1.5), 3) for _ in range(20)]
-            aq = [round(rng.lognormvariate(0, 1.5), 3) for _ in range(20)]
-            rows.append(
-                (
-                    "binance",
-                    "BTCUSDT",
-                    9_000_000_000 + 30 * i,
-                    t,
-                    t + MS * 5,
-                    bp,
-                    bq,
-                    ap,
-                    aq,
-                    round((sum(bq[:10]) - sum(aq[:10])) / (sum(bq[:10]) + sum(aq[:10])), 6),
-                )
-            )
-        elif table == "mark_prices":
-            nf = DAY0 + timedelta(hours=8 * (1 + i // 28_800))
-            rows.append(("binance", "BTCUSDT", price + 0.37, price + 0.12, 0.0001, nf, t, t + MS * 7))
-        elif table == "features":
-            inputs = {f"x{k:02d}": round(rng.gauss(0, 1) * 10 ** rng.randint(-4, 6), 6) for k in range(40)}
-            scores = {
-                name: float(rng.randint(-3, 3))
-                for name in (
-                    "direction",
-                    "crowding",
-                    "environment",
-                    "confirmation",
-                    "auxiliary",
-                    "funding",
-                    "liquidation",
-                )
-            }
-            for strategy in ("v51", "v52", "v53"):
-                if len(rows) >= n:
-                    break
-                ts = DAY0 + timedelta(seconds=i)
-                rows.append(
-                    (
-                        f"{strategy}:abc123:binance:BTCUSDT:{int(ts.timestamp() * 1000)}",
-                        strategy,
-                        "1",
-                        "abc123",
-                        "binance",
-                        "BTCUSDT",
-                        ts,
-                        inputs,
-                        scores,
-                        float(sum(scores.values())),
-                        rng.choice((None, "LONG", "SHORT")),
-                        None,
-                        rng.choice(("below_entry", "cooldown", None)),
-                    )
-                )
+        # a maker draws from rng only for the rows taken: the tables after this one see the same draws
+        for row in make(i, t, price, rng):
+            rows.append(row)
             if len(rows) >= n:
                 break
-        elif table == "market_indicators":
-            kind = (
-                "open_interest",
-                "oi_hist",
-                "long_short_ratio",
-                "top_trader_ratio",
-                "taker_ratio",
-                "funding_rate",
-                "coinbase_premium",
-                "spot_perp_divergence",
-            )[i % 8]
-            rows.append(("binance", "BTCUSDT", kind, rng.uniform(0, 1e5), "5m", {}, t, t + MS * 300))
-        elif table == "bars_1m":
-            o = price
-            rows.append(
-                (
-                    "binance",
-                    "BTCUSDT",
-                    DAY0 + timedelta(minutes=i),
-                    DAY0 + timedelta(minutes=i + 1),
-                    o,
-                    o + 20,
-                    o - 20,
-                    o + 3,
-                    700.0,
-                    350.0,
-                    350.0,
-                    700.0 * o,
-                    o + 1,
-                    700 + i % 300,
-                    3_000_000_000 + 700 * i,
-                    3_000_000_699 + 700 * i,
-                )
-            )
-        elif table == "liquidations":
-            side = rng.choice(("BUY", "SELL"))
-            rows.append(
-                (
-                    "binance",
-                    "BTCUSDT",
-                    side,
-                    "SHORT" if side == "BUY" else "LONG",
-                    price,
-                    price,
-                    0.5,
-                    0.5,
-                    0.5 * price,
-                    t,
-                    t,
-                    t + MS * 9,
-                )
-            )
+        if len(rows) >= n:
+            break
     from psycopg.types.json import Jsonb
 
     if table == "features":
@@ -200,6 +68,148 @@ def gen_rows(table: str, n: int, rng: random.Random) -> list[tuple]:  # noqa: C9
         rows = [r[:5] + (Jsonb(r[5]),) + r[6:] for r in rows]
     assert all(len(r) == len(spec.columns) for r in rows), table
     return rows
+
+
+# --- one maker per table: the rows of step i at time t and price, drawn from rng ----------------------
+def _trades(i: int, t: datetime, price: float, rng: random.Random) -> Iterator[tuple]:
+    first = 5_000_000_000 + 2 * i
+    yield (
+        "binance",
+        "BTCUSDT",
+        3_000_000_000 + i,
+        price,
+        round(rng.lognormvariate(-5, 1.5), 3) or 0.001,
+        first,
+        first + rng.randint(0, 3),
+        t,
+        t,
+        t + MS * rng.randint(2, 40),
+        rng.choice(("BUY", "SELL")),
+    )
+
+
+def _diff_side(price: float, sign: int, rng: random.Random) -> tuple[list[float], list[float]]:
+    """One side of a depth diff: its prices and quantities (0: the level is removed)."""
+    k = rng.randint(1, 16)  # ~8 levels per diff on average (recording)
+    return (
+        [round(price + sign * 0.1 * rng.randint(1, 200), 1) for _ in range(k)],
+        [round(rng.lognormvariate(0, 1.5), 3) if rng.random() > 0.2 else 0.0 for _ in range(k)],
+    )
+
+
+def _depth_updates(i: int, t: datetime, price: float, rng: random.Random) -> Iterator[tuple]:
+    bp, bq = _diff_side(price, -1, rng)
+    ap, aq = _diff_side(price, 1, rng)
+    fid = 9_000_000_000 + 30 * i
+    yield ("binance", "BTCUSDT", fid, fid + 29, fid - 1, t, t - MS, t + MS * 5, bp, bq, ap, aq)
+
+
+def _depth_snapshots(i: int, t: datetime, price: float, rng: random.Random) -> Iterator[tuple]:
+    bp = [round(price - 0.1 * (k + 1), 1) for k in range(20)]
+    ap = [round(price + 0.1 * (k + 1), 1) for k in range(20)]
+    bq = [round(rng.lognormvariate(0, 1.5), 3) for _ in range(20)]
+    aq = [round(rng.lognormvariate(0, 1.5), 3) for _ in range(20)]
+    imbalance = round((sum(bq[:10]) - sum(aq[:10])) / (sum(bq[:10]) + sum(aq[:10])), 6)
+    yield ("binance", "BTCUSDT", 9_000_000_000 + 30 * i, t, t + MS * 5, bp, bq, ap, aq, imbalance)
+
+
+def _mark_prices(i: int, t: datetime, price: float, rng: random.Random) -> Iterator[tuple]:
+    nf = DAY0 + timedelta(hours=8 * (1 + i // 28_800))
+    yield ("binance", "BTCUSDT", price + 0.37, price + 0.12, 0.0001, nf, t, t + MS * 7)
+
+
+FEATURE_SCORES = ("direction", "crowding", "environment", "confirmation", "auxiliary", "funding", "liquidation")
+
+
+def _features(i: int, t: datetime, price: float, rng: random.Random) -> Iterator[tuple]:
+    """One evaluation a second for each of three strategies (a generator: a row not taken is not drawn)."""
+    inputs = {f"x{k:02d}": round(rng.gauss(0, 1) * 10 ** rng.randint(-4, 6), 6) for k in range(40)}
+    scores = {name: float(rng.randint(-3, 3)) for name in FEATURE_SCORES}
+    for strategy in ("v51", "v52", "v53"):
+        ts = DAY0 + timedelta(seconds=i)
+        yield (
+            f"{strategy}:abc123:binance:BTCUSDT:{int(ts.timestamp() * 1000)}",
+            strategy,
+            "1",
+            "abc123",
+            "binance",
+            "BTCUSDT",
+            ts,
+            inputs,
+            scores,
+            float(sum(scores.values())),
+            rng.choice((None, "LONG", "SHORT")),
+            None,
+            rng.choice(("below_entry", "cooldown", None)),
+        )
+
+
+INDICATOR_KINDS = (
+    "open_interest",
+    "oi_hist",
+    "long_short_ratio",
+    "top_trader_ratio",
+    "taker_ratio",
+    "funding_rate",
+    "coinbase_premium",
+    "spot_perp_divergence",
+)
+
+
+def _market_indicators(i: int, t: datetime, price: float, rng: random.Random) -> Iterator[tuple]:
+    yield ("binance", "BTCUSDT", INDICATOR_KINDS[i % 8], rng.uniform(0, 1e5), "5m", {}, t, t + MS * 300)
+
+
+def _bars_1m(i: int, t: datetime, price: float, rng: random.Random) -> Iterator[tuple]:
+    o = price
+    yield (
+        "binance",
+        "BTCUSDT",
+        DAY0 + timedelta(minutes=i),
+        DAY0 + timedelta(minutes=i + 1),
+        o,
+        o + 20,
+        o - 20,
+        o + 3,
+        700.0,
+        350.0,
+        350.0,
+        700.0 * o,
+        o + 1,
+        700 + i % 300,
+        3_000_000_000 + 700 * i,
+        3_000_000_699 + 700 * i,
+    )
+
+
+def _liquidations(i: int, t: datetime, price: float, rng: random.Random) -> Iterator[tuple]:
+    side = rng.choice(("BUY", "SELL"))
+    yield (
+        "binance",
+        "BTCUSDT",
+        side,
+        "SHORT" if side == "BUY" else "LONG",
+        price,
+        price,
+        0.5,
+        0.5,
+        0.5 * price,
+        t,
+        t,
+        t + MS * 9,
+    )
+
+
+_ROW_MAKERS: dict[str, Callable[[int, datetime, float, random.Random], Iterator[tuple]]] = {
+    "trades": _trades,
+    "depth_updates": _depth_updates,
+    "depth_snapshots": _depth_snapshots,
+    "mark_prices": _mark_prices,
+    "features": _features,
+    "market_indicators": _market_indicators,
+    "bars_1m": _bars_1m,
+    "liquidations": _liquidations,
+}
 
 
 def plain_bytes_per_row(conninfo: str, table: str, rows: list[tuple]) -> float:

@@ -94,7 +94,45 @@ def fake_status(rest: str) -> dict:
         return json.loads(resp.read())
 
 
-def main() -> None:  # noqa: C901 - over the complexity limit, to be split
+def main() -> None:
+    args = _parse_args()
+    real = args.profile == "real"
+    args.symbols = args.symbols or ("BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT" if real else "BTCUSDT,ETHUSDT")
+    print(
+        "load average (1, 5, 15 min) at the start: "
+        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        + f" on {os.cpu_count()} CPUs (a shared machine)"
+    )
+    symbols = tuple(args.symbols.split(","))
+    live_start_ms, fake_args = _real_profile(args) if real else _synthetic_profile(args, symbols)
+    first_valid: dict[str, float | None] = {s: None for s in symbols}
+    with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "broker") as bootstrap:
+        prefix = f"warm{os.getpid()}."
+        ensure_topics(bootstrap, prefix=prefix)
+        home = Path(tmp)
+        (home / "strategy.yaml").write_text(yaml.safe_dump(STRATEGY))
+        procs = _Processes(home, bootstrap, prefix, args.symbols)
+        try:
+            procs.start("engine", *_engine_argv(home))
+            procs.wait_log("engine", r"engine worker ready", 120)
+            procs.start("fake", "fake-exchange", *fake_args)
+            urls = json.loads(procs.wait_log("fake", r"\{\"ws_url\".*\}", 600))
+            rest = urls["rest_url"]
+            watcher = Watcher(bootstrap, prefix)
+            began = time.perf_counter()
+            producer = procs.start("producer", *_producer_argv(urls["ws_url"], rest, args.detail_minutes))
+            marks = _watch(
+                watcher, producer, home, began, began + args.max_minutes * 60, live_start_ms, first_valid, real
+            )
+            status = fake_status(rest)
+            progress = re.findall(r"warm start finished.*|warm start \(\d+ s\):.*", (home / "producer.log").read_text())
+            detail = progress[-1] if progress else None
+        finally:
+            procs.stop_all()
+    _report(args, real, marks, first_valid, status, detail)
+
+
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trades-per-s", type=float, default=2.0)
     ap.add_argument("--symbols", default=None, help="default: BTCUSDT,ETHUSDT (synthetic), the four (real)")
@@ -111,195 +149,217 @@ def main() -> None:  # noqa: C901 - over the complexity limit, to be split
         default=62.0,
         help="the producer's --warm-start-detail-minutes (0: every trade, Vision + REST)",
     )
-    args = ap.parse_args()
-    real = args.profile == "real"
-    args.symbols = args.symbols or ("BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT" if real else "BTCUSDT,ETHUSDT")
+    return ap.parse_args()
+
+
+def _real_profile(args: argparse.Namespace) -> tuple[int, list[str]]:
+    """The live start (Unix ms) and the fake exchange's arguments of the real-rate profile."""
+    live_start_ms = int((REAL_PROFILE_DAY_S + args.utc_hour * 3600) * 1000)
+    fake_args = [
+        "--synthetic-seed",
+        str(args.seed),
+        "--synthetic-symbols",
+        args.symbols,
+        "--profile",
+        "real",
+        "--utc-hour",
+        str(args.utc_hour),
+        "--synthetic-duration",
+        str(args.live_min * 60),
+        "--speed",
+        "1",
+        "--aggtrades-visibility",
+        "replayed",
+    ]
     print(
-        "load average (1, 5, 15 min) at the start: "
-        + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        + f" on {os.cpu_count()} CPUs (a shared machine)"
+        f"real profile: live start {datetime.fromtimestamp(live_start_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC "
+        f"({args.utc_hour:g} of the 25 hours are today's: not in Vision yet), warm start trade by trade "
+        f"for the last {args.detail_minutes:g} min (0: all)"
     )
-    symbols = tuple(args.symbols.split(","))
-    if real:
-        live_start_ms = int((REAL_PROFILE_DAY_S + args.utc_hour * 3600) * 1000)
-        fake_args = [
-            "--synthetic-seed",
-            str(args.seed),
-            "--synthetic-symbols",
-            args.symbols,
-            "--profile",
-            "real",
-            "--utc-hour",
-            str(args.utc_hour),
-            "--synthetic-duration",
-            str(args.live_min * 60),
-            "--speed",
-            "1",
-            "--aggtrades-visibility",
-            "replayed",
-        ]
-        print(
-            f"real profile: live start {datetime.fromtimestamp(live_start_ms / 1000, UTC):%Y-%m-%d %H:%M} UTC "
-            f"({args.utc_hour:g} of the 25 hours are today's: not in Vision yet), warm start trade by trade "
-            f"for the last {args.detail_minutes:g} min (0: all)"
-        )
-    else:
-        duration = HISTORY_S + args.live_min * 60
-        spec = dict(
-            trades_per_s=args.trades_per_s,
-            depth_interval_ms=5_000,
-            mark_interval_s=5,
-            book_ticker=False,
-            binance_stream_names=True,
-            start_time=START_S,
-        )
-        t0 = time.perf_counter()
-        session = generate_session(SyntheticSpec(seed=args.seed, symbols=symbols, duration_s=duration, **spec))
-        live = history_end(session.frames, HISTORY_S)
-        live_start_ms = min(f.payload["E"] for f in session.frames[live : live + 50])
-        history_trades = sum(1 for f in session.frames[:live] if f.event == "aggTrade")
-        del session
-        print(
-            f"session: {history_trades:,} trades of history over {len(symbols)} symbols "
-            f"(generated in {time.perf_counter() - t0:.0f} s, not timed)"
-        )
-        fake_args = [
-            "--synthetic-seed",
-            str(args.seed),
-            "--synthetic-symbols",
-            args.symbols,
-            "--synthetic-duration",
-            str(duration),
-            "--synthetic-trades-per-s",
-            str(args.trades_per_s),
-            "--synthetic-depth-interval-ms",
-            "5000",
-            "--synthetic-mark-interval-s",
-            "5",
-            "--synthetic-no-book-ticker",
-            "--synthetic-start",
-            str(START_S),
-            "--history-s",
-            str(HISTORY_S),
-            "--speed",
-            "1",
-            "--rest-clock",
-            "recording",
-            "--aggtrades-visibility",
-            "replayed",
-        ]
-    first_valid: dict[str, float | None] = {s: None for s in symbols}
-    status: dict = {}
-    with tempfile.TemporaryDirectory() as tmp, broker(args.bootstrap, Path(tmp) / "broker") as bootstrap:
-        prefix = f"warm{os.getpid()}."
-        ensure_topics(bootstrap, prefix=prefix)
-        home = Path(tmp)
-        (home / "strategy.yaml").write_text(yaml.safe_dump(STRATEGY))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-        env.update(
+    return live_start_ms, fake_args
+
+
+def _synthetic_profile(args: argparse.Namespace, symbols: tuple[str, ...]) -> tuple[int, list[str]]:
+    """The live start (Unix ms: the first live frames, generated here once, untimed) and the fake
+    exchange's arguments of the synthetic session."""
+    duration = HISTORY_S + args.live_min * 60
+    spec = dict(
+        trades_per_s=args.trades_per_s,
+        depth_interval_ms=5_000,
+        mark_interval_s=5,
+        book_ticker=False,
+        binance_stream_names=True,
+        start_time=START_S,
+    )
+    t0 = time.perf_counter()
+    session = generate_session(SyntheticSpec(seed=args.seed, symbols=symbols, duration_s=duration, **spec))
+    live = history_end(session.frames, HISTORY_S)
+    live_start_ms = min(f.payload["E"] for f in session.frames[live : live + 50])
+    history_trades = sum(1 for f in session.frames[:live] if f.event == "aggTrade")
+    del session
+    print(
+        f"session: {history_trades:,} trades of history over {len(symbols)} symbols "
+        f"(generated in {time.perf_counter() - t0:.0f} s, not timed)"
+    )
+    fake_args = [
+        "--synthetic-seed",
+        str(args.seed),
+        "--synthetic-symbols",
+        args.symbols,
+        "--synthetic-duration",
+        str(duration),
+        "--synthetic-trades-per-s",
+        str(args.trades_per_s),
+        "--synthetic-depth-interval-ms",
+        "5000",
+        "--synthetic-mark-interval-s",
+        "5",
+        "--synthetic-no-book-ticker",
+        "--synthetic-start",
+        str(START_S),
+        "--history-s",
+        str(HISTORY_S),
+        "--speed",
+        "1",
+        "--rest-clock",
+        "recording",
+        "--aggtrades-visibility",
+        "replayed",
+    ]
+    return live_start_ms, fake_args
+
+
+class _Processes:
+    """The `tapeflow` processes of one run (engine, fake exchange, producer), each logging to HOME/NAME.log,
+    with the environment of a fresh stack on the given broker and topic prefix."""
+
+    def __init__(self, home: Path, bootstrap: str, prefix: str, symbols: str) -> None:
+        self.home = home
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+        self.env.update(
             {
                 "TAPEFLOW_HOME": str(home / "home"),
                 "TAPEFLOW_BROKER": bootstrap,
                 "TAPEFLOW_TOPIC_PREFIX": prefix,
-                "TAPEFLOW_SYMBOLS": args.symbols,
+                "TAPEFLOW_SYMBOLS": symbols,
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        logs = {name: open(home / f"{name}.log", "w") for name in ("engine", "fake", "producer")}
-        procs = []
+        self.logs = {name: open(home / f"{name}.log", "w") for name in ("engine", "fake", "producer")}
+        self.procs: list[subprocess.Popen] = []
 
-        def start(name: str, *argv: str) -> subprocess.Popen:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "tapeflow", *argv],
-                    env=env,
-                    stdout=logs[name],
-                    stderr=subprocess.STDOUT,
-                    cwd=home,
-                )
+    def start(self, name: str, *argv: str) -> subprocess.Popen:
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tapeflow", *argv],
+                env=self.env,
+                stdout=self.logs[name],
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
             )
-            return procs[-1]
+        )
+        return self.procs[-1]
 
-        def wait_log(name: str, pattern: str, timeout: float) -> str:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                found = re.search(pattern, (home / f"{name}.log").read_text(errors="replace"))
-                if found:
-                    return found.group(0)
-                time.sleep(0.2)
-            raise SystemExit(f"{name}: no {pattern!r} within {timeout} s")
+    def wait_log(self, name: str, pattern: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, (self.home / f"{name}.log").read_text(errors="replace"))
+            if found:
+                return found.group(0)
+            time.sleep(0.2)
+        raise SystemExit(f"{name}: no {pattern!r} within {timeout} s")
 
-        marks: dict[str, float] = {}
-        try:
-            start(
-                "engine",
-                "engine",
-                "--strategy",
-                str(home / "strategy.yaml"),
-                "--metrics-port",
-                "0",
-                "--prime-hours",
-                "0",
-                "--wait-for-progress",
-                "--signal-max-age-s",
-                "1e9",
-            )
-            wait_log("engine", r"engine worker ready", 120)
-            start("fake", "fake-exchange", *fake_args)
-            urls = json.loads(wait_log("fake", r"\{\"ws_url\".*\}", 600))
-            rest = urls["rest_url"]
-            watcher = Watcher(bootstrap, prefix)
-            began = time.perf_counter()
-            producer = start(
-                "producer",
-                "produce",
-                "--ws-url",
-                urls["ws_url"],
-                "--rest-url",
-                rest,
-                "--spot-url",
-                rest,
-                "--coinbase-url",
-                rest,
-                "--replay-control-url",
-                rest,
-                "--vision-url",
-                rest,
-                "--warm-start-hours",
-                "25",
-                "--warm-start-detail-minutes",
-                str(args.detail_minutes),
-                "--metrics-port",
-                "0",
-            )
-            deadline = began + args.max_minutes * 60
-            while (
-                producer.poll() is None
-                and time.perf_counter() < deadline
-                and (None in first_valid.values() or (not real and len(marks) < 3))
-            ):
-                if "warm start finished" not in marks and "warm start finished" in (home / "producer.log").read_text():
-                    marks["warm start finished"] = time.perf_counter() - began
-                for topic, record in watcher.poll():
-                    if record["eval_time"] < live_start_ms:
-                        continue
-                    if topic == "features" and record["block_reason"] != "warmup":
-                        marks.setdefault("first warm evaluation after the live start", time.perf_counter() - began)
-                        if first_valid.get(record["symbol"], 0) is None:
-                            first_valid[record["symbol"]] = round(time.perf_counter() - began, 1)
-                    if topic == "signals":
-                        marks.setdefault("first signal after the live start", time.perf_counter() - began)
-            status = fake_status(rest)
-            progress = re.findall(r"warm start finished.*|warm start \(\d+ s\):.*", (home / "producer.log").read_text())
-            detail = progress[-1] if progress else None
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+    def stop_all(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _engine_argv(home: Path) -> list[str]:
+    """A new engine group on the benchmark's strategy, held until the warm start's progress markers."""
+    return [
+        "engine",
+        "--strategy",
+        str(home / "strategy.yaml"),
+        "--metrics-port",
+        "0",
+        "--prime-hours",
+        "0",
+        "--wait-for-progress",
+        "--signal-max-age-s",
+        "1e9",
+    ]
+
+
+def _producer_argv(ws_url: str, rest: str, detail_minutes: float) -> list[str]:
+    """A producer whose every endpoint is the fake exchange's, with a 25-hour warm start."""
+    return [
+        "produce",
+        "--ws-url",
+        ws_url,
+        "--rest-url",
+        rest,
+        "--spot-url",
+        rest,
+        "--coinbase-url",
+        rest,
+        "--replay-control-url",
+        rest,
+        "--vision-url",
+        rest,
+        "--warm-start-hours",
+        "25",
+        "--warm-start-detail-minutes",
+        str(detail_minutes),
+        "--metrics-port",
+        "0",
+    ]
+
+
+def _watch(
+    watcher: Watcher,
+    producer: subprocess.Popen,
+    home: Path,
+    began: float,
+    deadline: float,
+    live_start_ms: int,
+    first_valid: dict[str, float | None],
+    real: bool,
+) -> dict[str, float]:
+    """Seconds from `began` to each mark, and into `first_valid` each symbol's first warm evaluation after
+    the live start; until every symbol has one (synthetic: and every mark), the producer ends, or `deadline`."""
+    marks: dict[str, float] = {}
+    while (
+        producer.poll() is None
+        and time.perf_counter() < deadline
+        and (None in first_valid.values() or (not real and len(marks) < 3))
+    ):
+        if "warm start finished" not in marks and "warm start finished" in (home / "producer.log").read_text():
+            marks["warm start finished"] = time.perf_counter() - began
+        for topic, record in watcher.poll():
+            if record["eval_time"] < live_start_ms:
+                continue
+            if topic == "features" and record["block_reason"] != "warmup":
+                marks.setdefault("first warm evaluation after the live start", time.perf_counter() - began)
+                if first_valid.get(record["symbol"], 0) is None:
+                    first_valid[record["symbol"]] = round(time.perf_counter() - began, 1)
+            if topic == "signals":
+                marks.setdefault("first signal after the live start", time.perf_counter() - began)
+    return marks
+
+
+def _report(
+    args: argparse.Namespace,
+    real: bool,
+    marks: dict[str, float],
+    first_valid: dict[str, float | None],
+    status: dict,
+    detail: str | None,
+) -> None:
     for name, seconds in marks.items():
         print(f"{name}: {seconds:.1f} s ({seconds / TARGET_S:.2f}x the 5-minute target)")
     for symbol, seconds in first_valid.items():

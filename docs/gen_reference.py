@@ -449,64 +449,86 @@ def _type_of(type_name: Any) -> str:
     return out
 
 
-def gen_tables() -> str:  # noqa: C901 - over the complexity limit, to be split
-    import pglast
-    from pglast import ast
-    from pglast.enums import ConstrType, ObjectType
-    from pglast.enums.parsenodes import AlterTableType
+class _MigrationSchema:
+    """What the migrations create, statement by statement in file order: tables (with the columns later
+    migrations add), views, and the comments on both. A name keeps its first definition."""
 
-    tables: dict[str, dict[str, Any]] = {}
-    views: dict[str, dict[str, Any]] = {}
-    comments: dict[str, str] = {}
-    column_comments: dict[tuple[str, str], str] = {}
-    for path in sorted((REPO / "sinks" / "migrations").glob("*.sql")):
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, Any]] = {}
+        self.views: dict[str, dict[str, Any]] = {}
+        self.comments: dict[str, str] = {}
+        self.column_comments: dict[tuple[str, str], str] = {}
+
+    def read(self, path: Path) -> None:
+        import pglast
+        from pglast import ast
+        from pglast.enums import ObjectType
+
         timescale = path.name.endswith(".timescale.sql")
         for raw in pglast.parse_sql(path.read_text()):
             st = raw.stmt
             if isinstance(st, ast.CreateStmt) and st.partbound is None and not st.inhRelations:
-                name = st.relation.relname
-                cols, pk = [], []
-                for e in st.tableElts or ():
-                    if isinstance(e, ast.ColumnDef):
-                        notnull = any(c.contype == ConstrType.CONSTR_NOTNULL for c in e.constraints or ())
-                        if any(c.contype == ConstrType.CONSTR_PRIMARY for c in e.constraints or ()):
-                            pk.append(e.colname)
-                            notnull = True
-                        cols.append([e.colname, _type_of(e.typeName), notnull, path.name])
-                    elif isinstance(e, ast.Constraint) and e.contype == ConstrType.CONSTR_PRIMARY:
-                        pk = [k.sval for k in e.keys]
-                partitioned = st.partspec is not None
-                tables.setdefault(
-                    name,
-                    {
-                        "cols": cols,
-                        "pk": pk,
-                        "file": path.name,
-                        "partitioned": partitioned,
-                        "timescale_only": timescale,
-                    },
-                )
+                self._create_table(st, path.name, timescale)
             elif isinstance(st, ast.AlterTableStmt) and st.objtype == ObjectType.OBJECT_TABLE:
-                name = st.relation.relname
-                for cmd in st.cmds or ():
-                    if cmd.subtype == AlterTableType.AT_AddColumn and name in tables:
-                        e = cmd.def_
-                        if all(c[0] != e.colname for c in tables[name]["cols"]):
-                            notnull = any(c.contype == ConstrType.CONSTR_NOTNULL for c in e.constraints or ())
-                            tables[name]["cols"].append([e.colname, _type_of(e.typeName), notnull, path.name])
+                self._alter_table(st, path.name)
             elif isinstance(st, ast.ViewStmt):
-                views.setdefault(st.view.relname, {"file": path.name, "kind": "view"})
+                self.views.setdefault(st.view.relname, {"file": path.name, "kind": "view"})
             elif isinstance(st, ast.CreateTableAsStmt) and getattr(st, "objtype", None) == ObjectType.OBJECT_MATVIEW:
-                views.setdefault(
-                    st.into.rel.relname,
-                    {"file": path.name, "kind": "continuous aggregate" if timescale else "materialized view"},
-                )
+                kind = "continuous aggregate" if timescale else "materialized view"
+                self.views.setdefault(st.into.rel.relname, {"file": path.name, "kind": kind})
             elif isinstance(st, ast.CommentStmt) and st.comment:
-                obj = st.object
-                if st.objtype in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW, ObjectType.OBJECT_MATVIEW):
-                    comments[obj[-1].sval] = st.comment
-                elif st.objtype == ObjectType.OBJECT_COLUMN:
-                    column_comments[(obj[-2].sval, obj[-1].sval)] = st.comment
+                self._comment(st)
+
+    def _create_table(self, st: Any, file: str, timescale: bool) -> None:
+        from pglast import ast
+        from pglast.enums import ConstrType
+
+        cols, pk = [], []
+        for e in st.tableElts or ():
+            if isinstance(e, ast.ColumnDef):
+                notnull = _has_constraint(e, ConstrType.CONSTR_NOTNULL)
+                if _has_constraint(e, ConstrType.CONSTR_PRIMARY):
+                    pk.append(e.colname)
+                    notnull = True
+                cols.append([e.colname, _type_of(e.typeName), notnull, file])
+            elif isinstance(e, ast.Constraint) and e.contype == ConstrType.CONSTR_PRIMARY:
+                pk = [k.sval for k in e.keys]
+        self.tables.setdefault(
+            st.relation.relname,
+            {"cols": cols, "pk": pk, "file": file, "partitioned": st.partspec is not None, "timescale_only": timescale},
+        )
+
+    def _alter_table(self, st: Any, file: str) -> None:
+        from pglast.enums import ConstrType
+        from pglast.enums.parsenodes import AlterTableType
+
+        name = st.relation.relname
+        for cmd in st.cmds or ():
+            if cmd.subtype == AlterTableType.AT_AddColumn and name in self.tables:
+                e = cmd.def_
+                if all(c[0] != e.colname for c in self.tables[name]["cols"]):
+                    notnull = _has_constraint(e, ConstrType.CONSTR_NOTNULL)
+                    self.tables[name]["cols"].append([e.colname, _type_of(e.typeName), notnull, file])
+
+    def _comment(self, st: Any) -> None:
+        from pglast.enums import ObjectType
+
+        obj = st.object
+        if st.objtype in (ObjectType.OBJECT_TABLE, ObjectType.OBJECT_VIEW, ObjectType.OBJECT_MATVIEW):
+            self.comments[obj[-1].sval] = st.comment
+        elif st.objtype == ObjectType.OBJECT_COLUMN:
+            self.column_comments[(obj[-2].sval, obj[-1].sval)] = st.comment
+
+
+def _has_constraint(column: Any, kind: Any) -> bool:
+    return any(c.contype == kind for c in column.constraints or ())
+
+
+def gen_tables() -> str:
+    schema = _MigrationSchema()
+    for path in sorted((REPO / "sinks" / "migrations").glob("*.sql")):
+        schema.read(path)
+    tables, views, comments = schema.tables, schema.views, schema.comments
     parts = [
         HEADER + "# Tables\n\n",
         "Every table and view the migrations in `sinks/migrations/` create, parsed with PostgreSQL's own "
@@ -529,31 +551,32 @@ def gen_tables() -> str:  # noqa: C901 - over the complexity limit, to be split
                 [[code(n), v["kind"], v["file"], comments.get(n, "")] for n, v in sorted(views.items())],
             )
         )
-    for n, t in sorted(tables.items()):
-        parts.append(f"\n## {n}\n\n")
-        if comments.get(n):
-            parts.append(comments[n] + "\n\n")
-        notes = []
-        if t["partitioned"]:
-            notes.append("partitioned by time on plain PostgreSQL")
-        if t["timescale_only"]:
-            notes.append("TimescaleDB only")
-        parts.append(
-            f"Created in `{t['file']}`"
-            + (f" ({', '.join(notes)})" if notes else "")
-            + (f"; primary key ({', '.join(t['pk'])})" if t["pk"] else "")
-            + ".\n\n"
-        )
-        parts.append(
-            table(
-                ["column", "type", "not null", "added in", "meaning"],
-                [
-                    [code(c[0]), c[1], "yes" if c[2] else "", c[3], column_comments.get((n, c[0]), "")]
-                    for c in t["cols"]
-                ],
-            )
-        )
+    parts.extend(_table_section(n, t, schema) for n, t in sorted(tables.items()))
     return "".join(parts)
+
+
+def _table_section(name: str, t: dict[str, Any], schema: _MigrationSchema) -> str:
+    """One table's heading, comment, origin and columns."""
+    notes = []
+    if t["partitioned"]:
+        notes.append("partitioned by time on plain PostgreSQL")
+    if t["timescale_only"]:
+        notes.append("TimescaleDB only")
+    return (
+        f"\n## {name}\n\n"
+        + (schema.comments[name] + "\n\n" if schema.comments.get(name) else "")
+        + f"Created in `{t['file']}`"
+        + (f" ({', '.join(notes)})" if notes else "")
+        + (f"; primary key ({', '.join(t['pk'])})" if t["pk"] else "")
+        + ".\n\n"
+        + table(
+            ["column", "type", "not null", "added in", "meaning"],
+            [
+                [code(c[0]), c[1], "yes" if c[2] else "", c[3], schema.column_comments.get((name, c[0]), "")]
+                for c in t["cols"]
+            ],
+        )
+    )
 
 
 # --- metrics and alerts ---------------------------------------------------------------------------------
