@@ -84,7 +84,7 @@ def _diff(
     return out
 
 
-def compare(  # noqa: C901 - over the complexity limit, to be split
+def compare(
     stack_signals: list[dict],
     stack_positions: list[dict],
     backtest_signals: list[dict],
@@ -96,23 +96,39 @@ def compare(  # noqa: C901 - over the complexity limit, to be split
     stack_risk: list[dict] = (),
 ) -> Comparison:
     """Signals evaluated and positions opened in ``[from_ms, to_ms)`` for ``symbols``; see the module doc."""
-    known = set(strategies)
     wanted = set(symbols)
     result = Comparison()
 
     def in_range(sig: Mapping[str, Any]) -> bool:
         return sig["symbol"] in wanted and from_ms <= sig["eval_time"] < to_ms
 
-    stack_sig: dict[str, dict] = {}
-    for sig in stack_signals:
-        if not in_range(sig):
-            continue
+    stack_sig = _known_signals(result, [s for s in stack_signals if in_range(s)], set(strategies))
+    test_sig = {s["signal_id"]: s for s in backtest_signals if in_range(s)}
+    _compare_signals(result, stack_sig, test_sig)
+    _compare_positions(
+        result,
+        _lifecycle(stack_positions, stack_sig),
+        _lifecycle(backtest_positions, test_sig),
+        stack_sig | test_sig,
+        _blocked(stack_risk),
+    )
+    return result
+
+
+def _known_signals(result: Comparison, signals: list[dict], known: set[tuple[str, str]]) -> dict[str, dict]:
+    """The stack's signals by id whose (strategy, config hash) the backtest ran; the others counted in
+    ``result.not_compared``."""
+    by_id: dict[str, dict] = {}
+    for sig in signals:
         if (sig["strategy"], sig["config_hash"]) not in known:
             key = f"{sig['strategy']}:{sig['config_hash'][:12]}"
             result.not_compared[key] = result.not_compared.get(key, 0) + 1
             continue
-        stack_sig[sig["signal_id"]] = sig
-    test_sig = {s["signal_id"]: s for s in backtest_signals if in_range(s)}
+        by_id[sig["signal_id"]] = sig
+    return by_id
+
+
+def _compare_signals(result: Comparison, stack_sig: Mapping[str, dict], test_sig: Mapping[str, dict]) -> None:
     for sid in sorted(stack_sig.keys() | test_sig.keys()):
         if sid not in test_sig:
             result.differences.append(f"signal {sid}: only in the stack")
@@ -122,31 +138,37 @@ def compare(  # noqa: C901 - over the complexity limit, to be split
             result.signals_compared += 1
             result.differences += _diff("signal", sid, stack_sig[sid], test_sig[sid], SIGNAL_FIELDS)
 
-    blocked = {}
+
+def _blocked(stack_risk: Iterable[dict]) -> dict[tuple[str, int], str]:
+    """(strategy scope, event time) -> reason of the stack executor's first block there."""
+    blocked: dict[tuple[str, int], str] = {}
     for rec in stack_risk:
         if rec.get("decision") == "block" and str(rec.get("scope", "")).startswith("strategy:"):
             blocked.setdefault((rec["scope"], rec["event_time"]), rec["reason"])
+    return blocked
 
-    def lifecycle(events: Iterable[dict], signals: Mapping[str, dict]) -> dict[str, dict[str, dict]]:
-        out: dict[str, dict[str, dict]] = {}
-        for ev in events:
-            if ev.get("mode", "paper") == "paper" and ev["signal_id"] in signals:
-                out.setdefault(ev["position_id"], {})[ev["event"]] = ev
-        return out
 
-    stack_pos = lifecycle(stack_positions, stack_sig)
-    test_pos = lifecycle(backtest_positions, test_sig)
+def _lifecycle(events: Iterable[dict], signals: Mapping[str, dict]) -> dict[str, dict[str, dict]]:
+    """position id -> event -> paper position record, for positions of the given signals."""
+    out: dict[str, dict[str, dict]] = {}
+    for ev in events:
+        if ev.get("mode", "paper") == "paper" and ev["signal_id"] in signals:
+            out.setdefault(ev["position_id"], {})[ev["event"]] = ev
+    return out
+
+
+def _compare_positions(
+    result: Comparison,
+    stack_pos: Mapping[str, dict[str, dict]],
+    test_pos: Mapping[str, dict[str, dict]],
+    signals: Mapping[str, dict],
+    blocked: Mapping[tuple[str, int], str],
+) -> None:
+    """``signals``: both sides' signals by id (the backtest's where both have one)."""
     for pid in sorted(stack_pos.keys() | test_pos.keys()):
         a, b = stack_pos.get(pid), test_pos.get(pid)
         if a is None or b is None:
-            where = "backtest" if a is None else "stack"
-            events = b if a is None else a
-            sid = next(iter(events.values()))["signal_id"]
-            sig = test_sig.get(sid) or stack_sig.get(sid) or {}
-            scope = f"strategy:{sig.get('strategy')}:{sig.get('exchange')}:{sig.get('symbol')}"
-            reason = next((r for (s, t), r in blocked.items() if s == scope and t >= sig.get("eval_time", 0)), None)
-            why = f" (the stack's executor: {reason})" if a is None and reason else ""
-            result.differences.append(f"position {pid} of {sid}: only in the {where}{why}")
+            result.differences.append(_only_in_one(pid, a, b, signals, blocked))
             continue
         result.positions_compared += 1
         if set(a) != set(b):
@@ -158,4 +180,23 @@ def compare(  # noqa: C901 - over the complexity limit, to be split
         ):
             if event in a and event in b:
                 result.differences += _diff(f"position {event}", pid, a[event], b[event], names)
-    return result
+
+
+def _only_in_one(
+    pid: str,
+    a: dict[str, dict] | None,
+    b: dict[str, dict] | None,
+    signals: Mapping[str, dict],
+    blocked: Mapping[tuple[str, int], str],
+) -> str:
+    """The difference line of a position only one side has; for one only in the backtest, the stack
+    executor's block reason at or after its signal, when there is one."""
+    where = "backtest" if a is None else "stack"
+    events = b if a is None else a
+    assert events is not None
+    sid = next(iter(events.values()))["signal_id"]
+    sig = signals.get(sid) or {}
+    scope = f"strategy:{sig.get('strategy')}:{sig.get('exchange')}:{sig.get('symbol')}"
+    reason = next((r for (s, t), r in blocked.items() if s == scope and t >= sig.get("eval_time", 0)), None)
+    why = f" (the stack's executor: {reason})" if a is None and reason else ""
+    return f"position {pid} of {sid}: only in the {where}{why}"

@@ -313,146 +313,169 @@ def write_recording(blocks: Iterable[Block], directory: Path, latency_ms: int = 
     the producer syncs from. Frames are received ``latency_ms`` after their event time.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    frames: list[tuple[int, int, str]] = []  # (receive ms, sequence, line text)
-    books: dict[str, dict[str, dict[float, float]]] = {}
-    last_u: dict[str, int] = {}
-    chained: set[str] = set()
-    snapshots: dict[str, tuple[int, dict[str, Any]]] = {}
-    symbols: dict[str, None] = {}
-
-    def frame(stream: str, event_ms: int, payload: dict[str, Any]) -> None:
-        text = orjson.dumps({"stream": stream, "data": payload}).decode()
-        frames.append((event_ms + latency_ms, len(frames), text))
-
+    writer = _RecordingWriter(latency_ms)
     for block in blocks:
-        for batch in block.trades.values():
-            sym = batch.symbol
-            symbols.setdefault(sym, None)
-            stream = f"{sym.lower()}@aggTrade"
-            for a, t, p, q, sell in zip(
-                batch.agg_id.tolist(),
-                batch.time_ms.tolist(),
-                batch.price.tolist(),
-                batch.qty.tolist(),
-                batch.taker_sell.tolist(),
-            ):
-                frame(
-                    stream,
-                    t,
-                    {
-                        "e": "aggTrade",
-                        "E": t + 2,
-                        "a": a,
-                        "s": sym,
-                        "p": _num(p),
-                        "q": _num(q),
-                        "f": a,
-                        "l": a,
-                        "T": t,
-                        "m": sell,
-                    },
-                )
-        for m in block.records.get("marks", []):
-            frame(
-                f"{m['symbol'].lower()}@markPrice@1s",
-                m["event_time"],
-                {
-                    "e": "markPriceUpdate",
-                    "E": m["event_time"],
-                    "s": m["symbol"],
-                    "p": _num(m["mark_price"]),
-                    "i": _num(m["index_price"]),
-                    "P": _num(m["index_price"]),
-                    "r": _num(m["funding_rate"]),
-                    "T": m["next_funding_time"],
-                },
-            )
-        for liq in block.records.get("liquidations", []):
-            qty = _num(liq["qty"])
-            frame(
-                "!forceOrder@arr",
-                liq["event_time"],
-                {
-                    "e": "forceOrder",
-                    "E": liq["event_time"],
-                    "o": {
-                        "s": liq["symbol"],
-                        "S": liq["side"],
-                        "o": "LIMIT",
-                        "f": "IOC",
-                        "q": qty,
-                        "p": _num(liq["price"]),
-                        "ap": _num(liq["avg_price"]),
-                        "X": "FILLED",
-                        "l": qty,
-                        "z": qty,
-                        "T": liq["trade_time"],
-                    },
-                },
-            )
-        for b in block.records.get("books", []):
-            sym, t = b["symbol"], b["event_time"]
-            state = {
-                "bids": {lv["price"]: lv["qty"] for lv in b["bids"]},
-                "asks": {lv["price"]: lv["qty"] for lv in b["asks"]},
-            }
-            if sym not in books:
-                last_u[sym] = 1_000_000
-                snapshots[sym] = (
-                    t + latency_ms,
-                    {
-                        "lastUpdateId": last_u[sym],
-                        "E": t,
-                        "T": t - 5,
-                        "bids": [[_num(p), _num(q)] for p, q in state["bids"].items()],
-                        "asks": [[_num(p), _num(q)] for p, q in state["asks"].items()],
-                    },
-                )
-            else:
-                diff = {
-                    side: [[_num(p), _num(q)] for p, q in state[side].items() if books[sym][side].get(p) != q]
-                    + [[_num(p), "0"] for p in books[sym][side] if p not in state[side]]
-                    for side in ("bids", "asks")
-                }
-                if sym in chained:
-                    first, pu = last_u[sym] + 1, last_u[sym]
-                else:  # the first diff straddles the snapshot's id (Binance's sync rule)
-                    first, pu = last_u[sym], last_u[sym] - 1
-                    chained.add(sym)
-                last_u[sym] = first + 2
-                frame(
-                    f"{sym.lower()}@depth@100ms",
-                    t,
-                    {
-                        "e": "depthUpdate",
-                        "E": t,
-                        "T": t - 5,
-                        "s": sym,
-                        "U": first,
-                        "u": last_u[sym],
-                        "pu": pu,
-                        "b": diff["bids"],
-                        "a": diff["asks"],
-                    },
-                )
-            books[sym] = state
-    frames.sort()
-    streams = sorted(
-        {orjson.loads(text)["stream"] for _, _, text in frames[:10_000]}
-        | {f"{s.lower()}@{k}" for s in symbols for k in ("aggTrade", "depth@100ms", "markPrice@1s")}
-    )
-    start = frames[0][0] / 1000 if frames else 0.0
-    with (directory / "ws_frames.txt").open("w", encoding="utf-8") as out:
-        out.write(f"wss://fstream.binance.com/stream?streams={'/'.join(streams)} <-> {start:.6f}\n")
-        for received, _, text in frames:
-            out.write(f"{received / 1000:.6f}: {text}\n")
-    with (directory / "rest_responses.txt").open("w", encoding="utf-8") as out:
-        for sym, (received, body) in snapshots.items():
-            out.write(
-                f"https://fapi.binance.com/fapi/v1/depth?symbol={sym}&limit=1000 -> {received / 1000:.6f}: "
-                f"{orjson.dumps(body).decode()}\n"
-            )
+        writer.add(block)
+    writer.write(directory)
     return directory
+
+
+class _RecordingWriter:
+    """The frames and depth snapshots of a recording, collected block by block (frames at equal
+    receive times keep the order they were made in)."""
+
+    def __init__(self, latency_ms: int) -> None:
+        self.latency_ms = latency_ms
+        self.frames: list[tuple[int, int, str]] = []  # (receive ms, sequence, line text)
+        self.symbols: dict[str, None] = {}  # trade symbols, in first-seen order
+        self.books: dict[str, dict[str, dict[float, float]]] = {}  # last book per symbol
+        self.last_u: dict[str, int] = {}
+        self.chained: set[str] = set()  # symbols whose first diff is written
+        self.snapshots: dict[str, tuple[int, dict[str, Any]]] = {}  # symbol -> (receive ms, REST depth body)
+
+    def frame(self, stream: str, event_ms: int, payload: dict[str, Any]) -> None:
+        text = orjson.dumps({"stream": stream, "data": payload}).decode()
+        self.frames.append((event_ms + self.latency_ms, len(self.frames), text))
+
+    def add(self, block: Block) -> None:
+        for batch in block.trades.values():
+            self.trades(batch)
+        for m in block.records.get("marks", []):
+            self.frame(f"{m['symbol'].lower()}@markPrice@1s", m["event_time"], _mark_payload(m))
+        for liq in block.records.get("liquidations", []):
+            self.frame("!forceOrder@arr", liq["event_time"], _force_order_payload(liq))
+        for b in block.records.get("books", []):
+            self.book(b)
+
+    def trades(self, batch: Any) -> None:
+        sym = batch.symbol
+        self.symbols.setdefault(sym, None)
+        stream = f"{sym.lower()}@aggTrade"
+        for a, t, p, q, sell in zip(
+            batch.agg_id.tolist(),
+            batch.time_ms.tolist(),
+            batch.price.tolist(),
+            batch.qty.tolist(),
+            batch.taker_sell.tolist(),
+        ):
+            self.frame(
+                stream,
+                t,
+                {
+                    "e": "aggTrade",
+                    "E": t + 2,
+                    "a": a,
+                    "s": sym,
+                    "p": _num(p),
+                    "q": _num(q),
+                    "f": a,
+                    "l": a,
+                    "T": t,
+                    "m": sell,
+                },
+            )
+
+    def book(self, b: Record) -> None:
+        """A symbol's first book as its REST depth snapshot, each later one as the diff from the one before."""
+        sym, t = b["symbol"], b["event_time"]
+        state = {
+            "bids": {lv["price"]: lv["qty"] for lv in b["bids"]},
+            "asks": {lv["price"]: lv["qty"] for lv in b["asks"]},
+        }
+        if sym not in self.books:
+            self.last_u[sym] = 1_000_000
+            self.snapshots[sym] = (
+                t + self.latency_ms,
+                {
+                    "lastUpdateId": self.last_u[sym],
+                    "E": t,
+                    "T": t - 5,
+                    "bids": [[_num(p), _num(q)] for p, q in state["bids"].items()],
+                    "asks": [[_num(p), _num(q)] for p, q in state["asks"].items()],
+                },
+            )
+        else:
+            self.frame(f"{sym.lower()}@depth@100ms", t, self._depth_update(sym, t, self.books[sym], state))
+        self.books[sym] = state
+
+    def _depth_update(
+        self, sym: str, t: int, before: dict[str, dict[float, float]], state: dict[str, dict[float, float]]
+    ) -> dict[str, Any]:
+        diff = {
+            side: [[_num(p), _num(q)] for p, q in state[side].items() if before[side].get(p) != q]
+            + [[_num(p), "0"] for p in before[side] if p not in state[side]]
+            for side in ("bids", "asks")
+        }
+        last_u = self.last_u
+        if sym in self.chained:
+            first, pu = last_u[sym] + 1, last_u[sym]
+        else:  # the first diff straddles the snapshot's id (Binance's sync rule)
+            first, pu = last_u[sym], last_u[sym] - 1
+            self.chained.add(sym)
+        last_u[sym] = first + 2
+        return {
+            "e": "depthUpdate",
+            "E": t,
+            "T": t - 5,
+            "s": sym,
+            "U": first,
+            "u": last_u[sym],
+            "pu": pu,
+            "b": diff["bids"],
+            "a": diff["asks"],
+        }
+
+    def write(self, directory: Path) -> None:
+        frames = sorted(self.frames)
+        streams = sorted(
+            {orjson.loads(text)["stream"] for _, _, text in frames[:10_000]}
+            | {f"{s.lower()}@{k}" for s in self.symbols for k in ("aggTrade", "depth@100ms", "markPrice@1s")}
+        )
+        start = frames[0][0] / 1000 if frames else 0.0
+        with (directory / "ws_frames.txt").open("w", encoding="utf-8") as out:
+            out.write(f"wss://fstream.binance.com/stream?streams={'/'.join(streams)} <-> {start:.6f}\n")
+            for received, _, text in frames:
+                out.write(f"{received / 1000:.6f}: {text}\n")
+        with (directory / "rest_responses.txt").open("w", encoding="utf-8") as out:
+            for sym, (received, body) in self.snapshots.items():
+                out.write(
+                    f"https://fapi.binance.com/fapi/v1/depth?symbol={sym}&limit=1000 -> {received / 1000:.6f}: "
+                    f"{orjson.dumps(body).decode()}\n"
+                )
+
+
+def _mark_payload(m: Record) -> dict[str, Any]:
+    return {
+        "e": "markPriceUpdate",
+        "E": m["event_time"],
+        "s": m["symbol"],
+        "p": _num(m["mark_price"]),
+        "i": _num(m["index_price"]),
+        "P": _num(m["index_price"]),
+        "r": _num(m["funding_rate"]),
+        "T": m["next_funding_time"],
+    }
+
+
+def _force_order_payload(liq: Record) -> dict[str, Any]:
+    qty = _num(liq["qty"])
+    return {
+        "e": "forceOrder",
+        "E": liq["event_time"],
+        "o": {
+            "s": liq["symbol"],
+            "S": liq["side"],
+            "o": "LIMIT",
+            "f": "IOC",
+            "q": qty,
+            "p": _num(liq["price"]),
+            "ap": _num(liq["avg_price"]),
+            "X": "FILLED",
+            "l": qty,
+            "z": qty,
+            "T": liq["trade_time"],
+        },
+    }
 
 
 def _num(value: float) -> str:

@@ -301,84 +301,84 @@ class SymbolGenerator:
         taker_sell: np.ndarray,
         mid_ticks: np.ndarray,
     ) -> list[Record]:
+        """The hour's md.indicators, one set per metric period, in receive order."""
         out = []
         rng = self.rng
         for period in range(start_ms, start_ms + HOUR_MS, METRIC_PERIOD_MS):
             at = period + METRIC_PERIOD_MS  # the data point describes the period just ended
             received = at + int(rng.integers(30_000, 90_000))
             mid = self._price(int(mid_ticks[min(len(mid_ticks) - 1, (at - start_ms) // 1000 - 1)]))
-            self.open_interest *= 1 + 0.004 * abs(self.regime) * rng.random() + rng.normal(0, 0.002)
-            ratio = float(np.clip(1.0 - 0.35 * math.tanh(self.trend_memory) + rng.normal(0, 0.12), 0.3, 3.0))
-            top = float(np.clip(1.0 + 0.3 * math.tanh(self.trend_memory) + rng.normal(0, 0.1), 0.3, 3.0))
             lo, hi = np.searchsorted(times, [period, at])
-            sells = taker_sell[lo:hi]
-            buy_vol = float(qty[lo:hi][~sells].sum())
-            sell_vol = float(qty[lo:hi][sells].sum())
-
-            def indicator(
-                kind: str,
-                value: float,
-                extra: dict[str, float],
-                period_name: str | None = "5m",
-                _at=at,
-                _received=received,
-            ) -> Record:
-                return {
-                    "exchange": EXCHANGE,
-                    "symbol": self.symbol,
-                    "kind": kind,
-                    "value": value,
-                    "period": period_name,
-                    "extra": extra,
-                    "event_time": _at,
-                    "receive_time": _received,
-                }
-
-            out.append(
-                indicator(
-                    "open_interest_hist",
-                    round(self.open_interest, 3),
-                    {"sum_open_interest_value": round(self.open_interest * mid, 2)},
-                )
-            )
-            out.append(
-                indicator(
-                    "long_short_account_ratio",
-                    round(ratio, 4),
-                    {"long_account": round(ratio / (1 + ratio), 4), "short_account": round(1 / (1 + ratio), 4)},
-                )
-            )
-            out.append(
-                indicator(
-                    "top_trader_position_ratio",
-                    round(top, 4),
-                    {"long_account": round(top / (1 + top), 4), "short_account": round(1 / (1 + top), 4)},
-                )
-            )
-            if sell_vol > 0:
-                out.append(
-                    indicator(
-                        "taker_buy_sell_ratio",
-                        round(buy_vol / sell_vol, 4),
-                        {"buy_vol": round(buy_vol, 4), "sell_vol": round(sell_vol, 4)},
-                    )
-                )
-            spot = mid * (1 + rng.normal(0, 0.0004))
-            out.append(
-                indicator("spot_perp_divergence", (mid - spot) / spot, {"perp_price": mid, "spot_price": spot}, None)
-            )
-            if self.symbol in COINBASE_SYMBOLS:
-                coinbase = mid * (1 + 0.0004 * math.tanh(self.trend_memory) + rng.normal(0, 0.0004))
-                out.append(
-                    indicator(
-                        "coinbase_premium",
-                        (coinbase - mid) / mid,
-                        {"coinbase_price": coinbase, "binance_price": mid},
-                        None,
-                    )
-                )
+            out += [
+                self._indicator(kind, value, extra, period_name, at, received)
+                for kind, value, extra, period_name in self._period_values(mid, qty[lo:hi], taker_sell[lo:hi])
+            ]
         out.sort(key=lambda r: r["receive_time"])
         return out
+
+    def _period_values(
+        self, mid: float, qty: np.ndarray, sells: np.ndarray
+    ) -> list[tuple[str, float, dict[str, float], str | None]]:
+        """(kind, value, extra, period) of one metric period's indicators: open interest and the
+        positioning ratios drift with the regime and trend, the taker ratio is the period's trades',
+        spot and Coinbase prices sit around the mid."""
+        rng = self.rng
+        self.open_interest *= 1 + 0.004 * abs(self.regime) * rng.random() + rng.normal(0, 0.002)
+        ratio = float(np.clip(1.0 - 0.35 * math.tanh(self.trend_memory) + rng.normal(0, 0.12), 0.3, 3.0))
+        top = float(np.clip(1.0 + 0.3 * math.tanh(self.trend_memory) + rng.normal(0, 0.1), 0.3, 3.0))
+        buy_vol = float(qty[~sells].sum())
+        sell_vol = float(qty[sells].sum())
+        values: list[tuple[str, float, dict[str, float], str | None]] = [
+            (
+                "open_interest_hist",
+                round(self.open_interest, 3),
+                {"sum_open_interest_value": round(self.open_interest * mid, 2)},
+                "5m",
+            ),
+            (
+                "long_short_account_ratio",
+                round(ratio, 4),
+                {"long_account": round(ratio / (1 + ratio), 4), "short_account": round(1 / (1 + ratio), 4)},
+                "5m",
+            ),
+            (
+                "top_trader_position_ratio",
+                round(top, 4),
+                {"long_account": round(top / (1 + top), 4), "short_account": round(1 / (1 + top), 4)},
+                "5m",
+            ),
+        ]
+        if sell_vol > 0:
+            values.append(
+                (
+                    "taker_buy_sell_ratio",
+                    round(buy_vol / sell_vol, 4),
+                    {"buy_vol": round(buy_vol, 4), "sell_vol": round(sell_vol, 4)},
+                    "5m",
+                )
+            )
+        spot = mid * (1 + rng.normal(0, 0.0004))
+        values.append(("spot_perp_divergence", (mid - spot) / spot, {"perp_price": mid, "spot_price": spot}, None))
+        if self.symbol in COINBASE_SYMBOLS:
+            coinbase = mid * (1 + 0.0004 * math.tanh(self.trend_memory) + rng.normal(0, 0.0004))
+            values.append(
+                ("coinbase_premium", (coinbase - mid) / mid, {"coinbase_price": coinbase, "binance_price": mid}, None)
+            )
+        return values
+
+    def _indicator(
+        self, kind: str, value: float, extra: dict[str, float], period: str | None, at: int, received: int
+    ) -> Record:
+        return {
+            "exchange": EXCHANGE,
+            "symbol": self.symbol,
+            "kind": kind,
+            "value": value,
+            "period": period,
+            "extra": extra,
+            "event_time": at,
+            "receive_time": received,
+        }
 
 
 class SyntheticSource:

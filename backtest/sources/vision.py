@@ -4,7 +4,7 @@ Files, per symbol (the producers' record shapes they become, and how):
 
 | archive (data.binance.vision/data/...) | becomes |
 |---|---|
-| ``futures/um/daily/aggTrades`` | md.trades, through the backfill's reader (``AggTradeCsvReader``) |
+| ``futures/um/daily/aggTrades`` | md.trades, parsed and cached by ``backtest.sources.vision_trades`` (the backfill's reader for a file with bad rows) |
 | ``futures/um/daily/metrics`` (5-min, since 2021-12) | md.indicators: ``open_interest_hist`` (sum_open_interest), ``long_short_account_ratio`` (count_long_short_ratio), ``top_trader_position_ratio`` (sum_toptrader_long_short_ratio), ``taker_buy_sell_ratio`` (sum_taker_long_short_vol_ratio) |
 | ``futures/um/monthly/fundingRate`` | the funding rate and times of md.mark |
 | ``futures/um/daily/markPriceKlines/1m`` | md.mark every minute (the close, known at the minute's end) |
@@ -36,7 +36,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -56,9 +55,9 @@ from backtest.inputs import (
     sort_records,
 )
 from backtest.sources import SourceError
-from backtest.sources.column_cache import FIELDS as COLUMN_FIELDS
-from backtest.sources.column_cache import HOUR_MS, HOURS, CachedDay, ColumnCache
-from producers.backfill.agg_trades_csv import AggTradeColumns, AggTradeCsvReader, open_archive, read_agg_trade_columns
+from backtest.sources.column_cache import HOUR_MS, HOURS, ColumnCache
+from backtest.sources.vision_trades import EXCHANGE, DayTradeReader, DayTrades
+from producers.backfill.agg_trades_csv import open_archive
 from producers.backfill.errors import BackfillError
 from producers.backfill.sources import VisionDownloader
 from producers.backfill.vision_files import (
@@ -68,10 +67,8 @@ from producers.backfill.vision_files import (
     verify_checksum,
 )
 from producers.base.book import order_book_imbalance
-from stream_apps.core.events import TradeBatch
-from tapeflow_runtime.native_memory import file_buffers_unmapped, system_arrow_pool
+from tapeflow_runtime.native_memory import system_arrow_pool
 
-EXCHANGE = "binance"
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 POLL_MS = 300_000
@@ -181,53 +178,6 @@ class VisionFiles:
         return _Found(*got) if got is not None else None
 
 
-class _DayTrades:
-    """One symbol's trades of the day starting at ``start``, handed out an hour at a time (in time order)."""
-
-    def __init__(self, start: int) -> None:
-        self.start = start
-
-    def hour(self, i: int) -> TradeBatch:
-        raise NotImplementedError
-
-    def price_before(self, t: int) -> float | None:
-        """The price of the last trade before ``t`` within the day, None if there is none."""
-        for i in range(min(HOURS - 1, max(0, (t - self.start) // HOUR_MS)), -1, -1):
-            batch = self.hour(i)
-            if len(batch):
-                k = int(np.searchsorted(batch.time_ms, t, side="left"))
-                if k:
-                    return float(batch.price[k - 1])
-        return None
-
-
-class _MemoryDayTrades(_DayTrades):
-    """Parsed columns held in memory: a file with bad rows, or no usable column cache."""
-
-    def __init__(self, batch: TradeBatch, start: int) -> None:
-        super().__init__(start)
-        self.batch = batch
-        edges = np.searchsorted(batch.time_ms, start + HOUR_MS * np.arange(1, HOURS), side="left")
-        self._bounds = [0, *edges.tolist(), len(batch)]
-
-    def hour(self, i: int) -> TradeBatch:
-        return self.batch.take(slice(self._bounds[i], self._bounds[i + 1]))
-
-
-class _CachedDayTrades(_DayTrades):
-    """The column cache's day file: an hour is read from disk when asked for, then dropped."""
-
-    def __init__(self, symbol: str, cached: CachedDay) -> None:
-        super().__init__(cached.day_start_ms)
-        self.symbol, self.cached = symbol, cached
-
-    def hour(self, i: int) -> TradeBatch:
-        c = self.cached.hour(i)
-        return TradeBatch.from_arrays(
-            EXCHANGE, self.symbol, c["agg_id"], c["time_ms"], c["price"], c["qty"], c["taker_sell"]
-        )
-
-
 class VisionSource:
     """``vision[:DIR]`` over ``[from_ms, to_ms)``; see the module docstring."""
 
@@ -257,6 +207,7 @@ class VisionSource:
         self.report = SourceReport(notes=dict(NOTES))
         self._funding: dict[tuple[str, str], list[tuple[int, float]]] = {}  # (symbol, month) -> settlements
         self._found_kinds: set[str] = set()
+        self._trade_reader = DayTradeReader(self._fetch, column_cache, self.report)
 
     def inputs(self) -> set[str]:
         return {
@@ -286,7 +237,7 @@ class VisionSource:
         for day in self.days():
             start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
             kinds = carry
-            day_trades: dict[str, _DayTrades] = {}
+            day_trades: dict[str, DayTrades] = {}
             for symbol in self.symbols:
                 trades, records = self._day(symbol, day, start)
                 if trades is not None:
@@ -338,8 +289,8 @@ class VisionSource:
         self._found_kinds.add(kind)
         return found.path
 
-    def _day(self, symbol: str, day: date, start: int) -> tuple[_DayTrades | None, dict[str, list[Record]]]:
-        trades = self._trades(symbol, day, start)
+    def _day(self, symbol: str, day: date, start: int) -> tuple[DayTrades | None, dict[str, list[Record]]]:
+        trades = self._trade_reader.day(symbol, day, start)
         records: dict[str, list[Record]] = {kind: [] for kind in RECORD_KINDS}
         records["indicators"] = self._metrics(symbol, day)
         marks = self._mark_klines(symbol, day)
@@ -347,68 +298,6 @@ class VisionSource:
         records["books"] = self._books(symbol, day)
         records["indicators"] += self._spot_divergence(symbol, day, marks)
         return trades, records
-
-    def _trades(self, symbol: str, day: date, start: int) -> _DayTrades | None:
-        path = self._fetch("aggTrades", symbol, day, required=True)
-        if path is None:
-            return None
-        cached = self.column_cache.day(path, start) if self.column_cache is not None else None
-        if cached is not None:
-            return _CachedDayTrades(symbol, cached)
-        with file_buffers_unmapped():  # the file's buffers go back to the OS when freed (native_memory)
-            found = self._parse_and_cache(path, symbol, start)
-        if isinstance(found, CachedDay):
-            return _CachedDayTrades(symbol, found)
-        return found
-
-    def _parse_and_cache(self, path: Path, symbol: str, start: int) -> CachedDay | _MemoryDayTrades:
-        with open_archive(path) as (raw, _):
-            cols = read_agg_trade_columns(raw)  # pyarrow, no Python per row
-        if cols is None:
-            batch = self._trades_by_row(path, symbol)
-            return _MemoryDayTrades(batch.take(np.lexsort((batch.agg_id, batch.time_ms))), start)
-        order = np.lexsort((cols.agg_id, cols.time_ms))
-        cols = AggTradeColumns(**{name: np.asarray(getattr(cols, name))[order] for name in COLUMN_FIELDS})
-        if self.column_cache is not None:
-            try:
-                self.column_cache.put(path, cols, start)
-            except OSError as exc:  # disk full, read-only home: run from memory, say why
-                self.report.notes["column_cache"] = f"not written ({type(exc).__name__}: {exc}); files parsed in memory"
-            else:
-                cached = self.column_cache.day(path, start)
-                if cached is not None:
-                    return cached
-        return _MemoryDayTrades(
-            TradeBatch.from_arrays(EXCHANGE, symbol, cols.agg_id, cols.time_ms, cols.price, cols.qty, cols.taker_sell),
-            start,
-        )
-
-    def _trades_by_row(self, path: Path, symbol: str) -> TradeBatch:
-        """A file with bad rows: the backfill's row reader, which names each one in the report."""
-        ids, times, prices, qtys, sells = array("q"), array("q"), array("d"), array("d"), array("b")
-        with open_archive(path) as (raw, _):
-            reader = AggTradeCsvReader(
-                raw,
-                source=path.name,
-                symbol=symbol,
-                receive_time=0,
-                on_bad=lambda bad: self.report.add_bad_row(str(bad)),
-            )
-            for t in reader:
-                ids.append(t["agg_id"])
-                times.append(t["trade_time"])
-                prices.append(t["price"])
-                qtys.append(t["qty"])
-                sells.append(t["taker_side"] == "SELL")
-        return TradeBatch.from_arrays(
-            EXCHANGE,
-            symbol,
-            np.frombuffer(ids, dtype=np.int64),
-            np.frombuffer(times, dtype=np.int64),
-            np.frombuffer(prices),
-            np.frombuffer(qtys),
-            np.frombuffer(sells, dtype=np.int8).astype(bool),
-        )
 
     def _metrics(self, symbol: str, day: date) -> list[Record]:
         path = self._fetch("metrics", symbol, day)
@@ -513,7 +402,7 @@ class VisionSource:
         return sorted(out)
 
     def _marks(
-        self, symbol: str, day: date, start: int, klines: list[tuple[int, float]], trades: _DayTrades | None
+        self, symbol: str, day: date, start: int, klines: list[tuple[int, float]], trades: DayTrades | None
     ) -> list[Record]:
         settlements = self._settlements(symbol, day)
         if not settlements:

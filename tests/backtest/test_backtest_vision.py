@@ -198,7 +198,7 @@ def test_the_columnar_reader_gives_the_same_run_as_the_row_reader(tmp_path, monk
     positions, counts, coverage) is the one the backfill's row reader gives on the same files."""
     import dataclasses
 
-    import backtest.sources.vision as vision
+    import backtest.sources.vision_trades as vision  # the day files are parsed there
 
     root = tmp_path / "mirror"
     build_archive(root)
@@ -237,7 +237,7 @@ def test_the_column_cache_serves_later_runs_and_follows_file_changes(tmp_path, m
     import subprocess
     import sys
 
-    import backtest.sources.vision as vision
+    import backtest.sources.vision_trades as vision  # the day files are parsed there
     from backtest.sources.column_cache import ColumnCache
 
     root = tmp_path / "mirror"
