@@ -135,18 +135,12 @@ def auc(score: np.ndarray, won: np.ndarray) -> float | None:
     return float((ranks[won == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def fit_model(
-    rows: Sequence[Mapping[str, Any]],
-    labels: np.ndarray,
-    horizon_ms: int,
-    fees: float,
-    factors: Sequence[str] = DEFAULT_FACTORS,
-    alpha: float = 0.01,
-    l2: float = 0.01,
-    test_fraction: float = 0.3,
-) -> PairModel:
-    """Fit both models on the training part of `rows` and score them on the test part (module
-    docstring); the scores are in the model's ``fit``. Raises ValueError when there is too little data."""
+def _split(
+    rows: Sequence[Mapping[str, Any]], labels: np.ndarray, horizon_ms: int, n_factors: int, test_fraction: float
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """The split time and the training and test masks: the last ``test_fraction`` of the distinct
+    evaluation times test, and a training row must have its horizon end before the split (the embargo).
+    Raises ValueError when either part is too small."""
     if not 0 < test_fraction < 1:
         raise ValueError("test_fraction must be in (0, 1)")
     times = np.array([r["eval_time"] for r in rows], dtype=np.int64)
@@ -161,13 +155,16 @@ def fit_model(
     split = int(distinct[int(len(distinct) * (1 - test_fraction))])
     train = times + horizon_ms < split
     test = times >= split
-    if train.sum() < 2 * len(factors) + 2 or test.sum() < 2:
+    if train.sum() < 2 * n_factors + 2 or test.sum() < 2:
         raise ValueError(
             f"{int(train.sum())} training and {int(test.sum())} test rows after the embargo: too few "
             "(record a longer session, or a shorter --horizon)"
         )
-    raw = factor_matrix(rows, factors)
-    missing_share = np.isnan(raw[train]).mean(axis=0)
+    return split, train, test
+
+
+def _standardise(raw: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(means, scales, standardised factors) from the training rows; a missing value becomes the mean."""
     # a factor with no training value (funding_8h in a session shorter than its window) is centred on 0
     # and unscaled below; numpy warns on that empty column's mean, which is not a problem to report
     trained = np.where(train[:, None], raw, np.nan)
@@ -177,15 +174,15 @@ def fit_model(
         scales = np.nanstd(trained, axis=0)
     scales = np.where(~np.isfinite(scales) | (scales == 0), 1.0, scales)
     x = np.nan_to_num((raw - means) / scales, nan=0.0)  # missing: the training mean
-    won = (labels > 0).astype(float)
-    b0, b = ridge(x[train], labels[train], alpha)
-    c0, c = logistic(x[train], won[train], l2)
-    pred = b0 + x[test] @ b
-    prob = 1 / (1 + np.exp(-np.clip(c0 + x[test] @ c, -500, 500)))
-    y, w = labels[test], won[test]
+    return means, scales, x
+
+
+def _out_of_sample(pred: np.ndarray, prob: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, float | None]:
+    """The test part's scores of the predicted P&L ``pred`` and win probability ``prob`` against the
+    labels ``y`` and wins ``w``."""
     sst = float(((y - y.mean()) ** 2).sum())
     eps = 1e-12
-    scores = {
+    return {
         "r2": 1 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else None,
         "rank_ic": float(np.corrcoef(_ranks(pred), _ranks(y))[0, 1]) if np.std(pred) > 0 and np.std(y) > 0 else None,
         "auc": auc(prob, w),
@@ -194,6 +191,30 @@ def fit_model(
         "base_win_rate": float(w.mean()),
         "mean_pnl": float(y.mean()),
     }
+
+
+def fit_model(
+    rows: Sequence[Mapping[str, Any]],
+    labels: np.ndarray,
+    horizon_ms: int,
+    fees: float,
+    factors: Sequence[str] = DEFAULT_FACTORS,
+    alpha: float = 0.01,
+    l2: float = 0.01,
+    test_fraction: float = 0.3,
+) -> PairModel:
+    """Fit both models on the training part of `rows` and score them on the test part (module
+    docstring); the scores are in the model's ``fit``. Raises ValueError when there is too little data."""
+    split, train, test = _split(rows, labels, horizon_ms, len(factors), test_fraction)
+    raw = factor_matrix(rows, factors)
+    missing_share = np.isnan(raw[train]).mean(axis=0)
+    means, scales, x = _standardise(raw, train)
+    won = (labels > 0).astype(float)
+    b0, b = ridge(x[train], labels[train], alpha)
+    c0, c = logistic(x[train], won[train], l2)
+    pred = b0 + x[test] @ b
+    prob = 1 / (1 + np.exp(-np.clip(c0 + x[test] @ c, -500, 500)))
+    scores = _out_of_sample(pred, prob, labels[test], won[test])
     fit = {
         "rows": len(rows),
         "train_rows": int(train.sum()),
