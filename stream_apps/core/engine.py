@@ -41,40 +41,25 @@ FeatureEvaluation per strategy x symbol x evaluation) and ``signals``.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from .bars import Bar
 from .cooldown import CooldownBook
 from .decision import decide_frame
 from .detectors import BookParams, DetectorParams, FlowParams
-from .events import (
-    BookBatch,
-    BookLevels,
-    BookUpdate,
-    IndicatorUpdate,
-    LiquidationEvent,
-    MarkBatch,
-    MarketEvent,
-    MarkUpdate,
-    TradeBatch,
-    book_levels,
-    concat_columns,
-)
-from .frame import distinct_sorted
+from .engine_cadence import evaluation_points
+from .engine_inputs import Key, PendingInputs, event_from_dict
+from .events import BookBatch, MarkBatch, MarketEvent, TradeBatch
 from .market_records import MarketTimeline
 from .params import StateParams
 from .records import FeatureBlock, FeatureTable, signal_record
 from .scoring import evaluation_at, score_frames
 from .strategy import StrategyConfig
-from .symbol_state import STANDARD_CVD_WINDOWS_MS, SymbolState
-
-Key = tuple[str, str]
-_EVENT_TYPES = {cls.__name__: cls for cls in (BookUpdate, MarkUpdate, LiquidationEvent, IndicatorUpdate)}
-
+from .symbol_state import STANDARD_CVD_WINDOWS_MS, SegmentLog, SymbolState
 
 PLAUSIBLE_TIME_MS = (1_262_304_000_000, 4_102_444_800_000)  # 2010-01-01 .. 2100-01-01 UTC
 
@@ -154,26 +139,67 @@ class EngineOutput:
         return (self.bars, self.features, self.signals) == (other.bars, other.features, other.signals)
 
 
-def _sorted(batch: TradeBatch) -> TradeBatch:
-    times, ids = batch.time_ms, batch.agg_id
-    if len(batch) < 2 or (np.all(times[1:] >= times[:-1]) and np.all((times[1:] > times[:-1]) | (ids[1:] >= ids[:-1]))):
-        return batch
-    return batch.take(np.lexsort((ids, times)))
-
-
-def _by_time(batch):
-    """A column batch in time order (stable: equal times keep arrival order)."""
-    times = batch.time_ms
-    if len(times) < 2 or np.all(times[1:] >= times[:-1]):
-        return batch
-    return batch.take(np.argsort(times, kind="stable"))
-
-
 _NEVER = np.iinfo(np.int64).max
 
 
+class _SegmentRecords:
+    """Bars and signals of one segment, each with its sort key: output in point, symbol, strategy order."""
+
+    def __init__(self) -> None:
+        self.bars: list[tuple[int, int, Key, int, dict[str, Any]]] = []
+        self.signals: list[tuple[int, Key, int, dict[str, Any]]] = []
+
+    def place_bars(
+        self,
+        key: Key,
+        closed: list[Bar],
+        advanced: list[Bar],
+        batch: TradeBatch | None,
+        segment: np.ndarray,
+        due_points: np.ndarray,
+    ) -> None:
+        """Place each 1-minute bar at the evaluation that would have emitted it one point at a time:
+        the first due point at or after its close if its closing trade (``closed``: closed by a trade
+        of ``batch``) comes at or after that point (there ``advance_to`` closed it), otherwise the
+        first point after its closing trade."""
+        for seq, bar in enumerate(closed + advanced):
+            closing = _NEVER
+            if seq < len(closed):
+                assert batch is not None
+                closing = int(batch.time_ms[np.searchsorted(batch.time_ms, bar.close_time, side="left")])
+            k = int(np.searchsorted(due_points, bar.close_time, side="left"))
+            if k < len(due_points) and due_points[k] <= closing:
+                self.bars.append((int(due_points[k]), 1, key, seq, bar.to_record(*key)))
+            else:
+                point = int(segment[np.searchsorted(segment, closing, side="right")])
+                self.bars.append((point, 0, key, seq, bar.to_record(*key)))
+
+    def add_signal(self, time_ms: int, key: Key, rank: int, record: dict[str, Any]) -> None:
+        self.signals.append((time_ms, key, rank, record))
+
+    def flush(self, out: EngineOutput) -> None:
+        self.bars.sort(key=lambda item: item[:4])
+        out.bars.extend(item[4] for item in self.bars)
+        self.signals.sort(key=lambda item: item[:3])
+        out.signals.extend(item[3] for item in self.signals)
+
+
+def _trade_marks(batch: TradeBatch | None, segment: np.ndarray, traded_before: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per point of ``segment``: has a trade of ``batch`` come since the previous point (due), and
+    has the symbol traded by then (ever)."""
+    if batch is None:
+        return np.zeros(len(segment), dtype=bool), np.full(len(segment), traded_before)
+    counts = np.searchsorted(batch.time_ms, segment, side="left")
+    return np.diff(counts, prepend=0) > 0, traded_before | (counts > 0)
+
+
 class Engine:
-    """Drives symbol states and strategies on event time; see the module docstring for the rules."""
+    """Drives symbol states and strategies on event time; see the module docstring for the rules.
+
+    The pending inputs live in a ``PendingInputs``, the evaluation points come from
+    ``engine_cadence``; the engine keeps the clock, the states and the cooldown books, and runs the
+    evaluations.
+    """
 
     def __init__(
         self,
@@ -191,11 +217,7 @@ class Engine:
         self.books: dict[str, CooldownBook] = {cfg.name: CooldownBook() for cfg in self.strategies}
         self.clock_ms: int | None = None
         self.sealed_ms: int | None = None  # last evaluation point processed
-        self.applied_input_ms: int | None = None  # newest event time among inputs already applied
-        self._pending_trades: dict[Key, TradeBatch] = {}
-        self._pending_books: dict[Key, BookBatch] = {}
-        self._pending_marks: dict[Key, MarkBatch] = {}
-        self._pending_other: dict[Key, list[LiquidationEvent | IndicatorUpdate]] = {}
+        self._inputs = PendingInputs()
         self._cvd_windows = tuple(
             sorted(
                 set(STANDARD_CVD_WINDOWS_MS)
@@ -211,6 +233,20 @@ class Engine:
             )
         self._detecting = detecting
         self._limits: dict[str, int] = {}
+
+    @property
+    def applied_input_ms(self) -> int | None:
+        """Newest event time among inputs already applied."""
+        return self._inputs.applied_ms
+
+    @applied_input_ms.setter
+    def applied_input_ms(self, value: int | None) -> None:
+        self._inputs.applied_ms = value
+
+    @property
+    def _pending_books(self) -> dict[Key, BookBatch]:
+        """The pending book snapshots as columns, per key (tests check their levels' form)."""
+        return self._inputs.books
 
     # ------------------------------------------------------------------------------------------
     def state(self, exchange: str, symbol: str) -> SymbolState:
@@ -248,172 +284,94 @@ class Engine:
                 return cfg.detectors.params_for(symbol)
         return None
 
-    def process(  # noqa: C901 - over the complexity limit, to be split
+    # ------------------------------------------------------------------------------------------
+    # input and clock
+    # ------------------------------------------------------------------------------------------
+    def process(
         self,
         trades: Iterable[TradeBatch] = (),
         events: Iterable[MarketEvent | BookBatch | MarkBatch] = (),
         now_ms: int | None = None,
     ) -> EngineOutput:
         """Buffer the input, then run every evaluation point the clock has reached."""
-        newest: int | None = None
         lowest, highest = PLAUSIBLE_TIME_MS
         if now_ms is not None:
             highest = min(highest, now_ms + self.params.max_future_ms + 1)
-        for batch in trades:
-            if len(batch) == 0:
-                continue
-            key = (batch.exchange, batch.symbol)
-            implausible = (batch.time_ms < lowest) | (batch.time_ms >= highest)
-            if np.any(implausible):  # a corrupt timestamp must not drag the clock years ahead
-                self.state(*key).counters.rejected += int(implausible.sum())
-                batch = batch.take(~implausible)
-                if len(batch) == 0:
-                    continue
-            if self.sealed_ms is not None:
-                late = batch.time_ms < self.sealed_ms
-                if np.any(late):
-                    self.state(*key).skip_late(batch.agg_id[late])
-                    batch = batch.take(~late)
-                    if len(batch) == 0:
-                        continue
-            pending = self._pending_trades.get(key)
-            self._pending_trades[key] = _sorted(batch if pending is None else TradeBatch.concat([pending, batch]))
-            batch_newest = int(batch.time_ms.max())
-            newest = batch_newest if newest is None else max(newest, batch_newest)
-        reach = self._buffer_events(events, lowest, highest)
+        newest = self._buffer_trades(trades, lowest, highest)
+        reach = self._inputs.add_events(events, lowest, highest, self.params.event_clock_delay_ms, self._reject)
         if reach is not None:
             newest = reach if newest is None else max(newest, reach)
-
         out = EngineOutput()
-        lateness = self.params.allowed_lateness_ms
-        reached = [t - lateness for t in (newest, now_ms) if t is not None]
-        if reached:
-            self.clock_ms = max(reached) if self.clock_ms is None else max(self.clock_ms, *reached)
+        self._advance_clock(newest, now_ms)
         if self.clock_ms is None:
             return out
         low = self.sealed_ms
         if low is None:
             # nothing is sealed before the first evaluation: an input that happens to arrive first
             # (a liquidation 13 s into the session) must not make the trades before it late
-            starts = [int(b.time_ms[0]) for b in self._pending_trades.values()]
-            event_times = self._event_times()
-            if len(event_times):
-                starts.append(int(event_times.min()))
-            if not starts:
+            first = self._inputs.first_time()
+            if first is None:
                 return out
-            low = min(starts) // 1000 * 1000
-        points = self._evaluation_points(low)
+            low = first // 1000 * 1000
+        points = evaluation_points(
+            low,
+            self.clock_ms,
+            self._inputs,
+            bool(self.states or self._inputs.trades),
+            self.params.eval_interval_ms,
+            self.params.idle_eval_limit_ms,
+        )
         if len(points):
             self._run(points, out)
         return out
 
-    def _buffer_events(
-        self, events: Iterable[MarketEvent | BookBatch | MarkBatch], lowest: int, highest: int
-    ) -> int | None:
-        """Add events to the pending inputs (books and marks as columns); return the newest clock reach."""
-        books: dict[Key, list] = {}
-        marks: dict[Key, list] = {}
-        others: dict[Key, list] = {}
+    def _buffer_trades(self, trades: Iterable[TradeBatch], lowest: int, highest: int) -> int | None:
+        """Add the plausible, not late trades to the pending inputs; return the newest time added."""
         newest: int | None = None
-        delay = self.params.event_clock_delay_ms
-        for event in events:
-            key = (event.exchange, event.symbol)
-            if isinstance(event, BookBatch | MarkBatch):
-                ok = (event.time_ms >= lowest) & (event.time_ms < highest)
-                if not ok.all():
-                    self.state(*key).counters.rejected += int((~ok).sum())
-                    event = event.take(ok)
-                if len(event) == 0:
-                    continue
-                (books if isinstance(event, BookBatch) else marks).setdefault(key, []).append(event)
-                reach = int(event.time_ms.max()) - delay
-            else:
-                if not lowest <= event.time_ms < highest:
-                    self.state(*key).counters.rejected += 1
-                    continue
-                if isinstance(event, BookUpdate):
-                    books.setdefault(key, []).append(event)
-                elif isinstance(event, MarkUpdate):
-                    marks.setdefault(key, []).append(event)
-                else:
-                    others.setdefault(key, []).append(event)
-                reach = event.time_ms - delay
-            newest = reach if newest is None else max(newest, reach)
-        for pieces, pending, column_type in (
-            (books, self._pending_books, BookBatch),
-            (marks, self._pending_marks, MarkBatch),
-        ):
-            for key, items in pieces.items():
-                parts = [pending[key]] if key in pending else []
-                run: list = []
-                for item in items:  # consecutive single updates become one batch, arrival order kept
-                    if isinstance(item, column_type):
-                        if run:
-                            parts.append(column_type.from_updates(run))
-                            run = []
-                        parts.append(item)
-                    else:
-                        run.append(item)
-                if run:
-                    parts.append(column_type.from_updates(run))
-                pending[key] = _by_time(concat_columns(parts))
-        for key, items in others.items():
-            merged = self._pending_other.get(key, []) + items
-            merged.sort(key=lambda e: e.time_ms)  # stable: equal times keep arrival order
-            self._pending_other[key] = merged
+        for batch in trades:
+            admitted = self._admit_trades(batch, lowest, highest)
+            if admitted is None:
+                continue
+            self._inputs.add_trades((admitted.exchange, admitted.symbol), admitted)
+            batch_newest = int(admitted.time_ms.max())
+            newest = batch_newest if newest is None else max(newest, batch_newest)
         return newest
 
-    def _event_times(self) -> np.ndarray:
-        parts = [b.time_ms for b in self._pending_books.values()] + [m.time_ms for m in self._pending_marks.values()]
-        parts += [
-            np.fromiter((e.time_ms for e in items), dtype=np.int64, count=len(items))
-            for items in self._pending_other.values()
-        ]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    def _admit_trades(self, batch: TradeBatch, lowest: int, highest: int) -> TradeBatch | None:
+        """``batch`` without the trades at an implausible time (counted as rejected) or before the
+        last evaluation point (late: counted, their ids taken as seen); None when nothing is left."""
+        if len(batch) == 0:
+            return None
+        key = (batch.exchange, batch.symbol)
+        implausible = (batch.time_ms < lowest) | (batch.time_ms >= highest)
+        if np.any(implausible):  # a corrupt timestamp must not drag the clock years ahead
+            self._reject(key, int(implausible.sum()))
+            batch = batch.take(~implausible)
+            if len(batch) == 0:
+                return None
+        if self.sealed_ms is not None:
+            late = batch.time_ms < self.sealed_ms
+            if np.any(late):
+                self.state(*key).skip_late(batch.agg_id[late])
+                batch = batch.take(~late)
+                if len(batch) == 0:
+                    return None
+        return batch
 
-    def _evaluation_points(self, low: int) -> np.ndarray:
-        assert self.clock_ms is not None
-        high = self.clock_ms
-        if high <= low:
-            return np.empty(0, dtype=np.int64)
-        parts = []
-        for batch in self._pending_trades.values():
-            ends = (distinct_sorted(batch.time_ms // 1000) + 1) * 1000  # pending trades are time-ordered
-            parts.append(ends[(ends > low) & (ends <= high)])
-        interval = self.params.eval_interval_ms
-        if self.states or self._pending_trades:
-            for start, end in self._active_spans():
-                begin, stop = max(low, start), min(high, end)
-                if stop > begin:
-                    parts.append(np.arange((begin // interval + 1) * interval, stop + 1, interval, dtype=np.int64))
-        if not parts:
-            return np.empty(0, dtype=np.int64)
-        return distinct_sorted(np.sort(np.concatenate(parts), kind="stable"))
+    def _reject(self, key: Key, count: int) -> None:
+        self.state(*key).counters.rejected += count
 
-    def _active_spans(self) -> list[tuple[int, int]]:
-        """Merged ``[t, t + idle_eval_limit_ms]`` over the times of every input at hand (applied
-        ones are represented by the newest): where periodic evaluation points may fall."""
-        parts = [self._event_times()]
-        parts += [batch.time_ms for batch in self._pending_trades.values()]
-        if self.applied_input_ms is not None:
-            parts.append(np.asarray([self.applied_input_ms], dtype=np.int64))
-        times = (
-            np.sort(np.concatenate(parts), kind="stable") if parts else np.empty(0, dtype=np.int64)
-        )  # sorted runs: merged in linear time
-        limit = self.params.idle_eval_limit_ms
-        spans: list[tuple[int, int]] = []
-        if len(times) == 0:
-            return spans
-        breaks = np.flatnonzero(np.diff(times) > limit)  # a silence longer than the limit ends a span
-        starts = np.concatenate(([0], breaks + 1))
-        ends = np.concatenate((breaks, [len(times) - 1]))
-        return [(int(times[a]), int(times[b]) + limit) for a, b in zip(starts, ends)]
+    def _advance_clock(self, newest: int | None, now_ms: int | None) -> None:
+        lateness = self.params.allowed_lateness_ms
+        reached = [t - lateness for t in (newest, now_ms) if t is not None]
+        if reached:
+            self.clock_ms = max(reached) if self.clock_ms is None else max(self.clock_ms, *reached)
 
     # ------------------------------------------------------------------------------------------
     # evaluation: segments of points at once
     # ------------------------------------------------------------------------------------------
     def _segment_limit(self) -> int:
-        keys = set(self.states) | set(self._pending_trades)
+        keys = set(self.states) | set(self._inputs.trades)
         limits = []
         for _, symbol in keys:
             if symbol not in self._limits:
@@ -451,7 +409,7 @@ class Engine:
         """Time of the earliest pending trade before ``end`` that its state would not take on the
         clean path (a gap, a duplicate, a bad value), or None."""
         first: int | None = None
-        for key, batch in self._pending_trades.items():
+        for key, batch in self._inputs.trades.items():
             cut = int(np.searchsorted(batch.time_ms, end, side="left"))
             if not cut:
                 continue
@@ -461,7 +419,7 @@ class Engine:
                 first = t if first is None else min(first, t)
         return first
 
-    def _evaluate_segment(self, segment: np.ndarray, out: EngineOutput, table: FeatureTable) -> None:  # noqa: C901 - over the complexity limit, to be split
+    def _evaluate_segment(self, segment: np.ndarray, out: EngineOutput, table: FeatureTable) -> None:
         """Evaluate the points of ``segment`` (ascending); output as if one point at a time.
 
         One point at a time, the engine would at each point ``p``: apply every input before ``p``,
@@ -477,121 +435,72 @@ class Engine:
         symbol (bars closed by trades before those closed by ``advance_to``), then strategy.
         """
         end = int(segment[-1])
-        single = len(segment) == 1
-        interval = self.params.eval_interval_ms
-        periodic = segment % interval == 0
-        keys = set(self._pending_trades) | set(self.states) | set(self._pending_books) | set(self._pending_marks)
-        keys |= set(self._pending_other)
-        bars: list[tuple[int, int, Key, int, dict[str, Any]]] = []
-        signals: list[tuple[int, Key, int, dict[str, Any]]] = []
-        for key in sorted(keys):
+        records = _SegmentRecords()
+        for key in sorted(self._inputs.keys() | set(self.states)):
             timeline = self._apply_events(key, end)
-            batch = self._pending_trades.get(key)
-            if batch is not None:
-                cut = int(np.searchsorted(batch.time_ms, end, side="left"))
-                if cut == len(batch):
-                    del self._pending_trades[key]
-                elif cut:
-                    self._pending_trades[key] = batch.take(slice(cut, None))
-                batch = batch.take(slice(0, cut)) if cut else None
-            state = self.states.get(key)
-            if state is None and batch is None:
+            batch = self._inputs.take_trades(key, end)
+            if key not in self.states and batch is None:
                 continue
             state = self.state(*key)
-            traded_before = state.last_trade_ms is not None
-            accepted_before = state.counters.accepted
-            if batch is not None:
-                self._note_applied(int(batch.time_ms[-1]))
-                counts = np.searchsorted(batch.time_ms, segment, side="left")
-                due = np.diff(counts, prepend=0) > 0  # new trades since the previous point
-                ever = traded_before | (counts > 0)
-            else:
-                due = np.zeros(len(segment), dtype=bool)
-                ever = np.full(len(segment), traded_before)
-            if single and batch is not None:
-                wanted = segment  # a single point: its minute is wanted whether or not it is due
-            else:
-                wanted = segment[due | (periodic & ever)]
-            log, closed = state.apply_segment(batch, wanted)
-            if single:  # the state's own count of accepted trades decides (gaps, duplicates...)
-                due = np.array([state.counters.accepted > accepted_before])
-                ever = np.array([state.last_trade_ms is not None])
-            due |= periodic & ever
-            due_points = segment[due]
+            due_points, log, closed = self._apply_segment(state, batch, segment)
             advanced = state.advance_segment(int(due_points[-1]), log) if len(due_points) else []
-            for seq, bar in enumerate(closed + advanced):
-                closing = _NEVER
-                if seq < len(closed):
-                    closing = int(batch.time_ms[np.searchsorted(batch.time_ms, bar.close_time, side="left")])
-                k = int(np.searchsorted(due_points, bar.close_time, side="left"))
-                if k < len(due_points) and due_points[k] <= closing:
-                    bars.append((int(due_points[k]), 1, key, seq, bar.to_record(*key)))
-                else:
-                    point = int(segment[np.searchsorted(segment, closing, side="right")])
-                    bars.append((point, 0, key, seq, bar.to_record(*key)))
-            if not len(due_points):
-                continue
-            strategies = [(rank, cfg) for rank, cfg in enumerate(self.strategies) if cfg.applies_to(key[1])]
-            if not strategies:
-                continue
-            frame = state.snapshot_frame(due_points, self._cvd_windows, self._slope_windows, log, timeline)
-            for (rank, cfg), scores in zip(strategies, score_frames(frame, [cfg for _, cfg in strategies])):
-                decided = decide_frame(frame, scores, cfg, self.books[cfg.name])
-                table.add(FeatureBlock(frame, cfg, scores, decided.block), key, rank)
-                for row, plan in decided.plans.items():
-                    evaluation = replace(evaluation_at(frame, scores, cfg, row), is_flip=decided.flips[row])
-                    signals.append((int(frame.time_ms[row]), key, rank, signal_record(evaluation, plan)))
-        bars.sort(key=lambda item: item[:4])
-        out.bars.extend(item[4] for item in bars)
-        signals.sort(key=lambda item: item[:3])
-        out.signals.extend(item[3] for item in signals)
+            records.place_bars(key, closed, advanced, batch, segment, due_points)
+            if len(due_points):
+                self._score(key, state, due_points, log, timeline, table, records)
+        records.flush(out)
         self.sealed_ms = end
+
+    def _apply_segment(
+        self, state: SymbolState, batch: TradeBatch | None, segment: np.ndarray
+    ) -> tuple[np.ndarray, SegmentLog, list[Bar]]:
+        """Apply the segment's trades to ``state``; return its due points (those with new accepted
+        trades, and on the 15-s grid those after it ever traded), the log and the bars the trades closed."""
+        single = len(segment) == 1
+        periodic = segment % self.params.eval_interval_ms == 0
+        accepted_before = state.counters.accepted
+        due, ever = _trade_marks(batch, segment, state.last_trade_ms is not None)
+        if single and batch is not None:
+            wanted = segment  # a single point: its minute is wanted whether or not it is due
+        else:
+            wanted = segment[due | (periodic & ever)]
+        log, closed = state.apply_segment(batch, wanted)
+        if single:  # the state's own count of accepted trades decides (gaps, duplicates...)
+            due = np.array([state.counters.accepted > accepted_before])
+            ever = np.array([state.last_trade_ms is not None])
+        return segment[due | (periodic & ever)], log, closed
+
+    def _score(
+        self,
+        key: Key,
+        state: SymbolState,
+        due_points: np.ndarray,
+        log: SegmentLog,
+        timeline: MarketTimeline | None,
+        table: FeatureTable,
+        records: _SegmentRecords,
+    ) -> None:
+        """Read the symbol at its due points, then score and decide them for every strategy that applies."""
+        strategies = [(rank, cfg) for rank, cfg in enumerate(self.strategies) if cfg.applies_to(key[1])]
+        if not strategies:
+            return
+        frame = state.snapshot_frame(due_points, self._cvd_windows, self._slope_windows, log, timeline)
+        for (rank, cfg), scores in zip(strategies, score_frames(frame, [cfg for _, cfg in strategies])):
+            decided = decide_frame(frame, scores, cfg, self.books[cfg.name])
+            table.add(FeatureBlock(frame, cfg, scores, decided.block), key, rank)
+            for row, plan in decided.plans.items():
+                evaluation = replace(evaluation_at(frame, scores, cfg, row), is_flip=decided.flips[row])
+                records.add_signal(int(frame.time_ms[row]), key, rank, signal_record(evaluation, plan))
 
     def _apply_events(self, key: Key, end: int) -> MarketTimeline | None:
         """Apply the key's pending books, marks, liquidations and indicators before ``end``."""
-        parts = []
-        for pending in (self._pending_books, self._pending_marks):
-            batch = pending.get(key)
-            if batch is None:
-                parts.append(None)
-                continue
-            cut = int(np.searchsorted(batch.time_ms, end, side="left"))
-            if cut == len(batch):
-                del pending[key]
-            elif cut:
-                pending[key] = batch.take(slice(cut, None))
-            parts.append(batch.take(slice(0, cut)) if cut else None)
-            if cut:
-                self._note_applied(int(batch.time_ms[cut - 1]))
-        others: list[LiquidationEvent | IndicatorUpdate] = []
-        items = self._pending_other.get(key)
-        if items:
-            cut = bisect_left([e.time_ms for e in items], end)
-            others = items[:cut]
-            if cut == len(items):
-                del self._pending_other[key]
-            else:
-                self._pending_other[key] = items[cut:]
-            if others:
-                self._note_applied(max(e.time_ms for e in others))
-        if parts[0] is None and parts[1] is None and not others:
+        books, marks, others = self._inputs.take_events(key, end)
+        if books is None and marks is None and not others:
             return None
-        return self.state(*key).apply_market_segment(parts[0], parts[1], others)
-
-    def _note_applied(self, time_ms: int) -> None:
-        if self.applied_input_ms is None or time_ms > self.applied_input_ms:
-            self.applied_input_ms = time_ms
+        return self.state(*key).apply_market_segment(books, marks, others)
 
     # ------------------------------------------------------------------------------------------
-    def _pending_event_list(self) -> list[MarketEvent]:
-        events: list[MarketEvent] = []
-        for batch in list(self._pending_books.values()) + list(self._pending_marks.values()):
-            events += batch.updates()
-        for items in self._pending_other.values():
-            events += items
-        events.sort(key=lambda e: e.time_ms)
-        return events
-
+    # plain-data form
+    # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly where this engine stopped (plain data)."""
         return {
@@ -602,44 +511,9 @@ class Engine:
             "applied_input_ms": self.applied_input_ms,
             "states": [state.to_dict() for _, state in sorted(self.states.items())],
             "books": {name: book.to_dict() for name, book in sorted(self.books.items())},
-            "pending_trades": [
-                {
-                    "exchange": b.exchange,
-                    "symbol": b.symbol,
-                    "agg_id": b.agg_id.tolist(),
-                    "time_ms": b.time_ms.tolist(),
-                    "price": b.price.tolist(),
-                    "qty": b.qty.tolist(),
-                    "taker_sell": b.taker_sell.tolist(),
-                }
-                for _, b in sorted(self._pending_trades.items())
-            ],
-            "pending_events": [self._event_dict(e) for e in self._pending_event_list()],
+            "pending_trades": self._inputs.trades_to_dict(),
+            "pending_events": self._inputs.events_to_dict(lambda symbol: self.book_params(symbol) is not None),
         }
-
-    def _event_dict(self, event: MarketEvent) -> dict[str, Any]:
-        """A pending event as plain data; a book's levels only where the book detectors read them
-        (its md.book record is otherwise 40 levels of dead weight in every snapshot)."""
-        if isinstance(event, BookUpdate):
-            levels = event.levels
-            if levels is not None and self.book_params(event.symbol) is not None:
-                if isinstance(levels, BookLevels):
-                    levels = levels.pairs()  # read back as BookLevels by ``from_dict``
-                else:
-                    if isinstance(levels, dict):
-                        levels = (levels.get("bids") or [], levels.get("asks") or [])
-                    levels = [[dict(r) if isinstance(r, dict) else list(r) for r in side] for side in levels]
-            else:
-                levels = None
-            return {
-                "type": "BookUpdate",
-                "exchange": event.exchange,
-                "symbol": event.symbol,
-                "time_ms": event.time_ms,
-                "obi": event.obi,
-                "levels": levels,
-            }
-        return {"type": type(event).__name__, **asdict(event)}
 
     @classmethod
     def from_dict(
@@ -665,15 +539,7 @@ class Engine:
         for name, book in data["books"].items():
             if name in engine.books:
                 engine.books[name] = CooldownBook.from_dict(book)
-        for b in data["pending_trades"]:
-            engine._pending_trades[(b["exchange"], b["symbol"])] = TradeBatch.from_arrays(
-                b["exchange"], b["symbol"], b["agg_id"], b["time_ms"], b["price"], b["qty"], b["taker_sell"]
-            )
-        events = []
-        for e in data["pending_events"]:
-            fields = {k: v for k, v in e.items() if k != "type"}
-            if e["type"] == "BookUpdate" and fields.get("levels") is not None:
-                fields["levels"] = book_levels(fields["levels"])  # the columns again, equal values
-            events.append(_EVENT_TYPES[e["type"]](**fields))
-        engine._buffer_events(events, *PLAUSIBLE_TIME_MS)
+        engine._inputs.restore_trades(data["pending_trades"])
+        events = [event_from_dict(e) for e in data["pending_events"]]
+        engine._inputs.add_events(events, *PLAUSIBLE_TIME_MS, engine.params.event_clock_delay_ms, engine._reject)
         return engine
