@@ -115,17 +115,7 @@ class TimedPairs(LegTravel):
             pair.status, pair.reason = "rejected", problem
             events.positions.append(pair.to_record())
             return events
-        p, rules = self.params, self.params.legs
-        vwaps, refs = {}, {}
-        for role, leg in pair.legs.items():
-            book = books[leg.venue]
-            levels = book.bids if role == "short" else book.asks
-            fill = ioc_fill(levels, pair.qty, _ENTRY_SIDE[role])
-            vwaps[role], refs[role] = fill.vwap, fill.touch
-        need = rules.min_entry_spread + 2 * (
-            p.venue(pair.legs["short"].venue).taker_fee + p.venue(pair.legs["long"].venue).taker_fee
-        )
-        limits = {"short": vwaps["long"] * math.exp(need), "long": vwaps["short"] * math.exp(-need)}
+        limits, refs, need = self._entry_limits(pair, books)
         self.active_by_key[pair.pair_key] = pair.pair_id
         flow = self.flow[pair.pair_id] = {
             "target": pair.qty,
@@ -140,23 +130,48 @@ class TimedPairs(LegTravel):
         }
         pair.qty = 0.0  # the hedged quantity: set when both legs have answered
         events.positions.append(pair.to_record())
-        if rules.sequential:  # the leg on the thinner book (inside its limit) first; ties: the short leg
-            depth = {
-                role: ioc_fill(
-                    books[leg.venue].bids if role == "short" else books[leg.venue].asks,
-                    math.inf,
-                    _ENTRY_SIDE[role],
-                    limits[role],
-                ).qty
-                for role, leg in pair.legs.items()
-            }
-            flow["lead"] = "long" if depth["long"] < depth["short"] else "short"
+        if self.params.legs.sequential:
+            flow["lead"] = self._thinner_leg(pair, books, limits)
             self._send(pair, flow["lead"], "entry", flow["target"], limits[flow["lead"]], refs[flow["lead"]], now_ms)
         else:
             for role in ("short", "long"):
                 self._send(pair, role, "entry", flow["target"], limits[role], refs[role], now_ms)
         events.extend(self.run_due(now_ms, books))
         return events
+
+    def _entry_limits(
+        self, pair: PairPosition, books: Mapping[str, BookEvent]
+    ) -> tuple[dict[str, float], dict[str, float | None], float]:
+        """Each leg's IOC limit, the worst price at which the pair still clears the minimum entry spread
+        after four fees when the other leg trades at its VWAP of the signal; each leg's touch (its
+        ``ref_price``); and that spread (``need``)."""
+        p, rules = self.params, self.params.legs
+        vwaps, refs = {}, {}
+        for role, leg in pair.legs.items():
+            book = books[leg.venue]
+            levels = book.bids if role == "short" else book.asks
+            fill = ioc_fill(levels, pair.qty, _ENTRY_SIDE[role])
+            vwaps[role], refs[role] = fill.vwap, fill.touch
+        need = rules.min_entry_spread + 2 * (
+            p.venue(pair.legs["short"].venue).taker_fee + p.venue(pair.legs["long"].venue).taker_fee
+        )
+        limits = {"short": vwaps["long"] * math.exp(need), "long": vwaps["short"] * math.exp(-need)}
+        return limits, refs, need
+
+    @staticmethod
+    def _thinner_leg(pair: PairPosition, books: Mapping[str, BookEvent], limits: Mapping[str, float]) -> str:
+        """Sequential legs: the leg on the thinner book (the fewer coins inside its limit) leads; ties: the
+        short leg."""
+        depth = {
+            role: ioc_fill(
+                books[leg.venue].bids if role == "short" else books[leg.venue].asks,
+                math.inf,
+                _ENTRY_SIDE[role],
+                limits[role],
+            ).qty
+            for role, leg in pair.legs.items()
+        }
+        return "long" if depth["long"] < depth["short"] else "short"
 
     def _send_hedge(self, pair: PairPosition, flow: dict[str, Any], now: int) -> PairEvents:
         """Sequential legs: the lead has answered; the hedge goes for exactly what it filled, its limit
