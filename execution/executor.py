@@ -45,6 +45,11 @@ Exchange modes also reconcile (`reconcile`, driven by the service): the exchange
 orders against ours, every finding published to risk.events (scope `reconcile:<exchange>:<symbol>`,
 reason `<finding>:<outcome>`, e.g. `orphan_position:flatten_sent`); until a run succeeds new entries
 are blocked as if the exchange were down (fail closed).
+
+Layout: `Executor` holds the state every job shares (positions, pending entries, open orders, the
+guard, the signals seen), routes broker events and manages exits; signal intake and entry orders are
+`execution.executor_entries`, market data and the funding schedule `execution.market_state`, restore
+`execution.executor_restore`, and its side of reconciliation `execution.executor_reconcile`.
 """
 
 from __future__ import annotations
@@ -52,7 +57,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any, Protocol
 
 import structlog
@@ -64,23 +68,21 @@ from execution.broker import (
     OrderRequest,
     OrderUpdate,
 )
-from execution.client_ids import client_order_id, position_id
+from execution.client_ids import client_order_id
 from execution.config import ExecutorConfig
 from execution.domain import (
     BookTop,
-    InvalidSignal,
     MarkTick,
-    Signal,
     TradeTick,
-    direction_sign,
     exit_side,
 )
 from execution.entries import (
     PendingEntry,
-    fallback_order,
-    fallback_slippage_bps,
-    first_entry_order,
 )
+from execution.executor_entries import EntryFlow
+from execution.executor_reconcile import reconcile as reconcile_with_exchange
+from execution.executor_restore import StateRestore
+from execution.market_state import FundingDue, MarketState
 from execution.position_manager import ExitIntent, Position
 from execution.reconcile import Reconciler, ReconcileReport
 from execution.records import fill_record, order_record, position_record
@@ -89,26 +91,13 @@ from execution.risk_guard import (
     RiskDecision,
     RiskGuard,
     risk_key,
-    slot_scope,
     symbol_scope,
 )
-from execution.sizing import SizingError, position_size, r_usd_for_tier
 from schemas.catalogue import market_key
 
 log = structlog.get_logger("executor")
 
 ORDERS, FILLS, POSITIONS, RISK = "orders", "fills", "positions", "risk.events"
-RECONCILE_FLATTEN = "reconcile_flatten"
-# risk.events decision per reconciliation outcome (reason: `<finding kind>:<outcome>`)
-_OUTCOME_DECISION = {
-    "adopted": "allow",
-    "adoption_ended": "allow",
-    "reported": "allow",
-    "flatten_sent": "flatten",
-    "cancelled": "flatten",
-    "flatten_rejected": "block",
-    "cancel_failed": "block",
-}
 
 
 class OutputSink(Protocol):
@@ -158,16 +147,9 @@ class _OrderInfo:
         self.reference, self.reason = reference, reason
 
 
-class _FundingDue:
-    """The next funding settlement of a symbol: when, at which rate, and the newest mark price before it."""
-
-    __slots__ = ("mark_price", "rate", "time")
-
-    def __init__(self, time: int, rate: float, mark_price: float) -> None:
-        self.time, self.rate, self.mark_price = time, rate, mark_price
-
-
 class Executor:
+    """The decision loop of one mode (module docstring): feed it inputs with ``on_*`` and ``now_ms``."""
+
     def __init__(self, config: ExecutorConfig, mode: str, broker: Broker, sink: OutputSink, now_ms: int) -> None:
         self.config = config
         self.mode = mode
@@ -181,91 +163,29 @@ class Executor:
         self.slot_entry: dict[tuple[str, str, str], str] = {}
         self.orders: dict[str, _OrderInfo] = {}  # open orders by client order id
         self.seen_signals: dict[str, int] = {}  # signal id -> eval time (pruned once too old to trade)
-        self.data_time: dict[str, int] = {}  # market key -> newest trade/book event time
-        self.trade_time: dict[str, int] = {}  # market key -> newest trade time (exit orders' not-before)
-        self.last_price: dict[str, float] = {}
-        self.books: dict[str, BookTop] = {}
-        self.mark_time: dict[str, int] = {}  # market key -> newest mark event time
-        self.funding_due: dict[str, _FundingDue] = {}  # market key -> its next funding settlement
+        self.market = MarketState()  # per market key: data freshness, last trade, book top, funding due
+        self.data_time = self.market.data_time  # market key -> newest trade/book event time
         self.owner_ok = True  # False when another executor may own some of our partitions (service sets it)
         self.reconcile_ok = True  # False after a failed reconciliation: entries blocked until one succeeds
         # bumped by every change of positions, entries, orders or the guard (and by every signal, clock
         # tick and kill-switch record): a caller caching ``busy_markets`` or ``clock_quiet_until`` asks
         # again only when it moved (the backtest runner)
         self.changes = 0
+        self.entry_flow = EntryFlow(self)  # signal intake, entry orders, positions opened from them
 
     # ================================================================ inputs
     def on_signal(self, record: Mapping[str, Any], now_ms: int) -> RiskDecision:
-        """Decide on one signal; returns the decision (also emitted)."""
-        self.changes += 1
-        try:
-            sig = Signal.from_record(record)
-        except (InvalidSignal, KeyError, TypeError, ValueError) as exc:
-            scope = slot_scope(str(record.get("strategy")), str(record.get("exchange")), str(record.get("symbol")))
-            log.warning("invalid signal", signal_id=record.get("signal_id"), error=str(exc))
-            return self._decide(RiskDecision("block", scope, "invalid_signal", now_ms))
-        scope = slot_scope(sig.strategy, sig.exchange, sig.symbol)
-        if sig.signal_id in self.seen_signals:
-            return self._decide(RiskDecision("block", scope, "duplicate_signal", now_ms))
-        self.seen_signals[sig.signal_id] = sig.eval_time
-        if now_ms - sig.eval_time > self.config.risk.max_signal_age_s * 1000:
-            return self._decide(RiskDecision("block", scope, "stale_signal", now_ms))
-
-        flipping = 0
-        held = self.positions.get(self.slot_position.get(sig.slot, ""))
-        entering = self.entries.get(self.slot_entry.get(sig.slot, ""))
-        for other in (held, entering):
-            if other is None:
-                continue
-            other_direction = other.direction if isinstance(other, Position) else other.signal.direction
-            if other_direction == sig.direction or not sig.is_flip:
-                return self._decide(RiskDecision("block", scope, "position_open", now_ms))
-        if held is not None:
-            self._close(held, "signal_flip", now_ms)
-            flipping += 1
-        if entering is not None:
-            self._cancel_entry(entering, "signal_flip", now_ms)
-
-        decision = self.guard.check_entry(
-            now_ms=now_ms,
-            scope=scope,
-            market_data_age_ms=self._data_age(sig.key, now_ms),
-            venue_up=self.venue_up,
-            output_up=self.sink.healthy,
-            sole_writer=self.owner_ok,
-            open_positions=len(self.positions) + len(self.entries) - flipping,
-        )
-        if not decision.allowed:
-            return self._decide(decision)
-        try:
-            size = position_size(r_usd_for_tier(self.config, sig.tier, sig.risk_multiplier), sig.risk_distance)
-        except SizingError as exc:
-            log.warning("no size", signal_id=sig.signal_id, error=str(exc))
-            return self._decide(RiskDecision("block", scope, "sizing", now_ms))
-        self._decide(decision)
-        pid = position_id(sig.signal_id)
-        request = first_entry_order(
-            sig, client_order_id(sig.signal_id, "entry"), size.qty, self.config.entry, self.books.get(sig.key)
-        )
-        entry = PendingEntry(sig, pid, size, request, "entry", now_ms)
-        self.entries[pid] = entry
-        self.slot_entry[sig.slot] = pid
-        self._send(request, "entry", sig.signal_id, pid, sig.price, None, now_ms)
-        return decision
+        """Decide on one signal; returns the decision (also emitted). See `execution.executor_entries`."""
+        return self.entry_flow.on_signal(record, now_ms)
 
     def on_trade(self, record: Mapping[str, Any], now_ms: int) -> None:
         self.on_trade_tick(TradeTick.from_record(record), now_ms)
 
     def on_trade_tick(self, tick: TradeTick, now_ms: int) -> None:
         key = tick.key
-        due = self.funding_due.get(key)
-        if due is not None and tick.trade_time >= due.time:
+        due = self.market.on_trade(tick)
+        if due is not None:
             self._settle_funding(key, due)
-        if tick.trade_time > self.data_time.get(key, -1):
-            self.data_time[key] = tick.trade_time
-        if tick.trade_time >= self.trade_time.get(key, -1):
-            self.trade_time[key] = tick.trade_time
-            self.last_price[key] = tick.price
         self._route(self.broker.on_trade(tick), now_ms)
         for pid in list(self.by_market.get(key, ())):
             pos = self.positions.get(pid)
@@ -280,9 +200,7 @@ class Executor:
 
     def on_book_top(self, book: BookTop, now_ms: int) -> None:
         """``on_book`` of a parsed record (a caller feeding one record to several executors parses once)."""
-        if book.event_time > self.data_time.get(book.key, -1):
-            self.data_time[book.key] = book.event_time
-        self.books[book.key] = book
+        self.market.on_book(book)
         self.broker.on_book(book)
 
     def on_mark(self, record: Mapping[str, Any], now_ms: int) -> None:
@@ -291,35 +209,17 @@ class Executor:
 
     def on_mark_tick(self, mark: MarkTick, now_ms: int) -> None:
         """``on_mark`` of a parsed record."""
-        key = mark.key
-        if mark.event_time < self.mark_time.get(key, -1):
-            return  # older than what we have: it cannot tell us anything newer about funding
-        self.mark_time[key] = mark.event_time
-        due = self.funding_due.get(key)
-        if due is not None and mark.event_time >= due.time:
-            self._settle_funding(key, due)
-        if mark.event_time < mark.next_funding_time:
-            self.funding_due[key] = _FundingDue(mark.next_funding_time, mark.funding_rate, mark.mark_price)
+        due = self.market.on_mark(mark)
+        if due is not None:
+            self._settle_funding(mark.key, due)
 
     def warm_market(self, trades: Iterable[Mapping[str, Any]], books: Iterable[Mapping[str, Any]]) -> None:
         """Market state from inputs handled before a restart (the newest trades and books before the
         committed input offsets): data freshness, last price and trade time, book tops. Nothing is
         filled, exited or settled; without it a restarted executor would refuse a signal that comes
         before its market's next trade as stale where the run before it traded the signal."""
-        for rec in books:
-            book = BookTop.from_record(rec)
-            if book.event_time > self.data_time.get(book.key, -1):
-                self.data_time[book.key] = book.event_time
-            if book.event_time >= getattr(self.books.get(book.key), "event_time", -1):
-                self.books[book.key] = book
-                self.broker.on_book(book)
-        for rec in trades:
-            tick = TradeTick.from_record(rec)
-            if tick.trade_time > self.data_time.get(tick.key, -1):
-                self.data_time[tick.key] = tick.trade_time
-            if tick.trade_time >= self.trade_time.get(tick.key, -1):
-                self.trade_time[tick.key] = tick.trade_time
-                self.last_price[tick.key] = tick.price
+        for book in self.market.warm(trades, books):
+            self.broker.on_book(book)
         self.changes += 1
 
     def busy(self, key: str) -> bool:
@@ -343,7 +243,7 @@ class Executor:
             market_key(i.request.exchange, i.request.symbol) == key for i in self.orders.values()
         ):
             return None
-        due = self.funding_due.get(key)
+        due = self.market.funding_due.get(key)
         low, high, until = -math.inf, math.inf, (due.time if due is not None else math.inf)
         for pid in self.by_market.get(key, ()):
             pos = self.positions.get(pid)
@@ -427,7 +327,8 @@ class Executor:
         signals: Callable[[set[str]], Mapping[str, Mapping[str, Any]]] | None = None,
         committed_cut: bool = False,
     ) -> dict[str, int]:
-        """Rebuild state from the executor's own output topics (records of every mode may be passed).
+        """Rebuild state from the executor's own output topics (records of every mode may be passed;
+        `execution.executor_restore`).
 
         `signals(ids)` returns the signal records of those ids that can still be found; exchange modes
         ask for the signals of unfinished entry orders, to give a late-found fill its exit plan.
@@ -438,91 +339,7 @@ class Executor:
         signal read back), so the next trade delivered fills it as it would have without the restart.
         Its not-before is the signal's evaluation time for an entry and none for the others (their
         trigger trade is at or before the cut; every trade delivered after it comes later)."""
-        self.changes += 1
-        self.guard = RiskGuard.restore(self.config.risk, self.mode, risk, now_ms)
-        last_order: dict[str, Mapping[str, Any]] = {}
-        intent_reason: dict[str, str | None] = {}  # exit orders carry their exit reason on the intent
-        for rec in orders:
-            if rec["mode"] != self.mode:
-                continue
-            last_order[rec["client_order_id"]] = rec
-            if rec["state"] == "PENDING_NEW":
-                intent_reason[rec["client_order_id"]] = rec.get("reason")
-            if rec["leg"] == "entry" and rec.get("signal_id"):
-                self.seen_signals.setdefault(rec["signal_id"], int(rec["event_time"]))
-        events: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
-        for rec in positions:
-            if rec["mode"] == self.mode:
-                events[rec["position_id"]][rec["event"]] = rec
-                self.seen_signals.setdefault(rec["signal_id"], int(rec["event_time"]))
-        for evs in events.values():
-            if "closed" in evs or "opened" not in evs:
-                continue
-            opened = evs["opened"]
-            # the timeout it was opened with (events from before positions carried it: the setting)
-            timeout_ms = opened.get("timeout_ms") or self.config.timeout_ms(opened["strategy"])
-            pos = Position.restore(
-                opened, evs.get("tp1"), timeout_ms=int(timeout_ms), breakeven_offset_r=self.config.breakeven_offset_r
-            )
-            self._register(pos)
-        cancelled = resumed = 0
-        unfinished = {cid: rec for cid, rec in last_order.items() if rec["state"] not in TERMINAL_STATES}
-        resume = getattr(self.broker, "resume", None) if self.mode != "paper" else None
-        wanted = {rec["signal_id"] for rec in unfinished.values() if rec["leg"] == "entry" and rec.get("signal_id")}
-        reenter = committed_cut and self.mode == "paper"
-        found = dict(signals(wanted)) if (resume is not None or reenter) and wanted and signals is not None else {}
-        for cid, rec in unfinished.items():
-            req = OrderRequest(
-                cid,
-                rec["exchange"],
-                rec["symbol"],
-                rec["side"],
-                rec["type"],
-                float(rec["qty"]),
-                price=rec.get("price"),
-                reduce_only=bool(rec.get("reduce_only")),
-                not_before_ms=int(rec["event_time"]),
-            )
-            pos = self.positions.get(rec.get("position_id") or "")
-            if resume is not None:
-                self._resume_order(req, rec, pos, intent_reason.get(cid), found.get(rec.get("signal_id") or ""), now_ms)
-                resumed += 1
-                continue
-            if reenter and rec["leg"] == "entry" and self._reenter_entry(req, rec, found):
-                resumed += 1
-                continue
-            if reenter and pos is not None:
-                req = replace(req, not_before_ms=0)
-            if rec["leg"] == "entry" or pos is None or self.mode != "paper":
-                # an entry cut short by the restart is dropped (its signal is old by now); exits of
-                # other modes are the reconciler's job
-                self._emit_order(
-                    req,
-                    rec["leg"],
-                    rec.get("signal_id"),
-                    rec.get("position_id"),
-                    "CANCELED",
-                    now_ms,
-                    None,
-                    "executor_restart",
-                )
-                cancelled += 1
-                continue
-            leg = rec["leg"]
-            reason = (
-                {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg)
-                or intent_reason.get(cid)
-                or "timeout"
-            )
-            reference = {"tp1": pos.plan.tp1, "tp2": pos.plan.tp2, "sl": pos.stop}.get(leg)
-            intent = ExitIntent(rec["leg"], reason, req.qty, reference, req.not_before_ms)
-            pos.exit_sent(intent, cid)
-            self.orders[cid] = _OrderInfo(req, rec["leg"], pos.signal_id, pos.position_id, reference, reason)
-            self.broker.submit(req, now_ms)  # the paper book died with the old process: re-enter it silently
-            resumed += 1
-        if self.guard.state.kill_switch_flatten:
-            self._flatten(KILL_SWITCH, now_ms)
-        return {"positions": len(self.positions), "orders_resumed": resumed, "orders_cancelled": cancelled}
+        return StateRestore(self, now_ms, signals, committed_cut).run(positions, orders, risk)
 
     # ================================================================ reconciliation
     def reconcile(self, reconciler: Reconciler, now_ms: int) -> ReconcileReport:
@@ -531,37 +348,7 @@ class Executor:
         Our side: open positions plus what pending entries already filled, signed and summed per symbol
         (the exchange nets them: one-way mode). Stream events are routed first, and symbols with one of
         our orders in flight are left for the next run (see `execution.reconcile`)."""
-        self._route(self.broker.poll(now_ms), now_ms)
-        exchange = reconciler.exchange
-        ours: dict[str, float] = defaultdict(float)
-        for pos in self.positions.values():
-            if pos.exchange == exchange:
-                ours[pos.symbol] += direction_sign(pos.direction) * pos.qty_open
-        for entry in self.entries.values():
-            sig = entry.signal
-            if sig.exchange == exchange and entry.fills:
-                ours[sig.symbol] += direction_sign(sig.direction) * sum(f.qty for f in entry.fills)
-        in_flight = {info.request.symbol for info in self.orders.values() if info.request.exchange == exchange}
-        report = reconciler.run(dict(ours), set(self.orders), now_ms, in_flight=in_flight, submit=self._repair)
-        if report.error is not None:
-            mark = getattr(self.broker, "mark_unreachable", None)
-            if mark is not None:
-                mark()
-            if self.reconcile_ok:  # published when it starts failing; retries only log (execution.reconcile)
-                self._decide(RiskDecision("block", f"reconcile:{exchange}", "reconcile_failed", now_ms))
-        for f in report.findings:
-            scope = f"reconcile:{exchange}:{f.symbol}" + (f":{f.client_order_id}" if f.client_order_id else "")
-            self._decide(
-                RiskDecision(_OUTCOME_DECISION.get(f.outcome, "block"), scope, f"{f.kind}:{f.outcome}", now_ms)
-            )
-        if report.ok and not self.reconcile_ok:
-            self._decide(RiskDecision("resume", f"reconcile:{exchange}", "reconcile_ok", now_ms))
-        self.reconcile_ok = report.ok
-        return report
-
-    def _repair(self, req: OrderRequest, now_ms: int) -> list:
-        """A reconciliation order, sent like ours: intent on the orders topic first, then its events."""
-        return self._send(req, "exit", None, None, None, RECONCILE_FLATTEN, now_ms)
+        return reconcile_with_exchange(self, reconciler, now_ms)
 
     @property
     def venue_up(self) -> bool:
@@ -569,84 +356,15 @@ class Executor:
         return self.broker.healthy and self.reconcile_ok
 
     # ================================================================ internals
-    def _resume_order(
-        self,
-        req: OrderRequest,
-        rec: Mapping[str, Any],
-        pos: Position | None,
-        reason: str | None,
-        signal: Mapping[str, Any] | None,
-        now_ms: int,
-    ) -> None:
-        """Exchange modes after a restart: follow an order the previous run sent; never send it again."""
-        cid, leg = req.client_order_id, rec["leg"]
-        sid, pid = rec.get("signal_id"), rec.get("position_id")
-        entry: PendingEntry | None = None
-        reference: float | None = None
-        if leg == "entry":
-            leg = "entry_fallback" if sid and cid == client_order_id(sid, "entry_fallback") else "entry"
-            entry = self._restored_entry(req, leg, signal, pid)
-            reference = entry.signal.price if entry is not None else None
-        elif pos is not None:
-            reason = (
-                {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg) or reason or "timeout"
-            )
-            reference = {"tp1": pos.plan.tp1, "tp2": pos.plan.tp2, "sl": pos.stop}.get(leg)
-            pos.exit_sent(ExitIntent(leg, reason, req.qty, reference, req.not_before_ms), cid)
-        self.orders[cid] = _OrderInfo(req, leg, sid, pid, reference, reason)
-        self._route(self.broker.resume(req, now_ms), now_ms)
-        if leg.startswith("entry") and self.broker.is_open(cid):  # resting for a signal that is old by now
-            if entry is not None:
-                self._cancel_entry(entry, "executor_restart", now_ms)
-            else:
-                self._route(self.broker.cancel(cid, now_ms, "executor_restart"), now_ms)
-
-    def _reenter_entry(self, req: OrderRequest, rec: Mapping[str, Any], found: Mapping[str, Mapping[str, Any]]) -> bool:
-        """Paper, committed cut: put an unfinished entry back in the paper book silently (its intent
-        and NEW state are already published); False when its signal cannot be read (then it is cancelled)."""
-        cid, sid, pid = req.client_order_id, rec.get("signal_id"), rec.get("position_id")
-        leg = "entry_fallback" if sid and cid == client_order_id(sid, "entry_fallback") else "entry"
-        entry = self._restored_entry(req, leg, found.get(sid or ""), pid)
-        if entry is None:
-            return False
-        req = replace(req, not_before_ms=entry.signal.eval_time if leg == "entry" else 0)
-        entry.request = req
-        self.orders[cid] = _OrderInfo(req, leg, sid, entry.position_id, entry.signal.price, None)
-        self.broker.submit(req, now_ms=int(rec["event_time"]))
-        return True
-
-    def _restored_entry(
-        self, req: OrderRequest, leg: str, signal: Mapping[str, Any] | None, pid: str | None
-    ) -> PendingEntry | None:
-        """The pending entry of an unfinished entry order, if its signal can still be read."""
-        if signal is None:
-            log.warning(
-                "signal of an unfinished entry not found: a fill will be left to reconciliation",
-                client_order_id=req.client_order_id,
-            )
-            return None
-        try:
-            sig = Signal.from_record(signal)
-            size = position_size(r_usd_for_tier(self.config, sig.tier, sig.risk_multiplier), sig.risk_distance)
-        except (InvalidSignal, SizingError, KeyError, TypeError, ValueError) as exc:
-            log.warning("unfinished entry cannot be rebuilt", client_order_id=req.client_order_id, error=str(exc))
-            return None
-        entry = PendingEntry(sig, pid or position_id(sig.signal_id), size, req, leg, req.not_before_ms)
-        self.changes += 1
-        self.entries[entry.position_id] = entry
-        self.slot_entry[sig.slot] = entry.position_id
-        return entry
-
-    def _settle_funding(self, key: str, due: _FundingDue) -> None:
-        del self.funding_due[key]
+    def _settle_funding(self, key: str, due: FundingDue) -> None:
+        """Charge a settlement that fell due to the market's open positions (those opened before it)."""
         for pid in self.by_market.get(key, ()):
             pos = self.positions.get(pid)
             if pos is not None:
                 pos.pay_funding(due.time, due.mark_price, due.rate)
 
     def _data_age(self, key: str, now_ms: int) -> float | None:
-        t = self.data_time.get(key)
-        return None if t is None else now_ms - t
+        return self.market.data_age(key, now_ms)
 
     def _decide(self, decision: RiskDecision) -> RiskDecision:
         self.sink.emit(RISK, risk_key(self.mode, decision.scope), self.guard.to_record(decision))
@@ -704,13 +422,25 @@ class Executor:
     ) -> list:
         """Record the intent, then hand the order to the broker; returns the broker's events (routed)."""
         self.changes += 1
-        self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
+        self._track(req, leg, signal_id, pid, reference, reason)
         self._emit_order(req, leg, signal_id, pid, "PENDING_NEW", now_ms, None, reason)
         if self.mode != "paper":
             self.sink.barrier()
         events = self.broker.submit(req, now_ms)
         self._route(events, now_ms)
         return events
+
+    def _track(
+        self,
+        req: OrderRequest,
+        leg: str,
+        signal_id: str | None,
+        pid: str | None,
+        reference: float | None,
+        reason: str | None,
+    ) -> None:
+        """Follow an order's broker events from now on (sent now, or resumed after a restart)."""
+        self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
 
     def _send_exit(self, pos: Position, intent: ExitIntent, now_ms: int) -> None:
         cid = client_order_id(pos.signal_id, intent.leg, pos.next_attempt(intent.leg))
@@ -729,7 +459,7 @@ class Executor:
 
     def _close(self, pos: Position, reason: str, now_ms: int) -> None:
         """Close at market; the order can fill from the newest trade time of the symbol on."""
-        market_time = self.trade_time.get(market_key(pos.exchange, pos.symbol), pos.last_event_time)
+        market_time = self.market.trade_time.get(market_key(pos.exchange, pos.symbol), pos.last_event_time)
         intent = pos.request_close(reason, market_time)
         if intent is not None:
             self._send_exit(pos, intent, now_ms)
@@ -781,74 +511,9 @@ class Executor:
             if ev.state in TERMINAL_STATES:
                 del self.orders[ev.client_order_id]
             if info.leg.startswith("entry"):
-                self._entry_update(info, ev, now_ms)
+                self.entry_flow.on_update(info.position_id, ev, now_ms)
             else:
                 self._exit_update(info, ev, now_ms)
-
-    def _entry_update(self, info: _OrderInfo, ev: OrderUpdate, now_ms: int) -> None:
-        entry = self.entries.get(info.position_id or "")
-        if entry is None or entry.request.client_order_id != ev.client_order_id:
-            return
-        if ev.state == "FILLED":
-            self._drop_entry(entry)
-            self._open(entry)
-            return
-        if ev.state not in TERMINAL_STATES:
-            return
-        if entry.maker and ev.reason == "maker_timeout" and not entry.fills:
-            self._fallback(entry, now_ms)
-            return
-        self._drop_entry(entry)
-        if entry.fills:  # ended part-filled (cancelled, expired): what we hold is a position to manage
-            self._open(entry)
-
-    def _open(self, entry: PendingEntry) -> None:
-        """Open the position of an entry from its fills. r_usd is the risk actually taken: the sized 1R
-        scaled by filled / sized quantity when they differ (lot-step rounding, a partial fill)."""
-        filled = sum(f.qty for f in entry.fills)
-        r_usd = entry.size.r_usd
-        if abs(filled - entry.size.qty) > 1e-12 * entry.size.qty:
-            r_usd = entry.size.r_usd * filled / entry.size.qty
-        sig = entry.signal
-        pos = Position.open(
-            position_id=entry.position_id,
-            signal=sig,
-            mode=self.mode,
-            fills=entry.fills,
-            r_usd=r_usd,
-            timeout_ms=self.config.timeout_ms(sig.strategy, sig.timeout_ms),
-            breakeven_offset_r=self.config.breakeven_offset_r,
-        )
-        self._register(pos)
-        self.sink.emit(POSITIONS, market_key(pos.exchange, pos.symbol), position_record(pos, "opened", pos.opened_at))
-
-    def _fallback(self, entry: PendingEntry, now_ms: int) -> None:
-        sig = entry.signal
-        scope = slot_scope(sig.strategy, sig.exchange, sig.symbol)
-        book = self.books.get(sig.key)
-        market = (book.mid if book is not None else None) or self.last_price.get(sig.key)
-        if market is None or fallback_slippage_bps(sig, market) > self.config.entry.fallback_slippage_cap_bps:
-            self._drop_entry(entry)
-            self._decide(RiskDecision("block", scope, "slippage_cap", now_ms))
-            return
-        decision = self.guard.check_entry(
-            now_ms=now_ms,
-            scope=scope,
-            market_data_age_ms=self._data_age(sig.key, now_ms),
-            venue_up=self.venue_up,
-            output_up=self.sink.healthy,
-            sole_writer=self.owner_ok,
-            open_positions=len(self.positions) + len(self.entries) - 1,
-        )
-        if not decision.allowed:
-            self._drop_entry(entry)
-            self._decide(decision)
-            return
-        request = fallback_order(
-            entry, client_order_id(sig.signal_id, "entry_fallback"), self.trade_time.get(sig.key, sig.eval_time)
-        )
-        entry.request, entry.leg, entry.submitted_ms = request, "entry_fallback", now_ms
-        self._send(request, "entry_fallback", sig.signal_id, entry.position_id, sig.price, None, now_ms)
 
     def _exit_update(self, info: _OrderInfo, ev: OrderUpdate, now_ms: int) -> None:
         pos = self.positions.get(info.position_id or "")
