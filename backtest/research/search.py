@@ -265,6 +265,59 @@ def study_inputs(
     }
 
 
+def _check_choices(objective: str, sampler: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    if sampler not in ("tpe", "grid"):
+        raise ValueError("sampler must be tpe or grid")
+
+
+@dataclass
+class _BatchEvaluator:
+    """Evaluates the trials this worker claimed, batch by batch: their candidates' trades, results and
+    objective values, kept here (``mine``) and told to the shared study."""
+
+    store: FeatureStore
+    base: StrategyConfig
+    name: str
+    sampler: str
+    grid_params: list[dict]
+    from_ms: int
+    to_ms: int
+    objective: str
+    min_trades: int
+    workers: int | None
+    shared: SharedStudy
+    bar: tqdm
+    mine: dict[int, Trial] = field(default_factory=dict)
+
+    def evaluate_batch(self, claims: list[Claim]) -> None:
+        base, name, from_ms, to_ms = self.base, self.name, self.from_ms, self.to_ms
+        params = [suggest(c.trial, base) if self.sampler == "tpe" else self.grid_params[c.slot] for c in claims]
+        candidates = [_candidate(base, p, name, c.slot) for c, p in zip(claims, params)]
+        all_trades = evaluate(self.store, [c.config for c in candidates], from_ms, to_ms, self.workers)
+        for claim, candidate, trades in zip(claims, candidates, all_trades):
+            self._record(claim, candidate, in_range(trades, from_ms, to_ms))
+        self.bar.update(len(claims))
+
+    def _record(self, claim: Claim, candidate: Candidate, trades: Trades) -> None:
+        """One evaluated trial: kept as this worker's and told to the shared study."""
+        result = result_of(trades, self.from_ms, self.to_ms)
+        value = objective_value(result, self.objective, self.min_trades)
+        series = period_series(trades, self.from_ms, self.to_ms, GUARD_PERIOD_MS)
+        self.mine[claim.slot] = Trial(claim.slot, candidate, result, value, series, trades)
+        self.shared.tell(
+            claim,
+            value if math.isfinite(value) else -1e9,
+            {
+                "params": candidate.params,
+                "result": result.as_dict(),
+                "objective": value if math.isfinite(value) else None,
+                "series": series.tolist(),
+            },
+        )
+
+
 def search(
     store: FeatureStore,
     base: StrategyConfig,
@@ -288,10 +341,7 @@ def search(
     ``storage`` (an optuna RDB URL or a PostgreSQL conninfo) shares the study with every other process
     searching the same ``study_name`` there (``backtest.research.study``): they split the trials and each
     reports the whole study. Without it the study lives in this process."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-    if sampler not in ("tpe", "grid"):
-        raise ValueError("sampler must be tpe or grid")
+    _check_choices(objective, sampler)
     grid_params = list(grid(base, trials)) if sampler == "grid" else []
     budget = len(grid_params) if sampler == "grid" else trials
     inputs = study_inputs(
@@ -307,36 +357,17 @@ def search(
     )
     study_name = study_name or f"{base.name}-{name}-{inputs_key(inputs)}"
     shared = SharedStudy(open_storage(storage), study_name, sampler, seed, inputs)
-    mine: dict[int, Trial] = {}
     bar = tqdm(total=budget, desc=f"{name} ({sampler})", unit="config", disable=not show_progress, leave=False)
-
-    def evaluate_batch(claims: list[Claim]) -> None:
-        params = [suggest(c.trial, base) if sampler == "tpe" else grid_params[c.slot] for c in claims]
-        candidates = [_candidate(base, p, name, c.slot) for c, p in zip(claims, params)]
-        all_trades = evaluate(store, [c.config for c in candidates], from_ms, to_ms, workers)
-        for claim, candidate, trades in zip(claims, candidates, all_trades):
-            trades = in_range(trades, from_ms, to_ms)
-            result = result_of(trades, from_ms, to_ms)
-            value = objective_value(result, objective, min_trades)
-            series = period_series(trades, from_ms, to_ms, GUARD_PERIOD_MS)
-            mine[claim.slot] = Trial(claim.slot, candidate, result, value, series, trades)
-            shared.tell(
-                claim,
-                value if math.isfinite(value) else -1e9,
-                {
-                    "params": candidate.params,
-                    "result": result.as_dict(),
-                    "objective": value if math.isfinite(value) else None,
-                    "series": series.tolist(),
-                },
-            )
-        bar.update(len(claims))
+    evaluator = _BatchEvaluator(
+        store, base, name, sampler, grid_params, from_ms, to_ms, objective, min_trades, workers, shared, bar
+    )
+    mine = evaluator.mine
 
     def waiting(others: int) -> None:
         bar.set_postfix_str(f"waiting for {others} trial(s) of other workers")
 
     try:
-        run_study(shared, budget, batch, evaluate_batch, waiting)
+        run_study(shared, budget, batch, evaluator.evaluate_batch, waiting)
         done = [mine.get(t.user_attrs["slot"]) or _stored_trial(t, base, name) for t in shared.complete()]
     finally:
         bar.close()
