@@ -532,15 +532,24 @@ class SplitConsumer:
     tells the client the rebalance was handled); `revoke` forgets them (on_revoke). Offers what the sink
     calls: pause/resume, consume (chunks of the raw partitions and messages of the others), and passes
     everything else (commits, committed offsets, watermarks, metadata) to the consumer, so commits and
-    the group stay librdkafka's. `consume` polls the consumer at least every 50 ms even when every
+    the group stay librdkafka's. `consume` polls the consumer at least every 0.4 s even when every
     partition is raw: polling is what keeps the member in the group and runs the rebalance callbacks.
+
+    One thread cannot wait on librdkafka and on the fetcher at once, so `consume` waits on one of them
+    in slices and looks at the other between slices: 50 ms while records come (a raw chunk waits at most
+    that long behind a librdkafka wait), doubling while none do up to 0.4 s, so an idle sink wakes a few
+    times a second instead of twenty. With no librdkafka partition it waits on the fetcher, which wakes
+    it as soon as a chunk is ready.
     """
+
+    SLICE_S, IDLE_SLICE_S = 0.05, 0.4
 
     def __init__(self, consumer, fetcher: RawFetcher, raw: Callable[[str], bool]) -> None:
         self.consumer = consumer
         self.fetcher = fetcher
         self.raw = raw
         self._plain: set[tuple[str, int]] = set()  # the consumer's own partitions
+        self._slice_s = self.SLICE_S
 
     def __getattr__(self, name: str):
         return getattr(self.consumer, name)
@@ -595,7 +604,7 @@ class SplitConsumer:
 
     def consume(self, num_messages: int = 1, timeout: float = -1):
         """Chunks of the raw partitions, then messages of the others; waits up to `timeout` for either, in
-        slices of at most 50 ms, polling the consumer in each."""
+        slices (see the class), polling the consumer in each."""
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             chunks = self.fetcher.take(num_messages)
@@ -604,16 +613,20 @@ class SplitConsumer:
             # not keep the consumer from being polled (one message over num_messages at most)
             msgs = self.consumer.consume(num_messages=max(num_messages - taken, 1), timeout=0)
             remaining = deadline - time.monotonic()
-            if chunks or msgs or remaining <= 0:
+            if chunks or msgs:
+                self._slice_s = self.SLICE_S
                 return [*chunks, *msgs]
+            if remaining <= 0:
+                return []
+            wait = min(remaining, self._slice_s)
             if self._plain:
-                msgs = self.consumer.consume(num_messages=num_messages, timeout=min(remaining, 0.05))
-                if msgs:
-                    return msgs
+                got = self.consumer.consume(num_messages=num_messages, timeout=wait)
             else:
-                chunks = self.fetcher.take(num_messages, timeout=min(remaining, 0.05))
-                if chunks:
-                    return chunks
+                got = self.fetcher.take(num_messages, timeout=wait)
+            if got:
+                self._slice_s = self.SLICE_S
+                return got
+            self._slice_s = min(2 * self._slice_s, self.IDLE_SLICE_S)
 
     def poll(self, timeout: float = -1):
         return self.consumer.poll(timeout)

@@ -7,6 +7,9 @@ The UI never falls back to a writing role: without the read-only login it does n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import psycopg
 
 from tapeflow_runtime.endpoints import READONLY_ROLE, resolve_database
@@ -128,9 +131,28 @@ def run_ui(settings: Settings, paths: StackPaths, host: str, port: int, say=prin
     say(f"tapeflow ui on http://{host}:{port}/ (read-only role; token in {paths.secrets_dir}/ui-token)")
 
     class Server(uvicorn.Server):
+        """uvicorn's server with a main loop that sleeps until the exit signal. uvicorn's own wakes
+        every 0.1 s to look at its exit flag (and once a second refreshes headers), which was most of
+        an idle UI's CPU; this one looks once a second, and at once when the signal comes."""
+
+        _wake: asyncio.Event | None = None
+        _loop: asyncio.AbstractEventLoop | None = None
+
         def handle_exit(self, sig, frame) -> None:  # SIGTERM/SIGINT: end the open pages' streams first
             app.state.closing.set()
             super().handle_exit(sig, frame)
+            if self._loop is not None and self._wake is not None:
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+        async def main_loop(self) -> None:
+            self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+            ticks = 0  # uvicorn's ``on_tick`` counts tenths of a second: once a second is every 10th
+            should_exit = await self.on_tick(ticks)
+            while not should_exit:
+                ticks = (ticks + 10) % 864000
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                should_exit = await self.on_tick(ticks)
 
     server = Server(config)
     server.run()

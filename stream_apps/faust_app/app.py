@@ -36,6 +36,7 @@ instead of crashing in the middle of a rebalance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -63,6 +64,8 @@ from .processor import Effects, EngineProcessor
 
 log = structlog.get_logger("engine")
 TICK_S = 0.25
+#: the longest a quiet worker's ticker sleeps without input (an idle stack's timers are its CPU)
+IDLE_TICK_S = 5.0
 STEP_RECORDS = 5_000  # per partition: bounds the event-loop time one step of a large fetch takes
 
 
@@ -188,6 +191,8 @@ class EngineWorker:
         self._lock = asyncio.Lock()
         self._effects = EffectsRunner(self._perform)
         self._ticker: asyncio.Task | None = None
+        self._input_arrived = asyncio.Event()  # wakes a ticker sleeping through a quiet spell
+        self.crash_seen = asyncio.Event()  # set with ``crashed``: the worker's runner waits on it
         self.started_at: float | None = None
         self.batches = 0
         self.crashed: BaseException | None = None
@@ -262,8 +267,7 @@ class EngineWorker:
                 f"table recovery ended before the end of {changelog}: partition -> (read to, end) {short}"
             )
             log.error("engine state not restored", error=str(exc))
-            self.crashed = exc
-            await self.app.crash(exc)
+            await self._crash(exc)
             raise exc
         log.info("engine state restored", keys=len(self.table.data), partitions=[tp.partition for tp in tps])
 
@@ -299,6 +303,7 @@ class EngineWorker:
                 if lag is not None:
                     self.metrics.lag.labels(self.app.conf.id, tp.topic, str(tp.partition)).set(lag)
         self.batches += 1
+        self._input_arrived.set()
         self.metrics.batch_seconds.observe(time.perf_counter() - began)
 
     async def flush(self) -> None:
@@ -322,6 +327,11 @@ class EngineWorker:
 
     async def _tick_forever(self) -> None:
         while True:
+            if self.processor.quiet():
+                # nothing held, queued or unsaved: a tick would change nothing until input comes
+                self._input_arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._input_arrived.wait(), IDLE_TICK_S)
             await asyncio.sleep(TICK_S)
             consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
             if not consumer.flow_active:
@@ -332,9 +342,13 @@ class EngineWorker:
                         await self._apply(self.processor.tick(self._caught_up))
             except Exception as exc:
                 log.exception("engine tick failed")
-                self.crashed = exc
-                await self.app.crash(exc)
+                await self._crash(exc)
                 return
+
+    async def _crash(self, exc: BaseException) -> None:
+        self.crashed = exc
+        self.crash_seen.set()
+        await self.app.crash(exc)
 
     # -- effects, in their safe order ----------------------------------------------------------
     def _caught_up(self, topic: str, partition: int) -> bool:

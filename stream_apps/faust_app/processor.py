@@ -132,6 +132,15 @@ class EngineProcessor:
         """Inputs held back by the event-time aligner, over every owned key."""
         return sum(self.aligner.held(k) for k in self.owned)
 
+    def quiet(self) -> bool:
+        """Nothing for ``tick`` to do until new input arrives: no input held back or queued behind a
+        marker, and every applied input snapshotted. Held or unsnapshotted input is what ``tick``
+        releases and saves on time; without either, a tick changes nothing."""
+        return all(
+            not owned.unsnapshotted and not self.aligner.held(key) and not self.progress.queued(key)
+            for key, owned in self.owned.items()
+        )
+
     # ------------------------------------------------------------------------------------------
     def on_records(self, records: Mapping[tuple[str, int], Sequence[RawRecord]], caught_up: CaughtUp) -> Effects:
         """Decode, de-duplicate and align one fetch, run the engines it unblocks, snapshot what is due."""

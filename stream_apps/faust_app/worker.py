@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -90,8 +91,12 @@ async def run_worker(
 
 
 async def _wait_crash(worker: EngineWorker) -> None:
+    """Until the worker or its Faust app crashes: the worker's own crashes set ``crash_seen`` at once;
+    a crash inside Faust only sets the app's reason, looked at every few seconds (an idle worker's
+    timers are its CPU, and a crashed app stops consuming, so a late look loses nothing)."""
     while worker.app.crash_reason is None and worker.crashed is None:
-        await asyncio.sleep(0.5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.crash_seen.wait(), 5.0)
 
 
 def main(argv: list[str] | None = None) -> int:
