@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from producers.base.venue import VenueProducer
 from producers.binance.producer import (
     LIVE_REST,
     LIVE_WS,
@@ -125,57 +126,28 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     )
     broker_watch.delivered = lambda: publisher.delivered
     if options.exchange == "bybit":
-        from producers.bybit.producer import LIVE_WS as BYBIT_WS
-        from producers.bybit.producer import BybitProducer, BybitProducerConfig
-
-        producer = BybitProducer(
-            BybitProducerConfig(
-                symbols=list(settings.symbols),
-                ws_url=options.bybit_ws_url or BYBIT_WS,
-                replay_control_url=options.replay_control_url,
-            ),
-            publisher,
-            metrics,
-        )
+        producer = _bybit_producer(settings, options, publisher, metrics)
     elif options.exchange == "okx":
-        from producers.okx.producer import LIVE_WS as OKX_WS
-        from producers.okx.producer import OkxProducer, OkxProducerConfig
-        from producers.okx.rest import LIVE_REST as OKX_REST
-
-        producer = OkxProducer(
-            OkxProducerConfig(
-                symbols=list(settings.symbols),
-                ws_url=options.okx_ws_url or OKX_WS,
-                rest_url=options.okx_rest_url or OKX_REST,
-                replay_control_url=options.replay_control_url,
-            ),
-            publisher,
-            metrics,
-        )
+        producer = _okx_producer(settings, options, publisher, metrics)
     else:
-        warm = None
-        history_in_topics = None
-        if options.warm_start_hours > 0:
-            warm = WarmStartConfig(
-                hours=options.warm_start_hours,
-                vision_url=options.vision_url,
-                detail_minutes=options.warm_start_detail_minutes,
-                cache_dir=paths.home / "vision",
-                database_url=_readonly_database(settings, paths),
-            )
-            history_in_topics = trades_in_topics(bootstrap, publisher.prefix, publisher.serde)
-        config = ProducerConfig(
-            symbols=list(settings.symbols),
-            ws_base_url=options.ws_base_url,
-            rest_base_url=options.rest_base_url,
-            replay_control_url=options.replay_control_url,
-            spot_base_url=options.spot_base_url,
-            coinbase_base_url=options.coinbase_base_url,
-            warm_start=warm,
-            history_in_topics=history_in_topics,
-            checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json",
-        )
-        producer = BinanceProducer(config, publisher, metrics)
+        producer = _binance_producer(settings, options, paths, bootstrap, publisher, metrics)
+    ended = await _serve_until_stopped(producer, broker_watch, metrics, settings, options)
+    log.info("producer stopped", reason=ended, delivered=publisher.delivered, undelivered=producer.undelivered)
+    # the last line of the log is what `tapeflow status` shows for a finished replay
+    frames_in = producer.stream.messages_in if producer.stream is not None else 0
+    print(producer.summary(ended, frames_in, producer.undelivered), flush=True)
+    # an incomplete replay (frames lost in transport) is a failure, whatever was delivered
+    return 0 if publisher.healthy and not producer.replay_incomplete else 1
+
+
+async def _serve_until_stopped(
+    producer: VenueProducer,
+    broker_watch: BrokerWatch,
+    metrics: ProducerMetrics,
+    settings: Settings,
+    options: ProduceOptions,
+) -> str:
+    """Run `producer` with its metrics/health port open until SIGINT/SIGTERM or its own end; the reason it ended."""
     runner, port = await serve(
         build_app(
             metrics.registry,
@@ -191,15 +163,79 @@ async def run_producer(settings: Settings, options: ProduceOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        ended = await producer.run(stop)
+        return await producer.run(stop)
     finally:
         await runner.cleanup()
-    log.info("producer stopped", reason=ended, delivered=publisher.delivered, undelivered=producer.undelivered)
-    # the last line of the log is what `tapeflow status` shows for a finished replay
-    frames_in = producer.stream.messages_in if producer.stream is not None else 0
-    print(producer.summary(ended, frames_in, producer.undelivered), flush=True)
-    # an incomplete replay (frames lost in transport) is a failure, whatever was delivered
-    return 0 if publisher.healthy and not producer.replay_incomplete else 1
+
+
+def _bybit_producer(
+    settings: Settings, options: ProduceOptions, publisher: Publisher, metrics: ProducerMetrics
+) -> VenueProducer:
+    from producers.bybit.producer import LIVE_WS as BYBIT_WS
+    from producers.bybit.producer import BybitProducer, BybitProducerConfig
+
+    return BybitProducer(
+        BybitProducerConfig(
+            symbols=list(settings.symbols),
+            ws_url=options.bybit_ws_url or BYBIT_WS,
+            replay_control_url=options.replay_control_url,
+        ),
+        publisher,
+        metrics,
+    )
+
+
+def _okx_producer(
+    settings: Settings, options: ProduceOptions, publisher: Publisher, metrics: ProducerMetrics
+) -> VenueProducer:
+    from producers.okx.producer import LIVE_WS as OKX_WS
+    from producers.okx.producer import OkxProducer, OkxProducerConfig
+    from producers.okx.rest import LIVE_REST as OKX_REST
+
+    return OkxProducer(
+        OkxProducerConfig(
+            symbols=list(settings.symbols),
+            ws_url=options.okx_ws_url or OKX_WS,
+            rest_url=options.okx_rest_url or OKX_REST,
+            replay_control_url=options.replay_control_url,
+        ),
+        publisher,
+        metrics,
+    )
+
+
+def _binance_producer(
+    settings: Settings,
+    options: ProduceOptions,
+    paths: StackPaths,
+    bootstrap: str,
+    publisher: Publisher,
+    metrics: ProducerMetrics,
+) -> VenueProducer:
+    """The Binance producer, primed with `warm_start_hours` of history first when asked."""
+    warm = None
+    history_in_topics = None
+    if options.warm_start_hours > 0:
+        warm = WarmStartConfig(
+            hours=options.warm_start_hours,
+            vision_url=options.vision_url,
+            detail_minutes=options.warm_start_detail_minutes,
+            cache_dir=paths.home / "vision",
+            database_url=_readonly_database(settings, paths),
+        )
+        history_in_topics = trades_in_topics(bootstrap, publisher.prefix, publisher.serde)
+    config = ProducerConfig(
+        symbols=list(settings.symbols),
+        ws_base_url=options.ws_base_url,
+        rest_base_url=options.rest_base_url,
+        replay_control_url=options.replay_control_url,
+        spot_base_url=options.spot_base_url,
+        coinbase_base_url=options.coinbase_base_url,
+        warm_start=warm,
+        history_in_topics=history_in_topics,
+        checkpoint_path=paths.home / "producer" / f"binance-{settings.topic_prefix or 'default'}.json",
+    )
+    return BinanceProducer(config, publisher, metrics)
 
 
 def _readonly_database(settings: Settings, paths: StackPaths) -> str | None:

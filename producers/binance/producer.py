@@ -1,16 +1,17 @@
 """The Binance USD-M producer: one combined stream per process, normalised records to the md.* topics.
 
 Wiring only; the decisions live in small pure pieces: `parse` (frame → record), `AggTradeSequencer`
-(agg-id continuity, REST gap fills), `OrderBookSync` (verified depth, top-N snapshots with OBI).
+(agg-id continuity), `OrderBookSync` (verified depth, top-N snapshots with OBI), and in
+`TradeRepairs` (`trade_repairs`: REST gap fills, the first start's anchor, a restart's catch-up).
 Gaps in trades are filled from REST before newer trades are published; a gap that cannot be filled
 in time is published on `md.gaps` and counted. The last delivered agg id per symbol is checkpointed
-so a restarted producer fills the hole its own downtime left (or reports it when it is too large).
+(`checkpoint`) so a restarted producer fills the hole its own downtime left (or reports it when it is
+too large).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ import structlog
 
 from producers.base.book import DepthDiff, OrderBookSync
 from producers.base.replay import ReplayClock, wait_idle
-from producers.base.sequencer import AggTradeSequencer, Gap
+from producers.base.sequencer import AggTradeSequencer
 from producers.base.stream import CombinedStream
 from producers.base.venue import VenueProducer, book_snapshot_record
+from producers.binance.checkpoint import AggIdCheckpoint
 from producers.binance.parse import (
     EXCHANGE,
     FrameError,
@@ -34,17 +36,16 @@ from producers.binance.parse import (
     parse_depth_snapshot,
     parse_force_order,
     parse_mark_price,
-    parse_rest_agg_trade,
     stream_kind,
 )
 from producers.binance.pollers import IndicatorPoller
 from producers.binance.rest import WARM_START_SHARE, RateLimitGate, RestClient, RestRejected, RestUnavailable
+from producers.binance.trade_repairs import TradeRepairs
 from producers.binance.warm_start import WarmStart, WarmStartConfig
 from producers.binance.ws_stream import BinanceStreamConfig
 from producers.metrics import ProducerMetrics
 from schemas.catalogue import ENGINE_INPUTS
 from schemas.errors import SchemaValidationError
-from tapeflow_runtime.files import atomic_write_text
 from tapeflow_runtime.progress import ProgressMarkers
 from tapeflow_runtime.publisher import Publisher
 
@@ -52,7 +53,6 @@ log = structlog.get_logger("producer.binance")
 
 LIVE_WS = "wss://fstream.binance.com"
 LIVE_REST = "https://fapi.binance.com"
-REST_PAGE = 1000  # aggTrades rows per REST request (Binance's maximum)
 
 
 @dataclass
@@ -99,8 +99,7 @@ class BinanceProducer(VenueProducer):
         self.books: dict[str, OrderBookSync] = {s: OrderBookSync(s) for s in config.symbols}
         self.sequencers = {s: AggTradeSequencer(s) for s in config.symbols}
         self.delivered_agg_id: dict[str, int] = {}
-        self._checkpoint_error: str | None = None  # why the last checkpoint save failed (disk full...)
-        self._checkpoint_saved: dict[str, int] | None = None  # what the file holds since the last save
+        self._checkpoint = AggIdCheckpoint(config.checkpoint_path)
         self._last_mark_time: dict[str, int] = {}
         self._recent_liquidations: dict[tuple, None] = {}
         self._rest: RestClient | None = None
@@ -125,6 +124,14 @@ class BinanceProducer(VenueProducer):
                 markers=markers,
             )
         self._markers = markers
+        self.trade_repairs = TradeRepairs(
+            config,
+            self.sequencers,
+            metrics,
+            live=self.replay is None,
+            publish_trades=self._publish_trades,
+            publish_gap=self._publish_gap,
+        )
         self._load_checkpoint()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -136,54 +143,23 @@ class BinanceProducer(VenueProducer):
         headers = replay.headers if replay is not None else None
         gate = self._rate_gate  # one IP: a ban met by any client holds them all back
         async with aiohttp.ClientSession() as session:
-            self._rest = RestClient(
+            self._rest = self.trade_repairs.rest = RestClient(
                 session, self.metrics, give_up_after_s=self.config.gap_fill_timeout_s, headers=headers, gate=gate
             )
             if self.config.warm_start is not None and self._markers is not None:
                 await self._warm_start(session, self._markers)
                 if stop.is_set():
                     return "stopped"
-            self.stream = stream = CombinedStream(
-                BinanceStreamConfig(
-                    self.config.ws_base_url,
-                    self.config.streams(),
-                    replay_end=self.config.replay_control_url is not None,
-                    **self.config.stream_config,
-                ),
-                self.on_frame,
-                self._bad_frame,
-                self._on_ws_status,
-                self._on_reconnect,
-                self._on_replay_end,
-                hold=self._hold if replay is not None else None,
-            )
-            workers = [
-                asyncio.create_task(stream.run(stop), name="ws"),
-                asyncio.create_task(self._housekeeping(stop), name="housekeeping"),
-            ]
+            workers = self._start_stream(stop)
             if self.config.replay_control_url is None:  # live (a replay's REST serves its whole session)
-                for sym, seq in self.sequencers.items():
-                    if seq.last_id is not None:  # a checkpoint (or a warm start): fill the downtime now
-                        self._repairs.ensure(f"fill:{sym}", self._catch_up(sym))
-                    else:  # a first start: capture from now, however late the first frame comes (_anchor)
-                        seq.anchoring = True
+                self._start_live_repairs()
             if replay is None:  # a replay publishes books on its own clock (ReplayClock)
                 workers.append(asyncio.create_task(self._book_snapshots(stop), name="book"))
             ended = "stopped"
             if self.config.poll_interval_s > 0:
                 # its own client: a Coinbase 429 must not pause Binance gap fills
-                self.poller = IndicatorPoller(
-                    RestClient(session, self.metrics, give_up_after_s=30.0, headers=headers, gate=gate),
-                    symbols=self.config.symbols,
-                    publish=self.publisher.publish,
-                    metrics=self.metrics,
-                    futures_url=self.config.rest_base_url,
-                    spot_url=self.config.spot_base_url,
-                    coinbase_url=self.config.coinbase_base_url,
-                    interval_s=self.config.poll_interval_s,
-                    stagger_s=self.config.poll_stagger_s,
-                    as_of=replay.as_of if replay is not None else None,
-                    exchange_clock=self.config.replay_control_url is not None,
+                self.poller = self._indicator_poller(
+                    RestClient(session, self.metrics, give_up_after_s=30.0, headers=headers, gate=gate)
                 )
                 if replay is None:  # a replay polls on its own clock, lockstep (ReplayClock)
                     workers.append(asyncio.create_task(self.poller.run(stop), name="pollers"))
@@ -194,13 +170,63 @@ class BinanceProducer(VenueProducer):
                 t.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self._repairs.cancel_all()
-        self.undelivered = await asyncio.to_thread(self.publisher.flush, 30.0) + len(self.publisher.failed)
-        if replay is not None:  # the engine stops waiting for this replay's markers
-            await asyncio.to_thread(replay.finish)
-        self._save_checkpoint()
+        await self._flush_and_save()
         if ended != "replay-finished":
             self.status.set("stopped")
         return ended
+
+    def _start_stream(self, stop: asyncio.Event) -> list[asyncio.Task]:
+        """The combined stream and the housekeeping, as tasks."""
+        self.stream = stream = CombinedStream(
+            BinanceStreamConfig(
+                self.config.ws_base_url,
+                self.config.streams(),
+                replay_end=self.config.replay_control_url is not None,
+                **self.config.stream_config,
+            ),
+            self.on_frame,
+            self._bad_frame,
+            self._on_ws_status,
+            self._on_reconnect,
+            self._on_replay_end,
+            hold=self._hold if self.replay is not None else None,
+        )
+        return [
+            asyncio.create_task(stream.run(stop), name="ws"),
+            asyncio.create_task(self._housekeeping(stop), name="housekeeping"),
+        ]
+
+    def _start_live_repairs(self) -> None:
+        """Each symbol's chain at a live start: resumed from its checkpoint (the downtime filled now), or
+        anchored at the first trade since the start, however late the first frame comes."""
+        for sym, seq in self.sequencers.items():
+            if seq.last_id is not None:  # a checkpoint (or a warm start): fill the downtime now
+                self._repairs.ensure(f"fill:{sym}", self.trade_repairs.catch_up(sym))
+            else:  # a first start: capture from now, however late the first frame comes (TradeRepairs.anchor)
+                seq.anchoring = True
+
+    def _indicator_poller(self, rest: RestClient) -> IndicatorPoller:
+        replay = self.replay
+        return IndicatorPoller(
+            rest,
+            symbols=self.config.symbols,
+            publish=self.publisher.publish,
+            metrics=self.metrics,
+            futures_url=self.config.rest_base_url,
+            spot_url=self.config.spot_base_url,
+            coinbase_url=self.config.coinbase_base_url,
+            interval_s=self.config.poll_interval_s,
+            stagger_s=self.config.poll_stagger_s,
+            as_of=replay.as_of if replay is not None else None,
+            exchange_clock=self.config.replay_control_url is not None,
+        )
+
+    async def _flush_and_save(self) -> None:
+        """After the stop: deliver what is queued, end a replay's markers, save the checkpoint."""
+        self.undelivered = await asyncio.to_thread(self.publisher.flush, 30.0) + len(self.publisher.failed)
+        if self.replay is not None:  # the engine stops waiting for this replay's markers
+            await asyncio.to_thread(self.replay.finish)
+        self._save_checkpoint()
 
     # --- frames -----------------------------------------------------------------------------------
     def on_frame(self, stream: str, data: dict, received: int, raw: bytes) -> None:
@@ -286,9 +312,9 @@ class BinanceProducer(VenueProducer):
         if seq.counters.duplicates > duplicates:
             self.metrics.duplicates_dropped.labels(sym).inc(seq.counters.duplicates - duplicates)
         if seq.gap is not None:
-            self._repairs.ensure(f"fill:{sym}", self._fill_gap(sym))
+            self._repairs.ensure(f"fill:{sym}", self.trade_repairs.fill_gap(sym))
         elif seq.anchoring and len(seq.held) == 1:  # the first frame since a first start
-            self._repairs.ensure(f"fill:{sym}", self._anchor(sym, self._started_ms))
+            self._repairs.ensure(f"fill:{sym}", self.trade_repairs.anchor(sym, self._started_ms))
 
     def _publish_trades(self, sym: str, trades: list[dict]) -> None:
         for t in trades:
@@ -334,125 +360,6 @@ class BinanceProducer(VenueProducer):
         self.publisher.publish("md.liquidations", self._key(rec["symbol"]), rec, rec["receive_time"])
 
     # --- REST-backed repairs ------------------------------------------------------------------------
-    async def _rest_page(self, sym: str, from_id: int) -> list:
-        """Up to a REST page (1,000) of `sym`'s aggregate trades from `from_id`, parsed; raises
-        ``RestUnavailable``/``RestRejected``/``FrameError`` (the gap fill gives up, the catch-up logs)."""
-        assert self._rest is not None
-        rows, received = await self._rest.get_json(
-            f"{self.config.rest_base_url}/fapi/v1/aggTrades", {"symbol": sym, "fromId": from_id, "limit": REST_PAGE}
-        )
-        return [parse_rest_agg_trade(r, sym, received) for r in rows]
-
-    async def _fill_gap(self, sym: str) -> None:
-        seq = self.sequencers[sym]
-        if self.replay is None and self.config.gap_fill_grace_s > 0:
-            # a hole the stream closes a moment later (frames out of order, a reconnect's overlap) costs
-            # no REST weight: every aggTrades request weighs 20, and half a minute of reordered frames
-            # hit the used-weight brake, so the next real hole waited ~30 s for the weight window
-            await asyncio.sleep(self.config.gap_fill_grace_s)
-        deadline = time.monotonic() + self.config.gap_fill_timeout_s
-        while seq.gap is not None:
-            gap = seq.gap
-            if gap.to_id - gap.from_id + 1 > self.config.max_resume_gap_ids:
-                self._give_up(sym, gap, "gap larger than max_resume_gap_ids; use `tapeflow backfill binance-vision`")
-                continue
-            try:
-                trades = await self._rest_page(sym, gap.from_id)
-            except (RestUnavailable, RestRejected, FrameError) as exc:
-                self._give_up(sym, gap, f"REST fill failed: {exc}")
-                continue
-            before = seq.counters.gaps_filled
-            self._publish_trades(sym, seq.offer_many(trades))
-            if seq.counters.gaps_filled > before:
-                self.metrics.gaps_filled.labels(sym).inc(seq.counters.gaps_filled - before)
-            if seq.gap == gap and not trades:
-                if time.monotonic() > deadline:
-                    self._give_up(
-                        sym,
-                        gap,
-                        f"REST has no trades from id {gap.from_id} after {self.config.gap_fill_timeout_s:.0f}s",
-                    )
-                    continue
-                await asyncio.sleep(0.5)  # the REST view can lag the stream by a moment
-
-    async def _anchor(self, sym: str, since_ms: int) -> None:
-        """A live start without a checkpoint: the symbol's chain starts at the first trade at or after
-        ``since_ms`` (REST ``startTime``), so the trades before the stream's first frame are a gap that
-        ``_fill_gap`` fills. REST is asked once the first frame is held (so it has a trade since the
-        start to show: ``_on_trade`` starts it then), and the chain starts at whichever is earlier. Without
-        it, a first connection that found the exchange not sending yet reconnected after its read
-        timeout, and the trades sent meanwhile never entered the pipeline, with nothing said. Trades are held
-        (``AggTradeSequencer.anchoring``) until REST answers; if it cannot, the chain starts at the
-        first frame as before, with a warning."""
-        seq = self.sequencers[sym]
-        assert self._rest is not None
-        first = None
-        deadline = time.monotonic() + self.config.gap_fill_timeout_s
-        while first is None:
-            try:
-                rows, received = await self._rest.get_json(
-                    f"{self.config.rest_base_url}/fapi/v1/aggTrades", {"symbol": sym, "startTime": since_ms, "limit": 1}
-                )
-            except (RestUnavailable, RestRejected, FrameError) as exc:
-                log.warning(
-                    "no first trade since the start from REST; the chain starts at the first frame",
-                    symbol=sym,
-                    error=str(exc),
-                )
-                break
-            if rows:
-                first = parse_rest_agg_trade(rows[0], sym, received)["agg_id"]
-            elif time.monotonic() > deadline:
-                log.warning("REST shows no trade since the start; the chain starts at the first frame", symbol=sym)
-                break
-            else:
-                await asyncio.sleep(0.5)  # the REST view can lag the stream by a moment
-        before = seq.counters.gaps_detected
-        self._publish_trades(sym, seq.anchor(first))
-        if seq.counters.gaps_detected > before:
-            self.metrics.gaps_detected.labels(sym).inc(seq.counters.gaps_detected - before)
-        if seq.gap is not None:
-            await self._fill_gap(sym)
-
-    async def _catch_up(self, sym: str) -> None:
-        """A live restart: the trades since the checkpoint, from REST at once, page by page until a short
-        page (REST's present), then whatever hole the stream has opened meanwhile (`_fill_gap`).
-
-        Without it the hole a restart left was only seen at the stream's next trade of the symbol: a quiet
-        symbol, or a session that ended while the producer was down (a broker restart after the exchange's
-        last trade), kept the hole. At most ``max_resume_gap_ids`` trades this way; a longer downtime is then the gap the stream's
-        next trade opens, given up on `md.gaps` as before. A REST failure here only logs: the stream's next
-        trade opens the gap and `_fill_gap` retries it."""
-        seq = self.sequencers[sym]
-        fetched = 0
-        while seq.gap is None and seq.last_id is not None and fetched < self.config.max_resume_gap_ids:
-            try:
-                trades = await self._rest_page(sym, seq.last_id + 1)
-            except (RestUnavailable, RestRejected, FrameError) as exc:
-                log.warning(
-                    "catch-up from the checkpoint failed; the stream's next trade opens the gap",
-                    symbol=sym,
-                    from_id=seq.last_id + 1,
-                    error=str(exc),
-                )
-                return
-            fetched += len(trades)
-            self._publish_trades(sym, seq.offer_many(trades))
-            if len(trades) < REST_PAGE:
-                break
-        if fetched:
-            log.info("caught up from the checkpoint", symbol=sym, trades=fetched)
-        if seq.gap is not None:
-            await self._fill_gap(sym)
-
-    def _give_up(self, sym: str, gap: Gap, reason: str) -> None:
-        seq = self.sequencers[sym]
-        gap, released = seq.give_up(gap)
-        self.metrics.gaps_unfilled.labels(sym).inc()
-        log.error("aggTrade gap not fillable", symbol=sym, from_id=gap.from_id, to_id=gap.to_id, reason=reason)
-        self._publish_gap(sym, gap.from_id, gap.to_id, reason)
-        self._publish_trades(sym, released)
-
     async def _fetch_snapshot(self, book: OrderBookSync) -> None:
         assert self._rest is not None
         url = f"{self.config.rest_base_url}/fapi/v1/depth"
@@ -508,44 +415,10 @@ class BinanceProducer(VenueProducer):
 
     # --- checkpoint ----------------------------------------------------------------------------------
     def _load_checkpoint(self) -> None:
-        path = self.config.checkpoint_path
-        if path is None or not path.exists():
-            return
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable checkpoint", path=str(path), error=str(exc))
-            return
-        for sym, last in saved.get("last_agg_id", {}).items():
+        for sym, last in self._checkpoint.load().items():
             if sym in self.sequencers:
                 self.sequencers[sym].last_id = int(last)
                 self.delivered_agg_id[sym] = int(last)
 
     def _save_checkpoint(self) -> None:
-        path = self.config.checkpoint_path
-        if path is None or not self.delivered_agg_id:
-            return
-        if self._checkpoint_error is None and self._checkpoint_saved == self.delivered_agg_id:
-            return  # nothing delivered since: an idle producer wrote the same file every second
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps({"last_agg_id": self.delivered_agg_id, "saved_at": time.time()}))
-            self._checkpoint_saved = dict(self.delivered_agg_id)
-        except OSError as exc:  # a full disk, say: keep producing (the data is in Kafka), say it once
-            if self._checkpoint_error is None:
-                log.error(
-                    "checkpoint not saved: a restart would resume from the last one saved",
-                    path=str(path),
-                    error=str(exc),
-                )
-            self._checkpoint_error = f"checkpoint not saved: {exc.strerror or exc}"
-            if self._checkpoint_error not in self.status.detail:
-                self.status.set(self.status.state, f"{self.status.detail}; {self._checkpoint_error}".lstrip("; "))
-            return
-        if self._checkpoint_error is not None:
-            log.info("checkpoint saved again", path=str(path))
-            self.status.set(
-                self.status.state,
-                self.status.detail.replace(f"; {self._checkpoint_error}", "").replace(self._checkpoint_error, ""),
-            )
-            self._checkpoint_error = None
+        self._checkpoint.save(self.delivered_agg_id, self.status)
