@@ -22,7 +22,13 @@ _BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 class EngineAppMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self._input_metrics(self.registry)
+        self._evaluation_metrics(self.registry)
+        self._alignment_metrics(self.registry)
+        self._state_metrics(self.registry)
+
+    def _input_metrics(self, r: CollectorRegistry) -> None:
+        """What was read: records, redeliveries, dead letters, and each fetched batch's time."""
         self.records_in = Counter("tapeflow_engine_input_records_total", "Input records read", ["topic"], registry=r)
         self.duplicates = Counter(
             "tapeflow_engine_redelivered_records_total",
@@ -40,6 +46,9 @@ class EngineAppMetrics:
         self.batch_seconds = Histogram(
             "tapeflow_engine_batch_seconds", "Processing time of one fetched batch", buckets=_BATCH_BUCKETS, registry=r
         )
+
+    def _evaluation_metrics(self, r: CollectorRegistry) -> None:
+        """What the strategies evaluated and published: evaluations, signals, vetoes, bars, and latency."""
         self.evaluation_lag = Histogram(
             "tapeflow_engine_evaluation_lag_seconds",
             "Wall time at publication minus evaluation time (pipeline latency of evaluations)",
@@ -69,6 +78,9 @@ class EngineAppMetrics:
         )
         self.last_evaluation.set_to_current_time()
         self.bars = Counter("tapeflow_engine_bars_total", "Closed 1-minute bars published", registry=r)
+
+    def _alignment_metrics(self, r: CollectorRegistry) -> None:
+        """How far behind the worker reads, and what event-time alignment holds and releases."""
         self.lag = Gauge(
             "tapeflow_engine_consumer_lag_messages",
             "High watermark minus next offset to read",
@@ -91,6 +103,9 @@ class EngineAppMetrics:
             "Keys whose progress source went quiet and were released without markers",
             registry=r,
         )
+
+    def _state_metrics(self, r: CollectorRegistry) -> None:
+        """The engine states' snapshots and restores, the symbols owned, and the states' own counters."""
         self.snapshots = Counter("tapeflow_engine_snapshots_total", "Engine states written to the table", registry=r)
         self.snapshot_bytes = Gauge("tapeflow_engine_snapshot_bytes", "Size of the last snapshot", ["key"], registry=r)
         self.snapshot_seconds = Histogram(

@@ -76,6 +76,162 @@ def trade_records(batch: TradeBatch, receive_delay_ms: int = 20) -> list[Session
     return out
 
 
+@dataclass(frozen=True)
+class _Market:
+    """One symbol of a session: its key, its place in the session (which phases its series), and the
+    trade prices the other inputs follow."""
+
+    exchange: str
+    symbol: str
+    key: str  # exchange:symbol
+    index: int
+    price0: float
+    times: np.ndarray
+    prices: np.ndarray
+
+    def price_at(self, t: int) -> float:
+        """The last trade's price at or before `t` (the first trade's before any)."""
+        j = int(np.searchsorted(self.times, t, side="right")) - 1
+        return float(self.prices[max(j, 0)])
+
+
+def _book_records(
+    m: _Market, rng: np.random.Generator, start_ms: int, duration_ms: int, every_ms: int
+) -> list[SessionRecord]:
+    """Ten-level books around the trade price, tilted slowly one way then the other."""
+    out: list[SessionRecord] = []
+    for k, t in enumerate(range(start_ms + 137, start_ms + duration_ms, every_ms)):
+        mid = m.price_at(t)
+        tilt = 0.4 * np.sin(k / 40.0 + m.index) + 0.1 * rng.normal()
+        step = mid * 1e-4
+        bids = [
+            {"price": round(mid - step * (n + 1), 6), "qty": round(float(1 + tilt + rng.random()), 4)}
+            for n in range(10)
+        ]
+        asks = [
+            {"price": round(mid + step * (n + 1), 6), "qty": round(float(1 - tilt + rng.random()), 4)}
+            for n in range(10)
+        ]
+        obi = obi_from_levels([(b["price"], b["qty"]) for b in bids], [(a["price"], a["qty"]) for a in asks])
+        out.append(
+            SessionRecord(
+                "md.book",
+                m.key,
+                t,
+                {
+                    "exchange": m.exchange,
+                    "symbol": m.symbol,
+                    "last_update_id": k + 1,
+                    "event_time": t,
+                    "receive_time": t + 15,
+                    "bids": bids,
+                    "asks": asks,
+                    "obi_10": obi,
+                },
+            )
+        )
+    return out
+
+
+def _mark_records(m: _Market, start_ms: int, duration_ms: int, every_ms: int) -> list[SessionRecord]:
+    """Mark prices at the trade price, with a slowly swinging funding rate."""
+    out: list[SessionRecord] = []
+    for k, t in enumerate(range(start_ms + 311, start_ms + duration_ms, every_ms)):
+        mark = m.price_at(t)
+        out.append(
+            SessionRecord(
+                "md.mark",
+                m.key,
+                t,
+                {
+                    "exchange": m.exchange,
+                    "symbol": m.symbol,
+                    "mark_price": mark,
+                    "index_price": mark * (1 - 2e-4),
+                    "funding_rate": round(0.0004 * np.sin(k / 300.0 + m.index), 7),
+                    "next_funding_time": (t // 28_800_000 + 1) * 28_800_000,
+                    "event_time": t,
+                    "receive_time": t + 10,
+                },
+            )
+        )
+    return out
+
+
+def _indicator_records(
+    m: _Market, rng: np.random.Generator, start_ms: int, duration_ms: int, every_ms: int
+) -> list[SessionRecord]:
+    """Every 5-minute indicator kind (the Coinbase premium for BTC and ETH only), published 29 s after
+    its value's time."""
+    out: list[SessionRecord] = []
+    for k, t in enumerate(range(start_ms + 29_000, start_ms + duration_ms, every_ms)):
+        value_time = t - 29_000
+        kinds: list[tuple[str, float, dict[str, float]]] = [
+            ("open_interest_hist", 1e5 * (1 + 0.02 * np.sin(k / 2.0 + m.index)), {}),
+            ("long_short_account_ratio", float(0.6 + 0.8 * rng.random()), {}),
+            ("top_trader_position_ratio", float(0.8 + 0.5 * rng.random()), {}),
+            ("taker_buy_sell_ratio", float(0.8 + 0.4 * rng.random()), {}),
+            ("spot_perp_divergence", float(0.001 * rng.normal()), {}),
+        ]
+        if m.symbol in ("BTCUSDT", "ETHUSDT"):
+            kinds.append(("coinbase_premium", float(0.0008 * rng.normal()), {}))
+        for kind, value, extra in kinds:
+            if kind == "top_trader_position_ratio":
+                extra = {"long_account": round(value / (1 + value), 6)}
+            out.append(
+                SessionRecord(
+                    "md.indicators",
+                    m.key,
+                    t,
+                    {
+                        "exchange": m.exchange,
+                        "symbol": m.symbol,
+                        "kind": kind,
+                        "value": value,
+                        "period": "5m",
+                        "extra": extra,
+                        "event_time": value_time,
+                        "receive_time": t,
+                    },
+                )
+            )
+    return out
+
+
+def _liquidation_records(
+    m: _Market, rng: np.random.Generator, start_ms: int, duration_ms: int, per_min: float
+) -> list[SessionRecord]:
+    """Liquidations at Poisson-many random times, either side, lognormal in USD size."""
+    out: list[SessionRecord] = []
+    n_liq = rng.poisson(per_min * duration_ms / 60_000)
+    for t in np.sort(rng.integers(start_ms, start_ms + duration_ms, n_liq)).tolist():
+        side = "BUY" if rng.random() < 0.5 else "SELL"
+        qty = round(float(rng.lognormal(0.0, 1.0)) * 50_000 / m.price0, 4)
+        avg = m.price_at(t)
+        out.append(
+            SessionRecord(
+                "md.liquidations",
+                m.key,
+                t,
+                {
+                    "exchange": m.exchange,
+                    "symbol": m.symbol,
+                    "side": side,
+                    "liquidated_side": "SHORT" if side == "BUY" else "LONG",
+                    "price": avg,
+                    "avg_price": avg,
+                    "qty": qty,
+                    "filled_qty": qty,
+                    "usd_value": avg * qty,
+                    "event_time": t + 5,
+                    "trade_time": t,
+                    "receive_time": t + 20,
+                },
+            )
+        )
+    return out
+
+
 def synthetic_session(
     symbols: Sequence[tuple[str, float]] = DEFAULT_SYMBOLS,
     *,
@@ -90,10 +246,9 @@ def synthetic_session(
     seed: int = 11,
 ) -> list[SessionRecord]:
     """All five inputs for ``symbols`` over ``duration_ms``, sorted by event time (then topic)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one generator for every symbol and input, drawn in this order
     records: list[SessionRecord] = []
     for i, (symbol, price0) in enumerate(symbols):
-        key = market_key(exchange, symbol)
         trades = synthetic_trades(
             symbol,
             exchange=exchange,
@@ -104,118 +259,11 @@ def synthetic_session(
             seed=seed + i,
         )
         records += trade_records(trades)
-        times, prices = trades.time_ms, trades.price
-
-        def price_at(t: int) -> float:
-            j = int(np.searchsorted(times, t, side="right")) - 1  # noqa: B023 - called within this iteration
-            return float(prices[max(j, 0)])  # noqa: B023 - called within this iteration
-
-        for k, t in enumerate(range(start_ms + 137, start_ms + duration_ms, book_every_ms)):
-            mid = price_at(t)
-            tilt = 0.4 * np.sin(k / 40.0 + i) + 0.1 * rng.normal()
-            step = mid * 1e-4
-            bids = [
-                {"price": round(mid - step * (n + 1), 6), "qty": round(float(1 + tilt + rng.random()), 4)}
-                for n in range(10)
-            ]
-            asks = [
-                {"price": round(mid + step * (n + 1), 6), "qty": round(float(1 - tilt + rng.random()), 4)}
-                for n in range(10)
-            ]
-            obi = obi_from_levels([(b["price"], b["qty"]) for b in bids], [(a["price"], a["qty"]) for a in asks])
-            records.append(
-                SessionRecord(
-                    "md.book",
-                    key,
-                    t,
-                    {
-                        "exchange": exchange,
-                        "symbol": symbol,
-                        "last_update_id": k + 1,
-                        "event_time": t,
-                        "receive_time": t + 15,
-                        "bids": bids,
-                        "asks": asks,
-                        "obi_10": obi,
-                    },
-                )
-            )
-        for k, t in enumerate(range(start_ms + 311, start_ms + duration_ms, mark_every_ms)):
-            mark = price_at(t)
-            records.append(
-                SessionRecord(
-                    "md.mark",
-                    key,
-                    t,
-                    {
-                        "exchange": exchange,
-                        "symbol": symbol,
-                        "mark_price": mark,
-                        "index_price": mark * (1 - 2e-4),
-                        "funding_rate": round(0.0004 * np.sin(k / 300.0 + i), 7),
-                        "next_funding_time": (t // 28_800_000 + 1) * 28_800_000,
-                        "event_time": t,
-                        "receive_time": t + 10,
-                    },
-                )
-            )
-        for k, t in enumerate(range(start_ms + 29_000, start_ms + duration_ms, indicator_every_ms)):
-            value_time = t - 29_000
-            kinds: list[tuple[str, float, dict[str, float]]] = [
-                ("open_interest_hist", 1e5 * (1 + 0.02 * np.sin(k / 2.0 + i)), {}),
-                ("long_short_account_ratio", float(0.6 + 0.8 * rng.random()), {}),
-                ("top_trader_position_ratio", float(0.8 + 0.5 * rng.random()), {}),
-                ("taker_buy_sell_ratio", float(0.8 + 0.4 * rng.random()), {}),
-                ("spot_perp_divergence", float(0.001 * rng.normal()), {}),
-            ]
-            if symbol in ("BTCUSDT", "ETHUSDT"):
-                kinds.append(("coinbase_premium", float(0.0008 * rng.normal()), {}))
-            for kind, value, extra in kinds:
-                if kind == "top_trader_position_ratio":
-                    extra = {"long_account": round(value / (1 + value), 6)}
-                records.append(
-                    SessionRecord(
-                        "md.indicators",
-                        key,
-                        t,
-                        {
-                            "exchange": exchange,
-                            "symbol": symbol,
-                            "kind": kind,
-                            "value": value,
-                            "period": "5m",
-                            "extra": extra,
-                            "event_time": value_time,
-                            "receive_time": t,
-                        },
-                    )
-                )
-        n_liq = rng.poisson(liquidations_per_min * duration_ms / 60_000)
-        for t in np.sort(rng.integers(start_ms, start_ms + duration_ms, n_liq)).tolist():
-            side = "BUY" if rng.random() < 0.5 else "SELL"
-            qty = round(float(rng.lognormal(0.0, 1.0)) * 50_000 / price0, 4)
-            avg = price_at(t)
-            records.append(
-                SessionRecord(
-                    "md.liquidations",
-                    key,
-                    t,
-                    {
-                        "exchange": exchange,
-                        "symbol": symbol,
-                        "side": side,
-                        "liquidated_side": "SHORT" if side == "BUY" else "LONG",
-                        "price": avg,
-                        "avg_price": avg,
-                        "qty": qty,
-                        "filled_qty": qty,
-                        "usd_value": avg * qty,
-                        "event_time": t + 5,
-                        "trade_time": t,
-                        "receive_time": t + 20,
-                    },
-                )
-            )
+        m = _Market(exchange, symbol, market_key(exchange, symbol), i, price0, trades.time_ms, trades.price)
+        records += _book_records(m, rng, start_ms, duration_ms, book_every_ms)
+        records += _mark_records(m, start_ms, duration_ms, mark_every_ms)
+        records += _indicator_records(m, rng, start_ms, duration_ms, indicator_every_ms)
+        records += _liquidation_records(m, rng, start_ms, duration_ms, liquidations_per_min)
     order = {"md.trades": 0, "md.book": 1, "md.mark": 2, "md.liquidations": 3, "md.indicators": 4}
     records.sort(key=lambda r: (r.time_ms, order[r.topic]))
     return records
