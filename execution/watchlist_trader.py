@@ -86,15 +86,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from execution.client_ids import pair_id
 from execution.hedged import HedgedPairs, LegRules, PairEntry, PairEvents, PairParams, VenueParams
 from execution.instrument_rules import InstrumentRule, InstrumentRules
 from execution.leg_fills import AT, model_from_dict, pair_model
+from execution.watchlist_desk import MAX_COMMAND_AGE_MS as MAX_COMMAND_AGE_MS
+from execution.watchlist_desk import CommandDesk
+from execution.watchlist_desk import manual_signal_id as manual_signal_id
 from stream_apps.cross_venue.events import BookEvent, CrossVenueEvent, FundingEvent, event_from_record
 from stream_apps.cross_venue.state import CoinFeatures, CrossVenueParams, CrossVenueState
 from stream_apps.watchlist.model import PairModel
 from stream_apps.watchlist.records import feature_records
-from stream_apps.watchlist.signals import BP, WatchlistSignals, expected_carry, recheck
+from stream_apps.watchlist.signals import BP, WatchlistSignals
 from stream_apps.watchlist.strategy import Legs, WatchlistStrategy
 
 #: record kind -> the topic it is published to (``blocked`` exits are counted, not published)
@@ -107,13 +109,6 @@ TOPICS: Mapping[str, str] = {
 }
 STATE_VERSION = 1
 COMMANDS_TOPIC = "xv.commands"
-#: an open command is refused when the spread the desk showed is older than this at the trader's clock
-MAX_COMMAND_AGE_MS = 120_000
-
-
-def manual_signal_id(strategy: WatchlistStrategy, command_id: str) -> str:
-    """The signal id of a pair opened by hand: the strategy's prefix, then the command's id."""
-    return f"xv:{strategy.version_hash}:manual:{command_id}"
 
 
 def cross_venue_params(strategy: WatchlistStrategy, **overrides: Any) -> CrossVenueParams:
@@ -271,14 +266,23 @@ class WatchlistTrader:
         self.evaluations = 0
         self.counters = {"signal": 0, "order": 0, "funding": 0, "pair": 0, "blocked": 0, "command": 0}
         self.clock: int | None = None  # event time of the newest input fed (where commands act)
-        self.commands: set[str] = set()  # command ids acted on or refused: a command acts once
-        self.pending: list[dict[str, Any]] = []  # commands waiting for the clock to reach their shown_time
+        self.desk = CommandDesk(self)  # the operator's commands (xv.commands)
         if rules is not None:
             self.counters["no_instrument_rules"] = 0  # (coin, venue) pairs traded unrounded: no rule
         self.coin_params: dict[str, PairParams] = {}
         self.missing_rules: set[tuple[str, str]] = set()  # (coin, venue) without a rule
         self.outbox: list[tuple[str, str, dict[str, Any]]] = []
         self._coins: dict[tuple[str, str], str | None] = {}
+
+    @property
+    def commands(self) -> set[str]:
+        """Command ids acted on or refused: a command acts once."""
+        return self.desk.seen
+
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Commands waiting for the clock to reach their shown_time."""
+        return self.desk.pending
 
     @property
     def name(self) -> str:
@@ -311,8 +315,8 @@ class WatchlistTrader:
             if not late:
                 self._run_due(event.time_ms - 1)  # legs in flight meet the books as they are before this one
                 self._remember(event)
-            if self.pending and self.pending[0]["shown_time"] <= self.clock:
-                self._release_commands()
+            if self.desk.pending:
+                self.desk.release()
 
     def advance_to(self, watermark_ms: int) -> None:
         for features in self.state.advance_to(watermark_ms):
@@ -444,157 +448,10 @@ class WatchlistTrader:
 
     # -- operator commands (xv.commands) -------------------------------------------------------------
     def command(self, record: Mapping[str, Any]) -> None:
-        """Apply one command of the desk (see the module docstring): a request for another strategy, or
-        an answer, is not for this trader; a command seen before does nothing."""
-        if record.get("status") != "requested" or record.get("strategy") != self.strategy.name:
-            return
-        cid = record["command_id"]
-        if cid in self.commands:
-            self.counters["command_duplicate"] = self.counters.get("command_duplicate", 0) + 1
-            return
-        self.commands.add(cid)
-        shown = record.get("shown_time")
-        if shown is not None and (self.clock is None or shown > self.clock):
-            self.pending.append(dict(record))  # acts once the inputs reach what the desk showed
-            self.pending.sort(key=lambda r: r["shown_time"])  # stable: same time, order of arrival
-            return
-        self._act(record)
-
-    def _release_commands(self) -> None:
-        while self.pending and self.clock is not None and self.pending[0]["shown_time"] <= self.clock:
-            self._act(self.pending.pop(0))
-
-    def _act(self, record: Mapping[str, Any]) -> None:
-        coin, now = record["coin"], self.clock
-        if now is None:
-            return self._answer(record, None, "rejected", "the trader has seen no input yet")
-        books = self.books.get(coin, {})
-        model = self._model(coin)
-        if getattr(model, "pending", None):  # leg steps due by now happen before the command
-            self._collect(coin, now, model.run_due(now, books))
-        if record["action"] == "open":
-            self._manual_open(record, coin, now, books, model)
-        elif record["action"] == "close":
-            self._manual_close(record, coin, now, books, model)
-        else:
-            self._answer(record, now, "rejected", f"unknown action {record['action']!r}: open or close")
-
-    def _manual_open(
-        self, record: Mapping[str, Any], coin: str, now: int, books: Mapping[str, BookEvent], model: HedgedPairs
-    ) -> None:
-        s = self.strategy
-        sell, buy = record.get("sell_venue"), record.get("buy_venue")
-        shown = record.get("shown_time")
-        problem = None
-        if sell not in s.venues or buy not in s.venues or sell == buy:
-            problem = f"sell {sell} and buy {buy}: two of the strategy's venues ({', '.join(s.venues)})"
-        elif shown is not None and now - shown > MAX_COMMAND_AGE_MS:
-            problem = (
-                f"the spread shown ({shown} ms) is {(now - shown) / 1000:.0f} s older than the trader's books "
-                f"({now} ms), limit {MAX_COMMAND_AGE_MS // 1000} s: review it again"
-            )
-        symbols = {}
-        for venue, key in ((sell, "sell_symbol"), (buy, "buy_symbol")):
-            symbols[venue] = record.get(key) or (books[venue].symbol if venue in books else None)
-            if problem is None and symbols[venue] is None:
-                problem = f"no book of {coin} on {venue} seen yet"
-        if problem is not None:
-            return self._answer(record, now, "rejected", problem)
-        sid = manual_signal_id(s, record["command_id"])
-        notional = record.get("notional_usd") or s.notional_usd
-        entry = recheck(s, sell, buy, books, now)
-        shown_spread = record.get("shown_spread")
-        self._emit(
-            "signal",
-            coin,
-            {
-                "signal_id": sid,
-                "strategy": s.name,
-                "strategy_version": s.version,
-                "config_hash": s.config_hash,
-                "coin": coin,
-                "eval_time": now,
-                "sell_venue": sell,
-                "buy_venue": buy,
-                "sell_symbol": symbols[sell],
-                "buy_symbol": symbols[buy],
-                "notional_usd": notional,
-                "status": "signal",
-                "reason": "manual",
-                "z_1h": None,
-                "spread_sweep": shown_spread,
-                "net_spread": None if shown_spread is None else shown_spread - s.four_fees(sell, buy),
-                "funding_diff_8h": None,
-                "entry_spread": entry.spread,
-                "entry_net_spread": entry.net_spread,
-                "entry_sell_vwap": entry.sell_vwap,
-                "entry_buy_vwap": entry.buy_vwap,
-                "expected_pnl": None,
-                "win_prob": None,
-                "imputed": {},
-                "feature_id": None,
-                **expected_carry(s, sell, buy, None, entry.sweep_cost),
-            },
-        )
-        events = model.open(PairEntry(sid, sell, symbols[sell], buy, symbols[buy], notional), now, books)
-        self._collect(coin, now, events)
-        pid = pair_id(sid)
-        pair = model.pairs[pid]
-        if events.duplicate:  # the same signal id applied before (the command ids guard this first)
-            return self._answer(record, now, "rejected", f"pair {pid} exists already", pid)
-        status = "rejected" if pair.status == "rejected" else "done"
-        detail = f"pair {pid} {pair.status}" + (f": {pair.reason}" if pair.reason else "")
-        self._answer(record, now, status, detail, pid)
-
-    def _manual_close(
-        self, record: Mapping[str, Any], coin: str, now: int, books: Mapping[str, BookEvent], model: HedgedPairs
-    ) -> None:
-        pid = record.get("pair_id")
-        pair = model.pairs.get(pid) if pid else None
-        if pair is None:
-            return self._answer(
-                record, now, "rejected", f"no pair {pid} of {coin} in strategy {self.strategy.name}", pid
-            )
-        if pair.status != "open":
-            return self._answer(record, now, "rejected", f"pair {pid} is {pair.status}, not open", pid)
-        events = model.close(pid, "manual", now, books)
-        self._collect(coin, now, events)
-        if events.blocked:
-            return self._answer(
-                record,
-                now,
-                "rejected",
-                "close blocked, the pair stays open: " + "; ".join(b["reason"] for b in events.blocked),
-                pid,
-            )
-        self._answer(record, now, "done", f"pair {pid} {model.pairs[pid].status} (manual)", pid)
-
-    def _answer(
-        self, record: Mapping[str, Any], now: int | None, status: str, detail: str, pid: str | None = None
-    ) -> None:
-        pair = None if pid is None else self.models.get(record["coin"], HedgedPairs()).pairs.get(pid)
-        legs = (
-            {}
-            if pair is None
-            else {
-                "sell_venue": pair.legs["short"].venue,
-                "sell_symbol": pair.legs["short"].symbol,
-                "buy_venue": pair.legs["long"].venue,
-                "buy_symbol": pair.legs["long"].symbol,
-            }
-        )
-        self._emit(
-            "command",
-            record["coin"],
-            {
-                **record,
-                **legs,
-                "status": status,
-                "acted_time": now,
-                "detail": detail,
-                "pair_id": pid if pid is not None else record.get("pair_id"),
-            },
-        )
+        """Apply one command of the desk (see the module docstring and ``execution.watchlist_desk``): a
+        request for another strategy, or an answer, is not for this trader; a command seen before does
+        nothing."""
+        self.desk.receive(record)
 
     def close_open_pairs(self, reason: str = "end_of_session") -> None:
         """Close every open pair at its coin's newest book time (the end of a backtest)."""
@@ -621,8 +478,8 @@ class WatchlistTrader:
             "evaluations": self.evaluations,
             "counters": dict(self.counters),
             "clock": self.clock,
-            "commands": sorted(self.commands),
-            "pending_commands": [dict(r) for r in self.pending],
+            "commands": sorted(self.desk.seen),
+            "pending_commands": [dict(r) for r in self.desk.pending],
         }
 
     def load_dict(self, data: Mapping[str, Any]) -> None:
@@ -646,8 +503,8 @@ class WatchlistTrader:
         self.evaluations = data["evaluations"]
         self.counters.update(data["counters"])
         self.clock = data.get("clock")
-        self.commands = set(data.get("commands", []))
-        self.pending = [dict(r) for r in data.get("pending_commands", [])]
+        self.desk.seen = set(data.get("commands", []))
+        self.desk.pending = [dict(r) for r in data.get("pending_commands", [])]
         self.outbox = []
 
     @classmethod
