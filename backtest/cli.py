@@ -370,10 +370,11 @@ def _range(settings: Callable[[], Settings], request: RunRequest) -> _Range:
     from_ms = parse_time(request.from_, "--from") if request.from_ is not None else None
     to_ms = parse_time(request.to, "--to") if request.to is not None else None
     if symbols:
-        symbol_list = symbols.split(",")
-    else:
-        symbol_list = None if request.source.startswith("recording:") else list(settings().symbols)
-    return _Range(request.source, symbol_list, from_ms, to_ms)
+        return _Range(request.source, symbols.split(","), from_ms, to_ms)
+    # a recording's own symbols, else the configured ones
+    return _Range(
+        request.source, None if request.source.startswith("recording:") else list(settings().symbols), from_ms, to_ms
+    )
 
 
 def _warm_start_span(settings: Callable[[], Settings], from_ms: int | None) -> WarmStartSpan:

@@ -93,7 +93,7 @@ def compare(
     symbols: Iterable[str],
     from_ms: int,
     to_ms: int,
-    stack_risk: list[dict] = (),
+    stack_risk: Iterable[dict] = (),
 ) -> Comparison:
     """Signals evaluated and positions opened in ``[from_ms, to_ms)`` for ``symbols``; see the module doc."""
     wanted = set(symbols)

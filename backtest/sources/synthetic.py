@@ -233,7 +233,7 @@ class SymbolGenerator:
         sizes[:, 1] *= (1 - leans)[:, None]
         sizes = self._lots(sizes)
         prices: dict[int, float] = {}
-        out = []
+        out: list[Record] = []
         for k, s in enumerate(rows):
             t = (sec_start + s) * 1000 + 500
             bid = int(mid_ticks[s])
