@@ -122,7 +122,102 @@ def _first_traded(traded, second):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _simulate(  # noqa: C901 - over the complexity limit, to be split
+def _flip_takes_over(
+    k,
+    current,
+    current_exit,
+    sig_time,
+    sig_sign,
+    sig_flip,
+    first_second,
+    b_open,
+    b_traded,
+    out_exit_ms,
+    out_exit_px,
+    out_reason,
+):  # pragma: no cover - compiled
+    """Whether signal `k`, arriving while position `current` is open, is taken: only a flip (the other
+    direction, marked ``is_flip``) with a traded second after it is. The flip's market exit then closes
+    `current` at that second's open, unless its own exit came first."""
+    if not (sig_flip[k] and sig_sign[k] != sig_sign[current]):
+        return False
+    e = _first_traded(b_traded, max(sig_time[k] // 1000 - first_second, 0))
+    if e >= b_open.shape[0]:
+        return False
+    flip_ms = (first_second + e) * 1000
+    if flip_ms <= current_exit:  # the flip's market exit fills first
+        out_reason[current] = FLIP
+        out_exit_ms[current] = flip_ms
+        out_exit_px[current] = b_open[e]
+    return True
+
+
+@njit(cache=True, inline="always")
+def _extremes(high, low, high_first):  # pragma: no cover - compiled
+    """A second's extremes in the order they traded: (first, other)."""
+    if high_first:
+        return high, low
+    return low, high
+
+
+@njit(cache=True, inline="always")
+def _tick_price(tick, open_px, first_extreme, other_extreme, close_px):  # pragma: no cover - compiled
+    """A second replayed as four ticks: its open, the extreme that came first, the other, its close."""
+    if tick == 0:
+        return open_px
+    if tick == 1:
+        return first_extreme
+    if tick == 2:
+        return other_extreme
+    return close_px
+
+
+@njit(cache=True)
+def _follow(
+    sign,
+    entry,
+    risk,
+    tp1_r,
+    tp2_r,
+    timeout_ms,
+    e,
+    first_second,
+    b_open,
+    b_high,
+    b_low,
+    b_close,
+    b_high_first,
+    b_traded,
+):  # pragma: no cover - compiled
+    """A position entered at second `e`'s open, replayed tick by tick until it exits. Returns (reason,
+    exit price, exit time ms, whether TP1 was hit); reason -1 = still open when the data ends."""
+    stop = entry - sign * risk
+    tp1 = entry + sign * tp1_r * risk
+    tp2 = entry + sign * tp2_r * risk
+    opened_ms = (first_second + e) * 1000
+    phase = 0
+    for sec in range(e, b_open.shape[0]):
+        if not b_traded[sec]:
+            continue
+        first_extreme, other_extreme = _extremes(b_high[sec], b_low[sec], b_high_first[sec])
+        now = (first_second + sec) * 1000
+        for tick in range(1 if sec == e else 0, 4):  # the entry second's open is the entry trade itself
+            px = _tick_price(tick, b_open[sec], first_extreme, other_extreme, b_close[sec])
+            # Position.on_trade: stop, TP1 (open), TP2 (after TP1), then the timeout
+            if sign * (px - stop) <= 0:
+                return SL + phase, stop, now, phase == 1  # SL_BE once TP1 moved the stop to break-even
+            if phase == 0 and sign * (px - tp1) >= 0:
+                phase = 1
+                stop = entry  # break-even
+            elif phase == 1 and sign * (px - tp2) >= 0:
+                return TP, tp2, now, True
+            if now - opened_ms >= timeout_ms:
+                return TIMEOUT, px, now, phase == 1
+    return -1, 0.0, 0, phase == 1
+
+
+@njit(cache=True)
+def _simulate(
     sig_time,
     sig_sign,
     sig_atr,
@@ -154,69 +249,43 @@ def _simulate(  # noqa: C901 - over the complexity limit, to be split
         out_reason[k] = -1
         t = sig_time[k]
         if current >= 0 and current_exit >= t:  # open at t: the exit (if any) comes after the signal
-            if not (sig_flip[k] and sig_sign[k] != sig_sign[current]):
+            if not _flip_takes_over(
+                k,
+                current,
+                current_exit,
+                sig_time,
+                sig_sign,
+                sig_flip,
+                first_second,
+                b_open,
+                b_traded,
+                out_exit_ms,
+                out_exit_px,
+                out_reason,
+            ):
                 continue
-            e = _first_traded(b_traded, max(t // 1000 - first_second, 0))
-            if e >= n_sec:
-                continue
-            flip_ms = (first_second + e) * 1000
-            if flip_ms <= current_exit:  # the flip's market exit fills first
-                out_reason[current] = 4
-                out_exit_ms[current] = flip_ms
-                out_exit_px[current] = b_open[e]
         e = _first_traded(b_traded, max(t // 1000 - first_second, 0))
         if e >= n_sec:
             continue
-        sign = sig_sign[k]
         entry = b_open[e]
-        risk = sl_mult * sig_atr[k]
-        stop = entry - sign * risk
-        tp1 = entry + sign * tp1_r * risk
-        tp2 = entry + sign * tp2_r * risk
-        opened_ms = (first_second + e) * 1000
         out_entry_s[k] = e
         out_entry_px[k] = entry
-        out_tp1[k] = False
-        phase = 0
-        reason = -1
-        exit_px = 0.0
-        exit_ms = 0
-        for sec in range(e, n_sec):
-            if not b_traded[sec]:
-                continue
-            first_extreme = b_high[sec] if b_high_first[sec] else b_low[sec]
-            other_extreme = b_low[sec] if b_high_first[sec] else b_high[sec]
-            now = (first_second + sec) * 1000
-            for tick in range(4):
-                if sec == e and tick == 0:
-                    continue  # the entry trade itself
-                if tick == 0:
-                    px = b_open[sec]
-                elif tick == 1:
-                    px = first_extreme
-                elif tick == 2:
-                    px = other_extreme
-                else:
-                    px = b_close[sec]
-                # Position.on_trade: stop, TP1 (open), TP2 (after TP1), then the timeout
-                if sign * (px - stop) <= 0:
-                    reason = 1 if phase == 1 else 0
-                    exit_px = stop
-                elif phase == 0 and sign * (px - tp1) >= 0:
-                    phase = 1
-                    out_tp1[k] = True
-                    stop = entry  # break-even
-                elif phase == 1 and sign * (px - tp2) >= 0:
-                    reason = 2
-                    exit_px = tp2
-                if reason < 0 and now - opened_ms >= timeout_ms:
-                    reason = 3
-                    exit_px = px
-                if reason >= 0:
-                    exit_ms = now
-                    break
-            if reason >= 0:
-                break
+        reason, exit_px, exit_ms, out_tp1[k] = _follow(
+            sig_sign[k],
+            entry,
+            sl_mult * sig_atr[k],
+            tp1_r,
+            tp2_r,
+            timeout_ms,
+            e,
+            first_second,
+            b_open,
+            b_high,
+            b_low,
+            b_close,
+            b_high_first,
+            b_traded,
+        )
         current = k
         if reason >= 0:
             out_reason[k] = reason
