@@ -668,98 +668,94 @@ def stop_stack(settings: Settings, paths: StackPaths, say: Say = print) -> int:
 
 def stack_status(settings: Settings, paths: StackPaths) -> list[ComponentStatus]:
     """Health of every component; probes run against what the state files say is running."""
-    out: list[ComponentStatus] = []
     now = time.time()
     sup = ProcessRecord.load(paths.state_file("supervisor"))
     sup_alive = sup is not None and sup.is_alive()
-    out.append(
-        ComponentStatus(
-            "supervisor",
-            sup_alive,
-            "running" if sup_alive else ("stale" if sup else "stopped"),
-            None,
-            sup.pid if sup else None,
-            now - sup.started_at if sup_alive else None,
-            "" if sup_alive else "not running (start with `tapeflow up`)",
-        )
-    )
-    addresses: dict[str, str] = {}
-    for service in infra_services(settings, paths):
-        if service.external:
-            address = service.external_address() or "?"
-            health = service.health(address)
-            addresses[service.name] = address
-            out.append(
-                ComponentStatus(
-                    service.name,
-                    health.ok,
-                    "external",
-                    address,
-                    None,
-                    None,
-                    _with_history(settings, service.name, address, health),
-                )
-            )
-            continue
-        rec = ProcessRecord.load(paths.state_file(service.name))
-        if rec is None or not rec.is_alive():
-            if rec is not None and sup_alive:  # died: the supervisor restarts it (or holds it, and says why)
-                down = _down_status(rec) or ComponentStatus(
-                    service.name,
-                    False,
-                    "restarting",
-                    rec.address,
-                    None,
-                    None,
-                    f"pid {rec.pid} exited; the supervisor restarts it",
-                )
-            else:
-                down = ComponentStatus(
-                    service.name,
-                    False,
-                    "stale" if rec else "stopped",
-                    rec.address if rec else None,
-                    rec.pid if rec else None,
-                    None,
-                    f"pid {rec.pid} is not running (stale pid file)" if rec else "not running",
-                )
-            out.append(down)
-            continue
-        starting = _starting_detail(service, rec)
-        if starting is not None:  # alive, not serving yet: Kafka's log recovery after a kill, say
-            out.append(
-                ComponentStatus(service.name, False, "recovering", rec.address, rec.pid, now - rec.started_at, starting)
-            )
-            continue
-        health = service.health(rec.address)
-        addresses[service.name] = rec.address
-        out.append(
-            ComponentStatus(
-                service.name,
-                health.ok,
-                "running",
-                rec.address,
-                rec.pid,
-                now - rec.started_at,
-                _with_history(settings, service.name, rec.address, health),
-            )
-        )
-    infra = {s.name for s in infra_services(settings, paths)}
+    out = [_supervisor_status(sup, sup_alive, now)]
+    addresses: dict[str, str] = {}  # infrastructure that answers, for the setup steps' probes
+    services = infra_services(settings, paths)
+    for service in services:
+        status = _infra_status(settings, paths, service, sup_alive, now)
+        if status.state in ("external", "running") and status.address is not None:  # probed, healthy or not
+            addresses[service.name] = status.address
+        out.append(status)
+    infra = {s.name for s in services}
     for path in sorted(paths.run_dir.glob("*.json")) if paths.run_dir.exists() else []:
         rec = ProcessRecord.load(path)
         if rec is None or rec.name in infra or rec.name == "supervisor":
             continue
         out.append(_app_status(rec, now, path))
-    for step in default_steps(settings, paths):
-        if not all(dep in addresses for dep in step.depends_on):
-            out.append(
-                ComponentStatus(
-                    step.name, False, "pending", None, None, None, "waiting for " + ", ".join(step.depends_on)
-                )
-            )
-            continue
-        health = step.health(addresses)
-        out.append(
-            ComponentStatus(step.name, health.ok, "done" if health.ok else "failed", None, None, None, health.detail)
-        )
+    out.extend(_step_status(step, addresses) for step in default_steps(settings, paths))
     return out
+
+
+def _supervisor_status(sup: ProcessRecord | None, alive: bool, now: float) -> ComponentStatus:
+    return ComponentStatus(
+        "supervisor",
+        alive,
+        "running" if alive else ("stale" if sup else "stopped"),
+        None,
+        sup.pid if sup else None,
+        now - sup.started_at if sup is not None and alive else None,
+        "" if alive else "not running (start with `tapeflow up`)",
+    )
+
+
+def _infra_status(
+    settings: Settings, paths: StackPaths, service: Service, sup_alive: bool, now: float
+) -> ComponentStatus:
+    """The broker or the database: external (probed at its address), or the process its state file names."""
+    if service.external:
+        address = service.external_address() or "?"
+        health = service.health(address)
+        return ComponentStatus(
+            service.name,
+            health.ok,
+            "external",
+            address,
+            None,
+            None,
+            _with_history(settings, service.name, address, health),
+        )
+    rec = ProcessRecord.load(paths.state_file(service.name))
+    if rec is None or not rec.is_alive():
+        return _infra_down_status(service.name, rec, sup_alive)
+    starting = _starting_detail(service, rec)
+    if starting is not None:  # alive, not serving yet: Kafka's log recovery after a kill, say
+        return ComponentStatus(service.name, False, "recovering", rec.address, rec.pid, now - rec.started_at, starting)
+    health = service.health(rec.address)
+    return ComponentStatus(
+        service.name,
+        health.ok,
+        "running",
+        rec.address,
+        rec.pid,
+        now - rec.started_at,
+        _with_history(settings, service.name, rec.address, health),
+    )
+
+
+def _infra_down_status(name: str, rec: ProcessRecord | None, sup_alive: bool) -> ComponentStatus:
+    if rec is not None and sup_alive:  # died: the supervisor restarts it (or holds it, and says why)
+        return _down_status(rec) or ComponentStatus(
+            name, False, "restarting", rec.address, None, None, f"pid {rec.pid} exited; the supervisor restarts it"
+        )
+    return ComponentStatus(
+        name,
+        False,
+        "stale" if rec else "stopped",
+        rec.address if rec else None,
+        rec.pid if rec else None,
+        None,
+        f"pid {rec.pid} is not running (stale pid file)" if rec else "not running",
+    )
+
+
+def _step_status(step: SetupStep, addresses: dict[str, str]) -> ComponentStatus:
+    """A setup step (migrations, topics): pending until what it needs answers, then its own probe."""
+    if not all(dep in addresses for dep in step.depends_on):
+        return ComponentStatus(
+            step.name, False, "pending", None, None, None, "waiting for " + ", ".join(step.depends_on)
+        )
+    health = step.health(addresses)
+    return ComponentStatus(step.name, health.ok, "done" if health.ok else "failed", None, None, None, health.detail)
