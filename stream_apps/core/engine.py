@@ -58,8 +58,9 @@ from .market_records import MarketTimeline
 from .params import StateParams
 from .records import FeatureBlock, FeatureTable, signal_record
 from .scoring import evaluation_at, score_frames
+from .segment_log import SegmentLog
 from .strategy import StrategyConfig
-from .symbol_state import STANDARD_CVD_WINDOWS_MS, SegmentLog, SymbolState
+from .symbol_state import STANDARD_CVD_WINDOWS_MS, SymbolState
 
 PLAUSIBLE_TIME_MS = (1_262_304_000_000, 4_102_444_800_000)  # 2010-01-01 .. 2100-01-01 UTC
 

@@ -51,7 +51,7 @@ def by_time(batch):
     return batch.take(np.argsort(times, kind="stable"))
 
 
-def _columns(items: list, pending: Any, column_type: type) -> Any:
+def _columns(items: list, pending: Any, column_type: type[BookBatch] | type[MarkBatch]) -> Any:
     """``pending`` (or nothing) followed by ``items``, consecutive single updates joined into one
     batch (arrival order kept), as one column batch in time order."""
     parts = [pending] if pending is not None else []
