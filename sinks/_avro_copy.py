@@ -69,8 +69,81 @@ def _utf8(buf, i, n):
     return True
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _framed(buf, i, frame):
+    """Whether the record at buf[i] starts with the schema's 5-byte Confluent frame (magic byte, schema id)."""
+    for j in range(5):
+        if buf[i + j] != frame[j]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _little_endian(buf, i, width):
+    """The `width` bytes at buf[i] as a little-endian integer: a double's or a float's bits."""
+    v = np.int64(0)
+    for s in range(width):
+        v |= np.int64(buf[i + s]) << (8 * s)
+    return v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _in_range(k, v, enum_n):
+    """Whether a varint-coded value of kind `k` fits its column: an enum index below its `enum_n`
+    symbols, an int in int32, a timestamp a Python datetime can hold; a long always."""
+    if k == K_ENUM:
+        return 0 <= v < enum_n
+    if k == K_INT:
+        return -2147483648 <= v <= 2147483647
+    if k == K_TS:
+        return MIN_MS <= v <= MAX_MS
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _write_row(out, o, buf, kinds, column_field, ival, sstart, slen, enum_bytes, enum_off, enum_first):
+    """One COPY row at out[o] (its field count, then each column's length and bytes) from the fields
+    `encode` read (ival/sstart/slen; slen -1: NULL); returns the end. Inlined into `encode`'s loop, so
+    the walk stays one compiled loop with no call per row."""
+    nc = column_field.shape[0]
+    o = _put(out, o, nc, 2)
+    for c in range(nc):
+        f = column_field[c]
+        k = kinds[f]
+        if slen[f] < 0:
+            o = _put(out, o, -1, 4)
+        elif k == K_LONG or k == K_DOUBLE:
+            o = _put(out, o, 8, 4)
+            o = _put(out, o, ival[f], 8)
+        elif k == K_TS:
+            o = _put(out, o, 8, 4)
+            o = _put(out, o, ival[f] * 1000 - PG_ZERO_US, 8)
+        elif k == K_INT or k == K_FLOAT:
+            o = _put(out, o, 4, 4)
+            o = _put(out, o, ival[f], 4)
+        elif k == K_BOOL:
+            o = _put(out, o, 1, 4)
+            out[o] = ival[f]
+            o += 1
+        elif k == K_ENUM:
+            a = enum_off[enum_first[f] + ival[f]]
+            b = enum_off[enum_first[f] + ival[f] + 1]
+            o = _put(out, o, b - a, 4)
+            for q in range(b - a):
+                out[o + q] = enum_bytes[a + q]
+            o += b - a
+        else:
+            n = slen[f]
+            o = _put(out, o, n, 4)
+            s0 = sstart[f]
+            for q in range(n):
+                out[o + q] = buf[s0 + q]
+            o += n
+    return o
+
+
 @njit(cache=True, nogil=True)
-def encode(  # noqa: C901 - over the complexity limit, to be split
+def encode(
     buf,
     lengths,
     frame,
@@ -88,7 +161,6 @@ def encode(  # noqa: C901 - over the complexity limit, to be split
     """The records of `buf` (`lengths[r]` bytes each) as COPY rows into `out`; `times[r]` the time field's
     ms (NO_TIME where it is null). Returns (bytes written, -1), or (0, r) for the first record r it refuses."""
     nf = kinds.shape[0]
-    nc = column_field.shape[0]
     ival = np.zeros(nf, np.int64)  # long/int/bool/enum index, or a double's/float's bits
     sstart = np.zeros(nf, np.int64)
     slen = np.zeros(nf, np.int64)  # -1: null
@@ -96,11 +168,8 @@ def encode(  # noqa: C901 - over the complexity limit, to be split
     i = 0
     for r in range(lengths.shape[0]):
         end = i + lengths[r]
-        if lengths[r] < 5 or end > buf.shape[0]:
+        if lengths[r] < 5 or end > buf.shape[0] or not _framed(buf, i, frame):
             return 0, r
-        for j in range(5):
-            if buf[i + j] != frame[j]:
-                return 0, r
         i += 5
         for f in range(nf):
             slen[f] = 0
@@ -116,10 +185,7 @@ def encode(  # noqa: C901 - over the complexity limit, to be split
                 w = 8 if k == K_DOUBLE else 4
                 if i + w > end:
                     return 0, r
-                v = np.int64(0)
-                for s in range(w):
-                    v |= np.int64(buf[i + s]) << (8 * s)
-                ival[f] = v
+                ival[f] = _little_endian(buf, i, w)
                 i += w
             elif k == K_BOOL:
                 if i >= end or buf[i] > 1:
@@ -135,51 +201,13 @@ def encode(  # noqa: C901 - over the complexity limit, to be split
                 i += n
             else:
                 v, i = _varint(buf, i, end)
-                if i < 0:
-                    return 0, r
-                if k == K_ENUM and (v < 0 or v >= enum_count[f]):
-                    return 0, r
-                if k == K_INT and (v < -2147483648 or v > 2147483647):
-                    return 0, r
-                if k == K_TS and (v < MIN_MS or v > MAX_MS):
+                if not _in_range(k, v, enum_count[f]) or i < 0:  # i < 0: cut by the record's end (v reads 0)
                     return 0, r
                 ival[f] = v
         if i != end:  # the record must end exactly where its Kafka value ends
             return 0, r
         times[r] = ival[time_field] if time_field >= 0 and slen[time_field] >= 0 else NO_TIME
-        o = _put(out, o, nc, 2)
-        for c in range(nc):
-            f = column_field[c]
-            k = kinds[f]
-            if slen[f] < 0:
-                o = _put(out, o, -1, 4)
-            elif k == K_LONG or k == K_DOUBLE:
-                o = _put(out, o, 8, 4)
-                o = _put(out, o, ival[f], 8)
-            elif k == K_TS:
-                o = _put(out, o, 8, 4)
-                o = _put(out, o, ival[f] * 1000 - PG_ZERO_US, 8)
-            elif k == K_INT or k == K_FLOAT:
-                o = _put(out, o, 4, 4)
-                o = _put(out, o, ival[f], 4)
-            elif k == K_BOOL:
-                o = _put(out, o, 1, 4)
-                out[o] = ival[f]
-                o += 1
-            elif k == K_ENUM:
-                a = enum_off[enum_first[f] + ival[f]]
-                b = enum_off[enum_first[f] + ival[f] + 1]
-                o = _put(out, o, b - a, 4)
-                for q in range(b - a):
-                    out[o + q] = enum_bytes[a + q]
-                o += b - a
-            else:
-                n = slen[f]
-                o = _put(out, o, n, 4)
-                s0 = sstart[f]
-                for q in range(n):
-                    out[o + q] = buf[s0 + q]
-                o += n
+        o = _write_row(out, o, buf, kinds, column_field, ival, sstart, slen, enum_bytes, enum_off, enum_first)
         i = end
     return o, -1
 
