@@ -142,93 +142,58 @@ def run_once(
     return _row(row), False
 
 
-def action_routes(actions: Actions, pool) -> list[Route]:  # noqa: C901 - over the complexity limit, to be split
+def action_routes(actions: Actions, pool) -> list[Route]:
     """The POST endpoints (the token guard has already checked the token, the CSRF value and the origin)
     and the audit list the desk shows (read through the read-only pool)."""
+    endpoints = _Endpoints(actions, pool)
+    return [
+        Route("/api/actions/kill-switch", endpoints.kill_switch, methods=["POST"]),
+        Route("/api/actions/pair-open", endpoints.pair_open, methods=["POST"]),
+        Route("/api/actions/pair-close", endpoints.pair_close, methods=["POST"]),
+        Route("/api/desk/quote", endpoints.quote),
+        Route("/api/actions", endpoints.recent),
+    ]
 
-    async def kill_switch(request: Request) -> Response:
+
+class _Endpoints:
+    """The handlers `action_routes` serves, over one `Actions` and the read-only pool."""
+
+    def __init__(self, actions: Actions, pool) -> None:
+        self.actions, self.pool = actions, pool
+
+    # --- the kill switch ------------------------------------------------------------------------
+    async def kill_switch(self, request: Request) -> Response:
         body = await _json(request)
         nonce, reason = _nonce(body), _reason(body)
-        on, flatten = body.get("on"), body.get("flatten", False)
-        modes = body.get("modes") or list(MODES)
-        if not isinstance(on, bool) or not isinstance(flatten, bool):
-            raise HTTPException(400, "on and flatten: true or false")
-        if (
-            not isinstance(modes, list)
-            or not modes
-            or any(m not in MODES for m in modes)
-            or len(set(modes)) < len(modes)
-        ):
-            raise HTTPException(400, f"modes: some of {', '.join(MODES)}")
-        try:
-            kill_switch_record(on, modes[0], 0, flatten=flatten)  # the CLI's checks (flatten only with on)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
-        params = {"on": on, "flatten": flatten, "modes": modes}
+        params = _kill_switch_params(body)
+        on, flatten, modes = params["on"], params["flatten"], params["modes"]
 
         def act() -> str:
-            records = actions.publish_kill_switch(on, modes, flatten)
+            records = self.actions.publish_kill_switch(on, modes, flatten)
             return "; ".join(f"{r['mode']}: {r['decision']}" for r in records) + " (acknowledged by the broker)"
 
-        row, duplicate = await asyncio.to_thread(
-            run_once, actions.writer, "kill_switch", nonce, params, who(request), reason, act
-        )
-        if duplicate and row["params"] != params:
-            raise HTTPException(409, "this form's nonce was already used for another action")
-        return JSONResponse(row | {"duplicate": duplicate}, status_code=200 if row["status"] != "failed" else 502)
+        return await _once(self.actions, "kill_switch", nonce, params, who(request), reason, act)
 
-    def strategy_of(name: Any):
-        strategy = actions.strategies.get(name) if isinstance(name, str) else None
-        if strategy is None:
-            raise HTTPException(
-                400,
-                "strategy: one the stack trades ("
-                + (", ".join(actions.strategies) or "none: set TAPEFLOW_WATCHLIST_STRATEGIES")
-                + ")",
-            )
-        return strategy
-
-    def pair_venues(params) -> tuple[str, str, str]:
-        coin, sell, buy = (params.get(k) for k in ("coin", "sell_venue", "buy_venue"))
-        if not (
-            isinstance(coin, str)
-            and COIN.match(coin)
-            and isinstance(sell, str)
-            and VENUE.match(sell)
-            and isinstance(buy, str)
-            and VENUE.match(buy)
-            and sell != buy
-        ):
-            raise HTTPException(400, "coin, sell_venue and buy_venue: a coin (BTC) and two different venues")
-        return coin, sell, buy
-
-    def publish(record: dict[str, Any]) -> None:
-        assert actions.publish_command is not None  # checked by the endpoints before any row is written
-        actions.publish_command(record)
-
-    def commands_on() -> None:
-        if actions.publish_command is None:
-            raise HTTPException(503, "pair actions are off: this UI has no broker to send commands to")
-
-    def quote(request: Request) -> Response:
-        strategy = strategy_of(request.query_params.get("strategy"))
-        coin, sell, buy = pair_venues(request.query_params)
-        with pool.connection() as conn:
+    # --- the pair actions -----------------------------------------------------------------------
+    def quote(self, request: Request) -> Response:
+        strategy = self._strategy(request.query_params.get("strategy"))
+        coin, sell, buy = _pair_venues(request.query_params)
+        with self.pool.connection() as conn:
             shown = desk.quote(conn, strategy, coin, sell, buy)
         if shown is None:
             raise HTTPException(404, f"no evaluation of {coin} {sell} -> {buy}")
         return JSONResponse(shown | {"pair_id": None})
 
-    async def pair_open(request: Request) -> Response:
-        commands_on()
+    async def pair_open(self, request: Request) -> Response:
+        self._commands_on()
         body = await _json(request)
         nonce, reason = _nonce(body), _reason(body)
-        strategy = strategy_of(body.get("strategy"))
-        coin, sell, buy = pair_venues(body)
+        strategy = self._strategy(body.get("strategy"))
+        coin, sell, buy = _pair_venues(body)
         at = body.get("shown_time")
         if not isinstance(at, int) or isinstance(at, bool):
             raise HTTPException(400, "shown_time: the evaluation time (Unix ms) the review showed")
-        with pool.connection() as conn:
+        with self.pool.connection() as conn:
             shown = desk.quote(conn, strategy, coin, sell, buy, at)
         if shown is None:
             raise HTTPException(404, f"no evaluation of {coin} {sell} -> {buy} at {at}")
@@ -249,7 +214,7 @@ def action_routes(actions: Actions, pool) -> list[Route]:  # noqa: C901 - over t
         who_ = who(request)
 
         def act() -> str:
-            publish(
+            self._publish(
                 command_record(
                     aid,
                     "open",
@@ -271,16 +236,16 @@ def action_routes(actions: Actions, pool) -> list[Route]:  # noqa: C901 - over t
                 "at its newest books"
             )
 
-        return await _once(actions, "pair_open", nonce, params, who_, reason, act)
+        return await _once(self.actions, "pair_open", nonce, params, who_, reason, act)
 
-    async def pair_close(request: Request) -> Response:
-        commands_on()
+    async def pair_close(self, request: Request) -> Response:
+        self._commands_on()
         body = await _json(request)
         nonce, reason = _nonce(body), _reason(body)
         pid = body.get("pair_id")
         if not isinstance(pid, str) or not re.fullmatch(r"pair-[a-z0-9]{10,40}", pid):
             raise HTTPException(400, "pair_id: a pair's id (pair-...)")
-        with pool.connection() as conn:
+        with self.pool.connection() as conn:
             pair = desk.pair_for_close(conn, pid)
         if pair is None or pair["strategy"] is None:
             raise HTTPException(404, f"no pair {pid} with its signal stored")
@@ -288,7 +253,7 @@ def action_routes(actions: Actions, pool) -> list[Route]:  # noqa: C901 - over t
         who_ = who(request)
 
         def act() -> str:
-            publish(
+            self._publish(
                 command_record(
                     action_id("pair_close", nonce),
                     "close",
@@ -305,10 +270,30 @@ def action_routes(actions: Actions, pool) -> list[Route]:  # noqa: C901 - over t
             )
             return f"close command sent to {pair['strategy']} on xv.commands (acknowledged by the broker): pair {pid}"
 
-        return await _once(actions, "pair_close", nonce, params, who_, reason, act)
+        return await _once(self.actions, "pair_close", nonce, params, who_, reason, act)
 
-    def recent(request: Request) -> Response:
-        with pool.connection() as conn:
+    def _strategy(self, name: Any):
+        strategy = self.actions.strategies.get(name) if isinstance(name, str) else None
+        if strategy is None:
+            raise HTTPException(
+                400,
+                "strategy: one the stack trades ("
+                + (", ".join(self.actions.strategies) or "none: set TAPEFLOW_WATCHLIST_STRATEGIES")
+                + ")",
+            )
+        return strategy
+
+    def _commands_on(self) -> None:
+        if self.actions.publish_command is None:
+            raise HTTPException(503, "pair actions are off: this UI has no broker to send commands to")
+
+    def _publish(self, record: dict[str, Any]) -> None:
+        assert self.actions.publish_command is not None  # checked by the endpoints before any row is written
+        self.actions.publish_command(record)
+
+    # --- the audit list -------------------------------------------------------------------------
+    def recent(self, request: Request) -> Response:
+        with self.pool.connection() as conn:
             query = f"SELECT {_COLUMNS} FROM ui_actions ORDER BY requested_time DESC LIMIT 50"  # nosec B608 # a constant column list
             rows = conn.execute(query).fetchall()
             answers = {
@@ -330,13 +315,35 @@ def action_routes(actions: Actions, pool) -> list[Route]:  # noqa: C901 - over t
             }
         )
 
-    return [
-        Route("/api/actions/kill-switch", kill_switch, methods=["POST"]),
-        Route("/api/actions/pair-open", pair_open, methods=["POST"]),
-        Route("/api/actions/pair-close", pair_close, methods=["POST"]),
-        Route("/api/desk/quote", quote),
-        Route("/api/actions", recent),
-    ]
+
+def _kill_switch_params(body: dict) -> dict[str, Any]:
+    """The kill switch form's on, flatten and modes, checked as `tapeflow kill-switch` checks them."""
+    on, flatten = body.get("on"), body.get("flatten", False)
+    modes = body.get("modes") or list(MODES)
+    if not isinstance(on, bool) or not isinstance(flatten, bool):
+        raise HTTPException(400, "on and flatten: true or false")
+    if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes) or len(set(modes)) < len(modes):
+        raise HTTPException(400, f"modes: some of {', '.join(MODES)}")
+    try:
+        kill_switch_record(on, modes[0], 0, flatten=flatten)  # the CLI's checks (flatten only with on)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return {"on": on, "flatten": flatten, "modes": modes}
+
+
+def _pair_venues(params) -> tuple[str, str, str]:
+    coin, sell, buy = (params.get(k) for k in ("coin", "sell_venue", "buy_venue"))
+    if not (
+        isinstance(coin, str)
+        and COIN.match(coin)
+        and isinstance(sell, str)
+        and VENUE.match(sell)
+        and isinstance(buy, str)
+        and VENUE.match(buy)
+        and sell != buy
+    ):
+        raise HTTPException(400, "coin, sell_venue and buy_venue: a coin (BTC) and two different venues")
+    return coin, sell, buy
 
 
 async def _once(

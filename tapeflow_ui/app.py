@@ -409,6 +409,30 @@ class UI:
             if not await self._nap(1.0):
                 return
 
+    # --- the server's own endpoints -----------------------------------------------------------------
+    def health(self, request: Request) -> Response:
+        try:
+            with self.pool.connection(timeout=5) as conn:
+                conn.execute("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - any failure is "not healthy", said in one line
+            return ORJSONResponse({"status": "unhealthy", "detail": f"database: {type(exc).__name__}"}, status_code=503)
+        return ORJSONResponse({"status": "ok", "detail": "serving"})
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette):
+        """The pool, the lag watch and the live follower live as long as the server."""
+        await asyncio.to_thread(self.pool.open)
+        if self.lag is not None:
+            self.lag.start()
+        try:
+            yield
+        finally:
+            if self.lag is not None:
+                await asyncio.to_thread(self.lag.stop)
+            if self.live is not None:
+                await asyncio.to_thread(self.live.close)
+            await asyncio.to_thread(self.pool.close)
+
 
 def _event(name: str, data) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
@@ -435,67 +459,13 @@ def create_app(
     the background every ``lag_refresh_s`` (``overview.LagWatch``; ``lag_limits``: warn and bad above);
     with ``live`` (a ``live.LiveFollower``) the streams follow the topics instead of polling the database
     (``refresh_s``, ``settle_s``, ``poll_s``: how often the overview and the desk re-read, ``UI.view_stream``)."""
-    # jit off: the views are index lookups and bounded scans answering in milliseconds; a misestimated
-    # row count (a LATERAL over generate_series, a partition's stale statistics) made PostgreSQL spend
-    # ~0.6 s compiling a 60 ms query
-    pool = ConnectionPool(
-        conninfo,
-        min_size=1,
-        max_size=pool_size,
-        open=False,
-        name="tapeflow-ui",
-        kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000 -c jit=off"},
-    )
     lag = None if consumer_lag is None else ov.LagWatch(consumer_lag, lag_refresh_s, *lag_limits)
-    ui = UI(pool, lag, live, refresh_s, settle_s, poll_s)
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
-    csrf = csrf_value(token)
-
-    def page(name: str, title: str, **extra) -> Callable:
-        def endpoint(request: Request) -> Response:
-            context = {
-                "title": title,
-                "csrf": csrf,
-                "page": name,
-                "actions": actions is not None,
-                "strategies": list(actions.strategies) if actions is not None and actions.publish_command else [],
-                **extra,
-            }
-            if "symbol" in request.path_params:
-                context["symbol"] = _symbol(request)
-            return templates.TemplateResponse(request, f"{name}.html", context)
-
-        return endpoint
-
-    def health(request: Request) -> Response:
-        try:
-            with pool.connection(timeout=5) as conn:
-                conn.execute("SELECT 1")
-        except Exception as exc:  # noqa: BLE001 - any failure is "not healthy", said in one line
-            return ORJSONResponse({"status": "unhealthy", "detail": f"database: {type(exc).__name__}"}, status_code=503)
-        return ORJSONResponse({"status": "ok", "detail": "serving"})
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette):
-        await asyncio.to_thread(pool.open)
-        if ui.lag is not None:
-            ui.lag.start()
-        try:
-            yield
-        finally:
-            if ui.lag is not None:
-                await asyncio.to_thread(ui.lag.stop)
-            if live is not None:
-                await asyncio.to_thread(live.close)
-            await asyncio.to_thread(pool.close)
-
+    ui = UI(_read_only_pool(conninfo, pool_size), lag, live, refresh_s, settle_s, poll_s)
     routes = [
-        Route("/", page("overview", "Market overview")),
-        Route("/symbol/{symbol}", page("orderflow", "Order flow")),
-        Route("/watchlist", page("watchlist", "Watchlist desk")),
+        *_page_routes(token, actions),
         Route("/api/desk", ui.desk),
         Route("/api/desk/spread", ui.spread),
-        Route("/health", health),
+        Route("/health", ui.health),
         Route("/api/overview", ui.overview),
         Route("/api/symbols", ui.symbols),
         Route("/api/chart", ui.chart),
@@ -511,9 +481,51 @@ def create_app(
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     if actions is not None:
-        routes += action_routes(actions, pool)
+        routes += action_routes(actions, ui.pool)
     allowed = LOOPBACK_HOSTS if host in ("127.0.0.1", "localhost", "::1") else ["*"]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed), Middleware(TokenGuard, token=token)]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=ui.lifespan)
     app.state.closing = ui.closing  # set it to end the open streams (a server shutting down)
     return app
+
+
+def _read_only_pool(conninfo: str, pool_size: int) -> ConnectionPool:
+    """The views' pool: every transaction read-only, bounded in time, planned without JIT."""
+    # jit off: the views are index lookups and bounded scans answering in milliseconds; a misestimated
+    # row count (a LATERAL over generate_series, a partition's stale statistics) made PostgreSQL spend
+    # ~0.6 s compiling a 60 ms query
+    return ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=pool_size,
+        open=False,
+        name="tapeflow-ui",
+        kwargs={"options": "-c default_transaction_read_only=on -c statement_timeout=30000 -c jit=off"},
+    )
+
+
+def _page_routes(token: str, actions: Actions | None) -> list[Route]:
+    """The three pages: templates given the CSRF value of ``token`` and which desk actions are on."""
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    csrf = csrf_value(token)
+
+    def page(name: str, title: str) -> Callable:
+        def endpoint(request: Request) -> Response:
+            context = {
+                "title": title,
+                "csrf": csrf,
+                "page": name,
+                "actions": actions is not None,
+                "strategies": list(actions.strategies) if actions is not None and actions.publish_command else [],
+            }
+            if "symbol" in request.path_params:
+                context["symbol"] = _symbol(request)
+            return templates.TemplateResponse(request, f"{name}.html", context)
+
+        return endpoint
+
+    return [
+        Route("/", page("overview", "Market overview")),
+        Route("/symbol/{symbol}", page("orderflow", "Order flow")),
+        Route("/watchlist", page("watchlist", "Watchlist desk")),
+    ]
