@@ -22,8 +22,8 @@ that match its committed input offsets exactly (a committed cut) and re-processe
 them as the dead run did: a SIGKILL leaves no duplicate and no gap in orders, fills and positions
 (tests/execution/test_execution_transactions.py). What the outputs do not hold is taken from the
 inputs before the cut: the last `WARM_RECORDS` md.trades/md.book records of each assigned partition
-(`Executor.warm_market`: data freshness, last price, book), and paper orders still open at the cut
-are put back in the new paper book (`Executor.restore(committed_cut=True)`).
+(`execution.service_restore`; `Executor.warm_market`: data freshness, last price, book), and paper
+orders still open at the cut are put back in the new paper book (`Executor.restore(committed_cut=True)`).
 Exchange modes commit the open transaction at the sink's `barrier()` (before an order is sent), so
 an order the exchange may have is always in a committed intent; client order ids stay the exchange's
 guard against a second order if that commit is lost. An aborted transaction that held outputs (a record not delivered,
@@ -83,7 +83,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from execution.broker import Broker
 from execution.config import ExecutorConfig, ExecutorConfigError, load_executor_config
 from execution.executor import Executor
-from execution.input_order import PAUSE_AT, RESUME_AT, TIME_FIELD, InputAligner
+from execution.input_order import Held
 from execution.metrics import ExecutorMetrics
 from execution.reconcile import Reconciler
 from execution.safety import (
@@ -93,23 +93,21 @@ from execution.safety import (
     check_mode_allowed,
     startup_echo,
 )
+from execution.service_commits import OffsetCommitter
+from execution.service_inputs import INPUTS, InputGate
+from execution.service_restore import read_before_committed, read_signals
 from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
 from schemas.serde import AvroSerde
 from tapeflow_runtime.kafka_client import LagProbe, consumer_config, ensure_topics, topic_metadata
-from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
 from tapeflow_runtime.publisher import Publisher, PublishMetrics, TransactionAborted, TransactionFenced
 from tapeflow_runtime.service_http import build_app, run_thread_with_endpoint
 from tapeflow_runtime.settings import Settings
-from tapeflow_runtime.topic_reader import StateReadError, read_to_end
+from tapeflow_runtime.topic_reader import read_to_end
 
 log = structlog.get_logger("executor")
 
-INPUTS = ("signals", "md.trades", "md.book", "md.mark")
-#: records read back per md.trades / md.book partition before the committed offsets on assignment
-#: (`Executor.warm_market`): a market quieter than that in its partition starts without data, as before
-WARM_RECORDS = 5_000
 OUTPUTS = ("orders", "fills", "positions", "risk.events")
 
 
@@ -174,6 +172,11 @@ class KafkaSink:
 
 
 class ExecutorService:
+    """The executor as a Kafka process (module docstring): `run` until `stop` is set; `health` for the
+    endpoint. Its jobs: the inputs held for event-time order (`execution.service_inputs`), input offsets
+    and their commit with the outputs (`execution.service_commits`), the state read on an assignment
+    (`execution.service_restore`, `Executor.restore`)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -204,28 +207,21 @@ class ExecutorService:
             topic_prefix=self.prefix,
             transactional_id=self._group if self.transactional else None,
         )
+        self.committer = OffsetCommitter(self.publisher, self.transactional)
         self.sink = KafkaSink(
-            self.publisher, self.metrics, mode, commit=self._commit_transaction if self.transactional else None
+            self.publisher, self.metrics, mode, commit=self.committer.commit_transaction if self.transactional else None
         )
-        # transactional: (topic, partition) -> the offset after the last input handled (committed with the outputs)
-        self._handled: dict[tuple[str, int], int] = {}
-        self._handled_moved = False  # inputs handled since the last commit
-        self._last_commit = 0.0  # monotonic time of the last commit
-        self.commits = 0  # transactions committed (tests, benchmarks)
+        self.inputs = InputGate(
+            self.prefix, serde, self.metrics, max_hold_s=options.max_hold_s, start_from=options.start_from
+        )
+        self.aligner = self.inputs.aligner
         self.executor: Executor | None = None
         self.status = "starting"
         self.restores = 0
-        self._names = {self.prefix + name: name for name in INPUTS}
-        self.aligner = InputAligner(INPUTS)
-        self._holding: dict[int, float] = {}  # partition -> since when its inputs wait for another topic
-        self._paused: set[tuple[str, int]] = set()  # (topic, partition) paused for running ahead
-        self._reported: dict[int, float] = {}  # partition -> when its holding was last logged
-        self._checked: dict[int, tuple[float, bool]] = {}  # partition -> (when, whether it was catching up)
-        self._start: dict[tuple[str, int], int] = {}  # topic-partition not read yet -> the offset it starts at
         self._consumer: Consumer | None = None
         self._lag = LagProbe(self.metrics.lag, self._group)
-        self._fence_check: list[TopicPartition] | None = None  # an assignment whose producer epoch is unchecked
         self._risk: Consumer | None = None
+        self._next_clock = self._next_commit = 0  # wall-clock ms of the next clock tick, the next due commit
         self._reconciled_once = False
         self.broker = broker
         self.reconciler = (
@@ -243,88 +239,20 @@ class ExecutorService:
     def group_id(self) -> str:
         return self._group
 
+    @property
+    def commits(self) -> int:
+        """Transactions committed (tests, benchmarks)."""
+        return self.committer.commits
+
     # --- lifecycle ------------------------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:  # noqa: C901 - over the complexity limit, to be split
-        if self.transactional:  # fences an older executor and aborts its open transaction: before any state is read
-            self.publisher.init_transactions()
-            self.publisher.begin_transaction()
-            self._last_commit = time.monotonic()
-        self._consumer = Consumer(
-            consumer_config(
-                self.bootstrap,
-                self._group,
-                **{
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": self.options.start_from,
-                    "partition.assignment.strategy": "range",
-                    "enable.partition.eof": True,
-                    "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": self.settings.executor_fetch_wait_ms,
-                },
-            )
-        )
-        # risk.events is written a few times a day (a pause, the kill switch): Kafka answers a waiting
-        # fetch as soon as a record arrives, so the long wait costs no latency (it only spaces the idle
-        # fetches the broker answers), and `consume(timeout=0)` below never blocks on it
-        self._risk = Consumer(
-            consumer_config(
-                self.bootstrap,
-                f"{self._group}-risk-follower",
-                **{"fetch.wait.max.ms": 5000, "isolation.level": "read_committed"},
-            )
-        )
-        self._consumer.subscribe(
-            [self.prefix + name for name in INPUTS], on_assign=self._on_assign, on_revoke=self._on_revoke
-        )
-        next_clock = next_commit = 0
+    def run(self, stop: threading.Event) -> None:
+        self.committer.start()  # fences an older executor and aborts its open transaction: before any state is read
+        self._open_consumers()
+        self._next_clock = self._next_commit = 0
         failed = False
         try:
             while not stop.is_set():
-                # a record ends the wait at once; idle, the loop wakes for the next clock tick only
-                wait_s = min(self.options.clock_interval_ms, max(0, next_clock - self.clock())) / 1000
-                batch = self._consumer.consume(num_messages=500, timeout=wait_s)
-                if self._fence_check is not None:  # after an assignment, before any of its records is handled
-                    assigned, self._fence_check = self._fence_check, None
-                    self._check_not_fenced(self._consumer, assigned)
-                for msg in batch:
-                    if msg.error():
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            log.warning("consume error", error=msg.error().str())
-                        else:
-                            self.aligner.at_end(self._names[msg.topic()], msg.partition())
-                        continue
-                    if self.executor is not None:
-                        self._hold(msg)
-                ex = self.executor
-                if ex is None:
-                    continue
-                self._release(ex)
-                for msg in self._risk.consume(num_messages=100, timeout=0):
-                    if msg.error():
-                        continue
-                    try:
-                        record = self.serde.decode(msg.value())
-                    except Exception as exc:
-                        log.warning("undecodable risk.events record ignored", offset=msg.offset(), error=str(exc))
-                        continue
-                    ex.on_risk_record(record, self.clock())
-                now = self.clock()
-                if now >= next_clock:
-                    next_clock = now + self.options.clock_interval_ms
-                    ex.on_clock(now)
-                    if self.reconciler is not None and self.reconciler.due(now):
-                        self._reconcile(ex, now)
-                    self._refresh_gauges(ex, now)
-                    if self._lag.due(time.monotonic()):  # the assignment is built only when it is asked
-                        self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic())
-                self.publisher.poll(0)
-                if now >= next_commit or (
-                    self.transactional
-                    and self.publisher.transaction_records
-                    and time.monotonic() - self._last_commit >= self.options.transaction_interval_ms / 1000
-                ):
-                    next_commit = now + self.options.commit_interval_ms
-                    self._commit()
+                self._loop_once()
         except (TransactionAborted, TransactionFenced) as exc:
             failed = True
             self.status = "failed"
@@ -344,20 +272,110 @@ class ExecutorService:
             failed = True
             raise
         finally:
-            self.status = "stopping"
+            self._close(failed)
+
+    def _open_consumers(self) -> None:
+        """The inputs' group consumer (subscribed) and the group-less follower of risk.events."""
+        self._consumer = Consumer(
+            consumer_config(
+                self.bootstrap,
+                self._group,
+                **{
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": self.options.start_from,
+                    "partition.assignment.strategy": "range",
+                    "enable.partition.eof": True,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": self.settings.executor_fetch_wait_ms,
+                },
+            )
+        )
+        self.inputs.consumer = self.committer.consumer = self._consumer
+        # risk.events is written a few times a day (a pause, the kill switch): Kafka answers a waiting
+        # fetch as soon as a record arrives, so the long wait costs no latency (it only spaces the idle
+        # fetches the broker answers), and `consume(timeout=0)` below never blocks on it
+        self._risk = Consumer(
+            consumer_config(
+                self.bootstrap,
+                f"{self._group}-risk-follower",
+                **{"fetch.wait.max.ms": 5000, "isolation.level": "read_committed"},
+            )
+        )
+        self._consumer.subscribe(
+            [self.prefix + name for name in INPUTS], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+
+    def _loop_once(self) -> None:
+        """One pass: take in inputs, hand the executor those whose turn came and the kill-switch records,
+        tick its clock when due, commit when due."""
+        self._consume_inputs()
+        ex = self.executor
+        if ex is None:
+            return
+        self.inputs.release(lambda held: self._handle_held(ex, held))
+        self._follow_risk_events(ex)
+        now = self.clock()
+        if now >= self._next_clock:
+            self._next_clock = now + self.options.clock_interval_ms
+            self._tick(ex, now)
+        self.publisher.poll(0)
+        if now >= self._next_commit or self.committer.transaction_due(self.options.transaction_interval_ms):
+            self._next_commit = now + self.options.commit_interval_ms
+            self._commit()
+
+    def _consume_inputs(self) -> None:
+        """Wait for input records (a record ends the wait at once; idle, the loop wakes for the next clock
+        tick only) and hold them for event-time order."""
+        wait_s = min(self.options.clock_interval_ms, max(0, self._next_clock - self.clock())) / 1000
+        batch = self._consumer.consume(num_messages=500, timeout=wait_s)
+        self.committer.check_fence_pending()  # after an assignment, before any of its records is handled
+        for msg in batch:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error", error=msg.error().str())
+                else:
+                    self.inputs.at_end(msg)
+                continue
+            if self.executor is not None:
+                self.inputs.hold(msg)
+
+    def _follow_risk_events(self, ex: Executor) -> None:
+        """Kill-switch records (and the other risk.events, which the executor ignores)."""
+        for msg in self._risk.consume(num_messages=100, timeout=0):
+            if msg.error():
+                continue
             try:
-                if not failed:
-                    self._commit()
-                elif self.transactional:
-                    self._abort_quietly()
-            except (TransactionAborted, TransactionFenced) as exc:
-                failed = True
-                log.error("last executor transaction failed", error=str(exc))
-                raise
-            finally:
-                self._consumer.close()
-                self._risk.close()
-                self.status = "failed" if failed else "stopped"
+                record = self.serde.decode(msg.value())
+            except Exception as exc:
+                log.warning("undecodable risk.events record ignored", offset=msg.offset(), error=str(exc))
+                continue
+            ex.on_risk_record(record, self.clock())
+
+    def _tick(self, ex: Executor, now: int) -> None:
+        """The executor's clock, a due reconciliation, gauges and consumer lag."""
+        ex.on_clock(now)
+        if self.reconciler is not None and self.reconciler.due(now):
+            self._reconcile(ex, now)
+        self._refresh_gauges(ex, now)
+        if self._lag.due(time.monotonic()):  # the assignment is built only when it is asked
+            self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic())
+
+    def _close(self, failed: bool) -> None:
+        """On the way out: commit what was handled (abort instead after a failure), close the consumers."""
+        self.status = "stopping"
+        try:
+            if not failed:
+                self._commit()
+            elif self.transactional:
+                self.committer.abort_quietly()
+        except (TransactionAborted, TransactionFenced) as exc:
+            failed = True
+            log.error("last executor transaction failed", error=str(exc))
+            raise
+        finally:
+            self._consumer.close()
+            self._risk.close()
+            self.status = "failed" if failed else "stopped"
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         signals = sorted(p.partition for p in partitions if p.topic == self.prefix + "signals")
@@ -365,13 +383,12 @@ class ExecutorService:
         if self.transactional:
             # not here: a transactional offset commit from inside the rebalance callback waits for the
             # join this callback is part of (seen hanging after a broker restart); the loop does it next
-            self._fence_check = list(partitions)
-        idle = self.options.restore_idle_s
+            self.committer.fence_check = list(partitions)
         state = read_to_end(
             self.bootstrap,
             {self.prefix + "positions": signals, self.prefix + "orders": signals, self.prefix + "risk.events": None},
             self.serde,
-            idle_s=idle,
+            idle_s=self.options.restore_idle_s,
         )
         positions, orders, risk = (state[self.prefix + name] for name in ("positions", "orders", "risk.events"))
         now = self.clock()
@@ -382,12 +399,15 @@ class ExecutorService:
             orders.records,
             risk.records,
             now,
-            signals=lambda ids: self._read_signals(signals, ids),
+            signals=lambda ids: read_signals(
+                self.bootstrap, self.serde, self.prefix + "signals", signals, ids, self.options.restore_idle_s
+            ),
             committed_cut=self.transactional,
         )
         if self.transactional:
-            trades, books = self._read_before_committed(consumer, signals)
-            executor.warm_market(trades, books)
+            executor.warm_market(
+                *read_before_committed(consumer, self.bootstrap, self._group, self.serde, self.prefix, signals)
+            )
         total = len(topic_metadata(consumer, self.prefix + "signals").partitions)
         executor.owner_ok = signals == list(range(total))
         self._risk.assign([TopicPartition(self.prefix + "risk.events", p, off) for p, off in risk.next_offsets.items()])
@@ -410,27 +430,6 @@ class ExecutorService:
         self.restores += 1
         self.status = "running" if executor.owner_ok else "degraded"
 
-    def _check_not_fenced(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Commit the assigned partitions' committed offsets again in a transaction of their own: a
-        no-op for the group, but the transaction coordinator checks our producer epoch. An executor
-        stopped (SIGSTOP, a long pause) while a newer one took over rejoins the group when it wakes; with
-        nothing left to handle it would never publish, never learn it was fenced, and keep partitions
-        from its successor (which then blocks new entries as not the sole writer). Raises
-        `TransactionFenced` for such a zombie."""
-        try:
-            committed = [tp for tp in committed_offsets(consumer, partitions, 10) if tp.offset >= 0]
-        except (KafkaException, CommittedOffsetError) as exc:
-            log.warning("committed offsets not read: producer epoch not checked on assignment", error=str(exc))
-            return
-        if not committed:
-            return
-        try:
-            # bounded well below the group's max poll interval: this runs inside the assignment callback
-            self.publisher.commit_transaction(committed, consumer.consumer_group_metadata(), timeout=10.0)
-        except TransactionAborted as exc:  # a broker still recovering (not a fencing): checked at the next commit
-            log.warning("producer epoch not checked on assignment", error=str(exc))
-        self.publisher.begin_transaction()
-
     def _reconcile(self, ex: Executor, now: int) -> None:
         report = ex.reconcile(self.reconciler, now)
         if report.error is not None:
@@ -444,193 +443,18 @@ class ExecutorService:
             )
             self._reconciled_once = True
 
-    def _read_before_committed(self, consumer: Consumer, partitions: list[int]) -> tuple[list[dict], list[dict]]:
-        """The last `WARM_RECORDS` committed records of each assigned md.trades and md.book partition
-        before the group's committed offset (the inputs the previous run handled last); none for a
-        partition without a committed offset. Undecodable records are skipped (they were dead-lettered)."""
-        names = (self.prefix + "md.trades", self.prefix + "md.book")
-        try:
-            committed = committed_offsets(consumer, [TopicPartition(t, p) for t in names for p in partitions], 10)
-        except (KafkaException, CommittedOffsetError) as exc:
-            log.warning("inputs before the committed offsets not read: markets start without data", error=str(exc))
-            return [], []
-        ends = {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset > 0}
-        out: dict[str, list[dict]] = {name: [] for name in names}
-        if not ends:
-            return [], []
-        reader = Consumer(
-            consumer_config(
-                self.bootstrap,
-                group_id=f"{self._group}-warm",
-                **{"enable.partition.eof": True, "isolation.level": "read_committed"},
-            )
-        )
-        try:
-            reader.assign([TopicPartition(t, p, max(0, end - WARM_RECORDS)) for (t, p), end in ends.items()])
-            pending, deadline = set(ends), time.monotonic() + 30
-            while pending and time.monotonic() < deadline:
-                for msg in reader.consume(1000, 0.2):
-                    tp = (msg.topic(), msg.partition())
-                    if msg.error():
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
-                            pending.discard(tp)
-                        continue
-                    if msg.offset() >= ends[tp]:
-                        pending.discard(tp)
-                        continue
-                    try:
-                        out[msg.topic()].append(self.serde.decode(msg.value()))
-                    except Exception:  # noqa: BLE001 # nosec B110 # an undecodable record was dead-lettered when it was handled
-                        pass
-                    if msg.offset() >= ends[tp] - 1:
-                        pending.discard(tp)
-            if pending:
-                log.warning("inputs before the committed offsets not read to the end", partitions=sorted(pending))
-        finally:
-            reader.close()
-        return out[names[0]], out[names[1]]
-
-    def _read_signals(self, partitions: list[int], ids: set[str]) -> dict[str, dict[str, Any]]:
-        """The signal records of `ids` still on the assigned `signals` partitions (for unfinished entries)."""
-        try:
-            snap = read_to_end(
-                self.bootstrap, {self.prefix + "signals": partitions}, self.serde, idle_s=self.options.restore_idle_s
-            )
-        except StateReadError as exc:
-            log.error("signals of unfinished entries not readable", error=str(exc))
-            return {}
-        return {r["signal_id"]: r for r in snap[self.prefix + "signals"].records if r.get("signal_id") in ids}
-
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit()
-        for tp in partitions:
-            self._handled.pop((tp.topic, tp.partition), None)
-        self.aligner.drop([(self._names[tp.topic], tp.partition) for tp in partitions if tp.topic in self._names])
-        for tp in partitions:
-            self._holding.pop(tp.partition, None)
-            self._checked.pop(tp.partition, None)
-            self._start.pop((tp.topic, tp.partition), None)
-            self._paused.discard((self._names.get(tp.topic, tp.topic), tp.partition))
+        self.committer.forget(partitions)
+        self.inputs.drop(partitions)
         self.executor = None
         self.status = "rebalancing"
 
-    def _hold(self, msg) -> None:
-        """Decode an input and hand it to the aligner (`execution.input_order`); an undecodable one is
-        dead-lettered when its turn comes, so offsets are still stored in order."""
-        name = self._names[msg.topic()]
-        self.metrics.messages_in.labels(name).inc()
-        try:
-            record = self.serde.decode(msg.value())
-            when = int(record[TIME_FIELD[name]])
-        except Exception as exc:  # not ours to fix: keep the bytes and the reason, go on
-            record, when = exc, self.aligner.newest(name, msg.partition())
-        self.aligner.add(name, msg.partition(), when, msg.offset(), (record, msg))
-        self._holding.pop(msg.partition(), None)  # news: the partition's wait starts again
-
-    def _release(self, ex: Executor) -> None:
-        """Process the inputs the aligner releases; a partition that holds inputs, gets no new record for
-        `max_hold_s` and whose holding topics have nothing left to read (an end never reported) is released
-        as it is."""
-        now = time.monotonic()
-        for partition in sorted(self.aligner.partitions()):
-            released = self.aligner.release(partition)
-            if released:
-                self._holding.pop(partition, None)
-                self._reported.pop(partition, None)
-            elif now - self._holding.setdefault(partition, now) >= self.options.max_hold_s and not self._catching_up(
-                partition
-            ):
-                log.warning(
-                    "inputs released without event-time order",
-                    partition=partition,
-                    held=self.aligner.held(partition),
-                    topics=self.aligner.describe(partition),
-                )
-                released = self.aligner.release(partition, force=True)
-                self._holding.pop(partition, None)
-            for held in released:
-                record, msg = held.item
-                self._handle(ex, held.topic, record, msg)
-                if self.transactional:
-                    self._handled[(msg.topic(), msg.partition())] = msg.offset() + 1
-                    self._handled_moved = True
-                else:
-                    self._consumer.store_offsets(msg)
-        self._flow_control()
-
-    def _catching_up(self, partition: int) -> bool:
-        """Whether a topic that holds `partition` back has records left to read (its next offset is below
-        the high watermark): then its news is only queued behind other partitions'. A topic-partition the
-        consumer has not delivered anything from yet has no position: its next offset is the group's
-        committed offset, else where `start_from` puts it (a replay read from the beginning buries one
-        partition's trades behind another's for seconds on a loaded machine; releasing then would trade
-        its signals before their trades). Checked at most once a second per partition (it may ask the
-        broker)."""
-        now = time.monotonic()
-        checked = self._checked.get(partition)
-        if checked is not None and now - checked[0] < 1.0:
-            return checked[1]
-        behind = {}
-        for topic in self.aligner.blocking(partition):
-            tp = TopicPartition(self.prefix + topic, partition)
-            position = self._next_offset(tp)
-            _, high = self._watermarks(tp)
-            if high < 0 or position < 0 or position < high:  # unknown counts as behind: wait for the fetch
-                behind[topic] = f"{position}/{high}"
-        if behind and now - self._reported.setdefault(partition, now) >= 10:  # say why, every 10 s
-            self._reported[partition] = now + 10
-            log.info(
-                "inputs held for event-time order",
-                partition=partition,
-                held=self.aligner.held(partition),
-                topics=self.aligner.describe(partition),
-                reading=behind,
-                paused=sorted(self._paused),
-            )
-        self._checked[partition] = (now, bool(behind))
-        return bool(behind)
-
-    def _next_offset(self, tp: TopicPartition) -> int:
-        """The next offset the consumer reads from `tp` (negative when the broker does not say)."""
-        position = self._consumer.position([tp])[0].offset
-        if position >= 0:
-            return position
-        key = (tp.topic, tp.partition)
-        if key not in self._start:
-            try:
-                committed = committed_offsets(self._consumer, [tp], 5)[0].offset
-            except (KafkaException, CommittedOffsetError):  # not "none committed": ask again next time
-                return -1
-            if committed >= 0:
-                self._start[key] = committed
-            else:
-                low, high = self._watermarks(tp)
-                start = low if self.options.start_from == "earliest" else high
-                if start < 0:  # the broker did not answer: unknown now, asked again next time
-                    return -1
-                self._start[key] = start
-        return self._start[key]
-
-    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
-        """(low, high) of `tp`: those of the last fetch, else asked from the broker ((-1, -1) if it does not answer)."""
-        low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-        if high >= 0 and low >= 0:
-            return low, high
-        try:
-            return self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-        except KafkaException:
-            return -1, -1
-
-    def _flow_control(self) -> None:
-        """Pause topic-partitions far ahead of the others (see `execution.input_order`), resume them once drained."""
-        held = self.aligner.held_by_topic()
-        for tp in [tp for tp in self._paused if held.get(tp, 0) < RESUME_AT]:
-            self._consumer.resume([TopicPartition(self.prefix + tp[0], tp[1])])
-            self._paused.discard(tp)
-        for tp, count in held.items():
-            if count > PAUSE_AT and tp not in self._paused:
-                self._consumer.pause([TopicPartition(self.prefix + tp[0], tp[1])])
-                self._paused.add(tp)
+    def _handle_held(self, ex: Executor, held: Held) -> None:
+        """Handle an input the aligner released; its offset goes with the next commit."""
+        record, msg = held.item
+        self._handle(ex, held.topic, record, msg)
+        self.committer.handled_input(msg)
 
     def _handle(self, ex: Executor, name: str, record: dict | Exception, msg) -> None:
         if isinstance(record, Exception):
@@ -653,57 +477,8 @@ class ExecutorService:
                 self.metrics.signal_to_order.observe(max(0.0, time.time() - produced_ms / 1000))
 
     def _commit(self) -> None:
-        """Commit consumed input offsets once every output they caused is acknowledged (transactional:
-        together with those outputs, in the open transaction, and begin the next)."""
-        if self._consumer is None:
-            return
-        if self.transactional:
-            self._commit_transaction()
-            return
-        remaining = self.publisher.flush(10)
-        if remaining or not self.publisher.healthy:
-            log.error(
-                "outputs not delivered; input offsets not committed",
-                undelivered=remaining,
-                failed=len(self.publisher.failed),
-            )
-            return
-        try:
-            self._consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("offset commit failed", error=exc.args[0].str())
-
-    def _commit_transaction(self) -> None:
-        """Commit the open transaction with the offsets after the inputs handled so far, then begin the
-        next. Raises `TransactionAborted` (aborted: nothing of it is visible) or `TransactionFenced`."""
-        if self._consumer is None or not self.publisher.in_transaction:
-            return
-        if self._handled_moved or self.publisher.transaction_records:
-            offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in self._handled.items()]
-            try:
-                self.publisher.commit_transaction(offsets, self._consumer.consumer_group_metadata())
-            except TransactionAborted as exc:
-                if self.publisher.transaction_records:
-                    raise  # outputs were aborted: the in-memory state includes them, only a restore undoes that
-                # offsets alone (inputs that published nothing): no state to undo, and offsets only move
-                # forward, so the next transaction commits these with its own. A broker that stopped
-                # answering ends here; exiting would only get us restarted into the same outage.
-                log.warning("input offsets not committed: they go with the next transaction", error=str(exc))
-                self.publisher.begin_transaction()
-                self._last_commit = time.monotonic()
-                return
-            self._handled_moved = False
-            self.commits += 1
-            self.publisher.begin_transaction()
-        self._last_commit = time.monotonic()
-
-    def _abort_quietly(self) -> None:
-        """On the way out after a failure: abort what is open (a fenced producer cannot; the broker does)."""
-        try:
-            self.publisher.abort_transaction(5)
-        except (TransactionFenced, KafkaException) as exc:
-            log.info("open transaction left to the broker to abort", error=str(exc))
+        """Commit consumed input offsets with (transactional) or after the outputs they caused."""
+        self.committer.commit()
 
     def _refresh_gauges(self, ex: Executor, now: int) -> None:
         self.metrics.open_positions.set(len(ex.positions))

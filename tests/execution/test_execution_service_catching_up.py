@@ -45,7 +45,7 @@ def held_service(bootstrap: str, prefix: str, tmp_path, start_from: str, partiti
         consumer_config(bootstrap, f"{prefix}catching-up-{start_from}-{partition}", **{"auto.offset.reset": start_from})
     )
     consumer.assign([TopicPartition(prefix + name, partition) for name in INPUTS])
-    service._consumer = consumer
+    service.inputs.consumer = consumer
     service.aligner.add("signals", partition, 1_000, 0, None)
     for name in ("signals", "md.book", "md.mark"):
         service.aligner.at_end(name, partition)
@@ -55,16 +55,16 @@ def held_service(bootstrap: str, prefix: str, tmp_path, start_from: str, partiti
 
 
 def decided(service: ExecutorService, partition: int, timeout_s: float = 60.0) -> bool:
-    """``_catching_up(partition)`` once the service knows where md.trades starts and ends there (its
+    """``inputs.catching_up(partition)`` once the service knows where md.trades starts and ends there (its
     once-a-second cache is skipped between attempts)."""
     tp = TopicPartition(service.prefix + "md.trades", partition)
     deadline = time.monotonic() + timeout_s
     while True:
-        service._checked.clear()
-        answer = service._catching_up(partition)
-        if (tp.topic, partition) in service._start and min(service._watermarks(tp)) >= 0:
-            service._checked.clear()
-            return service._catching_up(partition)  # both figures known: cached start, answered watermarks
+        service.inputs.checked.clear()
+        answer = service.inputs.catching_up(partition)
+        if (tp.topic, partition) in service.inputs.start and min(service.inputs.watermarks(tp)) >= 0:
+            service.inputs.checked.clear()
+            return service.inputs.catching_up(partition)  # both figures known: cached start, answered watermarks
         assert time.monotonic() < deadline, f"the broker never said where {tp.topic} starts and ends ({answer})"
         time.sleep(0.1)
 
@@ -82,18 +82,18 @@ def test_trades_not_fetched_yet_hold_the_partition(kafka_bootstrap, topic_prefix
     service = held_service(kafka_bootstrap, topic_prefix, tmp_path, "earliest", TRADES_P)
     try:
         assert decided(service, TRADES_P)  # 3 records from offset 0 to read: its news is coming
-        assert service._start[(topic_prefix + "md.trades", TRADES_P)] == 0
+        assert service.inputs.start[(topic_prefix + "md.trades", TRADES_P)] == 0
     finally:
-        service._consumer.close()
+        service.inputs.consumer.close()
 
 
 def test_an_empty_topic_partition_does_not_hold(kafka_bootstrap, topic_prefix, tmp_path, trades_in_partition_0):
     service = held_service(kafka_bootstrap, topic_prefix, tmp_path, "earliest", EMPTY_P)
     try:
         assert not decided(service, EMPTY_P)
-        assert service._start[(topic_prefix + "md.trades", EMPTY_P)] == 0
+        assert service.inputs.start[(topic_prefix + "md.trades", EMPTY_P)] == 0
     finally:
-        service._consumer.close()
+        service.inputs.consumer.close()
 
 
 def test_a_group_starting_at_the_end_does_not_wait_for_old_trades(
@@ -102,6 +102,6 @@ def test_a_group_starting_at_the_end_does_not_wait_for_old_trades(
     service = held_service(kafka_bootstrap, topic_prefix, tmp_path, "latest", TRADES_P)
     try:
         assert not decided(service, TRADES_P)  # live: it reads from the end, nothing is coming
-        assert service._start[(topic_prefix + "md.trades", TRADES_P)] == 3
+        assert service.inputs.start[(topic_prefix + "md.trades", TRADES_P)] == 3
     finally:
-        service._consumer.close()
+        service.inputs.consumer.close()

@@ -1,0 +1,172 @@
+"""The executor service's inputs between the consumer and the executor: decoded, held for event-time
+order per partition (`execution.input_order`), released in that order, and the consumer's flow control.
+
+A partition's held inputs are released as they are when it got no new record for `max_hold_s` and the
+topics holding it back have nothing left to read (`catching_up`): then the news it waits for is not
+coming. A topic that still has records to read only has its news queued behind other partitions', and a
+release then would trade signals before the trades they belong after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from execution.input_order import PAUSE_AT, RESUME_AT, TIME_FIELD, Held, InputAligner
+from execution.metrics import ExecutorMetrics
+from schemas.serde import AvroSerde
+from tapeflow_runtime.offsets import CommittedOffsetError, committed_offsets
+
+log = structlog.get_logger("executor")
+
+INPUTS = ("signals", "md.trades", "md.book", "md.mark")
+
+
+class InputGate:
+    """Holds the consumer's input records until their event-time turn (module docstring). `consumer` is
+    set once the service has one."""
+
+    def __init__(
+        self, prefix: str, serde: AvroSerde, metrics: ExecutorMetrics, *, max_hold_s: float, start_from: str
+    ) -> None:
+        self.prefix = prefix
+        self.serde = serde
+        self.metrics = metrics
+        self.max_hold_s = max_hold_s
+        self.start_from = start_from
+        self.names = {prefix + name: name for name in INPUTS}  # topic -> input name
+        self.aligner = InputAligner(INPUTS)
+        self.consumer: Consumer | None = None
+        self.holding: dict[int, float] = {}  # partition -> since when its inputs wait for another topic
+        self.paused: set[tuple[str, int]] = set()  # (topic, partition) paused for running ahead
+        self.reported: dict[int, float] = {}  # partition -> when its holding was last logged
+        self.checked: dict[int, tuple[float, bool]] = {}  # partition -> (when, whether it was catching up)
+        self.start: dict[tuple[str, int], int] = {}  # topic-partition not read yet -> the offset it starts at
+
+    def hold(self, msg: Any) -> None:
+        """Decode an input and hand it to the aligner; an undecodable one keeps its bytes and the error
+        (dead-lettered when its turn comes), so offsets are still stored in order."""
+        name = self.names[msg.topic()]
+        self.metrics.messages_in.labels(name).inc()
+        try:
+            record = self.serde.decode(msg.value())
+            when = int(record[TIME_FIELD[name]])
+        except Exception as exc:  # not ours to fix: keep the bytes and the reason, go on
+            record, when = exc, self.aligner.newest(name, msg.partition())
+        self.aligner.add(name, msg.partition(), when, msg.offset(), (record, msg))
+        self.holding.pop(msg.partition(), None)  # news: the partition's wait starts again
+
+    def at_end(self, msg: Any) -> None:
+        """The consumer reached the end of a topic-partition (a partition EOF event)."""
+        self.aligner.at_end(self.names[msg.topic()], msg.partition())
+
+    def release(self, handle: Callable[[Held], None]) -> None:
+        """`handle` every input the aligner releases, partition by partition, in event-time order; a
+        partition held for `max_hold_s` without news and not catching up is released as it is. Then
+        pause or resume topic-partitions by how much they hold."""
+        now = time.monotonic()
+        for partition in sorted(self.aligner.partitions()):
+            released = self.aligner.release(partition)
+            if released:
+                self.holding.pop(partition, None)
+                self.reported.pop(partition, None)
+            elif now - self.holding.setdefault(partition, now) >= self.max_hold_s and not self.catching_up(partition):
+                log.warning(
+                    "inputs released without event-time order",
+                    partition=partition,
+                    held=self.aligner.held(partition),
+                    topics=self.aligner.describe(partition),
+                )
+                released = self.aligner.release(partition, force=True)
+                self.holding.pop(partition, None)
+            for held in released:
+                handle(held)
+        self.flow_control()
+
+    def catching_up(self, partition: int) -> bool:
+        """Whether a topic that holds `partition` back has records left to read (its next offset is below
+        the high watermark): then its news is only queued behind other partitions'. A topic-partition the
+        consumer has not delivered anything from yet has no position: its next offset is the group's
+        committed offset, else where `start_from` puts it (a replay read from the beginning buries one
+        partition's trades behind another's for seconds on a loaded machine; releasing then would trade
+        its signals before their trades). Checked at most once a second per partition (it may ask the
+        broker)."""
+        now = time.monotonic()
+        checked = self.checked.get(partition)
+        if checked is not None and now - checked[0] < 1.0:
+            return checked[1]
+        behind = {}
+        for topic in self.aligner.blocking(partition):
+            tp = TopicPartition(self.prefix + topic, partition)
+            position = self.next_offset(tp)
+            _, high = self.watermarks(tp)
+            if high < 0 or position < 0 or position < high:  # unknown counts as behind: wait for the fetch
+                behind[topic] = f"{position}/{high}"
+        if behind and now - self.reported.setdefault(partition, now) >= 10:  # say why, every 10 s
+            self.reported[partition] = now + 10
+            log.info(
+                "inputs held for event-time order",
+                partition=partition,
+                held=self.aligner.held(partition),
+                topics=self.aligner.describe(partition),
+                reading=behind,
+                paused=sorted(self.paused),
+            )
+        self.checked[partition] = (now, bool(behind))
+        return bool(behind)
+
+    def next_offset(self, tp: TopicPartition) -> int:
+        """The next offset the consumer reads from `tp` (negative when the broker does not say)."""
+        position = self.consumer.position([tp])[0].offset
+        if position >= 0:
+            return position
+        key = (tp.topic, tp.partition)
+        if key not in self.start:
+            try:
+                committed = committed_offsets(self.consumer, [tp], 5)[0].offset
+            except (KafkaException, CommittedOffsetError):  # not "none committed": ask again next time
+                return -1
+            if committed >= 0:
+                self.start[key] = committed
+            else:
+                low, high = self.watermarks(tp)
+                start = low if self.start_from == "earliest" else high
+                if start < 0:  # the broker did not answer: unknown now, asked again next time
+                    return -1
+                self.start[key] = start
+        return self.start[key]
+
+    def watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        """(low, high) of `tp`: those of the last fetch, else asked from the broker ((-1, -1) if it does not answer)."""
+        low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and low >= 0:
+            return low, high
+        try:
+            return self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        except KafkaException:
+            return -1, -1
+
+    def flow_control(self) -> None:
+        """Pause topic-partitions far ahead of the others (see `execution.input_order`), resume them once drained."""
+        held = self.aligner.held_by_topic()
+        for tp in [tp for tp in self.paused if held.get(tp, 0) < RESUME_AT]:
+            self.consumer.resume([TopicPartition(self.prefix + tp[0], tp[1])])
+            self.paused.discard(tp)
+        for tp, count in held.items():
+            if count > PAUSE_AT and tp not in self.paused:
+                self.consumer.pause([TopicPartition(self.prefix + tp[0], tp[1])])
+                self.paused.add(tp)
+
+    def drop(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget what is held and known of revoked topic-partitions."""
+        partitions = list(partitions)
+        self.aligner.drop([(self.names[tp.topic], tp.partition) for tp in partitions if tp.topic in self.names])
+        for tp in partitions:
+            self.holding.pop(tp.partition, None)
+            self.checked.pop(tp.partition, None)
+            self.start.pop((tp.topic, tp.partition), None)
+            self.paused.discard((self.names.get(tp.topic, tp.topic), tp.partition))
