@@ -35,6 +35,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +355,7 @@ def _sink_backends(stack) -> list[tuple[int, str, str]]:
     ]
 
 
-def stack_process_faults(  # noqa: C901 - over the complexity limit, to be split
+def stack_process_faults(
     home: Path,
     *,
     stop_s: float = 8.0,
@@ -384,186 +385,35 @@ def stack_process_faults(  # noqa: C901 - over the complexity limit, to be split
     run's accounting (the faults share it). ``duration_s`` of the killed-backend row: how long the database
     refused connections (crash recovery)."""
     from fake_exchange.synthetic import SyntheticSpec
-    from tests.conftest import _read_topic
     from tests.support.endurance import expected_trades, live_stack
 
     spec = SyntheticSpec(
         seed=23, symbols=(symbol,), duration_s=duration_s, trades_per_s=trades_per_s, start_time=time.time() + 10
     )  # event times; the exchange plays from the subscription
     count, first, last = expected_trades(spec)[symbol]
-    detail: dict[str, Any] = {"expected": (count, first, last)}
-    rows: list[dict[str, Any]] = []
+    detail: dict[str, Any] = {"expected": (count, first, last), "phases": {}}
     t0 = time.monotonic()
-    phases: dict[str, float] = {}
-    detail["phases"] = phases
-
-    def mark(name: str) -> None:
-        phases[name] = round(time.monotonic() - t0, 1)
-
-    watched = ("engine", "sink")
+    db_down_s = recover_db = recover_stall = None
     with live_stack(home, spec) as stack:
-        flowing = poll(lambda: _features_stored(stack) > 0 and stack.trades_stored(symbol)[0] > 0, 120, 0.25)
+        run = _FaultRun(stack, symbol, count, detail, t0)
+        flowing = poll(lambda: _features_stored(stack) > 0 and run.stored() > 0, 120, 0.25)
         assert flowing, "the pipeline never stored a feature\n" + "\n".join(stack.log)
-        mark("flowing")
-
-        def all_healthy():
-            statuses = _statuses(stack, watched)
-            return statuses if all(ok for ok, _ in statuses.values()) else None
-
-        detail["status_before"] = poll(all_healthy, 30, 0.25) or _statuses(stack, watched)
-
-        # --- 1. SIGSTOP engine and sink ------------------------------------------------------------------
-        pids = {name: stack.service_pid(name) for name in watched}
-        t_stop = time.monotonic()
-        for pid in pids.values():
-            os.killpg(pid, signal.SIGSTOP)
-        try:
-            detail["status_stopped"] = _statuses(stack, watched)
-            time.sleep(max(0.0, stop_s - (time.monotonic() - t_stop)))
-        finally:
-            for pid in pids.values():
-                os.killpg(pid, signal.SIGCONT)
-        t_cont = time.monotonic()
-        features_at_cont = _features_stored(stack)
-        resumed = poll(lambda: _features_stored(stack) > features_at_cont, 60, 0.2)  # the session outlasts this
-        recover_stop = round(time.monotonic() - t_cont, 2) if resumed else None
-        detail["status_after_stop"] = poll(all_healthy, 30, 0.25)
-        detail["stopped_for_s"] = round(t_cont - t_stop, 2)
-        detail["same_pids_after_stop"] = pids == {name: stack.service_pid(name) for name in watched}
-        mark("sigstop_recovered")
-
-        # --- 2. the sink's database backend SIGKILLed ------------------------------------------------------
-        db_down_s = recover_db = None
+        run.mark("flowing")
+        detail["status_before"] = poll(run.all_healthy, 30, 0.25) or _statuses(stack, run.watched)
+        pids, recover_stop = _sigstop_engine_sink(run, stop_s)
         if kill_db:
-
-            def in_transaction():
-                backends = _sink_backends(stack)
-                busy = [b for b in backends if b[2] in ("active", "idle in transaction")]
-                return busy or None
-
-            busy = poll(in_transaction, 10, 0.01)
-            victims = busy or _sink_backends(stack)
-            detail["killed_backends"] = victims
-            stored_at_kill = stack.trades_stored(symbol)[0]
-            t_kill = time.monotonic()
-            for pid, _, _ in victims[:1]:
-                os.kill(pid, signal.SIGKILL)
-
-            def accepting():
-                try:
-                    stack.query("SELECT 1")
-                    return True
-                except Exception:  # noqa: BLE001 - any refusal while it recovers
-                    return False
-
-            poll(lambda: not accepting(), 3, 0.02)  # the reset may take a moment to start
-            poll(accepting, 60, 0.1)
-            db_down_s = round(time.monotonic() - t_kill, 2)
-            moved = poll(lambda: (n := stack.trades_stored(symbol)[0]) > stored_at_kill or n >= count, 60, 0.2)
-            recover_db = round(time.monotonic() - t_kill, 2) if moved else None
-            detail["sink_pid_same_after_db_kill"] = pids["sink"] == stack.service_pid("sink")
-            mark("db_kill_recovered")
-
-        # --- 3. the database unresponsive: the PostgreSQL process group SIGSTOPped ---------------------------
-        recover_stall = None
+            db_down_s, recover_db = _kill_sink_backend(run, pids)
         if db_stall_s:
-            db_pid = stack.service_pid("database")
-            sink_url = _health_url(stack, "sink")
-            # the sink healthy first (a writer may still be backing off from the killed backend)
-            detail["sink_healthy_before_stall"] = bool(poll(lambda: http_json(sink_url)[0] == 200, 30, 0.25))
-            stored_at_stall = stack.trades_stored(symbol)[0]
-            t_stall = time.monotonic()
-            os.killpg(db_pid, signal.SIGSTOP)
-            try:  # nothing here may query the database without a timeout
-                with ThreadPoolExecutor(1) as pool:  # `tapeflow status` takes seconds with the database stopped
-                    status = pool.submit(_statuses, stack, ("database", "sink"))
-                    # the sink's own /health meanwhile, for the record: "database-down" once a writer's
-                    # reconnect timed out, else still "running" (its write waits); not asserted, the
-                    # database's status is
-                    while time.monotonic() - t_stall < db_stall_s:
-                        code, body = http_json(sink_url)
-                        if code != 200 and "sink_unhealthy_after_s" not in detail:
-                            detail["sink_unhealthy_after_s"] = round(time.monotonic() - t_stall, 1)
-                            detail["sink_unhealthy"] = (code, body)
-                        time.sleep(0.5)
-                    detail["status_db_stalled"] = status.result()
-            finally:
-                os.killpg(db_pid, signal.SIGCONT)
-            t_resume = time.monotonic()
-            detail["db_stalled_for_s"] = round(t_resume - t_stall, 2)
-            moved = poll(lambda: (n := stack.trades_stored(symbol)[0]) > stored_at_stall or n >= count, 60, 0.2)
-            recover_stall = round(time.monotonic() - t_resume, 2) if moved else None
-            detail["status_after_stall"] = poll(
-                lambda: (st := _statuses(stack, ("database", "sink"))) and all(ok for ok, _ in st.values()) and st,
-                30,
-                0.25,
-            )
-            mark("db_stall_recovered")
-
-        # --- the end: every trade stored (the exchange plays the session from the producer's subscription)
-        mark("faults_done")
-        poll(lambda: stack.trades_stored(symbol)[0] >= count, duration_s + 180, 0.5)
-        mark("all_stored")
+            recover_stall = _stall_database(run, db_stall_s)
+        run.mark("faults_done")
+        poll(lambda: run.stored() >= count, duration_s + 180, 0.5)
+        run.mark("all_stored")
         time.sleep(1.0)  # a duplicate would come with the last batches
-        stored = stack.trades_stored(symbol)
-        bootstrap = stack.bootstrap
-        with ThreadPoolExecutor(3) as pool:
-            reads = {
-                name: pool.submit(_read_topic, bootstrap, name, idle_s=2.0)
-                for name in ("md.trades", "features", "signals")
-            }
-            topic_trades = [r["value"]["agg_id"] for r in reads["md.trades"].result() if r["value"]["symbol"] == symbol]
-            features = reads["features"].result()
-            signals = reads["signals"].result()
-            feature_ids = [r["value"]["evaluation_id"] for r in features]
-            signal_ids = [r["value"]["signal_id"] for r in signals]
-        mark("topics_read")
-        # where a duplicate id sits (partition, offset), and what the engine logged about its groups
-        for name, records, field in (("features", features, "evaluation_id"), ("signals", signals, "signal_id")):
-            places: dict[str, list[tuple[int, int]]] = {}
-            for r in records:
-                places.setdefault(r["value"][field], []).append((r["partition"], r["offset"]))
-            detail[f"{name}_duplicated_at"] = [(i, at) for i, at in places.items() if len(at) > 1][:5]
-        engine_log = stack.sup.paths.home / "logs" / "engine.log"
-        detail["engine_rebalances"] = [
-            line[:240]
-            for line in engine_log.read_text(errors="replace").splitlines()
-            if any(w in line.lower() for w in ("revoked", "assigned", "restored", "fenced", "transaction", "error"))
-        ][-40:]
-        db_features = stack.query("SELECT count(*), count(DISTINCT evaluation_id) FROM features")[0]
-        detail["log"] = list(stack.log)
-        sink_log = stack.sup.paths.home / "logs" / "sink.log"
-        detail["sink_log_db_retries"] = sink_log.read_text(errors="replace").count("database unavailable")
-
-    rows_n, distinct, low, high = stored
-    in_topic = Counter(topic_trades)
-    topic_dupes = sum(n - 1 for n in in_topic.values())
-    feature_dupes = sum(n - 1 for n in Counter(feature_ids).values())
-    signal_dupes = sum(n - 1 for n in Counter(signal_ids).values())
-    expected_ids = set(range(first, last + 1))
-    lost = len(expected_ids - set(in_topic)) + (count - distinct)
-    detail.update(
-        {
-            "stored": stored,
-            "topic_trades": len(topic_trades),
-            "topic_distinct": len(in_topic),
-            "topic_dupes": topic_dupes,
-            "feature_ids": len(feature_ids),
-            "feature_dupes": feature_dupes,
-            "signal_ids": len(signal_ids),
-            "signal_dupes": signal_dupes,
-            "db_features": db_features,
-        }
-    )
-    common = {
-        "trades_in": count,
-        "trades_out": distinct,
-        "duplicates": topic_dupes + (rows_n - distinct) + feature_dupes + signal_dupes,
-        "lost": lost,
-    }
-    rows.append(
+        outcome = _read_outcome(run)
+    common = _accounting(outcome, detail, count, first, last)
+    rows = [
         row("sigstop_engine_sink", duration_s=detail["stopped_for_s"], recover_s=recover_stop, detail=detail, **common)
-    )
+    ]
     if kill_db:
         rows.append(row("db_backend_killed", duration_s=db_down_s, recover_s=recover_db, detail=detail, **common))
     if db_stall_s:
@@ -577,3 +427,211 @@ def stack_process_faults(  # noqa: C901 - over the complexity limit, to be split
             )
         )
     return rows
+
+
+@dataclass
+class _FaultRun:
+    """The live stack of `stack_process_faults`, what its session plays (one symbol, `count` trades) and
+    the ``detail`` record the faults fill in turn (``phases``: seconds from `t0` to each step)."""
+
+    stack: Any
+    symbol: str
+    count: int
+    detail: dict[str, Any]
+    t0: float
+    watched: tuple[str, ...] = ("engine", "sink")
+
+    def mark(self, name: str) -> None:
+        self.detail["phases"][name] = round(time.monotonic() - self.t0, 1)
+
+    def stored(self) -> int:
+        """Trades of the symbol in the trades table."""
+        return self.stack.trades_stored(self.symbol)[0]
+
+    def stored_past(self, before: int) -> bool:
+        """More trades stored than `before`, or all of them: the sink writes again."""
+        return (n := self.stored()) > before or n >= self.count
+
+    def all_healthy(self) -> dict[str, tuple[bool, str]] | None:
+        statuses = _statuses(self.stack, self.watched)
+        return statuses if all(ok for ok, _ in statuses.values()) else None
+
+
+def _sigstop_engine_sink(run: _FaultRun, stop_s: float) -> tuple[dict[str, int], float | None]:
+    """Fault 1: engine and sink SIGSTOPped for `stop_s`. Their pids, and seconds from SIGCONT to the next
+    feature stored (None: none within a minute)."""
+    stack, detail = run.stack, run.detail
+    pids = {name: stack.service_pid(name) for name in run.watched}
+    t_stop = time.monotonic()
+    for pid in pids.values():
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        detail["status_stopped"] = _statuses(stack, run.watched)
+        time.sleep(max(0.0, stop_s - (time.monotonic() - t_stop)))
+    finally:
+        for pid in pids.values():
+            os.killpg(pid, signal.SIGCONT)
+    t_cont = time.monotonic()
+    features_at_cont = _features_stored(stack)
+    resumed = poll(lambda: _features_stored(stack) > features_at_cont, 60, 0.2)  # the session outlasts this
+    recover_stop = round(time.monotonic() - t_cont, 2) if resumed else None
+    detail["status_after_stop"] = poll(run.all_healthy, 30, 0.25)
+    detail["stopped_for_s"] = round(t_cont - t_stop, 2)
+    detail["same_pids_after_stop"] = pids == {name: stack.service_pid(name) for name in run.watched}
+    run.mark("sigstop_recovered")
+    return pids, recover_stop
+
+
+def _kill_sink_backend(run: _FaultRun, pids: dict[str, int]) -> tuple[float, float | None]:
+    """Fault 2: a database backend of the sink SIGKILLed, one inside a transaction when there is one.
+    Seconds the database refused connections, and from the kill to the next trade stored."""
+    stack, detail = run.stack, run.detail
+
+    def in_transaction():
+        backends = _sink_backends(stack)
+        busy = [b for b in backends if b[2] in ("active", "idle in transaction")]
+        return busy or None
+
+    busy = poll(in_transaction, 10, 0.01)
+    victims = busy or _sink_backends(stack)
+    detail["killed_backends"] = victims
+    stored_at_kill = run.stored()
+    t_kill = time.monotonic()
+    for pid, _, _ in victims[:1]:
+        os.kill(pid, signal.SIGKILL)
+
+    def accepting():
+        try:
+            stack.query("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - any refusal while it recovers
+            return False
+
+    poll(lambda: not accepting(), 3, 0.02)  # the reset may take a moment to start
+    poll(accepting, 60, 0.1)
+    db_down_s = round(time.monotonic() - t_kill, 2)
+    moved = poll(lambda: run.stored_past(stored_at_kill), 60, 0.2)
+    recover_db = round(time.monotonic() - t_kill, 2) if moved else None
+    detail["sink_pid_same_after_db_kill"] = pids["sink"] == stack.service_pid("sink")
+    run.mark("db_kill_recovered")
+    return db_down_s, recover_db
+
+
+def _stall_database(run: _FaultRun, stall_s: float) -> float | None:
+    """Fault 3: the PostgreSQL process group SIGSTOPped for `stall_s`. Seconds from SIGCONT to the next
+    trade stored."""
+    stack, detail = run.stack, run.detail
+    db_pid = stack.service_pid("database")
+    sink_url = _health_url(stack, "sink")
+    # the sink healthy first (a writer may still be backing off from the killed backend)
+    detail["sink_healthy_before_stall"] = bool(poll(lambda: http_json(sink_url)[0] == 200, 30, 0.25))
+    stored_at_stall = run.stored()
+    t_stall = time.monotonic()
+    os.killpg(db_pid, signal.SIGSTOP)
+    try:  # nothing here may query the database without a timeout
+        with ThreadPoolExecutor(1) as pool:  # `tapeflow status` takes seconds with the database stopped
+            status = pool.submit(_statuses, stack, ("database", "sink"))
+            # the sink's own /health meanwhile, for the record: "database-down" once a writer's
+            # reconnect timed out, else still "running" (its write waits); not asserted, the
+            # database's status is
+            while time.monotonic() - t_stall < stall_s:
+                code, body = http_json(sink_url)
+                if code != 200 and "sink_unhealthy_after_s" not in detail:
+                    detail["sink_unhealthy_after_s"] = round(time.monotonic() - t_stall, 1)
+                    detail["sink_unhealthy"] = (code, body)
+                time.sleep(0.5)
+            detail["status_db_stalled"] = status.result()
+    finally:
+        os.killpg(db_pid, signal.SIGCONT)
+    t_resume = time.monotonic()
+    detail["db_stalled_for_s"] = round(t_resume - t_stall, 2)
+    moved = poll(lambda: run.stored_past(stored_at_stall), 60, 0.2)
+    recover_stall = round(time.monotonic() - t_resume, 2) if moved else None
+    detail["status_after_stall"] = poll(
+        lambda: (st := _statuses(stack, ("database", "sink"))) and all(ok for ok, _ in st.values()) and st,
+        30,
+        0.25,
+    )
+    run.mark("db_stall_recovered")
+    return recover_stall
+
+
+@dataclass
+class _Outcome:
+    """What the run left: the trades table's (rows, distinct, low, high), the ids in the topics, and the
+    features table's (rows, distinct ids)."""
+
+    stored: tuple[int, int, int, int]
+    topic_trades: list[int]
+    feature_ids: list[str]
+    signal_ids: list[str]
+    db_features: tuple[int, int]
+
+
+def _read_outcome(run: _FaultRun) -> _Outcome:
+    """The stored trades and the topics' ids, with where any duplicate id sits and the logs' evidence."""
+    from tests.conftest import _read_topic
+
+    stack, detail = run.stack, run.detail
+    stored = stack.trades_stored(run.symbol)
+    with ThreadPoolExecutor(3) as pool:
+        reads = {
+            name: pool.submit(_read_topic, stack.bootstrap, name, idle_s=2.0)
+            for name in ("md.trades", "features", "signals")
+        }
+        topic_trades = [r["value"]["agg_id"] for r in reads["md.trades"].result() if r["value"]["symbol"] == run.symbol]
+        features = reads["features"].result()
+        signals = reads["signals"].result()
+    run.mark("topics_read")
+    # where a duplicate id sits (partition, offset), and what the engine logged about its groups
+    for name, records, field_name in (("features", features, "evaluation_id"), ("signals", signals, "signal_id")):
+        places: dict[str, list[tuple[int, int]]] = {}
+        for r in records:
+            places.setdefault(r["value"][field_name], []).append((r["partition"], r["offset"]))
+        detail[f"{name}_duplicated_at"] = [(i, at) for i, at in places.items() if len(at) > 1][:5]
+    engine_log = stack.sup.paths.home / "logs" / "engine.log"
+    detail["engine_rebalances"] = [
+        line[:240]
+        for line in engine_log.read_text(errors="replace").splitlines()
+        if any(w in line.lower() for w in ("revoked", "assigned", "restored", "fenced", "transaction", "error"))
+    ][-40:]
+    db_features = stack.query("SELECT count(*), count(DISTINCT evaluation_id) FROM features")[0]
+    detail["log"] = list(stack.log)
+    sink_log = stack.sup.paths.home / "logs" / "sink.log"
+    detail["sink_log_db_retries"] = sink_log.read_text(errors="replace").count("database unavailable")
+    return _Outcome(
+        stored,
+        topic_trades,
+        [r["value"]["evaluation_id"] for r in features],
+        [r["value"]["signal_id"] for r in signals],
+        db_features,
+    )
+
+
+def _accounting(outcome: _Outcome, detail: dict[str, Any], count: int, first: int, last: int) -> dict[str, Any]:
+    """The run's counts into ``detail``; the columns every row of the run shares."""
+    rows_n, distinct, _, _ = outcome.stored
+    in_topic = Counter(outcome.topic_trades)
+    topic_dupes = sum(n - 1 for n in in_topic.values())
+    feature_dupes = sum(n - 1 for n in Counter(outcome.feature_ids).values())
+    signal_dupes = sum(n - 1 for n in Counter(outcome.signal_ids).values())
+    lost = len(set(range(first, last + 1)) - set(in_topic)) + (count - distinct)
+    detail.update(
+        {
+            "stored": outcome.stored,
+            "topic_trades": len(outcome.topic_trades),
+            "topic_distinct": len(in_topic),
+            "topic_dupes": topic_dupes,
+            "feature_ids": len(outcome.feature_ids),
+            "feature_dupes": feature_dupes,
+            "signal_ids": len(outcome.signal_ids),
+            "signal_dupes": signal_dupes,
+            "db_features": outcome.db_features,
+        }
+    )
+    return {
+        "trades_in": count,
+        "trades_out": distinct,
+        "duplicates": topic_dupes + (rows_n - distinct) + feature_dupes + signal_dupes,
+        "lost": lost,
+    }
