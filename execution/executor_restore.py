@@ -21,15 +21,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
 from execution.broker import TERMINAL_STATES, OrderRequest
 from execution.client_ids import client_order_id, position_id
 from execution.domain import InvalidSignal, Signal
-from execution.entries import PendingEntry
-from execution.position_manager import ExitIntent, Position
+from execution.entries import EntryLeg, PendingEntry
+from execution.position_manager import ExitIntent, ExitLeg, Position
 from execution.risk_guard import KILL_SWITCH, RiskGuard
 from execution.sizing import SizingError, position_size, r_usd_for_tier
 
@@ -56,7 +56,7 @@ def _request_of(cid: str, rec: Mapping[str, Any]) -> OrderRequest:
     )
 
 
-def _entry_leg(cid: str, signal_id: str | None) -> str:
+def _entry_leg(cid: str, signal_id: str | None) -> EntryLeg:
     """Which entry order of its signal `cid` is: the first or the market fallback."""
     return "entry_fallback" if signal_id and cid == client_order_id(signal_id, "entry_fallback") else "entry"
 
@@ -66,7 +66,8 @@ def _sent_exit(pos: Position, leg: str, reason: str | None, req: OrderRequest) -
     The leg names the reason where it can; a close carries it on its intent (else it was a timeout)."""
     reason = {"tp1": "tp1", "tp2": "tp", "sl": "sl_be" if pos.tp1_done else "sl"}.get(leg) or reason or "timeout"
     reference = {"tp1": pos.plan.tp1, "tp2": pos.plan.tp2, "sl": pos.stop}.get(leg)
-    pos.exit_sent(ExitIntent(leg, reason, req.qty, reference, req.not_before_ms), req.client_order_id)
+    intent = ExitIntent(cast(ExitLeg, leg), reason, req.qty, reference, req.not_before_ms)
+    pos.exit_sent(intent, req.client_order_id)
     return reason, reference
 
 
@@ -146,7 +147,7 @@ class StateRestore:
         req = _request_of(cid, rec)
         pos = ex.positions.get(rec.get("position_id") or "")
         if self.resume is not None:
-            self._resume_order(req, rec, pos)
+            self._resume_order(req, rec, pos, self.resume)
             self.resumed += 1
             return
         if self.reenter and rec["leg"] == "entry" and self._reenter_entry(req, rec):
@@ -174,8 +175,11 @@ class StateRestore:
         ex.broker.submit(req, self.now_ms)  # the paper book died with the old process: re-enter it silently
         self.resumed += 1
 
-    def _resume_order(self, req: OrderRequest, rec: Mapping[str, Any], pos: Position | None) -> None:
-        """Exchange modes after a restart: follow an order the previous run sent; never send it again."""
+    def _resume_order(
+        self, req: OrderRequest, rec: Mapping[str, Any], pos: Position | None, resume: Callable[..., list]
+    ) -> None:
+        """Exchange modes after a restart: follow an order the previous run sent (`resume`: the broker's
+        lookup by client id); never send it again."""
         ex, now_ms = self.ex, self.now_ms
         cid, leg = req.client_order_id, rec["leg"]
         sid, pid = rec.get("signal_id"), rec.get("position_id")
@@ -189,7 +193,7 @@ class StateRestore:
         elif pos is not None:
             reason, reference = _sent_exit(pos, leg, reason, req)
         ex._track(req, leg, sid, pid, reference, reason)
-        ex._route(ex.broker.resume(req, now_ms), now_ms)
+        ex._route(resume(req, now_ms), now_ms)
         if leg.startswith("entry") and ex.broker.is_open(cid):  # resting for a signal that is old by now
             if entry is not None:
                 ex._cancel_entry(entry, "executor_restart", now_ms)
@@ -211,7 +215,7 @@ class StateRestore:
         return True
 
     def _restored_entry(
-        self, req: OrderRequest, leg: str, signal: Mapping[str, Any] | None, pid: str | None
+        self, req: OrderRequest, leg: EntryLeg, signal: Mapping[str, Any] | None, pid: str | None
     ) -> PendingEntry | None:
         """The pending entry of an unfinished entry order, if its signal can still be read."""
         if signal is None:

@@ -49,13 +49,18 @@ class OffsetCommitter:
             self.publisher.begin_transaction()
             self.last_commit = time.monotonic()
 
+    def _live(self) -> Consumer:
+        if self.consumer is None:
+            raise RuntimeError("the committer has no consumer yet")
+        return self.consumer
+
     def handled_input(self, msg: Any) -> None:
         """An input was handled: its offset goes with the next commit."""
         if self.transactional:
             self.handled[(msg.topic(), msg.partition())] = msg.offset() + 1
             self.handled_moved = True
         else:
-            self.consumer.store_offsets(msg)
+            self._live().store_offsets(msg)
 
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Revoked partitions: their offsets are no longer ours to commit."""
@@ -127,7 +132,7 @@ class OffsetCommitter:
         """Run the fencing check of the last assignment, if one is pending (`check_not_fenced`)."""
         if self.fence_check is not None:
             assigned, self.fence_check = self.fence_check, None
-            self.check_not_fenced(self.consumer, assigned)
+            self.check_not_fenced(self._live(), assigned)
 
     def check_not_fenced(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Commit the assigned partitions' committed offsets again in a transaction of their own: a

@@ -52,6 +52,7 @@ class InputGate:
         (dead-lettered when its turn comes), so offsets are still stored in order."""
         name = self.names[msg.topic()]
         self.metrics.messages_in.labels(name).inc()
+        record: dict[str, Any] | Exception
         try:
             record = self.serde.decode(msg.value())
             when = int(record[TIME_FIELD[name]])
@@ -119,15 +120,20 @@ class InputGate:
         self.checked[partition] = (now, bool(behind))
         return bool(behind)
 
+    def _live(self) -> Consumer:
+        if self.consumer is None:
+            raise RuntimeError("the input gate has no consumer yet")
+        return self.consumer
+
     def next_offset(self, tp: TopicPartition) -> int:
         """The next offset the consumer reads from `tp` (negative when the broker does not say)."""
-        position = self.consumer.position([tp])[0].offset
+        position = self._live().position([tp])[0].offset
         if position >= 0:
             return position
         key = (tp.topic, tp.partition)
         if key not in self.start:
             try:
-                committed = committed_offsets(self.consumer, [tp], 5)[0].offset
+                committed = committed_offsets(self._live(), [tp], 5)[0].offset
             except (KafkaException, CommittedOffsetError):  # not "none committed": ask again next time
                 return -1
             if committed >= 0:
@@ -142,11 +148,11 @@ class InputGate:
 
     def watermarks(self, tp: TopicPartition) -> tuple[int, int]:
         """(low, high) of `tp`: those of the last fetch, else asked from the broker ((-1, -1) if it does not answer)."""
-        low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        low, high = self._live().get_watermark_offsets(tp, cached=True)
         if high >= 0 and low >= 0:
             return low, high
         try:
-            return self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            return self._live().get_watermark_offsets(tp, timeout=5, cached=False)
         except KafkaException:
             return -1, -1
 
@@ -154,11 +160,11 @@ class InputGate:
         """Pause topic-partitions far ahead of the others (see `execution.input_order`), resume them once drained."""
         held = self.aligner.held_by_topic()
         for tp in [tp for tp in self.paused if held.get(tp, 0) < RESUME_AT]:
-            self.consumer.resume([TopicPartition(self.prefix + tp[0], tp[1])])
+            self._live().resume([TopicPartition(self.prefix + tp[0], tp[1])])
             self.paused.discard(tp)
         for tp, count in held.items():
             if count > PAUSE_AT and tp not in self.paused:
-                self.consumer.pause([TopicPartition(self.prefix + tp[0], tp[1])])
+                self._live().pause([TopicPartition(self.prefix + tp[0], tp[1])])
                 self.paused.add(tp)
 
     def drop(self, partitions: Iterable[TopicPartition]) -> None:

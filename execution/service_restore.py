@@ -51,7 +51,8 @@ def read_before_committed(
         reader.assign([TopicPartition(t, p, max(0, end - WARM_RECORDS)) for (t, p), end in ends.items()])
         pending, deadline = set(ends), time.monotonic() + 30
         while pending and time.monotonic() < deadline:
-            for msg in reader.consume(1000, 0.2):
+            batch: list[Any] = reader.consume(1000, 0.2)  # Message's getters are Optional: set on a fetched record
+            for msg in batch:
                 tp = (msg.topic(), msg.partition())
                 if msg.error():
                     if msg.error().code() == KafkaError._PARTITION_EOF:

@@ -79,7 +79,7 @@ class CommandDesk:
 
     def _open_problem(
         self, record: Mapping[str, Any], coin: str, now: int, books: Mapping[str, BookEvent]
-    ) -> tuple[str | None, dict[str | None, str | None]]:
+    ) -> tuple[str | None, dict[Any, str]]:
         """Why an open command cannot act (None: it can), and the symbol of each of its venues."""
         s = self.trader.strategy
         sell, buy = record.get("sell_venue"), record.get("buy_venue")
@@ -92,10 +92,13 @@ class CommandDesk:
                 f"the spread shown ({shown} ms) is {(now - shown) / 1000:.0f} s older than the trader's books "
                 f"({now} ms), limit {MAX_COMMAND_AGE_MS // 1000} s: review it again"
             )
-        symbols: dict[str | None, str | None] = {}
+        symbols: dict[Any, str] = {}  # venue -> symbol: the command's, else that of the venue's book
         for venue, key in ((sell, "sell_symbol"), (buy, "buy_symbol")):
-            symbols[venue] = record.get(key) or (books[venue].symbol if venue in books else None)
-            if problem is None and symbols[venue] is None:
+            book = books.get(venue) if venue is not None else None
+            symbol = record.get(key) or (book.symbol if book is not None else None)
+            if symbol is not None:
+                symbols[venue] = symbol
+            elif problem is None:
                 problem = f"no book of {coin} on {venue} seen yet"
         return problem, symbols
 
@@ -127,7 +130,7 @@ class CommandDesk:
         coin: str,
         now: int,
         books: Mapping[str, BookEvent],
-        symbols: Mapping[str | None, str | None],
+        symbols: Mapping[Any, str],
         notional: float,
     ) -> dict[str, Any]:
         """The xv.signals record of an open command: status ``signal``, reason ``manual``, the entry
@@ -170,7 +173,7 @@ class CommandDesk:
     ) -> None:
         pid = record.get("pair_id")
         pair = model.pairs.get(pid) if pid else None
-        if pair is None:
+        if pid is None or pair is None:
             return self._answer(
                 record, now, "rejected", f"no pair {pid} of {coin} in strategy {self.trader.strategy.name}", pid
             )
