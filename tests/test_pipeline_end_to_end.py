@@ -115,44 +115,83 @@ def home():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  # noqa: C901 - over the complexity limit, to be split
+def test_closed_trades_in_the_database_are_what_the_paper_executor_published(
     kafka_bootstrap, database, topic_prefix, read_topic, home
 ):
     migrate(database)
     ensure_topics(kafka_bootstrap, prefix=topic_prefix)
-    strategy_file = home / "e2e_test.yaml"
-    strategy_file.write_text(yaml.safe_dump(STRATEGY))
-    executor_file = home / "executor.yaml"
-    executor_file.write_text(yaml.safe_dump(EXECUTOR_CONFIG))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
-    env.update(
-        {
-            "TAPEFLOW_HOME": str(home / "home"),
-            "TAPEFLOW_BROKER": kafka_bootstrap,
-            "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
-            "TAPEFLOW_DATABASE_URL": database_url(database),
-            "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    services: list[Service] = []
+    pipeline = Pipeline(kafka_bootstrap, topic_prefix, database, read_topic, home)
+    try:
+        pipeline.start_consumers()
+        pipeline.replay_session()
+        published, engine_counters = pipeline.drain()
+    finally:
+        pipeline.kill_all()
 
-    def start(name: str, *args: str) -> Service:
-        service = Service(name, list(args), env, home)
-        services.append(service)
+    values = {name: [r["value"] for r in recs] for name, recs in published.items()}
+    signals, orders, fills, positions = (values[n] for n in ("signals", "orders", "fills", "positions"))
+    closed = [p for p in positions if p["event"] == "closed"]
+    print(
+        f"{len(values['md.trades'])} trades, {len(signals)} signals, {len(orders)} order events, "
+        f"{len(fills)} fills, {len(closed)} closed: {Counter(p['exit_reason'] for p in closed)}"
+    )
+
+    # --- the executor traded the engine's signals ----------------------------------------------------
+    assert len(closed) >= 3, f"only {len(closed)} positions closed; engine counters:\n{engine_counters}"
+    signal_by_id = check_traded_from_signals(signals, orders, positions)
+    check_closing_numbers(closed, fills)
+
+    # --- the database holds exactly what was published ------------------------------------------------
+    check_positions_stored(database, positions, closed)
+    check_orders_stored(database, orders)
+    check_fills_stored(database, fills, len(values["md.trades"]))
+    check_signals_stored(database, signal_by_id, positions)
+
+
+class Pipeline:
+    """The services of one run, each its own `tapeflow` process (`tests.support.services.Service`) on the
+    test's broker, topic prefix and database."""
+
+    def __init__(self, bootstrap: str, topic_prefix: str, database: str, read_topic, home: Path) -> None:
+        self.bootstrap, self.prefix, self.read_topic, self.home = bootstrap, topic_prefix, read_topic, home
+        self.strategy_file = home / "e2e_test.yaml"
+        self.strategy_file.write_text(yaml.safe_dump(STRATEGY))
+        self.executor_file = home / "executor.yaml"
+        self.executor_file.write_text(yaml.safe_dump(EXECUTOR_CONFIG))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+        self.env.update(
+            {
+                "TAPEFLOW_HOME": str(home / "home"),
+                "TAPEFLOW_BROKER": bootstrap,
+                "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
+                "TAPEFLOW_DATABASE_URL": database_url(database),
+                "TAPEFLOW_SYMBOLS": ",".join(SYMBOLS),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        self.services: list[Service] = []
+
+    def start(self, name: str, *args: str) -> Service:
+        service = Service(name, list(args), self.env, self.home)
+        self.services.append(service)
         return service
 
-    def topic(name: str) -> list[dict]:
-        return read_topic(kafka_bootstrap, topic_prefix + name, idle_s=1.0)
+    def topic(self, name: str) -> list[dict]:
+        return self.read_topic(self.bootstrap, self.prefix + name, idle_s=1.0)
 
-    try:
-        # consumers first; the executor starts at the end of its inputs, so it must own them before data flows
-        sink = start("sink", "sink", "--topics", ",".join(SINK_TOPICS), "--metrics-port", "0")
-        engine = start(
+    def kill_all(self) -> None:
+        for service in self.services:
+            service.kill()
+
+    def start_consumers(self) -> None:
+        """Sink, engine and executor, the executor running (its inputs assigned) before any data flows:
+        it starts at the end of its inputs."""
+        self.sink = self.start("sink", "sink", "--topics", ",".join(SINK_TOPICS), "--metrics-port", "0")
+        self.engine = self.start(
             "engine",
             "engine",
             "--strategy",
-            str(strategy_file),
+            str(self.strategy_file),
             "--metrics-port",
             "0",
             "--allowed-lateness-ms",
@@ -162,14 +201,23 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
             "--signal-max-age-s",
             str(FAR_PAST_S),
         )
-        executor = start(
-            "executor", "execute", "--mode", "paper", "--executor-config", str(executor_file), "--metrics-port", "0"
+        self.executor = self.start(
+            "executor",
+            "execute",
+            "--mode",
+            "paper",
+            "--executor-config",
+            str(self.executor_file),
+            "--metrics-port",
+            "0",
         )
-        port = int(executor.wait_for_line(r"executor started.*metrics_port=(\d+)", 90).group(1))
-        wait_healthy(executor, port, 90)  # "running" once its input partitions are assigned
-        engine_port = int(engine.wait_for_line(r"engine worker ready .*metrics_port=(\d+)", 90).group(1))
+        port = int(self.executor.wait_for_line(r"executor started.*metrics_port=(\d+)", 90).group(1))
+        wait_healthy(self.executor, port, 90)  # "running" once its input partitions are assigned
+        self.engine_port = int(self.engine.wait_for_line(r"engine worker ready .*metrics_port=(\d+)", 90).group(1))
 
-        fake = start(
+    def replay_session(self) -> None:
+        """The fake exchange plays the synthetic session to a producer until its replay ends."""
+        fake = self.start(
             "fake-exchange",
             "fake-exchange",
             "--synthetic-seed",
@@ -185,7 +233,7 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
         )
         urls = json.loads(fake.wait_for_line(r"\{\"ws_url\".*\}", 90).group(0))
         rest = urls["rest_url"]
-        producer = start(
+        producer = self.start(
             "producer",
             "produce",
             "--ws-url",
@@ -208,25 +256,28 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
         assert "replay-finished" in producer.log(), producer.tail()
         assert fake.stop() == 0, fake.tail()
 
-        # drain in pipeline order: engine, then executor, then sink; each stops cleanly once it is done
+    def drain(self) -> tuple[dict[str, list[dict]], str]:
+        """Drain in pipeline order: engine, then executor, then sink; each stops cleanly once it is done.
+        The records of every sink topic, and the engine's state counters (for a diagnosis)."""
+        engine, executor, sink = self.engine, self.executor, self.sink
         # read once each, when their writer has stopped (md.trades: the producer; signals: the engine)
-        trades = topic("md.trades")
+        trades = self.topic("md.trades")
         trades_end = record_counts(trades)
         wait_consumed(
-            kafka_bootstrap,
-            topic_prefix + "tapeflow-engine",
-            {topic_prefix + "md.trades": trades_end},
+            self.bootstrap,
+            self.prefix + "tapeflow-engine",
+            {self.prefix + "md.trades": trades_end},
             [engine, executor, sink],
             90,
         )
-        engine_counters = scrape(engine_port, "tapeflow_engine_state_counter")  # late trades, gaps (diagnosis)
+        engine_counters = scrape(self.engine_port, "tapeflow_engine_state_counter")  # late trades, gaps
         assert engine.stop() == 0, engine.tail()
-        signals = topic("signals")
+        signals = self.topic("signals")
         signals_end = record_counts(signals)
         wait_consumed(
-            kafka_bootstrap,
-            topic_prefix + "tapeflow-executor-paper",
-            {topic_prefix + "md.trades": trades_end, topic_prefix + "signals": signals_end},
+            self.bootstrap,
+            self.prefix + "tapeflow-executor-paper",
+            {self.prefix + "md.trades": trades_end, self.prefix + "signals": signals_end},
             [executor, sink],
             60,
         )
@@ -234,30 +285,23 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
         published = {
             "md.trades": trades,
             "signals": signals,
-            **{name: topic(name) for name in SINK_TOPICS if name not in ("md.trades", "signals")},
+            **{name: self.topic(name) for name in SINK_TOPICS if name not in ("md.trades", "signals")},
         }
         wait_consumed(
-            kafka_bootstrap,
-            topic_prefix + "tapeflow-sink",
-            {topic_prefix + name: record_counts(recs) for name, recs in published.items()},
+            self.bootstrap,
+            self.prefix + "tapeflow-sink",
+            {self.prefix + name: record_counts(recs) for name, recs in published.items()},
             [sink],
             60,
         )
         assert sink.stop() == 0, sink.tail()
-    finally:
-        for service in services:
-            service.kill()
+        return published, engine_counters
 
-    values = {name: [r["value"] for r in recs] for name, recs in published.items()}
-    signals, orders, fills, positions = (values[n] for n in ("signals", "orders", "fills", "positions"))
-    closed = [p for p in positions if p["event"] == "closed"]
-    print(
-        f"{len(values['md.trades'])} trades, {len(signals)} signals, {len(orders)} order events, "
-        f"{len(fills)} fills, {len(closed)} closed: {Counter(p['exit_reason'] for p in closed)}"
-    )
 
-    # --- the executor traded the engine's signals ----------------------------------------------------
-    assert len(closed) >= 3, f"only {len(closed)} positions closed; engine counters:\n{engine_counters}"
+# --- the checks, each over the published records (and the database) ------------------------------------
+def check_traded_from_signals(signals: list[dict], orders: list[dict], positions: list[dict]) -> dict[str, dict]:
+    """Every position and order traces back to one signal on `signals`, with ids derived from it; the
+    signals by id."""
     assert all(p["mode"] == "paper" for p in positions)
     position_events = Counter((p["position_id"], p["event"]) for p in positions)
     assert max(position_events.values()) == 1, "a lifecycle event published twice"
@@ -277,8 +321,11 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
     for o in orders:
         assert o["signal_id"] in signal_by_id and o["position_id"] == "pos-" + digest(o["signal_id"])
         assert o["client_order_id"] == f"tf{digest(o['signal_id'])}-{LEG_CODES[o['leg']]}", o
+    return signal_by_id
 
-    # the closing numbers follow from the fills (one entry fill, then the exit fills of the position)
+
+def check_closing_numbers(closed: list[dict], fills: list[dict]) -> None:
+    """The closing numbers follow from the fills (one entry fill, then the exit fills of the position)."""
     fills_by_order = {}
     for f in fills:
         assert f["client_order_id"] not in fills_by_order, "an order filled twice"
@@ -294,7 +341,9 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
             assert p["pnl_r_gross"] == pytest.approx(expected_gross), p
         assert p["pnl_r_net"] < p["pnl_r_gross"]  # taker/maker fees are always paid
 
-    # --- the database holds exactly what was published ------------------------------------------------
+
+def check_positions_stored(database: str, positions: list[dict], closed: list[dict]) -> None:
+    """The ``positions`` table and the ``trades_closed`` view are what the executor published."""
     db_positions = rows(database, "SELECT * FROM positions")
     assert len(db_positions) == len(positions)
     db_by_key = {(r["position_id"], r["event"]): r for r in db_positions}
@@ -349,6 +398,9 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
         assert num(t["pnl_r_net"]) == pytest.approx(p["pnl_r_net"], rel=1e-12)
         assert ms(t["entry_time"]) == opened_at[p["position_id"]] and ms(t["exit_time"]) == p["event_time"]
 
+
+def check_orders_stored(database: str, orders: list[dict]) -> None:
+    """Every order transition published once and stored as published."""
     order_keys = Counter((o["mode"], o["client_order_id"], o["state"], o["filled_qty"]) for o in orders)
     assert max(order_keys.values()) == 1, "an order transition published twice"
     db_orders = {
@@ -380,12 +432,15 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
             o["event_time"],
         )
 
+
+def check_fills_stored(database: str, fills: list[dict], trades_published: int) -> None:
+    """Every fill stored as published, and priced from a market trade the producer published."""
     db_fills = {(r["client_order_id"], r["trade_id"]): r for r in rows(database, "SELECT * FROM fills")}
     assert set(db_fills) == {(f["client_order_id"], f["trade_id"]) for f in fills} and len(db_fills) == len(fills)
     db_trades = {
         (r["symbol"], r["agg_id"]): r["price"] for r in rows(database, "SELECT symbol, agg_id, price FROM trades")
     }
-    assert len(db_trades) == len(values["md.trades"])
+    assert len(db_trades) == trades_published
     for f in fills:
         r = db_fills[(f["client_order_id"], f["trade_id"])]
         assert (r["price"], r["qty"], r["side"], r["liquidity"], ms(r["event_time"])) == (
@@ -404,6 +459,9 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(  #
         else:  # a resting limit fills at its price when a trade prints through it
             assert market < f["price"] if f["side"] == "BUY" else market > f["price"]
 
+
+def check_signals_stored(database: str, signal_by_id: dict[str, dict], positions: list[dict]) -> None:
+    """Every signal stored as published, the signal of every position among them."""
     db_signals = {r["signal_id"]: r for r in rows(database, "SELECT * FROM signals")}
     assert set(db_signals) == set(signal_by_id)
     for sid, s in signal_by_id.items():
