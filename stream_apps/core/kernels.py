@@ -25,8 +25,125 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, inline="always")
+def _direction(fast, mid):  # pragma: no cover - compiled
+    """+1 when the fast and mid CVD both rise, -1 when both fall, else 0 (no direction)."""
+    return 1 if (fast > 0 and mid > 0) else (-1 if (fast < 0 and mid < 0) else 0)
+
+
+@njit(cache=True, inline="always")
+def _direction_points(large_along, accel_along):  # pragma: no cover - compiled
+    """Direction layer: resonance 30, P99 flow with the signal 20 (none 10, against 0), CVD
+    acceleration with it +5."""
+    p99_flow = 20.0 if large_along > 0 else (10.0 if large_along == 0 else 0.0)
+    return 30.0 + p99_flow + (5.0 if accel_along > 0 else 0.0)
+
+
+@njit(cache=True, inline="always")
+def _crowding_points(sign, ratio, share, levels, top_high, top_low):  # pragma: no cover - compiled
+    """Crowding layer, contrarian: the long/short ratio against the signal past the signal side's
+    ``levels`` (one, mid, extreme) 7/10/15; the top traders' long share with it 10, between 5."""
+    crowd = 0.0
+    if not math.isnan(ratio):
+        one, level_mid, extreme = levels
+        if sign > 0:
+            crowd += 15.0 if ratio < extreme else (10.0 if ratio < level_mid else (7.0 if ratio < one else 0.0))
+        else:
+            crowd += 15.0 if ratio > extreme else (10.0 if ratio > level_mid else (7.0 if ratio > one else 0.0))
+    if not math.isnan(share):
+        if sign > 0:
+            aligned_high, aligned_low = share >= top_high, share <= top_low
+        else:
+            aligned_high, aligned_low = share <= top_low, share >= top_high
+        crowd += 10.0 if aligned_high else (0.0 if aligned_low else 5.0)
+    return crowd
+
+
+@njit(cache=True, inline="always")
+def _open_interest_points(change, strong):  # pragma: no cover - compiled
+    """Environment layer: open interest up at least ``strong`` 15, up 10, else 5 (unknown 0)."""
+    return 0.0 if math.isnan(change) else (15.0 if change >= strong else (10.0 if change > 0 else 5.0))
+
+
+@njit(cache=True, inline="always")
+def _confirmation_points(on, price, vwap, s, large_along):  # pragma: no cover - compiled
+    """Confirmation layer: price on the signal's side of VWAP and large flow not against it, 15."""
+    points = 0.0
+    if on and not math.isnan(vwap) and not math.isnan(price):
+        if (price - vwap) * s >= 0 and large_along >= 0:
+            points = 15.0
+    return points
+
+
+@njit(cache=True, inline="always")
+def _premium_points(premium, s, band):  # pragma: no cover - compiled
+    """Auxiliary layer: the Coinbase premium beyond ``band`` with the signal 5, within it 2."""
+    points = 0.0
+    if not math.isnan(premium):
+        if premium * s > band:
+            points = 5.0
+        elif abs(premium) <= band:
+            points = 2.0
+    return points
+
+
+@njit(cache=True, inline="always")
+def _funding_points(on, rate, s, extreme, moderate):  # pragma: no cover - compiled
+    """Funding layer: an extreme rate with the crowd (the signal's side paying) -5, against it +5; a
+    moderate one against it +5."""
+    points = 0.0
+    if on and not math.isnan(rate):
+        with_crowd = rate * s > 0
+        if abs(rate) >= extreme:
+            points = -5.0 if with_crowd else 5.0
+        elif abs(rate) >= moderate and not with_crowd:
+            points = 5.0
+    return points
+
+
+@njit(cache=True, inline="always")
+def _liquidation_points(on, sign, liq_long, liq_short, floor, ratio_long, ratio_short):  # pragma: no cover
+    """Liquidations layer: at least ``floor`` USD liquidated and the short/long liquidated ratio at
+    least ``ratio_long`` for a long (at most ``ratio_short`` for a short), 5."""
+    points = 0.0
+    if on:
+        total_usd = liq_long + liq_short
+        if not (total_usd <= 0 or total_usd < floor):
+            ratio = liq_short / liq_long if liq_long > 0 else math.inf
+            if (sign > 0 and ratio >= ratio_long) or (sign < 0 and ratio <= ratio_short):
+                points = 5.0
+    return points
+
+
+@njit(cache=True, inline="always")
+def _vetoes(value, s, threshold, veto_missing):  # pragma: no cover - compiled
+    """A flow gate (set: ``threshold`` not NaN) vetoes a value against the signal beyond it, and a
+    missing one when missing inputs veto."""
+    vetoed = False
+    if not math.isnan(threshold):
+        vetoed = bool(veto_missing) if math.isnan(value) else value * s < -threshold
+    return vetoed
+
+
+@njit(cache=True, inline="always")
+def _gate(s, veto_missing, atr, obi, spot_perp, whale, gates_k):  # pragma: no cover - compiled
+    """The first gate that vetoes: 1 min ATR ratio, 2 OBI, 3 spot-perp divergence, 4 whale flow; 0
+    none. ``gates_k``: their thresholds (NaN: not set)."""
+    min_atr, max_obi, max_divergence, max_whale = gates_k
+    gate = 0
+    if not math.isnan(min_atr) and ((math.isnan(atr) and veto_missing) or (not math.isnan(atr) and atr < min_atr)):
+        gate = 1
+    elif _vetoes(obi, s, max_obi, veto_missing):
+        gate = 2
+    elif _vetoes(spot_perp, s, max_divergence, veto_missing):
+        gate = 3
+    elif _vetoes(whale, s, max_whale, veto_missing):
+        gate = 4
+    return gate
+
+
 @njit(cache=True)
-def score_rows(  # noqa: C901 - over the complexity limit, to be split
+def score_rows(
     fast,
     mid,
     accel,
@@ -56,15 +173,20 @@ def score_rows(  # noqa: C901 - over the complexity limit, to be split
     total_out,
     gate_out,
 ):  # pragma: no cover - compiled
+    """Per strategy ``k`` and row ``i``: the direction (``sign_out``), each layer's points (its raw
+    points x weight / ``raw_max``, 0 for a layer weighted 0), their sum and the first gate that
+    vetoes (``gate_out``, 0 none); a row without direction scores 0 with no gate."""
     n_strategies, n = fast.shape
     raw = np.zeros(7)
     for k in range(n_strategies):
         top_high, top_low, oi_strong = rules[k, 0], rules[k, 1], rules[k, 2]
         band, f_extreme, f_moderate = rules[k, 3], rules[k, 4], rules[k, 5]
         liq_ratio_long, liq_ratio_short, liq_floor = rules[k, 6], rules[k, 7], rules[k, 8]
+        long_levels = (ls_long[k, 0], ls_long[k, 1], ls_long[k, 2])  # one, mid, low
+        short_levels = (ls_short[k, 0], ls_short[k, 1], ls_short[k, 2])  # one, mid, high
+        gates_k = (gates[k, 0], gates[k, 1], gates[k, 2], gates[k, 3])
         for i in range(n):
-            f, m = fast[k, i], mid[k, i]
-            sign = 1 if (f > 0 and m > 0) else (-1 if (f < 0 and m < 0) else 0)
+            sign = _direction(fast[k, i], mid[k, i])
             sign_out[k, i] = sign
             gate_out[k, i] = 0
             if sign == 0:  # no direction: every layer 0, no gate
@@ -73,61 +195,16 @@ def score_rows(  # noqa: C901 - over the complexity limit, to be split
                 total_out[k, i] = 0.0
                 continue
             s = float(sign)
-            # direction: resonance 30, P99 flow 20/10/0, acceleration +5
-            along = large_net[i] * s
-            p99_flow = 20.0 if along > 0 else (10.0 if along == 0 else 0.0)
-            raw[0] = 30.0 + p99_flow + (5.0 if accel[k, i] * s > 0 else 0.0)
-            # crowding, contrarian
-            crowd = 0.0
-            ratio = ls_ratio[i]
-            if not math.isnan(ratio):
-                if sign > 0:
-                    one, level_mid, low = ls_long[k, 0], ls_long[k, 1], ls_long[k, 2]
-                    crowd += 15.0 if ratio < low else (10.0 if ratio < level_mid else (7.0 if ratio < one else 0.0))
-                else:
-                    one, level_mid, high = ls_short[k, 0], ls_short[k, 1], ls_short[k, 2]
-                    crowd += 15.0 if ratio > high else (10.0 if ratio > level_mid else (7.0 if ratio > one else 0.0))
-            share = top_share[i]
-            if not math.isnan(share):
-                if sign > 0:
-                    aligned_high, aligned_low = share >= top_high, share <= top_low
-                else:
-                    aligned_high, aligned_low = share <= top_low, share >= top_high
-                crowd += 10.0 if aligned_high else (0.0 if aligned_low else 5.0)
-            raw[1] = crowd
-            # environment: open-interest change
-            change = oi_change[i]
-            raw[2] = 0.0 if math.isnan(change) else (15.0 if change >= oi_strong else (10.0 if change > 0 else 5.0))
-            # confirmation: price on the signal's side of VWAP and large flow not against it
-            raw[3] = 0.0
-            if weights[k, 3] > 0 and not math.isnan(vwap[i]) and not math.isnan(price[i]):
-                if (price[i] - vwap[i]) * s >= 0 and large_net[i] * s >= 0:
-                    raw[3] = 15.0
-            # auxiliary: Coinbase premium
-            raw[4] = 0.0
-            p = premium[i]
-            if not math.isnan(p):
-                if p * s > band:
-                    raw[4] = 5.0
-                elif abs(p) <= band:
-                    raw[4] = 2.0
-            # funding: with the crowd at an extreme -5, against +5
-            raw[5] = 0.0
-            rate = funding[i]
-            if weights[k, 5] > 0 and not math.isnan(rate):
-                with_crowd = rate * s > 0
-                if abs(rate) >= f_extreme:
-                    raw[5] = -5.0 if with_crowd else 5.0
-                elif abs(rate) >= f_moderate and not with_crowd:
-                    raw[5] = 5.0
-            # liquidations: the short/long liquidated ratio above a USD floor
-            raw[6] = 0.0
-            if weights[k, 6] > 0:
-                total_usd = liq_long[i] + liq_short[i]
-                if not (total_usd <= 0 or total_usd < liq_floor):
-                    liq_ratio = liq_short[i] / liq_long[i] if liq_long[i] > 0 else math.inf
-                    if (sign > 0 and liq_ratio >= liq_ratio_long) or (sign < 0 and liq_ratio <= liq_ratio_short):
-                        raw[6] = 5.0
+            levels = long_levels if sign > 0 else short_levels
+            raw[0] = _direction_points(large_net[i] * s, accel[k, i] * s)
+            raw[1] = _crowding_points(sign, ls_ratio[i], top_share[i], levels, top_high, top_low)
+            raw[2] = _open_interest_points(oi_change[i], oi_strong)
+            raw[3] = _confirmation_points(weights[k, 3] > 0, price[i], vwap[i], s, large_net[i] * s)
+            raw[4] = _premium_points(premium[i], s, band)
+            raw[5] = _funding_points(weights[k, 5] > 0, funding[i], s, f_extreme, f_moderate)
+            raw[6] = _liquidation_points(
+                weights[k, 6] > 0, sign, liq_long[i], liq_short[i], liq_floor, liq_ratio_long, liq_ratio_short
+            )
             total = 0.0
             for layer in range(7):
                 w = weights[k, layer]
@@ -136,28 +213,7 @@ def score_rows(  # noqa: C901 - over the complexity limit, to be split
                 if w > 0:
                     total += points
             total_out[k, i] = total
-            # gates in order: min ATR, OBI, spot-perp divergence, whale flow
-            gate = 0
-            threshold = gates[k, 0]
-            if not math.isnan(threshold):
-                value = atr_ratio[i]
-                if (math.isnan(value) and veto_missing[k]) or (not math.isnan(value) and value < threshold):
-                    gate = 1
-            if gate == 0:
-                for g in range(1, 4):
-                    threshold = gates[k, g]
-                    if math.isnan(threshold):
-                        continue
-                    value = obi[i] if g == 1 else (spot_perp[i] if g == 2 else whale[i])
-                    if math.isnan(value):
-                        if veto_missing[k]:
-                            gate = g + 1
-                            break
-                        continue
-                    if value * s < -threshold:
-                        gate = g + 1
-                        break
-            gate_out[k, i] = gate
+            gate_out[k, i] = _gate(s, veto_missing[k], atr_ratio[i], obi[i], spot_perp[i], whale[i], gates_k)
 
 
 # ------------------------------------------------------------------------------------------------
