@@ -260,7 +260,7 @@ def window_quantiles(rows, total, ids, hour, window_hours, qs, sub_buckets, min_
 def _thresholds(
     rows, total, ids, hour, window_hours, floors, min_samples, sub_buckets, min_exponent, out
 ):  # pragma: no cover - compiled
-    """P95/P99 at ``hour`` with the floors (``SymbolState._thresholds_at``) into out = (p95, p99, n)."""
+    """P95/P99 at ``hour`` with the floors (``SizeThresholds.at``) into out = (p95, p99, n)."""
     qs = np.array([0.95, 0.99])
     values = np.zeros(2)
     n = window_quantiles(rows, total, ids, hour, window_hours, qs, sub_buckets, min_exponent, values)
@@ -301,7 +301,7 @@ def apply_minutes(
     minute_out,
     large,
 ):  # pragma: no cover
-    """The per-minute loop of ``SymbolState._apply_accepted`` for trades grouped by minute (``starts``):
+    """The per-minute loop of ``SizeThresholds.large_trades`` for trades grouped by minute (``starts``):
     P95/P99 frozen at each new minute from the trades before it, "large" = qty above that P99, then
     the minute's sizes counted into its hour. ``state`` = [threshold minute, p95, p99, samples] is
     updated; ``minute_out[g]`` gets the thresholds computed for group g (NaN when the minute was
