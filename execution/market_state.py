@@ -37,13 +37,18 @@ class MarketState:
 
     def on_trade(self, tick: TradeTick) -> FundingDue | None:
         """Record a trade; returns the settlement it makes due (taken off the schedule), if any."""
-        key = tick.key
+        key, t = tick.key, tick.trade_time
         due = self.funding_due.get(key)
-        if due is not None and tick.trade_time >= due.time:
+        if due is not None and t >= due.time:
             del self.funding_due[key]
         else:
             due = None
-        self.note_trade(tick)
+        # `note_trade` inline: this runs for every trade the backtest feeds
+        if t > self.data_time.get(key, -1):
+            self.data_time[key] = t
+        if t >= self.trade_time.get(key, -1):
+            self.trade_time[key] = t
+            self.last_price[key] = tick.price
         return due
 
     def note_trade(self, tick: TradeTick) -> None:
