@@ -6,7 +6,10 @@ Layers, bottom to top (a package may import its own modules and any package of a
 
 Also: the packages of one layer do not import each other; a venue (`producers/binance`,
 `producers/bybit`) never imports another venue, and the neutral base never imports a venue; no
-import circle between modules, lazy (function-level) imports included.
+import circle between modules, lazy (function-level) imports included. Imports under
+`if TYPE_CHECKING:` obey the layers but do not count in a circle: they never run, and a part that names its owner's type in its
+annotations (the executor's entry flow, the symbol state's codec) depends on it by design, not in a
+circle Python would have to resolve.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ LAYERS: dict[str, int] = {
 VENUES = ("binance", "bybit", "okx")
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -40,13 +50,27 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(path: Path) -> list[tuple[str, int]]:
-    """Absolute names of every module `path` imports (relative imports resolved), with line numbers."""
+def imports_of(path: Path, type_only: bool = True) -> list[tuple[str, int]]:
+    """Absolute names of every module `path` imports (relative imports resolved), with line numbers;
+    ``type_only=False`` leaves out the imports under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(), filename=str(path))
     here = module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     out: list[tuple[str, int]] = []
+    skipped = (
+        set()
+        if type_only
+        else {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and _is_type_checking(node.test)
+            for stmt in node.body
+            for inner in ast.walk(stmt)
+        }
+    )
     for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             out += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -78,6 +102,11 @@ def app_modules() -> dict[str, Path]:
 MODULES = app_modules()
 GRAPH: dict[str, list[tuple[str, int]]] = {
     name: [(imp, line) for imp, line in imports_of(path) if imp.split(".")[0] in LAYERS]
+    for name, path in MODULES.items()
+}
+
+RUNTIME_GRAPH: dict[str, list[tuple[str, int]]] = {
+    name: [(imp, line) for imp, line in imports_of(path, type_only=False) if imp.split(".")[0] in LAYERS]
     for name, path in MODULES.items()
 }
 
@@ -153,7 +182,7 @@ def test_the_fake_exchange_is_outside_producers_and_no_service_imports_it():
 
 def test_no_import_circle_between_modules():
     edges: dict[str, set[str]] = defaultdict(set)
-    for name, imports in GRAPH.items():
+    for name, imports in RUNTIME_GRAPH.items():
         for imp, _ in imports:
             # an import of a package runs its __init__; an import of a module names it exactly
             target = imp if imp in MODULES else None
