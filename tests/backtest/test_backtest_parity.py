@@ -26,7 +26,7 @@ signals, 82 closed positions, every exit reason for both strategies; 4 hours too
 in a loaded suite, 277 signals, 115 closed, and added no exit reason); at 4 hours and at 120x it was 406 s at load 10 and 562 s at load 6-8 (2026-11-23); the executor stage takes
 about 40 s for 135,618 trades, 43,200 marks, 21,597 books and 277 signals. Three stage failures seen under load and fixed in the services, not here: the
 executor released a partition's signals before its trades when those had not been fetched yet
-(`execution.service._catching_up`); the engine left its group while catching up and stayed
+(`execution.service_inputs.InputGate.catching_up`); the engine left its group while catching up and stayed
 "rebalancing" (`EngineAppConfig.broker_max_poll_interval_s`); the engine counted the time it spent
 on one large fetch as a partition's silence and force-released a key out of event-time order, so
 signal scores differed (`EngineProcessor.stall_clock`).
