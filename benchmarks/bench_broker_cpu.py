@@ -57,6 +57,28 @@ def sample(stack) -> dict[str, float]:
     return cpu
 
 
+def tree_wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` and its live children: how often the
+    process went to sleep and was woken, which is what an idle process's CPU mostly is."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            tasks = list(Path(f"/proc/{p.pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = (task / "status").read_text()
+            except OSError:  # a thread that ended between the listing and the read
+                continue
+            total += int(status.split("voluntary_ctxt_switches:", 1)[1].split()[0])
+    return total
+
+
+def wakeups(stack) -> dict[str, int]:
+    return {name: tree_wakeups(run.proc.pid) for name, run in stack.sup.running.items()}
+
+
 def shares(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
     """Percent of one core per process over ``seconds`` (processes present at both ends)."""
     return {name: 100.0 * (after[name] - before[name]) / seconds for name in after if name in before}
@@ -187,10 +209,14 @@ def main() -> None:
             shares(c0, c1, t1 - t0),
         )
         time.sleep(10)  # the last records through
-        t2, c2 = time.monotonic(), sample(stack)
+        t2, c2, w2 = time.monotonic(), sample(stack), wakeups(stack)
         time.sleep(args.idle_s)
-        t3, c3 = time.monotonic(), sample(stack)
+        t3, c3, w3 = time.monotonic(), sample(stack), wakeups(stack)
         idle = report(f"idle after the session ({t3 - t2:.0f} s)", shares(c2, c3, t3 - t2))
+        print("== wakeups per second while idle (voluntary context switches, every thread)")
+        for name in sorted(w3, key=lambda n: -(w3[n] - w2.get(n, w3[n]))):
+            if name in w2:
+                print(f"  {name:<16} {(w3[name] - w2[name]) / (t3 - t2):7.1f}/s")
         if args.attribute_s > 0:
             attribute(stack, args.attribute_s)
         held = topic_records(root / "home")
