@@ -32,6 +32,16 @@ _LOCK_KEY = 0x7A9EF10
 REWORDED = {
     "0003_market_data": "2018e1dc1ff155f4a969cbcd12c2816f87c3893982eb8655eab39c3a37d40c8a",  # pragma: allowlist secret
     "0016_pipeline_errors_source_key": "dce45e0098a988b7a8b79eef3e51516cb59793e9a89e815b933eac9d5a5237ad",  # pragma: allowlist secret
+    "0006_backtest_report": "89937c6c4de84bb61d5cd13c8238f27a7d9c6f8585ae8038436b50a21a9359c5",  # pragma: allowlist secret
+    "0010_research_labels": "43c5e53bb124196d3d9c29f5c473cf6f051e0d5386246eeb94e6ec409ac36441",  # pragma: allowlist secret
+    "0012_strategy_timeout": "5b9fe0a33f1d10bdbcab4d5d2195abd28dcc7d643f884f208092759459b11467",  # pragma: allowlist secret
+    "0013_research_studies": "8cee3efdff102f7b0178c2fe3cd3c21d85d798aedf011b35bdfdd24d18e20ff1",  # pragma: allowlist secret
+    "0014_cross_venue_features": "6837110d8ccc3324008a2d140699c75887b19dffc611154f0dc11d6be2f42a39",  # pragma: allowlist secret
+    "0017_watchlist_trading": "b2fb4bd7db26c9254de611936829f5a69490d34212a071a8f03357a16793683d",  # pragma: allowlist secret
+    "0018_watchlist_leg_fills": "2a8dc7576a72dcf85ee2038bb9f885c240f2daaa712dfad53f9e42a6e42438fe",  # pragma: allowlist secret
+    "0019_ui_actions": "73de88be96e5a101c003547013a5a31b638cee386f4d5b1424650746618cb7df",  # pragma: allowlist secret
+    "0020_watchlist_commands": "001200fa38a45751d147f83875a1efb246f0e7eb122ab4d162cc0766feeadc25",  # pragma: allowlist secret
+    "0021_trade_levels": "997982b1b5d7a66a1ff1e8d6c4deb526295e4102f30ebd027f2c97164f47f915",  # pragma: allowlist secret
 }
 
 

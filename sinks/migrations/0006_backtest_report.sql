@@ -1,4 +1,4 @@
--- Backtest report columns (issue 12). Ordinary tables on both engines, like 0005.
+-- Backtest report columns. Ordinary tables on both engines, like 0005.
 
 -- One backtest_runs row per strategy of a run: the schema's strategy, version, config hash and
 -- headline metrics are per strategy, and an A/B run's strategies are alternatives whose numbers must

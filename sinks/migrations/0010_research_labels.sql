@@ -1,4 +1,4 @@
--- Research labels (issue 14): for every evaluation in `features`, what the price did next, so
+-- Research labels: for every evaluation in `features`, what the price did next, so
 -- layer weights can be fitted outside tapeflow. One row per evaluation_id (the features key, so the
 -- two tables join); written in bulk by research runs and recomputed in place (upsert).
 --

@@ -1,4 +1,4 @@
--- Strategy-owned timeouts (issue 22): a signal carries its strategy's exits.timeout_min as
+-- Strategy-owned timeouts: a signal carries its strategy's exits.timeout_min as
 -- timeout_ms, and the executor runs its positions with it (its own timeout_min only for signals
 -- without one). The signals table keeps the whole exit plan, so it gains the timeout next to sl_r,
 -- tp1_r and tp2_r; every position event carries the timeout the position actually ran with (the

@@ -1,4 +1,4 @@
--- Research studies (issue 22): `tapeflow research search` keeps its optuna study in the stack's
+-- Research studies: `tapeflow research search` keeps its optuna study in the stack's
 -- PostgreSQL so several processes or machines work on one study. optuna creates and owns its tables
 -- (as the role that first opens a study, the writer on the embedded stack) in a schema of their own,
 -- kept apart from the pipeline's tables; the writer may create there (PostgreSQL 15 no longer lets it

@@ -1,4 +1,4 @@
--- Cross-venue features (issue 24): one row per coin, ordered venue pair and evaluation, written by
+-- Cross-venue features: one row per coin, ordered venue pair and evaluation, written by
 -- the sink from xv.features (the watchlist service). Conventions as in 0003/0004: market values are
 -- double precision, times timestamptz; the rolling statistics and the missing reasons are jsonb
 -- (their names follow the configured windows). feature_id embeds eval_time

@@ -1,4 +1,4 @@
--- The watchlist's trading records (issue 24): what the watchlist trading service publishes on
+-- The watchlist's trading records: what the watchlist trading service publishes on
 -- xv.signals, xv.orders, xv.funding and xv.pairs, stored by the sink like xv_features (0014). Conventions
 -- as in 0004: prices, quantities and spreads are double precision, money (fees, slippage, funding, P&L)
 -- numeric, times timestamptz (the records' *_ms fields become *_time columns). Each primary key is the

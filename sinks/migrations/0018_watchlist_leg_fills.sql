@@ -1,4 +1,4 @@
--- Hedged pairs as they really fill (issue 38): each leg order now says what it filled of its
+-- Hedged pairs as they really fill: each leg order now says what it filled of its
 -- quantity, the touch when it was sent, its IOC limit, when it was sent, its attempt and what the
 -- leg's travel time and a liquidation cost; a pair's state splits leg latency and liquidation out
 -- of its pnl; a funding payment keeps the forecast rate beside the settled one; a signal carries its

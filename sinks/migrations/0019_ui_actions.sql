@@ -1,4 +1,4 @@
--- Operator actions taken from the web UI (issue 36): one row per action, keyed by the action id the
+-- Operator actions taken from the web UI: one row per action, keyed by the action id the
 -- UI derives from the form's nonce, so a double click (the same nonce sent twice) is one row and one
 -- action: the UI inserts with ON CONFLICT DO NOTHING and acts only when its insert made the row.
 -- Who (the UI session and client) and why (the operator's required reason) are kept with what was asked

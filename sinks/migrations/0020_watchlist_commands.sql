@@ -1,4 +1,4 @@
--- Operator commands to the watchlist traders (issue 36): what the web UI's desk publishes on xv.commands
+-- Operator commands to the watchlist traders: what the web UI's desk publishes on xv.commands
 -- (open a hedged pair by hand, close one: status requested, with who and why) and each trader's answer
 -- (done or rejected, with the event time it acted at and what it did), stored by the sink. The primary
 -- key is the command id and the status, so a re-delivered request or answer is one row and a command's

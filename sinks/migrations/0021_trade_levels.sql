@@ -1,4 +1,4 @@
--- Traded volume per minute and exact price (issue 36): what the web UI's volume profile sums, so a
+-- Traded volume per minute and exact price: what the web UI's volume profile sums, so a
 -- whole day reads ~10^5 pre-grouped rows instead of every trade (millions). Rows hold each distinct
 -- trade price, not a price level, so every level size the UI asks for (floor(price / step)) re-bins
 -- them exactly; volumes are numeric sums of qty::numeric, which are exact and independent of the
