@@ -365,19 +365,7 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     (``md.mark`` once a second, ``md.indicators`` every few minutes) waits for data, the busy
     ``md.trades`` partitions wait behind it, up to the whole wait added to a trade's latency. A short
     wait bounds that delay; the cost is more (empty) fetch round trips on loopback.
-
-    aiokafka's fetch routine also re-plans every ``consumer_timeout_ms`` (0.2 s) while a fetch is out;
-    it is woken by everything that needs a new plan (records consumed, a partition resumed or
-    unassigned, a fetch answered), so once a second is enough, and an idle worker wakes 4 times a
-    second less.
-
     It also makes the worker read committed records only, whatever the processing guarantee."""
-
-    PLAN_TIMEOUT_S = 1.0
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        self._ensure_consumer()._fetcher._fetcher_timeout = self.PLAN_TIMEOUT_S
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
