@@ -20,6 +20,7 @@ from execution.client_ids import client_order_id
 from execution.hedged import (
     _ENTRY_SIDE,
     _EXIT_SIDE,
+    _PAIR_FIELDS,
     FundingPayment,
     HedgedPairs,
     LegOrder,
@@ -181,7 +182,7 @@ class LegTravel(HedgedPairs):
     def to_dict(self) -> dict[str, Any]:
         pairs = []
         for pair in self.pairs.values():
-            item = {name: getattr(pair, name) for name in _FIELDS}
+            item = {name: getattr(pair, name) for name in _PAIR_FIELDS}
             item["settled"] = sorted([role, t] for role, t in pair.settled)
             item["legs"] = {
                 role: {
@@ -215,7 +216,7 @@ class LegTravel(HedgedPairs):
                 )
                 for role, leg in item["legs"].items()
             }
-            pair = PairPosition(**{name: item[name] for name in _FIELDS}, legs=legs)  # type: ignore[arg-type]
+            pair = PairPosition(**{name: item[name] for name in _PAIR_FIELDS}, legs=legs)  # type: ignore[arg-type]
             pair.settled = {(role, int(t)) for role, t in item["settled"]}
             model.pairs[pair.pair_id] = pair
             if pair.active:
@@ -345,23 +346,6 @@ class LegTravel(HedgedPairs):
     ) -> PairEvents:
         """Every leg in flight of `pair` has answered at `now`: what the pair does next (the subclass)."""
         raise NotImplementedError
-
-
-_FIELDS = (
-    "pair_id",
-    "signal_id",
-    "pair_key",
-    "coin",
-    "notional_usd",
-    "opened_ms",
-    "qty",
-    "status",
-    "reason",
-    "close_reason",
-    "closed_ms",
-    "entry_spread",
-    "exit_spread",
-)
 
 
 def _json_flow(flow: Mapping[str, Any]) -> dict[str, Any]:
