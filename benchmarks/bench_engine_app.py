@@ -57,6 +57,7 @@ from stream_apps.faust_app.app import EngineWorker
 from stream_apps.faust_app.config import EngineAppConfig, shipped_strategy_files
 from stream_apps.faust_app.session import SessionProducer, synthetic_session
 from stream_apps.faust_app.worker import ensure_engine_topics
+from tapeflow_runtime.batch import streaming_gc
 from tapeflow_runtime.logs import configure_logging
 
 TARGET = 250_000  # trades/s per worker through Kafka (DESIGN §7)
@@ -95,6 +96,7 @@ def produce(bootstrap: str, prefix: str, minutes: int, rate: float) -> tuple[int
 async def run_bulk(config: EngineAppConfig, total_records: int, timeout_s: float) -> tuple[float, float, int]:
     warm_up([load_strategy(path) for path in config.strategy_files])  # as the service does before consuming
     worker = EngineWorker(config)
+    streaming_gc()  # as the service does (stream_apps.faust_app.worker.run_worker)
     first: list[float] = []
     original = worker.on_records
 

@@ -21,6 +21,7 @@ import structlog
 from schemas.catalogue import TOPICS
 from stream_apps.core.strategy import load_strategy
 from stream_apps.core.warmup import warm_up
+from tapeflow_runtime.batch import streaming_gc
 from tapeflow_runtime.errors import TapeflowError
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.logs import configure_logging
@@ -54,6 +55,7 @@ async def run_worker(
     log.info("engine kernels ready", seconds=round(time.monotonic() - began, 2))
     metrics = metrics or EngineAppMetrics()
     worker = EngineWorker(config, metrics=metrics)
+    streaming_gc()  # a container per record read: the default thresholds cost half of reading them
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
