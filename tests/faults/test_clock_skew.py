@@ -1,5 +1,5 @@
 """Fault suite, executor clock skew: the testnet executor (real `BinanceBroker`) against the
-fake exchange, its wall clock skewed with libfaketime (Debian package `faketime`).
+fake exchange, its wall clock skewed (`tests.support.skewed_clock`, which says why not libfaketime).
 
 It starts 7 s behind the exchange (beyond the 5 s recvWindow): the start-up sync from `/fapi/v1/time`
 absorbs that, so the first entry is accepted at once. Then its clock steps 3 s forward twice (beyond
@@ -23,13 +23,12 @@ from pydantic import SecretStr
 from execution.binance_broker import BinanceBroker
 from fake_exchange.orders import TEST_API_KEY, TEST_API_SECRET
 from tests.support.fake_exchange import FakeOnThread
-from tests.support.faults_process import executor_clock_skew, libfaketime
+from tests.support.faults_process import executor_clock_skew
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(libfaketime() is None, reason="libfaketime (package faketime) not installed")
 def test_executor_clock_skew_resyncs_and_never_sends_an_order_twice(kafka_bootstrap, tmp_path):
     r = executor_clock_skew(kafka_bootstrap, tmp_path / "skew", start_skew_s=-7.0, step_s=3.0)
     d = r["detail"]

@@ -9,7 +9,7 @@ directory (every file they write is under it).
 
 Cases here:
 - `executor_clock_skew`: the executor (testnet mode, real `BinanceBroker`) against the fake exchange
-  with its wall clock skewed by libfaketime (Debian package `faketime`): started behind the exchange by
+  with its wall clock skewed (`tests.support.skewed_clock`): started behind the exchange by
   more than recvWindow, then stepped ahead (as an NTP step or a resumed VM would). The fake answers
   -1021 to a request outside recvWindow; the executor must resync its offset from `/fapi/v1/time` and
   resend with the same client order id, so the exchange places every order exactly once.
@@ -23,7 +23,6 @@ The disk-full cases are in `tests.support.faults_disk`.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import signal
@@ -36,6 +35,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +73,12 @@ def row(fault: str, **values: Any) -> dict[str, Any]:
     return out
 
 
-# ================================================================ executor clock skew (libfaketime)
-def libfaketime() -> str | None:
-    """The preload library of the `faketime` package (multi-arch path), or None when not installed."""
-    for pattern in (
-        "/usr/lib/*/faketime/libfaketime.so.1",
-        "/usr/lib/faketime/libfaketime.so.1",
-        "/usr/local/lib/faketime/libfaketime.so.1",
-    ):
-        found = sorted(glob.glob(pattern))
-        if found:
-            return found[0]
-    return None
-
-
+# ================================================================ executor clock skew
 EXECUTOR_RUNNER = """
-import asyncio, sys
+import asyncio, os, sys
+if os.environ.get("SKEWED_CLOCK_FILE"):
+    from tests.support.skewed_clock import install
+    install(os.environ["SKEWED_CLOCK_FILE"])
 from pathlib import Path
 from execution.service import ExecuteOptions, run_executor
 from tapeflow_runtime.logs import configure_logging
@@ -109,6 +99,17 @@ def _health(port: int) -> dict | None:
             return json.loads(resp.read())
     except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
         return None
+
+
+def _clock_offset_applied(port: int, skew_s: float) -> bool:
+    """True once the process serving ``port`` answers with a `Date` header ``skew_s`` off this
+    process's clock (the header has whole seconds: 1.5 s of slack, well under a 3-s step)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            served = parsedate_to_datetime(resp.headers["Date"]).timestamp()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, TypeError, ValueError):
+        return False
+    return abs(served - (time.time() + skew_s)) < 1.5
 
 
 def _wait_running(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> dict:
@@ -141,14 +142,14 @@ def _wait_committed(bootstrap: str, group: str, topic: str, count: int, timeout:
 
 
 def _skew_spec(seconds: float) -> str:
-    """libfaketime's relative offset, e.g. ``-7s``, ``+4.5s``."""
+    """The clock file's relative offset, e.g. ``-7s``, ``+4.5s`` (`skewed_clock.parse_offset`)."""
     return f"{seconds:+g}s"
 
 
 def executor_clock_skew(
     bootstrap: str, workdir: Path, *, start_skew_s: float = -7.0, step_s: float = 2.0, recover_timeout_s: float = 30.0
 ) -> dict[str, Any]:
-    """The testnet executor under libfaketime, started `start_skew_s` off the exchange's clock (its
+    """The testnet executor with its wall clock skewed, started `start_skew_s` off the exchange's clock (its
     start-up sync must absorb that), then stepped forward by `step_s` twice:
 
     1. holding the position of signal 1, then the price crosses its stop: the first signed request after
@@ -157,19 +158,15 @@ def executor_clock_skew(
     2. flat: the periodic reconciliation (every 2 s) is refused first; it must resync too, or it keeps
        failing and blocks every entry with nothing left to resync the clock. Signal 2 must then trade.
 
-    libfaketime fakes the monotonic clock along with the wall clock (0.9.10 breaks Python's sleep
-    otherwise), so a step is also a monotonic jump: keep `step_s` below the consumer session timeout
-    (6 s), or it causes a rebalance too (harmless, but slow). ``duration_s`` is the skew absorbed at start (|start_skew_s|);
+    Only the wall clock steps (as NTP steps it); the monotonic clock and the Kafka client's clocks
+    run on. ``duration_s`` is the skew absorbed at start (|start_skew_s|);
     ``recover_s`` the longest time from a step to its order or entry done. Orders: every client id the
     executor emitted an intent for must be placed exactly once at the exchange."""
-    lib = libfaketime()
-    if lib is None:
-        raise RuntimeError("libfaketime not installed (Debian package faketime; deploy/bootstrap.sh installs it)")
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = f"skew{uuid.uuid4().hex[:8]}."
     ensure_topics(bootstrap, prefix=prefix)
     group = f"{prefix}{EXECUTOR_GROUP}"
-    clock_file = workdir / "faketime.rc"
+    clock_file = workdir / "clock-offset"
     skew = start_skew_s
     clock_file.write_text(_skew_spec(skew) + "\n")
     (workdir / "key").write_text(TEST_API_KEY)
@@ -194,7 +191,9 @@ def executor_clock_skew(
         refused_at.append(len(fake.control("state")["refused"]))
         skew += step_s
         clock_file.write_text(_skew_spec(skew) + "\n")
-        time.sleep(1.5)  # libfaketime re-reads the file when the second changes (FAKETIME_CACHE_DURATION 0)
+        # until the executor's HTTP `Date` header (its own wall clock, to the second) shows it
+        # (a clock never stepped shows in the row: no request refused after the step)
+        poll(lambda: _clock_offset_applied(port, skew), 15)
         return time.monotonic()
 
     try:
@@ -205,7 +204,7 @@ def executor_clock_skew(
             "  probe_interval_s: 0.5\nreconcile:\n  orphans: flatten\n  interval_s: 2\n"
             "  retry_s: 0.5\n"
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TAPEFLOW_", "FAKETIME"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
         env.update(
             {
                 "PYTHONPATH": str(REPO),
@@ -215,12 +214,9 @@ def executor_clock_skew(
                 "TAPEFLOW_BINANCE_API_KEY_FILE": str(workdir / "key"),
                 "TAPEFLOW_BINANCE_API_SECRET_FILE": str(workdir / "secret"),
                 LIVE_OPT_IN_ENV: LIVE_OPT_IN_VALUE,
-                # libfaketime: the offset is read from the file, so the runner can step the clock of
-                # the running process; a cache of 0 re-reads it when the second changes (measured:
-                # within 0.7 s; the default 10 s, and even 1, took up to 1.7 s)
-                "LD_PRELOAD": lib,
-                "FAKETIME_TIMESTAMP_FILE": str(clock_file),
-                "FAKETIME_CACHE_DURATION": "0",
+                # the offset is read from the file, so the runner can step the clock of the running
+                # process (`tests.support.skewed_clock`: why not libfaketime)
+                "SKEWED_CLOCK_FILE": str(clock_file),
             }
         )
         port = free_port()
