@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from sinks.consumer import Batch, SinkConfig, TopicSink
 from tapeflow_runtime.kafka_client import consumer_config, ensure_topics
 from tests.sinks.test_sink import SERDE, Crash, checksum, expected_rows, make_sink, produce, table_rows, trade
 from tests.support.storage import expected_layout, migrate_for_rows, table_layout
+from tests.support.waiting import wait_until
 
 TOPIC = "md.trades"
 
@@ -200,12 +201,22 @@ def test_parallel_writers_never_commit_an_offset_ahead_of_the_database(
 
 
 def _partition_of(bootstrap: str, topic: str) -> int:
-    """The one partition holding records (the test produces one key)."""
+    """The one partition holding records (the test produces one key). A partition of a topic just
+    created may not have its leader yet (NOT_LEADER_FOR_PARTITION): asked again until it has."""
     c = Consumer(consumer_config(bootstrap, f"probe-{uuid.uuid4().hex[:8]}"))
+
+    def watermarks(p: int) -> tuple[int, int] | None:
+        try:
+            return c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                raise
+            return None
+
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         for p in sorted(parts):
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = wait_until(lambda p=p: watermarks(p), 30, f"a leader for {topic}[{p}]")
             if high > low:
                 return p
     finally:
