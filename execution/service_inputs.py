@@ -1,10 +1,17 @@
 """The executor service's inputs between the consumer and the executor: decoded, held for event-time
 order per partition (`execution.input_order`), released in that order, and the consumer's flow control.
 
+A topic the consumer has read to the high watermark of its last fetch is at its end (`read_to_end`),
+as its partition EOF will say: librdkafka reports an end only in a fetch after the last records, fetches
+nothing while its one local queue holds `queued.min.messages` (100,000) records, and then queues the EOF
+behind all of them. On a replay the EOFs of a partition read to its end therefore came after every
+other partition's records, seconds later on a loaded machine, and its inputs newer than its last signal
+waited for them.
+
 A partition's held inputs are released as they are when it got no new record for `max_hold_s` and the
-topics holding it back have nothing left to read (`catching_up`): then the news it waits for is not
-coming. A topic that still has records to read only has its news queued behind other partitions', and a
-release then would trade signals before the trades they belong after.
+topics holding it back have nothing left to read as the broker says (`catching_up`): then the news it
+waits for is not coming. A topic that still has records to read only has its news queued behind other
+partitions', and a release then would trade signals before the trades they belong after.
 """
 
 from __future__ import annotations
@@ -66,11 +73,13 @@ class InputGate:
         self.aligner.at_end(self.names[msg.topic()], msg.partition())
 
     def release(self, handle: Callable[[Held], None]) -> None:
-        """`handle` every input the aligner releases, partition by partition, in event-time order; a
-        partition held for `max_hold_s` without news and not catching up is released as it is. Then
-        pause or resume topic-partitions by how much they hold."""
+        """`handle` every input the aligner releases, partition by partition, in event-time order (the
+        topics holding a partition back that are read to their end count as at their end); a partition
+        held for `max_hold_s` without news and not catching up is released as it is. Then pause or resume
+        topic-partitions by how much they hold."""
         now = time.monotonic()
         for partition in sorted(self.aligner.partitions()):
+            self.read_to_end(partition)
             released = self.aligner.release(partition)
             if released:
                 self.holding.pop(partition, None)
@@ -87,6 +96,27 @@ class InputGate:
             for held in released:
                 handle(held)
         self.flow_control()
+
+    def read_to_end(self, partition: int) -> None:
+        """Mark the topics holding `partition` back that the consumer has read to their end at their end,
+        as their partition EOF (queued behind other partitions' records, module docstring) will. Read to
+        its end: its next offset is the high watermark of its last fetch (`consume` returned every record
+        before it: each is held or handled), or, before it delivered anything, its start offset as
+        `catching_up` learnt it is, or it is empty (low = high). The consumer's own figures only, never
+        the broker's (this runs on every pass): a figure not known yet leaves the topic holding."""
+        topics = self.aligner.blocking(partition)
+        tps = [TopicPartition(self.prefix + topic, partition) for topic in topics]
+        if not tps:
+            return
+        consumer = self._live()
+        for topic, tp, position in zip(topics, tps, consumer.position(tps), strict=True):
+            try:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:  # a partition the client does not know (yet): not read to its end
+                continue
+            offset = position.offset if position.offset >= 0 else self.start.get((tp.topic, partition), -1)
+            if high >= 0 and (offset >= high or (offset < 0 and low == high)):
+                self.aligner.at_end(topic, partition)
 
     def catching_up(self, partition: int) -> bool:
         """Whether a topic that holds `partition` back has records left to read (its next offset is below
