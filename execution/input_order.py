@@ -9,8 +9,9 @@ late enough for this to matter, and nothing is held.
 
 Rule (the engine's, ``stream_apps.faust_app.alignment``, on records): per partition, an input is
 released once every input topic of that partition that has not reached its end has delivered a
-record at least as new (its newest event time); a topic at its end (the consumer's partition EOF)
-does not hold anything. Released inputs come out in event-time order, and at equal times a signal
+record at least as new (its newest event time); a topic at its end (read to the high watermark of
+its last fetch, or librdkafka's partition EOF, whichever the service sees first: `InputGate`) does
+not hold anything. Released inputs come out in event-time order, and at equal times a signal
 first, then mark, then book, then trades: the order the backtest runner feeds
 (``backtest.runner``), so a replay of data already in the broker trades exactly as the backtest.
 Within one topic-partition inputs leave in offset order (a prefix of what was read), so storing the
@@ -64,7 +65,8 @@ class InputAligner:
         return self._newest.get((topic, partition), 0)
 
     def at_end(self, topic: str, partition: int) -> None:
-        """The consumer reached the end of ``topic``/``partition`` (librdkafka's partition EOF)."""
+        """The consumer reached the end of ``topic``/``partition`` (its position at the last fetch's high
+        watermark, or librdkafka's partition EOF)."""
         self._at_end.add((topic, partition))
 
     def held(self, partition: int | None = None) -> int:
