@@ -136,9 +136,13 @@ def test_a_full_broker_log_disk_holds_the_broker_not_the_stack_and_loses_nothing
     # whose open transaction the dead broker could not take) waited for it and was restarted after it,
     # once; nothing else restarted
     before, after = d["others_pids"]
+    said = [ln.split(" ", 1)[1] for ln in d["log"]]  # each line starts with the monotonic time it was said at
     for name in (n for n in before if after[n] != before[n]):
-        waited = [ln for ln in d["log"] if ln.startswith(f"{name} exited with code") and "waiting for broker" in ln]
-        assert len(waited) == 1, (name, d["others_pids"], d["stopped_lines"].get(name), log)
+        waited = [ln for ln in said if ln.startswith(f"{name} exited with code") and "waiting for broker" in ln]
+        about = "\n".join(ln for ln in said if ln.startswith(name))
+        assert len(waited) == 1, f"{name} pid {before[name]} -> {after[name]}; the supervisor said:\n{about}\n" + (
+            "\n".join(d["stopped_lines"].get(name) or [])
+        )
     states = {(name, state) for _, name, state, _, _ in d["states"]}
     assert ("broker", "disk-full") in states and ("producer", "broker-unavailable") in states, d["states"]
     assert any("broker unavailable" in ln for ln in d["producer_broker_lines"]), d["producer_broker_lines"]
