@@ -306,14 +306,16 @@ class ExecutorService:
         )
 
     def _loop_once(self) -> None:
-        """One pass: take in inputs, hand the executor those whose turn came and the kill-switch records,
-        tick its clock when due, commit when due."""
+        """One pass: take in inputs, hand the executor the kill-switch records and then the inputs whose
+        turn came, tick its clock when due, commit when due. Kill-switch records first: one fetched by
+        the time a signal is released applies to that signal (the other way round, a signal and a kill
+        switch of the same pass traded the signal)."""
         self._consume_inputs()
         ex = self.executor
         if ex is None:
             return
-        self.inputs.release(lambda held: self._handle_held(ex, held))
         self._follow_risk_events(ex)
+        self.inputs.release(lambda held: self._handle_held(ex, held))
         now = self.clock()
         if now >= self._next_clock:
             self._next_clock = now + self.options.clock_interval_ms
