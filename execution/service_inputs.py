@@ -104,17 +104,13 @@ class InputGate:
         before it: each is held or handled), or, before it delivered anything, its start offset as
         `catching_up` learnt it is, or it is empty (low = high). The consumer's own figures only, never
         the broker's (this runs on every pass): a figure not known yet leaves the topic holding."""
-        topics = self.aligner.blocking(partition)
-        tps = [TopicPartition(self.prefix + topic, partition) for topic in topics]
-        if not tps:
-            return
-        consumer = self._live()
-        for topic, tp, position in zip(topics, tps, consumer.position(tps), strict=True):
+        for topic in self.aligner.blocking(partition):
+            tp = TopicPartition(self.prefix + topic, partition)
             try:
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                low, high = self._live().get_watermark_offsets(tp, cached=True)
             except KafkaException:  # a partition the client does not know (yet): not read to its end
                 continue
-            offset = position.offset if position.offset >= 0 else self.start.get((tp.topic, partition), -1)
+            offset = self.next_offset(tp, ask_broker=False)
             if high >= 0 and (offset >= high or (offset < 0 and low == high)):
                 self.aligner.at_end(topic, partition)
 
@@ -155,13 +151,15 @@ class InputGate:
             raise RuntimeError("the input gate has no consumer yet")
         return self.consumer
 
-    def next_offset(self, tp: TopicPartition) -> int:
-        """The next offset the consumer reads from `tp` (negative when the broker does not say)."""
+    def next_offset(self, tp: TopicPartition, ask_broker: bool = True) -> int:
+        """The next offset the consumer reads from `tp` (negative when the broker does not say). Before
+        anything was delivered, the start offset learnt before; unknown, asked of the broker only when
+        `ask_broker` (else negative)."""
         position = self._live().position([tp])[0].offset
         if position >= 0:
             return position
         key = (tp.topic, tp.partition)
-        if key not in self.start:
+        if key not in self.start and ask_broker:
             try:
                 committed = committed_offsets(self._live(), [tp], 5)[0].offset
             except (KafkaException, CommittedOffsetError):  # not "none committed": ask again next time
@@ -174,7 +172,7 @@ class InputGate:
                 if start < 0:  # the broker did not answer: unknown now, asked again next time
                     return -1
                 self.start[key] = start
-        return self.start[key]
+        return self.start.get(key, -1)
 
     def watermarks(self, tp: TopicPartition) -> tuple[int, int]:
         """(low, high) of `tp`: those of the last fetch, else asked from the broker ((-1, -1) if it does not answer)."""
