@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-GROUPS = ("stack", "market_data", "history", "strategy", "services", "topics", "storage")
+GROUPS = ("stack", "market_data", "history", "strategy", "labels", "autopsy", "services", "topics", "storage")
 
 
 def register_all() -> None:
