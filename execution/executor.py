@@ -132,7 +132,7 @@ class ListSink:
 
 
 class _OrderInfo:
-    __slots__ = ("leg", "position_id", "reason", "reference", "request", "signal_id")
+    __slots__ = ("leg", "mid_at_send", "position_id", "reason", "reference", "request", "signal_id")
 
     def __init__(
         self,
@@ -142,9 +142,10 @@ class _OrderInfo:
         position_id: str | None,
         reference: float | None,
         reason: str | None,
+        mid_at_send: tuple[float, str] | None = None,
     ) -> None:
         self.request, self.leg, self.signal_id, self.position_id = request, leg, signal_id, position_id
-        self.reference, self.reason = reference, reason
+        self.reference, self.reason, self.mid_at_send = reference, reason, mid_at_send
 
 
 class Executor:
@@ -394,6 +395,7 @@ class Executor:
         update: OrderUpdate | None,
         reason: str | None,
     ) -> None:
+        info = self.orders.get(req.client_order_id)
         self.sink.emit(
             ORDERS,
             market_key(req.exchange, req.symbol),
@@ -407,6 +409,7 @@ class Executor:
                 position_id=pid,
                 update=update,
                 reason=reason,
+                mid_at_send=info.mid_at_send if info is not None else None,
             ),
         )
 
@@ -423,6 +426,7 @@ class Executor:
         """Record the intent, then hand the order to the broker; returns the broker's events (routed)."""
         self.changes += 1
         self._track(req, leg, signal_id, pid, reference, reason)
+        self.orders[req.client_order_id].mid_at_send = self._mid_now(market_key(req.exchange, req.symbol))
         self._emit_order(req, leg, signal_id, pid, "PENDING_NEW", now_ms, None, reason)
         if self.mode != "paper":
             self.sink.barrier()
@@ -441,6 +445,15 @@ class Executor:
     ) -> None:
         """Follow an order's broker events from now on (sent now, or resumed after a restart)."""
         self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
+
+    def _mid_now(self, key: str) -> tuple[float, str] | None:
+        """What the order's fills are measured against (mid at send): the book top's mid, else the last
+        trade price, with which one it is; None before either was seen."""
+        book = self.market.books.get(key)
+        if book is not None and book.mid is not None:
+            return book.mid, "book"
+        last = self.market.last_price.get(key)
+        return (last, "last_trade") if last is not None else None
 
     def _send_exit(self, pos: Position, intent: ExitIntent, now_ms: int) -> None:
         cid = client_order_id(pos.signal_id, intent.leg, pos.next_attempt(intent.leg))

@@ -24,8 +24,10 @@ def order_record(
     position_id: str | None,
     update: OrderUpdate | None = None,
     reason: str | None = None,
+    mid_at_send: tuple[float, str] | None = None,
 ) -> dict[str, Any]:
-    """One OrderEvent: the request as sent plus the state it is in after `update` (if any)."""
+    """One OrderEvent: the request as sent plus the state it is in after `update` (if any);
+    `mid_at_send` is the (price, source) the executor knew when it sent the order."""
     return {
         "client_order_id": req.client_order_id,
         "signal_id": signal_id,
@@ -46,6 +48,8 @@ def order_record(
         "state": state,
         "reason": reason if reason is not None else (update.reason if update else None),
         "event_time": event_time,
+        "mid_at_send": mid_at_send[0] if mid_at_send else None,
+        "mid_source": mid_at_send[1] if mid_at_send else None,
     }
 
 

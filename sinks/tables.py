@@ -382,6 +382,8 @@ def order_event_row(r: Record) -> Row:
         r["state"],
         r.get("reason"),
         ms_to_datetime(r["event_time"]),
+        r.get("mid_at_send"),
+        r.get("mid_source"),
     )
 
 
@@ -899,6 +901,8 @@ ORDERS = _spec(
         ("state", _T),
         ("reason", _T),
         ("event_time", _TS),
+        ("mid_at_send", _F8),
+        ("mid_source", _T),
     ],
     ("mode", "client_order_id", "state", "filled_qty"),
     "event_time",

@@ -292,3 +292,16 @@ def test_clock_quiet_until_ends_where_clock_quiet_first_turns_false(stale_s):
     h.signal(eval_time=T0 + 2 * S)
     assert h.ex.changes > changes and h.ex.busy_markets() == {"binance:BTCUSDT"}
     assert h.ex.clock_quiet_until(T0 + 2 * S) == T0 + 2 * S  # an entry in flight
+
+
+def test_orders_carry_the_mid_at_send_from_the_book_else_the_last_trade():
+    h = Harness()  # one trade at 100.0 before the signal, no book yet
+    h.signal()
+    [entry] = [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
+    assert (entry["mid_at_send"], entry["mid_source"]) == (100.0, "last_trade")
+    h.trade(100.5, T0 + S)  # fills the entry; the position is open
+    assert all(o["mid_at_send"] == 100.0 for o in h.of("orders"))  # every transition: the mid when sent
+    h.book(102.9, 103.3, T0 + 2 * S)
+    h.trade(103.0, T0 + 3 * S)  # crosses TP1 (entry 100.5 + 1R of 2.0): the tp1 exit is sent
+    [tp1] = [o for o in h.of("orders") if o["leg"] == "tp1" and o["state"] == "PENDING_NEW"]
+    assert tp1["mid_at_send"] == (102.9 + 103.3) / 2 and tp1["mid_source"] == "book"

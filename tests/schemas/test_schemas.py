@@ -224,6 +224,8 @@ BTC_ORDER = {
     "state": "FILLED",
     "reason": None,
     "event_time": 1718000040412,
+    "mid_at_send": 67011.85,
+    "mid_source": "book",
 }
 BTC_FILL = {
     "exchange": "binance",
@@ -548,6 +550,8 @@ def test_optional_fields_get_their_defaults(serde):
             "avg_fill_price",
             "reduce_only",
             "reason",
+            "mid_at_send",
+            "mid_source",
         )
     }
     decoded = serde.decode(serde.encode("orders", order))
@@ -562,6 +566,8 @@ def test_optional_fields_get_their_defaults(serde):
         "avg_fill_price": None,
         "reduce_only": False,
         "reason": None,
+        "mid_at_send": None,
+        "mid_source": None,
     }
 
 

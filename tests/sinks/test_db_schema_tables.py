@@ -196,6 +196,8 @@ SAMPLES: dict[str, dict] = {
         "state": "PARTIALLY_FILLED",
         "reason": None,
         "event_time": T + 12,
+        "mid_at_send": 42581.95,
+        "mid_source": "book",
     },
     "fills": {
         "exchange": "binance",
