@@ -40,9 +40,9 @@ At horizon ``h`` (end ``T = t0 + h``), with the position's fills up to ``T`` (ti
   the threshold is the strategy's (``LabelParams.thresholds``), 0.5 % by default.
 
 No label (nothing written, tried again later) while ``T`` is after the caller's ``now``, or while the
-price data does not reach ``T`` (no trade of the symbol at or after ``T`` yet: the price at ``T`` is
-not final), or when no trade at or before ``T`` is known within ``PRICE_LOOKBACK_MS`` (a gap in the
-data). A taken signal whose entry had not filled by ``T`` is flat at ``T``: P&L 0, basis its later
+price data does not reach ``T`` (no trade of the symbol in the hour from ``T`` on, ``PRICE_LOOKBACK_MS``:
+the price at ``T`` is not final yet, or the data ends or has a gap there), or when no trade in the
+hour up to ``T`` is known (a gap in the data before ``T``). A taken signal whose entry had not filled by ``T`` is flat at ``T``: P&L 0, basis its later
 entry (so it labels ``neutral``).
 
 Pure and deterministic: every input (samples, prices, settlements, ``now_ms``) is an argument. The live
@@ -162,22 +162,29 @@ class OutcomeLabel:
 
 
 class PricePath:
-    """Trade prices of one market in time order; ``at(T)``: the last trade at or before T."""
+    """Trade prices of one market in time order (ties in the exchange's order): ``at(T)``, the last
+    trade at or before T; ``reaches(T)``, whether a trade at or after T (within ``PRICE_LOOKBACK_MS``)
+    is known. A caller may pass only the trades these two answers depend on (``backtest.outcome_labels``
+    keeps every price change and each minute's first and last trade; ``review.label_job`` reads the
+    trade before and after each horizon end)."""
 
-    __slots__ = ("_prices", "_times", "end_ms")
+    __slots__ = ("_prices", "_times")
 
-    def __init__(self, times: Sequence[int], prices: Sequence[float], end_ms: int | None = None) -> None:
+    def __init__(self, times: Sequence[int], prices: Sequence[float]) -> None:
         self._times = list(times)
         self._prices = list(prices)
         if any(b < a for a, b in zip(self._times, self._times[1:], strict=False)):
             raise ValueError("a price path must be in time order")
-        # the data reaches T when a trade at or after T is known
-        self.end_ms = end_ms if end_ms is not None else (self._times[-1] if self._times else -1)
 
     def at(self, t_ms: int) -> tuple[int, float] | None:
         """(time, price) of the last trade at or before ``t_ms``; None before the first."""
         i = bisect.bisect_right(self._times, t_ms)
         return (self._times[i - 1], self._prices[i - 1]) if i else None
+
+    def reaches(self, t_ms: int) -> bool:
+        """A trade in ``[t_ms, t_ms + PRICE_LOOKBACK_MS)`` is known: the price at ``t_ms`` is final."""
+        i = bisect.bisect_left(self._times, t_ms)
+        return i < len(self._times) and self._times[i] < t_ms + PRICE_LOOKBACK_MS
 
 
 def classify(net_roi: float, threshold: float) -> Label:
@@ -222,7 +229,7 @@ def label_sample(
 ) -> OutcomeLabel | None:
     """The sample's label at ``horizon_h`` (module docstring); None when it has none yet."""
     end = sample.t0_ms + horizon_h * HOUR_MS
-    if end > now_ms or prices is None or prices.end_ms < end:
+    if end > now_ms or prices is None or not prices.reaches(end):
         return None
     point = prices.at(end)
     if point is None or end - point[0] > PRICE_LOOKBACK_MS:

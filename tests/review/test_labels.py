@@ -40,7 +40,8 @@ SETTLEMENTS = (
 )
 # the last trade at or before t0 + 12 h is 104 (11 h); one a millisecond later is 200
 PRICES = PricePath(
-    [T0, T0 + 11 * H, T0 + 12 * H + 1, T0 + 23 * H, T0 + 35 * H, T0 + 40 * H], [100.0, 104.0, 200.0, 97.0, 96.5, 96.0]
+    [T0, T0 + 11 * H, T0 + 12 * H + 1, T0 + 23 * H, T0 + 24 * H + 10, T0 + 35 * H, T0 + 36 * H + 10],
+    [100.0, 104.0, 200.0, 97.0, 97.5, 96.5, 96.2],
 )
 
 
@@ -132,7 +133,9 @@ def test_no_label_before_the_horizon_past_the_data_or_across_a_gap():
     assert label_sample(trade(), 12, PRICES, (), LabelParams(), T0 + 12 * H) is not None
     short_data = PricePath([T0, T0 + 11 * H], [100.0, 104.0])  # no trade at or after t0 + 12 h
     assert label_sample(trade(), 12, short_data, (), LabelParams(), NOW) is None
-    gap = PricePath([T0, T0 + 10 * H, T0 + 13 * H], [100.0, 104.0, 105.0])  # newest before 12 h is 2 h old
+    late = PricePath([T0, T0 + 11 * H, T0 + 13 * H], [100.0, 104.0, 105.0])  # none in the hour from 12 h on
+    assert label_sample(trade(), 12, late, (), LabelParams(), NOW) is None
+    gap = PricePath([T0, T0 + 10 * H, T0 + 12 * H + H // 2], [100.0, 104.0, 105.0])  # newest before 12 h is 2 h old
     assert label_sample(trade(), 12, gap, (), LabelParams(), NOW) is None
     assert label_sample(trade(), 12, None, (), LabelParams(), NOW) is None
 

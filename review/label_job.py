@@ -1,0 +1,389 @@
+"""Outcome labels in PostgreSQL: read the samples of a window, their fills, the prices at their horizon
+ends and the funding settlements, compute with ``review.labels`` and upsert into ``outcome_labels``.
+
+Reads per chunk of t0 (a day): the signals and the executor mode's ``opened`` positions with t0 in
+it, then per market one query for the fills, one for the prices (for every horizon end the trade at
+or before it and the one at or after it, within ``PRICE_LOOKBACK_MS``: exactly what ``PricePath``
+answers from) and one for the settlements (per funding time the newest mark before it), never one
+per sample. Writing is an upsert on the table's key, so a recompute replaces a row and running twice
+leaves the same rows; the hourly job (``run_due``) also skips the (sample, horizon) rows already
+there, so its second run writes nothing.
+
+``run_due`` is what the running stack calls hourly (``tapeflow labels serve``): per source (the
+executor mode) from its watermark (``outcome_label_progress``; the first run starts at the oldest
+signal) minus the longest horizon and a day of margin for late data, up to ``now``; then the
+watermark moves to ``now``. A sample whose price data did not reach its horizon end is retried by
+every run whose window still covers it, and by ``tapeflow labels backfill``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from execution.config import ExecutorConfig
+from review.labels import (
+    HOUR_MS,
+    PRICE_LOOKBACK_MS,
+    LabelParams,
+    OutcomeLabel,
+    PricePath,
+    Sample,
+    label_sample,
+    samples_from_records,
+    settlements_from_marks,
+)
+
+DAY_MS = 86_400_000
+LATE_DATA_MARGIN_MS = DAY_MS  # the hourly job looks this far before its window again (late rows)
+FILL_LEAD_MS = HOUR_MS  # entry fills of a sample may come this long before its t0 window's start
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+COLUMNS = (
+    "source",
+    "sample_kind",
+    "sample_id",
+    "horizon_h",
+    "strategy",
+    "config_hash",
+    "exchange",
+    "symbol",
+    "direction",
+    "taken",
+    "position_id",
+    "t0",
+    "horizon_time",
+    "price_at_horizon",
+    "qty_open",
+    "realized_pnl",
+    "unrealized_pnl",
+    "gross_pnl",
+    "fees",
+    "funding",
+    "net_pnl",
+    "basis",
+    "net_roi",
+    "threshold",
+    "label",
+    "computed_at",
+)
+_KEY = ("source", "sample_kind", "sample_id", "horizon_h")
+UPSERT = (
+    f"INSERT INTO outcome_labels ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "  # nosec B608 # this module's constant column names; values are bound
+    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c not in _KEY)
+)
+
+
+def ts(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def ms(dt: datetime) -> int:
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+def label_row(source: str, lab: OutcomeLabel, computed_at_ms: int) -> tuple[Any, ...]:
+    """One ``outcome_labels`` row, in ``COLUMNS`` order."""
+    return (
+        source,
+        lab.kind,
+        lab.sample_id,
+        lab.horizon_h,
+        lab.strategy,
+        lab.config_hash,
+        lab.exchange,
+        lab.symbol,
+        lab.direction,
+        lab.taken,
+        lab.position_id,
+        ts(lab.t0_ms),
+        ts(lab.t0_ms + lab.horizon_h * HOUR_MS),
+        lab.price_at_horizon,
+        lab.qty_open,
+        lab.realized_pnl,
+        lab.unrealized_pnl,
+        lab.gross_pnl,
+        lab.fees,
+        lab.funding,
+        lab.net_pnl,
+        lab.basis,
+        lab.net_roi,
+        lab.threshold,
+        lab.label,
+        ts(computed_at_ms),
+    )
+
+
+def upsert_labels(conn: psycopg.Connection, source: str, labels: Sequence[OutcomeLabel], now_ms: int) -> int:
+    with conn.cursor() as cur:
+        cur.executemany(UPSERT, [label_row(source, lab, now_ms) for lab in labels])
+    return len(labels)
+
+
+@dataclass
+class WindowResult:
+    samples: int = 0
+    written: int = 0
+    pending: int = 0  # (sample, horizon) pairs due but without price data reaching the horizon end
+
+
+# ------------------------------------------------------------------------------------------ reading
+def _with_ms(rows: Iterable[dict[str, Any]], *fields: str) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        for f in fields:
+            r[f] = ms(r[f])
+        out.append(r)
+    return out
+
+
+def read_samples(
+    conn: psycopg.Connection,
+    mode: str,
+    from_ms: int,
+    to_ms: int,
+    config: ExecutorConfig,
+    params: LabelParams,
+    strategy: str | None = None,
+) -> list[Sample]:
+    """The signals with eval_time and the mode's positions with entry time in ``[from_ms, to_ms)``."""
+    only = "" if strategy is None else " AND strategy = %(strategy)s"
+    args = {"lo": ts(from_ms), "hi": ts(to_ms), "mode": mode, "strategy": strategy}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT signal_id, strategy, config_hash, exchange, symbol, direction, tier, price, risk_distance, "
+            "factors, eval_time FROM signals WHERE eval_time >= %(lo)s AND eval_time < %(hi)s" + only,
+            args,
+        )
+        signals = _with_ms(cur.fetchall(), "eval_time")
+        args["ids"] = [s["signal_id"] for s in signals]
+        cur.execute(
+            "SELECT position_id, signal_id, strategy, config_hash, exchange, symbol, direction, event_time "
+            "FROM positions WHERE mode = %(mode)s AND event = 'opened' AND "
+            "((event_time >= %(lo)s AND event_time < %(hi)s) OR signal_id = ANY(%(ids)s))" + only,
+            args,
+        )
+        opened = _with_ms(cur.fetchall(), "event_time")
+        markets = sorted({(r["exchange"], r["symbol"]) for r in [*signals, *opened]})
+        fills: list[dict[str, Any]] = []
+        for exchange, symbol in markets:
+            cur.execute(
+                "SELECT client_order_id, side, price, qty, fee, event_time FROM fills WHERE mode = %s "
+                "AND exchange = %s AND symbol = %s AND event_time >= %s AND event_time <= %s",
+                (mode, exchange, symbol, ts(from_ms - FILL_LEAD_MS), ts(to_ms + params.max_horizon_ms)),
+            )
+            fills += _with_ms(cur.fetchall(), "event_time")
+    samples = samples_from_records(signals, opened, fills, config)
+    return [s for s in samples if from_ms <= s.t0_ms < to_ms]
+
+
+_PRICES = """
+SELECT q.t, b.trade_time, b.agg_id, b.price, a.trade_time, a.agg_id, a.price
+FROM unnest(%(ends)s::timestamptz[]) AS q(t)
+LEFT JOIN LATERAL (
+    SELECT trade_time, agg_id, price FROM trades
+    WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND trade_time <= q.t AND trade_time >= q.t - %(back)s
+    ORDER BY trade_time DESC, agg_id DESC LIMIT 1) b ON true
+LEFT JOIN LATERAL (
+    SELECT trade_time, agg_id, price FROM trades
+    WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND trade_time >= q.t AND trade_time < q.t + %(back)s
+    ORDER BY trade_time, agg_id LIMIT 1) a ON true
+"""
+
+_SETTLEMENTS = """
+SELECT DISTINCT ON (next_funding_time) next_funding_time, event_time, funding_rate, mark_price
+FROM mark_prices
+WHERE exchange = %s AND symbol = %s AND next_funding_time > %s AND next_funding_time <= %s
+  AND event_time < next_funding_time AND event_time >= %s
+ORDER BY next_funding_time, event_time DESC
+"""
+
+
+def read_prices(conn: psycopg.Connection, exchange: str, symbol: str, ends_ms: Iterable[int]) -> PricePath:
+    """The trades ``PricePath`` needs for these horizon ends: for each, the last trade at or before it
+    and the first at or after it, each within ``PRICE_LOOKBACK_MS``; one query."""
+    ends = sorted(set(ends_ms))
+    points: dict[int, tuple[int, float]] = {}  # agg_id -> (time, price)
+    with conn.cursor() as cur:
+        cur.execute(
+            _PRICES,
+            {
+                "ends": [ts(t) for t in ends],
+                "exchange": exchange,
+                "symbol": symbol,
+                "back": timedelta(milliseconds=PRICE_LOOKBACK_MS),
+            },
+        )
+        for _t, bt, bid, bp, at, aid, ap in cur.fetchall():
+            if bt is not None:
+                points[bid] = (ms(bt), bp)
+            if at is not None:
+                points[aid] = (ms(at), ap)
+    ordered = sorted((t, agg, p) for agg, (t, p) in points.items())
+    return PricePath([t for t, _, _ in ordered], [p for _, _, p in ordered])
+
+
+def read_settlements(conn: psycopg.Connection, exchange: str, symbol: str, after_ms: int, to_ms: int) -> list:
+    """Settlements with a funding time in ``(after_ms, to_ms]`` (marks up to a day before ``after_ms``)."""
+    with conn.cursor() as cur:
+        cur.execute(_SETTLEMENTS, (exchange, symbol, ts(after_ms), ts(to_ms), ts(after_ms - DAY_MS)))
+        rows = cur.fetchall()
+    return settlements_from_marks(
+        {"next_funding_time": ms(f), "event_time": ms(t), "funding_rate": rate, "mark_price": mark}
+        for f, t, rate, mark in rows
+    )
+
+
+def existing_keys(conn: psycopg.Connection, source: str, from_ms: int, to_ms: int) -> set[tuple[str, str, int]]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT sample_kind, sample_id, horizon_h FROM outcome_labels WHERE source = %s AND t0 >= %s AND t0 < %s",
+            (source, ts(from_ms), ts(to_ms)),
+        )
+        return {(k, i, int(h)) for k, i, h in cur.fetchall()}
+
+
+# ------------------------------------------------------------------------------------------ labelling
+def label_window(
+    conn: psycopg.Connection,
+    mode: str,
+    from_ms: int,
+    to_ms: int,
+    *,
+    params: LabelParams,
+    config: ExecutorConfig,
+    now_ms: int,
+    strategy: str | None = None,
+    skip_existing: bool = False,
+) -> WindowResult:
+    """Label the samples of mode ``mode`` with t0 in ``[from_ms, to_ms)`` and upsert them (source =
+    ``mode``) in one transaction; ``skip_existing``: leave (sample, horizon) rows already there."""
+    result = WindowResult()
+    with conn.transaction():
+        samples = read_samples(conn, mode, from_ms, to_ms, config, params, strategy)
+        done = existing_keys(conn, mode, from_ms, to_ms) if skip_existing else set()
+        due: dict[tuple[str, str], list[tuple[Sample, int]]] = {}
+        for s in samples:
+            for h in params.horizons_h:
+                if s.t0_ms + h * HOUR_MS <= now_ms and (s.kind, s.sample_id, h) not in done:
+                    due.setdefault(s.market, []).append((s, h))
+        result.samples = len(samples)
+        labels: list[OutcomeLabel] = []
+        for (exchange, symbol), items in sorted(due.items()):
+            ends = [s.t0_ms + h * HOUR_MS for s, h in items]
+            prices = read_prices(conn, exchange, symbol, ends)
+            settlements = read_settlements(conn, exchange, symbol, min(s.t0_ms for s, _ in items), max(ends))
+            for s, h in items:
+                lab = label_sample(s, h, prices, settlements, params, now_ms)
+                if lab is None:
+                    result.pending += 1
+                else:
+                    labels.append(lab)
+        result.written = upsert_labels(conn, mode, labels, now_ms)
+    return result
+
+
+def label_range(
+    conninfo: str,
+    modes: Sequence[str],
+    from_ms: int,
+    to_ms: int,
+    *,
+    params: LabelParams,
+    config: ExecutorConfig,
+    now_ms: int,
+    strategy: str | None = None,
+    skip_existing: bool = False,
+    progress: Callable[[str, int, WindowResult], None] | None = None,
+) -> WindowResult:
+    """``label_window`` over ``[from_ms, to_ms)`` a day of t0 at a time, for every mode; ``progress(mode,
+    chunk end, chunk result)`` after each chunk."""
+    total = WindowResult()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for mode in modes:
+            lo = from_ms
+            while lo < to_ms:
+                hi = min(lo + DAY_MS, to_ms)
+                r = label_window(
+                    conn,
+                    mode,
+                    lo,
+                    hi,
+                    params=params,
+                    config=config,
+                    now_ms=now_ms,
+                    strategy=strategy,
+                    skip_existing=skip_existing,
+                )
+                total.samples += r.samples
+                total.written += r.written
+                total.pending += r.pending
+                if progress is not None:
+                    progress(mode, hi, r)
+                lo = hi
+    return total
+
+
+def oldest_sample_ms(conn: psycopg.Connection, mode: str) -> int | None:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT least((SELECT min(eval_time) FROM signals), "
+            "(SELECT min(event_time) FROM positions WHERE mode = %s AND event = 'opened'))",
+            (mode,),
+        )
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else ms(row[0])
+
+
+def run_due(
+    conninfo: str,
+    modes: Sequence[str],
+    *,
+    params: LabelParams,
+    config: ExecutorConfig,
+    now_ms: int,
+) -> dict[str, WindowResult]:
+    """One run of the hourly job (module docstring): label what matured since each mode's watermark."""
+    results: dict[str, WindowResult] = {}
+    for mode in modes:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT labelled_to FROM outcome_label_progress WHERE source = %s", (mode,))
+                row = cur.fetchone()
+            if row is not None:
+                start = ms(row[0]) - params.max_horizon_ms - LATE_DATA_MARGIN_MS
+            else:
+                start = oldest_sample_ms(conn, mode) or now_ms
+        end = now_ms - min(params.horizons_h) * HOUR_MS + 1  # t0 whose shortest horizon has ended
+        results[mode] = label_range(
+            conninfo, [mode], start, max(start, end), params=params, config=config, now_ms=now_ms, skip_existing=True
+        )
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO outcome_label_progress (source, labelled_to, updated_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (source) DO UPDATE SET labelled_to = EXCLUDED.labelled_to, updated_at = EXCLUDED.updated_at",
+                (mode, ts(now_ms), ts(now_ms)),
+            )
+    return results
+
+
+def labels_of(conninfo: str, sample_id: str) -> list[dict[str, Any]]:
+    """Every label row of a signal or position id (a signal's and, for a position, its trade's)."""
+    with psycopg.connect(conninfo) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM outcome_labels WHERE sample_id = %s OR position_id = %s "
+            "ORDER BY source, sample_kind, horizon_h",
+            (sample_id, sample_id),
+        )
+        return list(cur.fetchall())
+
+
+def thresholds_from(pairs: Mapping[str, float]) -> dict[str, float]:
+    """Per-strategy thresholds given in percent (``{"s": 0.8}``) as fractions."""
+    return {k: v / 100 for k, v in pairs.items()}
