@@ -1,5 +1,6 @@
-"""Strategy files: `strategy list` (the shipped ones), `strategy new` (a new file from one of them) and
-`strategy check` (validate files and show the hash the engine will stamp on their signals).
+"""Strategy files: `strategy list` (the shipped ones), `strategy new` (a new file from one of them),
+`strategy check` (validate files and show the hash the engine will stamp on their signals) and
+`strategy simulate` (a candidate against the active strategy over stored inputs, `backtest.simulate_candidate`).
 
 A new strategy starts as a copy of a shipped one, not as a blank form: every key then has a value the
 engine has run with, and the first backtest of the copy reproduces its base exactly (only the name,
@@ -12,10 +13,16 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tapeflow.commands._common import app, echo, fail
+from tapeflow.commands._common import app, echo, fail, state
+
+if TYPE_CHECKING:
+    from backtest.inputs import Source
+    from backtest.simulate_candidate import Pair, Simulation
+    from stream_apps.core.strategy import StrategyConfig
 
 strategy_app = typer.Typer(
     help="Strategy files: list the shipped ones, start a new one, check files.", no_args_is_help=True
@@ -147,3 +154,129 @@ def strategy_check(
         echo(f"{path}: ok, {cfg.name} {cfg.version}, config hash {cfg.config_hash}")
     if bad:
         raise typer.Exit(2)
+
+
+@strategy_app.command("simulate")
+def strategy_simulate(
+    candidate: str = typer.Argument(..., help="The candidate strategy: a file, or a shipped strategy's name."),
+    active: list[str] = typer.Option(  # noqa: B008 - typer reads the default; nothing mutates it
+        [],
+        "--active",
+        help="The active config's strategies (files or shipped names; repeat). Default: what the engine runs "
+        "(TAPEFLOW_STRATEGIES, else the shipped ones).",
+    ),
+    days: float = typer.Option(..., "--days", help="The window: the last N days (fractions allowed) of the source."),
+    to: str | None = typer.Option(
+        None, "--to", help="End of the window, exclusive (UTC date, time or Unix ms). Default: the newest trade."
+    ),
+    source: str = typer.Option("db", "--source", help="db (the sink's tables) | topics (md.* from the broker)."),
+    symbols: str | None = typer.Option(None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."),
+    epsilon: float = typer.Option(0.05, "--epsilon", help="Sensitivity: each key feature x (1 ± this)."),
+    executor_config: Path | None = typer.Option(
+        None, "--executor-config", help="Executor settings (fees, slippage model, risk limits) as for `backtest`."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Replay the last N days of stored inputs through the active strategy and the candidate in one
+    A/B backtest: signals, trades, skip rate, size multipliers above 1, net R and their deltas, and how
+    many of the candidate's decisions flip when a key feature moves by ±epsilon."""
+    from backtest.cli import CliError
+    from backtest.simulate_candidate import SimulateError, pair
+    from tapeflow_runtime.errors import TapeflowError
+
+    try:
+        chosen = pair(_active_config(active), _load(candidate))
+        source_ = _simulate_source(source, symbols, days, to, chosen)
+        sim = _run_simulation(chosen, source_, executor_config, epsilon, not no_progress)
+    except (SimulateError, CliError, TapeflowError) as exc:
+        raise fail(str(exc).strip().splitlines()[0], getattr(exc, "code", 2)) from None
+    if as_json:
+        echo(json.dumps(sim.as_dict(), indent=2))
+    else:
+        from backtest.simulate_candidate import render
+
+        for line in render(sim):
+            echo(line)
+    if sim.partial:
+        raise typer.Exit(130)
+
+
+def _load(ref: str) -> StrategyConfig:
+    from stream_apps.core.strategy import load_strategy
+
+    return load_strategy(ref)
+
+
+def _active_config(given: list[str]) -> list[StrategyConfig]:
+    """``--active``, else what the engine runs: TAPEFLOW_STRATEGIES, else the shipped strategies."""
+    from stream_apps.core.strategy import default_strategy_dir, load_strategies
+
+    refs = given or [str(p) for p in state.settings().strategies]
+    if refs:
+        return [_load(ref) for ref in refs]
+    return load_strategies(default_strategy_dir())
+
+
+def _simulate_source(source: str, symbols: str | None, days: float, to: str | None, chosen: Pair) -> Source:
+    """The source over the window: the last ``days`` before ``--to`` or after the newest stored trade."""
+    from backtest.cli import _bootstrap, _database_url, parse_time
+    from backtest.simulate_candidate import SimulateError, newest_trade_ms_db, newest_trade_ms_topics, window
+    from backtest.sources import SourceError, check_symbols, open_source
+
+    if source not in ("db", "topics"):
+        raise SimulateError(f"--source {source!r}: use db or topics (the inputs a stack stores)")
+    settings = state.settings()
+    try:
+        wanted = check_symbols(symbols.split(",") if symbols else list(settings.symbols))
+    except SourceError as exc:
+        raise SimulateError(str(exc)) from None
+    to_ms = parse_time(to, "--to") if to is not None else None
+    options: dict[str, Any] = {}
+    newest = None
+    if source == "db":
+        options["database_url"] = _database_url(settings)
+        if to_ms is None:
+            newest = newest_trade_ms_db(options["database_url"], "binance", wanted)
+    else:
+        options.update(
+            bootstrap=_bootstrap(settings),
+            topic_prefix=settings.topic_prefix,
+            registry_url=settings.schema_registry_url,
+        )
+        if to_ms is None:
+            newest = newest_trade_ms_topics(options["bootstrap"], settings.topic_prefix, settings.schema_registry_url)
+    from_ms, end_ms = window(newest, days, to_ms)
+    try:
+        return open_source(source, wanted, from_ms, end_ms, **options)
+    except SourceError as exc:
+        raise SimulateError(str(exc)) from None
+
+
+def _run_simulation(
+    chosen: Pair, source: Source, executor_config: Path | None, epsilon: float, progress: bool
+) -> Simulation:
+    from backtest.cli import _load_executor_config, fmt_ms, run_with_progress
+    from backtest.simulate_candidate import SimulateError, simulate
+    from backtest.sources import SourceError
+    from tapeflow_runtime.batch import batch_gc
+
+    if not epsilon > 0 or epsilon >= 1:
+        raise SimulateError(f"--epsilon must be between 0 and 1, got {epsilon:g}")
+    config = _load_executor_config(executor_config)
+    typer.echo(
+        f"simulate: {source.name}, {','.join(source.symbols)}, {fmt_ms(source.from_ms)} to {fmt_ms(source.to_ms)} "
+        f"UTC, active {chosen.active.name} vs candidate {chosen.candidate.name}",
+        err=True,
+    )
+    try:
+        with batch_gc():
+            sim = simulate(chosen, source, config, epsilon=epsilon, run=lambda r, s: run_with_progress(r, s, progress))
+    except SourceError as exc:  # db and topics read lazily: their failures come during the run
+        raise SimulateError(str(exc)) from None
+    if sim.trades_processed == 0:
+        raise SimulateError(
+            f"no market data for {','.join(source.symbols)} from {fmt_ms(source.from_ms)} to "
+            f"{fmt_ms(source.to_ms)} UTC in {source.name}"
+        )
+    return sim
