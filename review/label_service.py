@@ -1,0 +1,110 @@
+"""The running stack's outcome-label writer (`tapeflow labels serve`): ``review.label_job.run_due`` at
+start and then at the top of every hour, with `/health` and `/metrics` on its own port.
+
+Why a service of its own, rather than a job inside an existing process: the layers allow ``review``
+only above ``execution``, so neither the sink (``sinks``) nor the executor (``execution``) may import
+it, and the web UI, the one process above it, is optional and reads with the read-only role. The
+service is light: one process that sleeps on a single timer until the next hour (no periodic
+wakeups in between, so the stack's idle CPU does not move), and whose hourly pass reads a day or two
+of samples with a few queries per market. A failed pass (database down) is logged and retried at the
+next hour; `/health` says `failing` meanwhile and the supervisor leaves it running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from execution.config import ExecutorConfig
+from review.label_job import run_due
+from review.labels import HOUR_MS, LabelParams
+from tapeflow_runtime.service_http import build_app, serve
+
+log = structlog.get_logger("labels")
+
+
+def next_run_ms(now_ms: int, every_ms: int = HOUR_MS) -> int:
+    """The next top of the period strictly after ``now_ms``."""
+    return (now_ms // every_ms + 1) * every_ms
+
+
+@dataclass
+class LabelService:
+    conninfo: str
+    modes: Sequence[str]
+    params: LabelParams
+    config: ExecutorConfig
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    status: str = "starting"
+    detail: str = ""
+    last_run_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        self.written = Counter(
+            "tapeflow_outcome_labels_written", "Outcome label rows written", ["source"], registry=self.registry
+        )
+        self.pending = Gauge(
+            "tapeflow_outcome_labels_pending",
+            "Due (sample, horizon) pairs whose price data does not reach the horizon yet",
+            ["source"],
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "tapeflow_outcome_labels_last_success_seconds",
+            "Unix time of the last successful pass",
+            registry=self.registry,
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {"status": self.status, "detail": self.detail, "last_run_ms": self.last_run_ms}
+
+    def run_once(self, now_ms: int) -> None:
+        try:
+            results = run_due(self.conninfo, self.modes, params=self.params, config=self.config, now_ms=now_ms)
+        except psycopg.Error as exc:
+            self.status, self.detail = "failing", str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
+            log.warning("outcome labels failed", error=self.detail)
+            return
+        for mode, r in results.items():
+            self.written.labels(mode).inc(r.written)
+            self.pending.labels(mode).set(r.pending)
+        self.last_run_ms = now_ms
+        self.last_success.set(now_ms / 1000)
+        written = {m: r.written for m, r in results.items()}
+        self.status = "running"
+        self.detail = f"labels written {sum(written.values())} at the last pass"
+        log.info("outcome labels", written=written, pending={m: r.pending for m, r in results.items()})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            now = int(time.time() * 1000)
+            await asyncio.to_thread(self.run_once, now)
+            wait_s = (next_run_ms(int(time.time() * 1000)) - int(time.time() * 1000)) / 1000
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=max(wait_s, 1.0))
+            except TimeoutError:
+                pass
+
+
+async def run_label_service(service: LabelService, metrics_host: str, metrics_port: int) -> int:
+    runner, port = await serve(
+        build_app(service.registry, service.health, frozenset({"running", "starting"})), metrics_host, metrics_port
+    )
+    log.info("outcome label service started", metrics_port=port, modes=list(service.modes))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.run(stop)
+    finally:
+        await runner.cleanup()
+    return 0

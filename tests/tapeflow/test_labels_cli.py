@@ -1,0 +1,149 @@
+"""`tapeflow labels backfill|show|serve` on a migrated PostgreSQL with the planted samples of
+tests/review/test_label_job.py: backfill writes the hand-computed labels with progress, show prints
+them, the service writes them at its first pass; bad input and a missing database are one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from tapeflow.cli import app
+from tapeflow.stack.app_services import http_json
+from tapeflow.stack.process import free_port
+from tests.review.test_label_job import POS_A, SIG_A, SIG_B, expected, plant
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def invoke(args: list[str], tmp_path) -> tuple[int, str, str]:
+    env = {"TAPEFLOW_HOME": str(tmp_path / "home"), "TAPEFLOW_DATABASE_URL": ""}
+    result = CliRunner().invoke(app, args, env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def count(conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute("SELECT count(*) FROM outcome_labels").fetchone()[0]
+
+
+def test_backfill_then_show(migrated_database, tmp_path):
+    with psycopg.connect(migrated_database, autocommit=True) as conn:
+        plant(conn)
+    code, out, err = invoke(
+        ["labels", "backfill", "--from", "2024-01-01", "--to", "2024-01-02", "--database", migrated_database], tmp_path
+    )
+    assert code == 0, err
+    assert out.strip() == "3 labels written for 3 samples (paper); 6 due without price data reaching the horizon"
+    assert "paper: 100.0%" in err  # one day: one chunk
+    assert count(migrated_database) == 3
+
+    code, out, err = invoke(["labels", "show", POS_A, "--database", migrated_database], tmp_path)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["source", "kind", "h"]
+    want = expected()
+    shown = {(ln.split()[1], ln.split()[2]): ln.split() for ln in lines[1:]}
+    assert set(shown) == {("signal", "12"), ("trade", "12")}
+    assert float(shown[("trade", "12")][4]) == pytest.approx(want[("trade", POS_A)]["net"], abs=5e-5)
+    assert shown[("signal", "12")][-1] == want[("signal", SIG_A)]["label"]
+
+    # another strategy only: nothing of these
+    code, out, _ = invoke(
+        [
+            "labels",
+            "backfill",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-02",
+            "--strategy",
+            "other",
+            "--no-progress",
+            "--database",
+            migrated_database,
+        ],
+        tmp_path,
+    )
+    assert code == 0 and out.startswith("0 labels written for 0 samples")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backfill", "--from", "yesterday", "--to", "2024-01-02"], "error: --from 'yesterday': expected"),
+        (["backfill", "--from", "2024-01-02", "--to", "2024-01-01"], "error: --to 2024-01-01 is not after --from"),
+        (
+            ["backfill", "--from", "2024-01-01", "--to", "2024-01-02", "--strategy-threshold", "s:1"],
+            "error: --strategy-threshold 's:1': expected NAME=PERCENT",
+        ),
+        (["backfill", "--from", "2024-01-01", "--to", "2024-01-02", "--horizons", "12,x"], "error: --horizons"),
+        (["backfill", "--from", "2024-01-01", "--to", "2024-01-02"], "error: no database:"),
+        (["show", "anything"], "error: no database:"),
+    ],
+)
+def test_bad_input_and_no_database_are_one_line_errors(args, message, tmp_path):
+    code, out, err = invoke(["labels", *args], tmp_path)
+    assert code != 0
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+
+
+def test_show_unknown_id_and_an_unmigrated_database(migrated_database, pg_server, tmp_path):
+    code, _, err = invoke(["labels", "show", "nope", "--database", migrated_database], tmp_path)
+    assert (
+        code == 1
+        and err.strip() == "error: no outcome labels for 'nope' (not matured yet, or not a signal or position id)"
+    )
+    with psycopg.connect(migrated_database, autocommit=True) as conn:
+        conn.execute("DROP TABLE outcome_labels")
+    code, _, err = invoke(["labels", "show", SIG_B, "--database", migrated_database], tmp_path)
+    assert code == 1 and err.startswith("error: database: ") and "tapeflow db migrate" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_service_writes_the_matured_labels_at_its_first_pass(migrated_database, tmp_path):
+    with psycopg.connect(migrated_database, autocommit=True) as conn:
+        plant(conn)
+    port = free_port()
+    env = {**os.environ, "TAPEFLOW_HOME": str(tmp_path / "home"), "TAPEFLOW_DATABASE_URL": ""}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "labels",
+            "serve",
+            "--database",
+            migrated_database,
+            "--metrics-port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+
+        def passed() -> bool:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            code, body = http_json(f"http://127.0.0.1:{port}/health")
+            return code == 200 and body.get("last_run_ms") is not None
+
+        wait_until(passed, 60, "the service's first pass")
+        assert count(migrated_database) == 3
+        with psycopg.connect(migrated_database) as conn:
+            assert conn.execute("SELECT source FROM outcome_label_progress").fetchall() == [("paper",)]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # nosec B310
+            metrics = resp.read().decode()
+        assert 'tapeflow_outcome_labels_written_total{source="paper"} 3.0' in metrics
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        log.close()
