@@ -50,7 +50,12 @@ SIZE_UP = "signals whose risk multiplier (sizing.tier_multipliers of their tier)
 
 
 class SimulateError(ValueError):
-    """A simulation that cannot run as asked (one line for the user)."""
+    """A simulation that cannot run as asked (one line for the user); ``code``: the exit code (2 for
+    bad arguments, 1 for nothing to simulate)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def window(newest_ms: int | None, days: float, to_ms: int | None) -> tuple[int, 
         raise SimulateError(f"--days must be > 0, got {days:g}")
     if to_ms is None:
         if newest_ms is None:
-            raise SimulateError("the source holds no trades of these symbols")
+            raise SimulateError("the source holds no trades of these symbols", 1)
         to_ms = newest_ms + 1
     return to_ms - round(days * DAY_MS), to_ms
 

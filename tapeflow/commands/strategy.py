@@ -167,7 +167,9 @@ def strategy_simulate(
     ),
     days: float = typer.Option(..., "--days", help="The window: the last N days (fractions allowed) of the source."),
     to: str | None = typer.Option(
-        None, "--to", help="End of the window, exclusive (UTC date, time or Unix ms). Default: the newest trade."
+        None,
+        "--to",
+        help="End of the window, exclusive (UTC date, time or Unix ms). Default: just after the newest stored trade.",
     ),
     source: str = typer.Option("db", "--source", help="db (the sink's tables) | topics (md.* from the broker)."),
     symbols: str | None = typer.Option(None, "--symbols", help="Comma-separated symbols. Default: TAPEFLOW_SYMBOLS."),
@@ -273,10 +275,11 @@ def _run_simulation(
         with batch_gc():
             sim = simulate(chosen, source, config, epsilon=epsilon, run=lambda r, s: run_with_progress(r, s, progress))
     except SourceError as exc:  # db and topics read lazily: their failures come during the run
-        raise SimulateError(str(exc)) from None
+        raise SimulateError(str(exc), 1) from None
     if sim.trades_processed == 0:
         raise SimulateError(
             f"no market data for {','.join(source.symbols)} from {fmt_ms(source.from_ms)} to "
-            f"{fmt_ms(source.to_ms)} UTC in {source.name}"
+            f"{fmt_ms(source.to_ms)} UTC in {source.name}",
+            1,
         )
     return sim
