@@ -38,6 +38,7 @@ class BacktestSink:
         self.counts: Counter[str] = Counter()
         self.decisions: Counter[str] = Counter()  # risk.events reasons of blocked/paused entries
         self.positions: list[Record] = []  # every position event (for --verify-against-topics)
+        self.fills: list[Record] = []  # every fill (outcome labels: backtest.outcome_labels)
 
     def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
         self.counts[topic] += 1
@@ -45,6 +46,8 @@ class BacktestSink:
             if record["decision"] != "allow":
                 self.decisions[record["reason"]] += 1
             return
+        if topic == "fills":
+            self.fills.append(record)
         if topic != "positions":
             return
         self.positions.append(record)

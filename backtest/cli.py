@@ -288,7 +288,9 @@ def run_command(settings: Callable[[], Settings], request: RunRequest) -> int:
             out=request.out,
             progress=request.progress,
         )
-    src = _open_source(settings, request)
+    from backtest.outcome_labels import LabelTape
+
+    src = LabelTape(_open_source(settings, request))  # passes the slices on; keeps what outcome labels need
     runner = BacktestRunner(strategies, config, account="shared" if request.account == "shared" else "per_strategy")
     from_ms, to_ms = src.from_ms, src.to_ms
     typer.echo(
@@ -310,7 +312,10 @@ def run_command(settings: Callable[[], Settings], request: RunRequest) -> int:
         )
     out_dir = request.out or settings().home / "backtests" / datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     written = write_outputs(result, out_dir, report_formats)
-    print_summary(result, written, store(result, settings))
+    stored = store(result, settings)
+    if stored.startswith("stored"):
+        stored += store_outcome_labels(result, runner, src, settings)
+    print_summary(result, written, stored)
     return INTERRUPTED if result.partial else 0
 
 
@@ -497,6 +502,24 @@ def store(result: RunResult, settings: Callable[[], Settings]) -> str:
     except psycopg.Error as exc:
         return f"not stored: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
     return f"stored as run {result.run_id} in backtest_runs/backtest_trades"
+
+
+def store_outcome_labels(result: RunResult, runner: Any, tape: Any, settings: Callable[[], Settings]) -> str:
+    """The run's outcome labels (``backtest.outcome_labels``) beside its rows; what happened, for the summary."""
+    import psycopg
+
+    from backtest.outcome_labels import label_source, run_labels, store_labels
+    from review.labels import LabelParams
+    from tapeflow_runtime.endpoints import resolve_database
+    from tapeflow_runtime.paths import StackPaths
+
+    s = settings()
+    labels = run_labels(runner, tape, LabelParams(), result.end_ms)
+    try:
+        store_labels(resolve_database(s, StackPaths(s.home)).writer, result.run_id, labels, result.finished_at_ms)
+    except psycopg.Error as exc:
+        return f"; outcome labels not stored: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'error'}"
+    return f", {len(labels)} outcome labels as source {label_source(result.run_id)}"
 
 
 def run_with_progress(runner: Any, src: Any, progress: bool) -> RunResult:
