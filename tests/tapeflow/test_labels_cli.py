@@ -147,3 +147,58 @@ def test_service_writes_the_matured_labels_at_its_first_pass(migrated_database, 
         proc.terminate()
         assert proc.wait(timeout=30) == 0
         log.close()
+
+
+def test_backtest_stores_its_outcome_labels_beside_the_run(migrated_database, tmp_path):
+    import yaml
+
+    from tests.review.test_labels_backtest import EXECUTOR, STRATEGY
+
+    strategy, executor = tmp_path / "ws_only.yaml", tmp_path / "executor.yaml"
+    strategy.write_text(yaml.safe_dump(STRATEGY))
+    executor.write_text(yaml.safe_dump(EXECUTOR))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    c = psycopg.conninfo.conninfo_to_dict(migrated_database)
+    url = f"postgresql://{c['user']}:{c.get('password', '')}@{c['host']}:{c['port']}/{c['dbname']}"
+    env.update(TAPEFLOW_HOME=str(tmp_path / "home"), TAPEFLOW_DATABASE_URL=url)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "backtest",
+            "--source",
+            "synthetic:5",
+            "--symbols",
+            "BTCUSDT",
+            "--from",
+            "2024-01-01T06:00",
+            "--to",
+            "2024-01-01T19:00",
+            "--strategy",
+            str(strategy),
+            "--executor-config",
+            str(executor),
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "database: stored as run" in proc.stdout, proc.stdout
+    line = next(ln for ln in proc.stdout.splitlines() if "database: stored as run" in ln)
+    run_id = line.split("stored as run ")[1].split()[0]
+    written = int(line.split(", ")[-1].split()[0])
+    assert line.endswith(f"outcome labels as source backtest:{run_id}")
+    with psycopg.connect(migrated_database) as conn:
+        rows = conn.execute(
+            "SELECT horizon_h, count(*) FROM outcome_labels WHERE source = %s GROUP BY 1", (f"backtest:{run_id}",)
+        ).fetchall()
+    # 13 h of data: only samples of the first hour reach 12 h (and a trade follows within the hour)
+    assert written > 0 and dict(rows) == {12: written}
