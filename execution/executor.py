@@ -447,12 +447,14 @@ class Executor:
         self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
 
     def _mid_now(self, key: str) -> tuple[float, str] | None:
-        """What the order's fills are measured against (mid at send): the book top's mid, else the last
-        trade price, with which one it is; None before either was seen."""
+        """What the order's fills are measured against (mid at send): the book top's mid while the book
+        is fresh (at most ``paper.book_max_age_ms`` older than the newest trade, as the paper broker's
+        book model asks), else the last trade price, with which one it is; None before either was seen."""
         book = self.market.books.get(key)
-        if book is not None and book.mid is not None:
-            return book.mid, "book"
         last = self.market.last_price.get(key)
+        newest = self.market.trade_time.get(key, -1)
+        if book is not None and book.mid is not None and newest - book.event_time <= self.config.paper.book_max_age_ms:
+            return book.mid, "book"
         return (last, "last_trade") if last is not None else None
 
     def _send_exit(self, pos: Position, intent: ExitIntent, now_ms: int) -> None:

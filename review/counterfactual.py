@@ -102,7 +102,9 @@ class Counterfactuals:
     scenarios: list[Scenario] = field(default_factory=list)
 
     def best(self) -> Scenario | None:
-        return max(self.scenarios, key=lambda s: (s.delta_net_r, -abs(s.scale - 1)), default=None)
+        """The take-profit or stop change that did best (size only scales the result, so it is left out)."""
+        exits = [s for s in self.scenarios if s.knob != "size"]
+        return max(exits, key=lambda s: (s.delta_net_r, -abs(s.scale - 1)), default=None)
 
 
 def scaled_opened(opened: Mapping[str, Any], knob: str | None, scale: float) -> dict[str, Any]:

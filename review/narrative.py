@@ -107,5 +107,5 @@ def sentences(a: Mapping[str, Any]) -> list[str]:
             f"{best['net_r']:+.2f}R ({best['delta_net_r']:+.2f}R against the replay as traded)."
         )
     elif best is not None:
-        out.append("No take-profit, stop or size between x0.5 and x1.5 would have done better.")
+        out.append("No take-profit or stop between x0.5 and x1.5 would have done better.")
     return out

@@ -305,3 +305,12 @@ def test_orders_carry_the_mid_at_send_from_the_book_else_the_last_trade():
     h.trade(103.0, T0 + 3 * S)  # crosses TP1 (entry 100.5 + 1R of 2.0): the tp1 exit is sent
     [tp1] = [o for o in h.of("orders") if o["leg"] == "tp1" and o["state"] == "PENDING_NEW"]
     assert tp1["mid_at_send"] == (102.9 + 103.3) / 2 and tp1["mid_source"] == "book"
+
+
+def test_a_stale_book_gives_way_to_the_last_trade_for_the_mid_at_send():
+    h = Harness()
+    h.book(99.0, 99.2, T0 - 10 * S)  # older than the next trade by more than paper.book_max_age_ms (5 s)
+    h.trade(100.4, T0 - S)
+    h.signal()
+    [entry] = [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
+    assert (entry["mid_at_send"], entry["mid_source"]) == (100.4, "last_trade")

@@ -53,35 +53,42 @@ class Planted:
 
 
 def paper_trade(
-    steps: list[tuple[str, float, int] | tuple[str, float, float, int]],
+    steps: list[Any],
     *,
+    before: list[Any] = (),  # type: ignore[assignment]
     config: ExecutorConfig | None = None,
     eval_time: int = T0,
     **signal_kw: Any,
 ) -> Planted:
-    """A signal at `eval_time`, then `steps`: ("trade", price, t), ("mark", price, rate, t) with the
-    funding time FUNDING_T, ("book", bid, ask, t)."""
+    """`before` steps, a signal at `eval_time`, then `steps`: ("trade", price, t), ("mark", price, rate,
+    t) with the funding time FUNDING_T, ("book", bid, ask, t)."""
     h = Harness(config, now=eval_time)
     sig = signal_record(eval_time=eval_time, **signal_kw)
     planted = Planted(h, sig)
+    for step in before:
+        _step(planted, step)
     assert h.signal_rec(sig).allowed
     for step in steps:
-        kind = step[0]
-        if kind == "trade":
-            _, price, t = step
-            rec = trade_record(float(price), int(t))
-            planted.trades.append(rec)
-            h.now = max(h.now, int(t))
-            h.ex.on_trade(rec, h.now)
-        elif kind == "mark":
-            _, price, rate, t = step  # type: ignore[misc]
-            rec = mark_record(int(t), mark=float(price), rate=float(rate))
-            planted.marks.append(rec)
-            h.ex.on_mark(rec, int(t))
-        else:
-            _, bid, ask, t = step  # type: ignore[misc]
-            h.book(float(bid), float(ask), int(t))
+        _step(planted, step)
     return planted
+
+
+def _step(planted: Planted, step: Any) -> None:
+    h, kind = planted.harness, step[0]
+    if kind == "trade":
+        _, price, t = step
+        rec = trade_record(float(price), int(t))
+        planted.trades.append(rec)
+        h.now = max(h.now, int(t))
+        h.ex.on_trade(rec, h.now)
+    elif kind == "mark":
+        _, price, rate, t = step
+        rec = mark_record(int(t), mark=float(price), rate=float(rate))
+        planted.marks.append(rec)
+        h.ex.on_mark(rec, int(t))
+    else:
+        _, bid, ask, t = step
+        h.book(float(bid), float(ask), int(t))
 
 
 def facts_of(p: Planted, population=()) -> TradeFacts:

@@ -1,0 +1,472 @@
+"""The trade autopsy against PostgreSQL: gather one trade's rows, store autopsies, report per strategy.
+
+One trade is a handful of indexed queries: its position events (``positions_pkey`` by mode), its signal
+and evaluation (primary keys), its orders (``orders_signal_idx``) and fills (``fills_client_order_idx``),
+its mark prices (``mark_prices_pkey``), its strategy's closed trades for the peers
+(``positions_strategy_time_idx``), and the stored price path: the trades from the entry to where the
+latest scenario can close (the timeout, or the actual exit when later), read as three packed binary
+columns (``string_agg`` of ``int8send``/``float8send``/``timestamptz_send``) that numpy reads without a
+Python object per trade.
+
+A backtest trade (``run_id`` given: a ``backtest_runs.run_id``, or the run id the backtest printed
+when it ran one strategy) has no orders or fills: its opened state is rebuilt from ``backtest_trades``
+and the run's execution model (``params.executor``), the TCA is left empty and says so.
+
+``write_autopsies(conn, since_ms, until_ms)`` computes and upserts the autopsy of every position closed
+in ``[since_ms, until_ms)`` into ``trade_autopsies`` (idempotent: a trade's row is replaced), for the
+hourly job. ``aggregate`` is `tapeflow autopsy --strategy`: gross, fees, slippage and funding by tier,
+regime, hour of entry and exit reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.rows import dict_row
+
+from execution.config import ExecutorConfig
+from execution.domain import MarkTick
+from review.autopsy import Autopsy, TradeFacts, build_autopsy, peer_trade
+from review.counterfactual import PricePath
+from review.peers import PeerTrade, regime_of
+from review.tca import Fill, OrderSent
+from tapeflow_runtime.errors import TapeflowError
+
+MODES = ["paper", "testnet", "live"]
+PEER_LIMIT = 5000  # the strategy's most recent closed trades the peers are drawn from
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds (timestamptz_send's origin)
+_AFTER_MS = 5 * 60_000  # path read past the last possible close, for the fill after a timeout
+
+
+class AutopsyError(TapeflowError):
+    """No such closed trade, or not enough stored to dissect it."""
+
+
+def _cur(conn: psycopg.Connection) -> psycopg.Cursor[dict[str, Any]]:
+    return conn.cursor(row_factory=dict_row)
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000) if ts.tzinfo else int(ts.replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _num(row: dict[str, Any]) -> dict[str, Any]:
+    """numeric columns as floats, times as ms (the records' shapes)."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, datetime):
+            v = _ms(v)
+        elif v is not None and type(v).__name__ == "Decimal":
+            v = float(v)
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------- loading
+def _position_events(conn: psycopg.Connection, position_id: str, mode: str | None) -> dict[str, dict[str, Any]]:
+    rows = (
+        _cur(conn)
+        .execute(
+            "SELECT * FROM positions WHERE mode = ANY(%s) AND position_id = %s",
+            ([mode] if mode else MODES, position_id),
+        )
+        .fetchall()
+    )
+    modes = {r["mode"] for r in rows}
+    if len(modes) > 1:
+        raise AutopsyError(f"position {position_id} exists in modes {sorted(modes)}: pass --mode")
+    events = {r["event"]: _num(r) for r in rows}
+    if "closed" not in events or "opened" not in events:
+        raise AutopsyError(f"no closed trade with id {position_id!r} (open, unknown, or its opened event is missing)")
+    return events
+
+
+def price_path(conn: psycopg.Connection, exchange: str, symbol: str, from_ms: int, to_ms: int) -> PricePath:
+    """The stored trades of a market with from_ms <= trade time <= to_ms, in agg_id order."""
+    ids, prices, times = conn.execute(
+        "SELECT string_agg(int8send(agg_id), ''::bytea), string_agg(float8send(price), ''::bytea),"
+        " string_agg(timestamptz_send(trade_time), ''::bytea)"
+        " FROM trades WHERE exchange = %s AND symbol = %s AND trade_time >= %s AND trade_time <= %s",
+        (exchange, symbol, _ts(from_ms), _ts(to_ms)),
+    ).fetchone() or (None, None, None)
+    if ids is None:
+        empty = np.empty(0, dtype=np.int64)
+        return PricePath(empty, np.empty(0, dtype=np.float64), empty)
+    agg = np.frombuffer(ids, dtype=">i8").astype(np.int64)
+    order = np.argsort(agg, kind="stable")
+    t_ms = (np.frombuffer(times, dtype=">i8").astype(np.int64) + _PG_EPOCH_US) // 1000
+    return PricePath(agg[order], np.frombuffer(prices, dtype=">f8").astype(np.float64)[order], t_ms[order])
+
+
+def _marks(conn: psycopg.Connection, exchange: str, symbol: str, from_ms: int, to_ms: int) -> list[MarkTick]:
+    """The newest mark before `from_ms` (it announces the first funding time) and every one up to `to_ms`."""
+    rows = (
+        _cur(conn)
+        .execute(
+            "(SELECT mark_price, funding_rate, next_funding_time, event_time FROM mark_prices"
+            "  WHERE exchange = %(e)s AND symbol = %(s)s AND event_time < %(a)s ORDER BY event_time DESC LIMIT 1)"
+            " UNION ALL (SELECT mark_price, funding_rate, next_funding_time, event_time FROM mark_prices"
+            "  WHERE exchange = %(e)s AND symbol = %(s)s AND event_time >= %(a)s AND event_time <= %(b)s)"
+            " ORDER BY event_time",
+            {"e": exchange, "s": symbol, "a": _ts(from_ms), "b": _ts(to_ms)},
+        )
+        .fetchall()
+    )
+    return [
+        MarkTick(
+            exchange, symbol, r["mark_price"], r["funding_rate"], _ms(r["next_funding_time"]), _ms(r["event_time"])
+        )
+        for r in rows
+    ]
+
+
+def _orders_and_fills(
+    conn: psycopg.Connection, signal_id: str, position_id: str, mode: str, market: tuple[str, str]
+) -> tuple[list[OrderSent], list[Fill], dict[str, str]]:
+    rows = (
+        _cur(conn)
+        .execute(
+            "SELECT client_order_id, leg, side, state, event_time, mid_at_send, mid_source, position_id FROM orders"
+            " WHERE signal_id = %s AND mode = %s ORDER BY event_time",
+            (signal_id, mode),
+        )
+        .fetchall()
+    )
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["position_id"] not in (None, position_id):
+            continue
+        seen = first.setdefault(r["client_order_id"], dict(r))
+        if seen["mid_at_send"] is None and r["mid_at_send"] is not None:
+            seen["mid_at_send"], seen["mid_source"] = r["mid_at_send"], r["mid_source"]
+    orders = []
+    for cid, r in first.items():
+        mid, source = r["mid_at_send"], r["mid_source"]
+        if mid is None:  # written before orders carried it: the last stored trade at send
+            last = (
+                _cur(conn)
+                .execute(
+                    "SELECT price FROM trades WHERE exchange = %s AND symbol = %s AND trade_time <= %s"
+                    " AND trade_time > %s ORDER BY trade_time DESC LIMIT 1",
+                    (*market, r["event_time"], _ts(_ms(r["event_time"]) - 3_600_000)),
+                )
+                .fetchone()
+            )
+            mid, source = (last["price"], "trades_table") if last else (None, None)
+        orders.append(OrderSent(cid, r["leg"], r["side"], _ms(r["event_time"]), mid, source))
+    fill_rows = (
+        _cur(conn)
+        .execute(
+            "SELECT client_order_id, trade_id, price, qty, fee, liquidity, event_time FROM fills"
+            " WHERE client_order_id = ANY(%s) AND mode = %s",
+            (list(first), mode),
+        )
+        .fetchall()
+    )
+    fills = [
+        Fill(f["client_order_id"], f["price"], f["qty"], float(f["fee"]), f["liquidity"], _ms(f["event_time"]))
+        for f in fill_rows
+    ]
+    return orders, fills, {f["client_order_id"]: f["trade_id"] for f in fill_rows}
+
+
+def _population(conn: psycopg.Connection, strategy: str, mode: str, run_id: str) -> list[PeerTrade]:
+    if run_id:
+        rows = (
+            _cur(conn)
+            .execute(
+                "SELECT t.position_id, t.direction, t.r_usd, t.pnl_r_net, t.r_usd / t.risk_distance AS qty,"
+                " t.entry_price, t.entry_time, t.exit_time, NULL::jsonb AS factors FROM backtest_trades t"
+                " WHERE t.run_id = %s",
+                (run_id,),
+            )
+            .fetchall()
+        )
+    else:
+        rows = (
+            _cur(conn)
+            .execute(
+                "SELECT c.position_id, c.direction, c.r_usd, c.pnl_r_net, o.qty, c.entry_price,"
+                " o.event_time AS entry_time, c.event_time AS exit_time, s.factors"
+                " FROM (SELECT * FROM positions WHERE strategy = %s AND event = 'closed' AND mode = %s"
+                "       ORDER BY event_time DESC LIMIT %s) c"
+                " JOIN positions o ON o.mode = c.mode AND o.position_id = c.position_id AND o.event = 'opened'"
+                " LEFT JOIN signals s ON s.signal_id = c.signal_id",
+                (strategy, mode, PEER_LIMIT),
+            )
+            .fetchall()
+        )
+    return [
+        peer_trade(dict(_num(r), strategy=strategy, pnl_r_net=float(r["pnl_r_net"])), r["factors"], run_id)
+        for r in rows
+    ]
+
+
+def load_facts(
+    conn: psycopg.Connection, position_id: str, *, mode: str | None = None, run_id: str | None = None
+) -> TradeFacts:
+    """Every row the autopsy of one closed trade reads (module docstring)."""
+    if run_id:
+        return _backtest_facts(conn, position_id, run_id)
+    ev = _position_events(conn, position_id, mode)
+    opened, closed_ev = ev["opened"], ev["closed"]
+    closed = dict(
+        closed_ev,
+        entry_time=opened["event_time"],
+        exit_time=closed_ev["event_time"],
+        qty=opened["qty"],
+        tp1_hit="tp1" in ev,
+    )
+    signal = (
+        _cur(conn)
+        .execute("SELECT score, factors, eval_time FROM signals WHERE signal_id = %s", (opened["signal_id"],))
+        .fetchone()
+    )
+    features = None
+    if signal is not None:
+        closed["score"] = signal["score"]
+        evaluation_id = opened["signal_id"].rsplit(":", 1)[0]
+        features = (
+            _cur(conn)
+            .execute(
+                "SELECT layer_scores, gate FROM features WHERE evaluation_id = %s AND eval_time = %s",
+                (evaluation_id, signal["eval_time"]),
+            )
+            .fetchone()
+        )
+    timeout_ms = int(opened.get("timeout_ms") or ExecutorConfig().timeout_ms(opened["strategy"]))
+    opened["timeout_ms"] = timeout_ms
+    start, end = (
+        int(opened["event_time"]),
+        max(int(closed["exit_time"]), int(opened["event_time"]) + timeout_ms) + _AFTER_MS,
+    )
+    market = (opened["exchange"], opened["symbol"])
+    orders, fills, trade_ids = _orders_and_fills(conn, opened["signal_id"], position_id, opened["mode"], market)
+    return TradeFacts(
+        closed=closed,
+        opened=opened,
+        tp1=ev.get("tp1"),
+        path=price_path(conn, *market, start, end),
+        marks=_marks(conn, *market, start, end),
+        orders=orders,
+        fills=fills,
+        population=_population(conn, opened["strategy"], opened["mode"], ""),
+        factors=signal["factors"] if signal else None,
+        layers=features["layer_scores"] if features else None,
+        gate=features["gate"] if features else None,
+        fill_trade_ids=trade_ids,
+    )
+
+
+def _backtest_run(conn: psycopg.Connection, position_id: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    rows = (
+        _cur(conn)
+        .execute(
+            "SELECT t.*, r.strategy, r.strategy_version, r.config_hash, r.config, r.params, r.run_id AS strategy_run_id"
+            " FROM backtest_trades t JOIN backtest_runs r ON r.run_id = t.run_id"
+            " WHERE t.position_id = %s AND (t.run_id = %s OR r.run_group = %s)",
+            (position_id, run_id, run_id),
+        )
+        .fetchall()
+    )
+    if not rows:
+        raise AutopsyError(f"no trade {position_id!r} in backtest run {run_id!r}")
+    if len(rows) > 1:
+        raise AutopsyError(f"trade {position_id!r} is in several strategies of run {run_id!r}: pass RUN_ID:STRATEGY")
+    row = _num(rows[0])
+    return row, row["params"].get("executor") or {}
+
+
+def _backtest_facts(conn: psycopg.Connection, position_id: str, run_id: str) -> TradeFacts:
+    """A backtest trade: the opened state its executor had, rebuilt from the row and the run's model
+    (a taker entry at the paper slippage, which is what the backtest fills)."""
+    t, executor = _backtest_run(conn, position_id, run_id)
+    cfg = ExecutorConfig.model_validate(executor) if executor else ExecutorConfig()
+    timeout_ms = cfg.timeout_ms(t["strategy"], int(t["config"].get("exits", {}).get("timeout_min", 0)) * 60_000 or None)
+    qty, entry, slip = t["r_usd"] / t["risk_distance"], t["entry_price"], cfg.paper.slippage_bps / 1e4
+    sign = 1 if t["direction"] == "LONG" else -1
+    fill_price = entry * (1 + sign * slip)
+    opened = {
+        **{k: t[k] for k in ("position_id", "signal_id", "exchange", "symbol", "direction", "tier", "r_usd")},
+        **{k: t[k] for k in ("strategy", "strategy_version", "config_hash", "sl_price", "tp1_price", "tp2_price")},
+        "mode": "paper",
+        "entry_price": entry,
+        "qty": qty,
+        "fees_r": cfg.fees.taker * fill_price * qty / t["r_usd"],
+        "slippage_r": slip * entry / t["risk_distance"],
+        "funding_r": 0.0,
+        "event_time": t["entry_time"],
+        "timeout_ms": timeout_ms,
+    }
+    closed = dict(t, mode="backtest", qty=qty)
+    end = max(int(t["exit_time"]), int(t["entry_time"]) + timeout_ms) + _AFTER_MS
+    market = (t["exchange"], t["symbol"])
+    return TradeFacts(
+        closed=closed,
+        opened=opened,
+        tp1=None,
+        path=price_path(conn, *market, int(t["entry_time"]), end),
+        marks=_marks(conn, *market, int(t["entry_time"]), end),
+        population=_population(conn, t["strategy"], "paper", t["strategy_run_id"]),
+        run_id=t["strategy_run_id"],
+    )
+
+
+def autopsy(
+    conn: psycopg.Connection, position_id: str, *, mode: str | None = None, run_id: str | None = None
+) -> Autopsy:
+    facts = load_facts(conn, position_id, mode=mode, run_id=run_id)
+    defaults = None
+    if run_id:
+        executor = (
+            _cur(conn)
+            .execute("SELECT params->'executor' AS e FROM backtest_runs WHERE run_id = %s", (facts.run_id,))
+            .fetchone()
+        )
+        defaults = ExecutorConfig.model_validate(executor["e"]) if executor and executor["e"] else None
+    return build_autopsy(facts, defaults)
+
+
+# --------------------------------------------------------------------------------------- storing
+_COLUMNS = (
+    "mode, run_id, position_id, strategy, exchange, symbol, direction, tier, regime, entry_time, exit_time,"
+    " exit_reason, gross_r, fees_r, slippage_r, funding_r, net_r, roi_pct, cost_share, entry_slip_bps,"
+    " exit_slip_bps, maker_share, peer_group, peer_count, roi_percentile, verdict, narrative, report, computed_at"
+)
+
+
+def autopsy_row(a: Autopsy, computed_ms: int) -> tuple[Any, ...]:
+    d = a.as_dict()
+    t, c, tca, p = d["trade"], d["costs"], d["tca"], d["peers"]
+    return (
+        t["mode"],
+        t["run_id"],
+        t["position_id"],
+        t["strategy"],
+        t["exchange"],
+        t["symbol"],
+        t["direction"],
+        t["tier"],
+        t["regime"],
+        _ts(t["entry_time"]),
+        _ts(t["exit_time"]),
+        t["exit_reason"],
+        c["gross_r"],
+        c["fees_r"],
+        c["slippage_r"],
+        c["funding_r"],
+        c["net_r"],
+        t["roi_pct"],
+        tca["cost_share"],
+        tca["entry_slip_bps"],
+        tca["exit_slip_bps"],
+        tca["maker_share"],
+        p["group"],
+        p["count"],
+        p["roi_percentile"],
+        a.narrative[1] if len(a.narrative) > 1 else "",
+        " ".join(a.narrative),
+        json.dumps(_finite(d), allow_nan=False),
+        _ts(computed_ms),
+    )
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: a number that is not finite (a scenario the path ended before) becomes null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def store(conn: psycopg.Connection, autopsies: Sequence[Autopsy], computed_ms: int) -> int:
+    rows = [autopsy_row(a, computed_ms) for a in autopsies]
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO trade_autopsies ({_COLUMNS}) VALUES ({', '.join(['%s'] * 29)})"
+            " ON CONFLICT (mode, run_id, position_id) DO UPDATE SET "
+            + ", ".join(f"{c.strip()} = EXCLUDED.{c.strip()}" for c in _COLUMNS.split(",")[3:]),
+            rows,
+        )
+    return len(rows)
+
+
+def write_autopsies(conn: psycopg.Connection, since_ms: int, until_ms: int) -> int:
+    """Autopsy every position (any mode) closed in [since_ms, until_ms) into ``trade_autopsies``;
+    returns how many were written. Idempotent: a trade's row is replaced. Commits."""
+    closed = (
+        _cur(conn)
+        .execute(
+            "SELECT mode, position_id FROM positions WHERE event = 'closed' AND event_time >= %s AND event_time < %s"
+            " ORDER BY event_time, position_id",
+            (_ts(since_ms), _ts(until_ms)),
+        )
+        .fetchall()
+    )
+    done = [autopsy(conn, r["position_id"], mode=r["mode"]) for r in closed]
+    n = store(conn, done, until_ms)
+    conn.commit()
+    return n
+
+
+# --------------------------------------------------------------------------------------- reporting
+DIMENSIONS = ("tier", "regime", "hour", "exit_reason")
+_SUMS = ("gross_r", "fees_r", "slippage_r", "funding_r", "net_r")
+
+
+def _bucket() -> dict[str, float]:
+    return {"trades": 0, "wins": 0, **dict.fromkeys(_SUMS, 0.0)}
+
+
+def aggregate(
+    conn: psycopg.Connection, strategy: str, from_ms: int, to_ms: int, modes: Sequence[str] = ("paper",)
+) -> dict[str, Any]:
+    """Where a strategy's money went over [from_ms, to_ms) of exit time: gross, fees, slippage, funding
+    and net in R, in total and by tier, regime, UTC hour of entry and exit reason."""
+    rows = (
+        _cur(conn)
+        .execute(
+            "SELECT c.tier, c.exit_reason, o.event_time AS entry_time, c.pnl_r_gross AS gross_r, c.fees_r,"
+            " c.slippage_r, c.funding_r, c.pnl_r_net AS net_r, s.factors"
+            " FROM positions c JOIN positions o ON o.mode = c.mode AND o.position_id = c.position_id AND o.event = 'opened'"
+            " LEFT JOIN signals s ON s.signal_id = c.signal_id"
+            " WHERE c.strategy = %s AND c.event = 'closed' AND c.mode = ANY(%s) AND c.event_time >= %s AND c.event_time < %s",
+            (strategy, list(modes), _ts(from_ms), _ts(to_ms)),
+        )
+        .fetchall()
+    )
+    total = _bucket()
+    by: dict[str, dict[str, dict[str, float]]] = {d: {} for d in DIMENSIONS}
+    for r in rows:
+        keys = {
+            "tier": r["tier"],
+            "regime": regime_of(r["factors"]),
+            "hour": f"{r['entry_time'].astimezone(UTC).hour:02d}",
+            "exit_reason": r["exit_reason"],
+        }
+        for bucket in [total] + [by[d].setdefault(keys[d], _bucket()) for d in DIMENSIONS]:
+            bucket["trades"] += 1
+            bucket["wins"] += float(r["net_r"]) > 0
+            for name in _SUMS:
+                bucket[name] += float(r[name] or 0)
+    return {
+        "strategy": strategy,
+        "modes": list(modes),
+        "from": from_ms,
+        "to": to_ms,
+        "total": total,
+        "by": {d: dict(sorted(by[d].items())) for d in DIMENSIONS},
+    }

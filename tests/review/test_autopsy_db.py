@@ -1,0 +1,96 @@
+"""The autopsy of trades the real executor made, read back from a migrated PostgreSQL: the replay as
+traded reproduces the stored trade, the TCA of a known fill equals a hand computation, autopsies are
+stored once per trade however often the job runs."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from execution.config import ExecutorConfig, PaperFills
+from review.autopsy_db import AutopsyError, aggregate, autopsy, write_autopsies
+from tests.review.planted import S, paper_trade
+from tests.review.stored import store
+from tests.support.execution import T0
+
+MIN = 60 * S
+
+
+def _with_book(eval_time: int, exit_price: float, *, direction: str = "LONG", strategy: str = "v53"):
+    """A book top (99.9 / 100.1) before the signal, the entry at the next trade (100.0), then the path
+    to `exit_price` and on past the 10-minute timeout; paper slippage 3 bp."""
+    steps = [("trade", 100.0, eval_time + S), ("trade", exit_price, eval_time + 2 * S)]
+    steps += [("trade", exit_price, eval_time + 3 * S + k * MIN) for k in range(12)]
+    return paper_trade(
+        steps,
+        before=[("book", 99.9, 100.1, eval_time - S // 2)],
+        config=ExecutorConfig(paper=PaperFills(slippage_bps=3.0)),
+        eval_time=eval_time,
+        price=100.0,
+        risk=2.0,
+        direction=direction,
+        strategy=strategy,
+        timeout_ms=10 * MIN,
+    )
+
+
+def test_the_autopsy_of_a_stored_paper_trade(migrated_database):
+    planted = _with_book(T0, 97.5)  # through the stop at 98
+    store(migrated_database, planted)
+    closed = planted.closed()
+    with psycopg.connect(migrated_database) as conn:
+        a = autopsy(conn, closed["position_id"])
+    d = a.as_dict()
+    assert d["trade"]["exit_reason"] == "sl" == closed["exit_reason"]
+    # x1 reproduces the stored trade: same reason, time and net R
+    assert a.replay_matches and d["counterfactuals"]["baseline"]["net_r"] == pytest.approx(
+        closed["pnl_r_net"], abs=1e-9
+    )
+    assert all(
+        s["delta_net_r"] == pytest.approx(s["net_r"] - d["counterfactuals"]["baseline"]["net_r"])
+        for s in d["counterfactuals"]["scenarios"]
+    )
+    # the entry: a buy at the trade 100.0 moved 3 bp against us, against the book's mid 100.0 at send
+    [entry] = [o for o in d["tca"]["orders"] if o["leg"] == "entry"]
+    fill = 100.0 * (1 + 3e-4)
+    assert entry["mid_source"] == "book" and entry["mid_at_send"] == pytest.approx((99.9 + 100.1) / 2)
+    assert entry["slip_bps"] == pytest.approx((fill - 100.0) / 100.0 * 1e4)
+    [stop] = [o for o in d["tca"]["orders"] if o["leg"] == "sl"]
+    assert stop["mid_at_send"] == pytest.approx(100.0)  # the book top still known when the stop was sent
+    assert stop["slip_bps"] == pytest.approx(-(97.5 * (1 - 3e-4) - 100.0) / 100.0 * 1e4)
+    assert d["tca"]["maker_share"] == 0.0
+    assert d["tca"]["cost_share"] == pytest.approx(
+        (closed["fees_r"] + closed["funding_r"]) / abs(closed["pnl_r_gross"])
+    )
+    assert d["peers"]["count"] == 0 and len(a.narrative) >= 3
+    assert "stop" in a.narrative[0] and "the market took the trade" in a.narrative[1]
+
+
+def test_unknown_trade_is_one_error(migrated_database):
+    with psycopg.connect(migrated_database) as conn, pytest.raises(AutopsyError, match="no closed trade"):
+        autopsy(conn, "nope")
+
+
+def test_write_autopsies_stores_each_closed_trade_once(migrated_database):
+    first = _with_book(T0, 97.5)
+    second = _with_book(T0 + 60 * MIN, 104.5, direction="LONG")  # TP1 and TP2 in one jump
+    later = _with_book(T0 + 240 * MIN, 101.0)  # closes outside the window
+    store(migrated_database, first, second, later)
+    until = T0 + 120 * MIN
+    with psycopg.connect(migrated_database) as conn:
+        assert write_autopsies(conn, T0, until) == 2
+        assert write_autopsies(conn, T0, until) == 2  # recomputed, replaced
+        rows = conn.execute(
+            "SELECT position_id, exit_reason, net_r, report->'counterfactuals'->>'replay_matches_actual' FROM trade_autopsies ORDER BY exit_time"
+        ).fetchall()
+    expected = [(p.closed()["position_id"], p.closed()["exit_reason"]) for p in (first, second)]
+    assert [(r[0], r[1]) for r in rows] == expected
+    assert [r[2] for r in rows] == pytest.approx([p.closed()["pnl_r_net"] for p in (first, second)])
+    assert [r[3] for r in rows] == ["true", "true"]
+    with psycopg.connect(migrated_database) as conn:
+        report = aggregate(conn, "v53", T0, T0 + 300 * MIN)
+    closed = [p.closed() for p in (first, second, later)]
+    assert report["total"]["trades"] == 3
+    for name, col in (("gross_r", "pnl_r_gross"), ("fees_r", "fees_r"), ("net_r", "pnl_r_net")):
+        assert report["total"][name] == pytest.approx(sum(c[col] for c in closed))
+    assert sum(b["trades"] for b in report["by"]["exit_reason"].values()) == 3
