@@ -16,6 +16,7 @@ COPY sinks ./sinks
 COPY stream_apps ./stream_apps
 COPY execution ./execution
 COPY tapeflow_notify ./tapeflow_notify
+COPY review ./review
 COPY backtest ./backtest
 COPY tapeflow_ui ./tapeflow_ui
 COPY tapeflow ./tapeflow

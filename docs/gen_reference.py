@@ -321,6 +321,7 @@ RUNTIME_PACKAGES = (
     "sinks",
     "stream_apps",
     "execution",
+    "review",
     "backtest",
     "tapeflow_notify",
     "fake_exchange",

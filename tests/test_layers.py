@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a package may import its own modules and any package of a lower layer):
 
-    schemas → tapeflow_runtime → producers | sinks | stream_apps | fake_exchange | tapeflow_notify → execution → backtest → tapeflow_ui → tapeflow
+    schemas → tapeflow_runtime → producers | sinks | stream_apps | fake_exchange | tapeflow_notify → execution → review → backtest → tapeflow_ui → tapeflow
 
 Also: the packages of one layer do not import each other; a venue (`producers/binance`,
 `producers/bybit`) never imports another venue, and the neutral base never imports a venue; no
@@ -29,9 +29,10 @@ LAYERS: dict[str, int] = {
     "fake_exchange": 2,
     "tapeflow_notify": 2,
     "execution": 3,
-    "backtest": 4,
-    "tapeflow_ui": 5,
-    "tapeflow": 6,
+    "review": 4,
+    "backtest": 5,
+    "tapeflow_ui": 6,
+    "tapeflow": 7,
 }
 VENUES = ("binance", "bybit", "okx")
 

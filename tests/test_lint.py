@@ -101,6 +101,7 @@ SHIPPED = (
     "sinks",
     "stream_apps",
     "execution",
+    "review",
     "backtest",
     "tapeflow",
     "tapeflow_ui",

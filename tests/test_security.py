@@ -107,6 +107,7 @@ BANDIT_TREES = (
     "schemas",
     "sinks",
     "execution",
+    "review",
     "backtest",
     "tapeflow",
     "tapeflow_runtime",
