@@ -241,6 +241,23 @@ class EngineService(ConsumerService):
         return f"{self.prefix}tapeflow-engine"
 
 
+class LabelsService(HttpHealthService):
+    """The outcome-label writer (`tapeflow labels serve`, ``review.label_service``): labels the paper
+    executor's signals and trades into ``outcome_labels`` at start and at the top of every hour,
+    sleeping in between. Up once its endpoint answers: a first pass against a database still starting
+    says `failing` in `status` and is retried at the next hour."""
+
+    name = "labels"
+    ready_when_answering = True
+
+    def prepare(self) -> Launch:
+        port = free_port(HOST)
+        return Launch(
+            argv=[sys.executable, "-m", "tapeflow", "labels", "serve", "--metrics-port", str(port)],
+            address=f"{HOST}:{port}",
+        )
+
+
 class WatchlistService(HttpHealthService):
     """The cross-venue watchlist (`tapeflow cross-venue`): md.book/md.mark/md.indicators of every venue in,
     xv.features out (and, with ``watchlist_strategies``, each strategy's signals, leg orders, funding and
@@ -306,6 +323,7 @@ def consumer_services(settings, paths) -> list[ConsumerService]:
 
 def app_services(settings, paths) -> list[Service]:
     consumers: list[Service] = list(consumer_services(settings, paths))
+    consumers.append(LabelsService(settings, paths))
     if settings.watchlist:
         consumers.append(WatchlistService(settings, paths))
     # on an external database the UI needs the read-only login (TAPEFLOW_READONLY_PASSWORD); without it

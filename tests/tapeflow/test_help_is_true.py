@@ -20,6 +20,7 @@ SPOKEN = {
     "executor": "paper executor",
     "engine": "signal engine",
     "ui": "web UI",
+    "labels": "outcome labels writer",
 }
 
 
@@ -47,6 +48,7 @@ def test_up_help_names_every_component_up_starts(tmp_path):
         "sink",
         "engine",
         "executor",
+        "labels",
         "producer",
         "fake-exchange",
         "ui",
