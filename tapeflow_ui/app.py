@@ -34,6 +34,7 @@ from tapeflow_ui import queries as q
 from tapeflow_ui.actions import Actions, action_routes
 from tapeflow_ui.live import VIEWS, BarFold, LiveFollower, Throttle
 from tapeflow_ui.security import TokenGuard, csrf_value
+from tapeflow_ui.trade import checked_position, trade_api_routes
 
 HERE = Path(__file__).parent
 SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
@@ -478,6 +479,7 @@ def create_app(
         Route("/api/quality/gaps", ui.gaps),
         Route("/api/quality/errors", ui.errors),
         Route("/api/quality/lag", ui.lag_groups),
+        *trade_api_routes(ui.pool, ORJSONResponse),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     if actions is not None:
@@ -505,7 +507,7 @@ def _read_only_pool(conninfo: str, pool_size: int) -> ConnectionPool:
 
 
 def _page_routes(token: str, actions: Actions | None) -> list[Route]:
-    """The three pages: templates given the CSRF value of ``token`` and which desk actions are on."""
+    """The pages: templates given the CSRF value of ``token`` and which desk actions are on."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     csrf = csrf_value(token)
 
@@ -520,6 +522,8 @@ def _page_routes(token: str, actions: Actions | None) -> list[Route]:
             }
             if "symbol" in request.path_params:
                 context["symbol"] = _symbol(request)
+            if "position_id" in request.path_params:
+                context["position_id"] = checked_position(request.path_params["position_id"])
             return templates.TemplateResponse(request, f"{name}.html", context)
 
         return endpoint
@@ -528,4 +532,6 @@ def _page_routes(token: str, actions: Actions | None) -> list[Route]:
         Route("/", page("overview", "Market overview")),
         Route("/symbol/{symbol}", page("orderflow", "Order flow")),
         Route("/watchlist", page("watchlist", "Watchlist desk")),
+        Route("/trades", page("trades", "Closed trades")),
+        Route("/trade/{position_id:str}", page("trade", "Trade")),
     ]
