@@ -1,9 +1,11 @@
 """How close a strategy's decisions are to flipping: key features perturbed by ±ε, re-scored.
 
-The decisions are the ones the engine made in a run: its feature frames (``FeatureBlock``s handed to
-``BacktestRunner(on_features=...)``) are kept for the evaluations *at a decision*, and re-scored by
+The decisions are the ones the engine made in a run: its feature frames and scores (the
+``FeatureBlock``s handed to ``BacktestRunner(on_features=...)``) are read block by block
+(``SensitivityProbe``), and the evaluations *at a decision* are re-scored by
 ``stream_apps.core.scoring.score_frame`` (the function the engine itself calls, on the same columns)
-with one key feature scaled by ``1 + ε`` and by ``1 - ε``.
+with one key feature scaled by ``1 + ε`` and by ``1 - ε``. Nothing but counts and the raw scores at a
+decision is kept, so a week of evaluations costs no more memory than an hour's frames.
 
 Definitions:
 
@@ -27,7 +29,7 @@ A net quantity (large-trade flow, net liquidations) scales both of its sides.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -137,46 +139,84 @@ def _directed(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig) -> n
     return (sign != 0) & frame.covers(cfg.warmup)
 
 
-def concat(frames: list[FeatureFrame]) -> FeatureFrame:
-    """Frames of one symbol, in order, as one frame."""
-    first = frames[0]
-    if len(frames) == 1:
-        return first
+class SensitivityCounter:
+    """Flip counts and raw scores of ``cfg``'s decisions, added a frame at a time (a run's memory does
+    not grow with its evaluations: only the raw scores at a decision are kept, for the medians)."""
 
-    def columns(attr: str) -> dict[Any, np.ndarray]:
-        return {key: np.concatenate([getattr(f, attr)[key] for f in frames]) for key in getattr(first, attr)}
+    def __init__(self, cfg: StrategyConfig, epsilon: float = DEFAULT_EPSILON) -> None:
+        if not 0 < epsilon < 1:
+            raise ValueError(f"epsilon must be between 0 and 1, got {epsilon}")
+        self.cfg, self.epsilon = cfg, epsilon
+        self.features = key_features(cfg)
+        self.n = self.signals = 0
+        self.up = dict.fromkeys(self.features, 0)
+        self.down = dict.fromkeys(self.features, 0)
+        self.either = dict.fromkeys(self.features, 0)
+        self.raw: list[np.ndarray] = []
 
-    return FeatureFrame(
-        first.exchange,
-        first.symbol,
-        np.concatenate([f.time_ms for f in frames]),
-        columns("values"),
-        columns("cvd"),
-        columns("cvd_slope"),
-        columns("cvd_accel"),
-    )
+    def add(self, whole: FeatureFrame, scores: ScoreFrame | None = None) -> None:
+        """The rows of ``whole`` at a decision; ``scores``: ``score_frame(whole, cfg)`` when the caller
+        has it (the engine's own), else computed here."""
+        cfg = self.cfg
+        scores = scores if scores is not None else score_frame(whole, cfg)
+        rows = np.flatnonzero(_directed(whole, scores, cfg))
+        if not len(rows):
+            return
+        frame = whole.take(rows)
+        base = decisions(scores)[rows]
+        self.n += len(rows)
+        self.signals += int(np.count_nonzero(base))
+        block = scores.block[rows]
+        self.raw.append(scores.raw_score[rows][(block == 0) | (block == BELOW_ENTRY)])
+        for feature in self.features:
+            hi = decisions(score_frame(perturb(frame, cfg, feature, 1 + self.epsilon), cfg)) != base
+            lo = decisions(score_frame(perturb(frame, cfg, feature, 1 - self.epsilon), cfg)) != base
+            self.up[feature] += int(np.count_nonzero(hi))
+            self.down[feature] += int(np.count_nonzero(lo))
+            self.either[feature] += int(np.count_nonzero(hi | lo))
+
+    def result(self) -> Sensitivity:
+        n, cfg = self.n, self.cfg
+
+        def share(count: int) -> float:
+            return count / n if n else 0.0
+
+        flips = [FeatureFlips(f, share(self.up[f]), share(self.down[f]), share(self.either[f])) for f in self.features]
+        if cfg.regime is not None:
+            note = "a regime's tier comes from its rules, not a score"
+            return Sensitivity(self.epsilon, n, self.signals, flips, 0, None, None, note)
+        raw = np.concatenate(self.raw) if self.raw else np.empty(0)
+        if not len(raw):
+            note = "no evaluation with a direction and no gate veto"
+            return Sensitivity(self.epsilon, n, self.signals, flips, 0, None, None, note)
+        return Sensitivity(
+            self.epsilon,
+            n,
+            self.signals,
+            flips,
+            len(raw),
+            float(np.median(np.abs(raw - cfg.thresholds.entry))),
+            float(np.median(np.abs(raw - cfg.thresholds.heavy))),
+        )
 
 
-@dataclass
-class DecisionRows:
-    """``on_features`` of a run: the rows of one strategy's evaluations at a decision, per symbol."""
+class SensitivityProbe:
+    """``on_features`` of a run: the sensitivity of the strategy that runs as ``run_name`` (its rules:
+    ``cfg``), from the engine's own frames and scores, block by block."""
 
-    strategy: str  # the strategy's name in the run
-    frames: dict[tuple[str, str], list[FeatureFrame]] = field(default_factory=dict)
-    evaluations: int = 0  # every evaluation of the strategy seen
+    def __init__(self, run_name: str, cfg: StrategyConfig, epsilon: float = DEFAULT_EPSILON) -> None:
+        self.run_name = run_name
+        self.counter = SensitivityCounter(cfg, epsilon)
+        self.evaluations = 0  # every evaluation of the strategy seen
 
     def __call__(self, table: FeatureTable) -> None:
         for block in table.blocks:
-            if block.strategy.name != self.strategy:
-                continue
-            self.evaluations += len(block)
-            rows = np.flatnonzero(_directed(block.frame, block.scores, block.strategy))
-            if len(rows):
-                key = (block.frame.exchange, block.frame.symbol)
-                self.frames.setdefault(key, []).append(block.frame.take(rows))
+            if block.strategy.name == self.run_name:
+                self.evaluations += len(block)
+                self.counter.add(block.frame, block.scores)
 
-    def per_symbol(self) -> list[FeatureFrame]:
-        return [concat(frames) for _, frames in sorted(self.frames.items())]
+    def result(self) -> Sensitivity:
+        return self.counter.result()
 
 
 @dataclass(frozen=True)
@@ -214,51 +254,9 @@ class Sensitivity:
 
 
 def sensitivity(frames: list[FeatureFrame], cfg: StrategyConfig, epsilon: float = DEFAULT_EPSILON) -> Sensitivity:
-    """Flip shares and margins of ``cfg``'s decisions on the rows of ``frames`` (one frame per symbol;
+    """Flip shares and margins of ``cfg``'s decisions on the rows of ``frames`` (each of one symbol;
     rows without a direction or inside the warm-up are left out, so any frames will do)."""
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    features = key_features(cfg)
-    n = 0
-    up = dict.fromkeys(features, 0)
-    down = dict.fromkeys(features, 0)
-    either = dict.fromkeys(features, 0)
-    signals = 0
-    raw: list[np.ndarray] = []
-    for whole in frames:
-        base_scores = score_frame(whole, cfg)
-        frame = whole.take(np.flatnonzero(_directed(whole, base_scores, cfg)))
-        if not len(frame):
-            continue
-        scores = score_frame(frame, cfg)
-        base = decisions(scores)
-        n += len(frame)
-        signals += int(np.count_nonzero(base))
-        open_rows = (scores.block == 0) | (scores.block == BELOW_ENTRY)
-        raw.append(scores.raw_score[open_rows])
-        for feature in features:
-            hi = decisions(score_frame(perturb(frame, cfg, feature, 1 + epsilon), cfg)) != base
-            lo = decisions(score_frame(perturb(frame, cfg, feature, 1 - epsilon), cfg)) != base
-            up[feature] += int(np.count_nonzero(hi))
-            down[feature] += int(np.count_nonzero(lo))
-            either[feature] += int(np.count_nonzero(hi | lo))
-    flips = [
-        FeatureFlips(f, up[f] / n if n else 0.0, down[f] / n if n else 0.0, either[f] / n if n else 0.0)
-        for f in features
-    ]
-    if cfg.regime is not None:
-        return Sensitivity(
-            epsilon, n, signals, flips, 0, None, None, "a regime's tier comes from its rules, not a score"
-        )
-    scores_all = np.concatenate(raw) if raw else np.empty(0)
-    if not len(scores_all):
-        return Sensitivity(epsilon, n, signals, flips, 0, None, None, "no evaluation with a direction and no gate veto")
-    return Sensitivity(
-        epsilon,
-        n,
-        signals,
-        flips,
-        len(scores_all),
-        float(np.median(np.abs(scores_all - cfg.thresholds.entry))),
-        float(np.median(np.abs(scores_all - cfg.thresholds.heavy))),
-    )
+    counter = SensitivityCounter(cfg, epsilon)
+    for frame in frames:
+        counter.add(frame)
+    return counter.result()

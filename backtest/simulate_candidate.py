@@ -40,7 +40,7 @@ from backtest.inputs import Source
 from backtest.metrics import summarise
 from backtest.model import RunResult
 from backtest.runner import BacktestRunner
-from backtest.sensitivity import DEFAULT_EPSILON, DecisionRows, Sensitivity, sensitivity
+from backtest.sensitivity import DEFAULT_EPSILON, Sensitivity, SensitivityProbe
 from execution.config import ExecutorConfig
 from stream_apps.core.strategy import StrategyConfig, parse_strategy
 
@@ -274,8 +274,8 @@ def simulate(
 ) -> Simulation:
     """Active and candidate over ``source`` in one run, then the candidate's sensitivity. ``run``
     drives the runner (the CLI's progress bar and Ctrl-C); default ``runner.run(source)``."""
-    rows = DecisionRows(chosen.run_candidate.name)
-    runner = BacktestRunner([chosen.active, chosen.run_candidate], executor_config, on_features=rows)
+    probe = SensitivityProbe(chosen.run_candidate.name, chosen.candidate, epsilon)
+    runner = BacktestRunner([chosen.active, chosen.run_candidate], executor_config, on_features=probe)
     result = run(runner, source) if run is not None else runner.run(source)
     return Simulation(
         source=result.source,
@@ -288,7 +288,7 @@ def simulate(
         active=outcome(chosen.active, chosen.active.name, runner, result),
         candidate=outcome(chosen.candidate, chosen.run_candidate.name, runner, result),
         unchanged=chosen.unchanged,
-        sensitivity=sensitivity(rows.per_symbol(), chosen.candidate, epsilon),
+        sensitivity=probe.result(),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from backtest.runner import BacktestRunner
-from backtest.sensitivity import DecisionRows, key_features, sensitivity
+from backtest.sensitivity import key_features, sensitivity
 from backtest.simulate_candidate import DAY_MS, SimulateError, pair, simulate, window
 from backtest.sources.synthetic import SyntheticSource
 from stream_apps.core.frame import FeatureFrame
@@ -161,11 +161,19 @@ def test_planted_flip_shares_and_margins_equal_the_hand_computation():
     assert wide["oi_change"] == 0.25 and wide["top_trader_long_share"] == 0.25
 
 
-def test_the_run_hands_the_candidates_decision_rows_to_the_sensitivity():
-    rows = DecisionRows("strict")
-    BacktestRunner([ACTIVE, STRICT], on_features=rows).run(session())
-    frames = rows.per_symbol()
-    assert [f.symbol for f in frames] == SYMBOLS and rows.evaluations > sum(len(f) for f in frames) > 0
-    again = sensitivity(frames, STRICT)
-    assert again.evaluations == sum(len(f) for f in frames)  # every kept row is at a decision
+def test_the_run_hands_the_candidates_frames_to_the_sensitivity():
+    """The probe reads the engine's frames block by block; the same rows re-scored from the whole
+    frames (kept here, all columns) give the same numbers."""
+    frames: dict[str, list[FeatureFrame]] = {}
+
+    def keep(table) -> None:
+        for block in table.blocks:
+            if block.strategy.name == "strict":
+                frames.setdefault(block.frame.symbol, []).append(block.frame)
+
+    BacktestRunner([ACTIVE, STRICT], on_features=keep).run(session())
+    kept = [frame for symbol in SYMBOLS for frame in frames[symbol]]
+    again = sensitivity(kept, STRICT)
+    assert 0 < again.evaluations < sum(len(f) for f in kept)  # the warm-up and direction-less rows are out
+    assert again.signals > 0 and again.entry_margin is not None
     assert simulate(pair([ACTIVE], STRICT), session()).sensitivity == again
