@@ -109,17 +109,81 @@ def parse_trade_copy(data: bytes | bytearray | memoryview) -> dict[str, np.ndarr
     for name, length in TRADE_LENGTHS.items():
         if not (rows[name] == length).all():
             raise BinaryLayoutError(f"field {name}: not {length} bytes in every row")
-    us = rows["time_us"].astype(np.int64) + PG_ORIGIN_US
-    q, r = np.divmod(us, 1000)
-    ms = q + ((r > 500) | ((r == 500) & (q % 2 == 1)))  # round half to even, as round() in _ms
     return {
         "symbol": rows["symbol"].astype(np.int64),
         "agg_id": rows["agg_id"].astype(np.int64),
-        "time_ms": ms,
+        "time_ms": _pg_ms(rows["time_us"]),
         "price": rows["price"].astype(np.float64),
         "qty": rows["qty"].astype(np.float64),
         "sell": rows["sell"].astype(bool),
     }
+
+
+def _pg_ms(time_us: np.ndarray) -> np.ndarray:
+    """PostgreSQL timestamps (µs since 2000-01-01) as Unix ms, rounded as ``_ms`` rounds them."""
+    us = time_us.astype(np.int64) + PG_ORIGIN_US
+    q, r = np.divmod(us, 1000)
+    return q + ((r > 500) | ((r == 500) & (q % 2 == 1)))  # round half to even, as round() in _ms
+
+
+# marks: every second per symbol (the live markPrice@1s stream), the most rows of an hour after the
+# trades; read like them, by binary COPY of fixed-width fields, the symbol as its position in the list
+MARKS_QUERY = (
+    "SELECT array_position(%(symbols)s::text[], symbol), mark_price, index_price, funding_rate, "
+    "next_funding_time, event_time, receive_time FROM mark_prices WHERE exchange = %(exchange)s AND "
+    "symbol = ANY(%(symbols)s) AND event_time >= %(lo)s AND event_time < %(hi)s ORDER BY event_time, symbol"
+)
+MARK_ROW = np.dtype(
+    [("fields", ">i2"), ("n0", ">i4"), ("symbol", ">i4")]
+    + [
+        (part, kind)
+        for k, name in enumerate(("mark", "index", "funding"))
+        for part, kind in ((f"n{k + 1}", ">i4"), (name, ">f8"))
+    ]
+    + [
+        (part, kind)
+        for k, name in enumerate(("next_us", "event_us", "receive_us"))
+        for part, kind in ((f"n{k + 4}", ">i4"), (name, ">i8"))
+    ]
+)
+MARK_LENGTHS = {"fields": 7, "n0": 4, **{f"n{k}": 8 for k in range(1, 7)}}
+
+
+def parse_mark_copy(data: bytes | bytearray | memoryview, symbols: list[str], exchange: str) -> list[Record]:
+    """The records of a binary COPY of ``MARKS_QUERY`` (the row reader's dicts, key for key)."""
+    buf = memoryview(data)
+    if bytes(buf[:11]) != COPY_SIGNATURE:
+        raise BinaryLayoutError("not a binary COPY answer")
+    body = buf[19 + int.from_bytes(buf[15:19], "big") :]
+    if len(body) < 2 or bytes(body[-2:]) != b"\xff\xff" or (len(body) - 2) % MARK_ROW.itemsize:
+        raise BinaryLayoutError("not the marks layout")
+    rows = np.frombuffer(body[:-2], dtype=MARK_ROW)
+    for name, length in MARK_LENGTHS.items():
+        if not (rows[name] == length).all():
+            raise BinaryLayoutError(f"field {name}: not {length} bytes in every row")
+    names = np.array(symbols, dtype=object)[rows["symbol"].astype(np.int64) - 1].tolist()
+    columns = zip(
+        names,
+        rows["mark"].astype(np.float64).tolist(),
+        rows["index"].astype(np.float64).tolist(),
+        rows["funding"].astype(np.float64).tolist(),
+        _pg_ms(rows["next_us"]).tolist(),
+        _pg_ms(rows["event_us"]).tolist(),
+        _pg_ms(rows["receive_us"]).tolist(),
+    )
+    return [
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "mark_price": mark,
+            "index_price": index,
+            "funding_rate": funding,
+            "next_funding_time": next_ms,
+            "event_time": event_ms,
+            "receive_time": receive_ms,
+        }
+        for symbol, mark, index, funding, next_ms, event_ms, receive_ms in columns
+    ]
 
 
 def _ms(value: datetime) -> int:
@@ -188,6 +252,9 @@ class DatabaseSource:
                 block = Block(lo, hi, trades=trades)
                 seen.update(batch.symbol for batch in block.trades.values())
                 for kind, query in QUERIES.items():
+                    if kind == "marks":
+                        block.records[kind] = self._marks(conn, lo, hi)
+                        continue
                     block.records[kind] = [
                         self._record(kind, row)
                         for row in conn.execute(query, (self.exchange, self.symbols, _dt(lo), _dt(hi)))
@@ -225,6 +292,21 @@ class DatabaseSource:
                     columns["sell"][a:b],
                 )
         return out
+
+    def _marks(self, conn: psycopg.Connection, lo: int, hi: int) -> list[Record]:
+        """The hour's marks by binary COPY (``parse_mark_copy``); by ``QUERIES["marks"]`` row by row
+        should the server answer in another layout."""
+        params = {"symbols": self.symbols, "exchange": self.exchange, "lo": _dt(lo), "hi": _dt(hi)}
+        with conn.cursor() as cur:
+            data = bytearray()
+            with cur.copy(f"COPY ({MARKS_QUERY}) TO STDOUT (FORMAT binary)", params) as copy:
+                for chunk in copy:
+                    data += chunk
+        try:
+            return parse_mark_copy(data, self.symbols, self.exchange)
+        except BinaryLayoutError:
+            rows = conn.execute(QUERIES["marks"], (self.exchange, self.symbols, _dt(lo), _dt(hi)))
+            return [self._record("marks", row) for row in rows]
 
     @staticmethod
     def _trades_rows(conn: psycopg.Connection, params: dict) -> dict[str, np.ndarray] | None:
