@@ -237,7 +237,8 @@ def label_sample(
     price = point[1]
     sign = direction_sign(sample.direction)
     entry_side = _entry_side(sample.direction)
-    fills = sorted(sample.fills, key=lambda f: f.time_ms)
+    # a total order, so the sums do not depend on the order the caller read the fills in
+    fills = sorted(sample.fills, key=lambda f: (f.time_ms, f.side, f.price, f.qty, f.fee))
     qty = cost = realized = fees = 0.0
     for f in fills:
         if f.time_ms > end:

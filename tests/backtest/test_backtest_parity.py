@@ -40,6 +40,10 @@ Comparisons:
    identical `ws_only` signals and positions, and the same trades, marks and liquidations as md.*.
    `all_inputs` is not compared there: the live producer polls indicators and samples the book on its
    wall clock, so which values exist at which event time depends on the replay's speed.
+3. Outcome labels (`review.labels`, at 1 h and 2 h: the session is 3 hours) computed from the stack's
+   published signals, positions and fills with its md.trades and md.mark equal the labels the backtest
+   of comparison 1 computes from its own fills and source (`backtest.outcome_labels`), taken and
+   vetoed signals and trades alike, funding included.
 """
 
 from __future__ import annotations
@@ -57,11 +61,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from backtest.outcome_labels import LabelTape, run_labels
 from backtest.runner import BacktestRunner
 from backtest.sources.recording import RecordingSource, write_recording
 from backtest.sources.synthetic import SyntheticSource
 from execution.config import ExecutorConfig
 from producers.metrics import ProducerMetrics
+from review.labels import LabelParams, PricePath, label_samples, samples_from_records, settlements_from_marks
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde
 from stream_apps.core.strategy import parse_strategy
@@ -175,6 +181,30 @@ def position_view(events: list[dict]) -> dict[tuple[str, str], tuple]:
         )
         for e in events
     }
+
+
+LABEL_PARAMS = LabelParams(horizons_h=(1, 2))
+
+
+def label_key(label) -> tuple:
+    return (label.kind, label.sample_id, label.horizon_h)
+
+
+def stack_outcome_labels(signals, positions, fills, md, config) -> list:
+    """The outcome labels of the stack's own records (`review.labels`, as the stack's label job computes
+    them): its signals, opened positions and fills, prices from md.trades, settlements from md.mark."""
+    trades: dict[tuple[str, str], list] = {}
+    for r in md["md.trades"]:
+        v = r["value"]
+        trades.setdefault((v["exchange"], v["symbol"]), []).append((v["trade_time"], v["agg_id"], v["price"]))
+    prices = {m: PricePath([t for t, _, _ in sorted(x)], [p for _, _, p in sorted(x)]) for m, x in trades.items()}
+    marks: dict[tuple[str, str], list] = {}
+    for r in md["md.mark"]:
+        marks.setdefault((r["value"]["exchange"], r["value"]["symbol"]), []).append(r["value"])
+    settlements = {m: settlements_from_marks(x) for m, x in marks.items()}
+    opened = [p for p in positions if p["event"] == "opened"]
+    samples = samples_from_records(signals, opened, fills, config)
+    return label_samples(samples, prices, settlements, LABEL_PARAMS, END)
 
 
 def only(view: dict, strategy: str, signal_of) -> dict:
@@ -377,9 +407,18 @@ def test_streaming_pipeline_and_backtest_agree(kafka_bootstrap, topic_prefix, re
     strategies = [parse_strategy(s) for s in STRATEGIES]
     config = ExecutorConfig.model_validate(EXECUTOR)
     runner = BacktestRunner(strategies, config, account="shared")
-    runner.run(TopicSource(kafka_bootstrap, list(SYMBOLS), START, END, topic_prefix=topic_prefix))  # the originals
+    tape = LabelTape(TopicSource(kafka_bootstrap, list(SYMBOLS), START, END, topic_prefix=topic_prefix))
+    runner.run(tape)  # the originals
     assert signal_view(runner.signals) == signal_view(stack_signals)
     assert position_view(runner.position_events()) == position_view(stack_positions)
+
+    # outcome labels (1 h and 2 h: the session is 3 h) from the stack's fills and md.* equal the backtest's
+    stack_fills = [r["value"] for r in topic("fills", stage)]
+    live_labels = stack_outcome_labels(stack_signals, stack_positions, stack_fills, md, config)
+    backtest_labels = run_labels(runner, tape, LABEL_PARAMS, END)
+    assert {(x.kind, x.taken) for x in live_labels} == {("signal", True), ("signal", False), ("trade", True)}
+    assert any(x.funding != 0 for x in live_labels), "no label charged the 08:00 funding"
+    assert sorted(live_labels, key=label_key) == sorted(backtest_labels, key=label_key)
 
     # --- 2. the recording itself, through the producer's parsers ---------------------------------
     source = RecordingSource(recording, list(SYMBOLS), START, END)
