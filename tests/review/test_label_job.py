@@ -139,3 +139,15 @@ def test_job_writes_the_hand_computed_rows_once_and_a_recompute_replaces_them(mi
             k: v for k, v in old.items() if k != "computed_at"
         }
         assert new["computed_at"] == ts(later)
+
+
+def test_the_writer_role_runs_the_job_and_the_readonly_role_reads_the_labels(migrated_database):
+    with psycopg.connect(migrated_database, autocommit=True) as conn:
+        plant(conn)
+    as_writer = psycopg.conninfo.make_conninfo(migrated_database, options="-c role=tapeflow_writer")
+    as_reader = psycopg.conninfo.make_conninfo(migrated_database, options="-c role=tapeflow_readonly")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        run_due(as_reader, ["paper"], params=LabelParams(), config=ExecutorConfig(), now_ms=NOW)
+    done = run_due(as_writer, ["paper"], params=LabelParams(), config=ExecutorConfig(), now_ms=NOW)
+    assert done["paper"].written == 3
+    assert {r["sample_id"] for r in labels_of(as_reader, SIG_B)} == {SIG_B}
