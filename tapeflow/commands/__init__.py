@@ -6,7 +6,18 @@ from __future__ import annotations
 
 import importlib
 
-GROUPS = ("stack", "market_data", "history", "strategy", "labels", "autopsy", "services", "topics", "storage")
+GROUPS = (
+    "stack",
+    "market_data",
+    "history",
+    "strategy",
+    "rollout",
+    "labels",
+    "autopsy",
+    "services",
+    "topics",
+    "storage",
+)
 
 
 def register_all() -> None:

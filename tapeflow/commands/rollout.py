@@ -1,0 +1,303 @@
+"""Strategy revisions and rollouts (`tapeflow.rollout`), on the `strategy` group:
+
+- `strategy revisions [NAME]`: the registered revisions (monotonic per name, one per config hash);
+- `strategy promote FILE [--canary PCT | --symbols A,B]`: register the file and make it active, or run
+  it as a canary on a share (or a list) of the symbols beside the active revision;
+- `strategy promote NAME --finish`: the canary becomes active everywhere;
+- `strategy rollback NAME --reason TEXT`: drop the canary, or put the previous active revision back.
+
+Each step is a row of strategy_rollouts_audit (who: the OS user or --as; why: --reason) and a new state
+on config.rollouts, which the engine follows without a restart. A candidate that changes what shapes the
+engine's per-symbol state (windows, detectors) is refused: the engine must restart on it."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tapeflow.commands._common import echo, fail, state
+from tapeflow.commands.strategy import strategy_app
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from stream_apps.core.rollout import Revision, RolloutState
+    from stream_apps.core.strategy import StrategyConfig
+    from tapeflow.rollout import Publisher
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--database", help="PostgreSQL conninfo or URL (default: TAPEFLOW_DATABASE_URL, else the stack's)."),
+]
+ActorOption = Annotated[str | None, typer.Option("--as", help="Who takes the step (default: the OS user).")]
+
+
+def _conninfo(database: str | None) -> str:
+    if database:
+        return database
+    from tapeflow_runtime.endpoints import resolve_database
+    from tapeflow_runtime.errors import TapeflowError
+
+    try:
+        return resolve_database(state.settings(), state.paths()).writer
+    except TapeflowError as exc:
+        raise fail(f"{exc} (or pass --database)") from None
+
+
+def _connect(database: str | None) -> psycopg.Connection:
+    import psycopg
+
+    try:
+        return psycopg.connect(_conninfo(database), connect_timeout=10)
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise fail(f"cannot reach the database: {first}") from None
+
+
+def _actor(given: str | None) -> str:
+    if given is not None:
+        if not given.strip():
+            raise fail("--as: an empty name", 2)
+        return given.strip()
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def _running() -> dict[str, Path]:
+    """The strategies the engine runs, by name: TAPEFLOW_STRATEGIES, else the shipped ones."""
+    from stream_apps.core.strategy import default_strategy_dir, load_strategy, strategy_path
+
+    refs = [strategy_path(str(p)) for p in state.settings().strategies]
+    if not refs:
+        refs = sorted(default_strategy_dir().glob("*.yaml"))
+    return {load_strategy(path).name: path for path in refs}
+
+
+class _Control:
+    """The broker side of a step: the latest states and a publisher."""
+
+    def __init__(self) -> None:
+        from schemas.catalogue import topic as topic_spec
+        from schemas.registry import registry_from_url
+        from schemas.serde import AvroSerde
+        from tapeflow.commands._common import bootstrap_address
+        from tapeflow.rollout import CONTROL_TOPIC, Publisher
+        from tapeflow_runtime.kafka_client import ensure_topics
+
+        settings = state.settings()
+        self.bootstrap = bootstrap_address()
+        self.prefix = settings.topic_prefix
+        self.serde = AvroSerde(registry_from_url(settings.schema_registry_url))
+        ensure_topics(self.bootstrap, prefix=self.prefix, specs=[topic_spec(CONTROL_TOPIC)])
+        self.publisher: Publisher = Publisher(self.bootstrap, self.prefix, self.serde)
+
+    def states(self) -> dict[str, RolloutState]:
+        from tapeflow.rollout import read_states
+
+        return read_states(self.bootstrap, self.prefix, self.serde)
+
+
+def _run(step: Any) -> None:
+    """Run ``step``; a RolloutError, a strategy error or a broker error is one line."""
+    import psycopg
+
+    from tapeflow_runtime.errors import TapeflowError
+
+    try:
+        step()
+    except TapeflowError as exc:
+        raise fail(_first_line(exc)) from None
+    except psycopg.Error as exc:
+        raise fail(f"database: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@strategy_app.command("revisions")
+def strategy_revisions(
+    name: Annotated[str | None, typer.Argument(help="Only this strategy's revisions.")] = None,
+    database: DatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The registered revisions of each strategy (or of NAME): revision, config hash, when and by whom."""
+    from tapeflow.rollout import revisions
+
+    with _connect(database) as conn:
+        rows = revisions(conn, name)
+    if as_json:
+        keep = ("name", "rev", "config_hash", "created_at_ms", "created_by", "note")
+        echo(json.dumps([{k: getattr(r, k) for k in keep} for r in rows]))
+        return
+    if not rows:
+        echo(f"no registered revisions{f' of {name}' if name else ''}")
+        return
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at_ms / 1000))
+        echo(f"{r.name:<16} rev {r.rev:<4} {r.config_hash[:12]}  {when}  {r.created_by}  {r.note}".rstrip())
+
+
+def _candidate(path: Path) -> tuple[StrategyConfig, str]:
+    from stream_apps.core.strategy import StrategyConfigError, load_strategy
+
+    if not path.is_file():
+        raise fail(f"{path}: no such file (give the candidate's strategy file; --finish takes a name)", 2)
+    try:
+        cfg = load_strategy(path)
+    except StrategyConfigError as exc:
+        raise fail(str(exc).strip().splitlines()[0], 2) from None
+    return cfg, path.read_text(encoding="utf-8")
+
+
+def _canary_scope(cfg: StrategyConfig, canary: str | None, symbols: str | None) -> list[str] | None:
+    from stream_apps.core.rollout import canary_symbols, parse_share
+
+    if canary is not None and symbols is not None:
+        raise fail("--canary and --symbols: give one (a share of the symbols, or the symbols)", 2)
+    if symbols is not None:
+        chosen = [s.strip().upper() for s in symbols.split(",") if s.strip()]
+        if not chosen:
+            raise fail("--symbols: no symbol given", 2)
+        universe = cfg.symbols or list(state.settings().symbols)
+        outside = [s for s in chosen if universe and s not in universe]
+        if outside:
+            raise fail(f"--symbols: {', '.join(outside)} not among the strategy's symbols ({', '.join(universe)})", 2)
+        return chosen
+    if canary is None:
+        return None
+    try:
+        share = parse_share(canary)
+        return list(canary_symbols(cfg.symbols or state.settings().symbols, share, cfg.config_hash))
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _check_hot_switch(current: Revision, cfg: StrategyConfig) -> None:
+    from stream_apps.core.rollout import restart_reason
+
+    why = restart_reason(current.config(f"{cfg.name} rev {current.rev}"), cfg)
+    if why is not None:
+        raise fail(f"{cfg.name}: cannot switch a running engine to this file, a restart is needed: {why}", 2)
+
+
+def _promote_file(
+    path: Path, canary: str | None, symbols: str | None, reason: str, actor: str, database: str | None
+) -> None:
+    from stream_apps.core.strategy import load_strategy
+    from tapeflow.rollout import apply_step, plan_promote, register
+
+    cfg, content = _candidate(path)
+    running = _running()
+    if cfg.name not in running:
+        raise fail(f"{cfg.name} is not a running strategy (running: {', '.join(sorted(running))})", 2)
+    scope = _canary_scope(cfg, canary, symbols)
+    control = _Control()
+    now_ms = int(time.time() * 1000)
+    with _connect(database) as conn:
+        current = control.states().get(cfg.name)
+        baseline = None
+        if current is None:  # the first step: the file the engine started on is the active revision
+            base_path = running[cfg.name]
+            base_cfg = load_strategy(base_path)
+            baseline = register(conn, base_cfg, base_path.read_text(encoding="utf-8"), actor, now_ms, "running file")
+        active = current.active if current is not None else baseline.revision()  # type: ignore[union-attr]
+        _check_hot_switch(active, cfg)
+        candidate = register(conn, cfg, content, actor, now_ms, reason)
+        after = plan_promote(
+            current,
+            active,
+            candidate.revision(),
+            cfg.name,
+            scope,
+            actor,
+            reason,
+            now_ms,
+        )
+        apply_step(conn, control.publisher, current, after, active)
+    if after.canary is not None:
+        echo(
+            f"{cfg.name}: rev {candidate.rev} runs as a canary on {', '.join(after.canary.symbols)} beside rev"
+            f" {after.active.rev} (state {after.seq}); finish with `tapeflow strategy promote {cfg.name} --finish`"
+        )
+    else:
+        echo(f"{cfg.name}: rev {candidate.rev} is active (was rev {active.rev}; state {after.seq})")
+
+
+def _finish(name: str, reason: str, actor: str, database: str | None) -> None:
+    from tapeflow.rollout import apply_step, plan_finish
+
+    control = _Control()
+    with _connect(database) as conn:
+        current = control.states().get(name)
+        after = plan_finish(current, name, actor, reason, int(time.time() * 1000))
+        apply_step(conn, control.publisher, current, after)
+    echo(f"{name}: rev {after.active.rev} is active on every symbol (state {after.seq})")
+
+
+@strategy_app.command("promote")
+def strategy_promote(
+    target: Annotated[str, typer.Argument(help="The candidate's strategy file; with --finish, the strategy's name.")],
+    canary: Annotated[
+        str | None, typer.Option("--canary", help="Run the candidate on this share of the symbols, e.g. 10%.")
+    ] = None,
+    symbols: Annotated[
+        str | None, typer.Option("--symbols", help="Run the candidate as a canary on these symbols (A,B).")
+    ] = None,
+    finish: Annotated[
+        bool, typer.Option("--finish", help="Make the running canary of TARGET active everywhere.")
+    ] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit table).")] = "",
+    actor: ActorOption = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Register a strategy file and make it the active revision, or run it as a canary beside the active
+    revision (--canary 10% or --symbols A,B); with --finish, make the canary of strategy TARGET active.
+    The engine switches at its next evaluation boundary, without a restart."""
+    who = _actor(actor)
+    if finish:
+        if canary is not None or symbols is not None:
+            raise fail("--finish takes no --canary or --symbols", 2)
+        _run(lambda: _finish(target, reason, who, database))
+        return
+    _run(lambda: _promote_file(Path(target), canary, symbols, reason, who, database))
+
+
+def _rollback(name: str, reason: str, actor: str, database: str | None) -> RolloutState:
+    from tapeflow.rollout import apply_step, plan_rollback, previous_active
+
+    control = _Control()
+    with _connect(database) as conn:
+        current = control.states().get(name)
+        previous = None
+        if current is not None and current.canary is None:
+            found = previous_active(conn, name, current.active.rev)
+            previous = None if found is None else found.revision()
+        after = plan_rollback(current, name, previous, actor, reason, int(time.time() * 1000))
+        apply_step(conn, control.publisher, current, after)
+    return after
+
+
+@strategy_app.command("rollback")
+def strategy_rollback(
+    name: Annotated[str, typer.Argument(help="The strategy's name.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (required; kept in the audit table).")] = "",
+    actor: ActorOption = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Drop the strategy's canary (its symbols go back to the active revision), or without a canary put the
+    previously active revision back."""
+    if not reason.strip():
+        raise fail("rollback needs --reason TEXT (kept in the audit table)", 2)
+    who = _actor(actor)
+    done: list[RolloutState] = []
+    _run(lambda: done.append(_rollback(name, reason.strip(), who, database)))
+    echo(f"{name}: rolled back, rev {done[0].active.rev} is active on every symbol (state {done[0].seq})")
