@@ -12,7 +12,9 @@ Trades, the bulk of any range, come in columns with no Python per row: one binar
 structured array over the received bytes; timestamps are PostgreSQL's microseconds since 2000-01-01,
 rounded to ms as the row reader rounds them. Should the server send anything else (another binary
 layout), that hour is read row by row instead (``_trades_rows``, the reader this replaced; a test
-checks both give the same columns, field by field).
+checks both give the same columns, field by field). Marks, a row per symbol and second, are read
+the same way (``parse_mark_copy``: fixed-width fields into numpy, then the row reader's dicts), and
+the next hour's trades and marks are read together on the second connection.
 """
 
 from __future__ import annotations
@@ -236,24 +238,24 @@ class DatabaseSource:
         return SliceCutter(self.from_ms, self.to_ms, self.slice_ms).cut(self.blocks())
 
     def blocks(self) -> Iterator[Block]:
-        """Hour blocks; the next hour's trades are read on a second connection while the caller runs
-        the engine over this one (the server's scan and sort then use the other core)."""
+        """Hour blocks; the next hour's trades and marks (the bulk) are read on a second connection
+        while the caller runs the engine over this one (the server's scan and sort then use the other core)."""
         seen: set[str] = set()
         hours = [
             (max(start, self.from_ms), min(start + HOUR_MS, self.to_ms))
             for start in range(self.from_ms // HOUR_MS * HOUR_MS, self.to_ms, HOUR_MS)
         ]
         with self._connect() as conn, self._connect() as trade_conn, ThreadPoolExecutor(1) as ahead:
-            pending = ahead.submit(self._trades, trade_conn, *hours[0]) if hours else None
+            pending = ahead.submit(self._bulk, trade_conn, *hours[0]) if hours else None
             for k, (lo, hi) in enumerate(hours):
-                trades = pending.result()
+                trades, marks = pending.result()
                 if k + 1 < len(hours):
-                    pending = ahead.submit(self._trades, trade_conn, *hours[k + 1])
+                    pending = ahead.submit(self._bulk, trade_conn, *hours[k + 1])
                 block = Block(lo, hi, trades=trades)
                 seen.update(batch.symbol for batch in block.trades.values())
                 for kind, query in QUERIES.items():
                     if kind == "marks":
-                        block.records[kind] = self._marks(conn, lo, hi)
+                        block.records[kind] = marks
                         continue
                     block.records[kind] = [
                         self._record(kind, row)
@@ -292,6 +294,9 @@ class DatabaseSource:
                     columns["sell"][a:b],
                 )
         return out
+
+    def _bulk(self, conn: psycopg.Connection, lo: int, hi: int) -> tuple[dict[str, TradeBatch], list[Record]]:
+        return self._trades(conn, lo, hi), self._marks(conn, lo, hi)
 
     def _marks(self, conn: psycopg.Connection, lo: int, hi: int) -> list[Record]:
         """The hour's marks by binary COPY (``parse_mark_copy``); by ``QUERIES["marks"]`` row by row
