@@ -148,6 +148,15 @@ def _paper_slippage_bps(facts: TradeFacts) -> float | None:
     return sum(seen) / len(seen) if seen else None
 
 
+def breakeven_offset(opened: Mapping[str, Any], tp1: Mapping[str, Any] | None, default: float) -> float:
+    """The R the stop moved to after TP1: read from the tp1 event when there was one, else the default."""
+    if tp1 is None:
+        return default
+    risk = float(opened["r_usd"]) / float(opened["qty"])
+    be = direction_sign(opened["direction"]) * (float(tp1["sl_price"]) - float(opened["entry_price"])) / risk
+    return min(max(be, 0.0), 0.999)
+
+
 def infer_model(facts: TradeFacts, defaults: ExecutorConfig | None = None) -> ReplayModel:
     """The replay's fill model from the trade's own fills, the executor's defaults for what they lack."""
     d = defaults or ExecutorConfig()
@@ -163,12 +172,7 @@ def infer_model(facts: TradeFacts, defaults: ExecutorConfig | None = None) -> Re
         slip = d.paper.slippage_bps
         notes.append(f"slippage {slip:g} bp: the paper default (no paper market fill to measure)")
     slip = max(0.0, slip)
-    opened = facts.opened
-    be = d.breakeven_offset_r
-    if facts.tp1 is not None:
-        R = float(opened["r_usd"]) / float(opened["qty"])
-        be = direction_sign(opened["direction"]) * (float(facts.tp1["sl_price"]) - float(opened["entry_price"])) / R
-        be = min(max(be, 0.0), 0.999)
+    be = breakeven_offset(facts.opened, facts.tp1, d.breakeven_offset_r)
     if facts.closed["mode"] != "paper":
         notes.append("a live trade replayed with the paper fill model: x1 differs from the actual by the model's error")
     return ReplayModel(taker, maker, slip, be, tuple(notes))

@@ -4,9 +4,10 @@ One trade is a handful of indexed queries: its position events (``positions_pkey
 and evaluation (primary keys), its orders (``orders_signal_idx``) and fills (``fills_client_order_idx``),
 its mark prices (``mark_prices_pkey``), its strategy's closed trades for the peers
 (``positions_strategy_time_idx``), and the stored price path: the trades from the entry to where the
-latest scenario can close (the timeout, or the actual exit when later), read as three packed binary
-columns (``string_agg`` of ``int8send``/``float8send``/``timestamptz_send``) that numpy reads without a
-Python object per trade.
+latest scenario can close (the timeout, or the actual exit when later). Of that path only the trades a
+scenario can act on are read (``sparse_path``: the 1-minute bars say which minutes touch a watched
+level), by primary key, as three packed binary columns (``string_agg`` of ``int8send``/``float8send``/
+``timestamptz_send``) that numpy reads without a Python object per trade.
 
 A backtest trade (``run_id`` given: a ``backtest_runs.run_id``, or the run id the backtest printed
 when it ran one strategy) has no orders or fills: its opened state is rebuilt from ``backtest_trades``
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,8 +33,8 @@ from psycopg.rows import dict_row
 
 from execution.config import ExecutorConfig
 from execution.domain import MarkTick
-from review.autopsy import Autopsy, TradeFacts, build_autopsy, peer_trade
-from review.counterfactual import PricePath
+from review.autopsy import Autopsy, TradeFacts, breakeven_offset, build_autopsy, roi_pct
+from review.counterfactual import PricePath, watched_levels
 from review.peers import PeerTrade, regime_of
 from review.tca import Fill, OrderSent
 from tapeflow_runtime.errors import TapeflowError
@@ -91,15 +92,13 @@ def _position_events(conn: psycopg.Connection, position_id: str, mode: str | Non
     return events
 
 
-def price_path(conn: psycopg.Connection, exchange: str, symbol: str, from_ms: int, to_ms: int) -> PricePath:
-    """The stored trades of a market with from_ms <= trade time <= to_ms, in agg_id order."""
-    ids, prices, times = conn.execute(
-        "SELECT string_agg(int8send(agg_id), ''::bytea), string_agg(float8send(price), ''::bytea),"
-        " string_agg(timestamptz_send(trade_time), ''::bytea)"
-        " FROM trades WHERE exchange = %s AND symbol = %s AND trade_time >= %s AND trade_time <= %s",
-        (exchange, symbol, _ts(from_ms), _ts(to_ms)),
-    ).fetchone() or (None, None, None)
-    if ids is None:
+MINUTE = 60_000
+
+
+def _unpack(packed: Any) -> PricePath:
+    """Three packed big-endian columns (agg_id, price, trade time) into a path in agg_id order."""
+    ids, prices, times = packed or (None, None, None)
+    if ids is None or prices is None or times is None:
         empty = np.empty(0, dtype=np.int64)
         return PricePath(empty, np.empty(0, dtype=np.float64), empty)
     agg = np.frombuffer(ids, dtype=">i8").astype(np.int64)
@@ -108,26 +107,131 @@ def price_path(conn: psycopg.Connection, exchange: str, symbol: str, from_ms: in
     return PricePath(agg[order], np.frombuffer(prices, dtype=">f8").astype(np.float64)[order], t_ms[order])
 
 
-def _marks(conn: psycopg.Connection, exchange: str, symbol: str, from_ms: int, to_ms: int) -> list[MarkTick]:
-    """The newest mark before `from_ms` (it announces the first funding time) and every one up to `to_ms`."""
-    rows = (
+_SLACK = 1e-9  # relative: a level computed by another float route still counts as inside a bar
+
+
+def _active(low: float, high: float, levels: np.ndarray) -> bool:
+    """Whether a bar's range holds (or touches) one of the watched levels."""
+    i = int(np.searchsorted(levels, low * (1 - _SLACK), side="left"))
+    return i < len(levels) and levels[i] <= high * (1 + _SLACK)
+
+
+def sparse_path(
+    conn: psycopg.Connection,
+    market: tuple[str, str],
+    from_ms: int,
+    to_ms: int,
+    levels: Sequence[float],
+    moments: Sequence[int],
+) -> PricePath:
+    """The trades of [from_ms, to_ms] a replay can act on: the replay over them is the replay over all.
+
+    ``bars_1m`` says which minutes matter: a minute whose low-high range touches a watched level
+    (``counterfactual.watched_levels``) or holds one of `moments` (entry, exit, timeout, funding
+    times) is read whole, and so is a minute without a bar; of every other minute only its first
+    three trades are read. All of that minute's trades lie between the same two levels, so after
+    its first trade (which may cross from the minute before), the fill of an exit that trade sent,
+    and the fill of a second exit the first fill armed, no scenario can act on the rest."""
+    conn.execute("SET LOCAL jit = off")  # compiling the plan costs more than running it
+    first = from_ms - from_ms % MINUTE
+    bars = (
         _cur(conn)
         .execute(
-            "(SELECT mark_price, funding_rate, next_funding_time, event_time FROM mark_prices"
-            "  WHERE exchange = %(e)s AND symbol = %(s)s AND event_time < %(a)s ORDER BY event_time DESC LIMIT 1)"
-            " UNION ALL (SELECT mark_price, funding_rate, next_funding_time, event_time FROM mark_prices"
-            "  WHERE exchange = %(e)s AND symbol = %(s)s AND event_time >= %(a)s AND event_time <= %(b)s)"
-            " ORDER BY event_time",
-            {"e": exchange, "s": symbol, "a": _ts(from_ms), "b": _ts(to_ms)},
+            "SELECT open_time, low, high, first_agg_id, last_agg_id, trade_count FROM bars_1m"
+            " WHERE exchange = %s AND symbol = %s"
+            " AND open_time >= %s AND open_time <= %s",
+            (*market, _ts(first), _ts(to_ms)),
         )
         .fetchall()
     )
-    return [
-        MarkTick(
-            exchange, symbol, r["mark_price"], r["funding_rate"], _ms(r["next_funding_time"]), _ms(r["event_time"])
-        )
-        for r in rows
-    ]
+    plan = _MinutePlan()
+    by_minute = {_ms(b["open_time"]): b for b in bars}
+    marked = {m - m % MINUTE for m in moments}
+    watched = np.asarray(sorted(levels), dtype=np.float64)
+    for minute in range(first, to_ms + 1, MINUTE):
+        bar = by_minute.get(minute)
+        if bar is None:
+            plan.whole_by_time(minute)
+        elif (
+            minute in marked
+            or _active(bar["low"], bar["high"], watched)
+            or bar["last_agg_id"] - bar["first_agg_id"] + 1 != bar["trade_count"]  # ids not consecutive
+        ):
+            plan.whole_by_id(minute, bar["first_agg_id"], bar["last_agg_id"])
+        else:
+            plan.head(bar["first_agg_id"], bar["last_agg_id"])
+    packed = conn.execute(
+        "SELECT string_agg(int8send(agg_id), ''::bytea), string_agg(float8send(price), ''::bytea),"
+        " string_agg(timestamptz_send(trade_time), ''::bytea) FROM ("
+        # minutes without a bar: by time
+        "SELECT t.agg_id, t.price, t.trade_time FROM unnest(%(a)s::timestamptz[], %(b)s::timestamptz[]) AS r(a, b)"
+        " JOIN trades t ON t.trade_time >= r.a AND t.trade_time < r.b"
+        " WHERE t.exchange = %(e)s AND t.symbol = %(s)s AND t.trade_time >= %(lo)s AND t.trade_time <= %(hi)s"
+        # runs of whole minutes with bars: by agg id (the primary key's order)
+        " UNION ALL SELECT w.agg_id, w.price, w.trade_time FROM"
+        " unnest(%(i0)s::bigint[], %(i1)s::bigint[], %(w0)s::timestamptz[], %(w1)s::timestamptz[]) AS u(i0, i1, w0, w1),"
+        " LATERAL (SELECT agg_id, price, trade_time FROM trades WHERE exchange = %(e)s AND symbol = %(s)s"
+        "  AND agg_id >= u.i0 AND agg_id <= u.i1 AND trade_time >= u.w0 AND trade_time < u.w1"
+        "  AND trade_time >= %(lo)s AND trade_time <= %(hi)s ORDER BY agg_id) AS w"
+        # the first three trades of every other minute (its ids are consecutive: the bar says so)
+        " UNION ALL SELECT agg_id, price, trade_time FROM trades WHERE exchange = %(e)s AND symbol = %(s)s"
+        "  AND agg_id = ANY(%(f)s::bigint[]) AND trade_time >= %(lo)s AND trade_time <= %(hi)s) AS picked",
+        {"e": market[0], "s": market[1], "lo": _ts(from_ms), "hi": _ts(to_ms)} | plan.params(),
+    ).fetchone()
+    return _unpack(packed)
+
+
+class _MinutePlan:
+    """Which trades of each minute ``sparse_path`` reads, merged into runs."""
+
+    def __init__(self) -> None:
+        self.spans: list[list[int]] = []  # [start, end) ms: minutes without a bar
+        self.runs: list[list[int]] = []  # [first id, last id, start, end): whole minutes with bars
+        self.heads: list[int] = []  # ids of the first three trades of the other minutes
+
+    def whole_by_time(self, minute: int) -> None:
+        if self.spans and self.spans[-1][1] == minute:
+            self.spans[-1][1] = minute + MINUTE
+        else:
+            self.spans.append([minute, minute + MINUTE])
+
+    def whole_by_id(self, minute: int, first_id: int, last_id: int) -> None:
+        if self.runs and self.runs[-1][3] == minute:
+            self.runs[-1][1], self.runs[-1][3] = last_id, minute + MINUTE
+        else:
+            self.runs.append([first_id, last_id, minute, minute + MINUTE])
+
+    def head(self, first_id: int, last_id: int) -> None:
+        self.heads.extend(range(first_id, min(first_id + 2, last_id) + 1))
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "a": [_ts(a) for a, _ in self.spans],
+            "b": [_ts(b) for _, b in self.spans],
+            "i0": [r[0] for r in self.runs],
+            "i1": [r[1] for r in self.runs],
+            "w0": [_ts(r[2]) for r in self.runs],
+            "w1": [_ts(r[3]) for r in self.runs],
+            "f": self.heads,
+        }
+
+
+def _marks(conn: psycopg.Connection, exchange: str, symbol: str, from_ms: int, to_ms: int) -> list[MarkTick]:
+    """The newest mark before `from_ms` (it announces the first funding time), and of the marks up to
+    `to_ms` the first and the last of each announced funding time: the marks that decide a settlement
+    (``counterfactual.settlement_marks``), picked by the server in one ordered scan."""
+    rows = conn.execute(
+        "(SELECT mark_price, funding_rate, next_funding_time, event_time FROM mark_prices"
+        "  WHERE exchange = %(e)s AND symbol = %(s)s AND event_time < %(a)s ORDER BY event_time DESC LIMIT 1)"
+        " UNION ALL (SELECT mark_price, funding_rate, next_funding_time, event_time FROM ("
+        "  SELECT *, lag(next_funding_time) OVER w AS before, lead(next_funding_time) OVER w AS after"
+        "  FROM mark_prices WHERE exchange = %(e)s AND symbol = %(s)s AND event_time >= %(a)s AND event_time <= %(b)s"
+        "  WINDOW w AS (ORDER BY event_time)) m"
+        "  WHERE before IS DISTINCT FROM next_funding_time OR after IS DISTINCT FROM next_funding_time)"
+        " ORDER BY event_time",
+        {"e": exchange, "s": symbol, "a": _ts(from_ms), "b": _ts(to_ms)},
+    ).fetchall()
+    return [MarkTick(exchange, symbol, r[0], r[1], _ms(r[2]), _ms(r[3])) for r in rows]
 
 
 def _orders_and_fills(
@@ -180,36 +284,63 @@ def _orders_and_fills(
     return orders, fills, {f["client_order_id"]: f["trade_id"] for f in fill_rows}
 
 
+_MS = "(extract(epoch FROM {0}) * 1000)::bigint"
+
+
 def _population(conn: psycopg.Connection, strategy: str, mode: str, run_id: str) -> list[PeerTrade]:
+    """The strategy's closed trades as peers: the run's for a backtest trade, else the newest
+    ``PEER_LIMIT`` of the mode."""
     if run_id:
-        rows = (
-            _cur(conn)
-            .execute(
-                "SELECT t.position_id, t.direction, t.r_usd, t.pnl_r_net, t.r_usd / t.risk_distance AS qty,"
-                " t.entry_price, t.entry_time, t.exit_time, NULL::jsonb AS factors FROM backtest_trades t"
-                " WHERE t.run_id = %s",
-                (run_id,),
-            )
-            .fetchall()
-        )
+        rows = conn.execute(
+            "SELECT position_id, direction, r_usd::float8, pnl_r_net::float8, (r_usd / risk_distance)::float8,"
+            f" entry_price, {_MS.format('entry_time')}, {_MS.format('exit_time')}, NULL, NULL"
+            " FROM backtest_trades WHERE run_id = %s",
+            (run_id,),
+        ).fetchall()
     else:
-        rows = (
-            _cur(conn)
-            .execute(
-                "SELECT c.position_id, c.direction, c.r_usd, c.pnl_r_net, o.qty, c.entry_price,"
-                " o.event_time AS entry_time, c.event_time AS exit_time, s.factors"
-                " FROM (SELECT * FROM positions WHERE strategy = %s AND event = 'closed' AND mode = %s"
-                "       ORDER BY event_time DESC LIMIT %s) c"
-                " JOIN positions o ON o.mode = c.mode AND o.position_id = c.position_id AND o.event = 'opened'"
-                " LEFT JOIN signals s ON s.signal_id = c.signal_id",
-                (strategy, mode, PEER_LIMIT),
+        rows = conn.execute(
+            "SELECT c.position_id, c.direction, c.r_usd::float8, c.pnl_r_net::float8, o.qty, c.entry_price,"
+            f" {_MS.format('o.event_time')}, {_MS.format('c.event_time')}, s.factors->>'regime',"
+            " (s.factors->>'atr_percentile')::float8"
+            " FROM (SELECT * FROM positions WHERE strategy = %s AND event = 'closed' AND mode = %s"
+            "       ORDER BY event_time DESC LIMIT %s) c"
+            " JOIN positions o ON o.mode = c.mode AND o.position_id = c.position_id AND o.event = 'opened'"
+            " LEFT JOIN signals s ON s.signal_id = c.signal_id",
+            (strategy, mode, PEER_LIMIT),
+        ).fetchall()
+    out = []
+    for pid, direction, r_usd, net, qty, entry, t0, t1, regime, atr_pct in rows:
+        factors = {"regime": regime, "atr_percentile": atr_pct}
+        out.append(
+            PeerTrade(
+                f"{run_id}/{pid}" if run_id else pid,
+                strategy,
+                direction,
+                regime_of(factors),
+                r_usd,
+                net,
+                roi_pct(net, r_usd, qty, entry),
+                t1 - t0,
             )
-            .fetchall()
         )
-    return [
-        peer_trade(dict(_num(r), strategy=strategy, pnl_r_net=float(r["pnl_r_net"])), r["factors"], run_id)
-        for r in rows
-    ]
+    return out
+
+
+def _path(
+    conn: psycopg.Connection,
+    market: tuple[str, str],
+    opened: Mapping[str, Any],
+    end: int,
+    marks: Sequence[MarkTick],
+    moments: list[int],
+    breakeven_offset_r: float,
+) -> PricePath:
+    """The trades the counterfactuals need: ``sparse_path`` over the watched levels and moments (the
+    funding times the marks announce among them)."""
+    start = int(opened["event_time"])
+    funding = [m.next_funding_time for m in marks if start <= m.next_funding_time <= end]
+    levels = watched_levels(opened, breakeven_offset_r)
+    return sparse_path(conn, market, start, end, levels, moments + funding)
 
 
 def load_facts(
@@ -252,12 +383,15 @@ def load_facts(
     )
     market = (opened["exchange"], opened["symbol"])
     orders, fills, trade_ids = _orders_and_fills(conn, opened["signal_id"], position_id, opened["mode"], market)
+    marks = _marks(conn, *market, start, end)
+    be = breakeven_offset(opened, ev.get("tp1"), ExecutorConfig().breakeven_offset_r)
+    moments = [start, int(closed["exit_time"]), start + timeout_ms] + [e["event_time"] for e in ev.values()]
     return TradeFacts(
         closed=closed,
         opened=opened,
         tp1=ev.get("tp1"),
-        path=price_path(conn, *market, start, end),
-        marks=_marks(conn, *market, start, end),
+        path=_path(conn, market, opened, end, marks, moments, be),
+        marks=marks,
         orders=orders,
         fills=fills,
         population=_population(conn, opened["strategy"], opened["mode"], ""),
@@ -311,12 +445,14 @@ def _backtest_facts(conn: psycopg.Connection, position_id: str, run_id: str) -> 
     closed = dict(t, mode="backtest", qty=qty)
     end = max(int(t["exit_time"]), int(t["entry_time"]) + timeout_ms) + _AFTER_MS
     market = (t["exchange"], t["symbol"])
+    marks = _marks(conn, *market, int(t["entry_time"]), end)
+    moments = [int(t["entry_time"]), int(t["exit_time"]), int(t["entry_time"]) + timeout_ms]
     return TradeFacts(
         closed=closed,
         opened=opened,
         tp1=None,
-        path=price_path(conn, *market, int(t["entry_time"]), end),
-        marks=_marks(conn, *market, int(t["entry_time"]), end),
+        path=_path(conn, market, opened, end, marks, moments, cfg.breakeven_offset_r),
+        marks=marks,
         population=_population(conn, t["strategy"], "paper", t["strategy_run_id"]),
         run_id=t["strategy_run_id"],
     )

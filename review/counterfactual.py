@@ -125,6 +125,26 @@ def scaled_opened(opened: Mapping[str, Any], knob: str | None, scale: float) -> 
     return rec
 
 
+def watched_levels(
+    opened: Mapping[str, Any], breakeven_offset_r: float, scales: Sequence[float] = SCALES
+) -> list[float]:
+    """Every price a scenario's position compares trades with (stop, TP1, TP2, the break-even stop after
+    TP1), over every knob and scale: between two of them a run of trades cannot change any scenario."""
+    out = set()
+    for knob, scale in [(None, 1.0)] + [(k, s) for k in KNOBS for s in scales]:
+        rec = scaled_opened(opened, knob, scale)
+        entry = float(rec["entry_price"])
+        risk = float(rec["r_usd"]) / float(rec["qty"])
+        sign = 1 if rec["direction"] == "LONG" else -1
+        out |= {
+            float(rec["sl_price"]),
+            float(rec["tp1_price"]),
+            float(rec["tp2_price"]),
+            entry + sign * breakeven_offset_r * risk,
+        }
+    return sorted(out)
+
+
 def settlement_marks(marks: Sequence[MarkTick]) -> list[MarkTick]:
     """Of the marks in time order, those that decide funding (module docstring): for each announced
     funding time the last mark before it and the first at or after it."""

@@ -4,13 +4,16 @@ stored once per trade however often the job runs."""
 
 from __future__ import annotations
 
+import random
+
 import psycopg
 import pytest
 
 from execution.config import ExecutorConfig, PaperFills
-from review.autopsy_db import AutopsyError, aggregate, autopsy, write_autopsies
+from review.autopsy import build_autopsy
+from review.autopsy_db import AutopsyError, aggregate, autopsy, load_facts, write_autopsies
 from tests.review.planted import S, paper_trade
-from tests.review.stored import store
+from tests.review.stored import store, store_bars
 from tests.support.execution import T0
 
 MIN = 60 * S
@@ -94,3 +97,28 @@ def test_write_autopsies_stores_each_closed_trade_once(migrated_database):
     for name, col in (("gross_r", "pnl_r_gross"), ("fees_r", "fees_r"), ("net_r", "pnl_r_net")):
         assert report["total"][name] == pytest.approx(sum(c[col] for c in closed))
     assert sum(b["trades"] for b in report["by"]["exit_reason"].values()) == 3
+
+
+def test_the_path_read_through_bars_replays_exactly_like_every_trade(migrated_database):
+    """Of the minutes whose bar touches no watched level only three trades are read; every scenario's
+    outcome is the one the whole path gives."""
+    rng = random.Random(7)
+    price, steps = 100.0, []
+    for i in range(40 * 25):  # 40 trades a minute for 25 minutes, drifting up through every take-profit
+        price = round(price + rng.choice((-0.05, 0.05)) + 0.008, 3)
+        steps.append(("trade", price, T0 + S + i * 1500))
+    planted = paper_trade(steps, price=100.0, risk=2.0, tp1_r=1.0, tp2_r=2.0, timeout_ms=20 * MIN)
+    store(migrated_database, planted)
+    assert store_bars(migrated_database, planted.trades) >= 25
+    pid = planted.closed()["position_id"]
+    with psycopg.connect(migrated_database) as conn:
+        sparse = load_facts(conn, pid)
+        conn.execute("DELETE FROM bars_1m")  # no bars: every minute is read whole
+        full = load_facts(conn, pid)
+        conn.rollback()
+    assert len(sparse.path) < 0.8 * len(full.path)
+    a, b = build_autopsy(sparse), build_autopsy(full)
+    assert a.replay_matches and b.replay_matches
+    assert a.counterfactuals.baseline == b.counterfactuals.baseline
+    assert [s.outcome for s in a.counterfactuals.scenarios] == [s.outcome for s in b.counterfactuals.scenarios]
+    assert len({s.outcome.exit_reason for s in b.counterfactuals.scenarios}) >= 2  # the scenarios differ
