@@ -164,16 +164,16 @@ def infer_model(facts: TradeFacts, defaults: ExecutorConfig | None = None) -> Re
     taker, maker = _fee_rate(facts.fills, "taker"), _fee_rate(facts.fills, "maker")
     if taker is None:
         taker = d.fees.taker
-        notes.append(f"taker fee {taker * 1e4:g} bp: the executor's default (no taker fill to measure)")
+        notes.append(f"taker fee {taker * 1e4:g} bp: the configured one (no taker fill to measure)")
     if maker is None:
         maker = d.fees.maker
     slip = _paper_slippage_bps(facts)
     if slip is None:
         slip = d.paper.slippage_bps
-        notes.append(f"slippage {slip:g} bp: the paper default (no paper market fill to measure)")
+        notes.append(f"slippage {slip:g} bp: the configured paper slippage (no paper market fill to measure)")
     slip = max(0.0, slip)
     be = breakeven_offset(facts.opened, facts.tp1, d.breakeven_offset_r)
-    if facts.closed["mode"] != "paper":
+    if facts.closed["mode"] in ("testnet", "live"):
         notes.append("a live trade replayed with the paper fill model: x1 differs from the actual by the model's error")
     return ReplayModel(taker, maker, slip, be, tuple(notes))
 

@@ -434,6 +434,7 @@ def _backtest_facts(conn: psycopg.Connection, position_id: str, run_id: str) -> 
         **{k: t[k] for k in ("position_id", "signal_id", "exchange", "symbol", "direction", "tier", "r_usd")},
         **{k: t[k] for k in ("strategy", "strategy_version", "config_hash", "sl_price", "tp1_price", "tp2_price")},
         "mode": "paper",
+        "event": "opened",
         "entry_price": entry,
         "qty": qty,
         "fees_r": cfg.fees.taker * fill_price * qty / t["r_usd"],
@@ -571,11 +572,12 @@ def aggregate(
     conn: psycopg.Connection, strategy: str, from_ms: int, to_ms: int, modes: Sequence[str] = ("paper",)
 ) -> dict[str, Any]:
     """Where a strategy's money went over [from_ms, to_ms) of exit time: gross, fees, slippage, funding
-    and net in R, in total and by tier, regime, UTC hour of entry and exit reason."""
+    and net in R, in total and by tier, regime, UTC hour of entry and exit reason; and its five worst
+    trades (the ones to run ``autopsy`` on)."""
     rows = (
         _cur(conn)
         .execute(
-            "SELECT c.tier, c.exit_reason, o.event_time AS entry_time, c.pnl_r_gross AS gross_r, c.fees_r,"
+            "SELECT c.position_id, c.tier, c.exit_reason, o.event_time AS entry_time, c.pnl_r_gross AS gross_r, c.fees_r,"
             " c.slippage_r, c.funding_r, c.pnl_r_net AS net_r, s.factors"
             " FROM positions c JOIN positions o ON o.mode = c.mode AND o.position_id = c.position_id AND o.event = 'opened'"
             " LEFT JOIN signals s ON s.signal_id = c.signal_id"
@@ -598,9 +600,14 @@ def aggregate(
             bucket["wins"] += float(r["net_r"]) > 0
             for name in _SUMS:
                 bucket[name] += float(r[name] or 0)
+    worst = sorted(rows, key=lambda r: (float(r["net_r"]), r["position_id"]))[:5]
     return {
         "strategy": strategy,
         "modes": list(modes),
+        "worst": [
+            {"position_id": r["position_id"], "net_r": float(r["net_r"]), "exit_reason": r["exit_reason"]}
+            for r in worst
+        ],
         "from": from_ms,
         "to": to_ms,
         "total": total,

@@ -131,6 +131,9 @@ def render_aggregate(r: dict[str, Any]) -> str:
     out.append(line("all", r["total"]))
     for dim, buckets in r["by"].items():
         out += ["", f"by {dim.replace('_', ' ')}", head] + [line(k, b) for k, b in buckets.items()]
+    if r["worst"]:
+        out += ["", "worst trades (tapeflow autopsy ID)"]
+        out += [f"  {w['position_id']}  {w['net_r']:+.2f}R  {w['exit_reason']}" for w in r["worst"]]
     return "\n".join(out)
 
 

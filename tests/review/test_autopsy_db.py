@@ -4,6 +4,7 @@ stored once per trade however often the job runs."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import psycopg
@@ -97,6 +98,7 @@ def test_write_autopsies_stores_each_closed_trade_once(migrated_database):
     for name, col in (("gross_r", "pnl_r_gross"), ("fees_r", "fees_r"), ("net_r", "pnl_r_net")):
         assert report["total"][name] == pytest.approx(sum(c[col] for c in closed))
     assert sum(b["trades"] for b in report["by"]["exit_reason"].values()) == 3
+    assert report["worst"][0]["position_id"] == min(closed, key=lambda c: c["pnl_r_net"])["position_id"]
 
 
 def test_the_path_read_through_bars_replays_exactly_like_every_trade(migrated_database):
@@ -122,3 +124,51 @@ def test_the_path_read_through_bars_replays_exactly_like_every_trade(migrated_da
     assert a.counterfactuals.baseline == b.counterfactuals.baseline
     assert [s.outcome for s in a.counterfactuals.scenarios] == [s.outcome for s in b.counterfactuals.scenarios]
     assert len({s.outcome.exit_reason for s in b.counterfactuals.scenarios}) >= 2  # the scenarios differ
+
+
+def test_a_backtest_trade_is_rebuilt_from_its_row_and_the_runs_model(migrated_database):
+    """The row a backtest stores for a trade (no orders or fills) and its run's executor settings give
+    the same replay as the paper trade the executor made."""
+    config = ExecutorConfig(paper=PaperFills(slippage_bps=3.0))
+    planted = _with_book(T0, 104.5)  # TP1 and TP2 in one jump: exit "tp"
+    store(migrated_database, planted)  # the market data (and the paper rows, which the backtest ignores)
+    c = planted.closed()
+    o = next(e for e in planted.of("positions") if e["event"] == "opened")
+    with psycopg.connect(migrated_database) as conn:
+        conn.execute(
+            "INSERT INTO backtest_runs (run_id, run_group, strategy, strategy_version, config_hash, config, source,"
+            " exchange, symbols, from_time, to_time, params, started_at)"
+            " VALUES ('run1:v53', 'run1', 'v53', '1.0', 'abc123', %s, 'db', 'binance', '{BTCUSDT}', now(),"
+            " now() + interval '1 day', %s, now())",
+            (json.dumps({"exits": {"timeout_min": 10}}), json.dumps({"executor": config.model_dump(mode="json")})),
+        )
+        conn.execute(
+            "INSERT INTO backtest_trades (run_id, position_id, signal_id, exchange, symbol, direction, tier, score,"
+            " entry_time, exit_time, entry_price, exit_price, sl_price, tp1_price, tp2_price, risk_distance,"
+            " exit_reason, tp1_hit, r_usd, pnl_r_gross, pnl_r_net, fees_r, slippage_r, funding_r, pnl_usd_net)"
+            " VALUES ('run1:v53', %s, %s, 'binance', 'BTCUSDT', 'LONG', 'standard', 80, to_timestamp(%s / 1000.0),"
+            " to_timestamp(%s / 1000.0), %s, %s, %s, %s, %s, 2.0, 'tp', true, %s, %s, %s, %s, %s, %s, 0)",
+            (
+                c["position_id"],
+                c["signal_id"],
+                o["event_time"],
+                c["event_time"],
+                o["entry_price"],
+                c["exit_price"],
+                o["sl_price"],
+                o["tp1_price"],
+                o["tp2_price"],
+                c["r_usd"],
+                c["pnl_r_gross"],
+                c["pnl_r_net"],
+                c["fees_r"],
+                c["slippage_r"],
+                c["funding_r"],
+            ),
+        )
+        conn.commit()
+        a = autopsy(conn, c["position_id"], run_id="run1").as_dict()  # the run id the backtest printed
+    assert a["trade"]["mode"] == "backtest" and a["trade"]["run_id"] == "run1:v53"
+    assert a["counterfactuals"]["replay_matches_actual"] is True
+    assert a["counterfactuals"]["baseline"]["net_r"] == pytest.approx(c["pnl_r_net"], abs=1e-9)
+    assert a["tca"]["orders"] == [] and a["model"]["slippage_bps"] == 3.0

@@ -86,6 +86,7 @@ def test_autopsy_of_a_trade_and_the_strategy_report(migrated_database, tmp_path)
         cwd=tmp_path,
     )
     assert "by exit reason" in shown.stdout and "by hour" in shown.stdout
+    assert pid in shown.stdout.split("worst trades")[1]  # the loser is listed to dissect
 
 
 def test_one_line_errors(migrated_database, tmp_path):
