@@ -137,6 +137,51 @@ def render_aggregate(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _demo(as_json: bool) -> None:
+    """An embedded PostgreSQL of its own (gone afterwards), the demo day stored in it as the sink stores
+    the stack's records, then the strategy's report and the autopsy of its worst trade."""
+    import tempfile
+    from pathlib import Path
+
+    import psycopg
+
+    from review.autopsy_db import aggregate, autopsy
+    from review.autopsy_demo import HOURS, START_MS, STRATEGY, demo_records
+    from sinks.migrate import migrate
+    from sinks.tables import table_for_topic, write_rows
+    from tapeflow.stack.postgres import EmbeddedPostgres
+    from tapeflow.stack.supervisor import Supervisor
+    from tapeflow_runtime.paths import StackPaths
+    from tapeflow_runtime.settings import Settings
+
+    records = demo_records()
+    with tempfile.TemporaryDirectory(prefix="tapeflow-autopsy-demo-") as tmp:
+        paths = StackPaths(Path(tmp))
+        paths.ensure()
+        settings = Settings(home=Path(tmp), broker=None, database_url=None)
+        pg = EmbeddedPostgres(settings, paths)
+        sup = Supervisor(settings, paths, say=lambda m: None, services=[pg], steps=[])
+        sup.start_all()
+        try:
+            conninfo = pg.admin_conninfo(sup.addresses["database"], "tapeflow")
+            migrate(conninfo)
+            with psycopg.connect(conninfo) as conn:
+                for topic, rows in records.items():
+                    spec = table_for_topic(topic)
+                    write_rows(conn, spec, [spec.to_row(r) for r in rows])
+                conn.commit()
+                report = aggregate(conn, STRATEGY, START_MS, START_MS + HOURS * 3_600_000)
+                worst = autopsy(conn, report["worst"][0]["position_id"]).as_dict()
+        finally:
+            sup.stop_all()
+    if as_json:
+        echo(json.dumps({"report": report, "autopsy": worst}, default=str))
+        return
+    echo(render_aggregate(report))
+    echo("")
+    echo(render(worst))
+
+
 @app.command("autopsy")
 def autopsy(
     trade_id: Annotated[str | None, typer.Argument(help="The position id of a closed trade.")] = None,
@@ -151,9 +196,16 @@ def autopsy(
     to: Annotated[str | None, typer.Option("--to", help="Report: exits before this time (ISO 8601, UTC).")] = None,
     database: DatabaseOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    demo: Annotated[
+        bool,
+        typer.Option("--demo", help="Offline demo: a synthetic day of paper trades in a database of its own."),
+    ] = False,
 ) -> None:
     """Why a closed trade made or lost what it did: costs against the mid at send, peers, counterfactual exits
     and a narrative; without TRADE_ID, where a strategy's money went over a period."""
+    if demo:
+        _demo(as_json)
+        return
     if trade_id is None and strategy is None:
         raise fail("give a TRADE_ID, or --strategy with --from and --to for the report", 2)
     if trade_id is None and (from_ is None or to is None):
