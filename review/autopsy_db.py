@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+import structlog
 from psycopg.rows import dict_row
 
 from execution.config import ExecutorConfig
@@ -38,6 +39,8 @@ from review.counterfactual import PricePath, watched_levels
 from review.peers import PeerTrade, regime_of
 from review.tca import Fill, OrderSent
 from tapeflow_runtime.errors import TapeflowError
+
+log = structlog.get_logger("autopsy")
 
 MODES = ["paper", "testnet", "live"]
 PEER_LIMIT = 5000  # the strategy's most recent closed trades the peers are drawn from
@@ -543,7 +546,8 @@ def store(conn: psycopg.Connection, autopsies: Sequence[Autopsy], computed_ms: i
 
 def write_autopsies(conn: psycopg.Connection, since_ms: int, until_ms: int) -> int:
     """Autopsy every position (any mode) closed in [since_ms, until_ms) into ``trade_autopsies``;
-    returns how many were written. Idempotent: a trade's row is replaced. Commits."""
+    returns how many were written (a trade whose rows are incomplete is logged and left out).
+    Idempotent: a trade's row is replaced. Commits."""
     closed = (
         _cur(conn)
         .execute(
@@ -553,7 +557,12 @@ def write_autopsies(conn: psycopg.Connection, since_ms: int, until_ms: int) -> i
         )
         .fetchall()
     )
-    done = [autopsy(conn, r["position_id"], mode=r["mode"]) for r in closed]
+    done = []
+    for r in closed:
+        try:
+            done.append(autopsy(conn, r["position_id"], mode=r["mode"]))
+        except AutopsyError as exc:  # one trade's missing rows must not cost the others their autopsy
+            log.warning("trade autopsy skipped", position_id=r["position_id"], mode=r["mode"], reason=str(exc))
     n = store(conn, done, until_ms)
     conn.commit()
     return n

@@ -172,3 +172,48 @@ def test_a_backtest_trade_is_rebuilt_from_its_row_and_the_runs_model(migrated_da
     assert a["counterfactuals"]["replay_matches_actual"] is True
     assert a["counterfactuals"]["baseline"]["net_r"] == pytest.approx(c["pnl_r_net"], abs=1e-9)
     assert a["tca"]["orders"] == [] and a["model"]["slippage_bps"] == 3.0
+
+
+PEER_NETS = [-2.0, -1.6, -1.5, -1.4, -1.0, -0.5, 0.0, 0.4, 0.8, 1.2, 1.6, 2.0]  # LONG, same regime and size
+
+
+def _plant_peer(conn, k: int, net: float, direction: str, hold_min: int) -> None:
+    """One closed v53 trade (opened and closed events and its signal), 1R = 200 like the planted one."""
+    sid = f"peer-sig-{k}"
+    for event, minutes in (("opened", 0), ("closed", hold_min)):
+        conn.execute(
+            "INSERT INTO positions (position_id, signal_id, strategy, strategy_version, config_hash, exchange, symbol,"
+            " mode, event, direction, tier, entry_price, qty, r_usd, sl_price, tp1_price, tp2_price, exit_price,"
+            " exit_reason, pnl_r_gross, pnl_r_net, fees_r, slippage_r, funding_r, event_time)"
+            " VALUES (%s, %s, 'v53', '1.0', 'abc123', 'binance', 'BTCUSDT', 'paper', %s, %s, 'standard', 100, 100, 200,"
+            " 98, 102, 104, 100, 'timeout', %s, %s, 0.05, 0, 0, to_timestamp(%s / 1000.0))",
+            (f"peer-{k}", sid, event, direction, net + 0.05, net, T0 - (k + 1) * 600 * MIN + minutes * MIN),
+        )
+    conn.execute(
+        "INSERT INTO signals (signal_id, strategy, strategy_version, config_hash, exchange, symbol, eval_time,"
+        " direction, tier, score, factors, price, atr, risk_distance, sl_price, tp1_price, tp2_price, sl_r, tp1_r,"
+        " tp2_r, is_flip) VALUES (%s, 'v53', '1.0', 'abc123', 'binance', 'BTCUSDT', now(), %s, 'standard', 70,"
+        " '{\"direction\": 40.0}', 100, 1.3, 2, 98, 102, 104, 1, 1, 2, false)",
+        (sid, direction),
+    )
+
+
+def test_peers_percentiles_on_a_planted_set(migrated_database):
+    planted = _with_book(T0, 97.5)  # LONG, stopped out: net about -1.33R, held 2 s
+    store(migrated_database, planted)
+    with psycopg.connect(migrated_database) as conn:
+        for k, net in enumerate(PEER_NETS):
+            _plant_peer(conn, k, net, "LONG", 10 * (k + 1))
+        for k in range(3):  # other direction: not in the group
+            _plant_peer(conn, 100 + k, -5.0, "SHORT", 1)
+        conn.commit()
+        a = autopsy(conn, planted.closed()["position_id"]).as_dict()
+    p, net = a["peers"], planted.closed()["pnl_r_net"]
+    assert p["group"] == "strategy=v53, direction=LONG, regime=unknown, size=normal" and p["fallback"] is None
+    assert p["count"] == 12
+    below = sum(1 for v in PEER_NETS if v < net)  # -2.0, -1.6, -1.5, -1.4
+    assert below == 4 and p["net_r_percentile"] == pytest.approx(100 * below / 12)
+    assert p["holding_percentile"] == pytest.approx(0.0)  # 2 s against 10 to 120 min
+    assert p["win_rate"] == pytest.approx(5 / 12)
+    # ROI = net cash / entry notional: the same order as net R at one size and price
+    assert p["roi_percentile"] == pytest.approx(100 * below / 12)
