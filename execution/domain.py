@@ -171,6 +171,7 @@ class Signal:
     is_flip: bool
     risk_multiplier: float | None = None  # the strategy's multiplier for this tier (factors["risk_multiplier"])
     timeout_ms: int | None = None  # the strategy's exits.timeout_min in ms; None: the executor's own setting
+    config_rev: int = 0  # the strategy's registered revision (0: an unregistered file, or a signal from before)
 
     @property
     def key(self) -> str:
@@ -209,6 +210,7 @@ class Signal:
             is_flip=bool(rec.get("is_flip", False)),
             risk_multiplier=(rec.get("factors") or {}).get("risk_multiplier"),
             timeout_ms=None if rec.get("timeout_ms") is None else int(rec["timeout_ms"]),
+            config_rev=int(rec.get("config_rev") or 0),
         )
         if sig.direction not in ("LONG", "SHORT"):
             raise InvalidSignal(f"direction {sig.direction!r}")

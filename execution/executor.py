@@ -132,7 +132,7 @@ class ListSink:
 
 
 class _OrderInfo:
-    __slots__ = ("leg", "mid_at_send", "position_id", "reason", "reference", "request", "signal_id")
+    __slots__ = ("config_rev", "leg", "mid_at_send", "position_id", "reason", "reference", "request", "signal_id")
 
     def __init__(
         self,
@@ -146,6 +146,7 @@ class _OrderInfo:
     ) -> None:
         self.request, self.leg, self.signal_id, self.position_id = request, leg, signal_id, position_id
         self.reference, self.reason, self.mid_at_send = reference, reason, mid_at_send
+        self.config_rev: int | None = None
 
 
 class Executor:
@@ -410,6 +411,7 @@ class Executor:
                 update=update,
                 reason=reason,
                 mid_at_send=info.mid_at_send if info is not None else None,
+                config_rev=info.config_rev if info is not None else self._config_rev(pid),
             ),
         )
 
@@ -444,7 +446,16 @@ class Executor:
         reason: str | None,
     ) -> None:
         """Follow an order's broker events from now on (sent now, or resumed after a restart)."""
-        self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
+        info = self.orders[req.client_order_id] = _OrderInfo(req, leg, signal_id, pid, reference, reason)
+        info.config_rev = self._config_rev(pid)
+
+    def _config_rev(self, pid: str | None) -> int | None:
+        """The strategy revision of the position (or pending entry) ``pid``; None for orders of neither."""
+        pos = self.positions.get(pid or "")
+        if pos is not None:
+            return pos.config_rev
+        entry = self.entries.get(pid or "")
+        return entry.signal.config_rev if entry is not None else None
 
     def _mid_now(self, key: str) -> tuple[float, str] | None:
         """What the order's fills are measured against (mid at send): the book top's mid while the book

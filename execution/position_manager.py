@@ -115,6 +115,7 @@ class Position:
     pending: _PendingExit | None = None
     deferred_close: str | None = None
     attempts: dict[str, int] = field(default_factory=dict)
+    config_rev: int = 0  # the signal's strategy revision, on every event and order of the position
 
     # --- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -152,6 +153,7 @@ class Position:
             breakeven_offset_r=breakeven_offset_r,
             qty_open=qty,
             stop=plan.sl,
+            config_rev=signal.config_rev,
         )
         pos.last_event_time = pos.opened_at
         for f in fills:
@@ -227,6 +229,7 @@ class Position:
             funding_r=float(last.get("funding_r") or 0.0),
             last_event_time=int(last["event_time"]),
             breakeven_offset_r=breakeven_offset_r,
+            config_rev=int(opened.get("config_rev") or 0),
         )
         if tp1 is not None:
             pos.phase = "tp1"

@@ -25,9 +25,11 @@ def order_record(
     update: OrderUpdate | None = None,
     reason: str | None = None,
     mid_at_send: tuple[float, str] | None = None,
+    config_rev: int | None = None,
 ) -> dict[str, Any]:
     """One OrderEvent: the request as sent plus the state it is in after `update` (if any);
-    `mid_at_send` is the (price, source) the executor knew when it sent the order."""
+    `mid_at_send` is the (price, source) the executor knew when it sent the order; `config_rev` the
+    strategy revision of the signal or position the order serves (None for orders of neither)."""
     return {
         "client_order_id": req.client_order_id,
         "signal_id": signal_id,
@@ -50,6 +52,7 @@ def order_record(
         "event_time": event_time,
         "mid_at_send": mid_at_send[0] if mid_at_send else None,
         "mid_source": mid_at_send[1] if mid_at_send else None,
+        "config_rev": config_rev,
     }
 
 
@@ -104,4 +107,5 @@ def position_record(pos: Position, kind: str, event_time: int) -> dict[str, Any]
         "funding_r": pos.funding_r,
         "event_time": event_time,
         "timeout_ms": pos.plan.timeout_ms,  # what a restarted executor restores the position with
+        "config_rev": pos.config_rev,
     }

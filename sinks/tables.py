@@ -331,6 +331,7 @@ def feature_row(r: Record) -> Row:
         r.get("direction"),
         r.get("gate"),
         r.get("block_reason"),
+        r.get("config_rev"),
     )
 
 
@@ -358,6 +359,7 @@ def signal_row(r: Record) -> Row:
         r["tp2_r"],
         r.get("is_flip", False),
         r.get("timeout_ms"),
+        r.get("config_rev"),
     )
 
 
@@ -384,6 +386,7 @@ def order_event_row(r: Record) -> Row:
         ms_to_datetime(r["event_time"]),
         r.get("mid_at_send"),
         r.get("mid_source"),
+        r.get("config_rev"),
     )
 
 
@@ -434,6 +437,7 @@ def position_event_row(r: Record) -> Row:
         ms_to_datetime(r["event_time"]),
         r.get("funding_r", 0.0),
         r.get("timeout_ms"),
+        r.get("config_rev"),
     )
 
 
@@ -842,6 +846,7 @@ FEATURES = _spec(
         ("direction", _T),
         ("gate", _T),
         ("block_reason", _T),
+        ("config_rev", _I4),  # added by 0025
     ],
     ("evaluation_id", "eval_time"),
     "eval_time",
@@ -873,6 +878,7 @@ SIGNALS = _spec(
         ("tp2_r", _F8),
         ("is_flip", _B),
         ("timeout_ms", _I8),  # added by 0012
+        ("config_rev", _I4),  # added by 0025
     ],
     ("signal_id",),
     "eval_time",
@@ -903,6 +909,7 @@ ORDERS = _spec(
         ("event_time", _TS),
         ("mid_at_send", _F8),
         ("mid_source", _T),
+        ("config_rev", _I4),  # added by 0025
     ],
     ("mode", "client_order_id", "state", "filled_qty"),
     "event_time",
@@ -961,6 +968,7 @@ POSITIONS = _spec(
         ("event_time", _TS),
         ("funding_r", _F8),  # added by 0006: after event_time
         ("timeout_ms", _I8),  # added by 0012
+        ("config_rev", _I4),  # added by 0025
     ],
     ("mode", "position_id", "event"),
     "event_time",

@@ -53,6 +53,7 @@ from .decision import decide_frame
 from .detectors import BookParams, DetectorParams, FlowParams
 from .engine_cadence import evaluation_points
 from .engine_inputs import Key, PendingInputs, event_from_dict
+from .engine_rollout import Revisions, Switch
 from .events import BookBatch, MarkBatch, MarketEvent, TradeBatch
 from .market_records import MarketTimeline
 from .params import StateParams
@@ -234,6 +235,7 @@ class Engine:
             )
         self._detecting = detecting
         self._limits: dict[str, int] = {}
+        self.revisions = Revisions(self.strategies)  # hot-switched revisions (core.engine_rollout)
 
     @property
     def applied_input_ms(self) -> int | None:
@@ -243,6 +245,20 @@ class Engine:
     @applied_input_ms.setter
     def applied_input_ms(self, value: int | None) -> None:
         self._inputs.applied_ms = value
+
+    def switch_point(self) -> int:
+        """The first evaluation boundary (the ``eval_interval_ms`` grid) after every evaluation this engine
+        has made or can make with the inputs it holds: a switch from there changes no evaluation in flight."""
+        reached = max((t for t in (self.sealed_ms, self.clock_ms) if t is not None), default=None)
+        if reached is None:
+            return 0
+        step = self.params.eval_interval_ms
+        return (reached // step + 1) * step
+
+    def schedule_switch(self, switch: Switch) -> None:
+        """Evaluate with ``switch``'s revisions from ``switch.applied_from`` on (``core.engine_rollout``);
+        ``SwitchRefused`` when this engine cannot (a restart is needed)."""
+        self.revisions.schedule(switch)
 
     @property
     def _pending_books(self) -> dict[Key, BookBatch]:
@@ -396,12 +412,16 @@ class Engine:
         table = FeatureTable()
         i, n = 0, len(points)
         while i < n:
+            self.revisions.reach(int(points[i]))  # switches due by this point are in force from it on
             j = max(int(np.searchsorted(points, points[i] + limit, side="right")), i + 1)
             if j - i > 1:
                 # stop before the first trade the clean path would not take (its point runs alone)
                 unclean = self._first_unclean_before(int(points[j - 1]))
                 if unclean is not None:
                     j = max(int(np.searchsorted(points, unclean, side="right")), i + 1)
+            switch = self.revisions.next_switch()
+            if switch is not None:  # a segment ends before a switch: one revision per evaluation
+                j = max(min(j, int(np.searchsorted(points, switch, side="left"))), i + 1)
             self._evaluate_segment(points[i:j], out, table)
             i = j
         out.add_table(table)
@@ -481,7 +501,8 @@ class Engine:
         records: _SegmentRecords,
     ) -> None:
         """Read the symbol at its due points, then score and decide them for every strategy that applies."""
-        strategies = [(rank, cfg) for rank, cfg in enumerate(self.strategies) if cfg.applies_to(key[1])]
+        in_force = (self.revisions.config(cfg.name, key[1]) for cfg in self.strategies)
+        strategies = [(rank, cfg) for rank, cfg in enumerate(in_force) if cfg.applies_to(key[1])]
         if not strategies:
             return
         frame = state.snapshot_frame(due_points, self._cvd_windows, self._slope_windows, log, timeline)
@@ -514,6 +535,7 @@ class Engine:
             "books": {name: book.to_dict() for name, book in sorted(self.books.items())},
             "pending_trades": self._inputs.trades_to_dict(),
             "pending_events": self._inputs.events_to_dict(lambda symbol: self.book_params(symbol) is not None),
+            "revisions": self.revisions.to_dict(),
         }
 
     @classmethod
@@ -540,6 +562,7 @@ class Engine:
         for name, book in data["books"].items():
             if name in engine.books:
                 engine.books[name] = CooldownBook.from_dict(book)
+        engine.revisions.restore(data.get("revisions"))  # absent in snapshots before hot switches
         engine._inputs.restore_trades(data["pending_trades"])
         events = [event_from_dict(e) for e in data["pending_events"]]
         engine._inputs.add_events(events, *PLAUSIBLE_TIME_MS, engine.params.event_clock_delay_ms, engine._reject)

@@ -51,6 +51,7 @@ def feature_dict(
     direction: str | None,
     gate: str | None,
     block_reason: str | None,
+    config_rev: int = 0,
 ) -> dict[str, Any]:
     """One ``features`` record (FeatureEvaluation): every evaluation, signal or not."""
     return {
@@ -67,6 +68,7 @@ def feature_dict(
         "direction": direction,
         "gate": gate,
         "block_reason": block_reason,
+        "config_rev": config_rev,
     }
 
 
@@ -88,6 +90,7 @@ def feature_record(evaluation: Evaluation) -> dict[str, Any]:
         evaluation.direction,
         evaluation.gate,
         evaluation.block_reason,
+        evaluation.config_rev,
     )
 
 
@@ -131,6 +134,7 @@ class FeatureBlock:
                     DIRECTIONS[signs[k]],
                     GATES[gates[k] - 1] if gates[k] else None,
                     BLOCK_REASONS[blocks[k]],
+                    cfg.config_rev,
                 )
             )
         return out
@@ -205,4 +209,5 @@ def signal_record(evaluation: Evaluation, plan: ExitPlan) -> dict[str, Any]:
         "tp2_r": plan.tp2_r,
         "is_flip": evaluation.is_flip,
         "timeout_ms": plan.timeout_ms,  # the strategy's exits.timeout_min: the executor applies it
+        "config_rev": evaluation.config_rev,
     }

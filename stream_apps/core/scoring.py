@@ -78,6 +78,7 @@ class Evaluation:
     notes: tuple[str, ...]
     inputs: Mapping[str, float]
     is_flip: bool = False
+    config_rev: int = 0  # the strategy's registered revision (0: an unregistered file)
 
     @property
     def fired(self) -> bool:
@@ -355,6 +356,7 @@ def evaluation_at(
         block_reason=BLOCK_REASONS[int(scores.block[i])],
         notes=notes,
         inputs=MappingProxyType(inputs),
+        config_rev=cfg.config_rev,
     )
 
 
@@ -384,4 +386,5 @@ def with_block(e: Evaluation, reason: str) -> Evaluation:
         e.notes,
         e.inputs,
         False,
+        e.config_rev,
     )

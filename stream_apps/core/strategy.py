@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_serializer,
@@ -717,6 +718,20 @@ class StrategyConfig(_Model):
         "Amihud, flow and book) as features; off when absent",
     )
     regime: Regime | None = Field(default=None, description="rules instead of layers (core.regime); off when absent")
+    # the registered revision (tapeflow strategy revisions) this config was loaded as; 0 for a file not
+    # registered. Private: it is where the config came from, not what it is, so neither the file nor
+    # config_hash knows it.
+    _config_rev: int = PrivateAttr(default=0)
+
+    @property
+    def config_rev(self) -> int:
+        return self._config_rev
+
+    def at_rev(self, rev: int) -> StrategyConfig:
+        """This config as registered revision ``rev`` (stamped as config_rev on its records)."""
+        copy = self.model_copy()
+        copy._config_rev = rev
+        return copy
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:

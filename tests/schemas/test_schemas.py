@@ -178,6 +178,7 @@ BTC_FEATURES = {
     "direction": "LONG",
     "gate": None,
     "block_reason": None,
+    "config_rev": 3,
 }
 SIGNAL_ID = f"v53:{CONFIG_HASH}:binance:BTCUSDT:{EVAL_TIME}:LONG"
 # risk_distance = 1.5 * 161.4 = 242.1; sl = 67012.4 - 242.1; tp1 = + 1.0R; tp2 = + 2.0R.
@@ -204,6 +205,7 @@ BTC_SIGNAL = {
     "tp2_r": 2.0,
     "is_flip": False,
     "timeout_ms": 14_400_000,
+    "config_rev": 3,
 }
 BTC_ORDER = {
     "client_order_id": "tf-7c1d0a9e-entry",
@@ -227,6 +229,7 @@ BTC_ORDER = {
     "event_time": 1718000040412,
     "mid_at_send": 67011.85,
     "mid_source": "book",
+    "config_rev": 3,
 }
 BTC_FILL = {
     "exchange": "binance",
@@ -271,6 +274,7 @@ BTC_POSITION_CLOSED = {
     "funding_r": 0.0,
     "event_time": 1718001912007,
     "timeout_ms": 14_400_000,
+    "config_rev": 3,
 }
 RISK_PAUSE = {
     "scope": "global",
@@ -555,6 +559,7 @@ def test_optional_fields_get_their_defaults(serde):
             "reason",
             "mid_at_send",
             "mid_source",
+            "config_rev",
         )
     }
     decoded = serde.decode(serde.encode("orders", order))
@@ -571,6 +576,7 @@ def test_optional_fields_get_their_defaults(serde):
         "reason": None,
         "mid_at_send": None,
         "mid_source": None,
+        "config_rev": None,
     }
 
 
@@ -761,8 +767,8 @@ def test_records_written_before_timeout_ms_read_it_as_null(topic, sample):
     previous = [
         v for v in registry.versions(f"{topic}-value") if "timeout_ms" not in {f["name"] for f in v["schema"]["fields"]}
     ][-1]
-    old = {k: v for k, v in sample.items() if k != "timeout_ms"}
+    old = {k: v for k, v in sample.items() if k not in ("timeout_ms", "config_rev")}
     buf = io.BytesIO()
     schemaless_writer(buf, parse_schema(strip_logical_types(previous["schema"])), old)
     data = frame_header(previous["id"]) + buf.getvalue()
-    assert AvroSerde(registry).decode(data, topic=topic) == {**old, "timeout_ms": None}
+    assert AvroSerde(registry).decode(data, topic=topic) == {**old, "timeout_ms": None, "config_rev": 0}

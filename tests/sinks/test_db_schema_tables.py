@@ -151,6 +151,7 @@ SAMPLES: dict[str, dict] = {
         "direction": "LONG",
         "gate": None,
         "block_reason": "below_entry",
+        "config_rev": 2,
     },
     "signals": {
         "signal_id": f"v53:ab12cd:binance:BTCUSDT:{T}:LONG",
@@ -175,6 +176,7 @@ SAMPLES: dict[str, dict] = {
         "tp2_r": 1.5,
         "is_flip": False,
         "timeout_ms": 14_400_000,
+        "config_rev": 2,
     },
     "orders": {
         "client_order_id": "tf-9f8e7d-entry",
@@ -198,6 +200,7 @@ SAMPLES: dict[str, dict] = {
         "event_time": T + 12,
         "mid_at_send": 42581.95,
         "mid_source": "book",
+        "config_rev": 2,
     },
     "fills": {
         "exchange": "binance",
@@ -242,6 +245,7 @@ SAMPLES: dict[str, dict] = {
         "funding_r": 0.0,
         "event_time": T + 3_600_000,
         "timeout_ms": 14_400_000,
+        "config_rev": 2,
     },
     "risk.events": {
         "scope": "strategy:v53",
@@ -333,9 +337,11 @@ def expected_value(spec, column: str, record: dict):
 
 
 def test_every_topic_of_the_catalogue_has_a_table():
-    """Except the progress markers of replays and warm starts: control records with nothing to keep."""
+    """Except control records with nothing to keep: the progress markers of replays and warm starts, and
+    the rollout states and switch points (strategy_rollouts_audit keeps every rollout step)."""
+    control = {PROGRESS_TOPIC, "config.rollouts", "config.applied"}
     for t in all_topics():
-        if t.name == PROGRESS_TOPIC:
+        if t.name in control:
             with pytest.raises(ValueError, match="no table for topic"):
                 table_for_topic(t.name)
             continue
@@ -343,7 +349,7 @@ def test_every_topic_of_the_catalogue_has_a_table():
         assert spec.table == ("pipeline_errors" if t.is_dlq else TOPIC_TABLES[t.name].table)
     with pytest.raises(ValueError, match="no table for topic"):
         table_for_topic("md.nope")
-    assert sinkable_topics() == {t.name for t in all_topics()} - {PROGRESS_TOPIC}
+    assert sinkable_topics() == {t.name for t in all_topics()} - control
     assert set(SAMPLES) == set(TOPIC_TABLES) | {"dlq.md"}
 
 
