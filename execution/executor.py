@@ -131,6 +131,18 @@ class ListSink:
         return [r for t, _, r in self.records if t == topic]
 
 
+def mid_now(market: MarketState, key: str, book_max_age_ms: int) -> tuple[float, str] | None:
+    """What an order's fills are measured against (its mid at send): the book top's mid while the book
+    is fresh (at most `book_max_age_ms` older than the newest trade, as the paper broker's book model
+    asks), else the last trade price, with which one it is; None before either was seen."""
+    book = market.books.get(key)
+    last = market.last_price.get(key)
+    newest = market.trade_time.get(key, -1)
+    if book is not None and book.mid is not None and newest - book.event_time <= book_max_age_ms:
+        return book.mid, "book"
+    return (last, "last_trade") if last is not None else None
+
+
 class _OrderInfo:
     __slots__ = ("config_rev", "leg", "mid_at_send", "position_id", "reason", "reference", "request", "signal_id")
 
@@ -428,7 +440,9 @@ class Executor:
         """Record the intent, then hand the order to the broker; returns the broker's events (routed)."""
         self.changes += 1
         self._track(req, leg, signal_id, pid, reference, reason)
-        self.orders[req.client_order_id].mid_at_send = self._mid_now(market_key(req.exchange, req.symbol))
+        self.orders[req.client_order_id].mid_at_send = mid_now(
+            self.market, market_key(req.exchange, req.symbol), self.config.paper.book_max_age_ms
+        )
         self._emit_order(req, leg, signal_id, pid, "PENDING_NEW", now_ms, None, reason)
         if self.mode != "paper":
             self.sink.barrier()
@@ -456,17 +470,6 @@ class Executor:
             return pos.config_rev
         entry = self.entries.get(pid or "")
         return entry.signal.config_rev if entry is not None else None
-
-    def _mid_now(self, key: str) -> tuple[float, str] | None:
-        """What the order's fills are measured against (mid at send): the book top's mid while the book
-        is fresh (at most ``paper.book_max_age_ms`` older than the newest trade, as the paper broker's
-        book model asks), else the last trade price, with which one it is; None before either was seen."""
-        book = self.market.books.get(key)
-        last = self.market.last_price.get(key)
-        newest = self.market.trade_time.get(key, -1)
-        if book is not None and book.mid is not None and newest - book.event_time <= self.config.paper.book_max_age_ms:
-            return book.mid, "book"
-        return (last, "last_trade") if last is not None else None
 
     def _send_exit(self, pos: Position, intent: ExitIntent, now_ms: int) -> None:
         cid = client_order_id(pos.signal_id, intent.leg, pos.next_attempt(intent.leg))
