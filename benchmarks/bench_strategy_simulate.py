@@ -78,8 +78,8 @@ INDICATORS_SQL = (
 )
 
 
-def load(conninfo: str, days: int, trades: int, mark_interval_s: float) -> tuple[int, int]:
-    """Fill the database; (trades, marks) stored."""
+def load(conninfo: str, days: int, trades: int, mark_interval_s: float) -> tuple[int, int, int]:
+    """Fill the database; (trades, marks, indicators) stored."""
     span = days * 86_400_000
     with psycopg.connect(conninfo) as conn:
         for table in ("trades", "mark_prices", "market_indicators"):
@@ -102,9 +102,12 @@ def load(conninfo: str, days: int, trades: int, mark_interval_s: float) -> tuple
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE trades")  # as autovacuum leaves a table that has been written a while
         conn.execute("VACUUM ANALYZE mark_prices")
-        stored_trades = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
-        stored_marks = conn.execute("SELECT count(*) FROM mark_prices").fetchone()[0]
-        return stored_trades, stored_marks
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM trades), (SELECT count(*) FROM mark_prices), "
+            "(SELECT count(*) FROM market_indicators)"
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
 
 
 def candidate_file(path: Path) -> Path:
@@ -146,9 +149,10 @@ def main() -> None:
     args = ap.parse_args()
     with embedded_stack(with_broker=False) as (_, conninfo):
         t = time.perf_counter()
-        trades, marks = load(conninfo, args.days, args.trades, args.mark_interval_s)
+        trades, marks, indicators = load(conninfo, args.days, args.trades, args.mark_interval_s)
         print(
-            f"loaded {trades:,} trades and {marks:,} mark prices ({args.days} days x {len(SHARES)} symbols) in "
+            f"loaded {trades:,} trades, {marks:,} mark prices and {indicators:,} indicators ({args.days} days x "
+            f"{len(SHARES)} symbols) in "
             f"{time.perf_counter() - t:.0f} s; load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
