@@ -187,7 +187,8 @@ def autopsy(
     trade_id: Annotated[str | None, typer.Argument(help="The position id of a closed trade.")] = None,
     run: Annotated[str | None, typer.Option("--run", help="The backtest run the trade belongs to.")] = None,
     mode: Annotated[
-        str | None, typer.Option("--mode", help="paper, testnet or live (when an id is in several).")
+        str | None,
+        typer.Option("--mode", help="paper, testnet or live: the trade's (an id in several), the report's (paper)."),
     ] = None,
     strategy: Annotated[
         str | None, typer.Option("--strategy", help="Without TRADE_ID: the strategy to report on.")
@@ -223,7 +224,9 @@ def autopsy(
             start, end = parse_time(from_ or "", "--from"), parse_time(to or "", "--to")
             if end <= start:
                 raise fail("--to must be after --from", 2)
-            report = aggregate(conn, strategy or "", int(start.timestamp() * 1000), int(end.timestamp() * 1000))
+            report = aggregate(
+                conn, strategy or "", int(start.timestamp() * 1000), int(end.timestamp() * 1000), [mode or "paper"]
+            )
         except AutopsyError as exc:
             raise fail(str(exc)) from None
     echo(json.dumps(report) if as_json else render_aggregate(report))
