@@ -106,15 +106,18 @@ def newest_trade_ms_db(conninfo: str, exchange: str, symbols: Sequence[str]) -> 
     time per (exchange, symbol), so each symbol's newest is its primary key's last entry: one index
     probe per partition, not a scan of the table."""
     newest: int | None = None
-    with psycopg.connect(conninfo) as conn:
-        for symbol in symbols:
-            row = conn.execute(
-                "SELECT trade_time FROM trades WHERE exchange = %s AND symbol = %s ORDER BY agg_id DESC LIMIT 1",
-                (exchange, symbol),
-            ).fetchone()
-            if row is not None:
-                ms = round(row[0].timestamp() * 1000)
-                newest = ms if newest is None else max(newest, ms)
+    try:
+        with psycopg.connect(conninfo) as conn:
+            for symbol in symbols:
+                row = conn.execute(
+                    "SELECT trade_time FROM trades WHERE exchange = %s AND symbol = %s ORDER BY agg_id DESC LIMIT 1",
+                    (exchange, symbol),
+                ).fetchone()
+                if row is not None:
+                    ms = round(row[0].timestamp() * 1000)
+                    newest = ms if newest is None else max(newest, ms)
+    except psycopg.Error as exc:
+        raise SimulateError(f"db: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}", 1) from None
     return newest
 
 
@@ -125,30 +128,41 @@ def newest_trade_ms_topics(
     topic is empty). Records carry the broker's arrival time, which for a replayed or backfilled
     history is not the trade's; the producer publishes each market in time order, so a partition's
     last record holds its newest trade."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException
 
     from schemas.registry import registry_from_url
     from schemas.serde import AvroSerde
-    from tapeflow_runtime.kafka_client import consumer_config, topic_metadata
+    from tapeflow_runtime.kafka_client import consumer_config
 
     topic = f"{topic_prefix}md.trades"
     serde = AvroSerde(registry_from_url(registry_url))
     consumer = Consumer(consumer_config(bootstrap, group_id=f"tapeflow-simulate-{uuid.uuid4().hex[:8]}"))
     try:
-        md = topic_metadata(consumer, topic, timeout_s=timeout_s)
-        if md is None or md.error is not None:
-            raise SimulateError(f"cannot read {topic}: {md.error if md else 'no such topic'}")
-        last: list[TopicPartition] = []
-        for p in sorted(md.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
-                last.append(TopicPartition(topic, p, high - 1))
-        if not last:
-            return None
-        consumer.assign(last)
-        return max(int(serde.decode(msg.value())["trade_time"]) for msg in _consume(consumer, len(last), timeout_s))
+        return _newest_of(consumer, topic, serde, timeout_s)
+    except KafkaException as exc:
+        raise SimulateError(f"topics: {exc}", 1) from None
     finally:
         consumer.close()
+
+
+def _newest_of(consumer: Any, topic: str, serde: Any, timeout_s: float) -> int | None:
+    """``newest_trade_ms_topics`` on an open consumer."""
+    from confluent_kafka import TopicPartition
+
+    from tapeflow_runtime.kafka_client import topic_metadata
+
+    md = topic_metadata(consumer, topic, timeout_s=timeout_s)
+    if md is None or md.error is not None:
+        raise SimulateError(f"cannot read {topic}: {md.error if md else 'no such topic'}", 1)
+    last: list[TopicPartition] = []
+    for p in sorted(md.partitions):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        if high > low:
+            last.append(TopicPartition(topic, p, high - 1))
+    if not last:
+        return None
+    consumer.assign(last)
+    return max(int(serde.decode(msg.value())["trade_time"]) for msg in _consume(consumer, len(last), timeout_s))
 
 
 def _consume(consumer: Any, count: int, timeout_s: float) -> list[Any]:

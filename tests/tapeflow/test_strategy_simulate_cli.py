@@ -178,3 +178,9 @@ def test_text_report_and_one_line_errors(tmp_path, database):
         )
     )
     assert "unknown symbol 'BTC'" in line
+    # a database that does not answer: nothing to simulate, exit 1
+    down = {"TAPEFLOW_DATABASE_URL": "postgresql://tapeflow:x@127.0.0.1:1/tapeflow"}
+    proc = tapeflow("strategy", "simulate", str(strict), "--active", str(active), "--days", "1", cwd=tmp_path, env=down)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: db: ")
