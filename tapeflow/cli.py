@@ -24,6 +24,7 @@ from tapeflow_runtime.errors import TapeflowError
 register_all()
 
 from backtest.research.cli import register as _register_research  # noqa: E402 - registered after every group
+from backtest.research.model_cli import register as _register_model  # noqa: E402
 from backtest.watchlist.cli import register as _register_watchlist  # noqa: E402
 from tapeflow.commands.services import _instrument_rules, _watchlist_traders, watchlist_app  # noqa: E402
 from tapeflow.commands.topics import _ui_consumer_lag  # noqa: E402
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 _register_research(app)
+_register_model(app)
 _register_watchlist(watchlist_app)
 
 

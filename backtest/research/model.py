@@ -2,8 +2,8 @@
 
 Two learners on the same rows (``model_data.Dataset``):
 
-- ``logistic``: L2 logistic regression (scikit-learn, lbfgs) on standardised features (training mean and
-  deviation; a missing value is imputed at the mean, i.e. 0 after standardising) and on each feature
+- ``logistic``: L2 logistic regression (scikit-learn, Newton-Cholesky) on standardised features (training
+  mean and deviation, clipped at +-5; a missing value is imputed at the mean, i.e. 0) and on each feature
   times ``direction_sign``: a linear model cannot otherwise tell "buy pressure before a long" from "buy
   pressure before a short".
 - ``lightgbm``: gradient-boosted trees (LightGBM), missing values handled by the trees; a fixed number
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,8 @@ LIGHTGBM_PARAMS: dict[str, Any] = {
 }
 LIGHTGBM_ROUNDS = 100
 LOGISTIC_C = 1.0
+Z_CLIP = 5.0  # standardised values beyond +-5 sigma are clipped: one outlier must not swing the logit
+CALIBRATED_RANGE = (0.001, 0.999)  # a calibrated p is never 0 or 1: isotonic ends at 0/1 on thin tails
 
 
 def size_multiplier(p: float) -> float:
@@ -95,7 +98,7 @@ class LogisticFit:
     background: np.ndarray  # mean of each design column over the training rows (SHAP's base)
 
     def design(self, x: np.ndarray, sign: np.ndarray) -> np.ndarray:
-        z = (x - self.mean) / self.scale
+        z = np.clip((x - self.mean) / self.scale, -Z_CLIP, Z_CLIP)
         z[np.isnan(z)] = 0.0
         return np.hstack([z, z * sign[:, None]])
 
@@ -124,13 +127,17 @@ class LogisticFit:
 def fit_logistic(x: np.ndarray, y: np.ndarray, sign: np.ndarray, threads: int | None = None) -> LogisticFit:
     from sklearn.linear_model import LogisticRegression
 
-    mean = np.nanmean(x, axis=0)
-    scale = np.nanstd(x, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column without values in these rows: mean 0, scale 1
+        mean = np.nanmean(x, axis=0)
+        scale = np.nanstd(x, axis=0)
     mean[np.isnan(mean)] = 0.0
     scale[~(scale > 0)] = 1.0
     blank = LogisticFit(mean, scale, np.empty(0), np.empty(0), 0.0, np.empty(0))
     design = blank.design(x, sign)
-    model = LogisticRegression(C=LOGISTIC_C, max_iter=300, tol=1e-4)
+    # Newton steps with a Cholesky solve: a handful of iterations where lbfgs took hundreds on the engine's
+    # features (scales that differ by orders of magnitude even after standardising heavy tails)
+    model = LogisticRegression(C=LOGISTIC_C, solver="newton-cholesky", max_iter=100, tol=1e-6)
     model.fit(design, y)
     coef = model.coef_[0]
     k = x.shape[1]
@@ -218,7 +225,7 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float | int | None]:
 @dataclass
 class Calibrator:
     """A monotone map of raw probabilities: isotonic (piecewise linear through ``x``/``y``) or Platt
-    (``sigmoid(a * logit(p) + b)``)."""
+    (``sigmoid(a * logit(p) + b)``), clipped into ``CALIBRATED_RANGE``."""
 
     method: str
     x: list[float] = field(default_factory=list)
@@ -229,9 +236,11 @@ class Calibrator:
     def __call__(self, p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, dtype=np.float64)
         if self.method == "isotonic":
-            return np.interp(p, self.x, self.y)
-        z = np.log(np.clip(p, EPS, 1 - EPS) / (1 - np.clip(p, EPS, 1 - EPS)))
-        return sigmoid(self.a * z + self.b)
+            out = np.interp(p, self.x, self.y)
+        else:
+            z = np.log(np.clip(p, EPS, 1 - EPS) / (1 - np.clip(p, EPS, 1 - EPS)))
+            out = sigmoid(self.a * z + self.b)
+        return np.clip(out, *CALIBRATED_RANGE)
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "x": self.x, "y": self.y, "a": self.a, "b": self.b}

@@ -6,7 +6,8 @@ writes that export itself for the strategy with every microstructure detector tu
 (``with_detectors``), since no shipped strategy runs them and the question is whether they add anything.
 
 - Rows: evaluations with a direction whose target is known (``rows="all"``), or only those that were
-  signals (``rows="signals"``: no block reason). The target is a column of 0/1 (default
+  signals (``rows="signals"``: no block reason); optionally one per symbol and interval (``every_ms``:
+  evaluations a second apart share almost all of their label window and features). The target is a column of 0/1 (default
   ``y_binary_60m``, the barrier label); each row's label interval is ``[eval_time, eval_time + horizon]``,
   what purged cross-validation needs.
 - Features: the decision's numbers (``score``, ``raw_score``, ``layer_*``), every ``in_*`` input, and
@@ -136,8 +137,9 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def from_table(table: pa.Table, target: str, horizon_ms: int, rows: str = "all") -> Dataset:
-    """The dataset of an export's rows (any order; see the module docstring)."""
+def from_table(table: pa.Table, target: str, horizon_ms: int, rows: str = "all", every_ms: int = 1000) -> Dataset:
+    """The dataset of an export's rows (any order; see the module docstring), keeping the first row of each
+    symbol in each ``every_ms`` interval (the engine evaluates at most once a second: 1000 keeps all)."""
     if rows not in ROW_CHOICES:
         raise ModelDataError(f"--rows {rows!r}: use one of {', '.join(ROW_CHOICES)}")
     if target not in table.column_names:
@@ -155,6 +157,11 @@ def from_table(table: pa.Table, target: str, horizon_ms: int, rows: str = "all")
     index = np.flatnonzero(keep)
     t0 = np.asarray(table.column("eval_time").cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
     index = index[np.argsort(t0[index], kind="stable")]
+    all_symbols = np.asarray(table.column("symbol").to_pylist(), dtype=object)
+    if every_ms > 1000:
+        _names, code = np.unique(all_symbols[index], return_inverse=True)
+        _keys, first = np.unique(np.column_stack([code, t0[index] // every_ms]), axis=0, return_index=True)
+        index = index[np.sort(first)]
     names = feature_columns(table.column_names)
     x = np.empty((len(index), len(names) + 1), dtype=np.float64)
     for j, name in enumerate(names):
@@ -163,7 +170,7 @@ def from_table(table: pa.Table, target: str, horizon_ms: int, rows: str = "all")
     features = [*names, SIGN_FEATURE]
     usable = [j for j in range(x.shape[1]) if _varies(x[:, j])]
     dropped = [features[j] for j in range(len(features)) if j not in usable]
-    symbols = np.asarray(table.column("symbol").to_pylist(), dtype=object)[index]
+    symbols = all_symbols[index]
     return Dataset(
         np.ascontiguousarray(x[:, usable]),
         y_all[index].astype(np.int8),

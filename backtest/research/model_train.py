@@ -191,8 +191,9 @@ def _versions() -> dict[str, str]:
     return {"scikit-learn": sklearn.__version__, "lightgbm": lightgbm.__version__, "numpy": np.__version__}
 
 
-def model_document(trained: Trained, strategy: dict[str, str], created_ms: int) -> dict[str, Any]:
-    """Everything the model file holds (see the module docstring)."""
+def model_document(trained: Trained, strategy: dict[str, str]) -> dict[str, Any]:
+    """Everything the model file holds (see the module docstring). No creation time: the same data and
+    settings give the same fits (LightGBM runs deterministic) and so the same file."""
     params: dict[str, Any] = {}
     for learner, fit in trained.fits.items():
         if isinstance(fit, LightGBMFit):
@@ -200,7 +201,7 @@ def model_document(trained: Trained, strategy: dict[str, str], created_ms: int) 
         else:
             params[learner] = fit.as_dict()
         params[learner]["calibration"] = trained.calibrators[learner].as_dict()
-    return {**trained.doc, "strategy": strategy, "created_ms": created_ms, "versions": _versions(), "models": params}
+    return {**trained.doc, "strategy": strategy, "versions": _versions(), "models": params}
 
 
 def save_model(document: dict[str, Any], directory: Path) -> Path:
