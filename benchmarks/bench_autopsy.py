@@ -10,7 +10,8 @@ slippage) opens and closes on the stored trades, its orders, fills and position 
 the sink's row mappings. The autopsy then reads 4 h (the strategy's timeout) of that day's trades for
 the counterfactuals, the worst case of a position that runs to its timeout.
 
-Prints each run's time, p50/p95 (load and compute apart too) and the ratio p95 / 200 ms.
+Prints each run's time, p50/p95 (load and compute apart too) and the ratio p95 / 200 ms. ``--no-bars``
+measures a database without the engine's 1-minute bars, where the whole path is read.
 
     .venv/bin/python -m benchmarks.bench_autopsy --rate 20 --runs 20
 """
@@ -223,6 +224,7 @@ def main() -> None:
     ap.add_argument("--peers", type=int, default=2000, help="closed trades of the strategy for the peers")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--plain", action="store_true", help="time partitions instead of hypertables")
+    ap.add_argument("--no-bars", action="store_true", help="no bars_1m: every minute of the path is read whole")
     args = ap.parse_args()
     with embedded_stack(with_broker=False, engine_extension=None if args.plain else "timescaledb") as (_, owner):
         with psycopg.connect(owner) as conn:
@@ -230,6 +232,8 @@ def main() -> None:
             n = plant_market(conn, args.rate)
             plant_peers(conn, args.peers)
             pid = plant_trade(conn)
+            if args.no_bars:
+                conn.execute("DELETE FROM bars_1m")
             conn.commit()
             conn.autocommit = True
             conn.execute("VACUUM ANALYZE")  # what autovacuum does to a day-old partition (BRIN summaries)
