@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from schemas.serde import AvroSerde
-from stream_apps.core.rollout import Canary, Revision, RolloutState
+from stream_apps.core.rollout import Canary, Guardrails, Revision, RolloutState
 from tapeflow_runtime.errors import TapeflowError
 
 if TYPE_CHECKING:
@@ -146,9 +146,10 @@ def plan_promote(
     actor: str,
     reason: str,
     now_ms: int,
+    guardrails: Guardrails | None = None,
 ) -> RolloutState:
-    """The state after promoting ``candidate``: as the canary on ``symbols``, or active everywhere
-    when ``symbols`` is None. ``baseline`` is the active revision when no state was published yet (the
+    """The state after promoting ``candidate``: as the canary on ``symbols`` held to ``guardrails``
+    (the defaults when None), or active everywhere when ``symbols`` is None. ``baseline`` is the active revision when no state was published yet (the
     file the engine was started on)."""
     active = baseline if current is None else current.active
     if current is not None and current.canary is not None:
@@ -165,7 +166,7 @@ def plan_promote(
     if not chosen:
         raise RolloutError(f"{strategy}: a canary needs at least one symbol")
     canary = Canary(candidate.rev, candidate.config_hash, candidate.content, chosen)
-    return _next(current, strategy, active, canary, action="canary", **how)
+    return _next(current, strategy, active, canary, action="canary", guardrails=guardrails or Guardrails(), **how)
 
 
 def plan_finish(current: RolloutState | None, strategy: str, actor: str, reason: str, now_ms: int) -> RolloutState:

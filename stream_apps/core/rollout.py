@@ -53,6 +53,34 @@ class Canary(Revision):
 
 
 @dataclass(frozen=True)
+class Guardrails:
+    """The limits a canary is held to over its closed trades (tapeflow.rollout_guard evaluates them)."""
+
+    max_drawdown_r: float = 3.0
+    min_net_r: float = -3.0
+    window_trades: int = 20
+    min_win_rate: float = 0.25
+    min_trades: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.max_drawdown_r > 0:
+            raise ValueError(f"max drawdown must be above 0 R, got {self.max_drawdown_r:g}")
+        if self.window_trades < 1 or self.min_trades < 1:
+            raise ValueError("the rolling window and the trades before the win rate counts must be at least 1")
+        if not 0 <= self.min_win_rate <= 1:
+            raise ValueError(f"the minimum win rate is a share in [0, 1], got {self.min_win_rate:g}")
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "max_drawdown_r": self.max_drawdown_r,
+            "min_net_r": self.min_net_r,
+            "window_trades": self.window_trades,
+            "min_win_rate": self.min_win_rate,
+            "min_trades": self.min_trades,
+        }
+
+
+@dataclass(frozen=True)
 class RolloutState:
     """The value of config.rollouts for one strategy (its key)."""
 
@@ -64,6 +92,7 @@ class RolloutState:
     actor: str
     reason: str
     requested_time: int
+    guardrails: Guardrails | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -85,12 +114,13 @@ class RolloutState:
             "actor": self.actor,
             "reason": self.reason,
             "requested_time": self.requested_time,
+            "guardrails": None if self.guardrails is None else self.guardrails.as_record(),
         }
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> RolloutState:
         a, c = record["active"], record.get("canary")
-        canary = None
+        canary, g = None, record.get("guardrails")
         if c is not None:
             canary = Canary(int(c["rev"]), c["config_hash"], c["content"], tuple(c["symbols"]))
         return cls(
@@ -102,6 +132,7 @@ class RolloutState:
             actor=record["actor"],
             reason=record["reason"],
             requested_time=int(record["requested_time"]),
+            guardrails=None if g is None else Guardrails(**g),
         )
 
 

@@ -26,7 +26,7 @@ from tapeflow.commands.strategy import strategy_app
 if TYPE_CHECKING:
     import psycopg
 
-    from stream_apps.core.rollout import Revision, RolloutState
+    from stream_apps.core.rollout import Guardrails, Revision, RolloutState
     from stream_apps.core.strategy import StrategyConfig
     from tapeflow.rollout import Publisher
 
@@ -190,7 +190,13 @@ def _check_hot_switch(current: Revision, cfg: StrategyConfig) -> None:
 
 
 def _promote_file(
-    path: Path, canary: str | None, symbols: str | None, reason: str, actor: str, database: str | None
+    path: Path,
+    canary: str | None,
+    symbols: str | None,
+    reason: str,
+    actor: str,
+    database: str | None,
+    guards: Guardrails | None = None,
 ) -> None:
     from stream_apps.core.strategy import load_strategy
     from tapeflow.rollout import apply_step, plan_promote, register
@@ -221,6 +227,7 @@ def _promote_file(
             actor,
             reason,
             now_ms,
+            guards,
         )
         apply_step(conn, control.publisher, current, after, active)
     if after.canary is not None:
@@ -258,6 +265,19 @@ def strategy_promote(
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in the audit table).")] = "",
     actor: ActorOption = None,
     database: DatabaseOption = None,
+    max_drawdown_r: Annotated[
+        float, typer.Option("--max-drawdown-r", help="Canary guard: largest fall of its cumulative net R, in R.")
+    ] = 3.0,
+    min_net_r: Annotated[
+        float, typer.Option("--min-net-r", help="Canary guard: lowest net R over its last --window-trades trades.")
+    ] = -3.0,
+    window_trades: Annotated[int, typer.Option("--window-trades", help="Canary guard: the rolling window.")] = 20,
+    min_win_rate: Annotated[
+        float, typer.Option("--min-win-rate", help="Canary guard: lowest share of winners (0..1) from --min-trades on.")
+    ] = 0.25,
+    min_trades: Annotated[
+        int, typer.Option("--min-trades", help="Canary guard: trades before the win rate counts.")
+    ] = 10,
 ) -> None:
     """Register a strategy file and make it the active revision, or run it as a canary beside the active
     revision (--canary 10% or --symbols A,B); with --finish, make the canary of strategy TARGET active.
@@ -268,7 +288,13 @@ def strategy_promote(
             raise fail("--finish takes no --canary or --symbols", 2)
         _run(lambda: _finish(target, reason, who, database))
         return
-    _run(lambda: _promote_file(Path(target), canary, symbols, reason, who, database))
+    from stream_apps.core.rollout import Guardrails
+
+    try:
+        guards = Guardrails(max_drawdown_r, min_net_r, window_trades, min_win_rate, min_trades)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    _run(lambda: _promote_file(Path(target), canary, symbols, reason, who, database, guards))
 
 
 def _rollback(name: str, reason: str, actor: str, database: str | None) -> RolloutState:
@@ -301,3 +327,42 @@ def strategy_rollback(
     done: list[RolloutState] = []
     _run(lambda: done.append(_rollback(name, reason.strip(), who, database)))
     echo(f"{name}: rolled back, rev {done[0].active.rev} is active on every symbol (state {done[0].seq})")
+
+
+@strategy_app.command("guard")
+def strategy_guard(
+    once: Annotated[
+        bool, typer.Option("--once", help="One pass, then exit (default: a pass every 10 minutes).")
+    ] = False,
+    database: DatabaseOption = None,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one).")
+    ] = 0,
+) -> None:
+    """The canary guardrail controller: each running canary's closed trades against its guardrails (max
+    drawdown, rolling net R, win rate); a breach rolls the canary back with an auto_rollback audit row and
+    an alert in the log. The stack runs it as the `guardrail` service."""
+    import asyncio
+
+    from tapeflow.rollout_guard import GuardResult, GuardService, check_once, serve_guard
+    from tapeflow_runtime.logs import configure_logging
+
+    settings = state.settings()
+    configure_logging(settings.log_level, settings.log_format)
+    conninfo = _conninfo(database)
+
+    def run_pass(now_ms: int) -> GuardResult:
+        import psycopg
+
+        control = _Control()
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            return check_once(conn, control.states(), control.publisher, now_ms)
+
+    if once:
+        done: list[GuardResult] = []
+        _run(lambda: done.append(run_pass(int(time.time() * 1000))))
+        for name, why in done[0].rolled_back.items():
+            echo(f"{name}: canary rolled back ({why})")
+        echo(f"{len(done[0].checked)} canaries checked, {len(done[0].rolled_back)} rolled back")
+        return
+    raise typer.Exit(asyncio.run(serve_guard(GuardService(run_pass), settings.metrics_host, metrics_port)))

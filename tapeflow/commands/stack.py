@@ -54,7 +54,7 @@ def up(
     ),
 ) -> None:
     """Start the stack and supervise it: broker, PostgreSQL, migrations, topics, then the sink, the signal
-    engine, the paper executor and the outcome labels writer (and the cross-venue watchlist when
+    engine, the paper executor, the outcome labels writer and the canary guardrail controller (and the cross-venue watchlist when
     TAPEFLOW_WATCHLIST=true), then the producer (with --source replay:DIR, a local fake exchange replaying the recording feeds it), then the
     web UI (`tapeflow ui`; its login URL, with the token, is printed). A crashed service is restarted with
     backoff."""

@@ -258,6 +258,23 @@ class LabelsService(HttpHealthService):
         )
 
 
+class GuardrailService(HttpHealthService):
+    """The canary guardrail controller (`tapeflow strategy guard`, ``tapeflow.rollout_guard``): every
+    running canary's closed trades against its guardrails at start and every 10 minutes, asleep in
+    between; a breach rolls the canary back. Its own process because it needs the registry and the
+    control topic (the top layer) and must not stall the supervisor with database work."""
+
+    name = "guardrail"
+    ready_when_answering = True
+
+    def prepare(self) -> Launch:
+        port = free_port(HOST)
+        return Launch(
+            argv=[sys.executable, "-m", "tapeflow", "strategy", "guard", "--metrics-port", str(port)],
+            address=f"{HOST}:{port}",
+        )
+
+
 class WatchlistService(HttpHealthService):
     """The cross-venue watchlist (`tapeflow cross-venue`): md.book/md.mark/md.indicators of every venue in,
     xv.features out (and, with ``watchlist_strategies``, each strategy's signals, leg orders, funding and
@@ -324,6 +341,7 @@ def consumer_services(settings, paths) -> list[ConsumerService]:
 def app_services(settings, paths) -> list[Service]:
     consumers: list[Service] = list(consumer_services(settings, paths))
     consumers.append(LabelsService(settings, paths))
+    consumers.append(GuardrailService(settings, paths))
     if settings.watchlist:
         consumers.append(WatchlistService(settings, paths))
     # on an external database the UI needs the read-only login (TAPEFLOW_READONLY_PASSWORD); without it

@@ -17,6 +17,13 @@ ROLLOUT_CANARY = {
     "actor": "ops",
     "reason": "longer cooldown",
     "requested_time": 1718000000000,
+    "guardrails": {
+        "max_drawdown_r": 3.0,
+        "min_net_r": -3.0,
+        "window_trades": 20,
+        "min_win_rate": 0.25,
+        "min_trades": 10,
+    },
 }
 
 CONFIG_APPLIED = {

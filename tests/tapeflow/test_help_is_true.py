@@ -21,6 +21,7 @@ SPOKEN = {
     "engine": "signal engine",
     "ui": "web UI",
     "labels": "outcome labels writer",
+    "guardrail": "canary guardrail controller",
 }
 
 
@@ -49,6 +50,7 @@ def test_up_help_names_every_component_up_starts(tmp_path):
         "engine",
         "executor",
         "labels",
+        "guardrail",
         "producer",
         "fake-exchange",
         "ui",

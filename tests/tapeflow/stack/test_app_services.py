@@ -17,7 +17,7 @@ def launches(settings: Settings, tmp_path) -> dict[str, list[str]]:
 
 def test_a_replay_stack_gives_the_engine_no_lateness_guess(tmp_path):
     argv = launches(Settings(home=tmp_path, source=f"replay:{RECORDING}", replay_speed="max"), tmp_path)
-    assert set(argv) == {"sink", "engine", "executor", "labels", "fake-exchange", "producer", "ui"}
+    assert set(argv) == {"sink", "engine", "executor", "labels", "guardrail", "fake-exchange", "producer", "ui"}
     assert "--allowed-lateness-ms" not in argv["engine"]  # progress markers order a replay's inputs
     assert "--replay-control-url" in argv["producer"]
 
@@ -34,7 +34,7 @@ def test_a_rehearsal_stack_runs_the_consumers_on_the_namespace_without_a_produce
     assert settings.topic_prefix == "team1.rehearsal." and settings.namespace == "rehearsal"
     assert settings.topic("md.trades") == "team1.rehearsal.md.trades"
     argv = launches(settings, tmp_path)
-    assert set(argv) == {"sink", "engine", "executor", "labels", "ui"}
+    assert set(argv) == {"sink", "engine", "executor", "labels", "guardrail", "ui"}
     assert "--executor-config" in argv["executor"]  # the replay risk settings: history is older than 60 s
     env = child_env(settings, StackPaths(tmp_path))  # the services see the namespace, not the live topics
     assert env["TAPEFLOW_TOPIC_PREFIX"] == "team1.rehearsal." and env["TAPEFLOW_NAMESPACE"] == "rehearsal"
