@@ -140,6 +140,18 @@ def study_storage(storage: str | None) -> tuple[str | None, str]:
     return endpoints.writer, f"the stack's PostgreSQL ({where}, schema optuna)"
 
 
+def _fdr_line(report) -> str:
+    """How many variants' "net R per trade > 0" survive Benjamini-Hochberg, and the winner's q-value."""
+    from .search import FDR_ALPHA
+
+    q = report.best.q_value
+    return (
+        f"variants with net R per trade > 0 at a {FDR_ALPHA:.0%} false-discovery rate (stationary bootstrap, "
+        f"Benjamini-Hochberg): {report.survivors} of {report.tested}; "
+        f"winner's q-value {'-' if q is None else f'{q:.3f}'}"
+    )
+
+
 def _result_line(label: str, result) -> str:
     if result is None:
         return f"{label}: -"
@@ -262,6 +274,7 @@ def search_command(
         f"{'-' if report.dsr is None else f'{report.dsr:.3f}'}; "
         f"PBO (CSCV): {'-' if report.pbo is None else f'{report.pbo:.2f}'}"
     )
+    typer.echo(_fdr_line(report))
     if report.holdout is not None:
         typer.echo(_result_line(f"hold-out {fmt_day(end)} .. {fmt_day(to_ms)}", report.holdout))
     typer.echo(f"strategy: {path} (config_hash {config_hash})")
@@ -531,7 +544,8 @@ def run_walk_forward(
             f"window {w.index}: train {fmt_day(w.train_start)} .. {fmt_day(w.train_end)} -> "
             f"{r.search.best.candidate.config.name} (DSR "
             f"{'-' if r.search.dsr is None else f'{r.search.dsr:.2f}'}, PBO "
-            f"{'-' if r.search.pbo is None else f'{r.search.pbo:.2f}'})"
+            f"{'-' if r.search.pbo is None else f'{r.search.pbo:.2f}'}, "
+            f"{r.search.survivors} of {r.search.tested} variants survive FDR)"
         )
         typer.echo("  " + _result_line(f"test {fmt_day(w.test_start)} .. {fmt_day(w.test_end)}", r.test))
         rows.append({"window": w.__dict__, "search": r.search.summary(), "test": r.test.as_dict()})

@@ -5,7 +5,9 @@ on the stored features with the engine's own ``score_frames``/``decide_frame`` (
 symbol, the machine's cores in parallel) -> research trades (``simulate``) -> the objective on the
 trades of the range (purged: decided and closed inside it). The report carries the number of trials,
 the deflated Sharpe ratio of the winner given that number, the probability of backtest overfitting
-(CSCV over the trials' hourly net R) and, when a hold-out was kept, the winner's result on it.
+(CSCV over the trials' hourly net R), every variant's p-value of "net R per trade > 0" (stationary
+bootstrap over its trades, ``fdr``) with its Benjamini-Hochberg q-value across all the trials (how many
+variants survive a 5 % false-discovery rate) and, when a hold-out was kept, the winner's result on it.
 
 ``walk_forward`` runs a search on each training window only and reports the chosen configuration's
 out-of-sample result on the following test window (see ``windows``); the hold-out at the end is
@@ -37,6 +39,7 @@ from stream_apps.core.decision import decide_frame
 from stream_apps.core.scoring import score_frames
 from stream_apps.core.strategy import StrategyConfig, load_strategy
 
+from .fdr import DEFAULT_RESAMPLES, benjamini_hochberg, bootstrap_p_value, discoveries
 from .overfitting import deflated_sharpe_ratio, probability_of_backtest_overfitting, return_moments
 from .simulate import Signals, Trades, simulate
 from .space import Candidate, build, grid, suggest
@@ -46,6 +49,7 @@ from .windows import Window, rolling_windows
 
 OBJECTIVES = ("net_r", "sharpe", "pf")
 GUARD_PERIOD_MS = 3_600_000  # hourly net R: a month gives 720 periods, enough for 16 CSCV blocks
+FDR_ALPHA = 0.05  # a variant "survives" when its BH q-value is at most this
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,6 +202,15 @@ class Trial:
     value: float
     series: np.ndarray = field(repr=False)  # hourly net R over the range (the guards' input)
     trades: Trades | None = field(default=None, repr=False)  # this process's trials only
+    p_value: float | None = None  # "net R per trade > 0", stationary bootstrap (None: a study from before it)
+    q_value: float | None = None  # Benjamini-Hochberg over every trial of the search
+
+
+def trade_p_value(trades: Trades, slot: int) -> float:
+    """One-sided stationary-bootstrap p-value of "mean net R per trade > 0" over the trades in entry order,
+    seeded by the trial's slot: every worker of a shared study computes the same value for a trial."""
+    order = np.lexsort((trades.pnl_r, trades.entry_ms))
+    return bootstrap_p_value(trades.pnl_r[order], seed=1_000_003 + slot, resamples=DEFAULT_RESAMPLES)
 
 
 @dataclass
@@ -214,6 +227,31 @@ class SearchReport:
     holdout_range: tuple[int, int] | None = None
     study: str | None = None
     evaluated_here: int = 0
+
+    @property
+    def survivors(self) -> int:
+        """Trials whose "net R per trade > 0" survives Benjamini-Hochberg at ``FDR_ALPHA``."""
+        return discoveries([np.nan if t.q_value is None else t.q_value for t in self.trials], FDR_ALPHA)
+
+    @property
+    def tested(self) -> int:
+        return sum(1 for t in self.trials if t.p_value is not None)
+
+    def variants(self) -> list[dict]:
+        """Every trial's row of the result table: its result, p-value and q-value, by slot."""
+        return [
+            {
+                "slot": t.number,
+                "name": t.candidate.config.name,
+                "trades": t.result.trades,
+                "net_r": t.result.net_r,
+                "mean_r": t.result.net_r / t.result.trades if t.result.trades else None,
+                "objective": t.value if math.isfinite(t.value) else None,
+                "p_value": t.p_value,
+                "q_value": t.q_value,
+            }
+            for t in sorted(self.trials, key=lambda t: t.number)
+        ]
 
     def summary(self) -> dict:
         return {
@@ -232,6 +270,15 @@ class SearchReport:
             },
             "deflated_sharpe_ratio": self.dsr,
             "pbo": self.pbo,
+            "false_discovery": {
+                "hypothesis": "net R per trade > 0 (one-sided, stationary bootstrap over trades in entry order)",
+                "method": "Benjamini-Hochberg",
+                "alpha": FDR_ALPHA,
+                "tested": self.tested,
+                "survivors": self.survivors,
+                "best_q_value": self.best.q_value,
+            },
+            "variants": self.variants(),
             "holdout": None
             if self.holdout is None
             else {"range": list(self.holdout_range or ()), "result": self.holdout.as_dict()},
@@ -305,7 +352,8 @@ class _BatchEvaluator:
         result = result_of(trades, self.from_ms, self.to_ms)
         value = objective_value(result, self.objective, self.min_trades)
         series = period_series(trades, self.from_ms, self.to_ms, GUARD_PERIOD_MS)
-        self.mine[claim.slot] = Trial(claim.slot, candidate, result, value, series, trades)
+        p_value = trade_p_value(trades, claim.slot)
+        self.mine[claim.slot] = Trial(claim.slot, candidate, result, value, series, trades, p_value)
         self.shared.tell(
             claim,
             value if math.isfinite(value) else -1e9,
@@ -314,6 +362,7 @@ class _BatchEvaluator:
                 "result": result.as_dict(),
                 "objective": value if math.isfinite(value) else None,
                 "series": series.tolist(),
+                "p_value": p_value,
             },
         )
 
@@ -374,6 +423,9 @@ def search(
         shared.close()
     if not done:
         raise ValueError("the search has no complete trial")
+    q_values = benjamini_hochberg([np.nan if t.p_value is None else t.p_value for t in done])
+    for trial, q in zip(done, q_values.tolist()):
+        trial.q_value = None if math.isnan(q) else q
     best = max(done, key=lambda t: (t.value, -t.number))
     return SearchReport(
         objective,
@@ -405,6 +457,7 @@ def _stored_trial(trial, base: StrategyConfig, name: str) -> Trial:
         Result(**attrs["result"]),
         -math.inf if value is None else value,
         np.asarray(attrs["series"], dtype=np.float64),
+        p_value=attrs.get("p_value"),
     )
 
 

@@ -77,3 +77,39 @@ def test_p_values_are_uniform_under_the_null_and_small_for_a_real_edge():
     assert bootstrap_p_value([0.7], seed=0) == 1.0 and bootstrap_p_value([], seed=0) == 1.0
     assert bootstrap_p_value([0.0, 0.0, 0.0], seed=0) == 1.0
     assert bootstrap_p_value(edge, seed=4) == bootstrap_p_value(edge, seed=4)  # deterministic given the seed
+
+
+def test_a_search_reports_every_variants_p_value_and_bh_q_value(tmp_path):
+    """`tapeflow research search`: each variant's p-value of "net R per trade > 0" and the q-values of
+    Benjamini-Hochberg across them, in research.json and the printed summary."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "tapeflow", "research", "search", "--from", "2024-01-01", "--to", "2024-01-03",
+         "--symbols", "XRPUSDT", "--trials", "6", "--batch", "3", "--min-trades", "1", "--sampler", "grid",
+         "--workers", "1", "--no-progress", "--storage", "memory", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "out" / "research.json").read_text())
+    variants = report["variants"]
+    assert [v["slot"] for v in variants] == list(range(report["trials"]))
+    p = np.array([v["p_value"] for v in variants])
+    q = np.array([v["q_value"] for v in variants])
+    assert np.all((p > 0) & (p <= 1)) and q == pytest.approx(false_discovery_control(p, method="bh"), abs=1e-12)
+    for v in variants:
+        if v["trades"] < 2:
+            assert v["p_value"] == 1.0
+        elif v["mean_r"] < 0:
+            assert v["p_value"] > 0.5  # a losing variant is no evidence of an edge
+        assert v["mean_r"] is None or v["mean_r"] == pytest.approx(v["net_r"] / v["trades"])
+    fdr = report["false_discovery"]
+    survivors = int(np.sum(q <= 0.05))
+    assert fdr["tested"] == len(variants) and fdr["survivors"] == survivors and fdr["alpha"] == 0.05
+    best = next(v for v in variants if v["name"] == report["best"]["name"])
+    assert fdr["best_q_value"] == best["q_value"]
+    line = next(x for x in res.stdout.splitlines() if x.startswith("variants with net R per trade > 0"))
+    assert line.endswith(f": {survivors} of {len(variants)}; winner's q-value {best['q_value']:.3f}")
