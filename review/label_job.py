@@ -183,61 +183,102 @@ def read_samples(
     return [s for s in samples if from_ms <= s.t0_ms < to_ms]
 
 
-_PRICES = """
-SELECT q.t, b.trade_time, b.agg_id, b.price, a.trade_time, a.agg_id, a.price
-FROM unnest(%(ends)s::timestamptz[]) AS q(t)
-LEFT JOIN LATERAL (
-    SELECT trade_time, agg_id, price FROM trades
-    WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND trade_time <= q.t AND trade_time >= q.t - %(back)s
-    ORDER BY trade_time DESC, agg_id DESC LIMIT 1) b ON true
-LEFT JOIN LATERAL (
-    SELECT trade_time, agg_id, price FROM trades
-    WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND trade_time >= q.t AND trade_time < q.t + %(back)s
-    ORDER BY trade_time, agg_id LIMIT 1) a ON true
-"""
+def _nearest(op: str, order: str, window: str) -> str:
+    """The trade nearest a horizon end on one side, looked for within a minute first (a range of the BRIN
+    index on trade_time) and within the lookback only when that minute has none: the first branch
+    that finds one ends the search."""
+    branch = (
+        "(SELECT trade_time, agg_id, price FROM trades WHERE exchange = %(exchange)s AND symbol = %(symbol)s "
+        f"AND trade_time {op} q.t AND trade_time {window} ORDER BY trade_time {order}, agg_id {order} LIMIT 1)"
+    )
+    near = branch.replace("%(span)s", "%(near)s")
+    return f"({near} UNION ALL {branch.replace('%(span)s', '%(back)s')} LIMIT 1)"
 
-_SETTLEMENTS = """
-SELECT DISTINCT ON (next_funding_time) next_funding_time, event_time, funding_rate, mark_price
-FROM mark_prices
-WHERE exchange = %s AND symbol = %s AND next_funding_time > %s AND next_funding_time <= %s
-  AND event_time < next_funding_time AND event_time >= %s
-ORDER BY next_funding_time, event_time DESC
-"""
+
+_BEFORE = (
+    "SELECT b.trade_time, b.agg_id, b.price FROM unnest(%(ends)s::timestamptz[]) AS q(t) "
+    f"JOIN LATERAL {_nearest('<=', 'DESC', '>= q.t - %(span)s')} b ON true"
+)
+_AFTER = (
+    "SELECT a.trade_time, a.agg_id, a.price FROM unnest(%(ends)s::timestamptz[]) AS q(t) "
+    f"JOIN LATERAL {_nearest('>=', 'ASC', '< q.t + %(span)s')} a ON true"
+)
+
+# the first mark at or after a time (what it announces is the next funding time), and the newest mark
+# before a funding time that announced it: each within a minute first, then within a day
+_NEXT_MARK = (
+    "(SELECT next_funding_time FROM mark_prices WHERE exchange = %(exchange)s AND symbol = %(symbol)s "
+    "AND next_funding_time > %(t)s AND event_time >= %(t)s AND event_time < %(t)s + {span} "
+    "ORDER BY event_time LIMIT 1)"
+)
+_SETTLING_MARK = (
+    "(SELECT event_time, funding_rate, mark_price FROM mark_prices WHERE exchange = %(exchange)s "
+    "AND symbol = %(symbol)s AND next_funding_time = %(t)s AND event_time < %(t)s "
+    "AND event_time >= %(t)s - {span} ORDER BY event_time DESC LIMIT 1)"
+)
+
+
+def _first_of(template: str) -> str:
+    minute, day = "interval '1 minute'", "interval '1 day'"
+    return f"{template.format(span=minute)} UNION ALL {template.format(span=day)} LIMIT 1"
 
 
 def read_prices(conn: psycopg.Connection, exchange: str, symbol: str, ends_ms: Iterable[int]) -> PricePath:
     """The trades ``PricePath`` needs for these horizon ends: for each, the last trade at or before it
-    and the first at or after it, each within ``PRICE_LOOKBACK_MS``; one query."""
+    and the first at or after it, each within ``PRICE_LOOKBACK_MS``. Two queries: the trades before
+    every end, then the trades after the ends those do not already show to be reached (a later end's
+    trade before it often lies in the hour after an earlier end)."""
     ends = sorted(set(ends_ms))
     points: dict[int, tuple[int, float]] = {}  # agg_id -> (time, price)
-    with conn.cursor() as cur:
-        cur.execute(
-            _PRICES,
-            {
-                "ends": [ts(t) for t in ends],
-                "exchange": exchange,
-                "symbol": symbol,
-                "back": timedelta(milliseconds=PRICE_LOOKBACK_MS),
-            },
-        )
-        for _t, bt, bid, bp, at, aid, ap in cur.fetchall():
-            if bt is not None:
-                points[bid] = (ms(bt), bp)
-            if at is not None:
-                points[aid] = (ms(at), ap)
+    args: dict[str, Any] = {
+        "exchange": exchange,
+        "symbol": symbol,
+        "near": timedelta(minutes=1),
+        "back": timedelta(milliseconds=PRICE_LOOKBACK_MS),
+    }
+
+    def fetch(query: str, at: list[int]) -> None:
+        if at:
+            with conn.cursor() as cur:
+                cur.execute(query, args | {"ends": [ts(t) for t in at]})
+                for t, agg, price in cur.fetchall():
+                    points[agg] = (ms(t), price)
+
+    fetch(_BEFORE, ends)
+    known = PricePath(*_columns(points))
+    fetch(_AFTER, [t for t in ends if not known.reaches(t)])
+    return PricePath(*_columns(points))
+
+
+def _columns(points: Mapping[int, tuple[int, float]]) -> tuple[list[int], list[float]]:
     ordered = sorted((t, agg, p) for agg, (t, p) in points.items())
-    return PricePath([t for t, _, _ in ordered], [p for _, _, p in ordered])
+    return [t for t, _, _ in ordered], [p for _, _, p in ordered]
 
 
 def read_settlements(conn: psycopg.Connection, exchange: str, symbol: str, after_ms: int, to_ms: int) -> list:
-    """Settlements with a funding time in ``(after_ms, to_ms]`` (marks up to a day before ``after_ms``)."""
+    """Settlements with a funding time in ``(after_ms, to_ms]``: from ``after_ms``, the funding time the
+    next mark announces, the newest mark before it that announced it, then on from that funding time;
+    two small reads per settlement instead of every mark of the window (one a second)."""
+    marks: list[dict[str, Any]] = []
+    args: dict[str, Any] = {"exchange": exchange, "symbol": symbol}
+    t = after_ms
     with conn.cursor() as cur:
-        cur.execute(_SETTLEMENTS, (exchange, symbol, ts(after_ms), ts(to_ms), ts(after_ms - DAY_MS)))
-        rows = cur.fetchall()
-    return settlements_from_marks(
-        {"next_funding_time": ms(f), "event_time": ms(t), "funding_rate": rate, "mark_price": mark}
-        for f, t, rate, mark in rows
-    )
+        while t <= to_ms:
+            cur.execute(_first_of(_NEXT_MARK), args | {"t": ts(t)})  # nosec B608 # this module's constant SQL
+            row = cur.fetchone()
+            if row is None:
+                break
+            f = ms(row[0])  # > t: the query asks for a later funding time than the one just settled
+            if f > to_ms:
+                break
+            cur.execute(_first_of(_SETTLING_MARK), args | {"t": row[0]})
+            mark = cur.fetchone()
+            if mark is not None:
+                marks.append(
+                    {"next_funding_time": f, "event_time": ms(mark[0]), "funding_rate": mark[1], "mark_price": mark[2]}
+                )
+            t = f
+    return settlements_from_marks(marks)
 
 
 def existing_keys(conn: psycopg.Connection, source: str, from_ms: int, to_ms: int) -> set[tuple[str, str, int]]:
