@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -119,7 +120,9 @@ def candidate_file(path: Path) -> Path:
     return path
 
 
-def run(conninfo: str, days: int) -> tuple[float, dict]:
+def run(conninfo: str, days: int) -> tuple[float, float, dict]:
+    """Wall clock and CPU seconds of the command (its own process: the database server's work is
+    not in them), and its JSON report."""
     p = conninfo_to_dict(conninfo)
     url = f"postgresql://{p['user']}:{p['password']}@{p['host']}:{p['port']}/{p['dbname']}"
     with tempfile.TemporaryDirectory() as home:
@@ -131,14 +134,17 @@ def run(conninfo: str, days: int) -> tuple[float, dict]:
         }
         candidate = candidate_file(Path(home) / "v53_pass.yaml")
         argv = ["strategy", "simulate", str(candidate), "--active", "v53", "--days", str(days), "--json"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         began = time.perf_counter()
         res = subprocess.run(
             [sys.executable, "-m", "tapeflow", *argv, "--no-progress"], capture_output=True, text=True, env=env
         )
         wall = time.perf_counter() - began
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if res.returncode != 0:
         raise SystemExit(res.stderr)
-    return wall, json.loads(res.stdout)
+    return wall, cpu, json.loads(res.stdout)
 
 
 def main() -> None:
@@ -156,12 +162,13 @@ def main() -> None:
             f"{time.perf_counter() - t:.0f} s; load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        wall, report = run(conninfo, args.days)
+        wall, cpu, report = run(conninfo, args.days)
     processed = report["trades_processed"]
     print(
         f"tapeflow strategy simulate --days {args.days} --source db: {wall:.1f} s wall, {processed:,} trades, "
         f"{processed / wall:,.0f} trades/s end to end; {wall / TARGET_S:.2f} of the {TARGET_S:.0f} s target "
-        f"({TARGET_S / wall:.2f}x faster than it); load {os.getloadavg()[0]:.1f}"
+        f"({TARGET_S / wall:.2f}x faster than it); {cpu:.1f} CPU-s in the command's process; "
+        f"load {os.getloadavg()[0]:.1f}"
     )
     a, c, d = report["active"], report["candidate"], report["delta"]
     for label, o in (("active", a), ("candidate", c)):
