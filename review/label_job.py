@@ -2,10 +2,14 @@
 ends and the funding settlements, compute with ``review.labels`` and upsert into ``outcome_labels``.
 
 Reads per chunk of t0 (a day): the signals and the executor mode's ``opened`` positions with t0 in
-it, then per market one query for the fills, one for the prices (for every horizon end the trade at
-or before it and the one at or after it, within ``PRICE_LOOKBACK_MS``: exactly what ``PricePath``
-answers from) and one for the settlements (per funding time the newest mark before it), never one
-per sample. Writing is an upsert on the table's key, so a recompute replaces a row and running twice
+it, then per market one query for the fills, two for the prices (for every horizon end the trade at
+or before it, then the trade at or after the ends that those do not show reached, each within
+``PRICE_LOOKBACK_MS``: exactly what ``PricePath`` answers from) and two small reads per funding
+settlement of the window (the funding time the next mark announces, the newest mark before it),
+never one per sample. Each price lookup reads the minute next to the horizon end first (one range of
+the BRIN index on trade_time, about 10^4 rows) and the hour only when that minute has no trade:
+benchmarks/bench_labels.py measures a backfill at about 100 labels/s and the hourly pass in seconds.
+Writing is an upsert on the table's key, so a recompute replaces a row and running twice
 leaves the same rows; the hourly job (``run_due``) also skips the (sample, horizon) rows already
 there, so its second run writes nothing.
 
@@ -143,6 +147,20 @@ def _with_ms(rows: Iterable[dict[str, Any]], *fields: str) -> list[dict[str, Any
     return out
 
 
+# %(strategy)s: --strategy, when given
+_SIGNALS = (
+    "SELECT signal_id, strategy, config_hash, exchange, symbol, direction, tier, price, risk_distance, factors, "
+    "eval_time FROM signals WHERE eval_time >= %(lo)s AND eval_time < %(hi)s "
+    "AND (%(strategy)s::text IS NULL OR strategy = %(strategy)s)"
+)
+_OPENED = (
+    "SELECT position_id, signal_id, strategy, config_hash, exchange, symbol, direction, event_time "
+    "FROM positions WHERE mode = %(mode)s AND event = 'opened' "
+    "AND ((event_time >= %(lo)s AND event_time < %(hi)s) OR signal_id = ANY(%(ids)s)) "
+    "AND (%(strategy)s::text IS NULL OR strategy = %(strategy)s)"
+)
+
+
 def read_samples(
     conn: psycopg.Connection,
     mode: str,
@@ -153,20 +171,16 @@ def read_samples(
     strategy: str | None = None,
 ) -> list[Sample]:
     """The signals with eval_time and the mode's positions with entry time in ``[from_ms, to_ms)``."""
-    only = "" if strategy is None else " AND strategy = %(strategy)s"
     args = {"lo": ts(from_ms), "hi": ts(to_ms), "mode": mode, "strategy": strategy}
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT signal_id, strategy, config_hash, exchange, symbol, direction, tier, price, risk_distance, "
-            "factors, eval_time FROM signals WHERE eval_time >= %(lo)s AND eval_time < %(hi)s" + only,
+            _SIGNALS,
             args,
         )
         signals = _with_ms(cur.fetchall(), "eval_time")
         args["ids"] = [s["signal_id"] for s in signals]
         cur.execute(
-            "SELECT position_id, signal_id, strategy, config_hash, exchange, symbol, direction, event_time "
-            "FROM positions WHERE mode = %(mode)s AND event = 'opened' AND "
-            "((event_time >= %(lo)s AND event_time < %(hi)s) OR signal_id = ANY(%(ids)s))" + only,
+            _OPENED,
             args,
         )
         opened = _with_ms(cur.fetchall(), "event_time")
@@ -183,26 +197,33 @@ def read_samples(
     return [s for s in samples if from_ms <= s.t0_ms < to_ms]
 
 
-def _nearest(op: str, order: str, window: str) -> str:
-    """The trade nearest a horizon end on one side, looked for within a minute first (a range of the BRIN
-    index on trade_time) and within the lookback only when that minute has none: the first branch
-    that finds one ends the search."""
-    branch = (
-        "(SELECT trade_time, agg_id, price FROM trades WHERE exchange = %(exchange)s AND symbol = %(symbol)s "
-        f"AND trade_time {op} q.t AND trade_time {window} ORDER BY trade_time {order}, agg_id {order} LIMIT 1)"
-    )
-    near = branch.replace("%(span)s", "%(near)s")
-    return f"({near} UNION ALL {branch.replace('%(span)s', '%(back)s')} LIMIT 1)"
-
-
-_BEFORE = (
-    "SELECT b.trade_time, b.agg_id, b.price FROM unnest(%(ends)s::timestamptz[]) AS q(t) "
-    f"JOIN LATERAL {_nearest('<=', 'DESC', '>= q.t - %(span)s')} b ON true"
-)
-_AFTER = (
-    "SELECT a.trade_time, a.agg_id, a.price FROM unnest(%(ends)s::timestamptz[]) AS q(t) "
-    f"JOIN LATERAL {_nearest('>=', 'ASC', '< q.t + %(span)s')} a ON true"
-)
+# The trade nearest each horizon end on one side, looked for within a minute first (one range of the
+# BRIN index on trade_time) and within the lookback only when that minute has none: the first branch
+# of the UNION ALL that finds one ends the search.
+_BEFORE = """
+SELECT b.trade_time, b.agg_id, b.price FROM unnest(%(ends)s::timestamptz[]) AS q(t)
+JOIN LATERAL (
+    (SELECT trade_time, agg_id, price FROM trades
+     WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND trade_time <= q.t AND trade_time >= q.t - %(near)s
+     ORDER BY trade_time DESC, agg_id DESC LIMIT 1)
+    UNION ALL
+    (SELECT trade_time, agg_id, price FROM trades
+     WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND trade_time <= q.t AND trade_time >= q.t - %(back)s
+     ORDER BY trade_time DESC, agg_id DESC LIMIT 1)
+    LIMIT 1) b ON true
+"""
+_AFTER = """
+SELECT a.trade_time, a.agg_id, a.price FROM unnest(%(ends)s::timestamptz[]) AS q(t)
+JOIN LATERAL (
+    (SELECT trade_time, agg_id, price FROM trades
+     WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND trade_time >= q.t AND trade_time < q.t + %(near)s
+     ORDER BY trade_time, agg_id LIMIT 1)
+    UNION ALL
+    (SELECT trade_time, agg_id, price FROM trades
+     WHERE exchange = %(exchange)s AND symbol = %(symbol)s AND trade_time >= q.t AND trade_time < q.t + %(back)s
+     ORDER BY trade_time, agg_id LIMIT 1)
+    LIMIT 1) a ON true
+"""
 
 # the first mark at or after a time (what it announces is the next funding time), and the newest mark
 # before a funding time that announced it: each within a minute first, then within a day
