@@ -141,12 +141,12 @@ _PRIMARY: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         "config.applied",
-        "strategy:partition",
+        "strategy:exchange:symbol",
         1,
         "delete",
         None,
         "config_applied",
-        "Where each engine worker switched a strategy's revision (kept: a replay switches at the same points).",
+        "Where the engine switched a strategy's revision per symbol (kept: a replay switches at the same points).",
     ),
     TopicSpec(
         "xv.features",

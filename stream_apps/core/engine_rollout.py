@@ -76,6 +76,9 @@ class Revisions:
         self.pending: list[Switch] = []
         self.applied: list[Switch] = []  # every switch reached, in order (state: what a restart continues)
 
+    def runs(self, name: str) -> bool:
+        return name in self._base
+
     def config(self, name: str, symbol: str) -> StrategyConfig:
         """The revision of strategy ``name`` that evaluates ``symbol`` now."""
         canary = self.canary.get(name)

@@ -61,6 +61,7 @@ from .effects_runner import EffectsRunner
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
 from .processor import Effects, EngineProcessor
+from .rollouts import follow_topics
 
 log = structlog.get_logger("engine")
 TICK_S = 0.25
@@ -191,6 +192,8 @@ class EngineWorker:
         self._lock = asyncio.Lock()
         self._effects = EffectsRunner(self._perform)
         self._ticker: asyncio.Task | None = None
+        self._follower: asyncio.Task | None = None  # config.rollouts and config.applied (``rollouts``)
+        self._following = asyncio.Event()  # set: stop following
         self._input_arrived = asyncio.Event()  # wakes a ticker sleeping through a quiet spell
         self.crash_seen = asyncio.Event()  # set with ``crashed``: the worker's runner waits on it
         self.started_at: float | None = None
@@ -211,8 +214,15 @@ class EngineWorker:
         await self.app.start()
         self.started_at = time.monotonic()
         self._ticker = asyncio.create_task(self._tick_forever())
+        self._follower = asyncio.create_task(self._follow_rollouts())
 
     async def stop(self) -> None:
+        self._following.set()
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
+            self._follower = None
         if self._ticker is not None:
             self._ticker.cancel()
             try:
@@ -344,6 +354,27 @@ class EngineWorker:
                 log.exception("engine tick failed")
                 await self._crash(exc)
                 return
+
+    async def _follow_rollouts(self) -> None:
+        """Follow the rollout states (hot reload, ``rollouts``); a failure to read them leaves the
+        engine on its revisions and is retried, it never stops the evaluations."""
+        while not self._following.is_set():
+            try:
+                await follow_topics(
+                    self.config.bootstrap, self.processor.rollouts, self._rollouts_changed, self._following
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following config.rollouts failed; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._following.wait(), IDLE_TICK_S)
+
+    async def _rollouts_changed(self) -> None:
+        consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
+        async with self._lock:
+            if consumer.flow_active:
+                await self._apply(self.processor.follow())
 
     async def _crash(self, exc: BaseException) -> None:
         self.crashed = exc

@@ -48,6 +48,7 @@ from .keyed_engine import KeyedEngine
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
 from .progress import Marker, ProgressBook, marker_from_record
+from .rollouts import RolloutFollower
 
 log = structlog.get_logger("engine")
 CaughtUp = Callable[[str, int], bool]  # (full topic, partition) -> read to the end?
@@ -83,6 +84,7 @@ class _Owned:
     unsnapshotted: dict[str, list[int]] = field(default_factory=dict)
     last_snapshot: float = 0.0
     holding_since: float | None = None
+    switched: bool = False  # a revision switch was scheduled since the last snapshot (``rollouts``)
 
 
 class EngineProcessor:
@@ -127,6 +129,7 @@ class EngineProcessor:
         self.progress = ProgressBook(wait_for_progress, progress_timeout_s, monotonic)
         self.start_offset = start_offset
         self._read_to: dict[tuple[str, int], int] = {}  # (catalogue topic, partition) -> highest offset read
+        self.rollouts = RolloutFollower(serde, topic_prefix)
 
     def held(self) -> int:
         """Inputs held back by the event-time aligner, over every owned key."""
@@ -137,7 +140,10 @@ class EngineProcessor:
         marker, and every applied input snapshotted. Held or unsnapshotted input is what ``tick``
         releases and saves on time; without either, a tick changes nothing."""
         return all(
-            not owned.unsnapshotted and not self.aligner.held(key) and not self.progress.queued(key)
+            not owned.unsnapshotted
+            and not owned.switched
+            and not self.aligner.held(key)
+            and not self.progress.queued(key)
             for key, owned in self.owned.items()
         )
 
@@ -370,8 +376,23 @@ class EngineProcessor:
             watermark = self.aligner.watermark(key, lambda name: caught_up(self.prefix + name, partition))
         self._process(key, owned, self.aligner.release(key, watermark), effects)
 
+    def follow(self) -> Effects:
+        """Schedule the rollout states ``self.rollouts`` knows in every owned key's engine."""
+        effects = Effects()
+        for key, owned in self.owned.items():
+            self._follow(key, owned, effects)
+        return effects
+
+    def _follow(self, key: str, owned: _Owned, effects: Effects) -> None:
+        records = self.rollouts.schedule(owned.engine.engine, key, owned.partition)
+        if records:
+            effects.outputs.extend(records)
+            owned.switched = True  # the schedule commits with the records that announce it
+
     def _process(self, key: str, owned: _Owned, released: Released, effects: Effects) -> None:
         now = self.stall_clock()
+        if self.rollouts.states:
+            self._follow(key, owned, effects)  # a key restored or new since the last state
         if released or released.offsets:
             out = owned.engine.process(
                 released.trades.batch() if released.trades is not None else None, released.events, released.offsets
@@ -393,7 +414,7 @@ class EngineProcessor:
     def _snapshot_due(self, effects: Effects, force: bool, quiet: bool = False) -> None:
         now = self.monotonic()
         for key, owned in self.owned.items():
-            if not owned.unsnapshotted:
+            if not owned.unsnapshotted and not owned.switched:
                 continue
             if not force and now - owned.last_snapshot < self.snapshot_interval_s:
                 continue
@@ -414,6 +435,7 @@ class EngineProcessor:
             for name, offsets in owned.unsnapshotted.items():
                 effects.ack(self.prefix + name, owned.partition, offsets)
             owned.unsnapshotted = {}
+            owned.switched = False
             owned.durable = dict(owned.engine.applied)
             owned.last_snapshot = now
             for state in owned.engine.engine.states.values():

@@ -39,7 +39,8 @@ def ensure_engine_topics(config: EngineAppConfig) -> None:
     """The catalogue topics the worker reads and writes (Faust creates its own changelog)."""
     from schemas.catalogue import DLQ_TOPICS
 
-    specs = [TOPICS[name] for name in (*INPUT_TOPICS, PROGRESS_TOPIC, *OUTPUT_TOPICS)] + [DLQ_TOPICS[DEAD_LETTER_TOPIC]]
+    names = (*INPUT_TOPICS, PROGRESS_TOPIC, *OUTPUT_TOPICS, "config.rollouts", "config.applied")
+    specs = [TOPICS[name] for name in names] + [DLQ_TOPICS[DEAD_LETTER_TOPIC]]
     ensure_topics(config.bootstrap, prefix=config.topic_prefix, specs=specs)
 
 

@@ -34,6 +34,7 @@ CONFIG_APPLIED = {
     "canary_symbols": ["BTCUSDT"],
     "partition": 0,
     "applied_from": 1718000010000,
+    "market": "binance:BTCUSDT",
 }
 
 
