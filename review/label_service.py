@@ -6,8 +6,9 @@ only above ``execution``, so neither the sink (``sinks``) nor the executor (``ex
 it, and the web UI, the one process above it, is optional and reads with the read-only role. The
 service is light: one process that sleeps on a single timer until the next hour (no periodic
 wakeups in between, so the stack's idle CPU does not move), and whose hourly pass reads a day or two
-of samples with a few queries per market. A failed pass (database down) is logged and retried at the
-next hour; `/health` says `failing` meanwhile and the supervisor leaves it running.
+of samples with a few queries per market. A failed pass (database down, or a row it cannot read) is
+logged and retried at the next hour; `/health` says `failing` meanwhile (so `tapeflow status` shows it)
+and the process keeps running rather than crash-looping under the supervisor.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class LabelService:
         except psycopg.Error as exc:
             self.status, self.detail = "failing", str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
             log.warning("outcome labels failed", error=self.detail)
+            return
+        except Exception as exc:  # a bug or a row it cannot read: said in `status`, the next pass tries again
+            self.status, self.detail = "failing", f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log.exception("outcome labels failed")
             return
         for mode, r in results.items():
             self.written.labels(mode).inc(r.written)
