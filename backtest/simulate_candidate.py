@@ -249,6 +249,7 @@ class Simulation:
     candidate: Outcome
     unchanged: list[str]
     sensitivity: Sensitivity
+    notes: list[str]  # where the active config came from, for the reader
 
     @property
     def delta(self) -> dict[str, float | None]:
@@ -269,6 +270,7 @@ class Simulation:
             "candidate": asdict(self.candidate),
             "delta": self.delta,
             "unchanged_active_strategies": self.unchanged,
+            "notes": self.notes,
             "definitions": {"skip_rate": SKIP_RATE, "size_up": SIZE_UP},
             "sensitivity": self.sensitivity.as_dict(),
         }
@@ -285,6 +287,7 @@ def simulate(
     *,
     epsilon: float = DEFAULT_EPSILON,
     run: Callable[[BacktestRunner, Source], RunResult] | None = None,
+    notes: Sequence[str] = (),
 ) -> Simulation:
     """Active and candidate over ``source`` in one run, then the candidate's sensitivity. ``run``
     drives the runner (the CLI's progress bar and Ctrl-C); default ``runner.run(source)``."""
@@ -303,6 +306,7 @@ def simulate(
         candidate=outcome(chosen.candidate, chosen.run_candidate.name, runner, result),
         unchanged=chosen.unchanged,
         sensitivity=probe.result(),
+        notes=list(notes),
     )
 
 
@@ -348,6 +352,7 @@ def render(sim: Simulation) -> list[str]:
         f"  active    {a.strategy} {a.version} ({a.config_hash[:12]})",
         f"  candidate {c.strategy} {c.version} ({c.config_hash[:12]})",
     ]
+    lines += [f"  {note}" for note in sim.notes]
     if sim.unchanged:
         lines.append(f"  unchanged in both configs (not run, zero deltas): {', '.join(sim.unchanged)}")
     lines.append(f"  {'':<24}{'active':>12}{'candidate':>12}{'delta':>12}")

@@ -22,6 +22,7 @@ from tapeflow.commands._common import app, echo, fail, state
 if TYPE_CHECKING:
     from backtest.inputs import Source
     from backtest.simulate_candidate import Pair, Simulation
+    from stream_apps.core.rollout import RolloutState
     from stream_apps.core.strategy import StrategyConfig
 
 strategy_app = typer.Typer(
@@ -162,8 +163,8 @@ def strategy_simulate(
     active: list[str] = typer.Option(  # noqa: B008 - typer reads the default; nothing mutates it
         [],
         "--active",
-        help="The active config's strategies (files or shipped names; repeat). Default: what the engine runs "
-        "(TAPEFLOW_STRATEGIES, else the shipped ones).",
+        help="The active config's strategies (files or shipped names; repeat). Default: what the engine runs: "
+        "TAPEFLOW_STRATEGIES (else the shipped ones), with the revisions config.rollouts made active.",
     ),
     days: float = typer.Option(..., "--days", help="The window: the last N days (fractions allowed) of the source."),
     to: str | None = typer.Option(
@@ -188,9 +189,10 @@ def strategy_simulate(
     from tapeflow_runtime.errors import TapeflowError
 
     try:
-        chosen = pair(_active_config(active), _load(candidate))
+        active_config, note = _active_config(active)
+        chosen = pair(active_config, _load(candidate))
         source_ = _simulate_source(source, symbols, days, to, chosen)
-        sim = _run_simulation(chosen, source_, executor_config, epsilon, not no_progress)
+        sim = _run_simulation(chosen, source_, executor_config, epsilon, not no_progress, note)
     except (SimulateError, CliError, TapeflowError) as exc:
         raise fail(str(exc).strip().splitlines()[0], getattr(exc, "code", 2)) from None
     if as_json:
@@ -210,14 +212,46 @@ def _load(ref: str) -> StrategyConfig:
     return load_strategy(ref)
 
 
-def _active_config(given: list[str]) -> list[StrategyConfig]:
-    """``--active``, else what the engine runs: TAPEFLOW_STRATEGIES, else the shipped strategies."""
+def _active_config(given: list[str]) -> tuple[list[StrategyConfig], str]:
+    """``--active``, else what the engine runs: the files of TAPEFLOW_STRATEGIES (else the shipped
+    strategies), each replaced by the active revision config.rollouts holds for its name (what the
+    engine switched to since it started); with a line saying where the config came from."""
     from stream_apps.core.strategy import default_strategy_dir, load_strategies
 
-    refs = given or [str(p) for p in state.settings().strategies]
-    if refs:
-        return [_load(ref) for ref in refs]
-    return load_strategies(default_strategy_dir())
+    if given:
+        return [_load(ref) for ref in given], "active config: --active"
+    refs = [str(p) for p in state.settings().strategies]
+    files = [_load(ref) for ref in refs] if refs else load_strategies(default_strategy_dir())
+    where = "TAPEFLOW_STRATEGIES" if refs else "the shipped strategies (TAPEFLOW_STRATEGIES is empty)"
+    states, why_not = _rollout_states()
+    if states is None:
+        return files, f"active config: {where}; config.rollouts not read ({why_not})"
+    out, promoted = [], []
+    for cfg in files:
+        rollout = states.get(cfg.name)
+        if rollout is None or rollout.active.config_hash == cfg.config_hash:
+            out.append(cfg)
+            continue
+        out.append(rollout.active.config(f"config.rollouts {cfg.name} revision {rollout.active.rev}"))
+        promoted.append(f"{cfg.name} revision {rollout.active.rev}")
+    if promoted:
+        return out, f"active config: {where}, with {', '.join(promoted)} from config.rollouts"
+    return out, f"active config: {where} (config.rollouts holds no other active revision)"
+
+
+def _rollout_states() -> tuple[dict[str, RolloutState] | None, str]:
+    """The rollout states of config.rollouts (None when no broker answers, with why)."""
+    from backtest.cli import CliError, _bootstrap
+    from schemas.registry import registry_from_url
+    from schemas.serde import AvroSerde
+    from tapeflow.rollout import RolloutError, read_states
+
+    settings = state.settings()
+    serde = AvroSerde(registry_from_url(settings.schema_registry_url))
+    try:
+        return read_states(_bootstrap(settings), settings.topic_prefix, serde, 5.0), ""
+    except (CliError, RolloutError) as exc:
+        return None, str(exc).strip().splitlines()[0]
 
 
 def _simulate_source(source: str, symbols: str | None, days: float, to: str | None, chosen: Pair) -> Source:
@@ -256,7 +290,7 @@ def _simulate_source(source: str, symbols: str | None, days: float, to: str | No
 
 
 def _run_simulation(
-    chosen: Pair, source: Source, executor_config: Path | None, epsilon: float, progress: bool
+    chosen: Pair, source: Source, executor_config: Path | None, epsilon: float, progress: bool, note: str
 ) -> Simulation:
     from backtest.cli import _load_executor_config, fmt_ms, run_with_progress
     from backtest.simulate_candidate import SimulateError, simulate
@@ -273,7 +307,14 @@ def _run_simulation(
     )
     try:
         with batch_gc():
-            sim = simulate(chosen, source, config, epsilon=epsilon, run=lambda r, s: run_with_progress(r, s, progress))
+            sim = simulate(
+                chosen,
+                source,
+                config,
+                epsilon=epsilon,
+                run=lambda r, s: run_with_progress(r, s, progress),
+                notes=[note],
+            )
     except SourceError as exc:  # db and topics read lazily: their failures come during the run
         raise SimulateError(str(exc), 1) from None
     if sim.trades_processed == 0:

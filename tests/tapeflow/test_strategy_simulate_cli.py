@@ -184,3 +184,38 @@ def test_text_report_and_one_line_errors(tmp_path, database):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if line.strip()]
     assert line.startswith("error: db: ")
+
+
+def test_the_active_config_is_the_revision_config_rollouts_made_active(
+    tmp_path, kafka_bootstrap, database, topic_prefix
+):
+    """TAPEFLOW_STRATEGIES names the file the engine started with; a revision promoted since is on
+    config.rollouts, and that is what the engine runs, so that is what the candidate is compared with."""
+    from schemas.registry import FileSchemaRegistry
+    from schemas.serde import AvroSerde
+    from stream_apps.core.rollout import Revision, RolloutState
+    from stream_apps.core.strategy import load_strategy
+    from tapeflow.rollout import Publisher
+    from tapeflow_runtime.kafka_client import ensure_topics
+
+    store_rows(database, all_records())
+    started = strategy_file(tmp_path / "started.yaml")
+    promoted = strategy_file(tmp_path / "promoted.yaml", version="2", thresholds={"entry": 62, "heavy": 75, "flip": 75})
+    cfg = load_strategy(promoted)
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    Publisher(kafka_bootstrap, topic_prefix, AvroSerde(FileSchemaRegistry())).publish(
+        RolloutState("stored", 1, Revision(2, cfg.config_hash, promoted.read_text()), None, "promote", "ops", "", 0)
+    )
+    env = {
+        "TAPEFLOW_DATABASE_URL": database_url(database),
+        "TAPEFLOW_BROKER": kafka_bootstrap,
+        "TAPEFLOW_TOPIC_PREFIX": topic_prefix,
+        "TAPEFLOW_STRATEGIES": str(started),
+    }
+    report = simulate(tmp_path, env, str(promoted), "--days", DAYS)
+    assert report["notes"] == ["active config: TAPEFLOW_STRATEGIES, with stored revision 2 from config.rollouts"]
+    assert (report["active"]["version"], report["active"]["config_hash"]) == ("2", cfg.config_hash)
+    assert all(value == 0 for value in report["delta"].values()), report["delta"]
+    # against the file the engine started with, the promoted revision differs
+    report = simulate(tmp_path, env, str(promoted), "--days", DAYS, "--active", str(started))
+    assert report["notes"] == ["active config: --active"] and report["delta"]["signals"] < 0
