@@ -8,7 +8,8 @@ or before it, then the trade at or after the ends that those do not show reached
 settlement of the window (the funding time the next mark announces, the newest mark before it),
 never one per sample. Each price lookup reads the minute next to the horizon end first (one range of
 the BRIN index on trade_time, about 10^4 rows) and the hour only when that minute has no trade:
-benchmarks/bench_labels.py measures a backfill at about 100 labels/s and the hourly pass in seconds.
+benchmarks/bench_labels.py: a backfill labels 66-91 rows/s and the hourly pass takes 14 s (target 36 s)
+on 4 symbols at 12 signals/h each, 3 days of 6 M trades, on a 2-core machine at load 6-7.
 Writing is an upsert on the table's key, so a recompute replaces a row and running twice
 leaves the same rows; the hourly job (``run_due``) also skips the (sample, horizon) rows already
 there, so its second run writes nothing.
