@@ -136,6 +136,7 @@ class WindowResult:
     samples: int = 0
     written: int = 0
     pending: int = 0  # (sample, horizon) pairs due but without price data reaching the horizon end
+    stopped: bool = False  # ended early on request
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -364,14 +365,19 @@ def label_range(
     strategy: str | None = None,
     skip_existing: bool = False,
     progress: Callable[[str, int, WindowResult], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> WindowResult:
     """``label_window`` over ``[from_ms, to_ms)`` a day of t0 at a time, for every mode; ``progress(mode,
-    chunk end, chunk result)`` after each chunk."""
+    chunk end, chunk result)`` after each chunk. ``stop()`` true between chunks ends it early (each
+    chunk is its own transaction: what is written stays); the result is then marked ``stopped``."""
     total = WindowResult()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for mode in modes:
             lo = from_ms
             while lo < to_ms:
+                if stop is not None and stop():
+                    total.stopped = True
+                    return total
                 hi = min(lo + DAY_MS, to_ms)
                 r = label_window(
                     conn,
@@ -411,8 +417,10 @@ def run_due(
     params: LabelParams,
     config: ExecutorConfig,
     now_ms: int,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, WindowResult]:
-    """One run of the hourly job (module docstring): label what matured since each mode's watermark."""
+    """One run of the hourly job (module docstring): label what matured since each mode's watermark.
+    ``stop()`` (the service stopping) ends it between chunks, the watermark left where it was."""
     results: dict[str, WindowResult] = {}
     for mode in modes:
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -425,8 +433,18 @@ def run_due(
                 start = oldest_sample_ms(conn, mode) or now_ms
         end = now_ms - min(params.horizons_h) * HOUR_MS + 1  # t0 whose shortest horizon has ended
         results[mode] = label_range(
-            conninfo, [mode], start, max(start, end), params=params, config=config, now_ms=now_ms, skip_existing=True
+            conninfo,
+            [mode],
+            start,
+            max(start, end),
+            params=params,
+            config=config,
+            now_ms=now_ms,
+            skip_existing=True,
+            stop=stop,
         )
+        if results[mode].stopped:
+            break
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(
                 "INSERT INTO outcome_label_progress (source, labelled_to, updated_at) VALUES (%s, %s, %s) "

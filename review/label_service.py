@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +67,11 @@ class LabelService:
     def health(self) -> dict[str, Any]:
         return {"status": self.status, "detail": self.detail, "last_run_ms": self.last_run_ms}
 
-    def run_once(self, now_ms: int) -> None:
+    def run_once(self, now_ms: int, stop: Callable[[], bool] | None = None) -> None:
         try:
-            results = run_due(self.conninfo, self.modes, params=self.params, config=self.config, now_ms=now_ms)
+            results = run_due(
+                self.conninfo, self.modes, params=self.params, config=self.config, now_ms=now_ms, stop=stop
+            )
         except psycopg.Error as exc:
             self.status, self.detail = "failing", str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
             log.warning("outcome labels failed", error=self.detail)
@@ -91,7 +93,8 @@ class LabelService:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             now = int(time.time() * 1000)
-            await asyncio.to_thread(self.run_once, now)
+            # a long first pass (a history never labelled) ends between day chunks when stopping
+            await asyncio.to_thread(self.run_once, now, stop.is_set)
             wait_s = (next_run_ms(int(time.time() * 1000)) - int(time.time() * 1000)) / 1000
             try:
                 await asyncio.wait_for(stop.wait(), timeout=max(wait_s, 1.0))

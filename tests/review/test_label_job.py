@@ -107,6 +107,10 @@ def test_job_writes_the_hand_computed_rows_once_and_a_recompute_replaces_them(mi
     with psycopg.connect(migrated_database, autocommit=True) as conn:
         plant(conn)
     params, config = LabelParams(), ExecutorConfig()
+    stopped = run_due(migrated_database, ["paper"], params=params, config=config, now_ms=NOW, stop=lambda: True)
+    assert stopped["paper"].stopped and stopped["paper"].written == 0
+    with psycopg.connect(migrated_database) as conn:  # a stopped pass leaves the watermark alone
+        assert conn.execute("SELECT count(*) FROM outcome_label_progress").fetchone()[0] == 0
     first = run_due(migrated_database, ["paper"], params=params, config=config, now_ms=NOW)
     assert first["paper"].written == 3
     got = rows(migrated_database)
