@@ -13,7 +13,8 @@ Samples (per executor mode: ``paper`` or ``live``; a backtest run is one more so
   its P&L is a hypothetical position entered at ``t0`` at the signal's price, long or short as the
   signal says, with the size the executor would have given it (``execution.sizing``: the tier's R in
   money over the signal's risk distance, the strategy's multiplier when the signal carries one) and
-  the taker fee on that entry; it is never exited, so at every horizon it is open.
+  the taker fee on that entry; it is never exited, so at every horizon it is open. A vetoed signal
+  the executor could not have sized (no positive risk distance, an unknown tier) has no label.
 - a **trade**, ``sample_id`` = its position id, ``t0`` = its entry time (the position's ``opened``
   event: its last entry fill). Every opened position is one; its labels depend only on what happened
   up to ``t0 + h``, so a label written while the position was still open stays right after it closes.
