@@ -125,6 +125,44 @@ def label_row(source: str, lab: OutcomeLabel, computed_at_ms: int) -> tuple[Any,
     )
 
 
+def label_record(source: str, lab: OutcomeLabel, computed_at_ms: int) -> dict[str, Any]:
+    """The outcome.labels record of a row (``schemas/avro/outcome_label.avsc``)."""
+    return {
+        "source": source,
+        "sample_kind": lab.kind,
+        "sample_id": lab.sample_id,
+        "horizon_h": lab.horizon_h,
+        "strategy": lab.strategy,
+        "config_hash": lab.config_hash,
+        "exchange": lab.exchange,
+        "symbol": lab.symbol,
+        "direction": lab.direction,
+        "taken": lab.taken,
+        "position_id": lab.position_id,
+        "t0": lab.t0_ms,
+        "price_at_horizon": lab.price_at_horizon,
+        "qty_open": lab.qty_open,
+        "realized_pnl": lab.realized_pnl,
+        "unrealized_pnl": lab.unrealized_pnl,
+        "fees": lab.fees,
+        "funding": lab.funding,
+        "net_pnl": lab.net_pnl,
+        "basis": lab.basis,
+        "net_roi": lab.net_roi,
+        "threshold": lab.threshold,
+        "label": lab.label,
+        "computed_at": computed_at_ms,
+    }
+
+
+def label_key(source: str, lab: OutcomeLabel) -> str:
+    """The outcome.labels key: the table's key, so the compacted topic keeps what the table keeps."""
+    return f"{source}:{lab.kind}:{lab.sample_id}:{lab.horizon_h}"
+
+
+Written = Callable[[str, list[OutcomeLabel]], None]  # (source, labels) after their transaction committed
+
+
 def upsert_labels(conn: psycopg.Connection, source: str, labels: Sequence[OutcomeLabel], now_ms: int) -> int:
     with conn.cursor() as cur:
         cur.executemany(UPSERT, [label_row(source, lab, now_ms) for lab in labels])
@@ -325,9 +363,11 @@ def label_window(
     now_ms: int,
     strategy: str | None = None,
     skip_existing: bool = False,
+    on_written: Written | None = None,
 ) -> WindowResult:
     """Label the samples of mode ``mode`` with t0 in ``[from_ms, to_ms)`` and upsert them (source =
-    ``mode``) in one transaction; ``skip_existing``: leave (sample, horizon) rows already there."""
+    ``mode``) in one transaction; ``skip_existing``: leave (sample, horizon) rows already there;
+    ``on_written(mode, labels)`` once they are committed."""
     result = WindowResult()
     with conn.transaction():
         samples = read_samples(conn, mode, from_ms, to_ms, config, params, strategy)
@@ -350,6 +390,8 @@ def label_window(
                 else:
                     labels.append(lab)
         result.written = upsert_labels(conn, mode, labels, now_ms)
+    if on_written is not None and labels:
+        on_written(mode, labels)
     return result
 
 
@@ -366,6 +408,7 @@ def label_range(
     skip_existing: bool = False,
     progress: Callable[[str, int, WindowResult], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    on_written: Written | None = None,
 ) -> WindowResult:
     """``label_window`` over ``[from_ms, to_ms)`` a day of t0 at a time, for every mode; ``progress(mode,
     chunk end, chunk result)`` after each chunk. ``stop()`` true between chunks ends it early (each
@@ -389,6 +432,7 @@ def label_range(
                     now_ms=now_ms,
                     strategy=strategy,
                     skip_existing=skip_existing,
+                    on_written=on_written,
                 )
                 total.samples += r.samples
                 total.written += r.written
@@ -418,6 +462,7 @@ def run_due(
     config: ExecutorConfig,
     now_ms: int,
     stop: Callable[[], bool] | None = None,
+    on_written: Written | None = None,
 ) -> dict[str, WindowResult]:
     """One run of the hourly job (module docstring): label what matured since each mode's watermark.
     ``stop()`` (the service stopping) ends it between chunks, the watermark left where it was."""
@@ -442,6 +487,7 @@ def run_due(
             now_ms=now_ms,
             skip_existing=True,
             stop=stop,
+            on_written=on_written,
         )
         if results[mode].stopped:
             break

@@ -9,6 +9,11 @@ wakeups in between, so the stack's idle CPU does not move), and whose hourly pas
 of samples with a few queries per market. A failed pass (database down, or a row it cannot read) is
 logged and retried at the next hour; `/health` says `failing` meanwhile (so `tapeflow status` shows it)
 and the process keeps running rather than crash-looping under the supervisor.
+
+The rows written are also produced to ``outcome.labels`` (keyed like the table, compacted) once their
+transaction has committed, when the stack has a broker: the table is the record, the topic lets a
+consumer follow new labels without polling it. A record the broker did not take is logged; the
+next recompute (`tapeflow labels backfill`) produces it again.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from execution.config import ExecutorConfig
-from review.label_job import run_due
-from review.labels import HOUR_MS, LabelParams
+from review.label_job import label_key, label_record, run_due
+from review.labels import HOUR_MS, LabelParams, OutcomeLabel
+from tapeflow_runtime.publisher import Publisher
 from tapeflow_runtime.service_http import build_app, serve
 
 log = structlog.get_logger("labels")
+TOPIC = "outcome.labels"
 
 
 def next_run_ms(now_ms: int, every_ms: int = HOUR_MS) -> int:
@@ -43,6 +50,7 @@ class LabelService:
     modes: Sequence[str]
     params: LabelParams
     config: ExecutorConfig
+    publisher: Publisher | None = None  # outcome.labels, when the stack has a broker
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     status: str = "starting"
     detail: str = ""
@@ -68,9 +76,20 @@ class LabelService:
         return {"status": self.status, "detail": self.detail, "last_run_ms": self.last_run_ms}
 
     def run_once(self, now_ms: int, stop: Callable[[], bool] | None = None) -> None:
+        def publish(source: str, labels: list[OutcomeLabel]) -> None:
+            if self.publisher is not None:
+                for lab in labels:
+                    self.publisher.publish(TOPIC, label_key(source, lab), label_record(source, lab, now_ms))
+
         try:
             results = run_due(
-                self.conninfo, self.modes, params=self.params, config=self.config, now_ms=now_ms, stop=stop
+                self.conninfo,
+                self.modes,
+                params=self.params,
+                config=self.config,
+                now_ms=now_ms,
+                stop=stop,
+                on_written=publish,
             )
         except psycopg.Error as exc:
             self.status, self.detail = "failing", str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
@@ -80,6 +99,8 @@ class LabelService:
             self.status, self.detail = "failing", f"{type(exc).__name__}: {exc}".splitlines()[0]
             log.exception("outcome labels failed")
             return
+        if self.publisher is not None and self.publisher.flush(30.0):
+            log.warning("outcome labels not all delivered to the topic", topic=TOPIC)
         for mode, r in results.items():
             self.written.labels(mode).inc(r.written)
             self.pending.labels(mode).set(r.pending)

@@ -8,7 +8,7 @@ owns the symbol's signals and positions (one writer per position). Six divides e
 3 or 6 workers: two on a laptop, more on a server, without repartitioning, which
 would re-key existing data and break per-symbol ordering. Four default symbols leave some
 partitions empty; an empty partition costs next to nothing. Low-volume side topics (md.gaps,
-risk.events, config.*, the xv.* topics, every dlq.*) use one partition: total order and trivial consumers
+risk.events, config.*, outcome.labels, the xv.* topics, every dlq.*) use one partition: total order and trivial consumers
 matter more there (the xv.* topics are keyed by coin and written by one watchlist service each).
 
 Retention. Market data 7 days by default (warm-up needs 24 h; the database keeps history;
@@ -16,7 +16,8 @@ Retention. Market data 7 days by default (warm-up needs 24 h; the database keeps
 signals) 30 days; trading records (orders, fills, positions) and the watchlist's trading records are
 kept (nothing deleted by age: they are small and they are the book of record); gaps, the cross-venue
 features and dead letters 30 days, time to investigate. risk.events is compacted: the last event per
-scope is the risk guard's durable state; so is config.rollouts, the latest rollout state per strategy.
+scope is the risk guard's durable state; so is config.rollouts, the latest rollout state per strategy,
+and outcome.labels, the latest label per sample and horizon (as the table outcome_labels holds it).
 config.applied (where the engine switched revisions) is kept, small and needed by every replay.
 
 Record time. Every topic is stamped by the broker on arrival (``message.timestamp.type=LogAppendTime``),
@@ -147,6 +148,16 @@ _PRIMARY: tuple[TopicSpec, ...] = (
         None,
         "config_applied",
         "Where the engine switched a strategy's revision per symbol (kept: a replay switches at the same points).",
+    ),
+    TopicSpec(
+        "outcome.labels",
+        "source:sample_kind:sample_id:horizon_h",
+        1,
+        "compact",
+        None,
+        "outcome_label",
+        "Outcome labels of signals and trades (review.labels; the rows of outcome_labels); compacted to the "
+        "latest per sample and horizon.",
     ),
     TopicSpec(
         "xv.features",

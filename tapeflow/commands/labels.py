@@ -8,11 +8,20 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tapeflow.commands._common import MetricsPortOption, NoProgressOption, app, echo, fail, parse_time, state
+from tapeflow.commands._common import (
+    MetricsPortOption,
+    NoProgressOption,
+    app,
+    bootstrap_address,
+    echo,
+    fail,
+    parse_time,
+    state,
+)
 
 if TYPE_CHECKING:
     from execution.config import ExecutorConfig
@@ -106,6 +115,45 @@ def _modes(modes: list[str] | None) -> list[str]:
     return chosen
 
 
+def _publisher(registry: Any = None) -> Any:
+    """A publisher to outcome.labels when a broker is configured or the stack runs one, else None (the
+    labels then go to the table only)."""
+    from tapeflow_runtime.errors import TapeflowError
+
+    try:
+        bootstrap = bootstrap_address()
+    except TapeflowError:
+        return None
+    from schemas.registry import registry_from_url
+    from schemas.serde import AvroSerde
+    from tapeflow_runtime.publisher import Publisher, PublishMetrics
+
+    settings = state.settings()
+    metrics = PublishMetrics(registry, prefix="tapeflow_labels_publish")
+    serde = AvroSerde(registry_from_url(settings.schema_registry_url))
+    return Publisher(bootstrap, serde, metrics, topic_prefix=settings.topic_prefix)
+
+
+def _publishing(publisher: Any, now_ms: int) -> Any:
+    """``on_written`` for the label job: each committed row to outcome.labels."""
+    if publisher is None:
+        return None
+    from review.label_job import label_key, label_record
+
+    def publish(source: str, labels: list) -> None:
+        for lab in labels:
+            publisher.publish("outcome.labels", label_key(source, lab), label_record(source, lab, now_ms))
+
+    return publish
+
+
+def _flush(publisher: Any) -> str:
+    if publisher is None:
+        return ""
+    left = publisher.flush(30.0)
+    return f"; {left} not delivered to outcome.labels" if left else "; also produced to outcome.labels"
+
+
 def _db_error(exc: Exception) -> typer.Exit:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "outcome_labels" in text and "does not exist" in text:
@@ -146,6 +194,8 @@ def labels_backfill(
             done = min(1.0, (upto - from_ms) / (to_ms - from_ms))
             typer.echo(f"  {m}: {done:6.1%}  {r.samples} samples, {r.written} labels written", err=True)
 
+    now_ms = int(time.time() * 1000)
+    publisher = _publisher()
     try:
         total = label_range(
             conninfo,
@@ -154,15 +204,16 @@ def labels_backfill(
             to_ms,
             params=params,
             config=config,
-            now_ms=int(time.time() * 1000),
+            now_ms=now_ms,
             strategy=strategy,
             progress=progress,
+            on_written=_publishing(publisher, now_ms),
         )
     except psycopg.Error as exc:
         raise _db_error(exc) from None
     echo(
         f"{total.written} labels written for {total.samples} samples ({', '.join(modes)}); "
-        f"{total.pending} due without price data reaching the horizon"
+        f"{total.pending} due without price data reaching the horizon{_flush(publisher)}"
     )
 
 
@@ -211,12 +262,23 @@ def labels_run(
     params = _params(threshold, strategy_threshold, horizons)
     config = _executor_config(executor_config)
     conninfo = _database(database, write=True)
+    now_ms = int(time.time() * 1000)
+    publisher = _publisher()
     try:
-        results = run_due(conninfo, _modes(mode), params=params, config=config, now_ms=int(time.time() * 1000))
+        results = run_due(
+            conninfo,
+            _modes(mode),
+            params=params,
+            config=config,
+            now_ms=now_ms,
+            on_written=_publishing(publisher, now_ms),
+        )
     except psycopg.Error as exc:
         raise _db_error(exc) from None
     for m, r in results.items():
         echo(f"{m}: {r.written} labels written, {r.pending} due without price data reaching the horizon")
+    if publisher is not None:
+        echo(_flush(publisher).removeprefix("; "))
 
 
 @labels_app.command("serve")
@@ -237,10 +299,15 @@ def labels_serve(
 
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
     service = LabelService(
         _database(database, write=True),
         _modes(mode),
         _params(threshold, strategy_threshold, horizons),
         _executor_config(executor_config),
+        publisher=_publisher(registry),
+        registry=registry,
     )
     raise typer.Exit(asyncio.run(run_label_service(service, settings.metrics_host, metrics_port)))

@@ -23,6 +23,33 @@ from review.labels import (
 )
 
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
+# an outcome.labels record (tests/schemas/test_schemas.py round-trips every topic's sample)
+OUTCOME_LABEL = {
+    "source": "paper",
+    "sample_kind": "trade",
+    "sample_id": "pos-abc",
+    "horizon_h": 12,
+    "strategy": "v53",
+    "config_hash": "h",
+    "exchange": "binance",
+    "symbol": "BTCUSDT",
+    "direction": "LONG",
+    "taken": True,
+    "position_id": "pos-abc",
+    "t0": T0,
+    "price_at_horizon": 104.0,
+    "qty_open": 1.0,
+    "realized_pnl": 10.0,
+    "unrealized_pnl": 4.0,
+    "fees": 0.155,
+    "funding": 0.0105,
+    "net_pnl": 13.8345,
+    "basis": 200.0,
+    "net_roi": 0.0691725,
+    "threshold": 0.005,
+    "label": "pos",
+    "computed_at": T0 + 13 * 3_600_000,
+}
 H = HOUR_MS
 NOW = T0 + 100 * H
 

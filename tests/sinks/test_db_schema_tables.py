@@ -338,8 +338,9 @@ def expected_value(spec, column: str, record: dict):
 
 def test_every_topic_of_the_catalogue_has_a_table():
     """Except control records with nothing to keep: the progress markers of replays and warm starts, and
-    the rollout states and switch points (strategy_rollouts_audit keeps every rollout step)."""
-    control = {PROGRESS_TOPIC, "config.rollouts", "config.applied"}
+    the rollout states and switch points (strategy_rollouts_audit keeps every rollout step); and
+    outcome.labels, which its writer stores in outcome_labels itself (review.label_service)."""
+    control = {PROGRESS_TOPIC, "config.rollouts", "config.applied", "outcome.labels"}
     for t in all_topics():
         if t.name in control:
             with pytest.raises(ValueError, match="no table for topic"):

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from review.label_job import ms
 from tapeflow.cli import app
 from tapeflow.stack.app_services import http_json
 from tapeflow.stack.process import free_port
@@ -202,3 +203,57 @@ def test_backtest_stores_its_outcome_labels_beside_the_run(migrated_database, tm
         ).fetchall()
     # 13 h of data: only samples of the first hour reach 12 h (and a trade follows within the hour)
     assert written > 0 and dict(rows) == {12: written}
+
+
+def test_the_service_also_produces_the_rows_to_the_topic(
+    migrated_database, kafka_bootstrap, topic_prefix, read_topic, tmp_path
+):
+    from tapeflow_runtime.kafka_client import ensure_topics
+
+    with psycopg.connect(migrated_database, autocommit=True) as conn:
+        plant(conn)
+    ensure_topics(kafka_bootstrap, prefix=topic_prefix)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPEFLOW_")}
+    env.update(
+        TAPEFLOW_HOME=str(tmp_path / "home"), TAPEFLOW_BROKER=kafka_bootstrap, TAPEFLOW_TOPIC_PREFIX=topic_prefix
+    )
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tapeflow",
+            "labels",
+            "serve",
+            "--database",
+            migrated_database,
+            "--metrics-port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+
+        def passed() -> bool:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            code, body = http_json(f"http://127.0.0.1:{port}/health")
+            return code == 200 and body.get("last_run_ms") is not None
+
+        wait_until(passed, 60, "the service's first pass")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        log.close()
+    records = read_topic(kafka_bootstrap, topic_prefix + "outcome.labels", settled=True)
+    with psycopg.connect(migrated_database) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute("SELECT * FROM outcome_labels")
+        rows = {f"{r['source']}:{r['sample_kind']}:{r['sample_id']}:{r['horizon_h']}": r for r in cur.fetchall()}
+    assert len(records) == len(rows) == 3
+    for rec in records:
+        row, value = rows[rec["key"]], rec["value"]
+        assert value["sample_id"] == row["sample_id"] and value["label"] == row["label"]
+        assert value["net_pnl"] == pytest.approx(float(row["net_pnl"]), rel=1e-12)
+        assert value["t0"] == ms(row["t0"]) and value["computed_at"] == ms(row["computed_at"])
