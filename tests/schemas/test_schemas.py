@@ -31,9 +31,9 @@ from schemas.errors import (
 )
 from schemas.registry import FileSchemaRegistry
 from schemas.serde import AvroSerde, frame_header, peek_schema_id
+from tests.review.test_labels import OUTCOME_LABEL
 from tests.support.avro import zigzag_varint
 from tests.support.cross_venue import XV_FEATURE
-from tests.review.test_labels import OUTCOME_LABEL
 from tests.support.rollout import CONFIG_APPLIED, ROLLOUT_CANARY
 from tests.support.watchlist_trading import XV_COMMAND, XV_FUNDING_PAYMENT, XV_LEG_ORDER, XV_PAIR_EVENT, XV_SIGNAL
 
