@@ -146,8 +146,8 @@ def from_table(table: pa.Table, target: str, horizon_ms: int, rows: str = "all",
         labels = [c for c in table.column_names if c.startswith(("y_", "fwd_"))]
         raise ModelDataError(f"--target {target!r}: no such column (the data has {', '.join(labels) or 'no labels'})")
     y_all = _column(table, target)
-    direction = np.asarray(table.column("direction").to_pylist(), dtype=object)
-    sign = np.where(direction == "LONG", 1.0, np.where(direction == "SHORT", -1.0, 0.0))
+    direction = table.column("direction")
+    sign = _is(direction, "LONG").astype(np.float64) - _is(direction, "SHORT").astype(np.float64)
     keep = ~np.isnan(y_all) & (sign != 0)
     if rows == "signals":
         keep &= np.asarray(pc.is_null(table.column("block_reason")).to_numpy(zero_copy_only=False), dtype=bool)
@@ -157,10 +157,10 @@ def from_table(table: pa.Table, target: str, horizon_ms: int, rows: str = "all",
     index = np.flatnonzero(keep)
     t0 = np.asarray(table.column("eval_time").cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
     index = index[np.argsort(t0[index], kind="stable")]
-    all_symbols = np.asarray(table.column("symbol").to_pylist(), dtype=object)
+    encoded = table.column("symbol").combine_chunks().dictionary_encode()
+    code = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
     if every_ms > 1000:
-        _names, code = np.unique(all_symbols[index], return_inverse=True)
-        _keys, first = np.unique(np.column_stack([code, t0[index] // every_ms]), axis=0, return_index=True)
+        _keys, first = np.unique(np.column_stack([code[index], t0[index] // every_ms]), axis=0, return_index=True)
         index = index[np.sort(first)]
     names = feature_columns(table.column_names)
     x = np.empty((len(index), len(names) + 1), dtype=np.float64)
@@ -170,7 +170,7 @@ def from_table(table: pa.Table, target: str, horizon_ms: int, rows: str = "all",
     features = [*names, SIGN_FEATURE]
     usable = [j for j in range(x.shape[1]) if _varies(x[:, j])]
     dropped = [features[j] for j in range(len(features)) if j not in usable]
-    symbols = all_symbols[index]
+    symbols = np.asarray(encoded.dictionary.to_pylist(), dtype=object)[code[index]]
     return Dataset(
         np.ascontiguousarray(x[:, usable]),
         y_all[index].astype(np.int8),
@@ -183,6 +183,11 @@ def from_table(table: pa.Table, target: str, horizon_ms: int, rows: str = "all",
         horizon_ms,
         dropped,
     )
+
+
+def _is(column: pa.ChunkedArray, value: str) -> np.ndarray:
+    """Where a text column equals ``value`` (null: False)."""
+    return np.asarray(pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _varies(column: np.ndarray) -> bool:

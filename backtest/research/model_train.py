@@ -100,7 +100,8 @@ def _ablation(
         return {"detector_features": [], "auc_with": full_auc, "auc_without": None, "auc_difference": None}
     reduced = data.without(detector)
     splitter = purged_splitter(reduced, options.folds, options.embargo_ms)
-    v = cross_validate(reduced, learner, splitter, threads=options.threads, on_fit=on_fit)
+    labelled = None if on_fit is None else (lambda what: on_fit(f"{what} without detectors"))
+    v = cross_validate(reduced, learner, splitter, threads=options.threads, on_fit=labelled)
     without = v.pooled["auc"]
     return {
         "detector_features": detector,
