@@ -214,7 +214,8 @@ class EngineWorker:
         await self.app.start()
         self.started_at = time.monotonic()
         self._ticker = asyncio.create_task(self._tick_forever())
-        self._follower = asyncio.create_task(self._follow_rollouts())
+        if self.config.follow_rollouts:
+            self._follower = asyncio.create_task(self._follow_rollouts())
 
     async def stop(self) -> None:
         self._following.set()

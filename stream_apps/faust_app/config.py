@@ -67,6 +67,12 @@ class EngineAppConfig(BaseModel):
         description="hold every key's inputs until md.progress markers release them (a new group "
         "reading a replay or a warm start); a key also waits once a marker for it arrives",
     )
+    follow_rollouts: bool = Field(
+        default=False,
+        description="follow config.rollouts and switch strategy revisions without a restart (hot reload, "
+        "stream_apps.faust_app.rollouts); off by default until a successor of a worker killed with a "
+        "switch in its open transaction is known not to stall",
+    )
     progress_timeout_s: float = Field(
         default=60.0,
         gt=0,
