@@ -7,7 +7,7 @@
 - `strategy rollback NAME --reason TEXT`: drop the canary, or put the previous active revision back.
 
 Each step is a row of strategy_rollouts_audit (who: the OS user or --as; why: --reason) and a new state
-on config.rollouts, which the engine follows without a restart. A candidate that changes what shapes the
+on config.rollouts, which an engine worker with ``follow_rollouts`` applies without a restart. A candidate that changes what shapes the
 engine's per-symbol state (windows, detectors) is refused: the engine must restart on it."""
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def strategy_promote(
 ) -> None:
     """Register a strategy file and make it the active revision, or run it as a canary beside the active
     revision (--canary 10% or --symbols A,B); with --finish, make the canary of strategy TARGET active.
-    The engine switches at its next evaluation boundary, without a restart."""
+    An engine following config.rollouts switches at its next evaluation boundary, without a restart."""
     who = _actor(actor)
     if finish:
         if canary is not None or symbols is not None:
