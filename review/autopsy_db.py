@@ -568,6 +568,52 @@ def write_autopsies(conn: psycopg.Connection, since_ms: int, until_ms: int) -> i
     return n
 
 
+#: closed positions without an autopsy whose price path is stored to its end: the path runs to the
+#: timeout (or the exit, when later) plus ``_AFTER_MS``, so that every scenario (a wider take-profit
+#: rides on to the timeout) is replayed on data that is all there. Market data time, not wall time:
+#: a replayed session of 2024 gets its autopsies as soon as its trades are stored.
+_PENDING_SQL = """
+SELECT c.mode, c.position_id
+FROM positions c
+JOIN positions o ON o.mode = c.mode AND o.position_id = c.position_id AND o.event = 'opened'
+CROSS JOIN LATERAL (
+    SELECT t.trade_time FROM trades t WHERE t.exchange = c.exchange AND t.symbol = c.symbol
+    ORDER BY t.agg_id DESC LIMIT 1) newest
+WHERE c.event = 'closed'
+  AND NOT EXISTS (SELECT 1 FROM trade_autopsies a
+                  WHERE a.mode = c.mode AND a.run_id = '' AND a.position_id = c.position_id)
+  AND greatest(c.event_time, o.event_time + make_interval(secs => coalesce(o.timeout_ms, %(timeout)s) / 1000.0))
+      + make_interval(secs => %(after)s / 1000.0) <= newest.trade_time
+ORDER BY c.event_time, c.position_id
+LIMIT %(limit)s
+"""
+PENDING_LIMIT = 2_000
+
+
+def write_pending_autopsies(conn: psycopg.Connection, now_ms: int, limit: int = PENDING_LIMIT) -> int:
+    """Autopsy the closed positions that have none yet and whose price path is stored to its end
+    (``_PENDING_SQL``), oldest first, at most ``limit`` a call (the hourly pass of ``tapeflow labels
+    serve``; a longer backlog is worked through pass by pass). Returns how many were written; a trade
+    whose rows are incomplete is logged and tried again at the next call. Commits."""
+    rows = (
+        _cur(conn)
+        .execute(
+            _PENDING_SQL,
+            {"timeout": ExecutorConfig().timeout_min * 60_000, "after": _AFTER_MS, "limit": limit},
+        )
+        .fetchall()
+    )
+    done = []
+    for r in rows:
+        try:
+            done.append(autopsy(conn, r["position_id"], mode=r["mode"]))
+        except AutopsyError as exc:
+            log.warning("trade autopsy skipped", position_id=r["position_id"], mode=r["mode"], reason=str(exc))
+    n = store(conn, done, now_ms)
+    conn.commit()
+    return n
+
+
 # --------------------------------------------------------------------------------------- reporting
 DIMENSIONS = ("tier", "regime", "hour", "exit_reason")
 _SUMS = ("gross_r", "fees_r", "slippage_r", "funding_r", "net_r")

@@ -1,5 +1,7 @@
 """The running stack's outcome-label writer (`tapeflow labels serve`): ``review.label_job.run_due`` at
-start and then at the top of every hour, with `/health` and `/metrics` on its own port.
+start and then at the top of every hour, with `/health` and `/metrics` on its own port. The same pass
+then writes the autopsy of every closed trade whose price path is stored to its end
+(``review.autopsy_db.write_pending_autopsies``) into ``trade_autopsies``.
 
 Why a service of its own, rather than a job inside an existing process: the layers allow ``review``
 only above ``execution``, so neither the sink (``sinks``) nor the executor (``execution``) may import
@@ -30,6 +32,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from execution.config import ExecutorConfig
+from review.autopsy_db import write_pending_autopsies
 from review.label_job import label_key, label_record, run_due
 from review.labels import HOUR_MS, LabelParams, OutcomeLabel
 from tapeflow_runtime.publisher import Publisher
@@ -66,6 +69,7 @@ class LabelService:
             ["source"],
             registry=self.registry,
         )
+        self.autopsies = Counter("tapeflow_trade_autopsies_written", "Trade autopsies written", registry=self.registry)
         self.last_success = Gauge(
             "tapeflow_outcome_labels_last_success_seconds",
             "Unix time of the last successful pass",
@@ -91,6 +95,7 @@ class LabelService:
                 stop=stop,
                 on_written=publish,
             )
+            autopsies = self._autopsies(now_ms)
         except psycopg.Error as exc:
             self.status, self.detail = "failing", str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
             log.warning("outcome labels failed", error=self.detail)
@@ -107,9 +112,16 @@ class LabelService:
         self.last_run_ms = now_ms
         self.last_success.set(now_ms / 1000)
         written = {m: r.written for m, r in results.items()}
+        self.autopsies.inc(autopsies)
         self.status = "running"
-        self.detail = f"labels written {sum(written.values())} at the last pass"
-        log.info("outcome labels", written=written, pending={m: r.pending for m, r in results.items()})
+        self.detail = f"labels written {sum(written.values())}, trade autopsies {autopsies} at the last pass"
+        log.info(
+            "outcome labels", written=written, pending={m: r.pending for m, r in results.items()}, autopsies=autopsies
+        )
+
+    def _autopsies(self, now_ms: int) -> int:
+        with psycopg.connect(self.conninfo) as conn:
+            return write_pending_autopsies(conn, now_ms)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

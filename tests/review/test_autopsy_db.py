@@ -217,3 +217,26 @@ def test_peers_percentiles_on_a_planted_set(migrated_database):
     assert p["win_rate"] == pytest.approx(5 / 12)
     # ROI = net cash / entry notional: the same order as net R at one size and price
     assert p["roi_percentile"] == pytest.approx(100 * below / 12)
+
+
+def test_pending_autopsies_wait_for_the_whole_path_and_are_written_once(migrated_database):
+    from review.autopsy_db import write_pending_autopsies
+    from sinks.tables import table_for_topic, write_rows
+    from tests.support.execution import trade_record
+
+    # both trades time out after 10 minutes: each path must be stored to entry + 10 min + 5 min
+    early = _with_book(T0, 101.0)
+    late = _with_book(T0 + 60 * MIN, 101.0)
+    store(migrated_database, early, late)  # the newest stored trade: late's, 11 minutes after its signal
+    with psycopg.connect(migrated_database) as conn:
+        assert write_pending_autopsies(conn, T0) == 1  # early's path is complete, late's is not yet
+        assert write_pending_autopsies(conn, T0) == 0  # written once
+        [(pid,)] = conn.execute("SELECT position_id FROM trade_autopsies").fetchall()
+        assert pid == early.closed()["position_id"]
+        spec = table_for_topic("md.trades")
+        write_rows(conn, spec, [spec.to_row(trade_record(101.0, T0 + 80 * MIN))])
+        conn.commit()
+        assert write_pending_autopsies(conn, T0) == 1  # the market data now reaches past late's path
+        rows = conn.execute("SELECT position_id, net_r FROM trade_autopsies ORDER BY exit_time").fetchall()
+    assert [r[0] for r in rows] == [early.closed()["position_id"], late.closed()["position_id"]]
+    assert [r[1] for r in rows] == pytest.approx([p.closed()["pnl_r_net"] for p in (early, late)])

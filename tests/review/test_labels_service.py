@@ -26,6 +26,6 @@ def test_a_pass_without_a_database_is_reported_as_failing_and_the_next_one_recov
     service.run_once(1_704_067_200_000)
     assert service.health() == {
         "status": "running",
-        "detail": "labels written 0 at the last pass",
+        "detail": "labels written 0, trade autopsies 0 at the last pass",
         "last_run_ms": 1_704_067_200_000,
     }
