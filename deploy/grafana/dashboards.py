@@ -521,13 +521,36 @@ GROUP BY 1 ORDER BY 2 DESC""",
             unit="none",
             decimals=3,
             stack=True,
-            question="What do trading costs take out of each hour's results, in R? (Funding payments are not "
-            "modelled by the executor yet, so they are not in pnl_r.)",
+            question="What do trading costs take out of each hour's results, in R? (Funding is paid when "
+            "positive, received when negative.)",
             queries=(
                 Sql(f"""
-SELECT $__timeGroupAlias(exit_time, '1h'), sum(fees_r) AS "fees R", sum(slippage_r) AS "slippage R"
+SELECT $__timeGroupAlias(exit_time, '1h'), sum(fees_r) AS "fees R", sum(slippage_r) AS "slippage R",
+       sum(funding_r) AS "funding R"
 {_CLOSED}
 GROUP BY 1 ORDER BY 1"""),
+            ),
+        ),
+        Panel(
+            "Outcome labels: what signals and trades earned after 12, 24 and 36 h",
+            "table",
+            width=24,
+            height=8,
+            question="Of the signals taken, vetoed and the trades, how many earned more than the threshold "
+            "(pos), lost more (neg) or neither, and their mean net ROI, per horizon? (docs/how-to/labels.md)",
+            queries=(
+                Sql(
+                    """
+SELECT strategy, sample_kind AS sample, CASE WHEN taken THEN 'taken' ELSE 'vetoed' END AS taken, horizon_h AS "h",
+       count(*) FILTER (WHERE label = 'pos') AS pos, count(*) FILTER (WHERE label = 'neutral') AS neutral,
+       count(*) FILTER (WHERE label = 'neg') AS neg,
+       round((100 * avg(net_roi))::numeric, 3) AS "mean net ROI %", round(sum(fees)::numeric, 2) AS fees,
+       round(sum(funding)::numeric, 2) AS funding
+FROM outcome_labels
+WHERE source IN ($mode) AND strategy IN ($strategy) AND $__timeFilter(t0)
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3 DESC, 4""",
+                    fmt="table",
+                ),
             ),
         ),
         Panel(

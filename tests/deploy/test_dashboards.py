@@ -126,6 +126,16 @@ INSERT INTO positions (position_id, signal_id, strategy, strategy_version, confi
     ('pos-3', 'v52_8signals:h:binance:ETHUSDT:3', 'v52_8signals', '1', 'h', 'binance', 'ETHUSDT', 'paper',
      'closed', 'LONG', 'standard', 100, 1, 200, 99, 101, 103, 99, 'sl', -1, -1.1, 0.1, 0,
      now() - INTERVAL '150 minutes');
+INSERT INTO outcome_labels (source, sample_kind, sample_id, horizon_h, strategy, config_hash, exchange, symbol,
+                            direction, taken, position_id, t0, horizon_time, price_at_horizon, qty_open,
+                            realized_pnl, unrealized_pnl, gross_pnl, fees, funding, net_pnl, basis, net_roi,
+                            threshold, label, computed_at) VALUES
+    ('paper', 'trade', 'pos-1', 12, 'v53', 'h', 'binance', 'BTCUSDT', 'LONG', true, 'pos-1',
+     now() - INTERVAL '2 hours', now() + INTERVAL '10 hours', 104.5, 0, 9, 0, 9, 0.2, 0.01, 8.79, 200, 0.04395,
+     0.005, 'pos', now()),
+    ('paper', 'signal', 'v53:h:binance:ETHUSDT:9', 12, 'v53', 'h', 'binance', 'ETHUSDT', 'SHORT', false, NULL,
+     now() - INTERVAL '1 hour', now() + INTERVAL '11 hours', 101, 1, 0, -1, -1, 0.05, 0, -1.05, 100, -0.0105,
+     0.005, 'neg', now());
 INSERT INTO risk_events (scope, mode, decision, state, reason, daily_pnl_r, consecutive_losses, paused_until,
                          event_time) VALUES
     ('global', 'paper', 'halt', 'halted', 'kill_switch', -1.5, 2, NULL, now() - INTERVAL '10 minutes'),
