@@ -12,8 +12,9 @@ writes that export itself for the strategy with every microstructure detector tu
   what purged cross-validation needs.
 - Features: the decision's numbers (``score``, ``raw_score``, ``layer_*``), every ``in_*`` input, and
   ``direction_sign`` (+1 long, -1 short), less what cannot generalise across time and symbols: times
-  (``*_ms``) and price levels in quote currency (``last_price``, ``mark_price``, ``index_price``,
-  ``atr``: ``atr_price_ratio`` carries the ATR). A column with no value or one value in the whole window
+  (``*_ms``), price levels in quote currency (``last_price``, ``mark_price``, ``index_price``, ``atr``:
+  ``atr_price_ratio`` carries the ATR), the open interest level (``oi_change`` carries it) and the engine's
+  warm-up counts (``atr_bars``, ``qty_samples``). A column with no value or one value in the whole window
   is dropped (and listed). Missing values stay NaN: LightGBM learns where they go, the logistic
   regression imputes the training mean.
 - ``detector_features``: the columns the detectors add (``stream_apps.core.detectors.DETECTOR_FIELDS``),
@@ -46,7 +47,18 @@ from stream_apps.core.strategy import (
 
 DEFAULT_TARGET = "y_binary_60m"
 SIGN_FEATURE = "direction_sign"
-EXCLUDED_INPUTS = ("in_last_price", "in_mark_price", "in_index_price", "in_atr")
+# levels that drift with the market or with the engine's warm-up rather than describe the moment: a model
+# fitted on one period would read them as the period itself (prices, ATR and open interest in their units;
+# the counts of bars and trades the ATR and size quantiles have seen). Ratios and changes carry them.
+EXCLUDED_INPUTS = (
+    "in_last_price",
+    "in_mark_price",
+    "in_index_price",
+    "in_atr",
+    "in_open_interest",
+    "in_atr_bars",
+    "in_qty_samples",
+)
 DETECTOR_COLUMNS = frozenset(f"in_{name}" for name in DETECTOR_FIELDS)
 ROW_CHOICES = ("all", "signals")
 

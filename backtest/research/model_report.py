@@ -200,7 +200,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         p, c = r["pooled"], r["calibrated"]
         folds = ", ".join(_f(f["auc"], 3) for f in r["folds"])
         lines.append(
-            f"{name}: out-of-fold AUC {_f(p['auc'], 3)} (folds {folds}), Brier {_f(c['brier'], 4)}, "
+            f"{name}: out-of-fold AUC {_f(p['auc'], 3)} pooled (folds {folds}), Brier {_f(c['brier'], 4)}, "
             f"log loss {_f(c['log_loss'], 4)} calibrated"
         )
         d = r.get("detectors")

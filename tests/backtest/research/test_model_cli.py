@@ -90,7 +90,8 @@ def test_train_writes_a_model_file_named_by_its_content_and_a_report(run):
         assert all(f["purged_rows"] > 0 for f in report["folds"])
         d = report["detectors"]
         assert d["auc_difference"] == pytest.approx(d["auc_with"] - d["auc_without"])
-        assert f"{name}: out-of-fold AUC {report['pooled']['auc']:.3f}" in output
+        folds = ", ".join(f"{f['auc']:.3f}" for f in report["folds"])
+        assert f"{name}: out-of-fold AUC {report['pooled']['auc']:.3f} pooled (folds {folds})" in output
         assert report["walk_forward"]
     assert doc["strategy"]["name"] == "v53" and doc["validation"]["embargo_ms"] == 3_600_000
     # the same data and settings: the export is reused and the model is the same file
