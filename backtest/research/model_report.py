@@ -161,7 +161,7 @@ def bars_svg(rows: list[dict[str, Any]], value: str, trend: str | None, width: i
 
 @cache
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)  # nosec B701 # autoescape is on
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(_TEMPLATE)
 
 
