@@ -66,8 +66,8 @@ def _export(
             summary = export(
                 cfg, source, names, from_ms, to_ms, out, options=options, overwrite=overwrite, on_day=on_day
             )
-        except (ExportError, SourceError) as error:
-            raise ResearchError(str(error)) from None
+        except (ExportError, SourceError) as error:  # the export's own advice names its --out: here --export-dir
+            raise ResearchError(str(error).replace("another --out", "another --export-dir")) from None
     if summary.written == summary.skipped == 0:
         raise ResearchError(
             f"no evaluations for {','.join(names)} from {fmt_day(from_ms)} to {fmt_day(to_ms)} in {source}"

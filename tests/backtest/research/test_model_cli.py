@@ -155,6 +155,13 @@ def test_bad_input_is_one_error_line(run, tmp_path):
         ("--data", str(data), *ARGS[:4], "--target", "y_nothing", "--horizon", "1h"): "no such column",
         ("--data", str(data), *ARGS[:4], "--target", "fwd_return_5m"): "is not a 0/1 label",
         ("--data", str(data), *ARGS[:4], "--calibration", "magic"): "--calibration 'magic'",
+        # the export folder holds the strategy with its detectors on; without them it is another configuration
+        (
+            "--no-detectors",
+            *ARGS[:6],
+            "--export-dir",
+            str(run["tmp"] / "data"),
+        ): "use another --export-dir or --overwrite",
     }
     for args, message in cases.items():
         res = tapeflow(*args, cwd=tmp_path)
