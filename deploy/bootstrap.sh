@@ -36,6 +36,8 @@ command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)  # promtool val
 # iptables drops packets at random on a loopback port the fault suite owns (tests/faults/test_broker_and_links.py;
 # the kernel has no netem; the step is skipped, saying why, without it)
 command -v iptables >/dev/null 2>&1 || apt_missing+=(iptables)
+# LightGBM's wheel (the confidence model, `tapeflow model`) links the system's OpenMP runtime, libgomp.so.1
+grep -q 'libgomp\.so\.1' <<<"$(ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null)" || apt_missing+=(libgomp1)
 
 if ((${#apt_missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
