@@ -295,14 +295,14 @@ def _population(conn: psycopg.Connection, strategy: str, mode: str, run_id: str)
     ``PEER_LIMIT`` of the mode."""
     if run_id:
         rows = conn.execute(
-            "SELECT position_id, direction, r_usd::float8, pnl_r_net::float8, (r_usd / risk_distance)::float8,"
+            "SELECT position_id, direction, r_usd::float8, pnl_r_net::float8, (r_usd / risk_distance)::float8,"  # nosec B608 # constant SQL fragments (_MS, _COLUMNS); values are bound
             f" entry_price, {_MS.format('entry_time')}, {_MS.format('exit_time')}, NULL, NULL"
             " FROM backtest_trades WHERE run_id = %s",
             (run_id,),
         ).fetchall()
     else:
         rows = conn.execute(
-            "SELECT c.position_id, c.direction, c.r_usd::float8, c.pnl_r_net::float8, o.qty, c.entry_price,"
+            "SELECT c.position_id, c.direction, c.r_usd::float8, c.pnl_r_net::float8, o.qty, c.entry_price,"  # nosec B608 # constant SQL fragments (_MS, _COLUMNS); values are bound
             f" {_MS.format('o.event_time')}, {_MS.format('c.event_time')}, s.factors->>'regime',"
             " (s.factors->>'atr_percentile')::float8"
             " FROM (SELECT * FROM positions WHERE strategy = %s AND event = 'closed' AND mode = %s"
@@ -536,7 +536,7 @@ def store(conn: psycopg.Connection, autopsies: Sequence[Autopsy], computed_ms: i
     rows = [autopsy_row(a, computed_ms) for a in autopsies]
     with conn.cursor() as cur:
         cur.executemany(
-            f"INSERT INTO trade_autopsies ({_COLUMNS}) VALUES ({', '.join(['%s'] * 29)})"
+            f"INSERT INTO trade_autopsies ({_COLUMNS}) VALUES ({', '.join(['%s'] * 29)})"  # nosec B608 # constant SQL fragments (_MS, _COLUMNS); values are bound
             " ON CONFLICT (mode, run_id, position_id) DO UPDATE SET "
             + ", ".join(f"{c.strip()} = EXCLUDED.{c.strip()}" for c in _COLUMNS.split(",")[3:]),
             rows,

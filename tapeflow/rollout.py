@@ -78,7 +78,7 @@ _COLUMNS = "name, rev, config_hash, content, (extract(epoch FROM created_at) * 1
 
 
 def _revision_row(cur: Any, where: str, params: tuple[Any, ...]) -> Registered | None:
-    cur.execute(f"SELECT {_COLUMNS} FROM strategy_revisions WHERE {where}", params)  # noqa: S608 - fixed text
+    cur.execute(f"SELECT {_COLUMNS} FROM strategy_revisions WHERE {where}", params)  # noqa: S608  # nosec B608 # this module's constant columns and clauses; values are bound
     row = cur.fetchone()
     return None if row is None else Registered(*row)
 
@@ -92,7 +92,7 @@ def revisions(conn: psycopg.Connection, name: str | None = None) -> list[Registe
     """Every registered revision (of ``name``), by name and revision."""
     where, params = ("WHERE name = %s", (name,)) if name else ("", ())
     with conn.cursor() as cur:
-        cur.execute(f"SELECT {_COLUMNS} FROM strategy_revisions {where} ORDER BY name, rev", params)  # noqa: S608
+        cur.execute(f"SELECT {_COLUMNS} FROM strategy_revisions {where} ORDER BY name, rev", params)  # noqa: S608  # nosec B608 # constant columns and clause; values are bound
         return [Registered(*row) for row in cur.fetchall()]
 
 
@@ -122,7 +122,7 @@ def audit_rows(conn: psycopg.Connection, strategy: str | None = None) -> list[di
     with conn.cursor() as cur:
         cur.execute(
             "SELECT (extract(epoch FROM time) * 1000)::bigint, actor, action, strategy, from_rev, to_rev, scope,"
-            f" reason, seq FROM strategy_rollouts_audit {where} ORDER BY id",  # noqa: S608 - fixed text
+            f" reason, seq FROM strategy_rollouts_audit {where} ORDER BY id",  # noqa: S608  # nosec B608 # a constant clause; values are bound
             params,
         )
         keys = ("time", "actor", "action", "strategy", "from_rev", "to_rev", "scope", "reason", "seq")
