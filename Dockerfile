@@ -25,6 +25,8 @@ RUN pip wheel --no-deps --wheel-dir /dist .
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /dist /dist
+# LightGBM's wheel (the confidence model) links OpenMP, which the slim image does not carry
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 RUN pip install /dist/*.whl && rm -rf /dist && useradd --system --create-home tapeflow
 USER tapeflow
 WORKDIR /home/tapeflow
