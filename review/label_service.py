@@ -21,7 +21,6 @@ next recompute (`tapeflow labels backfill`) produces it again.
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from review.autopsy_db import write_pending_autopsies
 from review.label_job import label_key, label_record, run_due
 from review.labels import HOUR_MS, LabelParams, OutcomeLabel
 from tapeflow_runtime.publisher import Publisher
-from tapeflow_runtime.service_http import build_app, serve
+from tapeflow_runtime.service_http import build_app, run_until_signalled
 
 log = structlog.get_logger("labels")
 TOPIC = "outcome.labels"
@@ -136,16 +135,10 @@ class LabelService:
 
 
 async def run_label_service(service: LabelService, metrics_host: str, metrics_port: int) -> int:
-    runner, port = await serve(
-        build_app(service.registry, service.health, frozenset({"running", "starting"})), metrics_host, metrics_port
+    return await run_until_signalled(
+        service.run,
+        build_app(service.registry, service.health, frozenset({"running", "starting"})),
+        metrics_host,
+        metrics_port,
+        lambda port: log.info("outcome label service started", metrics_port=port, modes=list(service.modes)),
     )
-    log.info("outcome label service started", metrics_port=port, modes=list(service.modes))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await service.run(stop)
-    finally:
-        await runner.cleanup()
-    return 0

@@ -16,7 +16,6 @@ compacted config.rollouts and, only when a canary runs, one query per canary."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -159,18 +158,12 @@ class GuardService:
 async def serve_guard(service: GuardService, metrics_host: str, metrics_port: int) -> int:
     from prometheus_client import CollectorRegistry
 
-    from tapeflow_runtime.service_http import build_app, serve
+    from tapeflow_runtime.service_http import build_app, run_until_signalled
 
-    runner, port = await serve(
-        build_app(CollectorRegistry(), service.health, frozenset({"running", "starting"})), metrics_host, metrics_port
+    return await run_until_signalled(
+        service.run,
+        build_app(CollectorRegistry(), service.health, frozenset({"running", "starting"})),
+        metrics_host,
+        metrics_port,
+        lambda port: log.info("guardrail controller started", metrics_port=port, every_min=service.every_ms // 60_000),
     )
-    log.info("guardrail controller started", metrics_port=port, every_min=service.every_ms // 60_000)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await service.run(stop)
-    finally:
-        await runner.cleanup()
-    return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -75,3 +75,28 @@ async def run_thread_with_endpoint(
         return False
     finally:
         await runner.cleanup()
+
+
+async def run_until_signalled(
+    run: Callable[[asyncio.Event], Awaitable[None]],
+    app: web.Application,
+    host: str,
+    port: int,
+    started: Callable[[int], None] | None = None,
+) -> int:
+    """Serve ``app`` (`/metrics`, `/health`), call ``started(bound port)``, then await ``run(stop)``;
+    SIGINT/SIGTERM set ``stop``. The endpoint is closed after. Returns 0: the periodic services
+    (the label writer, the guardrail controller) share this shell and report a failed pass on `/health`
+    instead of exiting."""
+    runner, bound = await serve(app, host, port)
+    if started is not None:
+        started(bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run(stop)
+    finally:
+        await runner.cleanup()
+    return 0
