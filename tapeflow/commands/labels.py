@@ -254,9 +254,11 @@ def labels_run(
     horizons: HorizonsOption = "12,24,36",
     executor_config: ExecutorConfigOption = None,
 ) -> None:
-    """One pass of the hourly job: label what matured since the last pass (for cron; `serve` repeats it)."""
+    """One pass of the hourly job: label what matured since the last pass and write the autopsies of the
+    closed trades whose market data is complete (for cron; `serve` repeats it)."""
     import psycopg
 
+    from review.autopsy_db import write_pending_autopsies
     from review.label_job import run_due
 
     params = _params(threshold, strategy_threshold, horizons)
@@ -273,10 +275,13 @@ def labels_run(
             now_ms=now_ms,
             on_written=_publishing(publisher, now_ms),
         )
+        with psycopg.connect(conninfo) as conn:
+            autopsies = write_pending_autopsies(conn, now_ms)
     except psycopg.Error as exc:
         raise _db_error(exc) from None
     for m, r in results.items():
         echo(f"{m}: {r.written} labels written, {r.pending} due without price data reaching the horizon")
+    echo(f"{autopsies} trade autopsies written")
     if publisher is not None:
         echo(_flush(publisher).removeprefix("; "))
 

@@ -1,4 +1,4 @@
-"""`tapeflow labels backfill|show|serve` on a migrated PostgreSQL with the planted samples of
+"""`tapeflow labels backfill|show|run|serve` on a migrated PostgreSQL with the planted samples of
 tests/review/test_label_job.py: backfill writes the hand-computed labels with progress, show prints
 them, the service writes them at its first pass; bad input and a missing database are one-line errors."""
 
@@ -257,3 +257,22 @@ def test_the_service_also_produces_the_rows_to_the_topic(
         assert value["sample_id"] == row["sample_id"] and value["label"] == row["label"]
         assert value["net_pnl"] == pytest.approx(float(row["net_pnl"]), rel=1e-12)
         assert value["t0"] == ms(row["t0"]) and value["computed_at"] == ms(row["computed_at"])
+
+
+def test_run_is_one_pass_of_labels_and_autopsies(migrated_database, tmp_path):
+    from tests.review.stored import store
+    from tests.review.test_autopsy_db import _with_book
+    from tests.support.execution import T0
+
+    planted = _with_book(T0, 97.5)  # closed through its stop; its stored path reaches past its timeout
+    extra = _with_book(T0 + 3_600_000, 101.0)  # its trades carry the market data on past the first's path
+    store(migrated_database, planted, extra)
+    code, out, err = invoke(["labels", "run", "--database", migrated_database], tmp_path)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "1 trade autopsies written"
+    with psycopg.connect(migrated_database) as conn:
+        assert conn.execute("SELECT position_id FROM trade_autopsies").fetchall() == [
+            (planted.closed()["position_id"],)
+        ]
+    code, out, _ = invoke(["labels", "run", "--database", migrated_database], tmp_path)
+    assert code == 0 and out.strip().splitlines()[-1] == "0 trade autopsies written"  # once
