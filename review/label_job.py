@@ -56,6 +56,7 @@ COLUMNS = (
     "horizon_h",
     "strategy",
     "config_hash",
+    "config_rev",
     "exchange",
     "symbol",
     "direction",
@@ -102,6 +103,7 @@ def label_row(source: str, lab: OutcomeLabel, computed_at_ms: int) -> tuple[Any,
         lab.horizon_h,
         lab.strategy,
         lab.config_hash,
+        lab.config_rev,
         lab.exchange,
         lab.symbol,
         lab.direction,
@@ -134,6 +136,7 @@ def label_record(source: str, lab: OutcomeLabel, computed_at_ms: int) -> dict[st
         "horizon_h": lab.horizon_h,
         "strategy": lab.strategy,
         "config_hash": lab.config_hash,
+        "config_rev": lab.config_rev,
         "exchange": lab.exchange,
         "symbol": lab.symbol,
         "direction": lab.direction,
@@ -189,12 +192,12 @@ def _with_ms(rows: Iterable[dict[str, Any]], *fields: str) -> list[dict[str, Any
 
 # %(strategy)s: --strategy, when given
 _SIGNALS = (
-    "SELECT signal_id, strategy, config_hash, exchange, symbol, direction, tier, price, risk_distance, factors, "
+    "SELECT signal_id, strategy, config_hash, coalesce(config_rev, 0) AS config_rev, exchange, symbol, direction, tier, price, risk_distance, factors, "
     "eval_time FROM signals WHERE eval_time >= %(lo)s AND eval_time < %(hi)s "
     "AND (%(strategy)s::text IS NULL OR strategy = %(strategy)s)"
 )
 _OPENED = (
-    "SELECT position_id, signal_id, strategy, config_hash, exchange, symbol, direction, event_time "
+    "SELECT position_id, signal_id, strategy, config_hash, coalesce(config_rev, 0) AS config_rev, exchange, symbol, direction, event_time "
     "FROM positions WHERE mode = %(mode)s AND event = 'opened' "
     "AND ((event_time >= %(lo)s AND event_time < %(hi)s) OR signal_id = ANY(%(ids)s)) "
     "AND (%(strategy)s::text IS NULL OR strategy = %(strategy)s)"

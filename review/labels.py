@@ -108,6 +108,7 @@ class Sample:
     taken: bool  # a trade, or a signal that opened a position; False: vetoed (hypothetical entry)
     position_id: str | None = None
     leverage: float | None = None
+    config_rev: int = 0  # the strategy revision (0: a file never registered)
 
     @property
     def market(self) -> tuple[str, str]:
@@ -160,6 +161,7 @@ class OutcomeLabel:
     net_roi: float
     threshold: float
     label: Label
+    config_rev: int = 0
 
 
 class PricePath:
@@ -290,6 +292,7 @@ def label_sample(
         roi,
         threshold,
         classify(roi, threshold),
+        sample.config_rev,
     )
 
 
@@ -381,6 +384,7 @@ def samples_from_records(
                 sample_fills,
                 pos is not None,
                 None if pos is None else str(pos["position_id"]),
+                config_rev=int(sig.get("config_rev") or 0),
             )
         )
     if trades:
@@ -402,4 +406,5 @@ def _trade_sample(pos: Mapping[str, Any], fills: tuple[Fill, ...]) -> Sample:
         fills,
         True,
         str(pos["position_id"]),
+        config_rev=int(pos.get("config_rev") or 0),
     )

@@ -16,6 +16,7 @@ CREATE TABLE outcome_labels (
     horizon_h        integer          NOT NULL CHECK (horizon_h > 0),
     strategy         text             NOT NULL,
     config_hash      text             NOT NULL,
+    config_rev       integer          NOT NULL DEFAULT 0,  -- the strategy revision; 0: a file never registered
     exchange         text             NOT NULL,
     symbol           text             NOT NULL,
     direction        text             NOT NULL,

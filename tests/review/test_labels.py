@@ -31,6 +31,7 @@ OUTCOME_LABEL = {
     "horizon_h": 12,
     "strategy": "v53",
     "config_hash": "h",
+    "config_rev": 2,
     "exchange": "binance",
     "symbol": "BTCUSDT",
     "direction": "LONG",
@@ -212,6 +213,14 @@ def test_vetoed_signal_is_a_hypothetical_taker_entry_of_the_executor_size():
     assert lab.label == "pos"
     heavy = samples_from_records([_signal("sig-h", factors={"risk_multiplier": 2.0})], [], [], ExecutorConfig())
     assert heavy[0].fills[0].qty == pytest.approx(200.0)
+
+
+def test_a_label_carries_the_revision_of_its_signal():
+    prices = PricePath([T0, T0 + 12 * H], [50.0, 49.0])
+    for record, rev in ((_signal("sig-r", config_rev=4), 4), (_signal("sig-0"), 0)):  # 0: signals before revisions
+        [sample] = samples_from_records([record], [], [], ExecutorConfig())
+        lab = label_sample(sample, 12, prices, (), LabelParams(), NOW)
+        assert lab is not None and lab.config_rev == rev
 
 
 def test_taken_signal_and_its_trade_share_the_position_fills():
