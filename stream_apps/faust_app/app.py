@@ -61,7 +61,7 @@ from .effects_runner import EffectsRunner
 from .metrics import EngineAppMetrics
 from .outputs import OutputEncoder, OutRecord
 from .processor import Effects, EngineProcessor
-from .rollouts import follow_topics
+from .rollouts import CATCH_UP_S, follow_topics
 
 log = structlog.get_logger("engine")
 TICK_S = 0.25
@@ -194,6 +194,7 @@ class EngineWorker:
         self._ticker: asyncio.Task | None = None
         self._follower: asyncio.Task | None = None  # config.rollouts and config.applied (``rollouts``)
         self._following = asyncio.Event()  # set: stop following
+        self._rollouts_read = asyncio.Event()  # set: both config topics read to their end once
         self._input_arrived = asyncio.Event()  # wakes a ticker sleeping through a quiet spell
         self.crash_seen = asyncio.Event()  # set with ``crashed``: the worker's runner waits on it
         self.started_at: float | None = None
@@ -284,6 +285,10 @@ class EngineWorker:
 
     # -- bulk handler (called by BulkConsumer) -------------------------------------------------
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
+        if self._follower is not None and not self._rollouts_read.is_set():
+            # the recorded switch points first (``rollouts``); bounded: following never stops the engine
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rollouts_read.wait(), CATCH_UP_S + IDLE_TICK_S)
         began = time.perf_counter()
         consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
         async with self._lock:
@@ -372,10 +377,9 @@ class EngineWorker:
                     await asyncio.wait_for(self._following.wait(), IDLE_TICK_S)
 
     async def _rollouts_changed(self) -> None:
-        consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
-        async with self._lock:
-            if consumer.flow_active:
-                await self._apply(self.processor.follow())
+        # a new state is scheduled by each symbol's next input (``EngineProcessor._process``): the
+        # switch then commits with that input's offsets
+        self._rollouts_read.set()
 
     async def _crash(self, exc: BaseException) -> None:
         self.crashed = exc

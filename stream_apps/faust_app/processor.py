@@ -376,13 +376,6 @@ class EngineProcessor:
             watermark = self.aligner.watermark(key, lambda name: caught_up(self.prefix + name, partition))
         self._process(key, owned, self.aligner.release(key, watermark), effects)
 
-    def follow(self) -> Effects:
-        """Schedule the rollout states ``self.rollouts`` knows in every owned key's engine."""
-        effects = Effects()
-        for key, owned in self.owned.items():
-            self._follow(key, owned, effects)
-        return effects
-
     def _follow(self, key: str, owned: _Owned, effects: Effects) -> None:
         records = self.rollouts.schedule(owned.engine.engine, key, owned.partition)
         if records:
@@ -391,8 +384,14 @@ class EngineProcessor:
 
     def _process(self, key: str, owned: _Owned, released: Released, effects: Effects) -> None:
         now = self.stall_clock()
-        if self.rollouts.states:
-            self._follow(key, owned, effects)  # a key restored or new since the last state
+        if self.rollouts.ready and self.rollouts.states and any(released.offsets.values()):
+            # Only with input to apply: the switch's config.applied record and snapshot then share a
+            # transaction with acknowledged input offsets. Faust commits only the transactions of
+            # partitions whose offsets advance, so a switch chosen for an idle symbol would stay in
+            # an open transaction, holding config.applied's last stable offset (every read-committed
+            # follower stops there) until that symbol's next input. Nothing is lost by waiting: a
+            # symbol's evaluations are made only when input moves its clock.
+            self._follow(key, owned, effects)
         if released or released.offsets:
             out = owned.engine.process(
                 released.trades.batch() if released.trades is not None else None, released.events, released.offsets

@@ -7,8 +7,13 @@ unless config.applied already holds one for that symbol and state: then the reco
 replay, or a worker taking over the symbol, switches where the first one did. The config.applied
 record is an output of the symbol's partition: with exactly-once it commits in the same transaction
 as the snapshot that holds the schedule (the key is marked for a snapshot) and the outputs evaluated
-under it. A worker killed before the commit leaves neither the record nor any output made under the
-switch; its successor restores the earlier snapshot and chooses again. Every evaluation is made by
+under it. A switch is chosen only when the symbol has input to apply (``EngineProcessor._process``),
+never from an idle timer: Faust commits the transaction of a partition only when its input offsets
+advance, so the record and its snapshot must travel with acknowledged input, or they would sit in an
+open transaction that also holds back every read-committed reader of config.applied. A worker
+applies no input before its first read of both topics reached their end (``ready``, bounded by
+``CATCH_UP_S``): a recorded point not read yet would be chosen again, elsewhere. A worker killed
+before the commit leaves neither the record nor any output made under the switch; its successor restores the earlier snapshot and chooses again. Every evaluation is made by
 one revision, the one in force at its time.
 
 Both topics are read by every worker from their beginning (one partition each, small: the latest
@@ -47,6 +52,9 @@ class RolloutFollower:
         self.states: dict[str, RolloutState] = {}
         self.recorded: dict[tuple[str, str, int], int] = {}  # (strategy, exchange:symbol, seq) -> applied_from
         self._refused: set[tuple[str, str, int]] = set()
+        # set once both topics were read to their end (or the catch-up gave up): before that a
+        # recorded point may still be unread, and a switch chosen then could differ from it
+        self.ready = False
 
     def add(self, topic: str, value: bytes | None) -> None:
         """One record of config.rollouts or config.applied (catalogue names)."""
@@ -58,6 +66,9 @@ class RolloutFollower:
             known = self.states.get(state.strategy)
             if known is None or state.seq > known.seq:
                 self.states[state.strategy] = state
+                log.info(
+                    "rollout state read: each symbol switches at its next input", strategy=state.strategy, seq=state.seq
+                )
         elif topic == APPLIED and record.get("market"):
             self.recorded.setdefault(
                 (record["strategy"], record["market"], int(record["seq"])), int(record["applied_from"])
@@ -129,6 +140,7 @@ async def follow_topics(
                 log.warning("config topics not read to their end in time: following from here")
                 break
             _take(follower, topics, await consumer.getmany(timeout_ms=1000))
+        follower.ready = True
         await changed()
         while not stop.is_set():
             fetched = await consumer.getmany(timeout_ms=IDLE_FETCH_MS)
