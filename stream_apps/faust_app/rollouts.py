@@ -18,8 +18,9 @@ one revision, the one in force at its time.
 
 Both topics are read by every worker from their beginning (one partition each, small: the latest
 state per strategy, one record per symbol and switch), outside the consumer group, with read
-committed so an aborted switch is never seen. The reader long-polls: idle it asks the broker once
-every ``IDLE_FETCH_MS``, and a new state arrives as soon as it is written."""
+committed so an aborted switch is never seen. Idle, the reader asks the broker once every
+``IDLE_FETCH_MS`` (1 s): a new state is read within about a second. A long poll is not relied on to
+return early: with a 30-s wait, a state published to an idle worker was read 30 s later."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from .outputs import OutRecord
 
 log = structlog.get_logger("engine")
 ROLLOUTS, APPLIED = "config.rollouts", "config.applied"
-IDLE_FETCH_MS = 30_000
+IDLE_FETCH_MS = 1_000
 CATCH_UP_S = 30.0
 
 
