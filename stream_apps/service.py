@@ -67,6 +67,7 @@ def engine_config(
         metrics_port=metrics_port,
         log_level=settings.log_level,
         fetch_max_wait_ms=settings.engine_fetch_wait_ms,
+        follow_rollouts=settings.engine_follow_rollouts,
     )
 
 

@@ -376,6 +376,12 @@ class StrategySettings(BaseModel):
         "without --strategy; empty: the shipped ones (`tapeflow strategy list`). Start one with "
         "`tapeflow strategy new`.",
     )
+    engine_follow_rollouts: bool = Field(
+        default=True,
+        description="The engine follows `tapeflow strategy promote`/`rollback` (config.rollouts) and switches "
+        "each symbol to the new revisions at its next input, without a restart; false: it keeps the revisions "
+        "it started on.",
+    )
     watchlist: bool = Field(
         default=False,
         description="`up` also runs the cross-venue watchlist service (`tapeflow cross-venue`: "

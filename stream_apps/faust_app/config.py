@@ -68,10 +68,10 @@ class EngineAppConfig(BaseModel):
         "reading a replay or a warm start); a key also waits once a marker for it arrives",
     )
     follow_rollouts: bool = Field(
-        default=False,
+        default=True,
         description="follow config.rollouts and switch strategy revisions without a restart (hot reload, "
-        "stream_apps.faust_app.rollouts); off by default until a successor of a worker killed with a "
-        "switch in its open transaction is known not to stall",
+        "stream_apps.faust_app.rollouts): each symbol switches at its next input, recorded on "
+        "config.applied with that input's outputs",
     )
     progress_timeout_s: float = Field(
         default=60.0,
