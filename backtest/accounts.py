@@ -152,7 +152,12 @@ class Accounts:
                 sink = BacktestSink(self.signal_scores)
                 # PaperBroker implements Broker; its ``mode`` attribute is typed as a plain str
                 broker = cast(Broker, PaperBroker(self.config.fees, self.config.paper))
-                self.books[name] = AccountBook(Executor(self.config, MODE, broker, sink, now_ms), sink)
+                executor = Executor(self.config, MODE, broker, sink, now_ms)
+                # no mid at send: the sparse feed gives an executor only the trades its markets need, so
+                # the last trade it knows when a clock tick sends an order depends on the slicing, and a
+                # backtest keeps no orders to measure against it (its trades have no TCA)
+                executor.stamp_mid = False
+                self.books[name] = AccountBook(executor, sink)
         self.executors = [book.executor for book in self.books.values()]
 
     def signal(self, record: Record, now: int) -> None:

@@ -143,6 +143,13 @@ def mid_now(market: MarketState, key: str, book_max_age_ms: int) -> tuple[float,
     return (last, "last_trade") if last is not None else None
 
 
+def _stamp_mid(ex: Executor, req: OrderRequest) -> None:
+    """Record on the order just tracked the mid it is sent against (``mid_now``), unless ``stamp_mid`` is off."""
+    if ex.stamp_mid:
+        key = market_key(req.exchange, req.symbol)
+        ex.orders[req.client_order_id].mid_at_send = mid_now(ex.market, key, ex.config.paper.book_max_age_ms)
+
+
 class _OrderInfo:
     __slots__ = ("config_rev", "leg", "mid_at_send", "position_id", "reason", "reference", "request", "signal_id")
 
@@ -178,6 +185,7 @@ class Executor:
         self.orders: dict[str, _OrderInfo] = {}  # open orders by client order id
         self.seen_signals: dict[str, int] = {}  # signal id -> eval time (pruned once too old to trade)
         self.market = MarketState()  # per market key: data freshness, last trade, book top, funding due
+        self.stamp_mid = True  # orders carry their mid at send (the backtest's executors do not: see accounts)
         self.data_time = self.market.data_time  # market key -> newest trade/book event time
         self.owner_ok = True  # False when another executor may own some of our partitions (service sets it)
         self.reconcile_ok = True  # False after a failed reconciliation: entries blocked until one succeeds
@@ -440,9 +448,7 @@ class Executor:
         """Record the intent, then hand the order to the broker; returns the broker's events (routed)."""
         self.changes += 1
         self._track(req, leg, signal_id, pid, reference, reason)
-        self.orders[req.client_order_id].mid_at_send = mid_now(
-            self.market, market_key(req.exchange, req.symbol), self.config.paper.book_max_age_ms
-        )
+        _stamp_mid(self, req)
         self._emit_order(req, leg, signal_id, pid, "PENDING_NEW", now_ms, None, reason)
         if self.mode != "paper":
             self.sink.barrier()

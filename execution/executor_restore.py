@@ -172,6 +172,7 @@ class StateRestore:
             return
         reason, reference = _sent_exit(pos, rec["leg"], self.intent_reason.get(cid), req)
         ex._track(req, rec["leg"], pos.signal_id, pos.position_id, reference, reason)
+        _restore_mid(ex, cid, rec)
         ex.broker.submit(req, self.now_ms)  # the paper book died with the old process: re-enter it silently
         self.resumed += 1
 
@@ -193,6 +194,7 @@ class StateRestore:
         elif pos is not None:
             reason, reference = _sent_exit(pos, leg, reason, req)
         ex._track(req, leg, sid, pid, reference, reason)
+        _restore_mid(ex, cid, rec)
         ex._route(resume(req, now_ms), now_ms)
         if leg.startswith("entry") and ex.broker.is_open(cid):  # resting for a signal that is old by now
             if entry is not None:
@@ -211,6 +213,7 @@ class StateRestore:
         req = replace(req, not_before_ms=entry.signal.eval_time if leg == "entry" else 0)
         entry.request = req
         self.ex._track(req, leg, sid, entry.position_id, entry.signal.price, None)
+        _restore_mid(self.ex, cid, rec)
         self.ex.broker.submit(req, now_ms=int(rec["event_time"]))
         return True
 
@@ -236,3 +239,10 @@ class StateRestore:
         ex.entries[entry.position_id] = entry
         ex.slot_entry[sig.slot] = entry.position_id
         return entry
+
+
+def _restore_mid(ex: Any, cid: str, rec: Mapping[str, Any]) -> None:
+    """The mid the order was sent against, as its records carry it: the order's later records (its
+    fills, its end) repeat it, so a restarted executor writes them as an uninterrupted one would."""
+    if rec.get("mid_at_send") is not None and rec.get("mid_source"):
+        ex.orders[cid].mid_at_send = (float(rec["mid_at_send"]), str(rec["mid_source"]))
