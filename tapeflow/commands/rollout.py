@@ -281,7 +281,7 @@ def strategy_promote(
 ) -> None:
     """Register a strategy file and make it the active revision, or run it as a canary beside the active
     revision (--canary 10% or --symbols A,B); with --finish, make the canary of strategy TARGET active.
-    An engine following config.rollouts switches at its next evaluation boundary, without a restart."""
+    The engine follows config.rollouts: each symbol switches at its next input, without a restart."""
     who = _actor(actor)
     if finish:
         if canary is not None or symbols is not None:
