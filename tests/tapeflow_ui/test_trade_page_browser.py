@@ -16,13 +16,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from execution.config import ExecutorConfig, PaperFills
 from sinks.migrate import migrate
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_ui.security import load_token
 from tapeflow_ui.trade import candle_seconds, window
-from tests.review.planted import S, paper_trade
+from tests.review.planted import S
 from tests.review.stored import store
+from tests.review.test_autopsy_db import _with_book
 from tests.support.chromium import CHROMIUM, DevTools
 from tests.support.execution import T0
 
@@ -33,22 +33,6 @@ pytestmark = [
 
 MIN = 60 * S
 READY = "window.tapeflowUI.ready.all || window.tapeflowUI.errors.length"
-
-
-def _trade(eval_time: int, exit_price: float):
-    """Book top 99.9/100.1 before the signal, entry at the next trade (100.0), the move to
-    ``exit_price``, then a minute's trades for 12 minutes (past the 10-minute timeout)."""
-    steps = [("trade", 100.0, eval_time + S), ("trade", exit_price, eval_time + 2 * S)]
-    steps += [("trade", exit_price, eval_time + 3 * S + k * MIN) for k in range(12)]
-    return paper_trade(
-        steps,
-        before=[("book", 99.9, 100.1, eval_time - S // 2)],
-        config=ExecutorConfig(paper=PaperFills(slippage_bps=3.0)),
-        eval_time=eval_time,
-        price=100.0,
-        risk=2.0,
-        timeout_ms=10 * MIN,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +47,7 @@ def site(pg_server, tmp_path_factory):
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     owner = pg_server.conninfo(name)
     migrate(owner)
-    loss, win = _trade(T0, 97.5), _trade(T0 + 60 * MIN, 104.5)  # through the stop; TP1 and TP2 in one jump
+    loss, win = _with_book(T0, 97.5), _with_book(T0 + 60 * MIN, 104.5)  # through the stop; TP1 and TP2 in one jump
     store(owner, loss, win)
     with psycopg.connect(owner, autocommit=True) as conn:
         conn.execute(
