@@ -54,6 +54,12 @@ class Fees(_Model):
 class PaperFills(_Model):
     """How the paper broker fills orders.
 
+    `fills: book` fills against the stored book where there is one: limit orders queue behind the
+    size resting at their price and fill, partially, from the trades that exhaust that queue or print
+    through their price; market orders walk the book's levels (partially when it is thinner; the rest
+    at the next snapshot). See `execution.paper_broker` and `execution.matching`. With `fills: tape`
+    (the default: the executor's hand-computed tests assume whole fills), and under `book` where
+    there is no book (no snapshot at placement, none fresh for a market order):
     Market orders fill at the first trade after submission, moved against us by `slippage_bps`; with
     `slippage_model: book` and an md.book snapshot at most `book_max_age_ms` older than that trade,
     also by what the order would have paid crossing that book: half the spread plus the walk of its
@@ -62,7 +68,7 @@ class PaperFills(_Model):
     Limit orders fill at their price when the tape crosses it. Queue position is unknowable from
     aggregated trades, so it is an explicit assumption: `through` (default, conservative) assumes we
     sit at the back of the queue and fill only when a trade prints strictly beyond our price;
-    `touch` assumes the front and fills on a trade at our price. Fills are never partial.
+    `touch` assumes the front and fills on a trade at our price. These tape fills are never partial.
     """
 
     slippage_bps: float = Field(
@@ -73,13 +79,19 @@ class PaperFills(_Model):
     )
     slippage_model: Literal["fixed", "book"] = Field(
         default="fixed",
-        description="fixed: slippage_bps only; book: also half the spread and the walk through a fresh md.book",
+        description="tape fills: fixed = slippage_bps only; book = also half the spread and the walk "
+        "through a fresh md.book (book fills walk the book anyway)",
     )
     book_max_age_ms: int = Field(
         default=5_000,
         gt=0,
-        description="book model: the snapshot at most this much older "
-        "than the filling trade (ms); older: the fixed model",
+        description="a market order walks (book fills) or is charged (slippage_model book) the snapshot at "
+        "most this much older than the filling trade (ms); older: the trade price",
+    )
+    fills: Literal["book", "tape"] = Field(
+        default="tape",
+        description="book: fill against the stored book (queue position, level walk, partial fills) "
+        "where one exists, else the tape rules; tape: the tape rules only (whole fills at the next trade)",
     )
     limit_queue: Literal["through", "touch"] = Field(
         default="through",

@@ -1,6 +1,22 @@
-"""Paper broker: fills orders against the live trade tape, with a stated fee, slippage and queue model.
+"""Paper broker: fills orders against the stored book and the live trade tape, with stated fees and
+slippage. Two fill models (`PaperFills.fills`), one broker for paper mode and backtests.
 
-Model (all configurable in `PaperFills` / `Fees`):
+`book`: `execution.matching` (the same matching code as the fake exchange) decides what
+fills, how much and at which price; this broker turns its fills into events, fees and slippage.
+- LIMIT: queues behind the size resting at its price in the newest md.book snapshot when it is
+  placed; trades at its price (sellers hitting our bid, buyers lifting our ask) eat that queue, then
+  fill it; a trade strictly beyond its price fills it; never more than the trade's quantity, so
+  fills are partial when a trade is smaller than what is left. A snapshot showing a smaller level
+  shrinks the queue ahead to that size (cancellations assumed behind us: the conservative rule).
+  No snapshot at placement (or a price beyond the shown depth): the `limit_queue` rule below, in full.
+  Maker fee, no slippage.
+- MARKET: on the first trade of its symbol at or after `not_before_ms`, walks the other side of the
+  newest snapshot if it is at most `book_max_age_ms` older than that trade: each level at its price,
+  one `Execution` per trade at the walk's VWAP moved against us by `slippage_bps`. Book thinner than
+  the order: PARTIALLY_FILLED, and the rest walks the next snapshot at a later trade (what our orders
+  took from a snapshot stays taken until the next one); no fresh snapshot then: the rest fills at that
+  trade's price moved by `slippage_bps` (the `tape` rule). Taker fee.
+`tape` (the default, and the model before the book one):
 - MARKET: fills completely at the first trade of its symbol processed after submission whose trade
   time is not before `not_before_ms` (the signal's evaluation time or the exit's trigger trade, so
   the trade that caused a decision never fills it: the order reaches the market after it). The fill
@@ -8,10 +24,11 @@ Model (all configurable in `PaperFills` / `Fees`):
   and a fresh md.book snapshot also by the cost of crossing it (`book_impact`); taker fee.
 - LIMIT: fills completely at its own price (maker fee, no slippage) on the first such trade that
   crosses it: `through` = strictly beyond the price (we queue behind everyone at our level),
-  `touch` = at the price or beyond. A post-only limit that would take liquidity on arrival (buy at or
-  above the best ask, sell at or below the best bid; last trade price when no book) is rejected.
+  `touch` = at the price or beyond.
 - No partial fills, no latency beyond "next trade", no market impact beyond `slippage_bps`.
-Order ids are deterministic (`P` + client order id; trade ids `p:<agg_id>:<client order id>`), so a
+Both: a post-only limit that would take liquidity on arrival (buy at or above the best ask, sell at
+or below the best bid; last trade price when no book) is rejected. Order ids are deterministic (`P` +
+client order id; trade ids `p:<agg_id>:<client order id>`, one execution per order and trade), so a
 re-processed trade yields the same fill keys and sinks stay idempotent.
 """
 
@@ -23,12 +40,17 @@ from dataclasses import dataclass
 from execution.broker import BrokerEvent, Execution, OrderRequest, OrderUpdate
 from execution.config import Fees, PaperFills
 from execution.domain import BookTop, TradeTick, market_key, quote_asset
+from execution.matching import Matcher, SimFill
+
+DUST = 1e-9  # book model: a remainder below this fraction of the order counts as filled (float sums)
 
 
 @dataclass(slots=True)
 class _Resting:
     request: OrderRequest
     exchange_order_id: str
+    filled: float = 0.0  # book model: cumulative quantity and notional of the fills so far
+    notional: float = 0.0
 
 
 class PaperBroker:
@@ -43,6 +65,8 @@ class PaperBroker:
         self._index: dict[str, str] = {}  # client id -> market key
         self._books: dict[str, BookTop] = {}
         self._last_price: dict[str, float] = {}
+        self.book_fills = fills.fills == "book"
+        self._matchers: dict[str, Matcher[float]] = {}  # book model: per market key
 
     @property
     def healthy(self) -> bool:
@@ -75,6 +99,13 @@ class PaperBroker:
         key = market_key(request.exchange, request.symbol)
         self._open.setdefault(key, {})[request.client_order_id] = _Resting(request, eid)
         self._index[request.client_order_id] = key
+        if self.book_fills:
+            matcher = self._matcher(key)
+            cid, side, dust = request.client_order_id, request.side, request.qty * DUST
+            if request.type == "LIMIT" and request.price is not None:
+                matcher.add_limit(cid, side, request.price, request.qty, request.not_before_ms, dust)
+            else:
+                matcher.add_market(cid, side, request.qty, request.not_before_ms, dust)
         return [OrderUpdate(request.client_order_id, "NEW", 0.0, None, eid, now_ms)]
 
     def cancel(self, client_order_id: str, now_ms: int, reason: str) -> list[BrokerEvent]:
@@ -82,6 +113,9 @@ class PaperBroker:
         if key is None:
             return []
         resting = self._open[key].pop(client_order_id)
+        matcher = self._matchers.get(key)
+        if matcher is not None:
+            matcher.cancel(client_order_id)
         return [OrderUpdate(client_order_id, "CANCELED", 0.0, None, resting.exchange_order_id, now_ms, reason)]
 
     def poll(self, now_ms: int) -> list[BrokerEvent]:
@@ -90,6 +124,8 @@ class PaperBroker:
     # --- market data ------------------------------------------------------------------------------------
     def on_book(self, book: BookTop) -> None:
         self._books[book.key] = book
+        if self.book_fills:
+            self._matcher(book.key).on_book(book.bids, book.asks, book.event_time)
 
     def on_trade(self, trade: TradeTick) -> list[BrokerEvent]:
         key = trade.key
@@ -97,6 +133,8 @@ class PaperBroker:
         resting = self._open.get(key)
         if not resting:
             return []
+        if self.book_fills:
+            return self._book_trade(trade, resting)
         events: list[BrokerEvent] = []
         for cid in list(resting):
             order = resting[cid]
@@ -120,6 +158,54 @@ class PaperBroker:
         if req.side == "BUY":
             return trade.price * (1 + slip) + impact
         return trade.price * (1 - slip) - impact
+
+    # --- book model -------------------------------------------------------------------------------------
+    def _matcher(self, key: str) -> Matcher[float]:
+        matcher = self._matchers.get(key)
+        if matcher is None:
+            matcher = self._matchers[key] = Matcher(
+                0.0, self.fills.limit_queue, cap_unknown_by_trade=False, max_book_age=self.fills.book_max_age_ms
+            )
+        return matcher
+
+    def _book_trade(self, trade: TradeTick, resting: dict[str, _Resting]) -> list[BrokerEvent]:
+        """The matcher's fills of one trade as events: per order one Execution (the fills' VWAP), then
+        PARTIALLY_FILLED or FILLED with the order's cumulative quantity and average price."""
+        sim = self._matcher(trade.key).on_trade(trade.price, trade.qty, trade.taker_side, trade.trade_time)
+        if not sim:
+            return []
+        by_order: dict[str, list[SimFill[float]]] = {}
+        for fill in sim:
+            by_order.setdefault(fill.order_id, []).append(fill)
+        events: list[BrokerEvent] = []
+        for cid, fills in by_order.items():
+            events += self._book_fill(resting[cid], trade, fills)
+        return events
+
+    def _book_fill(self, order: _Resting, trade: TradeTick, fills: list[SimFill[float]]) -> list[BrokerEvent]:
+        req = order.request
+        qty = sum(f.qty for f in fills)
+        price = sum(f.price * f.qty for f in fills) / qty
+        if req.type == "MARKET":
+            slip = self.fills.slippage_bps / 10_000
+            price = price * (1 + slip) if req.side == "BUY" else price * (1 - slip)
+            liquidity, rate, market_price = "taker", self.fees.taker, trade.price
+        else:
+            liquidity, rate, market_price = "maker", self.fees.maker, price
+        cid = req.client_order_id
+        done = cid not in self._matchers[trade.key].orders
+        order.filled = req.qty if done else order.filled + qty  # FILLED reports the order's quantity
+        order.notional += qty * price
+        if done:
+            del self._open[trade.key][cid]
+            del self._index[cid]
+        eid, t = order.exchange_order_id, trade.trade_time
+        execution = Execution(
+            cid, eid, f"p:{trade.agg_id}:{cid}", req.side, price, qty, rate * price * qty,
+            quote_asset(req.symbol), liquidity, market_price, t,
+        )  # fmt: skip
+        state = "FILLED" if done else "PARTIALLY_FILLED"
+        return [execution, OrderUpdate(cid, state, order.filled, order.notional / order.filled, eid, t)]
 
     # --- helpers ----------------------------------------------------------------------------------------
     def _crosses(self, req: OrderRequest, price: float) -> bool:
