@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stream_apps.core.exits import MAKER_FEE, TAKER_FEE
+from stream_apps.core.routing_table import RoutingTable
 from tapeflow_runtime.errors import TapeflowError
 
 
@@ -102,11 +103,15 @@ class PaperFills(_Model):
 class EntryPolicy(_Model):
     """`taker`: market entry. `maker_first`: post-only limit at the touch (best bid for LONG, best ask
     for SHORT), cancelled after `maker_timeout_ms`, then a market order for the whole size if the mid
-    moved at most `fallback_slippage_cap_bps` from the signal price, otherwise no trade."""
+    moved at most `fallback_slippage_cap_bps` from the signal price, otherwise no trade. `routed`: by
+    the routing table of the signal's strategy (its `routing:` section, else this config's `routing`):
+    by notional a maker wait, then TWAP taker slices for what is left, after a liquidity probe
+    (`execution.routing`); the slippage cap applies to the taker slices."""
 
-    kind: Literal["taker", "maker_first"] = Field(
+    kind: Literal["taker", "maker_first", "routed"] = Field(
         default="taker",
-        description="taker: market entry; maker_first: post-only limit at the touch, then the market fallback",
+        description="taker: market entry; maker_first: post-only limit at the touch, then the market "
+        "fallback; routed: by the routing table (maker wait, TWAP slices, liquidity probe)",
     )
     maker_timeout_ms: int = Field(
         default=4000, gt=0, description="maker_first: the limit is cancelled this long after it was sent (ms)"
@@ -213,6 +218,10 @@ class ExecutorConfig(_Model):
     )
     entry: EntryPolicy = Field(
         default=EntryPolicy(), description="how an entry order is placed: market, or maker first"
+    )
+    routing: RoutingTable = Field(
+        default=RoutingTable(),
+        description="entry.kind routed: the routing table of signals whose strategy file has no routing section",
     )
     timeout_min: int = Field(
         default=240,

@@ -4,6 +4,10 @@
     maker_first:  [post-only LIMIT at the touch] --filled--> position opened
                      |--timeout--> cancel --mid within the slippage cap of the signal price--> [MARKET]
                                           \\--beyond the cap--> no trade (reason slippage_cap)
+    routed:       [probe: held while the spread is wide] -> [post-only LIMIT, the bucket's maker wait]
+                     --filled share >= theta--> position opened (with what filled)
+                     \\--below theta--> [MARKET slice 1] --filled, interval +/- jitter--> ... [slice n] -> opened
+                  (``execution.routing`` decides; ``execution.routed_entries`` drives it)
 
 Why separate from the position manager: until the entry fills there is no position, no R anchor and
 nothing to exit; keeping the two state machines apart keeps each one small. The executor owns one
@@ -18,6 +22,7 @@ from typing import Literal
 from execution.broker import Execution, OrderRequest
 from execution.config import EntryPolicy
 from execution.domain import BookTop, Signal, entry_side
+from execution.routing import RoutePlan
 from execution.sizing import Size
 
 EntryLeg = Literal["entry", "entry_fallback"]
@@ -32,13 +37,26 @@ class PendingEntry:
     leg: EntryLeg
     submitted_ms: int  # executor clock when the current order was sent
     fills: list[Execution] = field(default_factory=list)
+    # routed entries only: the plan (None while the probe holds the entry, and for the other kinds),
+    # when the next step is due (a held entry's next probe, the next taker slice; None: none due), the
+    # taker slices sent so far and the probe's holds so far
+    plan: RoutePlan | None = None
+    due_ms: int | None = None
+    slices_sent: int = 0
+    waits: int = 0
 
     @property
     def maker(self) -> bool:
-        return self.request.type == "LIMIT"
+        """The current order is the resting limit (not a held entry's order not sent yet)."""
+        return self.request.type == "LIMIT" and self.due_ms is None
+
+    @property
+    def filled_qty(self) -> float:
+        return sum(f.qty for f in self.fills)
 
     def maker_timed_out(self, policy: EntryPolicy, now_ms: int) -> bool:
-        return self.maker and now_ms - self.submitted_ms >= policy.maker_timeout_ms
+        wait = self.plan.maker_wait_ms if self.plan is not None else policy.maker_timeout_ms
+        return self.maker and now_ms - self.submitted_ms >= wait
 
 
 def first_entry_order(

@@ -224,6 +224,7 @@ class Executor:
         """``on_book`` of a parsed record (a caller feeding one record to several executors parses once)."""
         self.market.on_book(book)
         self.broker.on_book(book)
+        self.entry_flow.on_book(book)  # the router's spread means (routed entries)
 
     def on_mark(self, record: Mapping[str, Any], now_ms: int) -> None:
         """Track the next funding settlement of the symbol, settling the previous one once it is due."""
@@ -302,9 +303,7 @@ class Executor:
             if change is not None:
                 self._decide(change)
         self._route(self.broker.poll(now_ms), now_ms)
-        for entry in list(self.entries.values()):
-            if entry.maker_timed_out(self.config.entry, now_ms):
-                self._route(self.broker.cancel(entry.request.client_order_id, now_ms, "maker_timeout"), now_ms)
+        self.entry_flow.on_clock(now_ms)  # maker waits over, routed entries' steps due
         horizon = now_ms - 2 * int(self.config.risk.max_signal_age_s * 1000)
         if self.seen_signals and len(self.seen_signals) > 1024:
             for sid in [s for s, t in self.seen_signals.items() if t < horizon]:

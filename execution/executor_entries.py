@@ -9,7 +9,8 @@ derived from the signal id.
 
 The entry order's updates: FILLED opens the position; a maker entry that timed out unfilled gets the
 market fallback (within the slippage cap, the guard asked again); any other end drops the entry, and
-opens the position of what part-filled.
+opens the position of what part-filled. Routed entries (``entry.kind: routed``) are worked by
+``execution.routed_entries`` instead: probe, maker wait, taker slices (``execution.routing``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import structlog
 
 from execution.broker import TERMINAL_STATES, OrderUpdate
 from execution.client_ids import client_order_id, position_id
-from execution.domain import InvalidSignal, Signal
+from execution.domain import BookTop, InvalidSignal, Signal
 from execution.entries import PendingEntry, fallback_order, fallback_slippage_bps, first_entry_order
 from execution.position_manager import Position
 from execution.records import position_record
 from execution.risk_guard import RiskDecision, slot_scope
+from execution.routed_entries import RoutedEntries
 from execution.sizing import Size, SizingError, position_size, r_usd_for_tier
 from schemas.catalogue import market_key
 
@@ -42,6 +44,20 @@ class EntryFlow:
 
     def __init__(self, ex: Executor) -> None:
         self.ex = ex
+        self.routed = RoutedEntries(self)  # entry.kind routed; its router takes the degradation flags
+
+    def on_book(self, book: BookTop) -> None:
+        self.routed.on_book(book)
+
+    def on_clock(self, now_ms: int) -> None:
+        """Maker entries whose wait is over are cancelled (their update sends what follows); routed
+        entries take the step that is due (a held entry's probe, the next taker slice)."""
+        ex = self.ex
+        for entry in list(ex.entries.values()):
+            if entry.maker_timed_out(ex.config.entry, now_ms):
+                ex._route(ex.broker.cancel(entry.request.client_order_id, now_ms, "maker_timeout"), now_ms)
+            elif entry.due_ms is not None:
+                self.routed.on_clock(entry, now_ms)
 
     # ------------------------------------------------------------------ intake
     def on_signal(self, record: Mapping[str, Any], now_ms: int) -> RiskDecision:
@@ -110,6 +126,9 @@ class EntryFlow:
 
     def _enter(self, sig: Signal, size: Size, now_ms: int) -> None:
         ex = self.ex
+        if ex.config.entry.kind == "routed":
+            self.routed.start(sig, size, now_ms)
+            return
         pid = position_id(sig.signal_id)
         request = first_entry_order(
             sig, client_order_id(sig.signal_id, "entry"), size.qty, ex.config.entry, ex.market.books.get(sig.key)
@@ -125,6 +144,9 @@ class EntryFlow:
         ex = self.ex
         entry = ex.entries.get(pid or "")
         if entry is None or entry.request.client_order_id != ev.client_order_id:
+            return
+        if entry.plan is not None:
+            self.routed.on_update(entry, ev, now_ms)
             return
         if ev.state == "FILLED":
             ex._drop_entry(entry)

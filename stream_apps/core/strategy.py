@@ -48,6 +48,7 @@ from .detectors.params import (
     FlowParams,
 )
 from .durations import parse_duration_ms, parse_duration_or_zero_ms
+from .routing_table import RoutingTable
 
 Duration = Annotated[int, BeforeValidator(parse_duration_ms)]
 OptionalDuration = Annotated[int, BeforeValidator(parse_duration_or_zero_ms)]  # 0: off
@@ -718,6 +719,11 @@ class StrategyConfig(_Model):
         "Amihud, flow and book) as features; off when absent",
     )
     regime: Regime | None = Field(default=None, description="rules instead of layers (core.regime); off when absent")
+    routing: RoutingTable | None = Field(
+        default=None,
+        description="how the executor works this strategy's entries by notional (execution.routing); "
+        "absent: the executor config's routing table",
+    )
     # the registered revision (tapeflow strategy revisions) this config was loaded as; 0 for a file not
     # registered. Private: it is where the config came from, not what it is, so neither the file nor
     # config_hash knows it.
@@ -735,9 +741,10 @@ class StrategyConfig(_Model):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
-        """Without detectors (or a regime) the dump (and so ``config_hash``) is what it was before they existed."""
+        """Without detectors (or a regime, or routing) the dump (and so ``config_hash``) is what it was before
+        they existed."""
         data = handler(self)
-        for name in ("detectors", "regime"):
+        for name in ("detectors", "regime", "routing"):
             if data.get(name) is None:
                 data.pop(name, None)
         return data

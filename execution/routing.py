@@ -1,0 +1,254 @@
+"""The order router: how an entry of a given notional is worked (``entry.kind: routed``).
+
+Per entry, from the routing table of the signal's strategy (``stream_apps.core.routing_table``):
+
+1. **bucket** by notional (quantity x signal price, USDT): its maker wait, TWAP slices and interval;
+2. **liquidity probe** on the newest book: the spread in bps against its own mean over the last
+   ``mean_window_ms`` (one-minute sums of every book seen); wider than ``spread_ratio`` x the mean ->
+   hold the entry ``wait_ms`` and probe again (``on_wide: wait``, at most ``max_waits`` times, then split)
+   or multiply the slices (``split``). Then depth: a taker slice takes at most ``depth_share`` of the
+   notional shown on the side it takes (``depth_levels`` levels), else more slices (at most ``max_slices``);
+3. **maker phase**: a post-only limit at the touch for the whole quantity, resting ``maker_wait_ms``;
+4. after the wait, the filled share against **theta** (``taker_below_fill_ratio``): at or above it the
+   entry keeps what filled; below it the rest goes out as **taker slices**: equal market orders, the
+   next one ``slice_interval_ms`` +/- jitter after the previous one filled (one order of an entry in
+   flight at a time, so an entry never has two live orders).
+
+Degradation (``execution.degradation``, set by the SLO monitor): ``market_only`` skips the maker phase
+(the slices go to market at once); ``no_twap_no_maker`` sends one market order, no probe.
+
+Determinism: the router reads no wall clock and no global random state. Times are the executor's
+``now_ms`` and the books' event times, so a backtest and the live service make the same decisions on
+the same inputs; the slice jitter is a hash of (``jitter_seed``, signal id, slice number), so the same
+signal gets the same schedule everywhere. Client order ids of the slices derive from the signal id
+(``client_ids``: the maker order is the signal's ``entry`` id, slice k its ``entry_fallback`` id with
+attempt k), so a re-delivered signal or a restart never sends a slice twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from execution.degradation import NONE, DegradationFlags
+from execution.domain import BookTop, Side
+from stream_apps.core.routing_table import LiquidityProbe, RouteBucket, RoutingTable
+
+MINUTE_MS = 60_000
+
+
+def bucket_for(table: RoutingTable, notional: float) -> int:
+    """Index of the first bucket whose ``up_to`` exceeds ``notional`` (the last one has no bound)."""
+    for i, bucket in enumerate(table.buckets):
+        if bucket.up_to is None or notional < bucket.up_to:
+            return i
+    return len(table.buckets) - 1  # unreachable: the table's last bucket is unbounded
+
+
+def split_qty(qty: float, slices: int) -> list[float]:
+    """``slices`` equal parts of ``qty``; the last takes the rounding remainder, so they sum to ``qty``."""
+    part = qty / slices
+    return [part] * (slices - 1) + [qty - part * (slices - 1)]
+
+
+def jitter_fraction(seed: int, signal_id: str, slice_no: int) -> float:
+    """A number in [-1, 1) from (seed, signal id, slice number) alone: BLAKE2b rather than ``random``
+    so nothing depends on a process's random state and live and backtest draw the same number."""
+    digest = hashlib.blake2b(f"{seed}:{signal_id}:{slice_no}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**63 - 1.0
+
+
+def slice_delay_ms(interval_ms: int, jitter: float, seed: int, signal_id: str, slice_no: int) -> int:
+    """Time from one taker slice to slice ``slice_no``: the interval moved by at most +/- ``jitter`` of it."""
+    return max(0, round(interval_ms * (1.0 + jitter * jitter_fraction(seed, signal_id, slice_no))))
+
+
+def spread_bps(book: BookTop) -> float | None:
+    if book.best_bid is None or book.best_ask is None or book.best_ask <= 0 or book.best_bid <= 0:
+        return None
+    mid = (book.best_bid + book.best_ask) / 2
+    return (book.best_ask - book.best_bid) / mid * 1e4
+
+
+def depth_notional(book: BookTop, side: Side, levels: int) -> float:
+    """Notional shown on the side a taker order of ``side`` takes (asks for a buy), over ``levels`` levels."""
+    shown = book.asks if side == "BUY" else book.bids
+    return sum(price * qty for price, qty in shown[:levels])
+
+
+class SpreadTracker:
+    """Each market's spread in bps, summed per minute of book event time: the mean over a trailing
+    window in O(window / 1 min) memory and time, whatever the book rate."""
+
+    def __init__(self, horizon_ms: int = 3_600_000) -> None:
+        self.horizon_ms = horizon_ms  # minutes older than this before the newest book are dropped
+        self._minutes: dict[str, deque[list[float]]] = {}  # key -> [minute start, sum, count], oldest first
+
+    def observe(self, book: BookTop) -> None:
+        spread = spread_bps(book)
+        if spread is None:
+            return
+        rows = self._minutes.setdefault(book.key, deque())
+        minute = book.event_time - book.event_time % MINUTE_MS
+        if rows and rows[-1][0] == minute:
+            rows[-1][1] += spread
+            rows[-1][2] += 1
+        elif not rows or minute > rows[-1][0]:
+            rows.append([minute, spread, 1])
+        # a book older than the newest minute (out of order) is left out: the mean is an estimate
+        while rows and rows[0][0] + MINUTE_MS <= minute - self.horizon_ms:
+            rows.popleft()
+
+    def mean(self, key: str, now_ms: int, window_ms: int) -> tuple[float, int] | None:
+        """(mean spread bps, books) over the minutes that overlap ``(now_ms - window_ms, now_ms]``."""
+        total, count = 0.0, 0
+        for minute, spread_sum, n in self._minutes.get(key, ()):
+            if minute + MINUTE_MS > now_ms - window_ms and minute <= now_ms:
+                total += spread_sum
+                count += int(n)
+        return (total / count, count) if count else None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    action: Literal["send", "wait"]
+    slices: int
+    reason: str  # what the probe found ("" when nothing), on the orders' reason
+
+
+def probe(
+    cfg: LiquidityProbe,
+    book: BookTop | None,
+    side: Side,
+    notional: float,
+    slices: int,
+    mean: tuple[float, int] | None,
+    waits_done: int,
+) -> ProbeResult:
+    """The liquidity probe (module docstring, step 2) for an entry the bucket works in ``slices``."""
+    if book is None:
+        return ProbeResult("send", slices, "no_book")
+    notes, cap = [], max(cfg.max_slices, slices)
+    spread = spread_bps(book)
+    if spread is not None and mean is not None and mean[1] >= cfg.min_books and spread > cfg.spread_ratio * mean[0]:
+        if cfg.on_wide == "wait" and waits_done < cfg.max_waits:
+            return ProbeResult("wait", slices, f"wide_spread {spread:.2f}bps>{cfg.spread_ratio:g}x{mean[0]:.2f}")
+        slices *= cfg.split_factor
+        notes.append(f"wide_spread_split {spread:.2f}bps")
+    depth = depth_notional(book, side, cfg.depth_levels)
+    if depth > 0 and notional / slices > cfg.depth_share * depth:
+        slices = math.ceil(notional / (cfg.depth_share * depth))
+        notes.append(f"thin_book {depth:.0f}")
+    return ProbeResult("send", min(slices, cap), " ".join(notes))
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """How one entry is worked: decided once, when it is first sent."""
+
+    bucket: int
+    label: str  # the bucket as reports name it (0-200, 1000+)
+    notional: float
+    maker_wait_ms: int  # 0: no maker phase
+    slices: int
+    slice_interval_ms: int
+    jitter: float
+    seed: int
+    theta: float
+    note: str  # probe findings and degradation, for the orders' reason
+
+    def reason(self, what: str) -> str:
+        """An entry order's reason: ``route <bucket> n=<notional> <what>[ <note>]`` (parsed by the TCA)."""
+        tail = f" {self.note}" if self.note else ""
+        return f"route {self.label} n={self.notional:.2f} {what}{tail}"
+
+    def delay_ms(self, signal_id: str, slice_no: int) -> int:
+        return slice_delay_ms(self.slice_interval_ms, self.jitter, self.seed, signal_id, slice_no)
+
+    def go_taker(self, filled: float, qty: float) -> bool:
+        """After the maker wait: below theta the rest goes to the taker slices (nothing filled: always)."""
+        return filled <= 0 or filled / qty < self.theta
+
+
+def plan_route(
+    table: RoutingTable,
+    notional: float,
+    found: ProbeResult,
+    maker_possible: bool,
+    flags: DegradationFlags = NONE,
+) -> RoutePlan:
+    """The plan of an entry the probe let through (``found.action == "send"``)."""
+    index = bucket_for(table, notional)
+    bucket: RouteBucket = table.buckets[index]
+    notes = [found.reason] if found.reason else []
+    wait, slices = bucket.maker_wait_ms, found.slices
+    if flags.no_twap_no_maker:
+        wait, slices = 0, 1
+        notes.append("degraded:no_twap_no_maker")
+    elif flags.market_only:
+        wait = 0
+        notes.append("degraded:market_only")
+    if not maker_possible:
+        wait = 0
+    return RoutePlan(
+        index,
+        table.label(index),
+        notional,
+        wait,
+        slices,
+        bucket.slice_interval_ms,
+        table.slice_jitter,
+        table.jitter_seed,
+        table.taker_below_fill_ratio,
+        " ".join(notes),
+    )
+
+
+class Router:
+    """The routing tables in force and what the router remembers between entries (the spreads), plus
+    the degradation flags the SLO monitor last set. One per executor."""
+
+    def __init__(self, default: RoutingTable) -> None:
+        self.default = default
+        self.tables: dict[str, RoutingTable] = {}  # strategy config_hash -> its own table
+        self.flags: DegradationFlags = NONE
+        self.spreads = SpreadTracker(default.probe.mean_window_ms)
+
+    def register(self, config_hash: str, table: RoutingTable | None) -> None:
+        """The table of the strategy revision ``config_hash`` (None: it has none, the default applies)."""
+        if table is not None:
+            self.tables[config_hash] = table
+            self.spreads.horizon_ms = max(self.spreads.horizon_ms, table.probe.mean_window_ms)
+
+    def table_for(self, config_hash: str) -> RoutingTable:
+        return self.tables.get(config_hash, self.default)
+
+    def on_book(self, book: BookTop) -> None:
+        self.spreads.observe(book)
+
+    def plan(
+        self,
+        config_hash: str,
+        side: Side,
+        notional: float,
+        book: BookTop | None,
+        now_ms: int,
+        waits_done: int,
+        flags: DegradationFlags | None = None,
+    ) -> RoutePlan | ProbeResult:
+        """The entry's plan, or the probe's ``wait`` result when the entry must be held first."""
+        flags = self.flags if flags is None else flags
+        table = self.table_for(config_hash)
+        bucket = table.buckets[bucket_for(table, notional)]
+        if flags.no_twap_no_maker:
+            found = ProbeResult("send", 1, "")
+        else:
+            mean = None if book is None else self.spreads.mean(book.key, now_ms, table.probe.mean_window_ms)
+            found = probe(table.probe, book, side, notional, bucket.slices, mean, waits_done)
+            if found.action == "wait":
+                return found
+        touch = book is not None and (book.best_bid if side == "BUY" else book.best_ask) is not None
+        return plan_route(table, notional, found, touch, flags)
