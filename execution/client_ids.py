@@ -18,7 +18,8 @@ import re
 
 BINANCE_CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
-# One code per order role; `entry_fallback` is the market order sent after a maker entry timed out.
+# One code per order role; `entry_fallback` is the market order sent after a maker entry timed out,
+# `add_on_1`/`add_on_2` the add-ons of a managed position (`execution.management`).
 # The `pair_*` roles are the two legs of a hedged cross-venue pair (`execution.hedged`): its short and
 # long leg's entry, and the order that closes each leg (the exit, or the unwind of a leg whose partner
 # failed), so one watchlist signal gives four ids and none of them collides with a directional one.
@@ -29,6 +30,8 @@ LEG_CODES = {
     "tp2": "t2",
     "sl": "sl",
     "exit": "ex",
+    "add_on_1": "a1",
+    "add_on_2": "a2",
     "pair_short_entry": "se",
     "pair_long_entry": "le",
     "pair_short_exit": "sx",

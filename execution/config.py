@@ -22,6 +22,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from execution.management import Management
 from stream_apps.core.exits import MAKER_FEE, TAKER_FEE
 from stream_apps.core.routing_table import RoutingTable
 from tapeflow_runtime.errors import TapeflowError
@@ -142,6 +143,12 @@ class RiskLimits(_Model):
     )
     max_open_positions: int = Field(default=12, ge=1, description="over all strategies and symbols")
     max_signal_age_s: float = Field(default=60.0, gt=0, description="older signals are not traded")
+    max_exposure_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="an add-on is refused when the open notional of every position (at the last "
+        "price) would exceed this, in quote currency (null: no cap)",
+    )
 
 
 # Binance USD-M endpoints per mode (REST base, websocket base; the user-data stream is `<ws>/ws/<listenKey>`).
@@ -235,6 +242,13 @@ class ExecutorConfig(_Model):
     breakeven_offset_r: float = Field(
         default=0.0, ge=0, lt=1, description="after TP1 the stop moves to entry + this many R"
     )
+    management: Management = Field(
+        default=Management(),
+        description="position management by ROE (add-ons, trailing stop, partial take-profit): off by default",
+    )
+    management_by_strategy: dict[str, Management] = Field(
+        default_factory=dict, description="per-strategy position management, in place of management"
+    )
     risk: RiskLimits = Field(default=RiskLimits(), description="the risk guard's limits")
     exchange: ExchangeVenue = Field(
         default=ExchangeVenue(), description="testnet/live: exchange endpoints and timeouts"
@@ -257,6 +271,10 @@ class ExecutorConfig(_Model):
     def base_r_usd(self) -> float:
         """1R of the account at tier multiplier 1 (10,000 x 2 % = 200 by default)."""
         return self.balance * self.risk_pct / 100
+
+    def management_for(self, strategy: str) -> Management:
+        """The position management of `strategy`'s positions: its own entry, else `management`."""
+        return self.management_by_strategy.get(strategy, self.management)
 
     def timeout_ms(self, strategy: str, signal_timeout_ms: int | None = None) -> int:
         """A position's timeout: its signal's (the strategy's ``exits.timeout_min``) when the signal

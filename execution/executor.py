@@ -47,8 +47,9 @@ reason `<finding>:<outcome>`, e.g. `orphan_position:flatten_sent`); until a run 
 are blocked as if the exchange were down (fail closed).
 
 Layout: `Executor` holds the state every job shares (positions, pending entries, open orders, the
-guard, the signals seen), routes broker events and manages exits; signal intake and entry orders are
-`execution.executor_entries`, market data and the funding schedule `execution.market_state`, restore
+guard, the signals seen) and routes broker events; signal intake and entry orders are
+`execution.executor_entries`, exits and position management (add-ons, trailing, partial take-profit:
+`execution.management`) `execution.management_flow`, market data and the funding schedule `execution.market_state`, restore
 `execution.executor_restore`, and its side of reconciliation `execution.executor_reconcile`.
 """
 
@@ -68,13 +69,11 @@ from execution.broker import (
     OrderRequest,
     OrderUpdate,
 )
-from execution.client_ids import client_order_id
 from execution.config import ExecutorConfig
 from execution.domain import (
     BookTop,
     MarkTick,
     TradeTick,
-    exit_side,
 )
 from execution.entries import (
     PendingEntry,
@@ -82,10 +81,11 @@ from execution.entries import (
 from execution.executor_entries import EntryFlow
 from execution.executor_reconcile import reconcile as reconcile_with_exchange
 from execution.executor_restore import StateRestore
+from execution.management_flow import PositionFlow
 from execution.market_state import FundingDue, MarketState
-from execution.position_manager import ExitIntent, Position
+from execution.position_manager import Position
 from execution.reconcile import Reconciler, ReconcileReport
-from execution.records import fill_record, order_record, position_record
+from execution.records import fill_record, order_record
 from execution.risk_guard import (
     KILL_SWITCH,
     RiskDecision,
@@ -194,6 +194,7 @@ class Executor:
         # again only when it moved (the backtest runner)
         self.changes = 0
         self.entry_flow = EntryFlow(self)  # signal intake, entry orders, positions opened from them
+        self.position_flow = PositionFlow(self)  # exits and management of open positions
 
     # ================================================================ inputs
     def on_signal(self, record: Mapping[str, Any], now_ms: int) -> RiskDecision:
@@ -209,13 +210,7 @@ class Executor:
         if due is not None:
             self._settle_funding(key, due)
         self._route(self.broker.on_trade(tick), now_ms)
-        for pid in list(self.by_market.get(key, ())):
-            pos = self.positions.get(pid)
-            if pos is None:
-                continue
-            intent = pos.on_trade(tick.price, tick.trade_time)
-            if intent is not None:
-                self._send_exit(pos, intent, now_ms)
+        self.position_flow.on_trade(key, tick.price, tick.trade_time, now_ms)
 
     def on_book(self, record: Mapping[str, Any], now_ms: int) -> None:
         self.on_book_top(BookTop.from_record(record), now_ms)
@@ -476,27 +471,9 @@ class Executor:
         entry = self.entries.get(pid or "")
         return entry.signal.config_rev if entry is not None else None
 
-    def _send_exit(self, pos: Position, intent: ExitIntent, now_ms: int) -> None:
-        cid = client_order_id(pos.signal_id, intent.leg, pos.next_attempt(intent.leg))
-        req = OrderRequest(
-            cid,
-            pos.exchange,
-            pos.symbol,
-            exit_side(pos.direction),
-            "MARKET",
-            intent.qty,
-            reduce_only=True,
-            not_before_ms=intent.trigger_time,
-        )
-        pos.exit_sent(intent, cid)
-        self._send(req, intent.leg, pos.signal_id, pos.position_id, intent.reference, intent.reason, now_ms)
-
     def _close(self, pos: Position, reason: str, now_ms: int) -> None:
-        """Close at market; the order can fill from the newest trade time of the symbol on."""
-        market_time = self.market.trade_time.get(market_key(pos.exchange, pos.symbol), pos.last_event_time)
-        intent = pos.request_close(reason, market_time)
-        if intent is not None:
-            self._send_exit(pos, intent, now_ms)
+        """Close at market (`PositionFlow.close`)."""
+        self.position_flow.close(pos, reason, now_ms)
 
     def _flatten(self, reason: str, now_ms: int) -> None:
         for entry in list(self.entries.values()):
@@ -547,22 +524,4 @@ class Executor:
             if info.leg.startswith("entry"):
                 self.entry_flow.on_update(info.position_id, ev, now_ms)
             else:
-                self._exit_update(info, ev, now_ms)
-
-    def _exit_update(self, info: _OrderInfo, ev: OrderUpdate, now_ms: int) -> None:
-        pos = self.positions.get(info.position_id or "")
-        if pos is None:
-            return
-        kinds, follow = pos.on_order_update(ev)
-        key = market_key(pos.exchange, pos.symbol)
-        for kind in kinds:
-            self.sink.emit(POSITIONS, key, position_record(pos, kind, ev.event_time))
-        if pos.closed:
-            self._unregister(pos)
-            weight = pos.r_usd / self.config.base_r_usd
-            for decision in self.guard.record_close(pos.result.net_r * weight, ev.event_time, now_ms):
-                self._decide(decision)
-                if decision.decision == "flatten" and decision.reason == "daily_loss_limit":
-                    self._flatten("risk_flatten", now_ms)
-        elif follow is not None:
-            self._send_exit(pos, follow, now_ms)
+                self.position_flow.on_update(info.position_id, ev, now_ms)

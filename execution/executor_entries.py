@@ -178,6 +178,7 @@ class EntryFlow:
             r_usd=r_usd,
             timeout_ms=ex.config.timeout_ms(sig.strategy, sig.timeout_ms),
             breakeven_offset_r=ex.config.breakeven_offset_r,
+            management=ex.config.management_for(sig.strategy),
         )
         ex._register(pos)
         ex.sink.emit(POSITIONS, market_key(pos.exchange, pos.symbol), position_record(pos, "opened", pos.opened_at))

@@ -13,6 +13,10 @@ Lifecycle (levels in R around the entry, 1R = the signal's risk distance):
     open|tp1 --age >= timeout (trade time)--> closed "timeout"
     open|tp1 --close(reason)--> closed "signal_flip" | "risk_flatten" | "kill_switch"
 
+Managed positions (`execution.management`, per strategy, off by default) replace TP1 by the ROE
+ladder: add-ons (the average entry, stop and target recomputed), a trailing stop and a partial
+take-profit reported as the `tp1` event; their P&L is cash-based (`_managed_update`).
+
 Exits are evaluated on every trade tick against the levels; a crossed level becomes a market order
 (`ExitIntent`) that the broker fills at a later trade. While an exit order is in flight no other exit
 is evaluated; a close requested meanwhile runs once it completes. A rejected exit is re-armed and the
@@ -36,6 +40,7 @@ from typing import Any, Literal
 
 from execution.broker import Execution, OrderUpdate
 from execution.domain import Signal, direction_sign
+from execution.management import AddOnIntent, Ladder, Management, roe_price, tighter
 from execution.pnl import (
     MARKET_REASONS,
     TP1_FRACTION,
@@ -62,11 +67,12 @@ class ExitIntent:
     qty: float
     reference: float | None  # the level for tp1/tp2/sl legs; None for market exits
     trigger_time: int
+    order_reason: str | None = None  # the order's reason when it is not `reason` (a managed partial: partial_tp)
 
 
 @dataclass(slots=True)
 class _PendingExit:
-    intent: ExitIntent
+    intent: ExitIntent | AddOnIntent
     client_order_id: str
     filled_qty: float = 0.0
     notional: float = 0.0  # sum of qty x fill price
@@ -116,6 +122,11 @@ class Position:
     deferred_close: str | None = None
     attempts: dict[str, int] = field(default_factory=dict)
     config_rev: int = 0  # the signal's strategy revision, on every event and order of the position
+    ladder: Ladder | None = None  # position management (`execution.management`); None: TP1/TP2 as before
+    entry_value: float = 0.0  # managed: sum of qty x market price of the entry and add-on fills
+    qty_entered: float = 0.0  # managed: the quantity of those fills
+    entry_fees: float = 0.0  # managed: commission paid on them (quote currency)
+    exit_value: float = 0.0  # managed: sum of qty x reference (level, or market price) of the exit fills
 
     # --- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -129,8 +140,10 @@ class Position:
         r_usd: float,
         timeout_ms: int,
         breakeven_offset_r: float = 0.0,
+        management: Management | None = None,
     ) -> Position:
-        """A position from its entry fills; levels anchored at their (qty-weighted) market price."""
+        """A position from its entry fills; levels anchored at their (qty-weighted) market price.
+        `management` enabled: the position is managed by ROE (`execution.management`)."""
         qty = sum(f.qty for f in fills)
         if not fills or qty <= 0:
             raise ValueError("a position needs at least one entry fill")
@@ -156,6 +169,11 @@ class Position:
             config_rev=signal.config_rev,
         )
         pos.last_event_time = pos.opened_at
+        if management is not None and management.enabled:
+            pos.ladder = Ladder(management, qty)
+            pos.entry_value, pos.qty_entered = anchor * qty, qty
+            pos.entry_fees = sum(f.fee for f in fills)
+            pos.plan = replace(plan, tp1=_partial_level(pos.ladder, plan.direction, anchor, plan.tp1))
         for f in fills:
             pos.fees_r += fee_r(f.fee, r_usd)
             pos.slippage_r += slippage_r(
@@ -279,15 +297,24 @@ class Position:
         if self.phase == "closed" or self.pending is not None:
             return -math.inf, math.inf, math.inf
         target = self.plan.tp1 if self.phase == "open" else self.plan.tp2
+        sign = direction_sign(self.direction)
+        if self.ladder is not None:  # managed: the target, or the ladder's next step if nearer
+            target = self.plan.tp2
+            step = self.ladder.next_trigger(self.direction, self.entry)
+            if step is not None and sign * (step - target) < 0:
+                target = step
         until = self.opened_at + self.plan.timeout_ms
-        if direction_sign(self.direction) > 0:
+        if sign > 0:
             return self.stop, target, until
         return target, self.stop, until
 
-    def on_trade(self, price: float, trade_time: int) -> ExitIntent | None:
-        """Evaluate SL, TP1, TP2 and timeout on one trade; returns the exit to send, if any."""
+    def on_trade(self, price: float, trade_time: int) -> ExitIntent | AddOnIntent | None:
+        """Evaluate SL, TP1, TP2 and timeout on one trade (managed: the ladder instead of TP1); returns
+        the order to send, if any."""
         if self.phase == "closed" or self.pending is not None or trade_time < self.last_event_time:
             return None
+        if self.ladder is not None:
+            return _managed_trade(self, self.ladder, price, trade_time)
         sign = direction_sign(self.direction)
         if sign * (price - self.stop) <= 0:
             return ExitIntent("sl", "sl_be" if self.phase == "tp1" else "sl", self.qty_open, self.stop, trade_time)
@@ -306,7 +333,7 @@ class Position:
         if self.phase == "closed":
             return None
         if self.pending is not None:
-            if self.pending.intent.leg == "tp1":
+            if self.pending.intent.leg == "tp1" or isinstance(self.pending.intent, AddOnIntent):
                 self.deferred_close = self.deferred_close or reason  # after the half is out, close the rest
             return None
         return ExitIntent("exit", reason, self.qty_open, None, now_ms)
@@ -318,18 +345,21 @@ class Position:
         p = self.pending
         if p is None or ex.client_order_id != p.client_order_id:
             raise ValueError(f"{ex.client_order_id} is not the pending exit of {self.position_id}")
-        reference = p.intent.reference if p.intent.reference is not None else ex.market_price
+        adding = isinstance(p.intent, AddOnIntent)
+        level = None if isinstance(p.intent, AddOnIntent) else p.intent.reference
+        reference = level if level is not None else ex.market_price
         p.filled_qty += ex.qty
         p.notional += ex.qty * ex.price
         p.market_notional += ex.qty * ex.market_price
         p.fees_r += fee_r(ex.fee, self.r_usd)
         p.slippage_r += slippage_r(
             self.direction,
-            opening=False,
+            opening=adding,
             reference=reference,
             price=ex.price,
             fraction=ex.qty / self.qty_initial,
-            risk_distance=self.plan.risk_distance,
+            # R of the first entry: managed positions re-size R on add-ons, costs stay in the signal's R
+            risk_distance=self.plan.risk_distance if self.ladder is None else self.r_usd / self.qty_initial,
         )
 
     def on_order_update(self, update: OrderUpdate) -> tuple[list[str], ExitIntent | None]:
@@ -344,6 +374,8 @@ class Position:
             return [], None
         if update.state not in ("FILLED", "CANCELED", "REJECTED", "EXPIRED"):
             return [], None
+        if self.ladder is not None:
+            return _managed_update(self, self.ladder, p, update)
         self.pending = None
         self.fees_r += p.fees_r
         self.slippage_r += p.slippage_r
@@ -381,3 +413,108 @@ class Position:
         self.exit_reason = p.intent.reason
         self.result = PnlBreakdown(gross, self.fees_r, self.slippage_r, self.funding_r)
         return ["closed"], None
+
+    # --- management (`execution.management`) ----------------------------------------------------------
+    def add_on_sent(self, intent: AddOnIntent, client_order_id: str) -> None:
+        self.pending = _PendingExit(intent, client_order_id)
+
+    def add_on_refused(self) -> None:
+        """The guard refused the next add-on: it is skipped for good."""
+        if self.ladder is not None:
+            self.ladder.add_ons_done += 1
+
+
+def _managed_trade(pos: Position, ladder: Ladder, price: float, trade_time: int) -> ExitIntent | AddOnIntent | None:
+    """Stop, target, timeout, then the ladder: trailing (no order), an add-on, the partial take-profit."""
+    sign = direction_sign(pos.direction)
+    if sign * (price - pos.stop) <= 0:
+        return ExitIntent("sl", "sl_be" if ladder.trailed else "sl", pos.qty_open, pos.stop, trade_time)
+    if sign * (price - pos.plan.tp2) >= 0:
+        return ExitIntent("tp2", "tp", pos.qty_open, pos.plan.tp2, trade_time)
+    if trade_time - pos.opened_at >= pos.plan.timeout_ms:
+        return ExitIntent("exit", "timeout", pos.qty_open, None, trade_time)
+    fees_open = pos.entry_fees * pos.qty_open / pos.qty_entered  # entry fees of what is open
+    pos.stop = ladder.trail(pos.direction, pos.entry, pos.qty_open, fees_open, price, pos.stop)
+    add = ladder.add_on(pos.direction, pos.entry, price, trade_time)
+    if add is not None:
+        return add
+    if not ladder.partial_due(pos.direction, pos.entry, price):
+        return None
+    level = pos.plan.tp1  # the partial take-profit's price at the current average entry
+    if ladder.first_qty < pos.qty_open * (1 - 1e-9):
+        return ExitIntent("tp1", "tp1", ladder.first_qty, level, trade_time, order_reason="partial_tp")
+    return ExitIntent("tp1", "tp", pos.qty_open, level, trade_time, order_reason="partial_tp")
+
+
+def _managed_update(
+    pos: Position, ladder: Ladder, p: _PendingExit, update: OrderUpdate
+) -> tuple[list[str], ExitIntent | None]:
+    """`on_order_update` of a managed position: costs in, then the add-on, partial or close applied.
+    P&L is cash-based: gross = direction x (exit value - entry value) / r_usd, each fill valued at
+    its reference (entries and market exits: the market price; stop, target, partial: the level)."""
+    pos.pending = None
+    pos.fees_r += p.fees_r
+    pos.slippage_r += p.slippage_r
+    if p.filled_qty:
+        pos.last_event_time = max(pos.last_event_time, update.event_time)
+    follow = None
+    if pos.deferred_close and (isinstance(p.intent, AddOnIntent) or update.state == "FILLED"):
+        follow = pos.deferred_close
+    intent = p.intent
+    if isinstance(intent, AddOnIntent):
+        ladder.add_ons_done = max(ladder.add_ons_done, intent.index)  # made, or skipped if nothing filled
+        if p.filled_qty:
+            pos.qty_open += p.filled_qty
+            pos.entry_value += p.market_notional
+            pos.qty_entered += p.filled_qty
+            pos.entry_fees += p.fees_r * pos.r_usd
+            _reprice(pos, ladder)
+        return [], _follow(pos, follow, update.event_time)
+    pos.qty_open -= p.filled_qty
+    pos.exit_value += p.filled_qty * intent.reference if intent.reference is not None else p.market_notional
+    if p.filled_qty:
+        pos.exit_price = p.notional / p.filled_qty
+    if update.state != "FILLED":
+        pos.attempts[intent.leg] = pos.attempts.get(intent.leg, 0) + 1
+        return [], None
+    if intent.leg == "tp1" and pos.qty_open > 1e-9 * pos.qty_entered:
+        ladder.partial_done, pos.phase, pos.tp1_done = True, "tp1", True
+        return ["tp1"], _follow(pos, follow, update.event_time)
+    pos.qty_open = 0.0
+    gross = direction_sign(pos.direction) * (pos.exit_value - pos.entry_value) / pos.r_usd
+    pos.phase = "closed"
+    pos.exit_reason = intent.reason
+    pos.result = PnlBreakdown(gross, pos.fees_r, pos.slippage_r, pos.funding_r)
+    return ["closed"], None
+
+
+def _follow(pos: Position, reason: str | None, event_time: int) -> ExitIntent | None:
+    """The close deferred behind the order that just ended, if any."""
+    if reason is None:
+        return None
+    pos.deferred_close = None
+    return ExitIntent("exit", reason, pos.qty_open, None, event_time)
+
+
+def _reprice(pos: Position, ladder: Ladder) -> None:
+    """After an add-on: the average entry, R' = r_usd / open quantity, stop (only tighter) and target
+    from the signal's R multiples around the average, the partial take-profit's price."""
+    avg = pos.entry_value / pos.qty_entered
+    r_new = pos.r_usd / pos.qty_open
+    sign = direction_sign(pos.direction)
+    stop = avg - sign * pos.plan.sl_r * r_new
+    pos.stop = tighter(pos.direction, pos.stop, stop)
+    pos.plan = replace(
+        pos.plan,
+        entry=avg,
+        risk_distance=r_new,
+        sl=stop,
+        tp1=_partial_level(ladder, pos.direction, avg, pos.plan.tp1),
+        tp2=avg + sign * pos.plan.tp2_r * r_new,
+    )
+
+
+def _partial_level(ladder: Ladder, direction: str, avg: float, default: float) -> float:
+    """The price of the partial take-profit at average entry `avg` (`default` when there is none)."""
+    roe_at = ladder.config.partial_take_profit_roe
+    return default if roe_at is None else roe_price(direction, avg, roe_at, ladder.config.leverage)

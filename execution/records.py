@@ -12,6 +12,10 @@ from typing import Any
 from execution.broker import Execution, OrderRequest, OrderUpdate
 from execution.position_manager import Position
 
+# legs recorded as `entry` (the OrderLeg enum): the market fallback of a maker entry and the add-ons of
+# a managed position (they add to it; the order's reason, add_on_1/add_on_2, tells them apart)
+ENTRY_LEGS = ("entry_fallback", "add_on_1", "add_on_2")
+
 
 def order_record(
     req: OrderRequest,
@@ -38,7 +42,7 @@ def order_record(
         "exchange": req.exchange,
         "symbol": req.symbol,
         "mode": mode,
-        "leg": "entry" if leg == "entry_fallback" else leg,
+        "leg": "entry" if leg in ENTRY_LEGS else leg,
         "side": req.side,
         "type": req.type,
         "price": req.price,

@@ -141,6 +141,33 @@ class RiskGuard:
             return block("max_open_positions")
         return RiskDecision("allow", scope, "checks_passed", now_ms)
 
+    def check_add_on(
+        self,
+        *,
+        now_ms: int,
+        scope: str,
+        market_data_age_ms: float | None,
+        venue_up: bool,
+        output_up: bool,
+        exposure_usd: float,
+        sole_writer: bool = True,
+    ) -> RiskDecision:
+        """Allow or block an add-on to an open position: every entry rule but the count of open
+        positions (it opens none), then `max_exposure_usd` against the open notional after it."""
+        decision = self.check_entry(
+            now_ms=now_ms,
+            scope=scope,
+            market_data_age_ms=market_data_age_ms,
+            venue_up=venue_up,
+            output_up=output_up,
+            open_positions=0,
+            sole_writer=sole_writer,
+        )
+        cap = self.limits.max_exposure_usd
+        if decision.allowed and cap is not None and exposure_usd > cap:
+            return RiskDecision("block", scope, "max_exposure", now_ms)
+        return decision
+
     # --- outcomes -----------------------------------------------------------------------------------------
     def record_close(self, net_r_account: float, close_time: int, now_ms: int) -> list[RiskDecision]:
         """A position closed with `net_r_account` (net pnl_r x its tier multiplier) at `close_time`."""
