@@ -174,7 +174,7 @@ def test_a_strategy_revision_carries_its_own_table_in_its_hash():
     assert plain.config_hash == load_strategy(strategy_path("v53")).config_hash
     routed = parse_strategy({**data, "routing": {"slice_jitter": 0.1}})
     assert routed.routing == RoutingTable(slice_jitter=0.1) and routed.config_hash != plain.config_hash
-    with pytest.raises(StrategyConfigError, match="routing.buckets"):
+    with pytest.raises(StrategyConfigError, match="routing: buckets: the last bucket"):
         parse_strategy({**data, "routing": {"buckets": [{"up_to": 100, "maker_wait_ms": 0}]}})
     router = Router(TABLE)
     router.register(routed.config_hash, routed.routing)
