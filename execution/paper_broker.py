@@ -1,7 +1,7 @@
 """Paper broker: fills orders against the stored book and the live trade tape, with stated fees and
 slippage. Two fill models (`PaperFills.fills`), one broker for paper mode and backtests.
 
-`book`: `execution.matching` (the same matching code as the fake exchange) decides what
+`book`: `tapeflow_runtime.matching` (the same matching code as the fake exchange) decides what
 fills, how much and at which price; this broker turns its fills into events, fees and slippage.
 - LIMIT: queues behind the size resting at its price in the newest md.book snapshot when it is
   placed; trades at its price (sellers hitting our bid, buyers lifting our ask) eat that queue, then
@@ -12,7 +12,7 @@ fills, how much and at which price; this broker turns its fills into events, fee
   Maker fee, no slippage.
 - MARKET: on the first trade of its symbol at or after `not_before_ms`, walks the other side of the
   newest snapshot if it is at most `book_max_age_ms` older than that trade: each level at its price,
-  one `Execution` per trade at the walk's VWAP moved against us by `slippage_bps`. Book thinner than
+  one `Execution` per level at its price moved against us by `slippage_bps`. Book thinner than
   the order: PARTIALLY_FILLED, and the rest walks the next snapshot at a later trade (what our orders
   took from a snapshot stays taken until the next one); no fresh snapshot then: the rest fills at that
   trade's price moved by `slippage_bps` (the `tape` rule). Taker fee.
@@ -28,7 +28,7 @@ fills, how much and at which price; this broker turns its fills into events, fee
 - No partial fills, no latency beyond "next trade", no market impact beyond `slippage_bps`.
 Both: a post-only limit that would take liquidity on arrival (buy at or above the best ask, sell at
 or below the best bid; last trade price when no book) is rejected. Order ids are deterministic (`P` +
-client order id; trade ids `p:<agg_id>:<client order id>`, one execution per order and trade), so a
+client order id; trade ids `p:<agg_id>:<client order id>`, `:<n>` added for a walk's n-th level), so a
 re-processed trade yields the same fill keys and sinks stay idempotent.
 """
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from execution.broker import BrokerEvent, Execution, OrderRequest, OrderUpdate
 from execution.config import Fees, PaperFills
 from execution.domain import BookTop, TradeTick, market_key, quote_asset
-from execution.matching import Matcher, SimFill
+from tapeflow_runtime.matching import Matcher, SimFill
 
 DUST = 1e-9  # book model: a remainder below this fraction of the order counts as filled (float sums)
 
@@ -169,8 +169,8 @@ class PaperBroker:
         return matcher
 
     def _book_trade(self, trade: TradeTick, resting: dict[str, _Resting]) -> list[BrokerEvent]:
-        """The matcher's fills of one trade as events: per order one Execution (the fills' VWAP), then
-        PARTIALLY_FILLED or FILLED with the order's cumulative quantity and average price."""
+        """The matcher's fills of one trade as events: per order its Executions (one per level a market
+        order walked), then PARTIALLY_FILLED or FILLED with the cumulative quantity and average price."""
         sim = self._matcher(trade.key).on_trade(trade.price, trade.qty, trade.taker_side, trade.trade_time)
         if not sim:
             return []
@@ -179,33 +179,44 @@ class PaperBroker:
             by_order.setdefault(fill.order_id, []).append(fill)
         events: list[BrokerEvent] = []
         for cid, fills in by_order.items():
-            events += self._book_fill(resting[cid], trade, fills)
+            events += self._book_fills(resting[cid], trade, fills)
         return events
 
-    def _book_fill(self, order: _Resting, trade: TradeTick, fills: list[SimFill[float]]) -> list[BrokerEvent]:
-        req = order.request
-        qty = sum(f.qty for f in fills)
-        price = sum(f.price * f.qty for f in fills) / qty
-        if req.type == "MARKET":
-            slip = self.fills.slippage_bps / 10_000
-            price = price * (1 + slip) if req.side == "BUY" else price * (1 - slip)
-            liquidity, rate, market_price = "taker", self.fees.taker, trade.price
-        else:
-            liquidity, rate, market_price = "maker", self.fees.maker, price
-        cid = req.client_order_id
+    def _book_fills(self, order: _Resting, trade: TradeTick, fills: list[SimFill[float]]) -> list[BrokerEvent]:
+        """Executions of one order on one trade: `p:<agg_id>:<cid>`, then `...:<n>` for the n-th level."""
+        req, cid, eid, t = order.request, order.request.client_order_id, order.exchange_order_id, trade.trade_time
+        slip = self.fills.slippage_bps / 10_000 if req.side == "BUY" else -self.fills.slippage_bps / 10_000
+        events: list[BrokerEvent] = []
+        for n, fill in enumerate(fills):
+            if req.type == "MARKET":
+                price, liquidity, rate, market_price = fill.price * (1 + slip), "taker", self.fees.taker, trade.price
+            else:
+                price, liquidity, rate, market_price = fill.price, "maker", self.fees.maker, fill.price
+            order.filled += fill.qty
+            order.notional += fill.qty * price
+            trade_id = f"p:{trade.agg_id}:{cid}" + (f":{n}" if n else "")
+            events.append(
+                Execution(
+                    cid,
+                    eid,
+                    trade_id,
+                    req.side,
+                    price,
+                    fill.qty,
+                    rate * price * fill.qty,
+                    quote_asset(req.symbol),
+                    liquidity,
+                    market_price,
+                    t,
+                )  # fmt: skip
+            )
         done = cid not in self._matchers[trade.key].orders
-        order.filled = req.qty if done else order.filled + qty  # FILLED reports the order's quantity
-        order.notional += qty * price
         if done:
             del self._open[trade.key][cid]
             del self._index[cid]
-        eid, t = order.exchange_order_id, trade.trade_time
-        execution = Execution(
-            cid, eid, f"p:{trade.agg_id}:{cid}", req.side, price, qty, rate * price * qty,
-            quote_asset(req.symbol), liquidity, market_price, t,
-        )  # fmt: skip
+            order.filled = req.qty  # FILLED reports the order's quantity (the fills' float sum may be off by an ulp)
         state = "FILLED" if done else "PARTIALLY_FILLED"
-        return [execution, OrderUpdate(cid, state, order.filled, order.notional / order.filled, eid, t)]
+        return events + [OrderUpdate(cid, state, order.filled, order.notional / order.filled, eid, t)]
 
     # --- helpers ----------------------------------------------------------------------------------------
     def _crosses(self, req: OrderRequest, price: float) -> bool:

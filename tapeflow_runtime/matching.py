@@ -3,7 +3,9 @@ exchange's (the live path's test venue). Pure, clock-free (the caller passes tim
 
 Why one module for both: a fill model tested in the paper broker but re-implemented in the fake
 exchange would drift, and "paper = backtest = live path" would no longer mean the same fills
-(NautilusTrader keeps one ``OrderMatchingEngine`` per instrument for the same reason). The engine is
+(NautilusTrader keeps one ``OrderMatchingEngine`` per instrument for the same reason). It lives in
+``tapeflow_runtime`` because that is the lowest layer both ``execution`` and ``fake_exchange`` may
+import (tests/test_layers.py: the fake exchange sits below execution). The engine is
 generic over the number type: the paper broker matches in ``float``, the fake exchange in ``Decimal``
 (its filters are exact); ``zero`` and each order's ``dust`` carry the type.
 
@@ -118,8 +120,9 @@ class Matcher(Generic[N]):
             if size is not None and size < order.queue_ahead:
                 order.queue_ahead = size
 
-    def on_trade(self, price: N, qty: N, taker_side: Side, time: int) -> list[SimFill[N]]:
-        """Fills a trade causes, in placement order (a market order may give one fill per level)."""
+    def on_trade(self, price: N, qty: N, taker_side: Side | None, time: int) -> list[SimFill[N]]:
+        """Fills a trade causes, in placement order (a market order may give one fill per level).
+        ``taker_side`` None (a venue that does not say): a trade at a limit's price counts either way."""
         fills: list[SimFill[N]] = []
         budget = qty  # what of the trade is left for our limit orders
         for order in list(self.orders.values()):
@@ -193,7 +196,7 @@ class Matcher(Generic[N]):
                 return self.zero
         return None  # beyond the last level shown
 
-    def _limit_take(self, order: SimOrder[N], price: N, qty: N, taker_side: Side, budget: N) -> N:
+    def _limit_take(self, order: SimOrder[N], price: N, qty: N, taker_side: Side | None, budget: N) -> N:
         """How much of limit ``order`` a trade fills (and the queue it eats), ``budget`` at most."""
         assert order.price is not None  # nosec B101 # limits always carry a price (add_limit)
         sign = 1 if order.side == "BUY" else -1

@@ -5,14 +5,20 @@ would cross, a reduce-only stop, an order accepted but answered with a 5xx, a du
 after a restart) only show up against something with state. Pure: no I/O, the caller passes the
 time; `events` collects the user-data payloads (ORDER_TRADE_UPDATE, ACCOUNT_UPDATE) in order.
 
-Matching model (stated, deliberately simple):
-- the market is the last trade price, the best bid/ask and the mark price the caller reports;
-- LIMIT rests; it fills at its own price (maker) when a trade crosses it (`through`: strictly beyond,
-  `touch`: at or beyond); with `cap_by_trade_qty` a fill is at most the crossing trade's quantity, so
-  a small trade gives a partial fill;
+Matching model: `tapeflow_runtime.matching.Matcher`, the paper broker's (one matching engine for paper,
+backtest and this venue), in Decimal, one per symbol:
+- the market is the last trade price, the best bid/ask, the book's levels when the caller reports
+  them (`on_book(..., bids=, asks=)`; a bid/ask without levels forgets the levels) and the mark price;
+- LIMIT rests; with levels known when it is placed it queues behind the size at its price, trades at
+  its price (taker on the other side; a trade without a taker side counts) eat that queue and then
+  fill it, a trade beyond its price fills it, at most the trade's quantity (partial fills); without
+  levels it fills at its own price (maker) when a trade crosses it (`through`: strictly beyond,
+  `touch`: at or beyond), with `cap_by_trade_qty` at most the crossing trade's quantity;
 - GTX (post-only) is refused (-5022) when it would cross the touch on arrival (last price without a
   book); a marketable GTC LIMIT fills at once as taker at the opposite touch (or the last price);
-- MARKET fills completely at the last trade price (taker);
+- MARKET walks the levels at once (taker, one fill per level); the rest of an order larger than the
+  levels shown walks the next levels at a later trade, or fills at that trade's price when the levels
+  are older than `max_book_age_ms`; without levels it fills completely at the last trade price;
 - STOP_MARKET triggers when the working price (CONTRACT_PRICE = last trade, MARK_PRICE = mark) reaches
   the stop (SELL: at or below, BUY: at or above) and then fills like MARKET at that price;
 - reduce-only orders may only shrink the position (-2022 otherwise; capped at the position on fill).
@@ -25,7 +31,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+from tapeflow_runtime.matching import Matcher, Side, SimFill
+
 D0 = Decimal(0)
+UNKNOWN_SIZE = Decimal("Infinity")  # a trade posted without a quantity
 
 
 class OrderError(Exception):
@@ -109,6 +118,8 @@ class AccountEngine:
     taker_fee: Decimal = Decimal("0.0004")
     queue: Literal["through", "touch"] = "through"
     cap_by_trade_qty: bool = True
+    max_book_age_ms: int = 5_000  # the paper broker's default (PaperFills.book_max_age_ms)
+    matchers: dict[str, Matcher[Decimal]] = field(default_factory=dict)
     orders: dict[int, Order] = field(default_factory=dict)
     by_client: dict[tuple[str, str], int] = field(default_factory=dict)
     positions: dict[str, Position] = field(default_factory=dict)
@@ -178,11 +189,15 @@ class AccountEngine:
         self.by_client[(symbol, cid)] = order.order_id
         self.placements[cid] = self.placements.get(cid, 0) + 1
         self._order_event(order, "NEW", now)
+        matcher = self._matcher(symbol)
         if typ == "MARKET":
-            self._fill(order, order.qty, market.last, False, now)
+            matcher.add_market(str(order.order_id), _side(side), qty, now, D0)
+            self._apply(matcher.sweep(str(order.order_id), now, market.last), now)
         elif typ == "LIMIT" and tif != "GTX" and self._crosses_touch(market, side, price):
             touch = (market.ask if side == "BUY" else market.bid) or market.last
             self._fill(order, order.qty, touch, False, now)
+        elif typ == "LIMIT":
+            matcher.add_limit(str(order.order_id), _side(side), price, qty, now, D0)
         return order
 
     def find(self, symbol: str, order_id: str | None, client_id: str | None) -> Order:
@@ -200,6 +215,7 @@ class AccountEngine:
         if order.status not in ("NEW", "PARTIALLY_FILLED"):
             raise OrderError(-2011, "Unknown order sent.")
         order.status = "CANCELED"
+        self._matcher(symbol).cancel(str(order.order_id))
         self._order_event(order, "CANCELED", now)
         return order
 
@@ -221,6 +237,9 @@ class AccountEngine:
                 -5022, "Due to the order could not be executed as maker, the Post Only order will be rejected."
             )
         order.qty, order.price = qty, price
+        matcher = self._matcher(order.symbol)  # a new price or size: back of the queue, as placed now
+        matcher.cancel(str(order.order_id))
+        matcher.add_limit(str(order.order_id), _side(order.side), price, qty, now, D0).filled = order.filled
         self._order_event(order, "AMENDMENT", now)
         return order
 
@@ -232,19 +251,19 @@ class AccountEngine:
         ]
 
     # --- market -----------------------------------------------------------------------------------------
-    def on_trade(self, symbol: str, price: Decimal, qty: Decimal | None, now: int) -> None:
+    def on_trade(
+        self, symbol: str, price: Decimal, qty: Decimal | None, now: int, taker_side: str | None = None
+    ) -> None:
+        """A trade: LIMIT and what is left of MARKET orders match it (`tapeflow_runtime.matching`), then stops.
+        Without `taker_side` a trade at a limit's price counts against its queue whatever its side."""
         market = self.markets.setdefault(symbol, Market())
         market.last = price
-        budget = qty if self.cap_by_trade_qty and qty is not None else None
+        matcher = self._matcher(symbol)
+        if matcher.orders:
+            size = UNKNOWN_SIZE if qty is None else qty
+            self._apply(matcher.on_trade(price, size, _side(taker_side) if taker_side else None, now), now)
         for order in list(self.open_orders(symbol)):
-            if order.type == "LIMIT" and self._limit_crossed(order, price):
-                take = order.qty - order.filled
-                if budget is not None:
-                    take = min(take, budget)
-                    budget -= take
-                if take > 0:
-                    self._fill(order, take, order.price, True, now)
-            elif order.type == "STOP_MARKET" and order.working_type != "MARK_PRICE":
+            if order.type == "STOP_MARKET" and order.working_type != "MARK_PRICE":
                 self._maybe_trigger(order, price, now)
 
     def on_mark(self, symbol: str, price: Decimal, now: int) -> None:
@@ -253,9 +272,23 @@ class AccountEngine:
             if order.type == "STOP_MARKET" and order.working_type == "MARK_PRICE":
                 self._maybe_trigger(order, price, now)
 
-    def on_book(self, symbol: str, bid: Decimal | None, ask: Decimal | None) -> None:
+    def on_book(
+        self,
+        symbol: str,
+        bid: Decimal | None,
+        ask: Decimal | None,
+        now: int = 0,
+        bids: tuple[tuple[Decimal, Decimal], ...] | None = None,
+        asks: tuple[tuple[Decimal, Decimal], ...] | None = None,
+    ) -> None:
+        """The touch, and the book's levels (best first) when known: the matcher queues and walks them."""
         market = self.markets.setdefault(symbol, Market())
         market.bid, market.ask = bid, ask
+        matcher = self._matcher(symbol)
+        if bids is None and asks is None:
+            matcher.book = None  # the levels are no longer known
+        else:
+            matcher.on_book(bids or (), asks or (), now)
 
     # --- injected state (reconciliation tests) ----------------------------------------------------------
     def inject_position(self, symbol: str, amount: Decimal, entry: Decimal, now: int) -> None:
@@ -274,10 +307,24 @@ class AccountEngine:
             return False
         return price >= opposite if side == "BUY" else price <= opposite
 
-    def _limit_crossed(self, order: Order, price: Decimal) -> bool:
-        if self.queue == "through":
-            return price < order.price if order.side == "BUY" else price > order.price
-        return price <= order.price if order.side == "BUY" else price >= order.price
+    def _matcher(self, symbol: str) -> Matcher[Decimal]:
+        """The symbol's matcher, with the switches as they are now (`POST config` may change them)."""
+        matcher = self.matchers.get(symbol)
+        if matcher is None:
+            matcher = self.matchers[symbol] = Matcher(D0)
+        matcher.unknown_queue, matcher.cap_unknown_by_trade = self.queue, self.cap_by_trade_qty
+        matcher.max_book_age = self.max_book_age_ms
+        return matcher
+
+    def _apply(self, fills: list[SimFill[Decimal]], now: int) -> None:
+        """The matcher's fills on the account (a reduce-only order may end EXPIRED: the matcher forgets it)."""
+        for fill in fills:
+            order = self.orders[int(fill.order_id)]
+            if order.status not in ("NEW", "PARTIALLY_FILLED"):
+                continue
+            self._fill(order, fill.qty, fill.price, fill.liquidity == "maker", now)
+            if order.status not in ("NEW", "PARTIALLY_FILLED"):
+                self._matcher(order.symbol).cancel(fill.order_id)
 
     def _maybe_trigger(self, order: Order, price: Decimal, now: int) -> None:
         hit = price <= order.stop_price if order.side == "SELL" else price >= order.stop_price
@@ -454,3 +501,7 @@ def _dec(p: dict[str, str], name: str) -> Decimal:
         return Decimal(raw)
     except ArithmeticError:
         raise OrderError(-1100, f"Illegal characters found in parameter '{name}'.") from None
+
+
+def _side(side: str) -> Side:
+    return "BUY" if side == "BUY" else "SELL"

@@ -11,7 +11,9 @@ aggTrade, markPriceUpdate and bookTicker. Tests that need exact prices post them
 (`POST /_control/orders/market`).
 
 Control (`/_control/orders/...`, not signed):
-- `POST market` `{"symbol", "price"?, "qty"?, "mark"?, "bid"?, "ask"?}` a trade / mark / touch;
+- `POST market` `{"symbol", "price"?, "qty"?, "taker_side"?, "mark"?, "bid"?, "ask"?, "bids"?, "asks"?,
+  "time"?}` a trade / mark / touch / book levels (`[[price, qty], ...]`, best first: the matcher queues
+  limits behind them and walks them with market orders; a touch without levels forgets them);
 - `POST faults` `{"fail_next": N, "mode": "error_before"|"error_after"|"timeout_after", "delay_s"}`: the
   next N order requests (POST/DELETE/PUT /fapi/v1/order) answer 503 without acting (`error_before`),
   act and then answer 503 (`error_after`), or act and answer only after `delay_s` (`timeout_after`);
@@ -104,8 +106,9 @@ class OrderVenue:
                 continue
             event = data.get("e")
             now = int(data.get("E") or data.get("T") or state.now_ms())
-            if event == "aggTrade":
-                self.engine.on_trade(symbol, Decimal(str(data["p"])), Decimal(str(data["q"])), now)
+            if event == "aggTrade":  # m: the buyer is the maker, so the taker sold
+                taker = "SELL" if data.get("m") else "BUY"
+                self.engine.on_trade(symbol, Decimal(str(data["p"])), Decimal(str(data["q"])), now, taker)
             elif event == "markPriceUpdate":
                 self.engine.on_mark(symbol, Decimal(str(data["p"])), now)
             elif event == "bookTicker":
@@ -311,12 +314,15 @@ async def control_market(request: web.Request) -> web.Response:
     venue = request.app[VENUE_KEY]
     body = await _json(request)
     symbol, now = body["symbol"], int(body.get("time", venue.state.now_ms()))
-    if "bid" in body or "ask" in body:
-        venue.engine.on_book(symbol, _maybe(body.get("bid")), _maybe(body.get("ask")))
+    if "bid" in body or "ask" in body or "bids" in body or "asks" in body:
+        bids, asks = _levels(body.get("bids")), _levels(body.get("asks"))
+        bid = _maybe(body.get("bid")) if "bid" in body else (bids[0][0] if bids else None)
+        ask = _maybe(body.get("ask")) if "ask" in body else (asks[0][0] if asks else None)
+        venue.engine.on_book(symbol, bid, ask, now, bids, asks)
     if "mark" in body:
         venue.engine.on_mark(symbol, Decimal(str(body["mark"])), now)
     if "price" in body:
-        venue.engine.on_trade(symbol, Decimal(str(body["price"])), _maybe(body.get("qty")), now)
+        venue.engine.on_trade(symbol, Decimal(str(body["price"])), _maybe(body.get("qty")), now, body.get("taker_side"))
     await venue.publish()
     return json_response({"ok": True})
 
@@ -400,6 +406,13 @@ async def control_state(request: web.Request) -> web.Response:
 
 def _maybe(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
+
+
+def _levels(value: Any) -> tuple[tuple[Decimal, Decimal], ...] | None:
+    """`[[price, qty], ...]` as Decimal pairs; None when not sent."""
+    if value is None:
+        return None
+    return tuple((Decimal(str(price)), Decimal(str(qty))) for price, qty in value)
 
 
 async def _follow_replay(app: web.Application):
