@@ -209,6 +209,8 @@ class BacktestRunner:
         """Engine over ``piece``; then the executor over the slice before it."""
         if not self.accounts.books:
             self.accounts.open(piece.start_ms)
+            for executor in self.accounts.executors:  # routed entries: each strategy revision's own table
+                executor.entry_flow.router.register_all(self.strategies)
         self.processed_to_ms = piece.end_ms
         self._engine_slice(piece)
         self._pending.append(piece)

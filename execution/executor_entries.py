@@ -44,7 +44,8 @@ class EntryFlow:
 
     def __init__(self, ex: Executor) -> None:
         self.ex = ex
-        self.routed = RoutedEntries(self)  # entry.kind routed; its router takes the degradation flags
+        self.routed = RoutedEntries(self)  # entry.kind routed
+        self.router = self.routed.router  # its tables by strategy revision, the degradation flags in force
 
     def on_book(self, book: BookTop) -> None:
         self.routed.on_book(book)

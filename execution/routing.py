@@ -30,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from execution.degradation import NONE, DegradationFlags
 from execution.domain import BookTop, Side
@@ -207,15 +208,35 @@ def plan_route(
     )
 
 
+class RoutedStrategy(Protocol):
+    """What the router needs of a strategy revision (``StrategyConfig`` is one)."""
+
+    @property
+    def config_hash(self) -> str: ...
+
+    @property
+    def routing(self) -> RoutingTable | None: ...
+
+
 class Router:
     """The routing tables in force and what the router remembers between entries (the spreads), plus
-    the degradation flags the SLO monitor last set. One per executor."""
+    the degradation flags the SLO monitor last set. One per executor (``executor.entry_flow.router``).
+
+    Tables are found by the signal's ``config_hash`` (the strategy revision that made it): those
+    registered (``register_all``: the backtest registers its strategies), else what ``resolver`` returns
+    for the hash (a service may look the revision up; its answer is kept), else the default table (the
+    executor config's ``routing``)."""
 
     def __init__(self, default: RoutingTable) -> None:
         self.default = default
         self.tables: dict[str, RoutingTable] = {}  # strategy config_hash -> its own table
         self.flags: DegradationFlags = NONE
         self.spreads = SpreadTracker(default.probe.mean_window_ms)
+        self.resolver: Callable[[str], RoutingTable | None] | None = None
+
+    def register_all(self, strategies: Iterable[RoutedStrategy]) -> None:
+        for strategy in strategies:
+            self.register(strategy.config_hash, strategy.routing)
 
     def register(self, config_hash: str, table: RoutingTable | None) -> None:
         """The table of the strategy revision ``config_hash`` (None: it has none, the default applies)."""
@@ -224,7 +245,11 @@ class Router:
             self.spreads.horizon_ms = max(self.spreads.horizon_ms, table.probe.mean_window_ms)
 
     def table_for(self, config_hash: str) -> RoutingTable:
-        return self.tables.get(config_hash, self.default)
+        table = self.tables.get(config_hash)
+        if table is None and self.resolver is not None:
+            table = self.resolver(config_hash) or self.default
+            self.tables[config_hash] = table
+        return table or self.default
 
     def on_book(self, book: BookTop) -> None:
         self.spreads.observe(book)

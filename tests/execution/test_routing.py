@@ -177,10 +177,13 @@ def test_a_strategy_revision_carries_its_own_table_in_its_hash():
     with pytest.raises(StrategyConfigError, match="routing: buckets: the last bucket"):
         parse_strategy({**data, "routing": {"buckets": [{"up_to": 100, "maker_wait_ms": 0}]}})
     router = Router(TABLE)
-    router.register(routed.config_hash, routed.routing)
-    router.register(plain.config_hash, plain.routing)
+    router.register_all([routed, plain])  # what the backtest does with its strategies
     assert router.table_for(routed.config_hash).slice_jitter == 0.1
     assert router.table_for(plain.config_hash) is TABLE
+    asked: list[str] = []
+    router.resolver = lambda h: asked.append(h) or (RoutingTable(jitter_seed=5) if h == "known" else None)
+    assert router.table_for("known").jitter_seed == 5 and router.table_for("unknown") is TABLE
+    assert router.table_for("known").jitter_seed == 5 and asked == ["known", "unknown"]  # each asked once
 
 
 def _big_book(h: Harness, bid: float, ask: float, t: int) -> None:
