@@ -7,9 +7,12 @@ tests independent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from execution.slo import OBJECTIVES, RULES, SLIS, WindowResult
 
 _STATE_VALUE = {"active": 0, "paused": 1, "halted": 2}
 
@@ -63,6 +66,67 @@ class ExecutorMetrics:
             ["market"],
             registry=r,
         )
+        self._slo_metrics(r)
+
+    def _slo_metrics(self, r: CollectorRegistry) -> None:
+        """The execution SLOs (`execution.slo`): raw latencies, each SLI of the last closed window, its
+        objective, the consecutive windows that breached it, and the degradation rules in force. The
+        labelled series exist from the start (every SLI and rule at 0), so the alerts see them at once."""
+        self.round_trip = Histogram(
+            "tapeflow_executor_order_round_trip_seconds",
+            "Order sent to its first answer (NEW or REJECTED)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5),
+            registry=r,
+        )
+        self.stream_lag = Histogram(
+            "tapeflow_executor_stream_lag_seconds",
+            "Market trade handled minus its exchange event time",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.sli = Gauge(
+            "tapeflow_executor_sli",
+            "Each execution SLI over the last closed SLO window (NaN: no sample)",
+            ["sli"],
+            registry=r,
+        )
+        self.slo_objective = Gauge(
+            "tapeflow_executor_slo_objective", "Each execution SLI's objective", ["sli"], registry=r
+        )
+        self.slo_breached_windows = Gauge(
+            "tapeflow_executor_slo_breached_windows",
+            "Consecutive closed SLO windows in which the SLI missed its objective",
+            ["sli"],
+            registry=r,
+        )
+        self.degradation = Gauge(
+            "tapeflow_executor_degradation", "1 while the degradation rule is in force", ["rule"], registry=r
+        )
+        self.degradation_changes = Counter(
+            "tapeflow_executor_degradation_changes_total",
+            "Degradation rules set or cleared",
+            ["rule", "change"],
+            registry=r,
+        )
+        for o in OBJECTIVES:
+            self.slo_objective.labels(o.sli).set(o.limit)
+        for name in SLIS:
+            self.sli.labels(name).set(float("nan"))
+            self.slo_breached_windows.labels(name).set(0)
+        for rule in RULES:
+            self.degradation.labels(rule.name).set(0)
+            for change in ("set", "cleared"):
+                self.degradation_changes.labels(rule.name, change)
+
+    def set_slo(self, last: WindowResult, breached_windows: Mapping[str, int]) -> None:
+        for name, value in last.values.items():
+            self.sli.labels(name).set(float("nan") if value is None else value)
+        for name, n in breached_windows.items():
+            self.slo_breached_windows.labels(name).set(n)
+
+    def set_degradation(self, active: frozenset[str]) -> None:
+        for rule in RULES:
+            self.degradation.labels(rule.name).set(1 if rule.name in active else 0)
 
     def observe_record(self, topic: str, record: dict[str, Any]) -> None:
         if topic == "orders":

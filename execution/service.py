@@ -96,6 +96,8 @@ from execution.safety import (
 from execution.service_commits import OffsetCommitter
 from execution.service_inputs import INPUTS, InputGate
 from execution.service_restore import read_before_committed, read_signals
+from execution.service_slo import DegradationAudit, SloFeed
+from execution.slo import SloMonitor
 from schemas.catalogue import dlq_topic
 from schemas.catalogue import topic as topic_spec
 from schemas.registry import registry_from_url
@@ -131,18 +133,31 @@ class KafkaSink:
     """The executor's `OutputSink` on the Kafka publisher; also feeds metrics and echoes the first order."""
 
     def __init__(
-        self, publisher: Publisher, metrics: ExecutorMetrics, mode: str, commit: Callable[[], None] | None = None
+        self,
+        publisher: Publisher,
+        metrics: ExecutorMetrics,
+        mode: str,
+        commit: Callable[[], None] | None = None,
+        slo: SloMonitor | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
-        """`commit`: the transactional service's commit of its open transaction (the barrier's)."""
+        """`commit`: the transactional service's commit of its open transaction (the barrier's); `slo`: the
+        monitor the order records feed (round trips from PENDING_NEW, or the barrier, to the next state)."""
         self.publisher = publisher
         self.metrics = metrics
         self.mode = mode
         self.first_order_logged = False
         self.commit = commit
+        self.slo = slo
+        self.clock = clock or (lambda: int(time.time() * 1000))
 
     def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
         self.publisher.publish(topic, key, record)
         self.metrics.observe_record(topic, record)
+        if topic == "orders" and self.slo is not None:
+            round_trip_ms = self.slo.order_record(record, self.clock())
+            if round_trip_ms is not None:
+                self.metrics.round_trip.observe(round_trip_ms / 1000)
         if topic == "orders" and record["state"] == "PENDING_NEW" and not self.first_order_logged:
             self.first_order_logged = True
             log.warning(
@@ -160,11 +175,13 @@ class KafkaSink:
     def barrier(self) -> None:
         if self.commit is not None:  # committed, not only acknowledged: raises when it was aborted
             self.commit()
-            return
-        remaining = self.publisher.flush(10)
-        if remaining or not self.publisher.healthy:
-            # fail closed: an order whose intent is not recorded must not be sent
-            raise RuntimeError(f"order intent not durable ({remaining} records undelivered); refusing to send")
+        else:
+            remaining = self.publisher.flush(10)
+            if remaining or not self.publisher.healthy:
+                # fail closed: an order whose intent is not recorded must not be sent
+                raise RuntimeError(f"order intent not durable ({remaining} records undelivered); refusing to send")
+        if self.slo is not None:  # the order goes to the broker now: its round trip starts here
+            self.slo.sending(self.clock())
 
     @property
     def healthy(self) -> bool:
@@ -187,8 +204,10 @@ class ExecutorService:
         options: ExecuteOptions,
         clock: Callable[[], int] | None = None,
         broker: Broker | None = None,
+        audit: DegradationAudit | None = None,
     ) -> None:
-        """`broker`: the connected exchange broker of testnet/live (None: a fresh paper broker per assignment)."""
+        """`broker`: the connected exchange broker of testnet/live (None: a fresh paper broker per assignment);
+        `audit`: where degradation changes are written (None: log lines only)."""
         self.settings = settings
         self.mode = mode
         self.config = config
@@ -208,8 +227,15 @@ class ExecutorService:
             transactional_id=self._group if self.transactional else None,
         )
         self.committer = OffsetCommitter(self.publisher, self.transactional)
+        audit = audit or DegradationAudit(None, mode)
+        self.slo = SloFeed(SloMonitor(self.clock(), active=audit.last_active()), self.metrics, audit, mode)
         self.sink = KafkaSink(
-            self.publisher, self.metrics, mode, commit=self.committer.commit_transaction if self.transactional else None
+            self.publisher,
+            self.metrics,
+            mode,
+            commit=self.committer.commit_transaction if self.transactional else None,
+            slo=self.slo.monitor,
+            clock=self.clock,
         )
         self.inputs = InputGate(
             self.prefix, serde, self.metrics, max_hold_s=options.max_hold_s, start_from=options.start_from
@@ -359,8 +385,27 @@ class ExecutorService:
         if self.reconciler is not None and self.reconciler.due(now):
             self._reconcile(ex, now)
         self._refresh_gauges(ex, now)
+        self.slo.tick(now, self._streams_up(ex, now))
+        self._publish_flags(ex)
         if self._lag.due(time.monotonic()):  # the assignment is built only when it is asked
             self._lag.maybe_refresh(self._consumer, self._consumer.assignment(), time.monotonic())
+
+    def _streams_up(self, ex: Executor, now: int) -> bool | None:
+        """The SLO's websocket sample: market data (the producer's streams) newer than `ws_fresh_ms` and, in
+        exchange modes, the broker healthy (its user-data websocket connected); None in paper mode before
+        any market data (nothing to judge)."""
+        newest = max(ex.data_time.values(), default=None)
+        md_up = None if newest is None else now - newest <= self.slo.monitor.config.ws_fresh_ms
+        if self.mode == "paper":
+            return md_up
+        return ex.venue_up and md_up is not False
+
+    def _publish_flags(self, ex: Executor) -> None:
+        """Hand the order router the degradation flags in force (`execution.routing.Router.flags`, the
+        router of the executor's routed entries; an executor without one has nothing to degrade)."""
+        routed = getattr(ex.entry_flow, "routed", None)
+        if routed is not None:
+            routed.router.flags = self.slo.flags()
 
     def _close(self, failed: bool) -> None:
         """On the way out: commit what was handled (abort instead after a failure), close the consumers."""
@@ -377,6 +422,7 @@ class ExecutorService:
         finally:
             self._consumer.close()
             self._risk.close()
+            self.slo.audit.close()
             self.status = "failed" if failed else "stopped"
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -428,6 +474,7 @@ class ExecutorService:
             )
         if self.reconciler is not None:  # reconcile first, then trade
             self._reconcile(executor, self.clock())
+        self._publish_flags(executor)
         self.executor = executor
         self.restores += 1
         self.status = "running" if executor.owner_ok else "degraded"
@@ -468,12 +515,14 @@ class ExecutorService:
         now = self.clock()
         if name == "md.trades":
             ex.on_trade(record, now)
+            self.slo.trade(record, now)
         elif name == "md.book":
             ex.on_book(record, now)
         elif name == "md.mark":
             ex.on_mark(record, now)
         else:
             decision = ex.on_signal(record, now)
+            self.slo.signal(decision.allowed, decision.reason, now)
             if decision.allowed:
                 produced_ms = msg.timestamp()[1]
                 self.metrics.signal_to_order.observe(max(0.0, time.time() - produced_ms / 1000))
@@ -501,6 +550,7 @@ class ExecutorService:
             "sole_writer": ex.owner_ok if ex else False,
             "exchange_up": ex.venue_up if ex else False,
             "outputs_healthy": self.publisher.healthy,
+            "degradation": self.slo.flags().reason or None,
         }
 
 
@@ -557,7 +607,9 @@ async def _run_service(
         log.error("no Kafka", error=str(exc))
         return 2
     serde = AvroSerde(registry_from_url(settings.schema_registry_url))
-    service = ExecutorService(settings, mode, config, bootstrap, serde, options, broker=exchange)
+    service = ExecutorService(
+        settings, mode, config, bootstrap, serde, options, broker=exchange, audit=_degradation_audit(settings, mode)
+    )
     ran = await run_thread_with_endpoint(
         service.run,
         build_app(service.metrics.registry, service.health, frozenset({"running"})),
@@ -572,3 +624,18 @@ async def _run_service(
         "executor stopped", code=code, delivered=service.publisher.delivered, undelivered=len(service.publisher.failed)
     )
     return code
+
+
+def _degradation_audit(settings: Settings, mode: str) -> DegradationAudit:
+    """Degradation changes go to the database's execution_degradations when there is one (the writer
+    role: TAPEFLOW_DATABASE_URL or the embedded stack's); without, they are log lines only."""
+    from tapeflow_runtime.endpoints import resolve_database
+    from tapeflow_runtime.errors import TapeflowError
+    from tapeflow_runtime.paths import StackPaths
+
+    try:
+        conninfo: str | None = resolve_database(settings, StackPaths(settings.home)).writer
+    except TapeflowError as exc:
+        log.info("no database: degradation changes are logged, not audited", reason=str(exc))
+        conninfo = None
+    return DegradationAudit(conninfo, mode)

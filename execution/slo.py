@@ -262,21 +262,25 @@ class SloMonitor:
         w.answered += 1
         w.balance_rejects += insufficient_balance
 
-    def order_record(self, record: Mapping[str, Any], now_ms: int) -> None:
+    def order_record(self, record: Mapping[str, Any], now_ms: int) -> float | None:
         """An order record the executor emitted: PENDING_NEW starts its round trip, the next state of
-        the same order ends it (and is its answer); a maker entry (LIMIT) that ended gives its fill ratio."""
+        the same order ends it (and is its answer); a maker entry (LIMIT) that ended gives its fill ratio.
+        Returns the round trip it ended (ms), if any."""
         cid, state = record["client_order_id"], record["state"]
         if state == "PENDING_NEW":
             if len(self._sent) > 10_000:  # never answered (a failure in between): do not grow for ever
                 self._sent.clear()
             self._sent[cid] = now_ms
-            return
+            return None
         sent = self._sent.pop(cid, None)
+        round_trip = None
         if sent is not None:
-            self.round_trip(now_ms - sent, now_ms)
+            round_trip = max(0, now_ms - sent)
+            self.round_trip(round_trip, now_ms)
             self.order_answer(is_insufficient_balance(state, record.get("reason")), now_ms)
         if record["leg"] == "entry" and record["type"] == "LIMIT" and state in _TERMINAL and record["qty"] > 0:
             self.maker_order(float(record["filled_qty"]) / float(record["qty"]), now_ms)
+        return round_trip
 
     def sending(self, now_ms: int) -> None:
         """The orders recorded but not answered go to the broker now (after the sink's barrier, which
