@@ -220,7 +220,8 @@ class RoutedStrategy(Protocol):
 
 class Router:
     """The routing tables in force and what the router remembers between entries (the spreads), plus
-    the degradation flags the SLO monitor last set. One per executor (``executor.entry_flow.router``).
+    the degradation flags the SLO monitor last set (``flags``, or ``flags_at(now_ms)``: a scripted
+    sequence in a backtest). One per executor (``executor.entry_flow.router``).
 
     Tables are found by the signal's ``config_hash`` (the strategy revision that made it): those
     registered (``register_all``: the backtest registers its strategies), else what ``resolver`` returns
@@ -230,7 +231,8 @@ class Router:
     def __init__(self, default: RoutingTable) -> None:
         self.default = default
         self.tables: dict[str, RoutingTable] = {}  # strategy config_hash -> its own table
-        self.flags: DegradationFlags = NONE
+        self.flags: DegradationFlags = NONE  # the SLO monitor's flags in force (a value it replaces)...
+        self.flags_at: Callable[[int], DegradationFlags] | None = None  # ...or a function of the clock (wins)
         self.spreads = SpreadTracker(default.probe.mean_window_ms)
         self.resolver: Callable[[str], RoutingTable | None] | None = None
 
@@ -265,7 +267,8 @@ class Router:
         flags: DegradationFlags | None = None,
     ) -> RoutePlan | ProbeResult:
         """The entry's plan, or the probe's ``wait`` result when the entry must be held first."""
-        flags = self.flags if flags is None else flags
+        if flags is None:
+            flags = self.flags_at(now_ms) if self.flags_at is not None else self.flags
         table = self.table_for(config_hash)
         bucket = table.buckets[bucket_for(table, notional)]
         if flags.no_twap_no_maker:

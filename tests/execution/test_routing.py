@@ -165,6 +165,9 @@ def test_degradation_flags_turn_the_plan_into_market_orders():
     assert isinstance(one, RoutePlan) and (one.maker_wait_ms, one.slices) == (0, 1)
     router.flags = DegradationFlags(no_twap_no_maker=True)  # what the SLO monitor sets
     assert router.plan("h", "BUY", 750.0, wide, T0, 0) == one
+    router.flags_at = lambda now: DegradationFlags(no_twap_no_maker=now >= T0 + 5000)  # a scripted sequence
+    assert isinstance(router.plan("h", "BUY", 750.0, wide, T0, 0), ProbeResult)
+    assert router.plan("h", "BUY", 750.0, wide, T0 + 5000, 0) == one
 
 
 def test_a_strategy_revision_carries_its_own_table_in_its_hash():
