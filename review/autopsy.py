@@ -9,6 +9,9 @@
 - counterfactuals (``review.counterfactual``): TP, stop and size x 0.5 / 0.75 / 1.25 / 1.5 replayed
   through the executor's own exit and paper-fill code, with the replay at x1 checked against the
   actual exit;
+- the confidence model's part, when the revision that made the signal names a model: its p and its
+  largest SHAP contributions (``confidence_model``, computed by the caller's explainer: the model code
+  lives above this layer);
 - the narrative (``review.narrative``).
 
 The replay's fill model (``infer_model``) comes from the trade's own fills where they tell it: the
@@ -52,6 +55,7 @@ class TradeFacts:
     gate: str | None = None
     run_id: str = ""
     fill_trade_ids: Mapping[str, str] = field(default_factory=dict)  # client order id -> a fill's trade id
+    confidence_model: Mapping[str, Any] | None = None  # p and top SHAP contributions of the model, if one ran
 
 
 @dataclass(slots=True)
@@ -66,6 +70,7 @@ class Autopsy:
     layers: Mapping[str, Any] | None
     gate: str | None
     narrative: list[str] = field(default_factory=list)
+    confidence_model: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         cf = self.counterfactuals
@@ -101,6 +106,7 @@ class Autopsy:
             },
             "layers": dict(self.layers) if self.layers else None,
             "gate": self.gate,
+            "confidence_model": dict(self.confidence_model) if self.confidence_model else None,
             "narrative": self.narrative,
         }
 
@@ -254,6 +260,7 @@ def build_autopsy(facts: TradeFacts, defaults: ExecutorConfig | None = None) -> 
         _matches(closed, cf),
         facts.layers,
         facts.gate,
+        confidence_model=facts.confidence_model,
     )
     a.narrative = narrative.sentences(a.as_dict())
     return a

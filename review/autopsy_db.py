@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,13 @@ _AFTER_MS = 5 * 60_000  # path read past the last possible close, for the fill a
 
 class AutopsyError(TapeflowError):
     """No such closed trade, or not enough stored to dissect it."""
+
+
+#: the confidence model's part in a decision, for the narrative: called with the connection and the
+#: decision (strategy, config_rev, signal_id, eval_time, inputs, layer_scores, score, direction), it
+#: returns the model's p and largest SHAP contributions, or None when no model took part. The model code
+#: is above this layer (backtest.research.model_health_explain), so the caller hands it in.
+Explainer = Callable[[psycopg.Connection, Mapping[str, Any]], Mapping[str, Any] | None]
 
 
 def _cur(conn: psycopg.Connection) -> psycopg.Cursor[dict[str, Any]]:
@@ -347,7 +354,12 @@ def _path(
 
 
 def load_facts(
-    conn: psycopg.Connection, position_id: str, *, mode: str | None = None, run_id: str | None = None
+    conn: psycopg.Connection,
+    position_id: str,
+    *,
+    mode: str | None = None,
+    run_id: str | None = None,
+    explain: Explainer | None = None,
 ) -> TradeFacts:
     """Every row the autopsy of one closed trade reads (module docstring)."""
     if run_id:
@@ -363,7 +375,9 @@ def load_facts(
     )
     signal = (
         _cur(conn)
-        .execute("SELECT score, factors, eval_time FROM signals WHERE signal_id = %s", (opened["signal_id"],))
+        .execute(
+            "SELECT score, factors, eval_time, config_rev FROM signals WHERE signal_id = %s", (opened["signal_id"],)
+        )
         .fetchone()
     )
     features = None
@@ -373,7 +387,8 @@ def load_facts(
         features = (
             _cur(conn)
             .execute(
-                "SELECT layer_scores, gate FROM features WHERE evaluation_id = %s AND eval_time = %s",
+                "SELECT layer_scores, gate, inputs, score, direction FROM features"
+                " WHERE evaluation_id = %s AND eval_time = %s",
                 (evaluation_id, signal["eval_time"]),
             )
             .fetchone()
@@ -402,7 +417,32 @@ def load_facts(
         layers=features["layer_scores"] if features else None,
         gate=features["gate"] if features else None,
         fill_trade_ids=trade_ids,
+        confidence_model=_explained(conn, explain, opened, signal, features),
     )
+
+
+def _explained(
+    conn: psycopg.Connection,
+    explain: Explainer | None,
+    opened: Mapping[str, Any],
+    signal: Mapping[str, Any] | None,
+    features: Mapping[str, Any] | None,
+) -> Mapping[str, Any] | None:
+    """The explainer's answer for the trade's decision (None without a signal, its evaluation row or an
+    explainer)."""
+    if explain is None or signal is None or features is None:
+        return None
+    decision = {
+        "strategy": opened["strategy"],
+        "config_rev": signal.get("config_rev"),
+        "signal_id": opened["signal_id"],
+        "eval_time": signal["eval_time"],
+        "inputs": features["inputs"],
+        "layer_scores": features["layer_scores"],
+        "score": features["score"],
+        "direction": features["direction"] or opened["direction"],
+    }
+    return explain(conn, decision)
 
 
 def _backtest_run(conn: psycopg.Connection, position_id: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -463,9 +503,14 @@ def _backtest_facts(conn: psycopg.Connection, position_id: str, run_id: str) -> 
 
 
 def autopsy(
-    conn: psycopg.Connection, position_id: str, *, mode: str | None = None, run_id: str | None = None
+    conn: psycopg.Connection,
+    position_id: str,
+    *,
+    mode: str | None = None,
+    run_id: str | None = None,
+    explain: Explainer | None = None,
 ) -> Autopsy:
-    facts = load_facts(conn, position_id, mode=mode, run_id=run_id)
+    facts = load_facts(conn, position_id, mode=mode, run_id=run_id, explain=explain)
     defaults = None
     if run_id:
         executor = (
@@ -544,7 +589,7 @@ def store(conn: psycopg.Connection, autopsies: Sequence[Autopsy], computed_ms: i
     return len(rows)
 
 
-def write_autopsies(conn: psycopg.Connection, since_ms: int, until_ms: int) -> int:
+def write_autopsies(conn: psycopg.Connection, since_ms: int, until_ms: int, explain: Explainer | None = None) -> int:
     """Autopsy every position (any mode) closed in [since_ms, until_ms) into ``trade_autopsies``;
     returns how many were written (a trade whose rows are incomplete is logged and left out).
     Idempotent: a trade's row is replaced. Commits."""
@@ -560,7 +605,7 @@ def write_autopsies(conn: psycopg.Connection, since_ms: int, until_ms: int) -> i
     done = []
     for r in closed:
         try:
-            done.append(autopsy(conn, r["position_id"], mode=r["mode"]))
+            done.append(autopsy(conn, r["position_id"], mode=r["mode"], explain=explain))
         except AutopsyError as exc:  # one trade's missing rows must not cost the others their autopsy
             log.warning("trade autopsy skipped", position_id=r["position_id"], mode=r["mode"], reason=str(exc))
     n = store(conn, done, until_ms)
@@ -590,7 +635,9 @@ LIMIT %(limit)s
 PENDING_LIMIT = 2_000
 
 
-def write_pending_autopsies(conn: psycopg.Connection, now_ms: int, limit: int = PENDING_LIMIT) -> int:
+def write_pending_autopsies(
+    conn: psycopg.Connection, now_ms: int, limit: int = PENDING_LIMIT, explain: Explainer | None = None
+) -> int:
     """Autopsy the closed positions that have none yet and whose price path is stored to its end
     (``_PENDING_SQL``), oldest first, at most ``limit`` a call (the hourly pass of ``tapeflow labels
     serve``; a longer backlog is worked through pass by pass). Returns how many were written; a trade
@@ -606,7 +653,7 @@ def write_pending_autopsies(conn: psycopg.Connection, now_ms: int, limit: int = 
     done = []
     for r in rows:
         try:
-            done.append(autopsy(conn, r["position_id"], mode=r["mode"]))
+            done.append(autopsy(conn, r["position_id"], mode=r["mode"], explain=explain))
         except AutopsyError as exc:
             log.warning("trade autopsy skipped", position_id=r["position_id"], mode=r["mode"], reason=str(exc))
     n = store(conn, done, now_ms)

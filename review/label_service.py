@@ -12,6 +12,11 @@ of samples with a few queries per market. A failed pass (database down, or a row
 logged and retried at the next hour; `/health` says `failing` meanwhile (so `tapeflow status` shows it)
 and the process keeps running rather than crash-looping under the supervisor.
 
+After the labels and autopsies, each job of ``after_pass`` runs (the confidence-model health job,
+``backtest.research.model_health_job``, which ``tapeflow labels serve`` hands in: this layer may not
+import it) and its one-line summary joins the `/health` detail. A job that fails makes the pass fail
+like the labels would (logged, `failing`, retried at the next hour); the labels written stay.
+
 The rows written are also produced to ``outcome.labels`` (keyed like the table, compacted) once their
 transaction has committed, when the stack has a broker: the table is the record, the topic lets a
 consumer follow new labels without polling it. A record the broker did not take is logged; the
@@ -31,7 +36,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from execution.config import ExecutorConfig
-from review.autopsy_db import write_pending_autopsies
+from review.autopsy_db import Explainer, write_pending_autopsies
 from review.label_job import label_key, label_record, run_due
 from review.labels import HOUR_MS, LabelParams, OutcomeLabel
 from tapeflow_runtime.publisher import Publisher
@@ -53,6 +58,8 @@ class LabelService:
     params: LabelParams
     config: ExecutorConfig
     publisher: Publisher | None = None  # outcome.labels, when the stack has a broker
+    after_pass: Sequence[Callable[[int], str]] = ()  # jobs run after each pass: now_ms -> a summary
+    explain: Explainer | None = None  # the confidence model's part in a trade, for its autopsy's narrative
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     status: str = "starting"
     detail: str = ""
@@ -95,6 +102,7 @@ class LabelService:
                 on_written=publish,
             )
             autopsies = self._autopsies(now_ms)
+            extra = [job(now_ms) for job in self.after_pass]
         except psycopg.Error as exc:
             self.status, self.detail = "failing", str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
             log.warning("outcome labels failed", error=self.detail)
@@ -113,14 +121,16 @@ class LabelService:
         written = {m: r.written for m, r in results.items()}
         self.autopsies.inc(autopsies)
         self.status = "running"
-        self.detail = f"labels written {sum(written.values())}, trade autopsies {autopsies} at the last pass"
+        self.detail = "; ".join(
+            [f"labels written {sum(written.values())}, trade autopsies {autopsies} at the last pass", *extra]
+        )
         log.info(
             "outcome labels", written=written, pending={m: r.pending for m, r in results.items()}, autopsies=autopsies
         )
 
     def _autopsies(self, now_ms: int) -> int:
         with psycopg.connect(self.conninfo) as conn:
-            return write_pending_autopsies(conn, now_ms)
+            return write_pending_autopsies(conn, now_ms, explain=self.explain)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -3,6 +3,8 @@ always reads the same (no clock, no randomness).
 
 1. what was traded, what drove the signal (its strongest score layers, a gate that fired) and what
    closed it after how long;
+   then, when a confidence model took part, its p and the features that moved it most (their SHAP
+   contributions in log-odds, largest first);
 2. where the money went (gross, fees, slippage, funding, net in R) and the verdict;
 3. the fills against the mid at send (when the orders carried it);
 4. the peers (when there are any);
@@ -67,6 +69,28 @@ def _drivers(layers: Mapping[str, Any] | None, gate: str | None) -> str:
     return "; " + ", ".join(parts) if parts else ""
 
 
+def _number(value: float) -> str:
+    """A feature value in few characters: 3 significant digits, no exponent for everyday sizes."""
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e6 or value == 0 else f"{value:.2e}"
+
+
+def model_sentence(m: Mapping[str, Any] | None) -> str | None:
+    """The confidence model's part (``Autopsy.confidence_model``): its p, where the p came from, and its
+    largest SHAP contributions."""
+    if not m or not m.get("contributions"):
+        return None
+    parts = []
+    for c in m["contributions"]:
+        value = "missing" if c.get("value") is None else _number(float(c["value"]))
+        parts.append(f"{c['feature']} = {value} ({float(c['shap']):+.2f})")
+    listed = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
+    source = "" if m.get("p_source") != "signal" else ", as the signal carried it"
+    return (
+        f"The confidence model ({m.get('learner', 'model')}) gave p(win) {float(m['p_win']):.2f}{source}; "
+        f"its largest SHAP contributions (log-odds): {listed}."
+    )
+
+
 def sentences(a: Mapping[str, Any]) -> list[str]:
     """The narrative of an autopsy dict (``review.autopsy.Autopsy.as_dict``)."""
     t, costs = a["trade"], a["costs"]
@@ -76,6 +100,9 @@ def sentences(a: Mapping[str, Any]) -> list[str]:
         f"{_drivers(a.get('layers'), a.get('gate'))}; closed by {EXIT_WORDS.get(t['exit_reason'], t['exit_reason'])}"
         f" after {duration(t['exit_time'] - t['entry_time'])}."
     ]
+    told = model_sentence(a.get("confidence_model"))
+    if told is not None:
+        out.append(told)
     g, f, s, u = costs["gross_r"], costs["fees_r"], costs["slippage_r"], costs["funding_r"]
     out.append(
         f"Gross {g:+.2f}R, fees {f:.2f}R, slippage {s:.2f}R, funding {u:+.2f}R: net {costs['net_r']:+.2f}R, "

@@ -3,7 +3,10 @@
 closed since the canary started) are held to its guardrails (``stream_apps.core.rollout.Guardrails``:
 max drawdown in R, rolling net R, win rate); a breach rolls the canary back by itself: the rollback
 state on config.rollouts, an ``auto_rollback`` audit row (actor ``guardrail``, the breach as reason)
-and an alert in the log.
+and an alert in the log. A canary whose revision names a confidence model is also held to that model's
+health (``model_check``, ``canary_model_breach``): its rolling AUC and Brier score over the strategy's
+last labelled trades (``backtest.research.model_health``), rolled back the same way when unhealthy
+(the reason says "model health: ..."). Each such judgement is a ``model_health`` row (role canary).
 
 Where it runs, and why a service of its own: the controller needs the registry and the control topic
 (``tapeflow.rollout``, the top layer), so neither the executor nor the sink may host it, and the
@@ -28,6 +31,11 @@ from tapeflow.rollout import Publisher, RolloutError, apply_step, plan_rollback
 
 if TYPE_CHECKING:
     import psycopg
+
+    from backtest.research.model_health import HealthThresholds, ModelCache
+
+#: the model health of a canary: its breach as the audit's reason, or None (healthy, not judged, no model)
+ModelCheck = Callable[["psycopg.Connection", RolloutState], "str | None"]
 
 log = structlog.get_logger("guardrail")
 EVERY_MS = 10 * 60_000
@@ -82,19 +90,55 @@ class GuardResult:
     rolled_back: dict[str, str] = field(default_factory=dict)  # strategy -> breach
 
 
+def canary_model_breach(
+    conn: psycopg.Connection,
+    state: RolloutState,
+    limits: HealthThresholds | None = None,
+    cache: ModelCache | None = None,
+    now_ms: int | None = None,
+) -> str | None:
+    """The canary's model health as a breach (module docstring), or None. A model file that cannot be
+    read is a breach too: a canary must not trade on a model nobody can check."""
+    from backtest.research.model_health import HealthThresholds, ModelHealthError
+    from backtest.research.model_health_job import gate
+
+    assert state.canary is not None
+    try:
+        judged = gate(
+            conn,
+            state.strategy,
+            state.canary.content,
+            limits or HealthThresholds(),
+            role="canary",
+            config_rev=state.canary.rev,
+            cache=cache,
+            now=now_ms,
+        )
+    except ModelHealthError as exc:
+        conn.rollback()
+        return f"model health: the canary's model cannot be checked: {exc}"
+    if judged is None or not judged.health.unhealthy:
+        return None
+    return f"model health: {judged.health.reason} (model {judged.model_sha256[:12]})"
+
+
 def check_once(
     conn: psycopg.Connection,
     states: dict[str, RolloutState],
     publisher: Publisher,
     now_ms: int,
+    model_check: ModelCheck | None = None,
 ) -> GuardResult:
-    """One pass over every running canary; a breaching one is rolled back (module docstring)."""
+    """One pass over every running canary; a breaching one (its trades, or its model's health when
+    ``model_check`` is given) is rolled back (module docstring)."""
     result = GuardResult()
     for name, state in sorted(states.items()):
         if state.canary is None:
             continue
         result.checked.append(name)
         why = breach(canary_trades(conn, state), state.guardrails or Guardrails())
+        if why is None and model_check is not None:
+            why = model_check(conn, state)
         conn.commit()  # the read's transaction ends before the rollback's starts
         if why is None:
             continue

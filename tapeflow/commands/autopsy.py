@@ -51,6 +51,14 @@ def _connect(conninfo: str) -> psycopg.Connection:
         raise fail(f"cannot reach the database: {first}") from None
 
 
+def _explainer() -> Any:
+    """The confidence model's part in the trade, for the narrative (``backtest.research.model_health_explain``)."""
+    from backtest.research.model_health_explain import TradeExplainer
+    from tapeflow.commands.rollout import _running
+
+    return TradeExplainer(_running)
+
+
 def _f(x: float | None, spec: str = "+.2f", unit: str = "") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{spec}}{unit}"
 
@@ -218,7 +226,7 @@ def autopsy(
     with _connect(conninfo) as conn:
         try:
             if trade_id is not None:
-                doc = run_autopsy(conn, trade_id, mode=mode, run_id=run).as_dict()
+                doc = run_autopsy(conn, trade_id, mode=mode, run_id=run, explain=_explainer()).as_dict()
                 echo(json.dumps(doc, default=str) if as_json else render(doc))
                 return
             start, end = parse_time(from_ or "", "--from"), parse_time(to or "", "--to")

@@ -258,8 +258,10 @@ def labels_run(
     closed trades whose market data is complete (for cron; `serve` repeats it)."""
     import psycopg
 
+    from backtest.research.model_health_explain import TradeExplainer
     from review.autopsy_db import write_pending_autopsies
     from review.label_job import run_due
+    from tapeflow.commands.rollout import _running
 
     params = _params(threshold, strategy_threshold, horizons)
     config = _executor_config(executor_config)
@@ -276,7 +278,7 @@ def labels_run(
             on_written=_publishing(publisher, now_ms),
         )
         with psycopg.connect(conninfo) as conn:
-            autopsies = write_pending_autopsies(conn, now_ms)
+            autopsies = write_pending_autopsies(conn, now_ms, explain=TradeExplainer(_running))
     except psycopg.Error as exc:
         raise _db_error(exc) from None
     for m, r in results.items():
@@ -306,13 +308,21 @@ def labels_serve(
     configure_logging(settings.log_level, settings.log_format)
     from prometheus_client import CollectorRegistry
 
+    from backtest.research.model_health_explain import TradeExplainer
+    from backtest.research.model_health_job import ModelHealthJob
+    from tapeflow.commands.rollout import _running
+
     registry = CollectorRegistry()
+    conninfo = _database(database, write=True)
+    health = ModelHealthJob(conninfo, _running, registry)  # the confidence models' rolling AUC and Brier
     service = LabelService(
-        _database(database, write=True),
+        conninfo,
         _modes(mode),
         _params(threshold, strategy_threshold, horizons),
         _executor_config(executor_config),
         publisher=_publisher(registry),
         registry=registry,
+        after_pass=[health],
+        explain=TradeExplainer(_running, health.cache),
     )
     raise typer.Exit(asyncio.run(run_label_service(service, settings.metrics_host, metrics_port)))

@@ -8,7 +8,11 @@
 
 Each step is a row of strategy_rollouts_audit (who: the OS user or --as; why: --reason) and a new state
 on config.rollouts, which an engine worker with ``follow_rollouts`` applies without a restart. A candidate that changes what shapes the
-engine's per-symbol state (windows, detectors) is refused: the engine must restart on it."""
+engine's per-symbol state (windows, detectors) is refused: the engine must restart on it. A candidate
+(or, at --finish, a canary) whose file names a confidence model (``model: {file, sha256}``) is refused
+while that model is unhealthy over the strategy's last labelled trades (``backtest.research.model_health``:
+AUC below --model-min-auc or Brier above --model-max-brier, once --model-min-samples trades are
+labelled); the guardrail controller rolls back a running canary on the same verdict."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from tapeflow.commands.strategy import strategy_app
 if TYPE_CHECKING:
     import psycopg
 
+    from backtest.research.model_health import HealthThresholds
     from stream_apps.core.rollout import Guardrails, Revision, RolloutState
     from stream_apps.core.strategy import StrategyConfig
     from tapeflow.rollout import Publisher
@@ -35,6 +40,49 @@ DatabaseOption = Annotated[
     typer.Option("--database", help="PostgreSQL conninfo or URL (default: TAPEFLOW_DATABASE_URL, else the stack's)."),
 ]
 ActorOption = Annotated[str | None, typer.Option("--as", help="Who takes the step (default: the OS user).")]
+MinAucOption = Annotated[
+    float, typer.Option("--model-min-auc", help="Model health: lowest rolling AUC over the last labelled trades.")
+]
+MaxBrierOption = Annotated[float, typer.Option("--model-max-brier", help="Model health: highest rolling Brier score.")]
+MinSamplesOption = Annotated[
+    int, typer.Option("--model-min-samples", help="Model health: labelled trades before a model is judged.")
+]
+
+
+def _model_limits(min_auc: float, max_brier: float, min_samples: int) -> HealthThresholds:
+    from backtest.research.model_health import HealthThresholds, ModelHealthError
+
+    try:
+        return HealthThresholds(min_auc=min_auc, max_brier=max_brier, min_samples=min_samples)
+    except ModelHealthError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _model_gate(
+    conn: psycopg.Connection,
+    name: str,
+    content: str,
+    limits: HealthThresholds,
+    rev: int | None,
+    base: Path | None,
+) -> None:
+    """Refuse (RolloutError) a revision whose confidence model is unhealthy; say the verdict otherwise."""
+    from backtest.research.model_health import ModelHealthError
+    from backtest.research.model_health_job import gate
+    from tapeflow.rollout import RolloutError
+
+    try:
+        judged = gate(conn, name, content, limits, role="candidate", config_rev=rev, base=base)
+    except ModelHealthError as exc:
+        raise RolloutError(f"{name}: its confidence model cannot be checked: {exc}") from None
+    if judged is None:
+        return
+    if judged.health.unhealthy:
+        raise RolloutError(
+            f"{name}: not promoted, its confidence model is unhealthy: {judged.health.reason}"
+            " (tapeflow model evaluate shows it on any window)"
+        )
+    echo(f"{name}: confidence model {judged.model_sha256[:12]} {judged.health.status}: {judged.health.reason}")
 
 
 def _conninfo(database: str | None) -> str:
@@ -197,7 +245,9 @@ def _promote_file(
     actor: str,
     database: str | None,
     guards: Guardrails | None = None,
+    limits: HealthThresholds | None = None,
 ) -> None:
+    from backtest.research.model_health import HealthThresholds
     from stream_apps.core.strategy import load_strategy
     from tapeflow.rollout import apply_step, plan_promote, register
 
@@ -209,6 +259,7 @@ def _promote_file(
     control = _Control()
     now_ms = int(time.time() * 1000)
     with _connect(database) as conn:
+        _model_gate(conn, cfg.name, content, limits or HealthThresholds(), None, path.resolve().parent)
         current = control.states().get(cfg.name)
         baseline = None
         if current is None:  # the first step: the file the engine started on is the active revision
@@ -239,12 +290,15 @@ def _promote_file(
         echo(f"{cfg.name}: rev {candidate.rev} is active (was rev {active.rev}; state {after.seq})")
 
 
-def _finish(name: str, reason: str, actor: str, database: str | None) -> None:
+def _finish(name: str, reason: str, actor: str, database: str | None, limits: HealthThresholds | None = None) -> None:
+    from backtest.research.model_health import HealthThresholds
     from tapeflow.rollout import apply_step, plan_finish
 
     control = _Control()
     with _connect(database) as conn:
         current = control.states().get(name)
+        if current is not None and current.canary is not None:
+            _model_gate(conn, name, current.canary.content, limits or HealthThresholds(), current.canary.rev, None)
         after = plan_finish(current, name, actor, reason, int(time.time() * 1000))
         apply_step(conn, control.publisher, current, after)
     echo(f"{name}: rev {after.active.rev} is active on every symbol (state {after.seq})")
@@ -278,15 +332,19 @@ def strategy_promote(
     min_trades: Annotated[
         int, typer.Option("--min-trades", help="Canary guard: trades before the win rate counts.")
     ] = 10,
+    model_min_auc: MinAucOption = 0.55,
+    model_max_brier: MaxBrierOption = 0.25,
+    model_min_samples: MinSamplesOption = 30,
 ) -> None:
     """Register a strategy file and make it the active revision, or run it as a canary beside the active
     revision (--canary 10% or --symbols A,B); with --finish, make the canary of strategy TARGET active.
     The engine follows config.rollouts: each symbol switches at its next input, without a restart."""
     who = _actor(actor)
+    limits = _model_limits(model_min_auc, model_max_brier, model_min_samples)
     if finish:
         if canary is not None or symbols is not None:
             raise fail("--finish takes no --canary or --symbols", 2)
-        _run(lambda: _finish(target, reason, who, database))
+        _run(lambda: _finish(target, reason, who, database, limits))
         return
     from stream_apps.core.rollout import Guardrails
 
@@ -294,7 +352,7 @@ def strategy_promote(
         guards = Guardrails(max_drawdown_r, min_net_r, window_trades, min_win_rate, min_trades)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    _run(lambda: _promote_file(Path(target), canary, symbols, reason, who, database, guards))
+    _run(lambda: _promote_file(Path(target), canary, symbols, reason, who, database, guards, limits))
 
 
 def _rollback(name: str, reason: str, actor: str, database: str | None) -> RolloutState:
@@ -338,25 +396,39 @@ def strategy_guard(
     metrics_port: Annotated[
         int, typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics and /health (0 = a free one).")
     ] = 0,
+    model_min_auc: MinAucOption = 0.55,
+    model_max_brier: MaxBrierOption = 0.25,
+    model_min_samples: MinSamplesOption = 30,
 ) -> None:
     """The canary guardrail controller: each running canary's closed trades against its guardrails (max
-    drawdown, rolling net R, win rate); a breach rolls the canary back with an auto_rollback audit row and
+    drawdown, rolling net R, win rate) and its confidence model's health (AUC, Brier); a breach rolls the canary back with an auto_rollback audit row and
     an alert in the log. The stack runs it as the `guardrail` service."""
     import asyncio
 
+    from backtest.research.model_health import ModelCache
     from tapeflow.rollout_guard import GuardResult, GuardService, check_once, serve_guard
     from tapeflow_runtime.logs import configure_logging
 
     settings = state.settings()
     configure_logging(settings.log_level, settings.log_format)
     conninfo = _conninfo(database)
+    limits = _model_limits(model_min_auc, model_max_brier, model_min_samples)
+    cache = ModelCache()  # each model file read once however many passes judge it
 
     def run_pass(now_ms: int) -> GuardResult:
         import psycopg
 
+        from tapeflow.rollout_guard import canary_model_breach
+
         control = _Control()
         with psycopg.connect(conninfo, connect_timeout=10) as conn:
-            return check_once(conn, control.states(), control.publisher, now_ms)
+            return check_once(
+                conn,
+                control.states(),
+                control.publisher,
+                now_ms,
+                lambda c, s: canary_model_breach(c, s, limits, cache, now_ms),
+            )
 
     if once:
         done: list[GuardResult] = []
