@@ -93,14 +93,14 @@ class ExecutorMetrics:
         self.slo_objective = Gauge(
             "tapeflow_executor_slo_objective", "Each execution SLI's objective", ["sli"], registry=r
         )
-        self.slo_breached_windows = Gauge(
-            "tapeflow_executor_slo_breached_windows",
-            "Consecutive closed SLO windows in which the SLI missed its objective",
+        self.slo_breached = Gauge(
+            "tapeflow_executor_slo_breached_seconds",
+            "Time the SLI has missed its objective: consecutive breached closed windows x the window length",
             ["sli"],
             registry=r,
         )
         self.degradation = Gauge(
-            "tapeflow_executor_degradation", "1 while the degradation rule is in force", ["rule"], registry=r
+            "tapeflow_executor_degradation_state", "1 while the degradation rule is in force, else 0", ["rule"], registry=r
         )
         self.degradation_changes = Counter(
             "tapeflow_executor_degradation_changes_total",
@@ -112,17 +112,18 @@ class ExecutorMetrics:
             self.slo_objective.labels(o.sli).set(o.limit)
         for name in SLIS:
             self.sli.labels(name).set(float("nan"))
-            self.slo_breached_windows.labels(name).set(0)
+            self.slo_breached.labels(name).set(0)
         for rule in RULES:
             self.degradation.labels(rule.name).set(0)
             for change in ("set", "cleared"):
                 self.degradation_changes.labels(rule.name, change)
 
     def set_slo(self, last: WindowResult, breached_windows: Mapping[str, int]) -> None:
+        window_s = (last.end_ms - last.start_ms) / 1000
         for name, value in last.values.items():
             self.sli.labels(name).set(float("nan") if value is None else value)
         for name, n in breached_windows.items():
-            self.slo_breached_windows.labels(name).set(n)
+            self.slo_breached.labels(name).set(n * window_s)
 
     def set_degradation(self, active: frozenset[str]) -> None:
         for rule in RULES:

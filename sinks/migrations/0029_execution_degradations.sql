@@ -23,3 +23,14 @@ CREATE TABLE execution_degradations (
 );
 COMMENT ON TABLE execution_degradations IS 'execution_degradations: every degradation rule of the executor set or cleared by its SLOs, with value and threshold.';
 CREATE INDEX execution_degradations_time_idx ON execution_degradations (changed_time);
+COMMENT ON COLUMN execution_degradations.mode IS 'Executor mode: paper, testnet or live.';
+COMMENT ON COLUMN execution_degradations.rule IS 'maker_fill_ratio_low (-> market_only) or round_trip_slow (-> no_twap_no_maker).';
+COMMENT ON COLUMN execution_degradations.changed_time IS 'End of the SLO window that decided the change.';
+COMMENT ON COLUMN execution_degradations.active IS 'true: the rule was set; false: it cleared.';
+COMMENT ON COLUMN execution_degradations.sli IS 'The SLI the rule reads (execution.slo.SLIS).';
+COMMENT ON COLUMN execution_degradations.value IS 'The SLI over the rule''s windows (NULL: no sample, e.g. an hour without maker orders).';
+COMMENT ON COLUMN execution_degradations.threshold IS 'The threshold passed: the trigger when set, the clear threshold (hysteresis) when cleared.';
+COMMENT ON COLUMN execution_degradations.samples IS 'Samples behind value.';
+COMMENT ON COLUMN execution_degradations.market_only IS 'Entries go to market (flags in force after the change).';
+COMMENT ON COLUMN execution_degradations.no_twap_no_maker IS 'One market order, no TWAP, no maker wait (flags in force after the change).';
+COMMENT ON COLUMN execution_degradations.detail IS 'The change in words, as logged.';

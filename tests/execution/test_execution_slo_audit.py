@@ -55,8 +55,8 @@ def test_a_rule_set_and_cleared_is_two_audited_rows_and_a_restart_resumes_what_i
         == "round_trip_slow cleared: order_round_trip_p95_ms 390 over 3 samples (threshold 400)"
     )
     scrape = generate_latest(metrics.registry).decode()
-    assert 'tapeflow_executor_degradation{rule="maker_fill_ratio_low"} 1.0' in scrape
-    assert 'tapeflow_executor_degradation{rule="round_trip_slow"} 0.0' in scrape
+    assert 'tapeflow_executor_degradation_state{rule="maker_fill_ratio_low"} 1.0' in scrape
+    assert 'tapeflow_executor_degradation_state{rule="round_trip_slow"} 0.0' in scrape
     assert 'tapeflow_executor_degradation_changes_total{change="set",rule="round_trip_slow"} 1.0' in scrape
     # the same change again (a retry after an outage) is the same row
     again = DegradationChange(
