@@ -59,7 +59,7 @@ class PaperFills(_Model):
     `fills: book` fills against the stored book where there is one: limit orders queue behind the
     size resting at their price and fill, partially, from the trades that exhaust that queue or print
     through their price; market orders walk the book's levels (partially when it is thinner; the rest
-    at the next snapshot). See `execution.paper_broker` and `execution.matching`. With `fills: tape`
+    at the next snapshot). See `execution.paper_broker`, `tapeflow_runtime.matching`. With `fills: tape`
     (the default: the executor's hand-computed tests assume whole fills), and under `book` where
     there is no book (no snapshot at placement, none fresh for a market order):
     Market orders fill at the first trade after submission, moved against us by `slippage_bps`; with
