@@ -195,6 +195,7 @@ class EngineWorker:
         self._follower: asyncio.Task | None = None  # config.rollouts and config.applied (``rollouts``)
         self._following = asyncio.Event()  # set: stop following
         self._rollouts_read = asyncio.Event()  # set: both config topics read to their end once
+        self._rollouts_wait_until: float | None = None  # loop time: fetches wait for that read until then
         self._input_arrived = asyncio.Event()  # wakes a ticker sleeping through a quiet spell
         self.crash_seen = asyncio.Event()  # set with ``crashed``: the worker's runner waits on it
         self.started_at: float | None = None
@@ -286,9 +287,14 @@ class EngineWorker:
     # -- bulk handler (called by BulkConsumer) -------------------------------------------------
     async def on_records(self, records: Mapping[TP, Sequence[Any]], generation: int) -> None:
         if self._follower is not None and not self._rollouts_read.is_set():
-            # the recorded switch points first (``rollouts``); bounded: following never stops the engine
+            # the recorded switch points first (``rollouts``); bounded once per worker, not per fetch:
+            # following never stops the engine, and a reader that keeps failing (it is retried) must
+            # not hold every fetch for the bound
+            loop = asyncio.get_running_loop()
+            if self._rollouts_wait_until is None:
+                self._rollouts_wait_until = loop.time() + CATCH_UP_S + IDLE_TICK_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rollouts_read.wait(), CATCH_UP_S + IDLE_TICK_S)
+                await asyncio.wait_for(self._rollouts_read.wait(), max(self._rollouts_wait_until - loop.time(), 0.0))
         began = time.perf_counter()
         consumer: BulkConsumer = self.app.consumer  # type: ignore[assignment]
         async with self._lock:
@@ -299,6 +305,7 @@ class EngineWorker:
                 # new assignment seeks to the committed offsets, so the records are read again.
                 log.info("dropped a fetch that arrived during a rebalance (%d partitions)", len(records))
                 return
+            consumer.hand_over(records)  # now in the processor's hands: they count as read (``caught_up``)
             assigned = [tp for tp in consumer.assignment() if tp.topic in consumer.bulk_topics]
             await consumer.resolve_start_offsets(assigned)
             steps = fetch_steps(records, STEP_RECORDS)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, cast
 
@@ -98,6 +98,9 @@ class BulkConsumer(aiokafka_driver.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._next_offset: dict[TP, int] = {}  # tp -> offset after the last record delivered
+        # tp -> offset after the last record taken from a fetch that the handler has not taken over yet
+        # (``hand_over``): those records are in no aligner, so they must not count as read
+        self._fetched_next: dict[TP, int] = {}
         self._start_offset: dict[TP, int] = {}  # tp -> where reading (re)started at the last seek
         super().__init__(*args, **kwargs)
 
@@ -136,8 +139,24 @@ class BulkConsumer(aiokafka_driver.Consumer):
             acked[:] = rest
         return offset
 
+    def hand_over(self, tps: Iterable[TP]) -> None:
+        """The handler took over the records of ``tps`` from the fetch it was given: they count as read.
+
+        Until then ``caught_up`` does not count them. Between taking a fetch from aiokafka and the
+        handler's lock there are awaits (gaps recorded, other topics' records delivered one by one, the
+        first read of the config topics), and the engine's timer tick runs in them: counting the fetch's
+        records as read there made a partition look caught up while its records were in no aligner, the
+        tick released another topic's younger inputs, and the trades that followed were late (a CI run:
+        2,200 of a restarted worker's 2,400 trades per symbol dropped as late while the config-topic read
+        was being waited for)."""
+        for tp in tps:
+            offset = self._fetched_next.pop(tp, None)
+            if offset is not None:
+                self._next_offset[tp] = offset
+
     def caught_up(self, tp: TP) -> bool:
-        """True when every record below the high watermark of ``tp``'s last fetch has been delivered.
+        """True when every record below the high watermark of ``tp``'s last fetch has been handed to
+        the handler (``hand_over``).
 
         Deliberately not the fetch position: the fetcher thread may hold records it has fetched
         but not yet delivered, and calling those "read" would release younger inputs first."""
@@ -153,7 +172,11 @@ class BulkConsumer(aiokafka_driver.Consumer):
 
     async def resolve_start_offsets(self, tps: Sequence[TP]) -> None:
         """Partitions that restarted without a committed offset start at their log start."""
-        missing = [tp for tp in tps if tp not in self._next_offset and tp not in self._start_offset]
+        missing = [
+            tp
+            for tp in tps
+            if tp not in self._next_offset and tp not in self._fetched_next and tp not in self._start_offset
+        ]
         if missing:
             earliest = await self.earliest_offsets(*missing)
             for tp, offset in earliest.items():
@@ -172,6 +195,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
             if offset == 0:
                 await self.seek(tp, 0)
         self._next_offset.clear()
+        self._fetched_next.clear()
         self._start_offset = {tp: offset for tp, offset in committed.items() if offset and offset > 0}
         return committed
 
@@ -237,6 +261,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
         if self.bulk_handler is not None:
             await self.bulk_handler.flush()
         self._next_offset.clear()
+        self._fetched_next.clear()
         self._start_offset.clear()
         await super().wait_empty()
 
@@ -325,7 +350,7 @@ class BulkConsumer(aiokafka_driver.Consumer):
                     await self._add_gap(tp, previous + 1, record.offset - 1)
                 previous = record.offset
         self._read_offset[tp] = previous
-        self._next_offset[tp] = previous + 1
+        self._fetched_next[tp] = previous + 1  # read once the handler takes it over (``hand_over``)
         return batch
 
     async def _deliver_one_by_one(self, callback: Callable[[Any], Awaitable[None]], tp: TP, batch: list[Any]) -> None:
