@@ -14,6 +14,7 @@ GROUPS = (
     "rollout",
     "labels",
     "autopsy",
+    "execution",
     "services",
     "topics",
     "storage",

@@ -243,3 +243,16 @@ def test_a_routed_entry_waits_as_maker_then_sends_jittered_taker_slices_through_
     assert opened["qty"] == pytest.approx(4.0) and opened["entry_price"] == pytest.approx(100.0)
     assert opened["r_usd"] == pytest.approx(200.0)
     assert not h.ex.entries
+
+
+def routed_entry() -> Harness:
+    """The routed entry of the test above without its checks (the routing TCA's test stores its records)."""
+    h = Harness(ExecutorConfig(entry=EntryPolicy(kind="routed")))
+    _big_book(h, 99.9, 100.0, T0)
+    rec = signal_record(risk=50.0)
+    h.signal_rec(rec)
+    h.clock(T0 + 2000)
+    h.trade(100.0, T0 + 2100)
+    h.clock(T0 + 2100 + slice_delay_ms(600, 0.2, 0, rec["signal_id"], 1))
+    h.trade(100.0, T0 + 3000)
+    return h
