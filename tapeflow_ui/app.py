@@ -32,6 +32,7 @@ from tapeflow_ui import desk
 from tapeflow_ui import overview as ov
 from tapeflow_ui import queries as q
 from tapeflow_ui.actions import Actions, action_routes
+from tapeflow_ui.degradation import degradation_routes
 from tapeflow_ui.live import VIEWS, BarFold, LiveFollower, Throttle
 from tapeflow_ui.security import TokenGuard, csrf_value
 from tapeflow_ui.trade import checked_position, trade_api_routes
@@ -480,6 +481,7 @@ def create_app(
         Route("/api/quality/errors", ui.errors),
         Route("/api/quality/lag", ui.lag_groups),
         *trade_api_routes(ui.pool, ORJSONResponse),
+        *degradation_routes(ui.pool, ORJSONResponse),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     if actions is not None:
