@@ -281,5 +281,7 @@ def _train_and_report(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``model`` to the ``tapeflow`` app."""
+    """Add ``model`` to the ``tapeflow`` app (``model evaluate`` is defined in ``model_eval``)."""
+    from . import model_eval  # noqa: F401 - registers `model evaluate` on model_app
+
     app.add_typer(model_app, name="model")

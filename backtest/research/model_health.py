@@ -22,7 +22,8 @@ points before gates, which ``features`` does not store as a column), ``layer_<na
 lacks is missing (NaN), as in training.
 
 **Which model**: a strategy revision names its model in its file (``model: {file, sha256}``); the file is
-read, its SHA-256 checked and it is loaded once per content (``ModelCache``).
+read (an absolute path, or relative to the working directory, as the engine reads it), its SHA-256
+checked and it is loaded once per content (``ModelCache``).
 """
 
 from __future__ import annotations
@@ -144,9 +145,10 @@ class ModelRef:
     file: str
     sha256: str | None = None
 
-    def path(self, base: Path | None = None) -> Path:
-        p = Path(self.file).expanduser()
-        return p if p.is_absolute() or base is None else base / p
+    def path(self) -> Path:
+        """An absolute path, or relative to the working directory, as the engine reads it
+        (``stream_apps.core.confidence.resolve``)."""
+        return Path(self.file).expanduser()
 
 
 def model_ref(content: str | Mapping[str, Any] | None) -> ModelRef | None:
@@ -192,11 +194,11 @@ class ModelCache:
 
     loaded: dict[str, ModelFile] = field(default_factory=dict)  # the bytes' SHA-256 -> the model
 
-    def load(self, ref: ModelRef, base: Path | None = None) -> ModelFile:
+    def load(self, ref: ModelRef) -> ModelFile:
         """The model file; an error when it is missing, unreadable or not the file the revision recorded."""
         from .model_train import load_model
 
-        path = ref.path(base)
+        path = ref.path()
         try:
             raw = path.read_bytes()
         except OSError as exc:

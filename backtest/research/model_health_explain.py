@@ -54,24 +54,23 @@ class TradeExplainer:
     cache: ModelCache = field(default_factory=ModelCache)
     top: int = TOP
 
-    def _content(self, conn: psycopg.Connection, strategy: str, rev: int | None) -> tuple[str | None, Path | None]:
-        path = self.files().get(strategy)
-        base = path.parent if path is not None else None
+    def _content(self, conn: psycopg.Connection, strategy: str, rev: int | None) -> str | None:
         if rev:
             with conn.cursor() as cur:
                 cur.execute("SELECT content FROM strategy_revisions WHERE name = %s AND rev = %s", (strategy, rev))
                 row = cur.fetchone()
-            return (None if row is None else str(row[0])), base
-        return (path.read_text(encoding="utf-8") if path is not None and path.is_file() else None), base
+            return None if row is None else str(row[0])
+        path = self.files().get(strategy)
+        return path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
 
     def __call__(self, conn: psycopg.Connection, decision: Mapping[str, Any]) -> dict[str, Any] | None:
         strategy = str(decision["strategy"])
         try:
-            content, base = self._content(conn, strategy, decision.get("config_rev"))
+            content = self._content(conn, strategy, decision.get("config_rev"))
             ref = model_ref(content)
             if ref is None:
                 return None
-            loaded = self.cache.load(ref, base)
+            loaded = self.cache.load(ref)
         except (ModelHealthError, OSError) as exc:
             log.warning("autopsy without the model's part", strategy=strategy, error=str(exc))
             return None

@@ -135,7 +135,6 @@ class Running:
     role: str
     config_rev: int | None
     ref: ModelRef
-    base: Path | None  # where a relative model path is read from
 
 
 _LATEST_STEPS = """
@@ -183,7 +182,7 @@ def running_models(conn: psycopg.Connection, files: Mapping[str, Path]) -> list[
                 log.warning("model health: strategy file unreadable", strategy=name, rev=rev, error=str(exc))
                 continue
             if ref is not None:
-                out.append(Running(name, role, rev, ref, path.parent if path is not None else None))
+                out.append(Running(name, role, rev, ref))
     return out
 
 
@@ -238,7 +237,7 @@ class ModelHealthJob:
         judgements, failed = [], 0
         for run in running_models(conn, self.files()):
             try:
-                model = self.cache.load(run.ref, run.base)
+                model = self.cache.load(run.ref)
             except ModelHealthError as exc:
                 failed += 1
                 self.errors.labels(run.strategy).inc()
@@ -295,7 +294,6 @@ def gate(
     *,
     role: str,
     config_rev: int | None = None,
-    base: Path | None = None,
     cache: ModelCache | None = None,
     now: int | None = None,
 ) -> Judgement | None:
@@ -306,7 +304,7 @@ def gate(
     ref = model_ref(content)
     if ref is None:
         return None
-    model = (cache or ModelCache()).load(ref, base)
+    model = (cache or ModelCache()).load(ref)
     j = judge(conn, strategy, model, thresholds, role=role, config_rev=config_rev)
     store(conn, [j], now if now is not None else now_ms())
     conn.commit()

@@ -64,7 +64,6 @@ def _model_gate(
     content: str,
     limits: HealthThresholds,
     rev: int | None,
-    base: Path | None,
 ) -> None:
     """Refuse (RolloutError) a revision whose confidence model is unhealthy; say the verdict otherwise."""
     from backtest.research.model_health import ModelHealthError
@@ -72,7 +71,7 @@ def _model_gate(
     from tapeflow.rollout import RolloutError
 
     try:
-        judged = gate(conn, name, content, limits, role="candidate", config_rev=rev, base=base)
+        judged = gate(conn, name, content, limits, role="candidate", config_rev=rev)
     except ModelHealthError as exc:
         raise RolloutError(f"{name}: its confidence model cannot be checked: {exc}") from None
     if judged is None:
@@ -259,7 +258,7 @@ def _promote_file(
     control = _Control()
     now_ms = int(time.time() * 1000)
     with _connect(database) as conn:
-        _model_gate(conn, cfg.name, content, limits or HealthThresholds(), None, path.resolve().parent)
+        _model_gate(conn, cfg.name, content, limits or HealthThresholds(), None)
         current = control.states().get(cfg.name)
         baseline = None
         if current is None:  # the first step: the file the engine started on is the active revision
@@ -298,7 +297,7 @@ def _finish(name: str, reason: str, actor: str, database: str | None, limits: He
     with _connect(database) as conn:
         current = control.states().get(name)
         if current is not None and current.canary is not None:
-            _model_gate(conn, name, current.canary.content, limits or HealthThresholds(), current.canary.rev, None)
+            _model_gate(conn, name, current.canary.content, limits or HealthThresholds(), current.canary.rev)
         after = plan_finish(current, name, actor, reason, int(time.time() * 1000))
         apply_step(conn, control.publisher, current, after)
     echo(f"{name}: rev {after.active.rev} is active on every symbol (state {after.seq})")

@@ -6,12 +6,15 @@ promotion gate and rolled back by the guardrail controller, while the healthy mo
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from backtest.research.cli import ResearchError
 from backtest.research.model_health import (
     HealthThresholds,
     ModelCache,
@@ -24,6 +27,8 @@ from backtest.research.model_health import (
     rolling_health,
 )
 from review.narrative import model_sentence
+from tests.backtest.research.model_health_planted import HOUR as HOUR_MS
+from tests.backtest.research.model_health_planted import T0 as T0_MS
 from tests.backtest.research.model_health_planted import plant_trades, strategy_text, train_model
 
 T4 = HealthThresholds(min_samples=4, window=100)
@@ -136,10 +141,10 @@ def test_a_model_file_must_be_the_one_the_revision_names(model_file, tmp_path):
     with pytest.raises(ModelHealthError, match="SHA-256"):
         cache.load(ModelRef(str(model_file), "0" * 64))
     with pytest.raises(ModelHealthError, match="No such file"):
-        cache.load(ModelRef("missing.json"), tmp_path)
+        cache.load(ModelRef(str(tmp_path / "missing.json")))
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ModelHealthError, match="not a tapeflow-confidence-model"):
-        cache.load(ModelRef("bad.json"), tmp_path)
+        cache.load(ModelRef(str(tmp_path / "bad.json")))
 
 
 def test_a_degraded_model_trips_the_health_job_the_gate_and_the_guardrail(
@@ -197,15 +202,15 @@ def _promotion_gate(conninfo, model_file, reason):
 
     with psycopg.connect(conninfo) as conn:
         with pytest.raises(RolloutError) as refused:
-            _model_gate(conn, "bad", strategy_text(model_file, name="bad"), HealthThresholds(), None, None)
+            _model_gate(conn, "bad", strategy_text(model_file, name="bad"), HealthThresholds(), None)
         assert str(refused.value) == (
             f"bad: not promoted, its confidence model is unhealthy: {reason} (tapeflow model evaluate shows it on any window)"
         )
-        _model_gate(conn, "good", strategy_text(model_file, name="good"), HealthThresholds(), None, None)  # passes
-        _model_gate(conn, "bad", strategy_text(None, name="bad"), HealthThresholds(), None, None)  # no model: no gate
+        _model_gate(conn, "good", strategy_text(model_file, name="good"), HealthThresholds(), None)  # passes
+        _model_gate(conn, "bad", strategy_text(None, name="bad"), HealthThresholds(), None)  # no model: no gate
         # judged only from --model-min-samples on: 101 trades are never there
         lenient = HealthThresholds(min_samples=100, window=100, min_auc=0.0, max_brier=1.0)
-        _model_gate(conn, "bad", strategy_text(model_file, name="bad"), lenient, None, None)
+        _model_gate(conn, "bad", strategy_text(model_file, name="bad"), lenient, None)
         candidates = conn.execute(
             "SELECT strategy, status FROM model_health WHERE role = 'candidate' ORDER BY time, strategy"
         ).fetchall()
@@ -273,3 +278,66 @@ def test_the_autopsy_explainer_gives_the_models_exact_shap_contributions(migrate
     assert [c["shap"] for c in told["contributions"]] == pytest.approx([phi[j] for j in order])
     assert told["learner"] == "logistic" and told["p_source"] == "model file" and 0 < told["p_win"] < 1
     np.testing.assert_allclose(told["contributions"][0]["value"], values[order[0]])
+
+
+def _evaluate(*args: str):
+    """`tapeflow model evaluate` in this process (its errors as the exception the CLI prints as one line)."""
+    from typer.testing import CliRunner
+
+    from tapeflow.cli import app
+
+    return CliRunner().invoke(app, ["model", "evaluate", *args])
+
+
+def test_model_evaluate_judges_any_window_and_refuses_bad_input(migrated_database, model_file, tmp_path):
+    import json
+
+    from backtest.research.model import reliability
+
+    degraded = plant_trades(migrated_database, "bad", shuffled=True)
+    plant_trades(migrated_database, "good", shuffled=False, seed=9)
+    db = ["--database", migrated_database]
+    model = ModelCache().load(ModelRef(str(model_file))).model
+    # the window: the 50 trades of the second half of the planted range (one an hour from T0)
+    start = "2025-01-03T01:00:00Z"  # T0 + 49 h: trade 49's t0 is 1 s after T0 + 49 h
+    res = _evaluate(
+        "--model", str(model_file), "--strategy", "bad", "--from", start, "--to", "2025-02-01", "--json", *db
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    with psycopg.connect(migrated_database) as conn:
+        x = read_samples(conn, "bad", model.features, from_ms=T0_MS + 49 * HOUR_MS).x
+    p = model.predict(x, degraded.sign[49:])
+    assert doc["metrics"]["rows"] == 51 and doc["metrics"]["positives"] == int(degraded.y[49:].sum())
+    hand = rolling_health(degraded.y[49:], p, HealthThresholds(window=51))
+    assert (doc["metrics"]["auc"], doc["metrics"]["brier"]) == pytest.approx((hand.auc, hand.brier))
+    assert doc["health"]["status"] == "unhealthy" == hand.status
+    assert doc["reliability"] == reliability(degraded.y[49:], p) and doc["p_from_signals"] == 0
+    good = _evaluate(
+        "--model", str(model_file), "--strategy", "good", "--from", "2025-01-01", "--to", "2025-02-01", *db
+    )
+    assert good.exit_code == 0, good.output
+    assert "verdict: healthy (AUC " in good.output and "samples: 100 labelled trades" in good.output
+    assert "reliability:" in good.output and "size bands:" in good.output
+
+    cases = {
+        ("--model", str(tmp_path / "none.json"), "--strategy", "bad"): "--model",
+        ("--model", str(model_file), "--strategy", "nobody"): "no labelled trades of nobody",
+        ("--model", str(model_file), "--strategy", "bad", "--sample", "fill"): "--sample 'fill'",
+        ("--model", str(model_file), "--strategy", "bad", "--min-auc", "2"): "minimum AUC must be in [0, 1]",
+    }
+    for args, message in cases.items():
+        res = _evaluate(*args, "--from", "2025-01-01", "--to", "2025-02-01", *db)
+        assert isinstance(res.exception, ResearchError) and message in str(res.exception), (args, res.exception)
+    # as the user sees it: one error line, no traceback
+    proc = subprocess.run(
+        [sys.executable, "-m", "tapeflow", "model", "evaluate", "--model", str(model_file), "--strategy", "bad"]
+        + ["--from", "2025-02-01", "--to", "2025-01-01", *db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: empty range: --to 2025-01-01 is not after --from 2025-02-01 (--to is excluded)"
+    ]
