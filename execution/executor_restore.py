@@ -2,7 +2,8 @@
 
 From the records of every mode (only the executor's own are used): the risk guard from risk.events,
 the signals already handled from orders and positions, open positions from positions (with their
-first take-profit when it was hit). Each order the previous run left unfinished then gets one of:
+first take-profit when it was hit; a managed position also its add-ons, from their orders:
+`position_manager.resume_management`). Each order the previous run left unfinished then gets one of:
 
 - exchange modes: looked up by client id (`broker.resume`), never sent again; an entry's signal is read
   back so a late-found fill opens its position with its exit plan, and an entry still resting is
@@ -29,7 +30,7 @@ from execution.broker import TERMINAL_STATES, OrderRequest
 from execution.client_ids import client_order_id, position_id
 from execution.domain import InvalidSignal, Signal
 from execution.entries import EntryLeg, PendingEntry
-from execution.position_manager import ExitIntent, ExitLeg, Position
+from execution.position_manager import ExitIntent, ExitLeg, Position, resume_management
 from execution.risk_guard import KILL_SWITCH, RiskGuard
 from execution.sizing import SizingError, position_size, r_usd_for_tier
 
@@ -84,6 +85,8 @@ class StateRestore:
         self.intent_reason: dict[str, str | None] = {}  # exit orders carry their exit reason on the intent
         self.found: dict[str, Mapping[str, Any]] = {}  # signal records of unfinished entries, by id
         self.resumed = self.cancelled = 0
+        # add-ons of managed positions that ended: position id -> {index: (filled qty, avg fill price)}
+        self.add_ons: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
 
     def run(
         self,
@@ -115,6 +118,13 @@ class StateRestore:
                 self.intent_reason[rec["client_order_id"]] = rec.get("reason")
             if rec["leg"] == "entry" and rec.get("signal_id"):
                 self.ex.seen_signals.setdefault(rec["signal_id"], int(rec["event_time"]))
+        for cid, rec in last_order.items():
+            sid, pid = rec.get("signal_id"), rec.get("position_id")
+            if rec["leg"] != "entry" or not sid or not pid or rec["state"] not in TERMINAL_STATES:
+                continue
+            for index in (1, 2):
+                if cid == client_order_id(sid, f"add_on_{index}"):
+                    self.add_ons[pid][index] = (float(rec["filled_qty"] or 0.0), float(rec["avg_fill_price"] or 0.0))
         return last_order
 
     def _restore_positions(self, positions: Iterable[Mapping[str, Any]]) -> None:
@@ -134,6 +144,9 @@ class StateRestore:
             pos = Position.restore(
                 opened, evs.get("tp1"), timeout_ms=int(timeout_ms), breakeven_offset_r=ex.config.breakeven_offset_r
             )
+            management = ex.config.management_for(pos.strategy)
+            if management.enabled:  # the ladder's state from the events and the add-on orders
+                resume_management(pos, management, self.add_ons.get(pos.position_id, {}), float(opened["fees_r"]))
             ex._register(pos)
 
     def _read_signals(self, unfinished: Mapping[str, Mapping[str, Any]]) -> None:

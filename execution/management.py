@@ -205,3 +205,15 @@ class Ladder:
         if not self.partial_done and cfg.partial_take_profit_roe is not None:
             roes.append(cfg.partial_take_profit_roe)
         return roe_price(direction, avg, min(roes), cfg.leverage) if roes else None
+
+
+def trail_steps_done(config: Management, direction: str, avg: float, qty: float, entry_fees: float, stop: float) -> int:
+    """How many leading trailing steps a restored `stop` already is at or beyond (a restart re-derives
+    the ladder's trailing state from the stop its last position event recorded)."""
+    done = 0
+    for step in config.trailing:
+        lock = lock_price(direction, avg, qty, entry_fees, config.exit_fee, step.lock_roe, config.leverage)
+        if tighter(direction, stop, lock) != stop and abs(stop - lock) > 1e-9 * avg:
+            break
+        done += 1
+    return done

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from execution.broker import Execution, OrderUpdate
 from execution.domain import Signal, direction_sign
-from execution.management import AddOnIntent, Ladder, Management, roe_price, tighter
+from execution.management import AddOnIntent, Ladder, Management, roe_price, tighter, trail_steps_done
 from execution.pnl import (
     MARKET_REASONS,
     TP1_FRACTION,
@@ -496,11 +496,11 @@ def _follow(pos: Position, reason: str | None, event_time: int) -> ExitIntent | 
     return ExitIntent("exit", reason, pos.qty_open, None, event_time)
 
 
-def _reprice(pos: Position, ladder: Ladder) -> None:
-    """After an add-on: the average entry, R' = r_usd / open quantity, stop (only tighter) and target
-    from the signal's R multiples around the average, the partial take-profit's price."""
+def _reprice(pos: Position, ladder: Ladder, qty: float | None = None) -> None:
+    """After an add-on: the average entry, R' = r_usd / open quantity (`qty`), stop (only tighter) and
+    target from the signal's R multiples around the average, the partial take-profit's price."""
     avg = pos.entry_value / pos.qty_entered
-    r_new = pos.r_usd / pos.qty_open
+    r_new = pos.r_usd / (qty if qty is not None else pos.qty_open)
     sign = direction_sign(pos.direction)
     stop = avg - sign * pos.plan.sl_r * r_new
     pos.stop = tighter(pos.direction, pos.stop, stop)
@@ -518,3 +518,38 @@ def _partial_level(ladder: Ladder, direction: str, avg: float, default: float) -
     """The price of the partial take-profit at average entry `avg` (`default` when there is none)."""
     roe_at = ladder.config.partial_take_profit_roe
     return default if roe_at is None else roe_price(direction, avg, roe_at, ladder.config.leverage)
+
+
+def resume_management(
+    pos: Position,
+    management: Management,
+    add_ons: Mapping[int, tuple[float, float]],
+    opened_fees_r: float,
+) -> None:
+    """Make a position restored from its events (`Position.restore`) managed again. `add_ons` maps each
+    add-on that ended (1-based index) to its (filled qty, average fill price), from the orders topic;
+    `opened_fees_r` is the `opened` event's fees_r (the first entry's fees). The average entry, stop and
+    target are recomputed as after the add-ons (assumed made before the partial, as the default ladder
+    orders them); the add-ons' fees are estimated at the first entry's fee rate; the partial is done
+    when the `tp1` event was seen (valued at its level, the event's tp1_price); the trailing steps done
+    are those the restored stop is at or beyond. Not recovered: a stop trailed after the position's
+    last event (the next trade at that ROE trails it again)."""
+    qty0 = pos.qty_initial
+    pos.ladder = ladder = Ladder(management, qty0, add_ons_done=max(add_ons, default=0))
+    first_fees = opened_fees_r * pos.r_usd
+    rate = first_fees / (qty0 * pos.entry)
+    pos.entry_value, pos.qty_entered, pos.entry_fees = qty0 * pos.entry, qty0, first_fees
+    for qty, price in add_ons.values():
+        pos.entry_value += qty * price
+        pos.qty_entered += qty
+        pos.entry_fees += rate * qty * price
+    stop = pos.stop
+    _reprice(pos, ladder, pos.qty_entered)
+    if pos.tp1_done:  # the partial: what was entered less what is open, valued at its level
+        ladder.partial_done = True
+        pos.exit_value = (pos.qty_entered - pos.qty_open) * pos.plan.tp1
+    else:  # the last event is `opened`: the add-ons came after it, so did their fees
+        pos.qty_open = pos.qty_entered
+        pos.fees_r += (pos.entry_fees - first_fees) / pos.r_usd
+    fees_open = pos.entry_fees * pos.qty_open / pos.qty_entered
+    ladder.trail_steps = trail_steps_done(management, pos.direction, pos.entry, pos.qty_open, fees_open, stop)

@@ -158,3 +158,29 @@ def test_management_settings_are_checked():
     with pytest.raises(ValueError, match="lock_roe"):
         Management(trailing=(TrailStep(roe=0.1, lock_roe=0.1),))
     assert ExecutorConfig().management_for("v53").enabled is False
+
+
+PATH = [100.0, 100.6, 100.6, 101.3, 101.3, 101.8, 101.8, 102.6, 101.5, 101.5]
+
+
+@pytest.mark.parametrize("cut", [3, 5, 7])  # after add-on 1; after add-on 2 and the break-even trail; after the partial
+def test_a_restart_resumes_the_ladder_from_the_events_and_the_add_on_orders(cut):
+    whole = harness()
+    run(whole, PATH)
+    h = harness()
+    run(h, PATH[:cut])
+    records = list(h.sink.records)
+    restarted = Harness(h.config, now=T0 + cut * S, warm=False)
+    restarted.ex.restore(
+        [r for t, _, r in records if t == "positions"],
+        [r for t, _, r in records if t == "orders"],
+        [r for t, _, r in records if t == "risk.events"],
+        T0 + cut * S,
+    )
+    for i, p in enumerate(PATH[cut:], start=cut):
+        restarted.trade(p, T0 + i * S)
+    keys = ("exit_reason", "qty", "entry_price", "sl_price", "tp1_price", "tp2_price", "pnl_r_gross", "pnl_r_net")
+    after = restarted.closed()
+    assert {k: after[k] for k in keys} == pytest.approx({k: whole.closed()[k] for k in keys})
+    sent = [o[2] for o in orders(h) + orders(restarted)]
+    assert sent == [o[2] for o in orders(whole)]  # no add-on or partial twice
