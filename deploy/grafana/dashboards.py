@@ -554,6 +554,28 @@ GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3 DESC, 4""",
             ),
         ),
         Panel(
+            "Confidence model health: rolling AUC and Brier over the last 100 labelled trades",
+            "timeseries",
+            width=24,
+            height=8,
+            unit="none",
+            decimals=3,
+            question="Is each strategy's confidence model still right about its trades? AUC below 0.55 or Brier "
+            "above 0.25 (once 30 trades are labelled) blocks its promotion and rolls a canary back; a trade is "
+            "a win when its 12 h outcome label is pos (docs/tutorials/train-a-confidence-model.md)",
+            queries=(
+                Sql("""
+SELECT "time", strategy || ' ' || role || ' AUC' AS metric, auc AS value
+FROM model_health
+WHERE strategy IN ($strategy) AND auc IS NOT NULL AND $__timeFilter("time")
+UNION ALL
+SELECT "time", strategy || ' ' || role || ' Brier' AS metric, brier AS value
+FROM model_health
+WHERE strategy IN ($strategy) AND brier IS NOT NULL AND $__timeFilter("time")
+ORDER BY 1"""),
+            ),
+        ),
+        Panel(
             "Risk guard decisions",
             "table",
             width=24,

@@ -136,6 +136,12 @@ INSERT INTO outcome_labels (source, sample_kind, sample_id, horizon_h, strategy,
     ('paper', 'signal', 'v53:h:binance:ETHUSDT:9', 12, 'v53', 'h', 'binance', 'ETHUSDT', 'SHORT', false, NULL,
      now() - INTERVAL '1 hour', now() + INTERVAL '11 hours', 101, 1, 0, -1, -1, 0.05, 0, -1.05, 100, -0.0105,
      0.005, 'neg', now());
+INSERT INTO model_health (time, strategy, role, config_rev, model_sha256, sources, horizon_h, window_trades, samples,
+                          positives, auc, brier, log_loss, status, reason) VALUES
+    (now() - INTERVAL '2 hours', 'v53', 'active', 1, 'ab', 'paper,live', 12, 100, 100, 41, 0.61, 0.23, 0.65,
+     'healthy', 'AUC 0.610, Brier 0.2300 over the last 100 trades'),
+    (now() - INTERVAL '1 hour', 'v53', 'active', 1, 'ab', 'paper,live', 12, 100, 100, 40, 0.52, 0.26, 0.72,
+     'unhealthy', 'AUC 0.520 < 0.55 and Brier 0.2600 > 0.25 over the last 100 trades');
 INSERT INTO risk_events (scope, mode, decision, state, reason, daily_pnl_r, consecutive_losses, paused_until,
                          event_time) VALUES
     ('global', 'paper', 'halt', 'halted', 'kill_switch', -1.5, 2, NULL, now() - INTERVAL '10 minutes'),
