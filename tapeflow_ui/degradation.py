@@ -18,9 +18,16 @@ from execution.slo import RULES
 CHANGES_LIMIT = 50
 MODES = ("paper", "testnet", "live")
 _COLUMNS = ("mode", "rule", "changed_time", "active", "sli", "value", "threshold", "samples", "detail")
-_SELECT = (
+#: the latest change of each (mode, rule), and the newest changes; both for one mode or all (%(m)s NULL)
+_LATEST = (
+    "SELECT DISTINCT ON (mode, rule) mode, rule, extract(epoch FROM changed_time)::float8, active, sli, value,"
+    " threshold, samples, detail FROM execution_degradations WHERE (%(m)s::text IS NULL OR mode = %(m)s)"
+    " ORDER BY mode, rule, changed_time DESC, active"
+)
+_NEWEST = (
     "SELECT mode, rule, extract(epoch FROM changed_time)::float8, active, sli, value, threshold, samples, detail"
-    " FROM execution_degradations"
+    " FROM execution_degradations WHERE (%(m)s::text IS NULL OR mode = %(m)s)"
+    " ORDER BY changed_time DESC, rule LIMIT %(n)s"
 )
 
 
@@ -28,12 +35,8 @@ def degradation_view(conn: psycopg.Connection, mode: str | None) -> dict[str, An
     """``state``: one row per (mode, rule) (every rule of ``execution.slo.RULES`` for each mode seen,
     clear when it never changed); ``changes``: the newest first, at most ``CHANGES_LIMIT``."""
     params = {"m": mode, "n": CHANGES_LIMIT}
-    where = " WHERE (%(m)s::text IS NULL OR mode = %(m)s)"
-    latest = conn.execute(
-        f"SELECT DISTINCT ON (mode, rule) * FROM ({_SELECT}{where}) d ORDER BY mode, rule, 3 DESC, active",
-        params,
-    ).fetchall()
-    changes = conn.execute(f"{_SELECT}{where} ORDER BY changed_time DESC, rule LIMIT %(n)s", params).fetchall()
+    latest = conn.execute(_LATEST, params).fetchall()
+    changes = conn.execute(_NEWEST, params).fetchall()
     last = {(r[0], r[1]): dict(zip(_COLUMNS, r)) for r in latest}
     modes = sorted({m for m, _ in last} | ({mode} if mode else set()))
     state = []
