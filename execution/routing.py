@@ -225,8 +225,8 @@ class Router:
 
     Tables are found by the signal's ``config_hash`` (the strategy revision that made it): those
     registered (``register_all``: the backtest registers its strategies), else what ``resolver`` returns
-    for the hash (a service may look the revision up; its answer is kept), else the default table (the
-    executor config's ``routing``)."""
+    for the hash (the service's ``execution.routing_source``; a table it finds is kept), else the default
+    table (the executor config's ``routing``)."""
 
     def __init__(self, default: RoutingTable) -> None:
         self.default = default
@@ -249,8 +249,9 @@ class Router:
     def table_for(self, config_hash: str) -> RoutingTable:
         table = self.tables.get(config_hash)
         if table is None and self.resolver is not None:
-            table = self.resolver(config_hash) or self.default
-            self.tables[config_hash] = table
+            table = self.resolver(config_hash)  # a table found is kept; none is asked again next time
+            if table is not None:
+                self.tables[config_hash] = table
         return table or self.default
 
     def on_book(self, book: BookTop) -> None:

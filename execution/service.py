@@ -86,6 +86,7 @@ from execution.executor import Executor
 from execution.input_order import Held
 from execution.metrics import ExecutorMetrics
 from execution.reconcile import Reconciler
+from execution.routing_source import RevisionTables
 from execution.safety import (
     BrokerUnavailable,
     LiveTradingRefused,
@@ -442,6 +443,7 @@ class ExecutorService:
         now = self.clock()
         broker = self.broker if self.broker is not None else build_broker(self.mode, self.config)
         executor = Executor(self.config, self.mode, broker, self.sink, now)
+        executor.entry_flow.router.resolver = RevisionTables(self.settings)  # routing tables by revision
         summary = executor.restore(
             positions.records,
             orders.records,

@@ -102,3 +102,29 @@ def test_retune_reads_a_routed_paper_entry_from_the_database(migrated_database, 
     assert "200-500: slices 2 -> 3" in proc.stdout
     proposed = RoutingTable.model_validate(yaml.safe_load(out.read_text())["routing"])
     assert proposed.buckets[1].slices == 3 and proposed.buckets[0] == RoutingTable().buckets[0]
+
+
+def test_the_service_finds_a_revisions_table_in_its_files_then_in_the_database(migrated_database, tmp_path):
+    from execution.routing_source import RevisionTables
+    from stream_apps.core.strategy import load_strategy, strategy_path
+    from tapeflow_runtime.settings import Settings
+
+    text = strategy_path("v53").read_text() + "\nrouting:\n  jitter_seed: 7\n"
+    (tmp_path / "mine.yaml").write_text(text)
+    mine = load_strategy(tmp_path / "mine.yaml")
+    canary = text.replace("jitter_seed: 7", "jitter_seed: 9")
+    with psycopg.connect(migrated_database) as conn:
+        conn.execute(
+            "INSERT INTO strategy_revisions (name, rev, config_hash, content, created_at, created_by)"
+            " VALUES ('v53', 2, 'canaryhash', %s, now(), 'test')",
+            (canary,),
+        )
+    part = psycopg.conninfo.conninfo_to_dict(migrated_database)
+    url = f"postgresql://{part['user']}:{part.get('password', '')}@{part['host']}:{part['port']}/{part['dbname']}"
+    settings = Settings(home=tmp_path / "home", strategies=[str(tmp_path / "mine.yaml")], database_url=url)
+    tables = RevisionTables(settings)
+    assert tables(mine.config_hash) == RoutingTable(jitter_seed=7)  # from the file the stack runs
+    assert tables("canaryhash") == RoutingTable(jitter_seed=9)  # a registered revision's
+    assert tables("nohash") is None and tables(load_strategy("v53").config_hash) is None
+    down = RevisionTables(Settings(home=tmp_path / "h2", strategies=[], database_url="postgresql://x@127.0.0.1:1/x"))
+    assert down("canaryhash") is None  # no database: the default table, asked again next time
