@@ -838,6 +838,37 @@ LIMIT 200""",
             queries=(PromQL("max by (instance) (tapeflow_executor_risk_state)", legend="{{instance}}", instant=True),),
         ),
         Panel(
+            "Execution SLIs missing their objective",
+            "stat",
+            width=12,
+            height=5,
+            unit="s",
+            question="Which execution SLI (round trip, stream lag, websocket, gate errors, maker fills, balance) "
+            "has missed its objective, and for how many 5-minute windows in a row?",
+            thresholds=(
+                Threshold(300, "orange", "the last window missed it"),
+                Threshold(900, "red", "TapeflowExecutionSloBreached: three windows in a row"),
+            ),
+            queries=(
+                PromQL(
+                    "max by (sli) (tapeflow_executor_slo_breached_seconds)",
+                    legend="{{sli}}",
+                    instant=True,
+                ),
+            ),
+        ),
+        Panel(
+            "Execution degradation",
+            "stat",
+            width=12,
+            height=5,
+            unit="none",
+            question="Is the executor working orders degraded: market only (makers do not fill) or one market "
+            "order without TWAP or maker wait (slow round trips)?",
+            thresholds=(Threshold(1, "orange", "TapeflowExecutionDegraded: the rule is in force"),),
+            queries=(PromQL("max by (rule) (tapeflow_executor_degradation_state)", legend="{{rule}}", instant=True),),
+        ),
+        Panel(
             "Notifications failed (1 h)",
             "stat",
             width=8,
