@@ -341,3 +341,27 @@ def test_model_evaluate_judges_any_window_and_refuses_bad_input(migrated_databas
     assert proc.stderr.strip().splitlines() == [
         "error: empty range: --to 2025-01-01 is not after --from 2025-02-01 (--to is excluded)"
     ]
+
+
+def test_a_signals_own_p_win_is_used_only_when_its_revision_ran_this_model(migrated_database, model_file):
+    from backtest.research.model_health import probabilities, revisions_running
+
+    plant_trades(migrated_database, "pw", n=4, shuffled=False, config_rev=3)
+    plant_trades(migrated_database, "pw2", n=4, shuffled=False, config_rev=4)
+    model = ModelCache().load(ModelRef(str(model_file)))
+    with psycopg.connect(migrated_database) as conn:
+        conn.execute("ALTER TABLE signals ADD COLUMN IF NOT EXISTS p_win double precision")
+        conn.execute("UPDATE signals SET p_win = 0.987")
+        for name, rev, sha in (("pw", 3, model.sha256), ("pw2", 4, "f" * 64)):  # pw2's revision ran another model
+            conn.execute(
+                "INSERT INTO strategy_revisions (name, rev, config_hash, content, created_at, created_by, note)"
+                " VALUES (%s, %s, 'h', %s, now(), 'ana', '')",
+                (name, rev, strategy_text(model_file, sha, name)),
+            )
+        own = read_samples(conn, "pw", model.model.features, p_win_revs=revisions_running(conn, "pw", model.digests))
+        other = read_samples(
+            conn, "pw2", model.model.features, p_win_revs=revisions_running(conn, "pw2", model.digests)
+        )
+    assert np.all(own.stored_p == 0.987) and np.all(np.isnan(other.stored_p))
+    assert probabilities(model.model, own).tolist() == [0.987] * 4
+    assert probabilities(model.model, other).tolist() == model.model.predict(other.x, other.sign).tolist()
