@@ -582,6 +582,7 @@ def _table_section(name: str, t: dict[str, Any], schema: _MigrationSchema) -> st
 
 # --- metrics and alerts ---------------------------------------------------------------------------------
 def _metric_sources() -> list[tuple[str, str, Callable[[Any], Any]]]:
+    from backtest.research.model_health_job import ModelHealthJob
     from execution.metrics import ExecutorMetrics
     from producers.binance.pollers import poll_errors_counter
     from producers.metrics import ProducerMetrics
@@ -610,6 +611,11 @@ def _metric_sources() -> list[tuple[str, str, Callable[[Any], Any]]]:
             lambda r: (WatchlistMetrics(r), PublishMetrics(r, prefix="tapeflow_watchlist_publish")),
         ),
         ("notify", "the notifier (`tapeflow notify`)", NotifyMetrics),
+        (
+            "model health",
+            "the confidence models' health, judged after each pass of the labels service (`tapeflow labels serve`)",
+            lambda r: ModelHealthJob("", dict, r),
+        ),
         ("replay", "`tapeflow replay` (its publishing)", lambda r: PublishMetrics(r, prefix="tapeflow_replay")),
     ]
 
