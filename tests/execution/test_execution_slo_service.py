@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from execution.service import ExecuteOptions, run_executor
 from tapeflow_runtime.kafka_client import ensure_topics
 from tapeflow_runtime.settings import Settings
-from tests.support.executor_io import Feed, Watcher, free_port
+from tests.support.executor_io import Feed, Watcher, free_port, wait_consumed
 from tests.support.services import ServiceThread, metrics_text
 from tests.support.waiting import wait_until
 
@@ -44,8 +44,12 @@ def test_the_paper_executor_measures_round_trips_stream_lag_and_publishes_the_fl
     )
     try:
         feed.trade(100.0)
+        # the executor is up and has the market before the signal comes (a signal it handled late, on a
+        # loaded machine, would be refused as stale)
+        wait_consumed(kafka_bootstrap, topic_prefix, "md.trades", 1)
+        feed.trade(100.0)  # fresh, however long the start took
         a = feed.signal(strategy="a")
-        watcher.wait("orders", lambda o: o["signal_id"] == a["signal_id"] and o["state"] == "NEW")
+        watcher.wait("orders", lambda o: o["signal_id"] == a["signal_id"] and o["state"] == "NEW", timeout=60)
         wait_until(
             lambda: _samples(port).get("tapeflow_executor_order_round_trip_seconds_count", 0) >= 1,
             30,
