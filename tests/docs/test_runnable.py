@@ -161,7 +161,57 @@ class ChatHarness(Harness):
         self.server.server_close()
 
 
-HARNESS = {"alerts.md": ChatHarness}
+class ModelReportHarness(Harness):
+    """train-a-confidence-model.md: every screenshot of the model report the page shows
+    (``![...](../img/model-report*.png)``) is what headless Chromium renders of the report the page's own
+    `tapeflow model train` wrote, at the screenshot's size: a screenshot of another model or of an older
+    report layout fails. (Rendering is deterministic here: the same page gives the same pixels; a few
+    differing pixels are allowed for anti-aliasing.)"""
+
+    PAGE = DOCS / "tutorials" / "train-a-confidence-model.md"
+    IMAGE = re.compile(r"!\[[^\]]*\]\(\.\./img/(model-report[\w-]*\.png)\)")
+    TOLERANCE = 1e-4  # share of differing pixels
+
+    def __init__(self) -> None:
+        self.work: Path | None = None  # the page's working directory (set by the test)
+        self.reports: list[str] = []
+
+    def after(self, result: Result) -> None:
+        self.reports += re.findall(r"^report: (\S+\.html)$", result.stdout, flags=re.M)
+
+    def problems(self) -> list[str]:
+        from PIL import Image, ImageChops
+
+        from tests.support.chromium import CHROMIUM, run_chromium
+
+        shots = self.IMAGE.findall(self.PAGE.read_text())
+        if not shots or not self.reports or self.work is None:
+            return [f"no report screenshot on the page ({shots}) or no report written ({self.reports})"]
+        if CHROMIUM is None:
+            return []  # Debian chromium is not installed: the pages' other checks still ran
+        problems = []
+        page = (self.work / self.reports[-1]).resolve()
+        for name in shots:
+            shown = Image.open(DOCS / "img" / name).convert("RGB")
+            out = self.work / f"rendered-{name}"
+            width, height = shown.size
+            run_chromium(
+                "--virtual-time-budget=3000", f"--window-size={width},{height}", f"--screenshot={out}", page.as_uri()
+            )
+            rendered = Image.open(out).convert("RGB")
+            if rendered.size != shown.size:
+                problems.append(f"{name}: {shown.size} on the page, {rendered.size} rendered")
+                continue
+            diff = ImageChops.difference(shown, rendered).convert("L").point(lambda v: 255 if v else 0)
+            share = sum(diff.histogram()[255:]) / (width * height)
+            if share > self.TOLERANCE:
+                problems.append(
+                    f"{name}: {100 * share:.2f} % of its pixels differ from the report rendered now ({out})"
+                )
+        return problems
+
+
+HARNESS = {"alerts.md": ChatHarness, "train-a-confidence-model.md": ModelReportHarness}
 
 
 @pytest.mark.timeout(600)
@@ -170,6 +220,7 @@ def test_runnable_blocks_of_the_page_run_and_give_its_expected_output(page):
     blocks = OWN[page]
     harness = HARNESS.get(page.name, Harness)()
     session = Session(merge_output=True, pinned=harness.pinned, after=harness.after)
+    harness.work = session.work  # type: ignore[attr-defined] - a harness that reads what the page wrote
     try:
         results = session.run_blocks(blocks)
         failed = [r for r in results if not r.ok]
