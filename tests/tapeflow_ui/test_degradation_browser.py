@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import psycopg
@@ -135,3 +137,17 @@ def test_the_trades_page_shows_each_rule_state_and_the_changes(site):
         [utc(T0 + W), "paper", "round_trip_slow", "set", "700", "500"],
     ]
     assert note == "1 rule(s) in force"
+
+
+def test_the_api_needs_the_token_and_a_known_mode(site):
+    def status(path: str, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(site["base"] + path, headers=headers), timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status("/api/execution/degradation", None) == 401
+    assert status("/api/execution/degradation?mode=demo", site["token"]) == 400
+    assert status("/api/execution/degradation?mode=live", site["token"]) == 200
