@@ -131,10 +131,13 @@ class Matcher(Generic[N]):
             if order.type == "MARKET":
                 fills += self.sweep(order.order_id, time, price)
                 continue
-            take = self._limit_take(order, price, qty, taker_side, budget)
+            limit = order.price
+            if limit is None:  # add_limit always sets it
+                continue
+            take = self._limit_take(order, limit, price, qty, taker_side, budget)
             if take > self.zero:
                 budget = max(self.zero, budget - take)
-                fills.append(self._apply(order, order.price if order.price is not None else price, take, "maker"))
+                fills.append(self._apply(order, limit, take, "maker"))
         return fills
 
     # --- orders -----------------------------------------------------------------------------------------
@@ -196,11 +199,10 @@ class Matcher(Generic[N]):
                 return self.zero
         return None  # beyond the last level shown
 
-    def _limit_take(self, order: SimOrder[N], price: N, qty: N, taker_side: Side | None, budget: N) -> N:
-        """How much of limit ``order`` a trade fills (and the queue it eats), ``budget`` at most."""
-        assert order.price is not None  # nosec B101 # limits always carry a price (add_limit)
+    def _limit_take(self, order: SimOrder[N], limit: N, price: N, qty: N, taker_side: Side | None, budget: N) -> N:
+        """How much of limit ``order`` (at ``limit``) a trade fills (and the queue it eats), ``budget`` at most."""
         sign = 1 if order.side == "BUY" else -1
-        beyond = sign * (order.price - price)  # > 0: the trade printed through our price
+        beyond = sign * (limit - price)  # > 0: the trade printed through our price
         if order.queue_ahead is None:  # no queue known: the tape rule
             crossed = beyond > 0 or (beyond == 0 and self.unknown_queue == "touch")
             if not crossed:
