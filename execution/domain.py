@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from execution.sizing import signal_multiplier
 from schemas.catalogue import market_key
 
 Direction = Literal["LONG", "SHORT"]
@@ -169,7 +170,9 @@ class Signal:
     tp1_r: float
     tp2_r: float
     is_flip: bool
-    risk_multiplier: float | None = None  # the strategy's multiplier for this tier (factors["risk_multiplier"])
+    # the multiple of 1R the signal risks: its size_mult (tier x confidence model), else its strategy's
+    # multiplier for this tier (factors["risk_multiplier"]); None: the executor's (execution.sizing)
+    risk_multiplier: float | None = None
     timeout_ms: int | None = None  # the strategy's exits.timeout_min in ms; None: the executor's own setting
     config_rev: int = 0  # the strategy's registered revision (0: an unregistered file, or a signal from before)
 
@@ -208,7 +211,7 @@ class Signal:
             tp1_r=float(rec["tp1_r"]),
             tp2_r=float(rec["tp2_r"]),
             is_flip=bool(rec.get("is_flip", False)),
-            risk_multiplier=(rec.get("factors") or {}).get("risk_multiplier"),
+            risk_multiplier=signal_multiplier(rec),
             timeout_ms=None if rec.get("timeout_ms") is None else int(rec["timeout_ms"]),
             config_rev=int(rec.get("config_rev") or 0),
         )

@@ -5,7 +5,11 @@ r_usd = balance x risk_pct/100 x tier multiplier (10,000 x 2 % x 1.0 = 200 USDT 
 entry -/+ 1R loses r_usd before costs. Balance and risk % belong to the account (executor config); the
 tier multiplier is the strategy's, carried by the signal (`factors["risk_multiplier"]`, set from the
 strategy file's `sizing.tier_multipliers`), so A/B strategies keep the sizing they were written with;
-the executor's `tier_multipliers` apply to signals that do not carry one. The old system stored the tier but never applied it to P&L; here
+the executor's `tier_multipliers` apply to signals that do not carry one. A signal's `size_mult`, when
+present, is that multiplier as the engine finally set it (the tier's, times the strategy's confidence
+model's band for the signal's p_win, clamped: `stream_apps.core.confidence`) and wins over
+`factors["risk_multiplier"]` (`signal_multiplier`): r_usd = balance x risk_pct/100 x size_mult, in paper,
+backtest and live alike (they all parse signals with `execution.domain.Signal`). The old system stored the tier but never applied it to P&L; here
 the multiplier sets the size and r_usd travels on every position event. The balance is the configured
 one, not compounded equity: results stay comparable in R across a run. When an exchange lot step is
 given, the quantity is rounded down (never risk more than budgeted) and r_usd is the risk actually taken.
@@ -14,9 +18,12 @@ given, the quantity is rounded down (never risk more than budgeted) and r_usd is
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from execution.config import ExecutorConfig
+if TYPE_CHECKING:  # only annotations: execution.domain imports this module, and must not import the config
+    from execution.config import ExecutorConfig
 
 
 class SizingError(ValueError):
@@ -27,6 +34,17 @@ class SizingError(ValueError):
 class Size:
     qty: float  # base currency
     r_usd: float  # quote currency lost at the stop, before costs (= qty x R)
+
+
+def signal_multiplier(record: Mapping[str, Any]) -> float | None:
+    """The risk multiplier a ``signals`` record asks for: its ``size_mult`` (the engine's final one), else
+    its strategy's tier multiplier (``factors["risk_multiplier"]``, signals from before ``size_mult``),
+    else None (the executor's ``tier_multipliers``)."""
+    size_mult = record.get("size_mult")
+    if size_mult is not None:
+        return float(size_mult)
+    multiplier = (record.get("factors") or {}).get("risk_multiplier")
+    return None if multiplier is None else float(multiplier)
 
 
 def r_usd_for_tier(config: ExecutorConfig, tier: str, signal_multiplier: float | None = None) -> float:

@@ -332,6 +332,7 @@ def feature_row(r: Record) -> Row:
         r.get("gate"),
         r.get("block_reason"),
         r.get("config_rev"),
+        r.get("p_win"),
     )
 
 
@@ -360,6 +361,8 @@ def signal_row(r: Record) -> Row:
         r.get("is_flip", False),
         r.get("timeout_ms"),
         r.get("config_rev"),
+        r.get("p_win"),
+        r.get("size_mult"),
     )
 
 
@@ -847,6 +850,7 @@ FEATURES = _spec(
         ("gate", _T),
         ("block_reason", _T),
         ("config_rev", _I4),  # added by 0025
+        ("p_win", _F8),  # added by 0027
     ],
     ("evaluation_id", "eval_time"),
     "eval_time",
@@ -879,6 +883,8 @@ SIGNALS = _spec(
         ("is_flip", _B),
         ("timeout_ms", _I8),  # added by 0012
         ("config_rev", _I4),  # added by 0025
+        ("p_win", _F8),  # added by 0027
+        ("size_mult", _F8),  # added by 0027
     ],
     ("signal_id",),
     "eval_time",

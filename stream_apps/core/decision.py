@@ -4,11 +4,18 @@ Kept apart from ``scoring`` because this is the only step with state: it reads a
 strategy's ``CooldownBook`` (plain data, persisted, so a restart does not re-fire). Order of reasons
 when nothing is emitted: ``warmup`` (data does not yet cover the strategy's warm-up window; never a
 timer), then the scorer's ``no_direction`` / ``gate`` / ``below_entry``, then ``missing_atr`` (no
-exits can be placed), then ``cooldown`` (same strategy, symbol and direction fired less than
+exits can be placed), then ``model_skip`` (the strategy's confidence model puts ``p_win`` in its skip
+band: no signal, and no cooldown started), then ``cooldown`` (same strategy, symbol and direction fired less than
 ``cooldown`` ago; a reverse signal has its own key, so it is never held back by the other side).
 A signal is a flip when its score reaches ``thresholds.flip`` and the strategy's previous signal on the
 symbol was the other direction and not older than ``exits.timeout_min`` (a position from it may still
 be open; the executor closes it with exit reason ``signal_flip``).
+
+Size: a signal's ``size_mult`` is its tier's multiplier (``sizing.tier_multipliers``), times the model's
+band multiplier for its ``p_win`` when the strategy has a model, clamped to ``model.max_size_mult``
+(``core.confidence``); the executor sizes by it. ``p_win`` is computed at every row that reaches the
+model step (the rows that would otherwise be signals, cooldown included), with array operations over
+those rows: the same numbers for any batching.
 
 ``decide_frame`` decides every row of a scored ``FeatureFrame`` (the engine's columnar path); ``decide``
 is the same function on one row.
@@ -20,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .confidence_inputs import model_verdicts
 from .cooldown import CooldownBook
 from .exits import ExitPlan, plan_exits
 from .features import Features
@@ -31,6 +39,7 @@ from .scoring import (
     DIRECTIONS,
     LONG,
     MISSING_ATR,
+    MODEL_SKIP,
     SHORT,
     TIERS,
     WARMUP,
@@ -55,6 +64,11 @@ class DecisionFrame:
     block: np.ndarray  # int8
     plans: dict[int, ExitPlan]  # row -> plan, rows in time order
     flips: dict[int, bool]
+    size_mult: dict[int, float]  # row -> the signal's final size multiplier (see the module docstring)
+    p_win: np.ndarray | None = None  # float64 per row, NaN where the model was not asked; None: no model
+
+    def p_win_at(self, row: int) -> float | None:
+        return None if self.p_win is None else float(self.p_win[row])
 
 
 def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, book: CooldownBook) -> DecisionFrame:
@@ -70,9 +84,18 @@ def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, b
     block[no_atr] = MISSING_ATR
     plans: dict[int, ExitPlan] = {}
     flips: dict[int, bool] = {}
+    sizes: dict[int, float] = {}
     rows = np.flatnonzero(candidates & ~no_atr)
+    p_win = band = None
+    if cfg.model is not None:
+        p_win, band = np.full(len(frame), np.nan), np.zeros(len(frame))
+        if len(rows):
+            p_win[rows], band[rows] = model_verdicts(frame, scores, cfg, rows)
+            skip = band[rows] <= 0
+            block[rows[skip]] = MODEL_SKIP
+            rows = rows[~skip]
     if len(rows) == 0:
-        return DecisionFrame(block, plans, flips)
+        return DecisionFrame(block, plans, flips, sizes, p_win)
     ex, sym = frame.exchange, frame.symbol
     state = book.symbol_state(ex, sym, NONE_TIME)
     fired = np.zeros(len(frame), dtype=np.bool_)
@@ -96,7 +119,10 @@ def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, b
         flips[i] = bool(flip[i])
         multiplier = getattr(cfg.sizing.tier_multipliers, TIERS[int(scores.tier[i])])
         plans[i] = plan_exits(direction, float(price[i]), float(atr[i]), cfg.exits, multiplier)
-    return DecisionFrame(block, plans, flips)
+        sizes[i] = multiplier
+        if band is not None and cfg.model is not None:
+            sizes[i] = min(multiplier * float(band[i]), cfg.model.max_size_mult)
+    return DecisionFrame(block, plans, flips, sizes, p_win)
 
 
 def decide(evaluation: Evaluation, features: Features, cfg: StrategyConfig, book: CooldownBook) -> Decision:
@@ -104,7 +130,7 @@ def decide(evaluation: Evaluation, features: Features, cfg: StrategyConfig, book
     frame = FeatureFrame.from_features([features])
     scores = ScoreFrame(
         np.array([1 if evaluation.direction == LONG else -1 if evaluation.direction == SHORT else 0], dtype=np.int8),
-        {},
+        {name: np.array([value]) for name, value in evaluation.layer_scores.items()},  # a model may read them
         np.array([evaluation.raw_score]),
         np.array([evaluation.score]),
         np.array([TIERS.index(evaluation.tier)], dtype=np.int8),

@@ -508,10 +508,11 @@ class Engine:
         frame = state.snapshot_frame(due_points, self._cvd_windows, self._slope_windows, log, timeline)
         for (rank, cfg), scores in zip(strategies, score_frames(frame, [cfg for _, cfg in strategies])):
             decided = decide_frame(frame, scores, cfg, self.books[cfg.name])
-            table.add(FeatureBlock(frame, cfg, scores, decided.block), key, rank)
+            table.add(FeatureBlock(frame, cfg, scores, decided.block, decided.p_win), key, rank)
             for row, plan in decided.plans.items():
                 evaluation = replace(evaluation_at(frame, scores, cfg, row), is_flip=decided.flips[row])
-                records.add_signal(int(frame.time_ms[row]), key, rank, signal_record(evaluation, plan))
+                record = signal_record(evaluation, plan, decided.p_win_at(row), decided.size_mult[row])
+                records.add_signal(int(frame.time_ms[row]), key, rank, record)
 
     def _apply_events(self, key: Key, end: int) -> MarketTimeline | None:
         """Apply the key's pending books, marks, liquidations and indicators before ``end``."""

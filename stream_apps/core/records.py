@@ -52,6 +52,7 @@ def feature_dict(
     gate: str | None,
     block_reason: str | None,
     config_rev: int = 0,
+    p_win: float | None = None,
 ) -> dict[str, Any]:
     """One ``features`` record (FeatureEvaluation): every evaluation, signal or not."""
     return {
@@ -69,6 +70,7 @@ def feature_dict(
         "gate": gate,
         "block_reason": block_reason,
         "config_rev": config_rev,
+        "p_win": p_win,
     }
 
 
@@ -101,7 +103,8 @@ class FeatureBlock:
     frame: FeatureFrame
     strategy: StrategyConfig
     scores: ScoreFrame
-    block: np.ndarray  # final block reason codes (after warm-up, missing ATR, cooldown)
+    block: np.ndarray  # final block reason codes (after warm-up, missing ATR, model, cooldown)
+    p_win: np.ndarray | None = None  # the confidence model's p per row (NaN: not asked); None: no model
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -115,6 +118,7 @@ class FeatureBlock:
         times = frame.time_ms[rows].tolist()
         score_values = scores.score[rows].tolist()
         signs, gates, blocks = scores.sign[rows].tolist(), scores.gate[rows].tolist(), self.block[rows].tolist()
+        p_win = [None] * len(rows) if self.p_win is None else self.p_win[rows].tolist()
         out = []
         for k, eval_time in enumerate(times):
             inputs = dict(base[k])
@@ -135,6 +139,7 @@ class FeatureBlock:
                     GATES[gates[k] - 1] if gates[k] else None,
                     BLOCK_REASONS[blocks[k]],
                     cfg.config_rev,
+                    None if p_win[k] is None or p_win[k] != p_win[k] else p_win[k],  # NaN: not asked
                 )
             )
         return out
@@ -180,9 +185,13 @@ class FeatureTable:
         return [per_block[b][r] for b, r in rows[order][:, 3:].tolist()]
 
 
-def signal_record(evaluation: Evaluation, plan: ExitPlan) -> dict[str, Any]:
+def signal_record(
+    evaluation: Evaluation, plan: ExitPlan, p_win: float | None = None, size_mult: float | None = None
+) -> dict[str, Any]:
     """One ``signals`` record (Signal) with the exit plan (levels, R multiples and the strategy's
-    timeout) and provenance."""
+    timeout), provenance, the confidence model's ``p_win`` (None without a model) and the size
+    multiplier the executor sizes by (``decision``: the tier's, times the model's band; default the
+    plan's risk multiplier)."""
     factors = dict(evaluation.layer_scores)
     factors.update({name: evaluation.inputs[name] for name in _SIGNAL_FACTOR_INPUTS if name in evaluation.inputs})
     factors["risk_multiplier"] = plan.risk_multiplier
@@ -210,4 +219,6 @@ def signal_record(evaluation: Evaluation, plan: ExitPlan) -> dict[str, Any]:
         "is_flip": evaluation.is_flip,
         "timeout_ms": plan.timeout_ms,  # the strategy's exits.timeout_min: the executor applies it
         "config_rev": evaluation.config_rev,
+        "p_win": p_win,
+        "size_mult": plan.risk_multiplier if size_mult is None else size_mult,
     }

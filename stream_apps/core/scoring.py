@@ -106,8 +106,10 @@ BLOCK_REASONS = (
     "cooldown",
     "rules_not_met",
     "missing_input",
-)  # the last two: regime strategies (``core.regime``)
-NO_DIRECTION, GATE, BELOW_ENTRY, WARMUP, MISSING_ATR, COOLDOWN, RULES_NOT_MET, MISSING_INPUT = range(1, 9)
+    "model_skip",
+)  # rules_not_met, missing_input: regime strategies (``core.regime``); model_skip: the confidence model's
+# p_win is in the size map's skip band (``core.confidence``)
+NO_DIRECTION, GATE, BELOW_ENTRY, WARMUP, MISSING_ATR, COOLDOWN, RULES_NOT_MET, MISSING_INPUT, MODEL_SKIP = range(1, 10)
 TIERS = (None, "standard", "heavy")
 
 

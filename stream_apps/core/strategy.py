@@ -36,6 +36,15 @@ from pydantic import (
 
 from tapeflow_runtime.errors import TapeflowError
 
+from .confidence import (
+    DEFAULT_MAX_SIZE_MULT,
+    SIGN_FEATURE,
+    SLOPE_WINDOW_MS,
+    STRATEGY_INPUTS,
+    ConfidenceModel,
+    cvd_feature,
+    load_model,
+)
 from .detectors.params import DETECTOR_FIELDS as MICROSTRUCTURE_FIELDS
 from .detectors.params import (
     DIVERGENCE_FIELDS,
@@ -687,6 +696,43 @@ class Regime(_Model):
         return list(dict.fromkeys(names))
 
 
+class ConfidenceModelRef(_Model):
+    """The confidence model that sizes and vetoes the strategy's signals (``core.confidence``): a model
+    file of ``tapeflow model train``, pinned by its sha256. The file is read and checked when the strategy
+    is loaded: another content is refused, so a changed model is a new sha256, a new config_hash and a
+    new revision."""
+
+    file: str = Field(
+        min_length=1,
+        description="the model file (tapeflow model train's model-<hash>.json): an absolute path, or "
+        "relative to the working directory; where to find the model, so not part of the config_hash",
+    )
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the model file (sha256sum FILE); a file with another hash is refused; part "
+        "of the config_hash",
+    )
+    max_size_mult: float = Field(
+        default=DEFAULT_MAX_SIZE_MULT,
+        gt=0,
+        le=10,
+        description="the largest size multiplier of a signal: the tier's multiplier x the model's band "
+        "(p > 0.85: 1.2, > 0.6: 1.0, > 0.4: 0.5, else no signal: model_skip) is clamped to it",
+    )
+    _compiled: ConfidenceModel | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load(self) -> ConfidenceModelRef:
+        self._compiled = load_model(self.file, self.sha256)
+        return self
+
+    @property
+    def compiled(self) -> ConfidenceModel:
+        """The loaded model (its arrays)."""
+        assert self._compiled is not None
+        return self._compiled
+
+
 class StrategyConfig(_Model):
     name: str = Field(
         pattern=r"^[a-z][a-z0-9_]{0,47}$",
@@ -719,6 +765,10 @@ class StrategyConfig(_Model):
         "Amihud, flow and book) as features; off when absent",
     )
     regime: Regime | None = Field(default=None, description="rules instead of layers (core.regime); off when absent")
+    model: ConfidenceModelRef | None = Field(
+        default=None,
+        description="a confidence model (p_win) that sizes each signal and vetoes the unlikely ones; off when absent",
+    )
     routing: RoutingTable | None = Field(
         default=None,
         description="how the executor works this strategy's entries by notional (execution.routing); "
@@ -744,7 +794,7 @@ class StrategyConfig(_Model):
         """Without detectors (or a regime, or routing) the dump (and so ``config_hash``) is what it was before
         they existed."""
         data = handler(self)
-        for name in ("detectors", "regime", "routing"):
+        for name in ("detectors", "regime", "routing", "model"):
             if data.get(name) is None:
                 data.pop(name, None)
         return data
@@ -768,7 +818,38 @@ class StrategyConfig(_Model):
             )
         if self.warmup > DAY_MS + 3_600_000:
             raise ValueError("warmup must be at most 25h (the longest window the state keeps)")
+        if self.model is not None:
+            for name in self.model.compiled.features:
+                problem = self._model_feature_problem(name)
+                if problem:
+                    raise ValueError(f"model: the model's feature {name!r} {problem}")
         return self
+
+    def _model_feature_problem(self, name: str) -> str | None:
+        """Why the engine cannot give the model feature ``name`` for this strategy (None: it can). A model
+        fitted with a detector and served without it would read NaN where it learnt values: refused."""
+        from .features import SCALAR_FIELDS  # here, not at import: features does not need the schema
+        from .symbol_state import STANDARD_CVD_WINDOWS_MS
+
+        layer = name.startswith("layer_") and name.removeprefix("layer_") in Weights.model_fields
+        if layer or name in ("score", "raw_score", SIGN_FEATURE):
+            return None
+        field = name.removeprefix("in_")
+        scalars = {*SCALAR_FIELDS, *STRATEGY_INPUTS, "atr_price_ratio"}
+        cvd = None if field in scalars else cvd_feature(field)
+        if not name.startswith("in_") or (field not in scalars and cvd is None):
+            return "is not one the engine computes"
+        fast = self.windows.cvd_fast
+        windows = {"cvd": {*STANDARD_CVD_WINDOWS_MS, fast, self.windows.cvd_mid}}
+        windows["cvd_slope"] = windows["cvd_accel"] = {SLOPE_WINDOW_MS, fast}
+        if cvd is not None and cvd[1] not in windows[cvd[0]]:
+            return "needs a CVD window the engine does not keep for this strategy"
+        part = REGIME_DETECTOR_PART.get(field)
+        if part is not None and self.detectors is None:
+            return "is a detector output and the strategy has no detectors section"
+        if part and self.detectors is not None and getattr(self.detectors, part) is None:
+            return f"needs detectors.{part}, which the strategy does not turn on"
+        return None
 
     def _check_regime(self, regime: Regime) -> None:
         if self.weights.max_score() > 0:
@@ -792,15 +873,19 @@ class StrategyConfig(_Model):
 
     @cached_property
     def config_hash(self) -> str:
-        """sha256 hex of the canonical JSON (sorted keys, no whitespace) of the validated model."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """sha256 hex of the canonical JSON (sorted keys, no whitespace) of the validated model; a model
+        counts by its sha256 (and max_size_mult), not by the path it was read from."""
+        data = self.model_dump(mode="json")
+        if "model" in data:
+            data["model"] = {key: value for key, value in data["model"].items() if key != "file"}
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def applies_to(self, symbol: str) -> bool:
         return not self.symbols or symbol in self.symbols
 
 
-_FIELD_PATH = re.compile(r"^(weights|gates|regime)(\.[A-Za-z0-9_]+)*: ")
+_FIELD_PATH = re.compile(r"^(weights|gates|regime|model)(\.[A-Za-z0-9_]+)*: ")
 
 
 def _format_errors(error: ValidationError) -> str:

@@ -180,6 +180,7 @@ BTC_FEATURES = {
     "gate": None,
     "block_reason": None,
     "config_rev": 3,
+    "p_win": 0.7125,
 }
 SIGNAL_ID = f"v53:{CONFIG_HASH}:binance:BTCUSDT:{EVAL_TIME}:LONG"
 # risk_distance = 1.5 * 161.4 = 242.1; sl = 67012.4 - 242.1; tp1 = + 1.0R; tp2 = + 2.0R.
@@ -207,6 +208,8 @@ BTC_SIGNAL = {
     "is_flip": False,
     "timeout_ms": 14_400_000,
     "config_rev": 3,
+    "p_win": 0.7125,
+    "size_mult": 1.5,  # heavy 1.5 x the model's band 1.0 (0.6 < p_win <= 0.85)
 }
 BTC_ORDER = {
     "client_order_id": "tf-7c1d0a9e-entry",
@@ -769,8 +772,14 @@ def test_records_written_before_timeout_ms_read_it_as_null(topic, sample):
     previous = [
         v for v in registry.versions(f"{topic}-value") if "timeout_ms" not in {f["name"] for f in v["schema"]["fields"]}
     ][-1]
-    old = {k: v for k, v in sample.items() if k not in ("timeout_ms", "config_rev")}
+    newer = ("timeout_ms", "config_rev", "p_win", "size_mult")
+    old = {k: v for k, v in sample.items() if k not in newer}
     buf = io.BytesIO()
     schemaless_writer(buf, parse_schema(strip_logical_types(previous["schema"])), old)
     data = frame_header(previous["id"]) + buf.getvalue()
-    assert AvroSerde(registry).decode(data, topic=topic) == {**old, "timeout_ms": None, "config_rev": 0}
+    defaults = {
+        "timeout_ms": None,
+        "config_rev": 0,
+        **({"p_win": None, "size_mult": None} if topic == "signals" else {}),
+    }
+    assert AvroSerde(registry).decode(data, topic=topic) == {**old, **defaults}

@@ -152,6 +152,7 @@ SAMPLES: dict[str, dict] = {
         "gate": None,
         "block_reason": "below_entry",
         "config_rev": 2,
+        "p_win": 0.6375,
     },
     "signals": {
         "signal_id": f"v53:ab12cd:binance:BTCUSDT:{T}:LONG",
@@ -177,6 +178,8 @@ SAMPLES: dict[str, dict] = {
         "is_flip": False,
         "timeout_ms": 14_400_000,
         "config_rev": 2,
+        "p_win": 0.9125,
+        "size_mult": 1.8,
     },
     "orders": {
         "client_order_id": "tf-9f8e7d-entry",

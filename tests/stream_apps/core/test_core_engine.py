@@ -24,6 +24,7 @@ from stream_apps.core.strategy import (
     parse_strategy,
 )
 from stream_apps.core.synthetic import synthetic_trades
+from tests.support.confidence_model import with_model
 from tests.support.paths import REPO
 
 T = 1_700_006_400_000  # a multiple of 15 s
@@ -41,6 +42,10 @@ FAST = parse_strategy(
     }
 )
 SHIPPED = load_strategies(default_strategy_dir())
+# fast_test with a confidence model (tests.support.confidence_model): its p_win and size_mult ride along in
+# every batching, restart and schema check below
+MODELLED = with_model(FAST, "fast_model")
+STRATEGIES = [FAST, MODELLED, *SHIPPED]
 
 
 def _stream(minutes=40, seed=1):
@@ -112,23 +117,45 @@ def stream():
 
 @pytest.fixture(scope="module")
 def reference(stream):
-    return _run(Engine([FAST, *SHIPPED]), stream, 1000)
+    return _run(Engine(STRATEGIES), stream, 1000)
 
 
 def test_reference_run_exercises_signals_gates_and_bars(reference):
     reasons = Counter(f["block_reason"] for f in reference.features)
     assert len(reference.signals) > 10
     assert reasons["warmup"] > 0 and reasons["gate"] == 0  # shipped strategies warm up for 24 h
-    assert {s["strategy"] for s in reference.signals} == {"fast_test"}
+    assert {s["strategy"] for s in reference.signals} == {"fast_test", "fast_model"}
     assert Counter(b["symbol"] for b in reference.bars) == {"BTCUSDT": 39, "ETHUSDT": 39}
     assert all(s["eval_time"] >= T + 10 * MIN for s in reference.signals)  # 10-min warm-up of fast_test
     # every signal carries its strategy's timeout (exits.timeout_min 60): the executor runs it
     assert {s["timeout_ms"] for s in reference.signals} == {FAST.exits.timeout_min * MIN} == {60 * MIN}
 
 
+def test_the_model_strategy_sizes_and_vetoes_by_p_win(reference):
+    """fast_model is fast_test plus the model: where fast_test fires, fast_model has a p_win and either
+    fires with size_mult = tier multiplier x the band of its p_win, or is vetoed (model_skip) when p_win is
+    at most 0.4; without a model a signal has no p_win and its size_mult is its tier's multiplier."""
+    plain = [s for s in reference.signals if s["strategy"] == "fast_test"]
+    modelled = [s for s in reference.signals if s["strategy"] == "fast_model"]
+    assert all(s["p_win"] is None and s["size_mult"] == s["factors"]["risk_multiplier"] for s in plain)
+    tiers = FAST.sizing.tier_multipliers
+    for s in modelled:
+        band = 1.2 if s["p_win"] > 0.85 else 1.0 if s["p_win"] > 0.6 else 0.5
+        assert s["p_win"] > 0.4 and s["size_mult"] == min(getattr(tiers, s["tier"]) * band, 1.8)
+    assert {s["size_mult"] for s in modelled} >= {0.5, 1.0, 1.2}  # the session's signals reach every band
+    features = [f for f in reference.features if f["strategy"] == "fast_model"]
+    skipped = [f for f in features if f["block_reason"] == "model_skip"]
+    assert skipped and all(f["p_win"] <= 0.4 for f in skipped)
+    asked = {None, "model_skip", "cooldown"}
+    assert all((f["p_win"] is not None) == (f["block_reason"] in asked) for f in features)
+    # the first signal fast_test emits at a time where fast_model's model said skip, as fast_model did not
+    first_skip = {(f["symbol"], f["eval_time"]) for f in skipped}
+    assert any((s["symbol"], s["eval_time"]) in first_skip for s in plain)
+
+
 @pytest.mark.parametrize("batch_size", [1, 7])
 def test_output_does_not_depend_on_batching(stream, reference, batch_size):
-    out = _run(Engine([FAST, *SHIPPED]), stream, batch_size)
+    out = _run(Engine(STRATEGIES), stream, batch_size)
     assert out.bars == reference.bars
     assert out.features == reference.features
     assert out.signals == reference.signals
@@ -193,10 +220,10 @@ def _split_after(stream, time_ms):
 def test_restart_resumes_exactly_and_keeps_cooldown(stream, reference):
     first_signal = reference.signals[0]
     cut = _split_after(stream, first_signal["eval_time"] + 20_000)  # restart while its cooldown runs
-    first = Engine([FAST, *SHIPPED])
+    first = Engine(STRATEGIES)
     out = _run(first, stream[:cut], 500)
     snapshot = json.loads(json.dumps(first.to_dict()))  # plain data, as a Faust table would hold it
-    resumed = Engine.from_dict(snapshot, [FAST, *SHIPPED])
+    resumed = Engine.from_dict(snapshot, STRATEGIES)
     out.extend(_run(resumed, stream[cut:], 500))
     assert out.bars == reference.bars
     assert out.features == reference.features
@@ -214,7 +241,7 @@ def test_restart_resumes_exactly_and_keeps_cooldown(stream, reference):
         and window[0] < f["eval_time"] < window[1]
     ]
     assert held_back
-    amnesiac = Engine.from_dict({**snapshot, "books": {}}, [FAST, *SHIPPED])
+    amnesiac = Engine.from_dict({**snapshot, "books": {}}, STRATEGIES)
     fired = [
         s["eval_time"]
         for s in _run(amnesiac, stream[cut:], 500).signals
