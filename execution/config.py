@@ -107,7 +107,8 @@ class EntryPolicy(_Model):
     moved at most `fallback_slippage_cap_bps` from the signal price, otherwise no trade. `routed`: by
     the routing table of the signal's strategy (its `routing:` section, else this config's `routing`):
     by notional a maker wait, then TWAP taker slices for what is left, after a liquidity probe
-    (`execution.routing`); the slippage cap applies to the taker slices."""
+    (`execution.routing`); when the maker wait ends below theta, the taker slices start only within
+    `fallback_slippage_cap_bps` and with the risk guard's leave, as `maker_first`'s fallback."""
 
     kind: Literal["taker", "maker_first", "routed"] = Field(
         default="taker",
