@@ -28,6 +28,7 @@ from stream_apps.faust_app.metrics import EngineAppMetrics
 from stream_apps.faust_app.outputs import OutputEncoder
 from stream_apps.faust_app.processor import Effects, EngineProcessor
 from stream_apps.faust_app.session import engine_inputs, synthetic_session
+from tests.support.confidence_model import with_model
 from tests.support.engine_reference import direct_engine_outputs
 
 T0 = 1_700_006_400_000
@@ -57,7 +58,11 @@ GATED = parse_strategy(
         "exits": {"sl_atr_mult": 2.0, "tp1_r": 0.75, "tp2_r": 1.5, "timeout_min": 240},
     }
 )
-STRATEGIES = [FAST, GATED]
+# fast_test with a confidence model (tests.support.confidence_model): p_win and size_mult travel through
+# the worker's Avro encoding and fetch interleavings and must equal the direct engine's (the backtest's) bit
+# for bit
+MODELLED = with_model(FAST, "fast_model")
+STRATEGIES = [FAST, GATED, MODELLED]
 PARTITION = {"binance:BTCUSDT": 2, "binance:ETHUSDT": 5}
 
 
@@ -171,7 +176,10 @@ def assert_same(got, reference):
 # ---------------------------------------------------------------------------------------------
 def test_reference_session_exercises_both_strategies_gates_and_all_inputs(reference, session):
     assert {r.topic for r in session} == set(INPUT_TOPICS)
-    assert {s["strategy"] for s in reference["signals"]} == {"fast_test", "gated_test"}
+    assert {s["strategy"] for s in reference["signals"]} == {"fast_test", "gated_test", "fast_model"}
+    modelled = [s for s in reference["signals"] if s["strategy"] == "fast_model"]
+    assert all(s["p_win"] > 0.4 for s in modelled) and len({s["size_mult"] for s in modelled}) > 1
+    assert any(f["block_reason"] == "model_skip" for f in reference["features"])
     assert {f["gate"] for f in reference["features"]} >= {"obi", "spot_perp_divergence"}
     reasons = {f["block_reason"] for f in reference["features"]}
     assert {"warmup", "cooldown", "no_direction"} <= reasons
