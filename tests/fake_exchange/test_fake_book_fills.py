@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import pytest
 
-from execution.broker import Execution, OrderRequest
+from execution.broker import Execution, OrderRequest, OrderUpdate
 from execution.config import Fees, PaperFills
 from execution.domain import BookTop, TradeTick
 from execution.paper_broker import PaperBroker
@@ -56,7 +56,7 @@ def paper_fills() -> dict[str, list[tuple[float, float, str, float]]]:
     b.on_book(_book(T, BOOK_1))
     for cid, side, typ, qty, price in ORDERS:
         [ack] = b.submit(OrderRequest(cid, "binance", SYM, side, typ, qty, price=price, post_only=price is not None, not_before_ms=T), T)  # type: ignore[arg-type]  # fmt: skip
-        assert ack.state == "NEW"
+        assert isinstance(ack, OrderUpdate) and ack.state == "NEW"
     events = []
     for n, (price, qty, taker, t) in enumerate(TRADES):
         if n == 1:
