@@ -35,9 +35,8 @@ class Controls(NamedTuple):
     columns: ControlColumns
 
 
-def order_controls(due: list[Record], piece: MarketSlice, hold_books: bool = True) -> Controls:
-    """The due signals and the slice's marks and books in executor order; ``hold_books`` False: no book
-    may be held (routed entries: the router's spread mean reads every book)."""
+def order_controls(due: list[Record], piece: MarketSlice) -> Controls:
+    """The due signals and the slice's marks and books in executor order."""
     # (time, rank, seq) as columns, seq the position in signals + marks + books; "held" says
     # whether the record may be held (a book, or a mark before its own funding time)
     names = sorted(
@@ -61,7 +60,7 @@ def order_controls(due: list[Record], piece: MarketSlice, hold_books: bool = Tru
             held.append(
                 batch.time_ms < batch.next_funding_time_ms
                 if isinstance(batch, MarkBatch)  # the marks (rank 1)
-                else np.full(len(cols.index), hold_books, dtype=bool)
+                else np.ones(len(cols.index), dtype=bool)
             )
         offset += len(getattr(piece, kind))
     time_col, seq_col, rank_col = np.concatenate(times), np.concatenate(seqs), np.concatenate(ranks)

@@ -50,7 +50,7 @@ class ExecutorFeed:
         self.late_signals = []
         due = [s for s in self.future_signals if s["eval_time"] < end]
         self.future_signals = [s for s in self.future_signals if s["eval_time"] >= end]
-        return order_controls(due, piece, hold_books=acc.config.entry.kind != "routed")
+        return order_controls(due, piece)
 
     def slice(self, piece: MarketSlice) -> None:
         """Every control of the slice at its place, the trades before it first, the clock ticked."""

@@ -75,7 +75,18 @@ class HeldRecords:
             before = self.records.get((1, key))
             if before is None or before["next_funding_time"] != record["next_funding_time"]:
                 self.forget_band(key)
+        else:
+            self.observe_book(key, record)
         self.records[(rank, key)] = record
+
+    def observe_book(self, key: str, record: Record) -> None:
+        """Routed entries: the router's spread mean reads every book, so a book held (or passed over)
+        is counted as it comes; passed later, the router does not count it again."""
+        if self.accounts.config.entry.kind != "routed" or not record["bids"] or not record["asks"]:
+            return
+        bid, ask = record["bids"][0]["price"], record["asks"][0]["price"]
+        for executor in self.accounts.executors:
+            executor.entry_flow.router.spreads.add(key, record["event_time"], bid, ask)
 
     def take(self, key: str) -> list[tuple[int, int, Any]]:
         """What is held of ``key``, taken out, as (time, rank, record)."""

@@ -87,19 +87,26 @@ class SpreadTracker:
     def __init__(self, horizon_ms: int = 3_600_000) -> None:
         self.horizon_ms = horizon_ms  # minutes older than this before the newest book are dropped
         self._minutes: dict[str, deque[list[float]]] = {}  # key -> [minute start, sum, count], oldest first
+        self._last: dict[str, int] = {}  # key -> event time of the newest book counted
 
     def observe(self, book: BookTop) -> None:
-        spread = spread_bps(book)
-        if spread is None:
+        if book.best_bid is not None and book.best_ask is not None:
+            self.add(book.key, book.event_time, book.best_bid, book.best_ask)
+
+    def add(self, key: str, event_time: int, bid: float, ask: float) -> None:
+        """Count one book's spread. A book no newer than the newest counted is not counted (again): the
+        backtest's sparse feed shows the router every book as it holds it and passes some later."""
+        if event_time <= self._last.get(key, -1) or bid <= 0 or ask <= 0:
             return
-        rows = self._minutes.setdefault(book.key, deque())
-        minute = book.event_time - book.event_time % MINUTE_MS
+        self._last[key] = event_time
+        spread = (ask - bid) / ((ask + bid) / 2) * 1e4
+        rows = self._minutes.setdefault(key, deque())
+        minute = event_time - event_time % MINUTE_MS
         if rows and rows[-1][0] == minute:
             rows[-1][1] += spread
             rows[-1][2] += 1
-        elif not rows or minute > rows[-1][0]:
+        else:  # a later minute (books are counted in time order)
             rows.append([minute, spread, 1])
-        # a book older than the newest minute (out of order) is left out: the mean is an estimate
         while rows and rows[0][0] + MINUTE_MS <= minute - self.horizon_ms:
             rows.popleft()
 

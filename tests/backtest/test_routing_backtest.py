@@ -1,6 +1,7 @@
-"""Routed entries in the backtest: the sparse feed (books of idle markets no longer held when entries are
-routed: the probe's spread mean reads every book) gives the dense feed's run, order for order, and each
-strategy's own routing table is the one its entries are worked by."""
+"""Routed entries in the backtest: the sparse feed (which holds the books of idle markets, and shows the
+router each of them as it holds it: the probe's spread mean reads every book) gives the dense feed's run,
+order for order, with the same spread state, and each strategy's own routing table is the one its
+entries are worked by."""
 
 from __future__ import annotations
 
