@@ -47,6 +47,8 @@ APP_SCRAPE_TARGETS = {
     "producer-okx": "producer-okx:9106",
     "producer-bybit": "producer-bybit:9107",
     "watchlist": "watchlist:9108",
+    "labels": "labels:9109",
+    "guardrail": "guardrail:9110",
 }
 ONE_SHOT = {"init"}  # runs to completion; the others wait for it (service_completed_successfully)
 NOT_SCRAPED = {"ui"}  # the web UI serves pages, not /metrics
