@@ -11,6 +11,7 @@ from typing import Any
 
 from backtest.accounts import Accounts
 from backtest.inputs import Record
+from execution.routing import SpreadTracker
 
 _CHANGES = attrgetter("changes")
 
@@ -26,6 +27,7 @@ class HeldRecords:
         # funding time forgets its market's band: funding times end the bands)
         self._memo: dict[str, tuple[float, float, float] | None] = {}
         self.version = 0
+        self._spreads: list[SpreadTracker] | None = None  # routed entries: the routers' spread trackers
 
     def keys(self) -> set[str]:
         """The markets something is held of."""
@@ -84,9 +86,12 @@ class HeldRecords:
         is counted as it comes; passed later, the router does not count it again."""
         if self.accounts.config.entry.kind != "routed" or not record["bids"] or not record["asks"]:
             return
+        if self._spreads is None:  # the accounts' trackers (one, shared by the runner: the same books)
+            trackers = (executor.entry_flow.router.spreads for executor in self.accounts.executors)
+            self._spreads = list({id(tracker): tracker for tracker in trackers}.values())
         bid, ask = record["bids"][0]["price"], record["asks"][0]["price"]
-        for executor in self.accounts.executors:
-            executor.entry_flow.router.spreads.add(key, record["event_time"], bid, ask)
+        for tracker in self._spreads:
+            tracker.add(key, record["event_time"], bid, ask)
 
     def take(self, key: str) -> list[tuple[int, int, Any]]:
         """What is held of ``key``, taken out, as (time, rank, record)."""

@@ -209,7 +209,9 @@ class BacktestRunner:
         """Engine over ``piece``; then the executor over the slice before it."""
         if not self.accounts.books:
             self.accounts.open(piece.start_ms)
+            spreads = self.accounts.executors[0].entry_flow.router.spreads  # every account sees the same books
             for executor in self.accounts.executors:  # routed entries: each strategy revision's own table
+                executor.entry_flow.router.spreads = spreads
                 executor.entry_flow.router.register_all(self.strategies)
         self.processed_to_ms = piece.end_ms
         self._engine_slice(piece)

@@ -133,9 +133,9 @@ class SparseFeed(ExecutorFeed):
             _, newest = np.unique(cols.slot[n:stop][::-1], return_index=True)
             held, records, ranks, keys = self.held.records, controls.records, controls.ranks, controls.keys
             if acc.config.entry.kind == "routed":  # the router counts every book, not only the newest
-                for i in range(n, stop):
-                    if ranks[i] == 2:
-                        self.held.observe_book(keys[i], records[i])
+                books_at = np.flatnonzero(cols.slot[n:stop] // max(len(cols.names), 1) == 2) + n
+                for i in books_at.tolist():
+                    self.held.observe_book(keys[i], records[i])
             for i in (stop - 1 - newest).tolist():
                 held[(ranks[i], keys[i])] = records[i]
         if last_tick >= 0:
