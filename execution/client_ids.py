@@ -19,6 +19,7 @@ import re
 BINANCE_CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
 # One code per order role; `entry_fallback` is the market order sent after a maker entry timed out,
+# and with attempt k the k-th TWAP taker slice of a routed entry (`execution.routing`: -ef, -ef1, ...),
 # `add_on_1`/`add_on_2` the add-ons of a managed position (`execution.management`).
 # The `pair_*` roles are the two legs of a hedged cross-venue pair (`execution.hedged`): its short and
 # long leg's entry, and the order that closes each leg (the exit, or the unwind of a leg whose partner
@@ -47,7 +48,8 @@ def signal_digest(signal_id: str) -> str:
 
 
 def client_order_id(signal_id: str, leg: str, attempt: int = 0) -> str:
-    """Order id of `leg` for the position opened by `signal_id`; `attempt` > 0 after a rejected try."""
+    """Order id of `leg` for the position opened by `signal_id`; `attempt` > 0 after a rejected try (for
+    `entry_fallback`: the taker slice's number, from 0, of a routed entry)."""
     code = LEG_CODES.get(leg)
     if code is None:
         raise ValueError(f"unknown leg {leg!r}; expected one of {sorted(LEG_CODES)}")
