@@ -256,3 +256,20 @@ def routed_entry() -> Harness:
     h.clock(T0 + 2100 + slice_delay_ms(600, 0.2, 0, rec["signal_id"], 1))
     h.trade(100.0, T0 + 3000)
     return h
+
+
+def test_the_executor_holds_a_routed_entry_on_a_planted_wide_spread_and_sends_it_after_the_wait():
+    h = Harness(ExecutorConfig(entry=EntryPolicy(kind="routed")), now=T0 - 60 * MIN)
+    for i in range(60):  # an hour of 1 bp spreads
+        _big_book(h, 99.995, 100.005, T0 - 60 * MIN + i * MIN)
+    h.trade(100.0, T0 - 500)
+    _big_book(h, 99.96, 100.04, T0)  # 8 bps: wider than twice the hour's mean
+    rec = signal_record(risk=50.0)
+    assert h.signal_rec(rec).allowed
+    assert not [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]  # held: nothing sent
+    _big_book(h, 99.995, 100.005, T0 + 3000)  # back to normal before the wait is over
+    h.clock(T0 + 4999)
+    assert not [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
+    h.clock(T0 + 5000)  # the wait is over: probed again, sent as the bucket says (maker first)
+    [maker] = [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
+    assert (maker["type"], maker["price"], maker["reason"]) == ("LIMIT", 99.995, "route 200-500 n=400.00 maker held=1")
