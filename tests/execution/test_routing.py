@@ -273,3 +273,34 @@ def test_the_executor_holds_a_routed_entry_on_a_planted_wide_spread_and_sends_it
     h.clock(T0 + 5000)  # the wait is over: probed again, sent as the bucket says (maker first)
     [maker] = [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
     assert (maker["type"], maker["price"], maker["reason"]) == ("LIMIT", 99.995, "route 200-500 n=400.00 maker held=1")
+
+
+@pytest.mark.parametrize(("theta", "taker"), [(0.5, True), (0.25, False)])
+def test_a_partly_filled_maker_entry_goes_to_the_taker_below_theta_and_keeps_its_fill_at_or_above(theta, taker):
+    """The book-based paper broker: our bid of 4 at 99.9 queues behind 1 shown there; a sell of 2 at 99.9
+    eats the queue and fills 1 of ours (a quarter) before the 2 s wait ends."""
+    config = ExecutorConfig.model_validate(
+        {"entry": {"kind": "routed"}, "paper": {"fills": "book"}, "routing": {"taker_below_fill_ratio": theta}}
+    )
+    h = Harness(config)
+    h.now = max(h.now, T0)
+    book = {"exchange": EXCHANGE, "symbol": SYMBOL, "last_update_id": T0, "event_time": T0, "receive_time": T0}
+    h.ex.on_book(
+        {**book, "bids": [{"price": 99.9, "qty": 1.0}], "asks": [{"price": 100.0, "qty": 1e6}], "obi_10": 0.0}, T0
+    )
+    rec = signal_record(risk=50.0)
+    h.signal_rec(rec)
+    h.trade(99.9, T0 + 500, qty=2.0, taker_side="SELL")
+    assert [f["qty"] for f in h.fills()] == [1.0]
+    h.clock(T0 + 2000)
+    sent = [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
+    if taker:  # 1/4 < 0.5: the other 3 in two taker slices
+        assert (sent[-1]["client_order_id"], sent[-1]["qty"]) == (
+            client_order_id(rec["signal_id"], "entry_fallback"),
+            1.5,
+        )
+        assert not h.positions("opened")
+    else:  # 1/4 >= 0.25: the entry keeps its quarter, R scaled to it
+        assert len(sent) == 1
+        [opened] = h.positions("opened")
+        assert opened["qty"] == 1.0 and opened["r_usd"] == pytest.approx(200.0 / 4)
