@@ -7,8 +7,11 @@ aiohttp app, so no second server). Signed endpoints verify `X-MBX-APIKEY`, the H
 of the query string (TEST_API_KEY / TEST_API_SECRET) and `timestamp` within `recvWindow` (-1021).
 
 The account (`engine.AccountEngine`) follows the replay: a follower task feeds it every replayed
-aggTrade, markPriceUpdate and bookTicker. Tests that need exact prices post them instead
-(`POST /_control/orders/market`).
+aggTrade, markPriceUpdate, bookTicker and depthUpdate, with the book's levels where the replay has
+them, so a replay fills against the book as the paper broker does: a depth diff gives the book after
+it (the replay's `DepthTimeline`, its best `BOOK_LEVELS` a side), a bookTicker its best level on each
+side with its size, the last depth book's deeper levels kept behind it. Tests that need exact prices
+post them instead (`POST /_control/orders/market`).
 
 Control (`/_control/orders/...`, not signed):
 - `POST market` `{"symbol", "price"?, "qty"?, "taker_side"?, "mark"?, "bid"?, "ask"?, "bids"?, "asks"?,
@@ -43,6 +46,10 @@ from ..rest_api import STATE_KEY, json_response
 from ..state import ExchangeState
 from .engine import AccountEngine, OrderError, SymbolRules
 
+#: levels a side the follower passes to the matcher from a replayed depth book: what md.book carries
+#: at most; the deeper ones never fill a simulated order of test size, and converting and handing over
+#: the whole recorded book on every diff costs the follower for nothing
+BOOK_LEVELS = 20
 TEST_API_KEY = "fake-test-api-key-0123456789"
 TEST_API_SECRET = "fake-test-api-secret-9876543210"  # nosec B105 # the fake exchange's published test key, not a credential
 
@@ -64,6 +71,11 @@ class OrderVenue:
         #: (method, path, code) of every signed request refused for its timestamp (-1021)
         self.refused: list[tuple[str, str, int]] = []
         self.replayed = 0
+        #: the follower's newest depth book per symbol (its levels, Decimal), and per symbol the book
+        #: frames replayed but not handed to the engine yet: [depth diff (frame index, time) or None,
+        #: bookTicker after it (payload, time) or None] (see `_book_now`)
+        self.depth: dict[str, tuple[tuple[tuple[Decimal, Decimal], ...], tuple[tuple[Decimal, Decimal], ...]]] = {}
+        self._book_due: dict[str, list[Any]] = {}
         #: GET /sapi/v1/account/apiRestrictions (Binance's spot API, signed): the key's permissions
         self.api_restrictions: dict[str, Any] = {
             "ipRestrict": True,
@@ -111,8 +123,44 @@ class OrderVenue:
                 self.engine.on_trade(symbol, Decimal(str(data["p"])), Decimal(str(data["q"])), now, taker)
             elif event == "markPriceUpdate":
                 self.engine.on_mark(symbol, Decimal(str(data["p"])), now)
-            elif event == "bookTicker":
-                self.engine.on_book(symbol, Decimal(str(data["b"])), Decimal(str(data["a"])))
+            elif event in ("depthUpdate", "bookTicker"):
+                if event == "depthUpdate":  # the book after it supersedes an earlier bookTicker
+                    self._book_due[symbol] = [(frame.index, now), None]
+                else:
+                    self._book_due.setdefault(symbol, [None, None])[1] = (data, now)
+                if self.engine.open_orders(symbol):  # every book may shrink a working order's queue
+                    self._book_now(state, symbol)
+        for symbol in list(self._book_due):  # the book an order placed before the next frames sees
+            self._book_now(state, symbol)
+
+    def _book_now(self, state: ExchangeState, symbol: str) -> None:
+        """Hand the engine the symbol's book frames not handed over yet: the book after the newest depth
+        diff, then a bookTicker that came after it. While the symbol has working orders every book frame
+        is handed over as it is replayed (each may shrink a queue); without orders only the newest
+        matter, so they are built once per follow (the replay may send hundreds of frames between two),
+        before any order can be placed."""
+        depth, ticker = self._book_due.pop(symbol, (None, None))
+        timeline = state.timelines.get(symbol)
+        book = timeline.snapshot_at(depth[0]) if depth is not None and timeline is not None else None
+        if book is not None and depth is not None:  # the book after the diff at that frame
+            bids, asks = _decimal_levels(book.bids[:BOOK_LEVELS]), _decimal_levels(book.asks[:BOOK_LEVELS])
+            self.depth[symbol] = (bids, asks)
+            best_bid, best_ask = bids[0][0] if bids else None, asks[0][0] if asks else None
+            self.engine.on_book(symbol, best_bid, best_ask, depth[1], bids, asks)
+        if ticker is not None:
+            self._touch(symbol, *ticker)
+
+    def _touch(self, symbol: str, data: dict[str, Any], now: int) -> None:
+        """A bookTicker: the best bid and ask with their sizes (B, A), the last depth book's levels
+        beyond them kept behind; without sizes only the touch (the engine forgets the levels)."""
+        bid, ask = Decimal(str(data["b"])), Decimal(str(data["a"]))
+        if data.get("B") is None or data.get("A") is None:
+            self.engine.on_book(symbol, bid, ask, now)
+            return
+        deeper_bids, deeper_asks = self.depth.get(symbol, ((), ()))
+        bids = ((bid, Decimal(str(data["B"]))), *(level for level in deeper_bids if level[0] < bid))
+        asks = ((ask, Decimal(str(data["A"]))), *(level for level in deeper_asks if level[0] > ask))
+        self.engine.on_book(symbol, bid, ask, now, bids, asks)
 
 
 VENUE_KEY = web.AppKey("fake_exchange_orders", OrderVenue)
@@ -406,6 +454,10 @@ async def control_state(request: web.Request) -> web.Response:
 
 def _maybe(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
+
+
+def _decimal_levels(levels: Any) -> tuple[tuple[Decimal, Decimal], ...]:
+    return tuple((Decimal(price), Decimal(qty)) for price, qty in levels)
 
 
 def _levels(value: Any) -> tuple[tuple[Decimal, Decimal], ...] | None:

@@ -98,10 +98,14 @@ class ConfidenceModel:
     def predict(self, x: np.ndarray, sign: np.ndarray) -> np.ndarray:
         """Calibrated P(win) of each row of ``x`` (float64, columns in ``features`` order, NaN = missing);
         ``sign`` +1 LONG / -1 SHORT per row (the logistic model's direction terms)."""
+        return self.verdicts(x, sign)[0]
+
+    def verdicts(self, x: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(p_win, size map multiplier)`` of each row (``predict``, then ``size_multiplier``, in one call)."""
         x = np.ascontiguousarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"the model takes {len(self.features)} features per row, got shape {x.shape}")
-        out = np.empty(len(x))
+        p, band = np.empty(len(x)), np.empty(len(x))
         _predict(
             x,
             np.ascontiguousarray(sign, dtype=np.float64),
@@ -124,9 +128,12 @@ class ConfidenceModel:
             self.cal_y,
             self.cal_a,
             self.cal_b,
-            out,
+            self.size_bounds,
+            self.size_multipliers,
+            p,
+            band,
         )
-        return out
+        return p, band
 
     def size_multiplier(self, p: np.ndarray) -> np.ndarray:
         """The size map's multiplier of each probability (0: skip)."""
@@ -241,7 +248,10 @@ def _predict(  # pragma: no cover - compiled
     cal_y,
     cal_a,
     cal_b,
+    size_bounds,
+    size_multipliers,
     out,
+    band,
 ):
     low, high = CALIBRATED_RANGE
     for i in range(x.shape[0]):
@@ -256,16 +266,22 @@ def _predict(  # pragma: no cover - compiled
             c = min(max(p, EPS), 1.0 - EPS)
             q = _sigmoid(cal_a * math.log(c / (1.0 - c)) + cal_b)
         out[i] = min(max(q, low), high)
+        band[i] = _band(out[i], size_bounds, size_multipliers)
+
+
+@njit(cache=True, inline="always")
+def _band(p, bounds, multipliers):  # pragma: no cover - compiled
+    """The size map's multiplier of ``p``: the first band (bounds descending) that ``p`` is above, else 0."""
+    for k in range(bounds.shape[0]):
+        if p > bounds[k]:
+            return multipliers[k]
+    return 0.0
 
 
 @njit(cache=True)
 def _size_map(p, bounds, multipliers, out):  # pragma: no cover - compiled
     for i in range(p.shape[0]):
-        out[i] = 0.0
-        for k in range(bounds.shape[0]):
-            if p[i] > bounds[k]:
-                out[i] = multipliers[k]
-                break
+        out[i] = _band(p[i], bounds, multipliers)
 
 
 # -- loading -----------------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ turned on): a model fitted with a detector and served without it would read NaN 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .confidence import SIGN_FEATURE, cvd_feature
+from .confidence import SIGN_FEATURE, STRATEGY_INPUTS, cvd_feature
+from .features import SCALAR_FIELDS
 from .frame import FeatureFrame, duration_name
 from .scoring import ScoreFrame, strategy_input_columns
 
@@ -28,39 +29,79 @@ if TYPE_CHECKING:
     from .strategy import StrategyConfig
 
 
+_PLANS: dict[tuple[tuple[str, ...], int, int], list[tuple[str, Any]]] = {}
+
+
+def _plan(names: tuple[str, ...], cfg: StrategyConfig) -> list[tuple[str, Any]]:
+    """Where each feature's column is, worked out once per model and CVD windows: (kind, key) per name."""
+    key = (names, cfg.windows.cvd_fast, cfg.windows.cvd_mid)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    plan = []
+    for name in names:
+        field = name.removeprefix("in_")
+        if name in ("score", "raw_score"):
+            plan.append((name, None))
+        elif name == SIGN_FEATURE:
+            plan.append(("sign", None))
+        elif name.startswith("layer_"):
+            plan.append(("layer", name.removeprefix("layer_")))
+        elif field in STRATEGY_INPUTS:
+            plan.append(("own", field))
+        elif field == "atr_price_ratio":
+            plan.append(("atr_price_ratio", None))
+        elif field in SCALAR_FIELDS:
+            plan.append(("value", field))
+        else:
+            cvd = cvd_feature(field)
+            if cvd is None:  # the strategy's validation refused such a model
+                raise KeyError(f"{name}: not a feature the engine computes")
+            plan.append(cvd)
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
 def feature_matrix(
     names: tuple[str, ...], frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, rows: np.ndarray
 ) -> np.ndarray:
-    """The model's features at ``rows`` of a scored frame: one float64 row per evaluation, NaN = missing."""
+    """The model's features at ``rows`` of a scored frame: one float64 row per evaluation, NaN = missing.
+
+    Values are copied, never computed again: a row's numbers are the evaluation's whatever the rows
+    beside it (one row, the live worker's usual call, is gathered without an array per feature)."""
+    own = dict(strategy_input_columns(frame, cfg)) if any(kind == "own" for kind, _ in _plan(names, cfg)) else {}
+    columns = [_column(kind, key, frame, scores, own) for kind, key in _plan(names, cfg)]
+    if len(rows) == 1:
+        row = int(rows[0])
+        return np.array([[column[row] for column in columns]], dtype=np.float64)
     out = np.empty((len(rows), len(names)))
-    own = dict(strategy_input_columns(frame, cfg))
-    for j, name in enumerate(names):
-        out[:, j] = _column(name, frame, scores, own)[rows]
+    for j, column in enumerate(columns):
+        out[:, j] = column[rows]
     return out
 
 
-def _column(name: str, frame: FeatureFrame, scores: ScoreFrame, own: dict[str, np.ndarray]) -> np.ndarray:
-    if name == "score":
+def _column(kind: str, key: Any, frame: FeatureFrame, scores: ScoreFrame, own: dict[str, np.ndarray]) -> np.ndarray:
+    if kind == "value":
+        return frame.values[key]
+    if kind == "score":
         return scores.score
-    if name == "raw_score":
+    if kind == "raw_score":
         return scores.raw_score
-    if name == SIGN_FEATURE:
+    if kind == "sign":
         return scores.sign
-    if name.startswith("layer_"):
-        layer = scores.layers.get(name.removeprefix("layer_"))
+    if kind == "layer":
+        layer = scores.layers.get(key)
         return layer if layer is not None else np.full(len(frame), np.nan)  # not a layer of the strategy
-    field = name.removeprefix("in_")
-    if field in own:
-        return own[field]
-    if field == "atr_price_ratio":
+    if kind == "own":
+        return own[key]
+    if kind == "atr_price_ratio":
         return frame.atr_price_ratio
-    if field in frame.values:
-        return frame.values[field]
-    kind, window = cvd_feature(field) or ("", 0)
-    columns = {"cvd": frame.cvd, "cvd_slope": frame.cvd_slope, "cvd_accel": frame.cvd_accel}.get(kind, {})
-    if window not in columns:  # check_features refused the strategy: only a frame built without its windows
-        raise KeyError(f"{name}: no such column in the frame ({duration_name(window)} not kept)")
-    return columns[window]
+    columns = {"cvd": frame.cvd, "cvd_slope": frame.cvd_slope, "cvd_accel": frame.cvd_accel}[kind]
+    if key not in columns:  # the strategy's validation refused it: only a frame built without its windows
+        raise KeyError(f"in_{kind}_{duration_name(key)}: no such column in the frame")
+    return columns[key]
 
 
 def model_verdicts(
@@ -70,5 +111,4 @@ def model_verdicts(
     assert cfg.model is not None
     model = cfg.model.compiled
     x = feature_matrix(model.features, frame, scores, cfg, rows)
-    p = model.predict(x, scores.sign[rows].astype(np.float64))
-    return p, model.size_multiplier(p)
+    return model.verdicts(x, scores.sign[rows].astype(np.float64))

@@ -845,10 +845,14 @@ class StrategyConfig(_Model):
         if cvd is not None and cvd[1] not in windows[cvd[0]]:
             return "needs a CVD window the engine does not keep for this strategy"
         part = REGIME_DETECTOR_PART.get(field)
+        trained = (  # what tapeflow model train turns on (backtest.research.model_data.with_detectors)
+            " (tapeflow model train fits with every detector on: detectors: {divergence: {}, oi_spike: {}, "
+            "liquidations: {cascade: {}}, walls: {}, icebergs: {}})"
+        )
         if part is not None and self.detectors is None:
-            return "is a detector output and the strategy has no detectors section"
+            return "is a detector output and the strategy has no detectors section" + trained
         if part and self.detectors is not None and getattr(self.detectors, part) is None:
-            return f"needs detectors.{part}, which the strategy does not turn on"
+            return f"needs detectors.{part}, which the strategy does not turn on" + trained
         return None
 
     def _check_regime(self, regime: Regime) -> None:

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from execution.broker import Execution, OrderRequest, OrderUpdate
 from execution.config import Fees, PaperFills
 from execution.domain import BookTop, TradeTick
 from execution.paper_broker import PaperBroker
+from fake_exchange.depth_book import BookSnapshot
 from fake_exchange.orders.engine import AccountEngine, SymbolRules
+from fake_exchange.orders.routes import OrderVenue
+from fake_exchange.recording import RecordedFrame, build_recording, parse_rest_line
+from fake_exchange.state import ExchangeState
 from tests.support.fake_exchange import FakeOnThread
+from tests.support.paths import RECORDING
 
 T = 1_790_000_000_000
 SYM = "BTCUSDT"
@@ -130,3 +136,91 @@ def test_levels_posted_to_the_control_api_queue_a_resting_order():
         assert fake.control("state")["open_orders"] == []
     finally:
         fake.stop()
+
+
+def _frame(index: int, stream: str, payload: dict) -> RecordedFrame:
+    return RecordedFrame(index, 1_700_000_000.0 + index, stream, orjson.dumps(payload).decode(), payload)
+
+
+def test_the_replay_follower_hands_the_recorded_book_to_the_matcher():
+    """Replay-driven fills use the recorded book: a depth diff gives the book after it (a market order
+    walks its levels, a limit queues behind its size), a bookTicker's sizes shrink the queue, and an
+    aggTrade with m=true (a seller hitting bids) eats the queue before it fills us."""
+    rest = parse_rest_line((RECORDING / "session_config_and_rest.txt").read_text().splitlines()[0])
+    base = BookSnapshot(
+        SYM, 100, T, T, (("50000.00", "0.5"), ("49990.00", "2.0")), (("50010.00", "1.0"), ("50020.00", "3.0"))
+    )
+    sym = SYM.lower()
+    frames = [
+        _frame(
+            0,
+            f"{sym}@aggTrade",
+            {"e": "aggTrade", "E": T, "T": T, "s": SYM, "a": 1, "p": "50005.00", "q": "0.010", "m": False},
+        ),  # fmt: skip
+        # the bid level shrinks to 0.3
+        _frame(
+            1,
+            f"{sym}@depth@100ms",
+            {
+                "e": "depthUpdate",
+                "E": T + 1,
+                "T": T + 1,
+                "s": SYM,
+                "U": 101,
+                "u": 101,
+                "pu": 100,
+                "b": [["50000.00", "0.3"]],
+                "a": [],
+            },
+        ),  # fmt: skip
+        _frame(
+            2,
+            f"{sym}@bookTicker",
+            {
+                "e": "bookTicker",
+                "E": T + 3,
+                "T": T + 3,
+                "s": SYM,
+                "u": 102,
+                "b": "50000.00",
+                "B": "0.25",
+                "a": "50010.00",
+                "A": "1.0",
+            },
+        ),  # fmt: skip
+        _frame(
+            3,
+            f"{sym}@aggTrade",
+            {"e": "aggTrade", "E": T + 4, "T": T + 4, "s": SYM, "a": 2, "p": "50000.00", "q": "0.255", "m": True},
+        ),  # fmt: skip
+        _frame(
+            4,
+            f"{sym}@aggTrade",
+            {"e": "aggTrade", "E": T + 5, "T": T + 5, "s": SYM, "a": 3, "p": "49999.00", "q": "1.0", "m": True},
+        ),  # fmt: skip
+    ]
+    state = ExchangeState(build_recording(frames, [rest], initial_books={SYM: base}))
+    venue = OrderVenue(state)
+    engine = venue.engine
+
+    def replay_to(position: int) -> None:
+        state.position = position
+        venue.follow(state)
+
+    def filled(cid: str) -> list[tuple[Decimal, Decimal]]:
+        order_id = engine.by_client[(SYM, cid)]
+        return [(row["price"], row["qty"]) for row in engine.trades if row["orderId"] == order_id]
+
+    replay_to(2)  # the trade and the diff: the book is the base with the bid at 0.3
+    engine.place({"symbol": SYM, "side": "BUY", "type": "MARKET", "quantity": "1.500", "newClientOrderId": "m"}, T + 2)  # fmt: skip
+    # by hand: 1.0 at the best ask, 0.5 at the next level (the tape rule would fill 1.5 at the last trade, 50005)
+    assert [(Decimal(p), Decimal(q)) for p, q in filled("m")] == [
+        (Decimal("50010.00"), Decimal("1.0")),
+        (Decimal("50020.00"), Decimal("0.5")),
+    ]
+    engine.place({"symbol": SYM, "side": "BUY", "type": "LIMIT", "timeInForce": "GTX", "price": "50000.00", "quantity": "0.010", "newClientOrderId": "q"}, T + 2)  # fmt: skip
+    replay_to(4)  # the bookTicker shows 0.25 at our bid (queue 0.3 -> 0.25); 0.255 sold at it: 0.005 is ours
+    assert [(Decimal(p), Decimal(q)) for p, q in filled("q")] == [(Decimal("50000.00"), Decimal("0.005"))]
+    replay_to(5)  # a trade through our bid: the rest
+    assert [Decimal(q) for _, q in filled("q")] == [Decimal("0.005"), Decimal("0.005")]
+    assert engine.open_orders(SYM) == []
