@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from execution.sizing import signal_multiplier
 from schemas.catalogue import market_key
+from stream_apps.core.rollout import CANARY_LEG_SUFFIX
 
 Direction = Literal["LONG", "SHORT"]
 Side = Literal["BUY", "SELL"]
@@ -149,6 +150,16 @@ class MarkTick:
         )
 
 
+def slot_of(strategy: str, exchange: str, symbol: str, signal_id: str) -> tuple[str, str, str]:
+    """The slot that holds at most one position: strategy x exchange x symbol, except that a canary by
+    size's candidate (its signal id ends with ``CANARY_LEG_SUFFIX``) holds its own slot beside the active
+    revision's, so the two revisions' trades of a symbol never block or flip each other. From the
+    signal id, which every position event carries, so a restarted executor finds the same slots."""
+    if signal_id.endswith(CANARY_LEG_SUFFIX):
+        return (strategy + CANARY_LEG_SUFFIX, exchange, symbol)
+    return (strategy, exchange, symbol)
+
+
 @dataclass(frozen=True, slots=True)
 class Signal:
     """One `signals` record with its exit plan in R (schemas/avro/signal.avsc)."""
@@ -182,8 +193,8 @@ class Signal:
 
     @property
     def slot(self) -> tuple[str, str, str]:
-        """At most one position per strategy x exchange x symbol."""
-        return (self.strategy, self.exchange, self.symbol)
+        """At most one position per strategy x exchange x symbol (``slot_of``)."""
+        return slot_of(self.strategy, self.exchange, self.symbol, self.signal_id)
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Signal:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from execution.broker import Execution, OrderUpdate
-from execution.domain import Signal, direction_sign
+from execution.domain import Signal, direction_sign, slot_of
 from execution.management import AddOnIntent, Ladder, Management, roe_price, tighter, trail_steps_done
 from execution.pnl import (
     MARKET_REASONS,
@@ -270,7 +270,7 @@ class Position:
 
     @property
     def slot(self) -> tuple[str, str, str]:
-        return (self.strategy, self.exchange, self.symbol)
+        return slot_of(self.strategy, self.exchange, self.symbol, self.signal_id)
 
     @property
     def pending_client_order_id(self) -> str | None:

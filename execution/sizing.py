@@ -9,7 +9,9 @@ the executor's `tier_multipliers` apply to signals that do not carry one. A sign
 present, is that multiplier as the engine finally set it (the tier's, times the strategy's confidence
 model's band for the signal's p_win, clamped: `stream_apps.core.confidence`) and wins over
 `factors["risk_multiplier"]` (`signal_multiplier`): r_usd = balance x risk_pct/100 x size_mult, in paper,
-backtest and live alike (they all parse signals with `execution.domain.Signal`). The old system stored the tier but never applied it to P&L; here
+backtest and live alike (they all parse signals with `execution.domain.Signal`). In a canary by size a
+signal also carries its revision's share of the size, `factors["size_share"]` (`stream_apps.core.rollout`),
+which multiplies that multiplier (the engine's signals always carry one of the two). The old system stored the tier but never applied it to P&L; here
 the multiplier sets the size and r_usd travels on every position event. The balance is the configured
 one, not compounded equity: results stay comparable in R across a run. When an exchange lot step is
 given, the quantity is rounded down (never risk more than budgeted) and r_usd is the risk actually taken.
@@ -40,11 +42,13 @@ def signal_multiplier(record: Mapping[str, Any]) -> float | None:
     """The risk multiplier a ``signals`` record asks for: its ``size_mult`` (the engine's final one), else
     its strategy's tier multiplier (``factors["risk_multiplier"]``, signals from before ``size_mult``),
     else None (the executor's ``tier_multipliers``)."""
+    factors = record.get("factors") or {}
+    share = float(factors.get("size_share", 1.0))  # a canary by size's leg (stream_apps.core.rollout)
     size_mult = record.get("size_mult")
     if size_mult is not None:
-        return float(size_mult)
-    multiplier = (record.get("factors") or {}).get("risk_multiplier")
-    return None if multiplier is None else float(multiplier)
+        return float(size_mult) * share
+    multiplier = factors.get("risk_multiplier")
+    return None if multiplier is None else float(multiplier) * share
 
 
 def r_usd_for_tier(config: ExecutorConfig, tier: str, signal_multiplier: float | None = None) -> float:

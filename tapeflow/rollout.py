@@ -147,10 +147,13 @@ def plan_promote(
     reason: str,
     now_ms: int,
     guardrails: Guardrails | None = None,
+    size_pct: float | None = None,
 ) -> RolloutState:
     """The state after promoting ``candidate``: as the canary on ``symbols`` held to ``guardrails``
-    (the defaults when None), or active everywhere when ``symbols`` is None. ``baseline`` is the active revision when no state was published yet (the
-    file the engine was started on)."""
+    (the defaults when None), or active everywhere when ``symbols`` is None; with ``size_pct``, a canary
+    by size: beside the active revision on ``symbols`` at that share of the size
+    (``stream_apps.core.rollout``). ``baseline`` is the active revision when no state was published yet
+    (the file the engine was started on)."""
     active = baseline if current is None else current.active
     if current is not None and current.canary is not None:
         raise RolloutError(
@@ -165,7 +168,10 @@ def plan_promote(
     chosen = tuple(sorted(set(symbols)))
     if not chosen:
         raise RolloutError(f"{strategy}: a canary needs at least one symbol")
-    canary = Canary(candidate.rev, candidate.config_hash, candidate.content, chosen)
+    try:
+        canary = Canary(candidate.rev, candidate.config_hash, candidate.content, chosen, size_pct)
+    except ValueError as exc:
+        raise RolloutError(f"{strategy}: {exc}") from None
     return _next(current, strategy, active, canary, action="canary", guardrails=guardrails or Guardrails(), **how)
 
 
@@ -216,7 +222,11 @@ def step_revs(
 
 
 def scope_of(state: RolloutState) -> str:
-    return "" if state.canary is None else "symbols=" + ",".join(state.canary.symbols)
+    """The audit's scope of a canary: its symbols, and in a canary by size the candidate's share."""
+    if state.canary is None:
+        return ""
+    size = "" if state.canary.size_pct is None else f"size={state.canary.size_pct:g}%;"
+    return size + "symbols=" + ",".join(state.canary.symbols)
 
 
 # --- the control topic ----------------------------------------------------------------------------

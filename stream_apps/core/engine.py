@@ -53,11 +53,12 @@ from .decision import decide_frame
 from .detectors import BookParams, DetectorParams, FlowParams
 from .engine_cadence import evaluation_points
 from .engine_inputs import Key, PendingInputs, event_from_dict
-from .engine_rollout import Revisions, Switch
+from .engine_rollout import Revisions, Switch, start_candidate_books
 from .events import BookBatch, MarkBatch, MarketEvent, TradeBatch
 from .market_records import MarketTimeline
 from .params import StateParams
 from .records import FeatureBlock, FeatureTable, signal_record
+from .rollout import CANARY_LEG_SUFFIX
 from .scoring import evaluation_at, score_frames
 from .segment_log import SegmentLog
 from .strategy import StrategyConfig
@@ -412,7 +413,8 @@ class Engine:
         table = FeatureTable()
         i, n = 0, len(points)
         while i < n:
-            self.revisions.reach(int(points[i]))  # switches due by this point are in force from it on
+            reached = self.revisions.reach(int(points[i]))  # switches due by this point are in force from it on
+            start_candidate_books(reached, self.books)
             j = max(int(np.searchsorted(points, points[i] + limit, side="right")), i + 1)
             if j - i > 1:
                 # stop before the first trade the clean path would not take (its point runs alone)
@@ -501,18 +503,21 @@ class Engine:
         records: _SegmentRecords,
     ) -> None:
         """Read the symbol at its due points, then score and decide them for every strategy that applies."""
-        in_force = (self.revisions.config(cfg.name, key[1]) for cfg in self.strategies)
-        strategies = [(rank, cfg) for rank, cfg in enumerate(in_force) if cfg.applies_to(key[1])]
-        if not strategies:
+        in_force = (leg for cfg in self.strategies for leg in self.revisions.legs(cfg.name, key[1]))
+        legs = [(rank, leg) for rank, leg in enumerate(in_force) if leg.config.applies_to(key[1])]
+        if not legs:
             return
         frame = state.snapshot_frame(due_points, self._cvd_windows, self._slope_windows, log, timeline)
-        for (rank, cfg), scores in zip(strategies, score_frames(frame, [cfg for _, cfg in strategies])):
-            decided = decide_frame(frame, scores, cfg, self.books[cfg.name])
+        for (rank, leg), scores in zip(legs, score_frames(frame, [leg.config for _, leg in legs])):
+            cfg = leg.config  # a canary by size's two revisions are two legs (core.engine_rollout)
+            if leg.book not in self.books:  # a candidate's (start_candidate_books), in a state from before
+                self.books[leg.book] = CooldownBook.from_dict(self.books[cfg.name].to_dict())
+            decided = decide_frame(frame, scores, cfg, self.books[leg.book])
             table.add(FeatureBlock(frame, cfg, scores, decided.block, decided.p_win), key, rank)
             for row, plan in decided.plans.items():
                 evaluation = replace(evaluation_at(frame, scores, cfg, row), is_flip=decided.flips[row])
                 record = signal_record(evaluation, plan, decided.p_win_at(row), decided.size_mult[row])
-                records.add_signal(int(frame.time_ms[row]), key, rank, record)
+                records.add_signal(int(frame.time_ms[row]), key, rank, leg.signal(record))
 
     def _apply_events(self, key: Key, end: int) -> MarketTimeline | None:
         """Apply the key's pending books, marks, liquidations and indicators before ``end``."""
@@ -561,7 +566,7 @@ class Engine:
             )
             engine.states[(state.exchange, state.symbol)] = state
         for name, book in data["books"].items():
-            if name in engine.books:
+            if name in engine.books or name.removesuffix(CANARY_LEG_SUFFIX) in engine.books:  # a canary's own
                 engine.books[name] = CooldownBook.from_dict(book)
         engine.revisions.restore(data.get("revisions"))  # absent in snapshots before hot switches
         engine._inputs.restore_trades(data["pending_trades"])

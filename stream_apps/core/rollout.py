@@ -1,5 +1,15 @@
 """A strategy's rollout state, as config.rollouts carries it: the active revision every symbol trades
-and, during a canary, the candidate revision a few symbols trade instead.
+and, during a canary, the candidate revision a few symbols trade instead (a canary by symbols) or, in a
+canary by size, the candidate beside the active revision on every symbol at a share of the size.
+
+A canary by size (``Canary.size_pct``): both revisions evaluate every symbol; the candidate's signals
+are sized at ``size_pct`` % of normal and the active revision's at ``100 - size_pct`` %
+(``size_shares``), so when both take the same trade the total risk is what the active revision alone
+would take. Each signal carries its revision's config_rev and its share (``factors["size_share"]``,
+which ``execution.sizing`` multiplies into the signal's size multiplier), and the candidate's signals
+hold their own position slot (``CANARY_LEG_SUFFIX`` on their signal id), so the two revisions' trades
+never block or flip each other; the guardrails judge the candidate's closed trades (its revision) as
+for a canary by symbols, over every symbol it evaluates (``Canary.symbols``).
 
 Pure code shared by the engine (which follows the state) and the operator's commands (which publish
 it): the record form of a state, the deterministic choice of a canary's symbols from a share, and
@@ -26,6 +36,10 @@ from stream_apps.core.strategy import StrategyConfig, parse_strategy
 #: the steps that change a rollout state; ``register`` only adds a revision
 ACTIONS = ("promote", "canary", "finish", "rollback", "auto_rollback")
 
+#: ends the signal id of a canary-by-size candidate's signal: the executor gives such a signal (and the
+#: position it opens) a slot of its own beside the active revision's (``execution.domain.slot_of``)
+CANARY_LEG_SUFFIX = ":canary"
+
 
 @dataclass(frozen=True)
 class Revision:
@@ -44,12 +58,36 @@ class Revision:
 
 @dataclass(frozen=True)
 class Canary(Revision):
-    """A candidate revision and the symbols it trades instead of the active revision."""
+    """A candidate revision and the symbols it trades instead of the active revision; with ``size_pct``
+    (a canary by size) the symbols it trades beside the active revision, at that share of the size."""
 
     symbols: tuple[str, ...] = ()
+    size_pct: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.size_pct is not None and not 0 < self.size_pct < 100:
+            raise ValueError(f"a canary by size is a share in (0, 100) %, got {self.size_pct:g}")
 
     def as_record(self) -> dict[str, Any]:
-        return {**super().as_record(), "symbols": list(self.symbols)}
+        return {**super().as_record(), "symbols": list(self.symbols), "size_pct": self.size_pct}
+
+    @classmethod
+    def from_record(cls, c: Mapping[str, Any]) -> Canary:
+        size_pct = c.get("size_pct")  # absent in states written before canaries by size
+        return cls(
+            int(c["rev"]),
+            c["config_hash"],
+            c["content"],
+            tuple(c["symbols"]),
+            None if size_pct is None else float(size_pct),
+        )
+
+
+def size_shares(size_pct: float) -> tuple[float, float]:
+    """(active's, candidate's) share of the normal size in a canary by size of ``size_pct`` %: they add
+    up to 1, so two signals of the same trade risk what one would."""
+    candidate = size_pct / 100
+    return 1.0 - candidate, candidate
 
 
 @dataclass(frozen=True)
@@ -99,8 +137,9 @@ class RolloutState:
             raise ValueError(f"unknown rollout action {self.action!r}: one of {', '.join(ACTIONS)}")
 
     def rev_for(self, symbol: str) -> Revision:
-        """The revision that evaluates ``symbol``: the canary's on its symbols, else the active one."""
-        if self.canary is not None and symbol in self.canary.symbols:
+        """The revision that trades ``symbol`` alone: the canary's on its symbols, else the active one
+        (in a canary by size both trade every symbol: ``Canary.size_pct``)."""
+        if self.canary is not None and self.canary.size_pct is None and symbol in self.canary.symbols:
             return self.canary
         return self.active
 
@@ -122,7 +161,7 @@ class RolloutState:
         a, c = record["active"], record.get("canary")
         canary, g = None, record.get("guardrails")
         if c is not None:
-            canary = Canary(int(c["rev"]), c["config_hash"], c["content"], tuple(c["symbols"]))
+            canary = Canary.from_record(c)
         return cls(
             strategy=record["strategy"],
             seq=int(record["seq"]),
@@ -162,15 +201,16 @@ def canary_symbols(symbols: Iterable[str], share_pct: float, salt: str) -> tuple
     return tuple(sorted(ranked[:count]))
 
 
-def parse_share(text: str) -> float:
-    """``10%`` or ``10`` as 10.0; a ValueError names what is wrong."""
+def parse_share(text: str, option: str = "--canary", *, whole: bool = True) -> float:
+    """``10%`` or ``10`` as 10.0, in (0, 100] (``whole``: all the symbols is a share) or (0, 100) (a
+    canary by size: at 100 % the active revision would trade nothing); a ValueError names what is wrong."""
     raw = text.strip().removesuffix("%").strip()
     try:
         share = float(raw)
     except ValueError:
-        raise ValueError(f"--canary {text!r}: a percentage such as 10%") from None
-    if not 0 < share <= 100 or math.isnan(share):
-        raise ValueError(f"--canary {text!r}: a percentage in (0, 100]")
+        raise ValueError(f"{option} {text!r}: a percentage such as 10%") from None
+    if math.isnan(share) or not 0 < share <= 100 or (share == 100 and not whole):
+        raise ValueError(f"{option} {text!r}: a percentage in (0, {'100]' if whole else '100)'}")
     return share
 
 

@@ -1,8 +1,9 @@
 """Strategy revisions and rollouts (`tapeflow.rollout`), on the `strategy` group:
 
 - `strategy revisions [NAME]`: the registered revisions (monotonic per name, one per config hash);
-- `strategy promote FILE [--canary PCT | --symbols A,B]`: register the file and make it active, or run
-  it as a canary on a share (or a list) of the symbols beside the active revision;
+- `strategy promote FILE [--canary PCT | --symbols A,B] [--canary-size PCT]`: register the file and make
+  it active, or run it as a canary on a share (or a list) of the symbols beside the active revision, or
+  at a share of the size beside it on every symbol (both revisions evaluate each);
 - `strategy promote NAME --finish`: the canary becomes active everywhere;
 - `strategy rollback NAME --reason TEXT`: drop the canary, or put the previous active revision back.
 
@@ -205,11 +206,30 @@ def _candidate(path: Path) -> tuple[StrategyConfig, str]:
     return cfg, path.read_text(encoding="utf-8")
 
 
-def _canary_scope(cfg: StrategyConfig, canary: str | None, symbols: str | None) -> list[str] | None:
+def _canary_size(cfg: StrategyConfig, canary_size: str | None, symbols: str | None) -> float | None:
+    """The candidate's share of the size in a canary by size (``--canary-size``), or None. It evaluates
+    beside the active revision on every symbol (or those of --symbols)."""
+    from stream_apps.core.rollout import parse_share
+
+    if canary_size is None:
+        return None
+    try:
+        return parse_share(canary_size, "--canary-size", whole=False)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _canary_scope(
+    cfg: StrategyConfig, canary: str | None, symbols: str | None, by_size: bool = False
+) -> list[str] | None:
     from stream_apps.core.rollout import canary_symbols, parse_share
 
     if canary is not None and symbols is not None:
         raise fail("--canary and --symbols: give one (a share of the symbols, or the symbols)", 2)
+    if by_size and canary is not None:
+        raise fail("--canary and --canary-size: give one (a share of the symbols, or of the size)", 2)
+    if by_size and symbols is None:
+        return sorted(cfg.symbols or state.settings().symbols)  # every symbol, both revisions
     if symbols is not None:
         chosen = [s.strip().upper() for s in symbols.split(",") if s.strip()]
         if not chosen:
@@ -245,6 +265,7 @@ def _promote_file(
     database: str | None,
     guards: Guardrails | None = None,
     limits: HealthThresholds | None = None,
+    canary_size: str | None = None,
 ) -> None:
     from backtest.research.model_health import HealthThresholds
     from stream_apps.core.strategy import load_strategy
@@ -254,7 +275,8 @@ def _promote_file(
     running = _running()
     if cfg.name not in running:
         raise fail(f"{cfg.name} is not a running strategy (running: {', '.join(sorted(running))})", 2)
-    scope = _canary_scope(cfg, canary, symbols)
+    size_pct = _canary_size(cfg, canary_size, symbols)
+    scope = _canary_scope(cfg, canary, symbols, size_pct is not None)
     control = _Control()
     now_ms = int(time.time() * 1000)
     with _connect(database) as conn:
@@ -278,9 +300,16 @@ def _promote_file(
             reason,
             now_ms,
             guards,
+            size_pct,
         )
         apply_step(conn, control.publisher, current, after, active)
-    if after.canary is not None:
+    if after.canary is not None and after.canary.size_pct is not None:
+        echo(
+            f"{cfg.name}: rev {candidate.rev} runs as a canary at {after.canary.size_pct:g}% of the size beside rev"
+            f" {after.active.rev} at {100 - after.canary.size_pct:g}% on {', '.join(after.canary.symbols)}"
+            f" (state {after.seq}); finish with `tapeflow strategy promote {cfg.name} --finish`"
+        )
+    elif after.canary is not None:
         echo(
             f"{cfg.name}: rev {candidate.rev} runs as a canary on {', '.join(after.canary.symbols)} beside rev"
             f" {after.active.rev} (state {after.seq}); finish with `tapeflow strategy promote {cfg.name} --finish`"
@@ -312,6 +341,14 @@ def strategy_promote(
     symbols: Annotated[
         str | None, typer.Option("--symbols", help="Run the candidate as a canary on these symbols (A,B).")
     ] = None,
+    canary_size: Annotated[
+        str | None,
+        typer.Option(
+            "--canary-size",
+            help="Run the candidate beside the active revision on every symbol (or --symbols) at this share of"
+            " the size, e.g. 10%; the active revision trades the rest.",
+        ),
+    ] = None,
     finish: Annotated[
         bool, typer.Option("--finish", help="Make the running canary of TARGET active everywhere.")
     ] = False,
@@ -336,13 +373,15 @@ def strategy_promote(
     model_min_samples: MinSamplesOption = 30,
 ) -> None:
     """Register a strategy file and make it the active revision, or run it as a canary beside the active
-    revision (--canary 10% or --symbols A,B); with --finish, make the canary of strategy TARGET active.
-    The engine follows config.rollouts: each symbol switches at its next input, without a restart."""
+    revision (--canary 10% or --symbols A,B: a share of the symbols; --canary-size 10%: a share of the
+    size on every symbol, both revisions evaluating it); with --finish, make the canary of strategy
+    TARGET active. The engine follows config.rollouts: each symbol switches at its next input, without
+    a restart."""
     who = _actor(actor)
     limits = _model_limits(model_min_auc, model_max_brier, model_min_samples)
     if finish:
-        if canary is not None or symbols is not None:
-            raise fail("--finish takes no --canary or --symbols", 2)
+        if canary is not None or symbols is not None or canary_size is not None:
+            raise fail("--finish takes no --canary, --canary-size or --symbols", 2)
         _run(lambda: _finish(target, reason, who, database, limits))
         return
     from stream_apps.core.rollout import Guardrails
@@ -351,7 +390,7 @@ def strategy_promote(
         guards = Guardrails(max_drawdown_r, min_net_r, window_trades, min_win_rate, min_trades)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
-    _run(lambda: _promote_file(Path(target), canary, symbols, reason, who, database, guards, limits))
+    _run(lambda: _promote_file(Path(target), canary, symbols, reason, who, database, guards, limits, canary_size))
 
 
 def _rollback(name: str, reason: str, actor: str, database: str | None) -> RolloutState:

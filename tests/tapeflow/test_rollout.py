@@ -119,8 +119,19 @@ def test_canary_finish_and_rollback_publish_states_and_audit_rows(
     state = read_states(kafka_bootstrap, topic_prefix, serde)["v53"]
     assert (state.seq, state.action, state.active.rev, state.canary) == (5, "rollback", 1, None)
 
+    # a canary by size: the candidate beside the active revision on every symbol, at 10 % of the size
+    proc = cli("promote", str(files["faster"]), "--canary-size", "10%", "--reason", "5m small", "--as", "cy")
+    assert proc.returncode == 0, proc.stderr
+    assert "runs as a canary at 10% of the size beside rev 1 at 90%" in proc.stdout
+    state = read_states(kafka_bootstrap, topic_prefix, serde)["v53"]
+    everywhere = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")  # v53 names none: the settings' four
+    assert (state.seq, state.action, state.canary.rev, state.canary.size_pct) == (6, "canary", 3, 10.0)
+    assert state.canary.symbols == everywhere
+
     with psycopg.connect(migrated_database) as conn:
         rows = audit_rows(conn, "v53")
+    assert (rows[-1]["action"], rows[-1]["scope"]) == ("canary", "size=10%;symbols=" + ",".join(everywhere))
+    rows = rows[:-1]
     got = [(r["actor"], r["action"], r["from_rev"], r["to_rev"], r["scope"], r["reason"], r["seq"]) for r in rows]
     assert got == [
         ("ana", "register", None, 1, "", "running file", None),
@@ -155,6 +166,9 @@ def test_one_line_errors(migrated_database, kafka_bootstrap, topic_prefix, tmp_p
     assert "give one" in _error(cli("promote", str(files["slower"]), "--canary", "10%", "--symbols", "BTCUSDT"), 2)
     assert "DOTUSDT not among" in _error(cli("promote", str(files["slower"]), "--symbols", "DOTUSDT"), 2)
     assert "a percentage" in _error(cli("promote", str(files["slower"]), "--canary", "200%"), 2)
+    assert "--canary-size '100%': a percentage in (0, 100)" in _error(
+        cli("promote", str(files["slower"]), "--canary-size", "100%"), 2
+    )
     assert "needs --reason" in _error(cli("rollback", "v53"), 2)
     assert "nothing to roll back" in _error(cli("rollback", "v53", "--reason", "x"), 1)
     assert "no canary to finish" in _error(cli("promote", "v53", "--finish"), 1)
