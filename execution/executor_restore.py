@@ -12,6 +12,12 @@ first take-profit when it was hit; a managed position also its add-ons, from the
   entries included, so the next trade delivered fills it as it would have without the restart;
 - paper otherwise: an exit is re-entered in the new paper book, an entry is dropped (CANCELED,
   `executor_restart`);
+- paper, an order re-entered after it had filled in part (book fills: `PaperFills.fills`): only the
+  rest can fill (`PaperBroker.resubmit`), so the order never fills more than its quantity, and what
+  it had filled (its last orders record: filled quantity and average price) is put back on its exit
+  or entry as one execution at that price, with the fee its liquidity pays there; the market price
+  of that part is not in the record, so it is taken as its fill price (the part's slippage against
+  the market then counts in the gross move, not in slippage_r; the net is the same);
 - exchange modes without `resume`: CANCELED, left to reconciliation.
 
 A kill switch restored in its flatten state flattens at once.
@@ -26,9 +32,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
-from execution.broker import TERMINAL_STATES, OrderRequest
+from execution.broker import TERMINAL_STATES, Execution, OrderRequest
 from execution.client_ids import client_order_id, position_id
-from execution.domain import InvalidSignal, Signal
+from execution.domain import InvalidSignal, Signal, quote_asset
 from execution.entries import EntryLeg, PendingEntry
 from execution.position_manager import ExitIntent, ExitLeg, Position, resume_management
 from execution.risk_guard import KILL_SWITCH, RiskGuard
@@ -186,8 +192,42 @@ class StateRestore:
         reason, reference = _sent_exit(pos, rec["leg"], self.intent_reason.get(cid), req)
         ex._track(req, rec["leg"], pos.signal_id, pos.position_id, reference, reason)
         _restore_mid(ex, cid, rec)
-        ex.broker.submit(req, self.now_ms)  # the paper book died with the old process: re-enter it silently
+        # the paper book died with the old process: re-enter it silently (what is left of it)
+        self._paper_submit(req, rec, self.now_ms, pos.on_execution)
         self.resumed += 1
+
+    def _paper_submit(
+        self, req: OrderRequest, rec: Mapping[str, Any], now_ms: int, on_part: Callable[[Execution], None]
+    ) -> None:
+        """Re-enter an unfinished order in the new paper book; one that had filled in part only for the
+        rest, what it filled given to `on_part` first (module docstring)."""
+        filled, avg = float(rec.get("filled_qty") or 0.0), rec.get("avg_fill_price")
+        if not filled > 0 or avg is None:
+            self.ex.broker.submit(req, now_ms)
+            return
+        fees = self.ex.config.fees
+        rate = fees.maker if req.type == "LIMIT" else fees.taker
+        price = float(avg)
+        on_part(
+            Execution(
+                req.client_order_id,
+                rec.get("exchange_order_id") or "",
+                f"restored:{req.client_order_id}",  # never published: the part's own fills were
+                req.side,
+                price,
+                filled,
+                rate * price * filled,
+                quote_asset(req.symbol),
+                "maker" if req.type == "LIMIT" else "taker",
+                price,
+                int(rec["event_time"]),
+            )
+        )
+        resubmit = getattr(self.ex.broker, "resubmit", None)
+        if resubmit is not None:
+            resubmit(req, filled, price, now_ms)
+        else:  # a paper broker without it: at least never more than the order
+            self.ex.broker.submit(replace(req, qty=req.qty - filled), now_ms)
 
     def _resume_order(
         self, req: OrderRequest, rec: Mapping[str, Any], pos: Position | None, resume: Callable[..., list]
@@ -227,7 +267,7 @@ class StateRestore:
         entry.request = req
         self.ex._track(req, leg, sid, entry.position_id, entry.signal.price, None)
         _restore_mid(self.ex, cid, rec)
-        self.ex.broker.submit(req, now_ms=int(rec["event_time"]))
+        self._paper_submit(req, rec, int(rec["event_time"]), entry.fills.append)
         return True
 
     def _restored_entry(

@@ -16,7 +16,7 @@ fills, how much and at which price; this broker turns its fills into events, fee
   the order: PARTIALLY_FILLED, and the rest walks the next snapshot at a later trade (what our orders
   took from a snapshot stays taken until the next one); no fresh snapshot then: the rest fills at that
   trade's price moved by `slippage_bps` (the `tape` rule). Taker fee.
-`tape` (the default, and the model before the book one):
+`tape` (the model before the book one; `book` is the default):
 - MARKET: fills completely at the first trade of its symbol processed after submission whose trade
   time is not before `not_before_ms` (the signal's evaluation time or the exit's trigger trade, so
   the trade that caused a decision never fills it: the order reaches the market after it). The fill
@@ -107,6 +107,22 @@ class PaperBroker:
             else:
                 matcher.add_market(cid, side, request.qty, request.not_before_ms, dust)
         return [OrderUpdate(request.client_order_id, "NEW", 0.0, None, eid, now_ms)]
+
+    def resubmit(self, request: OrderRequest, filled_qty: float, avg_fill_price: float, now_ms: int) -> None:
+        """Re-enter an order a restart cut short after it had filled `filled_qty` at `avg_fill_price`
+        (as its orders record says; `execution.executor_restore`): only the rest can fill, and its
+        updates report the whole order's filled quantity and average price, as an uninterrupted run's
+        would. Silent: the order's NEW was published by the run that sent it."""
+        self.submit(request, now_ms)
+        cid = request.client_order_id
+        key = self._index.get(cid)
+        if key is None:  # refused (cannot be: the request was accepted once)
+            return
+        resting = self._open[key][cid]
+        resting.filled, resting.notional = filled_qty, filled_qty * avg_fill_price
+        sim = self._matchers[key].orders.get(cid) if self.book_fills else None
+        if sim is not None:
+            sim.filled = filled_qty
 
     def cancel(self, client_order_id: str, now_ms: int, reason: str) -> list[BrokerEvent]:
         key = self._index.pop(client_order_id, None)
@@ -234,10 +250,13 @@ class PaperBroker:
         return opposite is not None and req.price <= opposite
 
     def _fill(self, order: _Resting, trade: TradeTick, price: float, liquidity: str, rate: float) -> list[BrokerEvent]:
+        """The whole order, or what is left of one re-entered part-filled after a restart (`resubmit`)."""
         req = order.request
         del self._open[trade.key][req.client_order_id]
         del self._index[req.client_order_id]
-        fee = rate * price * req.qty
+        qty = req.qty - order.filled
+        avg = price if not order.filled else (order.notional + qty * price) / req.qty
+        fee = rate * price * qty
         # the price before modelled costs: the trade for a market order, the limit itself for a maker fill
         market_price = trade.price if req.type == "MARKET" else price
         execution = Execution(
@@ -246,14 +265,14 @@ class PaperBroker:
             f"p:{trade.agg_id}:{req.client_order_id}",
             req.side,
             price,
-            req.qty,
+            qty,
             fee,
             quote_asset(req.symbol),
             liquidity,
             market_price,
             trade.trade_time,
         )
-        update = OrderUpdate(req.client_order_id, "FILLED", req.qty, price, order.exchange_order_id, trade.trade_time)
+        update = OrderUpdate(req.client_order_id, "FILLED", req.qty, avg, order.exchange_order_id, trade.trade_time)
         return [execution, update]
 
 

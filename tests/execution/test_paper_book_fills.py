@@ -12,8 +12,9 @@ import pytest
 from execution.broker import Execution, OrderRequest, OrderUpdate
 from execution.config import EntryPolicy, ExecutorConfig, Fees, PaperFills
 from execution.domain import BookTop, TradeTick
+from execution.executor import Executor, ListSink
 from execution.paper_broker import PaperBroker
-from tests.support.execution import T0, Harness
+from tests.support.execution import EXCHANGE, SYMBOL, T0, Harness, trade_record
 
 T = 1_790_000_000_000
 S = 1000
@@ -172,3 +173,63 @@ def test_the_executor_opens_the_part_filled_maker_entry_when_its_wait_ends():
         "PARTIALLY_FILLED",
         "CANCELED",
     ]
+
+
+def _levels(bids, asks, t: int) -> dict:
+    """An md.book record with these (price, qty) levels, best first."""
+    return {
+        "exchange": EXCHANGE,
+        "symbol": SYMBOL,
+        "last_update_id": t,
+        "event_time": t,
+        "receive_time": t,
+        "bids": [{"price": p, "qty": q} for p, q in bids],
+        "asks": [{"price": p, "qty": q} for p, q in asks],
+        "obi_10": 0.0,
+    }
+
+
+def _trade(price: float, t: int) -> dict:
+    return trade_record(price, t, qty=0.5, taker_side="SELL")
+
+
+def test_an_exit_part_filled_before_a_restart_fills_only_the_rest_after_it():
+    """Book fills: the stop's market sell of 100 walks a book showing 30 at 97.9, then the executor
+    restarts. The restored exit may fill only the 70 left (at 97.8 from the next book), the order's
+    fills sum to 100, and the closed position counts the fees of all 100 (by hand below)."""
+    cfg = ExecutorConfig(paper=PaperFills(fills="book"))
+    h = Harness(cfg)
+    assert h.signal(eval_time=T0, price=100.0, risk=2.0).allowed  # qty 100, stop 98.0
+    h.trade(100.0, T0 + S)  # no book: the entry fills whole at the trade
+    [opened] = h.positions("opened")
+    assert opened["qty"] == 100.0
+    h.trade(97.95, T0 + 2 * S)  # through the stop: the exit is sent, this trade never fills it
+    h.ex.on_book(_levels([(97.9, 30.0)], [(98.0, 5.0)], T0 + 2 * S + 500), T0 + 2 * S + 500)
+    h.ex.on_trade(_trade(97.9, T0 + 3 * S), T0 + 3 * S)  # walks the 30 shown
+    [exit_order] = [o for o in h.of("orders") if o["state"] == "PARTIALLY_FILLED"]
+    assert (exit_order["leg"], exit_order["qty"], exit_order["filled_qty"]) == ("sl", 100.0, 30.0)
+    records = list(h.sink.records)
+
+    sink = ListSink()
+    ex = Executor(cfg, "paper", PaperBroker(cfg.fees, cfg.paper), sink, T0 + 4 * S)
+    summary = ex.restore(
+        [r for t, _, r in records if t == "positions"],
+        [r for t, _, r in records if t == "orders"],
+        [r for t, _, r in records if t == "risk.events"],
+        T0 + 4 * S,
+    )
+    assert summary == {"positions": 1, "orders_resumed": 1, "orders_cancelled": 0}
+    ex.on_book(_levels([(97.8, 500.0)], [(97.9, 5.0)], T0 + 4 * S), T0 + 4 * S)
+    ex.on_trade(_trade(97.8, T0 + 5 * S), T0 + 5 * S)
+    ex.on_trade(_trade(97.7, T0 + 6 * S), T0 + 6 * S)  # nothing is left to fill
+    assert [(f["price"], f["qty"]) for f in sink.of("fills")] == [(97.8, 70.0)]
+    [done] = [o for o in sink.of("orders") if o["state"] == "FILLED"]
+    vwap = (30 * 97.9 + 70 * 97.8) / 100
+    assert (done["qty"], done["filled_qty"], done["avg_fill_price"]) == (100.0, 100.0, pytest.approx(vwap))
+    [closed] = [p for p in sink.of("positions") if p["event"] == "closed"]
+    assert (closed["exit_reason"], closed["qty"]) == ("sl", 0.0) and closed["exit_price"] == pytest.approx(vwap)
+    # 1R = 200; taker 0.05 %: the entry's 100 at 100.0, the exit's 30 at 97.9 and 70 at 97.8
+    assert closed["fees_r"] == pytest.approx(0.0005 * (100 * 100.0 + 30 * 97.9 + 70 * 97.8) / 200)
+    # the stop's level is the reference: (98.0 - 97.9) x 30 + (98.0 - 97.8) x 70 over 100 units, in R of 2
+    assert closed["slippage_r"] == pytest.approx((0.1 * 30 + 0.2 * 70) / 100 / 2.0)
+    assert not ex.broker.open_orders()
