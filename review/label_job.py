@@ -24,11 +24,13 @@ every run whose window still covers it, and by ``tapeflow labels backfill``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.rows import dict_row
 
 from execution.config import ExecutorConfig
@@ -43,6 +45,8 @@ from review.labels import (
     samples_from_records,
     settlements_from_marks,
 )
+
+log = structlog.get_logger("labels")
 
 DAY_MS = 86_400_000
 LATE_DATA_MARGIN_MS = DAY_MS  # the hourly job looks this far before its window again (late rows)
@@ -512,6 +516,57 @@ def labels_of(conninfo: str, sample_id: str) -> list[dict[str, Any]]:
             (sample_id, sample_id),
         )
         return list(cur.fetchall())
+
+
+#: per strategy its latest rollout step: its active revision is to_rev, or from_rev during a canary
+_LATEST_STEPS = """
+SELECT DISTINCT ON (a.strategy) a.strategy, a.action, a.from_rev, a.to_rev
+FROM strategy_rollouts_audit a
+WHERE a.action IN ('promote', 'canary', 'finish', 'rollback', 'auto_rollback')
+ORDER BY a.strategy, a.id DESC
+"""
+
+
+def active_contents(conn: psycopg.Connection, files: Mapping[str, Path]) -> dict[str, str]:
+    """The text of each strategy's active revision: the one its latest rollout step made active
+    (``strategy_rollouts_audit``, ``strategy_revisions``), else the file the stack started on (``files``,
+    by strategy name)."""
+    with conn.cursor() as cur:
+        cur.execute(_LATEST_STEPS)
+        steps = {str(r[0]): r[2] if r[1] == "canary" else r[3] for r in cur.fetchall()}
+        cur.execute("SELECT name, rev, content FROM strategy_revisions WHERE name = ANY(%s)", (list(steps),))
+        texts = {str(name): str(content) for name, rev, content in cur.fetchall() if steps[name] == rev}
+    for name, path in files.items():
+        if name not in texts:
+            texts[name] = path.read_text(encoding="utf-8")
+    return texts
+
+
+def strategy_thresholds(conn: psycopg.Connection, files: Mapping[str, Path]) -> dict[str, float]:
+    """Per strategy, the label threshold (a fraction) its active revision's file sets (``labels:
+    {roi_threshold: 0.005}``); a strategy whose file sets none is left out (the default applies), and so
+    is one whose text does not parse (logged: labels must not stop on it)."""
+    from stream_apps.core.rollout import parse_content
+    from stream_apps.core.strategy import StrategyConfigError
+
+    out: dict[str, float] = {}
+    for name, text in sorted(active_contents(conn, files).items()):
+        try:
+            cfg = parse_content(text, f"{name} (active revision)")
+        except StrategyConfigError as exc:
+            log.warning("labels: a strategy file does not parse", strategy=name, error=str(exc).splitlines()[0])
+            continue
+        if cfg.labels is not None:
+            out[name] = cfg.labels.roi_threshold
+    return out
+
+
+def with_strategy_thresholds(conninfo: str, params: LabelParams, files: Mapping[str, Path]) -> LabelParams:
+    """``params`` with each strategy's threshold from its active revision's file (``strategy_thresholds``)
+    where ``params.thresholds`` (what the operator gave: ``--strategy-threshold``) names none."""
+    with psycopg.connect(conninfo) as conn:
+        from_files = strategy_thresholds(conn, files)
+    return replace(params, thresholds={**from_files, **params.thresholds})
 
 
 def thresholds_from(pairs: Mapping[str, float]) -> dict[str, float]:

@@ -17,6 +17,11 @@ After the labels and autopsies, each job of ``after_pass`` runs (the confidence-
 import it) and its one-line summary joins the `/health` detail. A job that fails makes the pass fail
 like the labels would (logged, `failing`, retried at the next hour); the labels written stay.
 
+Each pass labels a strategy by the threshold its active revision's file sets (``labels:
+{roi_threshold: 0.005}``; ``review.label_job.strategy_thresholds``), read again at every pass so a
+promoted revision's threshold applies from the next one; ``--strategy-threshold`` overrides it and a
+strategy whose file sets none takes ``--threshold``.
+
 The rows written are also produced to ``outcome.labels`` (keyed like the table, compacted) once their
 transaction has committed, when the stack has a broker: the table is the record, the topic lets a
 consumer follow new labels without polling it. A record the broker did not take is logged; the
@@ -27,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -37,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from execution.config import ExecutorConfig
 from review.autopsy_db import Explainer, write_pending_autopsies
-from review.label_job import label_key, label_record, run_due
+from review.label_job import label_key, label_record, run_due, with_strategy_thresholds
 from review.labels import HOUR_MS, LabelParams, OutcomeLabel
 from tapeflow_runtime.publisher import Publisher
 from tapeflow_runtime.service_http import build_app, run_until_signalled
@@ -60,6 +66,9 @@ class LabelService:
     publisher: Publisher | None = None  # outcome.labels, when the stack has a broker
     after_pass: Sequence[Callable[[int], str]] = ()  # jobs run after each pass: now_ms -> a summary
     explain: Explainer | None = None  # the confidence model's part in a trade, for its autopsy's narrative
+    # the strategy files the stack started on, by name: each pass labels a strategy by the threshold its
+    # active revision's file sets (labels.roi_threshold) unless params.thresholds (the operator's) names it
+    strategy_files: Callable[[], Mapping[str, Path]] | None = None
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     status: str = "starting"
     detail: str = ""
@@ -92,10 +101,13 @@ class LabelService:
                     self.publisher.publish(TOPIC, label_key(source, lab), label_record(source, lab, now_ms))
 
         try:
+            params = self.params
+            if self.strategy_files is not None:  # read each pass: a promote changes the active revision
+                params = with_strategy_thresholds(self.conninfo, params, self.strategy_files())
             results = run_due(
                 self.conninfo,
                 self.modes,
-                params=self.params,
+                params=params,
                 config=self.config,
                 now_ms=now_ms,
                 stop=stop,

@@ -325,6 +325,21 @@ class Sizing(_Model):
     )
 
 
+class OutcomeLabels(_Model):
+    """How the outcome labels (``review.labels``: what a signal or trade earned by each horizon) judge
+    this strategy: ``pos`` at a net ROI of ``+roi_threshold`` or more, ``neg`` at ``-roi_threshold`` or
+    less, else ``neutral``. The labels service and ``tapeflow labels backfill|run`` read it from the
+    strategy's active revision; their ``--strategy-threshold NAME=PCT`` overrides it."""
+
+    roi_threshold: float = Field(
+        default=0.005,
+        ge=0,
+        lt=1,
+        description="net ROI (a fraction of the margin, or of the notional in paper) beyond which a label is "
+        "pos (>= +it) or neg (<= -it); 0.005 = +/-0.5 %",
+    )
+
+
 class Vpin(_Model):
     """VPIN's buckets and classification (``core.detectors.microstructure`` has the definitions)."""
 
@@ -774,6 +789,11 @@ class StrategyConfig(_Model):
         description="how the executor works this strategy's entries by notional (execution.routing); "
         "absent: the executor config's routing table",
     )
+    labels: OutcomeLabels | None = Field(
+        default=None,
+        description="the outcome labels' pos/neg threshold for this strategy (review.labels); absent: the "
+        "labels service's --threshold (0.5 %)",
+    )
     # the registered revision (tapeflow strategy revisions) this config was loaded as; 0 for a file not
     # registered. Private: it is where the config came from, not what it is, so neither the file nor
     # config_hash knows it.
@@ -791,10 +811,10 @@ class StrategyConfig(_Model):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any) -> dict[str, Any]:
-        """Without detectors (or a regime, or routing) the dump (and so ``config_hash``) is what it was before
+        """Without detectors (or a regime, routing, a model or labels) the dump (and so ``config_hash``) is what it was before
         they existed."""
         data = handler(self)
-        for name in ("detectors", "regime", "routing", "model"):
+        for name in ("detectors", "regime", "routing", "model", "labels"):
             if data.get(name) is None:
                 data.pop(name, None)
         return data

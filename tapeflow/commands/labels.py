@@ -54,7 +54,11 @@ ThresholdOption = Annotated[
 ]
 StrategyThresholdOption = Annotated[
     list[str] | None,
-    typer.Option("--strategy-threshold", help="A strategy's own threshold in percent, NAME=PCT; repeatable."),
+    typer.Option(
+        "--strategy-threshold",
+        help="A strategy's own threshold in percent, NAME=PCT; repeatable. Default: its active revision's"
+        " labels.roi_threshold, else --threshold.",
+    ),
 ]
 HorizonsOption = Annotated[str, typer.Option("--horizons", help="Horizons in whole hours, comma-separated.")]
 ExecutorConfigOption = Annotated[
@@ -177,7 +181,8 @@ def labels_backfill(
     """Recompute the labels of every signal and trade whose t0 is in [--from, --to) (replacing rows)."""
     import psycopg
 
-    from review.label_job import WindowResult, label_range
+    from review.label_job import WindowResult, label_range, with_strategy_thresholds
+    from tapeflow.commands.rollout import _running
     from tapeflow_runtime.instants import EPOCH
 
     start, end = parse_time(from_time, "--from"), parse_time(to_time, "--to")
@@ -197,6 +202,7 @@ def labels_backfill(
     now_ms = int(time.time() * 1000)
     publisher = _publisher()
     try:
+        params = with_strategy_thresholds(conninfo, params, _running())  # the files' unless given
         total = label_range(
             conninfo,
             modes,
@@ -260,7 +266,7 @@ def labels_run(
 
     from backtest.research.model_health_explain import TradeExplainer
     from review.autopsy_db import write_pending_autopsies
-    from review.label_job import run_due
+    from review.label_job import run_due, with_strategy_thresholds
     from tapeflow.commands.rollout import _running
 
     params = _params(threshold, strategy_threshold, horizons)
@@ -269,6 +275,7 @@ def labels_run(
     now_ms = int(time.time() * 1000)
     publisher = _publisher()
     try:
+        params = with_strategy_thresholds(conninfo, params, _running())  # the files' unless given
         results = run_due(
             conninfo,
             _modes(mode),
@@ -324,5 +331,6 @@ def labels_serve(
         registry=registry,
         after_pass=[health],
         explain=TradeExplainer(_running, health.cache),
+        strategy_files=_running,
     )
     raise typer.Exit(asyncio.run(run_label_service(service, settings.metrics_host, metrics_port)))
