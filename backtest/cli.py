@@ -509,12 +509,14 @@ def store_outcome_labels(result: RunResult, runner: Any, tape: Any, settings: Ca
     import psycopg
 
     from backtest.outcome_labels import label_source, run_labels, store_labels
+    from review.label_job import config_thresholds
     from review.labels import LabelParams
     from tapeflow_runtime.endpoints import resolve_database
     from tapeflow_runtime.paths import StackPaths
 
     s = settings()
-    labels = run_labels(runner, tape, LabelParams(), result.end_ms)
+    params = LabelParams(thresholds=config_thresholds(runner.strategies))  # each file's labels.roi_threshold
+    labels = run_labels(runner, tape, params, result.end_ms)
     try:
         store_labels(resolve_database(s, StackPaths(s.home)).writer, result.run_id, labels, result.finished_at_ms)
     except psycopg.Error as exc:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
@@ -45,6 +45,9 @@ from review.labels import (
     samples_from_records,
     settlements_from_marks,
 )
+
+if TYPE_CHECKING:
+    from stream_apps.core.strategy import StrategyConfig
 
 log = structlog.get_logger("labels")
 
@@ -542,6 +545,12 @@ def active_contents(conn: psycopg.Connection, files: Mapping[str, Path]) -> dict
     return texts
 
 
+def config_thresholds(configs: Iterable[StrategyConfig]) -> dict[str, float]:
+    """Per strategy, the label threshold its config sets (``labels.roi_threshold``); the backtest labels
+    its run's strategies by them, as the stack labels the running ones (``strategy_thresholds``)."""
+    return {cfg.name: cfg.labels.roi_threshold for cfg in configs if cfg.labels is not None}
+
+
 def strategy_thresholds(conn: psycopg.Connection, files: Mapping[str, Path]) -> dict[str, float]:
     """Per strategy, the label threshold (a fraction) its active revision's file sets (``labels:
     {roi_threshold: 0.005}``); a strategy whose file sets none is left out (the default applies), and so
@@ -549,16 +558,13 @@ def strategy_thresholds(conn: psycopg.Connection, files: Mapping[str, Path]) -> 
     from stream_apps.core.rollout import parse_content
     from stream_apps.core.strategy import StrategyConfigError
 
-    out: dict[str, float] = {}
+    configs: list[StrategyConfig] = []
     for name, text in sorted(active_contents(conn, files).items()):
         try:
-            cfg = parse_content(text, f"{name} (active revision)")
+            configs.append(parse_content(text, f"{name} (active revision)"))
         except StrategyConfigError as exc:
             log.warning("labels: a strategy file does not parse", strategy=name, error=str(exc).splitlines()[0])
-            continue
-        if cfg.labels is not None:
-            out[name] = cfg.labels.roi_threshold
-    return out
+    return config_thresholds(configs)
 
 
 def with_strategy_thresholds(conninfo: str, params: LabelParams, files: Mapping[str, Path]) -> LabelParams:

@@ -10,7 +10,7 @@ import psycopg
 import yaml
 
 from execution.config import ExecutorConfig
-from review.label_job import label_range, strategy_thresholds, with_strategy_thresholds
+from review.label_job import config_thresholds, label_range, strategy_thresholds, with_strategy_thresholds
 from review.label_service import LabelService
 from review.labels import LabelParams
 from stream_apps.core.strategy import load_strategy, parse_strategy
@@ -72,3 +72,11 @@ def test_a_strategy_is_labelled_by_its_active_revisions_threshold(migrated_datab
     plain.write_text(_text(None), encoding="utf-8")
     with psycopg.connect(migrated_database) as conn:
         assert strategy_thresholds(conn, {"s": started, "other": plain}) == {"s": 0.10}
+
+
+def test_a_backtest_labels_its_strategies_by_their_files():
+    with_own = parse_strategy(yaml.safe_load(_text(0.02)))
+    without = parse_strategy(yaml.safe_load(_text(None).replace("name: s", "name: t")))
+    assert config_thresholds([with_own, without]) == {"s": 0.02}
+    assert LabelParams(thresholds=config_thresholds([with_own])).threshold("s") == 0.02
+    assert LabelParams(thresholds=config_thresholds([with_own])).threshold("t") == 0.005  # the default
