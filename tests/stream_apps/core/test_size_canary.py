@@ -114,3 +114,29 @@ def test_shares_records_and_limits():
     assert parse_share("10%", "--canary-size", whole=False) == 10
     with pytest.raises(ValueError, match="--canary-size"):
         parse_share("100%", "--canary-size", whole=False)
+
+
+def test_the_executor_opens_both_legs_of_one_trade_at_their_shares():
+    """Through the executor and the paper broker: the active revision's and the candidate's signals of one
+    trade both open, in their own slots, risking 90 % and 10 % of 1R; a second active signal on the
+    symbol is held back by the active revision's position, not by the candidate's."""
+    from tests.support.execution import T0, Harness, signal_record
+
+    h = Harness()
+    base = signal_record(eval_time=T0)
+    active = {**base, "factors": {**base["factors"], "size_share": 0.9}, "size_mult": 1.0, "config_rev": 1}
+    candidate = {
+        **active,
+        "signal_id": base["signal_id"].replace("abc123", "def456") + CANARY_LEG_SUFFIX,
+        "config_hash": "def456",
+        "factors": {**base["factors"], "size_share": 0.1},
+        "config_rev": 2,
+    }
+    assert h.signal_rec(active).allowed and h.signal_rec(candidate).allowed
+    h.trade(100.0, T0 + 500)
+    opened = {p["config_rev"]: p for p in h.positions("opened")}
+    r_usd = h.config.base_r_usd  # 1R of a signal with size_mult 1
+    assert opened[1]["r_usd"] == pytest.approx(0.9 * r_usd) and opened[2]["r_usd"] == pytest.approx(0.1 * r_usd)
+    assert opened[1]["qty"] + opened[2]["qty"] == pytest.approx(r_usd / 2.0)  # one trade's size, split
+    later = {**active, "signal_id": active["signal_id"].replace(str(T0), str(T0 + 60_000)), "eval_time": T0 + 60_000}
+    assert h.signal_rec(later).reason == "position_open"
