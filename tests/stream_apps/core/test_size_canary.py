@@ -140,3 +140,30 @@ def test_the_executor_opens_both_legs_of_one_trade_at_their_shares():
     assert opened[1]["qty"] + opened[2]["qty"] == pytest.approx(r_usd / 2.0)  # one trade's size, split
     later = {**active, "signal_id": active["signal_id"].replace(str(T0), str(T0 + 60_000)), "eval_time": T0 + 60_000}
     assert h.signal_rec(later).reason == "position_open"
+
+
+def test_the_two_legs_are_the_active_run_and_a_switch_to_the_candidate_side_by_side(stream, before):
+    """A candidate that decides otherwise (a 9-minute cooldown, a higher entry): its leg is what a plain
+    switch to it at the same point gives (its cooldown book starts as the active one's at the switch),
+    and the active leg is the run that never switched, each at its share."""
+    from tests.stream_apps.core.test_engine_rollout import _revision
+
+    other = _revision(2, cooldown="9m", version="2")
+    split = len(stream) // 2
+
+    def run(canary: Canary | None, active) -> tuple:
+        engine = Engine([FAST.at_rev(1)])
+        out = _run(engine, stream[:split], 700)
+        point = engine.switch_point()
+        engine.schedule_switch(Switch("fast_test", 1, point, active, canary))
+        out.extend(_run(engine, stream[split:], 700))
+        return out, point
+
+    canaried, point = run(Canary(2, other.config_hash, other.content, SYMBOLS, 25), REV1)
+    switched, again = run(None, other)
+    assert again == point
+    legs = {rev: [s for s in canaried.signals if s["config_rev"] == rev and s["eval_time"] >= point] for rev in (1, 2)}
+    assert legs[1] == [_with_share(s, 0.75) for s in before.signals if s["eval_time"] >= point]
+    candidate = [s for s in switched.signals if s["eval_time"] >= point]
+    assert candidate and len(candidate) < len(legs[1])  # the slower candidate signals less often
+    assert legs[2] == [{**_with_share(s, 0.25), "signal_id": s["signal_id"] + CANARY_LEG_SUFFIX} for s in candidate]
