@@ -23,8 +23,11 @@ LIMIT orders (maker; the price is the order's own)
   side is ignored (book and trade streams disagreeing; we do not count it in our favour).
 - A trade strictly beyond the price means the whole level traded: the queue ahead is gone and the
   trade's quantity fills the order.
-- Partial fills: a trade never fills more than its own quantity, shared by our orders in placement
-  order (one trade cannot fill two of our orders with the same contracts).
+- Partial fills: a trade never fills more than its own quantity, shared by our orders in turn (one
+  trade cannot fill two of our orders with the same contracts). The turn is an order's ``active_from``
+  (its decision time), then its id: the order in which a caller happened to place two orders decided
+  at the same moment (two positions exiting on one trade) must not decide who gets the level, or the
+  streaming executor and the backtest, which may process them in different orders, would disagree.
 - The level's size dropping (a newer snapshot) — the conservative rule: cancellations are assumed to
   come from behind us, so the queue ahead only shrinks to the level's new size when that is smaller
   (``min(ahead, size)``), and to 0 when the level vanished within the shown depth. A level growing
@@ -50,7 +53,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 N = TypeVar("N", float, Decimal)
 Side = Literal["BUY", "SELL"]
@@ -121,11 +124,11 @@ class Matcher(Generic[N]):
                 order.queue_ahead = size
 
     def on_trade(self, price: N, qty: N, taker_side: Side | None, time: int) -> list[SimFill[N]]:
-        """Fills a trade causes, in placement order (a market order may give one fill per level).
+        """Fills a trade causes, in turn (`_turn`; a market order may give one fill per level).
         ``taker_side`` None (a venue that does not say): a trade at a limit's price counts either way."""
         fills: list[SimFill[N]] = []
         budget = qty  # what of the trade is left for our limit orders
-        for order in list(self.orders.values()):
+        for order in sorted(self.orders.values(), key=_turn):
             if time < order.active_from:
                 continue
             if order.type == "MARKET":
@@ -224,3 +227,8 @@ class Matcher(Generic[N]):
         if order.done:
             del self.orders[order.order_id]
         return SimFill(order.order_id, price, qty, liquidity, from_book and order.type == "MARKET")
+
+
+def _turn(order: SimOrder[Any]) -> tuple[int, str]:
+    """Which of our orders a trade serves first (module docstring: partial fills)."""
+    return order.active_from, order.order_id
