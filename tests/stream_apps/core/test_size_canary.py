@@ -140,6 +140,12 @@ def test_the_executor_opens_both_legs_of_one_trade_at_their_shares():
     assert opened[1]["qty"] + opened[2]["qty"] == pytest.approx(r_usd / 2.0)  # one trade's size, split
     later = {**active, "signal_id": active["signal_id"].replace(str(T0), str(T0 + 60_000)), "eval_time": T0 + 60_000}
     assert h.signal_rec(later).reason == "position_open"
+    # a restarted executor rebuilds each position from its opened event, in the same slot
+    from execution.position_manager import Position
+
+    for rev, name in ((1, "v53"), (2, "v53" + CANARY_LEG_SUFFIX)):  # the harness's strategy is v53
+        restored = Position.restore(opened[rev], None, timeout_ms=3_600_000)
+        assert restored.slot == (name, opened[rev]["exchange"], opened[rev]["symbol"])
 
 
 def test_the_two_legs_are_the_active_run_and_a_switch_to_the_candidate_side_by_side(stream, before):
