@@ -71,8 +71,10 @@ def feature_matrix(
 
     Values are copied, never computed again: a row's numbers are the evaluation's whatever the rows
     beside it (one row, the live worker's usual call, is gathered without an array per feature)."""
-    own = dict(strategy_input_columns(frame, cfg)) if any(kind == "own" for kind, _ in _plan(names, cfg)) else {}
-    columns = [_column(kind, key, frame, scores, own) for kind, key in _plan(names, cfg)]
+    plan = _plan(names, cfg)
+    own = dict(strategy_input_columns(frame, cfg)) if any(kind == "own" for kind, _ in plan) else {}
+    values = frame.values  # most features: a Features field, read here without a call per feature
+    columns = [values[key] if kind == "value" else _column(kind, key, frame, scores, own) for kind, key in plan]
     if len(rows) == 1:
         row = int(rows[0])
         return np.array([[column[row] for column in columns]], dtype=np.float64)
