@@ -100,7 +100,10 @@ class ExecutorMetrics:
             registry=r,
         )
         self.degradation = Gauge(
-            "tapeflow_executor_degradation_state", "1 while the degradation rule is in force, else 0", ["rule"], registry=r
+            "tapeflow_executor_degradation_state",
+            "1 while the degradation rule is in force, else 0",
+            ["rule"],
+            registry=r,
         )
         self.degradation_changes = Counter(
             "tapeflow_executor_degradation_changes_total",

@@ -282,6 +282,8 @@ def _train_and_report(
 
 def register(app: typer.Typer) -> None:
     """Add ``model`` to the ``tapeflow`` app (``model evaluate`` is defined in ``model_eval``)."""
-    from . import model_eval  # noqa: F401 - registers `model evaluate` on model_app
+    from .model_eval import evaluate_command  # here, not at the top: model_eval's imports are heavier
 
+    if all(c.callback is not evaluate_command for c in model_app.registered_commands):  # once per process
+        model_app.command("evaluate")(evaluate_command)
     app.add_typer(model_app, name="model")

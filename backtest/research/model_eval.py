@@ -20,7 +20,6 @@ from typing import Any
 import typer
 
 from .cli import ResearchError, fmt_day, parse_time
-from .model_cli import model_app
 
 
 def _conninfo(database: str | None) -> str:
@@ -146,7 +145,6 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-@model_app.command("evaluate")
 def evaluate_command(
     model: Path = typer.Option(..., "--model", help="The model file (model-<hash>.json of tapeflow model train)."),
     strategy: str = typer.Option(..., "--strategy", help="The strategy whose labelled trades judge it."),
