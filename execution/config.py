@@ -54,14 +54,15 @@ class Fees(_Model):
 
 
 class PaperFills(_Model):
-    """How the paper broker fills orders.
+    """How the paper broker fills orders (paper mode and backtests alike).
 
-    `fills: book` fills against the stored book where there is one: limit orders queue behind the
-    size resting at their price and fill, partially, from the trades that exhaust that queue or print
-    through their price; market orders walk the book's levels (partially when it is thinner; the rest
-    at the next snapshot). See `execution.paper_broker`, `tapeflow_runtime.matching`. With `fills: tape`
-    (the default: the executor's hand-computed tests assume whole fills), and under `book` where
-    there is no book (no snapshot at placement, none fresh for a market order):
+    `fills: book` (the default) fills against the stored book where there is one: limit orders queue
+    behind the size resting at their price and fill, partially, from the trades that exhaust that
+    queue or print through their price; market orders walk the book's levels (partially when it is
+    thinner; the rest at the next snapshot). See `execution.paper_broker`, `tapeflow_runtime.matching`.
+    With `fills: tape` (whole fills at the next trade: the model before the book one, e.g. to compare
+    with results from before it or for data without md.book), and under `book` where there is no book
+    (no snapshot at placement, none fresh for a market order):
     Market orders fill at the first trade after submission, moved against us by `slippage_bps`; with
     `slippage_model: book` and an md.book snapshot at most `book_max_age_ms` older than that trade,
     also by what the order would have paid crossing that book: half the spread plus the walk of its
@@ -91,7 +92,7 @@ class PaperFills(_Model):
         "most this much older than the filling trade (ms); older: the trade price",
     )
     fills: Literal["book", "tape"] = Field(
-        default="tape",
+        default="book",
         description="book: fill against the stored book (queue position, level walk, partial fills) "
         "where one exists, else the tape rules; tape: the tape rules only (whole fills at the next trade)",
     )

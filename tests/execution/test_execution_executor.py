@@ -6,12 +6,26 @@ from __future__ import annotations
 import pytest
 
 from execution.client_ids import client_order_id
-from execution.config import EntryPolicy, ExecutorConfig, RiskLimits
+from execution.config import EntryPolicy, ExecutorConfig, PaperFills, RiskLimits
 from execution.executor import Executor, ListSink
 from execution.paper_broker import PaperBroker
-from tests.support.execution import T0, Harness, signal_record
+from tests.support.execution import EXCHANGE, SYMBOL, T0, Harness, signal_record
 
 S = 1000
+
+
+def book_levels(bids: list[tuple[float, float]], asks: list[tuple[float, float]], t: int) -> dict:
+    """An md.book record with these (price, qty) levels, best first."""
+    return {
+        "exchange": EXCHANGE,
+        "symbol": SYMBOL,
+        "last_update_id": t,
+        "event_time": t,
+        "receive_time": t,
+        "bids": [{"price": p, "qty": q} for p, q in bids],
+        "asks": [{"price": p, "qty": q} for p, q in asks],
+        "obi_10": 0.0,
+    }
 
 
 def test_duplicate_signal_delivery_opens_one_position():
@@ -116,7 +130,9 @@ def test_max_open_positions_counts_pending_entries():
 
 
 def test_kill_switch_cancels_entries_blocks_and_flattens_on_request():
-    h = Harness(ExecutorConfig(entry=EntryPolicy(kind="maker_first")))
+    # the point is the kill switch, not the fill model: tape fills let one trade through the bid fill
+    # the whole maker entry (book fills would need the level's queue and 100 units of trades)
+    h = Harness(ExecutorConfig(entry=EntryPolicy(kind="maker_first"), paper=PaperFills(fills="tape")))
     h.book(99.9, 100.0, T0)
     h.signal(strategy="a")  # resting maker bid
     h.ex.on_risk_record({"scope": "kill_switch", "mode": "live", "decision": "halt"}, T0 + 1)  # not our mode
@@ -154,22 +170,33 @@ def test_daily_loss_limit_flattens_every_position():
 
 
 def test_maker_first_entry_fills_as_maker_at_the_touch():
+    """Book fills (the default): the bid at the touch queues behind the 1.0 resting there; sellers at
+    the bid eat that queue first, then fill us, never more than they sold; a buyer at our bid does not."""
     h = Harness(ExecutorConfig(entry=EntryPolicy(kind="maker_first")))
-    h.book(99.9, 100.0, T0)
+    h.book(99.9, 100.0, T0)  # 1.0 bid at 99.9, 1.0 ask at 100.0
     h.signal()
     [intent] = [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
-    assert (intent["type"], intent["price"]) == ("LIMIT", 99.9)
-    h.trade(99.9, T0 + S)  # at the price: behind the queue
-    assert not h.positions("opened")
-    h.trade(99.8, T0 + 2 * S)
-    [fill] = h.fills()
-    assert (fill["liquidity"], fill["price"]) == ("maker", 99.9)
+    assert (intent["type"], intent["price"], intent["qty"]) == ("LIMIT", 99.9, 100.0)  # 1R 200 / risk 2
+    h.trade(99.9, T0 + S, qty=5.0, taker_side="BUY")  # a buyer at our bid: not our fill, queue unchanged
+    h.trade(99.9, T0 + S + 1, qty=0.6, taker_side="SELL")  # 0.6 of the 1.0 ahead
+    assert not h.fills()
+    h.trade(99.9, T0 + S + 2, qty=40.4, taker_side="SELL")  # 0.4 to the queue, 40.0 to us
+    [part] = h.fills()
+    assert (part["liquidity"], part["price"], part["qty"]) == ("maker", 99.9, pytest.approx(40.0))
+    assert not h.positions("opened")  # part-filled and still within the maker wait
+    h.trade(99.8, T0 + 2 * S, qty=75.0, taker_side="SELL")  # through the bid: the 60.0 left of 75
+    fills = h.fills()
+    assert [f["qty"] for f in fills] == [pytest.approx(40.0), pytest.approx(60.0)]
+    assert all((f["liquidity"], f["price"]) == ("maker", 99.9) for f in fills)
     [opened] = h.positions("opened")
-    assert opened["entry_price"] == 99.9 and opened["sl_price"] == pytest.approx(97.9)
+    assert opened["qty"] == pytest.approx(100.0)
+    assert opened["entry_price"] == pytest.approx(99.9) and opened["sl_price"] == pytest.approx(97.9)
     assert opened["fees_r"] == pytest.approx(0.0002 * 99.9 * 100 / 200)
 
 
 def test_maker_timeout_falls_back_to_taker_within_the_slippage_cap():
+    """The unfilled maker entry is cancelled at the timeout; the market fallback walks the book: 40 at
+    the best ask, the other 60 at the next level."""
     h = Harness(
         ExecutorConfig(entry=EntryPolicy(kind="maker_first", maker_timeout_ms=4000, fallback_slippage_cap_bps=10))
     )
@@ -177,14 +204,21 @@ def test_maker_timeout_falls_back_to_taker_within_the_slippage_cap():
     h.signal()
     h.clock(T0 + 3999)
     assert all(o["state"] != "CANCELED" for o in h.of("orders"))
-    h.book(100.0, 100.1, T0 + 3999)  # mid 100.05: 5 bps from the signal price
+    h.now = T0 + 3999
+    h.ex.on_book(  # mid 100.05: 5 bps from the signal price
+        book_levels([(100.0, 1.0)], [(100.1, 40.0), (100.2, 500.0)], T0 + 3999), h.now
+    )
     h.clock(T0 + 4000)
     states = [(o["client_order_id"][-2:], o["state"], o["reason"]) for o in h.of("orders")]
     assert states[-3:] == [("en", "CANCELED", "maker_timeout"), ("ef", "PENDING_NEW", None), ("ef", "NEW", None)]
-    h.trade(100.1, T0 + 5 * S)
-    [fill] = h.fills()
-    assert fill["liquidity"] == "taker" and fill["client_order_id"].endswith("-ef")
-    assert h.positions("opened")[0]["entry_price"] == 100.1
+    h.trade(100.1, T0 + 5 * S, qty=0.01)  # the walk does not depend on the trade's size
+    fills = h.fills()
+    assert [(f["price"], f["qty"], f["liquidity"]) for f in fills] == [(100.1, 40.0, "taker"), (100.2, 60.0, "taker")]
+    assert all(f["client_order_id"].endswith("-ef") for f in fills)
+    # levels anchor at the market price (the trade); the walk's second level is slippage: 60 x 0.1
+    # over 100 units, in R of 2.0
+    [opened] = h.positions("opened")
+    assert opened["entry_price"] == 100.1 and opened["slippage_r"] == pytest.approx(60 * 0.1 / 100 / 2.0)
 
 
 def test_maker_timeout_beyond_the_slippage_cap_gives_up():

@@ -103,7 +103,9 @@ def test_book_model_pays_half_spread_plus_the_walk_through_the_levels():
     # selling 5: 1 at 99.9, 2 at 99.8, the 2 beyond the levels shown at the last one (99.8) -> VWAP 99.82
     assert book_impact(book, "SELL", 5.0) == pytest.approx(100.0 - (99.9 + 2 * 99.8 + 2 * 99.8) / 5)
 
-    cfg = ExecutorConfig(paper=PaperFills(slippage_model="book", slippage_bps=1.0))
+    # `slippage_model: book` charges the walk on a whole fill at the trade: a tape-fills setting (book
+    # fills walk the levels themselves: test_book_fills_walk_the_levels_themselves below)
+    cfg = ExecutorConfig(paper=PaperFills(fills="tape", slippage_model="book", slippage_bps=1.0))
     h = Harness(cfg, now=T0)
     h.ex.on_book(
         {
@@ -129,3 +131,43 @@ def test_book_model_pays_half_spread_plus_the_walk_through_the_levels():
     assert stale.signal(eval_time=T0, price=100.0, risk=2.0).allowed
     stale.trade(100.0, T0 + S)
     assert stale.fills()[0]["price"] == pytest.approx(100.0 * 1.0001)
+
+
+def _levels_book(t: int) -> dict:
+    return {
+        "exchange": EXCHANGE,
+        "symbol": SYMBOL,
+        "last_update_id": 1,
+        "event_time": t,
+        "receive_time": t,
+        "obi_10": 0.0,
+        "bids": [{"price": 99.9, "qty": 50.0}, {"price": 99.8, "qty": 500.0}],
+        "asks": [{"price": 100.1, "qty": 50.0}, {"price": 100.2, "qty": 500.0}],
+    }
+
+
+def test_book_fills_walk_the_levels_themselves():
+    """Book fills (the default): the market entry of 100 takes 50 at 100.1 and 50 at 100.2, one fill per
+    level, each moved 1 bp; the position is anchored at the trade (100.0) and the walk is slippage."""
+    h = Harness(ExecutorConfig(paper=PaperFills(slippage_bps=1.0)), now=T0)
+    assert h.broker.book_fills
+    h.ex.on_book(_levels_book(T0 - S), T0)
+    assert h.signal(eval_time=T0, price=100.0, risk=2.0).allowed
+    h.trade(100.0, T0 + S, qty=0.5)  # the trade's size does not limit a walk of the shown book
+    fills = h.fills()
+    assert [(f["price"], f["qty"]) for f in fills] == [
+        (pytest.approx(100.1 * 1.0001), 50.0),
+        (pytest.approx(100.2 * 1.0001), 50.0),
+    ]
+    [opened] = h.positions("opened")
+    assert opened["entry_price"] == 100.0
+    # per unit: (100.1 + 100.2) / 2 x 1.0001 - 100.0 = 0.15 + 0.0100150, in R of 2.0
+    assert opened["slippage_r"] == pytest.approx((100.15 * 1.0001 - 100.0) / 2.0)
+    assert opened["fees_r"] == pytest.approx(0.0005 * 100.15 * 1.0001 * 100 / 200)
+
+    stale = Harness(ExecutorConfig(paper=PaperFills(slippage_bps=1.0)), now=T0)
+    stale.ex.on_book(_levels_book(T0 - 10 * S), T0)  # older than book_max_age_ms (5 s) at the fill
+    assert stale.signal(eval_time=T0, price=100.0, risk=2.0).allowed
+    stale.trade(100.0, T0 + S)
+    [fill] = stale.fills()  # the tape rule: whole, at the trade moved 1 bp
+    assert (fill["price"], fill["qty"]) == (pytest.approx(100.0 * 1.0001), 100.0)

@@ -22,13 +22,15 @@ MIN = 60 * S
 
 def _with_book(eval_time: int, exit_price: float, *, direction: str = "LONG", strategy: str = "v53"):
     """A book top (99.9 / 100.1) before the signal, the entry at the next trade (100.0), then the path
-    to `exit_price` and on past the 10-minute timeout; paper slippage 3 bp."""
+    to `exit_price` and on past the 10-minute timeout; paper slippage 3 bp. Tape fills: the autopsy is
+    the point, not the fill model (the planted book shows 1.0 a level: book fills would take 1 of the
+    entry's 100 from it and the rest only once it is stale, a minute later at the path's next price)."""
     steps = [("trade", 100.0, eval_time + S), ("trade", exit_price, eval_time + 2 * S)]
     steps += [("trade", exit_price, eval_time + 3 * S + k * MIN) for k in range(12)]
     return paper_trade(
         steps,
         before=[("book", 99.9, 100.1, eval_time - S // 2)],
-        config=ExecutorConfig(paper=PaperFills(slippage_bps=3.0)),
+        config=ExecutorConfig(paper=PaperFills(slippage_bps=3.0, fills="tape")),
         eval_time=eval_time,
         price=100.0,
         risk=2.0,
@@ -129,7 +131,7 @@ def test_the_path_read_through_bars_replays_exactly_like_every_trade(migrated_da
 def test_a_backtest_trade_is_rebuilt_from_its_row_and_the_runs_model(migrated_database):
     """The row a backtest stores for a trade (no orders or fills) and its run's executor settings give
     the same replay as the paper trade the executor made."""
-    config = ExecutorConfig(paper=PaperFills(slippage_bps=3.0))
+    config = ExecutorConfig(paper=PaperFills(slippage_bps=3.0, fills="tape"))  # the settings _with_book traded with
     planted = _with_book(T0, 104.5)  # TP1 and TP2 in one jump: exit "tp"
     store(migrated_database, planted)  # the market data (and the paper rows, which the backtest ignores)
     c = planted.closed()
