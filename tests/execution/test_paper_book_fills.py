@@ -14,7 +14,7 @@ from execution.config import EntryPolicy, ExecutorConfig, Fees, PaperFills
 from execution.domain import BookTop, TradeTick
 from execution.executor import Executor, ListSink
 from execution.paper_broker import PaperBroker
-from tests.support.execution import EXCHANGE, SYMBOL, T0, Harness, trade_record
+from tests.support.execution import EXCHANGE, SYMBOL, T0, Harness, signal_record, trade_record
 
 T = 1_790_000_000_000
 S = 1000
@@ -233,3 +233,38 @@ def test_an_exit_part_filled_before_a_restart_fills_only_the_rest_after_it():
     # the stop's level is the reference: (98.0 - 97.9) x 30 + (98.0 - 97.8) x 70 over 100 units, in R of 2
     assert closed["slippage_r"] == pytest.approx((0.1 * 30 + 0.2 * 70) / 100 / 2.0)
     assert not ex.broker.open_orders()
+
+
+def test_a_maker_entry_part_filled_before_a_committed_cut_restart_opens_with_the_whole_size():
+    """The transactional service's restart (committed cut) re-enters an unfinished entry: 0.25 of the
+    maker bid filled before it, so only the other 99.75 can fill after it, and the position opens with
+    100 (not 100.25), its fee counting both parts at the maker rate."""
+    cfg = ExecutorConfig(paper=PaperFills(fills="book"), entry=EntryPolicy(kind="maker_first", maker_timeout_ms=4000))
+    h = Harness(cfg)
+    h.book(99.9, 100.1, T0 - 500)  # 1.0 ahead at the bid 99.9
+    rec = signal_record(eval_time=T0, price=100.0, risk=2.0)
+    assert h.signal_rec(rec).allowed
+    h.trade(99.9, T0 + S, qty=1.25, taker_side="SELL")  # 1.0 to the queue, 0.25 to us
+    [part] = h.fills()
+    assert part["qty"] == pytest.approx(0.25)
+    records = list(h.sink.records)
+
+    sink = ListSink()
+    ex = Executor(cfg, "paper", PaperBroker(cfg.fees, cfg.paper), sink, T0 + 2 * S)
+    summary = ex.restore(
+        [r for t, _, r in records if t == "positions"],
+        [r for t, _, r in records if t == "orders"],
+        [r for t, _, r in records if t == "risk.events"],
+        T0 + 2 * S,
+        signals=lambda ids: {rec["signal_id"]: rec} if rec["signal_id"] in ids else {},
+        committed_cut=True,
+    )
+    assert summary["orders_resumed"] == 1
+    # no book in the new paper book: the tape rule (through) fills what is left, whole
+    ex.on_trade(trade_record(99.8, T0 + 3 * S, qty=500.0, taker_side="SELL"), T0 + 3 * S)
+    assert [f["qty"] for f in sink.of("fills")] == [pytest.approx(99.75)]
+    [done] = [o for o in sink.of("orders") if o["state"] == "FILLED"]
+    assert (done["filled_qty"], done["avg_fill_price"]) == (pytest.approx(100.0), pytest.approx(99.9))
+    [opened] = [p for p in sink.of("positions") if p["event"] == "opened"]
+    assert opened["qty"] == pytest.approx(100.0) and opened["entry_price"] == pytest.approx(99.9)
+    assert opened["fees_r"] == pytest.approx(0.0002 * 99.9 * 100 / 200)
