@@ -16,6 +16,7 @@ turned on): a model fitted with a detector and served without it would read NaN 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,14 +75,33 @@ def feature_matrix(
     plan = _plan(names, cfg)
     own = dict(strategy_input_columns(frame, cfg)) if any(kind == "own" for kind, _ in plan) else {}
     values = frame.values  # most features: a Features field, read here without a call per feature
-    columns = [values[key] if kind == "value" else _column(kind, key, frame, scores, own) for kind, key in plan]
-    if len(rows) == 1:
+    if len(rows) == 1:  # the live worker's usual call: one value per feature, no column computed for it
         row = int(rows[0])
-        return np.array([[column[row] for column in columns]], dtype=np.float64)
+        return np.array(
+            [
+                [
+                    values[key][row] if kind == "value" else _value_at(kind, key, frame, scores, own, row)
+                    for kind, key in plan
+                ]
+            ],
+            dtype=np.float64,
+        )
+    columns = [values[key] if kind == "value" else _column(kind, key, frame, scores, own) for kind, key in plan]
     out = np.empty((len(rows), len(names)))
     for j, column in enumerate(columns):
         out[:, j] = column[rows]
     return out
+
+
+def _value_at(
+    kind: str, key: Any, frame: FeatureFrame, scores: ScoreFrame, own: dict[str, np.ndarray], row: int
+) -> float:
+    """``_column(...)[row]`` without the column where the column is computed (``atr_price_ratio``: the same
+    IEEE division of the same two numbers, NaN where the frame's property gives NaN)."""
+    if kind != "atr_price_ratio":
+        return float(_column(kind, key, frame, scores, own)[row])
+    atr, price = frame.values["atr"][row], frame.values["last_price"][row]
+    return float(atr / price) if not (np.isnan(atr) or np.isnan(price) or price == 0) else math.nan
 
 
 def _column(kind: str, key: Any, frame: FeatureFrame, scores: ScoreFrame, own: dict[str, np.ndarray]) -> np.ndarray:

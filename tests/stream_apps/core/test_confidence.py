@@ -199,3 +199,23 @@ def test_max_size_mult_clamps_the_product():
     signals = _run(Engine([clamped]), _stream(minutes=25), 1000).signals
     assert signals and max(s["size_mult"] for s in signals) == 1.0
     assert any(s["p_win"] > 0.85 for s in signals)  # where the band alone would give 1.2
+
+
+def test_one_row_is_gathered_as_every_row_is():
+    """The live worker's one-row calls read each feature without its column (``atr_price_ratio`` computed at
+    the row): the same numbers as the columns of a many-row call, NaNs in the same places."""
+    from stream_apps.core.confidence_inputs import feature_matrix
+    from stream_apps.core.engine import Engine
+    from tests.stream_apps.core.test_core_engine import FAST, _run, _stream
+
+    names = ("score", "raw_score", "layer_direction", "layer_crowding", "direction_sign", "in_atr_price_ratio")
+    names += ("in_obi", "in_funding_rate", "in_cvd_fast", "in_large_net_qty_15m", "in_cvd_1h", "in_cvd_slope_30m")
+    blocks = [b for t in _run(Engine([FAST]), _stream(minutes=15), 1000).tables for b in t.blocks]
+    checked = 0
+    for block in blocks:
+        rows = np.arange(len(block))
+        whole = feature_matrix(names, block.frame, block.scores, FAST, rows)
+        single = np.concatenate([feature_matrix(names, block.frame, block.scores, FAST, rows[i : i + 1]) for i in rows])
+        assert np.array_equal(whole, single, equal_nan=True)
+        checked += int(np.isfinite(whole[:, 5]).sum())
+    assert checked > 100  # rows with an ATR ratio were compared
