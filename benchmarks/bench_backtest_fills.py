@@ -3,8 +3,8 @@
 What runs is ``benchmarks.bench_backtest``'s re-run on cached data (the synthetic session, 100 trades/s
 over 4 symbols, 10-level books every 2 s, the three shipped strategies, one paper account per
 strategy): the session's slices are generated once, then ``BacktestRunner.run`` over them is timed end
-to end with ``PaperFills(fills="tape")`` (the baseline: the paper broker before the book model, still
-the default) and ``PaperFills(fills="book")`` (``execution.paper_broker`` / ``tapeflow_runtime.matching``),
+to end with ``PaperFills(fills="tape")`` (the baseline: the paper broker before the book model, the
+default until book replaced it) and ``PaperFills(fills="book")`` (``execution.paper_broker`` / ``tapeflow_runtime.matching``),
 alternating tape/book ``--repeat`` times so both see the same machine load. Printed per model: the
 best (least disturbed) and median wall time and the median CPU time; the ratio is taken of the best
 wall times (on a shared 2-core machine the median wall time swings by 2x with the neighbours' load) and
