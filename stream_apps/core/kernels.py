@@ -402,11 +402,12 @@ NONE_TIME = -(2**62)  # "never fired"
 
 @njit(cache=True)
 def cooldown_rows(
-    times, signs, scores, candidates, cooldown_ms, flip_threshold, timeout_ms, state, fired, flips
+    times, signs, scores, candidates, cooldown_ms, flip_threshold, timeout_ms, skip, state, fired, flips, skipped
 ):  # pragma: no cover - compiled
     """The candidate rows (time order) that fire: not within ``cooldown_ms`` of the same direction's
-    last signal on this symbol; a firing row is a flip when its score reaches ``flip_threshold`` and
-    the previous signal on the symbol was the other direction at most ``timeout_ms`` earlier.
+    last signal on this symbol, and not vetoed by the confidence model (``skip``: such a row is
+    ``skipped`` and starts no cooldown); a firing row is a flip when its score reaches ``flip_threshold``
+    and the previous signal on the symbol was the other direction at most ``timeout_ms`` earlier.
     ``state`` = [last LONG time, last SHORT time, previous direction (0 none), previous time] is
     read and updated (``CooldownBook``'s entries for this symbol)."""
     for j in range(candidates.shape[0]):
@@ -415,6 +416,9 @@ def cooldown_rows(
         sign = signs[i]
         last = state[0] if sign > 0 else state[1]
         if last != NONE_TIME and now - last < cooldown_ms:
+            continue
+        if skip[i]:
+            skipped[i] = True
             continue
         fired[i] = True
         flips[i] = scores[i] >= flip_threshold and state[2] != 0 and state[2] != sign and now - state[3] <= timeout_ms
