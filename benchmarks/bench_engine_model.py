@@ -11,8 +11,9 @@ label, so its p spreads over the size map's bands as a trained model's does (som
 rest sized). The two engines run in lockstep over the same input, each ``process`` call timed alone and
 their order alternating, so a busy machine slows both alike; the best of the repeats counts.
 
-Printed: evaluations, the evaluations that reached the model (p_win asked), seconds of ``Engine.process``
-per run, cost per evaluation, and the ratio with / without against the 1.05x target.
+Printed: evaluations, the evaluations the model decided (a signal or model_skip: p_win kept), seconds
+of ``Engine.process`` per run, cost per evaluation, and the ratio with / without against the 1.05x
+target.
 
 Two input sizes per ``process`` call: one second (the live worker's) and one minute (a replay's).
 
@@ -151,7 +152,7 @@ def compare(plain: StrategyConfig, modelled: StrategyConfig, slices: list, repea
     for name in ("without", "with"):
         elapsed, evaluations, asked, signals = best[name]
         print(
-            f"    {name:>7} model: {elapsed:6.2f} s, {evaluations:,} evaluations ({asked:,} reached the model), "
+            f"    {name:>7} model: {elapsed:6.2f} s, {evaluations:,} evaluations ({asked:,} decided by the model), "
             f"{signals} signals, {elapsed / evaluations * 1e6:7.2f} µs per evaluation"
         )
     ratio = best["with"][0] / best["without"][0]

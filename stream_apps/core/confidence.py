@@ -32,6 +32,7 @@ twenty lines of the format LightGBM documents, and checked against it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -43,6 +44,7 @@ import numpy as np
 from numba import njit
 
 from .durations import parse_duration_ms
+from .kernels import cooling, fire
 
 FORMAT = "tapeflow-confidence-model/1"
 PLAN_SIZE_MAP = ((0.85, 1.2), (0.6, 1.0), (0.4, 0.5), (0.0, 0.0))  # p above the bound -> multiplier
@@ -106,9 +108,13 @@ class ConfidenceModel:
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise ValueError(f"the model takes {len(self.features)} features per row, got shape {x.shape}")
         p, band = np.empty(len(x)), np.empty(len(x))
-        _predict(
-            x,
-            np.ascontiguousarray(sign, dtype=np.float64),
+        _predict(x, np.ascontiguousarray(sign, dtype=np.float64), self.packed, p, band)
+        return p, band
+
+    @functools.cached_property
+    def packed(self) -> tuple[Any, ...]:
+        """The arrays and numbers the compiled loop reads, as one tuple (one argument to dispatch)."""
+        return (
             self.learner == "lightgbm",
             self.roots,
             self.split_feature,
@@ -130,10 +136,7 @@ class ConfidenceModel:
             self.cal_b,
             self.size_bounds,
             self.size_multipliers,
-            p,
-            band,
         )
-        return p, band
 
     def size_multiplier(self, p: np.ndarray) -> np.ndarray:
         """The size map's multiplier of each probability (0: skip)."""
@@ -226,47 +229,61 @@ def _interp(p, xs, ys):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _predict(  # pragma: no cover - compiled
-    x,
-    sign,
-    trees,
-    roots,
-    split_feature,
-    threshold,
-    default_left,
-    missing_type,
-    left,
-    right,
-    leaf_value,
-    mean,
-    scale,
-    coef,
-    coef_sign,
-    intercept,
-    calibration,
-    cal_x,
-    cal_y,
-    cal_a,
-    cal_b,
-    size_bounds,
-    size_multipliers,
-    out,
-    band,
-):
-    low, high = CALIBRATED_RANGE
+def _verdict(x, i, sign, m):  # pragma: no cover - compiled
+    """``(p_win, band multiplier)`` of row ``i`` of ``x`` (``ConfidenceModel.packed``: ``m``)."""
+    if m[0]:
+        raw = _tree_sum(x, i, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8])
+    else:
+        raw = _linear(x, i, sign, m[9], m[10], m[11], m[12], m[13])
+    p = _sigmoid(raw)
+    if m[14] == _ISOTONIC:
+        q = _interp(p, m[15], m[16])
+    else:
+        c = min(max(p, EPS), 1.0 - EPS)
+        q = _sigmoid(m[17] * math.log(c / (1.0 - c)) + m[18])
+    q = min(max(q, CALIBRATED_RANGE[0]), CALIBRATED_RANGE[1])
+    return q, _band(q, m[19], m[20])
+
+
+@njit(cache=True)
+def _predict(x, sign, m, out, band):  # pragma: no cover - compiled
     for i in range(x.shape[0]):
-        if trees:
-            raw = _tree_sum(x, i, roots, split_feature, threshold, default_left, missing_type, left, right, leaf_value)
-        else:
-            raw = _linear(x, i, sign[i], mean, scale, coef, coef_sign, intercept)
-        p = _sigmoid(raw)
-        if calibration == _ISOTONIC:
-            q = _interp(p, cal_x, cal_y)
-        else:
-            c = min(max(p, EPS), 1.0 - EPS)
-            q = _sigmoid(cal_a * math.log(c / (1.0 - c)) + cal_b)
-        out[i] = min(max(q, low), high)
-        band[i] = _band(out[i], size_bounds, size_multipliers)
+        out[i], band[i] = _verdict(x, i, sign[i], m)
+
+
+@njit(cache=True)
+def cooldown_model_rows(
+    times,
+    signs,
+    scores,
+    candidates,
+    cooldown_ms,
+    flip_threshold,
+    timeout_ms,
+    state,
+    fired,
+    flips,
+    x,
+    x_row,
+    m,
+    p_win,
+    band,
+    skipped,
+):  # pragma: no cover - compiled
+    """``kernels.cooldown_rows`` with the confidence model's veto: a candidate row out of its cooldown is
+    judged by the model (features: row ``x_row[i]`` of ``x``); one in the skip band is ``skipped`` and
+    starts no cooldown, the others fire. ``p_win``/``band`` are set at the rows judged: the model runs
+    only where it decides, however many candidates a cooldown holds."""
+    for j in range(candidates.shape[0]):
+        i = candidates[j]
+        if cooling(times[i], signs[i], state, cooldown_ms):
+            continue
+        p_win[i], band[i] = _verdict(x, x_row[i], float(signs[i]), m)
+        if band[i] <= 0.0:
+            skipped[i] = True
+            continue
+        fired[i] = True
+        flips[i] = fire(times[i], signs[i], scores[i], state, flip_threshold, timeout_ms)
 
 
 @njit(cache=True, inline="always")

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .confidence import SIGN_FEATURE, STRATEGY_INPUTS, cvd_feature
+from .confidence import SIGN_FEATURE, STRATEGY_INPUTS, cooldown_model_rows, cvd_feature
 from .features import SCALAR_FIELDS
 from .frame import FeatureFrame, duration_name
+from .kernels import NONE_TIME
 from .scoring import ScoreFrame, strategy_input_columns
 
 if TYPE_CHECKING:
@@ -126,11 +127,46 @@ def _column(kind: str, key: Any, frame: FeatureFrame, scores: ScoreFrame, own: d
     return columns[key]
 
 
-def model_verdicts(
-    frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(p_win, band multiplier)`` of the strategy's model at ``rows`` (a multiplier of 0: skip)."""
+def model_cooldown(
+    frame: FeatureFrame,
+    scores: ScoreFrame,
+    cfg: StrategyConfig,
+    rows: np.ndarray,
+    state: np.ndarray,
+    fired: np.ndarray,
+    flips: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``kernels.cooldown_rows`` over ``rows`` with the strategy's model (``confidence.cooldown_model_rows``):
+    ``(p_win, band, skipped)`` per row of the frame (NaN / 0 / False where the model did not judge). The
+    features are gathered for the candidate rows not already in a cooldown that started before this frame
+    (a row in one stays in it whatever the model says); the model runs where it decides."""
     assert cfg.model is not None
     model = cfg.model.compiled
-    x = feature_matrix(model.features, frame, scores, cfg, rows)
-    return model.verdicts(x, scores.sign[rows].astype(np.float64))
+    n = len(frame)
+    p_win, band, skipped = np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=np.bool_)
+    last = np.where(scores.sign[rows] > 0, state[0], state[1])
+    ask = rows[(last == NONE_TIME) | (frame.time_ms[rows] - last >= cfg.cooldown)]
+    if len(ask) == 0:
+        return p_win, band, skipped  # every candidate is in a cooldown: none fires, the state stays
+    x = feature_matrix(model.features, frame, scores, cfg, ask)
+    x_row = np.full(n, -1, dtype=np.int64)
+    x_row[ask] = np.arange(len(ask))
+    cooldown_model_rows(
+        frame.time_ms,
+        scores.sign,
+        scores.score,
+        ask,
+        cfg.cooldown,
+        float(cfg.thresholds.flip),
+        cfg.exits.timeout_min * 60_000,
+        state,
+        fired,
+        flips,
+        x,
+        x_row,
+        model.packed,
+        p_win,
+        band,
+        skipped,
+    )
+    return p_win, band, skipped

@@ -13,9 +13,9 @@ be open; the executor closes it with exit reason ``signal_flip``).
 
 Size: a signal's ``size_mult`` is its tier's multiplier (``sizing.tier_multipliers``), times the model's
 band multiplier for its ``p_win`` when the strategy has a model, clamped to ``model.max_size_mult``
-(``core.confidence``); the executor sizes by it. ``p_win`` is kept at the rows the model decided (a
-signal or a ``model_skip``), computed with array operations over the candidate rows not already in a
-cooldown: the same numbers for any batching.
+(``core.confidence``); the executor sizes by it. ``p_win`` is computed, inside the compiled cooldown
+loop, at the rows the model decides (out of their cooldown: a signal or a ``model_skip``), from features
+gathered with array operations: the same numbers for any batching.
 
 ``decide_frame`` decides every row of a scored ``FeatureFrame`` (the engine's columnar path); ``decide``
 is the same function on one row.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .confidence_inputs import model_verdicts
+from .confidence_inputs import model_cooldown
 from .cooldown import CooldownBook
 from .exits import ExitPlan, plan_exits
 from .features import Features
@@ -90,30 +90,27 @@ def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, b
         return DecisionFrame(block, plans, flips, sizes, None if cfg.model is None else np.full(len(frame), np.nan))
     ex, sym = frame.exchange, frame.symbol
     state = book.symbol_state(ex, sym, NONE_TIME)
-    skip = np.zeros(len(frame), dtype=np.bool_)
-    p_win, band = _model_step(frame, scores, cfg, rows, state, skip)
     fired = np.zeros(len(frame), dtype=np.bool_)
     flip = np.zeros(len(frame), dtype=np.bool_)
-    skipped = np.zeros(len(frame), dtype=np.bool_)
-    cooldown_rows(
-        frame.time_ms,
-        scores.sign,
-        scores.score,
-        rows,
-        cfg.cooldown,
-        float(cfg.thresholds.flip),
-        cfg.exits.timeout_min * 60_000,
-        skip,
-        state,
-        fired,
-        flip,
-        skipped,
-    )
+    p_win = band = None
+    if cfg.model is None:
+        cooldown_rows(
+            frame.time_ms,
+            scores.sign,
+            scores.score,
+            rows,
+            cfg.cooldown,
+            float(cfg.thresholds.flip),
+            cfg.exits.timeout_min * 60_000,
+            state,
+            fired,
+            flip,
+        )
+    else:  # the same loop with the model's veto, which judges only the rows out of their cooldown
+        p_win, band, skipped = model_cooldown(frame, scores, cfg, rows, state, fired, flip)
+        block[skipped] = MODEL_SKIP
     book.set_symbol_state(ex, sym, state, NONE_TIME)
-    block[rows[~fired[rows]]] = COOLDOWN
-    block[skipped] = MODEL_SKIP
-    if p_win is not None:  # kept where the model decided (a signal, a veto): the same rows for any batching
-        p_win[~(fired | skipped)] = np.nan
+    block[rows[~(fired | (block == MODEL_SKIP))[rows]]] = COOLDOWN
     for i in np.flatnonzero(fired).tolist():
         direction = DIRECTIONS[int(scores.sign[i])]
         flips[i] = bool(flip[i])
@@ -123,24 +120,6 @@ def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, b
         if band is not None and cfg.model is not None:
             sizes[i] = min(multiplier * float(band[i]), cfg.model.max_size_mult)
     return DecisionFrame(block, plans, flips, sizes, p_win)
-
-
-def _model_step(
-    frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, rows: np.ndarray, state: np.ndarray, skip: np.ndarray
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The confidence model's ``(p_win, band)`` per row (NaN / 0 where not asked; None without a model),
-    ``skip`` set where the band is 0. Asked: the candidate rows not already in a cooldown that started
-    before this frame (such a row stays in it whatever the model says, and most candidates are such
-    rows); ``cooldown_rows`` decides in time order which asked rows the model vetoes."""
-    if cfg.model is None:
-        return None, None
-    p_win, band = np.full(len(frame), np.nan), np.zeros(len(frame))
-    last = np.where(scores.sign[rows] > 0, state[0], state[1])
-    ask = rows[(last == NONE_TIME) | (frame.time_ms[rows] - last >= cfg.cooldown)]
-    if len(ask):
-        p_win[ask], band[ask] = model_verdicts(frame, scores, cfg, ask)
-        skip[ask] = band[ask] <= 0
-    return p_win, band
 
 
 def decide(evaluation: Evaluation, features: Features, cfg: StrategyConfig, book: CooldownBook) -> Decision:

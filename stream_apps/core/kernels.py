@@ -400,31 +400,39 @@ def ring_window_sums(values, head, starts, ends):  # pragma: no cover - compiled
 NONE_TIME = -(2**62)  # "never fired"
 
 
+@njit(cache=True, inline="always")
+def cooling(now, sign, state, cooldown_ms):  # pragma: no cover - compiled
+    """Is a ``sign`` row at ``now`` within ``cooldown_ms`` of the same direction's last signal (``state``)?"""
+    last = state[0] if sign > 0 else state[1]
+    return last != NONE_TIME and now - last < cooldown_ms
+
+
+@njit(cache=True, inline="always")
+def fire(now, sign, score, state, flip_threshold, timeout_ms):  # pragma: no cover - compiled
+    """A row fires: update ``state``; a flip when its score reaches ``flip_threshold`` and the previous
+    signal on the symbol was the other direction at most ``timeout_ms`` earlier."""
+    flip = score >= flip_threshold and state[2] != 0 and state[2] != sign and now - state[3] <= timeout_ms
+    if sign > 0:
+        state[0] = now
+    else:
+        state[1] = now
+    state[2] = sign
+    state[3] = now
+    return flip
+
+
 @njit(cache=True)
 def cooldown_rows(
-    times, signs, scores, candidates, cooldown_ms, flip_threshold, timeout_ms, skip, state, fired, flips, skipped
+    times, signs, scores, candidates, cooldown_ms, flip_threshold, timeout_ms, state, fired, flips
 ):  # pragma: no cover - compiled
     """The candidate rows (time order) that fire: not within ``cooldown_ms`` of the same direction's
-    last signal on this symbol, and not vetoed by the confidence model (``skip``: such a row is
-    ``skipped`` and starts no cooldown); a firing row is a flip when its score reaches ``flip_threshold``
-    and the previous signal on the symbol was the other direction at most ``timeout_ms`` earlier.
-    ``state`` = [last LONG time, last SHORT time, previous direction (0 none), previous time] is
-    read and updated (``CooldownBook``'s entries for this symbol)."""
+    last signal on this symbol (``cooling``; a firing row may be a flip: ``fire``). ``state`` = [last
+    LONG time, last SHORT time, previous direction (0 none), previous time] is read and updated
+    (``CooldownBook``'s entries for this symbol). ``core.confidence.cooldown_model_rows`` is this loop
+    with the confidence model's veto."""
     for j in range(candidates.shape[0]):
         i = candidates[j]
-        now = times[i]
-        sign = signs[i]
-        last = state[0] if sign > 0 else state[1]
-        if last != NONE_TIME and now - last < cooldown_ms:
-            continue
-        if skip[i]:
-            skipped[i] = True
+        if cooling(times[i], signs[i], state, cooldown_ms):
             continue
         fired[i] = True
-        flips[i] = scores[i] >= flip_threshold and state[2] != 0 and state[2] != sign and now - state[3] <= timeout_ms
-        if sign > 0:
-            state[0] = now
-        else:
-            state[1] = now
-        state[2] = sign
-        state[3] = now
+        flips[i] = fire(times[i], signs[i], scores[i], state, flip_threshold, timeout_ms)

@@ -84,9 +84,7 @@ def _warm_decisions() -> None:
         600_000,
         75.0,
         3_600_000,
-        np.zeros(2, dtype=np.bool_),
         state,
-        np.zeros(2, dtype=np.bool_),
         np.zeros(2, dtype=np.bool_),
         np.zeros(2, dtype=np.bool_),
     )
