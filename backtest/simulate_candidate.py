@@ -19,7 +19,7 @@ Numbers per strategy (``Outcome``), and candidate minus active:
 - **skip rate**: the share of signals the executor did not take, i.e. from which no position was
   opened (a position already open on the market, a risk guard, an entry that did not fill);
 - **size multipliers above 1**: signals whose risk multiplier (``sizing.tier_multipliers`` of their
-  tier, carried on the signal as ``factors.risk_multiplier``; the executor sizes by it) exceeds 1.
+  tier, or the engine's ``size_mult`` with a confidence model; ``execution.sizing.signal_multiplier``) exceeds 1.
 
 The window: the last ``days`` of what the source holds, ending at its newest trade of the symbols
 (``newest_trade_ms_db``, ``newest_trade_ms_topics``) or at a given end. The sensitivity check of the
@@ -42,6 +42,7 @@ from backtest.model import RunResult
 from backtest.runner import BacktestRunner
 from backtest.sensitivity import DEFAULT_EPSILON, Sensitivity, SensitivityProbe
 from execution.config import ExecutorConfig
+from execution.sizing import signal_multiplier
 from stream_apps.core.strategy import StrategyConfig, parse_strategy
 
 DAY_MS = 86_400_000
@@ -206,7 +207,7 @@ def outcome(cfg: StrategyConfig, run_name: str, runner: BacktestRunner, result: 
         for e in runner.position_events()
         if e["event"] == "opened" and e["strategy"] == run_name and e["signal_id"] in ids
     }
-    size_up = sum(1 for s in signals if float(s["factors"].get("risk_multiplier", 1.0)) > 1.0)
+    size_up = sum(1 for s in signals if (signal_multiplier(s) or 1.0) > 1.0)  # what the executor sizes by
     trades = [t for t in result.trades if t.strategy == run_name]
     open_at_end = sum(1 for p in result.params.get("open_positions_at_end", []) if p["strategy"] == run_name)
     n = len(signals)

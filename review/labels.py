@@ -64,7 +64,7 @@ from execution.client_ids import signal_digest
 from execution.config import ExecutorConfig
 from execution.domain import direction_sign
 from execution.pnl import funding_payment
-from execution.sizing import SizingError, position_size, r_usd_for_tier
+from execution.sizing import SizingError, position_size, r_usd_for_tier, signal_multiplier
 
 HOUR_MS = 3_600_000
 DEFAULT_HORIZONS_H: tuple[int, ...] = (12, 24, 36)
@@ -329,10 +329,9 @@ def order_digest(client_order_id: str) -> str | None:
 def hypothetical_entry(signal: Mapping[str, Any], config: ExecutorConfig) -> Fill | None:
     """The entry a vetoed signal would have had: at its price and eval time, the executor's size, the
     taker fee. None when the executor could not have sized it."""
-    factors = signal.get("factors") or {}
-    multiplier = factors.get("risk_multiplier") if isinstance(factors, Mapping) else None
     try:
-        r_usd = r_usd_for_tier(config, str(signal["tier"]), None if multiplier is None else float(multiplier))
+        # the executor's own reading: the engine's size_mult (confidence model, canary share), else the tier's
+        r_usd = r_usd_for_tier(config, str(signal["tier"]), signal_multiplier(signal))
         size = position_size(r_usd, float(signal["risk_distance"]))
     except SizingError:
         return None
