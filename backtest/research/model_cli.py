@@ -8,6 +8,7 @@ are one ``error:`` line (``ResearchError``).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,8 @@ def _train_and_report(
         typer.echo(line)
     typer.echo(f"trained in {time.perf_counter() - began:.0f} s")
     typer.echo(f"model: {path}")
+    # what a strategy's `model: {file, sha256}` names (the engine refuses the file on another hash)
+    typer.echo(f"sha256: {hashlib.sha256(Path(path).read_bytes()).hexdigest()}")
     typer.echo(f"report: {report}")
 
 
