@@ -112,7 +112,9 @@ def _bars(trades: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def demo_records(seed: int = 7) -> dict[str, list[dict[str, Any]]]:
     """Every record of the demo day by topic (md.trades, md.book, md.mark, bars.1m, signals, orders,
     fills, positions)."""
-    config = ExecutorConfig(paper=PaperFills(slippage_bps=1.0))
+    # tape fills: the counterfactual replay has the trades and marks of the path, not its books
+    # (``review.counterfactual``), so a demo filled against the book would not be reproduced at x1
+    config = ExecutorConfig(paper=PaperFills(slippage_bps=1.0, fills="tape"))
     sink = ListSink()
     # PaperBroker implements Broker; its ``mode`` attribute is typed as a plain str
     ex = Executor(config, "paper", cast(Broker, PaperBroker(config.fees, config.paper)), sink, START_MS)

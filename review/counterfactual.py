@@ -16,7 +16,10 @@ Scenarios (each knob alone, the others as traded):
 - ``size``: quantity and 1R in quote scaled (fees scale with it).
 Scale 1 of any knob is the trade as traded: on a paper trade it reproduces the actual exit, reason and
 P&L (the tests hold it to that); on a live trade the difference from the actual is the paper model's
-error, reported as such, and every delta is taken against the replay at scale 1, not the actual.
+error, reported as such, and every delta is taken against the replay at scale 1, not the actual. The
+replay fills exits by the tape rules (the path's books are not read): a paper trade filled against the
+book (``paper.fills: book``, the default) may differ at scale 1 by what its exits walked, reported the
+same way.
 
 Results are normalised to the actual trade: ``net_r`` is the scenario's cash P&L / the actual 1R in
 quote, ``roi_pct`` its cash P&L / its entry notional x 100.
@@ -211,7 +214,9 @@ def replay(
     rec = scaled_opened(opened, knob, scale)
     config = ExecutorConfig(
         fees=Fees(taker=model.taker_fee, maker=model.maker_fee),
-        paper=PaperFills(slippage_bps=model.slippage_bps),
+        # tape fills: the replay feeds the path's trades and marks, not its books. A trade filled against
+        # the book (the paper default) may then differ at x1, and the report says so, as for a live trade
+        paper=PaperFills(slippage_bps=model.slippage_bps, fills="tape"),
         breakeven_offset_r=model.breakeven_offset_r,
     )
     start = int(rec["event_time"])

@@ -373,7 +373,18 @@ def test_every_compose_service_runs_from_the_images_wheel(workdir, kafka_bootstr
                 [str(a) for a in check], cwd=run_dir, env=env, capture_output=True, text=True, timeout=120
             )
             assert res.returncode == 0, f"{name}: compose healthcheck failed: {res.stderr}"
-        assert set(ports) == {"producer", "engine", "sink", "executor", "notifier", "watchlist", "ui", *OFFLINE_VENUES}
+        assert set(ports) == {
+            "producer",
+            "engine",
+            "sink",
+            "executor",
+            "notifier",
+            "watchlist",
+            "ui",
+            "labels",
+            "guardrail",
+            *OFFLINE_VENUES,
+        }
     finally:
         for service in running:
             if service.proc.poll() is None:

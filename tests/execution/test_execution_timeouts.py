@@ -98,7 +98,8 @@ def test_a_signal_written_with_the_schema_before_the_field_falls_back_to_the_set
     buf = io.BytesIO()
     schemaless_writer(buf, parse_schema(strip_logical_types(v1["schema"])), old)
     decoded = AvroSerde(registry).decode(frame_header(v1["id"]) + buf.getvalue(), topic="signals")
-    assert decoded == {**old, "timeout_ms": None, "config_rev": 0}
+    # every field added since version 1 reads as its default (null, or config_rev 0)
+    assert decoded == {**old, "timeout_ms": None, "config_rev": 0, "p_win": None, "size_mult": None}
     assert Signal.from_record(decoded).timeout_ms is None
     h = Harness(ExecutorConfig(timeout_min=2))
     assert h.signal_rec(decoded).allowed

@@ -12,7 +12,13 @@ ROLLOUT_CANARY = {
     "strategy": "v53",
     "seq": 2,
     "active": {"rev": 1, "config_hash": "a" * 64, "content": "name: v53\n"},
-    "canary": {"rev": 2, "config_hash": "b" * 64, "content": "name: v53\ncooldown: 15m\n", "symbols": ["BTCUSDT"]},
+    "canary": {
+        "rev": 2,
+        "config_hash": "b" * 64,
+        "content": "name: v53\ncooldown: 15m\n",
+        "symbols": ["BTCUSDT"],
+        "size_pct": None,  # a canary by symbols
+    },
     "action": "canary",
     "actor": "ops",
     "reason": "longer cooldown",
