@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 import backtest.sources as sources
 import backtest.sources.synthetic as synthetic
 from backtest.research.model_train import load_model
+from tests.support.built_once import built_once
 from tests.support.chromium import CHROMIUM, dump_dom, screenshot
 
 REAL_OPEN_SOURCE = sources.open_source
@@ -43,14 +44,20 @@ def train(tmp: Path, *extra: str):
     return result.output
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("model")
+def _train_twice(tmp: Path) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sources, "open_source", _slow_source)
         patch.setattr(synthetic, "BOOK_INTERVAL_MS", 10_000)
-        first = train(tmp)
-        second = train(tmp)
+        (tmp / "first.out").write_text(train(tmp))
+        (tmp / "second.out").write_text(train(tmp))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    # trained once per run, not once per worker that gets one of this module's tests (about a minute
+    # each); the tests only read it
+    tmp = built_once(tmp_path_factory, "model-cli-train", _train_twice)
+    first, second = (tmp / "first.out").read_text(), (tmp / "second.out").read_text()
     path = Path(re.search(r"^model: (\S+)$", first, flags=re.M).group(1))
     return {"tmp": tmp, "output": first, "again": second, "path": path, "doc": json.loads(path.read_text())}
 
