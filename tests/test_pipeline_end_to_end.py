@@ -5,8 +5,10 @@ What users rely on: the trades Grafana shows (the ``positions`` table and the ``
 are exactly what the paper executor published on ``positions`` — same position ids, exit reasons,
 entry/exit prices and P&L in R, nothing lost and nothing twice — and so are the orders and fills
 behind them; every position traces back to a signal the engine published and the sink stored, its
-client order ids derive from that signal id, and every fill was priced from a trade the producer
-published.
+client order ids derive from that signal id, and every fill happened on a trade the producer published,
+at its price or at a level of a book the producer published. The paper broker fills against the book
+(``paper.fills: book``, the default): an order fills in parts, one fill per trade that reached it and
+one per level of a market order's walk, and its fills add up to what it filled, never more.
 
 Market data is the fake exchange's synthetic session (``--synthetic-seed``), replayed at a fixed
 multiple of real time so the engine's signals reach the executor while the session's trades are
@@ -34,7 +36,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import psycopg
@@ -130,21 +132,26 @@ def test_closed_trades_in_the_database_are_what_the_paper_executor_published(
 
     values = {name: [r["value"] for r in recs] for name, recs in published.items()}
     signals, orders, fills, positions = (values[n] for n in ("signals", "orders", "fills", "positions"))
+    trade_price = {(t["symbol"], t["agg_id"]): t["price"] for t in values["md.trades"]}
     closed = [p for p in positions if p["event"] == "closed"]
     print(
         f"{len(values['md.trades'])} trades, {len(signals)} signals, {len(orders)} order events, "
-        f"{len(fills)} fills, {len(closed)} closed: {Counter(p['exit_reason'] for p in closed)}"
+        f"{len(fills)} fills, {len(closed)} closed: {Counter(p['exit_reason'] for p in closed)}; fills by leg "
+        f"(book fills: one per trade that reached a limit, one per level of a market order's walk): "
+        f"{Counter(f['client_order_id'].rsplit('-', 1)[1] for f in fills)}, at most "
+        f"{max(Counter(f['client_order_id'] for f in fills).values(), default=0)} of one order"
     )
 
     # --- the executor traded the engine's signals ----------------------------------------------------
     assert len(closed) >= 3, f"only {len(closed)} positions closed; engine counters:\n{engine_counters}"
     signal_by_id = check_traded_from_signals(signals, orders, positions)
-    check_closing_numbers(closed, fills)
+    check_fills_add_up(orders, fills)
+    check_closing_numbers(closed, fills, trade_price)
 
     # --- the database holds exactly what was published ------------------------------------------------
     check_positions_stored(database, positions, closed)
     check_orders_stored(database, orders)
-    check_fills_stored(database, fills, len(values["md.trades"]))
+    check_fills_stored(database, fills, len(values["md.trades"]), [r["value"] for r in pipeline.topic("md.book")])
     check_signals_stored(database, signal_by_id, positions)
 
 
@@ -324,16 +331,40 @@ def check_traded_from_signals(signals: list[dict], orders: list[dict], positions
     return signal_by_id
 
 
-def check_closing_numbers(closed: list[dict], fills: list[dict]) -> None:
-    """The closing numbers follow from the fills (one entry fill, then the exit fills of the position)."""
-    fills_by_order = {}
+def check_fills_add_up(orders: list[dict], fills: list[dict]) -> None:
+    """Book fills (the paper default) fill an order in parts: a fill per trade that reached it (per book
+    level for a market order's walk), each published once; together they are what the order's last
+    update says it filled, never more than its quantity (a double fill would exceed it)."""
+    assert max(Counter((f["client_order_id"], f["trade_id"]) for f in fills).values()) == 1, "a fill published twice"
+    qty = {o["client_order_id"]: o["qty"] for o in orders}
+    filled = defaultdict(float)
+    for o in orders:
+        filled[o["client_order_id"]] = max(filled[o["client_order_id"]], o["filled_qty"])
+    total = defaultdict(float)
     for f in fills:
-        assert f["client_order_id"] not in fills_by_order, "an order filled twice"
-        fills_by_order[f["client_order_id"]] = f
+        total[f["client_order_id"]] += f["qty"]
+    assert set(total) <= set(qty), "a fill of an order never published"
+    for cid, got in total.items():
+        assert got <= qty[cid] * (1 + 1e-9), f"{cid} filled {got} of an order of {qty[cid]}"
+        assert got == pytest.approx(filled[cid], rel=1e-9), f"{cid}: fills {got}, its orders record {filled[cid]}"
+
+
+def check_closing_numbers(closed: list[dict], fills: list[dict], trade_price: dict[tuple[str, int], float]) -> None:
+    """The closing numbers follow from the fills (the entry's fills, then the exit fills of the position)."""
+    fills_by_order = defaultdict(list)
+    for f in fills:
+        fills_by_order[f["client_order_id"]].append(f)
     tp1_r, tp2_r = STRATEGY["exits"]["tp1_r"], STRATEGY["exits"]["tp2_r"]
     for p in closed:
-        entry_fill = fills_by_order[f"tf{digest(p['signal_id'])}-en"]
-        assert p["entry_price"] == pytest.approx(entry_fill["price"], rel=1e-12)  # a qty-weighted average
+        entry_fills = fills_by_order[f"tf{digest(p['signal_id'])}-en"]
+        # the qty-weighted market price of the entry's fills: the trade's for a market order's (its walk's
+        # levels are the costs on top), the limit's own for a maker fill
+        market = [
+            trade_price[(f["symbol"], agg_id(f))] if f["liquidity"] == "taker" else f["price"] for f in entry_fills
+        ]
+        qty = sum(f["qty"] for f in entry_fills)
+        expected_entry = sum(m * f["qty"] for m, f in zip(market, entry_fills, strict=True)) / qty
+        assert p["entry_price"] == pytest.approx(expected_entry, rel=1e-9)
         assert p["exit_reason"] in EXIT_REASONS
         # DESIGN §5, by hand: sl -1, sl_be 0.5 tp1_r, tp 0.5 tp1_r + 0.5 tp2_r (before fees and slippage)
         expected_gross = {"sl": -1.0, "sl_be": 0.5 * tp1_r, "tp": 0.5 * tp1_r + 0.5 * tp2_r}.get(p["exit_reason"])
@@ -433,14 +464,26 @@ def check_orders_stored(database: str, orders: list[dict]) -> None:
         )
 
 
-def check_fills_stored(database: str, fills: list[dict], trades_published: int) -> None:
-    """Every fill stored as published, and priced from a market trade the producer published."""
+def agg_id(fill: dict) -> int:
+    """The market trade a paper fill happened on (trade ids p:<agg_id>:<client order id>[:<level>])."""
+    return int(fill["trade_id"].split(":")[1])
+
+
+def check_fills_stored(database: str, fills: list[dict], trades_published: int, books: list[dict]) -> None:
+    """Every fill stored as published, and priced from a market trade or book level the producer published."""
     db_fills = {(r["client_order_id"], r["trade_id"]): r for r in rows(database, "SELECT * FROM fills")}
     assert set(db_fills) == {(f["client_order_id"], f["trade_id"]) for f in fills} and len(db_fills) == len(fills)
     db_trades = {
         (r["symbol"], r["agg_id"]): r["price"] for r in rows(database, "SELECT symbol, agg_id, price FROM trades")
     }
     assert len(db_trades) == trades_published
+    # the levels a market order could take: a BUY the asks of a published md.book snapshot, a SELL the bids
+    levels = {
+        (b["symbol"], side, level["price"])
+        for b in books
+        for side, book_side in (("BUY", "asks"), ("SELL", "bids"))
+        for level in b[book_side]
+    }
     for f in fills:
         r = db_fills[(f["client_order_id"], f["trade_id"])]
         assert (r["price"], r["qty"], r["side"], r["liquidity"], ms(r["event_time"])) == (
@@ -451,13 +494,11 @@ def check_fills_stored(database: str, fills: list[dict], trades_published: int) 
             f["event_time"],
         )
         assert num(r["fee"]) == pytest.approx(f["fee"], rel=1e-12)
-        # priced from a market trade the producer published (paper trade ids: p:<agg_id>:<client order id>)
-        agg_id = int(f["trade_id"].split(":")[1])
-        market = db_trades[(f["symbol"], agg_id)]
-        if f["liquidity"] == "taker":  # no slippage configured: the trade's own price
-            assert f["price"] == market
-        else:  # a resting limit fills at its price when a trade prints through it
-            assert market < f["price"] if f["side"] == "BUY" else market > f["price"]
+        market = db_trades[(f["symbol"], agg_id(f))]  # on a market trade the producer published
+        if f["liquidity"] == "taker":  # no slippage configured: a level of the book it walked, or the trade's price
+            assert f["price"] == market or (f["symbol"], f["side"], f["price"]) in levels, f
+        else:  # a resting limit fills at its price when a trade prints at it (its queue eaten) or through it
+            assert market <= f["price"] if f["side"] == "BUY" else market >= f["price"]
 
 
 def check_signals_stored(database: str, signal_by_id: dict[str, dict], positions: list[dict]) -> None:
