@@ -5,7 +5,6 @@ change, with when, the value and the threshold; the changes are listed newest fi
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from execution.slo import SloMonitor
 from tapeflow_runtime.paths import StackPaths
 from tapeflow_ui.security import load_token
 from tests.support.chromium import CHROMIUM, DevTools
+from tests.support.ui_server import readonly_login, serving
 
 pytestmark = [
     pytest.mark.integration,
@@ -46,8 +46,6 @@ def _changes():
 
 @pytest.fixture(scope="module")
 def site(pg_server, migrated_templates, tmp_path_factory):
-    import uvicorn
-
     from tapeflow_ui.app import create_app
 
     name = f"t_degr_{uuid.uuid4().hex[:10]}"
@@ -58,28 +56,12 @@ def site(pg_server, migrated_templates, tmp_path_factory):
     with psycopg.connect(owner, autocommit=True) as conn:
         for change in changes:
             conn.execute(INSERT, change_row("paper", change))
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE tapeflow_readonly").format(
-                sql.Identifier(role), sql.Literal(password)
-            )
-        )
-    readonly = psycopg.conninfo.make_conninfo(owner, user=role, password=password)
+    readonly = readonly_login(owner, role, password)
     token = load_token(StackPaths(tmp_path_factory.mktemp("degradation-ui-home")))
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(readonly, token), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield {"base": f"http://127.0.0.1:{port}", "token": token, "changes": changes}
+        with serving(create_app(readonly, token)) as base:
+            yield {"base": base, "token": token, "changes": changes}
     finally:
-        server.should_exit = True
-        thread.join(30)
         with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

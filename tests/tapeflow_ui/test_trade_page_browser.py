@@ -6,8 +6,6 @@ opened with, and its counterfactual table is the autopsy's."""
 
 from __future__ import annotations
 
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,6 +23,7 @@ from tests.review.stored import store
 from tests.review.test_autopsy_db import _with_book
 from tests.support.chromium import CHROMIUM, DevTools
 from tests.support.execution import T0
+from tests.support.ui_server import readonly_login, serving
 
 pytestmark = [
     pytest.mark.integration,
@@ -37,8 +36,6 @@ READY = "window.tapeflowUI.ready.all || window.tapeflowUI.errors.length"
 
 @pytest.fixture(scope="module")
 def site(pg_server, tmp_path_factory):
-    import uvicorn
-
     from tapeflow_ui.app import create_app
 
     name = f"t_trade_{uuid.uuid4().hex[:10]}"
@@ -49,35 +46,18 @@ def site(pg_server, tmp_path_factory):
     migrate(owner)
     loss, win = _with_book(T0, 97.5), _with_book(T0 + 60 * MIN, 104.5)  # through the stop; TP1 and TP2 in one jump
     store(owner, loss, win)
-    with psycopg.connect(owner, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE tapeflow_readonly").format(
-                sql.Identifier(role), sql.Literal(password)
-            )
-        )
-    readonly = psycopg.conninfo.make_conninfo(owner, user=role, password=password)
+    readonly = readonly_login(owner, role, password)
     token = load_token(StackPaths(tmp_path_factory.mktemp("trade-ui-home")))
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(readonly, token), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield {
-            "base": f"http://127.0.0.1:{port}",
-            "token": token,
-            "owner": owner,
-            "trades": (loss, win),
-            "shots": tmp_path_factory.mktemp("trade-ui-screenshots"),
-        }
+        with serving(create_app(readonly, token)) as base:
+            yield {
+                "base": base,
+                "token": token,
+                "owner": owner,
+                "trades": (loss, win),
+                "shots": tmp_path_factory.mktemp("trade-ui-screenshots"),
+            }
     finally:
-        server.should_exit = True
-        thread.join(30)
         with psycopg.connect(pg_server.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import json
-import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +29,6 @@ from backtest.research.model_data import SIGN_FEATURE, Dataset
 from backtest.research.model_train import TrainOptions, load_model, model_document, save_model, train
 from backtest.research.purged_cv import NaiveKFold, PurgedKFold
 from backtest.research.windows import WalkForwardSpec
-from tests.support.built_once import built_once
 
 HOUR = 3_600_000
 
@@ -59,18 +56,12 @@ def planted(n: int = 30_000, seed: int = 1) -> tuple[Dataset, np.ndarray]:
     return data, truth
 
 
-def _train_planted(directory: Path) -> None:
+@pytest.fixture(scope="module")
+def trained():
     data, truth = planted()
     spec = WalkForwardSpec(train_ms=10 * 24 * HOUR, test_ms=2 * 24 * HOUR, step_ms=2 * 24 * HOUR, embargo_ms=HOUR)
     result = train(data, TrainOptions(walk_forward=spec, threads=2), 0, int(data.t0[-1]) + 60_000)
-    (directory / "trained.pickle").write_bytes(pickle.dumps((data, truth, result)))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    # fitted once per run and shared by the workers (built_once): our own pickle, read back by our tests
-    directory = built_once(tmp_path_factory, "model-planted", _train_planted)
-    return pickle.loads((directory / "trained.pickle").read_bytes())  # nosec B301 # written by _train_planted
+    return data, truth, result
 
 
 def test_a_planted_effect_is_recovered_within_003_of_the_best_possible_auc(trained):

