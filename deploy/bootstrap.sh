@@ -107,8 +107,13 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   piplog=.venv/bootstrap-pip.log
   # uv (from PyPI, into the venv) installs the same versions as pip in 14 s where pip took 73 s on a
   # fresh clone (2 cores, loaded); pip does it when uv cannot be had or fails
+  # uv reads none of pip's settings: the certificate bundle and extra wheel folders pip is told about
+  uv_env=()
+  [[ -n ${PIP_CERT:-} ]] && uv_env+=("SSL_CERT_FILE=$PIP_CERT")
+  [[ -n ${PIP_FIND_LINKS:-} ]] && uv_env+=("UV_FIND_LINKS=$PIP_FIND_LINKS")
+  [[ -n ${PIP_INDEX_URL:-} ]] && uv_env+=("UV_DEFAULT_INDEX=$PIP_INDEX_URL")
   if ! { .venv/bin/python -m pip install --disable-pip-version-check --quiet uv \
-         && .venv/bin/uv pip install --python .venv/bin/python -e '.[test,docs]'; } >"$piplog" 2>&1 \
+         && env "${uv_env[@]}" .venv/bin/uv pip install --python .venv/bin/python -e '.[test,docs]'; } >"$piplog" 2>&1 \
      && ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip \
          && .venv/bin/python -m pip install --disable-pip-version-check -e '.[test,docs]'; } >>"$piplog" 2>&1; then
     tail -n 40 "$piplog" >&2
