@@ -127,6 +127,33 @@ def _column(kind: str, key: Any, frame: FeatureFrame, scores: ScoreFrame, own: d
     return columns[key]
 
 
+def cooldown_inputs(
+    frame: FeatureFrame,
+    scores: ScoreFrame,
+    cfg: StrategyConfig,
+    candidates: np.ndarray,
+    state: np.ndarray,
+    fired: np.ndarray,
+    flips: np.ndarray,
+) -> tuple[Any, ...]:
+    """The arguments of the cooldown loop over ``candidates``: ``kernels.cooldown_rows``'s, which the
+    model's loop (``cooldown_model_rows``) takes first, before the model's own. Gathered here for both
+    loops so that the engine with and without a model runs the cooldown rule on the same numbers (times,
+    signs, scores, the cooldown, the flip threshold, the timeout in ms, the symbol's state, the outputs)."""
+    return (
+        frame.time_ms,
+        scores.sign,
+        scores.score,
+        candidates,
+        cfg.cooldown,
+        float(cfg.thresholds.flip),
+        cfg.exits.timeout_min * 60_000,
+        state,
+        fired,
+        flips,
+    )
+
+
 def model_cooldown(
     frame: FeatureFrame,
     scores: ScoreFrame,
@@ -152,21 +179,6 @@ def model_cooldown(
     x_row = np.full(n, -1, dtype=np.int64)
     x_row[ask] = np.arange(len(ask))
     cooldown_model_rows(
-        frame.time_ms,
-        scores.sign,
-        scores.score,
-        ask,
-        cfg.cooldown,
-        float(cfg.thresholds.flip),
-        cfg.exits.timeout_min * 60_000,
-        state,
-        fired,
-        flips,
-        x,
-        x_row,
-        model.packed,
-        p_win,
-        band,
-        skipped,
+        *cooldown_inputs(frame, scores, cfg, ask, state, fired, flips), x, x_row, model.packed, p_win, band, skipped
     )
     return p_win, band, skipped

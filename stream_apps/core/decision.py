@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .confidence_inputs import model_cooldown
+from .confidence_inputs import cooldown_inputs, model_cooldown
 from .cooldown import CooldownBook
 from .exits import ExitPlan, plan_exits
 from .features import Features
@@ -94,18 +94,7 @@ def decide_frame(frame: FeatureFrame, scores: ScoreFrame, cfg: StrategyConfig, b
     flip = np.zeros(len(frame), dtype=np.bool_)
     p_win = band = None
     if cfg.model is None:
-        cooldown_rows(
-            frame.time_ms,
-            scores.sign,
-            scores.score,
-            rows,
-            cfg.cooldown,
-            float(cfg.thresholds.flip),
-            cfg.exits.timeout_min * 60_000,
-            state,
-            fired,
-            flip,
-        )
+        cooldown_rows(*cooldown_inputs(frame, scores, cfg, rows, state, fired, flip))
     else:  # the same loop with the model's veto, which judges only the rows out of their cooldown
         p_win, band, skipped = model_cooldown(frame, scores, cfg, rows, state, fired, flip)
         block[skipped] = MODEL_SKIP
