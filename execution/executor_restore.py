@@ -18,7 +18,11 @@ first take-profit when it was hit; a managed position also its add-ons, from the
   or entry as one execution at that price, with the fee its liquidity pays there; the market price
   of that part is not in the record, so it is taken as its fill price (the part's slippage against
   the market then counts in the gross move, not in slippage_r; the net is the same);
-- exchange modes without `resume`: CANCELED, left to reconciliation.
+- exchange modes without `resume`: CANCELED, left to reconciliation;
+- a routed entry (`entry.kind: routed`) whose position has not opened, with an order in flight or
+  between two of its orders: rebuilt with its plan (from its orders' reasons and the strategy
+  revision's routing table) and worked on per the mode, its position opened with every fill, also
+  in paper without a committed cut (`execution.routed_restore`).
 
 A kill switch restored in its flatten state flattens at once.
 """
@@ -34,11 +38,12 @@ import structlog
 
 from execution.broker import TERMINAL_STATES, Execution, OrderRequest
 from execution.client_ids import client_order_id, position_id
-from execution.domain import InvalidSignal, Signal, quote_asset
+from execution.domain import InvalidSignal, Signal
 from execution.entries import EntryLeg, PendingEntry
 from execution.position_manager import ExitIntent, ExitLeg, Position, resume_management
 from execution.risk_guard import KILL_SWITCH, RiskGuard
-from execution.sizing import SizingError, position_size, r_usd_for_tier
+from execution.routed_restore import RoutedRestore, request_of, restore_mid, restored_fill
+from execution.sizing import Size, SizingError, position_size, r_usd_for_tier
 
 if TYPE_CHECKING:
     from execution.executor import Executor
@@ -46,21 +51,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("executor")
 
 SignalLookup = Callable[[set[str]], Mapping[str, Mapping[str, Any]]]
-
-
-def _request_of(cid: str, rec: Mapping[str, Any]) -> OrderRequest:
-    """The order request an orders record describes, not before its event time."""
-    return OrderRequest(
-        cid,
-        rec["exchange"],
-        rec["symbol"],
-        rec["side"],
-        rec["type"],
-        float(rec["qty"]),
-        price=rec.get("price"),
-        reduce_only=bool(rec.get("reduce_only")),
-        not_before_ms=int(rec["event_time"]),
-    )
 
 
 def _entry_leg(cid: str, signal_id: str | None) -> EntryLeg:
@@ -89,6 +79,8 @@ class StateRestore:
         self.reenter = committed_cut and self.paper
         self.resume = None if self.paper else getattr(ex.broker, "resume", None)
         self.intent_reason: dict[str, str | None] = {}  # exit orders carry their exit reason on the intent
+        self.sent_ms: dict[str, int] = {}  # when each order was sent (its PENDING_NEW record)
+        self.positioned: set[str] = set()  # positions with any event (opened: their entry is done)
         self.found: dict[str, Mapping[str, Any]] = {}  # signal records of unfinished entries, by id
         self.resumed = self.cancelled = 0
         # add-ons of managed positions that ended: position id -> {index: (filled qty, avg fill price)}
@@ -106,9 +98,12 @@ class StateRestore:
         last_order = self._read_orders(orders)
         self._restore_positions(positions)
         unfinished = {cid: rec for cid, rec in last_order.items() if rec["state"] not in TERMINAL_STATES}
-        self._read_signals(unfinished)
+        routed = RoutedRestore(self, last_order)
+        self._read_signals(unfinished, routed.signal_ids)
+        handled = routed.run()  # routed entries with their plan (execution.routed_restore)
         for cid, rec in unfinished.items():
-            self._restore_order(cid, rec)
+            if cid not in handled:
+                self._restore_order(cid, rec)
         if ex.guard.state.kill_switch_flatten:
             ex._flatten(KILL_SWITCH, self.now_ms)
         return {"positions": len(ex.positions), "orders_resumed": self.resumed, "orders_cancelled": self.cancelled}
@@ -122,6 +117,7 @@ class StateRestore:
             last_order[rec["client_order_id"]] = rec
             if rec["state"] == "PENDING_NEW":
                 self.intent_reason[rec["client_order_id"]] = rec.get("reason")
+                self.sent_ms[rec["client_order_id"]] = int(rec["event_time"])
             if rec["leg"] == "entry" and rec.get("signal_id"):
                 self.ex.seen_signals.setdefault(rec["signal_id"], int(rec["event_time"]))
         for cid, rec in last_order.items():
@@ -140,6 +136,7 @@ class StateRestore:
         for rec in positions:
             if rec["mode"] == ex.mode:
                 events[rec["position_id"]][rec["event"]] = rec
+                self.positioned.add(rec["position_id"])
                 ex.seen_signals.setdefault(rec["signal_id"], int(rec["event_time"]))
         for evs in events.values():
             if "closed" in evs or "opened" not in evs:
@@ -155,15 +152,19 @@ class StateRestore:
                 resume_management(pos, management, self.add_ons.get(pos.position_id, {}), float(opened["fees_r"]))
             ex._register(pos)
 
-    def _read_signals(self, unfinished: Mapping[str, Mapping[str, Any]]) -> None:
-        """The signals of unfinished entries, when something will rebuild those entries."""
+    def _read_signals(self, unfinished: Mapping[str, Mapping[str, Any]], routed: set[str]) -> None:
+        """The signals of unfinished entries, when something will rebuild those entries, and of the
+        routed entries to rebuild (every mode: at least their position opens with what filled)."""
         wanted = {rec["signal_id"] for rec in unfinished.values() if rec["leg"] == "entry" and rec.get("signal_id")}
-        if (self.resume is not None or self.reenter) and wanted and self.signals is not None:
+        if not (self.resume is not None or self.reenter):
+            wanted = set()
+        wanted |= routed
+        if wanted and self.signals is not None:
             self.found = dict(self.signals(wanted))
 
     def _restore_order(self, cid: str, rec: Mapping[str, Any]) -> None:
         ex = self.ex
-        req = _request_of(cid, rec)
+        req = request_of(cid, rec)
         pos = ex.positions.get(rec.get("position_id") or "")
         if self.resume is not None:
             self._resume_order(req, rec, pos, self.resume)
@@ -191,7 +192,7 @@ class StateRestore:
             return
         reason, reference = _sent_exit(pos, rec["leg"], self.intent_reason.get(cid), req)
         ex._track(req, rec["leg"], pos.signal_id, pos.position_id, reference, reason)
-        _restore_mid(ex, cid, rec)
+        restore_mid(ex, cid, rec)
         # the paper book died with the old process: re-enter it silently (what is left of it)
         self._paper_submit(req, rec, self.now_ms, pos.on_execution)
         self.resumed += 1
@@ -201,28 +202,12 @@ class StateRestore:
     ) -> None:
         """Re-enter an unfinished order in the new paper book; one that had filled in part only for the
         rest, what it filled given to `on_part` first (module docstring)."""
-        filled, avg = float(rec.get("filled_qty") or 0.0), rec.get("avg_fill_price")
-        if not filled > 0 or avg is None:
+        part = restored_fill(req, rec, self.ex.config.fees)  # never published: the part's own fills were
+        if part is None:
             self.ex.broker.submit(req, now_ms)
             return
-        fees = self.ex.config.fees
-        rate = fees.maker if req.type == "LIMIT" else fees.taker
-        price = float(avg)
-        on_part(
-            Execution(
-                req.client_order_id,
-                rec.get("exchange_order_id") or "",
-                f"restored:{req.client_order_id}",  # never published: the part's own fills were
-                req.side,
-                price,
-                filled,
-                rate * price * filled,
-                quote_asset(req.symbol),
-                "maker" if req.type == "LIMIT" else "taker",
-                price,
-                int(rec["event_time"]),
-            )
-        )
+        filled, price = part.qty, part.price
+        on_part(part)
         resubmit = getattr(self.ex.broker, "resubmit", None)
         if resubmit is not None:
             resubmit(req, filled, price, now_ms)
@@ -247,7 +232,7 @@ class StateRestore:
         elif pos is not None:
             reason, reference = _sent_exit(pos, leg, reason, req)
         ex._track(req, leg, sid, pid, reference, reason)
-        _restore_mid(ex, cid, rec)
+        restore_mid(ex, cid, rec)
         ex._route(resume(req, now_ms), now_ms)
         if leg.startswith("entry") and ex.broker.is_open(cid):  # resting for a signal that is old by now
             if entry is not None:
@@ -266,7 +251,7 @@ class StateRestore:
         req = replace(req, not_before_ms=entry.signal.eval_time if leg == "entry" else 0)
         entry.request = req
         self.ex._track(req, leg, sid, entry.position_id, entry.signal.price, None)
-        _restore_mid(self.ex, cid, rec)
+        restore_mid(self.ex, cid, rec)
         self._paper_submit(req, rec, int(rec["event_time"]), entry.fills.append)
         return True
 
@@ -274,28 +259,28 @@ class StateRestore:
         self, req: OrderRequest, leg: EntryLeg, signal: Mapping[str, Any] | None, pid: str | None
     ) -> PendingEntry | None:
         """The pending entry of an unfinished entry order, if its signal can still be read."""
-        if signal is None:
-            log.warning(
-                "signal of an unfinished entry not found: a fill will be left to reconciliation",
-                client_order_id=req.client_order_id,
-            )
+        built = self.signal_size(req.client_order_id, signal)
+        if built is None:
             return None
         ex = self.ex
-        try:
-            sig = Signal.from_record(signal)
-            size = position_size(r_usd_for_tier(ex.config, sig.tier, sig.risk_multiplier), sig.risk_distance)
-        except (InvalidSignal, SizingError, KeyError, TypeError, ValueError) as exc:
-            log.warning("unfinished entry cannot be rebuilt", client_order_id=req.client_order_id, error=str(exc))
-            return None
+        sig, size = built
         entry = PendingEntry(sig, pid or position_id(sig.signal_id), size, req, leg, req.not_before_ms)
         ex.changes += 1
         ex.entries[entry.position_id] = entry
         ex.slot_entry[sig.slot] = entry.position_id
         return entry
 
-
-def _restore_mid(ex: Any, cid: str, rec: Mapping[str, Any]) -> None:
-    """The mid the order was sent against, as its records carry it: the order's later records (its
-    fills, its end) repeat it, so a restarted executor writes them as an uninterrupted one would."""
-    if rec.get("mid_at_send") is not None and rec.get("mid_source"):
-        ex.orders[cid].mid_at_send = (float(rec["mid_at_send"]), str(rec["mid_source"]))
+    def signal_size(self, cid: str, signal: Mapping[str, Any] | None) -> tuple[Signal, Size] | None:
+        """The signal of an unfinished entry and the size it was entered with; None when it cannot be read."""
+        if signal is None:
+            log.warning(
+                "signal of an unfinished entry not found: a fill will be left to reconciliation", client_order_id=cid
+            )
+            return None
+        try:
+            sig = Signal.from_record(signal)
+            size = position_size(r_usd_for_tier(self.ex.config, sig.tier, sig.risk_multiplier), sig.risk_distance)
+        except (InvalidSignal, SizingError, KeyError, TypeError, ValueError) as exc:
+            log.warning("unfinished entry cannot be rebuilt", client_order_id=cid, error=str(exc))
+            return None
+        return sig, size

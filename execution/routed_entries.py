@@ -9,8 +9,8 @@ which the routing TCA (``review.routing_tca``) reads back to put each order in i
 
 Ids: the limit is the signal's ``entry`` order, slice k (0-based) its ``entry_fallback`` order with
 attempt k, so every order of an entry is derived from the signal id and never sent twice. The entry's
-state lives in the executor's memory only: after a restart an unfinished routed entry is handled as
-any unfinished entry (``execution.executor_restore``), its later slices are not sent.
+state lives in the executor's memory; after a restart it is rebuilt from its orders' records, the plan
+from their reasons and the strategy revision's routing table (``execution.routed_restore``).
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ class RoutedEntries:
         )
         entry.request, entry.leg, entry.submitted_ms, entry.due_ms = request, "entry_fallback", now_ms, None
         entry.slices_sent = k + 1
-        what = f"taker {k + 1}/{max(plan.slices, k + 1)}"
-        ex._send(request, "entry_fallback", sig.signal_id, entry.position_id, sig.price, plan.reason(what), now_ms)
+        reason = plan.reason("taker", k + 1)
+        ex._send(request, "entry_fallback", sig.signal_id, entry.position_id, sig.price, reason, now_ms)
 
     def on_update(self, entry: PendingEntry, ev: OrderUpdate, now_ms: int) -> None:
         """An update of the entry's current order (``EntryFlow.on_update`` checked that it is)."""
@@ -143,34 +143,34 @@ class RoutedEntries:
                 and ev.state != "FILLED"
                 and plan.go_taker(entry.filled_qty, entry.size.qty)
             ):
-                self._to_taker(entry, plan, now_ms)
+                self.to_taker(entry, plan, now_ms)
             else:
-                self._finish(entry)
+                self.finish(entry)
             return
         left = entry.size.qty - entry.filled_qty
         if ev.state == "FILLED" and entry.slices_sent < plan.slices and left > 1e-9 * entry.size.qty:
             entry.due_ms = now_ms + plan.delay_ms(entry.signal.signal_id, entry.slices_sent)
             return
-        self._finish(entry)
+        self.finish(entry)
 
-    def _to_taker(self, entry: PendingEntry, plan: RoutePlan, now_ms: int) -> None:
+    def to_taker(self, entry: PendingEntry, plan: RoutePlan, now_ms: int) -> None:
         """Below theta after the wait: the slices, if the price has not run past the slippage cap and the
         guard still allows the entry (as ``maker_first``'s fallback); else keep what filled."""
         ex, sig = self.ex, entry.signal
         scope = slot_scope(sig.strategy, sig.exchange, sig.symbol)
         market = ex.market.price(sig.key)
         if market is None or fallback_slippage_bps(sig, market) > ex.config.entry.fallback_slippage_cap_bps:
-            self._finish(entry)
+            self.finish(entry)
             ex._decide(RiskDecision("block", scope, "slippage_cap", now_ms))
             return
         decision = self.flow._check_guard(sig, scope, now_ms, leaving=1)
         if not decision.allowed:
-            self._finish(entry)
+            self.finish(entry)
             ex._decide(decision)
             return
         self._send_slice(entry, plan, now_ms)
 
-    def _finish(self, entry: PendingEntry) -> None:
+    def finish(self, entry: PendingEntry) -> None:
         """The entry is done: its position opens with what filled (nothing filled: no position)."""
         self.ex._drop_entry(entry)
         if entry.fills:

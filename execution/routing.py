@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -168,10 +169,13 @@ class RoutePlan:
     theta: float
     note: str  # probe findings and degradation, for the orders' reason
 
-    def reason(self, what: str) -> str:
-        """An entry order's reason: ``route <bucket> n=<notional> <what>[ <note>]`` (parsed by the TCA)."""
+    def reason(self, role: Literal["maker", "taker"], slice_no: int = 0) -> str:
+        """An entry order's reason, ``route <bucket> n=<notional> maker|taker <k>/<n>[ <note>]``: the maker
+        order is ``maker 0/<slices>`` (no taker slice sent yet), taker slice k (from 1) ``taker k/<slices>``.
+        It carries what the plan was decided from, so a restarted executor rebuilds the plan from any
+        order of the entry (``rebuild_plan``); the routing TCA reads the prefix up to the role."""
         tail = f" {self.note}" if self.note else ""
-        return f"route {self.label} n={self.notional:.2f} {what}{tail}"
+        return f"route {self.label} n={self.notional:.2f} {role} {slice_no}/{max(self.slices, slice_no)}{tail}"
 
     def delay_ms(self, signal_id: str, slice_no: int) -> int:
         return slice_delay_ms(self.slice_interval_ms, self.jitter, self.seed, signal_id, slice_no)
@@ -179,6 +183,68 @@ class RoutePlan:
     def go_taker(self, filled: float, qty: float) -> bool:
         """After the maker wait: below theta the rest goes to the taker slices (nothing filled: always)."""
         return filled <= 0 or filled / qty < self.theta
+
+
+_REASON = re.compile(
+    r"^route (?P<label>\S+) n=(?P<notional>[0-9.]+) (?P<role>maker|taker)"
+    r"(?: (?P<k>[0-9]+)/(?P<n>[0-9]+))?(?: (?P<note>.*))?$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteReason:
+    """A routed entry order's reason read back (``RoutePlan.reason``)."""
+
+    label: str
+    notional: float
+    role: Literal["maker", "taker"]
+    slice_no: int | None  # None: a maker reason written before the reason carried the slice count
+    slices: int | None
+    note: str
+
+
+def parse_route(reason: str | None) -> RouteReason | None:
+    """The parts of a routed order's reason; None for the reason of any other order."""
+    m = _REASON.match(reason or "")
+    if m is None:
+        return None
+    k, n = m["k"], m["n"]
+    role: Literal["maker", "taker"] = "maker" if m["role"] == "maker" else "taker"
+    return RouteReason(
+        m["label"],
+        float(m["notional"]),
+        role,
+        None if k is None else int(k),
+        None if n is None else int(n),
+        m["note"] or "",
+    )
+
+
+def rebuild_plan(table: RoutingTable, found: RouteReason, maker_sent: bool) -> RoutePlan:
+    """The plan an entry was worked with, from one of its orders' reasons and the routing table of its
+    strategy revision (the table is part of the revision's hash, so it is the table that made the plan).
+    The reason gives the bucket, the notional, the slice count (the probe and degradation may have
+    changed the bucket's) and the notes; the table the wait, interval, jitter and theta. ``maker_sent``:
+    the entry had a maker phase (a maker order is among its records), else its wait was 0. A reason
+    without the slice count (written before it carried one) takes the bucket's, 1 under
+    ``no_twap_no_maker``."""
+    labels = [table.label(i) for i in range(len(table.buckets))]
+    index = labels.index(found.label) if found.label in labels else bucket_for(table, found.notional)
+    bucket = table.buckets[index]
+    degraded = "degraded:" in found.note
+    slices = found.slices or (1 if "degraded:no_twap_no_maker" in found.note else bucket.slices)
+    return RoutePlan(
+        index,
+        table.label(index),
+        found.notional,
+        bucket.maker_wait_ms if maker_sent and not degraded else 0,
+        slices,
+        bucket.slice_interval_ms,
+        table.slice_jitter,
+        table.jitter_seed,
+        table.taker_below_fill_ratio,
+        found.note,
+    )
 
 
 def plan_route(

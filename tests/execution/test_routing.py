@@ -160,7 +160,7 @@ def test_degradation_flags_turn_the_plan_into_market_orders():
     assert isinstance(market, ProbeResult)  # market_only still probes, then sends without the maker wait
     sent = router.plan("h", "BUY", 750.0, wide, T0, 1, DegradationFlags(market_only=True))
     assert isinstance(sent, RoutePlan) and sent.maker_wait_ms == 0 and sent.slices == 6
-    assert "degraded:market_only" in sent.reason("taker 1/6")
+    assert "degraded:market_only" in sent.reason("taker", 1)
     one = router.plan("h", "BUY", 750.0, wide, T0, 0, DegradationFlags(no_twap_no_maker=True))
     assert isinstance(one, RoutePlan) and (one.maker_wait_ms, one.slices) == (0, 1)
     router.flags = DegradationFlags(no_twap_no_maker=True)  # what the SLO monitor sets
@@ -218,7 +218,7 @@ def test_a_routed_entry_waits_as_maker_then_sends_jittered_taker_slices_through_
         99.9,
         4.0,
     )
-    assert maker["reason"] == "route 200-500 n=400.00 maker"
+    assert maker["reason"] == "route 200-500 n=400.00 maker 0/2"
     h.clock(T0 + 1999)
     assert not [o for o in h.of("orders") if o["state"] == "CANCELED"]
     h.clock(T0 + 2000)  # the wait is over, nothing filled: below theta, the first taker slice
@@ -272,7 +272,11 @@ def test_the_executor_holds_a_routed_entry_on_a_planted_wide_spread_and_sends_it
     assert not [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
     h.clock(T0 + 5000)  # the wait is over: probed again, sent as the bucket says (maker first)
     [maker] = [o for o in h.of("orders") if o["state"] == "PENDING_NEW"]
-    assert (maker["type"], maker["price"], maker["reason"]) == ("LIMIT", 99.995, "route 200-500 n=400.00 maker held=1")
+    assert (maker["type"], maker["price"], maker["reason"]) == (
+        "LIMIT",
+        99.995,
+        "route 200-500 n=400.00 maker 0/2 held=1",
+    )
 
 
 @pytest.mark.parametrize(("theta", "taker"), [(0.5, True), (0.25, False)])
